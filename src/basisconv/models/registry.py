@@ -1,0 +1,45 @@
+"""A small model registry, in the spirit of timm's ``create_model``: configs name a model
+by string, and every model family registers its constructors here."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+ModelFn = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFn] = {}
+
+
+def register_model(fn: ModelFn) -> ModelFn:
+    """Decorator: make ``fn`` buildable by its function name through :func:`build_model`."""
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`build_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Module:
+    """Build a registered model by name, e.g. ``build_model("resnet18")``.
+
+    ``width`` multiplies every layer's channel count (1.0 = the published architecture);
+    smaller widths give quick runs on a CPU.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    if not width > 0:
+        raise ValueError(f"model width must be > 0, got {width}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return _REGISTRY[name](num_classes=num_classes, width=width)
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count after the width multiplier (never below 1)."""
+    return max(1, int(round(channels * width)))
