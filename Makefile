@@ -1,0 +1,48 @@
+# Every target builds .venv first when it is missing or older than the requirements.
+# Usage: make test | make train [ARGS="model=resnet20 trainer.epochs=5"] | make benchmark
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The genuine CIFAR-10 beside a checkout of this project, when present; else ./data.
+CIFAR10_ROOT ?= $(firstword $(wildcard ../shared/data/cifar-10-batches-bin) ./data)
+export CIFAR10_ROOT
+# wandb stays offline unless the user asks otherwise (no account or network needed).
+WANDB_MODE ?= offline
+export WANDB_MODE
+ARGS ?=
+
+.PHONY: help env test train benchmark benchmark-layers clean
+
+help:
+	@echo "make test              run the test suite (creates $(VENV) first if needed)"
+	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
+	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
+	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
+	@echo "make clean             remove $(VENV) and caches"
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+train: $(STAMP)
+	$(PY) scripts/train.py $(ARGS)
+
+benchmark: $(STAMP)
+	$(PY) scripts/benchmark_train.py $(ARGS)
+
+benchmark-layers: $(STAMP)
+	$(PY) scripts/benchmark_layers.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

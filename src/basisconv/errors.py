@@ -1,0 +1,14 @@
+"""Errors a user can fix from the command line. Entry points print their message alone,
+without a stack trace (set ``BASISCONV_DEBUG=1`` to see the trace)."""
+
+
+class BasisconvError(Exception):
+    """Base of the errors whose message tells the user what to change."""
+
+
+class ConfigError(BasisconvError, ValueError):
+    """A configuration value is invalid; the message names it and the valid range."""
+
+
+class DatasetError(BasisconvError, RuntimeError):
+    """The data could not be read; the message says where it looked and what to do."""

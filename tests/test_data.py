@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from basisconv.data import (MEAN, STD, TensorBatches, load_cifar10, normalize, random_crop,
+                            random_flip, stratified_subset)
+from basisconv.errors import ConfigError, DatasetError
+from cifar_files import random_images, write_cifar
+
+
+@pytest.mark.parametrize("fmt", ["bin", "py"])
+def test_reads_both_distributions(tmp_path, fmt):
+    write_cifar(tmp_path, fmt, n_train=50, n_test=20, seed=1)
+    expected, labels = random_images(70, 1)
+    for root in (tmp_path, tmp_path / f"cifar-10-batches-{fmt}"):
+        data = load_cifar10(root, verify_md5=False)
+        assert data.train_images.dtype == torch.uint8
+        assert data.train_images.shape == (50, 3, 32, 32)
+        assert data.test_images.shape == (20, 3, 32, 32)
+        assert torch.equal(data.train_images, expected[:50])
+        assert torch.equal(data.test_labels, labels[50:])
+
+
+def test_md5_mismatch_is_a_clear_error(tmp_path):
+    write_cifar(tmp_path)
+    with pytest.raises(DatasetError, match=r"md5 mismatch for .*data_batch_1.bin.*verify_md5=false"):
+        load_cifar10(tmp_path)
+
+
+def test_missing_directory_says_where_it_looked(tmp_path):
+    with pytest.raises(DatasetError, match=r"not found: looked in .*missing.*CIFAR10_ROOT"):
+        load_cifar10(tmp_path / "missing")
+
+
+def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
+    write_cifar(tmp_path, n_train=50, n_test=10)
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path))
+    assert load_cifar10(verify_md5=False).train_labels.numel() == 50
+
+
+@pytest.mark.parametrize("fmt", ["bin", "py"])
+def test_truncated_file_is_a_clear_error(tmp_path, fmt):
+    folder = write_cifar(tmp_path, fmt)
+    batch = folder / ("data_batch_3.bin" if fmt == "bin" else "data_batch_3")
+    batch.write_bytes(batch.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match=r"data_batch_3.* truncated"):
+        load_cifar10(tmp_path, verify_md5=False)
+
+
+def test_missing_batch_file(tmp_path):
+    folder = write_cifar(tmp_path)
+    (folder / "data_batch_5.bin").unlink()
+    with pytest.raises(DatasetError, match="file missing: .*data_batch_5.bin"):
+        load_cifar10(tmp_path, verify_md5=False)
+
+
+def test_offline_download_failure_is_a_clear_error(tmp_path, monkeypatch):
+    import basisconv.data as data
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlretrieve", offline)
+    monkeypatch.setitem(__import__("sys").modules, "torchvision", None)  # force the stdlib path
+    with pytest.raises(DatasetError, match="could not download CIFAR-10.*offline"):
+        load_cifar10(tmp_path / "new", download=True)
+
+
+def test_stratified_subset_is_balanced_and_seeded():
+    labels = torch.arange(1000) % 10
+    idx = stratified_subset(labels, 105, seed=3)
+    assert idx.numel() == 105
+    counts = labels[idx].bincount(minlength=10)
+    assert counts.max() - counts.min() <= 1
+    assert torch.equal(idx, stratified_subset(labels, 105, seed=3))
+    assert not torch.equal(idx, stratified_subset(labels, 105, seed=4))
+    assert stratified_subset(labels, 0.5).numel() == 500
+    with pytest.raises(ConfigError, match="between 1 and 1000"):
+        stratified_subset(labels, 2000)
+
+
+def test_random_crop_shapes_and_variation():
+    images = torch.arange(8 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8)
+    images = images.view(8, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    crops = random_crop(images, 4, g)
+    assert crops.shape == images.shape and crops.dtype == torch.uint8
+    # each crop is a window of the zero-padded image
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(8):
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # [3, 9, 9, 32, 32]
+        assert (windows == crops[i][:, None, None]).all(0).all(-1).all(-1).any()
+    # offsets differ between images and between calls
+    assert len({crops[i].float().sum().item() - images[i].float().sum().item()
+                for i in range(8)}) > 1
+    assert not torch.equal(crops, random_crop(images, 4, g))
+
+
+def test_random_flip_flips_about_half():
+    images = torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8)
+    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    same = (flipped == images).flatten(1).all(1)
+    mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all()
+    assert 150 < mirrored.sum() < 250
+
+
+def test_normalize_standardizes_and_keeps_layout():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    x = normalize(images, memory_format=torch.channels_last)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    expected = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected)
+
+
+def test_batches_cover_the_epoch_and_reshuffle():
+    images, labels = random_images(100, 0)
+    batches = TensorBatches(images, labels, 32, train=True, seed=0)
+    assert len(batches) == 3  # drop_last for training
+    first = torch.cat([y for _, y in batches])
+    second = torch.cat([y for _, y in batches])
+    assert first.numel() == 96 and not torch.equal(first, second)
+    test = TensorBatches(images, labels, 32, train=False)
+    assert len(test) == 4
+    got = list(test)
+    assert torch.equal(torch.cat([y for _, y in got]), labels)
+    assert got[0][0].dtype == torch.float32 and got[0][0].shape == (32, 3, 32, 32)
+
+
+def test_batches_resume_from_state():
+    images, labels = random_images(64, 0)
+    a = TensorBatches(images, labels, 16, train=True, seed=5)
+    list(a)
+    state = a.state_dict()
+    expected = [x for x, _ in a]
+    b = TensorBatches(images, labels, 16, train=True, seed=99)
+    b.load_state_dict(state)
+    for x, y in zip(expected, (x for x, _ in b)):
+        assert torch.equal(x, y)
+
+
+def test_batch_larger_than_dataset():
+    images, labels = random_images(10, 0)
+    with pytest.raises(ConfigError, match="larger than the 10 training examples"):
+        TensorBatches(images, labels, 32, train=True)

@@ -1,0 +1,80 @@
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from basisconv.errors import ConfigError
+from basisconv.train import fit
+from cifar_files import stripes, write_cifar
+
+
+def config(repo, overrides):
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.mark.slow
+def test_training_learns_a_small_real_problem(tmp_path, repo):
+    """The whole path (CIFAR-format files -> tensors -> augmentation -> ResNet -> SGD with a
+    one-cycle schedule) must learn the 10-class stripes problem (see cifar_files.stripes)
+    from chance (10%) to >= 90% held-out accuracy in 8 short epochs."""
+    write_cifar(tmp_path, n_train=1000, n_test=200, make=stripes)
+    cfg = config(repo, [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet20",
+                        "model.width=0.25", "trainer.epochs=8", "trainer.batch_size=50",
+                        "trainer.lr=0.2", "trainer.progress=false"])
+    history = fit(cfg)
+    assert len(history) == 8
+    assert history[0]["train_loss"] > 1.5
+    assert history[-1]["train_loss"] < 0.5
+    assert history[-1]["test_accuracy"] >= 0.90
+
+
+def test_invalid_trainer_values_fail_at_start(tmp_path, repo):
+    write_cifar(tmp_path, n_train=50, n_test=10)
+    base = [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet20"]
+    with pytest.raises(ConfigError, match="trainer.epochs must be >= 1"):
+        fit(config(repo, base + ["trainer.epochs=0"]))
+    with pytest.raises(ConfigError, match="trainer.amp='fp8'"):
+        fit(config(repo, base + ["trainer.amp=fp8"]))
+
+
+def run_script(repo, tmp_path, *overrides):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *overrides,
+                           f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_script_end_to_end(tmp_path, repo):
+    write_cifar(tmp_path / "data", n_train=100, n_test=40)
+    result = run_script(repo, tmp_path, f"data.root={tmp_path / 'data'}", "data.verify_md5=false",
+                        "model=resnet20", "model.width=0.25", "trainer.epochs=2",
+                        "trainer.batch_size=20")
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resnet20 (width 0.25): 17,326 parameters" in log
+    epoch_rows = re.findall(r"\] - +(\d+) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+", log)
+    assert epoch_rows == ["1", "2"]
+
+
+def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
+    result = run_script(repo, tmp_path, f"data.root={tmp_path / 'nowhere'}")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: CIFAR-10 not found")
+    assert "Traceback" not in result.stderr
+
+
+def test_benchmark_train_script_runs(tmp_path, repo):
+    out = tmp_path / "throughput.json"
+    env = {**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")}  # random images, no dataset
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "benchmark_train.py"),
+                             "--model", "resnet20", "--batch-size", "16", "--steps", "2",
+                             "--warmup", "1", "--out", str(out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = __import__("json").loads(out.read_text())
+    assert record["images_per_second"] > 0 and 0 < record["data_share"] < 1
+    assert record["data"] == "random" and record["provenance"]["hardware"]["cpu_count"]
