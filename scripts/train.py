@@ -4,11 +4,17 @@ Examples::
 
     python scripts/train.py                                   # CIFAR ResNet-18, 30 epochs
     python scripts/train.py model=resnet20 trainer.epochs=5 data.train_subset=5000
+    python scripts/train.py hydra.run.dir=outputs/my-run      # run again there: resumes
+
+The run record (``run.json``), ``checkpoint.pt``, ``train.log`` and the offline wandb
+folder land in Hydra's output directory.
 """
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import basisconv.config  # noqa: F401  (registers the config schema)
 from basisconv.cli import exit_on_user_error
 from basisconv.train import fit
 
@@ -16,7 +22,7 @@ from basisconv.train import fit
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    fit(cfg)
+    fit(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

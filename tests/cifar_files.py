@@ -3,43 +3,12 @@ needed by a test)."""
 
 from __future__ import annotations
 
-import math
 import pickle
 from pathlib import Path
 
 import torch
 
 from basisconv.data import FOLDERS, RECORD_BYTES, TEST_FILES, TRAIN_FILES
-
-# Five colours x two stripe orientations = ten classes.
-PALETTE = torch.tensor([[220, 40, 40], [40, 200, 40], [40, 60, 220], [220, 200, 40],
-                        [200, 40, 200]], dtype=torch.float32)
-
-
-def stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A small *learnable* 10-class problem: class = colour (5) x orientation (2) of
-    stripes with random frequency and phase on a noisy background.
-
-    Why this problem: the label survives the training augmentation (random crops shift
-    the phase, horizontal flips keep horizontal/vertical stripes), chance is 10%, and a
-    tiny CNN needs a few hundred steps of real learning to reach >90%, so a loop that
-    does not learn (wrong loss, no optimizer step, labels shuffled against images)
-    cannot pass.
-    """
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    labels = labels[torch.randperm(n, generator=g)]
-    colour, vertical = labels % 5, labels // 5
-    freq = 2 * math.pi / (4 + 4 * torch.rand(n, 1, 1, generator=g))
-    phase = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
-    coord = torch.arange(32, dtype=torch.float32)
-    rows = coord.view(1, 32, 1).expand(n, 32, 32)
-    cols = coord.view(1, 1, 32).expand(n, 32, 32)
-    pos = torch.where(vertical.view(n, 1, 1).bool(), cols, rows)
-    wave = 0.5 + 0.5 * torch.sin(freq * pos + phase)                      # [n, 32, 32]
-    images = wave[:, None] * PALETTE[colour][:, :, None, None]            # [n, 3, 32, 32]
-    images = images + 40 * torch.randn(images.shape, generator=g)
-    return images.clamp(0, 255).round().to(torch.uint8), labels
 
 
 def random_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,14 +6,16 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
+import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv.errors import ConfigError
 from basisconv.train import fit
-from cifar_files import stripes, write_cifar
+from basisconv.data import stripes
+from cifar_files import write_cifar
 
 
 def config(repo, overrides):
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=overrides + ["logger=none"])
 
 
 @pytest.mark.slow
@@ -25,7 +27,7 @@ def test_training_learns_a_small_real_problem(tmp_path, repo):
     cfg = config(repo, [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet20",
                         "model.width=0.25", "trainer.epochs=8", "trainer.batch_size=50",
                         "trainer.lr=0.2", "trainer.progress=false"])
-    history = fit(cfg)
+    history = fit(cfg, tmp_path / "run")["epochs"]
     assert len(history) == 8
     assert history[0]["train_loss"] > 1.5
     assert history[-1]["train_loss"] < 0.5
@@ -36,9 +38,9 @@ def test_invalid_trainer_values_fail_at_start(tmp_path, repo):
     write_cifar(tmp_path, n_train=50, n_test=10)
     base = [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet20"]
     with pytest.raises(ConfigError, match="trainer.epochs must be >= 1"):
-        fit(config(repo, base + ["trainer.epochs=0"]))
+        fit(config(repo, base + ["trainer.epochs=0"]), tmp_path)
     with pytest.raises(ConfigError, match="trainer.amp='fp8'"):
-        fit(config(repo, base + ["trainer.amp=fp8"]))
+        fit(config(repo, base + ["trainer.amp=fp8"]), tmp_path)
 
 
 def run_script(repo, tmp_path, *overrides):

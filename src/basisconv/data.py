@@ -15,6 +15,7 @@ md5 sums, so a truncated download or a different dataset never trains silently.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import tarfile
@@ -198,6 +199,39 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
     train = _read_split(folder, fmt, TRAIN_FILES[fmt], verify_md5)
     test = _read_split(folder, fmt, TEST_FILES[fmt], verify_md5)
     return CIFAR10(*train, *test, source=str(folder))
+
+
+def stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small generated, *learnable* 10-class problem in CIFAR shape (``data=stripes``):
+    class = colour (5) x orientation (horizontal or vertical) of stripes with random
+    frequency and phase on a noisy background.
+
+    Why this problem: its label survives the training augmentation (random crops shift the
+    phase, horizontal flips keep horizontal and vertical stripes), chance is 10%, and a
+    tiny ResNet needs a few hundred steps of real learning to pass 90%, so a loop that
+    does not learn cannot fake it. Used by smoke runs and tests, which need no dataset.
+    """
+    palette = torch.tensor([[220, 40, 40], [40, 200, 40], [40, 60, 220], [220, 200, 40],
+                            [200, 40, 200]], dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
+    colour, vertical = labels % 5, labels // 5
+    freq = 2 * math.pi / (4 + 4 * torch.rand(n, 1, 1, generator=g))
+    phase = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
+    coord = torch.arange(32, dtype=torch.float32)
+    rows, cols = coord.view(1, 32, 1).expand(n, 32, 32), coord.view(1, 1, 32).expand(n, 32, 32)
+    wave = 0.5 + 0.5 * torch.sin(freq * torch.where(vertical.view(n, 1, 1).bool(), cols, rows)
+                                 + phase)
+    images = wave[:, None] * palette[colour][:, :, None, None]
+    images = images + 40 * torch.randn(images.shape, generator=g)
+    return images.clamp(0, 255).round().to(torch.uint8), labels
+
+
+def synthetic_stripes(n_train: int, n_test: int, seed: int = 0) -> CIFAR10:
+    """The :func:`stripes` problem as a dataset (train and test drawn independently)."""
+    images, labels = stripes(n_train + n_test, seed)
+    return CIFAR10(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
+                   source=f"generated stripes (seed {seed})")
 
 
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0) -> torch.Tensor:

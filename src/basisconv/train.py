@@ -1,10 +1,11 @@
 """The training loop: SGD with momentum and weight decay under a one-cycle or cosine
 schedule, on CIFAR-10 held as tensors on the training device.
 
-``fit(cfg)`` takes the composed Hydra config (see ``configs/``) and returns the per-epoch
-history. Speed options (``channels_last``, bf16/fp16 autocast, ``torch.compile``) change
-how fast the same computation runs, never what is trained, so baseline and basis models
-stay comparable.
+``fit(cfg, output_dir)`` takes the composed Hydra config (see ``configs/``), trains, and
+keeps ``output_dir/run.json`` (the run record) and ``checkpoint.pt`` up to date after
+every epoch; re-running it on the same directory resumes. Speed options
+(``channels_last``, bf16/fp16 autocast, ``torch.compile``) change how fast the same
+computation runs, never what is trained, so baseline and basis models stay comparable.
 """
 
 from __future__ import annotations
@@ -12,18 +13,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from .data import CIFAR10, TensorBatches, load_cifar10, stratified_subset
+from .checkpoint import CHECKPOINT, check_same_run, load_checkpoint, save_checkpoint
+from .config import validate
+from .data import CIFAR10, TensorBatches, load_cifar10, stratified_subset, synthetic_stripes
 from .errors import ConfigError
 from .models import build_model
+from .records import provenance, write_json_atomic
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +85,46 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
     raise ConfigError(f"trainer.schedule={trainer.schedule!r}; choose onecycle, cosine or constant")
 
 
+class StepTimer:
+    """Mean forward and backward time per step, measured separately.
+
+    On CUDA it records events between the phases and reads them once per epoch, so the
+    measurement adds no synchronization to the step; on CPU it reads the clock.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple] = []
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add(self, start, forward_done, backward_done) -> None:
+        self.marks.append((start, forward_done, backward_done))
+
+    def means(self) -> tuple[float, float]:
+        if not self.marks:
+            return 0.0, 0.0
+        if self.cuda:
+            torch.cuda.synchronize()
+            spans = [(a.elapsed_time(b) / 1e3, b.elapsed_time(c) / 1e3) for a, b, c in self.marks]
+        else:
+            spans = [(b - a, c - b) for a, b, c in self.marks]
+        n = len(spans)
+        return sum(f for f, _ in spans) / n, sum(b for _, b in spans) / n
+
+
 @dataclass
 class EpochStats:
     loss: float
     accuracy: float
     seconds: float
+    forward_seconds: float = 0.0   # mean per step (forward + loss)
+    backward_seconds: float = 0.0  # mean per step (loss.backward())
 
 
 def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
@@ -91,17 +132,22 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
                     label_smoothing: float = 0.0, progress: str | None = None) -> EpochStats:
     model.train()
     device = batches.images.device
+    timer = StepTimer(device)
     # Sums stay on the device: a .item() per step would synchronize a GPU every step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    for images, labels in tqdm(batches, desc=progress, leave=False, disable=None if progress else True):
+    for images, labels in tqdm(batches, desc=progress, leave=False,
+                               disable=None if progress else True):
+        step_start = timer.mark()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        forward_done = timer.mark()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        timer.add(step_start, forward_done, timer.mark())
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * labels.numel()
@@ -111,7 +157,8 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"training loss became {loss_value}; lower trainer.lr "
                                  f"or check the data")
-    return EpochStats(loss_value, correct.item() / seen, time.perf_counter() - start)
+    return EpochStats(loss_value, correct.item() / seen, time.perf_counter() - start,
+                      *timer.means())
 
 
 @torch.no_grad()
@@ -131,9 +178,12 @@ def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None) -> Epo
 
 
 def prepare_data(data_cfg: DictConfig, seed: int) -> CIFAR10:
-    """Load CIFAR-10 and apply the stratified ``train_subset`` / ``test_subset``."""
-    data = load_cifar10(data_cfg.root, verify_md5=data_cfg.verify_md5,
-                        download=data_cfg.download)
+    """Load the dataset and apply the stratified ``train_subset`` / ``test_subset``."""
+    if data_cfg.name == "stripes":
+        data = synthetic_stripes(data_cfg.synthetic_train, data_cfg.synthetic_test, seed)
+    else:
+        data = load_cifar10(data_cfg.root, verify_md5=data_cfg.verify_md5,
+                            download=data_cfg.download)
     if data_cfg.train_subset is not None:
         keep = stratified_subset(data.train_labels, data_cfg.train_subset, seed)
         data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
@@ -147,27 +197,55 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def fit(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Train ``cfg.model`` on ``cfg.data`` as ``cfg.trainer`` says; return one dict of
-    metrics per epoch (also logged as a compact table)."""
+def build_network(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """The model the config describes, and what the run record says about it."""
+    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
+    return model, {"parameters": count_parameters(model)}
+
+
+@dataclass
+class RunState:
+    """What the run record holds; written to ``run.json`` after every epoch."""
+
+    config: dict
+    provenance: dict
+    model: dict
+    status: str = "running"
+    epochs: list[dict] = field(default_factory=list)
+    final: dict | None = None
+    wandb: dict | None = None
+
+    def write(self, output_dir: Path) -> None:
+        write_json_atomic(output_dir / "run.json", self.__dict__)
+
+
+def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Train as ``cfg`` says, keeping ``output_dir/run.json`` and ``checkpoint.pt`` current
+    after every epoch. Resumes from the checkpoint there when ``trainer.resume``; a run
+    whose record is already complete is not trained again. Returns the run record."""
+    validate(cfg)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
     trainer = cfg.trainer
-    if trainer.epochs < 1:
-        raise ConfigError(f"trainer.epochs must be >= 1, got {trainer.epochs}")
-    if trainer.amp not in AMP_DTYPES:
-        raise ConfigError(f"trainer.amp={trainer.amp!r}; choose one of {list(AMP_DTYPES)}")
+    checkpoint_path = output_dir / CHECKPOINT
+    resume_state = None
+    if trainer.resume and checkpoint_path.exists():
+        resume_state = load_checkpoint(checkpoint_path)
+        check_same_run(resume_state["config"], config, checkpoint_path)
+        if resume_state["record"]["status"] == "complete":
+            log.info("run in %s is already complete; not training again", output_dir)
+            return resume_state["record"]
+
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
     device = resolve_device(trainer.device)
     seed_everything(cfg.seed, trainer.deterministic)
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
 
-    data = prepare_data(cfg.data, cfg.seed).to(device)
-    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
+    model, model_info = build_network(cfg)
     model = model.to(device=device, memory_format=memory_format)
-    log.info("model %s (width %s): %s parameters; data %s: %d train / %d test images; "
-             "device %s", cfg.model.name, cfg.model.width, f"{count_parameters(model):,}",
-             data.source, data.train_labels.numel(), data.test_labels.numel(), device)
-
+    data = prepare_data(cfg.data, cfg.seed).to(device)
     train_batches = TensorBatches(data.train_images, data.train_labels, trainer.batch_size,
                                   train=True, seed=cfg.seed, crop_padding=cfg.data.crop_padding,
                                   flip=cfg.data.flip, memory_format=memory_format)
@@ -175,23 +253,74 @@ def fit(cfg: DictConfig) -> list[dict[str, Any]]:
                                  train=False, memory_format=memory_format)
     optimizer = build_optimizer(model, trainer)
     scheduler = build_scheduler(optimizer, trainer, len(train_batches))
+    record = RunState(config=config, provenance=provenance(), model=model_info)
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        train_batches.load_state_dict(resume_state["batches"])
+        record.epochs = resume_state["record"]["epochs"]
+        record.provenance["resumed_from_epoch"] = len(record.epochs)
+        log.info("resuming %s after epoch %d", output_dir, len(record.epochs))
+    log.info("model %s (width %s): %s parameters; data %s: %d train / %d test images; "
+             "device %s", cfg.model.name, cfg.model.width, f"{model_info['parameters']:,}",
+             data.source, data.train_labels.numel(), data.test_labels.numel(), device)
+
     step_model = torch.compile(model) if trainer.compile else model
     amp_dtype = AMP_DTYPES[trainer.amp]
+    tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
+    record.wandb = tracker.info
+    tracker.summary({f"model/{k}": v for k, v in model_info.items() if not isinstance(v, list)})
+    failed = True
+    try:
+        log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
+                 "test_loss", "test_acc", "lr", "time_s")
+        for epoch in range(len(record.epochs) + 1, trainer.epochs + 1):
+            row = run_epoch(epoch, step_model, train_batches, test_batches, optimizer, scheduler,
+                            trainer, amp_dtype)
+            record.epochs.append(row)
+            tracker.log(row, step=epoch)
+            if epoch == trainer.epochs:
+                record.status = "complete"
+                record.final = final_metrics(record.epochs)
+                tracker.summary(record.final)
+            record.write(output_dir)
+            if trainer.checkpoint:
+                save_checkpoint(checkpoint_path, {
+                    "config": config, "record": record.__dict__, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "batches": train_batches.state_dict()})
+        failed = False
+    finally:
+        tracker.finish(failed=failed)
+    return record.__dict__
 
-    history = []
-    log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
-             "test_loss", "test_acc", "lr", "time_s")
-    for epoch in range(1, trainer.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        progress = f"epoch {epoch}/{trainer.epochs}" if trainer.progress else None
-        train = train_one_epoch(step_model, train_batches, optimizer, scheduler,
-                                amp_dtype=amp_dtype, label_smoothing=trainer.label_smoothing,
-                                progress=progress)
-        test = evaluate(step_model, test_batches, amp_dtype=amp_dtype)
-        row = {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
-               "test_loss": test.loss, "test_accuracy": test.accuracy, "lr": lr,
-               "epoch_seconds": train.seconds, "eval_seconds": test.seconds}
-        history.append(row)
-        log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,
-                 test.loss, test.accuracy, lr, train.seconds)
-    return history
+
+def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
+              test_batches: TensorBatches, optimizer, scheduler, trainer: DictConfig,
+              amp_dtype) -> dict[str, Any]:
+    lr = optimizer.param_groups[0]["lr"]
+    progress = f"epoch {epoch}/{trainer.epochs}" if trainer.progress else None
+    train = train_one_epoch(model, train_batches, optimizer, scheduler, amp_dtype=amp_dtype,
+                            label_smoothing=trainer.label_smoothing, progress=progress)
+    test = evaluate(model, test_batches, amp_dtype=amp_dtype)
+    log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,
+             test.loss, test.accuracy, lr, train.seconds)
+    return {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
+            "test_loss": test.loss, "test_accuracy": test.accuracy, "lr": lr,
+            "epoch_seconds": train.seconds, "eval_seconds": test.seconds,
+            "forward_seconds_per_step": train.forward_seconds,
+            "backward_seconds_per_step": train.backward_seconds}
+
+
+def final_metrics(epochs: list[dict]) -> dict[str, Any]:
+    last = epochs[-1]
+    return {"test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+            "train_loss": last["train_loss"], "best_test_accuracy":
+            max(e["test_accuracy"] for e in epochs),
+            "train_seconds": sum(e["epoch_seconds"] for e in epochs),
+            "mean_epoch_seconds": sum(e["epoch_seconds"] for e in epochs) / len(epochs),
+            "forward_seconds_per_step": sum(e["forward_seconds_per_step"] for e in epochs)
+            / len(epochs),
+            "backward_seconds_per_step": sum(e["backward_seconds_per_step"] for e in epochs)
+            / len(epochs)}

@@ -1,0 +1,66 @@
+"""Per-epoch checkpoints, written atomically, and the resume rule.
+
+A checkpoint holds everything the next epoch depends on (model, optimizer, schedule, the
+batch generator's state, the history so far), so a run resumed from it ends with the
+same final metrics as one that was never interrupted (on CPU with deterministic
+settings; on GPU up to kernel nondeterminism).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+CHECKPOINT = "checkpoint.pt"
+# Keys that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
+                     "logger.mode", "logger.tags"}
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file, then an atomic rename: a kill mid-write leaves
+    the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+                          f"delete it to start over, or set trainer.resume=false") from None
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
+    """Refuse to resume a checkpoint written under a different configuration."""
+    old, new = flatten(saved_config), flatten(config)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(
+            f"{path} was written by a different config (differs in {', '.join(changed)}); "
+            f"use a new output directory, or trainer.resume=false to start over")

@@ -1,0 +1,141 @@
+"""The schema of every config group, as Hydra structured configs.
+
+The dataclasses give the keys and their types; the YAML files under ``configs/`` give the
+values (``MISSING`` here means: set in YAML), so there is one place to read them. A
+misspelt key or a value of the wrong type fails when the config is composed, before
+anything runs; :func:`validate` then checks ranges and names (model, basis size, layer names) with one clear line each.
+Importing this module registers the schema with Hydra's ConfigStore as ``train_schema``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    width: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING
+    num_classes: int = MISSING
+    download: bool = MISSING
+    verify_md5: bool = MISSING
+    train_subset: Any = MISSING  # null, an int count or a float fraction
+    test_subset: Any = MISSING
+    crop_padding: int = MISSING
+    flip: bool = MISSING
+    synthetic_train: int = MISSING
+    synthetic_test: int = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+    schedule: str = MISSING
+    warmup_fraction: float = MISSING
+    label_smoothing: float = MISSING
+    amp: str = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    device: str = MISSING
+    threads: Optional[int] = MISSING
+    deterministic: bool = MISSING
+    progress: bool = MISSING
+    checkpoint: bool = MISSING
+    resume: bool = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = MISSING
+    mode: str = MISSING
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+    group: Optional[str] = MISSING
+    tags: list[str] = MISSING
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    name: str = MISSING  # experiment name: the wandb group and the output folder
+    seed: int = MISSING
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+AMP = ("none", "bf16", "fp16")
+DATASETS = ("cifar10", "stripes")
+LOGGER_BACKENDS = ("wandb", "none")
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choice(value: Any, choices: tuple, key: str) -> None:
+    _check(value in choices, f"{key}={value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_subset(value: Any, key: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r}; use null, a count (int) or a fraction in (0, 1]")
+    if isinstance(value, float):
+        _check(0 < value <= 1, f"{key}={value} as a fraction must be in (0, 1]")
+    else:
+        _check(value >= 1, f"{key}={value} as a count must be >= 1")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
+    naming the key, the value and what is allowed."""
+    from .models import list_models
+
+    _check(cfg.model.name in list_models(),
+           f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
+    _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")
+    _check_choice(cfg.data.name, DATASETS, "data.name")
+    _check_subset(cfg.data.train_subset, "data.train_subset")
+    _check_subset(cfg.data.test_subset, "data.test_subset")
+    _check(cfg.data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
+    t = cfg.trainer
+    _check(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
+    _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    _check(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    _check(t.lr > 0, f"trainer.lr must be > 0, got {t.lr}")
+    _check(0 <= t.momentum < 1, f"trainer.momentum must be in [0, 1), got {t.momentum}")
+    _check(t.weight_decay >= 0, f"trainer.weight_decay must be >= 0, got {t.weight_decay}")
+    _check(0 <= t.warmup_fraction < 1,
+           f"trainer.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
+    _check(0 <= t.label_smoothing < 1,
+           f"trainer.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _check_choice(t.schedule, SCHEDULES, "trainer.schedule")
+    _check_choice(t.amp, AMP, "trainer.amp")
+    _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
+    _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
+    _check_choice(cfg.logger.mode, LOGGER_MODES, "logger.mode")
