@@ -1,0 +1,129 @@
+"""The experiment pipeline end to end: the train script, its run record and wandb folder,
+sweeps, resume after a real SIGKILL, and tracking failures that must not stop training."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv.errors import ConfigError
+from basisconv.train import fit
+
+TINY = ["data=stripes", "data.synthetic_train=400", "data.synthetic_test=100",
+        "model=resnet20", "model.width=0.25", "trainer.batch_size=50", "trainer.progress=false"]
+
+
+def train_command(repo, *overrides):
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
+    values = [o for o in overrides if not o.startswith("-")]
+    return [sys.executable, str(repo / "scripts" / "train.py"), *flags, *TINY, *values]
+
+
+def run(repo, cwd, *overrides, wandb_mode="disabled"):
+    env = {**os.environ, "WANDB_MODE": wandb_mode, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(train_command(repo, *overrides), cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_record(folder):
+    return json.loads((folder / "run.json").read_text())
+
+
+def test_train_script_writes_run_record_and_offline_wandb_run(tmp_path, repo):
+    out = tmp_path / "run"
+    run(repo, tmp_path, "trainer.epochs=2", f"hydra.run.dir={out}", "name=e2e",
+        "logger.tags=[smoke,baseline]", wandb_mode="offline")
+    record = read_record(out)
+    assert record["status"] == "complete"
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
+                "epoch_seconds", "forward_seconds_per_step", "backward_seconds_per_step"):
+        assert key in record["epochs"][0]
+    assert record["epochs"][0]["forward_seconds_per_step"] > 0
+    assert record["final"]["test_accuracy"] == record["epochs"][-1]["test_accuracy"]
+    # the resolved config, not interpolations
+    assert record["config"]["trainer"]["epochs"] == 2
+    assert record["config"]["logger"]["group"] == "e2e"
+    assert record["model"]["parameters"] == 17326
+    prov = record["provenance"]
+    assert len(prov["git"]["commit"]) == 40 and prov["versions"]["torch"].startswith("2.")
+    assert prov["hardware"]["cpu_count"] >= 1
+    # wandb wrote an offline run folder for this run, with the group and tags
+    assert record["wandb"]["mode"] == "offline"
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert (out / "checkpoint.pt").exists() and (out / ".hydra" / "config.yaml").exists()
+
+
+def test_sweep_gives_one_record_per_value(tmp_path, repo):
+    sweep = tmp_path / "sweep"
+    run(repo, tmp_path, "-m", "trainer.lr=0.05,0.1", "trainer.epochs=1",
+        f"hydra.sweep.dir={sweep}")
+    records = sorted(sweep.glob("*/run.json"))
+    assert len(records) == 2
+    lrs = sorted(json.loads(p.read_text())["config"]["trainer"]["lr"] for p in records)
+    assert lrs == [0.05, 0.1]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo):
+    settings = ["trainer.epochs=4", "data.synthetic_train=1000", "trainer.deterministic=true",
+                "trainer.threads=1"]
+    straight = tmp_path / "straight"
+    run(repo, tmp_path, *settings, f"hydra.run.dir={straight}")
+
+    interrupted = tmp_path / "interrupted"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen(train_command(repo, *settings, f"hydra.run.dir={interrupted}"),
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = read_record(interrupted)
+    assert killed_at["status"] == "running", "the run finished before it could be killed"
+    assert 1 <= len(killed_at["epochs"]) < 4
+
+    run(repo, tmp_path, *settings, f"hydra.run.dir={interrupted}")  # the same command again
+    resumed, reference = read_record(interrupted), read_record(straight)
+    assert resumed["status"] == "complete"
+    assert resumed["provenance"]["resumed_from_epoch"] == len(killed_at["epochs"])
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert resumed["final"][key] == pytest.approx(reference["final"][key], rel=1e-6), key
+
+
+def compose_tiny(repo, *overrides):
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        return compose("train", overrides=[*TINY, "logger=none", *overrides])
+
+
+def test_complete_run_is_not_trained_again_and_changed_config_is_refused(tmp_path, repo):
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    first = fit(cfg, tmp_path)
+    again = fit(cfg, tmp_path)
+    assert again["final"] == first["final"]
+    with pytest.raises(ConfigError, match=r"different config \(differs in trainer.lr\)"):
+        fit(compose_tiny(repo, "trainer.epochs=1", "trainer.lr=0.3"), tmp_path)
+
+
+def test_wandb_failure_does_not_stop_training(tmp_path, repo, monkeypatch, caplog):
+    import wandb
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("wandb service unreachable")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    cfg = compose_tiny(repo, "trainer.epochs=1", "logger=wandb", "logger.mode=offline")
+    record = fit(cfg, tmp_path)
+    assert record["status"] == "complete" and record["wandb"] is None
+    assert "wandb could not start" in caplog.text
