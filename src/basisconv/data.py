@@ -27,6 +27,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .distributed import shard
 from .errors import ConfigError, DatasetError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -284,7 +285,8 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32,
 
 class TensorBatches:
     """Batches of a uint8 image tensor: a fresh seeded permutation each epoch, then
-    (for training) random crop + flip on the whole batch, then normalization.
+    (for training) random crop + flip on the whole batch, then normalization. Under
+    ``torchrun`` each process gets its slice of every batch (see ``distributed.py``).
 
     ``len()`` is the number of batches per epoch. ``drop_last`` keeps training batches
     the same size (BatchNorm statistics, and a fair step time).
@@ -316,7 +318,10 @@ class TensorBatches:
                  if self.train else torch.arange(n, device=self.images.device))
         for i in range(len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.augment(self.images[index]), self.labels[index]
+            # Augment the whole global batch, then keep this process's slice: the random
+            # draws, and so the training, do not depend on the number of processes.
+            images = self.augment(self.images[index])
+            yield shard(images), shard(self.labels[index])
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         if self.train and self.crop_padding:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import CHECKPOINT, check_same_run, load_checkpoint, save_checkpoint
 from .config import validate
 from .data import CIFAR10, TensorBatches, load_cifar10, stratified_subset, synthetic_stripes
@@ -153,6 +154,9 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                                     torch.tensor(float(seen), device=device)]))
+    loss_sum, correct, seen = totals[0], totals[1], totals[2].item()
     loss_value = loss_sum.item() / seen
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"training loss became {loss_value}; lower trainer.lr "
@@ -173,8 +177,9 @@ def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None) -> Epo
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
     n = batches.labels.numel()
-    return EpochStats(loss_sum.item() / n, correct.item() / n, time.perf_counter() - start)
+    return EpochStats(totals[0].item() / n, totals[1].item() / n, time.perf_counter() - start)
 
 
 def prepare_data(data_cfg: DictConfig, seed: int) -> CIFAR10:
@@ -239,7 +244,13 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
-    device = resolve_device(trainer.device)
+    device = distributed.setup(resolve_device(trainer.device))
+    if trainer.batch_size % distributed.world_size():
+        raise ConfigError(f"trainer.batch_size={trainer.batch_size} (the global batch) must be "
+                          f"divisible by the {distributed.world_size()} processes")
+    main_process = distributed.is_main_process()
+    if not main_process:
+        logging.getLogger("basisconv").setLevel(logging.WARNING)
     seed_everything(cfg.seed, trainer.deterministic)
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
 
@@ -266,9 +277,11 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
              "device %s", cfg.model.name, cfg.model.width, f"{model_info['parameters']:,}",
              data.source, data.train_labels.numel(), data.test_labels.numel(), device)
 
-    step_model = torch.compile(model) if trainer.compile else model
+    step_model = distributed.wrap(model, device)
+    step_model = torch.compile(step_model) if trainer.compile else step_model
     amp_dtype = AMP_DTYPES[trainer.amp]
-    tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
+    logger_cfg = cfg.logger if main_process else OmegaConf.create({"backend": "none"})
+    tracker = Tracker(logger_cfg, config, output_dir, name=output_dir.name)
     record.wandb = tracker.info
     tracker.summary({f"model/{k}": v for k, v in model_info.items() if not isinstance(v, list)})
     failed = True
@@ -284,8 +297,9 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                 record.status = "complete"
                 record.final = final_metrics(record.epochs)
                 tracker.summary(record.final)
-            record.write(output_dir)
-            if trainer.checkpoint:
+            if main_process:
+                record.write(output_dir)
+            if main_process and trainer.checkpoint:
                 save_checkpoint(checkpoint_path, {
                     "config": config, "record": record.__dict__, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -293,6 +307,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         failed = False
     finally:
         tracker.finish(failed=failed)
+        distributed.teardown()
     return record.__dict__
 
 

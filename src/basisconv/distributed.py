@@ -1,0 +1,140 @@
+"""Data-parallel training across processes (``torchrun``), on GPUs (NCCL) or CPUs (gloo).
+
+Semantics: ``trainer.batch_size`` is the *global* batch. Every process draws the same
+permutation and augments the same global batch (from the same seeded generator), then
+keeps its own contiguous slice; DDP averages the gradients, and batch-norm statistics
+are synchronized over the global batch. So N processes compute the same training step as
+one process with the whole batch: results do not depend on the number of processes.
+
+Batch norm: ``torch.nn.SyncBatchNorm`` on CUDA; on CPU, where torch's SyncBatchNorm
+refuses to run, :class:`CPUSyncBatchNorm` does the same with autograd-aware all-reduces.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); returns
+    the device this process trains on (``cuda:LOCAL_RANK`` on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(minutes=30))
+    return device
+
+
+def teardown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (no-op in a single process)."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def shard(batch: torch.Tensor) -> torch.Tensor:
+    """This process's contiguous slice of a global batch (its share may be empty)."""
+    if not is_distributed():
+        return batch
+    size = -(-batch.shape[0] // world_size())
+    return batch[rank() * size:(rank() + 1) * size]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes, differentiable: each process's input affects every process's
+    output, so its gradient is the sum of all processes' output gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch, all-reduced
+    over processes with autograd-aware collectives (gloo, CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        dims = (0, 2, 3)
+        c = x.shape[1]
+        n = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype)
+        stats = _AllReduceSum.apply(torch.cat([x.sum(dims), n]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        # Two passes (mean, then squared deviations): E[x^2] - E[x]^2 loses digits in fp32.
+        var = _AllReduceSum.apply((x - mean.view(1, c, 1, 1)).square().sum(dims)) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else (
+                1.0 / float(self.num_batches_tracked))
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), momentum)
+        # Written out (not F.batch_norm), so gradients flow through the global mean and var.
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        out = (x - mean.view(1, c, 1, 1)) * scale.view(1, c, 1, 1)
+        return out + self.bias.view(1, c, 1, 1) if self.affine else out
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Synchronize every BatchNorm2d across processes (torch's on CUDA, ours on CPU)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats, device=child.running_mean.device,
+                                    dtype=child.running_mean.dtype)
+            sync.load_state_dict(child.state_dict())
+            setattr(model, name, sync)
+        else:
+            convert_sync_batchnorm(child, device)
+    return model
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP-wrap ``model`` (with synchronized batch norm) when running distributed."""
+    if not is_distributed():
+        return model
+    model = convert_sync_batchnorm(model, device)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
