@@ -1,0 +1,267 @@
+"""Parameters and FLOPs of convolutions, basis convolutions and whole models, by formula.
+
+Conventions (those of ``torch.utils.flop_counter.FlopCounterMode``, so that the two agree
+exactly on a model): a multiply-add is 2 FLOPs; only convolutions and matrix products are
+counted, not batch norm, activations, additions, pooling or bias additions. For a layer
+with output ``H' x W'`` at batch ``B``, ``K = C_in*kh*kw`` and ``m`` basis filters:
+
+* dense conv: forward ``2*B*H'*W'*C_out*K``; the gradient w.r.t. the input and the one
+  w.r.t. the weight each cost the same as the forward;
+* basis conv: the basis conv ``2*B*H'*W'*m*K`` plus the combination, a 1x1 conv of
+  ``2*B*H'*W'*C_out*m`` (stacked, the default forward) or ``2*B*H'*W'*(C_out - m)*m``
+  (split, the paper's count); each of the two again costs its forward once for the
+  activation gradient and once for the weight gradient; with low-rank coefficients
+  (rank ``r``) the product of the factors adds ``2*(C_out - m)*r*m`` forward and the same
+  twice in backward (no ``B*H'*W'`` factor);
+* linear: ``2*B*in*out`` forward, the same for each gradient.
+
+Backward is stated as two parts: ``grad_input`` (activation gradients: for a basis layer
+the combination's gradient w.r.t. the basis maps and the basis conv's gradient w.r.t. the
+layer input) and ``grad_weight`` (parameter gradients). A part is counted only when
+autograd computes it: the network's input image needs no gradient, so the stem conv has no
+grad-input FLOPs, and frozen parameters (e.g. coefficients on a skipped step of
+:class:`basisconv.surgery.CoefficientSkipSchedule`) have no weight-gradient FLOPs.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import asdict, dataclass, field
+from math import prod
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.utils import _pair
+
+from .layers import BasisConv2d
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Parameters and FLOPs of one layer call at one input shape."""
+
+    name: str
+    kind: str  # "conv", "basis_conv" or "linear"
+    shape: str  # e.g. "64->64 k3x3 s1 m16 out 32x32"
+    params: int
+    forward_flops: int
+    grad_input_flops: int
+    grad_weight_flops: int
+
+    @property
+    def backward_flops(self) -> int:
+        return self.grad_input_flops + self.grad_weight_flops
+
+    @property
+    def total_flops(self) -> int:
+        return self.forward_flops + self.backward_flops
+
+    @property
+    def forward_macs(self) -> int:
+        return self.forward_flops // 2
+
+
+@dataclass
+class ModelCost:
+    """Per-layer costs and totals of a model at one input shape."""
+
+    input_shape: tuple[int, ...]
+    params: int  # every trainable entry (BN, biases, shared tensors once, pruned entries not)
+    layers: list[LayerCost] = field(default_factory=list)
+
+    @property
+    def forward_flops(self) -> int:
+        return sum(c.forward_flops for c in self.layers)
+
+    @property
+    def grad_input_flops(self) -> int:
+        return sum(c.grad_input_flops for c in self.layers)
+
+    @property
+    def grad_weight_flops(self) -> int:
+        return sum(c.grad_weight_flops for c in self.layers)
+
+    @property
+    def backward_flops(self) -> int:
+        return self.grad_input_flops + self.grad_weight_flops
+
+    @property
+    def total_flops(self) -> int:
+        return self.forward_flops + self.backward_flops
+
+    def totals(self) -> dict[str, int]:
+        """The model totals, as stored in the golden file."""
+        return {"params": self.params, "forward_flops": self.forward_flops,
+                "grad_input_flops": self.grad_input_flops,
+                "grad_weight_flops": self.grad_weight_flops}
+
+    def as_dict(self) -> dict:
+        return {"input_shape": list(self.input_shape), **self.totals(),
+                "layers": [asdict(c) for c in self.layers]}
+
+    def table(self) -> str:
+        """A Markdown table, one row per layer call, MFLOPs at this input shape."""
+        rows = ["| layer | kind | shape | params | fwd MFLOP | grad-in MFLOP | grad-w MFLOP |",
+                "|---|---|---|---:|---:|---:|---:|"]
+        for c in self.layers:
+            rows.append(f"| {c.name} | {c.kind} | {c.shape} | {c.params:,} | "
+                        f"{c.forward_flops / 1e6:.2f} | {c.grad_input_flops / 1e6:.2f} | "
+                        f"{c.grad_weight_flops / 1e6:.2f} |")
+        rows.append(f"| **total** | | | {self.params:,} | {self.forward_flops / 1e6:.2f} | "
+                    f"{self.grad_input_flops / 1e6:.2f} | {self.grad_weight_flops / 1e6:.2f} |")
+        return "\n".join(rows)
+
+
+def conv2d_cost(in_channels: int, out_channels: int, kernel_size, output_size, *, batch: int = 1,
+                groups: int = 1, bias: bool = False, input_grad: bool = True,
+                weight_grad: bool = True, name: str = "") -> LayerCost:
+    """A dense ``nn.Conv2d``; ``output_size`` is ``(H', W')``."""
+    kh, kw = _pair(kernel_size)
+    h, w = _pair(output_size)
+    forward = 2 * batch * h * w * out_channels * (in_channels // groups) * kh * kw
+    params = out_channels * (in_channels // groups) * kh * kw + (out_channels if bias else 0)
+    return LayerCost(name, "conv", f"{in_channels}->{out_channels} k{kh}x{kw} out {h}x{w}",
+                     params, forward, forward if input_grad else 0, forward if weight_grad else 0)
+
+
+def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basis: int,
+                      output_size, *, batch: int = 1, bias: bool = False, combine: str = "stacked",
+                      coefficient_rank: int | None = None, active_coefficients: int | None = None,
+                      input_grad: bool = True, basis_grad: bool = True,
+                      coefficient_grad: bool = True, name: str = "") -> LayerCost:
+    """A :class:`BasisConv2d` as its forward runs it (see the module docstring).
+
+    ``active_coefficients`` is the number of unpruned coefficients (parameters only; the
+    pruned matrix is still applied densely).
+    """
+    kh, kw = _pair(kernel_size)
+    h, w = _pair(output_size)
+    m, n_comb = num_basis, out_channels - num_basis
+    pixels = batch * h * w
+    basis = 2 * pixels * m * in_channels * kh * kw
+    combined_rows = out_channels if combine == "stacked" else n_comb
+    combination = 2 * pixels * combined_rows * m
+    factor_product = 2 * n_comb * coefficient_rank * m if coefficient_rank else 0
+    maps_grad = input_grad or basis_grad  # the basis maps need a gradient
+    grad_input = (combination if maps_grad else 0) + (basis if input_grad else 0)
+    grad_weight = (basis if basis_grad else 0) + \
+        ((combination + 2 * factor_product) if coefficient_grad else 0)
+    if coefficient_rank:
+        coefficients = coefficient_rank * (n_comb + m)
+    else:
+        coefficients = n_comb * m if active_coefficients is None else active_coefficients
+    params = m * in_channels * kh * kw + coefficients + (out_channels if bias else 0)
+    shape = f"{in_channels}->{out_channels} k{kh}x{kw} m{m} out {h}x{w}"
+    if coefficient_rank:
+        shape += f" r{coefficient_rank}"
+    return LayerCost(name, "basis_conv", shape, params, basis + combination + factor_product,
+                     grad_input, grad_weight)
+
+
+def linear_cost(in_features: int, out_features: int, *, batch: int = 1, bias: bool = True,
+                input_grad: bool = True, weight_grad: bool = True, name: str = "") -> LayerCost:
+    forward = 2 * batch * in_features * out_features
+    return LayerCost(name, "linear", f"{in_features}->{out_features}",
+                     in_features * out_features + (out_features if bias else 0), forward,
+                     forward if input_grad else 0, forward if weight_grad else 0)
+
+
+def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequence[int], *,
+               input_grad: bool, name: str = "", active_coefficients: int | None = None) -> LayerCost:
+    """Cost of one call of a ``Conv2d``, ``BasisConv2d`` or ``Linear`` at these shapes;
+    whether parameter gradients are computed is read from their ``requires_grad``.
+    ``active_coefficients`` overrides the count read from a pruned layer's mask."""
+    if isinstance(module, BasisConv2d):
+        mask = module.coefficient_mask
+        if mask is not None and active_coefficients is None:
+            active_coefficients = int((mask != 0).sum())
+        return basis_conv2d_cost(
+            module.in_channels, module.out_channels, module.kernel_size, module.num_basis,
+            tuple(output_shape[-2:]), batch=input_shape[0], bias=module.bias is not None,
+            combine=module.combine, coefficient_rank=module.coefficient_rank,
+            active_coefficients=active_coefficients,
+            input_grad=input_grad, basis_grad=module.basis_weight.requires_grad,
+            coefficient_grad=any(p.requires_grad for p in module.coefficient_parameters()),
+            name=name)
+    if isinstance(module, nn.Conv2d):
+        return conv2d_cost(module.in_channels, module.out_channels, module.kernel_size,
+                           tuple(output_shape[-2:]), batch=input_shape[0], groups=module.groups,
+                           bias=module.bias is not None, input_grad=input_grad,
+                           weight_grad=module.weight.requires_grad, name=name)
+    if isinstance(module, nn.Linear):
+        return linear_cost(module.in_features, module.out_features, batch=prod(input_shape[:-1]),
+                           bias=module.bias is not None, input_grad=input_grad,
+                           weight_grad=module.weight.requires_grad, name=name)
+    raise TypeError(f"layer_cost: no formula for {type(module).__name__} (layer {name!r}); "
+                    f"supported are Conv2d, BasisConv2d and Linear")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable entries: each tensor once (shared coefficients), pruned coefficients not."""
+    total = sum(p.numel() for p in model.parameters())
+    alive: dict[int, torch.Tensor] = {}
+    for layer in (m for m in model.modules() if isinstance(m, BasisConv2d)):
+        if layer.coefficient_mask is None:
+            continue
+        key = id(layer.coefficients)
+        mask = layer.coefficient_mask != 0
+        alive[key] = mask if key not in alive else alive[key] | mask
+    return total - sum(int(mask.numel() - mask.sum()) for mask in alive.values())
+
+
+def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
+               input_requires_grad: bool = False) -> ModelCost:
+    """Per-layer and total cost of one forward (and backward) at ``input_shape``.
+
+    Output sizes and which activations need a gradient come from a forward of a copy of the
+    model on the ``meta`` device (no memory, no compute). ``input_requires_grad=False`` is
+    the training case: nobody needs the gradient w.r.t. the images.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
+              if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
+    shadow = copy.deepcopy(model).to("meta")
+    costs: list[LayerCost] = []
+    handles = []
+    for name, module in shadow.named_modules():
+        if isinstance(module, (nn.Conv2d, BasisConv2d, nn.Linear)):
+            def hook(mod, inputs, output, name=name):
+                x = inputs[0]
+                costs.append(layer_cost(mod, x.shape, output.shape, input_grad=x.requires_grad,
+                                        name=name, active_coefficients=active.get(name)))
+            handles.append(module.register_forward_hook(hook))
+        elif isinstance(module, (nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.Bilinear)):
+            warnings.warn(f"model_cost: layer {name!r} ({type(module).__name__}) is not counted",
+                          stacklevel=2)
+    try:
+        x = torch.empty(input_shape, device="meta", requires_grad=input_requires_grad)
+        with torch.enable_grad():
+            shadow(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return ModelCost(input_shape, count_parameters(model), costs)
+
+
+def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32), *,
+                  input_requires_grad: bool = False) -> dict[str, int]:
+    """Forward and backward FLOPs of one real step, counted by ``FlopCounterMode``: the
+    independent check of :func:`model_cost` (FLOPs are linear in the batch, so a batch of
+    2 is enough). The backward is that of ``output.sum()``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters())
+    x = torch.randn(input_shape, device=param.device, dtype=param.dtype,
+                    requires_grad=input_requires_grad)
+    with FlopCounterMode(display=False) as forward:
+        out = model(x)
+    loss = out.float().sum()
+    with FlopCounterMode(display=False) as backward:
+        loss.backward()
+    return {"forward_flops": forward.get_total_flops(), "backward_flops": backward.get_total_flops()}
+
+
+__all__ = ["LayerCost", "ModelCost", "basis_conv2d_cost", "conv2d_cost", "count_parameters",
+           "layer_cost", "linear_cost", "measure_flops", "model_cost"]

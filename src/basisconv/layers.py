@@ -1,0 +1,459 @@
+"""The basis convolution: a ``Conv2d`` whose ``C_out`` filters are ``m`` trained *basis*
+filters plus ``C_out - m`` linear combinations of them (Alekseev et al. 2024, section on
+basis convolutions).
+
+Storage and forward are kept apart, in the spirit of tensorly-torch:
+
+* stored: ``basis_weight`` ``[m, C_in, kh, kw]``, ``coefficients`` ``[C_out - m, m]`` (or two
+  low-rank factors), an optional ``bias`` ``[C_out]``, and ``output_index``, a buffer that
+  says which stored channel each output channel is, so that a layer converted from a trained
+  conv keeps that conv's output order and is a drop-in replacement;
+* forward (``combine="stacked"``, the default): the basis conv to ``m`` maps, then one 1x1
+  conv with the ``[C_out, m]`` matrix that stacks the identity (for the basis outputs) and
+  the coefficients, rows already in output order. That writes the output once, in order,
+  with the bias fused; it costs ``m*m`` more multiply-adds per pixel than the paper's
+  minimum ``m*(C_out - m)``, which the cost model counts. ``combine="split"`` does exactly
+  the paper's count (1x1 conv to the ``C_out - m`` combined maps, concatenate, reorder),
+  at the price of two more copies of the output. Which is faster was measured with
+  ``scripts/benchmark_layers.py``; see the README section "Basis convolutions".
+
+Rebuilding the dense weight and running one dense conv would save parameters but not time;
+that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+from .errors import ConfigError
+
+COMBINE_MODES = ("stacked", "split")
+
+
+def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "") -> int:
+    """The basis size as an int in ``[1, out_channels]``.
+
+    An int is a count; a float in ``(0, 1]`` a fraction of ``out_channels``, rounded half
+    up and at least 1 (``0.25`` of 64 channels is 16). ``where`` names the layer in errors.
+    """
+    at = f"layer {where!r}: " if where else ""
+    if isinstance(num_basis, bool) or not isinstance(num_basis, numbers.Real):
+        raise TypeError(f"{at}num_basis must be an int (a count) or a float in (0, 1] "
+                        f"(a fraction of out_channels), got {num_basis!r}")
+    if isinstance(num_basis, numbers.Integral):
+        count = int(num_basis)
+    else:
+        fraction = float(num_basis)
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"{at}num_basis = {num_basis!r}: a float is a fraction of "
+                              f"out_channels and must be in (0, 1]; pass an int for a count")
+        count = max(1, int(math.floor(fraction * out_channels + 0.5)))
+    if not 1 <= count <= out_channels:
+        raise ConfigError(f"{at}num_basis = {count} is out of range: valid is 1..{out_channels} "
+                          f"(out_channels), or a fraction in (0, 1]")
+    return count
+
+
+def forward_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_basis: int | None,
+                           combine: str = "stacked") -> int:
+    """Multiply-adds per output pixel of a dense conv (``num_basis=None``) or a basis conv.
+
+    Dense: ``C_out*K`` with ``K = C_in*kh*kw``. Basis: ``m*K`` for the basis conv, plus
+    ``C_out*m`` (stacked) or ``(C_out - m)*m`` (split) for the combination.
+    """
+    kh, kw = _pair(kernel_size)
+    fan_in = in_channels * kh * kw
+    if num_basis is None:
+        return out_channels * fan_in
+    combined = out_channels if combine == "stacked" else out_channels - num_basis
+    return num_basis * fan_in + combined * num_basis
+
+
+def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked") -> bool:
+    """Whether a basis layer of this size does fewer multiply-adds than the dense conv.
+
+    ``conv_or_shape`` is an ``nn.Conv2d`` or a tuple ``(in_channels, out_channels,
+    kernel_size)``. With the paper's count (``combine="split"``) the per-pixel saving is
+    ``(C_out - m)*(K - m)``, positive only when ``m < min(C_out, K)``: the 3-channel stem
+    (``K = 27``) and 1x1 shortcuts gain little or nothing. The default stacked combination
+    needs ``m*(K + C_out) < C_out*K``, slightly stricter. Parameters are saved exactly when
+    ``m < min(C_out, K)``.
+    """
+    if isinstance(conv_or_shape, nn.Conv2d):
+        c_in, c_out, k = conv_or_shape.in_channels, conv_or_shape.out_channels, conv_or_shape.kernel_size
+    elif isinstance(conv_or_shape, BasisConv2d):
+        c_in, c_out, k = conv_or_shape.in_channels, conv_or_shape.out_channels, conv_or_shape.kernel_size
+    else:
+        c_in, c_out, k = conv_or_shape
+    m = resolve_num_basis(num_basis, c_out)
+    return forward_macs_per_pixel(c_in, c_out, k, m, combine) < forward_macs_per_pixel(c_in, c_out, k, None)
+
+
+def select_basis(weight: torch.Tensor, num_basis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy column-pivoted Gram-Schmidt on the flattened filters.
+
+    Picks, ``num_basis`` times, the filter with the largest residual norm and projects it
+    out of the others: the chosen filters span as much of the layer as a greedy choice can,
+    and the residual after ``k`` picks is exactly the least-squares error of fitting the
+    remaining filters from the first ``k``. Returns the chosen indices (in pick order) and
+    the relative Frobenius reconstruction error after each number of picks
+    (``errors[k]`` for ``k`` picks, ``errors[0] = 1``), computed in float64.
+    """
+    # Left-looking form: the filters are never rewritten. A new direction q is orthogonal
+    # to the earlier ones, so a filter's component along q is (original filter) @ q and
+    # its squared residual norm drops by that squared (one matrix-vector product a step).
+    w = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
+    residual = w.pow(2).sum(1)
+    total = float(residual.sum()) or 1.0
+    directions = w.new_zeros(num_basis, w.shape[1])
+    chosen: list[int] = []
+    errors = [1.0]
+    available = torch.ones(w.shape[0], dtype=torch.bool)
+    for k in range(num_basis):
+        pick = int(residual.masked_fill(~available, -1.0).argmax())
+        chosen.append(pick)
+        available[pick] = False
+        q = w[pick]
+        for _ in range(2):  # project twice: one pass loses orthogonality on near-dependent filters
+            q = q - directions[:k].T @ (directions[:k] @ q)
+        norm = q.norm()
+        if norm > 0:
+            q = q / norm
+            directions[k] = q
+            residual = (residual - (w @ q).pow(2)).clamp_min(0.0)
+        errors.append(float(residual[available].sum() / total) ** 0.5)
+    return torch.tensor(chosen, dtype=torch.long), torch.tensor(errors, dtype=torch.float64)
+
+
+def fit_coefficients(basis: torch.Tensor, rest: torch.Tensor,
+                     rank: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Least-squares coefficients ``A`` with ``rest ~= A @ basis``.
+
+    ``basis`` is ``[m, K]`` (flattened basis filters), ``rest`` ``[C_out - m, K]``. Several
+    layers sharing one matrix are fitted jointly by concatenating their ``K`` columns. With
+    ``rank`` the best rank-``r`` solution (reduced-rank regression: the truncated SVD of
+    the least-squares fit ``A* @ basis``, mapped back through the pseudo-inverse) is
+    returned as two factors ``(left [C_out - m, r], right [r, m])``. Float64 throughout.
+    """
+    basis = basis.to(torch.float64)
+    rest = rest.to(torch.float64)
+    if rest.shape[0] == 0:
+        full = rest.new_zeros(0, basis.shape[0])
+    else:
+        # gelsd (SVD-based) also handles m > K, where the basis filters are dependent.
+        full = torch.linalg.lstsq(basis.T, rest.T, driver="gelsd").solution.T
+    if rank is None:
+        return (full,)
+    fitted = full @ basis
+    u, s, vh = torch.linalg.svd(fitted, full_matrices=False)
+    r = min(rank, s.numel())
+    left = u[:, :r] * s[:r]
+    right = vh[:r] @ torch.linalg.pinv(basis)
+    if r < rank:  # fewer directions than asked: pad with zeros to keep the stored shapes
+        left = torch.cat([left, left.new_zeros(left.shape[0], rank - r)], 1)
+        right = torch.cat([right, right.new_zeros(rank - r, right.shape[1])], 0)
+    return left, right
+
+
+class BasisConv2d(nn.Module):
+    """A 2-D convolution with ``num_basis`` trained filters and ``out_channels - num_basis``
+    outputs that are trained linear combinations of the basis outputs.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as
+            ``nn.Conv2d`` (``groups=1`` and zero padding only).
+        num_basis: an int count, or a float in ``(0, 1]``, a fraction of ``out_channels``.
+        combine: ``"stacked"`` (default, one 1x1 conv writes the output in order) or
+            ``"split"`` (the paper's minimal multiply-add count); see the module docstring.
+        coefficient_rank: store the coefficient matrix as a product of two factors of this
+            rank (fewer parameters; the product is formed once per forward, a tiny matmul).
+
+    Initialization from scratch (why): the basis filters are Kaiming-normal with
+    ``fan_in = C_in*kh*kw``, exactly as a dense conv's filters would be, so a basis output
+    has the variance a dense output would have. The coefficients are ``N(0, 1/m)``: a
+    combined output is a sum of ``m`` roughly uncorrelated basis outputs, so its variance
+    matches a basis output's too, and no channel starts out dead or dominant. Low-rank
+    factors are ``N(0, 1/r)`` and ``N(0, 1/m)``, which gives the same product variance. The
+    bias starts at zero.
+
+    Channel order: the stored channels are ``[basis 0..m-1, combined 0..C_out-m-1]``;
+    output channel ``j`` is stored channel ``output_index[j]``. A layer built from scratch
+    has the identity order (basis first); :meth:`from_conv` keeps the source conv's order.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, num_basis: int | float,
+                 stride=1, padding=0, dilation=1, bias: bool = False, *,
+                 combine: str = "stacked", coefficient_rank: int | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if combine not in COMBINE_MODES:
+            raise ConfigError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
+        m = resolve_num_basis(num_basis, out_channels)
+        self.in_channels, self.out_channels, self.num_basis = int(in_channels), int(out_channels), m
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation = _pair(dilation)
+        self.combine = combine
+        n_combined = out_channels - m
+        if coefficient_rank is not None:
+            if isinstance(coefficient_rank, bool) or not isinstance(coefficient_rank, numbers.Integral) \
+                    or not 1 <= coefficient_rank <= max(1, min(n_combined, m)):
+                raise ConfigError(f"coefficient_rank must be an int in 1..{max(1, min(n_combined, m))} "
+                                 f"(min of out_channels - num_basis = {n_combined} and num_basis = "
+                                 f"{m}), got {coefficient_rank!r}")
+            coefficient_rank = int(coefficient_rank)
+        self.coefficient_rank = coefficient_rank
+        factory = {"device": device, "dtype": dtype}
+        self.basis_weight = nn.Parameter(torch.empty(m, in_channels, *self.kernel_size, **factory))
+        if coefficient_rank is None:
+            self.coefficients = nn.Parameter(torch.empty(n_combined, m, **factory))
+        else:
+            self.coefficients_left = nn.Parameter(torch.empty(n_combined, coefficient_rank, **factory))
+            self.coefficients_right = nn.Parameter(torch.empty(coefficient_rank, m, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.register_buffer("output_index", torch.arange(out_channels, device=device))
+        # Top-k pruning mask (see prune_coefficients); None means dense coefficients.
+        self.register_buffer("coefficient_mask", None)
+        #: Relative Frobenius error of the dense weight, set by from_conv (None otherwise).
+        self.reconstruction_error: float | None = None
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------- construction
+    def reset_parameters(self) -> None:
+        """From-scratch init; the class docstring says why these scales."""
+        nn.init.kaiming_normal_(self.basis_weight, mode="fan_in", nonlinearity="relu")
+        m = self.num_basis
+        if self.coefficient_rank is None:
+            nn.init.normal_(self.coefficients, 0.0, 1.0 / math.sqrt(m))
+        else:
+            nn.init.normal_(self.coefficients_left, 0.0, 1.0 / math.sqrt(self.coefficient_rank))
+            nn.init.normal_(self.coefficients_right, 0.0, 1.0 / math.sqrt(m))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, num_basis: int | float | None = None, *,
+                  max_error: float | None = None, combine: str = "stacked",
+                  coefficient_rank: int | None = None) -> "BasisConv2d":
+        """Convert a (trained) ``nn.Conv2d`` into a basis layer with the same outputs.
+
+        The basis filters are the conv's own filters, picked by :func:`select_basis`; the
+        coefficients are the least-squares fit of the other filters (the paper gives no
+        rule that we know of; least squares minimizes the weight error, which bounds the
+        output error for any input). At ``num_basis == out_channels`` the result reproduces
+        the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
+        whose relative weight error is at most that, an energy criterion like BasisConv's).
+        The achieved error is stored in ``reconstruction_error``.
+        """
+        check_convertible(conv)
+        c_out = conv.out_channels
+        if (num_basis is None) == (max_error is None):
+            raise ConfigError("from_conv needs exactly one of num_basis (a count or fraction) "
+                             "and max_error (a relative weight error in [0, 1))")
+        if max_error is not None:
+            if not 0.0 <= float(max_error) < 1.0:
+                raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
+            _, errors = select_basis(conv.weight, c_out)
+            m = int(torch.nonzero(errors <= max_error + 1e-12)[0])
+            m = max(1, m)
+        else:
+            m = resolve_num_basis(num_basis, c_out)
+        picked, _ = select_basis(conv.weight, m)
+        rest = torch.tensor([i for i in range(c_out) if i not in set(picked.tolist())], dtype=torch.long)
+        layer = cls(conv.in_channels, c_out, conv.kernel_size, m, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+                    combine=combine, coefficient_rank=coefficient_rank,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+        weight = conv.weight.detach()
+        flat = weight.reshape(c_out, -1)
+        factors = fit_coefficients(flat[picked], flat[rest], coefficient_rank)
+        stored = torch.cat([picked, rest])  # stored channel s is conv channel stored[s]
+        with torch.no_grad():
+            layer.basis_weight.copy_(weight[picked])
+            layer.set_coefficients(*factors)
+            layer.output_index.copy_(torch.argsort(stored))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias.detach())
+        layer.reconstruction_error = relative_error(layer.dense_weight(), weight)
+        return layer
+
+    def set_coefficients(self, *factors: torch.Tensor) -> None:
+        """Copy a fitted matrix (or its two low-rank factors) into the parameters."""
+        with torch.no_grad():
+            if self.coefficient_rank is None:
+                self.coefficients.copy_(factors[0])
+            else:
+                self.coefficients_left.copy_(factors[0])
+                self.coefficients_right.copy_(factors[1])
+
+    # ----------------------------------------------------------------- views of the weights
+    def coefficient_parameters(self) -> list[nn.Parameter]:
+        """The trainable tensors that make up the coefficient matrix."""
+        if self.coefficient_rank is None:
+            return [self.coefficients]
+        return [self.coefficients_left, self.coefficients_right]
+
+    def coefficient_matrix(self) -> torch.Tensor:
+        """The effective ``[C_out - m, m]`` coefficient matrix (low-rank product, pruning
+        mask applied)."""
+        if self.coefficient_rank is None:
+            matrix = self.coefficients
+        else:
+            matrix = self.coefficients_left @ self.coefficients_right
+        if self.coefficient_mask is not None:
+            matrix = matrix * self.coefficient_mask
+        return matrix
+
+    def combination_matrix(self) -> torch.Tensor:
+        """The ``[C_out, m]`` matrix mapping basis maps to outputs, rows in output order."""
+        basis_rows = torch.eye(self.num_basis, dtype=self.basis_weight.dtype,
+                               device=self.basis_weight.device)
+        stacked = torch.cat([basis_rows, self.coefficient_matrix()])
+        return stacked.index_select(0, self.output_index)
+
+    @property
+    def basis_channels(self) -> torch.Tensor:
+        """Output channels that are basis outputs, in basis order."""
+        return torch.argsort(self.output_index)[: self.num_basis]
+
+    def dense_weight(self) -> torch.Tensor:
+        """The equivalent dense ``[C_out, C_in, kh, kw]`` weight."""
+        flat = self.combination_matrix() @ self.basis_weight.reshape(self.num_basis, -1)
+        return flat.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def to_conv(self) -> nn.Conv2d:
+        """The equivalent dense ``nn.Conv2d`` (for export and checking)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, bias=self.bias is not None,
+                         device=self.basis_weight.device, dtype=self.basis_weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    # ----------------------------------------------------------------- coefficient shrinking
+    def prune_coefficients(self, keep_per_row: int) -> None:
+        """Keep the ``keep_per_row`` largest-magnitude coefficients of each combined output
+        and zero the rest through a fixed mask (our reading of the paper's sparse option);
+        pair it with :func:`coefficient_l1` during training to push small ones to zero."""
+        if self.coefficient_rank is not None:
+            raise ConfigError("prune_coefficients needs a full coefficient matrix; this layer "
+                             f"stores it at rank {self.coefficient_rank}")
+        m = self.num_basis
+        if isinstance(keep_per_row, bool) or not isinstance(keep_per_row, numbers.Integral) \
+                or not 1 <= keep_per_row <= m:
+            raise ConfigError(f"keep_per_row must be an int in 1..{m} (num_basis), got {keep_per_row!r}")
+        with torch.no_grad():
+            magnitude = self.coefficient_matrix().abs()
+            top = magnitude.topk(int(keep_per_row), dim=1).indices
+            mask = torch.zeros_like(magnitude).scatter_(1, top, 1.0)
+        self.coefficient_mask = mask
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A pruned layer's mask is a buffer that a fresh layer does not have yet: create it
+        # so that a pruned checkpoint loads into an unpruned model of the same shape.
+        key = prefix + "coefficient_mask"
+        if key in state_dict and self.coefficient_mask is None:
+            self.coefficient_mask = torch.empty_like(state_dict[key], device=self.basis_weight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        basis_maps = F.conv2d(x, self.basis_weight, None, self.stride, self.padding, self.dilation)
+        if self.combine == "stacked":
+            matrix = self.combination_matrix()
+            return F.conv2d(basis_maps, matrix[:, :, None, None], self.bias)
+        # "split": only the combined maps are computed by the 1x1 conv (paper's count).
+        if self.num_basis < self.out_channels:
+            combined = F.conv2d(basis_maps, self.coefficient_matrix()[:, :, None, None])
+            out = torch.cat([basis_maps, combined], 1).index_select(1, self.output_index)
+        else:
+            out = basis_maps.index_select(1, self.output_index)
+        if self.bias is not None:
+            out = out + self.bias[:, None, None]
+        return out
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"num_basis={self.num_basis}, stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.bias is None:
+            s += ", bias=False"
+        s += f", combine={self.combine!r}"
+        if self.coefficient_rank is not None:
+            s += f", coefficient_rank={self.coefficient_rank}"
+        if self.coefficient_mask is not None:
+            s += f", keep_per_row={int(self.coefficient_mask[0].sum()) if self.coefficient_mask.numel() else 0}"
+        return s
+
+
+def check_convertible(conv: nn.Module, where: str = "") -> None:
+    """Raise a one-line error when ``conv`` cannot become a :class:`BasisConv2d`."""
+    at = f"layer {where!r}" if where else "the layer"
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{at} is a {type(conv).__name__}, not an nn.Conv2d; only 2-D "
+                        f"convolutions can be converted")
+    if conv.groups != 1:
+        raise ConfigError(f"{at} is a grouped conv (groups={conv.groups}); basis convolutions "
+                         f"support groups=1 only, leave this layer dense")
+    if conv.padding_mode != "zeros":
+        raise ConfigError(f"{at} uses padding_mode={conv.padding_mode!r}; basis convolutions "
+                         f"support zero padding only")
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """``||approx - exact||_F / ||exact||_F`` in float64 (0 for an all-zero ``exact``)."""
+    exact = exact.detach().to(torch.float64)
+    diff = approx.detach().to(torch.float64) - exact
+    norm = exact.norm()
+    return float(diff.norm() / norm) if norm > 0 else float(diff.norm())
+
+
+def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:
+    """The model's basis layers by module name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, BasisConv2d)}
+
+
+def coefficient_l1(model: nn.Module) -> torch.Tensor:
+    """Sum of absolute coefficients over the model's basis layers (shared matrices once):
+    add ``weight * coefficient_l1(model)`` to the loss for sparse coefficients."""
+    seen: set[int] = set()
+    total = None
+    for layer in basis_layers(model).values():
+        key = id(layer.coefficient_parameters()[0])
+        if key in seen:
+            continue
+        seen.add(key)
+        term = layer.coefficient_matrix().abs().sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ConfigError("coefficient_l1: the model has no BasisConv2d layers; convert some "
+                         "with basisconv.surgery.apply_basis first")
+    return total
+
+
+def layer_shape(layer: nn.Module) -> tuple[int, int, tuple[int, int]]:
+    """``(in_channels, out_channels, kernel_size)`` of a conv or basis layer."""
+    return layer.in_channels, layer.out_channels, tuple(layer.kernel_size)
+
+
+__all__: Sequence[str] = (
+    "BasisConv2d", "COMBINE_MODES", "basis_layers", "check_convertible", "coefficient_l1",
+    "fit_coefficients", "forward_macs_per_pixel", "relative_error", "resolve_num_basis",
+    "saves_compute", "select_basis",
+)

@@ -1,0 +1,271 @@
+"""Model surgery: list a model's convolutions by module name and replace chosen ones by
+basis convolutions, in place or on a copy.
+
+Names are the model's own module names (``conv1``, ``layer1.0.conv1``,
+``layer2.0.shortcut.0``), so a layer list from a sensitivity scan or a config carries over
+unchanged. Also here: the skip-training schedule for the coefficient matrices, and a
+per-layer report of what a conversion did.
+
+Skip-training, our reading of the paper's "practical skip-training scheme" (the paper's
+details are not available to us):
+
+* *dense warm-up, then convert*: train the dense model for a few epochs, then call
+  ``apply_basis(model, layers, num_basis, inplace=True, convert=True)``; the basis filters
+  and coefficients are fitted to the trained weights (``BasisConv2d.from_conv``). Build a new
+  optimizer afterwards: the converted layers have new parameters.
+* *coefficients trained every N steps*: :class:`CoefficientSkipSchedule` switches
+  ``requires_grad`` of the coefficients off on the other steps, so autograd does not compute
+  their gradient at all (the cost model counts that saving) and the optimizer skips them.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import logging
+import numbers
+import warnings
+from collections import defaultdict
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError
+from .layers import (BasisConv2d, basis_layers, check_convertible, fit_coefficients,
+                     forward_macs_per_pixel, relative_error, resolve_num_basis, saves_compute)
+
+log = logging.getLogger(__name__)
+_GLOB_CHARS = set("*?[")
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``nn.Conv2d`` and :class:`BasisConv2d` layers by module name, in module order."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, BasisConv2d)) and name}
+
+
+def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict[str, nn.Conv2d]:
+    """The dense convs that ``layers`` names: ``"all"``, or names and fnmatch patterns
+    (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
+    pattern or ``"all"`` picks up that cannot be converted (grouped, non-zero padding) are
+    skipped with a warning, and layers already in basis form are left alone."""
+    convs = conv_layers(model)
+    dense = {n: m for n, m in convs.items() if isinstance(m, nn.Conv2d)}
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ConfigError("apply_basis: the layer list is empty; give 'all', names or patterns "
+                          "like 'layer*.conv*'")
+    chosen: dict[str, nn.Conv2d] = {}
+    valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
+    for entry in layers:
+        if not isinstance(entry, str):
+            raise ConfigError(f"apply_basis: layer names must be strings, got {entry!r}")
+        if entry == "all" or _GLOB_CHARS & set(entry):
+            matched = [n for n in convs if entry == "all" or fnmatch.fnmatchcase(n, entry)]
+            if not matched:
+                raise ConfigError(f"layer pattern {entry!r} matches no convolution; valid names: {valid}")
+            for name in matched:
+                module = convs[name]
+                if isinstance(module, BasisConv2d):
+                    continue
+                try:
+                    check_convertible(module, name)
+                except (TypeError, ValueError) as err:
+                    warnings.warn(f"skipping {err}", stacklevel=3)
+                    continue
+                chosen[name] = module
+            continue
+        if entry not in convs:
+            module = dict(model.named_modules()).get(entry)
+            if module is not None and entry:
+                raise ConfigError(f"layer {entry!r} is a {type(module).__name__}, not a convolution; "
+                                  f"valid names: {valid}")
+            close = difflib.get_close_matches(entry, list(convs), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown layer {entry!r}{hint}; valid names: {valid}")
+        if isinstance(convs[entry], BasisConv2d):
+            raise ConfigError(f"layer {entry!r} is already a BasisConv2d; convert its to_conv() "
+                              f"first to change its basis size")
+        try:
+            check_convertible(convs[entry], entry)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
+        chosen[entry] = dense[entry]
+    # keep module order whatever the order of the list
+    return {n: chosen[n] for n in convs if n in chosen}
+
+
+def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
+                num_basis: int | float = 0.5, *, inplace: bool = False, convert: bool = True,
+                only_where_saves: bool = False, share_coefficients: bool = False,
+                combine: str = "stacked", coefficient_rank: int | None = None) -> nn.Module:
+    """Replace the named convolutions by :class:`BasisConv2d` layers; returns the model
+    (``model`` itself when ``inplace``, else a converted deep copy).
+
+    Args:
+        layers: ``"all"``, a name, or a list of names and fnmatch patterns.
+        num_basis: an int count, or a float in ``(0, 1]`` resolved per layer as a fraction
+            of its ``out_channels`` (rounded half up, at least 1).
+        convert: ``True`` fits each basis layer to the conv's current weights
+            (``BasisConv2d.from_conv``: use it on a trained model or after a dense warm-up;
+            exact at full rank); ``False`` gives fresh from-scratch layers. There is no
+            "auto": whether weights are "trained" cannot be told from the weights.
+        only_where_saves: replace a layer only where the basis form does fewer
+            multiply-adds (Composer's rule); otherwise such layers are converted with a
+            warning, as asked.
+        share_coefficients: layers with the same coefficient shape ``(C_out - m, m)`` (and
+            rank) share one coefficient matrix (our reading of the paper's option to shrink
+            the coefficients); with ``convert`` it is fitted jointly to all of them.
+        combine, coefficient_rank: passed to :class:`BasisConv2d`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
+    targets = select_layers(model, layers)
+    sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name)
+             for name, conv in targets.items()}
+    if coefficient_rank is not None:
+        for name, conv in targets.items():
+            top = max(1, min(conv.out_channels - sizes[name], sizes[name]))
+            if isinstance(coefficient_rank, numbers.Integral) and not 1 <= coefficient_rank <= top:
+                raise ConfigError(f"coefficient_rank = {coefficient_rank} is out of range for layer "
+                                  f"{name!r}: valid is 1..{top} (min of out_channels - num_basis and "
+                                  f"num_basis = {sizes[name]})")
+    for name in list(targets):
+        conv, m = targets[name], sizes[name]
+        if saves_compute(conv, m, combine):
+            continue
+        k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        dense = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, None)
+        basis = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, m, combine)
+        message = (f"layer {name!r}: num_basis={m} saves no compute ({basis} vs {dense} dense "
+                   f"multiply-adds per pixel; C_out={conv.out_channels}, C_in*k*k={k}, the basis "
+                   f"must be well below min of the two)")
+        if only_where_saves:
+            log.info("%s; left dense (only_where_saves)", message)
+            del targets[name]
+        else:
+            warnings.warn(message + "; pass only_where_saves=True to leave such layers dense",
+                          stacklevel=2)
+    if not inplace:
+        names = list(targets)
+        model = copy.deepcopy(model)
+        modules = dict(model.named_modules())
+        targets = {n: modules[n] for n in names}
+
+    replaced: dict[str, BasisConv2d] = {}
+    for name, conv in targets.items():
+        m = sizes[name]
+        if convert:
+            layer = BasisConv2d.from_conv(conv, m, combine=combine, coefficient_rank=coefficient_rank)
+        else:
+            layer = BasisConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, m,
+                                stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                                bias=conv.bias is not None, combine=combine,
+                                coefficient_rank=coefficient_rank,
+                                device=conv.weight.device, dtype=conv.weight.dtype)
+        layer.train(conv.training)
+        _set_submodule(model, name, layer)
+        replaced[name] = layer
+    if share_coefficients:
+        _share_coefficients(replaced, targets if convert else None)
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _share_coefficients(layers: dict[str, BasisConv2d], sources: dict[str, nn.Conv2d] | None) -> None:
+    """Tie the coefficient parameters of same-shaped layers to the first one's; refit them
+    jointly to the source convs' weights when given."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for name, layer in layers.items():
+        groups[(layer.out_channels, layer.num_basis, layer.coefficient_rank)].append(name)
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        first = layers[names[0]]
+        for name in names[1:]:
+            if first.coefficient_rank is None:
+                layers[name].coefficients = first.coefficients
+            else:
+                layers[name].coefficients_left = first.coefficients_left
+                layers[name].coefficients_right = first.coefficients_right
+        if sources is None:
+            continue
+        basis, rest = [], []
+        for name in names:
+            layer, weight = layers[name], sources[name].weight.detach()
+            stored = torch.argsort(layer.output_index)  # conv channel of each stored channel
+            basis.append(layer.basis_weight.detach().reshape(layer.num_basis, -1))
+            rest.append(weight.reshape(weight.shape[0], -1)[stored[layer.num_basis:]])
+        first.set_coefficients(*fit_coefficients(torch.cat(basis, 1), torch.cat(rest, 1),
+                                                 first.coefficient_rank))
+        for name in names:
+            layers[name].reconstruction_error = relative_error(layers[name].dense_weight(),
+                                                               sources[name].weight)
+
+
+def basis_report(model: nn.Module) -> list[dict]:
+    """One row per basis layer: name, shape, basis size, whether it saves compute, the weight
+    reconstruction error of its conversion (``None`` for a from-scratch layer) and which
+    layer's coefficients it shares (``None`` if its own)."""
+    rows, owners = [], {}
+    for name, layer in basis_layers(model).items():
+        key = id(layer.coefficient_parameters()[0])
+        owners.setdefault(key, name)
+        rows.append({
+            "name": name,
+            "in_channels": layer.in_channels,
+            "out_channels": layer.out_channels,
+            "kernel_size": list(layer.kernel_size),
+            "num_basis": layer.num_basis,
+            "fraction": layer.num_basis / layer.out_channels,
+            "saves_compute": saves_compute(layer, layer.num_basis, layer.combine),
+            "reconstruction_error": layer.reconstruction_error,
+            "shares_coefficients_of": None if owners[key] == name else owners[key],
+        })
+    return rows
+
+
+class CoefficientSkipSchedule:
+    """Skip-training of the coefficient matrices: they train only on every
+    ``train_every``-th step (our reading of the paper's skip-training scheme).
+
+    Call it once per step, before the forward: ``schedule(step)``. On skipped steps the
+    coefficients have ``requires_grad=False``, so autograd does not compute their gradient
+    (the combination's weight-gradient matmul is not run), and their ``.grad`` is set to
+    ``None``, so optimizers (SGD, Adam, ...) leave them, momentum and weight decay
+    included, untouched. Returns whether the coefficients train on this step.
+    """
+
+    def __init__(self, model: nn.Module, train_every: int):
+        if isinstance(train_every, bool) or not isinstance(train_every, numbers.Integral) or train_every < 1:
+            raise ConfigError(f"train_every must be an int >= 1 (1 = train the coefficients "
+                              f"every step), got {train_every!r}")
+        self.train_every = int(train_every)
+        seen: dict[int, nn.Parameter] = {}
+        for layer in basis_layers(model).values():
+            for p in layer.coefficient_parameters():
+                seen.setdefault(id(p), p)
+        if not seen:
+            raise ConfigError("CoefficientSkipSchedule: the model has no BasisConv2d layers; "
+                              "convert some with apply_basis first")
+        self.parameters = list(seen.values())
+
+    def __call__(self, step: int) -> bool:
+        active = step % self.train_every == 0
+        for p in self.parameters:
+            p.requires_grad_(active)
+            if not active:
+                p.grad = None
+        return active
+
+
+__all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "select_layers"]

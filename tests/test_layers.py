@@ -1,0 +1,206 @@
+"""BasisConv2d: exactness at full rank, conversion and its error, gradients, init, options."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from basisconv.layers import (BasisConv2d, coefficient_l1, fit_coefficients, resolve_num_basis,
+                              saves_compute, select_basis)
+
+# (in, out, kernel, stride, padding, dilation, bias)
+SHAPES = [
+    (3, 8, 3, 1, 1, 1, False),
+    (6, 10, 3, 2, 1, 1, True),
+    (5, 7, (3, 1), (1, 2), (1, 0), 1, True),
+    (4, 6, 1, 2, 0, 1, False),
+    (4, 5, 3, 1, 2, 2, True),
+    (4, 6, 5, 1, "same", 1, False),
+]
+
+
+def make_conv(c_in, c_out, k, stride, padding, dilation, bias, seed=0):
+    torch.manual_seed(seed)
+    return nn.Conv2d(c_in, c_out, k, stride, padding, dilation, bias=bias).double()
+
+
+@pytest.mark.parametrize("combine", ["stacked", "split"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_full_rank_conversion_reproduces_the_conv(shape, combine):
+    conv = make_conv(*shape)
+    layer = BasisConv2d.from_conv(conv, conv.out_channels, combine=combine)
+    assert layer.reconstruction_error < 1e-12
+    x1 = torch.randn(2, shape[0], 9, 11, dtype=torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y_conv, y_layer = conv(x1), layer(x2)
+    assert y_layer.shape == y_conv.shape
+    torch.testing.assert_close(y_layer, y_conv, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y_conv)
+    y_conv.backward(grad)
+    y_layer.backward(grad)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
+    # at full rank the combination is a permutation: basis filter i is conv filter basis_channels[i]
+    torch.testing.assert_close(layer.basis_weight.grad, conv.weight.grad[layer.basis_channels],
+                               rtol=1e-12, atol=1e-12)
+    if conv.bias is not None:
+        torch.testing.assert_close(layer.bias.grad, conv.bias.grad)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_to_conv_round_trips(shape):
+    conv = make_conv(*shape)
+    back = BasisConv2d.from_conv(conv, conv.out_channels).to_conv()
+    torch.testing.assert_close(back.weight, conv.weight, rtol=1e-12, atol=1e-12)
+    assert (back.stride, back.padding, back.dilation) == (conv.stride, conv.padding, conv.dilation)
+    # below full rank, to_conv is the dense form of the basis layer itself
+    layer = BasisConv2d.from_conv(conv, 3)
+    x = torch.randn(2, shape[0], 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(layer.to_conv()(x), layer(x), rtol=1e-10, atol=1e-12)
+
+
+def test_a_conv_of_rank_m_is_reproduced_with_m_basis_filters():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(6, 12, 3, padding=1, bias=True).double()
+    with torch.no_grad():  # 12 filters that are combinations of 4
+        conv.weight.copy_((torch.randn(12, 4, dtype=torch.float64) @
+                           torch.randn(4, 54, dtype=torch.float64)).reshape(12, 6, 3, 3))
+    for combine in ("stacked", "split"):
+        layer = BasisConv2d.from_conv(conv, 4, combine=combine)
+        assert layer.reconstruction_error < 1e-10
+        x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-9, atol=1e-10)
+    assert BasisConv2d.from_conv(conv, 3).reconstruction_error > 1e-3
+
+
+def test_reconstruction_error_is_the_least_squares_error_and_shrinks_with_m():
+    conv = make_conv(8, 16, 3, 1, 1, 1, False)
+    flat = conv.weight.detach().reshape(16, -1)
+    picked, curve = select_basis(conv.weight, 16)
+    assert sorted(picked.tolist()) == list(range(16))
+    errors = []
+    for m in (2, 4, 8, 12, 16):
+        layer = BasisConv2d.from_conv(conv, m)
+        direct = ((layer.dense_weight() - conv.weight).norm() / conv.weight.norm()).detach()
+        assert layer.reconstruction_error == pytest.approx(float(direct), abs=1e-12)
+        # the greedy curve is the least-squares error of its own picks
+        assert curve[m].item() == pytest.approx(layer.reconstruction_error, abs=1e-9)
+        errors.append(layer.reconstruction_error)
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-12 and errors[0] > 0.5
+    # the greedy pick beats a random choice of basis filters
+    rest = torch.arange(4, 16)
+    (coef,) = fit_coefficients(flat[:4], flat[rest])
+    first4 = ((coef @ flat[:4] - flat[rest]).norm() / flat.norm()).item()
+    assert BasisConv2d.from_conv(conv, 4).reconstruction_error <= first4 + 1e-12
+
+
+def test_max_error_picks_the_smallest_sufficient_basis():
+    conv = make_conv(8, 16, 3, 1, 1, 1, False)
+    _, curve = select_basis(conv.weight, 16)
+    target = float(curve[9]) + 1e-9
+    layer = BasisConv2d.from_conv(conv, max_error=target)
+    assert layer.num_basis == 9 and layer.reconstruction_error <= target
+    with pytest.raises(ValueError, match="exactly one of num_basis"):
+        BasisConv2d.from_conv(conv, 4, max_error=0.1)
+
+
+@pytest.mark.parametrize("options", [
+    {"combine": "stacked", "bias": True},
+    {"combine": "split", "bias": True},
+    {"combine": "stacked", "coefficient_rank": 2},
+])
+def test_gradcheck(options):
+    torch.manual_seed(0)
+    bias = options.pop("bias", False)
+    layer = BasisConv2d(3, 7, 3, 3, stride=2, padding=1, bias=bias, dtype=torch.float64, **options)
+    layer.output_index.copy_(torch.randperm(7))  # a converted layer's channel order
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_channels_last_input_gives_the_same_output():
+    conv = make_conv(8, 16, 3, 1, 1, 1, True)
+    layer = BasisConv2d.from_conv(conv, 4)
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last)), layer(x))
+
+
+def test_from_scratch_init_matches_the_scale_of_a_dense_conv():
+    torch.manual_seed(0)
+    layer = BasisConv2d(64, 64, 3, 16, padding=1)
+    dense = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    nn.init.kaiming_normal_(dense.weight, mode="fan_in", nonlinearity="relu")
+    x = torch.randn(8, 64, 12, 12)
+    with torch.no_grad():
+        y, y_dense = layer(x), dense(x)
+    basis_std = y[:, layer.basis_channels].std()
+    combined = torch.ones(64, dtype=torch.bool)
+    combined[layer.basis_channels] = False
+    combined_std = y[:, combined].std()
+    assert 0.8 < float(basis_std / y_dense.std()) < 1.25
+    assert 0.8 < float(combined_std / basis_std) < 1.25
+
+
+def test_fraction_rounding_and_range_errors():
+    assert resolve_num_basis(0.25, 64) == 16
+    assert resolve_num_basis(0.01, 8) == 1
+    assert resolve_num_basis(1.0, 10) == 10
+    assert resolve_num_basis(0.5, 5) == 3  # half up
+    with pytest.raises(ValueError, match=r"valid is 1\.\.8"):
+        resolve_num_basis(0, 8)
+    with pytest.raises(ValueError, match=r"valid is 1\.\.8"):
+        BasisConv2d(4, 8, 3, 9)
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        resolve_num_basis(1.5, 8)
+    with pytest.raises(TypeError, match="must be an int"):
+        resolve_num_basis(True, 8)
+    with pytest.raises(ValueError, match="combine must be one of"):
+        BasisConv2d(4, 8, 3, 2, combine="concat")
+    with pytest.raises(ValueError, match=r"coefficient_rank must be an int in 1\.\.2"):
+        BasisConv2d(4, 8, 3, 2, coefficient_rank=3)
+
+
+def test_grouped_conv_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="grouped conv .*groups=4"):
+        BasisConv2d.from_conv(nn.Conv2d(8, 8, 3, groups=4), 2)
+
+
+def test_saves_compute_guard():
+    assert not saves_compute((3, 64, 3), 32)        # stem: K = 27 < m
+    assert not saves_compute((64, 128, 1), 64)      # 1x1 shortcut at m = K
+    assert saves_compute((64, 64, 3), 0.25)
+    assert saves_compute((64, 128, 1), 32)
+    # paper count (split): saves exactly when m < min(C_out, K)
+    assert saves_compute((3, 64, 3), 26, combine="split")
+    assert not saves_compute((3, 64, 3), 27, combine="split")
+    # the stacked forward does C_out*m for the combination: stricter
+    assert not saves_compute((3, 64, 3), 26)
+    assert saves_compute(nn.Conv2d(3, 64, 3), 18)
+
+
+def test_low_rank_coefficients_fit_and_count():
+    conv = make_conv(8, 16, 3, 1, 1, 1, False)
+    full = BasisConv2d.from_conv(conv, 6)
+    errors = [BasisConv2d.from_conv(conv, 6, coefficient_rank=r).reconstruction_error for r in (1, 3, 6)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] == pytest.approx(full.reconstruction_error, abs=1e-10)  # rank 6 is no constraint
+    layer = BasisConv2d.from_conv(conv, 6, coefficient_rank=3)
+    assert sum(p.numel() for p in layer.parameters()) == 6 * 72 + 3 * (10 + 6)
+    torch.testing.assert_close(layer.coefficient_matrix(),
+                               layer.coefficients_left @ layer.coefficients_right)
+
+
+def test_pruned_coefficients_and_l1():
+    conv = make_conv(8, 16, 3, 1, 1, 1, True)
+    layer = BasisConv2d.from_conv(conv, 6)
+    dense_l1 = coefficient_l1(layer)
+    layer.prune_coefficients(2)
+    matrix = layer.coefficient_matrix()
+    assert ((matrix != 0).sum(1) == 2).all()
+    assert coefficient_l1(layer).item() < dense_l1.item()
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), layer.to_conv()(x))
+    # a pruned checkpoint loads into a fresh layer of the same shape
+    fresh = BasisConv2d(8, 16, 3, 6, padding=1, bias=True, dtype=torch.float64)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x), layer(x))
+    with pytest.raises(ValueError, match=r"keep_per_row must be an int in 1\.\.6"):
+        layer.prune_coefficients(7)

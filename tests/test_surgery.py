@@ -1,0 +1,173 @@
+"""Model surgery: layer names, replacement with and without weight conversion, errors,
+shared coefficients and the coefficient skip-training schedule."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from basisconv.cost import model_cost, measure_flops
+from basisconv.layers import BasisConv2d, basis_layers
+from basisconv.models import build_model
+from basisconv.surgery import (CoefficientSkipSchedule, apply_basis, basis_report, conv_layers)
+
+
+def small_resnet18(seed=0):
+    """ResNet-18 at a quarter width in float64: has a stem, 3x3 block convs and 1x1 shortcuts."""
+    torch.manual_seed(seed)
+    return build_model("resnet18", width=0.25).double().eval()
+
+
+def test_conv_layers_lists_module_names_in_order():
+    names = list(conv_layers(build_model("resnet18")))
+    assert len(names) == 20
+    assert names[:4] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
+    assert "layer2.0.shortcut.0" in names and names.index("layer2.0.shortcut.0") == 7
+    assert len(conv_layers(build_model("resnet20"))) == 19
+
+
+def test_full_rank_conversion_of_all_layers_keeps_the_outputs():
+    model = small_resnet18()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # full rank saves nothing, and says so
+        converted = apply_basis(model, "all", 1.0)
+    assert all(isinstance(m, nn.Conv2d) for m in conv_layers(model).values())  # a copy
+    assert len(basis_layers(converted)) == 20
+    torch.testing.assert_close(converted(x), model(x), rtol=1e-10, atol=1e-10)
+    assert max(r["reconstruction_error"] for r in basis_report(converted)) < 1e-12
+
+
+def test_partial_conversion_reports_errors_and_inplace_returns_the_same_model():
+    model = small_resnet18()
+    out = apply_basis(model, ["layer*.conv*"], 0.5, inplace=True)
+    assert out is model
+    report = basis_report(model)
+    assert [r["name"] for r in report] == [n for n in conv_layers(model) if ".conv" in n]
+    assert all(0 < r["reconstruction_error"] < 1 for r in report)
+    assert {r["num_basis"] for r in report} == {8, 16, 32, 64}
+    assert isinstance(model.conv1, nn.Conv2d) and isinstance(model.layer2[0].shortcut[0], nn.Conv2d)
+
+
+def test_fresh_layers_without_conversion():
+    model = small_resnet18()
+    converted = apply_basis(model, "layer1.0.conv1", 4, convert=False)
+    layer = converted.layer1[0].conv1
+    assert isinstance(layer, BasisConv2d) and layer.num_basis == 4
+    assert layer.reconstruction_error is None
+    assert layer.basis_weight.dtype == torch.float64 and not layer.training
+
+
+def test_layer_errors_name_the_layer_and_the_valid_range():
+    model = build_model("resnet20")
+    with pytest.raises(ValueError, match=r"unknown layer 'layer4.0.conv1'.*valid names: conv1, layer1.0.conv1"):
+        apply_basis(model, ["layer4.0.conv1"], 0.5)
+    with pytest.raises(ValueError, match=r"pattern 'layer9\*' matches no convolution"):
+        apply_basis(model, "layer9*", 0.5)
+    with pytest.raises(ValueError, match=r"'layer1.0.bn1' is a BatchNorm2d, not a convolution"):
+        apply_basis(model, "layer1.0.bn1", 0.5)
+    with pytest.raises(ValueError, match=r"layer 'conv1'.*num_basis = 0 is out of range: valid is 1\.\.16"):
+        apply_basis(model, "all", 0)
+    with pytest.raises(ValueError, match=r"layer 'conv1'.*num_basis = 20 is out of range: valid is 1\.\.16"):
+        apply_basis(model, "all", 20)
+    with pytest.raises(ValueError, match=r"layer 'layer3.0.conv1'.*valid is 1\.\.64"):
+        apply_basis(model, "layer3.0.conv1", 65)
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Conv2d(4, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        return self.depthwise(self.dense(x))
+
+
+def test_grouped_convs_are_skipped_by_all_and_refused_by_name():
+    with pytest.warns(UserWarning, match="skipping layer 'depthwise' is a grouped conv"):
+        model = apply_basis(Grouped(), "all", 0.25)
+    assert isinstance(model.dense, BasisConv2d) and isinstance(model.depthwise, nn.Conv2d)
+    with pytest.raises(ValueError, match="'depthwise' is a grouped conv"):
+        apply_basis(Grouped(), "depthwise", 0.25)
+
+
+def test_only_where_saves_leaves_unprofitable_layers_dense():
+    model = build_model("resnet18")
+    with pytest.warns(UserWarning, match="saves no compute") as caught:
+        apply_basis(model, "all", 0.5, convert=False)
+    assert len(caught) == 4 and "layer 'conv1': num_basis=32 saves no compute" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = apply_basis(model, "all", 0.5, convert=False, only_where_saves=True)
+    dense = [n for n, m in conv_layers(kept).items() if isinstance(m, nn.Conv2d)]
+    assert dense == ["conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"]
+
+
+def test_shared_coefficients_are_one_tensor_fitted_jointly():
+    model = small_resnet18()
+    own = apply_basis(model, "layer3.*.conv*", 0.25)
+    shared = apply_basis(model, "layer3.*.conv*", 0.25, share_coefficients=True)
+    layers = list(basis_layers(shared).values())
+    assert len({id(layer.coefficients) for layer in layers}) == 1
+    n_own = sum(p.numel() for p in own.parameters())
+    n_shared = sum(p.numel() for p in shared.parameters())
+    assert n_own - n_shared == 3 * (64 - 16) * 16
+    assert model_cost(shared).params == n_shared
+    own_err = [r["reconstruction_error"] for r in basis_report(own)]
+    shared_report = basis_report(shared)
+    assert shared_report[1]["shares_coefficients_of"] == "layer3.0.conv1"
+    # one matrix for four layers fits worse than four, but it is a real fit, not noise
+    assert all(s["reconstruction_error"] >= o - 1e-12 for s, o in zip(shared_report, own_err))
+    assert all(s["reconstruction_error"] < 1.0 for s in shared_report)
+
+
+def test_coefficient_skip_schedule_skips_the_gradient_and_the_update():
+    torch.manual_seed(0)
+    model = apply_basis(build_model("resnet20", width=0.5), "layer*.conv*", 0.5, convert=False)
+    schedule = CoefficientSkipSchedule(model, train_every=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    layer = model.layer1[0].conv1
+    trained = []
+    for step in range(4):
+        active = schedule(step)
+        before = layer.coefficients.detach().clone()
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert (layer.coefficients.grad is not None) == active
+        assert layer.basis_weight.grad is not None
+        optimizer.step()
+        trained.append(not torch.equal(before, layer.coefficients.detach()))
+    assert trained == [True, False, False, True]
+    # a skipped step really does less backward work, exactly the coefficient gradients
+    schedule(1)
+    skipped = measure_flops(model, (2, 3, 16, 16))["backward_flops"]
+    assert skipped == model_cost(model, (2, 3, 16, 16)).backward_flops
+    schedule(0)
+    full = measure_flops(model, (2, 3, 16, 16))["backward_flops"]
+    assert full > skipped
+    with pytest.raises(ValueError, match="train_every must be an int >= 1"):
+        CoefficientSkipSchedule(model, 0)
+    with pytest.raises(ValueError, match="no BasisConv2d layers"):
+        CoefficientSkipSchedule(build_model("resnet20"), 2)
+
+
+def test_dense_warmup_then_convert():
+    """The warm-up half of skip-training: a briefly trained dense model is converted in
+    place; at full rank nothing changes, below it the trained weights are approximated."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", width=0.5).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+    expected = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_basis(model, "layer*.conv*", 1.0, inplace=True)
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
