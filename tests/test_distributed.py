@@ -46,6 +46,10 @@ def worker(rank, world, port, out):
     if rank == 0:
         torch.save({"loss": total, "grads": {n: p.grad for n, p in net.named_parameters()},
                     "buffers": dict(net.named_buffers())}, out)
+    # Both ranks leave together and drop the DDP reducer first: a rank that tears down gloo
+    # while its peer is still busy can abort ("terminate called without an active exception").
+    dist.barrier()
+    del ddp
     dist.destroy_process_group()
 
 

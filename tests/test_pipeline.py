@@ -63,14 +63,17 @@ def test_train_script_writes_run_record_and_offline_wandb_run(tmp_path, repo):
     assert (out / "checkpoint.pt").exists() and (out / ".hydra" / "config.yaml").exists()
 
 
-def test_sweep_gives_one_record_per_value(tmp_path, repo):
+def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
     sweep = tmp_path / "sweep"
-    run(repo, tmp_path, "-m", "trainer.lr=0.05,0.1", "trainer.epochs=1",
+    run(repo, tmp_path, "-m", "selection=all", "basis.size=0.25,0.5", "trainer.epochs=1",
         f"hydra.sweep.dir={sweep}")
-    records = sorted(sweep.glob("*/run.json"))
-    assert len(records) == 2
-    lrs = sorted(json.loads(p.read_text())["config"]["trainer"]["lr"] for p in records)
-    assert lrs == [0.05, 0.1]
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
+    assert [r["config"]["basis"]["size"] for r in records] == [0.25, 0.5]
+    assert all(r["status"] == "complete" for r in records)
+    # ResNet-20 at width 0.25 has 4-16 channels: at 1/4 the stem (K = 27) saves too
+    assert len(records[0]["model"]["basis_layers"]) == 19
+    assert records[0]["model"]["parameters"] < records[1]["model"]["parameters"] < 17326
+    assert records[0]["model"]["forward_flops"] < records[1]["model"]["forward_flops"]
 
 
 @pytest.mark.slow
@@ -127,3 +130,56 @@ def test_wandb_failure_does_not_stop_training(tmp_path, repo, monkeypatch, caplo
     record = fit(cfg, tmp_path)
     assert record["status"] == "complete" and record["wandb"] is None
     assert "wandb could not start" in caplog.text
+
+
+def test_basis_run_records_its_layers_and_costs(tmp_path, repo):
+    record = fit(compose_tiny(repo, "trainer.epochs=1", "experiment=basis_blocks",
+                              "basis.size=0.5"), tmp_path)
+    model = record["model"]
+    assert model["basis_layers"] == [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3)
+                                     for b in range(3) for c in (1, 2)]
+    assert all(row["num_basis"] * 2 == row["out_channels"] for row in model["basis_report"])
+    assert model["backward_flops"] == model["grad_input_flops"] + model["grad_weight_flops"]
+    assert record["config"]["name"] == "resnet20-basis-blocks-0.5"
+
+
+@pytest.mark.slow
+def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, monkeypatch):
+    import basisconv.train as train
+
+    overrides = ["experiment=basis_warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=3",
+                 "trainer.deterministic=true", "basis.coefficient_update_every=2",
+                 "basis.coefficient_l1=1e-4"]
+    straight = fit(compose_tiny(repo, *overrides), tmp_path / "straight")
+    assert len(straight["model"]["basis_layers"]) == 19
+    errors = [row["reconstruction_error"] for row in straight["model"]["basis_report"]]
+    assert all(0 < e < 1 for e in errors)  # fitted to the warmed-up weights
+
+    real_run_epoch = train.run_epoch
+
+    def interrupted(epoch, *args, **kwargs):
+        if epoch == 3:
+            raise KeyboardInterrupt  # stands in for a kill after epoch 2
+        return real_run_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
+    monkeypatch.setattr(train, "run_epoch", real_run_epoch)
+    resumed = fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
+    assert resumed["provenance"]["resumed_from_epoch"] == 2
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-6), key
+
+
+def test_convert_from_a_trained_checkpoint(tmp_path, repo):
+    fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path / "baseline")
+    source = tmp_path / "baseline" / "checkpoint.pt"
+    record = fit(compose_tiny(repo, "trainer.epochs=1", "selection=all", "basis=convert",
+                              f"basis.source_checkpoint={source}", "basis.size=0.5"),
+                 tmp_path / "converted")
+    errors = [row["reconstruction_error"] for row in record["model"]["basis_report"]]
+    assert errors and all(0 < e < 1 for e in errors)
+    with pytest.raises(ConfigError, match="does not exist"):
+        fit(compose_tiny(repo, "trainer.epochs=1", "selection=all", "basis=convert",
+                         f"basis.source_checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "x")

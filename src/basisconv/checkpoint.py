@@ -9,13 +9,13 @@ settings; on GPU up to kernel nondeterminism).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ConfigError
+from .records import temporary_beside
 
 CHECKPOINT = "checkpoint.pt"
 # Keys that may differ between an interrupted run and its resumption.
@@ -26,8 +26,7 @@ RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "t
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, then an atomic rename: a kill mid-write leaves
     the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     os.close(fd)
     try:
         torch.save(state, tmp)

@@ -73,8 +73,30 @@ class LoggerConfig:
 
 
 @dataclass
+class BasisConfig:
+    size: Any = MISSING  # an int count or a float fraction of each layer's out_channels
+    init: str = MISSING
+    source_checkpoint: Optional[str] = MISSING
+    dense_warmup_epochs: int = MISSING
+    coefficient_update_every: int = MISSING
+    combine: str = MISSING
+    coefficient_rank: Optional[int] = MISSING
+    share_coefficients: bool = MISSING
+    coefficient_l1: float = MISSING
+    only_where_saves: bool = MISSING
+
+
+@dataclass
+class SelectionConfig:
+    policy: str = MISSING
+    layers: list[str] = MISSING
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    basis: BasisConfig = field(default_factory=BasisConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -87,6 +109,7 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP = ("none", "bf16", "fp16")
 DATASETS = ("cifar10", "stripes")
+BASIS_INIT = ("scratch", "convert")
 LOGGER_BACKENDS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -111,6 +134,36 @@ def _check_subset(value: Any, key: str) -> None:
         _check(value >= 1, f"{key}={value} as a count must be >= 1")
 
 
+def validate_basis(cfg: DictConfig) -> None:
+    from .layers import COMBINE_MODES
+    from .selection import POLICIES
+
+    _check_choice(cfg.selection.policy, POLICIES, "selection.policy")
+    b = cfg.basis
+    size = b.size
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        raise ConfigError(f"basis.size={size!r}; use a count (int >= 1) or a fraction in (0, 1]")
+    if isinstance(size, float):
+        _check(0 < size <= 1, f"basis.size={size} as a fraction must be in (0, 1]")
+    else:
+        _check(size >= 1, f"basis.size={size} as a count must be >= 1 (a layer's valid range "
+                          f"is 1..its out_channels)")
+    _check_choice(b.init, BASIS_INIT, "basis.init")
+    _check(b.source_checkpoint is None or b.init == "convert",
+           "basis.source_checkpoint is set but basis.init=scratch; use basis.init=convert")
+    _check(b.dense_warmup_epochs >= 0,
+           f"basis.dense_warmup_epochs must be >= 0, got {b.dense_warmup_epochs}")
+    _check(b.dense_warmup_epochs < cfg.trainer.epochs or cfg.selection.policy == "none",
+           f"basis.dense_warmup_epochs={b.dense_warmup_epochs} leaves no basis epochs in "
+           f"trainer.epochs={cfg.trainer.epochs}")
+    _check(b.coefficient_update_every >= 1,
+           f"basis.coefficient_update_every must be >= 1, got {b.coefficient_update_every}")
+    _check_choice(b.combine, COMBINE_MODES, "basis.combine")
+    _check(b.coefficient_rank is None or b.coefficient_rank >= 1,
+           f"basis.coefficient_rank must be null or >= 1, got {b.coefficient_rank}")
+    _check(b.coefficient_l1 >= 0, f"basis.coefficient_l1 must be >= 0, got {b.coefficient_l1}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed."""
@@ -119,6 +172,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
     _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")
+    validate_basis(cfg)
     _check_choice(cfg.data.name, DATASETS, "data.name")
     _check_subset(cfg.data.train_subset, "data.train_subset")
     _check_subset(cfg.data.test_subset, "data.test_subset")

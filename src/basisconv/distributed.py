@@ -50,7 +50,10 @@ def setup(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
+    """Leave the process group together: a rank that tears gloo down while a peer is still
+    writing its records can abort the peer."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 

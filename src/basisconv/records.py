@@ -79,11 +79,21 @@ def provenance(command: str | None = None) -> dict[str, Any]:
     }
 
 
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder (so the rename is atomic), with the
+    permissions a plain ``open`` would give (mkstemp's are owner-only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -28,8 +28,10 @@ from .checkpoint import CHECKPOINT, check_same_run, load_checkpoint, save_checkp
 from .config import validate
 from .data import CIFAR10, TensorBatches, load_cifar10, stratified_subset, synthetic_stripes
 from .errors import ConfigError
-from .models import build_model
+from .network import (build_network, coefficient_penalty, converts_later, describe,
+                      rebind_optimizer, to_basis)
 from .records import provenance, write_json_atomic
+from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,12 @@ class EpochStats:
 
 def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, amp_dtype=None,
-                    label_smoothing: float = 0.0, progress: str | None = None) -> EpochStats:
+                    label_smoothing: float = 0.0, progress: str | None = None,
+                    before_step: Callable[[], Any] | None = None,
+                    extra_loss: Callable[[], torch.Tensor] | None = None) -> EpochStats:
+    """One pass over ``batches``. ``before_step`` runs before each step (e.g. the
+    coefficient skip-training schedule); ``extra_loss`` is added to the loss (e.g. an L1
+    penalty on the coefficients); the reported loss is the cross-entropy alone."""
     model.train()
     device = batches.images.device
     timer = StepTimer(device)
@@ -141,13 +148,16 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
     start = time.perf_counter()
     for images, labels in tqdm(batches, desc=progress, leave=False,
                                disable=None if progress else True):
+        if before_step is not None:
+            before_step()
         step_start = timer.mark()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            objective = loss if extra_loss is None else loss + extra_loss()
         forward_done = timer.mark()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         timer.add(step_start, forward_done, timer.mark())
         optimizer.step()
         scheduler.step()
@@ -198,16 +208,6 @@ def prepare_data(data_cfg: DictConfig, seed: int) -> CIFAR10:
     return data
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def build_network(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """The model the config describes, and what the run record says about it."""
-    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
-    return model, {"parameters": count_parameters(model)}
-
-
 @dataclass
 class RunState:
     """What the run record holds; written to ``run.json`` after every epoch."""
@@ -232,92 +232,145 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
-    trainer = cfg.trainer
-    checkpoint_path = output_dir / CHECKPOINT
-    resume_state = None
-    if trainer.resume and checkpoint_path.exists():
-        resume_state = load_checkpoint(checkpoint_path)
-        check_same_run(resume_state["config"], config, checkpoint_path)
-        if resume_state["record"]["status"] == "complete":
+    checkpoint = None
+    if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
+        checkpoint = load_checkpoint(output_dir / CHECKPOINT)
+        check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
+        if checkpoint["record"]["status"] == "complete":
             log.info("run in %s is already complete; not training again", output_dir)
-            return resume_state["record"]
+            return checkpoint["record"]
+    return Training(cfg, config, output_dir, checkpoint).run()
 
-    if trainer.threads:
-        torch.set_num_threads(trainer.threads)
-    device = distributed.setup(resolve_device(trainer.device))
-    if trainer.batch_size % distributed.world_size():
-        raise ConfigError(f"trainer.batch_size={trainer.batch_size} (the global batch) must be "
-                          f"divisible by the {distributed.world_size()} processes")
-    main_process = distributed.is_main_process()
-    if not main_process:
-        logging.getLogger("basisconv").setLevel(logging.WARNING)
-    seed_everything(cfg.seed, trainer.deterministic)
-    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
 
-    model, model_info = build_network(cfg)
-    model = model.to(device=device, memory_format=memory_format)
-    data = prepare_data(cfg.data, cfg.seed).to(device)
-    train_batches = TensorBatches(data.train_images, data.train_labels, trainer.batch_size,
-                                  train=True, seed=cfg.seed, crop_padding=cfg.data.crop_padding,
-                                  flip=cfg.data.flip, memory_format=memory_format)
-    test_batches = TensorBatches(data.test_images, data.test_labels, trainer.eval_batch_size,
-                                 train=False, memory_format=memory_format)
-    optimizer = build_optimizer(model, trainer)
-    scheduler = build_scheduler(optimizer, trainer, len(train_batches))
-    record = RunState(config=config, provenance=provenance(), model=model_info)
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        train_batches.load_state_dict(resume_state["batches"])
-        record.epochs = resume_state["record"]["epochs"]
-        record.provenance["resumed_from_epoch"] = len(record.epochs)
-        log.info("resuming %s after epoch %d", output_dir, len(record.epochs))
-    log.info("model %s (width %s): %s parameters; data %s: %d train / %d test images; "
-             "device %s", cfg.model.name, cfg.model.width, f"{model_info['parameters']:,}",
-             data.source, data.train_labels.numel(), data.test_labels.numel(), device)
+class Training:
+    """One run's state: the model (and its DDP/compiled wrapper), optimizer, schedule,
+    batches, run record and tracker; built from the config, or restored from a checkpoint."""
 
-    step_model = distributed.wrap(model, device)
-    step_model = torch.compile(step_model) if trainer.compile else step_model
-    amp_dtype = AMP_DTYPES[trainer.amp]
-    logger_cfg = cfg.logger if main_process else OmegaConf.create({"backend": "none"})
-    tracker = Tracker(logger_cfg, config, output_dir, name=output_dir.name)
-    record.wandb = tracker.info
-    tracker.summary({f"model/{k}": v for k, v in model_info.items() if not isinstance(v, list)})
-    failed = True
-    try:
-        log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
-                 "test_loss", "test_acc", "lr", "time_s")
-        for epoch in range(len(record.epochs) + 1, trainer.epochs + 1):
-            row = run_epoch(epoch, step_model, train_batches, test_batches, optimizer, scheduler,
-                            trainer, amp_dtype)
-            record.epochs.append(row)
-            tracker.log(row, step=epoch)
-            if epoch == trainer.epochs:
-                record.status = "complete"
-                record.final = final_metrics(record.epochs)
-                tracker.summary(record.final)
-            if main_process:
-                record.write(output_dir)
-            if main_process and trainer.checkpoint:
-                save_checkpoint(checkpoint_path, {
-                    "config": config, "record": record.__dict__, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "batches": train_batches.state_dict()})
-        failed = False
-    finally:
-        tracker.finish(failed=failed)
-        distributed.teardown()
-    return record.__dict__
+    def __init__(self, cfg: DictConfig, config: dict, output_dir: Path,
+                 checkpoint: dict | None):
+        self.cfg, self.output_dir, trainer = cfg, output_dir, cfg.trainer
+        if trainer.threads:
+            torch.set_num_threads(trainer.threads)
+        self.device = distributed.setup(resolve_device(trainer.device))
+        if trainer.batch_size % distributed.world_size():
+            raise ConfigError(f"trainer.batch_size={trainer.batch_size} (the global batch) must "
+                              f"be divisible by the {distributed.world_size()} processes")
+        self.main_process = distributed.is_main_process()
+        if not self.main_process:
+            logging.getLogger("basisconv").setLevel(logging.WARNING)
+        seed_everything(cfg.seed, trainer.deterministic)
+        self.memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+        self.amp_dtype = AMP_DTYPES[trainer.amp]
+
+        # Dense warm-up: the model turns into basis form at the end of epoch
+        # `dense_warmup_epochs`, before that epoch's checkpoint, which so already holds it.
+        done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
+        self.pending_conversion = converts_later(cfg) and done < cfg.basis.dense_warmup_epochs
+        self.model = build_network(cfg, basis_now=not self.pending_conversion)
+        self.model.to(device=self.device, memory_format=self.memory_format)
+        data = prepare_data(cfg.data, cfg.seed).to(self.device)
+        self.train_batches = TensorBatches(
+            data.train_images, data.train_labels, trainer.batch_size, train=True, seed=cfg.seed,
+            crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
+            memory_format=self.memory_format)
+        self.test_batches = TensorBatches(data.test_images, data.test_labels,
+                                          trainer.eval_batch_size, train=False,
+                                          memory_format=self.memory_format)
+        self.optimizer = build_optimizer(self.model, trainer)
+        self.scheduler = build_scheduler(self.optimizer, trainer, len(self.train_batches))
+        self.record = RunState(config=config, provenance=provenance(), model=describe(self.model))
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        log.info("model %s (width %s): %s parameters, %d basis layers; data %s: %d train / "
+                 "%d test images; device %s", cfg.model.name, cfg.model.width,
+                 f"{self.record.model['parameters']:,}", len(self.record.model["basis_layers"]),
+                 data.source, data.train_labels.numel(), data.test_labels.numel(), self.device)
+        self.wrap()
+        logger_cfg = cfg.logger if self.main_process else OmegaConf.create({"backend": "none"})
+        self.tracker = Tracker(logger_cfg, config, output_dir, name=output_dir.name)
+        self.record.wandb = self.tracker.info
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.train_batches.load_state_dict(checkpoint["batches"])
+        self.record.epochs = checkpoint["record"]["epochs"]
+        self.record.provenance["resumed_from_epoch"] = len(self.record.epochs)
+        log.info("resuming %s after epoch %d", self.output_dir, len(self.record.epochs))
+
+    def wrap(self) -> None:
+        """The module the steps run: DDP and ``torch.compile`` around the model."""
+        step_model = distributed.wrap(self.model, self.device)
+        self.step_model = torch.compile(step_model) if self.cfg.trainer.compile else step_model
+        skip_every = self.cfg.basis.coefficient_update_every
+        has_basis = bool(self.record.model["basis_layers"])
+        self.skip_schedule = (CoefficientSkipSchedule(self.model, skip_every)
+                              if has_basis and skip_every > 1 else None)
+        self.penalty = coefficient_penalty(self.model, self.cfg.basis.coefficient_l1) \
+            if has_basis else None
+
+    def convert(self) -> None:
+        """End of the dense warm-up: fit the basis layers to the trained dense weights."""
+        to_basis(self.model, self.cfg, convert=True)
+        self.model.to(device=self.device, memory_format=self.memory_format)
+        rebind_optimizer(self.optimizer, self.model)
+        self.record.model = describe(self.model)
+        self.pending_conversion = False
+        self.wrap()
+        log.info("dense warm-up done: %d layers converted to basis form, %s parameters",
+                 len(self.record.model["basis_layers"]), f"{self.record.model['parameters']:,}")
+
+    def before_step(self) -> None:
+        self.skip_schedule(self.scheduler.last_epoch)
+
+    def run(self) -> dict[str, Any]:
+        trainer, record = self.cfg.trainer, self.record
+        self.tracker.summary({f"model/{k}": v for k, v in record.model.items()
+                              if isinstance(v, (int, float))})
+        failed = True
+        try:
+            log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
+                     "test_loss", "test_acc", "lr", "time_s")
+            for epoch in range(len(record.epochs) + 1, trainer.epochs + 1):
+                row = run_epoch(epoch, self.step_model, self.train_batches, self.test_batches,
+                                self.optimizer, self.scheduler, trainer, self.amp_dtype,
+                                before_step=self.before_step if self.skip_schedule else None,
+                                extra_loss=self.penalty)
+                record.epochs.append(row)
+                self.tracker.log(row, step=epoch)
+                if self.pending_conversion and epoch == self.cfg.basis.dense_warmup_epochs:
+                    self.convert()
+                if epoch == trainer.epochs:
+                    record.status = "complete"
+                    record.final = final_metrics(record.epochs)
+                    self.tracker.summary(record.final)
+                if self.main_process:
+                    self.save()
+            failed = False
+        finally:
+            self.tracker.finish(failed=failed)
+            self.step_model = None  # free DDP's reducer before its process group goes
+            distributed.teardown()
+        return record.__dict__
+
+    def save(self) -> None:
+        self.record.write(self.output_dir)
+        if self.cfg.trainer.checkpoint:
+            save_checkpoint(self.output_dir / CHECKPOINT, {
+                "config": self.record.config, "record": self.record.__dict__,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "batches": self.train_batches.state_dict()})
 
 
 def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
               test_batches: TensorBatches, optimizer, scheduler, trainer: DictConfig,
-              amp_dtype) -> dict[str, Any]:
+              amp_dtype, **hooks) -> dict[str, Any]:
     lr = optimizer.param_groups[0]["lr"]
     progress = f"epoch {epoch}/{trainer.epochs}" if trainer.progress else None
     train = train_one_epoch(model, train_batches, optimizer, scheduler, amp_dtype=amp_dtype,
-                            label_smoothing=trainer.label_smoothing, progress=progress)
+                            label_smoothing=trainer.label_smoothing, progress=progress, **hooks)
     test = evaluate(model, test_batches, amp_dtype=amp_dtype)
     log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,
              test.loss, test.accuracy, lr, train.seconds)

@@ -1,0 +1,97 @@
+"""The network a config describes: a registry model whose selected layers become basis
+convolutions (``model/``, ``selection/`` and ``basis/`` config groups), and what a run
+record says about it (parameters, FLOPs, converted layers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from .checkpoint import load_checkpoint
+from .cost import model_cost
+from .errors import ConfigError
+from .models import build_model
+from .selection import choose_layers
+from .surgery import apply_basis, basis_report
+
+
+def to_basis(model: nn.Module, cfg: DictConfig, *, convert: bool) -> nn.Module:
+    """Turn the selected layers of ``model`` into basis convolutions, in place.
+    ``convert``: fit them to the current weights (a trained model, or after the dense
+    warm-up) instead of a from-scratch init."""
+    layers = choose_layers(cfg.selection, model)
+    if layers is None:
+        return model
+    basis = cfg.basis
+    return apply_basis(model, layers, basis.size, inplace=True, convert=convert,
+                       only_where_saves=basis.only_where_saves,
+                       share_coefficients=basis.share_coefficients, combine=basis.combine,
+                       coefficient_rank=basis.coefficient_rank)
+
+
+def load_source_weights(model: nn.Module, path: str) -> None:
+    """Load a trained dense model (a run's ``checkpoint.pt``) to convert from."""
+    if not Path(path).is_file():
+        raise ConfigError(f"basis.source_checkpoint={path} does not exist; give the "
+                          f"checkpoint.pt of a trained baseline run")
+    state = load_checkpoint(Path(path))
+    try:
+        model.load_state_dict(state["model"] if "model" in state else state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"basis.source_checkpoint={path} does not fit model "
+                          f"{type(model).__name__} ({first}); it must be a dense checkpoint "
+                          f"of the same model and width") from None
+
+
+def converts_later(cfg: DictConfig) -> bool:
+    """Dense warm-up (skip-training): train dense first, convert after some epochs."""
+    return cfg.selection.policy != "none" and cfg.basis.dense_warmup_epochs > 0
+
+
+def build_network(cfg: DictConfig, *, basis_now: bool | None = None) -> nn.Module:
+    """The model of ``cfg``. Basis layers are applied now unless the config asks for a
+    dense warm-up first (``basis_now`` overrides, e.g. to rebuild a converted model
+    before loading its checkpoint)."""
+    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
+    if basis_now is None:
+        basis_now = not converts_later(cfg)
+    if not basis_now:
+        return model
+    if cfg.basis.init == "convert" and cfg.basis.source_checkpoint:
+        load_source_weights(model, cfg.basis.source_checkpoint)
+    return to_basis(model, cfg, convert=cfg.basis.init == "convert")
+
+
+def describe(model: nn.Module, image_shape=(3, 32, 32)) -> dict[str, Any]:
+    """Parameters, per-image FLOPs (forward; backward split into grad-input and
+    grad-weight, as ``basisconv.cost`` counts them) and the basis layers of ``model``."""
+    cost = model_cost(model, (1, *image_shape))
+    report = basis_report(model)
+    return {"parameters": cost.params, "forward_flops": cost.forward_flops,
+            "backward_flops": cost.backward_flops, "grad_input_flops": cost.grad_input_flops,
+            "grad_weight_flops": cost.grad_weight_flops,
+            "basis_layers": [row["name"] for row in report], "basis_report": report}
+
+
+def coefficient_penalty(model: nn.Module, weight: float):
+    """The L1 penalty on the coefficient matrices to add to the loss, or ``None``."""
+    if weight <= 0:
+        return None
+    from .layers import coefficient_l1
+
+    return lambda: weight * coefficient_l1(model)
+
+
+def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Point ``optimizer`` at ``model``'s parameters after surgery replaced some of them,
+    keeping its hyper-parameters and schedule (the scheduler holds this optimizer);
+    momentum restarts from zero."""
+    settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    optimizer.param_groups.clear()
+    optimizer.state.clear()
+    optimizer.add_param_group({**settings, "params": list(model.parameters())})

@@ -1,0 +1,98 @@
+"""Every config group, preset and profile composes and validates; bad values fail at start
+with one clear message (as lightning-hydra-template's config tests do)."""
+
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv.config import validate
+from basisconv.errors import ConfigError
+from basisconv.network import build_network
+
+
+def options(repo, group):
+    return sorted(p.stem for p in (repo / "configs" / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def compose_cfg(repo):
+    def _compose(*overrides, hydra=False):
+        with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+            return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+    return _compose
+
+
+def test_every_group_combination_composes_and_validates(repo, compose_cfg):
+    """Model x selection x basis interact (layer names, sizes); data and logger options
+    are independent of them and of each other, so each is composed once per option."""
+    groups = {g: options(repo, g) for g in ("model", "selection", "basis")}
+    assert len(groups["model"]) == 8 and "blocks" in groups["selection"]
+    combos = [[f"{g}={o}" for g, o in zip(groups, combo)]
+              for combo in itertools.product(*groups.values())]
+    combos += [[f"{g}={o}"] for g in ("data", "logger") for o in options(repo, g)]
+    for overrides in combos:
+        cfg = compose_cfg(*overrides)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        validate(cfg)
+
+
+@pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
+def test_every_experiment_preset_composes_under_every_profile(repo, compose_cfg, profile):
+    for experiment in options(repo, "experiment"):
+        cfg = compose_cfg(f"experiment={experiment}", f"profile={profile}", hydra=True)
+        validate(cfg)
+        assert cfg.name.startswith(cfg.model.name)
+    sweep = compose_cfg("experiment=basis_size_sweep", hydra=True)
+    assert sweep.hydra.sweeper.params["basis.size"] == "0.125,0.25,0.5,0.75"
+
+
+def test_profiles_set_the_scale(compose_cfg):
+    quick = compose_cfg("profile=quick", "experiment=baseline")
+    assert (quick.model.name, quick.data.train_subset, quick.trainer.epochs) == ("resnet20", 5000, 8)
+    assert compose_cfg("profile=paper").model.name == "resnet18"
+    assert compose_cfg("profile=smoke").data.name == "stripes"
+    # the command line still wins over a profile
+    assert compose_cfg("profile=smoke", "model=resnet32").model.name == "resnet32"
+
+
+def test_slurm_launcher_composes(compose_cfg):
+    cfg = compose_cfg("hydra/launcher=slurm", hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.epochs=-1", "trainer.epochs must be >= 1, got -1"),
+    ("basis.size=1.5", r"basis.size=1.5 as a fraction must be in \(0, 1\]"),
+    ("basis.size=0", "basis.size=0 as a count must be >= 1"),
+    ("trainer.schedule=step", "trainer.schedule='step'; choose one of"),
+    ("model.name=resnet19", "model.name='resnet19' is unknown"),
+    ("data.train_subset=-5", "data.train_subset=-5 as a count must be >= 1"),
+    ("basis.init=pretrained", "basis.init='pretrained'; choose one of scratch, convert"),
+])
+def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(compose_cfg(override))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["trainer.epochz=3", "trainer.epochs=abc", "model=resnet19"])
+def test_typos_and_wrong_types_fail_when_composing(compose_cfg, override):
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(override)
+
+
+def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
+    cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[layer9.0.conv1]")
+    with pytest.raises(ConfigError, match="layer9.0.conv1"):
+        build_network(cfg)
+    cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[conv1]",
+                      "basis.size=17")
+    with pytest.raises(ConfigError, match=r"conv1.*1\.\.16"):
+        build_network(cfg)
+    with pytest.raises(ConfigError, match="selection.layers"):
+        build_network(compose_cfg("model=resnet20", "selection=list"))
