@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from basisconv.analysis.plots import pyplot, save_figure
 from basisconv.cost import basis_conv2d_cost, conv2d_cost, model_cost
 from basisconv.layers import BasisConv2d, resolve_num_basis, saves_compute
 from basisconv.models import build_model
@@ -346,13 +347,7 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def plot(layer_rows: list[dict], model_rows: list[dict], path: Path, title: str) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [rows for rows in (layer_rows, model_rows) if rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     axes = list(axes[0])
@@ -392,13 +387,7 @@ def plot(layer_rows: list[dict], model_rows: list[dict], path: Path, title: str)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ def test_every_group_combination_composes_and_validates(repo, compose_cfg):
     """Model x selection x basis interact (layer names, sizes); data and logger options
     are independent of them and of each other, so each is composed once per option."""
     groups = {g: options(repo, g) for g in ("model", "selection", "basis")}
-    assert len(groups["model"]) == 8 and "blocks" in groups["selection"]
+    assert len(groups["model"]) == 9 and "blocks" in groups["selection"]
     combos = [[f"{g}={o}" for g, o in zip(groups, combo)]
               for combo in itertools.product(*groups.values())]
     combos += [[f"{g}={o}"] for g in ("data", "logger") for o in options(repo, g)]
@@ -59,6 +59,15 @@ def test_profiles_set_the_scale(compose_cfg):
     assert compose_cfg("profile=smoke", "model=resnet32").model.name == "resnet32"
 
 
+def test_sensitivity_entry_config_composes_with_every_selection(repo):
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        for selection in options(repo, "selection"):
+            cfg = compose("sensitivity", overrides=[f"selection={selection}", "profile=quick"])
+            validate(cfg)
+            assert cfg.name == "resnet20-sensitivity"
+        assert compose("sensitivity").selection.policy == "sensitivity_budget"
+
+
 def test_slurm_launcher_composes(compose_cfg):
     cfg = compose_cfg("hydra/launcher=slurm", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
@@ -73,6 +82,9 @@ def test_slurm_launcher_composes(compose_cfg):
     ("model.name=resnet19", "model.name='resnet19' is unknown"),
     ("data.train_subset=-5", "data.train_subset=-5 as a count must be >= 1"),
     ("basis.init=pretrained", "basis.init='pretrained'; choose one of scratch, convert"),
+    ("selection.budget_reduction=1.5", r"selection.budget_reduction must be in \(0, 1\)"),
+    ("selection.metric=top1", "selection.metric='top1'; choose one of accuracy_drop"),
+    ("sensitivity.finetune_epochs=-1", "sensitivity.finetune_epochs must be >= 0"),
 ])
 def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, override, message):
     with pytest.raises(ConfigError, match=message) as err:

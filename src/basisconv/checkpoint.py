@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from .errors import ConfigError
 from .records import temporary_beside
@@ -63,3 +64,19 @@ def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "
             f"use a new output directory, or trainer.resume=false to start over")
+
+
+def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_checkpoint") -> None:
+    """Load a trained dense model (a run's ``checkpoint.pt``) to convert from; ``key`` is
+    the config entry that named it, for the error messages."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}={path} does not exist; give the "
+                          f"checkpoint.pt of a trained baseline run")
+    state = load_checkpoint(Path(path))
+    try:
+        model.load_state_dict(state["model"] if "model" in state else state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{key}={path} does not fit model "
+                          f"{type(model).__name__} ({first}); it must be a dense checkpoint "
+                          f"of the same model and width") from None

@@ -90,6 +90,27 @@ class BasisConfig:
 class SelectionConfig:
     policy: str = MISSING
     layers: list[str] = MISSING
+    metric: str = MISSING  # sensitivity policies: accuracy_drop | loss_increase
+    threshold: float = MISSING  # sensitivity_threshold: the largest tolerated metric value
+    budget_metric: str = MISSING  # params | flops
+    budget_reduction: float = MISSING  # share of the dense model's params/FLOPs to remove
+    count: Optional[int] = MISSING  # random/first_k/last_k: layers; null = the budget rule
+    seed: int = MISSING  # random
+
+
+@dataclass
+class SensitivityConfig:
+    pretrain_epochs: int = MISSING
+    source_checkpoint: Optional[str] = MISSING
+    finetune_epochs: int = MISSING
+    finetune_lr: float = MISSING
+    val_size: Any = MISSING  # held-out training images: a count or a fraction
+    layers: list[str] = MISSING  # candidates: ["all"] or names/patterns
+    cache_dir: str = MISSING
+    recompute: bool = MISSING
+    seed: int = MISSING  # pretraining, held-out split and fine-tune batches
+    search_subset_size: int = MISSING  # exhaustive search: size of the subsets
+    search_max_subsets: int = MISSING  # refuse a search larger than this
 
 
 @dataclass
@@ -97,6 +118,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     basis: BasisConfig = field(default_factory=BasisConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -136,9 +158,24 @@ def _check_subset(value: Any, key: str) -> None:
 
 def validate_basis(cfg: DictConfig) -> None:
     from .layers import COMBINE_MODES
-    from .selection import POLICIES
+    from .selection import BUDGET_METRICS, METRICS, POLICIES
 
-    _check_choice(cfg.selection.policy, POLICIES, "selection.policy")
+    sel = cfg.selection
+    _check_choice(sel.policy, POLICIES, "selection.policy")
+    _check_choice(sel.metric, METRICS, "selection.metric")
+    _check_choice(sel.budget_metric, tuple(BUDGET_METRICS), "selection.budget_metric")
+    _check(0 < sel.budget_reduction < 1,
+           f"selection.budget_reduction must be in (0, 1), got {sel.budget_reduction}")
+    _check(sel.count is None or sel.count >= 1,
+           f"selection.count must be null or >= 1, got {sel.count}")
+    s = cfg.sensitivity
+    _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
+    _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")
+    _check(s.finetune_lr > 0, f"sensitivity.finetune_lr must be > 0, got {s.finetune_lr}")
+    _check_subset(s.val_size, "sensitivity.val_size")
+    _check(bool(s.layers), "sensitivity.layers is empty; use [all] or layer names/patterns")
+    _check(s.search_subset_size >= 1,
+           f"sensitivity.search_subset_size must be >= 1, got {s.search_subset_size}")
     b = cfg.basis
     size = b.size
     if isinstance(size, bool) or not isinstance(size, (int, float)):

@@ -4,14 +4,13 @@ record says about it (parameters, FLOPs, converted layers)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_source_weights
 from .cost import model_cost
 from .errors import ConfigError
 from .models import build_model
@@ -23,7 +22,7 @@ def to_basis(model: nn.Module, cfg: DictConfig, *, convert: bool) -> nn.Module:
     """Turn the selected layers of ``model`` into basis convolutions, in place.
     ``convert``: fit them to the current weights (a trained model, or after the dense
     warm-up) instead of a from-scratch init."""
-    layers = choose_layers(cfg.selection, model)
+    layers = choose_layers(cfg, model)
     if layers is None:
         return model
     basis = cfg.basis
@@ -31,21 +30,6 @@ def to_basis(model: nn.Module, cfg: DictConfig, *, convert: bool) -> nn.Module:
                        only_where_saves=basis.only_where_saves,
                        share_coefficients=basis.share_coefficients, combine=basis.combine,
                        coefficient_rank=basis.coefficient_rank)
-
-
-def load_source_weights(model: nn.Module, path: str) -> None:
-    """Load a trained dense model (a run's ``checkpoint.pt``) to convert from."""
-    if not Path(path).is_file():
-        raise ConfigError(f"basis.source_checkpoint={path} does not exist; give the "
-                          f"checkpoint.pt of a trained baseline run")
-    state = load_checkpoint(Path(path))
-    try:
-        model.load_state_dict(state["model"] if "model" in state else state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f"basis.source_checkpoint={path} does not fit model "
-                          f"{type(model).__name__} ({first}); it must be a dense checkpoint "
-                          f"of the same model and width") from None
 
 
 def converts_later(cfg: DictConfig) -> bool:

@@ -1,24 +1,48 @@
 """Which layers get basis convolutions: the ``selection/`` config group.
 
-Policies: ``none`` (the dense baseline), ``all`` (every convolution where a basis can
-save compute; see ``basis.only_where_saves``), ``list`` (explicit module names or fnmatch
-patterns such as ``layer*.*.conv*``).
+Policies:
+
+* ``none``: the dense baseline; ``all``: every convolution where a basis can save compute
+  (the paper's naive deployment); ``list``: module names or fnmatch patterns;
+* ``sensitivity_threshold``: the layers whose measured sensitivity (``selection.metric``,
+  the accuracy drop by default) is at most ``selection.threshold``;
+* ``sensitivity_budget``: the least sensitive layers, one by one, until the model has
+  lost ``selection.budget_reduction`` of its parameters or training FLOPs
+  (``selection.budget_metric``);
+* the baselines that show whether sensitivity helps, on the same budget: ``random``
+  (seeded order), ``first_k`` (model order), ``last_k`` (reverse order). They take
+  ``selection.count`` layers, or, with ``count: null``, stop at the same budget rule as
+  ``sensitivity_budget``.
+
+Ordered policies consider only *candidates*: layers where a basis of the configured size
+saves compute. The sensitivity table comes from :mod:`basisconv.sensitivity` (cached).
 """
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
+import pandas as pd
 import torch.nn as nn
 from omegaconf import DictConfig
 
 from .errors import ConfigError
 
-POLICIES = ("none", "all", "list")
+log = logging.getLogger(__name__)
+
+POLICIES = ("none", "all", "list", "sensitivity_threshold", "sensitivity_budget",
+            "random", "first_k", "last_k")
+SENSITIVITY_POLICIES = ("sensitivity_threshold", "sensitivity_budget")
+METRICS = ("accuracy_drop", "loss_increase")
+BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved"}
 
 
-def choose_layers(selection: DictConfig, model: nn.Module) -> list[str] | str | None:
+def choose_layers(cfg: DictConfig, model: nn.Module) -> list[str] | str | None:
     """The ``layers`` argument for :func:`basisconv.surgery.apply_basis`: ``None`` for no
     basis layers, ``"all"``, or names/patterns (checked against the model by
     ``apply_basis``, which names the valid layers when one does not exist)."""
+    selection = cfg.selection
     if selection.policy == "none":
         return None
     if selection.policy == "all":
@@ -28,4 +52,83 @@ def choose_layers(selection: DictConfig, model: nn.Module) -> list[str] | str | 
             raise ConfigError("selection.policy=list needs selection.layers, e.g. "
                               "selection.layers=[layer1.0.conv1,'layer4.*']")
         return list(selection.layers)
-    raise ConfigError(f"selection.policy={selection.policy!r}; choose one of {', '.join(POLICIES)}")
+    from .sensitivity import dense_totals, layer_savings, sensitivity_table
+
+    if selection.policy in SENSITIVITY_POLICIES:
+        table, _ = sensitivity_table(cfg)
+    else:
+        table = layer_savings(model, cfg.basis, list(cfg.sensitivity.layers))
+    chosen = pick_layers(selection, table, dense_totals(model))
+    log.info("selection %s: %d layers: %s", selection.policy, len(chosen), ", ".join(chosen))
+    if not chosen:
+        log.warning("selection %s chose no layer: the model stays dense", selection.policy)
+        return None
+    return chosen
+
+
+def candidate_order(selection: DictConfig, table: pd.DataFrame) -> list[str]:
+    """The candidates in the order an ordered policy converts them."""
+    policy = selection.policy
+    table = table.sort_values("position", kind="stable")
+    if policy in SENSITIVITY_POLICIES:
+        if selection.metric not in METRICS:
+            raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
+                              f"{', '.join(METRICS)}")
+        # least sensitive first; ties by the other metric, then model order
+        other = [m for m in METRICS if m != selection.metric]
+        return list(table.sort_values([selection.metric, *other, "position"],
+                                      kind="stable")["layer"])
+    if policy == "first_k":
+        return list(table["layer"])
+    if policy == "last_k":
+        return list(table["layer"])[::-1]
+    if policy == "random":
+        order = np.random.default_rng(selection.seed).permutation(len(table))
+        return [table["layer"].iloc[i] for i in order]
+    raise ConfigError(f"selection.policy={policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def pick_layers(selection: DictConfig, table: pd.DataFrame, dense: dict[str, int]) -> list[str]:
+    """The layers an ordered policy converts, in model order.
+
+    ``table`` has one row per candidate: ``layer``, ``position`` (model order),
+    ``params_saved``, ``flops_saved`` and, for the sensitivity policies, the metrics;
+    ``dense`` the dense model's ``params`` and ``flops`` (the budget's 100 %).
+    """
+    order = candidate_order(selection, table)
+    positions = dict(zip(table["layer"], table["position"]))
+    if selection.policy == "sensitivity_threshold":
+        metric = dict(zip(table["layer"], table[selection.metric]))
+        chosen = [name for name in order if metric[name] <= selection.threshold]
+    elif selection.count is not None and selection.policy != "sensitivity_budget":
+        if not 1 <= selection.count <= len(order):
+            raise ConfigError(f"selection.count={selection.count}; there are {len(order)} "
+                              f"candidate layers, so choose 1..{len(order)} (or null: the budget)")
+        chosen = order[:selection.count]
+    else:
+        chosen = meet_budget(order, table, selection, dense)
+    return sorted(chosen, key=positions.__getitem__)
+
+
+def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
+                dense: dict[str, int]) -> list[str]:
+    """Take layers in ``order`` until the saving reaches ``budget_reduction`` of the dense
+    model's parameters or training FLOPs."""
+    if selection.budget_metric not in BUDGET_METRICS:
+        raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose one "
+                          f"of {', '.join(BUDGET_METRICS)}")
+    column = BUDGET_METRICS[selection.budget_metric]
+    target = selection.budget_reduction * dense[selection.budget_metric]
+    saving = dict(zip(table["layer"], table[column]))
+    chosen, saved = [], 0
+    for name in order:
+        if saved >= target:
+            break
+        chosen.append(name)
+        saved += saving[name]
+    if saved < target:
+        log.warning("selection %s: converting every candidate saves %.1f %% of the %s, short "
+                    "of selection.budget_reduction=%g", selection.policy,
+                    100 * saved / dense[selection.budget_metric], selection.budget_metric,
+                    selection.budget_reduction)
+    return chosen

@@ -56,6 +56,14 @@ class Tracker:
     def log(self, metrics: dict, step: int) -> None:
         self._guard("log", lambda: self.run.log(metrics, step=step))
 
+    def table(self, key: str, frame) -> None:
+        """Log a pandas DataFrame as a wandb table."""
+        def log_table():
+            import wandb
+
+            self.run.log({key: wandb.Table(dataframe=frame)})
+        self._guard("table", log_table)
+
     def summary(self, values: dict) -> None:
         self._guard("summary", lambda: self.run.summary.update(values))
 

@@ -10,6 +10,7 @@ computation runs, never what is trained, so baseline and basis models stay compa
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -350,7 +351,10 @@ class Training:
             failed = False
         finally:
             self.tracker.finish(failed=failed)
-            self.step_model = None  # free DDP's reducer before its process group goes
+            # Free DDP's reducer before its process group goes: DDP sits in reference
+            # cycles, so dropping the name alone leaves it to a later (too late) collection.
+            self.step_model = None
+            gc.collect()
             distributed.teardown()
         return record.__dict__
 

@@ -1,4 +1,4 @@
-"""ResNet-20/32/44/56/110 of He et al. (2016, section 4.2) for CIFAR-10: 6n+2 layers,
+"""ResNet-8/20/32/44/56/110 of He et al. (2016, section 4.2) for CIFAR-10: 6n+2 layers,
 stages of 16-32-64 channels, and parameter-free shortcuts (option A: subsample and
 zero-pad channels), which is what gives the published 0.27 M parameters of ResNet-20.
 """
@@ -82,5 +82,5 @@ def _register_depth(depth: int) -> None:
     register_model(build)
 
 
-for _depth in (20, 32, 44, 56, 110):
+for _depth in (8, 20, 32, 44, 56, 110):
     _register_depth(_depth)

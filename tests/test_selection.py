@@ -1,0 +1,195 @@
+"""Layer-selection policies on a hand-made sensitivity table, the sensitivity cache, and
+scripts/sensitivity.py end to end on generated data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv import sensitivity
+from basisconv.errors import ConfigError
+from basisconv.models import build_model
+from basisconv.selection import pick_layers
+
+# Six candidate layers; savings chosen so that budgets land between layers.
+TABLE = pd.DataFrame({
+    "layer": ["a", "b", "c", "d", "e", "f"],
+    "position": [0, 1, 2, 3, 4, 5],
+    "accuracy_drop": [0.030, 0.001, 0.020, -0.002, 0.010, 0.004],
+    "loss_increase": [0.30, 0.02, 0.10, 0.01, 0.05, 0.03],
+    "params_saved": [10, 20, 30, 40, 50, 60],
+    "flops_saved": [100, 100, 100, 100, 100, 500],
+})
+DENSE = {"params": 1000, "flops": 2000}
+
+
+def policy(name, **values):
+    base = {"policy": name, "layers": [], "metric": "accuracy_drop", "threshold": 0.005,
+            "budget_metric": "flops", "budget_reduction": 0.25, "count": None, "seed": 0}
+    return OmegaConf.create({**base, **values})
+
+
+def test_threshold_picks_the_layers_at_or_below_it_in_model_order():
+    assert pick_layers(policy("sensitivity_threshold"), TABLE, DENSE) == ["b", "d", "f"]
+    assert pick_layers(policy("sensitivity_threshold", threshold=0.0), TABLE, DENSE) == ["d"]
+    assert pick_layers(policy("sensitivity_threshold", metric="loss_increase", threshold=0.05),
+                       TABLE, DENSE) == ["b", "d", "e", "f"]
+
+
+def test_budget_takes_the_least_sensitive_layers_until_the_target_is_met():
+    # order by drop: d (-0.002), b, f (500 flops), e, c, a; 25 % of 2000 flops = 500
+    assert pick_layers(policy("sensitivity_budget"), TABLE, DENSE) == ["b", "d", "f"]
+    # 10 % of 1000 params = 100: d (40) + b (20) + f (60) = 120 >= 100
+    assert pick_layers(policy("sensitivity_budget", budget_metric="params", budget_reduction=0.1),
+                       TABLE, DENSE) == ["b", "d", "f"]
+    # 5 % of 1000 = 50 params: d + b = 60 is enough
+    assert pick_layers(policy("sensitivity_budget", budget_metric="params", budget_reduction=0.05),
+                       TABLE, DENSE) == ["b", "d"]
+
+
+@pytest.mark.parametrize("name", ["sensitivity_budget", "random", "first_k", "last_k"])
+@pytest.mark.parametrize("metric, reduction", [("flops", 0.25), ("flops", 0.1), ("params", 0.15)])
+def test_every_budget_policy_meets_the_budget(name, metric, reduction):
+    chosen = pick_layers(policy(name, budget_metric=metric, budget_reduction=reduction),
+                         TABLE, DENSE)
+    column = {"flops": "flops_saved", "params": "params_saved"}[metric]
+    saved = TABLE.set_index("layer").loc[chosen, column]
+    target = reduction * DENSE[metric]
+    assert saved.sum() >= target
+    assert len(chosen) < len(TABLE)  # stops once met, not at every layer
+
+
+def test_first_and_last_k_follow_model_order():
+    assert pick_layers(policy("first_k", count=2), TABLE, DENSE) == ["a", "b"]
+    assert pick_layers(policy("last_k", count=2), TABLE, DENSE) == ["e", "f"]
+    assert pick_layers(policy("first_k", budget_reduction=0.1), TABLE, DENSE) == ["a", "b"]
+    assert pick_layers(policy("last_k", budget_reduction=0.25), TABLE, DENSE) == ["f"]
+
+
+def test_random_is_reproducible_by_seed_and_varies_with_it():
+    picks = {seed: tuple(pick_layers(policy("random", count=3, seed=seed), TABLE, DENSE))
+             for seed in range(8)}
+    assert picks[3] == tuple(pick_layers(policy("random", count=3, seed=3), TABLE, DENSE))
+    assert len(set(picks.values())) > 1
+    assert all(len(p) == 3 and list(p) == sorted(p) for p in picks.values())
+
+
+def test_count_out_of_range_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"selection.count=7; there are 6 candidate layers"):
+        pick_layers(policy("random", count=7), TABLE, DENSE)
+
+
+def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
+    from basisconv.cost import model_cost
+    from basisconv.surgery import apply_basis
+
+    model = build_model("resnet20", width=0.5)
+    basis = OmegaConf.create({"size": 0.5, "combine": "stacked", "coefficient_rank": None})
+    table = sensitivity.layer_savings(model, basis)
+    assert table["layer"].tolist()[:2] == ["conv1", "layer1.0.conv1"] and len(table) == 19
+    every = apply_basis(model, table["layer"].tolist(), 0.5, convert=False)
+    dense, converted = model_cost(model), model_cost(every)
+    assert table["params_saved"].sum() == dense.params - converted.params
+    assert table["flops_saved"].sum() == dense.total_flops - converted.total_flops
+
+
+# ------------------------------------------------------------------ cache and the script
+TINY = ["profile=smoke", "data.synthetic_train=300", "sensitivity.val_size=100",
+        "sensitivity.pretrain_epochs=1", "model.width=0.25", "trainer.threads=1"]
+
+
+def compose_sensitivity(repo, tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        return compose("sensitivity", overrides=[*TINY, f"sensitivity.cache_dir={tmp_path}",
+                                                 *overrides])
+
+
+def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, monkeypatch):
+    cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]")
+    calls = []
+    real = sensitivity.estimate
+    monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or real(c))
+    table, record = sensitivity.sensitivity_table(cfg)
+    assert calls == [1] and not record["cache_hit"]
+    assert table["layer"].tolist() == [f"layer3.{b}.conv{c}" for b in range(3) for c in (1, 2)]
+    assert set(sensitivity.COLUMNS) <= set(table.columns)
+    again, record = sensitivity.sensitivity_table(cfg)
+    assert calls == [1] and record["cache_hit"]  # reused, not recomputed
+    pd.testing.assert_frame_equal(table, again, check_dtype=False)
+    # what does not shape the table keeps the key; what does changes it
+    assert sensitivity.cache_key(compose_sensitivity(
+        repo, tmp_path, "sensitivity.layers=[layer3.*]", "logger=none", "trainer.progress=true",
+        "selection=random")) == sensitivity.cache_key(cfg)
+    changed = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]", "basis.size=0.25")
+    assert sensitivity.cache_key(changed) != sensitivity.cache_key(cfg)
+    sensitivity.sensitivity_table(changed)
+    assert calls == [1, 1]
+    sensitivity.sensitivity_table(cfg, recompute=True)
+    assert calls == [1, 1, 1]
+
+
+def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
+    cfg = compose_sensitivity(repo, tmp_path)
+    folder = sensitivity.cache_dir(cfg)
+    folder.mkdir(parents=True)
+    (folder / sensitivity.RECORD).write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable.*sensitivity.recompute=true"):
+        sensitivity.sensitivity_table(cfg)
+
+
+def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(repo, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    cache = tmp_path / "cache"
+    common = [*TINY, f"sensitivity.cache_dir={cache}", "selection.budget_reduction=0.2"]
+    out = tmp_path / "sens"
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "sensitivity.py"), *common,
+                             f"hydra.run.dir={out}"], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("sensitivity.csv", "sensitivity.png", "chosen.md", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "sensitivity.csv")
+    assert len(table) == 19 and table["seconds"].gt(0).all()
+    record = json.loads((out / "run.json").read_text())["sensitivity"]
+    chosen = record["chosen"]
+    assert chosen and record["flops_saved"] >= 0.2 * record["dense"]["flops"]
+    assert all(f"| {name} |" in (out / "chosen.md").read_text() for name in chosen)
+
+    # training with the same settings and the budget policy reuses the cached table
+    run_dir = tmp_path / "train"
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *common,
+                             "selection=sensitivity_budget", "trainer.epochs=1",
+                             f"hydra.run.dir={run_dir}"], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reusing the cached table" in result.stdout + result.stderr
+    trained = json.loads((run_dir / "run.json").read_text())
+    assert trained["model"]["basis_layers"] == chosen
+
+
+def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(repo, tmp_path):
+    """With subsets of one layer the search re-runs exactly the per-layer estimate (same
+    dense start, batches and held-out images), so it must measure the same drops, and the
+    fast method's choice (the least sensitive layer) must rank first."""
+    from basisconv.search import exhaustive_search
+
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
+                              "sensitivity.search_subset_size=1", "trainer.deterministic=true")
+    summary = exhaustive_search(cfg, tmp_path / "out")
+    found = pd.read_csv(tmp_path / "out" / "search.csv")
+    assert summary["subsets"] == len(found) == 7 and found["fast_choice"].sum() == 1
+    pd.testing.assert_series_equal(found["accuracy_drop"], found["predicted_accuracy_drop"],
+                                   check_names=False, atol=1e-9, rtol=0)
+    assert summary["fast_rank_by_accuracy"] == 1
+    assert (tmp_path / "out" / "search.png").stat().st_size > 0
+    too_many = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
+                                   "sensitivity.search_subset_size=3",
+                                   "sensitivity.search_max_subsets=10")
+    with pytest.raises(ConfigError, match="35 subsets of 3 among 7 candidate layers"):
+        exhaustive_search(too_many, tmp_path / "out2")
