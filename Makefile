@@ -1,5 +1,5 @@
 # Every target builds .venv first when it is missing or older than the requirements.
-# Usage: make test | make train [ARGS="model=resnet20 trainer.epochs=5"] | make benchmark
+# Usage: make test | make reproduce [PROFILE=paper|quick|smoke] | make smoke | make train [ARGS=...]
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,10 +13,14 @@ export CIFAR10_ROOT
 WANDB_MODE ?= offline
 export WANDB_MODE
 ARGS ?=
+PROFILE ?= paper
 
-.PHONY: help env test train benchmark benchmark-layers clean
+.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers clean
 
 help:
+	@echo "make reproduce         the paper's protocol end to end (PROFILE=paper|quick|smoke; default paper)"
+	@echo "make smoke             the same protocol in minutes on generated data (CI runs it)"
+	@echo "make analyze           tables and plots from the runs of PROFILE"
 	@echo "make test              run the test suite (creates $(VENV) first if needed)"
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
@@ -33,6 +37,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -q
+
+reproduce: $(STAMP)
+	scripts/reproduce.sh $(PROFILE)
+
+smoke: $(STAMP)
+	WANDB_MODE=disabled scripts/reproduce.sh smoke
+
+analyze: $(STAMP)
+	$(PY) scripts/analyze.py profile=$(PROFILE) $(ARGS)
 
 train: $(STAMP)
 	$(PY) scripts/train.py $(ARGS)

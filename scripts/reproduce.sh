@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The paper's protocol as an explicit list of runs, one block per table row:
-#   scripts/reproduce.sh [paper|quick|smoke]      (make reproduce PROFILE=...)
+#   scripts/reproduce.sh [paper|quick|smoke]      (make reproduce PROFILE=..., make smoke)
 # Every run has a fixed folder outputs/<profile>/<row>/seed<k>; a run whose record is
 # complete is not trained again and an interrupted one resumes from its last epoch, so
-# re-running this script continues where it stopped. The sensitivity table is cached.
+# re-running this script continues where it stopped. The sensitivity table is cached,
+# the speed benchmark is skipped when its results exist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-quick}
 PY=${PY:-.venv/bin/python}
 OUT=outputs/$PROFILE
+RESULTS=results/$PROFILE
 case $PROFILE in
-  paper) SEEDS="0 1 2"; BENCH="";;
-  quick) SEEDS="0 1 2"; BENCH="--quick";;
-  smoke) SEEDS="0";     BENCH="--quick";;
+  paper) SEEDS="0 1 2"; BENCH=();;
+  quick) SEEDS="0 1 2"; BENCH=(--quick);;
+  # generated data, tiny models: checks the whole path in minutes; its results stay in outputs/
+  smoke) SEEDS="0";     BENCH=(--quick --batch-size 8 --fractions 0.25 0.5); RESULTS=$OUT/results;;
   *) echo "unknown profile '$PROFILE': use paper, quick or smoke" >&2; exit 2;;
 esac
 
@@ -41,5 +44,13 @@ done
 # 6. does the fast method find what exhaustive search finds? (ResNet-8: 7 layers)
 "$PY" scripts/exhaustive_search.py profile="$PROFILE" model=resnet8 \
   sensitivity.search_subset_size=3 hydra.run.dir="$OUT/exhaustive-search-resnet8"
-# 7. tables
-"$PY" scripts/analyze.py profile="$PROFILE"
+# 7. layer and model speed of basis vs dense convolutions (ResNet-18 shapes)
+DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+if compgen -G "$RESULTS/model-speed-$DEVICE-*.csv" > /dev/null; then
+  echo "== speed benchmark: results in $RESULTS exist, skipped"
+else
+  echo "== speed benchmark"
+  "$PY" scripts/benchmark_layers.py --device "$DEVICE" "${BENCH[@]}" --out-dir "$RESULTS"
+fi
+# 8. tables and plots
+"$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$OUT" out_dir="$RESULTS"

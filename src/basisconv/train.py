@@ -327,8 +327,14 @@ class Training:
 
     def run(self) -> dict[str, Any]:
         trainer, record = self.cfg.trainer, self.record
-        self.tracker.summary({f"model/{k}": v for k, v in record.model.items()
-                              if isinstance(v, (int, float))})
+        # What scripts/analyze.py source=wandb needs to rebuild the run record.
+        hardware = record.provenance["hardware"]
+        self.tracker.summary({
+            **{f"model/{k}": v for k, v in record.model.items() if isinstance(v, (int, float))},
+            "model/basis_layer_names": " ".join(record.model["basis_layers"]),
+            "provenance/commit": record.provenance["git"]["commit"],
+            "provenance/date": record.provenance["date"],
+            "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu")})
         failed = True
         try:
             log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",

@@ -1,35 +1,53 @@
-"""Training runs as one pandas DataFrame, from their local run records, and the
-comparison table over seeds (mean and std), relative to the dense baseline."""
+"""Training runs as pandas DataFrames, from the local run records (``run.json``, the
+default: no network) or from the wandb API (``source=wandb``), and the comparison over
+seeds (mean and std) relative to the dense baseline."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # What identifies a configuration; runs that differ only in the seed are its repeats.
-CONFIG_COLUMNS = ["model", "width", "selection", "basis_size", "basis_init", "epochs",
-                  "train_images"]
+CONFIG_COLUMNS = ["experiment", "model", "width", "selection", "basis_size", "epochs",
+                  "train_images", "device", "precision"]
 METRIC_COLUMNS = ["test_accuracy", "best_test_accuracy", "params", "forward_flops",
                   "backward_flops", "basis_layers", "forward_seconds_per_step",
                   "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds"]
+BASELINE_KEYS = ["model", "width", "epochs", "train_images", "device", "precision"]
 
 
-def run_row(record: dict, path: Path) -> dict:
+def device_name(hardware: dict) -> str:
+    """A short device tag for file names: ``cpu``, or the GPU model (``h100``, ``a100``)."""
+    gpu = (hardware or {}).get("gpu")
+    if not gpu:
+        return "cpu"
+    words = [w for w in gpu.lower().replace("-", " ").split()
+             if w not in {"nvidia", "geforce", "tesla", "pcie", "sxm", "sxm5", "nvl"}]
+    return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
+
+
+def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
     """One complete training run's record as a flat row."""
     cfg, model, final = record["config"], record["model"], record["final"]
-    prov = record["provenance"]
+    prov = record.get("provenance") or {}
+    hardware = prov.get("hardware") or {}
     dense = cfg["selection"]["policy"] == "none"
     return {
-        "name": cfg["name"], "model": cfg["model"]["name"], "width": cfg["model"]["width"],
+        "experiment": cfg["name"], "model": cfg["model"]["name"], "width": cfg["model"]["width"],
         "selection": cfg["selection"]["policy"],
-        "basis_size": None if dense else cfg["basis"]["size"],
-        "basis_init": None if dense else cfg["basis"]["init"],
-        "epochs": cfg["trainer"]["epochs"], "train_images": cfg["data"]["train_subset"],
+        "basis_size": "-" if dense else cfg["basis"]["size"],
+        "epochs": cfg["trainer"]["epochs"],
+        "train_images": cfg["data"]["train_subset"] or "all",
+        "device": device_name(hardware),
+        "precision": "fp32" if cfg["trainer"]["amp"] == "none" else cfg["trainer"]["amp"],
         "seed": cfg["seed"],
         "test_accuracy": final["test_accuracy"], "best_test_accuracy": final["best_test_accuracy"],
         "params": model["parameters"], "forward_flops": model["forward_flops"],
@@ -38,69 +56,112 @@ def run_row(record: dict, path: Path) -> dict:
         "forward_seconds_per_step": final["forward_seconds_per_step"],
         "backward_seconds_per_step": final["backward_seconds_per_step"],
         "mean_epoch_seconds": final["mean_epoch_seconds"], "train_seconds": final["train_seconds"],
-        "commit": (prov.get("git") or {}).get("commit"), "date": prov.get("date"),
-        "hardware": (prov.get("hardware") or {}).get("gpu") or (prov.get("hardware") or {}).get("cpu"),
-        "run_dir": str(path.parent),
+        "commit": ((prov.get("git") or {}).get("commit") or "")[:7],
+        "date": prov.get("date"), "hardware": hardware.get("gpu") or hardware.get("cpu"),
+        "where": where,
     }
 
 
-def load_runs(root: str | Path) -> pd.DataFrame:
-    """Every complete training run under ``root`` (its ``run.json`` files); incomplete
-    runs and other records (sensitivity, search) are skipped, unreadable ones logged."""
-    rows = []
+def curve_rows(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """Per-epoch metrics of one run, with its configuration columns."""
+    row = run_row(record, where)
+    keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "where"]}
+    return [{**keys, **epoch} for epoch in record["epochs"]]
+
+
+def local_records(root: str | Path) -> list[tuple[dict, str]]:
+    """Complete training-run records under ``root``; other records (sensitivity, search)
+    and incomplete runs are skipped, unreadable files logged and skipped."""
+    found = []
     for path in sorted(Path(root).rglob("run.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             log.warning("skipping unreadable run record %s (%s)", path, err)
             continue
-        if record.get("kind") or record.get("status") != "complete":
+        if record.get("kind") is None and record.get("status") == "complete":
+            found.append((record, str(path.parent)))
+    return found
+
+
+def other_records(root: str | Path, kind: str) -> list[tuple[dict, Path]]:
+    """Records of another kind (``sensitivity``, ``exhaustive_search``) under ``root``."""
+    found = []
+    for path in sorted(Path(root).rglob("run.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
             continue
-        rows.append(run_row(record, path))
-    return pd.DataFrame(rows)
+        if record.get("kind") == kind:
+            found.append((record, path.parent))
+    return found
+
+
+def wandb_records(project: str, entity: str | None = None, api=None) -> list[tuple[dict, str]]:
+    """Finished runs of a wandb project, rebuilt in the shape of local run records from
+    what ``Training`` logs: the resolved config, per-epoch history, and the ``model/*``,
+    ``provenance/*`` and final metrics in the summary."""
+    if api is None:
+        try:
+            import wandb
+
+            api = wandb.Api()
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(f"source=wandb needs a working wandb login ({err}); use the "
+                              f"local run records (source=local) instead") from None
+    path = f"{entity}/{project}" if entity else project
+    found = []
+    for run in api.runs(path):
+        if run.state != "finished":
+            continue
+        summary = dict(run.summary)
+        if "test_accuracy" not in summary:
+            continue  # not a training run of ours
+        model = {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("model/")}
+        model["basis_layers"] = (model.pop("basis_layer_names", "") or "").split()
+        epochs = [dict(row) for row in run.history(pandas=False)]
+        record = {
+            "config": run.config, "model": model, "epochs": epochs,
+            "final": {k: summary[k] for k in (
+                "test_accuracy", "best_test_accuracy", "forward_seconds_per_step",
+                "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds")},
+            "provenance": {"git": {"commit": summary.get("provenance/commit")},
+                           "date": summary.get("provenance/date"),
+                           "hardware": {"cpu": summary.get("provenance/cpu"),
+                                        "gpu": summary.get("provenance/gpu")}},
+        }
+        found.append((record, run.url))
+    return found
+
+
+def runs_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
+    return pd.DataFrame([run_row(record, where) for record, where in records])
+
+
+def curves_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
+    return pd.DataFrame([row for record, where in records for row in curve_rows(record, where)])
 
 
 def compare(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration: seeds, accuracy mean and std, cost, time, and each relative to
-    the dense baseline of the same model, width, epochs and data (speedup = baseline epoch
-    time / this epoch time)."""
-    keys = [c for c in CONFIG_COLUMNS if c in runs]
-    filled = runs.assign(**{c: runs[c].fillna("-") for c in keys})
-    grouped = filled.groupby(keys, sort=False)
+    """Per configuration: seeds, accuracy mean and std, cost and time, and each against
+    the dense baseline of the same model, width, epochs, data, device and precision:
+    ``params_ratio``, ``flops_ratio`` (training FLOPs), ``theory_speedup`` (its inverse),
+    ``step_speedup`` (forward+backward time per step), ``epoch_speedup`` and
+    ``accuracy_change`` (NaN where that baseline was not run)."""
+    grouped = runs.groupby(CONFIG_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
     table["seeds"] = grouped.size()
     table["test_accuracy_std"] = grouped["test_accuracy"].std(ddof=1)
     table = table.reset_index()
-    base_keys = ["model", "width", "epochs", "train_images"]
-    baseline = table[table["selection"] == "none"].set_index(base_keys)
-    for column, name in (("params", "params_ratio"), ("forward_flops", "flops_ratio")):
-        table[name] = [row[column] / baseline.loc[tuple(row[k] for k in base_keys), column]
-                       if tuple(row[k] for k in base_keys) in baseline.index else float("nan")
-                       for _, row in table.iterrows()]
-    table["epoch_speedup"] = [
-        baseline.loc[tuple(row[k] for k in base_keys), "mean_epoch_seconds"] / row["mean_epoch_seconds"]
-        if tuple(row[k] for k in base_keys) in baseline.index else float("nan")
-        for _, row in table.iterrows()]
-    table["accuracy_change"] = [
-        row["test_accuracy"] - baseline.loc[tuple(row[k] for k in base_keys), "test_accuracy"]
-        if tuple(row[k] for k in base_keys) in baseline.index else float("nan")
-        for _, row in table.iterrows()]
+    dense = table[table["selection"] == "none"].drop_duplicates(BASELINE_KEYS)
+    base = table[BASELINE_KEYS].merge(dense, on=BASELINE_KEYS, how="left")  # row-aligned
+    flops = table["forward_flops"] + table["backward_flops"]
+    step = table["forward_seconds_per_step"] + table["backward_seconds_per_step"]
+    table["params_ratio"] = table["params"] / base["params"]
+    table["flops_ratio"] = flops / (base["forward_flops"] + base["backward_flops"])
+    table["theory_speedup"] = 1 / table["flops_ratio"]
+    table["step_speedup"] = (base["forward_seconds_per_step"]
+                             + base["backward_seconds_per_step"]) / step
+    table["epoch_speedup"] = base["mean_epoch_seconds"] / table["mean_epoch_seconds"]
+    table["accuracy_change"] = table["test_accuracy"] - base["test_accuracy"]
     return table
-
-
-def comparison_markdown(table: pd.DataFrame) -> str:
-    """The comparison as a Markdown table (accuracy in %, mean ± std over seeds)."""
-    lines = ["| selection | basis size | seeds | test accuracy (%) | vs baseline (points) | "
-             "basis layers | parameters | FLOPs (fwd) | fwd / bwd ms per step | epoch s | "
-             "epoch speedup |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in table.itertuples():
-        std = f" ± {100 * r.test_accuracy_std:.2f}" if r.seeds > 1 else ""
-        lines.append(
-            f"| {r.selection} | {r.basis_size} | {r.seeds} | {100 * r.test_accuracy:.2f}{std} | "
-            f"{100 * r.accuracy_change:+.2f} | {r.basis_layers:.0f} | {r.params:,.0f} "
-            f"({100 * r.params_ratio:.0f} %) | {r.forward_flops / 1e6:.1f} M "
-            f"({100 * r.flops_ratio:.0f} %) | {1e3 * r.forward_seconds_per_step:.1f} / "
-            f"{1e3 * r.backward_seconds_per_step:.1f} | {r.mean_epoch_seconds:.1f} | "
-            f"{r.epoch_speedup:.2f}x |")
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,93 @@
+"""The paper's plots from the comparison and the training curves. Every figure carries a
+footer saying which profile, hardware, commit and date its runs came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .plots import pyplot, save_figure
+
+
+def _footer(fig, note: str) -> None:
+    fig.text(0.01, 0.005, note, fontsize=6.5, color="0.35", ha="left", va="bottom")
+
+
+def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | None:
+    """Forward and backward time per step (left) and speedup over the dense baseline
+    (right) against the basis size, for basis convolutions in every layer, with the
+    speedup the FLOP count predicts. ``None`` when there is no size sweep to plot."""
+    sweep = table[(table["selection"] == "all") & table["step_speedup"].notna()]
+    sweep = sweep.assign(size=pd.to_numeric(sweep["basis_size"])).sort_values("size")
+    dense = table[table["selection"] == "none"]
+    if sweep.empty or dense.empty:
+        return None
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
+    for column, marker, label in (("forward_seconds_per_step", "o", "forward"),
+                                  ("backward_seconds_per_step", "s", "backward")):
+        line, = left.plot(sweep["size"], 1e3 * sweep[column], marker + "-", label=f"basis, {label}")
+        left.axhline(1e3 * dense[column].iloc[0], color=line.get_color(), ls=":",
+                     label=f"dense, {label}")
+    left.set_ylabel("ms per step")
+    left.set_title("time per training step")
+    right.plot(sweep["size"], sweep["step_speedup"], "o-", label="measured, fwd+bwd step")
+    right.plot(sweep["size"], sweep["epoch_speedup"], "s-", label="measured, epoch")
+    right.plot(sweep["size"], sweep["theory_speedup"], "k--", label="theory (training FLOPs)")
+    right.axhline(1, color="0.5", lw=0.8)
+    right.set_ylabel("speedup over dense (x)")
+    right.set_title("speedup")
+    for ax in (left, right):
+        ax.set_xlabel("basis size (fraction of each layer's filters)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{sweep['model'].iloc[0]} x{sweep['width'].iloc[0]:g}: basis convolutions "
+                 f"in every layer", fontsize=10)
+    _footer(fig, note)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return save_figure(fig, path)
+
+
+def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
+    """Test accuracy (mean ± std over seeds) against parameters, one point per config."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for selection, group in table.groupby("selection", sort=False):
+        ax.errorbar(group["params"], 100 * group["test_accuracy"],
+                    yerr=100 * group["test_accuracy_std"].fillna(0), fmt="o", capsize=3,
+                    label=selection)
+        if selection == "all":
+            for r in group.itertuples():
+                ax.annotate(f"m={r.basis_size}", (r.params, 100 * r.test_accuracy), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, title="selection")
+    ax.set_title("accuracy against model size", fontsize=10)
+    _footer(fig, note)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return save_figure(fig, path)
+
+
+def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
+    """Test accuracy and train loss per epoch, mean over seeds, one line per config."""
+    plt = pyplot()
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.3))
+    label = curves["selection"] + curves["basis_size"].map(lambda s: "" if s == "-" else f" m={s}")
+    for name, group in curves.assign(label=label).groupby("label", sort=False):
+        mean = group.groupby("epoch")[["test_accuracy", "train_loss"]].mean()
+        acc.plot(mean.index, 100 * mean["test_accuracy"], label=name)
+        loss.plot(mean.index, mean["train_loss"], label=name)
+    acc.set_ylabel("test accuracy (%)")
+    loss.set_ylabel("train loss")
+    for ax in (acc, loss):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    acc.legend(fontsize=7)
+    fig.suptitle("training curves (mean over seeds)", fontsize=10)
+    _footer(fig, note)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return save_figure(fig, path)

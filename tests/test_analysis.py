@@ -1,0 +1,163 @@
+"""From run records to tables and plots: the comparison over seeds, the wandb source (with
+a stand-in for wandb's API), the files analyze.py writes, and the results notebook."""
+
+import json
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from basisconv.analysis.report import write_report
+from basisconv.analysis.runs import compare, device_name, local_records, runs_frame, wandb_records
+from basisconv.errors import ConfigError
+
+
+def record(selection="none", size=0.5, seed=0, accuracy=0.9, params=1000, flops=100,
+           epoch_seconds=10.0, step=(0.1, 0.2), gpu=None, amp="none"):
+    """A run record as Training writes it (only what analysis reads)."""
+    epochs = [{"epoch": e, "test_accuracy": accuracy * e / 2, "train_loss": 2.0 / e,
+               "epoch_seconds": epoch_seconds} for e in (1, 2)]
+    return {
+        "status": "complete",
+        "config": {"name": f"resnet20-{selection}", "seed": seed,
+                   "model": {"name": "resnet20", "width": 0.5},
+                   "selection": {"policy": selection, "threshold": 0.01},
+                   "basis": {"size": size, "init": "scratch"},
+                   "trainer": {"epochs": 2, "amp": amp}, "data": {"train_subset": 5000}},
+        "model": {"parameters": params, "forward_flops": flops, "backward_flops": 2 * flops,
+                  "basis_layers": [] if selection == "none" else ["layer1.0.conv1"]},
+        "epochs": epochs,
+        "final": {"test_accuracy": accuracy, "best_test_accuracy": accuracy,
+                  "forward_seconds_per_step": step[0], "backward_seconds_per_step": step[1],
+                  "mean_epoch_seconds": epoch_seconds, "train_seconds": 2 * epoch_seconds},
+        "provenance": {"date": "2026-11-25T05:00:00+00:00", "git": {"commit": "abcdef1234"},
+                       "hardware": {"cpu": "AMD EPYC", "gpu": gpu}},
+    }
+
+
+RECORDS = [record(seed=0, accuracy=0.90), record(seed=1, accuracy=0.92),
+           record("all", 0.5, 0, 0.80, 500, 50, 5.0, (0.05, 0.1)),
+           record("all", 0.5, 1, 0.84, 500, 50, 5.0, (0.05, 0.1)),
+           record("all", 0.25, 0, 0.70, 250, 25, 4.0, (0.04, 0.08)),
+           record("sensitivity_budget", 0.5, 0, 0.91, 800, 80, 8.0, (0.08, 0.16))]
+
+
+def write_runs(root, records):
+    for i, rec in enumerate(records):
+        folder = root / f"run{i}"
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps(rec))
+
+
+def test_comparison_averages_seeds_and_compares_with_the_baseline():
+    table = compare(runs_frame([(r, "here") for r in RECORDS])).set_index(["selection", "basis_size"])
+    base, half = table.loc[("none", "-")], table.loc[("all", 0.5)]
+    assert base["seeds"] == 2 and base["test_accuracy"] == pytest.approx(0.91)
+    assert base["test_accuracy_std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert half["accuracy_change"] == pytest.approx(0.82 - 0.91)
+    assert half["params_ratio"] == 0.5 and half["flops_ratio"] == 0.5
+    assert half["theory_speedup"] == 2.0
+    assert half["step_speedup"] == pytest.approx(2.0) and half["epoch_speedup"] == 2.0
+    assert table.loc[("all", 0.25), "step_speedup"] == pytest.approx(0.3 / 0.12)
+
+
+def test_device_names_for_file_names():
+    assert device_name({"cpu": "AMD EPYC"}) == "cpu"
+    assert device_name({"gpu": "NVIDIA H100 80GB HBM3"}) == "h100"
+    assert device_name({"gpu": "NVIDIA A100-SXM4-40GB"}) == "a100"
+
+
+def test_local_records_skip_incomplete_unreadable_and_other_kinds(tmp_path):
+    write_runs(tmp_path, RECORDS[:2])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "run.json").write_text("{")
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "run.json").write_text(json.dumps({**RECORDS[0], "status": "running"}))
+    (tmp_path / "sens").mkdir()
+    (tmp_path / "sens" / "run.json").write_text(json.dumps({"kind": "sensitivity"}))
+    assert len(local_records(tmp_path)) == 2
+
+
+class FakeRun:
+    def __init__(self, rec, state="finished"):
+        self.state, self.config, self.url = state, rec["config"], "https://wandb.example/run"
+        self.summary = {**rec["final"], **{f"model/{k}": v for k, v in rec["model"].items()
+                                           if k != "basis_layers"},
+                        "model/basis_layer_names": " ".join(rec["model"]["basis_layers"]),
+                        "provenance/commit": "abcdef1234", "provenance/date": "2026-11-25",
+                        "provenance/cpu": "AMD EPYC", "provenance/gpu": None}
+        self._history = rec["epochs"]
+
+    def history(self, pandas=False):
+        return self._history
+
+
+class FakeApi:
+    def __init__(self, runs):
+        self._runs = runs
+        self.asked = None
+
+    def runs(self, path):
+        self.asked = path
+        return self._runs
+
+
+def test_wandb_source_rebuilds_the_same_rows_as_the_local_records():
+    api = FakeApi([FakeRun(r) for r in RECORDS] + [FakeRun(RECORDS[0], state="crashed")])
+    found = wandb_records("basisconv", "me", api=api)
+    assert api.asked == "me/basisconv" and len(found) == len(RECORDS)
+    remote = runs_frame(found).drop(columns=["where", "date"])
+    local = runs_frame([(r, "x") for r in RECORDS]).drop(columns=["where", "date"])
+    pd.testing.assert_frame_equal(remote, local)
+
+
+def analyze_cfg(tmp_path, **values):
+    return OmegaConf.create({"profile": "test", "source": "local", "runs_dir": str(tmp_path / "runs"),
+                             "out_dir": str(tmp_path / "results"),
+                             "wandb": {"project": "basisconv", "entity": None}, **values})
+
+
+def test_report_writes_tables_and_plots_named_by_device_and_precision(tmp_path):
+    write_runs(tmp_path / "runs", RECORDS + [record(gpu="NVIDIA H100 80GB HBM3", amp="bf16")])
+    written = {p.name for p in write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")}
+    for tag in ("cpu-fp32", "h100-bf16"):
+        assert {f"comparison-{tag}.md", f"comparison-{tag}.tex", f"comparison-{tag}.csv",
+                f"accuracy-params-{tag}.png", f"curves-{tag}.png"} <= written
+    assert "speed-cpu-fp32.png" in written  # a size sweep and a baseline: there is a plot
+    out = tmp_path / "results"
+    md = (out / "comparison-cpu-fp32.md").read_text()
+    assert "91.00 ± 1.41" in md and "profile test; 6 runs on AMD EPYC; commit abcdef1" in md
+    assert "\\begin{tabular}" in (out / "comparison-cpu-fp32.tex").read_text()
+    assert json.loads((out / "index.json").read_text())["provenance"]["command"] == \
+        "python scripts/analyze.py"
+
+
+def test_no_runs_is_one_clear_error(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match="no complete training run found.*make reproduce"):
+        write_report(analyze_cfg(tmp_path), "cmd")
+
+
+def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    write_runs(tmp_path / "runs", RECORDS)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    monkeypatch.setenv("BASISCONV_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_analyze_config_takes_the_profile_and_source(repo):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"), version_base="1.3"):
+        cfg = compose("analyze", overrides=["profile=paper", "source=wandb", "wandb.entity=me"])
+    assert (cfg.runs_dir, cfg.out_dir, cfg.source, cfg.wandb.entity) == \
+        ("outputs/paper", "results/paper", "wandb", "me")
