@@ -42,8 +42,12 @@ for size in 0.125 0.25 0.75; do
   train "basis-all-$size" experiment=basis_all basis.size="$size"
 done
 # 6. does the fast method find what exhaustive search finds? (ResNet-8: 7 layers)
-"$PY" scripts/exhaustive_search.py profile="$PROFILE" model=resnet8 \
-  sensitivity.search_subset_size=3 hydra.run.dir="$OUT/exhaustive-search-resnet8"
+if [ -f "$OUT/exhaustive-search-resnet8/search.csv" ]; then
+  echo "== exhaustive search: done before, skipped (delete $OUT/exhaustive-search-resnet8 to redo)"
+else
+  "$PY" scripts/exhaustive_search.py profile="$PROFILE" model=resnet8 \
+    sensitivity.search_subset_size=3 hydra.run.dir="$OUT/exhaustive-search-resnet8"
+fi
 # 7. layer and model speed of basis vs dense convolutions (ResNet-18 shapes)
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 if compgen -G "$RESULTS/model-speed-$DEVICE-*.csv" > /dev/null; then

@@ -72,12 +72,18 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     found["fast_choice"] = found["subset"] == choice
     mine = found[found["fast_choice"]].iloc[0]
     best = found.sort_values("rank_by_accuracy").iloc[0]
+    # the choice the other metric would have made, for comparison
+    other = next(m for m in ("accuracy_drop", "loss_increase") if m != metric)
+    alternative = found[found["subset"] == " ".join(fast_choice(table, k, other))].iloc[0]
     summary = {
         "candidates": layers, "subset_size": k, "subsets": total, "metric": metric,
         "fast_choice": choice, "fast_accuracy": float(mine["accuracy"]),
         "fast_rank_by_accuracy": int(mine["rank_by_accuracy"]),
         "fast_rank_by_loss": int(mine["rank_by_loss"]),
         "fast_percentile": float((found["accuracy"] < mine["accuracy"]).mean()),
+        "other_metric": other, "other_choice": alternative["subset"],
+        "other_accuracy": float(alternative["accuracy"]),
+        "other_rank_by_accuracy": int(alternative["rank_by_accuracy"]),
         "best_subset": best["subset"], "best_accuracy": float(best["accuracy"]),
         "median_accuracy": float(found["accuracy"].median()),
         "worst_accuracy": float(found["accuracy"].min()),
