@@ -3,6 +3,7 @@ footer saying which profile, hardware, commit and date its runs came from."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,9 @@ from .plots import pyplot, save_figure
 
 
 def _footer(fig, note: str) -> None:
-    fig.text(0.01, 0.005, note, fontsize=6.5, color="0.35", ha="left", va="bottom")
+    """The provenance line, wrapped to the figure's width."""
+    fig.text(0.01, 0.005, textwrap.fill(note, int(fig.get_figwidth() * 20)), fontsize=6.5,
+             color="0.35", ha="left", va="bottom")
 
 
 def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | None:
@@ -45,7 +48,7 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     fig.suptitle(f"{sweep['model'].iloc[0]} x{sweep['width'].iloc[0]:g}: basis convolutions "
                  f"in every layer", fontsize=10)
     _footer(fig, note)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save_figure(fig, path)
 
 
@@ -68,7 +71,7 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
     ax.legend(fontsize=8, title="selection")
     ax.set_title("accuracy against model size", fontsize=10)
     _footer(fig, note)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save_figure(fig, path)
 
 
@@ -89,5 +92,5 @@ def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
     acc.legend(fontsize=7)
     fig.suptitle("training curves (mean over seeds)", fontsize=10)
     _footer(fig, note)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save_figure(fig, path)
