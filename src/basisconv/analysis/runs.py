@@ -110,8 +110,13 @@ def wandb_records(project: str, entity: str | None = None, api=None) -> list[tup
             raise ConfigError(f"source=wandb needs a working wandb login ({err}); use the "
                               f"local run records (source=local) instead") from None
     path = f"{entity}/{project}" if entity else project
+    try:
+        runs = list(api.runs(path))
+    except Exception as err:  # noqa: BLE001 - network, permissions, a wrong name
+        raise ConfigError(f"could not list the runs of wandb project {path!r} ({err}); check "
+                          f"wandb.project / wandb.entity and the network, or use source=local") from None
     found = []
-    for run in api.runs(path):
+    for run in runs:
         if run.state != "finished":
             continue
         summary = dict(run.summary)
