@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from . import distributed
 from .cost import model_cost
 from .data import TensorBatches, stratified_subset
 from .errors import ConfigError
@@ -151,6 +152,11 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
         log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
         table, record = cached
         return table, {**record, "cache_hit": True}
+    if distributed.world_size() > 1:
+        raise ConfigError(f"no sensitivity table for key {cache_key(cfg)} in "
+                          f"{cfg.sensitivity.cache_dir}; estimate it first in one process "
+                          f"(python scripts/sensitivity.py with the same overrides), then "
+                          f"start the torchrun job")
     log.warning("sensitivity: %s table for key %s; estimating it now",
                 "recomputing the" if recompute else "no cached", cache_key(cfg))
     table, record = estimate(cfg)
