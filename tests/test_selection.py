@@ -117,6 +117,7 @@ def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, mon
     monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or real(c))
     table, record = sensitivity.sensitivity_table(cfg)
     assert calls == [1] and not record["cache_hit"]
+    assert record["noise"]["repeats"] == 3 and record["noise"]["accuracy_std"] >= 0
     assert table["layer"].tolist() == [f"layer3.{b}.conv{c}" for b in range(3) for c in (1, 2)]
     assert set(sensitivity.COLUMNS) <= set(table.columns)
     again, record = sensitivity.sensitivity_table(cfg)

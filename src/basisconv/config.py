@@ -109,6 +109,7 @@ class SensitivityConfig:
     cache_dir: str = MISSING
     recompute: bool = MISSING
     seed: int = MISSING  # pretraining, held-out split and fine-tune batches
+    noise_repeats: int = MISSING  # extra reference fine-tunes that measure the noise
     search_subset_size: int = MISSING  # exhaustive search: size of the subsets
     search_max_subsets: int = MISSING  # refuse a search larger than this
 
@@ -174,6 +175,7 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(s.finetune_lr > 0, f"sensitivity.finetune_lr must be > 0, got {s.finetune_lr}")
     _check_subset(s.val_size, "sensitivity.val_size")
     _check(bool(s.layers), "sensitivity.layers is empty; use [all] or layer names/patterns")
+    _check(s.noise_repeats >= 0, f"sensitivity.noise_repeats must be >= 0, got {s.noise_repeats}")
     _check(s.search_subset_size >= 1,
            f"sensitivity.search_subset_size must be >= 1, got {s.search_subset_size}")
     b = cfg.basis

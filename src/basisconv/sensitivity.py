@@ -221,16 +221,18 @@ class Probe:
         self.pretrain_seconds = time.perf_counter() - start
         self.pretrained = self.measure(self.dense)
 
-    def batches(self, train: bool) -> TensorBatches:
+    def batches(self, train: bool, seed: int | None = None) -> TensorBatches:
         s, data = self.split, self.cfg.data
         if train:
             return TensorBatches(s.train_images, s.train_labels, self.cfg.trainer.batch_size,
-                                 train=True, seed=self.seed, crop_padding=data.crop_padding,
+                                 train=True, seed=self.seed if seed is None else seed,
+                                 crop_padding=data.crop_padding,
                                  flip=data.flip, memory_format=self.memory_format)
         return TensorBatches(s.val_images, s.val_labels, self.cfg.trainer.eval_batch_size,
                              train=False, memory_format=self.memory_format)
 
-    def train(self, model: nn.Module, epochs: int, lr: float, schedule: str) -> None:
+    def train(self, model: nn.Module, epochs: int, lr: float, schedule: str,
+              batch_seed: int | None = None) -> None:
         from .train import AMP_DTYPES, build_optimizer, build_scheduler, train_one_epoch
 
         if epochs == 0:
@@ -239,7 +241,7 @@ class Probe:
                                                     "schedule": schedule})
         if schedule == "cosine":
             recipe.warmup_fraction = 0.0
-        batches = self.batches(train=True)
+        batches = self.batches(train=True, seed=batch_seed)
         optimizer = build_optimizer(model, recipe)
         scheduler = build_scheduler(optimizer, recipe, len(batches))
         for _ in range(epochs):
@@ -254,8 +256,9 @@ class Probe:
                          amp_dtype=AMP_DTYPES[self.cfg.trainer.amp])
         return {"accuracy": stats.accuracy, "loss": stats.loss}
 
-    def evaluate_layers(self, names: list[str]) -> dict[str, Any]:
-        """Convert ``names`` (none: the dense reference), fine-tune, measure."""
+    def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:
+        """Convert ``names`` (none: the dense reference), fine-tune, measure. Every call
+        fine-tunes on the same batches unless ``batch_seed`` asks for another order."""
         start = time.perf_counter()
         torch.manual_seed(self.seed)
         model = copy.deepcopy(self.dense)
@@ -268,11 +271,25 @@ class Probe:
             errors = [row["reconstruction_error"] for row in basis_report(model)]
         converted = self.measure(model)
         sens = self.cfg.sensitivity
-        self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine")
+        self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine", batch_seed)
         after = self.measure(model)
         return {"reconstruction_error": max(errors) if errors else 0.0,
                 "converted_accuracy": converted["accuracy"], **after,
                 "seconds": time.perf_counter() - start}
+
+
+def reference_noise(probe: Probe, reference: dict, repeats: int) -> dict[str, Any] | None:
+    """A yardstick for the drops: the spread of the dense reference over ``repeats`` more
+    fine-tunes with other batch orders (the drops themselves share one batch order, so
+    their noise is smaller; a drop well inside this spread says little)."""
+    if repeats < 1:
+        return None
+    runs = [reference] + [probe.evaluate_layers([], batch_seed=probe.seed + 1 + i)
+                          for i in range(repeats)]
+    accuracy = pd.Series([r["accuracy"] for r in runs])
+    loss = pd.Series([r["loss"] for r in runs])
+    return {"repeats": len(runs), "accuracy_std": float(accuracy.std(ddof=1)),
+            "loss_std": float(loss.std(ddof=1)), "accuracies": accuracy.tolist()}
 
 
 def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
@@ -281,6 +298,7 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     probe = Probe(cfg)
     candidates = layer_savings(probe.dense, cfg.basis, list(cfg.sensitivity.layers))
     reference = probe.evaluate_layers([])
+    noise = reference_noise(probe, reference, cfg.sensitivity.noise_repeats)
     log.info("sensitivity: dense after pretraining %.4f, reference after fine-tuning %.4f "
              "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
              reference["accuracy"], len(candidates))
@@ -296,7 +314,7 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     record = {"key": cache_key(cfg), "key_fields": key_fields(cfg),
               "dense": dense_totals(probe.dense),
               "pretrained": {**probe.pretrained, "seconds": probe.pretrain_seconds},
-              "reference": reference,
+              "reference": reference, "noise": noise,
               "validation_images": int(probe.split.val_labels.numel()),
               "training_images": int(probe.split.train_labels.numel()),
               "seconds": time.perf_counter() - started,

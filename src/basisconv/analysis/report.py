@@ -74,6 +74,14 @@ def _tag(record: dict) -> str:
     return f"{device_name(record['provenance']['hardware'])}-{'fp32' if amp == 'none' else amp}"
 
 
+def noise_line(noise: dict | None) -> str:
+    if not noise:
+        return ""
+    return (f" The same reference fine-tuned with {noise['repeats']} batch orders: accuracy "
+            f"std {noise['accuracy_std']:.4f}, loss std {noise['loss_std']:.4f} (a yardstick "
+            f"for the drops below, which all share one batch order).")
+
+
 def sensitivity_outputs(runs_dir: Path, out: Path, profile: str) -> list[Path]:
     """The sensitivity plot and chosen subset of each sensitivity run, and a summary of
     each exhaustive search, re-drawn from their records."""
@@ -92,7 +100,8 @@ def sensitivity_outputs(runs_dir: Path, out: Path, profile: str) -> list[Path]:
         threshold = cfg["selection"]["threshold"] if summary["policy"] == "sensitivity_threshold" else None
         written.append(plot_sensitivity(table, summary["chosen"], out / f"{stem}.png",
                                         f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-                                        f"{cfg['basis']['size']:g}: {summary['policy']}", threshold))
+                                        f"{cfg['basis']['size']:g}: {summary['policy']}", threshold,
+                                        summary.get("noise")))
         per_layer = table.sort_values("position")[
             ["layer", "shape", "num_basis", "reconstruction_error", "accuracy_drop",
              "loss_increase", "params_saved", "flops_saved", "seconds"]]
@@ -100,7 +109,8 @@ def sensitivity_outputs(runs_dir: Path, out: Path, profile: str) -> list[Path]:
             f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
             f"{cfg['basis']['size']:g}\n\n{note}\n\nDense reference (held-out accuracy after the "
             f"same fine-tune): {summary['reference']['accuracy']:.4f}; after pretraining: "
-            f"{summary['pretrained']['accuracy']:.4f}.\n\n## Chosen by `{summary['policy']}`\n\n"
+            f"{summary['pretrained']['accuracy']:.4f}.{noise_line(summary.get('noise'))}\n\n"
+            f"## Chosen by `{summary['policy']}`\n\n"
             + chosen_table(table, summary["chosen"], summary["dense"])
             + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str)))))
     for record, folder in other_records(runs_dir, "exhaustive_search"):

@@ -11,9 +11,10 @@ from .plots import pyplot, save_figure
 
 
 def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, title: str,
-                     threshold: float | None = None) -> Path:
+                     threshold: float | None = None, noise: dict | None = None) -> Path:
     """Bars by layer in model order: accuracy drop (top) and loss increase (bottom) after
-    converting that layer alone; chosen layers in colour, the others grey."""
+    converting that layer alone; chosen layers in colour, the others grey; the grey band
+    is ±1 std of the dense reference over batch orders (``noise``), a yardstick."""
     plt = pyplot()
     table = table.sort_values("position")
     x = range(len(table))
@@ -22,9 +23,14 @@ def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, t
                                       sharex=True)
     top.bar(x, 100 * table["accuracy_drop"], color=colours)
     top.set_ylabel("accuracy drop (points)")
+    if noise:
+        top.axhspan(-100 * noise["accuracy_std"], 100 * noise["accuracy_std"], color="0.85",
+                    zorder=0, label=f"±1 std of the dense reference ({noise['repeats']} batch orders)")
+        bottom.axhspan(-noise["loss_std"], noise["loss_std"], color="0.85", zorder=0)
     if threshold is not None:
         top.axhline(100 * threshold, color="tab:red", ls="--", lw=1,
                     label=f"threshold {100 * threshold:g}")
+    if noise or threshold is not None:
         top.legend(fontsize=8)
     bottom.bar(x, table["loss_increase"], color=colours)
     bottom.set_ylabel("loss increase")
@@ -74,7 +80,8 @@ def sensitivity_report(cfg, output_dir: str | Path) -> dict:
     title = (f"{cfg.model.name} x{cfg.model.width:g}, basis {cfg.basis.size:g}, "
              f"selection {cfg.selection.policy}; key {record['key']}")
     write_text_atomic(output_dir / "sensitivity.csv", table.to_csv(index=False, float_format="%.6g"))
-    plot_sensitivity(table, chosen, output_dir / "sensitivity.png", title, threshold)
+    plot_sensitivity(table, chosen, output_dir / "sensitivity.png", title, threshold,
+                     record.get("noise"))
     write_text_atomic(output_dir / "chosen.md",
                       f"# Layers chosen by `{cfg.selection.policy}`\n\n{title}\n\n"
                       + chosen_table(table, chosen, record["dense"]))
@@ -82,6 +89,7 @@ def sensitivity_report(cfg, output_dir: str | Path) -> dict:
     summary = {"key": record["key"], "cache_dir": str(cache_dir(cfg)),
                "cache_hit": record["cache_hit"], "estimate_seconds": record["seconds"],
                "reference": record["reference"], "pretrained": record["pretrained"],
+               "noise": record.get("noise"),
                "dense": record["dense"], "policy": cfg.selection.policy, "chosen": chosen,
                "params_saved": int(table[table["layer"].isin(chosen)]["params_saved"].sum()),
                "flops_saved": int(table[table["layer"].isin(chosen)]["flops_saved"].sum())}
