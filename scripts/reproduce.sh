@@ -19,6 +19,13 @@ case $PROFILE in
   *) echo "unknown profile '$PROFILE': use paper, quick or smoke" >&2; exit 2;;
 esac
 
+DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+if [ "$PROFILE" = paper ] && [ "$DEVICE" = cpu ] && [ -z "${ALLOW_CPU:-}" ]; then
+  echo "the paper profile trains 27 ResNet-18 runs of 30 epochs: weeks on a CPU (~16 min an" \
+       "epoch on 2 cores). Run it on a GPU machine, use PROFILE=quick here, or set ALLOW_CPU=1." >&2
+  exit 2
+fi
+
 train() {  # train <row folder> <overrides...>: one run per seed
   local row=$1; shift
   for seed in $SEEDS; do
@@ -49,7 +56,6 @@ else
     sensitivity.search_subset_size=3 hydra.run.dir="$OUT/exhaustive-search-resnet8"
 fi
 # 7. layer and model speed of basis vs dense convolutions (ResNet-18 shapes)
-DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 if compgen -G "$RESULTS/model-speed-$DEVICE-*.csv" > /dev/null; then
   echo "== speed benchmark: results in $RESULTS exist, skipped"
 else
