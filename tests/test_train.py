@@ -80,3 +80,15 @@ def test_benchmark_train_script_runs(tmp_path, repo):
     record = __import__("json").loads(out.read_text())
     assert record["images_per_second"] > 0 and 0 < record["data_share"] < 1
     assert record["data"] == "random" and record["provenance"]["hardware"]["cpu_count"]
+
+
+def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_path):
+    from basisconv.checkpoint import check_same_run
+    from basisconv.errors import ConfigError
+
+    saved = {"trainer": {"epochs": 3, "lr": 0.1}, "basis": {"size": 0.5}}
+    check_same_run(saved, {**saved, "trainer": {"epochs": 3, "lr": 0.1}}, tmp_path)
+    # a key added by a later version (or removed) is not a different run
+    check_same_run(saved, {**saved, "sensitivity": {"noise_repeats": 2}}, tmp_path)
+    with pytest.raises(ConfigError, match="differs in trainer.lr"):
+        check_same_run(saved, {**saved, "trainer": {"epochs": 3, "lr": 0.2}}, tmp_path)

@@ -8,6 +8,7 @@ settings; on GPU up to kernel nondeterminism).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .records import temporary_beside
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 # Keys that may differ between an interrupted run and its resumption.
@@ -56,10 +59,18 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
-    """Refuse to resume a checkpoint written under a different configuration."""
+    """Refuse to resume a checkpoint written under a different configuration.
+
+    Keys that only one side has (added or removed by a newer version of basisconv) cannot
+    have shaped the saved run differently: they are logged, not refused, so a reproduce
+    started before an upgrade can go on."""
     old, new = flatten(saved_config), flatten(config)
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    one_sided = sorted(old.keys() ^ new.keys())
+    if one_sided:
+        log.warning("%s: config keys %s exist on one side only (another basisconv version); "
+                    "resuming anyway", path, ", ".join(one_sided))
+    changed = sorted(k for k in old.keys() & new.keys()
+                     if old[k] != new[k] and k not in RESUMABLE_CHANGES)
     if changed:
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "

@@ -131,9 +131,9 @@ def sensitivity_outputs(runs_dir: Path, out: Path, profile: str) -> list[Path]:
             f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
             f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "
             f"{s['fast_accuracy']:.4f} |\n"
-            f"| choice by {s['other_metric']} instead (rank {s['other_rank_by_accuracy']}) | "
-            f"{s['other_choice']} | {s['other_accuracy']:.4f} |\n"
-            f"| best subset | {s['best_subset']} | {s['best_accuracy']:.4f} |\n"
+            + (f"| choice by {s['other_metric']} instead (rank {s['other_rank_by_accuracy']}) | "
+               f"{s['other_choice']} | {s['other_accuracy']:.4f} |\n" if "other_metric" in s else "")
+            + f"| best subset | {s['best_subset']} | {s['best_accuracy']:.4f} |\n"
             f"| median subset | | {s['median_accuracy']:.4f} |\n"
             f"| worst subset | | {s['worst_accuracy']:.4f} |\n"
             f"| dense reference | | {s['reference_accuracy']:.4f} |\n\n"
