@@ -61,12 +61,12 @@ def tune_cpu_allocator() -> str:
     """Keep freed memory in the heap instead of returning it to the OS.
 
     glibc serves blocks above 32 MiB (a ResNet-18 activation at batch 128) with mmap and
-    unmaps them on free, so every step pays page faults to get zeroed pages back: a fresh
-    33 MB tensor costs ~10 ms to touch here against ~1 ms for a reused one. That penalty
+    unmaps them on free, so every step pays page faults to get zeroed pages back, where
+    reused heap memory costs none. That penalty
     falls on the output writes of every layer, and weighs more on the cheaper basis model.
     This is the glibc form of PyTorch's CPU tuning advice (use jemalloc/tcmalloc); it
-    applies to both models alike (measured: dense step 2.2 -> 2.0 s, basis 1/4 1.0 -> 0.8 s).
-    """
+    applies to both models alike (measured: dense step 2.27 -> 1.99 s, basis 1/4 1.05 -> 0.78 s;
+    results/model-speed-cpu-fp32-defaultmalloc.csv against model-speed-cpu-fp32.csv)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_max = -1, -4
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="none")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                        help="NCHW instead of channels_last (3x slower for the dense model on CPU)")
+                        help="NCHW instead of channels_last (dense step 1.09x slower on this CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every module timed")
     parser.add_argument("--combine", choices=["stacked", "split"], default="stacked")
     parser.add_argument("--no-allocator-tuning", dest="allocator_tuning", action="store_false",
