@@ -86,10 +86,8 @@ def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked
     needs ``m*(K + C_out) < C_out*K``, slightly stricter. Parameters are saved exactly when
     ``m < min(C_out, K)``.
     """
-    if isinstance(conv_or_shape, nn.Conv2d):
-        c_in, c_out, k = conv_or_shape.in_channels, conv_or_shape.out_channels, conv_or_shape.kernel_size
-    elif isinstance(conv_or_shape, BasisConv2d):
-        c_in, c_out, k = conv_or_shape.in_channels, conv_or_shape.out_channels, conv_or_shape.kernel_size
+    if isinstance(conv_or_shape, (nn.Conv2d, BasisConv2d)):
+        c_in, c_out, k = layer_shape(conv_or_shape)
     else:
         c_in, c_out, k = conv_or_shape
     m = resolve_num_basis(num_basis, c_out)

@@ -31,9 +31,10 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("none", "all", "list", "sensitivity_threshold", "sensitivity_budget",
-            "random", "first_k", "last_k")
 SENSITIVITY_POLICIES = ("sensitivity_threshold", "sensitivity_budget")
+# Policies that choose among the candidates in an order (see pick_layers).
+ORDERED_POLICIES = (*SENSITIVITY_POLICIES, "random", "first_k", "last_k")
+POLICIES = ("none", "all", "list", *ORDERED_POLICIES)
 METRICS = ("accuracy_drop", "loss_increase")
 BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved"}
 

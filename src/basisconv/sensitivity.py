@@ -96,7 +96,10 @@ def dense_totals(model: nn.Module) -> dict[str, int]:
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     """Everything that changes a sensitivity table (and nothing that does not, such as
     the data root, the logger or speed options)."""
-    pick = lambda node, keys: {k: OmegaConf.to_container(node, resolve=True)[k] for k in keys}  # noqa: E731
+    def pick(node: DictConfig, keys: list[str]) -> dict[str, Any]:
+        values = OmegaConf.to_container(node, resolve=True)
+        return {k: values[k] for k in keys}
+
     return {
         "model": pick(cfg.model, ["name", "width"]),
         "basis": pick(cfg.basis, ["size", "combine", "coefficient_rank"]),

@@ -11,10 +11,12 @@ import pandas as pd
 from .plots import pyplot, save_figure
 
 
-def _footer(fig, note: str) -> None:
-    """The provenance line, wrapped to the figure's width."""
+def _finish(fig, path: Path, note: str) -> Path:
+    """Add the provenance line (wrapped to the figure's width) below the plot, save."""
     fig.text(0.01, 0.005, textwrap.fill(note, int(fig.get_figwidth() * 20)), fontsize=6.5,
              color="0.35", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_figure(fig, path)
 
 
 def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | None:
@@ -47,9 +49,7 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
         ax.legend(fontsize=8)
     fig.suptitle(f"{sweep['model'].iloc[0]} x{sweep['width'].iloc[0]:g}: basis convolutions "
                  f"in every layer", fontsize=10)
-    _footer(fig, note)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return save_figure(fig, path)
+    return _finish(fig, path, note)
 
 
 def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
@@ -70,9 +70,7 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, title="selection")
     ax.set_title("accuracy against model size", fontsize=10)
-    _footer(fig, note)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return save_figure(fig, path)
+    return _finish(fig, path, note)
 
 
 def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
@@ -91,6 +89,4 @@ def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
         ax.grid(True, alpha=0.3)
     acc.legend(fontsize=7)
     fig.suptitle("training curves (mean over seeds)", fontsize=10)
-    _footer(fig, note)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return save_figure(fig, path)
+    return _finish(fig, path, note)

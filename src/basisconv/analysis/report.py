@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..records import provenance, write_json_atomic, write_text_atomic
 from . import figures
-from .runs import (compare, curves_frame, device_name, local_records, other_records,
-                   runs_frame, wandb_records)
+from .runs import (compare, curves_frame, device_name, precision_name, read_records,
+                   records_of_kind, runs_frame, training_records, wandb_records)
 from .sensitivity import chosen_table, plot_sensitivity
 from .tables import markdown, write_table
 
@@ -33,8 +33,9 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
 def write_report(cfg: DictConfig, command: str) -> list[Path]:
     """Collect the runs (local records or wandb), write every table and plot; returns the
     files written."""
+    local = read_records(cfg.runs_dir) if cfg.source == "local" else []
     if cfg.source == "local":
-        records = local_records(cfg.runs_dir)
+        records = training_records(local)
     elif cfg.source == "wandb":
         records = wandb_records(cfg.wandb.project, cfg.wandb.entity)
     else:
@@ -61,7 +62,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
             if path is not None:
                 written.append(path)
     if cfg.source == "local":
-        written += sensitivity_outputs(Path(cfg.runs_dir), out, cfg.profile)
+        written += sensitivity_outputs(local, out, cfg.profile)
     index = {"provenance": made, "source": cfg.source,
              "files": [p.name for p in written],
              "runs": runs.to_dict("records")}
@@ -70,8 +71,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
 
 
 def _tag(record: dict) -> str:
-    amp = record["config"]["trainer"]["amp"]
-    return f"{device_name(record['provenance']['hardware'])}-{'fp32' if amp == 'none' else amp}"
+    return (f"{device_name(record['provenance']['hardware'])}-"
+            f"{precision_name(record['config']['trainer']['amp'])}")
 
 
 def noise_line(noise: dict | None) -> str:
@@ -82,13 +83,13 @@ def noise_line(noise: dict | None) -> str:
             f"for the drops below, which all share one batch order).")
 
 
-def sensitivity_outputs(runs_dir: Path, out: Path, profile: str) -> list[Path]:
+def sensitivity_outputs(records: list[tuple[dict, Path]], out: Path, profile: str) -> list[Path]:
     """The sensitivity plot and chosen subset of each sensitivity run, and a summary of
     each exhaustive search, re-drawn from their records."""
     from ..search import plot_search
 
     written = []
-    for record, folder in other_records(runs_dir, "sensitivity"):
+    for record, folder in records_of_kind(records, "sensitivity"):
         cfg, summary = record["config"], record["sensitivity"]
         table = pd.DataFrame(record["table"])
         stem = f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']:g}-{_tag(record)}"
@@ -113,7 +114,7 @@ def sensitivity_outputs(runs_dir: Path, out: Path, profile: str) -> list[Path]:
             f"## Chosen by `{summary['policy']}`\n\n"
             + chosen_table(table, summary["chosen"], summary["dense"])
             + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str)))))
-    for record, folder in other_records(runs_dir, "exhaustive_search"):
+    for record, folder in records_of_kind(records, "exhaustive_search"):
         s, cfg = record["search"], record["config"]
         stem = f"exhaustive-search-{cfg['model']['name']}-{_tag(record)}"
         found = pd.read_csv(folder / "search.csv")

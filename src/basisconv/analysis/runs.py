@@ -34,6 +34,11 @@ def device_name(hardware: dict) -> str:
     return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
 
 
+def precision_name(amp: str) -> str:
+    """``trainer.amp`` as it appears in file names: ``fp32``, ``bf16``, ``fp16``."""
+    return "fp32" if amp == "none" else amp
+
+
 def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
     """One complete training run's record as a flat row."""
     cfg, model, final = record["config"], record["model"], record["final"]
@@ -47,7 +52,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "epochs": cfg["trainer"]["epochs"],
         "train_images": cfg["data"]["train_subset"] or "all",
         "device": device_name(hardware),
-        "precision": "fp32" if cfg["trainer"]["amp"] == "none" else cfg["trainer"]["amp"],
+        "precision": precision_name(cfg["trainer"]["amp"]),
         "seed": cfg["seed"],
         "test_accuracy": final["test_accuracy"], "best_test_accuracy": final["best_test_accuracy"],
         "params": model["parameters"], "forward_flops": model["forward_flops"],
@@ -69,32 +74,33 @@ def curve_rows(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return [{**keys, **epoch} for epoch in record["epochs"]]
 
 
-def local_records(root: str | Path) -> list[tuple[dict, str]]:
-    """Complete training-run records under ``root``; other records (sensitivity, search)
-    and incomplete runs are skipped, unreadable files logged and skipped."""
+def read_records(root: str | Path) -> list[tuple[dict, Path]]:
+    """Every readable ``run.json`` under ``root`` with its folder (unreadable files are
+    logged and skipped)."""
     found = []
     for path in sorted(Path(root).rglob("run.json")):
         try:
-            record = json.loads(path.read_text())
+            found.append((json.loads(path.read_text()), path.parent))
         except (OSError, ValueError) as err:
             log.warning("skipping unreadable run record %s (%s)", path, err)
-            continue
-        if record.get("kind") is None and record.get("status") == "complete":
-            found.append((record, str(path.parent)))
     return found
 
 
-def other_records(root: str | Path, kind: str) -> list[tuple[dict, Path]]:
-    """Records of another kind (``sensitivity``, ``exhaustive_search``) under ``root``."""
-    found = []
-    for path in sorted(Path(root).rglob("run.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("kind") == kind:
-            found.append((record, path.parent))
-    return found
+def training_records(records: list[tuple[dict, Path]]) -> list[tuple[dict, str]]:
+    """The complete training runs among ``records``; other kinds (sensitivity, search)
+    and incomplete runs are left out."""
+    return [(record, str(folder)) for record, folder in records
+            if record.get("kind") is None and record.get("status") == "complete"]
+
+
+def records_of_kind(records: list[tuple[dict, Path]], kind: str) -> list[tuple[dict, Path]]:
+    """The records of another kind (``sensitivity``, ``exhaustive_search``)."""
+    return [(record, folder) for record, folder in records if record.get("kind") == kind]
+
+
+def local_records(root: str | Path) -> list[tuple[dict, str]]:
+    """Complete training-run records under ``root``."""
+    return training_records(read_records(root))
 
 
 def wandb_records(project: str, entity: str | None = None, api=None) -> list[tuple[dict, str]]:

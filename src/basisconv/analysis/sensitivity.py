@@ -67,15 +67,14 @@ def sensitivity_report(cfg, output_dir: str | Path) -> dict:
     from omegaconf import OmegaConf
 
     from ..records import provenance, write_json_atomic, write_text_atomic
-    from ..selection import POLICIES, pick_layers
+    from ..selection import ORDERED_POLICIES, pick_layers
     from ..sensitivity import cache_dir, sensitivity_table
     from ..tracking import Tracker
 
     output_dir = Path(output_dir)
     table, record = sensitivity_table(cfg)
-    ordered = POLICIES[POLICIES.index("sensitivity_threshold"):]
     chosen = (pick_layers(cfg.selection, table, record["dense"])
-              if cfg.selection.policy in ordered else [])
+              if cfg.selection.policy in ORDERED_POLICIES else [])
     threshold = cfg.selection.threshold if cfg.selection.policy == "sensitivity_threshold" else None
     title = (f"{cfg.model.name} x{cfg.model.width:g}, basis {cfg.basis.size:g}, "
              f"selection {cfg.selection.policy}; key {record['key']}")
