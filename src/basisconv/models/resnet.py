@@ -8,6 +8,8 @@ Module names (``layer1.0.conv1``, ...) follow torchvision, so layer lists carry 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,15 +32,19 @@ def projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convs and a residual. ``shortcut(in_channels, channels, stride)`` builds the
+    residual path: a projection here, the parameter-free option A in ``resnet_cifar.py``."""
+
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1,
+                 shortcut: Callable[[int, int, int], nn.Module] = projection):
         super().__init__()
         self.conv1 = conv3x3(in_channels, channels, stride)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = conv3x3(channels, channels)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = projection(in_channels, channels, stride)
+        self.shortcut = shortcut(in_channels, channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_model, scaled
-from .resnet import conv3x3, init_weights
+from .resnet import BasicBlock, conv3x3, init_weights
 
 
 class PadShortcut(nn.Module):
@@ -27,22 +27,11 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, *self.pad))
 
 
-class CifarBasicBlock(nn.Module):
-    def __init__(self, in_channels: int, channels: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = conv3x3(channels, channels)
-        self.bn2 = nn.BatchNorm2d(channels)
-        if stride == 1 and in_channels == channels:
-            self.shortcut = nn.Identity()
-        else:
-            self.shortcut = PadShortcut(in_channels, channels, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def option_a_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """Identity where the shape is kept, else :class:`PadShortcut` (no parameters)."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return PadShortcut(in_channels, out_channels, stride)
 
 
 class CifarResNet(nn.Module):
@@ -59,7 +48,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(CifarBasicBlock(in_channels, channels, stride))
+                blocks.append(BasicBlock(in_channels, channels, stride, shortcut=option_a_shortcut))
                 in_channels = channels
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
