@@ -9,13 +9,17 @@ Reuses (or first computes) the cached sensitivity table of the same settings, th
 ``search.csv``, ``search.png`` and ``run.json`` to the Hydra output directory.
 """
 
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
+from basisconv.analysis.search import draw_run
 from basisconv.cli import exit_on_user_error
 from basisconv.config import validate
+from basisconv.records import read_record
 from basisconv.search import exhaustive_search
 
 
@@ -23,7 +27,9 @@ from basisconv.search import exhaustive_search
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     validate(cfg)
-    s = exhaustive_search(cfg, HydraConfig.get().runtime.output_dir)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    s = exhaustive_search(cfg, output_dir)
+    draw_run(read_record(output_dir / "run.json"), output_dir)
     print(f"fast choice {s['fast_choice']!r}: rank {s['fast_rank_by_accuracy']} of "
           f"{s['subsets']} by accuracy ({s['fast_accuracy']:.4f}; best {s['best_accuracy']:.4f} "
           f"{s['best_subset']!r}, median {s['median_accuracy']:.4f})")

@@ -18,16 +18,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
-from basisconv.analysis.sensitivity import sensitivity_report
+from basisconv.analysis.sensitivity import draw_run
 from basisconv.cli import exit_on_user_error
 from basisconv.config import validate
+from basisconv.sensitivity import run_sensitivity
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="sensitivity")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     validate(cfg)
-    summary = sensitivity_report(cfg, HydraConfig.get().runtime.output_dir)
+    output_dir = HydraConfig.get().runtime.output_dir
+    record = run_sensitivity(cfg, output_dir)
+    draw_run(record, output_dir)
+    summary = record["sensitivity"]
     print(f"{summary['policy']}: {len(summary['chosen'])} layers: {', '.join(summary['chosen'])}")
 
 

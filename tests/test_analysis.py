@@ -8,7 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from basisconv.analysis.report import write_report
-from basisconv.analysis.runs import compare, device_name, local_records, runs_frame, wandb_records
+from basisconv.analysis.runs import (compare, read_records, runs_frame, training_records,
+                                     wandb_records)
+from basisconv.records import device_name
 from basisconv.errors import ConfigError
 
 
@@ -75,7 +77,7 @@ def test_local_records_skip_incomplete_unreadable_and_other_kinds(tmp_path):
     (tmp_path / "running" / "run.json").write_text(json.dumps({**RECORDS[0], "status": "running"}))
     (tmp_path / "sens").mkdir()
     (tmp_path / "sens" / "run.json").write_text(json.dumps({"kind": "sensitivity"}))
-    assert len(local_records(tmp_path)) == 2
+    assert len(training_records(read_records(tmp_path))) == 2
 
 
 class FakeRun:

@@ -12,6 +12,7 @@ import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv.config import validate
 from basisconv.errors import ConfigError
 from basisconv.network import build_network
+from basisconv.sensitivity import choose_layers
 
 
 def options(repo, group):
@@ -101,10 +102,10 @@ def test_typos_and_wrong_types_fail_when_composing(compose_cfg, override):
 def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
     cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[layer9.0.conv1]")
     with pytest.raises(ConfigError, match="layer9.0.conv1"):
-        build_network(cfg)
+        build_network(cfg, choose_layers(cfg))
     cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[conv1]",
                       "basis.size=17")
     with pytest.raises(ConfigError, match=r"conv1.*1\.\.16"):
-        build_network(cfg)
+        build_network(cfg, choose_layers(cfg))
     with pytest.raises(ConfigError, match="selection.layers"):
-        build_network(compose_cfg("model=resnet20", "selection=list"))
+        choose_layers(compose_cfg("model=resnet20", "selection=list"))

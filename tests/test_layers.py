@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from basisconv.layers import (BasisConv2d, coefficient_l1, fit_coefficients, resolve_num_basis,
-                              saves_compute, select_basis)
+from basisconv.cost import saves_compute
+from basisconv.fitting import fit_coefficients, select_basis
+from basisconv.layers import BasisConv2d, coefficient_l1, resolve_num_basis
 
 # (in, out, kernel, stride, padding, dilation, bias)
 SHAPES = [

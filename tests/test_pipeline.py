@@ -145,7 +145,7 @@ def test_basis_run_records_its_layers_and_costs(tmp_path, repo):
 
 @pytest.mark.slow
 def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, monkeypatch):
-    import basisconv.train as train
+    import basisconv.loop as loop
 
     overrides = ["experiment=basis_warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=3",
                  "trainer.deterministic=true", "basis.coefficient_update_every=2",
@@ -155,17 +155,17 @@ def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, monkeyp
     errors = [row["reconstruction_error"] for row in straight["model"]["basis_report"]]
     assert all(0 < e < 1 for e in errors)  # fitted to the warmed-up weights
 
-    real_run_epoch = train.run_epoch
+    real_run_epoch = loop.run_epoch
 
     def interrupted(epoch, *args, **kwargs):
         if epoch == 3:
             raise KeyboardInterrupt  # stands in for a kill after epoch 2
         return real_run_epoch(epoch, *args, **kwargs)
 
-    monkeypatch.setattr(train, "run_epoch", interrupted)
+    monkeypatch.setattr(loop, "run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
-    monkeypatch.setattr(train, "run_epoch", real_run_epoch)
+    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
     resumed = fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
     assert resumed["provenance"]["resumed_from_epoch"] == 2
     for key in ("train_loss", "test_loss", "test_accuracy"):

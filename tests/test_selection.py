@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import sensitivity
+from basisconv import selection, sensitivity
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.selection import pick_layers
@@ -91,7 +91,7 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
 
     model = build_model("resnet20", width=0.5)
     basis = OmegaConf.create({"size": 0.5, "combine": "stacked", "coefficient_rank": None})
-    table = sensitivity.layer_savings(model, basis)
+    table = selection.layer_savings(model, basis)
     assert table["layer"].tolist()[:2] == ["conv1", "layer1.0.conv1"] and len(table) == 19
     every = apply_basis(model, table["layer"].tolist(), 0.5, convert=False)
     dense, converted = model_cost(model), model_cost(every)
@@ -178,11 +178,14 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     """With subsets of one layer the search re-runs exactly the per-layer estimate (same
     dense start, batches and held-out images), so it must measure the same drops, and the
     fast method's choice (the least sensitive layer) must rank first."""
+    from basisconv.analysis.search import draw_run
+    from basisconv.records import read_record
     from basisconv.search import exhaustive_search
 
     cfg = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
                               "sensitivity.search_subset_size=1", "trainer.deterministic=true")
     summary = exhaustive_search(cfg, tmp_path / "out")
+    draw_run(read_record(tmp_path / "out" / "run.json"), tmp_path / "out")
     found = pd.read_csv(tmp_path / "out" / "search.csv")
     assert summary["subsets"] == len(found) == 7 and found["fast_choice"].sum() == 1
     pd.testing.assert_series_equal(found["accuracy_drop"], found["predicted_accuracy_drop"],

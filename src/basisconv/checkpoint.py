@@ -9,7 +9,6 @@ settings; on GPU up to kernel nondeterminism).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
-from .records import temporary_beside
+from .records import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +27,8 @@ RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "t
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then an atomic rename: a kill mid-write leaves
-    the previous checkpoint intact."""
-    fd, tmp = temporary_beside(path)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` atomically: a kill mid-write leaves the previous checkpoint intact."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -16,6 +16,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from .errors import ConfigError
+from .layers import COMBINE_MODES, check_basis_size
+from .loop import AMP_DTYPES
+from .models import list_models
+from .selection import BUDGET_METRICS, METRICS, POLICIES
 
 
 @dataclass
@@ -130,7 +134,7 @@ class TrainConfig:
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 SCHEDULES = ("onecycle", "cosine", "constant")
-AMP = ("none", "bf16", "fp16")
+AMP = tuple(AMP_DTYPES)
 DATASETS = ("cifar10", "stripes")
 BASIS_INIT = ("scratch", "convert")
 LOGGER_BACKENDS = ("wandb", "none")
@@ -158,9 +162,6 @@ def _check_subset(value: Any, key: str) -> None:
 
 
 def validate_basis(cfg: DictConfig) -> None:
-    from .layers import COMBINE_MODES
-    from .selection import BUDGET_METRICS, METRICS, POLICIES
-
     sel = cfg.selection
     _check_choice(sel.policy, POLICIES, "selection.policy")
     _check_choice(sel.metric, METRICS, "selection.metric")
@@ -179,14 +180,10 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(s.search_subset_size >= 1,
            f"sensitivity.search_subset_size must be >= 1, got {s.search_subset_size}")
     b = cfg.basis
-    size = b.size
-    if isinstance(size, bool) or not isinstance(size, (int, float)):
-        raise ConfigError(f"basis.size={size!r}; use a count (int >= 1) or a fraction in (0, 1]")
-    if isinstance(size, float):
-        _check(0 < size <= 1, f"basis.size={size} as a fraction must be in (0, 1]")
-    else:
-        _check(size >= 1, f"basis.size={size} as a count must be >= 1 (a layer's valid range "
-                          f"is 1..its out_channels)")
+    try:
+        check_basis_size(b.size, "basis.size")
+    except TypeError as err:
+        raise ConfigError(str(err)) from None
     _check_choice(b.init, BASIS_INIT, "basis.init")
     _check(b.source_checkpoint is None or b.init == "convert",
            "basis.source_checkpoint is set but basis.init=scratch; use basis.init=convert")
@@ -206,8 +203,6 @@ def validate_basis(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed."""
-    from .models import list_models
-
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
     _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from math import prod
 from typing import Sequence
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.utils import _pair
 
-from .layers import BasisConv2d
+from .layers import BasisConv2d, layer_shape, resolve_num_basis
 
 
 @dataclass(frozen=True)
@@ -97,21 +97,44 @@ class ModelCost:
                 "grad_input_flops": self.grad_input_flops,
                 "grad_weight_flops": self.grad_weight_flops}
 
-    def as_dict(self) -> dict:
-        return {"input_shape": list(self.input_shape), **self.totals(),
-                "layers": [asdict(c) for c in self.layers]}
 
-    def table(self) -> str:
-        """A Markdown table, one row per layer call, MFLOPs at this input shape."""
-        rows = ["| layer | kind | shape | params | fwd MFLOP | grad-in MFLOP | grad-w MFLOP |",
-                "|---|---|---|---:|---:|---:|---:|"]
-        for c in self.layers:
-            rows.append(f"| {c.name} | {c.kind} | {c.shape} | {c.params:,} | "
-                        f"{c.forward_flops / 1e6:.2f} | {c.grad_input_flops / 1e6:.2f} | "
-                        f"{c.grad_weight_flops / 1e6:.2f} |")
-        rows.append(f"| **total** | | | {self.params:,} | {self.forward_flops / 1e6:.2f} | "
-                    f"{self.grad_input_flops / 1e6:.2f} | {self.grad_weight_flops / 1e6:.2f} |")
-        return "\n".join(rows)
+def basis_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_basis: int,
+                         combine: str = "stacked") -> tuple[int, int]:
+    """Multiply-adds per output pixel of a basis conv's two stages: the basis conv
+    (``m*K`` with ``K = C_in*kh*kw``) and the combination (``C_out*m`` stacked, or the
+    paper's ``(C_out - m)*m`` split)."""
+    kh, kw = _pair(kernel_size)
+    combined = out_channels if combine == "stacked" else out_channels - num_basis
+    return num_basis * in_channels * kh * kw, combined * num_basis
+
+
+def forward_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_basis: int | None,
+                           combine: str = "stacked") -> int:
+    """Multiply-adds per output pixel of a dense conv (``num_basis=None``: ``C_out*K``) or
+    a basis conv (both stages, :func:`basis_macs_per_pixel`)."""
+    if num_basis is None:
+        kh, kw = _pair(kernel_size)
+        return out_channels * in_channels * kh * kw
+    return sum(basis_macs_per_pixel(in_channels, out_channels, kernel_size, num_basis, combine))
+
+
+def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked") -> bool:
+    """Whether a basis layer of this size does fewer multiply-adds than the dense conv.
+
+    ``conv_or_shape`` is an ``nn.Conv2d`` or a tuple ``(in_channels, out_channels,
+    kernel_size)``. With the paper's count (``combine="split"``) the per-pixel saving is
+    ``(C_out - m)*(K - m)``, positive only when ``m < min(C_out, K)``: the 3-channel stem
+    (``K = 27``) and 1x1 shortcuts gain little or nothing. The default stacked combination
+    needs ``m*(K + C_out) < C_out*K``, slightly stricter. Parameters are saved exactly when
+    ``m < min(C_out, K)``.
+    """
+    if isinstance(conv_or_shape, (nn.Conv2d, BasisConv2d)):
+        c_in, c_out, k = layer_shape(conv_or_shape)
+    else:
+        c_in, c_out, k = conv_or_shape
+    m = resolve_num_basis(num_basis, c_out)
+    return (forward_macs_per_pixel(c_in, c_out, k, m, combine)
+            < forward_macs_per_pixel(c_in, c_out, k, None))
 
 
 def conv2d_cost(in_channels: int, out_channels: int, kernel_size, output_size, *, batch: int = 1,
@@ -140,9 +163,9 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
     h, w = _pair(output_size)
     m, n_comb = num_basis, out_channels - num_basis
     pixels = batch * h * w
-    basis = 2 * pixels * m * in_channels * kh * kw
-    combined_rows = out_channels if combine == "stacked" else n_comb
-    combination = 2 * pixels * combined_rows * m
+    basis_px, combination_px = basis_macs_per_pixel(in_channels, out_channels, kernel_size, m,
+                                                    combine)
+    basis, combination = 2 * pixels * basis_px, 2 * pixels * combination_px
     factor_product = 2 * n_comb * coefficient_rank * m if coefficient_rank else 0
     maps_grad = input_grad or basis_grad  # the basis maps need a gradient
     grad_input = (combination if maps_grad else 0) + (basis if input_grad else 0)

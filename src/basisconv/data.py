@@ -235,6 +235,23 @@ def synthetic_stripes(n_train: int, n_test: int, seed: int = 0) -> CIFAR10:
                    source=f"generated stripes (seed {seed})")
 
 
+def prepare_data(data_cfg, seed: int) -> CIFAR10:
+    """The dataset a ``data/`` config describes (``cifar10`` from ``data.root``, or the
+    generated ``stripes``), with its stratified ``train_subset`` / ``test_subset``."""
+    if data_cfg.name == "stripes":
+        data = synthetic_stripes(data_cfg.synthetic_train, data_cfg.synthetic_test, seed)
+    else:
+        data = load_cifar10(data_cfg.root, verify_md5=data_cfg.verify_md5,
+                            download=data_cfg.download)
+    if data_cfg.train_subset is not None:
+        keep = stratified_subset(data.train_labels, data_cfg.train_subset, seed)
+        data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
+    if data_cfg.test_subset is not None:
+        keep = stratified_subset(data.test_labels, data_cfg.test_subset, seed)
+        data.test_images, data.test_labels = data.test_images[keep], data.test_labels[keep]
+    return data
+
+
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0) -> torch.Tensor:
     """Indices of a class-balanced random subset: ``size`` examples (int) or that
     fraction of the set (float in (0, 1]). Sorted, so batches still mix classes through

@@ -4,18 +4,18 @@ basis convolutions).
 
 Storage and forward are kept apart, in the spirit of tensorly-torch:
 
-* stored: ``basis_weight`` ``[m, C_in, kh, kw]``, ``coefficients`` ``[C_out - m, m]`` (or two
-  low-rank factors), an optional ``bias`` ``[C_out]``, and ``output_index``, a buffer that
-  says which stored channel each output channel is, so that a layer converted from a trained
-  conv keeps that conv's output order and is a drop-in replacement;
-* forward (``combine="stacked"``, the default): the basis conv to ``m`` maps, then one 1x1
-  conv with the ``[C_out, m]`` matrix that stacks the identity (for the basis outputs) and
-  the coefficients, rows already in output order. That writes the output once, in order,
-  with the bias fused; it costs ``m*m`` more multiply-adds per pixel than the paper's
-  minimum ``m*(C_out - m)``, which the cost model counts. ``combine="split"`` does exactly
-  the paper's count (1x1 conv to the ``C_out - m`` combined maps, concatenate, reorder),
-  at the price of two more copies of the output. Which is faster was measured with
-  ``scripts/benchmark_layers.py``; see the README section "Basis convolutions".
+* stored (this module): ``basis_weight`` ``[m, C_in, kh, kw]``, ``coefficients``
+  ``[C_out - m, m]`` (or two low-rank factors), an optional ``bias`` ``[C_out]``, and
+  ``output_index``, a buffer that says which stored channel each output channel is, so
+  that a layer converted from a trained conv keeps that conv's output order and is a
+  drop-in replacement;
+* forward (:mod:`basisconv.kernels`): ``combine="stacked"`` (the default) runs the basis
+  conv, then one 1x1 conv with the identity and the coefficients stacked, writing the
+  output once, in order, with the bias fused, at ``m*m`` more multiply-adds per pixel than
+  the paper's minimum ``m*(C_out - m)`` (the cost model counts it); ``combine="split"``
+  does exactly the paper's count at the price of two more copies of the output. Which is
+  faster was measured with ``scripts/benchmark_layers.py``; see the README section "Basis
+  convolutions".
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
@@ -29,12 +29,27 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from .errors import ConfigError
+from .fitting import fit_coefficients, relative_error, select_basis
+from .kernels import COMBINE_MODES, split_forward, stacked_forward
 
-COMBINE_MODES = ("stacked", "split")
+
+
+def check_basis_size(value, key: str = "num_basis") -> None:
+    """The basis-size rule before it meets a layer (``key`` names the value in errors):
+    an int is a count (at least 1), a float a fraction of ``out_channels`` in ``(0, 1]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{key}={value!r} must be an int (a count >= 1) or a float in (0, 1] "
+                        f"(a fraction of out_channels)")
+    if isinstance(value, numbers.Integral):
+        if value < 1:
+            raise ConfigError(f"{key}={value} as a count must be >= 1 (a layer's valid range is "
+                              f"1..its out_channels)")
+    elif not 0.0 < float(value) <= 1.0:
+        raise ConfigError(f"{key}={value} as a fraction must be in (0, 1]; pass an int for a "
+                          f"count")
 
 
 def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "") -> int:
@@ -44,120 +59,32 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
     up and at least 1 (``0.25`` of 64 channels is 16). ``where`` names the layer in errors.
     """
     at = f"layer {where!r}: " if where else ""
-    if isinstance(num_basis, bool) or not isinstance(num_basis, numbers.Real):
-        raise TypeError(f"{at}num_basis must be an int (a count) or a float in (0, 1] "
-                        f"(a fraction of out_channels), got {num_basis!r}")
-    if isinstance(num_basis, numbers.Integral):
+    if isinstance(num_basis, numbers.Integral) and not isinstance(num_basis, bool):
         count = int(num_basis)
     else:
-        fraction = float(num_basis)
-        if not 0.0 < fraction <= 1.0:
-            raise ConfigError(f"{at}num_basis = {num_basis!r}: a float is a fraction of "
-                              f"out_channels and must be in (0, 1]; pass an int for a count")
-        count = max(1, int(math.floor(fraction * out_channels + 0.5)))
+        try:
+            check_basis_size(num_basis)
+        except (TypeError, ConfigError) as err:
+            raise type(err)(f"{at}{err}") from None
+        count = max(1, int(math.floor(float(num_basis) * out_channels + 0.5)))
     if not 1 <= count <= out_channels:
         raise ConfigError(f"{at}num_basis = {count} is out of range: valid is 1..{out_channels} "
                           f"(out_channels), or a fraction in (0, 1]")
     return count
 
 
-def forward_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_basis: int | None,
-                           combine: str = "stacked") -> int:
-    """Multiply-adds per output pixel of a dense conv (``num_basis=None``) or a basis conv.
-
-    Dense: ``C_out*K`` with ``K = C_in*kh*kw``. Basis: ``m*K`` for the basis conv, plus
-    ``C_out*m`` (stacked) or ``(C_out - m)*m`` (split) for the combination.
-    """
-    kh, kw = _pair(kernel_size)
-    fan_in = in_channels * kh * kw
-    if num_basis is None:
-        return out_channels * fan_in
-    combined = out_channels if combine == "stacked" else out_channels - num_basis
-    return num_basis * fan_in + combined * num_basis
-
-
-def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked") -> bool:
-    """Whether a basis layer of this size does fewer multiply-adds than the dense conv.
-
-    ``conv_or_shape`` is an ``nn.Conv2d`` or a tuple ``(in_channels, out_channels,
-    kernel_size)``. With the paper's count (``combine="split"``) the per-pixel saving is
-    ``(C_out - m)*(K - m)``, positive only when ``m < min(C_out, K)``: the 3-channel stem
-    (``K = 27``) and 1x1 shortcuts gain little or nothing. The default stacked combination
-    needs ``m*(K + C_out) < C_out*K``, slightly stricter. Parameters are saved exactly when
-    ``m < min(C_out, K)``.
-    """
-    if isinstance(conv_or_shape, (nn.Conv2d, BasisConv2d)):
-        c_in, c_out, k = layer_shape(conv_or_shape)
-    else:
-        c_in, c_out, k = conv_or_shape
-    m = resolve_num_basis(num_basis, c_out)
-    return forward_macs_per_pixel(c_in, c_out, k, m, combine) < forward_macs_per_pixel(c_in, c_out, k, None)
-
-
-def select_basis(weight: torch.Tensor, num_basis: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy column-pivoted Gram-Schmidt on the flattened filters.
-
-    Picks, ``num_basis`` times, the filter with the largest residual norm and projects it
-    out of the others: the chosen filters span as much of the layer as a greedy choice can,
-    and the residual after ``k`` picks is exactly the least-squares error of fitting the
-    remaining filters from the first ``k``. Returns the chosen indices (in pick order) and
-    the relative Frobenius reconstruction error after each number of picks
-    (``errors[k]`` for ``k`` picks, ``errors[0] = 1``), computed in float64.
-    """
-    # Left-looking form: the filters are never rewritten. A new direction q is orthogonal
-    # to the earlier ones, so a filter's component along q is (original filter) @ q and
-    # its squared residual norm drops by that squared (one matrix-vector product a step).
-    w = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
-    residual = w.pow(2).sum(1)
-    total = float(residual.sum()) or 1.0
-    directions = w.new_zeros(num_basis, w.shape[1])
-    chosen: list[int] = []
-    errors = [1.0]
-    available = torch.ones(w.shape[0], dtype=torch.bool)
-    for k in range(num_basis):
-        pick = int(residual.masked_fill(~available, -1.0).argmax())
-        chosen.append(pick)
-        available[pick] = False
-        q = w[pick]
-        for _ in range(2):  # project twice: one pass loses orthogonality on near-dependent filters
-            q = q - directions[:k].T @ (directions[:k] @ q)
-        norm = q.norm()
-        if norm > 0:
-            q = q / norm
-            directions[k] = q
-            residual = (residual - (w @ q).pow(2)).clamp_min(0.0)
-        errors.append(float(residual[available].sum() / total) ** 0.5)
-    return torch.tensor(chosen, dtype=torch.long), torch.tensor(errors, dtype=torch.float64)
-
-
-def fit_coefficients(basis: torch.Tensor, rest: torch.Tensor,
-                     rank: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Least-squares coefficients ``A`` with ``rest ~= A @ basis``.
-
-    ``basis`` is ``[m, K]`` (flattened basis filters), ``rest`` ``[C_out - m, K]``. Several
-    layers sharing one matrix are fitted jointly by concatenating their ``K`` columns. With
-    ``rank`` the best rank-``r`` solution (reduced-rank regression: the truncated SVD of
-    the least-squares fit ``A* @ basis``, mapped back through the pseudo-inverse) is
-    returned as two factors ``(left [C_out - m, r], right [r, m])``. Float64 throughout.
-    """
-    basis = basis.to(torch.float64)
-    rest = rest.to(torch.float64)
-    if rest.shape[0] == 0:
-        full = rest.new_zeros(0, basis.shape[0])
-    else:
-        # gelsd (SVD-based) also handles m > K, where the basis filters are dependent.
-        full = torch.linalg.lstsq(basis.T, rest.T, driver="gelsd").solution.T
+def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str = "") -> int | None:
+    """``None`` (a full coefficient matrix), or a rank in ``1..min(C_out - m, m)`` (at
+    least 1), returned as an int; ``where`` names the layer in errors."""
     if rank is None:
-        return (full,)
-    fitted = full @ basis
-    u, s, vh = torch.linalg.svd(fitted, full_matrices=False)
-    r = min(rank, s.numel())
-    left = u[:, :r] * s[:r]
-    right = vh[:r] @ torch.linalg.pinv(basis)
-    if r < rank:  # fewer directions than asked: pad with zeros to keep the stored shapes
-        left = torch.cat([left, left.new_zeros(left.shape[0], rank - r)], 1)
-        right = torch.cat([right, right.new_zeros(rank - r, right.shape[1])], 0)
-    return left, right
+        return None
+    top = max(1, min(out_channels - num_basis, num_basis))
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= top:
+        at = f" for layer {where!r}" if where else ""
+        raise ConfigError(f"coefficient_rank must be an int in 1..{top}{at} (min of out_channels - "
+                          f"num_basis = {out_channels - num_basis} and num_basis = {num_basis}), "
+                          f"got {rank!r}")
+    return int(rank)
 
 
 class BasisConv2d(nn.Module):
@@ -204,13 +131,7 @@ class BasisConv2d(nn.Module):
         self.dilation = _pair(dilation)
         self.combine = combine
         n_combined = out_channels - m
-        if coefficient_rank is not None:
-            if isinstance(coefficient_rank, bool) or not isinstance(coefficient_rank, numbers.Integral) \
-                    or not 1 <= coefficient_rank <= max(1, min(n_combined, m)):
-                raise ConfigError(f"coefficient_rank must be an int in 1..{max(1, min(n_combined, m))} "
-                                 f"(min of out_channels - num_basis = {n_combined} and num_basis = "
-                                 f"{m}), got {coefficient_rank!r}")
-            coefficient_rank = int(coefficient_rank)
+        coefficient_rank = check_coefficient_rank(coefficient_rank, out_channels, m)
         self.coefficient_rank = coefficient_rank
         factory = {"device": device, "dtype": dtype}
         self.basis_weight = nn.Parameter(torch.empty(m, in_channels, *self.kernel_size, **factory))
@@ -268,7 +189,9 @@ class BasisConv2d(nn.Module):
         else:
             m = resolve_num_basis(num_basis, c_out)
         picked, _ = select_basis(conv.weight, m)
-        rest = torch.tensor([i for i in range(c_out) if i not in set(picked.tolist())], dtype=torch.long)
+        unpicked = torch.ones(c_out, dtype=torch.bool, device=picked.device)
+        unpicked[picked] = False
+        rest = torch.nonzero(unpicked).flatten()  # the other filters, in conv order
         layer = cls(conv.in_channels, c_out, conv.kernel_size, m, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
                     combine=combine, coefficient_rank=coefficient_rank,
@@ -369,19 +292,12 @@ class BasisConv2d(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        basis_maps = F.conv2d(x, self.basis_weight, None, self.stride, self.padding, self.dilation)
+        conv = (self.stride, self.padding, self.dilation)
         if self.combine == "stacked":
-            matrix = self.combination_matrix()
-            return F.conv2d(basis_maps, matrix[:, :, None, None], self.bias)
-        # "split": only the combined maps are computed by the 1x1 conv (paper's count).
-        if self.num_basis < self.out_channels:
-            combined = F.conv2d(basis_maps, self.coefficient_matrix()[:, :, None, None])
-            out = torch.cat([basis_maps, combined], 1).index_select(1, self.output_index)
-        else:
-            out = basis_maps.index_select(1, self.output_index)
-        if self.bias is not None:
-            out = out + self.bias[:, None, None]
-        return out
+            return stacked_forward(x, self.basis_weight, self.combination_matrix(), self.bias,
+                                   *conv)
+        return split_forward(x, self.basis_weight, self.coefficient_matrix(), self.output_index,
+                             self.bias, *conv)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -414,14 +330,6 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
                          f"support zero padding only")
 
 
-def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """``||approx - exact||_F / ||exact||_F`` in float64 (0 for an all-zero ``exact``)."""
-    exact = exact.detach().to(torch.float64)
-    diff = approx.detach().to(torch.float64) - exact
-    norm = exact.norm()
-    return float(diff.norm() / norm) if norm > 0 else float(diff.norm())
-
-
 def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:
     """The model's basis layers by module name, in module order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, BasisConv2d)}
@@ -451,7 +359,6 @@ def layer_shape(layer: nn.Module) -> tuple[int, int, tuple[int, int]]:
 
 
 __all__: Sequence[str] = (
-    "BasisConv2d", "COMBINE_MODES", "basis_layers", "check_convertible", "coefficient_l1",
-    "fit_coefficients", "forward_macs_per_pixel", "relative_error", "resolve_num_basis",
-    "saves_compute", "select_basis",
+    "BasisConv2d", "COMBINE_MODES", "basis_layers", "check_basis_size", "check_coefficient_rank",
+    "check_convertible", "coefficient_l1", "resolve_num_basis",
 )

@@ -1,10 +1,13 @@
-"""The network a config describes: a registry model whose selected layers become basis
-convolutions (``model/``, ``selection/`` and ``basis/`` config groups), and what a run
-record says about it (parameters, FLOPs, converted layers)."""
+"""The network a config describes: a registry model (``model/``) whose chosen layers
+become basis convolutions as ``basis/`` says, and what a run record says about it
+(parameters, FLOPs, converted layers).
+
+The layers are an argument, resolved before the network is built (see
+``basisconv.sensitivity.choose_layers``): building a network never trains anything."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn as nn
@@ -12,17 +15,18 @@ from omegaconf import DictConfig
 
 from .checkpoint import load_source_weights
 from .cost import model_cost
-from .errors import ConfigError
 from .models import build_model
-from .selection import choose_layers
+from .layers import coefficient_l1
 from .surgery import apply_basis, basis_report
 
+#: The layers to convert: ``None`` (none), ``"all"``, or module names and patterns.
+Layers = Union[list, str, None]
 
-def to_basis(model: nn.Module, cfg: DictConfig, *, convert: bool) -> nn.Module:
-    """Turn the selected layers of ``model`` into basis convolutions, in place.
+
+def to_basis(model: nn.Module, cfg: DictConfig, layers: Layers, *, convert: bool) -> nn.Module:
+    """Turn ``layers`` of ``model`` into basis convolutions as ``cfg.basis`` says, in place.
     ``convert``: fit them to the current weights (a trained model, or after the dense
     warm-up) instead of a from-scratch init."""
-    layers = choose_layers(cfg, model)
     if layers is None:
         return model
     basis = cfg.basis
@@ -37,10 +41,11 @@ def converts_later(cfg: DictConfig) -> bool:
     return cfg.selection.policy != "none" and cfg.basis.dense_warmup_epochs > 0
 
 
-def build_network(cfg: DictConfig, *, basis_now: bool | None = None) -> nn.Module:
-    """The model of ``cfg``. Basis layers are applied now unless the config asks for a
-    dense warm-up first (``basis_now`` overrides, e.g. to rebuild a converted model
-    before loading its checkpoint)."""
+def build_network(cfg: DictConfig, layers: Layers, *, basis_now: bool | None = None
+                  ) -> nn.Module:
+    """The model of ``cfg`` with ``layers`` in basis form. Basis layers are applied now
+    unless the config asks for a dense warm-up first (``basis_now`` overrides, e.g. to
+    rebuild a converted model before loading its checkpoint)."""
     model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
     if basis_now is None:
         basis_now = not converts_later(cfg)
@@ -48,7 +53,7 @@ def build_network(cfg: DictConfig, *, basis_now: bool | None = None) -> nn.Modul
         return model
     if cfg.basis.init == "convert" and cfg.basis.source_checkpoint:
         load_source_weights(model, cfg.basis.source_checkpoint)
-    return to_basis(model, cfg, convert=cfg.basis.init == "convert")
+    return to_basis(model, cfg, layers, convert=cfg.basis.init == "convert")
 
 
 def describe(model: nn.Module, image_shape=(3, 32, 32)) -> dict[str, Any]:
@@ -66,8 +71,6 @@ def coefficient_penalty(model: nn.Module, weight: float):
     """The L1 penalty on the coefficient matrices to add to the loss, or ``None``."""
     if weight <= 0:
         return None
-    from .layers import coefficient_l1
-
     return lambda: weight * coefficient_l1(model)
 
 

@@ -1,6 +1,10 @@
-"""What a run or a benchmark writes about itself: provenance (commit, versions, hardware,
-date) and atomic writes, so a results file is either the old one or the new one, never
-half of each."""
+"""What a run or a benchmark writes about itself: the run record (one type for every
+producer: training run, sensitivity estimate, exhaustive search, benchmark), its
+provenance (commit, versions, hardware, date), and atomic writes, so a results file is
+either the old one or the new one, never half of each.
+
+Producers write records here; ``basisconv.analysis`` reads them back (``read_records``)
+and never needs the producers themselves."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
 
 import torch
 
@@ -43,6 +48,9 @@ def hardware() -> dict[str, Any]:
         pass
     info: dict[str, Any] = {
         "cpu": cpu,
+        # The instruction set torch's CPU kernels dispatch on (DEFAULT, AVX2, AVX512, ...):
+        # runs repeat bit for bit on one machine, not across instruction sets.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
@@ -52,6 +60,16 @@ def hardware() -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+def device_name(hardware: dict) -> str:
+    """A short device tag for file names: ``cpu``, or the GPU model (``h100``, ``a100``)."""
+    gpu = (hardware or {}).get("gpu")
+    if not gpu:
+        return "cpu"
+    words = [w for w in gpu.lower().replace("-", " ").split()
+             if w not in {"nvidia", "geforce", "tesla", "pcie", "sxm", "sxm5", "nvl"}]
+    return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
 
 
 def package_versions() -> dict[str, str]:
@@ -90,13 +108,14 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then
+    rename it over ``path`` atomically: a kill mid-write leaves the previous file intact."""
     path = Path(path)
     fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -106,6 +125,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    return write_atomic(path, lambda f: f.write(data))
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and an atomic rename."""
     return write_bytes_atomic(path, text.encode())
@@ -113,3 +137,59 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- run records
+RECORD = "run.json"
+#: What produced a record: a training run, a sensitivity estimate, an exhaustive search,
+#: a speed benchmark, a GPU machine check (scripts/gpu_check.py).
+KINDS = ("training", "sensitivity", "exhaustive_search", "benchmark", "gpu_check")
+
+
+@dataclass
+class RunRecord:
+    """The record of one producer's run: what it was (``kind``, the resolved ``config``),
+    where it came from (``provenance``), whether it finished (``status``), and what it
+    found (``results``: kind-specific fields, written at the top level beside the others,
+    e.g. a training run's ``model``, ``epochs`` and ``final``)."""
+
+    kind: str
+    config: dict
+    provenance: dict = field(default_factory=provenance)
+    status: str = "running"
+    results: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"record kind {self.kind!r}; one of {', '.join(KINDS)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "status": self.status, "config": self.config,
+                "provenance": self.provenance, **self.results}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        """Read a record back; one written before records had a ``kind`` (basisconv
+        before 0.2) is a training run, the only producer that wrote none."""
+        rest = {k: v for k, v in data.items()
+                if k not in ("kind", "status", "config", "provenance")}
+        return cls(data.get("kind") or "training", data.get("config") or {},
+                   data.get("provenance") or {}, data.get("status", "running"), rest)
+
+
+def write_record(path: str | os.PathLike, record: RunRecord) -> Path:
+    """The one writer of records: ``path`` is a run folder (the record goes to its
+    ``run.json``) or a ``.json`` file (a benchmark's sidecar); written atomically."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / RECORD
+    return write_json_atomic(path, record.as_dict())
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """A record as a plain dict with its ``kind`` always set (see ``RunRecord.from_dict``);
+    ``OSError`` or ``ValueError`` when the file cannot be read or parsed."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return RunRecord.from_dict(data).as_dict()

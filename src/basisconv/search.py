@@ -21,10 +21,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
-from .records import provenance, write_json_atomic, write_text_atomic
-from .sensitivity import Probe, sensitivity_table
+from .probe import Probe
+from .records import RunRecord, write_record, write_text_atomic
+from .sensitivity import sensitivity_table
 
 log = logging.getLogger(__name__)
+
+SEARCH_TABLE = "search.csv"
 
 
 def fast_choice(table: pd.DataFrame, k: int, metric: str) -> tuple[str, ...]:
@@ -35,7 +38,9 @@ def fast_choice(table: pd.DataFrame, k: int, metric: str) -> tuple[str, ...]:
 
 
 def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
-    """Evaluate every subset; write ``search.csv``, ``search.png`` and ``run.json``."""
+    """Evaluate every subset; write ``search.csv`` (one row per subset) and the run record
+    (``run.json``, kind ``exhaustive_search``: the summary); returns the summary.
+    ``basisconv.analysis.search`` draws it."""
     output_dir = Path(output_dir)
     started = time.perf_counter()
     table, record = sensitivity_table(cfg)
@@ -94,40 +99,14 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
                                                         found["loss_increase"]),
         "sensitivity_key": record["key"], "seconds": time.perf_counter() - started,
     }
-    write_text_atomic(output_dir / "search.csv", found.to_csv(index=False, float_format="%.6g"))
-    plot_search(found, summary, output_dir / "search.png",
-                f"{cfg.model.name} x{cfg.model.width:g}, basis {cfg.basis.size:g}: all "
-                f"{total} subsets of {k} layers")
-    write_json_atomic(output_dir / "run.json", {
-        "kind": "exhaustive_search", "status": "complete",
-        "config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance(),
-        "search": summary})
+    write_text_atomic(output_dir / SEARCH_TABLE, found.to_csv(index=False, float_format="%.6g"))
+    write_record(output_dir, RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
+                                       status="complete",
+                                       results={"search": summary,
+                                                "table": found.to_dict("records")}))
     return summary
 
 
 def spearman(a: pd.Series, b: pd.Series) -> float:
     """Spearman's rank correlation (Pearson on ranks; pandas' own needs scipy)."""
     return float(a.rank().corr(b.rank()))
-
-
-def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str) -> Path:
-    """Held-out accuracy of every subset, sorted, with the fast method's choice marked."""
-    from .analysis.plots import pyplot, save_figure
-
-    plt = pyplot()
-    ranked = found.sort_values("accuracy", ascending=False).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(range(len(ranked)), 100 * ranked["accuracy"],
-           color=["tab:orange" if f else "0.65" for f in ranked["fast_choice"]])
-    ax.axhline(100 * summary["reference_accuracy"], color="black", ls="--", lw=1,
-               label="dense reference")
-    low = 100 * min(ranked["accuracy"].min(), summary["reference_accuracy"])
-    high = 100 * max(ranked["accuracy"].max(), summary["reference_accuracy"])
-    ax.set_ylim(low - 0.2 * (high - low + 1), high + 0.2 * (high - low + 1))
-    ax.set_xlabel("subsets, best first")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(f"{title}\norange: the fast method's choice, rank "
-                 f"{summary['fast_rank_by_accuracy']} of {summary['subsets']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)

@@ -15,19 +15,26 @@ Policies:
   ``sensitivity_budget``.
 
 Ordered policies consider only *candidates*: layers where a basis of the configured size
-saves compute. The sensitivity table comes from :mod:`basisconv.sensitivity` (cached).
+saves compute, listed in a *candidate table* (:func:`layer_savings`: what each saves, by
+the cost model; for the sensitivity policies the sensitivity table, which adds the
+measured metrics). The policies are pure functions of that table; the table is made by
+the caller (``basisconv.sensitivity.choose_layers``), so choosing never trains a model.
 """
 
 from __future__ import annotations
 
 import logging
 
+from typing import Iterable
+
 import numpy as np
 import pandas as pd
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from .cost import model_cost
 from .errors import ConfigError
+from .surgery import apply_basis, basis_report, select_layers
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +46,11 @@ METRICS = ("accuracy_drop", "loss_increase")
 BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved"}
 
 
-def choose_layers(cfg: DictConfig, model: nn.Module) -> list[str] | str | None:
-    """The ``layers`` argument for :func:`basisconv.surgery.apply_basis`: ``None`` for no
-    basis layers, ``"all"``, or names/patterns (checked against the model by
-    ``apply_basis``, which names the valid layers when one does not exist)."""
-    selection = cfg.selection
+def fixed_layers(selection: DictConfig) -> list[str] | str | None:
+    """The ``layers`` argument for :func:`basisconv.surgery.apply_basis` of the policies
+    that need no candidate table: ``None`` for ``none``, ``"all"``, or the names/patterns
+    of ``list`` (checked against the model by ``apply_basis``, which names the valid
+    layers when one does not exist)."""
     if selection.policy == "none":
         return None
     if selection.policy == "all":
@@ -53,13 +60,11 @@ def choose_layers(cfg: DictConfig, model: nn.Module) -> list[str] | str | None:
             raise ConfigError("selection.policy=list needs selection.layers, e.g. "
                               "selection.layers=[layer1.0.conv1,'layer4.*']")
         return list(selection.layers)
-    from .sensitivity import dense_totals, layer_savings, sensitivity_table
+    raise ConfigError(f"selection.policy={selection.policy!r} chooses from a candidate table")
 
-    if selection.policy in SENSITIVITY_POLICIES:
-        table, _ = sensitivity_table(cfg)
-    else:
-        table = layer_savings(model, cfg.basis, list(cfg.sensitivity.layers))
-    chosen = pick_layers(selection, table, dense_totals(model))
+
+def chosen_or_dense(selection: DictConfig, chosen: list[str]) -> list[str] | None:
+    """Log an ordered policy's choice; ``None`` (the dense model) when it chose nothing."""
     log.info("selection %s: %d layers: %s", selection.policy, len(chosen), ", ".join(chosen))
     if not chosen:
         log.warning("selection %s chose no layer: the model stays dense", selection.policy)
@@ -133,3 +138,41 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
                     100 * saved / dense[selection.budget_metric], selection.budget_metric,
                     selection.budget_reduction)
     return chosen
+
+
+# ----------------------------------------------------------------------------- candidates
+def layer_savings(model: nn.Module, basis: DictConfig,
+                  layers: str | Iterable[str] = "all") -> pd.DataFrame:
+    """The candidate table: per candidate layer (among ``layers``, in model order), what
+    converting it alone saves, by the cost model, per image: parameters, training FLOPs
+    (forward + backward) and forward FLOPs. Candidates are the layers where a basis of
+    this size saves compute; converting several layers saves the sum (layer costs are
+    independent)."""
+    names = list(select_layers(model, layers))
+    dense = {c.name: c for c in model_cost(model).layers}
+    converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
+                            only_where_saves=True, combine=basis.combine,
+                            coefficient_rank=basis.coefficient_rank)
+    basis_costs = {c.name: c for c in model_cost(converted).layers}
+    rows = []
+    for row in basis_report(converted):
+        name = row["name"]
+        before, after = dense[name], basis_costs[name]
+        rows.append({"layer": name, "position": names.index(name),
+                     "shape": f"{row['in_channels']}->{row['out_channels']} "
+                              f"k{row['kernel_size'][0]}",
+                     "num_basis": row["num_basis"],
+                     "params_saved": before.params - after.params,
+                     "flops_saved": before.total_flops - after.total_flops,
+                     "forward_flops_saved": before.forward_flops - after.forward_flops})
+    if not rows:
+        raise ConfigError(f"no candidate layer: at basis.size={basis.size} no selected layer "
+                          f"saves compute; choose a smaller basis.size")
+    return pd.DataFrame(rows)
+
+
+def dense_totals(model: nn.Module) -> dict[str, int]:
+    """Per-image parameters and training FLOPs of the dense model (the budget's 100 %)."""
+    cost = model_cost(model)
+    return {"params": cost.params, "flops": cost.total_flops,
+            "forward_flops": cost.forward_flops}

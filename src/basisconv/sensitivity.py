@@ -14,7 +14,8 @@ The estimate, for a model, a basis size and a data config:
    the comparison), and measure accuracy and loss on a held-out split of the *training*
    images (the test set is never used to choose layers).
 
-A layer's sensitivity is its accuracy drop (and loss increase) against the reference.
+A layer's sensitivity is its accuracy drop (and loss increase) against the reference
+(the probe that does steps 1-3 is :mod:`basisconv.probe`).
 Cost: one brief training plus one short fine-tune per layer, instead of a full training
 per layer (or per subset of layers). The table is cached under a key made of everything
 that changes it (model, basis, data, the budget above, the training recipe, the seed), and
@@ -23,28 +24,26 @@ reused by later runs; a changed key computes a new table, and computing is alway
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
-from .cost import model_cost
-from .data import TensorBatches, stratified_subset
 from .errors import ConfigError
 from .models import build_model
-from .checkpoint import load_source_weights
-from .records import provenance, write_json_atomic, write_text_atomic
-from .surgery import apply_basis, basis_report, select_layers
+from .probe import Probe, reference_noise
+from .records import (RunRecord, provenance, write_json_atomic, write_record,
+                      write_text_atomic)
+from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
+                        fixed_layers, layer_savings, pick_layers)
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +52,6 @@ RECORD = "sensitivity.json"
 COLUMNS = ("layer", "position", "shape", "num_basis", "reconstruction_error",
            "converted_accuracy", "accuracy", "loss", "accuracy_drop", "loss_increase",
            "params_saved", "flops_saved", "forward_flops_saved", "seconds")
-
-
-# ----------------------------------------------------------------------------- savings
-def layer_savings(model: nn.Module, basis: DictConfig,
-                  layers: str | Iterable[str] = "all") -> pd.DataFrame:
-    """Per candidate layer (among ``layers``, in model order): what converting it alone
-    saves, by the cost model, per image: parameters, training FLOPs (forward + backward)
-    and forward FLOPs. Candidates are the layers where a basis of this size saves compute;
-    converting several layers saves the sum (layer costs are independent)."""
-    names = list(select_layers(model, layers))
-    dense = {c.name: c for c in model_cost(model).layers}
-    converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
-                            only_where_saves=True, combine=basis.combine,
-                            coefficient_rank=basis.coefficient_rank)
-    basis_costs = {c.name: c for c in model_cost(converted).layers}
-    rows = []
-    for row in basis_report(converted):
-        name = row["name"]
-        before, after = dense[name], basis_costs[name]
-        rows.append({"layer": name, "position": names.index(name),
-                     "shape": f"{row['in_channels']}->{row['out_channels']} "
-                              f"k{row['kernel_size'][0]}",
-                     "num_basis": row["num_basis"],
-                     "params_saved": before.params - after.params,
-                     "flops_saved": before.total_flops - after.total_flops,
-                     "forward_flops_saved": before.forward_flops - after.forward_flops})
-    if not rows:
-        raise ConfigError(f"no candidate layer: at basis.size={basis.size} no selected layer "
-                          f"saves compute; choose a smaller basis.size")
-    return pd.DataFrame(rows)
-
-
-def dense_totals(model: nn.Module) -> dict[str, int]:
-    """Per-image parameters and training FLOPs of the dense model (the budget's 100 %)."""
-    cost = model_cost(model)
-    return {"params": cost.params, "flops": cost.total_flops,
-            "forward_flops": cost.forward_flops}
 
 
 # ----------------------------------------------------------------------------- cache key
@@ -170,131 +132,6 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
 
 
 # ----------------------------------------------------------------------------- estimate
-@dataclass
-class Split:
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
-
-
-def holdout_split(images: torch.Tensor, labels: torch.Tensor, val_size: int | float,
-                  seed: int) -> Split:
-    """A class-balanced held-out part of the training images to measure drops on."""
-    val = stratified_subset(labels, val_size, seed + 1)
-    keep = torch.ones(labels.numel(), dtype=torch.bool)
-    keep[val] = False
-    if not keep.any():
-        raise ConfigError(f"sensitivity.val_size={val_size} leaves no training images")
-    return Split(images[keep], labels[keep], images[val], labels[val])
-
-
-class Probe:
-    """What every estimate shares: the data split, the briefly trained dense model, and
-    the fine-tune recipe. ``evaluate_layers(names)`` converts those layers of a copy of the
-    dense model, fine-tunes and measures it (one layer for the sensitivity table, several
-    for the exhaustive search)."""
-
-    def __init__(self, cfg: DictConfig):
-        # Imported here: train.py builds networks through selection.py, which needs this module.
-        from .train import prepare_data, resolve_device, seed_everything
-
-        self.cfg, trainer = cfg, cfg.trainer
-        self.seed = cfg.sensitivity.seed
-        if trainer.threads:
-            torch.set_num_threads(trainer.threads)
-        seed_everything(self.seed, trainer.deterministic)
-        self.device = resolve_device(trainer.device)
-        self.memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
-        data = prepare_data(cfg.data, self.seed)
-        self.split = holdout_split(data.train_images, data.train_labels,
-                                   cfg.sensitivity.val_size, self.seed)
-        for name in ("train_images", "train_labels", "val_images", "val_labels"):
-            setattr(self.split, name, getattr(self.split, name).to(self.device))
-        self.dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                                 width=cfg.model.width)
-        self.dense.to(self.device, memory_format=self.memory_format)
-        start = time.perf_counter()
-        if cfg.sensitivity.source_checkpoint:
-            load_source_weights(self.dense, cfg.sensitivity.source_checkpoint,
-                                "sensitivity.source_checkpoint")
-            log.info("sensitivity: dense weights from %s", cfg.sensitivity.source_checkpoint)
-        else:
-            self.train(self.dense, cfg.sensitivity.pretrain_epochs, trainer.lr, trainer.schedule)
-        self.pretrain_seconds = time.perf_counter() - start
-        self.pretrained = self.measure(self.dense)
-
-    def batches(self, train: bool, seed: int | None = None) -> TensorBatches:
-        s, data = self.split, self.cfg.data
-        if train:
-            return TensorBatches(s.train_images, s.train_labels, self.cfg.trainer.batch_size,
-                                 train=True, seed=self.seed if seed is None else seed,
-                                 crop_padding=data.crop_padding,
-                                 flip=data.flip, memory_format=self.memory_format)
-        return TensorBatches(s.val_images, s.val_labels, self.cfg.trainer.eval_batch_size,
-                             train=False, memory_format=self.memory_format)
-
-    def train(self, model: nn.Module, epochs: int, lr: float, schedule: str,
-              batch_seed: int | None = None) -> None:
-        from .train import AMP_DTYPES, build_optimizer, build_scheduler, train_one_epoch
-
-        if epochs == 0:
-            return
-        recipe = OmegaConf.merge(self.cfg.trainer, {"epochs": epochs, "lr": lr,
-                                                    "schedule": schedule})
-        if schedule == "cosine":
-            recipe.warmup_fraction = 0.0
-        batches = self.batches(train=True, seed=batch_seed)
-        optimizer = build_optimizer(model, recipe)
-        scheduler = build_scheduler(optimizer, recipe, len(batches))
-        for _ in range(epochs):
-            train_one_epoch(model, batches, optimizer, scheduler,
-                            amp_dtype=AMP_DTYPES[recipe.amp],
-                            label_smoothing=recipe.label_smoothing)
-
-    def measure(self, model: nn.Module) -> dict[str, float]:
-        from .train import AMP_DTYPES, evaluate
-
-        stats = evaluate(model, self.batches(train=False),
-                         amp_dtype=AMP_DTYPES[self.cfg.trainer.amp])
-        return {"accuracy": stats.accuracy, "loss": stats.loss}
-
-    def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:
-        """Convert ``names`` (none: the dense reference), fine-tune, measure. Every call
-        fine-tunes on the same batches unless ``batch_seed`` asks for another order."""
-        start = time.perf_counter()
-        torch.manual_seed(self.seed)
-        model = copy.deepcopy(self.dense)
-        errors: list[float] = []
-        if names:
-            basis = self.cfg.basis
-            apply_basis(model, names, basis.size, inplace=True, convert=True,
-                        combine=basis.combine, coefficient_rank=basis.coefficient_rank)
-            model.to(self.device, memory_format=self.memory_format)
-            errors = [row["reconstruction_error"] for row in basis_report(model)]
-        converted = self.measure(model)
-        sens = self.cfg.sensitivity
-        self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine", batch_seed)
-        after = self.measure(model)
-        return {"reconstruction_error": max(errors) if errors else 0.0,
-                "converted_accuracy": converted["accuracy"], **after,
-                "seconds": time.perf_counter() - start}
-
-
-def reference_noise(probe: Probe, reference: dict, repeats: int) -> dict[str, Any] | None:
-    """A yardstick for the drops: the spread of the dense reference over ``repeats`` more
-    fine-tunes with other batch orders (the drops themselves share one batch order, so
-    their noise is smaller; a drop well inside this spread says little)."""
-    if repeats < 1:
-        return None
-    runs = [reference] + [probe.evaluate_layers([], batch_seed=probe.seed + 1 + i)
-                          for i in range(repeats)]
-    accuracy = pd.Series([r["accuracy"] for r in runs])
-    loss = pd.Series([r["loss"] for r in runs])
-    return {"repeats": len(runs), "accuracy_std": float(accuracy.std(ddof=1)),
-            "loss_std": float(loss.std(ddof=1)), "accuracies": accuracy.tolist()}
-
-
 def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     """Estimate the sensitivity table of ``cfg`` (no cache; see :func:`sensitivity_table`)."""
     started = time.perf_counter()
@@ -324,3 +161,62 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
               "config": OmegaConf.to_container(cfg, resolve=True),
               "provenance": provenance()}
     return table, record
+
+
+# ----------------------------------------------------------------------------- uses
+def choose_layers(cfg: DictConfig) -> list[str] | str | None:
+    """The layers ``cfg.selection`` converts, resolved before any network is built: the
+    fixed policies directly; the ordered ones from their candidate table (the cached or
+    newly estimated sensitivity table, or the cost model's savings for the baselines).
+
+    It leaves torch's global random state as it found it (the models it builds to count
+    costs, and an estimate, draw from it), so a run's initial weights depend on its seed
+    alone, not on how its layers were chosen."""
+    selection = cfg.selection
+    if selection.policy not in ORDERED_POLICIES:
+        return fixed_layers(selection)
+    with torch.random.fork_rng():
+        dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                            width=cfg.model.width)
+        if selection.policy in SENSITIVITY_POLICIES:
+            table, _ = sensitivity_table(cfg)
+        else:
+            table = layer_savings(dense, cfg.basis, list(cfg.sensitivity.layers))
+        chosen = pick_layers(selection, table, dense_totals(dense))
+    return chosen_or_dense(selection, chosen)
+
+
+def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
+    """``scripts/sensitivity.py``: the (cached or new) sensitivity table of ``cfg`` and the
+    layers ``cfg.selection`` chooses from it; writes ``sensitivity.csv`` and the run record
+    (``run.json``, kind ``sensitivity``: summary and table) to ``output_dir``, and logs the
+    same to wandb. Returns the record (``basisconv.analysis.sensitivity`` draws it)."""
+    output_dir = Path(output_dir)
+    table, record = sensitivity_table(cfg)
+    chosen = (pick_layers(cfg.selection, table, record["dense"])
+              if cfg.selection.policy in ORDERED_POLICIES else [])
+    write_text_atomic(output_dir / TABLE, table.to_csv(index=False, float_format="%.6g"))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    picked = table[table["layer"].isin(chosen)]
+    summary = {"key": record["key"], "cache_dir": str(cache_dir(cfg)),
+               "cache_hit": record["cache_hit"], "estimate_seconds": record["seconds"],
+               "reference": record["reference"], "pretrained": record["pretrained"],
+               "noise": record.get("noise"),
+               "dense": record["dense"], "policy": cfg.selection.policy, "chosen": chosen,
+               "params_saved": int(picked["params_saved"].sum()),
+               "flops_saved": int(picked["flops_saved"].sum())}
+    run = RunRecord("sensitivity", config, status="complete", results={
+        "estimate_provenance": record["provenance"], "sensitivity": summary,
+        "table": table.to_dict("records")})
+    write_record(output_dir, run)
+    tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
+    try:
+        for row in table.sort_values("position").to_dict("records"):
+            tracker.log({f"sensitivity/{k}": row[k] for k in
+                         ("accuracy_drop", "loss_increase", "params_saved", "flops_saved")},
+                        step=int(row["position"]))
+        tracker.table("sensitivity/table", table)
+        tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+    finally:
+        tracker.finish()
+    return run.as_dict()

@@ -32,9 +32,11 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from .cost import forward_macs_per_pixel, saves_compute
 from .errors import ConfigError
-from .layers import (BasisConv2d, basis_layers, check_convertible, fit_coefficients,
-                     forward_macs_per_pixel, relative_error, resolve_num_basis, saves_compute)
+from .fitting import fit_coefficients, relative_error
+from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
+                     resolve_num_basis)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -127,13 +129,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     targets = select_layers(model, layers)
     sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name)
              for name, conv in targets.items()}
-    if coefficient_rank is not None:
-        for name, conv in targets.items():
-            top = max(1, min(conv.out_channels - sizes[name], sizes[name]))
-            if isinstance(coefficient_rank, numbers.Integral) and not 1 <= coefficient_rank <= top:
-                raise ConfigError(f"coefficient_rank = {coefficient_rank} is out of range for layer "
-                                  f"{name!r}: valid is 1..{top} (min of out_channels - num_basis and "
-                                  f"num_basis = {sizes[name]})")
+    for name, conv in targets.items():
+        check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name)
     for name in list(targets):
         conv, m = targets[name], sizes[name]
         if saves_compute(conv, m, combine):

@@ -1,5 +1,6 @@
-"""The paper's plots from the comparison and the training curves. Every figure carries a
-footer saying which profile, hardware, commit and date its runs came from."""
+"""The paper's plots from the comparison and the training curves, and the speed
+benchmark's plot. Every figure of the comparison carries a footer saying which profile,
+hardware, commit and date its runs came from; the benchmark's says it in its title."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..cost import basis_conv2d_cost, conv2d_cost
 from .plots import pyplot, save_figure
 
 
@@ -90,3 +92,53 @@ def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
     acc.legend(fontsize=7)
     fig.suptitle("training curves (mean over seeds)", fontsize=10)
     return _finish(fig, path, note)
+
+
+def basis_speedups(layer_rows: list[dict], model_rows: list[dict], path: Path, title: str, *,
+                   target_slack: float) -> Path:
+    """The speed benchmark's plot (rows of ``basisconv.bench.layers``): speedup over dense
+    against the basis fraction, per ResNet-18 conv shape with the FLOP-count line of a 3x3
+    C->C conv (left), and for the whole model with its FLOP ratio, the target (the FLOP
+    ratio times ``target_slack``) and the time bound (right); a panel without rows is left
+    out."""
+    plt = pyplot()
+    panels = [rows for rows in (layer_rows, model_rows) if rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    axes = list(axes[0])
+    if layer_rows:
+        ax = axes.pop(0)
+        shapes = list(dict.fromkeys(r["shape"] for r in layer_rows))
+        cmap = plt.get_cmap("tab20")
+        for i, shape in enumerate(shapes):
+            rows = [r for r in layer_rows if r["shape"] == shape]
+            ax.plot([r["fraction"] for r in rows], [1 / r["fwdbwd_ratio"] for r in rows], "o-",
+                    color=cmap(i % 20), lw=1, ms=3, label=shape)
+        # theoretical line of a 3x3 conv C -> C (the shape of 12 of ResNet-18's 20 convs)
+        fractions = [i / 100 for i in range(5, 101)]
+        theory = [1 / (basis_conv2d_cost(256, 256, 3, max(1, round(f * 256)), 8,
+                                         combine=layer_rows[0]["combine"]).total_flops
+                       / conv2d_cost(256, 256, 3, 8).total_flops) for f in fractions]
+        ax.plot(fractions, theory, "k--", lw=1.5, label="theory, 3x3 C->C")
+        ax.set_title("single layers, forward+backward")
+        ax.legend(fontsize=6, ncol=2)
+    if model_rows:
+        ax = axes.pop(0)
+        f = [r["fraction"] for r in model_rows]
+        ax.plot(f, [1 / r["fwdbwd_ratio"] for r in model_rows], "o-", label="measured fwd+bwd")
+        ax.plot(f, [1 / r["fwd_ratio"] for r in model_rows], "s-", label="measured fwd")
+        ax.plot(f, [1 / r["theory_fwdbwd_ratio"] for r in model_rows], "k--", label="theory (FLOPs)")
+        ax.plot(f, [1 / (target_slack * r["theory_fwdbwd_ratio"]) for r in model_rows], "k:",
+                label=f"target (theory / {target_slack})")
+        if "time_bound_ratio" in model_rows[0]:
+            ax.plot(f, [1 / r["time_bound_ratio"] for r in model_rows], "^-", color="gray",
+                    label="time bound (convs at theory, rest as dense)")
+        ax.set_title("ResNet-18, all convs converted (where they save)")
+        ax.legend(fontsize=8)
+    for ax in fig.axes:
+        ax.set_xlabel("basis fraction m / C_out")
+        ax.set_ylabel("speedup over dense (x)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from ..records import write_bytes_atomic
+
 
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display needed)."""
@@ -18,8 +20,6 @@ def pyplot():
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG atomically (a reader never sees half a file), then close it."""
-    from ..records import write_bytes_atomic
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     pyplot().close(fig)

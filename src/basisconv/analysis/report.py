@@ -11,12 +11,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
-from ..records import provenance, write_json_atomic, write_text_atomic
-from . import figures
-from .runs import (compare, curves_frame, device_name, precision_name, read_records,
-                   records_of_kind, runs_frame, training_records, wandb_records)
-from .sensitivity import chosen_table, plot_sensitivity
-from .tables import markdown, write_table
+from ..records import provenance, write_json_atomic
+from . import figures, search, sensitivity
+from .runs import (compare, curves_frame, read_records, records_of_kind, runs_frame,
+                   training_records, wandb_records)
+from .tables import write_table
 
 log = logging.getLogger(__name__)
 
@@ -70,75 +69,12 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     return written
 
 
-def _tag(record: dict) -> str:
-    return (f"{device_name(record['provenance']['hardware'])}-"
-            f"{precision_name(record['config']['trainer']['amp'])}")
-
-
-def noise_line(noise: dict | None) -> str:
-    if not noise:
-        return ""
-    return (f" The same reference fine-tuned with {noise['repeats']} batch orders: accuracy "
-            f"std {noise['accuracy_std']:.4f}, loss std {noise['loss_std']:.4f} (a yardstick "
-            f"for the drops below, which all share one batch order).")
-
-
 def sensitivity_outputs(records: list[tuple[dict, Path]], out: Path, profile: str) -> list[Path]:
-    """The sensitivity plot and chosen subset of each sensitivity run, and a summary of
-    each exhaustive search, re-drawn from their records."""
-    from ..search import plot_search
-
+    """The summary of each sensitivity run and each exhaustive search, re-drawn from their
+    records."""
     written = []
-    for record, folder in records_of_kind(records, "sensitivity"):
-        cfg, summary = record["config"], record["sensitivity"]
-        table = pd.DataFrame(record["table"])
-        stem = f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']:g}-{_tag(record)}"
-        prov = record["estimate_provenance"]
-        hardware = prov["hardware"].get("gpu") or prov["hardware"]["cpu"]
-        note = (f"profile {profile}; estimated {prov['date'][:10]} on {hardware}, "
-                f"commit {(prov['git']['commit'] or '')[:7]}, {summary['estimate_seconds']:.0f} s; "
-                f"key {summary['key']}")
-        threshold = cfg["selection"]["threshold"] if summary["policy"] == "sensitivity_threshold" else None
-        written.append(plot_sensitivity(table, summary["chosen"], out / f"{stem}.png",
-                                        f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-                                        f"{cfg['basis']['size']:g}: {summary['policy']}", threshold,
-                                        summary.get("noise")))
-        per_layer = table.sort_values("position")[
-            ["layer", "shape", "num_basis", "reconstruction_error", "accuracy_drop",
-             "loss_increase", "params_saved", "flops_saved", "seconds"]]
-        written.append(write_text_atomic(out / f"{stem}.md", (
-            f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
-            f"{cfg['basis']['size']:g}\n\n{note}\n\nDense reference (held-out accuracy after the "
-            f"same fine-tune): {summary['reference']['accuracy']:.4f}; after pretraining: "
-            f"{summary['pretrained']['accuracy']:.4f}.{noise_line(summary.get('noise'))}\n\n"
-            f"## Chosen by `{summary['policy']}`\n\n"
-            + chosen_table(table, summary["chosen"], summary["dense"])
-            + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str)))))
+    for record, _ in records_of_kind(records, "sensitivity"):
+        written += sensitivity.summarize(record, out, profile)
     for record, folder in records_of_kind(records, "exhaustive_search"):
-        s, cfg = record["search"], record["config"]
-        stem = f"exhaustive-search-{cfg['model']['name']}-{_tag(record)}"
-        found = pd.read_csv(folder / "search.csv")
-        written.append(plot_search(found, s, out / f"{stem}.png",
-                                   f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-                                   f"{cfg['basis']['size']:g}: all {s['subsets']} subsets of "
-                                   f"{s['subset_size']} layers"))
-        prov = record["provenance"]
-        written.append(write_text_atomic(out / f"{stem}.md", (
-            f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-            f"{cfg['basis']['size']:g}, subsets of {s['subset_size']} of {len(s['candidates'])} "
-            f"layers\n\nprofile {profile}; run {prov['date'][:10]}, commit "
-            f"{(prov['git']['commit'] or '')[:7]}, {s['seconds']:.0f} s\n\n"
-            f"| | subset | held-out accuracy |\n|---|---|---:|\n"
-            f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
-            f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "
-            f"{s['fast_accuracy']:.4f} |\n"
-            + (f"| choice by {s['other_metric']} instead (rank {s['other_rank_by_accuracy']}) | "
-               f"{s['other_choice']} | {s['other_accuracy']:.4f} |\n" if "other_metric" in s else "")
-            + f"| best subset | {s['best_subset']} | {s['best_accuracy']:.4f} |\n"
-            f"| median subset | | {s['median_accuracy']:.4f} |\n"
-            f"| worst subset | | {s['worst_accuracy']:.4f} |\n"
-            f"| dense reference | | {s['reference_accuracy']:.4f} |\n\n"
-            f"Spearman correlation of the predicted (sum of single-layer) and measured drop "
-            f"over all subsets: accuracy {s['spearman_predicted_vs_measured_drop']:.2f}, "
-            f"loss {s['spearman_predicted_vs_measured_loss']:.2f}.\n")))
+        written += search.summarize(record, folder, out, profile)
     return written

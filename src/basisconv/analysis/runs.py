@@ -4,7 +4,6 @@ seeds (mean and std) relative to the dense baseline."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ConfigError
+from ..loop import precision_name
+from ..records import RECORD, device_name, read_record
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,10 @@ METRIC_COLUMNS = ["test_accuracy", "best_test_accuracy", "params", "forward_flop
 BASELINE_KEYS = ["model", "width", "epochs", "train_images", "device", "precision"]
 
 
-def device_name(hardware: dict) -> str:
-    """A short device tag for file names: ``cpu``, or the GPU model (``h100``, ``a100``)."""
-    gpu = (hardware or {}).get("gpu")
-    if not gpu:
-        return "cpu"
-    words = [w for w in gpu.lower().replace("-", " ").split()
-             if w not in {"nvidia", "geforce", "tesla", "pcie", "sxm", "sxm5", "nvl"}]
-    return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
-
-
-def precision_name(amp: str) -> str:
-    """``trainer.amp`` as it appears in file names: ``fp32``, ``bf16``, ``fp16``."""
-    return "fp32" if amp == "none" else amp
+def record_tag(record: dict[str, Any]) -> str:
+    """``<device>-<precision>`` of a record, as result file names carry it."""
+    return (f"{device_name(record['provenance']['hardware'])}-"
+            f"{precision_name(record['config']['trainer']['amp'])}")
 
 
 def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
@@ -78,9 +70,9 @@ def read_records(root: str | Path) -> list[tuple[dict, Path]]:
     """Every readable ``run.json`` under ``root`` with its folder (unreadable files are
     logged and skipped)."""
     found = []
-    for path in sorted(Path(root).rglob("run.json")):
+    for path in sorted(Path(root).rglob(RECORD)):
         try:
-            found.append((json.loads(path.read_text()), path.parent))
+            found.append((read_record(path), path.parent))
         except (OSError, ValueError) as err:
             log.warning("skipping unreadable run record %s (%s)", path, err)
     return found
@@ -90,17 +82,12 @@ def training_records(records: list[tuple[dict, Path]]) -> list[tuple[dict, str]]
     """The complete training runs among ``records``; other kinds (sensitivity, search)
     and incomplete runs are left out."""
     return [(record, str(folder)) for record, folder in records
-            if record.get("kind") is None and record.get("status") == "complete"]
+            if record["kind"] == "training" and record["status"] == "complete"]
 
 
 def records_of_kind(records: list[tuple[dict, Path]], kind: str) -> list[tuple[dict, Path]]:
     """The records of another kind (``sensitivity``, ``exhaustive_search``)."""
-    return [(record, folder) for record, folder in records if record.get("kind") == kind]
-
-
-def local_records(root: str | Path) -> list[tuple[dict, str]]:
-    """Complete training-run records under ``root``."""
-    return training_records(read_records(root))
+    return [(record, folder) for record, folder in records if record["kind"] == kind]
 
 
 def wandb_records(project: str, entity: str | None = None, api=None) -> list[tuple[dict, str]]:
@@ -132,6 +119,7 @@ def wandb_records(project: str, entity: str | None = None, api=None) -> list[tup
         model["basis_layers"] = (model.pop("basis_layer_names", "") or "").split()
         epochs = [dict(row) for row in run.history(pandas=False)]
         record = {
+            "kind": "training", "status": "complete",
             "config": run.config, "model": model, "epochs": epochs,
             "final": {k: summary[k] for k in (
                 "test_accuracy", "best_test_accuracy", "forward_seconds_per_step",

@@ -1,5 +1,6 @@
-"""The sensitivity plot (per-layer accuracy drop and loss increase, chosen layers marked)
-and the table of a chosen subset."""
+"""Sensitivity runs drawn from their records: the sensitivity plot (per-layer accuracy
+drop and loss increase, chosen layers marked), the table of a chosen subset, and the
+summary page in ``results/``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..records import write_text_atomic
 from .plots import pyplot, save_figure
+from .runs import record_tag
+from .tables import markdown
 
 
 def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, title: str,
@@ -60,50 +64,60 @@ def chosen_table(table: pd.DataFrame, chosen: list[str], dense: dict[str, int]) 
     return "\n".join(lines) + "\n"
 
 
-def sensitivity_report(cfg, output_dir: str | Path) -> dict:
-    """``scripts/sensitivity.py``: the (cached or new) sensitivity table of ``cfg``, the
-    layers ``cfg.selection`` chooses from it, and in ``output_dir``: ``sensitivity.csv``,
-    ``sensitivity.png``, ``chosen.md`` and ``run.json``; the same to wandb."""
-    from omegaconf import OmegaConf
+def _title(record: dict) -> str:
+    cfg, summary = record["config"], record["sensitivity"]
+    return (f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis "
+            f"{cfg['basis']['size']:g}: {summary['policy']}")
 
-    from ..records import provenance, write_json_atomic, write_text_atomic
-    from ..selection import ORDERED_POLICIES, pick_layers
-    from ..sensitivity import cache_dir, sensitivity_table
-    from ..tracking import Tracker
 
-    output_dir = Path(output_dir)
-    table, record = sensitivity_table(cfg)
-    chosen = (pick_layers(cfg.selection, table, record["dense"])
-              if cfg.selection.policy in ORDERED_POLICIES else [])
-    threshold = cfg.selection.threshold if cfg.selection.policy == "sensitivity_threshold" else None
-    title = (f"{cfg.model.name} x{cfg.model.width:g}, basis {cfg.basis.size:g}, "
-             f"selection {cfg.selection.policy}; key {record['key']}")
-    write_text_atomic(output_dir / "sensitivity.csv", table.to_csv(index=False, float_format="%.6g"))
-    plot_sensitivity(table, chosen, output_dir / "sensitivity.png", title, threshold,
-                     record.get("noise"))
-    write_text_atomic(output_dir / "chosen.md",
-                      f"# Layers chosen by `{cfg.selection.policy}`\n\n{title}\n\n"
-                      + chosen_table(table, chosen, record["dense"]))
-    config = OmegaConf.to_container(cfg, resolve=True)
-    summary = {"key": record["key"], "cache_dir": str(cache_dir(cfg)),
-               "cache_hit": record["cache_hit"], "estimate_seconds": record["seconds"],
-               "reference": record["reference"], "pretrained": record["pretrained"],
-               "noise": record.get("noise"),
-               "dense": record["dense"], "policy": cfg.selection.policy, "chosen": chosen,
-               "params_saved": int(table[table["layer"].isin(chosen)]["params_saved"].sum()),
-               "flops_saved": int(table[table["layer"].isin(chosen)]["flops_saved"].sum())}
-    write_json_atomic(output_dir / "run.json", {
-        "kind": "sensitivity", "status": "complete", "config": config,
-        "provenance": provenance(), "estimate_provenance": record["provenance"],
-        "sensitivity": summary, "table": table.to_dict("records")})
-    tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
-    try:
-        for row in table.sort_values("position").to_dict("records"):
-            tracker.log({f"sensitivity/{k}": row[k] for k in
-                         ("accuracy_drop", "loss_increase", "params_saved", "flops_saved")},
-                        step=int(row["position"]))
-        tracker.table("sensitivity/table", table)
-        tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
-    finally:
-        tracker.finish()
-    return summary
+def _threshold(record: dict) -> float | None:
+    selection = record["config"]["selection"]
+    return selection["threshold"] if selection["policy"] == "sensitivity_threshold" else None
+
+
+def draw_run(record: dict, output_dir: str | Path) -> list[Path]:
+    """Beside a sensitivity run's record (``scripts/sensitivity.py``): ``sensitivity.png``
+    and ``chosen.md`` (the chosen layers and their savings)."""
+    output_dir, summary = Path(output_dir), record["sensitivity"]
+    table = pd.DataFrame(record["table"])
+    title = f"{_title(record)}; key {summary['key']}"
+    return [plot_sensitivity(table, summary["chosen"], output_dir / "sensitivity.png", title,
+                             _threshold(record), summary.get("noise")),
+            write_text_atomic(output_dir / "chosen.md",
+                              f"# Layers chosen by `{summary['policy']}`\n\n{title}\n\n"
+                              + chosen_table(table, summary["chosen"], summary["dense"]))]
+
+
+def noise_line(noise: dict | None) -> str:
+    if not noise:
+        return ""
+    return (f" The same reference fine-tuned with {noise['repeats']} batch orders: accuracy "
+            f"std {noise['accuracy_std']:.4f}, loss std {noise['loss_std']:.4f} (a yardstick "
+            f"for the drops below, which all share one batch order).")
+
+
+def summarize(record: dict, out: Path, profile: str) -> list[Path]:
+    """For ``results/<profile>/``: the sensitivity plot and a Markdown page (chosen subset,
+    every candidate layer, the noise yardstick) of one sensitivity run's record."""
+    cfg, summary = record["config"], record["sensitivity"]
+    table = pd.DataFrame(record["table"])
+    stem = f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']:g}-{record_tag(record)}"
+    prov = record["estimate_provenance"]
+    hardware = prov["hardware"].get("gpu") or prov["hardware"]["cpu"]
+    note = (f"profile {profile}; estimated {prov['date'][:10]} on {hardware}, "
+            f"commit {(prov['git']['commit'] or '')[:7]}, {summary['estimate_seconds']:.0f} s; "
+            f"key {summary['key']}")
+    per_layer = table.sort_values("position")[
+        ["layer", "shape", "num_basis", "reconstruction_error", "accuracy_drop",
+         "loss_increase", "params_saved", "flops_saved", "seconds"]]
+    return [
+        plot_sensitivity(table, summary["chosen"], out / f"{stem}.png", _title(record),
+                         _threshold(record), summary.get("noise")),
+        write_text_atomic(out / f"{stem}.md", (
+            f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
+            f"{cfg['basis']['size']:g}\n\n{note}\n\nDense reference (held-out accuracy after the "
+            f"same fine-tune): {summary['reference']['accuracy']:.4f}; after pretraining: "
+            f"{summary['pretrained']['accuracy']:.4f}.{noise_line(summary.get('noise'))}\n\n"
+            f"## Chosen by `{summary['policy']}`\n\n"
+            + chosen_table(table, summary["chosen"], summary["dense"])
+            + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str))))]

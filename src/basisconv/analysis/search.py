@@ -1,0 +1,80 @@
+"""Exhaustive searches drawn from their records: every subset's held-out accuracy with
+the fast method's choice marked, and the summary page in ``results/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..records import write_text_atomic
+from .plots import pyplot, save_figure
+from .runs import record_tag
+
+
+def subsets(record: dict, folder: Path) -> pd.DataFrame:
+    """One row per subset. Records written before basisconv 0.2 hold only the summary;
+    their table is the ``search.csv`` beside them."""
+    if "table" in record:
+        return pd.DataFrame(record["table"])
+    return pd.read_csv(Path(folder) / "search.csv")
+
+
+def _title(record: dict) -> str:
+    cfg, s = record["config"], record["search"]
+    return (f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis {cfg['basis']['size']:g}: "
+            f"all {s['subsets']} subsets of {s['subset_size']} layers")
+
+
+def draw_run(record: dict, folder: str | Path) -> Path:
+    """``search.png`` beside a search's record (``scripts/exhaustive_search.py``)."""
+    return plot_search(subsets(record, folder), record["search"], Path(folder) / "search.png",
+                       _title(record))
+
+
+def summarize(record: dict, folder: Path, out: Path, profile: str) -> list[Path]:
+    """For ``results/<profile>/``: the search plot and its Markdown summary."""
+    s, cfg = record["search"], record["config"]
+    stem = f"exhaustive-search-{cfg['model']['name']}-{record_tag(record)}"
+    prov = record["provenance"]
+    return [
+        plot_search(subsets(record, folder), s, out / f"{stem}.png", _title(record)),
+        write_text_atomic(out / f"{stem}.md", (
+            f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
+            f"{cfg['basis']['size']:g}, subsets of {s['subset_size']} of {len(s['candidates'])} "
+            f"layers\n\nprofile {profile}; run {prov['date'][:10]}, commit "
+            f"{(prov['git']['commit'] or '')[:7]}, {s['seconds']:.0f} s\n\n"
+            f"| | subset | held-out accuracy |\n|---|---|---:|\n"
+            f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
+            f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "
+            f"{s['fast_accuracy']:.4f} |\n"
+            + (f"| choice by {s['other_metric']} instead (rank {s['other_rank_by_accuracy']}) | "
+               f"{s['other_choice']} | {s['other_accuracy']:.4f} |\n" if "other_metric" in s else "")
+            + f"| best subset | {s['best_subset']} | {s['best_accuracy']:.4f} |\n"
+            f"| median subset | | {s['median_accuracy']:.4f} |\n"
+            f"| worst subset | | {s['worst_accuracy']:.4f} |\n"
+            f"| dense reference | | {s['reference_accuracy']:.4f} |\n\n"
+            f"Spearman correlation of the predicted (sum of single-layer) and measured drop "
+            f"over all subsets: accuracy {s['spearman_predicted_vs_measured_drop']:.2f}, "
+            f"loss {s['spearman_predicted_vs_measured_loss']:.2f}.\n"))]
+
+
+def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str) -> Path:
+    """Held-out accuracy of every subset, sorted, with the fast method's choice marked."""
+    plt = pyplot()
+    ranked = found.sort_values("accuracy", ascending=False).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(range(len(ranked)), 100 * ranked["accuracy"],
+           color=["tab:orange" if f else "0.65" for f in ranked["fast_choice"]])
+    ax.axhline(100 * summary["reference_accuracy"], color="black", ls="--", lw=1,
+               label="dense reference")
+    low = 100 * min(ranked["accuracy"].min(), summary["reference_accuracy"])
+    high = 100 * max(ranked["accuracy"].max(), summary["reference_accuracy"])
+    ax.set_ylim(low - 0.2 * (high - low + 1), high + 0.2 * (high - low + 1))
+    ax.set_xlabel("subsets, best first")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"{title}\norange: the fast method's choice, rank "
+                 f"{summary['fast_rank_by_accuracy']} of {summary['subsets']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,387 @@
+"""Speed of basis convolutions against the dense convolutions they replace: every distinct
+conv shape of CIFAR ResNet-18 (:func:`benchmark_layers`), and the whole ResNet-18 with all
+its convs converted (:func:`benchmark_model`), at several basis fractions, side by side
+with the cost model's FLOP ratio. :func:`run` does both as ``scripts/benchmark_layers.py``
+asks and writes the CSV files and their JSON records; the plot is
+:func:`basisconv.analysis.figures.basis_speedups`.
+
+"fwd" is an inference forward (``torch.no_grad``, BN in eval mode); "fwdbwd" a training
+forward plus backward with fresh gradients, as in a training step (the optimizer step is
+not timed). See :mod:`basisconv.bench.timing` for how candidates are timed.
+
+Whole model: "all layers" means ``apply_basis(model, "all", fraction,
+only_where_saves=True)``: a layer whose basis form would do more multiply-adds than the
+dense conv (the stem at 1/2 and 3/4, the 1x1 shortcuts at 1/2 and 3/4) stays dense, as
+Composer's Factorize does. Beside the FLOP ratio, two time-based figures use the layer
+results of the same run: the dense step minus its 20 convs (each timed alone at its shape)
+is what no basis layer reduces (BN, ReLU, additions, pooling, the loss); the *time bound*
+adds back the dense conv times scaled by their FLOP ratios (the best a basis layer could
+do), and *from layer times* adds back the measured basis layer times instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
+from ..layers import BasisConv2d, resolve_num_basis
+from ..loop import precision_name
+from ..models import build_model
+from ..records import RunRecord, provenance, write_record, write_text_atomic
+from ..surgery import apply_basis, conv_layers
+from .timing import Runner, Timer, output_gradient, tune_cpu_allocator
+
+#: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
+TARGET_SLACK = 1.15
+#: ``--quick``: layer rounds, model rounds, warm-up rounds (a smoke run).
+QUICK_REPEATS = (3, 2, 1)
+
+Progress = Callable[[str], None]
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class SpeedOptions:
+    """What the benchmark measures and how: the flags of ``scripts/benchmark_layers.py``.
+    With ``quick`` the repeat counts are those of :data:`QUICK_REPEATS`."""
+
+    device: str = "cpu"
+    threads: int = 2  # CPU threads (0: torch's default)
+    batch_size: int = 128
+    fractions: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 0.75])
+    parts: list[str] = field(default_factory=lambda: ["layers", "model"])
+    layer_repeats: int = 15
+    model_repeats: int = 7
+    warmup: int = 2
+    amp: str = "none"
+    channels_last: bool = True
+    compile: bool = False
+    combine: str = "stacked"
+    allocator_tuning: bool = True
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.layer_repeats, self.model_repeats, self.warmup = QUICK_REPEATS
+
+    @property
+    def tag(self) -> str:
+        """What file names carry: device, precision and every non-default option, so that
+        runs with different options never overwrite each other."""
+        suffix = "".join([
+            "" if self.channels_last else "-nchw",
+            "-compile" if self.compile else "",
+            "" if self.combine == "stacked" else f"-{self.combine}",
+            "" if self.batch_size == 128 else f"-b{self.batch_size}",
+            "" if self.allocator_tuning or self.device != "cpu" else "-defaultmalloc",
+            "-quick" if self.quick else "",
+        ])
+        return f"{self.device}-{precision_name(self.amp)}{suffix}"
+
+    def runner(self) -> Runner:
+        return Runner(self.device, channels_last=self.channels_last, amp=self.amp,
+                      compile=self.compile)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    input_hw: int
+
+    @property
+    def output_hw(self) -> int:
+        return (self.input_hw + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def label(self) -> str:
+        return (f"{self.in_channels}->{self.out_channels} k{self.kernel} s{self.stride} "
+                f"@{self.input_hw}")
+
+
+def resnet18_shapes() -> dict[ConvShape, list[str]]:
+    """Distinct conv shapes of CIFAR ResNet-18 (input sizes from a forward at 32x32), with
+    the layers that have them."""
+    model = build_model("resnet18")
+    sizes: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: sizes.__setitem__(name, inp[0].shape[-1]))
+             for name, m in conv_layers(model).items()]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    shapes: dict[ConvShape, list[str]] = {}
+    for name, conv in conv_layers(model).items():
+        shape = ConvShape(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
+                          conv.padding[0], sizes[name])
+        shapes.setdefault(shape, []).append(name)
+    return shapes
+
+
+def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
+                     shapes: dict[ConvShape, list[str]] | None = None,
+                     progress: Progress = _say) -> list[dict]:
+    """One row per conv shape (all of ResNet-18's unless ``shapes`` is given) and basis
+    fraction: dense and basis times, fwd and fwd+bwd, their ratios and the FLOP ratios."""
+    rows = []
+    for shape, names in (resnet18_shapes() if shapes is None else shapes).items():
+        torch.manual_seed(0)
+        dense = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
+                          shape.padding, bias=False)
+        stem = shape.in_channels == 3  # nobody needs the gradient w.r.t. the images
+        x = runner.input(options.batch_size, shape.in_channels, shape.input_hw, shape.input_hw,
+                         requires_grad=not stem)
+        backward = output_gradient(runner.input(options.batch_size, shape.out_channels,
+                                                shape.output_hw, shape.output_hw))
+        modules = {"dense": runner.prepare(dense)}
+        sizes = {}
+        for fraction in options.fractions:
+            m = resolve_num_basis(fraction, shape.out_channels)
+            sizes[fraction] = m
+            modules[fraction] = runner.prepare(BasisConv2d(
+                shape.in_channels, shape.out_channels, shape.kernel, m, stride=shape.stride,
+                padding=shape.padding, combine=options.combine))
+        fwd = timer.run({k: runner.forward(mod, x) for k, mod in modules.items()},
+                        options.layer_repeats, options.warmup)
+        fwdbwd = timer.run({k: runner.training_step(mod, x, backward) for k, mod in modules.items()},
+                           options.layer_repeats, options.warmup)
+        costs = {"dense": conv2d_cost(shape.in_channels, shape.out_channels, shape.kernel,
+                                      shape.output_hw, input_grad=not stem)}
+        for fraction, m in sizes.items():
+            for combine in ("stacked", "split"):
+                costs[fraction, combine] = basis_conv2d_cost(
+                    shape.in_channels, shape.out_channels, shape.kernel, m, shape.output_hw,
+                    combine=combine, input_grad=not stem)
+        for fraction, m in sizes.items():
+            cost, paper = costs[fraction, options.combine], costs[fraction, "split"]
+            theory_fb = cost.total_flops / costs["dense"].total_flops
+            measured_fb = fwdbwd[fraction] / fwdbwd["dense"]
+            rows.append({
+                "shape": shape.label, "layers": " ".join(names),
+                "in_channels": shape.in_channels, "out_channels": shape.out_channels,
+                "kernel": shape.kernel, "stride": shape.stride, "input_hw": shape.input_hw,
+                "output_hw": shape.output_hw, "batch": options.batch_size, "fraction": fraction,
+                "num_basis": m, "combine": options.combine,
+                "saves_compute": saves_compute((shape.in_channels, shape.out_channels, shape.kernel),
+                                               m, options.combine),
+                "theory_fwd_ratio": cost.forward_flops / costs["dense"].forward_flops,
+                "theory_fwdbwd_ratio": theory_fb,
+                "paper_fwdbwd_ratio": paper.total_flops / costs["dense"].total_flops,
+                "dense_fwd_ms": fwd["dense"], "basis_fwd_ms": fwd[fraction],
+                "dense_fwdbwd_ms": fwdbwd["dense"], "basis_fwdbwd_ms": fwdbwd[fraction],
+                "fwd_ratio": fwd[fraction] / fwd["dense"], "fwdbwd_ratio": measured_fb,
+                "fwdbwd_vs_theory": measured_fb / theory_fb,
+            })
+            r = rows[-1]
+            progress(f"  {shape.label:24s} m={m:<4d} fwd {r['fwd_ratio']:.3f} (theory "
+                     f"{r['theory_fwd_ratio']:.3f})  fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, "
+                     f"x{r['fwdbwd_vs_theory']:.2f})  dense {fwdbwd['dense']:.1f} ms")
+    return rows
+
+
+def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_rows: list[dict],
+                    *, progress: Progress = _say) -> list[dict]:
+    """One row per basis fraction for the whole ResNet-18; with ``layer_rows`` of every
+    ResNet-18 shape (from :func:`benchmark_layers`) also the time-based bounds."""
+    torch.manual_seed(0)
+    base = build_model("resnet18")
+    labels = torch.randint(0, 10, (options.batch_size,), device=runner.device)
+    models: dict = {"dense": base}
+    paper = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # only_where_saves already leaves those layers dense
+        for fraction in options.fractions:
+            models[fraction] = apply_basis(base, "all", fraction, convert=False,
+                                           only_where_saves=True, combine=options.combine)
+            paper[fraction] = model_cost(apply_basis(base, "all", fraction, convert=False,
+                                                     only_where_saves=True, combine="split"))
+    costs = {k: model_cost(m) for k, m in models.items()}
+    prepared = {k: runner.prepare(m) for k, m in models.items()}
+    x = runner.input(options.batch_size, 3, 32, 32)
+
+    def backward(out: torch.Tensor) -> None:
+        F.cross_entropy(out.float(), labels).backward()
+
+    fwdbwd = timer.run({k: runner.training_step(m, x, backward) for k, m in prepared.items()},
+                       options.model_repeats, options.warmup)
+    for m in models.values():
+        m.eval()  # an inference forward: BN uses its running statistics
+    fwd = timer.run({k: runner.forward(m, x) for k, m in prepared.items()},
+                    options.model_repeats, options.warmup)
+    for m in models.values():
+        m.train()
+    dense = costs["dense"]
+    layer_ms = _layer_times(models, layer_rows)
+    progress(f"  dense: fwd {fwd['dense']:.0f} ms, fwd+bwd {fwdbwd['dense']:.0f} ms")
+    rows = []
+    for fraction in options.fractions:
+        cost = costs[fraction]
+        theory_fb = cost.total_flops / dense.total_flops
+        measured_fb = fwdbwd[fraction] / fwdbwd["dense"]
+        dense_layers = [n for n, m in conv_layers(models[fraction]).items() if isinstance(m, nn.Conv2d)]
+        row = {
+            "model": "resnet18", "batch": options.batch_size, "fraction": fraction,
+            "combine": options.combine, "layers_dense": " ".join(dense_layers),
+            "params": cost.params, "dense_params": dense.params,
+            "forward_flops": cost.forward_flops, "backward_flops": cost.backward_flops,
+            "theory_fwd_ratio": cost.forward_flops / dense.forward_flops,
+            "theory_fwdbwd_ratio": theory_fb,
+            "paper_fwdbwd_ratio": paper[fraction].total_flops / dense.total_flops,
+            "dense_fwd_ms": fwd["dense"], "basis_fwd_ms": fwd[fraction],
+            "dense_fwdbwd_ms": fwdbwd["dense"], "basis_fwdbwd_ms": fwdbwd[fraction],
+            "fwd_ratio": fwd[fraction] / fwd["dense"], "fwdbwd_ratio": measured_fb,
+            "fwdbwd_vs_theory": measured_fb / theory_fb,
+            "target_met": measured_fb <= TARGET_SLACK * theory_fb,
+        }
+        if layer_ms:
+            # The dense step minus its convs (timed alone, same shapes) is what basis layers
+            # cannot reduce: BN, ReLU, additions, pooling, the loss.
+            dense_conv = sum(ms["dense"] for ms in layer_ms.values())
+            other = fwdbwd["dense"] - dense_conv
+            at_theory = sum(ms["dense"] * ms["theory", fraction] for ms in layer_ms.values())
+            from_layers = sum(ms[fraction] for ms in layer_ms.values())
+            row.update({
+                "dense_non_conv_share": other / fwdbwd["dense"],
+                "time_bound_ratio": (other + at_theory) / fwdbwd["dense"],
+                "layer_sum_ratio": (other + from_layers) / fwdbwd["dense"],
+            })
+            row["fwdbwd_vs_time_bound"] = measured_fb / row["time_bound_ratio"]
+        rows.append(row)
+        bound = (f"; time bound {row['time_bound_ratio']:.3f}, from layer times "
+                 f"{row['layer_sum_ratio']:.3f}" if layer_ms else "")
+        progress(f"  fraction {fraction:<6} fwd {row['fwd_ratio']:.3f} (theory {row['theory_fwd_ratio']:.3f})  "
+                 f"fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, x{row['fwdbwd_vs_theory']:.2f}{bound})  "
+                 f"{fwdbwd[fraction]:.0f} ms")
+    return rows
+
+
+def _layer_times(models: dict, layer_rows: list[dict]) -> dict[str, dict]:
+    """Per conv layer of the model: its dense and basis fwd+bwd times from the layer
+    benchmark, and its FLOP ratio, for every fraction ({} without layer results)."""
+    if not layer_rows:
+        return {}
+    by_layer: dict[str, dict] = {}
+    for r in layer_rows:
+        for name in r["layers"].split():
+            entry = by_layer.setdefault(name, {"dense": r["dense_fwdbwd_ms"]})
+            entry[r["fraction"]] = r["basis_fwdbwd_ms"]
+            entry["theory", r["fraction"]] = r["theory_fwdbwd_ratio"]
+    for fraction, model in models.items():
+        if fraction == "dense":
+            continue
+        for name, module in conv_layers(model).items():
+            if isinstance(module, nn.Conv2d):  # left dense by only_where_saves
+                by_layer[name][fraction] = by_layer[name]["dense"]
+                by_layer[name]["theory", fraction] = 1.0
+    return by_layer
+
+
+def to_csv(rows: list[dict]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_csv(index=False, float_format="%.6g")
+
+
+# ------------------------------------------------------------------ the run and its files
+LAYER_FILE, MODEL_FILE, FIGURE_FILE = "layer-speed", "model-speed", "basis-speedup"
+
+
+def file_name(stem: str, tag: str, suffix: str) -> str:
+    """``<stem>-<tag><suffix>``, e.g. ``layer-speed-cpu-fp32.csv``."""
+    return f"{stem}-{tag}{suffix}"
+
+
+@dataclass
+class SpeedResult:
+    """What :func:`run` measured and where it wrote it."""
+
+    options: SpeedOptions
+    out_dir: Path
+    settings: dict
+    layer_rows: list[dict]
+    model_rows: list[dict]
+    record: RunRecord  # the fields both sidecars share
+    files: list[Path]
+
+    @property
+    def tag(self) -> str:
+        return self.options.tag
+
+    @property
+    def seconds(self) -> float:
+        return self.record.results["seconds"]
+
+    @property
+    def figure_path(self) -> Path:
+        return self.out_dir / file_name(FIGURE_FILE, self.tag, ".png")
+
+    @property
+    def title(self) -> str:
+        """The figure's title: what was measured, on which machine."""
+        return (f"basis vs dense convolution, {self.tag}, batch {self.options.batch_size}, "
+                f"{self.settings['threads']} threads, {self.record.provenance['hardware']['cpu']}")
+
+
+def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None = None, *,
+        progress: Progress = _say) -> SpeedResult:
+    """Set threads and the CPU allocator as ``options`` say, measure the parts asked for,
+    and write ``layer-speed-<tag>.csv`` / ``model-speed-<tag>.csv`` with a JSON record each
+    to ``out_dir``. ``command`` is recorded in the provenance."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    allocator = (tune_cpu_allocator() if options.allocator_tuning and options.device == "cpu"
+                 else "default")
+    tag = options.tag
+    runner, timer = options.runner(), Timer(options.device)
+    settings = {"batch_size": options.batch_size, "threads": torch.get_num_threads(),
+                "device": options.device, "precision": precision_name(options.amp),
+                "channels_last": options.channels_last, "compile": options.compile,
+                "combine": options.combine, "allocator": allocator,
+                "layer_repeats": options.layer_repeats, "model_repeats": options.model_repeats,
+                "warmup": options.warmup, "statistic": "median of interleaved rounds"}
+    progress(f"benchmark {tag}: {settings}")
+    started, load = time.time(), os.getloadavg()
+    layer_rows, model_rows = [], []
+    if "layers" in options.parts:
+        progress("single layers (ResNet-18 conv shapes):")
+        layer_rows = benchmark_layers(options, runner, timer, progress=progress)
+    if "model" in options.parts:
+        progress("whole ResNet-18:")
+        model_rows = benchmark_model(options, runner, timer, layer_rows, progress=progress)
+    record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command), "complete", {
+        "settings": settings, "seconds": round(time.time() - started, 1),
+        "load_average_before_after": [load, os.getloadavg()]})
+    out, files = Path(out_dir), []
+    for stem, rows, extra in ((LAYER_FILE, layer_rows, {}),
+                              (MODEL_FILE, model_rows, _model_summary(model_rows))):
+        if rows:
+            csv = file_name(stem, tag, ".csv")
+            files.append(write_text_atomic(out / csv, to_csv(rows)))
+            files.append(write_record(out / file_name(stem, tag, ".json"), dataclasses.replace(
+                record, results={**record.results, "file": csv, **extra})))
+    return SpeedResult(options, out, settings, layer_rows, model_rows, record, files)
+
+
+def _model_summary(model_rows: list[dict]) -> dict:
+    """The model sidecar's extra fields: the target, and the key ratios per fraction."""
+    return {
+        "target": f"fwdbwd_ratio <= {TARGET_SLACK} x theory_fwdbwd_ratio at fractions 0.25 and 0.5",
+        "summary": {str(r["fraction"]): {k: r.get(k) for k in (
+            "fwdbwd_ratio", "theory_fwdbwd_ratio", "fwdbwd_vs_theory", "time_bound_ratio",
+            "target_met")} for r in model_rows}}

@@ -1,0 +1,122 @@
+"""How the speed benchmarks time a module fairly.
+
+Candidates (a dense conv and its basis forms, or whole models) are timed in interleaved
+rounds, the order reversed every other round, after untimed warm-up rounds, and medians are
+reported: load from other processes then hits every candidate alike. On CUDA every timed
+call is synchronized, so the time is that of the work, not of launching it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..loop import AMP_DTYPES, memory_format
+
+
+def tune_cpu_allocator() -> str:
+    """Keep freed memory in the heap instead of returning it to the OS.
+
+    glibc serves blocks above 32 MiB (a ResNet-18 activation at batch 128) with mmap and
+    unmaps them on free, so every step pays page faults to get zeroed pages back, where
+    reused heap memory costs none. That penalty
+    falls on the output writes of every layer, and weighs more on the cheaper basis model.
+    This is the glibc form of PyTorch's CPU tuning advice (use jemalloc/tcmalloc); it
+    applies to both models alike (measured: dense step 2.27 -> 1.99 s, basis 1/4 1.05 -> 0.78 s;
+    results/model-speed-cpu-fp32-defaultmalloc.csv against model-speed-cpu-fp32.csv)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        if libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**30) == 1:
+            return "glibc, mmap disabled, trim threshold 1 GiB (mallopt)"
+    except OSError:
+        pass
+    return "default"
+
+
+class Timer:
+    """Interleaved timing of named candidates; medians in milliseconds."""
+
+    def __init__(self, device: str | torch.device):
+        device = torch.device(device)
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(self, candidates: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
+        times: dict[str, list[float]] = {k: [] for k in candidates}
+        names = list(candidates)
+        for round_ in range(warmup + repeats):
+            order = names if round_ % 2 == 0 else names[::-1]
+            for name in order:
+                self.sync()
+                start = time.perf_counter()
+                candidates[name]()
+                self.sync()
+                if round_ >= warmup:
+                    times[name].append(time.perf_counter() - start)
+        return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+class Runner:
+    """How a module is run: device, memory format, autocast (``amp``: a key of
+    :data:`basisconv.loop.AMP_DTYPES`), optional torch.compile. It builds the timed calls:
+    an inference forward, and a training forward plus backward."""
+
+    def __init__(self, device: str | torch.device, *, channels_last: bool = True,
+                 amp: str = "none", compile: bool = False):
+        self.device = torch.device(device)
+        self.memory_format = memory_format(channels_last)
+        self.amp = AMP_DTYPES[amp]
+        self.compile = compile
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.device, memory_format=self.memory_format)
+        return torch.compile(module) if self.compile else module
+
+    def input(self, *shape: int, requires_grad: bool = False) -> torch.Tensor:
+        x = torch.randn(*shape, device=self.device).to(memory_format=self.memory_format)
+        return x.requires_grad_(requires_grad)
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def forward(self, module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+        """An inference forward (``torch.no_grad``; BN mode as the module is set)."""
+        def run():
+            with torch.no_grad(), self.autocast():
+                module(x)
+        return run
+
+    def training_step(self, module: nn.Module, x: torch.Tensor,
+                      backward: Callable[[torch.Tensor], None]) -> Callable[[], None]:
+        """A training forward plus ``backward(output)`` with fresh gradients, as in a
+        training step (the optimizer step is not part of it)."""
+        params = [p for p in module.parameters()]
+
+        def run():
+            for p in params:
+                p.grad = None
+            x.grad = None
+            with self.autocast():
+                out = module(x)
+            backward(out)
+        return run
+
+
+def output_gradient(grad: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """Backward from a fixed output gradient, cast once per output dtype (autocast), so
+    that no extra elementwise op is timed with the layer."""
+    cast: dict[torch.dtype, torch.Tensor] = {}
+
+    def backward(out: torch.Tensor) -> None:
+        if out.dtype not in cast:
+            cast[out.dtype] = grad.to(out.dtype)
+        out.backward(cast[out.dtype])
+    return backward

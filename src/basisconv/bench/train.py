@@ -1,0 +1,125 @@
+"""Throughput of the real training loop, and the share of each step spent producing the
+batch (slicing, random crop, flip, normalization).
+
+It runs :func:`basisconv.loop.train_one_epoch` itself on a fixed number of batches, with
+the batch source wrapped by a timer (:class:`TimedBatches`), so what is measured is exactly
+what training does, not a re-implementation of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import TensorBatches, load_cifar10
+from ..errors import DatasetError
+from ..loop import AMP_DTYPES, memory_format, precision_name, resolve_device, train_one_epoch
+from ..models import build_model
+from ..records import RunRecord, provenance, write_record
+
+
+@dataclass
+class ThroughputOptions:
+    """What is trained and how: the flags of ``scripts/benchmark_train.py``."""
+
+    model: str = "resnet18"
+    batch_size: int = 128
+    steps: int = 20   # timed steps
+    warmup: int = 3   # untimed steps first
+    amp: str = "none"
+    channels_last: bool = True
+    threads: int = 2  # CPU threads (0: torch's default)
+    device: str = "cpu"
+
+
+class TimedBatches:
+    """The first ``steps`` batches of a :class:`TensorBatches`, timing how long each one
+    takes to produce (synchronizing CUDA so the time is real)."""
+
+    def __init__(self, batches: TensorBatches, steps: int):
+        self.batches, self.steps = batches, steps
+        self.images = batches.images
+        self.seconds: list[float] = []
+
+    def __iter__(self):
+        sync = torch.cuda.synchronize if self.images.is_cuda else (lambda: None)
+        source = iter(self.batches)
+        for _ in range(self.steps):
+            sync()
+            start = time.perf_counter()
+            batch = next(source)
+            sync()
+            self.seconds.append(time.perf_counter() - start)
+            yield batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+def load_images(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The genuine CIFAR-10 when it can be found, else random uint8 images of the same
+    size (augmentation costs the same on either)."""
+    try:
+        data = load_cifar10(verify_md5=False)
+        return data.train_images.to(device), data.train_labels.to(device), data.source
+    except DatasetError:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g)
+        return images.to(device), torch.randint(0, 10, (50000,), generator=g).to(device), "random"
+
+
+def measure(options: ThroughputOptions) -> dict[str, Any]:
+    """Train ``options.warmup`` untimed steps, then ``options.steps`` timed ones (SGD at a
+    constant rate, batches augmented as in training); the throughput and the data share."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = resolve_device(options.device)
+    torch.manual_seed(0)
+    layout = memory_format(options.channels_last)
+    images, labels, source = load_images(device)
+    model = build_model(options.model).to(device=device, memory_format=layout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    batches = TensorBatches(images, labels, options.batch_size, train=True, memory_format=layout)
+
+    amp = AMP_DTYPES[options.amp]
+    train_one_epoch(model, TimedBatches(batches, options.warmup), optimizer, scheduler, amp_dtype=amp)
+    timed = TimedBatches(batches, options.steps)
+    stats = train_one_epoch(model, timed, optimizer, scheduler, amp_dtype=amp)
+
+    data_seconds = sum(timed.seconds)
+    return {
+        "model": options.model, "batch_size": options.batch_size, "steps": options.steps,
+        "amp": options.amp, "channels_last": options.channels_last, "device": str(device),
+        "threads": torch.get_num_threads(), "data": source,
+        "images_per_second": options.steps * options.batch_size / stats.seconds,
+        "seconds_per_step": stats.seconds / options.steps,
+        "data_seconds_per_step_median": statistics.median(timed.seconds),
+        "data_share": data_seconds / stats.seconds,
+    }
+
+
+def file_name(device: str | torch.device, amp: str) -> str:
+    """``train-throughput-<device type>-<precision>.json``, e.g. ``...-cpu-fp32.json``."""
+    return f"train-throughput-{torch.device(device).type}-{precision_name(amp)}.json"
+
+
+def run(options: ThroughputOptions, out: str | os.PathLike | None = None, *,
+        results_dir: str | os.PathLike = ".", command: str | None = None
+        ) -> tuple[dict[str, Any], Path]:
+    """:func:`measure`, then write its record to ``out`` (default: :func:`file_name` in
+    ``results_dir``). Returns the record as written (the measurement's fields, ``kind``,
+    ``status``, ``config`` and ``provenance``) and its path."""
+    result = measure(options)
+    record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command),
+                       "complete", result)
+    path = Path(out) if out is not None else Path(results_dir) / file_name(result["device"],
+                                                                           options.amp)
+    return record.as_dict(), write_record(path, record)

@@ -1,0 +1,88 @@
+"""Fitting a basis layer to a trained convolution's filters: which filters become the
+basis (greedy column-pivoted Gram-Schmidt) and the least-squares coefficients of the
+others, in float64. ``BasisConv2d.from_conv`` and shared-coefficient surgery use them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def select_basis(weight: torch.Tensor, num_basis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy column-pivoted Gram-Schmidt on the flattened filters.
+
+    Picks, ``num_basis`` times, the filter with the largest residual norm and projects it
+    out of the others: the chosen filters span as much of the layer as a greedy choice can,
+    and the residual after ``k`` picks is exactly the least-squares error of fitting the
+    remaining filters from the first ``k``. Returns the chosen indices (in pick order) and
+    the relative Frobenius reconstruction error after each number of picks
+    (``errors[k]`` for ``k`` picks, ``errors[0] = 1``), computed in float64.
+    """
+    # Left-looking form: the filters are never rewritten. A new direction q is orthogonal
+    # to the earlier ones, so a filter's component along q is (original filter) @ q and
+    # its squared residual norm drops by that squared (one matrix-vector product a step).
+    # On the CPU whatever the weight's device: a few small matrix-vector products, the same
+    # picks on every device, and no device sync per pick.
+    w = weight.detach().reshape(weight.shape[0], -1).to("cpu", torch.float64)
+    residual = w.pow(2).sum(1)
+    total = float(residual.sum()) or 1.0
+    directions = w.new_zeros(num_basis, w.shape[1])
+    chosen: list[int] = []
+    errors = [1.0]
+    available = torch.ones(w.shape[0], dtype=torch.bool)
+    for k in range(num_basis):
+        pick = int(residual.masked_fill(~available, -1.0).argmax())
+        chosen.append(pick)
+        available[pick] = False
+        q = w[pick]
+        for _ in range(2):  # project twice: one pass loses orthogonality on near-dependent filters
+            q = q - directions[:k].T @ (directions[:k] @ q)
+        norm = q.norm()
+        if norm > 0:
+            q = q / norm
+            directions[k] = q
+            residual = (residual - (w @ q).pow(2)).clamp_min(0.0)
+        errors.append(float(residual[available].sum() / total) ** 0.5)
+    return (torch.tensor(chosen, dtype=torch.long, device=weight.device),
+            torch.tensor(errors, dtype=torch.float64))
+
+
+def fit_coefficients(basis: torch.Tensor, rest: torch.Tensor,
+                     rank: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Least-squares coefficients ``A`` with ``rest ~= A @ basis``.
+
+    ``basis`` is ``[m, K]`` (flattened basis filters), ``rest`` ``[C_out - m, K]``. Several
+    layers sharing one matrix are fitted jointly by concatenating their ``K`` columns. With
+    ``rank`` the best rank-``r`` solution (reduced-rank regression: the truncated SVD of
+    the least-squares fit ``A* @ basis``, mapped back through the pseudo-inverse) is
+    returned as two factors ``(left [C_out - m, r], right [r, m])``. Float64 on the CPU
+    throughout.
+    """
+    # On the CPU: CUDA's lstsq has only the QR driver (no gelsd), and these matrices are
+    # small; callers copy the result to the layer's device.
+    basis = basis.detach().to("cpu", torch.float64)
+    rest = rest.detach().to("cpu", torch.float64)
+    if rest.shape[0] == 0:
+        full = rest.new_zeros(0, basis.shape[0])
+    else:
+        # gelsd (SVD-based) also handles m > K, where the basis filters are dependent.
+        full = torch.linalg.lstsq(basis.T, rest.T, driver="gelsd").solution.T
+    if rank is None:
+        return (full,)
+    fitted = full @ basis
+    u, s, vh = torch.linalg.svd(fitted, full_matrices=False)
+    r = min(rank, s.numel())
+    left = u[:, :r] * s[:r]
+    right = vh[:r] @ torch.linalg.pinv(basis)
+    if r < rank:  # fewer directions than asked: pad with zeros to keep the stored shapes
+        left = torch.cat([left, left.new_zeros(left.shape[0], rank - r)], 1)
+        right = torch.cat([right, right.new_zeros(rank - r, right.shape[1])], 0)
+    return left, right
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """``||approx - exact||_F / ||exact||_F`` in float64 (0 for an all-zero ``exact``)."""
+    exact = exact.detach().to(torch.float64)
+    diff = approx.detach().to(torch.float64) - exact
+    norm = exact.norm()
+    return float(diff.norm() / norm) if norm > 0 else float(diff.norm())

@@ -1,0 +1,38 @@
+"""The basis convolution's forward forms in plain PyTorch ops (autograd gives the
+backward); ``scripts/benchmark_layers.py`` measures which is faster where.
+
+* ``stacked_forward``: the basis conv to ``m`` maps, then one 1x1 conv with the
+  ``[C_out, m]`` matrix that stacks the identity (for the basis outputs) and the
+  coefficients, rows already in output order. It writes the output once, in order, with
+  the bias fused, at ``m*m`` more multiply-adds per pixel than the paper's minimum.
+* ``split_forward``: exactly the paper's count: a 1x1 conv to the ``C_out - m`` combined
+  maps only, then concatenate and reorder (two more copies of the output).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def stacked_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
+                    bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
+    """``combination`` is ``[C_out, m]``, rows in output order."""
+    basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
+    return F.conv2d(basis_maps, combination[:, :, None, None], bias)
+
+
+def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: torch.Tensor,
+                  output_index: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+                  dilation) -> torch.Tensor:
+    """``coefficients`` is ``[C_out - m, m]``; output channel ``j`` is stored channel
+    ``output_index[j]`` of ``[basis maps, combined maps]``."""
+    basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
+    if coefficients.shape[0]:
+        combined = F.conv2d(basis_maps, coefficients[:, :, None, None])
+        out = torch.cat([basis_maps, combined], 1).index_select(1, output_index)
+    else:
+        out = basis_maps.index_select(1, output_index)
+    if bias is not None:
+        out = out + bias[:, None, None]
+    return out

@@ -1,0 +1,249 @@
+"""The training loop's pieces, shared by every producer that trains or times a model
+(a training run, the sensitivity probe, the benchmarks): device, seed and precision
+set-up, the optimizer and its per-step schedule, one training epoch with forward and
+backward timed separately, and evaluation.
+
+Nothing here knows about runs, records or basis layers: ``train_one_epoch`` takes hooks
+(``before_step``, ``extra_loss``) for the basis-specific parts. Speed options
+(``channels_last``, bf16/fp16 autocast) change how fast the same computation runs, never
+what is trained, so baseline and basis models stay comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from . import distributed
+from .data import TensorBatches
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but no CUDA device is available; "
+                          f"use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed torch's generators; with ``deterministic`` also force deterministic kernels
+    (slower on GPU; on CPU the default kernels already are)."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    # cudnn.benchmark picks the fastest kernel per shape: worth it for fixed CIFAR shapes,
+    # but its choice may vary between runs, so it is off in deterministic mode.
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def precision_name(amp: str) -> str:
+    """``trainer.amp`` as records and file names show it: ``fp32``, ``bf16``, ``fp16``."""
+    return "fp32" if amp == "none" else amp
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout of activations and weights: ``channels_last`` (NHWC) or contiguous NCHW."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+@dataclass
+class Runtime:
+    """Where and how a model runs: device, memory format and autocast dtype."""
+
+    device: torch.device
+    memory_format: torch.memory_format
+    amp_dtype: torch.dtype | None
+
+    def batches(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
+                augment: DictConfig | None = None, seed: int = 0) -> TensorBatches:
+        """Batches in this runtime's memory format: training batches (shuffled by
+        ``seed``, cropped and flipped as the ``data`` config ``augment`` says) when
+        ``augment`` is given, else evaluation batches in order."""
+        if augment is None:
+            return TensorBatches(images, labels, batch_size, train=False,
+                                 memory_format=self.memory_format)
+        return TensorBatches(images, labels, batch_size, train=True, seed=seed,
+                             crop_padding=augment.crop_padding, flip=augment.flip,
+                             memory_format=self.memory_format)
+
+
+def setup(trainer: DictConfig, seed: int, *, join_process_group: bool = False) -> Runtime:
+    """The one set-up of a training process: torch threads (``trainer.threads``), the
+    device (``trainer.device``; with ``join_process_group`` the ``torchrun`` process group
+    is joined and the device becomes this rank's GPU), seeds and deterministic flags, the
+    memory format and the autocast dtype."""
+    if trainer.threads:
+        torch.set_num_threads(trainer.threads)
+    device = resolve_device(trainer.device)
+    if join_process_group:
+        device = distributed.setup(device)
+    seed_everything(seed, trainer.deterministic)
+    return Runtime(device, memory_format(trainer.channels_last), AMP_DTYPES[trainer.amp])
+
+
+def build_optimizer(model: nn.Module, trainer: DictConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=trainer.lr, momentum=trainer.momentum,
+                           nesterov=trainer.nesterov and trainer.momentum > 0,
+                           weight_decay=trainer.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: ``onecycle`` (warm up to ``lr`` then anneal) or ``cosine``
+    (linear warm-up for ``warmup_epochs``, then cosine to zero) or ``constant``."""
+    total = trainer.epochs * steps_per_epoch
+    if trainer.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=trainer.lr, total_steps=total, pct_start=trainer.warmup_fraction,
+            anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
+            cycle_momentum=False)
+    if trainer.schedule == "cosine":
+        warmup = min(total - 1, int(round(trainer.warmup_fraction * total)))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
+        if warmup == 0:
+            return cosine
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], [warmup])
+    if trainer.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    raise ConfigError(f"trainer.schedule={trainer.schedule!r}; choose onecycle, cosine or constant")
+
+
+class StepTimer:
+    """Mean forward and backward time per step, measured separately.
+
+    On CUDA it records events between the phases and reads them once per epoch, so the
+    measurement adds no synchronization to the step; on CPU it reads the clock.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple] = []
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add(self, start, forward_done, backward_done) -> None:
+        self.marks.append((start, forward_done, backward_done))
+
+    def means(self) -> tuple[float, float]:
+        if not self.marks:
+            return 0.0, 0.0
+        if self.cuda:
+            torch.cuda.synchronize()
+            spans = [(a.elapsed_time(b) / 1e3, b.elapsed_time(c) / 1e3) for a, b, c in self.marks]
+        else:
+            spans = [(b - a, c - b) for a, b, c in self.marks]
+        n = len(spans)
+        return sum(f for f, _ in spans) / n, sum(b for _, b in spans) / n
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    seconds: float
+    forward_seconds: float = 0.0   # mean per step (forward + loss)
+    backward_seconds: float = 0.0  # mean per step (loss.backward())
+
+
+def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, *, amp_dtype=None,
+                    label_smoothing: float = 0.0, progress: str | None = None,
+                    before_step: Callable[[], Any] | None = None,
+                    extra_loss: Callable[[], torch.Tensor] | None = None) -> EpochStats:
+    """One pass over ``batches``. ``before_step`` runs before each step (e.g. the
+    coefficient skip-training schedule); ``extra_loss`` is added to the loss (e.g. an L1
+    penalty on the coefficients); the reported loss is the cross-entropy alone."""
+    model.train()
+    device = batches.images.device
+    timer = StepTimer(device)
+    # Sums stay on the device: a .item() per step would synchronize a GPU every step.
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    for images, labels in tqdm(batches, desc=progress, leave=False,
+                               disable=None if progress else True):
+        if before_step is not None:
+            before_step()
+        step_start = timer.mark()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            objective = loss if extra_loss is None else loss + extra_loss()
+        forward_done = timer.mark()
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        timer.add(step_start, forward_done, timer.mark())
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
+        seen += labels.numel()
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                                     torch.tensor(float(seen), device=device)]))
+    loss_sum, correct, seen = totals[0], totals[1], totals[2].item()
+    loss_value = loss_sum.item() / seen
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"training loss became {loss_value}; lower trainer.lr "
+                                 f"or check the data")
+    return EpochStats(loss_value, correct.item() / seen, time.perf_counter() - start,
+                      *timer.means())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None) -> EpochStats:
+    model.eval()
+    device = batches.images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    start = time.perf_counter()
+    for images, labels in batches:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
+    n = batches.labels.numel()
+    return EpochStats(totals[0].item() / n, totals[1].item() / n, time.perf_counter() - start)
+
+
+
+
+def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
+              test_batches: TensorBatches, optimizer, scheduler, trainer: DictConfig,
+              amp_dtype, **hooks) -> dict[str, Any]:
+    lr = optimizer.param_groups[0]["lr"]
+    progress = f"epoch {epoch}/{trainer.epochs}" if trainer.progress else None
+    train = train_one_epoch(model, train_batches, optimizer, scheduler, amp_dtype=amp_dtype,
+                            label_smoothing=trainer.label_smoothing, progress=progress, **hooks)
+    test = evaluate(model, test_batches, amp_dtype=amp_dtype)
+    log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,
+             test.loss, test.accuracy, lr, train.seconds)
+    return {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
+            "test_loss": test.loss, "test_accuracy": test.accuracy, "lr": lr,
+            "epoch_seconds": train.seconds, "eval_seconds": test.seconds,
+            "forward_seconds_per_step": train.forward_seconds,
+            "backward_seconds_per_step": train.backward_seconds}

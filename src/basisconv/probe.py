@@ -1,0 +1,140 @@
+"""The probe every sensitivity estimate and exhaustive search shares: a class-balanced
+held-out split of the *training* images (the test set is never used to choose layers),
+a briefly trained dense model, and one fine-tune recipe. ``Probe.evaluate_layers(names)``
+converts those layers of a copy of the dense model, fine-tunes it and measures it on the
+held-out images.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from . import loop
+from .checkpoint import load_source_weights
+from .data import TensorBatches, prepare_data, stratified_subset
+from .errors import ConfigError
+from .models import build_model
+from .surgery import apply_basis, basis_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def holdout_split(images: torch.Tensor, labels: torch.Tensor, val_size: int | float,
+                  seed: int) -> Split:
+    """A class-balanced held-out part of the training images to measure drops on."""
+    val = stratified_subset(labels, val_size, seed + 1)
+    keep = torch.ones(labels.numel(), dtype=torch.bool, device=labels.device)
+    keep[val] = False
+    if not keep.any():
+        raise ConfigError(f"sensitivity.val_size={val_size} leaves no training images")
+    return Split(images[keep], labels[keep], images[val], labels[val])
+
+
+class Probe:
+    """What every estimate shares: the data split, the briefly trained dense model, and
+    the fine-tune recipe. ``evaluate_layers(names)`` converts those layers of a copy of the
+    dense model, fine-tunes and measures it (one layer for the sensitivity table, several
+    for the exhaustive search)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg, trainer = cfg, cfg.trainer
+        self.seed = cfg.sensitivity.seed
+        self.runtime = loop.setup(trainer, self.seed)
+        self.device, self.memory_format = self.runtime.device, self.runtime.memory_format
+        data = prepare_data(cfg.data, self.seed)
+        self.split = holdout_split(data.train_images, data.train_labels,
+                                   cfg.sensitivity.val_size, self.seed)
+        for name in ("train_images", "train_labels", "val_images", "val_labels"):
+            setattr(self.split, name, getattr(self.split, name).to(self.device))
+        self.dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                                 width=cfg.model.width)
+        self.dense.to(self.device, memory_format=self.memory_format)
+        start = time.perf_counter()
+        if cfg.sensitivity.source_checkpoint:
+            load_source_weights(self.dense, cfg.sensitivity.source_checkpoint,
+                                "sensitivity.source_checkpoint")
+            log.info("sensitivity: dense weights from %s", cfg.sensitivity.source_checkpoint)
+        else:
+            self.train(self.dense, cfg.sensitivity.pretrain_epochs, trainer.lr, trainer.schedule)
+        self.pretrain_seconds = time.perf_counter() - start
+        self.pretrained = self.measure(self.dense)
+
+    def batches(self, train: bool, seed: int | None = None) -> TensorBatches:
+        s, trainer = self.split, self.cfg.trainer
+        if train:
+            return self.runtime.batches(s.train_images, s.train_labels, trainer.batch_size,
+                                        augment=self.cfg.data,
+                                        seed=self.seed if seed is None else seed)
+        return self.runtime.batches(s.val_images, s.val_labels, trainer.eval_batch_size)
+
+    def train(self, model: nn.Module, epochs: int, lr: float, schedule: str,
+              batch_seed: int | None = None) -> None:
+        if epochs == 0:
+            return
+        recipe = OmegaConf.merge(self.cfg.trainer, {"epochs": epochs, "lr": lr,
+                                                    "schedule": schedule})
+        if schedule == "cosine":
+            recipe.warmup_fraction = 0.0
+        batches = self.batches(train=True, seed=batch_seed)
+        optimizer = loop.build_optimizer(model, recipe)
+        scheduler = loop.build_scheduler(optimizer, recipe, len(batches))
+        for _ in range(epochs):
+            loop.train_one_epoch(model, batches, optimizer, scheduler,
+                                 amp_dtype=self.runtime.amp_dtype,
+                                 label_smoothing=recipe.label_smoothing)
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        stats = loop.evaluate(model, self.batches(train=False), amp_dtype=self.runtime.amp_dtype)
+        return {"accuracy": stats.accuracy, "loss": stats.loss}
+
+    def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:
+        """Convert ``names`` (none: the dense reference), fine-tune, measure. Every call
+        fine-tunes on the same batches unless ``batch_seed`` asks for another order."""
+        start = time.perf_counter()
+        torch.manual_seed(self.seed)
+        model = copy.deepcopy(self.dense)
+        errors: list[float] = []
+        if names:
+            basis = self.cfg.basis
+            apply_basis(model, names, basis.size, inplace=True, convert=True,
+                        combine=basis.combine, coefficient_rank=basis.coefficient_rank)
+            model.to(self.device, memory_format=self.memory_format)
+            errors = [row["reconstruction_error"] for row in basis_report(model)]
+        converted = self.measure(model)
+        sens = self.cfg.sensitivity
+        self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine", batch_seed)
+        after = self.measure(model)
+        return {"reconstruction_error": max(errors) if errors else 0.0,
+                "converted_accuracy": converted["accuracy"], **after,
+                "seconds": time.perf_counter() - start}
+
+
+def reference_noise(probe: Probe, reference: dict, repeats: int) -> dict[str, Any] | None:
+    """A yardstick for the drops: the spread of the dense reference over ``repeats`` more
+    fine-tunes with other batch orders (the drops themselves share one batch order, so
+    their noise is smaller; a drop well inside this spread says little)."""
+    if repeats < 1:
+        return None
+    runs = [reference] + [probe.evaluate_layers([], batch_seed=probe.seed + 1 + i)
+                          for i in range(repeats)]
+    accuracy = pd.Series([r["accuracy"] for r in runs])
+    loss = pd.Series([r["loss"] for r in runs])
+    return {"repeats": len(runs), "accuracy_std": float(accuracy.std(ddof=1)),
+            "loss_std": float(loss.std(ddof=1)), "accuracies": accuracy.tolist()}

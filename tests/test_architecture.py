@@ -1,0 +1,45 @@
+"""The package's structure, checked: imports run one way (the layers of ``.importlinter``),
+and no module imports another of the package inside a function (the usual way to dodge
+an import cycle, which would hide a dependency that runs the wrong way)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "basisconv"
+
+
+def test_imports_follow_the_layer_contract(repo):
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint), "--config", str(repo / ".importlinter")], cwd=repo,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def local_package_imports(path: Path) -> list[str]:
+    """``file:line`` of every import of this package made inside a function body."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.ImportFrom) and (
+                    inner.level > 0 or (inner.module or "").startswith("basisconv")):
+                found.append(f"{path.name}:{inner.lineno}")
+            elif isinstance(inner, ast.Import) and any(
+                    a.name.startswith("basisconv") for a in inner.names):
+                found.append(f"{path.name}:{inner.lineno}")
+    return found
+
+
+def test_no_module_imports_the_package_inside_a_function():
+    found = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in local_package_imports(path)]
+    assert found == []
+
+
+def test_the_local_import_check_finds_one(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from .train import fit\n    return fit\n")
+    assert local_package_imports(sample) == ["sample.py:2"]

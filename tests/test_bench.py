@@ -1,0 +1,139 @@
+"""The speed benchmarks' machinery (``basisconv.bench``) on tiny sizes: shapes, timing,
+the rows, and files and records shaped like the committed ones in ``results/``."""
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from basisconv.analysis.figures import basis_speedups
+from basisconv.bench import layers as speed
+from basisconv.bench.layers import ConvShape, SpeedOptions
+from basisconv.bench.timing import Runner, Timer, output_gradient
+from basisconv.bench.train import TimedBatches, file_name
+from basisconv.data import TensorBatches
+from basisconv.records import read_record
+
+TIME_BOUND = ["dense_non_conv_share", "time_bound_ratio", "layer_sum_ratio", "fwdbwd_vs_time_bound"]
+
+
+def committed(repo, name: str):
+    """Column names of a committed CSV, or the keys of a committed JSON sidecar."""
+    path = repo / "results" / name
+    if path.suffix == ".csv":
+        with path.open() as f:
+            return next(csv.reader(f))
+    return json.loads(path.read_text())
+
+
+def test_conv_shape_output_size_and_label():
+    assert ConvShape(64, 128, 3, 2, 1, 32).output_hw == 16
+    assert ConvShape(64, 128, 1, 2, 0, 32).output_hw == 16
+    assert ConvShape(3, 64, 3, 1, 1, 32).output_hw == 32
+    assert ConvShape(512, 512, 3, 1, 1, 4).label == "512->512 k3 s1 @4"
+
+
+def test_resnet18_shapes_name_every_conv_once():
+    shapes = speed.resnet18_shapes()
+    names = [n for layer_names in shapes.values() for n in layer_names]
+    assert len(shapes) == 11 and len(names) == len(set(names)) == 20
+    assert shapes[ConvShape(3, 64, 3, 1, 1, 32)] == ["conv1"]
+    assert shapes[ConvShape(64, 128, 1, 2, 0, 32)] == ["layer2.0.shortcut.0"]
+    assert shapes[ConvShape(512, 512, 3, 1, 1, 4)] == ["layer4.0.conv2", "layer4.1.conv1",
+                                                       "layer4.1.conv2"]
+
+
+def test_timer_interleaves_rounds_and_reports_a_median_per_candidate():
+    calls = []
+    times = Timer("cpu").run({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                             repeats=3, warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # order reversed every other round
+    assert set(times) == {"a", "b"} and all(ms >= 0 for ms in times.values())
+
+
+def test_runner_training_step_starts_from_fresh_gradients():
+    runner = Runner("cpu", channels_last=True)
+    conv = runner.prepare(nn.Conv2d(4, 8, 3, padding=1, bias=False))
+    x = runner.input(2, 4, 6, 6, requires_grad=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    step = runner.training_step(conv, x, output_gradient(torch.ones(2, 8, 6, 6)))
+    step()
+    first = conv.weight.grad.clone()
+    step()
+    assert torch.equal(conv.weight.grad, first)  # set to None, not accumulated
+
+
+def test_options_name_files_by_device_precision_and_non_default_options():
+    assert SpeedOptions().tag == "cpu-fp32"
+    quick = SpeedOptions(quick=True, batch_size=4, channels_last=False, amp="bf16")
+    assert quick.tag == "cpu-bf16-nchw-b4-quick"
+    assert (quick.layer_repeats, quick.model_repeats, quick.warmup) == speed.QUICK_REPEATS
+    assert SpeedOptions(allocator_tuning=False, combine="split").tag == "cpu-fp32-split-defaultmalloc"
+    assert file_name("cpu", "none") == "train-throughput-cpu-fp32.json"
+    assert file_name("cuda:0", "bf16") == "train-throughput-cuda-bf16.json"
+
+
+def test_timed_batches_time_each_batch_they_yield():
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    timed = TimedBatches(TensorBatches(images, torch.zeros(20, dtype=torch.long), 4, train=True), 3)
+    batches = list(timed)
+    assert len(timed) == len(batches) == len(timed.seconds) == 3
+    assert batches[0][0].shape == (4, 3, 8, 8) and batches[0][0].dtype == torch.float32
+
+
+def test_layer_benchmark_rows_have_the_committed_columns(repo):
+    options = SpeedOptions(batch_size=2, fractions=[0.25, 0.5], layer_repeats=1, warmup=0)
+    shapes = {ConvShape(3, 8, 3, 1, 1, 8): ["stem"], ConvShape(8, 16, 3, 2, 1, 8): ["a", "b"]}
+    lines = []
+    rows = speed.benchmark_layers(options, options.runner(), Timer("cpu"), shapes=shapes,
+                                  progress=lines.append)
+    assert len(rows) == len(lines) == 4
+    assert [list(r) for r in rows] == [committed(repo, "layer-speed-cpu-fp32.csv")] * 4
+    assert [r["num_basis"] for r in rows] == [2, 4, 4, 8]
+    assert rows[2]["layers"] == "a b" and rows[2]["output_hw"] == 4
+    for r in rows:
+        assert r["fwdbwd_ratio"] == r["basis_fwdbwd_ms"] / r["dense_fwdbwd_ms"]
+        assert 0 < r["theory_fwd_ratio"] and 0 < r["paper_fwdbwd_ratio"] <= r["theory_fwdbwd_ratio"]
+
+
+def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
+    monkeypatch.setattr(speed, "resnet18_shapes", lambda: {ConvShape(8, 8, 3, 1, 1, 4): ["x"]})
+    # threads=0 and no allocator tuning: the test process keeps its own settings
+    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
+                           parts=["layers"], quick=True)
+    result = speed.run(options, tmp_path, "python scripts/benchmark_layers.py", progress=lambda s: None)
+    tag = "cpu-fp32-b2-defaultmalloc-quick"
+    assert result.tag == tag and result.model_rows == []
+    assert [p.name for p in result.files] == [f"layer-speed-{tag}.csv", f"layer-speed-{tag}.json"]
+    with result.files[0].open() as f:
+        assert next(csv.reader(f)) == committed(repo, "layer-speed-cpu-fp32.csv")
+    record, before = read_record(result.files[1]), committed(repo, "layer-speed-cpu-fp32.json")
+    assert set(record) == set(before) | {"kind", "status", "config"}
+    assert (record["kind"], record["status"], record["file"]) == ("benchmark", "complete",
+                                                                  f"layer-speed-{tag}.csv")
+    assert list(record["settings"]) == list(before["settings"])
+    assert record["config"]["fractions"] == [0.5] and record["config"]["layer_repeats"] == 3
+    assert record["provenance"]["command"] == "python scripts/benchmark_layers.py"
+    png = basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
+                         target_slack=speed.TARGET_SLACK)
+    assert png.name == f"basis-speedup-{tag}.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow  # a few seconds: ResNet-18, its cost model and two timed rounds
+def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
+    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=1, fractions=[0.5],
+                           parts=["model"], model_repeats=1, warmup=0)
+    lines = []
+    result = speed.run(options, tmp_path, progress=lines.append)
+    (row,) = result.model_rows
+    columns = committed(repo, "model-speed-cpu-fp32.csv")
+    assert list(row) == [c for c in columns if c not in TIME_BOUND]  # no layer rows: no bounds
+    assert row["layers_dense"] == "conv1 layer2.0.shortcut.0 layer3.0.shortcut.0 layer4.0.shortcut.0"
+    assert lines[-1].startswith("  fraction 0.5 ")
+    record, before = read_record(tmp_path / "model-speed-cpu-fp32-b1-defaultmalloc.json"), \
+        committed(repo, "model-speed-cpu-fp32.json")
+    assert set(record) == set(before) | {"kind", "status", "config"}
+    assert record["target"] == before["target"]
+    assert set(record["summary"]["0.5"]) == set(before["summary"]["0.5"])
