@@ -9,11 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-quick}
 PY=${PY:-.venv/bin/python}
-OUT=outputs/$PROFILE
+OUT=${OUTPUTS:-outputs}/$PROFILE
 RESULTS=results/$PROFILE
 case $PROFILE in
-  paper) SEEDS="0 1 2"; BENCH=();;
-  quick) SEEDS="0 1 2"; BENCH=(--quick);;
+  paper) SEEDS="${SEEDS:-0 1 2}"; BENCH=();;
+  quick) SEEDS="${SEEDS:-0 1 2}"; BENCH=(--quick);;
   # generated data, tiny models: checks the whole path in minutes; its results stay in outputs/
   smoke) SEEDS="0";     BENCH=(--quick --batch-size 8 --fractions 0.25 0.5); RESULTS=$OUT/results;;
   *) echo "unknown profile '$PROFILE': use paper, quick or smoke" >&2; exit 2;;
