@@ -14,8 +14,10 @@ WANDB_MODE ?= offline
 export WANDB_MODE
 ARGS ?=
 PROFILE ?= paper
+# gpu-check runs under the GPU machine's own Python (its CUDA build of torch), not .venv.
+GPU_PYTHON ?= python3
 
-.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers clean
+.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers gpu-check clean
 
 help:
 	@echo "make reproduce         the paper's protocol end to end (PROFILE=paper|quick|smoke; default paper)"
@@ -25,6 +27,7 @@ help:
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
+	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
 	@echo "make clean             remove $(VENV) and caches"
 
 env: $(STAMP)
@@ -55,6 +58,10 @@ benchmark: $(STAMP)
 
 benchmark-layers: $(STAMP)
 	$(PY) scripts/benchmark_layers.py $(ARGS)
+
+# No .venv here: a GPU machine's python3 has its CUDA torch; the script needs no network.
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache src/*.egg-info

@@ -16,3 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="device for the tests marked `device` (cpu or cuda; make gpu-check "
+                          "runs them with --device cuda -m device)")
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The device the `device`-marked tests run on (``--device``, default cpu)."""
+    device = torch.device(request.config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("--device cuda but no CUDA device is available", pytrace=False)
+    return device

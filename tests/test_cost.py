@@ -71,8 +71,9 @@ def test_layer_formulas_by_hand():
     (["layer1.0.conv1", "layer2.0.shortcut.0", "layer4.1.conv2"], 0.25),  # some
     ("all", 0.5),                                   # all, stem included
 ])
-def test_model_cost_matches_flop_counter_on_resnet18(layers, num_basis):
-    model = converted("resnet18", layers, num_basis)
+@pytest.mark.device
+def test_model_cost_matches_flop_counter_on_resnet18(layers, num_basis, device):
+    model = converted("resnet18", layers, num_basis).to(device)
     counted = measure_flops(model, (2, 3, 32, 32))
     cost = model_cost(model, (2, 3, 32, 32))
     assert cost.forward_flops == counted["forward_flops"]

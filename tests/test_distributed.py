@@ -33,19 +33,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank, world, port, out):
+def worker(rank, world, port, out, device_type="cpu"):
+    """One rank: gloo on CPUs, NCCL with one GPU per rank."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    net = model()
-    x, y = batch()
-    ddp = distributed.wrap(net, torch.device("cpu"))  # kept alive: it averages the gradients
+    device = torch.device(device_type, rank) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
+                            world_size=world)
+    net = model().to(device)
+    x, y = (t.to(device) for t in batch())
+    ddp = distributed.wrap(net, device)  # kept alive: it averages the gradients
     loss = F.cross_entropy(ddp(distributed.shard(x)), distributed.shard(y))
     loss.backward()
     total = distributed.all_reduce_sum(loss.detach() / world)
     if rank == 0:
-        torch.save({"loss": total, "grads": {n: p.grad for n, p in net.named_parameters()},
-                    "buffers": dict(net.named_buffers())}, out)
+        to_cpu = lambda named: {n: t.detach().cpu() for n, t in named}  # noqa: E731
+        torch.save({"loss": total.cpu(), "grads": to_cpu((n, p.grad) for n, p in net.named_parameters()),
+                    "buffers": to_cpu(net.named_buffers())}, out)
     # Both ranks leave together and drop the DDP reducer first: a rank that tears down gloo
     # while its peer is still busy can abort ("terminate called without an active exception").
     dist.barrier()
@@ -53,27 +59,38 @@ def worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-def test_two_processes_compute_the_single_process_step(tmp_path):
-    net = model()
-    x, y = batch()
+def needs_two(device):
+    if device.type == "cuda" and torch.cuda.device_count() < 2:
+        pytest.skip("DDP with NCCL needs two GPUs")
+
+
+@pytest.mark.device
+def test_two_processes_compute_the_single_process_step(tmp_path, device):
+    needs_two(device)
+    net = model().to(device)
+    x, y = (t.to(device) for t in batch())
     loss = F.cross_entropy(net(x), y)
     loss.backward()
 
     out = tmp_path / "rank0.pt"
-    mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn")
+    mp.start_processes(worker, args=(2, free_port(), str(out), device.type), nprocs=2,
+                       start_method="spawn")
     ddp = torch.load(out)
-    torch.testing.assert_close(ddp["loss"], loss.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(ddp["loss"], loss.detach().cpu(), rtol=1e-12, atol=0)
     for name, p in net.named_parameters():
-        torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+        torch.testing.assert_close(ddp["grads"][name], p.grad.cpu(), rtol=1e-9, atol=1e-10, msg=name)
     for name, b in net.named_buffers():  # running statistics of the global batch
-        torch.testing.assert_close(ddp["buffers"][name], b, rtol=1e-9, atol=1e-10, msg=name)
+        torch.testing.assert_close(ddp["buffers"][name], b.cpu(), rtol=1e-9, atol=1e-10, msg=name)
 
 
 @pytest.mark.slow
-def test_torchrun_training_matches_one_process(tmp_path, repo):
+@pytest.mark.device
+def test_torchrun_training_matches_one_process(tmp_path, repo, device):
+    needs_two(device)
     common = ["data=stripes", "data.synthetic_train=400", "data.synthetic_test=100",
               "model=resnet20", "model.width=0.25", "trainer.batch_size=50", "trainer.epochs=1",
-              "trainer.threads=1", "trainer.progress=false", "trainer.deterministic=true"]
+              "trainer.threads=1", "trainer.progress=false", "trainer.deterministic=true",
+              f"trainer.device={device.type}"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     script = str(repo / "scripts" / "train.py")
     runs = {"one": [sys.executable, script],

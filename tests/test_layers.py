@@ -19,18 +19,20 @@ SHAPES = [
 ]
 
 
-def make_conv(c_in, c_out, k, stride, padding, dilation, bias, seed=0):
+def make_conv(c_in, c_out, k, stride, padding, dilation, bias, seed=0, device="cpu"):
     torch.manual_seed(seed)
-    return nn.Conv2d(c_in, c_out, k, stride, padding, dilation, bias=bias).double()
+    return nn.Conv2d(c_in, c_out, k, stride, padding, dilation, bias=bias).double().to(device)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("combine", ["stacked", "split"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_full_rank_conversion_reproduces_the_conv(shape, combine):
-    conv = make_conv(*shape)
+def test_full_rank_conversion_reproduces_the_conv(shape, combine, device):
+    conv = make_conv(*shape, device=device)
     layer = BasisConv2d.from_conv(conv, conv.out_channels, combine=combine)
     assert layer.reconstruction_error < 1e-12
-    x1 = torch.randn(2, shape[0], 9, 11, dtype=torch.float64, requires_grad=True)
+    assert layer.basis_weight.device == layer.output_index.device == conv.weight.device
+    x1 = torch.randn(2, shape[0], 9, 11, dtype=torch.float64, device=device, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_()
     y_conv, y_layer = conv(x1), layer(x2)
     assert y_layer.shape == y_conv.shape
@@ -46,15 +48,16 @@ def test_full_rank_conversion_reproduces_the_conv(shape, combine):
         torch.testing.assert_close(layer.bias.grad, conv.bias.grad)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("shape", SHAPES[:3])
-def test_to_conv_round_trips(shape):
-    conv = make_conv(*shape)
+def test_to_conv_round_trips(shape, device):
+    conv = make_conv(*shape, device=device)
     back = BasisConv2d.from_conv(conv, conv.out_channels).to_conv()
     torch.testing.assert_close(back.weight, conv.weight, rtol=1e-12, atol=1e-12)
     assert (back.stride, back.padding, back.dilation) == (conv.stride, conv.padding, conv.dilation)
     # below full rank, to_conv is the dense form of the basis layer itself
     layer = BasisConv2d.from_conv(conv, 3)
-    x = torch.randn(2, shape[0], 8, 8, dtype=torch.float64)
+    x = torch.randn(2, shape[0], 8, 8, dtype=torch.float64, device=device)
     torch.testing.assert_close(layer.to_conv()(x), layer(x), rtol=1e-10, atol=1e-12)
 
 
@@ -108,12 +111,15 @@ def test_max_error_picks_the_smallest_sufficient_basis():
     {"combine": "split", "bias": True},
     {"combine": "stacked", "coefficient_rank": 2},
 ])
-def test_gradcheck(options):
+@pytest.mark.device
+def test_gradcheck(options, device):
     torch.manual_seed(0)
+    options = dict(options)
     bias = options.pop("bias", False)
-    layer = BasisConv2d(3, 7, 3, 3, stride=2, padding=1, bias=bias, dtype=torch.float64, **options)
+    layer = BasisConv2d(3, 7, 3, 3, stride=2, padding=1, bias=bias, dtype=torch.float64,
+                        device=device, **options)
     layer.output_index.copy_(torch.randperm(7))  # a converted layer's channel order
-    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,))
 
 

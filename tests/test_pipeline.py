@@ -77,9 +77,10 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo):
+@pytest.mark.device
+def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):
     settings = ["trainer.epochs=4", "data.synthetic_train=1000", "trainer.deterministic=true",
-                "trainer.threads=1"]
+                "trainer.threads=1", f"trainer.device={device}"]
     straight = tmp_path / "straight"
     run(repo, tmp_path, *settings, f"hydra.run.dir={straight}")
 
@@ -144,12 +145,13 @@ def test_basis_run_records_its_layers_and_costs(tmp_path, repo):
 
 
 @pytest.mark.slow
-def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, monkeypatch):
+@pytest.mark.device
+def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, monkeypatch, device):
     import basisconv.loop as loop
 
     overrides = ["experiment=basis_warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=3",
                  "trainer.deterministic=true", "basis.coefficient_update_every=2",
-                 "basis.coefficient_l1=1e-4"]
+                 "basis.coefficient_l1=1e-4", f"trainer.device={device}"]
     straight = fit(compose_tiny(repo, *overrides), tmp_path / "straight")
     assert len(straight["model"]["basis_layers"]) == 19
     errors = [row["reconstruction_error"] for row in straight["model"]["basis_report"]]

@@ -110,8 +110,10 @@ def compose_sensitivity(repo, tmp_path, *overrides):
                                                  *overrides])
 
 
-def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, monkeypatch):
-    cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]")
+@pytest.mark.device
+def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, monkeypatch, device):
+    cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]",
+                              f"trainer.device={device}")
     calls = []
     real = sensitivity.estimate
     monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or real(c))
@@ -127,7 +129,8 @@ def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, mon
     assert sensitivity.cache_key(compose_sensitivity(
         repo, tmp_path, "sensitivity.layers=[layer3.*]", "logger=none", "trainer.progress=true",
         "selection=random")) == sensitivity.cache_key(cfg)
-    changed = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]", "basis.size=0.25")
+    changed = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]", "basis.size=0.25",
+                                  f"trainer.device={device}")
     assert sensitivity.cache_key(changed) != sensitivity.cache_key(cfg)
     sensitivity.sensitivity_table(changed)
     assert calls == [1, 1]
@@ -174,7 +177,8 @@ def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(rep
     assert trained["model"]["basis_layers"] == chosen
 
 
-def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(repo, tmp_path):
+@pytest.mark.device
+def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(repo, tmp_path, device):
     """With subsets of one layer the search re-runs exactly the per-layer estimate (same
     dense start, batches and held-out images), so it must measure the same drops, and the
     fast method's choice (the least sensitive layer) must rank first."""
@@ -183,7 +187,8 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     from basisconv.search import exhaustive_search
 
     cfg = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
-                              "sensitivity.search_subset_size=1", "trainer.deterministic=true")
+                              "sensitivity.search_subset_size=1", "trainer.deterministic=true",
+                              f"trainer.device={device}")
     summary = exhaustive_search(cfg, tmp_path / "out")
     draw_run(read_record(tmp_path / "out" / "run.json"), tmp_path / "out")
     found = pd.read_csv(tmp_path / "out" / "search.csv")

@@ -27,9 +27,10 @@ def test_conv_layers_lists_module_names_in_order():
     assert len(conv_layers(build_model("resnet20"))) == 19
 
 
-def test_full_rank_conversion_of_all_layers_keeps_the_outputs():
-    model = small_resnet18()
-    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+@pytest.mark.device
+def test_full_rank_conversion_of_all_layers_keeps_the_outputs(device):
+    model = small_resnet18().to(device)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # full rank saves nothing, and says so
         converted = apply_basis(model, "all", 1.0)
@@ -105,8 +106,9 @@ def test_only_where_saves_leaves_unprofitable_layers_dense():
     assert dense == ["conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"]
 
 
-def test_shared_coefficients_are_one_tensor_fitted_jointly():
-    model = small_resnet18()
+@pytest.mark.device
+def test_shared_coefficients_are_one_tensor_fitted_jointly(device):
+    model = small_resnet18().to(device)
     own = apply_basis(model, "layer3.*.conv*", 0.25)
     shared = apply_basis(model, "layer3.*.conv*", 0.25, share_coefficients=True)
     layers = list(basis_layers(shared).values())
@@ -121,6 +123,7 @@ def test_shared_coefficients_are_one_tensor_fitted_jointly():
     # one matrix for four layers fits worse than four, but it is a real fit, not noise
     assert all(s["reconstruction_error"] >= o - 1e-12 for s, o in zip(shared_report, own_err))
     assert all(s["reconstruction_error"] < 1.0 for s in shared_report)
+    assert {p.device.type for p in shared.parameters()} == {device.type}
 
 
 def test_coefficient_skip_schedule_skips_the_gradient_and_the_update():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -46,6 +47,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed torch's generators; with ``deterministic`` also force deterministic kernels
     (slower on GPU; on CPU the default kernels already are)."""
     torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; read when cuBLAS starts, so
+        # set it before the first matmul (a value the user chose is kept).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     # cudnn.benchmark picks the fastest kernel per shape: worth it for fixed CIFAR shapes,

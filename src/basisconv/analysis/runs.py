@@ -31,6 +31,15 @@ def record_tag(record: dict[str, Any]) -> str:
             f"{precision_name(record['config']['trainer']['amp'])}")
 
 
+def hardware_name(hardware: dict) -> str | None:
+    """The GPU, or the CPU with the instruction set its kernels dispatch on (CPU runs repeat
+    exactly only on the same instruction set), as tables and plots name the hardware."""
+    if hardware.get("gpu"):
+        return hardware["gpu"]
+    cpu, capability = hardware.get("cpu"), hardware.get("cpu_capability")
+    return f"{cpu} ({capability})" if cpu and capability else cpu
+
+
 def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
     """One complete training run's record as a flat row."""
     cfg, model, final = record["config"], record["model"], record["final"]
@@ -54,7 +63,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "backward_seconds_per_step": final["backward_seconds_per_step"],
         "mean_epoch_seconds": final["mean_epoch_seconds"], "train_seconds": final["train_seconds"],
         "commit": ((prov.get("git") or {}).get("commit") or "")[:7],
-        "date": prov.get("date"), "hardware": hardware.get("gpu") or hardware.get("cpu"),
+        "date": prov.get("date"), "hardware": hardware_name(hardware),
         "where": where,
     }
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..records import write_text_atomic
 from .plots import pyplot, save_figure
-from .runs import record_tag
+from .runs import hardware_name, record_tag
 from .tables import markdown
 
 
@@ -103,7 +103,7 @@ def summarize(record: dict, out: Path, profile: str) -> list[Path]:
     table = pd.DataFrame(record["table"])
     stem = f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']:g}-{record_tag(record)}"
     prov = record["estimate_provenance"]
-    hardware = prov["hardware"].get("gpu") or prov["hardware"]["cpu"]
+    hardware = hardware_name(prov["hardware"])
     note = (f"profile {profile}; estimated {prov['date'][:10]} on {hardware}, "
             f"commit {(prov['git']['commit'] or '')[:7]}, {summary['estimate_seconds']:.0f} s; "
             f"key {summary['key']}")

@@ -1,0 +1,147 @@
+"""Check a GPU machine end to end: ``make gpu-check`` (= ``python3 scripts/gpu_check.py``).
+
+It uses the Python it runs under (a GPU machine's own CUDA build of torch: no ``.venv``
+is built, nothing is downloaded) with ``src/`` on the path, and runs, each part a
+subprocess with its own time limit:
+
+* ``tests``: the tests that take a device, on ``cuda`` (``pytest --device cuda -m device``:
+  basis-layer exactness and gradients in float64, surgery, cost model, sensitivity on
+  generated data, training and SIGKILL resume, DDP with NCCL when two GPUs are visible);
+* ``smoke``: the whole protocol at smoke scale on CUDA (``scripts/reproduce.sh smoke``:
+  training, sensitivity, exhaustive search, speed benchmark, analysis);
+* ``paper-epoch``: one epoch of ``profile=paper`` on genuine CIFAR-10 (skipped, and said
+  so, when the data is not found: ``--data-root`` or ``CIFAR10_ROOT``);
+* ``benchmark``: the layer and model speed benchmark on CUDA (``--quick``, bf16).
+
+It ends with one summary line (pass/fail per part) and writes a record with provenance,
+``results/gpu-check-<gpu>.json``. Without CUDA it says so in one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+NEEDED = ("hydra", "omegaconf", "pandas", "matplotlib", "pytest")
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", default=str(REPO / "outputs" / "gpu-check"),
+                        help="run folders of the check (default outputs/gpu-check)")
+    parser.add_argument("--out-dir", default=str(REPO / "results"),
+                        help="where the record goes (default results/)")
+    parser.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "./data"),
+                        help="genuine CIFAR-10 for the paper-profile epoch")
+    parser.add_argument("--parts", nargs="+", default=["tests", "smoke", "paper-epoch", "benchmark"],
+                        choices=["tests", "smoke", "paper-epoch", "benchmark"])
+    return parser.parse_args(argv)
+
+
+def missing_packages() -> list[str]:
+    import importlib.util
+
+    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def run_part(name: str, command: list[str], env: dict, limit_s: int, log_dir: Path) -> dict:
+    """Run one part; its whole output goes to ``<log_dir>/<name>.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    print(f"== {name}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    try:
+        with open(log, "w") as out:
+            code = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=limit_s).returncode
+        status = "pass" if code == 0 else "fail"
+    except subprocess.TimeoutExpired:
+        code, status = None, "fail"
+    seconds = time.perf_counter() - start
+    tail = log.read_text(errors="replace").splitlines()[-15:]
+    if status == "fail":
+        print("\n".join(tail), flush=True)
+    return {"part": name, "status": status, "exit_code": code, "seconds": round(seconds, 1),
+            "timed_out": code is None, "log": str(log), "output_tail": tail}
+
+
+def paper_epoch_details(run_dir: Path) -> dict:
+    from basisconv.records import read_record
+
+    try:
+        epoch = read_record(run_dir / "run.json")["epochs"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return {}
+    return {"epoch_seconds": epoch["epoch_seconds"], "test_accuracy": epoch["test_accuracy"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"gpu-check: no CUDA device is visible to {sys.executable} (torch "
+              f"{torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU machine",
+              file=sys.stderr)
+        return 2
+    missing = missing_packages()
+    if missing:
+        print(f"gpu-check: {', '.join(missing)} not importable in {sys.executable}; install the "
+              f"pins of requirements.txt without torch (or carry their wheels and pip install "
+              f"--no-index --no-deps them)", file=sys.stderr)
+        return 2
+    from basisconv.data import find_cifar10
+    from basisconv.errors import DatasetError
+    from basisconv.records import RunRecord, device_name, provenance, write_record
+
+    work = Path(args.work_dir)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "WANDB_MODE": "disabled", "PY": sys.executable, "OUTPUTS": str(work / "outputs")}
+    parts = []
+    for name in args.parts:
+        if name == "tests":
+            parts.append(run_part(name, [sys.executable, "-m", "pytest", "-q", "-p",
+                                         "no:cacheprovider", "--device", "cuda", "-m", "device"],
+                                  env, 240, work))
+        elif name == "smoke":
+            parts.append(run_part(name, ["bash", "scripts/reproduce.sh", "smoke"], env, 300, work))
+        elif name == "paper-epoch":
+            try:
+                find_cifar10(args.data_root)
+            except DatasetError as err:
+                print(f"== {name}: skipped ({err})", flush=True)
+                parts.append({"part": name, "status": "skipped", "reason": str(err)})
+                continue
+            run_dir = work / "paper-epoch"
+            result = run_part(name, [sys.executable, "scripts/train.py", "profile=paper",
+                                     "experiment=baseline", "trainer.epochs=1", "logger=none",
+                                     "trainer.resume=false", f"data.root={args.data_root}",
+                                     "trainer.progress=false", f"hydra.run.dir={run_dir}"],
+                              env, 240, work)
+            parts.append({**result, **paper_epoch_details(run_dir)})
+        else:
+            parts.append(run_part(name, [sys.executable, "scripts/benchmark_layers.py",
+                                         "--device", "cuda", "--amp", "bf16", "--quick",
+                                         "--out-dir", str(work / "benchmark")], env, 300, work))
+    passed = all(p["status"] in ("pass", "skipped") for p in parts)
+    prov = provenance("python scripts/gpu_check.py " + " ".join(argv or sys.argv[1:]))
+    record = RunRecord("gpu_check", vars(args), prov, "complete" if passed else "failed",
+                       {"parts": parts, "passed": passed})
+    path = write_record(Path(args.out_dir) / f"gpu-check-{device_name(prov['hardware'])}.json",
+                        record)
+    summary = ", ".join(f"{p['part']} {p['status']}" for p in parts)
+    print(f"gpu-check {'PASSED' if passed else 'FAILED'} on {torch.cuda.get_device_name(0)}: "
+          f"{summary}; record {path}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
