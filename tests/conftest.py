@@ -1,7 +1,9 @@
 import os
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,9 +21,115 @@ def repo() -> Path:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", default="cpu",
-                     help="device for the tests marked `device` (cpu or cuda; make gpu-check "
-                          "runs them with --device cuda -m device)")
+    group = parser.getgroup("basisconv")
+    group.addoption("--reverse-order", action="store_true",
+                    help="run the collected tests in reverse order (checks that no test "
+                         "depends on global state left by an earlier one)")
+    group.addoption("--learning-seeds", default="0",
+                    help="comma-separated seeds for test_training_learns_a_small_real_problem "
+                         "(default 0), e.g. --learning-seeds=0,1,2,3,4 to check its margin")
+    group.addoption("--device", default="cpu",
+                    help="device for the tests marked `device` (cpu or cuda; make gpu-check "
+                         "runs them with --device cuda -m device)")
+
+
+def pytest_generate_tests(metafunc):
+    if "learning_seed" in metafunc.fixturenames:
+        seeds = [int(s) for s in metafunc.config.getoption("learning_seeds").split(",")]
+        metafunc.parametrize("learning_seed", seeds, ids=[f"seed{s}" for s in seeds])
+
+
+@pytest.hookimpl(trylast=True)  # after any other reordering (e.g. pytest-random-order)
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("reverse_order"):
+        items.reverse()
+
+
+# ------------------------------------------------ process-global torch, RNG and env state
+# In-process training (basisconv.train.fit, sensitivity.Probe) sets the thread count, the
+# deterministic-algorithm flags and cudnn flags and seeds the global generators, and does not
+# put them back; tests seed and change the global RNGs too. A later test would then run with
+# what an earlier one left (e.g. test_selection's trainer.threads=1 made the learning test in
+# test_train run on one thread instead of two: other arithmetic, another result), so the
+# outcome depended on which tests ran before it. Every test therefore starts from the state
+# the session started with, and leaves it so.
+
+def _global_state() -> dict:
+    state = {
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+        "default_dtype": torch.get_default_dtype(),
+        "default_device": torch.get_default_device(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
+        "cudnn_enabled": torch.backends.cudnn.enabled,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "mkldnn_enabled": torch.backends.mkldnn.enabled,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "grad_enabled": torch.is_grad_enabled(),
+        "anomaly": torch.is_anomaly_enabled(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(),
+        "environ": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_global_state(state: dict) -> None:
+    if torch.get_num_threads() != state["num_threads"]:
+        torch.set_num_threads(state["num_threads"])
+    if torch.get_num_interop_threads() != state["num_interop_threads"]:
+        try:  # settable only before the first inter-op parallel work
+            torch.set_num_interop_threads(state["num_interop_threads"])
+        except RuntimeError:
+            pass
+    torch.set_default_dtype(state["default_dtype"])
+    if torch.get_default_device() != state["default_device"]:
+        # set_default_device("cpu") would install a device mode around every torch call
+        device = state["default_device"]
+        torch.set_default_device(None if device == torch.device("cpu") else device)
+    torch.use_deterministic_algorithms(state["deterministic"],
+                                       warn_only=state["deterministic_warn_only"])
+    torch.utils.deterministic.fill_uninitialized_memory = state["fill_uninitialized_memory"]
+    torch.backends.cudnn.enabled = state["cudnn_enabled"]
+    torch.backends.cudnn.deterministic = state["cudnn_deterministic"]
+    torch.backends.cudnn.benchmark = state["cudnn_benchmark"]
+    torch.backends.cudnn.allow_tf32 = state["cudnn_allow_tf32"]
+    torch.backends.mkldnn.enabled = state["mkldnn_enabled"]
+    torch.set_float32_matmul_precision(state["float32_matmul_precision"])
+    torch.set_grad_enabled(state["grad_enabled"])
+    torch.set_anomaly_enabled(state["anomaly"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    environ = state["environ"]  # e.g. CUBLAS_WORKSPACE_CONFIG set by deterministic training
+    for key in set(os.environ) - set(environ) - {"PYTEST_CURRENT_TEST"}:
+        del os.environ[key]
+    for key, value in environ.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def _session_global_state() -> dict:
+    return _global_state()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_global_state(_session_global_state):
+    """Each test starts from the session's initial global torch, RNG and environment state
+    and cannot leak its own changes into later tests."""
+    _restore_global_state(_session_global_state)
+    yield
+    _restore_global_state(_session_global_state)
 
 
 @pytest.fixture

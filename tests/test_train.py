@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
@@ -19,19 +20,30 @@ def config(repo, overrides):
 
 
 @pytest.mark.slow
-def test_training_learns_a_small_real_problem(tmp_path, repo):
+def test_training_learns_a_small_real_problem(tmp_path, repo, learning_seed):
     """The whole path (CIFAR-format files -> tensors -> augmentation -> ResNet -> SGD with a
-    one-cycle schedule) must learn the 10-class stripes problem (see cifar_files.stripes)
-    from chance (10%) to >= 90% held-out accuracy in 8 short epochs."""
-    write_cifar(tmp_path, n_train=1000, n_test=200, make=stripes)
-    cfg = config(repo, [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet20",
-                        "model.width=0.25", "trainer.epochs=8", "trainer.batch_size=50",
-                        "trainer.lr=0.2", "trainer.progress=false"])
+    one-cycle schedule) must learn the 10-class stripes problem (see basisconv.data.stripes)
+    from chance (10%, loss ln 10 = 2.3) to >= 95% held-out accuracy in 160 steps.
+
+    The settings leave a wide margin: with ResNet-20 at width 0.25 (4 stem channels) a run
+    can stay for many epochs with one pair of classes unsplit (~90%), so its 8 epochs ended
+    anywhere from 0.875 to 1.0 depending on the seed and on the CPU's arithmetic (thread
+    count, vector kernels). ResNet-8 at width 0.5 reaches 99-100% by epoch 3 or 4 of 8 for
+    every seed tried, on 1 and on 2 threads, in a few seconds. One thread: the result does
+    not depend on the machine's core count (and is not slowed by oversubscribed cores).
+    Other seeds: pytest tests/test_train.py -k learns --learning-seeds=0,1,2,3,4 -rP"""
+    write_cifar(tmp_path, n_train=1000, n_test=500, make=stripes, seed=learning_seed)
+    cfg = config(repo, [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet8",
+                        "model.width=0.5", "trainer.epochs=8", "trainer.batch_size=50",
+                        "trainer.lr=0.1", "trainer.threads=1", "trainer.progress=false",
+                        f"seed={learning_seed}"])
     history = fit(cfg, tmp_path / "run")["epochs"]
+    accuracy = [round(e["test_accuracy"], 3) for e in history]
+    print(f"seed {learning_seed}: test accuracy by epoch {accuracy}")  # shown by pytest -rP
     assert len(history) == 8
-    assert history[0]["train_loss"] > 1.5
-    assert history[-1]["train_loss"] < 0.5
-    assert history[-1]["test_accuracy"] >= 0.90
+    assert history[0]["train_loss"] > 1.2, accuracy  # chance is ln(10) = 2.3
+    assert history[-1]["train_loss"] < 0.1, accuracy
+    assert history[-1]["test_accuracy"] >= 0.95, accuracy
 
 
 def test_invalid_trainer_values_fail_at_start(tmp_path, repo):
@@ -92,3 +104,17 @@ def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_pat
     check_same_run(saved, {**saved, "sensitivity": {"noise_repeats": 2}}, tmp_path)
     with pytest.raises(ConfigError, match="differs in trainer.lr"):
         check_same_run(saved, {**saved, "trainer": {"epochs": 3, "lr": 0.2}}, tmp_path)
+
+
+def test_a_run_leaves_the_process_settings_as_it_found_them(tmp_path, repo):
+    """fit() sets threads and deterministic flags for its run, then puts the caller's back
+    (a notebook or sweep calling it next keeps its own)."""
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=1",
+                        "trainer.batch_size=50", "trainer.threads=1", "trainer.deterministic=true",
+                        "trainer.checkpoint=false", "trainer.progress=false"])
+    fit(cfg, tmp_path / "run")
+    assert torch.get_num_threads() == 2
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -11,12 +11,13 @@ what is trained, so baseline and basis models stay comparable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -56,6 +57,25 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     # cudnn.benchmark picks the fastest kernel per shape: worth it for fixed CIFAR shapes,
     # but its choice may vary between runs, so it is off in deterministic mode.
     torch.backends.cudnn.benchmark = not deterministic
+
+
+@contextlib.contextmanager
+def settings_restored() -> Iterator[None]:
+    """Run a producer (a training run, a sensitivity estimate, a search) without leaving its
+    process-wide torch settings behind: a notebook, a test or a sweep that calls it next
+    keeps its own thread count and deterministic/cudnn flags (the global RNG, seeded on
+    purpose, is not restored)."""
+    cudnn = torch.backends.cudnn
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.deterministic,
+             cudnn.benchmark)
+    try:
+        yield
+    finally:
+        threads, deterministic, warn_only, cudnn.deterministic, cudnn.benchmark = saved
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def precision_name(amp: str) -> str:

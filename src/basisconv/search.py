@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from . import loop
 from .errors import ConfigError
 from .probe import Probe
 from .records import RunRecord, write_record, write_text_atomic
@@ -41,7 +42,11 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Evaluate every subset; write ``search.csv`` (one row per subset) and the run record
     (``run.json``, kind ``exhaustive_search``: the summary); returns the summary.
     ``basisconv.analysis.search`` draws it."""
-    output_dir = Path(output_dir)
+    with loop.settings_restored():
+        return _search(cfg, Path(output_dir))
+
+
+def _search(cfg: DictConfig, output_dir: Path) -> dict:
     started = time.perf_counter()
     table, record = sensitivity_table(cfg)
     k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed
+from . import distributed, loop
 from .errors import ConfigError
 from .models import build_model
 from .probe import Probe, reference_noise
@@ -134,6 +134,11 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
 # ----------------------------------------------------------------------------- estimate
 def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     """Estimate the sensitivity table of ``cfg`` (no cache; see :func:`sensitivity_table`)."""
+    with loop.settings_restored():
+        return _estimate(cfg)
+
+
+def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     started = time.perf_counter()
     probe = Probe(cfg)
     candidates = layer_savings(probe.dense, cfg.basis, list(cfg.sensitivity.layers))

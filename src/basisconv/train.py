@@ -49,7 +49,8 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         if checkpoint["record"]["status"] == "complete":
             log.info("run in %s is already complete; not training again", output_dir)
             return checkpoint["record"]
-    return Training(cfg, config, output_dir, checkpoint).run()
+    with loop.settings_restored():
+        return Training(cfg, config, output_dir, checkpoint).run()
 
 
 class Training:
