@@ -244,22 +244,29 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
         data = load_cifar10(data_cfg.root, verify_md5=data_cfg.verify_md5,
                             download=data_cfg.download)
     if data_cfg.train_subset is not None:
-        keep = stratified_subset(data.train_labels, data_cfg.train_subset, seed)
+        keep = stratified_subset(data.train_labels, data_cfg.train_subset, seed,
+                                 key="data.train_subset")
         data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
     if data_cfg.test_subset is not None:
-        keep = stratified_subset(data.test_labels, data_cfg.test_subset, seed)
+        keep = stratified_subset(data.test_labels, data_cfg.test_subset, seed,
+                                 key="data.test_subset")
         data.test_images, data.test_labels = data.test_images[keep], data.test_labels[keep]
     return data
 
 
-def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0) -> torch.Tensor:
+def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
+                      key: str = "data.train_subset") -> torch.Tensor:
     """Indices of a class-balanced random subset: ``size`` examples (int) or that
     fraction of the set (float in (0, 1]). Sorted, so batches still mix classes through
-    the per-epoch permutation."""
+    the per-epoch permutation. ``key`` is the config entry that set ``size``, for the
+    error message."""
     n = labels.numel()
+    if n == 0:
+        raise ConfigError(f"{key}={size}: there are no images to select from")
     count = int(round(size * n)) if isinstance(size, float) else int(size)
     if not 0 < count <= n:
-        raise ConfigError(f"train_subset must select between 1 and {n} examples, got {size}")
+        raise ConfigError(f"{key}={size} must select between 1 and {n} images "
+                          f"(got {count})")
     generator = torch.Generator().manual_seed(seed)
     classes = labels.unique()
     chosen = []
@@ -321,9 +328,13 @@ class TensorBatches:
         self.drop_last = train if drop_last is None else drop_last
         self.memory_format = memory_format
         self.generator = torch.Generator(device=images.device).manual_seed(seed)
+        if labels.numel() == 0:
+            raise ConfigError(f"there are no {'training' if train else 'test'} images; check "
+                              f"data.synthetic_train / data.synthetic_test, data.train_subset / "
+                              f"data.test_subset and sensitivity.val_size")
         if self.drop_last and len(self) == 0:
-            raise ConfigError(f"batch_size {batch_size} is larger than the {labels.numel()} "
-                             f"training examples; lower trainer.batch_size")
+            raise ConfigError(f"trainer.batch_size={batch_size} is larger than the "
+                              f"{labels.numel()} training examples; lower trainer.batch_size")
 
     def __len__(self) -> int:
         n = self.labels.numel()
