@@ -185,3 +185,18 @@ def test_convert_from_a_trained_checkpoint(tmp_path, repo):
     with pytest.raises(ConfigError, match="does not exist"):
         fit(compose_tiny(repo, "trainer.epochs=1", "selection=all", "basis=convert",
                          f"basis.source_checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "x")
+
+
+def test_a_complete_runs_lost_or_damaged_record_is_rebuilt_from_its_checkpoint(tmp_path, repo,
+                                                                              caplog):
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    first = fit(cfg, tmp_path)
+    expected = read_record(tmp_path)
+    for damage in ("missing", "truncated"):
+        if damage == "missing":
+            (tmp_path / "run.json").unlink()
+        else:
+            (tmp_path / "run.json").write_text((tmp_path / "run.json").read_text()[:100])
+        assert fit(cfg, tmp_path)["final"] == first["final"]
+        assert read_record(tmp_path) == expected
+    assert "rewrote it from the complete run's checkpoint" in caplog.text

@@ -12,6 +12,7 @@ and tracking.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from .data import prepare_data
 from .errors import ConfigError
 from .network import (build_network, coefficient_penalty, converts_later, describe,
                       rebind_optimizer, to_basis)
-from .records import RunRecord, write_record
+from .records import RECORD, RunRecord, read_record, write_record
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -48,6 +49,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
         if checkpoint["record"]["status"] == "complete":
             log.info("run in %s is already complete; not training again", output_dir)
+            repair_record(output_dir, checkpoint["record"])
             return checkpoint["record"]
     return Training(cfg, config, output_dir, checkpoint).run()
 
@@ -180,6 +182,22 @@ class Training:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "batches": self.train_batches.state_dict()})
+
+
+def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:
+    """A complete run's ``run.json`` must say what its checkpoint says: one that is missing,
+    unreadable or different (lost, damaged, or half-copied) is rewritten from the record
+    the checkpoint holds, so the run does not silently drop out of the tables."""
+    path = output_dir / RECORD
+    try:
+        expected = json.loads(json.dumps(RunRecord.from_dict(saved).as_dict(), default=str))
+        if read_record(path) == expected:
+            return
+        problem = "differs from the checkpoint's"
+    except (OSError, ValueError) as err:
+        problem = f"is missing or unreadable ({type(err).__name__})"
+    write_record(output_dir, RunRecord.from_dict(saved))
+    log.warning("%s %s; rewrote it from the complete run's checkpoint", path, problem)
 
 
 def final_metrics(epochs: list[dict]) -> dict[str, Any]:
