@@ -200,3 +200,31 @@ def test_a_complete_runs_lost_or_damaged_record_is_rebuilt_from_its_checkpoint(t
         assert fit(cfg, tmp_path)["final"] == first["final"]
         assert read_record(tmp_path) == expected
     assert "rewrote it from the complete run's checkpoint" in caplog.text
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from basisconv.checkpoint import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_process_in_a_run_folder_is_refused_and_a_dead_ones_lock_is_not(tmp_path,
+                                                                                 repo):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        cfg = compose_tiny(repo, "trainer.epochs=1")
+        with pytest.raises(ConfigError, match=rf"^{tmp_path} is in use by another run "
+                                              rf"\(pid {holder.pid} on host .+\)") as err:
+            fit(cfg, tmp_path)
+        assert "\n" not in str(err.value) and not (tmp_path / "run.json").exists()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up; the lock file stays behind
+        holder.wait()
+    assert (tmp_path / "run.lock").exists()
+    assert fit(cfg, tmp_path)["status"] == "complete"

@@ -242,3 +242,35 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
     path.write_text(good.replace("0.01,", "abc,", 1))
     with pytest.raises(ConfigError, match=r"non-numeric values in accuracy_drop"):
         sensitivity.sensitivity_table(cfg)
+
+
+def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_path,
+                                                                       monkeypatch):
+    import hashlib
+    import threading
+    import time
+
+    from basisconv.checkpoint import folder_lock
+
+    cfg = compose_sensitivity(repo, tmp_path)
+    folder = sensitivity.cache_dir(cfg)
+    calls = []
+    monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or fake_estimate(c))
+    locked = threading.Event()
+
+    def first_estimate():  # another process's estimate, holding the cache folder's lock
+        with folder_lock(folder):
+            locked.set()
+            time.sleep(1)
+            table, record = fake_estimate(cfg)
+            data = sensitivity.table_csv(table)
+            (folder / sensitivity.TABLE).write_bytes(data)
+            (folder / sensitivity.RECORD).write_text(json.dumps(
+                {**record, "table_rows": 3, "table_sha256": hashlib.sha256(data).hexdigest()}))
+
+    thread = threading.Thread(target=first_estimate)
+    thread.start()
+    locked.wait()
+    table, record = sensitivity.sensitivity_table(cfg)
+    thread.join()
+    assert record["cache_hit"] and calls == [] and len(table) == 3

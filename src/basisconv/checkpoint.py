@@ -1,4 +1,5 @@
-"""Per-epoch checkpoints, written atomically, and the resume rule.
+"""Per-epoch checkpoints, written atomically, the resume rule, and the lock that keeps
+a second process out of a run folder.
 
 A checkpoint holds everything the next epoch depends on (model, optimizer, schedule, the
 batch generator's state, the history so far), so a run resumed from it ends with the
@@ -8,7 +9,13 @@ settings; on GPU up to kernel nondeterminism).
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,39 @@ CHECKPOINT = "checkpoint.pt"
 # Keys that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                      "logger.mode", "logger.tags"}
+
+
+LOCK = "run.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, wait: bool = False, what: str = "run"):
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/run.lock``) for the
+    ``with`` block. Another holder means :class:`ConfigError` naming its pid and host, or,
+    with ``wait``, waiting for it. The kernel drops the lock when its process ends, however
+    it ends, so a crashed or killed run never leaves the folder locked; the file stays."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = " ".join(os.pread(fd, 512, 0).decode(errors="replace").split()) or "unknown"
+            if not wait:
+                raise ConfigError(f"{folder} is in use by another {what} ({holder}); wait for it "
+                                  f"to finish, or give this one another hydra.run.dir") from None
+            log.warning("%s is in use by another %s (%s); waiting for it", folder, what, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()} on host {socket.gethostname()} since "
+                       f"{_dt.datetime.now().isoformat(timespec='seconds')}\n").encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

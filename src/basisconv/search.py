@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import folder_lock
 from .errors import ConfigError
 from .probe import Probe
 from .records import RunRecord, write_record, write_text_atomic
@@ -42,6 +43,11 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     (``run.json``, kind ``exhaustive_search``: the summary); returns the summary.
     ``basisconv.analysis.search`` draws it."""
     output_dir = Path(output_dir)
+    with folder_lock(output_dir, what="exhaustive search"):
+        return _exhaustive_search(cfg, output_dir)
+
+
+def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     started = time.perf_counter()
     table, record = sensitivity_table(cfg)
     k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric

@@ -37,6 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
+from .checkpoint import folder_lock
 from .errors import ConfigError
 from .models import build_model
 from .probe import Probe, reference_noise
@@ -139,24 +140,29 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     otherwise estimated now (logged, and cached for the next run)."""
     recompute = cfg.sensitivity.recompute if recompute is None else recompute
     cached = None if recompute else load_cached(cfg)
-    if cached is not None:
-        log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
-        table, record = cached
-        return table, {**record, "cache_hit": True}
-    if distributed.world_size() > 1:
+    if cached is None and distributed.world_size() > 1:
         raise ConfigError(f"no sensitivity table for key {cache_key(cfg)} in "
                           f"{cfg.sensitivity.cache_dir}; estimate it first in one process "
                           f"(python scripts/sensitivity.py with the same overrides), then "
                           f"start the torchrun job")
-    log.warning("sensitivity: %s table for key %s; estimating it now",
-                "recomputing the" if recompute else "no cached", cache_key(cfg))
-    table, record = estimate(cfg)
-    folder = cache_dir(cfg)
-    data = table_csv(table)
-    record = {**record, "table_rows": len(table), "table_sha256": hashlib.sha256(data).hexdigest()}
-    write_bytes_atomic(folder / TABLE, data)  # the table first: a record always has its table
-    write_json_atomic(folder / RECORD, record)
-    return table, {**record, "cache_hit": False}
+    if cached is None:
+        folder = cache_dir(cfg)
+        # One estimate per key at a time: a second process waits, then reuses its table.
+        with folder_lock(folder, wait=True, what="sensitivity estimate"):
+            cached = None if recompute else load_cached(cfg)
+            if cached is None:
+                log.warning("sensitivity: %s table for key %s; estimating it now",
+                            "recomputing the" if recompute else "no cached", cache_key(cfg))
+                table, record = estimate(cfg)
+                data = table_csv(table)
+                record = {**record, "table_rows": len(table),
+                          "table_sha256": hashlib.sha256(data).hexdigest()}
+                write_bytes_atomic(folder / TABLE, data)  # first: a record has its table
+                write_json_atomic(folder / RECORD, record)
+                return table, {**record, "cache_hit": False}
+    log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
+    table, record = cached
+    return table, {**record, "cache_hit": True}
 
 
 # ----------------------------------------------------------------------------- estimate
@@ -220,6 +226,11 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     (``run.json``, kind ``sensitivity``: summary and table) to ``output_dir``, and logs the
     same to wandb. Returns the record (``basisconv.analysis.sensitivity`` draws it)."""
     output_dir = Path(output_dir)
+    with folder_lock(output_dir, what="sensitivity run"):
+        return _run_sensitivity(cfg, output_dir)
+
+
+def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     table, record = sensitivity_table(cfg)
     chosen = (pick_layers(cfg.selection, table, record["dense"])
               if cfg.selection.policy in ORDERED_POLICIES else [])

@@ -11,9 +11,11 @@ and tracking.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import CHECKPOINT, check_same_run, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoint,
+                         save_checkpoint)
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError
@@ -38,20 +41,25 @@ log = logging.getLogger(__name__)
 def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Train as ``cfg`` says, keeping ``output_dir/run.json`` and ``checkpoint.pt`` current
     after every epoch. Resumes from the checkpoint there when ``trainer.resume``; a run
-    whose record is already complete is not trained again. Returns the run record."""
+    whose record is already complete is not trained again. Returns the run record.
+
+    The run holds ``output_dir``'s lock throughout (under ``torchrun``: rank 0 for all), so
+    a second process started on the same folder stops at once with one line."""
     validate(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    checkpoint = None
-    if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
-        checkpoint = load_checkpoint(output_dir / CHECKPOINT)
-        check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
-        if checkpoint["record"]["status"] == "complete":
-            log.info("run in %s is already complete; not training again", output_dir)
-            repair_record(output_dir, checkpoint["record"])
-            return checkpoint["record"]
-    return Training(cfg, config, output_dir, checkpoint).run()
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
+        config = OmegaConf.to_container(cfg, resolve=True)
+        checkpoint = None
+        if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
+            checkpoint = load_checkpoint(output_dir / CHECKPOINT)
+            check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
+            if checkpoint["record"]["status"] == "complete":
+                log.info("run in %s is already complete; not training again", output_dir)
+                repair_record(output_dir, checkpoint["record"])
+                return checkpoint["record"]
+        return Training(cfg, config, output_dir, checkpoint).run()
 
 
 class Training:
