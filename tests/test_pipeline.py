@@ -228,3 +228,18 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_dead_ones_lock_is_not
         holder.wait()
     assert (tmp_path / "run.lock").exists()
     assert fit(cfg, tmp_path)["status"] == "complete"
+
+
+def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    fit(cfg, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    assert (tmp_path / "checkpoint.pt.sha256").read_text().split()[0] == \
+        __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside the saved tensors
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is damaged.*delete it.*"
+                                          r"trainer.resume=false") as err:
+        fit(cfg, tmp_path)
+    assert "\n" not in str(err.value)

@@ -13,6 +13,7 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
-from .records import write_atomic
+from .records import temporary_beside, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,65 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "run"):
         os.close(fd)  # closing the only descriptor releases the lock
 
 
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256sum(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` atomically: a kill mid-write leaves the previous checkpoint intact."""
-    write_atomic(path, lambda f: torch.save(state, f))
+    """``torch.save`` atomically: a kill mid-write leaves the previous checkpoint intact.
+
+    Its sha256 goes to ``<name>.sha256`` beside it, written (atomically) after the new
+    file is on disk and before it replaces the old one; the sidecar also keeps the older
+    files' sums, so a kill between the two renames leaves a pair that still verifies."""
+    path = Path(path)
+    fd, tmp = temporary_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        # the new sum, then the older ones (a kill in this window, twice in a row, still
+        # leaves a checkpoint whose sum is listed)
+        sums = [sha256sum(Path(tmp)), *stored_sums(path)[:2]]
+        write_text_atomic(checksum_path(path), "\n".join(sums) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def stored_sums(path: Path) -> list[str]:
+    """The sums a checkpoint may have (the newest first); none for one written before
+    checkpoints had them."""
+    try:
+        return checksum_path(path).read_text().split()
+    except FileNotFoundError:
+        return []
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    fix = "delete it (and its .sha256) to start over, or set trainer.resume=false"
+    sums = stored_sums(path)
+    if not sums:
+        log.info("%s has no %s beside it (an older basisconv wrote it); loading it "
+                 "unverified", path, checksum_path(path).name)
+    elif sha256sum(path) not in sums:
+        raise ConfigError(f"checkpoint {path} is damaged (its sha256 does not match "
+                          f"{checksum_path(path).name}); {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
-                          f"delete it to start over, or set trainer.resume=false") from None
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())}); {fix}") from None
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
