@@ -92,3 +92,23 @@ def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_pat
     check_same_run(saved, {**saved, "sensitivity": {"noise_repeats": 2}}, tmp_path)
     with pytest.raises(ConfigError, match="differs in trainer.lr"):
         check_same_run(saved, {**saved, "trainer": {"epochs": 3, "lr": 0.2}}, tmp_path)
+
+
+def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
+    from basisconv.checkpoint import check_same_run
+
+    (tmp_path / "shared" / "cifar").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    saved = {"data": {"name": "cifar10", "root": "../shared/cifar", "verify_md5": True},
+             "trainer": {"lr": 0.1}}
+    absolute = str(tmp_path / "shared" / "cifar")
+    # md5-checked: the files are CIFAR-10 wherever they lie
+    check_same_run(saved, {**saved, "data": {**saved["data"], "root": "/elsewhere"}}, tmp_path)
+    # not md5-checked: the same folder written another way
+    unchecked = {**saved, "data": {**saved["data"], "verify_md5": False}}
+    check_same_run(unchecked, {**unchecked, "data": {**unchecked["data"], "root": absolute}},
+                   tmp_path)
+    with pytest.raises(ConfigError, match="differs in data.root"):
+        check_same_run(unchecked, {**unchecked, "data": {**unchecked["data"],
+                                                         "root": "/elsewhere"}}, tmp_path)

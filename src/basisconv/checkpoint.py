@@ -151,10 +151,28 @@ def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
                     "resuming anyway", path, ", ".join(one_sided))
     changed = sorted(k for k in old.keys() & new.keys()
                      if old[k] != new[k] and k not in RESUMABLE_CHANGES)
+    if "data.root" in changed and same_data(old, new):
+        log.info("%s: data.root %s -> %s holds the same data; resuming", path,
+                 old["data.root"], new["data.root"])
+        changed.remove("data.root")
     if changed:
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "
             f"use a new output directory, or trainer.resume=false to start over")
+
+
+def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two flattened configs whose ``data.root`` differs read the same data: the
+    data is what was verified, not how its path was written. So the root may change when
+    both check the published md5 sums (the files are then the genuine CIFAR-10 wherever
+    they lie), when the data is generated (the root is not read), or when both paths
+    resolve to the same folder."""
+    if old.get("data.name") == new.get("data.name") == "stripes":
+        return True
+    if old.get("data.verify_md5") and new.get("data.verify_md5"):
+        return True
+    root = [Path(str(c["data.root"])).expanduser().resolve() for c in (old, new)]
+    return root[0] == root[1]
 
 
 def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_checkpoint") -> None:
