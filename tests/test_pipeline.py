@@ -243,3 +243,28 @@ def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
                                           r"trainer.resume=false") as err:
         fit(cfg, tmp_path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, repo, signum,
+                                                                     status):
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen(train_command(repo, "trainer.epochs=50", f"hydra.run.dir={out}"),
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr
+    import torch  # the epochs the checkpoint holds (run.json is written just before it)
+
+    done = len(torch.load(out / "checkpoint.pt", weights_only=False)["record"]["epochs"])
+    line = stderr.strip().splitlines()[-1]
+    assert line == (f"stopped by {signal.Signals(signum).name}: the run in {out} stopped after "
+                    f"epoch {done} of 50 (checkpoint saved); run the same command again to "
+                    f"resume it")
+    assert line in (out / "train.log").read_text()

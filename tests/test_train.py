@@ -67,6 +67,8 @@ def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     assert result.returncode == 2
     assert result.stderr.startswith("error: CIFAR-10 not found")
     assert "Traceback" not in result.stderr
+    # the output folder's log says why the run did not start
+    assert "error: CIFAR-10 not found" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_benchmark_train_script_runs(tmp_path, repo):

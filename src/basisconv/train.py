@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoin
                          save_checkpoint)
 from .config import validate
 from .data import prepare_data
-from .errors import ConfigError
+from .errors import ConfigError, Stopped
 from .network import (build_network, coefficient_penalty, converts_later, describe,
                       rebind_optimizer, to_basis)
 from .records import RECORD, RunRecord, read_record, write_record
@@ -154,6 +155,7 @@ class Training:
             "provenance/date": record.provenance["date"],
             "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu")})
         failed = True
+        self.saved_epochs = len(results["epochs"])
         try:
             log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
                      "test_loss", "test_acc", "lr", "time_s")
@@ -173,6 +175,8 @@ class Training:
                 if self.main_process:
                     self.save()
             failed = False
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through basisconv.cli
+            raise Stopped(getattr(err, "signum", signal.SIGINT), self.stop_message()) from None
         finally:
             self.tracker.finish(failed=failed)
             # Free DDP's reducer before its process group goes: DDP sits in reference
@@ -190,6 +194,19 @@ class Training:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "batches": self.train_batches.state_dict()})
+        self.saved_epochs = len(self.results["epochs"])
+
+    def stop_message(self) -> str:
+        """What an interrupted run tells the user: where it stopped, how to go on."""
+        done, epochs = self.saved_epochs, self.cfg.trainer.epochs
+        if not self.cfg.trainer.checkpoint:
+            return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs}; "
+                    f"trainer.checkpoint=false, so the same command starts it over")
+        if done == 0:
+            return (f"the run in {self.output_dir} stopped during epoch 1 of {epochs}, before "
+                    f"its first checkpoint; the same command starts it over")
+        return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs} "
+                f"(checkpoint saved); run the same command again to resume it")
 
 
 def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:
