@@ -274,3 +274,22 @@ def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_
     table, record = sensitivity.sensitivity_table(cfg)
     thread.join()
     assert record["cache_hit"] and calls == [] and len(table) == 3
+
+
+def test_exhaustive_search_checks_its_size_before_the_sensitivity_estimate(repo, tmp_path,
+                                                                          monkeypatch):
+    from basisconv.search import exhaustive_search
+
+    def no_estimate(cfg):
+        raise AssertionError("estimated before the search size was checked")
+
+    monkeypatch.setattr(sensitivity, "estimate", no_estimate)
+    too_many = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
+                                   "sensitivity.search_subset_size=3",
+                                   "sensitivity.search_max_subsets=10")
+    with pytest.raises(ConfigError, match="35 subsets of 3 among 7 candidate layers"):
+        exhaustive_search(too_many, tmp_path / "out")
+    too_large = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
+                                    "sensitivity.search_subset_size=8")
+    with pytest.raises(ConfigError, match=r"search_subset_size=8; there are 7 candidate layers"):
+        exhaustive_search(too_large, tmp_path / "out")
