@@ -114,3 +114,37 @@ def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="differs in data.root"):
         check_same_run(unchecked, {**unchecked, "data": {**unchecked["data"],
                                                          "root": "/elsewhere"}}, tmp_path)
+
+
+@pytest.mark.parametrize("script, override, message", [
+    ("train.py", "trainer.epochz=3", r"trainer.epochz is not a config key; valid keys here: "
+                                     r"trainer.epochs, .*trainer.resume"),
+    ("train.py", "trainer.epochs=abc", "trainer.epochs=abc: Value 'abc' of type 'str' could "
+                                       "not be converted to Integer"),
+    ("train.py", "model=resnet999", "model=resnet999: there is no such model config; choose "
+                                    "one of resnet110, resnet18"),
+    ("train.py", "+=x", "the override '\\+=x' has no key"),
+    ("train.py", "=3", "the override '=3' has no key"),
+    ("sensitivity.py", "data=nope", "data=nope: there is no such data config; choose one of "
+                                    "cifar10, stripes"),
+    ("exhaustive_search.py", "seed=x", "seed=x: Value 'x' of type 'str' could not be"),
+    ("analyze.py", "profilez=3", "profilez is not a config key; valid keys here: profile, "),
+])
+def test_hydra_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path, repo, script,
+                                                                       override, message):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run([sys.executable, str(repo / "scripts" / script), override,
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert re.match(rf"error: {message}", result.stderr), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_basisconv_debug_shows_hydras_full_message(tmp_path, repo):
+    env = {**os.environ, "WANDB_MODE": "disabled", "BASISCONV_DEBUG": "1"}
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
+                             "trainer.epochz=3"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Key 'epochz' not in 'TrainerConfig'" in result.stderr
