@@ -268,3 +268,18 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
                     f"epoch {done} of 50 (checkpoint saved); run the same command again to "
                     f"resume it")
     assert line in (out / "train.log").read_text()
+
+
+def test_a_refused_start_changes_nothing_in_the_run_folder(tmp_path, repo):
+    out = tmp_path / "run"
+    run(repo, tmp_path, "trainer.epochs=1", f"hydra.run.dir={out}")
+    files = ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    before = {name: (out / ".hydra" / name).read_bytes() for name in files}
+    record = (out / "run.json").read_bytes()
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(train_command(repo, "trainer.epochs=1", "trainer.lr=0.3",
+                                          f"hydra.run.dir={out}"), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "differs in trainer.lr" in result.stderr
+    assert {name: (out / ".hydra" / name).read_bytes() for name in files} == before
+    assert (out / "run.json").read_bytes() == record

@@ -7,14 +7,17 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import hydra._internal.utils as hydra_utils
+import hydra.core.utils as hydra_core_utils
 from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
 from .errors import BasisconvError, Stopped
+from .records import write_bytes_atomic
 
 F = TypeVar("F", bound=Callable)
 
@@ -24,6 +27,28 @@ task_started = False
 # Hydra's flags that take the next argument as their value.
 HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn",
                      "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
+
+
+#: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
+hydra_save_config = hydra_core_utils._save_config
+#: The files of an earlier run that Hydra overwrote for this job, with their old bytes.
+replaced: dict[Path, bytes] = {}
+
+
+def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
+    """Hydra's ``_save_config``, remembering what it overwrites: a start that is refused
+    (a changed config in a finished run's folder, a folder another process holds) puts
+    the earlier run's files back, so it changes nothing there."""
+    path = Path(output_dir) / filename
+    if path.is_file() and path not in replaced:
+        replaced[path] = path.read_bytes()
+    hydra_save_config(cfg, filename, output_dir)
+
+
+def restore_replaced() -> None:
+    for path, data in replaced.items():
+        write_bytes_atomic(path, data)
+    replaced.clear()
 
 
 def hydra_error_line(ex: Exception) -> str:
@@ -111,6 +136,7 @@ def exit_on_user_error(fn: F) -> F:
     also goes to the run's log file. Hydra's errors before the task starts are one line
     with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
+    hydra_core_utils._save_config = save_config_keeping_old
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -120,6 +146,7 @@ def exit_on_user_error(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (BasisconvError, InterpolationResolutionError) as err:
+            restore_replaced()  # a refused start leaves an earlier run's files as they were
             if os.environ.get("BASISCONV_DEBUG"):
                 raise
             message = " ".join(str(err).split())
@@ -139,5 +166,6 @@ def exit_on_user_error(fn: F) -> F:
             sys.exit(128 + signum)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            replaced.clear()
 
     return wrapper  # type: ignore[return-value]
