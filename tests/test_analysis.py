@@ -163,3 +163,17 @@ def test_analyze_config_takes_the_profile_and_source(repo):
         cfg = compose("analyze", overrides=["profile=paper", "source=wandb", "wandb.entity=me"])
     assert (cfg.runs_dir, cfg.out_dir, cfg.source, cfg.wandb.entity) == \
         ("outputs/paper", "results/paper", "wandb", "me")
+
+
+def test_report_lists_the_run_folders_it_could_not_read(tmp_path, caplog):
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    for name in ("broken", "empty"):
+        (tmp_path / "runs" / name).mkdir()
+    (tmp_path / "runs" / "broken" / "run.json").write_text("{")
+    (tmp_path / "runs" / "empty" / "run.json").write_text("")
+    write_report(analyze_cfg(tmp_path), "cmd")
+    folders = [str(tmp_path / "runs" / name) for name in ("broken", "empty")]
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == folders
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and all(f in warnings[0] for f in folders)

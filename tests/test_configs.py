@@ -109,3 +109,12 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
         build_network(cfg, choose_layers(cfg))
     with pytest.raises(ConfigError, match="selection.layers"):
         choose_layers(compose_cfg("model=resnet20", "selection=list"))
+
+
+@pytest.mark.parametrize("override", ["data.synthetic_train=0", "data.synthetic_test=0",
+                                      "data.synthetic_test=-5"])
+def test_generated_data_sizes_below_one_fail_validation(compose_cfg, override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key} must be >= 1") as err:
+        validate(compose_cfg("data=stripes", override))
+    assert "\n" not in str(err.value)

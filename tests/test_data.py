@@ -143,3 +143,17 @@ def test_batch_larger_than_dataset():
     images, labels = random_images(10, 0)
     with pytest.raises(ConfigError, match="larger than the 10 training examples"):
         TensorBatches(images, labels, 32, train=True)
+
+
+def test_subset_errors_name_their_key_and_zero_images_is_its_own_message():
+    from basisconv.data import stratified_subset
+
+    labels = torch.arange(100) % 10
+    with pytest.raises(ConfigError, match=r"^data.test_subset=999999 must select between 1 and 100"):
+        stratified_subset(labels, 999999, key="data.test_subset")
+    with pytest.raises(ConfigError, match=r"^sensitivity.val_size=0.001 must select"):
+        stratified_subset(labels, 0.001, key="sensitivity.val_size")
+    images, _ = random_images(10, 0)
+    with pytest.raises(ConfigError, match="there are no training images") as err:
+        TensorBatches(images[:0], labels[:0], 32, train=True)
+    assert "lower trainer.batch_size" not in str(err.value)

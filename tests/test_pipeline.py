@@ -185,3 +185,101 @@ def test_convert_from_a_trained_checkpoint(tmp_path, repo):
     with pytest.raises(ConfigError, match="does not exist"):
         fit(compose_tiny(repo, "trainer.epochs=1", "selection=all", "basis=convert",
                          f"basis.source_checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "x")
+
+
+def test_a_complete_runs_lost_or_damaged_record_is_rebuilt_from_its_checkpoint(tmp_path, repo,
+                                                                              caplog):
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    first = fit(cfg, tmp_path)
+    expected = read_record(tmp_path)
+    for damage in ("missing", "truncated"):
+        if damage == "missing":
+            (tmp_path / "run.json").unlink()
+        else:
+            (tmp_path / "run.json").write_text((tmp_path / "run.json").read_text()[:100])
+        assert fit(cfg, tmp_path)["final"] == first["final"]
+        assert read_record(tmp_path) == expected
+    assert "rewrote it from the complete run's checkpoint" in caplog.text
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from basisconv.checkpoint import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_process_in_a_run_folder_is_refused_and_a_dead_ones_lock_is_not(tmp_path,
+                                                                                 repo):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        cfg = compose_tiny(repo, "trainer.epochs=1")
+        with pytest.raises(ConfigError, match=rf"^{tmp_path} is in use by another run "
+                                              rf"\(pid {holder.pid} on host .+\)") as err:
+            fit(cfg, tmp_path)
+        assert "\n" not in str(err.value) and not (tmp_path / "run.json").exists()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up; the lock file stays behind
+        holder.wait()
+    assert (tmp_path / "run.lock").exists()
+    assert fit(cfg, tmp_path)["status"] == "complete"
+
+
+def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    fit(cfg, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    assert (tmp_path / "checkpoint.pt.sha256").read_text().split()[0] == \
+        __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside the saved tensors
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is damaged.*delete it.*"
+                                          r"trainer.resume=false") as err:
+        fit(cfg, tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, repo, signum,
+                                                                     status):
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen(train_command(repo, "trainer.epochs=50", f"hydra.run.dir={out}"),
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr
+    import torch  # the epochs the checkpoint holds (run.json is written just before it)
+
+    done = len(torch.load(out / "checkpoint.pt", weights_only=False)["record"]["epochs"])
+    line = stderr.strip().splitlines()[-1]
+    assert line == (f"stopped by {signal.Signals(signum).name}: the run in {out} stopped after "
+                    f"epoch {done} of 50 (checkpoint saved); run the same command again to "
+                    f"resume it")
+    assert line in (out / "train.log").read_text()
+
+
+def test_a_refused_start_changes_nothing_in_the_run_folder(tmp_path, repo):
+    out = tmp_path / "run"
+    run(repo, tmp_path, "trainer.epochs=1", f"hydra.run.dir={out}")
+    files = ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    before = {name: (out / ".hydra" / name).read_bytes() for name in files}
+    record = (out / "run.json").read_bytes()
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(train_command(repo, "trainer.epochs=1", "trainer.lr=0.3",
+                                          f"hydra.run.dir={out}"), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "differs in trainer.lr" in result.stderr
+    assert {name: (out / ".hydra" / name).read_bytes() for name in files} == before
+    assert (out / "run.json").read_bytes() == record

@@ -202,3 +202,94 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
                                    "sensitivity.search_max_subsets=10")
     with pytest.raises(ConfigError, match="35 subsets of 3 among 7 candidate layers"):
         exhaustive_search(too_many, tmp_path / "out2")
+
+
+def fake_estimate(cfg):
+    """A three-row table in the cache's shape, without training anything."""
+    rows = [{column: 0.0 for column in sensitivity.COLUMNS} for _ in range(3)]
+    for i, row in enumerate(rows):
+        row.update(layer=f"layer3.{i}.conv1", position=i, shape="[4, 4, 3, 3]",
+                   accuracy_drop=0.01 * i)
+    return pd.DataFrame(rows)[list(sensitivity.COLUMNS)], {"key": sensitivity.cache_key(cfg),
+                                                           "seconds": 1.0}
+
+
+def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
+        repo, tmp_path, monkeypatch, caplog):
+    cfg = compose_sensitivity(repo, tmp_path)
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
+    table, record = sensitivity.sensitivity_table(cfg)
+    assert record["table_rows"] == 3 and len(record["table_sha256"]) == 64
+    again, record = sensitivity.sensitivity_table(cfg)
+    assert record["cache_hit"] and len(again) == 3
+    path = sensitivity.cache_dir(cfg) / sensitivity.TABLE
+    good = path.read_text()
+    path.write_text("".join(good.splitlines(keepends=True)[:-1]))  # a row lost
+    with pytest.raises(ConfigError, match=rf"{path}.*damaged.*sensitivity.recompute=true") as err:
+        sensitivity.sensitivity_table(cfg)
+    assert "\n" not in str(err.value)
+    path.write_text(good.replace("0.01,", "abc,", 1))  # a non-numeric cell
+    with pytest.raises(ConfigError, match=rf"{path}.*sensitivity.recompute=true"):
+        sensitivity.sensitivity_table(cfg)
+    # written before records held a checksum: loads, logged as unverified
+    path.write_text(good)
+    record_path = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+    old = json.loads(record_path.read_text())
+    del old["table_sha256"], old["table_rows"]
+    record_path.write_text(json.dumps(old))
+    assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+    assert "unverified" in caplog.text
+    path.write_text(good.replace("0.01,", "abc,", 1))
+    with pytest.raises(ConfigError, match=r"non-numeric values in accuracy_drop"):
+        sensitivity.sensitivity_table(cfg)
+
+
+def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_path,
+                                                                       monkeypatch):
+    import hashlib
+    import threading
+    import time
+
+    from basisconv.checkpoint import folder_lock
+
+    cfg = compose_sensitivity(repo, tmp_path)
+    folder = sensitivity.cache_dir(cfg)
+    calls = []
+    monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or fake_estimate(c))
+    locked = threading.Event()
+
+    def first_estimate():  # another process's estimate, holding the cache folder's lock
+        with folder_lock(folder):
+            locked.set()
+            time.sleep(1)
+            table, record = fake_estimate(cfg)
+            data = sensitivity.table_csv(table)
+            (folder / sensitivity.TABLE).write_bytes(data)
+            (folder / sensitivity.RECORD).write_text(json.dumps(
+                {**record, "table_rows": 3, "table_sha256": hashlib.sha256(data).hexdigest()}))
+
+    thread = threading.Thread(target=first_estimate)
+    thread.start()
+    locked.wait()
+    table, record = sensitivity.sensitivity_table(cfg)
+    thread.join()
+    assert record["cache_hit"] and calls == [] and len(table) == 3
+
+
+def test_exhaustive_search_checks_its_size_before_the_sensitivity_estimate(repo, tmp_path,
+                                                                          monkeypatch):
+    from basisconv.search import exhaustive_search
+
+    def no_estimate(cfg):
+        raise AssertionError("estimated before the search size was checked")
+
+    monkeypatch.setattr(sensitivity, "estimate", no_estimate)
+    too_many = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
+                                   "sensitivity.search_subset_size=3",
+                                   "sensitivity.search_max_subsets=10")
+    with pytest.raises(ConfigError, match="35 subsets of 3 among 7 candidate layers"):
+        exhaustive_search(too_many, tmp_path / "out")
+    too_large = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
+                                    "sensitivity.search_subset_size=8")
+    with pytest.raises(ConfigError, match=r"search_subset_size=8; there are 7 candidate layers"):
+        exhaustive_search(too_large, tmp_path / "out")

@@ -79,6 +79,8 @@ def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     assert result.returncode == 2
     assert result.stderr.startswith("error: CIFAR-10 not found")
     assert "Traceback" not in result.stderr
+    # the output folder's log says why the run did not start
+    assert "error: CIFAR-10 not found" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_benchmark_train_script_runs(tmp_path, repo):
@@ -118,3 +120,57 @@ def test_a_run_leaves_the_process_settings_as_it_found_them(tmp_path, repo):
     fit(cfg, tmp_path / "run")
     assert torch.get_num_threads() == 2
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
+    from basisconv.checkpoint import check_same_run
+
+    (tmp_path / "shared" / "cifar").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    saved = {"data": {"name": "cifar10", "root": "../shared/cifar", "verify_md5": True},
+             "trainer": {"lr": 0.1}}
+    absolute = str(tmp_path / "shared" / "cifar")
+    # md5-checked: the files are CIFAR-10 wherever they lie
+    check_same_run(saved, {**saved, "data": {**saved["data"], "root": "/elsewhere"}}, tmp_path)
+    # not md5-checked: the same folder written another way
+    unchecked = {**saved, "data": {**saved["data"], "verify_md5": False}}
+    check_same_run(unchecked, {**unchecked, "data": {**unchecked["data"], "root": absolute}},
+                   tmp_path)
+    with pytest.raises(ConfigError, match="differs in data.root"):
+        check_same_run(unchecked, {**unchecked, "data": {**unchecked["data"],
+                                                         "root": "/elsewhere"}}, tmp_path)
+
+
+@pytest.mark.parametrize("script, override, message", [
+    ("train.py", "trainer.epochz=3", r"trainer.epochz is not a config key; valid keys here: "
+                                     r"trainer.epochs, .*trainer.resume"),
+    ("train.py", "trainer.epochs=abc", "trainer.epochs=abc: Value 'abc' of type 'str' could "
+                                       "not be converted to Integer"),
+    ("train.py", "model=resnet999", "model=resnet999: there is no such model config; choose "
+                                    "one of resnet110, resnet18"),
+    ("train.py", "+=x", "the override '\\+=x' has no key"),
+    ("train.py", "=3", "the override '=3' has no key"),
+    ("sensitivity.py", "data=nope", "data=nope: there is no such data config; choose one of "
+                                    "cifar10, stripes"),
+    ("exhaustive_search.py", "seed=x", "seed=x: Value 'x' of type 'str' could not be"),
+    ("analyze.py", "profilez=3", "profilez is not a config key; valid keys here: profile, "),
+])
+def test_hydra_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path, repo, script,
+                                                                       override, message):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run([sys.executable, str(repo / "scripts" / script), override,
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert re.match(rf"error: {message}", result.stderr), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_basisconv_debug_shows_hydras_full_message(tmp_path, repo):
+    env = {**os.environ, "WANDB_MODE": "disabled", "BASISCONV_DEBUG": "1"}
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
+                             "trainer.epochz=3"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Key 'epochz' not in 'TrainerConfig'" in result.stderr

@@ -1,4 +1,5 @@
-"""Per-epoch checkpoints, written atomically, and the resume rule.
+"""Per-epoch checkpoints, written atomically, the resume rule, and the lock that keeps
+a second process out of a run folder.
 
 A checkpoint holds everything the next epoch depends on (model, optimizer, schedule, the
 batch generator's state, the history so far), so a run resumed from it ends with the
@@ -8,7 +9,13 @@ settings; on GPU up to kernel nondeterminism).
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
-from .records import write_atomic
+from .records import file_digest, temporary_beside, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +33,90 @@ RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "t
                      "logger.mode", "logger.tags"}
 
 
+LOCK = "run.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, wait: bool = False, what: str = "run"):
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/run.lock``) for the
+    ``with`` block. Another holder means :class:`ConfigError` naming its pid and host, or,
+    with ``wait``, waiting for it. The kernel drops the lock when its process ends, however
+    it ends, so a crashed or killed run never leaves the folder locked; the file stays."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = " ".join(os.pread(fd, 512, 0).decode(errors="replace").split()) or "unknown"
+            if not wait:
+                raise ConfigError(f"{folder} is in use by another {what} ({holder}); wait for it "
+                                  f"to finish, or give this one another hydra.run.dir") from None
+            log.warning("%s is in use by another %s (%s); waiting for it", folder, what, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()} on host {socket.gethostname()} since "
+                       f"{_dt.datetime.now().isoformat(timespec='seconds')}\n").encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` atomically: a kill mid-write leaves the previous checkpoint intact."""
-    write_atomic(path, lambda f: torch.save(state, f))
+    """``torch.save`` atomically: a kill mid-write leaves the previous checkpoint intact.
+
+    Its sha256 goes to ``<name>.sha256`` beside it, written (atomically) after the new
+    file is on disk and before it replaces the old one; the sidecar also keeps the older
+    files' sums, so a kill between the two renames leaves a pair that still verifies."""
+    path = Path(path)
+    fd, tmp = temporary_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        # the new sum, then the older ones (a kill in this window, twice in a row, still
+        # leaves a checkpoint whose sum is listed)
+        sums = [file_digest(Path(tmp)), *stored_sums(path)[:2]]
+        write_text_atomic(checksum_path(path), "\n".join(sums) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def stored_sums(path: Path) -> list[str]:
+    """The sums a checkpoint may have (the newest first); none for one written before
+    checkpoints had them."""
+    try:
+        return checksum_path(path).read_text().split()
+    except FileNotFoundError:
+        return []
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    fix = "delete it (and its .sha256) to start over, or set trainer.resume=false"
+    sums = stored_sums(path)
+    if not sums:
+        log.info("%s has no %s beside it (an older basisconv wrote it); loading it "
+                 "unverified", path, checksum_path(path).name)
+    elif file_digest(path) not in sums:
+        raise ConfigError(f"checkpoint {path} is damaged (its sha256 does not match "
+                          f"{checksum_path(path).name}); {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
-                          f"delete it to start over, or set trainer.resume=false") from None
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())}); {fix}") from None
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -62,10 +142,28 @@ def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
                     "resuming anyway", path, ", ".join(one_sided))
     changed = sorted(k for k in old.keys() & new.keys()
                      if old[k] != new[k] and k not in RESUMABLE_CHANGES)
+    if "data.root" in changed and same_data(old, new):
+        log.info("%s: data.root %s -> %s holds the same data; resuming", path,
+                 old["data.root"], new["data.root"])
+        changed.remove("data.root")
     if changed:
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "
             f"use a new output directory, or trainer.resume=false to start over")
+
+
+def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two flattened configs whose ``data.root`` differs read the same data: the
+    data is what was verified, not how its path was written. So the root may change when
+    both check the published md5 sums (the files are then the genuine CIFAR-10 wherever
+    they lie), when the data is generated (the root is not read), or when both paths
+    resolve to the same folder."""
+    if old.get("data.name") == new.get("data.name") == "stripes":
+        return True
+    if old.get("data.verify_md5") and new.get("data.verify_md5"):
+        return True
+    root = [Path(str(c["data.root"])).expanduser().resolve() for c in (old, new)]
+    return root[0] == root[1]
 
 
 def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_checkpoint") -> None:

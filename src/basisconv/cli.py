@@ -3,27 +3,171 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import signal
 import sys
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
-from .errors import BasisconvError
+import hydra._internal.utils as hydra_utils
+import hydra.core.utils as hydra_core_utils
+from hydra.errors import MissingConfigException, OverrideParseException
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
+                              InterpolationResolutionError, ValidationError)
+
+from .errors import BasisconvError, Stopped
+from .records import write_bytes_atomic
 
 F = TypeVar("F", bound=Callable)
+
+#: Hydra's own error reporter (multi-line, exit 1), used once the task has started.
+hydra_run_and_report = hydra_utils.run_and_report
+task_started = False
+# Hydra's flags that take the next argument as their value.
+HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn",
+                     "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
+
+
+#: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
+hydra_save_config = hydra_core_utils._save_config
+#: The files of an earlier run that Hydra overwrote for this job, with their old bytes.
+replaced: dict[Path, bytes] = {}
+
+
+def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
+    """Hydra's ``_save_config``, remembering what it overwrites: a start that is refused
+    (a changed config in a finished run's folder, a folder another process holds) puts
+    the earlier run's files back, so it changes nothing there."""
+    path = Path(output_dir) / filename
+    if path.is_file() and path not in replaced:
+        replaced[path] = path.read_bytes()
+    hydra_save_config(cfg, filename, output_dir)
+
+
+def restore_replaced() -> None:
+    for path, data in replaced.items():
+        write_bytes_atomic(path, data)
+    replaced.clear()
+
+
+def hydra_error_line(ex: Exception) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing the config: the
+    key or option, and what is valid."""
+    cause = ex.__cause__
+    if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and ex.options:
+        group, _, name = ex.missing_cfg_file.rpartition("/")
+        return (f"{group}={name}: there is no such {group} config; choose one of "
+                f"{', '.join(ex.options)}")
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        node = cause.full_key.rpartition(".")[0]
+        parent = getattr(cause, "parent_node", None)
+        keys = [f"{node}.{k}" if node else str(k) for k in (parent.keys() if parent else [])
+                if k != "hydra"]
+        valid = f"; valid keys here: {', '.join(keys)}" if keys else ""
+        return f"{cause.full_key} is not a config key{valid} (prefix a new key with +)"
+    if isinstance(cause, ValidationError):
+        override = str(ex).rpartition("override ")[2].strip() or cause.full_key
+        return f"{override}: {str(cause).splitlines()[0]}"
+    if isinstance(ex, OverrideParseException):
+        return (f"cannot parse the override {ex.override!r} ({ex.message.splitlines()[0]}); "
+                f"write key=value, e.g. trainer.epochs=3")
+    lines = [line.strip() for text in (str(ex), str(cause) if cause else "")
+             for line in text.splitlines()]
+    noise = ("full_key:", "reference_type=", "object_type=", "Set the environment variable")
+    kept = [line for line in lines if line and not line.startswith(noise)]
+    return "; ".join(kept) or type(ex).__name__
+
+
+def malformed_override(args: list[str]) -> str | None:
+    """A command-line override without a key (``=3``, ``+=x``), which Hydra reports with
+    a stack trace."""
+    flag_value = False
+    for arg in args:
+        if flag_value:
+            flag_value = False
+        elif arg in HYDRA_VALUE_FLAGS:
+            flag_value = True
+        elif not arg.startswith("-") and "=" in arg and not arg.split("=", 1)[0].lstrip("+~"):
+            return arg
+    return None
+
+
+def run_and_report(func: Callable[[], Any]) -> Any:
+    """Hydra's error reporter, for the errors before the task starts (a misspelt key, a
+    wrong type, an unknown option, a malformed override): one line and exit status 2, as
+    for the package's own errors; ``BASISCONV_DEBUG=1`` shows Hydra's full report."""
+    if task_started or os.environ.get("BASISCONV_DEBUG"):
+        return hydra_run_and_report(func)
+    bad = malformed_override(sys.argv[1:])
+    if bad is not None:
+        print(f"error: the override {bad!r} has no key; write key=value, e.g. "
+              f"trainer.epochs=3", file=sys.stderr)
+        sys.exit(2)
+    try:
+        return func()
+    except Exception as ex:  # noqa: BLE001 - before the task, every error is the config's
+        if task_started:  # raised by the task (a multirun's later jobs): Hydra reports it
+            caught = ex
+
+            def reraise():
+                raise caught
+            return hydra_run_and_report(reraise)
+        print(f"error: {' '.join(hydra_error_line(ex).split())} (BASISCONV_DEBUG=1 shows "
+              f"Hydra's full message)", file=sys.stderr)
+        sys.exit(2)
+
+
+def log_to_files(message: str) -> None:
+    """Write ``message`` to the log files of the run (Hydra's ``train.log``) only: the
+    console gets it once, from the entry point."""
+    record = logging.LogRecord("basisconv", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
 
 
 def exit_on_user_error(fn: F) -> F:
     """Print a :class:`BasisconvError` as one line and exit with status 2, instead of a
-    stack trace; ``BASISCONV_DEBUG=1`` shows the trace."""
+    stack trace; ``BASISCONV_DEBUG=1`` shows the trace. A run stopped by SIGINT (Ctrl-C)
+    or SIGTERM says in one line where it stopped and exits with 130 or 143. Either line
+    also goes to the run's log file. Hydra's errors before the task starts are one line
+    with exit status 2 as well (see :func:`run_and_report`)."""
+    hydra_utils.run_and_report = run_and_report
+    hydra_core_utils._save_config = save_config_keeping_old
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global task_started
+        task_started = True
+        previous = signal.signal(signal.SIGTERM, raise_stopped)
         try:
             return fn(*args, **kwargs)
-        except BasisconvError as err:
+        except (BasisconvError, InterpolationResolutionError) as err:
+            restore_replaced()  # a refused start leaves an earlier run's files as they were
             if os.environ.get("BASISCONV_DEBUG"):
                 raise
-            print(f"error: {err}", file=sys.stderr)
+            message = " ".join(str(err).split())
+            if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
+                message = f"{str(err).splitlines()[0]} (in {err.full_key})"
+            log_to_files(f"error: {message}")
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt as err:
+            if os.environ.get("BASISCONV_DEBUG"):
+                raise
+            signum = getattr(err, "signum", signal.SIGINT)
+            message = (f"stopped by {signal.Signals(signum).name}"
+                       f"{': ' + str(err) if str(err) else ''}")
+            log_to_files(message)
+            print(message, file=sys.stderr)
+            sys.exit(128 + signum)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            replaced.clear()
 
     return wrapper  # type: ignore[return-value]

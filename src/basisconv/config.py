@@ -210,6 +210,10 @@ def validate(cfg: DictConfig) -> None:
     _check_choice(cfg.data.name, DATASETS, "data.name")
     _check_subset(cfg.data.train_subset, "data.train_subset")
     _check_subset(cfg.data.test_subset, "data.test_subset")
+    if cfg.data.name == "stripes":
+        for key in ("synthetic_train", "synthetic_test"):
+            _check(cfg.data[key] >= 1, f"data.{key} must be >= 1 with data=stripes (the number "
+                                       f"of generated images), got {cfg.data[key]}")
     _check(cfg.data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
     t = cfg.trainer
     _check(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")

@@ -14,7 +14,6 @@ md5 sums, so a truncated download or a different dataset never trains silently.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from .distributed import shard
 from .errors import ConfigError, DatasetError
+from .records import file_digest
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -101,14 +101,6 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
         f"or set data.download=true on a machine that is online.")
 
 
-def md5sum(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     raw = path.read_bytes()
     if len(raw) == 0 or len(raw) % RECORD_BYTES:
@@ -143,7 +135,7 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
             raise DatasetError(f"CIFAR-10 file missing: {path}. The folder {folder} must hold "
                                f"{', '.join(TRAIN_FILES[fmt] + TEST_FILES[fmt])}.")
         x, y = reader(path)
-        if verify_md5 and (digest := md5sum(path)) != MD5[name]:
+        if verify_md5 and (digest := file_digest(path, "md5")) != MD5[name]:
             raise DatasetError(
                 f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
                 f"corrupt or not the genuine CIFAR-10: re-download it, or set "
@@ -172,7 +164,7 @@ def download_cifar10(root: str | os.PathLike) -> None:
             return
         archive = root / Path(ARCHIVE["url"]).name
         urllib.request.urlretrieve(ARCHIVE["url"], archive)
-        if md5sum(archive) != ARCHIVE["md5"]:
+        if file_digest(archive, "md5") != ARCHIVE["md5"]:
             raise DatasetError(f"downloaded {archive} has the wrong md5; delete it and retry.")
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
@@ -244,22 +236,29 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
         data = load_cifar10(data_cfg.root, verify_md5=data_cfg.verify_md5,
                             download=data_cfg.download)
     if data_cfg.train_subset is not None:
-        keep = stratified_subset(data.train_labels, data_cfg.train_subset, seed)
+        keep = stratified_subset(data.train_labels, data_cfg.train_subset, seed,
+                                 key="data.train_subset")
         data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
     if data_cfg.test_subset is not None:
-        keep = stratified_subset(data.test_labels, data_cfg.test_subset, seed)
+        keep = stratified_subset(data.test_labels, data_cfg.test_subset, seed,
+                                 key="data.test_subset")
         data.test_images, data.test_labels = data.test_images[keep], data.test_labels[keep]
     return data
 
 
-def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0) -> torch.Tensor:
+def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
+                      key: str = "data.train_subset") -> torch.Tensor:
     """Indices of a class-balanced random subset: ``size`` examples (int) or that
     fraction of the set (float in (0, 1]). Sorted, so batches still mix classes through
-    the per-epoch permutation."""
+    the per-epoch permutation. ``key`` is the config entry that set ``size``, for the
+    error message."""
     n = labels.numel()
+    if n == 0:
+        raise ConfigError(f"{key}={size}: there are no images to select from")
     count = int(round(size * n)) if isinstance(size, float) else int(size)
     if not 0 < count <= n:
-        raise ConfigError(f"train_subset must select between 1 and {n} examples, got {size}")
+        raise ConfigError(f"{key}={size} must select between 1 and {n} images "
+                          f"(got {count})")
     generator = torch.Generator().manual_seed(seed)
     classes = labels.unique()
     chosen = []
@@ -321,9 +320,13 @@ class TensorBatches:
         self.drop_last = train if drop_last is None else drop_last
         self.memory_format = memory_format
         self.generator = torch.Generator(device=images.device).manual_seed(seed)
+        if labels.numel() == 0:
+            raise ConfigError(f"there are no {'training' if train else 'test'} images; check "
+                              f"data.synthetic_train / data.synthetic_test, data.train_subset / "
+                              f"data.test_subset and sensitivity.val_size")
         if self.drop_last and len(self) == 0:
-            raise ConfigError(f"batch_size {batch_size} is larger than the {labels.numel()} "
-                             f"training examples; lower trainer.batch_size")
+            raise ConfigError(f"trainer.batch_size={batch_size} is larger than the "
+                              f"{labels.numel()} training examples; lower trainer.batch_size")
 
     def __len__(self) -> int:
         n = self.labels.numel()

@@ -39,7 +39,7 @@ class Split:
 def holdout_split(images: torch.Tensor, labels: torch.Tensor, val_size: int | float,
                   seed: int) -> Split:
     """A class-balanced held-out part of the training images to measure drops on."""
-    val = stratified_subset(labels, val_size, seed + 1)
+    val = stratified_subset(labels, val_size, seed + 1, key="sensitivity.val_size")
     keep = torch.ones(labels.numel(), dtype=torch.bool, device=labels.device)
     keep[val] = False
     if not keep.any():

@@ -9,6 +9,7 @@ and never needs the producers themselves."""
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -95,6 +96,15 @@ def provenance(command: str | None = None) -> dict[str, Any]:
         "versions": package_versions(),
         "hardware": hardware(),
     }
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file's bytes, read in chunks (a dataset file, a checkpoint)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def temporary_beside(path: Path) -> tuple[int, str]:

@@ -18,12 +18,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import loop
+from .checkpoint import folder_lock
 from .errors import ConfigError
+from .models import build_model
 from .probe import Probe
 from .records import RunRecord, write_record, write_text_atomic
+from .selection import layer_savings
 from .sensitivity import sensitivity_table
 
 log = logging.getLogger(__name__)
@@ -42,24 +46,44 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Evaluate every subset; write ``search.csv`` (one row per subset) and the run record
     (``run.json``, kind ``exhaustive_search``: the summary); returns the summary.
     ``basisconv.analysis.search`` draws it."""
-    with loop.settings_restored():
-        return _search(cfg, Path(output_dir))
+    output_dir = Path(output_dir)
+    with folder_lock(output_dir, what="exhaustive search"), loop.settings_restored():
+        return _exhaustive_search(cfg, output_dir)
 
 
-def _search(cfg: DictConfig, output_dir: Path) -> dict:
-    started = time.perf_counter()
-    table, record = sensitivity_table(cfg)
-    k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric
-    layers = table.sort_values("position")["layer"].tolist()
-    total = math.comb(len(layers), k)
-    if not 1 <= k <= len(layers):
-        raise ConfigError(f"sensitivity.search_subset_size={k}; there are {len(layers)} "
-                          f"candidate layers, so choose 1..{len(layers)}")
+def check_search_size(cfg: DictConfig, candidates: int) -> int:
+    """The number of subsets of ``sensitivity.search_subset_size`` among ``candidates``
+    layers; :class:`ConfigError` when the size is out of range or there are more subsets
+    than ``sensitivity.search_max_subsets``."""
+    k = cfg.sensitivity.search_subset_size
+    if not 1 <= k <= candidates:
+        raise ConfigError(f"sensitivity.search_subset_size={k}; there are {candidates} "
+                          f"candidate layers, so choose 1..{candidates}")
+    total = math.comb(candidates, k)
     if total > cfg.sensitivity.search_max_subsets:
-        raise ConfigError(f"{total} subsets of {k} among {len(layers)} candidate layers is more "
+        raise ConfigError(f"{total} subsets of {k} among {candidates} candidate layers is more "
                           f"than sensitivity.search_max_subsets={cfg.sensitivity.search_max_subsets}; "
                           f"restrict sensitivity.layers, use a smaller model (model=resnet8) or "
                           f"raise the limit")
+    return total
+
+
+def candidate_count(cfg: DictConfig) -> int:
+    """How many candidate layers the sensitivity table will have: from the cost model on a
+    dense model, before anything is trained."""
+    with torch.random.fork_rng():
+        dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                            width=cfg.model.width)
+    return len(layer_savings(dense, cfg.basis, list(cfg.sensitivity.layers)))
+
+
+def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
+    started = time.perf_counter()
+    check_search_size(cfg, candidate_count(cfg))  # before the (long) sensitivity estimate
+    table, record = sensitivity_table(cfg)
+    k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric
+    layers = table.sort_values("position")["layer"].tolist()
+    total = check_search_size(cfg, len(layers))
     probe = Probe(cfg)
     reference = probe.evaluate_layers([])
     single = table.set_index("layer")

@@ -25,6 +25,7 @@ reused by later runs; a changed key computes a new table, and computing is alway
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -36,11 +37,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
+from .checkpoint import folder_lock
 from .errors import ConfigError
 from .models import build_model
 from .probe import Probe, reference_noise
-from .records import (RunRecord, provenance, write_json_atomic, write_record,
-                      write_text_atomic)
+from .records import (RunRecord, provenance, write_bytes_atomic, write_json_atomic,
+                      write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
                         fixed_layers, layer_savings, pick_layers)
 from .tracking import Tracker
@@ -88,22 +90,47 @@ def cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.sensitivity.cache_dir) / cache_key(cfg)
 
 
+NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    """The bytes a table is cached (and written) as."""
+    return table.to_csv(index=False, float_format="%.6g").encode()
+
+
 def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
-    """The cached table and its record, or ``None`` when there is none for this key."""
+    """The cached table and its record, or ``None`` when there is none for this key.
+
+    The record holds the table's row count and the sha256 of its CSV bytes; a table that
+    does not match them (rows lost, a cell changed) is refused. A cache written before
+    records held them (basisconv before 0.3) loads, logged as unverified."""
     folder = cache_dir(cfg)
     if not (folder / RECORD).exists():
         return None
+    fix = "delete that folder or run with sensitivity.recompute=true"
     try:
         record = json.loads((folder / RECORD).read_text())
-        table = pd.read_csv(folder / TABLE)
+        data = (folder / TABLE).read_bytes()
+        table = pd.read_csv(io.BytesIO(data))
     except (OSError, ValueError) as err:
-        raise ConfigError(f"the cached sensitivity table in {folder} is unreadable ({err}); "
-                          f"delete that folder or run with sensitivity.recompute=true") from None
+        raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
+                          f"({' '.join(str(err).split())}); {fix}") from None
     missing = set(COLUMNS) - set(table.columns)
-    if missing or record.get("key") != cache_key(cfg):
+    if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
-                          f"for another key; delete that folder or run with "
-                          f"sensitivity.recompute=true")
+                          f"for another key; {fix}")
+    expected = record.get("table_sha256")
+    if expected is None:
+        log.warning("sensitivity: the cached table %s has no checksum (written by an older "
+                    "basisconv); using it unverified", folder / TABLE)
+    elif hashlib.sha256(data).hexdigest() != expected or len(table) != record.get("table_rows"):
+        raise ConfigError(f"the cached sensitivity table {folder / TABLE} is damaged ({len(table)} "
+                          f"rows, record says {record.get('table_rows')}; its sha256 does not "
+                          f"match {RECORD}); {fix}")
+    bad = [c for c in NUMERIC if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise ConfigError(f"the cached sensitivity table {folder / TABLE} has non-numeric "
+                          f"values in {', '.join(bad)}; {fix}")
     return table, record
 
 
@@ -113,22 +140,29 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     otherwise estimated now (logged, and cached for the next run)."""
     recompute = cfg.sensitivity.recompute if recompute is None else recompute
     cached = None if recompute else load_cached(cfg)
-    if cached is not None:
-        log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
-        table, record = cached
-        return table, {**record, "cache_hit": True}
-    if distributed.world_size() > 1:
+    if cached is None and distributed.world_size() > 1:
         raise ConfigError(f"no sensitivity table for key {cache_key(cfg)} in "
                           f"{cfg.sensitivity.cache_dir}; estimate it first in one process "
                           f"(python scripts/sensitivity.py with the same overrides), then "
                           f"start the torchrun job")
-    log.warning("sensitivity: %s table for key %s; estimating it now",
-                "recomputing the" if recompute else "no cached", cache_key(cfg))
-    table, record = estimate(cfg)
-    folder = cache_dir(cfg)
-    write_text_atomic(folder / TABLE, table.to_csv(index=False, float_format="%.6g"))
-    write_json_atomic(folder / RECORD, record)
-    return table, {**record, "cache_hit": False}
+    if cached is None:
+        folder = cache_dir(cfg)
+        # One estimate per key at a time: a second process waits, then reuses its table.
+        with folder_lock(folder, wait=True, what="sensitivity estimate"):
+            cached = None if recompute else load_cached(cfg)
+            if cached is None:
+                log.warning("sensitivity: %s table for key %s; estimating it now",
+                            "recomputing the" if recompute else "no cached", cache_key(cfg))
+                table, record = estimate(cfg)
+                data = table_csv(table)
+                record = {**record, "table_rows": len(table),
+                          "table_sha256": hashlib.sha256(data).hexdigest()}
+                write_bytes_atomic(folder / TABLE, data)  # first: a record has its table
+                write_json_atomic(folder / RECORD, record)
+                return table, {**record, "cache_hit": False}
+    log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
+    table, record = cached
+    return table, {**record, "cache_hit": True}
 
 
 # ----------------------------------------------------------------------------- estimate
@@ -197,10 +231,15 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     (``run.json``, kind ``sensitivity``: summary and table) to ``output_dir``, and logs the
     same to wandb. Returns the record (``basisconv.analysis.sensitivity`` draws it)."""
     output_dir = Path(output_dir)
+    with folder_lock(output_dir, what="sensitivity run"):
+        return _run_sensitivity(cfg, output_dir)
+
+
+def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     table, record = sensitivity_table(cfg)
     chosen = (pick_layers(cfg.selection, table, record["dense"])
               if cfg.selection.policy in ORDERED_POLICIES else [])
-    write_text_atomic(output_dir / TABLE, table.to_csv(index=False, float_format="%.6g"))
+    write_bytes_atomic(output_dir / TABLE, table_csv(table))
     config = OmegaConf.to_container(cfg, resolve=True)
     picked = table[table["layer"].isin(chosen)]
     summary = {"key": record["key"], "cache_dir": str(cache_dir(cfg)),

@@ -11,8 +11,12 @@ and tracking.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import CHECKPOINT, check_same_run, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoint,
+                         save_checkpoint)
 from .config import validate
 from .data import prepare_data
-from .errors import ConfigError
+from .errors import ConfigError, Stopped
 from .network import (build_network, coefficient_penalty, converts_later, describe,
                       rebind_optimizer, to_basis)
-from .records import RunRecord, write_record
+from .records import RECORD, RunRecord, read_record, write_record
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -37,20 +42,26 @@ log = logging.getLogger(__name__)
 def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Train as ``cfg`` says, keeping ``output_dir/run.json`` and ``checkpoint.pt`` current
     after every epoch. Resumes from the checkpoint there when ``trainer.resume``; a run
-    whose record is already complete is not trained again. Returns the run record."""
+    whose record is already complete is not trained again. Returns the run record.
+
+    The run holds ``output_dir``'s lock throughout (under ``torchrun``: rank 0 for all), so
+    a second process started on the same folder stops at once with one line."""
     validate(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    checkpoint = None
-    if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
-        checkpoint = load_checkpoint(output_dir / CHECKPOINT)
-        check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
-        if checkpoint["record"]["status"] == "complete":
-            log.info("run in %s is already complete; not training again", output_dir)
-            return checkpoint["record"]
-    with loop.settings_restored():
-        return Training(cfg, config, output_dir, checkpoint).run()
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
+        config = OmegaConf.to_container(cfg, resolve=True)
+        checkpoint = None
+        if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
+            checkpoint = load_checkpoint(output_dir / CHECKPOINT)
+            check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
+            if checkpoint["record"]["status"] == "complete":
+                log.info("run in %s is already complete; not training again", output_dir)
+                repair_record(output_dir, checkpoint["record"])
+                return checkpoint["record"]
+        with loop.settings_restored():
+            return Training(cfg, config, output_dir, checkpoint).run()
 
 
 class Training:
@@ -145,6 +156,7 @@ class Training:
             "provenance/date": record.provenance["date"],
             "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu")})
         failed = True
+        self.saved_epochs = len(results["epochs"])
         try:
             log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
                      "test_loss", "test_acc", "lr", "time_s")
@@ -164,6 +176,8 @@ class Training:
                 if self.main_process:
                     self.save()
             failed = False
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through basisconv.cli
+            raise Stopped(getattr(err, "signum", signal.SIGINT), self.stop_message()) from None
         finally:
             self.tracker.finish(failed=failed)
             # Free DDP's reducer before its process group goes: DDP sits in reference
@@ -181,6 +195,35 @@ class Training:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "batches": self.train_batches.state_dict()})
+        self.saved_epochs = len(self.results["epochs"])
+
+    def stop_message(self) -> str:
+        """What an interrupted run tells the user: where it stopped, how to go on."""
+        done, epochs = self.saved_epochs, self.cfg.trainer.epochs
+        if not self.cfg.trainer.checkpoint:
+            return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs}; "
+                    f"trainer.checkpoint=false, so the same command starts it over")
+        if done == 0:
+            return (f"the run in {self.output_dir} stopped during epoch 1 of {epochs}, before "
+                    f"its first checkpoint; the same command starts it over")
+        return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs} "
+                f"(checkpoint saved); run the same command again to resume it")
+
+
+def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:
+    """A complete run's ``run.json`` must say what its checkpoint says: one that is missing,
+    unreadable or different (lost, damaged, or half-copied) is rewritten from the record
+    the checkpoint holds, so the run does not silently drop out of the tables."""
+    path = output_dir / RECORD
+    try:
+        expected = json.loads(json.dumps(RunRecord.from_dict(saved).as_dict(), default=str))
+        if read_record(path) == expected:
+            return
+        problem = "differs from the checkpoint's"
+    except (OSError, ValueError) as err:
+        problem = f"is missing or unreadable ({type(err).__name__})"
+    write_record(output_dir, RunRecord.from_dict(saved))
+    log.warning("%s %s; rewrote it from the complete run's checkpoint", path, problem)
 
 
 def final_metrics(epochs: list[dict]) -> dict[str, Any]:

@@ -32,7 +32,12 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
 def write_report(cfg: DictConfig, command: str) -> list[Path]:
     """Collect the runs (local records or wandb), write every table and plot; returns the
     files written."""
-    local = read_records(cfg.runs_dir) if cfg.source == "local" else []
+    unreadable: list[str] = []
+    local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
+    if unreadable:
+        log.warning("skipped %d run folders whose run.json could not be read: %s (a finished "
+                    "training run's record is rebuilt from its checkpoint by running the same "
+                    "command again)", len(unreadable), ", ".join(unreadable))
     if cfg.source == "local":
         records = training_records(local)
     elif cfg.source == "wandb":
@@ -63,7 +68,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     if cfg.source == "local":
         written += sensitivity_outputs(local, out, cfg.profile)
     index = {"provenance": made, "source": cfg.source,
-             "files": [p.name for p in written],
+             "files": [p.name for p in written], "unreadable_runs": unreadable,
              "runs": runs.to_dict("records")}
     written.append(write_json_atomic(out / "index.json", index))
     return written

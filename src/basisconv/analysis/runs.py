@@ -75,15 +75,18 @@ def curve_rows(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return [{**keys, **epoch} for epoch in record["epochs"]]
 
 
-def read_records(root: str | Path) -> list[tuple[dict, Path]]:
-    """Every readable ``run.json`` under ``root`` with its folder (unreadable files are
-    logged and skipped)."""
+def read_records(root: str | Path, unreadable: list[str] | None = None
+                 ) -> list[tuple[dict, Path]]:
+    """Every readable ``run.json`` under ``root`` with its folder. The others are skipped,
+    each logged, and their folders appended to ``unreadable`` when given."""
     found = []
     for path in sorted(Path(root).rglob(RECORD)):
         try:
             found.append((read_record(path), path.parent))
         except (OSError, ValueError) as err:
-            log.warning("skipping unreadable run record %s (%s)", path, err)
+            log.info("unreadable run record %s (%s)", path, " ".join(str(err).split()))
+            if unreadable is not None:
+                unreadable.append(str(path.parent))
     return found
 
 
