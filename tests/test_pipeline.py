@@ -250,14 +250,17 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
                                                                      status):
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "disabled"}
+    # A shell without job control starts background commands (`cmd &`, CI runners) with
+    # SIGINT ignored, and a child inherits that; the run must see the default disposition.
     process = subprocess.Popen(train_command(repo, "trainer.epochs=50", f"hydra.run.dir={out}"),
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signum)
-    stderr = process.communicate(timeout=120)[1]
+    stderr = process.communicate(timeout=300)[1]
     assert process.returncode == status, stderr[-3000:]
     assert "Traceback" not in stderr
     import torch  # the epochs the checkpoint holds (run.json is written just before it)
