@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
-from .records import file_digest, temporary_beside, write_text_atomic
+from .records import file_digest, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     file is on disk and before it replaces the old one; the sidecar also keeps the older
     files' sums, so a kill between the two renames leaves a pair that still verifies."""
     path = Path(path)
-    fd, tmp = temporary_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def record_sum(tmp: Path) -> None:
         # the new sum, then the older ones (a kill in this window, twice in a row, still
         # leaves a checkpoint whose sum is listed)
-        sums = [file_digest(Path(tmp)), *stored_sums(path)[:2]]
+        sums = [file_digest(tmp), *stored_sums(path)[:2]]
         write_text_atomic(checksum_path(path), "\n".join(sums) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, lambda f: torch.save(state, f), before_replace=record_sum)
 
 
 def stored_sums(path: Path) -> list[str]:

@@ -73,6 +73,15 @@ def device_name(hardware: dict) -> str:
     return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
 
 
+def hardware_name(hardware: dict) -> str | None:
+    """The GPU, or the CPU with the instruction set its kernels dispatch on (CPU runs repeat
+    exactly only on the same instruction set), as tables and plots name the hardware."""
+    if hardware.get("gpu"):
+        return hardware["gpu"]
+    cpu, capability = hardware.get("cpu"), hardware.get("cpu_capability")
+    return f"{cpu} ({capability})" if cpu and capability else cpu
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide what a run computes."""
     from importlib import metadata
@@ -118,9 +127,12 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
+                 before_replace: Callable[[Path], Any] | None = None) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then
-    rename it over ``path`` atomically: a kill mid-write leaves the previous file intact."""
+    rename it over ``path`` atomically: a kill mid-write leaves the previous file intact.
+    ``before_replace(temporary path)`` runs once the new bytes are on disk, before the
+    rename (a checkpoint records its checksum there)."""
     path = Path(path)
     fd, tmp = temporary_beside(path)
     try:
@@ -128,6 +140,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..loop import precision_name
-from ..records import RECORD, device_name, read_record
+from ..records import RECORD, device_name, hardware_name, read_record
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,6 @@ def record_tag(record: dict[str, Any]) -> str:
     """``<device>-<precision>`` of a record, as result file names carry it."""
     return (f"{device_name(record['provenance']['hardware'])}-"
             f"{precision_name(record['config']['trainer']['amp'])}")
-
-
-def hardware_name(hardware: dict) -> str | None:
-    """The GPU, or the CPU with the instruction set its kernels dispatch on (CPU runs repeat
-    exactly only on the same instruction set), as tables and plots name the hardware."""
-    if hardware.get("gpu"):
-        return hardware["gpu"]
-    cpu, capability = hardware.get("cpu"), hardware.get("cpu_capability")
-    return f"{cpu} ({capability})" if cpu and capability else cpu
 
 
 def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:

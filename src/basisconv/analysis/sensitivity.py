@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import write_text_atomic
+from ..records import hardware_name, write_text_atomic
 from .plots import pyplot, save_figure
-from .runs import hardware_name, record_tag
+from .runs import record_tag
 from .tables import markdown
 
 

@@ -37,7 +37,7 @@ from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import precision_name
 from ..models import build_model
-from ..records import RunRecord, provenance, write_record, write_text_atomic
+from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis, conv_layers
 from .timing import Runner, Timer, output_gradient, tune_cpu_allocator
 
@@ -335,7 +335,7 @@ class SpeedResult:
     def title(self) -> str:
         """The figure's title: what was measured, on which machine."""
         return (f"basis vs dense convolution, {self.tag}, batch {self.options.batch_size}, "
-                f"{self.settings['threads']} threads, {self.record.provenance['hardware']['cpu']}")
+                f"{self.settings['threads']} threads, {hardware_name(self.record.provenance['hardware'])}")
 
 
 def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None = None, *,
