@@ -1,7 +1,8 @@
 """The paper's tables and plots from the run records: ``python scripts/analyze.py
 [profile=quick] [source=local|wandb]``.
 
-Reads every complete training run under ``outputs/<profile>/`` (or a wandb project's
+Reads every complete training run published in ``results/<profile>/runs/`` (or under
+``runs_dir=...``, e.g. ``outputs/<profile>``; or a wandb project's
 finished runs with ``source=wandb wandb.project=... wandb.entity=...``) and writes to
 ``results/<profile>/``: ``comparison-<device>-<precision>.{md,tex,csv}`` (accuracy mean ±
 std over seeds, parameters, FLOPs, forward/backward time per step, epoch time, speedups

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The paper's protocol as an explicit list of runs, one block per table row:
-#   scripts/reproduce.sh [paper|quick|smoke]      (make reproduce PROFILE=..., make smoke)
-# Every run has a fixed folder outputs/<profile>/<row>/seed<k>; a run whose record is
-# complete is not trained again and an interrupted one resumes from its last epoch, so
-# re-running this script continues where it stopped. The sensitivity table is cached,
-# the speed benchmark is skipped when its results exist.
+#   scripts/reproduce.sh [paper|quick|smoke]      (make reproduce PROFILE=... [JOBS=N], make smoke)
+# Every run has a fixed folder outputs/<profile>/<row>/seed<k>; an interrupted one resumes
+# from its last epoch. Every finished run's record (never its checkpoint) is published to
+# results/<profile>/runs/<row>/seed<k>.json, and a run whose record is there is skipped:
+# records accumulate (commit them), so a protocol cut off on one machine continues on the
+# next where it stopped. The tables and plots are built from those records.
+#
+# JOBS=N runs N runs at once (default: 4 per GPU, 1 on a CPU), spread over the visible
+# GPUs, each logging to outputs/<profile>/logs/<row>-seed<k>.log. The speed benchmark
+# always runs alone. SENSITIVITY_CACHE sets the sensitivity tables' cache folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-quick}
@@ -15,52 +20,106 @@ case $PROFILE in
   paper) SEEDS="${SEEDS:-0 1 2}"; BENCH=();;
   quick) SEEDS="${SEEDS:-0 1 2}"; BENCH=(--quick);;
   # generated data, tiny models: checks the whole path in minutes; its results stay in outputs/
-  smoke) SEEDS="0";     BENCH=(--quick --batch-size 8 --fractions 0.25 0.5); RESULTS=$OUT/results;;
+  smoke) SEEDS="${SEEDS:-0}"; BENCH=(--quick --batch-size 8 --fractions 0.25 0.5); RESULTS=$OUT/results;;
   *) echo "unknown profile '$PROFILE': use paper, quick or smoke" >&2; exit 2;;
 esac
+RECORDS=$RESULTS/runs
+CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
 
-DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+DEVICE=$([ "$GPUS" -gt 0 ] && echo cuda || echo cpu)
 if [ "$PROFILE" = paper ] && [ "$DEVICE" = cpu ] && [ -z "${ALLOW_CPU:-}" ]; then
   echo "the paper profile trains 27 ResNet-18 runs of 30 epochs: weeks on a CPU (~16 min an" \
        "epoch on 2 cores). Run it on a GPU machine, use PROFILE=quick here, or set ALLOW_CPU=1." >&2
   exit 2
 fi
+# A GPU step of these small models is launch-bound: 4 runs share one GPU well (measured on
+# an H200: 2.4x the throughput of one). On a CPU one run already uses every core.
+JOBS=${JOBS:-$([ "$GPUS" -gt 0 ] && echo $((4 * GPUS)) || echo 1)}
+case $JOBS in ''|*[!0-9]*|0) echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2;; esac
+IFS=, read -r -a GPU_IDS <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((GPUS > 0 ? GPUS - 1 : 0)))}"
+LOGS=$OUT/logs
+STARTED=0
+LAST_JOB=
+
+run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free
+  local name=$1; shift
+  if [ "$JOBS" -le 1 ]; then
+    "$@"
+    return
+  fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  mkdir -p "$LOGS"
+  rm -f "$LOGS/$name.failed"
+  local gpu=${GPU_IDS[$((STARTED % ${#GPU_IDS[@]}))]} where=""
+  STARTED=$((STARTED + 1))
+  [ "$GPUS" -gt 0 ] && where=", GPU $gpu"
+  echo "== $name: started (log $LOGS/$name.log$where)"
+  ( if [ "$GPUS" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$gpu; fi
+    if "$@" > "$LOGS/$name.log" 2>&1; then echo "== $name: done"
+    else echo "$?" > "$LOGS/$name.failed"; echo "== $name: FAILED (see $LOGS/$name.log)"; fi ) &
+  LAST_JOB=$!
+}
+
+barrier() {  # wait for every started run; stop with the failed ones named
+  wait
+  local failed
+  failed=$(cd "$LOGS" 2>/dev/null && ls -- *.failed 2>/dev/null | sed 's/\.failed$//' || true)
+  if [ -n "$failed" ]; then
+    echo "failed runs (logs in $LOGS): $(echo $failed)" >&2
+    exit 1
+  fi
+}
+
+published() {  # published <record> <what>: whether the record is there (then say so)
+  if [ -f "$1" ]; then echo "== $2: record in $RECORDS, skipped"; fi
+  [ -f "$1" ]
+}
 
 train() {  # train <row folder> <overrides...>: one run per seed
   local row=$1; shift
   for seed in $SEEDS; do
-    echo "== $row seed $seed"
-    "$PY" scripts/train.py profile="$PROFILE" seed="$seed" "$@" \
-      hydra.run.dir="$OUT/$row/seed$seed" trainer.progress=false
+    published "$RECORDS/$row/seed$seed.json" "$row seed $seed" && continue
+    [ "$JOBS" -le 1 ] && echo "== $row seed $seed"
+    run "$row-seed$seed" "$PY" scripts/train.py profile="$PROFILE" seed="$seed" "$@" \
+      hydra.run.dir="$OUT/$row/seed$seed" trainer.progress=false \
+      publish="$RECORDS/$row/seed$seed.json" sensitivity.cache_dir="$CACHE" \
+      sensitivity.restore_from="$RECORDS/sensitivity.json"
   done
 }
 
-# 1. dense baseline; 2. basis convolutions everywhere (the naive deployment)
+# 1. sensitivity analysis (one table, reused by every seed of step 4; first, so that it
+#    runs beside the runs that do not need it)
+published "$RECORDS/sensitivity.json" "sensitivity" \
+  || run sensitivity "$PY" scripts/sensitivity.py profile="$PROFILE" \
+       hydra.run.dir="$OUT/sensitivity" sensitivity.cache_dir="$CACHE" \
+       publish="$RECORDS/sensitivity.json"
+SENSITIVITY_JOB=$LAST_JOB
+# 2. dense baseline; basis convolutions everywhere (the naive deployment) and the
+#    basis-size sweep
 train baseline experiment=baseline
-train basis-all-0.5 experiment=basis_all basis.size=0.5
-# 3. sensitivity analysis (one table, reused by every seed below)
-"$PY" scripts/sensitivity.py profile="$PROFILE" hydra.run.dir="$OUT/sensitivity"
+for size in 0.5 0.125 0.25 0.75; do
+  train "basis-all-$size" experiment=basis_all basis.size="$size"
+done
+# 3. does the fast method find what exhaustive search finds? (ResNet-8: 7 layers)
+published "$RECORDS/exhaustive-search-resnet8.json" "exhaustive search" \
+  || run exhaustive-search-resnet8 "$PY" scripts/exhaustive_search.py profile="$PROFILE" \
+       model=resnet8 sensitivity.search_subset_size=3 sensitivity.cache_dir="$CACHE" \
+       hydra.run.dir="$OUT/exhaustive-search-resnet8" \
+       publish="$RECORDS/exhaustive-search-resnet8.json"
 # 4. sensitivity-selected layers, and the baselines on the same FLOP budget
+if [ -n "$SENSITIVITY_JOB" ]; then wait "$SENSITIVITY_JOB" || true; fi
+if [ -f "$LOGS/sensitivity.failed" ]; then barrier; fi
 for policy in sensitivity_budget random first_k last_k; do
   train "selected-$policy-0.5" experiment=basis_selected selection="$policy" basis.size=0.5
 done
-# 5. basis-size sweep, every layer (0.5 is row 2)
-for size in 0.125 0.25 0.75; do
-  train "basis-all-$size" experiment=basis_all basis.size="$size"
-done
-# 6. does the fast method find what exhaustive search finds? (ResNet-8: 7 layers)
-if [ -f "$OUT/exhaustive-search-resnet8/search.csv" ]; then
-  echo "== exhaustive search: done before, skipped (delete $OUT/exhaustive-search-resnet8 to redo)"
-else
-  "$PY" scripts/exhaustive_search.py profile="$PROFILE" model=resnet8 \
-    sensitivity.search_subset_size=3 hydra.run.dir="$OUT/exhaustive-search-resnet8"
-fi
-# 7. layer and model speed of basis vs dense convolutions (ResNet-18 shapes)
+barrier
+# 5. layer and model speed of basis vs dense convolutions (ResNet-18 shapes), alone
 if compgen -G "$RESULTS/model-speed-$DEVICE-*.csv" > /dev/null; then
   echo "== speed benchmark: results in $RESULTS exist, skipped"
 else
   echo "== speed benchmark"
   "$PY" scripts/benchmark_layers.py --device "$DEVICE" "${BENCH[@]}" --out-dir "$RESULTS"
 fi
-# 8. tables and plots
-"$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$OUT" out_dir="$RESULTS"
+# 6. tables and plots, from every published record (this machine's and earlier ones')
+"$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$RECORDS" out_dir="$RESULTS"

@@ -162,7 +162,21 @@ def test_analyze_config_takes_the_profile_and_source(repo):
     with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"), version_base="1.3"):
         cfg = compose("analyze", overrides=["profile=paper", "source=wandb", "wandb.entity=me"])
     assert (cfg.runs_dir, cfg.out_dir, cfg.source, cfg.wandb.entity) == \
-        ("outputs/paper", "results/paper", "wandb", "me")
+        ("results/paper/runs", "results/paper", "wandb", "me")
+
+
+def test_published_records_are_read_and_a_run_found_twice_counts_once(tmp_path):
+    write_runs(tmp_path / "outputs", RECORDS[:3])
+    runs = tmp_path / "results" / "runs"
+    for i, rec in enumerate(RECORDS[:2] + RECORDS[3:4]):  # two copies, one run only here
+        (runs / f"row{i}").mkdir(parents=True)
+        (runs / f"row{i}" / f"seed{rec['config']['seed']}.json").write_text(json.dumps(rec))
+    (runs / "sensitivity.json").write_text(json.dumps({"kind": "sensitivity"}))
+    (tmp_path / "results" / "index.json").write_text(json.dumps({"files": []}))  # not a record
+    assert len(training_records(read_records(runs))) == 3
+    assert len(training_records(read_records(tmp_path / "results"))) == 3
+    assert len(training_records(read_records(tmp_path))) == 4
+    assert len(read_records(runs)) == 4  # the sensitivity record too
 
 
 def test_report_lists_the_run_folders_it_could_not_read(tmp_path, caplog):

@@ -120,6 +120,23 @@ def test_complete_run_is_not_trained_again_and_changed_config_is_refused(tmp_pat
         fit(compose_tiny(repo, "trainer.epochs=1", "trainer.lr=0.3"), tmp_path)
 
 
+def test_a_complete_run_publishes_its_record_and_an_unfinished_one_does_not(tmp_path, repo):
+    published = tmp_path / "results" / "runs" / "baseline" / "seed0.json"
+    cfg = compose_tiny(repo, "trainer.epochs=1", f"publish={published}")
+    record = fit(cfg, tmp_path / "run")
+    assert json.loads(published.read_text()) == read_record(tmp_path / "run")
+    assert record["status"] == "complete" and not list(published.parent.parent.rglob("*.pt"))
+    # a run that is already complete publishes again (a lost copy comes back)
+    published.unlink()
+    fit(cfg, tmp_path / "run")
+    assert json.loads(published.read_text())["final"] == record["final"]
+    from basisconv.records import publish
+
+    unfinished = tmp_path / "unfinished.json"
+    publish({**record, "status": "running"}, unfinished)
+    assert not unfinished.exists()
+
+
 def test_wandb_failure_does_not_stop_training(tmp_path, repo, monkeypatch, caplog):
     import wandb
 

@@ -214,6 +214,45 @@ def fake_estimate(cfg):
                                                            "seconds": 1.0}
 
 
+def fake_estimate_with_record(cfg):
+    table, record = fake_estimate(cfg)
+    return table, {**record, "dense": {"params": 1000, "flops": 2000, "forward_flops": 700},
+                   "pretrained": {"accuracy": 0.5}, "reference": {"accuracy": 0.5, "loss": 1.0},
+                   "noise": None, "provenance": {"date": "2026-11-29"}}
+
+
+def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp_path,
+                                                                      monkeypatch):
+    published = tmp_path / "results" / "runs" / "sensitivity.json"
+    cfg = compose_sensitivity(repo, tmp_path / "cache-a", "selection=none", "logger=none",
+                              f"publish={published}")
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    sensitivity.run_sensitivity(cfg, tmp_path / "sens")
+    assert json.loads(published.read_text()) == json.loads((tmp_path / "sens" / "run.json").read_text())
+    table, _ = sensitivity.sensitivity_table(cfg)
+
+    def no_estimate(cfg):
+        raise AssertionError("estimated although the published record holds the table")
+
+    monkeypatch.setattr(sensitivity, "estimate", no_estimate)
+    elsewhere = [f"sensitivity.restore_from={published}"]
+    restored, record = sensitivity.sensitivity_table(
+        compose_sensitivity(repo, tmp_path / "cache-b", *elsewhere))
+    assert record["cache_hit"] and (tmp_path / "cache-b").is_dir()
+    pd.testing.assert_frame_equal(restored, table)
+    # other settings (another key): the record is not used, the table is estimated
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
+    other = compose_sensitivity(repo, tmp_path / "cache-c", "basis.size=0.25", *elsewhere)
+    assert not sensitivity.sensitivity_table(other)[1]["cache_hit"]
+    # an edited published table is refused, in one line
+    data = json.loads(published.read_text())
+    data["table"][0]["accuracy_drop"] = 0.5
+    published.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=rf"published sensitivity record {published} does not "
+                                          rf"match its own checksum.*delete"):
+        sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-d", *elsewhere))
+
+
 def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
         repo, tmp_path, monkeypatch, caplog):
     cfg = compose_sensitivity(repo, tmp_path)

@@ -53,6 +53,10 @@ def test_invalid_trainer_values_fail_at_start(tmp_path, repo):
         fit(config(repo, base + ["trainer.epochs=0"]), tmp_path)
     with pytest.raises(ConfigError, match="trainer.amp='fp8'"):
         fit(config(repo, base + ["trainer.amp=fp8"]), tmp_path)
+    with pytest.raises(ConfigError, match="trainer.compile_mode='fast'"):
+        fit(config(repo, base + ["trainer.compile_mode=fast"]), tmp_path)
+    with pytest.raises(ConfigError, match="publish='runs/seed0' must name a .json file"):
+        fit(config(repo, base + ["publish=runs/seed0"]), tmp_path)
 
 
 def run_script(repo, tmp_path, *overrides):

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 # Keys that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
-                     "logger.mode", "logger.tags"}
+                     "logger.mode", "logger.tags", "publish", "sensitivity.restore_from",
+                     "trainer.compile_mode"}
 
 
 LOCK = "run.lock"

@@ -58,6 +58,7 @@ class TrainerConfig:
     amp: str = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING
+    compile_mode: str = MISSING  # torch.compile mode; reduce-overhead = CUDA graphs
     device: str = MISSING
     threads: Optional[int] = MISSING
     deterministic: bool = MISSING
@@ -116,6 +117,7 @@ class SensitivityConfig:
     noise_repeats: int = MISSING  # extra reference fine-tunes that measure the noise
     search_subset_size: int = MISSING  # exhaustive search: size of the subsets
     search_max_subsets: int = MISSING  # refuse a search larger than this
+    restore_from: Optional[str] = MISSING  # a published sensitivity record: refills the cache
 
 
 @dataclass
@@ -129,6 +131,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     name: str = MISSING  # experiment name: the wandb group and the output folder
     seed: int = MISSING
+    publish: Optional[str] = MISSING  # also write the complete record to this .json file
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -139,6 +142,7 @@ DATASETS = ("cifar10", "stripes")
 BASIS_INIT = ("scratch", "convert")
 LOGGER_BACKENDS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -228,6 +232,9 @@ def validate(cfg: DictConfig) -> None:
            f"trainer.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     _check_choice(t.schedule, SCHEDULES, "trainer.schedule")
     _check_choice(t.amp, AMP, "trainer.amp")
+    _check_choice(t.compile_mode, COMPILE_MODES, "trainer.compile_mode")
+    _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
+           f"publish={cfg.publish!r} must name a .json file (or be null)")
     _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     _check_choice(cfg.logger.mode, LOGGER_MODES, "logger.mode")

@@ -217,3 +217,14 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object")
     return RunRecord.from_dict(data).as_dict()
+
+
+def publish(record: dict[str, Any], path: str | os.PathLike | None) -> dict[str, Any]:
+    """Also write a *complete* record to ``path`` (a ``.json`` file; nothing when ``None``)
+    and return it. ``scripts/reproduce.sh`` publishes every finished run into the tracked
+    ``results/<profile>/runs/``, so records accumulate across machines: the tables are
+    built from them anywhere, and a protocol cut off on one machine goes on on the next
+    without redoing what is there. Checkpoints are never published."""
+    if path is not None and record.get("status") == "complete":
+        write_record(Path(path), RunRecord.from_dict(record))
+    return record

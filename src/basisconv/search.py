@@ -26,7 +26,7 @@ from .checkpoint import folder_lock
 from .errors import ConfigError
 from .models import build_model
 from .probe import Probe
-from .records import RunRecord, write_record, write_text_atomic
+from .records import RunRecord, publish, write_record, write_text_atomic
 from .selection import layer_savings
 from .sensitivity import sensitivity_table
 
@@ -129,10 +129,11 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
         "sensitivity_key": record["key"], "seconds": time.perf_counter() - started,
     }
     write_text_atomic(output_dir / SEARCH_TABLE, found.to_csv(index=False, float_format="%.6g"))
-    write_record(output_dir, RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
-                                       status="complete",
-                                       results={"search": summary,
-                                                "table": found.to_dict("records")}))
+    run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
+                    status="complete", results={"search": summary,
+                                                "table": found.to_dict("records")})
+    write_record(output_dir, run)
+    publish(run.as_dict(), cfg.publish)
     return summary
 
 

@@ -41,8 +41,8 @@ from .checkpoint import folder_lock
 from .errors import ConfigError
 from .models import build_model
 from .probe import Probe, reference_noise
-from .records import (RunRecord, provenance, write_bytes_atomic, write_json_atomic,
-                      write_record)
+from .records import (RunRecord, provenance, publish, read_record, write_bytes_atomic,
+                      write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
                         fixed_layers, layer_savings, pick_layers)
 from .tracking import Tracker
@@ -149,7 +149,7 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
         folder = cache_dir(cfg)
         # One estimate per key at a time: a second process waits, then reuses its table.
         with folder_lock(folder, wait=True, what="sensitivity estimate"):
-            cached = None if recompute else load_cached(cfg)
+            cached = None if recompute else load_cached(cfg) or restore_published(cfg)
             if cached is None:
                 log.warning("sensitivity: %s table for key %s; estimating it now",
                             "recomputing the" if recompute else "no cached", cache_key(cfg))
@@ -163,6 +163,37 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
     table, record = cached
     return table, {**record, "cache_hit": True}
+
+
+def restore_published(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
+    """Fill the empty cache from the published sensitivity record named by
+    ``sensitivity.restore_from`` (``results/<profile>/runs/sensitivity.json``, written on
+    another machine) when it was made for this key, and load it; ``None`` when there is no
+    such record or it is for other settings. Called under the cache folder's lock."""
+    path = cfg.sensitivity.restore_from
+    if not path or not Path(path).is_file():
+        return None
+    fix = f"delete {path} (the table is then estimated again)"
+    try:
+        published = read_record(path)
+        cache = published.get("cache")
+        table = pd.DataFrame(published["table"])[list(COLUMNS)] if cache else None
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"the published sensitivity record {path} is unreadable "
+                          f"({' '.join(str(err).split())}); {fix}") from None
+    if not cache or cache.get("key") != cache_key(cfg):
+        log.info("sensitivity: %s is for other settings (key %s, not %s); not restoring it",
+                 path, (cache or {}).get("key"), cache_key(cfg))
+        return None
+    data = table_csv(table)
+    if hashlib.sha256(data).hexdigest() != cache.get("table_sha256"):
+        raise ConfigError(f"the published sensitivity record {path} does not match its own "
+                          f"checksum (edited or damaged); {fix}")
+    folder = cache_dir(cfg)
+    write_bytes_atomic(folder / TABLE, data)
+    write_json_atomic(folder / RECORD, cache)
+    log.info("sensitivity: cache %s restored from the published record %s", folder, path)
+    return load_cached(cfg)
 
 
 # ----------------------------------------------------------------------------- estimate
@@ -251,8 +282,11 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
                "flops_saved": int(picked["flops_saved"].sum())}
     run = RunRecord("sensitivity", config, status="complete", results={
         "estimate_provenance": record["provenance"], "sensitivity": summary,
-        "table": table.to_dict("records")})
+        "table": table.to_dict("records"),
+        # the cache's own record: a published copy of this run refills another machine's cache
+        "cache": {k: v for k, v in record.items() if k != "cache_hit"}})
     write_record(output_dir, run)
+    publish(run.as_dict(), cfg.publish)
     tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
     try:
         for row in table.sort_values("position").to_dict("records"):

@@ -31,7 +31,7 @@ from .data import prepare_data
 from .errors import ConfigError, Stopped
 from .network import (build_network, coefficient_penalty, converts_later, describe,
                       rebind_optimizer, to_basis)
-from .records import RECORD, RunRecord, read_record, write_record
+from .records import RECORD, RunRecord, publish, read_record, write_record
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -45,7 +45,8 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     whose record is already complete is not trained again. Returns the run record.
 
     The run holds ``output_dir``'s lock throughout (under ``torchrun``: rank 0 for all), so
-    a second process started on the same folder stops at once with one line."""
+    a second process started on the same folder stops at once with one line. A complete
+    record is also written to ``cfg.publish`` when set (see :func:`records.publish`)."""
     validate(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -59,9 +60,10 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             if checkpoint["record"]["status"] == "complete":
                 log.info("run in %s is already complete; not training again", output_dir)
                 repair_record(output_dir, checkpoint["record"])
-                return checkpoint["record"]
+                return publish(checkpoint["record"], cfg.publish)
         with loop.settings_restored():
-            return Training(cfg, config, output_dir, checkpoint).run()
+            record = Training(cfg, config, output_dir, checkpoint).run()
+        return publish(record, cfg.publish) if first_rank else record
 
 
 class Training:
@@ -122,7 +124,7 @@ class Training:
     def wrap(self) -> None:
         """The module the steps run: DDP and ``torch.compile`` around the model."""
         step_model = distributed.wrap(self.model, self.device)
-        self.step_model = torch.compile(step_model) if self.cfg.trainer.compile else step_model
+        self.step_model = loop.compiled(step_model, self.cfg.trainer)
         skip_every = self.cfg.basis.coefficient_update_every
         has_basis = bool(self.results["model"]["basis_layers"])
         self.skip_schedule = (CoefficientSkipSchedule(self.model, skip_every)

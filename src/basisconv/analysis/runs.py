@@ -4,6 +4,7 @@ seeds (mean and std) relative to the dense baseline."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -66,18 +67,40 @@ def curve_rows(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return [{**keys, **epoch} for epoch in record["epochs"]]
 
 
+PUBLISHED = "runs"
+
+
+def record_files(root: str | Path) -> list[Path]:
+    """The records under ``root``: each run folder's ``run.json`` (``outputs/<profile>/``),
+    and every ``.json`` file in a folder of published records (a ``runs/`` folder, such as
+    ``results/<profile>/runs/<row>/seed<k>.json``; see :func:`basisconv.records.publish`)."""
+    root = Path(root)
+    found = set(root.rglob(RECORD))
+    for path in root.rglob("*.json"):
+        if PUBLISHED in path.relative_to(root).parts[:-1] or root.name == PUBLISHED:
+            found.add(path)
+    return sorted(found)
+
+
 def read_records(root: str | Path, unreadable: list[str] | None = None
                  ) -> list[tuple[dict, Path]]:
-    """Every readable ``run.json`` under ``root`` with its folder. The others are skipped,
-    each logged, and their folders appended to ``unreadable`` when given."""
-    found = []
-    for path in sorted(Path(root).rglob(RECORD)):
+    """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
+    run found twice (its folder's record and a published copy) once. The unreadable ones
+    are skipped, each logged, and appended to ``unreadable`` when given."""
+    found, seen = [], set()
+    for path in record_files(root):
         try:
-            found.append((read_record(path), path.parent))
+            record = read_record(path)
+            # a run's own run.json and its published copy are one run, counted once
+            identity = json.dumps([record["kind"], record["config"], record["provenance"]],
+                                  sort_keys=True, default=str)
+            if identity not in seen:
+                seen.add(identity)
+                found.append((record, path.parent))
         except (OSError, ValueError) as err:
             log.info("unreadable run record %s (%s)", path, " ".join(str(err).split()))
             if unreadable is not None:
-                unreadable.append(str(path.parent))
+                unreadable.append(str(path.parent if path.name == RECORD else path))
     return found
 
 
