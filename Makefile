@@ -17,7 +17,7 @@ PROFILE ?= paper
 # gpu-check runs under the GPU machine's own Python (its CUDA build of torch), not .venv.
 GPU_PYTHON ?= python3
 
-.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers gpu-check clean
+.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers gpu-check gpu-wheels clean
 
 help:
 	@echo "make reproduce         the paper's protocol end to end (PROFILE=paper|quick|smoke; default paper)"
@@ -28,6 +28,7 @@ help:
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
+	@echo "make gpu-wheels        wheels/ to carry to a GPU machine without network"
 	@echo "make clean             remove $(VENV) and caches"
 
 env: $(STAMP)
@@ -62,6 +63,17 @@ benchmark-layers: $(STAMP)
 # No .venv here: a GPU machine's python3 has its CUDA torch; the script needs no network.
 gpu-check:
 	$(GPU_PYTHON) scripts/gpu_check.py $(ARGS)
+
+# For a GPU machine without network that has its own CUDA torch: the pure-Python pins it
+# lacks, as wheels to carry over (README, "On a GPU machine"). antlr4 4.9.3 (omegaconf's
+# parser runtime) exists only as a source archive, so it is built into a wheel here.
+gpu-wheels: $(STAMP)
+	mkdir -p wheels
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -d wheels \
+	  $$(grep -E '^(hydra-core|omegaconf|tqdm|pytest-random-order)==' requirements.txt)
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w wheels \
+	  antlr4-python3-runtime==4.9.3
+	@ls wheels
 
 clean:
 	rm -rf $(VENV) .pytest_cache src/*.egg-info

@@ -178,3 +178,29 @@ def test_basisconv_debug_shows_hydras_full_message(tmp_path, repo):
                             text=True, timeout=300)
     assert result.returncode == 1
     assert "Key 'epochz' not in 'TrainerConfig'" in result.stderr
+
+
+@pytest.mark.device
+def test_the_step_uses_the_chosen_compile_mode_and_sgd_fused_only_on_cuda(tmp_path, repo,
+                                                                          monkeypatch, device):
+    """The speed options reach torch: ``trainer.compile_mode`` is the mode torch.compile
+    gets (reduce-overhead: CUDA graphs), and SGD is the fused kernel on CUDA only (CPU runs
+    keep the default implementation, and so their numbers)."""
+    from basisconv import loop
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    optimizers = []
+    real = loop.build_optimizer
+    monkeypatch.setattr(loop, "build_optimizer",
+                        lambda model, trainer: optimizers.append(real(model, trainer))
+                        or optimizers[-1])
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=1",
+                        "trainer.batch_size=50", "trainer.checkpoint=false",
+                        "trainer.progress=false", "trainer.compile=true",
+                        "trainer.compile_mode=reduce-overhead", f"trainer.device={device}"])
+    fit(cfg, tmp_path / "run")
+    assert modes == ["reduce-overhead"]
+    fused = optimizers[0].defaults["fused"]
+    assert fused is (True if device.type == "cuda" else None)
