@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-NEEDED = ("hydra", "omegaconf", "pandas", "matplotlib", "pytest")
+NEEDED = ("hydra", "omegaconf", "tqdm", "pandas", "matplotlib", "pytest")
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
