@@ -64,7 +64,10 @@ def _basis_conv_kernel(
     basis_ok = offs_n < m
     offs_k = tl.arange(0, BLOCK_K)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # tl.full, not tl.zeros: only builtins here. Triton's standard-library helpers
+    # (tl.zeros among them) are jit functions decorated when triton is imported, so the
+    # interpreter cannot call them unless TRITON_INTERPRET was set before that import.
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for r in tl.static_range(KH):
         ih = oh * stride_h - pad_h + r * dil_h
         for s in tl.static_range(KW):
