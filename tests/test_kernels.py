@@ -8,6 +8,9 @@ that float32 tolerances stay tight. Every comparison also checks that the kernel
 (``FusedBasisConvBackward`` in the graph): a silent fallback would match the reference too.
 """
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -166,3 +169,20 @@ def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch):
         warnings.simplefilter("always")
         layer(x)
     assert not [w for w in caught if "combine='fused'" in str(w.message)]  # once per reason
+
+
+def test_the_package_works_without_triton(repo):
+    """A machine without triton (or with one that does not import) gets the stacked form."""
+    script = (
+        "import sys, warnings; sys.modules['triton'] = None\n"  # `import triton` now fails
+        "import torch; from basisconv.layers import BasisConv2d\n"
+        "layer = BasisConv2d(3, 6, 3, 2, padding=1, combine='fused')\n"
+        "x = torch.randn(1, 3, 5, 5)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always'); y = layer(x)\n"
+        "assert any('needs triton' in str(w.message) for w in caught), caught\n"
+        "torch.testing.assert_close(y, layer.to_conv()(x))\n")
+    env = dict(os.environ, PYTHONPATH=str(repo / "src"), TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

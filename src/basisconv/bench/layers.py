@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError
+from ..kernels import triton_conv
 from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import precision_name
 from ..models import build_model
@@ -80,6 +81,9 @@ class SpeedOptions:
             # TRITON_INTERPRET, time Triton's interpreter): neither is the fused kernel's speed
             raise ConfigError(f"combine='fused' is benchmarked on --device cuda only (its Triton "
                               f"kernel runs on CUDA), got --device {self.device}")
+        if self.combine == "fused" and triton_conv.triton is None:
+            raise ConfigError("combine='fused' needs triton (pip install triton==3.9.0); "
+                              "without it the layer runs the stacked form")
         if self.quick:
             self.layer_repeats, self.model_repeats, self.warmup = QUICK_REPEATS
 
