@@ -142,6 +142,14 @@ def test_bf16_autocast_is_close_to_float32(device):
     assert layer.coefficients.grad.dtype == torch.float32 and x.grad.isfinite().all()
 
 
+def test_wide_bases_prune_the_tall_gpu_tiles():
+    """The GPU tile space (only the interpreter's single config runs here)."""
+    configs = triton_conv._tile_configs(interpret=False)
+    assert triton_conv._prune_configs(configs, {}, BLOCK_N=64) == configs
+    kept = triton_conv._prune_configs(configs, {}, BLOCK_N=256)
+    assert kept and all(c.kwargs["BLOCK_M"] <= 64 for c in kept)
+
+
 @pytest.mark.parametrize("case", ["no triton", "cpu without interpreter", "float64",
                                   "asymmetric same padding"])
 def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch):

@@ -14,6 +14,8 @@ backward needs them; :mod:`.fused` says why they are saved, not recomputed).
 Both products use ``tl.dot`` with float32 accumulation. Float32 inputs use ``"ieee"``
 products unless ``torch.backends.cudnn.allow_tf32`` is on (it is by default), in which case
 they use TF32, as ``F.conv2d`` on the same GPU would; the interpreter always uses ``"ieee"``.
+Under bf16 autocast the basis maps are rounded to bf16 before the second product, as the
+stacked form's 1x1 conv would see them.
 
 Triton is optional: without it :data:`triton` is ``None`` and :func:`unsupported` says so,
 so the layer falls back to the plain PyTorch forms. ``TRITON_INTERPRET=1`` runs the kernel
@@ -190,7 +192,9 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
     basis = torch.empty((rows, m), dtype=x.dtype, device=x.device) if store_basis else None
     if rows == 0:
         return out, basis
-    tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting()
+    # "ieee" only for float32 without TF32; half-precision inputs get Triton's default for
+    # them ("tf32", which does not touch 16-bit operands), as every bf16 Triton GEMM does.
+    ieee = x.dtype == torch.float32 and (interpreting() or not torch.backends.cudnn.allow_tf32)
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
     _kernel()[grid](
         x, weight, comb, bias if bias is not None else comb, out,
@@ -198,6 +202,6 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
         rows, c_in, h, w, h_out, w_out, c_out, m,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         KH=kh, KW=kw, HAS_BIAS=bias is not None, STORE_BASIS=store_basis,
-        PRECISION="tf32" if tf32 else "ieee",
+        PRECISION="ieee" if ieee else "tf32",
         BLOCK_N=max(16, triton.next_power_of_2(m)))
     return out, basis
