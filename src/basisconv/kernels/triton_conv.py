@@ -26,8 +26,6 @@ once per interpreter setting, not at import.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 try:
@@ -129,8 +127,9 @@ _KERNELS: dict[bool, object] = {}
 
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``),
+    read as ``triton.jit`` reads it, at the moment of asking."""
+    return triton is not None and bool(triton.knobs.runtime.interpret)
 
 
 def _kernel():
