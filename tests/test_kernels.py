@@ -4,8 +4,9 @@ On CPU the kernel runs through Triton's interpreter: the autouse fixture sets
 ``TRITON_INTERPRET=1`` per test (the kernel module decorates its kernel on first use, once
 per setting, so no import-order trick is needed; conftest restores the environment). With
 ``--device cuda`` (``make gpu-check``) the same tests run the compiled kernel, TF32 off so
-that float32 tolerances stay tight. Every comparison also checks that the kernel ran
-(``FusedBasisConvBackward`` in the graph): a silent fallback would match the reference too.
+that float32 tolerances stay tight, with one tile size (no autotuning, fewer compilations).
+Every comparison also checks that the kernel ran (``FusedBasisConvBackward`` in the graph):
+a silent fallback would match the reference too.
 """
 
 import os
@@ -44,6 +45,7 @@ def kernel_backend(device, monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     else:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        monkeypatch.setenv("BASISCONV_AUTOTUNE", "0")  # one tile: correctness, not speed
         torch.backends.cudnn.allow_tf32 = False  # conftest restores both
         torch.set_float32_matmul_precision("highest")
 
@@ -148,6 +150,8 @@ def test_wide_bases_prune_the_tall_gpu_tiles():
     assert triton_conv._prune_configs(configs, {}, BLOCK_N=64) == configs
     kept = triton_conv._prune_configs(configs, {}, BLOCK_N=256)
     assert kept and all(c.kwargs["BLOCK_M"] <= 64 for c in kept)
+    (single,) = triton_conv._tile_configs(interpret=False, tune=False)
+    assert triton_conv._prune_configs([single], {}, BLOCK_N=256) == [single]
 
 
 @pytest.mark.parametrize("case", ["no triton", "cpu without interpreter", "float64",

@@ -26,6 +26,8 @@ once per interpreter setting, not at import.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -104,15 +106,21 @@ def _basis_conv_kernel(
                  mask=row_ok[:, None] & oc_ok[None, :])
 
 
-def _tile_configs(interpret: bool) -> list:
-    """A small autotuning space on GPU; one small config under the interpreter, where
-    autotuning would only time the interpreter and small tiles exercise the masks and
-    the block loops of the small test shapes."""
+#: A tile that compiles for every basis size up to :data:`MAX_BASIS` (the no-autotune one).
+_SAFE_TILE = (64, 32, 64, 4, 3)
+_GPU_TILES = [(128, 32, 64, 4, 3), (128, 64, 64, 8, 3), _SAFE_TILE, (64, 64, 128, 4, 3),
+              (128, 32, 128, 8, 2), (32, 64, 64, 4, 4)]
+
+
+def _tile_configs(interpret: bool, tune: bool = True) -> list:
+    """A small autotuning space on GPU (``BLOCK_M, BLOCK_K, BLOCK_C, warps, stages``); one
+    tile with ``BASISCONV_AUTOTUNE=0`` (the GPU tests: each tuning compiles six kernels);
+    one small config under the interpreter, where autotuning would only time the
+    interpreter, and small tiles exercise the masks and block loops of small test shapes."""
     if interpret:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_C": 16}, num_warps=1)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_C": bc}, num_warps=w, num_stages=st)
-            for bm, bk, bc, w, st in [(128, 32, 64, 4, 3), (128, 64, 64, 8, 3), (64, 32, 64, 4, 4),
-                                      (64, 64, 128, 4, 3), (128, 32, 128, 8, 2), (32, 64, 64, 4, 4)]]
+            for bm, bk, bc, w, st in (_GPU_TILES if tune else [_SAFE_TILE])]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -123,7 +131,7 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or configs
 
 
-_KERNELS: dict[bool, object] = {}
+_KERNELS: dict[tuple[bool, bool], object] = {}
 
 
 def interpreting() -> bool:
@@ -133,16 +141,18 @@ def interpreting() -> bool:
 
 
 def _kernel():
-    """The decorated kernel for the current interpreter setting (decorated on first use)."""
+    """The decorated kernel for the current interpreter and autotuning settings (decorated
+    on first use)."""
     interpret = interpreting()
-    if interpret not in _KERNELS:
+    tune = not interpret and os.environ.get("BASISCONV_AUTOTUNE", "1") != "0"
+    if (interpret, tune) not in _KERNELS:
         jitted = triton.jit(_basis_conv_kernel)
-        _KERNELS[interpret] = triton.autotune(
-            configs=_tile_configs(interpret),
+        _KERNELS[interpret, tune] = triton.autotune(
+            configs=_tile_configs(interpret, tune),
             key=["M", "C_in", "C_out", "m", "KH", "KW", "STORE_BASIS"],
             prune_configs_by={"early_config_prune": _prune_configs},
         )(jitted)
-    return _KERNELS[interpret]
+    return _KERNELS[interpret, tune]
 
 
 def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int) -> str | None:
