@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="NCHW instead of channels_last (dense step 1.09x slower on this CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every module timed")
-    parser.add_argument("--combine", choices=["stacked", "split"], default=d.combine)
+    parser.add_argument("--combine", choices=["stacked", "split", "fused"], default=d.combine,
+                        help="fused: the Triton kernel, --device cuda only")
     parser.add_argument("--no-allocator-tuning", dest="allocator_tuning", action="store_false",
                         help="keep glibc's default mmap behaviour (see tune_cpu_allocator)")
     parser.add_argument("--quick", action="store_true",
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--fractions must be in (0, 1], got {f}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available to this torch")
+    if args.combine == "fused" and args.device != "cuda":
+        parser.error("--combine fused: the Triton kernel runs on CUDA only; add --device cuda")
     options = SpeedOptions(**{k: v for k, v in vars(args).items() if k != "out_dir"})
 
     command = " ".join(["python", "scripts/benchmark_layers.py", *(sys.argv[1:] if argv is None else argv)])

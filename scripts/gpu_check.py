@@ -11,7 +11,9 @@ subprocess with its own time limit:
   training, sensitivity, exhaustive search, speed benchmark, analysis);
 * ``paper-epoch``: one epoch of ``profile=paper`` on genuine CIFAR-10 (skipped, and said
   so, when the data is not found: ``--data-root`` or ``CIFAR10_ROOT``);
-* ``benchmark``: the layer and model speed benchmark on CUDA (``--quick``, bf16).
+* ``benchmark``: the layer and model speed benchmark on CUDA (``--quick``, bf16);
+* ``benchmark-fused``: the same with ``--combine fused`` (the Triton kernel; its files carry
+  ``-fused``), to set beside the stacked form and the dense conv.
 
 It ends with one summary line (pass/fail per part) and writes a record with provenance,
 ``results/gpu-check-<gpu>.json``. Without CUDA it says so in one line and exits 2.
@@ -40,8 +42,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="where the record goes (default results/)")
     parser.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "./data"),
                         help="genuine CIFAR-10 for the paper-profile epoch")
-    parser.add_argument("--parts", nargs="+", default=["tests", "smoke", "paper-epoch", "benchmark"],
-                        choices=["tests", "smoke", "paper-epoch", "benchmark"])
+    parts = ["tests", "smoke", "paper-epoch", "benchmark", "benchmark-fused"]
+    parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     return parser.parse_args(argv)
 
 
@@ -128,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                               env, 240, work)
             parts.append({**result, **paper_epoch_details(run_dir)})
         else:
+            fused = ["--combine", "fused"] if name == "benchmark-fused" else []
+            # the fused run autotunes its tiles once per shape and basis size: a longer limit
             parts.append(run_part(name, [sys.executable, "scripts/benchmark_layers.py",
-                                         "--device", "cuda", "--amp", "bf16", "--quick",
-                                         "--out-dir", str(work / "benchmark")], env, 300, work))
+                                         "--device", "cuda", "--amp", "bf16", "--quick", *fused,
+                                         "--out-dir", str(work / "benchmark")], env,
+                                  600 if fused else 300, work))
     passed = all(p["status"] in ("pass", "skipped") for p in parts)
     prov = provenance("python scripts/gpu_check.py " + " ".join(argv or sys.argv[1:]))
     record = RunRecord("gpu_check", vars(args), prov, "complete" if passed else "failed",

@@ -75,6 +75,14 @@ def test_options_name_files_by_device_precision_and_non_default_options():
     assert file_name("cuda:0", "bf16") == "train-throughput-cuda-bf16.json"
 
 
+def test_fused_combine_is_benchmarked_on_cuda_only():
+    # on CPU the layer would run the stacked fallback (or Triton's interpreter), not the kernel
+    with pytest.raises(ValueError, match="--device cuda only"):
+        SpeedOptions(combine="fused")
+    if torch.cuda.is_available():
+        assert SpeedOptions(device="cuda", combine="fused").tag == "cuda-fp32-fused"
+
+
 def test_timed_batches_time_each_batch_they_yield():
     images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
     timed = TimedBatches(TensorBatches(images, torch.zeros(20, dtype=torch.long), 4, train=True), 3)

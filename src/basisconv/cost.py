@@ -101,10 +101,10 @@ class ModelCost:
 def basis_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_basis: int,
                          combine: str = "stacked") -> tuple[int, int]:
     """Multiply-adds per output pixel of a basis conv's two stages: the basis conv
-    (``m*K`` with ``K = C_in*kh*kw``) and the combination (``C_out*m`` stacked, or the
-    paper's ``(C_out - m)*m`` split)."""
+    (``m*K`` with ``K = C_in*kh*kw``) and the combination (``C_out*m`` stacked or fused,
+    or the paper's ``(C_out - m)*m`` split)."""
     kh, kw = _pair(kernel_size)
-    combined = out_channels if combine == "stacked" else out_channels - num_basis
+    combined = out_channels if combine in ("stacked", "fused") else out_channels - num_basis
     return num_basis * in_channels * kh * kw, combined * num_basis
 
 

@@ -15,7 +15,10 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
   the paper's minimum ``m*(C_out - m)`` (the cost model counts it); ``combine="split"``
   does exactly the paper's count at the price of two more copies of the output. Which is
   faster was measured with ``scripts/benchmark_layers.py``; see the README section "Basis
-  convolutions".
+  convolutions". ``combine="fused"`` computes the stacked form's result in one Triton
+  kernel on CUDA (the basis maps never go through memory, no 1x1 conv); without CUDA or
+  triton it runs the stacked form, with a one-time warning. Its GPU speed is not measured
+  yet.
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
@@ -33,7 +36,7 @@ from torch.nn.modules.utils import _pair
 
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis
-from .kernels import COMBINE_MODES, split_forward, stacked_forward
+from .kernels import COMBINE_MODES, fused_forward, split_forward, stacked_forward
 
 
 
@@ -95,8 +98,9 @@ class BasisConv2d(nn.Module):
         in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as
             ``nn.Conv2d`` (``groups=1`` and zero padding only).
         num_basis: an int count, or a float in ``(0, 1]``, a fraction of ``out_channels``.
-        combine: ``"stacked"`` (default, one 1x1 conv writes the output in order) or
-            ``"split"`` (the paper's minimal multiply-add count); see the module docstring.
+        combine: ``"stacked"`` (default, one 1x1 conv writes the output in order),
+            ``"split"`` (the paper's minimal multiply-add count) or ``"fused"`` (one Triton
+            kernel on CUDA, the stacked form elsewhere); see the module docstring.
         coefficient_rank: store the coefficient matrix as a product of two factors of this
             rank (fewer parameters; the product is formed once per forward, a tiny matmul).
 
@@ -296,6 +300,9 @@ class BasisConv2d(nn.Module):
         if self.combine == "stacked":
             return stacked_forward(x, self.basis_weight, self.combination_matrix(), self.bias,
                                    *conv)
+        if self.combine == "fused":
+            return fused_forward(x, self.basis_weight, self.combination_matrix(), self.bias,
+                                 *conv)
         return split_forward(x, self.basis_weight, self.coefficient_matrix(), self.output_index,
                              self.bias, *conv)
 

@@ -34,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
+from ..errors import ConfigError
+from ..kernels import triton_conv
 from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import precision_name
 from ..models import build_model
@@ -74,6 +76,14 @@ class SpeedOptions:
     quick: bool = False
 
     def __post_init__(self) -> None:
+        if self.combine == "fused" and self.device != "cuda":
+            # off CUDA the layer would fall back to the stacked form (or, under
+            # TRITON_INTERPRET, time Triton's interpreter): neither is the fused kernel's speed
+            raise ConfigError(f"combine='fused' is benchmarked on --device cuda only (its Triton "
+                              f"kernel runs on CUDA), got --device {self.device}")
+        if self.combine == "fused" and triton_conv.triton is None:
+            raise ConfigError("combine='fused' needs triton (pip install triton==3.9.0); "
+                              "without it the layer runs the stacked form")
         if self.quick:
             self.layer_repeats, self.model_repeats, self.warmup = QUICK_REPEATS
 
@@ -164,7 +174,7 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
         costs = {"dense": conv2d_cost(shape.in_channels, shape.out_channels, shape.kernel,
                                       shape.output_hw, input_grad=not stem)}
         for fraction, m in sizes.items():
-            for combine in ("stacked", "split"):
+            for combine in dict.fromkeys(("stacked", "split", options.combine)):
                 costs[fraction, combine] = basis_conv2d_cost(
                     shape.in_channels, shape.out_channels, shape.kernel, m, shape.output_hw,
                     combine=combine, input_grad=not stem)

@@ -2,11 +2,19 @@
 (:class:`basisconv.layers.BasisConv2d` is the API and dispatches here).
 
 Each form takes plain tensors, so a fused GPU kernel can take a form's place behind the
-same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose.
+same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
+
+* ``"stacked"`` and ``"split"``: plain PyTorch ops (:mod:`.torch_ops`);
+* ``"fused"``: one Triton kernel (:mod:`.triton_conv`) computes the basis conv and the
+  combination and writes the output once, with a hand-written backward (:mod:`.fused`). It
+  runs on CUDA tensors (on CPU only under ``TRITON_INTERPRET=1``, which is how it is
+  tested); elsewhere, or without triton, it falls back to ``"stacked"`` with a one-time
+  warning. Its GPU speed has not been measured yet.
 """
 
+from .fused import fused_forward
 from .torch_ops import split_forward, stacked_forward
 
-COMBINE_MODES = ("stacked", "split")
+COMBINE_MODES = ("stacked", "split", "fused")
 
-__all__ = ["COMBINE_MODES", "split_forward", "stacked_forward"]
+__all__ = ["COMBINE_MODES", "fused_forward", "split_forward", "stacked_forward"]

@@ -1,0 +1,216 @@
+"""The fused basis-convolution forward as one Triton kernel (``combine="fused"``).
+
+An implicit-GEMM convolution over a channels_last (NHWC) input: GEMM rows are the output
+pixels (``M = N*H_out*W_out``), columns the ``m`` basis filters, the reduction runs over
+``K = kh*kw*C_in`` without ever materializing the im2col matrix. The whole ``m`` sits in
+one tile (``BLOCK_N = next_power_of_2(m)``, at most :data:`MAX_BASIS`), so the epilogue can
+multiply the finished ``[BLOCK_M, m]`` basis tile by the ``[m, C_out]`` combination
+(identity rows for the basis channels and the coefficients, in output order), block by block
+of output channels, and write every output channel, bias added, straight into one
+channels_last output: the basis maps never make a round trip through memory, and there is
+no 1x1 conv and no concatenation. Optionally the kernel also writes the basis maps (the
+backward needs them; :mod:`.fused` says why they are saved, not recomputed).
+
+Both products use ``tl.dot`` with float32 accumulation. Float32 inputs use ``"ieee"``
+products unless ``torch.backends.cudnn.allow_tf32`` is on (it is by default), in which case
+they use TF32, as ``F.conv2d`` on the same GPU would; the interpreter always uses ``"ieee"``.
+Under bf16 autocast the basis maps are rounded to bf16 before the second product, as the
+stacked form's 1x1 conv would see them.
+
+Triton is optional: without it :data:`triton` is ``None`` and :func:`unsupported` says so,
+so the layer falls back to the plain PyTorch forms. ``TRITON_INTERPRET=1`` runs the kernel
+on CPU through Triton's interpreter (how the tests check it without a GPU). Triton reads that
+flag when ``triton.jit`` decorates a function, so the kernel is decorated on first use,
+once per interpreter setting, not at import.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the package works without triton; the layer then falls back
+    triton = None
+    tl = None
+
+#: The largest basis size the single-tile design takes (a ``[BLOCK_M, 256]`` float32
+#: accumulator already fills a GPU's registers); larger ones use the PyTorch form.
+MAX_BASIS = 256
+
+
+def _basis_conv_kernel(
+        x_ptr, w_ptr, comb_ptr, bias_ptr, out_ptr, basis_ptr,
+        M, C_in, H, W, H_out, W_out, C_out, m,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+        STORE_BASIS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_C: tl.constexpr):
+    """One program: ``BLOCK_M`` output pixels, all ``m`` basis maps, all ``C_out`` outputs.
+
+    Layouts (all contiguous): ``x`` ``[N, H, W, C_in]``; ``w`` ``[KH, KW, C_in, m]`` so the
+    reduction index ``(r, s, c)`` walks memory in the order the NHWC input is read; ``comb``
+    ``[m, C_out]``; ``out`` ``[M, C_out]``; ``basis`` ``[M, m]``.
+    """
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    ow = offs_m % W_out
+    oh = (offs_m // W_out) % H_out
+    image = (offs_m // (W_out * H_out)).to(tl.int64)  # int64: offsets past 2**31 elements
+    offs_n = tl.arange(0, BLOCK_N)
+    basis_ok = offs_n < m
+    offs_k = tl.arange(0, BLOCK_K)
+
+    # tl.full, not tl.zeros: only builtins here. Triton's standard-library helpers
+    # (tl.zeros among them) are jit functions decorated when triton is imported, so the
+    # interpreter cannot call them unless TRITON_INTERPRET was set before that import.
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for r in tl.static_range(KH):
+        ih = oh * stride_h - pad_h + r * dil_h
+        for s in tl.static_range(KW):
+            iw = ow * stride_w - pad_w + s * dil_w
+            # out-of-image taps read zeros: the zero padding, never stored
+            pixel_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_row = ((image * H + ih) * W + iw) * C_in
+            w_row = (r * KW + s) * C_in
+            for c0 in range(0, C_in, BLOCK_K):
+                c = c0 + offs_k
+                c_ok = c < C_in
+                a = tl.load(x_ptr + x_row[:, None] + c[None, :],
+                            mask=pixel_ok[:, None] & c_ok[None, :], other=0.0)
+                b = tl.load(w_ptr + (w_row + c)[:, None] * m + offs_n[None, :],
+                            mask=c_ok[:, None] & basis_ok[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+    rows = offs_m.to(tl.int64)
+    if STORE_BASIS:
+        tl.store(basis_ptr + rows[:, None] * m + offs_n[None, :],
+                 acc.to(basis_ptr.dtype.element_ty), mask=row_ok[:, None] & basis_ok[None, :])
+    # The second product runs in the input dtype, as the stacked form's 1x1 conv would
+    # (basis maps rounded to bf16 under autocast, kept float32 otherwise).
+    basis = acc.to(comb_ptr.dtype.element_ty)
+    for c0 in range(0, C_out, BLOCK_C):
+        oc = c0 + tl.arange(0, BLOCK_C)
+        oc_ok = oc < C_out
+        comb = tl.load(comb_ptr + offs_n[:, None] * C_out + oc[None, :],
+                       mask=basis_ok[:, None] & oc_ok[None, :], other=0.0)
+        out = tl.dot(basis, comb, input_precision=PRECISION)
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + oc, mask=oc_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rows[:, None] * C_out + oc[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & oc_ok[None, :])
+
+
+#: A tile that compiles for every basis size up to :data:`MAX_BASIS` (the no-autotune one).
+_SAFE_TILE = (64, 32, 64, 4, 3)
+_GPU_TILES = [(128, 32, 64, 4, 3), (128, 64, 64, 8, 3), _SAFE_TILE, (64, 64, 128, 4, 3),
+              (128, 32, 128, 8, 2), (32, 64, 64, 4, 4)]
+
+
+def _tile_configs(interpret: bool, tune: bool = True) -> list:
+    """A small autotuning space on GPU (``BLOCK_M, BLOCK_K, BLOCK_C, warps, stages``); one
+    tile with ``BASISCONV_AUTOTUNE=0`` (the GPU tests: each tuning compiles six kernels);
+    one small config under the interpreter, where autotuning would only time the
+    interpreter, and small tiles exercise the masks and block loops of small test shapes."""
+    if interpret:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_C": 16}, num_warps=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_C": bc}, num_warps=w, num_stages=st)
+            for bm, bk, bc, w, st in (_GPU_TILES if tune else [_SAFE_TILE])]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop 128-row tiles when the basis tile is 256 wide (their accumulator would spill)."""
+    if kwargs.get("BLOCK_N", named_args.get("BLOCK_N", 0)) < 256:
+        return configs
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= 64]
+    return kept or configs
+
+
+_KERNELS: dict[tuple[bool, bool], object] = {}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``),
+    read as ``triton.jit`` reads it, at the moment of asking."""
+    return triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+def _kernel():
+    """The decorated kernel for the current interpreter and autotuning settings (decorated
+    on first use)."""
+    interpret = interpreting()
+    tune = not interpret and os.environ.get("BASISCONV_AUTOTUNE", "1") != "0"
+    if (interpret, tune) not in _KERNELS:
+        jitted = triton.jit(_basis_conv_kernel)
+        _KERNELS[interpret, tune] = triton.autotune(
+            configs=_tile_configs(interpret, tune),
+            key=["M", "C_in", "C_out", "m", "KH", "KW", "STORE_BASIS"],
+            prune_configs_by={"early_config_prune": _prune_configs},
+        )(jitted)
+    return _KERNELS[interpret, tune]
+
+
+def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int) -> str | None:
+    """Why :func:`basis_conv` cannot run on ``x`` computed in ``dtype``, or None if it can.
+
+    It needs triton, a CUDA tensor (or the interpreter, which takes float32 only: it runs
+    on NumPy, which has no bfloat16), a dtype that ``tl.dot`` takes on every GPU, and a
+    basis that fits one tile.
+    """
+    if triton is None:
+        return "triton, which does not import here"
+    if interpreting():
+        if dtype != torch.float32:
+            return f"float32 under TRITON_INTERPRET (got {dtype})"
+    elif not x.is_cuda:
+        return f"a CUDA tensor (got a {x.device.type} tensor; TRITON_INTERPRET=1 runs it on CPU)"
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"float32, float16 or bfloat16 (got {dtype})"
+    if num_basis > MAX_BASIS:
+        return f"num_basis <= {MAX_BASIS} (one tile; got {num_basis})"
+    return None
+
+
+def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
+               bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], store_basis: bool = False):
+    """``F.conv2d(x, combination @ basis_weight, bias, ...)`` in one kernel, plus the basis
+    maps ``[N*H_out*W_out, m]`` (channels_last rows) when ``store_basis``, else ``None``.
+
+    ``x`` ``[N, C_in, H, W]`` (channels_last avoids a copy), ``basis_weight``
+    ``[m, C_in, kh, kw]``, ``combination`` ``[C_out, m]`` rows in output order, ``bias``
+    ``[C_out]`` or None; all of one dtype. The output is ``[N, C_out, H_out, W_out]`` in
+    channels_last memory.
+    """
+    n, c_in, h, w = x.shape
+    m, _, kh, kw = basis_weight.shape
+    c_out = combination.shape[0]
+    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    rows = n * h_out * w_out
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = basis_weight.permute(2, 3, 1, 0).contiguous()  # [kh, kw, C_in, m]: tiny copy
+    comb = combination.t().contiguous()  # [m, C_out]
+    out = torch.empty((n, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    basis = torch.empty((rows, m), dtype=x.dtype, device=x.device) if store_basis else None
+    if rows == 0:
+        return out, basis
+    # "ieee" only for float32 without TF32; half-precision inputs get Triton's default for
+    # them ("tf32", which does not touch 16-bit operands), as every bf16 Triton GEMM does.
+    ieee = x.dtype == torch.float32 and (interpreting() or not torch.backends.cudnn.allow_tf32)
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
+    _kernel()[grid](
+        x, weight, comb, bias if bias is not None else comb, out,
+        basis if basis is not None else out,
+        rows, c_in, h, w, h_out, w_out, c_out, m,
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        KH=kh, KW=kw, HAS_BIAS=bias is not None, STORE_BASIS=store_basis,
+        PRECISION="ieee" if ieee else "tf32",
+        BLOCK_N=max(16, triton.next_power_of_2(m)))
+    return out, basis

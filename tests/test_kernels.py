@@ -1,0 +1,200 @@
+"""The fused Triton basis conv (``combine="fused"``) against the dense conv it stands for.
+
+On CPU the kernel runs through Triton's interpreter: the autouse fixture sets
+``TRITON_INTERPRET=1`` per test (the kernel module decorates its kernel on first use, once
+per setting, so no import-order trick is needed; conftest restores the environment). With
+``--device cuda`` (``make gpu-check``) the same tests run the compiled kernel, TF32 off so
+that float32 tolerances stay tight, with one tile size (no autotuning, fewer compilations).
+Every comparison also checks that the kernel ran (``FusedBasisConvBackward`` in the graph):
+a silent fallback would match the reference too.
+"""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from basisconv.kernels import fused, triton_conv  # noqa: E402
+from basisconv.kernels.torch_ops import stacked_forward  # noqa: E402
+from basisconv.layers import BasisConv2d  # noqa: E402
+
+FUSED = "FusedBasisConvBackward"
+
+# (C_in, C_out, m, kernel, stride, padding, dilation, bias, batch, (H, W), channels_last)
+SHAPES = [
+    (5, 12, 5, 3, 1, 1, 1, True, 3, (7, 6), False),       # non-power-of-2 channels
+    (4, 8, 1, 1, 1, 0, 1, False, 1, (5, 5), False),       # m = 1, 1x1
+    (6, 10, 9, 3, 2, 1, 1, True, 2, (9, 8), True),        # m = C_out - 1, stride 2
+    (20, 40, 24, 3, 1, 2, 2, False, 1, (8, 7), True),     # dilation; several K, m and C_out blocks
+    (3, 7, 3, (3, 5), 1, "same", 1, True, 2, (6, 9), False),  # non-square kernel, "same"
+    (8, 16, 4, 1, 2, 0, 1, True, 2, (7, 7), True),        # 1x1 stride 2 (a shortcut)
+]
+
+
+@pytest.fixture(autouse=True)
+def kernel_backend(device, monkeypatch):
+    """The interpreter on CPU; on CUDA the compiled kernel in full float32 precision."""
+    if device.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        monkeypatch.setenv("BASISCONV_AUTOTUNE", "0")  # one tile: correctness, not speed
+        torch.backends.cudnn.allow_tf32 = False  # conftest restores both
+        torch.set_float32_matmul_precision("highest")
+
+
+def make_layer(c_in, c_out, m, k, stride, padding, dilation, bias, device, **options):
+    torch.manual_seed(0)
+    layer = BasisConv2d(c_in, c_out, k, m, stride=stride, padding=padding, dilation=dilation,
+                        bias=bias, combine="fused", device=device, **options)
+    with torch.no_grad():
+        layer.output_index.copy_(torch.randperm(c_out))  # a converted layer's channel order
+        if layer.bias is not None:
+            layer.bias.normal_()
+    return layer
+
+
+def outputs_and_grads(y, grad, tensors):
+    return [y.detach(), *torch.autograd.grad(y, tensors, grad)]
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-m{s[2]}-k{s[3]}-s{s[4]}")
+def test_fused_matches_the_dense_conv_forward_and_backward(shape, device):
+    *config, batch, (h, w), channels_last = shape
+    layer = make_layer(*config, device)
+    x = torch.randn(batch, config[0], h, w, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    tensors = [x, layer.basis_weight, layer.coefficients]
+    if layer.bias is not None:
+        tensors.append(layer.bias)
+    y = layer(x)
+    assert y.grad_fn.name() == FUSED
+    reference = F.conv2d(x, layer.dense_weight(), layer.bias, layer.stride, layer.padding,
+                         layer.dilation)
+    assert y.shape == reference.shape
+    grad = torch.randn_like(reference)
+    got = outputs_and_grads(y, grad, tensors)
+    want = outputs_and_grads(reference, grad, tensors)
+    for name, a, b in zip(["output", "input", "basis_weight", "coefficients", "bias"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.device
+def test_gradients_reach_low_rank_factors_and_respect_the_mask(device):
+    layer = make_layer(6, 14, 5, 3, 1, 1, 1, False, device, coefficient_rank=2)
+    layer.coefficient_mask = (torch.rand(9, 5, device=device) > 0.4).float()
+    x = torch.randn(2, 6, 6, 5, device=device)
+    params = [layer.basis_weight, layer.coefficients_left, layer.coefficients_right]
+    y = layer(x)
+    assert y.grad_fn.name() == FUSED
+    reference = F.conv2d(x, layer.dense_weight(), None, 1, 1)
+    grad = torch.randn_like(reference)
+    for a, b in zip(outputs_and_grads(y, grad, params), outputs_and_grads(reference, grad, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.device
+def test_full_rank_fused_layer_reproduces_the_conv(device):
+    torch.manual_seed(2)
+    conv = nn.Conv2d(5, 9, 3, stride=2, padding=1, bias=True, device=device)
+    layer = BasisConv2d.from_conv(conv, conv.out_channels, combine="fused")
+    x = torch.randn(2, 5, 8, 7, device=device)
+    y = layer(x)
+    assert y.grad_fn.name() == FUSED
+    torch.testing.assert_close(y, conv(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.device
+def test_no_grad_forward_skips_the_basis_maps(device, monkeypatch):
+    layer = make_layer(4, 8, 3, 3, 1, 1, 1, True, device)
+    calls = []
+    launch = triton_conv.basis_conv
+    monkeypatch.setattr(triton_conv, "basis_conv",
+                        lambda *a, **k: calls.append(k["store_basis"]) or launch(*a, **k))
+    x = torch.randn(1, 4, 5, 5, device=device)
+    with torch.no_grad():
+        y = layer(x)
+    torch.testing.assert_close(y, layer.to_conv()(x), rtol=1e-4, atol=1e-4)
+    layer(x)
+    assert calls == [False, True]
+
+
+@pytest.mark.device
+def test_bf16_autocast_is_close_to_float32(device):
+    if device.type != "cuda":
+        pytest.skip("bfloat16 runs on the compiled kernel only (the interpreter has none)")
+    layer = make_layer(32, 64, 16, 3, 1, 1, 1, True, device)
+    x = torch.randn(4, 32, 16, 16, device=device, requires_grad=True)
+    reference = layer.to_conv()(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.grad_fn.name() == FUSED
+    torch.testing.assert_close(y.float(), reference, rtol=5e-2, atol=5e-2 * reference.abs().max().item())
+    y.float().sum().backward()
+    assert layer.coefficients.grad.dtype == torch.float32 and x.grad.isfinite().all()
+
+
+def test_wide_bases_prune_the_tall_gpu_tiles():
+    """The GPU tile space (only the interpreter's single config runs here)."""
+    configs = triton_conv._tile_configs(interpret=False)
+    assert triton_conv._prune_configs(configs, {}, BLOCK_N=64) == configs
+    kept = triton_conv._prune_configs(configs, {}, BLOCK_N=256)
+    assert kept and all(c.kwargs["BLOCK_M"] <= 64 for c in kept)
+    (single,) = triton_conv._tile_configs(interpret=False, tune=False)
+    assert triton_conv._prune_configs([single], {}, BLOCK_N=256) == [single]
+
+
+@pytest.mark.parametrize("case", ["no triton", "cpu without interpreter", "float64",
+                                  "asymmetric same padding"])
+def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch):
+    monkeypatch.setattr(fused, "_WARNED", set())
+    kernel, dtype, match = 3, torch.float32, "triton"
+    if case == "no triton":
+        monkeypatch.setattr(triton_conv, "triton", None)
+    elif case == "cpu without interpreter":
+        monkeypatch.delenv("TRITON_INTERPRET")
+        match = "CUDA tensor"
+    elif case == "float64":
+        dtype, match = torch.float64, "float32 under TRITON_INTERPRET"
+    else:
+        kernel, match = 2, "symmetric padding"
+    torch.manual_seed(0)
+    layer = BasisConv2d(3, 6, kernel, 2, padding="same", bias=True, combine="fused", dtype=dtype)
+    x = torch.randn(2, 3, 5, 5, dtype=dtype)
+    with pytest.warns(UserWarning, match=match):
+        y = layer(x)  # (torch itself also warns about the asymmetric "same" padding)
+    assert y.grad_fn.name() != FUSED
+    expected = stacked_forward(x, layer.basis_weight, layer.combination_matrix(), layer.bias,
+                               layer.stride, layer.padding, layer.dilation)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(x)
+    assert not [w for w in caught if "combine='fused'" in str(w.message)]  # once per reason
+
+
+def test_the_package_works_without_triton(repo):
+    """A machine without triton (or with one that does not import) gets the stacked form."""
+    script = (
+        "import sys, warnings; sys.modules['triton'] = None\n"  # `import triton` now fails
+        "import torch; from basisconv.layers import BasisConv2d\n"
+        "layer = BasisConv2d(3, 6, 3, 2, padding=1, combine='fused')\n"
+        "x = torch.randn(1, 3, 5, 5)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always'); y = layer(x)\n"
+        "assert any('needs triton' in str(w.message) for w in caught), caught\n"
+        "torch.testing.assert_close(y, layer.to_conv()(x))\n")
+    env = dict(os.environ, PYTHONPATH=str(repo / "src"), TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
