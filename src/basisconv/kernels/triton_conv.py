@@ -137,7 +137,12 @@ _KERNELS: dict[tuple[bool, bool], object] = {}
 def interpreting() -> bool:
     """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``),
     read as ``triton.jit`` reads it, at the moment of asking."""
-    return triton is not None and bool(triton.knobs.runtime.interpret)
+    if triton is None:
+        return False
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4; a GPU machine's may be older
+    if knobs is None:
+        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+    return bool(knobs.runtime.interpret)
 
 
 def _kernel():
