@@ -23,6 +23,7 @@ import torch
 
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench.layers import TARGET_SLACK, SpeedOptions, run
+from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="NCHW instead of channels_last (dense step 1.09x slower on this CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every module timed")
-    parser.add_argument("--combine", choices=["stacked", "split", "fused"], default=d.combine,
-                        help="fused: the Triton kernel, --device cuda only")
+    parser.add_argument("--combine", choices=list(COMBINE_MODES), default=d.combine,
+                        help="fused: the Triton kernel, --device cuda only; auto: per shape "
+                             "the fastest form measured on the device")
     parser.add_argument("--no-allocator-tuning", dest="allocator_tuning", action="store_false",
                         help="keep glibc's default mmap behaviour (see tune_cpu_allocator)")
     parser.add_argument("--quick", action="store_true",

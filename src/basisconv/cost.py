@@ -104,7 +104,8 @@ def basis_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_b
     (``m*K`` with ``K = C_in*kh*kw``) and the combination (``C_out*m`` stacked or fused,
     or the paper's ``(C_out - m)*m`` split)."""
     kh, kw = _pair(kernel_size)
-    combined = out_channels if combine in ("stacked", "fused") else out_channels - num_basis
+    # "auto" is counted as the stacked form, the basis algorithm it runs where it wins
+    combined = out_channels if combine in ("stacked", "fused", "auto") else out_channels - num_basis
     return num_basis * in_channels * kh * kw, combined * num_basis
 
 

@@ -18,7 +18,8 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
   convolutions". ``combine="fused"`` computes the stacked form's result in one Triton
   kernel on CUDA (the basis maps never go through memory, no 1x1 conv); without CUDA or
   triton it runs the stacked form, with a one-time warning. Its GPU speed is not measured
-  yet.
+  yet. ``combine="auto"`` times the forms per shape on the device and keeps the fastest,
+  the dense conv of the materialized weight among them (:mod:`basisconv.kernels.auto`).
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
@@ -36,7 +37,7 @@ from torch.nn.modules.utils import _pair
 
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis
-from .kernels import COMBINE_MODES, fused_forward, split_forward, stacked_forward
+from .kernels import COMBINE_MODES, auto_forward, fused_forward, split_forward, stacked_forward
 
 
 
@@ -99,8 +100,9 @@ class BasisConv2d(nn.Module):
             ``nn.Conv2d`` (``groups=1`` and zero padding only).
         num_basis: an int count, or a float in ``(0, 1]``, a fraction of ``out_channels``.
         combine: ``"stacked"`` (default, one 1x1 conv writes the output in order),
-            ``"split"`` (the paper's minimal multiply-add count) or ``"fused"`` (one Triton
-            kernel on CUDA, the stacked form elsewhere); see the module docstring.
+            ``"split"`` (the paper's minimal multiply-add count), ``"fused"`` (one Triton
+            kernel on CUDA, the stacked form elsewhere) or ``"auto"`` (per shape, the
+            fastest form measured on the device); see the module docstring.
         coefficient_rank: store the coefficient matrix as a product of two factors of this
             rank (fewer parameters; the product is formed once per forward, a tiny matmul).
 
@@ -300,9 +302,9 @@ class BasisConv2d(nn.Module):
         if self.combine == "stacked":
             return stacked_forward(x, self.basis_weight, self.combination_matrix(), self.bias,
                                    *conv)
-        if self.combine == "fused":
-            return fused_forward(x, self.basis_weight, self.combination_matrix(), self.bias,
-                                 *conv)
+        if self.combine in ("fused", "auto"):
+            forward = fused_forward if self.combine == "fused" else auto_forward
+            return forward(x, self.basis_weight, self.combination_matrix(), self.bias, *conv)
         return split_forward(x, self.basis_weight, self.coefficient_matrix(), self.output_index,
                              self.bias, *conv)
 

@@ -9,12 +9,17 @@ same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
   combination and writes the output once, with a hand-written backward (:mod:`.fused`). It
   runs on CUDA tensors (on CPU only under ``TRITON_INTERPRET=1``, which is how it is
   tested); elsewhere, or without triton, it falls back to ``"stacked"`` with a one-time
-  warning. Its GPU speed has not been measured yet.
+  warning. Its GPU speed has not been measured yet;
+* ``"auto"``: per shape, the fastest of ``stacked``, ``dense`` (the materialized weight
+  in one dense conv) and ``fused`` on the device, measured there on first use
+  (:mod:`.auto`).
 """
 
+from .auto import auto_forward
 from .fused import fused_forward
-from .torch_ops import split_forward, stacked_forward
+from .torch_ops import dense_forward, split_forward, stacked_forward
 
-COMBINE_MODES = ("stacked", "split", "fused")
+COMBINE_MODES = ("stacked", "split", "fused", "auto")
 
-__all__ = ["COMBINE_MODES", "fused_forward", "split_forward", "stacked_forward"]
+__all__ = ["COMBINE_MODES", "auto_forward", "dense_forward", "fused_forward", "split_forward",
+           "stacked_forward"]

@@ -63,6 +63,17 @@ class FusedBasisConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_comb, grad_bias, None, None, None
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a conv of ``x`` computes in: autocast's where it is on, else ``x``'s. (A
+    device without autocast, such as ``meta`` in the cost model's dry runs, has none.)"""
+    try:
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+    except RuntimeError:
+        pass
+    return x.dtype
+
+
 def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
     """``padding`` as two ints; ``"same"`` only when it pads both sides equally (None
     otherwise: PyTorch pads the extra row or column on one side, the kernel cannot)."""
@@ -82,10 +93,10 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     Under autocast the inputs are cast to the autocast dtype first, as ``F.conv2d`` would
     cast them; the casts are ordinary autograd ops, so gradients reach the float32 params.
     """
-    dtype = x.dtype
-    autocast = torch.is_autocast_enabled(x.device.type)
-    if autocast:
-        dtype = torch.get_autocast_dtype(x.device.type)
+    if x.device.type == "meta":  # a shape-only dry run (the cost model): nothing to warn of
+        return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
+    dtype = compute_dtype(x)
+    autocast = dtype != x.dtype
     pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
     reason = ("symmetric padding (padding='same' with an even dilation*(kernel-1))"
               if pad is None else triton_conv.unsupported(x, dtype, basis_weight.shape[0]))

@@ -7,6 +7,8 @@ backward); ``scripts/benchmark_layers.py`` measures which is faster where.
   the bias fused, at ``m*m`` more multiply-adds per pixel than the paper's minimum.
 * ``split_forward``: exactly the paper's count: a 1x1 conv to the ``C_out - m`` combined
   maps only, then concatenate and reorder (two more copies of the output).
+* ``dense_forward``: the materialized weight and one dense conv (no compute saved; for
+  the shapes where the dense conv is faster than any basis form).
 """
 
 from __future__ import annotations
@@ -36,3 +38,14 @@ def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: tor
     if bias is not None:
         out = out + bias[:, None, None]
     return out
+
+
+def dense_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
+                  bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
+    """The layer's weight materialized (``combination @ basis_weight``, a tiny matmul per
+    call) and one dense conv: the basis layer's parameters at the dense conv's speed, for
+    the shapes where no basis form beats the dense conv on the device (``combine="auto"``
+    picks it there)."""
+    m = basis_weight.shape[0]
+    weight = (combination @ basis_weight.reshape(m, -1)).view(-1, *basis_weight.shape[1:])
+    return F.conv2d(x, weight, bias, stride, padding, dilation)

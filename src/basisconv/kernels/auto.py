@@ -1,0 +1,115 @@
+"""``combine="auto"``: every layer shape runs the form that is fastest on the device it
+meets, measured there on first use, as ``torch.backends.cudnn.benchmark`` picks a conv
+algorithm per shape.
+
+Why: whether a basis convolution beats the dense conv depends on the shape, the device and
+the precision. On a 2-core CPU the 3-channel stem and the 1x1 shortcuts are 1.8-2.1x slower
+in basis form than dense (results/layer-speed-cpu-fp32.csv), while the 3x3 layers with 64+
+channels win; on a GPU the balance is different again. So each shape is timed once in its
+candidate forms (``stacked``; ``dense``, the materialized weight in one dense conv; and
+``fused``, the Triton kernel, where it can run) for what the call needs (forward, plus
+backward when gradients flow), and the fastest is kept for the process. All compute the
+same function; only the rounding differs.
+
+What it costs: a choice depends on timings, so two runs may choose differently, and then
+their numbers differ in the last bits; for runs that must repeat exactly, name a form.
+While ``torch.compile`` traces or a CUDA graph is captured nothing is timed: a shape
+measured before runs its choice, a new one the stacked form.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import torch
+
+from . import triton_conv
+from .fused import compute_dtype, fused_forward
+from .torch_ops import dense_forward, stacked_forward
+
+log = logging.getLogger(__name__)
+
+FORMS = {"stacked": stacked_forward, "dense": dense_forward, "fused": fused_forward}
+#: (device, dtype, shapes, conv arguments, whether gradients flow) -> the chosen form
+_CHOICES: dict[tuple, str] = {}
+#: the times behind each choice, seconds per call by form (for logs and benchmarks)
+TIMINGS: dict[tuple, dict[str, float]] = {}
+REPEATS = 3
+
+
+def choices() -> dict[tuple, str]:
+    """The forms chosen so far in this process, by shape key."""
+    return dict(_CHOICES)
+
+
+def forget() -> None:
+    """Drop every choice (the next call of each shape measures again)."""
+    _CHOICES.clear()
+    TIMINGS.clear()
+
+
+def _measuring_is_possible(x: torch.Tensor) -> bool:
+    if x.device.type not in ("cpu", "cuda") or torch.compiler.is_compiling():
+        return False  # e.g. the meta tensors of the cost model's dry runs
+    return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def candidates(x: torch.Tensor, basis_weight: torch.Tensor) -> list[str]:
+    """The forms worth timing here: the fused kernel only where it runs compiled (under
+    the interpreter it would only time the interpreter)."""
+    forms = ["stacked", "dense"]
+    if (triton_conv.unsupported(x, compute_dtype(x), basis_weight.shape[0]) is None
+            and not triton_conv.interpreting()):
+        forms.append("fused")
+    return forms
+
+
+def _time(form: str, args: tuple, backward: bool) -> float:
+    """Median seconds of ``REPEATS`` calls of ``form`` (after one untimed), on detached
+    copies of the inputs, so nothing reaches the caller's graph or its random state."""
+    x, *rest = args[:4]
+    leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
+              for t in (x, *rest)]
+    cuda = x.is_cuda
+    spans = []
+    for i in range(REPEATS + 1):
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
+        out = FORMS[form](*leaves, *args[4:])
+        if backward:
+            out.backward(torch.ones_like(out))
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        if i:
+            spans.append(time.perf_counter() - start)
+        for leaf in leaves:
+            if leaf is not None:
+                leaf.grad = None
+    return statistics.median(spans)
+
+
+def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
+                 bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
+    """The fastest form for this call's shape on this device (see the module docstring)."""
+    backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, basis_weight, combination, bias))
+    key = (str(x.device), compute_dtype(x), tuple(x.shape),
+           x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
+           combination.shape[0], bias is not None, tuple(stride), str(padding),
+           tuple(dilation), backward)
+    form = _CHOICES.get(key)
+    if form is None and _measuring_is_possible(x):
+        args = (x, basis_weight, combination, bias, stride, padding, dilation)
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            times = {f: _time(f, args, backward) for f in candidates(x, basis_weight)}
+        form = _CHOICES[key] = min(times, key=times.get)
+        TIMINGS[key] = times
+        log.info("combine=auto: %s for input %s, basis %s -> %d outputs (%s; ms per call: %s)",
+                 form, list(x.shape), list(basis_weight.shape), combination.shape[0],
+                 "forward+backward" if backward else "forward",
+                 ", ".join(f"{f} {1e3 * t:.2f}" for f, t in times.items()))
+    return FORMS[form or "stacked"](x, basis_weight, combination, bias, stride, padding,
+                                    dilation)

@@ -1,0 +1,107 @@
+"""``combine="auto"``: the form each shape runs is chosen by timing on the device, once;
+whatever it chooses computes the layer's function, and measuring leaves no trace in the
+caller's graph or random state."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from basisconv.kernels import auto, dense_forward
+from basisconv.layers import BasisConv2d
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices():
+    auto.forget()
+    yield
+    auto.forget()
+
+
+def layer_and_input(device, seed=0, **options):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(6, 12, 3, padding=1, stride=2, bias=True)
+    layer = BasisConv2d.from_conv(conv, 5, combine="auto", **options).to(device, torch.float64)
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
+    return layer, x
+
+
+def reference(layer, x):
+    return F.conv2d(x, layer.dense_weight(), layer.bias, layer.stride, layer.padding,
+                    layer.dilation)
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("form", ["stacked", "dense"])
+def test_each_chosen_form_gives_the_layers_output_and_gradients(form, device, monkeypatch):
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == form else 1.0)
+    layer, x = layer_and_input(device)
+    out = layer(x)
+    assert list(auto.choices().values()) == [form]
+    grads = torch.autograd.grad(out.square().sum(), [x, layer.basis_weight, layer.coefficients,
+                                                     layer.bias])
+    expected = reference(layer, x)
+    want = torch.autograd.grad(expected.square().sum(), [x, layer.basis_weight,
+                                                         layer.coefficients, layer.bias])
+    torch.testing.assert_close(out, expected)
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got, ref)
+
+
+def test_a_shape_is_measured_once_per_kind_of_call(monkeypatch):
+    calls = []
+    real = auto._time
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: calls.append((f, backward))
+                        or real(f, args, backward))
+    layer, x = layer_and_input("cpu")
+    layer(x)
+    layer(x)
+    assert sorted(calls) == [("dense", True), ("stacked", True)]
+    with torch.no_grad():  # inference is another call: forward only, measured once
+        layer(x)
+        layer(x)
+    assert sorted(calls[2:]) == [("dense", False), ("stacked", False)]
+    layer(x[:1])  # another batch size is another shape
+    assert len(calls) == 6 and len(auto.choices()) == 3
+    assert all(set(t) == {"stacked", "dense"} for t in auto.TIMINGS.values())
+
+
+def test_measuring_leaves_the_random_state_and_the_callers_graph_alone():
+    layer, x = layer_and_input("cpu")
+    state = torch.get_rng_state()
+    out = layer(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert x.grad is None and layer.basis_weight.grad is None  # timing's backward went elsewhere
+    out.sum().backward()
+    assert x.grad is not None and layer.coefficients.grad is not None
+
+
+def test_dense_form_is_the_materialized_weights_conv():
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    basis = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    comb = torch.randn(7, 3, dtype=torch.float64)
+    weight = torch.einsum("om,mikl->oikl", comb, basis)
+    torch.testing.assert_close(dense_forward(x, basis, comb, None, 1, 1, 1),
+                               F.conv2d(x, weight, None, 1, 1, 1))
+
+
+def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(auto, "_time", lambda *a: pytest.fail("measured while compiling"))
+    layer, x = layer_and_input("cpu")
+    torch.testing.assert_close(layer(x), reference(layer, x))
+    assert auto.choices() == {}
+
+
+@pytest.mark.parametrize("combine", ["auto", "fused"])
+def test_the_cost_models_meta_dry_run_takes_auto_and_fused_layers(combine, recwarn):
+    from basisconv.cost import model_cost
+
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    model = nn.Sequential(BasisConv2d.from_conv(conv, 4, combine=combine))
+    stacked = nn.Sequential(BasisConv2d.from_conv(conv, 4))
+    assert model_cost(model, (1, 3, 8, 8)).total_flops == \
+        model_cost(stacked, (1, 3, 8, 8)).total_flops
+    assert auto.choices() == {}
+    assert not [w for w in recwarn if "combine=" in str(w.message)]
