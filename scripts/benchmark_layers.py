@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep glibc's default mmap behaviour (see tune_cpu_allocator)")
     parser.add_argument("--quick", action="store_true",
                         help="3 layer rounds, 2 model rounds, 1 warm-up; files get a -quick suffix")
+    parser.add_argument("--profile", action="store_true",
+                        help="also write model-profile-<tag>.txt: torch.profiler's operators "
+                             "by (GPU) time for each whole-model training step")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     for f in args.fractions:

@@ -145,3 +145,14 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     assert set(record) == set(before) | {"kind", "status", "config"}
     assert record["target"] == before["target"]
     assert set(record["summary"]["0.5"]) == set(before["summary"]["0.5"])
+
+
+def test_profile_writes_where_each_steps_time_goes(tmp_path):
+    options = SpeedOptions(threads=1, allocator_tuning=False, batch_size=1, fractions=[0.5],
+                           parts=["model"], model_repeats=1, warmup=0, profile=True)
+    result = speed.run(options, tmp_path, progress=lambda line: None)
+    text = (tmp_path / "model-profile-cpu-fp32-b1-defaultmalloc.txt").read_text()
+    assert result.files[-1].name == "model-profile-cpu-fp32-b1-defaultmalloc.txt"
+    assert "== ResNet-18 dense: 3 training steps" in text
+    assert "== ResNet-18 basis 0.5: 3 training steps" in text
+    assert "aten::convolution" in text or "aten::conv2d" in text

@@ -41,6 +41,8 @@ from ..loop import precision_name
 from ..models import build_model
 from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis, conv_layers
+from torch.profiler import ProfilerActivity, profile
+
 from .timing import Runner, Timer, output_gradient, tune_cpu_allocator
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
@@ -74,6 +76,7 @@ class SpeedOptions:
     combine: str = "stacked"
     allocator_tuning: bool = True
     quick: bool = False
+    profile: bool = False  # also write where a training step's time goes (torch.profiler)
 
     def __post_init__(self) -> None:
         if self.combine == "fused" and self.device != "cuda":
@@ -205,10 +208,31 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
     return rows
 
 
+def profile_steps(steps: dict[str, Callable[[], None]], device: torch.device,
+                  rounds: int = 3) -> str:
+    """Where each training step's time goes: torch.profiler's operators by self time (on
+    CUDA, by GPU time: which kernels, how many launches), ``rounds`` steps each."""
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    tables = []
+    for name, step in steps.items():
+        step()  # warm: allocations, cuDNN and Triton choices
+        with profile(activities=activities) as prof:
+            for _ in range(rounds):
+                step()
+            if cuda:
+                torch.cuda.synchronize(device)
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        tables.append(f"== ResNet-18 {name}: {rounds} training steps (forward + backward)\n"
+                      + prof.key_averages().table(sort_by=sort, row_limit=25))
+    return "\n\n".join(tables) + "\n"
+
+
 def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_rows: list[dict],
-                    *, progress: Progress = _say) -> list[dict]:
+                    *, progress: Progress = _say) -> tuple[list[dict], str | None]:
     """One row per basis fraction for the whole ResNet-18; with ``layer_rows`` of every
-    ResNet-18 shape (from :func:`benchmark_layers`) also the time-based bounds."""
+    ResNet-18 shape (from :func:`benchmark_layers`) also the time-based bounds. With
+    ``options.profile`` also the profiler's tables of each step (else ``None``)."""
     torch.manual_seed(0)
     base = build_model("resnet18")
     labels = torch.randint(0, 10, (options.batch_size,), device=runner.device)
@@ -228,8 +252,11 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
     def backward(out: torch.Tensor) -> None:
         F.cross_entropy(out.float(), labels).backward()
 
-    fwdbwd = timer.run({k: runner.training_step(m, x, backward) for k, m in prepared.items()},
-                       options.model_repeats, options.warmup)
+    steps = {k: runner.training_step(m, x, backward) for k, m in prepared.items()}
+    fwdbwd = timer.run(steps, options.model_repeats, options.warmup)
+    profiled = (profile_steps({("dense" if k == "dense" else f"basis {k}"): step
+                               for k, step in steps.items()}, runner.device)
+                if options.profile else None)
     for m in models.values():
         m.eval()  # an inference forward: BN uses its running statistics
     fwd = timer.run({k: runner.forward(m, x) for k, m in prepared.items()},
@@ -278,7 +305,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
         progress(f"  fraction {fraction:<6} fwd {row['fwd_ratio']:.3f} (theory {row['theory_fwd_ratio']:.3f})  "
                  f"fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, x{row['fwdbwd_vs_theory']:.2f}{bound})  "
                  f"{fwdbwd[fraction]:.0f} ms")
-    return rows
+    return rows, profiled
 
 
 def _layer_times(models: dict, layer_rows: list[dict]) -> dict[str, dict]:
@@ -310,6 +337,7 @@ def to_csv(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------ the run and its files
 LAYER_FILE, MODEL_FILE, FIGURE_FILE = "layer-speed", "model-speed", "basis-speedup"
+PROFILE_FILE = "model-profile"
 
 
 def file_name(stem: str, tag: str, suffix: str) -> str:
@@ -375,13 +403,14 @@ def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None =
                 "warmup": options.warmup, "statistic": "median of interleaved rounds"}
     progress(f"benchmark {tag}: {settings}")
     started, load = time.time(), os.getloadavg()
-    layer_rows, model_rows = [], []
+    layer_rows, model_rows, profiled = [], [], None
     if "layers" in options.parts:
         progress("single layers (ResNet-18 conv shapes):")
         layer_rows = benchmark_layers(options, runner, timer, progress=progress)
     if "model" in options.parts:
         progress("whole ResNet-18:")
-        model_rows = benchmark_model(options, runner, timer, layer_rows, progress=progress)
+        model_rows, profiled = benchmark_model(options, runner, timer, layer_rows,
+                                               progress=progress)
     record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command), "complete", {
         "settings": settings, "seconds": round(time.time() - started, 1),
         "load_average_before_after": [load, os.getloadavg()],
@@ -394,6 +423,8 @@ def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None =
             files.append(write_text_atomic(out / csv, to_csv(rows)))
             files.append(write_record(out / file_name(stem, tag, ".json"), dataclasses.replace(
                 record, results={**record.results, "file": csv, **extra})))
+    if profiled:
+        files.append(write_text_atomic(out / file_name(PROFILE_FILE, tag, ".txt"), profiled))
     return SpeedResult(options, out, settings, layer_rows, model_rows, record, files)
 
 
