@@ -105,3 +105,26 @@ def test_the_cost_models_meta_dry_run_takes_auto_and_fused_layers(combine, recwa
         model_cost(stacked, (1, 3, 8, 8)).total_flops
     assert auto.choices() == {}
     assert not [w for w in recwarn if "combine=" in str(w.message)]
+
+
+def test_forms_are_chosen_before_compiling_and_the_model_is_left_as_it_was(monkeypatch):
+    from basisconv.models import build_model
+    from basisconv.network import choose_forms_now
+    from basisconv.surgery import apply_basis
+
+    torch.manual_seed(0)
+    model = apply_basis(build_model("resnet8", width=0.25), "all", 0.5, combine="auto")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    choose_forms_now(model, [(4, 3, 16, 16), (2, 3, 16, 16)], device=torch.device("cpu"))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics too
+    assert model.training and all(p.grad is None for p in model.parameters())
+    chosen = auto.choices()
+    assert {(key[2][0], key[-1]) for key in chosen} == {(4, True), (2, False)}
+
+    monkeypatch.setattr(auto, "_time", lambda *a: pytest.fail("timed while compiled"))
+    compiled = torch.compile(model, backend="eager")  # dynamo traces auto_forward
+    x = torch.randn(4, 3, 16, 16)
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x))
+    assert auto.choices() == chosen

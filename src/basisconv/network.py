@@ -82,3 +82,31 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
     optimizer.param_groups.clear()
     optimizer.state.clear()
     optimizer.add_param_group({**settings, "params": list(model.parameters())})
+
+
+def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device: torch.device,
+                     memory_format: torch.memory_format = torch.contiguous_format,
+                     amp_dtype: torch.dtype | None = None) -> None:
+    """Let every ``combine="auto"`` layer of ``model`` time its forms now, for a training
+    forward (and backward) at the first input shape and an evaluation forward at each
+    other, before ``torch.compile`` or CUDA graphs take over: neither lets a shape be
+    timed, so without this a compiled model would run the stacked form everywhere.
+
+    The model is left exactly as it was: parameters, buffers (batch-norm statistics move
+    in a training forward), gradients and mode. The inputs are zeros: only shapes matter."""
+    if not any(getattr(m, "combine", None) == "auto" for m in model.modules()):
+        return
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    try:
+        for i, shape in enumerate(shapes):
+            model.train(i == 0)
+            x = torch.zeros(shape, device=device).contiguous(memory_format=memory_format)
+            with torch.set_grad_enabled(i == 0), autocast:
+                model(x)
+    finally:
+        model.load_state_dict(saved)
+        for p in model.parameters():
+            p.grad = None
+        model.train(was_training)

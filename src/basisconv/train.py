@@ -29,8 +29,8 @@ from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoin
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, Stopped
-from .network import (build_network, coefficient_penalty, converts_later, describe,
-                      rebind_optimizer, to_basis)
+from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
+                      describe, rebind_optimizer, to_basis)
 from .records import RECORD, RunRecord, publish, read_record, write_record
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
@@ -123,8 +123,15 @@ class Training:
 
     def wrap(self) -> None:
         """The module the steps run: DDP and ``torch.compile`` around the model."""
+        trainer = self.cfg.trainer
+        if trainer.compile:  # combine="auto" layers time their forms before tracing
+            image, processes = self.train_batches.images.shape[1:], distributed.world_size()
+            evaluated = min(trainer.eval_batch_size, self.test_batches.labels.numel())
+            shapes = [(size // processes, *image) for size in (trainer.batch_size, evaluated)]
+            choose_forms_now(self.model, shapes, device=self.device,
+                             memory_format=self.memory_format, amp_dtype=self.amp_dtype)
         step_model = distributed.wrap(self.model, self.device)
-        self.step_model = loop.compiled(step_model, self.cfg.trainer)
+        self.step_model = loop.compiled(step_model, trainer)
         skip_every = self.cfg.basis.coefficient_update_every
         has_basis = bool(self.results["model"]["basis_layers"])
         self.skip_schedule = (CoefficientSkipSchedule(self.model, skip_every)
