@@ -14,7 +14,8 @@ same function; only the rounding differs.
 What it costs: a choice depends on timings, so two runs may choose differently, and then
 their numbers differ in the last bits; for runs that must repeat exactly, name a form.
 While ``torch.compile`` traces or a CUDA graph is captured nothing is timed: a shape
-measured before runs its choice, a new one the stacked form.
+measured before runs its choice, a new one the stacked form. So a compiled training run
+times its layers first (``basisconv.network.choose_forms_now``).
 """
 
 from __future__ import annotations
