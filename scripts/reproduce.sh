@@ -41,6 +41,23 @@ IFS=, read -r -a GPU_IDS <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((GPUS > 0 ? 
 LOGS=$OUT/logs
 STARTED=0
 LAST_JOB=
+rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
+
+stop() {  # stop <status>: on Ctrl-C or SIGTERM, stop the runs in the background too (a
+          # background command does not get the terminal's Ctrl-C); each keeps its last
+          # checkpoint and says in its log where it stopped
+  trap - INT TERM
+  local pids
+  pids=$(jobs -p)
+  if [ -n "$pids" ]; then
+    echo "stopping the runs in progress; the same command continues them" >&2
+    for pid in $pids; do pkill -TERM -P "$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+    wait
+  fi
+  exit "$1"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
 
 run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free
   local name=$1; shift

@@ -5,8 +5,10 @@ on another, and failed runs named at the end."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 ROWS = ["baseline", "basis-all-0.5", "basis-all-0.125", "basis-all-0.25", "basis-all-0.75",
         "selected-sensitivity_budget-0.5", "selected-random-0.5", "selected-first_k-0.5",
@@ -69,3 +71,27 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     assert "failed runs" in result.stderr and "baseline-seed0" in result.stderr
     assert "basis-all-0.5-seed0" not in result.stderr
     assert (mine / "basis-all-0.5" / "seed0.json").exists()
+
+
+def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
+    """Background commands of a script do not get the terminal's Ctrl-C: the script
+    stops them itself, each saying in its log where it stopped, and leaves none running."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PY": sys.executable, "JOBS": "2",
+           "OUTPUTS": str(tmp_path / "outputs"), "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    # SIGINT as at a terminal (a shell without job control may have started us ignoring it)
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    logs = tmp_path / "outputs" / "smoke" / "logs"
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(
+            "epoch" in p.read_text() or "sensitivity" in p.read_text()
+            for p in logs.glob("*.log")) < 2:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "stopping the runs in progress" in err
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout.split() == []
+    assert any("stopped by SIGTERM" in p.read_text() for p in logs.glob("*.log"))
