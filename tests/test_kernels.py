@@ -198,3 +198,34 @@ def test_the_package_works_without_triton(repo):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_kernel_that_does_not_compile_falls_back_once_per_shape(monkeypatch):
+    """Triton's own errors (e.g. out of shared memory on some GPU) make that shape run the
+    stacked form, said once; any other error is not hidden."""
+    monkeypatch.setattr(fused, "_WARNED", set())
+    monkeypatch.setattr(fused, "_FAILED", {})
+    OutOfResources = type("OutOfResources", (Exception,), {"__module__": "triton.runtime.errors"})
+    calls = []
+
+    def no_resources(*args, **kwargs):
+        calls.append(1)
+        raise OutOfResources("out of resource: shared memory, Required: 262144")
+
+    monkeypatch.setattr(triton_conv, "basis_conv", no_resources)
+    layer = make_layer(5, 12, 5, 3, 1, 1, 1, True, torch.device("cpu"))
+    x = torch.randn(2, 5, 6, 6)
+    with pytest.warns(UserWarning, match=r"compiles for input \[2, 5, 6, 6\].*OutOfResources"):
+        y = layer(x)
+    expected = stacked_forward(x, layer.basis_weight, layer.combination_matrix(), layer.bias,
+                               layer.stride, layer.padding, layer.dilation)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    layer(x)
+    assert calls == [1]  # not tried again for this shape
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in the wrapper")
+
+    monkeypatch.setattr(triton_conv, "basis_conv", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        layer(torch.randn(1, 5, 6, 6))
