@@ -3,11 +3,13 @@ batch (slicing, random crop, flip, normalization).
 
     python scripts/benchmark_train.py                      # ResNet-18, batch 128, 2 threads
     python scripts/benchmark_train.py --amp bf16 --steps 30
+    python scripts/benchmark_train.py --device cuda --amp bf16 --steps 300 \
+        --basis-size 0.25 --combine fused --compile-mode reduce-overhead
 
 It runs ``basisconv.loop.train_one_epoch`` itself on a fixed number of batches, with the
 batch source wrapped by a timer, so what is measured is exactly what training does
-(``basisconv.bench.train``). Writes ``results/train-throughput-<device>-<precision>.json``
-with provenance.
+(``basisconv.bench.train``), with the training run's optimizer and compile step. Writes
+``results/train-throughput-<device>-<precision>[-<options>].json`` with provenance.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from pathlib import Path
 
 from basisconv.bench.train import ThroughputOptions, run
+from basisconv.config import COMPILE_MODES
+from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES, precision_name
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -33,6 +37,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--threads", type=int, default=d.threads, help="CPU threads (0: torch default)")
     parser.add_argument("--device", default=d.device)
+    parser.add_argument("--basis-size", type=float, default=None,
+                        help="every conv where it saves compute in basis form, this size")
+    parser.add_argument("--combine", choices=list(COMBINE_MODES), default=d.combine,
+                        help="the basis layers' form")
+    parser.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None,
+                        help="torch.compile the model in this mode (reduce-overhead: CUDA "
+                             "graphs); default eager")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default results/)")
     args = parser.parse_args(argv)
     options = ThroughputOptions(**{k: v for k, v in vars(args).items() if k != "out"})
@@ -41,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     result, out = run(options, args.out, results_dir=RESULTS, command=command)
     print(f"{args.model} batch {args.batch_size} on {result['device']} ({result['threads']} threads, "
           f"{precision_name(args.amp)}, channels_last={args.channels_last}):")
-    print(f"  {result['images_per_second']:.1f} images/s, {result['seconds_per_step']:.3f} s/step")
+    print(f"  {result['images_per_second']:.1f} images/s, {result['seconds_per_step']:.4f} s/step, "
+          f"{result['epoch_seconds']:.1f} s per CIFAR-10 epoch (warm-up {result['warmup_seconds']:.1f} s)")
     print(f"  data loading + augmentation: {result['data_share']:.2%} of the step "
           f"({result['data_seconds_per_step_median'] * 1e3:.1f} ms median per batch)")
     print(f"  written to {out}")

@@ -100,6 +100,27 @@ def test_benchmark_train_script_runs(tmp_path, repo):
     assert record["data"] == "random" and record["provenance"]["hardware"]["cpu_count"]
 
 
+def test_benchmark_train_measures_a_basis_model_and_names_its_file_by_the_options(tmp_path,
+                                                                                  repo):
+    from basisconv.bench.train import ThroughputOptions, file_name
+
+    out = tmp_path / "throughput.json"
+    env = {**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")}
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "benchmark_train.py"),
+                             "--model", "resnet20", "--batch-size", "16", "--steps", "2",
+                             "--warmup", "1", "--basis-size", "0.5", "--combine", "auto",
+                             "--out", str(out)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = __import__("json").loads(out.read_text())
+    assert (record["basis_size"], record["combine"], record["compile_mode"]) == (0.5, "auto", None)
+    assert record["epoch_seconds"] == pytest.approx(record["seconds_per_step"] * 3125)
+    options = ThroughputOptions(basis_size=0.25, combine="fused", compile_mode="reduce-overhead")
+    assert file_name("cuda", "bf16", options.tag) == \
+        "train-throughput-cuda-bf16-basis0.25-fused-compile-reduce-overhead.json"
+    assert file_name("cpu", "none", ThroughputOptions().tag) == "train-throughput-cpu-fp32.json"
+
+
 def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_path):
     from basisconv.checkpoint import check_same_run
     from basisconv.errors import ConfigError

@@ -12,17 +12,22 @@ import dataclasses
 import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
-from ..loop import AMP_DTYPES, memory_format, precision_name, resolve_device, train_one_epoch
+from ..loop import (AMP_DTYPES, build_optimizer, compiled, memory_format, precision_name,
+                    resolve_device, train_one_epoch)
 from ..models import build_model
+from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record
+from ..surgery import apply_basis
 
 
 @dataclass
@@ -37,6 +42,20 @@ class ThroughputOptions:
     channels_last: bool = True
     threads: int = 2  # CPU threads (0: torch's default)
     device: str = "cpu"
+    basis_size: float | None = None  # every conv where it saves compute in basis form
+    combine: str = "stacked"         # the basis layers' form (see basisconv.kernels)
+    compile_mode: str | None = None  # torch.compile the model in this mode (None: eager)
+
+    @property
+    def tag(self) -> str:
+        """What the file name carries beyond device and precision: the non-default options."""
+        return "".join([
+            "" if self.model == "resnet18" else f"-{self.model}",
+            "" if self.basis_size is None else f"-basis{self.basis_size:g}",
+            "" if self.basis_size is None or self.combine == "stacked" else f"-{self.combine}",
+            "" if self.compile_mode is None else f"-compile-{self.compile_mode}",
+            "" if self.channels_last else "-nchw",
+            "" if self.batch_size == 128 else f"-b{self.batch_size}"])
 
 
 class TimedBatches:
@@ -84,31 +103,53 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
     torch.manual_seed(0)
     layout = memory_format(options.channels_last)
     images, labels, source = load_images(device)
-    model = build_model(options.model).to(device=device, memory_format=layout)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model = build_model(options.model)
+    if options.basis_size is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # only_where_saves leaves the other layers dense
+            model = apply_basis(model, "all", options.basis_size, inplace=True,
+                                only_where_saves=True, combine=options.combine)
+    model = model.to(device=device, memory_format=layout)
+    # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
+    trainer = OmegaConf.create({"lr": 0.01, "momentum": 0.9, "nesterov": False,
+                                "weight_decay": 5e-4, "compile": options.compile_mode is not None,
+                                "compile_mode": options.compile_mode or "default"})
+    optimizer = build_optimizer(model, trainer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     batches = TensorBatches(images, labels, options.batch_size, train=True, memory_format=layout)
-
     amp = AMP_DTYPES[options.amp]
-    train_one_epoch(model, TimedBatches(batches, options.warmup), optimizer, scheduler, amp_dtype=amp)
+    if trainer.compile:
+        choose_forms_now(model, [(options.batch_size, *images.shape[1:])], device=device,
+                         memory_format=layout, amp_dtype=amp)
+    step_model = compiled(model, trainer)
+
+    warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
+    train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer, scheduler,
+                    amp_dtype=amp)
+    warmup_seconds = time.perf_counter() - warm
     timed = TimedBatches(batches, options.steps)
-    stats = train_one_epoch(model, timed, optimizer, scheduler, amp_dtype=amp)
+    stats = train_one_epoch(step_model, timed, optimizer, scheduler, amp_dtype=amp)
 
     data_seconds = sum(timed.seconds)
     return {
         "model": options.model, "batch_size": options.batch_size, "steps": options.steps,
         "amp": options.amp, "channels_last": options.channels_last, "device": str(device),
         "threads": torch.get_num_threads(), "data": source,
+        "basis_size": options.basis_size, "combine": options.combine,
+        "compile_mode": options.compile_mode, "warmup_seconds": warmup_seconds,
         "images_per_second": options.steps * options.batch_size / stats.seconds,
         "seconds_per_step": stats.seconds / options.steps,
+        # an epoch of CIFAR-10's 50,000 training images at this step time
+        "epoch_seconds": stats.seconds / options.steps * (50000 // options.batch_size),
         "data_seconds_per_step_median": statistics.median(timed.seconds),
         "data_share": data_seconds / stats.seconds,
     }
 
 
-def file_name(device: str | torch.device, amp: str) -> str:
-    """``train-throughput-<device type>-<precision>.json``, e.g. ``...-cpu-fp32.json``."""
-    return f"train-throughput-{torch.device(device).type}-{precision_name(amp)}.json"
+def file_name(device: str | torch.device, amp: str, tag: str = "") -> str:
+    """``train-throughput-<device type>-<precision><tag>.json``, e.g. ``...-cpu-fp32.json``
+    or ``...-cuda-bf16-basis0.25-fused.json``."""
+    return f"train-throughput-{torch.device(device).type}-{precision_name(amp)}{tag}.json"
 
 
 def run(options: ThroughputOptions, out: str | os.PathLike | None = None, *,
@@ -120,6 +161,6 @@ def run(options: ThroughputOptions, out: str | os.PathLike | None = None, *,
     result = measure(options)
     record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command),
                        "complete", result)
-    path = Path(out) if out is not None else Path(results_dir) / file_name(result["device"],
-                                                                           options.amp)
+    path = Path(out) if out is not None else Path(results_dir) / file_name(
+        result["device"], options.amp, options.tag)
     return record.as_dict(), write_record(path, record)
