@@ -137,6 +137,22 @@ def test_a_complete_run_publishes_its_record_and_an_unfinished_one_does_not(tmp_
     assert not unfinished.exists()
 
 
+def test_an_auto_run_records_the_form_each_shape_ran(tmp_path, repo):
+    from basisconv.kernels import auto
+
+    auto.forget()
+    try:
+        record = fit(compose_tiny(repo, "trainer.epochs=1", "experiment=basis_all",
+                                  "basis.combine=auto"), tmp_path)
+    finally:
+        auto.forget()
+    forms = record["auto_forms"]
+    assert forms and {f["form"] for f in forms} <= {"stacked", "dense"}
+    assert {f["backward"] for f in forms} == {True, False}  # training and evaluation calls
+    assert all(set(f["ms_per_call"]) == {"stacked", "dense"} for f in forms)
+    assert read_record(tmp_path)["auto_forms"] == forms
+
+
 def test_wandb_failure_does_not_stop_training(tmp_path, repo, monkeypatch, caplog):
     import wandb
 

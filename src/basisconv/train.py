@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
+from .kernels import auto
 from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoint,
                          save_checkpoint)
 from .config import validate
@@ -175,6 +176,8 @@ class Training:
                                 before_step=self.before_step if self.skip_schedule else None,
                                 extra_loss=self.penalty)
                 results["epochs"].append(row)
+                if self.cfg.basis.combine == "auto":  # which form each shape ran, and why
+                    results["auto_forms"] = auto.described()
                 self.tracker.log(row, step=epoch)
                 if self.pending_conversion and epoch == self.cfg.basis.dense_warmup_epochs:
                     self.convert()

@@ -376,14 +376,6 @@ class SpeedResult:
                 f"{self.settings['threads']} threads, {hardware_name(self.record.provenance['hardware'])}")
 
 
-def auto_choices() -> list[dict]:
-    """What ``combine="auto"`` chose per shape in this process, and the times behind it."""
-    return [{"input": list(key[2]), "basis_weight": list(key[4]), "out_channels": key[5],
-             "stride": list(key[7]), "backward": key[10], "form": form,
-             "ms_per_call": {f: round(1e3 * t, 4) for f, t in auto.TIMINGS[key].items()}}
-            for key, form in auto.choices().items()]
-
-
 def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None = None, *,
         progress: Progress = _say) -> SpeedResult:
     """Set threads and the CPU allocator as ``options`` say, measure the parts asked for,
@@ -414,7 +406,7 @@ def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None =
     record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command), "complete", {
         "settings": settings, "seconds": round(time.time() - started, 1),
         "load_average_before_after": [load, os.getloadavg()],
-        **({"auto_choices": auto_choices()} if options.combine == "auto" else {})})
+        **({"auto_choices": auto.described()} if options.combine == "auto" else {})})
     out, files = Path(out_dir), []
     for stem, rows, extra in ((LAYER_FILE, layer_rows, {}),
                               (MODEL_FILE, model_rows, _model_summary(model_rows))):

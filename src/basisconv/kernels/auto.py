@@ -45,6 +45,15 @@ def choices() -> dict[tuple, str]:
     return dict(_CHOICES)
 
 
+def described() -> list[dict]:
+    """The choices made so far, for a record: per shape the form and the times behind it."""
+    return [{"device": key[0], "dtype": str(key[1]).removeprefix("torch."),
+             "input": list(key[2]), "basis_weight": list(key[4]), "out_channels": key[5],
+             "stride": list(key[7]), "backward": key[10], "form": form,
+             "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
+            for key, form in _CHOICES.items()]
+
+
 def forget() -> None:
     """Drop every choice (the next call of each shape measures again)."""
     _CHOICES.clear()
