@@ -6,6 +6,7 @@
 # results/<profile>/runs/<row>/seed<k>.json, and a run whose record is there is skipped:
 # records accumulate (commit them), so a protocol cut off on one machine continues on the
 # next where it stopped. The tables and plots are built from those records.
+# RESULTS_DIR=<new folder> trains every run again, leaving the committed results alone.
 #
 # JOBS=N runs N runs at once (default: 4 per GPU, 1 on a CPU), spread over the visible
 # GPUs, each logging to outputs/<profile>/logs/<row>-seed<k>.log. The speed benchmark
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 PROFILE=${1:-quick}
 PY=${PY:-.venv/bin/python}
 OUT=${OUTPUTS:-outputs}/$PROFILE
-RESULTS=results/$PROFILE
+RESULTS=${RESULTS_DIR:-results}/$PROFILE
 case $PROFILE in
   paper) SEEDS="${SEEDS:-0 1 2}"; BENCH=();;
   quick) SEEDS="${SEEDS:-0 1 2}"; BENCH=(--quick);;
