@@ -332,3 +332,17 @@ def test_exhaustive_search_checks_its_size_before_the_sensitivity_estimate(repo,
                                     "sensitivity.search_subset_size=8")
     with pytest.raises(ConfigError, match=r"search_subset_size=8; there are 7 candidate layers"):
         exhaustive_search(too_large, tmp_path / "out")
+
+
+def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path):
+    """``sensitivity.workers=2`` runs the independent fine-tunes in two processes: the
+    table, the noise yardstick and the cache key are those of one process."""
+    one = compose_sensitivity(repo, tmp_path / "a", "sensitivity.layers=[layer3.*]")
+    two = compose_sensitivity(repo, tmp_path / "b", "sensitivity.layers=[layer3.*]",
+                              "sensitivity.workers=2")
+    assert sensitivity.cache_key(one) == sensitivity.cache_key(two)
+    table, record = sensitivity.estimate(one)
+    parallel, parallel_record = sensitivity.estimate(two)
+    same = [c for c in table.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(table[same], parallel[same])
+    assert record["noise"]["accuracies"] == parallel_record["noise"]["accuracies"]

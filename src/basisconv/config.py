@@ -118,6 +118,7 @@ class SensitivityConfig:
     search_subset_size: int = MISSING  # exhaustive search: size of the subsets
     search_max_subsets: int = MISSING  # refuse a search larger than this
     restore_from: Optional[str] = MISSING  # a published sensitivity record: refills the cache
+    workers: int = MISSING  # fine-tunes at once, in that many processes
 
 
 @dataclass
@@ -181,6 +182,7 @@ def validate_basis(cfg: DictConfig) -> None:
     _check_subset(s.val_size, "sensitivity.val_size")
     _check(bool(s.layers), "sensitivity.layers is empty; use [all] or layer names/patterns")
     _check(s.noise_repeats >= 0, f"sensitivity.noise_repeats must be >= 0, got {s.noise_repeats}")
+    _check(s.workers >= 1, f"sensitivity.workers must be >= 1, got {s.workers}")
     _check(s.search_subset_size >= 1,
            f"sensitivity.search_subset_size must be >= 1, got {s.search_subset_size}")
     b = cfg.basis

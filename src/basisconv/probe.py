@@ -53,7 +53,9 @@ class Probe:
     dense model, fine-tunes and measures it (one layer for the sensitivity table, several
     for the exhaustive search)."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, dense_state: dict | None = None):
+        """``dense_state``: the briefly trained dense model's weights, from another
+        process's probe (a worker of :func:`evaluate_many`), instead of pretraining."""
         self.cfg, trainer = cfg, cfg.trainer
         self.seed = cfg.sensitivity.seed
         self.runtime = loop.setup(trainer, self.seed)
@@ -67,7 +69,9 @@ class Probe:
                                  width=cfg.model.width)
         self.dense.to(self.device, memory_format=self.memory_format)
         start = time.perf_counter()
-        if cfg.sensitivity.source_checkpoint:
+        if dense_state is not None:
+            self.dense.load_state_dict(dense_state)
+        elif cfg.sensitivity.source_checkpoint:
             load_source_weights(self.dense, cfg.sensitivity.source_checkpoint,
                                 "sensitivity.source_checkpoint")
             log.info("sensitivity: dense weights from %s", cfg.sensitivity.source_checkpoint)
@@ -126,14 +130,46 @@ class Probe:
                 "seconds": time.perf_counter() - start}
 
 
+#: The probe of a worker process of :func:`evaluate_many` (one per process).
+_WORKER_PROBE: Probe | None = None
+
+
+def _start_worker(config: dict, dense_state: dict) -> None:
+    global _WORKER_PROBE
+    logging.getLogger("basisconv").setLevel(logging.WARNING)  # the parent logs the results
+    _WORKER_PROBE = Probe(OmegaConf.create(config), dense_state)
+
+
+def _evaluate_in_worker(job: tuple[list[str], int | None]) -> dict[str, Any]:
+    return _WORKER_PROBE.evaluate_layers(*job)
+
+
+def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
+                  workers: int) -> list[dict[str, Any]]:
+    """``probe.evaluate_layers(names, batch_seed)`` for every job, in order; with
+    ``workers > 1`` in that many processes at once (``sensitivity.workers``). The
+    fine-tunes are independent, and a small model leaves a GPU mostly idle, so several
+    share it well. Each worker rebuilds the probe from the same config and the dense
+    weights, so the results are the ones one process computes (same device and threads)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [probe.evaluate_layers(*job) for job in jobs]
+    state = {k: v.detach().cpu() for k, v in probe.dense.state_dict().items()}
+    config = OmegaConf.to_container(probe.cfg, resolve=True)
+    context = torch.multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with context.Pool(min(workers, len(jobs)), initializer=_start_worker,
+                      initargs=(config, state)) as pool:
+        return pool.map(_evaluate_in_worker, jobs, chunksize=1)
+
+
 def reference_noise(probe: Probe, reference: dict, repeats: int) -> dict[str, Any] | None:
     """A yardstick for the drops: the spread of the dense reference over ``repeats`` more
     fine-tunes with other batch orders (the drops themselves share one batch order, so
     their noise is smaller; a drop well inside this spread says little)."""
     if repeats < 1:
         return None
-    runs = [reference] + [probe.evaluate_layers([], batch_seed=probe.seed + 1 + i)
-                          for i in range(repeats)]
+    runs = [reference] + evaluate_many(
+        probe, [([], probe.seed + 1 + i) for i in range(repeats)],
+        probe.cfg.sensitivity.workers)
     accuracy = pd.Series([r["accuracy"] for r in runs])
     loss = pd.Series([r["loss"] for r in runs])
     return {"repeats": len(runs), "accuracy_std": float(accuracy.std(ddof=1)),

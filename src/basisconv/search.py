@@ -25,7 +25,7 @@ from . import loop
 from .checkpoint import folder_lock
 from .errors import ConfigError
 from .models import build_model
-from .probe import Probe
+from .probe import Probe, evaluate_many
 from .records import RunRecord, publish, write_record, write_text_atomic
 from .selection import layer_savings
 from .sensitivity import sensitivity_table
@@ -88,8 +88,10 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     reference = probe.evaluate_layers([])
     single = table.set_index("layer")
     rows = []
-    for i, subset in enumerate(itertools.combinations(layers, k), 1):
-        result = probe.evaluate_layers(list(subset))
+    subsets = list(itertools.combinations(layers, k))
+    results = evaluate_many(probe, [(list(subset), None) for subset in subsets],
+                            cfg.sensitivity.workers)
+    for i, (subset, result) in enumerate(zip(subsets, results), 1):
         rows.append({"subset": " ".join(subset), **result,
                      "accuracy_drop": reference["accuracy"] - result["accuracy"],
                      "loss_increase": result["loss"] - reference["loss"],

@@ -40,7 +40,7 @@ from . import distributed, loop
 from .checkpoint import folder_lock
 from .errors import ConfigError
 from .models import build_model
-from .probe import Probe, reference_noise
+from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, provenance, publish, read_record, write_bytes_atomic,
                       write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
@@ -213,8 +213,10 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
              "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
              reference["accuracy"], len(candidates))
     rows = []
-    for row in candidates.to_dict("records"):
-        result = probe.evaluate_layers([row["layer"]])
+    candidate_rows = candidates.to_dict("records")
+    results = evaluate_many(probe, [([row["layer"]], None) for row in candidate_rows],
+                            cfg.sensitivity.workers)
+    for row, result in zip(candidate_rows, results):
         rows.append({**row, **result,
                      "accuracy_drop": reference["accuracy"] - result["accuracy"],
                      "loss_increase": result["loss"] - reference["loss"]})
