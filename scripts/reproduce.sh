@@ -10,7 +10,8 @@
 #
 # JOBS=N runs N runs at once (default: 4 per GPU, 1 on a CPU), spread over the visible
 # GPUs, each logging to outputs/<profile>/logs/<row>-seed<k>.log. The speed benchmark
-# always runs alone. SENSITIVITY_CACHE sets the sensitivity tables' cache folder.
+# always runs alone. SENSITIVITY_CACHE sets the sensitivity tables' cache folder,
+# SENSITIVITY_WORKERS how many of its fine-tunes run at once (default: 4 on a GPU, 1 on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-quick}
@@ -38,6 +39,8 @@ fi
 # an H200: 2.4x the throughput of one). On a CPU one run already uses every core.
 JOBS=${JOBS:-$([ "$GPUS" -gt 0 ] && echo $((4 * GPUS)) || echo 1)}
 case $JOBS in ''|*[!0-9]*|0) echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2;; esac
+# the sensitivity estimate's and the search's fine-tunes at once (sensitivity.workers)
+WORKERS=${SENSITIVITY_WORKERS:-$([ "$GPUS" -gt 0 ] && echo 4 || echo 1)}
 IFS=, read -r -a GPU_IDS <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((GPUS > 0 ? GPUS - 1 : 0)))}"
 LOGS=$OUT/logs
 STARTED=0
@@ -111,6 +114,7 @@ train() {  # train <row folder> <overrides...>: one run per seed
 published "$RECORDS/sensitivity.json" "sensitivity" \
   || run sensitivity "$PY" scripts/sensitivity.py profile="$PROFILE" \
        hydra.run.dir="$OUT/sensitivity" sensitivity.cache_dir="$CACHE" \
+       sensitivity.workers="$WORKERS" \
        publish="$RECORDS/sensitivity.json"
 SENSITIVITY_JOB=$LAST_JOB
 # 2. dense baseline; basis convolutions everywhere (the naive deployment) and the
@@ -123,6 +127,7 @@ done
 published "$RECORDS/exhaustive-search-resnet8.json" "exhaustive search" \
   || run exhaustive-search-resnet8 "$PY" scripts/exhaustive_search.py profile="$PROFILE" \
        model=resnet8 sensitivity.search_subset_size=3 sensitivity.cache_dir="$CACHE" \
+       sensitivity.workers="$WORKERS" \
        hydra.run.dir="$OUT/exhaustive-search-resnet8" \
        publish="$RECORDS/exhaustive-search-resnet8.json"
 # 4. sensitivity-selected layers, and the baselines on the same FLOP budget

@@ -161,15 +161,13 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
         return pool.map(_evaluate_in_worker, jobs, chunksize=1)
 
 
-def reference_noise(probe: Probe, reference: dict, repeats: int) -> dict[str, Any] | None:
-    """A yardstick for the drops: the spread of the dense reference over ``repeats`` more
-    fine-tunes with other batch orders (the drops themselves share one batch order, so
+def reference_noise(reference: dict, repeats: list[dict]) -> dict[str, Any] | None:
+    """A yardstick for the drops: the spread of the dense reference and its ``repeats``
+    (fine-tuned with other batch orders; the drops themselves share one batch order, so
     their noise is smaller; a drop well inside this spread says little)."""
-    if repeats < 1:
+    if not repeats:
         return None
-    runs = [reference] + evaluate_many(
-        probe, [([], probe.seed + 1 + i) for i in range(repeats)],
-        probe.cfg.sensitivity.workers)
+    runs = [reference, *repeats]
     accuracy = pd.Series([r["accuracy"] for r in runs])
     loss = pd.Series([r["loss"] for r in runs])
     return {"repeats": len(runs), "accuracy_std": float(accuracy.std(ddof=1)),

@@ -208,15 +208,18 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     probe = Probe(cfg)
     candidates = layer_savings(probe.dense, cfg.basis, list(cfg.sensitivity.layers))
     reference = probe.evaluate_layers([])
-    noise = reference_noise(probe, reference, cfg.sensitivity.noise_repeats)
     log.info("sensitivity: dense after pretraining %.4f, reference after fine-tuning %.4f "
              "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
              reference["accuracy"], len(candidates))
-    rows = []
+    # one batch of independent fine-tunes: the reference's repeats with other batch
+    # orders (the noise yardstick), then each candidate layer
+    repeats = [([], probe.seed + 1 + i) for i in range(cfg.sensitivity.noise_repeats)]
     candidate_rows = candidates.to_dict("records")
-    results = evaluate_many(probe, [([row["layer"]], None) for row in candidate_rows],
+    results = evaluate_many(probe, repeats + [([row["layer"]], None) for row in candidate_rows],
                             cfg.sensitivity.workers)
-    for row, result in zip(candidate_rows, results):
+    noise = reference_noise(reference, results[:len(repeats)])
+    rows = []
+    for row, result in zip(candidate_rows, results[len(repeats):]):
         rows.append({**row, **result,
                      "accuracy_drop": reference["accuracy"] - result["accuracy"],
                      "loss_increase": result["loss"] - reference["loss"]})
