@@ -37,7 +37,8 @@ from torch.nn.modules.utils import _pair
 
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis
-from .kernels import COMBINE_MODES, auto_forward, fused_forward, split_forward, stacked_forward
+from .kernels import (COMBINE_MODES, auto_forward, fused_forward, materialized_weight,
+                      split_forward, stacked_forward)
 
 
 
@@ -256,8 +257,7 @@ class BasisConv2d(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The equivalent dense ``[C_out, C_in, kh, kw]`` weight."""
-        flat = self.combination_matrix() @ self.basis_weight.reshape(self.num_basis, -1)
-        return flat.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+        return materialized_weight(self.basis_weight, self.combination_matrix())
 
     def to_conv(self) -> nn.Conv2d:
         """The equivalent dense ``nn.Conv2d`` (for export and checking)."""

@@ -139,7 +139,7 @@ def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
     (``reduce-overhead`` replays CUDA graphs: one launch per step's forward and backward)."""
     if not trainer.compile:
         return model
-    mode = trainer.get("compile_mode", "default")
+    mode = trainer.compile_mode
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 

@@ -24,12 +24,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .kernels import auto
 from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoint,
                          save_checkpoint)
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, Stopped
+from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
 from .records import RECORD, RunRecord, publish, read_record, write_record
@@ -54,16 +54,17 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
         config = OmegaConf.to_container(cfg, resolve=True)
-        checkpoint = None
+        checkpoint = record = None
         if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
             checkpoint = load_checkpoint(output_dir / CHECKPOINT)
             check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
             if checkpoint["record"]["status"] == "complete":
                 log.info("run in %s is already complete; not training again", output_dir)
                 repair_record(output_dir, checkpoint["record"])
-                return publish(checkpoint["record"], cfg.publish)
-        with loop.settings_restored():
-            record = Training(cfg, config, output_dir, checkpoint).run()
+                record = checkpoint["record"]
+        if record is None:
+            with loop.settings_restored():
+                record = Training(cfg, config, output_dir, checkpoint).run()
         return publish(record, cfg.publish) if first_rank else record
 
 

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError
@@ -41,8 +42,6 @@ from ..loop import precision_name
 from ..models import build_model
 from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis, conv_layers
-from torch.profiler import ProfilerActivity, profile
-
 from .timing import Runner, Timer, output_gradient, tune_cpu_allocator
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.

@@ -17,9 +17,9 @@ same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
 
 from .auto import auto_forward
 from .fused import fused_forward
-from .torch_ops import dense_forward, split_forward, stacked_forward
+from .torch_ops import dense_forward, materialized_weight, split_forward, stacked_forward
 
 COMBINE_MODES = ("stacked", "split", "fused", "auto")
 
-__all__ = ["COMBINE_MODES", "auto_forward", "dense_forward", "fused_forward", "split_forward",
-           "stacked_forward"]
+__all__ = ["COMBINE_MODES", "auto_forward", "dense_forward", "fused_forward",
+           "materialized_weight", "split_forward", "stacked_forward"]

@@ -46,6 +46,12 @@ def dense_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     call) and one dense conv: the basis layer's parameters at the dense conv's speed, for
     the shapes where no basis form beats the dense conv on the device (``combine="auto"``
     picks it there)."""
-    m = basis_weight.shape[0]
-    weight = (combination @ basis_weight.reshape(m, -1)).view(-1, *basis_weight.shape[1:])
-    return F.conv2d(x, weight, bias, stride, padding, dilation)
+    return F.conv2d(x, materialized_weight(basis_weight, combination), bias, stride, padding,
+                    dilation)
+
+
+def materialized_weight(basis_weight: torch.Tensor, combination: torch.Tensor) -> torch.Tensor:
+    """The dense ``[C_out, C_in, kh, kw]`` weight a basis conv computes with:
+    ``combination`` (``[C_out, m]``) times the ``m`` flattened basis filters."""
+    flat = combination @ basis_weight.reshape(basis_weight.shape[0], -1)
+    return flat.reshape(combination.shape[0], *basis_weight.shape[1:])
