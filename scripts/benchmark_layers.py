@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--combine", choices=list(COMBINE_MODES), default=d.combine,
                         help="fused: the Triton kernel, --device cuda only; auto: per shape "
                              "the fastest form measured on the device")
+    parser.add_argument("--fuse-norm", action="store_true",
+                        help="whole model: basis layers with their batch norm and ReLU as one "
+                             "computation (basisconv.kernels.norm)")
     parser.add_argument("--no-allocator-tuning", dest="allocator_tuning", action="store_false",
                         help="keep glibc's default mmap behaviour (see tune_cpu_allocator)")
     parser.add_argument("--quick", action="store_true",

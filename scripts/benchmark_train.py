@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="every conv where it saves compute in basis form, this size")
     parser.add_argument("--combine", choices=list(COMBINE_MODES), default=d.combine,
                         help="the basis layers' form")
+    parser.add_argument("--fuse-norm", action="store_true",
+                        help="basis layers with their batch norm and ReLU as one computation")
     parser.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None,
                         help="torch.compile the model in this mode (reduce-overhead: CUDA "
                              "graphs); default eager")

@@ -13,7 +13,9 @@ subprocess with its own time limit:
   so, when the data is not found: ``--data-root`` or ``CIFAR10_ROOT``);
 * ``benchmark``: the layer and model speed benchmark on CUDA (``--quick``, bf16);
 * ``benchmark-fused``: the same with ``--combine fused`` (the Triton kernel; its files carry
-  ``-fused``), to set beside the stacked form and the dense conv.
+  ``-fused``), to set beside the stacked form and the dense conv;
+* ``benchmark-fuse-norm``: the whole model with its basis layers, batch norms and ReLUs
+  fused (``--fuse-norm``, files carry ``-fusenorm``), beside the unfused rows.
 
 It ends with one summary line (pass/fail per part) and writes a record with provenance,
 ``results/gpu-check-<gpu>.json``. Without CUDA it says so in one line and exits 2.
@@ -42,7 +44,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="where the record goes (default results/)")
     parser.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "./data"),
                         help="genuine CIFAR-10 for the paper-profile epoch")
-    parts = ["tests", "smoke", "paper-epoch", "benchmark", "benchmark-fused"]
+    parts = ["tests", "smoke", "paper-epoch", "benchmark", "benchmark-fused",
+             "benchmark-fuse-norm"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     return parser.parse_args(argv)
 
@@ -131,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             parts.append({**result, **paper_epoch_details(run_dir)})
         else:
             # the fused kernel compiles and autotunes per shape: the two sizes the goal names
-            fused = (["--combine", "fused", "--fractions", "0.25", "0.5"]
-                     if name == "benchmark-fused" else [])
+            fused = {"benchmark-fused": ["--combine", "fused", "--fractions", "0.25", "0.5"],
+                     "benchmark-fuse-norm": ["--fuse-norm", "--parts", "model",
+                                             "--fractions", "0.25", "0.5"]}.get(name, [])
             parts.append(run_part(name, [sys.executable, "scripts/benchmark_layers.py",
                                          "--device", "cuda", "--amp", "bf16", "--quick", *fused,
                                          "--out-dir", str(work / "benchmark")], env,
-                                  600 if fused else 300, work))
+                                  600 if name == "benchmark-fused" else 300, work))
     passed = all(p["status"] in ("pass", "skipped") for p in parts)
     prov = provenance("python scripts/gpu_check.py " + " ".join(argv or sys.argv[1:]))
     record = RunRecord("gpu_check", vars(args), prov, "complete" if passed else "failed",

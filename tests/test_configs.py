@@ -118,3 +118,20 @@ def test_generated_data_sizes_below_one_fail_validation(compose_cfg, override):
     with pytest.raises(ConfigError, match=rf"^{key} must be >= 1") as err:
         validate(compose_cfg("data=stripes", override))
     assert "\n" not in str(err.value)
+
+
+def test_basis_fuse_norm_reaches_the_layers_and_keys_the_sensitivity_cache_only_when_on(
+        compose_cfg):
+    from basisconv.layers import basis_layers
+    from basisconv.sensitivity import cache_key
+
+    plain = compose_cfg("model=resnet20", "experiment=basis_all")
+    fused = compose_cfg("model=resnet20", "experiment=basis_all", "basis.fuse_norm=true")
+    layers = basis_layers(build_network(fused, choose_layers(fused)))
+    assert layers and all(layer.fuse_norm for layer in layers.values())
+    assert not any(layer.fuse_norm
+                   for layer in basis_layers(build_network(plain, choose_layers(plain))).values())
+    off = OmegaConf.merge(plain, {"basis": {"fuse_norm": False}})
+    without_key = OmegaConf.create(OmegaConf.to_container(plain))
+    del without_key.basis["fuse_norm"]  # a record written before the key existed
+    assert cache_key(off) == cache_key(without_key) != cache_key(fused)

@@ -85,6 +85,7 @@ class BasisConfig:
     dense_warmup_epochs: int = MISSING
     coefficient_update_every: int = MISSING
     combine: str = MISSING
+    fuse_norm: bool = MISSING
     coefficient_rank: Optional[int] = MISSING
     share_coefficients: bool = MISSING
     coefficient_l1: float = MISSING

@@ -21,6 +21,11 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
   yet. ``combine="auto"`` times the forms per shape on the device and keeps the fastest,
   the dense conv of the materialized weight among them (:mod:`basisconv.kernels.auto`).
 
+A basis layer built with ``fuse_norm=True`` and followed by a batch norm (and a ReLU)
+computes the three as one when a model calls :func:`conv_norm_act` for them: the norm
+folds into the combination, so the full-width activation is written once
+(:mod:`basisconv.kernels.norm`). Any other layer or norm runs them one after another.
+
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
 """
@@ -33,12 +38,13 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis
-from .kernels import (COMBINE_MODES, auto_forward, fused_forward, materialized_weight,
-                      split_forward, stacked_forward)
+from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_forward,
+                      materialized_weight, split_forward, stacked_forward)
 
 
 
@@ -106,6 +112,9 @@ class BasisConv2d(nn.Module):
             fastest form measured on the device); see the module docstring.
         coefficient_rank: store the coefficient matrix as a product of two factors of this
             rank (fewer parameters; the product is formed once per forward, a tiny matmul).
+        fuse_norm: compute this layer, the batch norm after it and its ReLU as one where
+            the model calls :func:`conv_norm_act` (then ``combine`` does not apply: the
+            combination is one GEMM with the norm folded in). Same function, other rounding.
 
     Initialization from scratch (why): the basis filters are Kaiming-normal with
     ``fan_in = C_in*kh*kw``, exactly as a dense conv's filters would be, so a basis output
@@ -123,7 +132,7 @@ class BasisConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, num_basis: int | float,
                  stride=1, padding=0, dilation=1, bias: bool = False, *,
                  combine: str = "stacked", coefficient_rank: int | None = None,
-                 device=None, dtype=None):
+                 fuse_norm: bool = False, device=None, dtype=None):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -137,6 +146,7 @@ class BasisConv2d(nn.Module):
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.dilation = _pair(dilation)
         self.combine = combine
+        self.fuse_norm = bool(fuse_norm)
         n_combined = out_channels - m
         coefficient_rank = check_coefficient_rank(coefficient_rank, out_channels, m)
         self.coefficient_rank = coefficient_rank
@@ -171,7 +181,8 @@ class BasisConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, num_basis: int | float | None = None, *,
                   max_error: float | None = None, combine: str = "stacked",
-                  coefficient_rank: int | None = None) -> "BasisConv2d":
+                  coefficient_rank: int | None = None, fuse_norm: bool = False
+                  ) -> "BasisConv2d":
         """Convert a (trained) ``nn.Conv2d`` into a basis layer with the same outputs.
 
         The basis filters are the conv's own filters, picked by :func:`select_basis`; the
@@ -201,7 +212,7 @@ class BasisConv2d(nn.Module):
         rest = torch.nonzero(unpicked).flatten()  # the other filters, in conv order
         layer = cls(conv.in_channels, c_out, conv.kernel_size, m, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                    combine=combine, coefficient_rank=coefficient_rank,
+                    combine=combine, coefficient_rank=coefficient_rank, fuse_norm=fuse_norm,
                     device=conv.weight.device, dtype=conv.weight.dtype)
         weight = conv.weight.detach()
         flat = weight.reshape(c_out, -1)
@@ -297,7 +308,12 @@ class BasisConv2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.BatchNorm2d | None = None,
+                relu: bool = False) -> torch.Tensor:
+        """The layer's output; with ``norm`` (what :func:`conv_norm_act` passes for a
+        ``fuse_norm`` layer) ``relu?(norm(output))`` in one computation."""
+        if norm is not None:
+            return _fused_batch_norm(self, norm, x, relu)
         conv = (self.stride, self.padding, self.dilation)
         if self.combine == "stacked":
             return stacked_forward(x, self.basis_weight, self.combination_matrix(), self.bias,
@@ -318,11 +334,51 @@ class BasisConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         s += f", combine={self.combine!r}"
+        if self.fuse_norm:
+            s += ", fuse_norm=True"
         if self.coefficient_rank is not None:
             s += f", coefficient_rank={self.coefficient_rank}"
         if self.coefficient_mask is not None:
             s += f", keep_per_row={int(self.coefficient_mask[0].sum()) if self.coefficient_mask.numel() else 0}"
         return s
+
+
+def conv_norm_act(conv: nn.Module, norm: nn.Module, x: torch.Tensor,
+                  relu: bool = False) -> torch.Tensor:
+    """``relu?(norm(conv(x)))``: one fused computation when ``conv`` is a basis layer with
+    ``fuse_norm`` and ``norm`` a plain ``nn.BatchNorm2d`` (not a synchronized one), else
+    the modules one after another. Models call this for every conv-norm(-ReLU) triple so
+    that the choice is the layer's (see :mod:`basisconv.kernels.norm`). The fused call
+    still goes through the conv module, so its hooks (the cost model's) see it, with the
+    normalized output."""
+    if getattr(conv, "fuse_norm", False) and type(norm) is nn.BatchNorm2d:
+        return conv(x, norm=norm, relu=relu)
+    out = norm(conv(x))
+    return F.relu(out) if relu else out
+
+
+def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
+                      relu: bool) -> torch.Tensor:
+    """``norm`` applied the way ``nn.BatchNorm2d.forward`` applies it (which statistics,
+    the running averages and their momentum), with the arithmetic folded into the layer's
+    combination."""
+    batch_stats = norm.training or norm.running_mean is None
+    momentum = norm.momentum
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        if momentum is None:  # a cumulative average, as nn.BatchNorm2d keeps it
+            momentum = 1.0 / float(norm.num_batches_tracked)
+    out, stats = basis_conv_batch_norm(
+        x, layer.basis_weight, layer.combination_matrix(), layer.bias, layer.stride,
+        layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
+        eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
+        relu=relu)
+    if stats is not None and norm.training and norm.running_mean is not None:
+        with torch.no_grad():
+            unbiased = stats.var * (stats.count / max(stats.count - 1, 1))
+            norm.running_mean.lerp_(stats.mean.to(norm.running_mean.dtype), momentum)
+            norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
+    return out
 
 
 def check_convertible(conv: nn.Module, where: str = "") -> None:
@@ -369,5 +425,5 @@ def layer_shape(layer: nn.Module) -> tuple[int, int, tuple[int, int]]:
 
 __all__: Sequence[str] = (
     "BasisConv2d", "COMBINE_MODES", "basis_layers", "check_basis_size", "check_coefficient_rank",
-    "check_convertible", "coefficient_l1", "resolve_num_basis",
+    "check_convertible", "coefficient_l1", "conv_norm_act", "resolve_num_basis",
 )

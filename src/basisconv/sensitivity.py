@@ -64,9 +64,12 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         values = OmegaConf.to_container(node, resolve=True)
         return {k: values[k] for k in keys}
 
+    basis = pick(cfg.basis, ["size", "combine", "coefficient_rank"])
+    if cfg.basis.get("fuse_norm"):  # only when on, so that earlier keys stay valid
+        basis["fuse_norm"] = True
     return {
         "model": pick(cfg.model, ["name", "width"]),
-        "basis": pick(cfg.basis, ["size", "combine", "coefficient_rank"]),
+        "basis": basis,
         "data": pick(cfg.data, ["name", "train_subset", "crop_padding", "flip",
                                 "synthetic_train", "num_classes"]),
         "sensitivity": pick(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint",

@@ -104,7 +104,8 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
 def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                 num_basis: int | float = 0.5, *, inplace: bool = False, convert: bool = True,
                 only_where_saves: bool = False, share_coefficients: bool = False,
-                combine: str = "stacked", coefficient_rank: int | None = None) -> nn.Module:
+                combine: str = "stacked", coefficient_rank: int | None = None,
+                fuse_norm: bool = False) -> nn.Module:
     """Replace the named convolutions by :class:`BasisConv2d` layers; returns the model
     (``model`` itself when ``inplace``, else a converted deep copy).
 
@@ -122,7 +123,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         share_coefficients: layers with the same coefficient shape ``(C_out - m, m)`` (and
             rank) share one coefficient matrix (our reading of the paper's option to shrink
             the coefficients); with ``convert`` it is fitted jointly to all of them.
-        combine, coefficient_rank: passed to :class:`BasisConv2d`.
+        combine, coefficient_rank, fuse_norm: passed to :class:`BasisConv2d`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
@@ -157,12 +158,13 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     for name, conv in targets.items():
         m = sizes[name]
         if convert:
-            layer = BasisConv2d.from_conv(conv, m, combine=combine, coefficient_rank=coefficient_rank)
+            layer = BasisConv2d.from_conv(conv, m, combine=combine, coefficient_rank=coefficient_rank,
+                                          fuse_norm=fuse_norm)
         else:
             layer = BasisConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, m,
                                 stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                                 bias=conv.bias is not None, combine=combine,
-                                coefficient_rank=coefficient_rank,
+                                coefficient_rank=coefficient_rank, fuse_norm=fuse_norm,
                                 device=conv.weight.device, dtype=conv.weight.dtype)
         layer.train(conv.training)
         _set_submodule(model, name, layer)

@@ -73,6 +73,7 @@ class SpeedOptions:
     channels_last: bool = True
     compile: bool = False
     combine: str = "stacked"
+    fuse_norm: bool = False  # basis layers with their batch norm and ReLU as one computation
     allocator_tuning: bool = True
     quick: bool = False
     profile: bool = False  # also write where a training step's time goes (torch.profiler)
@@ -97,6 +98,7 @@ class SpeedOptions:
             "" if self.channels_last else "-nchw",
             "-compile" if self.compile else "",
             "" if self.combine == "stacked" else f"-{self.combine}",
+            "-fusenorm" if self.fuse_norm else "",
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
             "" if self.allocator_tuning or self.device != "cpu" else "-defaultmalloc",
             "-quick" if self.quick else "",
@@ -241,7 +243,8 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
         warnings.simplefilter("ignore")  # only_where_saves already leaves those layers dense
         for fraction in options.fractions:
             models[fraction] = apply_basis(base, "all", fraction, convert=False,
-                                           only_where_saves=True, combine=options.combine)
+                                           only_where_saves=True, combine=options.combine,
+                                           fuse_norm=options.fuse_norm)
             paper[fraction] = model_cost(apply_basis(base, "all", fraction, convert=False,
                                                      only_where_saves=True, combine="split"))
     costs = {k: model_cost(m) for k, m in models.items()}

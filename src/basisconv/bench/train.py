@@ -44,6 +44,7 @@ class ThroughputOptions:
     device: str = "cpu"
     basis_size: float | None = None  # every conv where it saves compute in basis form
     combine: str = "stacked"         # the basis layers' form (see basisconv.kernels)
+    fuse_norm: bool = False          # basis layers with their batch norm and ReLU as one
     compile_mode: str | None = None  # torch.compile the model in this mode (None: eager)
 
     @property
@@ -53,6 +54,7 @@ class ThroughputOptions:
             "" if self.model == "resnet18" else f"-{self.model}",
             "" if self.basis_size is None else f"-basis{self.basis_size:g}",
             "" if self.basis_size is None or self.combine == "stacked" else f"-{self.combine}",
+            "-fusenorm" if self.basis_size is not None and self.fuse_norm else "",
             "" if self.compile_mode is None else f"-compile-{self.compile_mode}",
             "" if self.channels_last else "-nchw",
             "" if self.batch_size == 128 else f"-b{self.batch_size}"])
@@ -108,7 +110,8 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # only_where_saves leaves the other layers dense
             model = apply_basis(model, "all", options.basis_size, inplace=True,
-                                only_where_saves=True, combine=options.combine)
+                                only_where_saves=True, combine=options.combine,
+                                fuse_norm=options.fuse_norm)
     model = model.to(device=device, memory_format=layout)
     # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
     trainer = OmegaConf.create({"lr": 0.01, "momentum": 0.9, "nesterov": False,
@@ -136,6 +139,7 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
         "amp": options.amp, "channels_last": options.channels_last, "device": str(device),
         "threads": torch.get_num_threads(), "data": source,
         "basis_size": options.basis_size, "combine": options.combine,
+        "fuse_norm": options.fuse_norm,
         "compile_mode": options.compile_mode, "warmup_seconds": warmup_seconds,
         "images_per_second": options.steps * options.batch_size / stats.seconds,
         "seconds_per_step": stats.seconds / options.steps,

@@ -13,13 +13,18 @@ same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
 * ``"auto"``: per shape, the fastest of ``stacked``, ``dense`` (the materialized weight
   in one dense conv) and ``fused`` on the device, measured there on first use
   (:mod:`.auto`).
+
+Apart from the forms, :mod:`.norm` computes a basis conv with the batch norm and ReLU
+after it as one GEMM of the basis maps (the norm folded into the combination), for layers
+built with ``fuse_norm=True``.
 """
 
 from .auto import auto_forward
 from .fused import fused_forward
+from .norm import basis_conv_batch_norm
 from .torch_ops import dense_forward, materialized_weight, split_forward, stacked_forward
 
 COMBINE_MODES = ("stacked", "split", "fused", "auto")
 
-__all__ = ["COMBINE_MODES", "auto_forward", "dense_forward", "fused_forward",
+__all__ = ["COMBINE_MODES", "auto_forward", "basis_conv_batch_norm", "dense_forward", "fused_forward",
            "materialized_weight", "split_forward", "stacked_forward"]

@@ -4,6 +4,10 @@ no max-pool, stages of 64-128-256-512 channels, projection (1x1 conv) shortcuts.
 This is the "ResNet-18" of most CIFAR papers (kuangliu/pytorch-cifar), 11,173,962
 parameters; not to be confused with the thinner ResNet-20 family in ``resnet_cifar.py``.
 Module names (``layer1.0.conv1``, ...) follow torchvision, so layer lists carry over.
+
+Every conv-norm(-ReLU) triple goes through :func:`basisconv.layers.conv_norm_act`, which
+is the plain sequence for dense convs and one fused computation for basis layers built
+with ``fuse_norm=True``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import conv_norm_act
 from .registry import register_model, scaled
 
 
@@ -21,14 +26,23 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
+class Projection(nn.Sequential):
+    """1x1 conv + BN shortcut (a ``Sequential``, so its modules keep the names
+    ``shortcut.0`` and ``shortcut.1``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_norm_act(self[0], self[1], x)
+
+
 def projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """1x1 conv + BN shortcut, used where the residual changes shape."""
+    """The shortcut where the residual changes shape: :class:`Projection`, else identity."""
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
+    return Projection(in_channels, out_channels, stride)
 
 
 class BasicBlock(nn.Module):
@@ -47,8 +61,8 @@ class BasicBlock(nn.Module):
         self.shortcut = shortcut(in_channels, channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = conv_norm_act(self.conv1, self.bn1, x, relu=True)
+        out = conv_norm_act(self.conv2, self.bn2, out)
         return F.relu(out + self.shortcut(x))
 
 
@@ -67,9 +81,9 @@ class Bottleneck(nn.Module):
         self.shortcut = projection(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = conv_norm_act(self.conv1, self.bn1, x, relu=True)
+        out = conv_norm_act(self.conv2, self.bn2, out, relu=True)
+        out = conv_norm_act(self.conv3, self.bn3, out)
         return F.relu(out + self.shortcut(x))
 
 
@@ -96,7 +110,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = conv_norm_act(self.conv1, self.bn1, x, relu=True)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)

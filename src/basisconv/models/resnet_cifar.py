@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import conv_norm_act
 from .registry import register_model, scaled
 from .resnet import BasicBlock, conv3x3, init_weights
 
@@ -56,7 +57,7 @@ class CifarResNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = conv_norm_act(self.conv1, self.bn1, x, relu=True)
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)

@@ -1,0 +1,210 @@
+"""A basis convolution, the batch norm after it and its ReLU as one computation: the
+full-width activation is written once.
+
+Why: a basis layer saves multiply-adds in the conv, but the batch norm and the ReLU after
+it still read and write all ``C_out`` channels, once for the statistics, once to
+normalize, once for the ReLU, and as often again in the backward. On a GPU these passes
+are memory-bound and cost about as much as the conv they follow, so they cap what the
+basis can save (issue 13). They need not run at full width:
+
+* the combined outputs are ``y = A b + c`` (``A`` the ``[C_out, m]`` combination matrix,
+  ``b`` the ``m`` basis maps, ``c`` the conv's bias), so their batch statistics follow from
+  the ``m x m`` moments of the basis maps: ``mean_y = A mean_b + c`` and
+  ``var_y = diag(A Cov_b A^T)``;
+* normalizing is then a per-channel scale ``s = gamma / sqrt(var_y + eps)`` and shift,
+  which fold into the combination: ``BN(y) = (s A) b + (beta - s (A mean_b))``;
+* so the output is one GEMM of the basis maps with the folded matrix (a 1x1 conv), its
+  bias added and the ReLU applied in place: the only full-width tensor of the forward,
+  and autograd's backward reads it once for the ReLU mask.
+
+Autograd differentiates all of it, through the moments as batch norm's own backward does
+through its statistics, so the gradients are batch norm's (checked in float64 in
+``tests/test_norm_fusion.py``). The moments are taken in the basis maps' float32 (or
+float64) with autocast off, from centred maps, because statistics in bf16 would lose the
+precision batch norm keeps. In eval mode the running statistics fold in the same way.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+class BatchStatistics(NamedTuple):
+    """Per-channel statistics of the combined outputs over the batch (detached), for the
+    caller's running averages: the mean and the biased variance, and the element count."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: int
+
+
+def _autocast_on(device_type: str) -> bool:
+    return (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type))
+
+
+def _without_autocast(device_type: str):
+    """Autocast off (a no-op on devices without autocast, e.g. the cost model's meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
+
+
+def _rows(maps: torch.Tensor) -> torch.Tensor:
+    """The ``[N, m, H, W]`` basis maps as a ``[N*H*W, m]`` matrix (a view in NHWC)."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+
+def basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[m]`` and biased covariance ``[m, m]`` of the basis maps over batch and
+    pixels, in float32 at least and without autocast (see the module docstring)."""
+    with _without_autocast(maps.device.type):
+        rows = _rows(maps)
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.float()
+        mean = rows.mean(0)
+        centred = rows - mean
+        return mean, centred.T @ centred / rows.shape[0]
+
+
+def fold(a: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+         conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
+         norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The combination ``a`` and its bias with batch norm folded in, given the mean and
+    variance of the combined outputs: ``BN(a b + c) = (s a) b + (beta + s (c - mean))``.
+    The conv bias enters as batch norm sees it: with batch statistics (``mean`` includes
+    it) it cancels, and its gradient is exactly zero, as in the unfused layers."""
+    scale = torch.rsqrt(var + eps)
+    if norm_weight is not None:
+        scale = scale * norm_weight
+    offset = -mean if conv_bias is None else conv_bias - mean
+    return scale[:, None] * a, (scale * offset if norm_bias is None else norm_bias + scale * offset)
+
+
+def output_moments(a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor,
+                   conv_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of the combined outputs ``a b + c`` from the basis maps'
+    moments: ``a mean_b + c`` and ``diag(a cov_b a^T)``."""
+    mean = a @ mean_b if conv_bias is None else a @ mean_b + conv_bias
+    return mean, ((a @ cov_b) * a).sum(1).clamp_min(0)
+
+
+class BatchNormedCombination(torch.autograd.Function):
+    """``relu?(BN(a @ maps + c))`` with the batch's statistics, from the basis maps.
+
+    Forward: the moments, the folded matrix (tiny), one 1x1 conv, the ReLU in place.
+    Backward, with ``g`` the output gradient through the ReLU mask:
+
+    * the 1x1 conv's own backward (``aten.convolution_backward``: oneDNN or cuDNN) gives
+      the maps' gradient along the linear path, and the folded matrix's and bias's;
+    * those flow back through :func:`fold` and :func:`output_moments` (tensors of ``C_out``
+      or ``m x m`` entries, :func:`_fold_backward`) to ``a``, the norm's parameters and the
+      moments;
+    * the moments' gradients ``G`` (of ``cov_b``) and ``d mean_b`` reach the maps in one
+      more ``m -> m`` 1x1 conv: ``d rows += (rows - mean_b) S + d mean_b / n``, with
+      ``S = (G + G^T) / n`` and ``n`` the pixels in the batch.
+
+    So the full-width tensors are read once each (``g``, the output for the mask), and
+    nothing of batch norm's own backward runs. Saved: the maps and the output."""
+
+    @staticmethod
+    def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu):
+        with _without_autocast(maps.device.type):
+            mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
+            mean, var = output_moments(a, mean_b, cov_b, conv_bias)
+            folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
+            out = F.conv2d(maps, folded.to(maps.dtype)[:, :, None, None],
+                           folded_bias.to(maps.dtype))
+            if relu:
+                out.relu_()
+        ctx.save_for_backward(maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, cov_b)
+        ctx.eps, ctx.relu = eps, relu
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, cov_b = ctx.saved_tensors
+        count = maps.numel() // maps.shape[1]
+        with _without_autocast(maps.device.type):
+            mean, var = output_moments(a, mean_b, cov_b, conv_bias)
+            folded, _ = fold(a, mean, var, conv_bias, norm_weight, norm_bias, ctx.eps)
+            g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
+            weight = folded.to(maps.dtype)[:, :, None, None]
+            grad_maps, grad_folded, grad_folded_bias = torch.ops.aten.convolution_backward(
+                g, maps, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                [True, True, True])
+            small = _fold_backward(grad_folded[:, :, 0, 0].to(a.dtype),
+                                   grad_folded_bias.to(a.dtype), a, mean, var, mean_b, cov_b,
+                                   conv_bias, norm_weight, ctx.eps)
+            grad_a, grad_conv_bias, grad_weight, grad_bias, grad_mean_b, grad_cov_b = small
+            # d rows += (rows - mean_b) S + d mean_b / n, as an m -> m 1x1 conv
+            sym = (grad_cov_b + grad_cov_b.T) / count
+            shift = grad_mean_b / count - sym @ mean_b
+            grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
+                                             shift.to(maps.dtype))
+        return (grad_maps, grad_a, grad_conv_bias if ctx.needs_input_grad[2] else None,
+                grad_weight if ctx.needs_input_grad[3] else None,
+                grad_bias if ctx.needs_input_grad[4] else None, None, None)
+
+
+def _fold_backward(grad_folded, grad_folded_bias, a, mean, var, mean_b, cov_b, conv_bias,
+                   norm_weight, eps):
+    """The gradients of :func:`fold` after :func:`output_moments`, by hand (autograd
+    inside a backward would keep ``torch.compile`` from tracing it): for ``a``, the conv
+    bias (zero: it cancels), the norm's weight and bias, and the basis moments."""
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd if norm_weight is None else rstd * norm_weight
+    offset = -mean if conv_bias is None else conv_bias - mean
+    grad_scale = (grad_folded * a).sum(1) + grad_folded_bias * offset
+    grad_mean = -grad_folded_bias * scale
+    grad_rstd = grad_scale if norm_weight is None else grad_scale * norm_weight
+    grad_var = -0.5 * grad_rstd * rstd ** 3
+    grad_a = (scale[:, None] * grad_folded + grad_mean[:, None] * mean_b[None, :]
+              + 2 * grad_var[:, None] * (a @ cov_b))
+    grad_conv_bias = None if conv_bias is None else grad_folded_bias * scale + grad_mean
+    grad_weight = None if norm_weight is None else grad_scale * rstd
+    grad_cov_b = a.T @ (grad_var[:, None] * a)
+    return (grad_a, grad_conv_bias, grad_weight, grad_folded_bias, a.T @ grad_mean,
+            grad_cov_b)
+
+
+def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
+                          combination: torch.Tensor, conv_bias: torch.Tensor | None,
+                          stride, padding, dilation, *, norm_weight: torch.Tensor | None,
+                          norm_bias: torch.Tensor | None, eps: float,
+                          running: tuple[torch.Tensor, torch.Tensor] | None, relu: bool
+                          ) -> tuple[torch.Tensor, BatchStatistics | None]:
+    """``relu?(batch_norm(conv(x)))`` for a basis conv (``combination`` ``[C_out, m]``, rows
+    in output order) without the full-width intermediates.
+
+    ``running``: ``(mean, var)`` to normalize with (eval mode), or ``None`` to use the
+    batch's statistics (training), which are then returned for the running averages.
+    """
+    maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
+    a = combination if combination.dtype == torch.float64 else combination.float()
+    if running is None:
+        out, mean, var = BatchNormedCombination.apply(maps, a, conv_bias, norm_weight,
+                                                      norm_bias, eps, relu)
+        return out, BatchStatistics(mean, var, maps.numel() // maps.shape[1])
+    with _without_autocast(x.device.type):
+        mean, var = (t.to(a.dtype) for t in running)
+        folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
+    return _combine(maps, folded, folded_bias, relu), None
+
+
+def _combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
+             relu: bool) -> torch.Tensor:
+    """``relu?(matrix @ maps + bias)`` per pixel as a 1x1 conv (a GEMM over the channels
+    that keeps the layout of ``maps``; on CPU oneDNN's 1x1 conv ran this 2-4x faster than
+    ``addmm`` on the NHWC rows), the ReLU in place on the conv's own result."""
+    if not _autocast_on(maps.device.type):
+        matrix, bias = matrix.to(maps.dtype), bias.to(maps.dtype)
+    out = F.conv2d(maps, matrix[:, :, None, None], bias)
+    return out.relu_() if relu else out

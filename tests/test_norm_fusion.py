@@ -1,0 +1,184 @@
+"""A basis layer with its batch norm and ReLU as one computation (``fuse_norm``) computes
+what the layer, ``nn.BatchNorm2d`` and ReLU compute one after another: outputs, every
+gradient, the running statistics, in training and in eval mode."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from basisconv.layers import BasisConv2d, conv_norm_act
+from basisconv.models import build_model
+from basisconv.surgery import apply_basis
+
+LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
+NORMS = {
+    "default": {},
+    "cumulative": {"momentum": None},
+    "no-affine": {"affine": False},
+    "no-running-stats": {"track_running_stats": False},
+}
+
+
+def layers(kind: str, device: str) -> BasisConv2d:
+    """A basis layer converted from a conv (permuted output order, conv bias) or a
+    from-scratch one with low-rank coefficients and a stride."""
+    torch.manual_seed(0)
+    if kind == "converted":
+        conv = nn.Conv2d(6, 10, 3, padding=1, bias=True).double().to(device)
+        return BasisConv2d.from_conv(conv, 4)
+    return BasisConv2d(5, 9, 3, 3, stride=2, padding=1, coefficient_rank=2).double().to(device)
+
+
+def pair(layer: BasisConv2d, norm_kwargs: dict, device: str):
+    """The same layer and norm twice: unfused, then fused."""
+    norm = nn.BatchNorm2d(layer.out_channels, **norm_kwargs).double().to(device)
+    if norm.affine:
+        with torch.no_grad():  # not the identity, so that a missing scale or shift shows
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    fused = copy.deepcopy(layer)
+    fused.fuse_norm = True
+    return (layer, norm), (fused, copy.deepcopy(norm))
+
+
+def out_shape(conv, x):
+    with torch.no_grad():
+        return conv(x).shape
+
+
+def step(conv, norm, x, upstream, relu):
+    x = x.detach().clone().requires_grad_()
+    out = conv_norm_act(conv, norm, x, relu=relu)
+    out.backward(upstream)
+    grads = [x.grad] + [p.grad for p in (*conv.parameters(), *norm.parameters())]
+    return out, grads
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("norm_kwargs", NORMS.values(), ids=NORMS.keys())
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("kind", ["converted", "scratch-lowrank"])
+def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu, device):
+    (conv, norm), (fconv, fnorm) = pair(layers(kind, device), norm_kwargs, device)
+    torch.manual_seed(1)
+    for _ in range(2):  # two steps: the running averages build on the first
+        x = (torch.randn(3, conv.in_channels, 7, 8, dtype=torch.float64, device=device) + 0.7)
+        x = x.to(memory_format=layout)
+        upstream = torch.randn(out_shape(conv, x), dtype=x.dtype, device=device)
+        ref, ref_grads = step(conv, norm, x, upstream, relu)
+        got, got_grads = step(fconv, fnorm, x, upstream, relu)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+        assert got.is_contiguous(memory_format=layout)
+        for g, r in zip(got_grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
+    for name, buffer in norm.named_buffers():
+        torch.testing.assert_close(dict(fnorm.named_buffers())[name], buffer, rtol=1e-10,
+                                   atol=1e-12, msg=f"running buffer {name}")
+    norm.eval()
+    fnorm.eval()
+    x = torch.randn(2, conv.in_channels, 5, 6, dtype=torch.float64, device=device)
+    upstream = torch.randn(out_shape(conv, x), dtype=x.dtype, device=device)
+    ref, ref_grads = step(conv, norm, x, upstream, relu)
+    got, got_grads = step(fconv, fnorm, x, upstream, relu)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    for g, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
+
+
+def test_other_layers_and_norms_run_one_after_another():
+    """A dense conv, a basis layer without ``fuse_norm`` and a subclass of BatchNorm2d (a
+    synchronized norm needs its own statistics) take the plain path, bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6)
+
+    class OtherNorm(nn.BatchNorm2d):
+        pass
+
+    fused = BasisConv2d(4, 8, 3, 2, padding=1, fuse_norm=True)
+    cases = [(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8)),
+             (BasisConv2d(4, 8, 3, 2, padding=1), nn.BatchNorm2d(8)),
+             (fused, OtherNorm(8))]
+    for conv, norm in cases:
+        expected = torch.relu(copy.deepcopy(norm)(conv(x)))
+        assert torch.equal(conv_norm_act(conv, norm, x, relu=True), expected)
+    assert "fuse_norm=True" in repr(fused)
+
+
+def test_bf16_autocast_keeps_the_statistics_in_float32():
+    """Under bf16 autocast the output matches the unfused bf16 path to bf16 precision, and
+    the running statistics (from float32 moments) match it closely."""
+    (conv, norm), (fconv, fnorm) = pair(layers("converted", "cpu"), {}, "cpu")
+    for module in (conv, norm, fconv, fnorm):
+        module.float()
+    torch.manual_seed(2)
+    x = (torch.randn(4, 6, 8, 8) + 3.0).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = conv_norm_act(conv, norm, x, relu=True)
+        got = conv_norm_act(fconv, fnorm, x, relu=True)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref.float(), rtol=0.05, atol=0.05)
+    torch.testing.assert_close(fnorm.running_mean, norm.running_mean, rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(fnorm.running_var, norm.running_var, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("model_name, width", [("resnet8", 0.5), ("resnet18", 0.125)])
+def test_a_fused_model_trains_as_the_unfused_one(model_name, width):
+    """Three SGD steps of a whole basis ResNet (projection shortcuts converted too) in
+    float64, fused and unfused from the same weights: the same losses, parameters and
+    running statistics."""
+    torch.manual_seed(0)
+    dense = build_model(model_name, width=width).double()
+    models = []
+    for fuse in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 1x1 shortcuts save no compute; convert anyway
+            model = apply_basis(dense, "all", 0.5, convert=False, fuse_norm=fuse)
+        models.append(model.to(memory_format=torch.channels_last))
+    models[1].load_state_dict(models[0].state_dict())
+    assert all(m.fuse_norm for m in models[1].modules() if isinstance(m, BasisConv2d))
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in models]
+    torch.manual_seed(3)
+    for _ in range(3):
+        x = torch.randn(8, 3, 16, 16, dtype=torch.float64).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (8,))
+        losses = []
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert losses[1] == pytest.approx(losses[0], rel=1e-9)
+    fused_state = models[1].state_dict()
+    for key, value in models[0].state_dict().items():
+        torch.testing.assert_close(fused_state[key], value, rtol=1e-8, atol=1e-10, msg=key)
+    for model in models:
+        model.eval()
+    torch.testing.assert_close(models[1](x), models[0](x), rtol=1e-8, atol=1e-10)
+
+
+def test_benchmark_files_say_when_norms_are_fused():
+    from basisconv.bench.layers import SpeedOptions
+    from basisconv.bench.train import ThroughputOptions
+
+    assert SpeedOptions(fuse_norm=True).tag == "cpu-fp32-fusenorm"
+    assert ThroughputOptions(basis_size=0.25, fuse_norm=True).tag == "-basis0.25-fusenorm"
+    assert ThroughputOptions(fuse_norm=True).tag == ""  # a dense model has nothing to fuse
+
+
+def test_torch_compile_traces_a_fused_model_as_one_graph():
+    """No graph break in the fused path (its backward is written out by hand: autograd
+    inside a backward would break the graph at every layer)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = apply_basis(build_model("resnet8", width=0.5), "all", 0.5, convert=False,
+                            fuse_norm=True)
+    explained = torch._dynamo.explain(model)(torch.randn(4, 3, 16, 16))
+    torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+        [b.reason for b in explained.break_reasons]
