@@ -57,6 +57,13 @@ def worker(rank, world, port, out, device_type="cpu"):
     dist.barrier()
     del ddp
     dist.destroy_process_group()
+    # Then leave without the interpreter's finalization: gloo's worker threads can still be
+    # torn down there, which aborted a rank once in a full-suite run (SIGABRT, "terminate
+    # called without an active exception"; a known torch teardown problem, see
+    # pytorch/pytorch#179291). Everything this rank had to do is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def needs_two(device):
