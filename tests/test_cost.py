@@ -87,9 +87,14 @@ def small(seed=0):
 
 
 @pytest.mark.parametrize("variant", ["split", "low_rank", "pruned", "shared", "frozen_basis",
-                                     "skipped_coefficients", "input_grad"])
+                                     "skipped_coefficients", "input_grad", "fuse_norm",
+                                     "fuse_norm_split_low_rank", "fuse_norm_eval"])
 def test_model_cost_matches_flop_counter_for_every_option(variant):
     options, input_grad = {}, variant == "input_grad"
+    if variant.startswith("fuse_norm"):
+        options["fuse_norm"] = True
+    if variant == "fuse_norm_split_low_rank":  # the fused combination is the stacked one
+        options.update(combine="split", coefficient_rank=2)
     if variant == "split":
         options["combine"] = "split"
     elif variant == "low_rank":
@@ -104,6 +109,8 @@ def test_model_cost_matches_flop_counter_for_every_option(variant):
         model.layer2[0].conv1.basis_weight.requires_grad_(False)
     elif variant == "skipped_coefficients":
         CoefficientSkipSchedule(model, 2)(1)
+    elif variant == "fuse_norm_eval":  # the running statistics fold in: no moments
+        model.eval()
     shape = (2, 3, 16, 16)
     counted = measure_flops(model, shape, input_requires_grad=input_grad)
     cost = model_cost(model, shape, input_requires_grad=input_grad)

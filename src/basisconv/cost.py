@@ -13,7 +13,13 @@ with output ``H' x W'`` at batch ``B``, ``K = C_in*kh*kw`` and ``m`` basis filte
   activation gradient and once for the weight gradient; with low-rank coefficients
   (rank ``r``) the product of the factors adds ``2*(C_out - m)*r*m`` forward and the same
   twice in backward (no ``B*H'*W'`` factor);
-* linear: ``2*B*in*out`` forward, the same for each gradient.
+* linear: ``2*B*in*out`` forward, the same for each gradient;
+* a basis conv with its batch norm folded in (``fuse_norm``, :mod:`basisconv.kernels.norm`):
+  the combination is always the stacked 1x1 conv, with the folded matrix; with batch
+  statistics the forward adds the basis maps' Gram matrix ``2*B*H'*W'*m*m`` and
+  ``2*C_out*m*m`` for ``A Cov_b``, the activation gradient adds as much again (an ``m -> m``
+  1x1 conv and ``A^T diag(.) A``), and the folded matrix's gradient is always computed
+  (the statistics need it).
 
 Backward is stated as two parts: ``grad_input`` (activation gradients: for a basis layer
 the combination's gradient w.r.t. the basis maps and the basis conv's gradient w.r.t. the
@@ -154,24 +160,29 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
                       output_size, *, batch: int = 1, bias: bool = False, combine: str = "stacked",
                       coefficient_rank: int | None = None, active_coefficients: int | None = None,
                       input_grad: bool = True, basis_grad: bool = True,
-                      coefficient_grad: bool = True, name: str = "") -> LayerCost:
+                      coefficient_grad: bool = True, fused_norm: str | None = None,
+                      norm_grad: bool = False, name: str = "") -> LayerCost:
     """A :class:`BasisConv2d` as its forward runs it (see the module docstring).
 
     ``active_coefficients`` is the number of unpruned coefficients (parameters only; the
-    pruned matrix is still applied densely).
+    pruned matrix is still applied densely). ``fused_norm``: ``"batch"`` or ``"running"``
+    when the layer ran with its batch norm folded in, normalizing with those statistics
+    (``norm_grad``: the norm's parameters train).
     """
     kh, kw = _pair(kernel_size)
     h, w = _pair(output_size)
     m, n_comb = num_basis, out_channels - num_basis
     pixels = batch * h * w
-    basis_px, combination_px = basis_macs_per_pixel(in_channels, out_channels, kernel_size, m,
-                                                    combine)
+    basis_px, combination_px = basis_macs_per_pixel(
+        in_channels, out_channels, kernel_size, m, "stacked" if fused_norm else combine)
     basis, combination = 2 * pixels * basis_px, 2 * pixels * combination_px
     factor_product = 2 * n_comb * coefficient_rank * m if coefficient_rank else 0
     maps_grad = input_grad or basis_grad  # the basis maps need a gradient
-    grad_input = (combination if maps_grad else 0) + (basis if input_grad else 0)
-    grad_weight = (basis if basis_grad else 0) + \
-        ((combination + 2 * factor_product) if coefficient_grad else 0)
+    moments = 2 * (pixels + out_channels) * m * m if fused_norm == "batch" else 0
+    combination_grad = coefficient_grad or norm_grad or fused_norm == "batch"
+    grad_input = (combination + moments if maps_grad else 0) + (basis if input_grad else 0)
+    grad_weight = ((basis if basis_grad else 0) + (combination if combination_grad else 0)
+                   + (2 * factor_product if coefficient_grad else 0))
     if coefficient_rank:
         coefficients = coefficient_rank * (n_comb + m)
     else:
@@ -180,8 +191,8 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
     shape = f"{in_channels}->{out_channels} k{kh}x{kw} m{m} out {h}x{w}"
     if coefficient_rank:
         shape += f" r{coefficient_rank}"
-    return LayerCost(name, "basis_conv", shape, params, basis + combination + factor_product,
-                     grad_input, grad_weight)
+    return LayerCost(name, "basis_conv", shape, params,
+                     basis + combination + factor_product + moments, grad_input, grad_weight)
 
 
 def linear_cost(in_features: int, out_features: int, *, batch: int = 1, bias: bool = True,
@@ -193,10 +204,12 @@ def linear_cost(in_features: int, out_features: int, *, batch: int = 1, bias: bo
 
 
 def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequence[int], *,
-               input_grad: bool, name: str = "", active_coefficients: int | None = None) -> LayerCost:
+               input_grad: bool, name: str = "", active_coefficients: int | None = None,
+               norm: nn.Module | None = None) -> LayerCost:
     """Cost of one call of a ``Conv2d``, ``BasisConv2d`` or ``Linear`` at these shapes;
     whether parameter gradients are computed is read from their ``requires_grad``.
-    ``active_coefficients`` overrides the count read from a pruned layer's mask."""
+    ``active_coefficients`` overrides the count read from a pruned layer's mask; ``norm``
+    is the batch norm a basis layer ran with, folded in (``conv_norm_act``)."""
     if isinstance(module, BasisConv2d):
         mask = module.coefficient_mask
         if mask is not None and active_coefficients is None:
@@ -208,6 +221,9 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
             active_coefficients=active_coefficients,
             input_grad=input_grad, basis_grad=module.basis_weight.requires_grad,
             coefficient_grad=any(p.requires_grad for p in module.coefficient_parameters()),
+            fused_norm=None if norm is None else (
+                "batch" if norm.training or norm.running_mean is None else "running"),
+            norm_grad=norm is not None and any(p.requires_grad for p in norm.parameters()),
             name=name)
     if isinstance(module, nn.Conv2d):
         return conv2d_cost(module.in_channels, module.out_channels, module.kernel_size,
@@ -251,11 +267,12 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     handles = []
     for name, module in shadow.named_modules():
         if isinstance(module, (nn.Conv2d, BasisConv2d, nn.Linear)):
-            def hook(mod, inputs, output, name=name):
+            def hook(mod, inputs, kwargs, output, name=name):
                 x = inputs[0]
                 costs.append(layer_cost(mod, x.shape, output.shape, input_grad=x.requires_grad,
-                                        name=name, active_coefficients=active.get(name)))
-            handles.append(module.register_forward_hook(hook))
+                                        name=name, active_coefficients=active.get(name),
+                                        norm=kwargs.get("norm")))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.Bilinear)):
             warnings.warn(f"model_cost: layer {name!r} ({type(module).__name__}) is not counted",
                           stacklevel=2)

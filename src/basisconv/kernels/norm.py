@@ -87,11 +87,13 @@ def fold(a: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
 
 
 def output_moments(a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor,
-                   conv_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                   conv_bias: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean and biased variance of the combined outputs ``a b + c`` from the basis maps'
-    moments: ``a mean_b + c`` and ``diag(a cov_b a^T)``."""
+    moments, ``a mean_b + c`` and ``diag(a cov_b a^T)``, and ``a cov_b`` (the backward's)."""
     mean = a @ mean_b if conv_bias is None else a @ mean_b + conv_bias
-    return mean, ((a @ cov_b) * a).sum(1).clamp_min(0)
+    a_cov = a @ cov_b
+    return mean, (a_cov * a).sum(1).clamp_min(0), a_cov
 
 
 class BatchNormedCombination(torch.autograd.Function):
@@ -116,13 +118,14 @@ class BatchNormedCombination(torch.autograd.Function):
     def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu):
         with _without_autocast(maps.device.type):
             mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
-            mean, var = output_moments(a, mean_b, cov_b, conv_bias)
+            mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
             folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
             out = F.conv2d(maps, folded.to(maps.dtype)[:, :, None, None],
                            folded_bias.to(maps.dtype))
             if relu:
                 out.relu_()
-        ctx.save_for_backward(maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, cov_b)
+        ctx.save_for_backward(maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov,
+                              mean, var)
         ctx.eps, ctx.relu = eps, relu
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
@@ -130,35 +133,36 @@ class BatchNormedCombination(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_var):
-        maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, cov_b = ctx.saved_tensors
-        count = maps.numel() // maps.shape[1]
+        (maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov, mean,
+         var) = ctx.saved_tensors
+        count, maps_grad = maps.numel() // maps.shape[1], ctx.needs_input_grad[0]
         with _without_autocast(maps.device.type):
-            mean, var = output_moments(a, mean_b, cov_b, conv_bias)
             folded, _ = fold(a, mean, var, conv_bias, norm_weight, norm_bias, ctx.eps)
             g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
             weight = folded.to(maps.dtype)[:, :, None, None]
             grad_maps, grad_folded, grad_folded_bias = torch.ops.aten.convolution_backward(
                 g, maps, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                [True, True, True])
+                [maps_grad, True, True])
             small = _fold_backward(grad_folded[:, :, 0, 0].to(a.dtype),
-                                   grad_folded_bias.to(a.dtype), a, mean, var, mean_b, cov_b,
-                                   conv_bias, norm_weight, ctx.eps)
+                                   grad_folded_bias.to(a.dtype), a, mean, var, mean_b, a_cov,
+                                   conv_bias, norm_weight, ctx.eps, maps_grad)
             grad_a, grad_conv_bias, grad_weight, grad_bias, grad_mean_b, grad_cov_b = small
-            # d rows += (rows - mean_b) S + d mean_b / n, as an m -> m 1x1 conv
-            sym = (grad_cov_b + grad_cov_b.T) / count
-            shift = grad_mean_b / count - sym @ mean_b
-            grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
-                                             shift.to(maps.dtype))
+            if maps_grad:  # d rows += (rows - mean_b) S + d mean_b / n, an m -> m 1x1 conv
+                sym = (grad_cov_b + grad_cov_b.T) / count
+                shift = grad_mean_b / count - sym @ mean_b
+                grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
+                                                 shift.to(maps.dtype))
         return (grad_maps, grad_a, grad_conv_bias if ctx.needs_input_grad[2] else None,
                 grad_weight if ctx.needs_input_grad[3] else None,
                 grad_bias if ctx.needs_input_grad[4] else None, None, None)
 
 
-def _fold_backward(grad_folded, grad_folded_bias, a, mean, var, mean_b, cov_b, conv_bias,
-                   norm_weight, eps):
+def _fold_backward(grad_folded, grad_folded_bias, a, mean, var, mean_b, a_cov, conv_bias,
+                   norm_weight, eps, moments_grad: bool):
     """The gradients of :func:`fold` after :func:`output_moments`, by hand (autograd
     inside a backward would keep ``torch.compile`` from tracing it): for ``a``, the conv
-    bias (zero: it cancels), the norm's weight and bias, and the basis moments."""
+    bias (zero: it cancels), the norm's weight and bias, and (``moments_grad``) the basis
+    moments."""
     rstd = torch.rsqrt(var + eps)
     scale = rstd if norm_weight is None else rstd * norm_weight
     offset = -mean if conv_bias is None else conv_bias - mean
@@ -167,12 +171,13 @@ def _fold_backward(grad_folded, grad_folded_bias, a, mean, var, mean_b, cov_b, c
     grad_rstd = grad_scale if norm_weight is None else grad_scale * norm_weight
     grad_var = -0.5 * grad_rstd * rstd ** 3
     grad_a = (scale[:, None] * grad_folded + grad_mean[:, None] * mean_b[None, :]
-              + 2 * grad_var[:, None] * (a @ cov_b))
+              + 2 * grad_var[:, None] * a_cov)
     grad_conv_bias = None if conv_bias is None else grad_folded_bias * scale + grad_mean
     grad_weight = None if norm_weight is None else grad_scale * rstd
-    grad_cov_b = a.T @ (grad_var[:, None] * a)
+    if not moments_grad:
+        return grad_a, grad_conv_bias, grad_weight, grad_folded_bias, None, None
     return (grad_a, grad_conv_bias, grad_weight, grad_folded_bias, a.T @ grad_mean,
-            grad_cov_b)
+            a.T @ (grad_var[:, None] * a))
 
 
 def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
