@@ -112,7 +112,8 @@ class BatchNormedCombination(torch.autograd.Function):
       ``S = (G + G^T) / n`` and ``n`` the pixels in the batch.
 
     So the full-width tensors are read once each (``g``, the output for the mask), and
-    nothing of batch norm's own backward runs. Saved: the maps and the output."""
+    nothing of batch norm's own backward runs. Saved: the maps, and the output where a
+    ReLU needs its mask."""
 
     @staticmethod
     def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu):
@@ -124,7 +125,8 @@ class BatchNormedCombination(torch.autograd.Function):
                            folded_bias.to(maps.dtype))
             if relu:
                 out.relu_()
-        ctx.save_for_backward(maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov,
+        # the output only for the ReLU's mask: without one, it may be changed in place later
+        ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov,
                               mean, var)
         ctx.eps, ctx.relu = eps, relu
         ctx.mark_non_differentiable(mean, var)
