@@ -13,6 +13,7 @@ from basisconv.bench import layers as speed
 from basisconv.bench.layers import ConvShape, SpeedOptions
 from basisconv.bench.timing import Runner, Timer, output_gradient
 from basisconv.bench.train import TimedBatches, file_name
+from basisconv.cost import basis_conv2d_cost, conv2d_cost
 from basisconv.data import TensorBatches
 from basisconv.records import read_record
 
@@ -156,3 +157,21 @@ def test_profile_writes_where_each_steps_time_goes(tmp_path):
     assert "== ResNet-18 dense: 3 training steps" in text
     assert "== ResNet-18 basis 0.5: 3 training steps" in text
     assert "aten::convolution" in text or "aten::conv2d" in text
+
+
+def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(repo):
+    options = SpeedOptions(batch_size=2, fractions=[0.5], layer_repeats=1, warmup=0,
+                           fuse_norm=True)
+    shape = ConvShape(8, 16, 3, 1, 1, 8)
+    modules = speed._timed_forms(options, options.runner(), shape)
+    assert list(modules) == ["dense", 0.5, (0.5, "unfused")]
+    assert all(isinstance(m, speed.ConvNormReLU) for m in modules.values())
+    assert modules[0.5].conv.fuse_norm and not modules[0.5, "unfused"].conv.fuse_norm
+    (row,) = speed.benchmark_layers(options, options.runner(), Timer("cpu"),
+                                    shapes={shape: ["a"]}, progress=lambda s: None)
+    columns = committed(repo, "layer-speed-cpu-fp32.csv")
+    assert list(row) == columns + ["unfused_fwd_ms", "unfused_fwdbwd_ms",
+                                   "fused_vs_unfused_fwdbwd"]
+    assert row["fused_vs_unfused_fwdbwd"] == row["basis_fwdbwd_ms"] / row["unfused_fwdbwd_ms"]
+    unfused = basis_conv2d_cost(8, 16, 3, 8, 8)  # the moments make the fused one dearer
+    assert row["theory_fwdbwd_ratio"] > unfused.total_flops / conv2d_cost(8, 16, 3, 8).total_flops

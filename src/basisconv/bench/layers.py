@@ -17,6 +17,11 @@ results of the same run: the dense step minus its 20 convs (each timed alone at 
 is what no basis layer reduces (BN, ReLU, additions, pooling, the loss); the *time bound*
 adds back the dense conv times scaled by their FLOP ratios (the best a basis layer could
 do), and *from layer times* adds back the measured basis layer times instead.
+
+With ``fuse_norm`` every timed layer is a conv, its batch norm and ReLU
+(:class:`ConvNormReLU`): dense, basis with the norm folded in (the ``basis_*`` columns) and
+basis unfused (``unfused_*``), so the rows say per shape what folding the norm gains; the
+time bound then scales the whole triple to its FLOP ratio, the issue-13 target.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError
 from ..kernels import auto, triton_conv
-from ..layers import BasisConv2d, resolve_num_basis
+from ..layers import BasisConv2d, conv_norm_act, resolve_num_basis
 from ..loop import precision_name
 from ..models import build_model
 from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
@@ -148,6 +153,45 @@ def resnet18_shapes() -> dict[ConvShape, list[str]]:
     return shapes
 
 
+class ConvNormReLU(nn.Module):
+    """A conv, its batch norm and ReLU, as the models compute them (:func:`conv_norm_act`)."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv, self.norm = conv, nn.BatchNorm2d(conv.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_norm_act(self.conv, self.norm, x, relu=True)
+
+
+def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> dict:
+    """What a layer row times: the dense conv and each fraction's basis layer, or with
+    ``fuse_norm`` those as :class:`ConvNormReLU` triples plus the unfused basis triple."""
+    dense = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
+                      shape.padding, bias=False)
+    wrap = ConvNormReLU if options.fuse_norm else (lambda conv: conv)
+    forms = {"dense": wrap(dense)}
+    for fraction in options.fractions:
+        m = resolve_num_basis(fraction, shape.out_channels)
+        for key, fuse in ((fraction, options.fuse_norm),
+                          *((((fraction, "unfused"), False),) if options.fuse_norm else ())):
+            forms[key] = wrap(BasisConv2d(shape.in_channels, shape.out_channels, shape.kernel, m,
+                                          stride=shape.stride, padding=shape.padding,
+                                          combine=options.combine, fuse_norm=fuse))
+    return {k: runner.prepare(module) for k, module in forms.items()}
+
+
+def _timed_eval(modules: dict, run: Callable[[], dict]) -> dict:
+    """``run()`` with every module in eval mode (an inference forward), then train again."""
+    for module in modules.values():
+        module.eval()
+    try:
+        return run()
+    finally:
+        for module in modules.values():
+            module.train()
+
+
 def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                      shapes: dict[ConvShape, list[str]] | None = None,
                      progress: Progress = _say) -> list[dict]:
@@ -156,23 +200,16 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
     rows = []
     for shape, names in (resnet18_shapes() if shapes is None else shapes).items():
         torch.manual_seed(0)
-        dense = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
-                          shape.padding, bias=False)
         stem = shape.in_channels == 3  # nobody needs the gradient w.r.t. the images
         x = runner.input(options.batch_size, shape.in_channels, shape.input_hw, shape.input_hw,
                          requires_grad=not stem)
         backward = output_gradient(runner.input(options.batch_size, shape.out_channels,
                                                 shape.output_hw, shape.output_hw))
-        modules = {"dense": runner.prepare(dense)}
-        sizes = {}
-        for fraction in options.fractions:
-            m = resolve_num_basis(fraction, shape.out_channels)
-            sizes[fraction] = m
-            modules[fraction] = runner.prepare(BasisConv2d(
-                shape.in_channels, shape.out_channels, shape.kernel, m, stride=shape.stride,
-                padding=shape.padding, combine=options.combine))
-        fwd = timer.run({k: runner.forward(mod, x) for k, mod in modules.items()},
-                        options.layer_repeats, options.warmup)
+        modules = _timed_forms(options, runner, shape)
+        sizes = {f: resolve_num_basis(f, shape.out_channels) for f in options.fractions}
+        forward = lambda: timer.run({k: runner.forward(mod, x) for k, mod in modules.items()},  # noqa: E731
+                                    options.layer_repeats, options.warmup)
+        fwd = _timed_eval(modules, forward) if options.fuse_norm else forward()
         fwdbwd = timer.run({k: runner.training_step(mod, x, backward) for k, mod in modules.items()},
                            options.layer_repeats, options.warmup)
         costs = {"dense": conv2d_cost(shape.in_channels, shape.out_channels, shape.kernel,
@@ -181,7 +218,9 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
             for combine in dict.fromkeys(("stacked", "split", options.combine)):
                 costs[fraction, combine] = basis_conv2d_cost(
                     shape.in_channels, shape.out_channels, shape.kernel, m, shape.output_hw,
-                    combine=combine, input_grad=not stem)
+                    combine=combine, input_grad=not stem,
+                    fused_norm="batch" if options.fuse_norm and combine == options.combine
+                    else None, norm_grad=options.fuse_norm)
         for fraction, m in sizes.items():
             cost, paper = costs[fraction, options.combine], costs[fraction, "split"]
             theory_fb = cost.total_flops / costs["dense"].total_flops
@@ -203,9 +242,15 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                 "fwdbwd_vs_theory": measured_fb / theory_fb,
             })
             r = rows[-1]
+            unfused = ""
+            if options.fuse_norm:
+                r.update({"unfused_fwd_ms": fwd[fraction, "unfused"],
+                          "unfused_fwdbwd_ms": fwdbwd[fraction, "unfused"],
+                          "fused_vs_unfused_fwdbwd": fwdbwd[fraction] / fwdbwd[fraction, "unfused"]})
+                unfused = f"  fused/unfused x{r['fused_vs_unfused_fwdbwd']:.2f}"
             progress(f"  {shape.label:24s} m={m:<4d} fwd {r['fwd_ratio']:.3f} (theory "
                      f"{r['theory_fwd_ratio']:.3f})  fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, "
-                     f"x{r['fwdbwd_vs_theory']:.2f})  dense {fwdbwd['dense']:.1f} ms")
+                     f"x{r['fwdbwd_vs_theory']:.2f})  dense {fwdbwd['dense']:.1f} ms{unfused}")
     return rows
 
 
