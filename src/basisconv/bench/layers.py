@@ -212,13 +212,15 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
         fwd = _timed_eval(modules, forward) if options.fuse_norm else forward()
         fwdbwd = timer.run({k: runner.training_step(mod, x, backward) for k, mod in modules.items()},
                            options.layer_repeats, options.warmup)
+        # at the batch timed: with norms folded in, a per-call term does not scale with it
         costs = {"dense": conv2d_cost(shape.in_channels, shape.out_channels, shape.kernel,
-                                      shape.output_hw, input_grad=not stem)}
+                                      shape.output_hw, batch=options.batch_size,
+                                      input_grad=not stem)}
         for fraction, m in sizes.items():
             for combine in dict.fromkeys(("stacked", "split", options.combine)):
                 costs[fraction, combine] = basis_conv2d_cost(
                     shape.in_channels, shape.out_channels, shape.kernel, m, shape.output_hw,
-                    combine=combine, input_grad=not stem,
+                    batch=options.batch_size, combine=combine, input_grad=not stem,
                     fused_norm="batch" if options.fuse_norm and combine == options.combine
                     else None, norm_grad=options.fuse_norm)
         for fraction, m in sizes.items():
@@ -292,7 +294,9 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
                                            fuse_norm=options.fuse_norm)
             paper[fraction] = model_cost(apply_basis(base, "all", fraction, convert=False,
                                                      only_where_saves=True, combine="split"))
-    costs = {k: model_cost(m) for k, m in models.items()}
+    # at the batch timed: with norms folded in, a per-call term (A Cov_b) does not scale with it
+    shape = (options.batch_size, 3, 32, 32)
+    costs = {k: model_cost(m, shape) for k, m in models.items()}
     prepared = {k: runner.prepare(m) for k, m in models.items()}
     x = runner.input(options.batch_size, 3, 32, 32)
 
@@ -323,7 +327,9 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
             "model": "resnet18", "batch": options.batch_size, "fraction": fraction,
             "combine": options.combine, "layers_dense": " ".join(dense_layers),
             "params": cost.params, "dense_params": dense.params,
-            "forward_flops": cost.forward_flops, "backward_flops": cost.backward_flops,
+            # per image, as before (the whole batch's over its size)
+            "forward_flops": cost.forward_flops // options.batch_size,
+            "backward_flops": cost.backward_flops // options.batch_size,
             "theory_fwd_ratio": cost.forward_flops / dense.forward_flops,
             "theory_fwdbwd_ratio": theory_fb,
             "paper_fwdbwd_ratio": paper[fraction].total_flops / dense.total_flops,
