@@ -142,9 +142,12 @@ class BatchNormedCombination(torch.autograd.Function):
             folded, _ = fold(a, mean, var, conv_bias, norm_weight, norm_bias, ctx.eps)
             g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
             weight = folded.to(maps.dtype)[:, :, None, None]
-            grad_maps, grad_folded, grad_folded_bias = torch.ops.aten.convolution_backward(
-                g, maps, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                [maps_grad, True, True])
+            grad_maps, grad_folded, _ = torch.ops.aten.convolution_backward(
+                g, maps, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                [maps_grad, True, False])
+            # the bias gradient as a plain reduction: convolution_backward's own took 5.5 ms
+            # of a 64-channel 32x32 batch of 128 in channels_last on CPU, the sum 0.6 ms
+            grad_folded_bias = g.sum((0, 2, 3))
             small = _fold_backward(grad_folded[:, :, 0, 0].to(a.dtype),
                                    grad_folded_bias.to(a.dtype), a, mean, var, mean_b, a_cov,
                                    conv_bias, norm_weight, ctx.eps, maps_grad)
