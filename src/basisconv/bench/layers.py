@@ -182,7 +182,8 @@ def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> d
 
 
 def _timed_eval(modules: dict, run: Callable[[], dict]) -> dict:
-    """``run()`` with every module in eval mode (an inference forward), then train again."""
+    """``run()`` with every module in eval mode (an inference forward: a batch norm uses
+    its running statistics; a conv alone is the same in both modes), then train again."""
     for module in modules.values():
         module.eval()
     try:
@@ -207,9 +208,9 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                                                 shape.output_hw, shape.output_hw))
         modules = _timed_forms(options, runner, shape)
         sizes = {f: resolve_num_basis(f, shape.out_channels) for f in options.fractions}
-        forward = lambda: timer.run({k: runner.forward(mod, x) for k, mod in modules.items()},  # noqa: E731
-                                    options.layer_repeats, options.warmup)
-        fwd = _timed_eval(modules, forward) if options.fuse_norm else forward()
+        fwd = _timed_eval(modules, lambda: timer.run(
+            {k: runner.forward(mod, x) for k, mod in modules.items()}, options.layer_repeats,
+            options.warmup))
         fwdbwd = timer.run({k: runner.training_step(mod, x, backward) for k, mod in modules.items()},
                            options.layer_repeats, options.warmup)
         # at the batch timed: with norms folded in, a per-call term does not scale with it

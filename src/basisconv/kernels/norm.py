@@ -15,13 +15,15 @@ basis can save (issue 13). They need not run at full width:
   which fold into the combination: ``BN(y) = (s A) b + (beta - s (A mean_b))``;
 * so the output is one GEMM of the basis maps with the folded matrix (a 1x1 conv), its
   bias added and the ReLU applied in place: the only full-width tensor of the forward,
-  and autograd's backward reads it once for the ReLU mask.
+  and the backward reads it once for the ReLU mask.
 
-Autograd differentiates all of it, through the moments as batch norm's own backward does
-through its statistics, so the gradients are batch norm's (checked in float64 in
-``tests/test_norm_fusion.py``). The moments are taken in the basis maps' float32 (or
-float64) with autocast off, from centred maps, because statistics in bf16 would lose the
-precision batch norm keeps. In eval mode the running statistics fold in the same way.
+With batch statistics the backward is written out (:class:`BatchNormedCombination`): it
+differentiates through the moments as batch norm's own backward does through its
+statistics, so the gradients are batch norm's (checked in float64 against the unfused
+layers in ``tests/test_norm_fusion.py``), and ``torch.compile`` can trace it. The moments
+are taken in float32 (float64 for float64 maps) with autocast off, from centred maps,
+because statistics in bf16 would lose the precision batch norm keeps. In eval mode the
+running statistics fold in the same way and autograd differentiates the 1x1 conv.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class BatchNormedCombination(torch.autograd.Function):
     Backward, with ``g`` the output gradient through the ReLU mask:
 
     * the 1x1 conv's own backward (``aten.convolution_backward``: oneDNN or cuDNN) gives
-      the maps' gradient along the linear path, and the folded matrix's and bias's;
+      the maps' gradient along the linear path and the folded matrix's; the folded bias's
+      is ``g`` summed;
     * those flow back through :func:`fold` and :func:`output_moments` (tensors of ``C_out``
       or ``m x m`` entries, :func:`_fold_backward`) to ``a``, the norm's parameters and the
       moments;
@@ -126,8 +129,8 @@ class BatchNormedCombination(torch.autograd.Function):
             if relu:
                 out.relu_()
         # the output only for the ReLU's mask: without one, it may be changed in place later
-        ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov,
-                              mean, var)
+        ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias,
+                              mean_b, a_cov, mean, var)
         ctx.eps, ctx.relu = eps, relu
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
