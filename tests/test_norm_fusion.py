@@ -182,3 +182,30 @@ def test_torch_compile_traces_a_fused_model_as_one_graph():
     torch._dynamo.reset()
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
         [b.reason for b in explained.break_reasons]
+
+
+def test_frozen_coefficients_and_norm_parameters_get_no_gradient_and_the_rest_the_same():
+    """The skip schedule's off steps (coefficients frozen), with frozen norm parameters on
+    top: the fused backward gives them nothing and the basis filters what unfused does."""
+    from basisconv.surgery import CoefficientSkipSchedule
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = [apply_basis(build_model("resnet8", width=0.5), "all", 0.5, convert=False,
+                              fuse_norm=fuse).double() for fuse in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    for model in models:
+        CoefficientSkipSchedule(model, 2)(1)
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            norm.requires_grad_(False)
+        model(x).sum().backward()
+    unfused, fused = (dict(m.named_parameters()) for m in models)
+    for name, param in fused.items():
+        if unfused[name].grad is None:
+            assert param.grad is None, name
+        else:
+            torch.testing.assert_close(param.grad, unfused[name].grad, rtol=1e-8, atol=1e-10,
+                                       msg=name)
+    assert fused["layer1.0.conv1.basis_weight"].grad is not None
