@@ -209,3 +209,11 @@ def test_frozen_coefficients_and_norm_parameters_get_no_gradient_and_the_rest_th
             torch.testing.assert_close(param.grad, unfused[name].grad, rtol=1e-8, atol=1e-10,
                                        msg=name)
     assert fused["layer1.0.conv1.basis_weight"].grad is not None
+
+
+def test_a_combine_mode_that_the_fold_replaces_is_said_to_not_apply():
+    with pytest.warns(UserWarning, match="combine='fused' applies only to layers without one"):
+        BasisConv2d(4, 8, 3, 2, combine="fused", fuse_norm=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BasisConv2d(4, 8, 3, 2, fuse_norm=True)  # stacked: what the fold computes anyway

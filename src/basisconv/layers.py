@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Sequence
 
 import torch
@@ -147,6 +148,10 @@ class BasisConv2d(nn.Module):
         self.dilation = _pair(dilation)
         self.combine = combine
         self.fuse_norm = bool(fuse_norm)
+        if self.fuse_norm and combine != "stacked":
+            warnings.warn(f"fuse_norm=True: where a batch norm follows the layer (conv_norm_act) "
+                          f"the combination runs as one 1x1 conv with the norm folded in, so "
+                          f"combine={combine!r} applies only to layers without one", stacklevel=2)
         n_combined = out_channels - m
         coefficient_rank = check_coefficient_rank(coefficient_rank, out_channels, m)
         self.coefficient_rank = coefficient_rank
