@@ -171,13 +171,16 @@ def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> d
                       shape.padding, bias=False)
     wrap = ConvNormReLU if options.fuse_norm else (lambda conv: conv)
     forms = {"dense": wrap(dense)}
+    def basis(fraction: float, fuse: bool) -> nn.Module:
+        return wrap(BasisConv2d(shape.in_channels, shape.out_channels, shape.kernel,
+                                resolve_num_basis(fraction, shape.out_channels),
+                                stride=shape.stride, padding=shape.padding,
+                                combine=options.combine, fuse_norm=fuse))
+
     for fraction in options.fractions:
-        m = resolve_num_basis(fraction, shape.out_channels)
-        for key, fuse in ((fraction, options.fuse_norm),
-                          *((((fraction, "unfused"), False),) if options.fuse_norm else ())):
-            forms[key] = wrap(BasisConv2d(shape.in_channels, shape.out_channels, shape.kernel, m,
-                                          stride=shape.stride, padding=shape.padding,
-                                          combine=options.combine, fuse_norm=fuse))
+        forms[fraction] = basis(fraction, options.fuse_norm)
+        if options.fuse_norm:
+            forms[fraction, "unfused"] = basis(fraction, False)
     return {k: runner.prepare(module) for k, module in forms.items()}
 
 

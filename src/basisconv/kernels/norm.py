@@ -74,17 +74,24 @@ def basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return mean, centred.T @ centred / rows.shape[0]
 
 
+def _normalizer(mean: torch.Tensor, var: torch.Tensor, conv_bias: torch.Tensor | None,
+                norm_weight: torch.Tensor | None, eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch norm's per-channel ``rstd = 1/sqrt(var + eps)``, ``scale = gamma rstd`` and the
+    ``offset = c - mean`` it scales (the conv bias enters as batch norm sees it: with batch
+    statistics ``mean`` includes it, so it cancels, its gradient exactly zero as in the
+    unfused layers)."""
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd if norm_weight is None else rstd * norm_weight
+    return rstd, scale, (-mean if conv_bias is None else conv_bias - mean)
+
+
 def fold(a: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
          conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
          norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The combination ``a`` and its bias with batch norm folded in, given the mean and
-    variance of the combined outputs: ``BN(a b + c) = (s a) b + (beta + s (c - mean))``.
-    The conv bias enters as batch norm sees it: with batch statistics (``mean`` includes
-    it) it cancels, and its gradient is exactly zero, as in the unfused layers."""
-    scale = torch.rsqrt(var + eps)
-    if norm_weight is not None:
-        scale = scale * norm_weight
-    offset = -mean if conv_bias is None else conv_bias - mean
+    variance of the combined outputs: ``BN(a b + c) = (s a) b + (beta + s (c - mean))``."""
+    _, scale, offset = _normalizer(mean, var, conv_bias, norm_weight, eps)
     return scale[:, None] * a, (scale * offset if norm_bias is None else norm_bias + scale * offset)
 
 
@@ -124,10 +131,7 @@ class BatchNormedCombination(torch.autograd.Function):
             mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
             mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
             folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
-            out = F.conv2d(maps, folded.to(maps.dtype)[:, :, None, None],
-                           folded_bias.to(maps.dtype))
-            if relu:
-                out.relu_()
+            out = _combine(maps, folded, folded_bias, relu)
         # the output only for the ReLU's mask: without one, it may be changed in place later
         ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias,
                               mean_b, a_cov, mean, var)
@@ -142,7 +146,8 @@ class BatchNormedCombination(torch.autograd.Function):
          var) = ctx.saved_tensors
         count, maps_grad = maps.numel() // maps.shape[1], ctx.needs_input_grad[0]
         with _without_autocast(maps.device.type):
-            folded, _ = fold(a, mean, var, conv_bias, norm_weight, norm_bias, ctx.eps)
+            normalizer = _normalizer(mean, var, conv_bias, norm_weight, ctx.eps)
+            folded = normalizer[1][:, None] * a
             g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
             weight = folded.to(maps.dtype)[:, :, None, None]
             grad_maps, grad_folded, _ = torch.ops.aten.convolution_backward(
@@ -152,8 +157,8 @@ class BatchNormedCombination(torch.autograd.Function):
             # of a 64-channel 32x32 batch of 128 in channels_last on CPU, the sum 0.6 ms
             grad_folded_bias = g.sum((0, 2, 3))
             small = _fold_backward(grad_folded[:, :, 0, 0].to(a.dtype),
-                                   grad_folded_bias.to(a.dtype), a, mean, var, mean_b, a_cov,
-                                   conv_bias, norm_weight, ctx.eps, maps_grad)
+                                   grad_folded_bias.to(a.dtype), a, mean_b, a_cov, normalizer,
+                                   conv_bias, norm_weight, maps_grad)
             grad_a, grad_conv_bias, grad_weight, grad_bias, grad_mean_b, grad_cov_b = small
             if maps_grad:  # d rows += (rows - mean_b) S + d mean_b / n, an m -> m 1x1 conv
                 sym = (grad_cov_b + grad_cov_b.T) / count
@@ -165,15 +170,13 @@ class BatchNormedCombination(torch.autograd.Function):
                 grad_bias if ctx.needs_input_grad[4] else None, None, None)
 
 
-def _fold_backward(grad_folded, grad_folded_bias, a, mean, var, mean_b, a_cov, conv_bias,
-                   norm_weight, eps, moments_grad: bool):
+def _fold_backward(grad_folded, grad_folded_bias, a, mean_b, a_cov, normalizer, conv_bias,
+                   norm_weight, moments_grad: bool):
     """The gradients of :func:`fold` after :func:`output_moments`, by hand (autograd
     inside a backward would keep ``torch.compile`` from tracing it): for ``a``, the conv
     bias (zero: it cancels), the norm's weight and bias, and (``moments_grad``) the basis
-    moments."""
-    rstd = torch.rsqrt(var + eps)
-    scale = rstd if norm_weight is None else rstd * norm_weight
-    offset = -mean if conv_bias is None else conv_bias - mean
+    moments. ``normalizer``: what :func:`_normalizer` gave the forward."""
+    rstd, scale, offset = normalizer
     grad_scale = (grad_folded * a).sum(1) + grad_folded_bias * offset
     grad_mean = -grad_folded_bias * scale
     grad_rstd = grad_scale if norm_weight is None else grad_scale * norm_weight
