@@ -14,6 +14,7 @@ md5 sums, so a truncated download or a different dataset never trains silently.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -290,11 +291,19 @@ def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) 
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
+@functools.lru_cache(maxsize=None)
+def _standardization(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10's channel mean and std on 0-255, made once per device: building them per
+    batch copied them to a GPU with a blocking copy, a host synchronization every step."""
+    def scaled(values):
+        return torch.tensor(values, dtype=dtype).view(1, 3, 1, 1).mul(255).to(device)
+    return scaled(MEAN), scaled(STD)
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32,
               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` -> standardized float, in the layout the model runs in."""
-    mean = torch.tensor(MEAN, device=images.device, dtype=dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    mean, std = _standardization(images.device, dtype)
     x = images.to(memory_format=memory_format).to(dtype)
     return (x - mean) / std
 
