@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None,
                         help="torch.compile the model in this mode (reduce-overhead: CUDA "
                              "graphs); default eager")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each step as CUDA graphs (trainer.cuda_graphs; CUDA only)")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default results/)")
     args = parser.parse_args(argv)
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        parser.error("--cuda-graphs needs --device cuda")
     options = ThroughputOptions(**{k: v for k, v in vars(args).items() if k != "out"})
 
     command = " ".join(["python", "scripts/benchmark_train.py", *(sys.argv[1:] if argv is None else argv)])

@@ -11,6 +11,8 @@ subprocess with its own time limit:
   training, sensitivity, exhaustive search, speed benchmark, analysis);
 * ``paper-epoch``: one epoch of ``profile=paper`` on genuine CIFAR-10 (skipped, and said
   so, when the data is not found: ``--data-root`` or ``CIFAR10_ROOT``);
+* ``paper-epoch-graphs``: the same epoch with every step replayed as CUDA graphs
+  (``trainer.cuda_graphs=true``), to set its epoch time beside the eager one's;
 * ``benchmark``: the layer and model speed benchmark on CUDA (``--quick``, bf16);
 * ``benchmark-fused``: the same with ``--combine fused`` (the Triton kernel; its files carry
   ``-fused``), to set beside the stacked form and the dense conv;
@@ -44,8 +46,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="where the record goes (default results/)")
     parser.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "./data"),
                         help="genuine CIFAR-10 for the paper-profile epoch")
-    parts = ["tests", "smoke", "paper-epoch", "benchmark", "benchmark-fused",
-             "benchmark-fuse-norm"]
+    parts = ["tests", "smoke", "paper-epoch", "paper-epoch-graphs", "benchmark",
+             "benchmark-fused", "benchmark-fuse-norm"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     return parser.parse_args(argv)
 
@@ -118,19 +120,20 @@ def main(argv: list[str] | None = None) -> int:
                                   env, 240, work))
         elif name == "smoke":
             parts.append(run_part(name, ["bash", "scripts/reproduce.sh", "smoke"], env, 300, work))
-        elif name == "paper-epoch":
+        elif name in ("paper-epoch", "paper-epoch-graphs"):
             try:
                 find_cifar10(args.data_root)
             except DatasetError as err:
                 print(f"== {name}: skipped ({err})", flush=True)
                 parts.append({"part": name, "status": "skipped", "reason": str(err)})
                 continue
-            run_dir = work / "paper-epoch"
+            run_dir = work / name
+            graphs = ["trainer.cuda_graphs=true"] if name == "paper-epoch-graphs" else []
             result = run_part(name, [sys.executable, "scripts/train.py", "profile=paper",
                                      "experiment=baseline", "trainer.epochs=1", "logger=none",
                                      "trainer.resume=false", f"data.root={args.data_root}",
-                                     "trainer.progress=false", f"hydra.run.dir={run_dir}"],
-                              env, 240, work)
+                                     "trainer.progress=false", f"hydra.run.dir={run_dir}",
+                                     *graphs], env, 240, work)
             parts.append({**result, **paper_epoch_details(run_dir)})
         else:
             # the fused kernel compiles and autotunes per shape: the two sizes the goal names

@@ -27,6 +27,9 @@ case $PROFILE in
 esac
 RECORDS=$RESULTS/runs
 CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
+# OVERRIDES="key=value ...": Hydra overrides for every run, the sensitivity estimate and the
+# search, e.g. speed options (OVERRIDES="trainer.cuda_graphs=true" on a GPU)
+read -r -a EXTRA <<< "${OVERRIDES:-}"
 
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 DEVICE=$([ "$GPUS" -gt 0 ] && echo cuda || echo cpu)
@@ -103,7 +106,7 @@ train() {  # train <row folder> <overrides...>: one run per seed
     published "$RECORDS/$row/seed$seed.json" "$row seed $seed" && continue
     [ "$JOBS" -le 1 ] && echo "== $row seed $seed"
     run "$row-seed$seed" "$PY" scripts/train.py profile="$PROFILE" seed="$seed" "$@" \
-      hydra.run.dir="$OUT/$row/seed$seed" trainer.progress=false \
+      ${EXTRA[@]+"${EXTRA[@]}"} hydra.run.dir="$OUT/$row/seed$seed" trainer.progress=false \
       publish="$RECORDS/$row/seed$seed.json" sensitivity.cache_dir="$CACHE" \
       sensitivity.restore_from="$RECORDS/sensitivity.json"
   done
@@ -112,7 +115,7 @@ train() {  # train <row folder> <overrides...>: one run per seed
 # 1. sensitivity analysis (one table, reused by every seed of step 4; first, so that it
 #    runs beside the runs that do not need it)
 published "$RECORDS/sensitivity.json" "sensitivity" \
-  || run sensitivity "$PY" scripts/sensitivity.py profile="$PROFILE" \
+  || run sensitivity "$PY" scripts/sensitivity.py profile="$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"} \
        hydra.run.dir="$OUT/sensitivity" sensitivity.cache_dir="$CACHE" \
        sensitivity.workers="$WORKERS" \
        publish="$RECORDS/sensitivity.json"
@@ -127,6 +130,7 @@ done
 published "$RECORDS/exhaustive-search-resnet8.json" "exhaustive search" \
   || run exhaustive-search-resnet8 "$PY" scripts/exhaustive_search.py profile="$PROFILE" \
        model=resnet8 sensitivity.search_subset_size=3 sensitivity.cache_dir="$CACHE" \
+       ${EXTRA[@]+"${EXTRA[@]}"} \
        sensitivity.workers="$WORKERS" \
        hydra.run.dir="$OUT/exhaustive-search-resnet8" \
        publish="$RECORDS/exhaustive-search-resnet8.json"

@@ -93,6 +93,20 @@ def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, overrid
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.compile=true", "trainer.compile_mode=reduce-overhead"],
+     "trainer.cuda_graphs=true captures the step itself; .* not reduce-overhead"),
+    (["basis.coefficient_update_every=2"],
+     "basis.coefficient_update_every=2 changes which parameters train between steps"),
+])
+def test_cuda_graphs_refuse_what_a_captured_step_cannot_replay(compose_cfg, overrides, message):
+    validate(compose_cfg("trainer.cuda_graphs=true"))
+    validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true"))
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(compose_cfg("trainer.cuda_graphs=true", *overrides))
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("override", ["trainer.epochz=3", "trainer.epochs=abc", "model=resnet19"])
 def test_typos_and_wrong_types_fail_when_composing(compose_cfg, override):
     with pytest.raises(ConfigCompositionException):

@@ -15,10 +15,11 @@ ROWS = ["baseline", "basis-all-0.5", "basis-all-0.125", "basis-all-0.25", "basis
         "selected-last_k-0.5"]
 
 
-def reproduce(repo, machine, jobs=2):
+def reproduce(repo, machine, jobs=2, overrides=""):
     """The smoke protocol as a machine of its own would run it: its own outputs and cache."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PY": sys.executable, "JOBS": str(jobs),
-           "OUTPUTS": str(machine / "outputs"), "SENSITIVITY_CACHE": str(machine / "cache")}
+           "OUTPUTS": str(machine / "outputs"), "SENSITIVITY_CACHE": str(machine / "cache"),
+           "OVERRIDES": overrides}
     return subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -39,13 +40,14 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
 
     # A new machine with the published records only (the protocol was cut off before two
     # runs finished): it trains those two, restores the sensitivity table from its record
-    # instead of estimating it again, and builds the tables from all the records.
+    # instead of estimating it again, and builds the tables from all the records. Its runs
+    # take the OVERRIDES given (here a speed option, ignored on a CPU).
     second = tmp_path / "second"
     shutil.copytree(runs, second / "outputs" / "smoke" / "results" / "runs")
     mine = second / "outputs" / "smoke" / "results" / "runs"
     for row in ("basis-all-0.25", "selected-sensitivity_budget-0.5"):
         (mine / row / "seed0.json").unlink()
-    result = reproduce(repo, second)
+    result = reproduce(repo, second, overrides="trainer.cuda_graphs=true  trainer.threads=1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     started = [line for line in result.stdout.splitlines() if line.endswith(")")
                and ": started" in line]
@@ -57,6 +59,8 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
         again = json.loads((mine / row / "seed0.json").read_text())
         before = json.loads((runs / row / "seed0.json").read_text())
         assert again["model"]["basis_layers"] == before["model"]["basis_layers"]
+        assert again["config"]["trainer"]["cuda_graphs"] is True
+        assert not before["config"]["trainer"]["cuda_graphs"]
     index = json.loads((mine.parent / "index.json").read_text())
     assert len(index["runs"]) == len(ROWS)
 

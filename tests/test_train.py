@@ -125,6 +125,14 @@ def test_benchmark_train_measures_a_basis_model_and_names_its_file_by_the_option
     assert file_name("cuda", "bf16", options.tag) == \
         "train-throughput-cuda-bf16-basis0.25-fused-compile-reduce-overhead.json"
     assert file_name("cpu", "none", ThroughputOptions().tag) == "train-throughput-cpu-fp32.json"
+    assert file_name("cuda", "bf16", ThroughputOptions(cuda_graphs=True).tag) == \
+        "train-throughput-cuda-bf16-graphs.json"
+
+
+def test_benchmark_train_refuses_cuda_graphs_off_cuda(repo):
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "benchmark_train.py"),
+                             "--cuda-graphs"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--cuda-graphs needs --device cuda" in result.stderr
 
 
 def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_path):

@@ -31,7 +31,8 @@ CHECKPOINT = "checkpoint.pt"
 # Keys that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                      "logger.mode", "logger.tags", "publish", "sensitivity.restore_from",
-                     "sensitivity.workers", "trainer.compile_mode"}
+                     "sensitivity.workers", "trainer.compile_mode",
+                     "trainer.cuda_graphs"}
 
 
 LOCK = "run.lock"

@@ -59,6 +59,7 @@ class TrainerConfig:
     channels_last: bool = MISSING
     compile: bool = MISSING
     compile_mode: str = MISSING  # torch.compile mode; reduce-overhead = CUDA graphs
+    cuda_graphs: bool = MISSING  # replay each training and evaluation step as CUDA graphs
     device: str = MISSING
     threads: Optional[int] = MISSING
     deterministic: bool = MISSING
@@ -145,6 +146,7 @@ BASIS_INIT = ("scratch", "convert")
 LOGGER_BACKENDS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # these capture CUDA graphs
 
 
 def _check(ok: bool, message: str) -> None:
@@ -236,6 +238,13 @@ def validate(cfg: DictConfig) -> None:
     _check_choice(t.schedule, SCHEDULES, "trainer.schedule")
     _check_choice(t.amp, AMP, "trainer.amp")
     _check_choice(t.compile_mode, COMPILE_MODES, "trainer.compile_mode")
+    _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
+           f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
+           f"trainer.compile_mode=default or max-autotune-no-cudagraphs, not {t.compile_mode}")
+    _check(not (t.cuda_graphs and cfg.basis.coefficient_update_every > 1),
+           f"trainer.cuda_graphs=true replays one fixed step, but "
+           f"basis.coefficient_update_every={cfg.basis.coefficient_update_every} changes which "
+           f"parameters train between steps; set one of them back (false, or 1)")
     _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
            f"publish={cfg.publish!r} must name a .json file (or be null)")
     _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")

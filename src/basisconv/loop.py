@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, graphs
 from .data import TensorBatches
 from .errors import ConfigError
 
@@ -134,6 +134,16 @@ def build_optimizer(model: nn.Module, trainer: DictConfig) -> torch.optim.SGD:
                            weight_decay=trainer.weight_decay, fused=True if on_cuda else None)
 
 
+def use_cuda_graphs(trainer: DictConfig, device: torch.device) -> bool:
+    """Whether steps replay as CUDA graphs: ``trainer.cuda_graphs`` on a CUDA device, in
+    a single process (elsewhere the setting is ignored, so one config serves CPU and GPU
+    machines)."""
+    graphed = trainer.cuda_graphs and device.type == "cuda" and not distributed.is_distributed()
+    if trainer.cuda_graphs and not graphed:
+        log.info("trainer.cuda_graphs applies to single-process CUDA runs; running eagerly")
+    return graphed
+
+
 def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
     """``model`` under ``torch.compile`` when ``trainer.compile``, in ``trainer.compile_mode``
     (``reduce-overhead`` replays CUDA graphs: one launch per step's forward and backward)."""
@@ -211,35 +221,50 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, amp_dtype=None,
                     label_smoothing: float = 0.0, progress: str | None = None,
                     before_step: Callable[[], Any] | None = None,
-                    extra_loss: Callable[[], torch.Tensor] | None = None) -> EpochStats:
+                    extra_loss: Callable[[], torch.Tensor] | None = None,
+                    graphed: bool = False) -> EpochStats:
     """One pass over ``batches``. ``before_step`` runs before each step (e.g. the
     coefficient skip-training schedule); ``extra_loss`` is added to the loss (e.g. an L1
-    penalty on the coefficients); the reported loss is the cross-entropy alone."""
+    penalty on the coefficients); the reported loss is the cross-entropy alone.
+    ``graphed`` replays the step as CUDA graphs (:mod:`basisconv.graphs`; its backward
+    time then includes the optimizer update)."""
+    if graphed and before_step is not None:
+        raise ValueError("a graphed training step cannot run a before_step hook")
     model.train()
     device = batches.images.device
     timer = StepTimer(device)
     # Sums stay on the device: a .item() per step would synchronize a GPU every step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+
+    def forward(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None,
+                            cache_enabled=not graphed):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            objective = loss if extra_loss is None else loss + extra_loss()
+        loss_sum.add_(loss.detach() * labels.numel())
+        correct.add_((logits.argmax(1) == labels).sum())
+        return objective
+
+    graph = graphs.GraphedTrainStep(forward, optimizer, device) if graphed else None
     seen = 0
     start = time.perf_counter()
     for images, labels in tqdm(batches, desc=progress, leave=False,
                                disable=None if progress else True):
         if before_step is not None:
             before_step()
-        step_start = timer.mark()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-            objective = loss if extra_loss is None else loss + extra_loss()
-        forward_done = timer.mark()
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        timer.add(step_start, forward_done, timer.mark())
-        optimizer.step()
+        if graph is not None:
+            timer.add(*graph(images, labels, timer.mark))
+        else:
+            step_start = timer.mark()
+            objective = forward(images, labels)
+            forward_done = timer.mark()
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            timer.add(step_start, forward_done, timer.mark())
+            optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * labels.numel()
-        correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                                      torch.tensor(float(seen), device=device)]))
@@ -253,32 +278,48 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None) -> EpochStats:
+def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None,
+             graphed: bool = False) -> EpochStats:
+    """Loss and accuracy over ``batches``; ``graphed`` replays one CUDA graph per batch,
+    the last partial batch padded (:class:`basisconv.graphs.GraphedEvalStep`)."""
     model.eval()
     device = batches.images.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+
+    def forward(images: torch.Tensor, labels: torch.Tensor,
+                count: torch.Tensor | None = None) -> None:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None,
+                            cache_enabled=not graphed):
+            logits = model(images)
+        hits = logits.argmax(1) == labels
+        if count is None:
+            loss_sum.add_(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        else:  # rows from ``count`` on are padding
+            valid = torch.arange(labels.shape[0], device=device) < count
+            losses = F.cross_entropy(logits.float(), labels, reduction="none")
+            loss_sum.add_(torch.where(valid, losses, 0.0).sum())
+            hits &= valid
+        correct.add_(hits.sum())
+
+    step = graphs.GraphedEvalStep(forward, device) if graphed else forward
     start = time.perf_counter()
     for images, labels in batches:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
+        step(images, labels)
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
     n = batches.labels.numel()
     return EpochStats(totals[0].item() / n, totals[1].item() / n, time.perf_counter() - start)
 
 
-
-
 def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
               test_batches: TensorBatches, optimizer, scheduler, trainer: DictConfig,
-              amp_dtype, **hooks) -> dict[str, Any]:
+              amp_dtype, graphed: bool = False, **hooks) -> dict[str, Any]:
     lr = optimizer.param_groups[0]["lr"]
     progress = f"epoch {epoch}/{trainer.epochs}" if trainer.progress else None
     train = train_one_epoch(model, train_batches, optimizer, scheduler, amp_dtype=amp_dtype,
-                            label_smoothing=trainer.label_smoothing, progress=progress, **hooks)
-    test = evaluate(model, test_batches, amp_dtype=amp_dtype)
+                            label_smoothing=trainer.label_smoothing, progress=progress,
+                            graphed=graphed, **hooks)
+    test = evaluate(model, test_batches, amp_dtype=amp_dtype, graphed=graphed)
     log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,
              test.loss, test.accuracy, lr, train.seconds)
     return {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,

@@ -60,6 +60,7 @@ class Probe:
         self.seed = cfg.sensitivity.seed
         self.runtime = loop.setup(trainer, self.seed)
         self.device, self.memory_format = self.runtime.device, self.runtime.memory_format
+        self.graphed = loop.use_cuda_graphs(trainer, self.device)
         data = prepare_data(cfg.data, self.seed)
         self.split = holdout_split(data.train_images, data.train_labels,
                                    cfg.sensitivity.val_size, self.seed)
@@ -102,10 +103,11 @@ class Probe:
         for _ in range(epochs):
             loop.train_one_epoch(model, batches, optimizer, scheduler,
                                  amp_dtype=self.runtime.amp_dtype,
-                                 label_smoothing=recipe.label_smoothing)
+                                 label_smoothing=recipe.label_smoothing, graphed=self.graphed)
 
     def measure(self, model: nn.Module) -> dict[str, float]:
-        stats = loop.evaluate(model, self.batches(train=False), amp_dtype=self.runtime.amp_dtype)
+        stats = loop.evaluate(model, self.batches(train=False), amp_dtype=self.runtime.amp_dtype,
+                              graphed=self.graphed)
         return {"accuracy": stats.accuracy, "loss": stats.loss}
 
     def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:

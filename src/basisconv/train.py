@@ -134,6 +134,7 @@ class Training:
                              memory_format=self.memory_format, amp_dtype=self.amp_dtype)
         step_model = distributed.wrap(self.model, self.device)
         self.step_model = loop.compiled(step_model, trainer)
+        self.graphed = loop.use_cuda_graphs(trainer, self.device)
         skip_every = self.cfg.basis.coefficient_update_every
         has_basis = bool(self.results["model"]["basis_layers"])
         self.skip_schedule = (CoefficientSkipSchedule(self.model, skip_every)
@@ -174,6 +175,7 @@ class Training:
             for epoch in range(len(results["epochs"]) + 1, trainer.epochs + 1):
                 row = loop.run_epoch(epoch, self.step_model, self.train_batches, self.test_batches,
                                 self.optimizer, self.scheduler, trainer, self.amp_dtype,
+                                graphed=self.graphed,
                                 before_step=self.before_step if self.skip_schedule else None,
                                 extra_loss=self.penalty)
                 results["epochs"].append(row)

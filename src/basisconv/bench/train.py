@@ -46,6 +46,7 @@ class ThroughputOptions:
     combine: str = "stacked"         # the basis layers' form (see basisconv.kernels)
     fuse_norm: bool = False          # basis layers with their batch norm and ReLU as one
     compile_mode: str | None = None  # torch.compile the model in this mode (None: eager)
+    cuda_graphs: bool = False        # replay each step as CUDA graphs (basisconv.graphs)
 
     @property
     def tag(self) -> str:
@@ -56,6 +57,7 @@ class ThroughputOptions:
             "" if self.basis_size is None or self.combine == "stacked" else f"-{self.combine}",
             "-fusenorm" if self.basis_size is not None and self.fuse_norm else "",
             "" if self.compile_mode is None else f"-compile-{self.compile_mode}",
+            "-graphs" if self.cuda_graphs else "",
             "" if self.channels_last else "-nchw",
             "" if self.batch_size == 128 else f"-b{self.batch_size}"])
 
@@ -125,13 +127,17 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
         choose_forms_now(model, [(options.batch_size, *images.shape[1:])], device=device,
                          memory_format=layout, amp_dtype=amp)
     step_model = compiled(model, trainer)
+    # As in training, each epoch (here: the warm-up, then the timed steps) captures its
+    # graphs afresh: the timed steps include one eager step and one capture.
+    graphed = options.cuda_graphs and device.type == "cuda"
 
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
     train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer, scheduler,
-                    amp_dtype=amp)
+                    amp_dtype=amp, graphed=graphed)
     warmup_seconds = time.perf_counter() - warm
     timed = TimedBatches(batches, options.steps)
-    stats = train_one_epoch(step_model, timed, optimizer, scheduler, amp_dtype=amp)
+    stats = train_one_epoch(step_model, timed, optimizer, scheduler, amp_dtype=amp,
+                            graphed=graphed)
 
     data_seconds = sum(timed.seconds)
     return {
@@ -140,7 +146,8 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "data": source,
         "basis_size": options.basis_size, "combine": options.combine,
         "fuse_norm": options.fuse_norm,
-        "compile_mode": options.compile_mode, "warmup_seconds": warmup_seconds,
+        "compile_mode": options.compile_mode, "cuda_graphs": graphed,
+        "warmup_seconds": warmup_seconds,
         "images_per_second": options.steps * options.batch_size / stats.seconds,
         "seconds_per_step": stats.seconds / options.steps,
         # an epoch of CIFAR-10's 50,000 training images at this step time

@@ -1,0 +1,237 @@
+"""Steps replayed as CUDA graphs (basisconv.graphs, ``trainer.cuda_graphs``) train and
+evaluate what eager steps do.
+
+On the CPU (``make test``) every capture is replaced by calling the step again on the
+static buffers, so these tests check the buffers, the device learning rate the scheduler
+fills, the two phases and the padded last evaluation batch; ``make gpu-check`` runs the
+same tests with ``--device cuda``, where the graphs are really captured and replayed.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from basisconv import graphs, loop
+from basisconv.data import TensorBatches
+from basisconv.models import build_model
+from basisconv.network import coefficient_penalty
+from basisconv.surgery import apply_basis
+
+TRAINER = OmegaConf.create({"lr": 0.05, "momentum": 0.9, "nesterov": True,
+                            "weight_decay": 5e-4, "epochs": 2, "schedule": "onecycle",
+                            "warmup_fraction": 0.3})
+
+
+def _data(device, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+    return images.to(device), torch.randint(0, 10, (n,), generator=g).to(device)
+
+
+def _model(device, basis: bool):
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10, width=0.5)
+    if basis:
+        model = apply_basis(model, "all", 0.5, inplace=True, only_where_saves=True,
+                            fuse_norm=True)
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _train(model, device, graphed, *, extra_loss=None):
+    """Two epochs of four steps (one-cycle: the rate changes every step), then evaluation
+    of 37 images in batches of 16 (the last one has 5)."""
+    train_images, train_labels = _data(device, 64, 1)
+    test_images, test_labels = _data(device, 37, 2)
+    batches = TensorBatches(train_images, train_labels, 16, train=True, seed=3,
+                            memory_format=torch.channels_last)
+    tests = TensorBatches(test_images, test_labels, 16, train=False,
+                          memory_format=torch.channels_last)
+    optimizer = loop.build_optimizer(model, TRAINER)
+    scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+    stats = []
+    for _ in range(TRAINER.epochs):
+        stats.append(loop.train_one_epoch(model, batches, optimizer, scheduler,
+                                          graphed=graphed, extra_loss=extra_loss(model)
+                                          if extra_loss else None))
+        stats.append(loop.evaluate(model, tests, graphed=graphed))
+    return stats, optimizer
+
+
+def _assert_same_training(device, basis, extra_loss=None):
+    eager_model, graphed_model = _model(device, basis), _model(device, basis)
+    eager, eager_opt = _train(eager_model, device, False, extra_loss=extra_loss)
+    graphed, graphed_opt = _train(graphed_model, device, True, extra_loss=extra_loss)
+    # On the CPU the same arithmetic in the same order; on CUDA the same kernels (cuDNN
+    # may pick other algorithms between runs): equal to float tolerance.
+    tol = {"rtol": 1e-5, "atol": 1e-6} if device.type == "cpu" else {"rtol": 2e-3, "atol": 2e-4}
+    for a, b in zip(eager, graphed):
+        torch.testing.assert_close(torch.tensor([a.loss, a.accuracy]),
+                                   torch.tensor([b.loss, b.accuracy]), **tol)
+    for (name, a), b in zip(eager_model.state_dict().items(), graphed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+    for a, b in zip(eager_opt.state.values(), graphed_opt.state.values()):
+        torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"], **tol)
+    # the schedule's value stays a float (checkpoints, resume and logs read it)
+    assert isinstance(graphed_opt.param_groups[0]["lr"], float)
+    assert graphed_opt.param_groups[0]["lr"] == eager_opt.param_groups[0]["lr"]
+
+
+@pytest.mark.device
+def test_graphed_steps_train_and_evaluate_as_eager_steps(device):
+    _assert_same_training(device, basis=False)
+
+
+@pytest.mark.device
+def test_graphed_steps_of_a_basis_model_with_folded_norms_and_an_l1_penalty(device):
+    _assert_same_training(device, basis=True,
+                          extra_loss=lambda model: coefficient_penalty(model, 1e-3))
+
+
+class _ReadsItsLabel(torch.nn.Module):
+    """Logits: the first ten pixels of an image's top row, whose largest is its label."""
+
+    def forward(self, images):
+        return images[:, 0, 0, :10] * 3.0
+
+
+@pytest.mark.device
+def test_graphed_evaluation_masks_the_padding_of_the_last_batch(device):
+    """Every image of 21, in batches of 8 (the last padded from 5), counts once: all are
+    predicted right, so a padding row counted would lift the accuracy above 1, a real row
+    dropped lower it below."""
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 10, (21,), generator=g)
+    images = torch.randint(0, 100, (21, 3, 16, 16), dtype=torch.uint8, generator=g)
+    images[torch.arange(21), 0, 0, labels] = 255
+    tests = TensorBatches(images.to(device), labels.to(device), 8, train=False)
+    eager = loop.evaluate(_ReadsItsLabel(), tests)
+    graphed = loop.evaluate(_ReadsItsLabel(), tests, graphed=True)
+    assert eager.accuracy == graphed.accuracy == 1.0
+    logits = _ReadsItsLabel()(tests.augment(images.to(device)))
+    expected = F.cross_entropy(logits, labels.to(device)).item()
+    assert eager.loss == pytest.approx(expected, rel=1e-5)
+    assert graphed.loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_graphed_step_uses_the_learning_rate_the_scheduler_set_for_that_step():
+    """The device rate is refilled before every step: a constant rate of zero from the
+    second step on leaves the weights where the first step put them."""
+    device = torch.device("cpu")
+    model = _model(device, basis=False)
+    images, labels = _data(device, 48, 5)
+    batches = TensorBatches(images, labels, 16, train=True, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(step == 0))
+    after_first = {}
+
+    def remember(*_):
+        if not after_first:
+            after_first.update(copy.deepcopy(model.state_dict()))
+    hook = optimizer.register_step_post_hook(remember)
+    loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=True)
+    hook.remove()
+    assert after_first
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), after_first[name], rtol=0, atol=0)
+
+
+def test_graphed_training_refuses_a_hook_that_changes_the_step():
+    model = _model(torch.device("cpu"), basis=False)
+    images, labels = _data(torch.device("cpu"), 16, 6)
+    batches = TensorBatches(images, labels, 8, train=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(ValueError, match="before_step"):
+        loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=True,
+                             before_step=lambda: None)
+
+
+def test_a_graphed_evaluation_needs_its_largest_batch_first():
+    step = graphs.GraphedEvalStep(lambda *args: None, torch.device("cpu"))
+    step(torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="largest"):
+        step(torch.zeros(5, 3, 2, 2), torch.zeros(5, dtype=torch.long))
+
+
+def test_cuda_graphs_apply_to_single_process_cuda_runs_only(caplog):
+    trainer = OmegaConf.create({"cuda_graphs": True})
+    assert loop.use_cuda_graphs(trainer, torch.device("cuda"))
+    with caplog.at_level("INFO", logger="basisconv.loop"):
+        assert not loop.use_cuda_graphs(trainer, torch.device("cpu"))
+    assert "running eagerly" in caplog.text
+    assert not loop.use_cuda_graphs(OmegaConf.create({"cuda_graphs": False}),
+                                    torch.device("cuda"))
+
+
+@pytest.mark.device
+def test_a_training_run_with_cuda_graphs_matches_an_eager_one_and_resumes(tmp_path, repo,
+                                                                          monkeypatch, device):
+    """``trainer.cuda_graphs=true`` end to end: a run (basis layers, padded evaluation
+    batches) ends as the eager run does, and one stopped after its first epoch resumes to
+    the same end. Off CUDA the setting is ignored, so the runs are identical."""
+    from hydra import compose, initialize_config_dir
+
+    import basisconv.config  # noqa: F401  (registers the schema)
+    from basisconv.train import fit
+
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+            return compose("train", overrides=[
+                "data=stripes", "data.synthetic_train=200", "data.synthetic_test=50",
+                "model=resnet8", "model.width=0.25", "experiment=basis_all",
+                "trainer.epochs=2", "trainer.batch_size=50", "trainer.eval_batch_size=32",
+                "trainer.deterministic=true", "trainer.progress=false", "logger=none",
+                f"trainer.device={device}", *overrides])
+
+    eager = fit(cfg(), tmp_path / "eager")["epochs"]
+    graphed = fit(cfg("trainer.cuda_graphs=true"), tmp_path / "graphed")["epochs"]
+    real_run_epoch = loop.run_epoch
+
+    def stopped(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_run_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg("trainer.cuda_graphs=true"), tmp_path / "resumed")
+    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    resumed = fit(cfg("trainer.cuda_graphs=true"), tmp_path / "resumed")["epochs"]
+    tol = {"rel": 1e-6} if device.type == "cpu" else {"rel": 1e-3, "abs": 1e-4}
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        for a, b, c in zip(eager, graphed, resumed):
+            assert b[key] == pytest.approx(a[key], **tol) and c[key] == pytest.approx(b[key], **tol)
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
+def test_an_epoch_synchronizes_the_gpu_a_fixed_number_of_times_not_per_step(device, graphed):
+    """Steps queue work without waiting for the GPU (a sync per step, e.g. a blocking
+    copy of a constant, would leave it idle while the CPU launches): an epoch of 6 steps
+    synchronizes as often as one of 3 (reading the metrics at its end, the capture)."""
+    if device.type != "cuda":
+        pytest.skip("CUDA synchronization is counted on CUDA (make gpu-check)")
+    import warnings
+
+    def syncs(steps):
+        model = _model(device, basis=False)
+        images, labels = _data(device, 16 * steps, 7)
+        batches = TensorBatches(images, labels, 16, train=True,
+                                memory_format=torch.channels_last)
+        optimizer = loop.build_optimizer(model, TRAINER)
+        scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+        loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=graphed)  # warm
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=graphed)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+        return sum("synchronizing" in str(w.message) for w in caught)
+
+    assert syncs(6) == syncs(3)
