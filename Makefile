@@ -16,8 +16,9 @@ ARGS ?=
 PROFILE ?= paper
 # gpu-check runs under the GPU machine's own Python (its CUDA build of torch), not .venv.
 GPU_PYTHON ?= python3
+SPEED ?= full
 
-.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers gpu-check gpu-wheels clean
+.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers gpu-check gpu-speed gpu-wheels clean
 
 help:
 	@echo "make reproduce         the paper's protocol end to end (PROFILE=paper|quick|smoke; default paper)"
@@ -28,6 +29,7 @@ help:
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
+	@echo "make gpu-speed         GPU speed measurements into results/gpu (SPEED=quick|full)"
 	@echo "make gpu-wheels        wheels/ to carry to a GPU machine without network"
 	@echo "make clean             remove $(VENV) and caches"
 
@@ -63,6 +65,10 @@ benchmark-layers: $(STAMP)
 # No .venv here: a GPU machine's python3 has its CUDA torch; the script needs no network.
 gpu-check:
 	$(GPU_PYTHON) scripts/gpu_check.py $(ARGS)
+
+# The GPU speed measurements (training step, layers, whole model), most important first.
+gpu-speed:
+	PY=$(GPU_PYTHON) scripts/gpu_speed.sh $(SPEED)
 
 # For a GPU machine without network that has its own CUDA torch: the pure-Python pins it
 # lacks, as wheels to carry over (README, "On a GPU machine"). antlr4 4.9.3 (omegaconf's

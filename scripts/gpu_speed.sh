@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The GPU speed measurements behind the README's GPU tables, most important first, each
+# step under its own time limit (a GPU slot may end at any time: what finished is kept):
+#   scripts/gpu_speed.sh [quick|full]      (make gpu-speed [SPEED=quick]; default full)
+# 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,
+#    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
+#    in the stacked form, with folded batch norms, and with the fused Triton kernel; dense
+#    graphed in fp32; dense and basis 1/4 under torch.compile's reduce-overhead;
+# 2. layer and whole-model speed against the FLOP ratio (scripts/benchmark_layers.py):
+#    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms,
+#    then fp32 at batch 128.
+# Uses the Python it finds (PY, default python3: a GPU machine's own CUDA torch; no .venv,
+# no network). Files go to OUT_DIR (default results/gpu), logs to OUT_DIR/logs; STEP_LIMIT
+# seconds per step (default 300). Ends with one line naming the steps that failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-full}
+PY=${PY:-python3}
+OUT=${OUT_DIR:-results/gpu}
+LIMIT=${STEP_LIMIT:-300}
+case $MODE in
+  full) STEPS=300; QUICK=();;
+  quick) STEPS=60; QUICK=(--quick);;
+  *) echo "unknown mode '$MODE': use full or quick" >&2; exit 2;;
+esac
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu-speed: no CUDA device is visible to $PY; run it on a GPU machine" >&2
+  exit 2
+fi
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
+mkdir -p "$OUT/logs"
+FAILED=()
+
+step() {  # step <name> <command...>: run it under the time limit, log it, go on
+  local name=$1; shift
+  local start=$SECONDS
+  if timeout "$LIMIT" "$@" > "$OUT/logs/$name.log" 2>&1; then
+    echo "== $name: done in $((SECONDS - start)) s"
+  else
+    echo "== $name: FAILED after $((SECONDS - start)) s (log $OUT/logs/$name.log)"
+    FAILED+=("$name")
+  fi
+}
+
+train() {  # train <name> <benchmark_train options...>
+  local name=$1; shift
+  step "train-$name" "$PY" scripts/benchmark_train.py --device cuda --steps "$STEPS" \
+    --warmup 10 "$@" --out "$OUT/train-throughput-cuda-$name.json"
+}
+
+layers() {  # layers <name> <benchmark_layers options...>
+  local name=$1; shift
+  step "layers-$name" "$PY" scripts/benchmark_layers.py --device cuda \
+    ${QUICK[@]+"${QUICK[@]}"} "$@" --out-dir "$OUT"
+}
+
+train bf16 --amp bf16
+train bf16-graphs --amp bf16 --cuda-graphs
+for size in 0.25 0.5; do
+  train "bf16-basis$size-graphs" --amp bf16 --cuda-graphs --basis-size "$size"
+  train "bf16-basis$size-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --fuse-norm
+  train "bf16-basis$size-fused-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --combine fused
+  train "bf16-basis$size" --amp bf16 --basis-size "$size"
+done
+train fp32-graphs --cuda-graphs
+train bf16-compile --amp bf16 --compile-mode reduce-overhead
+train bf16-basis0.25-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25
+
+for batch in 128 512; do
+  layers "bf16-b$batch" --amp bf16 --batch-size "$batch"
+  layers "bf16-b$batch-fused" --amp bf16 --batch-size "$batch" --combine fused
+  layers "bf16-b$batch-auto" --amp bf16 --batch-size "$batch" --combine auto
+  layers "bf16-b$batch-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm --parts model
+done
+layers fp32-b128 --batch-size 128
+layers fp32-b128-fused --batch-size 128 --combine fused
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "gpu-speed: ${#FAILED[@]} steps failed: ${FAILED[*]}; files in $OUT" >&2
+  exit 1
+fi
+echo "gpu-speed: every step done; files in $OUT"
