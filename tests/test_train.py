@@ -219,12 +219,18 @@ def test_basisconv_debug_shows_hydras_full_message(tmp_path, repo):
 def test_the_step_uses_the_chosen_compile_mode_and_sgd_fused_only_on_cuda(tmp_path, repo,
                                                                           monkeypatch, device):
     """The speed options reach torch: ``trainer.compile_mode`` is the mode torch.compile
-    gets (reduce-overhead: CUDA graphs), and SGD is the fused kernel on CUDA only (CPU runs
+    gets (reduce-overhead: CUDA graphs), the compiled model sees one batch size per phase,
+    and SGD is the fused kernel on CUDA only (CPU runs
     keep the default implementation, and so their numbers)."""
     from basisconv import loop
 
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    modes, batch_sizes = [], set()
+
+    def compile(model, mode=None):
+        modes.append(mode)
+        model.register_forward_pre_hook(lambda _, args: batch_sizes.add(args[0].shape[0]))
+        return model
+    monkeypatch.setattr(torch, "compile", compile)
     optimizers = []
     real = loop.build_optimizer
     monkeypatch.setattr(loop, "build_optimizer",
@@ -233,9 +239,12 @@ def test_the_step_uses_the_chosen_compile_mode_and_sgd_fused_only_on_cuda(tmp_pa
     cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
                         "model=resnet8", "model.width=0.25", "trainer.epochs=1",
                         "trainer.batch_size=50", "trainer.checkpoint=false",
-                        "trainer.progress=false", "trainer.compile=true",
-                        "trainer.compile_mode=reduce-overhead", f"trainer.device={device}"])
+                        "trainer.eval_batch_size=32", "trainer.progress=false",
+                        "trainer.compile=true", "trainer.compile_mode=reduce-overhead",
+                        f"trainer.device={device}"])
     fit(cfg, tmp_path / "run")
     assert modes == ["reduce-overhead"]
+    # one shape per phase: the 18 last test images are padded to 32 (no recompilation)
+    assert batch_sizes == {50, 32}
     fused = optimizers[0].defaults["fused"]
     assert fused is (True if device.type == "cuda" else None)

@@ -22,7 +22,8 @@ How (PyTorch's whole-network capture recipe, docs "CUDA Graphs"):
   captures and replays, the rest replay: a graphed epoch trains on the same batches as an
   eager one.
 - Evaluation pads the last partial batch to the fixed size and masks the padding out of
-  the sums: every batch replays one graph (eval-mode batch norm treats rows apart).
+  the sums: every batch replays one graph (eval-mode batch norm treats rows apart). A
+  compiled model is evaluated so too, without capture: one shape, so no recompilation.
 - New graphs are captured each epoch, so a model changed between epochs (the dense
   warm-up's conversion, a resumed optimizer) is captured afresh; a capture costs about one
   step.

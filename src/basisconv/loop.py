@@ -279,9 +279,10 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None,
-             graphed: bool = False) -> EpochStats:
-    """Loss and accuracy over ``batches``; ``graphed`` replays one CUDA graph per batch,
-    the last partial batch padded (:class:`basisconv.graphs.GraphedEvalStep`)."""
+             graphed: bool = False, padded: bool = False) -> EpochStats:
+    """Loss and accuracy over ``batches``. ``graphed`` replays one CUDA graph per batch;
+    it and ``padded`` (for a compiled model: one shape, so no recompilation for the last
+    batch) pad the last partial batch (:class:`basisconv.graphs.GraphedEvalStep`)."""
     model.eval()
     device = batches.images.device
     loss_sum = torch.zeros((), device=device)
@@ -302,7 +303,8 @@ def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None,
             hits &= valid
         correct.add_(hits.sum())
 
-    step = graphs.GraphedEvalStep(forward, device) if graphed else forward
+    step = (graphs.GraphedEvalStep(forward, device, capture=graphed and device.type == "cuda")
+            if graphed or padded else forward)
     start = time.perf_counter()
     for images, labels in batches:
         step(images, labels)
@@ -319,7 +321,8 @@ def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
     train = train_one_epoch(model, train_batches, optimizer, scheduler, amp_dtype=amp_dtype,
                             label_smoothing=trainer.label_smoothing, progress=progress,
                             graphed=graphed, **hooks)
-    test = evaluate(model, test_batches, amp_dtype=amp_dtype, graphed=graphed)
+    test = evaluate(model, test_batches, amp_dtype=amp_dtype, graphed=graphed,
+                    padded=trainer.compile)
     log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,
              test.loss, test.accuracy, lr, train.seconds)
     return {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
