@@ -237,3 +237,31 @@ def test_an_epoch_synchronizes_the_gpu_a_fixed_number_of_times_not_per_step(devi
         return sum("synchronizing" in str(w.message) for w in caught)
 
     assert syncs(6) == syncs(3)
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_a_graphed_step_is_freed_when_its_epoch_ends_without_the_cycle_collector(kind):
+    """An epoch's graphs hold their memory pool (activations, gradients) until they are
+    freed: no reference cycle may leave that to the cycle collector's next run."""
+    import gc
+    import weakref
+
+    model = torch.nn.Linear(4, 3)
+    images, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    if kind == "train":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        step = graphs.GraphedTrainStep(lambda x, y: F.cross_entropy(model(x), y), optimizer,
+                                       torch.device("cpu"))
+    else:
+        step = graphs.GraphedEvalStep(lambda x, y, count: model(x), torch.device("cpu"))
+    for _ in range(3):
+        step(images, labels)
+    freed = weakref.ref(step)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del step
+        assert freed() is None
+    finally:
+        if enabled:
+            gc.enable()

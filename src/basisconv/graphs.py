@@ -89,6 +89,28 @@ def _capture_stream(device: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(device)
 
 
+@contextlib.contextmanager
+def _tensor_lr(optimizer: torch.optim.Optimizer, rates: list[torch.Tensor]) -> Iterator[None]:
+    """The optimizer reads the device learning rates (what a graph captures); its
+    ``param_groups`` keep their floats outside."""
+    groups = optimizer.param_groups
+    saved = [g["lr"] for g in groups]
+    for group, lr in zip(groups, rates):
+        group["lr"] = lr
+    try:
+        yield
+    finally:
+        for group, lr in zip(groups, saved):
+            group["lr"] = lr
+
+
+def _backward_and_update(objective: torch.Tensor, optimizer: torch.optim.Optimizer,
+                         rates: list[torch.Tensor]) -> None:
+    objective.backward()
+    with _tensor_lr(optimizer, rates):
+        optimizer.step()
+
+
 def _static_like(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Buffers of the same shape, dtype, device and layout (channels_last stays so)."""
     return tuple(torch.empty_like(t) for t in tensors)
@@ -112,31 +134,12 @@ class GraphedTrainStep:
                    for g in optimizer.param_groups]
         self.inputs: tuple[torch.Tensor, ...] | None = None
         self.phases: tuple[_Replay, _Replay] | None = None
-        self.objective: torch.Tensor | None = None
 
     def _load_lr(self) -> None:
         """The scheduler's learning rates into the device tensors (outside any capture:
         a fill inside one would replay the value it had then)."""
         for group, lr in zip(self.optimizer.param_groups, self.lr):
             lr.fill_(float(group["lr"]))
-
-    @contextlib.contextmanager
-    def _tensor_lr(self) -> Iterator[None]:
-        """The optimizer reads the device learning rates (what the graph captures)."""
-        groups = self.optimizer.param_groups
-        saved = [g["lr"] for g in groups]
-        for group, lr in zip(groups, self.lr):
-            group["lr"] = lr
-        try:
-            yield
-        finally:
-            for group, lr in zip(groups, saved):
-                group["lr"] = lr
-
-    def _backward(self) -> None:
-        self.objective.backward()
-        with self._tensor_lr():
-            self.optimizer.step()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
                  mark: Callable[[], object] = lambda: None) -> tuple:
@@ -147,9 +150,9 @@ class GraphedTrainStep:
             with _on(self.stream):
                 start = mark()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.objective = self.forward(images, labels)
+                objective = self.forward(images, labels)
                 between = mark()
-                self._backward()
+                _backward_and_update(objective, self.optimizer, self.lr)
                 end = mark()
             self.inputs = _static_like((images, labels))
             return start, between, end
@@ -157,19 +160,20 @@ class GraphedTrainStep:
             static.copy_(batch)
         if self.phases is None:  # the second step: capture (grads live in the graph pool)
             self.optimizer.zero_grad(set_to_none=True)
+            # (the captured calls name what they use, not self: no reference cycle keeps
+            # an epoch's graphs and their memory alive after it)
+            run_forward, inputs, optimizer, rates = self.forward, self.inputs, self.optimizer, self.lr
             with _on(self.stream):
-                forward = _Replay(lambda: self.forward(*self.inputs), capture=self.capture,
+                forward = _Replay(lambda: run_forward(*inputs), capture=self.capture,
                                   stream=self.stream)
-                self.objective = forward.output
-                backward = _Replay(self._backward, capture=self.capture,
-                                   stream=self.stream, pool=forward.pool())
+                backward = _Replay(lambda: _backward_and_update(forward.output, optimizer, rates),
+                                   capture=self.capture, stream=self.stream, pool=forward.pool())
             self.phases = (forward, backward)
         forward, backward = self.phases  # (capturing ran nothing: every step replays)
         if not self.capture:  # as the captured backward does: write the grads, not add
             self.optimizer.zero_grad(set_to_none=True)
         start = mark()
         forward.replay()
-        self.objective = forward.output
         between = mark()
         backward.replay()
         return start, between, mark()
@@ -202,9 +206,10 @@ class GraphedEvalStep:
         static_labels[:rows].copy_(labels)
         self.count.fill_(rows)
         if self.graph is None:
+            run_forward, inputs, count = self.forward, self.inputs, self.count
             with _on(self.stream):
-                self.forward(*self.inputs, self.count)  # the eager first batch
-                self.graph = _Replay(lambda: self.forward(*self.inputs, self.count),
+                run_forward(*inputs, count)  # the eager first batch
+                self.graph = _Replay(lambda: run_forward(*inputs, count),
                                      capture=self.capture, stream=self.stream)
             return
         self.graph.replay()
