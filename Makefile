@@ -18,7 +18,7 @@ PROFILE ?= paper
 GPU_PYTHON ?= python3
 SPEED ?= full
 
-.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers gpu-check gpu-speed gpu-wheels clean
+.PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers speed-report gpu-check gpu-speed gpu-wheels clean
 
 help:
 	@echo "make reproduce         the paper's protocol end to end (PROFILE=paper|quick|smoke; default paper)"
@@ -28,6 +28,7 @@ help:
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
+	@echo "make speed-report      every speed record of results/ (and results/gpu) in one summary"
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
 	@echo "make gpu-speed         GPU speed measurements into results/gpu (SPEED=quick|full)"
 	@echo "make gpu-wheels        wheels/ to carry to a GPU machine without network"
@@ -61,6 +62,9 @@ benchmark: $(STAMP)
 
 benchmark-layers: $(STAMP)
 	$(PY) scripts/benchmark_layers.py $(ARGS)
+
+speed-report: $(STAMP)
+	$(PY) scripts/speed_report.py $(ARGS)
 
 # No .venv here: a GPU machine's python3 has its CUDA torch; the script needs no network.
 gpu-check:

@@ -1,5 +1,5 @@
 """The paper's plots from the comparison and the training curves, and the speed
-benchmark's plot. Every figure of the comparison carries a footer saying which profile,
+benchmarks' plots. Every figure of the comparison carries a footer saying which profile,
 hardware, commit and date its runs came from; the benchmark's says it in its title."""
 
 from __future__ import annotations
@@ -142,3 +142,29 @@ def basis_speedups(layer_rows: list[dict], model_rows: list[dict], path: Path, t
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | None:
+    """Whole-model speedup over dense against the basis fraction, one panel per hardware
+    (CPU and GPU side by side), one line per precision, batch and form of the
+    ``basisconv.analysis.speed.model_speed`` table, with the FLOP ratio's line."""
+    if not len(model):
+        return None
+    plt = pyplot()
+    groups = list(model.groupby("hardware", sort=True))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.6), squeeze=False,
+                             sharey=True)
+    for ax, (hardware, rows) in zip(axes[0], groups):
+        flops = rows.groupby("fraction")["theory_fwdbwd_ratio"].mean()
+        ax.plot(flops.index, 1 / flops.values, "k--", label="theory (FLOPs)")
+        ax.axhline(1.0, color="0.6", lw=0.8)
+        for (precision, batch, form, _, commit), line in rows.groupby(
+                ["precision", "batch", "form", "source", "commit"], sort=True):
+            line = line.sort_values("fraction")
+            ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], "o-", ms=3,
+                    label=f"{precision}, batch {batch}, {form} ({commit})")
+        ax.set(title=hardware, xlabel="basis fraction m / C_out", ylim=(0, None))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("speedup over dense, training step (x)")
+    return _finish(fig, path, note)

@@ -1,0 +1,36 @@
+"""The speed records of some folders in one summary, CPU and GPU side by side:
+``python scripts/speed_report.py [FOLDER ...] [--out results/speed-summary]``.
+
+Reads every ``model-speed-*.json`` (``scripts/benchmark_layers.py``, whole ResNet-18 against
+dense) and ``train-throughput-*.json`` (``scripts/benchmark_train.py``, the training step)
+in the folders (default ``results`` and, when there, ``results/gpu``, where
+``make gpu-speed`` writes) and writes ``<out>.md``, ``<out>-model.csv``,
+``<out>-training.csv`` and ``<out>.png``: see ``basisconv.analysis.speed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from basisconv.analysis.speed import write_summary
+from basisconv.cli import exit_on_user_error
+
+RESULTS = Path("results")
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", type=Path,
+                        default=[p for p in (RESULTS, RESULTS / "gpu") if p.is_dir()])
+    parser.add_argument("--out", type=Path, default=RESULTS / "speed-summary")
+    args = parser.parse_args(argv)
+    command = " ".join(["python scripts/speed_report.py", *(sys.argv[1:] if argv is None else argv)])
+    written = write_summary(args.folders, args.out, command)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Every speed record in some folders gathered into one summary, so that the README's speed
+tables are generated from records (with their source, commit and date), never copied by
+hand, and CPU and GPU stand side by side:
+
+- the whole ResNet-18 against dense (``model-speed-*.json`` of ``scripts/benchmark_layers.py``
+  with their CSVs): measured training forward+backward time relative to dense, beside the
+  FLOP ratio and the time bound, per hardware, precision, batch and form;
+- the training step (``train-throughput-*.json`` of ``scripts/benchmark_train.py``): time
+  per step and per CIFAR-10 epoch, and relative to the dense model measured on the same
+  hardware with the same precision, batch and execution mode (eager, compiled, graphed).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import DatasetError
+from ..records import hardware_name, provenance, read_record, write_text_atomic
+from .figures import speed_across_hardware
+from .tables import markdown
+
+MODEL_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "theory_fwdbwd_ratio",
+                 "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory", "dense_fwdbwd_ms",
+                 "source", "commit", "date"]
+TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "model", "form", "seconds_per_step",
+                 "epoch_seconds", "images_per_second", "relative_to_dense", "source", "commit",
+                 "date"]
+
+
+def _origin(record: dict, path: Path) -> dict:
+    provenance = record.get("provenance") or {}
+    return {"hardware": hardware_name(provenance.get("hardware") or {}) or "unknown",
+            "source": str(path), "commit": ((provenance.get("git") or {}).get("commit") or "")[:7],
+            "date": (provenance.get("date") or "")[:10]}
+
+
+def _options(path: Path) -> str:
+    """The non-default options a benchmark file's name carries (``model-speed-cuda-bf16-
+    fused-b512.json``: ``fused``), the batch aside; ``stacked`` when there are none."""
+    words = path.stem.split("-")[4:]  # after model-speed-<device>-<precision>
+    return ", ".join(w for w in words if not re.fullmatch(r"b\d+", w)) or "stacked"
+
+
+def _training_form(record: dict) -> str:
+    """How a training benchmark's basis layers ran: their combine form, folded norms."""
+    form = record.get("combine") or "stacked"
+    return f"{form}, folded norms" if record.get("fuse_norm") else form
+
+
+def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:
+    found = []
+    for path in (p for folder in folders for p in sorted(Path(folder).glob(pattern))):
+        try:
+            found.append((read_record(path), path))
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"{path} is not a readable benchmark record ({err}); "
+                               f"measure it again or move it out of the folder") from None
+    return found
+
+
+def model_speed(folders: list[Path]) -> pd.DataFrame:
+    """One row per basis fraction of every whole-model benchmark in ``folders``."""
+    frames = []
+    for record, path in _records(folders, "model-speed-*.json"):
+        settings = record.get("settings") or {}
+        table = path.parent / str(record.get("file"))
+        if not table.is_file():
+            raise DatasetError(f"{path} names its table {table.name}, which is not beside it; "
+                               f"copy the two files together")
+        frame = pd.read_csv(table)
+        frame = frame.assign(**_origin(record, path), precision=settings.get("precision"),
+                             form=_options(path))
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=MODEL_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[MODEL_COLUMNS]
+
+
+def training_speed(folders: list[Path]) -> pd.DataFrame:
+    """One row per training-throughput record in ``folders``, with its step time relative
+    to the dense model's on the same hardware, precision, batch and execution mode."""
+    rows = []
+    for record, path in _records(folders, "train-throughput-*.json"):
+        basis = record.get("basis_size")
+        mode = ("graphs" if record.get("cuda_graphs") else
+                f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
+        rows.append({**_origin(record, path), "precision": record.get("amp", "none"),
+                     "batch": record["batch_size"], "mode": mode,
+                     "model": "dense" if basis is None else f"basis {basis:g}",
+                     "form": "-" if basis is None else _training_form(record),
+                     "seconds_per_step": record["seconds_per_step"],
+                     "epoch_seconds": record.get("epoch_seconds",
+                                                 record["seconds_per_step"]
+                                                 * (50000 // record["batch_size"])),
+                     "images_per_second": record["images_per_second"]})
+    table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"])
+    table["precision"] = table["precision"].replace({"none": "fp32"})
+    key = ["hardware", "precision", "batch", "mode"]
+    dense = (table[table["model"] == "dense"].groupby(key)["seconds_per_step"].min()
+             .rename("dense_seconds_per_step"))
+    table = table.join(dense, on=key)
+    table["relative_to_dense"] = table["seconds_per_step"] / table["dense_seconds_per_step"]
+    return table[TRAIN_COLUMNS]
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    if not len(frame):
+        return "(no records)\n"
+    def cell(value) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        return "-" if pd.isna(value) else f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    shown = frame.map(cell)
+    return markdown(shown)
+
+
+def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
+    """The two tables in Markdown, each row naming its record."""
+    return "\n".join([
+        "## Whole ResNet-18, training forward+backward time relative to dense",
+        "",
+        "FLOP ratio: the cost model's; time bound: the dense step with its convolutions "
+        "scaled to their FLOP ratio; measured / FLOP ratio: 1.15 or less is the target.",
+        "",
+        _markdown(model),
+        "## Training step (scripts/benchmark_train.py)",
+        "",
+        "Epoch: a CIFAR-10 epoch (50,000 images) at the measured step time; relative: to "
+        "the dense model on the same hardware, precision, batch and mode.",
+        "",
+        _markdown(train)])
+
+
+def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
+    """``<out>.md`` (both tables, each row naming its record), ``<out>-model.csv`` and
+    ``<out>-training.csv`` (all digits) and ``<out>.png`` (CPU and GPU side by side), with
+    a line saying how they were made. A folder that is not there is an error naming it."""
+    missing = [str(f) for f in folders if not Path(f).is_dir()]
+    if missing:
+        raise DatasetError(f"no folder {', '.join(missing)}: name folders that hold "
+                           f"model-speed-*.json or train-throughput-*.json records")
+    model, train = model_speed(folders), training_speed(folders)
+    made = provenance(command)
+    note = (f"From the records in {', '.join(map(str, folders))}; made by `{command}` at "
+            f"commit {(made['git'].get('commit') or '')[:7]} on {made['date'][:10]}.")
+    out = Path(out)
+    written = [
+        write_text_atomic(out.with_suffix(".md"), f"{note}\n\n{summary(model, train)}"),
+        write_text_atomic(out.parent / f"{out.name}-model.csv",
+                          model.to_csv(index=False, float_format="%.6g")),
+        write_text_atomic(out.parent / f"{out.name}-training.csv",
+                          train.to_csv(index=False, float_format="%.6g"))]
+    figure = speed_across_hardware(model, out.with_suffix(".png"), note)
+    return written + ([figure] if figure else [])

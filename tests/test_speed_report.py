@@ -1,0 +1,99 @@
+"""scripts/speed_report.py (basisconv.analysis.speed): the speed records of several folders,
+CPU and GPU, in one summary whose every row names its record."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from basisconv.analysis import speed
+from basisconv.errors import DatasetError
+
+CPU = {"cpu": "AMD EPYC", "cpu_capability": "AVX512"}
+GPU = {"cpu": "Intel Xeon", "gpu": "NVIDIA H200"}
+
+
+def _provenance(hardware, commit):
+    return {"date": "2026-11-29T10:00:00+00:00", "git": {"commit": commit * 8},
+            "hardware": hardware}
+
+
+def _model_record(folder, tag, hardware, precision, ratios, batch=128):
+    """A model-speed record and its table, as scripts/benchmark_layers.py writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"model": "resnet18", "batch": batch, "fraction": f, "theory_fwdbwd_ratio": f,
+             "time_bound_ratio": f + 0.05, "fwdbwd_ratio": r, "fwdbwd_vs_theory": r / f,
+             "dense_fwdbwd_ms": 7.5} for f, r in ratios.items()]
+    pd.DataFrame(rows).to_csv(folder / f"model-speed-{tag}.csv", index=False)
+    (folder / f"model-speed-{tag}.json").write_text(json.dumps({
+        "kind": "benchmark", "status": "complete", "config": {},
+        "provenance": _provenance(hardware, "a"), "settings": {"precision": precision},
+        "file": f"model-speed-{tag}.csv"}))
+
+
+def _train_record(folder, name, hardware, seconds, **options):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"train-throughput-{name}.json").write_text(json.dumps({
+        "kind": "benchmark", "status": "complete", "config": {},
+        "provenance": _provenance(hardware, "b"), "batch_size": 128, "amp": "bf16",
+        "seconds_per_step": seconds, "images_per_second": 128 / seconds,
+        "epoch_seconds": seconds * 390, "basis_size": None, "compile_mode": None,
+        "cuda_graphs": False, **options}))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    cpu, gpu = tmp_path / "results", tmp_path / "results" / "gpu"
+    _model_record(cpu, "cpu-fp32", CPU, "fp32", {0.25: 0.39, 0.5: 0.64})
+    _model_record(gpu, "cuda-bf16-fused-b512", GPU, "bf16", {0.25: 0.35, 0.5: 0.62}, batch=512)
+    _train_record(gpu, "cuda-bf16", GPU, 0.0075)
+    _train_record(gpu, "cuda-bf16-graphs", GPU, 0.0025, cuda_graphs=True)
+    _train_record(gpu, "cuda-bf16-basis0.25-fused-graphs", GPU, 0.0020, cuda_graphs=True,
+                  basis_size=0.25, combine="fused")
+    return [cpu, gpu]
+
+
+def test_rows_name_hardware_form_and_record_and_compare_like_with_like(folders):
+    model = speed.model_speed(folders)
+    assert set(model["hardware"]) == {"AMD EPYC (AVX512)", "NVIDIA H200"}
+    gpu = model[model["hardware"] == "NVIDIA H200"]
+    assert list(gpu["form"]) == ["fused", "fused"] and list(gpu["batch"]) == [512, 512]
+    assert gpu["source"].str.endswith("model-speed-cuda-bf16-fused-b512.json").all()
+
+    train = speed.training_speed(folders).set_index(["mode", "model"])
+    # the graphed basis model against the graphed dense one, not the eager one
+    assert train.loc[("graphs", "basis 0.25"), "relative_to_dense"] == pytest.approx(0.8)
+    assert train.loc[("graphs", "basis 0.25"), "form"] == "fused"
+    assert train.loc[("eager", "dense"), "relative_to_dense"] == 1.0
+
+
+def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders, repo, tmp_path):
+    out = tmp_path / "speed-summary"
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
+                             *map(str, folders), "--out", str(out)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = out.with_suffix(".md").read_text()
+    assert "NVIDIA H200" in text and "AMD EPYC (AVX512)" in text
+    assert "made by `python scripts/speed_report.py" in text.splitlines()[0]
+    assert text.count("train-throughput-cuda-bf16") == 3  # each training row names its file
+    assert len(pd.read_csv(tmp_path / "speed-summary-model.csv")) == 4
+    assert len(pd.read_csv(tmp_path / "speed-summary-training.csv")) == 3
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, tmp_path):
+    (folders[1] / "model-speed-cuda-bf16-fused-b512.csv").unlink()
+    with pytest.raises(DatasetError, match="not beside it"):
+        speed.model_speed(folders)
+    (folders[0] / "model-speed-cpu-fp32.json").write_text("{not json")
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
+                             *map(str, folders), "--out", str(tmp_path / "s")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "model-speed-cpu-fp32.json" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(DatasetError, match="no folder"):
+        speed.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
