@@ -118,26 +118,71 @@ def test_graphed_evaluation_masks_the_padding_of_the_last_batch(device):
     assert graphed.loss == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_graphed_step_uses_the_learning_rate_the_scheduler_set_for_that_step():
-    """The device rate is refilled before every step: a constant rate of zero from the
-    second step on leaves the weights where the first step put them."""
-    device = torch.device("cpu")
+@pytest.mark.device
+def test_a_graphed_step_uses_the_learning_rate_the_scheduler_set_for_that_step(device):
+    """Rates 0.1, 0.05, 0, 0 over four steps: the weights end where the second step put
+    them. A rate frozen at capture (the second step's) would move them twice more; on the
+    CPU, where every call runs the Python again, the fused optimizer must read the device
+    tensor at every step."""
     model = _model(device, basis=False)
-    images, labels = _data(device, 48, 5)
+    images, labels = _data(device, 64, 5)
     batches = TensorBatches(images, labels, 16, train=True, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(step == 0))
-    after_first = {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: {0: 1.0, 1: 0.5}
+                                                  .get(step, 0.0))
+    after_second, rates = {}, []
+
+    def read_rate(optimizer, *_):
+        lr = optimizer.param_groups[0]["lr"]
+        assert isinstance(lr, torch.Tensor) and lr.device.type == device.type
+        rates.append(lr)
 
     def remember(*_):
-        if not after_first:
-            after_first.update(copy.deepcopy(model.state_dict()))
-    hook = optimizer.register_step_post_hook(remember)
+        if len(rates) == 2 and not after_second:
+            after_second.update(copy.deepcopy(model.state_dict()))
+    hooks = [optimizer.register_step_pre_hook(read_rate),
+             optimizer.register_step_post_hook(remember)]
     loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=True)
-    hook.remove()
-    assert after_first
+    for hook in hooks:
+        hook.remove()
+    assert after_second and rates
     for name, param in model.named_parameters():
-        torch.testing.assert_close(param.detach(), after_first[name], rtol=0, atol=0)
+        torch.testing.assert_close(param.detach(), after_second[name], rtol=0, atol=0)
+        assert param.grad is None  # the graph pool the grads lived in is released
+
+
+def test_optimizer_settings_a_capture_froze_cannot_change_silently():
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = graphs.GraphedTrainStep(lambda x, y: F.cross_entropy(model(x), y), optimizer,
+                                   torch.device("cpu"))
+    images, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    step(images, labels)
+    step(images, labels)  # captured here
+    optimizer.param_groups[0]["lr"] = 0.01  # the rate may change: the graph reads a tensor
+    step(images, labels)
+    optimizer.param_groups[0]["momentum"] = 0.5
+    with pytest.raises(RuntimeError, match="momentum.*changed after"):
+        step(images, labels)
+
+
+def test_evaluation_pads_only_models_whose_rows_are_independent_in_eval():
+    """A batch norm without running statistics normalizes over the batch in eval mode:
+    padding rows would change the real rows' outputs, so a graphed evaluation refuses and
+    a padded one (compiled models) evaluates the last batch as it is."""
+    from basisconv.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(
+        4, track_running_stats=False), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    images, labels = _data(torch.device("cpu"), 21, 8)
+    tests = TensorBatches(images, labels, 8, train=False)
+    eager = loop.evaluate(model, tests)
+    padded = loop.evaluate(model, tests, padded=True)
+    assert (padded.loss, padded.accuracy) == (eager.loss, eager.accuracy)
+    with pytest.raises(ConfigError, match="trainer.cuda_graphs=false"):
+        loop.evaluate(model, tests, graphed=True)
+    assert graphs.rows_independent_in_eval(_model(torch.device("cpu"), basis=True))
 
 
 def test_graphed_training_refuses_a_hook_that_changes_the_step():

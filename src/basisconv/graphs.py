@@ -14,16 +14,20 @@ How (PyTorch's whole-network capture recipe, docs "CUDA Graphs"):
   forward with the loss and metric sums, then the backward with the optimizer update. The
   split lets the records keep forward and backward times apart, as eager runs report them.
 - The optimizer reads its learning rate from a device tensor the graph captured, filled
-  from the scheduler's value before each replay. The scheduler, the optimizer's
-  ``param_groups`` and checkpoints keep plain floats, so resume works as before.
+  from the scheduler's value before each replay (float32, as the fused kernel reads it;
+  an eager fused step rounds the float to float32 in the kernel too). The scheduler, the
+  optimizer's ``param_groups`` and checkpoints keep plain floats, so resume works as
+  before. Its other settings (momentum, weight decay, ...) are numbers in the captured
+  kernel: a change after capture is refused, not silently ignored.
 - The first call runs eagerly, on the capture stream: it is a real training step (the
   epoch's first batch), and it creates what capture must not (momentum buffers, cuDNN's
   algorithm choice, Triton autotuning, ``combine="auto"`` timings). The second call
   captures and replays, the rest replay: a graphed epoch trains on the same batches as an
   eager one.
 - Evaluation pads the last partial batch to the fixed size and masks the padding out of
-  the sums: every batch replays one graph (eval-mode batch norm treats rows apart). A
-  compiled model is evaluated so too, without capture: one shape, so no recompilation.
+  the sums: every batch replays one graph. That needs rows that do not affect each other
+  in eval mode, as batch norms with running statistics give (``rows_independent_in_eval``).
+  A compiled model is evaluated so too, without capture: one shape, no recompilation.
 - New graphs are captured each epoch, so a model changed between epochs (the dense
   warm-up's conversion, a resumed optimizer) is captured afresh; a capture costs about one
   step.
@@ -75,11 +79,13 @@ def _on(stream: torch.cuda.Stream | None) -> Iterator[None]:
     if stream is None:
         yield
         return
-    current = torch.cuda.current_stream()
+    current = torch.cuda.current_stream(stream.device)  # (that device's, not device 0's)
     stream.wait_stream(current)
-    with torch.cuda.stream(stream):
-        yield
-    current.wait_stream(stream)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        current.wait_stream(stream)
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,6 +108,14 @@ def _tensor_lr(optimizer: torch.optim.Optimizer, rates: list[torch.Tensor]) -> I
     finally:
         for group, lr in zip(groups, saved):
             group["lr"] = lr
+
+
+#: what a captured optimizer step reads as plain numbers, so keeps as it was at capture
+FROZEN_SETTINGS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+
+def _frozen(optimizer: torch.optim.Optimizer) -> list[tuple]:
+    return [tuple(group.get(k) for k in FROZEN_SETTINGS) for group in optimizer.param_groups]
 
 
 def _backward_and_update(objective: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -134,6 +148,7 @@ class GraphedTrainStep:
                    for g in optimizer.param_groups]
         self.inputs: tuple[torch.Tensor, ...] | None = None
         self.phases: tuple[_Replay, _Replay] | None = None
+        self.settings: list[tuple] = []
 
     def _load_lr(self) -> None:
         """The scheduler's learning rates into the device tensors (outside any capture:
@@ -159,6 +174,7 @@ class GraphedTrainStep:
         for static, batch in zip(self.inputs, (images, labels)):
             static.copy_(batch)
         if self.phases is None:  # the second step: capture (grads live in the graph pool)
+            self.settings = _frozen(self.optimizer)
             self.optimizer.zero_grad(set_to_none=True)
             # (the captured calls name what they use, not self: no reference cycle keeps
             # an epoch's graphs and their memory alive after it)
@@ -169,6 +185,10 @@ class GraphedTrainStep:
                 backward = _Replay(lambda: _backward_and_update(forward.output, optimizer, rates),
                                    capture=self.capture, stream=self.stream, pool=forward.pool())
             self.phases = (forward, backward)
+        if _frozen(self.optimizer) != self.settings:
+            raise RuntimeError(f"the optimizer's {', '.join(FROZEN_SETTINGS)} changed after "
+                               f"its step was captured, which replays the captured values; "
+                               f"keep them fixed or train without trainer.cuda_graphs")
         forward, backward = self.phases  # (capturing ran nothing: every step replays)
         if not self.capture:  # as the captured backward does: write the grads, not add
             self.optimizer.zero_grad(set_to_none=True)
@@ -213,3 +233,11 @@ class GraphedEvalStep:
                                      capture=self.capture, stream=self.stream)
             return
         self.graph.replay()
+
+
+def rows_independent_in_eval(model: torch.nn.Module) -> bool:
+    """Whether ``model`` in eval mode computes each row of a batch alone, so that padding
+    rows cannot change the real rows' outputs: no norm layer normalizes with batch
+    statistics in eval (a batch norm without running statistics does)."""
+    return not any(isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                   and m.running_mean is None for m in model.modules())

@@ -117,6 +117,8 @@ def setup(trainer: DictConfig, seed: int, *, join_process_group: bool = False) -
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
     device = resolve_device(trainer.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # streams and events of cuda:N runs then live there
     if join_process_group:
         device = distributed.setup(device)
     seed_everything(seed, trainer.deterministic)
@@ -269,6 +271,8 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                                      torch.tensor(float(seen), device=device)]))
     loss_sum, correct, seen = totals[0], totals[1], totals[2].item()
+    if graph is not None:  # (after the sync above) free the graph pool the grads live in
+        optimizer.zero_grad(set_to_none=True)
     loss_value = loss_sum.item() / seen
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"training loss became {loss_value}; lower trainer.lr "
@@ -303,6 +307,12 @@ def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None,
             hits &= valid
         correct.add_(hits.sum())
 
+    if (graphed or padded) and not graphs.rows_independent_in_eval(model):
+        if graphed:
+            raise ConfigError("this model normalizes with batch statistics in eval mode, so "
+                              "its evaluation cannot replay padded batches; set "
+                              "trainer.cuda_graphs=false")
+        padded = False  # a compiled model then sees the last batch's shape too
     step = (graphs.GraphedEvalStep(forward, device, capture=graphed and device.type == "cuda")
             if graphed or padded else forward)
     start = time.perf_counter()
