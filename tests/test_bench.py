@@ -11,7 +11,7 @@ import torch.nn as nn
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench import layers as speed
 from basisconv.bench.layers import ConvShape, SpeedOptions
-from basisconv.bench.timing import Runner, Timer, output_gradient
+from basisconv.timing import Runner, Timer, output_gradient
 from basisconv.bench.train import TimedBatches, file_name
 from basisconv.cost import basis_conv2d_cost, conv2d_cost
 from basisconv.data import TensorBatches

@@ -65,6 +65,18 @@ def test_every_budget_policy_meets_the_budget(name, metric, reduction):
     assert len(chosen) < len(TABLE)  # stops once met, not at every layer
 
 
+def test_a_time_budget_passes_over_layers_whose_basis_form_saves_no_time():
+    # measured savings (s per step): b is slower in basis form, e saves nothing
+    table = TABLE.assign(seconds_saved=[0.010, -0.002, 0.003, 0.004, 0.0, 0.020])
+    dense = {**DENSE, "time": 0.1}
+    # order by drop: d (+.004), b (slower: passed), f (+.020), e (none: passed), c (+.003):
+    # .027 >= 25 % of 0.1 s
+    chosen = pick_layers(policy("sensitivity_budget", budget_metric="time"), table, dense)
+    assert chosen == ["c", "d", "f"]
+    assert pick_layers(policy("last_k", budget_metric="time", budget_reduction=0.1),
+                       table, dense) == ["f"]
+
+
 def test_first_and_last_k_follow_model_order():
     assert pick_layers(policy("first_k", count=2), TABLE, DENSE) == ["a", "b"]
     assert pick_layers(policy("last_k", count=2), TABLE, DENSE) == ["e", "f"]
@@ -97,6 +109,39 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
     dense, converted = model_cost(model), model_cost(every)
     assert table["params_saved"].sum() == dense.params - converted.params
     assert table["flops_saved"].sum() == dense.total_flops - converted.total_flops
+
+
+@pytest.mark.device
+def test_a_time_budget_measures_every_candidate_on_the_training_device(repo, device,
+                                                                       monkeypatch):
+    """``selection.budget_metric=time``: each candidate's dense and basis forward+backward
+    is timed on ``trainer.device`` at the run's batch size, and the dense model's step is
+    the budget's 100 %; the choice takes only layers that save time; torch's random state
+    is left alone; under torchrun it is refused."""
+    import torch
+
+    from basisconv import distributed
+
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "model=resnet8", "model.width=0.5", "trainer.batch_size=16",
+            f"trainer.device={device}", "selection=first_k", "selection.budget_metric=time",
+            "selection.budget_reduction=0.1", "logger=none"])
+    model = build_model("resnet8", width=0.5)
+    table = selection.layer_savings(model, cfg.basis)
+    state = torch.get_rng_state()
+    timed, dense = sensitivity.with_measured_time(cfg, table, selection.dense_totals(model))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert list(timed["layer"]) == list(table["layer"])
+    assert (timed["dense_ms"] > 0).all() and (timed["basis_ms"] > 0).all()
+    assert timed["seconds_saved"].tolist() == pytest.approx(
+        ((timed["dense_ms"] - timed["basis_ms"]) / 1e3).tolist())
+    assert dense["time"] > timed["dense_ms"].max() / 1e3 > 0  # the whole step, not a layer
+    chosen = sensitivity.choose_layers(cfg) or []
+    assert set(chosen) <= set(table["layer"])
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="torchrun"):
+        sensitivity.with_measured_time(cfg, table, selection.dense_totals(model))
 
 
 # ------------------------------------------------------------------ cache and the script

@@ -99,7 +99,7 @@ class SelectionConfig:
     layers: list[str] = MISSING
     metric: str = MISSING  # sensitivity policies: accuracy_drop | loss_increase
     threshold: float = MISSING  # sensitivity_threshold: the largest tolerated metric value
-    budget_metric: str = MISSING  # params | flops
+    budget_metric: str = MISSING  # params | flops | time (measured on trainer.device)
     budget_reduction: float = MISSING  # share of the dense model's params/FLOPs to remove
     count: Optional[int] = MISSING  # random/first_k/last_k: layers; null = the budget rule
     seed: int = MISSING  # random

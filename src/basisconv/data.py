@@ -38,6 +38,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
+IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10's, and the generated stripes' too
 RECORD_BYTES = 1 + 3 * 32 * 32  # binary version: 1 label byte, then R, G, B planes
 TRAIN_FILES = {"bin": [f"data_batch_{i}.bin" for i in range(1, 6)],
                "py": [f"data_batch_{i}" for i in range(1, 6)]}

@@ -43,7 +43,9 @@ SENSITIVITY_POLICIES = ("sensitivity_threshold", "sensitivity_budget")
 ORDERED_POLICIES = (*SENSITIVITY_POLICIES, "random", "first_k", "last_k")
 POLICIES = ("none", "all", "list", *ORDERED_POLICIES)
 METRICS = ("accuracy_drop", "loss_increase")
-BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved"}
+# budget_metric -> the candidate table's column of what each layer saves; "time" is
+# measured on the device (basisconv.timing.layer_time_savings), the others counted
+BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved", "time": "seconds_saved"}
 
 
 def fixed_layers(selection: DictConfig) -> list[str] | str | None:
@@ -119,7 +121,8 @@ def pick_layers(selection: DictConfig, table: pd.DataFrame, dense: dict[str, int
 def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
                 dense: dict[str, int]) -> list[str]:
     """Take layers in ``order`` until the saving reaches ``budget_reduction`` of the dense
-    model's parameters or training FLOPs."""
+    model's parameters, training FLOPs or measured training-step time; a layer that saves
+    nothing by that measure (a basis form slower than its dense conv) is passed over."""
     if selection.budget_metric not in BUDGET_METRICS:
         raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose one "
                           f"of {', '.join(BUDGET_METRICS)}")
@@ -130,6 +133,10 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
     for name in order:
         if saved >= target:
             break
+        if saving[name] <= 0:
+            log.info("selection %s: %s saves no %s (%g); passed over", selection.policy, name,
+                     selection.budget_metric, saving[name])
+            continue
         chosen.append(name)
         saved += saving[name]
     if saved < target:

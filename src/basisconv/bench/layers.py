@@ -7,7 +7,7 @@ asks and writes the CSV files and their JSON records; the plot is
 
 "fwd" is an inference forward (``torch.no_grad``, BN in eval mode); "fwdbwd" a training
 forward plus backward with fresh gradients, as in a training step (the optimizer step is
-not timed). See :mod:`basisconv.bench.timing` for how candidates are timed.
+not timed). See :mod:`basisconv.timing` for how candidates are timed.
 
 Whole model: "all layers" means ``apply_basis(model, "all", fraction,
 only_where_saves=True)``: a layer whose basis form would do more multiply-adds than the
@@ -47,7 +47,7 @@ from ..loop import precision_name
 from ..models import build_model
 from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis, conv_layers
-from .timing import Runner, Timer, output_gradient, tune_cpu_allocator
+from ..timing import Runner, Timer, output_gradient, tune_cpu_allocator
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
 TARGET_SLACK = 1.15

@@ -1,4 +1,5 @@
-"""How the speed benchmarks time a module fairly.
+"""How a module is timed fairly, for the speed benchmarks and for layer selection by
+measured time (:func:`layer_time_savings`, ``selection.budget_metric=time``).
 
 Candidates (a dense conv and its basis forms, or whole models) are timed in interleaved
 rounds, the order reversed every other round, after untimed warm-up rounds, and medians are
@@ -14,10 +15,11 @@ import statistics
 import time
 from typing import Callable
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
-from ..loop import AMP_DTYPES, memory_format
+from .loop import AMP_DTYPES, memory_format
 
 
 def tune_cpu_allocator() -> str:
@@ -120,3 +122,43 @@ def output_gradient(grad: torch.Tensor) -> Callable[[torch.Tensor], None]:
             cast[out.dtype] = grad.to(out.dtype)
         out.backward(cast[out.dtype])
     return backward
+
+
+def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str],
+                       runner: Runner, batch: int, image: tuple[int, ...], *,
+                       repeats: int = 5, warmup: int = 2) -> tuple[pd.DataFrame, float]:
+    """What converting each layer of ``names`` saves in measured time: one training
+    forward+backward of the dense conv (in ``model``) and of its basis form (the same name
+    in ``basis_model``) on the input that layer sees at ``batch`` images of shape
+    ``image``, timed as the benchmarks time (interleaved rounds, medians), on ``runner``'s
+    device, layout and precision. Returns one row per layer (``dense_ms``, ``basis_ms``,
+    ``seconds_saved``: negative where the basis form is slower) and the dense model's own
+    training forward+backward in seconds (the budget's 100 %)."""
+    model, basis_model = runner.prepare(model), runner.prepare(basis_model)
+    inputs: dict[str, tuple[int, ...]] = {}
+
+    def remember(name: str):
+        def hook(module, args) -> None:
+            inputs[name] = tuple(args[0].shape)
+        return hook
+    hooks = [model.get_submodule(name).register_forward_pre_hook(remember(name))
+             for name in names]
+    x = runner.input(batch, *image, requires_grad=False)
+    with torch.no_grad():
+        logits = model(x)
+    for hook in hooks:
+        hook.remove()
+    timer, rows = Timer(runner.device), []
+    for name in names:
+        dense, converted = model.get_submodule(name), basis_model.get_submodule(name)
+        layer_input = runner.input(*inputs[name], requires_grad=True)
+        with torch.no_grad():
+            grad = torch.ones_like(dense(layer_input))
+        ms = timer.run({form: runner.training_step(module, layer_input, output_gradient(grad))
+                        for form, module in (("dense", dense), ("basis", converted))},
+                       repeats, warmup)
+        rows.append({"layer": name, "dense_ms": ms["dense"], "basis_ms": ms["basis"],
+                     "seconds_saved": (ms["dense"] - ms["basis"]) / 1e3})
+    step = timer.run({"model": runner.training_step(
+        model, x, output_gradient(torch.ones_like(logits)))}, repeats, warmup)["model"]
+    return pd.DataFrame(rows), step / 1e3
