@@ -126,7 +126,7 @@ def output_gradient(grad: torch.Tensor) -> Callable[[torch.Tensor], None]:
 
 def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str],
                        runner: Runner, batch: int, image: tuple[int, ...], *,
-                       repeats: int = 5, warmup: int = 2) -> tuple[pd.DataFrame, float]:
+                       repeats: int = 9, warmup: int = 2) -> tuple[pd.DataFrame, float]:
     """What converting each layer of ``names`` saves in measured time: one training
     forward+backward of the dense conv (in ``model``) and of its basis form (the same name
     in ``basis_model``) on the input that layer sees at ``batch`` images of shape
