@@ -1,7 +1,7 @@
 """Training and evaluation steps replayed as CUDA graphs (``trainer.cuda_graphs``).
 
-Why: a CIFAR ResNet-18 step is bound by kernel launches on a GPU, not by arithmetic (on an
-H200 at batch 128: 7.5 ms eager for about 0.43 TFLOP, under 1 ms of tensor-core work). A
+Why: a CIFAR ResNet-18 step is bound by kernel launches on a GPU, not by arithmetic (as
+issue 14 reports from an H200; ``make gpu-check`` times an eager and a graphed epoch). A
 captured step is one launch per phase. ``torch.compile(mode="reduce-overhead")`` graphs
 the forward and backward only, after compiling; this captures the eager step itself (the
 same kernels, so the same arithmetic as an eager CUDA run), with the optimizer update and

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DatasetError
+from ..loop import precision_name
 from ..records import hardware_name, provenance, read_record, write_text_atomic
 from .figures import speed_across_hardware
 from .tables import markdown
@@ -87,7 +88,7 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
         basis = record.get("basis_size")
         mode = ("graphs" if record.get("cuda_graphs") else
                 f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
-        rows.append({**_origin(record, path), "precision": record.get("amp", "none"),
+        rows.append({**_origin(record, path), "precision": precision_name(record.get("amp", "none")),
                      "batch": record["batch_size"], "mode": mode,
                      "model": "dense" if basis is None else f"basis {basis:g}",
                      "form": "-" if basis is None else _training_form(record),
@@ -97,7 +98,6 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
                                                  * (50000 // record["batch_size"])),
                      "images_per_second": record["images_per_second"]})
     table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"])
-    table["precision"] = table["precision"].replace({"none": "fp32"})
     key = ["hardware", "precision", "batch", "mode"]
     dense = (table[table["model"] == "dense"].groupby(key)["seconds_per_step"].min()
              .rename("dense_seconds_per_step"))
