@@ -44,8 +44,20 @@ from torch.nn.modules.utils import _pair
 from .layers import BasisConv2d, layer_shape, resolve_num_basis
 
 
+class _FlopSums:
+    """The sums every cost reports, from its forward and two backward FLOP counts."""
+
+    @property
+    def backward_flops(self) -> int:
+        return self.grad_input_flops + self.grad_weight_flops
+
+    @property
+    def total_flops(self) -> int:
+        return self.forward_flops + self.backward_flops
+
+
 @dataclass(frozen=True)
-class LayerCost:
+class LayerCost(_FlopSums):
     """Parameters and FLOPs of one layer call at one input shape."""
 
     name: str
@@ -57,20 +69,12 @@ class LayerCost:
     grad_weight_flops: int
 
     @property
-    def backward_flops(self) -> int:
-        return self.grad_input_flops + self.grad_weight_flops
-
-    @property
-    def total_flops(self) -> int:
-        return self.forward_flops + self.backward_flops
-
-    @property
     def forward_macs(self) -> int:
         return self.forward_flops // 2
 
 
 @dataclass
-class ModelCost:
+class ModelCost(_FlopSums):
     """Per-layer costs and totals of a model at one input shape."""
 
     input_shape: tuple[int, ...]
@@ -88,14 +92,6 @@ class ModelCost:
     @property
     def grad_weight_flops(self) -> int:
         return sum(c.grad_weight_flops for c in self.layers)
-
-    @property
-    def backward_flops(self) -> int:
-        return self.grad_input_flops + self.grad_weight_flops
-
-    @property
-    def total_flops(self) -> int:
-        return self.forward_flops + self.backward_flops
 
     def totals(self) -> dict[str, int]:
         """The model totals, as stored in the golden file."""
