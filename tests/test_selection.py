@@ -111,39 +111,6 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
     assert table["flops_saved"].sum() == dense.total_flops - converted.total_flops
 
 
-@pytest.mark.device
-def test_a_time_budget_measures_every_candidate_on_the_training_device(repo, device,
-                                                                       monkeypatch):
-    """``selection.budget_metric=time``: each candidate's dense and basis forward+backward
-    is timed on ``trainer.device`` at the run's batch size, and the dense model's step is
-    the budget's 100 %; the choice takes only layers that save time; torch's random state
-    is left alone; under torchrun it is refused."""
-    import torch
-
-    from basisconv import distributed
-
-    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "model=resnet8", "model.width=0.5", "trainer.batch_size=16",
-            f"trainer.device={device}", "selection=first_k", "selection.budget_metric=time",
-            "selection.budget_reduction=0.1", "logger=none"])
-    model = build_model("resnet8", width=0.5)
-    table = selection.layer_savings(model, cfg.basis)
-    state = torch.get_rng_state()
-    timed, dense = sensitivity.with_measured_time(cfg, table, selection.dense_totals(model))
-    assert torch.equal(torch.get_rng_state(), state)
-    assert list(timed["layer"]) == list(table["layer"])
-    assert (timed["dense_ms"] > 0).all() and (timed["basis_ms"] > 0).all()
-    assert timed["seconds_saved"].tolist() == pytest.approx(
-        ((timed["dense_ms"] - timed["basis_ms"]) / 1e3).tolist())
-    assert dense["time"] > timed["dense_ms"].max() / 1e3 > 0  # the whole step, not a layer
-    chosen = sensitivity.choose_layers(cfg) or []
-    assert set(chosen) <= set(table["layer"])
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(ConfigError, match="torchrun"):
-        sensitivity.with_measured_time(cfg, table, selection.dense_totals(model))
-
-
 # ------------------------------------------------------------------ cache and the script
 TINY = ["profile=smoke", "data.synthetic_train=300", "sensitivity.val_size=100",
         "sensitivity.pretrain_epochs=1", "model.width=0.25", "trainer.threads=1"]

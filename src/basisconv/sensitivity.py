@@ -38,7 +38,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
 from .checkpoint import folder_lock
-from .data import IMAGE_SHAPE
 from .errors import ConfigError
 from .models import build_model
 from .probe import Probe, evaluate_many, reference_noise
@@ -46,8 +45,7 @@ from .records import (RunRecord, provenance, publish, read_record, write_bytes_a
                       write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
                         fixed_layers, layer_savings, pick_layers)
-from .surgery import apply_basis
-from .timing import Runner, layer_time_savings
+from .time_budget import with_measured_time
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -266,47 +264,6 @@ def choose_layers(cfg: DictConfig) -> list[str] | str | None:
         table, totals = with_measured_time(cfg, table, dense_totals(dense))
         chosen = pick_layers(selection, table, totals)
     return chosen_or_dense(selection, chosen)
-
-
-def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, float]
-                       ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """For ``selection.budget_metric=time``: the candidate table with what each layer saves
-    in training-step time measured now on ``trainer.device`` (at ``trainer.batch_size``,
-    in the run's layout and precision; :func:`basisconv.timing.layer_time_savings`), and
-    the dense model's measured step as the budget's 100 %. Other budgets: as given.
-
-    Measured times differ between machines and a little between runs, so the choice can
-    too: the times are logged (and the sensitivity run records them). Torch's random
-    state is left as it was."""
-    if cfg.selection.budget_metric != "time":
-        return table, dense
-    with torch.random.fork_rng():
-        return _with_measured_time(cfg, table, dense)
-
-
-def _with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, float]
-                        ) -> tuple[pd.DataFrame, dict[str, float]]:
-    if distributed.world_size() > 1:
-        raise ConfigError("selection.budget_metric=time measures this machine, and each "
-                          "torchrun process would measure its own; choose the layers in one "
-                          "process (python scripts/sensitivity.py ...) and pass them as "
-                          "selection=list selection.layers=[...]")
-    trainer, basis = cfg.trainer, cfg.basis
-    names = list(table["layer"])
-    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
-    converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
-                            only_where_saves=True, combine=basis.combine,
-                            coefficient_rank=basis.coefficient_rank)
-    runner = Runner(loop.resolve_device(trainer.device), channels_last=trainer.channels_last,
-                    amp=trainer.amp)
-    savings, step = layer_time_savings(model, converted, names, runner, trainer.batch_size,
-                                       IMAGE_SHAPE)
-    log.info("selection: training forward+backward on %s at batch %d, dense model %.1f ms; "
-             "per layer (ms dense -> basis): %s", runner.device, trainer.batch_size, 1e3 * step,
-             ", ".join(f"{r.layer} {r.dense_ms:.2f} -> {r.basis_ms:.2f}"
-                       for r in savings.itertuples()))
-    table = table.drop(columns=[c for c in savings.columns if c != "layer"], errors="ignore")
-    return table.merge(savings, on="layer", how="left"), {**dense, "time": step}
 
 
 def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:

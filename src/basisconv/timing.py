@@ -47,7 +47,9 @@ class Timer:
 
     def __init__(self, device: str | torch.device):
         device = torch.device(device)
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        # the timed device's queue, not the current device's (a cuda:1 run from cuda:0)
+        self.sync = ((lambda: torch.cuda.synchronize(device)) if device.type == "cuda"
+                     else (lambda: None))
 
     def run(self, candidates: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
         times: dict[str, list[float]] = {k: [] for k in candidates}
@@ -135,15 +137,15 @@ def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str
     ``seconds_saved``: negative where the basis form is slower) and the dense model's own
     training forward+backward in seconds (the budget's 100 %)."""
     model, basis_model = runner.prepare(model), runner.prepare(basis_model)
-    inputs: dict[str, tuple[int, ...]] = {}
+    inputs: dict[str, tuple[tuple[int, ...], bool]] = {}
+    x = runner.input(batch, *image, requires_grad=False)
 
     def remember(name: str):
-        def hook(module, args) -> None:
-            inputs[name] = tuple(args[0].shape)
+        def hook(module, args) -> None:  # the shape, and whether a gradient flows back
+            inputs[name] = tuple(args[0].shape), args[0] is not x  # (none into the images)
         return hook
     hooks = [model.get_submodule(name).register_forward_pre_hook(remember(name))
              for name in names]
-    x = runner.input(batch, *image, requires_grad=False)
     with torch.no_grad():
         logits = model(x)
     for hook in hooks:
@@ -151,7 +153,8 @@ def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str
     timer, rows = Timer(runner.device), []
     for name in names:
         dense, converted = model.get_submodule(name), basis_model.get_submodule(name)
-        layer_input = runner.input(*inputs[name], requires_grad=True)
+        shape, needs_grad = inputs[name]
+        layer_input = runner.input(*shape, requires_grad=needs_grad)
         with torch.no_grad():
             grad = torch.ones_like(dense(layer_input))
         ms = timer.run({form: runner.training_step(module, layer_input, output_gradient(grad))

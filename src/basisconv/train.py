@@ -68,6 +68,15 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         return publish(record, cfg.publish) if first_rank else record
 
 
+def layers_to_convert(cfg: DictConfig, checkpoint: dict | None) -> list[str] | str | None:
+    """The layers chosen for basis form; for a resumed run, the ones its checkpoint was
+    built with (its record keeps them), so that it converts the same layers where choosing
+    again could differ (a time budget measured on another machine). Checkpoints from before
+    records kept them choose again, as they did then."""
+    record = checkpoint["record"] if checkpoint else {}
+    return record["layers"] if "layers" in record else choose_layers(cfg)
+
+
 class Training:
     """One run's state: the model (and its DDP/compiled wrapper), optimizer, schedule,
     batches, run record and tracker; built from the config, or restored from a checkpoint."""
@@ -89,7 +98,7 @@ class Training:
         # `dense_warmup_epochs`, before that epoch's checkpoint, which so already holds it.
         done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
         self.pending_conversion = converts_later(cfg) and done < cfg.basis.dense_warmup_epochs
-        self.layers = choose_layers(cfg)
+        self.layers = layers_to_convert(cfg, checkpoint)
         self.model = build_network(cfg, self.layers, basis_now=not self.pending_conversion)
         self.model.to(device=self.device, memory_format=self.memory_format)
         data = prepare_data(cfg.data, cfg.seed).to(self.device)
@@ -100,7 +109,8 @@ class Training:
         self.optimizer = loop.build_optimizer(self.model, trainer)
         self.scheduler = loop.build_scheduler(self.optimizer, trainer, len(self.train_batches))
         self.record = RunRecord("training", config, results={
-            "model": describe(self.model), "epochs": [], "final": None, "wandb": None})
+            "model": describe(self.model), "layers": self.layers, "epochs": [], "final": None,
+            "wandb": None})
         self.results = self.record.results
         if checkpoint is not None:
             self.restore(checkpoint)

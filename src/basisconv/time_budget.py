@@ -1,0 +1,131 @@
+"""``selection.budget_metric=time``: what each candidate layer saves in measured training
+time, on this machine, in the run's settings; measured once and cached.
+
+Why cached: a measured time varies from one measurement to the next (load from other
+runs, clocks), so a choice made from it could too. Measured once per machine and setting,
+every run of one setting (the seeds of a protocol row, a resumed run, the sensitivity
+run that records the timings) chooses the same layers from the same numbers. The cache
+sits beside the sensitivity tables (``<sensitivity.cache_dir>/layer-times/``), under a key
+of everything that changes a timing: the hardware, the model, the basis options, the
+candidate layers and the run's device, batch, layout, precision, threads and flags.
+``sensitivity.recompute=true`` measures again. A run resumed on another machine keeps the
+layers its checkpoint was built with (``basisconv.train``), whatever it would measure there.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import distributed, loop
+from .checkpoint import folder_lock
+from .data import IMAGE_SHAPE
+from .errors import ConfigError
+from .models import build_model
+from .network import to_basis
+from .records import hardware, provenance, write_json_atomic
+from .timing import Runner, layer_time_savings
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["layer", "dense_ms", "basis_ms", "seconds_saved"]
+
+
+def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
+    """Everything that changes the timings of ``layers`` (and nothing else)."""
+    machine = hardware()
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    basis = OmegaConf.to_container(cfg.basis, resolve=True)
+    return {
+        "hardware": {k: machine.get(k) for k in ("cpu", "cpu_capability", "gpu", "cuda",
+                                                  "cudnn")},
+        "torch": torch.__version__,
+        "model": {"name": cfg.model.name, "width": cfg.model.width},
+        "basis": {k: basis[k] for k in ("size", "combine", "coefficient_rank", "fuse_norm",
+                                        "share_coefficients", "only_where_saves")},
+        "layers": list(layers),
+        "trainer": {k: trainer[k] for k in ("device", "batch_size", "channels_last", "amp",
+                                            "threads", "deterministic")},
+    }
+
+
+def cache_path(cfg: DictConfig, layers: list[str]) -> Path:
+    fields = key_fields(cfg, layers)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{digest}.json"
+    return Path(cfg.sensitivity.cache_dir) / "layer-times" / name
+
+
+def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, float]
+                       ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """For ``selection.budget_metric=time``: the candidate table with what each layer saves
+    in training-step time on ``trainer.device`` (``dense_ms``, ``basis_ms``,
+    ``seconds_saved``; cached, see the module's doc), and the dense model's measured step as
+    the budget's 100 % (``dense["time"]``). Other budgets: as given. Torch's random state
+    and process-wide settings are left as they were."""
+    if cfg.selection.budget_metric != "time":
+        return table, dense
+    if distributed.world_size() > 1:
+        raise ConfigError("selection.budget_metric=time measures this machine, and each "
+                          "torchrun process would measure its own; choose the layers in one "
+                          "process (python scripts/sensitivity.py ...) and pass them as "
+                          "selection=list selection.layers=[...]")
+    names = list(table["layer"])
+    path = cache_path(cfg, names)
+    with folder_lock(path.parent, wait=True, what="layer timing"):  # one measurement a key
+        cached = None if cfg.sensitivity.recompute else load(path)
+        if cached is None:
+            cached = measure(cfg, names)
+            write_json_atomic(path, {**cached, "key_fields": key_fields(cfg, names),
+                                     "provenance": provenance()})
+        else:
+            log.info("selection: reusing the layer timings %s", path)
+    savings = pd.DataFrame(cached["layers"], columns=COLUMNS)
+    log.info("selection: training forward+backward on %s at batch %d, dense model %.1f ms; "
+             "per layer (ms dense -> basis): %s", cfg.trainer.device, cfg.trainer.batch_size,
+             1e3 * cached["dense_step_seconds"],
+             ", ".join(f"{r.layer} {r.dense_ms:.2f} -> {r.basis_ms:.2f}"
+                       for r in savings.itertuples()))
+    table = table.drop(columns=[c for c in COLUMNS if c != "layer"], errors="ignore")
+    return (table.merge(savings, on="layer", how="left"),
+            {**dense, "time": cached["dense_step_seconds"]})
+
+
+def load(path: Path) -> dict | None:
+    """The cached timings at ``path``, ``None`` when there are none; a damaged file is
+    refused with the fix."""
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        pd.DataFrame(cached["layers"], columns=COLUMNS).astype({"dense_ms": float})
+        float(cached["dense_step_seconds"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"the cached layer timings {path} are unreadable "
+                          f"({' '.join(str(err).split())}); delete the file (they are "
+                          f"measured again)") from None
+    return cached
+
+
+def measure(cfg: DictConfig, names: list[str]) -> dict:
+    """Time ``names`` now, in the run's settings (threads, cudnn and deterministic flags,
+    device), each layer dense and in the basis form the run would build."""
+    trainer = cfg.trainer
+    with torch.random.fork_rng(), loop.settings_restored():
+        runtime = loop.setup(trainer, cfg.seed)
+        model = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                            width=cfg.model.width)
+        converted = to_basis(copy.deepcopy(model), cfg, names, convert=False)
+        runner = Runner(runtime.device, channels_last=trainer.channels_last, amp=trainer.amp)
+        savings, step = layer_time_savings(model, converted, names, runner,
+                                           trainer.batch_size, IMAGE_SHAPE)
+    return {"dense_step_seconds": step, "layers": savings[COLUMNS].to_dict("records")}
+

@@ -1,0 +1,123 @@
+"""``selection.budget_metric=time``: layers chosen by what they save in measured training
+time; measured on the run's device in the run's settings, once per machine and setting
+(cached), and kept by a resumed run whatever it would measure now."""
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv import distributed, loop, selection, sensitivity, time_budget
+from basisconv.errors import ConfigError
+from basisconv.models import build_model
+from basisconv.train import fit
+
+
+def compose_timed(repo, cache, *overrides, config="train"):
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        return compose(config, overrides=[
+            "model=resnet8", "model.width=0.5", "trainer.batch_size=16", "logger=none",
+            "selection=first_k", "selection.budget_metric=time",
+            "selection.budget_reduction=0.1", f"sensitivity.cache_dir={cache}", *overrides])
+
+
+def fake_timings(calls: list, fastest=lambda names, call: names[0]):
+    """A stand-in for :func:`basisconv.timing.layer_time_savings`: one layer saves time
+    (``fastest`` says which, per call), the others cost time; it counts its calls and the
+    thread count it ran with."""
+    def measure(model, basis_model, names, runner, batch, image, **_):
+        calls.append({"names": list(names), "threads": torch.get_num_threads()})
+        fast = fastest(names, len(calls))
+        rows = [{"layer": n, "dense_ms": 1.0, "basis_ms": 0.1 if n == fast else 2.0,
+                 "seconds_saved": (0.9e-3 if n == fast else -1e-3)} for n in names]
+        return pd.DataFrame(rows), 10e-3
+    return measure
+
+
+@pytest.mark.device
+def test_a_time_budget_measures_every_candidate_on_the_training_device(repo, device, tmp_path,
+                                                                       monkeypatch):
+    """Each candidate's dense and basis forward+backward is timed on ``trainer.device``
+    at the run's batch size, and the dense model's step is the budget's 100 %; the choice
+    takes only layers that save time; torch's random state is left alone; under torchrun
+    it is refused."""
+    # one thread: a 2-thread op on a loaded 2-core machine can stall 100x at its barriers
+    cfg = compose_timed(repo, tmp_path, f"trainer.device={device}", "trainer.threads=1")
+    model = build_model("resnet8", width=0.5)
+    table = selection.layer_savings(model, cfg.basis)
+    state = torch.get_rng_state()
+    timed, dense = time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert list(timed["layer"]) == list(table["layer"])
+    assert (timed["dense_ms"] > 0).all() and (timed["basis_ms"] > 0).all()
+    assert timed["seconds_saved"].tolist() == pytest.approx(
+        ((timed["dense_ms"] - timed["basis_ms"]) / 1e3).tolist())
+    # the whole step, not a layer's (against the median layer: a loaded CPU can make any
+    # one layer's median slow, as seen here with other processes running)
+    assert dense["time"] > timed["dense_ms"].median() / 1e3 > 0
+    chosen = sensitivity.choose_layers(cfg) or []
+    assert set(chosen) <= set(table["layer"])
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="torchrun"):
+        time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
+
+
+def test_timings_are_measured_once_per_setting_in_the_runs_settings(repo, tmp_path,
+                                                                    monkeypatch):
+    """Every seed of a row, and the sensitivity run that records the timings, choose from
+    the same numbers: measured once, in the run's thread count (not the caller's), cached
+    by key; another batch size measures again, ``sensitivity.recompute`` too, and a
+    damaged cache file is one error naming the fix."""
+    calls = []
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
+    torch.set_num_threads(2)  # the caller's; the run says 1 (restored by conftest)
+    cfg = compose_timed(repo, tmp_path, "trainer.threads=1")
+    first = sensitivity.choose_layers(cfg)
+    assert first == [calls[0]["names"][0]]
+    assert calls[0]["threads"] == 1 and torch.get_num_threads() == 2
+    assert sensitivity.choose_layers(compose_timed(repo, tmp_path, "trainer.threads=1",
+                                                   "seed=1")) == first
+    assert len(calls) == 1
+    compose_other = compose_timed(repo, tmp_path, "trainer.threads=1", "trainer.batch_size=32")
+    sensitivity.choose_layers(compose_other)
+    sensitivity.choose_layers(compose_timed(repo, tmp_path, "trainer.threads=1",
+                                            "sensitivity.recompute=true"))
+    assert len(calls) == 3
+    files = sorted((tmp_path / "layer-times").glob("*.json"))
+    assert len(files) == 2
+    files[0].write_text("{not json")
+    with pytest.raises(ConfigError, match="delete the file"):
+        for c in (cfg, compose_other):
+            sensitivity.choose_layers(c)
+
+
+def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_path,
+                                                                      monkeypatch):
+    """Resumed where its timings are gone (another machine) and measuring again would
+    choose another layer, a run converts the layers it started with, and its record says
+    which."""
+    calls = []
+    monkeypatch.setattr(time_budget, "layer_time_savings",
+                        fake_timings(calls, lambda names, call: names[0 if call == 1 else -1]))
+    cfg = compose_timed(repo, tmp_path / "cache", "data=stripes", "data.synthetic_train=100",
+                        "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
+                        "trainer.progress=false", "trainer.threads=1")
+    real_run_epoch = loop.run_epoch
+
+    def interrupted(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt  # stands in for a kill after epoch 1
+        return real_run_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "run")
+    first = calls[0]["names"][0]
+    for cached in (tmp_path / "cache" / "layer-times").glob("*.json"):
+        cached.unlink()
+    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    resumed = fit(cfg, tmp_path / "run")
+    assert resumed["status"] == "complete" and resumed["provenance"]["resumed_from_epoch"] == 1
+    assert resumed["layers"] == [first] and resumed["model"]["basis_layers"] == [first]
+    assert len(calls) == 1  # nothing measured again
