@@ -8,7 +8,7 @@ basis fractions 1/8, 1/4, 1/2 and 3/4, side by side with the cost model's FLOP r
     python scripts/benchmark_layers.py --device cuda --amp bf16
 
 How it times and what the columns mean: ``basisconv.bench.layers`` and
-``basisconv.bench.timing``. Writes to ``results/`` (names carry device, precision and
+``basisconv.timing``. Writes to ``results/`` (names carry device, precision and
 non-default options): ``layer-speed-<dev>-<prec>.csv``, ``model-speed-<dev>-<prec>.csv``,
 a JSON record with provenance for each, and ``basis-speedup-<dev>-<prec>.png``.
 """
