@@ -69,6 +69,32 @@ def test_rows_name_hardware_form_and_record_and_compare_like_with_like(folders):
     assert train.loc[("eager", "dense"), "relative_to_dense"] == 1.0
 
 
+def test_a_basis_step_is_relative_to_the_dense_step_of_its_own_architecture_and_layout(
+        folders):
+    """A dense record of another architecture, layout or commit on the same GPU is not the
+    reference (it was once: the fastest dense row of the hardware was); with none that
+    matches there is no ratio; two that match are refused, naming both files."""
+    gpu = folders[1]
+    _train_record(gpu, "cuda-bf16-graphs-resnet20", GPU, 0.0005, cuda_graphs=True,
+                  model="resnet20")
+    _train_record(gpu, "cuda-bf16-graphs-nchw", GPU, 0.0010, cuda_graphs=True,
+                  channels_last=False)
+    _train_record(gpu, "cuda-bf16-basis0.5-graphs-nchw", GPU, 0.0015, cuda_graphs=True,
+                  channels_last=False, basis_size=0.5)
+    train = speed.training_speed(folders).set_index(["mode", "architecture", "layout", "model"])
+    assert train.loc[("graphs", "resnet18", "NHWC", "basis 0.25"),
+                     "relative_to_dense"] == pytest.approx(0.8)
+    assert train.loc[("graphs", "resnet18", "NCHW", "basis 0.5"),
+                     "relative_to_dense"] == pytest.approx(1.5)
+    _train_record(gpu, "cuda-bf16-basis0.5-eager-nchw", GPU, 0.0015, channels_last=False,
+                  basis_size=0.5)
+    unmatched = speed.training_speed(folders).set_index(["mode", "layout", "model"])
+    assert pd.isna(unmatched.loc[("eager", "NCHW", "basis 0.5"), "relative_to_dense"])
+    _train_record(gpu, "cuda-bf16-again", GPU, 0.0070)
+    with pytest.raises(DatasetError, match=r"cuda-bf16-again\.json and .*cuda-bf16\.json are"):
+        speed.training_speed(folders)
+
+
 def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders, repo, tmp_path):
     out = tmp_path / "speed-summary"
     result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),

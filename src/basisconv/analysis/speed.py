@@ -6,8 +6,9 @@ hand, and CPU and GPU stand side by side:
   with their CSVs): measured training forward+backward time relative to dense, beside the
   FLOP ratio and the time bound, per hardware, precision, batch and form;
 - the training step (``train-throughput-*.json`` of ``scripts/benchmark_train.py``): time
-  per step and per CIFAR-10 epoch, and relative to the dense model measured on the same
-  hardware with the same precision, batch and execution mode (eager, compiled, graphed).
+  per step and per CIFAR-10 epoch, and relative to the dense model measured at the same
+  commit on the same hardware with the same architecture, layout, threads, precision, batch
+  and execution mode (eager, compiled, graphed).
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from .tables import markdown
 MODEL_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "theory_fwdbwd_ratio",
                  "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory", "dense_fwdbwd_ms",
                  "source", "commit", "date"]
-TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "model", "form", "seconds_per_step",
-                 "epoch_seconds", "images_per_second", "relative_to_dense", "source", "commit",
-                 "date"]
+TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
+                 "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
+                 "relative_to_dense", "source", "commit", "date"]
+#: What a training step is compared on: a basis row is relative to the dense record that
+#: matches it in all of these (measured with the same code on the same machine, alike).
+SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
+                "commit"]
 
 
 def _origin(record: dict, path: Path) -> dict:
@@ -90,6 +95,9 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
                 f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
         rows.append({**_origin(record, path), "precision": precision_name(record.get("amp", "none")),
                      "batch": record["batch_size"], "mode": mode,
+                     "architecture": record.get("model", "resnet18"),
+                     "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
+                     "threads": record.get("threads") or "-",
                      "model": "dense" if basis is None else f"basis {basis:g}",
                      "form": "-" if basis is None else _training_form(record),
                      "seconds_per_step": record["seconds_per_step"],
@@ -98,11 +106,15 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
                                                  * (50000 // record["batch_size"])),
                      "images_per_second": record["images_per_second"]})
     table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"])
-    key = ["hardware", "precision", "batch", "mode"]
-    dense = (table[table["model"] == "dense"].groupby(key)["seconds_per_step"].min()
-             .rename("dense_seconds_per_step"))
-    table = table.join(dense, on=key)
-    table["relative_to_dense"] = table["seconds_per_step"] / table["dense_seconds_per_step"]
+    dense = table[table["model"] == "dense"]
+    twice = dense[dense.duplicated(SAME_SETTING, keep=False)]
+    if len(twice):
+        raise DatasetError(f"{' and '.join(twice['source'])} are dense measurements of the "
+                           f"same setting at one commit, so which one a basis row is "
+                           f"relative to would be a guess; move all but one out of the folders")
+    reference = dense.set_index(SAME_SETTING)["seconds_per_step"].rename("dense_seconds")
+    table = table.join(reference, on=SAME_SETTING)  # no match: no ratio (shown as "-")
+    table["relative_to_dense"] = table["seconds_per_step"] / table["dense_seconds"]
     return table[TRAIN_COLUMNS]
 
 
@@ -129,7 +141,8 @@ def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
         "## Training step (scripts/benchmark_train.py)",
         "",
         "Epoch: a CIFAR-10 epoch (50,000 images) at the measured step time; relative: to "
-        "the dense model on the same hardware, precision, batch and mode.",
+        "the dense model measured at the same commit on the same hardware, architecture, "
+        "layout, threads, precision, batch and mode (\"-\" where there is none).",
         "",
         _markdown(train)])
 
@@ -154,4 +167,6 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
         write_text_atomic(out.parent / f"{out.name}-training.csv",
                           train.to_csv(index=False, float_format="%.6g"))]
     figure = speed_across_hardware(model, out.with_suffix(".png"), note)
+    if figure is None:  # no model records: no plot, and none left from an earlier summary
+        out.with_suffix(".png").unlink(missing_ok=True)
     return written + ([figure] if figure else [])
