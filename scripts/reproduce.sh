@@ -28,8 +28,65 @@ esac
 RECORDS=$RESULTS/runs
 CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
 # OVERRIDES="key=value ...": Hydra overrides for every run, the sensitivity estimate and the
-# search, e.g. speed options (OVERRIDES="trainer.cuda_graphs=true" on a GPU)
-read -r -a EXTRA <<< "${OVERRIDES:-}"
+# search, split into words as a shell splits them (quote a value with spaces). Where the
+# records are kept (results/<profile>/runs) they may only change how runs execute
+# (EXECUTION below, e.g. OVERRIDES="trainer.cuda_graphs=true" on a GPU): runs made with and
+# without them are alike (to rounding), so a recorded run is still skipped. Any other key makes a variant
+# of the protocol, which needs folders of its own (RESULTS_DIR=..., OUTPUTS=...); its
+# overrides are kept in protocol-overrides.txt there, and every later invocation on that
+# folder must give the same ones, so that all of its records were made alike. Keys this
+# script sets per run (a row, its seed, its folders) are refused.
+# keys that change only how runs execute (alike to rounding), and keys set per run below
+EXECUTION=(trainer.cuda_graphs trainer.compile trainer.compile_mode trainer.device
+           trainer.threads data.root logger 'logger.*' 'hydra.*')
+PER_RUN=(experiment selection basis.size seed profile model publish hydra.run.dir
+         trainer.progress sensitivity.cache_dir sensitivity.restore_from sensitivity.workers
+         sensitivity.search_subset_size)
+split='import shlex, sys; sys.stdout.write("".join(w + "\0" for w in shlex.split(sys.argv[1])))'
+if ! "$PY" -c "$split" "${OVERRIDES:-}" > /dev/null 2>&1; then
+  echo "OVERRIDES=${OVERRIDES}: unbalanced quotes; quote as a shell would, e.g." \
+       "OVERRIDES=\"name='a b' trainer.threads=1\"" >&2
+  exit 2
+fi
+mapfile -d '' -t EXTRA < <("$PY" -c "$split" "${OVERRIDES:-}")
+matches() {  # matches <key> <patterns...>: whether the key is one of them
+  local key=$1 pattern; shift
+  for pattern in "$@"; do [[ $key == $pattern ]] && return 0; done
+  return 1
+}
+VARIANT=()
+for override in ${EXTRA[@]+"${EXTRA[@]}"}; do
+  key=${override%%=*}
+  key=${key#"${key%%[!+~]*}"}  # without Hydra's +, ++ or ~ prefix
+  if matches "$key" "${PER_RUN[@]}"; then
+    echo "OVERRIDES: $key is set per run by this script (the row, its seed or its folders);" \
+         "drop it from OVERRIDES (train one run with scripts/train.py instead)" >&2
+    exit 2
+  fi
+  matches "$key" "${EXECUTION[@]}" || VARIANT+=("$override")
+done
+WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
+MADE_WITH=$RESULTS/protocol-overrides.txt
+if [ -n "$WANTED" ] && [ "$RESULTS" = "results/$PROFILE" ]; then
+  echo "OVERRIDES: ${WANTED//$'\n'/ } change what the runs compute, and $RECORDS holds" \
+       "the protocol's own records: give this variant folders of its own" \
+       "(RESULTS_DIR=<folder> OUTPUTS=<folder>). Here OVERRIDES may only change how runs" \
+       "execute: ${EXECUTION[*]}" >&2
+  exit 2
+fi
+if [ -f "$MADE_WITH" ] || [ -d "$RECORDS" ]; then
+  MADE=$(cat "$MADE_WITH" 2>/dev/null || true)
+  if [ "$MADE" != "$WANTED" ]; then
+    echo "OVERRIDES: the records in $RECORDS were made with [${MADE//$'\n'/ }], this asks" \
+         "for [${WANTED//$'\n'/ }]: give the same overrides, or other folders" \
+         "(RESULTS_DIR=<folder> OUTPUTS=<folder>)" >&2
+    exit 2
+  fi
+fi
+if [ -n "$WANTED" ]; then
+  mkdir -p "$RESULTS"
+  printf '%s\n' "$WANTED" > "$MADE_WITH"
+fi
 
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 DEVICE=$([ "$GPUS" -gt 0 ] && echo cuda || echo cpu)

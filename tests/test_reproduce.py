@@ -99,3 +99,31 @@ def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.split() == []
     assert any("stopped by SIGTERM" in p.read_text() for p in logs.glob("*.log"))
+
+
+def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_runs(repo,
+                                                                                   tmp_path):
+    """OVERRIDES are split as a shell splits words; a key the script sets per run is
+    refused; a key that changes what runs compute is refused where the protocol's own
+    records are kept, and elsewhere must be the one the folder's records were made with
+    (a run recorded there would otherwise be skipped as if it were alike)."""
+    def attempt(profile, overrides, **env):
+        env = {**os.environ, "PY": sys.executable, "OVERRIDES": overrides,
+               "OUTPUTS": str(tmp_path / "outputs"), **env}
+        result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), profile],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and not result.stdout, result.stdout + result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        return result.stderr
+
+    assert "basis.size is set per run" in attempt("paper", "trainer.threads=1 basis.size=0.25")
+    assert "unbalanced quotes" in attempt("paper", "name='my run")
+    refused = attempt("paper", "trainer.cuda_graphs=true trainer.epochs=1")
+    assert "trainer.epochs=1 change what the runs compute" in refused
+    assert "RESULTS_DIR=<folder> OUTPUTS=<folder>" in refused
+    variant = tmp_path / "variant" / "paper"
+    (variant / "runs").mkdir(parents=True)
+    (variant / "protocol-overrides.txt").write_text("trainer.epochs=2\n")
+    mixed = attempt("paper", "trainer.epochs=1 'name=a b'",
+                    RESULTS_DIR=str(tmp_path / "variant"))
+    assert "made with [trainer.epochs=2], this asks for [name=a b trainer.epochs=1]" in mixed
