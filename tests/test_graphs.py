@@ -19,6 +19,7 @@ from basisconv.data import TensorBatches
 from basisconv.models import build_model
 from basisconv.network import coefficient_penalty
 from basisconv.surgery import apply_basis
+from interruption import fit_stopped_before
 
 TRAINER = OmegaConf.create({"lr": 0.05, "momentum": 0.9, "nesterov": True,
                             "weight_decay": 5e-4, "epochs": 2, "schedule": "onecycle",
@@ -215,7 +216,7 @@ def test_cuda_graphs_apply_to_single_process_cuda_runs_only(caplog):
 
 @pytest.mark.device
 def test_a_training_run_with_cuda_graphs_matches_an_eager_one_and_resumes(tmp_path, repo,
-                                                                          monkeypatch, device):
+                                                                          device):
     """``trainer.cuda_graphs=true`` end to end: a run (basis layers, padded evaluation
     batches) ends as the eager run does, and one stopped after its first epoch resumes to
     the same end. Off CUDA the setting is ignored, so the runs are identical."""
@@ -235,17 +236,7 @@ def test_a_training_run_with_cuda_graphs_matches_an_eager_one_and_resumes(tmp_pa
 
     eager = fit(cfg(), tmp_path / "eager")["epochs"]
     graphed = fit(cfg("trainer.cuda_graphs=true"), tmp_path / "graphed")["epochs"]
-    real_run_epoch = loop.run_epoch
-
-    def stopped(epoch, *args, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_run_epoch(epoch, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_epoch", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg("trainer.cuda_graphs=true"), tmp_path / "resumed")
-    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    fit_stopped_before(2, cfg("trainer.cuda_graphs=true"), tmp_path / "resumed")
     resumed = fit(cfg("trainer.cuda_graphs=true"), tmp_path / "resumed")["epochs"]
     tol = {"rel": 1e-6} if device.type == "cpu" else {"rel": 1e-3, "abs": 1e-4}
     for key in ("train_loss", "test_loss", "test_accuracy"):

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv.errors import ConfigError
 from basisconv.train import fit
+from interruption import fit_stopped_before
 
 TINY = ["data=stripes", "data.synthetic_train=400", "data.synthetic_test=100",
         "model=resnet20", "model.width=0.25", "trainer.batch_size=50", "trainer.progress=false"]
@@ -179,9 +180,7 @@ def test_basis_run_records_its_layers_and_costs(tmp_path, repo):
 
 @pytest.mark.slow
 @pytest.mark.device
-def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, monkeypatch, device):
-    import basisconv.loop as loop
-
+def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, device):
     overrides = ["experiment=basis_warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=3",
                  "trainer.deterministic=true", "basis.coefficient_update_every=2",
                  "basis.coefficient_l1=1e-4", f"trainer.device={device}"]
@@ -190,17 +189,7 @@ def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, monkeyp
     errors = [row["reconstruction_error"] for row in straight["model"]["basis_report"]]
     assert all(0 < e < 1 for e in errors)  # fitted to the warmed-up weights
 
-    real_run_epoch = loop.run_epoch
-
-    def interrupted(epoch, *args, **kwargs):
-        if epoch == 3:
-            raise KeyboardInterrupt  # stands in for a kill after epoch 2
-        return real_run_epoch(epoch, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
-    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    fit_stopped_before(3, compose_tiny(repo, *overrides), tmp_path / "resumed")
     resumed = fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
     assert resumed["provenance"]["resumed_from_epoch"] == 2
     for key in ("train_loss", "test_loss", "test_accuracy"):

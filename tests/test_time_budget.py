@@ -8,10 +8,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import distributed, loop, selection, sensitivity, time_budget
+from basisconv import distributed, selection, sensitivity, time_budget
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.train import fit
+from interruption import fit_stopped_before
 
 
 def compose_timed(repo, cache, *overrides, config="train"):
@@ -103,20 +104,10 @@ def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_
     cfg = compose_timed(repo, tmp_path / "cache", "data=stripes", "data.synthetic_train=100",
                         "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
                         "trainer.progress=false", "trainer.threads=1")
-    real_run_epoch = loop.run_epoch
-
-    def interrupted(epoch, *args, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt  # stands in for a kill after epoch 1
-        return real_run_epoch(epoch, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "run")
+    fit_stopped_before(2, cfg, tmp_path / "run")
     first = calls[0]["names"][0]
     for cached in (tmp_path / "cache" / "layer-times").glob("*.json"):
         cached.unlink()
-    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
     resumed = fit(cfg, tmp_path / "run")
     assert resumed["status"] == "complete" and resumed["provenance"]["resumed_from_epoch"] == 1
     assert resumed["layers"] == [first] and resumed["model"]["basis_layers"] == [first]
