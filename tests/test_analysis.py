@@ -44,6 +44,22 @@ RECORDS = [record(seed=0, accuracy=0.90), record(seed=1, accuracy=0.92),
            record("sensitivity_budget", 0.5, 0, 0.91, 800, 80, 8.0, (0.08, 0.16))]
 
 
+def sensitivity_record():
+    """A sensitivity record with the fields analysis reads (their content aside)."""
+    return {"kind": "sensitivity", "status": "complete",
+            "config": {"model": {"name": "resnet20", "width": 0.5}, "basis": {"size": 0.5},
+                       "selection": {"policy": "sensitivity_budget"}, "trainer": {"amp": "none"}},
+            "provenance": {"hardware": {"cpu": "AMD EPYC"}},
+            "sensitivity": {"policy": "sensitivity_budget", "key": "k", "chosen": ["conv1"],
+                            "dense": {"params": 100, "flops": 1000}, "estimate_seconds": 1.0,
+                            "reference": {"accuracy": 0.9}, "pretrained": {"accuracy": 0.8}},
+            "table": [{"layer": "conv1", "position": 0, "shape": "16x3x3x3", "num_basis": 8,
+                       "reconstruction_error": 0.1, "accuracy_drop": 0.01, "loss_increase": 0.1,
+                       "params_saved": 10, "flops_saved": 100, "seconds": 1.0}],
+            "estimate_provenance": {"date": "2026-11-25T05:00:00+00:00", "git": {"commit": None},
+                                    "hardware": {"cpu": "AMD EPYC"}}}
+
+
 def write_runs(root, records):
     for i, rec in enumerate(records):
         folder = root / f"run{i}"
@@ -171,7 +187,7 @@ def test_published_records_are_read_and_a_run_found_twice_counts_once(tmp_path):
     for i, rec in enumerate(RECORDS[:2] + RECORDS[3:4]):  # two copies, one run only here
         (runs / f"row{i}").mkdir(parents=True)
         (runs / f"row{i}" / f"seed{rec['config']['seed']}.json").write_text(json.dumps(rec))
-    (runs / "sensitivity.json").write_text(json.dumps({"kind": "sensitivity"}))
+    (runs / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
     (tmp_path / "results" / "index.json").write_text(json.dumps({"files": []}))  # not a record
     assert len(training_records(read_records(runs))) == 3
     assert len(training_records(read_records(tmp_path / "results"))) == 3
@@ -191,3 +207,43 @@ def test_report_lists_the_run_folders_it_could_not_read(tmp_path, caplog):
     assert index["unreadable_runs"] == folders
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and all(f in warnings[0] for f in folders)
+
+
+def publish_records(folder, records):
+    """Records laid out as scripts/reproduce.sh publishes them: ``<row>/seed<k>.json``."""
+    for i, rec in enumerate(records):
+        (folder / f"row{i}").mkdir(parents=True, exist_ok=True)
+        (folder / f"row{i}" / f"seed{rec['config']['seed']}.json").write_text(json.dumps(rec))
+
+
+def test_published_records_are_found_in_a_folder_of_any_name(tmp_path):
+    records = tmp_path / "quick-records"  # a copy of results/quick/runs
+    publish_records(records, RECORDS)
+    (records / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
+    (records / "index.json").write_text(json.dumps({"files": []}))  # JSON, not a record
+    (records / "notes.json").write_text(json.dumps([1, 2]))  # nor this
+    write_report(analyze_cfg(tmp_path, runs_dir=str(records)), "cmd")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert len(index["runs"]) == len(RECORDS) and index["unreadable_runs"] == []
+    # a run folder's other JSON files (wandb's) are not records
+    write_runs(tmp_path / "outputs", RECORDS[:1])
+    (tmp_path / "outputs" / "run0" / "wandb").mkdir()
+    (tmp_path / "outputs" / "run0" / "wandb" / "wandb-summary.json").write_text("{")
+    unreadable = []
+    assert len(read_records(tmp_path / "outputs", unreadable)) == 1 and unreadable == []
+
+
+def test_a_missing_runs_dir_says_it_does_not_exist(tmp_path):
+    with pytest.raises(ConfigError, match=r"runs_dir=\S*rusn: no such folder") as err:
+        write_report(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "rusn")), "cmd")
+    assert "make reproduce" not in str(err.value)
+
+
+def test_no_training_run_says_what_was_found(tmp_path):
+    publish_records(tmp_path / "runs", [{**RECORDS[0], "status": "running", "final": None}])
+    (tmp_path / "runs" / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
+    (tmp_path / "runs" / "broken.json").write_text("{")
+    with pytest.raises(ConfigError, match="found 1 running training, 1 sensitivity, "
+                                          "1 unreadable; records are"):
+        write_report(analyze_cfg(tmp_path), "cmd")
+

@@ -29,15 +29,29 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
             f"made {made['date'][:10]} by `{made['command']}`")
 
 
+def found_line(records: list[tuple[dict, Path]], unreadable: list[str]) -> str:
+    """What a folder without a complete training run held: records by kind, unreadable
+    ones, and what a record is."""
+    kinds: dict[str, int] = {}
+    for record, _ in records:
+        complete = record["status"] == "complete"
+        kind = record["kind"] if complete else f"{record['status']} {record['kind']}"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    held = [f"{n} {kind}" for kind, n in sorted(kinds.items())]
+    held += [f"{len(unreadable)} unreadable"] if unreadable else []
+    return (f"found {', '.join(held) if held else 'no records'}; records are run folders' "
+            f"run.json and published <row>/seed<k>.json files")
+
+
 def write_report(cfg: DictConfig, command: str) -> list[Path]:
     """Collect the runs (local records or wandb), write every table and plot; returns the
     files written."""
     unreadable: list[str] = []
     local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
     if unreadable:
-        log.warning("skipped %d run folders whose run.json could not be read: %s (a finished "
-                    "training run's record is rebuilt from its checkpoint by running the same "
-                    "command again)", len(unreadable), ", ".join(unreadable))
+        log.warning("skipped %d records that could not be read: %s (a finished training run's run.json is rebuilt from its "
+                    "checkpoint by running the same command again)", len(unreadable),
+                    ", ".join(unreadable))
     if cfg.source == "local":
         records = training_records(local)
     elif cfg.source == "wandb":
@@ -45,7 +59,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     else:
         raise ConfigError(f"source={cfg.source!r}; choose local or wandb")
     if not records:
-        where = cfg.runs_dir if cfg.source == "local" else f"wandb project {cfg.wandb.project}"
+        where = (f"{cfg.runs_dir} ({found_line(local, unreadable)})" if cfg.source == "local"
+                 else f"wandb project {cfg.wandb.project}")
         raise ConfigError(f"no complete training run found in {where}; run "
                           f"`make reproduce PROFILE={cfg.profile}` (or some training runs) first")
     out = Path(cfg.out_dir)

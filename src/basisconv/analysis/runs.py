@@ -67,29 +67,47 @@ def curve_rows(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return [{**keys, **epoch} for epoch in record["epochs"]]
 
 
-PUBLISHED = "runs"
-
-
 def record_files(root: str | Path) -> list[Path]:
-    """The records under ``root``: each run folder's ``run.json`` (``outputs/<profile>/``),
-    and every ``.json`` file in a folder of published records (a ``runs/`` folder, such as
-    ``results/<profile>/runs/<row>/seed<k>.json``; see :func:`basisconv.records.publish`)."""
+    """The records under ``root``, found by what they are, whatever the folders are called:
+    each run folder's ``run.json`` (``outputs/<profile>/<row>/seed<k>/``), and every other
+    ``.json`` file outside run folders and hidden folders, such as the published records
+    ``results/<profile>/runs/<row>/seed<k>.json`` (see :func:`basisconv.records.publish`);
+    :func:`read_records` leaves out the JSON files that are no records (``index.json``).
+    ``ConfigError`` when ``root`` is not a folder."""
     root = Path(root)
-    found = set(root.rglob(RECORD))
+    if not root.is_dir():
+        what = "not a folder" if root.exists() else "no such folder"
+        raise ConfigError(f"runs_dir={root}: {what}; give the folder of published records "
+                          f"(results/<profile>/runs) or of run folders (outputs/<profile>)")
+    runs = {path.parent for path in root.rglob(RECORD)}
+    found = {folder / RECORD for folder in runs}
     for path in root.rglob("*.json"):
-        if PUBLISHED in path.relative_to(root).parts[:-1] or root.name == PUBLISHED:
-            found.add(path)
+        inside = path.relative_to(root).parts[:-1]
+        if any(part.startswith(".") for part in inside):
+            continue  # .hydra/, .ipynb_checkpoints/
+        if any(folder in runs for folder in path.parents):
+            continue  # a run's own other files (wandb's)
+        found.add(path)
     return sorted(found)
+
+
+def is_record(data: Any) -> bool:
+    """Whether parsed JSON is a record at all (one may lack fields): an object with a
+    record's own ``kind``, ``status`` or ``config``; ``index.json`` is none."""
+    return isinstance(data, dict) and bool({"kind", "status", "config"} & data.keys())
 
 
 def read_records(root: str | Path, unreadable: list[str] | None = None
                  ) -> list[tuple[dict, Path]]:
     """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
     run found twice (its folder's record and a published copy) once. The unreadable ones
-    are skipped, each logged, and appended to ``unreadable`` when given."""
+    (not JSON, cut off) are skipped, each logged, and appended to ``unreadable`` when given; JSON files that
+    are no records at all are left out."""
     found, seen = [], set()
     for path in record_files(root):
         try:
+            if path.name != RECORD and not is_record(json.loads(path.read_text())):
+                continue
             record = read_record(path)
             # a run's own run.json and its published copy are one run, counted once
             identity = json.dumps([record["kind"], record["config"], record["provenance"]],
