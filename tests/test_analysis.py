@@ -247,3 +247,27 @@ def test_no_training_run_says_what_was_found(tmp_path):
                                           "1 unreadable; records are"):
         write_report(analyze_cfg(tmp_path), "cmd")
 
+
+@pytest.mark.parametrize("kind, field", [("training", "final"), ("training", "model"),
+                                         ("sensitivity", "sensitivity"),
+                                         ("sensitivity", "table")])
+def test_a_record_without_a_field_analysis_reads_is_listed_unreadable(tmp_path, kind, field):
+    publish_records(tmp_path / "runs", RECORDS)
+    lacking = {**(RECORDS[0] if kind == "training" else sensitivity_record()), "kind": kind}
+    del lacking[field]
+    (tmp_path / "runs" / "lacking.json").write_text(json.dumps(lacking))
+    # a run in progress has final: null, and is left out without being called unreadable
+    (tmp_path / "runs" / "running.json").write_text(
+        json.dumps({**RECORDS[0], "config": {**RECORDS[0]["config"], "seed": 7},
+                    "status": "running", "final": None}))
+    write_report(analyze_cfg(tmp_path), "cmd")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == [str(tmp_path / "runs" / "lacking.json")]
+    assert len(index["runs"]) == len(RECORDS)
+
+
+def test_a_complete_training_record_with_a_null_final_is_unreadable(tmp_path):
+    publish_records(tmp_path / "runs", [{**RECORDS[0], "final": None}])
+    unreadable = []
+    assert read_records(tmp_path / "runs", unreadable) == []
+    assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]

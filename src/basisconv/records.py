@@ -219,6 +219,58 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     return RunRecord.from_dict(data).as_dict()
 
 
+#: What analysis reads of a record of each kind (``basisconv.analysis``), as dotted paths:
+#: those every record of the kind holds, and those it holds once complete (a training run
+#: in progress has ``final: null``). A record that lacks one is skipped by the analysis
+#: and listed as unreadable, as a truncated one is.
+REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "training": (
+        ("config.name", "config.seed", "config.model.name", "config.model.width",
+         "config.selection.policy", "config.basis.size", "config.trainer.epochs",
+         "config.trainer.amp", "config.data.train_subset", "model.parameters",
+         "model.forward_flops", "model.backward_flops", "model.basis_layers", "epochs"),
+        ("final.test_accuracy", "final.best_test_accuracy", "final.forward_seconds_per_step",
+         "final.backward_seconds_per_step", "final.mean_epoch_seconds", "final.train_seconds")),
+    "sensitivity": (
+        ("config.model.name", "config.model.width", "config.basis.size",
+         "config.selection.policy", "config.trainer.amp", "provenance.hardware",
+         "sensitivity.policy", "sensitivity.key", "sensitivity.chosen", "sensitivity.dense",
+         "sensitivity.estimate_seconds", "sensitivity.reference.accuracy",
+         "sensitivity.pretrained.accuracy", "table", "estimate_provenance.date",
+         "estimate_provenance.git", "estimate_provenance.hardware"), ()),
+    "exhaustive_search": (
+        ("config.model.name", "config.model.width", "config.basis.size", "config.trainer.amp",
+         "provenance.hardware", "provenance.date", "provenance.git",
+         *(f"search.{key}" for key in (
+             "candidates", "subset_size", "subsets", "metric", "fast_choice", "fast_accuracy",
+             "fast_rank_by_accuracy", "fast_rank_by_loss", "best_subset", "best_accuracy",
+             "median_accuracy", "worst_accuracy", "reference_accuracy", "seconds",
+             "spearman_predicted_vs_measured_drop", "spearman_predicted_vs_measured_loss"))),
+        ()),
+}
+
+
+def missing_fields(record: dict[str, Any]) -> list[str]:
+    """The fields of :data:`REQUIRED` that ``record`` (as :func:`read_record` returns it)
+    lacks for its kind and status, each named once by its outermost missing part (``final``
+    for a missing or null ``final``); none for the kinds analysis does not read."""
+    always, once_complete = REQUIRED.get(record.get("kind"), ((), ()))
+    paths = always + (once_complete if record.get("status") == "complete" else ())
+    missing: list[str] = []
+    for path in paths:
+        node: Any = record
+        keys = path.split(".")
+        for depth, key in enumerate(keys):
+            if not isinstance(node, dict) or key not in node:
+                # a null or non-object parent is the missing part, else this key
+                where = ".".join(keys[:depth + (1 if isinstance(node, dict) else 0)])
+                if where not in missing:
+                    missing.append(where)
+                break
+            node = node[key]
+    return missing
+
+
 def publish(record: dict[str, Any], path: str | os.PathLike | None) -> dict[str, Any]:
     """Also write a *complete* record to ``path`` (a ``.json`` file; nothing when ``None``)
     and return it. ``scripts/reproduce.sh`` publishes every finished run into the tracked

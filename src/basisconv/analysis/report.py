@@ -49,7 +49,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     unreadable: list[str] = []
     local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
     if unreadable:
-        log.warning("skipped %d records that could not be read: %s (a finished training run's run.json is rebuilt from its "
+        log.warning("skipped %d records that could not be read or lack fields the analysis "
+                    "reads: %s (a finished training run's run.json is rebuilt from its "
                     "checkpoint by running the same command again)", len(unreadable),
                     ", ".join(unreadable))
     if cfg.source == "local":

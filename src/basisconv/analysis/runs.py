@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..loop import precision_name
-from ..records import RECORD, device_name, hardware_name, read_record
+from ..records import RECORD, device_name, hardware_name, missing_fields, read_record
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
                  ) -> list[tuple[dict, Path]]:
     """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
     run found twice (its folder's record and a published copy) once. The unreadable ones
-    (not JSON, cut off) are skipped, each logged, and appended to ``unreadable`` when given; JSON files that
+    (not JSON, cut off, or lacking a field analysis reads: ``basisconv.records.REQUIRED``)
+    are skipped, each logged, and appended to ``unreadable`` when given; JSON files that
     are no records at all are left out."""
     found, seen = [], set()
     for path in record_files(root):
@@ -109,6 +110,9 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
             if path.name != RECORD and not is_record(json.loads(path.read_text())):
                 continue
             record = read_record(path)
+            missing = missing_fields(record)
+            if missing:
+                raise ValueError(f"a {record['kind']} record without {', '.join(missing)}")
             # a run's own run.json and its published copy are one run, counted once
             identity = json.dumps([record["kind"], record["config"], record["provenance"]],
                                   sort_keys=True, default=str)
