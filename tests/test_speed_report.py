@@ -123,3 +123,23 @@ def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, t
     assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(DatasetError, match="no folder"):
         speed.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
+
+
+@pytest.mark.parametrize("table", ["", "garbage\x00\x01 not,a\ntable", "model,batch,fract",
+                                   "model,batch,fraction,theory_fwdbwd_ratio,fwdbwd_ratio,"
+                                   "fwdbwd_vs_theory,dense_fwdbwd_ms\nresnet18,128,0.25,0.2"],
+                         ids=["empty", "garbage", "cut-in-header", "cut-in-row"])
+def test_a_damaged_table_beside_a_valid_record_is_one_clear_error(folders, table):
+    (folders[0] / "model-speed-cpu-fp32.csv").write_text(table)
+    with pytest.raises(DatasetError, match=r"model-speed-cpu-fp32\.csv, the table of "
+                                           r"model-speed-cpu-fp32\.json, .*measure again"):
+        speed.model_speed(folders)
+
+
+def test_an_older_table_without_the_time_bound_is_still_read(tmp_path):
+    _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.39})
+    table = tmp_path / "model-speed-cpu-fp32.csv"
+    pd.read_csv(table).drop(columns="time_bound_ratio").to_csv(table, index=False)
+    model = speed.model_speed([tmp_path])
+    assert len(model) == 1 and model["time_bound_ratio"].isna().all()
+

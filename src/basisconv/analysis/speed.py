@@ -30,6 +30,10 @@ MODEL_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "theory_f
 TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                  "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
                  "relative_to_dense", "source", "commit", "date"]
+#: The columns of a whole-model table (``model-speed-*.csv``) the summary reads, each a
+#: number in every row; ``time_bound_ratio`` is not among them (older tables lack it: "-").
+TABLE_COLUMNS = ["batch", "fraction", "theory_fwdbwd_ratio", "fwdbwd_ratio",
+                 "fwdbwd_vs_theory", "dense_fwdbwd_ms"]
 #: What a training step is compared on: a basis row is relative to the dense record that
 #: matches it in all of these (measured with the same code on the same machine, alike).
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
@@ -76,13 +80,43 @@ def model_speed(folders: list[Path]) -> pd.DataFrame:
         if not table.is_file():
             raise DatasetError(f"{path} names its table {table.name}, which is not beside it; "
                                f"copy the two files together")
-        frame = pd.read_csv(table)
+        frame = _model_table(record, path, table)
         frame = frame.assign(**_origin(record, path), precision=settings.get("precision"),
                              form=_options(path))
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=MODEL_COLUMNS)
-    return pd.concat(frames, ignore_index=True)[MODEL_COLUMNS]
+    return pd.concat(frames, ignore_index=True).reindex(columns=MODEL_COLUMNS)
+
+
+def _model_table(record: dict, path: Path, table: Path) -> pd.DataFrame:
+    """The table beside a whole-model record, refused (naming both files and the command
+    that measures again) when it is not a CSV, is cut off or empty, or lacks a column the
+    summary reads (:data:`TABLE_COLUMNS`)."""
+    try:
+        text = table.read_bytes()
+        frame = pd.read_csv(table)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        problem = f"cannot be read as a table ({' '.join(str(err).split())})"
+    else:
+        lacking = [c for c in TABLE_COLUMNS if c not in frame.columns]
+        broken = [c for c in TABLE_COLUMNS if c in frame.columns and (
+            not pd.api.types.is_numeric_dtype(frame[c]) or frame[c].isna().any())]
+        if lacking:
+            problem = f"lacks the columns {', '.join(lacking)}"
+        elif not len(frame):
+            problem = "has no rows"
+        elif not text.endswith(b"\n"):  # the benchmark ends every line
+            problem = "is cut off (its last line is not complete)"
+        elif broken:
+            problem = f"has empty or non-numeric values in {', '.join(broken)} (cut off?)"
+        else:
+            return frame
+    command = ((record.get("provenance") or {}).get("command")
+               or "python scripts/benchmark_layers.py")
+    raise DatasetError(f"{table}, the table of {path.name}, {problem}: measure again "
+                       f"(`{command}`, writing to {path.parent}) or move both files out of "
+                       f"the folder")
 
 
 def training_speed(folders: list[Path]) -> pd.DataFrame:
