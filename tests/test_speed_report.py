@@ -143,3 +143,14 @@ def test_an_older_table_without_the_time_bound_is_still_read(tmp_path):
     model = speed.model_speed([tmp_path])
     assert len(model) == 1 and model["time_bound_ratio"].isna().all()
 
+
+def test_folders_without_any_speed_record_are_one_clear_error(repo, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
+                             str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                             str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"error: no speed records in {tmp_path / 'a'}, {tmp_path / 'b'}")
+    assert "model-speed-*.json" in result.stderr and "train-throughput-*.json" in result.stderr
+    assert not list(tmp_path.glob("s*"))  # no summary saying "(no records)"

@@ -34,6 +34,9 @@ TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layo
 #: number in every row; ``time_bound_ratio`` is not among them (older tables lack it: "-").
 TABLE_COLUMNS = ["batch", "fraction", "theory_fwdbwd_ratio", "fwdbwd_ratio",
                  "fwdbwd_vs_theory", "dense_fwdbwd_ms"]
+#: The records the summary is made of, and what writes them.
+RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
+                "train-throughput-*.json": "scripts/benchmark_train.py"}
 #: What a training step is compared on: a basis row is relative to the dense record that
 #: matches it in all of these (measured with the same code on the same machine, alike).
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
@@ -184,12 +187,18 @@ def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
 def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     """``<out>.md`` (both tables, each row naming its record), ``<out>-model.csv`` and
     ``<out>-training.csv`` (all digits) and ``<out>.png`` (CPU and GPU side by side), with
-    a line saying how they were made. A folder that is not there is an error naming it."""
+    a line saying how they were made. A folder that is not there, or folders that hold no
+    speed record at all, are an error naming them."""
     missing = [str(f) for f in folders if not Path(f).is_dir()]
     if missing:
         raise DatasetError(f"no folder {', '.join(missing)}: name folders that hold "
                            f"model-speed-*.json or train-throughput-*.json records")
     model, train = model_speed(folders), training_speed(folders)
+    if not len(model) and not len(train):
+        looked = ", ".join(f"{pattern} ({writer})" for pattern, writer in RECORD_FILES.items())
+        raise DatasetError(f"no speed records in {', '.join(map(str, folders)) or 'no folder'}: "
+                           f"the summary is made of {looked}; name folders that hold them "
+                           f"(e.g. results)")
     made = provenance(command)
     note = (f"From the records in {', '.join(map(str, folders))}; made by `{command}` at "
             f"commit {(made['git'].get('commit') or '')[:7]} on {made['date'][:10]}.")
