@@ -19,16 +19,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench.layers import TARGET_SLACK, SpeedOptions, run
+from basisconv.cli import exit_on_user_error
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     d = SpeedOptions()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,14 +61,11 @@ def main(argv: list[str] | None = None) -> None:
                              "by (GPU) time for each whole-model training step")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    for f in args.fractions:
-        if not 0 < f <= 1:
-            parser.error(f"--fractions must be in (0, 1], got {f}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available to this torch")
     if args.combine == "fused" and args.device != "cuda":
         parser.error("--combine fused: the Triton kernel runs on CUDA only; add --device cuda")
     options = SpeedOptions(**{k: v for k, v in vars(args).items() if k != "out_dir"})
+    if problem := options.invalid_flag():
+        parser.error(problem)
 
     command = " ".join(["python", "scripts/benchmark_layers.py", *(sys.argv[1:] if argv is None else argv)])
     result = run(options, args.out_dir, command)

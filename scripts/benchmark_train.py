@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from basisconv.bench.train import ThroughputOptions, run
+from basisconv.cli import exit_on_user_error
 from basisconv.config import COMPILE_MODES
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES, precision_name
@@ -26,6 +27,7 @@ from basisconv.loop import AMP_DTYPES, precision_name
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     d = ThroughputOptions()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,9 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="replay each step as CUDA graphs (trainer.cuda_graphs; CUDA only)")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default results/)")
     args = parser.parse_args(argv)
-    if args.cuda_graphs and not args.device.startswith("cuda"):
-        parser.error("--cuda-graphs needs --device cuda")
     options = ThroughputOptions(**{k: v for k, v in vars(args).items() if k != "out"})
+    if problem := options.invalid_flag():
+        parser.error(problem)
 
     command = " ".join(["python", "scripts/benchmark_train.py", *(sys.argv[1:] if argv is None else argv)])
     result, out = run(options, args.out, results_dir=RESULTS, command=command)

@@ -175,3 +175,62 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     assert row["fused_vs_unfused_fwdbwd"] == row["basis_fwdbwd_ms"] / row["unfused_fwdbwd_ms"]
     unfused = basis_conv2d_cost(8, 16, 3, 8, 8)  # the moments make the fused one dearer
     assert row["theory_fwdbwd_ratio"] > unfused.total_flops / conv2d_cost(8, 16, 3, 8).total_flops
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(batch_size=0), "--batch-size must be >= 1, got 0"),
+    (dict(threads=-2), "--threads must be >= 0 (0: torch's default), got -2"),
+    (dict(layer_repeats=0), "--layer-repeats must be >= 1"),
+    (dict(model_repeats=0), "--model-repeats must be >= 1"),
+    (dict(warmup=-1), "--warmup must be >= 0"),
+    (dict(fractions=[0.5, 1.5]), "--fractions must be in (0, 1], got 1.5")])
+def test_layer_benchmark_flags_out_of_range_are_named(options, message):
+    assert SpeedOptions(**options).invalid_flag().startswith(message)
+    assert SpeedOptions(quick=True, threads=0).invalid_flag() is None
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(model="resnet-20"), "--model resnet-20: no such model; choose one of "),
+    (dict(batch_size=-1), "--batch-size must be >= 1, got -1"),
+    (dict(steps=0, warmup=0), "--steps must be >= 1, got 0"),
+    (dict(warmup=-1), "--warmup must be >= 0"),
+    (dict(threads=-1), "--threads must be >= 0 (0: torch's default), got -1"),
+    (dict(basis_size=1.5), "--basis-size must be in (0, 1]"),
+    (dict(device="gpu"), "--device gpu: no such device; choose cpu, cuda, cuda:<index> or auto"),
+    (dict(device="meta"), "--device meta: not measured here; choose cpu, cuda"),
+    (dict(cuda_graphs=True), "--cuda-graphs needs --device cuda")])
+def test_training_benchmark_flags_out_of_range_are_named(options, message):
+    from basisconv.bench.train import ThroughputOptions
+    from basisconv.models import list_models
+
+    problem = ThroughputOptions(**options).invalid_flag()
+    assert problem is not None and problem.startswith(message)
+    if "model" in options:  # the registry's list, not a copy of it
+        assert problem.endswith(", ".join(list_models()))
+    assert ThroughputOptions(model="resnet8", threads=0, warmup=0).invalid_flag() is None
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("benchmark_train.py", ["--model", "resnet-20"], "--model resnet-20: no such model"),
+    ("benchmark_train.py", ["--device", "gpu"], "--device gpu: no such device"),
+    ("benchmark_layers.py", ["--batch-size", "0", "--parts", "model", "--quick"],
+     "--batch-size must be >= 1"),
+    ("benchmark_layers.py", ["--threads", "-2"], "--threads must be >= 0")])
+def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, script, args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(repo / "scripts" / script), *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # argparse's usage, then one line naming the flag
+    assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: {message}")
+    assert "trainer." not in result.stderr
+
+
+def test_training_benchmark_without_warmup_steps(monkeypatch, tmp_path):
+    from basisconv.bench.train import ThroughputOptions, measure
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    result = measure(ThroughputOptions(model="resnet8", batch_size=4, steps=1, warmup=0))
+    assert result["seconds_per_step"] > 0

@@ -110,6 +110,25 @@ class SpeedOptions:
         ])
         return f"{self.device}-{precision_name(self.amp)}{suffix}"
 
+    def invalid_flag(self) -> str | None:
+        """The first flag of ``scripts/benchmark_layers.py`` whose value cannot be measured,
+        as one line naming it and the valid values (for ``parser.error``); ``None`` when
+        all are valid (with ``--quick``, its repeats replace those given)."""
+        for flag, value, least in (("--batch-size", self.batch_size, 1),
+                                   ("--threads", self.threads, 0),
+                                   ("--layer-repeats", self.layer_repeats, 1),
+                                   ("--model-repeats", self.model_repeats, 1),
+                                   ("--warmup", self.warmup, 0)):
+            if value < least:
+                zero = " (0: torch's default)" if flag == "--threads" else ""
+                return f"{flag} must be >= {least}{zero}, got {value}"
+        for fraction in self.fractions:
+            if not 0 < fraction <= 1:
+                return f"--fractions must be in (0, 1], got {fraction:g}"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "--device cuda: no CUDA device is available to this torch; use --device cpu"
+        return None
+
     def runner(self) -> Runner:
         return Runner(self.device, channels_last=self.channels_last, amp=self.amp,
                       compile=self.compile)

@@ -26,7 +26,7 @@ from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
 from ..loop import (AMP_DTYPES, build_optimizer, compiled, memory_format, precision_name,
                     resolve_device, train_one_epoch)
-from ..models import build_model
+from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record
 from ..surgery import apply_basis
@@ -50,6 +50,29 @@ class ThroughputOptions:
     compile_mode: str | None = None  # torch.compile the model in this mode (None: eager)
     cuda_graphs: bool = False        # replay each step as CUDA graphs (basisconv.graphs)
 
+    def invalid_flag(self) -> str | None:
+        """The first flag of ``scripts/benchmark_train.py`` whose value cannot be measured,
+        as one line naming it and the valid values (for ``parser.error``); ``None`` when
+        all are valid."""
+        models = list_models()
+        if self.model not in models:
+            return f"--model {self.model}: no such model; choose one of {', '.join(models)}"
+        for flag, value, least in (("--batch-size", self.batch_size, 1),
+                                   ("--steps", self.steps, 1), ("--warmup", self.warmup, 0),
+                                   ("--threads", self.threads, 0)):
+            if value < least:
+                zero = " (0: torch's default)" if flag == "--threads" else ""
+                return f"{flag} must be >= {least}{zero}, got {value}"
+        if self.basis_size is not None and not 0 < self.basis_size <= 1:
+            return (f"--basis-size must be in (0, 1] (a fraction of each layer's output "
+                    f"channels), got {self.basis_size:g}")
+        device = device_problem(self.device)
+        if device:
+            return device
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            return "--cuda-graphs needs --device cuda"
+        return None
+
     @property
     def tag(self) -> str:
         """What the file name carries beyond device and precision: the non-default options."""
@@ -62,6 +85,26 @@ class ThroughputOptions:
             "-graphs" if self.cuda_graphs else "",
             "" if self.channels_last else "-nchw",
             "" if self.batch_size == 128 else f"-b{self.batch_size}"])
+
+
+def device_problem(name: str) -> str | None:
+    """What is wrong with ``--device name`` (one line), or ``None``: cpu, cuda, cuda:<index>
+    (of a GPU this torch sees) and auto (CUDA when there is one) are valid."""
+    valid = "choose cpu, cuda, cuda:<index> or auto"
+    if name in ("cpu", "auto"):
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"--device {name}: no such device; {valid}"
+    if device.type != "cuda":
+        return f"--device {name}: not measured here; {valid}"
+    if not torch.cuda.is_available():
+        return f"--device {name}: no CUDA device is available to this torch; use --device cpu"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return (f"--device {name}: this torch sees {torch.cuda.device_count()} GPU(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return None
 
 
 class TimedBatches:
@@ -137,8 +180,9 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
     graphed = options.cuda_graphs and device.type == "cuda"
 
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
-    train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer, scheduler,
-                    amp_dtype=amp, graphed=graphed)
+    if options.warmup:  # (an epoch of no steps has no loss to report)
+        train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer,
+                        scheduler, amp_dtype=amp, graphed=graphed)
     warmup_seconds = time.perf_counter() - warm
     timed = TimedBatches(batches, options.steps)
     synchronized = stats = train_one_epoch(step_model, timed, optimizer, scheduler,
