@@ -16,6 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-quick}
 PY=${PY:-.venv/bin/python}
+if ! command -v "$PY" > /dev/null; then
+  echo "PY=$PY: no such python here; run \`make reproduce PROFILE=$PROFILE\` (it builds .venv)" \
+       "or set PY=<a python with the requirements>" >&2
+  exit 2
+fi
 OUT=${OUTPUTS:-outputs}/$PROFILE
 RESULTS=${RESULTS_DIR:-results}/$PROFILE
 case $PROFILE in

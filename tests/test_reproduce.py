@@ -127,3 +127,15 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
     mixed = attempt("paper", "trainer.epochs=1 'name=a b'",
                     RESULTS_DIR=str(tmp_path / "variant"))
     assert "made with [trainer.epochs=2], this asks for [name=a b trainer.epochs=1]" in mixed
+
+
+def test_a_missing_python_is_one_line_saying_how_to_get_one(repo, tmp_path):
+    for python in (str(tmp_path / "no-venv" / "bin" / "python"), "no-such-python3"):
+        env = {**os.environ, "PY": python, "OUTPUTS": str(tmp_path / "outputs")}
+        env.pop("OVERRIDES", None)
+        result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "quick"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and not result.stdout, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"PY={python}: no such python here; run `make reproduce PROFILE=quick` (it builds "
+            f".venv) or set PY=<a python with the requirements>"]
