@@ -49,7 +49,7 @@ PER_RUN=(experiment selection basis.size seed profile model publish hydra.run.di
          sensitivity.search_subset_size)
 split='import shlex, sys; sys.stdout.write("".join(w + "\0" for w in shlex.split(sys.argv[1])))'
 if ! "$PY" -c "$split" "${OVERRIDES:-}" > /dev/null 2>&1; then
-  echo "OVERRIDES=${OVERRIDES}: unbalanced quotes; quote as a shell would, e.g." \
+  echo "OVERRIDES=${OVERRIDES:-}: unbalanced quotes; quote as a shell would, e.g." \
        "OVERRIDES=\"name='a b' trainer.threads=1\"" >&2
   exit 2
 fi
