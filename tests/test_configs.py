@@ -4,6 +4,7 @@ with one clear message (as lightning-hydra-template's config tests do)."""
 import itertools
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv.config import validate
 from basisconv.errors import ConfigError
+from basisconv.loop import resolve_device
 from basisconv.network import build_network
 from basisconv.sensitivity import choose_layers
 
@@ -86,6 +88,9 @@ def test_slurm_launcher_composes(compose_cfg):
     ("selection.budget_reduction=1.5", r"selection.budget_reduction must be in \(0, 1\)"),
     ("selection.metric=top1", "selection.metric='top1'; choose one of accuracy_drop"),
     ("sensitivity.finetune_epochs=-1", "sensitivity.finetune_epochs must be >= 0"),
+    ("trainer.device=gpu", "trainer.device='gpu'; choose one of auto, cpu, cuda, cuda:N"),
+    ("trainer.device=mps", "trainer.device='mps'; choose one of auto, cpu, cuda, cuda:N"),
+    ("trainer.device=cuda:one", "trainer.device='cuda:one'; choose one of auto, cpu, cuda"),
 ])
 def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, override, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -149,3 +154,18 @@ def test_basis_fuse_norm_reaches_the_layers_and_keys_the_sensitivity_cache_only_
     without_key = OmegaConf.create(OmegaConf.to_container(plain))
     del without_key.basis["fuse_norm"]  # a record written before the key existed
     assert cache_key(off) == cache_key(without_key) != cache_key(fused)
+
+
+def test_device_names_are_checked_at_validation_and_when_resolved(compose_cfg):
+    """trainer.device: auto, cpu, cuda, cuda:N pass validation (whether the machine has
+    CUDA is the run's question); anything else is one line at validation, and at
+    resolve_device for callers that do not validate (e.g. the benchmarks)."""
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        validate(compose_cfg(f"trainer.device={device}"))
+    with pytest.raises(ConfigError, match="trainer.device='xpu'; choose one of auto, cpu"):
+        resolve_device("xpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device is available; use "
+                                              "trainer.device=cpu or auto"):
+            resolve_device("cuda")

@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig
 
 from .errors import ConfigError
 from .layers import COMBINE_MODES, check_basis_size
-from .loop import AMP_DTYPES
+from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
 from .selection import BUDGET_METRICS, METRICS, POLICIES
 
@@ -238,6 +238,8 @@ def validate(cfg: DictConfig) -> None:
     _check_choice(t.schedule, SCHEDULES, "trainer.schedule")
     _check_choice(t.amp, AMP, "trainer.amp")
     _check_choice(t.compile_mode, COMPILE_MODES, "trainer.compile_mode")
+    _check(valid_device_name(t.device),
+           f"trainer.device={t.device!r}; choose one of {DEVICE_NAMES}")
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
            f"trainer.compile_mode=default or max-autotune-no-cudagraphs, not {t.compile_mode}")

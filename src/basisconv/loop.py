@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -34,8 +35,18 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N: the GPU's index)"
+
+
+def valid_device_name(name: str) -> bool:
+    """Whether ``name`` is a ``trainer.device`` value: auto, cpu, cuda or cuda:N."""
+    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)) is not None
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
+    if not valid_device_name(name):
+        raise ConfigError(f"trainer.device={name!r}; choose one of {DEVICE_NAMES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
