@@ -130,6 +130,17 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
         choose_layers(compose_cfg("model=resnet20", "selection=list"))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("trainer.epochs=0", "trainer.epochs must be >= 1, got 0"),
+    ("trainer.epochs=-2", "trainer.epochs must be >= 1, got -2"),
+])
+def test_a_bad_trainer_value_is_named_before_the_basis_checks_that_use_it(compose_cfg,
+                                                                          override, message):
+    """experiment=basis_all trainer.epochs=0 once blamed basis.dense_warmup_epochs."""
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        validate(compose_cfg("experiment=basis_all", override))
+
+
 @pytest.mark.parametrize("override", ["data.synthetic_train=0", "data.synthetic_test=0",
                                       "data.synthetic_test=-5"])
 def test_generated_data_sizes_below_one_fail_validation(compose_cfg, override):

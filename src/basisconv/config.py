@@ -209,21 +209,7 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(b.coefficient_l1 >= 0, f"basis.coefficient_l1 must be >= 0, got {b.coefficient_l1}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
-    naming the key, the value and what is allowed."""
-    _check(cfg.model.name in list_models(),
-           f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
-    _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")
-    validate_basis(cfg)
-    _check_choice(cfg.data.name, DATASETS, "data.name")
-    _check_subset(cfg.data.train_subset, "data.train_subset")
-    _check_subset(cfg.data.test_subset, "data.test_subset")
-    if cfg.data.name == "stripes":
-        for key in ("synthetic_train", "synthetic_test"):
-            _check(cfg.data[key] >= 1, f"data.{key} must be >= 1 with data=stripes (the number "
-                                       f"of generated images), got {cfg.data[key]}")
-    _check(cfg.data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
+def validate_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
     _check(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
@@ -240,6 +226,28 @@ def validate(cfg: DictConfig) -> None:
     _check_choice(t.compile_mode, COMPILE_MODES, "trainer.compile_mode")
     _check(valid_device_name(t.device),
            f"trainer.device={t.device!r}; choose one of {DEVICE_NAMES}")
+    _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
+    naming the key, the value and what is allowed. Each group's own values are checked
+    before the checks that relate groups (e.g. ``basis.dense_warmup_epochs`` against
+    ``trainer.epochs``), so a bad value is named itself, not through another key."""
+    _check(cfg.model.name in list_models(),
+           f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
+    _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")
+    _check_choice(cfg.data.name, DATASETS, "data.name")
+    _check_subset(cfg.data.train_subset, "data.train_subset")
+    _check_subset(cfg.data.test_subset, "data.test_subset")
+    if cfg.data.name == "stripes":
+        for key in ("synthetic_train", "synthetic_test"):
+            _check(cfg.data[key] >= 1, f"data.{key} must be >= 1 with data=stripes (the number "
+                                       f"of generated images), got {cfg.data[key]}")
+    _check(cfg.data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
+    validate_trainer(cfg)
+    validate_basis(cfg)
+    t = cfg.trainer
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
            f"trainer.compile_mode=default or max-autotune-no-cudagraphs, not {t.compile_mode}")
@@ -249,6 +257,5 @@ def validate(cfg: DictConfig) -> None:
            f"parameters train between steps; set one of them back (false, or 1)")
     _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
            f"publish={cfg.publish!r} must name a .json file (or be null)")
-    _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     _check_choice(cfg.logger.mode, LOGGER_MODES, "logger.mode")
