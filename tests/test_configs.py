@@ -141,6 +141,18 @@ def test_a_bad_trainer_value_is_named_before_the_basis_checks_that_use_it(compos
         validate(compose_cfg("experiment=basis_all", override))
 
 
+@pytest.mark.parametrize("data", ["cifar10", "stripes"])
+@pytest.mark.parametrize("classes", [5, 0, 100])
+def test_num_classes_must_be_the_datasets_class_count(compose_cfg, data, classes):
+    """Fewer classes than the labels once ended in an IndexError trace from the loss, 0 in
+    a ValueError trace from the model registry, and more trained a too-wide head silently."""
+    validate(compose_cfg(f"data={data}", "data.num_classes=10"))
+    with pytest.raises(ConfigError, match=rf"^data.num_classes={classes}, but data={data} has "
+                                          rf"10 classes; drop the override "
+                                          rf"\(data.num_classes=10\)$"):
+        validate(compose_cfg(f"data={data}", f"data.num_classes={classes}"))
+
+
 @pytest.mark.parametrize("override", ["data.synthetic_train=0", "data.synthetic_test=0",
                                       "data.synthetic_test=-5"])
 def test_generated_data_sizes_below_one_fail_validation(compose_cfg, override):

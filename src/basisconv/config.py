@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from .data import NUM_CLASSES
 from .errors import ConfigError
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
@@ -141,7 +142,7 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP = tuple(AMP_DTYPES)
-DATASETS = ("cifar10", "stripes")
+DATASETS = tuple(NUM_CLASSES)
 BASIS_INIT = ("scratch", "convert")
 LOGGER_BACKENDS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -238,6 +239,10 @@ def validate(cfg: DictConfig) -> None:
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
     _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")
     _check_choice(cfg.data.name, DATASETS, "data.name")
+    classes = NUM_CLASSES[cfg.data.name]
+    _check(cfg.data.num_classes == classes,
+           f"data.num_classes={cfg.data.num_classes}, but data={cfg.data.name} has {classes} "
+           f"classes; drop the override (data.num_classes={classes})")
     _check_subset(cfg.data.train_subset, "data.train_subset")
     _check_subset(cfg.data.test_subset, "data.test_subset")
     if cfg.data.name == "stripes":

@@ -196,6 +196,11 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
     return CIFAR10(*train, *test, source=str(folder))
 
 
+# The stripes problem's classes: each colour with horizontal, then vertical stripes.
+STRIPE_COLOURS = ((220, 40, 40), (40, 200, 40), (40, 60, 220), (220, 200, 40), (200, 40, 200))
+STRIPE_CLASSES = 2 * len(STRIPE_COLOURS)
+
+
 def stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A small generated, *learnable* 10-class problem in CIFAR shape (``data=stripes``):
     class = colour (5) x orientation (horizontal or vertical) of stripes with random
@@ -206,11 +211,10 @@ def stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     tiny ResNet needs a few hundred steps of real learning to pass 90%, so a loop that
     does not learn cannot fake it. Used by smoke runs and tests, which need no dataset.
     """
-    palette = torch.tensor([[220, 40, 40], [40, 200, 40], [40, 60, 220], [220, 200, 40],
-                            [200, 40, 200]], dtype=torch.float32)
+    palette = torch.tensor(STRIPE_COLOURS, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
-    labels = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
-    colour, vertical = labels % 5, labels // 5
+    labels = (torch.arange(n) % STRIPE_CLASSES)[torch.randperm(n, generator=g)]
+    colour, vertical = labels % len(STRIPE_COLOURS), labels // len(STRIPE_COLOURS)
     freq = 2 * math.pi / (4 + 4 * torch.rand(n, 1, 1, generator=g))
     phase = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
     coord = torch.arange(32, dtype=torch.float32)
@@ -227,6 +231,10 @@ def synthetic_stripes(n_train: int, n_test: int, seed: int = 0) -> CIFAR10:
     images, labels = stripes(n_train + n_test, seed)
     return CIFAR10(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
                    source=f"generated stripes (seed {seed})")
+
+
+#: The class count of each ``data.name``: what ``data.num_classes`` must be.
+NUM_CLASSES = {"cifar10": len(CLASSES), "stripes": STRIPE_CLASSES}
 
 
 def prepare_data(data_cfg, seed: int) -> CIFAR10:
