@@ -88,6 +88,8 @@ def test_slurm_launcher_composes(compose_cfg):
     ("selection.budget_reduction=1.5", r"selection.budget_reduction must be in \(0, 1\)"),
     ("selection.metric=top1", "selection.metric='top1'; choose one of accuracy_drop"),
     ("sensitivity.finetune_epochs=-1", "sensitivity.finetune_epochs must be >= 0"),
+    ("trainer.lr=inf", "trainer.lr must be a finite number > 0, got inf"),
+    ("sensitivity.finetune_lr=inf", "sensitivity.finetune_lr must be a finite number > 0"),
     ("trainer.device=gpu", "trainer.device='gpu'; choose one of auto, cpu, cuda, cuda:N"),
     ("trainer.device=mps", "trainer.device='mps'; choose one of auto, cpu, cuda, cuda:N"),
     ("trainer.device=cuda:one", "trainer.device='cuda:one'; choose one of auto, cpu, cuda"),

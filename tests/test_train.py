@@ -248,3 +248,66 @@ def test_the_step_uses_the_chosen_compile_mode_and_sgd_fused_only_on_cuda(tmp_pa
     assert batch_sizes == {50, 32}
     fused = optimizers[0].defaults["fused"]
     assert fused is (True if device.type == "cuda" else None)
+
+
+TINY_STRIPES = ["data=stripes", "data.synthetic_train=200", "data.synthetic_test=100",
+                "model=resnet20", "model.width=0.25", "trainer.batch_size=50",
+                "trainer.progress=false"]
+
+
+def test_a_diverged_epoch_is_one_error_and_neither_recorded_nor_saved(tmp_path, repo,
+                                                                      monkeypatch):
+    """A NaN test loss (as trainer.lr=1e6 gives, with a huge but finite training loss) once
+    ended the run as complete with test_loss NaN; now the epoch is not recorded, and the
+    folder keeps the last good epoch's checkpoint."""
+    from basisconv import loop
+    from basisconv.checkpoint import load_checkpoint
+    from basisconv.errors import BasisconvError, TrainingDiverged
+
+    evaluate, calls = loop.evaluate, []
+
+    def nan_in_epoch_2(*args, **kwargs):
+        stats = evaluate(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            stats.loss = float("nan")
+        return stats
+    monkeypatch.setattr(loop, "evaluate", nan_in_epoch_2)
+    with pytest.raises(TrainingDiverged) as err:
+        fit(config(repo, TINY_STRIPES + ["trainer.epochs=3"]), tmp_path)
+    message = str(err.value)
+    assert isinstance(err.value, (BasisconvError, FloatingPointError)) and "\n" not in message
+    assert message.startswith("training diverged in epoch 2 of 3: the test loss became nan "
+                              "with trainer.lr=0.1; lower trainer.lr"), message
+    assert message.endswith(f"The run in {tmp_path} is not complete; its checkpoint.pt is of "
+                            f"epoch 1, the last good one"), message
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["record"]
+    assert len(saved["epochs"]) == 1 and saved["status"] != "complete"
+    assert '"complete"' not in (tmp_path / "run.json").read_text()
+
+
+def test_train_script_reports_divergence_in_one_line(tmp_path, repo):
+    result = run_script(repo, tmp_path, *TINY_STRIPES, "trainer.epochs=1", "trainer.lr=1e6")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: training diverged in epoch 1 of 1: the "), \
+        result.stderr
+    assert "it holds no checkpoint (no epoch came before)" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_diverged_sensitivity_fine_tune_names_its_learning_rate(tmp_path, repo):
+    """A NaN held-out loss once went into the sensitivity table silently."""
+    from basisconv.errors import TrainingDiverged
+    from basisconv.sensitivity import estimate
+
+    cfg = config(repo, TINY_STRIPES + ["sensitivity.pretrain_epochs=1", "sensitivity.val_size=50",
+                                       "sensitivity.noise_repeats=0",
+                                       "sensitivity.layers=[layer1.0.conv1]",
+                                       "sensitivity.finetune_lr=1e6",
+                                       f"sensitivity.cache_dir={tmp_path}"])
+    with pytest.raises(TrainingDiverged, match=r"^sensitivity: a fine-tune diverged \(its "
+                                               r".* loss became nan with "
+                                               r"sensitivity.finetune_lr=1000000.0\); lower "
+                                               r"sensitivity.finetune_lr"):
+        estimate(cfg)

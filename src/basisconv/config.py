@@ -9,6 +9,7 @@ Importing this module registers the schema with Hydra's ConfigStore as ``train_s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -182,7 +183,8 @@ def validate_basis(cfg: DictConfig) -> None:
     s = cfg.sensitivity
     _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")
-    _check(s.finetune_lr > 0, f"sensitivity.finetune_lr must be > 0, got {s.finetune_lr}")
+    _check(0 < s.finetune_lr < math.inf,
+           f"sensitivity.finetune_lr must be a finite number > 0, got {s.finetune_lr}")
     _check_subset(s.val_size, "sensitivity.val_size")
     _check(bool(s.layers), "sensitivity.layers is empty; use [all] or layer names/patterns")
     _check(s.noise_repeats >= 0, f"sensitivity.noise_repeats must be >= 0, got {s.noise_repeats}")
@@ -215,7 +217,7 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     _check(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
-    _check(t.lr > 0, f"trainer.lr must be > 0, got {t.lr}")
+    _check(0 < t.lr < math.inf, f"trainer.lr must be a finite number > 0, got {t.lr}")
     _check(0 <= t.momentum < 1, f"trainer.momentum must be in [0, 1), got {t.momentum}")
     _check(t.weight_decay >= 0, f"trainer.weight_decay must be >= 0, got {t.weight_decay}")
     _check(0 <= t.warmup_fraction < 1,

@@ -14,6 +14,19 @@ class DatasetError(BasisconvError, RuntimeError):
     """The data could not be read; the message says where it looked and what to do."""
 
 
+class TrainingDiverged(BasisconvError, FloatingPointError):
+    """A loss became NaN or infinite (usually a learning rate too high for the model): the
+    message says which loss, where, and what was kept. ``quantity`` and ``value`` say what
+    diverged (e.g. ``"training loss"``, ``nan``), for callers that reword the message."""
+
+    def __init__(self, message: str, quantity: str = "loss", value: float = float("nan")):
+        super().__init__(message)
+        self.quantity, self.value = quantity, value
+
+    def __reduce__(self):  # through a worker process's pickle with its fields
+        return type(self), (str(self), self.quantity, self.value)
+
+
 class Stopped(KeyboardInterrupt):
     """A run stopped by a signal (SIGINT, i.e. Ctrl-C, or SIGTERM); the message says after
     which epoch and how to resume. A ``KeyboardInterrupt``, so code that handles Ctrl-C

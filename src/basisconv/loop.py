@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import distributed, graphs
 from .data import TensorBatches
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +285,17 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
     if graph is not None:  # (after the sync above) free the graph pool the grads live in
         optimizer.zero_grad(set_to_none=True)
     loss_value = loss_sum.item() / seen
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(f"training loss became {loss_value}; lower trainer.lr "
-                                 f"or check the data")
+    check_finite(loss_value, "training loss")
     return EpochStats(loss_value, correct.item() / seen, time.perf_counter() - start,
                       *timer.means())
+
+
+def check_finite(value: float, quantity: str) -> None:
+    """Raise :class:`TrainingDiverged` when ``value`` (a loss already read back once per
+    epoch: checking it adds no host synchronization) is NaN or infinite."""
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{quantity} became {value}; lower trainer.lr or check the data",
+                               quantity, value)
 
 
 @torch.no_grad()
@@ -346,6 +352,7 @@ def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
                     padded=trainer.compile)
     log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,
              test.loss, test.accuracy, lr, train.seconds)
+    check_finite(test.loss, "test loss")  # a NaN metric is never recorded
     return {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
             "test_loss": test.loss, "test_accuracy": test.accuracy, "lr": lr,
             "epoch_seconds": train.seconds, "eval_seconds": test.seconds,

@@ -7,6 +7,7 @@ held-out images.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import loop
 from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .models import build_model
 from .surgery import apply_basis, basis_report
 
@@ -45,6 +46,18 @@ def holdout_split(images: torch.Tensor, labels: torch.Tensor, val_size: int | fl
     if not keep.any():
         raise ConfigError(f"sensitivity.val_size={val_size} leaves no training images")
     return Split(images[keep], labels[keep], images[val], labels[val])
+
+
+@contextlib.contextmanager
+def diverging(what: str, lr_key: str, lr: float, note: str = ""):
+    """A loss that becomes NaN or infinite in the block is :class:`TrainingDiverged` naming
+    the training (``what``) and its learning rate (``lr_key``)."""
+    try:
+        yield
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"sensitivity: {what} diverged (its {err.quantity} became "
+                               f"{err.value} with {lr_key}={lr}); lower {lr_key}{note}",
+                               err.quantity, err.value) from None
 
 
 class Probe:
@@ -77,9 +90,12 @@ class Probe:
                                 "sensitivity.source_checkpoint")
             log.info("sensitivity: dense weights from %s", cfg.sensitivity.source_checkpoint)
         else:
-            self.train(self.dense, cfg.sensitivity.pretrain_epochs, trainer.lr, trainer.schedule)
+            with diverging("the dense pretraining", "trainer.lr", trainer.lr):
+                self.train(self.dense, cfg.sensitivity.pretrain_epochs, trainer.lr,
+                           trainer.schedule)
         self.pretrain_seconds = time.perf_counter() - start
-        self.pretrained = self.measure(self.dense)
+        with diverging("the dense pretraining", "trainer.lr", trainer.lr):
+            self.pretrained = self.measure(self.dense)
 
     def batches(self, train: bool, seed: int | None = None) -> TensorBatches:
         s, trainer = self.split, self.cfg.trainer
@@ -108,6 +124,7 @@ class Probe:
     def measure(self, model: nn.Module) -> dict[str, float]:
         stats = loop.evaluate(model, self.batches(train=False), amp_dtype=self.runtime.amp_dtype,
                               graphed=self.graphed)
+        loop.check_finite(stats.loss, "held-out loss")  # a NaN is never put in a table
         return {"accuracy": stats.accuracy, "loss": stats.loss}
 
     def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:
@@ -126,8 +143,12 @@ class Probe:
             errors = [row["reconstruction_error"] for row in basis_report(model)]
         converted = self.measure(model)
         sens = self.cfg.sensitivity
-        self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine", batch_seed)
-        after = self.measure(model)
+        with diverging("a fine-tune", "sensitivity.finetune_lr", sens.finetune_lr,
+                       f" (the dense model it starts from has held-out accuracy "
+                       f"{self.pretrained['accuracy']:.3f}; if that is chance, lower trainer.lr, "
+                       f"which pretrained it)"):
+            self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine", batch_seed)
+            after = self.measure(model)
         return {"reconstruction_error": max(errors) if errors else 0.0,
                 "converted_accuracy": converted["accuracy"], **after,
                 "seconds": time.perf_counter() - start}

@@ -28,7 +28,7 @@ from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoin
                          save_checkpoint)
 from .config import validate
 from .data import prepare_data
-from .errors import ConfigError, Stopped
+from .errors import ConfigError, Stopped, TrainingDiverged
 from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
@@ -201,6 +201,8 @@ class Training:
                 if self.main_process:
                     self.save()
             failed = False
+        except TrainingDiverged as err:  # before this epoch's record and checkpoint
+            raise TrainingDiverged(self.diverged_message(err), err.quantity, err.value) from None
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through basisconv.cli
             raise Stopped(getattr(err, "signum", signal.SIGINT), self.stop_message()) from None
         finally:
@@ -221,6 +223,22 @@ class Training:
                 "scheduler": self.scheduler.state_dict(),
                 "batches": self.train_batches.state_dict()})
         self.saved_epochs = len(self.results["epochs"])
+
+    def diverged_message(self, err: TrainingDiverged) -> str:
+        """What a diverged run tells the user: which loss, in which epoch, what to change,
+        and what its folder keeps (the diverged epoch is neither recorded nor saved)."""
+        epoch, epochs = len(self.results["epochs"]) + 1, self.cfg.trainer.epochs
+        done = self.saved_epochs
+        if not self.cfg.trainer.checkpoint:
+            kept = "it keeps no checkpoint (trainer.checkpoint=false)"
+        elif done == 0:
+            kept = "it holds no checkpoint (no epoch came before)"
+        else:
+            kept = f"its checkpoint.pt is of epoch {done}, the last good one"
+        return (f"training diverged in epoch {epoch} of {epochs}: the {err.quantity} became "
+                f"{err.value} with trainer.lr={self.cfg.trainer.lr}; lower trainer.lr (or check "
+                f"the data) and start a new run. The run in {self.output_dir} is not "
+                f"complete; {kept}")
 
     def stop_message(self) -> str:
         """What an interrupted run tells the user: where it stopped, how to go on."""
