@@ -143,6 +143,22 @@ def test_a_bad_trainer_value_is_named_before_the_basis_checks_that_use_it(compos
         validate(compose_cfg("experiment=basis_all", override))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["+trainer.epochz=1"], r"trainer.epochz \(did you mean trainer.epochs\?\) is not a "
+                            r"config key; nothing reads a key added with \+, so remove it"),
+    (["+sensitivity.val_sise=5", "+seeds=3"],
+     r"sensitivity.val_sise \(did you mean sensitivity.val_size\?\), seeds \(did you mean "
+     r"seed\?\) are not config keys"),
+    (["+trainer.schedule_options.gamma=0.5"], r"trainer.schedule_options \(did you mean "
+                                               r"trainer.schedule\?\) is not a config key"),
+])
+def test_keys_added_with_plus_that_nothing_reads_are_refused(compose_cfg, overrides, message):
+    """+trainer.epochz=1 once ran the default 3 epochs silently, the key stored."""
+    with pytest.raises(ConfigError, match=f"^{message}") as err:
+        validate(compose_cfg(*overrides, hydra=True))
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("data", ["cifar10", "stripes"])
 @pytest.mark.parametrize("classes", [5, 0, 100])
 def test_num_classes_must_be_the_datasets_class_count(compose_cfg, data, classes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import os
@@ -65,7 +66,9 @@ def hydra_error_line(ex: Exception) -> str:
         keys = [f"{node}.{k}" if node else str(k) for k in (parent.keys() if parent else [])
                 if k != "hydra"]
         valid = f"; valid keys here: {', '.join(keys)}" if keys else ""
-        return f"{cause.full_key} is not a config key{valid} (prefix a new key with +)"
+        close = difflib.get_close_matches(cause.full_key, keys, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"{cause.full_key} is not a config key{hint}{valid}"
     if isinstance(cause, ValidationError):
         override = str(ex).rpartition("override ")[2].strip() or cause.full_key
         return f"{override}: {str(cause).splitlines()[0]}"

@@ -3,18 +3,21 @@
 The dataclasses give the keys and their types; the YAML files under ``configs/`` give the
 values (``MISSING`` here means: set in YAML), so there is one place to read them. A
 misspelt key or a value of the wrong type fails when the config is composed, before
-anything runs; :func:`validate` then checks ranges and names (model, basis size, layer names) with one clear line each.
+anything runs; :func:`validate` then refuses keys added with ``+`` that the schema lacks
+(nothing reads them) and checks ranges and names (model, basis size, layer names) with one
+clear line each.
 Importing this module registers the schema with Hydra's ConfigStore as ``train_schema``.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .data import NUM_CLASSES
 from .errors import ConfigError
@@ -232,11 +235,38 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
 
 
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """The keys of ``cfg`` that the schema (:class:`TrainConfig`) does not have (added with
+    ``+key=value``, so nothing reads them), dotted, each with `` (did you mean <the closest
+    key beside it>?)`` when one is close; Hydra's own ``hydra`` node is not the schema's."""
+    schema = OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False)
+    given = OmegaConf.to_container(cfg, resolve=False)
+    unknown: list[str] = []
+
+    def walk(node: dict, expected: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if prefix == "" and key == "hydra":
+                continue
+            if key not in expected:
+                close = difflib.get_close_matches(str(key), list(expected), n=1)
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                unknown.append(f"{prefix}{key}{hint}")
+            elif isinstance(expected[key], dict) and isinstance(value, dict):
+                walk(value, expected[key], f"{prefix}{key}.")
+
+    walk(given, schema, "")
+    return unknown
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
     before the checks that relate groups (e.g. ``basis.dense_warmup_epochs`` against
     ``trainer.epochs``), so a bad value is named itself, not through another key."""
+    unknown = unknown_keys(cfg)
+    what = "is not a config key" if len(unknown) == 1 else "are not config keys"
+    _check(not unknown, f"{', '.join(unknown)} {what}; nothing reads a key added with +, so "
+                        f"remove it")
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
     _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")
