@@ -308,3 +308,42 @@ def test_a_refused_start_changes_nothing_in_the_run_folder(tmp_path, repo):
     assert result.returncode == 2 and "differs in trainer.lr" in result.stderr
     assert {name: (out / ".hydra" / name).read_bytes() for name in files} == before
     assert (out / "run.json").read_bytes() == record
+
+
+def test_a_source_checkpoint_that_is_not_one_says_where_to_point_it(tmp_path):
+    """basis.source_checkpoint=<a run.json> once said 'delete it (and its .sha256) to start
+    over, or set trainer.resume=false': advice for a run's own checkpoint, not a source."""
+    import torch
+
+    from basisconv.checkpoint import load_source_weights, save_checkpoint
+    from basisconv.models import build_model
+
+    model = build_model("resnet20", width=0.25)
+    run = tmp_path / "baseline"
+    run.mkdir()
+    (run / "run.json").write_text('{"kind": "training"}')
+    save_checkpoint(run / "checkpoint.pt", {"model": model.state_dict()})
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    fix = r"point basis.source_checkpoint at the checkpoint.pt of a trained dense run$"
+    cases = {
+        run / "run.json": rf"is not a checkpoint.pt \(it cannot be read as one: "
+                          rf"UnpicklingError: .*\); {fix}",
+        tmp_path / "tensor.pt": rf"holds a Tensor, not a checkpoint; {fix}",
+        run: rf"is a directory; name its checkpoint.pt "
+             rf"\(basis.source_checkpoint={run / 'checkpoint.pt'}\)$",
+        tmp_path: r"is a directory; name its checkpoint.pt$",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint={path} {message}") as err:
+            load_source_weights(model, str(path))
+        assert "delete" not in str(err.value) and "trainer.resume" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^sensitivity.source_checkpoint=.* is not a "
+                                          r"checkpoint.pt .*; point sensitivity.source_checkpoint "
+                                          r"at"):
+        load_source_weights(model, str(run / "run.json"), "sensitivity.source_checkpoint")
+    data = bytearray((run / "checkpoint.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (run / "checkpoint.pt").write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint=.* is damaged \(its "
+                                          rf"sha256 does not match checkpoint.pt.sha256\); {fix}"):
+        load_source_weights(model, str(run / "checkpoint.pt"))

@@ -98,21 +98,36 @@ def stored_sums(path: Path) -> list[str]:
         return []
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, source_key: str | None = None) -> dict[str, Any]:
+    """A checkpoint, verified against its ``.sha256`` when it has one. ``source_key``: the
+    config entry that named it as weights to start from (e.g. ``basis.source_checkpoint``),
+    for whose errors the fix is another file, not deleting this one; otherwise it is the
+    run folder's own checkpoint, which the run resumes from."""
     path = Path(path)
-    fix = "delete it (and its .sha256) to start over, or set trainer.resume=false"
+    if source_key is None:
+        what, fix = f"checkpoint {path}", ("delete it (and its .sha256) to start over, or set "
+                                           "trainer.resume=false")
+    else:
+        what = f"{source_key}={path}"
+        fix = f"point {source_key} at the checkpoint.pt of a trained dense run"
     sums = stored_sums(path)
-    if not sums:
-        log.info("%s has no %s beside it (an older basisconv wrote it); loading it "
-                 "unverified", path, checksum_path(path).name)
-    elif file_digest(path) not in sums:
-        raise ConfigError(f"checkpoint {path} is damaged (its sha256 does not match "
+    if sums and file_digest(path) not in sums:
+        raise ConfigError(f"{what} is damaged (its sha256 does not match "
                           f"{checksum_path(path).name}); {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())}); {fix}") from None
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        if source_key is not None:
+            raise ConfigError(f"{what} is not a checkpoint.pt (it cannot be read as one: "
+                              f"{reason}); {fix}") from None
+        raise ConfigError(f"{what} cannot be read ({reason}); {fix}") from None
+    if source_key is not None and not isinstance(state, dict):
+        raise ConfigError(f"{what} holds a {type(state).__name__}, not a checkpoint; {fix}")
+    if not sums:
+        log.info("%s has no %s beside it (an older basisconv wrote it); loaded it "
+                 "unverified", path, checksum_path(path).name)
+    return state
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -165,10 +180,14 @@ def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
 def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_checkpoint") -> None:
     """Load a trained dense model (a run's ``checkpoint.pt``) to convert from; ``key`` is
     the config entry that named it, for the error messages."""
+    if Path(path).is_dir():
+        inside = Path(path) / CHECKPOINT
+        raise ConfigError(f"{key}={path} is a directory; name its {CHECKPOINT}"
+                          f"{f' ({key}={inside})' if inside.is_file() else ''}")
     if not Path(path).is_file():
         raise ConfigError(f"{key}={path} does not exist; give the "
                           f"checkpoint.pt of a trained baseline run")
-    state = load_checkpoint(Path(path))
+    state = load_checkpoint(Path(path), source_key=key)
     try:
         model.load_state_dict(state["model"] if "model" in state else state)
     except RuntimeError as err:
