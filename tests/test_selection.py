@@ -358,3 +358,20 @@ def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path):
     same = [c for c in table.columns if c != "seconds"]
     pd.testing.assert_frame_equal(table[same], parallel[same])
     assert record["noise"]["accuracies"] == parallel_record["noise"]["accuracies"]
+
+
+def test_a_missing_restore_from_is_named_once_and_the_table_estimated(repo, tmp_path,
+                                                                     monkeypatch, caplog):
+    """A typo'd sensitivity.restore_from once estimated the whole table without a word."""
+    monkeypatch.setattr(sensitivity, "WARNED_MISSING", set(), raising=False)
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
+    missing = tmp_path / "results" / "runs" / "sensitivty.json"
+    cfg = compose_sensitivity(repo, tmp_path / "cache", f"sensitivity.restore_from={missing}")
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity"):
+        assert not sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+        assert sensitivity.restore_published(cfg) is None
+    warned = [r.getMessage() for r in caplog.records if str(missing) in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(f"sensitivity: no published record at "
+                                f"sensitivity.restore_from={missing} yet, so the table is "
+                                f"estimated here")

@@ -169,13 +169,25 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     return table, {**record, "cache_hit": True}
 
 
+#: The ``sensitivity.restore_from`` paths already reported missing in this process.
+WARNED_MISSING: set[str] = set()
+
+
 def restore_published(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     """Fill the empty cache from the published sensitivity record named by
     ``sensitivity.restore_from`` (``results/<profile>/runs/sensitivity.json``, written on
     another machine) when it was made for this key, and load it; ``None`` when there is no
     such record or it is for other settings. Called under the cache folder's lock."""
     path = cfg.sensitivity.restore_from
-    if not path or not Path(path).is_file():
+    if not path:
+        return None
+    if not Path(path).is_file():
+        if str(path) not in WARNED_MISSING:  # once per path and process
+            WARNED_MISSING.add(str(path))
+            log.warning("sensitivity: no published record at sensitivity.restore_from=%s yet, "
+                        "so the table is estimated here (as on the first machine of a protocol, "
+                        "which publishes it there; if you meant an existing record, check the "
+                        "path)", path)
         return None
     fix = f"delete {path} (the table is then estimated again)"
     try:
