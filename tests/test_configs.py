@@ -210,3 +210,28 @@ def test_device_names_are_checked_at_validation_and_when_resolved(compose_cfg):
         with pytest.raises(ConfigError, match="no CUDA device is available; use "
                                               "trainer.device=cpu or auto"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("value, mode", [("dryrun", "offline"), ("run", "online")])
+def test_wandbs_other_mode_names_are_taken_from_the_environment_and_logged(
+        compose_cfg, monkeypatch, caplog, value, mode):
+    """WANDB_MODE=dryrun (wandb's name for offline) once stopped the run at validation."""
+    monkeypatch.setenv("WANDB_MODE", value)
+    cfg = compose_cfg()
+    with caplog.at_level("INFO", logger="basisconv.config"):
+        validate(cfg)
+    assert cfg.logger.mode == mode
+    assert f"WANDB_MODE={value} is wandb's other name for {mode}" in caplog.text
+    cfg = compose_cfg(f"logger.mode={value}")
+    validate(cfg)
+    assert cfg.logger.mode == mode
+
+
+def test_an_invalid_wandb_mode_from_the_environment_is_named_as_such(compose_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(ConfigError, match=r"^WANDB_MODE='bogus' \(the environment variable "
+                                          r"logger.mode reads\); choose one of offline, online, "
+                                          r"disabled, or unset it$"):
+        validate(compose_cfg())
+    with pytest.raises(ConfigError, match=r"^logger.mode='nope'; choose one of offline"):
+        validate(compose_cfg("logger.mode=nope"))

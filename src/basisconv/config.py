@@ -12,12 +12,14 @@ Importing this module registers the schema with Hydra's ConfigStore as ``train_s
 from __future__ import annotations
 
 import difflib
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, read_write
 
 from .data import NUM_CLASSES
 from .errors import ConfigError
@@ -143,6 +145,7 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP = tuple(AMP_DTYPES)
@@ -150,6 +153,8 @@ DATASETS = tuple(NUM_CLASSES)
 BASIS_INIT = ("scratch", "convert")
 LOGGER_BACKENDS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
+#: wandb's other names for them (its WANDB_MODE accepts these too)
+LOGGER_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # these capture CUDA graphs
 
@@ -295,4 +300,24 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
            f"publish={cfg.publish!r} must name a .json file (or be null)")
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
-    _check_choice(cfg.logger.mode, LOGGER_MODES, "logger.mode")
+    validate_logger_mode(cfg)
+
+
+def validate_logger_mode(cfg: DictConfig) -> None:
+    """``logger.mode``, which defaults to ``$WANDB_MODE``: wandb's other names for its modes
+    (``dryrun``, ``run``) become ours (``offline``, ``online``), logged; an invalid value
+    that came from the environment is named as ``WANDB_MODE``."""
+    mode = cfg.logger.mode
+    raw = OmegaConf.to_container(cfg.logger, resolve=False).get("mode")
+    from_env = "WANDB_MODE" in str(raw) and os.environ.get("WANDB_MODE") == mode
+    source = f"WANDB_MODE={mode}" if from_env else f"logger.mode={mode}"
+    if mode in LOGGER_MODE_ALIASES:
+        with read_write(cfg):
+            cfg.logger.mode = LOGGER_MODE_ALIASES[mode]
+        log.info("%s is wandb's other name for %s; using logger.mode=%s", source,
+                 cfg.logger.mode, cfg.logger.mode)
+        return
+    choices = f"choose one of {', '.join(LOGGER_MODES)}"
+    _check(mode in LOGGER_MODES,
+           f"WANDB_MODE={mode!r} (the environment variable logger.mode reads); {choices}, or "
+           f"unset it" if from_env else f"logger.mode={mode!r}; {choices}")
