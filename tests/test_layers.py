@@ -106,6 +106,22 @@ def test_max_error_picks_the_smallest_sufficient_basis():
         BasisConv2d.from_conv(conv, 4, max_error=0.1)
 
 
+def test_a_layer_of_low_rank_is_fitted_exactly_by_as_many_filters_as_its_rank():
+    """Eight filters in a 3-dimensional span: three picks reconstruct it to rounding, and
+    a tight ``max_error`` takes three (the greedy errors once stalled near 1e-8 past the
+    rank, so ``max_error=1e-9`` took six)."""
+    conv = make_conv(5, 8, 3, 1, 1, 1, False).double()  # rank 3 exactly, not to float32
+    g = torch.Generator().manual_seed(0)
+    span = torch.randn(3, 5 * 9, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        conv.weight.copy_((torch.randn(8, 3, generator=g, dtype=torch.float64) @ span)
+                          .reshape(8, 5, 3, 3))
+    _, curve = select_basis(conv.weight, 8)
+    assert curve[2] > 0.01 and (curve[3:] < 1e-12).all()
+    layer = BasisConv2d.from_conv(conv, max_error=1e-9)
+    assert layer.num_basis == 3 and layer.reconstruction_error < 1e-12
+
+
 @pytest.mark.parametrize("options", [
     {"combine": "stacked", "bias": True},
     {"combine": "split", "bias": True},
