@@ -66,6 +66,22 @@ def worker(rank, world, port, out, device_type="cpu"):
     os._exit(0)
 
 
+def test_synchronized_norms_keep_the_parameters_an_optimizer_already_holds():
+    """The CPU conversion to synchronized batch norm takes over the norms' own parameters
+    and buffers (once it copied them, and the optimizer, built first, never updated the
+    copies: two-process runs trained with their norm weights frozen at 1 and 0)."""
+    net = model()
+    held = {id(p) for p in net.parameters()}
+    buffers = {id(b) for b in net.buffers()}
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    distributed.convert_sync_batchnorm(net, torch.device("cpu"))
+    norms = [m for m in net.modules() if isinstance(m, distributed.CPUSyncBatchNorm)]
+    assert norms and {id(p) for p in net.parameters()} == held
+    assert {id(b) for b in net.buffers()} == buffers
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
+    assert all(m.running_mean.device.type == "cpu" and m.training for m in norms)
+
+
 def needs_two(device):
     if device.type == "cuda" and torch.cuda.device_count() < 2:
         pytest.skip("DDP with NCCL needs two GPUs")

@@ -119,15 +119,20 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Synchronize every BatchNorm2d across processes (torch's on CUDA, ours on CPU)."""
+    """Synchronize every BatchNorm2d across processes (torch's on CUDA, ours on CPU). The
+    synchronized layer takes over the very parameters and buffers of the one it replaces,
+    as torch's conversion does: an optimizer built before the conversion keeps updating
+    them (a copy left the CPU runs' norm weights at their initial values)."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
             sync = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats, device=child.running_mean.device,
-                                    dtype=child.running_mean.dtype)
-            sync.load_state_dict(child.state_dict())
+                                    child.track_running_stats, device="meta")
+            for key, tensor in [*child.named_parameters(recurse=False),
+                                *child.named_buffers(recurse=False)]:
+                setattr(sync, key, tensor)
+            sync.train(child.training)
             setattr(model, name, sync)
         else:
             convert_sync_batchnorm(child, device)
