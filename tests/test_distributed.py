@@ -130,3 +130,12 @@ def test_torchrun_training_matches_one_process(tmp_path, repo, device):
     # network swings with its running BN statistics, so it is not compared.) The exact
     # check is the float64 test above.
     assert final["two"]["train_loss"] == pytest.approx(final["one"]["train_loss"], rel=2e-3)
+    # Coefficients frozen on some steps change which parameters need gradients from step
+    # to step, which DDP cannot follow: refused in one line (it was a reducer error).
+    skipping = subprocess.run([*runs["two"], *common, "selection=all",
+                               "basis.coefficient_update_every=2",
+                               f"hydra.run.dir={tmp_path / 'skipping'}"],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert skipping.returncode != 0
+    assert "basis.coefficient_update_every=2 (coefficients frozen on some steps) runs in one " \
+           "process only" in skipping.stderr

@@ -90,6 +90,12 @@ class Training:
         if trainer.batch_size % distributed.world_size():
             raise ConfigError(f"trainer.batch_size={trainer.batch_size} (the global batch) must "
                               f"be divisible by the {distributed.world_size()} processes")
+        skip_every = cfg.basis.coefficient_update_every
+        if distributed.is_distributed() and skip_every > 1:
+            # DDP expects the same parameters to need gradients in every step
+            raise ConfigError(f"basis.coefficient_update_every={skip_every} (coefficients "
+                              f"frozen on some steps) runs in one process only; set it to 1 "
+                              f"under torchrun, or train in one process")
         self.main_process = distributed.is_main_process()
         if not self.main_process:
             logging.getLogger("basisconv").setLevel(logging.WARNING)
