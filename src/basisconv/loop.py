@@ -238,7 +238,9 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
                     graphed: bool = False) -> EpochStats:
     """One pass over ``batches``. ``before_step`` runs before each step (e.g. the
     coefficient skip-training schedule); ``extra_loss`` is added to the loss (e.g. an L1
-    penalty on the coefficients); the reported loss is the cross-entropy alone.
+    penalty on the coefficients); the reported loss is the cross-entropy without it (with
+    ``label_smoothing`` the smoothed one that is trained; :func:`evaluate` reports the plain
+    cross-entropy).
     ``graphed`` replays the step as CUDA graphs (:mod:`basisconv.graphs`; its backward
     time then includes the optimizer update)."""
     if graphed and before_step is not None:
