@@ -14,19 +14,28 @@ subprocess with its own time limit:
 * ``paper-epoch-graphs``: the same epoch with every step replayed as CUDA graphs
   (``trainer.cuda_graphs=true``), to set its epoch time beside the eager one's;
 * ``benchmark``: the layer and model speed benchmark on CUDA (``--quick``, bf16);
-* ``benchmark-fused``: the same with ``--combine fused`` (the Triton kernel; its files carry
+* extras, run only when named in ``--parts``: ``benchmark-fused``, the same with
+  ``--combine fused`` (the Triton kernel; its files carry
   ``-fused``), to set beside the stacked form and the dense conv;
 * ``benchmark-fuse-norm``: the whole model with its basis layers, batch norms and ReLUs
   fused (``--fuse-norm``, files carry ``-fusenorm``), beside the unfused rows.
 
-It ends with one summary line (pass/fail per part) and writes a record with provenance,
-``results/gpu-check-<gpu>.json``. Without CUDA it says so in one line and exits 2.
+The parts share one time budget (``--budget-s``, default 300 s: a short GPU slot must get
+its record back): each part's limit is the smaller of its own and what is left, and a part
+that finds the budget spent is not run, and said so (the check then fails: it did not
+fit). A part stopped at its limit is stopped
+with every process it started (the smoke protocol's runs in the background too), so none
+goes on using the GPU while the next part is timed. The record with provenance,
+``results/gpu-check-<gpu>.json``, is rewritten after every part (status ``running`` until
+the end), so a slot that ends mid-check still leaves what was measured. It ends with one
+summary line (pass/fail per part). Without CUDA it says so in one line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,37 +55,66 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="where the record goes (default results/)")
     parser.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "./data"),
                         help="genuine CIFAR-10 for the paper-profile epoch")
-    parts = ["tests", "smoke", "paper-epoch", "paper-epoch-graphs", "benchmark",
-             "benchmark-fused", "benchmark-fuse-norm"]
-    parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
+    # the check (issue 10), then extras for the kernel work, run only when named
+    parts = ["tests", "smoke", "paper-epoch", "paper-epoch-graphs", "benchmark"]
+    extras = ["benchmark-fused", "benchmark-fuse-norm"]
+    parser.add_argument("--parts", nargs="+", default=parts, choices=parts + extras)
+    parser.add_argument("--budget-s", type=int, default=300,
+                        help="seconds for all parts together (default 300)")
     return parser.parse_args(argv)
 
 
 def missing_packages() -> list[str]:
-    import importlib.util
+    """The needed packages that do not import here, with why (an import, not a lookup: a
+    package whose own dependencies are missing, e.g. omegaconf without PyYAML, counts)."""
+    import importlib
 
-    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in NEEDED:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            missing.append(f"{name} ({err})")
+    return missing
 
 
 def run_part(name: str, command: list[str], env: dict, limit_s: int, log_dir: Path) -> dict:
     """Run one part; its whole output goes to ``<log_dir>/<name>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
-    print(f"== {name}: {' '.join(command)}", flush=True)
+    print(f"== {name} (at most {limit_s} s): {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    try:
-        with open(log, "w") as out:
-            code = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=limit_s).returncode
-        status = "pass" if code == 0 else "fail"
-    except subprocess.TimeoutExpired:
-        code, status = None, "fail"
+    with open(log, "w") as out:
+        # its own process group: at the limit every process it started is stopped
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            code = None
+            stop_group(process)
+    status = "pass" if code == 0 else "fail"
     seconds = time.perf_counter() - start
     tail = log.read_text(errors="replace").splitlines()[-15:]
     if status == "fail":
         print("\n".join(tail), flush=True)
     return {"part": name, "status": status, "exit_code": code, "seconds": round(seconds, 1),
             "timed_out": code is None, "log": str(log), "output_tail": tail}
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the part's whole process group (runs keep their checkpoints), SIGKILL to
+    what is left after 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def paper_epoch_details(run_dir: Path) -> dict:
@@ -100,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     missing = missing_packages()
     if missing:
-        print(f"gpu-check: {', '.join(missing)} not importable in {sys.executable}; install the "
-              f"pins of requirements.txt without torch (or carry their wheels and pip install "
-              f"--no-index --no-deps them)", file=sys.stderr)
+        print(f"gpu-check: {'; '.join(missing)}: not importable in {sys.executable}; install "
+              f"the pins of requirements.txt without torch (or carry their wheels, pip install "
+              f"--no-index --no-deps --target DIR them, and put DIR on PYTHONPATH)",
+              file=sys.stderr)
         return 2
     from basisconv.data import find_cifar10
     from basisconv.errors import DatasetError
@@ -112,14 +151,34 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "WANDB_MODE": "disabled", "PY": sys.executable, "OUTPUTS": str(work / "outputs")}
-    parts = []
+    parts: list[dict] = []
+    deadline = time.perf_counter() + args.budget_s
+    prov = provenance("python scripts/gpu_check.py " + " ".join(argv or sys.argv[1:]))
+    path = Path(args.out_dir) / f"gpu-check-{device_name(prov['hardware'])}.json"
+
+    def write(status: str) -> None:
+        passed = all(p["status"] in ("pass", "skipped") for p in parts)
+        write_record(path, RunRecord("gpu_check", vars(args), prov, status,
+                                     {"parts": parts, "passed": passed}))
+
+    def limit(own: int) -> int:
+        return int(min(own, deadline - time.perf_counter()))
+
     for name in args.parts:
+        if parts:
+            write("running")
+        if limit(10**6) < 10:  # not run is not passed: the check did not fit its budget
+            print(f"== {name}: not run (the {args.budget_s} s budget is spent)", flush=True)
+            parts.append({"part": name, "status": "not run",
+                          "reason": f"the {args.budget_s} s budget was spent (--budget-s)"})
+            continue
         if name == "tests":
             parts.append(run_part(name, [sys.executable, "-m", "pytest", "-q", "-p",
                                          "no:cacheprovider", "--device", "cuda", "-m", "device"],
-                                  env, 240, work))
+                                  env, limit(240), work))
         elif name == "smoke":
-            parts.append(run_part(name, ["bash", "scripts/reproduce.sh", "smoke"], env, 300, work))
+            parts.append(run_part(name, ["bash", "scripts/reproduce.sh", "smoke"], env,
+                                  limit(300), work))
         elif name in ("paper-epoch", "paper-epoch-graphs"):
             try:
                 find_cifar10(args.data_root)
@@ -133,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "experiment=baseline", "trainer.epochs=1", "logger=none",
                                      "trainer.resume=false", f"data.root={args.data_root}",
                                      "trainer.progress=false", f"hydra.run.dir={run_dir}",
-                                     *graphs], env, 240, work)
+                                     *graphs], env, limit(240), work)
             parts.append({**result, **paper_epoch_details(run_dir)})
         else:
             # the fused kernel compiles and autotunes per shape: the two sizes the goal names
@@ -143,13 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(run_part(name, [sys.executable, "scripts/benchmark_layers.py",
                                          "--device", "cuda", "--amp", "bf16", "--quick", *fused,
                                          "--out-dir", str(work / "benchmark")], env,
-                                  600 if name == "benchmark-fused" else 300, work))
+                                  limit(600 if name == "benchmark-fused" else 300), work))
     passed = all(p["status"] in ("pass", "skipped") for p in parts)
-    prov = provenance("python scripts/gpu_check.py " + " ".join(argv or sys.argv[1:]))
-    record = RunRecord("gpu_check", vars(args), prov, "complete" if passed else "failed",
-                       {"parts": parts, "passed": passed})
-    path = write_record(Path(args.out_dir) / f"gpu-check-{device_name(prov['hardware'])}.json",
-                        record)
+    write("complete" if passed else "failed")
     summary = ", ".join(f"{p['part']} {p['status']}" for p in parts)
     print(f"gpu-check {'PASSED' if passed else 'FAILED'} on {torch.cuda.get_device_name(0)}: "
           f"{summary}; record {path}")

@@ -42,3 +42,22 @@ def test_gpu_scripts_say_in_one_line_that_there_is_no_cuda_and_exit_2(repo, comm
     assert result.returncode == 2, result.stdout + result.stderr
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0], lines
+
+
+def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_along(
+        repo, tmp_path):
+    """A part past its limit is stopped with every process it started (the smoke
+    protocol's runs go on in the background), so none keeps the GPU busy while the next
+    part is timed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    marker = tmp_path / "child.pid"
+    script = f"sleep 60 & echo $! > {marker}; wait"
+    result = gpu_check.run_part("slow", ["bash", "-c", script], dict(os.environ), 2, tmp_path)
+    assert result["status"] == "fail" and result["timed_out"] and result["seconds"] < 30
+    stat = f"/proc/{int(marker.read_text())}/stat"
+    # gone, or a zombie left for init to reap: not running either way
+    assert not os.path.exists(stat) or open(stat).read().split(") ")[1][0] == "Z"
