@@ -28,9 +28,9 @@ help:
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
-	@echo "make speed-report      the speed records of results, results/cpu-fuse-norm, results/cpu-auto, results/gpu (SPEED_FOLDERS=...) in one summary"
+	@echo "make speed-report      the speed records of results, results/cpu-fuse-norm, results/cpu-auto, results/gpu*/ (SPEED_FOLDERS=...) in one summary"
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
-	@echo "make gpu-speed         GPU speed measurements into results/gpu (SPEED=quick|full)"
+	@echo "make gpu-speed         GPU speed measurements into results/gpu-<gpu> (SPEED=quick|full, BUDGET=s)"
 	@echo "make gpu-wheels        wheels/ to carry to a GPU machine without network"
 	@echo "make clean             remove $(VENV) and caches"
 
@@ -63,10 +63,10 @@ benchmark: $(STAMP)
 benchmark-layers: $(STAMP)
 	$(PY) scripts/benchmark_layers.py $(ARGS)
 
-# The folders of speed records summarized (the committed summary's, and results/gpu where
+# The folders of speed records summarized (the committed summary's, and results/gpu-<gpu> where
 # make gpu-speed writes); those that do not exist are left out (speed_report.py refuses a
 # missing folder).
-SPEED_FOLDERS ?= results results/cpu-fuse-norm results/cpu-auto results/gpu
+SPEED_FOLDERS ?= results results/cpu-fuse-norm results/cpu-auto results/gpu*/
 speed-report: $(STAMP)
 	$(PY) scripts/speed_report.py $(wildcard $(SPEED_FOLDERS)) $(ARGS)
 

@@ -10,14 +10,17 @@
 #    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms,
 #    then fp32 at batch 128.
 # Uses the Python it finds (PY, default python3: a GPU machine's own CUDA torch; no .venv,
-# no network). Files go to OUT_DIR (default results/gpu), logs to OUT_DIR/logs; STEP_LIMIT
-# seconds per step (default 300). Ends with one line naming the steps that failed.
+# no network). Files go to OUT_DIR (default results/gpu-<gpu>, e.g. results/gpu-h200: the
+# files' own names say only "cuda"), logs to OUT_DIR/logs; STEP_LIMIT seconds per step
+# (default 300), BUDGET seconds for all steps (default: no limit; a step gets what is
+# left, and once it is spent the rest are not run). Ends with one line naming the steps
+# that failed or were not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
 PY=${PY:-python3}
-OUT=${OUT_DIR:-results/gpu}
 LIMIT=${STEP_LIMIT:-300}
+BUDGET=${BUDGET:-0}
 case $MODE in
   full) STEPS=300; QUICK=();;
   quick) STEPS=60; QUICK=(--quick);;
@@ -28,13 +31,26 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   exit 2
 fi
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
+if ! GPU=$("$PY" -c "from basisconv.records import device_name, hardware; print(device_name(hardware()))" 2>&1); then
+  echo "gpu-speed: the package does not import under $PY ($(echo "$GPU" | tail -1)); install" \
+       "requirements.txt without torch, or carry wheels (make gpu-wheels) and put them on PYTHONPATH" >&2
+  exit 2
+fi
+OUT=${OUT_DIR:-results/gpu-$GPU}
 mkdir -p "$OUT/logs"
 FAILED=()
+NOT_RUN=()
 
 step() {  # step <name> <command...>: run it under the time limit, log it, go on
   local name=$1; shift
-  local start=$SECONDS
-  if timeout "$LIMIT" "$@" > "$OUT/logs/$name.log" 2>&1; then
+  local start=$SECONDS limit=$LIMIT
+  if [ "$BUDGET" -gt 0 ]; then
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 10 ]; then NOT_RUN+=("$name"); return; fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
+  # --kill-after: a step that ignores SIGTERM is killed, and the next one is timed alone
+  if timeout --kill-after=10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1; then
     echo "== $name: done in $((SECONDS - start)) s"
   else
     echo "== $name: FAILED after $((SECONDS - start)) s (log $OUT/logs/$name.log)"
@@ -68,15 +84,19 @@ train bf16-basis0.25-compile --amp bf16 --compile-mode reduce-overhead --basis-s
 
 for batch in 128 512; do
   layers "bf16-b$batch" --amp bf16 --batch-size "$batch"
-  layers "bf16-b$batch-fused" --amp bf16 --batch-size "$batch" --combine fused
+  # the fused kernel compiles and autotunes per shape: the two sizes the goal names
+  layers "bf16-b$batch-fused" --amp bf16 --batch-size "$batch" --combine fused --fractions 0.25 0.5
   layers "bf16-b$batch-auto" --amp bf16 --batch-size "$batch" --combine auto
   layers "bf16-b$batch-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm --parts model
 done
 layers fp32-b128 --batch-size 128
-layers fp32-b128-fused --batch-size 128 --combine fused
+layers fp32-b128-fused --batch-size 128 --combine fused --fractions 0.25 0.5
 
+if [ ${#NOT_RUN[@]} -gt 0 ]; then
+  echo "gpu-speed: the ${BUDGET} s budget was spent; not run: ${NOT_RUN[*]}" >&2
+fi
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "gpu-speed: ${#FAILED[@]} steps failed: ${FAILED[*]}; files in $OUT" >&2
-  exit 1
 fi
+if [ ${#FAILED[@]} -gt 0 ] || [ ${#NOT_RUN[@]} -gt 0 ]; then exit 1; fi
 echo "gpu-speed: every step done; files in $OUT"

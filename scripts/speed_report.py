@@ -3,8 +3,8 @@
 
 Reads every ``model-speed-*.json`` (``scripts/benchmark_layers.py``, whole ResNet-18 against
 dense) and ``train-throughput-*.json`` (``scripts/benchmark_train.py``, the training step)
-in the folders (default ``results`` and, when there, ``results/gpu``, where
-``make gpu-speed`` writes) and writes ``<out>.md``, ``<out>-model.csv``,
+in the folders (default ``results`` and its ``gpu*`` folders, where ``make gpu-speed``
+writes) and writes ``<out>.md``, ``<out>-model.csv``,
 ``<out>-training.csv`` and ``<out>.png``: see ``basisconv.analysis.speed``.
 """
 
@@ -24,7 +24,7 @@ RESULTS = Path("results")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", type=Path,
-                        default=[p for p in (RESULTS, RESULTS / "gpu") if p.is_dir()])
+                        default=[RESULTS, *sorted(p for p in RESULTS.glob("gpu*") if p.is_dir())])
     parser.add_argument("--out", type=Path, default=RESULTS / "speed-summary")
     args = parser.parse_args(argv)
     command = " ".join(["python scripts/speed_report.py", *(sys.argv[1:] if argv is None else argv)])
