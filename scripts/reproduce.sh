@@ -21,6 +21,11 @@ if ! command -v "$PY" > /dev/null; then
        "or set PY=<a python with the requirements>" >&2
   exit 2
 fi
+if ! missing=$("$PY" -c "import hydra, omegaconf, pandas, matplotlib" 2>&1); then
+  echo "PY=$PY lacks a package the runs need ($(echo "$missing" | tail -1)); install" \
+       "requirements.txt (without torch on a GPU machine), or put carried wheels on PYTHONPATH" >&2
+  exit 2
+fi
 OUT=${OUTPUTS:-outputs}/$PROFILE
 RESULTS=${RESULTS_DIR:-results}/$PROFILE
 case $PROFILE in
