@@ -161,13 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         write_record(path, RunRecord("gpu_check", vars(args), prov, status,
                                      {"parts": parts, "passed": passed}))
 
+    def left() -> float:
+        return deadline - time.perf_counter()
+
     def limit(own: int) -> int:
-        return int(min(own, deadline - time.perf_counter()))
+        return int(min(own, left()))
 
     for name in args.parts:
         if parts:
             write("running")
-        if limit(10**6) < 10:  # not run is not passed: the check did not fit its budget
+        if left() < 10:  # not run is not passed: the check did not fit its budget
             print(f"== {name}: not run (the {args.budget_s} s budget is spent)", flush=True)
             parts.append({"part": name, "status": "not run",
                           "reason": f"the {args.budget_s} s budget was spent (--budget-s)"})

@@ -57,8 +57,8 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
     }
 
 
-def cache_path(cfg: DictConfig, layers: list[str]) -> Path:
-    fields = key_fields(cfg, layers)
+def cache_path(cfg: DictConfig, fields: dict[str, Any]) -> Path:
+    """Where the timings of ``fields`` (:func:`key_fields`) are cached."""
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     name = f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{digest}.json"
     return Path(cfg.sensitivity.cache_dir) / "layer-times" / name
@@ -79,12 +79,13 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
                           "process (python scripts/sensitivity.py ...) and pass them as "
                           "selection=list selection.layers=[...]")
     names = list(table["layer"])
-    path = cache_path(cfg, names)
+    fields = key_fields(cfg, names)
+    path = cache_path(cfg, fields)
     with folder_lock(path.parent, wait=True, what="layer timing"):  # one measurement a key
         cached = None if cfg.sensitivity.recompute else load(path)
         if cached is None:
             cached = measure(cfg, names)
-            write_json_atomic(path, {**cached, "key_fields": key_fields(cfg, names),
+            write_json_atomic(path, {**cached, "key_fields": fields,
                                      "provenance": provenance()})
         else:
             log.info("selection: reusing the layer timings %s", path)

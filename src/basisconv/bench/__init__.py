@@ -9,3 +9,15 @@ sidecar, a :class:`basisconv.records.RunRecord` of kind ``benchmark``. Plots of 
 results belong to :mod:`basisconv.analysis`, which sits above the producers: nothing here
 imports it.
 """
+
+from __future__ import annotations
+
+
+def flag_below_minimum(flags: tuple[tuple[str, int, int], ...]) -> str | None:
+    """The first ``(flag, value, least)`` whose value is below its least, as one line for
+    ``parser.error`` (``--threads 0`` is torch's default), else ``None``."""
+    for flag, value, least in flags:
+        if value < least:
+            zero = " (0: torch's default)" if flag == "--threads" else ""
+            return f"{flag} must be >= {least}{zero}, got {value}"
+    return None

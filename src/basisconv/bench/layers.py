@@ -48,6 +48,7 @@ from ..models import build_model
 from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis, conv_layers
 from ..timing import Runner, Timer, output_gradient, tune_cpu_allocator
+from . import flag_below_minimum
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
 TARGET_SLACK = 1.15
@@ -114,14 +115,13 @@ class SpeedOptions:
         """The first flag of ``scripts/benchmark_layers.py`` whose value cannot be measured,
         as one line naming it and the valid values (for ``parser.error``); ``None`` when
         all are valid (with ``--quick``, its repeats replace those given)."""
-        for flag, value, least in (("--batch-size", self.batch_size, 1),
-                                   ("--threads", self.threads, 0),
-                                   ("--layer-repeats", self.layer_repeats, 1),
-                                   ("--model-repeats", self.model_repeats, 1),
-                                   ("--warmup", self.warmup, 0)):
-            if value < least:
-                zero = " (0: torch's default)" if flag == "--threads" else ""
-                return f"{flag} must be >= {least}{zero}, got {value}"
+        below = flag_below_minimum((("--batch-size", self.batch_size, 1),
+                                    ("--threads", self.threads, 0),
+                                    ("--layer-repeats", self.layer_repeats, 1),
+                                    ("--model-repeats", self.model_repeats, 1),
+                                    ("--warmup", self.warmup, 0)))
+        if below:
+            return below
         for fraction in self.fractions:
             if not 0 < fraction <= 1:
                 return f"--fractions must be in (0, 1], got {fraction:g}"

@@ -30,6 +30,7 @@ from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record
 from ..surgery import apply_basis
+from . import flag_below_minimum
 
 
 @dataclass
@@ -57,12 +58,11 @@ class ThroughputOptions:
         models = list_models()
         if self.model not in models:
             return f"--model {self.model}: no such model; choose one of {', '.join(models)}"
-        for flag, value, least in (("--batch-size", self.batch_size, 1),
-                                   ("--steps", self.steps, 1), ("--warmup", self.warmup, 0),
-                                   ("--threads", self.threads, 0)):
-            if value < least:
-                zero = " (0: torch's default)" if flag == "--threads" else ""
-                return f"{flag} must be >= {least}{zero}, got {value}"
+        below = flag_below_minimum((("--batch-size", self.batch_size, 1),
+                                    ("--steps", self.steps, 1), ("--warmup", self.warmup, 0),
+                                    ("--threads", self.threads, 0)))
+        if below:
+            return below
         if self.basis_size is not None and not 0 < self.basis_size <= 1:
             return (f"--basis-size must be in (0, 1] (a fraction of each layer's output "
                     f"channels), got {self.basis_size:g}")
