@@ -94,6 +94,34 @@ def test_grouped_convs_are_skipped_by_all_and_refused_by_name():
         apply_basis(Grouped(), "depthwise", 0.25)
 
 
+class StandardizedConv2d(nn.Conv2d):
+    """A conv subclass with its own forward (weight standardization, as in BiT/NFNet)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_conv_subclasses_with_their_own_forward_are_skipped_not_silently_converted():
+    # Found by review: from_conv fitted the raw weight, and the converted layer computed a
+    # plain conv of it (here an output error of ~30 at full rank).
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), StandardizedConv2d(8, 8, 3, padding=1))
+    with pytest.warns(UserWarning, match="skipping layer '1' is a StandardizedConv2d.*own forward"):
+        converted = apply_basis(model, "all", 2)
+    assert isinstance(converted[0], BasisConv2d) and type(converted[1]) is StandardizedConv2d
+    with pytest.raises(ValueError, match="layer '1' is a StandardizedConv2d.*leave this layer dense"):
+        apply_basis(model, "1", 2)
+
+
+def test_an_unmade_lazy_conv_asks_for_a_forward_pass_first():
+    model = nn.Sequential(nn.LazyConv2d(8, 3))
+    with pytest.raises(ValueError, match="run one forward pass of the model first"):
+        apply_basis(model, "0", 0.5)
+    model(torch.randn(1, 4, 6, 6))
+    assert isinstance(apply_basis(model, "0", 0.5)[0], BasisConv2d)
+
+
 def test_only_where_saves_leaves_unprofitable_layers_dense():
     model = build_model("resnet18")
     with pytest.warns(UserWarning, match="saves no compute") as caught:

@@ -392,6 +392,18 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"{at} is a {type(conv).__name__}, not an nn.Conv2d; only 2-D "
                         f"convolutions can be converted")
+    if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
+        raise ConfigError(f"{at} is a lazy conv whose weight is not made yet; run one forward "
+                          f"pass of the model first, then convert")
+    # A subclass that computes its own output (weight standardization, timm's dynamic
+    # "same" padding, fake quantization) is not the plain conv of its weight, so a basis
+    # fitted to that weight would silently compute something else.
+    kind = type(conv)
+    if kind.forward is not nn.Conv2d.forward or kind._conv_forward is not nn.Conv2d._conv_forward:
+        raise ConfigError(f"{at} is a {kind.__name__}, an nn.Conv2d subclass with its own "
+                          f"forward; a basis layer would compute a plain conv of its weight "
+                          f"instead, so leave this layer dense (or replace it by a plain "
+                          f"nn.Conv2d with the weight it uses)")
     if conv.groups != 1:
         raise ConfigError(f"{at} is a grouped conv (groups={conv.groups}); basis convolutions "
                          f"support groups=1 only, leave this layer dense")
