@@ -122,6 +122,15 @@ def test_an_unmade_lazy_conv_asks_for_a_forward_pass_first():
     assert isinstance(apply_basis(model, "0", 0.5)[0], BasisConv2d)
 
 
+def test_a_wrapped_models_unknown_name_suggests_the_prefixed_one():
+    # Found by review: torch.compile names the layers '_orig_mod.<name>', and the error
+    # for '<name>' listed them without suggesting the one meant.
+    wrapped = nn.DataParallel(nn.Sequential(nn.Conv2d(4, 16, 3), nn.Conv2d(16, 16, 3)))
+    with pytest.raises(ValueError, match=r"unknown layer '1' \(did you mean module\.1\?\)"):
+        apply_basis(wrapped, "1", 4)
+    assert isinstance(apply_basis(wrapped, "module.1", 4).module[1], BasisConv2d)
+
+
 def test_only_where_saves_leaves_unprofitable_layers_dense():
     model = build_model("resnet18")
     with pytest.warns(UserWarning, match="saves no compute") as caught:

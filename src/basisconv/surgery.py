@@ -86,7 +86,9 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
             if module is not None and entry:
                 raise ConfigError(f"layer {entry!r} is a {type(module).__name__}, not a convolution; "
                                   f"valid names: {valid}")
-            close = difflib.get_close_matches(entry, list(convs), n=3)
+            # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
+            close = ([n for n in convs if n.endswith("." + entry)]
+                     or difflib.get_close_matches(entry, list(convs), n=3))
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"unknown layer {entry!r}{hint}; valid names: {valid}")
         if isinstance(convs[entry], BasisConv2d):
