@@ -46,6 +46,8 @@ METRICS = ("accuracy_drop", "loss_increase")
 # budget_metric -> the candidate table's column of what each layer saves; "time" is
 # measured on the device (basisconv.timing.layer_time_savings), the others counted
 BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved", "time": "seconds_saved"}
+# The shape costs are counted at when none is given: one CIFAR image, the pipeline's data
+IMAGE = (1, 3, 32, 32)
 
 
 def fixed_layers(selection: DictConfig) -> list[str] | str | None:
@@ -148,26 +150,26 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
 
 
 # ----------------------------------------------------------------------------- candidates
-def layer_savings(model: nn.Module, basis: DictConfig,
-                  layers: str | Iterable[str] = "all") -> pd.DataFrame:
+def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[str] = "all",
+                  input_shape: tuple[int, ...] = IMAGE) -> pd.DataFrame:
     """The candidate table: per candidate layer (among ``layers``, in model order), what
-    converting it alone saves, by the cost model, per image: parameters, training FLOPs
-    (forward + backward) and forward FLOPs. Candidates are the layers where a basis of
-    this size saves compute; converting several layers saves the sum (layer costs are
-    independent)."""
+    converting it alone saves, by the cost model, per input of ``input_shape``
+    (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
+    Candidates are the layers where a basis of this size saves compute; converting several
+    layers saves the sum (layer costs are independent)."""
     names = list(select_layers(model, layers))
-    dense = {c.name: c for c in model_cost(model).layers}
+    dense = {c.name: c for c in model_cost(model, input_shape).layers}
     converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
                             only_where_saves=True, combine=basis.combine,
                             coefficient_rank=basis.coefficient_rank)
-    basis_costs = {c.name: c for c in model_cost(converted).layers}
+    basis_costs = {c.name: c for c in model_cost(converted, input_shape).layers}
     rows = []
     for row in basis_report(converted):
         name = row["name"]
         before, after = dense[name], basis_costs[name]
         rows.append({"layer": name, "position": names.index(name),
                      "shape": f"{row['in_channels']}->{row['out_channels']} "
-                              f"k{row['kernel_size'][0]}",
+                              f"k{_kernel(*row['kernel_size'])}",
                      "num_basis": row["num_basis"],
                      "params_saved": before.params - after.params,
                      "flops_saved": before.total_flops - after.total_flops,
@@ -178,8 +180,13 @@ def layer_savings(model: nn.Module, basis: DictConfig,
     return pd.DataFrame(rows)
 
 
-def dense_totals(model: nn.Module) -> dict[str, int]:
+def _kernel(kh: int, kw: int) -> str:
+    """``3`` for a square kernel (the cached tables' form), ``3x1`` for another."""
+    return f"{kh}" if kh == kw else f"{kh}x{kw}"
+
+
+def dense_totals(model: nn.Module, input_shape: tuple[int, ...] = IMAGE) -> dict[str, int]:
     """Per-image parameters and training FLOPs of the dense model (the budget's 100 %)."""
-    cost = model_cost(model)
+    cost = model_cost(model, input_shape)
     return {"params": cost.params, "flops": cost.total_flops,
             "forward_flops": cost.forward_flops}

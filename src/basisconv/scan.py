@@ -1,0 +1,112 @@
+"""The per-layer sensitivity scan for any model, with the user's own data and training:
+the estimate of :mod:`basisconv.sensitivity` (convert one layer, fine-tune as the dense
+reference, measure the drop) without its configs, CIFAR data or training loop.
+
+``evaluate(model)`` and ``finetune(model)`` are the user's (their DataLoaders, loss,
+optimizer, devices); the scan only converts, copies and seeds. Each fine-tune starts from
+the same global seed, so a loader that shuffles with torch's global generator gives every
+candidate the reference's batches (common random numbers, as in the pipeline's estimate),
+and the caller's random state (CPU and the model's CUDA devices) is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import time
+from typing import Callable, Iterable
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from .errors import ConfigError
+from .selection import IMAGE, layer_savings
+from .surgery import apply_basis, basis_report
+
+#: The metrics ``evaluate`` may report, and the column of the change each one makes a drop.
+DROPS = {"accuracy": "accuracy_drop", "loss": "loss_increase"}
+
+
+def layer_sensitivity(model: nn.Module, num_basis: int | float,
+                      evaluate: Callable[[nn.Module], float | dict],
+                      finetune: Callable[[nn.Module], None] | None = None, *,
+                      layers: str | Iterable[str] = "all",
+                      input_shape: tuple[int, ...] = IMAGE, combine: str = "stacked",
+                      coefficient_rank: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """One row per candidate layer (one where a basis of ``num_basis`` saves compute):
+    that layer alone converted (``from_conv``) in a copy of ``model``, fine-tuned by
+    ``finetune`` (if given) and measured by ``evaluate``, against the dense copy treated
+    the same way. ``model`` itself is left as it is.
+
+    ``evaluate`` returns the accuracy (a float) or a dict with ``"accuracy"`` and/or
+    ``"loss"``; it should set the model's mode (``model.eval()``) itself. The table has the
+    columns of the pipeline's sensitivity table for what was reported (``accuracy_drop``,
+    ``loss_increase``, ``converted_accuracy`` before the fine-tune, ...) and what each
+    layer saves per input of ``input_shape`` (``(1, C, H, W)``), so
+    :func:`basisconv.selection.pick_layers` can choose from it, with
+    ``selection.dense_totals(model, input_shape)`` as the budget's 100 %.
+    """
+    # the fresh layers of the cost count and of each conversion draw from it too
+    with torch.random.fork_rng(devices=_cuda_devices(model)):
+        return _scan(model, num_basis, evaluate, finetune, layers, tuple(input_shape), combine,
+                     coefficient_rank, seed)
+
+
+def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, coefficient_rank,
+          seed) -> pd.DataFrame:
+    basis = OmegaConf.create({"size": num_basis, "combine": combine,
+                              "coefficient_rank": coefficient_rank})
+    candidates = layer_savings(model, basis, layers, input_shape)
+
+    def run(names: list[str]) -> dict:
+        start = time.perf_counter()
+        trial = copy.deepcopy(model)
+        row = {}
+        if names:
+            apply_basis(trial, names, num_basis, inplace=True, combine=combine,
+                        coefficient_rank=coefficient_rank)
+            report = {r["name"]: r for r in basis_report(trial)}
+            row["reconstruction_error"] = report[names[0]]["reconstruction_error"]
+            row.update({f"converted_{k}": v for k, v in _metrics(evaluate(trial)).items()})
+        if finetune is not None:
+            torch.manual_seed(seed)
+            finetune(trial)
+        return {**row, **_metrics(evaluate(trial)), "seconds": time.perf_counter() - start}
+
+    reference = run([])
+    rows = []
+    for candidate in candidates.to_dict("records"):
+        result = run([candidate["layer"]])
+        drops = {column: (reference[k] - result[k] if k == "accuracy" else result[k] - reference[k])
+                 for k, column in DROPS.items() if k in reference}
+        rows.append({**candidate, **result, **drops})
+    table = pd.DataFrame(rows)
+    table.attrs["reference"] = reference
+    return table
+
+
+def _metrics(value) -> dict[str, float]:
+    """``evaluate``'s answer as a dict of floats with ``"accuracy"`` and/or ``"loss"``
+    (other numbers it reports are kept as columns too)."""
+    if _is_number(value):
+        return {"accuracy": float(value)}
+    if isinstance(value, dict) and set(value) & set(DROPS) and all(map(_is_number, value.values())):
+        return {str(k): float(v) for k, v in value.items()}
+    raise ConfigError(f"layer_sensitivity: evaluate(model) must return the accuracy (a float) "
+                      f"or a dict of floats with 'accuracy' and/or 'loss', got {value!r}")
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.dtype.is_complex
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    """The CUDA devices the model lives on, whose random state ``fork_rng`` restores."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+__all__ = ["layer_sensitivity"]

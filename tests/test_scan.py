@@ -1,0 +1,90 @@
+"""The sensitivity scan of a user's own model with their own data and training
+(``basisconv.scan.layer_sensitivity``)."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from basisconv.cost import model_cost
+from basisconv.errors import ConfigError
+from basisconv.scan import layer_sensitivity
+from basisconv.selection import dense_totals, pick_layers
+from basisconv.surgery import apply_basis
+
+
+def custom_model():
+    """Not one of the registry's ResNets: one input channel, nested containers, a
+    non-square strided kernel, 'same' padding, a depthwise conv (never a candidate)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.ModuleDict({"body": nn.Sequential(nn.Conv2d(16, 32, 3, padding="same", bias=False),
+                                             nn.BatchNorm2d(32), nn.ReLU())})["body"],
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        nn.Conv2d(32, 32, (3, 1), stride=(2, 1)), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2)).eval()
+
+
+def test_a_custom_model_is_scanned_with_the_users_loader_and_left_as_it_was():
+    model = custom_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randn(96, 1, 10, 10)
+    labels = (images.mean((1, 2, 3)) > 0).long()
+    loader = DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=16, shuffle=True)
+    first_batches = []
+
+    def finetune(m):
+        m.train()
+        optimizer = torch.optim.SGD(m.parameters(), lr=0.05)
+        for i, (x, y) in enumerate(loader):
+            if i == 0:
+                first_batches.append(y.clone())
+            optimizer.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            optimizer.step()
+
+    def evaluate(m):
+        m.eval()
+        with torch.no_grad():
+            out = m(images[64:])
+        return {"accuracy": (out.argmax(1) == labels[64:]).float().mean(),
+                "loss": F.cross_entropy(out, labels[64:]).item()}
+
+    rng = torch.random.get_rng_state()
+    with pytest.warns(UserWarning, match="skipping layer '3' is a grouped conv"):
+        table = layer_sensitivity(model, 0.25, evaluate, finetune, input_shape=(1, 1, 10, 10))
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert table["layer"].tolist() == ["0", "2.0", "4"]  # the depthwise conv is skipped
+    assert table["shape"].tolist() == ["1->16 k3", "16->32 k3", "32->32 k3x1"]
+    # every fine-tune (the reference's and each layer's) saw the same batches
+    assert len(first_batches) == 4 and all(torch.equal(b, first_batches[0]) for b in first_batches)
+    reference = table.attrs["reference"]
+    assert table["accuracy_drop"].tolist() == pytest.approx(
+        [reference["accuracy"] - a for a in table["accuracy"]])
+    assert table["loss_increase"].tolist() == pytest.approx(
+        [loss - reference["loss"] for loss in table["loss"]])
+    # savings counted at the given input shape
+    converted = apply_basis(model, ["2.0"], 0.25, convert=False)
+    saved = (model_cost(model, (1, 1, 10, 10)).total_flops
+             - model_cost(converted, (1, 1, 10, 10)).total_flops)
+    assert table.set_index("layer").loc["2.0", "flops_saved"] == saved
+    # the pipeline's policies choose from it
+    selection = OmegaConf.create({"policy": "sensitivity_threshold", "metric": "loss_increase",
+                                  "threshold": float(table["loss_increase"].max())})
+    assert pick_layers(selection, table, dense_totals(model, (1, 1, 10, 10))) == ["0", "2.0", "4"]
+
+
+def test_an_accuracy_alone_is_enough_and_a_wrong_answer_is_one_clear_error():
+    model = custom_model()
+    x = torch.randn(4, 1, 10, 10)
+    table = layer_sensitivity(model, 4, lambda m: m(x).mean().item(), layers="4",
+                              input_shape=(1, 1, 10, 10))
+    assert table["layer"].tolist() == ["4"] and "loss_increase" not in table
+    assert table["converted_accuracy"].tolist() == table["accuracy"].tolist()  # no fine-tune
+    with pytest.raises(ConfigError, match="evaluate\\(model\\) must return the accuracy"):
+        layer_sensitivity(model, 4, lambda m: {"top1": 0.5}, layers="4",
+                          input_shape=(1, 1, 10, 10))
