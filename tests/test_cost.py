@@ -128,6 +128,16 @@ def test_stem_has_no_input_gradient_unless_asked():
     assert with_input.grad_input_flops - cost.grad_input_flops == stem.forward_flops
 
 
+def test_an_input_shape_the_model_does_not_take_is_one_clear_error():
+    # Found by review: a one-channel model at the default (1, 3, 32, 32) failed on the meta
+    # device with torch's "Invalid channel dimensions" and a deep trace.
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 26 * 26, 2))
+    with pytest.raises(ValueError, match=r"input of shape \(1, 3, 32, 32\).*pass the input_shape"):
+        model_cost(model)
+    assert model_cost(model, (1, 1, 28, 28)).forward_flops == 2 * (8 * 9 * 26 * 26 + 8 * 26 * 26 * 2)
+
+
 def test_golden_values():
     golden = json.loads(GOLDEN.read_text())["cases"]
     assert golden_values() == golden
