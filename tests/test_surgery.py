@@ -131,6 +131,14 @@ def test_a_wrapped_models_unknown_name_suggests_the_prefixed_one():
     assert isinstance(apply_basis(wrapped, "module.1", 4).module[1], BasisConv2d)
 
 
+def test_layers_that_are_not_names_are_one_clear_error():
+    # Found by review: layers=None (the pipeline's "no layer") gave "'NoneType' object is
+    # not iterable" from inside select_layers.
+    for layers in (None, nn.Conv2d):
+        with pytest.raises(ValueError, match="give 'all', a name, or a list of names"):
+            apply_basis(Grouped(), layers, 0.25)
+
+
 def test_only_where_saves_leaves_unprofitable_layers_dense():
     model = build_model("resnet18")
     with pytest.warns(UserWarning, match="saves no compute") as caught:

@@ -57,6 +57,10 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
     dense = {n: m for n, m in convs.items() if isinstance(m, nn.Conv2d)}
     if isinstance(layers, str):
         layers = [layers]
+    if not isinstance(layers, Iterable):
+        raise ConfigError(f"apply_basis: layers={layers!r}; give 'all', a name, or a list of "
+                          f"names and patterns like 'layer*.conv*' (to convert none, do not "
+                          f"call it)")
     layers = list(layers)
     if not layers:
         raise ConfigError("apply_basis: the layer list is empty; give 'all', names or patterns "
