@@ -202,6 +202,33 @@ def test_coefficient_skip_schedule_skips_the_gradient_and_the_update():
         CoefficientSkipSchedule(build_model("resnet20"), 2)
 
 
+def test_frozen_convs_stay_frozen_when_converted():
+    """A fine-tuning recipe's frozen layers: converting must not make them train, and
+    skip-training must not switch their coefficients on."""
+    model = small_resnet18()
+    for p in model.layer1.parameters():
+        p.requires_grad_(False)
+    converted = apply_basis(model, ["layer1.0.conv1", "layer2.0.conv1"], 0.5)
+    frozen, trained = converted.layer1[0].conv1, converted.layer2[0].conv1
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in trained.parameters())
+    schedule = CoefficientSkipSchedule(converted, train_every=2)
+    schedule(0)
+    assert not frozen.coefficients.requires_grad and trained.coefficients.requires_grad
+    # a shared matrix trains if any of its layers did
+    shared = apply_basis(model, ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"], 0.5,
+                         share_coefficients=True)
+    assert not shared.layer1[0].conv1.coefficients.requires_grad
+    model.layer1[1].conv1.weight.requires_grad_(True)
+    shared = apply_basis(model, ["layer1.0.conv1", "layer1.1.conv1"], 0.5, share_coefficients=True)
+    assert shared.layer1[0].conv1.coefficients.requires_grad
+    assert not shared.layer1[0].conv1.basis_weight.requires_grad
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="every coefficient matrix of the model is frozen"):
+        CoefficientSkipSchedule(apply_basis(model, "layer1.*", 0.5), 2)
+
+
 def test_dense_warmup_then_convert():
     """The warm-up half of skip-training: a briefly trained dense model is converted in
     place; at full rank nothing changes, below it the trained weights are approximated."""

@@ -196,7 +196,8 @@ class BasisConv2d(nn.Module):
         output error for any input). At ``num_basis == out_channels`` the result reproduces
         the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
         whose relative weight error is at most that, an energy criterion like BasisConv's).
-        The achieved error is stored in ``reconstruction_error``.
+        The achieved error is stored in ``reconstruction_error``. The new parameters train
+        as the conv's did (``requires_grad`` of its weight and bias).
         """
         check_convertible(conv)
         c_out = conv.out_channels
@@ -229,6 +230,11 @@ class BasisConv2d(nn.Module):
             layer.output_index.copy_(torch.argsort(stored))
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias.detach())
+        # A frozen conv (a fine-tuning recipe's fixed backbone) stays frozen in basis form.
+        for p in [layer.basis_weight, *layer.coefficient_parameters()]:
+            p.requires_grad_(conv.weight.requires_grad)
+        if conv.bias is not None:
+            layer.bias.requires_grad_(conv.bias.requires_grad)
         layer.reconstruction_error = relative_error(layer.dense_weight(), weight)
         return layer
 

@@ -196,6 +196,10 @@ def _share_coefficients(layers: dict[str, BasisConv2d], sources: dict[str, nn.Co
         if len(names) < 2:
             continue
         first = layers[names[0]]
+        # the shared matrix trains if any of its layers' coefficients did
+        trainable = any(layers[n].coefficient_parameters()[0].requires_grad for n in names)
+        for p in first.coefficient_parameters():
+            p.requires_grad_(trainable)
         for name in names[1:]:
             if first.coefficient_rank is None:
                 layers[name].coefficients = first.coefficients
@@ -256,12 +260,17 @@ class CoefficientSkipSchedule:
                               f"every step), got {train_every!r}")
         self.train_every = int(train_every)
         seen: dict[int, nn.Parameter] = {}
-        for layer in basis_layers(model).values():
+        layers = basis_layers(model).values()
+        for layer in layers:
             for p in layer.coefficient_parameters():
-                seen.setdefault(id(p), p)
-        if not seen:
+                if p.requires_grad:  # frozen coefficients stay frozen on active steps too
+                    seen.setdefault(id(p), p)
+        if not layers:
             raise ConfigError("CoefficientSkipSchedule: the model has no BasisConv2d layers; "
                               "convert some with apply_basis first")
+        if not seen:
+            raise ConfigError("CoefficientSkipSchedule: every coefficient matrix of the model is "
+                              "frozen (requires_grad=False); there is nothing to skip-train")
         self.parameters = list(seen.values())
 
     def __call__(self, step: int) -> bool:
