@@ -181,6 +181,20 @@ def test_fraction_rounding_and_range_errors():
         BasisConv2d(4, 8, 3, 2, coefficient_rank=3)
 
 
+def test_bad_geometry_is_refused_when_the_layer_is_made():
+    """As nn.Conv2d takes them, checked at construction, not at the first forward."""
+    for kwargs, message in (({"padding": "full"}, "use 'same', 'valid' or ints"),
+                            ({"padding": -1}, r"padding=-1: use an int >= 0"),
+                            ({"stride": 0}, r"stride=0: use an int >= 1"),
+                            ({"dilation": (1, 0)}, r"dilation=\(1, 0\)"),
+                            ({"stride": 2, "padding": "same"}, "padding='same' needs stride 1")):
+        with pytest.raises(ValueError, match=message):
+            BasisConv2d(4, 8, 3, 2, **kwargs)
+    layer = BasisConv2d(4, 8, (3, 1), 2, stride=(2, 1), padding="valid", dilation=2)
+    assert (layer.kernel_size, layer.stride, layer.padding, layer.dilation) == \
+        ((3, 1), (2, 1), "valid", (2, 2))
+
+
 def test_grouped_conv_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="grouped conv .*groups=4"):
         BasisConv2d.from_conv(nn.Conv2d(8, 8, 3, groups=4), 2)

@@ -85,6 +85,30 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
     return count
 
 
+def check_geometry(kernel_size, stride, padding, dilation) -> tuple:
+    """The conv's kernel size, stride, padding and dilation as ``nn.Conv2d`` keeps them,
+    checked when the layer is made (a bad value would otherwise surface at the first
+    forward, deep inside ``F.conv2d`` or the fused kernel)."""
+    pairs = {}
+    for name, value, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                               ("dilation", dilation, 1), ("padding", padding, 0)):
+        if name == "padding" and isinstance(value, str):
+            if value not in ("same", "valid"):
+                raise ConfigError(f"padding={value!r}: use 'same', 'valid' or ints >= 0, as "
+                                  f"for nn.Conv2d")
+            pairs[name] = value
+            continue
+        pair = _pair(value)
+        if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                     and v >= least for v in pair):
+            raise ConfigError(f"{name}={value!r}: use an int >= {least} or two of them")
+        pairs[name] = tuple(int(v) for v in pair)
+    if pairs["padding"] == "same" and pairs["stride"] != (1, 1):
+        raise ConfigError(f"padding='same' needs stride 1 (got stride={stride!r}), as for "
+                          f"nn.Conv2d; give the padding as ints for a strided layer")
+    return pairs["kernel_size"], pairs["stride"], pairs["padding"], pairs["dilation"]
+
+
 def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str = "") -> int | None:
     """``None`` (a full coefficient matrix), or a rank in ``1..min(C_out - m, m)`` (at
     least 1), returned as an int; ``where`` names the layer in errors."""
@@ -142,10 +166,8 @@ class BasisConv2d(nn.Module):
             raise ConfigError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
         m = resolve_num_basis(num_basis, out_channels)
         self.in_channels, self.out_channels, self.num_basis = int(in_channels), int(out_channels), m
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size, self.stride, self.padding, self.dilation = check_geometry(
+            kernel_size, stride, padding, dilation)
         self.combine = combine
         self.fuse_norm = bool(fuse_norm)
         if self.fuse_norm and combine != "stacked":
