@@ -79,7 +79,7 @@ class ModelCost(_FlopSums):
     """Per-layer costs and totals of a model at one input shape."""
 
     input_shape: tuple[int, ...]
-    params: int  # every trainable entry (BN, biases, shared tensors once, pruned entries not)
+    params: int  # every entry, frozen too (BN, biases; shared tensors once, pruned ones not)
     layers: list[LayerCost] = field(default_factory=list)
 
     @property
@@ -236,7 +236,8 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable entries: each tensor once (shared coefficients), pruned coefficients not."""
+    """Parameter entries, frozen ones too (the model's size): each tensor once (shared
+    coefficients), pruned coefficients not."""
     total = sum(p.numel() for p in model.parameters())
     alive: dict[int, torch.Tensor] = {}
     for layer in (m for m in model.modules() if isinstance(m, BasisConv2d)):
