@@ -150,6 +150,45 @@ def test_report_writes_tables_and_plots_named_by_device_and_precision(tmp_path):
         "python scripts/analyze.py"
 
 
+def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
+    """A protocol cut off midway: a row with fewer seeds, an unfinished run and a cut-off
+    record are named under the table, not averaged in silently."""
+    write_runs(tmp_path / "runs", RECORDS[:5])  # baseline and 1/2: seeds 0 1; 1/4: seed 0
+    running = {**record("all", 0.25, 1), "status": "running", "final": None}
+    running["epochs"] = running["epochs"][:1]
+    (tmp_path / "runs" / "cut").mkdir()
+    (tmp_path / "runs" / "cut" / "run.json").write_text(json.dumps(running))
+    (tmp_path / "runs" / "broken.json").write_text('{"kind": "training", "status": "comp')
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    out = tmp_path / "results"
+    md = (out / "comparison-cpu-fp32.md").read_text()
+    assert "mean ± sample standard deviation (n - 1 in the denominator)" in md
+    assert "most have seeds 0 1; resnet20-all: 0)" in md
+    assert f"1 unfinished run: {tmp_path / 'runs' / 'cut'} at epoch 1 of 2" in md
+    assert "1 unreadable record" in md
+    assert "$\\pm$ sample standard deviation" in (out / "comparison-cpu-fp32.tex").read_text()
+    index = json.loads((out / "index.json").read_text())
+    assert index["unfinished_runs"] == [f"{tmp_path / 'runs' / 'cut'} at epoch 1 of 2"]
+
+
+def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
+    from basisconv.analysis.report import seeds_line
+
+    runs = runs_frame([(r, "here") for r in RECORDS[:4]])
+    assert seeds_line(runs) == ""
+    twice = runs_frame([(r, "here") for r in RECORDS[:4] + [RECORDS[0]]])
+    assert "resnet20-none: 0 0 1" in seeds_line(twice)
+
+
+def test_a_mean_count_of_basis_layers_is_not_rounded_to_a_whole_one():
+    from basisconv.analysis.tables import display_table
+
+    one, two = record("random", seed=0), record("random", seed=1)
+    two["model"]["basis_layers"] = ["layer1.0.conv1", "layer1.0.conv2"]
+    shown = display_table(compare(runs_frame([(one, "a"), (two, "b")])))
+    assert shown["basis layers"].tolist() == ["1.5"]
+
+
 def test_no_runs_is_one_clear_error(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(ConfigError, match="no complete training run found.*make reproduce"):

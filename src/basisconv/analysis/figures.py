@@ -14,10 +14,14 @@ from .plots import pyplot, save_figure
 
 
 def _finish(fig, path: Path, note: str) -> Path:
-    """Add the provenance line (wrapped to the figure's width) below the plot, save."""
-    fig.text(0.01, 0.005, textwrap.fill(note, int(fig.get_figwidth() * 20)), fontsize=6.5,
-             color="0.35", ha="left", va="bottom")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    """Add the provenance line and any caveats (one per line of ``note``, each wrapped to
+    the figure's width) below the plot, with room for them, save."""
+    lines = [wrapped for line in note.split("\n")
+             for wrapped in textwrap.wrap(line, int(fig.get_figwidth() * 20))]
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=6.5, color="0.35", ha="left", va="bottom")
+    # 6.5 pt at matplotlib's 1.2 line spacing, plus 0.1 inch between the axes and the note
+    bottom = (0.1 + len(lines) * 6.5 * 1.2 / 72) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return save_figure(fig, path)
 
 
@@ -71,7 +75,8 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, title="selection")
-    ax.set_title("accuracy against model size", fontsize=10)
+    ax.set_title("accuracy against model size (mean over seeds, bars ±1 sample std)",
+                 fontsize=10)
     return _finish(fig, path, note)
 
 

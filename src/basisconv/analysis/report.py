@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..records import provenance, write_json_atomic
 from . import figures, search, sensitivity
-from .runs import (compare, curves_frame, read_records, records_of_kind, runs_frame,
-                   training_records, wandb_records)
+from .runs import (CONFIG_COLUMNS, compare, curves_frame, read_records, records_of_kind,
+                   runs_frame, training_records, wandb_records)
 from .tables import write_table
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,43 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
     return (f"profile {profile}; {len(runs)} runs on {', '.join(sorted(set(runs['hardware'].astype(str))))}; "
             f"commit {', '.join(sorted(set(runs['commit'].astype(str))))}; run {span}; "
             f"made {made['date'][:10]} by `{made['command']}`")
+
+
+STD_LINE = ("Test accuracy: mean ± sample standard deviation (n - 1 in the denominator) "
+            "over each row's seeds.")
+
+
+def seeds_line(runs: pd.DataFrame) -> str:
+    """"" when every configuration has the same seeds, each once; otherwise which rows
+    differ from the most common set of seeds (fewer seeds, others, or one seed counted
+    twice), since their means and their change against the baseline are then over other
+    seeds and their std over fewer."""
+    seeds = runs.groupby(CONFIG_COLUMNS, sort=False).agg(
+        experiment=("experiment", "first"), seeds=("seed", lambda s: tuple(sorted(s))))
+    usual = seeds["seeds"].value_counts().index[0]
+    odd = seeds[(seeds["seeds"] != usual) | seeds["seeds"].map(lambda s: len(set(s)) < len(s))]
+    if odd.empty:
+        return ""
+    listed = "; ".join(f"{r.experiment}: {' '.join(map(str, r.seeds))}" for r in odd.itertuples())
+    return (f"Rows differ in seeds (most have seeds {' '.join(map(str, usual))}; {listed}): their "
+            f"means and changes against the baseline are over other seeds.")
+
+
+def left_out_line(unfinished: list[str], unreadable: list[str]) -> str:
+    """"" or which runs under ``runs_dir`` are not in the table: unfinished ones (a
+    protocol cut off midway) and unreadable records."""
+    parts = ([f"{len(unfinished)} unfinished run{'s' * (len(unfinished) > 1)}: "
+              f"{', '.join(unfinished)}"] if unfinished else [])
+    parts += [f"{len(unreadable)} unreadable record{'s' * (len(unreadable) > 1)} "
+              f"(named in index.json)"] if unreadable else []
+    return f"Left out: {'; '.join(parts)}." if parts else ""
+
+
+def unfinished_runs(records: list[tuple[dict, Path]]) -> list[str]:
+    """Each training run that has not finished, as ``<folder> at epoch <e> of <E>``."""
+    return [f"{folder} at epoch {len(record['epochs'])} of "
+            f"{record['config']['trainer']['epochs']}" for record, folder in records
+            if record["kind"] == "training" and record["status"] != "complete"]
 
 
 def found_line(records: list[tuple[dict, Path]], unreadable: list[str]) -> str:
@@ -68,12 +105,20 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     made = provenance(command)
     runs, curves = runs_frame(records), curves_frame(records)
     table = compare(runs)
+    unfinished = unfinished_runs(local)
+    if unfinished:
+        log.warning("left out %d unfinished training runs: %s", len(unfinished),
+                    ", ".join(unfinished))
     written: list[Path] = []
     for (device, precision), part in table.groupby(["device", "precision"], sort=False):
         tag = f"{device}-{precision}"
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
-        note = provenance_note(mine, cfg.profile, made)
-        written += write_table(part, out / f"comparison-{tag}", note)
+        origin = provenance_note(mine, cfg.profile, made)
+        caveats = [line for line in (seeds_line(mine), left_out_line(unfinished, unreadable))
+                   if line]
+        note = "\n".join([origin, *caveats])  # the plots' footer
+        written += write_table(part, out / f"comparison-{tag}",
+                               "\n".join([origin, STD_LINE, *caveats]))
         for path in (figures.speed_vs_basis_size(part, out / f"speed-{tag}.png", note),
                      figures.accuracy_vs_parameters(part, out / f"accuracy-params-{tag}.png", note),
                      figures.training_curves(
@@ -85,6 +130,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         written += sensitivity_outputs(local, out, cfg.profile)
     index = {"provenance": made, "source": cfg.source,
              "files": [p.name for p in written], "unreadable_runs": unreadable,
+             "unfinished_runs": unfinished,
              "runs": runs.to_dict("records")}
     written.append(write_json_atomic(out / "index.json", index))
     return written

@@ -30,7 +30,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "seeds": str(r["seeds"]),
             "test accuracy (%)": f"{100 * r['test_accuracy']:.2f}{std}",
             "vs baseline (points)": change,
-            "basis layers": f"{r['basis_layers']:.0f}",
+            # a mean: random selection converts other layers in each seed
+            "basis layers": f"{round(r['basis_layers'], 1):g}",
             "parameters": f"{r['params']:,.0f} ({_pct(r['params_ratio'])})",
             "training FLOPs / image": f"{(r['forward_flops'] + r['backward_flops']) / 1e6:.1f} M "
                                       f"({_pct(r['flops_ratio'])})",
@@ -52,22 +53,27 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tex(text: str) -> str:
+    """``text`` with the characters of ours that LaTeX reads otherwise escaped."""
+    return str(text).replace("%", r"\%").replace("±", r"$\pm$").replace("_", r"\_")
+
+
 def latex(frame: pd.DataFrame, caption: str) -> str:
     """A LaTeX ``tabular`` of a frame of strings (pandas' Styler; special characters
     escaped)."""
-    escaped = frame.map(lambda v: str(v).replace("%", r"\%").replace("±", r"$\pm$")
-                        .replace("_", r"\_"))
-    escaped.columns = [c.replace("%", r"\%") for c in frame.columns]
+    escaped = frame.map(_tex)
+    escaped.columns = [_tex(c) for c in frame.columns]
     return escaped.style.hide(axis="index").to_latex(
-        caption=caption.replace("_", r"\_").replace("`", ""), hrules=True, position="t")
+        caption=_tex(caption).replace("`", ""), hrules=True, position="t")
 
 
 def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     """``<stem>.csv`` (all numbers), ``<stem>.md`` and ``<stem>.tex`` (formatted), each
-    with ``caption`` (the provenance line) beside or in it."""
+    with ``caption`` (the provenance line, then notes, one a line) beside or in it."""
     shown = display_table(table)
+    notes = caption.replace("\n", "\n\n")  # Markdown joins single lines into one
     return [
         write_text_atomic(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.6g")),
-        write_text_atomic(stem.with_suffix(".md"), markdown(shown) + f"\n{caption}\n"),
+        write_text_atomic(stem.with_suffix(".md"), markdown(shown) + f"\n{notes}\n"),
         write_text_atomic(stem.with_suffix(".tex"), latex(shown, caption)),
     ]
