@@ -51,8 +51,12 @@ reproduce: $(STAMP)
 smoke: $(STAMP)
 	WANDB_MODE=disabled scripts/reproduce.sh smoke
 
+# The smoke profile keeps its records and tables in $(OUTPUTS)/smoke/results, never in
+# results/ (scripts/reproduce.sh), so its analysis reads and writes there.
+OUTPUTS ?= outputs
+SMOKE_RESULTS = $(OUTPUTS)/smoke/results
 analyze: $(STAMP)
-	$(PY) scripts/analyze.py profile=$(PROFILE) $(ARGS)
+	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE)),runs_dir=$(SMOKE_RESULTS)/runs out_dir=$(SMOKE_RESULTS)) $(ARGS)
 
 train: $(STAMP)
 	$(PY) scripts/train.py $(ARGS)

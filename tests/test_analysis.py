@@ -211,6 +211,21 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
 
+def test_make_analyze_reads_the_smoke_profile_where_make_smoke_left_it(repo):
+    """make smoke keeps its records in outputs/smoke/results/runs, not results/smoke/runs."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", "PROFILE=smoke"],
+                         cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "profile=smoke runs_dir=outputs/smoke/results/runs out_dir=outputs/smoke/results" in dry
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", "PROFILE=quick"],
+                         cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "runs_dir" not in dry
+
+
 def test_analyze_config_takes_the_profile_and_source(repo):
     from hydra import compose, initialize_config_dir
 
