@@ -200,6 +200,7 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     from nbclient import NotebookClient
 
     write_runs(tmp_path / "runs", RECORDS)
+    (tmp_path / "runs" / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
     write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
     notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
     monkeypatch.setenv("BASISCONV_RESULTS", str(tmp_path / "results"))
@@ -209,6 +210,9 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
+    shown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert shown[0].startswith("### comparison-cpu-fp32")  # the paper's table first
+    assert any(md.startswith("### sensitivity-resnet20-m0.5-cpu-fp32") for md in shown)
 
 
 def test_make_analyze_reads_the_smoke_profile_where_make_smoke_left_it(repo):
