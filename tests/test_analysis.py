@@ -171,6 +171,14 @@ def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
     assert index["unfinished_runs"] == [f"{tmp_path / 'runs' / 'cut'} at epoch 1 of 2"]
 
 
+def test_rows_without_a_baseline_are_named(tmp_path):
+    write_runs(tmp_path / "runs", RECORDS[2:4])
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    md = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert "No dense baseline (selection none) of the same model, width, epochs and data for " \
+           "resnet20-all:" in md
+
+
 def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
     from basisconv.analysis.report import seeds_line
 

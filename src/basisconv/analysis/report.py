@@ -49,6 +49,16 @@ def seeds_line(runs: pd.DataFrame) -> str:
             f"means and changes against the baseline are over other seeds.")
 
 
+def baseline_line(table: pd.DataFrame) -> str:
+    """"" or the rows without a dense baseline run on the same terms (``compare``), whose
+    columns against it are left empty, and the speed plot with them."""
+    alone = table[table["accuracy_change"].isna()]
+    if alone.empty:
+        return ""
+    return (f"No dense baseline (selection none) of the same model, width, epochs and data for "
+            f"{', '.join(alone['experiment'])}: their columns against it are empty ('-').")
+
+
 def left_out_line(unfinished: list[str], unreadable: list[str]) -> str:
     """"" or which runs under ``runs_dir`` are not in the table: unfinished ones (a
     protocol cut off midway) and unreadable records."""
@@ -114,8 +124,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         tag = f"{device}-{precision}"
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
         origin = provenance_note(mine, cfg.profile, made)
-        caveats = [line for line in (seeds_line(mine), left_out_line(unfinished, unreadable))
-                   if line]
+        caveats = [line for line in (seeds_line(mine), baseline_line(part),
+                                     left_out_line(unfinished, unreadable)) if line]
         note = "\n".join([origin, *caveats])  # the plots' footer
         written += write_table(part, out / f"comparison-{tag}",
                                "\n".join([origin, STD_LINE, *caveats]))
