@@ -179,6 +179,23 @@ def test_rows_without_a_baseline_are_named(tmp_path):
            "resnet20-all:" in md
 
 
+def test_training_curves_keep_configurations_of_other_models_apart(tmp_path, monkeypatch):
+    from basisconv.analysis import figures
+    from basisconv.analysis.runs import curves_frame
+
+    narrow = record(seed=0, accuracy=0.5)
+    narrow["config"]["model"]["width"] = 0.25
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.training_curves(curves_frame([(RECORDS[0], "a"), (narrow, "b")]),
+                            tmp_path / "curves.png", "note")
+    lines = drawn[0].axes[0].get_lines()
+    assert sorted(line.get_label() for line in lines) == ["none (resnet20 x0.25)",
+                                                          "none (resnet20 x0.5)"]
+    assert sorted(line.get_ydata()[-1] for line in lines) == [50.0, 90.0]  # not their mean
+    figures.pyplot().close(drawn[0])
+
+
 def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
     from basisconv.analysis.report import seeds_line
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..cost import basis_conv2d_cost, conv2d_cost
 from .plots import pyplot, save_figure
+from .runs import CONFIG_COLUMNS
 
 
 def _finish(fig, path: Path, note: str) -> Path:
@@ -80,12 +81,24 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
     return _finish(fig, path, note)
 
 
+def _curve_label(run: pd.Series, varying: list[str]) -> str:
+    """``selection m=size``, with the model, epochs or data where those differ between
+    the configurations of one plot."""
+    label = run["selection"] + ("" if run["basis_size"] == "-" else f" m={run['basis_size']}")
+    extra = [f"{run['model']} x{run['width']:g}"] if {"model", "width"} & set(varying) else []
+    extra += [f"{run['epochs']} epochs"] if "epochs" in varying else []
+    extra += [f"{run['train_images']} images"] if "train_images" in varying else []
+    return label + (f" ({', '.join(extra)})" if extra else "")
+
+
 def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
-    """Test accuracy and train loss per epoch, mean over seeds, one line per config."""
+    """Test accuracy and train loss per epoch, mean over seeds, one line per config (the
+    table's rows: configurations that differ only in model or epochs are not averaged)."""
     plt = pyplot()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.3))
-    label = curves["selection"] + curves["basis_size"].map(lambda s: "" if s == "-" else f" m={s}")
-    for name, group in curves.assign(label=label).groupby("label", sort=False):
+    varying = [c for c in ("model", "width", "epochs", "train_images") if curves[c].nunique() > 1]
+    for _, group in curves.groupby(CONFIG_COLUMNS, sort=False):
+        name = _curve_label(group.iloc[0], varying)
         mean = group.groupby("epoch")[["test_accuracy", "train_loss"]].mean()
         acc.plot(mean.index, 100 * mean["test_accuracy"], label=name)
         loss.plot(mean.index, mean["train_loss"], label=name)
