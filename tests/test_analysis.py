@@ -196,6 +196,23 @@ def test_training_curves_keep_configurations_of_other_models_apart(tmp_path, mon
     figures.pyplot().close(drawn[0])
 
 
+def test_speed_plot_sets_each_model_beside_its_own_baseline(tmp_path, monkeypatch):
+    from basisconv.analysis import figures
+
+    narrow = [record(step=(0.4, 0.8)), record("all", 0.5, step=(0.2, 0.4))]
+    for rec in narrow:
+        rec["config"]["model"]["width"] = 0.25
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    table = compare(runs_frame([(r, "a") for r in [RECORDS[0], RECORDS[2], *narrow]]))
+    figures.speed_vs_basis_size(table, tmp_path / "speed.png", "note")
+    dense = {line.get_label(): line.get_ydata()[0] for line in drawn[0].axes[0].get_lines()
+             if line.get_label().startswith("dense, forward")}
+    assert dense == pytest.approx({"dense, forward (resnet20 x0.5, 2 epochs, 5000 images)": 100,
+                                   "dense, forward (resnet20 x0.25, 2 epochs, 5000 images)": 400})
+    figures.pyplot().close(drawn[0])
+
+
 def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
     from basisconv.analysis.report import seeds_line
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..cost import basis_conv2d_cost, conv2d_cost
 from .plots import pyplot, save_figure
-from .runs import CONFIG_COLUMNS
+from .runs import BASELINE_KEYS, CONFIG_COLUMNS
 
 
 def _finish(fig, path: Path, note: str) -> Path:
@@ -29,33 +29,42 @@ def _finish(fig, path: Path, note: str) -> Path:
 def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | None:
     """Forward and backward time per step (left) and speedup over the dense baseline
     (right) against the basis size, for basis convolutions in every layer, with the
-    speedup the FLOP count predicts. ``None`` when there is no size sweep to plot."""
+    speedup the FLOP count predicts; one set of lines per model, epochs and data (each
+    beside its own baseline). ``None`` when there is no size sweep to plot."""
     sweep = table[(table["selection"] == "all") & table["step_speedup"].notna()]
     sweep = sweep.assign(size=pd.to_numeric(sweep["basis_size"])).sort_values("size")
-    dense = table[table["selection"] == "none"]
-    if sweep.empty or dense.empty:
+    if sweep.empty:  # a row has a step speedup only where its baseline was run
         return None
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
-    for column, marker, label in (("forward_seconds_per_step", "o", "forward"),
-                                  ("backward_seconds_per_step", "s", "backward")):
-        line, = left.plot(sweep["size"], 1e3 * sweep[column], marker + "-", label=f"basis, {label}")
-        left.axhline(1e3 * dense[column].iloc[0], color=line.get_color(), ls=":",
-                     label=f"dense, {label}")
+    groups = list(sweep.groupby(BASELINE_KEYS, sort=False))
+    for keys, rows in groups:
+        dense = table[(table["selection"] == "none")
+                      & (table[BASELINE_KEYS] == pd.Series(keys, BASELINE_KEYS)).all(axis=1)]
+        first = rows.iloc[0]
+        of = f" ({first['model']} x{first['width']:g}, {first['epochs']} epochs, " \
+             f"{first['train_images']} images)" if len(groups) > 1 else ""
+        for column, marker, label in (("forward_seconds_per_step", "o", "forward"),
+                                      ("backward_seconds_per_step", "s", "backward")):
+            line, = left.plot(rows["size"], 1e3 * rows[column], marker + "-",
+                              label=f"basis, {label}{of}")
+            left.axhline(1e3 * dense[column].iloc[0], color=line.get_color(), ls=":",
+                         label=f"dense, {label}{of}")
+        right.plot(rows["size"], rows["step_speedup"], "o-", label=f"measured, fwd+bwd step{of}")
+        right.plot(rows["size"], rows["epoch_speedup"], "s-", label=f"measured, epoch{of}")
+        right.plot(rows["size"], rows["theory_speedup"], "k--" if len(groups) == 1 else "--",
+                   label=f"theory (training FLOPs){of}")
     left.set_ylabel("ms per step")
     left.set_title("time per training step")
-    right.plot(sweep["size"], sweep["step_speedup"], "o-", label="measured, fwd+bwd step")
-    right.plot(sweep["size"], sweep["epoch_speedup"], "s-", label="measured, epoch")
-    right.plot(sweep["size"], sweep["theory_speedup"], "k--", label="theory (training FLOPs)")
     right.axhline(1, color="0.5", lw=0.8)
     right.set_ylabel("speedup over dense (x)")
     right.set_title("speedup")
     for ax in (left, right):
         ax.set_xlabel("basis size (fraction of each layer's filters)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{sweep['model'].iloc[0]} x{sweep['width'].iloc[0]:g}: basis convolutions "
-                 f"in every layer", fontsize=10)
+        ax.legend(fontsize=8 if len(groups) == 1 else 6)
+    models = ", ".join(dict.fromkeys(f"{m} x{w:g}" for m, w in zip(sweep["model"], sweep["width"])))
+    fig.suptitle(f"{models}: basis convolutions in every layer", fontsize=10)
     return _finish(fig, path, note)
 
 
