@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from basisconv.analysis.report import write_report
 from basisconv.analysis.runs import (compare, read_records, runs_frame, training_records,
                                      wandb_records)
+from basisconv.analysis.tables import display_table
 from basisconv.records import device_name
 from basisconv.errors import ConfigError
 
@@ -77,6 +78,48 @@ def test_comparison_averages_seeds_and_compares_with_the_baseline():
     assert half["theory_speedup"] == 2.0
     assert half["step_speedup"] == pytest.approx(2.0) and half["epoch_speedup"] == 2.0
     assert table.loc[("all", 0.25), "step_speedup"] == pytest.approx(0.3 / 0.12)
+
+
+def swept(rec, **settings):
+    """``rec`` with dotted config keys set, as a sweep's override would."""
+    rec = json.loads(json.dumps(rec))
+    for key, value in settings.items():
+        *groups, last = key.split(".")
+        node = rec["config"]
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[last] = value
+    return rec
+
+
+def test_runs_that_differ_beyond_the_columns_are_configurations_not_seeds():
+    # -m selection=none,first_k basis.size=0.5 selection.count=2,4 seed=0,1: the counts
+    # are two rows of two seeds each, and the dense runs (which read no selection.count)
+    # one baseline of four seeds; a seed, its derived seeds and the publish path split nothing
+    runs = [swept(record(sel, seed=seed, accuracy=acc, params=params), **{
+                "selection.count": count, "selection.seed": seed, "sensitivity.seed": seed,
+                "publish": f"runs/{sel}-{count}/seed{seed}.json"})
+            for sel, count, seed, acc, params in [
+                ("none", 2, 0, 0.90, 1000), ("none", 2, 1, 0.92, 1000),
+                ("none", 4, 0, 0.90, 1000), ("none", 4, 1, 0.92, 1000),
+                ("first_k", 2, 0, 0.60, 800), ("first_k", 2, 1, 0.62, 800),
+                ("first_k", 4, 0, 0.80, 600), ("first_k", 4, 1, 0.82, 600)]]
+    table = compare(runs_frame([(r, "here") for r in runs])).set_index("settings")
+    assert list(table.index) == ["", "selection.count=2", "selection.count=4"]
+    assert list(table["seeds"]) == [4, 2, 2]
+    assert table.loc["selection.count=2", "test_accuracy"] == pytest.approx(0.61)
+    assert table.loc["selection.count=4", "params_ratio"] == pytest.approx(0.6)
+    shown = display_table(table.reset_index())
+    assert list(shown["settings"]) == ["-", "selection.count=2", "selection.count=4"]
+    assert "settings" not in display_table(compare(runs_frame([(r, "x") for r in RECORDS])))
+
+
+def test_a_dense_run_swept_alike_is_the_baseline_of_its_own_setting():
+    runs = [swept(record(sel, accuracy=acc), **{"trainer.lr": lr}) for sel, lr, acc in
+            [("none", 0.05, 0.90), ("none", 0.1, 0.80), ("all", 0.05, 0.85), ("all", 0.1, 0.70)]]
+    table = compare(runs_frame([(r, "here") for r in runs])).set_index(["selection", "settings"])
+    assert table.loc[("all", "trainer.lr=0.05"), "accuracy_change"] == pytest.approx(-0.05)
+    assert table.loc[("all", "trainer.lr=0.1"), "accuracy_change"] == pytest.approx(-0.10)
 
 
 def test_device_names_for_file_names():

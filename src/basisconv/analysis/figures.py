@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..cost import basis_conv2d_cost, conv2d_cost
 from .plots import pyplot, save_figure
-from .runs import BASELINE_KEYS, CONFIG_COLUMNS
+from .runs import BASELINE_KEYS, ROW_COLUMNS
 
 
 def _finish(fig, path: Path, note: str) -> Path:
@@ -106,8 +106,9 @@ def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
     plt = pyplot()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.3))
     varying = [c for c in ("model", "width", "epochs", "train_images") if curves[c].nunique() > 1]
-    for _, group in curves.groupby(CONFIG_COLUMNS, sort=False):
-        name = _curve_label(group.iloc[0], varying)
+    for _, group in curves.groupby(ROW_COLUMNS, sort=False):
+        first = group.iloc[0]
+        name = _curve_label(first, varying) + (f" ({first['settings']})" if first["settings"] else "")
         mean = group.groupby("epoch")[["test_accuracy", "train_loss"]].mean()
         acc.plot(mean.index, 100 * mean["test_accuracy"], label=name)
         loss.plot(mean.index, mean["train_loss"], label=name)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..records import provenance, write_json_atomic
 from . import figures, search, sensitivity
-from .runs import (CONFIG_COLUMNS, compare, curves_frame, read_records, records_of_kind,
+from .runs import (ROW_COLUMNS, compare, curves_frame, read_records, records_of_kind,
                    runs_frame, training_records, wandb_records)
 from .tables import write_table
 
@@ -38,7 +38,7 @@ def seeds_line(runs: pd.DataFrame) -> str:
     differ from the most common set of seeds (fewer seeds, others, or one seed counted
     twice), since their means and their change against the baseline are then over other
     seeds and their std over fewer."""
-    seeds = runs.groupby(CONFIG_COLUMNS, sort=False).agg(
+    seeds = runs.groupby(ROW_COLUMNS, sort=False).agg(
         experiment=("experiment", "first"), seeds=("seed", lambda s: tuple(sorted(s))))
     usual = seeds["seeds"].value_counts().index[0]
     odd = seeds[(seeds["seeds"] != usual) | seeds["seeds"].map(lambda s: len(set(s)) < len(s))]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..checkpoint import RESUMABLE_CHANGES, flatten
 from ..errors import ConfigError
 from ..loop import precision_name
 from ..records import RECORD, device_name, hardware_name, missing_fields, read_record
@@ -20,10 +21,20 @@ log = logging.getLogger(__name__)
 # What identifies a configuration; runs that differ only in the seed are its repeats.
 CONFIG_COLUMNS = ["experiment", "model", "width", "selection", "basis_size", "epochs",
                   "train_images", "device", "precision"]
+#: what makes one table row: the columns, and the swept settings beyond them (``settings``)
+ROW_COLUMNS = [*CONFIG_COLUMNS, "settings"]
 METRIC_COLUMNS = ["test_accuracy", "best_test_accuracy", "params", "forward_flops",
                   "backward_flops", "basis_layers", "forward_seconds_per_step",
                   "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds"]
 BASELINE_KEYS = ["model", "width", "epochs", "train_images", "device", "precision"]
+# Config keys in which repeats of one configuration may differ: the seeds, and what changes
+# only how a run executes or where it writes (scripts/reproduce.sh lets records made with
+# and without them mix); any other key that differs makes another configuration.
+REPEAT_KEYS = {"seed", "selection.seed", "sensitivity.seed", *RESUMABLE_CHANGES,
+               "trainer.compile", "trainer.checkpoint", "data.root", "data.download",
+               "data.verify_md5", "sensitivity.cache_dir", "sensitivity.recompute"}
+# Groups no dense run reads: a sweep's basis sizes do not make its baseline several.
+DENSE_UNREAD = ("basis.", "selection.", "sensitivity.")
 
 
 def record_tag(record: dict[str, Any]) -> str:
@@ -60,11 +71,39 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
     }
 
 
-def curve_rows(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def setting_value(value: Any) -> str:
+    """A config value as a settings label shows it (a list without spaces: ``, `` parts
+    the settings)."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+
+
+def settings(records: list[tuple[dict, str]]) -> list[str]:
+    """Per run, the config settings beyond :data:`CONFIG_COLUMNS` in which the runs of its
+    configuration columns differ, as ``key=value, ...`` (``""`` where they differ in
+    none): runs swept over ``selection.count``, ``selection.budget_reduction``,
+    ``trainer.lr`` ... are different configurations, not seeds of one. Keys in
+    :data:`REPEAT_KEYS` do not count, nor keys that only some of the records have (written
+    by another basisconv version: they cannot have made those runs differ)."""
+    rows = pd.DataFrame([run_row(record, where) for record, where in records])
+    configs = [flatten(record["config"]) for record, _ in records]
+    labels = [""] * len(records)
+    for index in rows.groupby(CONFIG_COLUMNS, sort=False, dropna=False).indices.values():
+        group = [configs[i] for i in index]
+        dense = rows["selection"].iloc[index[0]] == "none"
+        keys = sorted(k for k in set.intersection(*(set(c) for c in group))
+                      if k not in REPEAT_KEYS and not k.startswith("logger.")
+                      and not (dense and k.startswith(DENSE_UNREAD))
+                      and len({json.dumps(c[k], sort_keys=True, default=str) for c in group}) > 1)
+        for i in index:
+            labels[i] = ", ".join(f"{k}={setting_value(configs[i][k])}" for k in keys)
+    return labels
+
+
+def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[dict[str, Any]]:
     """Per-epoch metrics of one run, with its configuration columns."""
     row = run_row(record, where)
     keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "where"]}
-    return [{**keys, **epoch} for epoch in record["epochs"]]
+    return [{**keys, "settings": setting, **epoch} for epoch in record["epochs"]]
 
 
 def record_files(root: str | Path) -> list[Path]:
@@ -182,11 +221,28 @@ def wandb_records(project: str, entity: str | None = None, api=None) -> list[tup
 
 
 def runs_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
-    return pd.DataFrame([run_row(record, where) for record, where in records])
+    frame = pd.DataFrame([run_row(record, where) for record, where in records])
+    return frame.assign(settings=settings(records)) if records else frame
 
 
 def curves_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
-    return pd.DataFrame([row for record, where in records for row in curve_rows(record, where)])
+    return pd.DataFrame([row for (record, where), setting in zip(records, settings(records))
+                         for row in curve_rows(record, where, setting)])
+
+
+def baselines(table: pd.DataFrame) -> pd.DataFrame:
+    """Row by row of ``table``, the dense configuration it is compared with: the same
+    :data:`BASELINE_KEYS`, and of several such (a sweep over ``trainer.lr`` that ran the
+    dense model too) the one whose settings the row shares most; NaN where none ran."""
+    dense = table[table["selection"] == "none"]
+    rows = []
+    for row in table.to_dict("records"):
+        mine = set(filter(None, row["settings"].split(", ")))
+        same = dense[(dense[BASELINE_KEYS] == pd.Series(row)[BASELINE_KEYS]).all(axis=1)]
+        shared = [len(set(filter(None, s.split(", "))) & mine) for s in same["settings"]]
+        rows.append(same.iloc[shared.index(max(shared))] if shared else
+                    pd.Series(index=table.columns, dtype=float))
+    return pd.DataFrame(rows).reset_index(drop=True).infer_objects()
 
 
 def compare(runs: pd.DataFrame) -> pd.DataFrame:
@@ -195,13 +251,12 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     ``params_ratio``, ``flops_ratio`` (training FLOPs), ``theory_speedup`` (its inverse),
     ``step_speedup`` (forward+backward time per step), ``epoch_speedup`` and
     ``accuracy_change`` (NaN where that baseline was not run)."""
-    grouped = runs.groupby(CONFIG_COLUMNS, sort=False)
+    grouped = runs.groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
     table["seeds"] = grouped.size()
     table["test_accuracy_std"] = grouped["test_accuracy"].std(ddof=1)
     table = table.reset_index()
-    dense = table[table["selection"] == "none"].drop_duplicates(BASELINE_KEYS)
-    base = table[BASELINE_KEYS].merge(dense, on=BASELINE_KEYS, how="left")  # row-aligned
+    base = baselines(table)
     flops = table["forward_flops"] + table["backward_flops"]
     step = table["forward_seconds_per_step"] + table["backward_seconds_per_step"]
     table["params_ratio"] = table["params"] / base["params"]

@@ -18,7 +18,10 @@ def _speedup(x: float) -> str:
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison formatted for reading: one row per configuration."""
+    """The comparison formatted for reading: one row per configuration; a ``settings``
+    column where configurations differ beyond model, selection and basis size (a sweep
+    over ``selection.count`` or ``trainer.lr``)."""
+    shown = "settings" in table and table["settings"].astype(bool).any()
     rows = []
     for r in table.to_dict("records"):
         std = f" ± {100 * r['test_accuracy_std']:.2f}" if r["seeds"] > 1 else ""
@@ -27,6 +30,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "model": f"{r['model']} x{r['width']:g}",
             "selection": r["selection"],
             "basis size": str(r["basis_size"]),
+            **({"settings": r["settings"] or "-"} if shown else {}),
             "seeds": str(r["seeds"]),
             "test accuracy (%)": f"{100 * r['test_accuracy']:.2f}{std}",
             "vs baseline (points)": change,
