@@ -235,3 +235,16 @@ def test_an_invalid_wandb_mode_from_the_environment_is_named_as_such(compose_cfg
         validate(compose_cfg())
     with pytest.raises(ConfigError, match=r"^logger.mode='nope'; choose one of offline"):
         validate(compose_cfg("logger.mode=nope"))
+
+
+def test_a_sweep_jobs_folder_is_its_overrides_and_never_another_jobs():
+    from basisconv.config import job_folder
+
+    assert job_folder("basis.size=0.25,seed=0,selection=first_k") == \
+        "basis.size=0.25,seed=0,selection=first_k"
+    assert job_folder("") == "defaults"
+    # a path in a value is no nested folder, and stays apart from the same name with "_"
+    root, underscored = job_folder("data.root=/a/b,seed=0"), job_folder("data.root=_a_b,seed=0")
+    assert "/" not in root and root.startswith("data.root=_a_b,seed=0-") and root != underscored
+    long = [job_folder(f"selection.layers=[{'x' * 300}],seed={s}") for s in (0, 1)]
+    assert all(len(name) <= 200 for name in long) and long[0] != long[1]

@@ -77,6 +77,19 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
     assert records[0]["model"]["forward_flops"] < records[1]["model"]["forward_flops"]
 
 
+def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo):
+    # each job's folder is named by its own overrides, not its number: the job
+    # selection.count=2 is #0 of the first sweep and #1 of the second, and is found again
+    sweep = tmp_path / "sweep"
+    common = ["-m", "selection=first_k", "trainer.epochs=1", f"hydra.sweep.dir={sweep}"]
+    run(repo, tmp_path, *common, "selection.count=2")
+    again = run(repo, tmp_path, *common, "selection.count=3,2")
+    assert (again.stdout + again.stderr).count("already complete; not training again") == 1
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/run.json")}
+    assert sorted(r["config"]["selection"]["count"] for r in records.values()) == [2, 3]
+    assert all("selection.count=" in name and "," in name for name in records)
+
+
 @pytest.mark.slow
 @pytest.mark.device
 def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):

@@ -12,9 +12,11 @@ Importing this module registers the schema with Hydra's ConfigStore as ``train_s
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -145,6 +147,28 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def job_folder(overrides: str) -> str:
+    """The folder name of a sweep job (``hydra.sweep.subdir`` in ``train.yaml``): its
+    overrides as Hydra's ``override_dirname`` lists them (sorted, so their order on the
+    command line does not matter). A job gets the same folder on every run of its sweep,
+    whatever other values the sweep lists, so running a sweep again, extended or
+    reordered, resumes or skips each job in its own folder (a folder per job number gave a
+    job another job's folder). Characters a folder name cannot hold become ``_``, and a
+    name too long for a file system (255 bytes) is cut; either way a hash of the overrides
+    follows, so that two jobs never share a folder."""
+    if not overrides:
+        return "defaults"
+    name = re.sub(r"[^\w.,=+\-\[\]]", "_", overrides, flags=re.ASCII)
+    if name != overrides or len(name) > 200:
+        name = f"{name[:187]}-{hashlib.sha256(overrides.encode()).hexdigest()[:12]}"
+    return name
+
+
+if not OmegaConf.has_resolver("job_folder"):
+    OmegaConf.register_new_resolver("job_folder", job_folder)
+
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("onecycle", "cosine", "constant")
