@@ -17,10 +17,12 @@ from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
 from basisconv.analysis.search import draw_run
-from basisconv.cli import exit_on_user_error
+from basisconv.cli import check_sweep_jobs, exit_on_user_error
 from basisconv.config import validate
 from basisconv.records import read_record
 from basisconv.search import exhaustive_search
+
+check_sweep_jobs(validate)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="sensitivity")

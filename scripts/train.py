@@ -15,8 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
-from basisconv.cli import exit_on_user_error
+from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.config import validate
 from basisconv.train import fit
+
+check_sweep_jobs(validate)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

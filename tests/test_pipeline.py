@@ -90,6 +90,37 @@ def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo):
     assert all("selection.count=" in name and "," in name for name in records)
 
 
+def sweep_failing(repo, cwd, *overrides):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(train_command(repo, "-m", "trainer.epochs=1", *overrides), cwd=cwd,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()
+
+
+def test_a_value_out_of_range_in_a_sweeps_last_job_is_one_line_before_any_job_runs(tmp_path,
+                                                                                     repo):
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(repo, tmp_path, "selection=all", "basis.size=0.5,1.5",
+                          f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and "basis.size=1.5" in lines[0] and "nothing ran" in lines[0]
+    assert not list(sweep.glob("*/run.json"))
+
+
+def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
+    # ResNet-20 has 19 candidate layers: count=50 fails when its layers are chosen
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(repo, tmp_path, "selection=first_k", "selection.count=50,2",
+                          f"hydra.sweep.dir={sweep}")
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/run.json")]
+    assert [r["config"]["selection"]["count"] for r in records] == [2]
+    assert records[0]["status"] == "complete"
+    assert "selection.count=50; there are 19 candidate layers" in lines[0]
+    assert lines[-1].startswith(f"error: 1 job(s) of the sweep in {sweep} failed")
+    assert "selection.count=50" in lines[-1] and "hydra.sweep.dir=" in lines[-1]
+
+
 @pytest.mark.slow
 @pytest.mark.device
 def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):

@@ -13,11 +13,14 @@ from typing import Any, Callable, TypeVar
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import RunMode
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
-from .errors import BasisconvError, Stopped
+from .errors import BasisconvError, ConfigError, Stopped
 from .records import write_bytes_atomic
 
 F = TypeVar("F", bound=Callable)
@@ -28,6 +31,35 @@ task_started = False
 # Hydra's flags that take the next argument as their value.
 HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn",
                      "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
+
+
+#: The folders of the jobs of this sweep that stopped with a user error (each said why).
+failed_jobs: list[str] = []
+
+
+class SweepJobFailed(Exception):
+    """A sweep job stopped with a user error, already reported in one line. Not a
+    ``SystemExit``: Hydra marks the job failed and runs the sweep's other jobs, then
+    raises this for :func:`run_and_report` to sum up."""
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_sweep_jobs(check: Callable[[Any], None]) -> None:
+    """Check every job of a sweep with ``check`` (:func:`basisconv.config.validate`)
+    before the first one runs, where Hydra checks only that each composes: a value out of
+    range in a sweep's last job (``basis.size=0.5,1.5``) is one line naming the job before
+    anything trains, not an error after the jobs before it."""
+    def validate_batch_is_legal(self, batch) -> None:
+        for overrides in batch:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            try:
+                check(cfg)
+            except BasisconvError as err:
+                raise ConfigError(f"the sweep job {' '.join(overrides)}: {err}; nothing ran") from None
+    Sweeper.validate_batch_is_legal = validate_batch_is_legal
 
 
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
@@ -109,6 +141,13 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         sys.exit(2)
     try:
         return func()
+    except SweepJobFailed:
+        sweep = Path(failed_jobs[0]).parent
+        print(f"error: {len(failed_jobs)} job(s) of the sweep in {sweep} failed, each with its "
+              f"line above (also in its train.log): {', '.join(Path(f).name for f in failed_jobs)}; "
+              f"the other jobs ran. After the fix, run the same command with "
+              f"hydra.sweep.dir={sweep}: finished jobs are skipped", file=sys.stderr)
+        sys.exit(2)
     except Exception as ex:  # noqa: BLE001 - before the task, every error is the config's
         if task_started:  # raised by the task (a multirun's later jobs): Hydra reports it
             caught = ex
@@ -159,6 +198,9 @@ def exit_on_user_error(fn: F) -> F:
                 message = f"{str(err).splitlines()[0]} (in {err.full_key})"
             log_to_files(f"error: {message}")
             print(f"error: {message}", file=sys.stderr)
+            if in_sweep():  # the sweep's other jobs still run
+                failed_jobs.append(HydraConfig.get().runtime.output_dir)
+                raise SweepJobFailed(message) from None
             sys.exit(2)
         except KeyboardInterrupt as err:
             if os.environ.get("BASISCONV_DEBUG"):
