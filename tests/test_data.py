@@ -78,6 +78,18 @@ def test_stratified_subset_is_balanced_and_seeded():
         stratified_subset(labels, 2000)
 
 
+def test_stratified_subset_of_unbalanced_classes_still_has_the_size_asked():
+    # your own CIFAR-format data: class 0 has 20 images, the others 200 each
+    labels = torch.cat([torch.zeros(20, dtype=torch.long),
+                        torch.arange(1, 10).repeat_interleave(200)])
+    idx = stratified_subset(labels, 500, seed=0)
+    assert idx.numel() == 500 and idx.unique().numel() == 500
+    counts = labels[idx].bincount(minlength=10)
+    assert counts[0] == 20 and counts[1:].max() - counts[1:].min() <= 1
+    assert torch.equal(stratified_subset(labels, 1.0), torch.arange(labels.numel()))
+    assert stratified_subset(labels, 0.5).numel() == labels.numel() // 2
+
+
 def test_random_crop_shapes_and_variation():
     images = torch.arange(8 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8)
     images = images.view(8, 3, 32, 32)

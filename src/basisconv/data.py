@@ -258,8 +258,8 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
 
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
                       key: str = "data.train_subset") -> torch.Tensor:
-    """Indices of a class-balanced random subset: ``size`` examples (int) or that
-    fraction of the set (float in (0, 1]). Sorted, so batches still mix classes through
+    """Indices of a class-balanced random subset (see :func:`class_quotas`): ``size``
+    examples (int) or that fraction of the set (float in (0, 1]). Sorted, so batches still mix classes through
     the per-epoch permutation. ``key`` is the config entry that set ``size``, for the
     error message."""
     n = labels.numel()
@@ -270,14 +270,28 @@ def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
         raise ConfigError(f"{key}={size} must select between 1 and {n} images "
                           f"(got {count})")
     generator = torch.Generator().manual_seed(seed)
-    classes = labels.unique()
-    chosen = []
-    for i, c in enumerate(classes.tolist()):
-        members = (labels == c).nonzero().flatten()
-        # spread the remainder over the first classes so the total is exactly `count`
-        take = count // len(classes) + (1 if i < count % len(classes) else 0)
-        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
+    members = [(labels == c).nonzero().flatten() for c in labels.unique().tolist()]
+    quotas = class_quotas([m.numel() for m in members], count)
+    chosen = [m[torch.randperm(m.numel(), generator=generator)[:take]]
+              for m, take in zip(members, quotas)]
     return torch.cat(chosen).sort().values
+
+
+def class_quotas(sizes: list[int], count: int) -> list[int]:
+    """How many of each class's ``sizes`` images to take: ``count`` in all (at most
+    ``sum(sizes)``), as equal as the classes allow. A class too small for its share gives
+    all it has and the others share the rest, so an unbalanced dataset (your own data in
+    CIFAR format) still yields exactly ``count`` images; the remainder of an uneven split
+    goes to the first classes."""
+    quotas, left = [0] * len(sizes), count
+    while left:  # each pass fills at least one class, or places all that is left
+        open_classes = [i for i, size in enumerate(sizes) if quotas[i] < size]
+        share, remainder = divmod(left, len(open_classes))
+        for rank, i in enumerate(open_classes):
+            take = min(share + (rank < remainder), sizes[i] - quotas[i])
+            quotas[i] += take
+            left -= take
+    return quotas
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None
