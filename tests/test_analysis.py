@@ -256,6 +256,33 @@ def test_speed_plot_sets_each_model_beside_its_own_baseline(tmp_path, monkeypatc
     figures.pyplot().close(drawn[0])
 
 
+def test_plots_keep_swept_settings_apart(tmp_path, monkeypatch):
+    """A sweep over trainer.lr: the curves and the speed plot draw each setting beside the
+    dense run of its own setting, as the table compares them."""
+    from basisconv.analysis import figures
+    from basisconv.analysis.runs import curves_frame
+
+    runs = [swept(record(sel, step=step, accuracy=acc), **{"trainer.lr": lr})
+            for sel, lr, step, acc in [("none", 0.05, (0.4, 0.8), 0.9), ("none", 0.1, (0.3, 0.6), 0.8),
+                                       ("all", 0.05, (0.2, 0.4), 0.7), ("all", 0.1, (0.1, 0.2), 0.6)]]
+    pairs = [(r, "a") for r in runs]
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.speed_vs_basis_size(compare(runs_frame(pairs)), tmp_path / "speed.png", "note")
+    dense = {line.get_label(): line.get_ydata()[0] for line in drawn[0].axes[0].get_lines()
+             if line.get_label().startswith("dense, forward")}
+    assert dense == pytest.approx({
+        "dense, forward (resnet20 x0.5, 2 epochs, 5000 images, trainer.lr=0.05)": 400,
+        "dense, forward (resnet20 x0.5, 2 epochs, 5000 images, trainer.lr=0.1)": 300})
+    figures.training_curves(curves_frame(pairs), tmp_path / "curves.png", "note")
+    finals = {line.get_label(): line.get_ydata()[-1] for line in drawn[1].axes[0].get_lines()}
+    assert finals == pytest.approx({"none (trainer.lr=0.05)": 90, "none (trainer.lr=0.1)": 80,
+                                    "all m=0.5 (trainer.lr=0.05)": 70,
+                                    "all m=0.5 (trainer.lr=0.1)": 60})
+    for fig in drawn:
+        figures.pyplot().close(fig)
+
+
 def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
     from basisconv.analysis.report import seeds_line
 

@@ -37,13 +37,16 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
         return None
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
-    groups = list(sweep.groupby(BASELINE_KEYS, sort=False))
-    for keys, rows in groups:
-        dense = table[(table["selection"] == "none")
-                      & (table[BASELINE_KEYS] == pd.Series(keys, BASELINE_KEYS)).all(axis=1)]
+    keys = [*BASELINE_KEYS, "settings"] if "settings" in sweep else BASELINE_KEYS
+    groups = list(sweep.groupby(keys, sort=False))
+    for _, rows in groups:
         first = rows.iloc[0]
+        dense = table[(table["selection"] == "none")
+                      & (table[BASELINE_KEYS] == first[BASELINE_KEYS]).all(axis=1)]
+        if "settings" in dense:  # the baseline run at the sweep's own setting, where there is one
+            dense = pd.concat([dense[dense["settings"] == first["settings"]], dense])
         of = f" ({first['model']} x{first['width']:g}, {first['epochs']} epochs, " \
-             f"{first['train_images']} images)" if len(groups) > 1 else ""
+             f"{first['train_images']} images{_setting(first)})" if len(groups) > 1 else ""
         for column, marker, label in (("forward_seconds_per_step", "o", "forward"),
                                       ("backward_seconds_per_step", "s", "backward")):
             line, = left.plot(rows["size"], 1e3 * rows[column], marker + "-",
@@ -66,6 +69,10 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     models = ", ".join(dict.fromkeys(f"{m} x{w:g}" for m, w in zip(sweep["model"], sweep["width"])))
     fig.suptitle(f"{models}: basis convolutions in every layer", fontsize=10)
     return _finish(fig, path, note)
+
+
+def _setting(row: pd.Series) -> str:
+    return f", {row['settings']}" if row.get("settings") else ""
 
 
 def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
