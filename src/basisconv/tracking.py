@@ -16,12 +16,21 @@ log = logging.getLogger(__name__)
 
 
 class Tracker:
-    """A wandb run (or nothing, for ``logger.backend=none`` or ``mode=disabled``)."""
+    """A wandb run (or nothing, for ``logger.backend=none`` or ``mode=disabled``).
 
-    def __init__(self, logger_cfg: Any, config: dict, output_dir: Path, name: str):
-        self.run = None
+    ``resume``: the ``wandb`` entry of the record of the run this one resumes (its earlier
+    wandb run). The job then stays one wandb run: the same id, resumed where wandb can (an
+    online run), and ``history`` (the epochs done before) is logged again where wandb does
+    not have it (an offline run, which wandb cannot resume: ``wandb sync`` of the later
+    offline folder then replaces the earlier one with the whole history)."""
+
+    def __init__(self, logger_cfg: Any, config: dict, output_dir: Path, name: str, *,
+                 resume: dict | None = None, history: list[dict] = ()):
+        self.run = self.info = None
+        self.working = False  # False once a call failed: nothing more is sent but finish()
         if logger_cfg.backend != "wandb" or logger_cfg.mode == "disabled":
             return
+        same_run = {"id": resume["id"], "resume": "allow"} if resume else {}
         try:
             import wandb
 
@@ -29,29 +38,30 @@ class Tracker:
                 project=logger_cfg.project, entity=logger_cfg.entity,
                 group=logger_cfg.group, tags=list(logger_cfg.tags), name=name,
                 config=config, dir=str(output_dir), mode=logger_cfg.mode,
-                reinit="finish_previous")
+                reinit="finish_previous", **same_run)
+            # what the run record keeps about the wandb run, to find it again
+            self.info = {"id": self.run.id, "dir": str(Path(self.run.dir).parent),
+                         "mode": self.run.settings.mode, "url": self.run.url}
+            self.working = True
+            logged = self.run.step  # the next step an online resumed run takes; else 0
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
             log.warning("wandb could not start (%s: %s); training goes on without it. "
                         "The run record run.json has every metric.", type(err).__name__, err)
-            self.run = None
-
-    @property
-    def info(self) -> dict | None:
-        """What the run record keeps about the wandb run, to find it again."""
-        if self.run is None:
-            return None
-        return {"id": self.run.id, "dir": str(Path(self.run.dir).parent),
-                "mode": self.run.settings.mode, "url": self.run.url}
+            self.finish(failed=True)
+            return
+        for row in history:
+            if row["epoch"] >= logged:
+                self.log(row, step=row["epoch"])
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
-        if self.run is None:
+        if not self.working:
             return
         try:
             fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
             log.warning("wandb %s failed (%s: %s); tracking is off for the rest of this run.",
                         what, type(err).__name__, err)
-            self.run = None
+            self.working = False
 
     def log(self, metrics: dict, step: int) -> None:
         self._guard("log", lambda: self.run.log(metrics, step=step))
@@ -68,5 +78,9 @@ class Tracker:
         self._guard("summary", lambda: self.run.summary.update(values))
 
     def finish(self, failed: bool = False) -> None:
-        self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
-        self.run = None
+        """End the wandb run, also after a call to it failed (it is still open, and would
+        otherwise linger until the process exits, or, in a notebook, past it)."""
+        if self.run is not None:
+            self.working = True
+            self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
+        self.run, self.working = None, False

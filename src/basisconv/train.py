@@ -127,7 +127,9 @@ class Training:
                  data.source, data.train_labels.numel(), data.test_labels.numel(), self.device)
         self.wrap()
         logger_cfg = cfg.logger if self.main_process else OmegaConf.create({"backend": "none"})
-        self.tracker = Tracker(logger_cfg, config, output_dir, name=output_dir.name)
+        earlier = checkpoint["record"].get("wandb") if checkpoint else None
+        self.tracker = Tracker(logger_cfg, config, output_dir, name=output_dir.name,
+                               resume=earlier, history=self.results["epochs"])
         self.results["wandb"] = self.tracker.info
 
     def restore(self, checkpoint: dict) -> None:

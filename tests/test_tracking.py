@@ -1,0 +1,116 @@
+"""wandb around a training run, with a stand-in wandb module (never the network): one
+wandb run per job, also across a resume, and no wandb failure that touches training."""
+
+import json
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv.train import fit
+from interruption import fit_stopped_before
+
+TINY = ["data=stripes", "data.synthetic_train=200", "data.synthetic_test=50", "model=resnet8",
+        "model.width=0.25", "trainer.batch_size=50", "trainer.progress=false",
+        "trainer.epochs=3", "logger=wandb", "name=tiny"]
+
+
+def compose_tiny(repo, *overrides):
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        return compose("train", overrides=[*TINY, *overrides])
+
+
+class FakeRun:
+    """What Training uses of a wandb run; records every call."""
+
+    def __init__(self, wandb, kwargs):
+        self.id = kwargs.get("id") or f"id{len(wandb.runs)}"
+        self.dir = str(Path(kwargs["dir"]) / "wandb" / f"run-{self.id}" / "files")
+        self.url = None
+        # an online run resumed by id goes on after the last step the server holds
+        held = wandb.server.get(self.id) if kwargs.get("resume") and kwargs["mode"] == "online" \
+            else None
+        self.step = 0 if held is None else held + 1
+        self.wandb, self.kwargs, self.logged, self.finished, self.summary = wandb, kwargs, [], [], {}
+
+    @property
+    def settings(self):
+        return SimpleNamespace(mode=self.kwargs["mode"])
+
+    def log(self, metrics, step):
+        if self.wandb.log_error:
+            raise self.wandb.log_error
+        self.logged.append(step)
+        self.wandb.server[self.id] = step
+
+    def finish(self, exit_code=0):
+        self.finished.append(exit_code)
+
+
+class RunWithoutSettings(FakeRun):
+    """A run object of a wandb whose API differs from the one this code knows."""
+
+    @property
+    def settings(self):
+        raise AttributeError("'Run' object has no attribute 'settings'")
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+    wandb = types.ModuleType("wandb")
+    wandb.runs, wandb.server, wandb.log_error, wandb.Run = [], {}, None, FakeRun
+
+    def init(**kwargs):
+        wandb.runs.append(wandb.Run(wandb, kwargs))
+        return wandb.runs[-1]
+
+    wandb.init = init
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    return wandb
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_a_resumed_run_stays_one_wandb_run_with_every_epoch(tmp_path, repo, fake_wandb, mode):
+    cfg = compose_tiny(repo, f"logger.mode={mode}")
+    fit_stopped_before(3, cfg, tmp_path)
+    record = fit(cfg, tmp_path)
+    first, resumed = fake_wandb.runs
+    assert first.finished == [1] and resumed.finished == [0]  # the stop marks it failed
+    assert "resume" not in first.kwargs
+    assert resumed.kwargs["id"] == first.id and resumed.kwargs["resume"] == "allow"
+    # offline wandb cannot resume: the later folder gets the whole history; online, the
+    # server has epochs 1 and 2 already
+    assert resumed.logged == ([1, 2, 3] if mode == "offline" else [3])
+    assert record["wandb"]["id"] == first.id
+    assert json.loads((tmp_path / "run.json").read_text())["wandb"]["id"] == first.id
+    # the resolved config, under the run folder's name, grouped by the experiment name
+    assert resumed.kwargs["config"]["logger"]["group"] == "tiny"
+    assert resumed.kwargs["name"] == tmp_path.name
+
+
+def test_a_wandb_failing_mid_run_is_one_warning_and_its_run_still_ends(tmp_path, repo,
+                                                                      fake_wandb, caplog):
+    fake_wandb.log_error = ConnectionError("wandb service went away")
+    record = fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
+    assert record["status"] == "complete" and len(record["epochs"]) == 3
+    assert json.loads((tmp_path / "run.json").read_text())["final"] == record["final"]
+    assert caplog.text.count("wandb log failed") == 1 and "ConnectionError" in caplog.text
+    assert fake_wandb.runs[0].finished == [0]  # not left open for the rest of the process
+
+
+@pytest.mark.parametrize("broken", ["not installed", "a run without settings"])
+def test_a_wandb_that_cannot_start_is_one_warning(tmp_path, repo, fake_wandb, monkeypatch,
+                                                   caplog, broken):
+    if broken == "not installed":
+        monkeypatch.setitem(sys.modules, "wandb", None)
+    else:
+        fake_wandb.Run = RunWithoutSettings
+    record = fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
+    assert record["status"] == "complete" and record["wandb"] is None
+    assert caplog.text.count("wandb could not start") == 1
+    if broken != "not installed":
+        assert fake_wandb.runs[0].finished == [1]
