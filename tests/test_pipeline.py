@@ -311,6 +311,28 @@ def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
     assert "\n" not in str(err.value)
 
 
+def test_a_file_in_place_of_the_runs_checkpoint_is_one_clear_error(tmp_path, repo):
+    """A bare state_dict (or anything else) saved as checkpoint.pt once stopped the resume
+    with KeyError: 'config' (a list: TypeError)."""
+    import torch
+
+    from basisconv.checkpoint import RUN_STATE
+
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    fit(cfg, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    assert tuple(state) == RUN_STATE  # what resuming checks for is what a run saves
+    (tmp_path / "checkpoint.pt.sha256").unlink()
+    for content, problem in [(state["model"], r"is not a basisconv run's checkpoint \(it "
+                                              r"lacks config, record, model, optimizer"),
+                             ([1, 2], "holds a list, not a checkpoint")]:
+        torch.save(content, path)
+        with pytest.raises(ConfigError, match=rf"^checkpoint {path} {problem}.*delete it.*"
+                                              r"trainer.resume=false"):
+            fit(cfg, tmp_path)
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, repo, signum,
                                                                      status):

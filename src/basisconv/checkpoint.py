@@ -28,6 +28,8 @@ from .records import file_digest, write_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: What a run's checkpoint holds (``train.Training.save``), all of which resuming reads.
+RUN_STATE = ("config", "record", "model", "optimizer", "scheduler", "batches")
 # Keys that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                      "logger.mode", "logger.tags", "publish", "sensitivity.restore_from",
@@ -122,8 +124,12 @@ def load_checkpoint(path: Path, source_key: str | None = None) -> dict[str, Any]
             raise ConfigError(f"{what} is not a checkpoint.pt (it cannot be read as one: "
                               f"{reason}); {fix}") from None
         raise ConfigError(f"{what} cannot be read ({reason}); {fix}") from None
-    if source_key is not None and not isinstance(state, dict):
+    if not isinstance(state, dict):
         raise ConfigError(f"{what} holds a {type(state).__name__}, not a checkpoint; {fix}")
+    lacking = [key for key in RUN_STATE if key not in state]
+    if source_key is None and lacking:  # e.g. a bare state_dict saved under this name
+        raise ConfigError(f"{what} is not a basisconv run's checkpoint (it lacks "
+                          f"{', '.join(lacking)}); {fix}")
     if not sums:
         log.info("%s has no %s beside it (an older basisconv wrote it); loaded it "
                  "unverified", path, checksum_path(path).name)
