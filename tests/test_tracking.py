@@ -114,3 +114,25 @@ def test_a_wandb_that_cannot_start_is_one_warning(tmp_path, repo, fake_wandb, mo
     assert caplog.text.count("wandb could not start") == 1
     if broken != "not installed":
         assert fake_wandb.runs[0].finished == [1]
+
+
+def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkeypatch, caplog):
+    """A resumed record once named only the machine, commit and date of its last start."""
+    from basisconv import records
+
+    cfg = compose_tiny(repo, "logger=none")
+    here = records.hardware
+    monkeypatch.setattr(records, "hardware", lambda: {**here(), "cpu": "Another CPU"})
+    fit_stopped_before(2, cfg, tmp_path)
+    started = json.loads((tmp_path / "run.json").read_text())["provenance"]
+    monkeypatch.setattr(records, "hardware", here)
+    fit_stopped_before(3, cfg, tmp_path)
+    record = fit(cfg, tmp_path)
+    earlier = record["provenance"]["earlier"]
+    assert len(earlier) == 2 and earlier[0]["date"] == started["date"]
+    assert earlier[0]["hardware"]["cpu"] == "Another CPU" and "resumed_from_epoch" not in earlier[0]
+    assert earlier[1]["resumed_from_epoch"] == 1 and record["provenance"]["resumed_from_epoch"] == 2
+    assert record["provenance"]["hardware"]["cpu"] != "Another CPU"
+    warnings = [r.message for r in caplog.records if "another commit or machine" in r.message]
+    assert len(warnings) == 1 and "after epoch 1" in warnings[0]  # the second start only
+    assert "Another CPU" in warnings[0]

@@ -32,7 +32,8 @@ from .errors import ConfigError, Stopped, TrainingDiverged
 from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
-from .records import RECORD, RunRecord, publish, read_record, write_record
+from .records import (RECORD, RunRecord, hardware_name, publish, read_record,
+                      write_record)
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -138,8 +139,10 @@ class Training:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.train_batches.load_state_dict(checkpoint["batches"])
         self.results["epochs"] = checkpoint["record"]["epochs"]
-        self.record.provenance["resumed_from_epoch"] = len(self.results["epochs"])
-        log.info("resuming %s after epoch %d", self.output_dir, len(self.results["epochs"]))
+        done = len(self.results["epochs"])
+        self.record.provenance["resumed_from_epoch"] = done
+        keep_earlier_provenance(self.record.provenance, checkpoint["record"]["provenance"], done)
+        log.info("resuming %s after epoch %d", self.output_dir, done)
 
     def wrap(self) -> None:
         """The module the steps run: DDP and ``torch.compile`` around the model."""
@@ -259,6 +262,24 @@ class Training:
                     f"its first checkpoint; the same command starts it over")
         return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs} "
                 f"(checkpoint saved); run the same command again to resume it")
+
+
+def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
+    """A resumed run's provenance is where its later epochs ran; where the earlier ones ran
+    (start date, commit, machine) is kept under ``earlier``, one entry per earlier start, and
+    a resume on another commit or machine is a warning: the record's epoch times and the
+    timing tables then mix two machines."""
+    provenance["earlier"] = [*saved.get("earlier", []),
+                             {k: v for k, v in saved.items() if k != "earlier"}]
+    changes = [f"{what} {then} -> {now}" for what, then, now in (
+        ("commit", saved.get("git", {}).get("commit"), provenance["git"].get("commit")),
+        ("hardware", hardware_name(saved.get("hardware", {})),
+         hardware_name(provenance["hardware"]))) if then and now != then]
+    if changes:
+        log.warning("resuming after epoch %d on another commit or machine than the run "
+                    "started on (%s); its record keeps both (provenance.earlier), but its "
+                    "epoch times mix them: for timing results start over "
+                    "(trainer.resume=false)", done, "; ".join(changes))
 
 
 def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:
