@@ -127,6 +127,15 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary files of :func:`write_atomic` for ``path`` (and for names that begin
+    with it, e.g. its ``.sha256``) that a writer killed mid-write (SIGKILL, the OOM killer,
+    a lost node) left behind: one a kill, each as big as the file. Only whoever holds the
+    folder's lock may delete them; another writer's could be in flight."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
                  before_replace: Callable[[Path], Any] | None = None) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then

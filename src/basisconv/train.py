@@ -32,8 +32,8 @@ from .errors import ConfigError, Stopped, TrainingDiverged
 from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
-from .records import (RECORD, RunRecord, hardware_name, publish, read_record,
-                      write_record)
+from .records import (RECORD, RunRecord, hardware_name, leftover_temporaries, publish,
+                      read_record, write_record)
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -54,6 +54,8 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
+        if first_rank:
+            remove_leftovers(output_dir)
         config = OmegaConf.to_container(cfg, resolve=True)
         checkpoint = record = None
         if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
@@ -67,6 +69,16 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             with loop.settings_restored():
                 record = Training(cfg, config, output_dir, checkpoint).run()
         return publish(record, cfg.publish) if first_rank else record
+
+
+def remove_leftovers(output_dir: Path) -> None:
+    """Delete what earlier runs in this folder, killed while writing their checkpoint or
+    record, left half written (the lock is held, so no writer is in flight): a preempted
+    job killed many times would otherwise pile up checkpoint-sized files."""
+    for path in (output_dir / CHECKPOINT, output_dir / RECORD):
+        for leftover in leftover_temporaries(path):
+            leftover.unlink(missing_ok=True)
+            log.info("removed %s, left half written by a run killed while writing it", leftover)
 
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None) -> list[str] | str | None:

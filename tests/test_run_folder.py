@@ -1,7 +1,10 @@
-"""wandb around a training run, with a stand-in wandb module (never the network): one
-wandb run per job, also across a resume, and no wandb failure that touches training."""
+"""What a run leaves in its folder and in wandb, and how that survives trouble: one wandb
+run per job, also across a resume (with a stand-in wandb module, never the network), no
+wandb failure that touches training, the provenance of every start, no half-written files
+piling up."""
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -136,3 +139,23 @@ def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkey
     warnings = [r.message for r in caplog.records if "another commit or machine" in r.message]
     assert len(warnings) == 1 and "after epoch 1" in warnings[0]  # the second start only
     assert "Another CPU" in warnings[0]
+
+
+def test_files_left_half_written_by_killed_runs_do_not_pile_up(tmp_path, repo):
+    """Each SIGKILL while a checkpoint was being written once left its temporary file (as
+    big as a checkpoint) in the run folder for good."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    killed_writer = ("import os, sys; from basisconv.records import write_atomic; "
+                     "write_atomic(sys.argv[1], lambda f: (f.write(b'half'), f.flush(), "
+                     "os.kill(os.getpid(), 9)))")
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256", "run.json"):
+        subprocess.run([sys.executable, "-c", killed_writer, str(tmp_path / name)], env=env)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 3 and all(name.endswith(".tmp") for name in left)
+    other = tmp_path / ".notes.txt.tmp"  # not a file a run writes
+    other.write_text("mine")
+    fit(compose_tiny(repo, "logger=none", "trainer.epochs=1"), tmp_path)
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == [other.name]
