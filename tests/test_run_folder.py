@@ -38,7 +38,8 @@ class FakeRun:
         held = wandb.server.get(self.id) if kwargs.get("resume") and kwargs["mode"] == "online" \
             else None
         self.step = 0 if held is None else held + 1
-        self.wandb, self.kwargs, self.logged, self.finished, self.summary = wandb, kwargs, [], [], {}
+        self.wandb, self.kwargs = wandb, kwargs
+        self.logged, self.finished, self.summary = [], [], {}
 
     @property
     def settings(self):
