@@ -92,6 +92,21 @@ def test_random_is_reproducible_by_seed_and_varies_with_it():
     assert all(len(p) == 3 and list(p) == sorted(p) for p in picks.values())
 
 
+def test_the_search_scores_the_subset_the_sensitivity_policy_converts_first():
+    """Drops measured on a few hundred held-out images tie often (the quick profile's
+    ResNet-8 table ties layer1.0.conv1 and layer1.0.conv2 at 0.009); the search's "fast
+    choice" must break ties as the policies do (by the other metric), not by model order,
+    or it scores a subset the method never converts."""
+    from basisconv.search import fast_choice
+
+    tied = TABLE.assign(accuracy_drop=[0.030, 0.009, 0.009, -0.002, 0.010, 0.004],
+                        loss_increase=[0.30, 0.03, 0.01, 0.01, 0.05, 0.03])
+    order = selection.candidate_order(policy("sensitivity_budget"), tied)
+    assert order[:3] == ["d", "f", "c"]  # c's loss increase beats b's
+    assert fast_choice(tied, 3, "accuracy_drop") == ("c", "d", "f")
+    assert fast_choice(tied, 3, "loss_increase") == ("c", "d", "f")  # b, f tie at 0.03: f has the smaller drop
+
+
 def test_count_out_of_range_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"selection.count=7; there are 6 candidate layers"):
         pick_layers(policy("random", count=7), TABLE, DENSE)

@@ -4,7 +4,8 @@ every subset finds?
 For a model with few candidate layers, every subset of ``sensitivity.search_subset_size``
 layers is converted together and evaluated exactly as a single layer is in the
 sensitivity estimate (same dense start, same fine-tune, same held-out images). The fast
-method's choice for that size is the ``k`` least sensitive layers of the table; the
+method's choice for that size is the ``k`` least sensitive layers of the table, ranked as
+the selection policies rank them (:func:`basisconv.selection.candidate_order`); the
 search reports where that subset ranks among all of them, and how well the sum of
 single-layer drops predicts a subset's drop (the additivity the fast method assumes).
 """
@@ -27,7 +28,7 @@ from .errors import ConfigError
 from .models import build_model
 from .probe import Probe, evaluate_many
 from .records import RunRecord, publish, write_record, write_text_atomic
-from .selection import layer_savings
+from .selection import candidate_order, layer_savings
 from .sensitivity import sensitivity_table
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,12 @@ SEARCH_TABLE = "search.csv"
 
 
 def fast_choice(table: pd.DataFrame, k: int, metric: str) -> tuple[str, ...]:
-    """The ``k`` least sensitive layers by ``metric`` (ties: model order), in model order."""
-    ranked = table.sort_values([metric, "position"], kind="stable")["layer"].tolist()[:k]
+    """The ``k`` least sensitive layers by ``metric``, in model order. Ranked by the
+    sensitivity policies' own order (ties by the other metric, then model order), so that
+    the subset the search scores is the one ``sensitivity_budget`` would convert first:
+    a drop measured on a few hundred images ties often."""
+    policy = OmegaConf.create({"policy": "sensitivity_budget", "metric": metric})
+    ranked = candidate_order(policy, table)[:k]
     order = dict(zip(table["layer"], table["position"]))
     return tuple(sorted(ranked, key=order.__getitem__))
 
