@@ -71,6 +71,15 @@ def test_sensitivity_entry_config_composes_with_every_selection(repo):
         assert compose("sensitivity").selection.policy == "sensitivity_budget"
 
 
+def test_a_count_the_threshold_policy_cannot_honour_is_refused(compose_cfg):
+    """sensitivity_threshold converts whatever is under the threshold; a count with it
+    (e.g. a sweep beside random, selection.count=3) used to be ignored silently."""
+    with pytest.raises(ConfigError, match=r"selection.count=3 does not apply to "
+                                          r"selection.policy=sensitivity_threshold"):
+        validate(compose_cfg("selection=sensitivity_threshold", "selection.count=3"))
+    validate(compose_cfg("selection=sensitivity_budget", "selection.count=3"))
+
+
 def test_slurm_launcher_composes(compose_cfg):
     cfg = compose_cfg("hydra/launcher=slurm", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")

@@ -65,6 +65,20 @@ def test_every_budget_policy_meets_the_budget(name, metric, reduction):
     assert len(chosen) < len(TABLE)  # stops once met, not at every layer
 
 
+def test_a_count_takes_that_many_least_sensitive_layers_as_the_baselines_take_it():
+    """selection.count=k gives the sensitivity policy the same k layers the baselines get
+    (it was ignored: the budget rule ran, an unequal comparison in a count sweep)."""
+    # by drop: d (-0.002), b (0.001), f (0.004), e, c, a
+    assert pick_layers(policy("sensitivity_budget", count=2), TABLE, DENSE) == ["b", "d"]
+    assert pick_layers(policy("sensitivity_budget", count=4), TABLE, DENSE) == ["b", "d", "e", "f"]
+    for name in ("sensitivity_budget", "random", "first_k", "last_k"):
+        assert len(pick_layers(policy(name, count=4), TABLE, DENSE)) == 4
+    with pytest.raises(ConfigError, match="selection.count=7; there are 6 candidate layers"):
+        pick_layers(policy("sensitivity_budget", count=7), TABLE, DENSE)
+    with pytest.raises(ConfigError, match="does not apply to selection.policy=sensitivity_thr"):
+        pick_layers(policy("sensitivity_threshold", count=2), TABLE, DENSE)
+
+
 def test_a_time_budget_passes_over_layers_whose_basis_form_saves_no_time():
     # measured savings (s per step): b is slower in basis form, e saves nothing
     table = TABLE.assign(seconds_saved=[0.010, -0.002, 0.003, 0.004, 0.0, 0.020])

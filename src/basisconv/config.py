@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
-from .selection import BUDGET_METRICS, METRICS, POLICIES
+from .selection import BUDGET_METRICS, METRICS, POLICIES, check_count
 
 
 @dataclass
@@ -110,7 +110,7 @@ class SelectionConfig:
     threshold: float = MISSING  # sensitivity_threshold: the largest tolerated metric value
     budget_metric: str = MISSING  # params | flops | time (measured on trainer.device)
     budget_reduction: float = MISSING  # share of the dense model's params/FLOPs to remove
-    count: Optional[int] = MISSING  # random/first_k/last_k: layers; null = the budget rule
+    count: Optional[int] = MISSING  # budget/random/first_k/last_k: layers; null = budget rule
     seed: int = MISSING  # random
 
 
@@ -212,6 +212,7 @@ def validate_basis(cfg: DictConfig) -> None:
            f"selection.budget_reduction must be in (0, 1), got {sel.budget_reduction}")
     _check(sel.count is None or sel.count >= 1,
            f"selection.count must be null or >= 1, got {sel.count}")
+    check_count(sel)
     s = cfg.sensitivity
     _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")

@@ -8,11 +8,12 @@ Policies:
   the accuracy drop by default) is at most ``selection.threshold``;
 * ``sensitivity_budget``: the least sensitive layers, one by one, until the model has
   lost ``selection.budget_reduction`` of its parameters or training FLOPs
-  (``selection.budget_metric``);
+  (``selection.budget_metric``), or the ``selection.count`` least sensitive layers;
 * the baselines that show whether sensitivity helps, on the same budget: ``random``
-  (seeded order), ``first_k`` (model order), ``last_k`` (reverse order). They take
-  ``selection.count`` layers, or, with ``count: null``, stop at the same budget rule as
-  ``sensitivity_budget``.
+  (seeded order), ``first_k`` (model order), ``last_k`` (reverse order). Like
+  ``sensitivity_budget`` they take ``selection.count`` layers, or, with ``count: null``,
+  stop at the budget rule, so a comparison on a count is on the same count.
+  ``sensitivity_threshold`` has no count: a count with it is an error, not ignored.
 
 Ordered policies consider only *candidates*: layers where a basis of the configured size
 saves compute, listed in a *candidate table* (:func:`layer_savings`: what each saves, by
@@ -105,12 +106,13 @@ def pick_layers(selection: DictConfig, table: pd.DataFrame, dense: dict[str, int
     ``params_saved``, ``flops_saved`` and, for the sensitivity policies, the metrics;
     ``dense`` the dense model's ``params`` and ``flops`` (the budget's 100 %).
     """
+    check_count(selection)
     order = candidate_order(selection, table)
     positions = dict(zip(table["layer"], table["position"]))
     if selection.policy == "sensitivity_threshold":
         metric = dict(zip(table["layer"], table[selection.metric]))
         chosen = [name for name in order if metric[name] <= selection.threshold]
-    elif selection.count is not None and selection.policy != "sensitivity_budget":
+    elif selection.get("count") is not None:
         if not 1 <= selection.count <= len(order):
             raise ConfigError(f"selection.count={selection.count}; there are {len(order)} "
                               f"candidate layers, so choose 1..{len(order)} (or null: the budget)")
@@ -118,6 +120,18 @@ def pick_layers(selection: DictConfig, table: pd.DataFrame, dense: dict[str, int
     else:
         chosen = meet_budget(order, table, selection, dense)
     return sorted(chosen, key=positions.__getitem__)
+
+
+def check_count(selection: DictConfig) -> None:
+    """``selection.count`` with ``sensitivity_threshold`` is a :class:`ConfigError`: that
+    policy converts every layer at or below the threshold and could only ignore a count
+    (in a sweep beside ``random`` or ``first_k``, a silently unequal comparison)."""
+    if selection.policy == "sensitivity_threshold" and selection.get("count") is not None:
+        raise ConfigError(f"selection.count={selection.count} does not apply to "
+                          f"selection.policy=sensitivity_threshold (it converts every layer "
+                          f"whose {selection.metric} is at most selection.threshold); drop "
+                          f"selection.count, or use selection=sensitivity_budget for the "
+                          f"{selection.count} least sensitive layers")
 
 
 def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
