@@ -323,7 +323,7 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     shown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert shown[0].startswith("### comparison-cpu-fp32")  # the paper's table first
+    assert shown[0].startswith("### comparison-cpu-fp32")  # the comparison table first
     assert any(md.startswith("### sensitivity-resnet20-m0.5-cpu-fp32") for md in shown)
 
 

@@ -51,7 +51,7 @@ def test_layer_formulas_by_hand():
     assert dense.params == 64 * 64 * 9
     stem = conv2d_cost(3, 64, 3, 32, input_grad=False)
     assert stem.grad_input_flops == 0 and stem.grad_weight_flops == stem.forward_flops
-    # the paper's count: H'W' * (m*C_in*k^2 + m*(C_out - m)) multiply-adds
+    # the minimal count (from the definition): H'W' * (m*C_in*k^2 + m*(C_out - m)) multiply-adds
     split = basis_conv2d_cost(64, 64, 3, 16, 32, combine="split")
     assert split.forward_macs == 32 * 32 * (16 * 64 * 9 + 16 * 48)
     assert split.params == 16 * 64 * 9 + 16 * 48

@@ -9,7 +9,7 @@ with output ``H' x W'`` at batch ``B``, ``K = C_in*kh*kw`` and ``m`` basis filte
   w.r.t. the weight each cost the same as the forward;
 * basis conv: the basis conv ``2*B*H'*W'*m*K`` plus the combination, a 1x1 conv of
   ``2*B*H'*W'*C_out*m`` (stacked, the default forward) or ``2*B*H'*W'*(C_out - m)*m``
-  (split, the paper's count); each of the two again costs its forward once for the
+  (split, the minimal count); each of the two again costs its forward once for the
   activation gradient and once for the weight gradient; with low-rank coefficients
   (rank ``r``) the product of the factors adds ``2*(C_out - m)*r*m`` forward and the same
   twice in backward (no ``B*H'*W'`` factor);
@@ -126,7 +126,7 @@ def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked
     """Whether a basis layer of this size does fewer multiply-adds than the dense conv.
 
     ``conv_or_shape`` is an ``nn.Conv2d`` or a tuple ``(in_channels, out_channels,
-    kernel_size)``. With the paper's count (``combine="split"``) the per-pixel saving is
+    kernel_size)``. With the minimal count (``combine="split"``) the per-pixel saving is
     ``(C_out - m)*(K - m)``, positive only when ``m < min(C_out, K)``: the 3-channel stem
     (``K = 27``) and 1x1 shortcuts gain little or nothing. The default stacked combination
     needs ``m*(K + C_out) < C_out*K``, slightly stricter. Parameters are saved exactly when

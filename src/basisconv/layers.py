@@ -12,8 +12,8 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
 * forward (:mod:`basisconv.kernels`): ``combine="stacked"`` (the default) runs the basis
   conv, then one 1x1 conv with the identity and the coefficients stacked, writing the
   output once, in order, with the bias fused, at ``m*m`` more multiply-adds per pixel than
-  the paper's minimum ``m*(C_out - m)`` (the cost model counts it); ``combine="split"``
-  does exactly the paper's count at the price of two more copies of the output. Which is
+  the minimal ``m*(C_out - m)`` (the cost model counts it); ``combine="split"``
+  does exactly the minimal count at the price of two more copies of the output. Which is
   faster was measured with ``scripts/benchmark_layers.py``; see the README section "Basis
   convolutions". ``combine="fused"`` computes the stacked form's result in one Triton
   kernel on CUDA (the basis maps never go through memory, no 1x1 conv); without CUDA or
@@ -132,7 +132,7 @@ class BasisConv2d(nn.Module):
             ``nn.Conv2d`` (``groups=1`` and zero padding only).
         num_basis: an int count, or a float in ``(0, 1]``, a fraction of ``out_channels``.
         combine: ``"stacked"`` (default, one 1x1 conv writes the output in order),
-            ``"split"`` (the paper's minimal multiply-add count), ``"fused"`` (one Triton
+            ``"split"`` (the minimal multiply-add count), ``"fused"`` (one Triton
             kernel on CUDA, the stacked form elsewhere) or ``"auto"`` (per shape, the
             fastest form measured on the device); see the module docstring.
         coefficient_rank: store the coefficient matrix as a product of two factors of this

@@ -4,8 +4,8 @@ backward); ``scripts/benchmark_layers.py`` measures which is faster where.
 * ``stacked_forward``: the basis conv to ``m`` maps, then one 1x1 conv with the
   ``[C_out, m]`` matrix that stacks the identity (for the basis outputs) and the
   coefficients, rows already in output order. It writes the output once, in order, with
-  the bias fused, at ``m*m`` more multiply-adds per pixel than the paper's minimum.
-* ``split_forward``: exactly the paper's count: a 1x1 conv to the ``C_out - m`` combined
+  the bias fused, at ``m*m`` more multiply-adds per pixel than the minimal count.
+* ``split_forward``: exactly the minimal count: a 1x1 conv to the ``C_out - m`` combined
   maps only, then concatenate and reorder (two more copies of the output).
 * ``dense_forward``: the materialized weight and one dense conv (no compute saved; for
   the shapes where the dense conv is faster than any basis form).
