@@ -107,6 +107,27 @@ def test_the_cost_models_meta_dry_run_takes_auto_and_fused_layers(combine, recwa
     assert not [w for w in recwarn if "combine=" in str(w.message)]
 
 
+def test_measured_flops_of_an_auto_model_leave_out_its_timing_trials(monkeypatch):
+    """measure_flops counts one step; an auto layer's first call of a shape times its forms
+    (real forward and backward calls), which FlopCounterMode counted too."""
+    from basisconv.cost import measure_flops, model_cost
+    from basisconv.models import build_model
+    from basisconv.surgery import apply_basis
+
+    real = auto._time
+    # the trials run for real (and were counted), and stacked wins: model_cost's form
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward:
+                        real(f, args, backward) * 0 + (0.0 if f == "stacked" else 1.0))
+    torch.manual_seed(0)
+    model = apply_basis(build_model("resnet8", width=0.25), "all", 0.5, convert=False,
+                        combine="auto")
+    counted = measure_flops(model, (2, 3, 16, 16))
+    cost = model_cost(model, (2, 3, 16, 16))
+    assert auto.choices() and set(auto.choices().values()) == {"stacked"}
+    assert (counted["forward_flops"], counted["backward_flops"]) == \
+        (cost.forward_flops, cost.backward_flops)
+
+
 def test_forms_are_chosen_before_compiling_and_the_model_is_left_as_it_was(monkeypatch):
     from basisconv.models import build_model
     from basisconv.network import choose_forms_now

@@ -295,12 +295,18 @@ def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32),
                   input_requires_grad: bool = False) -> dict[str, int]:
     """Forward and backward FLOPs of one real step, counted by ``FlopCounterMode``: the
     independent check of :func:`model_cost` (FLOPs are linear in the batch, so a batch of
-    2 is enough). The backward is that of ``output.sum()``."""
+    2 is enough). The backward is that of ``output.sum()``.
+
+    A ``combine="auto"`` layer times its forms on its first call of a shape; that step
+    runs uncounted first, so the count is of the forms the layer then runs, not of the
+    timing trials (counted, they came to many times the forward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     param = next(model.parameters())
     x = torch.randn(input_shape, device=param.device, dtype=param.dtype,
                     requires_grad=input_requires_grad)
+    if any(getattr(m, "combine", None) == "auto" for m in model.modules()):
+        model(x).float().sum().backward()
     with FlopCounterMode(display=False) as forward:
         out = model(x)
     loss = out.float().sum()
