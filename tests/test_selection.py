@@ -237,6 +237,8 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     pd.testing.assert_series_equal(found["accuracy_drop"], found["predicted_accuracy_drop"],
                                    check_names=False, atol=1e-9, rtol=0)
     assert summary["fast_rank_by_accuracy"] == 1
+    # the yardstick a rank is read against: the reference's batch-order noise
+    assert summary["noise_accuracy_std"] >= 0 and 0 <= summary["subsets_within_noise_of_fast"] < 7
     assert (tmp_path / "out" / "search.png").stat().st_size > 0
     too_many = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
                                    "sensitivity.search_subset_size=3",

@@ -135,6 +135,13 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
                                                         found["loss_increase"]),
         "sensitivity_key": record["key"], "seconds": time.perf_counter() - started,
     }
+    # the yardstick for reading a rank: how far the dense reference moves with another
+    # batch order (sensitivity.noise_repeats), and how many subsets lie that close
+    noise = (record.get("noise") or {}).get("accuracy_std")
+    if noise is not None:
+        summary["noise_accuracy_std"] = noise
+        summary["subsets_within_noise_of_fast"] = int(
+            ((found["accuracy"] - mine["accuracy"]).abs() <= noise).sum() - 1)
     write_text_atomic(output_dir / SEARCH_TABLE, found.to_csv(index=False, float_format="%.6g"))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
                     status="complete", results={"search": summary,

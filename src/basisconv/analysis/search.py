@@ -54,7 +54,11 @@ def summarize(record: dict, folder: Path, out: Path, profile: str) -> list[Path]
             f"| median subset | | {s['median_accuracy']:.4f} |\n"
             f"| worst subset | | {s['worst_accuracy']:.4f} |\n"
             f"| dense reference | | {s['reference_accuracy']:.4f} |\n\n"
-            f"Spearman correlation of the predicted (sum of single-layer) and measured drop "
+            + (f"Noise: the dense reference fine-tuned with other batch orders varies by "
+               f"{s['noise_accuracy_std']:.4f} (std); {s['subsets_within_noise_of_fast']} other "
+               f"subsets lie within that of the fast choice, so ranks that close are not "
+               f"told apart.\n\n" if "noise_accuracy_std" in s else "")
+            + f"Spearman correlation of the predicted (sum of single-layer) and measured drop "
             f"over all subsets: accuracy {s['spearman_predicted_vs_measured_drop']:.2f}, "
             f"loss {s['spearman_predicted_vs_measured_loss']:.2f}.\n"))]
 
