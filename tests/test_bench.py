@@ -122,7 +122,8 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     assert set(record) == set(before) | {"kind", "status", "config"}
     assert (record["kind"], record["status"], record["file"]) == ("benchmark", "complete",
                                                                   f"layer-speed-{tag}.csv")
-    assert list(record["settings"]) == list(before["settings"])
+    # the committed records' settings, in order, and what later runs record beside them
+    assert list(record["settings"]) == [*before["settings"], "cudnn_benchmark"]
     assert record["config"]["fractions"] == [0.5] and record["config"]["layer_repeats"] == 3
     assert record["provenance"]["command"] == "python scripts/benchmark_layers.py"
     png = basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
@@ -234,3 +235,52 @@ def test_training_benchmark_without_warmup_steps(monkeypatch, tmp_path):
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     result = measure(ThroughputOptions(model="resnet8", batch_size=4, steps=1, warmup=0))
     assert result["seconds_per_step"] > 0
+
+
+def test_training_benchmark_runs_as_training_sets_up_and_leaves_the_callers_settings(
+        monkeypatch, tmp_path):
+    # training runs with cudnn.benchmark on (loop.seed_everything); a benchmark without it
+    # would time cuDNN's heuristic algorithms on a GPU, not the ones training gets
+    from basisconv.bench import train as bench_train
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    seen, epoch = [], bench_train.train_one_epoch
+    monkeypatch.setattr(bench_train, "train_one_epoch", lambda *a, **k: (
+        seen.append(torch.backends.cudnn.benchmark), epoch(*a, **k))[1])
+    torch.backends.cudnn.benchmark = False  # the caller's (restored by conftest)
+    threads = torch.get_num_threads()
+    result = bench_train.measure(bench_train.ThroughputOptions(
+        model="resnet8", batch_size=4, steps=1, warmup=1, threads=1))
+    assert seen == [True, True] and result["cudnn_benchmark"] is True
+    assert result["threads"] == 1
+    assert torch.backends.cudnn.benchmark is False and torch.get_num_threads() == threads
+
+
+def test_layer_benchmark_times_with_cudnn_benchmark_and_restores_the_settings(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr(speed, "resnet18_shapes", lambda: {ConvShape(8, 8, 3, 1, 1, 4): ["x"]})
+    torch.backends.cudnn.benchmark = False  # the caller's (restored by conftest)
+    threads, seen = torch.get_num_threads(), []
+    options = SpeedOptions(threads=1, allocator_tuning=False, batch_size=2, fractions=[0.5],
+                           parts=["layers"], quick=True)
+    result = speed.run(options, tmp_path, progress=lambda line: seen.append(
+        (torch.backends.cudnn.benchmark, torch.get_num_threads())))
+    assert set(seen) == {(True, 1)} and result.settings["cudnn_benchmark"] is True
+    assert torch.backends.cudnn.benchmark is False and torch.get_num_threads() == threads
+
+
+def test_timed_batches_wait_for_the_gpu_their_images_are_on(monkeypatch):
+    # a cuda:1 run from cuda:0: synchronizing the current device would not wait for it
+    class Images:
+        is_cuda, device = True, torch.device("cuda", 1)
+
+    class Batches:
+        images = Images()
+
+        def __iter__(self):
+            return iter(range(2))
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    assert list(TimedBatches(Batches(), 2)) == [0, 1]
+    assert waited == [torch.device("cuda", 1)] * 4

@@ -43,7 +43,7 @@ from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError
 from ..kernels import auto, triton_conv
 from ..layers import BasisConv2d, conv_norm_act, resolve_num_basis
-from ..loop import precision_name
+from ..loop import precision_name, seed_everything, settings_restored
 from ..models import build_model
 from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis, conv_layers
@@ -456,9 +456,19 @@ def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None =
         progress: Progress = _say) -> SpeedResult:
     """Set threads and the CPU allocator as ``options`` say, measure the parts asked for,
     and write ``layer-speed-<tag>.csv`` / ``model-speed-<tag>.csv`` with a JSON record each
-    to ``out_dir``. ``command`` is recorded in the provenance."""
+    to ``out_dir``. ``command`` is recorded in the provenance. Torch's settings are the
+    caller's again afterwards (the allocator's tuning stays for the process)."""
+    with settings_restored():
+        return _run(options, out_dir, command, progress)
+
+
+def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
+         progress: Progress) -> SpeedResult:
     if options.threads:
         torch.set_num_threads(options.threads)
+    # as a (non-deterministic) training run sets them: cuDNN times its algorithms per shape
+    # on first use (in the warm-up rounds) and runs the fastest
+    seed_everything(0, deterministic=False)
     allocator = (tune_cpu_allocator() if options.allocator_tuning and options.device == "cpu"
                  else "default")
     tag = options.tag
@@ -468,7 +478,8 @@ def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None =
                 "channels_last": options.channels_last, "compile": options.compile,
                 "combine": options.combine, "allocator": allocator,
                 "layer_repeats": options.layer_repeats, "model_repeats": options.model_repeats,
-                "warmup": options.warmup, "statistic": "median of interleaved rounds"}
+                "warmup": options.warmup, "statistic": "median of interleaved rounds",
+                "cudnn_benchmark": torch.backends.cudnn.benchmark}
     progress(f"benchmark {tag}: {settings}")
     started, load = time.time(), os.getloadavg()
     layer_rows, model_rows, profiled = [], [], None

@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
-from ..loop import (AMP_DTYPES, build_optimizer, compiled, memory_format, precision_name,
-                    resolve_device, train_one_epoch)
+from ..loop import (Runtime, build_optimizer, compiled, precision_name, settings_restored,
+                    setup, train_one_epoch)
 from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record
@@ -120,7 +120,8 @@ class TimedBatches:
 
     def __iter__(self):
         waits = self.synchronize and self.images.is_cuda
-        sync = torch.cuda.synchronize if waits else (lambda: None)
+        device = self.images.device  # its GPU's queue, not the current device's
+        sync = (lambda: torch.cuda.synchronize(device)) if waits else (lambda: None)
         source = iter(self.batches)
         for _ in range(self.steps):
             sync()
@@ -149,11 +150,21 @@ def load_images(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
 def measure(options: ThroughputOptions) -> dict[str, Any]:
     """Train ``options.warmup`` untimed steps, then ``options.steps`` timed ones (SGD at a
     constant rate, batches augmented as in training); the throughput and the data share."""
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    device = resolve_device(options.device)
-    torch.manual_seed(0)
-    layout = memory_format(options.channels_last)
+    # the training run's set-up: threads, the device (cuda:N made current, so that its
+    # streams and synchronizations are that GPU's), seed, cudnn.benchmark on as in a
+    # non-deterministic run; and the caller's settings back afterwards
+    trainer = OmegaConf.create({
+        "threads": options.threads, "device": options.device, "deterministic": False,
+        "channels_last": options.channels_last, "amp": options.amp,
+        "lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+        "compile": options.compile_mode is not None,
+        "compile_mode": options.compile_mode or "default"})
+    with settings_restored():
+        return _measure(options, trainer, setup(trainer, seed=0))
+
+
+def _measure(options: ThroughputOptions, trainer, runtime: Runtime) -> dict[str, Any]:
+    device, layout, amp = runtime.device, runtime.memory_format, runtime.amp_dtype
     images, labels, source = load_images(device)
     model = build_model(options.model)
     if options.basis_size is not None:
@@ -164,13 +175,9 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
                                 fuse_norm=options.fuse_norm)
     model = model.to(device=device, memory_format=layout)
     # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
-    trainer = OmegaConf.create({"lr": 0.01, "momentum": 0.9, "nesterov": False,
-                                "weight_decay": 5e-4, "compile": options.compile_mode is not None,
-                                "compile_mode": options.compile_mode or "default"})
     optimizer = build_optimizer(model, trainer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     batches = TensorBatches(images, labels, options.batch_size, train=True, memory_format=layout)
-    amp = AMP_DTYPES[options.amp]
     if trainer.compile:
         choose_forms_now(model, [(options.batch_size, *images.shape[1:])], device=device,
                          memory_format=layout, amp_dtype=amp)
@@ -195,7 +202,8 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
     return {
         "model": options.model, "batch_size": options.batch_size, "steps": options.steps,
         "amp": options.amp, "channels_last": options.channels_last, "device": str(device),
-        "threads": torch.get_num_threads(), "data": source,
+        "threads": torch.get_num_threads(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "data": source,
         "basis_size": options.basis_size, "combine": options.combine,
         "fuse_norm": options.fuse_norm,
         "compile_mode": options.compile_mode, "cuda_graphs": graphed,
