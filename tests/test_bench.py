@@ -284,3 +284,37 @@ def test_timed_batches_wait_for_the_gpu_their_images_are_on(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
     assert list(TimedBatches(Batches(), 2)) == [0, 1]
     assert waited == [torch.device("cuda", 1)] * 4
+
+
+def test_forward_flop_ratio_with_folded_norms_is_that_of_the_inference_forward_timed():
+    # the forward is timed in eval mode, where folded norms use running statistics: the
+    # moments of the basis maps (counted for training) are not computed
+    options = SpeedOptions(batch_size=2, fractions=[0.5], layer_repeats=1, warmup=0,
+                           fuse_norm=True)
+    (row,) = speed.benchmark_layers(options, options.runner(), Timer("cpu"),
+                                    shapes={ConvShape(8, 16, 3, 1, 1, 8): ["a"]},
+                                    progress=lambda s: None)
+    running = basis_conv2d_cost(8, 16, 3, 8, 8, batch=2, fused_norm="running")
+    assert row["theory_fwd_ratio"] == (running.forward_flops
+                                       / conv2d_cost(8, 16, 3, 8, batch=2).forward_flops)
+
+
+@pytest.mark.slow  # a few seconds: ResNet-18 and its cost model
+def test_model_forward_flop_ratio_with_folded_norms_counts_the_inference_forward(tmp_path):
+    import warnings
+
+    from basisconv.cost import model_cost
+    from basisconv.models import build_model
+    from basisconv.surgery import apply_basis
+
+    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=1, fractions=[0.5],
+                           parts=["model"], model_repeats=1, warmup=0, fuse_norm=True)
+    (row,) = speed.run(options, tmp_path, progress=lambda line: None).model_rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dense = build_model("resnet18").eval()
+        basis = apply_basis(dense, "all", 0.5, convert=False, only_where_saves=True,
+                            fuse_norm=True).eval()
+    expected = model_cost(basis).forward_flops / model_cost(dense).forward_flops
+    assert row["theory_fwd_ratio"] == pytest.approx(expected, rel=1e-12)
+    assert row["theory_fwd_ratio"] < row["theory_fwdbwd_ratio"]  # training counts the moments
