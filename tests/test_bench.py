@@ -300,14 +300,14 @@ def test_forward_flop_ratio_with_folded_norms_is_that_of_the_inference_forward_t
 
 
 @pytest.mark.slow  # a few seconds: ResNet-18 and its cost model
-def test_model_forward_flop_ratio_with_folded_norms_counts_the_inference_forward(tmp_path):
+def test_model_flop_ratios_are_those_of_the_forward_timed_and_of_the_paper(tmp_path):
     import warnings
 
     from basisconv.cost import model_cost
     from basisconv.models import build_model
     from basisconv.surgery import apply_basis
 
-    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=1, fractions=[0.5],
+    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
                            parts=["model"], model_repeats=1, warmup=0, fuse_norm=True)
     (row,) = speed.run(options, tmp_path, progress=lambda line: None).model_rows
     with warnings.catch_warnings():
@@ -315,6 +315,11 @@ def test_model_forward_flop_ratio_with_folded_norms_counts_the_inference_forward
         dense = build_model("resnet18").eval()
         basis = apply_basis(dense, "all", 0.5, convert=False, only_where_saves=True,
                             fuse_norm=True).eval()
+        split = apply_basis(dense, "all", 0.5, convert=False, only_where_saves=True,
+                            combine="split")
     expected = model_cost(basis).forward_flops / model_cost(dense).forward_flops
     assert row["theory_fwd_ratio"] == pytest.approx(expected, rel=1e-12)
     assert row["theory_fwd_ratio"] < row["theory_fwdbwd_ratio"]  # training counts the moments
+    # the paper's count (split, unfused): a ratio, whatever the batch (it was 1/batch of it)
+    paper = model_cost(split).total_flops / model_cost(dense.train()).total_flops
+    assert row["paper_fwdbwd_ratio"] == pytest.approx(paper, rel=1e-12)
