@@ -11,13 +11,15 @@ import torch.nn as nn
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench import layers as speed
 from basisconv.bench.layers import ConvShape, SpeedOptions
-from basisconv.timing import Runner, Timer, output_gradient
+from basisconv.timing import Runner, Timer, output_gradient, relative_spread
 from basisconv.bench.train import TimedBatches, file_name
 from basisconv.cost import basis_conv2d_cost, conv2d_cost
 from basisconv.data import TensorBatches
 from basisconv.records import read_record
 
 TIME_BOUND = ["dense_non_conv_share", "time_bound_ratio", "layer_sum_ratio", "fwdbwd_vs_time_bound"]
+#: the columns runs after the committed ones have beside them: how noisy the medians were
+SPREAD = ["fwd_spread", "fwdbwd_spread"]
 
 
 def committed(repo, name: str):
@@ -48,10 +50,17 @@ def test_resnet18_shapes_name_every_conv_once():
 
 def test_timer_interleaves_rounds_and_reports_a_median_per_candidate():
     calls = []
-    times = Timer("cpu").run({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                             repeats=3, warmup=1)
+    timer = Timer("cpu")
+    times = timer.run({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                      repeats=3, warmup=1)
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # order reversed every other round
     assert set(times) == {"a", "b"} and all(ms >= 0 for ms in times.values())
+    assert set(timer.spread) == {"a", "b"} and all(s >= 0 for s in timer.spread.values())
+
+
+def test_spread_is_the_interquartile_range_over_the_median():
+    assert relative_spread([0.5, 0.2, 0.4, 0.1, 0.3]) == pytest.approx((0.4 - 0.2) / 0.3)
+    assert relative_spread([0.2]) == 0.0  # one round: nothing to say
 
 
 def test_runner_training_step_starts_from_fresh_gradients():
@@ -99,7 +108,7 @@ def test_layer_benchmark_rows_have_the_committed_columns(repo):
     rows = speed.benchmark_layers(options, options.runner(), Timer("cpu"), shapes=shapes,
                                   progress=lines.append)
     assert len(rows) == len(lines) == 4
-    assert [list(r) for r in rows] == [committed(repo, "layer-speed-cpu-fp32.csv")] * 4
+    assert [list(r) for r in rows] == [committed(repo, "layer-speed-cpu-fp32.csv") + SPREAD] * 4
     assert [r["num_basis"] for r in rows] == [2, 4, 4, 8]
     assert rows[2]["layers"] == "a b" and rows[2]["output_hw"] == 4
     for r in rows:
@@ -117,13 +126,13 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     assert result.tag == tag and result.model_rows == []
     assert [p.name for p in result.files] == [f"layer-speed-{tag}.csv", f"layer-speed-{tag}.json"]
     with result.files[0].open() as f:
-        assert next(csv.reader(f)) == committed(repo, "layer-speed-cpu-fp32.csv")
+        assert next(csv.reader(f)) == committed(repo, "layer-speed-cpu-fp32.csv") + SPREAD
     record, before = read_record(result.files[1]), committed(repo, "layer-speed-cpu-fp32.json")
     assert set(record) == set(before) | {"kind", "status", "config"}
     assert (record["kind"], record["status"], record["file"]) == ("benchmark", "complete",
                                                                   f"layer-speed-{tag}.csv")
     # the committed records' settings, in order, and what later runs record beside them
-    assert list(record["settings"]) == [*before["settings"], "cudnn_benchmark"]
+    assert list(record["settings"]) == [*before["settings"], "spread", "cudnn_benchmark"]
     assert record["config"]["fractions"] == [0.5] and record["config"]["layer_repeats"] == 3
     assert record["provenance"]["command"] == "python scripts/benchmark_layers.py"
     png = basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
@@ -139,7 +148,8 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     result = speed.run(options, tmp_path, progress=lines.append)
     (row,) = result.model_rows
     columns = committed(repo, "model-speed-cpu-fp32.csv")
-    assert list(row) == [c for c in columns if c not in TIME_BOUND]  # no layer rows: no bounds
+    # no layer rows: no bounds
+    assert list(row) == [c for c in columns if c not in TIME_BOUND] + SPREAD
     assert row["layers_dense"] == "conv1 layer2.0.shortcut.0 layer3.0.shortcut.0 layer4.0.shortcut.0"
     assert lines[-1].startswith("  fraction 0.5 ")
     record, before = read_record(tmp_path / "model-speed-cpu-fp32-b1-defaultmalloc.json"), \
@@ -171,8 +181,8 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     (row,) = speed.benchmark_layers(options, options.runner(), Timer("cpu"),
                                     shapes={shape: ["a"]}, progress=lambda s: None)
     columns = committed(repo, "layer-speed-cpu-fp32.csv")
-    assert list(row) == columns + ["unfused_fwd_ms", "unfused_fwdbwd_ms",
-                                   "fused_vs_unfused_fwdbwd"]
+    assert list(row) == columns + SPREAD + ["unfused_fwd_ms", "unfused_fwdbwd_ms",
+                                            "fused_vs_unfused_fwdbwd"]
     assert row["fused_vs_unfused_fwdbwd"] == row["basis_fwdbwd_ms"] / row["unfused_fwdbwd_ms"]
     unfused = basis_conv2d_cost(8, 16, 3, 8, 8)  # the moments make the fused one dearer
     assert row["theory_fwdbwd_ratio"] > unfused.total_flops / conv2d_cost(8, 16, 3, 8).total_flops

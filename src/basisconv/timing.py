@@ -42,14 +42,25 @@ def tune_cpu_allocator() -> str:
     return "default"
 
 
+def relative_spread(times: list[float]) -> float:
+    """The interquartile range of ``times`` over their median (0 for a single time): how
+    far a median can be trusted, as ``torch.utils.benchmark`` reports it."""
+    if len(times) < 2:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return (q3 - q1) / median if median > 0 else 0.0
+
+
 class Timer:
-    """Interleaved timing of named candidates; medians in milliseconds."""
+    """Interleaved timing of named candidates; medians in milliseconds, and in ``spread``
+    each candidate's :func:`relative_spread` of the last :meth:`run`."""
 
     def __init__(self, device: str | torch.device):
         device = torch.device(device)
         # the timed device's queue, not the current device's (a cuda:1 run from cuda:0)
         self.sync = ((lambda: torch.cuda.synchronize(device)) if device.type == "cuda"
                      else (lambda: None))
+        self.spread: dict[str, float] = {}
 
     def run(self, candidates: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
         times: dict[str, list[float]] = {k: [] for k in candidates}
@@ -63,6 +74,7 @@ class Timer:
                 self.sync()
                 if round_ >= warmup:
                     times[name].append(time.perf_counter() - start)
+        self.spread = {k: relative_spread(v) for k, v in times.items()}
         return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 

@@ -234,8 +234,10 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
         fwd = _timed_eval(modules, lambda: timer.run(
             {k: runner.forward(mod, x) for k, mod in modules.items()}, options.layer_repeats,
             options.warmup))
+        fwd_spread = timer.spread
         fwdbwd = timer.run({k: runner.training_step(mod, x, backward) for k, mod in modules.items()},
                            options.layer_repeats, options.warmup)
+        fwdbwd_spread = timer.spread
         # at the batch timed: with norms folded in, a per-call term does not scale with it
         costs = {"dense": conv2d_cost(shape.in_channels, shape.out_channels, shape.kernel,
                                       shape.output_hw, batch=options.batch_size,
@@ -272,6 +274,7 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                 "dense_fwdbwd_ms": fwdbwd["dense"], "basis_fwdbwd_ms": fwdbwd[fraction],
                 "fwd_ratio": fwd[fraction] / fwd["dense"], "fwdbwd_ratio": measured_fb,
                 "fwdbwd_vs_theory": measured_fb / theory_fb,
+                **_spreads(fwd_spread, fwdbwd_spread, fraction),
             })
             r = rows[-1]
             unfused = ""
@@ -284,6 +287,13 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                      f"{r['theory_fwd_ratio']:.3f})  fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, "
                      f"x{r['fwdbwd_vs_theory']:.2f})  dense {fwdbwd['dense']:.1f} ms{unfused}")
     return rows
+
+
+def _spreads(fwd: dict, fwdbwd: dict, key) -> dict[str, float]:
+    """How noisy a row's two medians were: the larger relative interquartile range
+    (:func:`basisconv.timing.relative_spread`) of the dense and the basis times."""
+    return {"fwd_spread": max(fwd["dense"], fwd[key]),
+            "fwdbwd_spread": max(fwdbwd["dense"], fwdbwd[key])}
 
 
 def profile_steps(steps: dict[str, Callable[[], None]], device: torch.device,
@@ -342,6 +352,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
 
     steps = {k: runner.training_step(m, x, backward) for k, m in prepared.items()}
     fwdbwd = timer.run(steps, options.model_repeats, options.warmup)
+    fwdbwd_spread = timer.spread
     profiled = (profile_steps({("dense" if k == "dense" else f"basis {k}"): step
                                for k, step in steps.items()}, runner.device)
                 if options.profile else None)
@@ -349,6 +360,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
         m.eval()  # an inference forward: BN uses its running statistics
     fwd = timer.run({k: runner.forward(m, x) for k, m in prepared.items()},
                     options.model_repeats, options.warmup)
+    fwd_spread = timer.spread
     for m in models.values():
         m.train()
     dense = costs["dense"]
@@ -375,6 +387,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
             "fwd_ratio": fwd[fraction] / fwd["dense"], "fwdbwd_ratio": measured_fb,
             "fwdbwd_vs_theory": measured_fb / theory_fb,
             "target_met": measured_fb <= TARGET_SLACK * theory_fb,
+            **_spreads(fwd_spread, fwdbwd_spread, fraction),
         }
         if layer_ms:
             # The dense step minus its convs (timed alone, same shapes) is what basis layers
@@ -493,6 +506,7 @@ def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
                 "combine": options.combine, "allocator": allocator,
                 "layer_repeats": options.layer_repeats, "model_repeats": options.model_repeats,
                 "warmup": options.warmup, "statistic": "median of interleaved rounds",
+                "spread": "interquartile range / median, the larger of dense and basis",
                 "cudnn_benchmark": torch.backends.cudnn.benchmark}
     progress(f"benchmark {tag}: {settings}")
     started, load = time.time(), os.getloadavg()
