@@ -193,7 +193,7 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     (dict(threads=-2), "--threads must be >= 0 (0: torch's default), got -2"),
     (dict(layer_repeats=0), "--layer-repeats must be >= 1"),
     (dict(model_repeats=0), "--model-repeats must be >= 1"),
-    (dict(warmup=-1), "--warmup must be >= 0"),
+    (dict(warmup=0), "--warmup must be >= 1 (the first call of each form is not timed), got 0"),
     (dict(fractions=[0.5, 1.5]), "--fractions must be in (0, 1], got 1.5")])
 def test_layer_benchmark_flags_out_of_range_are_named(options, message):
     assert SpeedOptions(**options).invalid_flag().startswith(message)

@@ -13,11 +13,12 @@ imports it.
 from __future__ import annotations
 
 
-def flag_below_minimum(flags: tuple[tuple[str, int, int], ...]) -> str | None:
-    """The first ``(flag, value, least)`` whose value is below its least, as one line for
-    ``parser.error`` (``--threads 0`` is torch's default), else ``None``."""
-    for flag, value, least in flags:
+def flag_below_minimum(flags: tuple[tuple, ...]) -> str | None:
+    """The first ``(flag, value, least[, why])`` whose value is below its least, as one
+    line for ``parser.error`` (``--threads 0`` is torch's default), else ``None``."""
+    for flag, value, least, *why in flags:
         if value < least:
-            zero = " (0: torch's default)" if flag == "--threads" else ""
-            return f"{flag} must be >= {least}{zero}, got {value}"
+            note = " (0: torch's default)" if flag == "--threads" else "".join(
+                f" ({reason})" for reason in why)
+            return f"{flag} must be >= {least}{note}, got {value}"
     return None

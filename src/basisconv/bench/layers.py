@@ -120,7 +120,10 @@ class SpeedOptions:
                                     ("--threads", self.threads, 0),
                                     ("--layer-repeats", self.layer_repeats, 1),
                                     ("--model-repeats", self.model_repeats, 1),
-                                    ("--warmup", self.warmup, 0)))
+                                    # a form's first call autotunes cuDNN or Triton,
+                                    # compiles, or picks its auto form: never timed
+                                    ("--warmup", self.warmup, 1,
+                                     "the first call of each form is not timed")))
         if below:
             return below
         for fraction in self.fractions:
