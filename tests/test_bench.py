@@ -333,3 +333,13 @@ def test_model_flop_ratios_are_those_of_the_forward_timed_and_of_the_paper(tmp_p
     # the paper's count (split, unfused): a ratio, whatever the batch (it was 1/batch of it)
     paper = model_cost(split).total_flops / model_cost(dense.train()).total_flops
     assert row["paper_fwdbwd_ratio"] == pytest.approx(paper, rel=1e-12)
+
+
+def test_records_name_the_triton_that_compiled_the_kernels():
+    # the fused kernel's (and torch.compile's) speed depends on it
+    from importlib import metadata
+
+    from basisconv.records import provenance
+
+    pytest.importorskip("triton")
+    assert provenance()["versions"]["triton"] == metadata.version("triton")

@@ -87,8 +87,9 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "basisconv", "hydra-core", "omegaconf", "wandb",
-                 "numpy", "pandas"):
+    # triton: it compiles the fused kernel (and torch.compile's), so it decides their speed
+    for name in ("torch", "torchvision", "triton", "basisconv", "hydra-core", "omegaconf",
+                 "wandb", "numpy", "pandas"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
