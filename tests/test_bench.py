@@ -343,3 +343,25 @@ def test_records_name_the_triton_that_compiled_the_kernels():
 
     pytest.importorskip("triton")
     assert provenance()["versions"]["triton"] == metadata.version("triton")
+
+
+def test_compiled_auto_layers_choose_their_forms_before_compiling(monkeypatch):
+    # nothing is timed while torch.compile traces: without choosing first, a compiled
+    # combine="auto" layer would run (and be benchmarked as) the stacked form
+    from basisconv import timing
+    from basisconv.kernels import auto
+
+    chosen_at_compile = []
+    monkeypatch.setattr(timing.torch, "compile", lambda module: (
+        chosen_at_compile.append(sorted(key[-1] for key in auto.choices())), module)[1])
+    auto.forget()
+    try:
+        options = SpeedOptions(batch_size=2, fractions=[0.5], layer_repeats=1, warmup=1,
+                               combine="auto", compile=True)
+        speed.benchmark_layers(options, options.runner(), Timer("cpu"),
+                               shapes={ConvShape(8, 16, 3, 1, 1, 4): ["a"]},
+                               progress=lambda s: None)
+    finally:
+        auto.forget()
+    # dense conv, then the basis layer: its training (backward) and inference forms chosen
+    assert chosen_at_compile == [[], [False, True]]

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .loop import AMP_DTYPES, memory_format
+from .network import choose_forms_now
 
 
 def tune_cpu_allocator() -> str:
@@ -90,9 +91,18 @@ class Runner:
         self.amp = AMP_DTYPES[amp]
         self.compile = compile
 
-    def prepare(self, module: nn.Module) -> nn.Module:
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+        """``module`` on the device and layout, compiled if asked; before compiling, its
+        ``combine="auto"`` layers time their forms at ``input_shape`` (training and
+        inference), since nothing is timed while torch.compile traces: else a compiled
+        auto layer would run, and be timed as, the stacked form."""
         module = module.to(self.device, memory_format=self.memory_format)
-        return torch.compile(module) if self.compile else module
+        if not self.compile:
+            return module
+        if input_shape is not None:
+            choose_forms_now(module, [input_shape, input_shape], device=self.device,
+                             memory_format=self.memory_format, amp_dtype=self.amp)
+        return torch.compile(module)
 
     def input(self, *shape: int, requires_grad: bool = False) -> torch.Tensor:
         x = torch.randn(*shape, device=self.device).to(memory_format=self.memory_format)

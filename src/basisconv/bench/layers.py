@@ -204,7 +204,8 @@ def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> d
         forms[fraction] = basis(fraction, options.fuse_norm)
         if options.fuse_norm:
             forms[fraction, "unfused"] = basis(fraction, False)
-    return {k: runner.prepare(module) for k, module in forms.items()}
+    x = (options.batch_size, shape.in_channels, shape.input_hw, shape.input_hw)
+    return {k: runner.prepare(module, x) for k, module in forms.items()}
 
 
 def _timed_eval(modules: dict, run: Callable[[], dict]) -> dict:
@@ -347,7 +348,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
     forward_flops = {k: model_cost(m.eval(), shape).forward_flops for k, m in models.items()}
     for m in models.values():
         m.train()
-    prepared = {k: runner.prepare(m) for k, m in models.items()}
+    prepared = {k: runner.prepare(m, shape) for k, m in models.items()}
     x = runner.input(options.batch_size, 3, 32, 32)
 
     def backward(out: torch.Tensor) -> None:
