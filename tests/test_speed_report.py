@@ -25,7 +25,7 @@ def _model_record(folder, tag, hardware, precision, ratios, batch=128):
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{"model": "resnet18", "batch": batch, "fraction": f, "theory_fwdbwd_ratio": f,
              "time_bound_ratio": f + 0.05, "fwdbwd_ratio": r, "fwdbwd_vs_theory": r / f,
-             "dense_fwdbwd_ms": 7.5} for f, r in ratios.items()]
+             "fwdbwd_spread": 0.02, "dense_fwdbwd_ms": 7.5} for f, r in ratios.items()]
     pd.DataFrame(rows).to_csv(folder / f"model-speed-{tag}.csv", index=False)
     (folder / f"model-speed-{tag}.json").write_text(json.dumps({
         "kind": "benchmark", "status": "complete", "config": {},
@@ -61,6 +61,7 @@ def test_rows_name_hardware_form_and_record_and_compare_like_with_like(folders):
     gpu = model[model["hardware"] == "NVIDIA H200"]
     assert list(gpu["form"]) == ["fused", "fused"] and list(gpu["batch"]) == [512, 512]
     assert gpu["source"].str.endswith("model-speed-cuda-bf16-fused-b512.json").all()
+    assert (gpu["fwdbwd_spread"] == 0.02).all()  # how far to trust each ratio
 
     train = speed.training_speed(folders).set_index(["mode", "model"])
     # the graphed basis model against the graphed dense one, not the eager one
@@ -139,9 +140,10 @@ def test_a_damaged_table_beside_a_valid_record_is_one_clear_error(folders, table
 def test_an_older_table_without_the_time_bound_is_still_read(tmp_path):
     _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.39})
     table = tmp_path / "model-speed-cpu-fp32.csv"
-    pd.read_csv(table).drop(columns="time_bound_ratio").to_csv(table, index=False)
+    pd.read_csv(table).drop(columns=["time_bound_ratio", "fwdbwd_spread"]).to_csv(table, index=False)
     model = speed.model_speed([tmp_path])
-    assert len(model) == 1 and model["time_bound_ratio"].isna().all()
+    assert len(model) == 1 and model[["time_bound_ratio", "fwdbwd_spread"]].isna().all().all()
+    assert "| - |" in speed.summary(model, speed.training_speed([tmp_path]))
 
 
 def test_folders_without_any_speed_record_are_one_clear_error(repo, tmp_path):

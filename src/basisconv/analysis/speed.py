@@ -25,13 +25,14 @@ from .figures import speed_across_hardware
 from .tables import markdown
 
 MODEL_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "theory_fwdbwd_ratio",
-                 "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory", "dense_fwdbwd_ms",
-                 "source", "commit", "date"]
+                 "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory", "fwdbwd_spread",
+                 "dense_fwdbwd_ms", "source", "commit", "date"]
 TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                  "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
                  "relative_to_dense", "source", "commit", "date"]
 #: The columns of a whole-model table (``model-speed-*.csv``) the summary reads, each a
-#: number in every row; ``time_bound_ratio`` is not among them (older tables lack it: "-").
+#: number in every row; ``time_bound_ratio`` and ``fwdbwd_spread`` are not among them (older
+#: tables lack them: "-").
 TABLE_COLUMNS = ["batch", "fraction", "theory_fwdbwd_ratio", "fwdbwd_ratio",
                  "fwdbwd_vs_theory", "dense_fwdbwd_ms"]
 #: The records the summary is made of, and what writes them.
@@ -172,7 +173,9 @@ def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
         "## Whole ResNet-18, training forward+backward time relative to dense",
         "",
         "FLOP ratio: the cost model's; time bound: the dense step with its convolutions "
-        "scaled to their FLOP ratio; measured / FLOP ratio: 1.15 or less is the target.",
+        "scaled to their FLOP ratio; measured / FLOP ratio: 1.15 or less is the target; "
+        "spread: the interquartile range of the timed repeats over their median, the larger "
+        "of the dense and the basis model's (\"-\": a table from before 2026-11-29).",
         "",
         _markdown(model),
         "## Training step (scripts/benchmark_train.py)",
