@@ -229,3 +229,24 @@ def test_a_kernel_that_does_not_compile_falls_back_once_per_shape(monkeypatch):
     monkeypatch.setattr(triton_conv, "basis_conv", bug)
     with pytest.raises(ValueError, match="a bug"):
         layer(torch.randn(1, 5, 6, 6))
+
+
+def test_autocast_casts_every_input_also_when_x_is_already_half(monkeypatch):
+    """Inside a network under autocast a layer's input is already bf16 (the previous conv's
+    output) while its parameters are float32: ``tl.dot`` takes one dtype, so each of them
+    must reach the kernel in bf16 (only ``x``'s dtype was compared: the kernel then failed
+    to compile and every layer after the first fell back to the stacked form)."""
+    monkeypatch.setattr(fused, "_FAILED", {})
+    monkeypatch.setattr(triton_conv, "unsupported", lambda *args: None)  # bf16 on CPU
+    dtypes = []
+
+    def recorded(x, weight, combination, bias, *conv, store_basis):
+        dtypes.append({t.dtype for t in (x, weight, combination, bias)})
+        return stacked_forward(x, weight, combination, bias, *conv), None
+
+    monkeypatch.setattr(triton_conv, "basis_conv", recorded)
+    layer = make_layer(4, 8, 3, 3, 1, 1, 1, True, torch.device("cpu"))
+    x = torch.randn(2, 4, 6, 6).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert dtypes == [{torch.bfloat16}] and y.dtype == torch.bfloat16

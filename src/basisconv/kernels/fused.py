@@ -65,15 +65,20 @@ class FusedBasisConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_comb, grad_bias, None, None, None
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a conv of ``x`` computes in: autocast's where it is on, else ``x``'s. (A
-    device without autocast, such as ``meta`` in the cost model's dry runs, has none.)"""
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """Autocast's dtype on ``x``'s device where it is on, else None. (A device without
+    autocast, such as ``meta`` in the cost model's dry runs, has none.)"""
     try:
         if torch.is_autocast_enabled(x.device.type):
             return torch.get_autocast_dtype(x.device.type)
     except RuntimeError:
         pass
-    return x.dtype
+    return None
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a conv of ``x`` computes in: autocast's where it is on, else ``x``'s."""
+    return autocast_dtype(x) or x.dtype
 
 
 def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
@@ -92,13 +97,15 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     """The fused kernel where it can run, else :func:`stacked_forward` (the same result)
     with a one-time warning naming what was missing.
 
-    Under autocast the inputs are cast to the autocast dtype first, as ``F.conv2d`` would
-    cast them; the casts are ordinary autograd ops, so gradients reach the float32 params.
+    Under autocast every input is cast to the autocast dtype first, as ``F.conv2d`` would
+    cast them (``tl.dot`` takes one dtype: inside a network ``x`` is already bf16 while the
+    parameters are float32); the casts are ordinary autograd ops, so gradients reach the
+    float32 params.
     """
     if x.device.type == "meta":  # a shape-only dry run (the cost model): nothing to warn of
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
-    dtype = compute_dtype(x)
-    autocast = dtype != x.dtype
+    autocast = autocast_dtype(x)
+    dtype = autocast or x.dtype
     pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
     shape = (x.device.type, dtype, tuple(x.shape), tuple(basis_weight.shape),
              combination.shape[0], tuple(stride), pad, tuple(dilation))
@@ -109,7 +116,7 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
         _warn_once(f"combine='fused' needs {reason}; running the stacked PyTorch form "
                    f"instead (same result, no fused kernel)")
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
-    if autocast:
+    if autocast is not None:
         x, basis_weight, combination = (t.to(dtype) for t in (x, basis_weight, combination))
         bias = bias.to(dtype) if bias is not None else None
     try:
