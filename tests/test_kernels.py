@@ -130,6 +130,22 @@ def test_no_grad_forward_skips_the_basis_maps(device, monkeypatch):
 
 
 @pytest.mark.device
+def test_a_layer_on_another_gpu_runs_there(device):
+    """Triton launches on the current device, not the tensors': a layer on ``cuda:1`` while
+    ``cuda:0`` is current must still run (and autotune) on ``cuda:1``."""
+    if device.type != "cuda" or torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    other = torch.device("cuda", 1)
+    layer = make_layer(6, 12, 4, 3, 1, 1, 1, True, other)
+    x = torch.randn(2, 6, 9, 9, device=other, requires_grad=True)
+    with torch.cuda.device(0):
+        y = layer(x)
+        y.sum().backward()
+    assert y.grad_fn.name() == FUSED and y.device == other
+    torch.testing.assert_close(y, layer.to_conv()(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.device
 def test_bf16_autocast_is_close_to_float32(device):
     if device.type != "cuda":
         pytest.skip("bfloat16 runs on the compiled kernel only (the interpreter has none)")

@@ -26,6 +26,7 @@ once per interpreter setting, not at import.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -210,12 +211,15 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
     # them ("tf32", which does not touch 16-bit operands), as every bf16 Triton GEMM does.
     ieee = x.dtype == torch.float32 and (interpreting() or not torch.backends.cudnn.allow_tf32)
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
-    _kernel()[grid](
-        x, weight, comb, bias if bias is not None else comb, out,
-        basis if basis is not None else out,
-        rows, c_in, h, w, h_out, w_out, c_out, m,
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, STORE_BASIS=store_basis,
-        PRECISION="ieee" if ieee else "tf32",
-        BLOCK_N=max(16, triton.next_power_of_2(m)))
+    # Triton launches (and autotunes) on the current CUDA device and its stream, not on the
+    # tensors' device: without the guard a layer on cuda:1 would launch on cuda:0.
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _kernel()[grid](
+            x, weight, comb, bias if bias is not None else comb, out,
+            basis if basis is not None else out,
+            rows, c_in, h, w, h_out, w_out, c_out, m,
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            KH=kh, KW=kw, HAS_BIAS=bias is not None, STORE_BASIS=store_basis,
+            PRECISION="ieee" if ieee else "tf32",
+            BLOCK_N=max(16, triton.next_power_of_2(m)))
     return out, basis
