@@ -6,7 +6,8 @@ per setting, so no import-order trick is needed; conftest restores the environme
 ``--device cuda`` (``make gpu-check``) the same tests run the compiled kernel, TF32 off so
 that float32 tolerances stay tight, with one tile size (no autotuning, fewer compilations).
 Every comparison also checks that the kernel ran (``FusedBasisConvBackward`` in the graph):
-a silent fallback would match the reference too.
+a silent fallback would match the reference too. One test also compiles the kernel for an
+sm_90 GPU with Triton's own compiler, which needs no GPU.
 """
 
 import os
@@ -168,6 +169,32 @@ def test_wide_bases_prune_the_tall_gpu_tiles():
     assert kept and all(c.kwargs["BLOCK_M"] <= 64 for c in kept)
     (single,) = triton_conv._tile_configs(interpret=False, tune=False)
     assert triton_conv._prune_configs([single], {}, BLOCK_N=256) == [single]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_kernel_compiles_to_hopper_machine_code(dtype, monkeypatch):
+    """Triton's real compiler, to sm_90 machine code (its own ptxas: no GPU needed), where
+    every other CPU test runs the interpreter, which accepts what a compiler may refuse
+    (``tl.dot`` shapes, layouts, shared memory): the one tile used without autotuning, at
+    the widest basis, fits an H100/H200 block's 227 KiB of shared memory."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = triton_conv.triton.jit(triton_conv._basis_conv_kernel)
+    block_m, block_k, block_c, warps, stages = triton_conv._SAFE_TILE
+    constants = dict(KH=3, KW=3, HAS_BIAS=True, STORE_BASIS=True, PRECISION="tf32",
+                     BLOCK_M=block_m, BLOCK_N=triton_conv.MAX_BASIS, BLOCK_K=block_k,
+                     BLOCK_C=block_c)
+    pointers = kernel.arg_names[:6]
+    signature = {name: "constexpr" if name in constants else f"*{dtype}" if name in pointers
+                 else "i32" for name in kernel.arg_names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (triton 3.9's notice about its FP-fusion default)
+        compiled = triton_conv.triton.compile(ASTSource(kernel, signature, constants),
+                                              target=GPUTarget("cuda", 90, 32),
+                                              options=dict(num_warps=warps, num_stages=stages))
+    assert 0 < compiled.metadata.shared <= 227 * 1024
 
 
 @pytest.mark.parametrize("case", ["no triton", "cpu without interpreter", "float64",
