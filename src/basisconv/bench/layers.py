@@ -92,8 +92,9 @@ class SpeedOptions:
             raise ConfigError(f"combine='fused' is benchmarked on --device cuda only (its Triton "
                               f"kernel runs on CUDA), got --device {self.device}")
         if self.combine == "fused" and triton_conv.triton is None:
-            raise ConfigError("combine='fused' needs triton (pip install triton==3.9.0); "
-                              "without it the layer runs the stacked form")
+            raise ConfigError("combine='fused' needs triton, which a CUDA build of torch "
+                              "ships with (install that torch, not a triton of another "
+                              "version); without it the layer runs the stacked form")
         if self.quick:
             self.layer_repeats, self.model_repeats, self.warmup = QUICK_REPEATS
 
