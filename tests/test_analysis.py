@@ -283,6 +283,31 @@ def test_plots_keep_swept_settings_apart(tmp_path, monkeypatch):
         figures.pyplot().close(fig)
 
 
+def test_speed_plot_draws_the_baseline_the_table_compares_with(tmp_path, monkeypatch):
+    """A sweep over trainer.lr and a basis key the dense runs do not read: each basis row
+    is compared (table) and drawn (plot) beside the dense run of its own trainer.lr, though
+    its settings also name the basis key and so match no dense run's exactly."""
+    from basisconv.analysis import figures
+
+    runs = [swept(record(sel, step=step), **{"trainer.lr": lr, "basis.coefficient_l1": l1})
+            for sel, lr, l1, step in [("none", 0.05, 0.0, (0.4, 0.8)), ("none", 0.1, 0.0, (0.3, 0.6)),
+                                      ("all", 0.05, 0.0, (0.2, 0.4)), ("all", 0.05, 0.001, (0.2, 0.4)),
+                                      ("all", 0.1, 0.0, (0.1, 0.2)), ("all", 0.1, 0.001, (0.1, 0.2))]]
+    table = compare(runs_frame([(r, "a") for r in runs]))
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.speed_vs_basis_size(table, tmp_path / "speed.png", "note")
+    dense = {line.get_label().rsplit(", ", 1)[-1]: line.get_ydata()[0]
+             for line in drawn[0].axes[0].get_lines()
+             if line.get_label().startswith("dense, forward")}
+    assert dense == pytest.approx({"trainer.lr=0.05)": 400, "trainer.lr=0.1)": 300})
+    speedups = table[table["selection"] == "all"].set_index("settings")["step_speedup"]
+    assert speedups.to_dict() == pytest.approx({
+        "basis.coefficient_l1=0.0, trainer.lr=0.05": 2, "basis.coefficient_l1=0.001, trainer.lr=0.05": 2,
+        "basis.coefficient_l1=0.0, trainer.lr=0.1": 3, "basis.coefficient_l1=0.001, trainer.lr=0.1": 3})
+    figures.pyplot().close(drawn[0])
+
+
 def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
     from basisconv.analysis.report import seeds_line
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..cost import basis_conv2d_cost, conv2d_cost
 from .plots import pyplot, save_figure
-from .runs import BASELINE_KEYS, ROW_COLUMNS
+from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
 
 
 def _finish(fig, path: Path, note: str) -> Path:
@@ -37,21 +37,17 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
         return None
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
-    keys = [*BASELINE_KEYS, "settings"] if "settings" in sweep else BASELINE_KEYS
-    groups = list(sweep.groupby(keys, sort=False))
+    base = baselines(table).set_axis(table.index)  # the dense rows the table compares with
+    groups = list(sweep.groupby([*BASELINE_KEYS, "settings"], sort=False))
     for _, rows in groups:
-        first = rows.iloc[0]
-        dense = table[(table["selection"] == "none")
-                      & (table[BASELINE_KEYS] == first[BASELINE_KEYS]).all(axis=1)]
-        if "settings" in dense:  # the baseline run at the sweep's own setting, where there is one
-            dense = pd.concat([dense[dense["settings"] == first["settings"]], dense])
+        first, dense = rows.iloc[0], base.loc[rows.index[0]]
         of = f" ({first['model']} x{first['width']:g}, {first['epochs']} epochs, " \
              f"{first['train_images']} images{_setting(first)})" if len(groups) > 1 else ""
         for column, marker, label in (("forward_seconds_per_step", "o", "forward"),
                                       ("backward_seconds_per_step", "s", "backward")):
             line, = left.plot(rows["size"], 1e3 * rows[column], marker + "-",
                               label=f"basis, {label}{of}")
-            left.axhline(1e3 * dense[column].iloc[0], color=line.get_color(), ls=":",
+            left.axhline(1e3 * dense[column], color=line.get_color(), ls=":",
                          label=f"dense, {label}{of}")
         right.plot(rows["size"], rows["step_speedup"], "o-", label=f"measured, fwd+bwd step{of}")
         right.plot(rows["size"], rows["epoch_speedup"], "s-", label=f"measured, epoch{of}")
