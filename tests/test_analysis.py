@@ -342,6 +342,7 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
     monkeypatch.setenv("BASISCONV_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
+    notebook.cells.append(nbformat.v4.new_code_cell("print(sorted(pivot.columns))"))
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -350,6 +351,9 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     shown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert shown[0].startswith("### comparison-cpu-fp32")  # the comparison table first
     assert any(md.startswith("### sensitivity-resnet20-m0.5-cpu-fp32") for md in shown)
+    # the per-epoch plot keeps the table's rows apart: resnet20-all's two basis sizes
+    assert notebook.cells[-1].outputs[0]["text"].strip() == str(sorted([
+        "resnet20-none -", "resnet20-all 0.5", "resnet20-all 0.25", "resnet20-sensitivity_budget 0.5"]))
 
 
 def test_make_analyze_reads_the_smoke_profile_where_make_smoke_left_it(repo):
