@@ -1,4 +1,4 @@
-"""The paper's tables and plots from the run records: ``python scripts/analyze.py
+"""The tables and plots of our protocol from the run records: ``python scripts/analyze.py
 [profile=quick] [source=local|wandb]``.
 
 Reads every complete training run published in ``results/<profile>/runs/`` (or under

@@ -330,7 +330,7 @@ def test_model_flop_ratios_are_those_of_the_forward_timed_and_of_the_paper(tmp_p
     expected = model_cost(basis).forward_flops / model_cost(dense).forward_flops
     assert row["theory_fwd_ratio"] == pytest.approx(expected, rel=1e-12)
     assert row["theory_fwd_ratio"] < row["theory_fwdbwd_ratio"]  # training counts the moments
-    # the paper's count (split, unfused): a ratio, whatever the batch (it was 1/batch of it)
+    # the minimal count (split, unfused): a ratio, whatever the batch (it was 1/batch of it)
     paper = model_cost(split).total_flops / model_cost(dense.train()).total_flops
     assert row["paper_fwdbwd_ratio"] == pytest.approx(paper, rel=1e-12)
 

@@ -205,7 +205,7 @@ def test_saves_compute_guard():
     assert not saves_compute((64, 128, 1), 64)      # 1x1 shortcut at m = K
     assert saves_compute((64, 64, 3), 0.25)
     assert saves_compute((64, 128, 1), 32)
-    # paper count (split): saves exactly when m < min(C_out, K)
+    # the minimal count (split): saves exactly when m < min(C_out, K)
     assert saves_compute((3, 64, 3), 26, combine="split")
     assert not saves_compute((3, 64, 3), 27, combine="split")
     # the stacked forward does C_out*m for the combination: stricter

@@ -1,4 +1,4 @@
-"""``scripts/analyze.py``: from run records to the paper's tables and plots in
+"""``scripts/analyze.py``: from run records to the tables and plots of our protocol in
 ``results/<profile>/``, each file stating the profile, hardware, commits and dates of the
 runs it came from; file names carry the device and precision."""
 

@@ -332,7 +332,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
     models: dict = {"dense": base}
     paper = {}
     # at the batch timed: with norms folded in, a per-call term (A Cov_b) does not scale with
-    # it; and the paper's count is over the same batch as the dense cost it is divided by
+    # it; and the minimal (split) count is over the same batch as the dense cost it is divided by
     shape = (options.batch_size, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # only_where_saves already leaves those layers dense
