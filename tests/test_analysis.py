@@ -290,9 +290,10 @@ def test_speed_plot_draws_the_baseline_the_table_compares_with(tmp_path, monkeyp
     from basisconv.analysis import figures
 
     runs = [swept(record(sel, step=step), **{"trainer.lr": lr, "basis.coefficient_l1": l1})
-            for sel, lr, l1, step in [("none", 0.05, 0.0, (0.4, 0.8)), ("none", 0.1, 0.0, (0.3, 0.6)),
-                                      ("all", 0.05, 0.0, (0.2, 0.4)), ("all", 0.05, 0.001, (0.2, 0.4)),
-                                      ("all", 0.1, 0.0, (0.1, 0.2)), ("all", 0.1, 0.001, (0.1, 0.2))]]
+            for sel, lr, l1, step in [
+                ("none", 0.05, 0.0, (0.4, 0.8)), ("none", 0.1, 0.0, (0.3, 0.6)),
+                ("all", 0.05, 0.0, (0.2, 0.4)), ("all", 0.05, 0.001, (0.2, 0.4)),
+                ("all", 0.1, 0.0, (0.1, 0.2)), ("all", 0.1, 0.001, (0.1, 0.2))]]
     table = compare(runs_frame([(r, "a") for r in runs]))
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
@@ -303,8 +304,10 @@ def test_speed_plot_draws_the_baseline_the_table_compares_with(tmp_path, monkeyp
     assert dense == pytest.approx({"trainer.lr=0.05)": 400, "trainer.lr=0.1)": 300})
     speedups = table[table["selection"] == "all"].set_index("settings")["step_speedup"]
     assert speedups.to_dict() == pytest.approx({
-        "basis.coefficient_l1=0.0, trainer.lr=0.05": 2, "basis.coefficient_l1=0.001, trainer.lr=0.05": 2,
-        "basis.coefficient_l1=0.0, trainer.lr=0.1": 3, "basis.coefficient_l1=0.001, trainer.lr=0.1": 3})
+        "basis.coefficient_l1=0.0, trainer.lr=0.05": 2,
+        "basis.coefficient_l1=0.001, trainer.lr=0.05": 2,
+        "basis.coefficient_l1=0.0, trainer.lr=0.1": 3,
+        "basis.coefficient_l1=0.001, trainer.lr=0.1": 3})
     figures.pyplot().close(drawn[0])
 
 
@@ -353,7 +356,8 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     assert any(md.startswith("### sensitivity-resnet20-m0.5-cpu-fp32") for md in shown)
     # the per-epoch plot keeps the table's rows apart: resnet20-all's two basis sizes
     assert notebook.cells[-1].outputs[0]["text"].strip() == str(sorted([
-        "resnet20-none -", "resnet20-all 0.5", "resnet20-all 0.25", "resnet20-sensitivity_budget 0.5"]))
+        "resnet20-none -", "resnet20-all 0.5", "resnet20-all 0.25",
+        "resnet20-sensitivity_budget 0.5"]))
 
 
 def test_make_analyze_reads_the_smoke_profile_where_make_smoke_left_it(repo):
