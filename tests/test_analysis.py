@@ -320,6 +320,16 @@ def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
     assert "resnet20-none: 0 0 1" in seeds_line(twice)
 
 
+def test_notes_under_the_table_name_a_swept_row_by_its_settings():
+    from basisconv.analysis.report import baseline_line, seeds_line
+
+    runs = runs_frame([(swept(record("all", seed=seed), **{"trainer.lr": lr}), "a")
+                       for lr, seeds in ((0.05, (0, 1)), (0.1, (0,))) for seed in seeds])
+    assert "; resnet20-all (trainer.lr=0.1): 0)" in seeds_line(runs)
+    assert "for resnet20-all (trainer.lr=0.05), resnet20-all (trainer.lr=0.1):" in \
+        baseline_line(compare(runs))
+
+
 def test_a_mean_count_of_basis_layers_is_not_rounded_to_a_whole_one():
     from basisconv.analysis.tables import display_table
 

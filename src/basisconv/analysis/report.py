@@ -29,6 +29,12 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
             f"made {made['date'][:10]} by `{made['command']}`")
 
 
+def row_name(experiment: str, settings: str) -> str:
+    """A table row as the notes under it name it: the experiment, and the settings that
+    tell apart its rows of one experiment (a sweep over ``trainer.lr``)."""
+    return f"{experiment} ({settings})" if settings else experiment
+
+
 STD_LINE = ("Test accuracy: mean ± sample standard deviation (n - 1 in the denominator) "
             "over each row's seeds.")
 
@@ -39,12 +45,14 @@ def seeds_line(runs: pd.DataFrame) -> str:
     twice), since their means and their change against the baseline are then over other
     seeds and their std over fewer."""
     seeds = runs.groupby(ROW_COLUMNS, sort=False).agg(
-        experiment=("experiment", "first"), seeds=("seed", lambda s: tuple(sorted(s))))
+        experiment=("experiment", "first"), settings=("settings", "first"),
+        seeds=("seed", lambda s: tuple(sorted(s))))
     usual = seeds["seeds"].value_counts().index[0]
     odd = seeds[(seeds["seeds"] != usual) | seeds["seeds"].map(lambda s: len(set(s)) < len(s))]
     if odd.empty:
         return ""
-    listed = "; ".join(f"{r.experiment}: {' '.join(map(str, r.seeds))}" for r in odd.itertuples())
+    listed = "; ".join(f"{row_name(r.experiment, r.settings)}: {' '.join(map(str, r.seeds))}"
+                       for r in odd.itertuples())
     return (f"Rows differ in seeds (most have seeds {' '.join(map(str, usual))}; {listed}): their "
             f"means and changes against the baseline are over other seeds.")
 
@@ -56,7 +64,8 @@ def baseline_line(table: pd.DataFrame) -> str:
     if alone.empty:
         return ""
     return (f"No dense baseline (selection none) of the same model, width, epochs and data for "
-            f"{', '.join(alone['experiment'])}: their columns against it are empty ('-').")
+            f"{', '.join(map(row_name, alone['experiment'], alone['settings']))}: their "
+            f"columns against it are empty ('-').")
 
 
 def left_out_line(unfinished: list[str], unreadable: list[str]) -> str:
