@@ -29,8 +29,9 @@ def _finish(fig, path: Path, note: str) -> Path:
 def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | None:
     """Forward and backward time per step (left) and speedup over the dense baseline
     (right) against the basis size, for basis convolutions in every layer, with the
-    speedup the FLOP count predicts; one set of lines per model, epochs and data (each
-    beside its own baseline). ``None`` when there is no size sweep to plot."""
+    speedup the FLOP count predicts; one set of lines per model, epochs, data and swept
+    setting, each beside the baseline its table rows are compared with
+    (:func:`~basisconv.analysis.runs.baselines`). ``None`` when there is no size sweep."""
     sweep = table[(table["selection"] == "all") & table["step_speedup"].notna()]
     sweep = sweep.assign(size=pd.to_numeric(sweep["basis_size"])).sort_values("size")
     if sweep.empty:  # a row has a step speedup only where its baseline was run
