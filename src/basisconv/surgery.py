@@ -52,7 +52,8 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
     """The dense convs that ``layers`` names: ``"all"``, or names and fnmatch patterns
     (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
     pattern or ``"all"`` picks up that cannot be converted (grouped, non-zero padding, a
-    subclass with its own forward, an unmade lazy conv) are skipped with a warning, and layers already in basis form are left alone."""
+    subclass with its own forward, an unmade lazy conv) are skipped with a warning, and
+    layers already in basis form are left alone."""
     convs = conv_layers(model)
     dense = {n: m for n, m in convs.items() if isinstance(m, nn.Conv2d)}
     if isinstance(layers, str):
