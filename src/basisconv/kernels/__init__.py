@@ -6,7 +6,8 @@ same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
 
 * ``"stacked"`` and ``"split"``: plain PyTorch ops (:mod:`.torch_ops`);
 * ``"fused"``: one Triton kernel (:mod:`.triton_conv`) computes the basis conv and the
-  combination and writes the output once, with a hand-written backward (:mod:`.fused`). It
+  combination and writes the output once, with a hand-written backward, the two as one
+  PyTorch custom op that ``torch.compile`` keeps in its graph (:mod:`.fused`). It
   runs on CUDA tensors (on CPU only under ``TRITON_INTERPRET=1``, which is how it is
   tested); elsewhere, or without triton, it falls back to ``"stacked"`` with a one-time
   warning. Its GPU speed has not been measured yet;

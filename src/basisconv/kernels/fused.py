@@ -1,5 +1,16 @@
-"""``combine="fused"``: the Triton forward of :mod:`.triton_conv` behind an autograd
-Function, and the dispatch that falls back to :func:`.torch_ops.stacked_forward`.
+"""``combine="fused"``: the Triton forward of :mod:`.triton_conv` as one PyTorch custom op,
+``basisconv::fused_basis_conv``, with a hand-written backward.
+
+Why a custom op (``torch.library.custom_op``) rather than a plain autograd Function:
+``torch.compile`` treats the op as one opaque node, with a fake (shape-only) twin for
+tracing, so a compiled network keeps one graph; tracing into the kernel's launcher instead
+broke the graph several times per layer (Triton's knobs are read through C calls that
+Dynamo cannot follow). The same op runs under CUDA graphs and in eager mode.
+
+The op computes where it can through the kernel, else through the stacked PyTorch form
+(:func:`.torch_ops.stacked_forward`'s two convs), with a one-time warning naming what was
+missing: no triton, a tensor the kernel does not take, or a shape whose kernel does not
+compile on this GPU. Both paths return the same two tensors, so one backward serves them.
 
 Backward, given ``grad_out`` (``G``, ``[M, C_out]`` channels_last rows, ``M`` output pixels):
 
@@ -22,7 +33,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.autograd.function import once_differentiable
+import torch.nn.functional as F
 
 from . import triton_conv
 from .torch_ops import stacked_forward
@@ -33,36 +44,83 @@ _WARNED: set[str] = set()
 _FAILED: dict[tuple, str] = {}
 
 
-class FusedBasisConv(torch.autograd.Function):
-    """``F.conv2d(x, combination @ basis_weight, bias)`` through the fused Triton kernel."""
+@torch.library.custom_op("basisconv::fused_basis_conv", mutates_args=())
+def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
+                     bias: torch.Tensor | None, stride: list[int], padding: list[int],
+                     dilation: list[int], store_basis: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F.conv2d(x, combination @ basis_weight, bias)`` as a channels_last output, and the
+    basis maps as ``[M, m]`` rows (empty unless ``store_basis``): the kernel's, or the
+    stacked form's where the kernel cannot run (said once)."""
+    shape = (x.device.type, x.dtype, tuple(x.shape), tuple(basis_weight.shape),
+             combination.shape[0], tuple(stride), tuple(padding), tuple(dilation))
+    reason = triton_conv.unsupported(x, x.dtype, basis_weight.shape[0]) or _FAILED.get(shape)
+    if reason is None:
+        try:
+            out, basis = triton_conv.basis_conv(x, basis_weight, combination, bias, stride,
+                                                padding, dilation, store_basis=store_basis)
+            return out, basis if basis is not None else x.new_empty(0)
+        except Exception as err:  # noqa: BLE001 - only Triton's own errors are caught
+            if not type(err).__module__.startswith("triton"):
+                raise
+            # A kernel that does not compile for this shape on this GPU (e.g. out of shared
+            # memory or registers for every tile): the shape runs the stacked form from now
+            # on, said once, and the tests' check that the kernel ran still fails.
+            reason = _FAILED[shape] = (
+                f"a kernel that compiles for input {list(x.shape)} on this device "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+    _warn_once(f"combine='fused' needs {reason}; running the stacked PyTorch form instead "
+               f"(same result, no fused kernel)")
+    basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
+    out = F.conv2d(basis_maps, combination[:, :, None, None], bias)
+    rows = (basis_maps.permute(0, 2, 3, 1).reshape(-1, basis_maps.shape[1]).contiguous()
+            if store_basis else x.new_empty(0))
+    # the kernel's layout exactly (the fake twin's strides), whatever layout the convs chose
+    return torch.empty_like(out, memory_format=torch.channels_last).copy_(out), rows
 
-    @staticmethod
-    def forward(ctx, x, basis_weight, combination, bias, stride, padding, dilation):
-        out, basis = triton_conv.basis_conv(x, basis_weight, combination, bias, stride, padding,
-                                            dilation, store_basis=ctx.needs_input_grad[2])
-        ctx.save_for_backward(x, basis_weight, combination, basis)
-        ctx.conv = (stride, padding, dilation)
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, basis_weight, combination, basis = ctx.saved_tensors
-        stride, padding, dilation = ctx.conv
-        n, c_out, h_out, w_out = grad_out.shape
-        rows = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)  # a view if channels_last
-        grad_x = grad_weight = grad_comb = grad_bias = None
-        need_x, need_weight, need_comb, need_bias = ctx.needs_input_grad[:4]
-        if need_x or need_weight:
-            g_basis = (rows @ combination).view(n, h_out, w_out, -1).permute(0, 3, 1, 2)
-            grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-                g_basis, x, basis_weight, None, list(stride), list(padding), list(dilation),
-                False, [0, 0], 1, [need_x, need_weight, False])
-        if need_comb:
-            grad_comb = rows.t() @ basis
-        if need_bias:
-            grad_bias = rows.sum(0)
-        return grad_x, grad_weight, grad_comb, grad_bias, None, None, None
+@fused_basis_conv.register_fake
+def _fused_basis_conv_shapes(x, basis_weight, combination, bias, stride, padding, dilation,
+                             store_basis):
+    n, _, h, w = x.shape
+    m, _, kh, kw = basis_weight.shape
+    h_out, w_out = triton_conv.output_size((h, w), (kh, kw), stride, padding, dilation)
+    out = torch.empty((n, combination.shape[0], h_out, w_out), dtype=x.dtype,
+                      device=x.device, memory_format=torch.channels_last)
+    return out, x.new_empty((n * h_out * w_out, m) if store_basis else (0,))
+
+
+def _save_for_backward(ctx, inputs, output):
+    x, basis_weight, combination, _, stride, padding, dilation, store_basis = inputs
+    ctx.save_for_backward(x, basis_weight, combination, output[1])
+    ctx.conv = (stride, padding, dilation)
+    ctx.stored_basis = store_basis
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad_out, _grad_basis):
+    x, basis_weight, combination, basis = ctx.saved_tensors
+    stride, padding, dilation = ctx.conv
+    n, c_out, h_out, w_out = grad_out.shape
+    rows = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)  # a view if channels_last
+    grad_x = grad_weight = grad_comb = grad_bias = None
+    need_x, need_weight, need_comb, need_bias = ctx.needs_input_grad[:4]
+    if need_x or need_weight:
+        g_basis = (rows @ combination).view(n, h_out, w_out, -1).permute(0, 3, 1, 2)
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            g_basis, x, basis_weight, None, list(stride), list(padding), list(dilation),
+            False, [0, 0], 1, [need_x, need_weight, False])
+    if need_comb:
+        if not ctx.stored_basis:  # (a caller that asked for no basis maps: computed again)
+            maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
+            basis = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+        grad_comb = rows.t() @ basis
+    if need_bias:
+        grad_bias = rows.sum(0)
+    return grad_x, grad_weight, grad_comb, grad_bias, None, None, None, None
+
+
+fused_basis_conv.register_autograd(_backward, setup_context=_save_for_backward)
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -94,43 +152,29 @@ def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
 
 def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
                   bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
-    """The fused kernel where it can run, else :func:`stacked_forward` (the same result)
-    with a one-time warning naming what was missing.
+    """The layer's output through :func:`fused_basis_conv`.
 
     Under autocast every input is cast to the autocast dtype first, as ``F.conv2d`` would
     cast them (``tl.dot`` takes one dtype: inside a network ``x`` is already bf16 while the
     parameters are float32); the casts are ordinary autograd ops, so gradients reach the
-    float32 params.
+    float32 params. The basis maps are kept only when the combination needs a gradient.
     """
     if x.device.type == "meta":  # a shape-only dry run (the cost model): nothing to warn of
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
-    autocast = autocast_dtype(x)
-    dtype = autocast or x.dtype
     pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
-    shape = (x.device.type, dtype, tuple(x.shape), tuple(basis_weight.shape),
-             combination.shape[0], tuple(stride), pad, tuple(dilation))
-    reason = ("symmetric padding (padding='same' with an even dilation*(kernel-1))"
-              if pad is None else triton_conv.unsupported(x, dtype, basis_weight.shape[0])
-              or _FAILED.get(shape))
-    if reason is not None:
-        _warn_once(f"combine='fused' needs {reason}; running the stacked PyTorch form "
-                   f"instead (same result, no fused kernel)")
+    if pad is None:
+        _warn_once("combine='fused' needs symmetric padding (padding='same' with an even "
+                   "dilation*(kernel-1)); running the stacked PyTorch form instead (same "
+                   "result, no fused kernel)")
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
-    if autocast is not None:
+    dtype = autocast_dtype(x)
+    if dtype is not None:
         x, basis_weight, combination = (t.to(dtype) for t in (x, basis_weight, combination))
         bias = bias.to(dtype) if bias is not None else None
-    try:
-        return FusedBasisConv.apply(x, basis_weight, combination, bias, tuple(stride), pad,
-                                    tuple(dilation))
-    except Exception as err:  # noqa: BLE001 - only Triton's own errors are caught
-        if not type(err).__module__.startswith("triton"):
-            raise
-        # A kernel that does not compile for this shape on this GPU (e.g. out of shared
-        # memory or registers for every tile): the shape runs the stacked form from now on,
-        # said once, and the check that the kernel ran (tests/test_kernels.py) still fails.
-        _FAILED[shape] = (f"a kernel that compiles for input {list(x.shape)} on this device "
-                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-        return fused_forward(x, basis_weight, combination, bias, stride, padding, dilation)
+    store_basis = torch.is_grad_enabled() and combination.requires_grad
+    out, _ = fused_basis_conv(x, basis_weight, combination, bias, list(stride), list(pad),
+                              list(dilation), store_basis)
+    return out
 
 
 def _warn_once(message: str) -> None:

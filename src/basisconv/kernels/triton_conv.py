@@ -182,6 +182,12 @@ def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int) -> str | No
     return None
 
 
+def output_size(size, kernel_size, stride, padding, dilation) -> tuple[int, int]:
+    """``(H_out, W_out)`` of a conv with numeric padding, as ``F.conv2d`` computes it."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation))
+
+
 def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
                bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
                dilation: tuple[int, int], store_basis: bool = False):
@@ -196,8 +202,7 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
     n, c_in, h, w = x.shape
     m, _, kh, kw = basis_weight.shape
     c_out = combination.shape[0]
-    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    h_out, w_out = output_size((h, w), (kh, kw), stride, padding, dilation)
     rows = n * h_out * w_out
     x = x.contiguous(memory_format=torch.channels_last)
     weight = basis_weight.permute(2, 3, 1, 0).contiguous()  # [kh, kw, C_in, m]: tiny copy
