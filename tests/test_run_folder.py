@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
@@ -160,3 +161,18 @@ def test_files_left_half_written_by_killed_runs_do_not_pile_up(tmp_path, repo):
     other.write_text("mine")
     fit(compose_tiny(repo, "logger=none", "trainer.epochs=1"), tmp_path)
     assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == [other.name]
+
+
+def test_a_record_names_the_gpu_the_process_computes_on(monkeypatch):
+    """On a machine with several GPUs the record names the current device's (cuda:1 here),
+    and how many there are, not always the first one's."""
+    from basisconv import records
+
+    names = {0: "NVIDIA A100-SXM4-80GB", 1: "NVIDIA H100 80GB HBM3"}
+    for name, value in (("is_available", lambda: True), ("current_device", lambda: 1),
+                        ("device_count", lambda: 2), ("get_device_name", names.get)):
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    hardware = records.hardware()
+    assert (hardware["gpu"], hardware["gpu_count"]) == (names[1], 2)
+    assert records.device_name(hardware) == "h100"

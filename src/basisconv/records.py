@@ -57,7 +57,10 @@ def hardware() -> dict[str, Any]:
         "platform": platform.platform(),
     }
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        # the current device: the one this process computes on (a DDP rank's, or cuda:1
+        # while cuda:0 belongs to someone else), not always the first one
+        info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+        info["gpu_count"] = torch.cuda.device_count()
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
