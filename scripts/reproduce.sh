@@ -116,6 +116,18 @@ LOGS=$OUT/logs
 STARTED=0
 LAST_JOB=
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
+# Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends
+# (when, how long, on what, what it published): the protocol's wall-clock is the sum over
+# the sessions, on whichever machines they ran, and the analysis adds it up (index.json).
+START=$(date +%s.%N)
+log_session() {  # log_session <exit code>
+  local code=$1
+  PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+    'import sys; from basisconv.records import log_session; log_session(*sys.argv[1:])' \
+    "$RESULTS" "$RECORDS" "$PROFILE" "$START" "$code" "$JOBS" "${OVERRIDES:-}" \
+    || echo "this session could not be logged in $RESULTS/sessions.json" >&2
+}
+trap 'log_session $?' EXIT
 
 stop() {  # stop <status>: on Ctrl-C or SIGTERM, stop the runs in the background too (a
           # background command does not get the terminal's Ctrl-C); each keeps its last
@@ -215,5 +227,8 @@ else
   echo "== speed benchmark"
   "$PY" scripts/benchmark_layers.py --device "$DEVICE" "${BENCH[@]}" --out-dir "$RESULTS"
 fi
-# 6. tables and plots, from every published record (this machine's and earlier ones')
+# 6. tables and plots, from every published record (this machine's and earlier ones'),
+#    after this session is logged, so that index.json sums it too
+trap - EXIT
+log_session 0
 "$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$RECORDS" out_dir="$RESULTS"

@@ -484,3 +484,33 @@ def test_a_complete_training_record_with_a_null_final_is_unreadable(tmp_path):
     unreadable = []
     assert read_records(tmp_path / "runs", unreadable) == []
     assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
+
+
+def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monkeypatch):
+    """``scripts/reproduce.sh`` logs each invocation (``records.log_session``); a log that no
+    longer reads is set aside, not lost; the index sums the sessions per machine."""
+    import time
+
+    from basisconv import records
+    from basisconv.analysis.report import sessions_summary
+
+    runs = tmp_path / "runs"
+    (runs / "baseline").mkdir(parents=True)
+    (tmp_path / "sessions.json").write_text("{not a log")
+    started = time.time() - 1
+    (runs / "baseline" / "seed0.json").write_text("{}")
+    monkeypatch.setattr(records, "hardware", lambda: {"gpu": "NVIDIA H200"})
+    records.log_session(tmp_path, runs, "paper", started, 143, 4)
+    assert (tmp_path / "sessions.json.unreadable").read_text() == "{not a log"
+    monkeypatch.setattr(records, "hardware", lambda: {"cpu": "AMD EPYC", "cpu_capability": "AVX2"})
+    records.log_session(tmp_path, runs, "paper", time.time(), 0, 1)  # published nothing
+    sessions = records.read_sessions(tmp_path / "sessions.json")
+    assert [(s["exit_code"], s["published"]) for s in sessions] == [
+        (143, ["baseline/seed0.json"]), (0, [])]
+    summary = sessions_summary(tmp_path)
+    assert (summary["sessions"], summary["published"]) == (2, 1)
+    assert summary["by_hardware"]["NVIDIA H200"] == {
+        "sessions": 1, "seconds": sessions[0]["seconds"], "published": 1}
+    assert summary["by_hardware"]["AMD EPYC (AVX2)"]["published"] == 0
+    assert summary["seconds"] == round(sessions[0]["seconds"] + sessions[1]["seconds"], 1)
+    assert sessions_summary(tmp_path / "elsewhere") is None

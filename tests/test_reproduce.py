@@ -37,6 +37,13 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     assert json.loads((runs / "exhaustive-search-resnet8.json").read_text())["search"]
     index = json.loads((runs.parent / "index.json").read_text())
     assert len(index["runs"]) == len(ROWS)
+    (session,) = json.loads((runs.parent / "sessions.json").read_text())
+    assert session["exit_code"] == 0 and session["jobs"] == 2 and session["seconds"] > 0
+    assert sorted(session["published"]) == sorted(
+        [f"{row}/seed0.json" for row in ROWS] + ["sensitivity.json",
+                                                 "exhaustive-search-resnet8.json"])
+    assert index["protocol_wall_clock"]["sessions"] == 1
+    assert index["protocol_wall_clock"]["seconds"] == session["seconds"]
 
     # A new machine with the published records only (the protocol was cut off before two
     # runs finished): it trains those two, restores the sensitivity table from its record
@@ -63,6 +70,11 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
         assert not before["config"]["trainer"]["cuda_graphs"]
     index = json.loads((mine.parent / "index.json").read_text())
     assert len(index["runs"]) == len(ROWS)
+    # (this machine's log starts here: sessions.json travels beside runs/ when committed)
+    (session,) = json.loads((mine.parent / "sessions.json").read_text())
+    assert sorted(session["published"]) == ["basis-all-0.25/seed0.json",
+                                            "selected-sensitivity_budget-0.5/seed0.json"]
+    assert index["protocol_wall_clock"]["published"] == 2
 
     # A run that fails is named at the end, the others still finish, the exit status is 1.
     (mine / "baseline" / "seed0.json").unlink()
@@ -75,6 +87,8 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     assert "failed runs" in result.stderr and "baseline-seed0" in result.stderr
     assert "basis-all-0.5-seed0" not in result.stderr
     assert (mine / "basis-all-0.5" / "seed0.json").exists()
+    last = json.loads((mine.parent / "sessions.json").read_text())[-1]
+    assert last["exit_code"] == 1 and last["published"] == ["basis-all-0.5/seed0.json"]
 
 
 def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
@@ -99,6 +113,8 @@ def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.split() == []
     assert any("stopped by SIGTERM" in p.read_text() for p in logs.glob("*.log"))
+    sessions = tmp_path / "outputs" / "smoke" / "results" / "sessions.json"
+    assert [s["exit_code"] for s in json.loads(sessions.read_text())] == [130]
 
 
 def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_runs(repo,

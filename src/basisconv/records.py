@@ -293,3 +293,47 @@ def publish(record: dict[str, Any], path: str | os.PathLike | None) -> dict[str,
     if path is not None and record.get("status") == "complete":
         write_record(Path(path), RunRecord.from_dict(record))
     return record
+
+
+#: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder.
+SESSIONS = "sessions.json"
+
+
+def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, profile: str,
+                started: float | str, exit_code: int | str, jobs: int | str,
+                overrides: str = "") -> Path:
+    """Add one invocation of ``scripts/reproduce.sh`` to ``<results_dir>/sessions.json``:
+    when it ran, for how long, how it ended, on what machine, and which records it
+    published. A protocol cut off when a GPU slot ends goes on in another session,
+    elsewhere, so its wall-clock is the sum over sessions; the analysis sums them
+    (``index.json``). A log that no longer reads is set aside (``.unreadable``), not lost."""
+    started, now = float(started), _dt.datetime.now(_dt.timezone.utc)
+    begun = _dt.datetime.fromtimestamp(started, _dt.timezone.utc)
+    records = Path(records_dir)
+    published = sorted(str(p.relative_to(records)) for p in records.rglob("*.json")
+                       if p.stat().st_mtime >= started) if records.is_dir() else []
+    path = Path(results_dir) / SESSIONS
+    try:
+        sessions = read_sessions(path)
+    except ValueError:
+        path.replace(path.with_name(SESSIONS + ".unreadable"))
+        sessions = []
+    sessions.append({
+        "started": begun.isoformat(timespec="seconds"),
+        "ended": now.isoformat(timespec="seconds"),
+        "seconds": round((now - begun).total_seconds(), 1), "exit_code": int(exit_code),
+        "profile": profile, "jobs": int(jobs), "overrides": overrides, "published": published,
+        "provenance": provenance(f"scripts/reproduce.sh {profile}")})
+    return write_json_atomic(path, sessions)
+
+
+def read_sessions(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The sessions :func:`log_session` wrote (none when the file is not there); a
+    ValueError when it is not such a log."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    sessions = json.loads(path.read_text())
+    if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
+        raise ValueError(f"{path} is not a list of sessions")
+    return sessions

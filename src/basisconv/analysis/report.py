@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
-from ..records import provenance, write_json_atomic
+from ..records import SESSIONS, hardware_name, provenance, read_sessions, write_json_atomic
 from . import figures, search, sensitivity
 from .runs import (ROW_COLUMNS, compare, curves_frame, read_records, records_of_kind,
                    runs_frame, training_records, wandb_records)
@@ -33,6 +33,30 @@ def row_name(experiment: str, settings: str) -> str:
     """A table row as the notes under it name it: the experiment, and the settings that
     tell apart its rows of one experiment (a sweep over ``trainer.lr``)."""
     return f"{experiment} ({settings})" if settings else experiment
+
+
+def sessions_summary(folder: Path) -> dict | None:
+    """The protocol's wall-clock from ``scripts/reproduce.sh``'s session log in ``folder``:
+    its sessions, seconds and published records, in all and per machine (None without a
+    log). A protocol cut off on one machine and continued on another took the sum."""
+    try:
+        sessions = read_sessions(folder / SESSIONS)
+    except ValueError as err:
+        log.warning("%s; the protocol's wall-clock is left out of index.json", err)
+        return None
+    if not sessions:
+        return None
+    by_hardware: dict[str, dict] = {}
+    for session in sessions:
+        name = hardware_name(session.get("provenance", {}).get("hardware", {})) or "unknown"
+        mine = by_hardware.setdefault(name, {"sessions": 0, "seconds": 0.0, "published": 0})
+        mine["sessions"] += 1
+        mine["seconds"] = round(mine["seconds"] + session.get("seconds", 0.0), 1)
+        mine["published"] += len(session.get("published", []))
+    return {"sessions": len(sessions),
+            "seconds": round(sum(m["seconds"] for m in by_hardware.values()), 1),
+            "published": sum(m["published"] for m in by_hardware.values()),
+            "by_hardware": by_hardware}
 
 
 STD_LINE = ("Test accuracy: mean ± sample standard deviation (n - 1 in the denominator) "
@@ -150,6 +174,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     index = {"provenance": made, "source": cfg.source,
              "files": [p.name for p in written], "unreadable_runs": unreadable,
              "unfinished_runs": unfinished,
+             "protocol_wall_clock": sessions_summary(out),
              "runs": runs.to_dict("records")}
     written.append(write_json_atomic(out / "index.json", index))
     return written
