@@ -5,7 +5,8 @@
 # 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,
 #    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
 #    in the stacked form, with folded batch norms, and with the fused Triton kernel; dense
-#    graphed in fp32; dense and basis 1/4 under torch.compile's reduce-overhead;
+#    graphed in fp32; dense and basis 1/4 (stacked and fused) under torch.compile's
+#    reduce-overhead;
 # 2. layer and whole-model speed against the FLOP ratio (scripts/benchmark_layers.py):
 #    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms,
 #    then fp32 at batch 128.
@@ -81,6 +82,8 @@ done
 train fp32-graphs --cuda-graphs
 train bf16-compile --amp bf16 --compile-mode reduce-overhead
 train bf16-basis0.25-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25
+train bf16-basis0.25-fused-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25 \
+  --combine fused
 
 for batch in 128 512; do
   layers "bf16-b$batch" --amp bf16 --batch-size "$batch"
