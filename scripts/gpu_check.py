@@ -20,11 +20,12 @@ subprocess with its own time limit:
 * ``benchmark-fuse-norm``: the whole model with its basis layers, batch norms and ReLUs
   fused (``--fuse-norm``, files carry ``-fusenorm``), beside the unfused rows.
 
-The parts share one time budget (``--budget-s``, default 300 s: a short GPU slot must get
-its record back): each part's limit is the smaller of its own and what is left, and a part
-that finds the budget spent is not run, and said so (the check then fails: it did not
-fit). A part stopped at its limit is stopped
-with every process it started (the smoke protocol's runs in the background too), so none
+``tests`` and ``smoke`` take no timing, so they run at the same time, first (a GPU and its
+machine's cores take both); each timed part then runs alone. The parts share one time
+budget (``--budget-s``, default 300 s: a short GPU slot must get its record back): each
+part's limit is the smaller of its own and what is left, and a part that finds the budget
+spent is not run, and said so (the check then fails: it did not fit). A part stopped at
+its limit is stopped with every process it started (the smoke protocol's runs in the background too), so none
 goes on using the GPU while the next part is timed. The record with provenance,
 ``results/gpu-check-<gpu>.json``, is rewritten after every part (status ``running`` until
 the end), so a slot that ends mid-check still leaves what was measured. It ends with one
@@ -80,21 +81,43 @@ def missing_packages() -> list[str]:
 
 def run_part(name: str, command: list[str], env: dict, limit_s: int, log_dir: Path) -> dict:
     """Run one part; its whole output goes to ``<log_dir>/<name>.log``."""
+    (result,) = run_parts_together([(name, command, limit_s)], env, log_dir)
+    return result
+
+
+def run_parts_together(parts: list[tuple[str, list[str], int]], env: dict,
+                       log_dir: Path) -> list[dict]:
+    """Start every ``(name, command, limit_s)`` at once and wait for each within its
+    limit; each part's output goes to ``<log_dir>/<name>.log``. (The tests and the smoke
+    protocol run together: neither is a timing, and a GPU and 16 cores take both, so the
+    check fits its few minutes; the timed parts run alone.)"""
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
-    print(f"== {name} (at most {limit_s} s): {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    with open(log, "w") as out:
-        # its own process group: at the limit every process it started is stopped
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = process.wait(timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            code = None
-            stop_group(process)
+    running = []
+    for name, command, limit_s in parts:
+        print(f"== {name} (at most {limit_s} s): {' '.join(command)}", flush=True)
+        with open(log_dir / f"{name}.log", "w") as out:
+            # its own process group: at the limit every process it started is stopped
+            running.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True))
+    ended: dict[int, tuple[int | None, float]] = {}  # part -> (exit code, seconds)
+    while len(ended) < len(parts):
+        for i, ((_, _, limit_s), process) in enumerate(zip(parts, running)):
+            if i in ended:
+                continue
+            seconds = time.perf_counter() - start
+            if process.poll() is not None:
+                ended[i] = (process.returncode, seconds)
+            elif seconds >= limit_s:
+                stop_group(process)
+                ended[i] = (None, seconds)
+        time.sleep(0.2)
+    return [part_result(name, *ended[i], log_dir / f"{name}.log")
+            for i, (name, _, _) in enumerate(parts)]
+
+
+def part_result(name: str, code: int | None, seconds: float, log: Path) -> dict:
     status = "pass" if code == 0 else "fail"
-    seconds = time.perf_counter() - start
     tail = log.read_text(errors="replace").splitlines()[-15:]
     if status == "fail":
         print("\n".join(tail), flush=True)
@@ -115,6 +138,32 @@ def stop_group(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+#: The parts that take no timing: they run at once, before the timed ones (each alone).
+UNTIMED = ("tests", "smoke")
+
+
+def part_command(name: str, args: argparse.Namespace, work: Path) -> tuple[list[str], int]:
+    """A part's command and its own time limit in seconds."""
+    if name == "tests":
+        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--device",
+                "cuda", "-m", "device"], 240
+    if name == "smoke":
+        return ["bash", "scripts/reproduce.sh", "smoke"], 300
+    if name.startswith("paper-epoch"):
+        graphs = ["trainer.cuda_graphs=true"] if name == "paper-epoch-graphs" else []
+        return [sys.executable, "scripts/train.py", "profile=paper", "experiment=baseline",
+                "trainer.epochs=1", "logger=none", "trainer.resume=false",
+                f"data.root={args.data_root}", "trainer.progress=false",
+                f"hydra.run.dir={work / name}", *graphs], 240
+    # the fused kernel compiles and autotunes per shape: the two sizes the goal names
+    fused = {"benchmark-fused": ["--combine", "fused", "--fractions", "0.25", "0.5"],
+             "benchmark-fuse-norm": ["--fuse-norm", "--parts", "model",
+                                     "--fractions", "0.25", "0.5"]}.get(name, [])
+    return [sys.executable, "scripts/benchmark_layers.py", "--device", "cuda", "--amp", "bf16",
+            "--quick", *fused, "--out-dir", str(work / "benchmark")], (
+        600 if name == "benchmark-fused" else 300)
 
 
 def paper_epoch_details(run_dir: Path) -> dict:
@@ -167,45 +216,31 @@ def main(argv: list[str] | None = None) -> int:
     def limit(own: int) -> int:
         return int(min(own, left()))
 
-    for name in args.parts:
+    # the untimed parts together first, then each timed part alone
+    groups = [[n for n in args.parts if n in UNTIMED]] + [[n] for n in args.parts
+                                                         if n not in UNTIMED]
+    for group in filter(None, groups):
         if parts:
             write("running")
         if left() < 10:  # not run is not passed: the check did not fit its budget
-            print(f"== {name}: not run (the {args.budget_s} s budget is spent)", flush=True)
-            parts.append({"part": name, "status": "not run",
-                          "reason": f"the {args.budget_s} s budget was spent (--budget-s)"})
+            for name in group:
+                print(f"== {name}: not run (the {args.budget_s} s budget is spent)", flush=True)
+                parts.append({"part": name, "status": "not run",
+                              "reason": f"the {args.budget_s} s budget was spent (--budget-s)"})
             continue
-        if name == "tests":
-            parts.append(run_part(name, [sys.executable, "-m", "pytest", "-q", "-p",
-                                         "no:cacheprovider", "--device", "cuda", "-m", "device"],
-                                  env, limit(240), work))
-        elif name == "smoke":
-            parts.append(run_part(name, ["bash", "scripts/reproduce.sh", "smoke"], env,
-                                  limit(300), work))
-        elif name in ("paper-epoch", "paper-epoch-graphs"):
+        if group[0].startswith("paper-epoch"):
             try:
                 find_cifar10(args.data_root)
             except DatasetError as err:
-                print(f"== {name}: skipped ({err})", flush=True)
-                parts.append({"part": name, "status": "skipped", "reason": str(err)})
+                print(f"== {group[0]}: skipped ({err})", flush=True)
+                parts.append({"part": group[0], "status": "skipped", "reason": str(err)})
                 continue
-            run_dir = work / name
-            graphs = ["trainer.cuda_graphs=true"] if name == "paper-epoch-graphs" else []
-            result = run_part(name, [sys.executable, "scripts/train.py", "profile=paper",
-                                     "experiment=baseline", "trainer.epochs=1", "logger=none",
-                                     "trainer.resume=false", f"data.root={args.data_root}",
-                                     "trainer.progress=false", f"hydra.run.dir={run_dir}",
-                                     *graphs], env, limit(240), work)
-            parts.append({**result, **paper_epoch_details(run_dir)})
-        else:
-            # the fused kernel compiles and autotunes per shape: the two sizes the goal names
-            fused = {"benchmark-fused": ["--combine", "fused", "--fractions", "0.25", "0.5"],
-                     "benchmark-fuse-norm": ["--fuse-norm", "--parts", "model",
-                                             "--fractions", "0.25", "0.5"]}.get(name, [])
-            parts.append(run_part(name, [sys.executable, "scripts/benchmark_layers.py",
-                                         "--device", "cuda", "--amp", "bf16", "--quick", *fused,
-                                         "--out-dir", str(work / "benchmark")], env,
-                                  limit(600 if name == "benchmark-fused" else 300), work))
+        commands = [(name, *part_command(name, args, work)) for name in group]
+        for result in run_parts_together([(name, command, limit(own))
+                                          for name, command, own in commands], env, work):
+            if result["part"].startswith("paper-epoch"):
+                result.update(paper_epoch_details(work / result["part"]))
+            parts.append(result)
     passed = all(p["status"] in ("pass", "skipped") for p in parts)
     write("complete" if passed else "failed")
     summary = ", ".join(f"{p['part']} {p['status']}" for p in parts)

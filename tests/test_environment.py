@@ -1,6 +1,7 @@
 """The conda recipe (GPU machines) and the pip pins (CPU machines, CI) must not drift; the
 GPU scripts say at once when there is no GPU."""
 
+import json
 import os
 import re
 import subprocess
@@ -61,3 +62,57 @@ def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_al
     stat = f"/proc/{int(marker.read_text())}/stat"
     # gone, or a zombie left for init to reap: not running either way
     assert not os.path.exists(stat) or open(stat).read().split(") ")[1][0] == "Z"
+
+
+def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(repo, tmp_path):
+    """The tests and the smoke protocol run together (each part here waits for the other's
+    mark, so run one after the other both would hit their limit); each part still has its
+    own limit, log and time."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    wait_for = "for i in $(seq 100); do [ -f {mark} ] && break; sleep 0.1; done; [ -f {mark} ]"
+    a, b = tmp_path / "a", tmp_path / "b"
+    parts = [("first", ["bash", "-c", f"touch {a}; " + wait_for.format(mark=b)], 60),
+             ("second", ["bash", "-c", f"touch {b}; " + wait_for.format(mark=a) + " && exit 3"], 60),
+             ("stuck", ["sleep", "60"], 1)]
+    results = gpu_check.run_parts_together(parts, dict(os.environ), tmp_path)
+    assert [(r["part"], r["status"], r["exit_code"], r["timed_out"]) for r in results] == [
+        ("first", "pass", 0, False), ("second", "fail", 3, False), ("stuck", "fail", None, True)]
+    assert results[2]["seconds"] < 30 and (tmp_path / "second.log").exists()
+
+
+def test_gpu_check_groups_its_parts_and_writes_its_record(repo, tmp_path, monkeypatch):
+    """The whole check as a GPU machine would run it, its parts' commands recorded instead
+    of run: tests and smoke together first, then each timed part alone; the paper epochs
+    are skipped without CIFAR-10; the record says which passed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    groups = []
+
+    def recorded(parts, env, log_dir):
+        groups.append([(name, command[1:3], limit) for name, command, limit in parts])
+        return [{"part": name, "status": "pass", "seconds": 1.0} for name, _, _ in parts]
+
+    monkeypatch.setattr(gpu_check, "run_parts_together", recorded)
+    for name, value in (("is_available", lambda: True), ("current_device", lambda: 0),
+                        ("device_count", lambda: 1),
+                        ("get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")):
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    code = gpu_check.main(["--data-root", str(tmp_path / "no-cifar"), "--out-dir", str(tmp_path),
+                           "--work-dir", str(tmp_path / "work")])
+    assert code == 0
+    assert [[name for name, _, _ in group] for group in groups] == [["tests", "smoke"],
+                                                                   ["benchmark"]]
+    assert groups[0][1][1] == ["scripts/reproduce.sh", "smoke"] and groups[0][0][2] <= 240
+    record = json.loads((tmp_path / "gpu-check-h100.json").read_text())
+    assert record["passed"] and record["status"] == "complete"
+    assert [(p["part"], p["status"]) for p in record["parts"]] == [
+        ("tests", "pass"), ("smoke", "pass"), ("paper-epoch", "skipped"),
+        ("paper-epoch-graphs", "skipped"), ("benchmark", "pass")]
