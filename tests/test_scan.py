@@ -88,3 +88,25 @@ def test_an_accuracy_alone_is_enough_and_a_wrong_answer_is_one_clear_error():
     with pytest.raises(ConfigError, match="evaluate\\(model\\) must return the accuracy"):
         layer_sensitivity(model, 4, lambda m: {"top1": 0.5}, layers="4",
                           input_shape=(1, 1, 10, 10))
+
+
+def test_a_table_of_accuracy_alone_feeds_the_policies_as_the_readme_shows():
+    # The README's example: evaluate returns the accuracy alone, then pick_layers chooses
+    # from that table. Ties were broken by loss_increase, which such a table lacks
+    # (a KeyError from pandas); a metric it lacks is one error naming the ones it has.
+    model = custom_model()
+    x = torch.randn(4, 1, 10, 10)
+    table = layer_sensitivity(model, 4, lambda m: m(x).mean().item(), layers=["0", "4"],
+                              input_shape=(1, 1, 10, 10))
+    dense = dense_totals(model, (1, 1, 10, 10))
+    threshold = OmegaConf.create({"policy": "sensitivity_threshold", "metric": "accuracy_drop",
+                                  "threshold": float(table["accuracy_drop"].max())})
+    assert pick_layers(threshold, table, dense) == ["0", "4"]
+    budget = OmegaConf.create({"policy": "sensitivity_budget", "metric": "accuracy_drop",
+                               "count": 1})
+    least = table.sort_values("accuracy_drop")["layer"].iloc[0]
+    assert pick_layers(budget, table, dense) == [least]
+    by_loss = OmegaConf.create({"policy": "sensitivity_budget", "metric": "loss_increase",
+                                "count": 1})
+    with pytest.raises(ConfigError, match="no loss_increase column.*accuracy_drop"):
+        pick_layers(by_loss, table, dense)

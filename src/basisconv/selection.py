@@ -85,8 +85,14 @@ def candidate_order(selection: DictConfig, table: pd.DataFrame) -> list[str]:
         if selection.metric not in METRICS:
             raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
                               f"{', '.join(METRICS)}")
-        # least sensitive first; ties by the other metric, then model order
-        other = [m for m in METRICS if m != selection.metric]
+        if selection.metric not in table:
+            raise ConfigError(f"selection.metric={selection.metric}: the sensitivity table has "
+                              f"no {selection.metric} column (an evaluate(model) that reports no "
+                              f"{selection.metric.split('_')[0]}?); rank by one it has: "
+                              f"{', '.join(m for m in METRICS if m in table) or 'none'}")
+        # least sensitive first; ties by the other metric where the table has it (a scan of
+        # a user's model may measure accuracy alone), then model order
+        other = [m for m in METRICS if m != selection.metric and m in table]
         return list(table.sort_values([selection.metric, *other, "position"],
                                       kind="stable")["layer"])
     if policy == "first_k":
