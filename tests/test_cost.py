@@ -15,6 +15,7 @@ import torch
 
 from basisconv.cost import (basis_conv2d_cost, conv2d_cost, linear_cost, measure_flops,
                             model_cost)
+from basisconv.errors import ConfigError
 from basisconv.layers import basis_layers
 from basisconv.models import build_model
 from basisconv.surgery import CoefficientSkipSchedule, apply_basis
@@ -136,6 +137,19 @@ def test_an_input_shape_the_model_does_not_take_is_one_clear_error():
     with pytest.raises(ValueError, match=r"input of shape \(1, 3, 32, 32\).*pass the input_shape"):
         model_cost(model)
     assert model_cost(model, (1, 1, 28, 28)).forward_flops == 2 * (8 * 9 * 26 * 26 + 8 * 26 * 26 * 2)
+
+
+def test_a_batch_of_one_at_a_training_mode_batch_norm_head_is_one_clear_error():
+    # Found by review: model_cost(model, (1, C, H, W)), as the README advises, on a model in
+    # training mode whose BatchNorm1d follows the pooling raised batch norm's bare
+    # ValueError ("Expected more than 1 value per channel") with a deep trace.
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4),
+                                torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match=r"shape \(1, 3, 8, 8\).*needs B >= 2"):
+        model_cost(model, (1, 3, 8, 8))
+    two = model_cost(model, (2, 3, 8, 8)).forward_flops
+    assert two == 2 * 2 * (8 * 27 * 36 + 8 * 4 + 4 * 2)
 
 
 def test_golden_values():

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.utils import _pair
 
-from .errors import ConfigError
+from .errors import BasisconvError, ConfigError
 from .layers import BasisConv2d, layer_shape, resolve_num_basis
 
 
@@ -278,13 +278,18 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
         x = torch.empty(input_shape, device="meta", requires_grad=input_requires_grad)
         with torch.enable_grad():
             shadow(x)
-    except (RuntimeError, NotImplementedError) as err:
-        # on the meta device torch's own message names no shape ("Invalid channel dimensions")
+    except BasisconvError:
+        raise
+    except (RuntimeError, NotImplementedError, ValueError) as err:
+        # on the meta device torch's own message names no shape ("Invalid channel dimensions");
+        # a batch norm in training mode refuses one value per channel (ValueError): a batch
+        # of 1 reaching a BatchNorm1d head, or a 1x1 map
         raise ConfigError(f"model_cost: the model's forward failed on an input of shape "
                           f"{input_shape} ({' '.join(str(err).split())[:300]}); pass the "
                           f"input_shape (B, C, H, W) your model takes (the default is one "
-                          f"CIFAR image), or, if the forward needs real values (.item(), "
-                          f"data-dependent shapes), count with measure_flops") from err
+                          f"CIFAR image; a batch norm in training mode needs B >= 2, and "
+                          f"the counts are per batch), or, if the forward needs real values "
+                          f"(.item(), data-dependent shapes), count with measure_flops") from err
     finally:
         for h in handles:
             h.remove()
