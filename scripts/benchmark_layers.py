@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     d = SpeedOptions()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
     parser.add_argument("--threads", type=int, default=d.threads, help="CPU threads (0: torch default)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -30,7 +30,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     d = ThroughputOptions()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=d.model)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--steps", type=int, default=d.steps, help="timed steps")

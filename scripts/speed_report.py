@@ -22,7 +22,7 @@ RESULTS = Path("results")
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="*", type=Path,
                         default=[RESULTS, *sorted(p for p in RESULTS.glob("gpu*") if p.is_dir())])
     parser.add_argument("--out", type=Path, default=RESULTS / "speed-summary")

@@ -116,3 +116,14 @@ def test_gpu_check_groups_its_parts_and_writes_its_record(repo, tmp_path, monkey
     assert [(p["part"], p["status"]) for p in record["parts"]] == [
         ("tests", "pass"), ("smoke", "pass"), ("paper-epoch", "skipped"),
         ("paper-epoch-graphs", "skipped"), ("benchmark", "pass")]
+
+
+@pytest.mark.parametrize("script", ["benchmark_layers", "benchmark_train", "speed_report"])
+def test_a_scripts_help_states_its_purpose_in_whole_sentences(repo, script):
+    # Found by review: --help showed the docstring's first line only, cut mid-sentence
+    # ("... every distinct", "... producing the").
+    result = subprocess.run([sys.executable, str(repo / "scripts" / f"{script}.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    description = result.stdout.split("\n\n")[1]
+    assert description.rstrip().endswith((".", ":", "``")), description
