@@ -176,3 +176,13 @@ def test_a_record_names_the_gpu_the_process_computes_on(monkeypatch):
     hardware = records.hardware()
     assert (hardware["gpu"], hardware["gpu_count"]) == (names[1], 2)
     assert records.device_name(hardware) == "h100"
+
+
+def test_a_record_without_a_given_command_names_the_command_line(monkeypatch):
+    """A training run's, sensitivity estimate's or search's record names the command that
+    made it, as a reader would type it again (it was null)."""
+    from basisconv import records
+
+    monkeypatch.setattr(sys, "argv", ["scripts/train.py", "seed=1", "name=a b"])
+    assert records.provenance()["command"] == "python scripts/train.py seed=1 'name=a b'"
+    assert records.provenance("make smoke")["command"] == "make smoke"

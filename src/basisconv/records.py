@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -101,10 +103,11 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance(command: str | None = None) -> dict[str, Any]:
-    """Everything a reader needs to say where a number came from."""
+    """Everything a reader needs to say where a number came from. Without a ``command``,
+    the command line of this process (``python scripts/train.py seed=1 ...``)."""
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
+        "command": command or shlex.join(["python", *sys.argv]),
         "git": git_commit(),
         "versions": package_versions(),
         "hardware": hardware(),
