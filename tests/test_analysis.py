@@ -2,6 +2,7 @@
 a stand-in for wandb's API), the files analyze.py writes, and the results notebook."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -514,3 +515,25 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
     assert summary["by_hardware"]["AMD EPYC (AVX2)"]["published"] == 0
     assert summary["seconds"] == round(sessions[0]["seconds"] + sessions[1]["seconds"], 1)
     assert sessions_summary(tmp_path / "elsewhere") is None
+
+
+def test_tables_without_jinja2_are_written_as_markdown_and_csv(tmp_path, repo):
+    """A GPU machine's own Python may lack jinja2, which only the LaTeX form needs (pandas'
+    Styler): the analysis still writes the other forms and says what is missing."""
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['jinja2'] = None\n"  # `import jinja2` now fails
+              "import logging; logging.basicConfig()\n"
+              "from pathlib import Path; import pandas as pd\n"
+              "from basisconv.analysis.runs import compare, runs_frame\n"
+              "from basisconv.analysis.tables import write_table\n"
+              "from test_analysis import RECORDS\n"
+              "table = compare(runs_frame([(r, 'x') for r in RECORDS]))\n"
+              "print(sorted(p.name for p in write_table(table, Path(sys.argv[1]), 'note')))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo / "tests")])}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "comparison")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['comparison.csv', 'comparison.md']"
+    assert "comparison.tex not written" in done.stderr and "jinja2" in done.stderr

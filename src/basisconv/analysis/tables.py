@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from ..records import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 def _pct(x: float) -> str:
@@ -73,11 +76,19 @@ def latex(frame: pd.DataFrame, caption: str) -> str:
 
 def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     """``<stem>.csv`` (all numbers), ``<stem>.md`` and ``<stem>.tex`` (formatted), each
-    with ``caption`` (the provenance line, then notes, one a line) beside or in it."""
+    with ``caption`` (the provenance line, then notes, one a line) beside or in it. The
+    LaTeX form needs jinja2 (pandas' Styler): without it, as on a GPU machine's own Python,
+    the other two are still written, and a warning says what is missing."""
     shown = display_table(table)
     notes = caption.replace("\n", "\n\n")  # Markdown joins single lines into one
-    return [
+    written = [
         write_text_atomic(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.6g")),
         write_text_atomic(stem.with_suffix(".md"), markdown(shown) + f"\n{notes}\n"),
-        write_text_atomic(stem.with_suffix(".tex"), latex(shown, caption)),
     ]
+    try:
+        import jinja2  # noqa: F401  (pandas' Styler renders the LaTeX with it)
+    except ImportError as err:
+        log.warning("%s not written: %s (pip install the jinja2 of requirements.txt)",
+                    stem.with_suffix(".tex"), " ".join(str(err).split()))
+        return written
+    return [*written, write_text_atomic(stem.with_suffix(".tex"), latex(shown, caption))]
