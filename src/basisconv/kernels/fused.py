@@ -44,7 +44,12 @@ _WARNED: set[str] = set()
 _FAILED: dict[tuple, str] = {}
 
 
-@torch.library.custom_op("basisconv::fused_basis_conv", mutates_args=())
+# The schema written out, not inferred from the annotations: this module's annotations are
+# strings (``from __future__ import annotations``), which older torch cannot infer from.
+@torch.library.custom_op(
+    "basisconv::fused_basis_conv", mutates_args=(),
+    schema="(Tensor x, Tensor basis_weight, Tensor combination, Tensor? bias, int[] stride, "
+           "int[] padding, int[] dilation, bool store_basis) -> (Tensor, Tensor)")
 def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
                      bias: torch.Tensor | None, stride: list[int], padding: list[int],
                      dilation: list[int], store_basis: bool
