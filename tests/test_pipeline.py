@@ -57,6 +57,7 @@ def test_train_script_writes_run_record_and_offline_wandb_run(tmp_path, repo):
     prov = record["provenance"]
     assert len(prov["git"]["commit"]) == 40 and prov["versions"]["torch"].startswith("2.")
     assert prov["hardware"]["cpu_count"] >= 1
+    assert prov["date"] <= prov["finished"]  # when it started and ended (ISO, both UTC)
     # wandb wrote an offline run folder for this run, with the group and tags
     assert record["wandb"]["mode"] == "offline"
     runs = list((out / "wandb").glob("offline-run-*"))

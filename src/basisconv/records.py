@@ -102,11 +102,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def timestamp() -> str:
+    """Now, as records write dates: ISO 8601 in UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(command: str | None = None) -> dict[str, Any]:
     """Everything a reader needs to say where a number came from. Without a ``command``,
     the command line of this process (``python scripts/train.py seed=1 ...``)."""
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": timestamp(),
         "command": command or shlex.join(["python", *sys.argv]),
         "git": git_commit(),
         "versions": package_versions(),

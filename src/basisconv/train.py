@@ -33,7 +33,7 @@ from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
 from .records import (RECORD, RunRecord, hardware_name, leftover_temporaries, publish,
-                      read_record, write_record)
+                      read_record, timestamp, write_record)
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -219,6 +219,8 @@ class Training:
                     self.convert()
                 if epoch == trainer.epochs:
                     record.status = "complete"
+                    # when it ended (provenance.date is when this process started it)
+                    record.provenance["finished"] = timestamp()
                     results["final"] = final_metrics(results["epochs"])
                     self.tracker.summary(results["final"])
                 if self.main_process:
