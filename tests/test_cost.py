@@ -87,18 +87,19 @@ def small(seed=0):
     return build_model("resnet18", width=0.25)
 
 
-@pytest.mark.parametrize("variant", ["split", "low_rank", "pruned", "shared", "frozen_basis",
+@pytest.mark.parametrize("variant", ["split", "fused", "low_rank", "pruned", "shared", "frozen_basis",
                                      "skipped_coefficients", "input_grad", "fuse_norm",
                                      "fuse_norm_split_low_rank", "fuse_norm_eval"])
 @pytest.mark.filterwarnings("ignore:fuse_norm=True")  # split does not apply where it folds
+@pytest.mark.filterwarnings("ignore:combine='fused' needs")  # no kernel on this CPU
 def test_model_cost_matches_flop_counter_for_every_option(variant):
     options, input_grad = {}, variant == "input_grad"
     if variant.startswith("fuse_norm"):
         options["fuse_norm"] = True
     if variant == "fuse_norm_split_low_rank":  # the fused combination is the stacked one
         options.update(combine="split", coefficient_rank=2)
-    if variant == "split":
-        options["combine"] = "split"
+    if variant in ("split", "fused"):  # (fused: the kernel's op where it runs, else its
+        options["combine"] = variant      # fallback; counted by its registered formula)
     elif variant == "low_rank":
         options["coefficient_rank"] = 2
     elif variant == "shared":

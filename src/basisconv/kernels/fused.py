@@ -34,6 +34,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_conv
 from .torch_ops import stacked_forward
@@ -126,6 +127,17 @@ def _backward(ctx, grad_out, _grad_basis):
 
 
 fused_basis_conv.register_autograd(_backward, setup_context=_save_for_backward)
+
+
+@register_flop_formula(torch.ops.basisconv.fused_basis_conv)
+def _fused_basis_conv_flops(x_shape, weight_shape, combination_shape, *args, out_shape,
+                            **kwargs) -> int:
+    """What ``FlopCounterMode`` counts for the op (it cannot look inside a kernel): the
+    stacked form's two convs, ``2*M*(K*m + m*C_out)``, as :mod:`basisconv.cost` counts a
+    fused layer. (Its backward is plain aten ops, counted as they run.)"""
+    n, c_out, h_out, w_out = out_shape[0]
+    m, c_in, kh, kw = weight_shape
+    return 2 * n * h_out * w_out * m * (c_in * kh * kw + c_out)
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
