@@ -16,7 +16,7 @@ import torch
 from basisconv.cost import (basis_conv2d_cost, conv2d_cost, linear_cost, measure_flops,
                             model_cost)
 from basisconv.errors import ConfigError
-from basisconv.layers import basis_layers
+from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
 from basisconv.surgery import CoefficientSkipSchedule, apply_basis
 
@@ -120,6 +120,46 @@ def test_model_cost_matches_flop_counter_for_every_option(variant):
     assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"], counted["backward_flops"])
     if variant in ("pruned", "shared"):
         assert cost.params < sum(p.numel() for p in apply_basis(small(), "all", 0.25, convert=False).parameters())
+
+
+@pytest.mark.filterwarnings("ignore:fuse_norm=True")
+def test_a_fused_norm_on_batch_statistics_takes_the_combinations_gradient_even_when_frozen():
+    """With batch statistics the folded matrix's gradient is computed even when neither
+    the coefficients nor the norm train (the statistics need it): counted so."""
+    model = apply_basis(small(), "all", 0.25, convert=False, fuse_norm=True)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.requires_grad_(False)
+    CoefficientSkipSchedule(model, 2)(1)  # a step that skips the coefficients
+    shape = (2, 3, 16, 16)
+    counted = measure_flops(model, shape)
+    cost = model_cost(model, shape)
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+
+
+def test_layer_costs_of_a_model_beyond_the_resnets():
+    """What the ResNets do not have (a user's model): a grouped conv, convs with a bias and
+    a linear layer on a 3-D input. FLOPs agree with FlopCounterMode, and the layers'
+    parameters (what selection counts as saved) add up to the model's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1, groups=2, bias=True),
+        BasisConv2d(8, 12, 3, 4, padding=1, bias=True),
+        torch.nn.Flatten(2),  # (B, 12, 36): the linear layer maps each channel's row
+        torch.nn.Linear(36, 5))
+    # FlopCounterMode (torch 2.13) counts a grouped conv's weight gradient as if ungrouped
+    # (conv_backward_flop ignores groups), so that gradient is checked by hand instead
+    model[0].weight.requires_grad_(False)
+    grouped = conv2d_cost(4, 8, 3, 6, batch=2, groups=2)
+    assert grouped.grad_weight_flops == grouped.forward_flops == 2 * 2 * 36 * 8 * 2 * 9
+    shape = (2, 4, 6, 6)
+    counted = measure_flops(model, shape, input_requires_grad=True)
+    cost = model_cost(model, shape, input_requires_grad=True)
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+    assert [c.params for c in cost.layers] == [sum(p.numel() for p in m.parameters())
+                                               for m in model if list(m.parameters())]
 
 
 def test_stem_has_no_input_gradient_unless_asked():
