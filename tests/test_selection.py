@@ -91,11 +91,17 @@ def test_a_time_budget_passes_over_layers_whose_basis_form_saves_no_time():
                        table, dense) == ["f"]
 
 
-def test_first_and_last_k_follow_model_order():
-    assert pick_layers(policy("first_k", count=2), TABLE, DENSE) == ["a", "b"]
-    assert pick_layers(policy("last_k", count=2), TABLE, DENSE) == ["e", "f"]
-    assert pick_layers(policy("first_k", budget_reduction=0.1), TABLE, DENSE) == ["a", "b"]
-    assert pick_layers(policy("last_k", budget_reduction=0.25), TABLE, DENSE) == ["f"]
+@pytest.mark.parametrize("rows", ["model order", "shuffled"])
+def test_first_and_last_k_follow_model_order(rows):
+    """Model order is the table's ``position``, not its row order (a cached or measured
+    table need not list layers in model order)."""
+    table = TABLE if rows == "model order" else TABLE.iloc[[3, 0, 5, 1, 4, 2]]
+    assert pick_layers(policy("first_k", count=2), table, DENSE) == ["a", "b"]
+    assert pick_layers(policy("last_k", count=2), table, DENSE) == ["e", "f"]
+    assert pick_layers(policy("first_k", budget_reduction=0.1), table, DENSE) == ["a", "b"]
+    assert pick_layers(policy("last_k", budget_reduction=0.25), table, DENSE) == ["f"]
+    assert pick_layers(policy("random", count=3, seed=1), table, DENSE) == \
+        pick_layers(policy("random", count=3, seed=1), TABLE, DENSE)
 
 
 def test_random_is_reproducible_by_seed_and_varies_with_it():
@@ -177,6 +183,32 @@ def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, mon
     assert calls == [1, 1]
     sensitivity.sensitivity_table(cfg, recompute=True)
     assert calls == [1, 1, 1]
+
+
+# Every setting that shapes a sensitivity table, with a value other than the tiny config's
+# (listed here, not read from key_fields, so that a field dropped from the key is caught:
+# its changed setting would reuse a stale table).
+KEY_CHANGES = {"model.name": "resnet8", "model.width": 0.5, "basis.size": 0.25,
+               "basis.combine": "split", "basis.coefficient_rank": 2, "basis.fuse_norm": True,
+               "data.name": "cifar10", "data.train_subset": 200, "data.crop_padding": 2,
+               "data.flip": False, "data.synthetic_train": 400, "data.num_classes": 100,
+               "sensitivity.pretrain_epochs": 2, "sensitivity.source_checkpoint": "dense.pt",
+               "sensitivity.finetune_epochs": 2, "sensitivity.finetune_lr": 0.05,
+               "sensitivity.val_size": 50, "sensitivity.layers": ["layer1.*"],
+               "trainer.batch_size": 64, "trainer.lr": 0.05, "trainer.momentum": 0.8,
+               "trainer.nesterov": False, "trainer.weight_decay": 1e-4,
+               "trainer.schedule": "cosine", "trainer.warmup_fraction": 0.3,
+               "trainer.label_smoothing": 0.1, "trainer.amp": "bf16", "sensitivity.seed": 7}
+
+
+def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_path):
+    cfg = compose_sensitivity(repo, tmp_path)
+    key = sensitivity.cache_key(cfg)
+    for name, value in KEY_CHANGES.items():
+        changed = cfg.copy()
+        assert OmegaConf.select(changed, name) != value, name
+        OmegaConf.update(changed, name, value, merge=False)
+        assert sensitivity.cache_key(changed) != key, name
 
 
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
