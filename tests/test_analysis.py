@@ -3,6 +3,7 @@ a stand-in for wandb's API), the files analyze.py writes, and the results notebo
 
 import json
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from basisconv.analysis.report import write_report
 from basisconv.analysis.runs import (compare, read_records, runs_frame, training_records,
                                      wandb_records)
-from basisconv.analysis.tables import display_table
+from basisconv.analysis.tables import display_table, latex
 from basisconv.records import device_name
 from basisconv.errors import ConfigError
 
@@ -194,6 +195,17 @@ def test_report_writes_tables_and_plots_named_by_device_and_precision(tmp_path):
         "python scripts/analyze.py"
 
 
+def test_latex_escapes_what_latex_would_read_otherwise():
+    """Selection names (first_k), settings (basis.coefficient_l1), percentages and the std sign
+    reach the .tex table; unescaped, ``_`` and ``%`` break or cut its compilation."""
+    frame = pd.DataFrame({"selection": ["first_k"], "parameters": ["1,000 (50 %)"],
+                          "test accuracy (%)": ["91.00 ± 1.41"]})
+    tex = latex(frame, "profile test; basis.coefficient_l1 swept")
+    assert "first\\_k" in tex and "50 \\%" in tex and "91.00 $\\pm$ 1.41" in tex
+    assert "test accuracy (\\%)" in tex and "basis.coefficient\\_l1" in tex
+    assert not re.search(r"(?<!\\)[_%]", tex)
+
+
 def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
     """A protocol cut off midway: a row with fewer seeds, an unfinished run and a cut-off
     record are named under the table, not averaged in silently."""
@@ -332,7 +344,7 @@ def test_notes_under_the_table_name_a_swept_row_by_its_settings():
 
 
 def test_a_mean_count_of_basis_layers_is_not_rounded_to_a_whole_one():
-    from basisconv.analysis.tables import display_table
+    from basisconv.analysis.tables import display_table, latex
 
     one, two = record("random", seed=0), record("random", seed=1)
     two["model"]["basis_layers"] = ["layer1.0.conv1", "layer1.0.conv2"]
