@@ -109,6 +109,58 @@ def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, overrid
     assert "\n" not in str(err.value)
 
 
+# Every other range rule of config.validate, one changed value each (a rule deleted from
+# validate left every test passing): set on one composed config, as composing per value
+# would cost a second of the suite per rule.
+RANGE_RULES = [
+    ({"trainer.momentum": 1.0}, r"trainer.momentum must be in \[0, 1\), got 1.0"),
+    ({"trainer.weight_decay": -1e-4}, "trainer.weight_decay must be >= 0"),
+    ({"trainer.warmup_fraction": 1.0}, r"trainer.warmup_fraction must be in \[0, 1\)"),
+    ({"trainer.label_smoothing": 1.0}, r"trainer.label_smoothing must be in \[0, 1\)"),
+    ({"trainer.batch_size": 0}, "trainer.batch_size must be >= 1, got 0"),
+    ({"trainer.eval_batch_size": 0}, "trainer.eval_batch_size must be >= 1, got 0"),
+    ({"trainer.threads": 0}, "trainer.threads must be >= 1, got 0"),
+    ({"trainer.compile_mode": "fastest"}, "trainer.compile_mode='fastest'; choose one of"),
+    ({"model.width": 0.0}, "model.width must be > 0, got 0.0"),
+    ({"data.crop_padding": -1}, "data.crop_padding must be >= 0, got -1"),
+    ({"data.test_subset": 1.5}, r"data.test_subset=1.5 as a fraction must be in \(0, 1\]"),
+    ({"sensitivity.pretrain_epochs": -1}, "sensitivity.pretrain_epochs must be >= 0"),
+    ({"sensitivity.val_size": 0}, "sensitivity.val_size=0 as a count must be >= 1"),
+    ({"sensitivity.layers": []}, "sensitivity.layers is empty"),
+    ({"sensitivity.noise_repeats": -1}, "sensitivity.noise_repeats must be >= 0"),
+    ({"sensitivity.workers": 0}, "sensitivity.workers must be >= 1, got 0"),
+    ({"sensitivity.search_subset_size": 0}, "sensitivity.search_subset_size must be >= 1"),
+    ({"selection.count": 0}, "selection.count must be null or >= 1, got 0"),
+    ({"selection.budget_metric": "energy"}, "selection.budget_metric='energy'; choose one of"),
+    ({"basis.source_checkpoint": "dense.pt"}, "basis.source_checkpoint is set but basis.init"),
+    ({"basis.dense_warmup_epochs": -1}, "basis.dense_warmup_epochs must be >= 0, got -1"),
+    ({"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 3},
+     "basis.dense_warmup_epochs=3 leaves no basis epochs in trainer.epochs=3"),
+    ({"basis.coefficient_update_every": 0}, "basis.coefficient_update_every must be >= 1"),
+    ({"basis.combine": "concat"}, "basis.combine='concat'; choose one of"),
+    ({"basis.coefficient_rank": 0}, "basis.coefficient_rank must be null or >= 1, got 0"),
+    ({"basis.coefficient_l1": -0.1}, "basis.coefficient_l1 must be >= 0, got -0.1"),
+    ({"logger.backend": "mlflow"}, "logger.backend='mlflow'; choose one of"),
+]
+
+
+def test_every_range_rule_fails_validation_with_one_clear_line(compose_cfg):
+    base = compose_cfg()
+    validate(base)
+    for values, message in RANGE_RULES:
+        cfg = base.copy()
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        with pytest.raises(ConfigError, match=message) as err:
+            validate(cfg)
+        assert "\n" not in str(err.value), values
+    # the dense baseline has no basis epochs to leave: a warm-up as long as training is fine
+    cfg = base.copy()
+    OmegaConf.update(cfg, "basis.dense_warmup_epochs", cfg.trainer.epochs)
+    assert cfg.selection.policy == "none"
+    validate(cfg)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.compile=true", "trainer.compile_mode=reduce-overhead"],
      "trainer.cuda_graphs=true captures the step itself; .* not reduce-overhead"),
