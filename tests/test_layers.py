@@ -246,6 +246,27 @@ def test_low_rank_coefficients_fit_and_count():
                                layer.coefficients_left @ layer.coefficients_right)
 
 
+def test_a_rank_above_the_fits_own_rank_is_padded_and_exact():
+    """One input channel, 3x3: the basis filters span at most K = 9 dimensions, so a
+    rank-12 fit has 9 directions; its factors are padded to the stored shape and the layer
+    is as exact as the full matrix."""
+    conv = make_conv(1, 32, 3, 1, 1, 1, False)
+    layer = BasisConv2d.from_conv(conv, 16, coefficient_rank=12)
+    assert layer.coefficients_left.shape == (16, 12) and layer.reconstruction_error < 1e-12
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-10, atol=1e-12)
+
+
+def test_an_all_zero_conv_converts_with_zero_error():
+    """A zero-initialized conv (some recipes zero the last conv of a block): its relative
+    errors are 0, not 0/0, and ``max_error`` takes one filter."""
+    conv = make_conv(4, 8, 3, 1, 1, 1, False)
+    nn.init.zeros_(conv.weight)
+    assert BasisConv2d.from_conv(conv, 2).reconstruction_error == 0.0
+    layer = BasisConv2d.from_conv(conv, max_error=0.1)
+    assert layer.num_basis == 1 and layer.reconstruction_error == 0.0
+
+
 def test_pruned_coefficients_and_l1():
     conv = make_conv(8, 16, 3, 1, 1, 1, True)
     layer = BasisConv2d.from_conv(conv, 6)
