@@ -10,7 +10,8 @@ import torch.nn as nn
 from basisconv.cost import model_cost, measure_flops
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
-from basisconv.surgery import (CoefficientSkipSchedule, apply_basis, basis_report, conv_layers)
+from basisconv.surgery import (CoefficientSkipSchedule, apply_basis, basis_report, conv_layers,
+                               select_layers)
 
 
 def small_resnet18(seed=0):
@@ -25,6 +26,10 @@ def test_conv_layers_lists_module_names_in_order():
     assert names[:4] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
     assert "layer2.0.shortcut.0" in names and names.index("layer2.0.shortcut.0") == 7
     assert len(conv_layers(build_model("resnet20"))) == 19
+    # a list in another order selects in model order (a candidate table's positions)
+    chosen = select_layers(build_model("resnet20"), ["layer3.*.conv1", "layer1.0.*", "conv1"])
+    assert list(chosen)[:3] == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
+    assert list(chosen)[3:] == [f"layer3.{b}.conv1" for b in range(3)]
 
 
 @pytest.mark.device
@@ -169,6 +174,11 @@ def test_shared_coefficients_are_one_tensor_fitted_jointly(device):
     assert all(s["reconstruction_error"] >= o - 1e-12 for s, o in zip(shared_report, own_err))
     assert all(s["reconstruction_error"] < 1.0 for s in shared_report)
     assert {p.device.type for p in shared.parameters()} == {device.type}
+    # low-rank: both factors are one tensor each
+    low = basis_layers(apply_basis(model, "layer3.*.conv*", 0.25, share_coefficients=True,
+                                   coefficient_rank=2)).values()
+    assert len({id(layer.coefficients_left) for layer in low}) == 1
+    assert len({id(layer.coefficients_right) for layer in low}) == 1
 
 
 def test_coefficient_skip_schedule_skips_the_gradient_and_the_update():
@@ -182,7 +192,9 @@ def test_coefficient_skip_schedule_skips_the_gradient_and_the_update():
     for step in range(4):
         active = schedule(step)
         before = layer.coefficients.detach().clone()
-        optimizer.zero_grad()
+        # zeroed, not set to None: on a skipped step the schedule's own grad = None is what
+        # keeps SGD's momentum and weight decay from moving the coefficients
+        optimizer.zero_grad(set_to_none=False)
         nn.functional.cross_entropy(model(x), y).backward()
         assert (layer.coefficients.grad is not None) == active
         assert layer.basis_weight.grad is not None
