@@ -107,6 +107,17 @@ def test_random_crop_shapes_and_variation():
     assert not torch.equal(crops, random_crop(images, 4, g))
 
 
+def test_random_crop_draws_the_two_offsets_independently():
+    """Every (dy, dx) of the 9 x 9 is drawn, not one offset for both axes. Each pixel of
+    the image holds its own index, so a crop's centre pixel tells its offsets."""
+    image = torch.arange(32 * 32, dtype=torch.float64).view(1, 1, 32, 32) + 1
+    # 1000 draws: each of the 81 pairs is missed with probability (80/81)^1000 ~ 4e-6
+    crops = random_crop(image.expand(1000, 1, 32, 32), 4, torch.Generator().manual_seed(0))
+    index = crops[:, 0, 16, 16].long() - 1  # padded[dy + 16, dx + 16] = image[dy + 12, dx + 12]
+    offsets = set(zip((index // 32 - 12).tolist(), (index % 32 - 12).tolist()))
+    assert offsets == {(dy, dx) for dy in range(9) for dx in range(9)}
+
+
 def test_random_flip_flips_about_half():
     images = torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8)
     flipped = random_flip(images, torch.Generator().manual_seed(0))
@@ -137,6 +148,8 @@ def test_batches_cover_the_epoch_and_reshuffle():
     got = list(test)
     assert torch.equal(torch.cat([y for _, y in got]), labels)
     assert got[0][0].dtype == torch.float32 and got[0][0].shape == (32, 3, 32, 32)
+    # evaluation images are only normalized: no crop, no flip, in order
+    torch.testing.assert_close(torch.cat([x for x, _ in got]), normalize(images), rtol=0, atol=0)
 
 
 def test_batches_resume_from_state():
