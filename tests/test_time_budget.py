@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv import distributed, selection, sensitivity, time_budget
@@ -91,6 +92,26 @@ def test_timings_are_measured_once_per_setting_in_the_runs_settings(repo, tmp_pa
     with pytest.raises(ConfigError, match="delete the file"):
         for c in (cfg, compose_other):
             sensitivity.choose_layers(c)
+
+
+def test_every_setting_that_changes_a_timing_changes_its_cache_file(repo, tmp_path):
+    """A setting missing from the key would reuse another setting's timings (only the
+    batch size is shown above); the settings are listed here, not read from key_fields."""
+    cfg = compose_timed(repo, tmp_path)
+    layers = ["layer1.0.conv1", "layer2.0.conv1"]
+    path = time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers))
+    assert time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers[:1])) != path
+    for key, value in {"model.name": "resnet20", "model.width": 0.25, "basis.size": 0.25,
+                       "basis.combine": "split", "basis.coefficient_rank": 2,
+                       "basis.fuse_norm": True, "basis.share_coefficients": True,
+                       "basis.only_where_saves": False, "trainer.device": "cpu",
+                       "trainer.batch_size": 32, "trainer.channels_last": False,
+                       "trainer.amp": "bf16", "trainer.threads": 3,
+                       "trainer.deterministic": True}.items():
+        changed = cfg.copy()
+        assert OmegaConf.select(changed, key) != value, key
+        OmegaConf.update(changed, key, value, merge=False)
+        assert time_budget.cache_path(changed, time_budget.key_fields(changed, layers)) != path, key
 
 
 def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_path,
