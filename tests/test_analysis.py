@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from basisconv.analysis.report import write_report
 from basisconv.analysis.runs import (compare, read_records, runs_frame, training_records,
                                      wandb_records)
+from basisconv.analysis.sensitivity import chosen_table
 from basisconv.analysis.tables import display_table, latex
 from basisconv.records import device_name
 from basisconv.errors import ConfigError
@@ -195,6 +196,18 @@ def test_report_writes_tables_and_plots_named_by_device_and_precision(tmp_path):
         "python scripts/analyze.py"
 
 
+def test_the_chosen_layers_table_sums_what_the_chosen_layers_save():
+    """chosen.md: the chosen rows only, in model order, and their totals as a share of the
+    dense model (parameters of its parameters, FLOPs of its FLOPs)."""
+    table = pd.DataFrame({"layer": ["c", "a", "b"], "position": [2, 0, 1],
+                          "shape": ["8->8 k3"] * 3, "num_basis": [4, 4, 4],
+                          "accuracy_drop": [0.01, 0.02, -0.01], "loss_increase": [0.1, 0.2, 0.0],
+                          "params_saved": [30, 10, 1000], "flops_saved": [2e6, 1e6, 9e6]})
+    lines = chosen_table(table, ["c", "a"], {"params": 400, "flops": 6e7}).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:4]] == ["| a", "| c"]
+    assert lines[-1] == "| **total** (2 layers) | | | | | 40 (10.0 %) | 3.00 (5.0 %) |"
+
+
 def test_latex_escapes_what_latex_would_read_otherwise():
     """Selection names (first_k), settings (basis.coefficient_l1), percentages and the std sign
     reach the .tex table; unescaped, ``_`` and ``%`` break or cut its compilation."""
@@ -344,7 +357,7 @@ def test_notes_under_the_table_name_a_swept_row_by_its_settings():
 
 
 def test_a_mean_count_of_basis_layers_is_not_rounded_to_a_whole_one():
-    from basisconv.analysis.tables import display_table, latex
+    from basisconv.analysis.tables import display_table
 
     one, two = record("random", seed=0), record("random", seed=1)
     two["model"]["basis_layers"] = ["layer1.0.conv1", "layer1.0.conv2"]
