@@ -143,6 +143,23 @@ def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkey
     assert "Another CPU" in warnings[0]
 
 
+def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
+    """An exception while writing (a full disk, an unpicklable object) must not replace
+    the previous record, nor leave its half-written temporary beside it."""
+    from basisconv.records import leftover_temporaries, write_atomic, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "run.json", "previous")
+
+    def fail(f):
+        f.write(b"half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(path, fail)
+    assert path.read_text() == "previous"
+    assert leftover_temporaries(path) == [] and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
 def test_files_left_half_written_by_killed_runs_do_not_pile_up(tmp_path, repo):
     """Each SIGKILL while a checkpoint was being written once left its temporary file (as
     big as a checkpoint) in the run folder for good."""
