@@ -75,6 +75,9 @@ def _global_state() -> dict:
         "python_rng": random.getstate(),
         "numpy_rng": np.random.get_state(),
         "environ": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+        # e.g. a script run in-process (tests/test_environment.py loads scripts/gpu_check.py,
+        # which puts the repository's src/ first on the path, for good)
+        "sys_path": list(sys.path),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -110,6 +113,8 @@ def _restore_global_state(state: dict) -> None:
     np.random.set_state(state["numpy_rng"])
     if "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if sys.path != state["sys_path"]:
+        sys.path[:] = state["sys_path"]
     environ = state["environ"]  # e.g. CUBLAS_WORKSPACE_CONFIG set by deterministic training
     for key in set(os.environ) - set(environ) - {"PYTEST_CURRENT_TEST"}:
         del os.environ[key]

@@ -127,3 +127,15 @@ def test_a_scripts_help_states_its_purpose_in_whole_sentences(repo, script):
     assert result.returncode == 0, result.stderr
     description = result.stdout.split("\n\n")[1]
     assert description.rstrip().endswith((".", ":", "``")), description
+
+
+def test_each_tests_changes_to_the_import_path_are_undone():
+    """conftest puts ``sys.path`` back after every test, as the torch and RNG state: the
+    gpu_check test above runs scripts/gpu_check.py in-process, which puts the repository's
+    src/ first on the path, and every later test ran with it there."""
+    from conftest import _global_state, _restore_global_state
+
+    state = _global_state()
+    sys.path.insert(0, "/nowhere")
+    _restore_global_state(state)
+    assert "/nowhere" not in sys.path
