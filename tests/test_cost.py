@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisconv.cost import (basis_conv2d_cost, conv2d_cost, linear_cost, measure_flops,
-                            model_cost)
+from basisconv.cost import (basis_conv2d_cost, conv2d_cost, count_parameters, layer_cost,
+                            linear_cost, measure_flops, model_cost)
 from basisconv.errors import ConfigError
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
@@ -160,6 +160,24 @@ def test_layer_costs_of_a_model_beyond_the_resnets():
                                                          counted["backward_flops"])
     assert [c.params for c in cost.layers] == [sum(p.numel() for p in m.parameters())
                                                for m in model if list(m.parameters())]
+
+
+def test_pruned_coefficients_are_not_counted_and_a_shared_matrix_keeps_every_layers_picks():
+    """A pruned layer counts its kept coefficients (also when layer_cost is called on it
+    directly); a shared matrix pruned by its layers with other masks keeps the union of the
+    entries they use."""
+    layer = BasisConv2d(8, 16, 3, 6, padding=1)
+    layer.prune_coefficients(2)
+    assert layer_cost(layer, (1, 8, 4, 4), (1, 16, 4, 4), input_grad=False).params == \
+        6 * 72 + 10 * 2
+    model = apply_basis(small(), ["layer3.0.conv2", "layer3.1.conv1"], 0.25, convert=False,
+                        share_coefficients=True)
+    first, second = model.layer3[0].conv2, model.layer3[1].conv1
+    first.prune_coefficients(2)
+    second.prune_coefficients(1)  # its one pick is among the first's two
+    shared = first.coefficients.numel()
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters()) - shared + \
+        2 * first.coefficients.shape[0]
 
 
 def test_stem_has_no_input_gradient_unless_asked():
