@@ -117,6 +117,19 @@ def test_runs_that_differ_beyond_the_columns_are_configurations_not_seeds():
     assert "settings" not in display_table(compare(runs_frame([(r, "x") for r in RECORDS])))
 
 
+def test_each_row_is_compared_with_the_dense_run_of_its_own_epochs_and_precision():
+    """A longer schedule or another precision is another baseline, not the same one."""
+    settings = [{}, {"trainer.epochs": 4}, {"trainer.amp": "bf16"}]
+    dense = [0.90, 0.95, 0.80]
+    runs = [(swept(record(accuracy=a), **s), "a") for a, s in zip(dense, settings)]
+    runs += [(swept(record("all", accuracy=0.85), **s), "b") for s in settings]
+    table = compare(runs_frame(runs))
+    basis = table[table["selection"] == "all"]
+    changes = dict(zip(zip(basis["epochs"], basis["precision"]),
+                       basis["accuracy_change"].round(6)))
+    assert changes == {(2, "fp32"): -0.05, (4, "fp32"): -0.1, (2, "bf16"): 0.05}
+
+
 def test_a_dense_run_swept_alike_is_the_baseline_of_its_own_setting():
     runs = [swept(record(sel, accuracy=acc), **{"trainer.lr": lr}) for sel, lr, acc in
             [("none", 0.05, 0.90), ("none", 0.1, 0.80), ("all", 0.05, 0.85), ("all", 0.1, 0.70)]]
