@@ -45,16 +45,22 @@ def test_gpu_scripts_say_in_one_line_that_there_is_no_cuda_and_exit_2(repo, comm
     assert len(lines) == 1 and "CUDA" in lines[0], lines
 
 
-def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_along(
-        repo, tmp_path):
-    """A part past its limit is stopped with every process it started (the smoke
-    protocol's runs go on in the background), so none keeps the GPU busy while the next
-    part is timed."""
+@pytest.fixture
+def gpu_check(repo):
+    """scripts/gpu_check.py as a module (conftest puts back the path it changes)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_along(
+        gpu_check, tmp_path):
+    """A part past its limit is stopped with every process it started (the smoke
+    protocol's runs go on in the background), so none keeps the GPU busy while the next
+    part is timed."""
     marker = tmp_path / "child.pid"
     script = f"sleep 60 & echo $! > {marker}; wait"
     result = gpu_check.run_part("slow", ["bash", "-c", script], dict(os.environ), 2, tmp_path)
@@ -64,15 +70,10 @@ def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_al
     assert not os.path.exists(stat) or open(stat).read().split(") ")[1][0] == "Z"
 
 
-def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(repo, tmp_path):
+def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(gpu_check, tmp_path):
     """The tests and the smoke protocol run together (each part here waits for the other's
     mark, so run one after the other both would hit their limit); each part still has its
     own limit, log and time."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
     wait_for = "for i in $(seq 100); do [ -f {mark} ] && break; sleep 0.1; done; [ -f {mark} ]"
     a, b = tmp_path / "a", tmp_path / "b"
     parts = [("first", ["bash", "-c", f"touch {a}; " + wait_for.format(mark=b)], 60),
@@ -84,15 +85,10 @@ def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(repo, tmp_path)
     assert results[2]["seconds"] < 30 and (tmp_path / "second.log").exists()
 
 
-def test_gpu_check_groups_its_parts_and_writes_its_record(repo, tmp_path, monkeypatch):
+def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, monkeypatch):
     """The whole check as a GPU machine would run it, its parts' commands recorded instead
     of run: tests and smoke together first, then each timed part alone; the paper epochs
     are skipped without CIFAR-10; the record says which passed."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
     groups = []
 
     def recorded(parts, env, log_dir):
