@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = all(p["status"] in ("pass", "skipped") for p in parts)
     write("complete" if passed else "failed")
     summary = ", ".join(f"{p['part']} {p['status']}" for p in parts)
-    print(f"gpu-check {'PASSED' if passed else 'FAILED'} on {torch.cuda.get_device_name(0)}: "
+    print(f"gpu-check {'PASSED' if passed else 'FAILED'} on {prov['hardware']['gpu']}: "
           f"{summary}; record {path}")
     return 0 if passed else 1
 

@@ -85,7 +85,8 @@ def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(gpu_check, tmp_
     assert results[2]["seconds"] < 30 and (tmp_path / "second.log").exists()
 
 
-def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, monkeypatch):
+def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, monkeypatch,
+                                                         capsys):
     """The whole check as a GPU machine would run it, its parts' commands recorded instead
     of run: tests and smoke together first, then each timed part alone; the paper epochs
     are skipped without CIFAR-10; the record says which passed."""
@@ -112,6 +113,8 @@ def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, m
     assert [(p["part"], p["status"]) for p in record["parts"]] == [
         ("tests", "pass"), ("smoke", "pass"), ("paper-epoch", "skipped"),
         ("paper-epoch-graphs", "skipped"), ("benchmark", "pass")]
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "gpu-check PASSED on NVIDIA H100 80GB HBM3: tests pass, smoke pass, paper-epoch skipped")
 
 
 @pytest.mark.parametrize("script", ["benchmark_layers", "benchmark_train", "speed_report"])
