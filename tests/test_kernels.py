@@ -338,3 +338,24 @@ def test_a_compiled_network_of_fused_layers_is_one_graph():
     finally:
         torch._dynamo.reset()  # no compiled frames left behind for other tests
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.device
+def test_a_differentiable_backward_matches_the_stacked_form(device, kernel_runs):
+    """``create_graph=True`` (a gradient penalty, a Hessian-vector product): the saved basis
+    maps are a non-differentiable output, so the combination's gradient is computed from
+    maps that autograd can follow back to ``x`` and the basis weight."""
+    torch.manual_seed(0)
+    x, weight, combination, bias = (torch.randn(*shape, device=device, requires_grad=True)
+                                    for shape in ((2, 3, 6, 5), (4, 3, 3, 3), (6, 4), (6,)))
+    conv = ((1, 1), (1, 1), (1, 1))
+    second = []
+    for forward in (fused.fused_forward, stacked_forward):
+        y = forward(x, weight, combination, bias, *conv)
+        grads = torch.autograd.grad(y.square().sum(), (x, weight, combination),
+                                    create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        second.append(torch.autograd.grad(penalty, (x, weight, combination, bias)))
+    assert kernel_runs
+    for got, want in zip(*second):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)

@@ -117,7 +117,10 @@ def _backward(ctx, grad_out, _grad_basis):
             g_basis, x, basis_weight, None, list(stride), list(padding), list(dilation),
             False, [0, 0], 1, [need_x, need_weight, False])
     if need_comb:
-        if not ctx.stored_basis:  # (a caller that asked for no basis maps: computed again)
+        # computed again where no basis maps were kept, and for a differentiable backward
+        # (create_graph=True): the saved maps are an output marked non-differentiable, so
+        # through them grad_comb's dependence on x and basis_weight would be lost
+        if not ctx.stored_basis or torch.is_grad_enabled():
             maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
             basis = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
         grad_comb = rows.t() @ basis
