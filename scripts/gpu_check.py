@@ -101,16 +101,25 @@ def run_parts_together(parts: list[tuple[str, list[str], int]], env: dict,
             running.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True))
     ended: dict[int, tuple[int | None, float]] = {}  # part -> (exit code, seconds)
+    # part -> (seconds when its limit was reached, signals sent): stopped without blocking
+    # the loop, so another part's end is seen (and timed, and its limit kept) meanwhile
+    stopping: dict[int, tuple[float, int]] = {}
     while len(ended) < len(parts):
         for i, ((_, _, limit_s), process) in enumerate(zip(parts, running)):
             if i in ended:
                 continue
             seconds = time.perf_counter() - start
-            if process.poll() is not None:
+            if i in stopping:
+                at, sent = stopping[i]
+                due = at + sum(grace for _, grace in STOP_SIGNALS[:sent])  # the next step's
+                if process.poll() is not None or (seconds >= due and sent == len(STOP_SIGNALS)):
+                    ended[i] = (None, at)  # (one that outlives SIGKILL's grace is left)
+                elif seconds >= due:
+                    stopping[i] = (at, sent + signal_group(process, STOP_SIGNALS[sent][0]))
+            elif process.poll() is not None:
                 ended[i] = (process.returncode, seconds)
             elif seconds >= limit_s:
-                stop_group(process)
-                ended[i] = (None, seconds)
+                stopping[i] = (seconds, signal_group(process, STOP_SIGNALS[0][0]))
         time.sleep(0.2)
     return [part_result(name, *ended[i], log_dir / f"{name}.log")
             for i, (name, _, _) in enumerate(parts)]
@@ -125,19 +134,18 @@ def part_result(name: str, code: int | None, seconds: float, log: Path) -> dict:
             "timed_out": code is None, "log": str(log), "output_tail": tail}
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the part's whole process group (runs keep their checkpoints), SIGKILL to
-    what is left after 10 s."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+#: How a part past its limit is stopped: SIGTERM to its whole process group (runs keep
+#: their checkpoints), SIGKILL to what is left after 10 s, given up on 5 s later.
+STOP_SIGNALS = ((signal.SIGTERM, 10), (signal.SIGKILL, 5))
+
+
+def signal_group(process: subprocess.Popen, sig: int) -> int:
+    """``sig`` to the part's whole process group; 1 (a signal sent, or none left to take it)."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    return 1
 
 
 #: The parts that take no timing: they run at once, before the timed ones (each alone).

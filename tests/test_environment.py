@@ -85,6 +85,17 @@ def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(gpu_check, tmp_
     assert results[2]["seconds"] < 30 and (tmp_path / "second.log").exists()
 
 
+def test_a_part_being_stopped_does_not_hold_up_the_others(gpu_check, tmp_path):
+    """A part that takes its SIGTERM grace (10 s) to stop does not delay seeing another
+    part's end: that part's time is its own, not the stopped one's grace added to it."""
+    parts = [("slow-to-stop", ["bash", "-c", "trap '' TERM; sleep 60"], 1),
+             ("quick", ["bash", "-c", "sleep 2; exit 3"], 60)]
+    results = gpu_check.run_parts_together(parts, dict(os.environ), tmp_path)
+    assert [(r["status"], r["exit_code"], r["timed_out"]) for r in results] == [
+        ("fail", None, True), ("fail", 3, False)]
+    assert results[0]["seconds"] < 8 and results[1]["seconds"] < 8, results  # not 11+
+
+
 def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, monkeypatch,
                                                          capsys):
     """The whole check as a GPU machine would run it, its parts' commands recorded instead
