@@ -116,9 +116,10 @@ LOGS=$OUT/logs
 STARTED=0
 LAST_JOB=
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
-# Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends
-# (when, how long, on what, what it published): the protocol's wall-clock is the sum over
-# the sessions, on whichever machines they ran, and the analysis adds it up (index.json).
+# Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends,
+# short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
+# is the sum over the sessions, on whichever machines they ran, and the analysis adds it
+# up (index.json).
 START=$(date +%s.%N)
 log_session() {  # log_session <exit code>
   local code=$1

@@ -570,8 +570,10 @@ def test_tables_without_jinja2_are_written_as_markdown_and_csv(tmp_path, repo):
               "table = compare(runs_frame([(r, 'x') for r in RECORDS]))\n"
               "print(sorted(p.name for p in write_table(table, Path(sys.argv[1]), 'note')))\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo / "tests")])}
+    (tmp_path / "comparison.tex").write_text("an older table")  # removed: it would disagree
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "comparison")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "['comparison.csv', 'comparison.md']"
     assert "comparison.tex not written" in done.stderr and "jinja2" in done.stderr
+    assert not (tmp_path / "comparison.tex").exists()

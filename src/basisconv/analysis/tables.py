@@ -88,6 +88,7 @@ def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     try:
         import jinja2  # noqa: F401  (pandas' Styler renders the LaTeX with it)
     except ImportError as err:
+        stem.with_suffix(".tex").unlink(missing_ok=True)  # an older one would disagree
         log.warning("%s not written: %s (pip install the jinja2 of requirements.txt)",
                     stem.with_suffix(".tex"), " ".join(str(err).split()))
         return written
