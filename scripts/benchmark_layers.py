@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="timed rounds per layer shape")
     parser.add_argument("--model-repeats", type=int, default=d.model_repeats,
                         help="timed rounds for the whole model")
-    parser.add_argument("--warmup", type=int, default=d.warmup, help="untimed rounds first (at least 1: the first call autotunes, compiles "
-                             "or picks an auto form)")
+    parser.add_argument("--warmup", type=int, default=d.warmup,
+                        help="untimed rounds first (at least 1: the first call autotunes, "
+                             "compiles or picks an auto form)")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default=d.amp)
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="NCHW instead of channels_last (dense step 1.09x slower on this CPU)")

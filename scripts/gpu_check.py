@@ -25,8 +25,8 @@ machine's cores take both); each timed part then runs alone. The parts share one
 budget (``--budget-s``, default 300 s: a short GPU slot must get its record back): each
 part's limit is the smaller of its own and what is left, and a part that finds the budget
 spent is not run, and said so (the check then fails: it did not fit). A part stopped at
-its limit is stopped with every process it started (the smoke protocol's runs in the background too), so none
-goes on using the GPU while the next part is timed. The record with provenance,
+its limit is stopped with every process it started (the smoke protocol's runs in the
+background too), so none goes on using the GPU while the next part is timed. The record with provenance,
 ``results/gpu-check-<gpu>.json``, is rewritten after every part (status ``running`` until
 the end), so a slot that ends mid-check still leaves what was measured. It ends with one
 summary line (pass/fail per part). Without CUDA it says so in one line and exits 2.

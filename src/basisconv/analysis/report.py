@@ -146,7 +146,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
                           f"`make reproduce PROFILE={cfg.profile}` (or some training runs) first")
     out = Path(cfg.out_dir)
     made = provenance(command)
-    runs, curves = runs_frame(records), curves_frame(records)
+    runs = runs_frame(records)
+    curves = curves_frame(records, runs["settings"].tolist())
     table = compare(runs)
     unfinished = unfinished_runs(local)
     if unfinished:

@@ -225,8 +225,12 @@ def runs_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
     return frame.assign(settings=settings(records)) if records else frame
 
 
-def curves_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
-    return pd.DataFrame([row for (record, where), setting in zip(records, settings(records))
+def curves_frame(records: list[tuple[dict, str]],
+                 labels: list[str] | None = None) -> pd.DataFrame:
+    """Per-epoch rows of every run; ``labels`` are the runs' :func:`settings` where the
+    caller has them already (``runs_frame(records)["settings"]``), else worked out here."""
+    labels = settings(records) if labels is None else labels
+    return pd.DataFrame([row for (record, where), setting in zip(records, labels)
                          for row in curve_rows(record, where, setting)])
 
 
