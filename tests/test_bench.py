@@ -226,7 +226,8 @@ def test_training_benchmark_flags_out_of_range_are_named(options, message):
     ("benchmark_train.py", ["--device", "gpu"], "--device gpu: no such device"),
     ("benchmark_layers.py", ["--batch-size", "0", "--parts", "model", "--quick"],
      "--batch-size must be >= 1"),
-    ("benchmark_layers.py", ["--threads", "-2"], "--threads must be >= 0")])
+    ("benchmark_layers.py", ["--threads", "-2"], "--threads must be >= 0"),
+    ("kernel_resources.py", ["--widths", "64", "96"], "--widths must be powers of 2")])
 def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, script, args, message):
     import subprocess
     import sys
@@ -365,3 +366,28 @@ def test_compiled_auto_layers_choose_their_forms_before_compiling(monkeypatch):
         auto.forget()
     # dense conv, then the basis layer: its training (backward) and inference forms chosen
     assert chosen_at_compile == [[], [False, True]]
+
+
+def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, repo):
+    """Registers and spills per tile, compiled for sm_90 here (no GPU), in the committed
+    file's columns, with a benchmark record beside it."""
+    pytest.importorskip("triton")
+    import importlib.util
+
+    from basisconv.bench.kernel_resources import autotune_tiles
+
+    spec = importlib.util.spec_from_file_location("kernel_resources_script",
+                                                  repo / "scripts" / "kernel_resources.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "resources.csv"
+    script.main(["--dtypes", "bf16", "--widths", "16", "--out", str(out)])
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == committed(repo, "kernel-resources-sm90.csv")
+    assert len(rows) == len(autotune_tiles()) and {r["dtype"] for r in rows} == {"bf16"}
+    assert all(0 < int(r["registers"]) <= 255 and r["fits"] == "True" for r in rows)
+    record = read_record(out.with_suffix(".json"))
+    assert record["kind"] == "benchmark" and record["file"] == "resources.csv"
+    assert record["provenance"]["versions"]["triton"]
+

@@ -175,14 +175,27 @@ def test_bf16_autocast_is_close_to_float32(device, kernel_runs):
     assert layer.coefficients.grad.dtype == torch.float32 and x.grad.isfinite().all()
 
 
-def test_wide_bases_prune_the_tall_gpu_tiles():
-    """The GPU tile space (only the interpreter's single config runs here)."""
+def test_wide_bases_prune_the_tiles_whose_accumulator_spills():
+    """The GPU tile space (only the interpreter's single config runs here): at a 256-wide
+    basis the 128-row 4-warp tile goes, the 8-warp ones (half the accumulator per thread)
+    stay; narrower bases keep every tile."""
     configs = triton_conv._tile_configs(interpret=False)
-    assert triton_conv._prune_configs(configs, {}, BLOCK_N=64) == configs
+    assert triton_conv._prune_configs(configs, {}, BLOCK_N=128) == configs
     kept = triton_conv._prune_configs(configs, {}, BLOCK_N=256)
-    assert kept and all(c.kwargs["BLOCK_M"] <= 64 for c in kept)
+    dropped = [(c.kwargs["BLOCK_M"], c.num_warps) for c in configs if c not in kept]
+    assert dropped == [(128, 4)]
+    assert any(c.kwargs["BLOCK_M"] == 128 and c.num_warps == 8 for c in kept)
     (single,) = triton_conv._tile_configs(interpret=False, tune=False)
     assert triton_conv._prune_configs([single], {}, BLOCK_N=256) == [single]
+
+
+def test_autotuning_results_are_kept_on_disk(monkeypatch):
+    """Each process would otherwise time every tile of every layer shape again."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # (the GPU's autotuner)
+    monkeypatch.setenv("BASISCONV_AUTOTUNE", "1")
+    monkeypatch.setattr(triton_conv, "_KERNELS", {})  # built afresh, and forgotten after
+    tuner = triton_conv._kernel()
+    assert tuner.cache_results and len(tuner.configs) == len(triton_conv._GPU_TILES)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -190,25 +203,15 @@ def test_the_kernel_compiles_to_hopper_machine_code(dtype, monkeypatch):
     """Triton's real compiler, to sm_90 machine code (its own ptxas: no GPU needed), where
     every other CPU test runs the interpreter, which accepts what a compiler may refuse
     (``tl.dot`` shapes, layouts, shared memory): the one tile used without autotuning, at
-    the widest basis, fits an H100/H200 block's 227 KiB of shared memory."""
+    the widest basis, fits an H100/H200 block's 227 KiB of shared memory, and in bf16 (the
+    training precision) keeps its accumulator in registers (float32 spills a little)."""
     monkeypatch.delenv("TRITON_INTERPRET")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from basisconv.bench.kernel_resources import Tile, tile_resources
 
-    kernel = triton_conv.triton.jit(triton_conv._basis_conv_kernel)
-    block_m, block_k, block_c, warps, stages = triton_conv._SAFE_TILE
-    constants = dict(KH=3, KW=3, HAS_BIAS=True, STORE_BASIS=True, PRECISION="tf32",
-                     BLOCK_M=block_m, BLOCK_N=triton_conv.MAX_BASIS, BLOCK_K=block_k,
-                     BLOCK_C=block_c)
-    pointers = kernel.arg_names[:6]
-    signature = {name: "constexpr" if name in constants else f"*{dtype}" if name in pointers
-                 else "i32" for name in kernel.arg_names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (triton 3.9's notice about its FP-fusion default)
-        compiled = triton_conv.triton.compile(ASTSource(kernel, signature, constants),
-                                              target=GPUTarget("cuda", 90, 32),
-                                              options=dict(num_warps=warps, num_stages=stages))
-    assert 0 < compiled.metadata.shared <= 227 * 1024
+    row = tile_resources(Tile(*triton_conv._SAFE_TILE), triton_conv.MAX_BASIS, dtype)
+    assert row["fits"] and 0 < row["shared_kib"] and 0 < row["registers"] <= 255
+    if dtype == "bf16":
+        assert row["spill_store_bytes"] == 0
 
 
 @pytest.mark.parametrize("case", ["no triton", "cpu without interpreter", "float64",

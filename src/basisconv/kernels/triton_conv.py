@@ -63,30 +63,37 @@ def _basis_conv_kernel(
     ow = offs_m % W_out
     oh = (offs_m // W_out) % H_out
     image = (offs_m // (W_out * H_out)).to(tl.int64)  # int64: offsets past 2**31 elements
+    x_image = x_ptr + image * H * W * C_in  # [BLOCK_M] pointers to each row's image
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
     offs_n = tl.arange(0, BLOCK_N)
     basis_ok = offs_n < m
     offs_k = tl.arange(0, BLOCK_K)
 
     # tl.full, not tl.zeros: only builtins here. Triton's standard-library helpers
-    # (tl.zeros among them) are jit functions decorated when triton is imported, so the
+    # (tl.zeros and tl.cdiv among them) are jit functions decorated when triton is imported, so the
     # interpreter cannot call them unless TRITON_INTERPRET was set before that import.
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for r in tl.static_range(KH):
-        ih = oh * stride_h - pad_h + r * dil_h
-        for s in tl.static_range(KW):
-            iw = ow * stride_w - pad_w + s * dil_w
-            # out-of-image taps read zeros: the zero padding, never stored
-            pixel_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_row = ((image * H + ih) * W + iw) * C_in
-            w_row = (r * KW + s) * C_in
-            for c0 in range(0, C_in, BLOCK_K):
-                c = c0 + offs_k
-                c_ok = c < C_in
-                a = tl.load(x_ptr + x_row[:, None] + c[None, :],
-                            mask=pixel_ok[:, None] & c_ok[None, :], other=0.0)
-                b = tl.load(w_ptr + (w_row + c)[:, None] * m + offs_n[None, :],
-                            mask=c_ok[:, None] & basis_ok[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    # One loop over the whole reduction, tap by tap ((r, s)) and channel block by block
+    # within a tap, rather than a loop per tap: Triton software-pipelines one loop, and
+    # a loop per tap has only C_in / BLOCK_K steps (one or two in ResNet's early stages),
+    # so no load overlapped a product, and the nine unrolled loops kept more registers
+    # live (ptxas on sm_90: e.g. 148 -> 64 registers for a 32x64 tile at m = 64, bf16).
+    c_blocks = (C_in + BLOCK_K - 1) // BLOCK_K  # (tl.cdiv is a helper, as above)
+    for step in range(0, KH * KW * c_blocks):
+        tap = step // c_blocks
+        c = (step - tap * c_blocks) * BLOCK_K + offs_k
+        r = tap // KW
+        ih = ih0 + r * dil_h
+        iw = iw0 + (tap - r * KW) * dil_w
+        # out-of-image taps read zeros: the zero padding, never stored
+        pixel_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        c_ok = c < C_in
+        a = tl.load(x_image[:, None] + ((ih * W + iw) * C_in)[:, None] + c[None, :],
+                    mask=pixel_ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + (tap * C_in + c)[:, None] * m + offs_n[None, :],
+                    mask=c_ok[:, None] & basis_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
     rows = offs_m.to(tl.int64)
     if STORE_BASIS:
@@ -124,11 +131,20 @@ def _tile_configs(interpret: bool, tune: bool = True) -> list:
             for bm, bk, bc, w, st in (_GPU_TILES if tune else [_SAFE_TILE])]
 
 
+#: The most float32 accumulator elements a thread may hold (``BLOCK_M * BLOCK_N`` over the
+#: block's ``32 * warps`` threads). The one tile above it, 128 rows by 4 warps at a 256-wide
+#: basis, is the one tile whose accumulator alone spills registers: 2176 bytes of spill
+#: stores in bf16 (ptxas for sm_90: ``scripts/kernel_resources.py``,
+#: ``results/kernel-resources-sm90.csv``); 128-row tiles of 8 warps hold half as much each.
+MAX_ACCUMULATOR_PER_THREAD = 128
+
+
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop 128-row tiles when the basis tile is 256 wide (their accumulator would spill)."""
-    if kwargs.get("BLOCK_N", named_args.get("BLOCK_N", 0)) < 256:
-        return configs
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= 64]
+    """Drop the tiles whose threads would each hold more of the ``[BLOCK_M, BLOCK_N]``
+    accumulator than :data:`MAX_ACCUMULATOR_PER_THREAD` (only at a 256-wide basis)."""
+    width = kwargs.get("BLOCK_N", named_args.get("BLOCK_N", 0))
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] * width <= MAX_ACCUMULATOR_PER_THREAD * 32 * c.num_warps]
     return kept or configs
 
 
@@ -146,6 +162,17 @@ def interpreting() -> bool:
     return bool(knobs.runtime.interpret)
 
 
+def _disk_cache() -> dict:
+    """Keep each shape's autotuning result on disk (Triton's cache folder, keyed by the
+    GPU's architecture, the kernel's source and the tiles) where this Triton can: every
+    training run and benchmark is its own process, and otherwise each one times every
+    tile of every layer shape again, seconds of a short GPU slot per run."""
+    import inspect
+
+    return ({"cache_results": True}
+            if "cache_results" in inspect.signature(triton.autotune).parameters else {})
+
+
 def _kernel():
     """The decorated kernel for the current interpreter and autotuning settings (decorated
     on first use)."""
@@ -157,6 +184,7 @@ def _kernel():
             configs=_tile_configs(interpret, tune),
             key=["M", "C_in", "C_out", "m", "KH", "KW", "STORE_BASIS"],
             prune_configs_by={"early_config_prune": _prune_configs},
+            **_disk_cache(),
         )(jitted)
     return _KERNELS[interpret, tune]
 

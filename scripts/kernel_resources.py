@@ -1,0 +1,61 @@
+"""Registers, spills and shared memory of the fused kernel's autotuning tiles on Hopper
+(sm_90), from Triton's compiler, without a GPU:
+``python scripts/kernel_resources.py [--dtypes bf16 fp32] [--widths 16 32 64 128 256]``.
+
+Writes ``results/kernel-resources-sm90.csv`` and a JSON record beside it; see
+``basisconv.bench.kernel_resources`` for why and how. A kernel change can be judged here
+first (a tile that spills or overflows shared memory is slow or refused on the GPU);
+its speed still needs one (``make gpu-speed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from basisconv.bench.kernel_resources import ARCH, resource_table
+from basisconv.cli import exit_on_user_error
+from basisconv.kernels import triton_conv
+from basisconv.records import RunRecord, provenance, write_record, write_text_atomic
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtypes", nargs="+", choices=["bf16", "fp16", "fp32"],
+                        default=["bf16", "fp32"])
+    parser.add_argument("--widths", nargs="+", type=int, default=[16, 32, 64, 128, 256],
+                        help="basis tile widths (BLOCK_N: m rounded up to a power of 2, >= 16)")
+    parser.add_argument("--kernel-size", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS / f"kernel-resources-sm{ARCH}.csv")
+    args = parser.parse_args(argv)
+    if triton_conv.triton is None:
+        parser.error("needs triton, which does not import here (make env installs it)")
+    if bad := [w for w in args.widths
+               if w < 16 or w > triton_conv.MAX_BASIS or w & (w - 1)]:
+        parser.error(f"--widths must be powers of 2 from 16 to {triton_conv.MAX_BASIS}, got {bad}")
+    started = time.time()
+    rows = resource_table(args.dtypes, args.widths, kernel_size=args.kernel_size)
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    write_text_atomic(args.out, table.to_csv(index=False))
+    command = shlex.join(["python", "scripts/kernel_resources.py",
+                          *(sys.argv[1:] if argv is None else argv)])
+    write_record(args.out.with_suffix(".json"), RunRecord(
+        "benchmark", vars(args) | {"out": str(args.out)}, provenance(command), "complete",
+        {"file": args.out.name, "target": f"sm_{ARCH}a (compiled, not run)",
+         "specialization": "sizes and pointers divisible by 16, as Triton's JIT "
+                           "specializes a ResNet layer",
+         "seconds": round(time.time() - started, 1)}))
+    print(f"written to {args.out} and its .json")
+
+
+if __name__ == "__main__":
+    main()

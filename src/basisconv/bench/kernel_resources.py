@@ -1,0 +1,118 @@
+"""What each autotuning tile of the fused kernel (:mod:`basisconv.kernels.triton_conv`)
+costs a GPU, read from the compiler on a machine without one: shared memory per block,
+registers per thread, and bytes spilled to local memory.
+
+Why: autotuning on a GPU picks the fastest tile, but GPU time is scarce and a tile that
+spills registers, or needs more shared memory than a block may have, is slow or refused on
+every GPU of its architecture. Triton compiles to machine code anywhere (it bundles
+NVIDIA's ``ptxas``), and ``ptxas -v`` reports registers and spills. So kernel changes and
+tile choices can be judged here first; speed itself still needs the GPU.
+
+Integer sizes are specialized as Triton's JIT specializes them for a layer whose sizes are
+multiples of 16 (``divisible=True``: ResNet's channel counts, feature-map sizes and basis
+sizes of 16 or more), so the numbers are those of the kernel that runs there; without
+that knowledge the compiler cannot vectorize loads and needs many more registers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+from basisconv.kernels import triton_conv
+
+#: The architecture compiled for: Hopper (H100, H200), the GPUs this project targets.
+ARCH = 90
+#: Shared memory one block may use there, in bytes.
+HOPPER_SHARED_BYTES = 227 * 1024
+#: The most registers a thread may have: beyond it the compiler spills.
+MAX_REGISTERS = 255
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One autotuning config of the kernel: ``BLOCK_M`` output pixels by ``BLOCK_K``
+    reduction steps, ``BLOCK_C`` output channels per epilogue block, warps, stages."""
+    block_m: int
+    block_k: int
+    block_c: int
+    warps: int
+    stages: int
+
+    def __str__(self) -> str:
+        return f"{self.block_m}x{self.block_k}x{self.block_c} w{self.warps} s{self.stages}"
+
+
+def autotune_tiles() -> list[Tile]:
+    """The tiles the kernel's autotuner tries on a GPU."""
+    return [Tile(*tile) for tile in triton_conv._GPU_TILES]
+
+
+def compile_tile(tile: Tile, basis_width: int, dtype: str = "bf16", kernel_size: int = 3,
+                 divisible: bool = True):
+    """The kernel compiled for ``tile`` at ``BLOCK_N = basis_width`` with ``dtype``
+    (``"bf16"``, ``"fp16"`` or ``"fp32"``) pointers, a ``kernel_size`` square filter and a
+    bias, for sm_90, without a GPU: Triton's ``CompiledKernel``."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = triton_conv.triton.jit(triton_conv._basis_conv_kernel)
+    constants = dict(KH=kernel_size, KW=kernel_size, HAS_BIAS=True, STORE_BASIS=True,
+                     PRECISION="tf32", BLOCK_M=tile.block_m, BLOCK_N=basis_width,
+                     BLOCK_K=tile.block_k, BLOCK_C=tile.block_c)
+    pointers = kernel.arg_names[:6]
+    signature = {name: "constexpr" if name in constants else f"*{dtype}" if name in pointers
+                 else "i32" for name in kernel.arg_names}
+    # the pointers (16-byte aligned, as torch allocates) and the sizes M .. m
+    sized = kernel.arg_names[:kernel.arg_names.index("m") + 1] if divisible else pointers
+    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in sized}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (triton 3.9's notice about its FP-fusion default)
+        return triton_conv.triton.compile(
+            ASTSource(kernel, signature, constants, attrs),
+            target=GPUTarget("cuda", ARCH, 32),
+            options=dict(num_warps=tile.warps, num_stages=tile.stages))
+
+
+def ptxas_usage(ptx: str) -> dict[str, int]:
+    """Registers per thread and spill-store bytes of an sm_90 PTX kernel, from Triton's
+    own ``ptxas -v`` (the one it compiles sm_90 with)."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        with open(source, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([get_ptxas(ARCH).path, "-v", "--gpu-name",
+                               sm_arch_from_capability(ARCH), source, "-o", os.devnull],
+                              capture_output=True, text=True)
+    registers = re.search(r"Used (\d+) registers", done.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", done.stderr)
+    if done.returncode or not registers or not spills:
+        raise RuntimeError(f"ptxas -v gave no register report: {done.stderr[-500:]}")
+    return {"registers": int(registers[1]), "spill_store_bytes": int(spills[1])}
+
+
+def tile_resources(tile: Tile, basis_width: int, dtype: str = "bf16",
+                   kernel_size: int = 3) -> dict:
+    """One row of :func:`resource_table`."""
+    row = {"dtype": dtype, "basis_width": basis_width, "tile": str(tile),
+           "kernel_size": kernel_size}
+    compiled = compile_tile(tile, basis_width, dtype, kernel_size)
+    row["shared_kib"] = round(compiled.metadata.shared / 1024, 1)
+    row.update(ptxas_usage(compiled.asm["ptx"]))
+    row["fits"] = compiled.metadata.shared <= HOPPER_SHARED_BYTES
+    return row
+
+
+def resource_table(dtypes: list[str], widths: list[int], tiles: list[Tile] | None = None,
+                   kernel_size: int = 3) -> list[dict]:
+    """A row per dtype, basis width (``BLOCK_N``: ``m`` rounded up to a power of two) and
+    tile: shared memory (KiB), registers per thread, spill-store bytes, and whether the
+    block fits an sm_90 block's shared memory (``fits``)."""
+    return [tile_resources(tile, width, dtype, kernel_size)
+            for dtype in dtypes for width in widths for tile in tiles or autotune_tiles()]
