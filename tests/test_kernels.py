@@ -243,6 +243,15 @@ def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch, kernel
     assert not [w for w in caught if "combine='fused'" in str(w.message)]  # once per reason
 
 
+def test_images_too_large_for_int32_offsets_are_refused_by_the_kernel(monkeypatch):
+    """Offsets within one image are int32; a batch as a whole may be larger."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # (meta tensors: not CUDA ones, on any machine)
+    huge = torch.empty(1, 128, 4096, 4096, device="meta")  # 2**31 elements, no memory
+    assert "2**31" in triton_conv.unsupported(huge, torch.float32, 16)
+    batch = torch.empty(256, 128, 256, 256, device="meta")  # 2**31 in all, small images
+    assert triton_conv.unsupported(batch, torch.float32, 16) is None
+
+
 def test_the_package_works_without_triton(repo):
     """A machine without triton (or with one that does not import) gets the stacked form."""
     script = (

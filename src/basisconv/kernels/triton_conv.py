@@ -62,7 +62,9 @@ def _basis_conv_kernel(
     row_ok = offs_m < M
     ow = offs_m % W_out
     oh = (offs_m // W_out) % H_out
-    image = (offs_m // (W_out * H_out)).to(tl.int64)  # int64: offsets past 2**31 elements
+    # int64 between images, so a batch may hold more than 2**31 elements (within one image
+    # offsets are int32, fewer registers: ``unsupported`` refuses larger images)
+    image = (offs_m // (W_out * H_out)).to(tl.int64)
     x_image = x_ptr + image * H * W * C_in  # [BLOCK_M] pointers to each row's image
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
@@ -207,6 +209,8 @@ def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int) -> str | No
         return f"float32, float16 or bfloat16 (got {dtype})"
     if num_basis > MAX_BASIS:
         return f"num_basis <= {MAX_BASIS} (one tile; got {num_basis})"
+    if x.dim() == 4 and x[0].numel() >= 2**31:
+        return f"an image of under 2**31 elements (offsets within one are int32; got {x[0].numel()})"
     return None
 
 
