@@ -2,6 +2,7 @@
 with one clear message (as lightning-hydra-template's config tests do)."""
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from basisconv.config import validate
 from basisconv.errors import ConfigError
 from basisconv.loop import resolve_device
 from basisconv.network import build_network
-from basisconv.sensitivity import choose_layers
+from basisconv.sensitivity import cache_key, choose_layers
 
 
 def options(repo, group):
@@ -69,6 +70,15 @@ def test_sensitivity_entry_config_composes_with_every_selection(repo):
             validate(cfg)
             assert cfg.name == "resnet20-sensitivity"
         assert compose("sensitivity").selection.policy == "sensitivity_budget"
+
+
+def test_the_committed_quick_sensitivity_table_is_for_the_key_the_quick_profile_makes(repo):
+    """Otherwise ``make reproduce PROFILE=quick`` would estimate it again (minutes) on a
+    fresh clone: a setting added to the cache key must keep the keys made before it."""
+    record = json.loads((repo / "results/quick/runs/sensitivity.json").read_text())
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        cfg = compose("sensitivity", overrides=["profile=quick"])
+    assert cache_key(cfg) == record["cache"]["key"]
 
 
 def test_a_count_the_threshold_policy_cannot_honour_is_refused(compose_cfg):

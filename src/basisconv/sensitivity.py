@@ -58,6 +58,11 @@ COLUMNS = ("layer", "position", "shape", "num_basis", "reconstruction_error",
 
 
 # ----------------------------------------------------------------------------- cache key
+#: ``sensitivity.noise_repeats`` of every table cached before the setting joined the key
+#: (the configs' default): tables made with it keep their keys.
+UNKEYED_NOISE_REPEATS = 2
+
+
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     """Everything that changes a sensitivity table (and nothing that does not, such as
     the data root, the logger or speed options)."""
@@ -68,14 +73,17 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     basis = pick(cfg.basis, ["size", "combine", "coefficient_rank"])
     if cfg.basis.get("fuse_norm"):  # only when on, so that earlier keys stay valid
         basis["fuse_norm"] = True
+    estimate = pick(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint", "finetune_epochs",
+                                      "finetune_lr", "val_size", "layers"])
+    # the noise yardstick's repeats, only when not the number earlier keys were made with
+    if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
+        estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
     return {
         "model": pick(cfg.model, ["name", "width"]),
         "basis": basis,
         "data": pick(cfg.data, ["name", "train_subset", "crop_padding", "flip",
                                 "synthetic_train", "num_classes"]),
-        "sensitivity": pick(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint",
-                                              "finetune_epochs", "finetune_lr", "val_size",
-                                              "layers"]),
+        "sensitivity": estimate,
         "trainer": pick(cfg.trainer, ["batch_size", "lr", "momentum", "nesterov",
                                       "weight_decay", "schedule", "warmup_fraction",
                                       "label_smoothing", "amp"]),
