@@ -231,9 +231,11 @@ def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch, kernel
     torch.manual_seed(0)
     layer = BasisConv2d(3, 6, kernel, 2, padding="same", bias=True, combine="fused", dtype=dtype)
     x = torch.randn(2, 3, 5, 5, dtype=dtype)
-    with pytest.warns(UserWarning, match=match):
+    with pytest.warns(UserWarning, match=match) as warned:
         y = layer(x)  # (torch itself also warns about the asymmetric "same" padding)
     assert not kernel_runs
+    # said at the line that ran the layer, not inside torch's custom-op machinery
+    assert {w.filename for w in warned if "combine='fused'" in str(w.message)} == {__file__}
     expected = stacked_forward(x, layer.basis_weight, layer.combination_matrix(), layer.bias,
                                layer.stride, layer.padding, layer.dilation)
     torch.testing.assert_close(y, expected, rtol=0, atol=0)

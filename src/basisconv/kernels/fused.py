@@ -30,6 +30,8 @@ Folding ``G @ combination`` into the gradient convs' prologue is not done (yet):
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import torch
@@ -198,6 +200,17 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
 
 
 def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, stacklevel=4)
+    """Warn once per process, at the user's line that ran the layer: the first frame
+    outside torch and basisconv (from inside the op, a fixed ``stacklevel`` named torch's
+    custom-op machinery; Python 3.11 has no ``skip_file_prefixes``)."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+_LIBRARY_FOLDERS = (os.path.dirname(torch.__file__) + os.sep,  # torch/
+                    os.path.dirname(os.path.dirname(__file__)) + os.sep)  # basisconv/
