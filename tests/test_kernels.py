@@ -189,13 +189,15 @@ def test_wide_bases_prune_the_tiles_whose_accumulator_spills():
     assert triton_conv._prune_configs([single], {}, BLOCK_N=256) == [single]
 
 
-def test_autotuning_results_are_kept_on_disk(monkeypatch):
-    """Each process would otherwise time every tile of every layer shape again."""
+def test_autotuning_is_short_and_its_results_are_kept_on_disk(monkeypatch):
+    """Each process would otherwise time every tile of every layer shape again, for
+    Triton's default 125 ms each."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # (the GPU's autotuner)
     monkeypatch.setenv("BASISCONV_AUTOTUNE", "1")
     monkeypatch.setattr(triton_conv, "_KERNELS", {})  # built afresh, and forgotten after
     tuner = triton_conv._kernel()
     assert tuner.cache_results and len(tuner.configs) == len(triton_conv._GPU_TILES)
+    assert tuner.do_bench.keywords == {"warmup": 5, "rep": 25}
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

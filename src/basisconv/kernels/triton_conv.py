@@ -164,15 +164,28 @@ def interpreting() -> bool:
     return bool(knobs.runtime.interpret)
 
 
-def _disk_cache() -> dict:
-    """Keep each shape's autotuning result on disk (Triton's cache folder, keyed by the
-    GPU's architecture, the kernel's source and the tiles) where this Triton can: every
-    training run and benchmark is its own process, and otherwise each one times every
-    tile of every layer shape again, seconds of a short GPU slot per run."""
+#: Autotuning times each tile for this long (ms; Triton's defaults: 25 and 100). A layer's
+#: kernel takes tens of microseconds, so that is still hundreds of runs per tile, and the
+#: tuning of a ResNet's dozens of shapes and widths costs seconds, not a minute, of a
+#: short GPU slot.
+AUTOTUNE_WARMUP_MS, AUTOTUNE_REP_MS = 5, 25
+
+
+def _autotune_options() -> dict:
+    """Shorter timing per tile, and each shape's result kept on disk (Triton's cache
+    folder, keyed by the GPU's architecture, the kernel's source and the tiles) where this
+    Triton can: every training run and benchmark is its own process, and otherwise each
+    one times every tile of every layer shape again."""
+    import functools
     import inspect
 
-    return ({"cache_results": True}
-            if "cache_results" in inspect.signature(triton.autotune).parameters else {})
+    import triton.testing
+
+    options = {"do_bench": functools.partial(triton.testing.do_bench, warmup=AUTOTUNE_WARMUP_MS,
+                                             rep=AUTOTUNE_REP_MS)}
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        options["cache_results"] = True
+    return options
 
 
 def _kernel():
@@ -186,7 +199,7 @@ def _kernel():
             configs=_tile_configs(interpret, tune),
             key=["M", "C_in", "C_out", "m", "KH", "KW", "STORE_BASIS"],
             prune_configs_by={"early_config_prune": _prune_configs},
-            **_disk_cache(),
+            **_autotune_options(),
         )(jitted)
     return _KERNELS[interpret, tune]
 
