@@ -200,6 +200,21 @@ def test_autotuning_is_short_and_its_results_are_kept_on_disk(monkeypatch):
     assert tuner.do_bench.keywords == {"warmup": 5, "rep": 25}
 
 
+def test_autotuning_options_suit_a_triton_without_do_bench(monkeypatch):
+    """Triton before 3.2 (torch 2.4, 2.5) has no ``do_bench`` (nor ``cache_results``): its
+    autotuner takes the times themselves; a ``do_bench`` there was a TypeError, which the
+    layer does not catch."""
+    def old_autotune(configs, key, prune_configs_by=None, reset_to_zero=None,
+                     restore_value=None, pre_hook=None, post_hook=None, warmup=25, rep=100,
+                     use_cuda_graph=False):
+        pass
+
+    monkeypatch.setattr(triton_conv.triton, "autotune", old_autotune)
+    options = triton_conv._autotune_options()
+    old_autotune([], [], **options)  # accepted
+    assert options == {"warmup": 5, "rep": 25}
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_the_kernel_compiles_to_hopper_machine_code(dtype, monkeypatch):
     """Triton's real compiler, to sm_90 machine code (its own ptxas: no GPU needed), where

@@ -181,9 +181,13 @@ def _autotune_options() -> dict:
 
     import triton.testing
 
-    options = {"do_bench": functools.partial(triton.testing.do_bench, warmup=AUTOTUNE_WARMUP_MS,
-                                             rep=AUTOTUNE_REP_MS)}
-    if "cache_results" in inspect.signature(triton.autotune).parameters:
+    parameters = inspect.signature(triton.autotune).parameters
+    if "do_bench" in parameters:
+        options = {"do_bench": functools.partial(
+            triton.testing.do_bench, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS)}
+    else:  # triton < 3.2 (torch < 2.6): no do_bench, the times are arguments themselves
+        options = {"warmup": AUTOTUNE_WARMUP_MS, "rep": AUTOTUNE_REP_MS}
+    if "cache_results" in parameters:
         options["cache_results"] = True
     return options
 
