@@ -262,6 +262,27 @@ def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch, kernel
     assert not [w for w in caught if "combine='fused'" in str(w.message)]  # once per reason
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_a_compiled_layer_falls_back_with_the_warning_at_the_users_line(backend, monkeypatch):
+    """Compiled, the op is called from code torch.compile generated (an FX graph module's
+    ``<eval_with_key>``, Inductor's output file), not the user's: the warning skips it."""
+    monkeypatch.setattr(fused, "_WARNED", set())
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a CPU tensor: the stacked form
+    torch.manual_seed(0)
+    layer = BasisConv2d(3, 6, 3, 2, padding=1, combine="fused")
+    x = torch.randn(2, 3, 5, 5)
+    try:
+        compiled = torch.compile(layer, backend=backend)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = compiled(x)
+    finally:
+        torch._dynamo.reset()  # no compiled frames left behind for other tests
+    warned = [w for w in caught if "combine='fused'" in str(w.message)]
+    assert [w.filename for w in warned] == [__file__]
+    torch.testing.assert_close(y, layer.to_conv()(x), rtol=1e-4, atol=1e-5)
+
+
 def test_images_too_large_for_int32_offsets_are_refused_by_the_kernel(monkeypatch):
     """Offsets within one image are int32; a batch as a whole may be larger."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # (meta tensors: not CUDA ones, on any machine)

@@ -202,15 +202,28 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
 def _warn_once(message: str) -> None:
     """Warn once per process, at the user's line that ran the layer: the first frame
     outside torch and basisconv (from inside the op, a fixed ``stacklevel`` named torch's
-    custom-op machinery; Python 3.11 has no ``skip_file_prefixes``)."""
+    custom-op machinery; Python 3.11 has no ``skip_file_prefixes``), and outside the code
+    ``torch.compile`` generated, which calls the op in a compiled model."""
     if message in _WARNED:
         return
     _WARNED.add(message)
     frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS):
+    while frame.f_back is not None and (frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS)
+                                        or _generated_code(frame.f_code.co_filename)):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, stacklevel=level)
 
 
 _LIBRARY_FOLDERS = (os.path.dirname(torch.__file__) + os.sep,  # torch/
                     os.path.dirname(os.path.dirname(__file__)) + os.sep)  # basisconv/
+
+
+def _generated_code(filename: str) -> bool:
+    """Whether ``filename`` is code torch.compile wrote: an FX graph module's (the
+    ``aot_eager`` backend's) or Inductor's output, in its cache folder."""
+    if filename.startswith("<eval_with_key>"):
+        return True
+    inductor = sys.modules.get("torch._inductor.runtime.cache_dir_utils")  # once it compiled
+    folder = (inductor.cache_dir() if inductor is not None
+              else os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+    return bool(folder) and filename.startswith(os.path.join(folder, ""))
