@@ -359,6 +359,26 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
         sensitivity.sensitivity_table(cfg)
 
 
+def test_a_table_cached_with_other_noise_repeats_before_they_were_keyed_is_refused(
+        repo, tmp_path, monkeypatch):
+    """A table cached with sensitivity.noise_repeats=4 before the setting joined the key has
+    the key a run with the default 2 makes now: its noise yardstick is not that run's."""
+    cfg = compose_sensitivity(repo, tmp_path)
+    assert cfg.sensitivity.noise_repeats == sensitivity.UNKEYED_NOISE_REPEATS
+    monkeypatch.setattr(sensitivity, "estimate", lambda c: (fake_estimate(c)[0], {
+        **fake_estimate(c)[1], "config": OmegaConf.to_container(c, resolve=True)}))
+    sensitivity.sensitivity_table(cfg)
+    assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # its own repeats: reused
+    record_path = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+    old = json.loads(record_path.read_text())
+    old["config"]["sensitivity"]["noise_repeats"] = 4  # as cached before the key had it
+    record_path.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"noise_repeats=4, not 2.*sensitivity.recompute=true"):
+        sensitivity.sensitivity_table(cfg)
+    table, record = sensitivity.sensitivity_table(cfg, recompute=True)
+    assert not record["cache_hit"] and sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+
+
 def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_path,
                                                                        monkeypatch):
     import hashlib

@@ -131,6 +131,13 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
                           f"for another key; {fix}")
+    # a table cached before noise_repeats joined the key has this key whatever its repeats
+    made = ((record.get("config") or {}).get("sensitivity") or {}).get("noise_repeats")
+    if made is not None and made != cfg.sensitivity.noise_repeats:
+        raise ConfigError(f"the cached sensitivity table in {folder} was made with "
+                          f"sensitivity.noise_repeats={made}, not "
+                          f"{cfg.sensitivity.noise_repeats} (before that setting joined the "
+                          f"cache key); {fix}")
     expected = record.get("table_sha256")
     if expected is None:
         log.warning("sensitivity: the cached table %s has no checksum (written by an older "
