@@ -292,6 +292,16 @@ def test_images_too_large_for_int32_offsets_are_refused_by_the_kernel(monkeypatc
     assert triton_conv.unsupported(batch, torch.float32, 16) is None
 
 
+def test_an_empty_batch_runs_through_the_kernels_path(kernel_runs, monkeypatch):
+    """No rows, no launch (``basis_conv`` returns at once): the image-size check must not
+    index the batch's first image, which it has not."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # (a CPU tensor, on any machine)
+    layer = make_layer(3, 6, 2, 3, 1, 1, 1, True, torch.device("cpu"))
+    x = torch.randn(0, 3, 5, 5)
+    assert triton_conv.unsupported(x, torch.float32, 2) is None
+    assert layer(x).shape == (0, 6, 5, 5) and kernel_runs == [(0, 3, 5, 5)]
+
+
 def test_the_package_works_without_triton(repo):
     """A machine without triton (or with one that does not import) gets the stacked form."""
     script = (

@@ -226,8 +226,9 @@ def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int) -> str | No
         return f"float32, float16 or bfloat16 (got {dtype})"
     if num_basis > MAX_BASIS:
         return f"num_basis <= {MAX_BASIS} (one tile; got {num_basis})"
-    if x.dim() == 4 and x[0].numel() >= 2**31:
-        return f"an image of under 2**31 elements (offsets within one are int32; got {x[0].numel()})"
+    if x.dim() == 4 and x.shape[1:].numel() >= 2**31:  # (not x[0]: a batch may be empty)
+        return (f"an image of under 2**31 elements (offsets within one are int32; "
+                f"got {x.shape[1:].numel()})")
     return None
 
 
