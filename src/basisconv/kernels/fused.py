@@ -223,7 +223,9 @@ def _generated_code(filename: str) -> bool:
     ``aot_eager`` backend's) or Inductor's output, in its cache folder."""
     if filename.startswith("<eval_with_key>"):
         return True
-    inductor = sys.modules.get("torch._inductor.runtime.cache_dir_utils")  # once it compiled
-    folder = (inductor.cache_dir() if inductor is not None
-              else os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
-    return bool(folder) and filename.startswith(os.path.join(folder, ""))
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # (Inductor sets it when it compiles)
+    if folder is None:  # Inductor's default, without its cache_dir()'s side effects
+        inductor = sys.modules.get("torch._inductor.runtime.cache_dir_utils")
+        default = getattr(inductor, "default_cache_dir", None)
+        folder = default() if default is not None else None
+    return bool(folder) and filename.startswith(os.path.join(os.path.abspath(folder), ""))
