@@ -16,8 +16,8 @@ import shlex
 import sys
 import tempfile
 import time
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
          "specialization": "sizes and pointers divisible by 16, as Triton's JIT "
                            "specializes a ResNet layer",
          "seconds": round(time.time() - started, 1),
-         "seconds_are": "compile time, every tile compiled afresh, on the CPU named in provenance"}))
+         "seconds_are": "compile time, every tile compiled afresh, on the CPU named in "
+                        "provenance"}))
     print(f"written to {args.out} and its .json")
 
 

@@ -9,7 +9,7 @@ NVIDIA's ``ptxas``), and ``ptxas -v`` reports registers and spills. So kernel ch
 tile choices can be judged here first; speed itself still needs the GPU.
 
 Integer sizes are specialized as Triton's JIT specializes them for a layer whose sizes are
-multiples of 16 (``divisible=True``: ResNet's channel counts, feature-map sizes and basis
+multiples of 16 (ResNet's channel counts, feature-map sizes and basis
 sizes of 16 or more), so the numbers are those of the kernel that runs there; without
 that knowledge the compiler cannot vectorize loads and needs many more registers.
 """
@@ -29,8 +29,6 @@ from basisconv.kernels import triton_conv
 ARCH = 90
 #: Shared memory one block may use there, in bytes.
 HOPPER_SHARED_BYTES = 227 * 1024
-#: The most registers a thread may have: beyond it the compiler spills.
-MAX_REGISTERS = 255
 
 
 @dataclass(frozen=True)
@@ -52,8 +50,7 @@ def autotune_tiles() -> list[Tile]:
     return [Tile(*tile) for tile in triton_conv._GPU_TILES]
 
 
-def compile_tile(tile: Tile, basis_width: int, dtype: str = "bf16", kernel_size: int = 3,
-                 divisible: bool = True):
+def compile_tile(tile: Tile, basis_width: int, dtype: str = "bf16", kernel_size: int = 3):
     """The kernel compiled for ``tile`` at ``BLOCK_N = basis_width`` with ``dtype``
     (``"bf16"``, ``"fp16"`` or ``"fp32"``) pointers, a ``kernel_size`` square filter and a
     bias, for sm_90, without a GPU: Triton's ``CompiledKernel``."""
@@ -68,7 +65,7 @@ def compile_tile(tile: Tile, basis_width: int, dtype: str = "bf16", kernel_size:
     signature = {name: "constexpr" if name in constants else f"*{dtype}" if name in pointers
                  else "i32" for name in kernel.arg_names}
     # the pointers (16-byte aligned, as torch allocates) and the sizes M .. m
-    sized = kernel.arg_names[:kernel.arg_names.index("m") + 1] if divisible else pointers
+    sized = kernel.arg_names[:kernel.arg_names.index("m") + 1]
     attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in sized}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (triton 3.9's notice about its FP-fusion default)
