@@ -79,12 +79,6 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def run_part(name: str, command: list[str], env: dict, limit_s: int, log_dir: Path) -> dict:
-    """Run one part; its whole output goes to ``<log_dir>/<name>.log``."""
-    (result,) = run_parts_together([(name, command, limit_s)], env, log_dir)
-    return result
-
-
 def run_parts_together(parts: list[tuple[str, list[str], int]], env: dict,
                        log_dir: Path) -> list[dict]:
     """Start every ``(name, command, limit_s)`` at once and wait for each within its

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,11 +64,12 @@ def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_al
     part is timed."""
     marker = tmp_path / "child.pid"
     script = f"sleep 60 & echo $! > {marker}; wait"
-    result = gpu_check.run_part("slow", ["bash", "-c", script], dict(os.environ), 2, tmp_path)
+    (result,) = gpu_check.run_parts_together([("slow", ["bash", "-c", script], 2)],
+                                             dict(os.environ), tmp_path)
     assert result["status"] == "fail" and result["timed_out"] and result["seconds"] < 30
     stat = f"/proc/{int(marker.read_text())}/stat"
     # gone, or a zombie left for init to reap: not running either way
-    assert not os.path.exists(stat) or open(stat).read().split(") ")[1][0] == "Z"
+    assert not os.path.exists(stat) or Path(stat).read_text().split(") ")[1][0] == "Z"
 
 
 def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(gpu_check, tmp_path):

@@ -20,7 +20,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
