@@ -49,7 +49,7 @@ def test_full_rank_conversion_reproduces_the_conv(shape, combine, device):
 
 
 @pytest.mark.device
-@pytest.mark.parametrize("shape", SHAPES[:3])
+@pytest.mark.parametrize("shape", SHAPES)  # dilation and 'same' padding too
 def test_to_conv_round_trips(shape, device):
     conv = make_conv(*shape, device=device)
     back = BasisConv2d.from_conv(conv, conv.out_channels).to_conv()
@@ -186,6 +186,15 @@ def test_fraction_rounding_and_range_errors():
         BasisConv2d(4, 8, 3, 2, coefficient_rank=3)
 
 
+def test_coefficient_rank_is_bounded_by_the_combined_outputs_when_they_are_fewer():
+    """The rank is at most ``min(C_out - m, m)``: with 8 outputs and 6 basis filters the
+    product of the factors has only two rows, so rank 3 is refused (1..2), not stored as
+    factors larger than the matrix they make."""
+    with pytest.raises(ValueError, match=r"coefficient_rank must be an int in 1\.\.2"):
+        BasisConv2d(4, 8, 3, 6, coefficient_rank=3)
+    assert BasisConv2d(4, 8, 3, 6, coefficient_rank=2).coefficients_left.shape == (2, 2)
+
+
 def test_bad_geometry_is_refused_when_the_layer_is_made():
     """As nn.Conv2d takes them, checked at construction, not at the first forward."""
     for kwargs, message in (({"padding": "full"}, "use 'same', 'valid' or ints"),
@@ -283,6 +292,20 @@ def test_pruned_coefficients_and_l1():
     torch.testing.assert_close(fresh(x), layer(x))
     with pytest.raises(ValueError, match=r"keep_per_row must be an int in 1\.\.6"):
         layer.prune_coefficients(7)
+
+
+def test_pruning_keeps_the_largest_magnitude_coefficients_of_each_row():
+    """The mask keeps, per combined output, the ``keep_per_row`` entries of largest
+    magnitude (signs do not matter), not any ``keep_per_row`` of them."""
+    layer = BasisConv2d(2, 6, 1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.coefficients.copy_(torch.tensor([[0.1, -3.0, 2.0],
+                                               [-5.0, 0.2, 0.3],
+                                               [1.0, 4.0, -6.0]], dtype=torch.float64))
+    layer.prune_coefficients(2)
+    assert layer.coefficient_mask.tolist() == [[0, 1, 1], [1, 0, 1], [0, 1, 1]]
+    layer.prune_coefficients(1)
+    assert layer.coefficient_mask.tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
 
 
 def test_coefficient_l1_counts_a_shared_matrix_once():
