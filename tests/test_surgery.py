@@ -65,6 +65,21 @@ def test_fresh_layers_without_conversion():
     assert layer.basis_weight.dtype == torch.float64 and not layer.training
 
 
+def test_converted_and_fresh_layers_keep_the_convs_geometry():
+    """Stride, padding, dilation, a non-square kernel and the bias reach the basis layer
+    whether it is fitted or made from scratch (the ResNets have no dilation)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, (3, 1), stride=(2, 1), padding=(2, 0), dilation=2, bias=True)
+    x = torch.randn(1, 4, 9, 9)
+    for convert in (True, False):
+        layer = apply_basis(nn.Sequential(conv), "0", 2, convert=convert)[0]
+        assert (layer.kernel_size, layer.stride, layer.padding, layer.dilation) == \
+            (conv.kernel_size, conv.stride, conv.padding, conv.dilation), convert
+        assert layer.bias is not None
+        with torch.no_grad():
+            assert layer(x).shape == conv(x).shape
+
+
 def test_layer_errors_name_the_layer_and_the_valid_range():
     model = build_model("resnet20")
     with pytest.raises(ValueError, match=r"unknown layer 'layer4.0.conv1'.*valid names: conv1, layer1.0.conv1"):
@@ -154,6 +169,50 @@ def test_only_where_saves_leaves_unprofitable_layers_dense():
         kept = apply_basis(model, "all", 0.5, convert=False, only_where_saves=True)
     dense = [n for n, m in conv_layers(kept).items() if isinstance(m, nn.Conv2d)]
     assert dense == ["conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"]
+
+
+def test_only_where_saves_judges_the_combine_form_that_runs():
+    """A 3-channel 3x3 conv (K = 27) with 64 outputs at m = 20: the split form does
+    fewer multiply-adds than the dense conv (20*27 + 44*20 < 64*27), the stacked one
+    does not (20*27 + 64*20 > 64*27), so only the split form is converted."""
+    model = nn.Sequential(nn.Conv2d(3, 64, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a layer that saves is converted without a warning
+        split = apply_basis(model, "all", 20, combine="split", only_where_saves=True,
+                            convert=False)
+    assert isinstance(split[0], BasisConv2d) and split[0].combine == "split"
+    stacked = apply_basis(model, "all", 20, only_where_saves=True, convert=False)
+    assert type(stacked[0]) is nn.Conv2d
+
+
+def test_shared_coefficients_fit_each_layers_combined_filters_in_its_own_order():
+    """Two convs whose filters are the same combinations of three filters each, at other
+    positions in each conv: one shared matrix reproduces both exactly, so the joint fit
+    must pair every layer's basis with its own combined filters in their stored order
+    (not in the conv's channel order)."""
+    g = torch.Generator().manual_seed(0)
+    mix = torch.rand(5, 3, generator=g, dtype=torch.float64) * 0.15 + 0.05
+    # two same-shaped convs (called one by one; the container is only for their names)
+    model = nn.Sequential(*(nn.Conv2d(4, 8, 3, padding=1, bias=False) for _ in range(2))).double()
+    places = {"0": [5, 1, 6], "1": [7, 3, 2]}  # where each conv keeps its three basis filters
+    for name, basis_at in places.items():
+        # descending norms, nearly orthogonal (K = 36): the greedy pick takes them in order
+        basis = torch.randn(3, 36, generator=g, dtype=torch.float64)
+        basis = basis / basis.norm(dim=1, keepdim=True) * torch.tensor([[30.0], [20.0], [10.0]],
+                                                                       dtype=torch.float64)
+        weight = torch.empty(8, 36, dtype=torch.float64)
+        weight[basis_at] = basis
+        weight[[c for c in range(8) if c not in basis_at]] = mix @ basis
+        with torch.no_grad():
+            model.get_submodule(name).weight.copy_(weight.reshape(8, 4, 3, 3))
+    shared = apply_basis(model, ["0", "1"], 3, share_coefficients=True)
+    assert shared[0].coefficients is shared[1].coefficients
+    x = torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64)
+    for name, basis_at in places.items():
+        layer = shared.get_submodule(name)
+        assert layer.basis_channels.tolist() == basis_at
+        assert layer.reconstruction_error < 1e-12, name
+        torch.testing.assert_close(layer(x), model.get_submodule(name)(x), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.device
