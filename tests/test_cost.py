@@ -89,7 +89,8 @@ def small(seed=0):
 
 @pytest.mark.parametrize("variant", ["split", "fused", "low_rank", "pruned", "shared", "frozen_basis",
                                      "skipped_coefficients", "input_grad", "fuse_norm",
-                                     "fuse_norm_split_low_rank", "fuse_norm_eval"])
+                                     "fuse_norm_split_low_rank", "fuse_norm_eval",
+                                     "fuse_norm_eval_no_running_stats"])
 @pytest.mark.filterwarnings("ignore:fuse_norm=True")  # split does not apply where it folds
 @pytest.mark.filterwarnings("ignore:combine='fused' needs")  # no kernel on this CPU
 def test_model_cost_matches_flop_counter_for_every_option(variant):
@@ -113,6 +114,11 @@ def test_model_cost_matches_flop_counter_for_every_option(variant):
     elif variant == "skipped_coefficients":
         CoefficientSkipSchedule(model, 2)(1)
     elif variant == "fuse_norm_eval":  # the running statistics fold in: no moments
+        model.eval()
+    elif variant == "fuse_norm_eval_no_running_stats":  # nothing to fold: batch statistics
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.track_running_stats = False  # as BatchNorm2d(track_running_stats=False) is
+            norm.running_mean = norm.running_var = norm.num_batches_tracked = None
         model.eval()
     shape = (2, 3, 16, 16)
     counted = measure_flops(model, shape, input_requires_grad=input_grad)
