@@ -76,6 +76,35 @@ def test_measuring_leaves_the_random_state_and_the_callers_graph_alone():
     assert x.grad is not None and layer.coefficients.grad is not None
 
 
+def test_a_frozen_layer_with_gradients_enabled_is_timed_forward_only(monkeypatch):
+    """Gradient mode alone does not make a backward: a frozen layer (a fixed backbone)
+    on an input without a gradient is timed, and keyed, as a forward (timing a backward
+    there would fail: nothing requires a gradient)."""
+    calls = []
+    real = auto._time
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: calls.append((f, backward))
+                        or real(f, args, backward))
+    layer, x = layer_and_input("cpu")
+    layer.requires_grad_(False)
+    out = layer(x.detach())
+    assert not out.requires_grad
+    assert sorted(calls) == [("dense", False), ("stacked", False)]
+    assert [key[-1] for key in auto.choices()] == [False]
+
+
+def test_a_shape_that_cannot_be_measured_runs_the_stacked_form(monkeypatch):
+    """While torch.compile traces (or on the cost model's meta tensors) a shape measured
+    before runs its choice and a new one the stacked form, the form the cost model counts."""
+    ran = []
+    for name in ("stacked", "dense"):
+        monkeypatch.setitem(auto.FORMS, name, lambda *a, name=name, form=auto.FORMS[name]:
+                            ran.append(name) or form(*a))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    layer, x = layer_and_input("cpu")
+    layer(x)
+    assert ran == ["stacked"] and auto.choices() == {}
+
+
 def test_dense_form_is_the_materialized_weights_conv():
     torch.manual_seed(1)
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
