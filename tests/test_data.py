@@ -78,6 +78,16 @@ def test_stratified_subset_is_balanced_and_seeded():
         stratified_subset(labels, 2000)
 
 
+def test_stratified_subset_draws_each_class_independently():
+    """Each class's images are picked by its own draws from the one generator: a generator
+    seeded afresh per class would pick the same positions in every class (images at the
+    same place in the files), the same in all ten."""
+    labels = torch.arange(1000) % 10  # class c holds images c, c + 10, c + 20, ...
+    idx = stratified_subset(labels, 100, seed=0)
+    positions = [set((idx[labels[idx] == c] // 10).tolist()) for c in range(10)]
+    assert len({frozenset(p) for p in positions}) == 10
+
+
 def test_stratified_subset_of_unbalanced_classes_still_has_the_size_asked():
     # your own CIFAR-format data: class 0 has 20 images, the others 200 each
     labels = torch.cat([torch.zeros(20, dtype=torch.long),
@@ -150,6 +160,20 @@ def test_batches_cover_the_epoch_and_reshuffle():
     assert got[0][0].dtype == torch.float32 and got[0][0].shape == (32, 3, 32, 32)
     # evaluation images are only normalized: no crop, no flip, in order
     torch.testing.assert_close(torch.cat([x for x, _ in got]), normalize(images), rtol=0, atol=0)
+
+
+def test_training_batches_follow_their_seed():
+    """The batch order and augmentation are the seed's: the same seed gives the same
+    batches, another seed other ones (a seed ignored would give every seed of a
+    configuration the same batches, and its repeats less spread than real ones)."""
+    images, labels = random_images(64, 0)
+
+    def epoch(seed):
+        return list(TensorBatches(images, labels, 16, train=True, seed=seed))
+
+    same, again, other = epoch(1), epoch(1), epoch(2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(same, again))
+    assert not torch.equal(torch.cat([y for _, y in same]), torch.cat([y for _, y in other]))
 
 
 def test_batches_resume_from_state():

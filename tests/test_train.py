@@ -145,6 +145,10 @@ def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_pat
     check_same_run(saved, {**saved, "sensitivity": {"noise_repeats": 2}}, tmp_path)
     with pytest.raises(ConfigError, match="differs in trainer.lr"):
         check_same_run(saved, {**saved, "trainer": {"epochs": 3, "lr": 0.2}}, tmp_path)
+    # how a run executes (threads, device) may change between its starts
+    executed = {**saved, "trainer": {"epochs": 3, "lr": 0.1, "threads": 1, "device": "cpu"}}
+    check_same_run(executed, {**saved, "trainer": {"epochs": 3, "lr": 0.1, "threads": 8,
+                                                   "device": "cuda"}}, tmp_path)
 
 
 def test_a_run_leaves_the_process_settings_as_it_found_them(tmp_path, repo):
@@ -313,3 +317,99 @@ def test_a_diverged_sensitivity_fine_tune_names_its_learning_rate(tmp_path, repo
                                                r"sensitivity.finetune_lr=1000000.0\); lower "
                                                r"sensitivity.finetune_lr"):
         estimate(cfg)
+
+
+class _ZeroLogits(torch.nn.Module):
+    """Logits all zero whatever the image: a loss of ln 10 on every image, and every
+    prediction class 0; its one weight gets no gradient, so the steps change nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, images):
+        return torch.zeros(images.shape[0], 10) + 0 * self.weight
+
+
+def _trainer(**values):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0,
+                             "epochs": 2, "schedule": "onecycle", "warmup_fraction": 0.3,
+                             "label_smoothing": 0.0, "progress": False, "compile": False,
+                             **values})
+
+
+def test_epoch_metrics_are_per_image_and_the_recorded_rate_is_the_epochs_first():
+    """An epoch's loss and accuracy are means over its images (not over its batches), its
+    evaluation counts the last partial batch, and its ``lr`` is the rate of its first step
+    (not the one the schedule has moved on to when the epoch ends)."""
+    import math
+
+    from basisconv import loop
+    from basisconv.data import TensorBatches
+
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 10  # class 0: 4 of the 40, 3 of the first 25
+    train = TensorBatches(images, labels, 10, train=True, seed=0)  # 4 full batches
+    test = TensorBatches(images[:25], labels[:25], 10, train=False)  # 10 + 10 + 5
+    model, trainer = _ZeroLogits(), _trainer()
+    optimizer = loop.build_optimizer(model, trainer)
+    scheduler = loop.build_scheduler(optimizer, trainer, len(train))
+    rates = []
+    rows = [loop.run_epoch(epoch, model, train, test, optimizer, scheduler, trainer, None,
+                           before_step=lambda: rates.append(optimizer.param_groups[0]["lr"]))
+            for epoch in (1, 2)]
+    for row in rows:
+        assert row["train_loss"] == pytest.approx(math.log(10))
+        assert row["test_loss"] == pytest.approx(math.log(10))
+        assert row["train_accuracy"] == pytest.approx(0.1)
+        assert row["test_accuracy"] == pytest.approx(0.12)
+    assert len(rates) == 8
+    assert [row["lr"] for row in rows] == [rates[0], rates[4]]
+    assert rates[0] == pytest.approx(0.01)
+
+
+def test_the_schedules_warm_up_and_end_where_the_recipe_says():
+    """Per step over 2 epochs of 5: one-cycle rises from lr/10 to lr at 30 % of the steps
+    and ends at lr/1000 on the last step; cosine ramps linearly from lr/10 over its warm-up,
+    then anneals to zero after the last step (also without a warm-up, as the sensitivity
+    fine-tunes run it). A schedule counted one epoch too long, or a cosine whose length
+    ignores the warm-up, ends the run well above these."""
+    from basisconv import loop
+
+    def rates(schedule, warmup):
+        trainer = _trainer(schedule=schedule, warmup_fraction=warmup)
+        model = torch.nn.Linear(2, 2)
+        optimizer = loop.build_optimizer(model, trainer)
+        scheduler = loop.build_scheduler(optimizer, trainer, steps_per_epoch=5)
+        seen = []
+        for _ in range(10):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen, optimizer.param_groups[0]["lr"]
+
+    onecycle, _ = rates("onecycle", 0.3)
+    assert onecycle[0] == pytest.approx(0.01) and onecycle[2] == pytest.approx(0.1)
+    assert max(onecycle) == pytest.approx(0.1) and onecycle[-1] == pytest.approx(1e-4)
+    cosine, after = rates("cosine", 0.3)
+    assert cosine[:4] == pytest.approx([0.01, 0.04, 0.07, 0.1])
+    assert cosine[3:] == sorted(cosine[3:], reverse=True) and after == pytest.approx(0, abs=1e-12)
+    cosine, after = rates("cosine", 0.0)
+    assert cosine[0] == pytest.approx(0.1) and after == pytest.approx(0, abs=1e-12)
+
+
+def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():
+    from basisconv.train import final_metrics
+
+    epochs = [{"test_accuracy": accuracy, "test_loss": 1 - accuracy, "train_loss": 2 - accuracy,
+               "epoch_seconds": 10.0 * i, "forward_seconds_per_step": 0.1 * i,
+               "backward_seconds_per_step": 0.2 * i}
+              for i, accuracy in enumerate((0.6, 0.8, 0.7), 1)]
+    final = final_metrics(epochs)
+    assert final == pytest.approx({
+        "test_accuracy": 0.7, "test_loss": 0.3, "train_loss": 1.3, "best_test_accuracy": 0.8,
+        "train_seconds": 60.0, "mean_epoch_seconds": 20.0, "forward_seconds_per_step": 0.2,
+        "backward_seconds_per_step": 0.4})
