@@ -160,6 +160,56 @@ def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert leftover_temporaries(path) == [] and [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
+class _Killed(BaseException):
+    """Stands for the kill of a process (not an Exception: nothing may catch it)."""
+
+
+def test_a_checkpoint_save_cut_off_anywhere_leaves_the_previous_one_verified(tmp_path,
+                                                                           monkeypatch):
+    """A run killed while it writes its next checkpoint (inside torch.save, while writing
+    the .sha256, or between the .sha256's rename and the checkpoint's: twice in a row)
+    must leave the previous checkpoint in place, and loadable against its .sha256."""
+    from basisconv import checkpoint
+    from basisconv.records import leftover_temporaries
+
+    path = tmp_path / "checkpoint.pt"
+
+    def state(epoch):
+        return {key: epoch for key in checkpoint.RUN_STATE}
+
+    checkpoint.save_checkpoint(path, state(1))
+    real_save, real_replace = torch.save, os.replace
+
+    def save_half(obj, f):  # f: the file object, or a path (a save that is not atomic)
+        if isinstance(f, (str, Path)):
+            Path(f).write_bytes(b"half")
+        else:
+            f.write(b"half")
+        raise _Killed
+
+    def sum_killed(*args):
+        raise _Killed
+
+    def replace_killed_for_the_checkpoint(src, dst):
+        if Path(dst) == path:
+            raise _Killed
+        return real_replace(src, dst)
+
+    cut_offs = [(torch, "save", save_half), (checkpoint, "write_text_atomic", sum_killed),
+                (os, "replace", replace_killed_for_the_checkpoint),
+                (os, "replace", replace_killed_for_the_checkpoint)]
+    for epoch, (where, name, cut_off) in enumerate(cut_offs, 2):
+        with monkeypatch.context() as patch:
+            patch.setattr(where, name, cut_off)
+            with pytest.raises(_Killed):
+                checkpoint.save_checkpoint(path, state(epoch))
+        assert checkpoint.load_checkpoint(path) == state(1), name
+        assert leftover_temporaries(path) == []
+    assert torch.save is real_save
+    checkpoint.save_checkpoint(path, state(6))
+    assert checkpoint.load_checkpoint(path) == state(6)
+
+
 def test_files_left_half_written_by_killed_runs_do_not_pile_up(tmp_path, repo):
     """Each SIGKILL while a checkpoint was being written once left its temporary file (as
     big as a checkpoint) in the run folder for good."""
