@@ -130,6 +130,33 @@ def test_each_row_is_compared_with_the_dense_run_of_its_own_epochs_and_precision
     assert changes == {(2, "fp32"): -0.05, (4, "fp32"): -0.1, (2, "bf16"): 0.05}
 
 
+def test_each_row_is_compared_with_the_dense_run_of_its_own_training_images():
+    """A subset of the training set is another baseline: a basis run on 1000 images is
+    not compared with the dense run on 5000."""
+    runs = [(swept(record(sel, accuracy=acc), **{"data.train_subset": images}), "a")
+            for sel, images, acc in [("none", 5000, 0.90), ("none", 1000, 0.70),
+                                     ("all", 5000, 0.85), ("all", 1000, 0.75)]]
+    table = compare(runs_frame(runs))
+    basis = table[table["selection"] == "all"]
+    assert dict(zip(basis["train_images"], basis["accuracy_change"].round(6))) == {
+        5000: -0.05, 1000: 0.05}
+
+
+def test_the_displayed_table_shows_each_ratio_and_a_std_only_over_several_seeds():
+    """Parameters and FLOPs saved differently (a half of the parameters, a quarter of the
+    FLOPs): each column shows its own ratio, the theory speedup is the FLOPs', and a row of
+    one seed shows no ± (a std of one run is no spread)."""
+    runs = RECORDS[:2] + [record("all", 0.5, 0, 0.80, 500, 25, 5.0, (0.05, 0.1)),
+                          record("all", 0.5, 1, 0.84, 500, 25, 5.0, (0.05, 0.1)),
+                          record("all", 0.25, 0, 0.70, 500, 25, 5.0, (0.05, 0.1))]
+    shown = display_table(compare(runs_frame([(r, "here") for r in runs])))
+    half, quarter = (shown[shown["basis size"] == size].iloc[0] for size in ("0.5", "0.25"))
+    assert half["test accuracy (%)"] == "82.00 ± 2.83" and quarter["test accuracy (%)"] == "70.00"
+    assert half["parameters"] == "500 (50 %)"
+    assert half["training FLOPs / image"].endswith("(25 %)")
+    assert half["step speedup (theory)"] == "2.00x (4.00x)"
+
+
 def test_a_dense_run_swept_alike_is_the_baseline_of_its_own_setting():
     runs = [swept(record(sel, accuracy=acc), **{"trainer.lr": lr}) for sel, lr, acc in
             [("none", 0.05, 0.90), ("none", 0.1, 0.80), ("all", 0.05, 0.85), ("all", 0.1, 0.70)]]
@@ -445,6 +472,16 @@ def test_published_records_are_read_and_a_run_found_twice_counts_once(tmp_path):
     assert len(training_records(read_records(tmp_path / "results"))) == 3
     assert len(training_records(read_records(tmp_path))) == 4
     assert len(read_records(runs)) == 4  # the sensitivity record too
+    # the same configuration run again elsewhere (another machine, another date) is
+    # another run, not a copy
+    write_runs(tmp_path / "again", [RECORDS[0], {**RECORDS[0], "provenance": {
+        **RECORDS[0]["provenance"], "date": "2026-11-26T05:00:00+00:00",
+        "hardware": {"cpu": "AMD EPYC", "gpu": "NVIDIA H100 80GB HBM3"}}}])
+    assert len(training_records(read_records(tmp_path / "again"))) == 2
+    # hidden folders (.hydra/, .ipynb_checkpoints/, a .trash/) hold no records to count
+    (runs / ".trash").mkdir()
+    (runs / ".trash" / "seed7.json").write_text(json.dumps(record(seed=7)))
+    assert len(training_records(read_records(runs))) == 3
 
 
 def test_report_lists_the_run_folders_it_could_not_read(tmp_path, caplog):

@@ -127,6 +127,48 @@ def test_the_search_scores_the_subset_the_sensitivity_policy_converts_first():
     assert fast_choice(tied, 3, "loss_increase") == ("c", "d", "f")  # b, f tie at 0.03: f has the smaller drop
 
 
+def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(repo, tmp_path,
+                                                                            monkeypatch):
+    """The search's arithmetic on measurements made up here (nothing trained): a subset's
+    predicted drop is the sum of its layers' single-layer drops; the fast choice's
+    percentile counts the subsets strictly worse; the subsets within the noise of it do not
+    count itself; the rank correlation is Spearman's (1 for a monotone relation that is
+    not linear, where Pearson's is below 1)."""
+    from basisconv import search
+
+    single = pd.DataFrame({"layer": list("abcd"), "position": range(4),
+                           "accuracy_drop": [0.01, 0.02, 0.04, 0.08],
+                           "loss_increase": [0.1, 0.2, 0.4, 0.8], "flops_saved": [1, 2, 3, 4]})
+    accuracy = {"a b": 0.88, "a c": 0.86, "b c": 0.85, "a d": 0.80, "b d": 0.70, "c d": 0.50}
+
+    class Probe:
+        def __init__(self, cfg):
+            pass
+
+        def evaluate_layers(self, layers):
+            return {"accuracy": 0.9, "loss": 1.0}
+
+    monkeypatch.setattr(search, "candidate_count", lambda cfg: 4)
+    monkeypatch.setattr(search, "sensitivity_table", lambda cfg: (single, {
+        "key": "k", "noise": {"accuracy_std": 0.025}}))
+    monkeypatch.setattr(search, "Probe", Probe)
+    monkeypatch.setattr(search, "evaluate_many", lambda probe, jobs, workers: [
+        {"accuracy": accuracy[" ".join(layers)], "loss": 2 - accuracy[" ".join(layers)]}
+        for layers, _ in jobs])
+    cfg = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
+                              "selection.metric=accuracy_drop")
+    summary = search.exhaustive_search(cfg, tmp_path / "out")
+    assert (summary["subsets"], summary["fast_choice"], summary["best_subset"]) == (6, "a b", "a b")
+    assert summary["fast_rank_by_accuracy"] == 1
+    assert summary["fast_percentile"] == pytest.approx(5 / 6)  # 5 of the 6 are worse
+    assert summary["subsets_within_noise_of_fast"] == 1  # "a c", 0.02 below
+    assert summary["median_accuracy"] == pytest.approx(0.825)
+    assert summary["spearman_predicted_vs_measured_drop"] == pytest.approx(1.0)
+    found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")
+    assert found.loc["a d", "predicted_accuracy_drop"] == pytest.approx(0.09)
+    assert found.loc["c d", "accuracy_drop"] == pytest.approx(0.40)
+
+
 def test_count_out_of_range_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"selection.count=7; there are 6 candidate layers"):
         pick_layers(policy("random", count=7), TABLE, DENSE)
@@ -269,6 +311,8 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     assert summary["subsets"] == len(found) == 7 and found["fast_choice"].sum() == 1
     pd.testing.assert_series_equal(found["accuracy_drop"], found["predicted_accuracy_drop"],
                                    check_names=False, atol=1e-9, rtol=0)
+    pd.testing.assert_series_equal(found["loss_increase"], found["predicted_loss_increase"],
+                                   check_names=False, atol=1e-9, rtol=0)
     assert summary["fast_rank_by_accuracy"] == 1
     # the yardstick a rank is read against: the reference's batch-order noise
     assert summary["noise_accuracy_std"] >= 0 and 0 <= summary["subsets_within_noise_of_fast"] < 7
@@ -343,6 +387,9 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
     with pytest.raises(ConfigError, match=rf"{path}.*damaged.*sensitivity.recompute=true") as err:
         sensitivity.sensitivity_table(cfg)
     assert "\n" not in str(err.value)
+    path.write_text(good.replace("0.01,", "0.02,", 1))  # a cell changed, the rows all there
+    with pytest.raises(ConfigError, match=rf"{path}.*damaged.*sensitivity.recompute=true"):
+        sensitivity.sensitivity_table(cfg)
     path.write_text(good.replace("0.01,", "abc,", 1))  # a non-numeric cell
     with pytest.raises(ConfigError, match=rf"{path}.*sensitivity.recompute=true"):
         sensitivity.sensitivity_table(cfg)
