@@ -61,6 +61,29 @@ def test_timer_interleaves_rounds_and_reports_a_median_per_candidate():
 def test_spread_is_the_interquartile_range_over_the_median():
     assert relative_spread([0.5, 0.2, 0.4, 0.1, 0.3]) == pytest.approx((0.4 - 0.2) / 0.3)
     assert relative_spread([0.2]) == 0.0  # one round: nothing to say
+    # skewed times: over the median (3), not the mean (4), which one slow round drags up
+    assert relative_spread([1.0, 10.0, 2.0, 4.0, 3.0]) == pytest.approx((4 - 2) / 3)
+
+
+def test_timer_reports_the_median_of_the_rounds_after_the_warmup(monkeypatch):
+    """The medians (in ms) and spreads are of the timed rounds only, and a median, not a
+    mean: one slow round (a page fault, another process) must not move it."""
+    from basisconv import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    durations = {"a": iter([5.0, 0.001, 0.002, 0.009]), "b": iter([5.0, 0.004, 0.004, 0.004])}
+
+    def work(name):
+        def run():
+            clock[0] += next(durations[name])
+        return run
+
+    timer = Timer("cpu")
+    times = timer.run({"a": work("a"), "b": work("b")}, repeats=3, warmup=1)
+    assert times == pytest.approx({"a": 2.0, "b": 4.0})  # the 5 s warm-up round left out
+    assert timer.spread == pytest.approx({"a": relative_spread([0.001, 0.002, 0.009]),
+                                          "b": 0.0})
 
 
 def test_runner_training_step_starts_from_fresh_gradients():
@@ -391,3 +414,110 @@ def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, rep
     assert record["kind"] == "benchmark" and record["file"] == "resources.csv"
     assert record["provenance"]["versions"]["triton"]
 
+
+
+class FixedTimer:
+    """A :class:`Timer` that runs nothing and reports given medians and spreads, one pair
+    per call of ``run`` in order (the arithmetic on the times, without timing anything)."""
+
+    def __init__(self, *calls):
+        self.calls, self.spread = list(calls), {}
+
+    def run(self, candidates, repeats, warmup):
+        times, self.spread = self.calls.pop(0)
+        assert set(times) == set(candidates)
+        return times
+
+
+def test_model_rows_take_ratios_spreads_and_the_time_bound_from_the_times():
+    """The whole-model row against hand-computed values: measured / dense (not inverted),
+    the larger of the two spreads, and the time bound: the dense step minus its 20 convs
+    (each 2 ms alone), plus the 16 converted convs at their FLOP ratio (0.5) and the 4 the
+    model leaves dense (stem, shortcuts) at their dense time, whatever their layer rows say."""
+    import warnings
+
+    from basisconv.cost import model_cost
+    from basisconv.models import build_model
+    from basisconv.surgery import apply_basis
+
+    options = SpeedOptions(batch_size=2, fractions=[0.5], model_repeats=1, warmup=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dense = build_model("resnet18")
+        basis = apply_basis(dense, "all", 0.5, convert=False, only_where_saves=True)
+    shape = (2, 3, 32, 32)
+    theory = model_cost(basis, shape).total_flops / model_cost(dense, shape).total_flops
+    left_dense = {"conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"}
+    layer_rows = []
+    for shape_, names in speed.resnet18_shapes().items():
+        stays = set(names) <= left_dense  # (its basis form's row: dearer than dense)
+        layer_rows.append({"layers": " ".join(names), "fraction": 0.5, "dense_fwdbwd_ms": 2.0,
+                           "basis_fwdbwd_ms": 3.0 if stays else 1.5,
+                           "theory_fwdbwd_ratio": 1.2 if stays else 0.5,
+                           "paper_fwdbwd_ratio": 0.4})
+    measured = 1.1 * theory  # within the 1.15 slack
+    timer = FixedTimer(({"dense": 100.0, 0.5: 100.0 * measured}, {"dense": 0.1, 0.5: 0.3}),
+                       ({"dense": 40.0, 0.5: 30.0}, {"dense": 0.2, 0.5: 0.05}))
+    (row,), _ = speed.benchmark_model(options, options.runner(), timer, layer_rows,
+                                      progress=lambda line: None)
+    assert set(row["layers_dense"].split()) == left_dense
+    assert row["fwdbwd_ratio"] == pytest.approx(measured) and row["fwd_ratio"] == 0.75
+    assert row["theory_fwdbwd_ratio"] == pytest.approx(theory)
+    assert row["target_met"] is True  # 1.1 x the FLOP ratio meets the 1.15 x target
+    assert (row["fwd_spread"], row["fwdbwd_spread"]) == (0.2, 0.3)
+    assert row["dense_non_conv_share"] == pytest.approx((100 - 20 * 2.0) / 100)
+    at_theory = 16 * 2.0 * 0.5 + 4 * 2.0
+    assert row["time_bound_ratio"] == pytest.approx((60 + at_theory) / 100)
+    assert row["layer_sum_ratio"] == pytest.approx((60 + 16 * 1.5 + 4 * 2.0) / 100)
+    assert row["fwdbwd_vs_time_bound"] == pytest.approx(measured / row["time_bound_ratio"])
+
+
+def test_training_throughput_is_computed_from_the_timed_steps(monkeypatch, tmp_path):
+    """Images per second over all the timed steps, the step time, the epoch at
+    50000 // batch steps (training drops the last, partial batch), the median (not the mean) time to produce a batch, and the data
+    share of the steps, from a training epoch of 0.3 s over 3 steps and batches that took
+    1, 2 and 9 ms."""
+    from types import SimpleNamespace
+
+    from basisconv.bench import train as bench_train
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+
+    class FixedTimes(TimedBatches):
+        def __iter__(self):
+            yield from super().__iter__()
+            self.seconds = [0.001, 0.002, 0.009][:self.steps]
+
+    def epoch(model, batches, *args, **kwargs):
+        assert len(list(batches)) == 3
+        return SimpleNamespace(seconds=0.3)
+
+    monkeypatch.setattr(bench_train, "TimedBatches", FixedTimes)
+    monkeypatch.setattr(bench_train, "train_one_epoch", epoch)
+    result = bench_train.measure(bench_train.ThroughputOptions(
+        model="resnet8", batch_size=6, steps=3, warmup=0, threads=1))
+    assert result["images_per_second"] == pytest.approx(3 * 6 / 0.3)
+    assert result["seconds_per_step"] == pytest.approx(0.1)
+    assert result["epoch_seconds"] == pytest.approx(0.1 * 8333)  # not 8333.3
+    assert result["data_seconds_per_step_median"] == 0.002
+    assert result["data_share"] == pytest.approx(0.012 / 0.3)
+
+
+def test_the_speedup_plot_shows_each_ratio_inverted(monkeypatch, tmp_path):
+    """Speedup over dense is 1 / the time ratio: for the measured steps, the FLOP ratio,
+    the target and the time bound alike."""
+    from basisconv.analysis import figures
+
+    shown = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.append(fig) or path)
+    rows = [{"fraction": f, "fwdbwd_ratio": r, "fwd_ratio": 0.5, "theory_fwdbwd_ratio": t,
+             "time_bound_ratio": b}
+            for f, r, t, b in ((0.25, 0.4, 0.25, 0.32), (0.5, 0.8, 0.5, 0.64))]
+    basis_speedups([], rows, tmp_path / "plot.png", "title", target_slack=1.25)
+    lines = {line.get_label(): list(line.get_ydata()) for line in shown[0].axes[0].lines}
+    assert lines["measured fwd+bwd"] == pytest.approx([2.5, 1.25])
+    assert lines["measured fwd"] == pytest.approx([2.0, 2.0])
+    assert lines["theory (FLOPs)"] == pytest.approx([4.0, 2.0])
+    assert lines["target (theory / 1.25)"] == pytest.approx([3.2, 1.6])
+    assert lines["time bound (convs at theory, rest as dense)"] == pytest.approx([3.125, 1.5625])
+    figures.pyplot().close(shown[0])

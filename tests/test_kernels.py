@@ -35,6 +35,7 @@ SHAPES = [
     (20, 40, 24, 3, 1, 2, 2, False, 1, (8, 7), True),     # dilation; several K, m and C_out blocks
     (3, 7, 3, (3, 5), 1, "same", 1, True, 2, (6, 9), False),  # non-square kernel, "same"
     (8, 16, 4, 1, 2, 0, 1, True, 2, (7, 7), True),        # 1x1 stride 2 (a shortcut)
+    (4, 9, 5, 3, (2, 1), 1, (1, 2), True, 2, (9, 8), True),  # stride and dilation per axis
 ]
 
 
@@ -232,7 +233,7 @@ def test_the_kernel_compiles_to_hopper_machine_code(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["no triton", "cpu without interpreter", "float64",
-                                  "asymmetric same padding"])
+                                  "asymmetric same padding", "asymmetric same padding in H"])
 def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch, kernel_runs):
     monkeypatch.setattr(fused, "_WARNED", set())
     kernel, dtype, match = 3, torch.float32, "triton"
@@ -243,8 +244,10 @@ def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch, kernel
         match = "CUDA tensor"
     elif case == "float64":
         dtype, match = torch.float64, "float32 under TRITON_INTERPRET"
-    else:
+    elif case == "asymmetric same padding":
         kernel, match = 2, "symmetric padding"
+    else:  # even in W: one uneven axis is enough
+        kernel, match = (2, 3), "symmetric padding"
     torch.manual_seed(0)
     layer = BasisConv2d(3, 6, kernel, 2, padding="same", bias=True, combine="fused", dtype=dtype)
     x = torch.randn(2, 3, 5, 5, dtype=dtype)
@@ -260,6 +263,24 @@ def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch, kernel
         warnings.simplefilter("always")
         layer(x)
     assert not [w for w in caught if "combine='fused'" in str(w.message)]  # once per reason
+
+
+def test_the_fallbacks_saved_basis_maps_give_the_combinations_gradient():
+    """Where the stacked form stands in for the kernel (float64 here), the basis maps it
+    keeps for the backward are rows in the kernel's layout (pixel by pixel, channels_last),
+    so the combination's gradient is that of the stacked form."""
+    torch.manual_seed(0)
+    x, weight, combination, bias = (torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+                                    for shape in ((2, 3, 6, 5), (4, 3, 3, 3), (6, 4), (6,)))
+    conv = ((1, 1), (1, 1), (1, 1))
+    grad, grads = torch.randn(2, 6, 6, 5, dtype=torch.float64), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's notice
+        for forward in (fused.fused_forward, stacked_forward):
+            y = forward(x, weight, combination, bias, *conv)
+            grads.append(torch.autograd.grad(y, (x, weight, combination, bias), grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

@@ -169,6 +169,33 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
     assert found.loc["c d", "accuracy_drop"] == pytest.approx(0.40)
 
 
+def test_the_held_out_split_is_class_balanced_and_disjoint_from_the_fine_tune_images():
+    """The drops are measured on images no fine-tune has trained on."""
+    import torch
+
+    from basisconv.probe import holdout_split
+
+    labels = torch.arange(40) % 4
+    images = torch.arange(40).float()[:, None]
+    split = holdout_split(images, labels, 8, seed=0)
+    assert len(split.val_labels) == 8 and len(split.train_labels) == 32
+    assert torch.bincount(split.val_labels).tolist() == [2, 2, 2, 2]
+    seen = set(split.train_images[:, 0].tolist())
+    assert seen.isdisjoint(split.val_images[:, 0].tolist())
+    assert seen | set(split.val_images[:, 0].tolist()) == set(range(40))
+
+
+def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repeats():
+    from basisconv.probe import reference_noise
+
+    noise = reference_noise({"accuracy": 0.5, "loss": 1.0},
+                            [{"accuracy": 0.6, "loss": 1.5}, {"accuracy": 0.7, "loss": 2.0}])
+    assert noise["repeats"] == 3 and noise["accuracies"] == [0.5, 0.6, 0.7]
+    assert noise["accuracy_std"] == pytest.approx(0.1)  # ddof=1: three runs, two degrees
+    assert noise["loss_std"] == pytest.approx(0.5)
+    assert reference_noise({"accuracy": 0.5, "loss": 1.0}, []) is None
+
+
 def test_count_out_of_range_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"selection.count=7; there are 6 candidate layers"):
         pick_layers(policy("random", count=7), TABLE, DENSE)

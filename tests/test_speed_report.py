@@ -15,7 +15,7 @@ CPU = {"cpu": "AMD EPYC", "cpu_capability": "AVX512"}
 GPU = {"cpu": "Intel Xeon", "gpu": "NVIDIA H200"}
 
 
-def _provenance(hardware, commit):
+def _provenance(hardware, commit="b"):
     return {"date": "2026-11-29T10:00:00+00:00", "git": {"commit": commit * 8},
             "hardware": hardware}
 
@@ -33,11 +33,11 @@ def _model_record(folder, tag, hardware, precision, ratios, batch=128):
         "file": f"model-speed-{tag}.csv"}))
 
 
-def _train_record(folder, name, hardware, seconds, **options):
+def _train_record(folder, name, hardware, seconds, commit="b", **options):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"train-throughput-{name}.json").write_text(json.dumps({
         "kind": "benchmark", "status": "complete", "config": {},
-        "provenance": _provenance(hardware, "b"), "batch_size": 128, "amp": "bf16",
+        "provenance": _provenance(hardware, commit), "batch_size": 128, "amp": "bf16",
         "seconds_per_step": seconds, "images_per_second": 128 / seconds,
         "epoch_seconds": seconds * 390, "basis_size": None, "compile_mode": None,
         "cuda_graphs": False, **options}))
@@ -94,6 +94,34 @@ def test_a_basis_step_is_relative_to_the_dense_step_of_its_own_architecture_and_
     _train_record(gpu, "cuda-bf16-again", GPU, 0.0070)
     with pytest.raises(DatasetError, match=r"cuda-bf16-again\.json and .*cuda-bf16\.json are"):
         speed.training_speed(folders)
+
+
+def test_a_basis_step_is_relative_to_the_dense_step_of_its_own_precision_batch_and_commit(
+        folders):
+    """Faster dense records of another precision, batch or commit on the same GPU are not
+    the reference of the bf16, batch-128 basis row (nor, being of other settings, two
+    references of one setting); a basis row of a batch no dense record has gets no ratio."""
+    gpu = folders[1]
+    _train_record(gpu, "cuda-fp32-graphs", GPU, 0.0010, cuda_graphs=True, amp="none")
+    _train_record(gpu, "cuda-bf16-graphs-b256", GPU, 0.0011, cuda_graphs=True, batch_size=256)
+    _train_record(gpu, "cuda-bf16-graphs-later", GPU, 0.0012, commit="c", cuda_graphs=True)
+    train = speed.training_speed(folders)
+    basis = train[train["model"] != "dense"].set_index("commit")
+    assert basis.loc["bbbbbbb", "relative_to_dense"] == pytest.approx(0.8)
+    _train_record(gpu, "cuda-bf16-basis0.25-graphs-b512", GPU, 0.0040, cuda_graphs=True,
+                  basis_size=0.25, batch_size=512)
+    train = speed.training_speed(folders).set_index(["batch", "model"])
+    assert pd.isna(train.loc[(512, "basis 0.25"), "relative_to_dense"])
+
+
+def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(tmp_path):
+    """An epoch is 50000 // batch steps of the record's own batch size."""
+    _train_record(tmp_path, "cuda-bf16-b256", GPU, 0.02, batch_size=256)
+    record = json.loads((tmp_path / "train-throughput-cuda-bf16-b256.json").read_text())
+    del record["epoch_seconds"]
+    (tmp_path / "train-throughput-cuda-bf16-b256.json").write_text(json.dumps(record))
+    (row,) = speed.training_speed([tmp_path]).to_dict("records")
+    assert row["epoch_seconds"] == pytest.approx(0.02 * 195)
 
 
 def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders, repo, tmp_path):
@@ -156,3 +184,18 @@ def test_folders_without_any_speed_record_are_one_clear_error(repo, tmp_path):
     assert result.stderr.startswith(f"error: no speed records in {tmp_path / 'a'}, {tmp_path / 'b'}")
     assert "model-speed-*.json" in result.stderr and "train-throughput-*.json" in result.stderr
     assert not list(tmp_path.glob("s*"))  # no summary saying "(no records)"
+
+
+def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch, tmp_path):
+    """One panel per hardware; each line is 1 / the measured ratio, beside 1 / the FLOP
+    ratio."""
+    from basisconv.analysis import figures
+
+    shown = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.append(fig) or path)
+    figures.speed_across_hardware(speed.model_speed(folders), tmp_path / "plot.png", "note")
+    gpu = [ax for ax in shown[0].axes if ax.get_title() == "NVIDIA H200"][0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in gpu.lines}
+    assert lines["bf16, batch 512, fused (aaaaaaa)"] == pytest.approx([1 / 0.35, 1 / 0.62])
+    assert lines["theory (FLOPs)"] == pytest.approx([4.0, 2.0])
+    figures.pyplot().close(shown[0])
