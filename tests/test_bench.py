@@ -474,9 +474,9 @@ def test_model_rows_take_ratios_spreads_and_the_time_bound_from_the_times():
 
 def test_training_throughput_is_computed_from_the_timed_steps(monkeypatch, tmp_path):
     """Images per second over all the timed steps, the step time, the epoch at
-    50000 // batch steps (training drops the last, partial batch), the median (not the mean) time to produce a batch, and the data
-    share of the steps, from a training epoch of 0.3 s over 3 steps and batches that took
-    1, 2 and 9 ms."""
+    50000 // batch steps (training drops the last, partial batch), the median (not the
+    mean) time to produce a batch, and the data share of the steps, from a training epoch
+    of 0.3 s over 3 steps and batches that took 1, 2 and 9 ms."""
     from types import SimpleNamespace
 
     from basisconv.bench import train as bench_train

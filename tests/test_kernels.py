@@ -265,10 +265,11 @@ def test_fallback_is_the_stacked_form_with_one_warning(case, monkeypatch, kernel
     assert not [w for w in caught if "combine='fused'" in str(w.message)]  # once per reason
 
 
-def test_the_fallbacks_saved_basis_maps_give_the_combinations_gradient():
+def test_the_fallbacks_saved_basis_maps_give_the_combinations_gradient(monkeypatch):
     """Where the stacked form stands in for the kernel (float64 here), the basis maps it
     keeps for the backward are rows in the kernel's layout (pixel by pixel, channels_last),
     so the combination's gradient is that of the stacked form."""
+    monkeypatch.setattr(fused, "_WARNED", set())  # its once-per-process notice stays unsaid
     torch.manual_seed(0)
     x, weight, combination, bias = (torch.randn(*shape, dtype=torch.float64, requires_grad=True)
                                     for shape in ((2, 3, 6, 5), (4, 3, 3, 3), (6, 4), (6,)))
