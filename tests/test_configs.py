@@ -142,6 +142,7 @@ RANGE_RULES = [
     ({"sensitivity.search_subset_size": 0}, "sensitivity.search_subset_size must be >= 1"),
     ({"selection.count": 0}, "selection.count must be null or >= 1, got 0"),
     ({"selection.budget_metric": "energy"}, "selection.budget_metric='energy'; choose one of"),
+    ({"selection.budget_reduction": 0.0}, r"selection.budget_reduction must be in \(0, 1\), got 0.0"),
     ({"basis.source_checkpoint": "dense.pt"}, "basis.source_checkpoint is set but basis.init"),
     ({"basis.dense_warmup_epochs": -1}, "basis.dense_warmup_epochs must be >= 0, got -1"),
     ({"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 3},
@@ -171,15 +172,41 @@ def test_every_range_rule_fails_validation_with_one_clear_line(compose_cfg):
     validate(cfg)
 
 
+# The edge of each closed range, which validation must let through (a bound written `<`
+# for `<=` refused a valid config, and only the refusals were tested).
+BOUNDARY_VALUES = [
+    {"data.train_subset": 1.0},  # a fraction: all of it
+    {"data.test_subset": 1},  # a count: one image
+    {"trainer.momentum": 0.0}, {"trainer.weight_decay": 0.0},
+    {"trainer.warmup_fraction": 0.0}, {"trainer.label_smoothing": 0.0},
+    {"sensitivity.pretrain_epochs": 0}, {"sensitivity.noise_repeats": 0},
+    {"basis.coefficient_l1": 0.0}, {"basis.size": 1.0},
+    {"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 2},
+]
+
+
+def test_every_range_rule_accepts_the_edge_of_its_range(compose_cfg):
+    base = compose_cfg()
+    for values in BOUNDARY_VALUES:
+        cfg = base.copy()
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        validate(cfg)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.compile=true", "trainer.compile_mode=reduce-overhead"],
      "trainer.cuda_graphs=true captures the step itself; .* not reduce-overhead"),
+    (["trainer.compile=true", "trainer.compile_mode=max-autotune"],
+     "trainer.cuda_graphs=true captures the step itself; .* not max-autotune"),
     (["basis.coefficient_update_every=2"],
      "basis.coefficient_update_every=2 changes which parameters train between steps"),
 ])
 def test_cuda_graphs_refuse_what_a_captured_step_cannot_replay(compose_cfg, overrides, message):
     validate(compose_cfg("trainer.cuda_graphs=true"))
     validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true"))
+    # a graphing compile mode is no conflict while nothing is compiled
+    validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile_mode=reduce-overhead"))
     with pytest.raises(ConfigError, match=message) as err:
         validate(compose_cfg("trainer.cuda_graphs=true", *overrides))
     assert "\n" not in str(err.value)
@@ -189,6 +216,16 @@ def test_cuda_graphs_refuse_what_a_captured_step_cannot_replay(compose_cfg, over
 def test_typos_and_wrong_types_fail_when_composing(compose_cfg, override):
     with pytest.raises(ConfigCompositionException):
         compose_cfg(override)
+
+
+def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
+    """``+=x`` and ``~=x`` add or delete nothing: reported as keyless before Hydra sees them
+    (its own line for ``~=x`` is "Could not delete '=x'. No match in the defaults list")."""
+    from basisconv.cli import malformed_override
+
+    for arg in ("=3", "+=x", "++=x", "~=x"):
+        assert malformed_override(["trainer.epochs=3", arg]) == arg
+    assert malformed_override(["~trainer.threads", "+x=1", "++y=2", "-m", "a=b,c"]) is None
 
 
 def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
