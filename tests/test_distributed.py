@@ -1,6 +1,7 @@
 """Data-parallel training: N gloo processes on CPU must compute the step of one process
 on the same global batch (gradients, batch-norm statistics, and so the loss)."""
 
+import copy
 import json
 import os
 import socket
@@ -80,6 +81,39 @@ def test_synchronized_norms_keep_the_parameters_an_optimizer_already_holds():
     assert {id(b) for b in net.buffers()} == buffers
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
     assert all(m.running_mean.device.type == "cpu" and m.training for m in norms)
+    # a model converted in eval mode stays so (a new module starts in training mode)
+    frozen = distributed.convert_sync_batchnorm(model().eval(), torch.device("cpu"))
+    assert not any(m.training for m in frozen.modules())
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_the_processes_shards_cover_the_global_batch_once_in_order(monkeypatch, world):
+    """Each rank keeps its contiguous slice of the global batch; a batch that does not
+    divide by the number of processes leaves the last shares shorter (or empty), and no
+    image is dropped or taken twice (a slice rounded down lost the batch's last rows)."""
+    batch = torch.arange(8)
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    shards = []
+    for r in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        shards.append(distributed.shard(batch))
+    assert torch.equal(torch.cat(shards), batch)
+    assert len(shards[0]) == -(-8 // world)
+
+
+def test_synchronized_norms_use_their_running_statistics_in_eval(monkeypatch):
+    """In eval mode a synchronized norm is the plain one: the running statistics, no
+    collective (all processes need not evaluate the same number of batches)."""
+    torch.manual_seed(0)
+    plain = torch.nn.BatchNorm2d(3)
+    plain.running_mean.normal_()
+    plain.running_var.uniform_(0.5, 2.0)
+    net = distributed.convert_sync_batchnorm(torch.nn.Sequential(
+        copy.deepcopy(plain)), torch.device("cpu")).eval()
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)  # no process group
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(net(x), plain.eval()(x), rtol=0, atol=0)
 
 
 def needs_two(device):

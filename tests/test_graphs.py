@@ -152,7 +152,12 @@ def test_a_graphed_step_uses_the_learning_rate_the_scheduler_set_for_that_step(d
         assert param.grad is None  # the graph pool the grads lived in is released
 
 
-def test_optimizer_settings_a_capture_froze_cannot_change_silently():
+@pytest.mark.parametrize("key, value", [("momentum", 0.5), ("weight_decay", 1e-3),
+                                        ("dampening", 0.1), ("nesterov", True)])
+def test_optimizer_settings_a_capture_froze_cannot_change_silently(key, value):
+    """A captured optimizer step replays these settings as they were at capture: each one
+    changed after it is refused (a setting left out of the check, e.g. a weight decay
+    lowered during training, would keep its old value on CUDA without a word)."""
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     step = graphs.GraphedTrainStep(lambda x, y: F.cross_entropy(model(x), y), optimizer,
@@ -162,7 +167,7 @@ def test_optimizer_settings_a_capture_froze_cannot_change_silently():
     step(images, labels)  # captured here
     optimizer.param_groups[0]["lr"] = 0.01  # the rate may change: the graph reads a tensor
     step(images, labels)
-    optimizer.param_groups[0]["momentum"] = 0.5
+    optimizer.param_groups[0][key] = value
     with pytest.raises(RuntimeError, match="momentum.*changed after"):
         step(images, labels)
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from basisconv.models import build_model, list_models
 
@@ -41,6 +42,9 @@ def test_width_multiplier_and_classes():
     assert narrow.conv1.out_channels == 16
     odd = build_model("resnet20", width=0.3)  # odd channel differences in the pad shortcut
     assert odd(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    # channel counts round to the nearest (16, 32, 64 x 0.3 = 4.8, 9.6, 19.2), never to 0
+    assert [odd.get_submodule(f"layer{i}.0.conv2").out_channels for i in (1, 2, 3)] == [5, 10, 19]
+    assert build_model("resnet20", width=0.01).conv1.out_channels == 1
 
 
 def test_unknown_model_names_the_choices():
@@ -51,3 +55,72 @@ def test_unknown_model_names_the_choices():
 def test_bad_width():
     with pytest.raises(ValueError, match="width must be > 0"):
         build_model("resnet18", width=0)
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        build_model("resnet20", num_classes=0)
+
+
+def _reference_forward(model, x):
+    """The published forward, written out with ``torch.nn.functional`` from the model's
+    own weights: a ReLU after the stem and inside each block, the shortcut added before
+    the block's last ReLU, option-A shortcuts that take every second pixel and pad the new
+    channels with zeros on both sides (half before, the rest after)."""
+    def conv(m, t):
+        return F.conv2d(t, m.weight, None, m.stride, m.padding)
+
+    def bn(m, t):
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0,
+                            m.eps)
+
+    def shortcut(block, t, channels):
+        s = block.shortcut
+        if isinstance(s, torch.nn.Identity):
+            return t
+        if isinstance(s, torch.nn.Sequential):  # projection: 1x1 conv + BN
+            return bn(s[1], conv(s[0], t))
+        t = t[:, :, ::2, ::2]
+        extra = channels - t.shape[1]
+        zeros = lambda k: t.new_zeros(t.shape[0], k, *t.shape[2:])  # noqa: E731
+        return torch.cat([zeros(extra // 2), t, zeros(extra - extra // 2)], 1)
+
+    out = F.relu(bn(model.bn1, conv(model.conv1, x)))
+    for stage in (model.layer1, model.layer2, model.layer3, getattr(model, "layer4", [])):
+        for block in stage:
+            y = F.relu(bn(block.bn1, conv(block.conv1, out)))
+            y = bn(block.bn2, conv(block.conv2, y))
+            if hasattr(block, "conv3"):  # bottleneck
+                y = bn(block.bn3, conv(block.conv3, F.relu(y)))
+            out = F.relu(y + shortcut(block, out, y.shape[1]))
+    return model.linear(out.mean((2, 3)))
+
+
+@pytest.mark.parametrize("name, width", [("resnet18", 0.125), ("resnet50", 0.125),
+                                         ("resnet20", 0.3)])
+def test_forward_is_the_published_architecture(name, width):
+    """Parameter counts do not see a missing ReLU or a shortcut padded on one side only
+    (the width 0.3 ResNet-20 pads odd channel differences): the outputs must be those of
+    the architecture written out, in eval mode with non-trivial norm statistics."""
+    torch.manual_seed(0)
+    model = build_model(name, width=width).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _reference_forward(model, x))
+
+
+def test_convs_start_kaiming_normal_by_fan_out_and_norms_at_one_and_zero():
+    """torchvision's ResNet init. The stem and a stage's first conv are where fan-in and
+    fan-out differ (27 vs 144, 144 vs 288 in ResNet-20): fan-in would start them 2.3 and
+    1.4 times wider."""
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    for name in ("conv1", "layer2.0.conv1", "layer3.0.conv1"):
+        weight = model.get_submodule(name).weight
+        fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
+        assert weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1), name
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
