@@ -133,6 +133,7 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
         return result.stderr
 
     assert "basis.size is set per run" in attempt("paper", "trainer.threads=1 basis.size=0.25")
+    assert "seed is set per run" in attempt("paper", "++seed=3")  # Hydra's prefixes too
     assert "unbalanced quotes" in attempt("paper", "name='my run")
     refused = attempt("paper", "trainer.cuda_graphs=true trainer.epochs=1")
     assert "trainer.epochs=1 change what the runs compute" in refused
@@ -155,3 +156,78 @@ def test_a_missing_python_is_one_line_saying_how_to_get_one(repo, tmp_path):
         assert result.stderr.strip().splitlines() == [
             f"PY={python}: no such python here; run `make reproduce PROFILE=quick` (it builds "
             f".venv) or set PY=<a python with the requirements>"]
+
+
+FAKE_PY = """#!/usr/bin/env bash
+# a stand-in for python: the script's -c snippets run in the real one (no GPU), and each
+# script it starts is logged and, if it publishes, leaves an empty record there
+if [ "$1" = -c ]; then
+  case $2 in *torch.cuda*) echo 0; exit 0;; esac
+  exec {python} "$@"
+fi
+echo "$*" >> {calls}
+for arg; do
+  case $arg in
+    publish=*) mkdir -p "$(dirname "${{arg#publish=}}")"; echo '{{}}' > "${{arg#publish=}}";;
+  esac
+done
+"""
+
+
+def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=()):
+    """reproduce.sh smoke with a stand-in python that trains nothing (seconds, not
+    minutes): which scripts it starts, given the records already there."""
+    tmp_path.mkdir(exist_ok=True)
+    calls, python = tmp_path / "calls.txt", tmp_path / "python"
+    python.write_text(FAKE_PY.format(python=sys.executable, calls=calls))
+    python.chmod(0o755)
+    runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
+    for name in recorded:
+        (runs / name).parent.mkdir(parents=True, exist_ok=True)
+        (runs / name).write_text("{}")
+    env = {**os.environ, "PY": str(python), "JOBS": jobs, "OVERRIDES": overrides,
+           "OUTPUTS": str(tmp_path / "outputs"), "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    started = calls.read_text().splitlines() if calls.exists() else []
+    return result, started, runs
+
+
+def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tmp_path):
+    """A run is skipped (and said to be) when its record is published, and started when it
+    is not; OVERRIDES that change only how runs execute reach every run and are no variant
+    of the protocol; the session is logged; the tables come last."""
+    result, started, runs = fake_protocol(
+        repo, tmp_path, overrides="trainer.threads=1",
+        recorded=["baseline/seed0.json", "basis-all-0.5/seed0.json", "sensitivity.json"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== sensitivity: record in" in result.stdout
+    assert "== baseline seed 0: record in" in result.stdout
+    trained = [next(a.split("=")[1] for a in call.split() if a.startswith("hydra.run.dir="))
+               for call in started if call.startswith("scripts/train.py")]
+    assert [t.split("/smoke/")[1] for t in trained] == [
+        f"{row}/seed0" for row in ROWS if row not in ("baseline", "basis-all-0.5")]
+    assert all("trainer.threads=1" in call.split() for call in started[:-2])
+    assert [call.split()[0] for call in started if not call.startswith("scripts/train.py")] == [
+        "scripts/exhaustive_search.py", "scripts/benchmark_layers.py", "scripts/analyze.py"]
+    assert started[-1].split()[0] == "scripts/analyze.py"
+    assert not (runs.parent / "protocol-overrides.txt").exists()
+    (session,) = json.loads((runs.parent / "sessions.json").read_text())
+    assert session["exit_code"] == 0 and len(session["published"]) == len(ROWS) - 2 + 1
+
+    # again, now that every record and the speed benchmark's table are there: nothing but
+    # the tables is made again
+    (runs.parent / "model-speed-cpu-fp32.csv").write_text("fraction\n0.5\n")
+    (tmp_path / "calls.txt").unlink()
+    result, started, _ = fake_protocol(repo, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [call.split()[0] for call in started] == ["scripts/analyze.py"]
+    assert result.stdout.count(": record in") == len(ROWS) + 2
+    assert "speed benchmark: results in" in result.stdout
+
+
+def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
+    for jobs in ("0", "two", "-1"):
+        result, started, _ = fake_protocol(repo, tmp_path / jobs, jobs=jobs)
+        assert result.returncode == 2 and started == [], result.stdout + result.stderr
+        assert result.stderr.strip() == f"JOBS={jobs}: use a number of runs >= 1"
