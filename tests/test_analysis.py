@@ -590,6 +590,8 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
     assert summary["by_hardware"]["AMD EPYC (AVX2)"]["published"] == 0
     assert summary["seconds"] == round(sessions[0]["seconds"] + sessions[1]["seconds"], 1)
     assert sessions_summary(tmp_path / "elsewhere") is None
+    (tmp_path / "sessions.json").write_text("{not a log")  # the tables are made without it
+    assert sessions_summary(tmp_path) is None
 
 
 def test_tables_without_jinja2_are_written_as_markdown_and_csv(tmp_path, repo):
@@ -614,3 +616,180 @@ def test_tables_without_jinja2_are_written_as_markdown_and_csv(tmp_path, repo):
     assert done.stdout.strip() == "['comparison.csv', 'comparison.md']"
     assert "comparison.tex not written" in done.stderr and "jinja2" in done.stderr
     assert not (tmp_path / "comparison.tex").exists()
+
+
+def test_each_table_names_the_runs_and_dates_of_its_own_device_and_precision(tmp_path):
+    """The note under a table counts only the runs of its device and precision, spans
+    their dates, and index.json carries the protocol's wall-clock from the session log."""
+    from basisconv import records
+
+    earlier = record(seed=2, accuracy=0.91)
+    earlier["provenance"] = {**earlier["provenance"], "date": "2026-11-24T05:00:00+00:00"}
+    write_runs(tmp_path / "runs", RECORDS + [earlier, record(amp="bf16")])
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / records.SESSIONS).write_text(json.dumps([
+        {"started": "2026-11-24T05:00:00+00:00", "seconds": 12.5, "exit_code": 0,
+         "published": ["baseline/seed0.json"], "provenance": {"hardware": {"cpu": "AMD EPYC"}}}]))
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    md = (out / "comparison-cpu-fp32.md").read_text()
+    assert "profile test; 7 runs on AMD EPYC; commit abcdef1; run 2026-11-24..2026-11-25;" in md
+    assert "profile test; 1 runs on AMD EPYC; commit abcdef1; run 2026-11-25;" in \
+        (out / "comparison-cpu-bf16.md").read_text()
+    wall_clock = json.loads((out / "index.json").read_text())["protocol_wall_clock"]
+    assert (wall_clock["sessions"], wall_clock["seconds"], wall_clock["published"]) == (1, 12.5, 1)
+
+
+def search_record():
+    """An exhaustive search's record (made-up numbers) with the fields analysis reads."""
+    table = [{"subset": s, "accuracy": a, "fast_choice": s == "b c"}
+             for s, a in [("a b", 0.80), ("b c", 0.86), ("a c", 0.70), ("a d", 0.90),
+                          ("c d", 0.75)]]
+    return {"kind": "exhaustive_search", "status": "complete", "table": table,
+            "config": {"model": {"name": "resnet8", "width": 1.0}, "basis": {"size": 0.5},
+                       "trainer": {"amp": "none"}},
+            "provenance": {"date": "2026-11-25T05:00:00+00:00", "git": {"commit": "abcdef1234"},
+                           "hardware": {"cpu": "AMD EPYC"}},
+            "search": {"subsets": 5, "subset_size": 2, "candidates": ["a", "b", "c", "d"],
+                       "seconds": 60.0, "metric": "accuracy_drop", "fast_choice": "b c",
+                       "fast_accuracy": 0.86, "fast_rank_by_accuracy": 2, "fast_rank_by_loss": 3,
+                       "best_subset": "a d", "best_accuracy": 0.90, "median_accuracy": 0.80,
+                       "worst_accuracy": 0.70, "reference_accuracy": 0.88,
+                       "spearman_predicted_vs_measured_drop": 0.9,
+                       "spearman_predicted_vs_measured_loss": 0.5}}
+
+
+def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_path,
+                                                                             monkeypatch):
+    from basisconv.analysis import search
+
+    drawn = []
+    monkeypatch.setattr(search, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    png, md = search.summarize(search_record(), tmp_path, tmp_path, "test")
+    assert png.name == "exhaustive-search-resnet8-cpu-fp32.png"
+    text = md.read_text()
+    for line in ["| fast method's choice by accuracy_drop (rank 2 of 5 by accuracy, 3 by loss) "
+                 "| b c | 0.8600 |", "| best subset | a d | 0.9000 |",
+                 "| median subset | | 0.8000 |", "| worst subset | | 0.7000 |",
+                 "| dense reference | | 0.8800 |"]:
+        assert line in text.splitlines()
+    assert "over all subsets: accuracy 0.90, loss 0.50." in text
+    assert "profile test; run 2026-11-25, commit abcdef1, 60 s" in text
+    (bars,) = drawn[0].axes[0].containers
+    assert [round(b.get_height(), 6) for b in bars] == [90.0, 86.0, 80.0, 75.0, 70.0]
+    assert [b.get_facecolor() for b in bars].count(bars[1].get_facecolor()) == 1  # the choice
+    # a record from before basisconv 0.2 holds the summary only: its table is search.csv
+    older = search_record()
+    pd.DataFrame(older.pop("table")).to_csv(tmp_path / "search.csv", index=False)
+    search.summarize(older, tmp_path, tmp_path, "test")
+    (again,) = drawn[1].axes[0].containers
+    assert [round(b.get_height(), 6) for b in again] == [90.0, 86.0, 80.0, 75.0, 70.0]
+    for fig in drawn:
+        search.pyplot().close(fig)
+
+
+def test_the_sensitivity_summary_lists_layers_in_model_order_with_the_noise(tmp_path,
+                                                                             monkeypatch):
+    """The page of every candidate layer and the plot go in model order (position), not
+    the table's; chosen layers are the coloured bars; the noise yardstick is stated."""
+    from basisconv.analysis import sensitivity
+
+    rec = sensitivity_record()
+    row = rec["table"][0]
+    rec["table"] = [{**row, "layer": name, "position": pos, "accuracy_drop": drop}
+                    for name, pos, drop in [("layer2", 2, 0.03), ("conv1", 0, 0.01),
+                                            ("layer10", 1, 0.02)]]
+    rec["sensitivity"] = {**rec["sensitivity"], "chosen": ["layer10"],
+                          "noise": {"repeats": 3, "accuracy_std": 0.002, "loss_std": 0.01}}
+    drawn = []
+    monkeypatch.setattr(sensitivity, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    _, md = sensitivity.summarize(rec, tmp_path, "test")
+    text = md.read_text()
+    every = text.split("## Every candidate layer")[1]
+    assert every.index("conv1") < every.index("layer10") < every.index("layer2")
+    assert "3 batch orders: accuracy std 0.0020, loss std 0.0100" in text
+    assert [t.get_text() for t in drawn[0].axes[1].get_xticklabels()] == [
+        "conv1", "layer10", "layer2"]
+    (bars,) = drawn[0].axes[0].containers  # the accuracy drops (the noise band aside)
+    assert [round(b.get_height(), 6) for b in bars] == [1.0, 2.0, 3.0]
+    colours = [b.get_facecolor() for b in bars]
+    assert colours[0] == colours[2] != colours[1]
+    assert colours[1][:3] != colours[1][0:1] * 3  # the chosen bar is in colour, not grey
+    sensitivity.pyplot().close(drawn[0])
+
+
+def test_the_chosen_layers_table_is_in_model_order_not_name_order():
+    table = pd.DataFrame({"layer": ["layer2", "layer10"], "position": [0, 1],
+                          "shape": ["8->8 k3"] * 2, "num_basis": [4, 4],
+                          "accuracy_drop": [0.01, 0.02], "loss_increase": [0.1, 0.2],
+                          "params_saved": [30, 10], "flops_saved": [2e6, 1e6]})
+    lines = chosen_table(table, ["layer10", "layer2"], {"params": 400, "flops": 6e7})
+    assert [line.split(" | ")[0] for line in lines.splitlines()[2:4]] == ["| layer2", "| layer10"]
+
+
+def test_the_plots_average_seeds_with_their_std_and_draw_sizes_in_order(tmp_path, monkeypatch):
+    """A configuration's curve is the mean over its seeds, its accuracy point carries a
+    bar of ± the sample std, and the speed plot's lines run over increasing basis sizes."""
+    from basisconv.analysis import figures
+    from basisconv.analysis.runs import curves_frame
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.training_curves(curves_frame([(r, "a") for r in RECORDS[:2]]), tmp_path / "c.png",
+                            "note")
+    assert drawn[0].axes[0].get_lines()[0].get_ydata()[-1] == pytest.approx(91.0)
+    larger = record("all", 0.75, accuracy=0.85, step=(0.08, 0.16))
+    table = compare(runs_frame([(r, "a") for r in [RECORDS[0], RECORDS[1], RECORDS[2], larger,
+                                                   RECORDS[4]]]))
+    figures.accuracy_vs_parameters(table, tmp_path / "a.png", "note")
+    (bars,) = [c for c in drawn[1].axes[0].containers if c.get_label() == "none"]
+    (segment,) = bars.lines[2][0].get_segments()
+    assert segment[:, 1] == pytest.approx([91 - 1.41421, 91 + 1.41421], abs=1e-4)
+    figures.speed_vs_basis_size(table, tmp_path / "s.png", "note")
+    forward = next(line for line in drawn[2].axes[0].get_lines()
+                   if line.get_label() == "basis, forward")
+    assert list(forward.get_xdata()) == [0.25, 0.5, 0.75]
+    for fig in drawn:
+        figures.pyplot().close(fig)
+
+
+def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, repo):
+    """index.json and every note name the command with its overrides, so that the same
+    tables can be made again."""
+    import subprocess
+    import sys
+
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    args = ["profile=test", f"runs_dir={tmp_path / 'runs'}", f"out_dir={tmp_path / 'out'}"]
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "analyze.py"), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    command = "python scripts/analyze.py " + " ".join(args)
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["provenance"]["command"] == command
+    assert f"by `{command}`" in (tmp_path / "out" / "comparison-cpu-fp32.md").read_text()
+    assert done.stdout.startswith(f"wrote {len(index['files']) + 1} files to {tmp_path / 'out'}/")
+
+
+def test_a_plot_cut_off_while_written_leaves_the_previous_png(tmp_path, monkeypatch):
+    """Plots are written as run records are (through a temporary file): a kill before the
+    new bytes are on disk leaves the previous PNG whole for a reader, the notebook."""
+    from basisconv.analysis.plots import pyplot, save_figure
+
+    class Killed(BaseException):
+        pass
+
+    def killed(fd):
+        raise Killed
+
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"previous")
+    fig, _ = pyplot().subplots()
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(Killed):
+        save_figure(fig, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == [
+        "curves.png"]
+    assert save_figure(pyplot().subplots()[0], path).read_bytes().startswith(b"\x89PNG")

@@ -199,3 +199,19 @@ def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch
     assert lines["bf16, batch 512, fused (aaaaaaa)"] == pytest.approx([1 / 0.35, 1 / 0.62])
     assert lines["theory (FLOPs)"] == pytest.approx([4.0, 2.0])
     figures.pyplot().close(shown[0])
+
+
+def test_the_script_reads_results_and_its_gpu_folders_by_default(folders, repo, tmp_path,
+                                                                 monkeypatch):
+    """Without folders it reads ``results`` and each ``results/gpu*`` (where ``make
+    gpu-speed`` writes), so the GPU rows stand beside the CPU ones."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed_report",
+                                                  repo / "scripts" / "speed_report.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(tmp_path)
+    script.main([])
+    model = pd.read_csv(tmp_path / "results" / "speed-summary-model.csv")
+    assert set(model["hardware"]) == {"AMD EPYC (AVX512)", "NVIDIA H200"}

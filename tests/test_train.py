@@ -413,3 +413,15 @@ def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():
         "test_accuracy": 0.7, "test_loss": 0.3, "train_loss": 1.3, "best_test_accuracy": 0.8,
         "train_seconds": 60.0, "mean_epoch_seconds": 20.0, "forward_seconds_per_step": 0.2,
         "backward_seconds_per_step": 0.4})
+
+
+def test_a_divergence_keeps_what_diverged_through_a_worker_process_pickle():
+    """A sensitivity fine-tune in a worker process raises TrainingDiverged; the parent
+    gets it through pickle and still needs which quantity diverged and to what."""
+    import pickle
+
+    from basisconv.errors import TrainingDiverged
+
+    back = pickle.loads(pickle.dumps(TrainingDiverged("diverged", "training loss", float("inf"))))
+    assert (type(back), str(back), back.quantity, back.value) == (
+        TrainingDiverged, "diverged", "training loss", float("inf"))
