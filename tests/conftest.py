@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import random
 import sys
@@ -18,6 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("gpu_check")``: ``scripts/gpu_check.py`` as a module, to call its
+    functions or its ``main`` in-process (the autouse fixture below puts back what a script
+    changes, such as ``sys.path``)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 def pytest_addoption(parser):

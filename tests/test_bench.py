@@ -391,18 +391,14 @@ def test_compiled_auto_layers_choose_their_forms_before_compiling(monkeypatch):
     assert chosen_at_compile == [[], [False, True]]
 
 
-def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, repo):
+def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, repo,
+                                                                    load_script):
     """Registers and spills per tile, compiled for sm_90 here (no GPU), in the committed
     file's columns, with a benchmark record beside it."""
     pytest.importorskip("triton")
-    import importlib.util
-
     from basisconv.bench.kernel_resources import autotune_tiles
 
-    spec = importlib.util.spec_from_file_location("kernel_resources_script",
-                                                  repo / "scripts" / "kernel_resources.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("kernel_resources")
     out = tmp_path / "resources.csv"
     script.main(["--dtypes", "bf16", "--widths", "16", "--out", str(out)])
     with out.open() as f:

@@ -47,14 +47,9 @@ def test_gpu_scripts_say_in_one_line_that_there_is_no_cuda_and_exit_2(repo, comm
 
 
 @pytest.fixture
-def gpu_check(repo):
-    """scripts/gpu_check.py as a module (conftest puts back the path it changes)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gpu_check(load_script):
+    """scripts/gpu_check.py as a module."""
+    return load_script("gpu_check")
 
 
 def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_along(

@@ -201,16 +201,11 @@ def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch
     figures.pyplot().close(shown[0])
 
 
-def test_the_script_reads_results_and_its_gpu_folders_by_default(folders, repo, tmp_path,
-                                                                 monkeypatch):
+def test_the_script_reads_results_and_its_gpu_folders_by_default(folders, load_script,
+                                                                 tmp_path, monkeypatch):
     """Without folders it reads ``results`` and each ``results/gpu*`` (where ``make
     gpu-speed`` writes), so the GPU rows stand beside the CPU ones."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("speed_report",
-                                                  repo / "scripts" / "speed_report.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("speed_report")
     monkeypatch.chdir(tmp_path)
     script.main([])
     model = pd.read_csv(tmp_path / "results" / "speed-summary-model.csv")
