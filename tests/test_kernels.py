@@ -314,6 +314,24 @@ def test_images_too_large_for_int32_offsets_are_refused_by_the_kernel(monkeypatc
     assert triton_conv.unsupported(batch, torch.float32, 16) is None
 
 
+def test_more_output_pixels_than_int32_rows_take_the_stacked_form(monkeypatch):
+    """The kernel's row index starts at ``program_id * BLOCK_M`` in int32: a conv with
+    2**31 output pixels or more is refused, counted on the output (padding adds pixels)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.empty(2, 3, 5, 5, device="meta")
+    assert triton_conv.unsupported(x, torch.float32, 2, out_pixels=2**31 - 1) is None
+    assert "2**31 output pixels" in triton_conv.unsupported(x, torch.float32, 2,
+                                                           out_pixels=2**31)
+    seen = []
+    monkeypatch.setattr(fused, "_WARNED", set())  # the fallback's notice: said, then forgotten
+    monkeypatch.setattr(triton_conv, "unsupported",
+                        lambda *args, **kwargs: seen.append(kwargs["out_pixels"]) or "no")
+    layer = make_layer(3, 6, 2, 3, 1, 2, 1, False, torch.device("cpu"))
+    with pytest.warns(UserWarning, match="needs no"):
+        layer(torch.randn(2, 3, 5, 5))
+    assert seen == [2 * 7 * 7]  # padding 2 grows each side by one pixel
+
+
 def test_an_empty_batch_runs_through_the_kernels_path(kernel_runs, monkeypatch):
     """No rows, no launch (``basis_conv`` returns at once): the image-size check must not
     index the batch's first image, which it has not."""
@@ -378,7 +396,7 @@ def test_autocast_casts_every_input_also_when_x_is_already_half(monkeypatch):
     must reach the kernel in bf16 (only ``x``'s dtype was compared: the kernel then failed
     to compile and every layer after the first fell back to the stacked form)."""
     monkeypatch.setattr(fused, "_FAILED", {})
-    monkeypatch.setattr(triton_conv, "unsupported", lambda *args: None)  # bf16 on CPU
+    monkeypatch.setattr(triton_conv, "unsupported", lambda *args, **kwargs: None)  # bf16
     dtypes = []
 
     def recorded(x, weight, combination, bias, *conv, store_basis):

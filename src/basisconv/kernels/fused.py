@@ -62,7 +62,11 @@ def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: t
     stacked form's where the kernel cannot run (said once)."""
     shape = (x.device.type, x.dtype, tuple(x.shape), tuple(basis_weight.shape),
              combination.shape[0], tuple(stride), tuple(padding), tuple(dilation))
-    reason = triton_conv.unsupported(x, x.dtype, basis_weight.shape[0]) or _FAILED.get(shape)
+    h_out, w_out = triton_conv.output_size(x.shape[2:], basis_weight.shape[2:], stride,
+                                           padding, dilation)
+    reason = (triton_conv.unsupported(x, x.dtype, basis_weight.shape[0],
+                                      out_pixels=x.shape[0] * h_out * w_out)
+              or _FAILED.get(shape))
     if reason is None:
         try:
             out, basis = triton_conv.basis_conv(x, basis_weight, combination, bias, stride,

@@ -208,12 +208,14 @@ def _kernel():
     return _KERNELS[interpret, tune]
 
 
-def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int) -> str | None:
+def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int,
+                out_pixels: int = 0) -> str | None:
     """Why :func:`basis_conv` cannot run on ``x`` computed in ``dtype``, or None if it can.
 
     It needs triton, a CUDA tensor (or the interpreter, which takes float32 only: it runs
-    on NumPy, which has no bfloat16), a dtype that ``tl.dot`` takes on every GPU, and a
-    basis that fits one tile.
+    on NumPy, which has no bfloat16), a dtype that ``tl.dot`` takes on every GPU, a
+    basis that fits one tile, and int32 offsets within one image and for the output
+    pixels (``out_pixels``, ``N * H_out * W_out``, where the caller knows it).
     """
     if triton is None:
         return "triton, which does not import here"
@@ -229,6 +231,8 @@ def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int) -> str | No
     if x.dim() == 4 and x.shape[1:].numel() >= 2**31:  # (not x[0]: a batch may be empty)
         return (f"an image of under 2**31 elements (offsets within one are int32; "
                 f"got {x.shape[1:].numel()})")
+    if out_pixels >= 2**31:  # a program's first row, ``program_id * BLOCK_M``, is int32
+        return f"under 2**31 output pixels (row indices are int32; got {out_pixels})"
     return None
 
 
