@@ -245,6 +245,34 @@ def test_a_record_names_the_gpu_the_process_computes_on(monkeypatch):
     assert records.device_name(hardware) == "h100"
 
 
+def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path):
+    """A protocol publishes records and tables into the tracked ``results/`` while later
+    runs start: those runs must not say ``dirty`` for it; an edited config or module must."""
+    import subprocess
+
+    from basisconv import records
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    for name in ("results/quick/index.json", "configs/trainer.yaml", "src/pkg/m.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    package = tmp_path / "src" / "pkg"  # where records looks from: the package's folder
+    (tmp_path / "results" / "quick" / "index.json").write_text("1\n")
+    (tmp_path / "results" / "new.csv").write_text("untracked\n")
+    assert records.git_commit(package)["dirty"] is False
+    for name in ("configs/trainer.yaml", "src/pkg/m.py"):
+        (tmp_path / name).write_text("1\n")
+        assert records.git_commit(package)["dirty"] is True
+        git("checkout", "--", name)
+    assert records.git_commit(package)["dirty"] is False
+
+
 def test_a_record_without_a_given_command_names_the_command_line(monkeypatch):
     """A training run's, sensitivity estimate's or search's record names the command that
     made it, as a reader would type it again (it was null)."""

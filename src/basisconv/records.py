@@ -26,12 +26,17 @@ import torch
 
 def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     """HEAD commit of the repository around ``cwd`` (this package by default), and whether
-    the work tree had uncommitted changes; ``None`` values outside a git checkout."""
+    the work tree had uncommitted changes; ``None`` values outside a git checkout.
+
+    Changes under the top-level ``results/`` do not count: they are what runs write (a
+    protocol publishes its records and tables there while later runs start), not what
+    computes them, so ``dirty`` means the code or configs differ from the commit."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                                 text=True, check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no",
+                                 "--", ":(top)", ":(top,exclude)results"],
                                 cwd=cwd, capture_output=True, text=True, check=True,
                                 timeout=10).stdout
         return {"commit": commit, "dirty": bool(status.strip())}
