@@ -110,6 +110,11 @@ def table_csv(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False, float_format="%.6g").encode()
 
 
+def table_from_csv(data: bytes) -> pd.DataFrame:
+    """The table that :func:`table_csv`'s bytes hold (six significant digits)."""
+    return pd.read_csv(io.BytesIO(data))
+
+
 def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     """The cached table and its record, or ``None`` when there is none for this key.
 
@@ -123,7 +128,7 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     try:
         record = json.loads((folder / RECORD).read_text())
         data = (folder / TABLE).read_bytes()
-        table = pd.read_csv(io.BytesIO(data))
+        table = table_from_csv(data)
     except (OSError, ValueError) as err:
         raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
                           f"({' '.join(str(err).split())}); {fix}") from None
@@ -180,7 +185,7 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                 write_json_atomic(folder / RECORD, record)
                 # the table as the cache gives it (%.6g): a run that estimates it chooses
                 # exactly as every later run that reads it (ties and orders included)
-                return pd.read_csv(io.BytesIO(data)), {**record, "cache_hit": False}
+                return table_from_csv(data), {**record, "cache_hit": False}
     log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
     table, record = cached
     return table, {**record, "cache_hit": True}
