@@ -317,3 +317,36 @@ def test_dense_warmup_then_convert():
         warnings.simplefilter("ignore")
         apply_basis(model, "layer*.conv*", 1.0, inplace=True)
     torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
+
+class TiedConvs(nn.Module):
+    """One conv registered under two names (weight tying by assignment), applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Conv2d(8, 8, 3, padding=1)
+        self.decode = self.encode
+
+    def forward(self, x):
+        return self.decode(torch.relu(self.encode(x)))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_conv_registered_under_two_names_is_replaced_under_both(inplace):
+    # Found by audit: only the first name was replaced; the other kept the dense conv, so
+    # the model ran it dense, and training untied the two.
+    torch.manual_seed(0)
+    model = TiedConvs().double()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    expected = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # full rank saves nothing, and says so
+        converted = apply_basis(model, "all", 8, inplace=inplace)
+    assert isinstance(converted.decode, BasisConv2d) and converted.decode is converted.encode
+    assert (converted is model) == inplace
+    torch.testing.assert_close(converted(x), expected, rtol=1e-10, atol=1e-10)
+    # either name selects the layer, and so does a pattern that matches only the second
+    for layers in ("decode", "dec*"):
+        tied = apply_basis(TiedConvs(), layers, 2)
+        assert isinstance(tied.decode, BasisConv2d) and tied.decode is tied.encode

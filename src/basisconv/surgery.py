@@ -48,6 +48,18 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
             if isinstance(m, (nn.Conv2d, BasisConv2d)) and name}
 
 
+def _conv_names(model: nn.Module) -> dict[str, str]:
+    """Every name a conv is registered under, mapped to the one :func:`conv_layers` gives it
+    (its first). A conv registered twice (weight tying by assignment, ``self.b = self.a``)
+    is one layer: either name selects it, and it is replaced under both."""
+    first: dict[int, str] = {}
+    names = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if name and isinstance(m, (nn.Conv2d, BasisConv2d)):
+            names[name] = first.setdefault(id(m), name)
+    return names
+
+
 def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict[str, nn.Conv2d]:
     """The dense convs that ``layers`` names: ``"all"``, or names and fnmatch patterns
     (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
@@ -55,6 +67,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
     subclass with its own forward, an unmade lazy conv) are skipped with a warning, and
     layers already in basis form are left alone."""
     convs = conv_layers(model)
+    names = _conv_names(model)
     dense = {n: m for n, m in convs.items() if isinstance(m, nn.Conv2d)}
     if isinstance(layers, str):
         layers = [layers]
@@ -72,7 +85,8 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
         if not isinstance(entry, str):
             raise ConfigError(f"apply_basis: layer names must be strings, got {entry!r}")
         if entry == "all" or _GLOB_CHARS & set(entry):
-            matched = [n for n in convs if entry == "all" or fnmatch.fnmatchcase(n, entry)]
+            matched = list(dict.fromkeys(first for n, first in names.items()
+                                         if entry == "all" or fnmatch.fnmatchcase(n, entry)))
             if not matched:
                 raise ConfigError(f"layer pattern {entry!r} matches no convolution; valid names: {valid}")
             for name in matched:
@@ -86,6 +100,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
                     continue
                 chosen[name] = module
             continue
+        entry = names.get(entry, entry)
         if entry not in convs:
             module = dict(model.named_modules()).get(entry)
             if module is not None and entry:
@@ -161,6 +176,9 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         modules = dict(model.named_modules())
         targets = {n: modules[n] for n in names}
 
+    aliases: dict[str, list[str]] = defaultdict(list)
+    for alias, first in _conv_names(model).items():
+        aliases[first].append(alias)
     replaced: dict[str, BasisConv2d] = {}
     for name, conv in targets.items():
         m = sizes[name]
@@ -174,7 +192,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                                 coefficient_rank=coefficient_rank, fuse_norm=fuse_norm,
                                 device=conv.weight.device, dtype=conv.weight.dtype)
         layer.train(conv.training)
-        _set_submodule(model, name, layer)
+        for alias in aliases[name]:  # a tied conv stays one module, in basis form
+            _set_submodule(model, alias, layer)
         replaced[name] = layer
     if share_coefficients:
         _share_coefficients(replaced, targets if convert else None)
