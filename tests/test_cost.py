@@ -217,6 +217,19 @@ def test_a_batch_of_one_at_a_training_mode_batch_norm_head_is_one_clear_error():
     assert two == 2 * 2 * (8 * 27 * 36 + 8 * 4 + 4 * 2)
 
 
+def test_a_model_torch_cannot_copy_is_one_clear_error():
+    # Found by audit: a conv pruned with torch.nn.utils.prune (its weight computed by a
+    # hook) failed in copy.deepcopy with torch's "Only Tensors created explicitly by the
+    # user" and a deep trace.
+    import torch.nn.utils.prune as prune
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3))
+    prune.l1_unstructured(model[1], "weight", 0.5)
+    with pytest.raises(ConfigError, match="cannot be copied.*count with measure_flops"):
+        model_cost(model, (1, 3, 8, 8))
+    prune.remove(model[1], "weight")
+    assert model_cost(model, (1, 3, 8, 8)).params == 8 * 28 + 8 * 73
+
+
 def test_golden_values():
     golden = json.loads(GOLDEN.read_text())["cases"]
     assert golden_values() == golden

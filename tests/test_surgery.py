@@ -350,3 +350,18 @@ def test_a_conv_registered_under_two_names_is_replaced_under_both(inplace):
     for layers in ("decode", "dec*"):
         tied = apply_basis(TiedConvs(), layers, 2)
         assert isinstance(tied.decode, BasisConv2d) and tied.decode is tied.encode
+
+
+def test_a_model_torch_cannot_copy_asks_for_inplace():
+    # Found by audit: a conv pruned with torch.nn.utils.prune (its weight computed by a
+    # hook) failed in copy.deepcopy with torch's "Only Tensors created explicitly by the
+    # user" and a deep trace, which does not say that apply_basis copies the model.
+    import torch.nn.utils.prune as prune
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3))
+    prune.l1_unstructured(model[1], "weight", 0.5)
+    with pytest.raises(ValueError, match="cannot be copied.*inplace=True"):
+        apply_basis(model, "1", 4)
+    pruned = model[1].weight.detach().clone()
+    with pytest.warns(UserWarning, match="saves no compute"):  # full rank, to compare
+        apply_basis(model, "1", 16, inplace=True)
+    torch.testing.assert_close(model[1].dense_weight(), pruned)  # the pruned weight

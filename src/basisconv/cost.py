@@ -260,7 +260,15 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     input_shape = tuple(int(s) for s in input_shape)
     active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
-    shadow = copy.deepcopy(model).to("meta")
+    try:
+        shadow = copy.deepcopy(model).to("meta")
+    except RuntimeError as err:
+        # torch cannot copy a weight that a hook computes (torch.nn.utils.prune, the old
+        # torch.nn.utils.weight_norm); the meta-device dry run needs a copy
+        raise ConfigError(f"model_cost: the model cannot be copied for its dry run on the meta "
+                          f"device ({str(err)[:120]}...); count with measure_flops, or make "
+                          f"the reparametrization permanent first (torch.nn.utils.prune.remove)"
+                          ) from err
     costs: list[LayerCost] = []
     handles = []
     for name, module in shadow.named_modules():

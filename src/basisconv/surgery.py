@@ -172,7 +172,13 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                           stacklevel=2)
     if not inplace:
         names = list(targets)
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except RuntimeError as err:
+            # torch cannot copy a weight that a hook computes (torch.nn.utils.prune, the old
+            # torch.nn.utils.weight_norm); its message does not say that apply_basis copies
+            raise ConfigError(f"apply_basis: the model cannot be copied ({str(err)[:120]}...); "
+                              f"convert it with inplace=True, which needs no copy") from err
         modules = dict(model.named_modules())
         targets = {n: modules[n] for n in names}
 
