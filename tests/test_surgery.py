@@ -365,3 +365,36 @@ def test_a_model_torch_cannot_copy_asks_for_inplace():
     with pytest.warns(UserWarning, match="saves no compute"):  # full rank, to compare
         apply_basis(model, "1", 16, inplace=True)
     torch.testing.assert_close(model[1].dense_weight(), pruned)  # the pruned weight
+
+
+class TiedWeights(nn.Module):
+    """Two convs, of other strides, that share one weight tensor (and one bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fine = nn.Conv2d(8, 8, 3, padding=1)
+        self.coarse = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.coarse.weight, self.coarse.bias = self.fine.weight, self.fine.bias
+
+    def forward(self, x):
+        return self.coarse(torch.relu(self.fine(x)))
+
+
+@pytest.mark.parametrize("convert", [True, False])
+def test_convs_that_share_a_weight_share_their_basis_parameters(convert):
+    # Found by audit: each conv got its own basis filters and coefficients, so the model had
+    # twice the parameters and training silently untied the two.
+    torch.manual_seed(0)
+    model = TiedWeights().double()
+    converted = apply_basis(model, "all", 4, convert=convert)
+    fine, coarse = converted.fine, converted.coarse
+    assert fine.basis_weight is coarse.basis_weight and fine.coefficients is coarse.coefficients
+    assert fine.bias is coarse.bias and torch.equal(fine.output_index, coarse.output_index)
+    assert sum(p.numel() for p in converted.parameters()) == 4 * 72 + 4 * 4 + 8
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    optimizer = torch.optim.SGD(converted.parameters(), lr=0.1)
+    converted(x).sum().backward()
+    optimizer.step()
+    torch.testing.assert_close(fine.dense_weight(), coarse.dense_weight(), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="'coarse'.*shares its weight with 'fine'"):
+        apply_basis(model, "fine", 4, convert=convert)

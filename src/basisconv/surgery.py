@@ -170,6 +170,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         else:
             warnings.warn(message + "; pass only_where_saves=True to leave such layers dense",
                           stacklevel=2)
+    _warn_of_untied_weights(model, targets)
     if not inplace:
         names = list(targets)
         try:
@@ -201,9 +202,43 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         for alias in aliases[name]:  # a tied conv stays one module, in basis form
             _set_submodule(model, alias, layer)
         replaced[name] = layer
+    _tie_shared_weights(targets, replaced)
     if share_coefficients:
         _share_coefficients(replaced, targets if convert else None)
     return model
+
+
+def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
+    """Warn where a converted conv's weight is also a module's that stays as it is (weight
+    tying, ``b.weight = a.weight``): from now on the two train apart."""
+    converted = {id(conv.weight): name for name, conv in targets.items()}
+    for name, module in model.named_modules():
+        if name in targets:
+            continue
+        for p in module.parameters(recurse=False):
+            if id(p) in converted:
+                warnings.warn(f"layer {name!r} shares its weight with {converted[id(p)]!r}, "
+                              f"which is converted: the two no longer share it; convert both "
+                              f"to keep them tied", stacklevel=3)
+
+
+def _tie_shared_weights(convs: dict[str, nn.Conv2d], layers: dict[str, BasisConv2d]) -> None:
+    """Convs that shared one weight tensor (weight tying, ``b.weight = a.weight``) get one set
+    of basis filters and coefficients (and one bias where they shared it): converted from
+    one weight they are equal, and tied they stay equal in training, as the convs did."""
+    first_of: dict[int, BasisConv2d] = {}
+    bias_of: dict[int, nn.Parameter] = {}
+    for name, layer in layers.items():
+        conv = convs[name]
+        first = first_of.setdefault(id(conv.weight), layer)
+        if first is not layer:
+            layer.basis_weight = first.basis_weight
+            for attr in ("coefficients", "coefficients_left", "coefficients_right"):
+                if hasattr(first, attr):
+                    setattr(layer, attr, getattr(first, attr))
+            layer.output_index = first.output_index
+        if conv.bias is not None:
+            layer.bias = bias_of.setdefault(id(conv.bias), layer.bias)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
