@@ -345,6 +345,10 @@ class BasisConv2d(nn.Module):
                 relu: bool = False) -> torch.Tensor:
         """The layer's output; with ``norm`` (what :func:`conv_norm_act` passes for a
         ``fuse_norm`` layer) ``relu?(norm(output))`` in one computation."""
+        if x.dim() == 3:
+            # an unbatched [C, H, W] input, as nn.Conv2d takes it: the split and fused forms
+            # index channels as dim 1, so each form gets a batch of one
+            return self.forward(x[None], norm, relu)[0]
         if norm is not None:
             return _fused_batch_norm(self, norm, x, relu)
         conv = (self.stride, self.padding, self.dilation)
