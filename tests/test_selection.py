@@ -291,6 +291,15 @@ def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
         sensitivity.sensitivity_table(cfg)
 
 
+def test_a_cache_dir_that_cannot_be_written_is_one_line_naming_the_key(repo, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    cfg = compose_sensitivity(repo, tmp_path / "a-file")
+    with pytest.raises(ConfigError, match=r"cannot write .*a-file/.* \(Not a directory\); "
+                                          r"point sensitivity.cache_dir at a folder") as err:
+        sensitivity.sensitivity_table(cfg)
+    assert "\n" not in str(err.value)
+
+
 def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(repo, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cache = tmp_path / "cache"

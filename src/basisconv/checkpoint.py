@@ -41,15 +41,22 @@ LOCK = "run.lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, *, wait: bool = False, what: str = "run"):
+def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
+                key: str = "hydra.run.dir"):
     """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/run.lock``) for the
     ``with`` block. Another holder means :class:`ConfigError` naming its pid and host, or,
     with ``wait``, waiting for it. The kernel drops the lock when its process ends, however
-    it ends, so a crashed or killed run never leaves the folder locked; the file stays."""
+    it ends, so a crashed or killed run never leaves the folder locked; the file stays.
+    A folder that cannot be made or written (a file in its path, no permission) is a
+    :class:`ConfigError` naming ``key``, the config entry that chose it."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ConfigError(f"cannot write the {what}'s folder {folder} ({err.strerror or err}); "
+                          f"point {key} at a folder that can be written") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

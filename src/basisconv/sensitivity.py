@@ -172,7 +172,8 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     if cached is None:
         folder = cache_dir(cfg)
         # One estimate per key at a time: a second process waits, then reuses its table.
-        with folder_lock(folder, wait=True, what="sensitivity estimate"):
+        with folder_lock(folder, wait=True, what="sensitivity estimate",
+                         key="sensitivity.cache_dir"):
             cached = None if recompute else load_cached(cfg) or restore_published(cfg)
             if cached is None:
                 log.warning("sensitivity: %s table for key %s; estimating it now",

@@ -81,7 +81,8 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
     names = list(table["layer"])
     fields = key_fields(cfg, names)
     path = cache_path(cfg, fields)
-    with folder_lock(path.parent, wait=True, what="layer timing"):  # one measurement a key
+    # one measurement a key
+    with folder_lock(path.parent, wait=True, what="layer timing", key="sensitivity.cache_dir"):
         cached = None if cfg.sensitivity.recompute else load(path)
         if cached is None:
             cached = measure(cfg, names)
