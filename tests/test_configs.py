@@ -213,6 +213,18 @@ def test_cuda_graphs_refuse_what_a_captured_step_cannot_replay(compose_cfg, over
     assert "\n" not in str(err.value)
 
 
+def test_a_publish_path_that_cannot_be_written_is_refused_before_anything_runs(
+        compose_cfg, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"publish=.*cannot be written \(.*a-file is not a "
+                                          r"folder\); choose another .json path") as err:
+        validate(compose_cfg(f"publish={blocker}/sub/seed0.json"))
+    assert "\n" not in str(err.value)
+    validate(compose_cfg(f"publish={tmp_path}/new/sub/seed0.json"))  # missing folders: made
+    assert not (tmp_path / "new").exists()  # ... when it publishes, not by the check
+
+
 @pytest.mark.parametrize("override", ["trainer.epochz=3", "trainer.epochs=abc", "model=resnet19"])
 def test_typos_and_wrong_types_fail_when_composing(compose_cfg, override):
     with pytest.raises(ConfigCompositionException):

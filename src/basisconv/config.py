@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
+from .records import unwritable_folder
 from .selection import BUDGET_METRICS, METRICS, POLICIES, check_count
 
 
@@ -324,6 +325,10 @@ def validate(cfg: DictConfig) -> None:
            f"parameters train between steps; set one of them back (false, or 1)")
     _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
            f"publish={cfg.publish!r} must name a .json file (or be null)")
+    if cfg.publish is not None:
+        blocker = unwritable_folder(os.path.dirname(os.path.abspath(cfg.publish)))
+        _check(blocker is None, f"publish={cfg.publish!r} cannot be written ({blocker}); "
+                                f"choose another .json path (or null)")
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     validate_logger_mode(cfg)
 

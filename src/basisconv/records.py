@@ -297,6 +297,18 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
     return missing
 
 
+def unwritable_folder(folder: str) -> str | None:
+    """Why files cannot be written in ``folder`` (made when missing), or ``None`` when they
+    can: its nearest existing ancestor is a file, or not writable. Nothing is created."""
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable"
+    return None
+
+
 def publish(record: dict[str, Any], path: str | os.PathLike | None) -> dict[str, Any]:
     """Also write a *complete* record to ``path`` (a ``.json`` file; nothing when ``None``)
     and return it. ``scripts/reproduce.sh`` publishes every finished run into the tracked
