@@ -528,6 +528,15 @@ def test_a_missing_runs_dir_says_it_does_not_exist(tmp_path):
     assert "make reproduce" not in str(err.value)
 
 
+def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    publish_records(tmp_path / "runs", RECORDS)
+    with pytest.raises(ConfigError, match=r"out_dir=\S*a-file/out cannot be written \(\S*a-file "
+                                          r"is not a folder\); give another folder") as err:
+        write_report(analyze_cfg(tmp_path, out_dir=str(tmp_path / "a-file" / "out")), "cmd")
+    assert "\n" not in str(err.value)
+
+
 def test_no_training_run_says_what_was_found(tmp_path):
     publish_records(tmp_path / "runs", [{**RECORDS[0], "status": "running", "final": None}])
     (tmp_path / "runs" / "sensitivity.json").write_text(json.dumps(sensitivity_record()))

@@ -11,7 +11,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
-from ..records import SESSIONS, hardware_name, provenance, read_sessions, write_json_atomic
+from ..records import (SESSIONS, hardware_name, provenance, read_sessions, unwritable_folder,
+                       write_json_atomic)
 from . import figures, search, sensitivity
 from .runs import (ROW_COLUMNS, compare, curves_frame, read_records, records_of_kind,
                    runs_frame, training_records, wandb_records)
@@ -126,6 +127,10 @@ def found_line(records: list[tuple[dict, Path]], unreadable: list[str]) -> str:
 def write_report(cfg: DictConfig, command: str) -> list[Path]:
     """Collect the runs (local records or wandb), write every table and plot; returns the
     files written."""
+    blocker = unwritable_folder(str(Path(cfg.out_dir).absolute()))
+    if blocker is not None:
+        raise ConfigError(f"out_dir={cfg.out_dir} cannot be written ({blocker}); give another "
+                          f"folder")
     unreadable: list[str] = []
     local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
     if unreadable:
