@@ -39,6 +39,8 @@ def test_every_group_combination_composes_and_validates(repo, compose_cfg):
               for combo in itertools.product(*groups.values())]
     combos += [[f"{g}={o}"] for g in ("data", "logger") for o in options(repo, g)]
     for overrides in combos:
+        if "basis=convert" in overrides:  # it converts a trained model, so it names one
+            overrides = [*overrides, "basis.source_checkpoint=baseline/checkpoint.pt"]
         cfg = compose_cfg(*overrides)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         validate(cfg)
@@ -117,6 +119,19 @@ def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, overrid
     with pytest.raises(ConfigError, match=message) as err:
         validate(compose_cfg(override))
     assert "\n" not in str(err.value)
+
+
+def test_convert_without_trained_weights_is_refused(compose_cfg):
+    """basis=convert with no checkpoint and no warm-up would fit the basis layers to the
+    random initialization: one line naming the three ways out; each of them validates."""
+    with pytest.raises(ConfigError, match="basis.init=convert fits the basis layers to trained "
+                                          "dense weights, but none are given") as err:
+        validate(compose_cfg("selection=all", "basis=convert"))
+    assert "\n" not in str(err.value)
+    for fix in ("basis.source_checkpoint=run/checkpoint.pt", "basis.dense_warmup_epochs=1",
+                "basis.init=scratch"):
+        validate(compose_cfg("selection=all", "basis=convert", fix))
+    validate(compose_cfg("selection=none", "basis=convert"))  # no basis layers to fit
 
 
 # Every other range rule of config.validate, one changed value each (a rule deleted from

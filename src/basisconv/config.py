@@ -235,6 +235,13 @@ def validate_basis(cfg: DictConfig) -> None:
            "basis.source_checkpoint is set but basis.init=scratch; use basis.init=convert")
     _check(b.dense_warmup_epochs >= 0,
            f"basis.dense_warmup_epochs must be >= 0, got {b.dense_warmup_epochs}")
+    # convert fits basis layers to trained dense weights; with none given it would fit them
+    # to the random initialization and train on, silently a different method from scratch
+    _check(b.init != "convert" or b.source_checkpoint is not None or b.dense_warmup_epochs > 0
+           or cfg.selection.policy == "none",
+           "basis.init=convert fits the basis layers to trained dense weights, but none are "
+           "given: set basis.source_checkpoint=<a dense run>/checkpoint.pt, or "
+           "basis.dense_warmup_epochs>0 (basis=warmup), or use basis=scratch")
     _check(b.dense_warmup_epochs < cfg.trainer.epochs or cfg.selection.policy == "none",
            f"basis.dense_warmup_epochs={b.dense_warmup_epochs} leaves no basis epochs in "
            f"trainer.epochs={cfg.trainer.epochs}")
