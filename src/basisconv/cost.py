@@ -249,6 +249,16 @@ def count_parameters(model: nn.Module) -> int:
     return total - sum(int(mask.numel() - mask.sum()) for mask in alive.values())
 
 
+def copy_model(model: nn.Module, what: str, fix: str) -> nn.Module:
+    """``copy.deepcopy(model)``; where torch cannot copy it (a weight that a hook computes:
+    torch.nn.utils.prune, the old torch.nn.utils.weight_norm) one :class:`ConfigError`,
+    ``what`` then ``fix``, as torch's own message does not say why a copy was made."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as err:
+        raise ConfigError(f"{what} ({str(err)[:120]}...); {fix}") from err
+
+
 def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
                input_requires_grad: bool = False) -> ModelCost:
     """Per-layer and total cost of one forward (and backward) at ``input_shape``.
@@ -260,15 +270,10 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     input_shape = tuple(int(s) for s in input_shape)
     active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
-    try:
-        shadow = copy.deepcopy(model).to("meta")
-    except RuntimeError as err:
-        # torch cannot copy a weight that a hook computes (torch.nn.utils.prune, the old
-        # torch.nn.utils.weight_norm); the meta-device dry run needs a copy
-        raise ConfigError(f"model_cost: the model cannot be copied for its dry run on the meta "
-                          f"device ({str(err)[:120]}...); count with measure_flops, or make "
-                          f"the reparametrization permanent first (torch.nn.utils.prune.remove)"
-                          ) from err
+    shadow = copy_model(model, "model_cost: the model cannot be copied for its dry run on the "
+                               "meta device", "count with measure_flops, or make the "
+                               "reparametrization permanent first (torch.nn.utils.prune.remove)"
+                        ).to("meta")
     costs: list[LayerCost] = []
     handles = []
     for name, module in shadow.named_modules():

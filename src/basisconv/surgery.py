@@ -20,7 +20,6 @@ details are not available to us):
 
 from __future__ import annotations
 
-import copy
 import difflib
 import fnmatch
 import logging
@@ -32,7 +31,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .cost import forward_macs_per_pixel, saves_compute
+from .cost import copy_model, forward_macs_per_pixel, saves_compute
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
@@ -173,13 +172,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     _warn_of_untied_weights(model, targets)
     if not inplace:
         names = list(targets)
-        try:
-            model = copy.deepcopy(model)
-        except RuntimeError as err:
-            # torch cannot copy a weight that a hook computes (torch.nn.utils.prune, the old
-            # torch.nn.utils.weight_norm); its message does not say that apply_basis copies
-            raise ConfigError(f"apply_basis: the model cannot be copied ({str(err)[:120]}...); "
-                              f"convert it with inplace=True, which needs no copy") from err
+        model = copy_model(model, "apply_basis: the model cannot be copied",
+                           "convert it with inplace=True, which needs no copy")
         modules = dict(model.named_modules())
         targets = {n: modules[n] for n in names}
 
