@@ -8,9 +8,10 @@
 # next where it stopped. The tables and plots are built from those records.
 # RESULTS_DIR=<new folder> trains every run again, leaving the committed results alone.
 #
-# JOBS=N runs N runs at once (default: 4 per GPU, 1 on a CPU), spread over the visible
-# GPUs, each logging to outputs/<profile>/logs/<row>-seed<k>.log. The speed benchmark
-# always runs alone. SENSITIVITY_CACHE sets the sensitivity tables' cache folder,
+# JOBS=N runs N runs at once (default: 4 per GPU; 1 on a CPU, one a core for smoke), spread
+# over the visible GPUs, each logging to outputs/<profile>/logs/<row>-seed<k>.log and using
+# its share of the CPU cores (OMP_NUM_THREADS, when not set). The speed benchmark always
+# runs alone. SENSITIVITY_CACHE sets the sensitivity tables' cache folder,
 # SENSITIVITY_WORKERS how many of its fine-tunes run at once (default: 4 on a GPU, 1 on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,9 +107,20 @@ if [ "$PROFILE" = paper ] && [ "$DEVICE" = cpu ] && [ -z "${ALLOW_CPU:-}" ]; the
   exit 2
 fi
 # A GPU step of these small models is launch-bound: 4 runs share one GPU well (measured on
-# an H200: 2.4x the throughput of one). On a CPU one run already uses every core.
-JOBS=${JOBS:-$([ "$GPUS" -gt 0 ] && echo $((4 * GPUS)) || echo 1)}
+# an H200: 2.4x the throughput of one). On a CPU one run already uses every core, except
+# the smoke profile's tiny runs, bound by each process's start-up: one run a core (on 2
+# cores its protocol took 93 s so, 156 s one run at a time).
+CORES=$(nproc 2> /dev/null || getconf _NPROCESSORS_ONLN)
+if [ "$GPUS" -gt 0 ]; then DEFAULT_JOBS=$((4 * GPUS))
+elif [ "$PROFILE" = smoke ]; then DEFAULT_JOBS=$CORES
+else DEFAULT_JOBS=1; fi
+JOBS=${JOBS:-$DEFAULT_JOBS}
 case $JOBS in ''|*[!0-9]*|0) echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2;; esac
+# Runs at once share the cores: each gets its share of torch's CPU threads (as torchrun
+# gives each process one), unless OMP_NUM_THREADS says otherwise. Threads that outnumber
+# the cores make every run wait on the others': the smoke protocol with JOBS=2 on 2 cores
+# took 249 s with torch's default of 2 threads a run, 89 s with 1.
+RUN_THREADS=${OMP_NUM_THREADS:-$((CORES / JOBS > 0 ? CORES / JOBS : 1))}
 # the sensitivity estimate's and the search's fine-tunes at once (sensitivity.workers)
 WORKERS=${SENSITIVITY_WORKERS:-$([ "$GPUS" -gt 0 ] && echo 4 || echo 1)}
 IFS=, read -r -a GPU_IDS <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((GPUS > 0 ? GPUS - 1 : 0)))}"
@@ -160,6 +172,7 @@ run() {  # run <name> <command...>: now (JOBS=1), or in the background once a sl
   [ "$GPUS" -gt 0 ] && where=", GPU $gpu"
   echo "== $name: started (log $LOGS/$name.log$where)"
   ( if [ "$GPUS" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$gpu; fi
+    export OMP_NUM_THREADS=$RUN_THREADS
     if "$@" > "$LOGS/$name.log" 2>&1; then echo "== $name: done"
     else echo "$?" > "$LOGS/$name.failed"; echo "== $name: FAILED (see $LOGS/$name.log)"; fi ) &
   LAST_JOB=$!

@@ -16,10 +16,12 @@ ROWS = ["baseline", "basis-all-0.5", "basis-all-0.125", "basis-all-0.25", "basis
 
 
 def reproduce(repo, machine, jobs=2, overrides=""):
-    """The smoke protocol as a machine of its own would run it: its own outputs and cache."""
+    """The smoke protocol as a machine of its own would run it: its own outputs and cache
+    (and torch's threads left to the script)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PY": sys.executable, "JOBS": str(jobs),
            "OUTPUTS": str(machine / "outputs"), "SENSITIVITY_CACHE": str(machine / "cache"),
            "OVERRIDES": overrides}
+    env.pop("OMP_NUM_THREADS", None)
     return subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -29,9 +31,11 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     result = reproduce(repo, first)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     runs = first / "outputs" / "smoke" / "results" / "runs"
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # two runs at once share the cores
     for row in ROWS:
         record = json.loads((runs / row / "seed0.json").read_text())
         assert record["status"] == "complete" and record["kind"] == "training"
+        assert record["provenance"]["hardware"]["torch_threads"] == share
         assert (first / "outputs" / "smoke" / "logs" / f"{row}-seed0.log").stat().st_size > 0
     assert json.loads((runs / "sensitivity.json").read_text())["cache"]["table_sha256"]
     assert json.loads((runs / "exhaustive-search-resnet8.json").read_text())["search"]
