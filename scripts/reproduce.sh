@@ -119,7 +119,7 @@ case $JOBS in ''|*[!0-9]*|0) echo "JOBS=$JOBS: use a number of runs >= 1" >&2; e
 # Runs at once share the cores: each gets its share of torch's CPU threads (as torchrun
 # gives each process one), unless OMP_NUM_THREADS says otherwise. Threads that outnumber
 # the cores make every run wait on the others': the smoke protocol with JOBS=2 on 2 cores
-# took 249 s with torch's default of 2 threads a run, 89 s with 1.
+# took 249 s with torch's default of 2 threads a run, 93 s with 1.
 RUN_THREADS=${OMP_NUM_THREADS:-$((CORES / JOBS > 0 ? CORES / JOBS : 1))}
 # the sensitivity estimate's and the search's fine-tunes at once (sensitivity.workers)
 WORKERS=${SENSITIVITY_WORKERS:-$([ "$GPUS" -gt 0 ] && echo 4 || echo 1)}
