@@ -64,24 +64,27 @@ def check_basis_size(value, key: str = "num_basis") -> None:
                           f"count")
 
 
-def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "") -> int:
+def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "",
+                      key: str = "num_basis") -> int:
     """The basis size as an int in ``[1, out_channels]``.
 
     An int is a count; a float in ``(0, 1]`` a fraction of ``out_channels``, rounded half
-    up and at least 1 (``0.25`` of 64 channels is 16). ``where`` names the layer in errors.
+    up and at least 1 (``0.25`` of 64 channels is 16). ``where`` names the layer in errors,
+    ``key`` the value the user set (``basis.size`` when it comes from a config).
     """
     at = f"layer {where!r}: " if where else ""
     if isinstance(num_basis, numbers.Integral) and not isinstance(num_basis, bool):
         count = int(num_basis)
     else:
         try:
-            check_basis_size(num_basis)
+            check_basis_size(num_basis, key)
         except (TypeError, ConfigError) as err:
             raise type(err)(f"{at}{err}") from None
         count = max(1, int(math.floor(float(num_basis) * out_channels + 0.5)))
     if not 1 <= count <= out_channels:
-        raise ConfigError(f"{at}num_basis = {count} is out of range: valid is 1..{out_channels} "
-                          f"(out_channels), or a fraction in (0, 1]")
+        raise ConfigError(f"{at}{key} = {count} is out of range: valid is 1..{out_channels} "
+                          f"(its out_channels); set {key} to a count in that range, or to a "
+                          f"fraction in (0, 1] of each layer's out_channels")
     return count
 
 

@@ -33,7 +33,8 @@ def to_basis(model: nn.Module, cfg: DictConfig, layers: Layers, *, convert: bool
     return apply_basis(model, layers, basis.size, inplace=True, convert=convert,
                        only_where_saves=basis.only_where_saves,
                        share_coefficients=basis.share_coefficients, combine=basis.combine,
-                       coefficient_rank=basis.coefficient_rank, fuse_norm=basis.fuse_norm)
+                       coefficient_rank=basis.coefficient_rank, fuse_norm=basis.fuse_norm,
+                       size_key="basis.size")
 
 
 def converts_later(cfg: DictConfig) -> bool:

@@ -138,7 +138,7 @@ class Probe:
             basis = self.cfg.basis
             apply_basis(model, names, basis.size, inplace=True, convert=True,
                         combine=basis.combine, coefficient_rank=basis.coefficient_rank,
-                        fuse_norm=basis.fuse_norm)
+                        fuse_norm=basis.fuse_norm, size_key="basis.size")
             model.to(self.device, memory_format=self.memory_format)
             errors = [row["reconstruction_error"] for row in basis_report(model)]
         converted = self.measure(model)

@@ -181,7 +181,7 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     dense = {c.name: c for c in model_cost(model, input_shape).layers}
     converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
                             only_where_saves=True, combine=basis.combine,
-                            coefficient_rank=basis.coefficient_rank)
+                            coefficient_rank=basis.coefficient_rank, size_key="basis.size")
     basis_costs = {c.name: c for c in model_cost(converted, input_shape).layers}
     rows = []
     for row in basis_report(converted):

@@ -126,7 +126,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                 num_basis: int | float = 0.5, *, inplace: bool = False, convert: bool = True,
                 only_where_saves: bool = False, share_coefficients: bool = False,
                 combine: str = "stacked", coefficient_rank: int | None = None,
-                fuse_norm: bool = False) -> nn.Module:
+                fuse_norm: bool = False, size_key: str = "num_basis") -> nn.Module:
     """Replace the named convolutions by :class:`BasisConv2d` layers; returns the model
     (``model`` itself when ``inplace``, else a converted deep copy).
 
@@ -145,11 +145,12 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
             rank) share one coefficient matrix (our reading of the paper's option to shrink
             the coefficients); with ``convert`` it is fitted jointly to all of them.
         combine, coefficient_rank, fuse_norm: passed to :class:`BasisConv2d`.
+        size_key: what errors call ``num_basis`` (``basis.size`` for a config's value).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
     targets = select_layers(model, layers)
-    sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name)
+    sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name, key=size_key)
              for name, conv in targets.items()}
     for name, conv in targets.items():
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name)
