@@ -3,6 +3,7 @@ sweeps, resume after a real SIGKILL, and tracking failures that must not stop tr
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv.errors import ConfigError
+from basisconv.errors import ConfigError, PublishError
 from basisconv.train import fit
 from interruption import fit_stopped_before
 
@@ -179,8 +180,16 @@ def test_a_complete_run_publishes_its_record_and_an_unfinished_one_does_not(tmp_
     from basisconv.records import publish
 
     unfinished = tmp_path / "unfinished.json"
-    publish({**record, "status": "running"}, unfinished)
+    publish({**record, "status": "running"}, unfinished, tmp_path / "run")
     assert not unfinished.exists()
+    # a write that fails at the end (the folder was checked at the start) says, in one
+    # error the entry points print as a line, where the finished record is kept
+    (tmp_path / "gone").write_text("a file where the folder was")
+    kept = tmp_path / "run" / "run.json"
+    with pytest.raises(PublishError, match=r"could not be published to .*gone/seed0.json "
+                                           r"\(.*\); it is kept in " + re.escape(str(kept))
+                                           + ": once that is fixed, copy it to"):
+        publish(record, tmp_path / "gone" / "seed0.json", tmp_path / "run")
 
 
 def test_an_auto_run_records_the_form_each_shape_ran(tmp_path, repo):

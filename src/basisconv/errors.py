@@ -14,6 +14,11 @@ class DatasetError(BasisconvError, RuntimeError):
     """The data could not be read; the message says where it looked and what to do."""
 
 
+class PublishError(BasisconvError, OSError):
+    """A finished result could not be copied where it was asked to go (``publish=``): the
+    message says why, where the result is kept, and how to publish it once fixed."""
+
+
 class TrainingDiverged(BasisconvError, FloatingPointError):
     """A loss became NaN or infinite (usually a learning rate too high for the model): the
     message says which loss, where, and what was kept. ``quantity`` and ``value`` say what

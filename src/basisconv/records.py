@@ -23,6 +23,8 @@ from typing import IO, Any, Callable
 
 import torch
 
+from .errors import PublishError
+
 
 def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     """HEAD commit of the repository around ``cwd`` (this package by default), and whether
@@ -309,14 +311,25 @@ def unwritable_folder(folder: str) -> str | None:
     return None
 
 
-def publish(record: dict[str, Any], path: str | os.PathLike | None) -> dict[str, Any]:
+def publish(record: dict[str, Any], path: str | os.PathLike | None,
+            kept_in: str | os.PathLike) -> dict[str, Any]:
     """Also write a *complete* record to ``path`` (a ``.json`` file; nothing when ``None``)
     and return it. ``scripts/reproduce.sh`` publishes every finished run into the tracked
     ``results/<profile>/runs/``, so records accumulate across machines: the tables are
     built from them anywhere, and a protocol cut off on one machine goes on on the next
-    without redoing what is there. Checkpoints are never published."""
+    without redoing what is there. Checkpoints are never published.
+
+    ``kept_in`` is the run folder that already holds the record: a write that fails at the
+    end of a long run (a full disk, a folder removed meanwhile; the folder was checked
+    writable at the start) says where the result is, in one line, not with a trace."""
     if path is not None and record.get("status") == "complete":
-        write_record(Path(path), RunRecord.from_dict(record))
+        try:
+            write_record(Path(path), RunRecord.from_dict(record))
+        except OSError as err:
+            kept = Path(kept_in) / RECORD
+            raise PublishError(f"the run finished, but its record could not be published to "
+                               f"{path} ({err.strerror or err}); it is kept in {kept}: once "
+                               f"that is fixed, copy it to {path}") from err
     return record
 
 

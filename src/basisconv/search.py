@@ -147,7 +147,7 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
                     status="complete", results={"search": summary,
                                                 "table": found.to_dict("records")})
     write_record(output_dir, run)
-    publish(run.as_dict(), cfg.publish)
+    publish(run.as_dict(), cfg.publish, output_dir)
     return summary
 
 

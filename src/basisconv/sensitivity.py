@@ -336,7 +336,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
         # the cache's own record: a published copy of this run refills another machine's cache
         "cache": {k: v for k, v in record.items() if k != "cache_hit"}})
     write_record(output_dir, run)
-    publish(run.as_dict(), cfg.publish)
+    publish(run.as_dict(), cfg.publish, output_dir)
     tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
     try:
         for row in table.sort_values("position").to_dict("records"):

@@ -67,7 +67,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         if record is None:
             with loop.settings_restored():
                 record = Training(cfg, config, output_dir, checkpoint).run()
-        return publish(record, cfg.publish) if first_rank else record
+        return publish(record, cfg.publish, output_dir) if first_rank else record
 
 
 def remove_leftovers(output_dir: Path) -> None:
