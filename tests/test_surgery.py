@@ -362,9 +362,78 @@ def test_a_model_torch_cannot_copy_asks_for_inplace():
     with pytest.raises(ValueError, match="cannot be copied.*inplace=True"):
         apply_basis(model, "1", 4)
     pruned = model[1].weight.detach().clone()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
     with pytest.warns(UserWarning, match="saves no compute"):  # full rank, to compare
         apply_basis(model, "1", 16, inplace=True)
     torch.testing.assert_close(model[1].dense_weight(), pruned)  # the pruned weight
+    # the pruning hook, which recomputes a weight the basis layer has not, stays behind
+    assert not model[1]._forward_pre_hooks
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+class Hooked(nn.Module):
+    """A conv with every kind of hook a user registers to watch or change it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.seen = []
+        self.handles = [
+            self.conv.register_forward_pre_hook(lambda m, args: self.seen.append(("pre", m))),
+            self.conv.register_forward_hook(
+                lambda m, args, out: self.seen.append(("forward", m, out.detach().clone()))),
+            self.conv.register_forward_hook(lambda m, args, kwargs, out: out * 2,
+                                            with_kwargs=True),
+            self.conv.register_full_backward_hook(
+                lambda m, grad_in, grad_out: self.seen.append(("backward", m)))]
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_a_converted_conv_keeps_its_forward_and_backward_hooks(inplace):
+    # Found by audit: the basis layer replaced the conv without its hooks, so a user's
+    # feature extraction or activation statistics silently stopped.
+    torch.manual_seed(0)
+    model = Hooked().double()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    expected = model(x)
+    with pytest.warns(UserWarning, match="saves no compute"):  # full rank, to compare
+        converted = apply_basis(model, "conv", 16, inplace=inplace)
+    layer = converted.conv
+    seen = model.seen  # a copy's hooks are the same functions: they report to the original
+    seen.clear()
+    out = converted(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)  # the doubling hook ran
+    assert [event[0] for event in seen] == ["pre", "forward", "backward"]
+    assert all(event[1] is layer for event in seen)
+    torch.testing.assert_close(seen[1][2] * 2, out.detach(), rtol=1e-10, atol=1e-10)
+    if inplace:  # the handles the conv's register calls returned still remove them
+        for handle in model.handles:
+            handle.remove()
+        assert not (layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
+def test_weight_norm_stays_behind_and_state_dict_hooks_are_named():
+    torch.manual_seed(0)
+    conv = nn.utils.weight_norm(nn.Conv2d(8, 16, 3, padding=1))
+    calls = []
+    conv.register_forward_hook(lambda m, args, out: calls.append(m))
+    conv._register_state_dict_hook(lambda m, state, prefix, local: state)
+    model = nn.Sequential(conv)
+    x = torch.randn(2, 8, 6, 6)
+    expected = model(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_basis(model, "0", 16, inplace=True)
+    assert any("'0': its state-dict hooks are not carried" in str(w.message) for w in caught)
+    calls.clear()
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    assert calls == [model[0]]  # the user's hook came along, the weight-norm one did not
 
 
 class TiedWeights(nn.Module):

@@ -20,6 +20,7 @@ details are not available to us):
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import logging
@@ -30,6 +31,9 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .cost import copy_model, forward_macs_per_pixel, saves_compute
 from .errors import ConfigError
@@ -146,6 +150,9 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
             the coefficients); with ``convert`` it is fitted jointly to all of them.
         combine, coefficient_rank, fuse_norm: passed to :class:`BasisConv2d`.
         size_key: what errors call ``num_basis`` (``basis.size`` for a config's value).
+
+    A replaced conv's forward and backward hooks move to its basis layer (see
+    :func:`_take_over_hooks`), whose output is the conv's.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
@@ -194,6 +201,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                                 coefficient_rank=coefficient_rank, fuse_norm=fuse_norm,
                                 device=conv.weight.device, dtype=conv.weight.dtype)
         layer.train(conv.training)
+        _take_over_hooks(conv, layer, name)
         for alias in aliases[name]:  # a tied conv stays one module, in basis form
             _set_submodule(model, alias, layer)
         replaced[name] = layer
@@ -215,6 +223,38 @@ def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> 
                 warnings.warn(f"layer {name!r} shares its weight with {converted[id(p)]!r}, "
                               f"which is converted: the two no longer share it; convert both "
                               f"to keep them tied", stacklevel=3)
+
+
+#: A module's hook tables that a basis layer takes over from the conv it replaces: its
+#: output is the conv's (same shape, same meaning), so a hook that reads or changes the
+#: conv's input or output (feature extraction, activation statistics) means the same there.
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
+#: torch's forward pre-hooks that recompute ``weight`` (old-style weight and spectral norm,
+#: pruning masks): the conversion fits the weight they computed, and a basis layer has none.
+_WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
+
+
+def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
+    """Give ``layer`` the forward and backward hooks registered on ``conv``. The tables are
+    shared, not copied, so the handles their ``register_*_hook`` calls returned still remove
+    them. State-dict hooks are not carried (the basis layer's state has other keys)."""
+    weight_hooks = [k for k, h in conv._forward_pre_hooks.items() if isinstance(h, _WEIGHT_HOOKS)]
+    tables = {t: getattr(conv, t) for t in _HOOK_TABLES if hasattr(conv, t)}
+    if weight_hooks:  # the others are copied around them; their handles then miss the layer
+        tables = {t: copy.copy(v) for t, v in tables.items()}
+        for key in weight_hooks:
+            tables["_forward_pre_hooks"].pop(key)
+            tables.get("_forward_pre_hooks_with_kwargs", {}).pop(key, None)
+    for table, hooks in tables.items():
+        setattr(layer, table, hooks)
+    if any(getattr(conv, t, None) for t in ("_state_dict_hooks", "_state_dict_pre_hooks",
+                                            "_load_state_dict_pre_hooks",
+                                            "_load_state_dict_post_hooks")):
+        warnings.warn(f"layer {name!r}: its state-dict hooks are not carried to its basis "
+                      f"layer, whose state has other keys; register them on the converted "
+                      f"layer if they still apply", stacklevel=3)
 
 
 def _tie_shared_weights(convs: dict[str, nn.Conv2d], layers: dict[str, BasisConv2d]) -> None:
