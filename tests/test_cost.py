@@ -172,7 +172,7 @@ def test_pruned_coefficients_are_not_counted_and_a_shared_matrix_keeps_every_lay
     """A pruned layer counts its kept coefficients (also when layer_cost is called on it
     directly); a shared matrix pruned by its layers with other masks keeps the union of the
     entries they use."""
-    layer = BasisConv2d(8, 16, 3, 6, padding=1)
+    layer = BasisConv2d(8, 16, 3, 6, padding=1, bias=False)
     layer.prune_coefficients(2)
     assert layer_cost(layer, (1, 8, 4, 4), (1, 16, 4, 4), input_grad=False).params == \
         6 * 72 + 10 * 2

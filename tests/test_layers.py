@@ -150,6 +150,17 @@ def test_channels_last_input_gives_the_same_output():
     torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last)), layer(x))
 
 
+@pytest.mark.parametrize("combine", ["stacked", "split"])
+def test_under_autocast_the_output_has_the_dtype_a_conv_gives(combine):
+    # Found by audit: the split form added the float32 bias after the autocast conv, so
+    # its output (twice the memory) was float32 where the conv's is bfloat16
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    layer = BasisConv2d.from_conv(conv, 4, combine=combine)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == conv(x).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("combine", ["stacked", "split", "fused", "auto"])
 def test_an_unbatched_input_is_taken_as_nn_conv2d_takes_it(combine):
     # Found by audit: a [C, H, W] input (nn.Conv2d takes it) failed in the split form
@@ -309,6 +320,37 @@ def test_pruned_coefficients_and_l1():
     torch.testing.assert_close(fresh(x), layer(x))
     with pytest.raises(ValueError, match=r"keep_per_row must be an int in 1\.\.6"):
         layer.prune_coefficients(7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_pruned_checkpoint_loads_into_a_fresh_layer_of_another_dtype(dtype):
+    # Found by audit: the mask a fresh layer made for the checkpoint took the checkpoint's
+    # float32, so a half or bfloat16 model failed in its first forward
+    trained = BasisConv2d(6, 16, 3, 6, padding=1)
+    trained.prune_coefficients(2)
+    fresh = BasisConv2d(6, 16, 3, 6, padding=1).to(dtype)
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.coefficient_mask.dtype == dtype
+    x = torch.randn(2, 6, 8, 8)
+    torch.testing.assert_close(fresh(x.to(dtype)).float(), trained(x), rtol=0.05, atol=0.05)
+
+
+def test_a_layer_made_on_the_meta_device_is_whole_after_reset_parameters():
+    # Found by audit: deferred init (meta, to_empty, reset_parameters, as for FSDP) left
+    # the channel order as uninitialized memory, so the forward indexed out of range
+    with torch.device("meta"):
+        layer = BasisConv2d(3, 16, 3, 4, padding=1, combine="split")
+    layer.to_empty(device="cpu")
+    layer.output_index.fill_(-7)  # what the memory might have held
+    layer.reset_parameters()
+    assert layer.output_index.tolist() == list(range(16))
+    assert layer(torch.randn(2, 3, 8, 8)).shape == (2, 16, 8, 8)
+
+
+def test_bias_is_on_by_default_as_for_nn_conv2d():
+    # Found by audit: the docstring said "as nn.Conv2d", but the default was no bias
+    assert BasisConv2d(16, 32, 3, 0.25, padding=1).bias is not None
+    assert BasisConv2d(16, 32, 3, 0.25, padding=1, bias=False).bias is None
 
 
 def test_pruning_keeps_the_largest_magnitude_coefficients_of_each_row():

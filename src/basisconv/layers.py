@@ -158,7 +158,7 @@ class BasisConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, num_basis: int | float,
-                 stride=1, padding=0, dilation=1, bias: bool = False, *,
+                 stride=1, padding=0, dilation=1, bias: bool = True, *,
                  combine: str = "stacked", coefficient_rank: int | None = None,
                  fuse_norm: bool = False, device=None, dtype=None):
         super().__init__()
@@ -197,7 +197,11 @@ class BasisConv2d(nn.Module):
 
     # ----------------------------------------------------------------- construction
     def reset_parameters(self) -> None:
-        """From-scratch init; the class docstring says why these scales."""
+        """From-scratch init; the class docstring says why these scales. The channel order
+        is reset to the identity too: after ``to_empty()`` (a model built on the ``meta``
+        device, then given memory) the buffer holds whatever the memory held."""
+        with torch.no_grad():
+            self.output_index.copy_(torch.arange(self.out_channels))
         nn.init.kaiming_normal_(self.basis_weight, mode="fan_in", nonlinearity="relu")
         m = self.num_basis
         if self.coefficient_rank is None:
@@ -340,7 +344,8 @@ class BasisConv2d(nn.Module):
         # so that a pruned checkpoint loads into an unpruned model of the same shape.
         key = prefix + "coefficient_mask"
         if key in state_dict and self.coefficient_mask is None:
-            self.coefficient_mask = torch.empty_like(state_dict[key], device=self.basis_weight.device)
+            self.coefficient_mask = torch.empty_like(state_dict[key], dtype=self.basis_weight.dtype,
+                                                     device=self.basis_weight.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- forward

@@ -198,7 +198,7 @@ def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> d
     def basis(fraction: float, fuse: bool) -> nn.Module:
         return wrap(BasisConv2d(shape.in_channels, shape.out_channels, shape.kernel,
                                 resolve_num_basis(fraction, shape.out_channels),
-                                stride=shape.stride, padding=shape.padding,
+                                stride=shape.stride, padding=shape.padding, bias=False,
                                 combine=options.combine, fuse_norm=fuse))
 
     for fraction in options.fractions:

@@ -35,8 +35,8 @@ def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: tor
         out = torch.cat([basis_maps, combined], 1).index_select(1, output_index)
     else:
         out = basis_maps.index_select(1, output_index)
-    if bias is not None:
-        out = out + bias[:, None, None]
+    if bias is not None:  # in the output's dtype, as F.conv2d adds it under autocast
+        out = out + bias.to(out.dtype)[:, None, None]
     return out
 
 
