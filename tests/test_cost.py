@@ -202,6 +202,24 @@ def test_an_input_shape_the_model_does_not_take_is_one_clear_error():
     with pytest.raises(ValueError, match=r"input of shape \(1, 3, 32, 32\).*pass the input_shape"):
         model_cost(model)
     assert model_cost(model, (1, 1, 28, 28)).forward_flops == 2 * (8 * 9 * 26 * 26 + 8 * 26 * 26 * 2)
+    # Found by audit: an unbatched (C, H, W), which a conv takes, was counted with C as the
+    # batch size, silently C times too many FLOPs
+    with pytest.raises(ConfigError, match=r"input_shape=\(1, 28, 28\); give one batch as "
+                                          r"\(B, C, H, W\)"):
+        model_cost(model, (1, 28, 28))
+
+
+def test_the_dry_run_does_not_call_the_users_hooks():
+    # Found by audit: the meta-device copy kept the user's hooks, so a feature-extraction
+    # hook appended meta tensors to the user's list
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    features = []
+    model[0].register_forward_hook(lambda m, args, out: features.append(out))
+    model[1].register_forward_pre_hook(lambda m, args: features.append(args[0]))
+    model_cost(model, (1, 3, 8, 8))
+    assert features == []
+    model(torch.randn(1, 3, 8, 8))
+    assert len(features) == 2  # still the user's, on the model itself
 
 
 def test_a_batch_of_one_at_a_training_mode_batch_norm_head_is_one_clear_error():

@@ -94,6 +94,9 @@ def test_layer_errors_name_the_layer_and_the_valid_range():
         apply_basis(model, "all", 20)
     with pytest.raises(ValueError, match=r"layer 'layer3.0.conv1'.*valid is 1\.\.64"):
         apply_basis(model, "layer3.0.conv1", 65)
+    # Found by audit: a bare conv was "a model with no Conv2d layers"
+    with pytest.raises(ValueError, match=r"a single conv; convert it with BasisConv2d\.from_conv"):
+        apply_basis(nn.Conv2d(8, 16, 3), "all", 4)
 
 
 class Grouped(nn.Module):

@@ -249,6 +249,13 @@ def count_parameters(model: nn.Module) -> int:
     return total - sum(int(mask.numel() - mask.sum()) for mask in alive.values())
 
 
+#: A module's forward and backward hook tables (torch keeps them in these attributes; a
+#: handle removes its hook from the table it was registered in).
+HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_backward_pre_hooks", "_backward_hooks")
+
+
 def copy_model(model: nn.Module, what: str, fix: str) -> nn.Module:
     """``copy.deepcopy(model)``; where torch cannot copy it (a weight that a hook computes:
     torch.nn.utils.prune, the old torch.nn.utils.weight_norm) one :class:`ConfigError`,
@@ -268,12 +275,18 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     the training case: nobody needs the gradient w.r.t. the images.
     """
     input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 4:  # an unbatched (C, H, W) would count C as the batch
+        raise ConfigError(f"model_cost: input_shape={input_shape}; give one batch as "
+                          f"(B, C, H, W), e.g. (1, 3, 32, 32) for one CIFAR image")
     active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
     shadow = copy_model(model, "model_cost: the model cannot be copied for its dry run on the "
                                "meta device", "count with measure_flops, or make the "
                                "reparametrization permanent first (torch.nn.utils.prune.remove)"
                         ).to("meta")
+    for module in shadow.modules():  # the user's hooks would see meta tensors
+        for table in HOOK_TABLES:
+            getattr(module, table, {}).clear()
     costs: list[LayerCost] = []
     handles = []
     for name, module in shadow.named_modules():

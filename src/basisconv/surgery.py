@@ -35,7 +35,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from .cost import copy_model, forward_macs_per_pixel, saves_compute
+from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
@@ -156,6 +156,10 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.Conv2d):  # it converts the convs inside a model, by name
+        raise ConfigError("apply_basis got a single conv; convert it with "
+                          "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
+                          "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
     targets = select_layers(model, layers)
     sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name, key=size_key)
              for name, conv in targets.items()}
@@ -225,12 +229,6 @@ def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> 
                               f"to keep them tied", stacklevel=3)
 
 
-#: A module's hook tables that a basis layer takes over from the conv it replaces: its
-#: output is the conv's (same shape, same meaning), so a hook that reads or changes the
-#: conv's input or output (feature extraction, activation statistics) means the same there.
-_HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-                "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
 #: torch's forward pre-hooks that recompute ``weight`` (old-style weight and spectral norm,
 #: pruning masks): the conversion fits the weight they computed, and a basis layer has none.
 _WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
@@ -239,9 +237,12 @@ _WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
 def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
     """Give ``layer`` the forward and backward hooks registered on ``conv``. The tables are
     shared, not copied, so the handles their ``register_*_hook`` calls returned still remove
-    them. State-dict hooks are not carried (the basis layer's state has other keys)."""
+    them. A basis layer's output is the conv's (same shape, same meaning), so a hook that
+    reads or changes it (feature extraction, activation statistics) means the same there.
+    State-dict hooks are not carried (the basis layer's state has other keys)."""
     weight_hooks = [k for k, h in conv._forward_pre_hooks.items() if isinstance(h, _WEIGHT_HOOKS)]
-    tables = {t: getattr(conv, t) for t in _HOOK_TABLES if hasattr(conv, t)}
+    tables = {t: getattr(conv, t) for t in (*HOOK_TABLES, "_is_full_backward_hook")
+              if hasattr(conv, t)}
     if weight_hooks:  # the others are copied around them; their handles then miss the layer
         tables = {t: copy.copy(v) for t, v in tables.items()}
         for key in weight_hooks:
