@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv import loop
 from basisconv.errors import ConfigError, PublishError
 from basisconv.train import fit
 from interruption import fit_stopped_before
@@ -250,6 +252,9 @@ def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, device)
     assert resumed["provenance"]["resumed_from_epoch"] == 1
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-6), key
+    # Found by audit: the resumed record described layers fitted to the random init (the
+    # rebuilt model's), not the warmed-up weights its checkpoint holds
+    assert resumed["model"] == straight["model"]
 
 
 def test_convert_from_a_trained_checkpoint(tmp_path, repo):
@@ -260,9 +265,33 @@ def test_convert_from_a_trained_checkpoint(tmp_path, repo):
                  tmp_path / "converted")
     errors = [row["reconstruction_error"] for row in record["model"]["basis_report"]]
     assert errors and all(0 < e < 1 for e in errors)
+    # Found by audit: a resume read the source checkpoint again (to fit layers that the
+    # run's own checkpoint then overwrote), so with the source gone it could not go on
+    overrides = ("trainer.epochs=2", "selection=all", "basis=convert",
+                 f"basis.source_checkpoint={source}", "basis.size=0.5")
+    fit_stopped_before(2, compose_tiny(repo, *overrides), tmp_path / "resumed")
+    source.unlink()
+    resumed = fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
+    assert resumed["status"] == "complete" and resumed["provenance"]["resumed_from_epoch"] == 1
+    assert resumed["model"] == record["model"]  # as fitted when it converted
     with pytest.raises(ConfigError, match="does not exist"):
         fit(compose_tiny(repo, "trainer.epochs=1", "selection=all", "basis=convert",
                          f"basis.source_checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "x")
+
+
+def test_a_finished_run_without_a_checkpoint_is_not_trained_again(tmp_path, repo):
+    # Found by audit: with no checkpoint.pt (trainer.checkpoint=false, or one deleted to
+    # save disk) the same command trained the run again from epoch 1, and its first new
+    # epoch overwrote the complete record
+    cfg = compose_tiny(repo, "trainer.epochs=1", "trainer.checkpoint=false")
+    first = fit(cfg, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    with mock.patch.object(loop, "run_epoch", side_effect=AssertionError("trained again")):
+        again = fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path)  # checkpoint: execution
+    assert again["final"] == first["final"] and again["provenance"] == first["provenance"]
+    with pytest.raises(ConfigError, match=r"run.json was written by a different config "
+                                          r"\(differs in trainer.epochs\)"):
+        fit(compose_tiny(repo, "trainer.epochs=2", "trainer.checkpoint=false"), tmp_path)
 
 
 def test_a_complete_runs_lost_or_damaged_record_is_rebuilt_from_its_checkpoint(tmp_path, repo,
@@ -368,8 +397,8 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
     done = len(torch.load(out / "checkpoint.pt", weights_only=False)["record"]["epochs"])
     line = stderr.strip().splitlines()[-1]
     assert line == (f"stopped by {signal.Signals(signum).name}: the run in {out} stopped after "
-                    f"epoch {done} of 50 (checkpoint saved); run the same command again to "
-                    f"resume it")
+                    f"epoch {done} of 50 (checkpoint saved); run the same command again with "
+                    f"hydra.run.dir={out} to resume it")
     assert line in (out / "train.log").read_text()
 
 

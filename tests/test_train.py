@@ -149,6 +149,14 @@ def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_pat
     executed = {**saved, "trainer": {"epochs": 3, "lr": 0.1, "threads": 1, "device": "cpu"}}
     check_same_run(executed, {**saved, "trainer": {"epochs": 3, "lr": 0.1, "threads": 8,
                                                    "device": "cuda"}}, tmp_path)
+    # Found by audit: keys that scripts/reproduce.sh lets change between invocations (and
+    # the analysis takes as repeats) were refused, so its interrupted runs could not resume
+    started = {**saved, "trainer": {"epochs": 3, "lr": 0.1, "compile": False, "checkpoint": True},
+               "logger": {"backend": "wandb", "project": "a"}, "sensitivity": {"cache_dir": "a"}}
+    check_same_run(started, {**saved, "trainer": {"epochs": 3, "lr": 0.1, "compile": True,
+                                                  "checkpoint": False},
+                             "logger": {"backend": "none", "project": "b"},
+                             "sensitivity": {"cache_dir": "b"}}, tmp_path)
 
 
 def test_a_run_leaves_the_process_settings_as_it_found_them(tmp_path, repo):

@@ -42,19 +42,23 @@ def converts_later(cfg: DictConfig) -> bool:
     return cfg.selection.policy != "none" and cfg.basis.dense_warmup_epochs > 0
 
 
-def build_network(cfg: DictConfig, layers: Layers, *, basis_now: bool | None = None
-                  ) -> nn.Module:
+def build_network(cfg: DictConfig, layers: Layers, *, basis_now: bool | None = None,
+                  restoring: bool = False) -> nn.Module:
     """The model of ``cfg`` with ``layers`` in basis form. Basis layers are applied now
     unless the config asks for a dense warm-up first (``basis_now`` overrides, e.g. to
-    rebuild a converted model before loading its checkpoint)."""
+    rebuild a converted model before loading its checkpoint). ``restoring``: a checkpoint's
+    weights are loaded next, so the layers are not fitted to anything and
+    ``basis.source_checkpoint`` is not read (a resumed run needs neither, and its source
+    may be gone)."""
     model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
     if basis_now is None:
         basis_now = not converts_later(cfg)
     if not basis_now:
         return model
-    if cfg.basis.init == "convert" and cfg.basis.source_checkpoint:
+    convert = cfg.basis.init == "convert" and not restoring
+    if convert and cfg.basis.source_checkpoint:
         load_source_weights(model, cfg.basis.source_checkpoint)
-    return to_basis(model, cfg, layers, convert=cfg.basis.init == "convert")
+    return to_basis(model, cfg, layers, convert=convert)
 
 
 def describe(model: nn.Module, image_shape=(3, 32, 32)) -> dict[str, Any]:

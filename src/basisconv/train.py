@@ -20,6 +20,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
@@ -64,10 +66,30 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                 log.info("run in %s is already complete; not training again", output_dir)
                 repair_record(output_dir, checkpoint["record"])
                 record = checkpoint["record"]
+        elif cfg.trainer.resume:
+            record = finished_record(output_dir, config)
         if record is None:
             with loop.settings_restored():
                 record = Training(cfg, config, output_dir, checkpoint).run()
         return publish(record, cfg.publish, output_dir) if first_rank else record
+
+
+def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
+    """The complete record of a run in ``output_dir`` that kept no checkpoint
+    (``trainer.checkpoint=false``, or one deleted to save disk), if there is one: such a
+    run is finished too, and training it again would overwrite its result with the first
+    new epoch. A record of another config is refused as a checkpoint of one is."""
+    path = output_dir / RECORD
+    try:
+        saved = read_record(path)
+    except (OSError, ValueError):  # none, or unreadable: nothing finished to keep
+        return None
+    if saved.get("status") != "complete":
+        return None
+    check_same_run(saved["config"], config, path)
+    log.info("run in %s is already complete (its run.json; no checkpoint); not training "
+             "again", output_dir)
+    return saved
 
 
 def remove_leftovers(output_dir: Path) -> None:
@@ -117,7 +139,8 @@ class Training:
         done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
         self.pending_conversion = converts_later(cfg) and done < cfg.basis.dense_warmup_epochs
         self.layers = layers_to_convert(cfg, checkpoint)
-        self.model = build_network(cfg, self.layers, basis_now=not self.pending_conversion)
+        self.model = build_network(cfg, self.layers, basis_now=not self.pending_conversion,
+                                   restoring=checkpoint is not None)
         self.model.to(device=self.device, memory_format=self.memory_format)
         data = prepare_data(cfg.data, cfg.seed).to(self.device)
         self.train_batches = runtime.batches(data.train_images, data.train_labels,
@@ -150,6 +173,8 @@ class Training:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.train_batches.load_state_dict(checkpoint["batches"])
         self.results["epochs"] = checkpoint["record"]["epochs"]
+        # as fitted when the run converted (the rebuilt layers were not fitted to anything)
+        self.results["model"] = checkpoint["record"].get("model", self.results["model"])
         done = len(self.results["epochs"])
         self.record.provenance["resumed_from_epoch"] = done
         keep_earlier_provenance(self.record.provenance, checkpoint["record"]["provenance"], done)
@@ -274,7 +299,16 @@ class Training:
             return (f"the run in {self.output_dir} stopped during epoch 1 of {epochs}, before "
                     f"its first checkpoint; the same command starts it over")
         return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs} "
-                f"(checkpoint saved); run the same command again to resume it")
+                f"(checkpoint saved); run the same command again with "
+                f"{folder_override(self.output_dir)} to resume it")
+
+
+def folder_override(output_dir: Path) -> str:
+    """The override that points a command at this run's folder again: Hydra's default
+    folders are dated, so the same command alone would start a new run elsewhere."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"hydra.sweep.dir={HydraConfig.get().sweep.dir}"
+    return f"hydra.run.dir={output_dir}"
 
 
 def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
