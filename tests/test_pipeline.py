@@ -112,6 +112,16 @@ def test_a_value_out_of_range_in_a_sweeps_last_job_is_one_line_before_any_job_ru
     assert not list(sweep.glob("*/run.json"))
 
 
+def test_sweep_jobs_that_would_publish_to_one_file_are_refused_before_any_runs(tmp_path, repo):
+    # Found by audit: every job wrote the same file, so the sweep kept only its last record
+    sweep, published = tmp_path / "sweep", tmp_path / "published.json"
+    lines = sweep_failing(repo, tmp_path, *TINY[:3], "seed=0,1", f"publish={published}",
+                          f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: publish={published} is the same file for 2 jobs of the sweep")
+    assert "seed${seed}" in lines[0] and not published.exists()
+
+
 def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
     # ResNet-20 has 19 candidate layers: count=50 fails when its layers are chosen
     sweep = tmp_path / "sweep"

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
@@ -51,14 +52,26 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
     """Check every job of a sweep with ``check`` (:func:`basisconv.config.validate`)
     before the first one runs, where Hydra checks only that each composes: a value out of
     range in a sweep's last job (``basis.size=0.5,1.5``) is one line naming the job before
-    anything trains, not an error after the jobs before it."""
+    anything trains, not an error after the jobs before it. Jobs that would publish their
+    records to one file (``publish=`` given once for the sweep) are refused too: each would
+    overwrite the one before."""
     def validate_batch_is_legal(self, batch) -> None:
+        published: dict[str, int] = {}
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             try:
                 check(cfg)
             except BasisconvError as err:
                 raise ConfigError(f"the sweep job {' '.join(overrides)}: {err}; nothing ran") from None
+            path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
+            if path is not None:
+                published[str(path)] = published.get(str(path), 0) + 1
+        for path, jobs in published.items():
+            if jobs > 1:
+                raise ConfigError(f"publish={path} is the same file for {jobs} jobs of the "
+                                  f"sweep, each overwriting the one before: name the swept "
+                                  f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
+                                  f"seed=0,1; nothing ran")
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
 
 
