@@ -802,3 +802,64 @@ def test_a_plot_cut_off_while_written_leaves_the_previous_png(tmp_path, monkeypa
     assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == [
         "curves.png"]
     assert save_figure(pyplot().subplots()[0], path).read_bytes().startswith(b"\x89PNG")
+
+
+def curve_labels(records, tmp_path, monkeypatch):
+    """The legend of the training curves drawn from ``records``: each line's label."""
+    from basisconv.analysis import figures
+    from basisconv.analysis.runs import curves_frame
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.training_curves(curves_frame([(r, "a") for r in records]), tmp_path / "c.png", "n")
+    labels = [line.get_label() for line in drawn[0].axes[0].get_lines()]
+    figures.pyplot().close(drawn[0])
+    return labels
+
+
+def test_rows_of_other_experiments_alike_in_the_shown_columns_are_told_apart(tmp_path,
+                                                                             monkeypatch):
+    """A dense warm-up run (experiment basis_warmup) and a skip-training run named after its
+    model: both `all` at basis size 0.5, so the table and the curves name what differs.
+    Found by audit: settings were worked out within one experiment name only, so both rows
+    read `resnet20 x0.5 | all | 0.5` with no settings column and their curves one label."""
+    both = {"basis.init": "scratch", "basis.dense_warmup_epochs": 0,
+            "basis.coefficient_update_every": 1}
+    warm = swept(record("all", accuracy=0.8), **{**both, "name": "resnet20-basis-warmup-0.5",
+                                                 "basis.init": "convert",
+                                                 "basis.dense_warmup_epochs": 1})
+    skip = swept(record("all", accuracy=0.7), **{**both, "basis.coefficient_update_every": 2})
+    records = [RECORDS[0], warm, skip]
+    shown = display_table(compare(runs_frame([(r, "a") for r in records])))
+    assert list(shown["settings"]) == [
+        "-", "basis.coefficient_update_every=1, basis.dense_warmup_epochs=1, basis.init=convert",
+        "basis.coefficient_update_every=2, basis.dense_warmup_epochs=0, basis.init=scratch"]
+    labels = curve_labels(records, tmp_path, monkeypatch)
+    assert len(set(labels)) == 3 and "all m=0.5 (basis.coefficient_update_every=2, " \
+        "basis.dense_warmup_epochs=0, basis.init=scratch)" in labels
+
+
+def test_runs_of_other_experiments_alike_in_every_setting_are_named_by_experiment():
+    """Two dense runs of one configuration made by two experiments (a sweep named after
+    its model, experiment=baseline) stay two rows, as the seeds of one experiment are
+    pooled only, so their names tell them apart; rows of a basis size sweep, each named
+    after its size, need no name. Found by audit: both rows read `resnet20 x0.5 | none |
+    -` with no settings column."""
+    sweep = [swept(record(sel, size, accuracy=acc), name=f"resnet20-{sel}-{size}")
+             for sel, size, acc in (("all", 0.25, 0.7), ("all", 0.5, 0.8))]
+    baseline = swept(record(accuracy=0.95), name="resnet20-baseline")
+    shown = display_table(compare(runs_frame([(r, "a") for r in
+                                              [RECORDS[0], baseline, *sweep]])))
+    assert list(shown["settings"]) == ["name=resnet20-none", "name=resnet20-baseline", "-", "-"]
+
+
+def test_rows_alike_but_for_their_epochs_are_told_apart_and_each_curve_says_it_once(
+        tmp_path, monkeypatch):
+    """The table has no epochs column: two schedules are named in the settings column, and
+    a curve's label, which names the epochs itself, does not repeat them as a setting.
+    Found by audit: the two rows read alike (`resnet20 x0.5 | none | -`)."""
+    runs = [swept(record(accuracy=acc), **{"trainer.epochs": epochs})
+            for epochs, acc in ((2, 0.9), (4, 0.95))]
+    shown = display_table(compare(runs_frame([(r, "a") for r in runs])))
+    assert list(shown["settings"]) == ["trainer.epochs=2", "trainer.epochs=4"]
+    assert curve_labels(runs, tmp_path, monkeypatch) == ["none (2 epochs)", "none (4 epochs)"]

@@ -68,8 +68,20 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     return _finish(fig, path, note)
 
 
+# Settings a plot label names already by its own words: the row's epochs and training images.
+LABELLED_KEYS = {"trainer.epochs": "epochs", "data.train_subset": "train_images"}
+
+
+def _settings(row: pd.Series, labelled: list[str]) -> str:
+    """The row's settings (:func:`~basisconv.analysis.runs.settings`) but for those the label
+    names already (``labelled``: epochs, train_images), which would read twice."""
+    return ", ".join(part for part in (row.get("settings") or "").split(", ")
+                     if part and LABELLED_KEYS.get(part.split("=", 1)[0]) not in labelled)
+
+
 def _setting(row: pd.Series) -> str:
-    return f", {row['settings']}" if row.get("settings") else ""
+    shown = _settings(row, list(LABELLED_KEYS.values()))
+    return f", {shown}" if shown else ""
 
 
 def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
@@ -96,12 +108,14 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
 
 def _curve_label(run: pd.Series, varying: list[str]) -> str:
     """``selection m=size``, with the model, epochs or data where those differ between
-    the configurations of one plot."""
+    the configurations of one plot, and the settings that tell apart rows alike in those."""
     label = run["selection"] + ("" if run["basis_size"] == "-" else f" m={run['basis_size']}")
     extra = [f"{run['model']} x{run['width']:g}"] if {"model", "width"} & set(varying) else []
     extra += [f"{run['epochs']} epochs"] if "epochs" in varying else []
     extra += [f"{run['train_images']} images"] if "train_images" in varying else []
-    return label + (f" ({', '.join(extra)})" if extra else "")
+    shown = _settings(run, varying)
+    return (label + (f" ({', '.join(extra)})" if extra else "")
+            + (f" ({shown})" if shown else ""))
 
 
 def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
@@ -112,7 +126,7 @@ def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
     varying = [c for c in ("model", "width", "epochs", "train_images") if curves[c].nunique() > 1]
     for _, group in curves.groupby(ROW_COLUMNS, sort=False):
         first = group.iloc[0]
-        name = _curve_label(first, varying) + (f" ({first['settings']})" if first["settings"] else "")
+        name = _curve_label(first, varying)
         mean = group.groupby("epoch")[["test_accuracy", "train_loss"]].mean()
         acc.plot(mean.index, 100 * mean["test_accuracy"], label=name)
         loss.plot(mean.index, mean["train_loss"], label=name)

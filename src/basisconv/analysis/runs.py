@@ -23,6 +23,10 @@ CONFIG_COLUMNS = ["experiment", "model", "width", "selection", "basis_size", "ep
                   "train_images", "device", "precision"]
 #: what makes one table row: the columns, and the swept settings beyond them (``settings``)
 ROW_COLUMNS = [*CONFIG_COLUMNS, "settings"]
+# What a table row shows of its configuration besides the basis size, with its file's device
+# and precision; rows alike in these (and the size) are told apart by their settings alone:
+# the table has no experiment, epochs or training images column.
+SHOWN_COLUMNS = ["model", "width", "selection", "device", "precision"]
 METRIC_COLUMNS = ["test_accuracy", "best_test_accuracy", "params", "forward_flops",
                   "backward_flops", "basis_layers", "forward_seconds_per_step",
                   "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds"]
@@ -78,22 +82,36 @@ def setting_value(value: Any) -> str:
 
 
 def settings(records: list[tuple[dict, str]]) -> list[str]:
-    """Per run, the config settings beyond :data:`CONFIG_COLUMNS` in which the runs of its
-    configuration columns differ, as ``key=value, ...`` (``""`` where they differ in
-    none): runs swept over ``selection.count``, ``selection.budget_reduction``,
-    ``trainer.lr`` ... are different configurations, not seeds of one. Keys in
-    :data:`REPEAT_KEYS` do not count, nor keys that only some of the records have (written
-    by another basisconv version: they cannot have made those runs differ)."""
+    """Per run, the config settings in which it differs from the other runs of its
+    :data:`SHOWN_COLUMNS`, as ``key=value, ...`` (``""`` where they differ in none): a
+    table row shows only those columns (its file: device and precision), so runs swept over
+    ``selection.count``, ``trainer.lr`` ... are different configurations, not seeds of one,
+    and must be told apart in it whatever experiment made them; the basis size is a column
+    of its own, and grouping over it keeps one label along a size sweep (the speed plot's
+    lines). The experiment name, which each run of a sweep over ``basis.size`` may carry
+    its own of, is a setting only where the other keys leave two configurations alike.
+    Keys in :data:`REPEAT_KEYS` do not count, nor keys that only some of the records have
+    (written by another basisconv version: they cannot have made those runs differ)."""
     rows = pd.DataFrame([run_row(record, where) for record, where in records])
     configs = [flatten(record["config"]) for record, _ in records]
+    configurations = list(rows[CONFIG_COLUMNS].astype(str).itertuples(index=False))
     labels = [""] * len(records)
-    for index in rows.groupby(CONFIG_COLUMNS, sort=False, dropna=False).indices.values():
+    for index in rows.groupby(SHOWN_COLUMNS, sort=False, dropna=False).indices.values():
         group = [configs[i] for i in index]
         dense = rows["selection"].iloc[index[0]] == "none"
         keys = sorted(k for k in set.intersection(*(set(c) for c in group))
-                      if k not in REPEAT_KEYS and not k.startswith("logger.")
+                      if k not in REPEAT_KEYS and k not in ("basis.size", "name")
+                      and not k.startswith("logger.")
                       and not (dense and k.startswith(DENSE_UNREAD))
                       and len({json.dumps(c[k], sort_keys=True, default=str) for c in group}) > 1)
+        shown: dict[tuple, set] = {}
+        for i in index:
+            label = tuple(configs[i][k] for k in keys)
+            shown.setdefault((rows["basis_size"].iloc[i], json.dumps(label, default=str)),
+                             set()).add(configurations[i])
+        if any(len(alike) > 1 for alike in shown.values()) and "name" in set.intersection(
+                *(set(c) for c in group)):
+            keys = sorted([*keys, "name"])  # e.g. basis_warmup beside a run named after its model
         for i in index:
             labels[i] = ", ".join(f"{k}={setting_value(configs[i][k])}" for k in keys)
     return labels
