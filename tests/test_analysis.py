@@ -98,7 +98,8 @@ def swept(rec, **settings):
 def test_runs_that_differ_beyond_the_columns_are_configurations_not_seeds():
     # -m selection=none,first_k basis.size=0.5 selection.count=2,4 seed=0,1: the counts
     # are two rows of two seeds each, and the dense runs (which read no selection.count)
-    # one baseline of four seeds; a seed, its derived seeds and the publish path split nothing
+    # one baseline of two seeds, each trained twice alike; a seed, its derived seeds and the
+    # publish path split nothing
     runs = [swept(record(sel, seed=seed, accuracy=acc, params=params), **{
                 "selection.count": count, "selection.seed": seed, "sensitivity.seed": seed,
                 "publish": f"runs/{sel}-{count}/seed{seed}.json"})
@@ -109,7 +110,7 @@ def test_runs_that_differ_beyond_the_columns_are_configurations_not_seeds():
                 ("first_k", 4, 0, 0.80, 600), ("first_k", 4, 1, 0.82, 600)]]
     table = compare(runs_frame([(r, "here") for r in runs])).set_index("settings")
     assert list(table.index) == ["", "selection.count=2", "selection.count=4"]
-    assert list(table["seeds"]) == [4, 2, 2]
+    assert list(table["seeds"]) == [2, 2, 2]
     assert table.loc["selection.count=2", "test_accuracy"] == pytest.approx(0.61)
     assert table.loc["selection.count=4", "params_ratio"] == pytest.approx(0.6)
     shown = display_table(table.reset_index())
@@ -863,3 +864,25 @@ def test_rows_alike_but_for_their_epochs_are_told_apart_and_each_curve_says_it_o
     shown = display_table(compare(runs_frame([(r, "a") for r in runs])))
     assert list(shown["settings"]) == ["trainer.epochs=2", "trainer.epochs=4"]
     assert curve_labels(runs, tmp_path, monkeypatch) == ["none (2 epochs)", "none (4 epochs)"]
+
+
+def test_a_dense_run_trained_once_per_basis_size_of_a_sweep_counts_once(tmp_path):
+    """`-m selection=none,all basis.size=0.25,0.5 seed=0,1` trains the same dense run at
+    each seed twice (it reads no basis.size): its row has two seeds, its std is over them,
+    and no note says the row is over other seeds. A basis run at one seed twice still counts
+    twice (random selection's runs differ in selection.seed). Found by audit: the dense row
+    had 4 seeds, a std over duplicated values and a note `resnet20-none: 0 0 1 1`."""
+    dense = [record("none", size, seed, acc) for size in (0.25, 0.5)
+             for seed, acc in ((0, 0.90), (1, 0.92))]
+    dense[2]["final"]["test_accuracy"] = 0.91  # another run of seed 0 (GPU nondeterminism)
+    basis = [record("all", size, seed, 0.8, 500, 50) for size in (0.25, 0.5) for seed in (0, 1)]
+    table = compare(runs_frame([(r, "a") for r in dense + basis])).set_index("selection")
+    assert table.loc["none", "seeds"] == 2
+    assert table.loc["none", "test_accuracy"] == pytest.approx((0.905 + 0.92) / 2)
+    assert table.loc["none", "test_accuracy_std"] == pytest.approx(0.0106066, rel=1e-4)
+    write_runs(tmp_path / "runs", dense + basis)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    assert "Rows differ in seeds" not in (tmp_path / "results" / "comparison-cpu-fp32.md"
+                                          ).read_text()
+    again = compare(runs_frame([(r, "a") for r in [*basis, basis[0]]]))
+    assert list(again["seeds"]) == [3, 2]

@@ -14,8 +14,8 @@ from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, provenance, read_sessions, unwritable_folder,
                        write_json_atomic)
 from . import figures, search, sensitivity
-from .runs import (ROW_COLUMNS, compare, curves_frame, read_records, records_of_kind,
-                   runs_frame, training_records, wandb_records)
+from .runs import (ROW_COLUMNS, compare, curves_frame, distinct_runs, read_records,
+                   records_of_kind, runs_frame, training_records, wandb_records)
 from .tables import write_table
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         tag = f"{device}-{precision}"
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
         origin = provenance_note(mine, cfg.profile, made)
-        caveats = [line for line in (seeds_line(mine), baseline_line(part),
+        caveats = [line for line in (seeds_line(distinct_runs(mine)), baseline_line(part),
                                      left_out_line(unfinished, unreadable)) if line]
         note = "\n".join([origin, *caveats])  # the plots' footer
         written += write_table(part, out / f"comparison-{tag}",

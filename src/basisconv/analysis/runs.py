@@ -267,13 +267,32 @@ def baselines(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).reset_index(drop=True).infer_objects()
 
 
+def distinct_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with each dense run counted once: dense runs of one row and seed differ only
+    in keys a dense run does not read or that change how it ran (a sweep
+    ``selection=none,all basis.size=0.25,0.5`` trains the same dense run once per size), so
+    they are one run, not more seeds; the copies' metrics are averaged into the first.
+    Basis runs of one seed stay: they may differ in ``selection.seed`` (random selection),
+    and one seed counted twice there is named under the table."""
+    keys = [*ROW_COLUMNS, "seed"]
+    dense = runs["selection"] == "none"
+    copies = dense & runs.duplicated(keys, keep=False)
+    if not copies.any():
+        return runs
+    runs = runs.astype({column: float for column in METRIC_COLUMNS})
+    runs.loc[copies, METRIC_COLUMNS] = runs[copies].groupby(
+        keys, sort=False, dropna=False)[METRIC_COLUMNS].transform("mean")
+    return runs[~(dense & runs.duplicated(keys))]
+
+
 def compare(runs: pd.DataFrame) -> pd.DataFrame:
     """Per configuration: seeds, accuracy mean and std, cost and time, and each against
     the dense baseline of the same model, width, epochs, data, device and precision:
     ``params_ratio``, ``flops_ratio`` (training FLOPs), ``theory_speedup`` (its inverse),
     ``step_speedup`` (forward+backward time per step), ``epoch_speedup`` and
-    ``accuracy_change`` (NaN where that baseline was not run)."""
-    grouped = runs.groupby(ROW_COLUMNS, sort=False)
+    ``accuracy_change`` (NaN where that baseline was not run). A dense run trained more than
+    once at one seed counts once (:func:`distinct_runs`)."""
+    grouped = distinct_runs(runs).groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
     table["seeds"] = grouped.size()
     table["test_accuracy_std"] = grouped["test_accuracy"].std(ddof=1)
