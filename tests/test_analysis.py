@@ -886,3 +886,44 @@ def test_a_dense_run_trained_once_per_basis_size_of_a_sweep_counts_once(tmp_path
                                           ).read_text()
     again = compare(runs_frame([(r, "a") for r in [*basis, basis[0]]]))
     assert list(again["seeds"]) == [3, 2]
+
+
+def test_sensitivity_and_search_summaries_of_several_records_each_get_files_of_their_own(
+        tmp_path):
+    """Two sensitivity estimates of one model and basis size (widths 0.5 and 0.25), one
+    made again, one with another policy, and two searches (basis sizes 0.5 and 0.25) in one
+    runs_dir: each summary is a file of its own, named by what sets it apart, and a lone
+    record of its kind keeps the name published results link to. Found by audit: the
+    names carried neither width, search basis size, subset size nor policy, so the second
+    summary overwrote the first and index.json listed the file twice."""
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    runs = tmp_path / "runs"
+    (runs / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
+    (runs / "search.json").write_text(json.dumps(search_record()))
+    written = [p.name for p in write_report(analyze_cfg(tmp_path), "analyze")]
+    assert {"sensitivity-resnet20-m0.5-cpu-fp32.md", "exhaustive-search-resnet8-cpu-fp32.md"} \
+        <= set(written)
+    narrow = swept(sensitivity_record(), **{"model.width": 0.25})
+    narrow["provenance"]["date"] = "2026-11-25T05:00:00+00:00"
+    again = swept(narrow)  # the same estimate made again, later: numbered after the first
+    again["provenance"]["date"] = again["estimate_provenance"]["date"] = "2026-12-01T00:00"
+    threshold = swept(sensitivity_record(), **{"selection.policy": "sensitivity_threshold",
+                                               "selection.threshold": 0.01})
+    for name, rec in [("again", again), ("narrow", narrow), ("threshold", threshold),
+                      ("search-m0.25", swept(search_record(), **{"basis.size": 0.25}))]:
+        (runs / f"{name}.json").write_text(json.dumps(rec))
+    out = tmp_path / "results"
+    written = [p.name for p in write_report(analyze_cfg(tmp_path), "analyze")]
+    mine = sorted(n for n in written if n.endswith(".md") and not n.startswith("comparison"))
+    assert mine == ["exhaustive-search-resnet8-cpu-fp32-m0.25.md",
+                    "exhaustive-search-resnet8-cpu-fp32-m0.5.md",
+                    "sensitivity-resnet20-m0.5-cpu-fp32-x0.25-sensitivity_budget-2.md",
+                    "sensitivity-resnet20-m0.5-cpu-fp32-x0.25-sensitivity_budget.md",
+                    "sensitivity-resnet20-m0.5-cpu-fp32-x0.5-sensitivity_budget.md",
+                    "sensitivity-resnet20-m0.5-cpu-fp32-x0.5-sensitivity_threshold.md"]
+    files = json.loads((out / "index.json").read_text())["files"]
+    assert len(files) == len(set(files))
+    assert (out / mine[2]).read_text().startswith("# Sensitivity of resnet20 x0.25 to")
+    assert (out / mine[4]).read_text().startswith("# Sensitivity of resnet20 x0.5 to")
+    assert "basis 0.25" in (out / mine[0]).read_text().splitlines()[0]
+    assert "estimated 2026-12-01" in (out / mine[2]).read_text()

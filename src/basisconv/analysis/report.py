@@ -4,18 +4,22 @@ runs it came from; file names carry the device and precision."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
+from ..checkpoint import flatten
 from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, provenance, read_sessions, unwritable_folder,
                        write_json_atomic)
 from . import figures, search, sensitivity
-from .runs import (ROW_COLUMNS, compare, curves_frame, distinct_runs, read_records,
-                   records_of_kind, runs_frame, training_records, wandb_records)
+from .runs import (REPEAT_KEYS, ROW_COLUMNS, compare, curves_frame, distinct_runs,
+                   read_records, records_of_kind, runs_frame, setting_value, training_records,
+                   wandb_records)
 from .tables import write_table
 
 log = logging.getLogger(__name__)
@@ -186,12 +190,62 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     return written
 
 
+# Config keys that change only how a record was made, not what it holds: no part of a
+# summary's file name (a seed is: another seed is another estimate).
+MADE_KEYS = REPEAT_KEYS - {"seed", "selection.seed", "sensitivity.seed"}
+# How a file name says the keys that most often set two summaries apart.
+NAME_PARTS = {"model.width": "x{:g}", "basis.size": "m{:g}",
+              "sensitivity.search_subset_size": "k{}"}
+
+
+def name_part(key: str, value) -> str:
+    """``key=value`` as a file name carries it: ``x0.25`` for a width, ``m0.5`` for a basis
+    size, ``k3`` for a subset size, a policy by its name, else ``key=value`` with any
+    character a file name should not hold as ``_``."""
+    if key in NAME_PARTS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return NAME_PARTS[key].format(value)
+    text = str(value) if key == "selection.policy" else f"{key}={setting_value(value)}"
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+
+
+def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
+    """``stems`` (one per record: its summary's file name), those that two records share
+    each followed by the config keys in which those records differ (``-x0.25``,
+    ``-m0.25``, ``-sensitivity_threshold``, ``-selection.budget_reduction=0.5``), so that
+    one summary does not overwrite another; records alike in every such key (the same
+    estimate made again) are numbered in the order they were made. A stem only one record
+    has stays as it is: the names published results link to."""
+    names = list(stems)
+    for stem in dict.fromkeys(stems):
+        mine = [i for i, s in enumerate(stems) if s == stem]
+        if len(mine) < 2:
+            continue
+        configs = [flatten(records[i]["config"]) for i in mine]
+        differ = sorted(k for k in set.intersection(*(set(c) for c in configs))
+                        if k not in MADE_KEYS and not k.startswith("logger.")
+                        and len({json.dumps(c[k], sort_keys=True, default=str)
+                                 for c in configs}) > 1)
+        keys = [k for k in differ if k != "name"] or differ
+        for i, config in zip(mine, configs):
+            names[i] = "-".join([stem, *(name_part(k, config[k]) for k in keys)])
+    for name in dict.fromkeys(names):
+        alike = sorted((i for i, n in enumerate(names) if n == name),
+                       key=lambda i: str((records[i].get("provenance") or {}).get("date")))
+        for number, i in enumerate(alike[1:], start=2):
+            names[i] = f"{name}-{number}"
+    return names
+
+
 def sensitivity_outputs(records: list[tuple[dict, Path]], out: Path, profile: str) -> list[Path]:
     """The summary of each sensitivity run and each exhaustive search, re-drawn from their
-    records."""
+    records, each to files of its own (:func:`distinct_stems`)."""
     written = []
-    for record, _ in records_of_kind(records, "sensitivity"):
-        written += sensitivity.summarize(record, out, profile)
-    for record, folder in records_of_kind(records, "exhaustive_search"):
-        written += search.summarize(record, folder, out, profile)
+    found = records_of_kind(records, "sensitivity")
+    stems = distinct_stems([r for r, _ in found], [sensitivity.summary_stem(r) for r, _ in found])
+    for (record, _), stem in zip(found, stems):
+        written += sensitivity.summarize(record, out, profile, stem)
+    found = records_of_kind(records, "exhaustive_search")
+    stems = distinct_stems([r for r, _ in found], [search.summary_stem(r) for r, _ in found])
+    for (record, folder), stem in zip(found, stems):
+        written += search.summarize(record, folder, out, profile, stem)
     return written

@@ -32,10 +32,20 @@ def draw_run(record: dict, folder: str | Path) -> Path:
                        _title(record))
 
 
-def summarize(record: dict, folder: Path, out: Path, profile: str) -> list[Path]:
-    """For ``results/<profile>/``: the search plot and its Markdown summary."""
+def summary_stem(record: dict) -> str:
+    """The summary's file name, less its suffix: model, device and precision. Two records
+    of one such name (another basis size, width, subset size) get what sets them apart
+    appended by the caller (:func:`basisconv.analysis.report.distinct_stems`), so a lone
+    record keeps the name published results link to."""
+    return f"exhaustive-search-{record['config']['model']['name']}-{record_tag(record)}"
+
+
+def summarize(record: dict, folder: Path, out: Path, profile: str,
+              stem: str | None = None) -> list[Path]:
+    """For ``results/<profile>/``: the search plot and its Markdown summary, named ``stem``
+    (default :func:`summary_stem`)."""
     s, cfg = record["search"], record["config"]
-    stem = f"exhaustive-search-{cfg['model']['name']}-{record_tag(record)}"
+    stem = stem or summary_stem(record)
     prov = record["provenance"]
     return [
         plot_search(subsets(record, folder), s, out / f"{stem}.png", _title(record)),

@@ -96,12 +96,22 @@ def noise_line(noise: dict | None) -> str:
             f"for the drops below, which all share one batch order).")
 
 
-def summarize(record: dict, out: Path, profile: str) -> list[Path]:
+def summary_stem(record: dict) -> str:
+    """The summary's file name, less its suffix: model, basis size, device and precision.
+    Two records of one such name (another width, policy, budget) get what sets them apart
+    appended by the caller (:func:`basisconv.analysis.report.distinct_stems`), so a lone
+    record keeps the name published results link to."""
+    cfg = record["config"]
+    return f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']:g}-{record_tag(record)}"
+
+
+def summarize(record: dict, out: Path, profile: str, stem: str | None = None) -> list[Path]:
     """For ``results/<profile>/``: the sensitivity plot and a Markdown page (chosen subset,
-    every candidate layer, the noise yardstick) of one sensitivity run's record."""
+    every candidate layer, the noise yardstick) of one sensitivity run's record, named
+    ``stem`` (default :func:`summary_stem`)."""
     cfg, summary = record["config"], record["sensitivity"]
     table = pd.DataFrame(record["table"])
-    stem = f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']:g}-{record_tag(record)}"
+    stem = stem or summary_stem(record)
     prov = record["estimate_provenance"]
     hardware = hardware_name(prov["hardware"])
     note = (f"profile {profile}; estimated {prov['date'][:10]} on {hardware}, "
