@@ -34,9 +34,7 @@ BASELINE_KEYS = ["model", "width", "epochs", "train_images", "device", "precisio
 # Config keys in which repeats of one configuration may differ: the seeds, and what changes
 # only how a run executes or where it writes (scripts/reproduce.sh lets records made with
 # and without them mix); any other key that differs makes another configuration.
-REPEAT_KEYS = {"seed", "selection.seed", "sensitivity.seed", *RESUMABLE_CHANGES,
-               "trainer.compile", "trainer.checkpoint", "data.root", "data.download",
-               "data.verify_md5", "sensitivity.cache_dir", "sensitivity.recompute"}
+REPEAT_KEYS = {"seed", "selection.seed", "sensitivity.seed", "data.root", *RESUMABLE_CHANGES}
 # Groups no dense run reads: a sweep's basis sizes do not make its baseline several.
 DENSE_UNREAD = ("basis.", "selection.", "sensitivity.")
 
