@@ -33,12 +33,19 @@ RUN_STATE = ("config", "record", "model", "optimizer", "scheduler", "batches")
 #: Keys that may differ between an interrupted run and its resumption: they change how a
 #: run executes or where it keeps things, not what it computes (to rounding), so
 #: ``scripts/reproduce.sh`` lets them change between invocations and the analysis takes
-#: runs that differ only in them as repeats. Every ``logger.*`` key is one of them too.
+#: runs that differ only in them as repeats. Every ``logger.*`` key is one of them too
+#: (:func:`changes_only_execution`).
 RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                      "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs",
                      "trainer.checkpoint", "publish", "data.download", "data.verify_md5",
                      "sensitivity.restore_from", "sensitivity.workers",
                      "sensitivity.cache_dir", "sensitivity.recompute"}
+
+
+def changes_only_execution(key: str) -> bool:
+    """Whether a (flattened) config key may differ between an interrupted run and its
+    resumption: one of :data:`RESUMABLE_CHANGES`, or any ``logger.*`` key."""
+    return key in RESUMABLE_CHANGES or key.startswith("logger.")
 
 
 LOCK = "run.lock"
@@ -168,8 +175,8 @@ def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
     if one_sided:
         log.warning("%s: config keys %s exist on one side only (another basisconv version); "
                     "resuming anyway", path, ", ".join(one_sided))
-    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k]
-                     and k not in RESUMABLE_CHANGES and not k.startswith("logger."))
+    changed = sorted(k for k in old.keys() & new.keys()
+                     if old[k] != new[k] and not changes_only_execution(k))
     if "data.root" in changed and same_data(old, new):
         log.info("%s: data.root %s -> %s holds the same data; resuming", path,
                  old["data.root"], new["data.root"])

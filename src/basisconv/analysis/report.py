@@ -4,7 +4,6 @@ runs it came from; file names carry the device and precision."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,9 +16,9 @@ from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, provenance, read_sessions, unwritable_folder,
                        write_json_atomic)
 from . import figures, search, sensitivity
-from .runs import (REPEAT_KEYS, ROW_COLUMNS, compare, curves_frame, distinct_runs,
-                   read_records, records_of_kind, runs_frame, setting_value, training_records,
-                   wandb_records)
+from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_runs,
+                   made_alike, read_records, records_of_kind, runs_frame, setting_value,
+                   training_records, wandb_records)
 from .tables import write_table
 
 log = logging.getLogger(__name__)
@@ -190,9 +189,6 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     return written
 
 
-# Config keys that change only how a record was made, not what it holds: no part of a
-# summary's file name (a seed is: another seed is another estimate).
-MADE_KEYS = REPEAT_KEYS - {"seed", "selection.seed", "sensitivity.seed"}
 # How a file name says the keys that most often set two summaries apart.
 NAME_PARTS = {"model.width": "x{:g}", "basis.size": "m{:g}",
               "sensitivity.search_subset_size": "k{}"}
@@ -221,10 +217,8 @@ def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
         if len(mine) < 2:
             continue
         configs = [flatten(records[i]["config"]) for i in mine]
-        differ = sorted(k for k in set.intersection(*(set(c) for c in configs))
-                        if k not in MADE_KEYS and not k.startswith("logger.")
-                        and len({json.dumps(c[k], sort_keys=True, default=str)
-                                 for c in configs}) > 1)
+        # keys that change only how a record was made are no part of its name; a seed is
+        differ = differing_keys(configs, made_alike)
         keys = [k for k in differ if k != "name"] or differ
         for i, config in zip(mine, configs):
             names[i] = "-".join([stem, *(name_part(k, config[k]) for k in keys)])

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
-from ..checkpoint import RESUMABLE_CHANGES, flatten
+from ..checkpoint import changes_only_execution, flatten
 from ..errors import ConfigError
 from ..loop import precision_name
 from ..records import RECORD, device_name, hardware_name, missing_fields, read_record
@@ -31,10 +31,9 @@ METRIC_COLUMNS = ["test_accuracy", "best_test_accuracy", "params", "forward_flop
                   "backward_flops", "basis_layers", "forward_seconds_per_step",
                   "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds"]
 BASELINE_KEYS = ["model", "width", "epochs", "train_images", "device", "precision"]
-# Config keys in which repeats of one configuration may differ: the seeds, and what changes
-# only how a run executes or where it writes (scripts/reproduce.sh lets records made with
-# and without them mix); any other key that differs makes another configuration.
-REPEAT_KEYS = {"seed", "selection.seed", "sensitivity.seed", "data.root", *RESUMABLE_CHANGES}
+#: Seeds: runs that differ only in them (and in keys :func:`made_alike` allows) are repeats of
+#: one configuration; any other key that differs makes another configuration.
+SEED_KEYS = {"seed", "selection.seed", "sensitivity.seed"}
 # Groups no dense run reads: a sweep's basis sizes do not make its baseline several.
 DENSE_UNREAD = ("basis.", "selection.", "sensitivity.")
 
@@ -79,6 +78,22 @@ def setting_value(value: Any) -> str:
     return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
+def made_alike(key: str) -> bool:
+    """Whether records that differ in ``key`` still computed alike: it changes only how a run
+    executes or where it writes (as a resume may; scripts/reproduce.sh lets records made
+    with and without such keys mix), or it is ``data.root`` (the same data elsewhere)."""
+    return key == "data.root" or changes_only_execution(key)
+
+
+def differing_keys(configs: list[dict[str, Any]], ignored: Callable[[str], bool]) -> list[str]:
+    """The flattened keys, but for those ``ignored`` says, in which ``configs`` differ
+    (sorted). Keys that only some of them have do not count: written by another basisconv
+    version, they cannot have made those runs differ."""
+    common = set.intersection(*(set(c) for c in configs))
+    return sorted(k for k in common if not ignored(k)
+                  and len({json.dumps(c[k], sort_keys=True, default=str) for c in configs}) > 1)
+
+
 def settings(records: list[tuple[dict, str]]) -> list[str]:
     """Per run, the config settings in which it differs from the other runs of its
     :data:`SHOWN_COLUMNS`, as ``key=value, ...`` (``""`` where they differ in none): a
@@ -88,8 +103,7 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
     of its own, and grouping over it keeps one label along a size sweep (the speed plot's
     lines). The experiment name, which each run of a sweep over ``basis.size`` may carry
     its own of, is a setting only where the other keys leave two configurations alike.
-    Keys in :data:`REPEAT_KEYS` do not count, nor keys that only some of the records have
-    (written by another basisconv version: they cannot have made those runs differ)."""
+    Seeds and keys :func:`made_alike` allows do not count (see :func:`differing_keys`)."""
     rows = pd.DataFrame([run_row(record, where) for record, where in records])
     configs = [flatten(record["config"]) for record, _ in records]
     configurations = list(rows[CONFIG_COLUMNS].astype(str).itertuples(index=False))
@@ -97,18 +111,15 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
     for index in rows.groupby(SHOWN_COLUMNS, sort=False, dropna=False).indices.values():
         group = [configs[i] for i in index]
         dense = rows["selection"].iloc[index[0]] == "none"
-        keys = sorted(k for k in set.intersection(*(set(c) for c in group))
-                      if k not in REPEAT_KEYS and k not in ("basis.size", "name")
-                      and not k.startswith("logger.")
-                      and not (dense and k.startswith(DENSE_UNREAD))
-                      and len({json.dumps(c[k], sort_keys=True, default=str) for c in group}) > 1)
+        keys = differing_keys(group, lambda k: k in SEED_KEYS or made_alike(k)
+                              or k in ("basis.size", "name")
+                              or (dense and k.startswith(DENSE_UNREAD)))
         shown: dict[tuple, set] = {}
         for i in index:
             label = tuple(configs[i][k] for k in keys)
             shown.setdefault((rows["basis_size"].iloc[i], json.dumps(label, default=str)),
                              set()).add(configurations[i])
-        if any(len(alike) > 1 for alike in shown.values()) and "name" in set.intersection(
-                *(set(c) for c in group)):
+        if any(len(alike) > 1 for alike in shown.values()) and all("name" in c for c in group):
             keys = sorted([*keys, "name"])  # e.g. basis_warmup beside a run named after its model
         for i in index:
             labels[i] = ", ".join(f"{k}={setting_value(configs[i][k])}" for k in keys)
