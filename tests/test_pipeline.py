@@ -61,6 +61,7 @@ def test_train_script_writes_run_record_and_offline_wandb_run(tmp_path, repo):
     assert len(prov["git"]["commit"]) == 40 and prov["versions"]["torch"].startswith("2.")
     assert prov["hardware"]["cpu_count"] >= 1
     assert prov["date"] <= prov["finished"]  # when it started and ended (ISO, both UTC)
+    assert "scripts/train.py" in prov["command"] and "sweep_command" not in prov
     # wandb wrote an offline run folder for this run, with the group and tags
     assert record["wandb"]["mode"] == "offline"
     runs = list((out / "wandb").glob("offline-run-*"))
@@ -75,6 +76,11 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
     assert [r["config"]["basis"]["size"] for r in records] == [0.25, 0.5]
     assert all(r["status"] == "complete" for r in records)
+    # each job's command reruns that job alone; the sweep's own line is kept beside it
+    for record, size in zip(records, ("0.25", "0.5")):
+        command, sweep_line = (record["provenance"][k] for k in ("command", "sweep_command"))
+        assert f"basis.size={size}" in command.split() and "-m" not in command.split()
+        assert "basis.size=0.25,0.5" in sweep_line and "-m" in sweep_line.split()
     # ResNet-20 at width 0.25 has 4-16 channels: at 1/4 the stem (K = 27) saves too
     assert len(records[0]["model"]["basis_layers"]) == 19
     assert records[0]["model"]["parameters"] < records[1]["model"]["parameters"] < 17326

@@ -114,12 +114,26 @@ def timestamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def this_command() -> dict[str, str]:
+    """The command line of this process (``python scripts/train.py seed=1 ...``). In a job
+    of a Hydra sweep (``-m``) that line is the whole sweep's, so ``command`` is the one-run
+    command of this job (its own overrides) and the sweep's line is kept as ``sweep_command``:
+    a reader reruns one job without working out which combination it was."""
+    line = shlex.join(["python", *sys.argv])
+    from hydra.core.hydra_config import HydraConfig  # only a Hydra entry point has a job
+    from hydra.types import RunMode
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return {"command": line}
+    job = shlex.join(["python", sys.argv[0], *HydraConfig.get().overrides.task])
+    return {"command": job, "sweep_command": line}
+
+
 def provenance(command: str | None = None) -> dict[str, Any]:
     """Everything a reader needs to say where a number came from. Without a ``command``,
-    the command line of this process (``python scripts/train.py seed=1 ...``)."""
+    the command that ran (``this_command``)."""
     return {
         "date": timestamp(),
-        "command": command or shlex.join(["python", *sys.argv]),
+        **({"command": command} if command else this_command()),
         "git": git_commit(),
         "versions": package_versions(),
         "hardware": hardware(),
