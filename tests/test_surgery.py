@@ -470,3 +470,16 @@ def test_convs_that_share_a_weight_share_their_basis_parameters(convert):
     torch.testing.assert_close(fine.dense_weight(), coarse.dense_weight(), rtol=0, atol=0)
     with pytest.warns(UserWarning, match="'coarse'.*shares its weight with 'fine'"):
         apply_basis(model, "fine", 4, convert=convert)
+
+
+@pytest.mark.parametrize("combine", ["split", "stacked"])
+def test_a_converted_model_exports_with_torch_export(combine):
+    """Deployment: ``torch.export`` takes a basis model as it is (no ``to_conv`` first); the
+    exported program computes what the eager model does."""
+    torch.manual_seed(0)
+    model = apply_basis(build_model("resnet20", width=0.25).eval(), "layer*", 0.5,
+                        combine=combine)
+    x = torch.randn(2, 3, 16, 16)
+    exported = torch.export.export(model, (x,))
+    assert any("conv2d" in str(node.target) for node in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(x), model(x))
