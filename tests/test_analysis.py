@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from basisconv.analysis.report import write_report
-from basisconv.analysis.runs import (compare, read_records, runs_frame, training_records,
-                                     wandb_records)
+from basisconv.analysis.runs import (compare, curves_frame, distinct_curves, read_records,
+                                     runs_frame, training_records, wandb_records)
 from basisconv.analysis.sensitivity import chosen_table
 from basisconv.analysis.tables import display_table, latex
 from basisconv.records import device_name
@@ -291,7 +291,6 @@ def test_rows_without_a_baseline_are_named(tmp_path):
 
 def test_training_curves_keep_configurations_of_other_models_apart(tmp_path, monkeypatch):
     from basisconv.analysis import figures
-    from basisconv.analysis.runs import curves_frame
 
     narrow = record(seed=0, accuracy=0.5)
     narrow["config"]["model"]["width"] = 0.25
@@ -327,7 +326,6 @@ def test_plots_keep_swept_settings_apart(tmp_path, monkeypatch):
     """A sweep over trainer.lr: the curves and the speed plot draw each setting beside the
     dense run of its own setting, as the table compares them."""
     from basisconv.analysis import figures
-    from basisconv.analysis.runs import curves_frame
 
     runs = [swept(record(sel, step=step, accuracy=acc), **{"trainer.lr": lr})
             for sel, lr, step, acc in [("none", 0.05, (0.4, 0.8), 0.9), ("none", 0.1, (0.3, 0.6), 0.8),
@@ -741,7 +739,6 @@ def test_the_plots_average_seeds_with_their_std_and_draw_sizes_in_order(tmp_path
     """A configuration's curve is the mean over its seeds, its accuracy point carries a
     bar of ± the sample std, and the speed plot's lines run over increasing basis sizes."""
     from basisconv.analysis import figures
-    from basisconv.analysis.runs import curves_frame
 
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
@@ -808,7 +805,6 @@ def test_a_plot_cut_off_while_written_leaves_the_previous_png(tmp_path, monkeypa
 def curve_labels(records, tmp_path, monkeypatch):
     """The legend of the training curves drawn from ``records``: each line's label."""
     from basisconv.analysis import figures
-    from basisconv.analysis.runs import curves_frame
 
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
@@ -886,6 +882,19 @@ def test_a_dense_run_trained_once_per_basis_size_of_a_sweep_counts_once(tmp_path
                                           ).read_text()
     again = compare(runs_frame([(r, "a") for r in [*basis, basis[0]]]))
     assert list(again["seeds"]) == [3, 2]
+
+
+def test_training_curves_weigh_each_seed_of_a_dense_run_alike():
+    """A dense run trained twice at seed 0 (once per basis size of a sweep) and once at
+    seed 1: its curve is the mean of seed 0 (its copies averaged) and seed 1, not of three
+    runs, as the table's row is (test above)."""
+    dense = [record("none", size, seed, acc)
+             for size, seed, acc in ((0.25, 0, 0.90), (0.5, 0, 0.91), (0.25, 1, 0.92))]
+    curves = distinct_curves(curves_frame([(r, "a") for r in [*dense, RECORDS[2]]]))
+    last = curves[(curves["selection"] == "none") & (curves["epoch"] == 2)]
+    assert list(last["seed"]) == [0, 1]
+    assert last["test_accuracy"].mean() == pytest.approx((0.905 + 0.92) / 2)
+    assert len(curves[curves["selection"] == "all"]) == 2  # basis runs' epochs stay
 
 
 def test_sensitivity_and_search_summaries_of_several_records_each_get_files_of_their_own(

@@ -16,9 +16,9 @@ from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, provenance, read_sessions, unwritable_folder,
                        write_json_atomic)
 from . import figures, search, sensitivity
-from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_runs,
-                   made_alike, read_records, records_of_kind, runs_frame, setting_value,
-                   training_records, wandb_records)
+from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,
+                   distinct_runs, made_alike, read_records, records_of_kind, runs_frame,
+                   setting_value, training_records, wandb_records)
 from .tables import write_table
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     out = Path(cfg.out_dir)
     made = provenance(command)
     runs = runs_frame(records)
-    curves = curves_frame(records, runs["settings"].tolist())
+    curves = distinct_curves(curves_frame(records, runs["settings"].tolist()))
     table = compare(runs)
     unfinished = unfinished_runs(local)
     if unfinished:

@@ -276,22 +276,32 @@ def baselines(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).reset_index(drop=True).infer_objects()
 
 
-def distinct_runs(runs: pd.DataFrame) -> pd.DataFrame:
+def distinct_runs(runs: pd.DataFrame, per: tuple[str, ...] = ("seed",),
+                  metrics: list[str] = METRIC_COLUMNS) -> pd.DataFrame:
     """``runs`` with each dense run counted once: dense runs of one row and seed differ only
     in keys a dense run does not read or that change how it ran (a sweep
     ``selection=none,all basis.size=0.25,0.5`` trains the same dense run once per size), so
-    they are one run, not more seeds; the copies' metrics are averaged into the first.
+    they are one run, not more seeds; the copies' ``metrics`` are averaged into the first.
     Basis runs of one seed stay: they may differ in ``selection.seed`` (random selection),
-    and one seed counted twice there is named under the table."""
-    keys = [*ROW_COLUMNS, "seed"]
+    and one seed counted twice there is named under the table. ``per`` is what one row of
+    one run is: its seed, and for the training curves (:func:`distinct_curves`) its epoch."""
+    keys = [*ROW_COLUMNS, *per]
     dense = runs["selection"] == "none"
     copies = dense & runs.duplicated(keys, keep=False)
     if not copies.any():
         return runs
-    runs = runs.astype({column: float for column in METRIC_COLUMNS})
-    runs.loc[copies, METRIC_COLUMNS] = runs[copies].groupby(
-        keys, sort=False, dropna=False)[METRIC_COLUMNS].transform("mean")
+    runs = runs.astype({column: float for column in metrics})
+    runs.loc[copies, metrics] = runs[copies].groupby(
+        keys, sort=False, dropna=False)[metrics].transform("mean")
     return runs[~(dense & runs.duplicated(keys))]
+
+
+def distinct_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """The per-epoch rows of :func:`curves_frame` with each dense run counted once
+    (:func:`distinct_runs`), so a mean over seeds weighs every seed alike."""
+    keys = {*ROW_COLUMNS, "seed", "epoch", "where"}
+    metrics = [c for c in curves.select_dtypes("number").columns if c not in keys]
+    return distinct_runs(curves, per=("seed", "epoch"), metrics=metrics)
 
 
 def compare(runs: pd.DataFrame) -> pd.DataFrame:
