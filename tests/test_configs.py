@@ -76,6 +76,14 @@ def test_profiles_set_the_scale(compose_cfg):
     assert compose_cfg("profile=smoke", "model=resnet32").model.name == "resnet32"
 
 
+@pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
+def test_no_profile_pins_the_thread_count(compose_cfg, profile):
+    """scripts/reproduce.sh gives each of its JOBS runs its share of the cores through
+    OMP_NUM_THREADS (one run: torch's default, every core); a profile's trainer.threads
+    would override that share (two runs of 2 threads on 2 cores)."""
+    assert compose_cfg(f"profile={profile}").trainer.threads is None
+
+
 def test_sensitivity_entry_config_composes_with_every_selection(repo):
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
         for selection in options(repo, "selection"):
