@@ -433,3 +433,29 @@ def test_a_divergence_keeps_what_diverged_through_a_worker_process_pickle():
     back = pickle.loads(pickle.dumps(TrainingDiverged("diverged", "training loss", float("inf"))))
     assert (type(back), str(back), back.quantity, back.value) == (
         TrainingDiverged, "diverged", "training loss", float("inf"))
+
+
+def test_step_times_leave_out_a_first_step_that_compiles(monkeypatch):
+    """The per-step times of the table (``fwd / bwd ms per step``) are the steps' own: a
+    first step that pays for torch.compile, autotuning or a CUDA-graph capture (here: a
+    forward that sleeps once) must not be averaged into them."""
+    import time
+
+    from basisconv.data import TensorBatches
+    from basisconv.loop import train_one_epoch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    calls = []
+
+    def slow_first(module, args):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)
+    model.register_forward_pre_hook(slow_first)
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    batches = TensorBatches(images, torch.arange(40) % 10, 4, train=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    stats = train_one_epoch(model, batches, optimizer, scheduler)
+    assert len(calls) == 10
+    assert stats.forward_seconds < 0.05  # the mean would be >= 0.1 s

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -189,7 +190,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
 
 
 class StepTimer:
-    """Mean forward and backward time per step, measured separately.
+    """Forward and backward time per step, measured separately: the median over the
+    epoch's steps, so that a first step that compiles (``trainer.compile``), autotunes
+    or captures CUDA graphs, seconds where a step takes milliseconds, does not count.
 
     On CUDA it records events between the phases and reads them once per epoch, so the
     measurement adds no synchronization to the step; on CPU it reads the clock.
@@ -217,8 +220,8 @@ class StepTimer:
             spans = [(a.elapsed_time(b) / 1e3, b.elapsed_time(c) / 1e3) for a, b, c in self.marks]
         else:
             spans = [(b - a, c - b) for a, b, c in self.marks]
-        n = len(spans)
-        return sum(f for f, _ in spans) / n, sum(b for _, b in spans) / n
+        return (statistics.median(f for f, _ in spans),
+                statistics.median(b for _, b in spans))
 
 
 @dataclass
@@ -226,8 +229,8 @@ class EpochStats:
     loss: float
     accuracy: float
     seconds: float
-    forward_seconds: float = 0.0   # mean per step (forward + loss)
-    backward_seconds: float = 0.0  # mean per step (loss.backward())
+    forward_seconds: float = 0.0   # median per step (forward + loss)
+    backward_seconds: float = 0.0  # median per step (loss.backward())
 
 
 def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
