@@ -78,7 +78,9 @@ for override in ${EXTRA[@]+"${EXTRA[@]}"}; do
 done
 WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
 MADE_WITH=$RESULTS/protocol-overrides.txt
-if [ -n "$WANTED" ] && [ "$RESULTS" = "results/$PROFILE" ]; then
+# the protocol's own folder however RESULTS_DIR names it (./results, its absolute path)
+OWN=$(realpath -m "results/$PROFILE")
+if [ -n "$WANTED" ] && [ "$(realpath -m "$RESULTS")" = "$OWN" ]; then
   echo "OVERRIDES: ${WANTED//$'\n'/ } change what the runs compute, and $RECORDS holds" \
        "the protocol's own records: give this variant folders of its own" \
        "(RESULTS_DIR=<folder> OUTPUTS=<folder>). Here OVERRIDES may only change how runs" \

@@ -148,6 +148,19 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
     mixed = attempt("paper", "trainer.epochs=1 'name=a b'",
                     RESULTS_DIR=str(tmp_path / "variant"))
     assert "made with [trainer.epochs=2], this asks for [name=a b trainer.epochs=1]" in mixed
+    # the protocol's own folder named another way is still the protocol's own folder
+    own = repo / "results" / "paper"
+    for same in ("./results", str(repo / "results"), "results/"):
+        if own.exists():  # a checkout with paper results: not touched here
+            break
+        try:
+            refused = attempt("paper", "trainer.epochs=1", RESULTS_DIR=same)
+        finally:  # the variant's overrides must not be left in the protocol's folder
+            written = (own / "protocol-overrides.txt").exists()
+            if written:
+                (own / "protocol-overrides.txt").unlink()
+                own.rmdir()
+        assert "trainer.epochs=1 change what the runs compute" in refused and not written
 
 
 def test_a_missing_python_is_one_line_saying_how_to_get_one(repo, tmp_path):
