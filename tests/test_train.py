@@ -435,7 +435,7 @@ def test_a_divergence_keeps_what_diverged_through_a_worker_process_pickle():
         TrainingDiverged, "diverged", "training loss", float("inf"))
 
 
-def test_step_times_leave_out_a_first_step_that_compiles(monkeypatch):
+def test_step_times_leave_out_a_first_step_that_compiles():
     """The per-step times of the table (``fwd / bwd ms per step``) are the steps' own: a
     first step that pays for torch.compile, autotuning or a CUDA-graph capture (here: a
     forward that sleeps once) must not be averaged into them."""
