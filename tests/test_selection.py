@@ -262,6 +262,9 @@ KEY_CHANGES = {"model.name": "resnet8", "model.width": 0.5, "basis.size": 0.25,
                "basis.combine": "split", "basis.coefficient_rank": 2, "basis.fuse_norm": True,
                "data.name": "cifar10", "data.train_subset": 200, "data.crop_padding": 2,
                "data.flip": False, "data.synthetic_train": 400, "data.num_classes": 100,
+               # stripes draws its train and test images in one go: the test count changes
+               # the training images the estimate uses
+               "data.synthetic_test": 50,
                "sensitivity.pretrain_epochs": 2, "sensitivity.source_checkpoint": "dense.pt",
                "sensitivity.finetune_epochs": 2, "sensitivity.finetune_lr": 0.05,
                "sensitivity.val_size": 50, "sensitivity.layers": ["layer1.*"],

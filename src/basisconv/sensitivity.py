@@ -78,11 +78,14 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     # the noise yardstick's repeats, only when not the number earlier keys were made with
     if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
         estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
+    data = pick(cfg.data, ["name", "train_subset", "crop_padding", "flip", "synthetic_train",
+                           "num_classes"])
+    if cfg.data.name == "stripes":  # one draw makes train and test images: the test count
+        data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
     return {
         "model": pick(cfg.model, ["name", "width"]),
         "basis": basis,
-        "data": pick(cfg.data, ["name", "train_subset", "crop_padding", "flip",
-                                "synthetic_train", "num_classes"]),
+        "data": data,
         "sensitivity": estimate,
         "trainer": pick(cfg.trainer, ["batch_size", "lr", "momentum", "nesterov",
                                       "weight_decay", "schedule", "warmup_fraction",
