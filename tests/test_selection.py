@@ -285,6 +285,21 @@ def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_pat
         assert sensitivity.cache_key(changed) != key, name
 
 
+def test_unverified_data_is_keyed_by_its_folder_and_verified_cifar_is_not(repo, tmp_path):
+    """Your own data in CIFAR format (data.verify_md5=false) in another folder is other
+    data: its table must not be the one of another folder, or of the real CIFAR-10."""
+    def key(*overrides):
+        return sensitivity.cache_key(compose_sensitivity(repo, tmp_path, "data=cifar10",
+                                                         *overrides))
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    assert key(f"data.root={mine}") == key(f"data.root={other}")  # both the md5-checked files
+    unverified = key("data.verify_md5=false", f"data.root={mine}")
+    assert unverified != key("data.verify_md5=false", f"data.root={other}")
+    assert unverified != key(f"data.root={mine}")
+    assert unverified == key("data.verify_md5=false", f"data.root={mine}/../mine")
+
+
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)
     folder = sensitivity.cache_dir(cfg)

@@ -65,7 +65,7 @@ UNKEYED_NOISE_REPEATS = 2
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     """Everything that changes a sensitivity table (and nothing that does not, such as
-    the data root, the logger or speed options)."""
+    the root of md5-checked data, the logger or speed options)."""
     def pick(node: DictConfig, keys: list[str]) -> dict[str, Any]:
         values = OmegaConf.to_container(node, resolve=True)
         return {k: values[k] for k in keys}
@@ -82,6 +82,9 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
                            "num_classes"])
     if cfg.data.name == "stripes":  # one draw makes train and test images: the test count
         data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
+    elif not cfg.data.verify_md5:  # not the published CIFAR-10 (your own data in its format):
+        # known by its folder, as resuming knows it (checkpoint.same_data)
+        data["root"] = str(Path(cfg.data.root).expanduser().resolve())
     return {
         "model": pick(cfg.model, ["name", "width"]),
         "basis": basis,
