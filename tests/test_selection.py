@@ -300,6 +300,23 @@ def test_unverified_data_is_keyed_by_its_folder_and_verified_cifar_is_not(repo, 
     assert unverified == key("data.verify_md5=false", f"data.root={mine}/../mine")
 
 
+def test_a_source_checkpoint_is_keyed_by_its_content_not_its_path(repo, tmp_path):
+    """A baseline's checkpoint.pt is rewritten at the same path after every epoch (and by a
+    rerun in its folder): a table estimated from its earlier weights must not be reused."""
+    source = tmp_path / "run" / "checkpoint.pt"
+    source.parent.mkdir()
+
+    def key(path):
+        return sensitivity.cache_key(compose_sensitivity(
+            repo, tmp_path, f"sensitivity.source_checkpoint={path}"))
+
+    source.write_bytes(b"weights after epoch 1")
+    first = key(source)
+    assert key(tmp_path / "run" / ".." / "run" / "checkpoint.pt") == first
+    source.write_bytes(b"weights after epoch 2")
+    assert key(source) != first
+
+
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)
     folder = sensitivity.cache_dir(cfg)

@@ -41,8 +41,8 @@ from .checkpoint import folder_lock
 from .errors import ConfigError
 from .models import build_model
 from .probe import Probe, evaluate_many, reference_noise
-from .records import (RunRecord, provenance, publish, read_record, write_bytes_atomic,
-                      write_json_atomic, write_record)
+from .records import (RunRecord, file_digest, provenance, publish, read_record,
+                      write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
                         fixed_layers, layer_savings, pick_layers)
 from .time_budget import with_measured_time
@@ -75,6 +75,11 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         basis["fuse_norm"] = True
     estimate = pick(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint", "finetune_epochs",
                                       "finetune_lr", "val_size", "layers"])
+    source = estimate["source_checkpoint"]
+    if source and Path(source).is_file():
+        # its weights, not its path: a run's checkpoint.pt changes at the same path with each
+        # epoch it trains (or a rerun there), and one file named two ways is one source
+        estimate["source_checkpoint"] = f"sha256:{file_digest(source)}"
     # the noise yardstick's repeats, only when not the number earlier keys were made with
     if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
         estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
