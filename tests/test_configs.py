@@ -111,6 +111,24 @@ def test_a_count_the_threshold_policy_cannot_honour_is_refused(compose_cfg):
     validate(compose_cfg("selection=sensitivity_budget", "selection.count=3"))
 
 
+@pytest.mark.parametrize("policy", ["random", "first_k", "last_k", "sensitivity_budget",
+                                    "sensitivity_threshold"])
+def test_layers_a_policy_would_ignore_are_refused(compose_cfg, policy):
+    """The ordered policies choose among sensitivity.layers; selection.layers with one of
+    them (random among layer3.* meant) used to be ignored silently, converting any layers.
+    The dense baseline and `all` read no layer list, so a sweep with `list` may give it."""
+    with pytest.raises(ConfigError, match=rf"^selection.layers=\[layer3.\*\] is read by "
+                                          rf"selection.policy=list only; {policy} chooses among "
+                                          rf"sensitivity.layers .* sensitivity.layers="
+                                          rf"\[layer3.\*\]") as err:
+        validate(compose_cfg("model=resnet20", f"selection={policy}",
+                             "selection.layers=[layer3.*]"))
+    assert "\n" not in str(err.value)
+    validate(compose_cfg("model=resnet20", f"selection={policy}", "sensitivity.layers=[layer3.*]"))
+    for policy in ("none", "all", "list"):
+        validate(compose_cfg("model=resnet20", f"selection={policy}", "selection.layers=[layer3.*]"))
+
+
 def test_slurm_launcher_composes(compose_cfg):
     cfg = compose_cfg("hydra/launcher=slurm", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")

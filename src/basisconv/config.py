@@ -29,7 +29,7 @@ from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
 from .records import unwritable_folder
-from .selection import BUDGET_METRICS, METRICS, POLICIES, check_count
+from .selection import BUDGET_METRICS, METRICS, POLICIES, check_count, check_layers
 
 
 @dataclass
@@ -214,6 +214,7 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(sel.count is None or sel.count >= 1,
            f"selection.count must be null or >= 1, got {sel.count}")
     check_count(sel)
+    check_layers(sel)
     s = cfg.sensitivity
     _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")

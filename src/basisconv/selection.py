@@ -113,6 +113,7 @@ def pick_layers(selection: DictConfig, table: pd.DataFrame, dense: dict[str, int
     ``dense`` the dense model's ``params`` and ``flops`` (the budget's 100 %).
     """
     check_count(selection)
+    check_layers(selection)
     order = candidate_order(selection, table)
     positions = dict(zip(table["layer"], table["position"]))
     if selection.policy == "sensitivity_threshold":
@@ -138,6 +139,19 @@ def check_count(selection: DictConfig) -> None:
                           f"whose {selection.metric} is at most selection.threshold); drop "
                           f"selection.count, or use selection=sensitivity_budget for the "
                           f"{selection.count} least sensitive layers")
+
+
+def check_layers(selection: DictConfig) -> None:
+    """``selection.layers`` with an ordered policy is a :class:`ConfigError`: those choose
+    among the candidates ``sensitivity.layers`` names and would ignore it (``random`` over
+    all layers where ``layer3.*`` was meant). ``none`` and ``all`` take it as ``list``'s,
+    unread, so that a sweep ``selection=none,all,list`` can give it once."""
+    if selection.policy in ORDERED_POLICIES and selection.get("layers"):
+        layers = ",".join(selection.layers)
+        raise ConfigError(f"selection.layers=[{layers}] is read by selection.policy=list only; "
+                          f"{selection.policy} chooses among sensitivity.layers (the "
+                          f"candidates): restrict them with sensitivity.layers=[{layers}] and "
+                          f"drop selection.layers, or use selection=list")
 
 
 def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
