@@ -413,6 +413,20 @@ def fake_estimate_with_record(cfg):
                    "noise": None, "provenance": {"date": "2026-11-29"}}
 
 
+@pytest.mark.parametrize("overrides, chosen", [
+    (["selection=all"], ["layer3.0.conv1", "layer3.1.conv1", "layer3.2.conv1"]),
+    (["selection=list", "selection.layers=[layer3.1.*]"], ["layer3.1.conv1"]),
+    (["selection=none"], [])])
+def test_the_sensitivity_script_reports_what_a_fixed_policy_converts(repo, tmp_path, monkeypatch,
+                                                                     overrides, chosen):
+    """scripts/sensitivity.py selection=all (or list) recorded 0 layers and 0 saved, as if
+    the naive deployment converted nothing; it reports the candidates they convert."""
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none", *overrides)
+    summary = sensitivity.run_sensitivity(cfg, tmp_path / "sens")["sensitivity"]
+    assert summary["chosen"] == chosen
+
+
 def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp_path,
                                                                       monkeypatch):
     published = tmp_path / "results" / "runs" / "sensitivity.json"

@@ -68,6 +68,17 @@ def fixed_layers(selection: DictConfig) -> list[str] | str | None:
     raise ConfigError(f"selection.policy={selection.policy!r} chooses from a candidate table")
 
 
+def fixed_candidates(selection: DictConfig, model: nn.Module, table: pd.DataFrame) -> list[str]:
+    """The candidates in ``table`` that a fixed policy converts, in model order (none for
+    ``none``): what ``all`` or a ``list`` would save, reported from the same table as an
+    ordered policy's choice (``scripts/sensitivity.py selection=all``)."""
+    layers = fixed_layers(selection)
+    if layers is None:
+        return []
+    named = select_layers(model, layers)
+    return [name for name in table.sort_values("position")["layer"] if name in named]
+
+
 def chosen_or_dense(selection: DictConfig, chosen: list[str]) -> list[str] | None:
     """Log an ordered policy's choice; ``None`` (the dense model) when it chose nothing."""
     log.info("selection %s: %d layers: %s", selection.policy, len(chosen), ", ".join(chosen))

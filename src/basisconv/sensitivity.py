@@ -44,7 +44,7 @@ from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, provenance, publish, read_record,
                       write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
-                        fixed_layers, layer_savings, pick_layers)
+                        fixed_candidates, fixed_layers, layer_savings, pick_layers)
 from .time_budget import with_measured_time
 from .tracking import Tracker
 
@@ -325,8 +325,13 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
 def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     table, record = sensitivity_table(cfg)
     timed, dense = with_measured_time(cfg, table, record["dense"])
-    chosen = (pick_layers(cfg.selection, timed, dense)
-              if cfg.selection.policy in ORDERED_POLICIES else [])
+    if cfg.selection.policy in ORDERED_POLICIES:
+        chosen = pick_layers(cfg.selection, timed, dense)
+    else:  # none, all or list: the candidates they convert (all of them, for all)
+        with torch.random.fork_rng():
+            model = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                                width=cfg.model.width)
+        chosen = fixed_candidates(cfg.selection, model, table)
     write_bytes_atomic(output_dir / TABLE, table_csv(table))
     config = OmegaConf.to_container(cfg, resolve=True)
     picked = table[table["layer"].isin(chosen)]
