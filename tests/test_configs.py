@@ -129,6 +129,16 @@ def test_layers_a_policy_would_ignore_are_refused(compose_cfg, policy):
         validate(compose_cfg("model=resnet20", f"selection={policy}", "selection.layers=[layer3.*]"))
 
 
+def test_a_negative_seed_for_the_random_policy_is_one_line(compose_cfg):
+    """numpy's generator, which orders the layers of selection=random, refuses a negative
+    seed: selection.seed (the run's seed unless set) = -1 was a stack trace at start."""
+    for override in ("seed=-1", "selection.seed=-1"):
+        with pytest.raises(ConfigError, match=r"^selection.seed=-1 orders selection=random "
+                                              r"and must be >= 0"):
+            validate(compose_cfg("selection=random", override))
+    validate(compose_cfg("selection=first_k", "seed=-1"))  # torch's seeds may be negative
+
+
 def test_slurm_launcher_composes(compose_cfg):
     cfg = compose_cfg("hydra/launcher=slurm", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")

@@ -215,6 +215,10 @@ def validate_basis(cfg: DictConfig) -> None:
            f"selection.count must be null or >= 1, got {sel.count}")
     check_count(sel)
     check_layers(sel)
+    # numpy's generator, which orders the layers, takes no negative seed (torch's does)
+    _check(sel.policy != "random" or sel.seed >= 0,
+           f"selection.seed={sel.seed} orders selection=random and must be >= 0 (it is the "
+           f"run's seed unless set); give seed>=0 or selection.seed>=0")
     s = cfg.sensitivity
     _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")
