@@ -87,6 +87,21 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
     assert records[0]["model"]["forward_flops"] < records[1]["model"]["forward_flops"]
 
 
+def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo):
+    """experiment=basis_size_sweep lists its basis sizes as sweep values; without -m Hydra
+    ran one job at basis.size=0.5 alone, silently, in a folder named for the sweep."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(train_command(repo, "experiment=basis_size_sweep", "trainer.epochs=1",
+                                          f"hydra.run.dir={tmp_path / 'run'}"),
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the config sweeps basis.size=0.125,0.25,0.5,0.75 (hydra.sweeper.params), "
+        "which one run ignores: start it with -m to run the sweep, or give "
+        "basis.size=<one value> for one run")
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
 def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo):
     # each job's folder is named by its own overrides, not its number: the job
     # selection.count=2 is #0 of the first sweep and #1 of the second, and is found again

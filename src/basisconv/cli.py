@@ -75,6 +75,26 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
 
 
+def check_not_an_unswept_sweep() -> None:
+    """A config that lists sweep values (``hydra.sweeper.params``, e.g.
+    ``experiment=basis_size_sweep``) started without ``-m`` runs one job at the key's plain
+    value, silently one of the sweep's runs (or none of them): a :class:`ConfigError`
+    naming ``-m``, unless the command line gives each such key its one value."""
+    if not HydraConfig.initialized():  # an argparse entry point (the benchmarks)
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return
+    given = {override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task}
+    params = hydra_cfg.sweeper.get("params") or {}
+    unswept = [f"{key}={values}" for key, values in params.items() if key not in given]
+    if unswept:
+        raise ConfigError(f"the config sweeps {' '.join(unswept)} (hydra.sweeper.params), which "
+                          f"one run ignores: start it with -m to run the sweep, or give "
+                          f"{', '.join(u.split('=')[0] + '=<one value>' for u in unswept)} for "
+                          f"one run")
+
+
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
 hydra_save_config = hydra_core_utils._save_config
 #: The files of an earlier run that Hydra overwrote for this job, with their old bytes.
@@ -201,6 +221,7 @@ def exit_on_user_error(fn: F) -> F:
         task_started = True
         previous = signal.signal(signal.SIGTERM, raise_stopped)
         try:
+            check_not_an_unswept_sweep()
             return fn(*args, **kwargs)
         except (BasisconvError, InterpolationResolutionError) as err:
             restore_replaced()  # a refused start leaves an earlier run's files as they were
