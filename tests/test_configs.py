@@ -305,7 +305,17 @@ def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
 
 def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
     cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[layer9.0.conv1]")
-    with pytest.raises(ConfigError, match="layer9.0.conv1"):
+    with pytest.raises(ConfigError, match=r"^selection.layers: unknown layer 'layer9.0.conv1'"):
+        build_network(cfg, choose_layers(cfg))
+    # each name says which list it came from, and the rank the key the user set
+    cfg = compose_cfg("model=resnet20", "selection=first_k", "selection.count=2",
+                      "sensitivity.layers=[layer9.*]")
+    with pytest.raises(ConfigError, match=r"^sensitivity.layers: layer pattern 'layer9.\*' "
+                                          r"matches no convolution"):
+        choose_layers(cfg)
+    cfg = compose_cfg("model=resnet20", "selection=all", "basis.coefficient_rank=100")
+    with pytest.raises(ConfigError, match=r"^basis.coefficient_rank must be an int in 1\.\.8 "
+                                          r"for layer 'conv1'"):
         build_network(cfg, choose_layers(cfg))
     cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[conv1]",
                       "basis.size=17")

@@ -112,15 +112,17 @@ def check_geometry(kernel_size, stride, padding, dilation) -> tuple:
     return pairs["kernel_size"], pairs["stride"], pairs["padding"], pairs["dilation"]
 
 
-def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str = "") -> int | None:
+def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str = "",
+                           key: str = "coefficient_rank") -> int | None:
     """``None`` (a full coefficient matrix), or a rank in ``1..min(C_out - m, m)`` (at
-    least 1), returned as an int; ``where`` names the layer in errors."""
+    least 1), returned as an int; ``where`` names the layer in errors, ``key`` the value the
+    user set (``basis.coefficient_rank`` when it comes from a config)."""
     if rank is None:
         return None
     top = max(1, min(out_channels - num_basis, num_basis))
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= top:
         at = f" for layer {where!r}" if where else ""
-        raise ConfigError(f"coefficient_rank must be an int in 1..{top}{at} (min of out_channels - "
+        raise ConfigError(f"{key} must be an int in 1..{top}{at} (min of out_channels - "
                           f"num_basis = {out_channels - num_basis} and num_basis = {num_basis}), "
                           f"got {rank!r}")
     return int(rank)

@@ -17,7 +17,7 @@ from .checkpoint import load_source_weights
 from .cost import model_cost
 from .models import build_model
 from .layers import coefficient_l1
-from .surgery import apply_basis, basis_report
+from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
 #: The layers to convert: ``None`` (none), ``"all"``, or module names and patterns.
 Layers = Union[list, str, None]
@@ -34,7 +34,7 @@ def to_basis(model: nn.Module, cfg: DictConfig, layers: Layers, *, convert: bool
                        only_where_saves=basis.only_where_saves,
                        share_coefficients=basis.share_coefficients, combine=basis.combine,
                        coefficient_rank=basis.coefficient_rank, fuse_norm=basis.fuse_norm,
-                       size_key="basis.size")
+                       keys={**CONFIG_KEYS, "layers": "selection.layers"})
 
 
 def converts_later(cfg: DictConfig) -> bool:

@@ -24,7 +24,7 @@ from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import ConfigError, TrainingDiverged
 from .models import build_model
-from .surgery import apply_basis, basis_report
+from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Probe:
             basis = self.cfg.basis
             apply_basis(model, names, basis.size, inplace=True, convert=True,
                         combine=basis.combine, coefficient_rank=basis.coefficient_rank,
-                        fuse_norm=basis.fuse_norm, size_key="basis.size")
+                        fuse_norm=basis.fuse_norm, keys=CONFIG_KEYS)
             model.to(self.device, memory_format=self.memory_format)
             errors = [row["reconstruction_error"] for row in basis_report(model)]
         converted = self.measure(model)

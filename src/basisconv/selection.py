@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from .cost import model_cost
 from .errors import ConfigError
-from .surgery import apply_basis, basis_report, select_layers
+from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def fixed_candidates(selection: DictConfig, model: nn.Module, table: pd.DataFram
     layers = fixed_layers(selection)
     if layers is None:
         return []
-    named = select_layers(model, layers)
+    named = select_layers(model, layers, key="selection.layers")
     return [name for name in table.sort_values("position")["layer"] if name in named]
 
 
@@ -202,11 +202,11 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
     Candidates are the layers where a basis of this size saves compute; converting several
     layers saves the sum (layer costs are independent)."""
-    names = list(select_layers(model, layers))
+    names = list(select_layers(model, layers, key="sensitivity.layers"))
     dense = {c.name: c for c in model_cost(model, input_shape).layers}
     converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
                             only_where_saves=True, combine=basis.combine,
-                            coefficient_rank=basis.coefficient_rank, size_key="basis.size")
+                            coefficient_rank=basis.coefficient_rank, keys=CONFIG_KEYS)
     basis_costs = {c.name: c for c in model_cost(converted, input_shape).layers}
     rows = []
     for row in basis_report(converted):

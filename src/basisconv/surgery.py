@@ -27,7 +27,7 @@ import logging
 import numbers
 import warnings
 from collections import defaultdict
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -43,6 +43,9 @@ from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_co
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
+#: What the configs call :func:`apply_basis`'s arguments (``basis.*``), for the errors their
+#: values cause; a caller adds the config list its ``layers`` came from.
+CONFIG_KEYS = {"num_basis": "basis.size", "coefficient_rank": "basis.coefficient_rank"}
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -63,12 +66,14 @@ def _conv_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
-def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict[str, nn.Conv2d]:
+def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
+                  key: str | None = None) -> dict[str, nn.Conv2d]:
     """The dense convs that ``layers`` names: ``"all"``, or names and fnmatch patterns
     (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
     pattern or ``"all"`` picks up that cannot be converted (grouped, non-zero padding, a
     subclass with its own forward, an unmade lazy conv) are skipped with a warning, and
-    layers already in basis form are left alone."""
+    layers already in basis form are left alone. ``key`` names where ``layers`` came from
+    in errors about them (``selection.layers`` for a config's list)."""
     convs = conv_layers(model)
     names = _conv_names(model)
     dense = {n: m for n, m in convs.items() if isinstance(m, nn.Conv2d)}
@@ -84,6 +89,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
                           "like 'layer*.conv*'")
     chosen: dict[str, nn.Conv2d] = {}
     valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
+    given = f"{key}: " if key else ""
     for entry in layers:
         if not isinstance(entry, str):
             raise ConfigError(f"apply_basis: layer names must be strings, got {entry!r}")
@@ -91,7 +97,8 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
             matched = list(dict.fromkeys(first for n, first in names.items()
                                          if entry == "all" or fnmatch.fnmatchcase(n, entry)))
             if not matched:
-                raise ConfigError(f"layer pattern {entry!r} matches no convolution; valid names: {valid}")
+                raise ConfigError(f"{given}layer pattern {entry!r} matches no convolution; "
+                                  f"valid names: {valid}")
             for name in matched:
                 module = convs[name]
                 if isinstance(module, BasisConv2d):
@@ -107,13 +114,13 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all") -> dict
         if entry not in convs:
             module = dict(model.named_modules()).get(entry)
             if module is not None and entry:
-                raise ConfigError(f"layer {entry!r} is a {type(module).__name__}, not a convolution; "
-                                  f"valid names: {valid}")
+                raise ConfigError(f"{given}layer {entry!r} is a {type(module).__name__}, not a "
+                                  f"convolution; valid names: {valid}")
             # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
             close = ([n for n in convs if n.endswith("." + entry)]
                      or difflib.get_close_matches(entry, list(convs), n=3))
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown layer {entry!r}{hint}; valid names: {valid}")
+            raise ConfigError(f"{given}unknown layer {entry!r}{hint}; valid names: {valid}")
         if isinstance(convs[entry], BasisConv2d):
             raise ConfigError(f"layer {entry!r} is already a BasisConv2d; convert its to_conv() "
                               f"first to change its basis size")
@@ -130,7 +137,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                 num_basis: int | float = 0.5, *, inplace: bool = False, convert: bool = True,
                 only_where_saves: bool = False, share_coefficients: bool = False,
                 combine: str = "stacked", coefficient_rank: int | None = None,
-                fuse_norm: bool = False, size_key: str = "num_basis") -> nn.Module:
+                fuse_norm: bool = False, keys: Mapping[str, str] | None = None) -> nn.Module:
     """Replace the named convolutions by :class:`BasisConv2d` layers; returns the model
     (``model`` itself when ``inplace``, else a converted deep copy).
 
@@ -149,7 +156,9 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
             rank) share one coefficient matrix (our reading of the paper's option to shrink
             the coefficients); with ``convert`` it is fitted jointly to all of them.
         combine, coefficient_rank, fuse_norm: passed to :class:`BasisConv2d`.
-        size_key: what errors call ``num_basis`` (``basis.size`` for a config's value).
+        keys: what errors call ``num_basis``, ``coefficient_rank`` and ``layers`` when
+            their values come from elsewhere: a config's keys (:data:`CONFIG_KEYS`, and
+            the list the layers came from), so a message names what the user set.
 
     A replaced conv's forward and backward hooks move to its basis layer (see
     :func:`_take_over_hooks`), whose output is the conv's.
@@ -160,11 +169,13 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
                           "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
-    targets = select_layers(model, layers)
-    sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name, key=size_key)
-             for name, conv in targets.items()}
+    keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank", **(keys or {})}
+    targets = select_layers(model, layers, key=keys.get("layers"))
+    sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name,
+                                     key=keys["num_basis"]) for name, conv in targets.items()}
     for name, conv in targets.items():
-        check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name)
+        check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
+                               key=keys["coefficient_rank"])
     for name in list(targets):
         conv, m = targets[name], sizes[name]
         if saves_compute(conv, m, combine):
