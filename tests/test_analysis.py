@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from basisconv.analysis.report import write_report
+from basisconv.analysis.report import timing_line, write_report
 from basisconv.analysis.runs import (compare, curves_frame, distinct_curves, read_records,
                                      runs_frame, training_records, wandb_records)
 from basisconv.analysis.sensitivity import chosen_table
@@ -936,3 +936,24 @@ def test_sensitivity_and_search_summaries_of_several_records_each_get_files_of_t
     assert (out / mine[4]).read_text().startswith("# Sensitivity of resnet20 x0.5 to")
     assert "basis 0.25" in (out / mine[0]).read_text().splitlines()[0]
     assert "estimated 2026-12-01" in (out / mine[2]).read_text()
+
+
+def test_a_table_of_runs_executed_differently_says_so():
+    """scripts/reproduce.sh lets a later session add runs with trainer.compile=true (or
+    CUDA graphs, or other threads) beside eager ones, as runs of one configuration: the
+    table then says how many ran each way, since its times compare unlike runs. A table of
+    runs executed alike says nothing."""
+    compiled = [record("all", 0.5, seed, 0.8, 500, 50) for seed in (0, 1)]
+    for rec in compiled:
+        rec["config"]["trainer"].update(compile=True, compile_mode="max-autotune")
+    runs = runs_frame([(r, "a") for r in [*RECORDS[:2], *compiled]])
+    assert timing_line(runs) == (
+        "Runs were executed differently (runs per set-up: AMD EPYC: 2; AMD EPYC, compiled "
+        "(max-autotune): 2): times and speedups that compare runs of two set-ups compare "
+        "unlike runs.")
+    assert timing_line(runs_frame([(r, "a") for r in RECORDS])) == ""
+    threads = [record(seed=seed) for seed in (0, 1)]
+    for rec, count in zip(threads, (1, 2)):
+        rec["provenance"]["hardware"]["torch_threads"] = count
+    assert "AMD EPYC, 1 thread: 1; AMD EPYC, 2 threads: 1" in timing_line(
+        runs_frame([(r, "a") for r in threads]))

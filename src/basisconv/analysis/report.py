@@ -96,6 +96,19 @@ def baseline_line(table: pd.DataFrame) -> str:
             f"columns against it are empty ('-').")
 
 
+def timing_line(runs: pd.DataFrame) -> str:
+    """"" when every run of a table was executed alike (hardware, threads, compiled or not,
+    CUDA graphs); otherwise how many ran each way, since their time columns and speedups
+    then compare unlike runs (``scripts/reproduce.sh`` lets later sessions add runs with,
+    say, ``trainer.compile=true`` beside eager ones)."""
+    setups = runs["timing"].value_counts(sort=False)
+    if len(setups) < 2:
+        return ""
+    listed = "; ".join(f"{setup}: {count}" for setup, count in setups.items())
+    return (f"Runs were executed differently (runs per set-up: {listed}): times and speedups "
+            f"that compare runs of two set-ups compare unlike runs.")
+
+
 def left_out_line(unfinished: list[str], unreadable: list[str]) -> str:
     """"" or which runs under ``runs_dir`` are not in the table: unfinished ones (a
     protocol cut off midway) and unreadable records."""
@@ -167,6 +180,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
         origin = provenance_note(mine, cfg.profile, made)
         caveats = [line for line in (seeds_line(distinct_runs(mine)), baseline_line(part),
+                                     timing_line(mine),
                                      left_out_line(unfinished, unreadable)) if line]
         note = "\n".join([origin, *caveats])  # the plots' footer
         written += write_table(part, out / f"comparison-{tag}",

@@ -38,6 +38,22 @@ SEED_KEYS = {"seed", "selection.seed", "sensitivity.seed"}
 DENSE_UNREAD = ("basis.", "selection.", "sensitivity.")
 
 
+def timing_setup(cfg: dict[str, Any], hardware: dict[str, Any]) -> str:
+    """How a run was executed, as far as it sets its times but not its results: the
+    hardware, torch's threads on a CPU, and ``trainer.compile`` / ``cuda_graphs`` (keys
+    :func:`made_alike` lets differ, so that runs of one configuration may mix them)."""
+    trainer = cfg.get("trainer", {})
+    parts = [hardware_name(hardware) or "unknown hardware"]
+    if not hardware.get("gpu") and hardware.get("torch_threads"):
+        threads = hardware["torch_threads"]
+        parts.append(f"{threads} thread{'s' * (threads != 1)}")
+    if trainer.get("compile"):
+        parts.append(f"compiled ({trainer.get('compile_mode') or 'default'})")
+    if trainer.get("cuda_graphs"):
+        parts.append("CUDA graphs")
+    return ", ".join(parts)
+
+
 def record_tag(record: dict[str, Any]) -> str:
     """``<device>-<precision>`` of a record, as result file names carry it."""
     return (f"{device_name(record['provenance']['hardware'])}-"
@@ -68,7 +84,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "mean_epoch_seconds": final["mean_epoch_seconds"], "train_seconds": final["train_seconds"],
         "commit": ((prov.get("git") or {}).get("commit") or "")[:7],
         "date": prov.get("date"), "hardware": hardware_name(hardware),
-        "where": where,
+        "timing": timing_setup(cfg, hardware), "where": where,
     }
 
 
