@@ -63,6 +63,8 @@ def test_invalid_trainer_values_fail_at_start(tmp_path, repo):
         fit(config(repo, base + ["trainer.compile_mode=fast"]), tmp_path)
     with pytest.raises(ConfigError, match="publish='runs/seed0' must name a .json file"):
         fit(config(repo, base + ["publish=runs/seed0"]), tmp_path)
+    with pytest.raises(ConfigError, match="does not scale the loss as trainer.amp=fp16 needs"):
+        fit(config(repo, base + ["trainer.amp=fp16", "trainer.cuda_graphs=true"]), tmp_path)
 
 
 def run_script(repo, tmp_path, *overrides):
@@ -377,6 +379,53 @@ def test_epoch_metrics_are_per_image_and_the_recorded_rate_is_the_epochs_first()
     assert len(rates) == 8
     assert [row["lr"] for row in rows] == [rates[0], rates[4]]
     assert rates[0] == pytest.approx(0.01)
+
+
+class _Scaled(torch.nn.Module):
+    """A linear classifier from zero weights whose logits are scaled by 1e-7: its gradients
+    (~1e-8) lie below float16's smallest number, as most do late in a real run."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 8 * 8, 10, bias=False)
+        torch.nn.init.zeros_(self.linear.weight)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)) * 1e-7
+
+
+def test_fp16_steps_scale_the_loss_so_that_small_gradients_still_train():
+    """Under fp16 autocast the backward of each fp16 op yields fp16 gradients: without loss
+    scaling, gradients below 6e-8 flush to zero and their updates are lost (here: all of
+    them). With the loop's scaler an fp16 step updates the weights as a float32 step does,
+    to fp16 rounding; and fp16 without a scaler is refused, not run unscaled."""
+    from basisconv import loop
+    from basisconv.data import TensorBatches
+
+    images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    batches = TensorBatches(images, torch.arange(8) % 10, 8, train=True, crop_padding=0,
+                            flip=False)
+    trainer = _trainer(lr=1.0, momentum=0.0, nesterov=False, schedule="constant")
+    cpu = torch.device("cpu")
+
+    def one_step(amp_dtype):
+        model = _Scaled()
+        optimizer = loop.build_optimizer(model, trainer)
+        scheduler = loop.build_scheduler(optimizer, trainer, len(batches))
+        loop.train_one_epoch(model, batches, optimizer, scheduler, amp_dtype=amp_dtype,
+                             scaler=loop.grad_scaler(amp_dtype, cpu))
+        return model.linear.weight.detach()
+
+    exact, half = one_step(None), one_step(torch.float16)
+    assert exact.abs().max() > 0
+    assert ((half - exact).norm() / exact.norm()) < 0.01
+    model = _Scaled()
+    optimizer = loop.build_optimizer(model, trainer)
+    with pytest.raises(ValueError, match="fp16 autocast needs a loss scaler"):
+        loop.train_one_epoch(model, batches, optimizer,
+                             loop.build_scheduler(optimizer, trainer, len(batches)),
+                             amp_dtype=torch.float16)
 
 
 def test_the_schedules_warm_up_and_end_where_the_recipe_says():

@@ -335,6 +335,10 @@ def validate(cfg: DictConfig) -> None:
            f"trainer.cuda_graphs=true replays one fixed step, but "
            f"basis.coefficient_update_every={cfg.basis.coefficient_update_every} changes which "
            f"parameters train between steps; set one of them back (false, or 1)")
+    _check(not (t.cuda_graphs and t.amp == "fp16"),
+           "trainer.cuda_graphs=true replays one fixed step, which does not scale the loss as "
+           "trainer.amp=fp16 needs (small fp16 gradients would flush to zero); use "
+           "trainer.amp=bf16, or trainer.cuda_graphs=false")
     _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
            f"publish={cfg.publish!r} must name a .json file (or be null)")
     if cfg.publish is not None:

@@ -6,7 +6,8 @@ backward timed separately, and evaluation.
 Nothing here knows about runs, records or basis layers: ``train_one_epoch`` takes hooks
 (``before_step``, ``extra_loss``) for the basis-specific parts. Speed options
 (``channels_last``, bf16/fp16 autocast) change how fast the same computation runs, never
-what is trained, so baseline and basis models stay comparable.
+what is trained, so baseline and basis models stay comparable; fp16 steps scale their loss
+(:func:`grad_scaler`), without which small gradients would be lost.
 """
 
 from __future__ import annotations
@@ -148,6 +149,16 @@ def build_optimizer(model: nn.Module, trainer: DictConfig) -> torch.optim.SGD:
                            weight_decay=trainer.weight_decay, fused=True if on_cuda else None)
 
 
+def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler an optimizer's steps need: under fp16 autocast the backward pass of
+    each fp16 op yields fp16 gradients, and those below fp16's range (6e-8; late in
+    training, when the loss is small, most of them) flush to zero, so their updates are
+    lost. Dynamic loss scaling keeps them (steps whose scaled gradients overflow are
+    skipped and the scale halves). bf16 has float32's range: its scaler is disabled, a
+    no-op, as it is without autocast."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
 def use_cuda_graphs(trainer: DictConfig, device: torch.device) -> bool:
     """Whether steps replay as CUDA graphs: ``trainer.cuda_graphs`` on a CUDA device, in
     a single process (elsewhere the setting is ignored, so one config serves CPU and GPU
@@ -238,16 +249,24 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
                     label_smoothing: float = 0.0, progress: str | None = None,
                     before_step: Callable[[], Any] | None = None,
                     extra_loss: Callable[[], torch.Tensor] | None = None,
-                    graphed: bool = False) -> EpochStats:
+                    graphed: bool = False,
+                    scaler: torch.amp.GradScaler | None = None) -> EpochStats:
     """One pass over ``batches``. ``before_step`` runs before each step (e.g. the
     coefficient skip-training schedule); ``extra_loss`` is added to the loss (e.g. an L1
     penalty on the coefficients); the reported loss is the cross-entropy without it (with
     ``label_smoothing`` the smoothed one that is trained; :func:`evaluate` reports the plain
     cross-entropy).
     ``graphed`` replays the step as CUDA graphs (:mod:`basisconv.graphs`; its backward
-    time then includes the optimizer update)."""
+    time then includes the optimizer update). ``scaler`` (:func:`grad_scaler`, made with
+    the optimizer and kept with it, so its scale carries over between epochs) scales the
+    loss; fp16 autocast needs one."""
     if graphed and before_step is not None:
         raise ValueError("a graphed training step cannot run a before_step hook")
+    if amp_dtype == torch.float16 and not (scaler is not None and scaler.is_enabled()):
+        raise ValueError("fp16 autocast needs a loss scaler (loop.grad_scaler): without one "
+                         "small gradients flush to zero")
+    if graphed and scaler is not None and scaler.is_enabled():
+        raise ValueError("a graphed training step does not scale the loss (fp16)")
     model.train()
     device = batches.images.device
     timer = StepTimer(device)
@@ -279,9 +298,15 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
             objective = forward(images, labels)
             forward_done = timer.mark()
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            timer.add(step_start, forward_done, timer.mark())
-            optimizer.step()
+            if scaler is None:
+                objective.backward()
+                timer.add(step_start, forward_done, timer.mark())
+                optimizer.step()
+            else:  # (a disabled scaler passes the loss and the step through)
+                scaler.scale(objective).backward()
+                timer.add(step_start, forward_done, timer.mark())
+                scaler.step(optimizer)
+                scaler.update()
         scheduler.step()
         seen += labels.numel()
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
@@ -347,12 +372,13 @@ def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None,
 
 def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
               test_batches: TensorBatches, optimizer, scheduler, trainer: DictConfig,
-              amp_dtype, graphed: bool = False, **hooks) -> dict[str, Any]:
+              amp_dtype, graphed: bool = False, scaler: torch.amp.GradScaler | None = None,
+              **hooks) -> dict[str, Any]:
     lr = optimizer.param_groups[0]["lr"]
     progress = f"epoch {epoch}/{trainer.epochs}" if trainer.progress else None
     train = train_one_epoch(model, train_batches, optimizer, scheduler, amp_dtype=amp_dtype,
                             label_smoothing=trainer.label_smoothing, progress=progress,
-                            graphed=graphed, **hooks)
+                            graphed=graphed, scaler=scaler, **hooks)
     test = evaluate(model, test_batches, amp_dtype=amp_dtype, graphed=graphed,
                     padded=trainer.compile)
     log.info("%5d %10.4f %9.4f %9.4f %8.4f %9.5f %8.1f", epoch, train.loss, train.accuracy,

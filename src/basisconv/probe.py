@@ -116,8 +116,9 @@ class Probe:
         batches = self.batches(train=True, seed=batch_seed)
         optimizer = loop.build_optimizer(model, recipe)
         scheduler = loop.build_scheduler(optimizer, recipe, len(batches))
+        scaler = loop.grad_scaler(self.runtime.amp_dtype, self.device)
         for _ in range(epochs):
-            loop.train_one_epoch(model, batches, optimizer, scheduler,
+            loop.train_one_epoch(model, batches, optimizer, scheduler, scaler=scaler,
                                  amp_dtype=self.runtime.amp_dtype,
                                  label_smoothing=recipe.label_smoothing, graphed=self.graphed)
 

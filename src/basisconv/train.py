@@ -148,6 +148,7 @@ class Training:
         self.test_batches = runtime.batches(data.test_images, data.test_labels,
                                             trainer.eval_batch_size)
         self.optimizer = loop.build_optimizer(self.model, trainer)
+        self.scaler = loop.grad_scaler(self.amp_dtype, self.device)
         self.scheduler = loop.build_scheduler(self.optimizer, trainer, len(self.train_batches))
         self.record = RunRecord("training", config, results={
             "model": describe(self.model), "layers": self.layers, "epochs": [], "final": None,
@@ -171,6 +172,8 @@ class Training:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if "scaler" in checkpoint:  # (checkpoints from before fp16 loss scaling lack it)
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.train_batches.load_state_dict(checkpoint["batches"])
         self.results["epochs"] = checkpoint["record"]["epochs"]
         # as fitted when the run converted (the rebuilt layers were not fitted to anything)
@@ -232,7 +235,7 @@ class Training:
             for epoch in range(len(results["epochs"]) + 1, trainer.epochs + 1):
                 row = loop.run_epoch(epoch, self.step_model, self.train_batches, self.test_batches,
                                 self.optimizer, self.scheduler, trainer, self.amp_dtype,
-                                graphed=self.graphed,
+                                graphed=self.graphed, scaler=self.scaler,
                                 before_step=self.before_step if self.skip_schedule else None,
                                 extra_loss=self.penalty)
                 results["epochs"].append(row)
@@ -269,7 +272,7 @@ class Training:
             save_checkpoint(self.output_dir / CHECKPOINT, {
                 "config": self.record.config, "record": self.record.as_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "batches": self.train_batches.state_dict()})
         self.saved_epochs = len(self.results["epochs"])
 

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
 from ..loop import (Runtime, build_optimizer, compiled, precision_name, settings_restored,
-                    setup, train_one_epoch)
+                    grad_scaler, setup, train_one_epoch)
 from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record
@@ -71,6 +71,9 @@ class ThroughputOptions:
             return device
         if self.cuda_graphs and not self.device.startswith("cuda"):
             return "--cuda-graphs needs --device cuda"
+        if self.cuda_graphs and self.amp == "fp16":
+            return ("--cuda-graphs replays one fixed step, which does not scale the loss as "
+                    "--amp fp16 needs; use --amp bf16")
         return None
 
     @property
@@ -177,6 +180,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime) -> dict[str,
     # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
     optimizer = build_optimizer(model, trainer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = grad_scaler(amp, device)
     batches = TensorBatches(images, labels, options.batch_size, train=True, memory_format=layout)
     if trainer.compile:
         choose_forms_now(model, [(options.batch_size, *images.shape[1:])], device=device,
@@ -189,15 +193,16 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime) -> dict[str,
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
     if options.warmup:  # (an epoch of no steps has no loss to report)
         train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer,
-                        scheduler, amp_dtype=amp, graphed=graphed)
+                        scheduler, amp_dtype=amp, graphed=graphed, scaler=scaler)
     warmup_seconds = time.perf_counter() - warm
     timed = TimedBatches(batches, options.steps)
     synchronized = stats = train_one_epoch(step_model, timed, optimizer, scheduler,
-                                           amp_dtype=amp, graphed=graphed)
+                                           amp_dtype=amp, graphed=graphed, scaler=scaler)
     data_seconds = sum(timed.seconds)
     if device.type == "cuda":  # the throughput as training gets it: the CPU runs ahead
         stats = train_one_epoch(step_model, TimedBatches(batches, options.steps, False),
-                                optimizer, scheduler, amp_dtype=amp, graphed=graphed)
+                                optimizer, scheduler, amp_dtype=amp, graphed=graphed,
+                                scaler=scaler)
 
     return {
         "model": options.model, "batch_size": options.batch_size, "steps": options.steps,
