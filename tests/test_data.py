@@ -206,3 +206,31 @@ def test_subset_errors_name_their_key_and_zero_images_is_its_own_message():
     with pytest.raises(ConfigError, match="there are no training images") as err:
         TensorBatches(images[:0], labels[:0], 32, train=True)
     assert "lower trainer.batch_size" not in str(err.value)
+
+
+def test_batches_resume_a_generator_state_saved_on_another_kind_of_device(caplog):
+    """A CUDA generator's state (8-byte seed, 8-byte Philox offset) does not fit the CPU's
+    (a CUDA run resumed on the CPU: trainer.device may change on resume), so the batches
+    draw a new order seeded from it, the same each time, with a warning; a stack trace
+    from ``Generator.set_state`` before. A state of this device's generator still
+    continues its stream exactly."""
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(20) % 10
+
+    def first_batch(state):
+        batches = TensorBatches(images, labels, 5, train=True, seed=3)
+        batches.load_state_dict(state)
+        return next(iter(batches))
+
+    cuda_state = {"generator": torch.tensor([7] + [0] * 7 + [4] + [0] * 7, dtype=torch.uint8)}
+    with caplog.at_level("WARNING", logger="basisconv.data"):
+        x, y = first_batch(cuda_state)
+    assert "another kind of device" in caplog.text
+    x2, y2 = first_batch(cuda_state)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    source = TensorBatches(images, labels, 5, train=True, seed=1)
+    state = source.state_dict()
+    x3, y3 = next(iter(source))
+    x4, y4 = first_batch(state)
+    assert torch.equal(x3, x4) and torch.equal(y3, y4)

@@ -15,6 +15,8 @@ md5 sums, so a truncated download or a different dataset never trains silently.
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
 import math
 import os
 import pickle
@@ -30,6 +32,8 @@ import torch.nn.functional as F
 from .distributed import shard
 from .errors import ConfigError, DatasetError
 from .records import file_digest
+
+log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -387,4 +391,17 @@ class TensorBatches:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        """Continue the saved random stream. A state of another size was saved by another
+        kind of generator (a CUDA run resumed on the CPU, or the reverse: ``trainer.device``
+        may change on resume), whose stream this device's generator cannot continue: it
+        then draws a new one, seeded from the saved state, so the same checkpoint resumes
+        the same way each time."""
+        saved = state["generator"]
+        if saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+            return
+        digest = hashlib.sha256(saved.cpu().numpy().tobytes()).digest()
+        self.generator.manual_seed(int.from_bytes(digest[:8], "little"))
+        log.warning("the checkpoint's batch order was drawn by another kind of device's "
+                    "generator; on %s the resumed epochs draw a new one (seeded from it)",
+                    self.images.device.type)
