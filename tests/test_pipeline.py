@@ -388,13 +388,14 @@ def test_a_file_in_place_of_the_runs_checkpoint_is_one_clear_error(tmp_path, rep
     with KeyError: 'config' (a list: TypeError)."""
     import torch
 
-    from basisconv.checkpoint import RUN_STATE
+    from basisconv.checkpoint import LATER_STATE, RUN_STATE
 
     cfg = compose_tiny(repo, "trainer.epochs=1")
     fit(cfg, tmp_path)
     path = tmp_path / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
-    assert tuple(state) == RUN_STATE  # what resuming checks for is what a run saves
+    # what resuming checks for is what a run saves (and what it reads if there)
+    assert tuple(state) == RUN_STATE + LATER_STATE
     (tmp_path / "checkpoint.pt.sha256").unlink()
     for content, problem in [(state["model"], r"is not a basisconv run's checkpoint \(it "
                                               r"lacks config, record, model, optimizer"),

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 #: What a run's checkpoint holds (``train.Training.save``), all of which resuming reads.
 RUN_STATE = ("config", "record", "model", "optimizer", "scheduler", "batches")
+#: What newer runs save besides: a checkpoint from before them resumes without it.
+LATER_STATE = ("scaler",)
 #: Keys that may differ between an interrupted run and its resumption: they change how a
 #: run executes or where it keeps things, not what it computes (to rounding), so
 #: ``scripts/reproduce.sh`` lets them change between invocations and the analysis takes

@@ -272,8 +272,8 @@ class Training:
             save_checkpoint(self.output_dir / CHECKPOINT, {
                 "config": self.record.config, "record": self.record.as_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "batches": self.train_batches.state_dict()})
+                "scheduler": self.scheduler.state_dict(),
+                "batches": self.train_batches.state_dict(), "scaler": self.scaler.state_dict()})
         self.saved_epochs = len(self.results["epochs"])
 
     def diverged_message(self, err: TrainingDiverged) -> str:
