@@ -181,7 +181,8 @@ def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
 def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: ``onecycle`` (warm up to ``lr`` then anneal) or ``cosine``
-    (linear warm-up for ``warmup_epochs``, then cosine to zero) or ``constant``."""
+    (linear warm-up for ``warmup_fraction`` of all steps, then cosine to zero) or
+    ``constant``."""
     total = trainer.epochs * steps_per_epoch
     if trainer.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
