@@ -83,6 +83,23 @@ def test_comparison_averages_seeds_and_compares_with_the_baseline():
     assert table.loc[("all", 0.25), "step_speedup"] == pytest.approx(0.3 / 0.12)
 
 
+def test_epoch_time_is_the_median_epoch_so_a_first_epoch_that_compiles_is_not_charged():
+    # trainer.compile: the dense run's first epoch also compiled (60 s against 10 s); the
+    # mean (35 s) would charge half of that to each epoch and double the epoch speedup
+    dense, basis = record(), record("all", 0.5, epoch_seconds=5.0)
+    dense["epochs"][0]["epoch_seconds"] = 60.0
+    dense["epochs"].append({**dense["epochs"][1], "epoch": 3})
+    dense["final"].update(mean_epoch_seconds=80.0 / 3, train_seconds=80.0)
+    table = compare(runs_frame([(dense, "a"), (basis, "b")])).set_index("selection")
+    assert table.loc["none", "epoch_seconds"] == 10.0
+    assert table.loc["all", "epoch_speedup"] == 2.0
+    assert table.loc["none", "train_seconds"] == 80.0  # the wall time stays all of it
+    # a record from wandb whose history lacks the epoch times gives its mean
+    for epoch in basis["epochs"]:
+        del epoch["epoch_seconds"]
+    assert runs_frame([(basis, "b")])["epoch_seconds"].item() == 5.0
+
+
 def swept(rec, **settings):
     """``rec`` with dotted config keys set, as a sweep's override would."""
     rec = json.loads(json.dumps(rec))

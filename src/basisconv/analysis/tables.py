@@ -44,7 +44,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
                                       f"({_pct(r['flops_ratio'])})",
             "fwd / bwd ms per step": f"{1e3 * r['forward_seconds_per_step']:.1f} / "
                                      f"{1e3 * r['backward_seconds_per_step']:.1f}",
-            "epoch (s)": f"{r['mean_epoch_seconds']:.1f}",
+            "epoch (s)": f"{r['epoch_seconds']:.1f}",
             "step speedup (theory)": f"{_speedup(r['step_speedup'])} "
                                      f"({_speedup(r['theory_speedup'])})",
             "epoch speedup": _speedup(r["epoch_speedup"]),
