@@ -133,3 +133,18 @@ def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_
     assert resumed["status"] == "complete" and resumed["provenance"]["resumed_from_epoch"] == 1
     assert resumed["layers"] == [first] and resumed["model"]["basis_layers"] == [first]
     assert len(calls) == 1  # nothing measured again
+
+
+def test_a_run_of_torchs_default_thread_count_keys_its_timings_by_the_count_it_ran_with(
+        repo, tmp_path):
+    """``trainer.threads=null`` times with whatever torch's default is in that process
+    (the cores, ``OMP_NUM_THREADS``, a CPU affinity): a run with 1 thread must not reuse
+    timings measured with 2 (it did: the key held ``null`` for both)."""
+    cfg = compose_timed(repo, tmp_path)
+    assert cfg.trainer.threads is None
+    layers = ["layer1.0.conv1"]
+    paths = set()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # (restored by conftest)
+        paths.add(time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers)))
+    assert len(paths) == 2

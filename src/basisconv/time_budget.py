@@ -43,6 +43,9 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
     """Everything that changes the timings of ``layers`` (and nothing else)."""
     machine = hardware()
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # the thread count the measurement runs with: trainer.threads=null is torch's default
+    # in this process (its cores, OMP_NUM_THREADS, a CPU affinity), not one setting
+    trainer["threads"] = trainer["threads"] or torch.get_num_threads()
     basis = OmegaConf.to_container(cfg.basis, resolve=True)
     return {
         "hardware": {k: machine.get(k) for k in ("cpu", "cpu_capability", "gpu", "cuda",
