@@ -173,3 +173,18 @@ def test_torchrun_training_matches_one_process(tmp_path, repo, device):
     assert skipping.returncode != 0
     assert "basis.coefficient_update_every=2 (coefficients frozen on some steps) runs in one " \
            "process only" in skipping.stderr
+
+
+def test_a_record_says_how_many_processes_ran_it(monkeypatch):
+    """A torchrun run's epoch times are those of N processes: its record says so, and a
+    table that mixes it with one-process runs says they ran differently (its record was
+    that of a one-process run: same command, same hardware)."""
+    from basisconv.analysis.runs import timing_setup
+    from basisconv.records import hardware
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = hardware()
+    assert "processes" not in alone  # records of one process are as they were
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for every process
+    assert hardware()["processes"] == 2
+    assert timing_setup({}, hardware()) == timing_setup({}, alone) + ", 2 processes"

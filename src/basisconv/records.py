@@ -47,7 +47,8 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def hardware() -> dict[str, Any]:
-    """The machine a number was measured on: CPU model and threads, GPU if any."""
+    """The machine a number was measured on: CPU model and threads, GPU if any, and the
+    number of processes when more than one (``torchrun``)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -72,6 +73,11 @@ def hardware() -> dict[str, Any]:
         info["gpu_count"] = torch.cuda.device_count()
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
+    # torchrun's processes (the variable it sets and basisconv.distributed joins by): the
+    # epoch times of N processes are not one process's, and the command does not say so
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        info["processes"] = processes
     return info
 
 

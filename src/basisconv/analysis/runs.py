@@ -41,13 +41,16 @@ DENSE_UNREAD = ("basis.", "selection.", "sensitivity.")
 
 def timing_setup(cfg: dict[str, Any], hardware: dict[str, Any]) -> str:
     """How a run was executed, as far as it sets its times but not its results: the
-    hardware, torch's threads on a CPU, and ``trainer.compile`` / ``cuda_graphs`` (keys
-    :func:`made_alike` lets differ, so that runs of one configuration may mix them)."""
+    hardware, torch's threads on a CPU, the processes of a ``torchrun`` run, and
+    ``trainer.compile`` / ``cuda_graphs`` (keys :func:`made_alike` lets differ, so that
+    runs of one configuration may mix them)."""
     trainer = cfg.get("trainer", {})
     parts = [hardware_name(hardware) or "unknown hardware"]
     if not hardware.get("gpu") and hardware.get("torch_threads"):
         threads = hardware["torch_threads"]
         parts.append(f"{threads} thread{'s' * (threads != 1)}")
+    if hardware.get("processes"):
+        parts.append(f"{hardware['processes']} processes")
     if trainer.get("compile"):
         parts.append(f"compiled ({trainer.get('compile_mode') or 'default'})")
     if trainer.get("cuda_graphs"):
