@@ -266,6 +266,33 @@ def test_the_chosen_layers_table_sums_what_the_chosen_layers_save():
     assert lines[-1] == "| **total** (2 layers) | | | | | 40 (10.0 %) | 3.00 (5.0 %) |"
 
 
+def test_chosen_md_of_a_time_budget_states_the_measured_times_it_chose_by(tmp_path):
+    """With selection.budget_metric=time the layers are chosen by measured step time, not
+    FLOPs: chosen.md says what the dense step took and what the chosen layers save of it
+    (it showed FLOPs alone: "0 layers, 0.0 %" with nothing saying why)."""
+    from basisconv.analysis.sensitivity import draw_run
+    table = pd.DataFrame({"layer": ["a", "b"], "position": [0, 1], "shape": ["8->8 k3"] * 2,
+                          "num_basis": [4, 4], "accuracy_drop": [0.01, 0.02],
+                          "loss_increase": [0.1, 0.2], "params_saved": [30, 10],
+                          "flops_saved": [2e6, 1e6]})
+    summary = {"key": "k", "policy": "sensitivity_budget", "chosen": ["a"], "noise": None,
+               "dense": {"params": 400, "flops": 6e7},
+               "measured_time": {"dense_step_seconds": 0.02, "layers": [
+                   {"layer": "a", "dense_ms": 3.0, "basis_ms": 2.0, "seconds_saved": 1e-3},
+                   {"layer": "b", "dense_ms": 1.0, "basis_ms": 1.5, "seconds_saved": -5e-4}]}}
+    record = {"config": {"model": {"name": "resnet8", "width": 0.5}, "basis": {"size": 0.5},
+                         "selection": {"policy": "sensitivity_budget"}},
+              "sensitivity": summary, "table": table.to_dict("records")}
+    draw_run(record, tmp_path)
+    text = (tmp_path / "chosen.md").read_text()
+    assert "dense training step 20.00 ms" in text
+    assert "the chosen layers save 1.00 ms (5.0 %)" in text
+    assert "slower in basis form (never chosen): b" in text
+    del summary["measured_time"]  # a FLOPs or parameter budget: as before
+    draw_run(record, tmp_path)
+    assert "measured" not in (tmp_path / "chosen.md").read_text()
+
+
 def test_latex_escapes_what_latex_would_read_otherwise():
     """Selection names (first_k), settings (basis.coefficient_l1), percentages and the std sign
     reach the .tex table; unescaped, ``_`` and ``%`` break or cut its compilation."""

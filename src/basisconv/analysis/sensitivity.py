@@ -85,7 +85,25 @@ def draw_run(record: dict, output_dir: str | Path) -> list[Path]:
                              _threshold(record), summary.get("noise")),
             write_text_atomic(output_dir / "chosen.md",
                               f"# Layers chosen by `{summary['policy']}`\n\n{title}\n\n"
-                              + chosen_table(table, summary["chosen"], summary["dense"]))]
+                              + chosen_table(table, summary["chosen"], summary["dense"])
+                              + measured_time_line(summary))]
+
+
+def measured_time_line(summary: dict) -> str:
+    """"" or, for ``selection.budget_metric=time``, the measured times the layers were
+    chosen by (the table's savings are the cost model's, which that budget does not read)."""
+    measured = summary.get("measured_time")
+    if not measured:
+        return ""
+    layers = pd.DataFrame(measured["layers"])
+    step = measured["dense_step_seconds"]
+    saved = float(layers[layers["layer"].isin(summary["chosen"])]["seconds_saved"].sum())
+    slower = layers[layers["seconds_saved"] <= 0]["layer"].tolist()
+    return (f"\nChosen by measured time (selection.budget_metric=time): dense training step "
+            f"{1e3 * step:.2f} ms; the chosen layers save {1e3 * saved:.2f} ms "
+            f"({100 * saved / step:.1f} %) of it"
+            + (f"; slower in basis form (never chosen): {', '.join(slower)}" if slower else "")
+            + ".\n")
 
 
 def noise_line(noise: dict | None) -> str:
