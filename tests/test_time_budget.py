@@ -107,7 +107,7 @@ def test_every_setting_that_changes_a_timing_changes_its_cache_file(repo, tmp_pa
                        "basis.only_where_saves": False, "trainer.device": "cpu",
                        "trainer.batch_size": 32, "trainer.channels_last": False,
                        "trainer.amp": "bf16", "trainer.threads": 3,
-                       "trainer.deterministic": True}.items():
+                       "trainer.deterministic": True, "data.num_classes": 100}.items():
         changed = cfg.copy()
         assert OmegaConf.select(changed, key) != value, key
         OmegaConf.update(changed, key, value, merge=False)

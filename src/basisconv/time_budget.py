@@ -51,7 +51,9 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
         "hardware": {k: machine.get(k) for k in ("cpu", "cpu_capability", "gpu", "cuda",
                                                   "cudnn")},
         "torch": torch.__version__,
-        "model": {"name": cfg.model.name, "width": cfg.model.width},
+        # the classes size the classifier, a part of the dense step the budget divides
+        "model": {"name": cfg.model.name, "width": cfg.model.width,
+                  "num_classes": cfg.data.num_classes},
         "basis": {k: basis[k] for k in ("size", "combine", "coefficient_rank", "fuse_norm",
                                         "share_coefficients", "only_where_saves")},
         "layers": list(layers),
