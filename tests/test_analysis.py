@@ -726,6 +726,13 @@ def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_
                  "| dense reference | | 0.8800 |"]:
         assert line in text.splitlines()
     assert "over all subsets: accuracy 0.90, loss 0.50." in text
+    # one subset, or all tied: no correlation (null in the record; NaN in older ones)
+    tied = search_record()
+    tied["search"].update(spearman_predicted_vs_measured_drop=None,
+                          spearman_predicted_vs_measured_loss=float("nan"))
+    _, tied_md = search.summarize(tied, tmp_path / "tied", tmp_path / "tied", "test")
+    assert ("accuracy undefined (one subset, or all tied), loss undefined (one subset, or all "
+            "tied).") in tied_md.read_text()
     assert "profile test; run 2026-11-25, commit abcdef1, 60 s" in text
     (bars,) = drawn[0].axes[0].containers
     assert [round(b.get_height(), 6) for b in bars] == [90.0, 86.0, 80.0, 75.0, 70.0]
@@ -734,7 +741,7 @@ def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_
     older = search_record()
     pd.DataFrame(older.pop("table")).to_csv(tmp_path / "search.csv", index=False)
     search.summarize(older, tmp_path, tmp_path, "test")
-    (again,) = drawn[1].axes[0].containers
+    (again,) = drawn[-1].axes[0].containers
     assert [round(b.get_height(), 6) for b in again] == [90.0, 86.0, 80.0, 75.0, 70.0]
     for fig in drawn:
         search.pyplot().close(fig)

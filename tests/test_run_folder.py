@@ -164,6 +164,20 @@ class _Killed(BaseException):
     """Stands for the kill of a process (not an Exception: nothing may catch it)."""
 
 
+def test_records_are_standard_json_with_null_for_an_undefined_number(tmp_path):
+    """A NaN (a search's rank correlation when its subsets all tie) is written ``null``:
+    strict readers (jq, JavaScript) refuse Python's bare ``NaN``."""
+    from basisconv.records import write_json_atomic
+
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+
+    path = write_json_atomic(tmp_path / "run.json", {"a": [float("nan"), 1.5, (float("inf"),)],
+                                                     "b": {"c": -float("inf"), "d": "NaN"}})
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "a": [None, 1.5, [None]], "b": {"c": None, "d": "NaN"}}
+
+
 def test_a_checkpoint_save_cut_off_anywhere_leaves_the_previous_one_verified(tmp_path,
                                                                            monkeypatch):
     """A run killed while it writes its next checkpoint (inside torch.save, while writing

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -207,8 +208,25 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as standard JSON: a NaN or infinity (the rank correlation of a search whose
+    subsets all tie, say) is written ``null``, since strict readers (jq, JavaScript's
+    ``JSON.parse``) refuse Python's bare ``NaN``; what is not JSON is written as its text."""
+    return json.dumps(finite_or_null(obj), indent=2, sort_keys=False, default=str) + "\n"
+
+
+def finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(value) for value in obj]
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    return write_text_atomic(path, json_text(obj))
 
 
 # ----------------------------------------------------------------------------- run records

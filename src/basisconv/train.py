@@ -33,8 +33,8 @@ from .errors import ConfigError, Stopped, TrainingDiverged
 from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
-from .records import (RECORD, RunRecord, hardware_name, leftover_temporaries, publish,
-                      read_record, timestamp, write_record)
+from .records import (RECORD, RunRecord, hardware_name, json_text, leftover_temporaries,
+                      publish, read_record, timestamp, write_record)
 from .sensitivity import choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -338,7 +338,7 @@ def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:
     the checkpoint holds, so the run does not silently drop out of the tables."""
     path = output_dir / RECORD
     try:
-        expected = json.loads(json.dumps(RunRecord.from_dict(saved).as_dict(), default=str))
+        expected = json.loads(json_text(RunRecord.from_dict(saved).as_dict()))
         if read_record(path) == expected:
             return
         problem = "differs from the checkpoint's"

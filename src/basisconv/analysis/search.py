@@ -69,8 +69,15 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
                f"subsets lie within that of the fast choice, so ranks that close are not "
                f"told apart.\n\n" if "noise_accuracy_std" in s else "")
             + f"Spearman correlation of the predicted (sum of single-layer) and measured drop "
-            f"over all subsets: accuracy {s['spearman_predicted_vs_measured_drop']:.2f}, "
-            f"loss {s['spearman_predicted_vs_measured_loss']:.2f}.\n"))]
+            f"over all subsets: accuracy {_correlation(s['spearman_predicted_vs_measured_drop'])}, "
+            f"loss {_correlation(s['spearman_predicted_vs_measured_loss'])}.\n"))]
+
+
+def _correlation(value: float | None) -> str:
+    """A rank correlation, or why there is none: one subset, or all of them tied (a record
+    holds that as null, older ones as NaN)."""
+    return "undefined (one subset, or all tied)" if value is None or value != value \
+        else f"{value:.2f}"
 
 
 def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str) -> Path:
