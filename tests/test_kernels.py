@@ -461,3 +461,27 @@ def test_a_differentiable_backward_matches_the_stacked_form(device, kernel_runs)
     assert kernel_runs
     for got, want in zip(*second):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((2, 5, 6, 6), "expected input.* to have 4 channels, but got 5"),   # more channels
+    ((2, 3, 6, 6), "expected input.* to have 4 channels, but got 3"),   # fewer
+    ((2, 4, 2, 2), "Kernel size can't be greater than actual input size"),  # no output pixel
+    ((2, 4, 1, 1), "Kernel size can't be greater than actual input size"),
+    ((5, 6, 6), "to have 4 channels, but got 5"),  # unbatched
+    ((6, 6), "Expected 3D \\(unbatched\\) or 4D \\(batched\\) input"),
+])
+def test_an_input_the_conv_refuses_is_refused_as_f_conv2d_refuses_it(shape, message,
+                                                                        kernel_runs):
+    """Found by audit: the kernel took the input's channel count for the weight's, so a
+    5-channel input to a 4-channel layer read past the basis weight (an output of inf under
+    the interpreter, an out-of-bounds read on a GPU), and an input smaller than the kernel
+    gave an empty output or a negative-size error where F.conv2d (and the other forms)
+    name the problem."""
+    layer = make_layer(4, 8, 3, 3, 1, 0, 1, True, torch.device("cpu"))
+    x = torch.randn(shape)
+    with pytest.raises(RuntimeError, match=message):
+        layer.to_conv()(x)  # what the dense conv says
+    with pytest.raises(RuntimeError, match=message):
+        layer(x)
+    assert kernel_runs == []  # refused before a launch

@@ -236,6 +236,26 @@ def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int,
     return None
 
 
+def check_input(x: torch.Tensor, basis_weight: torch.Tensor, padding, dilation) -> None:
+    """Raise what ``F.conv2d`` raises for an input it refuses (with its words, so every
+    form says the same): the kernel takes ``x``'s channel count as the reduction's, so a
+    wrong one would read past the basis weight, and an input smaller than the dilated
+    kernel would give an empty output or a negative size."""
+    if x.dim() != 4:
+        raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
+                           f"input of size: {list(x.shape)}")
+    if x.shape[1] != basis_weight.shape[1]:
+        raise RuntimeError(f"Given groups=1, weight of size {list(basis_weight.shape)}, "
+                           f"expected input{list(x.shape)} to have {basis_weight.shape[1]} "
+                           f"channels, but got {x.shape[1]} channels instead")
+    padded = [n + 2 * p for n, p in zip(x.shape[2:], padding)]
+    extent = [d * (k - 1) + 1 for k, d in zip(basis_weight.shape[2:], dilation)]
+    if any(e > n for e, n in zip(extent, padded)):
+        raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x "
+                           f"{padded[1]}). Kernel size: ({extent[0]} x {extent[1]}). Kernel "
+                           f"size can't be greater than actual input size")
+
+
 def output_size(size, kernel_size, stride, padding, dilation) -> tuple[int, int]:
     """``(H_out, W_out)`` of a conv with numeric padding, as ``F.conv2d`` computes it."""
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
