@@ -485,3 +485,19 @@ def test_an_input_the_conv_refuses_is_refused_as_f_conv2d_refuses_it(shape, mess
     with pytest.raises(RuntimeError, match=message):
         layer(x)
     assert kernel_runs == []  # refused before a launch
+
+
+def test_an_input_of_another_dtype_is_refused_and_leaves_the_kernel_to_the_shape(
+        kernel_runs, monkeypatch):
+    """Found by audit: a float32 input to a float64 layer reached the kernel, whose
+    ``tl.dot`` refused the mix; that was taken for a kernel that does not compile for the
+    shape, so after the user fixed the dtype the shape still ran the stacked form, with a
+    warning about compiling."""
+    monkeypatch.setattr(fused, "_FAILED", {})
+    layer = make_layer(4, 8, 3, 3, 1, 1, 1, True, torch.device("cpu")).double()
+    x = torch.randn(2, 4, 6, 6)
+    with pytest.raises(RuntimeError, match="should be the same"):
+        layer(x)
+    assert kernel_runs == [] and fused._FAILED == {}
+    torch.testing.assert_close(layer.float()(x), layer.to_conv()(x))
+    assert kernel_runs == [(2, 4, 6, 6)]

@@ -240,7 +240,12 @@ def check_input(x: torch.Tensor, basis_weight: torch.Tensor, padding, dilation) 
     """Raise what ``F.conv2d`` raises for an input it refuses (with its words, so every
     form says the same): the kernel takes ``x``'s channel count as the reduction's, so a
     wrong one would read past the basis weight, and an input smaller than the dilated
-    kernel would give an empty output or a negative size."""
+    kernel would give an empty output or a negative size. A weight of another dtype or
+    device would fail in the kernel, which the caller would take for a shape whose kernel
+    does not compile (and run that shape's stacked form from then on)."""
+    if (basis_weight.dtype, basis_weight.device) != (x.dtype, x.device):
+        raise RuntimeError(f"Input type ({x.dtype}, {x.device}) and weight type "
+                           f"({basis_weight.dtype}, {basis_weight.device}) should be the same")
     if x.dim() != 4:
         raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
                            f"input of size: {list(x.shape)}")
