@@ -217,3 +217,27 @@ def test_a_combine_mode_that_the_fold_replaces_is_said_to_not_apply():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         BasisConv2d(4, 8, 3, 2, fuse_norm=True)  # stacked: what the fold computes anyway
+
+
+def test_batches_of_fewer_than_two_values_per_channel_are_taken_as_batch_norm_takes_them():
+    """Found by audit: an empty batch in training mode gave NaN running statistics and NaN
+    gradients for the coefficients and the norm's weight (batch norm leaves its running
+    averages as they were, every gradient zero), and one value per channel (a batch of one
+    1x1 map) trained on a zero variance where batch norm refuses it."""
+    (plain, norm), (fused, fused_norm) = pair(layers("converted", "cpu"), {}, "cpu")
+    empty = torch.randn(0, 6, 5, 5, dtype=torch.float64)
+    for conv, bn in ((plain, norm), (fused, fused_norm)):
+        out = conv_norm_act(conv, bn, empty, relu=True)
+        assert out.shape == (0, 10, 5, 5)
+        out.sum().backward()
+        assert all(p.grad is not None and not p.grad.any()
+                   for p in (*conv.parameters(), *bn.parameters()))
+        assert (bn.running_mean == 0).all() and (bn.running_var == 1).all()
+        assert bn.num_batches_tracked == 1
+    one = torch.randn(1, 6, 1, 1, dtype=torch.float64)
+    for conv, bn in ((plain, norm), (fused, fused_norm)):
+        with pytest.raises(ValueError, match=r"Expected more than 1 value per channel when "
+                                             r"training, got input size torch.Size\(\[1, 10, 1, 1\]\)"):
+            conv_norm_act(conv, bn, one, relu=True)
+    fused_norm.eval()  # the running statistics: one value is fine, as for batch norm
+    assert conv_norm_act(fused, fused_norm, one).shape == (1, 10, 1, 1)

@@ -208,13 +208,23 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
 
     ``running``: ``(mean, var)`` to normalize with (eval mode), or ``None`` to use the
     batch's statistics (training), which are then returned for the running averages.
+    Batches of fewer than two values per channel are taken as batch norm takes them: one
+    value is refused (its variance is zero), and an empty batch, which has no statistics,
+    is "normalized" with mean 0 and variance 1 and returns none (its moments would be NaN,
+    and so would the running averages and the gradients of ``a`` and the norm's weight).
     """
     maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
     a = combination if combination.dtype == torch.float64 else combination.float()
-    if running is None:
+    count = maps.numel() // maps.shape[1]
+    if running is None and count == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"size {torch.Size((maps.shape[0], a.shape[0], *maps.shape[2:]))}")
+    if running is None and count > 1:
         out, mean, var = BatchNormedCombination.apply(maps, a, conv_bias, norm_weight,
                                                       norm_bias, eps, relu)
-        return out, BatchStatistics(mean, var, maps.numel() // maps.shape[1])
+        return out, BatchStatistics(mean, var, count)
+    if running is None:  # an empty batch (see above)
+        running = (torch.zeros_like(a[:, 0]), torch.ones_like(a[:, 0]))
     with _without_autocast(x.device.type):
         mean, var = (t.to(a.dtype) for t in running)
         folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
