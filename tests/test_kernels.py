@@ -501,3 +501,17 @@ def test_an_input_of_another_dtype_is_refused_and_leaves_the_kernel_to_the_shape
     assert kernel_runs == [] and fused._FAILED == {}
     torch.testing.assert_close(layer.float()(x), layer.to_conv()(x))
     assert kernel_runs == [(2, 4, 6, 6)]
+
+
+@pytest.mark.filterwarnings("ignore:combine='fused' needs")  # float64: the stacked form
+def test_autocast_leaves_float64_alone_as_it_does_for_a_conv():
+    """Found by audit: under autocast the fused form cast a float64 layer and input to
+    bf16, where ``F.conv2d`` (and every other form) computes in float64, as autocast
+    leaves float64 tensors alone."""
+    layer = make_layer(4, 8, 3, 3, 1, 1, 1, True, torch.device("cpu")).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, expected = layer(x), layer.to_conv()(x)
+        assert fused.compute_dtype(x) == torch.float64
+    assert expected.dtype == y.dtype == torch.float64
+    torch.testing.assert_close(y, expected)

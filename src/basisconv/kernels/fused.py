@@ -161,9 +161,16 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+def _autocast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``t`` as autocast passes it to a conv: in ``dtype`` (autocast's, None where it is
+    off), except a float64 tensor, which autocast leaves alone."""
+    return t if dtype is None or t.dtype == torch.float64 else t.to(dtype)
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a conv of ``x`` computes in: autocast's where it is on, else ``x``'s."""
-    return autocast_dtype(x) or x.dtype
+    """The dtype a conv of ``x`` computes in: autocast's where it is on (and ``x`` is not
+    float64, which it leaves alone), else ``x``'s."""
+    return _autocast(x, autocast_dtype(x)).dtype
 
 
 def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
@@ -183,8 +190,9 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
 
     Under autocast every input is cast to the autocast dtype first, as ``F.conv2d`` would
     cast them (``tl.dot`` takes one dtype: inside a network ``x`` is already bf16 while the
-    parameters are float32); the casts are ordinary autograd ops, so gradients reach the
-    float32 params. The basis maps are kept only when the combination needs a gradient.
+    parameters are float32), float64 ones excepted, as there; the casts are ordinary
+    autograd ops, so gradients reach the float32 params. The basis maps are kept only when
+    the combination needs a gradient.
     """
     if x.device.type == "meta":  # a shape-only dry run (the cost model): nothing to warn of
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
@@ -195,9 +203,8 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
                    "result, no fused kernel)")
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
     dtype = autocast_dtype(x)
-    if dtype is not None:
-        x, basis_weight, combination = (t.to(dtype) for t in (x, basis_weight, combination))
-        bias = bias.to(dtype) if bias is not None else None
+    x, basis_weight, combination = (_autocast(t, dtype) for t in (x, basis_weight, combination))
+    bias = _autocast(bias, dtype) if bias is not None else None
     store_basis = torch.is_grad_enabled() and combination.requires_grad
     out, _ = fused_basis_conv(x, basis_weight, combination, bias, list(stride), list(pad),
                               list(dilation), store_basis)
