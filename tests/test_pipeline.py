@@ -11,11 +11,16 @@ import time
 from unittest import mock
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv import loop
+from basisconv.checkpoint import save_checkpoint
 from basisconv.errors import ConfigError, PublishError
+from basisconv.layers import basis_layers
+from basisconv.models import build_model
+from basisconv.network import build_network
 from basisconv.train import fit
 from interruption import fit_stopped_before
 
@@ -308,6 +313,26 @@ def test_convert_from_a_trained_checkpoint(tmp_path, repo):
     with pytest.raises(ConfigError, match="does not exist"):
         fit(compose_tiny(repo, "trainer.epochs=1", "selection=all", "basis=convert",
                          f"basis.source_checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "x")
+
+
+def test_a_dense_warm_up_starts_from_the_source_checkpoint(tmp_path, repo):
+    # Found by audit: with basis.source_checkpoint and basis.dense_warmup_epochs both set,
+    # the warm-up started from the random init and the source was never read: it was
+    # loaded only into a model built in basis form, which a warm-up builds later
+    trained = build_model("resnet20", width=0.25)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)  # weights no init draws
+    source = tmp_path / "checkpoint.pt"
+    save_checkpoint(source, {"model": trained.state_dict()})
+    cfg = compose_tiny(repo, "trainer.epochs=2", "selection=all", "basis=warmup",
+                       "basis.dense_warmup_epochs=1", f"basis.source_checkpoint={source}")
+    model = build_network(cfg, "all")
+    assert not basis_layers(model)  # dense until the warm-up ends
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    source.unlink()  # a resumed warm-up restores its own checkpoint, not the source
+    build_network(cfg, "all", restoring=True)
 
 
 def test_a_finished_run_without_a_checkpoint_is_not_trained_again(tmp_path, repo):

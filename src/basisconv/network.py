@@ -46,18 +46,19 @@ def build_network(cfg: DictConfig, layers: Layers, *, basis_now: bool | None = N
                   restoring: bool = False) -> nn.Module:
     """The model of ``cfg`` with ``layers`` in basis form. Basis layers are applied now
     unless the config asks for a dense warm-up first (``basis_now`` overrides, e.g. to
-    rebuild a converted model before loading its checkpoint). ``restoring``: a checkpoint's
-    weights are loaded next, so the layers are not fitted to anything and
-    ``basis.source_checkpoint`` is not read (a resumed run needs neither, and its source
-    may be gone)."""
+    rebuild a converted model before loading its checkpoint). ``basis.source_checkpoint``
+    is loaded either way: a dense warm-up starts from it, as a conversion now would.
+    ``restoring``: a checkpoint's weights are loaded next, so the layers are not fitted to
+    anything and ``basis.source_checkpoint`` is not read (a resumed run needs neither, and
+    its source may be gone)."""
     model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
     if basis_now is None:
         basis_now = not converts_later(cfg)
-    if not basis_now:
-        return model
     convert = cfg.basis.init == "convert" and not restoring
     if convert and cfg.basis.source_checkpoint:
         load_source_weights(model, cfg.basis.source_checkpoint)
+    if not basis_now:
+        return model
     return to_basis(model, cfg, layers, convert=convert)
 
 
