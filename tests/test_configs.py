@@ -193,7 +193,9 @@ RANGE_RULES = [
     ({"trainer.eval_batch_size": 0}, "trainer.eval_batch_size must be >= 1, got 0"),
     ({"trainer.threads": 0}, "trainer.threads must be >= 1, got 0"),
     ({"trainer.compile_mode": "fastest"}, "trainer.compile_mode='fastest'; choose one of"),
-    ({"model.width": 0.0}, "model.width must be > 0, got 0.0"),
+    ({"model.width": 0.0}, "model.width must be a finite number > 0, got 0.0"),
+    # Found by audit: an infinite width passed and failed as an OverflowError traceback
+    ({"model.width": float("inf")}, "model.width must be a finite number > 0, got inf"),
     ({"data.crop_padding": -1}, "data.crop_padding must be >= 0, got -1"),
     ({"data.test_subset": 1.5}, r"data.test_subset=1.5 as a fraction must be in \(0, 1\]"),
     ({"sensitivity.pretrain_epochs": -1}, "sensitivity.pretrain_epochs must be >= 0"),

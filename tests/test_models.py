@@ -53,8 +53,9 @@ def test_unknown_model_names_the_choices():
 
 
 def test_bad_width():
-    with pytest.raises(ValueError, match="width must be > 0"):
-        build_model("resnet18", width=0)
+    for width in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"width must be a finite number > 0, got {width}"):
+            build_model("resnet18", width=width)
     with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
         build_model("resnet20", num_classes=0)
 

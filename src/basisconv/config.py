@@ -312,7 +312,8 @@ def validate(cfg: DictConfig) -> None:
                         f"remove it")
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
-    _check(cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}")
+    _check(0 < cfg.model.width < math.inf,
+           f"model.width must be a finite number > 0, got {cfg.model.width}")
     _check_choice(cfg.data.name, DATASETS, "data.name")
     classes = NUM_CLASSES[cfg.data.name]
     _check(cfg.data.num_classes == classes,
