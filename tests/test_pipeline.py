@@ -15,12 +15,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import loop
+from basisconv import loop, train
 from basisconv.checkpoint import save_checkpoint
 from basisconv.errors import ConfigError, PublishError
 from basisconv.layers import basis_layers
 from basisconv.models import build_model
 from basisconv.network import build_network
+from basisconv.tracking import Tracker
 from basisconv.train import fit
 from interruption import fit_stopped_before
 
@@ -333,6 +334,27 @@ def test_a_dense_warm_up_starts_from_the_source_checkpoint(tmp_path, repo):
         assert torch.equal(model.state_dict()[key], value), key
     source.unlink()  # a resumed warm-up restores its own checkpoint, not the source
     build_network(cfg, "all", restoring=True)
+
+
+def test_the_wandb_summary_describes_the_model_a_warm_up_converted(tmp_path, repo, monkeypatch):
+    # Found by audit: the summary's model/* (what analyze.py source=wandb rebuilds the
+    # record's model from) was written once, before the dense warm-up, so a warm-up run
+    # read back as a dense model with no basis layers
+    summary = {}
+
+    class Recording(Tracker):
+        def summary(self, values):
+            summary.update(values)
+
+    monkeypatch.setattr(train, "Tracker", Recording)
+    record = fit(compose_tiny(repo, "trainer.epochs=2", "selection=all", "basis=warmup",
+                              "basis.dense_warmup_epochs=1", "data.synthetic_train=100"),
+                 tmp_path)
+    model = record["model"]
+    assert model["basis_layers"]
+    assert summary["model/basis_layer_names"] == " ".join(model["basis_layers"])
+    for key in ("parameters", "forward_flops", "backward_flops"):
+        assert summary[f"model/{key}"] == model[key], key
 
 
 def test_a_finished_run_without_a_checkpoint_is_not_trained_again(tmp_path, repo):

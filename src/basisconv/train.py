@@ -210,9 +210,20 @@ class Training:
         self.results["model"] = describe(self.model)
         self.pending_conversion = False
         self.wrap()
+        self.summarize_model()
         model = self.results["model"]
         log.info("dense warm-up done: %d layers converted to basis form, %s parameters",
                  len(model["basis_layers"]), f"{model['parameters']:,}")
+
+    def summarize_model(self) -> None:
+        """The model's counts and basis layers in the wandb summary, from which
+        ``scripts/analyze.py source=wandb`` rebuilds the record's ``model``: at the start,
+        and again when the dense warm-up converts the model (else the summary would keep
+        the dense model's)."""
+        model = self.results["model"]
+        self.tracker.summary({
+            **{f"model/{k}": v for k, v in model.items() if isinstance(v, (int, float))},
+            "model/basis_layer_names": " ".join(model["basis_layers"])})
 
     def before_step(self) -> None:
         self.skip_schedule(self.scheduler.last_epoch)
@@ -220,10 +231,9 @@ class Training:
     def run(self) -> dict[str, Any]:
         trainer, record, results = self.cfg.trainer, self.record, self.results
         # What scripts/analyze.py source=wandb needs to rebuild the run record.
-        hardware, model = record.provenance["hardware"], results["model"]
+        hardware = record.provenance["hardware"]
+        self.summarize_model()
         self.tracker.summary({
-            **{f"model/{k}": v for k, v in model.items() if isinstance(v, (int, float))},
-            "model/basis_layer_names": " ".join(model["basis_layers"]),
             "provenance/commit": record.provenance["git"]["commit"],
             "provenance/date": record.provenance["date"],
             "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu")})
