@@ -10,6 +10,7 @@ import torch.nn as nn
 from basisconv.cost import model_cost, measure_flops
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
+from basisconv.network import rebind_optimizer
 from basisconv.surgery import (CoefficientSkipSchedule, apply_basis, basis_report, conv_layers,
                                select_layers)
 
@@ -320,6 +321,39 @@ def test_dense_warmup_then_convert():
         warnings.simplefilter("ignore")
         apply_basis(model, "layer*.conv*", 1.0, inplace=True)
     torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_the_optimizer_after_a_conversion_keeps_the_momentum_of_the_layers_left_alone():
+    # Found by audit: rebind_optimizer dropped every momentum buffer at the end of a dense
+    # warm-up, also those of the norms, the head and the convs left dense, so a warm-up run
+    # that converted no layer (only_where_saves) trained on differently from the dense run
+    torch.manual_seed(0)
+    model = build_model("resnet8", width=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=4)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        scheduler.step()
+    before = {p: optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()}
+    lr = optimizer.param_groups[0]["lr"]
+    apply_basis(model, "layer2.0.conv1", 0.5, inplace=True)
+    rebind_optimizer(optimizer, model)
+    converted = {id(p) for p in basis_layers(model)["layer2.0.conv1"].parameters()}
+    assert optimizer.param_groups[0]["params"] == list(model.parameters())
+    assert optimizer.param_groups[0]["lr"] == lr and optimizer.param_groups[0]["momentum"] == 0.9
+    for p in model.parameters():
+        if id(p) in converted:
+            assert p not in optimizer.state  # new parameters: no momentum yet
+        else:
+            assert torch.equal(optimizer.state[p]["momentum_buffer"], before[p])
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    scheduler.step()  # the schedule goes on from where it was
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.875)
 
 
 

@@ -82,12 +82,16 @@ def coefficient_penalty(model: nn.Module, weight: float):
 
 def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """Point ``optimizer`` at ``model``'s parameters after surgery replaced some of them,
-    keeping its hyper-parameters and schedule (the scheduler holds this optimizer);
-    momentum restarts from zero."""
+    keeping its hyper-parameters and schedule (the scheduler holds this optimizer). The
+    parameters surgery made start with no momentum; the others keep theirs, so the layers
+    it left alone (norms, the head, the convs it did not convert) train on as before."""
+    params = list(model.parameters())
+    kept = {p: optimizer.state[p] for p in params if p in optimizer.state}
     settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
     optimizer.param_groups.clear()
     optimizer.state.clear()
-    optimizer.add_param_group({**settings, "params": list(model.parameters())})
+    optimizer.add_param_group({**settings, "params": params})
+    optimizer.state.update(kept)
 
 
 def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device: torch.device,
