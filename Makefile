@@ -22,7 +22,7 @@ SPEED ?= full
 
 help:
 	@echo "make reproduce         the paper's protocol end to end (PROFILE=paper|quick|smoke; default paper)"
-	@echo "make smoke             the same protocol in a few minutes on generated data (CI runs it)"
+	@echo "make smoke             the protocol in a few minutes on generated data (the tests run it)"
 	@echo "make analyze           tables and plots from the runs of PROFILE"
 	@echo "make test              run the test suite (creates $(VENV) first if needed)"
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
