@@ -356,7 +356,6 @@ def test_the_optimizer_after_a_conversion_keeps_the_momentum_of_the_layers_left_
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.875)
 
 
-
 class TiedConvs(nn.Module):
     """One conv registered under two names (weight tying by assignment), applied twice."""
 
