@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import shlex
 import subprocess
 import sys
 import time
@@ -160,6 +161,26 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
     assert "selection.count=50; there are 19 candidate layers" in lines[0]
     assert lines[-1].startswith(f"error: 1 job(s) of the sweep in {sweep} failed")
     assert "selection.count=50" in lines[-1] and "hydra.sweep.dir=" in lines[-1]
+
+
+def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tmp_path, repo):
+    # Found by audit: the default folder multirun/${name}/<date> resolves per job, so jobs
+    # whose names differ (here by selection.policy) land in one folder each, and the line
+    # that says how to go on named one of them: run with it, the finished job trained again
+    sweep = ["experiment=basis_selected", "selection=first_k,all", "selection.count=50"]
+    lines = sweep_failing(repo, tmp_path, *sweep)
+    assert "selection.count=50; there are 19 candidate layers" in lines[0]
+    override = lines[-1].split("run the same command with ")[1].split(": finished jobs")[0]
+    (override,) = shlex.split(override)  # quoted: the shell would expand ${name}
+    assert override.startswith(f"hydra.sweep.dir={tmp_path}/multirun/${{name}}/"), override
+    (done,) = (tmp_path / "multirun").glob("*/*/*/run.json")
+    assert done.parent.parent.parent.name == "resnet20-basis-all-0.5"
+    again = subprocess.run(train_command(repo, "-m", "trainer.epochs=1", *sweep, override),
+                           cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "already complete; not training again" in again.stdout + again.stderr
+    assert list((tmp_path / "multirun").glob("*/*/*/run.json")) == [done]  # not trained again
 
 
 @pytest.mark.slow

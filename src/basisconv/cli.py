@@ -6,6 +6,7 @@ import difflib
 import functools
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -34,8 +35,10 @@ HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "
                      "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
 
 
-#: The folders of the jobs of this sweep that stopped with a user error (each said why).
+#: The folders of the jobs of this sweep that stopped with a user error (each said why),
+#: and the override that runs the sweep again in its folders (:func:`sweep_folder_override`).
 failed_jobs: list[str] = []
+resume_override: list[str] = []
 
 
 class SweepJobFailed(Exception):
@@ -46,6 +49,28 @@ class SweepJobFailed(Exception):
 
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_folder_override(name: str | None) -> str:
+    """The override that sends this sweep, run again, to the folders its jobs ran in.
+    Hydra's default folder, ``multirun/${name}/<date>``, resolves per job, so a sweep over
+    a key its runs' ``name`` carries (``basis.size`` with ``experiment=basis_all``) spreads
+    over one folder per name; ``${name}`` kept with the sweep's date finds each job's own
+    (a literal folder would send every job to one and train the others again). Quoted for
+    the shell, which would expand ``${name}``."""
+    hydra_cfg = HydraConfig.get()
+    sweep = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)  # from wherever it is run
+    if name and sweep.parent.name == name:
+        sweep = sweep.parent.parent / "${name}" / sweep.name
+    return shlex.quote(f"hydra.sweep.dir={sweep}")
+
+
+def run_name(cfg: Any) -> str | None:
+    """``cfg.name``, or None where it is not there or does not resolve (``name=${typo}``)."""
+    try:
+        return OmegaConf.select(cfg, "name", default=None)
+    except Exception:  # noqa: BLE001 - the error being reported is what matters
+        return None
 
 
 def check_sweep_jobs(check: Callable[[Any], None]) -> None:
@@ -175,11 +200,13 @@ def run_and_report(func: Callable[[], Any]) -> Any:
     try:
         return func()
     except SweepJobFailed:
-        sweep = Path(failed_jobs[0]).parent
-        print(f"error: {len(failed_jobs)} job(s) of the sweep in {sweep} failed, each with its "
-              f"line above (also in its train.log): {', '.join(Path(f).name for f in failed_jobs)}; "
-              f"the other jobs ran. After the fix, run the same command with "
-              f"hydra.sweep.dir={sweep}: finished jobs are skipped", file=sys.stderr)
+        folders = {str(Path(job).parent) for job in failed_jobs}
+        where = f" in {folders.pop()}" if len(folders) == 1 else ""
+        jobs = ", ".join(Path(job).name if where else job for job in failed_jobs)
+        print(f"error: {len(failed_jobs)} job(s) of the sweep{where} failed, each with its "
+              f"line above (also in its train.log): {jobs}; the other jobs ran. After the "
+              f"fix, run the same command with {resume_override[0]}: finished jobs are "
+              f"skipped", file=sys.stderr)
         sys.exit(2)
     except Exception as ex:  # noqa: BLE001 - before the task, every error is the config's
         if task_started:  # raised by the task (a multirun's later jobs): Hydra reports it
@@ -234,6 +261,8 @@ def exit_on_user_error(fn: F) -> F:
             print(f"error: {message}", file=sys.stderr)
             if in_sweep():  # the sweep's other jobs still run
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)
+                name = run_name(args[0]) if args else None
+                resume_override.append(sweep_folder_override(name))
                 raise SweepJobFailed(message) from None
             sys.exit(2)
         except KeyboardInterrupt as err:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoint,
                          save_checkpoint)
+from .cli import sweep_folder_override
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, Stopped, TrainingDiverged
@@ -313,14 +314,14 @@ class Training:
                     f"its first checkpoint; the same command starts it over")
         return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs} "
                 f"(checkpoint saved); run the same command again with "
-                f"{folder_override(self.output_dir)} to resume it")
+                f"{folder_override(self.output_dir, self.cfg.name)} to resume it")
 
 
-def folder_override(output_dir: Path) -> str:
+def folder_override(output_dir: Path, name: str) -> str:
     """The override that points a command at this run's folder again: Hydra's default
     folders are dated, so the same command alone would start a new run elsewhere."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"hydra.sweep.dir={HydraConfig.get().sweep.dir}"
+        return sweep_folder_override(name)
     return f"hydra.run.dir={output_dir}"
 
 
