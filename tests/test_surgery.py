@@ -187,6 +187,13 @@ def test_only_where_saves_judges_the_combine_form_that_runs():
     assert isinstance(split[0], BasisConv2d) and split[0].combine == "split"
     stacked = apply_basis(model, "all", 20, only_where_saves=True, convert=False)
     assert type(stacked[0]) is nn.Conv2d
+    # a layer fused with its norm combines stacked whatever `combine` says: judged so
+    fused = apply_basis(model, "all", 20, combine="split", only_where_saves=True,
+                        convert=False, fuse_norm=True)
+    assert type(fused[0]) is nn.Conv2d
+    with pytest.warns(UserWarning, match="combine='split' applies only to layers without"):
+        layer = BasisConv2d(3, 64, 3, 20, combine="split", fuse_norm=True)
+    assert not basis_report(nn.Sequential(layer))[0]["saves_compute"]
 
 
 def test_shared_coefficients_fit_each_layers_combined_filters_in_its_own_order():

@@ -101,6 +101,13 @@ class ModelCost(_FlopSums):
                 "grad_weight_flops": self.grad_weight_flops}
 
 
+def counted_combine(combine: str, fused_norm) -> str:
+    """The combination form a layer's compute is counted in: a layer that runs with its
+    batch norm folded in (``fuse_norm``) combines stacked, as one 1x1 conv with the norm
+    in it, whatever ``combine`` says."""
+    return "stacked" if fused_norm else combine
+
+
 def basis_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_basis: int,
                          combine: str = "stacked") -> tuple[int, int]:
     """Multiply-adds per output pixel of a basis conv's two stages: the basis conv
@@ -171,7 +178,7 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
     m, n_comb = num_basis, out_channels - num_basis
     pixels = batch * h * w
     basis_px, combination_px = basis_macs_per_pixel(
-        in_channels, out_channels, kernel_size, m, "stacked" if fused_norm else combine)
+        in_channels, out_channels, kernel_size, m, counted_combine(combine, fused_norm))
     basis, combination = 2 * pixels * basis_px, 2 * pixels * combination_px
     factor_product = 2 * n_comb * coefficient_rank * m if coefficient_rank else 0
     maps_grad = input_grad or basis_grad  # the basis maps need a gradient

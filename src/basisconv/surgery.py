@@ -35,7 +35,8 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
+from .cost import (HOOK_TABLES, copy_model, counted_combine, forward_macs_per_pixel,
+                   saves_compute)
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
@@ -150,8 +151,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
             exact at full rank); ``False`` gives fresh from-scratch layers. There is no
             "auto": whether weights are "trained" cannot be told from the weights.
         only_where_saves: replace a layer only where the basis form does fewer
-            multiply-adds (Composer's rule); otherwise such layers are converted with a
-            warning, as asked.
+            multiply-adds (Composer's rule; with ``fuse_norm`` in the stacked form such a
+            layer runs in); otherwise such layers are converted with a warning, as asked.
         share_coefficients: layers with the same coefficient shape ``(C_out - m, m)`` (and
             rank) share one coefficient matrix (our reading of the paper's option to shrink
             the coefficients); with ``convert`` it is fitted jointly to all of them.
@@ -176,13 +177,17 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     for name, conv in targets.items():
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
+    # judged in the stacked form when fused with a norm (stricter than split): a layer
+    # converted for a split saving must not cost more than the dense conv once fused
+    counted = counted_combine(combine, fuse_norm)
     for name in list(targets):
         conv, m = targets[name], sizes[name]
-        if saves_compute(conv, m, combine):
+        if saves_compute(conv, m, counted):
             continue
         k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
         dense = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, None)
-        basis = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, m, combine)
+        basis = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, m,
+                                       counted)
         message = (f"layer {name!r}: num_basis={m} saves no compute ({basis} vs {dense} dense "
                    f"multiply-adds per pixel; C_out={conv.out_channels}, C_in*k*k={k}, the basis "
                    f"must be well below min of the two)")
@@ -344,7 +349,8 @@ def basis_report(model: nn.Module) -> list[dict]:
             "kernel_size": list(layer.kernel_size),
             "num_basis": layer.num_basis,
             "fraction": layer.num_basis / layer.out_channels,
-            "saves_compute": saves_compute(layer, layer.num_basis, layer.combine),
+            "saves_compute": saves_compute(
+                layer, layer.num_basis, counted_combine(layer.combine, layer.fuse_norm)),
             "reconstruction_error": layer.reconstruction_error,
             "shares_coefficients_of": None if owners[key] == name else owners[key],
         })
