@@ -363,6 +363,7 @@ def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(rep
     assert "reusing the cached table" in result.stdout + result.stderr
     trained = json.loads((run_dir / "run.json").read_text())
     assert trained["model"]["basis_layers"] == chosen
+    assert trained["sensitivity_key"] == record["key"]  # the table that chose them
 
 
 @pytest.mark.device
@@ -379,6 +380,9 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
                               f"trainer.device={device}")
     summary = exhaustive_search(cfg, tmp_path / "out")
     draw_run(read_record(tmp_path / "out" / "run.json"), tmp_path / "out")
+    # the table's own provenance, not only its key: it may come from another run's cache
+    estimated = read_record(tmp_path / "out" / "run.json")["estimate_provenance"]
+    assert estimated["git"] and estimated["hardware"] and "sensitivity_cache_hit" in summary
     found = pd.read_csv(tmp_path / "out" / "search.csv")
     assert summary["subsets"] == len(found) == 7 and found["fast_choice"].sum() == 1
     pd.testing.assert_series_equal(found["accuracy_drop"], found["predicted_accuracy_drop"],

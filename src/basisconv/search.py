@@ -133,7 +133,8 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
                                                         found["accuracy_drop"]),
         "spearman_predicted_vs_measured_loss": spearman(found["predicted_loss_increase"],
                                                         found["loss_increase"]),
-        "sensitivity_key": record["key"], "seconds": time.perf_counter() - started,
+        "sensitivity_key": record["key"], "sensitivity_cache_hit": record["cache_hit"],
+        "seconds": time.perf_counter() - started,
     }
     # the yardstick for reading a rank: how far the dense reference moves with another
     # batch order (sensitivity.noise_repeats), and how many subsets lie that close
@@ -144,8 +145,10 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
             ((found["accuracy"] - mine["accuracy"]).abs() <= noise).sum() - 1)
     write_text_atomic(output_dir / SEARCH_TABLE, found.to_csv(index=False, float_format="%.6g"))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
-                    status="complete", results={"search": summary,
-                                                "table": found.to_dict("records")})
+                    status="complete", results={
+                        "search": summary, "table": found.to_dict("records"),
+                        # who made the table the fast choice read (maybe another run, cached)
+                        "estimate_provenance": record["provenance"]})
     write_record(output_dir, run)
     publish(run.as_dict(), cfg.publish, output_dir)
     return summary

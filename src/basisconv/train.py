@@ -36,7 +36,8 @@ from .network import (build_network, choose_forms_now, coefficient_penalty, conv
                       describe, rebind_optimizer, to_basis)
 from .records import (RECORD, RunRecord, hardware_name, json_text, leftover_temporaries,
                       publish, read_record, timestamp, write_record)
-from .sensitivity import choose_layers
+from .selection import SENSITIVITY_POLICIES
+from .sensitivity import cache_key, choose_layers
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
 
@@ -103,13 +104,19 @@ def remove_leftovers(output_dir: Path) -> None:
             log.info("removed %s, left half written by a run killed while writing it", leftover)
 
 
-def layers_to_convert(cfg: DictConfig, checkpoint: dict | None) -> list[str] | str | None:
-    """The layers chosen for basis form; for a resumed run, the ones its checkpoint was
-    built with (its record keeps them), so that it converts the same layers where choosing
-    again could differ (a time budget measured on another machine). Checkpoints from before
+def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
+                      ) -> tuple[list[str] | str | None, str | None]:
+    """The layers chosen for basis form, and the cache key of the sensitivity table that
+    chose them (``None`` for a policy that reads none), which the run record keeps so a
+    table row can be traced to its run. For a resumed run, the ones its checkpoint was built
+    with (its record keeps them), so that it converts the same layers where choosing again
+    could differ (a time budget measured on another machine). Checkpoints from before
     records kept them choose again, as they did then."""
     record = checkpoint["record"] if checkpoint else {}
-    return record["layers"] if "layers" in record else choose_layers(cfg)
+    if "layers" in record:
+        return record["layers"], record.get("sensitivity_key")
+    key = cache_key(cfg) if cfg.selection.policy in SENSITIVITY_POLICIES else None
+    return choose_layers(cfg), key
 
 
 class Training:
@@ -139,7 +146,7 @@ class Training:
         # `dense_warmup_epochs`, before that epoch's checkpoint, which so already holds it.
         done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
         self.pending_conversion = converts_later(cfg) and done < cfg.basis.dense_warmup_epochs
-        self.layers = layers_to_convert(cfg, checkpoint)
+        self.layers, sensitivity_key = layers_to_convert(cfg, checkpoint)
         self.model = build_network(cfg, self.layers, basis_now=not self.pending_conversion,
                                    restoring=checkpoint is not None)
         self.model.to(device=self.device, memory_format=self.memory_format)
@@ -152,8 +159,8 @@ class Training:
         self.scaler = loop.grad_scaler(self.amp_dtype, self.device)
         self.scheduler = loop.build_scheduler(self.optimizer, trainer, len(self.train_batches))
         self.record = RunRecord("training", config, results={
-            "model": describe(self.model), "layers": self.layers, "epochs": [], "final": None,
-            "wandb": None})
+            "model": describe(self.model), "layers": self.layers,
+            "sensitivity_key": sensitivity_key, "epochs": [], "final": None, "wandb": None})
         self.results = self.record.results
         if checkpoint is not None:
             self.restore(checkpoint)
