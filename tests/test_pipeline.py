@@ -544,6 +544,16 @@ def test_a_source_checkpoint_that_is_not_one_says_where_to_point_it(tmp_path):
         with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint={path} {message}") as err:
             load_source_weights(model, str(path))
         assert "delete" not in str(err.value) and "trainer.resume" not in str(err.value)
+    # another model's checkpoint: the message says which model its record holds
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {"model": build_model("resnet8").state_dict(), "record": {
+        "config": {"model": {"name": "resnet8", "width": 1.0}},
+        "model": {"basis_layers": ["layer1.0.conv1"]}}})
+    with pytest.raises(ConfigError, match=r"does not fit model CifarResNet \(Missing key\(s\) "
+                                          r"in state_dict: \"layer1.1.conv1.weight\".*\.\.\.\); "
+                                          r"it holds model=resnet8 width=1.0 with 1 basis "
+                                          r"layers; it must be a dense checkpoint of the same"):
+        load_source_weights(model, str(other))
     with pytest.raises(ConfigError, match=r"^sensitivity.source_checkpoint=.* is not a "
                                           r"checkpoint.pt .*; point sensitivity.source_checkpoint "
                                           r"at"):

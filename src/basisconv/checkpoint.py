@@ -217,7 +217,24 @@ def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_ch
     try:
         model.load_state_dict(state["model"] if "model" in state else state)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        # torch's first line only says loading failed; the next names the first mismatch
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
+        first = first if len(first) <= 160 else first[:157] + "..."
         raise ConfigError(f"{key}={path} does not fit model "
-                          f"{type(model).__name__} ({first}); it must be a dense checkpoint "
-                          f"of the same model and width") from None
+                          f"{type(model).__name__} ({first}){what_it_holds(state)}; it must be "
+                          f"a dense checkpoint of the same model and width") from None
+
+
+def what_it_holds(state: dict) -> str:
+    """``"; it holds model=<name> width=<w>"`` (and its basis layers, if converted) as the
+    run record inside a checkpoint says: torch's key mismatch alone does not tell which
+    run the file came from. Empty for a checkpoint without a record (a bare state dict)."""
+    try:
+        record = state["record"]
+        model = record["config"]["model"]
+        holds = f"; it holds model={model['name']} width={model['width']}"
+        converted = len((record.get("model") or {}).get("basis_layers") or [])
+    except (KeyError, TypeError, AttributeError):
+        return ""
+    return holds + (f" with {converted} basis layers" if converted else "")
