@@ -108,6 +108,17 @@ def test_options_name_files_by_device_precision_and_non_default_options():
     assert file_name("cuda:0", "bf16") == "train-throughput-cuda-bf16.json"
 
 
+def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
+    """Provenance lists the machine's GPU for any run there; the default (CPU) benchmark's
+    plot title once named the GPU as the hardware measured."""
+    from basisconv.records import RunRecord
+
+    machine = {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "gpu": "NVIDIA H200"}
+    record = RunRecord("benchmark", {}, {"hardware": machine}, "complete", {})
+    result = speed.SpeedResult(SpeedOptions(), tmp_path, {"threads": 2}, [], [], record, [])
+    assert result.title.endswith("2 threads, Intel Xeon (AVX512)")
+
+
 def test_fused_combine_is_benchmarked_on_cuda_only():
     # on CPU the layer would run the stacked fallback (or Triton's interpreter), not the kernel
     with pytest.raises(ValueError, match="--device cuda only"):

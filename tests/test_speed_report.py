@@ -114,6 +114,32 @@ def test_a_basis_step_is_relative_to_the_dense_step_of_its_own_precision_batch_a
     assert pd.isna(train.loc[(512, "basis 0.25"), "relative_to_dense"])
 
 
+def test_a_cpu_benchmark_on_a_gpu_machine_is_the_cpus_and_not_compared_with_the_gpu(tmp_path):
+    """The provenance of any run on a GPU machine lists its GPU; a CPU benchmark run there
+    (the scripts' default device) is the CPU's row and panel, and a dense CPU step is not the
+    reference of a basis step on the GPU (it once was: both were "NVIDIA H200")."""
+    machine = {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "gpu": "NVIDIA H200"}
+    _model_record(tmp_path, "cpu-fp32", machine, "fp32", {0.25: 0.45})
+    record = json.loads((tmp_path / "model-speed-cpu-fp32.json").read_text())
+    record["settings"]["device"] = "cpu"
+    (tmp_path / "model-speed-cpu-fp32.json").write_text(json.dumps(record))
+    _model_record(tmp_path, "cuda-bf16", machine, "bf16", {0.25: 0.9})
+    record = json.loads((tmp_path / "model-speed-cuda-bf16.json").read_text())
+    record["settings"]["device"] = "cuda"
+    (tmp_path / "model-speed-cuda-bf16.json").write_text(json.dumps(record))
+    model = speed.model_speed([tmp_path]).set_index("precision")
+    assert model.loc["fp32", "hardware"] == "Intel Xeon (AVX512)"
+    assert model.loc["bf16", "hardware"] == "NVIDIA H200"
+
+    _train_record(tmp_path, "cpu-bf16", machine, 2.0, device="cpu")
+    _train_record(tmp_path, "cuda-bf16-basis0.25", machine, 0.006, device="cuda:0",
+                  basis_size=0.25)
+    train = speed.training_speed([tmp_path]).set_index("model")
+    assert train.loc["dense", "hardware"] == "Intel Xeon (AVX512)"
+    assert train.loc["basis 0.25", "hardware"] == "NVIDIA H200"
+    assert pd.isna(train.loc["basis 0.25", "relative_to_dense"])  # no GPU dense step
+
+
 def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(tmp_path):
     """An epoch is 50000 // batch steps of the record's own batch size."""
     _train_record(tmp_path, "cuda-bf16-b256", GPU, 0.02, batch_size=256)

@@ -92,10 +92,14 @@ def device_name(hardware: dict) -> str:
     return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
 
 
-def hardware_name(hardware: dict) -> str | None:
+def hardware_name(hardware: dict, device: str | None = None) -> str | None:
     """The GPU, or the CPU with the instruction set its kernels dispatch on (CPU runs repeat
-    exactly only on the same instruction set), as tables and plots name the hardware."""
-    if hardware.get("gpu"):
+    exactly only on the same instruction set), as tables and plots name the hardware.
+    ``device`` is what was measured on, where known: a CPU measurement on a machine that
+    also has a GPU is named by its CPU (``hardware`` lists the GPU all the same), so that
+    it is not shown, or compared, as the GPU's."""
+    on_cpu = device is not None and str(device).split(":")[0] == "cpu"
+    if hardware.get("gpu") and not on_cpu:
         return hardware["gpu"]
     cpu, capability = hardware.get("cpu"), hardware.get("cpu_capability")
     return f"{cpu} ({capability})" if cpu and capability else cpu

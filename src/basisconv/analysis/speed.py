@@ -45,8 +45,12 @@ SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layou
 
 
 def _origin(record: dict, path: Path) -> dict:
+    """Where a record was measured: the hardware of the device it ran on (a CPU benchmark
+    on a GPU machine is the CPU's, not the GPU's), its file, commit and date."""
     provenance = record.get("provenance") or {}
-    return {"hardware": hardware_name(provenance.get("hardware") or {}) or "unknown",
+    device = ((record.get("settings") or {}).get("device") or record.get("device")
+              or (record.get("config") or {}).get("device"))
+    return {"hardware": hardware_name(provenance.get("hardware") or {}, device) or "unknown",
             "source": str(path), "commit": ((provenance.get("git") or {}).get("commit") or "")[:7],
             "date": (provenance.get("date") or "")[:10]}
 

@@ -479,9 +479,11 @@ class SpeedResult:
 
     @property
     def title(self) -> str:
-        """The figure's title: what was measured, on which machine."""
+        """The figure's title: what was measured, on which machine (the CPU's name for a
+        CPU run, also on a machine with a GPU)."""
+        machine = hardware_name(self.record.provenance["hardware"], self.options.device)
         return (f"basis vs dense convolution, {self.tag}, batch {self.options.batch_size}, "
-                f"{self.settings['threads']} threads, {hardware_name(self.record.provenance['hardware'])}")
+                f"{self.settings['threads']} threads, {machine}")
 
 
 def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None = None, *,
