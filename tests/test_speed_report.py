@@ -191,6 +191,22 @@ def test_a_damaged_table_beside_a_valid_record_is_one_clear_error(folders, table
         speed.model_speed(folders)
 
 
+@pytest.mark.parametrize("field", ["batch_size", "seconds_per_step", "images_per_second"])
+def test_a_training_record_lacking_a_number_is_one_clear_error(repo, tmp_path, field):
+    """It once stopped the report with a KeyError's stack trace."""
+    _train_record(tmp_path, "cpu-fp32", CPU, 2.0)
+    path = tmp_path / "train-throughput-cpu-fp32.json"
+    record = json.loads(path.read_text())
+    del record[field]
+    path.write_text(json.dumps(record))
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
+                             str(tmp_path), "--out", str(tmp_path / "s")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: {path} lacks the numbers {field}")
+    assert "measure again" in result.stderr and not list(tmp_path.glob("s*"))
+
+
 def test_an_older_table_without_the_time_bound_is_still_read(tmp_path):
     _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.39})
     table = tmp_path / "model-speed-cpu-fp32.csv"

@@ -35,6 +35,9 @@ TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layo
 #: tables lack them: "-").
 TABLE_COLUMNS = ["batch", "fraction", "theory_fwdbwd_ratio", "fwdbwd_ratio",
                  "fwdbwd_vs_theory", "dense_fwdbwd_ms"]
+#: The fields of a training-step record (``train-throughput-*.json``) the summary reads,
+#: each a number; the others have defaults for older records.
+TRAIN_FIELDS = ["batch_size", "seconds_per_step", "images_per_second"]
 #: The records the summary is made of, and what writes them.
 RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
                 "train-throughput-*.json": "scripts/benchmark_train.py"}
@@ -132,6 +135,7 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
     to the dense model's on the same hardware, precision, batch and execution mode."""
     rows = []
     for record, path in _records(folders, "train-throughput-*.json"):
+        _check_training_record(record, path)
         basis = record.get("basis_size")
         mode = ("graphs" if record.get("cuda_graphs") else
                 f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
@@ -158,6 +162,19 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
     table = table.join(reference, on=SAME_SETTING)  # no match: no ratio (shown as "-")
     table["relative_to_dense"] = table["seconds_per_step"] / table["dense_seconds"]
     return table[TRAIN_COLUMNS]
+
+
+def _check_training_record(record: dict, path: Path) -> None:
+    """Refuse, in one line naming the file and the command that measures again, a
+    training-step record that lacks a number the summary reads (:data:`TRAIN_FIELDS`):
+    an edited or foreign file would otherwise stop the report with a ``KeyError``."""
+    lacking = [k for k in TRAIN_FIELDS
+               if isinstance(record.get(k), bool) or not isinstance(record.get(k), (int, float))]
+    if lacking:
+        command = ((record.get("provenance") or {}).get("command")
+                   or "python scripts/benchmark_train.py")
+        raise DatasetError(f"{path} lacks the numbers {', '.join(lacking)} of a training-step "
+                           f"record: measure again (`{command}`) or move it out of the folder")
 
 
 def _markdown(frame: pd.DataFrame) -> str:
