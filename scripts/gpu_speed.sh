@@ -27,6 +27,13 @@ case $MODE in
   quick) STEPS=60; QUICK=(--quick);;
   *) echo "unknown mode '$MODE': use full or quick" >&2; exit 2;;
 esac
+# torch first: a Python without it would otherwise print a traceback and then claim there
+# is no CUDA device, sending the user to look for a GPU instead of for torch
+if ! TORCH=$("$PY" -c "import torch" 2>&1); then
+  echo "gpu-speed: torch does not import under $PY ($(echo "$TORCH" | tail -1)); set PY to" \
+       "the Python of the GPU machine's CUDA torch" >&2
+  exit 2
+fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu-speed: no CUDA device is visible to $PY; run it on a GPU machine" >&2
   exit 2

@@ -46,6 +46,20 @@ def test_gpu_scripts_say_in_one_line_that_there_is_no_cuda_and_exit_2(repo, comm
     assert len(lines) == 1 and "CUDA" in lines[0], lines
 
 
+def test_gpu_speed_says_in_one_line_that_torch_does_not_import(repo, tmp_path):
+    """A Python without torch (python3 on a machine whose CUDA torch lives elsewhere) once
+    gave a traceback and then "no CUDA device is visible", which is not what is wrong."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # no site-packages
+    python.chmod(0o755)
+    result = subprocess.run(["bash", "scripts/gpu_speed.sh"], cwd=repo, capture_output=True,
+                            text=True, env={**os.environ, "PY": str(python)}, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and "torch does not import" in lines[0], lines
+    assert "No module named 'torch'" in lines[0]
+
+
 @pytest.fixture
 def gpu_check(load_script):
     """scripts/gpu_check.py as a module."""
