@@ -24,6 +24,7 @@ from basisconv.bench.layers import TARGET_SLACK, SpeedOptions, run
 from basisconv.cli import exit_on_user_error
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES
+from basisconv.records import unwritable_folder
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     options = SpeedOptions(**{k: v for k, v in vars(args).items() if k != "out_dir"})
     if problem := options.invalid_flag():
         parser.error(problem)
+    # checked before minutes of measuring, which a failed write at the end would lose
+    if blocker := unwritable_folder(str(args.out_dir.absolute())):
+        parser.error(f"--out-dir {args.out_dir} cannot be written ({blocker}); give another folder")
 
     command = " ".join(["python", "scripts/benchmark_layers.py", *(sys.argv[1:] if argv is None else argv)])
     result = run(options, args.out_dir, command)

@@ -23,6 +23,7 @@ from basisconv.cli import exit_on_user_error
 from basisconv.config import COMPILE_MODES
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES, precision_name
+from basisconv.records import unwritable_folder
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
     options = ThroughputOptions(**{k: v for k, v in vars(args).items() if k != "out"})
     if problem := options.invalid_flag():
         parser.error(problem)
+    # checked before the steps are measured, which a failed write at the end would lose
+    folder = RESULTS if args.out is None else args.out.absolute().parent
+    if blocker := unwritable_folder(str(folder)):
+        parser.error(f"--out {args.out or RESULTS} cannot be written ({blocker}); give another "
+                     f"path")
 
     command = " ".join(["python", "scripts/benchmark_train.py", *(sys.argv[1:] if argv is None else argv)])
     result, out = run(options, args.out, results_dir=RESULTS, command=command)

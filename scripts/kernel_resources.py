@@ -24,7 +24,8 @@ import pandas as pd
 from basisconv.bench.kernel_resources import ARCH, resource_table
 from basisconv.cli import exit_on_user_error
 from basisconv.kernels import triton_conv
-from basisconv.records import RunRecord, provenance, write_record, write_text_atomic
+from basisconv.records import (RunRecord, provenance, unwritable_folder, write_record,
+                               write_text_atomic)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     if bad := [w for w in args.widths
                if w < 16 or w > triton_conv.MAX_BASIS or w & (w - 1)]:
         parser.error(f"--widths must be powers of 2 from 16 to {triton_conv.MAX_BASIS}, got {bad}")
+    # checked before the compilations (a minute or more), which a failed write would lose
+    if blocker := unwritable_folder(str(args.out.absolute().parent)):
+        parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
     started = time.time()
     # compiled afresh (a fresh Triton cache), so that "seconds" is the compile time
     with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ,

@@ -3,6 +3,7 @@ the rows, and files and records shaped like the committed ones in ``results/``."
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -272,6 +273,31 @@ def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, script, args, mess
     # argparse's usage, then one line naming the flag
     assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: {message}")
     assert "trainer." not in result.stderr
+
+
+@pytest.mark.parametrize("script, args", [
+    ("benchmark_layers.py", ["--quick", "--parts", "model", "--fractions", "0.5",
+                             "--batch-size", "1", "--threads", "1", "--out-dir", "{blocked}"]),
+    ("benchmark_train.py", ["--model", "resnet8", "--batch-size", "2", "--steps", "1",
+                            "--warmup", "0", "--threads", "1", "--out", "{blocked}/t.json"]),
+    ("kernel_resources.py", ["--dtypes", "fp32", "--widths", "16", "--out", "{blocked}/k.csv"])])
+def test_benchmark_scripts_refuse_an_unwritable_output_before_measuring(repo, tmp_path,
+                                                                        script, args):
+    """An output under a file (a typo, a stale name) once failed with a stack trace only
+    when writing, after everything had been measured (minutes, on a GPU slot)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "file").write_text("")
+    args = [a.format(blocked=tmp_path / "file" / "out") for a in args]
+    result = subprocess.run([sys.executable, str(repo / "scripts" / script), *args],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{script}: error: --out") and "is not a folder" in last
+    assert "written to" not in result.stdout  # refused before anything was measured
+    assert "dense:" not in result.stdout and "images/s" not in result.stdout
 
 
 def test_training_benchmark_without_warmup_steps(monkeypatch, tmp_path):
