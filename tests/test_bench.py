@@ -109,6 +109,18 @@ def test_options_name_files_by_device_precision_and_non_default_options():
     assert file_name("cuda:0", "bf16") == "train-throughput-cuda-bf16.json"
 
 
+def test_runs_at_other_thread_counts_write_files_of_their_own():
+    """A run at 1 thread once wrote the 2-thread run's files (threads were not in the name)."""
+    from basisconv.bench.train import ThroughputOptions
+
+    assert SpeedOptions(threads=1).tag == "cpu-fp32-t1"
+    assert SpeedOptions(threads=0, batch_size=64).tag == "cpu-fp32-b64-t0"  # torch's default
+    assert SpeedOptions(threads=2).tag == "cpu-fp32"
+    assert ThroughputOptions(threads=1).tag == "-t1"
+    assert ThroughputOptions(threads=4, basis_size=0.5).tag == "-basis0.5-t4"
+    assert ThroughputOptions().tag == ""
+
+
 def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
     """Provenance lists the machine's GPU for any run there; the default (CPU) benchmark's
     plot title once named the GPU as the hardware measured."""
@@ -157,7 +169,7 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
                            parts=["layers"], quick=True)
     result = speed.run(options, tmp_path, "python scripts/benchmark_layers.py", progress=lambda s: None)
-    tag = "cpu-fp32-b2-defaultmalloc-quick"
+    tag = "cpu-fp32-b2-t0-defaultmalloc-quick"
     assert result.tag == tag and result.model_rows == []
     assert [p.name for p in result.files] == [f"layer-speed-{tag}.csv", f"layer-speed-{tag}.json"]
     with result.files[0].open() as f:
@@ -187,7 +199,7 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     assert list(row) == [c for c in columns if c not in TIME_BOUND] + SPREAD
     assert row["layers_dense"] == "conv1 layer2.0.shortcut.0 layer3.0.shortcut.0 layer4.0.shortcut.0"
     assert lines[-1].startswith("  fraction 0.5 ")
-    record, before = read_record(tmp_path / "model-speed-cpu-fp32-b1-defaultmalloc.json"), \
+    record, before = read_record(tmp_path / "model-speed-cpu-fp32-b1-t0-defaultmalloc.json"), \
         committed(repo, "model-speed-cpu-fp32.json")
     assert set(record) == set(before) | {"kind", "status", "config"}
     assert record["target"] == before["target"]
@@ -198,8 +210,8 @@ def test_profile_writes_where_each_steps_time_goes(tmp_path):
     options = SpeedOptions(threads=1, allocator_tuning=False, batch_size=1, fractions=[0.5],
                            parts=["model"], model_repeats=1, warmup=0, profile=True)
     result = speed.run(options, tmp_path, progress=lambda line: None)
-    text = (tmp_path / "model-profile-cpu-fp32-b1-defaultmalloc.txt").read_text()
-    assert result.files[-1].name == "model-profile-cpu-fp32-b1-defaultmalloc.txt"
+    text = (tmp_path / "model-profile-cpu-fp32-b1-t1-defaultmalloc.txt").read_text()
+    assert result.files[-1].name == "model-profile-cpu-fp32-b1-t1-defaultmalloc.txt"
     assert "== ResNet-18 dense: 3 training steps" in text
     assert "== ResNet-18 basis 0.5: 3 training steps" in text
     assert "aten::convolution" in text or "aten::conv2d" in text

@@ -140,6 +140,20 @@ def test_a_cpu_benchmark_on_a_gpu_machine_is_the_cpus_and_not_compared_with_the_
     assert pd.isna(train.loc["basis 0.25", "relative_to_dense"])  # no GPU dense step
 
 
+def test_the_threads_of_a_model_record_are_a_column_not_a_form(tmp_path):
+    """``-t1`` in a file name is the thread count (recorded in its settings), as ``-b512``
+    is the batch; the form of a default run at 1 thread is still the stacked one."""
+    _model_record(tmp_path, "cpu-fp32-t1", CPU, "fp32", {0.25: 0.5})
+    _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.45})
+    for tag, threads in (("cpu-fp32-t1", 1), ("cpu-fp32", 2)):
+        record = json.loads((tmp_path / f"model-speed-{tag}.json").read_text())
+        record["settings"]["threads"] = threads
+        (tmp_path / f"model-speed-{tag}.json").write_text(json.dumps(record))
+    model = speed.model_speed([tmp_path]).set_index("threads")
+    assert list(model.loc[[1, 2], "form"]) == ["stacked", "stacked"]
+    assert list(model.loc[[1, 2], "fwdbwd_ratio"]) == [0.5, 0.45]
+
+
 def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(tmp_path):
     """An epoch is 50000 // batch steps of the record's own batch size."""
     _train_record(tmp_path, "cuda-bf16-b256", GPU, 0.02, batch_size=256)

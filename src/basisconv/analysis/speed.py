@@ -24,9 +24,9 @@ from ..records import hardware_name, provenance, read_record, write_text_atomic
 from .figures import speed_across_hardware
 from .tables import markdown
 
-MODEL_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "theory_fwdbwd_ratio",
-                 "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory", "fwdbwd_spread",
-                 "dense_fwdbwd_ms", "source", "commit", "date"]
+MODEL_COLUMNS = ["hardware", "precision", "batch", "threads", "form", "fraction",
+                 "theory_fwdbwd_ratio", "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory",
+                 "fwdbwd_spread", "dense_fwdbwd_ms", "source", "commit", "date"]
 TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                  "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
                  "relative_to_dense", "source", "commit", "date"]
@@ -60,9 +60,10 @@ def _origin(record: dict, path: Path) -> dict:
 
 def _options(path: Path) -> str:
     """The non-default options a benchmark file's name carries (``model-speed-cuda-bf16-
-    fused-b512.json``: ``fused``), the batch aside; ``stacked`` when there are none."""
+    fused-b512.json``: ``fused``), the batch and threads aside (columns of their own);
+    ``stacked`` when there are none."""
     words = path.stem.split("-")[4:]  # after model-speed-<device>-<precision>
-    return ", ".join(w for w in words if not re.fullmatch(r"b\d+", w)) or "stacked"
+    return ", ".join(w for w in words if not re.fullmatch(r"[bt]\d+", w)) or "stacked"
 
 
 def _training_form(record: dict) -> str:
@@ -93,7 +94,7 @@ def model_speed(folders: list[Path]) -> pd.DataFrame:
                                f"copy the two files together")
         frame = _model_table(record, path, table)
         frame = frame.assign(**_origin(record, path), precision=settings.get("precision"),
-                             form=_options(path))
+                             threads=settings.get("threads") or "-", form=_options(path))
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=MODEL_COLUMNS)

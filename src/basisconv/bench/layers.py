@@ -101,13 +101,15 @@ class SpeedOptions:
     @property
     def tag(self) -> str:
         """What file names carry: device, precision and every non-default option, so that
-        runs with different options never overwrite each other."""
+        runs with different options never overwrite each other (threads too: ``-t1``,
+        ``-t0`` for torch's default; a run at 1 thread once replaced the 2-thread files)."""
         suffix = "".join([
             "" if self.channels_last else "-nchw",
             "-compile" if self.compile else "",
             "" if self.combine == "stacked" else f"-{self.combine}",
             "-fusenorm" if self.fuse_norm else "",
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
+            "" if self.threads == SpeedOptions.threads else f"-t{self.threads}",
             "" if self.allocator_tuning or self.device != "cpu" else "-defaultmalloc",
             "-quick" if self.quick else "",
         ])

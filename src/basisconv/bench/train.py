@@ -78,7 +78,10 @@ class ThroughputOptions:
 
     @property
     def tag(self) -> str:
-        """What the file name carries beyond device and precision: the non-default options."""
+        """What the file name carries beyond device and precision: the non-default options
+        (threads too, ``-t0`` for torch's default: the speed report compares a basis step
+        with the dense step at its own threads, and a dense run at 1 thread once replaced
+        the 2-thread record)."""
         return "".join([
             "" if self.model == "resnet18" else f"-{self.model}",
             "" if self.basis_size is None else f"-basis{self.basis_size:g}",
@@ -87,7 +90,8 @@ class ThroughputOptions:
             "" if self.compile_mode is None else f"-compile-{self.compile_mode}",
             "-graphs" if self.cuda_graphs else "",
             "" if self.channels_last else "-nchw",
-            "" if self.batch_size == 128 else f"-b{self.batch_size}"])
+            "" if self.batch_size == 128 else f"-b{self.batch_size}",
+            "" if self.threads == ThroughputOptions.threads else f"-t{self.threads}"])
 
 
 def device_problem(name: str) -> str | None:
