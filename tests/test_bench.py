@@ -268,6 +268,18 @@ def test_training_benchmark_flags_out_of_range_are_named(options, message):
     assert ThroughputOptions(model="resnet8", threads=0, warmup=0).invalid_flag() is None
 
 
+@pytest.mark.parametrize("options", [dict(compile_mode="default"),
+                                     dict(basis_size=0.5, combine="auto")])
+def test_training_benchmark_keeps_compiling_and_choosing_forms_out_of_the_timed_steps(options):
+    """With no warm-up step the first timed step compiled (or timed every auto form), and
+    the throughput counted it, though the record claims it apart as ``warmup_seconds``."""
+    from basisconv.bench.train import ThroughputOptions
+
+    problem = ThroughputOptions(warmup=0, **options).invalid_flag()
+    assert problem is not None and problem.startswith("--warmup must be >= 1 with --")
+    assert ThroughputOptions(warmup=1, **options).invalid_flag() is None
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("benchmark_train.py", ["--model", "resnet-20"], "--model resnet-20: no such model"),
     ("benchmark_train.py", ["--device", "gpu"], "--device gpu: no such device"),

@@ -69,6 +69,15 @@ class ThroughputOptions:
         device = device_problem(self.device)
         if device:
             return device
+        # the first step compiles, autotunes the fused kernel or times the auto form's
+        # candidates: kept out of the timed steps by the warm-up (warmup_seconds)
+        first_call = ("--compile-mode" if self.compile_mode is not None else
+                      f"--combine {self.combine}" if self.basis_size is not None
+                      and self.combine in ("auto", "fused") else None)
+        if first_call and self.warmup < 1:
+            return (f"--warmup must be >= 1 with {first_call} (its first step compiles, "
+                    f"autotunes or picks the layers' forms, which would be timed), "
+                    f"got {self.warmup}")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             return "--cuda-graphs needs --device cuda"
         if self.cuda_graphs and self.amp == "fp16":
