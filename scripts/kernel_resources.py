@@ -21,6 +21,7 @@ from unittest import mock
 
 import pandas as pd
 
+from basisconv.bench import flag_below_minimum
 from basisconv.bench.kernel_resources import ARCH, resource_table
 from basisconv.cli import exit_on_user_error
 from basisconv.kernels import triton_conv
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     if bad := [w for w in args.widths
                if w < 16 or w > triton_conv.MAX_BASIS or w & (w - 1)]:
         parser.error(f"--widths must be powers of 2 from 16 to {triton_conv.MAX_BASIS}, got {bad}")
+    # Triton compiles a kernel of 0 or -1 taps without complaint: a table of nothing
+    if below := flag_below_minimum((("--kernel-size", args.kernel_size, 1, "a k x k filter"),)):
+        parser.error(below)
     # checked before the compilations (a minute or more), which a failed write would lose
     if blocker := unwritable_folder(str(args.out.absolute().parent)):
         parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")

@@ -299,6 +299,23 @@ def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, script, args, mess
     assert "trainer." not in result.stderr
 
 
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_kernel_resources_refuse_a_kernel_without_taps(repo, tmp_path, size):
+    """Triton compiled a 0x0 or -1x-1 filter without complaint, and the script wrote its
+    rows (registers, shared memory) as a table of a kernel that cannot exist."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.csv"
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "kernel_resources.py"),
+                             "--kernel-size", size, "--dtypes", "fp32", "--widths", "16",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"kernel_resources.py: error: --kernel-size must be >= 1 (a k x k filter), got {size}")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("script, args", [
     ("benchmark_layers.py", ["--quick", "--parts", "model", "--fractions", "0.5",
                              "--batch-size", "1", "--threads", "1", "--out-dir", "{blocked}"]),
