@@ -16,6 +16,7 @@ from pathlib import Path
 
 from basisconv.analysis.speed import write_summary
 from basisconv.cli import exit_on_user_error
+from basisconv.records import unwritable_folder
 
 RESULTS = Path("results")
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=[RESULTS, *sorted(p for p in RESULTS.glob("gpu*") if p.is_dir())])
     parser.add_argument("--out", type=Path, default=RESULTS / "speed-summary")
     args = parser.parse_args(argv)
+    if blocker := unwritable_folder(str(args.out.absolute().parent)):
+        parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
     command = " ".join(["python scripts/speed_report.py", *(sys.argv[1:] if argv is None else argv)])
     written = write_summary(args.folders, args.out, command)
     print(f"wrote {', '.join(str(p) for p in written)}")

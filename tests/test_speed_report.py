@@ -194,6 +194,18 @@ def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, t
         speed.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
 
 
+def test_an_output_that_cannot_be_written_is_one_clear_error(folders, repo, tmp_path):
+    """--out under a file once ended in a FileExistsError stack trace."""
+    (tmp_path / "file").write_text("")
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
+                             *map(str, folders), "--out", str(tmp_path / "file" / "s")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"speed_report.py: error: --out {tmp_path / 'file' / 's'} cannot be written "
+        f"({tmp_path / 'file'} is not a folder); give another path")
+
+
 @pytest.mark.parametrize("table", ["", "garbage\x00\x01 not,a\ntable", "model,batch,fract",
                                    "model,batch,fraction,theory_fwdbwd_ratio,fwdbwd_ratio,"
                                    "fwdbwd_vs_theory,dense_fwdbwd_ms\nresnet18,128,0.25,0.2"],
