@@ -194,6 +194,14 @@ def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, t
         speed.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
 
 
+def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(folders,
+                                                                            tmp_path):
+    """``--out s.md`` once wrote ``s.md``, ``s.png`` and ``s.md-model.csv``."""
+    written = speed.write_summary(folders, tmp_path / "s.md", "test")
+    assert sorted(p.name for p in written) == ["s-model.csv", "s-training.csv", "s.md",
+                                                "s.png"]
+
+
 def test_an_output_that_cannot_be_written_is_one_clear_error(folders, repo, tmp_path):
     """--out under a file once ended in a FileExistsError stack trace."""
     (tmp_path / "file").write_text("")

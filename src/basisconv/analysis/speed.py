@@ -228,6 +228,8 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     note = (f"From the records in {', '.join(map(str, folders))}; made by `{command}` at "
             f"commit {(made['git'].get('commit') or '')[:7]} on {made['date'][:10]}.")
     out = Path(out)
+    if out.suffix in (".md", ".csv", ".png"):  # the summary's own name, not a stem:
+        out = out.with_suffix("")  # else "s.md-model.csv" beside "s.md" and "s.png"
     written = [
         write_text_atomic(out.with_suffix(".md"), f"{note}\n\n{summary(model, train)}"),
         write_text_atomic(out.parent / f"{out.name}-model.csv",
