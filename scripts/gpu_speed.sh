@@ -27,6 +27,15 @@ case $MODE in
   quick) STEPS=60; QUICK=(--quick);;
   *) echo "unknown mode '$MODE': use full or quick" >&2; exit 2;;
 esac
+# whole seconds, checked first: the tests below would fail on BUDGET=10m at every step and
+# run them all, the slot's budget silently ignored
+for var in STEP_LIMIT BUDGET; do
+  value=${!var:-0}
+  if ! [[ $value =~ ^[0-9]+$ ]]; then
+    echo "gpu-speed: $var=$value: give whole seconds (e.g. $var=600)" >&2
+    exit 2
+  fi
+done
 # torch first: a Python without it would otherwise print a traceback and then claim there
 # is no CUDA device, sending the user to look for a GPU instead of for torch
 if ! TORCH=$("$PY" -c "import torch" 2>&1); then

@@ -60,6 +60,18 @@ def test_gpu_speed_says_in_one_line_that_torch_does_not_import(repo, tmp_path):
     assert "No module named 'torch'" in lines[0]
 
 
+@pytest.mark.parametrize("variable", ["BUDGET", "STEP_LIMIT"])
+def test_gpu_speed_refuses_a_budget_or_limit_that_is_not_whole_seconds(repo, variable):
+    """BUDGET=10m once failed the budget's test at every step ("integer expression
+    expected") and ran every step, the slot's budget ignored."""
+    result = subprocess.run(["bash", "scripts/gpu_speed.sh", "quick"], cwd=repo,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PY": sys.executable, variable: "10m"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == [f"gpu-speed: {variable}=10m: give whole seconds (e.g. {variable}=600)"]
+
+
 @pytest.fixture
 def gpu_check(load_script):
     """scripts/gpu_check.py as a module."""
