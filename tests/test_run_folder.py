@@ -295,3 +295,31 @@ def test_a_record_without_a_given_command_names_the_command_line(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["scripts/train.py", "seed=1", "name=a b"])
     assert records.provenance()["command"] == "python scripts/train.py seed=1 'name=a b'"
     assert records.provenance("make smoke")["command"] == "make smoke"
+
+
+@pytest.mark.parametrize("earlier", ["complete", "interrupted"])
+def test_a_run_that_keeps_no_checkpoint_is_not_undone_by_an_earlier_ones(tmp_path, repo,
+                                                                         earlier):
+    """Found by audit: a run with trainer.checkpoint=false left an earlier run's
+    checkpoint.pt in its folder, and the next start resumed from that: a run started over
+    (trainer.resume=false) had its finished run.json rewritten with the earlier record, and
+    a run resumed without checkpoints was trained again from where the checkpoint stopped."""
+    from unittest import mock
+
+    from basisconv import loop
+
+    cfg = compose_tiny(repo, "logger=none")
+    if earlier == "complete":
+        fit(cfg, tmp_path)
+        again = ["trainer.resume=false", "trainer.threads=1"]  # starts over, recorded
+    else:
+        fit_stopped_before(3, cfg, tmp_path)  # its checkpoint is of epoch 2
+        again = ["trainer.threads=1"]
+    finished = fit(compose_tiny(repo, "logger=none", "trainer.checkpoint=false", *again),
+                   tmp_path)
+    assert finished["status"] == "complete"
+    with mock.patch.object(loop, "run_epoch", side_effect=AssertionError("trained again")):
+        record = fit(cfg, tmp_path)
+    assert record["config"]["trainer"]["threads"] == 1 and record["final"] == finished["final"]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["trainer"]["threads"] == 1
+    assert not (tmp_path / "checkpoint.pt").exists()  # nor taken as this run's weights

@@ -25,8 +25,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import (CHECKPOINT, check_same_run, folder_lock, load_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, folder_lock,
+                         load_checkpoint, save_checkpoint)
 from .cli import sweep_folder_override
 from .config import validate
 from .data import prepare_data
@@ -285,6 +285,8 @@ class Training:
         return record.as_dict()
 
     def save(self) -> None:
+        if not self.cfg.trainer.checkpoint:
+            self.remove_stale_checkpoint()
         write_record(self.output_dir, self.record)
         if self.cfg.trainer.checkpoint:
             save_checkpoint(self.output_dir / CHECKPOINT, {
@@ -293,6 +295,19 @@ class Training:
                 "scheduler": self.scheduler.state_dict(),
                 "batches": self.train_batches.state_dict(), "scaler": self.scaler.state_dict()})
         self.saved_epochs = len(self.results["epochs"])
+
+    def remove_stale_checkpoint(self) -> None:
+        """A run that keeps no checkpoint (``trainer.checkpoint=false``) deletes one an
+        earlier run left in its folder (before its record moves past it): resuming would
+        otherwise take it for this run's, training a finished run again, or rewriting its
+        ``run.json`` with the earlier run's record; and it would be taken as this run's
+        weights (``basis.source_checkpoint``)."""
+        path = self.output_dir / CHECKPOINT
+        if path.exists():
+            path.unlink()  # first: a kill in between leaves no checkpoint to resume from
+            checksum_path(path).unlink(missing_ok=True)
+            log.info("removed %s: trainer.checkpoint=false, and it would fall behind this "
+                     "run's record", path)
 
     def diverged_message(self, err: TrainingDiverged) -> str:
         """What a diverged run tells the user: which loss, in which epoch, what to change,
