@@ -492,7 +492,7 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
     stderr = process.communicate(timeout=300)[1]
     assert process.returncode == status, stderr[-3000:]
     assert "Traceback" not in stderr
-    import torch  # the epochs the checkpoint holds (run.json is written just before it)
+    import torch  # the epochs the checkpoint holds (run.json is written just after it)
 
     done = len(torch.load(out / "checkpoint.pt", weights_only=False)["record"]["epochs"])
     line = stderr.strip().splitlines()[-1]

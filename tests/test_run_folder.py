@@ -323,3 +323,58 @@ def test_a_run_that_keeps_no_checkpoint_is_not_undone_by_an_earlier_ones(tmp_pat
     assert record["config"]["trainer"]["threads"] == 1 and record["final"] == finished["final"]
     assert json.loads((tmp_path / "run.json").read_text())["config"]["trainer"]["threads"] == 1
     assert not (tmp_path / "checkpoint.pt").exists()  # nor taken as this run's weights
+
+
+@pytest.mark.parametrize("killed_in", ["save_checkpoint", "write_record"])
+def test_a_run_killed_saving_its_last_epoch_says_complete_only_with_its_checkpoint(
+        tmp_path, repo, monkeypatch, killed_in):
+    """Found by audit: the record was written before the checkpoint, so a run killed (or
+    out of disk) between the two in its last epoch left a run.json saying complete beside
+    the previous epoch's checkpoint, and the next start trained that epoch again (on GPU
+    to other numbers), although a complete run is never trained again."""
+    from unittest import mock
+
+    from basisconv import loop, train
+
+    cfg = compose_tiny(repo, "logger=none")
+    real = getattr(train, killed_in)
+
+    def killed_at_the_end(path, state):
+        record = state.as_dict() if killed_in == "write_record" else state["record"]
+        if record["status"] == "complete":
+            raise _Killed
+        return real(path, state)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, killed_in, killed_at_the_end)
+        with pytest.raises(_Killed):
+            fit(cfg, tmp_path)
+    left = json.loads((tmp_path / "run.json").read_text())
+    if killed_in == "save_checkpoint":  # nothing of epoch 3 was kept: it trains again
+        assert left["status"] == "running" and len(left["epochs"]) == 2
+        assert fit(cfg, tmp_path)["status"] == "complete"
+    else:  # the checkpoint is complete: the record is rebuilt from it, nothing trains
+        with mock.patch.object(loop, "run_epoch", side_effect=AssertionError("trained again")):
+            record = fit(cfg, tmp_path)
+        assert record["status"] == "complete" and len(record["epochs"]) == 3
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tmp_path, repo,
+                                                                              monkeypatch):
+    """The checkpoint is saved before the record: Ctrl-C while the record is written comes
+    after the checkpoint of that epoch, which the stop message names."""
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    real = train.write_record
+
+    def stopped_at_epoch_2(path, record):
+        if len(record.results["epochs"]) == 2:
+            raise KeyboardInterrupt
+        return real(path, record)
+
+    monkeypatch.setattr(train, "write_record", stopped_at_epoch_2)
+    with pytest.raises(Stopped, match=r"stopped after epoch 2 of 3 \(checkpoint saved\)"):
+        fit(compose_tiny(repo, "logger=none"), tmp_path)
+    assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["record"]["epochs"]) == 2

@@ -285,15 +285,20 @@ class Training:
         return record.as_dict()
 
     def save(self) -> None:
-        if not self.cfg.trainer.checkpoint:
-            self.remove_stale_checkpoint()
-        write_record(self.output_dir, self.record)
+        """The checkpoint first, then the record: a kill (or a full disk) between the two
+        leaves a ``run.json`` behind its checkpoint, which resuming catches up (a complete
+        one: :func:`repair_record`), never one ahead of it, saying complete while the
+        checkpoint, and so the next start, would train the last epoch again."""
         if self.cfg.trainer.checkpoint:
             save_checkpoint(self.output_dir / CHECKPOINT, {
                 "config": self.record.config, "record": self.record.as_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "batches": self.train_batches.state_dict(), "scaler": self.scaler.state_dict()})
+            self.saved_epochs = len(self.results["epochs"])  # a stop now resumes after it
+        else:
+            self.remove_stale_checkpoint()
+        write_record(self.output_dir, self.record)
         self.saved_epochs = len(self.results["epochs"])
 
     def remove_stale_checkpoint(self) -> None:
