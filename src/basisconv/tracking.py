@@ -79,8 +79,11 @@ class Tracker:
 
     def finish(self, failed: bool = False) -> None:
         """End the wandb run, also after a call to it failed (it is still open, and would
-        otherwise linger until the process exits, or, in a notebook, past it)."""
+        otherwise linger until the process exits, or, in a notebook, past it). Such a run
+        lacks what came after the failure (later epochs, the final metrics), so it ends
+        marked failed, not as a finished run that ``source=wandb`` analysis would read."""
         if self.run is not None:
+            failed = failed or not self.working
             self.working = True
             self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
         self.run, self.working = None, False
