@@ -380,3 +380,21 @@ def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tm
     with pytest.raises(Stopped, match=r"stopped after epoch 2 of 3 \(checkpoint saved\)"):
         fit(compose_tiny(repo, "logger=none"), tmp_path)
     assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["record"]["epochs"]) == 2
+
+
+def test_a_start_without_wandb_keeps_the_wandb_run_for_the_next_start(tmp_path, repo,
+                                                                      fake_wandb):
+    """Found by audit: a resumed start whose wandb could not start (or with logger=none)
+    wrote wandb: null to the record, so the next start began a second wandb run for the
+    same job, beside the first one's partial history."""
+    cfg = compose_tiny(repo, "logger.mode=online")
+    fit_stopped_before(2, cfg, tmp_path)
+    working_init = fake_wandb.init
+    fake_wandb.init = lambda **kwargs: (_ for _ in ()).throw(ConnectionError("no network"))
+    fit_stopped_before(3, cfg, tmp_path)
+    fake_wandb.init = working_init
+    record = fit(cfg, tmp_path)
+    first, resumed = fake_wandb.runs
+    assert resumed.kwargs.get("id") == first.id and resumed.kwargs["resume"] == "allow"
+    assert resumed.logged == [2, 3]  # the server has epoch 1; epoch 2 ran without wandb
+    assert record["wandb"]["id"] == first.id

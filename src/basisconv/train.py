@@ -174,7 +174,9 @@ class Training:
         earlier = checkpoint["record"].get("wandb") if checkpoint else None
         self.tracker = Tracker(logger_cfg, config, output_dir, name=output_dir.name,
                                resume=earlier, history=self.results["epochs"])
-        self.results["wandb"] = self.tracker.info
+        # a start without wandb (logger=none, or wandb failing) keeps the earlier run's id,
+        # for a later start to resume that wandb run rather than begin a second one
+        self.results["wandb"] = self.tracker.info or earlier
 
     def restore(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
