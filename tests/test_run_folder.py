@@ -178,6 +178,15 @@ def test_records_are_standard_json_with_null_for_an_undefined_number(tmp_path):
                                                      "b": {"c": -float("inf"), "d": "NaN"}})
     assert json.loads(path.read_text(), parse_constant=refuse) == {
         "a": [None, 1.5, [None]], "b": {"c": None, "d": "NaN"}}
+    # NumPy scalars (pandas hands them out) and 0-d tensors are values, not their text
+    import numpy as np
+    import torch
+
+    path = write_json_atomic(tmp_path / "run.json", {
+        "a": [np.float32(0.5), np.float32("nan")], "b": np.int64(3), "c": np.bool_(True),
+        "d": torch.tensor(float("inf")), "e": torch.tensor(2)})
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "a": [0.5, None], "b": 3, "c": True, "d": None, "e": 2}
 
 
 def test_a_checkpoint_save_cut_off_anywhere_leaves_the_previous_one_verified(tmp_path,

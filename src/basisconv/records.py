@@ -220,6 +220,11 @@ def json_text(obj: Any) -> str:
 
 
 def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite number ``None``, and NumPy scalars and 0-d tensors (a
+    float32 from pandas, an int64 count) plain Python values, which ``json`` would write
+    as their text ("nan", "3")."""
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):
+        obj = obj.item()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
