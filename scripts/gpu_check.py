@@ -180,8 +180,13 @@ def paper_epoch_details(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
-    import torch
-
+    try:
+        import torch
+    except ImportError as err:  # not "no CUDA device", which sends the user to the wrong fix
+        print(f"gpu-check: torch does not import under {sys.executable} ({err}); run it with "
+              f"the Python of the GPU machine's CUDA torch (GPU_PYTHON=... make gpu-check)",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print(f"gpu-check: no CUDA device is visible to {sys.executable} (torch "
               f"{torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU machine",

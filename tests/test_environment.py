@@ -46,13 +46,16 @@ def test_gpu_scripts_say_in_one_line_that_there_is_no_cuda_and_exit_2(repo, comm
     assert len(lines) == 1 and "CUDA" in lines[0], lines
 
 
-def test_gpu_speed_says_in_one_line_that_torch_does_not_import(repo, tmp_path):
+@pytest.mark.parametrize("script", ["gpu_check.py", "gpu_speed.sh"])
+def test_gpu_scripts_say_in_one_line_that_torch_does_not_import(repo, tmp_path, script):
     """A Python without torch (python3 on a machine whose CUDA torch lives elsewhere) once
-    gave a traceback and then "no CUDA device is visible", which is not what is wrong."""
+    gave a traceback (and then, from gpu_speed.sh, "no CUDA device is visible", which is
+    not what is wrong)."""
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # no site-packages
     python.chmod(0o755)
-    result = subprocess.run(["bash", "scripts/gpu_speed.sh"], cwd=repo, capture_output=True,
+    command = [str(python)] if script.endswith(".py") else ["bash"]
+    result = subprocess.run([*command, f"scripts/{script}"], cwd=repo, capture_output=True,
                             text=True, env={**os.environ, "PY": str(python)}, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = (result.stdout + result.stderr).strip().splitlines()
