@@ -503,11 +503,15 @@ class FixedTimer:
         return times
 
 
-def test_model_rows_take_ratios_spreads_and_the_time_bound_from_the_times():
+@pytest.mark.parametrize("dense_step", [100.0, 30.0])
+def test_model_rows_take_ratios_spreads_and_the_time_bound_from_the_times(dense_step):
     """The whole-model row against hand-computed values: measured / dense (not inverted),
     the larger of the two spreads, and the time bound: the dense step minus its 20 convs
     (each 2 ms alone), plus the 16 converted convs at their FLOP ratio (0.5) and the 4 the
-    model leaves dense (stem, shortcuts) at their dense time, whatever their layer rows say."""
+    model leaves dense (stem, shortcuts) at their dense time, whatever their layer rows say.
+    A 30 ms step is shorter than its convs timed alone (40 ms): nothing else is left of it,
+    and the bound is the convs' own ratio, 24/40 (the share was -10/30, and the bound
+    14/30, below anything the convs can reach; at a smaller step it went negative)."""
     import warnings
 
     from basisconv.cost import model_cost
@@ -530,7 +534,8 @@ def test_model_rows_take_ratios_spreads_and_the_time_bound_from_the_times():
                            "theory_fwdbwd_ratio": 1.2 if stays else 0.5,
                            "paper_fwdbwd_ratio": 0.4})
     measured = 1.1 * theory  # within the 1.15 slack
-    timer = FixedTimer(({"dense": 100.0, 0.5: 100.0 * measured}, {"dense": 0.1, 0.5: 0.3}),
+    timer = FixedTimer(({"dense": dense_step, 0.5: dense_step * measured},
+                        {"dense": 0.1, 0.5: 0.3}),
                        ({"dense": 40.0, 0.5: 30.0}, {"dense": 0.2, 0.5: 0.05}))
     (row,), _ = speed.benchmark_model(options, options.runner(), timer, layer_rows,
                                       progress=lambda line: None)
@@ -539,10 +544,14 @@ def test_model_rows_take_ratios_spreads_and_the_time_bound_from_the_times():
     assert row["theory_fwdbwd_ratio"] == pytest.approx(theory)
     assert row["target_met"] is True  # 1.1 x the FLOP ratio meets the 1.15 x target
     assert (row["fwd_spread"], row["fwdbwd_spread"]) == (0.2, 0.3)
-    assert row["dense_non_conv_share"] == pytest.approx((100 - 20 * 2.0) / 100)
+    other = max(dense_step - 20 * 2.0, 0)  # the step's time outside its convs
+    assert row["dense_non_conv_share"] == pytest.approx(other / dense_step)
     at_theory = 16 * 2.0 * 0.5 + 4 * 2.0
-    assert row["time_bound_ratio"] == pytest.approx((60 + at_theory) / 100)
-    assert row["layer_sum_ratio"] == pytest.approx((60 + 16 * 1.5 + 4 * 2.0) / 100)
+    convs = (dense_step - other) / (20 * 2.0)  # their share of the step, over their sum
+    assert row["time_bound_ratio"] == pytest.approx((other + convs * at_theory) / dense_step)
+    assert row["layer_sum_ratio"] == pytest.approx(
+        (other + convs * (16 * 1.5 + 4 * 2.0)) / dense_step)
+    assert 0 < row["time_bound_ratio"] < 1
     assert row["fwdbwd_vs_time_bound"] == pytest.approx(measured / row["time_bound_ratio"])
 
 

@@ -399,14 +399,17 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
         if layer_ms:
             # The dense step minus its convs (timed alone, same shapes) is what basis layers
             # cannot reduce: BN, ReLU, additions, pooling, the loss.
+            # The convs' share of the step scales by their time ratio. Timed one by one
+            # they can add up past the whole step (each alone pays launches and syncs the
+            # step overlaps, at a small batch): then the share is all of it, not negative.
             dense_conv = sum(ms["dense"] for ms in layer_ms.values())
-            other = fwdbwd["dense"] - dense_conv
+            other = max(fwdbwd["dense"] - dense_conv, 0.0) / fwdbwd["dense"]
             at_theory = sum(ms["dense"] * ms["theory", fraction] for ms in layer_ms.values())
             from_layers = sum(ms[fraction] for ms in layer_ms.values())
             row.update({
-                "dense_non_conv_share": other / fwdbwd["dense"],
-                "time_bound_ratio": (other + at_theory) / fwdbwd["dense"],
-                "layer_sum_ratio": (other + from_layers) / fwdbwd["dense"],
+                "dense_non_conv_share": other,
+                "time_bound_ratio": other + (1 - other) * at_theory / dense_conv,
+                "layer_sum_ratio": other + (1 - other) * from_layers / dense_conv,
             })
             row["fwdbwd_vs_time_bound"] = measured_fb / row["time_bound_ratio"]
         rows.append(row)
