@@ -197,7 +197,8 @@ def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
         "FLOP ratio: the cost model's; time bound: the dense step with its convolutions "
         "scaled to their FLOP ratio; measured / FLOP ratio: 1.15 or less is the target; "
         "spread: the interquartile range of the timed repeats over their median, the larger "
-        "of the dense and the basis model's (\"-\": a table from before 2026-11-29).",
+        "of the dense and the basis model's (\"-\": a table made before commit 22fe1e7 "
+        "recorded it).",
         "",
         _markdown(model),
         "## Training step (scripts/benchmark_train.py)",
