@@ -407,3 +407,38 @@ def test_a_start_without_wandb_keeps_the_wandb_run_for_the_next_start(tmp_path, 
     assert resumed.kwargs.get("id") == first.id and resumed.kwargs["resume"] == "allow"
     assert resumed.logged == [2, 3]  # the server has epoch 1; epoch 2 ran without wandb
     assert record["wandb"]["id"] == first.id
+
+
+@pytest.mark.parametrize("failing", ["save_checkpoint", "write_record"])
+def test_a_run_that_cannot_save_says_so_in_one_line_and_resumes(tmp_path, repo, monkeypatch,
+                                                                 failing):
+    """A full disk at epoch 2 was an OSError traceback that did not say what was kept. It
+    is one line naming the file, the reason, the checkpoint kept and the override that
+    resumes; the same command then goes on from there."""
+    import errno
+
+    from basisconv import train
+    from basisconv.errors import SaveError
+
+    cfg = compose_tiny(repo, "logger=none")
+    real = getattr(train, failing)
+
+    def full_at_epoch_2(path, state):
+        record = state["record"] if failing == "save_checkpoint" else state.as_dict()
+        if len(record["epochs"]) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, state)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, failing, full_at_epoch_2)
+        with pytest.raises(SaveError) as err:
+            fit(cfg, tmp_path)
+    kept = 1 if failing == "save_checkpoint" else 2  # the checkpoint is written first
+    where = tmp_path / "checkpoint.pt" if failing == "save_checkpoint" else tmp_path
+    assert str(err.value) == (
+        f"the run in {tmp_path} could not save epoch 2 ({where}: No space left on "
+        f"device); once that is fixed (free space, or make the folder writable), its "
+        f"checkpoint of epoch {kept} is kept: run the same command again with "
+        f"hydra.run.dir={tmp_path} to resume it")
+    record = fit(cfg, tmp_path)
+    assert record["status"] == "complete" and len(record["epochs"]) == 3

@@ -19,6 +19,11 @@ class PublishError(BasisconvError, OSError):
     message says why, where the result is kept, and how to publish it once fixed."""
 
 
+class SaveError(BasisconvError, OSError):
+    """A run's checkpoint or record could not be written (a full disk, a lost permission):
+    the message says what its folder keeps and the command that resumes it once fixed."""
+
+
 class TrainingDiverged(BasisconvError, FloatingPointError):
     """A loss became NaN or infinite (usually a learning rate too high for the model): the
     message says which loss, where, and what was kept. ``quantity`` and ``value`` say what

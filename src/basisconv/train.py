@@ -30,7 +30,7 @@ from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, folder_lock,
 from .cli import sweep_folder_override
 from .config import validate
 from .data import prepare_data
-from .errors import ConfigError, Stopped, TrainingDiverged
+from .errors import ConfigError, SaveError, Stopped, TrainingDiverged
 from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
@@ -290,7 +290,16 @@ class Training:
         """The checkpoint first, then the record: a kill (or a full disk) between the two
         leaves a ``run.json`` behind its checkpoint, which resuming catches up (a complete
         one: :func:`repair_record`), never one ahead of it, saying complete while the
-        checkpoint, and so the next start, would train the last epoch again."""
+        checkpoint, and so the next start, would train the last epoch again. A write that
+        fails (each is atomic, so the earlier file stays) is one :class:`SaveError` line."""
+        try:
+            self._save()
+        except OSError as err:
+            if isinstance(err, SaveError):
+                raise
+            raise SaveError(self.save_failed_message(err)) from None
+
+    def _save(self) -> None:
         if self.cfg.trainer.checkpoint:
             save_checkpoint(self.output_dir / CHECKPOINT, {
                 "config": self.record.config, "record": self.record.as_dict(),
@@ -331,6 +340,20 @@ class Training:
                 f"{err.value} with trainer.lr={self.cfg.trainer.lr}; lower trainer.lr (or check "
                 f"the data) and start a new run. The run in {self.output_dir} is not "
                 f"complete; {kept}")
+
+    def save_failed_message(self, err: OSError) -> str:
+        """What a run whose checkpoint or record could not be written tells the user."""
+        where = f"{err.filename}: " if err.filename else ""
+        reason = f"{where}{err.strerror or type(err).__name__}"
+        if not self.cfg.trainer.checkpoint or self.saved_epochs == 0:
+            go_on = "the same command starts it over"
+        else:  # the atomic writes kept the last checkpoint whole
+            go_on = (f"its checkpoint of epoch {self.saved_epochs} is kept: run the same "
+                     f"command again with {folder_override(self.output_dir, self.cfg.name)} "
+                     f"to resume it")
+        return (f"the run in {self.output_dir} could not save epoch "
+                f"{len(self.results['epochs'])} ({reason}); once that is fixed (free space, "
+                f"or make the folder writable), {go_on}")
 
     def stop_message(self) -> str:
         """What an interrupted run tells the user: where it stopped, how to go on."""
