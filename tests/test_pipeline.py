@@ -451,6 +451,41 @@ def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("sidecar", ["text", "directory"])
+def test_a_damaged_sha256_beside_a_sound_checkpoint_is_named_as_the_damage(tmp_path, repo,
+                                                                           sidecar):
+    """A .sha256 that held something else was reported as a damaged checkpoint (whose
+    deletion it advised); one that could not be read was a traceback. The message names
+    the sidecar, and deleting it (as it says) loads the checkpoint; a new save replaces a
+    damaged sidecar."""
+    from basisconv.checkpoint import RUN_STATE, load_checkpoint, save_checkpoint
+
+    def state(epoch):
+        return {key: epoch for key in RUN_STATE}
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, state(1))
+    sums = tmp_path / "checkpoint.pt.sha256"
+    sums.unlink()
+    if sidecar == "text":
+        sums.write_text("oops, edited\n")
+    else:
+        sums.mkdir()
+    with pytest.raises(ConfigError, match=rf"^{sums}, the sha256 of checkpoint {path}, is "
+                                          rf"damaged \(it .*\); delete checkpoint.pt.sha256 "
+                                          rf"to load checkpoint.pt unverified, or delete both "
+                                          rf"to start over$") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+    if sidecar == "text":
+        save_checkpoint(path, state(2))  # the damaged sidecar is replaced
+        assert load_checkpoint(path) == state(2)
+        sums.unlink()
+    else:
+        sums.rmdir()
+    assert load_checkpoint(path) in (state(1), state(2))
+
+
 def test_a_file_in_place_of_the_runs_checkpoint_is_one_clear_error(tmp_path, repo):
     """A bare state_dict (or anything else) saved as checkpoint.pt once stopped the resume
     with KeyError: 'config' (a list: TypeError)."""

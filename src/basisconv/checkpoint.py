@@ -105,7 +105,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     def record_sum(tmp: Path) -> None:
         # the new sum, then the older ones (a kill in this window, twice in a row, still
         # leaves a checkpoint whose sum is listed)
-        sums = [file_digest(tmp), *stored_sums(path)[:2]]
+        try:
+            older = stored_sums(path)[:2]
+        except ValueError:  # a damaged sidecar: the new one replaces it
+            older = []
+        sums = [file_digest(tmp), *older]
         write_text_atomic(checksum_path(path), "\n".join(sums) + "\n")
 
     write_atomic(path, lambda f: torch.save(state, f), before_replace=record_sum)
@@ -113,11 +117,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def stored_sums(path: Path) -> list[str]:
     """The sums a checkpoint may have (the newest first); none for one written before
-    checkpoints had them."""
+    checkpoints had them. ``ValueError`` (the reason) when the sidecar cannot be read or
+    holds anything but sha256 sums: that is the sidecar's damage, not the checkpoint's."""
     try:
-        return checksum_path(path).read_text().split()
+        sums = checksum_path(path).read_text().split()
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"it cannot be read: {type(err).__name__}") from None
+    if not sums or not all(len(s) == 64 and set(s) <= set("0123456789abcdef") for s in sums):
+        raise ValueError("it holds no sha256 sums")
+    return sums
 
 
 def load_checkpoint(path: Path, source_key: str | None = None) -> dict[str, Any]:
@@ -132,7 +142,13 @@ def load_checkpoint(path: Path, source_key: str | None = None) -> dict[str, Any]
     else:
         what = f"{source_key}={path}"
         fix = f"point {source_key} at the checkpoint.pt of a trained dense run"
-    sums = stored_sums(path)
+    try:
+        sums = stored_sums(path)
+    except ValueError as err:
+        other = "or delete both to start over" if source_key is None else f"or {fix}"
+        raise ConfigError(f"{checksum_path(path)}, the sha256 of {what}, is damaged ({err}); "
+                          f"delete {checksum_path(path).name} to load {path.name} unverified, "
+                          f"{other}") from None
     if sums and file_digest(path) not in sums:
         raise ConfigError(f"{what} is damaged (its sha256 does not match "
                           f"{checksum_path(path).name}); {fix}")
