@@ -445,10 +445,19 @@ def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit inside the saved tensors
     path.write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is damaged.*delete it.*"
-                                          r"trainer.resume=false") as err:
+    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is damaged.*delete it \(and "
+                                          r"its .sha256\): the run is complete") as err:
+        fit(cfg, tmp_path)  # (trainer.resume=false, advised once, would train it again)
+    assert "\n" not in str(err.value) and "trainer.resume" not in str(err.value)
+    path.unlink()  # as it says: the finished run stays finished
+    with mock.patch.object(loop, "run_epoch", side_effect=AssertionError("trained again")):
+        assert fit(cfg, tmp_path)["status"] == "complete"
+    running = json.loads((tmp_path / "run.json").read_text()) | {"status": "running"}
+    (tmp_path / "run.json").write_text(json.dumps(running))
+    path.write_bytes(bytes(data))  # an unfinished run's: start over, or resume=false
+    with pytest.raises(ConfigError, match=r"is damaged.*to start over, or set "
+                                          r"trainer.resume=false$"):
         fit(cfg, tmp_path)
-    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("sidecar", ["text", "directory"])

@@ -130,13 +130,19 @@ def stored_sums(path: Path) -> list[str]:
     return sums
 
 
-def load_checkpoint(path: Path, source_key: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: Path, source_key: str | None = None, *,
+                    finished: bool = False) -> dict[str, Any]:
     """A checkpoint, verified against its ``.sha256`` when it has one. ``source_key``: the
     config entry that named it as weights to start from (e.g. ``basis.source_checkpoint``),
     for whose errors the fix is another file, not deleting this one; otherwise it is the
-    run folder's own checkpoint, which the run resumes from."""
+    run folder's own checkpoint, which the run resumes from. ``finished``: that run's
+    ``run.json`` says it is complete, so deleting the checkpoint keeps it finished, and
+    ``trainer.resume=false`` would train it again."""
     path = Path(path)
-    if source_key is None:
+    if source_key is None and finished:
+        what, fix = f"checkpoint {path}", ("delete it (and its .sha256): the run is complete "
+                                           "(its run.json), and is not trained again without it")
+    elif source_key is None:
         what, fix = f"checkpoint {path}", ("delete it (and its .sha256) to start over, or set "
                                            "trainer.resume=false")
     else:

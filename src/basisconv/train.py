@@ -62,7 +62,8 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         config = OmegaConf.to_container(cfg, resolve=True)
         checkpoint = record = None
         if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
-            checkpoint = load_checkpoint(output_dir / CHECKPOINT)
+            checkpoint = load_checkpoint(output_dir / CHECKPOINT,
+                                         finished=says_complete(output_dir / RECORD))
             check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
             if checkpoint["record"]["status"] == "complete":
                 log.info("run in %s is already complete; not training again", output_dir)
@@ -92,6 +93,14 @@ def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
     log.info("run in %s is already complete (its run.json; no checkpoint); not training "
              "again", output_dir)
     return saved
+
+
+def says_complete(path: Path) -> bool:
+    """Whether the run record at ``path`` is there, readable and complete."""
+    try:
+        return read_record(path).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def remove_leftovers(output_dir: Path) -> None:
