@@ -241,7 +241,9 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     (dict(layer_repeats=0), "--layer-repeats must be >= 1"),
     (dict(model_repeats=0), "--model-repeats must be >= 1"),
     (dict(warmup=0), "--warmup must be >= 1 (the first call of each form is not timed), got 0"),
-    (dict(fractions=[0.5, 1.5]), "--fractions must be in (0, 1], got 1.5")])
+    (dict(fractions=[0.5, 1.5]), "--fractions must be in (0, 1], got 1.5"),
+    # (the layer rows were de-duplicated, the model rows written twice)
+    (dict(fractions=[0.5, 0.25, 0.5]), "--fractions must differ, got 0.5 0.25 0.5")])
 def test_layer_benchmark_flags_out_of_range_are_named(options, message):
     assert SpeedOptions(**options).invalid_flag().startswith(message)
     assert SpeedOptions(quick=True, threads=0).invalid_flag() is None

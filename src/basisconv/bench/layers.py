@@ -132,6 +132,8 @@ class SpeedOptions:
         for fraction in self.fractions:
             if not 0 < fraction <= 1:
                 return f"--fractions must be in (0, 1], got {fraction:g}"
+        if len(set(self.fractions)) < len(self.fractions):  # one model row each, twice
+            return f"--fractions must differ, got {' '.join(f'{f:g}' for f in self.fractions)}"
         if self.device == "cuda" and not torch.cuda.is_available():
             return "--device cuda: no CUDA device is available to this torch; use --device cpu"
         return None
