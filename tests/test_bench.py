@@ -2,6 +2,7 @@
 the rows, and files and records shaped like the committed ones in ``results/``."""
 
 import csv
+import hashlib
 import json
 import os
 
@@ -175,9 +176,10 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     with result.files[0].open() as f:
         assert next(csv.reader(f)) == committed(repo, "layer-speed-cpu-fp32.csv") + SPREAD
     record, before = read_record(result.files[1]), committed(repo, "layer-speed-cpu-fp32.json")
-    assert set(record) == set(before) | {"kind", "status", "config"}
+    assert set(record) == set(before) | {"kind", "status", "config", "file_sha256"}
     assert (record["kind"], record["status"], record["file"]) == ("benchmark", "complete",
                                                                   f"layer-speed-{tag}.csv")
+    assert record["file_sha256"] == hashlib.sha256(result.files[0].read_bytes()).hexdigest()
     # the committed records' settings, in order, and what later runs record beside them
     assert list(record["settings"]) == [*before["settings"], "spread", "cudnn_benchmark"]
     assert record["config"]["fractions"] == [0.5] and record["config"]["layer_repeats"] == 3
@@ -201,7 +203,7 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     assert lines[-1].startswith("  fraction 0.5 ")
     record, before = read_record(tmp_path / "model-speed-cpu-fp32-b1-t0-defaultmalloc.json"), \
         committed(repo, "model-speed-cpu-fp32.json")
-    assert set(record) == set(before) | {"kind", "status", "config"}
+    assert set(record) == set(before) | {"kind", "status", "config", "file_sha256"}
     assert record["target"] == before["target"]
     assert set(record["summary"]["0.5"]) == set(before["summary"]["0.5"])
 

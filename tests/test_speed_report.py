@@ -1,6 +1,7 @@
 """scripts/speed_report.py (basisconv.analysis.speed): the speed records of several folders,
 CPU and GPU, in one summary whose every row names its record."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -222,6 +223,23 @@ def test_a_damaged_table_beside_a_valid_record_is_one_clear_error(folders, table
     (folders[0] / "model-speed-cpu-fp32.csv").write_text(table)
     with pytest.raises(DatasetError, match=r"model-speed-cpu-fp32\.csv, the table of "
                                            r"model-speed-cpu-fp32\.json, .*measure again"):
+        speed.model_speed(folders)
+
+
+def test_a_table_other_than_the_one_its_record_was_written_with_is_refused(folders):
+    """The benchmark writes its table, then its record: a run stopped between the two (or
+    one file replaced) left a new table beside an older record, read as that record's
+    commit and hardware. The record's sha256 of its table ties the two."""
+    record_path = folders[0] / "model-speed-cpu-fp32.json"
+    table = folders[0] / "model-speed-cpu-fp32.csv"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(record | {
+        "file_sha256": hashlib.sha256(table.read_bytes()).hexdigest()}))
+    assert len(speed.model_speed(folders)) == 4  # the table it was written with
+    table.write_text(table.read_text().replace("0.39", "0.41"))
+    with pytest.raises(DatasetError, match=r"model-speed-cpu-fp32\.csv, the table of "
+                                           r"model-speed-cpu-fp32\.json, is not the table its "
+                                           r"record was written with"):
         speed.model_speed(folders)
 
 

@@ -13,6 +13,7 @@ hand, and CPU and GPU stand side by side:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -114,7 +115,11 @@ def _model_table(record: dict, path: Path, table: Path) -> pd.DataFrame:
         lacking = [c for c in TABLE_COLUMNS if c not in frame.columns]
         broken = [c for c in TABLE_COLUMNS if c in frame.columns and (
             not pd.api.types.is_numeric_dtype(frame[c]) or frame[c].isna().any())]
-        if lacking:
+        # (older records name no sha256: read as they are)
+        if record.get("file_sha256") not in (None, hashlib.sha256(text).hexdigest()):
+            problem = ("is not the table its record was written with (their sha256 differ: "
+                       "a run stopped between writing the two, or one of them replaced)")
+        elif lacking:
             problem = f"lacks the columns {', '.join(lacking)}"
         elif not len(frame):
             problem = "has no rows"

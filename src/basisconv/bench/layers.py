@@ -46,7 +46,8 @@ from ..kernels import auto, triton_conv
 from ..layers import BasisConv2d, conv_norm_act, resolve_num_basis
 from ..loop import precision_name, seed_everything, settings_restored
 from ..models import build_model
-from ..records import RunRecord, hardware_name, provenance, write_record, write_text_atomic
+from ..records import (RunRecord, file_digest, hardware_name, provenance, write_record,
+                       write_text_atomic)
 from ..surgery import apply_basis, conv_layers
 from ..timing import Runner, Timer, output_gradient, tune_cpu_allocator
 from . import flag_below_minimum
@@ -542,8 +543,11 @@ def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
         if rows:
             csv = file_name(stem, tag, ".csv")
             files.append(write_text_atomic(out / csv, to_csv(rows)))
+            # the table's sha256 ties it to its record: a run stopped between the two
+            # writes leaves a new table beside an older record, which the report refuses
             files.append(write_record(out / file_name(stem, tag, ".json"), dataclasses.replace(
-                record, results={**record.results, "file": csv, **extra})))
+                record, results={**record.results, "file": csv,
+                                 "file_sha256": file_digest(files[-1]), **extra})))
     if profiled:
         files.append(write_text_atomic(out / file_name(PROFILE_FILE, tag, ".txt"), profiled))
     return SpeedResult(options, out, settings, layer_rows, model_rows, record, files)
