@@ -513,9 +513,9 @@ def test_a_file_in_place_of_the_runs_checkpoint_is_one_clear_error(tmp_path, rep
                                               r"lacks config, record, model, optimizer"),
                              ([1, 2], "holds a list, not a checkpoint")]:
         torch.save(content, path)
-        with pytest.raises(ConfigError, match=rf"^checkpoint {path} {problem}.*delete it.*"
-                                              r"trainer.resume=false"):
-            fit(cfg, tmp_path)
+        with pytest.raises(ConfigError, match=rf"^checkpoint {path} {problem}.*delete it "
+                                              r"\(and its .sha256\): the run is complete"):
+            fit(cfg, tmp_path)  # (its run.json is complete: deleting keeps it finished)
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
