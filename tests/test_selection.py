@@ -150,7 +150,7 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
 
     monkeypatch.setattr(search, "candidate_count", lambda cfg: 4)
     monkeypatch.setattr(search, "sensitivity_table", lambda cfg: (single, {
-        "key": "k", "noise": {"accuracy_std": 0.025}}))
+        "key": "k", "noise": {"accuracy_std": 0.025}, "cache_hit": True, "provenance": {}}))
     monkeypatch.setattr(search, "Probe", Probe)
     monkeypatch.setattr(search, "evaluate_many", lambda probe, jobs, workers: [
         {"accuracy": accuracy[" ".join(layers)], "loss": 2 - accuracy[" ".join(layers)]}
