@@ -21,7 +21,7 @@ SPEED ?= full
 .PHONY: help env test reproduce smoke analyze train benchmark benchmark-layers speed-report gpu-check gpu-speed gpu-wheels clean
 
 help:
-	@echo "make reproduce         the paper's protocol end to end (PROFILE=paper|quick|smoke; default paper)"
+	@echo "make reproduce         our protocol for the paper's claims, end to end (PROFILE=paper|quick|smoke; default paper)"
 	@echo "make smoke             the protocol in a few minutes on generated data (the tests run it)"
 	@echo "make analyze           tables and plots from the runs of PROFILE"
 	@echo "make test              run the test suite (creates $(VENV) first if needed)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The paper's protocol as an explicit list of runs, one block per table row:
+# Our protocol for the paper's claims (the paper's own is not known to us) as an explicit
+# list of runs, one block per table row:
 #   scripts/reproduce.sh [paper|quick|smoke]      (make reproduce PROFILE=... [JOBS=N], make smoke)
 # Every run has a fixed folder outputs/<profile>/<row>/seed<k>; an interrupted one resumes
 # from its last epoch. Every finished run's record (never its checkpoint) is published to

@@ -112,7 +112,7 @@ def basis_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_b
                          combine: str = "stacked") -> tuple[int, int]:
     """Multiply-adds per output pixel of a basis conv's two stages: the basis conv
     (``m*K`` with ``K = C_in*kh*kw``) and the combination (``C_out*m`` stacked or fused,
-    or the paper's ``(C_out - m)*m`` split)."""
+    or the minimal ``(C_out - m)*m`` split; the paper's own formulas are not known to us)."""
     kh, kw = _pair(kernel_size)
     # "auto" is counted as the stacked form, the basis algorithm it runs where it wins
     combined = out_channels if combine in ("stacked", "fused", "auto") else out_channels - num_basis

@@ -1,5 +1,5 @@
-"""The paper's plots from the comparison and the training curves, and the speed
-benchmarks' plots. Every figure of the comparison carries a footer saying which profile,
+"""The plots of our comparison (the paper's figures are not known to us) and the training
+curves, and the speed benchmarks' plots. Every figure of the comparison carries a footer saying which profile,
 hardware, commit and date its runs came from; the benchmark's says it in its title."""
 
 from __future__ import annotations
