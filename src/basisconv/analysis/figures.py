@@ -1,6 +1,7 @@
 """The plots of our comparison (the paper's figures are not known to us) and the training
-curves, and the speed benchmarks' plots. Every figure of the comparison carries a footer saying which profile,
-hardware, commit and date its runs came from; the benchmark's says it in its title."""
+curves, and the speed benchmarks' plots. Every figure of the comparison carries a footer
+saying which profile, hardware, commit and date its runs came from; the benchmark's says
+it in its title."""
 
 from __future__ import annotations
 
