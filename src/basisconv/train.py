@@ -304,8 +304,6 @@ class Training:
         try:
             self._save()
         except OSError as err:
-            if isinstance(err, SaveError):
-                raise
             raise SaveError(self.save_failed_message(err)) from None
 
     def _save(self) -> None:
