@@ -146,13 +146,14 @@ def test_the_threads_of_a_model_record_are_a_column_not_a_form(tmp_path):
     is the batch; the form of a default run at 1 thread is still the stacked one."""
     _model_record(tmp_path, "cpu-fp32-t1", CPU, "fp32", {0.25: 0.5})
     _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.45})
-    for tag, threads in (("cpu-fp32-t1", 1), ("cpu-fp32", 2)):
+    _model_record(tmp_path, "cpu-fp32-t0", CPU, "fp32", {0.25: 0.4})
+    for tag, threads in (("cpu-fp32-t1", 1), ("cpu-fp32", 2), ("cpu-fp32-t0", 0)):
         record = json.loads((tmp_path / f"model-speed-{tag}.json").read_text())
         record["settings"]["threads"] = threads
         (tmp_path / f"model-speed-{tag}.json").write_text(json.dumps(record))
     model = speed.model_speed([tmp_path]).set_index("threads")
-    assert list(model.loc[[1, 2], "form"]) == ["stacked", "stacked"]
-    assert list(model.loc[[1, 2], "fwdbwd_ratio"]) == [0.5, 0.45]
+    assert list(model.loc[[1, 2, 0], "form"]) == ["stacked"] * 3
+    assert list(model.loc[[1, 2, 0], "fwdbwd_ratio"]) == [0.5, 0.45, 0.4]  # 0: torch's default
 
 
 def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(tmp_path):

@@ -59,6 +59,12 @@ def _origin(record: dict, path: Path) -> dict:
             "date": (provenance.get("date") or "")[:10]}
 
 
+def _or_dash(value):
+    """A setting as the tables show it: "-" for one an older record lacks (0 threads is
+    torch's default, a value of its own)."""
+    return "-" if value is None else value
+
+
 def _options(path: Path) -> str:
     """The non-default options a benchmark file's name carries (``model-speed-cuda-bf16-
     fused-b512.json``: ``fused``), the batch and threads aside (columns of their own);
@@ -95,7 +101,7 @@ def model_speed(folders: list[Path]) -> pd.DataFrame:
                                f"copy the two files together")
         frame = _model_table(record, path, table)
         frame = frame.assign(**_origin(record, path), precision=settings.get("precision"),
-                             threads=settings.get("threads") or "-", form=_options(path))
+                             threads=_or_dash(settings.get("threads")), form=_options(path))
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=MODEL_COLUMNS)
