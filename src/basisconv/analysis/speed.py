@@ -52,8 +52,8 @@ def _origin(record: dict, path: Path) -> dict:
     """Where a record was measured: the hardware of the device it ran on (a CPU benchmark
     on a GPU machine is the CPU's, not the GPU's), its file, commit and date."""
     provenance = record.get("provenance") or {}
-    device = ((record.get("settings") or {}).get("device") or record.get("device")
-              or (record.get("config") or {}).get("device"))
+    # a model-speed record keeps it in its settings, a training-step record at its top
+    device = (record.get("settings") or {}).get("device") or record.get("device")
     return {"hardware": hardware_name(provenance.get("hardware") or {}, device) or "unknown",
             "source": str(path), "commit": ((provenance.get("git") or {}).get("commit") or "")[:7],
             "date": (provenance.get("date") or "")[:10]}
