@@ -596,3 +596,19 @@ def test_a_missing_restore_from_is_named_once_and_the_table_estimated(repo, tmp_
     assert warned[0].startswith(f"sensitivity: no published record at "
                                 f"sensitivity.restore_from={missing} yet, so the table is "
                                 f"estimated here")
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_a_subset_is_converted_as_the_training_run_converts_it(repo, tmp_path, share):
+    """The search measures a subset with the coefficient options a training run of the same
+    config trains with: same-shaped layers share one matrix under basis.share_coefficients."""
+    from basisconv.probe import Probe
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8",
+                              f"basis.share_coefficients={str(share).lower()}")
+    dense = build_model("resnet8", num_classes=cfg.data.num_classes, width=cfg.model.width)
+    probe = Probe(cfg, dense_state=dense.state_dict())
+    model = probe.converted(["layer1.0.conv1", "layer1.0.conv2"])
+    first, second = (model.get_submodule(f"layer1.0.conv{i}") for i in (1, 2))
+    assert (first.coefficients is second.coefficients) is share
+    assert probe.converted([]).state_dict().keys() == dense.state_dict().keys()

@@ -128,20 +128,27 @@ class Probe:
         loop.check_finite(stats.loss, "held-out loss")  # a NaN is never put in a table
         return {"accuracy": stats.accuracy, "loss": stats.loss}
 
-    def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:
-        """Convert ``names`` (none: the dense reference), fine-tune, measure. Every call
-        fine-tunes on the same batches unless ``batch_seed`` asks for another order."""
-        start = time.perf_counter()
+    def converted(self, names: list[str]) -> nn.Module:
+        """A copy of the dense model with ``names`` converted as ``cfg.basis`` says, and as
+        a training run converts them: several same-shaped layers of a subset share one
+        coefficient matrix under ``basis.share_coefficients`` (one layer has none to share)."""
         torch.manual_seed(self.seed)
         model = copy.deepcopy(self.dense)
-        errors: list[float] = []
         if names:
             basis = self.cfg.basis
             apply_basis(model, names, basis.size, inplace=True, convert=True,
                         combine=basis.combine, coefficient_rank=basis.coefficient_rank,
-                        fuse_norm=basis.fuse_norm, keys=CONFIG_KEYS)
+                        fuse_norm=basis.fuse_norm, share_coefficients=basis.share_coefficients,
+                        keys=CONFIG_KEYS)
             model.to(self.device, memory_format=self.memory_format)
-            errors = [row["reconstruction_error"] for row in basis_report(model)]
+        return model
+
+    def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:
+        """Convert ``names`` (none: the dense reference), fine-tune, measure. Every call
+        fine-tunes on the same batches unless ``batch_seed`` asks for another order."""
+        start = time.perf_counter()
+        model = self.converted(names)
+        errors = [row["reconstruction_error"] for row in basis_report(model)]
         converted = self.measure(model)
         sens = self.cfg.sensitivity
         with diverging("a fine-tune", "sensitivity.finetune_lr", sens.finetune_lr,
