@@ -672,12 +672,15 @@ def test_tables_without_jinja2_are_written_as_markdown_and_csv(tmp_path, repo):
 
 def test_each_table_names_the_runs_and_dates_of_its_own_device_and_precision(tmp_path):
     """The note under a table counts only the runs of its device and precision, spans
-    their dates, and index.json carries the protocol's wall-clock from the session log."""
+    their dates, marks a commit run with uncommitted changes (``-dirty``), and index.json
+    carries the protocol's wall-clock from the session log."""
     from basisconv import records
 
     earlier = record(seed=2, accuracy=0.91)
     earlier["provenance"] = {**earlier["provenance"], "date": "2026-11-24T05:00:00+00:00"}
-    write_runs(tmp_path / "runs", RECORDS + [earlier, record(amp="bf16")])
+    edited = record(amp="bf16")  # run with uncommitted changes: its commit is not the code
+    edited["provenance"] = {**edited["provenance"], "git": {"commit": "abcdef1234", "dirty": True}}
+    write_runs(tmp_path / "runs", RECORDS + [earlier, edited])
     out = tmp_path / "results"
     out.mkdir()
     (out / records.SESSIONS).write_text(json.dumps([
@@ -686,7 +689,7 @@ def test_each_table_names_the_runs_and_dates_of_its_own_device_and_precision(tmp
     write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
     md = (out / "comparison-cpu-fp32.md").read_text()
     assert "profile test; 7 runs on AMD EPYC; commit abcdef1; run 2026-11-24..2026-11-25;" in md
-    assert "profile test; 1 runs on AMD EPYC; commit abcdef1; run 2026-11-25;" in \
+    assert "profile test; 1 runs on AMD EPYC; commit abcdef1-dirty; run 2026-11-25;" in \
         (out / "comparison-cpu-bf16.md").read_text()
     wall_clock = json.loads((out / "index.json").read_text())["protocol_wall_clock"]
     assert (wall_clock["sessions"], wall_clock["seconds"], wall_clock["published"]) == (1, 12.5, 1)

@@ -92,6 +92,13 @@ def device_name(hardware: dict) -> str:
     return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
 
 
+def commit_name(git: dict | None) -> str:
+    """A record's commit as tables name it: the short hash, ``-dirty`` after it when the code
+    or configs had uncommitted changes (as ``git describe --dirty`` says), "" for none."""
+    commit = ((git or {}).get("commit") or "")[:7]
+    return f"{commit}-dirty" if commit and (git or {}).get("dirty") else commit
+
+
 def hardware_name(hardware: dict, device: str | None = None) -> str | None:
     """The GPU, or the CPU with the instruction set its kernels dispatch on (CPU runs repeat
     exactly only on the same instruction set), as tables and plots name the hardware.

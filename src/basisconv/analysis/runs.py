@@ -15,7 +15,8 @@ import pandas as pd
 from ..checkpoint import changes_only_execution, flatten
 from ..errors import ConfigError
 from ..loop import precision_name
-from ..records import RECORD, device_name, hardware_name, missing_fields, read_record
+from ..records import (RECORD, commit_name, device_name, hardware_name, missing_fields,
+                       read_record)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "forward_seconds_per_step": final["forward_seconds_per_step"],
         "backward_seconds_per_step": final["backward_seconds_per_step"],
         "epoch_seconds": median_epoch_seconds(record), "train_seconds": final["train_seconds"],
-        "commit": ((prov.get("git") or {}).get("commit") or "")[:7],
+        "commit": commit_name(prov.get("git")),
         "date": prov.get("date"), "hardware": hardware_name(hardware),
         "timing": timing_setup(cfg, hardware), "where": where,
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import write_text_atomic
+from ..records import commit_name, write_text_atomic
 from .plots import pyplot, save_figure
 from .runs import record_tag
 
@@ -53,7 +53,7 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
             f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
             f"{cfg['basis']['size']:g}, subsets of {s['subset_size']} of {len(s['candidates'])} "
             f"layers\n\nprofile {profile}; run {prov['date'][:10]}, commit "
-            f"{(prov['git']['commit'] or '')[:7]}, {s['seconds']:.0f} s\n\n"
+            f"{commit_name(prov['git'])}, {s['seconds']:.0f} s\n\n"
             f"| | subset | held-out accuracy |\n|---|---|---:|\n"
             f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
             f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "

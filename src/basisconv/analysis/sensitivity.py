@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import hardware_name, write_text_atomic
+from ..records import commit_name, hardware_name, write_text_atomic
 from .plots import pyplot, save_figure
 from .runs import record_tag
 from .tables import markdown
@@ -133,7 +133,7 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
     prov = record["estimate_provenance"]
     hardware = hardware_name(prov["hardware"])
     note = (f"profile {profile}; estimated {prov['date'][:10]} on {hardware}, "
-            f"commit {(prov['git']['commit'] or '')[:7]}, {summary['estimate_seconds']:.0f} s; "
+            f"commit {commit_name(prov['git'])}, {summary['estimate_seconds']:.0f} s; "
             f"key {summary['key']}")
     per_layer = table.sort_values("position")[
         ["layer", "shape", "num_basis", "reconstruction_error", "accuracy_drop",

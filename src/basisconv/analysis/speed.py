@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import DatasetError
 from ..loop import precision_name
-from ..records import hardware_name, provenance, read_record, write_text_atomic
+from ..records import commit_name, hardware_name, provenance, read_record, write_text_atomic
 from .figures import speed_across_hardware
 from .tables import markdown
 
@@ -55,7 +55,7 @@ def _origin(record: dict, path: Path) -> dict:
     # a model-speed record keeps it in its settings, a training-step record at its top
     device = (record.get("settings") or {}).get("device") or record.get("device")
     return {"hardware": hardware_name(provenance.get("hardware") or {}, device) or "unknown",
-            "source": str(path), "commit": ((provenance.get("git") or {}).get("commit") or "")[:7],
+            "source": str(path), "commit": commit_name(provenance.get("git")),
             "date": (provenance.get("date") or "")[:10]}
 
 
@@ -238,7 +238,7 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
                            f"(e.g. results)")
     made = provenance(command)
     note = (f"From the records in {', '.join(map(str, folders))}; made by `{command}` at "
-            f"commit {(made['git'].get('commit') or '')[:7]} on {made['date'][:10]}.")
+            f"commit {commit_name(made['git'])} on {made['date'][:10]}.")
     out = Path(out)
     if out.suffix in (".md", ".csv", ".png"):  # the summary's own name, not a stem:
         out = out.with_suffix("")  # else "s.md-model.csv" beside "s.md" and "s.png"
