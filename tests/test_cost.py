@@ -67,6 +67,26 @@ def test_layer_formulas_by_hand():
     assert linear_cost(512, 10, batch=4).forward_flops == 2 * 4 * 512 * 10
 
 
+def test_the_fused_and_auto_forms_are_counted_as_the_stacked_one():
+    """``combine="fused"`` computes the stacked form's result and ``"auto"`` runs the basis
+    algorithm where it wins as the stacked form: both are counted as ``stacked`` (the
+    ``C_out*m`` combination), not as the minimal ``split`` count, in the cost model and in
+    the saves-compute rule that ``only_where_saves`` and the candidate tables apply."""
+    from basisconv.cost import saves_compute
+
+    stacked = basis_conv2d_cost(64, 64, 3, 16, 32)
+    split = basis_conv2d_cost(64, 64, 3, 16, 32, combine="split")
+    assert split.forward_flops < stacked.forward_flops
+    for combine in ("fused", "auto"):
+        assert basis_conv2d_cost(64, 64, 3, 16, 32, combine=combine) == stacked, combine
+    # stacked saves while m*(K + C_out) < C_out*K: for a 64->64 3x3 conv up to m = 57;
+    # at m = 58 only split's count still saves
+    assert saves_compute((64, 64, 3), 57, "auto")
+    assert saves_compute((64, 64, 3), 58, "split")
+    for combine in ("stacked", "fused", "auto"):
+        assert not saves_compute((64, 64, 3), 58, combine), combine
+
+
 @pytest.mark.parametrize("layers, num_basis", [
     (None, None),                                   # dense
     (["layer1.0.conv1", "layer2.0.shortcut.0", "layer4.1.conv2"], 0.25),  # some
