@@ -74,6 +74,10 @@ def test_stratified_subset_is_balanced_and_seeded():
     assert torch.equal(idx, stratified_subset(labels, 105, seed=3))
     assert not torch.equal(idx, stratified_subset(labels, 105, seed=4))
     assert stratified_subset(labels, 0.5).numel() == 500
+    # a fraction is rounded, not cut: in floating point 0.29 * 100 is 28.999999999999996,
+    # and 0.018 of CIFAR-10's 50000 training images 899.9999999999999
+    assert stratified_subset(labels[:100], 0.29).numel() == 29
+    assert stratified_subset(torch.arange(50000) % 10, 0.018).numel() == 900
     with pytest.raises(ConfigError, match="between 1 and 1000"):
         stratified_subset(labels, 2000)
 
@@ -135,6 +139,26 @@ def test_random_flip_flips_about_half():
     mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
     assert (same | mirrored).all()
     assert 150 < mirrored.sum() < 250
+
+
+def test_training_batches_flip_as_configured_and_evaluation_batches_never():
+    """``data.flip`` reaches the batches: with it about half the training images come
+    mirrored, without it and in evaluation none. (Each image's label is its index, so a
+    batch's labels say which image each row is.)"""
+    images, _ = random_images(64, 0)
+    index = torch.arange(64)
+
+    def mirrored(**options):
+        (x, y), = list(TensorBatches(images, index, 64, crop_padding=0, **options))
+        plain = normalize(images[y])
+        flipped = [not torch.equal(x[i], plain[i]) for i in range(64)]
+        for i in range(64):
+            assert torch.equal(x[i], plain[i].flip(-1) if flipped[i] else plain[i])
+        return sum(flipped)
+
+    assert 16 < mirrored(train=True, seed=0) < 48
+    assert mirrored(train=True, seed=0, flip=False) == 0
+    assert mirrored(train=False) == 0
 
 
 def test_normalize_standardizes_and_keeps_layout():
