@@ -127,19 +127,14 @@ def test_the_search_scores_the_subset_the_sensitivity_policy_converts_first():
     assert fast_choice(tied, 3, "loss_increase") == ("c", "d", "f")  # b, f tie at 0.03: f has the smaller drop
 
 
-def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(repo, tmp_path,
-                                                                            monkeypatch):
-    """The search's arithmetic on measurements made up here (nothing trained): a subset's
-    predicted drop is the sum of its layers' single-layer drops; the fast choice's
-    percentile counts the subsets strictly worse; the subsets within the noise of it do not
-    count itself; the rank correlation is Spearman's (1 for a monotone relation that is
-    not linear, where Pearson's is below 1)."""
+def made_up_search(repo, tmp_path, monkeypatch, accuracy):
+    """The exhaustive search of pairs of four layers (single-layer drops a < b < c < d)
+    with the subset accuracies ``accuracy`` made up, nothing trained: its summary."""
     from basisconv import search
 
     single = pd.DataFrame({"layer": list("abcd"), "position": range(4),
                            "accuracy_drop": [0.01, 0.02, 0.04, 0.08],
                            "loss_increase": [0.1, 0.2, 0.4, 0.8], "flops_saved": [1, 2, 3, 4]})
-    accuracy = {"a b": 0.88, "a c": 0.86, "b c": 0.85, "a d": 0.80, "b d": 0.70, "c d": 0.50}
 
     class Probe:
         def __init__(self, cfg):
@@ -157,7 +152,18 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
         for layers, _ in jobs])
     cfg = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
                               "selection.metric=accuracy_drop")
-    summary = search.exhaustive_search(cfg, tmp_path / "out")
+    return search.exhaustive_search(cfg, tmp_path / "out")
+
+
+def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(repo, tmp_path,
+                                                                            monkeypatch):
+    """The search's arithmetic on measurements made up here (nothing trained): a subset's
+    predicted drop is the sum of its layers' single-layer drops; the fast choice's
+    percentile counts the subsets strictly worse; the subsets within the noise of it do not
+    count itself; the rank correlation is Spearman's (1 for a monotone relation that is
+    not linear, where Pearson's is below 1)."""
+    accuracy = {"a b": 0.88, "a c": 0.86, "b c": 0.85, "a d": 0.80, "b d": 0.70, "c d": 0.50}
+    summary = made_up_search(repo, tmp_path, monkeypatch, accuracy)
     assert (summary["subsets"], summary["fast_choice"], summary["best_subset"]) == (6, "a b", "a b")
     assert summary["fast_rank_by_accuracy"] == 1
     assert summary["fast_percentile"] == pytest.approx(5 / 6)  # 5 of the 6 are worse
@@ -167,6 +173,19 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
     found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")
     assert found.loc["a d", "predicted_accuracy_drop"] == pytest.approx(0.09)
     assert found.loc["c d", "accuracy_drop"] == pytest.approx(0.40)
+
+
+def test_a_subset_as_accurate_as_the_fast_choice_shares_its_rank(repo, tmp_path, monkeypatch):
+    """Ties share the better rank: a fast choice that another subset only equals is
+    reported as rank 1 (and the subset that equals it as well), not pushed behind it."""
+    accuracy = {"a b": 0.88, "a c": 0.88, "b c": 0.85, "a d": 0.80, "b d": 0.80, "c d": 0.50}
+    summary = made_up_search(repo, tmp_path, monkeypatch, accuracy)
+    assert summary["fast_choice"] == "a b" and summary["fast_rank_by_accuracy"] == 1
+    assert summary["fast_percentile"] == pytest.approx(4 / 6)  # "a c" is not worse
+    found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")
+    assert found["rank_by_accuracy"].to_dict() == {"a b": 1, "a c": 1, "b c": 3, "a d": 4,
+                                                   "b d": 4, "c d": 6}
+    assert found["rank_by_loss"].to_dict() == found["rank_by_accuracy"].to_dict()
 
 
 def test_the_held_out_split_is_class_balanced_and_disjoint_from_the_fine_tune_images():
