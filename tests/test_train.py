@@ -428,6 +428,20 @@ def test_fp16_steps_scale_the_loss_so_that_small_gradients_still_train():
                              amp_dtype=torch.float16)
 
 
+def test_the_optimizer_takes_the_trainers_sgd_settings():
+    """lr, momentum, Nesterov and weight decay reach SGD as ``trainer`` sets them;
+    Nesterov without momentum (which SGD refuses) is plain SGD."""
+    from basisconv import loop
+
+    model = torch.nn.Linear(2, 2)
+    group = loop.build_optimizer(model, _trainer(lr=0.3, weight_decay=5e-4)).param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == \
+        (0.3, 0.9, True, 5e-4)
+    assert loop.build_optimizer(model, _trainer(nesterov=False)).param_groups[0]["nesterov"] is False
+    plain = loop.build_optimizer(model, _trainer(momentum=0.0)).param_groups[0]
+    assert (plain["momentum"], plain["nesterov"]) == (0.0, False)
+
+
 def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     """Per step over 2 epochs of 5: one-cycle rises from lr/10 to lr at 30 % of the steps
     and ends at lr/1000 on the last step; cosine ramps linearly from lr/10 over its warm-up,
