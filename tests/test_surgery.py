@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from basisconv.cost import model_cost, measure_flops
+from basisconv.fitting import relative_error
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
 from basisconv.network import rebind_optimizer
@@ -243,6 +244,11 @@ def test_shared_coefficients_are_one_tensor_fitted_jointly(device):
     # one matrix for four layers fits worse than four, but it is a real fit, not noise
     assert all(s["reconstruction_error"] >= o - 1e-12 for s, o in zip(shared_report, own_err))
     assert all(s["reconstruction_error"] < 1.0 for s in shared_report)
+    # what each layer reports is the error of the shared fit, not of its own fit before
+    convs = dict(model.named_modules())
+    for name, layer in basis_layers(shared).items():
+        assert layer.reconstruction_error == pytest.approx(
+            relative_error(layer.dense_weight(), convs[name].weight), rel=1e-9, abs=1e-12)
     assert {p.device.type for p in shared.parameters()} == {device.type}
     # low-rank: both factors are one tensor each
     low = basis_layers(apply_basis(model, "layer3.*.conv*", 0.25, share_coefficients=True,
