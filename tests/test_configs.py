@@ -52,6 +52,8 @@ def test_every_group_combination_composes_and_validates(repo):
         for these in overrides:
             if "basis=convert" in these:  # it converts a trained model, so it names one
                 these = [*these, "basis.source_checkpoint=baseline/checkpoint.pt"]
+            if "selection=list" in these:  # it converts the layers it names
+                these = [*these, "selection.layers=[layer1.0.conv1]"]
             cfg = compose("train", overrides=these)
             OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
             validate(cfg)
@@ -87,7 +89,9 @@ def test_no_profile_pins_the_thread_count(compose_cfg, profile):
 def test_sensitivity_entry_config_composes_with_every_selection(repo):
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
         for selection in options(repo, "selection"):
-            cfg = compose("sensitivity", overrides=[f"selection={selection}", "profile=quick"])
+            layers = ["selection.layers=[layer1.0.conv1]"] if selection == "list" else []
+            cfg = compose("sensitivity", overrides=[f"selection={selection}", "profile=quick",
+                                                    *layers])
             validate(cfg)
             assert cfg.name == "resnet20-sensitivity"
         assert compose("sensitivity").selection.policy == "sensitivity_budget"
@@ -127,6 +131,17 @@ def test_layers_a_policy_would_ignore_are_refused(compose_cfg, policy):
     validate(compose_cfg("model=resnet20", f"selection={policy}", "sensitivity.layers=[layer3.*]"))
     for policy in ("none", "all", "list"):
         validate(compose_cfg("model=resnet20", f"selection={policy}", "selection.layers=[layer3.*]"))
+
+
+def test_a_list_selection_without_layers_fails_validation(compose_cfg):
+    """It was found only when the layers were chosen: in a sweep (-m selection=none,list)
+    after the jobs before it had trained, where every other value is checked first."""
+    with pytest.raises(ConfigError, match=r"^selection.policy=list needs selection.layers, "
+                                          r"e.g. selection.layers=\[layer1.0.conv1,") as err:
+        validate(compose_cfg("selection=list"))
+    assert "\n" not in str(err.value)
+    validate(compose_cfg("selection=list", "selection.layers=[layer1.0.conv1]"))
+    validate(compose_cfg("selection=blocks"))  # its layers are in the preset
 
 
 def test_a_negative_seed_for_the_random_policy_is_one_line(compose_cfg):

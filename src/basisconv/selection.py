@@ -49,6 +49,8 @@ METRICS = ("accuracy_drop", "loss_increase")
 BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved", "time": "seconds_saved"}
 # The shape costs are counted at when none is given: one CIFAR image, the pipeline's data
 IMAGE = (1, 3, 32, 32)
+LIST_NEEDS_LAYERS = ("selection.policy=list needs selection.layers, e.g. "
+                     "selection.layers=[layer1.0.conv1,'layer4.*']")
 
 
 def fixed_layers(selection: DictConfig) -> list[str] | str | None:
@@ -62,8 +64,7 @@ def fixed_layers(selection: DictConfig) -> list[str] | str | None:
         return "all"
     if selection.policy == "list":
         if not selection.layers:
-            raise ConfigError("selection.policy=list needs selection.layers, e.g. "
-                              "selection.layers=[layer1.0.conv1,'layer4.*']")
+            raise ConfigError(LIST_NEEDS_LAYERS)
         return list(selection.layers)
     raise ConfigError(f"selection.policy={selection.policy!r} chooses from a candidate table")
 
@@ -156,7 +157,10 @@ def check_layers(selection: DictConfig) -> None:
     """``selection.layers`` with an ordered policy is a :class:`ConfigError`: those choose
     among the candidates ``sensitivity.layers`` names and would ignore it (``random`` over
     all layers where ``layer3.*`` was meant). ``none`` and ``all`` take it as ``list``'s,
-    unread, so that a sweep ``selection=none,all,list`` can give it once."""
+    unread, so that a sweep ``selection=none,all,list`` can give it once. ``list`` without
+    it is one too, found with the config's other values (before a sweep's first job)."""
+    if selection.policy == "list" and not selection.get("layers"):
+        raise ConfigError(LIST_NEEDS_LAYERS)
     if selection.policy in ORDERED_POLICIES and selection.get("layers"):
         layers = ",".join(selection.layers)
         raise ConfigError(f"selection.layers=[{layers}] is read by selection.policy=list only; "
