@@ -310,6 +310,22 @@ def test_typos_and_wrong_types_fail_when_composing(compose_cfg, override):
         compose_cfg(override)
 
 
+@pytest.mark.parametrize("override, fix", [
+    ("sensitivity.layers=all", "sensitivity.layers=[all]"),
+    ("selection.layers=layer3.*", "selection.layers=[layer3.*]"),
+    ("logger.tags='a,b'", "logger.tags=[a,b]"),
+])
+def test_a_single_value_for_a_list_key_names_the_list_to_write(compose_cfg, override, fix):
+    """sensitivity.layers=all (the default is [all]) was OmegaConf's one line "str is not a
+    ListConfig, list or tuple", which names no fix."""
+    from basisconv.cli import hydra_error_line
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(override)
+    line = hydra_error_line(err.value)
+    assert line.startswith(f"{override}: ") and line.endswith(f"; write a list: {fix}"), line
+
+
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     """``+=x`` and ``~=x`` add or delete nothing: reported as keyless before Hydra sees them
     (its own line for ``~=x`` is "Could not delete '=x'. No match in the defaults list")."""

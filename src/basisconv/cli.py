@@ -161,7 +161,12 @@ def hydra_error_line(ex: Exception) -> str:
         return f"{cause.full_key} is not a config key{hint}{valid}"
     if isinstance(cause, ValidationError):
         override = str(ex).rpartition("override ")[2].strip() or cause.full_key
-        return f"{override}: {str(cause).splitlines()[0]}"
+        message = str(cause).splitlines()[0]
+        key, given, value = override.partition("=")
+        if given and "is not a ListConfig" in message:  # sensitivity.layers=all
+            items = value.strip("'\"")
+            message = f"{message.rstrip('.')}; write a list: {key}=[{items}]"
+        return f"{override}: {message}"
     if isinstance(ex, OverrideParseException):
         return (f"cannot parse the override {ex.override!r} ({ex.message.splitlines()[0]}); "
                 f"write key=value, e.g. trainer.epochs=3")
