@@ -59,23 +59,55 @@ def test_every_group_combination_composes_and_validates(repo):
             validate(cfg)
 
 
+# What each profile's comment (and the README's profile table) says it sets.
+SCALE_KEYS = ("model.name", "model.width", "data.name", "data.train_subset", "data.test_subset",
+              "data.synthetic_train", "data.synthetic_test", "trainer.epochs",
+              "trainer.batch_size", "sensitivity.pretrain_epochs", "sensitivity.val_size")
+PROFILES = {
+    "paper": ("resnet18", 1.0, "cifar10", None, None, 0, 0, 30, 128, 10, 5000),
+    "quick": ("resnet20", 0.5, "cifar10", 5000, 2000, 0, 0, 8, 128, 4, 1000),
+    "smoke": ("resnet20", 0.25, "stripes", None, None, 200, 100, 3, 50, 1, 50),
+}
+# What each preset's comment says it runs: selection.policy, basis.init,
+# basis.dense_warmup_epochs, the first tag and the run name's end.
+PRESETS = {
+    "baseline": ("none", "scratch", 0, "baseline", "-baseline"),
+    "basis_all": ("all", "scratch", 0, "basis", "-basis-all-0.5"),
+    "basis_blocks": ("list", "scratch", 0, "basis", "-basis-blocks-0.5"),
+    "basis_selected": ("sensitivity_budget", "scratch", 0, "basis",
+                       "-basis-sensitivity_budget-0.5"),
+    "basis_size_sweep": ("all", "scratch", 0, "basis", "-basis-size-sweep"),
+    "basis_warmup": ("all", "convert", 2, "basis", "-basis-warmup-0.5"),
+}
+
+
 @pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
 def test_every_experiment_preset_composes_under_every_profile(repo, compose_cfg, profile):
-    for experiment in options(repo, "experiment"):
+    """Each preset keeps its profile's scale (a preset listed after the profile would win a
+    key both set) and sets what its comment says; a new preset or profile joins the tables."""
+    assert options(repo, "experiment") == sorted(PRESETS)
+    assert options(repo, "profile") == sorted(PROFILES)
+    for experiment, expected in PRESETS.items():
         cfg = compose_cfg(f"experiment={experiment}", f"profile={profile}", hydra=True)
         validate(cfg)
-        assert cfg.name.startswith(cfg.model.name)
+        assert tuple(OmegaConf.select(cfg, key) for key in SCALE_KEYS) == PROFILES[profile]
+        assert (cfg.selection.policy, cfg.basis.init, cfg.basis.dense_warmup_epochs,
+                cfg.logger.tags[0]) == expected[:4], experiment
+        assert cfg.name == cfg.model.name + expected[4]
+        assert cfg.sensitivity.seed == 0  # basis_selected pins it; elsewhere the run's seed 0
     sweep = compose_cfg("experiment=basis_size_sweep", hydra=True)
     assert sweep.hydra.sweeper.params["basis.size"] == "0.125,0.25,0.5,0.75"
+    selected = compose_cfg("experiment=basis_selected", "seed=2")
+    assert (selected.sensitivity.seed, selected.selection.seed) == (0, 2)
 
 
 def test_profiles_set_the_scale(compose_cfg):
-    quick = compose_cfg("profile=quick", "experiment=baseline")
-    assert (quick.model.name, quick.data.train_subset, quick.trainer.epochs) == ("resnet20", 5000, 8)
-    assert compose_cfg("profile=paper").model.name == "resnet18"
-    assert compose_cfg("profile=smoke").data.name == "stripes"
+    for profile, scale in PROFILES.items():
+        cfg = compose_cfg(f"profile={profile}")
+        assert tuple(OmegaConf.select(cfg, key) for key in SCALE_KEYS) == scale, profile
     # the command line still wins over a profile
     assert compose_cfg("profile=smoke", "model=resnet32").model.name == "resnet32"
+    assert compose_cfg("profile=quick", "trainer.epochs=2").trainer.epochs == 2
 
 
 @pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
