@@ -393,6 +393,26 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
 
 
 @pytest.mark.parametrize("override, message", [
+    ("sensitivity.layers=[layer9.*]", r"^sensitivity.layers: layer pattern 'layer9.\*' matches "
+                                      r"no convolution"),
+    ("basis.size=17", r"^layer 'conv1': basis.size = 17 is out of range: valid is 1..16"),
+])
+def test_candidate_problems_are_found_before_the_sensitivity_pretraining(
+        compose_cfg, monkeypatch, override, message):
+    """They were found after it (sensitivity.pretrain_epochs of dense training: 10 epochs
+    of ResNet-18 in the paper profile), when the candidates were first counted."""
+    from basisconv import sensitivity
+
+    def pretrain(cfg):
+        raise AssertionError("pretrained before the candidates were checked")
+    monkeypatch.setattr(sensitivity, "Probe", pretrain)
+    cfg = compose_cfg("model=resnet20", "selection=sensitivity_budget", override)
+    validate(cfg)
+    with pytest.raises(ConfigError, match=message):
+        sensitivity.estimate(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
     ("trainer.epochs=0", "trainer.epochs must be >= 1, got 0"),
     ("trainer.epochs=-2", "trainer.epochs must be >= 1, got -2"),
 ])

@@ -255,8 +255,13 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
 
 def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     started = time.perf_counter()
+    # the candidates from the cost model, before the pretraining: a layer name the model
+    # lacks or a basis.size too large for a layer is found in seconds, not after it
+    with torch.random.fork_rng():
+        dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                            width=cfg.model.width)
+        candidates = layer_savings(dense, cfg.basis, list(cfg.sensitivity.layers))
     probe = Probe(cfg)
-    candidates = layer_savings(probe.dense, cfg.basis, list(cfg.sensitivity.layers))
     reference = probe.evaluate_layers([])
     log.info("sensitivity: dense after pretraining %.4f, reference after fine-tuning %.4f "
              "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
