@@ -91,9 +91,10 @@ def baseline_line(table: pd.DataFrame) -> str:
     alone = table[table["accuracy_change"].isna()]
     if alone.empty:
         return ""
+    # once each: the rows of a size sweep share their experiment's name (basis.size is a column)
+    names = dict.fromkeys(map(row_name, alone["experiment"], alone["settings"]))
     return (f"No dense baseline (selection none) of the same model, width, epochs and data for "
-            f"{', '.join(map(row_name, alone['experiment'], alone['settings']))}: their "
-            f"columns against it are empty ('-').")
+            f"{', '.join(names)}: their columns against it are empty ('-').")
 
 
 def timing_line(runs: pd.DataFrame) -> str:
