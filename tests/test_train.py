@@ -522,3 +522,37 @@ def test_step_times_leave_out_a_first_step_that_compiles():
     stats = train_one_epoch(model, batches, optimizer, scheduler)
     assert len(calls) == 10
     assert stats.forward_seconds < 0.05  # the mean would be >= 0.1 s
+
+
+def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_runs_epochs(tmp_path, repo,
+                                                                               monkeypatch):
+    """In-process and in seconds (test_pipeline's SIGKILL test is the end-to-end one): the
+    resumed run's later epochs are the uninterrupted run's to the last digit, so the
+    optimizer's momentum, the schedule's step, the batch order and the weights all came
+    back from the checkpoint (without any one of them the second epoch differs)."""
+    from basisconv import loop
+    from basisconv.errors import Stopped
+
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+                        "model=resnet8", "model.width=0.25", "selection=all", "basis.size=0.5",
+                        "trainer.epochs=2", "trainer.batch_size=25", "trainer.threads=1",
+                        "trainer.deterministic=true", "trainer.progress=false"])
+    whole = fit(cfg, tmp_path / "whole")
+    run_epoch = loop.run_epoch
+
+    def stopped_in_epoch_two(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", stopped_in_epoch_two)
+    with pytest.raises(Stopped):
+        fit(cfg, tmp_path / "stopped")
+    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    resumed = fit(cfg, tmp_path / "stopped")
+    assert resumed["provenance"]["resumed_from_epoch"] == 1
+
+    def metrics(record):
+        return [{k: v for k, v in row.items() if "seconds" not in k} for row in record["epochs"]]
+    assert metrics(resumed) == metrics(whole)
+    assert len(metrics(whole)) == 2
