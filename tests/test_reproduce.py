@@ -49,20 +49,33 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     assert index["protocol_wall_clock"]["sessions"] == 1
     assert index["protocol_wall_clock"]["seconds"] == session["seconds"]
 
-    # A new machine with the published records only (the protocol was cut off before two
-    # runs finished): it trains those two, restores the sensitivity table from its record
-    # instead of estimating it again, and builds the tables from all the records. Its runs
-    # take the OVERRIDES given (here a speed option, ignored on a CPU).
+    # A new machine with the committed results only: the records and the speed benchmark's
+    # tables, without the records of two runs (the protocol was cut off before they
+    # finished), and a third run that fails (its folder holds a damaged checkpoint). It
+    # trains the two, restores the sensitivity table from its record instead of estimating
+    # it again, and names the failed run at the end, which does not stop the others; the
+    # exit status is 1. Its runs take the OVERRIDES given (here a speed option, ignored on
+    # a CPU).
     second = tmp_path / "second"
-    shutil.copytree(runs, second / "outputs" / "smoke" / "results" / "runs")
     mine = second / "outputs" / "smoke" / "results" / "runs"
-    for row in ("basis-all-0.25", "selected-sensitivity_budget-0.5"):
+    shutil.copytree(runs, mine)
+    speed = [path for path in runs.parent.iterdir() if "speed" in path.name]
+    assert speed  # (the speed benchmark's tables, run once above, are not run again here)
+    for path in speed:
+        shutil.copy2(path, mine.parent)
+    for row in ("basis-all-0.25", "selected-sensitivity_budget-0.5", "baseline"):
         (mine / row / "seed0.json").unlink()
+    broken = second / "outputs" / "smoke" / "baseline" / "seed0" / "checkpoint.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
     result = reproduce(repo, second, overrides="trainer.cuda_graphs=true  trainer.threads=1")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     started = [line for line in result.stdout.splitlines() if line.endswith(")")
                and ": started" in line]
-    assert len(started) == 2, result.stdout
+    assert len(started) == 3, result.stdout
+    assert "failed runs" in result.stderr and "baseline-seed0" in result.stderr
+    assert "basis-all-0.25-seed0" not in result.stderr
+    assert "selected-sensitivity_budget-0.5-seed0" not in result.stderr
     assert "sensitivity: record in" in result.stdout
     log = (second / "outputs" / "smoke" / "logs" / "selected-sensitivity_budget-0.5-seed0.log")
     assert "restored from the published record" in log.read_text()
@@ -72,27 +85,29 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
         assert again["model"]["basis_layers"] == before["model"]["basis_layers"]
         assert again["config"]["trainer"]["cuda_graphs"] is True
         assert not before["config"]["trainer"]["cuda_graphs"]
-    index = json.loads((mine.parent / "index.json").read_text())
-    assert len(index["runs"]) == len(ROWS)
+    assert not (mine / "baseline" / "seed0.json").exists()
     # (this machine's log starts here: sessions.json travels beside runs/ when committed)
     (session,) = json.loads((mine.parent / "sessions.json").read_text())
+    assert session["exit_code"] == 1
     assert sorted(session["published"]) == ["basis-all-0.25/seed0.json",
                                             "selected-sensitivity_budget-0.5/seed0.json"]
-    assert index["protocol_wall_clock"]["published"] == 2
 
-    # A run that fails is named at the end, the others still finish, the exit status is 1.
-    (mine / "baseline" / "seed0.json").unlink()
-    (mine / "basis-all-0.5" / "seed0.json").unlink()
-    broken = second / "outputs" / "smoke" / "baseline" / "seed0" / "checkpoint.pt"
-    broken.parent.mkdir(parents=True)
-    broken.write_bytes(b"not a checkpoint")
+    # The same command once the failed run's record is there (made elsewhere and committed,
+    # its damaged checkpoint removed here) trains nothing and builds the tables from all the
+    # records, with the protocol's wall-clock summed over this machine's sessions.
+    broken.unlink()
+    shutil.copy2(runs / "baseline" / "seed0.json", mine / "baseline" / "seed0.json")
     result = reproduce(repo, second)
-    assert result.returncode == 1
-    assert "failed runs" in result.stderr and "baseline-seed0" in result.stderr
-    assert "basis-all-0.5-seed0" not in result.stderr
-    assert (mine / "basis-all-0.5" / "seed0.json").exists()
-    last = json.loads((mine.parent / "sessions.json").read_text())[-1]
-    assert last["exit_code"] == 1 and last["published"] == ["basis-all-0.5/seed0.json"]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert ": started" not in result.stdout, result.stdout
+    assert "baseline seed 0: record in" in result.stdout
+    assert "speed benchmark: results in" in result.stdout
+    index = json.loads((mine.parent / "index.json").read_text())
+    assert len(index["runs"]) == len(ROWS)
+    sessions = json.loads((mine.parent / "sessions.json").read_text())
+    assert [(s["exit_code"], len(s["published"])) for s in sessions] == [(1, 2), (0, 0)]
+    assert index["protocol_wall_clock"]["sessions"] == 2
+    assert index["protocol_wall_clock"]["published"] == 2
 
 
 def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
