@@ -242,11 +242,20 @@ def test_files_left_half_written_by_killed_runs_do_not_pile_up(tmp_path, repo):
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
-    killed_writer = ("import os, sys; from basisconv.records import write_atomic; "
-                     "write_atomic(sys.argv[1], lambda f: (f.write(b'half'), f.flush(), "
-                     "os.kill(os.getpid(), 9)))")
-    for name in ("checkpoint.pt", "checkpoint.pt.sha256", "run.json"):
-        subprocess.run([sys.executable, "-c", killed_writer, str(tmp_path / name)], env=env)
+    # one process per file, each SIGKILLed mid-write: forked from one that imported the
+    # writer once (an import of torch takes seconds)
+    killed_writers = (
+        "import os, sys; from basisconv.records import write_atomic\n"
+        "for path in sys.argv[1:]:\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        write_atomic(path, lambda f: (f.write(b'half'), f.flush(), "
+        "os.kill(os.getpid(), 9)))\n"
+        "        os._exit(0)\n"
+        "    assert os.waitpid(pid, 0)[1] == 9, path\n")
+    names = ("checkpoint.pt", "checkpoint.pt.sha256", "run.json")
+    subprocess.run([sys.executable, "-c", killed_writers, *(str(tmp_path / n) for n in names)],
+                   env=env, check=True)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert len(left) == 3 and all(name.endswith(".tmp") for name in left)
     other = tmp_path / ".notes.txt.tmp"  # not a file a run writes
