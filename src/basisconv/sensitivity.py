@@ -256,8 +256,9 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
 def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     started = time.perf_counter()
     # the candidates from the cost model, before the pretraining: a layer name the model
-    # lacks or a basis.size too large for a layer is found in seconds, not after it
-    with torch.random.fork_rng():
+    # lacks or a basis.size too large for a layer is found in seconds, not after it (a
+    # CPU model: its init draws from the CPU generator alone, put back for the probe)
+    with torch.random.fork_rng(devices=[]):
         dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
                             width=cfg.model.width)
         candidates = layer_savings(dense, cfg.basis, list(cfg.sensitivity.layers))
