@@ -95,8 +95,9 @@ def device_name(hardware: dict) -> str:
 def commit_name(git: dict | None) -> str:
     """A record's commit as tables name it: the short hash, ``-dirty`` after it when the code
     or configs had uncommitted changes (as ``git describe --dirty`` says), "" for none."""
-    commit = ((git or {}).get("commit") or "")[:7]
-    return f"{commit}-dirty" if commit and (git or {}).get("dirty") else commit
+    git = git or {}
+    commit = (git.get("commit") or "")[:7]
+    return f"{commit}-dirty" if commit and git.get("dirty") else commit
 
 
 def hardware_name(hardware: dict, device: str | None = None) -> str | None:

@@ -19,17 +19,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import loop
 from .checkpoint import folder_lock
 from .errors import ConfigError
-from .models import build_model
 from .probe import Probe, evaluate_many
 from .records import RunRecord, publish, write_record, write_text_atomic
-from .selection import candidate_order, layer_savings
-from .sensitivity import sensitivity_table
+from .selection import candidate_order
+from .sensitivity import candidate_table, sensitivity_table
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +74,7 @@ def check_search_size(cfg: DictConfig, candidates: int) -> int:
 def candidate_count(cfg: DictConfig) -> int:
     """How many candidate layers the sensitivity table will have: from the cost model on a
     dense model, before anything is trained."""
-    with torch.random.fork_rng():
-        dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                            width=cfg.model.width)
-    return len(layer_savings(dense, cfg.basis, list(cfg.sensitivity.layers)))
+    return len(candidate_table(cfg))
 
 
 def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:

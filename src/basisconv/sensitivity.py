@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
@@ -247,6 +248,22 @@ def restore_published(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
 
 
 # ----------------------------------------------------------------------------- estimate
+def dense_model(cfg: DictConfig) -> nn.Module:
+    """A fresh dense model of ``cfg`` on the CPU, to count costs and find the candidates on,
+    before anything is trained. Its init draws from the CPU generator, which is put back,
+    so what comes after (a probe, a run's own init) draws as if it had not been built."""
+    with torch.random.fork_rng(devices=[]):
+        return build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                           width=cfg.model.width)
+
+
+def candidate_table(cfg: DictConfig) -> pd.DataFrame:
+    """The candidate table of ``cfg`` (:func:`layer_savings`): the layers of
+    ``sensitivity.layers`` where a basis of ``basis.size`` saves compute. A layer name the
+    model lacks, or a basis too large for a layer, is a :class:`ConfigError` here."""
+    return layer_savings(dense_model(cfg), cfg.basis, list(cfg.sensitivity.layers))
+
+
 def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     """Estimate the sensitivity table of ``cfg`` (no cache; see :func:`sensitivity_table`)."""
     with loop.settings_restored():
@@ -255,13 +272,9 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
 
 def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     started = time.perf_counter()
-    # the candidates from the cost model, before the pretraining: a layer name the model
-    # lacks or a basis.size too large for a layer is found in seconds, not after it (a
-    # CPU model: its init draws from the CPU generator alone, put back for the probe)
-    with torch.random.fork_rng(devices=[]):
-        dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                            width=cfg.model.width)
-        candidates = layer_savings(dense, cfg.basis, list(cfg.sensitivity.layers))
+    # before the pretraining: a layer name the model lacks or a basis.size too large for a
+    # layer is found in seconds, not after it
+    candidates = candidate_table(cfg)
     probe = Probe(cfg)
     reference = probe.evaluate_layers([])
     log.info("sensitivity: dense after pretraining %.4f, reference after fine-tuning %.4f "
@@ -306,9 +319,8 @@ def choose_layers(cfg: DictConfig) -> list[str] | str | None:
     selection = cfg.selection
     if selection.policy not in ORDERED_POLICIES:
         return fixed_layers(selection)
-    with torch.random.fork_rng():
-        dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                            width=cfg.model.width)
+    dense = dense_model(cfg)
+    with torch.random.fork_rng():  # an estimate draws from every generator it uses
         if selection.policy in SENSITIVITY_POLICIES:
             table, _ = sensitivity_table(cfg)
         else:
@@ -334,10 +346,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     if cfg.selection.policy in ORDERED_POLICIES:
         chosen = pick_layers(cfg.selection, timed, dense)
     else:  # none, all or list: the candidates they convert (all of them, for all)
-        with torch.random.fork_rng():
-            model = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                                width=cfg.model.width)
-        chosen = fixed_candidates(cfg.selection, model, table)
+        chosen = fixed_candidates(cfg.selection, dense_model(cfg), table)
     write_bytes_atomic(output_dir / TABLE, table_csv(table))
     config = OmegaConf.to_container(cfg, resolve=True)
     picked = table[table["layer"].isin(chosen)]
