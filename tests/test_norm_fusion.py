@@ -72,7 +72,11 @@ def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu
         ref, ref_grads = step(conv, norm, x, upstream, relu)
         got, got_grads = step(fconv, fnorm, x, upstream, relu)
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
-        assert got.is_contiguous(memory_format=layout)
+        # the unfused layers' layout: channels_last on CPU; on CUDA float64 convs give
+        # NCHW whatever the input (cuDNN has no NHWC float64 kernels), and so does the fusion
+        assert got.stride() == ref.stride()
+        if device.type == "cpu":
+            assert got.is_contiguous(memory_format=layout)
         for g, r in zip(got_grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
     for name, buffer in norm.named_buffers():

@@ -336,13 +336,17 @@ def test_dense_warmup_then_convert():
     torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_the_optimizer_after_a_conversion_keeps_the_momentum_of_the_layers_left_alone():
+@pytest.mark.parametrize("fused", [None, True], ids=["default", "fused"])
+def test_the_optimizer_after_a_conversion_keeps_the_momentum_of_the_layers_left_alone(fused):
     # Found by audit: rebind_optimizer dropped every momentum buffer at the end of a dense
     # warm-up, also those of the norms, the head and the convs left dense, so a warm-up run
-    # that converted no layer (only_where_saves) trained on differently from the dense run
+    # that converted no layer (only_where_saves) trained on differently from the dense run.
+    # Found on an H200: fused SGD (loop.build_optimizer's on CUDA) refused the step after the
+    # conversion, the new parameters having no buffer beside the others' (TypeError)
     torch.manual_seed(0)
     model = build_model("resnet8", width=0.5)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                fused=fused)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=4)
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
     for _ in range(2):
@@ -358,13 +362,16 @@ def test_the_optimizer_after_a_conversion_keeps_the_momentum_of_the_layers_left_
     assert optimizer.param_groups[0]["params"] == list(model.parameters())
     assert optimizer.param_groups[0]["lr"] == lr and optimizer.param_groups[0]["momentum"] == 0.9
     for p in model.parameters():
-        if id(p) in converted:
-            assert p not in optimizer.state  # new parameters: no momentum yet
+        if id(p) in converted:  # new parameters: no momentum yet
+            assert torch.count_nonzero(optimizer.state[p]["momentum_buffer"]) == 0
         else:
             assert torch.equal(optimizer.state[p]["momentum_buffer"], before[p])
     optimizer.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
+    new = {p: p.detach().clone() for p in model.parameters() if id(p) in converted}
     optimizer.step()
+    for p, old in new.items():  # a new buffer holds the first gradient, with weight decay
+        torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], p.grad + 5e-4 * old)
     scheduler.step()  # the schedule goes on from where it was
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.875)
 

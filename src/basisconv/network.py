@@ -84,7 +84,11 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
     """Point ``optimizer`` at ``model``'s parameters after surgery replaced some of them,
     keeping its hyper-parameters and schedule (the scheduler holds this optimizer). The
     parameters surgery made start with no momentum; the others keep theirs, so the layers
-    it left alone (norms, the head, the convs it did not convert) train on as before."""
+    it left alone (norms, the head, the convs it did not convert) train on as before.
+
+    With momentum, the new parameters start with a zero buffer rather than none: SGD's first
+    step then stores the gradient as the buffer, as it does for a missing one (dampening 0),
+    and fused SGD (CUDA's) refuses a mix of parameters with and without a buffer."""
     params = list(model.parameters())
     kept = {p: optimizer.state[p] for p in params if p in optimizer.state}
     settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
@@ -92,6 +96,10 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
     optimizer.state.clear()
     optimizer.add_param_group({**settings, "params": params})
     optimizer.state.update(kept)
+    if settings.get("momentum", 0) > 0 and any("momentum_buffer" in s for s in kept.values()):
+        for p in params:
+            if p not in kept:
+                optimizer.state[p] = {"momentum_buffer": torch.zeros_like(p)}
 
 
 def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device: torch.device,
