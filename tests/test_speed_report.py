@@ -156,6 +156,17 @@ def test_the_threads_of_a_model_record_are_a_column_not_a_form(tmp_path):
     assert list(model.loc[[1, 2, 0], "fwdbwd_ratio"]) == [0.5, 0.45, 0.4]  # 0: torch's default
 
 
+def test_a_quick_measurement_is_marked_beside_its_form_not_taken_for_one(tmp_path):
+    """``--quick`` files (``-quick``: few repeats) show their form, marked as quick; the
+    first GPU records (an H200, 2026-11-30) were shown as a form called "quick"."""
+    _model_record(tmp_path, "cuda-bf16-quick", GPU, "bf16", {0.25: 1.7})
+    _model_record(tmp_path, "cuda-bf16-b512-quick", GPU, "bf16", {0.25: 1.3}, batch=512)
+    _model_record(tmp_path, "cuda-bf16-fused-quick", GPU, "bf16", {0.25: 0.9})
+    model = speed.model_speed([tmp_path]).set_index("fwdbwd_ratio")
+    assert list(model.loc[[1.7, 1.3, 0.9], "form"]) == ["stacked (quick)", "stacked (quick)",
+                                                        "fused (quick)"]
+
+
 def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(tmp_path):
     """An epoch is 50000 // batch steps of the record's own batch size."""
     _train_record(tmp_path, "cuda-bf16-b256", GPU, 0.02, batch_size=256)

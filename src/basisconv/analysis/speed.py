@@ -68,9 +68,11 @@ def _or_dash(value):
 def _options(path: Path) -> str:
     """The non-default options a benchmark file's name carries (``model-speed-cuda-bf16-
     fused-b512.json``: ``fused``), the batch and threads aside (columns of their own);
-    ``stacked`` when there are none."""
+    ``stacked`` when there are none. ``-quick`` (``--quick``: few repeats) is how it was
+    measured, not a form: it follows the form in brackets (``stacked (quick)``)."""
     words = path.stem.split("-")[4:]  # after model-speed-<device>-<precision>
-    return ", ".join(w for w in words if not re.fullmatch(r"[bt]\d+", w)) or "stacked"
+    form = ", ".join(w for w in words if w != "quick" and not re.fullmatch(r"[bt]\d+", w))
+    return (form or "stacked") + (" (quick)" if "quick" in words else "")
 
 
 def _training_form(record: dict) -> str:
