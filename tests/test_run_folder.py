@@ -3,6 +3,7 @@ run per job, also across a resume (with a stand-in wandb module, never the netwo
 wandb failure that touches training, the provenance of every start, no half-written files
 piling up."""
 
+import hashlib
 import json
 import os
 import sys
@@ -300,11 +301,23 @@ def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path
     (tmp_path / "results" / "quick" / "index.json").write_text("1\n")
     (tmp_path / "results" / "new.csv").write_text("untracked\n")
     assert records.git_commit(package)["dirty"] is False
+    assert "diff_sha256" not in records.git_commit(package)
     for name in ("configs/trainer.yaml", "src/pkg/m.py"):
         (tmp_path / name).write_text("1\n")
         assert records.git_commit(package)["dirty"] is True
         git("checkout", "--", name)
     assert records.git_commit(package)["dirty"] is False
+    # a dirty tree's diff hash is that of the commit it would become (results/ aside), so a
+    # record can be matched to it; another change, another hash
+    (tmp_path / "src" / "pkg" / "m.py").write_text("2\n")
+    dirty = records.git_commit(package)
+    git("commit", "-qam", "next")
+    diff = subprocess.run(["git", "diff", "HEAD~1", "HEAD", "--binary", "--", ".",
+                           ":(exclude)results"], cwd=tmp_path, check=True,
+                          capture_output=True).stdout
+    assert dirty["diff_sha256"] == hashlib.sha256(diff).hexdigest()
+    (tmp_path / "src" / "pkg" / "m.py").write_text("3\n")
+    assert records.git_commit(package)["diff_sha256"] != dirty["diff_sha256"]
 
 
 def test_a_record_without_a_given_command_names_the_command_line(monkeypatch):

@@ -27,22 +27,35 @@ import torch
 from .errors import PublishError
 
 
+#: The code and configs: the whole work tree but the top-level ``results/`` (see git_commit).
+_CODE = ["--", ":(top)", ":(top,exclude)results"]
+
+
 def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     """HEAD commit of the repository around ``cwd`` (this package by default), and whether
     the work tree had uncommitted changes; ``None`` values outside a git checkout.
 
     Changes under the top-level ``results/`` do not count: they are what runs write (a
     protocol publishes its records and tables there while later runs start), not what
-    computes them, so ``dirty`` means the code or configs differ from the commit."""
+    computes them, so ``dirty`` means the code or configs differ from the commit. A dirty
+    tree also gets ``diff_sha256``, the hash of ``git diff HEAD --binary`` of the code and
+    configs, so that a record can be matched to the commit whose changes it ran (a copy of a
+    checkout whose git metadata is older than its files, as a GPU machine's was, says
+    dirty): at the top of a checkout, ``git diff <its commit> <that commit> --binary -- .
+    ':(exclude)results' | sha256sum`` gives the same hash."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=True,
+                              timeout=10).stdout
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no",
-                                 "--", ":(top)", ":(top,exclude)results"],
-                                cwd=cwd, capture_output=True, text=True, check=True,
-                                timeout=10).stdout
-        return {"commit": commit, "dirty": bool(status.strip())}
+        commit = git("rev-parse", "HEAD").decode().strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", *_CODE).strip())
+        if not dirty:
+            return {"commit": commit, "dirty": False}
+        diff = git("diff", "HEAD", "--binary", *_CODE)
+        return {"commit": commit, "dirty": True, "diff_sha256": hashlib.sha256(diff).hexdigest()}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
