@@ -73,7 +73,7 @@ def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu
         got, got_grads = step(fconv, fnorm, x, upstream, relu)
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
         # the unfused layers' layout: channels_last on CPU; on CUDA float64 convs give
-        # NCHW whatever the input (cuDNN has no NHWC float64 kernels), and so does the fusion
+        # NCHW whatever the input (PyTorch keeps float64 cuDNN convs NCHW), and so does the fusion
         assert got.stride() == ref.stride()
         if device.type == "cpu":
             assert got.is_contiguous(memory_format=layout)
