@@ -283,6 +283,29 @@ def test_wandb_failure_does_not_stop_training(tmp_path, repo, monkeypatch, caplo
     assert "wandb could not start" in caplog.text
 
 
+def test_wandb_waits_are_bounded_by_the_logger_config(tmp_path, repo):
+    # wandb's defaults wait 90 s to start and for ever for the last uploads: a network
+    # lost mid-run would hang the run, and the sweep behind it, at its end.
+    cfg = compose_tiny(repo, "logger=wandb", "logger.mode=offline", "logger.init_timeout_s=7",
+                       "logger.finish_timeout_s=11")
+    tracker = Tracker(cfg.logger, {}, tmp_path, name="bounded")
+    try:
+        assert tracker.working
+        assert (tracker.run.settings.init_timeout, tracker.run.settings.finish_timeout) == (7, 11)
+    finally:
+        tracker.finish()
+    assert tracker.run is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("logger.init_timeout_s=0", "logger.init_timeout_s must be a number of seconds > 0"),
+    ("logger.finish_timeout_s=-1", "logger.finish_timeout_s must be a number of seconds >= 0"),
+])
+def test_bad_wandb_timeouts_are_named(repo, override, message):
+    with pytest.raises(ConfigError, match=message):
+        basisconv.config.validate(compose_tiny(repo, "logger=wandb", override))
+
+
 def test_basis_run_records_its_layers_and_costs(tmp_path, repo):
     record = fit(compose_tiny(repo, "trainer.epochs=1", "experiment=basis_blocks",
                               "basis.size=0.5"), tmp_path)

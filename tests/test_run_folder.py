@@ -74,7 +74,7 @@ def fake_wandb(monkeypatch):
         wandb.runs.append(wandb.Run(wandb, kwargs))
         return wandb.runs[-1]
 
-    wandb.init = init
+    wandb.init, wandb.Settings = init, SimpleNamespace
     monkeypatch.setitem(sys.modules, "wandb", wandb)
     return wandb
 

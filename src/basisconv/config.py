@@ -86,6 +86,8 @@ class LoggerConfig:
     entity: Optional[str] = MISSING
     group: Optional[str] = MISSING
     tags: list[str] = MISSING
+    init_timeout_s: float = MISSING
+    finish_timeout_s: float = MISSING
 
 
 @dataclass
@@ -348,6 +350,10 @@ def validate(cfg: DictConfig) -> None:
                                 f"choose another .json path (or null)")
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     validate_logger_mode(cfg)
+    init, finish = cfg.logger.init_timeout_s, cfg.logger.finish_timeout_s
+    _check(0 < init < math.inf, f"logger.init_timeout_s must be a number of seconds > 0, got {init}")
+    _check(0 <= finish < math.inf,
+           f"logger.finish_timeout_s must be a number of seconds >= 0 (0: no limit), got {finish}")
 
 
 def validate_logger_mode(cfg: DictConfig) -> None:

@@ -2,7 +2,9 @@
 
 The run record (``run.json``) is where results live; wandb is a view of them. So every
 wandb call here is guarded: a failure (no network, no account, a broken install) is
-logged once and tracking is switched off, and training goes on. ``finish`` is safe to
+logged once and tracking is switched off, and training goes on; and wandb's own waits, at
+the start and for the uploads at the end, are bounded (``logger.init_timeout_s``,
+``logger.finish_timeout_s``), so a network that goes away cannot hang a run or a sweep. ``finish`` is safe to
 call in a ``finally``, so each job of a Hydra multirun gets its own wandb run.
 """
 
@@ -34,11 +36,14 @@ class Tracker:
         try:
             import wandb
 
+            # bounded waits: a lost network must not hang a run at its start or its end
+            settings = wandb.Settings(init_timeout=logger_cfg.init_timeout_s,
+                                      finish_timeout=logger_cfg.finish_timeout_s)
             self.run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.entity,
                 group=logger_cfg.group, tags=list(logger_cfg.tags), name=name,
                 config=config, dir=str(output_dir), mode=logger_cfg.mode,
-                reinit="finish_previous", **same_run)
+                reinit="finish_previous", settings=settings, **same_run)
             # what the run record keeps about the wandb run, to find it again
             self.info = {"id": self.run.id, "dir": str(Path(self.run.dir).parent),
                          "mode": self.run.settings.mode, "url": self.run.url}
