@@ -165,6 +165,23 @@ def test_a_fused_model_trains_as_the_unfused_one(model_name, width):
     torch.testing.assert_close(models[1](x), models[0](x), rtol=1e-8, atol=1e-10)
 
 
+def test_a_run_record_counts_a_fused_model_per_image_at_the_training_batch():
+    from basisconv.network import describe
+
+    dense = build_model("resnet8", width=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 1x1 shortcuts save no compute; convert anyway
+        fused, plain = (apply_basis(dense, "all", 0.5, convert=False, fuse_norm=fuse)
+                        for fuse in (True, False))
+    assert describe(plain, batch=128) == describe(plain)  # nothing paid once per batch
+    one, batch = describe(fused), describe(fused, batch=128)
+    # the statistics' A Cov_b product, 2*C_out*m*m a batch, forward and in the backward
+    assert batch["forward_flops"] < one["forward_flops"]
+    assert batch["grad_input_flops"] < one["grad_input_flops"]
+    assert batch["parameters"] == one["parameters"]
+    assert batch["backward_flops"] == batch["grad_input_flops"] + batch["grad_weight_flops"]
+
+
 def test_benchmark_files_say_when_norms_are_fused():
     from basisconv.bench.layers import SpeedOptions
     from basisconv.bench.train import ThroughputOptions

@@ -232,6 +232,28 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
     dense, converted = model_cost(model), model_cost(every)
     assert table["params_saved"].sum() == dense.params - converted.params
     assert table["flops_saved"].sum() == dense.total_flops - converted.total_flops
+    # almost every FLOP scales with the batch: counted at a training batch, the same table
+    assert selection.layer_savings(model, basis, batch=128).equals(table)
+
+
+def test_fused_norm_savings_are_counted_per_image_at_the_training_batch():
+    """With the norm folded in, a layer's statistics cost ``2*C_out*m*m`` per batch, shared
+    by its images: counted at one image (as the budget once was), the savings were those of
+    a batch of one, and without ``fuse_norm`` those of the unfused layer."""
+    from basisconv.cost import model_cost
+    from basisconv.surgery import apply_basis
+
+    model = build_model("resnet20", width=0.5)
+    fields = {"size": 0.5, "combine": "stacked", "coefficient_rank": None}
+    unfused = selection.layer_savings(model, OmegaConf.create(fields))
+    fused = OmegaConf.create({**fields, "fuse_norm": True})
+    at_one, at_batch = (selection.layer_savings(model, fused, batch=b) for b in (1, 128))
+    assert at_one["flops_saved"].sum() < at_batch["flops_saved"].sum() < unfused["flops_saved"].sum()
+    assert at_batch["params_saved"].equals(unfused["params_saved"])
+    every = apply_basis(model, at_batch["layer"].tolist(), 0.5, convert=False, fuse_norm=True)
+    dense, converted = model_cost(model, (128, 3, 32, 32)), model_cost(every, (128, 3, 32, 32))
+    saved = (dense.total_flops - converted.total_flops) / 128
+    assert abs(at_batch["flops_saved"].sum() - saved) <= len(at_batch) / 2  # (rounded per row)
 
 
 # ------------------------------------------------------------------ cache and the script

@@ -62,14 +62,20 @@ def build_network(cfg: DictConfig, layers: Layers, *, basis_now: bool | None = N
     return to_basis(model, cfg, layers, convert=convert)
 
 
-def describe(model: nn.Module, image_shape=(3, 32, 32)) -> dict[str, Any]:
+def describe(model: nn.Module, image_shape=(3, 32, 32), batch: int = 1) -> dict[str, Any]:
     """Parameters, per-image FLOPs (forward; backward split into grad-input and
-    grad-weight, as ``basisconv.cost`` counts them) and the basis layers of ``model``."""
-    cost = model_cost(model, (1, *image_shape))
+    grad-weight, as ``basisconv.cost`` counts them) and the basis layers of ``model``.
+    The FLOPs are counted at the training ``batch`` and divided by it: what a layer pays
+    once per batch (folded-norm statistics, a low-rank coefficient product) is shared by
+    its images, as :func:`basisconv.selection.layer_savings` counts it too."""
+    cost = model_cost(model, (batch, *image_shape))
     report = basis_report(model)
-    return {"parameters": cost.params, "forward_flops": cost.forward_flops,
-            "backward_flops": cost.backward_flops, "grad_input_flops": cost.grad_input_flops,
-            "grad_weight_flops": cost.grad_weight_flops,
+    per_image = {k: round(getattr(cost, k) / batch)
+                 for k in ("forward_flops", "grad_input_flops", "grad_weight_flops")}
+    return {"parameters": cost.params, "forward_flops": per_image["forward_flops"],
+            "backward_flops": per_image["grad_input_flops"] + per_image["grad_weight_flops"],
+            "grad_input_flops": per_image["grad_input_flops"],
+            "grad_weight_flops": per_image["grad_weight_flops"],
             "basis_layers": [row["name"] for row in report], "basis_report": report}
 
 

@@ -200,18 +200,26 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
 
 # ----------------------------------------------------------------------------- candidates
 def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[str] = "all",
-                  input_shape: tuple[int, ...] = IMAGE) -> pd.DataFrame:
+                  input_shape: tuple[int, ...] = IMAGE, *, batch: int = 1) -> pd.DataFrame:
     """The candidate table: per candidate layer (among ``layers``, in model order), what
     converting it alone saves, by the cost model, per input of ``input_shape``
     (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
     Candidates are the layers where a basis of this size saves compute; converting several
-    layers saves the sum (layer costs are independent)."""
+    layers saves the sum (layer costs are independent).
+
+    ``batch`` is the training batch: costs are counted at ``batch`` inputs and divided by
+    it. Almost every FLOP scales with the batch, so this changes nothing for them; the few
+    that are paid once per batch, a layer's statistics with its norm folded in
+    (``basis.fuse_norm``) and a low-rank coefficient product, are shared by its inputs, as
+    they are in training (counted at one input they would overstate the basis cost)."""
     names = list(select_layers(model, layers, key="sensitivity.layers"))
-    dense = {c.name: c for c in model_cost(model, input_shape).layers}
+    shape = (input_shape[0] * batch, *input_shape[1:])
+    dense = {c.name: c for c in model_cost(model, shape).layers}
     converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
                             only_where_saves=True, combine=basis.combine,
-                            coefficient_rank=basis.coefficient_rank, keys=CONFIG_KEYS)
-    basis_costs = {c.name: c for c in model_cost(converted, input_shape).layers}
+                            coefficient_rank=basis.coefficient_rank,
+                            fuse_norm=bool(basis.get("fuse_norm")), keys=CONFIG_KEYS)
+    basis_costs = {c.name: c for c in model_cost(converted, shape).layers}
     rows = []
     for row in basis_report(converted):
         name = row["name"]
@@ -221,8 +229,9 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
                               f"k{_kernel(*row['kernel_size'])}",
                      "num_basis": row["num_basis"],
                      "params_saved": before.params - after.params,
-                     "flops_saved": before.total_flops - after.total_flops,
-                     "forward_flops_saved": before.forward_flops - after.forward_flops})
+                     "flops_saved": round((before.total_flops - after.total_flops) / batch),
+                     "forward_flops_saved":
+                         round((before.forward_flops - after.forward_flops) / batch)})
     if not rows:
         raise ConfigError(f"no candidate layer: at basis.size={basis.size} no selected layer "
                           f"saves compute; choose a smaller basis.size")

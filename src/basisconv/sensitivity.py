@@ -74,6 +74,10 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     basis = pick(cfg.basis, ["size", "combine", "coefficient_rank"])
     if cfg.basis.get("fuse_norm"):  # only when on, so that earlier keys stay valid
         basis["fuse_norm"] = True
+    if basis.get("fuse_norm") or basis["coefficient_rank"]:
+        # the only layers with costs paid once per batch, whose savings per image are now
+        # counted at the training batch: tables counted at one image are not reused
+        basis["savings_per_image_at"] = "trainer.batch_size"
     estimate = pick(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint", "finetune_epochs",
                                       "finetune_lr", "val_size", "layers"])
     source = estimate["source_checkpoint"]
@@ -257,11 +261,13 @@ def dense_model(cfg: DictConfig) -> nn.Module:
                            width=cfg.model.width)
 
 
-def candidate_table(cfg: DictConfig) -> pd.DataFrame:
-    """The candidate table of ``cfg`` (:func:`layer_savings`): the layers of
-    ``sensitivity.layers`` where a basis of ``basis.size`` saves compute. A layer name the
-    model lacks, or a basis too large for a layer, is a :class:`ConfigError` here."""
-    return layer_savings(dense_model(cfg), cfg.basis, list(cfg.sensitivity.layers))
+def candidate_table(cfg: DictConfig, dense: nn.Module | None = None) -> pd.DataFrame:
+    """The candidate table of ``cfg`` (:func:`layer_savings`, counted at the training
+    batch): the layers of ``sensitivity.layers`` where a basis of ``basis.size`` saves
+    compute, in ``dense`` (by default :func:`dense_model`). A layer name the model lacks,
+    or a basis too large for a layer, is a :class:`ConfigError` here."""
+    return layer_savings(dense_model(cfg) if dense is None else dense, cfg.basis,
+                         list(cfg.sensitivity.layers), batch=cfg.trainer.batch_size)
 
 
 def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
@@ -324,7 +330,7 @@ def choose_layers(cfg: DictConfig) -> list[str] | str | None:
         if selection.policy in SENSITIVITY_POLICIES:
             table, _ = sensitivity_table(cfg)
         else:
-            table = layer_savings(dense, cfg.basis, list(cfg.sensitivity.layers))
+            table = candidate_table(cfg, dense)
         table, totals = with_measured_time(cfg, table, dense_totals(dense))
         chosen = pick_layers(selection, table, totals)
     return chosen_or_dense(selection, chosen)

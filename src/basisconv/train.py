@@ -168,7 +168,7 @@ class Training:
         self.scaler = loop.grad_scaler(self.amp_dtype, self.device)
         self.scheduler = loop.build_scheduler(self.optimizer, trainer, len(self.train_batches))
         self.record = RunRecord("training", config, results={
-            "model": describe(self.model), "layers": self.layers,
+            "model": describe(self.model, batch=trainer.batch_size), "layers": self.layers,
             "sensitivity_key": sensitivity_key, "epochs": [], "final": None, "wandb": None})
         self.results = self.record.results
         if checkpoint is not None:
@@ -226,7 +226,7 @@ class Training:
         to_basis(self.model, self.cfg, self.layers, convert=True)
         self.model.to(device=self.device, memory_format=self.memory_format)
         rebind_optimizer(self.optimizer, self.model)
-        self.results["model"] = describe(self.model)
+        self.results["model"] = describe(self.model, batch=self.cfg.trainer.batch_size)
         self.pending_conversion = False
         self.wrap()
         self.summarize_model()
