@@ -50,7 +50,7 @@ CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
 # script sets per run (a row, its seed, its folders) are refused.
 # keys that change only how runs execute (alike to rounding), and keys set per run below
 EXECUTION=(trainer.cuda_graphs trainer.compile trainer.compile_mode trainer.device
-           trainer.threads data.root logger 'logger.*' 'hydra.*')
+           trainer.threads trainer.checkpoint_every_s data.root logger 'logger.*' 'hydra.*')
 PER_RUN=(experiment selection basis.size seed profile model publish hydra.run.dir
          trainer.progress sensitivity.cache_dir sensitivity.restore_from sensitivity.workers
          sensitivity.search_subset_size)

@@ -413,6 +413,58 @@ def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tm
     assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["record"]["epochs"]) == 2
 
 
+def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, repo, monkeypatch):
+    """``trainer.checkpoint_every_s``: a GPU epoch of seconds need not write a checkpoint
+    each time. A stop between checkpoints says which epoch the checkpoint holds, and the
+    same command trains the later epochs again, to the uninterrupted run's result."""
+    from basisconv import loop, train
+    from basisconv.errors import Stopped
+
+    saves = []
+    real_save = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint",
+                        lambda path, state: saves.append(len(state["record"]["epochs"]))
+                        or real_save(path, state))
+    every = compose_tiny(repo, "logger=none", "trainer.epochs=4")
+    reference = fit(every, tmp_path / "every")
+    assert saves == [1, 2, 3, 4]
+
+    saves.clear()
+    clock = iter(range(0, 1000, 10))  # each read of the clock 10 s after the one before
+    monkeypatch.setattr(train, "monotonic", lambda: next(clock))  # (its reads only)
+    cfg = compose_tiny(repo, "logger=none", "trainer.epochs=4", "trainer.checkpoint_every_s=15")
+    run_epoch = loop.run_epoch
+    stop_at = [4]
+
+    def stopped(number, *args, **kwargs):
+        if number == stop_at[0]:
+            raise KeyboardInterrupt
+        return run_epoch(number, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", stopped)
+    with pytest.raises(Stopped, match=r"stopped after epoch 3 of 4; its checkpoint, written at "
+                                      r"most every trainer.checkpoint_every_s=15 s, is of epoch 2"):
+        fit(cfg, tmp_path / "sparse")
+    assert saves == [2]  # 20 s after the start; epochs 1 and 3 came 10 s after the one before
+    record = json.loads((tmp_path / "sparse" / "run.json").read_text())
+    assert record["status"] == "running" and len(record["epochs"]) == 3  # the record: each epoch
+    stop_at[0] = None
+    resumed = fit(cfg, tmp_path / "sparse")
+    assert saves == [2, 4] and resumed["provenance"]["resumed_from_epoch"] == 2
+    assert resumed["final"]["test_accuracy"] == reference["final"]["test_accuracy"]
+    assert resumed["final"]["train_loss"] == reference["final"]["train_loss"]
+
+
+@pytest.mark.parametrize("value", ["-1", "inf"])
+def test_a_bad_checkpoint_interval_is_named(repo, value):
+    from basisconv.config import validate
+    from basisconv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every_s must be a number of "
+                                          "seconds >= 0"):
+        validate(compose_tiny(repo, f"trainer.checkpoint_every_s={value}"))
+
+
 def test_a_start_without_wandb_keeps_the_wandb_run_for_the_next_start(tmp_path, repo,
                                                                       fake_wandb):
     """Found by audit: a resumed start whose wandb could not start (or with logger=none)

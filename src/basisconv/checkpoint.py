@@ -39,7 +39,8 @@ LATER_STATE = ("scaler",)
 #: (:func:`changes_only_execution`).
 RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                      "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs",
-                     "trainer.checkpoint", "publish", "data.download", "data.verify_md5",
+                     "trainer.checkpoint", "trainer.checkpoint_every_s", "publish",
+                     "data.download", "data.verify_md5",
                      "sensitivity.restore_from", "sensitivity.workers",
                      "sensitivity.cache_dir", "sensitivity.recompute"}
 

@@ -75,6 +75,7 @@ class TrainerConfig:
     deterministic: bool = MISSING
     progress: bool = MISSING
     checkpoint: bool = MISSING
+    checkpoint_every_s: float = MISSING
     resume: bool = MISSING
 
 
@@ -278,6 +279,9 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check(valid_device_name(t.device),
            f"trainer.device={t.device!r}; choose one of {DEVICE_NAMES}")
     _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
+    _check(0 <= t.checkpoint_every_s < math.inf,
+           f"trainer.checkpoint_every_s must be a number of seconds >= 0 (0: after every "
+           f"epoch), got {t.checkpoint_every_s}")
 
 
 def unknown_keys(cfg: DictConfig) -> list[str]:

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -258,6 +259,7 @@ class Training:
             "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu")})
         failed = True
         self.saved_epochs = len(results["epochs"])
+        self.last_checkpoint = monotonic()
         try:
             log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
                      "test_loss", "test_acc", "lr", "time_s")
@@ -300,24 +302,33 @@ class Training:
         leaves a ``run.json`` behind its checkpoint, which resuming catches up (a complete
         one: :func:`repair_record`), never one ahead of it, saying complete while the
         checkpoint, and so the next start, would train the last epoch again. A write that
-        fails (each is atomic, so the earlier file stays) is one :class:`SaveError` line."""
+        fails (each is atomic, so the earlier file stays) is one :class:`SaveError` line.
+
+        With ``trainer.checkpoint_every_s`` the checkpoint is written only when that long
+        has passed since the last one, and after the last epoch; the record, a few
+        kilobytes, after every epoch (an incomplete record ahead of the checkpoint is
+        caught up by resuming, which trains the epochs after the checkpoint again)."""
         try:
             self._save()
         except OSError as err:
             raise SaveError(self.save_failed_message(err)) from None
 
     def _save(self) -> None:
-        if self.cfg.trainer.checkpoint:
+        trainer = self.cfg.trainer
+        if not trainer.checkpoint:
+            self.remove_stale_checkpoint()
+        elif (self.record.status == "complete"
+              or monotonic() - self.last_checkpoint >= trainer.checkpoint_every_s):
             save_checkpoint(self.output_dir / CHECKPOINT, {
                 "config": self.record.config, "record": self.record.as_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "batches": self.train_batches.state_dict(), "scaler": self.scaler.state_dict()})
+            self.last_checkpoint = monotonic()
             self.saved_epochs = len(self.results["epochs"])  # a stop now resumes after it
-        else:
-            self.remove_stale_checkpoint()
         write_record(self.output_dir, self.record)
-        self.saved_epochs = len(self.results["epochs"])
+        if not trainer.checkpoint:
+            self.saved_epochs = len(self.results["epochs"])
 
     def remove_stale_checkpoint(self) -> None:
         """A run that keeps no checkpoint (``trainer.checkpoint=false``) deletes one an
@@ -368,11 +379,19 @@ class Training:
         if not self.cfg.trainer.checkpoint:
             return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs}; "
                     f"trainer.checkpoint=false, so the same command starts it over")
+        finished = len(self.results["epochs"])
+        if finished > done:  # epochs that ended between checkpoints (checkpoint_every_s)
+            where = (f"stopped after epoch {finished} of {epochs}; its checkpoint, written at "
+                     f"most every trainer.checkpoint_every_s="
+                     f"{self.cfg.trainer.checkpoint_every_s:g} s, ")
+            where += "was not written yet" if done == 0 else f"is of epoch {done}"
+        elif done == 0:
+            where = f"stopped during epoch 1 of {epochs}, before its first checkpoint"
+        else:
+            where = f"stopped after epoch {done} of {epochs} (checkpoint saved)"
         if done == 0:
-            return (f"the run in {self.output_dir} stopped during epoch 1 of {epochs}, before "
-                    f"its first checkpoint; the same command starts it over")
-        return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs} "
-                f"(checkpoint saved); run the same command again with "
+            return f"the run in {self.output_dir} {where}; the same command starts it over"
+        return (f"the run in {self.output_dir} {where}; run the same command again with "
                 f"{folder_override(self.output_dir, self.cfg.name)} to resume it")
 
 
