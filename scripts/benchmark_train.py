@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "graphs); default eager")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay each step as CUDA graphs (trainer.cuda_graphs; CUDA only)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one more epoch of --steps steps (torch.profiler; "
+                             "graphed: its replays) into <result>-profile.txt")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default results/)")
     args = parser.parse_args(argv)
     options = ThroughputOptions(**{k: v for k, v in vars(args).items() if k != "out"})
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  data loading + augmentation: {result['data_share']:.2%} of the step "
           f"({result['data_seconds_per_step_median'] * 1e3:.1f} ms median per batch)")
     print(f"  written to {out}")
+    if "profile_file" in result:
+        print(f"  where the time goes (torch.profiler): {out.with_name(result['profile_file'])}")
     return result
 
 

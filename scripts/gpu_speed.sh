@@ -6,7 +6,8 @@
 #    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
 #    in the stacked form, with folded batch norms, and with the fused Triton kernel; dense
 #    graphed in fp32; dense and basis 1/4 (stacked and fused) under torch.compile's
-#    reduce-overhead;
+#    reduce-overhead; the graphed dense, stacked and folded-norm steps also profiled
+#    (torch.profiler's kernels by GPU time, in <file>-profile.txt);
 # 2. layer and whole-model speed against the FLOP ratio (scripts/benchmark_layers.py):
 #    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms,
 #    then fp32 at batch 128.
@@ -88,10 +89,12 @@ layers() {  # layers <name> <benchmark_layers options...>
 }
 
 train bf16 --amp bf16
-train bf16-graphs --amp bf16 --cuda-graphs
+# --profile: then where a graphed step's time goes, beside each file (<name>-profile.txt)
+train bf16-graphs --amp bf16 --cuda-graphs --profile
 for size in 0.25 0.5; do
-  train "bf16-basis$size-graphs" --amp bf16 --cuda-graphs --basis-size "$size"
-  train "bf16-basis$size-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --fuse-norm
+  train "bf16-basis$size-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --profile
+  train "bf16-basis$size-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" \
+    --fuse-norm --profile
   train "bf16-basis$size-fused-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --combine fused
   train "bf16-basis$size" --amp bf16 --basis-size "$size"
 done

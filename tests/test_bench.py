@@ -353,6 +353,37 @@ def test_training_benchmark_without_warmup_steps(monkeypatch, tmp_path):
     assert result["seconds_per_step"] > 0
 
 
+def test_training_benchmark_profiles_the_steps_of_one_more_epoch(monkeypatch, tmp_path):
+    from basisconv.bench.train import ThroughputOptions, run
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    options = ThroughputOptions(model="resnet8", batch_size=4, steps=3, warmup=0, threads=1,
+                                basis_size=0.5, profile=True)
+    assert ThroughputOptions(**{**vars(options), "steps": 1}).invalid_flag().startswith(
+        "--steps must be >= 2 with --profile")
+    record, path = run(options, tmp_path / "throughput.json")
+    assert record["profile_file"] == "throughput-profile.txt"
+    assert "profile" not in record  # the table is in its own file, not the record
+    table = (tmp_path / "throughput-profile.txt").read_text()
+    assert table.startswith("== resnet8 basis 0.5 (stacked), fp32, batch 4: 2 training steps")
+    # the profiler's steps are the training steps after its warm-up, nothing after them
+    steps = next(line for line in table.splitlines() if line.strip().startswith("ProfilerStep*"))
+    assert steps.split()[-1] == "2"
+    assert "aten::convolution_backward" in table
+
+    # a profile that fails (CUPTI, say) costs the diagnostic, never the measurement
+    from basisconv.bench import train as bench_train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+
+    monkeypatch.setattr(bench_train, "profile_epoch", broken)
+    with pytest.warns(UserWarning, match="the profile failed: RuntimeError: CUPTI"):
+        record, _ = run(options, tmp_path / "again.json")
+    assert record["seconds_per_step"] > 0
+    assert "CUPTI_ERROR" in (tmp_path / "again-profile.txt").read_text()
+
+
 def test_training_benchmark_runs_as_training_sets_up_and_leaves_the_callers_settings(
         monkeypatch, tmp_path):
     # training runs with cudnn.benchmark on (loop.seed_everything); a benchmark without it

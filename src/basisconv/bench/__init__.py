@@ -13,6 +13,13 @@ imports it.
 from __future__ import annotations
 
 
+def profile_table(prof, device, title: str, row_limit: int = 25) -> str:
+    """A finished ``torch.profiler.profile``'s operators as a text table under ``title``:
+    by self GPU time on CUDA (which kernels, how many launches), else by self CPU time."""
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"== {title}\n" + prof.key_averages().table(sort_by=sort, row_limit=row_limit)
+
+
 def flag_below_minimum(flags: tuple[tuple, ...]) -> str | None:
     """The first ``(flag, value, least[, why])`` whose value is below its least, as one
     line for ``parser.error`` (``--threads 0`` is torch's default), else ``None``."""

@@ -50,7 +50,7 @@ from ..records import (RunRecord, file_digest, hardware_name, provenance, write_
                        write_text_atomic)
 from ..surgery import apply_basis, conv_layers
 from ..timing import Runner, Timer, output_gradient, tune_cpu_allocator
-from . import flag_below_minimum
+from . import flag_below_minimum, profile_table
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
 TARGET_SLACK = 1.15
@@ -320,9 +320,8 @@ def profile_steps(steps: dict[str, Callable[[], None]], device: torch.device,
                 step()
             if cuda:
                 torch.cuda.synchronize(device)
-        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-        tables.append(f"== ResNet-18 {name}: {rounds} training steps (forward + backward)\n"
-                      + prof.key_averages().table(sort_by=sort, row_limit=25))
+        tables.append(profile_table(
+            prof, device, f"ResNet-18 {name}: {rounds} training steps (forward + backward)"))
     return "\n\n".join(tables) + "\n"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
@@ -28,9 +29,9 @@ from ..loop import (Runtime, build_optimizer, compiled, precision_name, settings
                     grad_scaler, setup, train_one_epoch)
 from ..models import build_model, list_models
 from ..network import choose_forms_now
-from ..records import RunRecord, provenance, write_record
+from ..records import RunRecord, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
-from . import flag_below_minimum
+from . import flag_below_minimum, profile_table
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ThroughputOptions:
     fuse_norm: bool = False          # basis layers with their batch norm and ReLU as one
     compile_mode: str | None = None  # torch.compile the model in this mode (None: eager)
     cuda_graphs: bool = False        # replay each step as CUDA graphs (basisconv.graphs)
+    profile: bool = False            # then profile one more epoch of ``steps`` (torch.profiler)
 
     def invalid_flag(self) -> str | None:
         """The first flag of ``scripts/benchmark_train.py`` whose value cannot be measured,
@@ -83,6 +85,11 @@ class ThroughputOptions:
         if self.cuda_graphs and self.amp == "fp16":
             return ("--cuda-graphs replays one fixed step, which does not scale the loss as "
                     "--amp fp16 needs; use --amp bf16")
+        if self.profile and self.steps < profiled_from(self) + 1:
+            return (f"--steps must be >= {profiled_from(self) + 1} with --profile (the "
+                    f"profiled epoch leaves out its first {profiled_from(self)} step(s): the "
+                    f"profiler's warm-up, after the eager step and the capture of "
+                    f"--cuda-graphs), got {self.steps}")
         return None
 
     @property
@@ -101,6 +108,52 @@ class ThroughputOptions:
             "" if self.channels_last else "-nchw",
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
             "" if self.threads == ThroughputOptions.threads else f"-t{self.threads}"])
+
+
+def profiled_from(options: ThroughputOptions) -> int:
+    """The steps of the profiled epoch left out of its profile: the last of them is the
+    profiler's warm-up; with CUDA graphs the two before it are the epoch's eager step and
+    its capture (each epoch captures afresh, as training's do), which run before the
+    profiler starts collecting."""
+    return 3 if options.cuda_graphs else 1
+
+
+class ProfiledBatches:
+    """Batches that mark each step's end for ``prof`` (``torch.profiler``'s ``step()``),
+    so that its schedule can leave the epoch's first steps out."""
+
+    def __init__(self, batches, prof):
+        self.batches, self.prof = batches, prof
+        self.images = batches.images
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch
+            self.prof.step()  # (resumed once the loop has run the step on this batch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def profile_epoch(options: ThroughputOptions, run_epoch, batches, device: torch.device) -> str:
+    """torch.profiler's table of one more epoch of ``options.steps`` steps (``run_epoch``
+    trains it), without its first :func:`profiled_from` steps: where a step's time goes."""
+    skip = profiled_from(options)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    # one cycle (repeat=1): the epoch's end (its metric sums) comes after it, unprofiled
+    steps = schedule(wait=skip - 1, warmup=1, active=options.steps - skip, repeat=1)
+    with profile(activities=activities, schedule=steps) as prof:
+        run_epoch(ProfiledBatches(TimedBatches(batches, options.steps, False), prof))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    form = ("dense" if options.basis_size is None else
+            f"basis {options.basis_size:g} ({options.combine}"
+            f"{', norms folded' if options.fuse_norm else ''})")
+    how = (", CUDA graphs (replays)" if options.cuda_graphs else "") + (
+        f", torch.compile {options.compile_mode}" if options.compile_mode else "")
+    return profile_table(prof, device, f"{options.model} {form}, {precision_name(options.amp)}, "
+                                       f"batch {options.batch_size}{how}: "
+                                       f"{options.steps - skip} training steps")
 
 
 def device_problem(name: str) -> str | None:
@@ -216,6 +269,15 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime) -> dict[str,
         stats = train_one_epoch(step_model, TimedBatches(batches, options.steps, False),
                                 optimizer, scheduler, amp_dtype=amp, graphed=graphed,
                                 scaler=scaler)
+    profiled = None
+    if options.profile:  # after the measurement, which a failure here must not cost
+        try:
+            profiled = profile_epoch(options, lambda source: train_one_epoch(
+                step_model, source, optimizer, scheduler, amp_dtype=amp, graphed=graphed,
+                scaler=scaler), batches, device)
+        except Exception as err:  # noqa: BLE001 - a diagnostic, beside the measurement
+            profiled = f"== the profile failed: {type(err).__name__}: {err}"
+            warnings.warn(profiled[3:], stacklevel=2)
 
     return {
         "model": options.model, "batch_size": options.batch_size, "steps": options.steps,
@@ -233,6 +295,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime) -> dict[str,
         "data_seconds_per_step_median": statistics.median(timed.seconds),
         # of the steps timed with a synchronization per batch (on a CPU: the same steps)
         "data_share": data_seconds / synchronized.seconds,
+        "profile": profiled,  # (run() writes it to a file of its own)
     }
 
 
@@ -249,8 +312,13 @@ def run(options: ThroughputOptions, out: str | os.PathLike | None = None, *,
     ``results_dir``). Returns the record as written (the measurement's fields, ``kind``,
     ``status``, ``config`` and ``provenance``) and its path."""
     result = measure(options)
-    record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command),
-                       "complete", result)
     path = Path(out) if out is not None else Path(results_dir) / file_name(
         result["device"], options.amp, options.tag)
+    table = result.pop("profile")
+    if table is not None:  # beside the record, named as it is
+        profile_path = path.with_name(f"{path.stem}-profile.txt")
+        write_text_atomic(profile_path, table + "\n")
+        result["profile_file"] = profile_path.name
+    record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command),
+                       "complete", result)
     return record.as_dict(), write_record(path, record)
