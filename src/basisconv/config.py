@@ -355,7 +355,8 @@ def validate(cfg: DictConfig) -> None:
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     validate_logger_mode(cfg)
     init, finish = cfg.logger.init_timeout_s, cfg.logger.finish_timeout_s
-    _check(0 < init < math.inf, f"logger.init_timeout_s must be a number of seconds > 0, got {init}")
+    _check(0 < init < math.inf,
+           f"logger.init_timeout_s must be a number of seconds > 0, got {init}")
     _check(0 <= finish < math.inf,
            f"logger.finish_timeout_s must be a number of seconds >= 0 (0: no limit), got {finish}")
 

@@ -4,8 +4,9 @@ The run record (``run.json``) is where results live; wandb is a view of them. So
 wandb call here is guarded: a failure (no network, no account, a broken install) is
 logged once and tracking is switched off, and training goes on; and wandb's own waits, at
 the start and for the uploads at the end, are bounded (``logger.init_timeout_s``,
-``logger.finish_timeout_s``), so a network that goes away cannot hang a run or a sweep. ``finish`` is safe to
-call in a ``finally``, so each job of a Hydra multirun gets its own wandb run.
+``logger.finish_timeout_s``), so a network that goes away cannot hang a run or a sweep.
+``finish`` is safe to call in a ``finally``, so each job of a Hydra multirun gets its own
+wandb run.
 """
 
 from __future__ import annotations

@@ -353,7 +353,8 @@ class Training:
         elif done == 0:
             kept = "it holds no checkpoint (no epoch came before)"
         else:
-            kept = f"its checkpoint.pt is of epoch {done}, the last good one"
+            kept = f"its checkpoint.pt is of epoch {done}" + (
+                ", the last good one" if done == epoch - 1 else "")
         return (f"training diverged in epoch {epoch} of {epochs}: the {err.quantity} became "
                 f"{err.value} with trainer.lr={self.cfg.trainer.lr}; lower trainer.lr (or check "
                 f"the data) and start a new run. The run in {self.output_dir} is not "

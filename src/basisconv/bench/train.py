@@ -86,10 +86,10 @@ class ThroughputOptions:
             return ("--cuda-graphs replays one fixed step, which does not scale the loss as "
                     "--amp fp16 needs; use --amp bf16")
         if self.profile and self.steps < profiled_from(self) + 1:
+            left_out = ("its eager step, its capture and the profiler's warm-up step"
+                        if self.cuda_graphs else "the profiler's warm-up step")
             return (f"--steps must be >= {profiled_from(self) + 1} with --profile (the "
-                    f"profiled epoch leaves out its first {profiled_from(self)} step(s): the "
-                    f"profiler's warm-up, after the eager step and the capture of "
-                    f"--cuda-graphs), got {self.steps}")
+                    f"profiled epoch leaves out {left_out}), got {self.steps}")
         return None
 
     @property
