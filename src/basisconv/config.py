@@ -196,6 +196,13 @@ def _check_choice(value: Any, choices: tuple, key: str) -> None:
     _check(value in choices, f"{key}={value!r}; choose one of {', '.join(choices)}")
 
 
+def _check_seconds(value: Any, key: str, zero_means: str | None = None) -> None:
+    """A finite number of seconds: > 0, or >= 0 where 0 has a meaning (``zero_means``)."""
+    least = "> 0" if zero_means is None else f">= 0 (0: {zero_means})"
+    _check((0 < value if zero_means is None else 0 <= value) and value < math.inf,
+           f"{key} must be a number of seconds {least}, got {value}")
+
+
 def _check_subset(value: Any, key: str) -> None:
     if value is None:
         return
@@ -279,9 +286,7 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check(valid_device_name(t.device),
            f"trainer.device={t.device!r}; choose one of {DEVICE_NAMES}")
     _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
-    _check(0 <= t.checkpoint_every_s < math.inf,
-           f"trainer.checkpoint_every_s must be a number of seconds >= 0 (0: after every "
-           f"epoch), got {t.checkpoint_every_s}")
+    _check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
 
 
 def unknown_keys(cfg: DictConfig) -> list[str]:
@@ -354,11 +359,8 @@ def validate(cfg: DictConfig) -> None:
                                 f"choose another .json path (or null)")
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     validate_logger_mode(cfg)
-    init, finish = cfg.logger.init_timeout_s, cfg.logger.finish_timeout_s
-    _check(0 < init < math.inf,
-           f"logger.init_timeout_s must be a number of seconds > 0, got {init}")
-    _check(0 <= finish < math.inf,
-           f"logger.finish_timeout_s must be a number of seconds >= 0 (0: no limit), got {finish}")
+    _check_seconds(cfg.logger.init_timeout_s, "logger.init_timeout_s")
+    _check_seconds(cfg.logger.finish_timeout_s, "logger.finish_timeout_s", "no limit")
 
 
 def validate_logger_mode(cfg: DictConfig) -> None:
