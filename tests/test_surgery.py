@@ -67,6 +67,45 @@ def test_fresh_layers_without_conversion():
     assert layer.basis_weight.dtype == torch.float64 and not layer.training
 
 
+def _rms(weight):
+    return float(weight.detach().double().square().mean().sqrt())
+
+
+# over seeds 0-19 these layers' ratios stayed in 0.86-1.09; BasisConv2d's own fan-in init
+# gives 2.3 at the stem (fan-in 27, fan-out 144) and 1.41 at the other two
+def test_fresh_layers_start_at_the_scale_of_the_convs_they_replace():
+    """The ResNets scale by fan-out, torch's default conv init by fan-in (uniform): either
+    way a fresh basis layer's effective weight starts at the replaced conv's scale."""
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    names = ["conv1", "layer2.0.conv1", "layer3.0.conv1"]
+    modules = dict(model.named_modules())
+    dense = {name: _rms(modules[name].weight) for name in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stem's basis saves nothing
+        converted = dict(apply_basis(model, names, 0.5, convert=False).named_modules())
+    for name in names:
+        assert 0.75 < _rms(converted[name].to_conv().weight) / dense[name] < 1.33, name
+    plain = nn.Conv2d(32, 64, 3)  # torch's default init
+    layer = apply_basis(nn.Sequential(plain), "0", 16, convert=False)[0]
+    assert 0.75 < _rms(layer.to_conv().weight) / _rms(plain.weight) < 1.33
+
+
+def test_a_fresh_layer_draws_the_random_numbers_a_default_init_draws():
+    """Only the basis filters' scale differs from ``BasisConv2d``'s own init: the same
+    draws, so the layers after it start as they would have."""
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    torch.manual_seed(3)
+    fresh = apply_basis(nn.Sequential(conv), "0", 4, convert=False)[0]
+    after_fresh = torch.randn(4)
+    torch.manual_seed(3)
+    default = BasisConv2d(8, 16, 3, 4, padding=1)
+    assert torch.equal(torch.randn(4), after_fresh)
+    assert torch.equal(fresh.coefficients, default.coefficients)
+    ratio = fresh.basis_weight / default.basis_weight
+    torch.testing.assert_close(ratio, torch.full_like(ratio, _rms(conv.weight) / (2 / 72) ** 0.5))
+
+
 def test_converted_and_fresh_layers_keep_the_convs_geometry():
     """Stride, padding, dilation, a non-square kernel and the bias reach the basis layer
     whether it is fitted or made from scratch (the ResNets have no dilation)."""

@@ -147,12 +147,14 @@ class BasisConv2d(nn.Module):
             combination is one GEMM with the norm folded in). Same function, other rounding.
 
     Initialization from scratch (why): the basis filters are Kaiming-normal with
-    ``fan_in = C_in*kh*kw``, exactly as a dense conv's filters would be, so a basis output
+    ``fan_in = C_in*kh*kw``, as torch's own conv init scales by fan-in, so a basis output
     has the variance a dense output would have. The coefficients are ``N(0, 1/m)``: a
     combined output is a sum of ``m`` roughly uncorrelated basis outputs, so its variance
     matches a basis output's too, and no channel starts out dead or dominant. Low-rank
     factors are ``N(0, 1/r)`` and ``N(0, 1/m)``, which gives the same product variance. The
-    bias starts at zero.
+    bias starts at zero. So every entry of the effective weight (:meth:`to_conv`) has the
+    basis filters' variance; ``reset_parameters(filter_std=s)`` sets it to ``s**2``, which
+    :func:`~basisconv.surgery.apply_basis` does to start at the scale of the conv replaced.
 
     Channel order: the stored channels are ``[basis 0..m-1, combined 0..C_out-m-1]``;
     output channel ``j`` is stored channel ``output_index[j]``. A layer built from scratch
@@ -198,13 +200,21 @@ class BasisConv2d(nn.Module):
         self.reset_parameters()
 
     # ----------------------------------------------------------------- construction
-    def reset_parameters(self) -> None:
-        """From-scratch init; the class docstring says why these scales. The channel order
-        is reset to the identity too: after ``to_empty()`` (a model built on the ``meta``
-        device, then given memory) the buffer holds whatever the memory held."""
+    def reset_parameters(self, filter_std: float | None = None) -> None:
+        """From-scratch init; the class docstring says why these scales. ``filter_std``
+        is the basis filters' std (default: Kaiming fan-in, ``sqrt(2 / (C_in*kh*kw))``);
+        the effective weight's entries then have that std too, as the coefficients keep
+        it. The channel order is reset to the identity too: after ``to_empty()`` (a model
+        built on the ``meta`` device, then given memory) the buffer holds whatever the
+        memory held."""
+        if filter_std is not None and not (math.isfinite(filter_std) and filter_std >= 0):
+            raise ConfigError(f"filter_std must be a finite number >= 0, got {filter_std!r}")
         with torch.no_grad():
             self.output_index.copy_(torch.arange(self.out_channels))
-        nn.init.kaiming_normal_(self.basis_weight, mode="fan_in", nonlinearity="relu")
+        if filter_std is None:
+            nn.init.kaiming_normal_(self.basis_weight, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.normal_(self.basis_weight, 0.0, filter_std)
         m = self.num_basis
         if self.coefficient_rank is None:
             nn.init.normal_(self.coefficients, 0.0, 1.0 / math.sqrt(m))
