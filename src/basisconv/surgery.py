@@ -149,9 +149,9 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         convert: ``True`` fits each basis layer to the conv's current weights
             (``BasisConv2d.from_conv``: use it on a trained model or after a dense warm-up;
             exact at full rank); ``False`` gives fresh from-scratch layers. There is no
-            "auto": whether weights are "trained" cannot be told from the weights. A fresh layer's
-            effective filters start at the scale of the conv's weight (see
-            :func:`_fresh_layer`).
+            "auto": whether weights are "trained" cannot be told from the weights. A
+            fresh layer's effective filters start at the scale of the conv's weight
+            (see :func:`_fresh_layer`).
         only_where_saves: replace a layer only where the basis form does fewer
             multiply-adds (Composer's rule; with ``fuse_norm`` in the stacked form such a
             layer runs in); otherwise such layers are converted with a warning, as asked.
@@ -234,9 +234,10 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     """A from-scratch basis layer for ``conv`` whose effective filters start at the scale
     of the conv's own weight (its root mean square), not at :class:`BasisConv2d`'s default
     fan-in scale. Why: the model's init convention (the ResNets here scale by fan-out, as
-    torchvision's do: 4.6x fan-in's std at a CIFAR stem) carries over to its basis layers,
-    and with it the effective learning rate, which under a batch norm the weights' scale
-    sets; a basis row and a dense row of the protocol then differ only in the basis form.
+    torchvision's do; fan-in's std is 2.3x theirs at ResNet-20's stem, 4.6x at
+    ResNet-18's) carries over to its basis layers, and with it the effective learning
+    rate, which under a batch norm the weights' scale sets; a basis row and a dense row
+    of the protocol then differ only in the basis form.
     Built on the ``meta`` device and initialized once, so the random stream is the one a
     default init would draw."""
     layer = BasisConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, m,
