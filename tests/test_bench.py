@@ -363,6 +363,10 @@ def test_training_benchmark_profiles_the_steps_of_one_more_epoch(monkeypatch, tm
         "--steps must be >= 2 with --profile")
     record, path = run(options, tmp_path / "throughput.json")
     assert record["profile_file"] == "throughput-profile.txt"
+    # the checkpoint was timed beside the record, and its file removed
+    assert record["checkpoint_seconds_median"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["throughput-profile.txt",
+                                                          "throughput.json"]
     assert "profile" not in record  # the table is in its own file, not the record
     table = (tmp_path / "throughput-profile.txt").read_text()
     assert table.startswith("== resnet8 basis 0.5 (stacked), fp32, batch 4: 2 training steps")
@@ -619,6 +623,43 @@ def test_training_throughput_is_computed_from_the_timed_steps(monkeypatch, tmp_p
     assert result["epoch_seconds"] == pytest.approx(0.1 * 8333)  # not 8333.3
     assert result["data_seconds_per_step_median"] == 0.002
     assert result["data_share"] == pytest.approx(0.012 / 0.3)
+
+
+def test_checkpoint_cost_times_the_model_and_optimizer_state_as_runs_write_it(
+        monkeypatch, tmp_path):
+    """The benchmark's checkpoint is a run's: model and optimizer (momentum buffers
+    included, so about twice the weights), written by ``save_checkpoint`` with its sha256
+    sidecar, in a folder of its own that is removed afterwards."""
+    import io
+
+    from basisconv.bench import train as bench_train
+    from basisconv.models import build_model
+
+    torch.manual_seed(0)  # (conftest restores the RNG)
+    model = build_model("resnet8")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()  # the momentum buffers exist from here on
+    saved, save = [], bench_train.save_checkpoint
+
+    def observed_save(path, state):
+        save(path, state)
+        saved.append((path, sorted(state), sorted(p.name for p in path.parent.iterdir())))
+
+    monkeypatch.setattr(bench_train, "save_checkpoint", observed_save)
+    result = bench_train.checkpoint_cost(model, optimizer, tmp_path / "results", saves=2)
+    assert len(saved) == 2
+    path, keys, files = saved[0]
+    assert keys == ["model", "optimizer"] and files == ["checkpoint.pt", "checkpoint.pt.sha256"]
+    assert path.parent.parent == tmp_path / "results"
+    assert list((tmp_path / "results").iterdir()) == []  # nothing left behind
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    assert result["checkpoint_megabytes"] == pytest.approx(buffer.tell() / 1e6, rel=1e-3)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    assert result["checkpoint_megabytes"] > 1.9 * weights
+    assert result["checkpoint_saves"] == 2
+    assert 0 < result["checkpoint_seconds_median"] <= result["checkpoint_seconds_max"]
 
 
 def test_the_speedup_plot_shows_each_ratio_inverted(monkeypatch, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from ..checkpoint import CHECKPOINT, save_checkpoint
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
 from ..loop import (Runtime, build_optimizer, compiled, precision_name, settings_restored,
@@ -216,9 +218,36 @@ def load_images(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
         return images.to(device), torch.randint(0, 10, (50000,), generator=g).to(device), "random"
 
 
-def measure(options: ThroughputOptions) -> dict[str, Any]:
+def checkpoint_cost(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    folder: str | os.PathLike | None = None, saves: int = 3) -> dict[str, Any]:
+    """What a run's checkpoint costs: the median and the largest time of ``saves`` writes of
+    the model's and the optimizer's state through :func:`checkpoint.save_checkpoint`
+    (serialize, from the GPU too; sha256; fsync; rename), in a temporary folder inside
+    ``folder`` (default: the system's), and the file's size. The rest of a run's checkpoint
+    (config, record, schedule, batch generator) is a few kilobytes. Measured so that
+    ``trainer.checkpoint_every_s`` can be weighed against the epoch time beside it."""
+    seconds = []
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".checkpoint-cost-", dir=folder) as tmp:
+        path = Path(tmp) / CHECKPOINT
+        for _ in range(saves):
+            start = time.perf_counter()
+            save_checkpoint(path, {"model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict()})
+            seconds.append(time.perf_counter() - start)
+        size = path.stat().st_size
+    return {"checkpoint_seconds_median": statistics.median(seconds),
+            "checkpoint_seconds_max": max(seconds), "checkpoint_saves": saves,
+            "checkpoint_megabytes": size / 1e6}
+
+
+def measure(options: ThroughputOptions,
+            checkpoint_folder: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train ``options.warmup`` untimed steps, then ``options.steps`` timed ones (SGD at a
-    constant rate, batches augmented as in training); the throughput and the data share."""
+    constant rate, batches augmented as in training); the throughput and the data share;
+    then the cost of a checkpoint of the trained state (:func:`checkpoint_cost`, written
+    inside ``checkpoint_folder``)."""
     # the training run's set-up: threads, the device (cuda:N made current, so that its
     # streams and synchronizations are that GPU's), seed, cudnn.benchmark on as in a
     # non-deterministic run; and the caller's settings back afterwards
@@ -229,10 +258,11 @@ def measure(options: ThroughputOptions) -> dict[str, Any]:
         "compile": options.compile_mode is not None,
         "compile_mode": options.compile_mode or "default"})
     with settings_restored():
-        return _measure(options, trainer, setup(trainer, seed=0))
+        return _measure(options, trainer, setup(trainer, seed=0), checkpoint_folder)
 
 
-def _measure(options: ThroughputOptions, trainer, runtime: Runtime) -> dict[str, Any]:
+def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
+             checkpoint_folder: str | os.PathLike | None) -> dict[str, Any]:
     device, layout, amp = runtime.device, runtime.memory_format, runtime.amp_dtype
     images, labels, source = load_images(device)
     model = build_model(options.model)
@@ -295,6 +325,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime) -> dict[str,
         "data_seconds_per_step_median": statistics.median(timed.seconds),
         # of the steps timed with a synchronization per batch (on a CPU: the same steps)
         "data_share": data_seconds / synchronized.seconds,
+        **checkpoint_cost(model, optimizer, checkpoint_folder),
         "profile": profiled,  # (run() writes it to a file of its own)
     }
 
@@ -310,9 +341,11 @@ def run(options: ThroughputOptions, out: str | os.PathLike | None = None, *,
         ) -> tuple[dict[str, Any], Path]:
     """:func:`measure`, then write its record to ``out`` (default: :func:`file_name` in
     ``results_dir``). Returns the record as written (the measurement's fields, ``kind``,
-    ``status``, ``config`` and ``provenance``) and its path."""
-    result = measure(options)
-    path = Path(out) if out is not None else Path(results_dir) / file_name(
+    ``status``, ``config`` and ``provenance``) and its path. The checkpoint is timed on the
+    disk the record goes to (run folders are usually on the same one)."""
+    folder = Path(out).absolute().parent if out is not None else Path(results_dir)
+    result = measure(options, checkpoint_folder=folder)
+    path = Path(out) if out is not None else folder / file_name(
         result["device"], options.amp, options.tag)
     table = result.pop("profile")
     if table is not None:  # beside the record, named as it is
