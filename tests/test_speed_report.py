@@ -177,6 +177,15 @@ def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(t
     assert row["epoch_seconds"] == pytest.approx(0.02 * 195)
 
 
+def test_the_checkpoint_time_is_a_column_and_an_older_record_without_it_shows_none(tmp_path):
+    _train_record(tmp_path, "cuda-bf16", GPU, 0.0075, checkpoint_seconds_median=0.42)
+    _train_record(tmp_path, "cuda-bf16-graphs", GPU, 0.0025, cuda_graphs=True)
+    table = speed.training_speed([tmp_path]).set_index("mode")
+    assert table.loc["eager", "checkpoint_seconds"] == 0.42
+    assert pd.isna(table.loc["graphs", "checkpoint_seconds"])
+    assert "| 0.42 |" in speed._markdown(table.reset_index())
+
+
 def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders, repo, tmp_path):
     out = tmp_path / "speed-summary"
     result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),

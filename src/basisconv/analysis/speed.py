@@ -14,6 +14,7 @@ hand, and CPU and GPU stand side by side:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -30,7 +31,7 @@ MODEL_COLUMNS = ["hardware", "precision", "batch", "threads", "form", "fraction"
                  "fwdbwd_spread", "dense_fwdbwd_ms", "source", "commit", "date"]
 TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                  "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
-                 "relative_to_dense", "source", "commit", "date"]
+                 "relative_to_dense", "checkpoint_seconds", "source", "commit", "date"]
 #: The columns of a whole-model table (``model-speed-*.csv``) the summary reads, each a
 #: number in every row; ``time_bound_ratio`` and ``fwdbwd_spread`` are not among them (older
 #: tables lack them: "-").
@@ -164,7 +165,9 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
                      "epoch_seconds": record.get("epoch_seconds",
                                                  record["seconds_per_step"]
                                                  * (50000 // record["batch_size"])),
-                     "images_per_second": record["images_per_second"]})
+                     "images_per_second": record["images_per_second"],
+                     # (records from before d1a73b6 did not time it: "-")
+                     "checkpoint_seconds": record.get("checkpoint_seconds_median", math.nan)})
     table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"])
     dense = table[table["model"] == "dense"]
     twice = dense[dense.duplicated(SAME_SETTING, keep=False)]
@@ -218,7 +221,9 @@ def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
         "",
         "Epoch: a CIFAR-10 epoch (50,000 images) at the measured step time; relative: to "
         "the dense model measured at the same commit on the same hardware, architecture, "
-        "layout, threads, precision, batch and mode (\"-\" where there is none).",
+        "layout, threads, precision, batch and mode (\"-\" where there is none); checkpoint: "
+        "the median time to write the model's and optimizer's state as a run's checkpoint "
+        "(\"-\": not timed by the record's commit).",
         "",
         _markdown(train)])
 
