@@ -105,8 +105,8 @@ fi
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 DEVICE=$([ "$GPUS" -gt 0 ] && echo cuda || echo cpu)
 if [ "$PROFILE" = paper ] && [ "$DEVICE" = cpu ] && [ -z "${ALLOW_CPU:-}" ]; then
-  echo "the paper profile trains 27 ResNet-18 runs of 30 epochs: weeks on a CPU (~16 min an" \
-       "epoch on 2 cores). Run it on a GPU machine, use PROFILE=quick here, or set ALLOW_CPU=1." >&2
+  echo "the paper profile trains 27 ResNet-18 runs of 30 epochs: days to weeks on a CPU (8-16 min" \
+       "an epoch on 2 cores). Run it on a GPU machine, use PROFILE=quick here, or set ALLOW_CPU=1." >&2
   exit 2
 fi
 # A GPU step of these small models is launch-bound: 4 runs share one GPU well (measured on
