@@ -5,6 +5,7 @@ piling up."""
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import types
@@ -41,7 +42,7 @@ class FakeRun:
             else None
         self.step = 0 if held is None else held + 1
         self.wandb, self.kwargs = wandb, kwargs
-        self.logged, self.finished, self.summary = [], [], {}
+        self.logged, self.dropped, self.finished, self.summary = [], [], [], {}
 
     @property
     def settings(self):
@@ -50,6 +51,9 @@ class FakeRun:
     def log(self, metrics, step):
         if self.wandb.log_error:
             raise self.wandb.log_error
+        if step < max(self.logged, default=self.step):  # as wandb: dropped, with a warning
+            self.dropped.append(step)
+            return
         self.logged.append(step)
         self.wandb.server[self.id] = step
 
@@ -453,6 +457,38 @@ def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, re
     assert saves == [2, 4] and resumed["provenance"]["resumed_from_epoch"] == 2
     assert resumed["final"]["test_accuracy"] == reference["final"]["test_accuracy"]
     assert resumed["final"]["train_loss"] == reference["final"]["train_loss"]
+
+
+def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lacks(
+        tmp_path, repo, fake_wandb, monkeypatch, caplog):
+    """Stopped after epoch 3 with the checkpoint of epoch 2, the run trains epoch 3 again;
+    online wandb holds epoch 3 already and would drop it (it refuses a step below its last):
+    it is not sent, and the log says once where its retrained values are."""
+    from basisconv import loop, train
+    from basisconv.errors import Stopped
+
+    clock = iter(range(0, 1000, 10))  # each read of the clock 10 s after the one before
+    monkeypatch.setattr(train, "monotonic", lambda: next(clock))
+    cfg = compose_tiny(repo, "logger.mode=online", "trainer.epochs=4",
+                       "trainer.checkpoint_every_s=15")
+    run_epoch, stop_at = loop.run_epoch, [4]
+
+    def stopped(number, *args, **kwargs):
+        if number == stop_at[0]:
+            raise KeyboardInterrupt
+        return run_epoch(number, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", stopped)
+    with pytest.raises(Stopped, match="its checkpoint, .* is of epoch 2"):
+        fit(cfg, tmp_path)
+    stop_at[0] = None
+    with caplog.at_level(logging.INFO, logger="basisconv.tracking"):
+        fit(cfg, tmp_path)
+    first, resumed = fake_wandb.runs
+    assert first.logged == [1, 2, 3] and resumed.logged == [4] and resumed.dropped == []
+    held = [r.getMessage() for r in caplog.records if "already holds" in r.getMessage()]
+    assert held == ["wandb already holds epochs up to 3 of this run, logged before it "
+                    "stopped, and keeps them; epoch 3 as trained again is in run.json"]
 
 
 @pytest.mark.parametrize("value", ["-1", "inf"])

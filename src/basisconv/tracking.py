@@ -31,6 +31,8 @@ class Tracker:
                  resume: dict | None = None, history: list[dict] = ()):
         self.run = self.info = None
         self.working = False  # False once a call failed: nothing more is sent but finish()
+        self.next_step = 0  # the first step wandb takes: later, for a resumed online run
+        self.said_held = False  # whether log() said that wandb keeps its earlier steps
         if logger_cfg.backend != "wandb" or logger_cfg.mode == "disabled":
             return
         same_run = {"id": resume["id"], "resume": "allow"} if resume else {}
@@ -49,14 +51,14 @@ class Tracker:
             self.info = {"id": self.run.id, "dir": str(Path(self.run.dir).parent),
                          "mode": self.run.settings.mode, "url": self.run.url}
             self.working = True
-            logged = self.run.step  # the next step an online resumed run takes; else 0
+            self.next_step = self.run.step  # online and resumed: after the steps it holds
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
             log.warning("wandb could not start (%s: %s); training goes on without it. "
                         "The run record run.json has every metric.", type(err).__name__, err)
             self.finish(failed=True)
             return
         for row in history:
-            if row["epoch"] >= logged:
+            if row["epoch"] >= self.next_step:
                 self.log(row, step=row["epoch"])
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
@@ -70,6 +72,20 @@ class Tracker:
             self.working = False
 
     def log(self, metrics: dict, step: int) -> None:
+        """Log ``metrics`` at ``step``, unless the wandb run already holds that step: an
+        online run resumed after a stop between checkpoints (``trainer.checkpoint_every_s``)
+        trains epochs again that wandb logged before the stop, and wandb refuses a step
+        below its last one. Their first values stay there, said once; the retrained ones
+        are in ``run.json``."""
+        if step < self.next_step:
+            if self.working and not self.said_held:
+                last = self.next_step - 1
+                again = f"epoch {step}" if step == last else f"epochs {step}-{last}"
+                log.info("wandb already holds epochs up to %d of this run, logged before it "
+                         "stopped, and keeps them; %s as trained again %s in run.json", last,
+                         again, "is" if step == last else "are")
+                self.said_held = True
+            return
         self._guard("log", lambda: self.run.log(metrics, step=step))
 
     def table(self, key: str, frame) -> None:
