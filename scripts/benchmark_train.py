@@ -73,9 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"{result['epoch_seconds']:.1f} s per CIFAR-10 epoch (warm-up {result['warmup_seconds']:.1f} s)")
     print(f"  data loading + augmentation: {result['data_share']:.2%} of the step "
           f"({result['data_seconds_per_step_median'] * 1e3:.1f} ms median per batch)")
-    print(f"  a checkpoint (model and optimizer, {result['checkpoint_megabytes']:.1f} MB): "
-          f"{result['checkpoint_seconds_median']:.2f} s to write (median of "
-          f"{result['checkpoint_saves']})")
+    if "checkpoint_error" in result:
+        print(f"  {result['checkpoint_error']}")
+    else:
+        print(f"  a checkpoint (model and optimizer, {result['checkpoint_megabytes']:.1f} MB): "
+              f"{result['checkpoint_seconds_median']:.2f} s to write (median of "
+              f"{result['checkpoint_saves']})")
     print(f"  written to {out}")
     if "profile_file" in result:
         print(f"  where the time goes (torch.profiler): {out.with_name(result['profile_file'])}")

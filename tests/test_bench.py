@@ -667,6 +667,17 @@ def test_checkpoint_cost_times_the_model_and_optimizer_state_as_runs_write_it(
     assert result["checkpoint_saves"] == 2
     assert 0 < result["checkpoint_seconds_median"] <= result["checkpoint_seconds_max"]
 
+    # a disk that cannot take it costs the checkpoint's time, not the step's measurement
+    def full_disk(path, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench_train, "save_checkpoint", full_disk)
+    with pytest.warns(UserWarning, match="could not be timed"):
+        result = bench_train.checkpoint_cost(model, optimizer, tmp_path / "results")
+    assert result == {"checkpoint_error": "the checkpoint could not be timed (No space left "
+                                          "on device)"}
+    assert list((tmp_path / "results").iterdir()) == []
+
 
 def test_the_speedup_plot_shows_each_ratio_inverted(monkeypatch, tmp_path):
     """Speedup over dense is 1 / the time ratio: for the measured steps, the FLOP ratio,

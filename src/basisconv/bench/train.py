@@ -227,16 +227,21 @@ def checkpoint_cost(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     (config, record, schedule, batch generator) is a few kilobytes. Measured so that
     ``trainer.checkpoint_every_s`` can be weighed against the epoch time beside it."""
     seconds = []
-    if folder is not None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".checkpoint-cost-", dir=folder) as tmp:
-        path = Path(tmp) / CHECKPOINT
-        for _ in range(saves):
-            start = time.perf_counter()
-            save_checkpoint(path, {"model": model.state_dict(),
-                                   "optimizer": optimizer.state_dict()})
-            seconds.append(time.perf_counter() - start)
-        size = path.stat().st_size
+    try:
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".checkpoint-cost-", dir=folder) as tmp:
+            path = Path(tmp) / CHECKPOINT
+            for _ in range(saves):
+                start = time.perf_counter()
+                save_checkpoint(path, {"model": model.state_dict(),
+                                       "optimizer": optimizer.state_dict()})
+                seconds.append(time.perf_counter() - start)
+            size = path.stat().st_size
+    except OSError as err:  # a full disk, say: it must not cost the step's measurement
+        problem = f"the checkpoint could not be timed ({err.strerror or err})"
+        warnings.warn(problem, stacklevel=2)
+        return {"checkpoint_error": problem}
     return {"checkpoint_seconds_median": statistics.median(seconds),
             "checkpoint_seconds_max": max(seconds), "checkpoint_saves": saves,
             "checkpoint_megabytes": size / 1e6}
