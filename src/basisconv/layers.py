@@ -257,10 +257,8 @@ class BasisConv2d(nn.Module):
         unpicked = torch.ones(c_out, dtype=torch.bool, device=picked.device)
         unpicked[picked] = False
         rest = torch.nonzero(unpicked).flatten()  # the other filters, in conv order
-        layer = cls(conv.in_channels, c_out, conv.kernel_size, m, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                    combine=combine, coefficient_rank=coefficient_rank, fuse_norm=fuse_norm,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
+        layer = cls.shaped_like(conv, m, combine=combine, coefficient_rank=coefficient_rank,
+                                fuse_norm=fuse_norm)
         weight = conv.weight.detach()
         flat = weight.reshape(c_out, -1)
         factors = fit_coefficients(flat[picked], flat[rest], coefficient_rank)
@@ -278,6 +276,17 @@ class BasisConv2d(nn.Module):
             layer.bias.requires_grad_(conv.bias.requires_grad)
         layer.reconstruction_error = relative_error(layer.dense_weight(), weight)
         return layer
+
+    @classmethod
+    def shaped_like(cls, conv: nn.Conv2d, num_basis: int, *, device=None,
+                    **options) -> "BasisConv2d":
+        """A from-scratch layer with ``conv``'s geometry (channels, kernel, stride,
+        padding, dilation, bias) and dtype and ``num_basis`` basis filters, on ``device``
+        (default: the conv's); ``options`` as for the constructor."""
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, num_basis,
+                   stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                   bias=conv.bias is not None, dtype=conv.weight.dtype,
+                   device=conv.weight.device if device is None else device, **options)
 
     def set_coefficients(self, *factors: torch.Tensor) -> None:
         """Copy a fitted matrix (or its two low-rank factors) into the parameters."""

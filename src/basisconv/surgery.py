@@ -240,10 +240,7 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     of the protocol then differ only in the basis form.
     Built on the ``meta`` device and initialized once, so the random stream is the one a
     default init would draw."""
-    layer = BasisConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, m,
-                        stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                        bias=conv.bias is not None, device="meta", dtype=conv.weight.dtype,
-                        **options)
+    layer = BasisConv2d.shaped_like(conv, m, device="meta", **options)
     layer = layer.to_empty(device=conv.weight.device)
     weight = conv.weight.detach()
     scale = None if weight.is_meta else float(weight.double().square().mean().sqrt())
