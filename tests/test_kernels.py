@@ -334,12 +334,18 @@ def test_more_output_pixels_than_int32_rows_take_the_stacked_form(monkeypatch):
 
 def test_an_empty_batch_runs_through_the_kernels_path(kernel_runs, monkeypatch):
     """No rows, no launch (``basis_conv`` returns at once): the image-size check must not
-    index the batch's first image, which it has not."""
+    index the batch's first image, which it has not. The backward gives zero gradients,
+    as the other forms do (it once reshaped the empty gradient with a -1 and failed)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # (a CPU tensor, on any machine)
     layer = make_layer(3, 6, 2, 3, 1, 1, 1, True, torch.device("cpu"))
-    x = torch.randn(0, 3, 5, 5)
+    x = torch.randn(0, 3, 5, 5, requires_grad=True)
     assert triton_conv.unsupported(x, torch.float32, 2) is None
-    assert layer(x).shape == (0, 6, 5, 5) and kernel_runs == [(0, 3, 5, 5)]
+    y = layer(x)
+    assert y.shape == (0, 6, 5, 5) and kernel_runs == [(0, 3, 5, 5)]
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for p in layer.parameters():
+        assert p.grad is not None and not p.grad.any()
 
 
 def test_the_package_works_without_triton(repo):

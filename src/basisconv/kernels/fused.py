@@ -119,7 +119,8 @@ def _backward(ctx, grad_out, _grad_basis):
     grad_x = grad_weight = grad_comb = grad_bias = None
     need_x, need_weight, need_comb, need_bias = ctx.needs_input_grad[:4]
     if need_x or need_weight:
-        g_basis = (rows @ combination).view(n, h_out, w_out, -1).permute(0, 3, 1, 2)
+        g_basis = (rows @ combination).view(n, h_out, w_out, combination.shape[1])
+        g_basis = g_basis.permute(0, 3, 1, 2)  # the size, not -1: a batch may be empty
         grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
             g_basis, x, basis_weight, None, list(stride), list(padding), list(dilation),
             False, [0, 0], 1, [need_x, need_weight, False])
