@@ -16,7 +16,7 @@ import torch
 from basisconv.cost import (basis_conv2d_cost, conv2d_cost, count_parameters, layer_cost,
                             linear_cost, measure_flops, model_cost)
 from basisconv.errors import ConfigError
-from basisconv.layers import BasisConv2d, basis_layers
+from basisconv.layers import BasisConv2d, basis_layers, conv_norm_act
 from basisconv.models import build_model
 from basisconv.surgery import CoefficientSkipSchedule, apply_basis
 
@@ -309,3 +309,41 @@ if __name__ == "__main__":
         regenerate()
     else:
         sys.exit("usage: python tests/test_cost.py --regenerate")
+
+
+class _NormedHead(torch.nn.Module):
+    """One basis conv with its batch norm folded in, then a linear head: a user's model
+    whose first layer can be frozen whole (the input image needs no gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(conv_norm_act(self.a, self.bn, x, relu=True).mean((2, 3)))
+
+
+@pytest.mark.parametrize("case", ["frozen_batch", "only_norm_bias_running", "one_factor"])
+def test_model_cost_counts_no_gradient_that_autograd_skips(case):
+    """Found in review: a frozen layer with its norm folded in (batch statistics: no
+    backward at all), a folded norm on running statistics whose bias alone trains (the
+    folded matrix needs no gradient), and low-rank coefficients with one factor frozen
+    (one factor product in backward, not two) were counted with gradients never taken."""
+    torch.manual_seed(0)
+    if case == "one_factor":
+        model = apply_basis(small(), "all", 0.5, convert=False, coefficient_rank=1,
+                            only_where_saves=True)
+        model.layer2[0].conv1.coefficients_left.requires_grad_(False)
+    else:
+        model = apply_basis(_NormedHead(), "a", 4, convert=False, fuse_norm=True)
+        for p in [*model.a.parameters(), *model.bn.parameters()]:
+            p.requires_grad_(False)
+        if case == "only_norm_bias_running":
+            model.bn.bias.requires_grad_(True)
+            model.eval()
+    shape = (2, 3, 8, 8)
+    counted = measure_flops(model, shape)
+    cost = model_cost(model, shape)
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])

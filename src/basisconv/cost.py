@@ -18,8 +18,9 @@ with output ``H' x W'`` at batch ``B``, ``K = C_in*kh*kw`` and ``m`` basis filte
   the combination is always the stacked 1x1 conv, with the folded matrix; with batch
   statistics the forward adds the basis maps' Gram matrix ``2*B*H'*W'*m*m`` and
   ``2*C_out*m*m`` for ``A Cov_b``, the activation gradient adds as much again (an ``m -> m``
-  1x1 conv and ``A^T diag(.) A``), and the folded matrix's gradient is always computed
-  (the statistics need it).
+  1x1 conv and ``A^T diag(.) A``), and the folded matrix's gradient is computed whenever
+  anything of the layer needs a gradient (the statistics need it); with running statistics
+  it is computed only when the coefficients or the norm's weight train.
 
 Backward is stated as two parts: ``grad_input`` (activation gradients: for a basis layer
 the combination's gradient w.r.t. the basis maps and the basis conv's gradient w.r.t. the
@@ -164,14 +165,18 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
                       output_size, *, batch: int = 1, bias: bool = False, combine: str = "stacked",
                       coefficient_rank: int | None = None, active_coefficients: int | None = None,
                       input_grad: bool = True, basis_grad: bool = True,
-                      coefficient_grad: bool = True, fused_norm: str | None = None,
-                      norm_grad: bool = False, name: str = "") -> LayerCost:
+                      coefficient_grad: bool = True, factor_grads: int = 2,
+                      fused_norm: str | None = None, norm_grad: bool = False,
+                      bias_grad: bool = False, name: str = "") -> LayerCost:
     """A :class:`BasisConv2d` as its forward runs it (see the module docstring).
 
     ``active_coefficients`` is the number of unpruned coefficients (parameters only; the
-    pruned matrix is still applied densely). ``fused_norm``: ``"batch"`` or ``"running"``
-    when the layer ran with its batch norm folded in, normalizing with those statistics
-    (``norm_grad``: the norm's parameters train).
+    pruned matrix is still applied densely). ``factor_grads``: with ``coefficient_rank``,
+    how many of the two factors train (each costs its own product in backward).
+    ``fused_norm``: ``"batch"`` or ``"running"`` when the layer ran with its batch norm
+    folded in, normalizing with those statistics; ``norm_grad``: the norm's weight trains,
+    ``bias_grad``: the layer's or the norm's bias does (they decide whether the folded
+    matrix gets a gradient).
     """
     kh, kw = _pair(kernel_size)
     h, w = _pair(output_size)
@@ -183,10 +188,13 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
     factor_product = 2 * n_comb * coefficient_rank * m if coefficient_rank else 0
     maps_grad = input_grad or basis_grad  # the basis maps need a gradient
     moments = 2 * (pixels + out_channels) * m * m if fused_norm == "batch" else 0
-    combination_grad = coefficient_grad or norm_grad or fused_norm == "batch"
+    if fused_norm == "batch":  # the statistics' backward takes the folded matrix's gradient
+        combination_grad = maps_grad or coefficient_grad or norm_grad or bias_grad
+    else:  # a bias (folded or not) does not scale the matrix
+        combination_grad = coefficient_grad or (norm_grad and fused_norm == "running")
     grad_input = (combination + moments if maps_grad else 0) + (basis if input_grad else 0)
     grad_weight = ((basis if basis_grad else 0) + (combination if combination_grad else 0)
-                   + (2 * factor_product if coefficient_grad else 0))
+                   + (factor_grads * factor_product if coefficient_grad else 0))
     if coefficient_rank:
         coefficients = coefficient_rank * (n_comb + m)
     else:
@@ -218,17 +226,19 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
         mask = module.coefficient_mask
         if mask is not None and active_coefficients is None:
             active_coefficients = int((mask != 0).sum())
+        factor_grads = sum(p.requires_grad for p in module.coefficient_parameters())
+        biases = [b for b in (module.bias, getattr(norm, "bias", None)) if b is not None]
         return basis_conv2d_cost(
             module.in_channels, module.out_channels, module.kernel_size, module.num_basis,
             tuple(output_shape[-2:]), batch=input_shape[0], bias=module.bias is not None,
             combine=module.combine, coefficient_rank=module.coefficient_rank,
             active_coefficients=active_coefficients,
             input_grad=input_grad, basis_grad=module.basis_weight.requires_grad,
-            coefficient_grad=any(p.requires_grad for p in module.coefficient_parameters()),
+            coefficient_grad=factor_grads > 0, factor_grads=factor_grads,
             fused_norm=None if norm is None else (
                 "batch" if norm.training or norm.running_mean is None else "running"),
-            norm_grad=norm is not None and any(p.requires_grad for p in norm.parameters()),
-            name=name)
+            norm_grad=getattr(norm, "weight", None) is not None and norm.weight.requires_grad,
+            bias_grad=any(b.requires_grad for b in biases), name=name)
     if isinstance(module, nn.Conv2d):
         return conv2d_cost(module.in_channels, module.out_channels, module.kernel_size,
                            tuple(output_shape[-2:]), batch=input_shape[0], groups=module.groups,
