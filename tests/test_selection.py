@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -234,6 +235,29 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
     assert table["flops_saved"].sum() == dense.total_flops - converted.total_flops
     # almost every FLOP scales with the batch: counted at a training batch, the same table
     assert selection.layer_savings(model, basis, batch=128).equals(table)
+
+
+def test_layer_savings_count_every_call_of_a_reused_conv():
+    """Found in review: a conv called twice in ``forward`` saves twice the FLOPs (its
+    parameters once); the table kept only its last call."""
+    from basisconv.cost import model_cost
+    from basisconv.surgery import apply_basis
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(self.c(x))
+
+    model = Twice()
+    basis = OmegaConf.create({"size": 4, "combine": "stacked", "coefficient_rank": None})
+    table = selection.layer_savings(model, basis, input_shape=(1, 16, 8, 8))
+    converted = apply_basis(model, "c", 4, convert=False)
+    dense, after = (model_cost(m, (1, 16, 8, 8)) for m in (model, converted))
+    assert table["flops_saved"].tolist() == [dense.total_flops - after.total_flops]
+    assert table["params_saved"].tolist() == [dense.params - after.params]
 
 
 def test_fused_norm_savings_are_counted_per_image_at_the_training_batch():

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Sequence
 
@@ -94,6 +94,18 @@ class ModelCost(_FlopSums):
     @property
     def grad_weight_flops(self) -> int:
         return sum(c.grad_weight_flops for c in self.layers)
+
+    def by_layer(self) -> dict[str, LayerCost]:
+        """One cost per layer name, in model order: a module called more than once (reused
+        in ``forward``) gets its calls' FLOPs summed and its parameters once."""
+        merged: dict[str, LayerCost] = {}
+        for cost in self.layers:
+            seen = merged.get(cost.name)
+            merged[cost.name] = cost if seen is None else replace(
+                seen, forward_flops=seen.forward_flops + cost.forward_flops,
+                grad_input_flops=seen.grad_input_flops + cost.grad_input_flops,
+                grad_weight_flops=seen.grad_weight_flops + cost.grad_weight_flops)
+        return merged
 
     def totals(self) -> dict[str, int]:
         """The model totals, as stored in the golden file."""

@@ -214,12 +214,12 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     they are in training (counted at one input they would overstate the basis cost)."""
     names = list(select_layers(model, layers, key="sensitivity.layers"))
     shape = (input_shape[0] * batch, *input_shape[1:])
-    dense = {c.name: c for c in model_cost(model, shape).layers}
+    dense = model_cost(model, shape).by_layer()
     converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
                             only_where_saves=True, combine=basis.combine,
                             coefficient_rank=basis.coefficient_rank,
                             fuse_norm=bool(basis.get("fuse_norm")), keys=CONFIG_KEYS)
-    basis_costs = {c.name: c for c in model_cost(converted, shape).layers}
+    basis_costs = model_cost(converted, shape).by_layer()
     rows = []
     for row in basis_report(converted):
         name = row["name"]
