@@ -46,6 +46,24 @@ def test_truncated_file_is_a_clear_error(tmp_path, fmt):
         load_cifar10(tmp_path, verify_md5=False)
 
 
+@pytest.mark.parametrize("damage", ["one_label_short", "rows_of_half_an_image"])
+def test_a_python_batch_whose_images_and_labels_disagree_is_a_clear_error(tmp_path, damage):
+    """Found in review: 10 images with 9 labels were read, and with data.verify_md5=false
+    every later image of the split was trained on the wrong label."""
+    import pickle
+
+    folder = write_cifar(tmp_path, "py")
+    path = folder / "data_batch_2"
+    batch = pickle.loads(path.read_bytes(), encoding="bytes")
+    if damage == "one_label_short":
+        batch[b"labels"] = batch[b"labels"][:-1]
+    else:  # the same bytes as twice the rows of half an image each
+        batch[b"data"] = batch[b"data"].reshape(-1, 3 * 32 * 16)
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DatasetError, match=r"data_batch_2 is not a CIFAR-10 python batch.*\(N, 3072\)"):
+        load_cifar10(tmp_path, verify_md5=False)
+
+
 def test_missing_batch_file(tmp_path):
     folder = write_cifar(tmp_path)
     (folder / "data_batch_5.bin").unlink()

@@ -123,13 +123,20 @@ def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        data, labels = batch[b"data"], batch[b"labels"]
-        images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)
+        data = torch.as_tensor(batch[b"data"], dtype=torch.uint8)
+        labels = torch.as_tensor(batch[b"labels"], dtype=torch.long)
     except Exception as err:  # noqa: BLE001 - any failure here means a bad file
         raise DatasetError(
             f"{path} is truncated or not a CIFAR-10 python batch ({type(err).__name__}: "
             f"{err}). Re-download or re-extract it.") from None
-    return images.clone(), torch.as_tensor(labels, dtype=torch.long)
+    # one row of 3*32*32 bytes per image and one label each: else images and labels of the
+    # whole split would be paired wrongly, silently (with data.verify_md5=false)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
+        raise DatasetError(
+            f"{path} is not a CIFAR-10 python batch: its data has shape {tuple(data.shape)} "
+            f"and its labels {tuple(labels.shape)}, where CIFAR-10 has (N, 3072) and (N,). "
+            f"Re-download or re-extract it, or fix the file if it is your own data.")
+    return data.reshape(-1, 3, 32, 32).clone(), labels
 
 
 def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
