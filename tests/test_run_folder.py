@@ -153,6 +153,7 @@ def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkey
 def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
     """An exception while writing (a full disk, an unpicklable object) must not replace
     the previous record, nor leave its half-written temporary beside it."""
+    from basisconv.errors import WriteError
     from basisconv.records import leftover_temporaries, write_atomic, write_text_atomic
 
     path = write_text_atomic(tmp_path / "run.json", "previous")
@@ -161,10 +162,15 @@ def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
         f.write(b"half")
         raise OSError("No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    # one line naming the file and the fix (it was the bare OSError of a temporary file)
+    with pytest.raises(WriteError, match=rf"could not write {path} \(No space left on "
+                                         rf"device\); free space") as err:
         write_atomic(path, fail)
+    assert isinstance(err.value, OSError) and err.value.filename == str(path)
     assert path.read_text() == "previous"
     assert leftover_temporaries(path) == [] and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    with pytest.raises(WriteError, match=r"could not write .*run.json \(.*\); free space"):
+        write_text_atomic(path / "run.json", "a file where a folder should be")
 
 
 class _Killed(BaseException):

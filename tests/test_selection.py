@@ -403,6 +403,33 @@ def test_a_cache_dir_that_cannot_be_written_is_one_line_naming_the_key(repo, tmp
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("failing", ["table", "record"])
+def test_a_full_disk_at_the_cache_keeps_the_estimate_for_this_run(repo, tmp_path, monkeypatch,
+                                                                  caplog, failing):
+    """Found in review: a cache write that failed (a full disk) ended the run with a trace
+    and lost the estimate it had paid for. The run goes on with its table, the warning says
+    the next run estimates again, and no half-written pair is left to read as corrupt."""
+    import errno
+
+    cfg = compose_sensitivity(repo, tmp_path)
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
+    real = sensitivity.write_json_atomic if failing == "record" else sensitivity.write_bytes_atomic
+
+    def full(path, data):
+        raise sensitivity.WriteError.of(path, OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(sensitivity, real.__name__, full)
+    with caplog.at_level("WARNING", logger="basisconv"):
+        table, record = sensitivity.sensitivity_table(cfg)
+    assert table["layer"].tolist() == fake_estimate(cfg)[0]["layer"].tolist()
+    assert not record["cache_hit"]
+    assert "could not be cached" in caplog.text and "No space left" in caplog.text
+    assert sorted(p.name for p in sensitivity.cache_dir(cfg).iterdir()) == ["run.lock"]
+    monkeypatch.setattr(sensitivity, real.__name__, real)
+    assert not sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # estimated again, cached
+    assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+
+
 def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(repo, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cache = tmp_path / "cache"

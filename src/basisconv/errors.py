@@ -24,6 +24,22 @@ class SaveError(BasisconvError, OSError):
     the message says what its folder keeps and the command that resumes it once fixed."""
 
 
+class WriteError(BasisconvError, OSError):
+    """A file could not be written (a full disk, no permission, a read-only file system, a
+    file where a folder should be): the message names the file and the fix. An ``OSError``
+    (``errno``, ``strerror``, ``filename``), so a caller that knows what a failed write
+    leaves behind (a run's checkpoint, a published record) catches it and says so."""
+
+    @classmethod
+    def of(cls, path, err: OSError) -> "WriteError":
+        return cls(err.errno, err.strerror or str(err), str(path))
+
+    def __str__(self) -> str:
+        return (f"could not write {self.filename} ({self.strerror}); free space or make its "
+                f"folder writable (or point the output elsewhere), then run the same command "
+                f"again")
+
+
 class TrainingDiverged(BasisconvError, FloatingPointError):
     """A loss became NaN or infinite (usually a learning rate too high for the model): the
     message says which loss, where, and what was kept. ``quantity`` and ``value`` say what

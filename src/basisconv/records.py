@@ -24,7 +24,7 @@ from typing import IO, Any, Callable
 
 import torch
 
-from .errors import PublishError
+from .errors import BasisconvError, PublishError, WriteError
 
 
 #: The code and configs: the whole work tree but the top-level ``results/`` (see git_commit).
@@ -206,9 +206,14 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then
     rename it over ``path`` atomically: a kill mid-write leaves the previous file intact.
     ``before_replace(temporary path)`` runs once the new bytes are on disk, before the
-    rename (a checkpoint records its checksum there)."""
+    rename (a checkpoint records its checksum there). A write the system refuses (a full
+    disk, no permission) is a :class:`WriteError` naming ``path``, not a bare ``OSError``
+    from a temporary file's descriptor."""
     path = Path(path)
-    fd, tmp = temporary_beside(path)
+    try:
+        fd, tmp = temporary_beside(path)
+    except OSError as err:
+        raise WriteError.of(path, err) from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -217,8 +222,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
         if before_replace is not None:
             before_replace(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, BasisconvError):
+            raise WriteError.of(path, err) from err
         raise
     return path
 

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
 from .checkpoint import folder_lock
-from .errors import ConfigError
+from .errors import ConfigError, WriteError
 from .models import build_model
 from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, provenance, publish, read_record,
@@ -131,6 +131,21 @@ def table_from_csv(data: bytes) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data))
 
 
+def cache(folder: Path, data: bytes, record: dict) -> None:
+    """Keep a new estimate for the runs after this one. A cache that cannot be written (a
+    full disk) is a warning, not the end of the run that paid for the estimate: this run
+    uses its table, the next estimates it again (a half-written pair is removed, so it is
+    not read as a corrupt cache)."""
+    try:
+        write_bytes_atomic(folder / TABLE, data)  # first: a record has its table
+        write_json_atomic(folder / RECORD, record)
+    except WriteError as err:
+        for name in (RECORD, TABLE):
+            (folder / name).unlink(missing_ok=True)
+        log.warning("sensitivity: the estimate could not be cached (%s): this run uses it, "
+                    "the next one with this key estimates it again", err)
+
+
 def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     """The cached table and its record, or ``None`` when there is none for this key.
 
@@ -198,8 +213,7 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                 data = table_csv(table)
                 record = {**record, "table_rows": len(table),
                           "table_sha256": hashlib.sha256(data).hexdigest()}
-                write_bytes_atomic(folder / TABLE, data)  # first: a record has its table
-                write_json_atomic(folder / RECORD, record)
+                cache(folder, data, record)
                 # the table as the cache gives it (%.6g): a run that estimates it chooses
                 # exactly as every later run that reads it (ties and orders included)
                 return table_from_csv(data), {**record, "cache_hit": False}
