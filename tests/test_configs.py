@@ -253,6 +253,9 @@ RANGE_RULES = [
     ({"sensitivity.search_subset_size": 0}, "sensitivity.search_subset_size must be >= 1"),
     ({"selection.count": 0}, "selection.count must be null or >= 1, got 0"),
     ({"selection.budget_metric": "energy"}, "selection.budget_metric='energy'; choose one of"),
+    # Found in review: a NaN threshold chose no layer and trained the dense model, silently
+    ({"selection.policy": "sensitivity_threshold", "selection.threshold": float("nan")},
+     "selection.threshold=nan must be a number"),
     ({"selection.budget_reduction": 0.0},
      r"selection.budget_reduction must be in \(0, 1\), got 0.0"),
     ({"basis.source_checkpoint": "dense.pt"}, "basis.source_checkpoint is set but basis.init"),

@@ -216,6 +216,40 @@ def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repea
     assert reference_noise({"accuracy": 0.5, "loss": 1.0}, []) is None
 
 
+@pytest.mark.parametrize("given, message", [
+    ({"policy": "sensitivity_threshold", "metric": "accuracy_drop", "threshold": "0.1"},
+     r"selection.threshold='0.1' must be a number"),
+    ({"policy": "sensitivity_budget", "metric": "accuracy_drop", "budget_metric": "time",
+      "budget_reduction": 0.2},
+     r"budget_metric=time: the candidate table has no seconds_saved column.*use params or flops"),
+    ({"policy": "first_k", "budget_metric": "flops", "budget_reduction": 2.0},
+     r"selection.budget_reduction must be in \(0, 1\), got 2.0"),
+    ({"policy": "random", "count": 2}, r"selection.seed is not set; selection.policy=random reads it"),
+    ({"policy": "sensitivity_budget", "metric": "accuracy_drop"},
+     r"selection.budget_metric is not set; selection.policy=sensitivity_budget reads it"),
+    ({"policy": "first_k", "count": 2.5}, r"selection.count must be null or >= 1, got 2.5"),
+    ({"policy": "all"}, r"selection.policy='all' needs no candidate table: pick_layers takes"),
+    ({"threshold": 0.1}, r"selection.policy is not set; choose one of none, all"),
+])
+def test_pick_layers_refuses_a_bad_selection_in_one_line(given, message):
+    """Found in review: the API (the README's own-model example) took a plain dict only as
+    an AttributeError, and failed deep inside on a string threshold (TypeError), a time
+    budget without timings (KeyError), a random order without a seed; a budget reduction
+    of 2.0, which the command line refuses, picked every layer."""
+    with pytest.raises(ConfigError, match=message) as err:
+        pick_layers(given, TABLE, DENSE)
+    assert "\n" not in str(err.value)
+
+
+def test_pick_layers_takes_a_plain_dict():
+    chosen = pick_layers({"policy": "sensitivity_threshold", "metric": "accuracy_drop",
+                          "threshold": 0.005}, TABLE, DENSE)
+    assert chosen == pick_layers(OmegaConf.create({"policy": "sensitivity_threshold",
+                                                   "metric": "accuracy_drop",
+                                                   "threshold": 0.005}), TABLE, DENSE)
+    assert chosen == ["b", "d", "f"]
+
+
 def test_count_out_of_range_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"selection.count=7; there are 6 candidate layers"):
         pick_layers(policy("random", count=7), TABLE, DENSE)

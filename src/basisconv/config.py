@@ -29,7 +29,7 @@ from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
 from .records import unwritable_folder
-from .selection import BUDGET_METRICS, METRICS, POLICIES, check_count, check_layers
+from .selection import BUDGET_METRICS, METRICS, check_selection
 
 
 @dataclass
@@ -216,19 +216,12 @@ def _check_subset(value: Any, key: str) -> None:
 
 def validate_basis(cfg: DictConfig) -> None:
     sel = cfg.selection
-    _check_choice(sel.policy, POLICIES, "selection.policy")
+    # every key, whatever the policy: a sweep over policies checks them all before its first job
     _check_choice(sel.metric, METRICS, "selection.metric")
     _check_choice(sel.budget_metric, tuple(BUDGET_METRICS), "selection.budget_metric")
     _check(0 < sel.budget_reduction < 1,
            f"selection.budget_reduction must be in (0, 1), got {sel.budget_reduction}")
-    _check(sel.count is None or sel.count >= 1,
-           f"selection.count must be null or >= 1, got {sel.count}")
-    check_count(sel)
-    check_layers(sel)
-    # numpy's generator, which orders the layers, takes no negative seed (torch's does)
-    _check(sel.policy != "random" or sel.seed >= 0,
-           f"selection.seed={sel.seed} orders selection=random and must be >= 0 (it is the "
-           f"run's seed unless set); give seed>=0 or selection.seed>=0")
+    check_selection(sel)
     s = cfg.sensitivity
     _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")

@@ -25,13 +25,14 @@ the caller (``basisconv.sensitivity.choose_layers``), so choosing never trains a
 from __future__ import annotations
 
 import logging
-
+import math
+from collections.abc import Mapping
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import torch.nn as nn
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .cost import model_cost
 from .errors import ConfigError
@@ -117,15 +118,21 @@ def candidate_order(selection: DictConfig, table: pd.DataFrame) -> list[str]:
     raise ConfigError(f"selection.policy={policy!r}; choose one of {', '.join(POLICIES)}")
 
 
-def pick_layers(selection: DictConfig, table: pd.DataFrame, dense: dict[str, int]) -> list[str]:
+def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
+                dense: dict[str, int]) -> list[str]:
     """The layers an ordered policy converts, in model order.
 
-    ``table`` has one row per candidate: ``layer``, ``position`` (model order),
-    ``params_saved``, ``flops_saved`` and, for the sensitivity policies, the metrics;
-    ``dense`` the dense model's ``params`` and ``flops`` (the budget's 100 %).
+    ``selection``: the ``selection`` config, or a mapping with its keys (``policy`` and
+    what that policy reads; :func:`check_selection`). ``table`` has one row per candidate:
+    ``layer``, ``position`` (model order), ``params_saved``, ``flops_saved`` and, for the
+    sensitivity policies, the metrics; ``dense`` the dense model's ``params`` and
+    ``flops`` (the budget's 100 %).
     """
-    check_count(selection)
-    check_layers(selection)
+    selection = OmegaConf.create(dict(selection)) if isinstance(selection, Mapping) else selection
+    check_selection(selection)
+    if selection.policy not in ORDERED_POLICIES:
+        raise ConfigError(f"selection.policy={selection.policy!r} needs no candidate table: "
+                          f"pick_layers takes {', '.join(ORDERED_POLICIES)}")
     order = candidate_order(selection, table)
     positions = dict(zip(table["layer"], table["position"]))
     if selection.policy == "sensitivity_threshold":
@@ -139,6 +146,58 @@ def pick_layers(selection: DictConfig, table: pd.DataFrame, dense: dict[str, int
     else:
         chosen = meet_budget(order, table, selection, dense)
     return sorted(chosen, key=positions.__getitem__)
+
+
+def check_selection(selection: DictConfig) -> None:
+    """Every value of a ``selection`` config that its policy reads, each wrong one a
+    :class:`ConfigError` naming the key and the valid values (the one home of these rules:
+    ``basisconv.config`` runs them on a run's config, :func:`pick_layers` on a user's)."""
+    policy = _needed(selection, "policy")
+    if policy not in POLICIES:
+        raise ConfigError(f"selection.policy={policy!r}; choose one of {', '.join(POLICIES)}")
+    check_count(selection)
+    check_layers(selection)
+    count = selection.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of layers)")
+    if policy not in ORDERED_POLICIES:
+        return
+    if policy in SENSITIVITY_POLICIES and _needed(selection, "metric") not in METRICS:
+        raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
+                          f"{', '.join(METRICS)}")
+    if policy == "sensitivity_threshold":
+        threshold = _needed(selection, "threshold")
+        if not _is_number(threshold) or math.isnan(threshold):
+            raise ConfigError(f"selection.threshold={threshold!r} must be a number (the "
+                              f"largest {selection.metric} a converted layer may have)")
+    elif count is None:  # the budget rule
+        if _needed(selection, "budget_metric") not in BUDGET_METRICS:
+            raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
+                              f"one of {', '.join(BUDGET_METRICS)}")
+        reduction = _needed(selection, "budget_reduction")
+        if not _is_number(reduction) or not 0 < reduction < 1:
+            raise ConfigError(f"selection.budget_reduction must be in (0, 1), got {reduction!r}")
+    if policy == "random":
+        # numpy's generator, which orders the layers, takes no negative seed (torch's does)
+        seed = _needed(selection, "seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"selection.seed={seed!r} orders selection=random and must be "
+                              f">= 0, an integer (it is the run's seed unless set); give "
+                              f"seed>=0 or selection.seed>=0")
+
+
+def _needed(selection: DictConfig, key: str):
+    value = selection.get(key)
+    if value is None:
+        policy = selection.get("policy")
+        raise ConfigError(f"selection.{key} is not set" + (
+            f"; selection.policy={policy} reads it" if policy else
+            f"; choose one of {', '.join(POLICIES)}"))
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_count(selection: DictConfig) -> None:
@@ -178,6 +237,12 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
         raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose one "
                           f"of {', '.join(BUDGET_METRICS)}")
     column = BUDGET_METRICS[selection.budget_metric]
+    if column not in table or selection.budget_metric not in dense:
+        raise ConfigError(
+            f"selection.budget_metric={selection.budget_metric}: the candidate table has no "
+            f"{column} column or the dense totals no {selection.budget_metric!r} (time is "
+            f"measured by the pipeline, basisconv.time_budget.with_measured_time); use "
+            f"params or flops")
     target = selection.budget_reduction * dense[selection.budget_metric]
     saving = dict(zip(table["layer"], table[column]))
     chosen, saved = [], 0
