@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from basisconv.cost import model_cost, measure_flops
+from basisconv.errors import ConfigError
 from basisconv.fitting import relative_error
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
@@ -193,6 +194,22 @@ def test_a_wrapped_models_unknown_name_suggests_the_prefixed_one():
     with pytest.raises(ValueError, match=r"unknown layer '1' \(did you mean module\.1\?\)"):
         apply_basis(wrapped, "1", 4)
     assert isinstance(apply_basis(wrapped, "module.1", 4).module[1], BasisConv2d)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("convert", [True, False])
+def test_a_conv_with_non_finite_weights_is_one_error_naming_it(bad, convert):
+    """Found in review: fitting a conv with a NaN or inf weight failed inside LAPACK with
+    "INTERNAL ASSERT FAILED ... report a bug to PyTorch" (and a fresh layer took a NaN
+    scale); the model is left as it was."""
+    model = build_model("resnet20", width=0.25)
+    with torch.no_grad():
+        model.layer2[0].conv1.weight[0, 0, 0, 0] = bad
+    with pytest.raises(ConfigError, match=r"^layer 'layer2.0.conv1' has NaN or infinite weights"):
+        apply_basis(model, "all", 0.5, convert=convert, inplace=True)
+    assert not basis_layers(model)
+    with pytest.raises(ConfigError, match=r"^the layer has NaN or infinite weights"):
+        BasisConv2d.from_conv(model.layer2[0].conv1, 2)
 
 
 def test_layers_that_are_not_names_are_one_clear_error():

@@ -241,6 +241,7 @@ class BasisConv2d(nn.Module):
         as the conv's did (``requires_grad`` of its weight and bias).
         """
         check_convertible(conv)
+        check_finite_weight(conv)
         c_out = conv.out_channels
         if (num_basis is None) == (max_error is None):
             raise ConfigError("from_conv needs exactly one of num_basis (a count or fraction) "
@@ -471,6 +472,16 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
     if conv.padding_mode != "zeros":
         raise ConfigError(f"{at} uses padding_mode={conv.padding_mode!r}; basis convolutions "
                          f"support zero padding only")
+
+
+def check_finite_weight(conv: nn.Conv2d, where: str = "") -> None:
+    """A conv whose weight holds NaN or inf can be neither fitted (LAPACK fails deep
+    inside with an internal assert) nor give a fresh layer its scale: one error naming it."""
+    weight = conv.weight.detach()
+    if not weight.is_meta and not bool(torch.isfinite(weight).all()):
+        at = f"layer {where!r}" if where else "the layer"
+        raise ConfigError(f"{at} has NaN or infinite weights; convert a model whose weights "
+                          f"are finite (from a diverged run? load an earlier checkpoint)")
 
 
 def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:

@@ -40,7 +40,7 @@ from .cost import (HOOK_TABLES, copy_model, counted_combine, forward_macs_per_pi
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
-                     resolve_num_basis)
+                     check_finite_weight, resolve_num_basis)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -211,6 +211,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     for alias, first in _conv_names(model).items():
         aliases[first].append(alias)
     replaced: dict[str, BasisConv2d] = {}
+    for name, conv in targets.items():  # all before any is replaced (inplace=True)
+        check_finite_weight(conv, name)
     for name, conv in targets.items():
         m = sizes[name]
         if convert:
