@@ -252,6 +252,9 @@ RANGE_RULES = [
     ({"sensitivity.workers": 0}, "sensitivity.workers must be >= 1, got 0"),
     ({"sensitivity.search_subset_size": 0}, "sensitivity.search_subset_size must be >= 1"),
     ({"selection.count": 0}, "selection.count must be null or >= 1, got 0"),
+    # Found in review: a seed beyond 64 bits was an OverflowError trace from torch.manual_seed
+    ({"seed": 10**20}, r"seed=100000000000000000000 does not fit in 64 bits"),
+    ({"sensitivity.seed": -2**64}, r"sensitivity.seed=-18446744073709551616 does not fit"),
     ({"selection.budget_metric": "energy"}, "selection.budget_metric='energy'; choose one of"),
     # Found in review: a NaN threshold chose no layer and trained the dense model, silently
     ({"selection.policy": "sensitivity_threshold", "selection.threshold": float("nan")},
