@@ -77,6 +77,10 @@ for override in ${EXTRA[@]+"${EXTRA[@]}"}; do
   fi
   matches "$key" "${EXECUTION[@]}" || VARIANT+=("$override")
 done
+# every run would fail on a bad override, each saying why in its own log: check them once
+PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+  'import sys; from basisconv.cli import check_overrides; check_overrides(sys.argv[1], sys.argv[2:])' \
+  "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"} || exit 2
 WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
 MADE_WITH=$RESULTS/protocol-overrides.txt
 # the protocol's own folder however RESULTS_DIR names it (./results, its absolute path)

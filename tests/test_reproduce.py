@@ -154,6 +154,11 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
     assert "basis.size is set per run" in attempt("paper", "trainer.threads=1 basis.size=0.25")
     assert "seed is set per run" in attempt("paper", "++seed=3")  # Hydra's prefixes too
     assert "unbalanced quotes" in attempt("paper", "name='my run")
+    # found in review: a bad value started every run, each failing with it in its own log
+    assert "error: OVERRIDES: trainer.threads must be >= 1, got 0" in attempt(
+        "smoke", "trainer.threads=0")
+    assert "trainer.thredas is not a config key" in attempt("smoke", "trainer.thredas=2")
+    assert not (tmp_path / "outputs" / "smoke" / "results").exists()  # nothing written
     refused = attempt("paper", "trainer.cuda_graphs=true trainer.epochs=1")
     assert "trainer.epochs=1 change what the runs compute" in refused
     assert "RESULTS_DIR=<folder> OUTPUTS=<folder>" in refused

@@ -225,6 +225,30 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
+def check_overrides(profile: str, overrides: list[str]) -> None:
+    """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with the profile's baseline
+    run and validated once, before any run starts; a bad one is one line and exit status 2
+    (else every run fails alone, each saying why in its own log only)."""
+    from hydra import compose, initialize_config_dir
+
+    from .config import validate
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    try:
+        with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+            cfg = compose("train", overrides=[f"profile={profile}", "experiment=baseline",
+                                              *overrides])
+        validate(cfg)
+    except BasisconvError as err:
+        message = " ".join(str(err).split())
+    except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
+        message = " ".join(hydra_error_line(ex).split())
+    else:
+        return
+    print(f"error: OVERRIDES: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def log_to_files(message: str) -> None:
     """Write ``message`` to the log files of the run (Hydra's ``train.log``) only: the
     console gets it once, from the entry point."""
