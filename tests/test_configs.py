@@ -3,6 +3,9 @@ with one clear message (as lightning-hydra-template's config tests do)."""
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -362,6 +365,19 @@ def test_a_single_value_for_a_list_key_names_the_list_to_write(compose_cfg, over
         compose_cfg(override)
     line = hydra_error_line(err.value)
     assert line.startswith(f"{override}: ") and line.endswith(f"; write a list: {fix}"), line
+
+
+def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo):
+    """Found in review: hydra.run.dir inside a file was "[Errno 20] Not a directory: ...",
+    one line that named no key to change."""
+    (tmp_path / "a-file").write_text("")
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           f"hydra.run.dir={tmp_path}/a-file/run"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot write {tmp_path}/a-file/run (Not a "
+                                  f"directory); point hydra.run.dir"), done.stderr
 
 
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():

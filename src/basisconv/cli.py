@@ -167,6 +167,9 @@ def hydra_error_line(ex: Exception) -> str:
             items = value.strip("'\"")
             message = f"{message.rstrip('.')}; write a list: {key}=[{items}]"
         return f"{override}: {message}"
+    if isinstance(ex, OSError) and ex.filename:  # Hydra makes the run's folder and .hydra/
+        return (f"cannot write {ex.filename} ({ex.strerror}); point hydra.run.dir "
+                f"(hydra.sweep.dir with -m) at a folder that can be written")
     if isinstance(ex, OverrideParseException):
         return (f"cannot parse the override {ex.override!r} ({ex.message.splitlines()[0]}); "
                 f"write key=value, e.g. trainer.epochs=3")
