@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from basisconv.analysis.report import timing_line, write_report
 from basisconv.analysis.runs import (compare, curves_frame, distinct_curves, read_records,
-                                     runs_frame, training_records, wandb_records)
+                                     run_row, runs_frame, training_records, wandb_records)
 from basisconv.analysis.sensitivity import chosen_table
 from basisconv.analysis.tables import display_table, latex
 from basisconv.records import device_name
@@ -187,6 +187,31 @@ def test_device_names_for_file_names():
     assert device_name({"cpu": "AMD EPYC"}) == "cpu"
     assert device_name({"gpu": "NVIDIA H100 80GB HBM3"}) == "h100"
     assert device_name({"gpu": "NVIDIA A100-SXM4-40GB"}) == "a100"
+
+
+def test_a_cpu_run_on_a_machine_with_a_gpu_is_tabled_as_a_cpu_run(tmp_path):
+    """Found in review: the record lists the machine's GPU whatever the run ran on, and the
+    analysis named a trainer.device=cpu run by it, so its CPU times were compared with the
+    GPU runs' in one table (a 0.1x "speedup"). ``auto`` takes the GPU."""
+    gpu_machine = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "gpu": "NVIDIA H200",
+                   "torch_threads": 2}
+    assert device_name(gpu_machine, "cpu") == "cpu" and device_name(gpu_machine, "auto") == "h200"
+    assert device_name(gpu_machine, "cuda:1") == "h200" and device_name(gpu_machine) == "h200"
+    on_cpu, on_gpu = record(seed=0, accuracy=0.9), record(seed=0, accuracy=0.9)
+    for rec, device in ((on_cpu, "cpu"), (on_gpu, "auto")):
+        rec["config"]["trainer"]["device"] = device
+        rec["provenance"] = {**rec["provenance"], "hardware": gpu_machine}
+    row_cpu, row_gpu = run_row(on_cpu, "x"), run_row(on_gpu, "x")
+    assert (row_cpu["device"], row_cpu["hardware"]) == ("cpu", "AMD EPYC (AVX512)")
+    assert row_cpu["timing"] == "AMD EPYC (AVX512), 2 threads"
+    assert (row_gpu["device"], row_gpu["hardware"], row_gpu["timing"]) == (
+        "h200", "NVIDIA H200", "NVIDIA H200")
+    write_runs(tmp_path / "runs", [on_cpu, {**on_gpu, "config": {
+        **on_gpu["config"], "seed": 1}}])
+    (tmp_path / "results").mkdir()
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    assert {p.name for p in (tmp_path / "results").glob("comparison-*.md")} == {
+        "comparison-cpu-fp32.md", "comparison-h200-fp32.md"}
 
 
 def test_local_records_skip_incomplete_unreadable_and_other_kinds(tmp_path):

@@ -95,11 +95,20 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def device_name(hardware: dict) -> str:
-    """A short device tag for file names: ``cpu``, or the GPU model (``h100``, ``a100``)."""
-    gpu = (hardware or {}).get("gpu")
-    if not gpu:
+def measured_on_cpu(hardware: dict, device: str | None = None) -> bool:
+    """Whether a measurement ran on the CPU: the machine has no GPU, or ``device`` (what
+    was asked for, e.g. a run's ``trainer.device``; ``auto`` takes the GPU) says ``cpu``.
+    ``hardware`` lists a machine's GPU whatever ran on it."""
+    on_cpu = device is not None and str(device).split(":")[0] == "cpu"
+    return on_cpu or not (hardware or {}).get("gpu")
+
+
+def device_name(hardware: dict, device: str | None = None) -> str:
+    """A short device tag for file names: ``cpu``, or the GPU model (``h100``, ``a100``);
+    ``device`` as for :func:`measured_on_cpu`."""
+    if measured_on_cpu(hardware, device):
         return "cpu"
+    gpu = hardware["gpu"]
     words = [w for w in gpu.lower().replace("-", " ").split()
              if w not in {"nvidia", "geforce", "tesla", "pcie", "sxm", "sxm5", "nvl"}]
     return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
@@ -119,8 +128,7 @@ def hardware_name(hardware: dict, device: str | None = None) -> str | None:
     ``device`` is what was measured on, where known: a CPU measurement on a machine that
     also has a GPU is named by its CPU (``hardware`` lists the GPU all the same), so that
     it is not shown, or compared, as the GPU's."""
-    on_cpu = device is not None and str(device).split(":")[0] == "cpu"
-    if hardware.get("gpu") and not on_cpu:
+    if not measured_on_cpu(hardware, device):
         return hardware["gpu"]
     cpu, capability = hardware.get("cpu"), hardware.get("cpu_capability")
     return f"{cpu} ({capability})" if cpu and capability else cpu

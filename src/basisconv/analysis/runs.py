@@ -15,8 +15,8 @@ import pandas as pd
 from ..checkpoint import changes_only_execution, flatten
 from ..errors import ConfigError
 from ..loop import precision_name
-from ..records import (RECORD, commit_name, device_name, hardware_name, missing_fields,
-                       read_record)
+from ..records import (RECORD, commit_name, device_name, hardware_name, measured_on_cpu,
+                       missing_fields, read_record)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ def timing_setup(cfg: dict[str, Any], hardware: dict[str, Any]) -> str:
     ``trainer.compile`` / ``cuda_graphs`` (keys :func:`made_alike` lets differ, so that
     runs of one configuration may mix them)."""
     trainer = cfg.get("trainer", {})
-    parts = [hardware_name(hardware) or "unknown hardware"]
-    if not hardware.get("gpu") and hardware.get("torch_threads"):
+    device = trainer.get("device")
+    parts = [hardware_name(hardware, device) or "unknown hardware"]
+    if measured_on_cpu(hardware, device) and hardware.get("torch_threads"):
         threads = hardware["torch_threads"]
         parts.append(f"{threads} thread{'s' * (threads != 1)}")
     if hardware.get("processes"):
@@ -59,9 +60,15 @@ def timing_setup(cfg: dict[str, Any], hardware: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def trained_on(cfg: dict[str, Any]) -> str | None:
+    """The device a run's config asked for (``auto`` takes the GPU where there is one): a
+    CPU run on a machine with a GPU is named, and compared, as a CPU run."""
+    return (cfg.get("trainer") or {}).get("device")
+
+
 def record_tag(record: dict[str, Any]) -> str:
     """``<device>-<precision>`` of a record, as result file names carry it."""
-    return (f"{device_name(record['provenance']['hardware'])}-"
+    return (f"{device_name(record['provenance']['hardware'], trained_on(record['config']))}-"
             f"{precision_name(record['config']['trainer']['amp'])}")
 
 
@@ -77,7 +84,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "basis_size": "-" if dense else cfg["basis"]["size"],
         "epochs": cfg["trainer"]["epochs"],
         "train_images": cfg["data"]["train_subset"] or "all",
-        "device": device_name(hardware),
+        "device": device_name(hardware, trained_on(cfg)),
         "precision": precision_name(cfg["trainer"]["amp"]),
         "seed": cfg["seed"],
         "test_accuracy": final["test_accuracy"], "best_test_accuracy": final["best_test_accuracy"],
@@ -88,7 +95,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "backward_seconds_per_step": final["backward_seconds_per_step"],
         "epoch_seconds": median_epoch_seconds(record), "train_seconds": final["train_seconds"],
         "commit": commit_name(prov.get("git")),
-        "date": prov.get("date"), "hardware": hardware_name(hardware),
+        "date": prov.get("date"), "hardware": hardware_name(hardware, trained_on(cfg)),
         "timing": timing_setup(cfg, hardware), "where": where,
     }
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..records import commit_name, hardware_name, write_text_atomic
 from .plots import pyplot, save_figure
-from .runs import record_tag
+from .runs import record_tag, trained_on
 from .tables import markdown
 
 
@@ -131,7 +131,7 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
     table = pd.DataFrame(record["table"])
     stem = stem or summary_stem(record)
     prov = record["estimate_provenance"]
-    hardware = hardware_name(prov["hardware"])
+    hardware = hardware_name(prov["hardware"], trained_on(cfg))
     note = (f"profile {profile}; estimated {prov['date'][:10]} on {hardware}, "
             f"commit {commit_name(prov['git'])}, {summary['estimate_seconds']:.0f} s; "
             f"key {summary['key']}")
