@@ -317,10 +317,26 @@ def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path
         assert records.git_commit(package)["dirty"] is True
         git("checkout", "--", name)
     assert records.git_commit(package)["dirty"] is False
+    # found in review: a new file (a config, a module not yet added) was not dirty
+    (tmp_path / "configs" / "mine.yaml").write_text("lr: 0.5\n")
+    assert records.git_commit(package)["dirty"] is True
+    (tmp_path / ".gitignore").write_text("outputs/\n")
+    git("add", ".gitignore")
+    git("commit", "-qm", "ignore")
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "log.txt").write_text("ignored\n")
+    (tmp_path / "configs" / "mine.yaml").unlink()
+    assert records.git_commit(package)["dirty"] is False
     # a dirty tree's diff hash is that of the commit it would become (results/ aside), so a
-    # record can be matched to it; another change, another hash
+    # record can be matched to it; another change, another hash; new files are in it, and
+    # the repository's own index is left as it was
     (tmp_path / "src" / "pkg" / "m.py").write_text("2\n")
+    (tmp_path / "src" / "pkg" / "new.py").write_text("x = 1\n")
     dirty = records.git_commit(package)
+    staged = subprocess.run(["git", "ls-files", "--stage"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True).stdout
+    assert "new.py" not in staged  # not even intent-to-add
+    git("add", "src/pkg/new.py")
     git("commit", "-qam", "next")
     diff = subprocess.run(["git", "diff", "HEAD~1", "HEAD", "--binary", "--", ".",
                            ":(exclude)results"], cwd=tmp_path, check=True,

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,13 +52,35 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD").decode().strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", *_CODE).strip())
+        # new files count (a config or module not yet added), ignored ones (.gitignore) not
+        dirty = bool(git("status", "--porcelain", "--untracked-files=normal", *_CODE).strip())
         if not dirty:
             return {"commit": commit, "dirty": False}
-        diff = git("diff", "HEAD", "--binary", *_CODE)
+        diff = _diff_with_new_files(git, cwd)
         return {"commit": commit, "dirty": True, "diff_sha256": hashlib.sha256(diff).hexdigest()}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+
+
+def _diff_with_new_files(git: Callable[..., bytes], cwd: Path) -> bytes:
+    """``git diff HEAD --binary`` of the code and configs, new (untracked, not ignored)
+    files included as additions, as the commit that adds them would show them: they are
+    marked intent-to-add in a copy of the index, never in the repository's own."""
+    new = [p for p in git("ls-files", "--others", "--exclude-standard", "-z", "--full-name",
+                          *_CODE).split(b"\0") if p]
+    if not new:
+        return git("diff", "HEAD", "--binary", *_CODE)
+    index = Path(cwd, git("rev-parse", "--git-path", "index").decode().strip())
+    top = git("rev-parse", "--show-toplevel").decode().strip()
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "index"
+        shutil.copyfile(index, copy)
+        env = {**os.environ, "GIT_INDEX_FILE": str(copy)}
+        for args in (["add", "--intent-to-add", "--", *(p.decode() for p in new)],
+                     ["diff", "HEAD", "--binary", *_CODE]):
+            out = subprocess.run(["git", *args], cwd=top, env=env, capture_output=True,
+                                 check=True, timeout=10).stdout
+    return out
 
 
 def hardware() -> dict[str, Any]:
