@@ -116,6 +116,27 @@ def test_synchronized_norms_use_their_running_statistics_in_eval(monkeypatch):
     torch.testing.assert_close(net(x), plain.eval()(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+def test_synchronized_norms_train_under_cpu_autocast(monkeypatch, amp):
+    """Found in review: under CPU autocast (trainer.amp=bf16|fp16 with torchrun) the
+    statistics were summed in bf16/fp16 and their mean could not update the float32
+    running buffers (a RuntimeError at the first step). Taken in float32, one process's
+    synchronized norm is torch's own, output dtype and running statistics included."""
+    torch.manual_seed(0)
+    plain = torch.nn.BatchNorm2d(3)
+    synced = distributed.convert_sync_batchnorm(torch.nn.Sequential(copy.deepcopy(plain)),
+                                                torch.device("cpu"))
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)  # one process, no group
+    monkeypatch.setattr(distributed._AllReduceSum, "apply", staticmethod(lambda t: t))
+    x = torch.randn(4, 3, 5, 5).to(amp)
+    with torch.autocast("cpu", dtype=amp):
+        ours, theirs = synced(x), plain(x)
+    assert ours.dtype == theirs.dtype == amp
+    torch.testing.assert_close(ours, theirs)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(synced[0], name), getattr(plain, name))
+
+
 def needs_two(device):
     if device.type == "cuda" and torch.cuda.device_count() < 2:
         pytest.skip("DDP with NCCL needs two GPUs")

@@ -96,6 +96,10 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
+        # statistics in float32 at least, as torch's own batch norm takes them: a bf16 or
+        # fp16 input (autocast) summed in its own dtype loses digits, and its mean could
+        # not update the float32 running buffers; the output keeps the input's dtype
+        dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
         dims = (0, 2, 3)
         c = x.shape[1]
         n = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype)
@@ -115,7 +119,7 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         if self.affine:
             scale = scale * self.weight
         out = (x - mean.view(1, c, 1, 1)) * scale.view(1, c, 1, 1)
-        return out + self.bias.view(1, c, 1, 1) if self.affine else out
+        return (out + self.bias.view(1, c, 1, 1) if self.affine else out).to(dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
