@@ -83,6 +83,34 @@ def test_offline_download_failure_is_a_clear_error(tmp_path, monkeypatch):
         load_cifar10(tmp_path / "new", download=True)
 
 
+def test_runs_started_together_download_once(tmp_path, monkeypatch):
+    """Found in review: runs started together with data.download=true (reproduce.sh's
+    JOBS on a fresh machine, torchrun's ranks) each downloaded the archive into the same
+    folder at once. One downloads; the others wait for it and read what it fetched."""
+    import threading
+    import time
+
+    import basisconv.data as data
+
+    fetched = []
+
+    def fake_download(root):  # slow enough for the other to arrive while it runs
+        fetched.append(root)
+        time.sleep(0.5)
+        write_cifar(root, "py", n_train=50, n_test=10)
+
+    monkeypatch.setattr(data, "download_cifar10", fake_download)
+    loaded = []
+    runs = [threading.Thread(target=lambda: loaded.append(
+        load_cifar10(tmp_path, verify_md5=False, download=True))) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert len(fetched) == 1 and len(loaded) == 2
+    assert all(torch.equal(d.train_images, loaded[0].train_images) for d in loaded)
+
+
 def test_stratified_subset_is_balanced_and_seeded():
     labels = torch.arange(1000) % 10
     idx = stratified_subset(labels, 105, seed=3)

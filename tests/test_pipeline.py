@@ -436,7 +436,7 @@ def test_a_complete_runs_lost_or_damaged_record_is_rebuilt_from_its_checkpoint(t
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from basisconv.checkpoint import folder_lock
+from basisconv.records import folder_lock
 with folder_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)

@@ -655,7 +655,7 @@ def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_
     import threading
     import time
 
-    from basisconv.checkpoint import folder_lock
+    from basisconv.records import folder_lock
 
     cfg = compose_sensitivity(repo, tmp_path)
     folder = sensitivity.cache_dir(cfg)

@@ -9,13 +9,8 @@ settings; on GPU up to kernel nondeterminism).
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import errno
-import fcntl
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -49,46 +44,6 @@ def changes_only_execution(key: str) -> bool:
     """Whether a (flattened) config key may differ between an interrupted run and its
     resumption: one of :data:`RESUMABLE_CHANGES`, or any ``logger.*`` key."""
     return key in RESUMABLE_CHANGES or key.startswith("logger.")
-
-
-LOCK = "run.lock"
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
-                key: str = "hydra.run.dir"):
-    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/run.lock``) for the
-    ``with`` block. Another holder means :class:`ConfigError` naming its pid and host, or,
-    with ``wait``, waiting for it. The kernel drops the lock when its process ends, however
-    it ends, so a crashed or killed run never leaves the folder locked; the file stays.
-    A folder that cannot be made or written (a file in its path, no permission) is a
-    :class:`ConfigError` naming ``key``, the config entry that chose it."""
-    folder = Path(folder)
-    path = folder / LOCK
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise ConfigError(f"cannot write the {what}'s folder {folder} ({err.strerror or err}); "
-                          f"point {key} at a folder that can be written") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = " ".join(os.pread(fd, 512, 0).decode(errors="replace").split()) or "unknown"
-            if not wait:
-                raise ConfigError(f"{folder} is in use by another {what} ({holder}); wait for it "
-                                  f"to finish, or give this one another hydra.run.dir") from None
-            log.warning("%s is in use by another %s (%s); waiting for it", folder, what, holder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (f"pid {os.getpid()} on host {socket.gethostname()} since "
-                       f"{_dt.datetime.now().isoformat(timespec='seconds')}\n").encode(), 0)
-        yield path
-    finally:
-        os.close(fd)  # closing the only descriptor releases the lock
 
 
 def checksum_path(path: Path) -> Path:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .distributed import shard
 from .errors import ConfigError, DatasetError
-from .records import file_digest
+from .records import file_digest, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ MD5 = {
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
+#: The lock file a download holds in ``data.root`` (see :func:`load_cifar10`).
+DOWNLOAD_LOCK = ".cifar-10-download.lock"
 ARCHIVE = {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
            "md5": "c58f30108f718f92721af3b95e74349a"}
 
@@ -200,8 +202,15 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
     except DatasetError:
         if not download:
             raise
-        download_cifar10(root)
-        folder, fmt = find_cifar10(root)
+        # one download at a time into a folder (runs started together, torchrun's ranks,
+        # reproduce.sh's JOBS, would write one archive at once); the next finds it there
+        with folder_lock(root, wait=True, what="CIFAR-10 download", key="data.root",
+                         name=DOWNLOAD_LOCK):
+            try:
+                folder, fmt = find_cifar10(root)
+            except DatasetError:
+                download_cifar10(root)
+                folder, fmt = find_cifar10(root)
     train = _read_split(folder, fmt, TRAIN_FILES[fmt], verify_md5)
     test = _read_split(folder, fmt, TEST_FILES[fmt], verify_md5)
     return CIFAR10(*train, *test, source=str(folder))

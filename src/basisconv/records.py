@@ -8,14 +8,19 @@ and never needs the producers themselves."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +30,9 @@ from typing import IO, Any, Callable
 
 import torch
 
-from .errors import BasisconvError, PublishError, WriteError
+from .errors import BasisconvError, ConfigError, PublishError, WriteError
+
+log = logging.getLogger(__name__)
 
 
 #: The code and configs: the whole work tree but the top-level ``results/`` (see git_commit).
@@ -210,6 +217,46 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+LOCK = "run.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
+                key: str = "hydra.run.dir", name: str = LOCK):
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/<name>``, ``run.lock`` by
+    default) for the ``with`` block. Another holder means :class:`ConfigError` naming its pid and host, or,
+    with ``wait``, waiting for it. The kernel drops the lock when its process ends, however
+    it ends, so a crashed or killed run never leaves the folder locked; the file stays.
+    A folder that cannot be made or written (a file in its path, no permission) is a
+    :class:`ConfigError` naming ``key``, the config entry that chose it."""
+    folder = Path(folder)
+    path = folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ConfigError(f"cannot write the {what}'s folder {folder} ({err.strerror or err}); "
+                          f"point {key} at a folder that can be written") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = " ".join(os.pread(fd, 512, 0).decode(errors="replace").split()) or "unknown"
+            if not wait:
+                raise ConfigError(f"{folder} is in use by another {what} ({holder}); wait for it "
+                                  f"to finish, or give this one another hydra.run.dir") from None
+            log.warning("%s is in use by another %s (%s); waiting for it", folder, what, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()} on host {socket.gethostname()} since "
+                       f"{_dt.datetime.now().isoformat(timespec='seconds')}\n").encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
 
 
 def temporary_beside(path: Path) -> tuple[int, str]:

@@ -22,10 +22,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from . import loop
-from .checkpoint import folder_lock
 from .errors import ConfigError
 from .probe import Probe, evaluate_many
-from .records import RunRecord, publish, write_record, write_text_atomic
+from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
 from .selection import candidate_order
 from .sensitivity import candidate_table, sensitivity_table
 

@@ -38,11 +38,10 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import folder_lock
 from .errors import ConfigError, WriteError
 from .models import build_model
 from .probe import Probe, evaluate_many, reference_noise
-from .records import (RunRecord, file_digest, provenance, publish, read_record,
+from .records import (RunRecord, file_digest, folder_lock, provenance, publish, read_record,
                       write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
                         fixed_candidates, fixed_layers, layer_savings, pick_layers)

@@ -26,12 +26,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import folder_lock
 from .data import IMAGE_SHAPE
 from .errors import ConfigError
 from .models import build_model
 from .network import to_basis
-from .records import hardware, provenance, write_json_atomic
+from .records import folder_lock, hardware, provenance, write_json_atomic
 from .timing import Runner, layer_time_savings
 
 log = logging.getLogger(__name__)

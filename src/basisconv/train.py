@@ -26,8 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, folder_lock,
-                         load_checkpoint, save_checkpoint)
+from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
+                         save_checkpoint)
 from .cli import sweep_folder_override
 from .config import validate
 from .data import prepare_data
@@ -35,8 +35,8 @@ from .errors import ConfigError, SaveError, Stopped, TrainingDiverged
 from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
-from .records import (RECORD, RunRecord, hardware_name, json_text, leftover_temporaries,
-                      publish, read_record, timestamp, write_record)
+from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
+                      leftover_temporaries, publish, read_record, timestamp, write_record)
 from .selection import SENSITIVITY_POLICIES
 from .sensitivity import cache_key, choose_layers
 from .surgery import CoefficientSkipSchedule
