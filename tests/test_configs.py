@@ -380,6 +380,17 @@ def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo):
                                   f"directory); point hydra.run.dir"), done.stderr
 
 
+def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo):
+    """Found in review: outside -m, reading Hydra's list of the overrides resolved them,
+    so a typo in one was reported "(in None)" before the config check could name it."""
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           "logger=none", "selection=random", "selection.seed=${typo}",
+                           f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr == "error: Interpolation key 'typo' not found (in selection.seed)\n"
+
+
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     """``+=x`` and ``~=x`` add or delete nothing: reported as keyless before Hydra sees them
     (its own line for ``~=x`` is "Could not delete '=x'. No match in the defaults list")."""

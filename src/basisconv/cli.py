@@ -110,7 +110,10 @@ def check_not_an_unswept_sweep() -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return
-    given = {override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task}
+    # as typed: outside -m Hydra keeps them unescaped, and reading one would resolve its
+    # ${...} here, where a typo in it could not be named by its key (validate names it)
+    typed = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    given = {override.split("=", 1)[0].lstrip("+~") for override in typed}
     params = hydra_cfg.sweeper.get("params") or {}
     unswept = [f"{key}={values}" for key, values in params.items() if key not in given]
     if unswept:
