@@ -341,6 +341,11 @@ def test_a_publish_path_that_cannot_be_written_is_refused_before_anything_runs(
                                           r"folder\); choose another .json path") as err:
         validate(compose_cfg(f"publish={blocker}/sub/seed0.json"))
     assert "\n" not in str(err.value)
+    # found in review: a folder of that name was found only when the trained run published
+    (tmp_path / "seed1.json").mkdir()
+    with pytest.raises(ConfigError, match=r"publish=.*cannot be written \(.*seed1.json is a "
+                                          r"folder\); choose another .json path"):
+        validate(compose_cfg(f"publish={tmp_path}/seed1.json"))
     validate(compose_cfg(f"publish={tmp_path}/new/sub/seed0.json"))  # missing folders: made
     assert not (tmp_path / "new").exists()  # ... when it publishes, not by the check
 

@@ -353,6 +353,8 @@ def validate(cfg: DictConfig) -> None:
            f"publish={cfg.publish!r} must name a .json file (or be null)")
     if cfg.publish is not None:
         blocker = unwritable_folder(os.path.dirname(os.path.abspath(cfg.publish)))
+        if blocker is None and os.path.isdir(cfg.publish):
+            blocker = f"{cfg.publish} is a folder"
         _check(blocker is None, f"publish={cfg.publish!r} cannot be written ({blocker}); "
                                 f"choose another .json path (or null)")
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
