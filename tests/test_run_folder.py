@@ -481,6 +481,27 @@ def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, re
     assert resumed["final"]["train_loss"] == reference["final"]["train_loss"]
 
 
+def test_a_stop_while_a_checkpoint_is_written_says_so(tmp_path, repo, monkeypatch):
+    """Found in review: a stop during the write of epoch 2's checkpoint (every epoch has
+    one) said the checkpoint was "written at most every trainer.checkpoint_every_s=0 s"."""
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    real_save = train.save_checkpoint
+
+    def stopped_at_epoch_2(path, state):
+        if len(state["record"]["epochs"]) == 2:
+            raise KeyboardInterrupt
+        return real_save(path, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", stopped_at_epoch_2)
+    with pytest.raises(Stopped) as err:
+        fit(compose_tiny(repo, "logger=none", "trainer.epochs=3"), tmp_path)
+    assert str(err.value).endswith(
+        f"the run in {tmp_path} stopped while saving epoch 2 of 3; its checkpoint is of epoch "
+        f"1; run the same command again with hydra.run.dir={tmp_path} to resume it")
+
+
 def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lacks(
         tmp_path, repo, fake_wandb, monkeypatch, caplog):
     """Stopped after epoch 3 with the checkpoint of epoch 2, the run trains epoch 3 again;

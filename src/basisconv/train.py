@@ -381,10 +381,13 @@ class Training:
             return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs}; "
                     f"trainer.checkpoint=false, so the same command starts it over")
         finished = len(self.results["epochs"])
-        if finished > done:  # epochs that ended between checkpoints (checkpoint_every_s)
+        every = self.cfg.trainer.checkpoint_every_s
+        if finished > done and not every:  # stopped while its checkpoint was being written
+            where = (f"stopped while saving epoch {finished} of {epochs}; its checkpoint "
+                     + ("was not written yet" if done == 0 else f"is of epoch {done}"))
+        elif finished > done:  # epochs that ended between checkpoints (checkpoint_every_s)
             where = (f"stopped after epoch {finished} of {epochs}; its checkpoint, written at "
-                     f"most every trainer.checkpoint_every_s="
-                     f"{self.cfg.trainer.checkpoint_every_s:g} s, ")
+                     f"most every trainer.checkpoint_every_s={every:g} s, ")
             where += "was not written yet" if done == 0 else f"is of epoch {done}"
         elif done == 0:
             where = f"stopped during epoch 1 of {epochs}, before its first checkpoint"
