@@ -502,6 +502,39 @@ def test_a_stop_while_a_checkpoint_is_written_says_so(tmp_path, repo, monkeypatc
         f"1; run the same command again with hydra.run.dir={tmp_path} to resume it")
 
 
+@pytest.mark.parametrize("resuming", [False, True])
+def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeypatch, resuming):
+    """Found in review: a stop while the run chose its layers (the sensitivity estimate,
+    minutes) was the bare line "stopped by SIGTERM"."""
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    cfg = compose_tiny(repo, "logger=none", "trainer.epochs=2")
+    if resuming:  # a run with the checkpoint of epoch 1, started again
+        fit(compose_tiny(repo, "logger=none", "trainer.epochs=2"), tmp_path)
+        (tmp_path / "run.json").unlink()
+        checkpoint = train.load_checkpoint(tmp_path / "checkpoint.pt")
+        checkpoint["record"]["epochs"] = checkpoint["record"]["epochs"][:1]
+        checkpoint["record"]["status"] = "running"
+        train.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "layers_to_convert", interrupted)
+    with pytest.raises(Stopped) as err:
+        fit(cfg, tmp_path)
+    if resuming:
+        assert str(err.value) == (
+            f"the run in {tmp_path} stopped while resuming, before epoch 2; its checkpoint of "
+            f"epoch 1 is kept: run the same command again with hydra.run.dir={tmp_path} to "
+            f"resume it")
+    else:
+        assert str(err.value) == (f"the run in {tmp_path} stopped before its first epoch "
+                                  f"(choosing its layers or reading its data); the same "
+                                  f"command starts it over")
+
+
 def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lacks(
         tmp_path, repo, fake_wandb, monkeypatch, caplog):
     """Stopped after epoch 3 with the checkpoint of epoch 2, the run trains epoch 3 again;

@@ -74,8 +74,27 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             record = finished_record(output_dir, config)
         if record is None:
             with loop.settings_restored():
-                record = Training(cfg, config, output_dir, checkpoint).run()
+                try:
+                    training = Training(cfg, config, output_dir, checkpoint)
+                except KeyboardInterrupt as err:  # a stop while it chose its layers (the
+                    # sensitivity estimate) or read its data: no epoch of this start trained
+                    if isinstance(err, Stopped):
+                        raise
+                    raise Stopped(getattr(err, "signum", signal.SIGINT),
+                                  stopped_before_training(cfg, output_dir, checkpoint)) from None
+                record = training.run()
         return publish(record, cfg.publish, output_dir) if first_rank else record
+
+
+def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict | None) -> str:
+    """What a run stopped before its first epoch of this start tells the user."""
+    done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
+    if done == 0:
+        return (f"the run in {output_dir} stopped before its first epoch (choosing its layers "
+                f"or reading its data); the same command starts it over")
+    return (f"the run in {output_dir} stopped while resuming, before epoch {done + 1}; its "
+            f"checkpoint of epoch {done} is kept: run the same command again with "
+            f"{folder_override(output_dir, cfg.name)} to resume it")
 
 
 def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
