@@ -160,6 +160,7 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
     assert records[0]["status"] == "complete"
     assert "selection.count=50; there are 19 candidate layers" in lines[0]
     assert lines[-1].startswith(f"error: 1 job(s) of the sweep in {sweep} failed")
+    assert len(lines) == 2, lines  # found in review: Hydra added a line naming the first
     assert "selection.count=50" in lines[-1] and "hydra.sweep.dir=" in lines[-1]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
 from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
@@ -255,6 +256,20 @@ def check_overrides(profile: str, overrides: list[str]) -> None:
     sys.exit(2)
 
 
+#: Hydra's reader of a job's result, which writes "Error executing job with overrides:
+#: [...]" before it raises a failed job's error.
+hydra_return_value = hydra_core_utils.JobReturn.return_value
+
+
+def failed_job_unsaid(job: Any) -> Any:
+    """``JobReturn.return_value`` without Hydra's line for a sweep job that stopped with a
+    user error: that job said why in its own line, and the sweep's summary names every
+    failed job (Hydra's line named the first alone)."""
+    if job.status == JobStatus.FAILED and isinstance(job._return_value, SweepJobFailed):
+        raise job._return_value
+    return hydra_return_value.fget(job)
+
+
 def log_to_files(message: str) -> None:
     """Write ``message`` to the log files of the run (Hydra's ``train.log``) only: the
     console gets it once, from the entry point."""
@@ -276,6 +291,8 @@ def exit_on_user_error(fn: F) -> F:
     with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
     hydra_core_utils._save_config = save_config_keeping_old
+    hydra_core_utils.JobReturn.return_value = property(failed_job_unsaid,
+                                                       hydra_return_value.fset)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
