@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.errors import MissingConfigException, OverrideParseException
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
+from .config import validate
 from .errors import BasisconvError, ConfigError, Stopped
 from .records import write_bytes_atomic
 
@@ -236,10 +238,6 @@ def check_overrides(profile: str, overrides: list[str]) -> None:
     """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with the profile's baseline
     run and validated once, before any run starts; a bad one is one line and exit status 2
     (else every run fails alone, each saying why in its own log only)."""
-    from hydra import compose, initialize_config_dir
-
-    from .config import validate
-
     configs = Path(__file__).resolve().parents[2] / "configs"
     try:
         with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
