@@ -315,13 +315,19 @@ def test_images_too_large_for_int32_offsets_are_refused_by_the_kernel(monkeypatc
 
 
 def test_more_output_pixels_than_int32_rows_take_the_stacked_form(monkeypatch):
-    """The kernel's row index starts at ``program_id * BLOCK_M`` in int32: a conv with
-    2**31 output pixels or more is refused, counted on the output (padding adds pixels)."""
+    """The kernel's row index, ``program_id * BLOCK_M + i``, is int32: a conv whose last
+    tile would pass 2**31 - 1 is refused, counted on the output (padding adds pixels).
+    Found in review: the limit was 2**31 pixels, so the last tile of a conv just under it
+    wrapped to negative rows, which its mask let through."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = torch.empty(2, 3, 5, 5, device="meta")
-    assert triton_conv.unsupported(x, torch.float32, 2, out_pixels=2**31 - 1) is None
-    assert "2**31 output pixels" in triton_conv.unsupported(x, torch.float32, 2,
-                                                           out_pixels=2**31)
+    largest_tile = max(tile[0] for tile in triton_conv._GPU_TILES)
+    most = 2**31 - largest_tile
+    assert triton_conv.unsupported(x, torch.float32, 2, out_pixels=most) is None
+    assert (most - 1) // largest_tile * largest_tile + largest_tile - 1 < 2**31  # last row
+    for pixels in (most + 1, 2**31 - 1, 2**31):
+        assert f"at most {most} output pixels" in triton_conv.unsupported(
+            x, torch.float32, 2, out_pixels=pixels)
     seen = []
     monkeypatch.setattr(fused, "_WARNED", set())  # the fallback's notice: said, then forgotten
     monkeypatch.setattr(triton_conv, "unsupported",
@@ -330,6 +336,39 @@ def test_more_output_pixels_than_int32_rows_take_the_stacked_form(monkeypatch):
     with pytest.warns(UserWarning, match="needs no"):
         layer(torch.randn(2, 3, 5, 5))
     assert seen == [2 * 7 * 7]  # padding 2 grows each side by one pixel
+
+
+@pytest.mark.parametrize("bias_kind", ["strided", "broadcast"])
+def test_a_bias_that_is_not_contiguous_gives_the_stacked_output(monkeypatch, bias_kind):
+    """Found in review: the kernel read the bias as contiguous, so a strided or broadcast
+    one (the op is public) gave a wrong output, silently."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    x, w, c = torch.randn(2, 5, 6, 6), torch.randn(3, 5, 3, 3), torch.randn(7, 3)
+    b = torch.randn(14)[::2] if bias_kind == "strided" else torch.randn(1).expand(7)
+    conv = ((1, 1), (1, 1), (1, 1))
+    out, _ = torch.ops.basisconv.fused_basis_conv(x, w, c, b, *map(list, conv), False)
+    torch.testing.assert_close(out, stacked_forward(x, w, c, b, *conv), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["wide", "narrow", "bias", "dtype"])
+def test_a_combination_or_bias_of_the_wrong_size_is_refused_as_conv2d_refuses_it(
+        monkeypatch, bad):
+    """Found in review: only the input and the basis weight were checked, so a combination
+    or a bias of another size was read in part or past its end."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, w = torch.randn(2, 5, 6, 6), torch.randn(3, 5, 3, 3)
+    c, b = torch.randn(7, 3), torch.randn(7)
+    if bad == "wide":
+        c = torch.randn(7, 4)
+    elif bad == "narrow":
+        c = torch.randn(7, 2)
+    elif bad == "bias":
+        b = torch.randn(3)
+    else:
+        b = b.double()
+    with pytest.raises(RuntimeError, match="combination of size|bias to be|bias type"):
+        torch.ops.basisconv.fused_basis_conv(x, w, c, b, [1, 1], [1, 1], [1, 1], False)
 
 
 def test_an_empty_batch_runs_through_the_kernels_path(kernel_runs, monkeypatch):

@@ -231,21 +231,35 @@ def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int,
     if x.dim() == 4 and x.shape[1:].numel() >= 2**31:  # (not x[0]: a batch may be empty)
         return (f"an image of under 2**31 elements (offsets within one are int32; "
                 f"got {x.shape[1:].numel()})")
-    if out_pixels >= 2**31:  # a program's first row, ``program_id * BLOCK_M``, is int32
-        return f"under 2**31 output pixels (row indices are int32; got {out_pixels})"
+    # a row index, ``program_id * BLOCK_M + i``, is int32: the last program's rows must not
+    # pass 2**31 - 1 (they would wrap to negative offsets, which the row mask lets through)
+    limit = 2**31 - max(tile[0] for tile in _GPU_TILES)
+    if out_pixels > limit:
+        return f"at most {limit} output pixels (row indices are int32; got {out_pixels})"
     return None
 
 
-def check_input(x: torch.Tensor, basis_weight: torch.Tensor, padding, dilation) -> None:
+def check_input(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
+                bias: torch.Tensor | None, padding, dilation) -> None:
     """Raise what ``F.conv2d`` raises for an input it refuses (with its words, so every
     form says the same): the kernel takes ``x``'s channel count as the reduction's, so a
     wrong one would read past the basis weight, and an input smaller than the dilated
-    kernel would give an empty output or a negative size. A weight of another dtype or
+    kernel would give an empty output or a negative size; a combination or bias of
+    another size would be read past its end (or in part). A tensor of another dtype or
     device would fail in the kernel, which the caller would take for a shape whose kernel
     does not compile (and run that shape's stacked form from then on)."""
-    if (basis_weight.dtype, basis_weight.device) != (x.dtype, x.device):
-        raise RuntimeError(f"Input type ({x.dtype}, {x.device}) and weight type "
-                           f"({basis_weight.dtype}, {basis_weight.device}) should be the same")
+    for name, t in (("weight", basis_weight), ("combination", combination), ("bias", bias)):
+        if t is not None and (t.dtype, t.device) != (x.dtype, x.device):
+            raise RuntimeError(f"Input type ({x.dtype}, {x.device}) and {name} type "
+                               f"({t.dtype}, {t.device}) should be the same")
+    m = basis_weight.shape[0]
+    if combination.dim() != 2 or combination.shape[1] != m:
+        raise RuntimeError(f"Expected a combination of size [C_out, {m}] for {m} basis "
+                           f"filters, but got {list(combination.shape)}")
+    if bias is not None and tuple(bias.shape) != (combination.shape[0],):
+        raise RuntimeError(f"Given weight of size [{combination.shape[0]}, ...], expected "
+                           f"bias to be 1-dimensional with {combination.shape[0]} elements, "
+                           f"but got bias of size {list(bias.shape)} instead")
     if x.dim() != 4:
         raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
                            f"input of size: {list(x.shape)}")
@@ -299,7 +313,7 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
     # tensors' device: without the guard a layer on cuda:1 would launch on cuda:0.
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _kernel()[grid](
-            x, weight, comb, bias if bias is not None else comb, out,
+            x, weight, comb, bias.contiguous() if bias is not None else comb, out,
             basis if basis is not None else out,
             rows, c_in, h, w, h_out, w_out, c_out, m,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
