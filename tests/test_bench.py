@@ -290,6 +290,16 @@ def test_training_benchmark_keeps_compiling_and_choosing_forms_out_of_the_timed_
     assert ThroughputOptions(warmup=1, **options).invalid_flag() is None
 
 
+def test_the_training_benchmark_refuses_the_fused_form_where_it_cannot_run():
+    """Found in review: --combine fused on CPU timed the stacked fallback and recorded it
+    as fused (the layer benchmark already refused it; one rule for both now)."""
+    from basisconv.bench.train import ThroughputOptions
+
+    problem = ThroughputOptions(basis_size=0.25, combine="fused").invalid_flag()
+    assert problem.startswith("combine='fused' is benchmarked on --device cuda only")
+    assert ThroughputOptions(combine="fused").invalid_flag() is None  # dense: no basis layer
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("benchmark_train.py", ["--model", "resnet-20"], "--model resnet-20: no such model"),
     ("benchmark_train.py", ["--device", "gpu"], "--device gpu: no such device"),

@@ -12,6 +12,8 @@ imports it.
 
 from __future__ import annotations
 
+from ..kernels import triton_conv
+
 
 def profile_table(prof, device, title: str, row_limit: int = 25) -> str:
     """A finished ``torch.profiler.profile``'s operators as a text table under ``title``:
@@ -28,4 +30,21 @@ def flag_below_minimum(flags: tuple[tuple, ...]) -> str | None:
             note = " (0: torch's default)" if flag == "--threads" else "".join(
                 f" ({reason})" for reason in why)
             return f"{flag} must be >= {least}{note}, got {value}"
+    return None
+
+
+def fused_problem(combine: str, device: str) -> str | None:
+    """Why ``combine='fused'`` cannot be benchmarked on ``device`` (one line), else
+    ``None``: off CUDA the layer would run the stacked fallback (or, under
+    TRITON_INTERPRET, Triton's interpreter), and without triton the stacked form; neither
+    is the fused kernel's speed, and a record would say it was."""
+    if combine != "fused":
+        return None
+    if not str(device).startswith("cuda"):
+        return (f"combine='fused' is benchmarked on --device cuda only (its Triton kernel "
+                f"runs on CUDA), got --device {device}")
+    if triton_conv.triton is None:
+        return ("combine='fused' needs triton, which a CUDA build of torch ships with "
+                "(install that torch, not a triton of another version); without it the "
+                "layer runs the stacked form")
     return None

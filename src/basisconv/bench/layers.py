@@ -42,7 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError
-from ..kernels import auto, triton_conv
+from ..kernels import auto
 from ..layers import BasisConv2d, conv_norm_act, resolve_num_basis
 from ..loop import precision_name, seed_everything, settings_restored
 from ..models import build_model
@@ -50,7 +50,7 @@ from ..records import (RunRecord, file_digest, hardware_name, provenance, write_
                        write_text_atomic)
 from ..surgery import apply_basis, conv_layers
 from ..timing import Runner, Timer, output_gradient, tune_cpu_allocator
-from . import flag_below_minimum, profile_table
+from . import flag_below_minimum, fused_problem, profile_table
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
 TARGET_SLACK = 1.15
@@ -87,15 +87,9 @@ class SpeedOptions:
     profile: bool = False  # also write where a training step's time goes (torch.profiler)
 
     def __post_init__(self) -> None:
-        if self.combine == "fused" and self.device != "cuda":
-            # off CUDA the layer would fall back to the stacked form (or, under
-            # TRITON_INTERPRET, time Triton's interpreter): neither is the fused kernel's speed
-            raise ConfigError(f"combine='fused' is benchmarked on --device cuda only (its Triton "
-                              f"kernel runs on CUDA), got --device {self.device}")
-        if self.combine == "fused" and triton_conv.triton is None:
-            raise ConfigError("combine='fused' needs triton, which a CUDA build of torch "
-                              "ships with (install that torch, not a triton of another "
-                              "version); without it the layer runs the stacked form")
+        problem = fused_problem(self.combine, self.device)
+        if problem:
+            raise ConfigError(problem)
         if self.quick:
             self.layer_repeats, self.model_repeats, self.warmup = QUICK_REPEATS
 

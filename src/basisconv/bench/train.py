@@ -33,7 +33,7 @@ from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
-from . import flag_below_minimum, profile_table
+from . import flag_below_minimum, fused_problem, profile_table
 
 
 @dataclass
@@ -70,7 +70,8 @@ class ThroughputOptions:
         if self.basis_size is not None and not 0 < self.basis_size <= 1:
             return (f"--basis-size must be in (0, 1] (a fraction of each layer's output "
                     f"channels), got {self.basis_size:g}")
-        device = device_problem(self.device)
+        device = device_problem(self.device) or (
+            fused_problem(self.combine, self.device) if self.basis_size is not None else None)
         if device:
             return device
         # the first step compiles, autotunes the fused kernel or times the auto form's
