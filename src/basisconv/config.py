@@ -29,7 +29,7 @@ from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
 from .records import unwritable_folder
-from .selection import BUDGET_METRICS, METRICS, check_selection
+from .selection import check_selection
 
 
 @dataclass
@@ -215,13 +215,7 @@ def _check_subset(value: Any, key: str) -> None:
 
 
 def validate_basis(cfg: DictConfig) -> None:
-    sel = cfg.selection
-    # every key, whatever the policy: a sweep over policies checks them all before its first job
-    _check_choice(sel.metric, METRICS, "selection.metric")
-    _check_choice(sel.budget_metric, tuple(BUDGET_METRICS), "selection.budget_metric")
-    _check(0 < sel.budget_reduction < 1,
-           f"selection.budget_reduction must be in (0, 1), got {sel.budget_reduction}")
-    check_selection(sel)
+    check_selection(cfg.selection, every_key=True)
     s = cfg.sensitivity
     _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")

@@ -148,10 +148,12 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     return sorted(chosen, key=positions.__getitem__)
 
 
-def check_selection(selection: DictConfig) -> None:
+def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
     """Every value of a ``selection`` config that its policy reads, each wrong one a
     :class:`ConfigError` naming the key and the valid values (the one home of these rules:
-    ``basisconv.config`` runs them on a run's config, :func:`pick_layers` on a user's)."""
+    ``basisconv.config`` runs them on a run's config, :func:`pick_layers` on a user's).
+    ``every_key``: also the keys this policy does not read (a run's config, which has
+    them all: a sweep over policies is checked whole before its first job)."""
     policy = _needed(selection, "policy")
     if policy not in POLICIES:
         raise ConfigError(f"selection.policy={policy!r}; choose one of {', '.join(POLICIES)}")
@@ -159,18 +161,19 @@ def check_selection(selection: DictConfig) -> None:
     check_layers(selection)
     count = selection.get("count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of layers)")
-    if policy not in ORDERED_POLICIES:
-        return
-    if policy in SENSITIVITY_POLICIES and _needed(selection, "metric") not in METRICS:
+        raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of "
+                          f"layers)")
+    ordered = policy in ORDERED_POLICIES
+    if (policy in SENSITIVITY_POLICIES or every_key) and (
+            _needed(selection, "metric") not in METRICS):
         raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
                           f"{', '.join(METRICS)}")
-    if policy == "sensitivity_threshold":
+    if policy == "sensitivity_threshold" or every_key:
         threshold = _needed(selection, "threshold")
         if not _is_number(threshold) or math.isnan(threshold):
             raise ConfigError(f"selection.threshold={threshold!r} must be a number (the "
                               f"largest {selection.metric} a converted layer may have)")
-    elif count is None:  # the budget rule
+    if (ordered and policy != "sensitivity_threshold" and count is None) or every_key:
         if _needed(selection, "budget_metric") not in BUDGET_METRICS:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
                               f"one of {', '.join(BUDGET_METRICS)}")
