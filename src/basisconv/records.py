@@ -226,9 +226,10 @@ LOCK = "run.lock"
 def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
                 key: str = "hydra.run.dir", name: str = LOCK):
     """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/<name>``, ``run.lock`` by
-    default) for the ``with`` block. Another holder means :class:`ConfigError` naming its pid and host, or,
-    with ``wait``, waiting for it. The kernel drops the lock when its process ends, however
-    it ends, so a crashed or killed run never leaves the folder locked; the file stays.
+    default) for the ``with`` block. Another holder means :class:`ConfigError` naming its
+    pid and host, or, with ``wait``, waiting for it. The kernel drops the lock when its
+    process ends, however it ends, so a crashed or killed run never leaves the folder
+    locked; the file stays.
     A folder that cannot be made or written (a file in its path, no permission) is a
     :class:`ConfigError` naming ``key``, the config entry that chose it."""
     folder = Path(folder)
