@@ -128,7 +128,8 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     sensitivity policies, the metrics; ``dense`` the dense model's ``params`` and
     ``flops`` (the budget's 100 %).
     """
-    selection = OmegaConf.create(dict(selection)) if isinstance(selection, Mapping) else selection
+    if not isinstance(selection, DictConfig):  # a plain mapping (a DictConfig is one too)
+        selection = OmegaConf.create(dict(selection))
     check_selection(selection)
     if selection.policy not in ORDERED_POLICIES:
         raise ConfigError(f"selection.policy={selection.policy!r} needs no candidate table: "
