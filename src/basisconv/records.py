@@ -188,7 +188,9 @@ def this_command() -> dict[str, str]:
     """The command line of this process (``python scripts/train.py seed=1 ...``). In a job
     of a Hydra sweep (``-m``) that line is the whole sweep's, so ``command`` is the one-run
     command of this job (its own overrides) and the sweep's line is kept as ``sweep_command``:
-    a reader reruns one job without working out which combination it was."""
+    a reader reruns one job without working out which combination it was. The job's
+    overrides are kept as Hydra escapes them (``name=x_$\\{seed\\}`` for ``name=x_${seed}``):
+    Hydra reads the escaped form back as the same value, so the line reruns the job as is."""
     line = shlex.join(["python", *sys.argv])
     from hydra.core.hydra_config import HydraConfig  # only a Hydra entry point has a job
     from hydra.types import RunMode
