@@ -304,3 +304,53 @@ def test_batches_resume_a_generator_state_saved_on_another_kind_of_device(caplog
     x3, y3 = next(iter(source))
     x4, y4 = first_batch(state)
     assert torch.equal(x3, x4) and torch.equal(y3, y4)
+
+
+def test_a_python_batch_is_verified_before_it_is_unpickled(tmp_path):
+    """Found in review: the md5 was compared after the batch was read, so a pickle that is
+    not the genuine CIFAR-10 ran its code first, with data.verify_md5=true."""
+    import pathlib
+    import pickle
+
+    class RunsCode:
+        def __reduce__(self):
+            return pathlib.Path.touch, (tmp_path / "code_ran",)
+
+    folder = write_cifar(tmp_path, "py")
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": RunsCode()}))
+    with pytest.raises(DatasetError, match="md5 mismatch for .*data_batch_1"):
+        load_cifar10(tmp_path)
+    assert not (tmp_path / "code_ran").exists()
+
+
+def test_a_root_under_home_is_expanded_for_the_download_lock_too(tmp_path, monkeypatch):
+    """Found in review: data.root=~/cifar with data.download=true searched and downloaded
+    under $HOME but took its lock in a folder named '~' of the working directory."""
+    import basisconv.data as data
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(data, "download_cifar10",
+                        lambda root: write_cifar(root, "py", n_train=50, n_test=10))
+    assert load_cifar10("~/cifar", verify_md5=False, download=True).train_labels.numel() == 50
+    assert (home / "cifar" / data.DOWNLOAD_LOCK).exists() and not any(cwd.iterdir())
+
+
+def test_a_download_torchvision_refuses_is_a_clear_error(tmp_path, monkeypatch):
+    """torchvision's downloader reports an archive with the wrong md5 as a RuntimeError."""
+    import sys
+    import types
+
+    def corrupted(*args, **kwargs):
+        raise RuntimeError("File not found or corrupted.")
+
+    utils = types.ModuleType("torchvision.datasets.utils")
+    utils.download_and_extract_archive = corrupted
+    for name, module in (("torchvision", types.ModuleType("torchvision")),
+                         ("torchvision.datasets", types.ModuleType("torchvision.datasets")),
+                         ("torchvision.datasets.utils", utils)):
+        monkeypatch.setitem(sys.modules, name, module)
+    with pytest.raises(DatasetError, match="could not download CIFAR-10 .*corrupted"):
+        load_cifar10(tmp_path / "new", download=True)

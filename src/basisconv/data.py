@@ -149,12 +149,13 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
         if not path.is_file():
             raise DatasetError(f"CIFAR-10 file missing: {path}. The folder {folder} must hold "
                                f"{', '.join(TRAIN_FILES[fmt] + TEST_FILES[fmt])}.")
-        x, y = reader(path)
+        # verified before it is read: a python batch is a pickle, which runs code as it loads
         if verify_md5 and (digest := file_digest(path, "md5")) != MD5[name]:
             raise DatasetError(
                 f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
                 f"corrupt or not the genuine CIFAR-10: re-download it, or set "
                 f"data.verify_md5=false if you use your own data in CIFAR format.")
+        x, y = reader(path)
         if y.numel() and (y.min() < 0 or y.max() >= len(CLASSES)):
             raise DatasetError(f"{path} has labels outside 0..9: not a CIFAR-10 file.")
         images.append(x)
@@ -183,7 +184,7 @@ def download_cifar10(root: str | os.PathLike) -> None:
             raise DatasetError(f"downloaded {archive} has the wrong md5; delete it and retry.")
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torchvision's md5 mismatch is a RuntimeError
         raise DatasetError(
             f"could not download CIFAR-10 into {root} ({err}). This machine may be offline: "
             f"copy the extracted files there by hand, or point data.root at them.") from None
@@ -196,7 +197,8 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
     ``root`` may be the extracted folder itself or a folder above it; default
     :func:`default_root`. With ``download=True`` a missing dataset is fetched first.
     """
-    root = Path(root if root is not None else default_root())
+    # expanded here, once: the download lock below lives in the same folder as the data
+    root = Path(root if root is not None else default_root()).expanduser()
     try:
         folder, fmt = find_cifar10(root)
     except DatasetError:
