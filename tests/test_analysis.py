@@ -291,6 +291,31 @@ def test_the_chosen_layers_table_sums_what_the_chosen_layers_save():
     assert lines[-1] == "| **total** (2 layers) | | | | | 40 (10.0 %) | 3.00 (5.0 %) |"
 
 
+@pytest.mark.parametrize("metric, panel, at", [("accuracy_drop", 0, 5.0),
+                                               ("loss_increase", 1, 0.05)])
+def test_the_sensitivity_plot_draws_a_threshold_on_the_panel_of_its_metric(
+        tmp_path, monkeypatch, metric, panel, at):
+    """Found in review: a loss_increase threshold was drawn on the accuracy-drop panel (at
+    100x its value), above layers it did not choose."""
+    from basisconv.analysis import sensitivity as drawn
+    figures = []
+    monkeypatch.setattr(drawn, "save_figure", lambda fig, path: figures.append(fig) or path)
+    table = pd.DataFrame({"layer": ["a", "b"], "position": [0, 1], "shape": ["8->8 k3"] * 2,
+                          "num_basis": [4, 4], "accuracy_drop": [0.03, 0.02],
+                          "loss_increase": [0.1, 0.01], "params_saved": [30, 10],
+                          "flops_saved": [2e6, 1e6]})
+    record = {"config": {"model": {"name": "resnet8", "width": 0.5}, "basis": {"size": 0.5},
+                         "selection": {"policy": "sensitivity_threshold", "metric": metric,
+                                       "threshold": 0.05}},
+              "sensitivity": {"key": "k", "policy": "sensitivity_threshold", "chosen": ["b"],
+                              "noise": None, "dense": {"params": 400, "flops": 6e7}},
+              "table": table.to_dict("records")}
+    drawn.draw_run(record, tmp_path)
+    dashed = [[line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+              for ax in figures[0].axes]
+    assert dashed[panel] == [pytest.approx(at)] and dashed[1 - panel] == []
+
+
 def test_chosen_md_of_a_time_budget_states_the_measured_times_it_chose_by(tmp_path):
     """With selection.budget_metric=time the layers are chosen by measured step time, not
     FLOPs: chosen.md says what the dense step took and what the chosen layers save of it

@@ -747,3 +747,23 @@ def test_a_subset_is_converted_as_the_training_run_converts_it(repo, tmp_path, s
     first, second = (model.get_submodule(f"layer1.0.conv{i}") for i in (1, 2))
     assert (first.coefficients is second.coefficients) is share
     assert probe.converted([]).state_dict().keys() == dense.state_dict().keys()
+
+
+def test_the_pretraining_keeps_the_trainers_warm_up_and_a_fine_tune_has_none(
+        repo, tmp_path, monkeypatch):
+    """Found in review: with trainer.schedule=cosine the dense pretraining dropped
+    trainer.warmup_fraction (meant for the fine-tune's short cosine only), so a table was
+    re-estimated for a warm-up it never used."""
+    from basisconv import loop
+    from basisconv.probe import Probe
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.schedule=cosine",
+                              "trainer.warmup_fraction=0.3", "sensitivity.finetune_epochs=1")
+    warmups = []
+    build = loop.build_scheduler
+    monkeypatch.setattr(loop, "build_scheduler", lambda optimizer, recipe, steps: (
+        warmups.append((recipe.schedule, recipe.warmup_fraction))
+        or build(optimizer, recipe, steps)))
+    probe = Probe(cfg)
+    probe.evaluate_layers(["layer1.0.conv1"])
+    assert warmups == [("cosine", 0.3), ("cosine", 0.0)]

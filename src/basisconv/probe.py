@@ -92,7 +92,7 @@ class Probe:
         else:
             with diverging("the dense pretraining", "trainer.lr", trainer.lr):
                 self.train(self.dense, cfg.sensitivity.pretrain_epochs, trainer.lr,
-                           trainer.schedule)
+                           trainer.schedule, trainer.warmup_fraction)
         self.pretrain_seconds = time.perf_counter() - start
         with diverging("the dense pretraining", "trainer.lr", trainer.lr):
             self.pretrained = self.measure(self.dense)
@@ -106,13 +106,13 @@ class Probe:
         return self.runtime.batches(s.val_images, s.val_labels, trainer.eval_batch_size)
 
     def train(self, model: nn.Module, epochs: int, lr: float, schedule: str,
-              batch_seed: int | None = None) -> None:
+              warmup_fraction: float, batch_seed: int | None = None) -> None:
+        """``trainer``'s recipe with these epochs, peak lr and schedule: the pretraining
+        keeps the trainer's own warm-up, a fine-tune (a short cosine) has none."""
         if epochs == 0:
             return
-        recipe = OmegaConf.merge(self.cfg.trainer, {"epochs": epochs, "lr": lr,
-                                                    "schedule": schedule})
-        if schedule == "cosine":
-            recipe.warmup_fraction = 0.0
+        recipe = OmegaConf.merge(self.cfg.trainer, {
+            "epochs": epochs, "lr": lr, "schedule": schedule, "warmup_fraction": warmup_fraction})
         batches = self.batches(train=True, seed=batch_seed)
         optimizer = loop.build_optimizer(model, recipe)
         scheduler = loop.build_scheduler(optimizer, recipe, len(batches))
@@ -155,7 +155,7 @@ class Probe:
                        f" (the dense model it starts from has held-out accuracy "
                        f"{self.pretrained['accuracy']:.3f}; if that is chance, lower trainer.lr, "
                        f"which pretrained it)"):
-            self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine", batch_seed)
+            self.train(model, sens.finetune_epochs, sens.finetune_lr, "cosine", 0.0, batch_seed)
             after = self.measure(model)
         return {"reconstruction_error": max(errors) if errors else 0.0,
                 "converted_accuracy": converted["accuracy"], **after,

@@ -15,10 +15,12 @@ from .tables import markdown
 
 
 def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, title: str,
-                     threshold: float | None = None, noise: dict | None = None) -> Path:
+                     threshold: float | None = None, noise: dict | None = None,
+                     threshold_metric: str = "accuracy_drop") -> Path:
     """Bars by layer in model order: accuracy drop (top) and loss increase (bottom) after
     converting that layer alone; chosen layers in colour, the others grey; the grey band
-    is ±1 std of the dense reference over batch orders (``noise``), a yardstick."""
+    is ±1 std of the dense reference over batch orders (``noise``), a yardstick. A
+    ``threshold`` is drawn on the panel of the metric it bounds (``threshold_metric``)."""
     plt = pyplot()
     table = table.sort_values("position")
     x = range(len(table))
@@ -31,12 +33,14 @@ def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, t
         top.axhspan(-100 * noise["accuracy_std"], 100 * noise["accuracy_std"], color="0.85",
                     zorder=0, label=f"±1 std of the dense reference ({noise['repeats']} batch orders)")
         bottom.axhspan(-noise["loss_std"], noise["loss_std"], color="0.85", zorder=0)
-    if threshold is not None:
-        top.axhline(100 * threshold, color="tab:red", ls="--", lw=1,
-                    label=f"threshold {100 * threshold:g}")
-    if noise or threshold is not None:
-        top.legend(fontsize=8)
     bottom.bar(x, table["loss_increase"], color=colours)
+    if threshold is not None:
+        panel, scale = (top, 100) if threshold_metric == "accuracy_drop" else (bottom, 1)
+        panel.axhline(scale * threshold, color="tab:red", ls="--", lw=1,
+                      label=f"threshold {scale * threshold:g}")
+        panel.legend(fontsize=8)
+    if noise:
+        top.legend(fontsize=8)
     bottom.set_ylabel("loss increase")
     bottom.set_xticks(list(x), table["layer"], rotation=70, ha="right", fontsize=7)
     for ax in (top, bottom):
@@ -70,9 +74,13 @@ def _title(record: dict) -> str:
             f"{cfg['basis']['size']:g}: {summary['policy']}")
 
 
-def _threshold(record: dict) -> float | None:
+def _threshold(record: dict) -> dict:
+    """The plot's threshold arguments: the bound and the metric it bounds, for the
+    threshold policy; none for the others."""
     selection = record["config"]["selection"]
-    return selection["threshold"] if selection["policy"] == "sensitivity_threshold" else None
+    if selection["policy"] != "sensitivity_threshold":
+        return {}
+    return {"threshold": selection["threshold"], "threshold_metric": selection["metric"]}
 
 
 def draw_run(record: dict, output_dir: str | Path) -> list[Path]:
@@ -82,7 +90,7 @@ def draw_run(record: dict, output_dir: str | Path) -> list[Path]:
     table = pd.DataFrame(record["table"])
     title = f"{_title(record)}; key {summary['key']}"
     return [plot_sensitivity(table, summary["chosen"], output_dir / "sensitivity.png", title,
-                             _threshold(record), summary.get("noise")),
+                             noise=summary.get("noise"), **_threshold(record)),
             write_text_atomic(output_dir / "chosen.md",
                               f"# Layers chosen by `{summary['policy']}`\n\n{title}\n\n"
                               + chosen_table(table, summary["chosen"], summary["dense"])
@@ -140,7 +148,7 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
          "loss_increase", "params_saved", "flops_saved", "seconds"]]
     return [
         plot_sensitivity(table, summary["chosen"], out / f"{stem}.png", _title(record),
-                         _threshold(record), summary.get("noise")),
+                         noise=summary.get("noise"), **_threshold(record)),
         write_text_atomic(out / f"{stem}.md", (
             f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
             f"{cfg['basis']['size']:g}\n\n{note}\n\nDense reference (held-out accuracy after the "
