@@ -54,6 +54,18 @@ def test_budget_takes_the_least_sensitive_layers_until_the_target_is_met():
                        TABLE, DENSE) == ["b", "d"]
 
 
+@pytest.mark.parametrize("reduction, layers", [(0.07, ["a"]), (0.14, ["a", "b"])])
+def test_a_budget_met_exactly_takes_no_extra_layer(reduction, layers, caplog):
+    """Found in review: 0.07 * 100 is 7.000000000000001 in floating point, so 7 saved fell
+    short and one more layer was converted."""
+    table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
+                          "params_saved": [7, 7, 7], "flops_saved": [1, 1, 1]})
+    selection = {"policy": "first_k", "budget_metric": "params", "budget_reduction": reduction}
+    with caplog.at_level("WARNING", logger="basisconv.selection"):
+        assert pick_layers(selection, table, {"params": 100, "flops": 100}) == layers
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("name", ["sensitivity_budget", "random", "first_k", "last_k"])
 @pytest.mark.parametrize("metric, reduction", [("flops", 0.25), ("flops", 0.1), ("params", 0.15)])
 def test_every_budget_policy_meets_the_budget(name, metric, reduction):

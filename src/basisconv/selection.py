@@ -249,9 +249,13 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
             f"params or flops")
     target = selection.budget_reduction * dense[selection.budget_metric]
     saving = dict(zip(table["layer"], table[column]))
+
+    def met(saved: float) -> bool:  # 0.07 * 100 is 7.000000000000001: 7 saved meets it
+        return saved >= target or math.isclose(saved, target, rel_tol=1e-9)
+
     chosen, saved = [], 0
     for name in order:
-        if saved >= target:
+        if met(saved):
             break
         if saving[name] <= 0:
             log.info("selection %s: %s saves no %s (%g); passed over", selection.policy, name,
@@ -259,7 +263,7 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
             continue
         chosen.append(name)
         saved += saving[name]
-    if saved < target:
+    if not met(saved):
         log.warning("selection %s: converting every candidate saves %.1f %% of the %s, short "
                     "of selection.budget_reduction=%g", selection.policy,
                     100 * saved / dense[selection.budget_metric], selection.budget_metric,
