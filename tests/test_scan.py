@@ -110,3 +110,44 @@ def test_a_table_of_accuracy_alone_feeds_the_policies_as_the_readme_shows():
                                 "count": 1})
     with pytest.raises(ConfigError, match="no loss_increase column.*accuracy_drop"):
         pick_layers(by_loss, table, dense)
+
+
+def test_a_conv_the_forward_never_calls_is_left_out_with_a_warning():
+    """Found in review: an auxiliary head the forward skips ended the scan with KeyError."""
+    class WithAuxiliaryHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 16, 3, padding=1)
+            self.aux = nn.Conv2d(16, 16, 3, padding=1)  # used in training only
+
+        def forward(self, x):
+            return self.body(x).mean((1, 2, 3))
+
+    with pytest.warns(UserWarning, match="'aux' is not called by the model's forward"):
+        table = layer_sensitivity(WithAuxiliaryHead(), 4, lambda m: 0.5, input_shape=(1, 3, 8, 8))
+    assert table["layer"].tolist() == ["body"]
+
+
+def test_numpy_numbers_are_taken_and_errors_name_the_arguments_not_config_keys():
+    """Found in review: a pandas median as the threshold, or a numpy basis size, failed in
+    OmegaConf; errors of the Python API named basis.size and sensitivity.layers."""
+    import numpy as np
+
+    model = custom_model()
+    table = layer_sensitivity(model, np.float64(0.25), lambda m: 0.5, input_shape=(1, 1, 10, 10))
+    assert len(table) == 3
+    chosen = pick_layers({"policy": "sensitivity_threshold", "metric": "accuracy_drop",
+                          "threshold": table.accuracy_drop.median()},
+                         table, dense_totals(model, (1, 1, 10, 10)))
+    assert chosen == table["layer"].tolist()  # every drop is 0, the median too
+    with pytest.raises(ConfigError, match=r"^layer '0': num_basis = 64 is out of range"):
+        layer_sensitivity(model, 64, lambda m: 0.5, input_shape=(1, 1, 10, 10))
+    with pytest.raises(ConfigError, match=r"^layers: unknown layer 'conv9'"):
+        layer_sensitivity(model, 4, lambda m: 0.5, layers=["conv9"], input_shape=(1, 1, 10, 10))
+
+
+def test_a_misspelt_key_of_a_plain_selection_is_refused_naming_the_closest():
+    table = layer_sensitivity(custom_model(), 4, lambda m: 0.5, input_shape=(1, 1, 10, 10))
+    with pytest.raises(ConfigError, match="selection has no key 'cout': did you mean 'count'"):
+        pick_layers({"policy": "sensitivity_budget", "metric": "accuracy_drop", "cout": 1},
+                    table, dense_totals(custom_model(), (1, 1, 10, 10)))

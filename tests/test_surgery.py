@@ -581,6 +581,33 @@ def test_convs_that_share_a_weight_share_their_basis_parameters(convert):
         apply_basis(model, "fine", 4, convert=convert)
 
 
+def test_convs_whose_weight_a_parametrization_computes_are_never_tied():
+    """Found in review: the tie check keyed on id(conv.weight), which a parametrization
+    (weight_norm, spectral_norm) makes afresh at each read; freed, its id was the next
+    conv's, and unrelated convs shared basis filters (a full-rank output off by ~1)."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[weight_norm(nn.Conv2d(4, 4, 3, padding=1)) for _ in range(4)]).double()
+    with pytest.warns(UserWarning, match="state-dict hooks"):  # the parametrization's own
+        converted = apply_basis(model, "all", 1.0)
+    filters = {id(layer.basis_weight) for layer in converted}
+    assert len(filters) == 4
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), model(x))
+
+
+def test_a_coefficient_rank_is_checked_on_the_layers_converted_only():
+    """Found in review: a 1-channel head that only_where_saves leaves dense was refused for
+    coefficient_rank=8 before it was skipped."""
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(),
+                          nn.Conv2d(64, 1, 1))
+    converted = apply_basis(model, "all", 0.25, coefficient_rank=8, only_where_saves=True,
+                            convert=False)
+    assert [type(m).__name__ for m in converted[::2]] == ["BasisConv2d"] * 2 + ["Conv2d"]
+    assert converted[2].coefficient_rank == 8
+
+
 @pytest.mark.parametrize("combine", ["split", "stacked"])
 def test_a_converted_model_exports_with_torch_export(combine):
     """Deployment: ``torch.export`` takes a basis model as it is (no ``to_conv`` first); the

@@ -29,7 +29,7 @@ from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
 from .records import unwritable_folder
-from .selection import check_selection
+from .selection import SelectionConfig, check_selection
 
 
 @dataclass
@@ -104,18 +104,6 @@ class BasisConfig:
     share_coefficients: bool = MISSING
     coefficient_l1: float = MISSING
     only_where_saves: bool = MISSING
-
-
-@dataclass
-class SelectionConfig:
-    policy: str = MISSING
-    layers: list[str] = MISSING
-    metric: str = MISSING  # sensitivity policies: accuracy_drop | loss_increase
-    threshold: float = MISSING  # sensitivity_threshold: the largest tolerated metric value
-    budget_metric: str = MISSING  # params | flops | time (measured on trainer.device)
-    budget_reduction: float = MISSING  # share of the dense model's params/FLOPs to remove
-    count: Optional[int] = MISSING  # budget/random/first_k/last_k: layers; null = budget rule
-    seed: int = MISSING  # random
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
-from .selection import IMAGE, layer_savings
+from .selection import IMAGE, layer_savings, python_number
 from .surgery import apply_basis, basis_report
 
 #: The metrics ``evaluate`` may report, and the column of the change each one makes a drop.
@@ -56,9 +56,11 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
 
 def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, coefficient_rank,
           seed) -> pd.DataFrame:
-    basis = OmegaConf.create({"size": num_basis, "combine": combine,
-                              "coefficient_rank": coefficient_rank})
-    candidates = layer_savings(model, basis, layers, input_shape)
+    basis = OmegaConf.create({"size": python_number(num_basis), "combine": combine,
+                              "coefficient_rank": python_number(coefficient_rank)})
+    # errors name this function's arguments, not a config's keys
+    candidates = layer_savings(model, basis, layers, input_shape, keys={
+        "num_basis": "num_basis", "coefficient_rank": "coefficient_rank", "layers": "layers"})
 
     def run(names: list[str]) -> dict:
         start = time.perf_counter()

@@ -24,21 +24,40 @@ the caller (``basisconv.sensitivity.choose_layers``), so choosing never trains a
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
+import warnings
 from collections.abc import Mapping
-from typing import Iterable
+from dataclasses import dataclass, fields
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .cost import model_cost
 from .errors import ConfigError
 from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers
 
 log = logging.getLogger(__name__)
+
+@dataclass
+class SelectionConfig:
+    """The ``selection`` config group's keys (the schema of ``configs/selection/``; here,
+    beside the rules that read them, so that a user's plain mapping is checked by them too)."""
+    policy: str = MISSING
+    layers: list[str] = MISSING
+    metric: str = MISSING  # sensitivity policies: accuracy_drop | loss_increase
+    threshold: float = MISSING  # sensitivity_threshold: the largest tolerated metric value
+    budget_metric: str = MISSING  # params | flops | time (measured on trainer.device)
+    budget_reduction: float = MISSING  # share of the dense model's params/FLOPs to remove
+    count: Optional[int] = MISSING  # budget/random/first_k/last_k: layers; null = budget rule
+    seed: int = MISSING  # random
+
+
+KEYS = tuple(f.name for f in fields(SelectionConfig))
 
 SENSITIVITY_POLICIES = ("sensitivity_threshold", "sensitivity_budget")
 # Policies that choose among the candidates in an order (see pick_layers).
@@ -129,7 +148,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     ``flops`` (the budget's 100 %).
     """
     if not isinstance(selection, DictConfig):  # a plain mapping (a DictConfig is one too)
-        selection = OmegaConf.create(dict(selection))
+        selection = selection_config(selection)
     check_selection(selection)
     if selection.policy not in ORDERED_POLICIES:
         raise ConfigError(f"selection.policy={selection.policy!r} needs no candidate table: "
@@ -147,6 +166,24 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     else:
         chosen = meet_budget(order, table, selection, dense)
     return sorted(chosen, key=positions.__getitem__)
+
+
+def selection_config(selection: Mapping) -> DictConfig:
+    """A user's plain mapping as a ``selection`` config: a misspelt key is refused as the
+    command line refuses it (else ``cout=1`` would be ignored and the budget rule chosen),
+    and numpy numbers (``table.accuracy_drop.median()``) are taken as Python numbers."""
+    for key in selection:
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"selection has no key {key!r}: {hint}the keys are "
+                              f"{', '.join(KEYS)}")
+    return OmegaConf.create({key: python_number(value) for key, value in selection.items()})
+
+
+def python_number(value):
+    """``value``, a numpy number made a Python one (which OmegaConf takes); else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
@@ -273,7 +310,8 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
 
 # ----------------------------------------------------------------------------- candidates
 def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[str] = "all",
-                  input_shape: tuple[int, ...] = IMAGE, *, batch: int = 1) -> pd.DataFrame:
+                  input_shape: tuple[int, ...] = IMAGE, *, batch: int = 1,
+                  keys: dict[str, str] | None = None) -> pd.DataFrame:
     """The candidate table: per candidate layer (among ``layers``, in model order), what
     converting it alone saves, by the cost model, per input of ``input_shape``
     (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
@@ -284,18 +322,28 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     it. Almost every FLOP scales with the batch, so this changes nothing for them; the few
     that are paid once per batch, a layer's statistics with its norm folded in
     (``basis.fuse_norm``) and a low-rank coefficient product, are shared by its inputs, as
-    they are in training (counted at one input they would overstate the basis cost)."""
-    names = list(select_layers(model, layers, key="sensitivity.layers"))
+    they are in training (counted at one input they would overstate the basis cost).
+
+    ``keys``: what errors call ``num_basis``, ``coefficient_rank`` and ``layers``; by
+    default the config's (``basis.size``, ..., ``sensitivity.layers``).
+    A conv the forward does not call at ``input_shape`` (a head used in training only)
+    saves nothing measurable and is left out, with a warning."""
+    keys = {**CONFIG_KEYS, "layers": "sensitivity.layers", **(keys or {})}
+    names = list(select_layers(model, layers, key=keys["layers"]))
     shape = (input_shape[0] * batch, *input_shape[1:])
     dense = model_cost(model, shape).by_layer()
     converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
                             only_where_saves=True, combine=basis.combine,
                             coefficient_rank=basis.coefficient_rank,
-                            fuse_norm=bool(basis.get("fuse_norm")), keys=CONFIG_KEYS)
+                            fuse_norm=bool(basis.get("fuse_norm")), keys=keys)
     basis_costs = model_cost(converted, shape).by_layer()
     rows = []
     for row in basis_report(converted):
         name = row["name"]
+        if name not in dense:
+            warnings.warn(f"layer {name!r} is not called by the model's forward at input "
+                          f"shape {tuple(shape)}: left out of the candidates", stacklevel=2)
+            continue
         before, after = dense[name], basis_costs[name]
         rows.append({"layer": name, "position": names.index(name),
                      "shape": f"{row['in_channels']}->{row['out_channels']} "
@@ -306,8 +354,9 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
                      "forward_flops_saved":
                          round((before.forward_flops - after.forward_flops) / batch)})
     if not rows:
-        raise ConfigError(f"no candidate layer: at basis.size={basis.size} no selected layer "
-                          f"saves compute; choose a smaller basis.size")
+        raise ConfigError(f"no candidate layer: at {keys['num_basis']}={basis.size} no "
+                          f"selected layer the forward calls saves compute; choose a smaller "
+                          f"{keys['num_basis']}")
     return pd.DataFrame(rows)
 
 

@@ -176,9 +176,6 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     targets = select_layers(model, layers, key=keys.get("layers"))
     sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name,
                                      key=keys["num_basis"]) for name, conv in targets.items()}
-    for name, conv in targets.items():
-        check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
-                               key=keys["coefficient_rank"])
     # judged in the stacked form when fused with a norm (stricter than split): a layer
     # converted for a split saving must not cost more than the dense conv once fused
     counted = counted_combine(combine, fuse_norm)
@@ -199,6 +196,9 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         else:
             warnings.warn(message + "; pass only_where_saves=True to leave such layers dense",
                           stacklevel=2)
+    for name, conv in targets.items():  # of the layers converted (a skipped head has none)
+        check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
+                               key=keys["coefficient_rank"])
     _warn_of_untied_weights(model, targets)
     if not inplace:
         names = list(targets)
@@ -253,7 +253,8 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
 def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
     """Warn where a converted conv's weight is also a module's that stays as it is (weight
     tying, ``b.weight = a.weight``): from now on the two train apart."""
-    converted = {id(conv.weight): name for name, conv in targets.items()}
+    converted = {id(stored_parameter(conv, "weight")): name for name, conv in targets.items()
+                 if stored_parameter(conv, "weight") is not None}
     for name, module in model.named_modules():
         if name in targets:
             continue
@@ -293,6 +294,13 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
                       f"layer if they still apply", stacklevel=3)
 
 
+def stored_parameter(conv: nn.Conv2d, name: str) -> nn.Parameter | None:
+    """The parameter ``conv`` stores as ``name``; none where a parametrization
+    (``parametrizations.weight_norm``, ``spectral_norm``) computes it afresh at each read:
+    a tensor made for one read says nothing of tying, and once freed its id is another's."""
+    return conv._parameters.get(name)
+
+
 def _tie_shared_weights(convs: dict[str, nn.Conv2d], layers: dict[str, BasisConv2d]) -> None:
     """Convs that shared one weight tensor (weight tying, ``b.weight = a.weight``) get one set
     of basis filters and coefficients (and one bias where they shared it): converted from
@@ -301,15 +309,16 @@ def _tie_shared_weights(convs: dict[str, nn.Conv2d], layers: dict[str, BasisConv
     bias_of: dict[int, nn.Parameter] = {}
     for name, layer in layers.items():
         conv = convs[name]
-        first = first_of.setdefault(id(conv.weight), layer)
+        weight, bias = stored_parameter(conv, "weight"), stored_parameter(conv, "bias")
+        first = layer if weight is None else first_of.setdefault(id(weight), layer)
         if first is not layer:
             layer.basis_weight = first.basis_weight
             for attr in ("coefficients", "coefficients_left", "coefficients_right"):
                 if hasattr(first, attr):
                     setattr(layer, attr, getattr(first, attr))
             layer.output_index = first.output_index
-        if conv.bias is not None:
-            layer.bias = bias_of.setdefault(id(conv.bias), layer.bias)
+        if bias is not None:
+            layer.bias = bias_of.setdefault(id(bias), layer.bias)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
