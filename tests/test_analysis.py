@@ -279,6 +279,23 @@ def test_report_writes_tables_and_plots_named_by_device_and_precision(tmp_path):
         "python scripts/analyze.py"
 
 
+def test_a_plot_with_nothing_left_to_draw_is_removed_and_csv_counts_are_exact(tmp_path):
+    """Found in review: an analysis without a dense baseline drew no speed plot but left
+    the earlier one (its speedups contradicting the new table) beside it; and the CSV
+    wrote a count of 11,173,962 as 1.1174e+07."""
+    write_runs(tmp_path / "runs", [{**r, "model": {**r["model"], "parameters": 11173962}}
+                                   for r in RECORDS])
+    write_report(analyze_cfg(tmp_path), "cmd")
+    speed = tmp_path / "results" / "speed-cpu-fp32.png"
+    assert speed.exists()
+    csv = pd.read_csv(tmp_path / "results" / "comparison-cpu-fp32.csv")
+    assert (csv["params"] == 11173962).all()
+    for baseline in ("run0", "run1"):  # the dense runs
+        (tmp_path / "runs" / baseline / "run.json").unlink()
+    written = {p.name for p in write_report(analyze_cfg(tmp_path), "cmd")}
+    assert "speed-cpu-fp32.png" not in written and not speed.exists()
+
+
 def test_the_chosen_layers_table_sums_what_the_chosen_layers_save():
     """chosen.md: the chosen rows only, in model order, and their totals as a share of the
     dense model (parameters of its parameters, FLOPs of its FLOPs)."""
@@ -662,6 +679,20 @@ def test_a_complete_training_record_with_a_null_final_is_unreadable(tmp_path):
     publish_records(tmp_path / "runs", [{**RECORDS[0], "final": None}])
     unreadable = []
     assert read_records(tmp_path / "runs", unreadable) == []
+    assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
+
+
+@pytest.mark.parametrize("part, field, value", [
+    ("final", "test_accuracy", None), ("final", "test_accuracy", float("nan")),
+    ("model", "basis_layers", None), ("model", "parameters", None)])
+def test_a_null_or_nan_measured_field_is_unreadable_not_a_value(tmp_path, part, field, value):
+    """Found in review: final.test_accuracy: null was read, and the table counted the seed
+    but left it out of the mean and std; a null model.basis_layers ended analysis with a
+    trace. A config's nulls are values (data.train_subset: null) and are kept."""
+    damaged = {**RECORDS[0], part: {**RECORDS[0][part], field: value}}
+    publish_records(tmp_path / "runs", [damaged, RECORDS[1]])
+    unreadable = []
+    assert len(read_records(tmp_path / "runs", unreadable)) == 1
     assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
 
 

@@ -434,10 +434,17 @@ REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+#: The parts of a record whose fields a producer always fills: a null or non-finite value
+#: there is missing (hand-edited, or not ours), not a value; a table would count the seed
+#: and leave it out of the mean. ``config`` keeps its nulls (``data.train_subset: null``).
+MEASURED = ("model", "final")
+
+
 def missing_fields(record: dict[str, Any]) -> list[str]:
     """The fields of :data:`REQUIRED` that ``record`` (as :func:`read_record` returns it)
     lacks for its kind and status, each named once by its outermost missing part (``final``
-    for a missing or null ``final``); none for the kinds analysis does not read."""
+    for a missing or null ``final``), and those of :data:`MEASURED` that are null or not a
+    finite number; none for the kinds analysis does not read."""
     always, once_complete = REQUIRED.get(record.get("kind"), ((), ()))
     paths = always + (once_complete if record.get("status") == "complete" else ())
     missing: list[str] = []
@@ -452,6 +459,10 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
                     missing.append(where)
                 break
             node = node[key]
+        else:
+            if keys[0] in MEASURED and (node is None or (
+                    isinstance(node, float) and not math.isfinite(node))):
+                missing.append(path)
     return missing
 
 

@@ -186,12 +186,15 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         note = "\n".join([origin, *caveats])  # the plots' footer
         written += write_table(part, out / f"comparison-{tag}",
                                "\n".join([origin, STD_LINE, *caveats]))
-        for path in (figures.speed_vs_basis_size(part, out / f"speed-{tag}.png", note),
-                     figures.accuracy_vs_parameters(part, out / f"accuracy-params-{tag}.png", note),
-                     figures.training_curves(
-                         curves[(curves["device"] == device) & (curves["precision"] == precision)],
-                         out / f"curves-{tag}.png", note)):
-            if path is not None:
+        mine_curves = curves[(curves["device"] == device) & (curves["precision"] == precision)]
+        for draw, data, name in ((figures.speed_vs_basis_size, part, "speed"),
+                                 (figures.accuracy_vs_parameters, part, "accuracy-params"),
+                                 (figures.training_curves, mine_curves, "curves")):
+            target = out / f"{name}-{tag}.png"
+            path = draw(data, target, note)
+            if path is None:  # nothing to draw: none left from an earlier analysis either
+                target.unlink(missing_ok=True)
+            else:
                 written.append(path)
     if cfg.source == "local":
         written += sensitivity_outputs(local, out, cfg.profile)

@@ -80,7 +80,8 @@ def _threshold(record: dict) -> dict:
     selection = record["config"]["selection"]
     if selection["policy"] != "sensitivity_threshold":
         return {}
-    return {"threshold": selection["threshold"], "threshold_metric": selection["metric"]}
+    return {"threshold": selection["threshold"],
+            "threshold_metric": selection.get("metric", "accuracy_drop")}  # its default
 
 
 def draw_run(record: dict, output_dir: str | Path) -> list[Path]:

@@ -24,7 +24,7 @@ from ..errors import DatasetError
 from ..loop import precision_name
 from ..records import commit_name, hardware_name, provenance, read_record, write_text_atomic
 from .figures import speed_across_hardware
-from .tables import markdown
+from .tables import csv_text, markdown
 
 MODEL_COLUMNS = ["hardware", "precision", "batch", "threads", "form", "fraction",
                  "theory_fwdbwd_ratio", "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory",
@@ -251,10 +251,8 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
         out = out.with_suffix("")  # else "s.md-model.csv" beside "s.md" and "s.png"
     written = [
         write_text_atomic(out.with_suffix(".md"), f"{note}\n\n{summary(model, train)}"),
-        write_text_atomic(out.parent / f"{out.name}-model.csv",
-                          model.to_csv(index=False, float_format="%.6g")),
-        write_text_atomic(out.parent / f"{out.name}-training.csv",
-                          train.to_csv(index=False, float_format="%.6g"))]
+        write_text_atomic(out.parent / f"{out.name}-model.csv", csv_text(model)),
+        write_text_atomic(out.parent / f"{out.name}-training.csv", csv_text(train))]
     figure = speed_across_hardware(model, out.with_suffix(".png"), note)
     if figure is None:  # no model records: no plot, and none left from an earlier summary
         out.with_suffix(".png").unlink(missing_ok=True)

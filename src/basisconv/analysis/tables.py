@@ -74,6 +74,13 @@ def latex(frame: pd.DataFrame, caption: str) -> str:
         caption=_tex(caption).replace("`", ""), hrules=True, position="t")
 
 
+def csv_text(table: pd.DataFrame) -> str:
+    """``table`` as CSV with its numbers in full: 12 significant digits keep every count
+    (ResNet-18's 11,173,962 parameters, its FLOPs) exact, where pandas' shortest form of a
+    mean's float would show its rounding noise."""
+    return table.to_csv(index=False, float_format="%.12g")
+
+
 def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     """``<stem>.csv`` (all numbers), ``<stem>.md`` and ``<stem>.tex`` (formatted), each
     with ``caption`` (the provenance line, then notes, one a line) beside or in it. The
@@ -82,7 +89,7 @@ def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     shown = display_table(table)
     notes = caption.replace("\n", "\n\n")  # Markdown joins single lines into one
     written = [
-        write_text_atomic(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.6g")),
+        write_text_atomic(stem.with_suffix(".csv"), csv_text(table)),
         write_text_atomic(stem.with_suffix(".md"), markdown(shown) + f"\n{notes}\n"),
     ]
     try:
