@@ -503,9 +503,14 @@ def test_a_stop_while_a_checkpoint_is_written_says_so(tmp_path, repo, monkeypatc
 
 
 @pytest.mark.parametrize("resuming", [False, True])
-def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeypatch, resuming):
+@pytest.mark.parametrize("by", ["ctrl-c", "sigterm"])
+def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeypatch, resuming,
+                                                          by):
     """Found in review: a stop while the run chose its layers (the sensitivity estimate,
-    minutes) was the bare line "stopped by SIGTERM"."""
+    minutes) was the bare line "stopped by SIGTERM". SIGTERM's handler raises a Stopped of
+    its own, without a message (found in a second review: it was passed on as it was)."""
+    import signal
+
     from basisconv import train
     from basisconv.errors import Stopped
 
@@ -519,11 +524,12 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
         train.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint)
 
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if by == "ctrl-c" else Stopped(signal.SIGTERM)
 
     monkeypatch.setattr(train, "layers_to_convert", interrupted)
     with pytest.raises(Stopped) as err:
         fit(cfg, tmp_path)
+    assert err.value.signum == (signal.SIGINT if by == "ctrl-c" else signal.SIGTERM)
     if resuming:
         assert str(err.value) == (
             f"the run in {tmp_path} stopped while resuming, before epoch 2; its checkpoint of "

@@ -161,6 +161,36 @@ def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_pat
                              "sensitivity": {"cache_dir": "b"}}, tmp_path)
 
 
+@pytest.mark.parametrize("key, saved, given", [("size", 1.0, 1), ("size", 1, 1.0)])
+def test_resume_refuses_a_count_for_a_fraction(tmp_path, key, saved, given):
+    """Found in review: basis.size=1 (one filter) and basis.size=1.0 (all of them) compare
+    equal in Python, so a resume passed the check and then failed loading the weights."""
+    from basisconv.checkpoint import check_same_run
+
+    with pytest.raises(ConfigError, match=f"differs in basis.{key}"):
+        check_same_run({"basis": {key: saved}}, {"basis": {key: given}}, tmp_path)
+
+
+def test_a_checkpoint_that_cannot_be_read_beside_its_sha256_is_one_clear_error(tmp_path):
+    """Found in review: with its .sha256 beside it, a checkpoint.pt that is a folder (or
+    unreadable) ended in IsADirectoryError from the digest, not the loader's message."""
+    from basisconv.checkpoint import checksum_path, load_checkpoint
+
+    (tmp_path / "checkpoint.pt").mkdir()
+    checksum_path(tmp_path / "checkpoint.pt").write_text("0" * 64 + "\n")
+    with pytest.raises(ConfigError, match=r"checkpoint .*checkpoint.pt cannot be read "
+                                          r"\(IsADirectoryError: Is a directory\); delete it"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_the_override_that_resumes_a_run_is_quoted_for_the_shell(tmp_path):
+    from basisconv.train import folder_override
+
+    assert folder_override(tmp_path / "my runs" / "a", "x") == (
+        f"'hydra.run.dir={tmp_path / 'my runs' / 'a'}'")
+    assert folder_override(tmp_path, "x") == f"hydra.run.dir={tmp_path}"
+
+
 def test_a_run_leaves_the_process_settings_as_it_found_them(tmp_path, repo):
     """fit() sets threads and deterministic flags for its run, then puts the caller's back
     (a notebook or sweep calling it next keeps its own)."""

@@ -111,7 +111,12 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
         raise ConfigError(f"{checksum_path(path)}, the sha256 of {what}, is damaged ({err}); "
                           f"delete {checksum_path(path).name} to load {path.name} unverified, "
                           f"{other}") from None
-    if sums and file_digest(path) not in sums:
+    try:
+        digest = file_digest(path) if sums else None
+    except OSError as err:  # a folder, or a file it may not read, under that name
+        raise ConfigError(f"{what} cannot be read ({type(err).__name__}: {err.strerror}); "
+                          f"{fix}") from None
+    if sums and digest not in sums:
         raise ConfigError(f"{what} is damaged (its sha256 does not match "
                           f"{checksum_path(path).name}); {fix}")
     try:
@@ -155,8 +160,11 @@ def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
     if one_sided:
         log.warning("%s: config keys %s exist on one side only (another basisconv version); "
                     "resuming anyway", path, ", ".join(one_sided))
+    # 1 and 1.0 differ too: basis.size and the subsets read an int as a count, a float
+    # as a fraction (and Python calls them equal)
     changed = sorted(k for k in old.keys() & new.keys()
-                     if old[k] != new[k] and not changes_only_execution(k))
+                     if (old[k] != new[k] or type(old[k]) is not type(new[k]))
+                     and not changes_only_execution(k))
     if "data.root" in changed and same_data(old, new):
         log.info("%s: data.root %s -> %s holds the same data; resuming", path,
                  old["data.root"], new["data.root"])

@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import os
+import shlex
 import signal
 from pathlib import Path
 from time import monotonic
@@ -78,7 +79,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                     training = Training(cfg, config, output_dir, checkpoint)
                 except KeyboardInterrupt as err:  # a stop while it chose its layers (the
                     # sensitivity estimate) or read its data: no epoch of this start trained
-                    if isinstance(err, Stopped):
+                    if isinstance(err, Stopped) and str(err):  # it says where it stopped
                         raise
                     raise Stopped(getattr(err, "signum", signal.SIGINT),
                                   stopped_before_training(cfg, output_dir, checkpoint)) from None
@@ -423,7 +424,7 @@ def folder_override(output_dir: Path, name: str) -> str:
     folders are dated, so the same command alone would start a new run elsewhere."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return sweep_folder_override(name)
-    return f"hydra.run.dir={output_dir}"
+    return shlex.quote(f"hydra.run.dir={output_dir}")  # pasted into a shell as it is
 
 
 def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
