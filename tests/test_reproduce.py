@@ -168,17 +168,20 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
     mixed = attempt("paper", "trainer.epochs=1 'name=a b'",
                     RESULTS_DIR=str(tmp_path / "variant"))
     assert "made with [trainer.epochs=2], this asks for [name=a b trainer.epochs=1]" in mixed
-    # the protocol's own folder named another way is still the protocol's own folder
-    own = repo / "results" / "paper"
+    # the protocol's own folder named another way is still the protocol's own folder (the
+    # quick profile's, committed: found in review, this was checked on paper's, and skipped
+    # once a checkout had paper results; were it not refused, its records made with no
+    # overrides would refuse it with another message)
+    own = repo / "results" / "quick"
+    existed = own.exists()
     for same in ("./results", str(repo / "results"), "results/"):
-        if own.exists():  # a checkout with paper results: not touched here
-            break
         try:
-            refused = attempt("paper", "trainer.epochs=1", RESULTS_DIR=same)
+            refused = attempt("quick", "trainer.epochs=1", RESULTS_DIR=same)
         finally:  # the variant's overrides must not be left in the protocol's folder
             written = (own / "protocol-overrides.txt").exists()
             if written:
                 (own / "protocol-overrides.txt").unlink()
+            if not existed and own.exists():
                 own.rmdir()
         assert "trainer.epochs=1 change what the runs compute" in refused and not written
 
@@ -261,6 +264,26 @@ def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tm
     assert [call.split()[0] for call in started] == ["scripts/analyze.py"]
     assert result.stdout.count(": record in") == len(ROWS) + 2
     assert "speed benchmark: results in" in result.stdout
+
+
+def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_path):
+    """Found in review: OVERRIDES were checked on the baseline run alone, so one that every
+    basis run refuses (basis.init=convert) started them all, each failing in its own log,
+    and the folder kept it as the overrides its records were made with."""
+    from basisconv.cli import PROTOCOL_RUNS
+
+    result, started, _ = fake_protocol(repo, tmp_path / "all")
+    assert result.returncode == 0, result.stdout + result.stderr
+    row_keys = ("experiment", "basis.size", "selection", "model", "sensitivity.search_subset_size")
+    runs = {(call.split()[0].removeprefix("scripts/").removesuffix(".py"),
+             tuple(a for a in call.split()[1:] if a.split("=")[0] in row_keys))
+            for call in started if call.split()[0] != "scripts/analyze.py"
+            and call.split()[0] != "scripts/benchmark_layers.py"}
+    assert runs == set(PROTOCOL_RUNS)
+    result, started, _ = fake_protocol(repo, tmp_path / "bad", overrides="basis.init=convert")
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr.startswith("error: OVERRIDES: basis.init=convert fits the basis")
+    assert not (tmp_path / "bad" / "outputs" / "smoke" / "results").exists()
 
 
 def test_jobs_must_be_a_number_of_runs(repo, tmp_path):

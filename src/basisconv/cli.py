@@ -234,24 +234,41 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
+#: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's
+#: overrides), which ``OVERRIDES`` must suit each; tests/test_reproduce.py holds this list
+#: to the script's.
+PROTOCOL_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("sensitivity", ()),
+    ("train", ("experiment=baseline",)),
+    *(("train", ("experiment=basis_all", f"basis.size={size}"))
+      for size in (0.5, 0.125, 0.25, 0.75)),
+    ("exhaustive_search", ("model=resnet8", "sensitivity.search_subset_size=3")),
+    *(("train", ("experiment=basis_selected", f"selection={policy}", "basis.size=0.5"))
+      for policy in ("sensitivity_budget", "random", "first_k", "last_k")),
+)
+
+
 def check_overrides(profile: str, overrides: list[str]) -> None:
-    """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with the profile's baseline
-    run and validated once, before any run starts; a bad one is one line and exit status 2
-    (else every run fails alone, each saying why in its own log only)."""
+    """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with each of the profile's
+    runs (:data:`PROTOCOL_RUNS`) and validated, before any run starts; a bad one is one
+    line and exit status 2 (else every run it breaks fails alone, each saying why in its
+    own log only, and the folder keeps the overrides as the ones its records are made with).
+    Rules that need the model built (a coefficient rank per layer) are checked by the run."""
     configs = Path(__file__).resolve().parents[2] / "configs"
-    try:
-        with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-            cfg = compose("train", overrides=[f"profile={profile}", "experiment=baseline",
-                                              *overrides])
-        validate(cfg)
-    except BasisconvError as err:
-        message = " ".join(str(err).split())
-    except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
-        message = " ".join(hydra_error_line(ex).split())
-    else:
-        return
-    print(f"error: OVERRIDES: {message}", file=sys.stderr)
-    sys.exit(2)
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        for script, row in PROTOCOL_RUNS:
+            config = "train" if script == "train" else "sensitivity"  # the scripts' configs
+            try:
+                validate(compose(config, overrides=[f"profile={profile}", *row, *overrides]))
+            except BasisconvError as err:
+                message = " ".join(str(err).split())
+            except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
+                message = " ".join(hydra_error_line(ex).split())
+            else:
+                continue
+            run = " ".join([f"scripts/{script}.py", *row])
+            print(f"error: OVERRIDES: {message} (in the run {run})", file=sys.stderr)
+            sys.exit(2)
 
 
 #: Hydra's reader of a job's result, which writes "Error executing job with overrides:
