@@ -347,3 +347,14 @@ def test_model_cost_counts_no_gradient_that_autograd_skips(case):
     cost = model_cost(model, shape)
     assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
                                                          counted["backward_flops"])
+
+
+@pytest.mark.parametrize("combine", ["stacked", "auto"])
+def test_a_model_with_nothing_to_train_counts_no_backward(combine):
+    """Found in review: measure_flops of a frozen model failed in loss.backward(), where
+    model_cost says 0 backward FLOPs."""
+    layer = BasisConv2d(3, 8, 3, num_basis=2, combine=combine).requires_grad_(False)
+    counted = measure_flops(layer, (2, 3, 8, 8))
+    assert counted["backward_flops"] == 0 == model_cost(layer, (2, 3, 8, 8)).backward_flops
+    if combine == "stacked":  # auto runs whichever form it timed fastest (maybe dense)
+        assert counted["forward_flops"] == model_cost(layer, (2, 3, 8, 8)).forward_flops

@@ -365,14 +365,21 @@ def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32),
     param = next(model.parameters())
     x = torch.randn(input_shape, device=param.device, dtype=param.dtype,
                     requires_grad=input_requires_grad)
+    def step() -> torch.Tensor:
+        return model(x).float().sum()
+
+    def backward(loss: torch.Tensor) -> None:  # a model with nothing to train has none
+        if loss.requires_grad:
+            loss.backward()
+
     if any(getattr(m, "combine", None) == "auto" for m in model.modules()):
-        model(x).float().sum().backward()
+        backward(step())
     with FlopCounterMode(display=False) as forward:
-        out = model(x)
-    loss = out.float().sum()
-    with FlopCounterMode(display=False) as backward:
-        loss.backward()
-    return {"forward_flops": forward.get_total_flops(), "backward_flops": backward.get_total_flops()}
+        loss = step()
+    with FlopCounterMode(display=False) as backward_count:
+        backward(loss)
+    return {"forward_flops": forward.get_total_flops(),
+            "backward_flops": backward_count.get_total_flops()}
 
 
 __all__ = ["LayerCost", "ModelCost", "basis_conv2d_cost", "conv2d_cost", "count_parameters",
