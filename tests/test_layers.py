@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from basisconv.cost import saves_compute
+from basisconv.errors import ConfigError
 from basisconv.fitting import fit_coefficients, select_basis
 from basisconv.layers import BasisConv2d, coefficient_l1, resolve_num_basis
 
@@ -388,3 +389,26 @@ def test_coefficient_l1_counts_a_shared_matrix_once():
     third = BasisConv2d(4, 8, 3, 3, dtype=torch.float64)
     both = coefficient_l1(nn.Sequential(first, third)).item()
     assert both == pytest.approx(one.item() + coefficient_l1(third).item())
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+@pytest.mark.parametrize("max_error", [0.3, 0.5, 0.7])
+def test_max_error_with_a_coefficient_rank_is_met_by_the_smallest_basis(rank, max_error):
+    """Found in review: the basis size was chosen by the full coefficients' error, then the
+    coefficients truncated to the rank, so the layer ended above max_error (0.337 at 0.3)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 32, 3)
+    layer = BasisConv2d.from_conv(conv, max_error=max_error, coefficient_rank=rank)
+    assert layer.reconstruction_error <= max_error
+    smaller = BasisConv2d.from_conv(conv, layer.num_basis - 1, coefficient_rank=rank)
+    assert smaller.reconstruction_error > max_error
+
+
+def test_max_error_a_coefficient_rank_cannot_meet_is_one_clear_error():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 32, 3)
+    with pytest.raises(ConfigError, match=r"max_error=0.01 cannot be met with coefficient_rank=8"
+                                          r": .* 0.366 at best"):
+        BasisConv2d.from_conv(conv, max_error=0.01, coefficient_rank=8)
+    with pytest.raises(ConfigError, match="coefficient_rank=17 fits no basis size"):
+        BasisConv2d.from_conv(conv, max_error=0.5, coefficient_rank=17)

@@ -5,6 +5,8 @@ others, in float64. ``BasisConv2d.from_conv`` and shared-coefficient surgery use
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -80,6 +82,39 @@ def fit_coefficients(basis: torch.Tensor, rest: torch.Tensor,
         left = torch.cat([left, left.new_zeros(left.shape[0], rank - r)], 1)
         right = torch.cat([right, right.new_zeros(rank - r, right.shape[1])], 0)
     return left, right
+
+
+def smallest_basis(weight: torch.Tensor, max_error: float,
+                   rank: int | None = None) -> tuple[int | None, float]:
+    """The smallest number of basis filters (at least 1) whose fit has a relative weight
+    error of at most ``max_error``, and that error. With ``rank`` the coefficients are the
+    rank-``rank`` fit, whose error is larger than the full fit's: the count then grows
+    until that error is met too, within the sizes the rank allows; ``None`` for the count where none meets it, with the best error
+    reached (``inf`` where no size allows the rank)."""
+    c_out = weight.shape[0]
+    order, errors = select_basis(weight, c_out)
+    m = max(1, int(torch.nonzero(errors <= max_error + 1e-12)[0]))
+    if rank is None:
+        return m, float(errors[m])
+    # the sizes whose coefficients may have this rank (as check_coefficient_rank says:
+    # at most m and C_out - m, and rank 1 always, at full rank too)
+    largest = c_out if rank == 1 else c_out - rank
+    if rank > largest:
+        return None, math.inf
+    flat = weight.detach().reshape(c_out, -1).to("cpu", torch.float64)
+    total = float(flat.norm()) or 1.0
+    order = order.cpu()
+    best = math.inf
+    # below the full fit's count the rank's error is larger still: starting lower where
+    # the rank allows no more only finds its best error
+    for m in range(max(rank, min(m, largest)), largest + 1):
+        basis, rest = flat[order[:m]], flat[order[m:]]
+        left, right = fit_coefficients(basis, rest, rank)
+        error = float((rest - left @ right @ basis).norm()) / total
+        if error <= max_error + 1e-12:
+            return m, error
+        best = min(best, error)
+    return None, best
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:

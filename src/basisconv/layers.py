@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from .errors import ConfigError
-from .fitting import fit_coefficients, relative_error, select_basis
+from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
 from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_forward,
                       materialized_weight, split_forward, stacked_forward)
 
@@ -236,7 +236,8 @@ class BasisConv2d(nn.Module):
         rule that we know of; least squares minimizes the weight error, which bounds the
         output error for any input). At ``num_basis == out_channels`` the result reproduces
         the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
-        whose relative weight error is at most that, an energy criterion like BasisConv's).
+        whose relative weight error is at most that, an energy criterion like BasisConv's;
+        with ``coefficient_rank``, the error of the rank-limited coefficients).
         The achieved error is stored in ``reconstruction_error``. The new parameters train
         as the conv's did (``requires_grad`` of its weight and bias).
         """
@@ -249,9 +250,17 @@ class BasisConv2d(nn.Module):
         if max_error is not None:
             if not 0.0 <= float(max_error) < 1.0:
                 raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
-            _, errors = select_basis(conv.weight, c_out)
-            m = int(torch.nonzero(errors <= max_error + 1e-12)[0])
-            m = max(1, m)
+            m, reached = smallest_basis(conv.weight, float(max_error), coefficient_rank)
+            if m is None and math.isinf(reached):
+                raise ConfigError(f"coefficient_rank={coefficient_rank} fits no basis size of "
+                                  f"out_channels={c_out}: it must be at most num_basis and "
+                                  f"out_channels - num_basis")
+            if m is None:
+                raise ConfigError(
+                    f"max_error={max_error} cannot be met with coefficient_rank="
+                    f"{coefficient_rank}: its coefficients reach a relative weight error of "
+                    f"{reached:.3g} at best; raise coefficient_rank or max_error, or give "
+                    f"num_basis")
         else:
             m = resolve_num_basis(num_basis, c_out)
         picked, _ = select_basis(conv.weight, m)
