@@ -62,7 +62,12 @@ def step(conv, norm, x, upstream, relu):
 @pytest.mark.parametrize("norm_kwargs", NORMS.values(), ids=NORMS.keys())
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 @pytest.mark.parametrize("kind", ["converted", "scratch-lowrank"])
-def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu, device):
+def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu, device,
+                                                monkeypatch):
+    import basisconv.layers as layers_module
+    folded, fold = [], layers_module.basis_conv_batch_norm
+    monkeypatch.setattr(layers_module, "basis_conv_batch_norm",  # the fold ran, not the plain
+                        lambda *a, **k: folded.append(1) or fold(*a, **k))  # path (review)
     (conv, norm), (fconv, fnorm) = pair(layers(kind, device), norm_kwargs, device)
     torch.manual_seed(1)
     for _ in range(2):  # two steps: the running averages build on the first
@@ -91,6 +96,46 @@ def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     for g, r in zip(got_grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
+    assert len(folded) == 3  # two training steps and the evaluation took the fold
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "running-stats"])
+def test_second_order_gradients_through_the_fold_are_the_unfused_layers(relu, training):
+    """Found in review: with batch statistics the written-out backward had no graph of its
+    own, so a gradient of a gradient (create_graph=True: a gradient penalty) came out
+    wrong, or None for the input and the coefficients."""
+    (conv, norm), (fconv, fnorm) = pair(layers("converted", "cpu"), {}, "cpu")
+    norm.train(training)
+    fnorm.train(training)
+    x = torch.randn(2, conv.in_channels, 6, 5, dtype=torch.float64, requires_grad=True)
+
+    def second_order(c, n):
+        gx, = torch.autograd.grad(conv_norm_act(c, n, x, relu=relu).pow(3).sum(), x,
+                                  create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), [x, *c.parameters(), n.weight])
+
+    for got, ref in zip(second_order(fconv, fnorm), second_order(conv, norm)):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+    class ConvNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = BasisConv2d(3, 5, 3, num_basis=2, padding=1, fuse_norm=True,
+                                    dtype=torch.float64)
+            self.norm = nn.BatchNorm2d(5, dtype=torch.float64).train(training)
+
+        def forward(self, x):
+            return conv_norm_act(self.conv, self.norm, x, relu=relu)
+
+    small = ConvNorm()
+
+    def layer(x, basis, coefficients):
+        return torch.func.functional_call(
+            small, {"conv.basis_weight": basis, "conv.coefficients": coefficients}, (x,))
+
+    inputs = (torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True),
+              small.conv.basis_weight, small.conv.coefficients)
+    assert torch.autograd.gradgradcheck(layer, inputs)
 
 
 def test_other_layers_and_norms_run_one_after_another():

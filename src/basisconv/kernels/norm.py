@@ -39,7 +39,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 
 class BatchStatistics(NamedTuple):
@@ -129,15 +128,13 @@ class BatchNormedCombination(torch.autograd.Function):
 
     So the full-width tensors are read once each (``g``, the output for the mask), and
     nothing of batch norm's own backward runs. Saved: the maps, and the output where a
-    ReLU needs its mask."""
+    ReLU needs its mask. A backward that is itself differentiated (``create_graph=True``)
+    is autograd's, of the forward recomputed (:func:`_differentiable_backward`)."""
 
     @staticmethod
     def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu):
-        with _without_autocast(maps.device.type):
-            mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
-            mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
-            folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
-            out = _combine(maps, folded, folded_bias, relu)
+        out, mean_b, a_cov, mean, var = _batch_normed(maps, a, conv_bias, norm_weight,
+                                                      norm_bias, eps, relu)
         # the output only for the ReLU's mask: without one, it may be changed in place later
         ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias,
                               mean_b, a_cov, mean, var)
@@ -146,8 +143,9 @@ class BatchNormedCombination(torch.autograd.Function):
         return out, mean, var
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_var):
+        if torch.is_grad_enabled():  # create_graph=True: this gradient is differentiated too
+            return _differentiable_backward(ctx, grad_out)
         (maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov, mean,
          var) = ctx.saved_tensors
         count, maps_grad = maps.numel() // maps.shape[1], ctx.needs_input_grad[0]
@@ -174,6 +172,34 @@ class BatchNormedCombination(torch.autograd.Function):
         return (grad_maps, grad_a, grad_conv_bias if ctx.needs_input_grad[2] else None,
                 grad_weight if ctx.needs_input_grad[3] else None,
                 grad_bias if ctx.needs_input_grad[4] else None, None, None)
+
+
+def _batch_normed(maps, a, conv_bias, norm_weight, norm_bias, eps: float, relu: bool):
+    """:class:`BatchNormedCombination`'s forward in plain operations: the output, and the
+    moments its backward keeps (``mean_b``, ``a cov_b``, the outputs' mean and variance)."""
+    with _without_autocast(maps.device.type):
+        mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
+        mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
+        folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
+        return _combine(maps, folded, folded_bias, relu), mean_b, a_cov, mean, var
+
+
+def _differentiable_backward(ctx, grad_out) -> tuple:
+    """The backward when its result is differentiated again (``create_graph=True``: a
+    gradient penalty, a Hessian-vector product): the forward recomputed in plain operations
+    and differentiated by autograd, so the gradient has a graph of its own. The written-out
+    backward has none, and a second-order gradient through it came out wrong or ``None``."""
+    maps, _, a, conv_bias, norm_weight, norm_bias, *_ = ctx.saved_tensors
+    inputs = (maps, a, conv_bias, norm_weight, norm_bias)
+    wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None]
+    grads = [None] * 7
+    if wanted:
+        out = _batch_normed(*inputs, ctx.eps, ctx.relu)[0]
+        found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out,
+                                    create_graph=True, allow_unused=True)
+        for i, grad in zip(wanted, found):
+            grads[i] = grad if grad is not None else torch.zeros_like(inputs[i])
+    return tuple(grads)
 
 
 def _fold_backward(grad_folded, grad_folded_bias, a, mean_b, a_cov, normalizer, conv_bias,
