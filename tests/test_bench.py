@@ -415,7 +415,7 @@ def test_training_benchmark_runs_as_training_sets_up_and_leaves_the_callers_sett
     monkeypatch.setattr(bench_train, "train_one_epoch", lambda *a, **k: (
         seen.append(torch.backends.cudnn.benchmark), epoch(*a, **k))[1])
     torch.backends.cudnn.benchmark = False  # the caller's (restored by conftest)
-    threads = torch.get_num_threads()
+    torch.set_num_threads(threads := 2)  # not the benchmark's 1, so a leak shows
     result = bench_train.measure(bench_train.ThroughputOptions(
         model="resnet8", batch_size=4, steps=1, warmup=1, threads=1))
     assert seen == [True, True] and result["cudnn_benchmark"] is True
@@ -427,7 +427,8 @@ def test_layer_benchmark_times_with_cudnn_benchmark_and_restores_the_settings(tm
                                                                               monkeypatch):
     monkeypatch.setattr(speed, "resnet18_shapes", lambda: {ConvShape(8, 8, 3, 1, 1, 4): ["x"]})
     torch.backends.cudnn.benchmark = False  # the caller's (restored by conftest)
-    threads, seen = torch.get_num_threads(), []
+    torch.set_num_threads(threads := 2)  # not the benchmark's 1, so a leak shows
+    seen = []
     options = SpeedOptions(threads=1, allocator_tuning=False, batch_size=2, fractions=[0.5],
                            parts=["layers"], quick=True)
     result = speed.run(options, tmp_path, progress=lambda line: seen.append(

@@ -61,7 +61,20 @@ def _train(model, device, graphed, *, extra_loss=None):
     return stats, optimizer
 
 
-def _assert_same_training(device, basis, extra_loss=None):
+@pytest.fixture
+def graph_calls(monkeypatch):
+    """Calls of the graphed train and eval steps (found in review: the equivalence tests
+    passed with graphed=True ignored, comparing the eager path with itself)."""
+    calls = {"train": 0, "eval": 0}
+    for kind, step in (("train", graphs.GraphedTrainStep), ("eval", graphs.GraphedEvalStep)):
+        def counted(self, *args, _call=step.__call__, _kind=kind, **kwargs):
+            calls[_kind] += 1
+            return _call(self, *args, **kwargs)
+        monkeypatch.setattr(step, "__call__", counted)
+    return calls
+
+
+def _assert_same_training(device, basis, graph_calls, extra_loss=None):
     if device.type == "cuda":
         # Full float32 and deterministic cuDNN (the autouse fixture puts the flags back): with
         # TF32 (cuDNN's default) conv inputs are rounded to 10 bits, so runs that differ only
@@ -71,7 +84,9 @@ def _assert_same_training(device, basis, extra_loss=None):
         torch.backends.cudnn.deterministic = True
     eager_model, graphed_model = _model(device, basis), _model(device, basis)
     eager, eager_opt = _train(eager_model, device, False, extra_loss=extra_loss)
+    assert graph_calls == {"train": 0, "eval": 0}
     graphed, graphed_opt = _train(graphed_model, device, True, extra_loss=extra_loss)
+    assert graph_calls == {"train": 8, "eval": 6}  # two epochs: 4 steps, 3 test batches
     # On the CPU the same arithmetic in the same order; on CUDA the same kernels, captured
     # and replayed: equal to float tolerance.
     tol = {"rtol": 1e-5, "atol": 1e-6} if device.type == "cpu" else {"rtol": 2e-3, "atol": 2e-4}
@@ -88,13 +103,13 @@ def _assert_same_training(device, basis, extra_loss=None):
 
 
 @pytest.mark.device
-def test_graphed_steps_train_and_evaluate_as_eager_steps(device):
-    _assert_same_training(device, basis=False)
+def test_graphed_steps_train_and_evaluate_as_eager_steps(device, graph_calls):
+    _assert_same_training(device, False, graph_calls)
 
 
 @pytest.mark.device
-def test_graphed_steps_of_a_basis_model_with_folded_norms_and_an_l1_penalty(device):
-    _assert_same_training(device, basis=True,
+def test_graphed_steps_of_a_basis_model_with_folded_norms_and_an_l1_penalty(device, graph_calls):
+    _assert_same_training(device, True, graph_calls,
                           extra_loss=lambda model: coefficient_penalty(model, 1e-3))
 
 
@@ -106,7 +121,7 @@ class _ReadsItsLabel(torch.nn.Module):
 
 
 @pytest.mark.device
-def test_graphed_evaluation_masks_the_padding_of_the_last_batch(device):
+def test_graphed_evaluation_masks_the_padding_of_the_last_batch(device, graph_calls):
     """Every image of 21, in batches of 8 (the last padded from 5), counts once: all are
     predicted right, so a padding row counted would lift the accuracy above 1, a real row
     dropped lower it below."""
@@ -117,6 +132,7 @@ def test_graphed_evaluation_masks_the_padding_of_the_last_batch(device):
     tests = TensorBatches(images.to(device), labels.to(device), 8, train=False)
     eager = loop.evaluate(_ReadsItsLabel(), tests)
     graphed = loop.evaluate(_ReadsItsLabel(), tests, graphed=True)
+    assert graph_calls["eval"] == 3
     padded = loop.evaluate(_ReadsItsLabel(), tests, padded=True)  # (for compiled models)
     assert eager.accuracy == graphed.accuracy == padded.accuracy == 1.0
     assert padded.loss == graphed.loss
