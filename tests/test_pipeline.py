@@ -462,6 +462,26 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_dead_ones_lock_is_not
     assert fit(cfg, tmp_path)["status"] == "complete"
 
 
+def test_a_refused_second_run_writes_nothing_into_the_first_runs_log(tmp_path, repo):
+    """Found in review: two runs started in the same second share Hydra's dated folder; the
+    second was refused, but its refusal line went into the first run's train.log."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "train.log").write_text("the first run's line\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        result = subprocess.run(train_command(repo, "trainer.epochs=1", f"hydra.run.dir={folder}"),
+                                cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2 and "is in use by another run" in result.stderr
+    assert (folder / "train.log").read_text() == "the first run's line\n"
+
+
 def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
     cfg = compose_tiny(repo, "trainer.epochs=1")
     fit(cfg, tmp_path)

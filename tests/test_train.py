@@ -586,3 +586,14 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_runs_epochs(t
         return [{k: v for k, v in row.items() if "seconds" not in k} for row in record["epochs"]]
     assert metrics(resumed) == metrics(whole)
     assert len(metrics(whole)) == 2
+
+
+def test_a_run_folder_that_is_a_file_is_one_clear_error(tmp_path, repo):
+    """Found in review: fit(cfg, <a file>) from Python ended in FileExistsError from mkdir,
+    before the lock that names hydra.run.dir."""
+    (tmp_path / "taken").write_text("")
+    cfg = config(repo, ["data=stripes", "model=resnet8", "trainer.epochs=1"])
+    for folder in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        with pytest.raises(ConfigError, match=f"cannot write the run's folder {folder} .*; "
+                                              f"point hydra.run.dir at a folder"):
+            fit(cfg, folder)

@@ -25,7 +25,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
 from .config import validate
-from .errors import BasisconvError, ConfigError, Stopped
+from .errors import BasisconvError, ConfigError, FolderInUse, Stopped
 from .records import write_bytes_atomic
 
 F = TypeVar("F", bound=Callable)
@@ -324,7 +324,8 @@ def exit_on_user_error(fn: F) -> F:
             message = " ".join(str(err).split())
             if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
                 message = f"{str(err).splitlines()[0]} (in {err.full_key})"
-            log_to_files(f"error: {message}")
+            if not isinstance(err, FolderInUse):  # else the log is the other run's
+                log_to_files(f"error: {message}")
             print(f"error: {message}", file=sys.stderr)
             if in_sweep():  # the sweep's other jobs still run
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)

@@ -10,6 +10,12 @@ class ConfigError(BasisconvError, ValueError):
     """A configuration value is invalid; the message names it and the valid range."""
 
 
+class FolderInUse(ConfigError):
+    """A folder another process holds (:func:`basisconv.records.folder_lock`): its files,
+    the run's log among them, are that process's, so the refusal is said on the console
+    only."""
+
+
 class DatasetError(BasisconvError, RuntimeError):
     """The data could not be read; the message says where it looked and what to do."""
 

@@ -30,7 +30,7 @@ from typing import IO, Any, Callable
 
 import torch
 
-from .errors import BasisconvError, ConfigError, PublishError, WriteError
+from .errors import BasisconvError, ConfigError, FolderInUse, PublishError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,23 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
 LOCK = "run.lock"
 
 
+def make_folder(folder: str | os.PathLike, *, what: str = "run",
+                key: str = "hydra.run.dir") -> Path:
+    """``folder``, made where missing; one that cannot be (a file in its path, no
+    permission) is a :class:`ConfigError` naming ``key``, the config entry that chose it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(folder, what, key, err) from None
+    return folder
+
+
+def _unwritable(folder: Path, what: str, key: str, err: OSError) -> ConfigError:
+    return ConfigError(f"cannot write the {what}'s folder {folder} ({err.strerror or err}); "
+                       f"point {key} at a folder that can be written")
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
                 key: str = "hydra.run.dir", name: str = LOCK):
@@ -234,14 +251,12 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
     locked; the file stays.
     A folder that cannot be made or written (a file in its path, no permission) is a
     :class:`ConfigError` naming ``key``, the config entry that chose it."""
-    folder = Path(folder)
+    folder = make_folder(folder, what=what, key=key)
     path = folder / name
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
-        raise ConfigError(f"cannot write the {what}'s folder {folder} ({err.strerror or err}); "
-                          f"point {key} at a folder that can be written") from None
+        raise _unwritable(folder, what, key, err) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -250,8 +265,8 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
                 raise
             holder = " ".join(os.pread(fd, 512, 0).decode(errors="replace").split()) or "unknown"
             if not wait:
-                raise ConfigError(f"{folder} is in use by another {what} ({holder}); wait for it "
-                                  f"to finish, or give this one another hydra.run.dir") from None
+                raise FolderInUse(f"{folder} is in use by another {what} ({holder}); wait for "
+                                  f"it to finish, or give this one another {key}") from None
             log.warning("%s is in use by another %s (%s); waiting for it", folder, what, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)

@@ -37,7 +37,8 @@ from .kernels import auto
 from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
                       describe, rebind_optimizer, to_basis)
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
-                      leftover_temporaries, publish, read_record, timestamp, write_record)
+                      leftover_temporaries, make_folder, publish, read_record, timestamp,
+                      write_record)
 from .selection import SENSITIVITY_POLICIES
 from .sensitivity import cache_key, choose_layers
 from .surgery import CoefficientSkipSchedule
@@ -55,8 +56,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     a second process started on the same folder stops at once with one line. A complete
     record is also written to ``cfg.publish`` when set (see :func:`records.publish`)."""
     validate(cfg)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_folder(output_dir)
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
         if first_rank:
