@@ -286,12 +286,21 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
             tables.get("_forward_pre_hooks_with_kwargs", {}).pop(key, None)
     for table, hooks in tables.items():
         setattr(layer, table, hooks)
-    if any(getattr(conv, t, None) for t in ("_state_dict_hooks", "_state_dict_pre_hooks",
-                                            "_load_state_dict_pre_hooks",
-                                            "_load_state_dict_post_hooks")):
+    if any(not _parametrizations_own(hook)
+           for t in ("_state_dict_hooks", "_state_dict_pre_hooks",
+                     "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+           for hook in getattr(conv, t, {}).values()):
         warnings.warn(f"layer {name!r}: its state-dict hooks are not carried to its basis "
                       f"layer, whose state has other keys; register them on the converted "
                       f"layer if they still apply", stacklevel=3)
+
+
+def _parametrizations_own(hook) -> bool:
+    """A state-dict hook torch's parametrizations register for themselves (weight_norm's
+    reader of old-style ``weight_g``/``weight_v`` keys): it means nothing without them, so
+    it is not the user's hook whose loss a conversion warns of."""
+    return getattr(getattr(hook, "hook", hook), "__module__", "").startswith(
+        "torch.nn.utils.parametriz")
 
 
 def stored_parameter(conv: nn.Conv2d, name: str) -> nn.Parameter | None:
