@@ -500,6 +500,13 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     assert cosine[3:] == sorted(cosine[3:], reverse=True) and after == pytest.approx(0, abs=1e-12)
     cosine, after = rates("cosine", 0.0)
     assert cosine[0] == pytest.approx(0.1) and after == pytest.approx(0, abs=1e-12)
+    # found in review: a warm-up of exactly one step (0.1 of 10) divided by zero in torch's
+    # OneCycleLR; it is one step at lr / 10, then the anneal to lr / 1000 (as a warm-up of
+    # 1.5 steps is, from about lr)
+    onecycle, _ = rates("onecycle", 0.1)
+    assert onecycle[0] == pytest.approx(0.01) and onecycle[1] == pytest.approx(0.08890, abs=1e-4)
+    assert onecycle[1:] == sorted(onecycle[1:], reverse=True)
+    assert onecycle[-1] == pytest.approx(1e-4)
 
 
 def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():
