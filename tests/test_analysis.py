@@ -227,12 +227,12 @@ def test_local_records_skip_incomplete_unreadable_and_other_kinds(tmp_path):
 
 class FakeRun:
     def __init__(self, rec, state="finished"):
+        from basisconv.records import wandb_provenance
         self.state, self.config, self.url = state, rec["config"], "https://wandb.example/run"
         self.summary = {**rec["final"], **{f"model/{k}": v for k, v in rec["model"].items()
                                            if k != "basis_layers"},
                         "model/basis_layer_names": " ".join(rec["model"]["basis_layers"]),
-                        "provenance/commit": "abcdef1234", "provenance/date": "2026-11-25",
-                        "provenance/cpu": "AMD EPYC", "provenance/gpu": None}
+                        **wandb_provenance(rec["provenance"])}
         self._history = rec["epochs"]
 
     def history(self, pandas=False):
@@ -250,12 +250,31 @@ class FakeApi:
 
 
 def test_wandb_source_rebuilds_the_same_rows_as_the_local_records():
-    api = FakeApi([FakeRun(r) for r in RECORDS] + [FakeRun(RECORDS[0], state="crashed")])
+    # found in review: a dirty tree, the CPU capability and the threads (the table's
+    # commit, hardware and timing columns) were lost on the way through wandb
+    records = [{**r, "provenance": {**r["provenance"],
+                                    "git": {"commit": "abcdef1234", "dirty": True,
+                                            "diff_sha256": "0" * 64},
+                                    "hardware": {"cpu": "AMD EPYC", "gpu": None,
+                                                 "cpu_capability": "AVX512",
+                                                 "torch_threads": 1}}} for r in RECORDS]
+    api = FakeApi([FakeRun(r) for r in records] + [FakeRun(records[0], state="crashed")])
     found = wandb_records("basisconv", "me", api=api)
-    assert api.asked == "me/basisconv" and len(found) == len(RECORDS)
+    assert api.asked == "me/basisconv" and len(found) == len(records)
     remote = runs_frame(found).drop(columns=["where", "date"])
-    local = runs_frame([(r, "x") for r in RECORDS]).drop(columns=["where", "date"])
+    local = runs_frame([(r, "x") for r in records]).drop(columns=["where", "date"])
     pd.testing.assert_frame_equal(remote, local)
+    assert set(local["commit"]) == {"abcdef1-dirty"}
+
+
+def test_wandb_source_reads_runs_logged_with_the_commit_and_cpu_alone():
+    """Runs logged before the whole git and hardware were kept."""
+    run = FakeRun(RECORDS[0])
+    for key in ("provenance/git", "provenance/hardware"):
+        del run.summary[key]
+    (record, _), = wandb_records("basisconv", "me", api=FakeApi([run]))
+    assert record["provenance"]["git"] == {"commit": "abcdef1234"}
+    assert record["provenance"]["hardware"] == {"cpu": "AMD EPYC", "gpu": None}
 
 
 def analyze_cfg(tmp_path, **values):

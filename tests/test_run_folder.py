@@ -43,21 +43,28 @@ class FakeRun:
         self.step = 0 if held is None else held + 1
         self.wandb, self.kwargs = wandb, kwargs
         self.logged, self.dropped, self.finished, self.summary = [], [], [], {}
+        self.open_row = {}  # as wandb: a row logged with step= and no commit stays open
 
     @property
     def settings(self):
         return SimpleNamespace(mode=self.kwargs["mode"])
 
-    def log(self, metrics, step):
+    def log(self, metrics, step, commit=None):
         if self.wandb.log_error:
             raise self.wandb.log_error
         if step < max(self.logged, default=self.step):  # as wandb: dropped, with a warning
             self.dropped.append(step)
             return
+        self.summary.update(self.open_row)  # a later step commits the open row
+        self.open_row = {} if commit else dict(metrics)
+        if commit:
+            self.summary.update(metrics)
         self.logged.append(step)
         self.wandb.server[self.id] = step
 
     def finish(self, exit_code=0):
+        self.summary.update(self.open_row)  # written out now, over the summary's keys
+        self.open_row = {}
         self.finished.append(exit_code)
 
 
@@ -100,6 +107,8 @@ def test_a_resumed_run_stays_one_wandb_run_with_every_epoch(tmp_path, repo, fake
     # the resolved config, under the run folder's name, grouped by the experiment name
     assert resumed.kwargs["config"]["logger"]["group"] == "tiny"
     assert resumed.kwargs["name"] == tmp_path.name
+    # found in review: the last epoch's row, left open, overwrote the final step times
+    assert {k: resumed.summary[k] for k in record["final"]} == record["final"]
 
 
 def test_a_wandb_failing_mid_run_is_one_warning_and_its_run_still_ends(tmp_path, repo,

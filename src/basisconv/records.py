@@ -212,6 +212,31 @@ def provenance(command: str | None = None) -> dict[str, Any]:
     }
 
 
+def wandb_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """A run's provenance as wandb summary keys: the commit, date, CPU and GPU to read in
+    wandb's tables, and its whole ``git`` and ``hardware`` as JSON, from which
+    :func:`provenance_from_wandb` rebuilds them (a dirty tree, the CPU capability, the
+    threads and processes the table's caveats are made of)."""
+    git, hardware = provenance["git"], provenance["hardware"]
+    return {"provenance/commit": git["commit"], "provenance/date": provenance["date"],
+            "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu"),
+            "provenance/git": json.dumps(git, sort_keys=True),
+            "provenance/hardware": json.dumps(hardware, sort_keys=True)}
+
+
+def provenance_from_wandb(summary: dict[str, Any]) -> dict[str, Any]:
+    """The provenance :func:`wandb_provenance` logged (of a run logged before it kept the
+    whole ``git`` and ``hardware``: the commit, CPU and GPU alone)."""
+    def whole(key: str, fallback: dict) -> dict:
+        text = summary.get(f"provenance/{key}")
+        return json.loads(text) if isinstance(text, str) else fallback
+
+    return {"git": whole("git", {"commit": summary.get("provenance/commit")}),
+            "date": summary.get("provenance/date"),
+            "hardware": whole("hardware", {"cpu": summary.get("provenance/cpu"),
+                                           "gpu": summary.get("provenance/gpu")})}
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
     """Hex digest of a file's bytes, read in chunks (a dataset file, a checkpoint)."""
     digest = hashlib.new(algorithm)

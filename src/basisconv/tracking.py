@@ -86,7 +86,10 @@ class Tracker:
                          again, "is" if step == last else "are")
                 self.said_held = True
             return
-        self._guard("log", lambda: self.run.log(metrics, step=step))
+        # committed now: wandb holds a row logged with step= open until the next one or
+        # finish(), and writing it then overwrote the summary keys it shares with the final
+        # metrics written after it (the last epoch's step times, not their mean)
+        self._guard("log", lambda: self.run.log(metrics, step=step, commit=True))
 
     def table(self, key: str, frame) -> None:
         """Log a pandas DataFrame as a wandb table."""

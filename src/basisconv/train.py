@@ -38,7 +38,7 @@ from .network import (build_network, choose_forms_now, coefficient_penalty, conv
                       describe, rebind_optimizer, to_basis)
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
                       leftover_temporaries, make_folder, publish, read_record, timestamp,
-                      write_record)
+                      wandb_provenance, write_record)
 from .selection import SENSITIVITY_POLICIES
 from .sensitivity import cache_key, choose_layers
 from .surgery import CoefficientSkipSchedule
@@ -271,12 +271,8 @@ class Training:
     def run(self) -> dict[str, Any]:
         trainer, record, results = self.cfg.trainer, self.record, self.results
         # What scripts/analyze.py source=wandb needs to rebuild the run record.
-        hardware = record.provenance["hardware"]
         self.summarize_model()
-        self.tracker.summary({
-            "provenance/commit": record.provenance["git"]["commit"],
-            "provenance/date": record.provenance["date"],
-            "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu")})
+        self.tracker.summary(wandb_provenance(record.provenance))
         failed = True
         self.saved_epochs = len(results["epochs"])
         self.last_checkpoint = monotonic()

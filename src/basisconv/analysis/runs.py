@@ -16,7 +16,7 @@ from ..checkpoint import changes_only_execution, flatten
 from ..errors import ConfigError
 from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, measured_on_cpu,
-                       missing_fields, read_record)
+                       missing_fields, provenance_from_wandb, read_record)
 
 log = logging.getLogger(__name__)
 
@@ -275,10 +275,7 @@ def wandb_records(project: str, entity: str | None = None, api=None) -> list[tup
             "final": {k: summary[k] for k in (
                 "test_accuracy", "best_test_accuracy", "forward_seconds_per_step",
                 "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds")},
-            "provenance": {"git": {"commit": summary.get("provenance/commit")},
-                           "date": summary.get("provenance/date"),
-                           "hardware": {"cpu": summary.get("provenance/cpu"),
-                                        "gpu": summary.get("provenance/gpu")}},
+            "provenance": provenance_from_wandb(summary),
         }
         found.append((record, run.url))
     return found
