@@ -148,3 +148,76 @@ def test_a_run_of_torchs_default_thread_count_keys_its_timings_by_the_count_it_r
         torch.set_num_threads(threads)  # (restored by conftest)
         paths.add(time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers)))
     assert len(paths) == 2
+
+
+def test_a_layer_that_folds_its_norm_is_timed_with_it(monkeypatch):
+    """Found in review: with basis.fuse_norm=true each layer was timed alone, so the fold
+    the run trains with never ran in the measurement, nor did the dense norm and ReLU."""
+    from basisconv import layers, timing
+    from basisconv.surgery import apply_basis
+
+    model = build_model("resnet8", width=0.25)
+    names = ["layer1.0.conv1", "layer2.0.conv2"]
+    basis_model = apply_basis(model, names, 0.5, convert=False, fuse_norm=True)
+    folds, fold = [], layers._fused_batch_norm
+    monkeypatch.setattr(layers, "_fused_batch_norm",
+                        lambda *a, **k: folds.append(1) or fold(*a, **k))
+    norms, forward = [], torch.nn.BatchNorm2d.forward
+    monkeypatch.setattr(torch.nn.BatchNorm2d, "forward",
+                        lambda self, x: norms.append(1) or forward(self, x))
+    runner = timing.Runner(torch.device("cpu"), channels_last=False, amp="none")
+    assert timing.folded_norms(basis_model, names, runner.input(2, 3, 32, 32)) == {
+        "layer1.0.conv1": ("layer1.0.bn1", True), "layer2.0.conv2": ("layer2.0.bn2", False)}
+    timed = []  # per timed step: the folds and the plain norms it ran
+
+    def run(self, steps, repeats, warmup):
+        for form, step in steps.items():
+            folds.clear(), norms.clear()
+            step()
+            timed.append((form, len(folds), len(norms)))
+        return {form: 1.0 for form in steps}
+
+    monkeypatch.setattr(timing.Timer, "run", run)
+    rows, _ = timing.layer_time_savings(model, basis_model, names, runner, 2, (3, 32, 32))
+    assert rows["layer"].tolist() == names
+    # each layer: the dense conv with its norm, the basis layer with its fold (then the
+    # dense model's whole step, with all its norms)
+    assert timed[:4] == [("dense", 0, 1), ("basis", 1, 0)] * 2
+
+
+@pytest.mark.parametrize("damage", ["no_saving", "null_saving", "other_layers"])
+def test_a_cache_with_a_layer_or_number_missing_is_refused(repo, tmp_path, monkeypatch, damage):
+    """Found in review: a cache whose seconds_saved were deleted converted every layer (a
+    missing saving read as NaN); a null one ended in a TypeError."""
+    import json
+
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings([]))
+    cfg = compose_timed(repo, tmp_path, "trainer.threads=1")
+    sensitivity.choose_layers(cfg)
+    (path,) = (tmp_path / "layer-times").glob("*.json")
+    cached = json.loads(path.read_text())
+    for row in cached["layers"]:
+        if damage == "no_saving":
+            del row["seconds_saved"]
+        elif damage == "null_saving":
+            row["seconds_saved"] = None
+    if damage == "other_layers":
+        cached["layers"] = cached["layers"][1:]
+    path.write_text(json.dumps(cached))
+    with pytest.raises(ConfigError, match=f"cached layer timings {path} are unreadable .*"
+                                          f"delete the file"):
+        sensitivity.choose_layers(cfg)
+
+
+@pytest.mark.parametrize("override", ["selection.count=2", "selection=sensitivity_threshold"])
+def test_times_are_measured_only_where_the_budget_rule_chooses(repo, tmp_path, monkeypatch,
+                                                               override):
+    """Found in review: with a count (or a threshold) the times decided nothing, yet were
+    measured, and chosen.md said the slower layers were never chosen while they were."""
+    calls = []
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
+    cfg = compose_timed(repo, tmp_path, "trainer.threads=1", override)
+    table = pd.DataFrame({"layer": ["a", "b"], "position": [0, 1], "params_saved": [1, 1],
+                          "flops_saved": [1, 1]})
+    timed, dense = time_budget.with_measured_time(cfg, table, {"params": 10, "flops": 10})
+    assert calls == [] and "time" not in dense and timed is table

@@ -186,6 +186,13 @@ def python_number(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def budget_chooses(selection: DictConfig) -> bool:
+    """Whether the budget rule (``budget_metric``, ``budget_reduction``) decides how many
+    layers are converted: an ordered policy other than the threshold, with no count."""
+    return (selection.policy in ORDERED_POLICIES and selection.policy != "sensitivity_threshold"
+            and selection.get("count") is None)
+
+
 def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
     """Every value of a ``selection`` config that its policy reads, each wrong one a
     :class:`ConfigError` naming the key and the valid values (the one home of these rules:
@@ -201,7 +208,6 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of "
                           f"layers)")
-    ordered = policy in ORDERED_POLICIES
     if (policy in SENSITIVITY_POLICIES or every_key) and (
             _needed(selection, "metric") not in METRICS):
         raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
@@ -211,7 +217,7 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
         if not _is_number(threshold) or math.isnan(threshold):
             raise ConfigError(f"selection.threshold={threshold!r} must be a number (the "
                               f"largest {selection.metric} a converted layer may have)")
-    if (ordered and policy != "sensitivity_threshold" and count is None) or every_key:
+    if budget_chooses(selection) or every_key:
         if _needed(selection, "budget_metric") not in BUDGET_METRICS:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
                               f"one of {', '.join(BUDGET_METRICS)}")

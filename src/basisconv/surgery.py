@@ -15,7 +15,10 @@ details are not available to us):
   optimizer afterwards: the converted layers have new parameters.
 * *coefficients trained every N steps*: :class:`CoefficientSkipSchedule` switches
   ``requires_grad`` of the coefficients off on the other steps, so autograd does not compute
-  their gradient at all (the cost model counts that saving) and the optimizer skips them.
+  their gradient at all and the optimizer skips them. ``model_cost`` of the model on a
+  skipped step (coefficients frozen) counts that saving; a run record's FLOPs are those of
+  a step that trains them, and its per-step times are medians over steps (a skipped
+  step's, for N >= 3).
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ import copy
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +33,7 @@ from .errors import ConfigError
 from .models import build_model
 from .network import to_basis
 from .records import folder_lock, hardware, provenance, write_json_atomic
+from .selection import budget_chooses
 from .timing import Runner, layer_time_savings
 
 log = logging.getLogger(__name__)
@@ -75,8 +78,8 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
     ``seconds_saved``; cached, see the module's doc), and the dense model's measured step as
     the budget's 100 % (``dense["time"]``). Other budgets: as given. Torch's random state
     and process-wide settings are left as they were."""
-    if cfg.selection.budget_metric != "time":
-        return table, dense
+    if cfg.selection.budget_metric != "time" or not budget_chooses(cfg.selection):
+        return table, dense  # (a count or a threshold chooses: times would decide nothing)
     if distributed.world_size() > 1:
         raise ConfigError("selection.budget_metric=time measures this machine, and each "
                           "torchrun process would measure its own; choose the layers in one "
@@ -87,7 +90,7 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
     path = cache_path(cfg, fields)
     # one measurement a key
     with folder_lock(path.parent, wait=True, what="layer timing", key="sensitivity.cache_dir"):
-        cached = None if cfg.sensitivity.recompute else load(path)
+        cached = None if cfg.sensitivity.recompute else load(path, names)
         if cached is None:
             cached = measure(cfg, names)
             write_json_atomic(path, {**cached, "key_fields": fields,
@@ -105,15 +108,21 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
             {**dense, "time": cached["dense_step_seconds"]})
 
 
-def load(path: Path) -> dict | None:
-    """The cached timings at ``path``, ``None`` when there are none; a damaged file is
-    refused with the fix."""
+def load(path: Path, names: list[str]) -> dict | None:
+    """The cached timings of the layers ``names`` at ``path``, ``None`` when there are
+    none; a damaged file (unreadable, a layer or number missing or not finite) is refused
+    with the fix: a missing saving would choose a layer as if it saved time."""
     if not path.is_file():
         return None
     try:
         cached = json.loads(path.read_text())
-        pd.DataFrame(cached["layers"], columns=COLUMNS).astype({"dense_ms": float})
-        float(cached["dense_step_seconds"])
+        rows = pd.DataFrame(cached["layers"])
+        numbers = rows[COLUMNS[1:]].astype(float)
+        step = float(cached["dense_step_seconds"])
+        if rows["layer"].tolist() != names:
+            raise ValueError(f"it times {rows['layer'].tolist()}, not the candidates {names}")
+        if not (math.isfinite(step) and np.isfinite(numbers.to_numpy()).all()):
+            raise ValueError("a time that is not a finite number")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"the cached layer timings {path} are unreadable "
                           f"({' '.join(str(err).split())}); delete the file (they are "

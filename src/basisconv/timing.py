@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .layers import conv_norm_act
 from .loop import AMP_DTYPES, memory_format
 from .network import choose_forms_now
 
@@ -148,6 +149,42 @@ def output_gradient(grad: torch.Tensor) -> Callable[[torch.Tensor], None]:
     return backward
 
 
+class ConvNormAct(nn.Module):
+    """A conv, its norm and ReLU as the model runs them (:func:`conv_norm_act`): what a
+    layer with ``fuse_norm`` is timed as, against the dense conv, norm and ReLU, since its
+    fold replaces all three."""
+
+    def __init__(self, conv: nn.Module, norm: nn.Module, relu: bool):
+        super().__init__()
+        self.conv, self.norm, self.relu = conv, norm, relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_norm_act(self.conv, self.norm, x, self.relu)
+
+
+def folded_norms(basis_model: nn.Module, names: list[str], x: torch.Tensor
+                 ) -> dict[str, tuple[str, bool]]:
+    """Of ``names``, the layers that fold their norm in (``fuse_norm``) when the model
+    runs on ``x``: the norm's module name and whether a ReLU follows, by layer."""
+    module_names = {id(m): n for n, m in basis_model.named_modules()}
+    folded: dict[str, tuple[str, bool]] = {}
+
+    def remember(name: str):
+        def hook(module, args, kwargs) -> None:
+            if kwargs.get("norm") is not None:
+                folded[name] = module_names[id(kwargs["norm"])], bool(kwargs.get("relu"))
+        return hook
+    hooks = [basis_model.get_submodule(name).register_forward_pre_hook(
+        remember(name), with_kwargs=True) for name in names]
+    try:
+        with torch.no_grad():
+            basis_model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return folded
+
+
 def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str],
                        runner: Runner, batch: int, image: tuple[int, ...], *,
                        repeats: int = 9, warmup: int = 2) -> tuple[pd.DataFrame, float]:
@@ -157,7 +194,9 @@ def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str
     ``image``, timed as the benchmarks time (interleaved rounds, medians), on ``runner``'s
     device, layout and precision. Returns one row per layer (``dense_ms``, ``basis_ms``,
     ``seconds_saved``: negative where the basis form is slower) and the dense model's own
-    training forward+backward in seconds (the budget's 100 %)."""
+    training forward+backward in seconds (the budget's 100 %). A layer that folds its
+    norm in (``basis.fuse_norm``) is timed with its norm and ReLU, against the dense conv's
+    (:class:`ConvNormAct`): the fold replaces those three."""
     model, basis_model = runner.prepare(model), runner.prepare(basis_model)
     inputs: dict[str, tuple[tuple[int, ...], bool]] = {}
     x = runner.input(batch, *image, requires_grad=False)
@@ -172,9 +211,14 @@ def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str
         logits = model(x)
     for hook in hooks:
         hook.remove()
+    folded = folded_norms(basis_model, names, x)
     timer, rows = Timer(runner.device), []
     for name in names:
         dense, converted = model.get_submodule(name), basis_model.get_submodule(name)
+        if name in folded:
+            norm, relu = folded[name]
+            dense = ConvNormAct(dense, model.get_submodule(norm), relu)
+            converted = ConvNormAct(converted, basis_model.get_submodule(norm), relu)
         shape, needs_grad = inputs[name]
         layer_input = runner.input(*shape, requires_grad=needs_grad)
         with torch.no_grad():

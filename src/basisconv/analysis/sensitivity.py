@@ -107,7 +107,8 @@ def measured_time_line(summary: dict) -> str:
     layers = pd.DataFrame(measured["layers"])
     step = measured["dense_step_seconds"]
     saved = float(layers[layers["layer"].isin(summary["chosen"])]["seconds_saved"].sum())
-    slower = layers[layers["seconds_saved"] <= 0]["layer"].tolist()
+    slower = layers[(layers["seconds_saved"] <= 0)
+                    & ~layers["layer"].isin(summary["chosen"])]["layer"].tolist()
     return (f"\nChosen by measured time (selection.budget_metric=time): dense training step "
             f"{1e3 * step:.2f} ms; the chosen layers save {1e3 * saved:.2f} ms "
             f"({100 * saved / step:.1f} %) of it"
