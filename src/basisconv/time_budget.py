@@ -61,6 +61,9 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
         "layers": list(layers),
         "trainer": {k: trainer[k] for k in ("device", "batch_size", "channels_last", "amp",
                                             "threads", "deterministic")},
+        # how a layer is timed: 2 since a folded norm is timed with its layer (a cache of
+        # such layers timed alone, before, is not read as this)
+        "method": 2,
     }
 
 
