@@ -49,10 +49,21 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   exit 2
 fi
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
-if ! GPU=$("$PY" -c "from basisconv.records import device_name, hardware; print(device_name(hardware()))" 2>&1); then
-  echo "gpu-speed: the package does not import under $PY ($(echo "$GPU" | tail -1)); install" \
+# what the steps import (hydra, omegaconf, tqdm through the package): without the carried
+# wheels every step would fail alone; the GPU's name alone on stdout (a warning torch
+# prints goes to stderr, not into the folder's name)
+PROBE_ERR=$(mktemp)
+if ! GPU=$("$PY" -c "import basisconv.cli, basisconv.config, basisconv.bench.train, basisconv.bench.layers, basisconv.analysis.figures
+from basisconv.records import device_name, hardware; print(device_name(hardware()))" 2>"$PROBE_ERR"); then
+  echo "gpu-speed: the package does not import under $PY ($(tail -1 "$PROBE_ERR")); install" \
        "requirements.txt without torch, or carry wheels (make gpu-wheels) and put them on PYTHONPATH" >&2
+  rm -f "$PROBE_ERR"
   exit 2
+fi
+rm -f "$PROBE_ERR"
+if ! [[ $GPU =~ ^[a-z0-9._-]+$ ]]; then
+  echo "gpu-speed: the GPU's name came out as '$GPU', not a folder name; set OUT_DIR" >&2
+  [ -z "${OUT_DIR:-}" ] && exit 2
 fi
 OUT=${OUT_DIR:-results/gpu-$GPU}
 mkdir -p "$OUT/logs"
@@ -67,14 +78,37 @@ step() {  # step <name> <command...>: run it under the time limit, log it, go on
     if [ "$left" -lt 10 ]; then NOT_RUN+=("$name"); return; fi
     [ "$left" -lt "$limit" ] && limit=$left
   fi
-  # --kill-after: a step that ignores SIGTERM is killed, and the next one is timed alone
-  if timeout --kill-after=10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1; then
+  # --kill-after: a step that ignores SIGTERM is killed, and the next one is timed alone.
+  # In the background and waited for: timeout runs the step in a process group of its own,
+  # which Ctrl-C or a SIGTERM to this script does not reach; the trap passes it on.
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1 &
+  STEP_PID=$!
+  local status=0
+  wait "$STEP_PID" || status=$?
+  STEP_PID=
+  if [ "$status" -eq 0 ]; then
     echo "== $name: done in $((SECONDS - start)) s"
+  elif [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "== $name: stopped at its ${limit} s limit (log $OUT/logs/$name.log)"
+    FAILED+=("$name")
   else
     echo "== $name: FAILED after $((SECONDS - start)) s (log $OUT/logs/$name.log)"
     FAILED+=("$name")
   fi
 }
+
+STEP_PID=
+stop() {  # stop <status>: the running step stops too (timeout passes SIGTERM to its group)
+  trap - INT TERM
+  if [ -n "$STEP_PID" ]; then
+    kill -TERM "$STEP_PID" 2>/dev/null
+    wait "$STEP_PID" 2>/dev/null
+  fi
+  echo "gpu-speed: stopped; files so far in $OUT" >&2
+  exit "$1"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
 
 train() {  # train <name> <benchmark_train options...>
   local name=$1; shift

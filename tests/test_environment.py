@@ -75,6 +75,82 @@ def test_gpu_speed_refuses_a_budget_or_limit_that_is_not_whole_seconds(repo, var
     assert lines == [f"gpu-speed: {variable}=10m: give whole seconds (e.g. {variable}=600)"]
 
 
+FAKE_GPU_PY = """#!/usr/bin/env bash
+# a GPU machine's python3 as gpu_speed.sh sees it: CUDA there, the package probe answered
+# as the test says, and each step logged ({{calls}}) with its pid, then sleeping as long as
+# STEP_SLEEP says
+case "$*" in
+  "-c import torch") exit 0;;
+  *torch.cuda.is_available*) exit 0;;
+  *"device_name(hardware())"*) {probe};;
+esac
+echo "$$ $*" >> {calls}
+exec sleep "${{STEP_SLEEP:-0}}"
+"""
+
+
+def fake_gpu_speed(repo, tmp_path, probe, **env):
+    """scripts/gpu_speed.sh, copied into ``tmp_path`` (its results/ is then there), with a
+    stand-in python; returns the process, started."""
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    (tmp_path / "scripts" / "gpu_speed.sh").write_text(
+        (repo / "scripts" / "gpu_speed.sh").read_text())
+    python = tmp_path / "python"
+    python.write_text(FAKE_GPU_PY.format(probe=probe, calls=tmp_path / "calls.txt"))
+    python.chmod(0o755)
+    return subprocess.Popen(["bash", str(tmp_path / "scripts" / "gpu_speed.sh"), "quick"],
+                            env={**os.environ, "PY": str(python), **env}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def test_gpu_speed_names_its_folder_by_the_gpu_alone_and_stops_at_a_missing_package(
+        repo, tmp_path):
+    """Found in review: a warning torch printed while the GPU's name was read became part
+    of the output folder's name; and without the carried wheels (omegaconf) the probe,
+    which imported one module, passed, and every step then failed alone."""
+    warned = tmp_path / "warned"
+    warned.mkdir()
+    done = fake_gpu_speed(repo, warned, "echo \"UserWarning: Can't initialize NVML\" >&2; "
+                                        "echo h200; exit 0")
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, out + err
+    assert [p.name for p in (warned / "results").iterdir()] == ["gpu-h200"]
+    assert len((warned / "calls.txt").read_text().splitlines()) == 24
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    refused = fake_gpu_speed(repo, bare, "echo \"ModuleNotFoundError: No module named "
+                                         "'omegaconf'\" >&2; exit 1")
+    out, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and not (bare / "calls.txt").exists()
+    assert err.strip().splitlines() == [
+        "gpu-speed: the package does not import under " + str(bare / "python") +
+        " (ModuleNotFoundError: No module named 'omegaconf'); install requirements.txt "
+        "without torch, or carry wheels (make gpu-wheels) and put them on PYTHONPATH"]
+
+
+def test_gpu_speed_stopped_stops_its_running_step(repo, tmp_path):
+    """Found in review: timeout runs each step in a process group of its own, so a SIGTERM
+    to the script (a slot ending) left the step running on the GPU."""
+    import signal
+    import time
+
+    started = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0", STEP_SLEEP="60")
+    calls = tmp_path / "calls.txt"
+    deadline = time.monotonic() + 60
+    while not calls.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    step = int(calls.read_text().split()[0])
+    os.killpg(started.pid, signal.SIGTERM)
+    out, err = started.communicate(timeout=60)
+    assert started.returncode == 143, out + err
+    assert "gpu-speed: stopped" in err
+    time.sleep(0.5)
+    stat = Path(f"/proc/{step}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
+    assert len(calls.read_text().splitlines()) == 1  # no later step started
+
+
 @pytest.fixture
 def gpu_check(load_script):
     """scripts/gpu_check.py as a module."""
