@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,7 +64,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts + extras)
     parser.add_argument("--budget-s", type=int, default=300,
                         help="seconds for all parts together (default 300)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # absolute: the parts run in the repository, this script maybe elsewhere
+    for key in ("work_dir", "out_dir", "data_root"):
+        setattr(args, key, str(Path(getattr(args, key)).expanduser().absolute()))
+    return args
 
 
 def missing_packages() -> list[str]:
@@ -99,25 +104,54 @@ def run_parts_together(parts: list[tuple[str, list[str], int]], env: dict,
     # part -> (seconds when its limit was reached, signals sent): stopped without blocking
     # the loop, so another part's end is seen (and timed, and its limit kept) meanwhile
     stopping: dict[int, tuple[float, int]] = {}
-    while len(ended) < len(parts):
-        for i, ((_, _, limit_s), process) in enumerate(zip(parts, running)):
-            if i in ended:
-                continue
-            seconds = time.perf_counter() - start
-            if i in stopping:
-                at, sent = stopping[i]
-                due = at + sum(grace for _, grace in STOP_SIGNALS[:sent])  # the next step's
-                if process.poll() is not None or (seconds >= due and sent == len(STOP_SIGNALS)):
-                    ended[i] = (None, at)  # (one that outlives SIGKILL's grace is left)
-                elif seconds >= due:
-                    stopping[i] = (at, sent + signal_group(process, STOP_SIGNALS[sent][0]))
-            elif process.poll() is not None:
-                ended[i] = (process.returncode, seconds)
-            elif seconds >= limit_s:
-                stopping[i] = (seconds, signal_group(process, STOP_SIGNALS[0][0]))
-        time.sleep(0.2)
+    try:
+        while len(ended) < len(parts):
+            for i, ((_, _, limit_s), process) in enumerate(zip(parts, running)):
+                if i in ended:
+                    continue
+                seconds = time.perf_counter() - start
+                if i in stopping:
+                    at, sent = stopping[i]
+                    due = at + sum(grace for _, grace in STOP_SIGNALS[:sent])  # the next step's
+                    # gone when its whole group is: a process that outlived the top one's
+                    # exit on SIGTERM still gets SIGKILL
+                    gone = process.poll() is not None and not group_alive(process)
+                    if gone or (seconds >= due and sent == len(STOP_SIGNALS)):
+                        ended[i] = (None, at)  # (one that outlives SIGKILL's grace is left)
+                    elif seconds >= due:
+                        stopping[i] = (at, sent + signal_group(process, STOP_SIGNALS[sent][0]))
+                elif process.poll() is not None:
+                    ended[i] = (process.returncode, seconds)
+                elif seconds >= limit_s:
+                    stopping[i] = (seconds, signal_group(process, STOP_SIGNALS[0][0]))
+            time.sleep(0.2)
+    except BaseException:  # the check stopped (Ctrl-C, SIGTERM): its parts stop with it
+        stop_all([p for i, p in enumerate(running) if i not in ended])
+        raise
     return [part_result(name, *ended[i], log_dir / f"{name}.log")
             for i, (name, _, _) in enumerate(parts)]
+
+
+def group_alive(process: subprocess.Popen) -> bool:
+    """Whether any process of the part's process group is left."""
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """Each part's whole group stopped as at its limit (:data:`STOP_SIGNALS`), at once."""
+    for sig, grace in STOP_SIGNALS:
+        for process in processes:
+            signal_group(process, sig)
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(
+                process.poll() is None or group_alive(process) for process in processes):
+            time.sleep(0.1)
 
 
 def part_result(name: str, code: int | None, seconds: float, log: Path) -> dict:
@@ -210,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
               f"--no-index --no-deps --target DIR them, and put DIR on PYTHONPATH)",
               file=sys.stderr)
         return 2
-    from basisconv.data import find_cifar10
-    from basisconv.errors import DatasetError
     from basisconv.records import RunRecord, device_name, provenance, write_record
 
     work = Path(args.work_dir)
@@ -237,34 +269,66 @@ def main(argv: list[str] | None = None) -> int:
     # the untimed parts together first, then each timed part alone
     groups = [[n for n in args.parts if n in UNTIMED]] + [[n] for n in args.parts
                                                          if n not in UNTIMED]
-    for group in filter(None, groups):
-        if parts:
-            write("running")
-        if left() < 10:  # not run is not passed: the check did not fit its budget
-            for name in group:
-                print(f"== {name}: not run (the {args.budget_s} s budget is spent)", flush=True)
-                parts.append({"part": name, "status": "not run",
-                              "reason": f"the {args.budget_s} s budget was spent (--budget-s)"})
-            continue
-        if group[0].startswith("paper-epoch"):
-            try:
-                find_cifar10(args.data_root)
-            except DatasetError as err:
-                print(f"== {group[0]}: skipped ({err})", flush=True)
-                parts.append({"part": group[0], "status": "skipped", "reason": str(err)})
+    def run_groups() -> None:  # each group in turn, the record written between them
+        from basisconv.data import find_cifar10
+        from basisconv.errors import DatasetError
+
+        for group in filter(None, groups):
+            if parts:
+                write("running")
+            if left() < 10:  # not run is not passed: the check did not fit its budget
+                for name in group:
+                    print(f"== {name}: not run (the {args.budget_s} s budget is spent)",
+                          flush=True)
+                    parts.append({"part": name, "status": "not run", "reason":
+                                  f"the {args.budget_s} s budget was spent (--budget-s)"})
                 continue
-        commands = [(name, *part_command(name, args, work)) for name in group]
-        for result in run_parts_together([(name, command, limit(own))
-                                          for name, command, own in commands], env, work):
-            if result["part"].startswith("paper-epoch"):
-                result.update(paper_epoch_details(work / result["part"]))
-            parts.append(result)
+            if group[0].startswith("paper-epoch"):
+                try:
+                    find_cifar10(args.data_root)
+                except DatasetError as err:
+                    print(f"== {group[0]}: skipped ({err})", flush=True)
+                    parts.append({"part": group[0], "status": "skipped", "reason": str(err)})
+                    continue
+                # a fresh run folder: an earlier check's run.json (kept by trainer.resume=false
+                # when this one stops before its first epoch) would lend it its epoch times
+                shutil.rmtree(work / group[0], ignore_errors=True)
+            commands = [(name, *part_command(name, args, work)) for name in group]
+            for result in run_parts_together([(name, command, limit(own))
+                                              for name, command, own in commands], env, work):
+                if result["part"].startswith("paper-epoch"):
+                    result.update(paper_epoch_details(work / result["part"]))
+                parts.append(result)
+
+    previous = signal.signal(signal.SIGTERM, stopped_by)
+    try:
+        run_groups()
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (a slot ending): what ran is kept
+        signum = getattr(err, "signum", signal.SIGINT)
+        write("stopped")
+        print(f"gpu-check stopped by {signal.Signals(signum).name}; its parts were stopped "
+              f"too; record {path}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     passed = all(p["status"] in ("pass", "skipped") for p in parts)
     write("complete" if passed else "failed")
     summary = ", ".join(f"{p['part']} {p['status']}" for p in parts)
     print(f"gpu-check {'PASSED' if passed else 'FAILED'} on {prov['hardware']['gpu']}: "
           f"{summary}; record {path}")
     return 0 if passed else 1
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where the check is, as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+
+def stopped_by(signum: int, frame) -> None:
+    raise Stopped(signum)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,51 @@ def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_al
     assert not os.path.exists(stat) or Path(stat).read_text().split(") ")[1][0] == "Z"
 
 
+def test_a_gpu_check_part_stopped_at_its_limit_takes_along_what_ignores_sigterm(
+        gpu_check, tmp_path):
+    """Found in review: a part whose top process exited on SIGTERM counted as stopped, and
+    a process of its group that ignored SIGTERM never got SIGKILL."""
+    marker = tmp_path / "straggler.pid"
+    script = f"(trap '' TERM; sleep 60) & echo $! > {marker}; sleep 60"
+    (result,) = gpu_check.run_parts_together([("slow", ["bash", "-c", script], 1)],
+                                             dict(os.environ), tmp_path)
+    assert result["timed_out"]
+    stat = f"/proc/{int(marker.read_text())}/stat"
+    assert not os.path.exists(stat) or Path(stat).read_text().split(") ")[1][0] == "Z"
+
+
+def test_a_stopped_gpu_check_stops_its_parts(gpu_check, tmp_path, monkeypatch):
+    """Found in review: the parts run in sessions of their own, so Ctrl-C (or a SIGTERM to
+    the check) left them running on the GPU."""
+    import time
+
+    marker = tmp_path / "part.pid"
+    sleeps, sleep = [], time.sleep
+
+    def interrupted(seconds):  # Ctrl-C while the check waits for its parts
+        sleeps.append(seconds)
+        if len(sleeps) == 5:
+            raise KeyboardInterrupt
+        sleep(seconds)
+
+    monkeypatch.setattr(gpu_check.time, "sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.run_parts_together([("part", ["bash", "-c", f"echo $$ > {marker}; sleep 60"],
+                                       120)], dict(os.environ), tmp_path)
+    stat = f"/proc/{int(marker.read_text())}/stat"
+    assert not os.path.exists(stat) or Path(stat).read_text().split(") ")[1][0] == "Z"
+
+
+def test_gpu_check_takes_its_folders_from_where_it_was_started(gpu_check, tmp_path,
+                                                               monkeypatch):
+    """Found in review: a relative --data-root was found from the caller's folder by the
+    check but read from the repository by its parts."""
+    monkeypatch.chdir(tmp_path)
+    args = gpu_check.arguments(["--data-root", "data", "--work-dir", "w", "--out-dir", "~/o"])
+    assert (args.data_root, args.work_dir) == (str(tmp_path / "data"), str(tmp_path / "w"))
+    assert args.out_dir == str(Path.home() / "o")
+
+
 def test_gpu_check_runs_its_untimed_parts_at_once_and_times_each(gpu_check, tmp_path):
     """The tests and the smoke protocol run together (each part here waits for the other's
     mark, so run one after the other both would hit their limit); each part still has its
