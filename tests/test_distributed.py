@@ -209,3 +209,29 @@ def test_a_record_says_how_many_processes_ran_it(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for every process
     assert hardware()["processes"] == 2
     assert timing_setup({}, hardware()) == timing_setup({}, alone) + ", 2 processes"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_rank_0_cannot_write_stops_every_process_with_one_line(tmp_path, repo):
+    """Found in review: rank 0's save failed, and it waited at the group's closing barrier
+    while rank 1 waited in the next epoch's first collective: both hung until the group's
+    30-minute timeout; and every rank printed its own message."""
+    import time
+
+    folder = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(repo / "scripts" / "train.py"), "data=stripes",
+               "data.synthetic_train=200", "data.synthetic_test=50", "model=resnet20",
+               "model.width=0.25", "trainer.batch_size=50", "trainer.epochs=3",
+               "trainer.threads=1", "trainer.progress=false", "trainer.device=cpu",
+               "logger=none", f"hydra.run.dir={folder}"]
+    start = time.monotonic()
+    # files of at most 50 KiB: the checkpoint (about 400 KiB) cannot be written
+    result = subprocess.run(["bash", "-c", 'ulimit -f 50; exec "$@"', "bash", *command],
+                            env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert time.monotonic() - start < 240, "the processes waited for each other"
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "could not save epoch 1 (" in errors[0], result.stderr[-3000:]
+    assert "File too large" in errors[0]

@@ -604,3 +604,21 @@ def test_a_run_folder_that_is_a_file_is_one_clear_error(tmp_path, repo):
         with pytest.raises(ConfigError, match=f"cannot write the run's folder {folder} .*; "
                                               f"point hydra.run.dir at a folder"):
             fit(cfg, folder)
+
+
+def test_a_checkpoint_the_disk_refuses_is_a_write_error(tmp_path):
+    """Found in review: torch's zip writer reports a refused write (a full disk, here a
+    file-size limit) as a RuntimeError, whose context is the OSError; it passed every
+    handler of OSError (the run's one-line "could not save epoch N") and ended in a trace."""
+    script = ("import sys, torch; from pathlib import Path\n"
+              "from basisconv.checkpoint import save_checkpoint\n"
+              "from basisconv.errors import WriteError\n"
+              "try:\n"
+              "    save_checkpoint(Path(sys.argv[1]), {'w': torch.zeros(100_000)})\n"
+              "except WriteError as err:\n"
+              "    print('WriteError', err.strerror)\n")
+    result = subprocess.run(["bash", "-c", 'ulimit -f 50; exec "$@"', "bash", sys.executable,
+                             "-c", script, str(tmp_path / "checkpoint.pt")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "WriteError File too large", result.stderr[-2000:]
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -68,7 +68,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         sums = [file_digest(tmp), *older]
         write_text_atomic(checksum_path(path), "\n".join(sums) + "\n")
 
-    write_atomic(path, lambda f: torch.save(state, f), before_replace=record_sum)
+    def save(f) -> None:
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:  # torch's zip writer reports a refused write (a full
+            if isinstance(err.__context__, OSError):  # disk, a file-size limit) as this,
+                raise err.__context__ from None  # the OSError as its context
+            raise
+
+    write_atomic(path, save, before_replace=record_sum)
 
 
 def stored_sums(path: Path) -> list[str]:

@@ -294,6 +294,12 @@ def log_to_files(message: str) -> None:
             handler.handle(record)
 
 
+def first_process() -> bool:
+    """Whether this is the process that speaks for a run: under ``torchrun`` rank 0 (each
+    rank meets the same error; N lines, some contradicting rank 0's, said it N times)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def raise_stopped(signum: int, frame) -> None:
     raise Stopped(signum)
 
@@ -324,9 +330,10 @@ def exit_on_user_error(fn: F) -> F:
             message = " ".join(str(err).split())
             if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
                 message = f"{str(err).splitlines()[0]} (in {err.full_key})"
-            if not isinstance(err, FolderInUse):  # else the log is the other run's
-                log_to_files(f"error: {message}")
-            print(f"error: {message}", file=sys.stderr)
+            if first_process():
+                if not isinstance(err, FolderInUse):  # else the log is the other run's
+                    log_to_files(f"error: {message}")
+                print(f"error: {message}", file=sys.stderr)
             if in_sweep():  # the sweep's other jobs still run
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)
                 name = run_name(args[0]) if args else None
@@ -339,8 +346,9 @@ def exit_on_user_error(fn: F) -> F:
             signum = getattr(err, "signum", signal.SIGINT)
             message = (f"stopped by {signal.Signals(signum).name}"
                        f"{': ' + str(err) if str(err) else ''}")
-            log_to_files(message)
-            print(message, file=sys.stderr)
+            if first_process():
+                log_to_files(message)
+                print(message, file=sys.stderr)
             sys.exit(128 + signum)
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -49,12 +49,24 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
-def teardown() -> None:
-    """Leave the process group together: a rank that tears gloo down while a peer is still
-    writing its records can abort the peer."""
+def teardown(together: bool = True) -> None:
+    """Leave the process group: ``together`` after a run that ended well (a rank that tears
+    gloo down while a peer is still writing its records can abort the peer), at once after
+    one that failed, whose peers may wait in a collective this rank never joins (a barrier
+    there hung both until the group's 30-minute timeout)."""
     if is_distributed():
-        dist.barrier()
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def from_main(values: list[int], device: torch.device) -> list[int]:
+    """Rank 0's ``values`` on every process (``values`` as given in a single process)."""
+    if not is_distributed():
+        return values
+    tensor = torch.tensor(values, dtype=torch.long, device=device)  # NCCL's on the GPU
+    dist.broadcast(tensor, src=0)
+    return tensor.tolist()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -297,8 +297,7 @@ class Training:
                     record.provenance["finished"] = timestamp()
                     results["final"] = final_metrics(results["epochs"])
                     self.tracker.summary(results["final"])
-                if self.main_process:
-                    self.save()
+                self.save_everywhere()
             failed = False
         except TrainingDiverged as err:  # before this epoch's record and checkpoint
             raise TrainingDiverged(self.diverged_message(err), err.quantity, err.value) from None
@@ -310,8 +309,27 @@ class Training:
             # cycles, so dropping the name alone leaves it to a later (too late) collection.
             self.step_model = None
             gc.collect()
-            distributed.teardown()
+            distributed.teardown(together=not failed)
         return record.as_dict()
+
+    def save_everywhere(self) -> None:
+        """Rank 0 saves (:meth:`save`); every process learns whether it could and of which
+        epoch its checkpoint is, so that all stop together when it could not (the others
+        would wait in the next epoch's first collective for a rank that had left) and all
+        say the same of where a stop leaves the run."""
+        error = None
+        if self.main_process:
+            try:
+                self.save()
+            except SaveError as err:
+                error = err
+        saved, self.saved_epochs = distributed.from_main(
+            [error is None, self.saved_epochs], self.device)
+        if error is not None:
+            raise error
+        if not saved:  # (said by rank 0, which alone prints)
+            raise SaveError(f"the run in {self.output_dir} could not save epoch "
+                            f"{len(self.results['epochs'])} (rank 0 says why)")
 
     def save(self) -> None:
         """The checkpoint first, then the record: a kill (or a full disk) between the two
