@@ -94,17 +94,18 @@ def run_parts_together(parts: list[tuple[str, list[str], int]], env: dict,
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     running = []
-    for name, command, limit_s in parts:
-        print(f"== {name} (at most {limit_s} s): {' '.join(command)}", flush=True)
-        with open(log_dir / f"{name}.log", "w") as out:
-            # its own process group: at the limit every process it started is stopped
-            running.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True))
     ended: dict[int, tuple[int | None, float]] = {}  # part -> (exit code, seconds)
     # part -> (seconds when its limit was reached, signals sent): stopped without blocking
     # the loop, so another part's end is seen (and timed, and its limit kept) meanwhile
     stopping: dict[int, tuple[float, int]] = {}
     try:
+        for name, command, limit_s in parts:
+            print(f"== {name} (at most {limit_s} s): {' '.join(command)}", flush=True)
+            with open(log_dir / f"{name}.log", "w") as out:
+                # its own process group: at the limit every process it started is stopped
+                running.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                                stderr=subprocess.STDOUT,
+                                                start_new_session=True))
         while len(ended) < len(parts):
             for i, ((_, _, limit_s), process) in enumerate(zip(parts, running)):
                 if i in ended:
@@ -144,14 +145,20 @@ def group_alive(process: subprocess.Popen) -> bool:
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:
-    """Each part's whole group stopped as at its limit (:data:`STOP_SIGNALS`), at once."""
-    for sig, grace in STOP_SIGNALS:
-        for process in processes:
-            signal_group(process, sig)
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(
-                process.poll() is None or group_alive(process) for process in processes):
-            time.sleep(0.1)
+    """Each part's whole group stopped as at its limit (:data:`STOP_SIGNALS`), at once; a
+    second Ctrl-C or SIGTERM meanwhile is ignored (it would skip the SIGKILL)."""
+    ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig, grace in STOP_SIGNALS:
+            for process in processes:
+                signal_group(process, sig)
+            end = time.monotonic() + grace
+            while time.monotonic() < end and any(
+                    process.poll() is None or group_alive(process) for process in processes):
+                time.sleep(0.1)
+    finally:
+        for sig, handler in ignored.items():
+            signal.signal(sig, handler)
 
 
 def part_result(name: str, code: int | None, seconds: float, log: Path) -> dict:

@@ -88,7 +88,8 @@ step() {  # step <name> <command...>: run it under the time limit, log it, go on
   STEP_PID=
   if [ "$status" -eq 0 ]; then
     echo "== $name: done in $((SECONDS - start)) s"
-  elif [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  elif { [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; } \
+       && [ $((SECONDS - start)) -ge "$limit" ]; then  # (137 sooner: killed, e.g. out of memory)
     echo "== $name: stopped at its ${limit} s limit (log $OUT/logs/$name.log)"
     FAILED+=("$name")
   else

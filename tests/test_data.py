@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -353,4 +355,15 @@ def test_a_download_torchvision_refuses_is_a_clear_error(tmp_path, monkeypatch):
                          ("torchvision.datasets.utils", utils)):
         monkeypatch.setitem(sys.modules, name, module)
     with pytest.raises(DatasetError, match="could not download CIFAR-10 .*corrupted"):
+        load_cifar10(tmp_path / "new", download=True)
+
+
+def test_a_download_with_the_wrong_md5_says_so_not_offline(tmp_path, monkeypatch):
+    import basisconv.data as data
+
+    monkeypatch.setattr(data.urllib.request, "urlretrieve",
+                        lambda url, path: Path(path).write_bytes(b"not a tarball"))
+    monkeypatch.setitem(__import__("sys").modules, "torchvision", None)  # the stdlib path
+    with pytest.raises(DatasetError, match=r"^downloaded .* has the wrong md5; delete it "
+                                           r"and retry\.$"):
         load_cifar10(tmp_path / "new", download=True)

@@ -85,6 +85,7 @@ case "$*" in
   *"device_name(hardware())"*) {probe};;
 esac
 echo "$$ $*" >> {calls}
+if [ -n "${{STEP_KILLED:-}}" ]; then kill -KILL $$; fi
 exec sleep "${{STEP_SLEEP:-0}}"
 """
 
@@ -188,21 +189,25 @@ def test_a_gpu_check_part_stopped_at_its_limit_takes_along_what_ignores_sigterm(
 def test_a_stopped_gpu_check_stops_its_parts(gpu_check, tmp_path, monkeypatch):
     """Found in review: the parts run in sessions of their own, so Ctrl-C (or a SIGTERM to
     the check) left them running on the GPU."""
+    import signal
     import time
 
     marker = tmp_path / "part.pid"
     sleeps, sleep = [], time.sleep
 
-    def interrupted(seconds):  # Ctrl-C while the check waits for its parts
-        sleeps.append(seconds)
+    def interrupted(seconds):  # Ctrl-C while the check waits for its parts, and again
+        sleeps.append(seconds)  # while it stops them (a second Ctrl-C skipped the SIGKILL)
         if len(sleeps) == 5:
             raise KeyboardInterrupt
+        if len(sleeps) == 8:
+            os.kill(os.getpid(), signal.SIGINT)
         sleep(seconds)
 
     monkeypatch.setattr(gpu_check.time, "sleep", interrupted)
+    part = f"trap '' TERM; echo $$ > {marker}; sleep 60"  # it takes SIGKILL to stop it
     with pytest.raises(KeyboardInterrupt):
-        gpu_check.run_parts_together([("part", ["bash", "-c", f"echo $$ > {marker}; sleep 60"],
-                                       120)], dict(os.environ), tmp_path)
+        gpu_check.run_parts_together([("part", ["bash", "-c", part], 120)], dict(os.environ),
+                                     tmp_path)
     stat = f"/proc/{int(marker.read_text())}/stat"
     assert not os.path.exists(stat) or Path(stat).read_text().split(") ")[1][0] == "Z"
 
@@ -309,3 +314,11 @@ def test_each_tests_changes_to_the_import_path_are_undone():
     sys.path.insert(0, "/nowhere")
     _restore_global_state(state)
     assert "/nowhere" not in sys.path
+
+
+def test_gpu_speed_calls_a_step_killed_early_failed_not_stopped_at_its_limit(repo, tmp_path):
+    """Found in review: a step killed by SIGKILL (out of memory) at once was reported as
+    stopped at its limit (timeout passes the child's 137 on)."""
+    done = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0", STEP_KILLED="1")
+    out, err = done.communicate(timeout=120)
+    assert "stopped at its" not in out and "== train-bf16: FAILED after" in out, out + err

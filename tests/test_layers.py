@@ -412,3 +412,7 @@ def test_max_error_a_coefficient_rank_cannot_meet_is_one_clear_error():
         BasisConv2d.from_conv(conv, max_error=0.01, coefficient_rank=8)
     with pytest.raises(ConfigError, match="coefficient_rank=17 fits no basis size"):
         BasisConv2d.from_conv(conv, max_error=0.5, coefficient_rank=17)
+    for rank in (2.5, "2", 0, True):  # one line, not a TypeError from the search
+        with pytest.raises(ConfigError, match=f"coefficient_rank must be None or an int >= 1, "
+                                              f"got {rank!r}"):
+            BasisConv2d.from_conv(conv, max_error=0.5, coefficient_rank=rank)

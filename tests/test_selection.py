@@ -779,3 +779,16 @@ def test_the_pretraining_keeps_the_trainers_warm_up_and_a_fine_tune_has_none(
     probe = Probe(cfg)
     probe.evaluate_layers(["layer1.0.conv1"])
     assert warmups == [("cosine", 0.3), ("cosine", 0.0)]
+
+
+def test_a_table_pretrained_without_the_cosine_warm_up_is_not_reused(repo, tmp_path):
+    """Since the pretraining keeps trainer.warmup_fraction under a cosine schedule, a table
+    cached before (pretrained without it) has another key; other schedules' keys stay."""
+    def fields(*overrides):
+        return sensitivity.key_fields(compose_sensitivity(repo, tmp_path, *overrides))
+
+    assert fields("trainer.schedule=cosine", "trainer.warmup_fraction=0.3")["sensitivity"][
+        "pretrain_warmup"] is True
+    for overrides in (("trainer.schedule=onecycle",), ("trainer.schedule=cosine",
+                                                       "trainer.warmup_fraction=0")):
+        assert "pretrain_warmup" not in fields(*overrides)["sensitivity"]

@@ -221,3 +221,20 @@ def test_times_are_measured_only_where_the_budget_rule_chooses(repo, tmp_path, m
                           "flops_saved": [1, 1]})
     timed, dense = time_budget.with_measured_time(cfg, table, {"params": 10, "flops": 10})
     assert calls == [] and "time" not in dense and timed is table
+
+
+def test_a_norm_passed_to_the_layer_by_position_is_seen_as_folded():
+    from basisconv import timing
+    from basisconv.layers import BasisConv2d
+
+    class Positional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = BasisConv2d(3, 8, 3, 2, padding=1, fuse_norm=True)
+            self.bn = torch.nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return self.conv(x, self.bn, True)
+
+    assert timing.folded_norms(Positional(), ["conv"], torch.randn(2, 3, 8, 8)) == {
+        "conv": ("bn", True)}

@@ -507,6 +507,10 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     assert onecycle[0] == pytest.approx(0.01) and onecycle[1] == pytest.approx(0.08890, abs=1e-4)
     assert onecycle[1:] == sorted(onecycle[1:], reverse=True)
     assert onecycle[-1] == pytest.approx(1e-4)
+    # one nudge of the fraction was not always enough (1/3 of 3 steps stayed 1.0)
+    for warmup, epochs in ((1 / 3, 3), (1 / 6, 6), (1e-7, 10_000_000)):
+        trainer = _trainer(warmup_fraction=warmup, epochs=epochs)
+        loop.build_scheduler(loop.build_optimizer(torch.nn.Linear(2, 2), trainer), trainer, 1)
 
 
 def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():

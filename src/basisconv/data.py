@@ -184,6 +184,8 @@ def download_cifar10(root: str | os.PathLike) -> None:
             raise DatasetError(f"downloaded {archive} has the wrong md5; delete it and retry.")
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
+    except DatasetError:  # its own message (a wrong md5) says what to do
+        raise
     except (OSError, RuntimeError) as err:  # torchvision's md5 mismatch is a RuntimeError
         raise DatasetError(
             f"could not download CIFAR-10 into {root} ({err}). This machine may be offline: "

@@ -250,6 +250,11 @@ class BasisConv2d(nn.Module):
         if max_error is not None:
             if not 0.0 <= float(max_error) < 1.0:
                 raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
+            if coefficient_rank is not None and (
+                    isinstance(coefficient_rank, bool)
+                    or not isinstance(coefficient_rank, numbers.Integral) or coefficient_rank < 1):
+                raise ConfigError(f"coefficient_rank must be None or an int >= 1, got "
+                                  f"{coefficient_rank!r}")  # (before the search uses it)
             m, reached = smallest_basis(conv.weight, float(max_error), coefficient_rank)
             if m is None and math.isinf(reached):
                 raise ConfigError(f"coefficient_rank={coefficient_rank} fits no basis size of "

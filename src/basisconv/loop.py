@@ -186,7 +186,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
     total = trainer.epochs * steps_per_epoch
     if trainer.schedule == "onecycle":
         warmup = trainer.warmup_fraction
-        if warmup * total == 1:  # torch's warm-up phase would end where it starts (0 / 0)
+        while warmup * total == 1:  # torch's warm-up phase would end where it starts (0 / 0):
             warmup = math.nextafter(warmup, 1.0)  # one step at lr / 10, then the anneal
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=trainer.lr, total_steps=total, pct_start=warmup,

@@ -170,9 +170,11 @@ def folded_norms(basis_model: nn.Module, names: list[str], x: torch.Tensor
     folded: dict[str, tuple[str, bool]] = {}
 
     def remember(name: str):
-        def hook(module, args, kwargs) -> None:
-            if kwargs.get("norm") is not None:
-                folded[name] = module_names[id(kwargs["norm"])], bool(kwargs.get("relu"))
+        def hook(module, args, kwargs) -> None:  # forward(x, norm=None, relu=False)
+            norm = kwargs.get("norm", args[1] if len(args) > 1 else None)
+            relu = kwargs.get("relu", args[2] if len(args) > 2 else False)
+            if norm is not None:
+                folded[name] = module_names[id(norm)], bool(relu)
         return hook
     hooks = [basis_model.get_submodule(name).register_forward_pre_hook(
         remember(name), with_kwargs=True) for name in names]
