@@ -309,8 +309,8 @@ def exit_on_user_error(fn: F) -> F:
     stack trace; ``BASISCONV_DEBUG=1`` shows the trace. A run stopped by SIGINT (Ctrl-C)
     or SIGTERM says in one line where it stopped and exits with 130 or 143. Either line
     also goes to the run's log file, unless the folder is another run's (its log is that
-    run's); under ``torchrun`` rank 0 alone says it. Hydra's errors before the task starts are one line
-    with exit status 2 as well (see :func:`run_and_report`)."""
+    run's); under ``torchrun`` rank 0 alone says it. Hydra's errors before the task starts
+    are one line with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
     hydra_core_utils._save_config = save_config_keeping_old
     hydra_core_utils.JobReturn.return_value = property(failed_job_unsaid,

@@ -43,6 +43,7 @@ from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SelectionConfig:
     """The ``selection`` config group's keys (the schema of ``configs/selection/``; here,

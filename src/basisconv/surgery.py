@@ -256,8 +256,8 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
 def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
     """Warn where a converted conv's weight is also a module's that stays as it is (weight
     tying, ``b.weight = a.weight``): from now on the two train apart."""
-    converted = {id(stored_parameter(conv, "weight")): name for name, conv in targets.items()
-                 if stored_parameter(conv, "weight") is not None}
+    weights = {name: stored_parameter(conv, "weight") for name, conv in targets.items()}
+    converted = {id(weight): name for name, weight in weights.items() if weight is not None}
     for name, module in model.named_modules():
         if name in targets:
             continue

@@ -15,7 +15,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import shlex
 import signal
 from pathlib import Path
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
                          save_checkpoint)
-from .cli import sweep_folder_override
+from .cli import first_process, sweep_folder_override
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged
@@ -57,7 +56,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     record is also written to ``cfg.publish`` when set (see :func:`records.publish`)."""
     validate(cfg)
     output_dir = make_folder(output_dir)
-    first_rank = int(os.environ.get("RANK", "0")) == 0
+    first_rank = first_process()
     with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
         if first_rank:
             remove_leftovers(output_dir)
