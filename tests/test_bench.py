@@ -155,6 +155,13 @@ def test_timed_batches_time_each_batch_they_yield():
     assert batches[0][0].shape == (4, 3, 8, 8) and batches[0][0].dtype == torch.float32
 
 
+def test_timed_batches_go_on_into_the_next_epoch_when_one_has_fewer_batches():
+    # 20 images at batch 8 are two training batches an epoch (the partial one dropped)
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    timed = TimedBatches(TensorBatches(images, torch.zeros(20, dtype=torch.long), 8, train=True), 5)
+    assert len(list(timed)) == len(timed.seconds) == 5
+
+
 def test_layer_benchmark_rows_have_the_committed_columns(repo):
     options = SpeedOptions(batch_size=2, fractions=[0.25, 0.5], layer_repeats=1, warmup=0)
     shapes = {ConvShape(3, 8, 3, 1, 1, 8): ["stem"], ConvShape(8, 16, 3, 2, 1, 8): ["a", "b"]}

@@ -115,6 +115,28 @@ def test_a_basis_step_is_relative_to_the_dense_step_of_its_own_precision_batch_a
     assert pd.isna(train.loc[(512, "basis 0.25"), "relative_to_dense"])
 
 
+def test_records_of_one_dirty_commit_with_different_changes_are_not_compared(tmp_path):
+    """``-dirty`` alone does not say the code was the same: the diff's hash does."""
+    def dirty(diff):
+        return {"git": {"commit": "d" * 40, "dirty": True, "diff_sha256": diff}}
+    _train_record(tmp_path, "cuda-bf16", GPU, 0.0075)
+    _train_record(tmp_path, "cuda-bf16-basis0.5", GPU, 0.0090, basis_size=0.5)
+    for name, diff in [("cuda-bf16", "a" * 64), ("cuda-bf16-basis0.5", "b" * 64)]:
+        path = tmp_path / f"train-throughput-{name}.json"
+        record = json.loads(path.read_text())
+        record["provenance"].update(dirty(diff))
+        path.write_text(json.dumps(record))
+    train = speed.training_speed([tmp_path]).set_index("model")
+    assert train.loc["basis 0.5", "commit"] == train.loc["dense", "commit"] == "ddddddd-dirty"
+    assert pd.isna(train.loc["basis 0.5", "relative_to_dense"])
+    # the same changes: the same code, compared
+    record = json.loads(path.read_text())
+    record["provenance"].update(dirty("a" * 64))
+    path.write_text(json.dumps(record))
+    train = speed.training_speed([tmp_path]).set_index("model")
+    assert train.loc["basis 0.5", "relative_to_dense"] == pytest.approx(1.2)
+
+
 def test_a_cpu_benchmark_on_a_gpu_machine_is_the_cpus_and_not_compared_with_the_gpu(tmp_path):
     """The provenance of any run on a GPU machine lists its GPU; a CPU benchmark run there
     (the scripts' default device) is the CPU's row and panel, and a dense CPU step is not the

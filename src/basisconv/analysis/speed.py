@@ -45,8 +45,10 @@ RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
                 "train-throughput-*.json": "scripts/benchmark_train.py"}
 #: What a training step is compared on: a basis row is relative to the dense record that
 #: matches it in all of these (measured with the same code on the same machine, alike).
+#: ``code`` is the commit and, for a dirty tree, the hash of its diff: two records of one
+#: dirty commit with different uncommitted changes ran different code.
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
-                "commit"]
+                "code"]
 
 
 def _origin(record: dict, path: Path) -> dict:
@@ -154,7 +156,9 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
         basis = record.get("basis_size")
         mode = ("graphs" if record.get("cuda_graphs") else
                 f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
-        rows.append({**_origin(record, path), "precision": precision_name(record.get("amp", "none")),
+        git = (record.get("provenance") or {}).get("git") or {}
+        rows.append({**_origin(record, path), "code": (commit_name(git), git.get("diff_sha256")),
+                     "precision": precision_name(record.get("amp", "none")),
                      "batch": record["batch_size"], "mode": mode,
                      "architecture": record.get("model", "resnet18"),
                      "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
@@ -168,12 +172,13 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
                      "images_per_second": record["images_per_second"],
                      # (records from before d1a73b6 did not time it: "-")
                      "checkpoint_seconds": record.get("checkpoint_seconds_median", math.nan)})
-    table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"])
+    table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"]
+                         + ["code"])
     dense = table[table["model"] == "dense"]
     twice = dense[dense.duplicated(SAME_SETTING, keep=False)]
     if len(twice):
         raise DatasetError(f"{' and '.join(twice['source'])} are dense measurements of the "
-                           f"same setting at one commit, so which one a basis row is "
+                           f"same setting with the same code, so which one a basis row is "
                            f"relative to would be a guess; move all but one out of the folders")
     reference = dense.set_index(SAME_SETTING)["seconds_per_step"].rename("dense_seconds")
     table = table.join(reference, on=SAME_SETTING)  # no match: no ratio (shown as "-")

@@ -180,7 +180,8 @@ def device_problem(name: str) -> str | None:
 
 
 class TimedBatches:
-    """The first ``steps`` batches of a :class:`TensorBatches`, timing how long each one
+    """The first ``steps`` batches of a :class:`TensorBatches` (going on into the next epoch
+    when one has fewer, as training would), timing how long each one
     takes to produce (with ``synchronize``, waiting for CUDA so that the time is real: the
     GPU then idles while the next step is launched, so the steps' own time is measured
     without it)."""
@@ -198,7 +199,10 @@ class TimedBatches:
         for _ in range(self.steps):
             sync()
             start = time.perf_counter()
-            batch = next(source)
+            batch = next(source, None)
+            if batch is None:  # more steps than an epoch has batches: the next epoch's
+                source = iter(self.batches)
+                batch = next(source)
             sync()
             self.seconds.append(time.perf_counter() - start)
             yield batch
