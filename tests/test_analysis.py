@@ -1112,3 +1112,30 @@ def test_a_table_of_runs_executed_differently_says_so():
         rec["provenance"]["hardware"]["torch_threads"] = count
     assert "AMD EPYC, 1 thread: 1; AMD EPYC, 2 threads: 1" in timing_line(
         runs_frame([(r, "a") for r in threads]))
+
+
+def test_a_count_of_one_filter_and_the_fraction_one_are_different_rows(tmp_path, monkeypatch):
+    """``basis.size=1`` is one filter, ``1.0`` all of them: two configurations, not one
+    averaged row; the speed plot draws the fractions on a fraction axis (counts apart)."""
+    from basisconv.analysis import figures
+
+    runs = [record(seed=0), *(record("all", size, seed, accuracy=acc, params=p)
+                              for size, acc, p in [(1, 0.3, 100), (1.0, 0.9, 1100)]
+                              for seed in (0, 1))]
+    table = compare(runs_frame([(r, "a") for r in runs]))
+    shown = display_table(table).set_index("basis size")
+    assert list(shown.index) == ["-", "1", "1.0"]
+    assert shown.loc["1", "seeds"] == shown.loc["1.0", "seeds"] == "2"
+    assert shown.loc["1", "test accuracy (%)"].startswith("30.00")
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.speed_vs_basis_size(table, tmp_path / "speed.png", "note")
+    measured = [line for line in drawn[0].axes[1].get_lines()
+                if line.get_label().startswith("measured, fwd+bwd")]
+    assert [list(line.get_xdata()) for line in measured] == [[1.0]]
+    assert "fraction" in drawn[0].axes[1].get_xlabel()
+    only_counts = table[table["basis_size"] != 1.0]
+    figures.speed_vs_basis_size(only_counts, tmp_path / "speed.png", "note")
+    assert "number of basis filters" in drawn[1].axes[1].get_xlabel()
+    for fig in drawn:
+        figures.pyplot().close(fig)

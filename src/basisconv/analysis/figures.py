@@ -32,11 +32,17 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     (right) against the basis size, for basis convolutions in every layer, with the
     speedup the FLOP count predicts; one set of lines per model, epochs, data and swept
     setting, each beside the baseline its table rows are compared with
-    (:func:`~basisconv.analysis.runs.baselines`). ``None`` when there is no size sweep."""
+    (:func:`~basisconv.analysis.runs.baselines`). ``None`` when there is no size sweep.
+    Sizes given as fractions are drawn, or counts of filters when there are no fractions."""
     sweep = table[(table["selection"] == "all") & table["step_speedup"].notna()]
-    sweep = sweep.assign(size=pd.to_numeric(sweep["basis_size"])).sort_values("size")
     if sweep.empty:  # a row has a step speedup only where its baseline was run
         return None
+    # one axis, one unit: fractions where the sweep has any, else counts (kept as text)
+    counts = sweep["basis_size"].map(lambda size: isinstance(size, str))
+    unit = "number of basis filters per layer" if counts.all() else \
+        "fraction of each layer's filters"
+    sweep = sweep[counts] if counts.all() else sweep[~counts]
+    sweep = sweep.assign(size=pd.to_numeric(sweep["basis_size"])).sort_values("size")
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
     base = baselines(table).set_axis(table.index)  # the dense rows the table compares with
@@ -61,7 +67,7 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     right.set_ylabel("speedup over dense (x)")
     right.set_title("speedup")
     for ax in (left, right):
-        ax.set_xlabel("basis size (fraction of each layer's filters)")
+        ax.set_xlabel(f"basis size ({unit})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8 if len(groups) == 1 else 6)
     models = ", ".join(dict.fromkeys(f"{m} x{w:g}" for m, w in zip(sweep["model"], sweep["width"])))

@@ -72,6 +72,13 @@ def record_tag(record: dict[str, Any]) -> str:
             f"{precision_name(record['config']['trainer']['amp'])}")
 
 
+def basis_size_value(size: int | float) -> str | float:
+    """A basis size as a table row keeps it: a fraction as a number, a count of filters as
+    its text. ``basis.size=1`` (one filter) and ``1.0`` (all of them) are different
+    configurations, and pandas would take 1 and 1.0 for one group (or one float column)."""
+    return str(size) if isinstance(size, int) else size
+
+
 def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
     """One complete training run's record as a flat row."""
     cfg, model, final = record["config"], record["model"], record["final"]
@@ -81,7 +88,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
     return {
         "experiment": cfg["name"], "model": cfg["model"]["name"], "width": cfg["model"]["width"],
         "selection": cfg["selection"]["policy"],
-        "basis_size": "-" if dense else cfg["basis"]["size"],
+        "basis_size": "-" if dense else basis_size_value(cfg["basis"]["size"]),
         "epochs": cfg["trainer"]["epochs"],
         "train_images": cfg["data"]["train_subset"] or "all",
         "device": device_name(hardware, trained_on(cfg)),
