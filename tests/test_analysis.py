@@ -566,6 +566,25 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
         "resnet20-sensitivity_budget 0.5"]))
 
 
+def test_results_notebook_falls_back_to_the_run_folders_of_the_profile_it_shows(
+        tmp_path, repo, monkeypatch):
+    """results/paper without published records shows outputs/paper's runs, not quick's."""
+    nbformat = pytest.importorskip("nbformat")
+    results = tmp_path / "results" / "paper"
+    results.mkdir(parents=True)
+    (results / "index.json").write_text(json.dumps({"provenance": {"date": "d", "command": "c"},
+                                                    "files": []}))
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    monkeypatch.setenv("BASISCONV_RESULTS", str(results))
+    monkeypatch.delenv("BASISCONV_RUNS", raising=False)
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    first = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    namespace = {}
+    exec(first.source, namespace)
+    assert namespace["RUNS"] == tmp_path / "outputs" / "paper"
+
+
 def test_make_analyze_reads_the_smoke_profile_where_make_smoke_left_it(repo):
     """make smoke keeps its records in outputs/smoke/results/runs, not results/smoke/runs."""
     import shutil
