@@ -1158,3 +1158,15 @@ def test_a_count_of_one_filter_and_the_fraction_one_are_different_rows(tmp_path,
     assert "number of basis filters" in drawn[1].axes[1].get_xlabel()
     for fig in drawn:
         figures.pyplot().close(fig)
+
+
+def test_runs_recorded_without_their_hardware_or_commit_are_named_unknown(tmp_path):
+    """An edited record or a wandb run without provenance: the tables are written and the
+    note says what is not known (it ended in a TypeError sorting None with the names)."""
+    runs = [json.loads(json.dumps(r)) for r in RECORDS]
+    runs[0]["provenance"] = None
+    runs[1]["provenance"] = {"date": "2026-11-25T05:00:00+00:00", "git": None}
+    write_runs(tmp_path / "runs", runs)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    table = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert "runs on AMD EPYC, unknown hardware; commit abcdef1, unknown;" in table

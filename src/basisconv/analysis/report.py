@@ -29,7 +29,8 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
     dates = sorted(d[:10] for d in runs["date"].dropna())
     span = f"{dates[0]}..{dates[-1]}" if dates and dates[0] != dates[-1] else (dates or ["?"])[0]
     return (f"profile {profile}; {len(runs)} runs on {', '.join(sorted(set(runs['hardware'].astype(str))))}; "
-            f"commit {', '.join(sorted(set(runs['commit'].astype(str))))}; run {span}; "
+            f"commit {', '.join(sorted(set(runs['commit'].astype(str).replace('', 'unknown'))))}; "
+            f"run {span}; "
             f"made {made['date'][:10]} by `{made['command']}`")
 
 
