@@ -834,6 +834,22 @@ def search_record():
                        "spearman_predicted_vs_measured_loss": 0.5}}
 
 
+def test_a_search_record_without_its_table_is_unreadable_not_a_failed_analysis(tmp_path):
+    """An older search record (its table in the search.csv beside it) copied without that
+    file: listed as unreadable in index.json, not a FileNotFoundError after the tables."""
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    older = search_record()
+    del older["table"]
+    (tmp_path / "runs" / "search.json").write_text(json.dumps(older))
+    write_report(analyze_cfg(tmp_path), "analyze")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == [str(tmp_path / "runs" / "search.json")]
+    # beside its search.csv it is read
+    pd.DataFrame(search_record()["table"]).to_csv(tmp_path / "runs" / "search.csv", index=False)
+    written = [p.name for p in write_report(analyze_cfg(tmp_path), "analyze")]
+    assert "exhaustive-search-resnet8-cpu-fp32.md" in written
+
+
 def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_path,
                                                                              monkeypatch):
     from basisconv.analysis import search

@@ -417,8 +417,8 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
-        """Read a record back; one written before records had a ``kind`` (basisconv
-        before 0.2) is a training run, the only producer that wrote none."""
+        """Read a record back; one written before records had a ``kind`` (before commit
+        ``04946d5``) is a training run, the only producer that wrote none."""
         rest = {k: v for k, v in data.items()
                 if k not in ("kind", "status", "config", "provenance")}
         return cls(data.get("kind") or "training", data.get("config") or {},

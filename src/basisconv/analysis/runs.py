@@ -209,6 +209,14 @@ def is_record(data: Any) -> bool:
     return isinstance(data, dict) and bool({"kind", "status", "config"} & data.keys())
 
 
+def search_table_found(record: dict, folder: Path) -> bool:
+    """Whether an exhaustive search's subsets can be read: in its record, or in the
+    ``search.csv`` beside an older one (before ``04946d5``; a published copy of one has
+    none); true of every other kind of record."""
+    return (record["kind"] != "exhaustive_search" or "table" in record
+            or (folder / "search.csv").is_file())
+
+
 def read_records(root: str | Path, unreadable: list[str] | None = None
                  ) -> list[tuple[dict, Path]]:
     """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
@@ -225,6 +233,9 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
             missing = missing_fields(record)
             if missing:
                 raise ValueError(f"a {record['kind']} record without {', '.join(missing)}")
+            if not search_table_found(record, path.parent):
+                raise ValueError("an exhaustive_search record without its table (no table "
+                                 "field and no search.csv beside it)")
             # a run's own run.json and its published copy are one run, counted once
             identity = json.dumps([record["kind"], record["config"], record["provenance"]],
                                   sort_keys=True, default=str)

@@ -13,8 +13,9 @@ from .runs import record_tag
 
 
 def subsets(record: dict, folder: Path) -> pd.DataFrame:
-    """One row per subset. Records written before basisconv 0.2 hold only the summary;
-    their table is the ``search.csv`` beside them."""
+    """One row per subset. Records written before commit ``04946d5`` hold only the
+    summary; their table is the ``search.csv`` beside them (one without either is
+    unreadable: :func:`~basisconv.analysis.runs.search_table_found`)."""
     if "table" in record:
         return pd.DataFrame(record["table"])
     return pd.read_csv(Path(folder) / "search.csv")
