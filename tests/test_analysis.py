@@ -1186,3 +1186,15 @@ def test_runs_recorded_without_their_hardware_or_commit_are_named_unknown(tmp_pa
     write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
     table = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
     assert "runs on AMD EPYC, unknown hardware; commit abcdef1, unknown;" in table
+
+
+def test_dense_runs_of_one_seed_on_two_machines_are_two_runs_not_copies():
+    """Record folders of two machines merged by hand: the dense row counts both runs, as
+    the basis row does, instead of averaging them into one seed."""
+    runs = [record(seed=0, accuracy=0.90), record(seed=0, accuracy=0.80),
+            record("all", 0.5, 0, accuracy=0.70), record("all", 0.5, 0, accuracy=0.60)]
+    for run in runs[1::2]:
+        run["provenance"]["hardware"] = {"cpu": "Intel Xeon"}
+    table = compare(runs_frame([(r, "a") for r in runs])).set_index("selection")
+    assert table.loc["none", "seeds"] == table.loc["all", "seeds"] == 2
+    assert table.loc["none", "test_accuracy_std"] == pytest.approx(0.0707, abs=1e-4)

@@ -175,7 +175,7 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
 def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[dict[str, Any]]:
     """Per-epoch metrics of one run, with its configuration columns."""
     row = run_row(record, where)
-    keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "where"]}
+    keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "hardware", "where"]}
     return [{**keys, "settings": setting, **epoch} for epoch in record["epochs"]]
 
 
@@ -337,9 +337,11 @@ def distinct_runs(runs: pd.DataFrame, per: tuple[str, ...] = ("seed",),
     ``selection=none,all basis.size=0.25,0.5`` trains the same dense run once per size), so
     they are one run, not more seeds; the copies' ``metrics`` are averaged into the first.
     Basis runs of one seed stay: they may differ in ``selection.seed`` (random selection),
-    and one seed counted twice there is named under the table. ``per`` is what one row of
-    one run is: its seed, and for the training curves (:func:`distinct_curves`) its epoch."""
-    keys = [*ROW_COLUMNS, *per]
+    and one seed counted twice there is named under the table. Dense runs of one seed on
+    two machines (record folders merged by hand) stay two runs too: they are not copies.
+    ``per`` is what one row of one run is: its seed, and for the training curves
+    (:func:`distinct_curves`) its epoch."""
+    keys = [*ROW_COLUMNS, "hardware", *per]
     dense = runs["selection"] == "none"
     copies = dense & runs.duplicated(keys, keep=False)
     if not copies.any():
@@ -353,7 +355,7 @@ def distinct_runs(runs: pd.DataFrame, per: tuple[str, ...] = ("seed",),
 def distinct_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """The per-epoch rows of :func:`curves_frame` with each dense run counted once
     (:func:`distinct_runs`), so a mean over seeds weighs every seed alike."""
-    keys = {*ROW_COLUMNS, "seed", "epoch", "where"}
+    keys = {*ROW_COLUMNS, "seed", "epoch", "hardware", "where"}
     metrics = [c for c in curves.select_dtypes("number").columns if c not in keys]
     return distinct_runs(curves, per=("seed", "epoch"), metrics=metrics)
 
