@@ -643,3 +643,22 @@ def test_a_run_that_cannot_save_says_so_in_one_line_and_resumes(tmp_path, repo, 
         f"hydra.run.dir={tmp_path} to resume it")
     record = fit(cfg, tmp_path)
     assert record["status"] == "complete" and len(record["epochs"]) == 3
+
+
+def test_a_wandb_service_that_dies_is_one_warning_and_no_exit_traceback(tmp_path, repo,
+                                                                        fake_wandb, caplog):
+    """wandb's service process gone (killed, OOM): log() and finish() both raise, and
+    wandb's own atexit hook printed a ConnectionResetError traceback after the run."""
+    fake_wandb.log_error = ConnectionResetError("Connection lost")
+    torn_down = []
+    fake_wandb.teardown = lambda exit_code=None: torn_down.append(exit_code)
+
+    def finish(self, exit_code=0):
+        raise ConnectionResetError("Connection lost")
+
+    fake_wandb.Run = type("DeadRun", (FakeRun,), {"finish": finish})
+    record = fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
+    assert record["status"] == "complete"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "wandb" in r.message]
+    assert len(warnings) == 1, [r.message for r in warnings]
+    assert torn_down  # the dead service dropped now, not by wandb's atexit hook

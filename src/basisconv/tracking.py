@@ -106,9 +106,30 @@ class Tracker:
         """End the wandb run, also after a call to it failed (it is still open, and would
         otherwise linger until the process exits, or, in a notebook, past it). Such a run
         lacks what came after the failure (later epochs, the final metrics), so it ends
-        marked failed, not as a finished run that ``source=wandb`` analysis would read."""
+        marked failed, not as a finished run that ``source=wandb`` analysis would read.
+
+        A finish that fails after an earlier failure was said (wandb's service process
+        killed: every call then fails) says nothing more; one that fails drops wandb's
+        service at once, which otherwise printed a traceback from wandb's exit hook after
+        the run had ended well."""
         if self.run is not None:
-            failed = failed or not self.working
-            self.working = True
-            self._guard("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
+            said = not self.working
+            try:
+                self.run.finish(exit_code=1 if failed or said else 0)
+            except Exception as err:  # noqa: BLE001 - tracking must never stop training
+                if not said:
+                    log.warning("wandb finish failed (%s: %s); the run record run.json has "
+                                "every metric.", type(err).__name__, err)
+                _drop_wandb_service()
         self.run, self.working = None, False
+
+
+def _drop_wandb_service() -> None:
+    """Close wandb's connection to its service process now (``wandb.teardown``): with the
+    service gone, wandb's own exit hook would fail on it with a traceback."""
+    try:
+        import wandb
+
+        wandb.teardown(exit_code=1)
+    except Exception:  # noqa: BLE001 - nothing more to say: the failure was said
+        pass
