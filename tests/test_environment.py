@@ -33,6 +33,15 @@ def test_environment_yml_matches_requirements(repo):
         assert conda[name] == version, name
 
 
+def test_the_readme_states_the_python_the_package_requires(repo):
+    """A fresh machine's Python that the README allows must install the package (3.11.4
+    was required while the README said 3.11+: Debian 12's 3.11.2 failed in make)."""
+    required = re.search(r'requires-python = ">=([\d.]+)"',
+                         (repo / "pyproject.toml").read_text()).group(1)
+    stated = re.search(r"with Python ([\d.]+)\+", (repo / "README.md").read_text()).group(1)
+    assert stated == required
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("command", [["scripts/gpu_check.py"], ["scripts/gpu_speed.sh"]],
                          ids=["gpu-check", "gpu-speed"])
