@@ -307,3 +307,53 @@ def test_batches_of_fewer_than_two_values_per_channel_are_taken_as_batch_norm_ta
             conv_norm_act(conv, bn, one, relu=True)
     fused_norm.eval()  # the running statistics: one value is fine, as for batch norm
     assert conv_norm_act(fused, fused_norm, one).shape == (1, 10, 1, 1)
+
+
+@pytest.mark.filterwarnings("ignore:a basis layer with fuse_norm")
+@pytest.mark.parametrize("kind", ["forward", "pre"])
+def test_a_norms_hooks_run_when_its_layer_would_fold_it(kind):
+    """The fold never called the norm module, so its hooks (feature extraction,
+    activation statistics) silently did not run."""
+    torch.manual_seed(0)
+    conv = BasisConv2d(4, 8, 3, 3, padding=1, fuse_norm=True)
+    norm, seen = nn.BatchNorm2d(8), []
+    if kind == "forward":
+        norm.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    else:
+        norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    conv_norm_act(conv, norm, torch.randn(2, 4, 6, 6), relu=True)
+    assert seen == [torch.Size([2, 8, 6, 6])]
+
+
+@pytest.mark.filterwarnings("ignore:layer .layer1.0.conv1.. num_basis=8 saves no compute")
+def test_a_hook_moved_from_the_dense_conv_sees_the_convs_output_under_fuse_norm():
+    """apply_basis moves a dense conv's forward hooks to its basis layer, 'whose output is
+    the conv's'; under the fold the hook got relu(bn(conv(x))). Now the modules run one
+    after another, said once; a hook registered with kwargs keeps the fold."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=0.125).eval()
+    seen = []
+    model.layer1[0].conv1.register_forward_hook(lambda m, args, out: seen.append(out))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+        converted = apply_basis(model, "layer1.0.conv1", 1.0, fuse_norm=True)
+        with pytest.warns(UserWarning, match="runs unfused beside its norm") as said:
+            converted(x)
+            converted(x)
+    assert len(said) == 1
+    torch.testing.assert_close(seen[1], seen[0], rtol=1e-4, atol=1e-4)
+    folded = BasisConv2d(4, 8, 3, 3, padding=1, fuse_norm=True)
+    calls = []
+    folded.register_forward_hook(lambda m, args, kwargs, out: calls.append("norm" in kwargs),
+                                 with_kwargs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conv_norm_act(folded, nn.BatchNorm2d(8), torch.randn(2, 4, 6, 6))
+    assert calls == [True]
+
+
+def test_an_unbatched_input_to_a_folded_norm_is_refused_as_batch_norm_refuses_it():
+    conv = BasisConv2d(4, 8, 3, 3, padding=1, fuse_norm=True)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        conv_norm_act(conv, nn.BatchNorm2d(8), torch.randn(4, 6, 6))

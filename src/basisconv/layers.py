@@ -430,12 +430,35 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: torch.Tensor,
     ``fuse_norm`` and ``norm`` a plain ``nn.BatchNorm2d`` (not a synchronized one), else
     the modules one after another. Models call this for every conv-norm(-ReLU) triple so
     that the choice is the layer's (see :mod:`basisconv.kernels.norm`). The fused call
-    still goes through the conv module, so its hooks (the cost model's) see it, with the
-    normalized output."""
-    if getattr(conv, "fuse_norm", False) and type(norm) is nn.BatchNorm2d:
-        return conv(x, norm=norm, relu=relu)
+    still goes through the conv module, so hooks registered ``with_kwargs=True`` (the cost
+    model's) see it, with ``norm=`` and the normalized output. Hooks that expect the
+    modules one after another (the norm's own, a plain forward hook on the conv, such as
+    one moved from the dense conv by :func:`~basisconv.surgery.apply_basis`) are kept
+    right: the modules then run one after another, said once. An unbatched input goes the
+    same way (``nn.BatchNorm2d`` refuses it)."""
+    if getattr(conv, "fuse_norm", False) and type(norm) is nn.BatchNorm2d and x.dim() == 4:
+        if not _hooks_expect_the_modules(conv, norm):
+            return conv(x, norm=norm, relu=relu)
+        _say_once_fold_skipped(conv)
     out = norm(conv(x))
     return F.relu(out) if relu else out
+
+
+def _hooks_expect_the_modules(conv: nn.Module, norm: nn.Module) -> bool:
+    """Whether folding would change what hooks see: the norm's own hooks would not run,
+    and a conv forward hook that does not take ``norm=`` (not registered with kwargs)
+    would get the normalized output for the conv's."""
+    plain_conv_hooks = set(conv._forward_hooks) - set(conv._forward_hooks_with_kwargs)
+    return bool(norm._forward_hooks or norm._forward_pre_hooks or plain_conv_hooks)
+
+
+def _say_once_fold_skipped(conv: nn.Module) -> None:
+    if not getattr(conv, "_said_fold_skipped", False):
+        conv._said_fold_skipped = True
+        warnings.warn("a basis layer with fuse_norm=True runs unfused beside its norm: hooks "
+                      "on the norm, or forward hooks on the layer, expect the modules one "
+                      "after another (register a conv hook with_kwargs=True to keep the "
+                      "fold: it then sees norm= and the normalized output)", stacklevel=3)
 
 
 def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
