@@ -56,8 +56,29 @@ def test_bad_width():
     for width in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=f"width must be a finite number > 0, got {width}"):
             build_model("resnet18", width=width)
-    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
         build_model("resnet20", num_classes=0)
+
+
+@pytest.mark.parametrize("width", ["0.5", None, True])
+def test_a_width_that_is_no_number_is_one_clear_error(width):
+    # "0.5" and None failed in a comparison with a TypeError; True was taken for 1.0
+    with pytest.raises(ValueError, match="model width must be a finite number > 0"):
+        build_model("resnet20", width=width)
+
+
+@pytest.mark.parametrize("classes", [2.5, "10", None, True])
+def test_a_class_count_that_is_no_int_is_one_clear_error(classes):
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
+        build_model("resnet20", num_classes=classes)
+
+
+@pytest.mark.parametrize("depth", [2, -4])
+def test_a_cifar_resnet_without_blocks_is_refused(depth):
+    from basisconv.models.resnet_cifar import CifarResNet
+
+    with pytest.raises(ValueError, match="6n\\+2 with n >= 1"):
+        CifarResNet(depth)
 
 
 def _reference_forward(model, x):

@@ -468,15 +468,22 @@ def test_a_model_torch_cannot_copy_asks_for_inplace():
     # Found by audit: a conv pruned with torch.nn.utils.prune (its weight computed by a
     # hook) failed in copy.deepcopy with torch's "Only Tensors created explicitly by the
     # user" and a deep trace, which does not say that apply_basis copies the model.
+    # A pruned conv's weight is now recomputed (without a graph) before the copy, so that
+    # model copies; a tensor with a graph held elsewhere in the model still cannot.
     import torch.nn.utils.prune as prune
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3))
     prune.l1_unstructured(model[1], "weight", 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)  # a forward with a graph: the weight is no leaf
+    model.scale = torch.ones(1, requires_grad=True) * 2
     with pytest.raises(ValueError, match="cannot be copied.*inplace=True"):
         apply_basis(model, "1", 4)
-    pruned = model[1].weight.detach().clone()
-    x = torch.randn(2, 3, 8, 8)
-    expected = model(x)
+    del model.scale
     with pytest.warns(UserWarning, match="saves no compute"):  # full rank, to compare
+        copied = apply_basis(model, "1", 16)
+    torch.testing.assert_close(copied(x), expected, rtol=1e-4, atol=1e-5)
+    pruned = model[1].weight.detach().clone()
+    with pytest.warns(UserWarning, match="saves no compute"):
         apply_basis(model, "1", 16, inplace=True)
     torch.testing.assert_close(model[1].dense_weight(), pruned)  # the pruned weight
     # the pruning hook, which recomputes a weight the basis layer has not, stays behind
@@ -622,3 +629,53 @@ def test_a_converted_model_exports_with_torch_export(combine):
     exported = torch.export.export(model, (x,))
     assert any("conv2d" in str(node.target) for node in exported.graph.nodes)
     torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm", "prune"])
+def test_converts_the_weight_a_hook_computes_right_after_loading(wrap):
+    """torch's older weight norm, spectral norm and pruning keep the weight as a plain
+    attribute that a forward recomputes: after load_state_dict it is stale, and the
+    full-rank conversion fitted it (wrong output) until a forward had run."""
+    from torch.nn.utils import prune, spectral_norm, weight_norm
+
+    def wrapped():
+        conv = nn.Conv2d(4, 8, 3, padding=1)
+        return nn.Sequential({"weight_norm": weight_norm, "spectral_norm": spectral_norm,
+                              "prune": lambda c: prune.l1_unstructured(c, "weight", 0.5)}[wrap](
+                                  conv)).eval()
+
+    torch.manual_seed(0)
+    trained = wrapped()
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.mul_(3).add_(1)
+    model = wrapped()
+    model.load_state_dict(trained.state_dict())  # no forward since: its weight is stale
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        expected = trained(x)
+        converted = apply_basis(model, "all", 8)
+        torch.testing.assert_close(converted(x), expected)
+        layer = BasisConv2d.from_conv(wrapped()[0].eval(), 8)  # from_conv alone, fresh
+        assert layer.reconstruction_error < 1e-6
+    # torch's own state-dict hooks (spectral norm's) are no user hooks lost: no warning
+    assert not [w for w in said if "state-dict hooks" in str(w.message)]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_a_torchscript_model_is_refused_with_the_fix():
+    model = nn.Sequential(nn.Conv2d(8, 16, 3))
+    for compiled in (torch.jit.script(model), torch.jit.trace(model, torch.randn(1, 8, 5, 5))):
+        with pytest.raises(ConfigError, match="TorchScript.*convert the eager model"):
+            apply_basis(compiled, "all", 4)
+
+
+def test_a_model_on_the_meta_device_is_fitted_only_once_it_has_weights():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1))
+    with pytest.raises(ConfigError, match="layer '0' has no weights yet .meta device.*load"):
+        apply_basis(model, "all", 4)
+    fresh = apply_basis(model, "all", 4, convert=False)  # fresh layers need no values
+    assert isinstance(fresh[0], BasisConv2d) and fresh[0].basis_weight.is_meta

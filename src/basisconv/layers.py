@@ -242,6 +242,7 @@ class BasisConv2d(nn.Module):
         as the conv's did (``requires_grad`` of its weight and bias).
         """
         check_convertible(conv)
+        refresh_computed_weight(conv)
         check_finite_weight(conv)
         c_out = conv.out_channels
         if (num_basis is None) == (max_error is None):
@@ -511,14 +512,40 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
                          f"support zero padding only")
 
 
-def check_finite_weight(conv: nn.Conv2d, where: str = "") -> None:
+def check_finite_weight(conv: nn.Conv2d, where: str = "", fitting: bool = True) -> None:
     """A conv whose weight holds NaN or inf can be neither fitted (LAPACK fails deep
-    inside with an internal assert) nor give a fresh layer its scale: one error naming it."""
+    inside with an internal assert) nor give a fresh layer its scale: one error naming it.
+    A weight on the meta device has no values: it cannot be ``fitting`` either."""
     weight = conv.weight.detach()
-    if not weight.is_meta and not bool(torch.isfinite(weight).all()):
-        at = f"layer {where!r}" if where else "the layer"
+    at = f"layer {where!r}" if where else "the layer"
+    if weight.is_meta:
+        if fitting:
+            raise ConfigError(f"{at} has no weights yet (meta device): load them first "
+                              f"(load_state_dict(..., assign=True)), or make fresh basis "
+                              f"layers (convert=False)")
+    elif not bool(torch.isfinite(weight).all()):
         raise ConfigError(f"{at} has NaN or infinite weights; convert a model whose weights "
                           f"are finite (from a diverged run? load an earlier checkpoint)")
+
+
+def refresh_computed_weight(conv: nn.Conv2d) -> None:
+    """Recompute a weight that torch's older hooks (``torch.nn.utils.weight_norm``,
+    ``spectral_norm``, ``prune``) keep as a plain attribute and update only at the start
+    of a forward: after ``load_state_dict`` it still holds the weight from before, and a
+    conversion would fit that stale weight (wrong even at full rank). Spectral norm's is
+    its evaluation weight (no power iteration), what the loaded model computes in eval."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    with torch.no_grad():
+        for hook in conv._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                setattr(conv, hook.name, hook.compute_weight(conv))
+            elif isinstance(hook, SpectralNorm):
+                setattr(conv, hook.name, hook.compute_weight(conv, do_power_iteration=False))
+            elif isinstance(hook, BasePruningMethod):
+                setattr(conv, hook._tensor_name, hook.apply_mask(conv))
 
 
 def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:

@@ -43,7 +43,7 @@ from .cost import (HOOK_TABLES, copy_model, counted_combine, forward_macs_per_pi
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
-                     check_finite_weight, resolve_num_basis)
+                     check_finite_weight, refresh_computed_weight, resolve_num_basis)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -171,6 +171,10 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):  # its convs are compiled, not modules
+        raise ConfigError("apply_basis got a TorchScript module (torch.jit.script or trace), "
+                          "whose convs cannot be replaced; convert the eager model, then "
+                          "script or trace it")
     if isinstance(model, nn.Conv2d):  # it converts the convs inside a model, by name
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
@@ -202,6 +206,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
+    for conv in targets.values():  # each weight read below is the one a forward computes
+        refresh_computed_weight(conv)
     _warn_of_untied_weights(model, targets)
     if not inplace:
         names = list(targets)
@@ -215,7 +221,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         aliases[first].append(alias)
     replaced: dict[str, BasisConv2d] = {}
     for name, conv in targets.items():  # all before any is replaced (inplace=True)
-        check_finite_weight(conv, name)
+        check_finite_weight(conv, name, fitting=convert)
     for name, conv in targets.items():
         m = sizes[name]
         if convert:
@@ -299,11 +305,13 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
 
 
 def _parametrizations_own(hook) -> bool:
-    """A state-dict hook torch's parametrizations register for themselves (weight_norm's
-    reader of old-style ``weight_g``/``weight_v`` keys): it means nothing without them, so
-    it is not the user's hook whose loss a conversion warns of."""
+    """A state-dict hook torch's parametrizations (or its older weight and spectral norm)
+    register for themselves (weight_norm's reader of old-style ``weight_g``/``weight_v``
+    keys, spectral norm's version marker): it means nothing without them, so it is not the
+    user's hook whose loss a conversion warns of."""
     return getattr(getattr(hook, "hook", hook), "__module__", "").startswith(
-        "torch.nn.utils.parametriz")
+        ("torch.nn.utils.parametriz", "torch.nn.utils.spectral_norm",
+         "torch.nn.utils.weight_norm"))
 
 
 def stored_parameter(conv: nn.Conv2d, name: str) -> nn.Parameter | None:

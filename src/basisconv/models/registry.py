@@ -4,6 +4,7 @@ by string, and every model family registers its constructors here."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch.nn as nn
@@ -34,10 +35,13 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Modu
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    if not 0 < width < math.inf:  # an infinite width has no channel count (and NaN fails too)
-        raise ValueError(f"model width must be a finite number > 0, got {width}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    # an infinite width has no channel count (and NaN fails too); True is no width
+    if (isinstance(width, bool) or not isinstance(width, numbers.Real)
+            or not 0 < width < math.inf):
+        raise ValueError(f"model width must be a finite number > 0, got {width!r}")
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1):
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     return _REGISTRY[name](num_classes=num_classes, width=width)
 
 

@@ -38,8 +38,9 @@ def option_a_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Mo
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, width: float = 1.0):
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        if (depth - 2) % 6 or depth < 8:  # n >= 1 block per stage
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), "
+                             f"got {depth}")
         n = (depth - 2) // 6
         widths = [scaled(c, width) for c in (16, 32, 64)]
         self.conv1 = conv3x3(3, widths[0])
