@@ -24,6 +24,7 @@ help:
 	@echo "make reproduce         our protocol for the paper's claims, end to end (PROFILE=paper|quick|smoke; default paper)"
 	@echo "make smoke             the protocol in a few minutes on generated data (the tests run it)"
 	@echo "make analyze           tables and plots from the runs of PROFILE"
+	@echo "make env               create $(VENV) with the pinned packages (the other targets do it when needed)"
 	@echo "make test              run the test suite (creates $(VENV) first if needed)"
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
