@@ -3,8 +3,10 @@ scripts/sensitivity.py end to end on generated data."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import types
 
 import pandas as pd
 import pytest
@@ -166,6 +168,35 @@ def made_up_search(repo, tmp_path, monkeypatch, accuracy):
     cfg = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
                               "selection.metric=accuracy_drop")
     return search.exhaustive_search(cfg, tmp_path / "out")
+
+
+def test_the_best_of_subsets_tied_for_best_is_the_first_in_model_order(repo, tmp_path,
+                                                                       monkeypatch):
+    """35 subsets (3 of 7 layers), two tied for best: the summary names the first."""
+    import itertools
+
+    import numpy as np
+
+    from basisconv import search
+
+    layers = list("abcdefg")
+    single = pd.DataFrame({"layer": layers, "position": range(7),
+                           "accuracy_drop": [0.01 * (i + 1) for i in range(7)],
+                           "loss_increase": [0.1 * (i + 1) for i in range(7)],
+                           "flops_saved": [1] * 7})
+    subsets = [" ".join(s) for s in itertools.combinations(layers, 3)]
+    accuracy = dict(zip(subsets, np.round(np.random.default_rng(2).uniform(0.3, 0.35, 35), 2)))
+    tied = [s for s, a in accuracy.items() if a == max(accuracy.values())]
+    assert tied == ["b c e", "c d e"]  # the made-up data has the tie this test is about
+    monkeypatch.setattr(search, "candidate_count", lambda cfg: 7)
+    monkeypatch.setattr(search, "sensitivity_table", lambda cfg: (single, {
+        "key": "k", "noise": None, "cache_hit": True, "provenance": {}}))
+    monkeypatch.setattr(search, "Probe", lambda cfg: types.SimpleNamespace(
+        evaluate_layers=lambda names: {"accuracy": 0.9, "loss": 1.0}))
+    monkeypatch.setattr(search, "evaluate_many", lambda probe, jobs, workers: [
+        {"accuracy": float(accuracy[" ".join(names)]), "loss": 1.0} for names, _ in jobs])
+    cfg = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=3")
+    assert search.exhaustive_search(cfg, tmp_path / "out")["best_subset"] == "b c e"
 
 
 def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(repo, tmp_path,
@@ -792,3 +823,53 @@ def test_a_table_pretrained_without_the_cosine_warm_up_is_not_reused(repo, tmp_p
     for overrides in (("trainer.schedule=onecycle",), ("trainer.schedule=cosine",
                                                        "trainer.warmup_fraction=0")):
         assert "pretrain_warmup" not in fields(*overrides)["sensitivity"]
+
+
+WORKERS_SCRIPT = """
+import multiprocessing, os, sys, threading, time
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+import basisconv.config  # registers the configs' schema
+from basisconv.probe import Probe, evaluate_many
+
+if __name__ == "__main__":
+    repo, case = sys.argv[1], sys.argv[2]
+    with initialize_config_dir(config_dir=repo + "/configs", version_base="1.3"):
+        cfg = compose("sensitivity", overrides=[*sys.argv[3:], "sensitivity.pretrain_epochs=0",
+                                                "sensitivity.finetune_epochs=100000"])
+    probe = Probe(cfg)
+    jobs = [(["layer1.0.conv1"], None), (["layer1.0.conv2"], None)]
+    if case == "cannot_start":  # what only the workers' own Probe meets (CUDA out of memory)
+        OmegaConf.update(probe.cfg, "sensitivity.val_size", 10**6)
+    else:  # the OOM killer: a worker gone (its job, which never ends alone, not done)
+        def kill():
+            while len(multiprocessing.active_children()) < 2:
+                time.sleep(0.1)
+            time.sleep(2)
+            os.kill(multiprocessing.active_children()[-1].pid, 9)
+        threading.Thread(target=kill, daemon=True).start()
+    try:
+        evaluate_many(probe, jobs, 2)
+    except Exception as err:
+        print("raised:", type(err).__name__, err)
+"""
+
+
+@pytest.mark.parametrize("case", ["cannot_start", "killed"])
+def test_a_worker_that_dies_or_cannot_start_is_one_error_not_a_hang(repo, tmp_path, case):
+    """A multiprocessing.Pool waited forever for a killed worker's job, and restarted a
+    worker that could not start without end."""
+    script = tmp_path / "many.py"
+    script.write_text(WORKERS_SCRIPT)
+    # its own process group: a hang is ended with its workers (whose jobs never end alone)
+    process = subprocess.Popen([sys.executable, str(script), str(repo), case, *TINY],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"evaluate_many hung after a worker {case.replace('_', ' ')}")
+    assert "raised: WorkerFailed sensitivity.workers=2: a worker process died or could " \
+           "not start" in out, err[-2000:]

@@ -46,6 +46,12 @@ class WriteError(BasisconvError, OSError):
                 f"again")
 
 
+class WorkerFailed(BasisconvError, RuntimeError):
+    """A worker process of a parallel sensitivity estimate or search died (killed, out of
+    memory) or could not start: the message names the key that made the workers and the
+    fix."""
+
+
 class TrainingDiverged(BasisconvError, FloatingPointError):
     """A loss became NaN or infinite (usually a learning rate too high for the model): the
     message says which loss, where, and what was kept. ``quantity`` and ``value`` say what

@@ -11,6 +11,8 @@ import contextlib
 import copy
 import logging
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import loop
 from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged, WorkerFailed
 from .models import build_model
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
@@ -176,21 +178,59 @@ def _evaluate_in_worker(job: tuple[list[str], int | None]) -> dict[str, Any]:
     return _WORKER_PROBE.evaluate_layers(*job)
 
 
+def _nothing() -> None:
+    """A job that does nothing (see :func:`evaluate_many`)."""
+
+
 def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
                   workers: int) -> list[dict[str, Any]]:
     """``probe.evaluate_layers(names, batch_seed)`` for every job, in order; with
     ``workers > 1`` in that many processes at once (``sensitivity.workers``). The
     fine-tunes are independent, and a small model leaves a GPU mostly idle, so several
     share it well. Each worker rebuilds the probe from the same config and the dense
-    weights, so the results are the ones one process computes (same device and threads)."""
+    weights, so the results are the ones one process computes (same device and threads).
+
+    The first job that fails ends them all at once, as in one process; a worker that dies
+    (killed, out of memory) or cannot start is a :class:`WorkerFailed`. (A
+    ``multiprocessing.Pool`` waited forever for a dead worker's job, restarted a worker
+    that could not start without end, and raised a failure after every other job.)"""
     if workers <= 1 or len(jobs) <= 1:
         return [probe.evaluate_layers(*job) for job in jobs]
     state = {k: v.detach().cpu() for k, v in probe.dense.state_dict().items()}
     config = OmegaConf.to_container(probe.cfg, resolve=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    with context.Pool(min(workers, len(jobs)), initializer=_start_worker,
-                      initargs=(config, state)) as pool:
-        return pool.map(_evaluate_in_worker, jobs, chunksize=1)
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                               initializer=_start_worker, initargs=(config, state))
+    try:
+        futures = [pool.submit(_evaluate_in_worker, job) for job in jobs]
+        # CPython's pool starts a worker per submit and wakes its watcher just before: the
+        # last worker started went unwatched until a later wake-up, so its death (before a
+        # result from another worker woke it) went unseen. One more submit wakes it with
+        # every worker started.
+        pool.submit(_nothing)
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done and future.exception() is not None:
+                future.result()  # raises the job's own error (e.g. TrainingDiverged)
+        return [future.result() for future in futures]
+    except BrokenProcessPool:
+        raise WorkerFailed(
+            f"sensitivity.workers={workers}: a worker process died or could not start "
+            f"(killed, out of memory?); its error, if it had one, is printed above. Run "
+            f"again with fewer workers (sensitivity.workers=1 runs in this process)") from None
+    finally:
+        _stop_workers(pool)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool without waiting for fine-tunes still running (after a failure, or a
+    stop): their results would be thrown away."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
 
 
 def reference_noise(reference: dict, repeats: list[dict]) -> dict[str, Any] | None:

@@ -106,7 +106,9 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     choice = " ".join(fast_choice(table, k, metric))
     found["fast_choice"] = found["subset"] == choice
     mine = found[found["fast_choice"]].iloc[0]
-    best = found.sort_values("rank_by_accuracy").iloc[0]
+    # of subsets tied for best, the first in model order (a stable sort: pandas' default
+    # quicksort picked any of them, maybe another on another CPU)
+    best = found.sort_values("rank_by_accuracy", kind="stable").iloc[0]
     # the choice the other metric would have made, for comparison
     other = next(m for m in ("accuracy_drop", "loss_increase") if m != metric)
     alternative = found[found["subset"] == " ".join(fast_choice(table, k, other))].iloc[0]
