@@ -357,3 +357,22 @@ def test_an_unbatched_input_to_a_folded_norm_is_refused_as_batch_norm_refuses_it
     conv = BasisConv2d(4, 8, 3, 3, padding=1, fuse_norm=True)
     with pytest.raises(ValueError, match="expected 4D input"):
         conv_norm_act(conv, nn.BatchNorm2d(8), torch.randn(4, 6, 6))
+
+
+@pytest.mark.filterwarnings("ignore:a basis layer with fuse_norm")
+def test_backward_hooks_see_the_modules_one_after_another():
+    """The norm's backward hook did not run under the fold, and the layer's got the
+    gradient of relu(bn(conv)) for its output's."""
+    torch.manual_seed(0)
+    conv, norm, seen = BasisConv2d(4, 8, 3, 3, padding=1, fuse_norm=True), nn.BatchNorm2d(8), {}
+    # (a backward hook returning a value replaces the gradient: these return None)
+    norm.register_full_backward_hook(
+        lambda m, grad_in, grad_out: seen.update(norm=True))
+    conv.register_full_backward_hook(
+        lambda m, grad_in, grad_out: seen.update(conv=grad_out[0]))
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)  # (else torch warns of the hooks)
+    conv_norm_act(conv, norm, x, relu=True).sum().backward()
+    assert "norm" in seen
+    out = conv(x).detach().requires_grad_()
+    torch.relu(norm(out)).sum().backward()
+    torch.testing.assert_close(seen["conv"], out.grad)

@@ -446,20 +446,24 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: torch.Tensor,
 
 
 def _hooks_expect_the_modules(conv: nn.Module, norm: nn.Module) -> bool:
-    """Whether folding would change what hooks see: the norm's own hooks would not run,
-    and a conv forward hook that does not take ``norm=`` (not registered with kwargs)
-    would get the normalized output for the conv's."""
+    """Whether folding would change what hooks see: the norm's own hooks (forward or
+    backward) would not run, a conv forward hook that does not take ``norm=`` (not
+    registered with kwargs) would get the normalized output for the conv's, and a conv
+    backward hook the gradient of that output."""
     plain_conv_hooks = set(conv._forward_hooks) - set(conv._forward_hooks_with_kwargs)
-    return bool(norm._forward_hooks or norm._forward_pre_hooks or plain_conv_hooks)
+    return bool(norm._forward_hooks or norm._forward_pre_hooks or norm._backward_hooks
+                or norm._backward_pre_hooks or plain_conv_hooks or conv._backward_hooks
+                or conv._backward_pre_hooks)
 
 
 def _say_once_fold_skipped(conv: nn.Module) -> None:
     if not getattr(conv, "_said_fold_skipped", False):
         conv._said_fold_skipped = True
         warnings.warn("a basis layer with fuse_norm=True runs unfused beside its norm: hooks "
-                      "on the norm, or forward hooks on the layer, expect the modules one "
-                      "after another (register a conv hook with_kwargs=True to keep the "
-                      "fold: it then sees norm= and the normalized output)", stacklevel=3)
+                      "on the norm, or forward or backward hooks on the layer, expect the "
+                      "modules one after another (register a conv forward hook "
+                      "with_kwargs=True to keep the fold: it then sees norm= and the "
+                      "normalized output)", stacklevel=3)
 
 
 def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
