@@ -1198,3 +1198,20 @@ def test_dense_runs_of_one_seed_on_two_machines_are_two_runs_not_copies():
     table = compare(runs_frame([(r, "a") for r in runs])).set_index("selection")
     assert table.loc["none", "seeds"] == table.loc["all", "seeds"] == 2
     assert table.loc["none", "test_accuracy_std"] == pytest.approx(0.0707, abs=1e-4)
+
+
+def test_sensitivity_summaries_of_one_filter_and_of_all_filters_are_named_apart(tmp_path):
+    """basis.size=1 (one filter) and 1.0 (all): both were 'm1' (``:g``), told apart only
+    as m1 and m1-2, and both pages said 'basis size 1'."""
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    for name, size in [("one.json", 1), ("all.json", 1.0)]:
+        (tmp_path / "runs" / name).write_text(json.dumps(
+            swept(sensitivity_record(), **{"basis.size": size})))
+    written = sorted(p.name for p in write_report(analyze_cfg(tmp_path), "analyze")
+                     if p.name.startswith("sensitivity-") and p.suffix == ".md")
+    assert written == ["sensitivity-resnet20-m1-cpu-fp32.md",
+                       "sensitivity-resnet20-m1.0-cpu-fp32.md"]
+    pages = [(tmp_path / "results" / name).read_text() for name in written]
+    assert {page.splitlines()[0] for page in pages} == {
+        "# Sensitivity of resnet20 x0.5 to basis size 1", "# Sensitivity of resnet20 x0.5 to "
+        "basis size 1.0"}

@@ -209,7 +209,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
 
 
 # How a file name says the keys that most often set two summaries apart.
-NAME_PARTS = {"model.width": "x{:g}", "basis.size": "m{:g}",
+NAME_PARTS = {"model.width": "x{:g}", "basis.size": "m{}",  # m1 (a filter), m1.0 (all)
               "sensitivity.search_subset_size": "k{}"}
 
 

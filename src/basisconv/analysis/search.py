@@ -23,7 +23,7 @@ def subsets(record: dict, folder: Path) -> pd.DataFrame:
 
 def _title(record: dict) -> str:
     cfg, s = record["config"], record["search"]
-    return (f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis {cfg['basis']['size']:g}: "
+    return (f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis {cfg['basis']['size']}: "
             f"all {s['subsets']} subsets of {s['subset_size']} layers")
 
 
@@ -52,7 +52,7 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
         plot_search(subsets(record, folder), s, out / f"{stem}.png", _title(record)),
         write_text_atomic(out / f"{stem}.md", (
             f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-            f"{cfg['basis']['size']:g}, subsets of {s['subset_size']} of {len(s['candidates'])} "
+            f"{cfg['basis']['size']}, subsets of {s['subset_size']} of {len(s['candidates'])} "
             f"layers\n\nprofile {profile}; run {prov['date'][:10]}, commit "
             f"{commit_name(prov['git'])}, {s['seconds']:.0f} s\n\n"
             f"| | subset | held-out accuracy |\n|---|---|---:|\n"

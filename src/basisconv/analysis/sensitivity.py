@@ -71,7 +71,7 @@ def chosen_table(table: pd.DataFrame, chosen: list[str], dense: dict[str, int]) 
 def _title(record: dict) -> str:
     cfg, summary = record["config"], record["sensitivity"]
     return (f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-            f"{cfg['basis']['size']:g}: {summary['policy']}")
+            f"{cfg['basis']['size']}: {summary['policy']}")
 
 
 def _threshold(record: dict) -> dict:
@@ -130,7 +130,7 @@ def summary_stem(record: dict) -> str:
     appended by the caller (:func:`basisconv.analysis.report.distinct_stems`), so a lone
     record keeps the name published results link to."""
     cfg = record["config"]
-    return f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']:g}-{record_tag(record)}"
+    return f"sensitivity-{cfg['model']['name']}-m{cfg['basis']['size']}-{record_tag(record)}"
 
 
 def summarize(record: dict, out: Path, profile: str, stem: str | None = None) -> list[Path]:
@@ -153,7 +153,7 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
                          noise=summary.get("noise"), **_threshold(record)),
         write_text_atomic(out / f"{stem}.md", (
             f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
-            f"{cfg['basis']['size']:g}\n\n{note}\n\nDense reference (held-out accuracy after the "
+            f"{cfg['basis']['size']}\n\n{note}\n\nDense reference (held-out accuracy after the "
             f"same fine-tune): {summary['reference']['accuracy']:.4f}; after pretraining: "
             f"{summary['pretrained']['accuracy']:.4f}.{noise_line(summary.get('noise'))}\n\n"
             f"## Chosen by `{summary['policy']}`\n\n"
