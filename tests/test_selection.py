@@ -835,13 +835,14 @@ from basisconv.probe import Probe, evaluate_many
 if __name__ == "__main__":
     repo, case = sys.argv[1], sys.argv[2]
     with initialize_config_dir(config_dir=repo + "/configs", version_base="1.3"):
+        epochs = 1 if case == "fine" else 100000  # else jobs that never end alone
         cfg = compose("sensitivity", overrides=[*sys.argv[3:], "sensitivity.pretrain_epochs=0",
-                                                "sensitivity.finetune_epochs=100000"])
+                                                f"sensitivity.finetune_epochs={epochs}"])
     probe = Probe(cfg)
     jobs = [(["layer1.0.conv1"], None), (["layer1.0.conv2"], None)]
     if case == "cannot_start":  # what only the workers' own Probe meets (CUDA out of memory)
         OmegaConf.update(probe.cfg, "sensitivity.val_size", 10**6)
-    else:  # the OOM killer: a worker gone (its job, which never ends alone, not done)
+    elif case == "killed":  # the OOM killer: a worker gone (its job, which never ends alone, not done)
         def kill():
             while len(multiprocessing.active_children()) < 2:
                 time.sleep(0.1)
@@ -849,16 +850,14 @@ if __name__ == "__main__":
             os.kill(multiprocessing.active_children()[-1].pid, 9)
         threading.Thread(target=kill, daemon=True).start()
     try:
-        evaluate_many(probe, jobs, 2)
+        print("results:", len(evaluate_many(probe, jobs, 2)))
     except Exception as err:
         print("raised:", type(err).__name__, err)
 """
 
 
-@pytest.mark.parametrize("case", ["cannot_start", "killed"])
-def test_a_worker_that_dies_or_cannot_start_is_one_error_not_a_hang(repo, tmp_path, case):
-    """A multiprocessing.Pool waited forever for a killed worker's job, and restarted a
-    worker that could not start without end."""
+def run_workers(repo, tmp_path, case):
+    """stdout and stderr of :data:`WORKERS_SCRIPT` for ``case``; a failure if it hangs."""
     script = tmp_path / "many.py"
     script.write_text(WORKERS_SCRIPT)
     # its own process group: a hang is ended with its workers (whose jobs never end alone)
@@ -870,6 +869,22 @@ def test_a_worker_that_dies_or_cannot_start_is_one_error_not_a_hang(repo, tmp_pa
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        pytest.fail(f"evaluate_many hung after a worker {case.replace('_', ' ')}")
+        pytest.fail(f"evaluate_many hung ({case})")
+    return out, err
+
+
+@pytest.mark.parametrize("case", ["cannot_start", "killed"])
+def test_a_worker_that_dies_or_cannot_start_is_one_error_not_a_hang(repo, tmp_path, case):
+    """A multiprocessing.Pool waited forever for a killed worker's job, and restarted a
+    worker that could not start without end."""
+    out, err = run_workers(repo, tmp_path, case)
     assert "raised: WorkerFailed sensitivity.workers=2: a worker process died or could " \
            "not start" in out, err[-2000:]
+
+
+def test_workers_that_finish_end_without_a_warning_at_exit(repo, tmp_path):
+    """Terminated after their jobs, they left semaphores that Python's resource tracker
+    warned of at exit ('leaked semaphore objects'), which reads as a failure."""
+    out, err = run_workers(repo, tmp_path, "fine")
+    assert "results: 2" in out, err[-2000:]
+    assert "leaked semaphore" not in err

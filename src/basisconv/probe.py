@@ -212,7 +212,9 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
         for future in futures:
             if future in done and future.exception() is not None:
                 future.result()  # raises the job's own error (e.g. TrainingDiverged)
-        return [future.result() for future in futures]
+        results = [future.result() for future in futures]
+        pool.shutdown(wait=True)  # all done: the workers end as they should (a terminated
+        return results            # one left semaphores that Python warned of at exit)
     except BrokenProcessPool:
         raise WorkerFailed(
             f"sensitivity.workers={workers}: a worker process died or could not start "
