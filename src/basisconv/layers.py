@@ -450,10 +450,10 @@ def _hooks_expect_the_modules(conv: nn.Module, norm: nn.Module) -> bool:
     backward) would not run, a conv forward hook that does not take ``norm=`` (not
     registered with kwargs) would get the normalized output for the conv's, and a conv
     backward hook the gradient of that output."""
-    plain_conv_hooks = set(conv._forward_hooks) - set(conv._forward_hooks_with_kwargs)
+    # (each forward of a folded layer asks: no sets built for it)
     return bool(norm._forward_hooks or norm._forward_pre_hooks or norm._backward_hooks
-                or norm._backward_pre_hooks or plain_conv_hooks or conv._backward_hooks
-                or conv._backward_pre_hooks)
+                or norm._backward_pre_hooks or conv._backward_hooks or conv._backward_pre_hooks
+                or any(key not in conv._forward_hooks_with_kwargs for key in conv._forward_hooks))
 
 
 def _say_once_fold_skipped(conv: nn.Module) -> None:

@@ -156,8 +156,9 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
         basis = record.get("basis_size")
         mode = ("graphs" if record.get("cuda_graphs") else
                 f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
-        git = (record.get("provenance") or {}).get("git") or {}
-        rows.append({**_origin(record, path), "code": (commit_name(git), git.get("diff_sha256")),
+        origin = _origin(record, path)
+        diff = ((record.get("provenance") or {}).get("git") or {}).get("diff_sha256")
+        rows.append({**origin, "code": (origin["commit"], diff),
                      "precision": precision_name(record.get("amp", "none")),
                      "batch": record["batch_size"], "mode": mode,
                      "architecture": record.get("model", "resnet18"),
