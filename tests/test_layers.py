@@ -211,6 +211,11 @@ def test_fraction_rounding_and_range_errors():
     assert resolve_num_basis(0.01, 8) == 1
     assert resolve_num_basis(1.0, 10) == 10
     assert resolve_num_basis(0.5, 5) == 3  # half up
+    # half up on the decimal as written: 0.7 * 45 is 31.499999999999996 in binary
+    assert resolve_num_basis(0.7, 45) == 32
+    assert resolve_num_basis(0.35, 90) == 32
+    assert resolve_num_basis(0.29, 50) == 15
+    assert resolve_num_basis(0.3, 10) == 3  # 3.0000000000000004 in binary
     with pytest.raises(ValueError, match=r"valid is 1\.\.8"):
         resolve_num_basis(0, 8)
     with pytest.raises(ValueError, match=r"valid is 1\.\.8"):

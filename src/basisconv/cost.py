@@ -142,7 +142,8 @@ def forward_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num
     return sum(basis_macs_per_pixel(in_channels, out_channels, kernel_size, num_basis, combine))
 
 
-def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked") -> bool:
+def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked",
+                  fused_norm: bool = False) -> bool:
     """Whether a basis layer of this size does fewer multiply-adds than the dense conv.
 
     ``conv_or_shape`` is an ``nn.Conv2d`` or a tuple ``(in_channels, out_channels,
@@ -151,14 +152,22 @@ def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked
     (``K = 27``) and 1x1 shortcuts gain little or nothing. The default stacked combination
     needs ``m*(K + C_out) < C_out*K``, slightly stricter. Parameters are saved exactly when
     ``m < min(C_out, K)``.
+
+    ``fused_norm``: the layer runs with its batch norm folded in (``fuse_norm``), stacked,
+    and in training also computes the ``m x m`` moments of its basis maps, ``m*m`` more
+    per pixel (:func:`basis_conv2d_cost`); near full rank that alone can undo the saving.
+    This is the forward's count. In a training step every layer's backward saves as its
+    forward does, except a first layer, whose input needs no gradient: there the basis
+    form still pays the combination's input gradient, so the stem can cost more to train
+    than it saves in the forward (the candidate table's ``flops_saved`` says so).
     """
     if isinstance(conv_or_shape, (nn.Conv2d, BasisConv2d)):
         c_in, c_out, k = layer_shape(conv_or_shape)
     else:
         c_in, c_out, k = conv_or_shape
     m = resolve_num_basis(num_basis, c_out)
-    return (forward_macs_per_pixel(c_in, c_out, k, m, combine)
-            < forward_macs_per_pixel(c_in, c_out, k, None))
+    basis = forward_macs_per_pixel(c_in, c_out, k, m, counted_combine(combine, fused_norm))
+    return basis + (m * m if fused_norm else 0) < forward_macs_per_pixel(c_in, c_out, k, None)
 
 
 def conv2d_cost(in_channels: int, out_channels: int, kernel_size, output_size, *, batch: int = 1,

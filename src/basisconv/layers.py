@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from fractions import Fraction
 from typing import Sequence
 
 import torch
@@ -80,7 +81,9 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
             check_basis_size(num_basis, key)
         except (TypeError, ConfigError) as err:
             raise type(err)(f"{at}{err}") from None
-        count = max(1, int(math.floor(float(num_basis) * out_channels + 0.5)))
+        # the decimal the user wrote, not its binary float: 0.7 of 45 is 31.5, so 32
+        exact = Fraction(repr(float(num_basis))) * out_channels
+        count = max(1, math.floor(exact + Fraction(1, 2)))
     if not 1 <= count <= out_channels:
         raise ConfigError(f"{at}{key} = {count} is out of range: valid is 1..{out_channels} "
                           f"(its out_channels); set {key} to a count in that range, or to a "

@@ -35,8 +35,9 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
                       layers: str | Iterable[str] = "all",
                       input_shape: tuple[int, ...] = IMAGE, combine: str = "stacked",
                       coefficient_rank: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """One row per candidate layer (one where a basis of ``num_basis`` saves compute):
-    that layer alone converted (``from_conv``) in a copy of ``model``, fine-tuned by
+    """One row per candidate layer (one where a basis of ``num_basis`` saves forward
+    compute, :func:`~basisconv.selection.layer_savings`): that layer alone converted
+    (``from_conv``) in a copy of ``model``, fine-tuned by
     ``finetune`` (if given) and measured by ``evaluate``, against the dense copy treated
     the same way. ``model`` itself is left as it is.
 

@@ -322,8 +322,11 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     """The candidate table: per candidate layer (among ``layers``, in model order), what
     converting it alone saves, by the cost model, per input of ``input_shape``
     (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
-    Candidates are the layers where a basis of this size saves compute; converting several
-    layers saves the sum (layer costs are independent).
+    Candidates are the layers where a basis of this size saves forward multiply-adds
+    (``only_where_saves``, :func:`~basisconv.cost.saves_compute`); converting several
+    layers saves the sum (layer costs are independent). A first layer can still cost more
+    to train (its input needs no gradient, its basis maps do): its ``flops_saved`` is
+    then negative, and the budget rule passes it over.
 
     ``batch`` is the training batch: costs are counted at ``batch`` inputs and divided by
     it. Almost every FLOP scales with the batch, so this changes nothing for them; the few

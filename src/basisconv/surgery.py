@@ -188,12 +188,12 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     counted = counted_combine(combine, fuse_norm)
     for name in list(targets):
         conv, m = targets[name], sizes[name]
-        if saves_compute(conv, m, counted):
+        if saves_compute(conv, m, combine, fused_norm=fuse_norm):
             continue
         k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
         dense = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, None)
         basis = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, m,
-                                       counted)
+                                       counted) + (m * m if fuse_norm else 0)
         message = (f"layer {name!r}: num_basis={m} saves no compute ({basis} vs {dense} dense "
                    f"multiply-adds per pixel; C_out={conv.out_channels}, C_in*k*k={k}, the basis "
                    f"must be well below min of the two)")
@@ -397,8 +397,8 @@ def basis_report(model: nn.Module) -> list[dict]:
             "kernel_size": list(layer.kernel_size),
             "num_basis": layer.num_basis,
             "fraction": layer.num_basis / layer.out_channels,
-            "saves_compute": saves_compute(
-                layer, layer.num_basis, counted_combine(layer.combine, layer.fuse_norm)),
+            "saves_compute": saves_compute(layer, layer.num_basis, layer.combine,
+                                           fused_norm=layer.fuse_norm),
             "reconstruction_error": layer.reconstruction_error,
             "shares_coefficients_of": None if owners[key] == name else owners[key],
         })

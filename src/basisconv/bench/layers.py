@@ -269,7 +269,7 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                 "output_hw": shape.output_hw, "batch": options.batch_size, "fraction": fraction,
                 "num_basis": m, "combine": options.combine,
                 "saves_compute": saves_compute((shape.in_channels, shape.out_channels, shape.kernel),
-                                               m, options.combine),
+                                               m, options.combine, fused_norm=options.fuse_norm),
                 "theory_fwd_ratio": (costs[fraction, "inference"].forward_flops
                                      / costs["dense"].forward_flops),
                 "theory_fwdbwd_ratio": theory_fb,
