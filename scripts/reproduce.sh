@@ -101,11 +101,6 @@ if [ -f "$MADE_WITH" ] || [ -d "$RECORDS" ]; then
     exit 2
   fi
 fi
-if [ -n "$WANTED" ]; then
-  mkdir -p "$RESULTS"
-  printf '%s\n' "$WANTED" > "$MADE_WITH"
-fi
-
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 DEVICE=$([ "$GPUS" -gt 0 ] && echo cuda || echo cpu)
 if [ "$PROFILE" = paper ] && [ "$DEVICE" = cpu ] && [ -z "${ALLOW_CPU:-}" ]; then
@@ -122,7 +117,10 @@ if [ "$GPUS" -gt 0 ]; then DEFAULT_JOBS=$((4 * GPUS))
 elif [ "$PROFILE" = smoke ]; then DEFAULT_JOBS=$CORES
 else DEFAULT_JOBS=1; fi
 JOBS=${JOBS:-$DEFAULT_JOBS}
-case $JOBS in ''|*[!0-9]*|0) echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2;; esac
+case $JOBS in ''|*[!0-9]*) echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2;; esac
+# in base 10: bash reads 08 as a bad octal number, and 00 as 0
+[ $((10#$JOBS)) -ge 1 ] || { echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2; }
+JOBS=$((10#$JOBS))
 # Runs at once share the cores: each gets its share of torch's CPU threads (as torchrun
 # gives each process one), unless OMP_NUM_THREADS says otherwise. Threads that outnumber
 # the cores make every run wait on the others': the smoke protocol with JOBS=2 on 2 cores
@@ -134,6 +132,11 @@ IFS=, read -r -a GPU_IDS <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((GPUS > 0 ? 
 LOGS=$OUT/logs
 STARTED=0
 LAST_JOB=
+# every refusal is above: only an invocation that runs ties the folder to its overrides
+if [ -n "$WANTED" ]; then
+  mkdir -p "$RESULTS"
+  printf '%s\n' "$WANTED" > "$MADE_WITH"
+fi
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
@@ -173,14 +176,14 @@ run() {  # run <name> <command...>: now (JOBS=1), or in the background once a sl
   fi
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   mkdir -p "$LOGS"
-  rm -f "$LOGS/$name.failed"
+  echo "did not finish" > "$LOGS/$name.failed"  # until it succeeds: a run that dies unsaid fails
   local gpu=${GPU_IDS[$((STARTED % ${#GPU_IDS[@]}))]} where=""
   STARTED=$((STARTED + 1))
   [ "$GPUS" -gt 0 ] && where=", GPU $gpu"
   echo "== $name: started (log $LOGS/$name.log$where)"
   ( if [ "$GPUS" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$gpu; fi
     export OMP_NUM_THREADS=$RUN_THREADS
-    if "$@" > "$LOGS/$name.log" 2>&1; then echo "== $name: done"
+    if "$@" > "$LOGS/$name.log" 2>&1; then rm -f "$LOGS/$name.failed"; echo "== $name: done"
     else echo "$?" > "$LOGS/$name.failed"; echo "== $name: FAILED (see $LOGS/$name.log)"; fi ) &
   LAST_JOB=$!
 }

@@ -109,6 +109,23 @@ def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo):
     assert not (tmp_path / "run" / "run.json").exists()
 
 
+def test_a_run_in_its_own_folder_is_refused(tmp_path, repo):
+    """hydra.job.chdir=true moved every relative path (publish, data.root, the cache) into
+    the run folder, silently: a protocol's records were never found again. One line, no
+    record; reproduce.sh refuses it in OVERRIDES before any run starts."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(train_command(repo, "hydra.job.chdir=true", "publish=pub/x.json",
+                                          f"hydra.run.dir={tmp_path / 'run'}"),
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: hydra.job.chdir=true")
+    assert not list(tmp_path.rglob("x.json")) and not (tmp_path / "run" / "run.json").exists()
+    from basisconv.cli import check_overrides
+    with pytest.raises(SystemExit):
+        check_overrides("smoke", ["hydra.job.chdir=true"])
+    check_overrides("smoke", ["hydra.job.chdir=false"])
+
+
 def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo):
     # each job's folder is named by its own overrides, not its number: the job
     # selection.count=2 is #0 of the first sweep and #1 of the second, and is found again

@@ -287,7 +287,16 @@ def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_p
 
 
 def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
-    for jobs in ("0", "two", "-1"):
-        result, started, _ = fake_protocol(repo, tmp_path / jobs, jobs=jobs)
+    """JOBS is read in base 10 (bash took 08 for a bad octal number: every run said
+    "started" and none ran, exit 0); a refused invocation runs nothing and does not tie
+    the folder to its OVERRIDES (the next one was refused for records that did not exist)."""
+    for jobs in ("0", "00", "two", "-1"):
+        result, started, runs = fake_protocol(repo, tmp_path / jobs, jobs=jobs,
+                                              overrides="trainer.epochs=2")
         assert result.returncode == 2 and started == [], result.stdout + result.stderr
         assert result.stderr.strip() == f"JOBS={jobs}: use a number of runs >= 1"
+        assert not (runs.parent / "protocol-overrides.txt").exists()
+    result, started, _ = fake_protocol(repo, tmp_path / "08", jobs="08")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sum(call.startswith("scripts/train.py") for call in started) == len(ROWS)
+    assert result.stdout.count(": done") == len(ROWS) + 2  # with sensitivity and search

@@ -103,6 +103,17 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
 
 
+def check_runs_where_started(chdir: bool) -> None:
+    """``hydra.job.chdir=true`` runs the job inside its run folder, where every relative
+    path a config names (``data.root``, ``publish``, ``sensitivity.cache_dir``,
+    ``sensitivity.restore_from``) would silently be read and written instead: a protocol's
+    records would land in each run's folder, so none is ever found and skipped."""
+    if chdir:
+        raise ConfigError("hydra.job.chdir=true would read every relative path (data.root, "
+                          "publish, sensitivity.cache_dir) from inside the run folder; leave it "
+                          "false, the configs' default")
+
+
 def check_not_an_unswept_sweep() -> None:
     """A config that lists sweep values (``hydra.sweeper.params``, e.g.
     ``experiment=basis_size_sweep``) started without ``-m`` runs one job at the key's plain
@@ -259,7 +270,10 @@ def check_overrides(profile: str, overrides: list[str]) -> None:
         for script, row in PROTOCOL_RUNS:
             config = "train" if script == "train" else "sensitivity"  # the scripts' configs
             try:
-                validate(compose(config, overrides=[f"profile={profile}", *row, *overrides]))
+                cfg = compose(config, overrides=[f"profile={profile}", *row, *overrides],
+                              return_hydra_config=True)
+                check_runs_where_started(cfg.hydra.job.chdir)
+                validate(cfg)
             except BasisconvError as err:
                 message = " ".join(str(err).split())
             except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
@@ -323,6 +337,8 @@ def exit_on_user_error(fn: F) -> F:
         previous = signal.signal(signal.SIGTERM, raise_stopped)
         try:
             check_not_an_unswept_sweep()
+            if HydraConfig.initialized():
+                check_runs_where_started(HydraConfig.get().job.chdir)
             return fn(*args, **kwargs)
         except (BasisconvError, InterpolationResolutionError) as err:
             restore_replaced()  # a refused start leaves an earlier run's files as they were
