@@ -626,3 +626,32 @@ def test_a_checkpoint_the_disk_refuses_is_a_write_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "WriteError File too large", result.stderr[-2000:]
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_stop_in_flight_is_not_replaced_by_restoring_the_settings(monkeypatch):
+    """A Ctrl-C during torch's first lazy import of its inductor config (which
+    use_deterministic_algorithms makes) left sympy half-imported; restoring the settings
+    then failed, and its AttributeError trace replaced the stop's one line (exit 1, not
+    143). The settings are still restored when nothing is in flight."""
+    import signal
+
+    from basisconv import loop
+    from basisconv.errors import Stopped
+
+    def broken(*args, **kwargs):
+        raise AttributeError("module 'sympy' has no attribute 'printing'")
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(Stopped):
+            with loop.settings_restored():
+                torch.set_num_threads(max(1, threads - 1) if threads > 1 else 2)
+                monkeypatch.setattr(torch, "use_deterministic_algorithms", broken)
+                raise Stopped(signal.SIGTERM)
+        assert torch.get_num_threads() == threads  # restored before the failing call
+        monkeypatch.undo()
+        with loop.settings_restored():
+            torch.set_num_threads(max(1, threads - 1) if threads > 1 else 2)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)

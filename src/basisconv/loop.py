@@ -77,18 +77,30 @@ def settings_restored() -> Iterator[None]:
     """Run a producer (a training run, a sensitivity estimate, a search) without leaving its
     process-wide torch settings behind: a notebook, a test or a sweep that calls it next
     keeps its own thread count and deterministic/cudnn flags (the global RNG, seeded on
-    purpose, is not restored)."""
+    purpose, is not restored).
+
+    A stop or error in flight is never replaced by one from the restoring: a Ctrl-C during
+    torch's first lazy ``import torch._inductor.config`` (which
+    ``use_deterministic_algorithms`` makes) leaves sympy half-imported, so the restoring
+    call failed with an ``AttributeError`` trace instead of the stop's one line."""
     cudnn = torch.backends.cudnn
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.deterministic,
              cudnn.benchmark)
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         threads, deterministic, warn_only, cudnn.deterministic, cudnn.benchmark = saved
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # the stop or error in flight is what to report
+            restore()
+        raise
+    restore()
 
 
 def precision_name(amp: str) -> str:
