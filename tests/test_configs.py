@@ -394,6 +394,13 @@ def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo
                           timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr == "error: Interpolation key 'typo' not found (in selection.seed)\n"
+    # named by the override it was typed in, not by logger.group, which interpolates name
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           "logger=none", "name=${typo}", f"hydra.run.dir={tmp_path}/run2"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr == (
+        "error: Interpolation key 'typo' not found (in name)\n"), done.stderr
 
 
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
@@ -404,6 +411,20 @@ def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     for arg in ("=3", "+=x", "++=x", "~=x"):
         assert malformed_override(["trainer.epochs=3", arg]) == arg
     assert malformed_override(["~trainer.threads", "+x=1", "++y=2", "-m", "a=b,c"]) is None
+
+
+def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, repo):
+    """Hydra said "Config group override must be a string or a list. Got NoneType",
+    naming neither the group nor what to give."""
+    from basisconv.cli import null_group_override
+
+    assert null_group_override(["model.width=null", "seed=null", "trainer=default"]) is None
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           "model=null", f"hydra.run.dir={tmp_path}/run"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: model=null: model is a config group and takes one "
+                                  "of its configs (resnet110, resnet18, resnet20"), done.stderr
 
 
 def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):

@@ -6,6 +6,7 @@ import difflib
 import functools
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -103,6 +104,23 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
 
 
+def interpolation_error_line(err: InterpolationResolutionError) -> str:
+    """A broken ``${...}`` as one line naming the override it was typed in: ``name=${typo}``
+    failed first where another key interpolates ``name`` (``logger.group``), a key the
+    user never set; else the key that failed."""
+    first = str(err).splitlines()[0]
+    where = err.full_key
+    broken = re.search(r"'([^']+)'", first)  # "Interpolation key 'typo' not found"
+    if broken and HydraConfig.initialized():
+        typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+        for override in typed:
+            key, _, value = override.partition("=")
+            if "${" + broken.group(1) in value:
+                where = key.lstrip("+~")
+                break
+    return f"{first} (in {where})"
+
+
 def check_runs_where_started(chdir: bool) -> None:
     """``hydra.job.chdir=true`` runs the job inside its run folder, where every relative
     path a config names (``data.root``, ``publish``, ``sensitivity.cache_dir``,
@@ -197,6 +215,10 @@ def hydra_error_line(ex: Exception) -> str:
     return "; ".join(kept) or type(ex).__name__
 
 
+#: The project's Hydra configs (a source checkout's ``configs/``, as the scripts use).
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
 def malformed_override(args: list[str]) -> str | None:
     """A command-line override without a key (``=3``, ``+=x``), which Hydra reports with
     a stack trace."""
@@ -211,6 +233,18 @@ def malformed_override(args: list[str]) -> str | None:
     return None
 
 
+def null_group_override(args: list[str]) -> str | None:
+    """One line for ``model=null`` (a config group set to null), which Hydra reports as
+    "Config group override must be a string or a list. Got NoneType", naming no group."""
+    for arg in args:
+        key, given, value = arg.lstrip("+").partition("=")
+        options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml"))
+        if given and value.strip() == "null" and options and "/" not in key:
+            return (f"{arg}: {key} is a config group and takes one of its configs ("
+                    f"{', '.join(options)}); drop the override for the default")
+    return None
+
+
 def run_and_report(func: Callable[[], Any]) -> Any:
     """Hydra's error reporter, for the errors before the task starts (a misspelt key, a
     wrong type, an unknown option, a malformed override): one line and exit status 2, as
@@ -221,6 +255,10 @@ def run_and_report(func: Callable[[], Any]) -> Any:
     if bad is not None:
         print(f"error: the override {bad!r} has no key; write key=value, e.g. "
               f"trainer.epochs=3", file=sys.stderr)
+        sys.exit(2)
+    null_group = null_group_override(sys.argv[1:])
+    if null_group is not None:
+        print(f"error: {null_group}", file=sys.stderr)
         sys.exit(2)
     try:
         return func()
@@ -265,8 +303,7 @@ def check_overrides(profile: str, overrides: list[str]) -> None:
     line and exit status 2 (else every run it breaks fails alone, each saying why in its
     own log only, and the folder keeps the overrides as the ones its records are made with).
     Rules that need the model built (a coefficient rank per layer) are checked by the run."""
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for script, row in PROTOCOL_RUNS:
             config = "train" if script == "train" else "sensitivity"  # the scripts' configs
             try:
@@ -346,7 +383,7 @@ def exit_on_user_error(fn: F) -> F:
                 raise
             message = " ".join(str(err).split())
             if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
-                message = f"{str(err).splitlines()[0]} (in {err.full_key})"
+                message = interpolation_error_line(err)
             if first_process():
                 if not isinstance(err, FolderInUse):  # else the log is the other run's
                     log_to_files(f"error: {message}")
