@@ -49,8 +49,12 @@ CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
 # folder must give the same ones, so that all of its records were made alike. Keys this
 # script sets per run (a row, its seed, its folders) are refused.
 # keys that change only how runs execute (alike to rounding), and keys set per run below
+# (every key that resume accepts changed, checkpoint.RESUMABLE_CHANGES, that is not set
+# per run: tests/test_reproduce.py holds the two lists together)
 EXECUTION=(trainer.cuda_graphs trainer.compile trainer.compile_mode trainer.device
-           trainer.threads trainer.checkpoint_every_s data.root logger 'logger.*' 'hydra.*')
+           trainer.threads trainer.checkpoint trainer.checkpoint_every_s trainer.resume
+           data.root data.download data.verify_md5 sensitivity.recompute logger 'logger.*'
+           'hydra.*')
 PER_RUN=(experiment selection basis.size seed profile model publish hydra.run.dir
          trainer.progress sensitivity.cache_dir sensitivity.restore_from sensitivity.workers
          sensitivity.search_subset_size)

@@ -273,7 +273,11 @@ def test_layer_benchmark_flags_out_of_range_are_named(options, message):
     (dict(basis_size=1.5), "--basis-size must be in (0, 1]"),
     (dict(device="gpu"), "--device gpu: no such device; choose cpu, cuda, cuda:<index> or auto"),
     (dict(device="meta"), "--device meta: not measured here; choose cpu, cuda"),
-    (dict(cuda_graphs=True), "--cuda-graphs needs --device cuda")])
+    (dict(cuda_graphs=True), "--cuda-graphs needs --device cuda"),
+    # found in review: without --basis-size these timed the dense model, and the record
+    # said fuse_norm: true
+    (dict(fuse_norm=True), "--fuse-norm applies to basis layers, and the model is dense"),
+    (dict(combine="split"), "--combine split applies to basis layers, and the model is dense")])
 def test_training_benchmark_flags_out_of_range_are_named(options, message):
     from basisconv.bench.train import ThroughputOptions
     from basisconv.models import list_models
@@ -304,7 +308,8 @@ def test_the_training_benchmark_refuses_the_fused_form_where_it_cannot_run():
 
     problem = ThroughputOptions(basis_size=0.25, combine="fused").invalid_flag()
     assert problem.startswith("combine='fused' is benchmarked on --device cuda only")
-    assert ThroughputOptions(combine="fused").invalid_flag() is None  # dense: no basis layer
+    # dense: no basis layer to run fused, so the flag would do nothing
+    assert "add --basis-size" in ThroughputOptions(combine="fused").invalid_flag()
 
 
 @pytest.mark.parametrize("script, args, message", [

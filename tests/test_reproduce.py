@@ -300,3 +300,21 @@ def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert sum(call.startswith("scripts/train.py") for call in started) == len(ROWS)
     assert result.stdout.count(": done") == len(ROWS) + 2  # with sensitivity and search
+
+
+def test_the_keys_the_protocol_lets_change_are_those_a_resume_accepts(repo):
+    """Found in review: the README said reproduce.sh lets trainer.checkpoint change between
+    sessions, as a resume does (checkpoint.RESUMABLE_CHANGES), but the script refused it."""
+    import re
+
+    from basisconv.checkpoint import RESUMABLE_CHANGES
+
+    script = (repo / "scripts" / "reproduce.sh").read_text()
+
+    def array(name):
+        body = re.search(rf"^{name}=\(([^)]*)\)", script, re.M).group(1)
+        return {word.strip("'") for word in body.split()}
+
+    execution, per_run = array("EXECUTION"), array("PER_RUN")
+    assert RESUMABLE_CHANGES - per_run <= execution
+    assert not execution & per_run

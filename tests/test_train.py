@@ -507,6 +507,10 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     assert onecycle[0] == pytest.approx(0.01) and onecycle[1] == pytest.approx(0.08890, abs=1e-4)
     assert onecycle[1:] == sorted(onecycle[1:], reverse=True)
     assert onecycle[-1] == pytest.approx(1e-4)
+    # found in review: a warm-up of under one step (0.05 of 10) was skipped by torch, the
+    # run starting near lr; it is one step at lr / 10 now
+    onecycle, _ = rates("onecycle", 0.05)
+    assert onecycle[0] == pytest.approx(0.01) and onecycle[-1] == pytest.approx(1e-4)
     # one nudge of the fraction was not always enough (1/3 of 3 steps stayed 1.0)
     for warmup, epochs in ((1 / 3, 3), (1 / 6, 6), (1e-7, 10_000_000)):
         trainer = _trainer(warmup_fraction=warmup, epochs=epochs)

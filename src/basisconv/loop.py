@@ -198,6 +198,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
     total = trainer.epochs * steps_per_epoch
     if trainer.schedule == "onecycle":
         warmup = trainer.warmup_fraction
+        if 0 < warmup * total < 1:  # under one step torch skips the warm-up, starting near
+            warmup = 1 / total      # lr (a 4-step smoke run at 0.098 of 0.1): one step
         while warmup * total == 1:  # torch's warm-up phase would end where it starts (0 / 0):
             warmup = math.nextafter(warmup, 1.0)  # one step at lr / 10, then the anneal
         return torch.optim.lr_scheduler.OneCycleLR(

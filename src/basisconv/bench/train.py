@@ -70,6 +70,10 @@ class ThroughputOptions:
         if self.basis_size is not None and not 0 < self.basis_size <= 1:
             return (f"--basis-size must be in (0, 1] (a fraction of each layer's output "
                     f"channels), got {self.basis_size:g}")
+        if self.basis_size is None and (self.fuse_norm or self.combine != "stacked"):
+            given = "--fuse-norm" if self.fuse_norm else f"--combine {self.combine}"
+            return (f"{given} applies to basis layers, and the model is dense: add "
+                    f"--basis-size (e.g. 0.25), or drop {given.split()[0]}")
         device = device_problem(self.device) or (
             fused_problem(self.combine, self.device) if self.basis_size is not None else None)
         if device:
