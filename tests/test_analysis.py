@@ -403,7 +403,7 @@ def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
     out = tmp_path / "results"
     md = (out / "comparison-cpu-fp32.md").read_text()
     assert "mean ± sample standard deviation (n - 1 in the denominator)" in md
-    assert "most have seeds 0 1; resnet20-all: 0)" in md
+    assert "most have seeds 0 1; resnet20-all at basis size 0.25: 0)" in md
     assert f"1 unfinished run: {tmp_path / 'runs' / 'cut'} at epoch 1 of 2" in md
     assert "1 unreadable record" in md
     assert "$\\pm$ sample standard deviation" in (out / "comparison-cpu-fp32.tex").read_text()
@@ -514,6 +514,10 @@ def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
     assert seeds_line(runs) == ""
     twice = runs_frame([(r, "here") for r in RECORDS[:4] + [RECORDS[0]]])
     assert "resnet20-none: 0 0 1" in seeds_line(twice)
+    # found in review: the rows of a size sweep were listed by one name, once per size
+    sweep = runs_frame([(r, "here") for r in RECORDS[:5] + [record("all", 0.125, 0)]])
+    assert ("resnet20-all at basis size 0.25: 0; resnet20-all at basis size 0.125: 0"
+            in seeds_line(sweep))
 
 
 def test_notes_under_the_table_name_a_swept_row_by_its_settings():
@@ -521,7 +525,7 @@ def test_notes_under_the_table_name_a_swept_row_by_its_settings():
 
     runs = runs_frame([(swept(record("all", seed=seed), **{"trainer.lr": lr}), "a")
                        for lr, seeds in ((0.05, (0, 1)), (0.1, (0,))) for seed in seeds])
-    assert "; resnet20-all (trainer.lr=0.1): 0)" in seeds_line(runs)
+    assert "; resnet20-all (trainer.lr=0.1) at basis size 0.5: 0)" in seeds_line(runs)
     assert "for resnet20-all (trainer.lr=0.05), resnet20-all (trainer.lr=0.1):" in \
         baseline_line(compare(runs))
 

@@ -75,13 +75,15 @@ def seeds_line(runs: pd.DataFrame) -> str:
     seeds and their std over fewer."""
     seeds = runs.groupby(ROW_COLUMNS, sort=False).agg(
         experiment=("experiment", "first"), settings=("settings", "first"),
-        seeds=("seed", lambda s: tuple(sorted(s))))
+        size=("basis_size", "first"), seeds=("seed", lambda s: tuple(sorted(s))))
     usual = seeds["seeds"].value_counts().index[0]
     odd = seeds[(seeds["seeds"] != usual) | seeds["seeds"].map(lambda s: len(set(s)) < len(s))]
     if odd.empty:
         return ""
-    listed = "; ".join(f"{row_name(r.experiment, r.settings)}: {' '.join(map(str, r.seeds))}"
-                       for r in odd.itertuples())
+    # with its basis size: the rows of a size sweep share their experiment's name
+    listed = "; ".join(f"{row_name(r.experiment, r.settings)}"
+                       f"{'' if r.size == '-' else f' at basis size {r.size}'}: "
+                       f"{' '.join(map(str, r.seeds))}" for r in odd.itertuples())
     return (f"Rows differ in seeds (most have seeds {' '.join(map(str, usual))}; {listed}): their "
             f"means and changes against the baseline are over other seeds.")
 
