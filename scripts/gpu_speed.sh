@@ -37,6 +37,7 @@ for var in STEP_LIMIT BUDGET; do
     exit 2
   fi
 done
+LIMIT=$((10#$LIMIT)) BUDGET=$((10#$BUDGET))  # in base 10: bash reads 0900 as bad octal
 # torch first: a Python without it would otherwise print a traceback and then claim there
 # is no CUDA device, sending the user to look for a GPU instead of for torch
 if ! TORCH=$("$PY" -c "import torch" 2>&1); then

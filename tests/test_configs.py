@@ -401,6 +401,14 @@ def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo
                           env={**os.environ, "WANDB_MODE": "disabled"})
     assert done.returncode == 2 and done.stderr == (
         "error: Interpolation key 'typo' not found (in name)\n"), done.stderr
+    # a reference that only starts alike is another key's (${seed} is not ${see})
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           "logger=none", "name=run${seed}", "selection=random",
+                           "selection.seed=${see}", f"hydra.run.dir={tmp_path}/run3"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr == (
+        "error: Interpolation key 'see' not found (in selection.seed)\n"), done.stderr
 
 
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():

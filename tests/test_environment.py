@@ -84,6 +84,17 @@ def test_gpu_speed_refuses_a_budget_or_limit_that_is_not_whole_seconds(repo, var
     assert lines == [f"gpu-speed: {variable}=10m: give whole seconds (e.g. {variable}=600)"]
 
 
+def test_gpu_speed_reads_its_budget_in_base_10(repo, tmp_path):
+    """Found in review: BUDGET=0900 was a bad octal number to bash, every step ended at the
+    budget's arithmetic, nothing ran, and the script exited 0."""
+    done = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0", BUDGET="0900",
+                          STEP_LIMIT="0300")
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0 and "value too great" not in err, out + err
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert sum("scripts/benchmark_" in call for call in calls) == 24, calls
+
+
 FAKE_GPU_PY = """#!/usr/bin/env bash
 # a GPU machine's python3 as gpu_speed.sh sees it: CUDA there, the package probe answered
 # as the test says, and each step logged ({{calls}}) with its pid, then sleeping as long as

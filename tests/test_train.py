@@ -511,10 +511,14 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     # run starting near lr; it is one step at lr / 10 now
     onecycle, _ = rates("onecycle", 0.05)
     assert onecycle[0] == pytest.approx(0.01) and onecycle[-1] == pytest.approx(1e-4)
-    # one nudge of the fraction was not always enough (1/3 of 3 steps stayed 1.0)
-    for warmup, epochs in ((1 / 3, 3), (1 / 6, 6), (1e-7, 10_000_000)):
+    # one nudge of the fraction was not always enough (1/3 of 3 steps stayed 1.0), and
+    # 1/total can be just under one step (1/49*49 < 1): every run of 2+ steps warms up
+    for warmup, epochs in ((1 / 3, 3), (1 / 6, 6), (1e-7, 10_000_000), (0.01, 49),
+                           (0.3 / 187, 187), (0.15, 2)):
         trainer = _trainer(warmup_fraction=warmup, epochs=epochs)
-        loop.build_scheduler(loop.build_optimizer(torch.nn.Linear(2, 2), trainer), trainer, 1)
+        optimizer = loop.build_optimizer(torch.nn.Linear(2, 2), trainer)
+        loop.build_scheduler(optimizer, trainer, 1)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01), (warmup, epochs)
 
 
 def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():
@@ -659,3 +663,20 @@ def test_a_stop_in_flight_is_not_replaced_by_restoring_the_settings(monkeypatch)
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_one_step_one_cycle_run_builds_its_schedule():
+    """Found in review: forcing a one-step warm-up made a run of one step in all loop
+    forever (nextafter(1.0, 1.0) is 1.0); it trains its step, as before."""
+    code = ("import torch; from omegaconf import OmegaConf; from basisconv import loop\n"
+            "t = OmegaConf.create(dict(epochs=1, lr=0.1, schedule='onecycle', "
+            "warmup_fraction=0.15, momentum=0.9, nesterov=True, weight_decay=5e-4, "
+            "fused_optimizer=False))\n"
+            "o = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)\n"
+            "loop.build_scheduler(o, t, 1); print('built')")
+    import basisconv
+
+    src = os.path.dirname(os.path.dirname(basisconv.__file__))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": src})
+    assert done.returncode == 0 and done.stdout.strip() == "built", done.stderr

@@ -112,12 +112,12 @@ def interpolation_error_line(err: InterpolationResolutionError) -> str:
     where = err.full_key
     broken = re.search(r"'([^']+)'", first)  # "Interpolation key 'typo' not found"
     if broken and HydraConfig.initialized():
-        typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-        for override in typed:
-            key, _, value = override.partition("=")
-            if "${" + broken.group(1) in value:
-                where = key.lstrip("+~")
-                break
+        typed = dict(override.lstrip("+~").partition("=")[::2] for override in
+                     OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
+        reference = re.compile(r"\$\{\s*" + re.escape(broken.group(1)) + r"\s*\}")
+        if where not in typed:
+            where = next((key for key, value in typed.items() if reference.search(value)),
+                         where)
     return f"{first} (in {where})"
 
 
@@ -235,7 +235,8 @@ def malformed_override(args: list[str]) -> str | None:
 
 def null_group_override(args: list[str]) -> str | None:
     """One line for ``model=null`` (a config group set to null), which Hydra reports as
-    "Config group override must be a string or a list. Got NoneType", naming no group."""
+    "Config group override must be a string or a list. Got NoneType", naming no group
+    (called on that error only: ``profile`` is a plain key of the analysis config)."""
     for arg in args:
         key, given, value = arg.lstrip("+").partition("=")
         options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml"))
@@ -256,10 +257,6 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         print(f"error: the override {bad!r} has no key; write key=value, e.g. "
               f"trainer.epochs=3", file=sys.stderr)
         sys.exit(2)
-    null_group = null_group_override(sys.argv[1:])
-    if null_group is not None:
-        print(f"error: {null_group}", file=sys.stderr)
-        sys.exit(2)
     try:
         return func()
     except SweepJobFailed:
@@ -278,7 +275,10 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             def reraise():
                 raise caught
             return hydra_run_and_report(reraise)
-        print(f"error: {' '.join(hydra_error_line(ex).split())} (BASISCONV_DEBUG=1 shows "
+        line = hydra_error_line(ex)
+        if "Config group override must be a string" in str(ex):  # a group=null
+            line = null_group_override(sys.argv[1:]) or line
+        print(f"error: {' '.join(line.split())} (BASISCONV_DEBUG=1 shows "
               f"Hydra's full message)", file=sys.stderr)
         sys.exit(2)
 

@@ -198,10 +198,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
     total = trainer.epochs * steps_per_epoch
     if trainer.schedule == "onecycle":
         warmup = trainer.warmup_fraction
-        if 0 < warmup * total < 1:  # under one step torch skips the warm-up, starting near
-            warmup = 1 / total      # lr (a 4-step smoke run at 0.098 of 0.1): one step
-        while warmup * total == 1:  # torch's warm-up phase would end where it starts (0 / 0):
-            warmup = math.nextafter(warmup, 1.0)  # one step at lr / 10, then the anneal
+        # torch ends the warm-up at step warmup * total - 1: at 0 it divided by zero, below
+        # 0 it skipped the warm-up (a 4-step smoke run started at 0.098 of lr 0.1); a
+        # warm-up of at most one step is one step at lr / 10, then the anneal (1 / total
+        # may be just under 1 / total: 1/49*49 < 1). One step in all has no warm-up.
+        if total > 1 and 0 < warmup * total <= 1:
+            warmup = 1 / total
+            while warmup * total <= 1:
+                warmup = math.nextafter(warmup, 1.0)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=trainer.lr, total_steps=total, pct_start=warmup,
             anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
