@@ -200,8 +200,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
         warmup = trainer.warmup_fraction
         # torch ends the warm-up at step warmup * total - 1: at 0 it divided by zero, below
         # 0 it skipped the warm-up (a 4-step smoke run started at 0.098 of lr 0.1); a
-        # warm-up of at most one step is one step at lr / 10, then the anneal (1 / total
-        # may be just under 1 / total: 1/49*49 < 1). One step in all has no warm-up.
+        # warm-up of at most one step is one step at lr / 10, then the anneal (nudged past
+        # one step: in floats 1/49*49 < 1). One step in all has no warm-up.
         if total > 1 and 0 < warmup * total <= 1:
             warmup = 1 / total
             while warmup * total <= 1:
