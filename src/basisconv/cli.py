@@ -238,9 +238,11 @@ def null_group_override(args: list[str]) -> str | None:
     "Config group override must be a string or a list. Got NoneType", naming no group
     (called on that error only: ``profile`` is a plain key of the analysis config)."""
     for arg in args:
-        key, given, value = arg.lstrip("+").partition("=")
+        key, _, value = arg.lstrip("+").partition("=")
+        if value.strip() != "null" or "/" in key:
+            continue
         options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml"))
-        if given and value.strip() == "null" and options and "/" not in key:
+        if options:
             return (f"{arg}: {key} is a config group and takes one of its configs ("
                     f"{', '.join(options)}); drop the override for the default")
     return None

@@ -133,13 +133,17 @@ def basis_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_b
 
 
 def forward_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_basis: int | None,
-                           combine: str = "stacked") -> int:
+                           combine: str = "stacked", fused_norm: bool = False) -> int:
     """Multiply-adds per output pixel of a dense conv (``num_basis=None``: ``C_out*K``) or
-    a basis conv (both stages, :func:`basis_macs_per_pixel`)."""
+    a basis conv (both stages, :func:`basis_macs_per_pixel`). ``fused_norm``: the layer
+    runs with its batch norm folded in, stacked, and in training also computes the
+    ``m x m`` moments of its basis maps, ``m*m`` more per pixel (:func:`basis_conv2d_cost`)."""
     if num_basis is None:
         kh, kw = _pair(kernel_size)
         return out_channels * in_channels * kh * kw
-    return sum(basis_macs_per_pixel(in_channels, out_channels, kernel_size, num_basis, combine))
+    stages = basis_macs_per_pixel(in_channels, out_channels, kernel_size, num_basis,
+                                  counted_combine(combine, fused_norm))
+    return sum(stages) + (num_basis * num_basis if fused_norm else 0)
 
 
 def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked",
@@ -153,9 +157,8 @@ def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked
     needs ``m*(K + C_out) < C_out*K``, slightly stricter. Parameters are saved exactly when
     ``m < min(C_out, K)``.
 
-    ``fused_norm``: the layer runs with its batch norm folded in (``fuse_norm``), stacked,
-    and in training also computes the ``m x m`` moments of its basis maps, ``m*m`` more
-    per pixel (:func:`basis_conv2d_cost`); near full rank that alone can undo the saving.
+    ``fused_norm``: the layer runs with its batch norm folded in (``fuse_norm``); its
+    moments (:func:`forward_macs_per_pixel`) alone can undo the saving near full rank.
     This is the forward's count. In a training step every layer's backward saves as its
     forward does, except a first layer, whose input needs no gradient: there the basis
     form still pays the combination's input gradient, so the stem can cost more to train
@@ -166,8 +169,8 @@ def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked
     else:
         c_in, c_out, k = conv_or_shape
     m = resolve_num_basis(num_basis, c_out)
-    basis = forward_macs_per_pixel(c_in, c_out, k, m, counted_combine(combine, fused_norm))
-    return basis + (m * m if fused_norm else 0) < forward_macs_per_pixel(c_in, c_out, k, None)
+    return (forward_macs_per_pixel(c_in, c_out, k, m, combine, fused_norm)
+            < forward_macs_per_pixel(c_in, c_out, k, None))
 
 
 def conv2d_cost(in_channels: int, out_channels: int, kernel_size, output_size, *, batch: int = 1,

@@ -38,8 +38,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from .cost import (HOOK_TABLES, copy_model, counted_combine, forward_macs_per_pixel,
-                   saves_compute)
+from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
@@ -185,7 +184,6 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                                      key=keys["num_basis"]) for name, conv in targets.items()}
     # judged in the stacked form when fused with a norm (stricter than split): a layer
     # converted for a split saving must not cost more than the dense conv once fused
-    counted = counted_combine(combine, fuse_norm)
     for name in list(targets):
         conv, m = targets[name], sizes[name]
         if saves_compute(conv, m, combine, fused_norm=fuse_norm):
@@ -193,7 +191,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
         dense = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, None)
         basis = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, m,
-                                       counted) + (m * m if fuse_norm else 0)
+                                       combine, fuse_norm)
         message = (f"layer {name!r}: num_basis={m} saves no compute ({basis} vs {dense} dense "
                    f"multiply-adds per pixel; C_out={conv.out_channels}, C_in*k*k={k}, the basis "
                    f"must be well below min of the two)")
