@@ -262,7 +262,11 @@ def test_batches_resume_from_state():
 
 def test_batch_larger_than_dataset():
     images, labels = random_images(10, 0)
-    with pytest.raises(ConfigError, match="larger than the 10 training examples"):
+    # found in review: data.train_subset=1 (one image, meant as "all") was blamed on the
+    # batch size alone
+    with pytest.raises(ConfigError, match=r"larger than the 10 training examples; lower "
+                                          r"trainer.batch_size, or keep more images "
+                                          r"\(data.train_subset, .*sensitivity.val_size\)$"):
         TensorBatches(images, labels, 32, train=True)
 
 
@@ -355,6 +359,81 @@ def test_a_download_torchvision_refuses_is_a_clear_error(tmp_path, monkeypatch):
                          ("torchvision.datasets.utils", utils)):
         monkeypatch.setitem(sys.modules, name, module)
     with pytest.raises(DatasetError, match="could not download CIFAR-10 .*corrupted"):
+        load_cifar10(tmp_path / "new", download=True)
+
+
+def _serve_archive(tmp_path, monkeypatch):
+    """A small CIFAR-10 python archive behind a fake urlretrieve (the stdlib path)."""
+    import hashlib
+    import io
+    import tarfile
+
+    import basisconv.data as data
+
+    folder = write_cifar(tmp_path / "archive", "py", n_train=50, n_test=10)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    blob = buffer.getvalue()
+    monkeypatch.setattr(data, "ARCHIVE", {"url": "https://example.invalid/cifar.tar.gz",
+                                          "md5": hashlib.md5(blob).hexdigest()})
+    monkeypatch.setattr(data.urllib.request, "urlretrieve",
+                        lambda url, path: Path(path).write_bytes(blob))
+    monkeypatch.setitem(__import__("sys").modules, "torchvision", None)
+
+
+def test_a_download_is_never_seen_half_extracted(tmp_path, monkeypatch):
+    """Found in review: the archive was extracted straight into data.root, so a run started
+    during the extraction (a staggered array job) found the folder, skipped the download
+    lock and read a half-written dataset ("file missing", a false md5 mismatch). It is
+    extracted aside and renamed into place whole."""
+    import tarfile
+
+    from basisconv.data import find_cifar10
+
+    _serve_archive(tmp_path, monkeypatch)
+    root = tmp_path / "new"
+    seen = []
+    extract = tarfile.TarFile.extractall
+
+    def extract_and_look(self, *args, **kwargs):
+        extract(self, *args, **kwargs)
+        try:  # what a run started now would find: nothing, so it waits for the lock
+            seen.append(find_cifar10(root))
+        except DatasetError:
+            seen.append(None)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extract_and_look)
+    loaded = load_cifar10(root, verify_md5=False, download=True)
+    assert seen == [None] and loaded.train_labels.numel() == 50
+    assert [p.name for p in root.iterdir() if p.name.startswith(".cifar-10-extracting")] == []
+
+
+def test_an_interrupted_extraction_leaves_no_half_folder(tmp_path, monkeypatch):
+    import tarfile
+
+    _serve_archive(tmp_path, monkeypatch)
+    root = tmp_path / "new"
+    extract = tarfile.TarFile.extractall
+
+    def disk_full(self, path, *args, **kwargs):
+        extract(self, path, *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", disk_full)
+    with pytest.raises(DatasetError, match="could not download CIFAR-10 .*No space left"):
+        load_cifar10(root, verify_md5=False, download=True)
+    assert not (root / "cifar-10-batches-py").exists()
+    assert not [p for p in root.iterdir() if p.is_dir()]
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extract)  # the next try completes
+    assert load_cifar10(root, verify_md5=False, download=True).test_labels.numel() == 10
+
+
+def test_a_download_over_an_incomplete_folder_says_delete_it(tmp_path, monkeypatch):
+    _serve_archive(tmp_path, monkeypatch)
+    (tmp_path / "new" / "cifar-10-batches-py").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"cifar-10-batches-py exists but holds no CIFAR-10 "
+                                           r"batch .*delete it"):
         load_cifar10(tmp_path / "new", download=True)
 
 

@@ -20,7 +20,9 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import tarfile
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,32 +169,47 @@ def download_cifar10(root: str | os.PathLike) -> None:
     """Download and extract the python version into ``root`` (md5-checked).
 
     Uses torchvision's downloader when torchvision imports, else the standard library.
+    The archive is extracted into a hidden staging folder and its CIFAR-10 folder renamed
+    into place whole: a run started meanwhile (a staggered array job, a second command)
+    finds either no dataset, and waits for the download lock, or all of it; never a folder
+    still being written, and an interrupted extraction leaves no half folder behind.
     """
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
+    target = root / FOLDERS["py"]
+    if target.exists():  # find_cifar10 found no batch in it
+        raise DatasetError(
+            f"{target} exists but holds no CIFAR-10 batch (an interrupted extraction?): "
+            f"delete it and run again, or point data.root at a complete copy.")
     try:
         from torchvision.datasets.utils import download_and_extract_archive
     except Exception:  # noqa: BLE001 - the CPU torch build cannot import torchvision's ops
         download_and_extract_archive = None
+    staging = Path(tempfile.mkdtemp(prefix=".cifar-10-extracting-", dir=root))
     try:
         if download_and_extract_archive is not None:
-            download_and_extract_archive(ARCHIVE["url"], str(root), md5=ARCHIVE["md5"])
-            return
-        archive = root / Path(ARCHIVE["url"]).name
-        urllib.request.urlretrieve(ARCHIVE["url"], archive)
-        if file_digest(archive, "md5") != ARCHIVE["md5"]:
-            raise DatasetError(f"downloaded {archive} has the wrong md5; delete it and retry.")
-        with tarfile.open(archive) as tar:
-            # the "data" filter (no paths outside root, no devices) where Python has it
-            # (3.11.4+); the archive's md5 was checked above either way
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(root, **safe)
+            download_and_extract_archive(ARCHIVE["url"], str(root), extract_root=str(staging),
+                                         md5=ARCHIVE["md5"])
+        else:
+            archive = root / Path(ARCHIVE["url"]).name
+            urllib.request.urlretrieve(ARCHIVE["url"], archive)
+            if file_digest(archive, "md5") != ARCHIVE["md5"]:
+                raise DatasetError(
+                    f"downloaded {archive} has the wrong md5; delete it and retry.")
+            with tarfile.open(archive) as tar:
+                # the "data" filter (no paths outside root, no devices) where Python has it
+                # (3.11.4+); the archive's md5 was checked above either way
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(staging, **safe)
+        os.replace(staging / FOLDERS["py"], target)
     except DatasetError:  # its own message (a wrong md5) says what to do
         raise
     except (OSError, RuntimeError) as err:  # torchvision's md5 mismatch is a RuntimeError
         raise DatasetError(
             f"could not download CIFAR-10 into {root} ({err}). This machine may be offline: "
             f"copy the extracted files there by hand, or point data.root at them.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = True,
@@ -385,7 +402,9 @@ class TensorBatches:
                               f"data.test_subset and sensitivity.val_size")
         if self.drop_last and len(self) == 0:
             raise ConfigError(f"trainer.batch_size={batch_size} is larger than the "
-                              f"{labels.numel()} training examples; lower trainer.batch_size")
+                              f"{labels.numel()} training examples; lower trainer.batch_size, "
+                              f"or keep more images (data.train_subset, data.synthetic_train, "
+                              f"sensitivity.val_size)")
 
     def __len__(self) -> int:
         n = self.labels.numel()
