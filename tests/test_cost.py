@@ -382,3 +382,17 @@ def test_a_model_with_nothing_to_train_counts_no_backward(combine):
     assert counted["backward_flops"] == 0 == model_cost(layer, (2, 3, 8, 8)).backward_flops
     if combine == "stacked":  # auto runs whichever form it timed fastest (maybe dense)
         assert counted["forward_flops"] == model_cost(layer, (2, 3, 8, 8)).forward_flops
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_a_model_in_another_dtype_is_counted_as_in_float32(dtype):
+    """Found in review: the dry run fed a float32 input to a float64 or half model, so
+    model_cost (and layer_sensitivity, dense_totals on it) failed, telling the user to change
+    the input shape."""
+    from basisconv.selection import dense_totals
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3))
+    expected = model_cost(model, (1, 3, 8, 8)).totals()
+    assert model_cost(model.to(dtype), (1, 3, 8, 8)).totals() == expected
+    assert dense_totals(model, (1, 3, 8, 8))

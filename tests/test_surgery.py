@@ -679,3 +679,54 @@ def test_a_model_on_the_meta_device_is_fitted_only_once_it_has_weights():
         apply_basis(model, "all", 4)
     fresh = apply_basis(model, "all", 4, convert=False)  # fresh layers need no values
     assert isinstance(fresh[0], BasisConv2d) and fresh[0].basis_weight.is_meta
+
+
+class PlainListPath(nn.Module):
+    """Its convs are modules, but its forward reaches them through a plain list."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3)
+        self.path = [self.a, self.b]
+
+    def forward(self, x):
+        for conv in self.path:
+            x = torch.relu(conv(x))
+        return x
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_a_replaced_conv_still_called_warns_and_no_longer_runs_the_users_hooks(inplace):
+    """Found in review: a conv the forward reaches through a plain list stays there, so the
+    "converted" model ran its old dense convs (untrained: their weights left parameters())
+    without a word, and the hooks it shared with its basis layer fired on it."""
+    model = PlainListPath()
+    fired = []
+    model.a.register_forward_hook(lambda m, args, out: fired.append(type(m).__name__))
+    converted = apply_basis(model, "all", 2, inplace=inplace)
+    with pytest.warns(UserWarning) as caught:
+        converted(torch.randn(1, 4, 8, 8))
+    assert sorted(str(w.message).split(" was ")[0] for w in caught) == ["conv 'a'", "conv 'b'"]
+    assert "still called" in str(caught[0].message) and "nn.ModuleList" in str(caught[0].message)
+    assert fired == []  # the hook moved to the basis layer, which this forward never calls
+    converted.a(torch.randn(1, 4, 8, 8))
+    assert fired == ["BasisConv2d"]
+
+
+def test_a_converted_model_calls_no_replaced_conv():
+    """The warning has no false alarm on a model that holds its convs as modules."""
+    model = build_model("resnet20", width=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_basis(model, "all", 0.5, inplace=True, only_where_saves=True)(
+            torch.randn(2, 3, 8, 8))
+
+
+def test_an_empty_layer_list_and_a_conv1d_say_what_to_do():
+    model = nn.Sequential(nn.Conv1d(3, 8, 3), nn.Conv2d(3, 8, 3))
+    with pytest.raises(ConfigError, match=r"empty; .*\(if pick_layers chose none, keep the "
+                                          r"dense model\)$"):
+        apply_basis(model, [], 2)
+    with pytest.raises(ConfigError, match=r"layer '0' is a Conv1d, only nn.Conv2d layers "
+                                          r"convert; valid names: 1$"):
+        apply_basis(model, "0", 2)

@@ -342,7 +342,10 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
             warnings.warn(f"model_cost: layer {name!r} ({type(module).__name__}) is not counted",
                           stacklevel=2)
     try:
-        x = torch.empty(input_shape, device="meta", requires_grad=input_requires_grad)
+        # in the model's own dtype: a float64 or half model refuses a float32 input
+        dtype = next((t.dtype for t in shadow.parameters() if t.is_floating_point()), None)
+        x = torch.empty(input_shape, device="meta", dtype=dtype,
+                        requires_grad=input_requires_grad)
         with torch.enable_grad():
             shadow(x)
     except BasisconvError:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
+import functools
 import logging
 import numbers
 import warnings
@@ -89,7 +90,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     layers = list(layers)
     if not layers:
         raise ConfigError("apply_basis: the layer list is empty; give 'all', names or patterns "
-                          "like 'layer*.conv*'")
+                          "like 'layer*.conv*' (if pick_layers chose none, keep the dense model)")
     chosen: dict[str, nn.Conv2d] = {}
     valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
     given = f"{key}: " if key else ""
@@ -117,8 +118,10 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         if entry not in convs:
             module = dict(model.named_modules()).get(entry)
             if module is not None and entry:
-                raise ConfigError(f"{given}layer {entry!r} is a {type(module).__name__}, not a "
-                                  f"convolution; valid names: {valid}")
+                conv_kind = isinstance(module, nn.modules.conv._ConvNd)
+                what = "only nn.Conv2d layers convert" if conv_kind else "not a convolution"
+                raise ConfigError(f"{given}layer {entry!r} is a {type(module).__name__}, {what}; "
+                                  f"valid names: {valid}")
             # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
             close = ([n for n in convs if n.endswith("." + entry)]
                      or difflib.get_close_matches(entry, list(convs), n=3))
@@ -293,6 +296,7 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
             tables.get("_forward_pre_hooks_with_kwargs", {}).pop(key, None)
     for table, hooks in tables.items():
         setattr(layer, table, hooks)
+    _retire(conv, name, weight_hooks)
     if any(not _parametrizations_own(hook)
            for t in ("_state_dict_hooks", "_state_dict_pre_hooks",
                      "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
@@ -300,6 +304,32 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
         warnings.warn(f"layer {name!r}: its state-dict hooks are not carried to its basis "
                       f"layer, whose state has other keys; register them on the converted "
                       f"layer if they still apply", stacklevel=3)
+
+
+def _retire(conv: nn.Conv2d, name: str, weight_hooks: list[int]) -> None:
+    """Leave the replaced ``conv`` hook tables of its own (its weight hooks only) and a
+    pre-hook that warns when it is still called. Why: a model that reaches a conv through
+    a reference :func:`apply_basis` cannot see (a plain list or dict, not an
+    ``nn.ModuleList``/``ModuleDict``) would go on running the old dense conv, whose weights
+    no optimizer sees any more, while ``parameters()`` and ``basis_report`` say it was
+    converted; and with shared tables the user's hooks (``model_cost``'s too) fired on it
+    under the converted layer's name."""
+    pre_hooks = conv._forward_pre_hooks
+    kept = {key: pre_hooks[key] for key in weight_hooks}
+    for table in HOOK_TABLES:
+        if hasattr(conv, table):
+            setattr(conv, table, type(getattr(conv, table))())
+    conv._is_full_backward_hook = None
+    conv._forward_pre_hooks.update(kept)
+    conv.register_forward_pre_hook(functools.partial(_still_called, name))
+
+
+def _still_called(name: str, module: nn.Module, args) -> None:
+    warnings.warn(f"conv {name!r} was replaced by a basis layer but is still called: the "
+                  f"model reaches it through a reference apply_basis cannot replace (a plain "
+                  f"Python list or dict? hold submodules in nn.ModuleList or nn.ModuleDict), "
+                  f"so it runs the old dense conv, which no longer trains. If you call the "
+                  f"old conv yourself on purpose, ignore this.", stacklevel=2)
 
 
 def _parametrizations_own(hook) -> bool:
