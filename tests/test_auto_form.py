@@ -66,7 +66,14 @@ def test_a_shape_is_measured_once_per_kind_of_call(monkeypatch):
     assert all(set(t) == {"stacked", "dense"} for t in auto.TIMINGS.values())
 
 
-def test_measuring_leaves_the_random_state_and_the_callers_graph_alone():
+def test_measuring_leaves_the_random_state_and_the_callers_graph_alone(monkeypatch):
+    timed = auto._time
+
+    def drawing(form, args, backward):  # a measurement that draws (none does today), so
+        torch.rand(1)                   # that a leak into the caller's state would show
+        return timed(form, args, backward)
+
+    monkeypatch.setattr(auto, "_time", drawing)
     layer, x = layer_and_input("cpu")
     state = torch.get_rng_state()
     out = layer(x)
@@ -178,3 +185,23 @@ def test_forms_are_chosen_before_compiling_and_the_model_is_left_as_it_was(monke
     out = compiled(x)
     torch.testing.assert_close(out, model(x))
     assert auto.choices() == chosen
+
+
+@pytest.mark.parametrize("padding, image, fused", [
+    ("same", 9, False),   # an even kernel pads one side more: the kernel cannot
+    ((1, 1), 9, True),
+    ((1, 1), 300, False),      # more output pixels than the kernel's int32 rows allow
+])
+def test_the_fused_kernel_is_a_candidate_only_where_it_would_run(monkeypatch, padding, image,
+                                                                  fused):
+    """Found in review: ``fused`` was offered on CUDA for any geometry, so a one-sided
+    ``"same"`` padding timed the stacked form under the kernel's name, warned of
+    combine='fused' to a user who asked for "auto", and could record "fused"."""
+    from basisconv.kernels import triton_conv
+
+    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)  # as on a GPU
+    monkeypatch.setattr(triton_conv, "unsupported",  # a CUDA tensor, with a small row limit
+                        lambda x, dtype, m, out_pixels=0: "rows" if out_pixels > 60_000 else None)
+    x = torch.zeros(1, 4, image, image)
+    forms = auto.candidates(x, torch.zeros(3, 4, 2, 2), (1, 1), padding, (1, 1))
+    assert ("fused" in forms) == fused and forms[:2] == ["stacked", "dense"]

@@ -376,3 +376,23 @@ def test_backward_hooks_see_the_modules_one_after_another():
     out = conv(x).detach().requires_grad_()
     torch.relu(norm(out)).sum().backward()
     torch.testing.assert_close(seen["conv"], out.grad)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_norm_whose_tracking_is_switched_off_keeps_its_running_statistics(momentum):
+    """Found in review: ``norm.track_running_stats = False`` after construction (a common
+    way to freeze the statistics; the buffers stay) was ignored by the fused norm, which
+    went on updating them (momentum 0.1) or failed in lerp_ (momentum None)."""
+    (conv, norm), (fused, fused_norm) = pair(layers("converted", "cpu"),
+                                             {"momentum": momentum}, "cpu")
+    with torch.no_grad():  # not the initial values, so that an update shows
+        for buffers in (norm, fused_norm):
+            buffers.running_mean.fill_(0.3)
+            buffers.running_var.fill_(2.0)
+    norm.track_running_stats = fused_norm.track_running_stats = False
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(conv_norm_act(fused, fused_norm, x, relu=True),
+                               conv_norm_act(conv, norm, x, relu=True))
+    for name, buffer in norm.named_buffers():
+        torch.testing.assert_close(dict(fused_norm.named_buffers())[name], buffer)
+    assert float(fused_norm.running_mean[0]) == 0.3

@@ -476,7 +476,9 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
     combination."""
     batch_stats = norm.training or norm.running_mean is None
     momentum = norm.momentum
-    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+    # a norm whose tracking was switched off keeps its buffers unchanged (frozen statistics)
+    tracking = norm.training and norm.track_running_stats
+    if tracking and norm.num_batches_tracked is not None:
         norm.num_batches_tracked.add_(1)
         if momentum is None:  # a cumulative average, as nn.BatchNorm2d keeps it
             momentum = 1.0 / float(norm.num_batches_tracked)
@@ -485,7 +487,7 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
         layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
         eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
         relu=relu)
-    if stats is not None and norm.training and norm.running_mean is not None:
+    if stats is not None and tracking and norm.running_mean is not None:
         with torch.no_grad():
             unbiased = stats.var * (stats.count / max(stats.count - 1, 1))
             norm.running_mean.lerp_(stats.mean.to(norm.running_mean.dtype), momentum)

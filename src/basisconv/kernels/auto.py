@@ -27,7 +27,7 @@ import time
 import torch
 
 from . import triton_conv
-from .fused import compute_dtype, fused_forward
+from .fused import compute_dtype, fused_forward, numeric_padding
 from .torch_ops import dense_forward, stacked_forward
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,20 @@ def _measuring_is_possible(x: torch.Tensor) -> bool:
     return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def candidates(x: torch.Tensor, basis_weight: torch.Tensor) -> list[str]:
+def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding,
+               dilation) -> list[str]:
     """The forms worth timing here: the fused kernel only where it runs compiled (under
-    the interpreter it would only time the interpreter)."""
+    the interpreter it would only time the interpreter) and on this call's geometry (a
+    one-sided ``"same"`` padding or too many output pixels make ``fused`` run the stacked
+    form, which would then be timed, chosen and recorded under the kernel's name)."""
     forms = ["stacked", "dense"]
-    if (triton_conv.unsupported(x, compute_dtype(x), basis_weight.shape[0]) is None
-            and not triton_conv.interpreting()):
+    pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
+    if pad is None or triton_conv.interpreting():
+        return forms
+    h_out, w_out = triton_conv.output_size(x.shape[2:], basis_weight.shape[2:], stride, pad,
+                                           dilation)
+    if triton_conv.unsupported(x, compute_dtype(x), basis_weight.shape[0],
+                               out_pixels=x.shape[0] * h_out * w_out) is None:
         forms.append("fused")
     return forms
 
@@ -114,7 +122,8 @@ def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch
     if form is None and _measuring_is_possible(x):
         args = (x, basis_weight, combination, bias, stride, padding, dilation)
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            times = {f: _time(f, args, backward) for f in candidates(x, basis_weight)}
+            times = {f: _time(f, args, backward)
+                     for f in candidates(x, basis_weight, stride, padding, dilation)}
         form = _CHOICES[key] = min(times, key=times.get)
         TIMINGS[key] = times
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs (%s; ms per call: %s)",
