@@ -235,3 +235,48 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_process_with_one_line(tmp_
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not save epoch 1 (" in errors[0], result.stderr[-3000:]
     assert "File too large" in errors[0]
+
+
+def torchrun_train(repo, folder, *overrides, wrapper=None, epochs=2, images=200):
+    """scripts/train.py under torchrun with 2 gloo processes on a tiny problem; ``wrapper``,
+    a bash script, runs each process (``"$@"`` is its command)."""
+    common = ["data=stripes", f"data.synthetic_train={images}", "data.synthetic_test=50",
+              "model=resnet20", "model.width=0.25", "trainer.batch_size=50",
+              f"trainer.epochs={epochs}", "trainer.threads=1", "trainer.progress=false",
+              "trainer.device=cpu", "logger=none", f"hydra.run.dir={folder}", *overrides]
+    command = [str(repo / "scripts" / "train.py"), *common]  # torchrun runs it with python
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]
+    if wrapper is not None:
+        launcher += ["--no-python", "bash", "-c", wrapper, "bash", sys.executable]
+    return subprocess.run([*launcher, *command], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_refusal_is_said_once_even_when_rank_0_is_late(tmp_path, repo):
+    """Found in review: a config error Hydra catches was printed by every rank; and a rank
+    that exited first made torchrun stop rank 0 before its line was out (no line at all)."""
+    typo = torchrun_train(repo, tmp_path / "typo", "trainer.epoch=3")
+    errors = [line for line in typo.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "trainer.epoch is not a config key" in errors[0], typo.stderr
+    late = torchrun_train(repo, tmp_path / "late", "trainer.lr=-1",
+                          wrapper='if [ "$RANK" = 0 ]; then sleep 4; fi; exec "$@"')
+    errors = [line for line in late.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: trainer.lr must be a finite number > 0, got -1.0"], late.stderr
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_makes_rank_0_say_so(tmp_path, repo):
+    """Found in review: rank 0 said only "stopped by SIGTERM" (torchrun's signal, which
+    replaced what its failed collective said), with no epoch and no way to resume."""
+    folder = tmp_path / "run"
+    kill_rank_1 = ('if [ "$RANK" = 1 ]; then "$@" & pid=$!; until [ -e "$CHECKPOINT" ]; '
+                   'do sleep 0.05; done; kill -9 $pid; wait $pid; exit 9; fi; exec "$@"')
+    result = torchrun_train(repo, folder, epochs=5, images=1000,
+                            wrapper=kill_rank_1.replace("$CHECKPOINT", str(folder / "checkpoint.pt")))
+    stopped = [line for line in result.stderr.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1, result.stderr[-3000:]
+    assert stopped[0].startswith("stopped by SIGTERM: another process of this torchrun job "
+                                 "failed (")
+    assert "by peer" in stopped[0]

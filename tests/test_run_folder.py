@@ -154,9 +154,22 @@ def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkey
     assert earlier[0]["hardware"]["cpu"] == "Another CPU" and "resumed_from_epoch" not in earlier[0]
     assert earlier[1]["resumed_from_epoch"] == 1 and record["provenance"]["resumed_from_epoch"] == 2
     assert record["provenance"]["hardware"]["cpu"] != "Another CPU"
-    warnings = [r.message for r in caplog.records if "another commit or machine" in r.message]
+    warnings = [r.message for r in caplog.records if "another commit or set-up" in r.message]
     assert len(warnings) == 1 and "after epoch 1" in warnings[0]  # the second start only
     assert "Another CPU" in warnings[0]
+
+
+def test_a_resume_with_another_number_of_processes_is_a_warning(caplog):
+    """Found in review: a run started under torchrun with 2 processes and resumed in one
+    said nothing, though its epoch times then mix the two set-ups."""
+    from basisconv.train import keep_earlier_provenance
+
+    saved = {"git": {"commit": "abc"}, "hardware": {"cpu": "X", "processes": 2}}
+    now = {"git": {"commit": "abc"}, "hardware": {"cpu": "X"}}
+    with caplog.at_level("WARNING"):
+        keep_earlier_provenance(now, saved, 1)
+    assert "another commit or set-up" in caplog.text and "processes 2 -> 1" in caplog.text
+    assert now["earlier"][0]["hardware"]["processes"] == 2
 
 
 def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):

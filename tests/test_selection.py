@@ -639,6 +639,36 @@ def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp
         sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-d", *elsewhere))
 
 
+def test_under_torchrun_a_published_record_refills_the_cache_and_nothing_is_estimated(
+        repo, tmp_path, monkeypatch):
+    """Found in review: under torchrun the table was refused before the published record
+    (sensitivity.restore_from) was tried, sending the user off to estimate it again; and
+    with sensitivity.recompute=true the refusal said no table existed."""
+    from basisconv import distributed
+
+    published = tmp_path / "runs" / "sensitivity.json"
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    sensitivity.run_sensitivity(compose_sensitivity(repo, tmp_path / "cache-a", "selection=none",
+                                                    "logger=none", f"publish={published}"),
+                                tmp_path / "sens")
+
+    def no_estimate(cfg):
+        raise AssertionError("estimated under torchrun")
+
+    monkeypatch.setattr(sensitivity, "estimate", no_estimate)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    restored, record = sensitivity.sensitivity_table(compose_sensitivity(
+        repo, tmp_path / "cache-b", f"sensitivity.restore_from={published}"))
+    assert record["cache_hit"] and len(restored) == 3
+    with pytest.raises(ConfigError, match=r"no sensitivity table for key .* in .*cache-c; "
+                                          r"estimate it first in one process"):
+        sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-c"))
+    with pytest.raises(ConfigError, match=r"^sensitivity.recompute=true cannot estimate the "
+                                          r"table again under torchrun; estimate it first"):
+        sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-b",
+                                                          "sensitivity.recompute=true"))
+
+
 def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
         repo, tmp_path, monkeypatch, caplog):
     cfg = compose_sensitivity(repo, tmp_path)

@@ -10,8 +10,9 @@ import re
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
+from . import distributed
 from .config import validate
 from .errors import BasisconvError, ConfigError, FolderInUse, Stopped
 from .records import write_bytes_atomic
@@ -256,9 +258,10 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         return hydra_run_and_report(func)
     bad = malformed_override(sys.argv[1:])
     if bad is not None:
-        print(f"error: the override {bad!r} has no key; write key=value, e.g. "
-              f"trainer.epochs=3", file=sys.stderr)
-        sys.exit(2)
+        line = f"the override {bad!r} has no key; write key=value, e.g. trainer.epochs=3"
+        if first_process():
+            print(f"error: {line}", file=sys.stderr)
+        exit_refused(line)
     try:
         return func()
     except SweepJobFailed:
@@ -280,9 +283,10 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         line = hydra_error_line(ex)
         if "Config group override must be a string" in str(ex):  # a group=null
             line = null_group_override(sys.argv[1:]) or line
-        print(f"error: {' '.join(line.split())} (BASISCONV_DEBUG=1 shows "
-              f"Hydra's full message)", file=sys.stderr)
-        sys.exit(2)
+        line = f"{' '.join(line.split())} (BASISCONV_DEBUG=1 shows Hydra's full message)"
+        if first_process():
+            print(f"error: {line}", file=sys.stderr)
+        exit_refused(line)
 
 
 #: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's
@@ -357,6 +361,43 @@ def raise_stopped(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
+def stop_reason(err: BaseException) -> str:
+    """What a stop says: its own message, else that of the stop or the collective's failure
+    it interrupted. Why: under torchrun a rank that dies makes this one's collective fail
+    and torchrun send it SIGTERM, which lands while that failure, or the stop made of it
+    (after which epoch, how to resume), is still on its way out, and replaces it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, KeyboardInterrupt) and str(err):
+            return str(err)
+        reason = distributed.peer_failure(err)
+        if reason is not None:
+            return reason
+        err = err.__context__
+    return ""
+
+
+#: How long a process other than torchrun's rank 0 waits after a refusal for rank 0 to say
+#: it and exit (torchrun then ends the waiting one).
+RANK_WAIT_S = 30.0
+
+
+def exit_refused(message: str) -> NoReturn:
+    """Exit with status 2 after a refusal, whose line rank 0 has printed. Why the wait:
+    under torchrun every rank meets the same refusal, and the first to exit makes torchrun
+    stop the others, rank 0 too, often before its line was out (then there was no line,
+    or a "stopped by SIGTERM" saying the same command would start the run over). So another
+    rank waits, its signals at their defaults, for torchrun to end it once rank 0 has
+    exited; one whose refusal rank 0 did not meet says it itself after the wait."""
+    if not first_process() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        time.sleep(RANK_WAIT_S)
+        print(f"error (rank {os.environ.get('RANK')}): {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def exit_on_user_error(fn: F) -> F:
     """Print a :class:`BasisconvError` as one line and exit with status 2, instead of a
     stack trace; ``BASISCONV_DEBUG=1`` shows the trace. A run stopped by SIGINT (Ctrl-C)
@@ -395,13 +436,13 @@ def exit_on_user_error(fn: F) -> F:
                 name = run_name(args[0]) if args else None
                 resume_override.append(sweep_folder_override(name))
                 raise SweepJobFailed(message) from None
-            sys.exit(2)
+            exit_refused(message)
         except KeyboardInterrupt as err:
             if os.environ.get("BASISCONV_DEBUG"):
                 raise
             signum = getattr(err, "signum", signal.SIGINT)
-            message = (f"stopped by {signal.Signals(signum).name}"
-                       f"{': ' + str(err) if str(err) else ''}")
+            said = stop_reason(err)
+            message = f"stopped by {signal.Signals(signum).name}{': ' + said if said else ''}"
             if first_process():
                 log_to_files(message)
                 print(message, file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,23 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def peer_failure(err: BaseException) -> str | None:
+    """One line saying that another process of the job went away, when ``err`` is a
+    collective's failure for that reason (gloo: "Connection reset/closed by peer"; NCCL
+    and torch's store: a ``DistError``), else None: a fault of this process's own
+    computation is left to propagate as it is."""
+    if not isinstance(err, RuntimeError) or not is_distributed():
+        return None
+    if not (isinstance(err, getattr(dist, "DistError", ()))
+            or any(sign in str(err) for sign in ("by peer", "Connection refused"))):
+        return None
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # gloo's first line: "[<source file>:<line>] Read error ...: Connection reset by peer.
+    # This is typically caused by ..."; its first sentence, without the source location
+    said = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0] if lines else ""
+    return f"another process of this torchrun job failed ({said or type(err).__name__})"
 
 
 def setup(device: torch.device) -> torch.device:

@@ -199,17 +199,22 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     otherwise estimated now (logged, and cached for the next run)."""
     recompute = cfg.sensitivity.recompute if recompute is None else recompute
     cached = None if recompute else load_cached(cfg)
-    if cached is None and distributed.world_size() > 1:
-        raise ConfigError(f"no sensitivity table for key {cache_key(cfg)} in "
-                          f"{cfg.sensitivity.cache_dir}; estimate it first in one process "
-                          f"(python scripts/sensitivity.py with the same overrides), then "
-                          f"start the torchrun job")
     if cached is None:
         folder = cache_dir(cfg)
         # One estimate per key at a time: a second process waits, then reuses its table.
         with folder_lock(folder, wait=True, what="sensitivity estimate",
                          key="sensitivity.cache_dir"):
             cached = None if recompute else load_cached(cfg) or restore_published(cfg)
+            if cached is None and distributed.world_size() > 1:
+                what = ("sensitivity.recompute=true cannot estimate the table again under "
+                        "torchrun" if recompute else
+                        f"no sensitivity table for key {cache_key(cfg)} in "
+                        f"{cfg.sensitivity.cache_dir}"
+                        + (" nor at sensitivity.restore_from" if cfg.sensitivity.restore_from
+                           else ""))
+                raise ConfigError(f"{what}; estimate it first in one process (python "
+                                  f"scripts/sensitivity.py with the same overrides), then "
+                                  f"start the torchrun job without sensitivity.recompute")
             if cached is None:
                 log.warning("sensitivity: %s table for key %s; estimating it now",
                             "recomputing the" if recompute else "no cached", cache_key(cfg))

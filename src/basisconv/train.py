@@ -302,6 +302,11 @@ class Training:
             raise TrainingDiverged(self.diverged_message(err), err.quantity, err.value) from None
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through basisconv.cli
             raise Stopped(getattr(err, "signum", signal.SIGINT), self.stop_message()) from None
+        except RuntimeError as err:  # another rank died: torchrun stops this one next
+            reason = distributed.peer_failure(err)
+            if reason is None:
+                raise
+            raise Stopped(signal.SIGTERM, f"{reason}; {self.stop_message()}") from None
         finally:
             self.tracker.finish(failed=failed)
             # Free DDP's reducer before its process group goes: DDP sits in reference
@@ -443,16 +448,18 @@ def folder_override(output_dir: Path, name: str) -> str:
 def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
     """A resumed run's provenance is where its later epochs ran; where the earlier ones ran
     (start date, commit, machine) is kept under ``earlier``, one entry per earlier start, and
-    a resume on another commit or machine is a warning: the record's epoch times and the
-    timing tables then mix two machines."""
+    a resume on another commit, machine or number of torchrun processes is a warning: the
+    record's epoch times and the timing tables then mix two set-ups."""
     provenance["earlier"] = [*saved.get("earlier", []),
                              {k: v for k, v in saved.items() if k != "earlier"}]
     changes = [f"{what} {then} -> {now}" for what, then, now in (
         ("commit", saved.get("git", {}).get("commit"), provenance["git"].get("commit")),
         ("hardware", hardware_name(saved.get("hardware", {})),
-         hardware_name(provenance["hardware"]))) if then and now != then]
+         hardware_name(provenance["hardware"])),
+        ("processes", saved.get("hardware", {}).get("processes", 1),
+         provenance["hardware"].get("processes", 1))) if then and now != then]
     if changes:
-        log.warning("resuming after epoch %d on another commit or machine than the run "
+        log.warning("resuming after epoch %d on another commit or set-up than the run "
                     "started on (%s); its record keeps both (provenance.earlier), but its "
                     "epoch times mix them: for timing results start over "
                     "(trainer.resume=false)", done, "; ".join(changes))
