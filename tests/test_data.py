@@ -429,6 +429,30 @@ def test_an_interrupted_extraction_leaves_no_half_folder(tmp_path, monkeypatch):
     assert load_cifar10(root, verify_md5=False, download=True).test_labels.numel() == 10
 
 
+def test_a_killed_extractions_leftover_is_removed_and_a_full_disk_is_one_line(tmp_path,
+                                                                           monkeypatch):
+    """Found in review: a SIGKILLed extraction's hidden staging folder (a whole copy of the
+    dataset) stayed for good; and a staging folder that could not be made was a traceback."""
+    import errno
+
+    import basisconv.data as data
+
+    _serve_archive(tmp_path, monkeypatch)
+    root = tmp_path / "new"
+    (root / f"{data.STAGING_PREFIX}old" / "cifar-10-batches-py").mkdir(parents=True)
+    made = data.tempfile.mkdtemp
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data.tempfile, "mkdtemp", disk_full)
+    with pytest.raises(DatasetError, match="could not download CIFAR-10 .*No space left"):
+        load_cifar10(root, verify_md5=False, download=True)
+    monkeypatch.setattr(data.tempfile, "mkdtemp", made)
+    assert load_cifar10(root, verify_md5=False, download=True).train_labels.numel() == 50
+    assert not list(root.glob(f"{data.STAGING_PREFIX}*"))
+
+
 def test_a_download_over_an_incomplete_folder_says_delete_it(tmp_path, monkeypatch):
     _serve_archive(tmp_path, monkeypatch)
     (tmp_path / "new" / "cifar-10-batches-py").mkdir(parents=True)

@@ -640,7 +640,7 @@ def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp
 
 
 def test_under_torchrun_a_published_record_refills_the_cache_and_nothing_is_estimated(
-        repo, tmp_path, monkeypatch):
+        repo, tmp_path, monkeypatch, caplog):
     """Found in review: under torchrun the table was refused before the published record
     (sensitivity.restore_from) was tried, sending the user off to estimate it again; and
     with sensitivity.recompute=true the refusal said no table existed."""
@@ -661,8 +661,15 @@ def test_under_torchrun_a_published_record_refills_the_cache_and_nothing_is_esti
         repo, tmp_path / "cache-b", f"sensitivity.restore_from={published}"))
     assert record["cache_hit"] and len(restored) == 3
     with pytest.raises(ConfigError, match=r"no sensitivity table for key .* in .*cache-c; "
-                                          r"estimate it first in one process"):
+                                          r"estimate it first in one process.*torchrun job$"):
         sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-c"))
+    # a missing published record: refused, and not first said to be "estimated here"
+    monkeypatch.setattr(sensitivity, "WARNED_MISSING", set())
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity"):
+        with pytest.raises(ConfigError, match=r"cache-d nor at sensitivity.restore_from; "):
+            sensitivity.sensitivity_table(compose_sensitivity(
+                repo, tmp_path / "cache-d", f"sensitivity.restore_from={tmp_path / 'none.json'}"))
+    assert "estimated here" not in caplog.text
     with pytest.raises(ConfigError, match=r"^sensitivity.recompute=true cannot estimate the "
                                           r"table again under torchrun; estimate it first"):
         sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-b",

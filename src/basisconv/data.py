@@ -165,6 +165,10 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
     return torch.cat(images), torch.cat(labels)
 
 
+#: The hidden folder an archive is extracted into before its dataset is renamed into place.
+STAGING_PREFIX = ".cifar-10-extracting-"
+
+
 def download_cifar10(root: str | os.PathLike) -> None:
     """Download and extract the python version into ``root`` (md5-checked).
 
@@ -172,7 +176,8 @@ def download_cifar10(root: str | os.PathLike) -> None:
     The archive is extracted into a hidden staging folder and its CIFAR-10 folder renamed
     into place whole: a run started meanwhile (a staggered array job, a second command)
     finds either no dataset, and waits for the download lock, or all of it; never a folder
-    still being written, and an interrupted extraction leaves no half folder behind.
+    still being written; an interrupted extraction leaves no half dataset (a killed
+    one's staging folder is removed by the next download).
     """
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
@@ -185,8 +190,11 @@ def download_cifar10(root: str | os.PathLike) -> None:
         from torchvision.datasets.utils import download_and_extract_archive
     except Exception:  # noqa: BLE001 - the CPU torch build cannot import torchvision's ops
         download_and_extract_archive = None
-    staging = Path(tempfile.mkdtemp(prefix=".cifar-10-extracting-", dir=root))
+    for leftover in root.glob(f"{STAGING_PREFIX}*"):  # of a killed run (under the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
         if download_and_extract_archive is not None:
             download_and_extract_archive(ARCHIVE["url"], str(root), extract_root=str(staging),
                                          md5=ARCHIVE["md5"])
@@ -209,7 +217,8 @@ def download_cifar10(root: str | os.PathLike) -> None:
             f"could not download CIFAR-10 into {root} ({err}). This machine may be offline: "
             f"copy the extracted files there by hand, or point data.root at them.") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = True,

@@ -37,15 +37,18 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+#: What the backends' errors say when the other end of a collective went away.
+PEER_FAILURE_SIGNS = ("by peer", "ncclRemoteError", "remote process exited")
+
+
 def peer_failure(err: BaseException) -> str | None:
     """One line saying that another process of the job went away, when ``err`` is a
-    collective's failure for that reason (gloo: "Connection reset/closed by peer"; NCCL
-    and torch's store: a ``DistError``), else None: a fault of this process's own
-    computation is left to propagate as it is."""
+    collective's failure for that reason (gloo: "Connection reset/closed by peer"; NCCL:
+    "ncclRemoteError", a remote process exited), else None: a fault of this process's own
+    (a timeout, a CUDA out-of-memory inside NCCL) is left to propagate as it is."""
     if not isinstance(err, RuntimeError) or not is_distributed():
         return None
-    if not (isinstance(err, getattr(dist, "DistError", ()))
-            or any(sign in str(err) for sign in ("by peer", "Connection refused"))):
+    if not any(sign in str(err) for sign in PEER_FAILURE_SIGNS):
         return None
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     # gloo's first line: "[<source file>:<line>] Read error ...: Connection reset by peer.

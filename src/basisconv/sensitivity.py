@@ -204,8 +204,10 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
         # One estimate per key at a time: a second process waits, then reuses its table.
         with folder_lock(folder, wait=True, what="sensitivity estimate",
                          key="sensitivity.cache_dir"):
-            cached = None if recompute else load_cached(cfg) or restore_published(cfg)
-            if cached is None and distributed.world_size() > 1:
+            alone = distributed.world_size() == 1  # under torchrun nothing is estimated
+            cached = None if recompute else (load_cached(cfg)
+                                             or restore_published(cfg, estimating=alone))
+            if cached is None and not alone:
                 what = ("sensitivity.recompute=true cannot estimate the table again under "
                         "torchrun" if recompute else
                         f"no sensitivity table for key {cache_key(cfg)} in "
@@ -214,7 +216,8 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                            else ""))
                 raise ConfigError(f"{what}; estimate it first in one process (python "
                                   f"scripts/sensitivity.py with the same overrides), then "
-                                  f"start the torchrun job without sensitivity.recompute")
+                                  f"start the torchrun job"
+                                  + (" without sensitivity.recompute" if recompute else ""))
             if cached is None:
                 log.warning("sensitivity: %s table for key %s; estimating it now",
                             "recomputing the" if recompute else "no cached", cache_key(cfg))
@@ -235,16 +238,19 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
 WARNED_MISSING: set[str] = set()
 
 
-def restore_published(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
+def restore_published(cfg: DictConfig, estimating: bool = True
+                      ) -> tuple[pd.DataFrame, dict] | None:
     """Fill the empty cache from the published sensitivity record named by
     ``sensitivity.restore_from`` (``results/<profile>/runs/sensitivity.json``, written on
     another machine) when it was made for this key, and load it; ``None`` when there is no
-    such record or it is for other settings. Called under the cache folder's lock."""
+    such record or it is for other settings. Called under the cache folder's lock.
+    ``estimating``: whether a missing record means the table is estimated here (said once),
+    or refused (under torchrun, whose refusal says it)."""
     path = cfg.sensitivity.restore_from
     if not path:
         return None
     if not Path(path).is_file():
-        if str(path) not in WARNED_MISSING:  # once per path and process
+        if estimating and str(path) not in WARNED_MISSING:  # once per path and process
             WARNED_MISSING.add(str(path))
             log.warning("sensitivity: no published record at sensitivity.restore_from=%s yet, "
                         "so the table is estimated here (as on the first machine of a protocol, "

@@ -301,7 +301,14 @@ class Training:
         except TrainingDiverged as err:  # before this epoch's record and checkpoint
             raise TrainingDiverged(self.diverged_message(err), err.quantity, err.value) from None
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through basisconv.cli
-            raise Stopped(getattr(err, "signum", signal.SIGINT), self.stop_message()) from None
+            signum = getattr(err, "signum", signal.SIGINT)
+            message = self.stop_message()
+            if signum == signal.SIGTERM and distributed.world_size() > 1:
+                # torchrun's SIGTERM can come before the collective that another process's
+                # death broke has said so (a slow disk while rank 0 writes its record)
+                message += ("; under torchrun a SIGTERM may also follow the failure of "
+                            "another process of the job, which torchrun's summary names")
+            raise Stopped(signum, message) from None
         except RuntimeError as err:  # another rank died: torchrun stops this one next
             reason = distributed.peer_failure(err)
             if reason is None:
