@@ -142,6 +142,11 @@ if [ -n "$WANTED" ]; then
   printf '%s\n' "$WANTED" > "$MADE_WITH"
 fi
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
+# a file in a run's place that is not its finished record (cut off, another row's) would
+# make the run be skipped for good: set aside, said, and the run made again
+PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+  'import sys; from basisconv.records import set_aside_foreign_records as s; s(sys.argv[1])' \
+  "$RECORDS"
 # Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it
@@ -164,7 +169,10 @@ stop() {  # stop <status>: on Ctrl-C or SIGTERM, stop the runs in the background
   pids=$(jobs -p)
   if [ -n "$pids" ]; then
     echo "stopping the runs in progress; the same command continues them" >&2
-    for pid in $pids; do pkill -TERM -P "$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $pids; do
+      if [ "$pid" = "$FOREGROUND" ]; then kill -TERM "$pid" 2>/dev/null || true  # the command
+      else pkill -TERM -P "$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; fi
+    done
     wait
   fi
   exit "$1"
@@ -172,10 +180,20 @@ stop() {  # stop <status>: on Ctrl-C or SIGTERM, stop the runs in the background
 trap 'stop 130' INT
 trap 'stop 143' TERM
 
+FOREGROUND=
+in_foreground() {  # in_foreground <command...>: run it and wait for it. In the background
+                   # and waited for: bash runs a trap only once a foreground command has
+                   # ended, so a SIGTERM to this script would wait for the whole run
+  "$@" &
+  FOREGROUND=$!
+  wait "$FOREGROUND"
+  FOREGROUND=
+}
+
 run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free
   local name=$1; shift
   if [ "$JOBS" -le 1 ]; then
-    "$@"
+    in_foreground "$@"
     return
   fi
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
@@ -253,7 +271,8 @@ if compgen -G "$RESULTS/model-speed-$DEVICE-*.csv" > /dev/null; then
   echo "== speed benchmark: results in $RESULTS exist, skipped"
 else
   echo "== speed benchmark"
-  "$PY" scripts/benchmark_layers.py --device "$DEVICE" "${BENCH[@]}" --out-dir "$RESULTS"
+  in_foreground "$PY" scripts/benchmark_layers.py --device "$DEVICE" "${BENCH[@]}" \
+    --out-dir "$RESULTS"
 fi
 # 6. tables and plots, from every published record (this machine's and earlier ones'),
 #    after this session is logged, so that index.json sums it too

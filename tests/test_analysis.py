@@ -1219,3 +1219,20 @@ def test_sensitivity_summaries_of_one_filter_and_of_all_filters_are_named_apart(
     assert {page.splitlines()[0] for page in pages} == {
         "# Sensitivity of resnet20 x0.5 to basis size 1", "# Sensitivity of resnet20 x0.5 to "
         "basis size 1.0"}
+
+
+def test_a_record_in_another_runs_place_is_left_out_and_named(tmp_path):
+    """Found in review: a copy of one row's record in another row's place, or a
+    ``seed1.json`` holding seed 0's run, was tabled as that run (or dropped as a duplicate
+    without a word)."""
+    runs = tmp_path / "runs"
+    good = {**RECORDS[0], "config": {**RECORDS[0]["config"],
+                                     "publish": "/elsewhere/quick/runs/baseline/seed0.json"}}
+    for slot, rec in (("baseline/seed0.json", good), ("basis-all-0.5/seed0.json", good),
+                      ("baseline/seed1.json", RECORDS[0])):
+        (runs / slot).parent.mkdir(parents=True, exist_ok=True)
+        (runs / slot).write_text(json.dumps(rec))
+    unreadable = []
+    assert len(read_records(runs, unreadable)) == 1
+    assert sorted(unreadable) == [str(runs / "baseline" / "seed1.json"),
+                                  str(runs / "basis-all-0.5" / "seed0.json")]

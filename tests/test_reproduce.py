@@ -200,7 +200,7 @@ def test_a_missing_python_is_one_line_saying_how_to_get_one(repo, tmp_path):
 
 FAKE_PY = """#!/usr/bin/env bash
 # a stand-in for python: the script's -c snippets run in the real one (no GPU), and each
-# script it starts is logged and, if it publishes, leaves an empty record there
+# script it starts is logged and, if it publishes, leaves a bare record there
 if [ "$1" = -c ]; then
   case $2 in *torch.cuda*) echo 0; exit 0;; esac
   exec {python} "$@"
@@ -208,7 +208,8 @@ fi
 echo "$*" >> {calls}
 for arg; do
   case $arg in
-    publish=*) mkdir -p "$(dirname "${{arg#publish=}}")"; echo '{{}}' > "${{arg#publish=}}";;
+    publish=*) mkdir -p "$(dirname "${{arg#publish=}}")"
+               echo '{{"status": "complete"}}' > "${{arg#publish=}}";;
   esac
 done
 """
@@ -224,7 +225,7 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=()):
     runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
     for name in recorded:
         (runs / name).parent.mkdir(parents=True, exist_ok=True)
-        (runs / name).write_text("{}")
+        (runs / name).write_text('{"status": "complete"}')
     env = {**os.environ, "PY": str(python), "JOBS": jobs, "OVERRIDES": overrides,
            "OUTPUTS": str(tmp_path / "outputs"), "SENSITIVITY_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
@@ -318,3 +319,59 @@ def test_the_keys_the_protocol_lets_change_are_those_a_resume_accepts(repo):
     execution, per_run = array("EXECUTION"), array("PER_RUN")
     assert RESUMABLE_CHANGES - per_run <= execution
     assert not execution & per_run
+
+
+def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_made(
+        repo, tmp_path):
+    """Found in review: any file in a run's place counted as done, so a cut-off record, one
+    still running, or a copy of another row's was skipped for good, and the tables then
+    left the row out without a word."""
+    def published_as(slot):
+        return json.dumps({"status": "complete",
+                           "config": {"seed": 0, "publish": f"/elsewhere/smoke/runs/{slot}"}})
+
+    runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
+    contents = {"baseline/seed0.json": '{"status": "compl',
+                "basis-all-0.25/seed0.json": '{"status": "running"}',
+                "basis-all-0.5/seed0.json": published_as("basis-all-0.25/seed0.json"),
+                "basis-all-0.125/seed0.json": published_as("basis-all-0.125/seed0.json"),
+                "sensitivity.json": '{"status": "complete"}'}
+    for name, text in contents.items():
+        (runs / name).parent.mkdir(parents=True, exist_ok=True)
+        (runs / name).write_text(text)
+    result, started, _ = fake_protocol(repo, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trained = {call.split("hydra.run.dir=")[1].split()[0].split("/smoke/")[1]
+               for call in started if call.startswith("scripts/train.py")}
+    assert {"baseline/seed0", "basis-all-0.25/seed0", "basis-all-0.5/seed0"} <= trained
+    assert "basis-all-0.125/seed0" not in trained
+    for name, why in (("baseline/seed0.json", "unreadable"),
+                      ("basis-all-0.25/seed0.json", "its status is 'running'"),
+                      ("basis-all-0.5/seed0.json", "it was published as basis-all-0.25/seed0.json")):
+        assert (runs / (name + ".rejected")).exists()
+        assert f"{runs / name} is not the record of the run it stands for ({why}" in result.stderr
+
+
+def test_sigterm_stops_a_run_of_jobs_1_at_once(repo, tmp_path):
+    """Found in review: with JOBS=1 (the default on a CPU) a run was a foreground command,
+    and bash runs a trap only once that has ended, so a SIGTERM to the script (a scheduler,
+    docker stop) waited for the whole run to finish and publish."""
+    python = tmp_path / "python"
+    python.write_text(f"#!/usr/bin/env bash\nif [ \"$1\" = -c ]; then\n"
+                      f"  case $2 in *torch.cuda*) echo 0; exit 0;; esac\n"
+                      f"  exec {sys.executable} \"$@\"\nfi\nexec sleep 120\n")
+    python.chmod(0o755)
+    env = {**os.environ, "PY": str(python), "JOBS": "1", "OUTPUTS": str(tmp_path / "outputs"),
+           "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not subprocess.run(
+            ["pgrep", "-P", str(proc.pid), "sleep"], capture_output=True).stdout:
+        time.sleep(0.2)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=100)
+    assert proc.returncode == 143, out + err
+    assert time.monotonic() - start < 30, "the script waited for its run to end"
+    assert "stopping the runs in progress" in err

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -538,6 +539,49 @@ def publish(record: dict[str, Any], path: str | os.PathLike | None,
                                f"{path} ({err.strerror or err}); it is kept in {kept}: once "
                                f"that is fixed, copy it to {path}") from err
     return record
+
+
+def misplaced(record: dict[str, Any], path: str | os.PathLike) -> str | None:
+    """Why a published ``record`` does not belong at ``path``, or None: it was published to
+    another slot (its ``config.publish`` ends in another ``<row>/seed<k>.json``: a copy of
+    another row's record), or a ``seed<k>.json`` holds another seed's run."""
+    path = Path(path)
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    depth = 2 if path.name.startswith("seed") else 1  # <row>/seed<k>.json, or sensitivity.json
+    publish = config.get("publish")
+    if publish and Path(publish).parts[-depth:] != path.parts[-depth:]:
+        return (f"it was published as {'/'.join(Path(publish).parts[-depth:])}, not "
+                f"{'/'.join(path.parts[-depth:])}")
+    seed = re.fullmatch(r"seed(\d+)\.json", path.name)
+    if seed and config.get("seed") is not None and config.get("seed") != int(seed[1]):
+        return f"it holds seed {config.get('seed')}'s run"
+    return None
+
+
+def set_aside_foreign_records(records_dir: str | os.PathLike) -> list[Path]:
+    """For ``scripts/reproduce.sh``, before it skips the runs whose records are published:
+    a file in a run's place that is not that run's finished record (unreadable or cut off,
+    not complete, another row's or seed's) is renamed ``<name>.rejected`` and said, one
+    line each, so that the run is trained again; else the protocol would skip it for
+    good and the tables would leave its row out. Returns the files set aside."""
+    root = Path(records_dir)
+    slots = [*root.glob("*.json"), *root.glob("*/seed*.json")] if root.is_dir() else []
+    rejected = []
+    for path in sorted(slots):
+        try:
+            record = read_record(path)
+            problem = (f"its status is {record.get('status')!r}"
+                       if record.get("status") != "complete" else misplaced(record, path))
+        except (OSError, ValueError) as err:
+            problem = f"unreadable: {' '.join(str(err).split())[:200]}"
+        if problem is None:
+            continue
+        aside = path.with_name(path.name + ".rejected")
+        os.replace(path, aside)
+        print(f"{path} is not the record of the run it stands for ({problem}); set aside as "
+              f"{aside.name}, the run is made again", file=sys.stderr)
+        rejected.append(aside)
+    return rejected
 
 
 #: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder.

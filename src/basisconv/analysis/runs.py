@@ -16,7 +16,7 @@ from ..checkpoint import changes_only_execution, flatten
 from ..errors import ConfigError
 from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, measured_on_cpu,
-                       missing_fields, provenance_from_wandb, read_record)
+                       misplaced, missing_fields, provenance_from_wandb, read_record)
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,9 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
             missing = missing_fields(record)
             if missing:
                 raise ValueError(f"a {record['kind']} record without {', '.join(missing)}")
+            problem = misplaced(record, path) if path.name != RECORD else None
+            if problem is not None:  # a copy of another row's or seed's record
+                raise ValueError(problem)
             if not search_table_found(record, path.parent):
                 raise ValueError("an exhaustive_search record without its table (no table "
                                  "field and no search.csv beside it)")
