@@ -876,7 +876,8 @@ def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_
     _, tied_md = search.summarize(tied, tmp_path / "tied", tmp_path / "tied", "test")
     assert ("accuracy undefined (one subset, or all tied), loss undefined (one subset, or all "
             "tied).") in tied_md.read_text()
-    assert "profile test; run 2026-11-25, commit abcdef1, 60 s" in text
+    # found in review: the hardware was not said, though the accuracies differ by CPU
+    assert "profile test; run 2026-11-25 on AMD EPYC, commit abcdef1, 60 s" in text
     (bars,) = drawn[0].axes[0].containers
     assert [round(b.get_height(), 6) for b in bars] == [90.0, 86.0, 80.0, 75.0, 70.0]
     assert [b.get_facecolor() for b in bars].count(bars[1].get_facecolor()) == 1  # the choice
@@ -1236,3 +1237,27 @@ def test_a_record_in_another_runs_place_is_left_out_and_named(tmp_path):
     assert len(read_records(runs, unreadable)) == 1
     assert sorted(unreadable) == [str(runs / "baseline" / "seed1.json"),
                                   str(runs / "basis-all-0.5" / "seed0.json")]
+
+
+def test_tables_of_a_protocol_cut_off_name_the_runs_not_run_yet(tmp_path):
+    """Found in review: tables made from the records of a protocol cut off midway (what a
+    GPU slot that ended leaves) did not say which rows were missing."""
+    from basisconv.records import PROTOCOL_ROWS
+
+    runs = tmp_path / "runs"
+    for row, rec in zip(("baseline", "basis-all-0.5"), RECORDS[:1] + RECORDS[2:3]):
+        for seed in (0, 1):
+            (runs / row).mkdir(parents=True, exist_ok=True)
+            (runs / row / f"seed{seed}.json").write_text(json.dumps(
+                {**rec, "config": {**rec["config"], "seed": seed}}))
+    (runs / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
+    write_report(analyze_cfg(tmp_path, runs_dir=str(runs)), "cmd")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["missing_runs"] == [f"{row} (seed {seed})" for row in PROTOCOL_ROWS[2:]
+                                     for seed in (0, 1)] + ["exhaustive-search-resnet8.json"]
+    md = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert "Not run yet (no record in the runs folder): basis-all-0.125 (seed 0), " in md
+    # run folders (outputs/<profile>) or another experiment's records: nothing is missing
+    write_runs(tmp_path / "outputs", RECORDS)
+    write_report(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "outputs")), "cmd")
+    assert json.loads((tmp_path / "results" / "index.json").read_text())["missing_runs"] == []

@@ -541,6 +541,31 @@ def publish(record: dict[str, Any], path: str | os.PathLike | None,
     return record
 
 
+#: What ``scripts/reproduce.sh`` publishes into ``results/<profile>/runs/``: a folder per
+#: row of training runs (``<row>/seed<k>.json``) and the records of the protocol's other
+#: steps (tests/test_reproduce.py holds these to the script's).
+PROTOCOL_ROWS = ("baseline", "basis-all-0.5", "basis-all-0.125", "basis-all-0.25",
+                 "basis-all-0.75", "selected-sensitivity_budget-0.5", "selected-random-0.5",
+                 "selected-first_k-0.5", "selected-last_k-0.5")
+PROTOCOL_RECORDS = ("sensitivity.json", "exhaustive-search-resnet8.json")
+
+
+def missing_protocol_runs(runs_dir: str | os.PathLike) -> list[str]:
+    """The protocol's runs a folder of published records has no record of (a protocol cut
+    off before them), each row for every seed that some row has, as ``<row> (seed <k>)``,
+    then the other steps' records; [] for a folder that holds no published protocol record
+    (run folders, or records of other experiments)."""
+    root = Path(runs_dir)
+    seeds = sorted({int(m[1]) for row in PROTOCOL_ROWS for path in (root / row).glob("seed*.json")
+                    if (m := re.fullmatch(r"seed(\d+)\.json", path.name))})
+    steps = [name for name in PROTOCOL_RECORDS if (root / name).is_file()]
+    if not seeds and not steps:
+        return []
+    missing = [f"{row} (seed {seed})" if seeds else row for row in PROTOCOL_ROWS
+               for seed in (seeds or [None]) if not (root / row / f"seed{seed}.json").is_file()]
+    return missing + [name for name in PROTOCOL_RECORDS if name not in steps]
+
+
 def misplaced(record: dict[str, Any], path: str | os.PathLike) -> str | None:
     """Why a published ``record`` does not belong at ``path``, or None: it was published to
     another slot (its ``config.publish`` ends in another ``<row>/seed<k>.json``: a copy of

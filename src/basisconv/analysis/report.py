@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 
 from ..checkpoint import flatten
 from ..errors import ConfigError
-from ..records import (SESSIONS, hardware_name, provenance, read_sessions, unwritable_folder,
-                       write_json_atomic)
+from ..records import (SESSIONS, hardware_name, missing_protocol_runs, provenance,
+                       read_sessions, unwritable_folder, write_json_atomic)
 from . import figures, search, sensitivity
 from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,
                    distinct_runs, made_alike, read_records, records_of_kind, runs_frame,
@@ -123,6 +123,15 @@ def left_out_line(unfinished: list[str], unreadable: list[str]) -> str:
     return f"Left out: {'; '.join(parts)}." if parts else ""
 
 
+def missing_line(missing: list[str]) -> str:
+    """"" or which of the protocol's runs have no record yet (a protocol cut off midway,
+    continued on another machine later: the table is not the whole protocol's yet)."""
+    if not missing:
+        return ""
+    return (f"Not run yet (no record in the runs folder): {', '.join(missing)}; the same "
+            f"scripts/reproduce.sh command runs them.")
+
+
 def unfinished_runs(records: list[tuple[dict, Path]]) -> list[str]:
     """Each training run that has not finished, as ``<folder> at epoch <e> of <E>``."""
     return [f"{folder} at epoch {len(record['epochs'])} of "
@@ -175,6 +184,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     curves = distinct_curves(curves_frame(records, runs["settings"].tolist()))
     table = compare(runs)
     unfinished = unfinished_runs(local)
+    missing = missing_protocol_runs(cfg.runs_dir) if cfg.source == "local" else []
     if unfinished:
         log.warning("left out %d unfinished training runs: %s", len(unfinished),
                     ", ".join(unfinished))
@@ -185,7 +195,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         origin = provenance_note(mine, cfg.profile, made)
         caveats = [line for line in (seeds_line(distinct_runs(mine)), baseline_line(part),
                                      timing_line(mine),
-                                     left_out_line(unfinished, unreadable)) if line]
+                                     left_out_line(unfinished, unreadable),
+                                     missing_line(missing)) if line]
         note = "\n".join([origin, *caveats])  # the plots' footer
         written += write_table(part, out / f"comparison-{tag}",
                                "\n".join([origin, STD_LINE, *caveats]))
@@ -203,7 +214,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         written += sensitivity_outputs(local, out, cfg.profile)
     index = {"provenance": made, "source": cfg.source,
              "files": [p.name for p in written], "unreadable_runs": unreadable,
-             "unfinished_runs": unfinished,
+             "unfinished_runs": unfinished, "missing_runs": missing,
              "protocol_wall_clock": sessions_summary(out),
              "runs": runs.to_dict("records")}
     written.append(write_json_atomic(out / "index.json", index))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import commit_name, write_text_atomic
+from ..records import commit_name, hardware_name, write_text_atomic
 from .plots import pyplot, save_figure
-from .runs import record_tag
+from .runs import record_tag, trained_on
 
 
 def subsets(record: dict, folder: Path) -> pd.DataFrame:
@@ -53,8 +53,9 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
         write_text_atomic(out / f"{stem}.md", (
             f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
             f"{cfg['basis']['size']}, subsets of {s['subset_size']} of {len(s['candidates'])} "
-            f"layers\n\nprofile {profile}; run {prov['date'][:10]}, commit "
-            f"{commit_name(prov['git'])}, {s['seconds']:.0f} s\n\n"
+            f"layers\n\nprofile {profile}; run {prov['date'][:10]} on "
+            f"{hardware_name(prov.get('hardware') or {}, trained_on(cfg)) or 'unknown hardware'}"
+            f", commit {commit_name(prov['git'])}, {s['seconds']:.0f} s\n\n"
             f"| | subset | held-out accuracy |\n|---|---|---:|\n"
             f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
             f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "
