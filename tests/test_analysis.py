@@ -1261,3 +1261,21 @@ def test_tables_of_a_protocol_cut_off_name_the_runs_not_run_yet(tmp_path):
     write_runs(tmp_path / "outputs", RECORDS)
     write_report(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "outputs")), "cmd")
     assert json.loads((tmp_path / "results" / "index.json").read_text())["missing_runs"] == []
+
+
+def test_a_record_published_under_another_name_or_gathered_elsewhere_is_read(tmp_path):
+    """Found in review of the check above: it rejected a good record published by hand
+    under a name of its own (the committed search record was), or gathered into a row
+    folder of another name."""
+    from basisconv.records import set_aside_foreign_records
+
+    rec = {**RECORDS[0], "config": {**RECORDS[0]["config"],
+                                    "publish": "/elsewhere/quick/runs/baseline/seed0.json"}}
+    (tmp_path / "dense").mkdir()
+    (tmp_path / "dense" / "seed0.json").write_text(json.dumps(rec))
+    unreadable = []
+    assert len(read_records(tmp_path, unreadable)) == 1 and unreadable == []
+    search = {"status": "complete", "kind": "exhaustive_search",
+              "config": {"seed": 0, "publish": "/tmp/rev-method-search.json"}}
+    (tmp_path / "exhaustive-search-resnet8.json").write_text(json.dumps(search))
+    assert set_aside_foreign_records(tmp_path) == []

@@ -566,18 +566,26 @@ def missing_protocol_runs(runs_dir: str | os.PathLike) -> list[str]:
     return missing + [name for name in PROTOCOL_RECORDS if name not in steps]
 
 
+def protocol_slot(path: str | os.PathLike) -> str | None:
+    """Which place of the protocol's published records ``path`` is (``<row>/seed<k>.json``
+    of a row of :data:`PROTOCOL_ROWS`, or one of :data:`PROTOCOL_RECORDS`), or None."""
+    path = Path(path)
+    if path.parent.name in PROTOCOL_ROWS and re.fullmatch(r"seed\d+\.json", path.name):
+        return f"{path.parent.name}/{path.name}"
+    return path.name if path.name in PROTOCOL_RECORDS else None
+
+
 def misplaced(record: dict[str, Any], path: str | os.PathLike) -> str | None:
     """Why a published ``record`` does not belong at ``path``, or None: it was published to
-    another slot (its ``config.publish`` ends in another ``<row>/seed<k>.json``: a copy of
-    another row's record), or a ``seed<k>.json`` holds another seed's run."""
-    path = Path(path)
+    another of the protocol's places (a copy of another row's record), or a
+    ``seed<k>.json`` holds another seed's run. A record published under a name of the
+    user's own, or gathered into a folder of another name, is where it may be."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    depth = 2 if path.name.startswith("seed") else 1  # <row>/seed<k>.json, or sensitivity.json
     publish = config.get("publish")
-    if publish and Path(publish).parts[-depth:] != path.parts[-depth:]:
-        return (f"it was published as {'/'.join(Path(publish).parts[-depth:])}, not "
-                f"{'/'.join(path.parts[-depth:])}")
-    seed = re.fullmatch(r"seed(\d+)\.json", path.name)
+    theirs, mine = (protocol_slot(publish) if publish else None), protocol_slot(path)
+    if theirs and mine and theirs != mine:
+        return f"it was published as {theirs}, not {mine}"
+    seed = re.fullmatch(r"seed(\d+)\.json", Path(path).name)
     if seed and config.get("seed") is not None and config.get("seed") != int(seed[1]):
         return f"it holds seed {config.get('seed')}'s run"
     return None
@@ -602,7 +610,11 @@ def set_aside_foreign_records(records_dir: str | os.PathLike) -> list[Path]:
         if problem is None:
             continue
         aside = path.with_name(path.name + ".rejected")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except OSError as err:  # (a read-only folder) the run would be skipped for good
+            raise SystemExit(f"{path} is not the record of the run it stands for ({problem}), "
+                             f"and could not be set aside ({err.strerror or err}): remove it")
         print(f"{path} is not the record of the run it stands for ({problem}); set aside as "
               f"{aside.name}, the run is made again", file=sys.stderr)
         rejected.append(aside)
