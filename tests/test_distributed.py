@@ -218,18 +218,9 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_process_with_one_line(tmp_
     30-minute timeout; and every rank printed its own message."""
     import time
 
-    folder = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(repo / "scripts" / "train.py"), "data=stripes",
-               "data.synthetic_train=200", "data.synthetic_test=50", "model=resnet20",
-               "model.width=0.25", "trainer.batch_size=50", "trainer.epochs=3",
-               "trainer.threads=1", "trainer.progress=false", "trainer.device=cpu",
-               "logger=none", f"hydra.run.dir={folder}"]
     start = time.monotonic()
     # files of at most 50 KiB: the checkpoint (about 400 KiB) cannot be written
-    result = subprocess.run(["bash", "-c", 'ulimit -f 50; exec "$@"', "bash", *command],
-                            env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=600)
+    result = torchrun_train(repo, tmp_path / "run", epochs=3, wrapper='ulimit -f 50; exec "$@"')
     assert time.monotonic() - start < 240, "the processes waited for each other"
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -258,10 +258,8 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         return hydra_run_and_report(func)
     bad = malformed_override(sys.argv[1:])
     if bad is not None:
-        line = f"the override {bad!r} has no key; write key=value, e.g. trainer.epochs=3"
-        if first_process():
-            print(f"error: {line}", file=sys.stderr)
-        exit_refused(line)
+        exit_refused(f"the override {bad!r} has no key; write key=value, e.g. "
+                     f"trainer.epochs=3")
     try:
         return func()
     except SweepJobFailed:
@@ -283,10 +281,7 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         line = hydra_error_line(ex)
         if "Config group override must be a string" in str(ex):  # a group=null
             line = null_group_override(sys.argv[1:]) or line
-        line = f"{' '.join(line.split())} (BASISCONV_DEBUG=1 shows Hydra's full message)"
-        if first_process():
-            print(f"error: {line}", file=sys.stderr)
-        exit_refused(line)
+        exit_refused(f"{' '.join(line.split())} (BASISCONV_DEBUG=1 shows Hydra's full message)")
 
 
 #: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's
@@ -384,13 +379,16 @@ RANK_WAIT_S = 30.0
 
 
 def exit_refused(message: str) -> NoReturn:
-    """Exit with status 2 after a refusal, whose line rank 0 has printed. Why the wait:
-    under torchrun every rank meets the same refusal, and the first to exit makes torchrun
-    stop the others, rank 0 too, often before its line was out (then there was no line,
-    or a "stopped by SIGTERM" saying the same command would start the run over). So another
-    rank waits, its signals at their defaults, for torchrun to end it once rank 0 has
-    exited; one whose refusal rank 0 did not meet says it itself after the wait."""
-    if not first_process() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    """Say a refusal in one line (``error: ...``, by rank 0 alone under torchrun) and exit
+    with status 2. Why another rank waits: under torchrun every rank meets the same
+    refusal, and the first to exit makes torchrun stop the others, rank 0 too, often before
+    its line was out (then there was no line, or a "stopped by SIGTERM" saying the same
+    command would start the run over). So it waits, its signals at their defaults, for
+    torchrun to end it once rank 0 has exited; one whose refusal rank 0 did not meet says
+    it itself after the wait."""
+    if first_process():
+        print(f"error: {message}", file=sys.stderr)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         time.sleep(RANK_WAIT_S)
@@ -427,11 +425,11 @@ def exit_on_user_error(fn: F) -> F:
             message = " ".join(str(err).split())
             if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
                 message = interpolation_error_line(err)
-            if first_process():
-                if not isinstance(err, FolderInUse):  # else the log is the other run's
-                    log_to_files(f"error: {message}")
-                print(f"error: {message}", file=sys.stderr)
+            if first_process() and not isinstance(err, FolderInUse):  # else the other run's
+                log_to_files(f"error: {message}")
             if in_sweep():  # the sweep's other jobs still run
+                if first_process():
+                    print(f"error: {message}", file=sys.stderr)
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)
                 name = run_name(args[0]) if args else None
                 resume_override.append(sweep_folder_override(name))

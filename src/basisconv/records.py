@@ -548,6 +548,8 @@ PROTOCOL_ROWS = ("baseline", "basis-all-0.5", "basis-all-0.125", "basis-all-0.25
                  "basis-all-0.75", "selected-sensitivity_budget-0.5", "selected-random-0.5",
                  "selected-first_k-0.5", "selected-last_k-0.5")
 PROTOCOL_RECORDS = ("sensitivity.json", "exhaustive-search-resnet8.json")
+#: A row's published record of one seed, ``seed<k>.json``.
+SEED_FILE = re.compile(r"seed(\d+)\.json")
 
 
 def missing_protocol_runs(runs_dir: str | os.PathLike) -> list[str]:
@@ -557,7 +559,7 @@ def missing_protocol_runs(runs_dir: str | os.PathLike) -> list[str]:
     (run folders, or records of other experiments)."""
     root = Path(runs_dir)
     seeds = sorted({int(m[1]) for row in PROTOCOL_ROWS for path in (root / row).glob("seed*.json")
-                    if (m := re.fullmatch(r"seed(\d+)\.json", path.name))})
+                    if (m := SEED_FILE.fullmatch(path.name))})
     steps = [name for name in PROTOCOL_RECORDS if (root / name).is_file()]
     if not seeds and not steps:
         return []
@@ -570,7 +572,7 @@ def protocol_slot(path: str | os.PathLike) -> str | None:
     """Which place of the protocol's published records ``path`` is (``<row>/seed<k>.json``
     of a row of :data:`PROTOCOL_ROWS`, or one of :data:`PROTOCOL_RECORDS`), or None."""
     path = Path(path)
-    if path.parent.name in PROTOCOL_ROWS and re.fullmatch(r"seed\d+\.json", path.name):
+    if path.parent.name in PROTOCOL_ROWS and SEED_FILE.fullmatch(path.name):
         return f"{path.parent.name}/{path.name}"
     return path.name if path.name in PROTOCOL_RECORDS else None
 
@@ -585,7 +587,7 @@ def misplaced(record: dict[str, Any], path: str | os.PathLike) -> str | None:
     theirs, mine = (protocol_slot(publish) if publish else None), protocol_slot(path)
     if theirs and mine and theirs != mine:
         return f"it was published as {theirs}, not {mine}"
-    seed = re.fullmatch(r"seed(\d+)\.json", Path(path).name)
+    seed = SEED_FILE.fullmatch(Path(path).name)
     if seed and config.get("seed") is not None and config.get("seed") != int(seed[1]):
         return f"it holds seed {config.get('seed')}'s run"
     return None
