@@ -421,6 +421,26 @@ def test_the_wandb_summary_describes_the_model_a_warm_up_converted(tmp_path, rep
         assert summary[f"model/{key}"] == model[key], key
 
 
+@pytest.mark.parametrize("overrides", [
+    ["selection=all"],
+    ["selection=list", "selection.layers=[conv1]"],
+    ["selection=all", "basis=warmup", "basis.dense_warmup_epochs=1"],
+], ids=["all", "list", "after-warm-up"])
+def test_a_basis_run_whose_layers_all_stay_dense_says_so(tmp_path, repo, caplog, overrides):
+    # Found in review: at a basis size where no chosen layer saves compute
+    # (basis.only_where_saves), `all` or a `list` trained the dense model with only INFO
+    # lines, so a sweep's row passed for a basis result; a policy choosing none warned
+    cfg = compose_tiny(repo, "trainer.epochs=2", "basis.size=1.0", *overrides)
+    with caplog.at_level("WARNING", logger="basisconv"):
+        record = fit(cfg, tmp_path)
+    assert not record["model"]["basis_layers"]
+    assert "converted no layer" in caplog.text and "stays dense" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="basisconv"):  # a converting run does not warn
+        fit(compose_tiny(repo, "trainer.epochs=1", "selection=all"), tmp_path / "basis")
+    assert "stays dense" not in caplog.text
+
+
 def test_a_finished_run_without_a_checkpoint_is_not_trained_again(tmp_path, repo):
     # Found by audit: with no checkpoint.pt (trainer.checkpoint=false, or one deleted to
     # save disk) the same command trained the run again from epoch 1, and its first new

@@ -193,6 +193,8 @@ class Training:
         self.results = self.record.results
         if checkpoint is not None:
             self.restore(checkpoint)
+        if not self.pending_conversion:
+            self.warn_if_dense()
         log.info("model %s (width %s): %s parameters, %d basis layers; data %s: %d train / "
                  "%d test images; device %s", cfg.model.name, cfg.model.width,
                  f"{self.results['model']['parameters']:,}",
@@ -248,11 +250,21 @@ class Training:
         rebind_optimizer(self.optimizer, self.model)
         self.results["model"] = describe(self.model, batch=self.cfg.trainer.batch_size)
         self.pending_conversion = False
+        self.warn_if_dense()
         self.wrap()
         self.summarize_model()
         model = self.results["model"]
         log.info("dense warm-up done: %d layers converted to basis form, %s parameters",
                  len(model["basis_layers"]), f"{model['parameters']:,}")
+
+    def warn_if_dense(self) -> None:
+        """A basis run whose layers all stay dense (none saves compute at this basis size:
+        ``basis.only_where_saves``) trains the dense baseline; say so, as a policy that
+        chooses no layer does, rather than let a sweep's row pass for a basis result."""
+        if self.layers is not None and not self.results["model"]["basis_layers"]:
+            log.warning("selection %s converted no layer: at basis.size=%s none of them "
+                        "saves compute (basis.only_where_saves), so the model stays dense",
+                        self.cfg.selection.policy, self.cfg.basis.size)
 
     def summarize_model(self) -> None:
         """The model's counts and basis layers in the wandb summary, from which
