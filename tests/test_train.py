@@ -131,6 +131,22 @@ def test_benchmark_train_measures_a_basis_model_and_names_its_file_by_the_option
         "train-throughput-cuda-bf16-graphs.json"
 
 
+@pytest.mark.parametrize("out", ["folder", "throughput.json"])
+def test_benchmark_trains_profile_lies_beside_its_record(tmp_path, monkeypatch, out):
+    # Found in review: with --out a folder the record went to <folder>/run.json but the
+    # profile to <folder>-profile.txt beside the folder, and the script printed a path
+    # that did not exist
+    from basisconv.bench.train import ThroughputOptions, run
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))
+    options = ThroughputOptions(model="resnet8", batch_size=8, steps=2, warmup=0, threads=1,
+                                profile=True)
+    record, path = run(options, tmp_path / out)
+    assert path.name == ("run.json" if out == "folder" else out)
+    profile = path.parent / record["profile_file"]
+    assert "training steps" in profile.read_text() and "failed" not in profile.read_text()
+
+
 def test_benchmark_train_refuses_cuda_graphs_off_cuda(repo):
     result = subprocess.run([sys.executable, str(repo / "scripts" / "benchmark_train.py"),
                              "--cuda-graphs"], capture_output=True, text=True, timeout=120)

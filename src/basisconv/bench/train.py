@@ -31,7 +31,7 @@ from ..loop import (Runtime, build_optimizer, compiled, precision_name, settings
                     grad_scaler, setup, train_one_epoch)
 from ..models import build_model, list_models
 from ..network import choose_forms_now
-from ..records import RunRecord, provenance, write_record, write_text_atomic
+from ..records import RunRecord, provenance, record_file, write_record, write_text_atomic
 from ..surgery import apply_basis
 from . import flag_below_minimum, fused_problem, profile_table
 
@@ -359,7 +359,7 @@ def run(options: ThroughputOptions, out: str | os.PathLike | None = None, *,
     disk the record goes to (run folders are usually on the same one)."""
     folder = Path(out).absolute().parent if out is not None else Path(results_dir)
     result = measure(options, checkpoint_folder=folder)
-    path = Path(out) if out is not None else folder / file_name(
+    path = record_file(out) if out is not None else folder / file_name(
         result["device"], options.amp, options.tag)
     table = result.pop("profile")
     if table is not None:  # beside the record, named as it is
