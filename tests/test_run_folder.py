@@ -559,8 +559,38 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
             f"resume it")
     else:
         assert str(err.value) == (f"the run in {tmp_path} stopped before its first epoch "
-                                  f"(choosing its layers or reading its data); the same "
-                                  f"command starts it over")
+                                  f"(choosing its layers, reading its data or starting "
+                                  f"wandb); the same command starts it over")
+
+
+@pytest.mark.parametrize("by", ["ctrl-c", "sigterm"])
+def test_a_stop_while_wandb_finishes_a_complete_run_says_it_is_complete(tmp_path, repo,
+                                                                       fake_wandb, monkeypatch,
+                                                                       by):
+    """Found in review: a stop while wandb finished (uploads, up to finish_timeout_s, when
+    a user presses Ctrl-C at what looks like a hang) was the bare "stopped by SIGTERM",
+    though the run was complete, and its record was not published."""
+    import signal
+
+    from basisconv.errors import Stopped
+
+    def stopped(self, exit_code=0):
+        raise KeyboardInterrupt if by == "ctrl-c" else Stopped(signal.SIGTERM)
+
+    finish = FakeRun.finish
+    monkeypatch.setattr(FakeRun, "finish", stopped)
+    published = tmp_path / "published.json"
+    cfg = compose_tiny(repo, "trainer.epochs=1", "logger.mode=offline", f"publish={published}")
+    with pytest.raises(Stopped) as err:
+        fit(cfg, tmp_path / "run")
+    assert err.value.signum == (signal.SIGINT if by == "ctrl-c" else signal.SIGTERM)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
+    assert str(err.value).startswith(f"the run in {tmp_path / 'run'} is complete (run.json)")
+    assert str(err.value).endswith(f"run the same command again with hydra.run.dir="
+                                   f"{tmp_path / 'run'} to publish it to {published}")
+    monkeypatch.setattr(FakeRun, "finish", finish)  # again: already complete, published
+    fit(cfg, tmp_path / "run")
+    assert json.loads(published.read_text())["status"] == "complete"
 
 
 def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lacks(

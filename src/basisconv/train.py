@@ -90,8 +90,8 @@ def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict 
     """What a run stopped before its first epoch of this start tells the user."""
     done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
     if done == 0:
-        return (f"the run in {output_dir} stopped before its first epoch (choosing its layers "
-                f"or reading its data); the same command starts it over")
+        return (f"the run in {output_dir} stopped before its first epoch (choosing its layers, "
+                f"reading its data or starting wandb); the same command starts it over")
     return (f"the run in {output_dir} stopped while resuming, before epoch {done + 1}; its "
             f"checkpoint of epoch {done} is kept: run the same command again with "
             f"{folder_override(output_dir, cfg.name)} to resume it")
@@ -327,13 +327,33 @@ class Training:
                 raise
             raise Stopped(signal.SIGTERM, f"{reason}; {self.stop_message()}") from None
         finally:
-            self.tracker.finish(failed=failed)
-            # Free DDP's reducer before its process group goes: DDP sits in reference
-            # cycles, so dropping the name alone leaves it to a later (too late) collection.
-            self.step_model = None
-            gc.collect()
-            distributed.teardown(together=not failed)
+            try:
+                self.tracker.finish(failed=failed)
+            except KeyboardInterrupt as err:  # while wandb uploads (up to finish_timeout_s)
+                if failed:  # the stop or error in flight says where the run is
+                    raise
+                raise Stopped(getattr(err, "signum", signal.SIGINT),
+                              self.stopped_finishing_message()) from None
+            finally:
+                # Free DDP's reducer before its process group goes: DDP sits in reference
+                # cycles, so dropping the name alone leaves it to a later (too late)
+                # collection.
+                self.step_model = None
+                gc.collect()
+                distributed.teardown(together=not failed)
         return record.as_dict()
+
+    def stopped_finishing_message(self) -> str:
+        """A stop after the last epoch was saved, while wandb finished: the run is
+        complete, and only what comes after it (publishing its record) is left undone."""
+        message = (f"the run in {self.output_dir} is complete ({RECORD}); it was stopped "
+                   f"while wandb finished, whose pending uploads stay in its wandb folder "
+                   f"for `wandb sync`")
+        if self.cfg.publish:
+            message += (f"; run the same command again with "
+                        f"{folder_override(self.output_dir, self.cfg.name)} to publish it to "
+                        f"{self.cfg.publish}")
+        return message
 
     def save_everywhere(self) -> None:
         """Rank 0 saves (:meth:`save`); every process learns whether it could and of which
