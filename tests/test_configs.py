@@ -266,12 +266,20 @@ RANGE_RULES = [
      r"selection.budget_reduction must be in \(0, 1\), got 0.0"),
     ({"basis.source_checkpoint": "dense.pt"}, "basis.source_checkpoint is set but basis.init"),
     ({"basis.dense_warmup_epochs": -1}, "basis.dense_warmup_epochs must be >= 0, got -1"),
-    ({"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 3},
+    ({"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 3,
+      "basis.init": "convert"},
      "basis.dense_warmup_epochs=3 leaves no basis epochs in trainer.epochs=3"),
     ({"basis.coefficient_update_every": 0}, "basis.coefficient_update_every must be >= 1"),
     ({"basis.combine": "concat"}, "basis.combine='concat'; choose one of"),
     ({"basis.coefficient_rank": 0}, "basis.coefficient_rank must be null or >= 1, got 0"),
-    ({"basis.coefficient_l1": -0.1}, "basis.coefficient_l1 must be >= 0, got -0.1"),
+    ({"basis.coefficient_l1": -0.1}, "basis.coefficient_l1 must be a finite number >= 0"),
+    # Found in review: an infinite penalty passed, and the run's divergence blamed the lr
+    ({"basis.coefficient_l1": float("inf")}, "basis.coefficient_l1 must be a finite number"),
+    # Found in review: the warm-up's end fits the layers whatever init says, so such a run
+    # was recorded as scratch and read as a second method
+    ({"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 1},
+     r"basis.dense_warmup_epochs=1 fits the basis layers to the warmed-up dense weights, but "
+     r"basis.init=scratch; use basis=warmup"),
     ({"logger.backend": "mlflow"}, "logger.backend='mlflow'; choose one of"),
 ]
 
@@ -302,7 +310,8 @@ BOUNDARY_VALUES = [
     {"trainer.warmup_fraction": 0.0}, {"trainer.label_smoothing": 0.0},
     {"sensitivity.pretrain_epochs": 0}, {"sensitivity.noise_repeats": 0},
     {"basis.coefficient_l1": 0.0}, {"basis.size": 1.0},
-    {"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 2},
+    {"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 2,
+     "basis.init": "convert"},
 ]
 
 

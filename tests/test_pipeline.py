@@ -358,6 +358,37 @@ def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, device)
     assert resumed["model"] == straight["model"]
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["selection=all", "basis.size=64"], r"basis.size = 64 is out of range"),
+    (["selection=all", "basis.coefficient_rank=3"], r"basis.coefficient_rank must be an int in"),
+    (["selection=list", "selection.layers=[layer9.conv1]"], r"layer9.conv1"),
+], ids=["size", "rank", "layer"])
+def test_a_warm_up_run_refuses_a_bad_basis_option_before_it_trains(tmp_path, repo, monkeypatch,
+                                                                   overrides, message):
+    # Found in review: a dense warm-up converts after its epochs, and only then were these
+    # refused; the warm-up epochs were trained and lost (the conversion precedes the
+    # epoch's checkpoint)
+    trained, run_epoch = [], loop.run_epoch
+    monkeypatch.setattr(loop, "run_epoch",
+                        lambda *args, **kwargs: trained.append(args[0]) or run_epoch(*args, **kwargs))
+    with pytest.raises(ConfigError, match=message):
+        fit(compose_tiny(repo, "basis=warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=2",
+                         *overrides), tmp_path)
+    assert trained == []
+
+
+def test_coefficient_skip_training_after_a_warm_up_counts_from_the_conversion(tmp_path, repo,
+                                                                             monkeypatch):
+    # Found in review: the schedule counted the run's steps, warm-up included, so after a
+    # warm-up of W steps an N above the basis steps never trained the coefficients
+    steps = []
+    monkeypatch.setattr(train.CoefficientSkipSchedule, "__call__",
+                        lambda self, step: steps.append(step))
+    fit(compose_tiny(repo, "basis=warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=2",
+                     "selection=all", "basis.coefficient_update_every=100"), tmp_path)
+    assert steps == list(range(8))  # 400 images at batch 50: the basis epoch's 8 steps
+
+
 def test_convert_from_a_trained_checkpoint(tmp_path, repo):
     fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path / "baseline")
     source = tmp_path / "baseline" / "checkpoint.pt"

@@ -13,8 +13,8 @@ from basisconv.fitting import relative_error
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
 from basisconv.network import rebind_optimizer
-from basisconv.surgery import (CoefficientSkipSchedule, apply_basis, basis_report, conv_layers,
-                               select_layers)
+from basisconv.surgery import (CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report,
+                               conv_layers, select_layers)
 
 
 def small_resnet18(seed=0):
@@ -311,6 +311,27 @@ def test_shared_coefficients_are_one_tensor_fitted_jointly(device):
                                    coefficient_rank=2)).values()
     assert len({id(layer.coefficients_left) for layer in low}) == 1
     assert len({id(layer.coefficients_right) for layer in low}) == 1
+
+
+def test_a_coefficient_rank_that_saves_no_parameters_is_warned_of():
+    # Found in review: the config says a rank means fewer parameters; from
+    # r >= (C_out - m) * m / C_out its factors hold more than the full matrix, silently
+    model = build_model("resnet20")  # layer1: 16 -> 16 channels, m = 8: full matrix 64
+    with pytest.warns(UserWarning, match=r"coefficient_rank=4: .* in 6 layers: "
+                                         r"layer1.0.conv1 \(C_out=16, m=8\)"):
+        apply_basis(model, "layer1.*", 0.5, coefficient_rank=4, convert=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_basis(model, "layer1.*", 0.5, coefficient_rank=3, convert=False)  # 48 < 64
+        apply_basis(model, "layer1.*", 0.5, convert=False)
+
+
+def test_the_saves_no_compute_warning_names_the_config_key_from_a_config():
+    model = build_model("resnet20")
+    with pytest.warns(UserWarning, match=r"pass only_where_saves=True to leave"):
+        apply_basis(model, "conv1", 16, convert=False)
+    with pytest.warns(UserWarning, match=r"set basis.only_where_saves=true to leave"):
+        apply_basis(model, "conv1", 16, convert=False, keys=CONFIG_KEYS)
 
 
 def test_coefficient_skip_schedule_skips_the_gradient_and_the_update():

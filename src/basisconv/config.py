@@ -232,6 +232,12 @@ def validate_basis(cfg: DictConfig) -> None:
            "basis.init=convert fits the basis layers to trained dense weights, but none are "
            "given: set basis.source_checkpoint=<a dense run>/checkpoint.pt, or "
            "basis.dense_warmup_epochs>0 (basis=warmup), or use basis=scratch")
+    # the warm-up's end fits the layers to the warmed-up weights whatever init says, so a
+    # scratch record of it would be a second label for one method
+    _check(b.dense_warmup_epochs == 0 or b.init == "convert" or cfg.selection.policy == "none",
+           f"basis.dense_warmup_epochs={b.dense_warmup_epochs} fits the basis layers to the "
+           f"warmed-up dense weights, but basis.init=scratch; use basis=warmup (basis.init="
+           f"convert), or basis.dense_warmup_epochs=0")
     _check(b.dense_warmup_epochs < cfg.trainer.epochs or cfg.selection.policy == "none",
            f"basis.dense_warmup_epochs={b.dense_warmup_epochs} leaves no basis epochs in "
            f"trainer.epochs={cfg.trainer.epochs}")
@@ -240,7 +246,8 @@ def validate_basis(cfg: DictConfig) -> None:
     _check_choice(b.combine, COMBINE_MODES, "basis.combine")
     _check(b.coefficient_rank is None or b.coefficient_rank >= 1,
            f"basis.coefficient_rank must be null or >= 1, got {b.coefficient_rank}")
-    _check(b.coefficient_l1 >= 0, f"basis.coefficient_l1 must be >= 0, got {b.coefficient_l1}")
+    _check(0 <= b.coefficient_l1 < math.inf,
+           f"basis.coefficient_l1 must be a finite number >= 0, got {b.coefficient_l1}")
 
 
 def validate_trainer(cfg: DictConfig) -> None:

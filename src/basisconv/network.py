@@ -7,6 +7,8 @@ The layers are an argument, resolved before the network is built (see
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any, Union
 
 import torch
@@ -35,6 +37,25 @@ def to_basis(model: nn.Module, cfg: DictConfig, layers: Layers, *, convert: bool
                        share_coefficients=basis.share_coefficients, combine=basis.combine,
                        coefficient_rank=basis.coefficient_rank, fuse_norm=basis.fuse_norm,
                        keys={**CONFIG_KEYS, "layers": "selection.layers"})
+
+
+def check_conversion(cfg: DictConfig, layers: Layers) -> None:
+    """Refuse now what converting ``layers`` would refuse later (a basis size or coefficient
+    rank a layer cannot take, an unknown layer name): a dense warm-up converts only after
+    its epochs, which would otherwise train first and be lost. The conversion is made on
+    the meta device (no memory, no values), its logs and warnings held back for the real
+    one."""
+    package = logging.getLogger("basisconv")
+    level = package.level
+    package.setLevel(logging.ERROR)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
+                                width=cfg.model.width)
+            to_basis(model, cfg, layers, convert=False)
+    finally:
+        package.setLevel(level)
 
 
 def converts_later(cfg: DictConfig) -> bool:

@@ -49,7 +49,24 @@ log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
 #: What the configs call :func:`apply_basis`'s arguments (``basis.*``), for the errors their
 #: values cause; a caller adds the config list its ``layers`` came from.
-CONFIG_KEYS = {"num_basis": "basis.size", "coefficient_rank": "basis.coefficient_rank"}
+CONFIG_KEYS = {"num_basis": "basis.size", "coefficient_rank": "basis.coefficient_rank",
+               "only_where_saves": "basis.only_where_saves"}
+
+
+def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
+                          rank: int | None, key: str) -> None:
+    """A rank-``r`` coefficient matrix is two factors of ``r * C_out`` entries in all: from
+    ``r >= (C_out - m) * m / C_out`` on, more than the full matrix it restricts."""
+    if rank is None:
+        return
+    costly = [f"{name} (C_out={conv.out_channels}, m={sizes[name]})"
+              for name, conv in targets.items()
+              if rank * conv.out_channels >= (conv.out_channels - sizes[name]) * sizes[name]]
+    if costly:
+        warnings.warn(f"{key}={rank}: its two factors hold {rank} x C_out coefficients, no "
+                      f"fewer than the full (C_out - m) x m matrix, in {len(costly)} layers: "
+                      f"{', '.join(costly)}; a lower rank saves parameters there, null keeps "
+                      f"the full matrix", stacklevel=3)
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -181,7 +198,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
                           "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
-    keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank", **(keys or {})}
+    keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank",
+            "only_where_saves": "only_where_saves", **(keys or {})}
     targets = select_layers(model, layers, key=keys.get("layers"))
     sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name,
                                      key=keys["num_basis"]) for name, conv in targets.items()}
@@ -202,11 +220,14 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
             log.info("%s; left dense (only_where_saves)", message)
             del targets[name]
         else:
-            warnings.warn(message + "; pass only_where_saves=True to leave such layers dense",
-                          stacklevel=2)
+            key = keys["only_where_saves"]
+            hint = ("pass only_where_saves=True" if key == "only_where_saves" else
+                    f"set {key}=true")
+            warnings.warn(f"{message}; {hint} to leave such layers dense", stacklevel=2)
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
+    _warn_of_costly_ranks(targets, sizes, coefficient_rank, keys["coefficient_rank"])
     for conv in targets.values():  # each weight read below is the one a forward computes
         refresh_computed_weight(conv)
     _warn_of_untied_weights(model, targets)

@@ -33,8 +33,8 @@ from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged
 from .kernels import auto
-from .network import (build_network, choose_forms_now, coefficient_penalty, converts_later,
-                      describe, rebind_optimizer, to_basis)
+from .network import (build_network, check_conversion, choose_forms_now, coefficient_penalty,
+                      converts_later, describe, rebind_optimizer, to_basis)
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
                       leftover_temporaries, make_folder, publish, read_record, timestamp,
                       wandb_provenance, write_record)
@@ -176,6 +176,8 @@ class Training:
         done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
         self.pending_conversion = converts_later(cfg) and done < cfg.basis.dense_warmup_epochs
         self.layers, sensitivity_key = layers_to_convert(cfg, checkpoint)
+        if self.pending_conversion:
+            check_conversion(cfg, self.layers)
         self.model = build_network(cfg, self.layers, basis_now=not self.pending_conversion,
                                    restoring=checkpoint is not None)
         self.model.to(device=self.device, memory_format=self.memory_format)
@@ -277,7 +279,11 @@ class Training:
             "model/basis_layer_names": " ".join(model["basis_layers"])})
 
     def before_step(self) -> None:
-        self.skip_schedule(self.scheduler.last_epoch)
+        # steps counted from the conversion: the coefficients of a warmed-up model train on
+        # its first basis step and every N-th after, as without a warm-up (counted from the
+        # run's first step, an N above the basis steps left them untrained)
+        converted_at = self.cfg.basis.dense_warmup_epochs * len(self.train_batches)
+        self.skip_schedule(self.scheduler.last_epoch - converted_at)
 
     def run(self) -> dict[str, Any]:
         trainer, record, results = self.cfg.trainer, self.record, self.results
