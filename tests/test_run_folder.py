@@ -593,6 +593,31 @@ def test_a_stop_while_wandb_finishes_a_complete_run_says_it_is_complete(tmp_path
     assert json.loads(published.read_text())["status"] == "complete"
 
 
+def test_a_second_stop_while_wandb_finishes_a_failed_run_keeps_the_first_error(
+        tmp_path, repo, fake_wandb, monkeypatch):
+    """Found in review of the fix above: a Ctrl-C while wandb finished a diverged run (its
+    uploads look like a hang) replaced the divergence, its epoch and advice, with a bare
+    "stopped by SIGTERM"."""
+    import signal
+
+    from basisconv import loop
+    from basisconv.errors import Stopped, TrainingDiverged
+
+    def stopped(self, exit_code=0):
+        raise Stopped(signal.SIGTERM)
+
+    def diverging(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise TrainingDiverged("the training loss became nan", "training loss")
+        return run_epoch(epoch, *args, **kwargs)
+
+    run_epoch = loop.run_epoch
+    monkeypatch.setattr(FakeRun, "finish", stopped)
+    monkeypatch.setattr(loop, "run_epoch", diverging)
+    with pytest.raises(TrainingDiverged, match="training diverged in epoch 2 of 3"):
+        fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
+
+
 def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lacks(
         tmp_path, repo, fake_wandb, monkeypatch, caplog):
     """Stopped after epoch 3 with the checkpoint of epoch 2, the run trains epoch 3 again;

@@ -317,9 +317,14 @@ def test_a_coefficient_rank_that_saves_no_parameters_is_warned_of():
     # Found in review: the config says a rank means fewer parameters; from
     # r >= (C_out - m) * m / C_out its factors hold more than the full matrix, silently
     model = build_model("resnet20")  # layer1: 16 -> 16 channels, m = 8: full matrix 64
-    with pytest.warns(UserWarning, match=r"coefficient_rank=4: .* in 6 layers: "
-                                         r"layer1.0.conv1 \(C_out=16, m=8\)"):
+    with pytest.warns(UserWarning) as caught:  # one warning for the six layers of the shape
         apply_basis(model, "layer1.*", 0.5, coefficient_rank=4, convert=False)
+    assert [str(w.message) for w in caught] == [
+        "coefficient_rank=4: in layers with C_out=16 and m=8 its two factors hold 64 "
+        "coefficients, no fewer than the full matrix's 64; ranks up to 3 save parameters "
+        "there, null keeps the full matrix"]
+    with pytest.warns(UserWarning, match=r"no rank saves parameters there"):  # m = 1
+        apply_basis(model, "layer1.0.conv1", 1, coefficient_rank=1, convert=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply_basis(model, "layer1.*", 0.5, coefficient_rank=3, convert=False)  # 48 < 64

@@ -39,6 +39,12 @@ def to_basis(model: nn.Module, cfg: DictConfig, layers: Layers, *, convert: bool
                        keys={**CONFIG_KEYS, "layers": "selection.layers"})
 
 
+def build_dense(cfg: DictConfig) -> nn.Module:
+    """The dense registry model ``cfg.model`` names, for ``cfg.data``'s classes: what every
+    producer builds first (a run, a probe, a cost table, a timing, a dry conversion)."""
+    return build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
+
+
 def check_conversion(cfg: DictConfig, layers: Layers) -> None:
     """Refuse now what converting ``layers`` would refuse later (a basis size or coefficient
     rank a layer cannot take, an unknown layer name): a dense warm-up converts only after
@@ -51,9 +57,7 @@ def check_conversion(cfg: DictConfig, layers: Layers) -> None:
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                                width=cfg.model.width)
-            to_basis(model, cfg, layers, convert=False)
+            to_basis(build_dense(cfg), cfg, layers, convert=False)
     finally:
         package.setLevel(level)
 
@@ -72,7 +76,7 @@ def build_network(cfg: DictConfig, layers: Layers, *, basis_now: bool | None = N
     ``restoring``: a checkpoint's weights are loaded next, so the layers are not fitted to
     anything and ``basis.source_checkpoint`` is not read (a resumed run needs neither, and
     its source may be gone)."""
-    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
+    model = build_dense(cfg)
     if basis_now is None:
         basis_now = not converts_later(cfg)
     convert = cfg.basis.init == "convert" and not restoring

@@ -25,7 +25,7 @@ from . import loop
 from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import ConfigError, TrainingDiverged, WorkerFailed
-from .models import build_model
+from .network import build_dense
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ class Probe:
                                    cfg.sensitivity.val_size, self.seed)
         for name in ("train_images", "train_labels", "val_images", "val_labels"):
             setattr(self.split, name, getattr(self.split, name).to(self.device))
-        self.dense = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                                 width=cfg.model.width)
+        self.dense = build_dense(cfg)
         self.dense.to(self.device, memory_format=self.memory_format)
         start = time.perf_counter()
         if dense_state is not None:

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
 from .errors import ConfigError, WriteError
-from .models import build_model
+from .network import build_dense
 from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, folder_lock, provenance, publish, read_record,
                       write_bytes_atomic, write_json_atomic, write_record)
@@ -286,8 +286,7 @@ def dense_model(cfg: DictConfig) -> nn.Module:
     before anything is trained. Its init draws from the CPU generator, which is put back,
     so what comes after (a probe, a run's own init) draws as if it had not been built."""
     with torch.random.fork_rng(devices=[]):
-        return build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                           width=cfg.model.width)
+        return build_dense(cfg)
 
 
 def candidate_table(cfg: DictConfig, dense: nn.Module | None = None) -> pd.DataFrame:

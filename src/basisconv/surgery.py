@@ -56,17 +56,21 @@ CONFIG_KEYS = {"num_basis": "basis.size", "coefficient_rank": "basis.coefficient
 def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
                           rank: int | None, key: str) -> None:
     """A rank-``r`` coefficient matrix is two factors of ``r * C_out`` entries in all: from
-    ``r >= (C_out - m) * m / C_out`` on, more than the full matrix it restricts."""
+    ``r >= (C_out - m) * m / C_out`` on, no fewer than the full matrix it restricts. One
+    warning per layer shape, so that the many conversions of a sensitivity estimate or a
+    search repeat the same few (Python shows a warning once per place and text)."""
     if rank is None:
         return
-    costly = [f"{name} (C_out={conv.out_channels}, m={sizes[name]})"
-              for name, conv in targets.items()
-              if rank * conv.out_channels >= (conv.out_channels - sizes[name]) * sizes[name]]
-    if costly:
-        warnings.warn(f"{key}={rank}: its two factors hold {rank} x C_out coefficients, no "
-                      f"fewer than the full (C_out - m) x m matrix, in {len(costly)} layers: "
-                      f"{', '.join(costly)}; a lower rank saves parameters there, null keeps "
-                      f"the full matrix", stacklevel=3)
+    for c_out, m in sorted({(conv.out_channels, sizes[name]) for name, conv in targets.items()}):
+        full = (c_out - m) * m
+        if rank * c_out < full:
+            continue
+        saving = -(-full // c_out) - 1  # the largest rank below full / C_out
+        advice = (f"ranks up to {saving} save parameters there" if saving >= 1 else
+                  "no rank saves parameters there")
+        warnings.warn(f"{key}={rank}: in layers with C_out={c_out} and m={m} its two factors "
+                      f"hold {rank * c_out} coefficients, no fewer than the full matrix's "
+                      f"{full}; {advice}, null keeps the full matrix", stacklevel=3)
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -30,8 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .data import IMAGE_SHAPE
 from .errors import ConfigError
-from .models import build_model
-from .network import to_basis
+from .network import build_dense, to_basis
 from .records import folder_lock, hardware, provenance, write_json_atomic
 from .selection import budget_chooses
 from .timing import Runner, layer_time_savings
@@ -139,8 +138,7 @@ def measure(cfg: DictConfig, names: list[str]) -> dict:
     trainer = cfg.trainer
     with torch.random.fork_rng(), loop.settings_restored():
         runtime = loop.setup(trainer, cfg.seed)
-        model = build_model(cfg.model.name, num_classes=cfg.data.num_classes,
-                            width=cfg.model.width)
+        model = build_dense(cfg)
         converted = to_basis(copy.deepcopy(model), cfg, names, convert=False)
         runner = Runner(runtime.device, channels_last=trainer.channels_last, amp=trainer.amp)
         savings, step = layer_time_savings(model, converted, names, runner,

@@ -336,10 +336,11 @@ class Training:
             try:
                 self.tracker.finish(failed=failed)
             except KeyboardInterrupt as err:  # while wandb uploads (up to finish_timeout_s)
-                if failed:  # the stop or error in flight says where the run is
-                    raise
-                raise Stopped(getattr(err, "signum", signal.SIGINT),
-                              self.stopped_finishing_message()) from None
+                if not failed:
+                    raise Stopped(getattr(err, "signum", signal.SIGINT),
+                                  self.stopped_finishing_message()) from None
+                # else a second stop: the stop or error in flight goes on out, and says
+                # where the run is (a bare `raise` here would replace it with this one)
             finally:
                 # Free DDP's reducer before its process group goes: DDP sits in reference
                 # cycles, so dropping the name alone leaves it to a later (too late)
