@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from basisconv.bench.train import ThroughputOptions, run
+from basisconv.bench.train import ThroughputOptions, record_folder, run
 from basisconv.cli import exit_on_user_error
 from basisconv.config import COMPILE_MODES
 from basisconv.kernels import COMBINE_MODES
@@ -54,13 +54,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true",
                         help="then profile one more epoch of --steps steps (torch.profiler; "
                              "graphed: its replays) into <result>-profile.txt")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON (default results/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the record: a .json file, or a folder that gets the default "
+                             "file name (default results/)")
     args = parser.parse_args(argv)
     options = ThroughputOptions(**{k: v for k, v in vars(args).items() if k != "out"})
     if problem := options.invalid_flag():
         parser.error(problem)
     # checked before the steps are measured, which a failed write at the end would lose
-    folder = RESULTS if args.out is None else args.out.absolute().parent
+    folder = record_folder(RESULTS if args.out is None else args.out)
     if blocker := unwritable_folder(str(folder)):
         parser.error(f"--out {args.out or RESULTS} cannot be written ({blocker}); give another "
                      f"path")

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     if below := flag_below_minimum((("--kernel-size", args.kernel_size, 1, "a k x k filter"),)):
         parser.error(below)
     # checked before the compilations (a minute or more), which a failed write would lose
+    if args.out.suffix != ".csv" or args.out.is_dir():  # its record goes beside, as .json
+        parser.error(f"--out names the table's .csv file (its record is written beside it, "
+                     f"as .json), got {args.out}")
     if blocker := unwritable_folder(str(args.out.absolute().parent)):
         parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
     started = time.time()

@@ -116,6 +116,19 @@ def test_options_name_files_by_device_precision_and_non_default_options():
     assert file_name("cuda:0", "bf16") == "train-throughput-cuda-bf16.json"
 
 
+def test_runs_of_other_fractions_or_repeats_write_files_of_their_own():
+    # Found in review: a run of other --fractions replaced the default run's files, and
+    # the quick repeats given by hand were named as a full run
+    assert SpeedOptions(fractions=[0.5, 0.25]).tag == "cpu-fp32-f0.25_0.5"
+    assert SpeedOptions(fractions=[0.75, 0.5, 0.25, 0.125]).tag == "cpu-fp32"
+    assert SpeedOptions(layer_repeats=3, model_repeats=2, warmup=1).tag == "cpu-fp32-quick"
+    assert SpeedOptions(layer_repeats=5).tag == "cpu-fp32-r5_7_2"
+    assert SpeedOptions(parts=["model"]).tag == "cpu-fp32"  # its files are its own
+    assert SpeedOptions(profile=True, parts=["layers"]).invalid_flag() == (
+        "--profile profiles the whole model's step: add --parts model, or drop --profile")
+    assert SpeedOptions(profile=True, parts=["model"]).invalid_flag() is None
+
+
 def test_runs_at_other_thread_counts_write_files_of_their_own():
     """A run at 1 thread once wrote the 2-thread run's files (threads were not in the name)."""
     from basisconv.bench.train import ThroughputOptions
@@ -183,7 +196,7 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
                            parts=["layers"], quick=True)
     result = speed.run(options, tmp_path, "python scripts/benchmark_layers.py", progress=lambda s: None)
-    tag = "cpu-fp32-b2-t0-defaultmalloc-quick"
+    tag = "cpu-fp32-b2-t0-defaultmalloc-f0.5-quick"
     assert result.tag == tag and result.model_rows == []
     assert [p.name for p in result.files] == [f"layer-speed-{tag}.csv", f"layer-speed-{tag}.json"]
     with result.files[0].open() as f:
@@ -214,7 +227,8 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     assert list(row) == [c for c in columns if c not in TIME_BOUND] + SPREAD
     assert row["layers_dense"] == "conv1 layer2.0.shortcut.0 layer3.0.shortcut.0 layer4.0.shortcut.0"
     assert lines[-1].startswith("  fraction 0.5 ")
-    record, before = read_record(tmp_path / "model-speed-cpu-fp32-b1-t0-defaultmalloc.json"), \
+    assert result.tag == "cpu-fp32-b1-t0-defaultmalloc-f0.5-r15_1_0"
+    record, before = read_record(tmp_path / f"model-speed-{result.tag}.json"), \
         committed(repo, "model-speed-cpu-fp32.json")
     assert set(record) == set(before) | {"kind", "status", "config", "file_sha256"}
     assert record["target"] == before["target"]
@@ -225,8 +239,9 @@ def test_profile_writes_where_each_steps_time_goes(tmp_path):
     options = SpeedOptions(threads=1, allocator_tuning=False, batch_size=1, fractions=[0.5],
                            parts=["model"], model_repeats=1, warmup=0, profile=True)
     result = speed.run(options, tmp_path, progress=lambda line: None)
-    text = (tmp_path / "model-profile-cpu-fp32-b1-t1-defaultmalloc.txt").read_text()
-    assert result.files[-1].name == "model-profile-cpu-fp32-b1-t1-defaultmalloc.txt"
+    name = "model-profile-cpu-fp32-b1-t1-defaultmalloc-f0.5-r15_1_0.txt"
+    text = (tmp_path / name).read_text()
+    assert result.files[-1].name == name
     assert "== ResNet-18 dense: 3 training steps" in text
     assert "== ResNet-18 basis 0.5: 3 training steps" in text
     assert "aten::convolution" in text or "aten::conv2d" in text
@@ -318,13 +333,20 @@ def test_the_training_benchmark_refuses_the_fused_form_where_it_cannot_run():
     ("benchmark_layers.py", ["--batch-size", "0", "--parts", "model", "--quick"],
      "--batch-size must be >= 1"),
     ("benchmark_layers.py", ["--threads", "-2"], "--threads must be >= 0"),
-    ("kernel_resources.py", ["--widths", "64", "96"], "--widths must be powers of 2")])
-def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, script, args, message):
+    ("kernel_resources.py", ["--widths", "64", "96"], "--widths must be powers of 2"),
+    # found in review: the record replaced the .json table, after every compilation
+    ("kernel_resources.py", ["--widths", "16", "--out", "{tmp}/k.json"],
+     "--out names the table's .csv file"),
+    # found in review: only the model part profiles; the layers part wrote none, silently
+    ("benchmark_layers.py", ["--profile", "--parts", "layers", "--out-dir", "{tmp}"],
+     "--profile profiles the whole model's step: add --parts model")])
+def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, tmp_path, script, args, message):
     import subprocess
     import sys
 
+    args = [a.format(tmp=tmp_path) for a in args]  # (what a missed refusal writes)
     result = subprocess.run([sys.executable, str(repo / "scripts" / script), *args],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     # argparse's usage, then one line naming the flag
     assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: {message}")

@@ -189,6 +189,11 @@ def test_a_quick_measurement_is_marked_beside_its_form_not_taken_for_one(tmp_pat
                                                         "fused (quick)"]
 
 
+def test_how_a_file_was_measured_is_marked_beside_its_form(tmp_path):
+    _model_record(tmp_path, "cuda-bf16-fused-f0.25_0.5-r5_7_2", GPU, "bf16", {0.25: 0.9})
+    assert list(speed.model_speed([tmp_path])["form"]) == ["fused (f0.25_0.5, r5_7_2)"]
+
+
 def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(tmp_path):
     """An epoch is 50000 // batch steps of the record's own batch size."""
     _train_record(tmp_path, "cuda-bf16-b256", GPU, 0.02, batch_size=256)
@@ -244,6 +249,11 @@ def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(fol
     written = speed.write_summary(folders, tmp_path / "s.md", "test")
     assert sorted(p.name for p in written) == ["s-model.csv", "s-training.csv", "s.md",
                                                 "s.png"]
+    # found in review: a stem with dots (a date) lost its last part in the .md and .png
+    written = speed.write_summary(folders, tmp_path / "s-2026.12.01", "test")
+    assert sorted(p.name for p in written) == [
+        "s-2026.12.01-model.csv", "s-2026.12.01-training.csv", "s-2026.12.01.md",
+        "s-2026.12.01.png"]
 
 
 def test_an_output_that_cannot_be_written_is_one_clear_error(folders, repo, tmp_path):

@@ -132,17 +132,26 @@ def test_benchmark_train_measures_a_basis_model_and_names_its_file_by_the_option
 
 
 @pytest.mark.parametrize("out", ["folder", "throughput.json"])
-def test_benchmark_trains_profile_lies_beside_its_record(tmp_path, monkeypatch, out):
-    # Found in review: with --out a folder the record went to <folder>/run.json but the
-    # profile to <folder>-profile.txt beside the folder, and the script printed a path
-    # that did not exist
-    from basisconv.bench.train import ThroughputOptions, run
+def test_benchmark_trains_record_goes_where_out_says_with_its_profile_beside(tmp_path,
+                                                                           monkeypatch, out):
+    # Found in review: with --out a folder the record went to <folder>/run.json (a name
+    # the speed report does not read) and the profile to <folder>-profile.txt beside the
+    # folder, where the script did not say; the record's provenance named the caller's
+    # threads, not the measurement's
+    from basisconv.bench.train import ThroughputOptions, file_name, run
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))
     options = ThroughputOptions(model="resnet8", batch_size=8, steps=2, warmup=0, threads=1,
                                 profile=True)
-    record, path = run(options, tmp_path / out)
-    assert path.name == ("run.json" if out == "folder" else out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        record, path = run(options, tmp_path / out)
+    finally:
+        torch.set_num_threads(threads)
+    assert path == (tmp_path / out if out.endswith(".json") else
+                    tmp_path / out / file_name("cpu", "none", options.tag))
+    assert record["threads"] == record["provenance"]["hardware"]["torch_threads"] == 1
     profile = path.parent / record["profile_file"]
     assert "training steps" in profile.read_text() and "failed" not in profile.read_text()
 

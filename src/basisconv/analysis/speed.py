@@ -71,11 +71,13 @@ def _or_dash(value):
 def _options(path: Path) -> str:
     """The non-default options a benchmark file's name carries (``model-speed-cuda-bf16-
     fused-b512.json``: ``fused``), the batch and threads aside (columns of their own);
-    ``stacked`` when there are none. ``-quick`` (``--quick``: few repeats) is how it was
-    measured, not a form: it follows the form in brackets (``stacked (quick)``)."""
+    ``stacked`` when there are none. ``-quick`` (``--quick``: few repeats), other repeats
+    (``-r3_2_1``) and fractions (``-f0.25_0.5``) are how it was measured, not a form: they
+    follow the form in brackets (``stacked (quick)``)."""
     words = path.stem.split("-")[4:]  # after model-speed-<device>-<precision>
-    form = ", ".join(w for w in words if w != "quick" and not re.fullmatch(r"[bt]\d+", w))
-    return (form or "stacked") + (" (quick)" if "quick" in words else "")
+    how = [w for w in words if w == "quick" or re.fullmatch(r"[fr][\d._]+", w)]
+    form = ", ".join(w for w in words if w not in how and not re.fullmatch(r"[bt]\d+", w))
+    return (form or "stacked") + (f" ({', '.join(how)})" if how else "")
 
 
 def _training_form(record: dict) -> str:
@@ -255,11 +257,13 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     out = Path(out)
     if out.suffix in (".md", ".csv", ".png"):  # the summary's own name, not a stem:
         out = out.with_suffix("")  # else "s.md-model.csv" beside "s.md" and "s.png"
+    named = out.parent / f"{out.name}.md"  # not with_suffix: a stem may hold dots (a date)
     written = [
-        write_text_atomic(out.with_suffix(".md"), f"{note}\n\n{summary(model, train)}"),
+        write_text_atomic(named, f"{note}\n\n{summary(model, train)}"),
         write_text_atomic(out.parent / f"{out.name}-model.csv", csv_text(model)),
         write_text_atomic(out.parent / f"{out.name}-training.csv", csv_text(train))]
-    figure = speed_across_hardware(model, out.with_suffix(".png"), note)
+    plot = out.parent / f"{out.name}.png"
+    figure = speed_across_hardware(model, plot, note)
     if figure is None:  # no model records: no plot, and none left from an earlier summary
-        out.with_suffix(".png").unlink(missing_ok=True)
+        plot.unlink(missing_ok=True)
     return written + ([figure] if figure else [])

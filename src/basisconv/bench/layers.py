@@ -97,7 +97,11 @@ class SpeedOptions:
     def tag(self) -> str:
         """What file names carry: device, precision and every non-default option, so that
         runs with different options never overwrite each other (threads too: ``-t1``,
-        ``-t0`` for torch's default; a run at 1 thread once replaced the 2-thread files)."""
+        ``-t0`` for torch's default; a run at 1 thread once replaced the 2-thread files).
+        The parts are not in it: each writes files of its own (``layer-speed-*``,
+        ``model-speed-*``)."""
+        default = SpeedOptions()
+        repeats = (self.layer_repeats, self.model_repeats, self.warmup)
         suffix = "".join([
             "" if self.channels_last else "-nchw",
             "-compile" if self.compile else "",
@@ -106,7 +110,11 @@ class SpeedOptions:
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
             "" if self.threads == SpeedOptions.threads else f"-t{self.threads}",
             "" if self.allocator_tuning or self.device != "cpu" else "-defaultmalloc",
-            "-quick" if self.quick else "",
+            "" if sorted(self.fractions) == default.fractions else
+            "-f" + "_".join(f"{f:g}" for f in sorted(self.fractions)),
+            "-quick" if repeats == QUICK_REPEATS else
+            "" if repeats == (default.layer_repeats, default.model_repeats, default.warmup)
+            else "-r{}_{}_{}".format(*repeats),  # layer, model and warm-up rounds
         ])
         return f"{self.device}-{precision_name(self.amp)}{suffix}"
 
@@ -131,6 +139,8 @@ class SpeedOptions:
             return f"--fractions must differ, got {' '.join(f'{f:g}' for f in self.fractions)}"
         if self.device == "cuda" and not torch.cuda.is_available():
             return "--device cuda: no CUDA device is available to this torch; use --device cpu"
+        if self.profile and "model" not in self.parts:
+            return "--profile profiles the whole model's step: add --parts model, or drop --profile"
         return None
 
     def runner(self) -> Runner:

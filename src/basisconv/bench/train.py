@@ -31,7 +31,7 @@ from ..loop import (Runtime, build_optimizer, compiled, precision_name, settings
                     grad_scaler, setup, train_one_epoch)
 from ..models import build_model, list_models
 from ..network import choose_forms_now
-from ..records import RunRecord, provenance, record_file, write_record, write_text_atomic
+from ..records import RunRecord, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
 from . import flag_below_minimum, fused_problem, profile_table
 
@@ -350,22 +350,30 @@ def file_name(device: str | torch.device, amp: str, tag: str = "") -> str:
     return f"train-throughput-{torch.device(device).type}-{precision_name(amp)}{tag}.json"
 
 
+def record_folder(out: Path) -> Path:
+    """The folder a record for ``out`` (a ``.json`` file, or a folder) is written in."""
+    return out.absolute().parent if out.suffix == ".json" else out.absolute()
+
+
 def run(options: ThroughputOptions, out: str | os.PathLike | None = None, *,
         results_dir: str | os.PathLike = ".", command: str | None = None
         ) -> tuple[dict[str, Any], Path]:
-    """:func:`measure`, then write its record to ``out`` (default: :func:`file_name` in
-    ``results_dir``). Returns the record as written (the measurement's fields, ``kind``,
-    ``status``, ``config`` and ``provenance``) and its path. The checkpoint is timed on the
-    disk the record goes to (run folders are usually on the same one)."""
-    folder = Path(out).absolute().parent if out is not None else Path(results_dir)
+    """:func:`measure`, then write its record to ``out``: a ``.json`` file, or a folder
+    that gets :func:`file_name` (default: ``results_dir``). Returns the record as written
+    (the measurement's fields, ``kind``, ``status``, ``config`` and ``provenance``) and its
+    path. The checkpoint is timed on the disk the record goes to (run folders are usually
+    on the same one)."""
+    out = Path(results_dir if out is None else out)
+    folder = record_folder(out)
     result = measure(options, checkpoint_folder=folder)
-    path = record_file(out) if out is not None else folder / file_name(
+    path = out if out.suffix == ".json" else folder / file_name(
         result["device"], options.amp, options.tag)
     table = result.pop("profile")
     if table is not None:  # beside the record, named as it is
         profile_path = path.with_name(f"{path.stem}-profile.txt")
         write_text_atomic(profile_path, table + "\n")
         result["profile_file"] = profile_path.name
-    record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command),
-                       "complete", result)
+    made = provenance(command)  # taken after measure() gave the caller's threads back
+    made["hardware"]["torch_threads"] = result["threads"]
+    record = RunRecord("benchmark", dataclasses.asdict(options), made, "complete", result)
     return record.as_dict(), write_record(path, record)
