@@ -190,8 +190,8 @@ def test_a_quick_measurement_is_marked_beside_its_form_not_taken_for_one(tmp_pat
 
 
 def test_how_a_file_was_measured_is_marked_beside_its_form(tmp_path):
-    _model_record(tmp_path, "cuda-bf16-fused-f0.25_0.5-r5_7_2", GPU, "bf16", {0.25: 0.9})
-    assert list(speed.model_speed([tmp_path])["form"]) == ["fused (f0.25_0.5, r5_7_2)"]
+    _model_record(tmp_path, "cuda-bf16-fused-b512-r5_7_2", GPU, "bf16", {0.25: 0.9})
+    assert list(speed.model_speed([tmp_path])["form"]) == ["fused (r5_7_2)"]
 
 
 def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(tmp_path):

@@ -71,11 +71,11 @@ def _or_dash(value):
 def _options(path: Path) -> str:
     """The non-default options a benchmark file's name carries (``model-speed-cuda-bf16-
     fused-b512.json``: ``fused``), the batch and threads aside (columns of their own);
-    ``stacked`` when there are none. ``-quick`` (``--quick``: few repeats), other repeats
-    (``-r3_2_1``) and fractions (``-f0.25_0.5``) are how it was measured, not a form: they
-    follow the form in brackets (``stacked (quick)``)."""
+    ``stacked`` when there are none. ``-quick`` (``--quick``: few repeats) and other
+    repeats (``-r5_7_2``) are how it was measured, not a form: they follow the form in
+    brackets (``stacked (quick)``)."""
     words = path.stem.split("-")[4:]  # after model-speed-<device>-<precision>
-    how = [w for w in words if w == "quick" or re.fullmatch(r"[fr][\d._]+", w)]
+    how = [w for w in words if w == "quick" or re.fullmatch(r"r\d+_\d+_\d+", w)]
     form = ", ".join(w for w in words if w not in how and not re.fullmatch(r"[bt]\d+", w))
     return (form or "stacked") + (f" ({', '.join(how)})" if how else "")
 

@@ -99,9 +99,11 @@ class SpeedOptions:
         runs with different options never overwrite each other (threads too: ``-t1``,
         ``-t0`` for torch's default; a run at 1 thread once replaced the 2-thread files).
         The parts are not in it: each writes files of its own (``layer-speed-*``,
-        ``model-speed-*``)."""
-        default = SpeedOptions()
-        repeats = (self.layer_repeats, self.model_repeats, self.warmup)
+        ``model-speed-*``); nor are the fractions, the rows a file holds (its record's
+        ``config`` names them): a run of other fractions replaces the files of its options,
+        as the documented ``--fractions 0.25 0.5`` commands replace theirs."""
+        repeats = (self.layer_repeats, self.model_repeats, self.warmup)  # rounds of each
+        full = (SpeedOptions.layer_repeats, SpeedOptions.model_repeats, SpeedOptions.warmup)
         suffix = "".join([
             "" if self.channels_last else "-nchw",
             "-compile" if self.compile else "",
@@ -110,11 +112,8 @@ class SpeedOptions:
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
             "" if self.threads == SpeedOptions.threads else f"-t{self.threads}",
             "" if self.allocator_tuning or self.device != "cpu" else "-defaultmalloc",
-            "" if sorted(self.fractions) == default.fractions else
-            "-f" + "_".join(f"{f:g}" for f in sorted(self.fractions)),
             "-quick" if repeats == QUICK_REPEATS else
-            "" if repeats == (default.layer_repeats, default.model_repeats, default.warmup)
-            else "-r{}_{}_{}".format(*repeats),  # layer, model and warm-up rounds
+            "" if repeats == full else "-r{}_{}_{}".format(*repeats),
         ])
         return f"{self.device}-{precision_name(self.amp)}{suffix}"
 
