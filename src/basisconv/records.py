@@ -426,16 +426,13 @@ class RunRecord:
                    data.get("provenance") or {}, data.get("status", "running"), rest)
 
 
-def record_file(path: str | os.PathLike) -> Path:
-    """Where :func:`write_record` writes for ``path``: a run folder's ``run.json``, or
-    ``path`` itself when it is a ``.json`` file (a benchmark's sidecar)."""
-    path = Path(path)
-    return path if path.suffix == ".json" else path / RECORD
-
-
 def write_record(path: str | os.PathLike, record: RunRecord) -> Path:
-    """The one writer of records (see :func:`record_file`); written atomically."""
-    return write_json_atomic(record_file(path), record.as_dict())
+    """The one writer of records: ``path`` is a run folder (the record goes to its
+    ``run.json``) or a ``.json`` file (a benchmark's sidecar); written atomically."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / RECORD
+    return write_json_atomic(path, record.as_dict())
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:

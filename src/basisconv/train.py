@@ -242,6 +242,10 @@ class Training:
         has_basis = bool(self.results["model"]["basis_layers"])
         self.skip_schedule = (CoefficientSkipSchedule(self.model, skip_every)
                               if has_basis and skip_every > 1 else None)
+        # steps counted from the conversion: the coefficients of a warmed-up model train on
+        # its first basis step and every N-th after, as without a warm-up (counted from the
+        # run's first step, an N above the basis steps left them untrained)
+        self.converted_at_step = self.cfg.basis.dense_warmup_epochs * len(self.train_batches)
         self.penalty = coefficient_penalty(self.model, self.cfg.basis.coefficient_l1) \
             if has_basis else None
 
@@ -279,11 +283,7 @@ class Training:
             "model/basis_layer_names": " ".join(model["basis_layers"])})
 
     def before_step(self) -> None:
-        # steps counted from the conversion: the coefficients of a warmed-up model train on
-        # its first basis step and every N-th after, as without a warm-up (counted from the
-        # run's first step, an N above the basis steps left them untrained)
-        converted_at = self.cfg.basis.dense_warmup_epochs * len(self.train_batches)
-        self.skip_schedule(self.scheduler.last_epoch - converted_at)
+        self.skip_schedule(self.scheduler.last_epoch - self.converted_at_step)
 
     def run(self) -> dict[str, Any]:
         trainer, record, results = self.cfg.trainer, self.record, self.results
