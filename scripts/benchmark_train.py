@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(problem)
     # checked before the steps are measured, which a failed write at the end would lose
     folder = record_folder(RESULTS if args.out is None else args.out)
+    if args.out is not None and args.out.suffix == ".json" and args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder, not a .json file; give a file name, or "
+                     f"a folder without the .json suffix")
     if blocker := unwritable_folder(str(folder)):
         parser.error(f"--out {args.out or RESULTS} cannot be written ({blocker}); give another "
                      f"path")

@@ -339,12 +339,17 @@ def test_the_training_benchmark_refuses_the_fused_form_where_it_cannot_run():
      "--out names the table's .csv file"),
     # found in review: only the model part profiles; the layers part wrote none, silently
     ("benchmark_layers.py", ["--profile", "--parts", "layers", "--out-dir", "{tmp}"],
-     "--profile profiles the whole model's step: add --parts model")])
+     "--profile profiles the whole model's step: add --parts model"),
+    # found in review: a folder named x.json failed in one line, but after measuring
+    ("benchmark_train.py", ["--model", "resnet8", "--steps", "1", "--out", "{tmp}/d.json"],
+     "--out {tmp}/d.json is a folder, not a .json file")])
 def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, tmp_path, script, args, message):
     import subprocess
     import sys
 
     args = [a.format(tmp=tmp_path) for a in args]  # (what a missed refusal writes)
+    (tmp_path / "d.json").mkdir()
+    message = message.format(tmp=tmp_path)
     result = subprocess.run([sys.executable, str(repo / "scripts" / script), *args],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -2,6 +2,8 @@
 time; measured on the run's device in the run's settings, once per machine and setting
 (cached), and kept by a resumed run whatever it would measure now."""
 
+import logging
+
 import pandas as pd
 import pytest
 import torch
@@ -238,3 +240,16 @@ def test_a_norm_passed_to_the_layer_by_position_is_seen_as_folded():
 
     assert timing.folded_norms(Positional(), ["conv"], torch.randn(2, 3, 8, 8)) == {
         "conv": ("bn", True)}
+
+
+def test_the_timing_log_names_the_device_measured_on(repo, tmp_path, monkeypatch, caplog):
+    """Found in review: with ``trainer.device=auto`` the log said "on auto"."""
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings([]))
+    cfg = compose_timed(repo, tmp_path, "trainer.threads=1", "trainer.device=auto")
+    with caplog.at_level(logging.INFO, logger="basisconv"):
+        sensitivity.choose_layers(cfg)
+        sensitivity.choose_layers(cfg)  # from the cache
+    lines = [r.getMessage() for r in caplog.records if "forward+backward on" in r.getMessage()]
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert len(lines) == 2 and all(f"forward+backward on {expected}" in x for x in lines)
+    assert not any("on auto" in x for x in lines)

@@ -100,8 +100,10 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
         else:
             log.info("selection: reusing the layer timings %s", path)
     savings = pd.DataFrame(cached["layers"], columns=COLUMNS)
+    # the device measured on (trainer.device=auto names none; older caches lack it)
     log.info("selection: training forward+backward on %s at batch %d, dense model %.1f ms; "
-             "per layer (ms dense -> basis): %s", cfg.trainer.device, cfg.trainer.batch_size,
+             "per layer (ms dense -> basis): %s", cached.get("device", cfg.trainer.device),
+             cfg.trainer.batch_size,
              1e3 * cached["dense_step_seconds"],
              ", ".join(f"{r.layer} {r.dense_ms:.2f} -> {r.basis_ms:.2f}"
                        for r in savings.itertuples()))
@@ -143,5 +145,6 @@ def measure(cfg: DictConfig, names: list[str]) -> dict:
         runner = Runner(runtime.device, channels_last=trainer.channels_last, amp=trainer.amp)
         savings, step = layer_time_savings(model, converted, names, runner,
                                            trainer.batch_size, IMAGE_SHAPE)
-    return {"dense_step_seconds": step, "layers": savings[COLUMNS].to_dict("records")}
+    return {"dense_step_seconds": step, "device": str(runtime.device),
+            "layers": savings[COLUMNS].to_dict("records")}
 
