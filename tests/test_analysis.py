@@ -183,6 +183,69 @@ def test_a_dense_run_swept_alike_is_the_baseline_of_its_own_setting():
     assert table.loc[("all", "trainer.lr=0.1"), "accuracy_change"] == pytest.approx(-0.10)
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_basis_row_is_compared_with_the_dense_run_of_its_own_settings(order):
+    """Found in review: with the dense model alone swept over ``trainer.lr``, the basis
+    row's settings label was empty, every dense row tied, and the first one (by folder
+    order) was its baseline: +8.65 points against a baseline of another learning rate."""
+    runs = [swept(record("none", accuracy=0.90), **{"trainer.lr": 0.05}),
+            swept(record("none", accuracy=0.80), **{"trainer.lr": 0.1}),
+            swept(record("all", accuracy=0.70), **{"trainer.lr": 0.1})]
+    table = compare(runs_frame([(r, "here") for r in runs[::order]]))
+    row = table[table["selection"] == "all"].iloc[0]
+    assert row["accuracy_change"] == pytest.approx(-0.10) and row["baseline_differs"] == ""
+
+
+def test_a_row_without_a_dense_run_of_its_settings_says_which_it_is_compared_with(tmp_path):
+    """The dense model run only at another learning rate: the closest dense run is the
+    baseline, and the table says in which settings it differs."""
+    runs = [swept(record("none", seed=s, accuracy=0.9), **{"trainer.lr": 0.05}) for s in (0, 1)]
+    runs += [swept(record("all", seed=s, accuracy=0.8), **{"trainer.lr": 0.1}) for s in (0, 1)]
+    write_runs(tmp_path / "runs", runs)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    results = tmp_path / "results"
+    md = (results / "comparison-cpu-fp32.md").read_text()
+    assert ("No dense baseline in the rows' own settings for resnet20-all (baseline "
+            "trainer.lr=0.05): they are compared with the closest dense run" in md)
+    table = pd.read_csv(results / "comparison-cpu-fp32.csv", keep_default_na=False)
+    assert table["baseline_differs"].tolist() == ["", "trainer.lr=0.05"]
+    assert "recipe" not in table and "recipe" not in json.loads(
+        (results / "index.json").read_text())["runs"][0]
+
+
+def test_a_key_older_records_lack_splits_rows_where_newer_runs_set_another_value():
+    """Found in review: a key only some records had was ignored, so records written before
+    ``basis.fuse_norm`` existed and newer runs with ``basis.fuse_norm=true`` were averaged
+    as seeds of one row. A record without it ran as its default (``ADDED_KEYS``)."""
+    old = [record("all", seed=s, accuracy=0.8) for s in (0, 1)]
+    new = [swept(record("all", seed=s, accuracy=0.3), **{"basis.fuse_norm": True})
+           for s in (2, 3)]
+    same = [swept(record("all", seed=s, accuracy=0.8), **{"basis.fuse_norm": False})
+            for s in (2, 3)]
+    table = compare(runs_frame([(r, "here") for r in old + new]))
+    assert sorted(table["settings"]) == ["basis.fuse_norm=False", "basis.fuse_norm=True"]
+    assert table["seeds"].tolist() == [2, 2]
+    # with the default it ran as, an older record is a repeat of a newer one
+    table = compare(runs_frame([(r, "here") for r in old + same]))
+    assert table["settings"].tolist() == [""] and table["seeds"].tolist() == [4]
+
+
+def test_an_analysis_leaves_no_table_or_plot_of_runs_that_are_gone(tmp_path):
+    """Found in review: after the H200 records were removed (or set aside as rejected),
+    the next analysis left their tables and plots in the folder, which the notebook shows
+    as current; files the analysis did not write stay."""
+    write_runs(tmp_path / "runs", [*RECORDS[:4], record(seed=0, gpu="NVIDIA H200")])
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "layers-cpu-fp32.json").write_text("{}")  # a benchmark's record
+    first = {p.name for p in write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")}
+    assert "comparison-h200-fp32.md" in first and "curves-h200-fp32.png" in first
+    (tmp_path / "runs" / "run4" / "run.json").unlink()
+    second = {p.name for p in write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")}
+    assert not any("h200" in name for name in second)
+    assert {p.name for p in results.iterdir()} == second | {"layers-cpu-fp32.json"}
+
+
 def test_device_names_for_file_names():
     assert device_name({"cpu": "AMD EPYC"}) == "cpu"
     assert device_name({"gpu": "NVIDIA H100 80GB HBM3"}) == "h100"

@@ -186,6 +186,18 @@ def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_pat
                              "sensitivity": {"cache_dir": "b"}}, tmp_path)
 
 
+def test_resume_reads_a_key_an_older_version_did_not_write_as_what_it_ran_as(tmp_path):
+    """Found in review: a checkpoint written before ``basis.fuse_norm`` existed resumed
+    under ``basis.fuse_norm=true``, a method it was not built with."""
+    from basisconv.checkpoint import check_same_run
+
+    saved = {"basis": {"size": 0.5}, "trainer": {"epochs": 3}}
+    check_same_run(saved, {"basis": {"size": 0.5, "fuse_norm": False}, "trainer": {
+        "epochs": 3, "cuda_graphs": True}}, tmp_path)  # as it ran; how it executes
+    with pytest.raises(ConfigError, match=r"differs in basis\.fuse_norm\)"):
+        check_same_run(saved, {"basis": {"size": 0.5, "fuse_norm": True}}, tmp_path)
+
+
 @pytest.mark.parametrize("key, saved, given", [("size", 1.0, 1), ("size", 1, 1.0)])
 def test_resume_refuses_a_count_for_a_fraction(tmp_path, key, saved, given):
     """Found in review: basis.size=1 (one filter) and basis.size=1.0 (all of them) compare

@@ -40,6 +40,16 @@ RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "t
                      "sensitivity.cache_dir", "sensitivity.recompute"}
 
 
+#: Keys added after run records were first published (``70ccc68``), with the value a run
+#: written without them ran as (what the code did before the key existed). A record or
+#: checkpoint that lacks one is read as having this value (:func:`flat_config`), so that a
+#: newer run that sets another value is a different configuration, not a repeat of the old
+#: one; ``tests/test_records.py`` keeps this list whole. Add every new key here.
+ADDED_KEYS = {"basis.fuse_norm": False, "trainer.cuda_graphs": False,
+              "trainer.checkpoint_every_s": 0.0, "sensitivity.workers": 1,
+              "logger.init_timeout_s": 90.0, "logger.finish_timeout_s": 300.0}
+
+
 def changes_only_execution(key: str) -> bool:
     """Whether a (flattened) config key may differ between an interrupted run and its
     resumption: one of :data:`RESUMABLE_CHANGES`, or any ``logger.*`` key."""
@@ -157,13 +167,19 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def flat_config(config: dict) -> dict[str, Any]:
+    """A run's config flattened (``trainer.lr``), with the :data:`ADDED_KEYS` an older
+    basisconv did not write filled in with the value it ran as."""
+    return {**ADDED_KEYS, **flatten(config)}
+
+
 def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
     """Refuse to resume a checkpoint written under a different configuration.
 
-    Keys that only one side has (added or removed by a newer version of basisconv) cannot
-    have shaped the saved run differently: they are logged, not refused, so a reproduce
-    started before an upgrade can go on."""
-    old, new = flatten(saved_config), flatten(config)
+    A key an older basisconv did not write counts as the value it ran as
+    (:data:`ADDED_KEYS`); other keys that only one side has (removed, or written by a newer
+    version) are logged, not refused, so a reproduce started before an upgrade can go on."""
+    old, new = flat_config(saved_config), flat_config(config)
     one_sided = sorted(old.keys() ^ new.keys())
     if one_sided:
         log.warning("%s: config keys %s exist on one side only (another basisconv version); "

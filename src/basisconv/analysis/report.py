@@ -4,6 +4,7 @@ runs it came from; file names carry the device and precision."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -11,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..checkpoint import flatten
+from ..checkpoint import flat_config
 from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, missing_protocol_runs, provenance,
                        read_sessions, unwritable_folder, write_json_atomic)
 from . import figures, search, sensitivity
-from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,
+from .runs import (INTERNAL_COLUMNS, ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,
                    distinct_runs, made_alike, read_records, records_of_kind, runs_frame,
                    setting_value, training_records, wandb_records)
 from .tables import write_table
@@ -98,6 +99,19 @@ def baseline_line(table: pd.DataFrame) -> str:
     names = dict.fromkeys(map(row_name, alone["experiment"], alone["settings"]))
     return (f"No dense baseline (selection none) of the same model, width, epochs and data for "
             f"{', '.join(names)}: their columns against it are empty ('-').")
+
+
+def unlike_baseline_line(table: pd.DataFrame) -> str:
+    """"" or the rows compared with a dense run of other settings (``compare``: none was
+    run in theirs, e.g. the dense model only at another ``trainer.lr``), with the dense
+    run's values: their columns against the baseline compare unlike recipes."""
+    unlike = table[table["baseline_differs"].astype(bool)]
+    if unlike.empty:
+        return ""
+    listed = dict.fromkeys(f"{row_name(r.experiment, r.settings)} (baseline "
+                           f"{r.baseline_differs})" for r in unlike.itertuples())
+    return (f"No dense baseline in the rows' own settings for {'; '.join(listed)}: they are "
+            f"compared with the closest dense run, whose settings are named.")
 
 
 def timing_line(runs: pd.DataFrame) -> str:
@@ -194,7 +208,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
         origin = provenance_note(mine, cfg.profile, made)
         caveats = [line for line in (seeds_line(distinct_runs(mine)), baseline_line(part),
-                                     timing_line(mine),
+                                     unlike_baseline_line(part), timing_line(mine),
                                      left_out_line(unfinished, unreadable),
                                      missing_line(missing)) if line]
         note = "\n".join([origin, *caveats])  # the plots' footer
@@ -216,9 +230,25 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
              "files": [p.name for p in written], "unreadable_runs": unreadable,
              "unfinished_runs": unfinished, "missing_runs": missing,
              "protocol_wall_clock": sessions_summary(out),
-             "runs": runs.to_dict("records")}
+             "runs": runs.drop(columns=INTERNAL_COLUMNS).to_dict("records")}
+    earlier = earlier_outputs(out)
     written.append(write_json_atomic(out / "index.json", index))
+    for name in earlier - {p.name for p in written}:  # of runs no longer there
+        (out / name).unlink(missing_ok=True)
     return written
+
+
+def earlier_outputs(out: Path) -> set[str]:
+    """The files an earlier analysis wrote to ``out`` (its ``index.json``): those this one
+    does not write again are of records that are gone (removed, set aside as rejected) and
+    would be shown as current (the notebook shows every table and plot there). Other
+    files in the folder (benchmark records) are not touched."""
+    try:
+        files = json.loads((out / "index.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()  # none, or unreadable: nothing known to be ours
+    return {name for name in files if isinstance(name, str) and name == Path(name).name
+            and name not in ("", ".", "..")}
 
 
 # How a file name says the keys that most often set two summaries apart.
@@ -248,7 +278,7 @@ def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
         mine = [i for i, s in enumerate(stems) if s == stem]
         if len(mine) < 2:
             continue
-        configs = [flatten(records[i]["config"]) for i in mine]
+        configs = [flat_config(records[i]["config"]) for i in mine]
         # keys that change only how a record was made are no part of its name; a seed is
         differ = differing_keys(configs, made_alike)
         keys = [k for k in differ if k != "name"] or differ

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..checkpoint import changes_only_execution, flatten
+from ..checkpoint import changes_only_execution, flat_config
 from ..errors import ConfigError
 from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, measured_on_cpu,
@@ -133,8 +133,9 @@ def made_alike(key: str) -> bool:
 
 def differing_keys(configs: list[dict[str, Any]], ignored: Callable[[str], bool]) -> list[str]:
     """The flattened keys, but for those ``ignored`` says, in which ``configs`` differ
-    (sorted). Keys that only some of them have do not count: written by another basisconv
-    version, they cannot have made those runs differ."""
+    (sorted). ``configs`` come from :func:`~basisconv.checkpoint.flat_config`, so a key an
+    older version did not write has the value it ran as; other keys that only some of them
+    have (removed since) do not count."""
     common = set.intersection(*(set(c) for c in configs))
     return sorted(k for k in common if not ignored(k)
                   and len({json.dumps(c[k], sort_keys=True, default=str) for c in configs}) > 1)
@@ -151,7 +152,7 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
     its own of, is a setting only where the other keys leave two configurations alike.
     Seeds and keys :func:`made_alike` allows do not count (see :func:`differing_keys`)."""
     rows = pd.DataFrame([run_row(record, where) for record, where in records])
-    configs = [flatten(record["config"]) for record, _ in records]
+    configs = [flat_config(record["config"]) for record, _ in records]
     configurations = list(rows[CONFIG_COLUMNS].astype(str).itertuples(index=False))
     labels = [""] * len(records)
     for index in rows.groupby(SHOWN_COLUMNS, sort=False, dropna=False).indices.values():
@@ -304,9 +305,26 @@ def wandb_records(project: str, entity: str | None = None, api=None) -> list[tup
     return found
 
 
+def recipe(config: dict[str, Any]) -> str:
+    """What a run's dense baseline must share with it, as JSON: its flattened config but
+    for seeds, keys :func:`made_alike` allows, the experiment's name, and the groups a
+    dense run does not read (:data:`DENSE_UNREAD`)."""
+    return json.dumps({k: v for k, v in flat_config(config).items()
+                       if not (k in SEED_KEYS or made_alike(k) or k == "name"
+                               or k.startswith(DENSE_UNREAD))}, sort_keys=True, default=str)
+
+
+#: Columns of :func:`runs_frame` and :func:`compare` that only choose baselines; the
+#: tables and ``index.json`` leave them out.
+INTERNAL_COLUMNS = ["recipe"]
+
+
 def runs_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
     frame = pd.DataFrame([run_row(record, where) for record, where in records])
-    return frame.assign(settings=settings(records)) if records else frame
+    if not records:
+        return frame
+    return frame.assign(settings=settings(records),
+                        recipe=[recipe(record["config"]) for record, _ in records])
 
 
 def curves_frame(records: list[tuple[dict, str]],
@@ -318,18 +336,31 @@ def curves_frame(records: list[tuple[dict, str]],
                          for row in curve_rows(record, where, setting)])
 
 
+def recipe_differences(row: str, dense: str) -> list[str]:
+    """The keys, with the dense run's values, in which two :func:`recipe` s differ (keys
+    only one of them has, removed since, do not count)."""
+    mine, theirs = json.loads(row), json.loads(dense)
+    return [f"{k}={setting_value(theirs[k])}" for k in sorted(mine.keys() & theirs.keys())
+            if json.dumps(mine[k], sort_keys=True) != json.dumps(theirs[k], sort_keys=True)]
+
+
 def baselines(table: pd.DataFrame) -> pd.DataFrame:
     """Row by row of ``table``, the dense configuration it is compared with: the same
     :data:`BASELINE_KEYS`, and of several such (a sweep over ``trainer.lr`` that ran the
-    dense model too) the one whose settings the row shares most; NaN where none ran."""
+    dense model too) the one whose config (:func:`recipe`) differs from the row's in the
+    fewest keys, the first of equals; NaN where none ran. Its ``differs`` column names
+    the keys in which the chosen one still differs (``""`` where it matches)."""
     dense = table[table["selection"] == "none"]
     rows = []
     for row in table.to_dict("records"):
-        mine = set(filter(None, row["settings"].split(", ")))
         same = dense[(dense[BASELINE_KEYS] == pd.Series(row)[BASELINE_KEYS]).all(axis=1)]
-        shared = [len(set(filter(None, s.split(", "))) & mine) for s in same["settings"]]
-        rows.append(same.iloc[shared.index(max(shared))] if shared else
-                    pd.Series(index=table.columns, dtype=float))
+        if same.empty:
+            rows.append(pd.Series(index=[*table.columns, "differs"], dtype=float))
+            continue
+        differences = [recipe_differences(row["recipe"], r) for r in same["recipe"]]
+        best = min(range(len(same)), key=lambda i: len(differences[i]))
+        rows.append(pd.concat([same.iloc[best],
+                               pd.Series({"differs": ", ".join(differences[best])})]))
     return pd.DataFrame(rows).reset_index(drop=True).infer_objects()
 
 
@@ -372,6 +403,7 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     once at one seed counts once (:func:`distinct_runs`)."""
     grouped = distinct_runs(runs).groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
+    table["recipe"] = grouped["recipe"].first()  # alike within a row but for removed keys
     table["seeds"] = grouped.size()
     table["test_accuracy_std"] = grouped["test_accuracy"].std(ddof=1)
     table = table.reset_index()
@@ -385,4 +417,5 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
                              + base["backward_seconds_per_step"]) / step
     table["epoch_speedup"] = base["epoch_seconds"] / table["epoch_seconds"]
     table["accuracy_change"] = table["test_accuracy"] - base["test_accuracy"]
+    table["baseline_differs"] = [d if isinstance(d, str) else "" for d in base["differs"]]
     return table

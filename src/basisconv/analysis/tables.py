@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..records import write_text_atomic
+from .runs import INTERNAL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ def csv_text(table: pd.DataFrame) -> str:
     """``table`` as CSV with its numbers in full: 12 significant digits keep every count
     (ResNet-18's 11,173,962 parameters, its FLOPs) exact, where pandas' shortest form of a
     mean's float would show its rounding noise."""
-    return table.to_csv(index=False, float_format="%.12g")
+    return table.drop(columns=INTERNAL_COLUMNS, errors="ignore").to_csv(
+        index=False, float_format="%.12g")
 
 
 def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
