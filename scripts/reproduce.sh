@@ -15,6 +15,14 @@
 # runs alone. SENSITIVITY_CACHE sets the sensitivity tables' cache folder,
 # SENSITIVITY_WORKERS how many of its fine-tunes run at once (default: 4 on a GPU, 1 on CPU).
 set -euo pipefail
+# Relative paths in these variables are the caller's, not the repository root's (the runs
+# start there): made absolute before moving.
+for var in OUTPUTS RESULTS_DIR SENSITIVITY_CACHE CIFAR10_ROOT PY; do
+  value=${!var:-}
+  if [[ -n $value && $value != /* && ( $var != PY || $value == */* ) ]]; then
+    export "$var=$PWD/$value"
+  fi
+done
 cd "$(dirname "$0")/.."
 PROFILE=${1:-quick}
 PY=${PY:-.venv/bin/python}
@@ -23,7 +31,8 @@ if ! command -v "$PY" > /dev/null; then
        "or set PY=<a python with the requirements>" >&2
   exit 2
 fi
-if ! missing=$("$PY" -c "import hydra, omegaconf, pandas, matplotlib" 2>&1); then
+if ! missing=$(PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+    "import torch, tqdm, hydra, omegaconf, pandas, matplotlib, basisconv.cli" 2>&1); then
   echo "PY=$PY lacks a package the runs need ($(echo "$missing" | tail -1)); install" \
        "requirements.txt (without torch on a GPU machine), or put carried wheels on PYTHONPATH" >&2
   exit 2

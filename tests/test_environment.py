@@ -33,6 +33,23 @@ def test_environment_yml_matches_requirements(repo):
         assert conda[name] == version, name
 
 
+def test_a_venv_cut_off_before_pip_was_set_up_is_built_again(repo, tmp_path):
+    """Found in review: the Makefile built .venv only where its python was missing, so a
+    ``make env`` stopped while venv set up pip left a python without pip, and every later
+    target failed with "No module named pip" until ``make clean``."""
+    venv = tmp_path / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    (line,) = [x.strip() for x in (repo / "Makefile").read_text().splitlines()
+               if "-m venv" in x and not x.lstrip().startswith("#")]
+    for name, value in (("$(PY)", f"{venv}/bin/python"), ("$(PYTHON)", sys.executable),
+                        ("$(VENV)", str(venv))):
+        line = line.replace(name, value)
+    subprocess.run(["bash", "-c", line], check=True, timeout=300)
+    assert subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"],
+                          capture_output=True, timeout=60).returncode == 0
+
+
 def test_the_readme_states_the_python_the_package_requires(repo):
     """A fresh machine's Python that the README allows must install the package (3.11.4
     was required while the README said 3.11+: Debian 12's 3.11.2 failed in make)."""

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from basisconv.records import PROTOCOL_RECORDS, PROTOCOL_ROWS
 
 ROWS = list(PROTOCOL_ROWS)  # the tests below hold it to the script's rows, in its order
@@ -145,7 +147,7 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
         env = {**os.environ, "PY": sys.executable, "OVERRIDES": overrides,
                "OUTPUTS": str(tmp_path / "outputs"), **env}
         result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), profile],
-                                env=env, capture_output=True, text=True, timeout=120)
+                                env=env, capture_output=True, text=True, timeout=120, cwd=repo)
         assert result.returncode == 2 and not result.stdout, result.stdout + result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         return result.stderr
@@ -185,6 +187,33 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
         assert "trainer.epochs=1 change what the runs compute" in refused and not written
 
 
+def test_relative_folders_and_python_are_the_callers(repo, tmp_path):
+    """Found in review: the script moves to the repository root first, so OUTPUTS=myout
+    from another folder wrote inside the checkout (where its records made every later
+    run's provenance dirty), and PY=dir/python was 'no such python here'."""
+    result, started, runs = fake_protocol(repo, tmp_path, relative=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (runs.parent / "sessions.json").is_file()
+    assert any(f"hydra.run.dir={tmp_path}/outputs/smoke/" in call for call in started)
+
+
+@pytest.mark.parametrize("module", ["torch", "tqdm"])
+def test_a_python_without_a_package_the_runs_need_is_one_line(repo, tmp_path, module):
+    """Found in review: the check named four packages; without torch or tqdm the first
+    import of the package gave a traceback."""
+    stub = tmp_path / "stubs"
+    stub.mkdir()
+    (stub / f"{module}.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\")\n")
+    env = {**os.environ, "PY": sys.executable, "OUTPUTS": str(tmp_path / "outputs"),
+           "PYTHONPATH": str(stub)}
+    env.pop("OVERRIDES", None)
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not result.stdout, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "lacks a package the runs need" in line and f"No module named '{module}'" in line
+
+
 def test_a_missing_python_is_one_line_saying_how_to_get_one(repo, tmp_path):
     for python in (str(tmp_path / "no-venv" / "bin" / "python"), "no-such-python3"):
         env = {**os.environ, "PY": python, "OUTPUTS": str(tmp_path / "outputs")}
@@ -214,9 +243,10 @@ done
 """
 
 
-def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=()):
+def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=False):
     """reproduce.sh smoke with a stand-in python that trains nothing (seconds, not
-    minutes): which scripts it starts, given the records already there."""
+    minutes): which scripts it starts, given the records already there. ``relative``:
+    started from ``tmp_path`` with the python and folders given relative to it."""
     tmp_path.mkdir(exist_ok=True)
     calls, python = tmp_path / "calls.txt", tmp_path / "python"
     python.write_text(FAKE_PY.format(python=sys.executable, calls=calls))
@@ -225,10 +255,11 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=()):
     for name in recorded:
         (runs / name).parent.mkdir(parents=True, exist_ok=True)
         (runs / name).write_text('{"status": "complete"}')
-    env = {**os.environ, "PY": str(python), "JOBS": jobs, "OVERRIDES": overrides,
-           "OUTPUTS": str(tmp_path / "outputs"), "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    where = "" if relative else f"{tmp_path}/"
+    env = {**os.environ, "PY": f"{where or './'}python", "JOBS": jobs, "OVERRIDES": overrides,
+           "OUTPUTS": f"{where}outputs", "SENSITIVITY_CACHE": f"{where}cache"}
     result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     started = calls.read_text().splitlines() if calls.exists() else []
     return result, started, runs
 

@@ -349,6 +349,15 @@ def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path
     (tmp_path / "outputs" / "log.txt").write_text("ignored\n")
     (tmp_path / "configs" / "mine.yaml").unlink()
     assert records.git_commit(package)["dirty"] is False
+    # found in review: a run folder inside the checkout (RESULTS_DIR=myres OUTPUTS=myout,
+    # not ignored) made every later record dirty, each with a hash of its own
+    for name in ("myres/quick/runs/baseline/seed0.json", "myout/quick/logs/a.log"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    assert records.git_commit(package)["dirty"] is False
+    (tmp_path / "tool.py").write_text("x = 1\n")  # new code at the top counts
+    assert records.git_commit(package)["dirty"] is True
+    (tmp_path / "tool.py").unlink()
     # a dirty tree's diff hash is that of the commit it would become (results/ aside), so a
     # record can be matched to it; another change, another hash; new files are in it, and
     # the repository's own index is left as it was

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 #: The code and configs: the whole work tree but the top-level ``results/`` (see git_commit).
 _CODE = ["--", ":(top)", ":(top,exclude)results"]
+#: Where a new file, not yet added, can change what a run computes: the package, scripts,
+#: configs, tests and the top-level build files. Elsewhere an untracked file is what runs
+#: wrote (``RESULTS_DIR=myres`` or a run folder inside the checkout), not code.
+_NEW_CODE = ["--", ":(top)src", ":(top)scripts", ":(top)configs", ":(top)tests",
+             *(f":(top,glob){name}" for name in ("*.py", "*.toml", "*.cfg", "*.txt", "*.yml",
+                                                  "*.yaml", "Makefile"))]
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -46,7 +52,8 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
 
     Changes under the top-level ``results/`` do not count: they are what runs write (a
     protocol publishes its records and tables there while later runs start), not what
-    computes them, so ``dirty`` means the code or configs differ from the commit. A dirty
+    computes them, so ``dirty`` means the code or configs differ from the commit; nor do
+    new files outside the code's folders (:data:`_NEW_CODE`: another run folder). A dirty
     tree also gets ``diff_sha256``, the hash of ``git diff HEAD --binary`` of the code and
     configs, so that a record can be matched to the commit whose changes it ran (a copy of a
     checkout whose git metadata is older than its files, as a GPU machine's was, says
@@ -61,7 +68,8 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     try:
         commit = git("rev-parse", "HEAD").decode().strip()
         # new files count (a config or module not yet added), ignored ones (.gitignore) not
-        dirty = bool(git("status", "--porcelain", "--untracked-files=normal", *_CODE).strip())
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", *_CODE).strip()
+                     or _new_files(git))
         if not dirty:
             return {"commit": commit, "dirty": False}
         diff = _diff_with_new_files(git, cwd)
@@ -70,12 +78,17 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def _new_files(git: Callable[..., bytes]) -> list[bytes]:
+    """The untracked, not ignored files where code lives (:data:`_NEW_CODE`)."""
+    return [p for p in git("ls-files", "--others", "--exclude-standard", "-z", "--full-name",
+                           *_NEW_CODE).split(b"\0") if p]
+
+
 def _diff_with_new_files(git: Callable[..., bytes], cwd: Path) -> bytes:
     """``git diff HEAD --binary`` of the code and configs, new (untracked, not ignored)
     files included as additions, as the commit that adds them would show them: they are
     marked intent-to-add in a copy of the index, never in the repository's own."""
-    new = [p for p in git("ls-files", "--others", "--exclude-standard", "-z", "--full-name",
-                          *_CODE).split(b"\0") if p]
+    new = _new_files(git)
     if not new:
         return git("diff", "HEAD", "--binary", *_CODE)
     index = Path(cwd, git("rev-parse", "--git-path", "index").decode().strip())
