@@ -31,11 +31,11 @@ if ! command -v "$PY" > /dev/null; then
        "or set PY=<a python with the requirements>" >&2
   exit 2
 fi
-if ! missing=$(PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
-    "import torch, tqdm, hydra, omegaconf, pandas, matplotlib, basisconv.cli" 2>&1); then
-  echo "PY=$PY lacks a package the runs need ($(echo "$missing" | tail -1)); install" \
-       "requirements.txt (without torch on a GPU machine), or put carried wheels on PYTHONPATH" >&2
-  exit 2
+refuse_jobs() { echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2; }
+if [ -n "${JOBS:-}" ]; then  # (checked before anything slow; empty: the default, below)
+  case $JOBS in ''|*[!0-9]*) refuse_jobs;; esac
+  # in base 10: bash reads 08 as a bad octal number, and 00 as 0
+  [ $((10#$JOBS)) -ge 1 ] || refuse_jobs
 fi
 OUT=${OUTPUTS:-outputs}/$PROFILE
 RESULTS=${RESULTS_DIR:-results}/$PROFILE
@@ -90,10 +90,21 @@ for override in ${EXTRA[@]+"${EXTRA[@]}"}; do
   fi
   matches "$key" "${EXECUTION[@]}" || VARIANT+=("$override")
 done
-# every run would fail on a bad override, each saying why in its own log: check them once
-PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
-  'import sys; from basisconv.cli import check_overrides; check_overrides(sys.argv[1], sys.argv[2:])' \
-  "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"} || exit 2
+# One python start (each imports torch: seconds) checks the packages the runs need, then
+# the overrides (every run would fail on a bad one, each saying why in its own log), and
+# counts the GPUs the runs can use; each refusal is one line.
+CHECK='
+import sys
+try:
+    import hydra, matplotlib, omegaconf, pandas, torch, tqdm
+    from basisconv.cli import check_overrides
+except ImportError as err:
+    sys.exit(f"PY={sys.argv[1]} lacks a package the runs need ({err}); install requirements.txt"
+             " (without torch on a GPU machine), or put carried wheels on PYTHONPATH")
+check_overrides(sys.argv[2], sys.argv[3:])
+print(torch.cuda.device_count())'
+GPUS=$(PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "$CHECK" "$PY" "$PROFILE" \
+       ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
 WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
 MADE_WITH=$RESULTS/protocol-overrides.txt
 # the protocol's own folder however RESULTS_DIR names it (./results, its absolute path)
@@ -114,7 +125,6 @@ if [ -f "$MADE_WITH" ] || [ -d "$RECORDS" ]; then
     exit 2
   fi
 fi
-GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 DEVICE=$([ "$GPUS" -gt 0 ] && echo cuda || echo cpu)
 if [ "$PROFILE" = paper ] && [ "$DEVICE" = cpu ] && [ -z "${ALLOW_CPU:-}" ]; then
   echo "the paper profile trains 27 ResNet-18 runs of 30 epochs: days to weeks on a CPU (8-16 min" \
@@ -129,11 +139,7 @@ CORES=$(nproc 2> /dev/null || getconf _NPROCESSORS_ONLN)
 if [ "$GPUS" -gt 0 ]; then DEFAULT_JOBS=$((4 * GPUS))
 elif [ "$PROFILE" = smoke ]; then DEFAULT_JOBS=$CORES
 else DEFAULT_JOBS=1; fi
-JOBS=${JOBS:-$DEFAULT_JOBS}
-case $JOBS in ''|*[!0-9]*) echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2;; esac
-# in base 10: bash reads 08 as a bad octal number, and 00 as 0
-[ $((10#$JOBS)) -ge 1 ] || { echo "JOBS=$JOBS: use a number of runs >= 1" >&2; exit 2; }
-JOBS=$((10#$JOBS))
+JOBS=$((10#${JOBS:-$DEFAULT_JOBS}))
 # Runs at once share the cores: each gets its share of torch's CPU threads (as torchrun
 # gives each process one), unless OMP_NUM_THREADS says otherwise. Threads that outnumber
 # the cores make every run wait on the others': the smoke protocol with JOBS=2 on 2 cores

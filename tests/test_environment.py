@@ -4,6 +4,7 @@ GPU scripts say at once when there is no GPU."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -211,9 +212,10 @@ def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_al
 
 
 def test_a_gpu_check_part_stopped_at_its_limit_takes_along_what_ignores_sigterm(
-        gpu_check, tmp_path):
+        gpu_check, tmp_path, monkeypatch):
     """Found in review: a part whose top process exited on SIGTERM counted as stopped, and
     a process of its group that ignored SIGTERM never got SIGKILL."""
+    monkeypatch.setattr(gpu_check, "STOP_SIGNALS", ((signal.SIGTERM, 2), (signal.SIGKILL, 5)))
     marker = tmp_path / "straggler.pid"
     script = f"(trap '' TERM; sleep 60) & echo $! > {marker}; sleep 60"
     (result,) = gpu_check.run_parts_together([("slow", ["bash", "-c", script], 1)],
@@ -241,6 +243,7 @@ def test_a_stopped_gpu_check_stops_its_parts(gpu_check, tmp_path, monkeypatch):
         sleep(seconds)
 
     monkeypatch.setattr(gpu_check.time, "sleep", interrupted)
+    monkeypatch.setattr(gpu_check, "STOP_SIGNALS", ((signal.SIGTERM, 2), (signal.SIGKILL, 5)))
     part = f"trap '' TERM; echo $$ > {marker}; sleep 60"  # it takes SIGKILL to stop it
     with pytest.raises(KeyboardInterrupt):
         gpu_check.run_parts_together([("part", ["bash", "-c", part], 120)], dict(os.environ),
