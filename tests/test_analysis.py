@@ -196,6 +196,21 @@ def test_a_basis_row_is_compared_with_the_dense_run_of_its_own_settings(order):
     assert row["accuracy_change"] == pytest.approx(-0.10) and row["baseline_differs"] == ""
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_dense_config_two_experiments_trained_is_each_ones_own_baseline(order):
+    """Found in review of the fix above: ``experiment=baseline`` and a sweep
+    ``selection=none,all`` train one dense config; alike to the last key, the first (by
+    folder order) was the baseline of both, the sweep's dense row compared with the other."""
+    def runs(name, selection, accuracy):
+        return [swept(record(selection, seed=s, accuracy=accuracy), name=name) for s in (0, 1)]
+    records = (runs("resnet20-baseline", "none", 0.90) + runs("sweep", "none", 0.86)
+               + runs("sweep", "all", 0.80))
+    table = compare(runs_frame([(r, "here") for r in records[::order]]))
+    change = dict(zip(zip(table["experiment"], table["selection"]), table["accuracy_change"]))
+    assert change == pytest.approx({("resnet20-baseline", "none"): 0.0, ("sweep", "none"): 0.0,
+                                    ("sweep", "all"): -0.06})
+
+
 def test_a_row_without_a_dense_run_of_its_settings_says_which_it_is_compared_with(tmp_path):
     """The dense model run only at another learning rate: the closest dense run is the
     baseline, and the table says in which settings it differs."""
@@ -244,6 +259,22 @@ def test_an_analysis_leaves_no_table_or_plot_of_runs_that_are_gone(tmp_path):
     second = {p.name for p in write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")}
     assert not any("h200" in name for name in second)
     assert {p.name for p in results.iterdir()} == second | {"layers-cpu-fp32.json"}
+
+
+def test_an_analysis_of_wandb_runs_leaves_the_local_sensitivity_summaries(tmp_path,
+                                                                         monkeypatch):
+    """Found in review: a wandb project holds no sensitivity records, so an analysis of
+    it wrote no sensitivity summary and removed those of the local analysis before it."""
+    from basisconv.analysis import report
+
+    write_runs(tmp_path / "runs", [*RECORDS, sensitivity_record()])
+    local = {p.name for p in write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")}
+    summaries = {name for name in local if name.startswith("sensitivity-")}
+    assert summaries
+    monkeypatch.setattr(report, "wandb_records", lambda project, entity=None: [
+        (r, "wandb") for r in RECORDS])
+    write_report(analyze_cfg(tmp_path, source="wandb"), "python scripts/analyze.py")
+    assert all((tmp_path / "results" / name).exists() for name in summaries)
 
 
 def test_device_names_for_file_names():

@@ -641,3 +641,6 @@ def test_every_key_added_since_the_first_records_says_what_older_runs_ran_as(com
     added = sorted(set(defaults) - first)
     assert sorted(ADDED_KEYS) == added, "add the new key and its default to ADDED_KEYS"
     assert ADDED_KEYS == {k: defaults[k] for k in added}
+    # 0 and 0.0 are two values to a resume (which refuses a count for a fraction) and to
+    # the analysis (JSON): the value must be the default as a record holds it
+    assert [type(ADDED_KEYS[k]) for k in added] == [type(defaults[k]) for k in added]

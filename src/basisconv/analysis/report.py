@@ -231,20 +231,23 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
              "unfinished_runs": unfinished, "missing_runs": missing,
              "protocol_wall_clock": sessions_summary(out),
              "runs": runs.drop(columns=INTERNAL_COLUMNS).to_dict("records")}
-    earlier = earlier_outputs(out)
+    earlier = earlier_outputs(out, cfg.source)
     written.append(write_json_atomic(out / "index.json", index))
     for name in earlier - {p.name for p in written}:  # of runs no longer there
         (out / name).unlink(missing_ok=True)
     return written
 
 
-def earlier_outputs(out: Path) -> set[str]:
-    """The files an earlier analysis wrote to ``out`` (its ``index.json``): those this one
-    does not write again are of records that are gone (removed, set aside as rejected) and
-    would be shown as current (the notebook shows every table and plot there). Other
-    files in the folder (benchmark records) are not touched."""
+def earlier_outputs(out: Path, source: str) -> set[str]:
+    """The files an earlier analysis of the same ``source`` wrote to ``out`` (its
+    ``index.json``): those this one does not write again are of records that are gone
+    (removed, set aside as rejected) and would be shown as current (the notebook shows
+    every table and plot there). An analysis of the other source does not remove them (a
+    wandb project holds no sensitivity or search records), nor are other files in the
+    folder (benchmark records) touched."""
     try:
-        files = json.loads((out / "index.json").read_text())["files"]
+        index = json.loads((out / "index.json").read_text())
+        files = index["files"] if index["source"] == source else []
     except (OSError, ValueError, KeyError, TypeError):
         return set()  # none, or unreadable: nothing known to be ours
     return {name for name in files if isinstance(name, str) and name == Path(name).name

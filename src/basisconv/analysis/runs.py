@@ -348,8 +348,10 @@ def baselines(table: pd.DataFrame) -> pd.DataFrame:
     """Row by row of ``table``, the dense configuration it is compared with: the same
     :data:`BASELINE_KEYS`, and of several such (a sweep over ``trainer.lr`` that ran the
     dense model too) the one whose config (:func:`recipe`) differs from the row's in the
-    fewest keys, the first of equals; NaN where none ran. Its ``differs`` column names
-    the keys in which the chosen one still differs (``""`` where it matches)."""
+    fewest keys; of equals (one dense config trained by two experiments: ``baseline`` and a
+    sweep ``selection=none,all``), the row's own experiment's, then the one sharing most of
+    its settings, then the first; NaN where none ran. Its ``differs`` column names the keys
+    in which the chosen one still differs (``""`` where it matches)."""
     dense = table[table["selection"] == "none"]
     rows = []
     for row in table.to_dict("records"):
@@ -358,7 +360,13 @@ def baselines(table: pd.DataFrame) -> pd.DataFrame:
             rows.append(pd.Series(index=[*table.columns, "differs"], dtype=float))
             continue
         differences = [recipe_differences(row["recipe"], r) for r in same["recipe"]]
-        best = min(range(len(same)), key=lambda i: len(differences[i]))
+        mine = set(filter(None, row["settings"].split(", ")))
+
+        def rank(i: int) -> tuple:
+            other = same.iloc[i]
+            return (len(differences[i]), other["experiment"] != row["experiment"],
+                    -len(set(filter(None, other["settings"].split(", "))) & mine))
+        best = min(range(len(same)), key=rank)
         rows.append(pd.concat([same.iloc[best],
                                pd.Series({"differs": ", ".join(differences[best])})]))
     return pd.DataFrame(rows).reset_index(drop=True).infer_objects()
