@@ -68,11 +68,10 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     try:
         commit = git("rev-parse", "HEAD").decode().strip()
         # new files count (a config or module not yet added), ignored ones (.gitignore) not
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", *_CODE).strip()
-                     or _new_files(git))
-        if not dirty:
+        new = _new_files(git)
+        if not (new or git("status", "--porcelain", "--untracked-files=no", *_CODE).strip()):
             return {"commit": commit, "dirty": False}
-        diff = _diff_with_new_files(git, cwd)
+        diff = _diff_with_new_files(git, cwd, new)
         return {"commit": commit, "dirty": True, "diff_sha256": hashlib.sha256(diff).hexdigest()}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -84,11 +83,11 @@ def _new_files(git: Callable[..., bytes]) -> list[bytes]:
                            *_NEW_CODE).split(b"\0") if p]
 
 
-def _diff_with_new_files(git: Callable[..., bytes], cwd: Path) -> bytes:
-    """``git diff HEAD --binary`` of the code and configs, new (untracked, not ignored)
-    files included as additions, as the commit that adds them would show them: they are
-    marked intent-to-add in a copy of the index, never in the repository's own."""
-    new = _new_files(git)
+def _diff_with_new_files(git: Callable[..., bytes], cwd: Path, new: list[bytes]) -> bytes:
+    """``git diff HEAD --binary`` of the code and configs, the ``new`` files
+    (:func:`_new_files`) included as additions, as the commit that adds them would show
+    them: they are marked intent-to-add in a copy of the index, never in the repository's
+    own."""
     if not new:
         return git("diff", "HEAD", "--binary", *_CODE)
     index = Path(cwd, git("rev-parse", "--git-path", "index").decode().strip())

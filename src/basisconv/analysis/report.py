@@ -17,9 +17,9 @@ from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, missing_protocol_runs, provenance,
                        read_sessions, unwritable_folder, write_json_atomic)
 from . import figures, search, sensitivity
-from .runs import (INTERNAL_COLUMNS, ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,
-                   distinct_runs, made_alike, read_records, records_of_kind, runs_frame,
-                   setting_value, training_records, wandb_records)
+from .runs import (INTERNAL_COLUMNS, ROW_COLUMNS, compare, curves_frame, differing_keys,
+                   distinct_curves, distinct_runs, made_alike, read_records, records_of_kind,
+                   runs_frame, setting_value, training_records, wandb_records)
 from .tables import write_table
 
 log = logging.getLogger(__name__)
