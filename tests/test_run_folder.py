@@ -377,6 +377,43 @@ def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path
     assert records.git_commit(package)["diff_sha256"] != dirty["diff_sha256"]
 
 
+def test_a_change_written_in_the_index_clock_tick_is_in_the_diff_hash(tmp_path):
+    """Found by CI: a file changed within the file system's clock tick of the index write
+    (same size, same mtime as the index entry) is told apart only by git's racy-entry check,
+    which compares against the index file's own mtime. The diff ran on a copy of the index
+    with a new mtime, so git trusted the stale stat and left the change out of
+    ``diff_sha256``. The tick is made certain here by setting the times by hand."""
+    import subprocess
+
+    from basisconv import records
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True).stdout
+
+    module = tmp_path / "src" / "pkg" / "m.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("0\n")
+    git("init", "-q")
+    git("config", "core.trustctime", "false")  # the ctime of a same-tick write matches too
+    git("add", ".")
+    git("commit", "-qm", "start")
+    tick = module.stat().st_mtime_ns - 10**11  # a past tick, so the index copy is later
+    os.utime(module, ns=(tick, tick))
+    git("update-index", "--refresh")  # the index entry now holds that tick
+    index = tmp_path / ".git" / "index"
+    module.write_text("1\n")  # same size; written in the tick of the index itself:
+    (tmp_path / "src" / "pkg" / "new.py").write_text("x = 1\n")  # (a new file: the copy)
+    for path in (module, index):
+        os.utime(path, ns=(tick, tick))
+    dirty = records.git_commit(module.parent)
+    git("add", ".")
+    git("commit", "-qm", "next")
+    diff = git("diff", "HEAD~1", "HEAD", "--binary", "--", ".", ":(exclude)results")
+    assert b"+1" in diff
+    assert dirty["diff_sha256"] == hashlib.sha256(diff).hexdigest()
+
+
 def test_a_record_without_a_given_command_names_the_command_line(monkeypatch):
     """A training run's, sensitivity estimate's or search's record names the command that
     made it, as a reader would type it again (it was null)."""

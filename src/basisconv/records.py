@@ -94,7 +94,9 @@ def _diff_with_new_files(git: Callable[..., bytes], cwd: Path, new: list[bytes])
     top = git("rev-parse", "--show-toplevel").decode().strip()
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "index"
-        shutil.copyfile(index, copy)
+        # copy2 keeps the index's mtime, which git's racy-entry check compares file times
+        # with: a fresh mtime made a change written in the index's clock tick look clean
+        shutil.copy2(index, copy)
         env = {**os.environ, "GIT_INDEX_FILE": str(copy)}
         for args in (["add", "--intent-to-add", "--", *(p.decode() for p in new)],
                      ["diff", "HEAD", "--binary", *_CODE]):
