@@ -177,7 +177,9 @@ def test_gpu_speed_stopped_stops_its_running_step(repo, tmp_path):
     started = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0", STEP_SLEEP="60")
     calls = tmp_path / "calls.txt"
     deadline = time.monotonic() + 60
-    while not calls.exists() and time.monotonic() < deadline:
+    # a whole line: the shell creates the file, then writes it
+    while (not (calls.exists() and calls.read_text().endswith("\n"))
+           and time.monotonic() < deadline):
         time.sleep(0.1)
     step = int(calls.read_text().split()[0])
     os.killpg(started.pid, signal.SIGTERM)

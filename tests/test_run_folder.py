@@ -570,6 +570,46 @@ def test_a_stop_while_a_checkpoint_is_written_says_so(tmp_path, repo, monkeypatc
         f"1; run the same command again with hydra.run.dir={tmp_path} to resume it")
 
 
+def test_a_stop_just_after_the_checkpoints_rename_names_that_checkpoint(tmp_path, repo,
+                                                                         monkeypatch):
+    """Found in a flaky-test audit: a signal's handler runs when the rename's C call returns,
+    before the run notes the checkpoint it saved; the message said epoch 2's checkpoint "is
+    of epoch 1" while checkpoint.pt held epoch 2 (and a test that stops a run once its
+    checkpoint exists could fail so). The file on disk says which epoch it holds."""
+    from basisconv.errors import Stopped
+
+    real_replace = os.replace
+
+    def stopped_after_epoch_2s_rename(source, target):
+        real_replace(source, target)
+        if Path(target).name == "checkpoint.pt" and len(torch.load(
+                target, weights_only=False)["record"]["epochs"]) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", stopped_after_epoch_2s_rename)
+    with pytest.raises(Stopped) as err:
+        fit(compose_tiny(repo, "logger=none", "trainer.epochs=3"), tmp_path)
+    assert str(err.value).endswith(
+        f"the run in {tmp_path} stopped after epoch 2 of 3 (checkpoint saved); run the same "
+        f"command again with hydra.run.dir={tmp_path} to resume it")
+    # an earlier run's checkpoint of as many epochs, not yet replaced by a start over, is
+    # not this one's (its rows differ, in their times at least)
+    from basisconv import train
+
+    monkeypatch.setattr(os, "replace", real_replace)
+    once = compose_tiny(repo, "logger=none", "trainer.epochs=1")
+    fit(once, tmp_path / "over")
+
+    def stopped_before_the_rename(path, state):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", stopped_before_the_rename)
+    once.trainer.resume = False
+    with pytest.raises(Stopped, match="stopped while saving epoch 1 of 1; its checkpoint was "
+                                      "not written yet"):
+        fit(once, tmp_path / "over")
+
+
 @pytest.mark.parametrize("resuming", [False, True])
 @pytest.mark.parametrize("by", ["ctrl-c", "sigterm"])
 def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeypatch, resuming,

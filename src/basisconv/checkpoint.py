@@ -105,6 +105,17 @@ def stored_sums(path: Path) -> list[str]:
     return sums
 
 
+def saved_epoch_rows(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of the record in the checkpoint at ``path`` (none when there is
+    no readable one). Its tensors are mapped, not read: a stop message asks this of a
+    checkpoint just written."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return list(state["record"]["epochs"])
+    except Exception:  # noqa: BLE001 - no readable checkpoint: none saved
+        return []
+
+
 def load_checkpoint(path: Path, source_key: str | None = None, *,
                     finished: bool = False) -> dict[str, Any]:
     """A checkpoint, verified against its ``.sha256`` when it has one. ``source_key``: the

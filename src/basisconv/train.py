@@ -26,8 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, saved_epoch_rows,
+                         load_checkpoint, save_checkpoint)
 from .cli import first_process, sweep_folder_override
 from .config import validate
 from .data import prepare_data
@@ -320,6 +320,7 @@ class Training:
             raise TrainingDiverged(self.diverged_message(err), err.quantity, err.value) from None
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through basisconv.cli
             signum = getattr(err, "signum", signal.SIGINT)
+            self.note_a_checkpoint_just_saved()
             message = self.stop_message()
             if signum == signal.SIGTERM and distributed.world_size() > 1:
                 # torchrun's SIGTERM can come before the collective that another process's
@@ -457,6 +458,16 @@ class Training:
         return (f"the run in {self.output_dir} could not save epoch "
                 f"{len(self.results['epochs'])} ({reason}); once that is fixed (free space, "
                 f"or make the folder writable), {go_on}")
+
+    def note_a_checkpoint_just_saved(self) -> None:
+        """A signal's handler runs as the checkpoint's rename returns, before :meth:`_save`
+        notes it: the checkpoint on disk holding this run's epochs so far says so (an
+        earlier run's, which ``trainer.resume=false`` has not yet replaced, holds others)."""
+        finished = self.results["epochs"]
+        if (self.main_process and self.cfg.trainer.checkpoint
+                and len(finished) > self.saved_epochs
+                and saved_epoch_rows(self.output_dir / CHECKPOINT) == finished):
+            self.saved_epochs = len(finished)
 
     def stop_message(self) -> str:
         """What an interrupted run tells the user: where it stopped, how to go on."""
