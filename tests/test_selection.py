@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -886,6 +887,14 @@ if __name__ == "__main__":
             time.sleep(2)
             os.kill(multiprocessing.active_children()[-1].pid, 9)
         threading.Thread(target=kill, daemon=True).start()
+    elif case == "parent_killed":  # the OOM killer, a slot's end: the parent gone at once
+        def kill_parent():
+            while len(multiprocessing.active_children()) < 2:
+                time.sleep(0.1)
+            time.sleep(float(os.environ.get("KILL_AFTER_S", "4")))
+            print("workers:", *(p.pid for p in multiprocessing.active_children()), flush=True)
+            os.kill(os.getpid(), 9)
+        threading.Thread(target=kill_parent, daemon=True).start()
     try:
         print("results:", len(evaluate_many(probe, jobs, 2)))
     except Exception as err:
@@ -917,6 +926,33 @@ def test_a_worker_that_dies_or_cannot_start_is_one_error_not_a_hang(repo, tmp_pa
     out, err = run_workers(repo, tmp_path, case)
     assert "raised: WorkerFailed sensitivity.workers=2: a worker process died or could " \
            "not start" in out, err[-2000:]
+
+
+@pytest.mark.parametrize("kill_after_s", ["0", "4"])
+def test_workers_end_when_their_parent_is_killed(repo, tmp_path, monkeypatch, kill_after_s):
+    """Found in review: a parent killed outright (SIGKILL, the OOM killer) left its workers
+    fine-tuning (on a GPU, holding its memory) until their jobs ended; these never end
+    alone. Killed at once (the workers still starting) and once they run their jobs."""
+    import time
+
+    monkeypatch.setenv("KILL_AFTER_S", kill_after_s)
+    out, err = run_workers(repo, tmp_path, "parent_killed")
+    workers = [int(pid) for pid in out.split("workers:")[1].split()]
+    assert len(workers) == 2, out + err[-2000:]
+
+    def running(pid):
+        try:  # gone, or a zombie that its new parent has not reaped yet
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    deadline = time.monotonic() + 60
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers outlived their killed parent"
 
 
 def test_workers_that_finish_end_without_a_warning_at_exit(repo, tmp_path):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import logging
+import os
+import signal
+import sys
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -167,8 +171,23 @@ class Probe:
 _WORKER_PROBE: Probe | None = None
 
 
-def _start_worker(config: dict, dense_state: dict) -> None:
+def _end_with_parent(parent: int) -> None:
+    """A worker ends when its parent process does, however it ended: one whose parent was
+    killed outright (SIGKILL, the OOM killer, a slot's end) went on fine-tuning, holding its
+    GPU memory, until its job was done. Linux's parent-death signal does it (the pool
+    starts its workers from the thread that submits, which outlives them); a parent gone
+    before the signal was set is seen by the worker's new parent id. Elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start_worker(config: dict, dense_state: dict, parent: int) -> None:
     global _WORKER_PROBE
+    _end_with_parent(parent)
     logging.getLogger("basisconv").setLevel(logging.WARNING)  # the parent logs the results
     _WORKER_PROBE = Probe(OmegaConf.create(config), dense_state)
 
@@ -199,7 +218,8 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
     config = OmegaConf.to_container(probe.cfg, resolve=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA cannot be forked
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                               initializer=_start_worker, initargs=(config, state))
+                               initializer=_start_worker,
+                               initargs=(config, state, os.getpid()))
     try:
         futures = [pool.submit(_evaluate_in_worker, job) for job in jobs]
         # CPython's pool starts a worker per submit and wakes its watcher just before: the
