@@ -870,6 +870,12 @@ from omegaconf import OmegaConf
 import basisconv.config  # registers the configs' schema
 from basisconv.probe import Probe, evaluate_many
 
+if __name__ == "__mp_main__" and sys.argv[2] == "ctrl_c":  # a worker, starting: a Ctrl-C
+    os.kill(os.getpid(), 2)  # at the terminal reaches every process of the group (here
+    time.sleep(1)            # this worker first, so that it has time to print before the
+    os.kill(os.getppid(), 2)  # parent, stopping, ends it)
+    time.sleep(5)
+
 if __name__ == "__main__":
     repo, case = sys.argv[1], sys.argv[2]
     with initialize_config_dir(config_dir=repo + "/configs", version_base="1.3"):
@@ -899,6 +905,8 @@ if __name__ == "__main__":
         print("results:", len(evaluate_many(probe, jobs, 2)))
     except Exception as err:
         print("raised:", type(err).__name__, err)
+    except KeyboardInterrupt:
+        print("stopped")
 """
 
 
@@ -953,6 +961,14 @@ def test_workers_end_when_their_parent_is_killed(repo, tmp_path, monkeypatch, ki
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "workers outlived their killed parent"
+
+
+def test_a_ctrl_c_while_workers_start_is_the_parents_alone(repo, tmp_path):
+    """A Ctrl-C reaches every process of the terminal's group: the workers, starting (still
+    importing torch), printed a KeyboardInterrupt traceback each beside the parent's stop."""
+    out, err = run_workers(repo, tmp_path, "ctrl_c")
+    assert "stopped" in out, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
 
 
 def test_workers_that_finish_end_without_a_warning_at_exit(repo, tmp_path):

@@ -185,6 +185,23 @@ def _end_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+@contextlib.contextmanager
+def _interrupts_held():
+    """SIGINT blocked in this thread while it starts workers, which keep the mask: a Ctrl-C
+    reaches every process of the terminal's group, and a worker starting (importing torch)
+    printed a KeyboardInterrupt traceback of its own, or died, beside the parent's stop
+    (the parent ends its workers). One that comes meanwhile reaches the parent as the mask
+    is lifted, or at once through another of its threads."""
+    if not hasattr(signal, "pthread_sigmask"):  # (not on Windows)
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _start_worker(config: dict, dense_state: dict, parent: int) -> None:
     global _WORKER_PROBE
     _end_with_parent(parent)
@@ -221,12 +238,13 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
                                initializer=_start_worker,
                                initargs=(config, state, os.getpid()))
     try:
-        futures = [pool.submit(_evaluate_in_worker, job) for job in jobs]
-        # CPython's pool starts a worker per submit and wakes its watcher just before: the
-        # last worker started went unwatched until a later wake-up, so its death (before a
-        # result from another worker woke it) went unseen. One more submit wakes it with
-        # every worker started.
-        pool.submit(_nothing)
+        with _interrupts_held():  # the workers start (one per submit) with Ctrl-C blocked
+            futures = [pool.submit(_evaluate_in_worker, job) for job in jobs]
+            # CPython's pool starts a worker per submit and wakes its watcher just before:
+            # the last worker started went unwatched until a later wake-up, so its death
+            # (before a result from another worker woke it) went unseen. One more submit
+            # wakes it with every worker started.
+            pool.submit(_nothing)
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
             if future in done and future.exception() is not None:
