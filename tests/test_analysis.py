@@ -1195,19 +1195,25 @@ def test_sensitivity_and_search_summaries_of_several_records_each_get_files_of_t
     names carried neither width, search basis size, subset size nor policy, so the second
     summary overwrote the first and index.json listed the file twice."""
     write_runs(tmp_path / "runs", RECORDS[:2])
+    # (a run's config has every key: the budget policy's selection.threshold, unread)
+    estimate = swept(sensitivity_record(), **{"selection.threshold": 0.005})
     runs = tmp_path / "runs"
-    (runs / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
+    (runs / "sensitivity.json").write_text(json.dumps(estimate))
     (runs / "search.json").write_text(json.dumps(search_record()))
     written = [p.name for p in write_report(analyze_cfg(tmp_path), "analyze")]
     assert {"sensitivity-resnet20-m0.5-cpu-fp32.md", "exhaustive-search-resnet8-cpu-fp32.md"} \
         <= set(written)
-    narrow = swept(sensitivity_record(), **{"model.width": 0.25})
+    narrow = swept(estimate, **{"model.width": 0.25})
     narrow["provenance"]["date"] = "2026-11-25T05:00:00+00:00"
     again = swept(narrow)  # the same estimate made again, later: numbered after the first
     again["provenance"]["date"] = again["estimate_provenance"]["date"] = "2026-12-01T00:00"
-    threshold = swept(sensitivity_record(), **{"selection.policy": "sensitivity_threshold",
-                                               "selection.threshold": 0.01})
+    threshold = swept(estimate, **{"selection.policy": "sensitivity_threshold",
+                                   "selection.threshold": 0.01})
+    # a second threshold: the names give it to the threshold policy, which reads it, not
+    # to the budget policy, which carries its default unread
+    higher = swept(threshold, **{"selection.threshold": 0.02})
     for name, rec in [("again", again), ("narrow", narrow), ("threshold", threshold),
+                      ("higher", higher),
                       ("search-m0.25", swept(search_record(), **{"basis.size": 0.25}))]:
         (runs / f"{name}.json").write_text(json.dumps(rec))
     out = tmp_path / "results"
@@ -1218,7 +1224,10 @@ def test_sensitivity_and_search_summaries_of_several_records_each_get_files_of_t
                     "sensitivity-resnet20-m0.5-cpu-fp32-x0.25-sensitivity_budget-2.md",
                     "sensitivity-resnet20-m0.5-cpu-fp32-x0.25-sensitivity_budget.md",
                     "sensitivity-resnet20-m0.5-cpu-fp32-x0.5-sensitivity_budget.md",
-                    "sensitivity-resnet20-m0.5-cpu-fp32-x0.5-sensitivity_threshold.md"]
+                    "sensitivity-resnet20-m0.5-cpu-fp32-x0.5-sensitivity_threshold-"
+                    "selection.threshold=0.01.md",
+                    "sensitivity-resnet20-m0.5-cpu-fp32-x0.5-sensitivity_threshold-"
+                    "selection.threshold=0.02.md"]
     files = json.loads((out / "index.json").read_text())["files"]
     assert len(files) == len(set(files))
     assert (out / mine[2]).read_text().startswith("# Sensitivity of resnet20 x0.25 to")

@@ -187,11 +187,32 @@ def python_number(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def budget_chooses(selection: DictConfig) -> bool:
+def budget_chooses(selection: DictConfig | Mapping) -> bool:
     """Whether the budget rule (``budget_metric``, ``budget_reduction``) decides how many
     layers are converted: an ordered policy other than the threshold, with no count."""
-    return (selection.policy in ORDERED_POLICIES and selection.policy != "sensitivity_threshold"
+    policy = selection.get("policy")
+    return (policy in ORDERED_POLICIES and policy != "sensitivity_threshold"
             and selection.get("count") is None)
+
+
+def keys_read(selection: DictConfig | Mapping) -> set[str]:
+    """The ``selection`` keys its policy reads: a run's config carries them all, and those
+    it does not read (the budget policy's ``threshold``) set nothing apart."""
+    policy = selection.get("policy")
+    read = {"policy"}
+    if policy == "list":
+        read.add("layers")
+    if policy in SENSITIVITY_POLICIES:
+        read.add("metric")
+    if policy == "sensitivity_threshold":
+        read.add("threshold")
+    elif policy in ORDERED_POLICIES:
+        read.add("count")
+    if budget_chooses(selection):
+        read |= {"budget_metric", "budget_reduction"}
+    if policy == "random":
+        read.add("seed")
+    return read
 
 
 def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
@@ -205,27 +226,28 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
         raise ConfigError(f"selection.policy={policy!r}; choose one of {', '.join(POLICIES)}")
     check_count(selection)
     check_layers(selection)
+    read = keys_read(selection)
     count = selection.get("count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of "
                           f"layers)")
-    if (policy in SENSITIVITY_POLICIES or every_key) and (
+    if ("metric" in read or every_key) and (
             _needed(selection, "metric") not in METRICS):
         raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
                           f"{', '.join(METRICS)}")
-    if policy == "sensitivity_threshold" or every_key:
+    if "threshold" in read or every_key:
         threshold = _needed(selection, "threshold")
         if not _is_number(threshold) or math.isnan(threshold):
             raise ConfigError(f"selection.threshold={threshold!r} must be a number (the "
                               f"largest {selection.metric} a converted layer may have)")
-    if budget_chooses(selection) or every_key:
+    if "budget_reduction" in read or every_key:
         if _needed(selection, "budget_metric") not in BUDGET_METRICS:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
                               f"one of {', '.join(BUDGET_METRICS)}")
         reduction = _needed(selection, "budget_reduction")
         if not _is_number(reduction) or not 0 < reduction < 1:
             raise ConfigError(f"selection.budget_reduction must be in (0, 1), got {reduction!r}")
-    if policy == "random":
+    if "seed" in read:
         # numpy's generator, which orders the layers, takes no negative seed (torch's does)
         seed = _needed(selection, "seed")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

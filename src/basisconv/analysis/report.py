@@ -16,6 +16,7 @@ from ..checkpoint import flat_config
 from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, missing_protocol_runs, provenance,
                        read_sessions, unwritable_folder, write_json_atomic)
+from ..selection import keys_read
 from . import figures, search, sensitivity
 from .runs import (INTERNAL_COLUMNS, ROW_COLUMNS, compare, curves_frame, differing_keys,
                    distinct_curves, distinct_runs, made_alike, read_records, records_of_kind,
@@ -286,7 +287,10 @@ def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
         differ = differing_keys(configs, made_alike)
         keys = [k for k in differ if k != "name"] or differ
         for i, config in zip(mine, configs):
-            names[i] = "-".join([stem, *(name_part(k, config[k]) for k in keys)])
+            read = keys_read(records[i]["config"].get("selection") or {})
+            own = [k for k in keys if not k.startswith("selection.")
+                   or k.split(".", 1)[1] in read]  # (not the keys its policy leaves unread)
+            names[i] = "-".join([stem, *(name_part(k, config[k]) for k in own)])
     for name in dict.fromkeys(names):
         alike = sorted((i for i, n in enumerate(names) if n == name),
                        key=lambda i: str((records[i].get("provenance") or {}).get("date")))
