@@ -549,11 +549,19 @@ def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, re
     assert resumed["final"]["train_loss"] == reference["final"]["train_loss"]
 
 
+def stop_message(repo, folder):
+    """What a 3-epoch run in ``folder`` says as it stops (a stop the test arranges)."""
+    from basisconv.errors import Stopped
+
+    with pytest.raises(Stopped) as err:
+        fit(compose_tiny(repo, "logger=none", "trainer.epochs=3"), folder)
+    return str(err.value)
+
+
 def test_a_stop_while_a_checkpoint_is_written_says_so(tmp_path, repo, monkeypatch):
     """Found in review: a stop during the write of epoch 2's checkpoint (every epoch has
     one) said the checkpoint was "written at most every trainer.checkpoint_every_s=0 s"."""
     from basisconv import train
-    from basisconv.errors import Stopped
 
     real_save = train.save_checkpoint
 
@@ -563,9 +571,7 @@ def test_a_stop_while_a_checkpoint_is_written_says_so(tmp_path, repo, monkeypatc
         return real_save(path, state)
 
     monkeypatch.setattr(train, "save_checkpoint", stopped_at_epoch_2)
-    with pytest.raises(Stopped) as err:
-        fit(compose_tiny(repo, "logger=none", "trainer.epochs=3"), tmp_path)
-    assert str(err.value).endswith(
+    assert stop_message(repo, tmp_path).endswith(
         f"the run in {tmp_path} stopped while saving epoch 2 of 3; its checkpoint is of epoch "
         f"1; run the same command again with hydra.run.dir={tmp_path} to resume it")
 
@@ -587,9 +593,7 @@ def test_a_stop_just_after_the_checkpoints_rename_names_that_checkpoint(tmp_path
             raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", stopped_after_epoch_2s_rename)
-    with pytest.raises(Stopped) as err:
-        fit(compose_tiny(repo, "logger=none", "trainer.epochs=3"), tmp_path)
-    assert str(err.value).endswith(
+    assert stop_message(repo, tmp_path).endswith(
         f"the run in {tmp_path} stopped after epoch 2 of 3 (checkpoint saved); run the same "
         f"command again with hydra.run.dir={tmp_path} to resume it")
     # an earlier run's checkpoint of as many epochs, not yet replaced by a start over, is
