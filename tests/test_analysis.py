@@ -1382,3 +1382,35 @@ def test_a_record_published_under_another_name_or_gathered_elsewhere_is_read(tmp
               "config": {"seed": 0, "publish": "/tmp/rev-method-search.json"}}
     (tmp_path / "exhaustive-search-resnet8.json").write_text(json.dumps(search))
     assert set_aside_foreign_records(tmp_path) == []
+
+
+def test_a_search_is_named_by_its_metric_whatever_its_selection_policy():
+    """Review: an exhaustive search ranks its fast choice by selection.metric whatever
+    selection.policy says (search.fast_choice); two searches by other metrics under a policy
+    that reads no metric were named as one search made twice (the second `-2`)."""
+    from basisconv.analysis import search
+    from basisconv.analysis.report import distinct_stems
+
+    drop = swept(search_record(), **{"selection.policy": "all",
+                                     "selection.metric": "accuracy_drop"})
+    loss = swept(drop, **{"selection.metric": "loss_increase"})
+    assert distinct_stems([drop, loss], [search.summary_stem(r) for r in (drop, loss)]) == [
+        "exhaustive-search-resnet8-cpu-fp32-selection.metric=accuracy_drop",
+        "exhaustive-search-resnet8-cpu-fp32-selection.metric=loss_increase"]
+
+
+def test_runs_of_a_policy_that_differ_in_a_selection_key_it_does_not_read_are_seeds():
+    """Review: a sweep over selection.threshold with both sensitivity policies gave the
+    budget policy, which carries the threshold unread, a row per threshold of one seed."""
+    runs = [swept(record(sel, seed=seed, accuracy=acc),
+                  **{"selection.threshold": threshold, "selection.seed": seed})
+            for sel, threshold, seed, acc in [
+                ("none", 0.005, 0, 0.90), ("none", 0.01, 1, 0.90),
+                ("sensitivity_budget", 0.005, 0, 0.80), ("sensitivity_budget", 0.01, 1, 0.82),
+                ("sensitivity_threshold", 0.005, 0, 0.85),
+                ("sensitivity_threshold", 0.01, 1, 0.70)]]
+    table = compare(runs_frame([(r, "here") for r in runs]))
+    assert list(zip(table["selection"], table["settings"], table["seeds"])) == [
+        ("none", "", 2), ("sensitivity_budget", "", 2),
+        ("sensitivity_threshold", "selection.threshold=0.005", 1),
+        ("sensitivity_threshold", "selection.threshold=0.01", 1)]

@@ -288,6 +288,8 @@ def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
         keys = [k for k in differ if k != "name"] or differ
         for i, config in zip(mine, configs):
             read = keys_read(records[i]["config"].get("selection") or {})
+            if records[i].get("kind") == "exhaustive_search":  # ranks by it, whatever the
+                read = read | {"metric"}                       # policy (search.fast_choice)
             own = [k for k in keys if not k.startswith("selection.")
                    or k.split(".", 1)[1] in read]  # (not the keys its policy leaves unread)
             names[i] = "-".join([stem, *(name_part(k, config[k]) for k in own)])

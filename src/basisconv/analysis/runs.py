@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, measured_on_cpu,
                        misplaced, missing_fields, provenance_from_wandb, read_record)
+from ..selection import keys_read
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,12 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
     for index in rows.groupby(SHOWN_COLUMNS, sort=False, dropna=False).indices.values():
         group = [configs[i] for i in index]
         dense = rows["selection"].iloc[index[0]] == "none"
+        read = set().union(*(keys_read(records[i][0]["config"].get("selection") or {})
+                             for i in index))  # (a key no run of the row reads splits none)
         keys = differing_keys(group, lambda k: k in SEED_KEYS or made_alike(k)
                               or k in ("basis.size", "name")
-                              or (dense and k.startswith(DENSE_UNREAD)))
+                              or (dense and k.startswith(DENSE_UNREAD))
+                              or (k.startswith("selection.") and k[10:] not in read))
         shown: dict[tuple, set] = {}
         for i in index:
             label = tuple(configs[i][k] for k in keys)
