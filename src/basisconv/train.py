@@ -26,8 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, saved_epoch_rows,
-                         load_checkpoint, save_checkpoint)
+from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
+                         save_checkpoint, saved_epoch_rows)
 from .cli import first_process, sweep_folder_override
 from .config import validate
 from .data import prepare_data
