@@ -20,7 +20,8 @@ from ..selection import keys_read
 from . import figures, search, sensitivity
 from .runs import (INTERNAL_COLUMNS, ROW_COLUMNS, compare, curves_frame, differing_keys,
                    distinct_curves, distinct_runs, made_alike, read_records, records_of_kind,
-                   runs_frame, setting_value, training_records, wandb_records)
+                   runs_frame, setting_value, training_records, unread_selection_key,
+                   wandb_records)
 from .tables import write_table
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,7 @@ def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
             read = keys_read(records[i]["config"].get("selection") or {})
             if records[i].get("kind") == "exhaustive_search":  # ranks by it, whatever the
                 read = read | {"metric"}                       # policy (search.fast_choice)
-            own = [k for k in keys if not k.startswith("selection.")
-                   or k.split(".", 1)[1] in read]  # (not the keys its policy leaves unread)
+            own = [k for k in keys if not unread_selection_key(k, read)]
             names[i] = "-".join([stem, *(name_part(k, config[k]) for k in own)])
     for name in dict.fromkeys(names):
         alike = sorted((i for i, n in enumerate(names) if n == name),

@@ -132,6 +132,12 @@ def made_alike(key: str) -> bool:
     return key == "data.root" or changes_only_execution(key)
 
 
+def unread_selection_key(key: str, read: set[str]) -> bool:
+    """Whether the flattened ``key`` is a ``selection.*`` key outside ``read`` (what a
+    run's policy reads, :func:`~basisconv.selection.keys_read`): carried, not used."""
+    return key.startswith("selection.") and key.removeprefix("selection.") not in read
+
+
 def differing_keys(configs: list[dict[str, Any]], ignored: Callable[[str], bool]) -> list[str]:
     """The flattened keys, but for those ``ignored`` says, in which ``configs`` differ
     (sorted). ``configs`` come from :func:`~basisconv.checkpoint.flat_config`, so a key an
@@ -164,7 +170,7 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
         keys = differing_keys(group, lambda k: k in SEED_KEYS or made_alike(k)
                               or k in ("basis.size", "name")
                               or (dense and k.startswith(DENSE_UNREAD))
-                              or (k.startswith("selection.") and k[10:] not in read))
+                              or unread_selection_key(k, read))
         shown: dict[tuple, set] = {}
         for i in index:
             label = tuple(configs[i][k] for k in keys)
