@@ -153,7 +153,9 @@ def made_up_search(repo, tmp_path, monkeypatch, accuracy):
                            "loss_increase": [0.1, 0.2, 0.4, 0.8], "flops_saved": [1, 2, 3, 4]})
 
     class Probe:
-        def __init__(self, cfg):
+        kept_pretraining, kept_finetunes = False, 0
+
+        def __init__(self, cfg, keep_in):
             pass
 
         def evaluate_layers(self, layers):
@@ -192,8 +194,9 @@ def test_the_best_of_subsets_tied_for_best_is_the_first_in_model_order(repo, tmp
     monkeypatch.setattr(search, "candidate_count", lambda cfg: 7)
     monkeypatch.setattr(search, "sensitivity_table", lambda cfg: (single, {
         "key": "k", "noise": None, "cache_hit": True, "provenance": {}}))
-    monkeypatch.setattr(search, "Probe", lambda cfg: types.SimpleNamespace(
-        evaluate_layers=lambda names: {"accuracy": 0.9, "loss": 1.0}))
+    monkeypatch.setattr(search, "Probe", lambda cfg, keep_in: types.SimpleNamespace(
+        evaluate_layers=lambda names: {"accuracy": 0.9, "loss": 1.0},
+        kept_pretraining=False, kept_finetunes=0))
     monkeypatch.setattr(search, "evaluate_many", lambda probe, jobs, workers: [
         {"accuracy": float(accuracy[" ".join(names)]), "loss": 1.0} for names, _ in jobs])
     cfg = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=3")
@@ -552,10 +555,17 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     from basisconv.records import read_record
     from basisconv.search import exhaustive_search
 
+    from basisconv import progress
+
     cfg = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
                               "sensitivity.search_subset_size=1", "trainer.deterministic=true",
                               f"trainer.device={device}")
+    sensitivity.sensitivity_table(cfg)
+    # with what the estimate kept, the search would only read its results back: it
+    # pretrains and fine-tunes again here (a later search on this machine reuses them)
+    progress.clear(sensitivity.cache_dir(cfg))
     summary = exhaustive_search(cfg, tmp_path / "out")
+    assert not summary["kept_pretraining"] and summary["kept_fine_tunes"] == 0
     draw_run(read_record(tmp_path / "out" / "run.json"), tmp_path / "out")
     # the table's own provenance, not only its key: it may come from another run's cache
     estimated = read_record(tmp_path / "out" / "run.json")["estimate_provenance"]
@@ -570,6 +580,13 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     # the yardstick a rank is read against: the reference's batch-order noise
     assert summary["noise_accuracy_std"] >= 0 and 0 <= summary["subsets_within_noise_of_fast"] < 7
     assert (tmp_path / "out" / "search.png").stat().st_size > 0
+    # a second search (or one stopped before) finds the first one's dense model and its
+    # fine-tunes kept, and reads the same numbers back
+    again = exhaustive_search(cfg, tmp_path / "again")
+    assert again["kept_pretraining"] and again["kept_fine_tunes"] == 8  # the reference too
+    measured = [c for c in found.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "search.csv")[measured],
+                                  found[measured], check_exact=True)
     too_many = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8",
                                    "sensitivity.search_subset_size=3",
                                    "sensitivity.search_max_subsets=10")
@@ -781,7 +798,7 @@ def test_exhaustive_search_checks_its_size_before_the_sensitivity_estimate(repo,
         exhaustive_search(too_large, tmp_path / "out")
 
 
-def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path):
+def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monkeypatch):
     """``sensitivity.workers=2`` runs the independent fine-tunes in two processes: the
     table, the noise yardstick and the cache key are those of one process."""
     # two candidate layers and the two noise repeats: four fine-tunes, two a worker
@@ -795,6 +812,109 @@ def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path):
     assert len(table) == 2
     pd.testing.assert_frame_equal(table[same], parallel[same])
     assert record["noise"]["accuracies"] == parallel_record["noise"]["accuracies"]
+    # the parent kept each worker's result as it came: estimating again starts no worker
+    from basisconv import probe
+
+    monkeypatch.setattr(probe, "ProcessPoolExecutor", lambda *args, **kwargs: pytest.fail(
+        "workers started for fine-tunes already kept"))
+    again, again_record = sensitivity.estimate(two)
+    assert again_record["resumed"] == {"pretraining": True, "fine_tunes": 5}
+    pd.testing.assert_frame_equal(again, parallel)  # their times too: the kept results
+
+
+def stop_at_fine_tune(monkeypatch, stop_at):
+    """Make the ``stop_at``-th fine-tune computed from now on raise KeyboardInterrupt (a
+    Ctrl-C), once; returns the list of names of every fine-tune computed (not found kept)."""
+    from basisconv.probe import Probe
+
+    computed, stopped = [], []
+    evaluate = Probe._evaluate_layers
+
+    def counted(self, names, batch_seed):
+        computed.append(list(names))
+        if len(computed) == stop_at and not stopped:
+            stopped.append(names)
+            raise KeyboardInterrupt
+        return evaluate(self, names, batch_seed)
+    monkeypatch.setattr(Probe, "_evaluate_layers", counted)
+    return computed
+
+
+def test_a_stopped_estimate_resumes_from_what_it_kept_and_gives_the_same_table(
+        repo, tmp_path, monkeypatch):
+    """A stopped estimate started over, pretraining included (10 epochs of ResNet-18 in
+    the paper profile): it now resumes from the dense model and the fine-tunes it kept,
+    and its table is the one an uninterrupted estimate gives."""
+    overrides = ("sensitivity.layers=[layer3.2.*]", "trainer.deterministic=true")
+    table, record = sensitivity.estimate(compose_sensitivity(repo, tmp_path / "a", *overrides))
+    assert record["resumed"] == {"pretraining": False, "fine_tunes": 0}
+    cfg = compose_sensitivity(repo, tmp_path / "b", *overrides)
+    # the reference, the 2 noise repeats, 2 layers: the 4th is stopped, 3 are kept
+    computed = stop_at_fine_tune(monkeypatch, stop_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        sensitivity.sensitivity_table(cfg)
+    assert sensitivity.load_cached(cfg) is None  # no table until every fine-tune is done
+    train, dense_trained = sensitivity.Probe.train, []
+    monkeypatch.setattr(sensitivity.Probe, "train", lambda self, model, *args: (
+        dense_trained.append(model is self.dense) or train(self, model, *args)))
+    computed.clear()
+    resumed, record_resumed = sensitivity.sensitivity_table(cfg)
+    assert not any(dense_trained) and len(dense_trained) == 2  # two fine-tunes, no pretraining
+    assert computed == [["layer3.2.conv1"], ["layer3.2.conv2"]]  # the stopped one, the last
+    assert record_resumed["resumed"] == {"pretraining": True, "fine_tunes": 3}
+    same = [c for c in table.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(sensitivity.table_from_csv(sensitivity.table_csv(table))[same],
+                                  resumed[same], check_exact=True)
+    assert record_resumed["noise"] == record["noise"]
+    assert record_resumed["pretrained"]["accuracy"] == record["pretrained"]["accuracy"]
+    assert record_resumed["pretrained"]["seconds"] > 0  # the pretraining's, done before
+    # estimating again means again: nothing kept is reused
+    computed.clear()
+    sensitivity.sensitivity_table(cfg, recompute=True)
+    assert len(computed) == 5
+
+
+def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_had(
+        repo, tmp_path, caplog):
+    """A kept result is another estimate's only when every setting that shapes a
+    fine-tune, the device, the thread count and the dense weights are the same; a damaged
+    kept file is computed again, with a warning, not an error."""
+    from basisconv.progress import Progress
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    dense = build_model("resnet8", num_classes=10, width=0.25)
+    cpu = torch.device("cpu")
+
+    def progress(config=cfg, model=dense):
+        kept = Progress(tmp_path, config, cpu)
+        kept.start_from(model)
+        return kept
+    kept = progress()
+    kept.keep(["layer1.0.conv1"], None, {"accuracy": 0.5})
+    kept.keep_dense(dense, 12.5)
+    assert progress().result(["layer1.0.conv1"], None) == {"accuracy": 0.5}
+    assert progress().result(["layer1.0.conv1"], 1) is None  # another batch order
+    assert progress().dense()[1] == 12.5
+    for override in ("basis.share_coefficients=true", "trainer.channels_last=false",
+                     "trainer.eval_batch_size=64", "trainer.threads=2"):
+        other = compose_sensitivity(repo, tmp_path, "model=resnet8", override)
+        assert progress(other).result(["layer1.0.conv1"], None) is None, override
+        assert progress(other).dense() is None, override
+    # what a training run does with its epochs and checkpoints shapes no fine-tune
+    assert progress(compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.epochs=3",
+                                        "trainer.checkpoint=false")).dense() is not None
+    threads = torch.get_num_threads()  # (conftest restores it)
+    torch.set_num_threads(threads + 1)
+    assert progress().result(["layer1.0.conv1"], None) is None
+    torch.set_num_threads(threads)
+    other_start = build_model("resnet8", num_classes=10, width=0.25)
+    assert progress(model=other_start).result(["layer1.0.conv1"], None) is None
+    for path in kept.root.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"{damaged")
+    assert progress().result(["layer1.0.conv1"], None) is None
+    assert progress().dense() is None
+    assert "unreadable" in caplog.text and "computing it again" in caplog.text
 
 
 def test_a_missing_restore_from_is_named_once_and_the_table_estimated(repo, tmp_path,

@@ -15,9 +15,10 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,6 +31,7 @@ from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import ConfigError, TrainingDiverged, WorkerFailed
 from .network import build_dense
+from .progress import Progress
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,13 @@ class Probe:
     dense model, fine-tunes and measures it (one layer for the sensitivity table, several
     for the exhaustive search)."""
 
-    def __init__(self, cfg: DictConfig, dense_state: dict | None = None):
+    def __init__(self, cfg: DictConfig, dense_state: dict | None = None,
+                 keep_in: str | Path | None = None):
         """``dense_state``: the briefly trained dense model's weights, from another
-        process's probe (a worker of :func:`evaluate_many`), instead of pretraining."""
+        process's probe (a worker of :func:`evaluate_many`), instead of pretraining.
+        ``keep_in``: a folder (the table's cache folder) where the pretrained dense model
+        and every finished fine-tune are kept, and found again by a later probe of the
+        same settings (:mod:`basisconv.progress`): a stopped estimate resumes there."""
         self.cfg, trainer = cfg, cfg.trainer
         self.seed = cfg.sensitivity.seed
         self.runtime = loop.setup(trainer, self.seed)
@@ -87,18 +93,32 @@ class Probe:
             setattr(self.split, name, getattr(self.split, name).to(self.device))
         self.dense = build_dense(cfg)
         self.dense.to(self.device, memory_format=self.memory_format)
+        self.progress = None if keep_in is None else Progress(keep_in, cfg, self.device)
+        self.kept_pretraining, self.kept_finetunes = False, 0  # found kept, not redone
         start = time.perf_counter()
+        pretrain = dense_state is None and not cfg.sensitivity.source_checkpoint
+        kept = self.progress.dense() if self.progress and pretrain else None
         if dense_state is not None:
             self.dense.load_state_dict(dense_state)
         elif cfg.sensitivity.source_checkpoint:
             load_source_weights(self.dense, cfg.sensitivity.source_checkpoint,
                                 "sensitivity.source_checkpoint")
             log.info("sensitivity: dense weights from %s", cfg.sensitivity.source_checkpoint)
+        elif kept is not None:
+            self.dense.load_state_dict(kept[0])
+            self.kept_pretraining = True
+            log.info("sensitivity: the dense model pretrained before, kept in %s",
+                     self.progress.root)
         else:
             with diverging("the dense pretraining", "trainer.lr", trainer.lr):
                 self.train(self.dense, cfg.sensitivity.pretrain_epochs, trainer.lr,
                            trainer.schedule, trainer.warmup_fraction)
-        self.pretrain_seconds = time.perf_counter() - start
+        # the pretraining's own time, also when it was done by an earlier, stopped probe
+        self.pretrain_seconds = kept[1] if self.kept_pretraining else time.perf_counter() - start
+        if self.progress is not None:
+            if pretrain and not self.kept_pretraining:
+                self.progress.keep_dense(self.dense, self.pretrain_seconds)
+            self.progress.start_from(self.dense)
         with diverging("the dense pretraining", "trainer.lr", trainer.lr):
             self.pretrained = self.measure(self.dense)
 
@@ -148,9 +168,30 @@ class Probe:
             model.to(self.device, memory_format=self.memory_format)
         return model
 
+    def kept(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any] | None:
+        """The result of this fine-tune that an earlier probe of the same settings kept
+        (counted in ``kept_finetunes``), or ``None``."""
+        result = None if self.progress is None else self.progress.result(names, batch_seed)
+        self.kept_finetunes += result is not None
+        return result
+
     def evaluate_layers(self, names: list[str], batch_seed: int | None = None) -> dict[str, Any]:
         """Convert ``names`` (none: the dense reference), fine-tune, measure. Every call
-        fine-tunes on the same batches unless ``batch_seed`` asks for another order."""
+        fine-tunes on the same batches unless ``batch_seed`` asks for another order. A
+        result kept by an earlier probe of the same settings is returned as it was."""
+        kept = self.kept(names, batch_seed)
+        if kept is not None:
+            return kept
+        return self.keep(names, batch_seed, self._evaluate_layers(names, batch_seed))
+
+    def keep(self, names: list[str], batch_seed: int | None, result: dict[str, Any]
+             ) -> dict[str, Any]:
+        """Keep a finished fine-tune's ``result`` for a later probe (if this one keeps)."""
+        if self.progress is not None:
+            self.progress.keep(names, batch_seed, result)
+        return result
+
+    def _evaluate_layers(self, names: list[str], batch_seed: int | None) -> dict[str, Any]:
         start = time.perf_counter()
         model = self.converted(names)
         errors = [row["reconstruction_error"] for row in basis_report(model)]
@@ -228,28 +269,33 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
     The first job that fails ends them all at once, as in one process; a worker that dies
     (killed, out of memory) or cannot start is a :class:`WorkerFailed`. (A
     ``multiprocessing.Pool`` waited forever for a dead worker's job, restarted a worker
-    that could not start without end, and raised a failure after every other job.)"""
-    if workers <= 1 or len(jobs) <= 1:
-        return [probe.evaluate_layers(*job) for job in jobs]
+    that could not start without end, and raised a failure after every other job.)
+
+    Results a probe that keeps (``keep_in``) finds kept are not computed again; each new
+    one is kept as it arrives, so a stop loses only the fine-tunes then running."""
+    results = [probe.kept(*job) for job in jobs]
+    pending = [i for i, result in enumerate(results) if result is None]
+    if workers <= 1 or len(pending) <= 1:
+        for i in pending:
+            results[i] = probe.evaluate_layers(*jobs[i])
+        return results
     state = {k: v.detach().cpu() for k, v in probe.dense.state_dict().items()}
     config = OmegaConf.to_container(probe.cfg, resolve=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+    pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=context,
                                initializer=_start_worker,
                                initargs=(config, state, os.getpid()))
     try:
         with _interrupts_held():  # the workers start (one per submit) with Ctrl-C blocked
-            futures = [pool.submit(_evaluate_in_worker, job) for job in jobs]
+            futures = {pool.submit(_evaluate_in_worker, jobs[i]): i for i in pending}
             # CPython's pool starts a worker per submit and wakes its watcher just before:
             # the last worker started went unwatched until a later wake-up, so its death
             # (before a result from another worker woke it) went unseen. One more submit
             # wakes it with every worker started.
             pool.submit(_nothing)
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            if future in done and future.exception() is not None:
-                future.result()  # raises the job's own error (e.g. TrainingDiverged)
-        results = [future.result() for future in futures]
+        for future in as_completed(futures):
+            i = futures[future]  # the first failure raises the job's own error (e.g.
+            results[i] = probe.keep(*jobs[i], future.result())  # TrainingDiverged)
         pool.shutdown(wait=True)  # all done: the workers end as they should (a terminated
         return results            # one left semaphores that Python warned of at exit)
     except BrokenProcessPool:

@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .probe import Probe, evaluate_many
 from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
 from .selection import candidate_order
-from .sensitivity import candidate_table, sensitivity_table
+from .sensitivity import cache_dir, candidate_table, sensitivity_table
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric
     layers = table.sort_values("position")["layer"].tolist()
     total = check_search_size(cfg, len(layers))
-    probe = Probe(cfg)
+    # the estimate's probe: its dense model and reference, kept in the table's cache
+    # folder, are found there (on this machine), and a stopped search resumes there
+    probe = Probe(cfg, keep_in=cache_dir(cfg))
     reference = probe.evaluate_layers([])
     single = table.set_index("layer")
     rows = []
@@ -130,7 +132,10 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
         "spearman_predicted_vs_measured_loss": spearman(found["predicted_loss_increase"],
                                                         found["loss_increase"]),
         "sensitivity_key": record["key"], "sensitivity_cache_hit": record["cache_hit"],
+        # this process's time (the estimate's included when it made it); work kept
+        # before, by the estimate or an earlier, stopped search, is not in it
         "seconds": time.perf_counter() - started,
+        "kept_pretraining": probe.kept_pretraining, "kept_fine_tunes": probe.kept_finetunes,
     }
     # the yardstick for reading a rank: how far the dense reference moves with another
     # batch order (sensitivity.noise_repeats), and how many subsets lie that close

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, loop
+from . import distributed, loop, progress
 from .errors import ConfigError, WriteError
 from .network import build_dense
 from .probe import Probe, evaluate_many, reference_noise
@@ -221,6 +221,8 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
             if cached is None:
                 log.warning("sensitivity: %s table for key %s; estimating it now",
                             "recomputing the" if recompute else "no cached", cache_key(cfg))
+                if recompute:  # estimate again: nothing an earlier estimate kept is reused
+                    progress.clear(folder)
                 table, record = estimate(cfg)
                 data = table_csv(table)
                 record = {**record, "table_rows": len(table),
@@ -309,7 +311,7 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     # before the pretraining: a layer name the model lacks or a basis.size too large for a
     # layer is found in seconds, not after it
     candidates = candidate_table(cfg)
-    probe = Probe(cfg)
+    probe = Probe(cfg, keep_in=cache_dir(cfg))  # a stopped estimate resumes from what it kept
     reference = probe.evaluate_layers([])
     log.info("sensitivity: dense after pretraining %.4f, reference after fine-tuning %.4f "
              "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
@@ -329,13 +331,20 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
         log.info("  %-18s drop %+.4f  loss %+.4f  (%.1f s)", row["layer"],
                  rows[-1]["accuracy_drop"], rows[-1]["loss_increase"], result["seconds"])
     table = pd.DataFrame(rows)[list(COLUMNS)]
+    if probe.kept_pretraining or probe.kept_finetunes:
+        log.info("sensitivity: resumed: %s and %d of %d fine-tunes were kept by an earlier "
+                 "estimate or search of this key", "the pretraining" if probe.kept_pretraining
+                 else "no pretraining", probe.kept_finetunes, 1 + len(results))
     record = {"key": cache_key(cfg), "key_fields": key_fields(cfg),
               "dense": dense_totals(probe.dense),
               "pretrained": {**probe.pretrained, "seconds": probe.pretrain_seconds},
               "reference": reference, "noise": noise,
               "validation_images": int(probe.split.val_labels.numel()),
               "training_images": int(probe.split.train_labels.numel()),
+              # this process's time; work an earlier estimate or search kept is not in it
               "seconds": time.perf_counter() - started,
+              "resumed": {"pretraining": probe.kept_pretraining,
+                          "fine_tunes": probe.kept_finetunes},
               "config": OmegaConf.to_container(cfg, resolve=True),
               "provenance": provenance()}
     return table, record

@@ -1,0 +1,131 @@
+"""What a sensitivity estimate or an exhaustive search has finished, kept on disk as it
+finishes, so that one stopped (a Ctrl-C, a kill, a GPU slot's end) resumes where it
+stopped instead of starting over: the briefly trained dense model every fine-tune starts
+from (``dense.pt``), and each fine-tune's result (one small JSON file per job).
+
+Kept in the sensitivity cache folder of the table's key, under what else shapes a
+fine-tune's numbers (the basis options a probe applies, the trainer's recipe and speed
+options, the device, the thread count, the torch version), and, for the results, under
+the digest of the dense weights they started from. So a resumed estimate gives the
+table an uninterrupted one gives on that machine, and nothing measured from another
+dense start or on another device is mixed in. The search finds the estimate's dense
+model and reference there (the same probe: it pretrained them again before).
+
+A damaged or unreadable kept file is logged and computed again: this is a cache of work
+done, never a source of truth. ``sensitivity.recompute=true`` clears it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import WriteError
+from .records import write_atomic
+
+log = logging.getLogger(__name__)
+
+FOLDER = "progress"
+DENSE = "dense.pt"
+#: Trainer settings that shape no fine-tune (how a training run saves, shows, resumes).
+NOT_IN_A_FINETUNE = ("epochs", "progress", "checkpoint", "checkpoint_every_s", "resume")
+#: The basis options a probe converts layers with (``Probe.converted``).
+PROBE_BASIS = ("size", "combine", "coefficient_rank", "fuse_norm", "share_coefficients")
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """The digest of a model's weights and buffers, by their bytes."""
+    sha = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        sha.update(name.encode())
+        sha.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return sha.hexdigest()[:16]
+
+
+def conditions(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """What shapes a fine-tune's numbers beyond the table's cache key."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"basis": {k: cfg.basis.get(k) for k in PROBE_BASIS},
+            "trainer": {k: v for k, v in trainer.items() if k not in NOT_IN_A_FINETUNE},
+            "device": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+class Progress:
+    """The kept work of one probe: under ``folder/progress/<conditions>/``."""
+
+    def __init__(self, folder: str | Path, cfg: DictConfig, device: torch.device):
+        self.root = Path(folder) / FOLDER / digest(conditions(cfg, device))
+        self.jobs: Path | None = None  # known once the dense start is (start_from)
+
+    # ------------------------------------------------------------------ the dense start
+    def dense(self) -> tuple[dict, float] | None:
+        """The kept dense weights and how long their pretraining took, or ``None``."""
+        path = self.root / DENSE
+        if not path.exists():
+            return None
+        try:
+            kept = torch.load(path, map_location="cpu", weights_only=True)
+            return kept["state_dict"], float(kept["seconds"])
+        except Exception as err:  # any damage: pretrain again
+            log.warning("sensitivity: the kept dense model %s is unreadable (%s); "
+                        "pretraining again", path, " ".join(str(err).split())[:200])
+            return None
+
+    def keep_dense(self, model: torch.nn.Module, seconds: float) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        self._write(self.root / DENSE, lambda f: torch.save(
+            {"state_dict": state, "seconds": seconds}, f))
+
+    def start_from(self, model: torch.nn.Module) -> None:
+        """Results from here on are those of fine-tunes starting from ``model``."""
+        self.jobs = self.root / weights_digest(model)
+
+    # ------------------------------------------------------------------ fine-tunes
+    def _job_path(self, names: list[str], batch_seed: int | None) -> Path:
+        return self.jobs / f"{digest([list(names), batch_seed])}.json"
+
+    def result(self, names: list[str], batch_seed: int | None) -> dict[str, Any] | None:
+        """The kept result of this fine-tune, or ``None``."""
+        path = self._job_path(names, batch_seed)
+        if not path.exists():
+            return None
+        try:
+            kept = json.loads(path.read_text())
+            if kept["job"] == [list(names), batch_seed] and isinstance(kept["result"], dict):
+                return kept["result"]
+            raise ValueError("it holds another job")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("sensitivity: the kept result %s is unreadable (%s); computing it again",
+                        path, err)
+            return None
+
+    def keep(self, names: list[str], batch_seed: int | None, result: dict[str, Any]) -> None:
+        path = self._job_path(names, batch_seed)
+        self._write(path, lambda f: f.write(json.dumps(
+            {"job": [list(names), batch_seed], "result": result}).encode()))
+
+    def _write(self, path: Path, write) -> None:
+        """A write that fails (a full disk) costs a resume, not the estimate: a warning."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, write)
+        except (OSError, WriteError) as err:
+            log.warning("sensitivity: could not keep %s (%s); a stopped estimate will "
+                        "compute it again", path, err)
+
+
+def clear(folder: str | Path) -> None:
+    """Forget every kept dense model and result of this cache folder."""
+    shutil.rmtree(Path(folder) / FOLDER, ignore_errors=True)
