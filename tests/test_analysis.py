@@ -971,7 +971,14 @@ def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_
     assert ("accuracy undefined (one subset, or all tied), loss undefined (one subset, or all "
             "tied).") in tied_md.read_text()
     # found in review: the hardware was not said, though the accuracies differ by CPU
-    assert "profile test; run 2026-11-25 on AMD EPYC, commit abcdef1, 60 s" in text
+    assert "profile test; run 2026-11-25 on AMD EPYC, commit abcdef1, 60 s\n" in text
+    # a search that found kept work says so: its time is not all of it
+    reused = search_record()
+    reused["search"].update(kept_pretraining=True, kept_fine_tunes=1)
+    _, reused_md = search.summarize(reused, tmp_path / "reused", tmp_path / "reused", "test")
+    assert ("commit abcdef1, 60 s; resumed: the pretraining and 1 fine-tune done before by "
+            "the estimate or an earlier search of its key, not in this time\n"
+            in reused_md.read_text())
     (bars,) = drawn[0].axes[0].containers
     assert [round(b.get_height(), 6) for b in bars] == [90.0, 86.0, 80.0, 75.0, 70.0]
     assert [b.get_facecolor() for b in bars].count(bars[1].get_facecolor()) == 1  # the choice
@@ -1005,6 +1012,12 @@ def test_the_sensitivity_summary_lists_layers_in_model_order_with_the_noise(tmp_
     every = text.split("## Every candidate layer")[1]
     assert every.index("conv1") < every.index("layer10") < every.index("layer2")
     assert "3 batch orders: accuracy std 0.0020, loss std 0.0100" in text
+    assert "resumed" not in text
+    # a resumed estimate's page says what was done before: its time is not all of it
+    rec["sensitivity"]["resumed"] = {"pretraining": False, "fine_tunes": 3}
+    _, resumed_md = sensitivity.summarize(rec, tmp_path / "resumed", "test")
+    assert ("; resumed: 3 fine-tunes done before by an earlier estimate or search of this "
+            "key, not in this time; key " in resumed_md.read_text())
     assert [t.get_text() for t in drawn[0].axes[1].get_xticklabels()] == [
         "conv1", "layer10", "layer2"]
     (bars,) = drawn[0].axes[0].containers  # the accuracy drops (the noise band aside)

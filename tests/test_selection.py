@@ -875,10 +875,11 @@ def test_a_stopped_estimate_resumes_from_what_it_kept_and_gives_the_same_table(
 
 
 def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_had(
-        repo, tmp_path, caplog):
+        repo, tmp_path, caplog, monkeypatch):
     """A kept result is another estimate's only when every setting that shapes a
     fine-tune, the device, the thread count and the dense weights are the same; a damaged
     kept file is computed again, with a warning, not an error."""
+    from basisconv import progress as progress_module
     from basisconv.progress import Progress
 
     cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
@@ -894,27 +895,55 @@ def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_
     kept.keep_dense(dense, 12.5)
     assert progress().result(["layer1.0.conv1"], None) == {"accuracy": 0.5}
     assert progress().result(["layer1.0.conv1"], 1) is None  # another batch order
-    assert progress().dense()[1] == 12.5
+    assert progress().dense(dense)[1] == 12.5
     for override in ("basis.share_coefficients=true", "trainer.channels_last=false",
                      "trainer.eval_batch_size=64", "trainer.threads=2"):
         other = compose_sensitivity(repo, tmp_path, "model=resnet8", override)
         assert progress(other).result(["layer1.0.conv1"], None) is None, override
-        assert progress(other).dense() is None, override
+        assert progress(other).dense(dense) is None, override
     # what a training run does with its epochs and checkpoints shapes no fine-tune
     assert progress(compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.epochs=3",
-                                        "trainer.checkpoint=false")).dense() is not None
+                                        "trainer.checkpoint=false")).dense(dense) is not None
     threads = torch.get_num_threads()  # (conftest restores it)
     torch.set_num_threads(threads + 1)
     assert progress().result(["layer1.0.conv1"], None) is None
     torch.set_num_threads(threads)
     other_start = build_model("resnet8", num_classes=10, width=0.25)
     assert progress(model=other_start).result(["layer1.0.conv1"], None) is None
+    # other code (a git pull between the stop and the resume) computes anew
+    monkeypatch.setattr(progress_module, "code_digest", lambda: "another version")
+    assert progress().result(["layer1.0.conv1"], None) is None
+    monkeypatch.undo()
+    # weights that do not fit the model (a changed definition, the same key) are refused
+    # before any is loaded
+    wider = build_model("resnet8", num_classes=10, width=0.5)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    assert progress().dense(wider) is None and "are not CifarResNet's" in caplog.text
+    assert all(torch.equal(v, before[k]) for k, v in wider.state_dict().items())
     for path in kept.root.rglob("*"):
         if path.is_file():
             path.write_bytes(b"{damaged")
     assert progress().result(["layer1.0.conv1"], None) is None
-    assert progress().dense() is None
+    assert progress().dense(dense) is None
     assert "unreadable" in caplog.text and "computing it again" in caplog.text
+
+
+def test_the_code_digest_follows_the_code_that_computes_not_the_analysis(tmp_path):
+    import shutil
+
+    from basisconv import progress
+
+    package = tmp_path / "basisconv"
+    shutil.copytree(Path(progress.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    digest = progress.code_digest.__wrapped__
+    before = digest(package)
+    with open(package / "analysis" / "tables.py", "a") as f:
+        f.write("# only reads records\n")
+    assert digest(package) == before
+    with open(package / "probe.py", "a") as f:
+        f.write("# another fine-tune\n")
+    assert digest(package) != before
 
 
 def test_a_missing_restore_from_is_named_once_and_the_table_estimated(repo, tmp_path,

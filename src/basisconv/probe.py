@@ -97,7 +97,7 @@ class Probe:
         self.kept_pretraining, self.kept_finetunes = False, 0  # found kept, not redone
         start = time.perf_counter()
         pretrain = dense_state is None and not cfg.sensitivity.source_checkpoint
-        kept = self.progress.dense() if self.progress and pretrain else None
+        kept = self.progress.dense(self.dense) if self.progress and pretrain else None
         if dense_state is not None:
             self.dense.load_state_dict(dense_state)
         elif cfg.sensitivity.source_checkpoint:

@@ -5,7 +5,8 @@ from (``dense.pt``), and each fine-tune's result (one small JSON file per job).
 
 Kept in the sensitivity cache folder of the table's key, under what else shapes a
 fine-tune's numbers (the basis options a probe applies, the trainer's recipe and speed
-options, the device, the thread count, the torch version), and, for the results, under
+options, the device, the thread count, the torch version, basisconv's own code), and,
+for the results, under
 the digest of the dense weights they started from. So a resumed estimate gives the
 table an uninterrupted one gives on that machine, and nothing measured from another
 dense start or on another device is mixed in. The search finds the estimate's dense
@@ -17,6 +18,7 @@ done, never a source of truth. ``sensitivity.recompute=true`` clears it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -53,13 +55,27 @@ def weights_digest(model: torch.nn.Module) -> str:
     return sha.hexdigest()[:16]
 
 
+@functools.cache
+def code_digest(package: Path = Path(__file__).parent) -> str:
+    """The digest of the package's code that computes (every ``.py`` file but the
+    analysis's, which only reads records): work kept by other code is not reused, so a
+    resume after a ``git pull`` does not mix two versions' numbers in one table."""
+    sha = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] != "analysis":
+            sha.update(str(relative).encode() + b"\0" + path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
 def conditions(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """What shapes a fine-tune's numbers beyond the table's cache key."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {"basis": {k: cfg.basis.get(k) for k in PROBE_BASIS},
             "trainer": {k: v for k, v in trainer.items() if k not in NOT_IN_A_FINETUNE},
-            "device": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "code": code_digest()}
 
 
 class Progress:
@@ -68,16 +84,23 @@ class Progress:
     def __init__(self, folder: str | Path, cfg: DictConfig, device: torch.device):
         self.root = Path(folder) / FOLDER / digest(conditions(cfg, device))
         self.jobs: Path | None = None  # known once the dense start is (start_from)
+        self.write_failed = False
 
     # ------------------------------------------------------------------ the dense start
-    def dense(self) -> tuple[dict, float] | None:
-        """The kept dense weights and how long their pretraining took, or ``None``."""
+    def dense(self, model: torch.nn.Module) -> tuple[dict, float] | None:
+        """The kept dense weights for ``model`` and how long their pretraining took, or
+        ``None``. Weights that do not fit ``model`` (other names or shapes) are refused
+        before anything is loaded: ``load_state_dict`` copies what fits before it raises."""
         path = self.root / DENSE
         if not path.exists():
             return None
         try:
             kept = torch.load(path, map_location="cpu", weights_only=True)
-            return kept["state_dict"], float(kept["seconds"])
+            state, seconds = kept["state_dict"], float(kept["seconds"])
+            expected = {k: v.shape for k, v in model.state_dict().items()}
+            if {k: v.shape for k, v in state.items()} != expected:
+                raise ValueError(f"its weights are not {type(model).__name__}'s")
+            return state, seconds
         except Exception as err:  # any damage: pretrain again
             log.warning("sensitivity: the kept dense model %s is unreadable (%s); "
                         "pretraining again", path, " ".join(str(err).split())[:200])
@@ -117,13 +140,16 @@ class Progress:
             {"job": [list(names), batch_seed], "result": result}).encode()))
 
     def _write(self, path: Path, write) -> None:
-        """A write that fails (a full disk) costs a resume, not the estimate: a warning."""
+        """A write that fails (a full disk) costs a resume, not the estimate: a warning,
+        once (a search of 200 subsets would say it 200 times)."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, write)
         except (OSError, WriteError) as err:
-            log.warning("sensitivity: could not keep %s (%s); a stopped estimate will "
-                        "compute it again", path, err)
+            if not self.write_failed:
+                log.warning("sensitivity: could not keep %s (%s); a stopped estimate will "
+                            "compute it again", path, err)
+            self.write_failed = True
 
 
 def clear(folder: str | Path) -> None:

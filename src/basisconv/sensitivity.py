@@ -395,6 +395,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     picked = table[table["layer"].isin(chosen)]
     summary = {"key": record["key"], "cache_dir": str(cache_dir(cfg)),
                "cache_hit": record["cache_hit"], "estimate_seconds": record["seconds"],
+               "resumed": record.get("resumed"),  # what of the estimate an earlier one did
                "reference": record["reference"], "pretrained": record["pretrained"],
                "noise": record.get("noise"),
                "dense": record["dense"], "policy": cfg.selection.policy, "chosen": chosen,

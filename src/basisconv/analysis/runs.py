@@ -437,3 +437,15 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     table["accuracy_change"] = table["test_accuracy"] - base["test_accuracy"]
     table["baseline_differs"] = [d if isinstance(d, str) else "" for d in base["differs"]]
     return table
+
+
+def resumed_note(resumed: dict | None,
+                 by: str = "an earlier estimate or search of this key") -> str:
+    """What a resumed estimate (or a search that found kept work) did not do itself, for
+    its page: its time and provenance are this process's alone."""
+    if not resumed or not (resumed.get("pretraining") or resumed.get("fine_tunes")):
+        return ""
+    done = ["the pretraining"] if resumed.get("pretraining") else []
+    if resumed.get("fine_tunes"):
+        done.append(f"{resumed['fine_tunes']} fine-tune{'s' * (resumed['fine_tunes'] != 1)}")
+    return f"; resumed: {' and '.join(done)} done before by {by}, not in this time"

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..records import commit_name, hardware_name, write_text_atomic
 from .plots import pyplot, save_figure
-from .runs import record_tag, trained_on
+from .runs import record_tag, resumed_note, trained_on
 
 
 def subsets(record: dict, folder: Path) -> pd.DataFrame:
@@ -55,7 +55,11 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
             f"{cfg['basis']['size']}, subsets of {s['subset_size']} of {len(s['candidates'])} "
             f"layers\n\nprofile {profile}; run {prov['date'][:10]} on "
             f"{hardware_name(prov.get('hardware') or {}, trained_on(cfg)) or 'unknown hardware'}"
-            f", commit {commit_name(prov['git'])}, {s['seconds']:.0f} s\n\n"
+            f", commit {commit_name(prov['git'])}, {s['seconds']:.0f} s"
+            + resumed_note({"pretraining": s.get("kept_pretraining"),
+                            "fine_tunes": s.get("kept_fine_tunes")},
+                           by="the estimate or an earlier search of its key")
+            + "\n\n"
             f"| | subset | held-out accuracy |\n|---|---|---:|\n"
             f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
             f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..records import commit_name, hardware_name, write_text_atomic
 from .plots import pyplot, save_figure
-from .runs import record_tag, trained_on
+from .runs import record_tag, resumed_note, trained_on
 from .tables import markdown
 
 
@@ -143,8 +143,8 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
     prov = record["estimate_provenance"]
     hardware = hardware_name(prov["hardware"], trained_on(cfg))
     note = (f"profile {profile}; estimated {prov['date'][:10]} on {hardware}, "
-            f"commit {commit_name(prov['git'])}, {summary['estimate_seconds']:.0f} s; "
-            f"key {summary['key']}")
+            f"commit {commit_name(prov['git'])}, {summary['estimate_seconds']:.0f} s"
+            f"{resumed_note(summary.get('resumed'))}; key {summary['key']}")
     per_layer = table.sort_values("position")[
         ["layer", "shape", "num_basis", "reconstruction_error", "accuracy_drop",
          "loss_increase", "params_saved", "flops_saved", "seconds"]]
