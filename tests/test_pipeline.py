@@ -389,6 +389,28 @@ def test_coefficient_skip_training_after_a_warm_up_counts_from_the_conversion(tm
     assert steps == list(range(8))  # 400 images at batch 50: the basis epoch's 8 steps
 
 
+def test_a_skip_training_record_states_the_backward_flops_a_skipped_step_saves(tmp_path, repo):
+    """Skip-training's saving was in no record: the FLOPs were those of a step that trains
+    the coefficients. On a skipped step no coefficient's weight gradient is computed: for
+    the stacked combination, a 1x1 conv of m basis maps into C_out channels, that is
+    2*m*C_out multiply-adds' worth of FLOPs per output pixel of each basis layer."""
+    record = fit(compose_tiny(repo, "trainer.epochs=1", "selection=all",
+                              "basis.coefficient_update_every=4"), tmp_path)
+    model = record["model"]
+    pixels = {"conv1": 32 * 32, "layer1": 32 * 32, "layer2": 16 * 16, "layer3": 8 * 8}
+    coefficient_grads = sum(2 * pixels[row["name"].split(".")[0]] * row["num_basis"]
+                            * row["out_channels"] for row in model["basis_report"])
+    assert len(model["basis_report"]) == 19 and coefficient_grads > 0  # the stem's too
+    assert model["coefficient_update_every"] == 4
+    assert model["skipped_step_backward_flops"] == model["backward_flops"] - coefficient_grads
+    assert model["mean_backward_flops"] == round(
+        (model["backward_flops"] + 3 * model["skipped_step_backward_flops"]) / 4)
+    # without skip-training there is nothing to state
+    plain = fit(compose_tiny(repo, "trainer.epochs=1", "selection=all"), tmp_path / "plain")
+    assert "skipped_step_backward_flops" not in plain["model"]
+    assert plain["model"]["backward_flops"] == model["backward_flops"]
+
+
 def test_convert_from_a_trained_checkpoint(tmp_path, repo):
     fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path / "baseline")
     source = tmp_path / "baseline" / "checkpoint.pt"

@@ -19,7 +19,7 @@ from .checkpoint import load_source_weights
 from .cost import model_cost
 from .models import build_model
 from .layers import coefficient_l1
-from .surgery import CONFIG_KEYS, apply_basis, basis_report
+from .surgery import CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report
 
 #: The layers to convert: ``None`` (none), ``"all"``, or module names and patterns.
 Layers = Union[list, str, None]
@@ -102,6 +102,20 @@ def describe(model: nn.Module, image_shape=(3, 32, 32), batch: int = 1) -> dict[
             "grad_input_flops": per_image["grad_input_flops"],
             "grad_weight_flops": per_image["grad_weight_flops"],
             "basis_layers": [row["name"] for row in report], "basis_report": report}
+
+
+def skip_training_cost(model: nn.Module, schedule: CoefficientSkipSchedule,
+                       batch: int = 1) -> dict[str, int]:
+    """What skip-training (``basis.coefficient_update_every=N``) saves, per image as
+    :func:`describe` counts: the backward FLOPs of a step whose coefficients do not train,
+    and the mean over a cycle of ``N`` steps, one of which trains them. (``describe``'s
+    own counts are those of a step that trains them.)"""
+    every = schedule.train_every
+    trained = describe(model, batch=batch)["backward_flops"]
+    with schedule.skipped():
+        skipped = describe(model, batch=batch)["backward_flops"]
+    return {"coefficient_update_every": every, "skipped_step_backward_flops": skipped,
+            "mean_backward_flops": round((trained + (every - 1) * skipped) / every)}
 
 
 def coefficient_penalty(model: nn.Module, weight: float):

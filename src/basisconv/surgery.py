@@ -17,12 +17,14 @@ details are not available to us):
   ``requires_grad`` of the coefficients off on the other steps, so autograd does not compute
   their gradient at all and the optimizer skips them. ``model_cost`` of the model on a
   skipped step (coefficients frozen) counts that saving; a run record's FLOPs are those of
-  a step that trains them, and its per-step times are medians over steps (a skipped
-  step's, for N >= 3).
+  a step that trains them, with a skipped step's backward and the mean over the cycle
+  beside them (``network.skip_training_cost``), and its per-step times are medians over
+  steps (a skipped step's, for N >= 3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import fnmatch
@@ -487,6 +489,19 @@ class CoefficientSkipSchedule:
             raise ConfigError("CoefficientSkipSchedule: every coefficient matrix of the model is "
                               "frozen (requires_grad=False); there is nothing to skip-train")
         self.parameters = list(seen.values())
+
+    @contextlib.contextmanager
+    def skipped(self):
+        """The model as on a skipped step (its coefficients not training), inside the
+        ``with`` block, to count that step's cost; put back after."""
+        training = [p.requires_grad for p in self.parameters]
+        for p in self.parameters:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, was in zip(self.parameters, training):
+                p.requires_grad_(was)
 
     def __call__(self, step: int) -> bool:
         active = step % self.train_every == 0

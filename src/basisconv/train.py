@@ -34,7 +34,7 @@ from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged
 from .kernels import auto
 from .network import (build_network, check_conversion, choose_forms_now, coefficient_penalty,
-                      converts_later, describe, rebind_optimizer, to_basis)
+                      converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
                       leftover_temporaries, make_folder, publish, read_record, timestamp,
                       wandb_provenance, write_record)
@@ -242,6 +242,9 @@ class Training:
         has_basis = bool(self.results["model"]["basis_layers"])
         self.skip_schedule = (CoefficientSkipSchedule(self.model, skip_every)
                               if has_basis and skip_every > 1 else None)
+        if self.skip_schedule is not None:  # the record states what skipping saves
+            self.results["model"].update(skip_training_cost(
+                self.model, self.skip_schedule, batch=self.cfg.trainer.batch_size))
         # steps counted from the conversion: the coefficients of a warmed-up model train on
         # its first basis step and every N-th after, as without a warm-up (counted from the
         # run's first step, an N above the basis steps left them untrained)
