@@ -411,6 +411,22 @@ def test_a_skip_training_record_states_the_backward_flops_a_skipped_step_saves(t
     assert plain["model"]["backward_flops"] == model["backward_flops"]
 
 
+def test_a_warm_up_run_counts_its_fused_norm_model_as_in_training(tmp_path, repo):
+    """Found in review: the dense warm-up converts right after an evaluation, in eval mode,
+    where a folded norm is counted with running statistics (no moments, less backward):
+    the record undercounted the model, and a resume (counting it in training mode) then
+    said a skipped step costs more than a trained one."""
+    fused = ["selection=all", "basis.fuse_norm=true", "basis.coefficient_update_every=2"]
+    warmed = fit(compose_tiny(repo, "basis=warmup", "basis.dense_warmup_epochs=1",
+                              "trainer.epochs=2", *fused), tmp_path / "warmed")["model"]
+    scratch = fit(compose_tiny(repo, "trainer.epochs=1", *fused), tmp_path / "scratch")["model"]
+    counts = ("forward_flops", "backward_flops", "skipped_step_backward_flops",
+              "mean_backward_flops")
+    assert {k: warmed[k] for k in counts} == {k: scratch[k] for k in counts}
+    # under fuse_norm the folded norm's backward needs the combination's gradient anyway
+    assert warmed["skipped_step_backward_flops"] == warmed["backward_flops"]
+
+
 def test_convert_from_a_trained_checkpoint(tmp_path, repo):
     fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path / "baseline")
     source = tmp_path / "baseline" / "checkpoint.pt"

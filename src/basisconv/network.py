@@ -92,8 +92,14 @@ def describe(model: nn.Module, image_shape=(3, 32, 32), batch: int = 1) -> dict[
     grad-weight, as ``basisconv.cost`` counts them) and the basis layers of ``model``.
     The FLOPs are counted at the training ``batch`` and divided by it: what a layer pays
     once per batch (folded-norm statistics, a low-rank coefficient product) is shared by
-    its images, as :func:`basisconv.selection.layer_savings` counts it too."""
-    cost = model_cost(model, (batch, *image_shape))
+    its images, as :func:`basisconv.selection.layer_savings` counts it too. Counted as in
+    training whatever the model's mode (a dense warm-up converts right after evaluating)."""
+    training = model.training  # a training step's counts: a folded norm counted in eval
+    model.train()              # mode (running statistics) has no moments, less backward
+    try:
+        cost = model_cost(model, (batch, *image_shape))
+    finally:
+        model.train(training)
     report = basis_report(model)
     per_image = {k: round(getattr(cost, k) / batch)
                  for k in ("forward_flops", "grad_input_flops", "grad_weight_flops")}

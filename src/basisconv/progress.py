@@ -68,6 +68,9 @@ def code_digest(package: Path = Path(__file__).parent) -> str:
     return sha.hexdigest()[:16]
 
 
+code_digest()  # at import: the code this process runs, not what a later git pull brings
+
+
 def conditions(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """What shapes a fine-tune's numbers beyond the table's cache key."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)

@@ -19,7 +19,9 @@ details are not available to us):
   skipped step (coefficients frozen) counts that saving; a run record's FLOPs are those of
   a step that trains them, with a skipped step's backward and the mean over the cycle
   beside them (``network.skip_training_cost``), and its per-step times are medians over
-  steps (a skipped step's, for N >= 3).
+  steps (a skipped step's, for N >= 3). Under ``fuse_norm`` the folded norm's backward
+  needs the combination matrix's gradient anyway: a skipped step saves only a low-rank
+  factor product there.
 """
 
 from __future__ import annotations
@@ -466,7 +468,8 @@ class CoefficientSkipSchedule:
 
     Call it once per step, before the forward: ``schedule(step)``. On skipped steps the
     coefficients have ``requires_grad=False``, so autograd does not compute their gradient
-    (the combination's weight-gradient matmul is not run), and their ``.grad`` is set to
+    (the combination's weight-gradient matmul is not run, except under ``fuse_norm``,
+    whose folded norm needs it), and their ``.grad`` is set to
     ``None``, so optimizers (SGD, Adam, ...) leave them, momentum and weight decay
     included, untouched. Returns whether the coefficients train on this step.
     """
