@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import WriteError
-from .records import write_atomic
+from .records import json_digest, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ DENSE = "dense.pt"
 NOT_IN_A_FINETUNE = ("epochs", "progress", "checkpoint", "checkpoint_every_s", "resume")
 #: The basis options a probe converts layers with (``Probe.converted``).
 PROBE_BASIS = ("size", "combine", "coefficient_rank", "fuse_norm", "share_coefficients")
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -85,7 +81,7 @@ class Progress:
     """The kept work of one probe: under ``folder/progress/<conditions>/``."""
 
     def __init__(self, folder: str | Path, cfg: DictConfig, device: torch.device):
-        self.root = Path(folder) / FOLDER / digest(conditions(cfg, device))
+        self.root = Path(folder) / FOLDER / json_digest(conditions(cfg, device), 16)
         self.jobs: Path | None = None  # known once the dense start is (start_from)
         self.write_failed = False
 
@@ -120,7 +116,7 @@ class Progress:
 
     # ------------------------------------------------------------------ fine-tunes
     def _job_path(self, names: list[str], batch_seed: int | None) -> Path:
-        return self.jobs / f"{digest([list(names), batch_seed])}.json"
+        return self.jobs / f"{json_digest([list(names), batch_seed], 16)}.json"
 
     def result(self, names: list[str], batch_seed: int | None) -> dict[str, Any] | None:
         """The kept result of this fine-tune, or ``None``."""

@@ -252,6 +252,12 @@ def provenance_from_wandb(summary: dict[str, Any]) -> dict[str, Any]:
                                            "gpu": summary.get("provenance/gpu")})}
 
 
+def json_digest(obj: Any, length: int = 12) -> str:
+    """A short sha256 of ``obj`` as sorted JSON: the stable name of a set of settings (a
+    cache key, a folder of kept work)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
     """Hex digest of a file's bytes, read in chunks (a dataset file, a checkpoint)."""
     digest = hashlib.new(algorithm)

@@ -41,8 +41,8 @@ from . import distributed, loop, progress
 from .errors import ConfigError, WriteError
 from .network import build_dense
 from .probe import Probe, evaluate_many, reference_noise
-from .records import (RunRecord, file_digest, folder_lock, provenance, publish, read_record,
-                      write_bytes_atomic, write_json_atomic, write_record)
+from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
+                      read_record, write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
                         fixed_candidates, fixed_layers, layer_savings, pick_layers)
 from .time_budget import with_measured_time
@@ -113,9 +113,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
 
 def cache_key(cfg: DictConfig) -> str:
     """A readable, stable key: ``<model>-w<width>-m<size>-<hash of key_fields>``."""
-    fields = key_fields(cfg)
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{digest}"
+    return (f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-"
+            f"{json_digest(key_fields(cfg))}")
 
 
 def cache_dir(cfg: DictConfig) -> Path:

@@ -15,7 +15,6 @@ layers its checkpoint was built with (``basisconv.train``), whatever it would me
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from . import distributed, loop
 from .data import IMAGE_SHAPE
 from .errors import ConfigError
 from .network import build_dense, to_basis
-from .records import folder_lock, hardware, provenance, write_json_atomic
+from .records import folder_lock, hardware, json_digest, provenance, write_json_atomic
 from .selection import budget_chooses
 from .timing import Runner, layer_time_savings
 
@@ -68,8 +67,7 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
 
 def cache_path(cfg: DictConfig, fields: dict[str, Any]) -> Path:
     """Where the timings of ``fields`` (:func:`key_fields`) are cached."""
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{digest}.json"
+    name = f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{json_digest(fields)}.json"
     return Path(cfg.sensitivity.cache_dir) / "layer-times" / name
 
 
