@@ -928,6 +928,43 @@ def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_
     assert "unreadable" in caplog.text and "computing it again" in caplog.text
 
 
+def test_results_that_finish_beside_a_failing_fine_tune_are_kept():
+    """The pool's results are read as they finish, and the first failure raises; results
+    that finished with it, not yet read, were lost to a resume (it fine-tuned them again).
+    Here three jobs end as the failure is read (workers ending together): the two that
+    finished are kept, another failure and a cancelled job are not."""
+    from concurrent.futures import Future
+
+    from basisconv.probe import _gather
+
+    class FailsAsOthersEnd(Future):
+        def __init__(self, ending):
+            super().__init__()
+            self.ending = ending
+            self.set_exception(RuntimeError("diverged"))
+
+        def result(self, timeout=None):
+            for other, outcome in self.ending:
+                if isinstance(outcome, Exception):
+                    other.set_exception(outcome)
+                else:
+                    other.set_result(outcome)
+            return super().result(timeout)
+    finishing, also_failing, cancelled = [Future(), Future()], Future(), Future()
+    failing = FailsAsOthersEnd([(finishing[0], {"accuracy": 0.5}),
+                                (also_failing, RuntimeError("out of memory")),
+                                (finishing[1], {"accuracy": 0.6})])
+    cancelled.cancel()
+    futures = {failing: 0, finishing[0]: 1, also_failing: 2, finishing[1]: 3, cancelled: 4}
+    jobs = [([name], None) for name in "abcde"]
+    kept = []
+    probe = types.SimpleNamespace(keep=lambda names, seed, result: kept.append(
+        (names, result)) or result)
+    with pytest.raises(RuntimeError, match="diverged"):
+        _gather(probe, jobs, futures, [None] * 5)
+    assert sorted(kept, key=str) == [(["b"], {"accuracy": 0.5}), (["d"], {"accuracy": 0.6})]
+
+
 def test_the_code_digest_follows_the_code_that_computes_not_the_analysis(tmp_path):
     import shutil
 

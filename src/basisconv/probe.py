@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +272,8 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
     that could not start without end, and raised a failure after every other job.)
 
     Results a probe that keeps (``keep_in``) finds kept are not computed again; each new
-    one is kept as it arrives, so a stop loses only the fine-tunes then running."""
+    one is kept as it arrives (see :func:`_gather`), so a stop loses only the fine-tunes
+    then running."""
     results = [probe.kept(*job) for job in jobs]
     pending = [i for i, result in enumerate(results) if result is None]
     if workers <= 1 or len(pending) <= 1:
@@ -293,9 +294,7 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
             # (before a result from another worker woke it) went unseen. One more submit
             # wakes it with every worker started.
             pool.submit(_nothing)
-        for future in as_completed(futures):
-            i = futures[future]  # the first failure raises the job's own error (e.g.
-            results[i] = probe.keep(*jobs[i], future.result())  # TrainingDiverged)
+        _gather(probe, jobs, futures, results)
         pool.shutdown(wait=True)  # all done: the workers end as they should (a terminated
         return results            # one left semaphores that Python warned of at exit)
     except BrokenProcessPool:
@@ -305,6 +304,24 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
             f"again with fewer workers (sensitivity.workers=1 runs in this process)") from None
     finally:
         _stop_workers(pool)
+
+
+def _gather(probe: Probe, jobs: list[tuple[list[str], int | None]],
+            futures: dict[Future, int], results: list[dict[str, Any] | None]) -> None:
+    """Each result into ``results`` as it arrives, kept at once. The first failure raises
+    the job's own error (e.g. TrainingDiverged), or a stop's KeyboardInterrupt; the results
+    that finished beside it, which the loop had not reached yet, are kept first, so that a
+    resume does not fine-tune them again."""
+    try:
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = probe.keep(*jobs[i], future.result())
+    except BaseException:
+        for future, i in futures.items():
+            if (results[i] is None and future.done() and not future.cancelled()
+                    and future.exception() is None):
+                probe.keep(*jobs[i], future.result())
+        raise
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
