@@ -31,7 +31,7 @@ from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import ConfigError, TrainingDiverged, WorkerFailed
 from .network import build_dense
-from .progress import Progress
+from .progress import PROBE_BASIS, Progress
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,10 @@ class Probe:
         coefficient matrix under ``basis.share_coefficients`` (one layer has none to share)."""
         torch.manual_seed(self.seed)
         model = copy.deepcopy(self.dense)
-        if names:
-            basis = self.cfg.basis
-            apply_basis(model, names, basis.size, inplace=True, convert=True,
-                        combine=basis.combine, coefficient_rank=basis.coefficient_rank,
-                        fuse_norm=basis.fuse_norm, share_coefficients=basis.share_coefficients,
-                        keys=CONFIG_KEYS)
+        if names:  # the options kept work is found under (progress.PROBE_BASIS)
+            options = {key: self.cfg.basis[key] for key in PROBE_BASIS if key != "size"}
+            apply_basis(model, names, self.cfg.basis.size, inplace=True, convert=True,
+                        keys=CONFIG_KEYS, **options)
             model.to(self.device, memory_format=self.memory_format)
         return model
 
