@@ -157,11 +157,12 @@ if [ -n "$WANTED" ]; then
   printf '%s\n' "$WANTED" > "$MADE_WITH"
 fi
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
-# a file in a run's place that is not its finished record (cut off, another row's) would
-# make the run be skipped for good: set aside, said, and the run made again
+# a file in a run's place that is not its finished record (cut off, another row's or
+# profile's, one the analysis cannot read) would make the run be skipped for good: set
+# aside, said, and the run made again
 PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
-  'import sys; from basisconv.records import set_aside_foreign_records as s; s(sys.argv[1])' \
-  "$RECORDS"
+  'import sys; from basisconv.records import set_aside_foreign_records as s; s(*sys.argv[1:])' \
+  "$RECORDS" "$PROFILE"
 # Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -233,13 +234,40 @@ if [ "$1" = -c ]; then
   CUDA_VISIBLE_DEVICES= exec {python} "$@"
 fi
 echo "$*" >> {calls}
+case $1 in
+  scripts/sensitivity.py) kind=sensitivity;;
+  scripts/exhaustive_search.py) kind=exhaustive_search;;
+  *) kind=training;;
+esac
 for arg; do
   case $arg in
     publish=*) mkdir -p "$(dirname "${{arg#publish=}}")"
-               echo '{{"status": "complete"}}' > "${{arg#publish=}}";;
+               cp {templates}/$kind.json "${{arg#publish=}}";;
   esac
 done
 """
+
+
+def complete_record(kind="training"):
+    """A finished record of ``kind`` holding every field the analysis reads (placeholder
+    values), as a producer publishes it: one the protocol skips."""
+    from basisconv.records import REQUIRED
+
+    record = {"kind": kind, "status": "complete", "table": []}
+    always, once_complete = REQUIRED[kind]
+    for path in always + once_complete:
+        *parents, last = path.split(".")
+        node = record
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = None if parents[:1] == ["config"] else 1
+    return record
+
+
+def record_kind(name):
+    """The kind of record the protocol publishes as ``name``."""
+    return {"sensitivity.json": "sensitivity",
+            "exhaustive-search-resnet8.json": "exhaustive_search"}.get(name, "training")
 
 
 def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=False):
@@ -248,12 +276,16 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
     started from ``tmp_path`` with the python and folders given relative to it."""
     tmp_path.mkdir(exist_ok=True)
     calls, python = tmp_path / "calls.txt", tmp_path / "python"
-    python.write_text(FAKE_PY.format(python=sys.executable, calls=calls))
+    templates = tmp_path / "templates"
+    templates.mkdir(exist_ok=True)
+    for kind in ("training", "sensitivity", "exhaustive_search"):
+        (templates / f"{kind}.json").write_text(json.dumps(complete_record(kind)))
+    python.write_text(FAKE_PY.format(python=sys.executable, calls=calls, templates=templates))
     python.chmod(0o755)
     runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
     for name in recorded:
         (runs / name).parent.mkdir(parents=True, exist_ok=True)
-        (runs / name).write_text('{"status": "complete"}')
+        (runs / name).write_text(json.dumps(complete_record(record_kind(Path(name).name))))
     where = "" if relative else f"{tmp_path}/"
     env = {**os.environ, "PY": f"{where or './'}python", "JOBS": jobs, "OVERRIDES": overrides,
            "OUTPUTS": f"{where}outputs", "SENSITIVITY_CACHE": f"{where}cache"}
@@ -356,15 +388,19 @@ def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_
     still running, or a copy of another row's was skipped for good, and the tables then
     left the row out without a word."""
     def published_as(slot):
-        return json.dumps({"status": "complete",
-                           "config": {"seed": 0, "publish": f"/elsewhere/smoke/runs/{slot}"}})
+        record = complete_record()
+        record["config"].update(seed=0, publish=f"/elsewhere/smoke/runs/{slot}")
+        return json.dumps(record)
 
+    quick = complete_record()  # copied from another profile's folder
+    quick["provenance"] = {"command": "python scripts/train.py profile=quick seed=0"}
     runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
     contents = {"baseline/seed0.json": '{"status": "compl',
                 "basis-all-0.25/seed0.json": '{"status": "running"}',
                 "basis-all-0.5/seed0.json": published_as("basis-all-0.25/seed0.json"),
                 "basis-all-0.125/seed0.json": published_as("basis-all-0.125/seed0.json"),
-                "sensitivity.json": '{"status": "complete"}'}
+                "basis-all-0.75/seed0.json": json.dumps(quick),
+                "sensitivity.json": json.dumps(complete_record("sensitivity"))}
     for name, text in contents.items():
         (runs / name).parent.mkdir(parents=True, exist_ok=True)
         (runs / name).write_text(text)
@@ -372,10 +408,12 @@ def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_
     assert result.returncode == 0, result.stdout + result.stderr
     trained = {call.split("hydra.run.dir=")[1].split()[0].split("/smoke/")[1]
                for call in started if call.startswith("scripts/train.py")}
-    assert {"baseline/seed0", "basis-all-0.25/seed0", "basis-all-0.5/seed0"} <= trained
+    assert {"baseline/seed0", "basis-all-0.25/seed0", "basis-all-0.5/seed0",
+            "basis-all-0.75/seed0"} <= trained
     assert "basis-all-0.125/seed0" not in trained
     for name, why in (("baseline/seed0.json", "unreadable"),
                       ("basis-all-0.25/seed0.json", "its status is 'running'"),
+                      ("basis-all-0.75/seed0.json", "it was made by profile quick, not smoke"),
                       ("basis-all-0.5/seed0.json", "it was published as basis-all-0.25/seed0.json")):
         assert (runs / (name + ".rejected")).exists()
         assert f"{runs / name} is not the record of the run it stands for ({why}" in result.stderr

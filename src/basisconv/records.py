@@ -613,20 +613,69 @@ def misplaced(record: dict[str, Any], path: str | os.PathLike) -> str | None:
     return None
 
 
-def set_aside_foreign_records(records_dir: str | os.PathLike) -> list[Path]:
+def search_table_found(record: dict[str, Any], folder: Path) -> bool:
+    """Whether an exhaustive search's subsets can be read: in its record, or in the
+    ``search.csv`` beside an older one (before ``04946d5``; a published copy of one has
+    none); true of every other kind of record."""
+    return (record.get("kind") != "exhaustive_search" or "table" in record
+            or (folder / "search.csv").is_file())
+
+
+def unusable(record: dict[str, Any], path: str | os.PathLike) -> str | None:
+    """Why the analysis cannot use ``record``, read from ``path``, or None: a field it
+    reads is missing (:func:`missing_fields`), a published copy is in another run's place
+    (:func:`misplaced`), or a search's table is not found. One rule for the analysis,
+    which leaves such a record out, and for ``scripts/reproduce.sh``, which must then not
+    skip its run (:func:`set_aside_foreign_records`)."""
+    path = Path(path)
+    missing = missing_fields(record)
+    if missing:
+        return f"a {record.get('kind')} record without {', '.join(missing)}"
+    problem = misplaced(record, path) if path.name != RECORD else None
+    if problem is not None:  # a copy of another row's or seed's record
+        return problem
+    if not search_table_found(record, path.parent):
+        return ("an exhaustive_search record without its table (no table field and no "
+                "search.csv beside it)")
+    return None
+
+
+def made_by_profile(record: dict[str, Any]) -> str | None:
+    """The protocol profile (``paper``, ``quick``, ``smoke``) a record's command named, or
+    None (a command without one, or none recorded). A record does not hold its profile
+    otherwise (a profile only sets other keys), and ``scripts/reproduce.sh`` always names
+    it."""
+    command = (record.get("provenance") or {}).get("command")
+    try:
+        words = shlex.split(command) if isinstance(command, str) else []
+    except ValueError:  # unbalanced quotes: not a command this code wrote
+        return None
+    profiles = [m[1] for word in words if (m := re.fullmatch(r"\+{0,2}profile=(\S+)", word))]
+    return profiles[-1] if profiles and profiles[-1] != "null" else None
+
+
+def set_aside_foreign_records(records_dir: str | os.PathLike,
+                              profile: str | None = None) -> list[Path]:
     """For ``scripts/reproduce.sh``, before it skips the runs whose records are published:
-    a file in a run's place that is not that run's finished record (unreadable or cut off,
-    not complete, another row's or seed's) is renamed ``<name>.rejected`` and said, one
-    line each, so that the run is trained again; else the protocol would skip it for
-    good and the tables would leave its row out. Returns the files set aside."""
+    a file in a run's place (:func:`protocol_slot`) that is not that run's finished record
+    (unreadable or cut off, not complete, lacking what the analysis reads, another row's
+    or seed's, or made by another ``profile``'s protocol) is renamed ``<name>.rejected``
+    and said, one line each, so that the run is trained again; else the protocol would
+    skip it for good and the tables would leave its row out, or show another protocol's
+    run in it. Returns the files set aside."""
     root = Path(records_dir)
     slots = [*root.glob("*.json"), *root.glob("*/seed*.json")] if root.is_dir() else []
     rejected = []
     for path in sorted(slots):
+        if protocol_slot(path) is None:  # a file of the user's own: no run stands there
+            continue
         try:
             record = read_record(path)
+            made_by = made_by_profile(record)
             problem = (f"its status is {record.get('status')!r}"
-                       if record.get("status") != "complete" else misplaced(record, path))
+                       if record.get("status") != "complete" else unusable(record, path)
+                       or (f"it was made by profile {made_by}, not {profile}"
+                           if profile and made_by not in (None, profile) else None))
         except (OSError, ValueError) as err:
             problem = f"unreadable: {' '.join(str(err).split())[:200]}"
         if problem is None:

@@ -28,9 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
-    """One line: where the numbers of a table or plot came from."""
+    """One line: where the numbers of a table or plot came from; runs whose command named
+    another profile than ``profile`` (records gathered from elsewhere) are counted there."""
     dates = sorted(d[:10] for d in runs["date"].dropna())
     span = f"{dates[0]}..{dates[-1]}" if dates and dates[0] != dates[-1] else (dates or ["?"])[0]
+    others = runs["profile"].dropna()
+    others = others[others != profile]
+    if len(others):
+        profile += (f" ({len(others)} of the runs made by profile "
+                    f"{', '.join(sorted(set(others)))})")
     return (f"profile {profile}; {len(runs)} runs on {', '.join(sorted(set(runs['hardware'].astype(str))))}; "
             f"commit {', '.join(sorted(set(runs['commit'].astype(str).replace('', 'unknown'))))}; "
             f"run {span}; "

@@ -15,8 +15,8 @@ import pandas as pd
 from ..checkpoint import changes_only_execution, flat_config
 from ..errors import ConfigError
 from ..loop import precision_name
-from ..records import (RECORD, commit_name, device_name, hardware_name, measured_on_cpu,
-                       misplaced, missing_fields, provenance_from_wandb, read_record)
+from ..records import (RECORD, commit_name, device_name, hardware_name, made_by_profile,
+                       measured_on_cpu, provenance_from_wandb, read_record, unusable)
 from ..selection import keys_read
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "date": prov.get("date"),
         "hardware": hardware_name(hardware, trained_on(cfg)) or "unknown hardware",
         "timing": timing_setup(cfg, hardware), "where": where,
+        "profile": made_by_profile(record),  # what its command named (None: nothing)
     }
 
 
@@ -220,14 +221,6 @@ def is_record(data: Any) -> bool:
     return isinstance(data, dict) and bool({"kind", "status", "config"} & data.keys())
 
 
-def search_table_found(record: dict, folder: Path) -> bool:
-    """Whether an exhaustive search's subsets can be read: in its record, or in the
-    ``search.csv`` beside an older one (before ``04946d5``; a published copy of one has
-    none); true of every other kind of record."""
-    return (record["kind"] != "exhaustive_search" or "table" in record
-            or (folder / "search.csv").is_file())
-
-
 def read_records(root: str | Path, unreadable: list[str] | None = None
                  ) -> list[tuple[dict, Path]]:
     """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
@@ -241,15 +234,9 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
             if path.name != RECORD and not is_record(json.loads(path.read_text())):
                 continue
             record = read_record(path)
-            missing = missing_fields(record)
-            if missing:
-                raise ValueError(f"a {record['kind']} record without {', '.join(missing)}")
-            problem = misplaced(record, path) if path.name != RECORD else None
-            if problem is not None:  # a copy of another row's or seed's record
+            problem = unusable(record, path)
+            if problem is not None:
                 raise ValueError(problem)
-            if not search_table_found(record, path.parent):
-                raise ValueError("an exhaustive_search record without its table (no table "
-                                 "field and no search.csv beside it)")
             # a run's own run.json and its published copy are one run, counted once
             identity = json.dumps([record["kind"], record["config"], record["provenance"]],
                                   sort_keys=True, default=str)

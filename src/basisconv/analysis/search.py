@@ -15,7 +15,7 @@ from .runs import record_tag, resumed_note, trained_on
 def subsets(record: dict, folder: Path) -> pd.DataFrame:
     """One row per subset. Records written before commit ``04946d5`` hold only the
     summary; their table is the ``search.csv`` beside them (one without either is
-    unreadable: :func:`~basisconv.analysis.runs.search_table_found`)."""
+    unreadable: :func:`basisconv.records.search_table_found`)."""
     if "table" in record:
         return pd.DataFrame(record["table"])
     return pd.read_csv(Path(folder) / "search.csv")
