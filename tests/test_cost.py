@@ -117,6 +117,7 @@ def test_only_where_saves_with_a_fused_norm_counts_its_moments(num_basis):
     ("all", 0.5),                                   # all, stem included
 ])
 @pytest.mark.device
+@pytest.mark.filterwarnings("error:model_cost. the forward computes")  # all counted
 def test_model_cost_matches_flop_counter_on_resnet18(layers, num_basis, device):
     model = converted("resnet18", layers, num_basis).to(device)
     counted = measure_flops(model, (2, 3, 32, 32))
@@ -137,6 +138,7 @@ def small(seed=0):
                                      "fuse_norm_eval_no_running_stats"])
 @pytest.mark.filterwarnings("ignore:fuse_norm=True")  # split does not apply where it folds
 @pytest.mark.filterwarnings("ignore:combine='fused' needs")  # no kernel on this CPU
+@pytest.mark.filterwarnings("error:model_cost. the forward computes")  # all counted
 def test_model_cost_matches_flop_counter_for_every_option(variant):
     options, input_grad = {}, variant == "input_grad"
     if variant.startswith("fuse_norm"):
@@ -188,6 +190,7 @@ def test_a_fused_norm_on_batch_statistics_takes_the_combinations_gradient_even_w
                                                          counted["backward_flops"])
 
 
+@pytest.mark.filterwarnings("error:model_cost. the forward computes")  # all counted
 def test_layer_costs_of_a_model_beyond_the_resnets():
     """What the ResNets do not have (a user's model): a grouped conv, convs with a bias and
     a linear layer on a 3-D input. FLOPs agree with FlopCounterMode, and the layers'
@@ -210,6 +213,26 @@ def test_layer_costs_of_a_model_beyond_the_resnets():
                                                          counted["backward_flops"])
     assert [c.params for c in cost.layers] == [sum(p.numel() for p in m.parameters())
                                                for m in model if list(m.parameters())]
+
+
+def test_convolutions_and_products_outside_the_counted_modules_are_said_not_counted():
+    """Found in review: a functional F.conv2d or ``@`` in a user's forward was left out of
+    the counts without a word (the docs said they agree with FlopCounterMode)."""
+    class Functional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+            self.weight = torch.nn.Parameter(torch.randn(8, 8, 3, 3))
+            self.head = torch.nn.Parameter(torch.randn(8, 2))
+
+        def forward(self, x):
+            x = torch.nn.functional.conv2d(self.conv(x), self.weight)
+            return x.mean((2, 3)) @ self.head
+    shape = (2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"computes 68,032 FLOPs .* 31,104 of them in the "
+                                         r"Conv2d, BasisConv2d and Linear modules counted"):
+        cost = model_cost(Functional(), shape)
+    assert cost.forward_flops == 31104 < measure_flops(Functional(), shape)["forward_flops"]
 
 
 def test_pruned_coefficients_are_not_counted_and_a_shared_matrix_keeps_every_layers_picks():

@@ -128,6 +128,31 @@ def test_a_conv_the_forward_never_calls_is_left_out_with_a_warning():
     assert table["layer"].tolist() == ["body"]
 
 
+@pytest.mark.filterwarnings("ignore:model_cost. the forward computes")  # F.conv_transpose2d
+def test_a_conv_whose_weight_the_forward_reads_is_left_out_or_named_with_the_fix():
+    """Found in review: a conv used only through its weight (F.conv2d(x, conv.weight)) was
+    converted before the check that leaves out uncalled convs, and the scan ended in an
+    AttributeError; a conv called and read too (a decoder tied to it) is one clear error."""
+    class Tied(nn.Module):
+        def __init__(self, call_tied):
+            super().__init__()
+            self.body = nn.Conv2d(3, 16, 3, padding=1)
+            self.tied = nn.Conv2d(16, 16, 3, padding=1)
+            self.call_tied = call_tied
+
+        def forward(self, x):
+            x = self.body(x)
+            x = self.tied(x) if self.call_tied else x
+            return F.conv_transpose2d(x, self.tied.weight, padding=1).mean((1, 2, 3))
+
+    with pytest.warns(UserWarning, match="'tied' is not called by the model's forward"):
+        table = layer_sensitivity(Tied(False), 4, lambda m: 0.5, input_shape=(1, 3, 8, 8))
+    assert table["layer"].tolist() == ["body"]
+    with pytest.raises(ConfigError, match="reads the weight of a converted conv.*leave that "
+                                          "conv out"):
+        layer_sensitivity(Tied(True), 4, lambda m: 0.5, input_shape=(1, 3, 8, 8))
+
+
 def test_numpy_numbers_are_taken_and_errors_name_the_arguments_not_config_keys():
     """Found in review: a pandas median as the threshold, or a numpy basis size, failed in
     OmegaConf; errors of the Python API named basis.size and sensitivity.layers."""

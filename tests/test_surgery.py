@@ -657,6 +657,22 @@ def test_a_converted_model_exports_with_torch_export(combine):
     torch.testing.assert_close(exported.module()(x), model(x))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:combine='fused' needs")
+@pytest.mark.parametrize("combine", ["stacked", "fused", "auto"])
+def test_a_converted_model_traces_and_exports_with_a_dynamic_batch(combine):
+    """Found in review: torch.jit.trace failed for combine='fused' (its trace, checked
+    under no_grad, differed) and 'auto' (it timed its forms inside the trace), and
+    torch.export with a dynamic batch failed for 'auto' (a symbolic size as its key)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(BasisConv2d(8, 16, 3, 4, padding=1, combine=combine)).eval()
+    x = torch.randn(2, 8, 10, 10)
+    torch.testing.assert_close(torch.jit.trace(model, x)(x), model(x))
+    exported = torch.export.export(model, (x,),
+                                   dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
+    torch.testing.assert_close(exported.module()(x[:1]), model(x[:1]))
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 @pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm", "prune"])
 def test_converts_the_weight_a_hook_computes_right_after_loading(wrap):

@@ -314,7 +314,14 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     Output sizes and which activations need a gradient come from a forward of a copy of the
     model on the ``meta`` device (no memory, no compute). ``input_requires_grad=False`` is
     the training case: nobody needs the gradient w.r.t. the images.
+
+    Only ``Conv2d``, ``BasisConv2d`` and ``Linear`` modules are counted: where the forward
+    computes more convolution or matrix-product FLOPs than those (a functional
+    ``F.conv2d``, ``@``, attention, a layer of another kind), which ``FlopCounterMode``
+    counts in the same dry run, a warning says how many are left out.
     """
+    from torch.utils.flop_counter import FlopCounterMode
+
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 4:  # an unbatched (C, H, W) would count C as the batch
         raise ConfigError(f"model_cost: input_shape={input_shape}; give one batch as "
@@ -346,10 +353,17 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
         dtype = next((t.dtype for t in shadow.parameters() if t.is_floating_point()), None)
         x = torch.empty(input_shape, device="meta", dtype=dtype,
                         requires_grad=input_requires_grad)
-        with torch.enable_grad():
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             shadow(x)
     except BasisconvError:
         raise
+    except AttributeError as err:
+        if "'BasisConv2d' object has no attribute 'weight'" not in str(err):
+            raise
+        raise ConfigError(f"model_cost: the model's forward reads the weight of a converted "
+                          f"conv ({err}; e.g. a decoder tied to an encoder's filters, or "
+                          f"F.conv2d(x, conv.weight)): a BasisConv2d has no weight tensor; "
+                          f"leave that conv out of the layers converted") from None
     except (RuntimeError, NotImplementedError, ValueError) as err:
         # on the meta device torch's own message names no shape ("Invalid channel dimensions");
         # a batch norm in training mode refuses one value per channel (ValueError): a batch
@@ -363,7 +377,15 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     finally:
         for h in handles:
             h.remove()
-    return ModelCost(input_shape, count_parameters(model), costs)
+    result = ModelCost(input_shape, count_parameters(model), costs)
+    computed = counter.get_total_flops()
+    if computed > result.forward_flops:
+        warnings.warn(f"model_cost: the forward computes {computed:,} FLOPs of convolutions "
+                      f"and matrix products, {result.forward_flops:,} of them in the Conv2d, "
+                      f"BasisConv2d and Linear modules counted; the rest (functional calls "
+                      f"such as F.conv2d, @ or attention, or layers of other kinds) is not "
+                      f"in these counts", stacklevel=2)
+    return result
 
 
 def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32), *,

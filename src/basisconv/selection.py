@@ -364,27 +364,29 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     names = list(select_layers(model, layers, key=keys["layers"]))
     shape = (input_shape[0] * batch, *input_shape[1:])
     dense = model_cost(model, shape).by_layer()
-    converted = apply_basis(model, names, basis.size, inplace=False, convert=False,
-                            only_where_saves=True, combine=basis.combine,
-                            coefficient_rank=basis.coefficient_rank,
-                            fuse_norm=bool(basis.get("fuse_norm")), keys=keys)
-    basis_costs = model_cost(converted, shape).by_layer()
-    rows = []
-    for row in basis_report(converted):
-        name = row["name"]
-        if name not in dense:
+    for name in names:  # (left out before converting: a forward may read such a conv's
+        if name not in dense:  # weight, F.conv2d(x, conv.weight), which a basis has not)
             warnings.warn(f"layer {name!r} is not called by the model's forward at input "
                           f"shape {tuple(shape)}: left out of the candidates", stacklevel=2)
-            continue
-        before, after = dense[name], basis_costs[name]
-        rows.append({"layer": name, "position": names.index(name),
-                     "shape": f"{row['in_channels']}->{row['out_channels']} "
-                              f"k{_kernel(*row['kernel_size'])}",
-                     "num_basis": row["num_basis"],
-                     "params_saved": before.params - after.params,
-                     "flops_saved": round((before.total_flops - after.total_flops) / batch),
-                     "forward_flops_saved":
-                         round((before.forward_flops - after.forward_flops) / batch)})
+    called = [name for name in names if name in dense]
+    rows = []
+    if called:
+        converted = apply_basis(model, called, basis.size, inplace=False, convert=False,
+                                only_where_saves=True, combine=basis.combine,
+                                coefficient_rank=basis.coefficient_rank,
+                                fuse_norm=bool(basis.get("fuse_norm")), keys=keys)
+        basis_costs = model_cost(converted, shape).by_layer()
+        for row in basis_report(converted):
+            name = row["name"]
+            before, after = dense[name], basis_costs[name]
+            rows.append({"layer": name, "position": names.index(name),
+                         "shape": f"{row['in_channels']}->{row['out_channels']} "
+                                  f"k{_kernel(*row['kernel_size'])}",
+                         "num_basis": row["num_basis"],
+                         "params_saved": before.params - after.params,
+                         "flops_saved": round((before.total_flops - after.total_flops) / batch),
+                         "forward_flops_saved":
+                             round((before.forward_flops - after.forward_flops) / batch)})
     if not rows:
         raise ConfigError(f"no candidate layer: at {keys['num_basis']}={basis.size} no "
                           f"selected layer the forward calls saves compute; choose a smaller "

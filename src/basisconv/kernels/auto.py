@@ -112,6 +112,11 @@ def _time(form: str, args: tuple, backward: bool) -> float:
 def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
                  bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
     """The fastest form for this call's shape on this device (see the module docstring)."""
+    if torch.jit.is_tracing() or not all(isinstance(size, int) for size in x.shape):
+        # traced, or a symbolic size (torch.export or torch.compile with a dynamic batch):
+        # no measured choice to look up nor a call to time; the stacked form, as for any
+        # shape not measured while compiling
+        return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
     backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, basis_weight, combination, bias))
     key = (str(x.device), compute_dtype(x), tuple(x.shape),

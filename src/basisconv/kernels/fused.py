@@ -206,7 +206,10 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     dtype = autocast_dtype(x)
     x, basis_weight, combination = (_autocast(t, dtype) for t in (x, basis_weight, combination))
     bias = _autocast(bias, dtype) if bias is not None else None
-    store_basis = torch.is_grad_enabled() and combination.requires_grad
+    # (not while torch.jit.trace records: it checks its trace under no_grad, where this
+    # differs; a backward without the stored maps recomputes them)
+    store_basis = (torch.is_grad_enabled() and combination.requires_grad
+                   and not torch.jit.is_tracing())
     out, _ = fused_basis_conv(x, basis_weight, combination, bias, list(stride), list(pad),
                               list(dilation), store_basis)
     return out
