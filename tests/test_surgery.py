@@ -1,6 +1,7 @@
 """Model surgery: layer names, replacement with and without weight conversion, errors,
 shared coefficients and the coefficient skip-training schedule."""
 
+import io
 import warnings
 
 import pytest
@@ -370,6 +371,37 @@ def test_coefficient_skip_schedule_skips_the_gradient_and_the_update():
         CoefficientSkipSchedule(model, 0)
     with pytest.raises(ValueError, match="no BasisConv2d layers"):
         CoefficientSkipSchedule(build_model("resnet20"), 2)
+
+
+def test_a_skip_schedule_leaves_no_coefficient_frozen_after_its_loop():
+    """Found in review: a loop that ended on a skipped step left the coefficients frozen
+    (requires_grad=False) for good: a later phase without the schedule did not train them,
+    and a schedule built later took them for frozen by the user (left them out, or refused
+    the model). The user's own frozen coefficients stay frozen."""
+    def model():
+        torch.manual_seed(0)
+        return apply_basis(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1),
+                                         nn.Conv2d(16, 16, 3, padding=1),
+                                         nn.Conv2d(16, 16, 3, padding=1)), ["1", "2"], 0.5)
+    net = model()
+    net[2].coefficients.requires_grad_(False)  # the user's
+    schedule = CoefficientSkipSchedule(net, 4)
+    schedule(1)  # the loop ends on a skipped step
+    assert not net[1].coefficients.requires_grad
+    later = CoefficientSkipSchedule(net, 4)  # (per epoch, after more conversions)
+    assert [p is net[1].coefficients for p in later.parameters] == [True]
+    later.restore()
+    assert net[1].coefficients.requires_grad and not net[2].coefficients.requires_grad
+    with CoefficientSkipSchedule(model(), 2) as schedule:
+        schedule(1)
+    assert all(p.requires_grad for p in schedule.parameters)
+    # a model saved whole at a skipped step still has its coefficients to skip-train
+    net = model()
+    CoefficientSkipSchedule(net, 4)(3)
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    assert len(CoefficientSkipSchedule(torch.load(buffer, weights_only=False), 4).parameters) == 2
 
 
 def test_frozen_convs_stay_frozen_when_converted():

@@ -170,7 +170,10 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                 combine: str = "stacked", coefficient_rank: int | None = None,
                 fuse_norm: bool = False, keys: Mapping[str, str] | None = None) -> nn.Module:
     """Replace the named convolutions by :class:`BasisConv2d` layers; returns the model
-    (``model`` itself when ``inplace``, else a converted deep copy).
+    (``model`` itself when ``inplace``, else a converted deep copy). Build the optimizer
+    (and its scheduler) from the returned model: an optimizer of the model before holds
+    none of the basis layers' parameters, nor, for a copy, any of the returned model's,
+    and it trains them silently not at all.
 
     Args:
         layers: ``"all"``, a name, or a list of names and fnmatch patterns.
@@ -472,6 +475,13 @@ class CoefficientSkipSchedule:
     whose folded norm needs it), and their ``.grad`` is set to
     ``None``, so optimizers (SGD, Adam, ...) leave them, momentum and weight decay
     included, untouched. Returns whether the coefficients train on this step.
+
+    After the loop, :meth:`restore` makes them trainable again (or use the schedule as a
+    context manager): a loop that ended on a skipped step left them frozen, so a later
+    phase without the schedule silently did not train them. A coefficient the schedule
+    froze is marked so that a schedule built later (per epoch, after more conversions,
+    on a model saved whole) still takes it as trainable; one frozen by the user stays
+    frozen.
     """
 
     def __init__(self, model: nn.Module, train_every: int):
@@ -483,7 +493,9 @@ class CoefficientSkipSchedule:
         layers = basis_layers(model).values()
         for layer in layers:
             for p in layer.coefficient_parameters():
-                if p.requires_grad:  # frozen coefficients stay frozen on active steps too
+                # frozen coefficients stay frozen on active steps too, unless a schedule
+                # froze them (its skipped step, not the user's choice)
+                if p.requires_grad or getattr(p, _FROZEN_BY_SCHEDULE, False):
                     seen.setdefault(id(p), p)
         if not layers:
             raise ConfigError("CoefficientSkipSchedule: the model has no BasisConv2d layers; "
@@ -510,9 +522,26 @@ class CoefficientSkipSchedule:
         active = step % self.train_every == 0
         for p in self.parameters:
             p.requires_grad_(active)
+            setattr(p, _FROZEN_BY_SCHEDULE, not active)
             if not active:
                 p.grad = None
         return active
+
+    def restore(self) -> None:
+        """The coefficients trainable again, as before the schedule (after its loop)."""
+        for p in self.parameters:
+            p.requires_grad_(True)
+            setattr(p, _FROZEN_BY_SCHEDULE, False)
+
+    def __enter__(self) -> "CoefficientSkipSchedule":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+#: The mark a :class:`CoefficientSkipSchedule` sets on a coefficient it froze for a step.
+_FROZEN_BY_SCHEDULE = "_basisconv_frozen_by_skip_schedule"
 
 
 __all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "select_layers"]
