@@ -1167,9 +1167,12 @@ def test_rows_alike_but_for_their_epochs_are_told_apart_and_each_curve_says_it_o
 def test_a_dense_run_trained_once_per_basis_size_of_a_sweep_counts_once(tmp_path):
     """`-m selection=none,all basis.size=0.25,0.5 seed=0,1` trains the same dense run at
     each seed twice (it reads no basis.size): its row has two seeds, its std is over them,
-    and no note says the row is over other seeds. A basis run at one seed twice still counts
-    twice (random selection's runs differ in selection.seed). Found by audit: the dense row
-    had 4 seeds, a std over duplicated values and a note `resnet20-none: 0 0 1 1`."""
+    and no note says the row is over other seeds. Found by audit: the dense row had 4
+    seeds, a std over duplicated values and a note `resnet20-none: 0 0 1 1`. So does a
+    basis run trained twice at one seed (found in review: a sweep over selection.threshold
+    trained the budget policy's run, which does not read it, once per threshold, and its
+    row counted 2 seeds of one); random selections of one seed that differ in their
+    selection.seed and layers stay two."""
     dense = [record("none", size, seed, acc) for size in (0.25, 0.5)
              for seed, acc in ((0, 0.90), (1, 0.92))]
     dense[2]["final"]["test_accuracy"] = 0.91  # another run of seed 0 (GPU nondeterminism)
@@ -1183,7 +1186,15 @@ def test_a_dense_run_trained_once_per_basis_size_of_a_sweep_counts_once(tmp_path
     assert "Rows differ in seeds" not in (tmp_path / "results" / "comparison-cpu-fp32.md"
                                           ).read_text()
     again = compare(runs_frame([(r, "a") for r in [*basis, basis[0]]]))
-    assert list(again["seeds"]) == [3, 2]
+    assert list(again["seeds"]) == [2, 2]
+    budget = [swept(record("sensitivity_budget", 0.25, 0, acc), **{"selection.threshold": t})
+              for t, acc in ((0.0, 0.80), (0.05, 0.82))]
+    random = [swept(record("random", 0.25, 0, 0.7), **{"selection.seed": s}) for s in (7, 8)]
+    random[1]["model"]["basis_layers"] = ["layer2.0.conv1"]
+    table = compare(runs_frame([(r, "a") for r in budget + random])).set_index("selection")
+    assert table.loc["sensitivity_budget", "seeds"] == 1
+    assert table.loc["sensitivity_budget", "test_accuracy"] == pytest.approx(0.81)
+    assert table.loc["random", "seeds"] == 2
 
 
 def test_training_curves_weigh_each_seed_of_a_dense_run_alike():

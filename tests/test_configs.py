@@ -262,6 +262,10 @@ RANGE_RULES = [
     # Found in review: a NaN threshold chose no layer and trained the dense model, silently
     ({"selection.policy": "sensitivity_threshold", "selection.threshold": float("nan")},
      "selection.threshold=nan must be a number"),
+    # Found in review: a threshold meant in points (5) converted every layer, silently
+    ({"selection.policy": "sensitivity_threshold", "selection.threshold": 5},
+     r"selection.threshold=5.0: an accuracy_drop is a fraction in \(-1, 1\) \(0.005 = half"),
+    ({"selection.threshold": -1.0}, r"selection.threshold=-1.0: an accuracy_drop is a"),
     ({"selection.budget_reduction": 0.0},
      r"selection.budget_reduction must be in \(0, 1\), got 0.0"),
     ({"basis.source_checkpoint": "dense.pt"}, "basis.source_checkpoint is set but basis.init"),

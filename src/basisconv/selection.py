@@ -240,6 +240,12 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
         if not _is_number(threshold) or math.isnan(threshold):
             raise ConfigError(f"selection.threshold={threshold!r} must be a number (the "
                               f"largest {selection.metric} a converted layer may have)")
+        if selection.get("metric") == "accuracy_drop" and not -1 < threshold < 1:
+            # at 1 or more every layer passes (selection=all under another name), at -1 or
+            # less none: a threshold meant in points
+            raise ConfigError(f"selection.threshold={threshold!r}: an accuracy_drop is a "
+                              f"fraction in (-1, 1) (0.005 = half a point); give e.g. "
+                              f"selection.threshold=0.05 for 5 points")
     if "budget_reduction" in read or every_key:
         if _needed(selection, "budget_metric") not in BUDGET_METRICS:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "

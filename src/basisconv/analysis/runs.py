@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, made_by_profile,
                        measured_on_cpu, provenance_from_wandb, read_record, unusable)
-from ..selection import keys_read
+from ..selection import SENSITIVITY_POLICIES, keys_read
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,21 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "hardware": hardware_name(hardware, trained_on(cfg)) or "unknown hardware",
         "timing": timing_setup(cfg, hardware), "where": where,
         "profile": made_by_profile(record),  # what its command named (None: nothing)
+        "same_run": same_run(cfg, model),
     }
+
+
+def same_run(config: dict[str, Any], model: dict[str, Any]) -> str:
+    """What two runs of one table row and seed must share to be one run trained twice (a
+    sweep over a key the policy does not read), as JSON: the layers converted and the
+    seeds their choice read (``selection.seed`` of random, ``sensitivity.seed`` of the
+    sensitivity policies). Runs that differ in these are seeds of the row."""
+    selection = config.get("selection") or {}
+    policy = selection.get("policy")
+    return json.dumps([model["basis_layers"],
+                       selection.get("seed") if "seed" in keys_read(selection) else None,
+                       (config.get("sensitivity") or {}).get("seed")
+                       if policy in SENSITIVITY_POLICIES else None], default=str)
 
 
 def median_epoch_seconds(record: dict[str, Any]) -> float:
@@ -187,7 +201,7 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
 def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[dict[str, Any]]:
     """Per-epoch metrics of one run, with its configuration columns."""
     row = run_row(record, where)
-    keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "hardware", "where"]}
+    keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "hardware", "where", "same_run"]}
     return [{**keys, "settings": setting, **epoch} for epoch in record["epochs"]]
 
 
@@ -313,7 +327,7 @@ def recipe(config: dict[str, Any]) -> str:
 
 #: Columns of :func:`runs_frame` and :func:`compare` that only choose baselines; the
 #: tables and ``index.json`` leave them out.
-INTERNAL_COLUMNS = ["recipe"]
+INTERNAL_COLUMNS = ["recipe", "same_run"]
 
 
 def runs_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
@@ -371,30 +385,30 @@ def baselines(table: pd.DataFrame) -> pd.DataFrame:
 
 def distinct_runs(runs: pd.DataFrame, per: tuple[str, ...] = ("seed",),
                   metrics: list[str] = METRIC_COLUMNS) -> pd.DataFrame:
-    """``runs`` with each dense run counted once: dense runs of one row and seed differ only
-    in keys a dense run does not read or that change how it ran (a sweep
-    ``selection=none,all basis.size=0.25,0.5`` trains the same dense run once per size), so
-    they are one run, not more seeds; the copies' ``metrics`` are averaged into the first.
-    Basis runs of one seed stay: they may differ in ``selection.seed`` (random selection),
-    and one seed counted twice there is named under the table. Dense runs of one seed on
-    two machines (record folders merged by hand) stay two runs too: they are not copies.
-    ``per`` is what one row of one run is: its seed, and for the training curves
-    (:func:`distinct_curves`) its epoch."""
-    keys = [*ROW_COLUMNS, "hardware", *per]
-    dense = runs["selection"] == "none"
-    copies = dense & runs.duplicated(keys, keep=False)
+    """``runs`` with each run counted once: runs of one row and seed that differ only in
+    keys they do not read or that change how they ran are one run trained twice, not more
+    seeds (a sweep ``selection=none,all basis.size=0.25,0.5`` trains the same dense run
+    once per size; one over ``selection.threshold`` the same budget run once per
+    threshold); the copies' ``metrics`` are averaged into the first. Runs of one seed whose
+    layers, or the seeds that chose them, differ (random selection with other
+    ``selection.seed``) stay (:func:`same_run`), and one seed counted twice there is named
+    under the table; so do runs of one seed on two machines (record folders merged by
+    hand): they are not copies. ``per`` is what one row of one run is: its seed, and for
+    the training curves (:func:`distinct_curves`) its epoch."""
+    keys = [*ROW_COLUMNS, "hardware", "same_run", *per]
+    copies = runs.duplicated(keys, keep=False)
     if not copies.any():
         return runs
     runs = runs.astype({column: float for column in metrics})
     runs.loc[copies, metrics] = runs[copies].groupby(
         keys, sort=False, dropna=False)[metrics].transform("mean")
-    return runs[~(dense & runs.duplicated(keys))]
+    return runs[~runs.duplicated(keys)]
 
 
 def distinct_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """The per-epoch rows of :func:`curves_frame` with each dense run counted once
+    """The per-epoch rows of :func:`curves_frame` with each run counted once
     (:func:`distinct_runs`), so a mean over seeds weighs every seed alike."""
-    keys = {*ROW_COLUMNS, "seed", "epoch", "hardware", "where"}
+    keys = {*ROW_COLUMNS, "seed", "epoch", "hardware", "where", "same_run"}
     metrics = [c for c in curves.select_dtypes("number").columns if c not in keys]
     return distinct_runs(curves, per=("seed", "epoch"), metrics=metrics)
 
@@ -404,8 +418,8 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     the dense baseline of the same model, width, epochs, data, device and precision:
     ``params_ratio``, ``flops_ratio`` (training FLOPs), ``theory_speedup`` (its inverse),
     ``step_speedup`` (forward+backward time per step), ``epoch_speedup`` (median epoch) and
-    ``accuracy_change`` (NaN where that baseline was not run). A dense run trained more than
-    once at one seed counts once (:func:`distinct_runs`)."""
+    ``accuracy_change`` (NaN where that baseline was not run). A run trained more than once
+    at one seed counts once (:func:`distinct_runs`)."""
     grouped = distinct_runs(runs).groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
     table["recipe"] = grouped["recipe"].first()  # alike within a row but for removed keys
