@@ -63,3 +63,25 @@ def test_the_readme_names_the_commit_that_last_rebuilt_the_quick_tables(repo):
     assert stated, "the README no longer says which commit rebuilt results/quick"
     index = json.loads((repo / "results" / "quick" / "index.json").read_text())
     assert index["provenance"]["git"]["commit"].startswith(stated.group(1))
+
+
+def test_the_comparison_with_the_paper_cites_the_gpu_records_it_judges_by(repo):
+    """Found in review: the speed claim was called shown by the CPU benchmark alone, while
+    the committed GPU records show the basis model slower there. Every record file the
+    comparison cites exists, and each GPU step ratio it quotes is the records'."""
+    readme = (repo / "README.md").read_text()
+    beside = readme.split("**Beside the paper.**")[1].split("\n## ")[0]
+    cited = re.findall(r"`(results/[^`*]+(?:\*[^`]*)?)`", beside)
+    assert any("gpu-h200" in path for path in cited)
+    for path in cited:
+        assert list(repo.glob(path)), path
+
+    def step(name):
+        record = json.loads((repo / "results" / "gpu-h200" /
+                             f"train-throughput-cuda-bf16{name}.json").read_text())
+        return record["seconds_per_step"]
+    ratios = [step(f"-basis{size}{graphs}") / step(graphs)
+              for graphs in ("", "-graphs") for size in ("0.25", "0.5")]
+    quoted = re.search(r"takes ([\d.]+)x \(1/4\) and ([\d.]+)x \(1/2\) the\s+dense step's time "
+                       r"eager, and ([\d.]+)x and ([\d.]+)x with CUDA graphs", beside)
+    assert quoted and [float(x) for x in quoted.groups()] == [round(r, 2) for r in ratios]

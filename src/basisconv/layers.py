@@ -1,6 +1,6 @@
 """The basis convolution: a ``Conv2d`` whose ``C_out`` filters are ``m`` trained *basis*
-filters plus ``C_out - m`` linear combinations of them (Alekseev et al. 2024, section on
-basis convolutions).
+filters plus ``C_out - m`` linear combinations of them (Alekseev et al. 2024, as public
+summaries describe it; see ``../shared/paper.md``).
 
 Storage and forward are kept apart, in the spirit of tensorly-torch:
 
@@ -364,7 +364,8 @@ class BasisConv2d(nn.Module):
     # ----------------------------------------------------------------- coefficient shrinking
     def prune_coefficients(self, keep_per_row: int) -> None:
         """Keep the ``keep_per_row`` largest-magnitude coefficients of each combined output
-        and zero the rest through a fixed mask (our reading of the paper's sparse option);
+        and zero the rest through a fixed mask (one of our options for the paper's "methods to
+        shrink the coefficient matrix", whose details are not known to us);
         pair it with :func:`coefficient_l1` during training to push small ones to zero."""
         if self.coefficient_rank is not None:
             raise ConfigError("prune_coefficients needs a full coefficient matrix; this layer "
