@@ -258,6 +258,8 @@ RANGE_RULES = [
     # Found in review: a seed beyond 64 bits was an OverflowError trace from torch.manual_seed
     ({"seed": 10**20}, r"seed=100000000000000000000 does not fit in 64 bits"),
     ({"sensitivity.seed": -2**64}, r"sensitivity.seed=-18446744073709551616 does not fit"),
+    # found in review: one near 2**64 passed, and the held-out split's seed + 1 overflowed
+    ({"sensitivity.seed": 2**64 - 1}, r"sensitivity.seed=18446744073709551615 does not fit"),
     ({"selection.budget_metric": "energy"}, "selection.budget_metric='energy'; choose one of"),
     # Found in review: a NaN threshold chose no layer and trained the dense model, silently
     ({"selection.policy": "sensitivity_threshold", "selection.threshold": float("nan")},

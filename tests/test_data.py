@@ -66,6 +66,30 @@ def test_a_python_batch_whose_images_and_labels_disagree_is_a_clear_error(tmp_pa
         load_cifar10(tmp_path, verify_md5=False)
 
 
+@pytest.mark.parametrize("pixels", ["float_in_0_1", "int64_beyond_255", "int64_bytes"])
+def test_own_python_batches_whose_pixels_are_not_bytes_are_a_clear_error(tmp_path, pixels):
+    """Found in review: float pixels in [0, 1] were cast to uint8 (near-black images) and
+    wider integers wrapped modulo 256, silently. Integers within 0..255 are bytes."""
+    import pickle
+
+    folder = write_cifar(tmp_path, "py")
+    path = folder / "data_batch_2"
+    batch = pickle.loads(path.read_bytes(), encoding="bytes")
+    data = batch[b"data"]
+    batch[b"data"] = {"float_in_0_1": data.astype("float32") / 255,
+                      "int64_beyond_255": data.astype("int64") * 4,
+                      "int64_bytes": data.astype("int64")}[pixels]
+    path.write_bytes(pickle.dumps(batch))
+    if pixels == "int64_bytes":
+        loaded = load_cifar10(tmp_path, verify_md5=False).train_images
+        assert loaded.dtype == torch.uint8 and torch.equal(
+            loaded[len(data):2 * len(data)].reshape(len(data), -1), torch.as_tensor(data))
+        return
+    with pytest.raises(DatasetError, match=r"data_batch_2: its data is .*CIFAR-10 stores "
+                                           r"uint8 pixels 0..255"):
+        load_cifar10(tmp_path, verify_md5=False)
+
+
 def test_missing_batch_file(tmp_path):
     folder = write_cifar(tmp_path)
     (folder / "data_batch_5.bin").unlink()

@@ -466,6 +466,26 @@ def test_a_source_checkpoint_is_keyed_by_its_content_not_its_path(repo, tmp_path
     assert key(source) != first
 
 
+def test_a_probe_from_a_trained_baseline_warns_that_it_has_seen_the_held_out_images(
+        repo, tmp_path, caplog):
+    """Found in review: the held-out images are kept out of the probe's own training only;
+    a baseline's checkpoint (trained on every training image) has seen them, and the
+    estimate called them held out without a word."""
+    from basisconv.network import build_dense
+    from basisconv.probe import Probe
+
+    cfg = compose_sensitivity(repo, tmp_path)
+    source = tmp_path / "checkpoint.pt"
+    torch.save({"model": build_dense(cfg).state_dict()}, source)
+    with caplog.at_level("WARNING", logger="basisconv"):
+        Probe(compose_sensitivity(repo, tmp_path, f"sensitivity.source_checkpoint={source}"))
+    assert "most likely on the 100 held-out training images too" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="basisconv"):
+        Probe(cfg)  # pretrained here: held out
+    assert "held-out training images too" not in caplog.text
+
+
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)
     folder = sensitivity.cache_dir(cfg)

@@ -319,10 +319,11 @@ def validate(cfg: DictConfig) -> None:
             _check(cfg.data[key] >= 1, f"data.{key} must be >= 1 with data=stripes (the number "
                                        f"of generated images), got {cfg.data[key]}")
     _check(cfg.data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
-    # torch.manual_seed takes a 64-bit seed; a larger one was an OverflowError trace
+    # torch.manual_seed takes a 64-bit seed; a larger one was an OverflowError trace, and
+    # so was one near 2**64, from which the estimate derives seed + 1, seed + 2, ...
     for key in ("seed", "sensitivity.seed", "selection.seed"):
         value = OmegaConf.select(cfg, key)
-        _check(value is None or -2**63 <= value < 2**64,
+        _check(value is None or -2**63 <= value < 2**63,
                f"{key}={value} does not fit in 64 bits; use a seed in [0, 2**63)")
     validate_trainer(cfg)
     validate_basis(cfg)

@@ -127,12 +127,22 @@ def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        data = torch.as_tensor(batch[b"data"], dtype=torch.uint8)
+        data = torch.as_tensor(batch[b"data"])
         labels = torch.as_tensor(batch[b"labels"], dtype=torch.long)
     except Exception as err:  # noqa: BLE001 - any failure here means a bad file
         raise DatasetError(
             f"{path} is truncated or not a CIFAR-10 python batch ({type(err).__name__}: "
             f"{err}). Re-download or re-extract it.") from None
+    # pixels are bytes: float pixels in [0, 1] or wider integers were cast to uint8, and so
+    # truncated (near-black images) or wrapped modulo 256, silently (own data in this format)
+    if data.dtype != torch.uint8 and (data.is_floating_point() or data.is_complex() or (
+            data.numel() and not 0 <= int(data.min()) <= int(data.max()) <= 255)):
+        raise DatasetError(
+            f"{path}: its data is {str(data.dtype).removeprefix('torch.')} "
+            f"{'values' if data.is_floating_point() else 'outside 0..255'}, where CIFAR-10 "
+            f"stores uint8 pixels 0..255; convert it, e.g. (x * 255).round().astype(np.uint8) "
+            f"for pixels in [0, 1]")
+    data = data.to(torch.uint8)
     # one row of 3*32*32 bytes per image and one label each: else images and labels of the
     # whole split would be paired wrongly, silently (with data.verify_md5=false)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:

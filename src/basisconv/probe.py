@@ -104,6 +104,13 @@ class Probe:
             load_source_weights(self.dense, cfg.sensitivity.source_checkpoint,
                                 "sensitivity.source_checkpoint")
             log.info("sensitivity: dense weights from %s", cfg.sensitivity.source_checkpoint)
+            # the split keeps them out of this probe's training only: a baseline trained
+            # on the training images (a training run's checkpoint) has seen them
+            log.warning("sensitivity: the dense weights of %s were trained elsewhere, most "
+                        "likely on the %d held-out training images too; the drops are "
+                        "measured on images they may have memorised (pretrain here, "
+                        "sensitivity.source_checkpoint=null, to hold them out)",
+                        cfg.sensitivity.source_checkpoint, self.split.val_labels.numel())
         elif kept is not None:
             self.dense.load_state_dict(kept[0])
             self.kept_pretraining = True
