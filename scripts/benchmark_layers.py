@@ -16,6 +16,7 @@ a JSON record with provenance for each, and ``basis-speedup-<dev>-<prec>.png``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     if blocker := unwritable_folder(str(args.out_dir.absolute())):
         parser.error(f"--out-dir {args.out_dir} cannot be written ({blocker}); give another folder")
 
-    command = " ".join(["python", "scripts/benchmark_layers.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "scripts/benchmark_layers.py", *(sys.argv[1:] if argv is None else argv)])
     result = run(options, args.out_dir, command)
     basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
                    target_slack=TARGET_SLACK)

@@ -15,6 +15,7 @@ batch source wrapped by a timer, so what is measured is exactly what training do
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--out {args.out or RESULTS} cannot be written ({blocker}); give another "
                      f"path")
 
-    command = " ".join(["python", "scripts/benchmark_train.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "scripts/benchmark_train.py", *(sys.argv[1:] if argv is None else argv)])
     result, out = run(options, args.out, results_dir=RESULTS, command=command)
     print(f"{args.model} batch {args.batch_size} on {result['device']} ({result['threads']} threads, "
           f"{precision_name(args.amp)}, channels_last={args.channels_last}):")

@@ -11,6 +11,7 @@ writes) and writes ``<out>.md``, ``<out>-model.csv``,
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,9 +29,12 @@ def main(argv: list[str] | None = None) -> None:
                         default=[RESULTS, *sorted(p for p in RESULTS.glob("gpu*") if p.is_dir())])
     parser.add_argument("--out", type=Path, default=RESULTS / "speed-summary")
     args = parser.parse_args(argv)
+    if args.out.is_dir():  # (else the summary went beside the folder, named after it)
+        parser.error(f"--out {args.out} is a folder; --out names the summary's files, e.g. "
+                     f"--out {args.out / 'speed-summary'}")
     if blocker := unwritable_folder(str(args.out.absolute().parent)):
         parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
-    command = " ".join(["python scripts/speed_report.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "scripts/speed_report.py", *(sys.argv[1:] if argv is None else argv)])
     written = write_summary(args.folders, args.out, command)
     print(f"wrote {', '.join(str(p) for p in written)}")
 

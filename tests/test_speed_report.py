@@ -3,6 +3,7 @@ CPU and GPU, in one summary whose every row names its record."""
 
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 
@@ -247,13 +248,43 @@ def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(fol
                                                                             tmp_path):
     """``--out s.md`` once wrote ``s.md``, ``s.png`` and ``s.md-model.csv``."""
     written = speed.write_summary(folders, tmp_path / "s.md", "test")
-    assert sorted(p.name for p in written) == ["s-model.csv", "s-training.csv", "s.md",
-                                                "s.png"]
+    assert sorted(p.name for p in written) == ["s-model.csv", "s-training.csv", "s.json",
+                                                "s.md", "s.png"]
     # found in review: a stem with dots (a date) lost its last part in the .md and .png
     written = speed.write_summary(folders, tmp_path / "s-2026.12.01", "test")
     assert sorted(p.name for p in written) == [
-        "s-2026.12.01-model.csv", "s-2026.12.01-training.csv", "s-2026.12.01.md",
-        "s-2026.12.01.png"]
+        "s-2026.12.01-model.csv", "s-2026.12.01-training.csv", "s-2026.12.01.json",
+        "s-2026.12.01.md", "s-2026.12.01.png"]
+
+
+def test_the_summary_carries_its_provenance_and_reads_a_folder_named_twice_once(folders,
+                                                                                tmp_path):
+    """Found in review: the summary had no versions or hardware (results/README.md says
+    every file has its provenance), and a folder named twice (`make speed-report
+    ARGS=results/gpu-h200` beside the default results/gpu*/) gave its rows twice, or called
+    one training record two measurements of one setting."""
+    speed.write_summary(folders, tmp_path / "s", "python scripts/speed_report.py")
+    sidecar = json.loads((tmp_path / "s.json").read_text())
+    assert {"command", "git", "versions", "hardware", "date"} <= set(sidecar["provenance"])
+    assert sidecar["files"] == ["s.md", "s-model.csv", "s-training.csv", "s.png"]
+    twice = [*folders, folders[1].parent / "." / folders[1].name]
+    assert len(speed.model_speed(twice)) == len(speed.model_speed(folders))
+    assert len(speed.training_speed(twice)) == len(speed.training_speed(folders))
+
+
+def test_an_out_that_is_a_folder_and_a_command_with_spaces(folders, load_script, tmp_path):
+    """Found in review: --out naming a folder wrote the summary beside it, named after it;
+    a recorded command was joined with spaces, so one with a path holding a space could
+    not be run again."""
+    script = load_script("speed_report")
+    with pytest.raises(SystemExit) as stop:
+        script.main([*map(str, folders), "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    out = tmp_path / "a b" / "s"
+    out.parent.mkdir()
+    script.main([*map(str, folders), "--out", str(out)])
+    command = json.loads(out.with_suffix(".json").read_text())["provenance"]["command"]
+    assert shlex.split(command)[-1] == str(out)
 
 
 def test_an_output_that_cannot_be_written_is_one_clear_error(folders, repo, tmp_path):

@@ -22,7 +22,8 @@ import pandas as pd
 
 from ..errors import DatasetError
 from ..loop import precision_name
-from ..records import commit_name, hardware_name, provenance, read_record, write_text_atomic
+from ..records import (commit_name, hardware_name, provenance, read_record, write_json_atomic,
+                       write_text_atomic)
 from .figures import speed_across_hardware
 from .tables import csv_text, markdown
 
@@ -87,8 +88,14 @@ def _training_form(record: dict) -> str:
 
 
 def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:
-    found = []
+    """Every record matching ``pattern`` in ``folders``, each file once (a folder named twice,
+    ``make speed-report ARGS=results/gpu-h200`` beside the default ``results/gpu*/``, gave
+    its rows twice, or called one file two measurements of one setting)."""
+    found, seen = [], set()
     for path in (p for folder in folders for p in sorted(Path(folder).glob(pattern))):
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
         try:
             found.append((read_record(path), path))
         except (OSError, ValueError) as err:
@@ -239,8 +246,10 @@ def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
 def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     """``<out>.md`` (both tables, each row naming its record), ``<out>-model.csv`` and
     ``<out>-training.csv`` (all digits) and ``<out>.png`` (CPU and GPU side by side), with
-    a line saying how they were made. A folder that is not there, or folders that hold no
-    speed record at all, are an error naming them."""
+    a line saying how they were made, and ``<out>.json`` beside them: the full provenance
+    (command, commit, versions, hardware, date), the folders and the files written. A
+    folder that is not there, or folders that hold no speed record at all, are an error
+    naming them."""
     missing = [str(f) for f in folders if not Path(f).is_dir()]
     if missing:
         raise DatasetError(f"no folder {', '.join(missing)}: name folders that hold "
@@ -266,4 +275,8 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     figure = speed_across_hardware(model, plot, note)
     if figure is None:  # no model records: no plot, and none left from an earlier summary
         plot.unlink(missing_ok=True)
-    return written + ([figure] if figure else [])
+    written += [figure] if figure else []
+    sidecar = write_json_atomic(out.parent / f"{out.name}.json", {
+        "provenance": made, "folders": [str(folder) for folder in folders],
+        "files": [path.name for path in written]})
+    return [*written, sidecar]
