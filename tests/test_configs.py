@@ -290,6 +290,15 @@ RANGE_RULES = [
 ]
 
 
+@pytest.mark.parametrize("override", ["~data", "~model", "trainer.epochs=???"])
+def test_a_group_removed_or_a_value_left_missing_is_one_clear_line(compose_cfg, override):
+    """Found in review: `~data` or `trainer.epochs=???` was an omegaconf
+    MissingMandatoryValue traceback from deep inside validate (a sweep said one line)."""
+    with pytest.raises(ConfigError, match=r"not set \(a config group removed with ~, or a "
+                                          r"value given as \?\?\?\); drop that override"):
+        validate(compose_cfg(override))
+
+
 def test_every_range_rule_fails_validation_with_one_clear_line(compose_cfg):
     base = compose_cfg()
     validate(base)

@@ -8,6 +8,7 @@ import signal
 import shlex
 import subprocess
 import sys
+import types
 import time
 from unittest import mock
 
@@ -107,6 +108,42 @@ def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo):
         "which one run ignores: start it with -m to run the sweep, or give "
         "basis.size=<one value> for one run")
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_sweep_preset_as_one_job_of_another_sweep_is_one_line_before_any_job_runs(
+        tmp_path, repo):
+    """Found in review: `-m experiment=baseline,basis_size_sweep` ran the sweep preset as
+    one job at basis.size=0.5, silently (the check above returned early under -m)."""
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(repo, tmp_path, "experiment=baseline,basis_size_sweep",
+                          f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and "experiment=basis_size_sweep" in lines[0]
+    assert "its preset sweeps basis.size=0.125,0.25,0.5,0.75 (hydra.sweeper.params)" in lines[0]
+    assert "; nothing ran" in lines[0] and not list(sweep.rglob("run.json"))
+
+
+def test_a_sweep_job_that_failed_in_another_process_is_said_and_summed_up(capsys,
+                                                                          monkeypatch):
+    """Found in review: under the submitit launcher (SLURM) a job runs in another process,
+    so its line went to the job's log and the parent's summary failed on an empty list
+    (IndexError); the failure now carries its message, folder and resume override."""
+    from hydra.core.utils import JobStatus
+
+    from basisconv import cli
+
+    monkeypatch.setattr(cli, "failed_jobs", [])
+    monkeypatch.setattr(cli, "resume_override", [])
+    failure = cli.SweepJobFailed("CIFAR-10 not found", "multirun/x/seed=1",
+                                 "hydra.sweep.dir=multirun/x")
+    job = types.SimpleNamespace(status=JobStatus.FAILED, _return_value=failure)
+    with pytest.raises(cli.SweepJobFailed):
+        cli.failed_job_unsaid(job)
+    assert capsys.readouterr().err == "error: CIFAR-10 not found\n"
+    assert (cli.failed_jobs, cli.resume_override) == (["multirun/x/seed=1"],
+                                                      ["hydra.sweep.dir=multirun/x"])
+    with pytest.raises(cli.SweepJobFailed):  # one this process ran said its line already
+        cli.failed_job_unsaid(job)
+    assert capsys.readouterr().err == "" and len(cli.failed_jobs) == 1
 
 
 def test_a_run_in_its_own_folder_is_refused(tmp_path, repo):

@@ -90,7 +90,14 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
         published: dict[str, int] = {}
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+            params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+            unswept = [f"{k}={v}" for k, v in params.items() if k not in given]
             try:
+                if unswept:
+                    raise ConfigError(f"its preset sweeps {' '.join(unswept)} (hydra.sweeper."
+                                      f"params), which a job of another sweep runs once; run "
+                                      f"that preset in a sweep of its own")
                 check(cfg)
             except BasisconvError as err:
                 raise ConfigError(f"the sweep job {' '.join(overrides)}: {err}; nothing ran") from None
@@ -333,6 +340,11 @@ def failed_job_unsaid(job: Any) -> Any:
     user error: that job said why in its own line, and the sweep's summary names every
     failed job (Hydra's line named the first alone)."""
     if job.status == JobStatus.FAILED and isinstance(job._return_value, SweepJobFailed):
+        message, folder, override = job._return_value.args
+        if folder not in failed_jobs:  # the job ran in another process (submitit, SLURM)
+            print(f"error: {message}", file=sys.stderr)  # its line went to the job's log
+            failed_jobs.append(folder)
+            resume_override.append(override)
         raise job._return_value
     return hydra_return_value.fget(job)
 
@@ -433,7 +445,7 @@ def exit_on_user_error(fn: F) -> F:
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)
                 name = run_name(args[0]) if args else None
                 resume_override.append(sweep_folder_override(name))
-                raise SweepJobFailed(message) from None
+                raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
             exit_refused(message)
         except KeyboardInterrupt as err:
             if os.environ.get("BASISCONV_DEBUG"):

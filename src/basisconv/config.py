@@ -294,11 +294,30 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     return unknown
 
 
+def missing_values(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """The keys whose value is ``???`` (a group removed with ``~``, or given so), Hydra's
+    own aside; found without resolving anything (``OmegaConf.missing_keys``
+    resolves, and an interpolation to a missing value fails there as everywhere else)."""
+    found = []
+    for key in cfg:
+        if not prefix and key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        if OmegaConf.is_missing(cfg, key):
+            found.append(f"{prefix}{key}")
+        elif isinstance(node, DictConfig):
+            found += missing_values(node, f"{prefix}{key}.")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
     before the checks that relate groups (e.g. ``basis.dense_warmup_epochs`` against
     ``trainer.epochs``), so a bad value is named itself, not through another key."""
+    missing = missing_values(cfg)
+    _check(not missing, f"{', '.join(missing)} not set (a config group removed with ~, or a "
+                        f"value given as ???); drop that override")
     unknown = unknown_keys(cfg)
     what = "is not a config key" if len(unknown) == 1 else "are not config keys"
     _check(not unknown, f"{', '.join(unknown)} {what}; nothing reads a key added with +, so "
