@@ -1453,6 +1453,24 @@ def test_a_tables_footer_names_the_runs_another_profiles_command_made(tmp_path):
                                          ).read_text()
 
 
+def test_summaries_of_records_differing_in_many_keys_get_names_a_file_system_takes(tmp_path):
+    """Found in review: two sensitivity estimates of other profiles in one folder differ in
+    a dozen keys, all of them in the summary's name: past 255 bytes it could not be
+    written, and the analysis stopped half done."""
+    many = {f"trainer.option_{i:02d}": "a-long-value" * 3 for i in range(12)}
+    first = swept(sensitivity_record(), **many)
+    second = swept(sensitivity_record(), **{k: "another-long-value" * 2 for k in many})
+    runs = tmp_path / "runs"
+    for name, rec in (("a", first), ("b", second)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "sensitivity.json").write_text(json.dumps(rec))
+    write_runs(runs / "trained", RECORDS[:1])
+    written = [p.name for p in write_report(analyze_cfg(tmp_path), "cmd")
+               if p.name.startswith("sensitivity-")]
+    assert len(written) == 4 and len(set(written)) == 4  # a page and a plot each
+    assert all(len(name.encode()) < 255 for name in written)
+
+
 def test_a_search_is_named_by_its_metric_whatever_its_selection_policy():
     """Review: an exhaustive search ranks its fast choice by selection.metric whatever
     selection.policy says (search.fast_choice); two searches by other metrics under a policy

@@ -153,9 +153,16 @@ def job_folder(overrides: str) -> str:
     if not overrides:
         return "defaults"
     name = re.sub(r"[^\w.,=+\-\[\]]", "_", overrides, flags=re.ASCII)
-    if name != overrides or len(name) > 200:
-        name = f"{name[:187]}-{hashlib.sha256(overrides.encode()).hexdigest()[:12]}"
-    return name
+    return capped(name, overrides, limit=200 if name == overrides else 0)
+
+
+def capped(name: str, whole: str | None = None, limit: int = 200) -> str:
+    """``name`` as a file name can hold it (255 bytes, with room for a suffix): longer than
+    ``limit``, its first 187 characters and a hash of ``whole`` (the name itself unless
+    given), so that two long names never become one."""
+    if len(name) <= limit:
+        return name
+    return f"{name[:187]}-{hashlib.sha256((whole or name).encode()).hexdigest()[:12]}"
 
 
 if not OmegaConf.has_resolver("job_folder"):

@@ -13,6 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..checkpoint import flat_config
+from ..config import capped
 from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, missing_protocol_runs, provenance,
                        read_sessions, unwritable_folder, write_json_atomic)
@@ -298,7 +299,9 @@ def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
             if records[i].get("kind") == "exhaustive_search":  # ranks by it, whatever the
                 read = read | {"metric"}                       # policy (search.fast_choice)
             own = [k for k in keys if not unread_selection_key(k, read)]
-            names[i] = "-".join([stem, *(name_part(k, config[k]) for k in own)])
+            # (every differing key: two estimates of other profiles differ in many, and a
+            # name past 255 bytes could not be written)
+            names[i] = capped("-".join([stem, *(name_part(k, config[k]) for k in own)]))
     for name in dict.fromkeys(names):
         alike = sorted((i for i, n in enumerate(names) if n == name),
                        key=lambda i: str((records[i].get("provenance") or {}).get("date")))
