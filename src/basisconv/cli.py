@@ -90,9 +90,7 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
         published: dict[str, int] = {}
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-            params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-            unswept = [f"{k}={v}" for k, v in params.items() if k not in given]
+            unswept = unswept_params(OmegaConf.select(cfg, "hydra.sweeper.params"), overrides)
             try:
                 if unswept:
                     raise ConfigError(f"its preset sweeps {' '.join(unswept)} (hydra.sweeper."
@@ -141,6 +139,14 @@ def check_runs_where_started(chdir: bool) -> None:
                           "false, the configs' default")
 
 
+def unswept_params(params: Any, overrides: list[str]) -> list[str]:
+    """The sweep values a config lists (``hydra.sweeper.params``) as ``key=values``, of the
+    keys the command line's ``overrides`` give no value of their own: what one job of the
+    config would silently run at a single value."""
+    given = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    return [f"{key}={values}" for key, values in (params or {}).items() if key not in given]
+
+
 def check_not_an_unswept_sweep() -> None:
     """A config that lists sweep values (``hydra.sweeper.params``, e.g.
     ``experiment=basis_size_sweep``) started without ``-m`` runs one job at the key's plain
@@ -154,9 +160,7 @@ def check_not_an_unswept_sweep() -> None:
     # as typed: outside -m Hydra keeps them unescaped, and reading one would resolve its
     # ${...} here, where a typo in it could not be named by its key (validate names it)
     typed = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
-    given = {override.split("=", 1)[0].lstrip("+~") for override in typed}
-    params = hydra_cfg.sweeper.get("params") or {}
-    unswept = [f"{key}={values}" for key, values in params.items() if key not in given]
+    unswept = unswept_params(hydra_cfg.sweeper.get("params"), typed)
     if unswept:
         raise ConfigError(f"the config sweeps {' '.join(unswept)} (hydra.sweeper.params), which "
                           f"one run ignores: start it with -m to run the sweep, or give "

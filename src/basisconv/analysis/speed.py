@@ -93,9 +93,9 @@ def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:
     its rows twice, or called one file two measurements of one setting)."""
     found, seen = [], set()
     for path in (p for folder in folders for p in sorted(Path(folder).glob(pattern))):
-        if path.resolve() in seen:
+        if (real := path.resolve()) in seen:
             continue
-        seen.add(path.resolve())
+        seen.add(real)
         try:
             found.append((read_record(path), path))
         except (OSError, ValueError) as err:
