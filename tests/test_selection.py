@@ -1076,7 +1076,7 @@ from omegaconf import OmegaConf
 import basisconv.config  # registers the configs' schema
 from basisconv.probe import Probe, evaluate_many
 
-if __name__ == "__mp_main__" and sys.argv[2] == "ctrl_c":  # a worker, starting: a Ctrl-C
+if __name__ == "__mp_main__" and sys.argv[2].startswith("ctrl_c"):  # a worker, starting: a Ctrl-C
     os.kill(os.getpid(), 2)  # at the terminal reaches every process of the group (here
     time.sleep(1)            # this worker first, so that it has time to print before the
     os.kill(os.getppid(), 2)  # parent, stopping, ends it)
@@ -1099,6 +1099,14 @@ if __name__ == "__main__":
             time.sleep(2)
             os.kill(multiprocessing.active_children()[-1].pid, 9)
         threading.Thread(target=kill, daemon=True).start()
+    elif case == "ctrl_c_twice":  # and again while the first stop ends the workers
+        import basisconv.probe
+        stop_workers = basisconv.probe._stop_workers
+        def stopped_again(pool):
+            os.kill(os.getpid(), 2)
+            time.sleep(0.5)
+            stop_workers(pool)
+        basisconv.probe._stop_workers = stopped_again
     elif case == "parent_killed":  # the OOM killer, a slot's end: the parent gone at once
         def kill_parent():
             while len(multiprocessing.active_children()) < 2:
@@ -1169,12 +1177,48 @@ def test_workers_end_when_their_parent_is_killed(repo, tmp_path, monkeypatch, ki
     assert not left, "workers outlived their killed parent"
 
 
-def test_a_ctrl_c_while_workers_start_is_the_parents_alone(repo, tmp_path):
+@pytest.mark.parametrize("case", ["ctrl_c", "ctrl_c_twice"])
+def test_a_ctrl_c_while_workers_start_is_the_parents_alone(repo, tmp_path, case):
     """A Ctrl-C reaches every process of the terminal's group: the workers, starting (still
-    importing torch), printed a KeyboardInterrupt traceback each beside the parent's stop."""
-    out, err = run_workers(repo, tmp_path, "ctrl_c")
+    importing torch), printed a KeyboardInterrupt traceback each beside the parent's stop.
+    Found by CI: a second one while the first stop ended the workers left them running and
+    the parent waiting for them at exit (a hang), or was a RuntimeError of a lock."""
+    out, err = run_workers(repo, tmp_path, case)
     assert "stopped" in out, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+
+
+def test_after_the_first_stop_further_signals_are_let_go_until_the_workers_are_ended():
+    """The first SIGINT raises as always; a second one, while the stop is on its way, is let
+    go; the handlers are Python's own again afterwards, and a handler that does not stop
+    leaves the next signal handled."""
+    import time
+    from basisconv.probe import _one_stop
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    calls = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _one_stop():
+                os.kill(os.getpid(), signal.SIGTERM)  # handled, does not stop
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)
+                assert calls == [signal.SIGTERM, signal.SIGTERM]
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)  # (ended by the KeyboardInterrupt)
+                    pytest.fail("SIGINT did not stop")
+                except KeyboardInterrupt:
+                    os.kill(os.getpid(), signal.SIGINT)  # let go
+                    os.kill(os.getpid(), signal.SIGTERM)  # let go
+                    time.sleep(0.1)
+                    raise
+        assert calls == [signal.SIGTERM, signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def test_workers_that_finish_end_without_a_warning_at_exit(repo, tmp_path):

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -248,6 +249,41 @@ def _interrupts_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+@contextlib.contextmanager
+def _one_stop():
+    """The first SIGINT or SIGTERM stops as usual (its handler raises); the next ones, until
+    the workers are ended, are let go. Why: a second Ctrl-C (pressed again, or one Ctrl-C
+    reaching the parent twice) that landed while the first stop ended the workers cut that
+    short: workers never terminated went on fine-tuning and the parent waited for them at
+    exit, for ever; one that landed in the standard library's lock handling raised
+    ``RuntimeError: release unlocked lock`` in place of the stop. Python runs handlers in
+    the main thread only, so elsewhere nothing changes; a handler that is not Python's
+    (the default action, ignored) is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGINT, signal.SIGTERM)
+    handlers = {s: h for s in signums if callable(h := signal.getsignal(s))}
+
+    def let_go(signum, frame) -> None:
+        """A stop is already on its way."""
+
+    def first(signum, frame) -> None:
+        for s in handlers:  # before the handler raises: a second one may come at once
+            signal.signal(s, let_go)
+        handlers[signum](signum, frame)
+        for s in handlers:  # it did not stop: the next one is handled again
+            signal.signal(s, first)
+
+    for s in handlers:
+        signal.signal(s, first)
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
 def _start_worker(config: dict, dense_state: dict, parent: int) -> None:
     global _WORKER_PROBE
     _end_with_parent(parent)
@@ -288,27 +324,28 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
     state = {k: v.detach().cpu() for k, v in probe.dense.state_dict().items()}
     config = OmegaConf.to_container(probe.cfg, resolve=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=context,
-                               initializer=_start_worker,
-                               initargs=(config, state, os.getpid()))
-    try:
-        with _interrupts_held():  # the workers start (one per submit) with Ctrl-C blocked
-            futures = {pool.submit(_evaluate_in_worker, jobs[i]): i for i in pending}
-            # CPython's pool starts a worker per submit and wakes its watcher just before:
-            # the last worker started went unwatched until a later wake-up, so its death
-            # (before a result from another worker woke it) went unseen. One more submit
-            # wakes it with every worker started.
-            pool.submit(_nothing)
-        _gather(probe, jobs, futures, results)
-        pool.shutdown(wait=True)  # all done: the workers end as they should (a terminated
-        return results            # one left semaphores that Python warned of at exit)
-    except BrokenProcessPool:
-        raise WorkerFailed(
-            f"sensitivity.workers={workers}: a worker process died or could not start "
-            f"(killed, out of memory?); its error, if it had one, is printed above. Run "
-            f"again with fewer workers (sensitivity.workers=1 runs in this process)") from None
-    finally:
-        _stop_workers(pool)
+    with _one_stop():
+        pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=context,
+                                   initializer=_start_worker,
+                                   initargs=(config, state, os.getpid()))
+        try:
+            with _interrupts_held():  # the workers start (one per submit) with Ctrl-C blocked
+                futures = {pool.submit(_evaluate_in_worker, jobs[i]): i for i in pending}
+                # CPython's pool starts a worker per submit and wakes its watcher just before:
+                # the last worker started went unwatched until a later wake-up, so its death
+                # (before a result from another worker woke it) went unseen. One more submit
+                # wakes it with every worker started.
+                pool.submit(_nothing)
+            _gather(probe, jobs, futures, results)
+            pool.shutdown(wait=True)  # all done: the workers end as they should (a terminated
+            return results            # one left semaphores that Python warned of at exit)
+        except BrokenProcessPool:
+            raise WorkerFailed(
+                f"sensitivity.workers={workers}: a worker process died or could not start "
+                f"(killed, out of memory?); its error, if it had one, is printed above. Run "
+                f"again with fewer workers (sensitivity.workers=1 runs in this process)") from None
+        finally:
+            _stop_workers(pool)
 
 
 def _gather(probe: Probe, jobs: list[tuple[list[str], int | None]],
