@@ -707,6 +707,27 @@ def test_analyze_config_takes_the_profile_and_source(repo):
         ("results/paper/runs", "results/paper", "wandb", "me")
 
 
+def test_analyze_config_has_a_schema_and_refuses_what_nothing_reads(repo, tmp_path):
+    """Found in review: ``runs_dir=null`` was a TypeError deep in the analysis, ``+foo=1``
+    was taken silently, and an empty ``out_dir=`` wrote into the working folder saying
+    "to /"."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"), version_base="1.3"):
+        for override in ("runs_dir=null", "out_dir=null", "wandb.project=null"):
+            with pytest.raises(ConfigCompositionException, match=f"^Error merging override {override}$"):
+                compose("analyze", overrides=[override])
+        added = compose("analyze", overrides=["+foo=1", "+wandb.projekt=x"])
+    with pytest.raises(ConfigError, match=r"(?=.*\bfoo\b)(?=.*wandb\.projekt \(did you mean "
+                                          r"wandb\.project\?\)).* are not config keys"):
+        write_report(OmegaConf.merge(added, analyze_cfg(tmp_path)), "cmd")
+    for key in ("runs_dir", "out_dir"):
+        with pytest.raises(ConfigError, match=f"^{key} is empty"):
+            write_report(analyze_cfg(tmp_path, **{key: ""}), "cmd")
+    assert not (tmp_path / "results").exists()
+
+
 def test_published_records_are_read_and_a_run_found_twice_counts_once(tmp_path):
     write_runs(tmp_path / "outputs", RECORDS[:3])
     runs = tmp_path / "results" / "runs"

@@ -6,7 +6,8 @@ misspelt key or a value of the wrong type fails when the config is composed, bef
 anything runs; :func:`validate` then refuses keys added with ``+`` that the schema lacks
 (nothing reads them) and checks ranges and names (model, basis size, layer names) with one
 clear line each.
-Importing this module registers the schema with Hydra's ConfigStore as ``train_schema``.
+Importing this module registers the schema with Hydra's ConfigStore as ``train_schema``
+(and ``scripts/analyze.py``'s as ``analyze_schema``).
 """
 
 from __future__ import annotations
@@ -138,7 +139,25 @@ class TrainConfig:
     publish: Optional[str] = MISSING  # also write the complete record to this .json file
 
 
+@dataclass
+class AnalysisWandbConfig:
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+
+
+@dataclass
+class AnalysisConfig:
+    """``scripts/analyze.py``'s keys (``configs/analysis/analyze.yaml``): ``runs_dir=null``
+    was a TypeError deep in the analysis, and a key added with ``+`` was taken silently."""
+    profile: str = MISSING
+    source: str = MISSING  # local | wandb
+    runs_dir: str = MISSING
+    out_dir: str = MISSING
+    wandb: AnalysisWandbConfig = field(default_factory=AnalysisWandbConfig)
+
+
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+ConfigStore.instance().store(name="analyze_schema", node=AnalysisConfig)
 
 
 def job_folder(overrides: str) -> str:
@@ -278,11 +297,11 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
 
 
-def unknown_keys(cfg: DictConfig) -> list[str]:
+def unknown_keys(cfg: DictConfig, schema_class: type = TrainConfig) -> list[str]:
     """The keys of ``cfg`` that the schema (:class:`TrainConfig`) does not have (added with
     ``+key=value``, so nothing reads them), dotted, each with `` (did you mean <the closest
     key beside it>?)`` when one is close; Hydra's own ``hydra`` node is not the schema's."""
-    schema = OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False)
+    schema = OmegaConf.to_container(OmegaConf.structured(schema_class), resolve=False)
     given = OmegaConf.to_container(cfg, resolve=False)
     unknown: list[str] = []
 
@@ -317,6 +336,22 @@ def missing_values(cfg: DictConfig, prefix: str = "") -> list[str]:
     return found
 
 
+def _check_known(cfg: DictConfig, schema_class: type) -> None:
+    unknown = unknown_keys(cfg, schema_class)
+    what = "is not a config key" if len(unknown) == 1 else "are not config keys"
+    _check(not unknown, f"{', '.join(unknown)} {what}; nothing reads a key added with +, so "
+                        f"remove it")
+
+
+def validate_analysis(cfg: DictConfig) -> None:
+    """``scripts/analyze.py``'s config: what its schema (:class:`AnalysisConfig`) cannot
+    say. An empty ``out_dir=`` wrote into the working folder and said "to /"."""
+    _check_known(cfg, AnalysisConfig)
+    for key in ("runs_dir", "out_dir"):
+        _check(bool(cfg[key].strip()), f"{key} is empty; give a folder, or drop the override "
+                                       f"for the default")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
@@ -325,10 +360,7 @@ def validate(cfg: DictConfig) -> None:
     missing = missing_values(cfg)
     _check(not missing, f"{', '.join(missing)} not set (a config group removed with ~, or a "
                         f"value given as ???); drop that override")
-    unknown = unknown_keys(cfg)
-    what = "is not a config key" if len(unknown) == 1 else "are not config keys"
-    _check(not unknown, f"{', '.join(unknown)} {what}; nothing reads a key added with +, so "
-                        f"remove it")
+    _check_known(cfg, TrainConfig)
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
     _check(0 < cfg.model.width < math.inf,

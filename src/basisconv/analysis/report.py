@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..checkpoint import flat_config
-from ..config import capped
+from ..config import capped, validate_analysis
 from ..errors import ConfigError
 from ..records import (SESSIONS, hardware_name, missing_protocol_runs, provenance,
                        read_sessions, unwritable_folder, write_json_atomic)
@@ -179,6 +179,7 @@ def found_line(records: list[tuple[dict, Path]], unreadable: list[str]) -> str:
 def write_report(cfg: DictConfig, command: str) -> list[Path]:
     """Collect the runs (local records or wandb), write every table and plot; returns the
     files written."""
+    validate_analysis(cfg)
     blocker = unwritable_folder(str(Path(cfg.out_dir).absolute()))
     if blocker is not None:
         raise ConfigError(f"out_dir={cfg.out_dir} cannot be written ({blocker}); give another "
