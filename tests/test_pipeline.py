@@ -208,7 +208,7 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
     # ResNet-20 has 19 candidate layers: count=50 fails when its layers are chosen
     sweep = tmp_path / "sweep"
     lines = sweep_failing(repo, tmp_path, "selection=first_k", "selection.count=50,2",
-                          f"hydra.sweep.dir={sweep}")
+                          f"hydra.sweep.dir={sweep}", "trainer.resume=false")
     records = [json.loads(p.read_text()) for p in sweep.glob("*/run.json")]
     assert [r["config"]["selection"]["count"] for r in records] == [2]
     assert records[0]["status"] == "complete"
@@ -216,6 +216,8 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
     assert lines[-1].startswith(f"error: 1 job(s) of the sweep in {sweep} failed")
     assert len(lines) == 2, lines  # found in review: Hydra added a line naming the first
     assert "selection.count=50" in lines[-1] and "hydra.sweep.dir=" in lines[-1]
+    # found in review: without trainer.resume=true the same command trained them all again
+    assert f"hydra.sweep.dir={sweep} trainer.resume=true: finished jobs are skipped" in lines[-1]
 
 
 def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tmp_path, repo):

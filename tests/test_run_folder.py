@@ -549,6 +549,30 @@ def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, re
     assert resumed["final"]["train_loss"] == reference["final"]["train_loss"]
 
 
+def test_a_run_started_with_resume_false_is_told_the_command_that_resumes_it(tmp_path, repo,
+                                                                            monkeypatch):
+    """Found in review: its stop said the same command with its folder resumes it, and that
+    command (``trainer.resume=false`` still) trained it over from epoch 1."""
+    from basisconv import loop
+    from basisconv.errors import Stopped
+
+    run_epoch = loop.run_epoch
+
+    def stopped(number, *args, **kwargs):
+        if number == 2:
+            raise KeyboardInterrupt
+        return run_epoch(number, *args, **kwargs)
+
+    overrides = ["logger=none", "trainer.epochs=2", "trainer.resume=false"]
+    monkeypatch.setattr(loop, "run_epoch", stopped)
+    with pytest.raises(Stopped, match=r"stopped after epoch 1 of 2 .* run the same command again "
+                                      r"with hydra.run.dir=\S+ trainer.resume=true to resume it"):
+        fit(compose_tiny(repo, *overrides), tmp_path)
+    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    resumed = fit(compose_tiny(repo, *overrides[:-1], "trainer.resume=true"), tmp_path)
+    assert resumed["provenance"]["resumed_from_epoch"] == 1
+
+
 def stop_message(repo, folder):
     """What a 3-epoch run in ``folder`` says as it stops (a stop the test arranges)."""
     from basisconv.errors import Stopped

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv.errors import ConfigError
@@ -223,9 +224,12 @@ def test_a_checkpoint_that_cannot_be_read_beside_its_sha256_is_one_clear_error(t
 def test_the_override_that_resumes_a_run_is_quoted_for_the_shell(tmp_path):
     from basisconv.train import folder_override
 
-    assert folder_override(tmp_path / "my runs" / "a", "x") == (
+    cfg = OmegaConf.create({"name": "x", "trainer": {"resume": True}})
+    assert folder_override(tmp_path / "my runs" / "a", cfg) == (
         f"'hydra.run.dir={tmp_path / 'my runs' / 'a'}'")
-    assert folder_override(tmp_path, "x") == f"hydra.run.dir={tmp_path}"
+    assert folder_override(tmp_path, cfg) == f"hydra.run.dir={tmp_path}"
+    cfg.trainer.resume = False  # the same command would start it over
+    assert folder_override(tmp_path, cfg) == f"hydra.run.dir={tmp_path} trainer.resume=true"
 
 
 def test_a_run_leaves_the_process_settings_as_it_found_them(tmp_path, repo):

@@ -57,18 +57,30 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def sweep_folder_override(name: str | None) -> str:
-    """The override that sends this sweep, run again, to the folders its jobs ran in.
-    Hydra's default folder, ``multirun/${name}/<date>``, resolves per job, so a sweep over
-    a key its runs' ``name`` carries (``basis.size`` with ``experiment=basis_all``) spreads
-    over one folder per name; ``${name}`` kept with the sweep's date finds each job's own
-    (a literal folder would send every job to one and train the others again). Quoted for
-    the shell, which would expand ``${name}``."""
+def sweep_folder_override(cfg: Any) -> str:
+    """The override that sends this sweep (of run config ``cfg``), run again, to the folders
+    its jobs ran in. Hydra's default folder, ``multirun/${name}/<date>``, resolves per job,
+    so a sweep over a key its runs' ``name`` carries (``basis.size`` with
+    ``experiment=basis_all``) spreads over one folder per name; ``${name}`` kept with the
+    sweep's date finds each job's own (a literal folder would send every job to one and
+    train the others again). Quoted for the shell, which would expand ``${name}``."""
     hydra_cfg = HydraConfig.get()
     sweep = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)  # from wherever it is run
+    name = run_name(cfg)
     if name and sweep.parent.name == name:
         sweep = sweep.parent.parent / "${name}" / sweep.name
-    return shlex.quote(f"hydra.sweep.dir={sweep}")
+    return shlex.quote(f"hydra.sweep.dir={sweep}") + resume_flag(cfg)
+
+
+def resume_flag(cfg: Any) -> str:
+    """`` trainer.resume=true`` for a run started with ``trainer.resume=false``: found in
+    review, its stop said that the same command with its folder resumes it, and that
+    command trained it over from epoch 1 (a sweep's finished jobs too)."""
+    try:
+        resume = OmegaConf.select(cfg, "trainer.resume", default=True)
+    except Exception:  # noqa: BLE001 - a config that does not resolve says nothing of it
+        resume = True
+    return "" if resume in (True, None) else " trainer.resume=true"
 
 
 def run_name(cfg: Any) -> str | None:
@@ -447,8 +459,7 @@ def exit_on_user_error(fn: F) -> F:
                 if first_process():
                     print(f"error: {message}", file=sys.stderr)
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)
-                name = run_name(args[0]) if args else None
-                resume_override.append(sweep_folder_override(name))
+                resume_override.append(sweep_folder_override(args[0] if args else None))
                 raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
             exit_refused(message)
         except KeyboardInterrupt as err:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
                          save_checkpoint, saved_epoch_rows)
-from .cli import first_process, sweep_folder_override
+from .cli import first_process, resume_flag, sweep_folder_override
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged
@@ -94,7 +94,7 @@ def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict 
                 f"reading its data or starting wandb); the same command starts it over")
     return (f"the run in {output_dir} stopped while resuming, before epoch {done + 1}; its "
             f"checkpoint of epoch {done} is kept: run the same command again with "
-            f"{folder_override(output_dir, cfg.name)} to resume it")
+            f"{folder_override(output_dir, cfg)} to resume it")
 
 
 def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
@@ -362,7 +362,7 @@ class Training:
                    f"for `wandb sync`")
         if self.cfg.publish:
             message += (f"; run the same command again with "
-                        f"{folder_override(self.output_dir, self.cfg.name)} to publish it to "
+                        f"{folder_override(self.output_dir, self.cfg)} to publish it to "
                         f"{self.cfg.publish}")
         return message
 
@@ -456,7 +456,7 @@ class Training:
             go_on = "the same command starts it over"
         else:  # the atomic writes kept the last checkpoint whole
             go_on = (f"its checkpoint of epoch {self.saved_epochs} is kept: run the same "
-                     f"command again with {folder_override(self.output_dir, self.cfg.name)} "
+                     f"command again with {folder_override(self.output_dir, self.cfg)} "
                      f"to resume it")
         return (f"the run in {self.output_dir} could not save epoch "
                 f"{len(self.results['epochs'])} ({reason}); once that is fixed (free space, "
@@ -494,15 +494,16 @@ class Training:
         if done == 0:
             return f"the run in {self.output_dir} {where}; the same command starts it over"
         return (f"the run in {self.output_dir} {where}; run the same command again with "
-                f"{folder_override(self.output_dir, self.cfg.name)} to resume it")
+                f"{folder_override(self.output_dir, self.cfg)} to resume it")
 
 
-def folder_override(output_dir: Path, name: str) -> str:
+def folder_override(output_dir: Path, cfg: DictConfig) -> str:
     """The override that points a command at this run's folder again: Hydra's default
     folders are dated, so the same command alone would start a new run elsewhere."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return sweep_folder_override(name)
-    return shlex.quote(f"hydra.run.dir={output_dir}")  # pasted into a shell as it is
+        return sweep_folder_override(cfg)
+    # pasted into a shell as it is
+    return shlex.quote(f"hydra.run.dir={output_dir}") + resume_flag(cfg)
 
 
 def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
