@@ -42,7 +42,7 @@ LIMIT=$((10#$LIMIT)) BUDGET=$((10#$BUDGET))  # in base 10: bash reads 0900 as ba
 # is no CUDA device, sending the user to look for a GPU instead of for torch
 if ! TORCH=$("$PY" -c "import torch" 2>&1); then
   echo "gpu-speed: torch does not import under $PY ($(echo "$TORCH" | tail -1)); set PY to" \
-       "the Python of the GPU machine's CUDA torch" >&2
+       "the Python of the GPU machine's CUDA torch (GPU_PYTHON=... with make gpu-speed)" >&2
   exit 2
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -83,10 +83,8 @@ step() {  # step <name> <command...>: run it under the time limit, log it, go on
   # In the background and waited for: timeout runs the step in a process group of its own,
   # which Ctrl-C or a SIGTERM to this script does not reach; the trap passes it on.
   timeout --kill-after=10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1 &
-  STEP_PID=$!
   local status=0
-  wait "$STEP_PID" || status=$?
-  STEP_PID=
+  wait "$!" || status=$?
   if [ "$status" -eq 0 ]; then
     echo "== $name: done in $((SECONDS - start)) s"
   elif { [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; } \
@@ -99,12 +97,15 @@ step() {  # step <name> <command...>: run it under the time limit, log it, go on
   fi
 }
 
-STEP_PID=
 stop() {  # stop <status>: the running step stops too (timeout passes SIGTERM to its group)
   trap - INT TERM
-  if [ -n "$STEP_PID" ]; then
-    kill -TERM "$STEP_PID" 2>/dev/null
-    wait "$STEP_PID" 2>/dev/null
+  # the shell's own job list, not a pid noted after the fork: a signal landing just
+  # after the fork, before the pid was noted, left the step running (found in review)
+  local step
+  step=$(jobs -p)
+  if [ -n "$step" ]; then
+    kill -TERM $step 2>/dev/null
+    wait $step 2>/dev/null
   fi
   echo "gpu-speed: stopped; files so far in $OUT" >&2
   exit "$1"

@@ -24,6 +24,10 @@ for var in OUTPUTS RESULTS_DIR SENSITIVITY_CACHE CIFAR10_ROOT PY; do
   fi
 done
 cd "$(dirname "$0")/.."
+# this checkout's package, for the checks below and for every run: a PY without it
+# installed (the GPU machine's own python3) passed the checks and failed every run, and
+# one whose editable install is another checkout ran that checkout's code
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PROFILE=${1:-quick}
 PY=${PY:-.venv/bin/python}
 if ! command -v "$PY" > /dev/null; then
@@ -103,7 +107,7 @@ except ImportError as err:
              " (without torch on a GPU machine), or put carried wheels on PYTHONPATH")
 check_overrides(sys.argv[2], sys.argv[3:])
 print(torch.cuda.device_count())'
-GPUS=$(PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "$CHECK" "$PY" "$PROFILE" \
+GPUS=$("$PY" -c "$CHECK" "$PY" "$PROFILE" \
        ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
 WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
 MADE_WITH=$RESULTS/protocol-overrides.txt
@@ -160,7 +164,7 @@ rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # a file in a run's place that is not its finished record (cut off, another row's or
 # profile's, one the analysis cannot read) would make the run be skipped for good: set
 # aside, said, and the run made again
-PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+"$PY" -c \
   'import sys; from basisconv.records import set_aside_foreign_records as s; s(*sys.argv[1:])' \
   "$RECORDS" "$PROFILE"
 # Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends,
@@ -170,7 +174,7 @@ PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
 START=$(date +%s.%N)
 log_session() {  # log_session <exit code>
   local code=$1
-  PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+  "$PY" -c \
     'import sys; from basisconv.records import log_session; log_session(*sys.argv[1:])' \
     "$RESULTS" "$RECORDS" "$PROFILE" "$START" "$code" "$JOBS" "${OVERRIDES:-}" \
     || echo "this session could not be logged in $RESULTS/sessions.json" >&2

@@ -683,19 +683,27 @@ def test_results_notebook_falls_back_to_the_run_folders_of_the_profile_it_shows(
     assert namespace["RUNS"] == tmp_path / "outputs" / "paper"
 
 
-def test_make_analyze_reads_the_smoke_profile_where_make_smoke_left_it(repo):
-    """make smoke keeps its records in outputs/smoke/results/runs, not results/smoke/runs."""
+def test_make_analyze_reads_the_folder_make_reproduce_wrote(repo):
+    """make smoke keeps its records in outputs/smoke/results/runs, not results/smoke/runs;
+    found in review: with RESULTS_DIR=<dir> (the README's run-everything-again command),
+    make analyze rewrote the committed results/<profile>/ from its records instead."""
     import shutil
     import subprocess
 
     if shutil.which("make") is None:
         pytest.skip("no make here")
-    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", "PROFILE=smoke"],
-                         cwd=repo, capture_output=True, text=True, check=True).stdout
-    assert "profile=smoke runs_dir=outputs/smoke/results/runs out_dir=outputs/smoke/results" in dry
-    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", "PROFILE=quick"],
-                         cwd=repo, capture_output=True, text=True, check=True).stdout
-    assert "runs_dir" not in dry
+
+    def dry(*variables):
+        return subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", *variables],
+                              cwd=repo, capture_output=True, text=True, check=True).stdout
+
+    assert "profile=smoke runs_dir=outputs/smoke/results/runs out_dir=outputs/smoke/results" \
+        in dry("PROFILE=smoke")
+    assert "runs_dir" not in dry("PROFILE=quick")
+    assert "profile=quick runs_dir=/tmp/x/quick/runs out_dir=/tmp/x/quick" in dry(
+        "PROFILE=quick", "RESULTS_DIR=/tmp/x")
+    assert "runs_dir=o/smoke/results/runs out_dir=o/smoke/results" in dry(
+        "PROFILE=smoke", "RESULTS_DIR=/tmp/x", "OUTPUTS=o")
 
 
 def test_analyze_config_takes_the_profile_and_source(repo):

@@ -88,6 +88,7 @@ def test_gpu_scripts_say_in_one_line_that_torch_does_not_import(repo, tmp_path, 
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1 and "torch does not import" in lines[0], lines
     assert "No module named 'torch'" in lines[0]
+    assert "GPU_PYTHON=" in lines[0]  # found in review: `make gpu-speed PY=...` has no effect
 
 
 @pytest.mark.parametrize("variable", ["BUDGET", "STEP_LIMIT"])

@@ -234,6 +234,7 @@ if [ "$1" = -c ]; then
   CUDA_VISIBLE_DEVICES= exec {python} "$@"
 fi
 echo "$*" >> {calls}
+echo "${{PYTHONPATH:-}}" >> {calls}.pythonpath
 case $1 in
   scripts/sensitivity.py) kind=sensitivity;;
   scripts/exhaustive_search.py) kind=exhaustive_search;;
@@ -293,6 +294,17 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     started = calls.read_text().splitlines() if calls.exists() else []
     return result, started, runs
+
+
+def test_every_run_imports_this_checkouts_package(repo, tmp_path):
+    """Found in review: the checks ran with ``src`` on the path and the runs without it, so
+    a PY that has the requirements but not the package (a GPU machine's own python3) passed
+    them and failed every run; one whose editable install is another checkout ran that."""
+    result, started, _ = fake_protocol(repo, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    paths = (tmp_path / "calls.txt.pythonpath").read_text().splitlines()
+    assert len(paths) == len(started) >= 10
+    assert all(p.split(":")[0] == str(repo / "src") for p in paths), paths
 
 
 def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tmp_path):
