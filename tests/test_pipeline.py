@@ -262,12 +262,17 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):
     process.wait()
     killed_at = read_record(interrupted)
     assert killed_at["status"] == "running", "the run finished before it could be killed"
-    assert 1 <= len(killed_at["epochs"]) < 4
+    # the epochs it resumes from are the checkpoint's: a kill between a checkpoint and the
+    # record written after it (this test stalled for an epoch) leaves the record one behind
+    import torch
+
+    saved = len(torch.load(interrupted / "checkpoint.pt", weights_only=False)["record"]["epochs"])
+    assert 1 <= saved < 4 and len(killed_at["epochs"]) in (saved, saved - 1)
 
     run(repo, tmp_path, *settings, f"hydra.run.dir={interrupted}")  # the same command again
     resumed, reference = read_record(interrupted), read_record(straight)
     assert resumed["status"] == "complete"
-    assert resumed["provenance"]["resumed_from_epoch"] == len(killed_at["epochs"])
+    assert resumed["provenance"]["resumed_from_epoch"] == saved
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert resumed["final"][key] == pytest.approx(reference["final"][key], rel=1e-6), key
 
@@ -731,9 +736,13 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
 
     done = len(torch.load(out / "checkpoint.pt", weights_only=False)["record"]["epochs"])
     line = stderr.strip().splitlines()[-1]
-    assert line == (f"stopped by {signal.Signals(signum).name}: the run in {out} stopped after "
-                    f"epoch {done} of 50 (checkpoint saved); run the same command again with "
-                    f"hydra.run.dir={out} to resume it")
+    # where it stopped: after an epoch, or (this test stalled for an epoch: found in review,
+    # not seen) while the next one's checkpoint was written
+    where = {f"stopped after epoch {done} of 50 (checkpoint saved)",
+             f"stopped while saving epoch {done + 1} of 50; its checkpoint is of epoch {done}"}
+    assert line in {f"stopped by {signal.Signals(signum).name}: the run in {out} {stop}; run "
+                    f"the same command again with hydra.run.dir={out} to resume it"
+                    for stop in where}, line
     assert line in (out / "train.log").read_text()
 
 
