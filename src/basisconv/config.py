@@ -298,7 +298,7 @@ def validate_trainer(cfg: DictConfig) -> None:
 
 
 def unknown_keys(cfg: DictConfig, schema_class: type = TrainConfig) -> list[str]:
-    """The keys of ``cfg`` that the schema (:class:`TrainConfig`) does not have (added with
+    """The keys of ``cfg`` that its schema (``schema_class``) does not have (added with
     ``+key=value``, so nothing reads them), dotted, each with `` (did you mean <the closest
     key beside it>?)`` when one is close; Hydra's own ``hydra`` node is not the schema's."""
     schema = OmegaConf.to_container(OmegaConf.structured(schema_class), resolve=False)
