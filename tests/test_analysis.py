@@ -450,7 +450,7 @@ def test_chosen_md_of_a_time_budget_states_the_measured_times_it_chose_by(tmp_pa
     """With selection.budget_metric=time the layers are chosen by measured step time, not
     FLOPs: chosen.md says what the dense step took and what the chosen layers save of it
     (it showed FLOPs alone: "0 layers, 0.0 %" with nothing saying why)."""
-    from basisconv.analysis.sensitivity import draw_run
+    from basisconv.analysis.sensitivity import draw_run, summarize
     table = pd.DataFrame({"layer": ["a", "b"], "position": [0, 1], "shape": ["8->8 k3"] * 2,
                           "num_basis": [4, 4], "accuracy_drop": [0.01, 0.02],
                           "loss_increase": [0.1, 0.2], "params_saved": [30, 10],
@@ -468,6 +468,13 @@ def test_chosen_md_of_a_time_budget_states_the_measured_times_it_chose_by(tmp_pa
     assert "dense training step 20.00 ms" in text
     assert "the chosen layers save 1.00 ms (5.0 %)" in text
     assert "slower in basis form (never chosen): b" in text
+    # the published page says the same (found in review: it left the times out)
+    published = {**sensitivity_record(), "sensitivity": {**sensitivity_record()["sensitivity"],
+                                                         **summary},
+                 "table": [{**row, "reconstruction_error": 0.1, "seconds": 1.0}
+                           for row in record["table"]]}
+    (_, page), = [summarize(published, tmp_path, "test", stem="page")]
+    assert "dense training step 20.00 ms" in page.read_text()
     del summary["measured_time"]  # a FLOPs or parameter budget: as before
     draw_run(record, tmp_path)
     assert "measured" not in (tmp_path / "chosen.md").read_text()
