@@ -196,6 +196,45 @@ def test_torchrun_training_matches_one_process(tmp_path, repo, device):
            "process only" in skipping.stderr
 
 
+def test_a_synchronized_model_is_described_as_the_plain_one(monkeypatch):
+    """Found in review: the cost model's dry run (on the meta device) reached the
+    synchronized norms' all-reduce, so under torchrun the dense warm-up's conversion failed
+    at its end ("Tensor on device cpu is not on the expected device meta"), every time."""
+    from basisconv.network import describe
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    net = model()
+    plain = describe(net, batch=50)
+    distributed.convert_sync_batchnorm(net, torch.device("cpu"))
+    assert any(isinstance(m, distributed.CPUSyncBatchNorm) for m in net.modules())
+    assert describe(net, batch=50) == plain
+
+
+@pytest.mark.slow
+def test_the_dense_warm_up_converts_under_torchrun(tmp_path, repo):
+    result = torchrun_train(repo, tmp_path / "run", "basis=warmup", "selection=all",
+                            "basis.dense_warmup_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "complete" and record["model"]["basis_layers"]
+
+
+def test_the_one_process_jobs_are_refused_under_torchrun(monkeypatch, tmp_path):
+    """Found in review: under torchrun each process ran the whole sensitivity estimate on
+    its own, or waited on the first one's folder and failed the job after its table was
+    written."""
+    from basisconv.errors import ConfigError
+    from basisconv.search import exhaustive_search
+    from basisconv.sensitivity import run_sensitivity
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for job, script in [(run_sensitivity, "sensitivity"), (exhaustive_search, "exhaustive_search")]:
+        with pytest.raises(ConfigError, match=rf"\(scripts/{script}.py\) runs in one process; "
+                                              r"start it with python, not torchrun"):
+            job(None, tmp_path / script)
+        assert not (tmp_path / script).exists()
+
+
 def test_a_record_says_how_many_processes_ran_it(monkeypatch):
     """A torchrun run's epoch times are those of N processes: its record says so, and a
     table that mixes it with one-process runs says they ran differently (its record was

@@ -33,6 +33,7 @@ grad-input FLOPs, and frozen parameters (e.g. coefficients on a skipped step of
 from __future__ import annotations
 
 import copy
+import types
 import warnings
 from dataclasses import dataclass, field, replace
 from math import prod
@@ -40,6 +41,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
 from .errors import BasisconvError, ConfigError
@@ -335,6 +337,13 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     for module in shadow.modules():  # the user's hooks would see meta tensors
         for table in HOOK_TABLES:
             getattr(module, table, {}).clear()
+        if (isinstance(module, _BatchNorm)
+                and type(module).forward is not _BatchNorm.forward):
+            # a synchronized batch norm (nn.SyncBatchNorm, or the package's CPU one) would
+            # all-reduce the meta tensors of its statistics with the other processes (found
+            # in review: under torchrun the dense warm-up's conversion failed there); the
+            # plain one gives the same shapes and computes nothing counted
+            module.forward = types.MethodType(_BatchNorm.forward, module)
     costs: list[LayerCost] = []
     handles = []
     for name, module in shadow.named_modules():

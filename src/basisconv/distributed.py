@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -55,6 +57,16 @@ def peer_failure(err: BaseException) -> str | None:
     # This is typically caused by ..."; its first sentence, without the source location
     said = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0] if lines else ""
     return f"another process of this torchrun job failed ({said or type(err).__name__})"
+
+
+def refuse_torchrun(what: str) -> None:
+    """One line for a job that runs in one process, started under torchrun: found in
+    review, each process ran the whole of ``scripts/sensitivity.py`` on its own (printing
+    its result twice), or waited on the first one's folder and failed the job after it had
+    written its table."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"{what} runs in one process; start it with python, not torchrun "
+                          f"(torchrun is for scripts/train.py)")
 
 
 def setup(device: torch.device) -> torch.device:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import loop
+from . import distributed, loop
 from .errors import ConfigError
 from .probe import Probe, evaluate_many
 from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
@@ -48,6 +48,7 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Evaluate every subset; write ``search.csv`` (one row per subset) and the run record
     (``run.json``, kind ``exhaustive_search``: the summary); returns the summary.
     ``basisconv.analysis.search`` draws it."""
+    distributed.refuse_torchrun("the exhaustive search (scripts/exhaustive_search.py)")
     output_dir = Path(output_dir)
     with folder_lock(output_dir, what="exhaustive search"), loop.settings_restored():
         return _exhaustive_search(cfg, output_dir)

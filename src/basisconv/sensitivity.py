@@ -377,6 +377,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     layers ``cfg.selection`` chooses from it; writes ``sensitivity.csv`` and the run record
     (``run.json``, kind ``sensitivity``: summary and table) to ``output_dir``, and logs the
     same to wandb. Returns the record (``basisconv.analysis.sensitivity`` draws it)."""
+    distributed.refuse_torchrun("the sensitivity estimate (scripts/sensitivity.py)")
     output_dir = Path(output_dir)
     with folder_lock(output_dir, what="sensitivity run"):
         return _run_sensitivity(cfg, output_dir)
