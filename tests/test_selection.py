@@ -143,13 +143,14 @@ def test_the_search_scores_the_subset_the_sensitivity_policy_converts_first():
     assert fast_choice(tied, 3, "loss_increase") == ("c", "d", "f")  # b, f tie at 0.03: f has the smaller drop
 
 
-def made_up_search(repo, tmp_path, monkeypatch, accuracy):
-    """The exhaustive search of pairs of four layers (single-layer drops a < b < c < d)
-    with the subset accuracies ``accuracy`` made up, nothing trained: its summary."""
+def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.04, 0.08)):
+    """The exhaustive search of pairs of four layers (single-layer ``drops``, by default
+    a < b < c < d) with the subset accuracies ``accuracy`` made up, nothing trained: its
+    summary."""
     from basisconv import search
 
     single = pd.DataFrame({"layer": list("abcd"), "position": range(4),
-                           "accuracy_drop": [0.01, 0.02, 0.04, 0.08],
+                           "accuracy_drop": list(drops),
                            "loss_increase": [0.1, 0.2, 0.4, 0.8], "flops_saved": [1, 2, 3, 4]})
 
     class Probe:
@@ -221,6 +222,19 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
     found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")
     assert found.loc["a d", "predicted_accuracy_drop"] == pytest.approx(0.09)
     assert found.loc["c d", "accuracy_drop"] == pytest.approx(0.40)
+
+
+def test_predicted_drops_equal_but_for_float_noise_tie_in_the_correlation(repo, tmp_path,
+                                                                          monkeypatch):
+    """Found in review: 0.1 + 0.2 and 0.3 + 0.0 differ in floats, so subsets that tie were
+    ranked apart by chance, and the correlation of drops that agree exactly was 0.986."""
+    drops = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.0}
+    accuracy = {f"{x} {y}": round(0.9 - (drops[x] + drops[y]), 9) for x, y in
+                ["ab", "ac", "ad", "bc", "bd", "cd"]}
+    summary = made_up_search(repo, tmp_path, monkeypatch, accuracy, drops.values())
+    assert summary["spearman_predicted_vs_measured_drop"] == pytest.approx(1.0)
+    found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")
+    assert found.loc["a b", "predicted_accuracy_drop"] == found.loc["c d", "predicted_accuracy_drop"]
 
 
 def test_a_subset_as_accurate_as_the_fast_choice_shares_its_rank(repo, tmp_path, monkeypatch):
