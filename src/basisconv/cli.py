@@ -416,7 +416,7 @@ def exit_refused(message: str) -> NoReturn:
     it itself after the wait."""
     if first_process():
         print(f"error: {message}", file=sys.stderr)
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    elif distributed.launched_processes() > 1:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         time.sleep(RANK_WAIT_S)

@@ -59,12 +59,18 @@ def peer_failure(err: BaseException) -> str | None:
     return f"another process of this torchrun job failed ({said or type(err).__name__})"
 
 
+def launched_processes() -> int:
+    """How many processes torchrun started for this job (``WORLD_SIZE``; 1 without it),
+    known before any joins the process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def refuse_torchrun(what: str) -> None:
     """One line for a job that runs in one process, started under torchrun: found in
     review, each process ran the whole of ``scripts/sensitivity.py`` on its own (printing
     its result twice), or waited on the first one's folder and failed the job after it had
     written its table."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_processes() > 1:
         raise ConfigError(f"{what} runs in one process; start it with python, not torchrun "
                           f"(torchrun is for scripts/train.py)")
 
@@ -72,7 +78,7 @@ def refuse_torchrun(what: str) -> None:
 def setup(device: torch.device) -> torch.device:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); returns
     the device this process trains on (``cuda:LOCAL_RANK`` on GPUs)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    if launched_processes() <= 1 or is_distributed():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
