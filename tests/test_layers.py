@@ -253,6 +253,16 @@ def test_bad_geometry_is_refused_when_the_layer_is_made():
         ((3, 1), (2, 1), "valid", (2, 2))
 
 
+def test_yes_no_options_must_be_booleans():
+    """A string is truthy: bias="false" made a bias and fuse_norm="no" fused the norm."""
+    for kwargs in ({"bias": "false"}, {"fuse_norm": "no"}, {"fuse_norm": None}):
+        name, value = next(iter(kwargs.items()))
+        with pytest.raises(ValueError, match=f"{name} must be True or False, got {value!r}"):
+            BasisConv2d(4, 8, 3, 2, **kwargs)
+    assert BasisConv2d(4, 8, 3, 2, bias=0).bias is None
+    assert BasisConv2d(4, 8, 3, 2, fuse_norm=True).fuse_norm is True
+
+
 def test_grouped_conv_and_non_zero_padding_are_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="grouped conv .*groups=4"):
         BasisConv2d.from_conv(nn.Conv2d(8, 8, 3, groups=4), 2)

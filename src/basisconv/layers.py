@@ -115,6 +115,14 @@ def check_geometry(kernel_size, stride, padding, dilation) -> tuple:
     return pairs["kernel_size"], pairs["stride"], pairs["padding"], pairs["dilation"]
 
 
+def check_flag(name: str, value) -> bool:
+    """A yes/no option as a bool: ``bias="false"`` or ``fuse_norm="no"`` would otherwise be
+    taken as true (a non-empty string), silently."""
+    if value not in (True, False):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str = "",
                            key: str = "coefficient_rank") -> int | None:
     """``None`` (a full coefficient matrix), or a rank in ``1..min(C_out - m, m)`` (at
@@ -179,7 +187,8 @@ class BasisConv2d(nn.Module):
         self.kernel_size, self.stride, self.padding, self.dilation = check_geometry(
             kernel_size, stride, padding, dilation)
         self.combine = combine
-        self.fuse_norm = bool(fuse_norm)
+        self.fuse_norm = check_flag("fuse_norm", fuse_norm)
+        bias = check_flag("bias", bias)
         if self.fuse_norm and combine != "stacked":
             warnings.warn(f"fuse_norm=True: where a batch norm follows the layer (conv_norm_act) "
                           f"the combination runs as one 1x1 conv with the norm folded in, so "

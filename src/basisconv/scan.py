@@ -22,7 +22,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
-from .selection import IMAGE, layer_savings, python_number
+from .selection import IMAGE, layer_savings, python_number, table_number
 from .surgery import apply_basis, basis_report
 
 #: The metrics ``evaluate`` may report, and the column of the change each one makes a drop.
@@ -82,10 +82,8 @@ def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, co
     rows = []
     for candidate in candidates.to_dict("records"):
         result = run([candidate["layer"]])
-        # to 6 significant digits, as the pipeline caches its table: 179/200 against 180/200
-        # is a drop of 0.005, not 0.0050000000000000044, which a threshold of 0.005 refused
-        # (found in review), and equal drops tie in the candidate order
-        drops = {column: float(f"{(reference[k] - result[k]) * (1 if k == 'accuracy' else -1):.6g}")
+        # kept as the pipeline's table keeps them (table_number): equal drops tie
+        drops = {column: table_number((reference[k] - result[k]) * (1 if k == "accuracy" else -1))
                  for k, column in DROPS.items() if k in reference}
         rows.append({**candidate, **result, **drops})
     table = pd.DataFrame(rows)

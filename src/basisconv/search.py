@@ -25,7 +25,7 @@ from . import distributed, loop
 from .errors import ConfigError
 from .probe import Probe, evaluate_many
 from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
-from .selection import candidate_order
+from .selection import TABLE_FLOAT_FORMAT, candidate_order
 from .sensitivity import cache_dir, candidate_table, sensitivity_table
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
         summary["noise_accuracy_std"] = noise
         summary["subsets_within_noise_of_fast"] = int(
             ((found["accuracy"] - mine["accuracy"]).abs() <= noise).sum() - 1)
-    write_text_atomic(output_dir / SEARCH_TABLE, found.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(output_dir / SEARCH_TABLE, found.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
                     status="complete", results={
                         "search": summary, "table": found.to_dict("records"),

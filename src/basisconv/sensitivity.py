@@ -43,8 +43,8 @@ from .network import build_dense
 from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
                       read_record, write_bytes_atomic, write_json_atomic, write_record)
-from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense, dense_totals,
-                        fixed_candidates, fixed_layers, layer_savings, pick_layers)
+from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
+                        dense_totals, fixed_candidates, fixed_layers, layer_savings, pick_layers)
 from .time_budget import with_measured_time
 from .tracking import Tracker
 
@@ -126,11 +126,11 @@ NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
 
 def table_csv(table: pd.DataFrame) -> bytes:
     """The bytes a table is cached (and written) as."""
-    return table.to_csv(index=False, float_format="%.6g").encode()
+    return table.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT).encode()
 
 
 def table_from_csv(data: bytes) -> pd.DataFrame:
-    """The table that :func:`table_csv`'s bytes hold (six significant digits)."""
+    """The table that :func:`table_csv`'s bytes hold (:data:`~basisconv.selection.TABLE_FLOAT_FORMAT`)."""
     return pd.read_csv(io.BytesIO(data))
 
 
@@ -227,7 +227,7 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                 record = {**record, "table_rows": len(table),
                           "table_sha256": hashlib.sha256(data).hexdigest()}
                 cache(folder, data, record)
-                # the table as the cache gives it (%.6g): a run that estimates it chooses
+                # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it chooses
                 # exactly as every later run that reads it (ties and orders included)
                 return table_from_csv(data), {**record, "cache_hit": False}
     log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
