@@ -457,7 +457,7 @@ def test_chosen_md_of_a_time_budget_states_the_measured_times_it_chose_by(tmp_pa
                           "flops_saved": [2e6, 1e6]})
     summary = {"key": "k", "policy": "sensitivity_budget", "chosen": ["a"], "noise": None,
                "dense": {"params": 400, "flops": 6e7},
-               "measured_time": {"dense_step_seconds": 0.02, "layers": [
+               "measured_time": {"device": "cuda:0", "dense_step_seconds": 0.02, "layers": [
                    {"layer": "a", "dense_ms": 3.0, "basis_ms": 2.0, "seconds_saved": 1e-3},
                    {"layer": "b", "dense_ms": 1.0, "basis_ms": 1.5, "seconds_saved": -5e-4}]}}
     record = {"config": {"model": {"name": "resnet8", "width": 0.5}, "basis": {"size": 0.5},
@@ -465,7 +465,7 @@ def test_chosen_md_of_a_time_budget_states_the_measured_times_it_chose_by(tmp_pa
               "sensitivity": summary, "table": table.to_dict("records")}
     draw_run(record, tmp_path)
     text = (tmp_path / "chosen.md").read_text()
-    assert "dense training step 20.00 ms" in text
+    assert "dense training step 20.00 ms on cuda:0" in text
     assert "the chosen layers save 1.00 ms (5.0 %)" in text
     assert "slower in basis form (never chosen): b" in text
     # the published page says the same (found in review: it left the times out)

@@ -54,6 +54,7 @@ def test_a_time_budget_measures_every_candidate_on_the_training_device(repo, dev
     timed, dense = time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
     assert torch.equal(torch.get_rng_state(), state)
     assert list(timed["layer"]) == list(table["layer"])
+    assert timed.attrs["measured_on"].startswith(device.type)  # for the record: config says auto
     assert (timed["dense_ms"] > 0).all() and (timed["basis_ms"] > 0).all()
     assert timed["seconds_saved"].tolist() == pytest.approx(
         ((timed["dense_ms"] - timed["basis_ms"]) / 1e3).tolist())

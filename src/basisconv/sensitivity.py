@@ -403,7 +403,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
                "flops_saved": int(picked["flops_saved"].sum())}
     if "time" in dense:  # measured for this choice; the cached table stays as estimated
         summary["measured_time"] = {
-            "dense_step_seconds": dense["time"],
+            "device": timed.attrs.get("measured_on"), "dense_step_seconds": dense["time"],
             "layers": timed[["layer", "dense_ms", "basis_ms", "seconds_saved"]].to_dict("records")}
     run = RunRecord("sensitivity", config, status="complete", results={
         "estimate_provenance": record["provenance"], "sensitivity": summary,

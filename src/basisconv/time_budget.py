@@ -98,7 +98,6 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
         else:
             log.info("selection: reusing the layer timings %s", path)
     savings = pd.DataFrame(cached["layers"], columns=COLUMNS)
-    # the device measured on (trainer.device=auto names none; older caches lack it)
     log.info("selection: training forward+backward on %s at batch %d, dense model %.1f ms; "
              "per layer (ms dense -> basis): %s", cached.get("device", cfg.trainer.device),
              cfg.trainer.batch_size,
@@ -106,8 +105,10 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
              ", ".join(f"{r.layer} {r.dense_ms:.2f} -> {r.basis_ms:.2f}"
                        for r in savings.itertuples()))
     table = table.drop(columns=[c for c in COLUMNS if c != "layer"], errors="ignore")
-    return (table.merge(savings, on="layer", how="left"),
-            {**dense, "time": cached["dense_step_seconds"]})
+    timed = table.merge(savings, on="layer", how="left")
+    # the device the times are of, for the run's record (its config may say only "auto")
+    timed.attrs["measured_on"] = cached.get("device", cfg.trainer.device)
+    return timed, {**dense, "time": cached["dense_step_seconds"]}
 
 
 def load(path: Path, names: list[str]) -> dict | None:

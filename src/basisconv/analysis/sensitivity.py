@@ -115,8 +115,9 @@ def measured_time_line(summary: dict) -> str:
     saved = float(layers[layers["layer"].isin(summary["chosen"])]["seconds_saved"].sum())
     slower = layers[(layers["seconds_saved"] <= 0)
                     & ~layers["layer"].isin(summary["chosen"])]["layer"].tolist()
+    device = f" on {measured['device']}" if measured.get("device") else ""  # older records
     return (f"\nChosen by measured time (selection.budget_metric=time): dense training step "
-            f"{1e3 * step:.2f} ms; the chosen layers save {1e3 * saved:.2f} ms "
+            f"{1e3 * step:.2f} ms{device}; the chosen layers save {1e3 * saved:.2f} ms "
             f"({100 * saved / step:.1f} %) of it"
             + (f"; slower in basis form (never chosen): {', '.join(slower)}" if slower else "")
             + ".\n")
