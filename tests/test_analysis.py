@@ -351,14 +351,18 @@ def test_wandb_source_rebuilds_the_same_rows_as_the_local_records():
                                             "diff_sha256": "0" * 64},
                                     "hardware": {"cpu": "AMD EPYC", "gpu": None,
                                                  "cpu_capability": "AVX512",
-                                                 "torch_threads": 1}}} for r in RECORDS]
+                                                 "torch_threads": 1},
+                                    # found in review: wandb's runs lost the profile a
+                                    # command made them with (the footers' "made by")
+                                    "command": "python scripts/train.py profile=smoke"}}
+               for r in RECORDS]
     api = FakeApi([FakeRun(r) for r in records] + [FakeRun(records[0], state="crashed")])
     found = wandb_records("basisconv", "me", api=api)
     assert api.asked == "me/basisconv" and len(found) == len(records)
     remote = runs_frame(found).drop(columns=["where", "date"])
     local = runs_frame([(r, "x") for r in records]).drop(columns=["where", "date"])
     pd.testing.assert_frame_equal(remote, local)
-    assert set(local["commit"]) == {"abcdef1-dirty"}
+    assert set(local["commit"]) == {"abcdef1-dirty"} and set(remote["profile"]) == {"smoke"}
 
 
 def test_wandb_source_reads_runs_logged_with_the_commit_and_cpu_alone():

@@ -80,8 +80,11 @@ class RunWithoutSettings(FakeRun):
 def fake_wandb(monkeypatch):
     wandb = types.ModuleType("wandb")
     wandb.runs, wandb.server, wandb.log_error, wandb.Run = [], {}, None, FakeRun
+    wandb.init_error = None
 
     def init(**kwargs):
+        if wandb.init_error:
+            raise wandb.init_error
         wandb.runs.append(wandb.Run(wandb, kwargs))
         return wandb.runs[-1]
 
@@ -123,17 +126,24 @@ def test_a_wandb_failing_mid_run_is_one_warning_and_its_run_still_ends(tmp_path,
     assert fake_wandb.runs[0].finished == [1]
 
 
-@pytest.mark.parametrize("broken", ["not installed", "a run without settings"])
+@pytest.mark.parametrize("broken", ["not installed", "a timeout", "a run without settings"])
 def test_a_wandb_that_cannot_start_is_one_warning(tmp_path, repo, fake_wandb, monkeypatch,
                                                    caplog, broken):
     if broken == "not installed":
         monkeypatch.setitem(sys.modules, "wandb", None)
+    elif broken == "a timeout":
+        fake_wandb.init_error = TimeoutError("no such host\nConsider increasing the "
+                                             "init_timeout setting:\n  wandb.init(...)")
     else:
         fake_wandb.Run = RunWithoutSettings
     record = fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
     assert record["status"] == "complete" and record["wandb"] is None
     assert caplog.text.count("wandb could not start") == 1
-    if broken != "not installed":
+    # on one line, however many lines the error's own text has (found in review: wandb's
+    # timeout added two lines of advice about its Python API)
+    warning, = [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()]
+    assert "\n" not in warning
+    if broken == "a run without settings":
         assert fake_wandb.runs[0].finished == [1]
 
 
@@ -375,6 +385,30 @@ def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path
     assert dirty["diff_sha256"] == hashlib.sha256(diff).hexdigest()
     (tmp_path / "src" / "pkg" / "m.py").write_text("3\n")
     assert records.git_commit(package)["diff_sha256"] != dirty["diff_sha256"]
+
+
+def test_a_copy_the_repository_around_it_does_not_track_records_no_commit(tmp_path):
+    """Found in review: a copy of the code inside another project's work tree (or installed
+    into a .venv inside a checkout) was recorded as that repository's commit, clean."""
+    import subprocess
+
+    from basisconv import records
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "notes.txt").write_text("hi\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    package = tmp_path / "basisconv-copy" / "src" / "pkg"
+    package.mkdir(parents=True)
+    (package / "m.py").write_text("0\n")
+    assert records.git_commit(package) == {"commit": None, "dirty": None}
+    git("add", ".")
+    git("commit", "-qm", "track it")  # tracked there: that repository's commit is its code's
+    assert records.git_commit(package)["dirty"] is False
 
 
 def test_a_change_written_in_the_index_clock_tick_is_in_the_diff_hash(tmp_path):

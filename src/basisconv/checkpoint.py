@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .records import file_digest, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        reason = f"{type(err).__name__}: {one_line(err)}"
         if source_key is not None:
             raise ConfigError(f"{what} is not a checkpoint.pt (it cannot be read as one: "
                               f"{reason}); {fix}") from None

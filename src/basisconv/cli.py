@@ -28,7 +28,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
 
 from . import distributed
 from .config import validate
-from .errors import BasisconvError, ConfigError, FolderInUse, Stopped
+from .errors import BasisconvError, ConfigError, FolderInUse, Stopped, one_line
 from .records import write_bytes_atomic
 
 F = TypeVar("F", bound=Callable)
@@ -304,7 +304,7 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         line = hydra_error_line(ex)
         if "Config group override must be a string" in str(ex):  # a group=null
             line = null_group_override(sys.argv[1:]) or line
-        exit_refused(f"{' '.join(line.split())} (BASISCONV_DEBUG=1 shows Hydra's full message)")
+        exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
 
 
 #: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's
@@ -336,9 +336,9 @@ def check_overrides(profile: str, overrides: list[str]) -> None:
                 check_runs_where_started(cfg.hydra.job.chdir)
                 validate(cfg)
             except BasisconvError as err:
-                message = " ".join(str(err).split())
+                message = one_line(err)
             except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
-                message = " ".join(hydra_error_line(ex).split())
+                message = one_line(hydra_error_line(ex))
             else:
                 continue
             run = " ".join([f"scripts/{script}.py", *row])
@@ -450,7 +450,7 @@ def exit_on_user_error(fn: F) -> F:
             restore_replaced()  # a refused start leaves an earlier run's files as they were
             if os.environ.get("BASISCONV_DEBUG"):
                 raise
-            message = " ".join(str(err).split())
+            message = one_line(err)
             if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
                 message = interpolation_error_line(err)
             if first_process() and not isinstance(err, FolderInUse):  # else the other run's

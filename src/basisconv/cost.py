@@ -44,7 +44,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from .errors import BasisconvError, ConfigError
+from .errors import BasisconvError, ConfigError, one_line
 from .layers import BasisConv2d, layer_shape, resolve_num_basis
 
 
@@ -378,7 +378,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
         # a batch norm in training mode refuses one value per channel (ValueError): a batch
         # of 1 reaching a BatchNorm1d head, or a 1x1 map
         raise ConfigError(f"model_cost: the model's forward failed on an input of shape "
-                          f"{input_shape} ({' '.join(str(err).split())[:300]}); pass the "
+                          f"{input_shape} ({one_line(err)[:300]}); pass the "
                           f"input_shape (B, C, H, W) your model takes (the default is one "
                           f"CIFAR image; a batch norm in training mode needs B >= 2, and "
                           f"the counts are per batch), or, if the forward needs real values "

@@ -2,6 +2,11 @@
 without a stack trace (set ``BASISCONV_DEBUG=1`` to see the trace)."""
 
 
+def one_line(err: BaseException | str) -> str:
+    """An error's text on one line, for a message that quotes it: a library's text may
+    span several (wandb's timeout adds advice on lines of its own)."""
+    return " ".join(str(err).split())
+
 class BasisconvError(Exception):
     """Base of the errors whose message tells the user what to change."""
 

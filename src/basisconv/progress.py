@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import WriteError
+from .errors import WriteError, one_line
 from .records import json_digest, write_atomic
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Progress:
             return state, seconds
         except Exception as err:  # any damage: pretrain again
             log.warning("sensitivity: the kept dense model %s is unreadable (%s); "
-                        "pretraining again", path, " ".join(str(err).split())[:200])
+                        "pretraining again", path, one_line(err)[:200])
             return None
 
     def keep_dense(self, model: torch.nn.Module, seconds: float) -> None:

@@ -31,7 +31,8 @@ from typing import IO, Any, Callable
 
 import torch
 
-from .errors import BasisconvError, ConfigError, FolderInUse, PublishError, WriteError
+from .errors import (BasisconvError, ConfigError, FolderInUse, PublishError, WriteError,
+                     one_line)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ _NEW_CODE = ["--", ":(top)src", ":(top)scripts", ":(top)configs", ":(top)tests",
 
 def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     """HEAD commit of the repository around ``cwd`` (this package by default), and whether
-    the work tree had uncommitted changes; ``None`` values outside a git checkout.
+    the work tree had uncommitted changes; ``None`` values outside a git checkout, or for a
+    copy of the package that the repository around it does not track.
 
     Changes under the top-level ``results/`` do not count: they are what runs write (a
     protocol publishes its records and tables there while later runs start), not what
@@ -67,6 +69,10 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD").decode().strip()
+        if not git("ls-files", "--", ".").strip():
+            # a copy the repository around it does not track (copied into another project,
+            # installed into a .venv inside a checkout): that commit is not its code's
+            return {"commit": None, "dirty": None}
         # new files count (a config or module not yet added), ignored ones (.gitignore) not
         new = _new_files(git)
         if not (new or git("status", "--porcelain", "--untracked-files=no", *_CODE).strip()):
@@ -234,6 +240,8 @@ def wandb_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
     threads and processes the table's caveats are made of)."""
     git, hardware = provenance["git"], provenance["hardware"]
     return {"provenance/commit": git["commit"], "provenance/date": provenance["date"],
+            # the command names the profile a run was made by, which the tables' footers say
+            "provenance/command": provenance.get("command"),
             "provenance/cpu": hardware.get("cpu"), "provenance/gpu": hardware.get("gpu"),
             "provenance/git": json.dumps(git, sort_keys=True),
             "provenance/hardware": json.dumps(hardware, sort_keys=True)}
@@ -248,6 +256,7 @@ def provenance_from_wandb(summary: dict[str, Any]) -> dict[str, Any]:
 
     return {"git": whole("git", {"commit": summary.get("provenance/commit")}),
             "date": summary.get("provenance/date"),
+            "command": summary.get("provenance/command"),
             "hardware": whole("hardware", {"cpu": summary.get("provenance/cpu"),
                                            "gpu": summary.get("provenance/gpu")})}
 
@@ -309,7 +318,7 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            holder = " ".join(os.pread(fd, 512, 0).decode(errors="replace").split()) or "unknown"
+            holder = one_line(os.pread(fd, 512, 0).decode(errors="replace")) or "unknown"
             if not wait:
                 raise FolderInUse(f"{folder} is in use by another {what} ({holder}); wait for "
                                   f"it to finish, or give this one another {key}") from None
@@ -677,7 +686,7 @@ def set_aside_foreign_records(records_dir: str | os.PathLike,
                        or (f"it was made by profile {made_by}, not {profile}"
                            if profile and made_by not in (None, profile) else None))
         except (OSError, ValueError) as err:
-            problem = f"unreadable: {' '.join(str(err).split())[:200]}"
+            problem = f"unreadable: {one_line(err)[:200]}"
         if problem is None:
             continue
         aside = path.with_name(path.name + ".rejected")

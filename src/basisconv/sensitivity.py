@@ -38,7 +38,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
-from .errors import ConfigError, WriteError
+from .errors import ConfigError, WriteError, one_line
 from .network import build_dense
 from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
@@ -165,7 +165,7 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
         table = table_from_csv(data)
     except (OSError, ValueError) as err:
         raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
-                          f"({' '.join(str(err).split())}); {fix}") from None
+                          f"({one_line(err)}); {fix}") from None
     missing = set(COLUMNS) - set(table.columns)
     if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
@@ -265,7 +265,7 @@ def restore_published(cfg: DictConfig, estimating: bool = True
         table = pd.DataFrame(published["table"])[list(COLUMNS)] if cache else None
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"the published sensitivity record {path} is unreadable "
-                          f"({' '.join(str(err).split())}); {fix}") from None
+                          f"({one_line(err)}); {fix}") from None
     if not cache or cache.get("key") != cache_key(cfg):
         log.info("sensitivity: %s is for other settings (key %s, not %s); not restoring it",
                  path, (cache or {}).get("key"), cache_key(cfg))

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
 from .data import IMAGE_SHAPE
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .network import build_dense, to_basis
 from .records import folder_lock, hardware, json_digest, provenance, write_json_atomic
 from .selection import budget_chooses
@@ -128,7 +128,7 @@ def load(path: Path, names: list[str]) -> dict | None:
             raise ValueError("a time that is not a finite number")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"the cached layer timings {path} are unreadable "
-                          f"({' '.join(str(err).split())}); delete the file (they are "
+                          f"({one_line(err)}); delete the file (they are "
                           f"measured again)") from None
     return cached
 

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .errors import one_line
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,8 @@ class Tracker:
             self.next_step = self.run.step  # online and resumed: after the steps it holds
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
             log.warning("wandb could not start (%s: %s); training goes on without it. "
-                        "The run record run.json has every metric.", type(err).__name__, err)
+                        "The run record run.json has every metric.", type(err).__name__,
+                        one_line(err))
             self.finish(failed=True)
             return
         for row in history:
@@ -68,7 +71,7 @@ class Tracker:
             fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
             log.warning("wandb %s failed (%s: %s); tracking is off for the rest of this run.",
-                        what, type(err).__name__, err)
+                        what, type(err).__name__, one_line(err))
             self.working = False
 
     def log(self, metrics: dict, step: int) -> None:
@@ -119,7 +122,7 @@ class Tracker:
             except Exception as err:  # noqa: BLE001 - tracking must never stop training
                 if not said:
                     log.warning("wandb finish failed (%s: %s); the run record run.json has "
-                                "every metric.", type(err).__name__, err)
+                                "every metric.", type(err).__name__, one_line(err))
                 _drop_wandb_service()
         self.run, self.working = None, False
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..checkpoint import changes_only_execution, flat_config
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, made_by_profile,
                        measured_on_cpu, provenance_from_wandb, read_record, unusable)
@@ -258,7 +258,7 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
                 seen.add(identity)
                 found.append((record, path.parent))
         except (OSError, ValueError) as err:
-            log.info("unreadable run record %s (%s)", path, " ".join(str(err).split()))
+            log.info("unreadable run record %s (%s)", path, one_line(err))
             if unreadable is not None:
                 unreadable.append(str(path.parent if path.name == RECORD else path))
     return found

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DatasetError
+from ..errors import DatasetError, one_line
 from ..loop import precision_name
 from ..records import (commit_name, hardware_name, provenance, read_record, write_json_atomic,
                        write_text_atomic)
@@ -130,7 +130,7 @@ def _model_table(record: dict, path: Path, table: Path) -> pd.DataFrame:
         text = table.read_bytes()
         frame = pd.read_csv(table)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-        problem = f"cannot be read as a table ({' '.join(str(err).split())})"
+        problem = f"cannot be read as a table ({one_line(err)})"
     else:
         lacking = [c for c in TABLE_COLUMNS if c not in frame.columns]
         broken = [c for c in TABLE_COLUMNS if c in frame.columns and (

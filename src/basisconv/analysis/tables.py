@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import one_line
 from ..records import write_text_atomic
 from .runs import INTERNAL_COLUMNS
 
@@ -99,6 +100,6 @@ def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     except ImportError as err:
         stem.with_suffix(".tex").unlink(missing_ok=True)  # an older one would disagree
         log.warning("%s not written: %s (pip install the jinja2 of requirements.txt)",
-                    stem.with_suffix(".tex"), " ".join(str(err).split()))
+                    stem.with_suffix(".tex"), one_line(err))
         return written
     return [*written, write_text_atomic(stem.with_suffix(".tex"), latex(shown, caption))]
