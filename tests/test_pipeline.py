@@ -761,6 +761,42 @@ def test_a_refused_start_changes_nothing_in_the_run_folder(tmp_path, repo):
     assert (out / "run.json").read_bytes() == record
 
 
+class _RunsCode:
+    """An object whose unpickling runs a command (a crafted checkpoint's)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_cannot_run_code_as_it_is_read(tmp_path):
+    """Found in review: a checkpoint named as the weights to start from may be someone
+    else's, and one holding a crafted object ran its code as it was loaded (weights_only
+    was off); it is refused now, in one line naming the object, and never unpickled. A run's
+    own checkpoint is read the same way (and its rows for a stop message)."""
+    import torch
+
+    from basisconv.checkpoint import load_checkpoint, load_source_weights, saved_epoch_rows
+    from basisconv.models import build_model
+
+    model = build_model("resnet8", width=0.25)
+    marker = tmp_path / "ran"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "record": {"epochs": [{"epoch": 1}],
+                                                        "note": _RunsCode(marker)}}, path)
+    with pytest.raises(ConfigError, match=r"^basis.source_checkpoint=.* it holds a Python "
+                                          r"object \(posix.system\) besides tensors and plain "
+                                          r"values, which could run code as it is read\); "
+                                          r"point basis.source_checkpoint at"):
+        load_source_weights(model, str(path))
+    with pytest.raises(ConfigError, match=r"^checkpoint .* cannot be read \(it holds a Python"):
+        load_checkpoint(path)
+    assert saved_epoch_rows(path) == []
+    assert not marker.exists()
+
+
 def test_a_source_checkpoint_that_is_not_one_says_where_to_point_it(tmp_path):
     """basis.source_checkpoint=<a run.json> once said 'delete it (and its .sha256) to start
     over, or set trainer.resume=false': advice for a run's own checkpoint, not a source."""

@@ -337,6 +337,29 @@ def test_the_step_uses_the_chosen_compile_mode_and_sgd_fused_only_on_cuda(tmp_pa
     assert fused is (True if device.type == "cuda" else None)
 
 
+def test_a_resumed_optimizer_keeps_the_implementation_chosen_for_its_device():
+    """Found in review: loading an optimizer's state replaces its groups' ``fused`` too, so
+    a run resumed on a CPU from a CUDA checkpoint (fused SGD) stepped fused, and a GPU run
+    resumed from a CPU checkpoint unfused. The state (momentum, lr) is still the saved one."""
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from basisconv import loop
+
+    trainer = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": True,
+                                "weight_decay": 5e-4})
+    saved_model, model = nn.Linear(3, 2), nn.Linear(3, 2)
+    saving = torch.optim.SGD(saved_model.parameters(), lr=0.05, momentum=0.9, fused=True)
+    saved_model(torch.ones(4, 3)).sum().backward()
+    saving.step()
+    resumed = loop.build_optimizer(model, trainer)
+    loop.load_optimizer_state(resumed, saving.state_dict())
+    group, = resumed.param_groups
+    assert group["fused"] is None and group["lr"] == 0.05
+    assert torch.equal(resumed.state[model.weight]["momentum_buffer"],
+                       saving.state[saved_model.weight]["momentum_buffer"])
+
+
 TINY_STRIPES = ["data=stripes", "data.synthetic_train=200", "data.synthetic_test=100",
                 "model=resnet20", "model.width=0.25", "trainer.batch_size=50",
                 "trainer.progress=false"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +112,7 @@ def saved_epoch_rows(path: Path) -> list[dict[str, Any]]:
     no readable one). Its tensors are mapped, not read: a stop message asks this of a
     checkpoint just written."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return list(state["record"]["epochs"])
     except Exception:  # noqa: BLE001 - no readable checkpoint: none saved
         return []
@@ -150,9 +152,13 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
         raise ConfigError(f"{what} is damaged (its sha256 does not match "
                           f"{checksum_path(path).name}); {fix}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # tensors and plain values only: a checkpoint needs no pickled objects, and a file
+        # named as the weights to start from may be someone else's (found in review: one
+        # holding a crafted object ran its code here)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        reason = f"{type(err).__name__}: {one_line(err)}"
+        reason = (unpickling_reason(err) if isinstance(err, pickle.UnpicklingError)
+                  else f"{type(err).__name__}: {one_line(err)}")
         if source_key is not None:
             raise ConfigError(f"{what} is not a checkpoint.pt (it cannot be read as one: "
                               f"{reason}); {fix}") from None
@@ -167,6 +173,18 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
         log.info("%s has no %s beside it (an older basisconv wrote it); loaded it "
                  "unverified", path, checksum_path(path).name)
     return state
+
+
+def unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's refusal to unpickle that says why (its text is a page long and
+    advises ``weights_only=False``, which would run whatever the file holds)."""
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds a Python object ({found.group(1)}) besides tensors and plain "
+                f"values, which could run code as it is read")
+    detail = re.search(r"WeightsUnpickler error:(.+?)(?:Check the documentation|$)", text, re.S)
+    return f"UnpicklingError: {one_line(detail.group(1) if detail else text)}"
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -165,6 +165,19 @@ def build_optimizer(model: nn.Module, trainer: DictConfig) -> torch.optim.SGD:
                            weight_decay=trainer.weight_decay, fused=True if on_cuda else None)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping the implementation
+    :func:`build_optimizer` chose for this device: loading replaces every group's settings,
+    ``fused`` among them, so a run resumed on a CPU from a CUDA checkpoint stepped with the
+    fused CPU kernel, and one resumed on a GPU from a CPU checkpoint with the unfused one
+    (found in review)."""
+    chosen = [{k: group[k] for k in ("fused", "foreach") if k in group}
+              for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, chosen):
+        group.update(own)
+
+
 def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
     """The loss scaler an optimizer's steps need: under fp16 autocast the backward pass of
     each fp16 op yields fp16 gradients, and those below fp16's range (6e-8; late in

@@ -213,7 +213,7 @@ class Training:
 
     def restore(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        loop.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if "scaler" in checkpoint:  # (checkpoints from before fp16 loss scaling lack it)
             self.scaler.load_state_dict(checkpoint["scaler"])
