@@ -203,5 +203,45 @@ def test_the_fused_kernel_is_a_candidate_only_where_it_would_run(monkeypatch, pa
     monkeypatch.setattr(triton_conv, "unsupported",  # a CUDA tensor, with a small row limit
                         lambda x, dtype, m, out_pixels=0: "rows" if out_pixels > 60_000 else None)
     x = torch.zeros(1, 4, image, image)
-    forms = auto.candidates(x, torch.zeros(3, 4, 2, 2), (1, 1), padding, (1, 1))
+    forms = auto.candidates(x, torch.zeros(3, 4, 2, 2), (1, 1), padding, (1, 1), 6)
     assert ("fused" in forms) == fused and forms[:2] == ["stacked", "dense"]
+
+
+def test_a_fused_kernel_that_failed_to_compile_is_neither_timed_nor_chosen(monkeypatch):
+    """Found in review: where the kernel failed to compile for a shape (out of shared memory
+    on some GPU), ``fused`` runs the stacked form; auto still timed it under the kernel's
+    name, could choose and record it, and offered it again for the shape's other calls."""
+    import warnings
+
+    from basisconv.kernels import fused, triton_conv
+
+    monkeypatch.setattr(fused, "_FAILED", {})
+    monkeypatch.setattr(fused, "_WARNED", set())
+    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)  # as on a GPU
+    monkeypatch.setattr(triton_conv, "unsupported", lambda *args, **kwargs: None)
+    OutOfResources = type("OutOfResources", (Exception,), {"__module__": "triton.runtime.errors"})
+
+    def no_resources(*args, **kwargs):
+        raise OutOfResources("out of resource: shared memory")
+
+    monkeypatch.setattr(triton_conv, "basis_conv", no_resources)
+    timed = []
+    real = auto._time
+
+    def fused_fastest(form, args, backward):  # (the stacked form it ran, timed as fused)
+        timed.append(form)
+        seconds = real(form, args, backward)
+        return 0.0 if form == "fused" else seconds
+
+    monkeypatch.setattr(auto, "_time", fused_fastest)
+    layer, x = layer_and_input("cpu")
+    layer.float()
+    x = x.detach().float().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer(x)  # forward+backward key: fused tried, failed, timed (as fastest) and dropped
+        with torch.no_grad():
+            layer(x)  # the forward key: not offered again
+    assert timed == ["stacked", "dense", "fused", "stacked", "dense"]
+    assert "fused" not in auto.choices().values()
+    assert all("fused" not in times for times in auto.TIMINGS.values())

@@ -359,6 +359,20 @@ def test_an_unbatched_input_to_a_folded_norm_is_refused_as_batch_norm_refuses_it
         conv_norm_act(conv, nn.BatchNorm2d(8), torch.randn(4, 6, 6))
 
 
+@pytest.mark.parametrize("norm_kwargs, training", [({}, False), ({}, True),
+                                                     ({"track_running_stats": False}, True),
+                                                     ({"affine": False}, False)])
+def test_a_norm_of_another_width_is_refused_as_batch_norm_refuses_it(norm_kwargs, training):
+    """Found in review: the fold's per-channel products broadcast a 1-channel norm over the
+    layer's 6 channels, a wrong output without an error (batch norm refuses it unfused)."""
+    conv = BasisConv2d(4, 6, 3, 3, padding=1, fuse_norm=True)
+    norm = nn.BatchNorm2d(1, **norm_kwargs).train(training)
+    with pytest.raises(RuntimeError, match="should contain 6 elements not 1"):
+        norm(conv(torch.randn(2, 4, 5, 5)))
+    with pytest.raises(RuntimeError, match="should contain 6 elements not 1"):
+        conv_norm_act(conv, norm, torch.randn(2, 4, 5, 5), relu=True)
+
+
 @pytest.mark.filterwarnings("ignore:a basis layer with fuse_norm")
 def test_backward_hooks_see_the_modules_one_after_another():
     """The norm's backward hook did not run under the fold, and the layer's got the

@@ -484,6 +484,11 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
     """``norm`` applied the way ``nn.BatchNorm2d.forward`` applies it (which statistics,
     the running averages and their momentum), with the arithmetic folded into the layer's
     combination."""
+    for name in ("running_mean", "weight"):  # refused as F.batch_norm refuses it unfused
+        value = getattr(norm, name)  # (per-channel products broadcast a 1-channel norm)
+        if value is not None and value.numel() != layer.out_channels:
+            raise RuntimeError(f"{name} should contain {layer.out_channels} elements not "
+                               f"{value.numel()}")
     batch_stats = norm.training or norm.running_mean is None
     momentum = norm.momentum
     # a norm whose tracking was switched off keeps its buffers unchanged (frozen statistics)

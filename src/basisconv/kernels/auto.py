@@ -27,7 +27,7 @@ import time
 import torch
 
 from . import triton_conv
-from .fused import compute_dtype, fused_forward, numeric_padding
+from .fused import compute_dtype, failed_to_compile, fused_forward, numeric_padding
 from .torch_ops import dense_forward, stacked_forward
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,17 @@ def _measuring_is_possible(x: torch.Tensor) -> bool:
     return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding,
-               dilation) -> list[str]:
+def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding, dilation,
+               outputs: int) -> list[str]:
     """The forms worth timing here: the fused kernel only where it runs compiled (under
     the interpreter it would only time the interpreter) and on this call's geometry (a
-    one-sided ``"same"`` padding or too many output pixels make ``fused`` run the stacked
-    form, which would then be timed, chosen and recorded under the kernel's name)."""
+    one-sided ``"same"`` padding, too many output pixels or a kernel that already failed
+    to compile for the shape of ``outputs`` channels make ``fused`` run the stacked form,
+    which would then be timed, chosen and recorded under the kernel's name)."""
     forms = ["stacked", "dense"]
     pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
-    if pad is None or triton_conv.interpreting():
+    if pad is None or triton_conv.interpreting() or failed_to_compile(
+            x, basis_weight, outputs, stride, padding, dilation):
         return forms
     h_out, w_out = triton_conv.output_size(x.shape[2:], basis_weight.shape[2:], stride, pad,
                                            dilation)
@@ -127,8 +129,11 @@ def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch
     if form is None and _measuring_is_possible(x):
         args = (x, basis_weight, combination, bias, stride, padding, dilation)
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            times = {f: _time(f, args, backward)
-                     for f in candidates(x, basis_weight, stride, padding, dilation)}
+            times = {f: _time(f, args, backward) for f in
+                     candidates(x, basis_weight, stride, padding, dilation, combination.shape[0])}
+        if "fused" in times and failed_to_compile(x, basis_weight, combination.shape[0], stride,
+                                                  padding, dilation):
+            del times["fused"]  # its kernel failed as it was timed: that was the stacked form
         form = _CHOICES[key] = min(times, key=times.get)
         TIMINGS[key] = times
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs (%s; ms per call: %s)",

@@ -61,8 +61,8 @@ def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: t
     basis maps as ``[M, m]`` rows (empty unless ``store_basis``): the kernel's, or the
     stacked form's where the kernel cannot run (said once)."""
     triton_conv.check_input(x, basis_weight, combination, bias, padding, dilation)
-    shape = (x.device.type, x.dtype, tuple(x.shape), tuple(basis_weight.shape),
-             combination.shape[0], tuple(stride), tuple(padding), tuple(dilation))
+    shape = _shape_key(x, x.dtype, basis_weight, combination.shape[0], stride, padding,
+                       dilation)
     h_out, w_out = triton_conv.output_size(x.shape[2:], basis_weight.shape[2:], stride,
                                            padding, dilation)
     reason = (triton_conv.unsupported(x, x.dtype, basis_weight.shape[0],
@@ -172,6 +172,23 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a conv of ``x`` computes in: autocast's where it is on (and ``x`` is not
     float64, which it leaves alone), else ``x``'s."""
     return _autocast(x, autocast_dtype(x)).dtype
+
+
+def _shape_key(x: torch.Tensor, dtype: torch.dtype, basis_weight: torch.Tensor, outputs: int,
+               stride, padding, dilation) -> tuple:
+    """What a kernel's compile failure is remembered by (:data:`_FAILED`)."""
+    return (x.device.type, dtype, tuple(x.shape), tuple(basis_weight.shape), outputs,
+            tuple(stride), tuple(padding), tuple(dilation))
+
+
+def failed_to_compile(x: torch.Tensor, basis_weight: torch.Tensor, outputs: int, stride,
+                      padding, dilation) -> bool:
+    """Whether the kernel already failed to compile for this call's shape, so that
+    :func:`fused_forward` runs the stacked form there (``combine="auto"`` then neither
+    times nor records that as ``fused``)."""
+    pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
+    return pad is not None and _shape_key(x, compute_dtype(x), basis_weight, outputs, stride,
+                                          pad, dilation) in _FAILED
 
 
 def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
