@@ -67,7 +67,11 @@ if ! [[ $GPU =~ ^[a-z0-9._-]+$ ]]; then
   [ -z "${OUT_DIR:-}" ] && exit 2
 fi
 OUT=${OUT_DIR:-results/gpu-$GPU}
-mkdir -p "$OUT/logs"
+# (not checked, every step "failed" with a log that does not exist)
+if ! mkdir -p "$OUT/logs" 2>/dev/null || ! [ -w "$OUT/logs" ]; then
+  echo "gpu-speed: cannot write $OUT/logs; set OUT_DIR to a folder that can be written" >&2
+  exit 2
+fi
 FAILED=()
 NOT_RUN=()
 

@@ -121,6 +121,8 @@ def test_runs_of_other_repeats_write_files_of_their_own():
     # the fractions stay out of the name, so the documented --fractions commands write
     # the files that they wrote before
     assert SpeedOptions(fractions=[0.5, 0.25]).tag == "cpu-fp32"
+    # ascending, as the tables and the plot read them (a zigzag plot, found in review)
+    assert SpeedOptions(fractions=[0.5, 0.125, 0.75]).fractions == [0.125, 0.5, 0.75]
     assert SpeedOptions(layer_repeats=3, model_repeats=2, warmup=1).tag == "cpu-fp32-quick"
     assert SpeedOptions(layer_repeats=5).tag == "cpu-fp32-r5_7_2"
     assert SpeedOptions(parts=["model"]).tag == "cpu-fp32"  # its files are its own
@@ -273,7 +275,7 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     (dict(warmup=0), "--warmup must be >= 1 (the first call of each form is not timed), got 0"),
     (dict(fractions=[0.5, 1.5]), "--fractions must be in (0, 1], got 1.5"),
     # (the layer rows were de-duplicated, the model rows written twice)
-    (dict(fractions=[0.5, 0.25, 0.5]), "--fractions must differ, got 0.5 0.25 0.5")])
+    (dict(fractions=[0.5, 0.25, 0.5]), "--fractions must differ, got 0.25 0.5 0.5")])
 def test_layer_benchmark_flags_out_of_range_are_named(options, message):
     assert SpeedOptions(**options).invalid_flag().startswith(message)
     assert SpeedOptions(quick=True, threads=0).invalid_flag() is None

@@ -167,6 +167,16 @@ def test_gpu_speed_names_its_folder_by_the_gpu_alone_and_stops_at_a_missing_pack
         "gpu-speed: the package does not import under " + str(bare / "python") +
         " (ModuleNotFoundError: No module named 'omegaconf'); install requirements.txt "
         "without torch, or carry wheels (make gpu-wheels) and put them on PYTHONPATH"]
+    # found in review: an output folder that cannot be made was not checked, so every step
+    # "failed" (24 lines, each naming a log that does not exist)
+    (tmp_path / "a-file").write_text("")
+    unwritable = fake_gpu_speed(repo, bare, "echo h200; exit 0",
+                                OUT_DIR=str(tmp_path / "a-file" / "x"))
+    out, err = unwritable.communicate(timeout=120)
+    assert unwritable.returncode == 2 and not (bare / "calls.txt").exists()
+    assert err.strip().splitlines() == [
+        f"gpu-speed: cannot write {tmp_path / 'a-file' / 'x'}/logs; set OUT_DIR to a folder "
+        f"that can be written"]
 
 
 def test_gpu_speed_stopped_stops_its_running_step(repo, tmp_path):

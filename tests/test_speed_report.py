@@ -3,6 +3,7 @@ CPU and GPU, in one summary whose every row names its record."""
 
 import hashlib
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -246,10 +247,12 @@ def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, t
 
 def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(folders,
                                                                             tmp_path):
-    """``--out s.md`` once wrote ``s.md``, ``s.png`` and ``s.md-model.csv``."""
-    written = speed.write_summary(folders, tmp_path / "s.md", "test")
-    assert sorted(p.name for p in written) == ["s-model.csv", "s-training.csv", "s.json",
-                                                "s.md", "s.png"]
+    """``--out s.md`` once wrote ``s.md``, ``s.png`` and ``s.md-model.csv`` (and ``--out
+    s.json`` ``s.json.md``, found in review)."""
+    for name in ("s.md", "s.json"):
+        written = speed.write_summary(folders, tmp_path / name, "test")
+        assert sorted(p.name for p in written) == ["s-model.csv", "s-training.csv", "s.json",
+                                                    "s.md", "s.png"]
     # found in review: a stem with dots (a date) lost its last part in the .md and .png
     written = speed.write_summary(folders, tmp_path / "s-2026.12.01", "test")
     assert sorted(p.name for p in written) == [
@@ -343,6 +346,27 @@ def test_a_training_record_lacking_a_number_is_one_clear_error(repo, tmp_path, f
     assert "measure again" in result.stderr and not list(tmp_path.glob("s*"))
 
 
+@pytest.mark.parametrize("pattern, change", [
+    ("train-throughput", {"batch_size": 0}), ("train-throughput", {"basis_size": "0.5"}),
+    ("train-throughput", {"provenance": "x"}),
+    ("train-throughput", {"provenance": {"hardware": "x"}}),
+    ("model-speed", {"settings": "x"}), ("model-speed", {"provenance": ["x"]})])
+def test_a_record_with_fields_of_the_wrong_kind_is_one_clear_error(tmp_path, pattern, change):
+    """Found in review: an edited record (a batch of 0, a basis size in quotes, provenance
+    that is not an object) stopped the report with a ZeroDivisionError, ValueError or
+    AttributeError from inside it."""
+    _train_record(tmp_path, "cpu-fp32", CPU, 2.0)
+    _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.39})
+    path = tmp_path / f"{pattern}-cpu-fp32.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    writer = "benchmark_train" if pattern == "train-throughput" else "benchmark_layers"
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))} is not a benchmark record "
+                                           rf"the summary can read \(\w+: .*\): measure again "
+                                           rf"\(`python scripts/{writer}.py`\)"):
+        speed.training_speed([tmp_path]) if pattern == "train-throughput" \
+            else speed.model_speed([tmp_path])
+
+
 def test_an_older_table_without_the_time_bound_is_still_read(tmp_path):
     _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.39})
     table = tmp_path / "model-speed-cpu-fp32.csv"
@@ -388,3 +412,23 @@ def test_the_script_reads_results_and_its_gpu_folders_by_default(folders, load_s
     script.main([])
     model = pd.read_csv(tmp_path / "results" / "speed-summary-model.csv")
     assert set(model["hardware"]) == {"AMD EPYC (AVX512)", "NVIDIA H200"}
+
+
+def test_make_speed_report_passes_the_folders_named_as_given(repo):
+    """Found in review: folders named with SPEED_FOLDERS= that did not exist were dropped
+    without a word, and with none left the script summarized its default folders over the
+    committed summary; now it gets them and refuses a missing one. The default list still
+    leaves out the folders that do not exist."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+
+    def dry(*variables):
+        return subprocess.run(["make", "-n", "-o", ".venv/.installed", "speed-report",
+                               *variables], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout
+
+    assert "speed_report.py results/gpu-none " in dry("SPEED_FOLDERS=results/gpu-none")
+    default = dry().split("speed_report.py", 1)[1].split()
+    assert default[0] == "results" and all((repo / folder).is_dir() for folder in default)

@@ -13,6 +13,7 @@ hand, and CPU and GPU stand side by side:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -108,14 +109,15 @@ def model_speed(folders: list[Path]) -> pd.DataFrame:
     """One row per basis fraction of every whole-model benchmark in ``folders``."""
     frames = []
     for record, path in _records(folders, "model-speed-*.json"):
-        settings = record.get("settings") or {}
-        table = path.parent / str(record.get("file"))
-        if not table.is_file():
-            raise DatasetError(f"{path} names its table {table.name}, which is not beside it; "
-                               f"copy the two files together")
-        frame = _model_table(record, path, table)
-        frame = frame.assign(**_origin(record, path), precision=settings.get("precision"),
-                             threads=_or_dash(settings.get("threads")), form=_options(path))
+        with _readable(record, path):
+            settings = record.get("settings") or {}
+            table = path.parent / str(record.get("file"))
+            if not table.is_file():
+                raise DatasetError(f"{path} names its table {table.name}, which is not beside "
+                                   f"it; copy the two files together")
+            frame = _model_table(record, path, table)
+            frame = frame.assign(**_origin(record, path), precision=settings.get("precision"),
+                                 threads=_or_dash(settings.get("threads")), form=_options(path))
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=MODEL_COLUMNS)
@@ -149,8 +151,7 @@ def _model_table(record: dict, path: Path, table: Path) -> pd.DataFrame:
             problem = f"has empty or non-numeric values in {', '.join(broken)} (cut off?)"
         else:
             return frame
-    command = ((record.get("provenance") or {}).get("command")
-               or "python scripts/benchmark_layers.py")
+    command = _command(record, "python scripts/benchmark_layers.py")
     raise DatasetError(f"{table}, the table of {path.name}, {problem}: measure again "
                        f"(`{command}`, writing to {path.parent}) or move both files out of "
                        f"the folder")
@@ -161,27 +162,9 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
     to the dense model's on the same hardware, precision, batch and execution mode."""
     rows = []
     for record, path in _records(folders, "train-throughput-*.json"):
-        _check_training_record(record, path)
-        basis = record.get("basis_size")
-        mode = ("graphs" if record.get("cuda_graphs") else
-                f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
-        origin = _origin(record, path)
-        diff = ((record.get("provenance") or {}).get("git") or {}).get("diff_sha256")
-        rows.append({**origin, "code": (origin["commit"], diff),
-                     "precision": precision_name(record.get("amp", "none")),
-                     "batch": record["batch_size"], "mode": mode,
-                     "architecture": record.get("model", "resnet18"),
-                     "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
-                     "threads": record.get("threads") or "-",
-                     "model": "dense" if basis is None else f"basis {basis:g}",
-                     "form": "-" if basis is None else _training_form(record),
-                     "seconds_per_step": record["seconds_per_step"],
-                     "epoch_seconds": record.get("epoch_seconds",
-                                                 record["seconds_per_step"]
-                                                 * (50000 // record["batch_size"])),
-                     "images_per_second": record["images_per_second"],
-                     # (records from before d1a73b6 did not time it: "-")
-                     "checkpoint_seconds": record.get("checkpoint_seconds_median", math.nan)})
+        with _readable(record, path):
+            _check_training_record(record, path)
+            rows.append(_training_row(record, path))
     table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"]
                          + ["code"])
     dense = table[table["model"] == "dense"]
@@ -196,6 +179,52 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
     return table[TRAIN_COLUMNS]
 
 
+def _training_row(record: dict, path: Path) -> dict:
+    basis = record.get("basis_size")
+    mode = ("graphs" if record.get("cuda_graphs") else
+            f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
+    origin = _origin(record, path)
+    diff = ((record.get("provenance") or {}).get("git") or {}).get("diff_sha256")
+    return {**origin, "code": (origin["commit"], diff),
+            "precision": precision_name(record.get("amp", "none")),
+            "batch": record["batch_size"], "mode": mode,
+            "architecture": record.get("model", "resnet18"),
+            "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
+            "threads": record.get("threads") or "-",
+            "model": "dense" if basis is None else f"basis {basis:g}",
+            "form": "-" if basis is None else _training_form(record),
+            "seconds_per_step": record["seconds_per_step"],
+            "epoch_seconds": record.get("epoch_seconds",
+                                        record["seconds_per_step"]
+                                        * (50000 // record["batch_size"])),
+            "images_per_second": record["images_per_second"],
+            # (records from before d1a73b6 did not time it: "-")
+            "checkpoint_seconds": record.get("checkpoint_seconds_median", math.nan)}
+
+
+@contextlib.contextmanager
+def _readable(record: dict, path: Path):
+    """Refuse, in one line naming the file and the command that measures again, a record
+    whose fields are not of the kinds its benchmark writes (an edited or foreign file: a
+    ``provenance`` that is a string, a batch of 0, a basis size in quotes), which would
+    otherwise stop the report with a stack trace from inside it (found in review)."""
+    try:
+        yield
+    except (TypeError, ValueError, AttributeError, KeyError, ZeroDivisionError) as err:
+        writer = next(w for pattern, w in RECORD_FILES.items() if path.match(pattern))
+        raise DatasetError(
+            f"{path} is not a benchmark record the summary can read ({type(err).__name__}: "
+            f"{one_line(err)}): measure again (`{_command(record, f'python {writer}')}`) or "
+            f"move it out of the folder") from None
+
+
+def _command(record: dict, default: str) -> str:
+    """The command that measured ``record`` again (``default`` when it names none)."""
+    provenance = record.get("provenance")
+    command = provenance.get("command") if isinstance(provenance, dict) else None
+    return command if isinstance(command, str) and command else default
+
+
 def _check_training_record(record: dict, path: Path) -> None:
     """Refuse, in one line naming the file and the command that measures again, a
     training-step record that lacks a number the summary reads (:data:`TRAIN_FIELDS`):
@@ -203,8 +232,7 @@ def _check_training_record(record: dict, path: Path) -> None:
     lacking = [k for k in TRAIN_FIELDS
                if isinstance(record.get(k), bool) or not isinstance(record.get(k), (int, float))]
     if lacking:
-        command = ((record.get("provenance") or {}).get("command")
-                   or "python scripts/benchmark_train.py")
+        command = _command(record, "python scripts/benchmark_train.py")
         raise DatasetError(f"{path} lacks the numbers {', '.join(lacking)} of a training-step "
                            f"record: measure again (`{command}`) or move it out of the folder")
 
@@ -264,7 +292,7 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     note = (f"From the records in {', '.join(map(str, folders))}; made by `{command}` at "
             f"commit {commit_name(made['git'])} on {made['date'][:10]}.")
     out = Path(out)
-    if out.suffix in (".md", ".csv", ".png"):  # the summary's own name, not a stem:
+    if out.suffix in (".md", ".csv", ".png", ".json"):  # the summary's own name, not a stem:
         out = out.with_suffix("")  # else "s.md-model.csv" beside "s.md" and "s.png"
     named = out.parent / f"{out.name}.md"  # not with_suffix: a stem may hold dots (a date)
     written = [
