@@ -804,3 +804,16 @@ def test_an_empty_layer_list_and_a_conv1d_say_what_to_do():
     with pytest.raises(ConfigError, match=r"layer '0' is a Conv1d, only nn.Conv2d layers "
                                           r"convert; valid names: 1$"):
         apply_basis(model, "0", 2)
+
+
+def test_an_exact_name_with_pattern_characters_is_taken_literally():
+    """Found in review: a ModuleDict key may hold brackets, and "conv[12]" was matched as a
+    pattern: conv1 and conv2 were converted, conv[12] left dense, without a word."""
+    model = nn.ModuleDict({"conv[12]": nn.Conv2d(16, 32, 3), "conv1": nn.Conv2d(32, 32, 3),
+                           "conv2": nn.Conv2d(32, 32, 3)})
+    converted = apply_basis(model, "conv[12]", 0.25)
+    assert isinstance(converted["conv[12]"], BasisConv2d)
+    assert type(converted["conv1"]) is nn.Conv2d and type(converted["conv2"]) is nn.Conv2d
+    both = apply_basis(model, "conv[12]*", 0.25)  # not a name: a pattern, as before
+    assert [type(both[k]).__name__ for k in ("conv[12]", "conv1", "conv2")] == \
+        ["Conv2d", "BasisConv2d", "BasisConv2d"]

@@ -369,10 +369,14 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     except AttributeError as err:
         if "'BasisConv2d' object has no attribute 'weight'" not in str(err):
             raise
-        raise ConfigError(f"model_cost: the model's forward reads the weight of a converted "
-                          f"conv ({err}; e.g. a decoder tied to an encoder's filters, or "
+        # the layer by name (found in review: a scan of dozens of convs stopped naming none)
+        name = next((n for n, m in shadow.named_modules() if m is getattr(err, "obj", None)),
+                    None)
+        layer = f"layer {name!r}" if name else "a converted conv"
+        raise ConfigError(f"model_cost: the model's forward reads the weight of {layer} ({err}; "
+                          f"e.g. a decoder tied to an encoder's filters, or "
                           f"F.conv2d(x, conv.weight)): a BasisConv2d has no weight tensor; "
-                          f"leave that conv out of the layers converted") from None
+                          f"leave {name or 'that conv'} out of the layers converted") from None
     except (RuntimeError, NotImplementedError, ValueError) as err:
         # on the meta device torch's own message names no shape ("Invalid channel dimensions");
         # a batch norm in training mode refuses one value per channel (ValueError): a batch
