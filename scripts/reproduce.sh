@@ -155,6 +155,21 @@ IFS=, read -r -a GPU_IDS <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((GPUS > 0 ? 
 LOGS=$OUT/logs
 STARTED=0
 LAST_JOB=
+# One invocation at a time on a run folder and a results folder (found in review: two at
+# once shared the failure marks and logs, so a failed run was reported as done with exit
+# status 0, and timed the speed benchmark beside each other). The lock is held until this
+# script and every run it started have ended (they inherit it).
+lock_folder() {  # lock_folder <fd> <folder>: take <folder>/.reproduce.lock, or fail
+  mkdir -p "$2"
+  eval "exec $1>>\"\$2/.reproduce.lock\""
+  "$PY" -c 'import fcntl, sys; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' \
+    "$1" 2> /dev/null
+}
+if ! lock_folder 8 "$OUT" || ! lock_folder 9 "$RESULTS"; then
+  echo "another scripts/reproduce.sh is running on $OUT or $RESULTS; wait for it to end," \
+       "or give this one other folders (OUTPUTS=<folder> RESULTS_DIR=<folder>)" >&2
+  exit 2
+fi
 # every refusal is above: only an invocation that runs ties the folder to its overrides
 if [ -n "$WANTED" ]; then
   mkdir -p "$RESULTS"
@@ -206,15 +221,23 @@ in_foreground() {  # in_foreground <command...>: run it and wait for it. In the 
                    # ended, so a SIGTERM to this script would wait for the whole run
   "$@" &
   FOREGROUND=$!
-  wait "$FOREGROUND"
+  local code=0
+  wait "$FOREGROUND" || code=$?
   FOREGROUND=
+  return "$code"
 }
 
-run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free
+run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free;
+         # a run that fails is marked, named at the end, and the others go on
   local name=$1; shift
-  if [ "$JOBS" -le 1 ]; then
-    in_foreground "$@"
-    return
+  if [ "$JOBS" -le 1 ]; then  # (found in review: its first failure ended the protocol)
+    mkdir -p "$LOGS"
+    local code=0
+    in_foreground "$@" || code=$?
+    if [ "$code" -ne 0 ]; then
+      echo "$code" > "$LOGS/$name.failed"; echo "== $name: FAILED (its output is above)"
+    fi
+    return 0
   fi
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   mkdir -p "$LOGS"
@@ -235,7 +258,9 @@ barrier() {  # wait for every started run; stop with the failed ones named
   local failed
   failed=$(cd "$LOGS" 2>/dev/null && ls -- *.failed 2>/dev/null | sed 's/\.failed$//' || true)
   if [ -n "$failed" ]; then
-    echo "failed runs (logs in $LOGS): $(echo $failed)" >&2
+    local where="logs in $LOGS"
+    [ "$JOBS" -le 1 ] && where="their output is above, and each run's log in its folder"
+    echo "failed runs ($where): $(echo $failed)" >&2
     exit 1
   fi
 }
