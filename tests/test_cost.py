@@ -419,3 +419,25 @@ def test_a_model_in_another_dtype_is_counted_as_in_float32(dtype):
     expected = model_cost(model, (1, 3, 8, 8)).totals()
     assert model_cost(model.to(dtype), (1, 3, 8, 8)).totals() == expected
     assert dense_totals(model, (1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("basis", [False, True])
+def test_a_layer_called_on_unbatched_inputs_is_counted_per_image(basis):
+    """Found in review: a conv that a model runs image by image ([C, H, W] inputs, which
+    nn.Conv2d takes) was counted as a batch of C images: 8 times too many here, silently."""
+    import torch.nn as nn
+
+    class PerImage(nn.Module):
+        def __init__(self):
+            super().__init__()
+            conv = nn.Conv2d(8, 16, 3, padding=1)
+            self.conv = BasisConv2d.from_conv(conv, 4) if basis else conv
+
+        def forward(self, x):
+            return torch.stack([self.conv(image) for image in x])
+
+    torch.manual_seed(0)
+    counted = model_cost(PerImage(), (2, 8, 10, 10))
+    measured = measure_flops(PerImage(), (2, 8, 10, 10))
+    assert (counted.forward_flops, counted.backward_flops) == \
+        (measured["forward_flops"], measured["backward_flops"])

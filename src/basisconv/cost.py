@@ -161,6 +161,11 @@ def saves_compute(conv_or_shape, num_basis: int | float, combine: str = "stacked
 
     ``fused_norm``: the layer runs with its batch norm folded in (``fuse_norm``); its
     moments (:func:`forward_macs_per_pixel`) alone can undo the saving near full rank.
+    The rule is per output pixel: what a layer pays once a batch (a folded norm's statistics
+    of the combined channels, ``2*C_out*m*m``; a low-rank coefficient product) is left out,
+    as a layer is converted before any batch size is known, so near full rank a layer with
+    few output pixels (ResNet-18's last stage at size 0.82 with ``fuse_norm``) can be
+    converted and cost a little more (``layer_savings``' ``forward_flops_saved`` says so).
     This is the forward's count. In a training step every layer's backward saves as its
     forward does, except a first layer, whose input needs no gradient: there the basis
     form still pays the combination's input gradient, so the stem can cost more to train
@@ -248,6 +253,9 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
     whether parameter gradients are computed is read from their ``requires_grad``.
     ``active_coefficients`` overrides the count read from a pruned layer's mask; ``norm``
     is the batch norm a basis layer ran with, folded in (``conv_norm_act``)."""
+    # a conv also takes an unbatched [C, H, W] input (a model that runs it image by image):
+    # one image, not C of them (found in review)
+    images = input_shape[0] if len(input_shape) == 4 else 1
     if isinstance(module, BasisConv2d):
         mask = module.coefficient_mask
         if mask is not None and active_coefficients is None:
@@ -256,7 +264,7 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
         biases = [b for b in (module.bias, getattr(norm, "bias", None)) if b is not None]
         return basis_conv2d_cost(
             module.in_channels, module.out_channels, module.kernel_size, module.num_basis,
-            tuple(output_shape[-2:]), batch=input_shape[0], bias=module.bias is not None,
+            tuple(output_shape[-2:]), batch=images, bias=module.bias is not None,
             combine=module.combine, coefficient_rank=module.coefficient_rank,
             active_coefficients=active_coefficients,
             input_grad=input_grad, basis_grad=module.basis_weight.requires_grad,
@@ -267,7 +275,7 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
             bias_grad=any(b.requires_grad for b in biases), name=name)
     if isinstance(module, nn.Conv2d):
         return conv2d_cost(module.in_channels, module.out_channels, module.kernel_size,
-                           tuple(output_shape[-2:]), batch=input_shape[0], groups=module.groups,
+                           tuple(output_shape[-2:]), batch=images, groups=module.groups,
                            bias=module.bias is not None, input_grad=input_grad,
                            weight_grad=module.weight.requires_grad, name=name)
     if isinstance(module, nn.Linear):

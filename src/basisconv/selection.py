@@ -361,8 +361,10 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     """The candidate table: per candidate layer (among ``layers``, in model order), what
     converting it alone saves, by the cost model, per input of ``input_shape``
     (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
-    Candidates are the layers where a basis of this size saves forward multiply-adds
-    (``only_where_saves``, :func:`~basisconv.cost.saves_compute`); converting several
+    Candidates are the layers where a basis of this size saves forward multiply-adds per
+    output pixel (``only_where_saves``, :func:`~basisconv.cost.saves_compute`: near full
+    rank with few output pixels, the once-a-batch terms below can make a candidate's
+    ``forward_flops_saved`` slightly negative, which the table then says); converting several
     layers saves the sum (layer costs are independent). A first layer can still cost more
     to train (its input needs no gradient, its basis maps do): its ``flops_saved`` is
     then negative, and the budget rule passes it over.

@@ -236,6 +236,10 @@ class Training:
             choose_forms_now(self.model, shapes, device=self.device,
                              memory_format=self.memory_format, amp_dtype=self.amp_dtype)
         step_model = distributed.wrap(self.model, self.device)
+        if distributed.world_size() > 1:  # synchronized norms, which basis layers do not
+            # fold (fuse_norm): the record counts what runs (found in review: it counted
+            # the folded form, and a dense warm-up's conversion, after this, did not)
+            self.results["model"] = describe(self.model, batch=trainer.batch_size)
         self.step_model = loop.compiled(step_model, trainer)
         self.graphed = loop.use_cuda_graphs(trainer, self.device)
         skip_every = self.cfg.basis.coefficient_update_every
