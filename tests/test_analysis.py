@@ -1321,6 +1321,22 @@ def test_a_table_of_runs_executed_differently_says_so():
         runs_frame([(r, "a") for r in threads]))
 
 
+def test_cuda_graphs_asked_of_a_run_that_ran_eagerly_is_no_set_up_of_its_own():
+    """Found in review: trainer.cuda_graphs is ignored off CUDA and under torchrun (the
+    steps run eagerly, so one config serves every machine), yet such a CPU run was called
+    a set-up of its own, "CUDA graphs", and the table said it compared unlike runs."""
+    from basisconv.analysis.runs import timing_setup
+
+    cpu, gpu = {"cpu": "AMD EPYC", "torch_threads": 2}, {"cpu": "AMD EPYC", "gpu": "NVIDIA H200"}
+    graphs = {"trainer": {"device": "auto", "cuda_graphs": True}}
+    eager = {"trainer": {"device": "auto", "cuda_graphs": False}}
+    assert timing_setup(graphs, cpu) == timing_setup(eager, cpu) == "AMD EPYC, 2 threads"
+    assert timing_setup({"trainer": {"device": "cpu", "cuda_graphs": True}}, gpu) == \
+        timing_setup({"trainer": {"device": "cpu"}}, gpu)
+    assert timing_setup(graphs, {**gpu, "processes": 2}) == "NVIDIA H200, 2 processes"
+    assert timing_setup(graphs, gpu) == "NVIDIA H200, CUDA graphs"
+
+
 def test_a_count_of_one_filter_and_the_fraction_one_are_different_rows(tmp_path, monkeypatch):
     """``basis.size=1`` is one filter, ``1.0`` all of them: two configurations, not one
     averaged row; the speed plot draws the fractions on a fraction axis (counts apart)."""

@@ -583,6 +583,17 @@ def test_device_names_are_checked_at_validation_and_when_resolved(compose_cfg):
             resolve_device("cuda")
 
 
+def test_a_gpu_index_the_machine_lacks_is_one_line(monkeypatch):
+    """Found in review (read, not run: no GPU here): cuda:3 on a one-GPU machine passed,
+    and torch's "invalid device ordinal" came from deep inside the run's set-up."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"trainer.device=cuda:3: this torch sees 1 GPU\(s\), "
+                                          r"cuda:0..cuda:0"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
 @pytest.mark.parametrize("value, mode", [("dryrun", "offline"), ("run", "online")])
 def test_wandbs_other_mode_names_are_taken_from_the_environment_and_logged(
         compose_cfg, monkeypatch, caplog, value, mode):
