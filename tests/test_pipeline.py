@@ -78,9 +78,10 @@ def test_train_script_writes_run_record_and_offline_wandb_run(tmp_path, repo):
 
 
 def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
-    sweep = tmp_path / "sweep"
-    run(repo, tmp_path, "-m", "selection=all", "basis.size=0.25,0.5", "trainer.epochs=1",
-        f"hydra.sweep.dir={sweep}")
+    sweep, extra = tmp_path / "sweep", tmp_path / "my configs"
+    extra.mkdir()
+    run(repo, tmp_path, "-m", f"--config-dir={extra}", "selection=all", "basis.size=0.25,0.5",
+        "trainer.epochs=1", f"hydra.sweep.dir={sweep}")
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
     assert [r["config"]["basis"]["size"] for r in records] == [0.25, 0.5]
     assert all(r["status"] == "complete" for r in records)
@@ -88,6 +89,9 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
     for record, size in zip(records, ("0.25", "0.5")):
         command, sweep_line = (record["provenance"][k] for k in ("command", "sweep_command"))
         assert f"basis.size={size}" in command.split() and "-m" not in command.split()
+        # with the flags it composed with (found in review: without --config-dir or
+        # --config-name the line failed, or ran another config)
+        assert shlex.split(command)[2] == f"--config-dir={extra}"
         assert "basis.size=0.25,0.5" in sweep_line and "-m" in sweep_line.split()
     # ResNet-20 at width 0.25 has 4-16 channels: at 1/4 the stem (K = 27) saves too
     assert len(records[0]["model"]["basis_layers"]) == 19

@@ -182,6 +182,22 @@ def test_a_resume_with_another_number_of_processes_is_a_warning(caplog):
     assert now["earlier"][0]["hardware"]["processes"] == 2
 
 
+def test_a_resume_with_another_thread_count_is_a_warning(caplog):
+    """Found in review: a run resumed at 2 threads after 1 (reproduce.sh continued with
+    another JOBS) said nothing, though on a CPU its results then differ, to rounding."""
+    from basisconv.train import keep_earlier_provenance
+
+    saved = {"git": {"commit": "abc"}, "hardware": {"cpu": "X", "torch_threads": 1}}
+    now = {"git": {"commit": "abc"}, "hardware": {"cpu": "X", "torch_threads": 2}}
+    with caplog.at_level("WARNING"):
+        keep_earlier_provenance(now, saved, 1)
+    assert "torch threads 1 -> 2" in caplog.text and "changes the results to rounding" in \
+        caplog.text
+    caplog.clear()
+    keep_earlier_provenance({**now, "hardware": {"cpu": "X", "torch_threads": 1}}, saved, 1)
+    assert "another commit or set-up" not in caplog.text
+
+
 def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
     """An exception while writing (a full disk, an unpicklable object) must not replace
     the previous record, nor leave its half-written temporary beside it."""
@@ -878,3 +894,11 @@ def test_a_wandb_service_that_dies_is_one_warning_and_no_exit_traceback(tmp_path
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "wandb" in r.message]
     assert len(warnings) == 1, [r.message for r in warnings]
     assert torn_down  # the dead service dropped now, not by wandb's atexit hook
+
+
+def test_a_sweep_jobs_command_keeps_the_flags_that_choose_its_configs():
+    from basisconv.records import _hydra_flags
+
+    assert _hydra_flags(["-m", "--config-dir", "/x", "-cn", "config", "experiment=tiny",
+                         "seed=0,1", "--config-path=/y", "--multirun"]) == \
+        ["--config-dir", "/x", "-cn", "config", "--config-path=/y"]

@@ -2,6 +2,7 @@
 time; measured on the run's device in the run's settings, once per machine and setting
 (cached), and kept by a resumed run whatever it would measure now."""
 
+import json
 import logging
 
 import pandas as pd
@@ -254,3 +255,24 @@ def test_the_timing_log_names_the_device_measured_on(repo, tmp_path, monkeypatch
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert len(lines) == 2 and all(f"forward+backward on {expected}" in x for x in lines)
     assert not any("on auto" in x for x in lines)
+
+
+def test_a_sensitivity_run_records_the_threads_its_layers_were_timed_on(repo, tmp_path,
+                                                                        monkeypatch):
+    """Found in review: the run record and the timing cache named the process's thread
+    count (taken after the run's settings were put back), not the 1 thread the layers
+    were timed on, which is what says how its times were made."""
+    calls = []
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
+    torch.set_num_threads(2)  # the caller's; the run says 1 (restored by conftest)
+    cfg = compose_timed(repo, tmp_path / "cache", "trainer.threads=1")
+    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+    monkeypatch.setattr(sensitivity, "sensitivity_table", lambda cfg: (table, {
+        "key": "k", "cache_hit": True, "seconds": 1.0, "reference": {}, "pretrained": {},
+        "dense": selection.dense_totals(build_model("resnet8", width=0.5)),
+        "provenance": {}}))
+    record = sensitivity.run_sensitivity(cfg, tmp_path / "run")
+    assert calls[0]["threads"] == 1 and torch.get_num_threads() == 2
+    assert record["provenance"]["hardware"]["torch_threads"] == 1
+    cached, = (tmp_path / "cache" / "layer-times").glob("*.json")
+    assert json.loads(cached.read_text())["provenance"]["hardware"]["torch_threads"] == 1

@@ -140,13 +140,18 @@ class Runtime:
                              memory_format=self.memory_format)
 
 
+def use_threads(trainer: DictConfig) -> None:
+    """torch's CPU threads as ``trainer.threads`` says (0: torch's default, left alone)."""
+    if trainer.threads:
+        torch.set_num_threads(trainer.threads)
+
+
 def setup(trainer: DictConfig, seed: int, *, join_process_group: bool = False) -> Runtime:
     """The one set-up of a training process: torch threads (``trainer.threads``), the
     device (``trainer.device``; with ``join_process_group`` the ``torchrun`` process group
     is joined and the device becomes this rank's GPU), seeds and deterministic flags, the
     memory format and the autocast dtype."""
-    if trainer.threads:
-        torch.set_num_threads(trainer.threads)
+    use_threads(trainer)
     device = resolve_device(trainer.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # streams and events of cuda:N runs then live there

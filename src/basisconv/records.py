@@ -217,8 +217,27 @@ def this_command() -> dict[str, str]:
     from hydra.types import RunMode
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return {"command": line}
-    job = shlex.join(["python", sys.argv[0], *HydraConfig.get().overrides.task])
+    job = shlex.join(["python", sys.argv[0], *_hydra_flags(sys.argv[1:]),
+                      *HydraConfig.get().overrides.task])
     return {"command": job, "sweep_command": line}
+
+
+#: Hydra's flags that take the next word as their value.
+_VALUED_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
+
+
+def _hydra_flags(argv: list[str]) -> list[str]:
+    """The flags of a sweep's command line but ``-m``: which configs a job composes from
+    (found in review: a job's command without ``--config-dir`` failed, and without
+    ``--config-name`` ran another config, silently)."""
+    flags, words = [], iter(argv)
+    for word in words:
+        if word in ("-m", "--multirun") or not word.startswith("-"):
+            continue  # (an override: the job's own are Hydra's task overrides)
+        flags.append(word)
+        if word in _VALUED_FLAGS:
+            flags.append(next(words, ""))
+    return flags
 
 
 def provenance(command: str | None = None) -> dict[str, Any]:

@@ -379,7 +379,10 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     same to wandb. Returns the record (``basisconv.analysis.sensitivity`` draws it)."""
     distributed.refuse_torchrun("the sensitivity estimate (scripts/sensitivity.py)")
     output_dir = Path(output_dir)
-    with folder_lock(output_dir, what="sensitivity run"):
+    with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
+        # in the run's threads, which its record then names (found in review: it named the
+        # process's default, not the threads a time budget's layers were timed on)
+        loop.use_threads(cfg.trainer)
         return _run_sensitivity(cfg, output_dir)
 
 

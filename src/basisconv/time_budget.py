@@ -92,9 +92,8 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
     with folder_lock(path.parent, wait=True, what="layer timing", key="sensitivity.cache_dir"):
         cached = None if cfg.sensitivity.recompute else load(path, names)
         if cached is None:
-            cached = measure(cfg, names)
-            write_json_atomic(path, {**cached, "key_fields": fields,
-                                     "provenance": provenance()})
+            cached = measure(cfg, names)  # (its provenance taken in the run's settings)
+            write_json_atomic(path, {**cached, "key_fields": fields})
         else:
             log.info("selection: reusing the layer timings %s", path)
     savings = pd.DataFrame(cached["layers"], columns=COLUMNS)
@@ -144,6 +143,7 @@ def measure(cfg: DictConfig, names: list[str]) -> dict:
         runner = Runner(runtime.device, channels_last=trainer.channels_last, amp=trainer.amp)
         savings, step = layer_time_savings(model, converted, names, runner,
                                            trainer.batch_size, IMAGE_SHAPE)
+        made = provenance()  # the threads the layers were timed on, not the process's
     return {"dense_step_seconds": step, "device": str(runtime.device),
-            "layers": savings[COLUMNS].to_dict("records")}
+            "layers": savings[COLUMNS].to_dict("records"), "provenance": made}
 

@@ -522,12 +522,19 @@ def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
         ("hardware", hardware_name(saved.get("hardware", {})),
          hardware_name(provenance["hardware"])),
         ("processes", saved.get("hardware", {}).get("processes", 1),
-         provenance["hardware"].get("processes", 1))) if then and now != then]
+         provenance["hardware"].get("processes", 1)),
+        # (found in review: a resume at another thread count, e.g. reproduce.sh continued
+        # with another JOBS, was not said; on a CPU it changes results too, to rounding)
+        ("torch threads", saved.get("hardware", {}).get("torch_threads"),
+         provenance["hardware"].get("torch_threads"))) if then and now != then]
     if changes:
+        threads = any(change.startswith("torch threads") for change in changes)
         log.warning("resuming after epoch %d on another commit or set-up than the run "
                     "started on (%s); its record keeps both (provenance.earlier), but its "
-                    "epoch times mix them: for timing results start over "
-                    "(trainer.resume=false)", done, "; ".join(changes))
+                    "epoch times mix them%s: for timing results start over "
+                    "(trainer.resume=false)", done, "; ".join(changes),
+                    ", and on a CPU another thread count changes the results to rounding"
+                    if threads else "")
 
 
 def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:

@@ -42,7 +42,8 @@ DENSE_UNREAD = ("basis.", "selection.", "sensitivity.")
 
 
 def timing_setup(cfg: dict[str, Any], hardware: dict[str, Any]) -> str:
-    """How a run was executed, as far as it sets its times but not its results: the
+    """How a run was executed, as far as it sets its times but not its results (but for
+    the thread count on a CPU, which changes them to rounding): the
     hardware, torch's threads on a CPU, the processes of a ``torchrun`` run, and
     ``trainer.compile`` / ``cuda_graphs`` (keys :func:`made_alike` lets differ, so that
     runs of one configuration may mix them)."""
