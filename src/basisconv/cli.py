@@ -29,17 +29,13 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
 from . import distributed
 from .config import validate
 from .errors import BasisconvError, ConfigError, FolderInUse, Stopped, one_line
-from .records import write_bytes_atomic
+from .records import HYDRA_VALUE_FLAGS, write_bytes_atomic
 
 F = TypeVar("F", bound=Callable)
 
 #: Hydra's own error reporter (multi-line, exit 1), used once the task has started.
 hydra_run_and_report = hydra_utils.run_and_report
 task_started = False
-# Hydra's flags that take the next argument as their value.
-HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn",
-                     "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
-
 
 #: The folders of the jobs of this sweep that stopped with a user error (each said why),
 #: and the override that runs the sweep again in its folders (:func:`sweep_folder_override`).
@@ -231,6 +227,11 @@ def hydra_error_line(ex: Exception) -> str:
         return (f"cannot write {ex.filename} ({ex.strerror}); point hydra.run.dir "
                 f"(hydra.sweep.dir with -m) at a folder that can be written")
     if isinstance(ex, OverrideParseException):
+        key, given, value = str(ex.override).partition("=")
+        if given and key.strip() and value:  # (found in review: it said "write key=value")
+            return (f"cannot parse the override {ex.override!r} "
+                    f"({ex.message.splitlines()[0]}); Hydra takes unquoted values of letters, "
+                    f"digits and /-_.:@ only: quote the value, e.g. \"{key}='{value}'\"")
         return (f"cannot parse the override {ex.override!r} ({ex.message.splitlines()[0]}); "
                 f"write key=value, e.g. trainer.epochs=3")
     lines = [line.strip() for text in (str(ex), str(cause) if cause else "")
@@ -283,6 +284,12 @@ def run_and_report(func: Callable[[], Any]) -> Any:
     if bad is not None:
         exit_refused(f"the override {bad!r} has no key; write key=value, e.g. "
                      f"trainer.epochs=3")
+    for arg in sys.argv[1:]:  # (found in review: the run was written into this folder)
+        key, given, value = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and given and not value.strip():
+            exit_refused(f"{key} is empty (an unset shell variable?), which would write the "
+                         f"run into {os.getcwd()}; give it a folder, e.g. "
+                         f"{key}=outputs/my-run")
     try:
         return func()
     except SweepJobFailed:

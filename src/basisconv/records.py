@@ -223,7 +223,8 @@ def this_command() -> dict[str, str]:
 
 
 #: Hydra's flags that take the next word as their value.
-_VALUED_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
+HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn",
+                     "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
 
 
 def _hydra_flags(argv: list[str]) -> list[str]:
@@ -235,7 +236,7 @@ def _hydra_flags(argv: list[str]) -> list[str]:
         if word in ("-m", "--multirun") or not word.startswith("-"):
             continue  # (an override: the job's own are Hydra's task overrides)
         flags.append(word)
-        if word in _VALUED_FLAGS:
+        if word in HYDRA_VALUE_FLAGS:
             flags.append(next(words, ""))
     return flags
 
