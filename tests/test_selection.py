@@ -689,6 +689,14 @@ def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp
     with pytest.raises(ConfigError, match=rf"published sensitivity record {published} does not "
                                           rf"match its own checksum.*delete"):
         sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-d", *elsewhere))
+    # another file named by mistake: pointed at a record, not only told to delete it (found
+    # in review: the run's own sensitivity.csv was to be deleted)
+    table_file = tmp_path / "sensitivity.csv"
+    table_file.write_text("layer,accuracy_drop\nconv1,0.1\n")
+    with pytest.raises(ConfigError, match=r"is unreadable .*; point sensitivity.restore_from at "
+                                          r"a published sensitivity record"):
+        sensitivity.sensitivity_table(compose_sensitivity(
+            repo, tmp_path / "cache-e", f"sensitivity.restore_from={table_file}"))
 
 
 def test_under_torchrun_a_published_record_refills_the_cache_and_nothing_is_estimated(

@@ -264,8 +264,13 @@ def restore_published(cfg: DictConfig, estimating: bool = True
         cache = published.get("cache")
         table = pd.DataFrame(published["table"])[list(COLUMNS)] if cache else None
     except (OSError, ValueError, KeyError) as err:
+        # not "delete" alone: the path may name another file (found in review: the run's own
+        # sensitivity.csv, or the README, was to be deleted)
         raise ConfigError(f"the published sensitivity record {path} is unreadable "
-                          f"({one_line(err)}); {fix}") from None
+                          f"({one_line(err)}); point sensitivity.restore_from at a published "
+                          f"sensitivity record (<results>/runs/sensitivity.json, written by "
+                          f"scripts/sensitivity.py publish=...), or, if it is one that is "
+                          f"damaged, {fix}") from None
     if not cache or cache.get("key") != cache_key(cfg):
         log.info("sensitivity: %s is for other settings (key %s, not %s); not restoring it",
                  path, (cache or {}).get("key"), cache_key(cfg))
