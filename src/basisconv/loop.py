@@ -54,10 +54,9 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name} but no CUDA device is available; "
                           f"use trainer.device=cpu or auto")
-    device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
+    device, count = torch.device(name), torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
         # (torch's own "invalid device ordinal" would come from deep inside the set-up)
-        count = torch.cuda.device_count()
         raise ConfigError(f"trainer.device={name}: this torch sees {count} GPU(s), "
                           f"cuda:0..cuda:{count - 1}")
     return device

@@ -145,7 +145,8 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
         summary["noise_accuracy_std"] = noise
         summary["subsets_within_noise_of_fast"] = int(
             ((found["accuracy"] - mine["accuracy"]).abs() <= noise).sum() - 1)
-    write_text_atomic(output_dir / SEARCH_TABLE, found.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT))
+    write_text_atomic(output_dir / SEARCH_TABLE,
+                      found.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
                     status="complete", results={
                         "search": summary, "table": found.to_dict("records"),

@@ -130,7 +130,8 @@ def table_csv(table: pd.DataFrame) -> bytes:
 
 
 def table_from_csv(data: bytes) -> pd.DataFrame:
-    """The table that :func:`table_csv`'s bytes hold (:data:`~basisconv.selection.TABLE_FLOAT_FORMAT`)."""
+    """The table that :func:`table_csv`'s bytes hold (its numbers as
+    :data:`~basisconv.selection.TABLE_FLOAT_FORMAT` keeps them)."""
     return pd.read_csv(io.BytesIO(data))
 
 
@@ -227,8 +228,8 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                 record = {**record, "table_rows": len(table),
                           "table_sha256": hashlib.sha256(data).hexdigest()}
                 cache(folder, data, record)
-                # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it chooses
-                # exactly as every later run that reads it (ties and orders included)
+                # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it
+                # chooses exactly as every later run that reads it (ties and orders included)
                 return table_from_csv(data), {**record, "cache_hit": False}
     log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
     table, record = cached
