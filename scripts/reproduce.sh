@@ -95,8 +95,9 @@ for override in ${EXTRA[@]+"${EXTRA[@]}"}; do
   matches "$key" "${EXECUTION[@]}" || VARIANT+=("$override")
 done
 # One python start (each imports torch: seconds) checks the packages the runs need, then
-# the overrides (every run would fail on a bad one, each saying why in its own log), and
-# counts the GPUs the runs can use; each refusal is one line.
+# the overrides (every run would fail on a bad one, each saying why in its own log), counts
+# the GPUs the runs can use, and says whether the runs' dataset is missing (refused before
+# the first run that trains, not when every run is recorded); each refusal is one line.
 CHECK='
 import sys
 try:
@@ -105,10 +106,11 @@ try:
 except ImportError as err:
     sys.exit(f"PY={sys.argv[1]} lacks a package the runs need ({err}); install requirements.txt"
              " (without torch on a GPU machine), or put carried wheels on PYTHONPATH")
-check_overrides(sys.argv[2], sys.argv[3:])
-print(torch.cuda.device_count())'
-GPUS=$("$PY" -c "$CHECK" "$PY" "$PROFILE" \
-       ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
+missing = check_overrides(sys.argv[2], sys.argv[3:])
+print(torch.cuda.device_count())
+print(missing or "")'
+CHECKED=$("$PY" -c "$CHECK" "$PY" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
+{ read -r GPUS; IFS= read -r NO_DATA || true; } <<< "$CHECKED"
 WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
 MADE_WITH=$RESULTS/protocol-overrides.txt
 # the protocol's own folder however RESULTS_DIR names it (./results, its absolute path)
@@ -230,6 +232,7 @@ in_foreground() {  # in_foreground <command...>: run it and wait for it. In the 
 run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free;
          # a run that fails is marked, named at the end, and the others go on
   local name=$1; shift
+  if [ -n "$NO_DATA" ]; then echo "error: $NO_DATA" >&2; exit 2; fi
   if [ "$JOBS" -le 1 ]; then  # (found in review: its first failure ended the protocol)
     mkdir -p "$LOGS"
     local code=0

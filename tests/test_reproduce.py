@@ -366,6 +366,26 @@ def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_p
     assert not (tmp_path / "bad" / "outputs" / "smoke" / "results").exists()
 
 
+def test_a_missing_dataset_is_said_once_before_the_first_run_and_only_if_one_trains(
+        repo, tmp_path):
+    """Found in review: with no CIFAR-10 where the runs look, every run failed with the same
+    line (seven for one seed). It is now one line before any run starts; a protocol whose
+    every run is recorded needs no dataset (its tables are made again)."""
+    cifar = f"data=cifar10 data.root={tmp_path / 'nowhere'}"
+    result, started, _ = fake_protocol(repo, tmp_path / "a", overrides=cifar)
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr.startswith("error: CIFAR-10 not found: looked in ")
+    assert len(result.stderr.splitlines()) == 1 and "data.root" in result.stderr
+    every = [f"{row}/seed0.json" for row in ROWS] + list(PROTOCOL_RECORDS)
+    made = tmp_path / "b" / "outputs" / "smoke" / "results"
+    made.mkdir(parents=True)
+    (made / "protocol-overrides.txt").write_text("data=cifar10\n")  # the records' variant
+    result, started, _ = fake_protocol(repo, tmp_path / "b", overrides=cifar, recorded=every)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [call.split()[0] for call in started] == [
+        "scripts/benchmark_layers.py", "scripts/analyze.py"]
+
+
 def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
     """JOBS is read in base 10 (bash took 08 for a bad octal number: every run said
     "started" and none ran, exit 0); a refused invocation runs nothing and does not tie

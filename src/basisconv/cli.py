@@ -28,7 +28,8 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
 
 from . import distributed
 from .config import validate
-from .errors import BasisconvError, ConfigError, FolderInUse, Stopped, one_line
+from .data import find_cifar10
+from .errors import BasisconvError, ConfigError, DatasetError, FolderInUse, Stopped, one_line
 from .records import HYDRA_VALUE_FLAGS, write_bytes_atomic
 
 F = TypeVar("F", bound=Callable)
@@ -328,12 +329,17 @@ PROTOCOL_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def check_overrides(profile: str, overrides: list[str]) -> None:
+def check_overrides(profile: str, overrides: list[str]) -> str | None:
     """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with each of the profile's
     runs (:data:`PROTOCOL_RUNS`) and validated, before any run starts; a bad one is one
     line and exit status 2 (else every run it breaks fails alone, each saying why in its
     own log only, and the folder keeps the overrides as the ones its records are made with).
-    Rules that need the model built (a coefficient rank per layer) are checked by the run."""
+    Rules that need the model built (a coefficient rank per layer) are checked by the run.
+
+    Returns why the runs cannot find their dataset, or None: the script says it once before
+    its first run starts (found in review: every run failed with the same line), and not
+    when every run is already recorded (tables and the speed benchmark need no dataset)."""
+    missing = None
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for script, row in PROTOCOL_RUNS:
             config = "train" if script == "train" else "sensitivity"  # the scripts' configs
@@ -347,10 +353,24 @@ def check_overrides(profile: str, overrides: list[str]) -> None:
             except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
                 message = one_line(hydra_error_line(ex))
             else:
+                missing = missing or dataset_missing(cfg.data)
                 continue
             run = " ".join([f"scripts/{script}.py", *row])
             print(f"error: OVERRIDES: {message} (in the run {run})", file=sys.stderr)
             sys.exit(2)
+    return missing
+
+
+def dataset_missing(data: Any) -> str | None:
+    """Why a run with this ``data`` config would not find its dataset, or None (generated
+    data, or a download allowed)."""
+    if data.name != "cifar10" or data.download:
+        return None
+    try:
+        find_cifar10(data.root)
+    except DatasetError as err:
+        return one_line(err)
+    return None
 
 
 #: Hydra's reader of a job's result, which writes "Error executing job with overrides:
