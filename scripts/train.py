@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
-from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.cli import check_sweep_jobs, exit_on_user_error, warn_unread_basis_overrides
 from basisconv.config import validate
 from basisconv.train import fit
 
@@ -25,6 +25,7 @@ check_sweep_jobs(validate)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    warn_unread_basis_overrides(cfg)
     fit(cfg, HydraConfig.get().runtime.output_dir)
 
 

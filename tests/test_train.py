@@ -79,10 +79,13 @@ def test_train_script_end_to_end(tmp_path, repo):
     write_cifar(tmp_path / "data", n_train=100, n_test=40)
     result = run_script(repo, tmp_path, f"data.root={tmp_path / 'data'}", "data.verify_md5=false",
                         "model=resnet20", "model.width=0.25", "trainer.epochs=2",
-                        "trainer.batch_size=20")
+                        "trainer.batch_size=20", "basis.size=0.25")
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "resnet20 (width 0.25): 17,326 parameters" in log
+    assert "resnet20 (width 0.25): 17,326 parameters" in log  # dense: selection=none
+    # found in review: basis.* given with the default selection=none was unread, unsaid
+    assert ("selection=none (the dense baseline) converts no layer, so basis.size=0.25 is "
+            "unread") in log
     epoch_rows = re.findall(r"\] - +(\d+) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+", log)
     assert epoch_rows == ["1", "2"]
 

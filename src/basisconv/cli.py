@@ -32,6 +32,8 @@ from .data import find_cifar10
 from .errors import BasisconvError, ConfigError, DatasetError, FolderInUse, Stopped, one_line
 from .records import HYDRA_VALUE_FLAGS, write_bytes_atomic
 
+log = logging.getLogger(__name__)
+
 F = TypeVar("F", bound=Callable)
 
 #: Hydra's own error reporter (multi-line, exit 1), used once the task has started.
@@ -175,6 +177,23 @@ def check_not_an_unswept_sweep() -> None:
                           f"one run ignores: start it with -m to run the sweep, or give "
                           f"{', '.join(u.split('=')[0] + '=<one value>' for u in unswept)} for "
                           f"one run")
+
+
+def warn_unread_basis_overrides(cfg: Any) -> None:
+    """``selection=none`` (the default: the dense baseline) converts no layer, so ``basis.*``
+    and ``selection.layers`` given to one run are unread: ``train.py basis.size=0.25``
+    trains the dense model. Said as a warning, not refused: a sweep such as ``-m
+    selection=none,all basis.size=0.25`` gives them to its dense job on purpose, and so may
+    ``reproduce.sh``'s OVERRIDES to the baseline row."""
+    if (cfg.selection.policy != "none" or not HydraConfig.initialized() or not first_process()
+            or HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    unread = [o for o in typed if re.match(r"[+~]*(basis\b|selection\.layers\b)", o)]
+    if unread:
+        log.warning("selection=none (the dense baseline) converts no layer, so %s is unread "
+                    "and the model stays dense; choose the layers with selection=all, list, "
+                    "first_k, ... to train basis convolutions", " ".join(unread))
 
 
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
