@@ -264,6 +264,13 @@ def test_the_held_out_split_is_class_balanced_and_disjoint_from_the_fine_tune_im
     seen = set(split.train_images[:, 0].tolist())
     assert seen.isdisjoint(split.val_images[:, 0].tolist())
     assert seen | set(split.val_images[:, 0].tolist()) == set(range(40))
+    # the range a refusal names is the one accepted (found in review: it said 40, and 40
+    # was refused for leaving no training image)
+    assert len(holdout_split(images, labels, 39, seed=0).train_labels) == 1
+    for too_many in (40, 41, 1.0):
+        with pytest.raises(ConfigError, match=rf"^sensitivity.val_size={too_many} must select "
+                                              r"between 1 and 39 images, leaving 1 of the 40"):
+            holdout_split(images, labels, too_many, seed=0)
 
 
 def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repeats():

@@ -320,17 +320,18 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
 
 
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
-                      key: str = "data.train_subset") -> torch.Tensor:
+                      key: str = "data.train_subset", leave: int = 0) -> torch.Tensor:
     """Indices of a class-balanced random subset (see :func:`class_quotas`): ``size``
     examples (int) or that fraction of the set (float in (0, 1]). Sorted, so batches still
     mix classes through the per-epoch permutation. ``key`` is the config entry that set
-    ``size``, for the error message."""
+    ``size``, for the error message; ``leave`` images at least must stay unselected."""
     n = labels.numel()
     if n == 0:
         raise ConfigError(f"{key}={size}: there are no images to select from")
     count = int(round(size * n)) if isinstance(size, float) else int(size)
-    if not 0 < count <= n:
-        raise ConfigError(f"{key}={size} must select between 1 and {n} images "
+    if not 0 < count <= n - leave:
+        kept = f", leaving {leave} of the {n}" if leave else ""
+        raise ConfigError(f"{key}={size} must select between 1 and {n - leave} images{kept} "
                           f"(got {count})")
     generator = torch.Generator().manual_seed(seed)
     members = [(labels == c).nonzero().flatten() for c in labels.unique().tolist()]
