@@ -172,6 +172,37 @@ def test_numpy_numbers_are_taken_and_errors_name_the_arguments_not_config_keys()
         layer_sensitivity(model, 4, lambda m: 0.5, layers=["conv9"], input_shape=(1, 1, 10, 10))
 
 
+def test_wrong_arguments_of_the_python_api_are_one_line_naming_the_argument():
+    """Found in review: two arguments swapped, a policy's name for the selection, a table
+    without model order or a truthy string for a flag failed deep in pandas or OmegaConf,
+    or were taken (convert="no" converted); an evaluate giving NaN was ranked."""
+    from basisconv.errors import TrainingDiverged
+
+    model, shape = custom_model(), (1, 1, 10, 10)
+    with pytest.raises(ConfigError, match=r"^layer_sensitivity\(model, num_basis, evaluate, "):
+        layer_sensitivity(model, lambda m: 0.5, 0.25, input_shape=shape)
+    with pytest.raises(ConfigError, match=r"finetune functions of the model; .* finetune=3$"):
+        layer_sensitivity(model, 0.25, lambda m: 0.5, 3, input_shape=shape)
+    calls = []
+
+    def diverging(m):  # the dense model is measured first, then each layer's
+        calls.append(1)
+        return {"accuracy": 0.5, "loss": float("nan") if len(calls) > 1 else 1.0}
+
+    with pytest.raises(TrainingDiverged, match=r"gave \{'loss': nan\} for the model with '0' "
+                                               r"converted: a fine-tune that diverged"):
+        layer_sensitivity(model, 4, diverging, input_shape=shape)
+    table = layer_sensitivity(model, 4, lambda m: 0.5, input_shape=shape)
+    with pytest.raises(ConfigError, match=r"^pick_layers: selection is the selection config or "
+                                          r"a mapping .* got 'first_k'$"):
+        pick_layers("first_k", table, dense_totals(model, shape))
+    with pytest.raises(ConfigError, match=r"needs the columns layer and position .* no position"):
+        pick_layers({"policy": "first_k", "count": 1}, table.drop(columns="position"), {})
+    for flag in ("convert", "inplace", "only_where_saves", "share_coefficients", "fuse_norm"):
+        with pytest.raises(ConfigError, match=rf"^{flag} must be True or False, got 'no'$"):
+            apply_basis(model, "4", 4, **{flag: "no"})
+
+
 def test_a_misspelt_key_of_a_plain_selection_is_refused_naming_the_closest():
     table = layer_sensitivity(custom_model(), 4, lambda m: 0.5, input_shape=(1, 1, 10, 10))
     with pytest.raises(ConfigError, match="selection has no key 'cout': did you mean 'count'"):

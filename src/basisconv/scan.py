@@ -12,6 +12,7 @@ and the caller's random state (CPU and the model's CUDA devices) is restored aft
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import time
 from typing import Callable, Iterable
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .selection import IMAGE, layer_savings, python_number, table_number
 from .surgery import apply_basis, basis_report
 
@@ -49,6 +50,12 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
     :func:`basisconv.selection.pick_layers` can choose from it, with
     ``selection.dense_totals(model, input_shape)`` as the budget's 100 %.
     """
+    # found in review: arguments in another order failed deep in pandas or in a call
+    if callable(num_basis) or not callable(evaluate) or not callable(finetune or evaluate):
+        raise ConfigError(f"layer_sensitivity(model, num_basis, evaluate, finetune=None, ...): "
+                          f"num_basis is a count or a fraction and evaluate, finetune functions "
+                          f"of the model; got num_basis={num_basis!r}, evaluate={evaluate!r}, "
+                          f"finetune={finetune!r}")
     # the fresh layers of the cost count and of each conversion draw from it too
     with torch.random.fork_rng(devices=_cuda_devices(model)):
         return _scan(model, num_basis, evaluate, finetune, layers, tuple(input_shape), combine,
@@ -72,11 +79,12 @@ def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, co
                         coefficient_rank=coefficient_rank)
             report = {r["name"]: r for r in basis_report(trial)}
             row["reconstruction_error"] = report[names[0]]["reconstruction_error"]
-            row.update({f"converted_{k}": v for k, v in _metrics(evaluate(trial)).items()})
+            row.update({f"converted_{k}": v
+                        for k, v in _metrics(evaluate(trial), names).items()})
         if finetune is not None:
             torch.manual_seed(seed)
             finetune(trial)
-        return {**row, **_metrics(evaluate(trial)), "seconds": time.perf_counter() - start}
+        return {**row, **_metrics(evaluate(trial), names), "seconds": time.perf_counter() - start}
 
     reference = run([])
     rows = []
@@ -91,15 +99,25 @@ def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, co
     return table
 
 
-def _metrics(value) -> dict[str, float]:
+def _metrics(value, converted: list[str]) -> dict[str, float]:
     """``evaluate``'s answer as a dict of floats with ``"accuracy"`` and/or ``"loss"``
-    (other numbers it reports are kept as columns too)."""
+    (other numbers it reports are kept as columns too); a NaN or infinite one is refused,
+    as the pipeline refuses a diverged fine-tune (it would rank the layer anywhere)."""
     if _is_number(value):
-        return {"accuracy": float(value)}
-    if isinstance(value, dict) and set(value) & set(DROPS) and all(map(_is_number, value.values())):
-        return {str(k): float(v) for k, v in value.items()}
-    raise ConfigError(f"layer_sensitivity: evaluate(model) must return the accuracy (a float) "
-                      f"or a dict of floats with 'accuracy' and/or 'loss', got {value!r}")
+        metrics = {"accuracy": float(value)}
+    elif (isinstance(value, dict) and set(value) & set(DROPS)
+          and all(map(_is_number, value.values()))):
+        metrics = {str(k): float(v) for k, v in value.items()}
+    else:
+        raise ConfigError(f"layer_sensitivity: evaluate(model) must return the accuracy (a "
+                          f"float) or a dict of floats with 'accuracy' and/or 'loss', got "
+                          f"{value!r}")
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        model = f"the model with {converted[0]!r} converted" if converted else "the dense model"
+        raise TrainingDiverged(f"layer_sensitivity: evaluate(model) gave {bad} for {model}: a fine-tune that diverged (lower its learning rate), "
+                               f"or an evaluate that divides by zero", *next(iter(bad.items())))
+    return metrics
 
 
 def _is_number(value) -> bool:

@@ -159,9 +159,17 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     sensitivity policies, the metrics; ``dense`` the dense model's ``params`` and
     ``flops`` (the budget's 100 %).
     """
+    if not isinstance(selection, Mapping):  # found in review: "first_k" read as keys f, i, ...
+        raise ConfigError(f"pick_layers: selection is the selection config or a mapping of its "
+                          f"keys, e.g. {{'policy': 'first_k', 'count': 3}}; got {selection!r}")
     if not isinstance(selection, DictConfig):  # a plain mapping (a DictConfig is one too)
         selection = selection_config(selection)
     check_selection(selection)
+    missing = {"layer", "position"} - set(getattr(table, "columns", ()))
+    if missing:
+        raise ConfigError(f"pick_layers: the candidate table needs the columns layer and "
+                          f"position (model order), as layer_sensitivity and layer_savings make "
+                          f"them; it has no {', '.join(sorted(missing))}")
     if selection.policy not in ORDERED_POLICIES:
         raise ConfigError(f"selection.policy={selection.policy!r} needs no candidate table: "
                           f"pick_layers takes {', '.join(ORDERED_POLICIES)}")

@@ -47,7 +47,8 @@ from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
-                     check_finite_weight, refresh_computed_weight, resolve_num_basis)
+                     check_finite_weight, check_flag, refresh_computed_weight,
+                     resolve_num_basis)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -213,6 +214,10 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                           "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
     keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank",
             "only_where_saves": "only_where_saves", **(keys or {})}
+    flags = {"inplace": inplace, "convert": convert, "only_where_saves": only_where_saves,
+             "share_coefficients": share_coefficients, "fuse_norm": fuse_norm}
+    for name, value in flags.items():  # found in review: convert="no" converted (truthy)
+        check_flag(keys.get(name, name), value)
     targets = select_layers(model, layers, key=keys.get("layers"))
     sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name,
                                      key=keys["num_basis"]) for name, conv in targets.items()}
