@@ -1,6 +1,7 @@
 """Model surgery: layer names, replacement with and without weight conversion, errors,
 shared coefficients and the coefficient skip-training schedule."""
 
+import copy
 import io
 import warnings
 
@@ -402,6 +403,17 @@ def test_a_skip_schedule_leaves_no_coefficient_frozen_after_its_loop():
     torch.save(net, buffer)
     buffer.seek(0)
     assert len(CoefficientSkipSchedule(torch.load(buffer, weights_only=False), 4).parameters) == 2
+    # and one converted further on a copy (apply_basis' default), or deep-copied (found in
+    # review: the mark was the parameter's attribute, which deepcopy drops, so they never
+    # trained again)
+    net = model()
+    CoefficientSkipSchedule(net, 4)(3)
+    for copied in (apply_basis(net, ["0"], 0.5), copy.deepcopy(net)):
+        schedule = CoefficientSkipSchedule(copied, 4)
+        schedule(0)
+        assert {id(p) for p in schedule.parameters} >= {id(copied[1].coefficients),
+                                                         id(copied[2].coefficients)}
+        assert copied[1].coefficients.requires_grad and copied[2].coefficients.requires_grad
 
 
 def test_frozen_convs_stay_frozen_when_converted():

@@ -486,9 +486,10 @@ class CoefficientSkipSchedule:
     After the loop, :meth:`restore` makes them trainable again (or use the schedule as a
     context manager): a loop that ended on a skipped step left them frozen, so a later
     phase without the schedule silently did not train them. A coefficient the schedule
-    froze is marked so that a schedule built later (per epoch, after more conversions,
-    on a model saved whole) still takes it as trainable; one frozen by the user stays
-    frozen.
+    froze is marked (on its layer, which a copy of the model keeps: a parameter's own
+    attributes are lost by ``deepcopy``, as ``apply_basis`` copies) so that a schedule built
+    later (per epoch, after more conversions, on a model saved whole) still takes it as
+    trainable; one frozen by the user stays frozen.
     """
 
     def __init__(self, model: nn.Module, train_every: int):
@@ -498,11 +499,12 @@ class CoefficientSkipSchedule:
         self.train_every = int(train_every)
         seen: dict[int, nn.Parameter] = {}
         layers = basis_layers(model).values()
+        self.layers = list(layers)
         for layer in layers:
             for p in layer.coefficient_parameters():
                 # frozen coefficients stay frozen on active steps too, unless a schedule
                 # froze them (its skipped step, not the user's choice)
-                if p.requires_grad or getattr(p, _FROZEN_BY_SCHEDULE, False):
+                if p.requires_grad or getattr(layer, _FROZEN_BY_SCHEDULE, False):
                     seen.setdefault(id(p), p)
         if not layers:
             raise ConfigError("CoefficientSkipSchedule: the model has no BasisConv2d layers; "
@@ -527,18 +529,25 @@ class CoefficientSkipSchedule:
 
     def __call__(self, step: int) -> bool:
         active = step % self.train_every == 0
+        self._mark(frozen=not active)
         for p in self.parameters:
             p.requires_grad_(active)
-            setattr(p, _FROZEN_BY_SCHEDULE, not active)
             if not active:
                 p.grad = None
         return active
 
     def restore(self) -> None:
         """The coefficients trainable again, as before the schedule (after its loop)."""
+        self._mark(frozen=False)
         for p in self.parameters:
             p.requires_grad_(True)
-            setattr(p, _FROZEN_BY_SCHEDULE, False)
+
+    def _mark(self, frozen: bool) -> None:
+        """Mark the layers whose coefficients this schedule froze (or unmark them)."""
+        mine = {id(p) for p in self.parameters}
+        for layer in self.layers:
+            if any(id(p) in mine for p in layer.coefficient_parameters()):
+                setattr(layer, _FROZEN_BY_SCHEDULE, frozen)
 
     def __enter__(self) -> "CoefficientSkipSchedule":
         return self
@@ -547,7 +556,8 @@ class CoefficientSkipSchedule:
         self.restore()
 
 
-#: The mark a :class:`CoefficientSkipSchedule` sets on a coefficient it froze for a step.
+#: The mark a :class:`CoefficientSkipSchedule` sets on a layer whose coefficients it froze
+#: for a step.
 _FROZEN_BY_SCHEDULE = "_basisconv_frozen_by_skip_schedule"
 
 
