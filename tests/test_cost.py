@@ -289,6 +289,23 @@ def test_the_dry_run_does_not_call_the_users_hooks():
     assert len(features) == 2  # still the user's, on the model itself
 
 
+def test_the_dry_run_copies_no_weight(monkeypatch):
+    """Found in review: its copy of the model was a deepcopy moved to ``meta`` after, so it
+    held the model's weights twice for a moment (on its GPU for a GPU model)."""
+    import torch.nn as nn
+
+    model = apply_basis(build_model("resnet8", width=0.5), "layer1.*", 0.5)
+    expected = model_cost(model)
+
+    def no_copy(tensor, memo):
+        raise AssertionError(f"copied a {tuple(tensor.shape)} tensor")
+
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", no_copy)
+    monkeypatch.setattr(nn.Parameter, "__deepcopy__", no_copy)
+    assert model_cost(model) == expected
+    assert all(p.device.type == "cpu" for p in model.parameters())  # the model is untouched
+
+
 def test_a_batch_of_one_at_a_training_mode_batch_norm_head_is_one_clear_error():
     # Found by review: model_cost(model, (1, C, H, W)), as the README advises, on a model in
     # training mode whose BatchNorm1d follows the pooling raised batch norm's bare

@@ -33,11 +33,12 @@ grad-input FLOPs, and frozen parameters (e.g. coefficients on a skipped step of
 from __future__ import annotations
 
 import copy
+import itertools
 import types
 import warnings
 from dataclasses import dataclass, field, replace
 from math import prod
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -307,12 +308,22 @@ HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward
                "_backward_pre_hooks", "_backward_hooks")
 
 
-def copy_model(model: nn.Module, what: str, fix: str) -> nn.Module:
+def copy_model(model: nn.Module, what: str, fix: str, *, meta: bool = False) -> nn.Module:
     """``copy.deepcopy(model)``; where torch cannot copy it (a weight that a hook computes:
     torch.nn.utils.prune, the old torch.nn.utils.weight_norm) one :class:`ConfigError`,
-    ``what`` then ``fix``, as torch's own message does not say why a copy was made."""
+    ``what`` then ``fix``, as torch's own message does not say why a copy was made.
+
+    ``meta``: the parameters and buffers are copied as ``meta`` tensors, never copying
+    their data (found in review: a dry run's copy held the model twice, on its GPU too)."""
+    memo: dict[int, Any] = {}
+    if meta:  # plain ones only: a subclass (a lazy module's) is copied as it is
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            if type(t) is nn.Parameter:
+                memo[id(t)] = nn.Parameter(t.detach().to("meta"), t.requires_grad)
+            elif type(t) is torch.Tensor:
+                memo[id(t)] = t.detach().to("meta")
     try:
-        return copy.deepcopy(model)
+        return copy.deepcopy(model, memo)
     except RuntimeError as err:
         raise ConfigError(f"{what} ({str(err)[:120]}...); {fix}") from err
 
@@ -340,8 +351,8 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
     shadow = copy_model(model, "model_cost: the model cannot be copied for its dry run on the "
                                "meta device", "count with measure_flops, or make the "
-                               "reparametrization permanent first (torch.nn.utils.prune.remove)"
-                        ).to("meta")
+                               "reparametrization permanent first (torch.nn.utils.prune.remove)",
+                        meta=True).to("meta")
     for module in shadow.modules():  # the user's hooks would see meta tensors
         for table in HOOK_TABLES:
             getattr(module, table, {}).clear()
