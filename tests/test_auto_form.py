@@ -185,6 +185,13 @@ def test_forms_are_chosen_before_compiling_and_the_model_is_left_as_it_was(monke
     out = compiled(x)
     torch.testing.assert_close(out, model(x))
     assert auto.choices() == chosen
+    # gradients the model holds are put back too (found in review: they were deleted)
+    monkeypatch.undo()
+    model(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    choose_forms_now(model, [(6, 3, 16, 16)], device=torch.device("cpu"))  # a shape to time
+    assert len(auto.choices()) > len(chosen)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
 
 
 @pytest.mark.parametrize("padding, image, fused", [

@@ -166,6 +166,8 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
     if not any(getattr(m, "combine", None) == "auto" for m in model.modules()):
         return
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # (found in review: the gradients were set to None, not put back)
+    grads = {p: None if p.grad is None else p.grad.detach().clone() for p in model.parameters()}
     was_training = model.training
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     try:
@@ -176,6 +178,6 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
                 model(x)
     finally:
         model.load_state_dict(saved)
-        for p in model.parameters():
-            p.grad = None
+        for p, grad in grads.items():
+            p.grad = grad
         model.train(was_training)
