@@ -766,6 +766,23 @@ def test_a_stop_in_flight_is_not_replaced_by_restoring_the_settings(monkeypatch)
         torch.set_num_threads(threads)
 
 
+def test_a_deterministic_producer_leaves_no_cublas_workspace_setting_behind(monkeypatch):
+    """Found in review: ``CUBLAS_WORKSPACE_CONFIG``, set for a deterministic run, stayed in
+    the caller's environment (every torch setting was put back); a value of the user's own
+    is kept as it was."""
+    from basisconv import loop
+
+    for before in (None, ":16:8"):
+        if before is None:
+            monkeypatch.delenv(loop.CUBLAS_WORKSPACE, raising=False)
+        else:
+            monkeypatch.setenv(loop.CUBLAS_WORKSPACE, before)
+        with loop.settings_restored(), torch.random.fork_rng():
+            loop.seed_everything(0, deterministic=True)
+            assert os.environ[loop.CUBLAS_WORKSPACE] == before or ":4096:8"
+        assert os.environ.get(loop.CUBLAS_WORKSPACE) == before
+
+
 def test_a_one_step_one_cycle_run_builds_its_schedule():
     """Found in review: forcing a one-step warm-up made a run of one step in all loop
     forever (nextafter(1.0, 1.0) is 1.0); it trains its step, as before."""

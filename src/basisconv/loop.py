@@ -62,6 +62,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: The environment variable that fixes cuBLAS's workspace, as its determinism needs.
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed torch's generators; with ``deterministic`` also force deterministic kernels
     (slower on GPU; on CPU the default kernels already are)."""
@@ -69,7 +73,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         # cuBLAS is deterministic only with a fixed workspace; read when cuBLAS starts, so
         # set it before the first matmul (a value the user chose is kept).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     # cudnn.benchmark picks the fastest kernel per shape: worth it for fixed CIFAR shapes,
@@ -81,8 +85,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def settings_restored() -> Iterator[None]:
     """Run a producer (a training run, a sensitivity estimate, a search) without leaving its
     process-wide torch settings behind: a notebook, a test or a sweep that calls it next
-    keeps its own thread count and deterministic/cudnn flags (the global RNG, seeded on
-    purpose, is not restored).
+    keeps its own thread count, deterministic/cudnn flags and ``CUBLAS_WORKSPACE_CONFIG``
+    (the global RNG, seeded on purpose, is not restored).
 
     A stop or error in flight is never replaced by one from the restoring: a Ctrl-C during
     torch's first lazy ``import torch._inductor.config`` (which
@@ -92,12 +96,17 @@ def settings_restored() -> Iterator[None]:
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.deterministic,
              cudnn.benchmark)
+    workspace = os.environ.get(CUBLAS_WORKSPACE)  # (found in review: it was left set)
 
     def restore() -> None:
         threads, deterministic, warn_only, cudnn.deterministic, cudnn.benchmark = saved
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        if workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
+        else:
+            os.environ[CUBLAS_WORKSPACE] = workspace
 
     try:
         yield
