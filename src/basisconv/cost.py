@@ -67,7 +67,7 @@ class LayerCost(_FlopSums):
 
     name: str
     kind: str  # "conv", "basis_conv" or "linear"
-    shape: str  # e.g. "64->64 k3x3 s1 m16 out 32x32"
+    shape: str  # e.g. "64->64 k3x3 m16 out 32x32"
     params: int
     forward_flops: int
     grad_input_flops: int

@@ -155,7 +155,7 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
 
     The record holds the table's row count and the sha256 of its CSV bytes; a table that
     does not match them (rows lost, a cell changed) is refused. A cache written before
-    records held them (basisconv before 0.3) loads, logged as unverified."""
+    records held them (before commit 1b1da0d) loads, logged as unverified."""
     folder = cache_dir(cfg)
     if not (folder / RECORD).exists():
         return None
