@@ -885,10 +885,11 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
     (tmp_path / "sessions.json").write_text("{not a log")
     started = time.time() - 1
     (runs / "baseline" / "seed0.json").write_text("{}")
-    monkeypatch.setattr(records, "hardware", lambda: {"gpu": "NVIDIA H200"})
+    monkeypatch.setattr(records.origin, "hardware", lambda: {"gpu": "NVIDIA H200"})
     records.log_session(tmp_path, runs, "paper", started, 143, 4)
     assert (tmp_path / "sessions.json.unreadable").read_text() == "{not a log"
-    monkeypatch.setattr(records, "hardware", lambda: {"cpu": "AMD EPYC", "cpu_capability": "AVX2"})
+    monkeypatch.setattr(records.origin, "hardware",
+                        lambda: {"cpu": "AMD EPYC", "cpu_capability": "AVX2"})
     records.log_session(tmp_path, runs, "paper", time.time(), 0, 1)  # published nothing
     sessions = records.read_sessions(tmp_path / "sessions.json")
     assert [(s["exit_code"], s["published"]) for s in sessions] == [

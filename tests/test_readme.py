@@ -5,7 +5,6 @@ found out of date in review)."""
 import json
 import re
 
-import pytest
 import torch
 import torch.nn as nn
 

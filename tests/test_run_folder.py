@@ -149,14 +149,14 @@ def test_a_wandb_that_cannot_start_is_one_warning(tmp_path, repo, fake_wandb, mo
 
 def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkeypatch, caplog):
     """A resumed record once named only the machine, commit and date of its last start."""
-    from basisconv import records
+    from basisconv.records import origin
 
     cfg = compose_tiny(repo, "logger=none")
-    here = records.hardware
-    monkeypatch.setattr(records, "hardware", lambda: {**here(), "cpu": "Another CPU"})
+    here = origin.hardware
+    monkeypatch.setattr(origin, "hardware", lambda: {**here(), "cpu": "Another CPU"})
     fit_stopped_before(2, cfg, tmp_path)
     started = json.loads((tmp_path / "run.json").read_text())["provenance"]
-    monkeypatch.setattr(records, "hardware", here)
+    monkeypatch.setattr(origin, "hardware", here)
     fit_stopped_before(3, cfg, tmp_path)
     record = fit(cfg, tmp_path)
     earlier = record["provenance"]["earlier"]
@@ -897,7 +897,7 @@ def test_a_wandb_service_that_dies_is_one_warning_and_no_exit_traceback(tmp_path
 
 
 def test_a_sweep_jobs_command_keeps_the_flags_that_choose_its_configs():
-    from basisconv.records import _hydra_flags
+    from basisconv.records.origin import _hydra_flags
 
     assert _hydra_flags(["-m", "--config-dir", "/x", "-cn", "config", "experiment=tiny",
                          "seed=0,1", "--config-path=/y", "--multirun"]) == \

@@ -10,7 +10,6 @@ settings; on GPU up to kernel nondeterminism).
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
 from pathlib import Path

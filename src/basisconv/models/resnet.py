@@ -3,7 +3,9 @@ no max-pool, stages of 64-128-256-512 channels, projection (1x1 conv) shortcuts.
 
 This is the "ResNet-18" of most CIFAR papers (kuangliu/pytorch-cifar), 11,173,962
 parameters; not to be confused with the thinner ResNet-20 family in ``resnet_cifar.py``.
-Module names (``layer1.0.conv1``, ...) follow torchvision, so layer lists carry over.
+Module names and state_dict keys are kuangliu/pytorch-cifar's (``layer1.0.conv1``,
+``layer2.0.shortcut.0``, ``linear``): the block convs are named as in torchvision, the
+shortcuts and the head are not (``downsample.0`` and ``fc`` there).
 
 Every conv-norm(-ReLU) triple goes through :func:`basisconv.layers.conv_norm_act`, which
 is the plain sequence for dense convs and one fused computation for basis layers built

@@ -1,0 +1,31 @@
+"""What a run or a benchmark writes about itself, in four parts: where it comes from
+(:mod:`.origin`: commit, machine, versions, command), how its files are written
+(:mod:`.files`: folders, locks, atomic writes), the run record (:mod:`.runs`: one type for
+every producer, and publishing it) and the protocol's collection of records
+(:mod:`.protocol`).
+
+Producers write records here; ``basisconv.analysis`` reads them back and never needs the
+producers themselves. Everything is importable from ``basisconv.records``."""
+
+from .origin import (git_commit, hardware, measured_on_cpu, device_name, commit_name,
+                     hardware_name, package_versions, timestamp, this_command, HYDRA_VALUE_FLAGS,
+                     provenance, wandb_provenance, provenance_from_wandb)
+from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, temporary_beside,
+                    leftover_temporaries, write_atomic, write_bytes_atomic, write_text_atomic,
+                    json_text, finite_or_null, write_json_atomic)
+from .runs import (RECORD, KINDS, RunRecord, write_record, read_record, REQUIRED, MEASURED,
+                   missing_fields, unwritable_folder, publish)
+from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
+                       protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
+                       set_aside_foreign_records, SESSIONS, log_session, read_sessions)
+
+__all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_name",
+           "hardware_name", "package_versions", "timestamp", "this_command", "HYDRA_VALUE_FLAGS",
+           "provenance", "wandb_provenance", "provenance_from_wandb", "json_digest", "file_digest",
+           "LOCK", "make_folder", "folder_lock", "temporary_beside", "leftover_temporaries",
+           "write_atomic", "write_bytes_atomic", "write_text_atomic", "json_text", "finite_or_null",
+           "write_json_atomic", "RECORD", "KINDS", "RunRecord", "write_record", "read_record",
+           "REQUIRED", "MEASURED", "missing_fields", "unwritable_folder", "publish",
+           "PROTOCOL_ROWS", "PROTOCOL_RECORDS", "SEED_FILE", "missing_protocol_runs",
+           "protocol_slot", "misplaced", "search_table_found", "unusable", "made_by_profile",
+           "set_aside_foreign_records", "SESSIONS", "log_session", "read_sessions"]

@@ -1,0 +1,181 @@
+"""Files a run writes safely: its folder (made, locked against a second run), atomic
+writes (a results file is the old one or the new one, never half of each) and content
+digests."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from ..errors import BasisconvError, ConfigError, FolderInUse, WriteError, one_line
+
+log = logging.getLogger(__name__)
+
+
+def json_digest(obj: Any, length: int = 12) -> str:
+    """A short sha256 of ``obj`` as sorted JSON: the stable name of a set of settings (a
+    cache key, a folder of kept work)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file's bytes, read in chunks (a dataset file, a checkpoint)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+LOCK = "run.lock"
+
+
+def make_folder(folder: str | os.PathLike, *, what: str = "run",
+                key: str = "hydra.run.dir") -> Path:
+    """``folder``, made where missing; one that cannot be (a file in its path, no
+    permission) is a :class:`ConfigError` naming ``key``, the config entry that chose it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(folder, what, key, err) from None
+    return folder
+
+
+def _unwritable(folder: Path, what: str, key: str, err: OSError) -> ConfigError:
+    return ConfigError(f"cannot write the {what}'s folder {folder} ({err.strerror or err}); "
+                       f"point {key} at a folder that can be written")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
+                key: str = "hydra.run.dir", name: str = LOCK):
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/<name>``, ``run.lock`` by
+    default) for the ``with`` block. Another holder means :class:`ConfigError` naming its
+    pid and host, or, with ``wait``, waiting for it. The kernel drops the lock when its
+    process ends, however it ends, so a crashed or killed run never leaves the folder
+    locked; the file stays.
+    A folder that cannot be made or written (a file in its path, no permission) is a
+    :class:`ConfigError` naming ``key``, the config entry that chose it."""
+    folder = make_folder(folder, what=what, key=key)
+    path = folder / name
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise _unwritable(folder, what, key, err) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = one_line(os.pread(fd, 512, 0).decode(errors="replace")) or "unknown"
+            if not wait:
+                raise FolderInUse(f"{folder} is in use by another {what} ({holder}); wait for "
+                                  f"it to finish, or give this one another {key}") from None
+            log.warning("%s is in use by another %s (%s); waiting for it", folder, what, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()} on host {socket.gethostname()} since "
+                       f"{_dt.datetime.now().isoformat(timespec='seconds')}\n").encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder (so the rename is atomic), with the
+    permissions a plain ``open`` would give (mkstemp's are owner-only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
+def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary files of :func:`write_atomic` for ``path`` (and for names that begin
+    with it, e.g. its ``.sha256``) that a writer killed mid-write (SIGKILL, the OOM killer,
+    a lost node) left behind: one a kill, each as big as the file. Only whoever holds the
+    folder's lock may delete them; another writer's could be in flight."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
+                 before_replace: Callable[[Path], Any] | None = None) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then
+    rename it over ``path`` atomically: a kill mid-write leaves the previous file intact.
+    ``before_replace(temporary path)`` runs once the new bytes are on disk, before the
+    rename (a checkpoint records its checksum there). A write the system refuses (a full
+    disk, no permission) is a :class:`WriteError` naming ``path``, not a bare ``OSError``
+    from a temporary file's descriptor."""
+    path = Path(path)
+    try:
+        fd, tmp = temporary_beside(path)
+    except OSError as err:
+        raise WriteError.of(path, err) from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, BasisconvError):
+            raise WriteError.of(path, err) from err
+        raise
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and an atomic rename."""
+    return write_bytes_atomic(path, text.encode())
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as standard JSON: a NaN or infinity (the rank correlation of a search whose
+    subsets all tie, say) is written ``null``, since strict readers (jq, JavaScript's
+    ``JSON.parse``) refuse Python's bare ``NaN``; what is not JSON is written as its text."""
+    return json.dumps(finite_or_null(obj), indent=2, sort_keys=False, default=str) + "\n"
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite number ``None``, and NumPy scalars and 0-d tensors (a
+    float32 from pandas, an int64 count) plain Python values, which ``json`` would write
+    as their text ("nan", "3")."""
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(value) for value in obj]
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json_text(obj))
+
+

@@ -1,0 +1,170 @@
+"""The run record: one type for every producer (training run, sensitivity estimate,
+exhaustive search, benchmark), what the analysis needs of each kind, and publishing a
+finished record where a protocol collects them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import PublishError
+from .files import write_json_atomic
+from .origin import provenance
+
+
+RECORD = "run.json"
+#: What produced a record: a training run, a sensitivity estimate, an exhaustive search,
+#: a speed benchmark, a GPU machine check (scripts/gpu_check.py).
+KINDS = ("training", "sensitivity", "exhaustive_search", "benchmark", "gpu_check")
+
+
+@dataclass
+class RunRecord:
+    """The record of one producer's run: what it was (``kind``, the resolved ``config``),
+    where it came from (``provenance``), whether it finished (``status``), and what it
+    found (``results``: kind-specific fields, written at the top level beside the others,
+    e.g. a training run's ``model``, ``epochs`` and ``final``)."""
+
+    kind: str
+    config: dict
+    provenance: dict = field(default_factory=provenance)
+    status: str = "running"
+    results: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"record kind {self.kind!r}; one of {', '.join(KINDS)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "status": self.status, "config": self.config,
+                "provenance": self.provenance, **self.results}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        """Read a record back; one written before records had a ``kind`` (before commit
+        ``04946d5``) is a training run, the only producer that wrote none."""
+        rest = {k: v for k, v in data.items()
+                if k not in ("kind", "status", "config", "provenance")}
+        return cls(data.get("kind") or "training", data.get("config") or {},
+                   data.get("provenance") or {}, data.get("status", "running"), rest)
+
+
+def write_record(path: str | os.PathLike, record: RunRecord) -> Path:
+    """The one writer of records: ``path`` is a run folder (the record goes to its
+    ``run.json``) or a ``.json`` file (a benchmark's sidecar); written atomically."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / RECORD
+    return write_json_atomic(path, record.as_dict())
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """A record as a plain dict with its ``kind`` always set (see ``RunRecord.from_dict``);
+    ``OSError`` or ``ValueError`` when the file cannot be read or parsed."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return RunRecord.from_dict(data).as_dict()
+
+
+#: What analysis reads of a record of each kind (``basisconv.analysis``), as dotted paths:
+#: those every record of the kind holds, and those it holds once complete (a training run
+#: in progress has ``final: null``). A record that lacks one is skipped by the analysis
+#: and listed as unreadable, as a truncated one is.
+REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "training": (
+        ("config.name", "config.seed", "config.model.name", "config.model.width",
+         "config.selection.policy", "config.basis.size", "config.trainer.epochs",
+         "config.trainer.amp", "config.data.train_subset", "model.parameters",
+         "model.forward_flops", "model.backward_flops", "model.basis_layers", "epochs"),
+        ("final.test_accuracy", "final.best_test_accuracy", "final.forward_seconds_per_step",
+         "final.backward_seconds_per_step", "final.mean_epoch_seconds", "final.train_seconds")),
+    "sensitivity": (
+        ("config.model.name", "config.model.width", "config.basis.size",
+         "config.selection.policy", "config.trainer.amp", "provenance.hardware",
+         "sensitivity.policy", "sensitivity.key", "sensitivity.chosen", "sensitivity.dense",
+         "sensitivity.estimate_seconds", "sensitivity.reference.accuracy",
+         "sensitivity.pretrained.accuracy", "table", "estimate_provenance.date",
+         "estimate_provenance.git", "estimate_provenance.hardware"), ()),
+    "exhaustive_search": (
+        ("config.model.name", "config.model.width", "config.basis.size", "config.trainer.amp",
+         "provenance.hardware", "provenance.date", "provenance.git",
+         *(f"search.{key}" for key in (
+             "candidates", "subset_size", "subsets", "metric", "fast_choice", "fast_accuracy",
+             "fast_rank_by_accuracy", "fast_rank_by_loss", "best_subset", "best_accuracy",
+             "median_accuracy", "worst_accuracy", "reference_accuracy", "seconds",
+             "spearman_predicted_vs_measured_drop", "spearman_predicted_vs_measured_loss"))),
+        ()),
+}
+
+
+#: The parts of a record whose fields a producer always fills: a null or non-finite value
+#: there is missing (hand-edited, or not ours), not a value; a table would count the seed
+#: and leave it out of the mean. ``config`` keeps its nulls (``data.train_subset: null``).
+MEASURED = ("model", "final")
+
+
+def missing_fields(record: dict[str, Any]) -> list[str]:
+    """The fields of :data:`REQUIRED` that ``record`` (as :func:`read_record` returns it)
+    lacks for its kind and status, each named once by its outermost missing part (``final``
+    for a missing or null ``final``), and those of :data:`MEASURED` that are null or not a
+    finite number; none for the kinds analysis does not read."""
+    always, once_complete = REQUIRED.get(record.get("kind"), ((), ()))
+    paths = always + (once_complete if record.get("status") == "complete" else ())
+    missing: list[str] = []
+    for path in paths:
+        node: Any = record
+        keys = path.split(".")
+        for depth, key in enumerate(keys):
+            if not isinstance(node, dict) or key not in node:
+                # a null or non-object parent is the missing part, else this key
+                where = ".".join(keys[:depth + (1 if isinstance(node, dict) else 0)])
+                if where not in missing:
+                    missing.append(where)
+                break
+            node = node[key]
+        else:
+            if keys[0] in MEASURED and (node is None or (
+                    isinstance(node, float) and not math.isfinite(node))):
+                missing.append(path)
+    return missing
+
+
+def unwritable_folder(folder: str) -> str | None:
+    """Why files cannot be written in ``folder`` (made when missing), or ``None`` when they
+    can: its nearest existing ancestor is a file, or not writable. Nothing is created."""
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable"
+    return None
+
+
+def publish(record: dict[str, Any], path: str | os.PathLike | None,
+            kept_in: str | os.PathLike) -> dict[str, Any]:
+    """Also write a *complete* record to ``path`` (a ``.json`` file; nothing when ``None``)
+    and return it. ``scripts/reproduce.sh`` publishes every finished run into the tracked
+    ``results/<profile>/runs/``, so records accumulate across machines: the tables are
+    built from them anywhere, and a protocol cut off on one machine goes on on the next
+    without redoing what is there. Checkpoints are never published.
+
+    ``kept_in`` is the run folder that already holds the record: a write that fails at the
+    end of a long run (a full disk, a folder removed meanwhile; the folder was checked
+    writable at the start) says where the result is, in one line, not with a trace."""
+    if path is not None and record.get("status") == "complete":
+        try:
+            write_record(Path(path), RunRecord.from_dict(record))
+        except OSError as err:
+            kept = Path(kept_in) / RECORD
+            raise PublishError(f"the run finished, but its record could not be published to "
+                               f"{path} ({err.strerror or err}); it is kept in {kept}: once "
+                               f"that is fixed, copy it to {path}") from err
+    return record
+
+
