@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from basisconv.cost import (basis_conv2d_cost, conv2d_cost, count_parameters, layer_cost,
-                            linear_cost, measure_flops, model_cost)
+                            linear_cost, measure_flops, model_cost, saves_compute)
 from basisconv.errors import ConfigError
 from basisconv.layers import BasisConv2d, basis_layers, conv_norm_act
 from basisconv.models import build_model
@@ -287,6 +287,14 @@ def test_the_dry_run_does_not_call_the_users_hooks():
     assert features == []
     model(torch.randn(1, 3, 8, 8))
     assert len(features) == 2  # still the user's, on the model itself
+
+
+def test_a_basis_costing_as_much_as_the_dense_conv_saves_nothing():
+    """The rule is strictly fewer multiply-adds (a mutation test found no test between
+    < and <=): split at m = C_in*k*k < C_out costs (C_out - m)*(K - m) = 0 more, as
+    ResNet-18's 1x1 shortcuts at 1/2 do, and would be converted for nothing."""
+    assert not saves_compute((64, 128, 1), 64, "split")
+    assert saves_compute((64, 128, 1), 63, "split")
 
 
 def test_the_dry_run_copies_no_weight(monkeypatch):

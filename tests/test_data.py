@@ -294,6 +294,22 @@ def test_batch_larger_than_dataset():
         TensorBatches(images, labels, 32, train=True)
 
 
+def test_the_test_subset_is_drawn_with_the_runs_seed(tmp_path):
+    """The README: runs of different seeds draw different test images, and the seeds'
+    spread includes that draw (found by a helper's mutation test: a subset drawn with a
+    fixed seed failed no test)."""
+    from omegaconf import OmegaConf
+
+    from basisconv.data import prepare_data
+
+    write_cifar(tmp_path, n_train=100, n_test=100)
+    cfg = OmegaConf.create({"name": "cifar10", "root": str(tmp_path), "verify_md5": False,
+                            "download": False, "train_subset": None, "test_subset": 20})
+    first = prepare_data(cfg, 0).test_images
+    assert torch.equal(prepare_data(cfg, 0).test_images, first)
+    assert not torch.equal(prepare_data(cfg, 1).test_images, first)
+
+
 def test_subset_errors_name_their_key_and_zero_images_is_its_own_message():
     from basisconv.data import stratified_subset
 

@@ -216,6 +216,9 @@ def test_fraction_rounding_and_range_errors():
     assert resolve_num_basis(0.35, 90) == 32
     assert resolve_num_basis(0.29, 50) == 15
     assert resolve_num_basis(0.3, 10) == 3  # 3.0000000000000004 in binary
+    # rounded, not ceiled (found by a helper's mutation test: every case above lands on .0
+    # or .5, where the two agree)
+    assert resolve_num_basis(0.3, 64) == 19 and resolve_num_basis(0.1, 44) == 4
     with pytest.raises(ValueError, match=r"valid is 1\.\.8"):
         resolve_num_basis(0, 8)
     with pytest.raises(ValueError, match=r"valid is 1\.\.8"):

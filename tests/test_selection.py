@@ -250,6 +250,27 @@ def test_a_subset_as_accurate_as_the_fast_choice_shares_its_rank(repo, tmp_path,
     assert found["rank_by_loss"].to_dict() == found["rank_by_accuracy"].to_dict()
 
 
+def test_the_budgets_100_percent_is_the_training_flops_and_candidates_all_save():
+    """Found by a helper's mutation test, untested: every budget row's denominator (the
+    dense model's forward and backward FLOPs: forward alone took 3 layers at 25 % on
+    ResNet-18 where 10 meet it), and the candidates' rule (only layers whose basis saves
+    compute: else ResNet-18's stem and shortcuts, dearer in basis form, were candidates)."""
+    import warnings
+
+    from basisconv.cost import model_cost
+
+    model = build_model("resnet18", width=0.25)
+    cost = model_cost(model)
+    assert selection.dense_totals(model) == {"params": cost.params, "flops": cost.total_flops,
+                                             "forward_flops": cost.forward_flops}
+    basis = OmegaConf.create({"size": 0.5, "combine": "stacked", "coefficient_rank": None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = selection.layer_savings(model, basis)
+    assert len(table) == 17 and not table["layer"].str.contains("shortcut").any()  # 16 + stem
+    assert (table["forward_flops_saved"] > 0).all()
+
+
 def test_the_held_out_split_is_class_balanced_and_disjoint_from_the_fine_tune_images():
     """The drops are measured on images no fine-tune has trained on."""
     import torch

@@ -267,6 +267,12 @@ def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="differs in data.root"):
         check_same_run(unchecked, {**unchecked, "data": {**unchecked["data"],
                                                          "root": "/elsewhere"}}, tmp_path)
+    # md5-checked on one side only: the other side's files may be anything (found by a
+    # helper's mutation test: and/or here failed no test)
+    for before, after in ((saved, unchecked), (unchecked, saved)):
+        with pytest.raises(ConfigError, match="differs in data.root"):
+            check_same_run(before, {**after, "data": {**after["data"], "root": "/elsewhere"}},
+                           tmp_path)
 
 
 @pytest.mark.parametrize("script, override, message", [
@@ -510,6 +516,35 @@ def test_epoch_metrics_are_per_image_and_the_recorded_rate_is_the_epochs_first()
     assert len(rates) == 8
     assert [row["lr"] for row in rows] == [rates[0], rates[4]]
     assert rates[0] == pytest.approx(0.01)
+
+
+def test_the_trained_loss_is_smoothed_as_configured_and_the_evaluated_one_plain():
+    """``trainer.label_smoothing`` reaches the training loss (found by a helper's mutation
+    test: dropping it failed no test, as the loss of uniform logits is the same smoothed or
+    not); the evaluation reports the plain cross-entropy."""
+    import torch.nn.functional as F
+
+    from basisconv import loop
+    from basisconv.data import TensorBatches
+
+    class Favouring(_ZeroLogits):  # class 0 at logit 5 on every image
+        def forward(self, images):
+            return super().forward(images) + 5 * F.one_hot(torch.zeros_like(images[:, 0, 0, 0],
+                                                                            dtype=torch.long), 10)
+
+    images = torch.zeros(20, 3, 8, 8, dtype=torch.uint8)
+    labels = torch.zeros(20, dtype=torch.long)
+    batches = TensorBatches(images, labels, 10, train=True, seed=0)
+    model, trainer = Favouring(), _trainer(label_smoothing=0.2)
+    optimizer = loop.build_optimizer(model, trainer)
+    scheduler = loop.build_scheduler(optimizer, trainer, len(batches))
+    row = loop.run_epoch(1, model, batches, TensorBatches(images, labels, 10, train=False),
+                         optimizer, scheduler, trainer, None)
+    logits = model(images.float())
+    smoothed = F.cross_entropy(logits, labels, label_smoothing=0.2).item()
+    assert row["train_loss"] == pytest.approx(smoothed)
+    assert row["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item())
+    assert row["test_loss"] < smoothed / 2
 
 
 class _Scaled(torch.nn.Module):
