@@ -93,7 +93,7 @@ gpu-speed:
 gpu-wheels: $(STAMP)
 	mkdir -p wheels
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -d wheels \
-	  $$(grep -E '^(hydra-core|omegaconf|tqdm|pytest-random-order)==' requirements.txt)
+	  $$(grep -E '^(hydra-core|omegaconf|tqdm|pytest-random-order|pytest-timeout)==' requirements.txt)
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w wheels \
 	  antlr4-python3-runtime==4.9.3
 	@ls wheels
