@@ -305,17 +305,20 @@ def test_hydra_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path, 
 def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, repo):
     """Found in review: an empty hydra.run.dir= (an unset shell variable) wrote the run into
     the working folder, silently; a value Hydra needs quoted (a non-ASCII letter, a #) was
-    told to "write key=value", which it was."""
+    told to "write key=value", which it was; -m with --cfg job was Hydra's traceback."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    for override, message in (
-            ("hydra.run.dir=", re.escape(f"hydra.run.dir is empty (an unset shell "
-                                         f"variable?), which would write the run into "
-                                         f"{tmp_path}; give it a folder")),
-            ("name=résnet", "cannot parse the override 'name=résnet' .*; Hydra takes "
-                            "unquoted values of letters, digits and /-_.:@ only: quote the "
-                            "value, e.g. \"name='résnet'\"")):
+    for overrides, message in (
+            (["hydra.run.dir="], re.escape(f"hydra.run.dir is empty (an unset shell "
+                                           f"variable?), which would write the run into "
+                                           f"{tmp_path}; give it a folder")),
+            (["name=résnet"], "cannot parse the override 'name=résnet' .*; Hydra takes "
+                              "unquoted values of letters, digits and /-_.:@ only: quote the "
+                              "value, e.g. \"name='résnet'\""),
+            (["-m", "--cfg", "job"], "Only one of --run, --multirun, --cfg, --info and "
+                                     "--shell_completion can be specified at a time; to see "
+                                     "one sweep job's config, give --cfg job")):
         result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
-                                 "data=stripes", override], cwd=tmp_path, env=env,
+                                 "data=stripes", *overrides], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert re.match(f"error: {message}", result.stderr), result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import logging
 import os
 import re
@@ -38,6 +39,11 @@ F = TypeVar("F", bound=Callable)
 
 #: Hydra's own error reporter (multi-line, exit 1), used once the task has started.
 hydra_run_and_report = hydra_utils.run_and_report
+#: Hydra's ``@hydra.main`` module (the name ``hydra.main`` is also its decorator) and the
+#: function it runs the command line with, which refuses two modes (``-m --cfg job``)
+#: with a traceback before any reporter runs.
+hydra_main_module = importlib.import_module("hydra.main")
+hydra_run_hydra = hydra_main_module._run_hydra
 task_started = False
 
 #: The folders of the jobs of this sweep that stopped with a user error (each said why),
@@ -294,6 +300,18 @@ def null_group_override(args: list[str]) -> str | None:
     return None
 
 
+def run_hydra(*args, **kwargs) -> Any:
+    """Hydra's ``_run_hydra`` with its refusal of two modes at once in one line."""
+    try:
+        return hydra_run_hydra(*args, **kwargs)
+    except ValueError as err:
+        if task_started or os.environ.get("BASISCONV_DEBUG") or "Only one of" not in str(err):
+            raise
+        # (found in review: -m --cfg job was Hydra's traceback)
+        exit_refused(f"{err} at a time; to see one sweep job's config, give --cfg job with "
+                     f"that job's overrides, without -m")
+
+
 def run_and_report(func: Callable[[], Any]) -> Any:
     """Hydra's error reporter, for the errors before the task starts (a misspelt key, a
     wrong type, an unknown option, a malformed override): one line and exit status 2, as
@@ -478,6 +496,7 @@ def exit_on_user_error(fn: F) -> F:
     run's); under ``torchrun`` rank 0 alone says it. Hydra's errors before the task starts
     are one line with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
+    hydra_main_module._run_hydra = run_hydra
     hydra_core_utils._save_config = save_config_keeping_old
     hydra_core_utils.JobReturn.return_value = property(failed_job_unsaid,
                                                        hydra_return_value.fset)
