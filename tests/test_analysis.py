@@ -1024,15 +1024,25 @@ def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_
     assert ("commit abcdef1, 60 s; resumed: the pretraining and 1 fine-tune done before by "
             "the estimate or an earlier search of its key, not in this time\n"
             in reused_md.read_text())
-    (bars,) = drawn[0].axes[0].containers
-    assert [round(b.get_height(), 6) for b in bars] == [90.0, 86.0, 80.0, 75.0, 70.0]
-    assert [b.get_facecolor() for b in bars].count(bars[1].get_facecolor()) == 1  # the choice
-    # a record from before basisconv 0.2 holds the summary only: its table is search.csv
+    def plotted(fig):  # (rank, accuracy %) of each point, and which is the fast choice
+        points = fig.axes[0].collections[0]
+        colours = [tuple(c) for c in points.get_facecolors()]
+        return ([(int(x), round(y, 6)) for x, y in points.get_offsets()],
+                [colours.count(c) == 1 for c in colours])
+
+    ranks, chosen = plotted(drawn[0])  # ranks from 1 (found in review: it was 0-based)
+    assert ranks == [(1, 90.0), (2, 86.0), (3, 80.0), (4, 75.0), (5, 70.0)]
+    assert chosen == [False, True, False, False, False]
+    # a record of an earlier version holds the summary only: its table is search.csv
     older = search_record()
     pd.DataFrame(older.pop("table")).to_csv(tmp_path / "search.csv", index=False)
     search.summarize(older, tmp_path, tmp_path, "test")
-    (again,) = drawn[-1].axes[0].containers
-    assert [round(b.get_height(), 6) for b in again] == [90.0, 86.0, 80.0, 75.0, 70.0]
+    assert plotted(drawn[-1])[0] == ranks
+    # the fast choice tied with another subset is drawn first of the two, at its rank
+    tied = search_record()
+    tied["table"][3]["accuracy"] = 0.86  # "a d" ties the fast choice "b c"
+    search.summarize(tied, tmp_path / "tied", tmp_path / "tied", "test")
+    assert plotted(drawn[-1])[1] == [True, False, False, False, False]
     for fig in drawn:
         search.pyplot().close(fig)
 

@@ -15,6 +15,33 @@ from .plots import pyplot, save_figure
 from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
 
 
+#: One colour per selection policy in every figure of the comparison (found in review: each
+#: figure took matplotlib's cycle in its own order, so first_k was green in one and brown in
+#: the other, and green meant two policies); a policy not listed takes grey.
+SELECTION_COLOURS = {"none": "tab:blue", "all": "tab:orange", "first_k": "tab:green",
+                     "last_k": "tab:red", "random": "tab:purple",
+                     "sensitivity_budget": "tab:brown", "sensitivity_threshold": "tab:pink",
+                     "list": "tab:olive", "blocks": "tab:cyan"}
+#: Rows of one policy (the basis sizes of ``all``) told apart by line style, in order.
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def selection_colour(selection: str) -> str:
+    return SELECTION_COLOURS.get(selection, "tab:gray")
+
+
+def speedup_axis(ax) -> None:
+    """A log axis of speedups whose ticks read as numbers (1.5x between 1 and 2, not bare
+    minor ticks: found in review, the measured values were between unlabelled ticks)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(FixedLocator([0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7, 10]))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.axhline(1.0, color="0.5", lw=0.8)
+
+
 def _finish(fig, path: Path, note: str) -> Path:
     """Add the provenance line and any caveats (one per line of ``note``, each wrapped to
     the figure's width) below the plot, with room for them, save."""
@@ -57,15 +84,18 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
                               label=f"basis, {label}{of}")
             left.axhline(1e3 * dense[column], color=line.get_color(), ls=":",
                          label=f"dense, {label}{of}")
-        right.plot(rows["size"], rows["step_speedup"], "o-", label=f"measured, fwd+bwd step{of}")
-        right.plot(rows["size"], rows["epoch_speedup"], "s-", label=f"measured, epoch{of}")
+        # the two measured lines often coincide: drawn so that each stays visible
+        right.plot(rows["size"], rows["step_speedup"], "o-", lw=2.5, alpha=0.6,
+                   label=f"measured, fwd+bwd step{of}")
+        right.plot(rows["size"], rows["epoch_speedup"], "s--", mfc="none",
+                   label=f"measured, epoch{of}")
         right.plot(rows["size"], rows["theory_speedup"], "k--" if len(groups) == 1 else "--",
                    label=f"theory (training FLOPs){of}")
     left.set_ylabel("ms per step")
     left.set_title("time per training step")
-    right.axhline(1, color="0.5", lw=0.8)
-    right.set_ylabel("speedup over dense (x)")
-    right.set_title("speedup")
+    speedup_axis(right)
+    right.set_ylabel("speedup over dense (x, log scale)")
+    right.set_title("speedup (means over seeds)")
     for ax in (left, right):
         ax.set_xlabel(f"basis size ({unit})")
         ax.grid(True, alpha=0.3)
@@ -98,7 +128,7 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
     for selection, group in table.groupby("selection", sort=False):
         ax.errorbar(group["params"], 100 * group["test_accuracy"],
                     yerr=100 * group["test_accuracy_std"].fillna(0), fmt="o", capsize=3,
-                    label=selection)
+                    label=selection, color=selection_colour(selection))
         if selection == "all":
             for r in group.itertuples():
                 ax.annotate(f"m={r.basis_size}", (r.params, 100 * r.test_accuracy), fontsize=7,
@@ -126,24 +156,34 @@ def _curve_label(run: pd.Series, varying: list[str]) -> str:
 
 
 def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
-    """Test accuracy and train loss per epoch, mean over seeds, one line per config (the
-    table's rows: configurations that differ only in model or epochs are not averaged)."""
+    """Test accuracy and train loss per epoch, mean over seeds with a band of ±1 sample std
+    (the seeds' spread is about the gaps between the lines), one line per config (the
+    table's rows: configurations that differ only in model or epochs are not averaged); a
+    policy has its colour of every figure, its rows their line styles."""
     plt = pyplot()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.3))
     varying = [c for c in ("model", "width", "epochs", "train_images") if curves[c].nunique() > 1]
+    rows_of: dict[str, int] = {}
     for _, group in curves.groupby(ROW_COLUMNS, sort=False):
         first = group.iloc[0]
         name = _curve_label(first, varying)
-        mean = group.groupby("epoch")[["test_accuracy", "train_loss"]].mean()
-        acc.plot(mean.index, 100 * mean["test_accuracy"], label=name)
-        loss.plot(mean.index, mean["train_loss"], label=name)
+        style = LINE_STYLES[rows_of.get(first["selection"], 0) % len(LINE_STYLES)]
+        rows_of[first["selection"]] = rows_of.get(first["selection"], 0) + 1
+        by_epoch = group.groupby("epoch")[["test_accuracy", "train_loss"]]
+        mean, std = by_epoch.mean(), by_epoch.std().fillna(0)
+        for ax, column, scale in ((acc, "test_accuracy", 100), (loss, "train_loss", 1)):
+            ax.plot(mean.index, scale * mean[column], style, label=name,
+                    color=selection_colour(first["selection"]))
+            ax.fill_between(mean.index, scale * (mean[column] - std[column]),
+                            scale * (mean[column] + std[column]), alpha=0.12, lw=0,
+                            color=selection_colour(first["selection"]))
     acc.set_ylabel("test accuracy (%)")
     loss.set_ylabel("train loss")
     for ax in (acc, loss):
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
     acc.legend(fontsize=7)
-    fig.suptitle("training curves (mean over seeds)", fontsize=10)
+    fig.suptitle("training curves (mean over seeds, bands ±1 sample std)", fontsize=10)
     return _finish(fig, path, note)
 
 
@@ -189,8 +229,8 @@ def basis_speedups(layer_rows: list[dict], model_rows: list[dict], path: Path, t
         ax.legend(fontsize=8)
     for ax in fig.axes:
         ax.set_xlabel("basis fraction m / C_out")
-        ax.set_ylabel("speedup over dense (x)")
-        ax.set_yscale("log")
+        ax.set_ylabel("speedup over dense (x, log scale)")
+        speedup_axis(ax)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -44,6 +44,22 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
             f"made {made['date'][:10]} by `{made['command']}`")
 
 
+def recipe_line(runs: pd.DataFrame) -> str:
+    """What the runs trained, in one line: models, data, epochs, batch and seeds per row
+    (found in review: the quick profile's plots and tables said none of it, so its 51 %
+    read like a full CIFAR-10 result)."""
+    def listed(values) -> str:
+        return ", ".join(dict.fromkeys(f"{v:,}" if isinstance(v, int) else str(v)
+                                       for v in values))
+
+    models = listed(f"{m} x{w:g}" for m, w in zip(runs["model"], runs["width"]))
+    seeds = distinct_runs(runs).groupby(ROW_COLUMNS, sort=False).size()
+    per_row = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+    return (f"{models} on {listed(runs['data'])}: {listed(runs['train_images'])} training / "
+            f"{listed(runs['test_images'])} test images, {listed(runs['epochs'])} epochs, "
+            f"batch {listed(runs['batch_size'])}; {per_row} seed(s) per row")
+
+
 def row_name(experiment: str, settings: str) -> str:
     """A table row as the notes under it name it: the experiment, and the settings that
     tell apart its rows of one experiment (a sweep over ``trainer.lr``)."""
@@ -216,7 +232,7 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     for (device, precision), part in table.groupby(["device", "precision"], sort=False):
         tag = f"{device}-{precision}"
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
-        origin = provenance_note(mine, cfg.profile, made)
+        origin = provenance_note(mine, cfg.profile, made) + "\n" + recipe_line(mine)
         caveats = [line for line in (seeds_line(distinct_runs(mine)), baseline_line(part),
                                      unlike_baseline_line(part), timing_line(mine),
                                      left_out_line(unfinished, unreadable),
@@ -239,13 +255,24 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     index = {"provenance": made, "source": cfg.source,
              "files": [p.name for p in written], "unreadable_runs": unreadable,
              "unfinished_runs": unfinished, "missing_runs": missing,
-             "protocol_wall_clock": sessions_summary(out),
+             "protocol_wall_clock": sessions_summary(sessions_folder(cfg, out)),
              "runs": runs.drop(columns=INTERNAL_COLUMNS).to_dict("records")}
     earlier = earlier_outputs(out, cfg.source)
     written.append(write_json_atomic(out / "index.json", index))
     for name in earlier - {p.name for p in written}:  # of runs no longer there
         (out / name).unlink(missing_ok=True)
     return written
+
+
+def sessions_folder(cfg: DictConfig, out: Path) -> Path:
+    """Where ``scripts/reproduce.sh`` logged the sessions that made ``runs_dir``'s records:
+    beside it (``results/<profile>/runs`` -> ``results/<profile>``) when a log is there,
+    wherever the analysis writes (found in review: tables made into another folder lost
+    the wall-clock); else the output folder."""
+    beside = Path(cfg.runs_dir).parent
+    if cfg.source == "local" and Path(cfg.runs_dir).name == "runs" and (beside / SESSIONS).exists():
+        return beside
+    return out
 
 
 def earlier_outputs(out: Path, source: str) -> set[str]:

@@ -96,6 +96,10 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "basis_size": "-" if dense else basis_size_value(cfg["basis"]["size"]),
         "epochs": cfg["trainer"]["epochs"],
         "train_images": cfg["data"]["train_subset"] or "all",
+        # for the figures' line on what was trained (not in REQUIRED: not read otherwise)
+        "data": cfg["data"].get("name", "?"),
+        "test_images": cfg["data"].get("test_subset") or "all",
+        "batch_size": cfg["trainer"].get("batch_size", "?"),
         "device": device_name(hardware, trained_on(cfg)),
         "precision": precision_name(cfg["trainer"]["amp"]),
         "seed": cfg["seed"],
