@@ -821,6 +821,46 @@ def test_a_deterministic_producer_leaves_no_cublas_workspace_setting_behind(monk
         assert os.environ.get(loop.CUBLAS_WORKSPACE) == before
 
 
+def test_every_model_a_producer_compiles_is_compiled_and_the_limits_are_put_back(monkeypatch):
+    """Found in review: torch.compile keeps 8 graphs per function in a process, so from a
+    sweep's 5th job on (2 graphs a run, other layers converted) the model ran uncompiled
+    with one warning while its record said compiled. The producer raises the limit while it
+    runs and puts it back."""
+    import functools
+
+    import torch._dynamo
+    from omegaconf import OmegaConf
+    from torch._dynamo.utils import counters
+
+    from basisconv import loop
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+
+    class Net(torch.nn.Module):  # another structure each: graphs of their own
+        def __init__(self, depth):
+            super().__init__()
+            self.body = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(depth)])
+            self.norm = torch.nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.norm(self.body(x))
+
+    torch._dynamo.reset()
+    counters.clear()
+    limit = torch._dynamo.config.recompile_limit
+    trainer = OmegaConf.create({"compile": True, "compile_mode": "default"})
+    try:
+        with loop.settings_restored():
+            for depth in range(1, 9):  # 16 graphs: training and evaluation each
+                model = loop.compiled(Net(depth), trainer)
+                model.train()(torch.randn(3, 4))
+                model.eval()(torch.randn(3, 4))
+        assert counters["stats"]["unique_graphs"] == 16
+        assert torch._dynamo.config.recompile_limit == limit
+    finally:
+        torch._dynamo.reset()
+
+
 def test_a_one_step_one_cycle_run_builds_its_schedule():
     """Found in review: forcing a one-step warm-up made a run of one step in all loop
     forever (nextafter(1.0, 1.0) is 1.0); it trains its step, as before."""

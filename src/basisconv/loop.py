@@ -85,8 +85,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def settings_restored() -> Iterator[None]:
     """Run a producer (a training run, a sensitivity estimate, a search) without leaving its
     process-wide torch settings behind: a notebook, a test or a sweep that calls it next
-    keeps its own thread count, deterministic/cudnn flags and ``CUBLAS_WORKSPACE_CONFIG``
-    (the global RNG, seeded on purpose, is not restored).
+    keeps its own thread count, deterministic/cudnn flags, ``CUBLAS_WORKSPACE_CONFIG`` and
+    torch.compile's limits (the global RNG, seeded on purpose, is not restored).
 
     A stop or error in flight is never replaced by one from the restoring: a Ctrl-C during
     torch's first lazy ``import torch._inductor.config`` (which
@@ -107,6 +107,7 @@ def settings_restored() -> Iterator[None]:
             os.environ.pop(CUBLAS_WORKSPACE, None)
         else:
             os.environ[CUBLAS_WORKSPACE] = workspace
+        _restore_compile_limits()
 
     try:
         yield
@@ -222,8 +223,41 @@ def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
     (``reduce-overhead`` replays CUDA graphs: one launch per step's forward and backward)."""
     if not trainer.compile:
         return model
+    raise_compile_limits()
     mode = trainer.compile_mode
     return torch.compile(model, mode=None if mode == "default" else mode)
+
+
+#: torch.compile's limits of compiled graphs per function (dynamo's ``recompile_limit``,
+#: 8 by default) raised to while a producer compiles, and the values they had before
+#: (``None``: not raised), which :func:`settings_restored` puts back.
+COMPILE_LIMITS = {"recompile_limit": 1024, "accumulated_recompile_limit": 4096}
+_limits_before: dict | None = None
+
+
+def raise_compile_limits() -> None:
+    """Found in review: the graphs of every model compiled in one process count against
+    one limit per ``forward`` (each run compiles 2: training and evaluation), so from a
+    sweep's 5th job on, or the speed benchmark's 5th compiled model, torch ran the model
+    uncompiled with one warning, while records said compiled."""
+    import torch._dynamo
+
+    global _limits_before
+    config = torch._dynamo.config
+    if _limits_before is None:
+        _limits_before = {key: getattr(config, key) for key in COMPILE_LIMITS}
+    for key, value in COMPILE_LIMITS.items():
+        setattr(config, key, max(getattr(config, key), value))
+
+
+def _restore_compile_limits() -> None:
+    global _limits_before
+    if _limits_before is not None:
+        import torch._dynamo
+
+        for key, value in _limits_before.items():
+            setattr(torch._dynamo.config, key, value)
+        _limits_before = None
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,

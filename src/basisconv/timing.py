@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .layers import conv_norm_act
-from .loop import AMP_DTYPES, memory_format
+from .loop import AMP_DTYPES, memory_format, raise_compile_limits
 from .network import choose_forms_now
 
 
@@ -103,6 +103,7 @@ class Runner:
         if input_shape is not None:
             choose_forms_now(module, [input_shape, input_shape], device=self.device,
                              memory_format=self.memory_format, amp_dtype=self.amp)
+        raise_compile_limits()  # every module timed compiled is (see there)
         return torch.compile(module)
 
     def input(self, *shape: int, requires_grad: bool = False) -> torch.Tensor:
