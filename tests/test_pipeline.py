@@ -327,6 +327,10 @@ def test_an_auto_run_records_the_form_each_shape_ran(tmp_path, repo):
     try:
         record = fit(compose_tiny(repo, "trainer.epochs=1", "experiment=basis_all",
                                   "basis.combine=auto"), tmp_path)
+        # a second run in the process lists its own shapes alone (found in review: a
+        # sweep's later jobs listed every shape of the jobs before)
+        other = fit(compose_tiny(repo, "trainer.epochs=1", "experiment=basis_all",
+                                 "basis.combine=auto", "basis.size=0.25"), tmp_path / "other")
     finally:
         auto.forget()
     forms = record["auto_forms"]
@@ -334,6 +338,9 @@ def test_an_auto_run_records_the_form_each_shape_ran(tmp_path, repo):
     assert {f["backward"] for f in forms} == {True, False}  # training and evaluation calls
     assert all(set(f["ms_per_call"]) == {"stacked", "dense"} for f in forms)
     assert read_record(tmp_path)["auto_forms"] == forms
+    assert len(other["auto_forms"]) == len(forms)  # the same layers, at half the basis
+    assert max(f["basis_weight"][0] for f in other["auto_forms"]) == \
+        max(f["basis_weight"][0] for f in forms) // 2
 
 
 def test_wandb_failure_does_not_stop_training(tmp_path, repo, monkeypatch, caplog):

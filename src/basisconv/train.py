@@ -155,6 +155,7 @@ class Training:
     def __init__(self, cfg: DictConfig, config: dict, output_dir: Path,
                  checkpoint: dict | None):
         self.cfg, self.output_dir, trainer = cfg, output_dir, cfg.trainer
+        auto.start_run()  # the record lists the combine=auto shapes of this run alone
         runtime = loop.setup(trainer, cfg.seed, join_process_group=True)
         self.device, self.memory_format = runtime.device, runtime.memory_format
         self.amp_dtype = runtime.amp_dtype
@@ -311,7 +312,7 @@ class Training:
                                 extra_loss=self.penalty)
                 results["epochs"].append(row)
                 if self.cfg.basis.combine == "auto":  # which form each shape ran, and why
-                    results["auto_forms"] = auto.described()
+                    results["auto_forms"] = auto.described(this_run=True)
                 self.tracker.log(row, step=epoch)
                 if self.pending_conversion and epoch == self.cfg.basis.dense_warmup_epochs:
                     self.convert()

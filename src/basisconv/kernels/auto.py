@@ -38,6 +38,9 @@ _CHOICES: dict[tuple, str] = {}
 #: the times behind each choice, seconds per call by form (for logs and benchmarks)
 TIMINGS: dict[tuple, dict[str, float]] = {}
 REPEATS = 3
+#: the shapes looked up since :func:`start_run` (a record lists these, not every shape the
+#: process has timed: found in review, a sweep's later jobs listed the earlier jobs' shapes)
+_LOOKED_UP: set[tuple] = set()
 
 
 def choices() -> dict[tuple, str]:
@@ -45,19 +48,27 @@ def choices() -> dict[tuple, str]:
     return dict(_CHOICES)
 
 
-def described() -> list[dict]:
-    """The choices made so far, for a record: per shape the form and the times behind it."""
+def start_run() -> None:
+    """A run starts: :func:`described` lists the shapes it looks up from now on (the
+    choices stay: a shape timed by an earlier run in the process is not timed again)."""
+    _LOOKED_UP.clear()
+
+
+def described(this_run: bool = False) -> list[dict]:
+    """The choices made so far, for a record: per shape the form and the times behind it;
+    ``this_run``: only the shapes looked up since :func:`start_run`."""
     return [{"device": key[0], "dtype": str(key[1]).removeprefix("torch."),
              "input": list(key[2]), "basis_weight": list(key[4]), "out_channels": key[5],
              "stride": list(key[7]), "backward": key[10], "form": form,
              "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
-            for key, form in _CHOICES.items()]
+            for key, form in _CHOICES.items() if not this_run or key in _LOOKED_UP]
 
 
 def forget() -> None:
     """Drop every choice (the next call of each shape measures again)."""
     _CHOICES.clear()
     TIMINGS.clear()
+    _LOOKED_UP.clear()
 
 
 def _measuring_is_possible(x: torch.Tensor) -> bool:
@@ -140,5 +151,7 @@ def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch
                  form, list(x.shape), list(basis_weight.shape), combination.shape[0],
                  "forward+backward" if backward else "forward",
                  ", ".join(f"{f} {1e3 * t:.2f}" for f, t in times.items()))
+    if form is not None and not torch.compiler.is_compiling():
+        _LOOKED_UP.add(key)
     return FORMS[form or "stacked"](x, basis_weight, combination, bias, stride, padding,
                                     dilation)
