@@ -33,11 +33,11 @@ def selection_colour(selection: str) -> str:
 def speedup_axis(ax) -> None:
     """A log axis of speedups whose ticks read as numbers (1.5x between 1 and 2, not bare
     minor ticks: found in review, the measured values were between unlabelled ticks)."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(FixedLocator([0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7, 10]))
-    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.axhline(1.0, color="0.5", lw=0.8)
 

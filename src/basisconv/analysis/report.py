@@ -55,9 +55,15 @@ def recipe_line(runs: pd.DataFrame) -> str:
     models = listed(f"{m} x{w:g}" for m, w in zip(runs["model"], runs["width"]))
     seeds = distinct_runs(runs).groupby(ROW_COLUMNS, sort=False).size()
     per_row = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
-    return (f"{models} on {listed(runs['data'])}: {listed(runs['train_images'])} training / "
+    data = listed(DATA_NAMES.get(name, name) for name in runs["data"])
+    return (f"{models} on {data}: {listed(runs['train_images'])} training / "
             f"{listed(runs['test_images'])} test images, {listed(runs['epochs'])} epochs, "
-            f"batch {listed(runs['batch_size'])}; {per_row} seed(s) per row")
+            f"batch {listed(runs['batch_size'])}; {per_row} seed"
+            f"{'s' if seeds.max() > 1 else ''} per row")
+
+
+#: How a line on what was trained names each ``data.name``.
+DATA_NAMES = {"cifar10": "CIFAR-10", "stripes": "generated stripes"}
 
 
 def row_name(experiment: str, settings: str) -> str:
