@@ -235,8 +235,11 @@ if [ "$1" = -c ]; then
 fi
 echo "$*" >> {calls}
 echo "${{PYTHONPATH:-}}" >> {calls}.pythonpath
-# FAKE_SLOW: a script that takes seconds; FAKE_FAIL: the run folder of a run that fails
-if [ "$1" = "${{FAKE_SLOW:-}}" ]; then sleep 4; fi
+# FAKE_SLOW: a script that runs until the file FAKE_RELEASE exists (at most 120 s: not a
+# fixed time, which a loaded machine outran); FAKE_FAIL: the run folder of a run that fails
+if [ "$1" = "${{FAKE_SLOW:-}}" ]; then
+  for _ in $(seq 1200); do [ -e "$FAKE_RELEASE" ] && break; sleep 0.1; done
+fi
 for arg; do
   case $arg in hydra.run.dir=*"${{FAKE_FAIL:-/no such run}}") exit 1;; esac
 done
@@ -503,14 +506,19 @@ def test_two_protocols_at_once_on_one_folder_are_refused(repo, tmp_path):
     import threading
 
     results = {}
+    release = tmp_path / "release"  # the first's sensitivity run goes on until then
     first = threading.Thread(target=lambda: results.setdefault(
-        "first", fake_protocol(repo, tmp_path, FAKE_SLOW="scripts/sensitivity.py")))
+        "first", fake_protocol(repo, tmp_path, FAKE_SLOW="scripts/sensitivity.py",
+                               FAKE_RELEASE=str(release))))
     first.start()
     calls = tmp_path / "calls.txt"
     deadline = time.monotonic() + 60
     while not calls.exists() and time.monotonic() < deadline:  # the first holds the lock
         time.sleep(0.1)
-    second, _, _ = fake_protocol(repo, tmp_path)
+    try:
+        second, _, _ = fake_protocol(repo, tmp_path)
+    finally:
+        release.touch()
     first.join(timeout=120)
     assert results["first"][0].returncode == 0, results["first"][0].stderr[-2000:]
     assert second.returncode == 2 and not second.stdout, second.stdout
