@@ -115,8 +115,9 @@ def _metrics(value, converted: list[str]) -> dict[str, float]:
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         model = f"the model with {converted[0]!r} converted" if converted else "the dense model"
-        raise TrainingDiverged(f"layer_sensitivity: evaluate(model) gave {bad} for {model}: a fine-tune that diverged (lower its learning rate), "
-                               f"or an evaluate that divides by zero", *next(iter(bad.items())))
+        raise TrainingDiverged(f"layer_sensitivity: evaluate(model) gave {bad} for {model}: "
+                               f"a fine-tune that diverged (lower its learning rate), or an "
+                               f"evaluate that divides by zero", *next(iter(bad.items())))
     return metrics
 
 

@@ -513,6 +513,9 @@ class CoefficientSkipSchedule:
             raise ConfigError("CoefficientSkipSchedule: every coefficient matrix of the model is "
                               "frozen (requires_grad=False); there is nothing to skip-train")
         self.parameters = list(seen.values())
+        # the layers whose coefficients this schedule freezes and marks (once, not per step)
+        self.layers = [layer for layer in self.layers
+                       if any(id(p) in seen for p in layer.coefficient_parameters())]
 
     @contextlib.contextmanager
     def skipped(self):
@@ -544,10 +547,8 @@ class CoefficientSkipSchedule:
 
     def _mark(self, frozen: bool) -> None:
         """Mark the layers whose coefficients this schedule froze (or unmark them)."""
-        mine = {id(p) for p in self.parameters}
         for layer in self.layers:
-            if any(id(p) in mine for p in layer.coefficient_parameters()):
-                setattr(layer, _FROZEN_BY_SCHEDULE, frozen)
+            setattr(layer, _FROZEN_BY_SCHEDULE, frozen)
 
     def __enter__(self) -> "CoefficientSkipSchedule":
         return self

@@ -275,9 +275,9 @@ def sessions_folder(cfg: DictConfig, out: Path) -> Path:
     beside it (``results/<profile>/runs`` -> ``results/<profile>``) when a log is there,
     wherever the analysis writes (found in review: tables made into another folder lost
     the wall-clock); else the output folder."""
-    beside = Path(cfg.runs_dir).parent
-    if cfg.source == "local" and Path(cfg.runs_dir).name == "runs" and (beside / SESSIONS).exists():
-        return beside
+    runs = Path(cfg.runs_dir)
+    if cfg.source == "local" and runs.name == "runs" and (runs.parent / SESSIONS).exists():
+        return runs.parent
     return out
 
 
