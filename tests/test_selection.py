@@ -998,6 +998,32 @@ def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_
     assert "unreadable" in caplog.text and "computing it again" in caplog.text
 
 
+def test_a_killed_estimates_half_written_dense_copy_is_removed_once_old(repo, tmp_path, caplog):
+    """A kill while the dense start is written leaves a model-sized temporary file;
+    the next estimate under those conditions deletes it once no one has written it for
+    an hour, and leaves a fresh one (another estimate's write in flight) alone."""
+    import os
+    import time
+
+    from basisconv.progress import DENSE, STALE_AFTER_S, Progress
+    from basisconv.records import leftover_temporaries
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    dense = build_model("resnet8", num_classes=10, width=0.25)
+    kept = Progress(tmp_path, cfg, torch.device("cpu"))
+    kept.root.mkdir(parents=True)
+    old, fresh = (kept.root / f".{DENSE}.{name}.tmp" for name in ("killed", "in_flight"))
+    for path in (old, fresh):
+        path.write_bytes(b"half a model")
+    an_hour_ago = time.time() - STALE_AFTER_S - 60
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    with caplog.at_level("INFO", logger="basisconv.progress"):
+        kept.keep_dense(dense, 1.0)
+    assert leftover_temporaries(kept.root / DENSE) == [fresh]
+    assert "left half written" in caplog.text
+    assert kept.dense(dense)[1] == 1.0
+
+
 def test_results_that_finish_beside_a_failing_fine_tune_are_kept():
     """The pool's results are read as they finish, and the first failure raises; results
     that finished with it, not yet read, were lost to a resume (it fine-tuned them again).

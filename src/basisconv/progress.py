@@ -30,12 +30,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import WriteError, one_line
-from .records import json_digest, write_atomic
+from .records import json_digest, leftover_temporaries, write_atomic
 
 log = logging.getLogger(__name__)
 
 FOLDER = "progress"
 DENSE = "dense.pt"
+#: A temporary copy of the dense start not written for this long was left by a killed writer.
+STALE_AFTER_S = 3600.0
 #: Trainer settings that shape no fine-tune (how a training run saves, shows, resumes).
 NOT_IN_A_FINETUNE = ("epochs", "progress", "checkpoint", "checkpoint_every_s", "resume")
 #: The basis options a probe converts layers with (``Probe.converted`` passes these, by
@@ -107,9 +109,17 @@ class Progress:
             return None
 
     def keep_dense(self, model: torch.nn.Module, seconds: float) -> None:
+        """Keep the dense start, first deleting the half-written copies of estimates
+        killed while writing it (each as big as the model). Estimates under the same
+        conditions share this folder and hold no lock on it, so only copies no one has
+        written for an hour go: a writer in flight writes its copy in seconds."""
+        path = self.root / DENSE
+        for leftover in leftover_temporaries(path, untouched_for_s=STALE_AFTER_S):
+            leftover.unlink(missing_ok=True)
+            log.info("sensitivity: removed %s, left half written by an estimate killed "
+                     "while writing it", leftover)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self._write(self.root / DENSE, lambda f: torch.save(
-            {"state_dict": state, "seconds": seconds}, f))
+        self._write(path, lambda f: torch.save({"state_dict": state, "seconds": seconds}, f))
 
     def start_from(self, model: torch.nn.Module) -> None:
         """Results from here on are those of fine-tunes starting from ``model``."""

@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -105,13 +106,27 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+def leftover_temporaries(path: str | os.PathLike, *,
+                         untouched_for_s: float | None = None) -> list[Path]:
     """The temporary files of :func:`write_atomic` for ``path`` (and for names that begin
     with it, e.g. its ``.sha256``) that a writer killed mid-write (SIGKILL, the OOM killer,
     a lost node) left behind: one a kill, each as big as the file. Only whoever holds the
-    folder's lock may delete them; another writer's could be in flight."""
+    folder's lock may delete them all; another writer's could be in flight. Without the
+    lock, ``untouched_for_s`` keeps to files not written for that long: a writer in
+    flight writes its file continuously, so it is not among them."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    found = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    if untouched_for_s is None:
+        return found
+    now = time.time()
+    old = []
+    for temporary in found:
+        try:
+            if now - temporary.stat().st_mtime > untouched_for_s:
+                old.append(temporary)
+        except FileNotFoundError:  # its writer finished or gave up meanwhile
+            pass
+    return old
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
