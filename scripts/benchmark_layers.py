@@ -6,6 +6,7 @@ basis fractions 1/8, 1/4, 1/2 and 3/4, side by side with the cost model's FLOP r
     python scripts/benchmark_layers.py --quick         # smoke run, few repeats (*-quick files)
     python scripts/benchmark_layers.py --parts model   # only the whole model
     python scripts/benchmark_layers.py --device cuda --amp bf16
+    python scripts/benchmark_layers.py --redraw --out-dir results/gpu-h200  # plots only
 
 How it times and what the columns mean: ``basisconv.bench.layers`` and
 ``basisconv.timing``. Writes to ``results/`` (names carry device, precision and
@@ -21,8 +22,9 @@ import sys
 from pathlib import Path
 
 from basisconv.analysis.figures import basis_speedups
-from basisconv.bench.layers import TARGET_SLACK, SpeedOptions, run
+from basisconv.bench.layers import TARGET_SLACK, SpeedOptions, measured_rows, run
 from basisconv.cli import exit_on_user_error
+from basisconv.errors import DatasetError
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES
 from basisconv.records import unwritable_folder
@@ -64,10 +66,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write model-profile-<tag>.txt: torch.profiler's operators "
                              "by (GPU) time for each whole-model training step")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--redraw", action="store_true",
+                        help="measure nothing: draw the plots of the benchmarks in --out-dir "
+                             "again from their tables (after a change of the plot)")
     args = parser.parse_args(argv)
+    if args.redraw:
+        return redraw(args.out_dir)
     if args.combine == "fused" and args.device != "cuda":
         parser.error("--combine fused: the Triton kernel runs on CUDA only; add --device cuda")
-    options = SpeedOptions(**{k: v for k, v in vars(args).items() if k != "out_dir"})
+    options = SpeedOptions(**{k: v for k, v in vars(args).items() if k not in ("out_dir", "redraw")})
     if problem := options.invalid_flag():
         parser.error(problem)
     # checked before minutes of measuring, which a failed write at the end would lose
@@ -79,6 +86,19 @@ def main(argv: list[str] | None = None) -> None:
     basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
                    target_slack=TARGET_SLACK)
     print(f"written to {args.out_dir}/ (*-{result.tag}.*) in {result.seconds:.0f} s")
+
+
+def redraw(folder: Path) -> None:
+    if not folder.is_dir():
+        raise DatasetError(f"--out-dir {folder} is not a folder; name one that holds "
+                           f"layer-speed-*.json or model-speed-*.json records")
+    measured = measured_rows(folder)
+    if not measured:
+        raise DatasetError(f"no layer-speed-*.json or model-speed-*.json records in {folder}; "
+                           f"name the folder a benchmark wrote to")
+    for found in measured.values():
+        print(basis_speedups(found["layer_rows"], found["model_rows"], found["path"],
+                             found["title"], target_slack=TARGET_SLACK))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from basisconv.timing import Runner, Timer, output_gradient, relative_spread
 from basisconv.bench.train import TimedBatches, file_name
 from basisconv.cost import basis_conv2d_cost, conv2d_cost
 from basisconv.data import TensorBatches
+from basisconv.errors import DatasetError
 from basisconv.records import read_record
 
 TIME_BOUND = ["dense_non_conv_share", "time_bound_ratio", "layer_sum_ratio", "fwdbwd_vs_time_bound"]
@@ -215,6 +216,33 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     png = basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
                          target_slack=speed.TARGET_SLACK)
     assert png.name == f"basis-speedup-{tag}.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_plot_is_drawn_again_from_the_files_as_the_run_drew_it(tmp_path, monkeypatch,
+                                                                    load_script):
+    """``benchmark_layers.py --redraw`` reads back what the run wrote: the same rows (as
+    numbers), title and figure path; a table changed since its record is refused."""
+    monkeypatch.setattr(speed, "resnet18_shapes", lambda: {ConvShape(8, 8, 3, 1, 1, 4): ["x"]})
+    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.25, 0.5],
+                           parts=["layers"], quick=True)
+    result = speed.run(options, tmp_path, progress=lambda s: None)
+    found = speed.measured_rows(tmp_path)
+    assert list(found) == [result.tag]
+    again = found[result.tag]
+    assert (again["path"], again["title"], again["model_rows"]) == (result.figure_path,
+                                                                   result.title, [])
+    assert len(again["layer_rows"]) == len(result.layer_rows) == 2
+    for read, measured in zip(again["layer_rows"], result.layer_rows):
+        assert read.keys() == measured.keys()
+        assert read["fwdbwd_ratio"] == pytest.approx(measured["fwdbwd_ratio"], rel=1e-5)
+        assert read["shape"] == measured["shape"] and read["combine"] == "stacked"
+    assert not result.figure_path.exists()  # (run measures; the script draws)
+    load_script("benchmark_layers").main(["--redraw", "--out-dir", str(tmp_path)])
+    assert result.figure_path.read_bytes()[:4] == b"\x89PNG"
+    table = tmp_path / f"layer-speed-{result.tag}.csv"
+    table.write_text(table.read_text().replace("stacked", "split"))
+    with pytest.raises(DatasetError, match="measure it again"):
+        speed.measured_rows(tmp_path)
 
 
 @pytest.mark.slow  # a few seconds: ResNet-18, its cost model and two timed rounds

@@ -41,13 +41,13 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..kernels import auto
 from ..layers import BasisConv2d, conv_norm_act, resolve_num_basis
 from ..loop import precision_name, seed_everything, settings_restored
 from ..models import build_model
-from ..records import (RunRecord, file_digest, hardware_name, provenance, write_record,
-                       write_text_atomic)
+from ..records import (RunRecord, file_digest, hardware_name, provenance, read_record,
+                       write_record, write_text_atomic)
 from ..surgery import apply_basis, conv_layers
 from ..timing import Runner, Timer, output_gradient, tune_cpu_allocator
 from . import flag_below_minimum, fused_problem, profile_table
@@ -492,11 +492,45 @@ class SpeedResult:
 
     @property
     def title(self) -> str:
-        """The figure's title: what was measured, on which machine (the CPU's name for a
-        CPU run, also on a machine with a GPU)."""
-        machine = hardware_name(self.record.provenance["hardware"], self.options.device)
-        return (f"basis vs dense convolution, {self.tag}, batch {self.options.batch_size}, "
-                f"{self.settings['threads']} threads, {machine}")
+        return figure_title(self.tag, {"device": self.options.device,
+                                       "batch_size": self.options.batch_size, **self.settings},
+                            self.record.provenance)
+
+
+def figure_title(tag: str, settings: dict, provenance: dict) -> str:
+    """The figure's title: what was measured, on which machine (the CPU's name for a CPU
+    run, also on a machine with a GPU)."""
+    machine = hardware_name(provenance.get("hardware") or {}, settings.get("device"))
+    return (f"basis vs dense convolution, {tag}, batch {settings.get('batch_size')}, "
+            f"{settings.get('threads')} threads, {machine}")
+
+
+def measured_rows(folder: str | os.PathLike) -> dict[str, dict]:
+    """Every benchmark measured into ``folder``, read back from its files, by tag: its
+    layer and model rows, the figure's path and title. So the figures can be drawn again
+    (a new plot style) without measuring again. A table that is not the one its record
+    was written with (its sha256) is an error naming both files."""
+    import pandas as pd
+
+    folder, found = Path(folder), {}
+    for stem, key in ((LAYER_FILE, "layer_rows"), (MODEL_FILE, "model_rows")):
+        for path in sorted(folder.glob(file_name(stem, "*", ".json"))):
+            record = read_record(path)
+            table = folder / str(record.get("file"))
+            written = record.get("file_sha256")  # (older records name none)
+            if not table.is_file() or written not in (None, file_digest(table)):
+                raise DatasetError(f"{path} was written with a table {table.name} that is "
+                                   f"not beside it as it was; measure it again")
+            tag = path.stem[len(stem) + 1:]
+            entry = found.setdefault(tag, {
+                "layer_rows": [], "model_rows": [],
+                "path": folder / file_name(FIGURE_FILE, tag, ".png"),
+                "title": figure_title(tag, record.get("settings") or {},
+                                      record.get("provenance") or {})})
+            frame = pd.read_csv(table)
+            entry[key] = [{k: v for k, v in row.items() if not pd.isna(v)}
+                          for row in frame.to_dict("records")]
+    return found
 
 
 def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None = None, *,
