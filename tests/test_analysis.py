@@ -1058,6 +1058,9 @@ def test_the_sensitivity_summary_lists_layers_in_model_order_with_the_noise(tmp_
     rec["table"] = [{**row, "layer": name, "position": pos, "accuracy_drop": drop}
                     for name, pos, drop in [("layer2", 2, 0.03), ("conv1", 0, 0.01),
                                             ("layer10", 1, 0.02)]]
+    rec["config"]["selection"] = {"policy": "sensitivity_budget", "metric": "accuracy_drop",
+                                  "count": None, "budget_metric": "flops",
+                                  "budget_reduction": 0.25}
     rec["sensitivity"] = {**rec["sensitivity"], "chosen": ["layer10"],
                           "noise": {"repeats": 3, "accuracy_std": 0.002, "loss_std": 0.01}}
     drawn = []
@@ -1066,8 +1069,14 @@ def test_the_sensitivity_summary_lists_layers_in_model_order_with_the_noise(tmp_
     text = md.read_text()
     every = text.split("## Every candidate layer")[1]
     assert every.index("conv1") < every.index("layer10") < every.index("layer2")
-    assert "3 batch orders: accuracy std 0.0020, loss std 0.0100" in text
+    assert "3 batch orders: accuracy std 0.20 points, loss std 0.0100" in text
     assert "resumed" not in text
+    # drops in points, as the plot gives them, and the rule that chose, on page and plot
+    assert "| layer10 | 16x3x3x3 | 8 | +2.00 |" in text
+    assert "| layer10 | 16x3x3x3 | 8 | 0.1 | 2.0 |" in every
+    rule = "layers least sensitive by accuracy drop first, until they save 25 % of the dense"
+    assert f"## Chosen by `sensitivity_budget`: {rule}" in text
+    assert rule in drawn[0].axes[0].get_title()
     # a resumed estimate's page says what was done before: its time is not all of it
     rec["sensitivity"]["resumed"] = {"pretraining": False, "fine_tunes": 3}
     _, resumed_md = sensitivity.summarize(rec, tmp_path / "resumed", "test")
@@ -1368,8 +1377,8 @@ def test_a_count_of_one_filter_and_the_fraction_one_are_different_rows(tmp_path,
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
     figures.speed_vs_basis_size(table, tmp_path / "speed.png", "note")
-    measured = [line for line in drawn[0].axes[1].get_lines()
-                if line.get_label().startswith("measured, fwd+bwd")]
+    measured = [bars.lines[0] for bars in drawn[0].axes[1].containers
+                if bars.get_label().startswith("measured, fwd+bwd")]
     assert [list(line.get_xdata()) for line in measured] == [[1.0]]
     assert "fraction" in drawn[0].axes[1].get_xlabel()
     only_counts = table[table["basis_size"] != 1.0]
@@ -1377,6 +1386,27 @@ def test_a_count_of_one_filter_and_the_fraction_one_are_different_rows(tmp_path,
     assert "number of basis filters" in drawn[1].axes[1].get_xlabel()
     for fig in drawn:
         figures.pyplot().close(fig)
+
+
+def test_the_speed_plot_shows_the_seeds_spread_of_the_step_time(tmp_path, monkeypatch):
+    """Per-seed step times of 0.1 and 0.2 s beside a dense 0.3 s: the speedup of the mean
+    (2x) with bars at the mean step time plus and minus the seeds' std."""
+    from basisconv.analysis import figures
+
+    runs = [record(seed=0, step=(0.1, 0.2)), record("all", 0.5, 0, step=(0.05, 0.05)),
+            record("all", 0.5, 1, step=(0.1, 0.1))]
+    table = compare(runs_frame([(r, "a") for r in runs]))
+    row = table.set_index("selection").loc["all"]
+    std = 0.0707107  # of 0.1 and 0.2
+    assert row["step_seconds_std"] == pytest.approx(std, rel=1e-5)
+    assert row["step_speedup"] == pytest.approx(2.0)
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.speed_vs_basis_size(table, tmp_path / "speed.png", "note")
+    bars, = [c for c in drawn[0].axes[1].containers if "std over seeds" in c.get_label()]
+    (low, high), = bars.lines[2][0].get_segments()  # the one size's vertical bar
+    assert (low[1], high[1]) == pytest.approx((0.3 / (0.15 + std), 0.3 / (0.15 - std)))
+    figures.pyplot().close(drawn[0])
 
 
 def test_runs_recorded_without_their_hardware_or_commit_are_named_unknown(tmp_path):

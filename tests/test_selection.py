@@ -1303,3 +1303,31 @@ def test_workers_that_finish_end_without_a_warning_at_exit(repo, tmp_path):
     out, err = run_workers(repo, tmp_path, "fine")
     assert "results: 2" in out, err[-2000:]
     assert "leaked semaphore" not in err
+
+
+def test_each_policys_rule_is_said_in_words_for_the_results_pages():
+    from basisconv.selection import rule_in_words
+
+    budget = {"count": None, "budget_metric": "flops", "budget_reduction": 0.25,
+              "metric": "accuracy_drop", "seed": 3}
+    said = {policy: rule_in_words({**budget, "policy": policy})
+            for policy in ("sensitivity_budget", "random", "first_k", "all", "none")}
+    assert said == {
+        "sensitivity_budget": "layers least sensitive by accuracy drop first, until they save "
+                              "25 % of the dense model's training FLOPs",
+        "random": "layers in a random order (seed 3), until they save 25 % of the dense "
+                  "model's training FLOPs",
+        "first_k": "layers in model order, until they save 25 % of the dense model's "
+                   "training FLOPs",
+        "all": "", "none": ""}
+    assert rule_in_words({**budget, "policy": "last_k", "count": 4}) == \
+        "the last 4 layers in model order"
+    assert rule_in_words({**budget, "policy": "sensitivity_budget", "count": 5,
+                          "metric": "loss_increase"}) == "the 5 layers least sensitive by loss increase"
+    assert rule_in_words({"policy": "sensitivity_threshold", "metric": "accuracy_drop",
+                          "threshold": 0.005}) == "every layer whose accuracy drop is at most 0.5 points"
+    assert rule_in_words({"policy": "sensitivity_threshold", "metric": "loss_increase",
+                          "threshold": 0.02}) == "every layer whose loss increase is at most 0.02"
+    assert rule_in_words({**budget, "policy": "sensitivity_budget", "budget_metric": "time",
+                          "budget_reduction": 0.1}).endswith("10 % of the dense model's "
+                                                             "training-step time (measured)")

@@ -214,6 +214,43 @@ def budget_chooses(selection: DictConfig | Mapping) -> bool:
             and selection.get("count") is None)
 
 
+#: How a page names what a budget is a share of.
+BUDGET_WORDS = {"params": "parameters", "flops": "training FLOPs",
+                "time": "training-step time (measured)"}
+
+
+def rule_in_words(selection: DictConfig | Mapping) -> str:
+    """What decided which layers an ordered policy took, for a results page: e.g. "layers
+    least sensitive by accuracy drop first, until they save 25 % of the dense model's
+    training FLOPs" (a threshold on accuracy in points, as the pages show drops); "" for
+    the other policies."""
+    policy = selection.get("policy")
+    if policy not in ORDERED_POLICIES:
+        return ""
+    metric = str(selection.get("metric", "accuracy_drop")).replace("_", " ")
+    if policy == "sensitivity_threshold":
+        bound = selection.get("threshold")
+        if not _is_number(bound):
+            return ""
+        shown = f"{100 * bound:g} points" if metric == "accuracy drop" else f"{bound:g}"
+        return f"every layer whose {metric} is at most {shown}"
+    order = {"first_k": "in model order", "last_k": "in reverse model order",
+             "random": f"in a random order (seed {selection.get('seed')})"}.get(
+        policy, f"least sensitive by {metric} first")
+    if not budget_chooses(selection):
+        k = selection.get("count")
+        return {"first_k": f"the first {k} layers in model order",
+                "last_k": f"the last {k} layers in model order",
+                "random": f"{k} layers {order}"}.get(
+            policy, f"the {k} layers least sensitive by {metric}")
+    share, of = selection.get("budget_reduction"), selection.get("budget_metric")
+    if not _is_number(share) or of is None:  # (a hand-made or older record)
+        return ""
+    share = f"{100 * share:g} %"
+    return (f"layers {order}, until they save {share} of the dense model's "
+            f"{BUDGET_WORDS.get(of, of)}")
+
+
 def keys_read(selection: DictConfig | Mapping) -> set[str]:
     """The ``selection`` keys its policy reads: a run's config carries them all, and those
     it does not read (the budget policy's ``threshold``) set nothing apart."""

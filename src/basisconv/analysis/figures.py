@@ -84,9 +84,16 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
                               label=f"basis, {label}{of}")
             left.axhline(1e3 * dense[column], color=line.get_color(), ls=":",
                          label=f"dense, {label}{of}")
-        # the two measured lines often coincide: drawn so that each stays visible
-        right.plot(rows["size"], rows["step_speedup"], "o-", lw=2.5, alpha=0.6,
-                   label=f"measured, fwd+bwd step{of}")
+        # the two measured lines often coincide: drawn so that each stays visible; the
+        # bars: the speedup at the row's step time plus and minus its seeds' std
+        step = rows["forward_seconds_per_step"] + rows["backward_seconds_per_step"]
+        spread = rows["step_seconds_std"].fillna(0)
+        low = rows["step_speedup"] * step / (step + spread)
+        high = rows["step_speedup"] * step / (step - spread).clip(lower=1e-12)
+        right.errorbar(rows["size"], rows["step_speedup"],
+                       yerr=[rows["step_speedup"] - low, high - rows["step_speedup"]],
+                       fmt="o-", lw=2.5, alpha=0.6, capsize=3,
+                       label=f"measured, fwd+bwd step (bars: ±1 std over seeds){of}")
         right.plot(rows["size"], rows["epoch_speedup"], "s--", mfc="none",
                    label=f"measured, epoch{of}")
         right.plot(rows["size"], rows["theory_speedup"], "k--" if len(groups) == 1 else "--",
@@ -95,7 +102,7 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     left.set_title("time per training step")
     speedup_axis(right)
     right.set_ylabel("speedup over dense (x, log scale)")
-    right.set_title("speedup (means over seeds)")
+    right.set_title("speedup (mean step time over seeds)")
     for ax in (left, right):
         ax.set_xlabel(f"basis size ({unit})")
         ax.grid(True, alpha=0.3)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..records import commit_name, hardware_name, write_text_atomic
+from ..selection import rule_in_words
 from .plots import pyplot, save_figure
 from .runs import record_tag, resumed_note, trained_on
 from .tables import markdown
@@ -56,10 +57,10 @@ def chosen_table(table: pd.DataFrame, chosen: list[str], dense: dict[str, int]) 
     """Markdown: the chosen layers with their sensitivity and savings, and the totals as a
     share of the dense model."""
     rows = table[table["layer"].isin(chosen)].sort_values("position")
-    lines = ["| layer | shape | m | accuracy drop | loss increase | params saved | "
+    lines = ["| layer | shape | m | accuracy drop (points) | loss increase | params saved | "
              "training MFLOPs saved / image |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows.itertuples():
-        lines.append(f"| {r.layer} | {r.shape} | {r.num_basis} | {r.accuracy_drop:+.4f} | "
+        lines.append(f"| {r.layer} | {r.shape} | {r.num_basis} | {100 * r.accuracy_drop:+.2f} | "
                      f"{r.loss_increase:+.4f} | {r.params_saved:,} | {r.flops_saved / 1e6:.2f} |")
     params, flops = int(rows["params_saved"].sum()), int(rows["flops_saved"].sum())
     lines.append(f"| **total** ({len(rows)} layers) | | | | | {params:,} "
@@ -71,7 +72,13 @@ def chosen_table(table: pd.DataFrame, chosen: list[str], dense: dict[str, int]) 
 def _title(record: dict) -> str:
     cfg, summary = record["config"], record["sensitivity"]
     return (f"{cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-            f"{cfg['basis']['size']}: {summary['policy']}")
+            f"{cfg['basis']['size']}: {summary['policy']}{_rule(record, ': ')}")
+
+
+def _rule(record: dict, before: str) -> str:
+    """The policy's rule in words after ``before`` (the budget or threshold that chose)."""
+    rule = rule_in_words(record["config"].get("selection") or {})
+    return f"{before}{rule}" if rule else ""
 
 
 def _threshold(record: dict) -> dict:
@@ -127,7 +134,8 @@ def noise_line(noise: dict | None) -> str:
     if not noise:
         return ""
     return (f" The same reference fine-tuned with {noise['repeats']} batch orders: accuracy "
-            f"std {noise['accuracy_std']:.4f}, loss std {noise['loss_std']:.4f} (a yardstick "
+            f"std {100 * noise['accuracy_std']:.2f} points, loss std {noise['loss_std']:.4f} "
+            f"(a yardstick "
             f"for the drops below, which all share one batch order).")
 
 
@@ -155,6 +163,9 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
     per_layer = table.sort_values("position")[
         ["layer", "shape", "num_basis", "reconstruction_error", "accuracy_drop",
          "loss_increase", "params_saved", "flops_saved", "seconds"]]
+    # in points, as the plot and the chosen table give them
+    per_layer = per_layer.assign(accuracy_drop=100 * per_layer["accuracy_drop"]).rename(
+        columns={"accuracy_drop": "accuracy_drop (points)"})
     return [
         plot_sensitivity(table, summary["chosen"], out / f"{stem}.png", _title(record),
                          noise=summary.get("noise"), **_threshold(record)),
@@ -163,6 +174,6 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
             f"{cfg['basis']['size']}\n\n{note}\n\nDense reference (held-out accuracy after the "
             f"same fine-tune): {summary['reference']['accuracy']:.4f}; after pretraining: "
             f"{summary['pretrained']['accuracy']:.4f}.{noise_line(summary.get('noise'))}\n\n"
-            f"## Chosen by `{summary['policy']}`\n\n"
+            f"## Chosen by `{summary['policy']}`{_rule(record, ': ')}\n\n"
             + chosen_section(table, summary)
             + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str))))]
