@@ -85,13 +85,9 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
             left.axhline(1e3 * dense[column], color=line.get_color(), ls=":",
                          label=f"dense, {label}{of}")
         # the two measured lines often coincide: drawn so that each stays visible; the
-        # bars: the speedup at the row's step time plus and minus its seeds' std
-        step = rows["forward_seconds_per_step"] + rows["backward_seconds_per_step"]
-        spread = rows["step_seconds_std"].fillna(0)
-        low = rows["step_speedup"] * step / (step + spread)
-        high = rows["step_speedup"] * step / (step - spread).clip(lower=1e-12)
+        # bars: ±1 std of the ratio of two means, from the seeds' spread of both steps
         right.errorbar(rows["size"], rows["step_speedup"],
-                       yerr=[rows["step_speedup"] - low, high - rows["step_speedup"]],
+                       yerr=rows["step_speedup"] * _relative_step_spread(rows, base),
                        fmt="o-", lw=2.5, alpha=0.6, capsize=3,
                        label=f"measured, fwd+bwd step (bars: ±1 std over seeds){of}")
         right.plot(rows["size"], rows["epoch_speedup"], "s--", mfc="none",
@@ -110,6 +106,16 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     models = ", ".join(dict.fromkeys(f"{m} x{w:g}" for m, w in zip(sweep["model"], sweep["width"])))
     fig.suptitle(f"{models}: basis convolutions in every layer", fontsize=10)
     return _finish(fig, path, note)
+
+
+def _relative_step_spread(rows: pd.DataFrame, base: pd.DataFrame) -> pd.Series:
+    """The relative std of ``rows``' step speedups (dense step over basis step, both means
+    over seeds), from each step's relative std over its seeds (to first order they add in
+    quadrature); 0 where a row has one seed."""
+    def relative(frame: pd.DataFrame) -> pd.Series:
+        step = frame["forward_seconds_per_step"] + frame["backward_seconds_per_step"]
+        return (frame["step_seconds_std"] / step).fillna(0)
+    return (relative(rows) ** 2 + relative(base.loc[rows.index]) ** 2) ** 0.5
 
 
 # Settings a plot label names already by its own words: the row's epochs and training images.
