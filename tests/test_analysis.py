@@ -1070,6 +1070,8 @@ def test_the_sensitivity_summary_lists_layers_in_model_order_with_the_noise(tmp_
     every = text.split("## Every candidate layer")[1]
     assert every.index("conv1") < every.index("layer10") < every.index("layer2")
     assert "3 batch orders: accuracy std 0.20 points, loss std 0.0100" in text
+    reference = rec["sensitivity"]["reference"]["accuracy"]
+    assert f"the same fine-tune): {100 * reference:.2f} %; after pretraining" in text
     assert "resumed" not in text
     # drops in points, as the plot gives them, and the rule that chose, on page and plot
     assert "| layer10 | 16x3x3x3 | 8 | +2.00 |" in text

@@ -172,8 +172,9 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
         write_text_atomic(out / f"{stem}.md", (
             f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
             f"{cfg['basis']['size']}\n\n{note}\n\nDense reference (held-out accuracy after the "
-            f"same fine-tune): {summary['reference']['accuracy']:.4f}; after pretraining: "
-            f"{summary['pretrained']['accuracy']:.4f}.{noise_line(summary.get('noise'))}\n\n"
+            f"same fine-tune): {100 * summary['reference']['accuracy']:.2f} %; after "
+            f"pretraining: {100 * summary['pretrained']['accuracy']:.2f} %."
+            f"{noise_line(summary.get('noise'))}\n\n"
             f"## Chosen by `{summary['policy']}`{_rule(record, ': ')}\n\n"
             + chosen_section(table, summary)
             + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str))))]
