@@ -687,6 +687,26 @@ def test_the_sensitivity_script_reports_what_a_fixed_policy_converts(repo, tmp_p
     assert summary["chosen"] == chosen
 
 
+def test_a_table_cached_for_an_edited_model_definition_is_refused(repo, tmp_path, monkeypatch):
+    """The cache key names the model; a model file edited between two runs (a layer's
+    channels) gives a model its cached table was not made for: refused with the fix, where
+    it chose layers by the old layers' savings."""
+    from basisconv.models import registry
+
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "model=resnet8")
+    sensitivity.sensitivity_table(cfg)
+    assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+    original = registry._REGISTRY["resnet8"]
+    monkeypatch.setitem(registry._REGISTRY, "resnet8",
+                        lambda num_classes, width: original(num_classes, width=2 * width))
+    with pytest.raises(ConfigError, match="made for another definition of model resnet8.*"
+                                          "sensitivity.recompute=true"):
+        sensitivity.sensitivity_table(cfg)
+    assert not sensitivity.sensitivity_table(cfg, recompute=True)[1]["cache_hit"]
+    assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # made for this definition
+
+
 def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp_path,
                                                                       monkeypatch):
     published = tmp_path / "results" / "runs" / "sensitivity.json"

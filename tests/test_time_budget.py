@@ -118,6 +118,20 @@ def test_every_setting_that_changes_a_timing_changes_its_cache_file(repo, tmp_pa
         assert time_budget.cache_path(changed, time_budget.key_fields(changed, layers)) != path, key
 
 
+def test_an_edited_model_definition_is_timed_again(repo, tmp_path, monkeypatch):
+    """The same name and width, other layers (a user's model file edited between runs):
+    another cache file, where the old timings were read back."""
+    from basisconv.models import registry
+
+    cfg = compose_timed(repo, tmp_path)
+    layers = ["layer1.0.conv1", "layer2.0.conv1"]
+    path = time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers))
+    original = registry._REGISTRY[cfg.model.name]
+    monkeypatch.setitem(registry._REGISTRY, cfg.model.name,
+                        lambda num_classes, width: original(num_classes, width=2 * width))
+    assert time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers)) != path
+
+
 def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_path,
                                                                       monkeypatch):
     """Resumed where its timings are gone (another machine) and measuring again would

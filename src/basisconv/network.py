@@ -7,6 +7,7 @@ The layers are an argument, resolved before the network is built (see
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from typing import Any, Union
@@ -43,6 +44,21 @@ def build_dense(cfg: DictConfig) -> nn.Module:
     """The dense registry model ``cfg.model`` names, for ``cfg.data``'s classes: what every
     producer builds first (a run, a probe, a cost table, a timing, a dry conversion)."""
     return build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
+
+
+def architecture_digest(cfg: DictConfig) -> str:
+    """A digest of what ``cfg``'s dense model is made of: its modules as ``repr`` gives them
+    (every layer's class, channels, kernel, stride, padding, groups, bias), built on the meta
+    device. Caches keyed by the model's name and width give a table measured on an edited
+    definition (a user's model file changed between runs) unless this is part of them.
+    The forward's code is not in it."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):
+                model = build_dense(cfg)
+        except Exception:  # a model whose __init__ reads values (.item()): built for real
+            model = build_dense(cfg)
+    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
 
 
 def check_conversion(cfg: DictConfig, layers: Layers) -> None:

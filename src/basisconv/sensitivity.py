@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
 from .errors import ConfigError, WriteError, one_line
-from .network import build_dense
+from .network import architecture_digest, build_dense
 from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
                       read_record, write_bytes_atomic, write_json_atomic, write_record)
@@ -178,6 +178,13 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
                           f"sensitivity.noise_repeats={made}, not "
                           f"{cfg.sensitivity.noise_repeats} (before that setting joined the "
                           f"cache key); {fix}")
+    # the key names the model, not its definition: a table of an edited model file (another
+    # layer's channels, a renamed layer) would choose as if for the model it was made for
+    made_of = record.get("architecture")  # (tables cached before it was recorded: unchecked)
+    if made_of is not None and made_of != architecture_digest(cfg):
+        raise ConfigError(f"the cached sensitivity table in {folder} was made for another "
+                          f"definition of model {cfg.model.name} (its layers differ from the "
+                          f"model built now: an edited model file?); {fix}")
     expected = record.get("table_sha256")
     if expected is None:
         log.warning("sensitivity: the cached table %s has no checksum (written by an older "
@@ -226,7 +233,8 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                 table, record = estimate(cfg)
                 data = table_csv(table)
                 record = {**record, "table_rows": len(table),
-                          "table_sha256": hashlib.sha256(data).hexdigest()}
+                          "table_sha256": hashlib.sha256(data).hexdigest(),
+                          "architecture": architecture_digest(cfg)}
                 cache(folder, data, record)
                 # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it
                 # chooses exactly as every later run that reads it (ties and orders included)

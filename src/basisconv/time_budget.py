@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .data import IMAGE_SHAPE
 from .errors import ConfigError, one_line
-from .network import build_dense, to_basis
+from .network import architecture_digest, build_dense, to_basis
 from .records import folder_lock, hardware, json_digest, provenance, write_json_atomic
 from .selection import budget_chooses
 from .timing import Runner, layer_time_savings
@@ -53,7 +53,9 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
         "torch": torch.__version__,
         # the classes size the classifier, a part of the dense step the budget divides
         "model": {"name": cfg.model.name, "width": cfg.model.width,
-                  "num_classes": cfg.data.num_classes},
+                  "num_classes": cfg.data.num_classes,
+                  # what it is made of: an edited model file is timed again
+                  "architecture": architecture_digest(cfg)},
         "basis": {k: basis[k] for k in ("size", "combine", "coefficient_rank", "fuse_norm",
                                         "share_coefficients", "only_where_saves")},
         "layers": list(layers),
