@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="NCHW instead of channels_last (dense step 1.09x slower on this CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every module timed")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="time replays of each call captured as a CUDA graph (--device cuda): "
+                             "the GPU's work, without the kernel launches an eager call pays")
     parser.add_argument("--combine", choices=list(COMBINE_MODES), default=d.combine,
                         help="fused: the Triton kernel, --device cuda only; auto: per shape "
                              "the fastest form measured on the device")

@@ -10,7 +10,8 @@
 #    (torch.profiler's kernels by GPU time, in <file>-profile.txt);
 # 2. layer and whole-model speed against the FLOP ratio (scripts/benchmark_layers.py):
 #    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms,
-#    then fp32 at batch 128.
+#    the stacked and fused forms also timed as CUDA graph replays (--cuda-graphs), then
+#    fp32 at batch 128.
 # Uses the Python it finds (PY, default python3: a GPU machine's own CUDA torch; no .venv,
 # no network). Files go to OUT_DIR (default results/gpu-<gpu>, e.g. results/gpu-h200: the
 # files' own names say only "cuda"), logs to OUT_DIR/logs; STEP_LIMIT seconds per step
@@ -149,6 +150,11 @@ for batch in 128 512; do
   layers "bf16-b$batch" --amp bf16 --batch-size "$batch"
   # the fused kernel compiles and autotunes per shape: the two sizes the goal names
   layers "bf16-b$batch-fused" --amp bf16 --batch-size "$batch" --combine fused --fractions 0.25 0.5
+  # the same timed as CUDA graph replays: the GPU's work without the launches (eager, a
+  # layer at batch 128 takes its launch time whatever its FLOPs)
+  layers "bf16-b$batch-graphs" --amp bf16 --batch-size "$batch" --cuda-graphs
+  layers "bf16-b$batch-fused-graphs" --amp bf16 --batch-size "$batch" --cuda-graphs \
+    --combine fused --fractions 0.25 0.5
   layers "bf16-b$batch-auto" --amp bf16 --batch-size "$batch" --combine auto
   layers "bf16-b$batch-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm --parts model
 done

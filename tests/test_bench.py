@@ -163,6 +163,16 @@ def test_fused_combine_is_benchmarked_on_cuda_only():
         assert SpeedOptions(device="cuda", combine="fused").tag == "cuda-fp32-fused"
 
 
+def test_cuda_graph_timing_is_a_cuda_option_of_its_own_files():
+    assert SpeedOptions(device="cuda", cuda_graphs=True, combine="stacked").tag == "cuda-fp32-graphs"
+    assert "CUDA only" in SpeedOptions(cuda_graphs=True).invalid_flag()
+    options = SpeedOptions(device="cuda", cuda_graphs=True, compile=True)
+    if torch.cuda.is_available():
+        assert "give one" in options.invalid_flag()
+    assert SpeedOptions(device="cuda", cuda_graphs=True).runner().graphs is True
+    assert SpeedOptions().runner().graphs is False
+
+
 def test_timed_batches_time_each_batch_they_yield():
     images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
     timed = TimedBatches(TensorBatches(images, torch.zeros(20, dtype=torch.long), 4, train=True), 3)
@@ -210,7 +220,8 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
                                                                   f"layer-speed-{tag}.csv")
     assert record["file_sha256"] == hashlib.sha256(result.files[0].read_bytes()).hexdigest()
     # the committed records' settings, in order, and what later runs record beside them
-    assert list(record["settings"]) == [*before["settings"], "spread", "cudnn_benchmark"]
+    assert list(record["settings"]) == [*before["settings"], "spread", "cudnn_benchmark",
+                                        "cuda_graphs"]
     assert record["config"]["fractions"] == [0.5] and record["config"]["layer_repeats"] == 3
     assert record["provenance"]["command"] == "python scripts/benchmark_layers.py"
     png = basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,

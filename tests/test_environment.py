@@ -2,6 +2,7 @@
 GPU scripts say at once when there is no GPU."""
 
 import json
+import shlex
 import os
 import re
 import signal
@@ -103,6 +104,10 @@ def test_gpu_speed_refuses_a_budget_or_limit_that_is_not_whole_seconds(repo, var
     assert lines == [f"gpu-speed: {variable}=10m: give whole seconds (e.g. {variable}=600)"]
 
 
+#: The steps scripts/gpu_speed.sh runs (a step added there is counted here).
+GPU_SPEED_STEPS = 28
+
+
 def test_gpu_speed_reads_its_budget_in_base_10(repo, tmp_path):
     """Found in review: BUDGET=0900 was a bad octal number to bash, every step ended at the
     budget's arithmetic, nothing ran, and the script exited 0."""
@@ -111,7 +116,7 @@ def test_gpu_speed_reads_its_budget_in_base_10(repo, tmp_path):
     out, err = done.communicate(timeout=120)
     assert done.returncode == 0 and "value too great" not in err, out + err
     calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert sum("scripts/benchmark_" in call for call in calls) == 24, calls
+    assert sum("scripts/benchmark_" in call for call in calls) == GPU_SPEED_STEPS, calls
 
 
 FAKE_GPU_PY = """#!/usr/bin/env bash
@@ -156,7 +161,7 @@ def test_gpu_speed_names_its_folder_by_the_gpu_alone_and_stops_at_a_missing_pack
     out, err = done.communicate(timeout=120)
     assert done.returncode == 0, out + err
     assert [p.name for p in (warned / "results").iterdir()] == ["gpu-h200"]
-    assert len((warned / "calls.txt").read_text().splitlines()) == 24
+    assert len((warned / "calls.txt").read_text().splitlines()) == GPU_SPEED_STEPS
     bare = tmp_path / "bare"
     bare.mkdir()
     refused = fake_gpu_speed(repo, bare, "echo \"ModuleNotFoundError: No module named "
@@ -168,7 +173,7 @@ def test_gpu_speed_names_its_folder_by_the_gpu_alone_and_stops_at_a_missing_pack
         " (ModuleNotFoundError: No module named 'omegaconf'); install requirements.txt "
         "without torch, or carry wheels (make gpu-wheels) and put them on PYTHONPATH"]
     # found in review: an output folder that cannot be made was not checked, so every step
-    # "failed" (24 lines, each naming a log that does not exist)
+    # "failed" (a line a step, each naming a log that does not exist)
     (tmp_path / "a-file").write_text("")
     unwritable = fake_gpu_speed(repo, bare, "echo h200; exit 0",
                                 OUT_DIR=str(tmp_path / "a-file" / "x"))
@@ -375,3 +380,35 @@ def test_gpu_speed_calls_a_step_killed_early_failed_not_stopped_at_its_limit(rep
     done = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0", STEP_KILLED="1")
     out, err = done.communicate(timeout=120)
     assert "stopped at its" not in out and "== train-bf16: FAILED after" in out, out + err
+
+
+@pytest.mark.parametrize("mode", ["full", "quick"])
+def test_every_step_of_gpu_speed_passes_its_scripts_option_checks(repo, tmp_path, mode,
+                                                                  load_script, monkeypatch):
+    """A step whose options a script refuses costs its place in a short GPU slot: each
+    command gpu_speed.sh runs (recorded by a stand-in Python) is given to its script with
+    CUDA taken as present and the measuring replaced, up to the point of measuring."""
+    log = tmp_path / "commands"
+    python = tmp_path / "python"
+    python.write_text('#!/bin/bash\nif [ "$1" = -c ]; then\n'
+                      '  case "$2" in *device_name*) echo fake-gpu;; esac\n  exit 0\nfi\n'
+                      f'printf "%q " "$@" >> {log}\necho >> {log}\n')
+    python.chmod(0o755)
+    result = subprocess.run(["bash", "scripts/gpu_speed.sh", mode], cwd=repo, text=True,
+                            capture_output=True, timeout=120,
+                            env={**os.environ, "PY": str(python), "OUT_DIR": str(tmp_path / "out")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [shlex.split(line) for line in log.read_text().splitlines()]
+    assert len(commands) == result.stdout.count("== ") == GPU_SPEED_STEPS
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    class Measuring(Exception):
+        pass
+
+    def measure(*args, **kwargs):
+        raise Measuring
+    for script, *args in commands:
+        module = load_script(Path(script).stem)
+        monkeypatch.setattr(module, "run", measure)
+        with pytest.raises(Measuring):
+            module.main(args)

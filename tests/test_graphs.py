@@ -329,3 +329,44 @@ def test_a_graphed_step_is_freed_when_its_epoch_ends_without_the_cycle_collector
     finally:
         if enabled:
             gc.enable()
+
+
+def test_a_graphed_call_runs_once_eagerly_then_replays():
+    """Off CUDA the capture is the call itself: one run per call, the first one eager."""
+    calls = []
+    graphed = graphs.GraphedCall(lambda: calls.append(len(calls)), torch.device("cpu"))
+    assert graphed.capture is False
+    for _ in range(3):
+        graphed()
+    assert calls == [0, 1, 2] and graphed.graph is not None
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_a_benchmarks_graphed_training_step_computes_what_the_eager_one_does(device, amp):
+    """``Runner(graphs=True)`` (``benchmark_layers.py --cuda-graphs``): after three timed
+    calls, the gradients and the batch-norm statistics are those of three eager calls; on
+    CUDA the second and third are replays of a capture."""
+    from basisconv.timing import Runner, output_gradient
+
+    torch.manual_seed(0)
+    base = apply_basis(build_model("resnet8", num_classes=10, width=0.5), "all", 0.5,
+                       only_where_saves=True)
+    x = torch.randn(4, 3, 16, 16)
+    grad = torch.randn(4, 10)
+    after = {}
+    for graphed in (False, True):
+        runner = Runner(device, amp=amp, graphs=graphed)
+        model = runner.prepare(copy.deepcopy(base))
+        inputs = x.to(device, memory_format=runner.memory_format).requires_grad_(True)
+        step = runner.training_step(model, inputs, output_gradient(grad.to(device)))
+        forward = runner.forward(model, inputs)
+        for _ in range(3):
+            step()
+            forward()
+        assert isinstance(step, graphs.GraphedCall) is graphed
+        after[graphed] = [inputs.grad, *(p.grad for p in model.parameters()),
+                          *(b for b in model.buffers() if b.is_floating_point())]
+    tolerance = 1e-5 if amp == "none" else 2e-2
+    for eager, replayed in zip(after[False], after[True]):
+        torch.testing.assert_close(replayed, eager, rtol=tolerance, atol=tolerance)

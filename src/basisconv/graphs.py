@@ -235,6 +235,34 @@ class GraphedEvalStep:
         self.graph.replay()
 
 
+class GraphedCall:
+    """A call without arguments (a timed layer's forward, or its forward and backward)
+    replayed as one CUDA graph, for the speed benchmark: timed eagerly, a small layer's
+    time on a GPU is that of launching its kernels, not of their work. The first call runs
+    eagerly on the capture stream (cuDNN's choice, Triton's autotuning, an auto layer's
+    timings: what capture must not do), then captures; every later call replays. Off CUDA
+    (``capture=False``) every call is the call itself.
+
+    ``fn`` must read only tensors that stay where they are (a fixed input, the module's
+    parameters) and may set gradients to None first: in a capture they are allocated in the
+    graph's pool, and each replay writes them there again (the whole-network recipe)."""
+
+    def __init__(self, fn: Callable[[], object], device: torch.device, *,
+                 capture: bool | None = None):
+        self.fn = fn
+        self.capture = device.type == "cuda" if capture is None else capture
+        self.stream = _capture_stream(device) if self.capture else None
+        self.graph: _Replay | None = None
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        with _on(self.stream):
+            self.fn()
+            self.graph = _Replay(self.fn, capture=self.capture, stream=self.stream)
+
+
 def rows_independent_in_eval(model: torch.nn.Module) -> bool:
     """Whether ``model`` in eval mode computes each row of a batch alone, so that padding
     rows cannot change the real rows' outputs: no norm layer normalizes with batch

@@ -4,7 +4,12 @@ measured time (:func:`layer_time_savings`, ``selection.budget_metric=time``).
 Candidates (a dense conv and its basis forms, or whole models) are timed in interleaved
 rounds, the order reversed every other round, after untimed warm-up rounds, and medians are
 reported: load from other processes then hits every candidate alike. On CUDA every timed
-call is synchronized, so the time is that of the work, not of launching it.
+call is synchronized before and after, so a time runs from the call's first launch to the
+end of its work: what an eager training step pays. For a layer whose GPU work is shorter
+than launching its kernels (ResNet-18's layers at batch 128 on an H200 take 0.1-0.2 ms
+eagerly, whatever their FLOPs) that is the launch time, and a form with fewer kernels
+wins; ``Runner(graphs=True)`` times replays of each call captured as a CUDA graph
+(:class:`basisconv.graphs.GraphedCall`), which launch once: the GPU's work.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .graphs import GraphedCall
 from .layers import conv_norm_act
 from .loop import AMP_DTYPES, memory_format, raise_compile_limits
 from .network import choose_forms_now
@@ -86,11 +92,12 @@ class Runner:
     an inference forward, and a training forward plus backward."""
 
     def __init__(self, device: str | torch.device, *, channels_last: bool = True,
-                 amp: str = "none", compile: bool = False):
+                 amp: str = "none", compile: bool = False, graphs: bool = False):
         self.device = torch.device(device)
         self.memory_format = memory_format(channels_last)
         self.amp = AMP_DTYPES[amp]
         self.compile = compile
+        self.graphs = graphs  # each timed call a CUDA graph replay (GraphedCall)
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
         """``module`` on the device and layout, compiled if asked; before compiling, its
@@ -113,14 +120,19 @@ class Runner:
     def autocast(self):
         if self.amp is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        # a graph captures the cast weights, which autocast's cache would keep from the
+        # capture instead of casting them in every replay (PyTorch's CUDA graphs notes)
+        return torch.autocast(self.device.type, dtype=self.amp, cache_enabled=not self.graphs)
+
+    def _timed(self, run: Callable[[], None]) -> Callable[[], None]:
+        return GraphedCall(run, self.device) if self.graphs else run
 
     def forward(self, module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
         """An inference forward (``torch.no_grad``; BN mode as the module is set)."""
         def run():
             with torch.no_grad(), self.autocast():
                 module(x)
-        return run
+        return self._timed(run)
 
     def training_step(self, module: nn.Module, x: torch.Tensor,
                       backward: Callable[[torch.Tensor], None]) -> Callable[[], None]:
@@ -135,7 +147,7 @@ class Runner:
             with self.autocast():
                 out = module(x)
             backward(out)
-        return run
+        return self._timed(run)
 
 
 def output_gradient(grad: torch.Tensor) -> Callable[[torch.Tensor], None]:

@@ -17,17 +17,26 @@ from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
 
 #: One colour per selection policy in every figure of the comparison (found in review: each
 #: figure took matplotlib's cycle in its own order, so first_k was green in one and brown in
-#: the other, and green meant two policies); a policy not listed takes grey.
+#: the other, and green meant two policies).
 SELECTION_COLOURS = {"none": "tab:blue", "all": "tab:orange", "first_k": "tab:green",
                      "last_k": "tab:red", "random": "tab:purple",
                      "sensitivity_budget": "tab:brown", "sensitivity_threshold": "tab:pink",
                      "list": "tab:olive", "blocks": "tab:cyan"}
+#: Policies not listed above (a user's own) take these in the order the process first
+#: draws them, so each keeps one colour in every figure of an analysis and two new ones
+#: differ (they were all grey).
+EXTRA_COLOURS = ("black", "gold", "navy", "teal", "magenta", "lime", "maroon", "tab:gray")
+_EXTRA_TAKEN: dict[str, str] = {}
 #: Rows of one policy (the basis sizes of ``all``) told apart by line style, in order.
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def selection_colour(selection: str) -> str:
-    return SELECTION_COLOURS.get(selection, "tab:gray")
+    if selection in SELECTION_COLOURS:
+        return SELECTION_COLOURS[selection]
+    if selection not in _EXTRA_TAKEN:
+        _EXTRA_TAKEN[selection] = EXTRA_COLOURS[len(_EXTRA_TAKEN) % len(EXTRA_COLOURS)]
+    return _EXTRA_TAKEN[selection]
 
 
 def speedup_axis(ax) -> None:

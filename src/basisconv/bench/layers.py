@@ -80,6 +80,7 @@ class SpeedOptions:
     amp: str = "none"
     channels_last: bool = True
     compile: bool = False
+    cuda_graphs: bool = False  # each timed call replayed as a CUDA graph: the GPU's work alone
     combine: str = "stacked"
     fuse_norm: bool = False  # basis layers with their batch norm and ReLU as one computation
     allocator_tuning: bool = True
@@ -110,6 +111,7 @@ class SpeedOptions:
         suffix = "".join([
             "" if self.channels_last else "-nchw",
             "-compile" if self.compile else "",
+            "-graphs" if self.cuda_graphs else "",
             "" if self.combine == "stacked" else f"-{self.combine}",
             "-fusenorm" if self.fuse_norm else "",
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
@@ -141,13 +143,18 @@ class SpeedOptions:
             return f"--fractions must differ, got {' '.join(f'{f:g}' for f in self.fractions)}"
         if self.device == "cuda" and not torch.cuda.is_available():
             return "--device cuda: no CUDA device is available to this torch; use --device cpu"
+        if self.cuda_graphs and self.device != "cuda":
+            return "--cuda-graphs: CUDA graphs run on CUDA only; add --device cuda"
+        if self.cuda_graphs and self.compile:
+            return ("--cuda-graphs with --compile: give one (torch.compile's own graphs are "
+                    "its reduce-overhead mode)")
         if self.profile and "model" not in self.parts:
             return "--profile profiles the whole model's step: add --parts model, or drop --profile"
         return None
 
     def runner(self) -> Runner:
         return Runner(self.device, channels_last=self.channels_last, amp=self.amp,
-                      compile=self.compile)
+                      compile=self.compile, graphs=self.cuda_graphs)
 
 
 @dataclass(frozen=True)
@@ -561,7 +568,8 @@ def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
                 "layer_repeats": options.layer_repeats, "model_repeats": options.model_repeats,
                 "warmup": options.warmup, "statistic": "median of interleaved rounds",
                 "spread": "interquartile range / median, the larger of dense and basis",
-                "cudnn_benchmark": torch.backends.cudnn.benchmark}
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "cuda_graphs": options.cuda_graphs}
     progress(f"benchmark {tag}: {settings}")
     started, load = time.time(), os.getloadavg()
     layer_rows, model_rows, profiled = [], [], None
