@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         from basisconv.errors import DatasetError
 
         for group in filter(None, groups):
-            if parts:
-                write("running")
+            # before the first part too: a slot killed (SIGKILL) during it keeps a record
+            # saying the check ran, with the parts done so far
+            write("running")
             if left() < 10:  # not run is not passed: the check did not fit its budget
                 for name in group:
                     print(f"== {name}: not run (the {args.budget_s} s budget is spent)",

@@ -315,6 +315,8 @@ def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, m
 
     def recorded(parts, env, log_dir):
         groups.append([(name, command[1:3], limit) for name, command, limit in parts])
+        # a record is on disk while any part runs, the first too (a slot killed then)
+        assert json.loads((tmp_path / "gpu-check-h100.json").read_text())["status"] == "running"
         return [{"part": name, "status": "pass", "seconds": 1.0} for name, _, _ in parts]
 
     monkeypatch.setattr(gpu_check, "run_parts_together", recorded)
