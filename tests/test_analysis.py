@@ -1412,6 +1412,16 @@ def test_the_speed_plot_shows_the_seeds_spread_of_the_step_time(tmp_path, monkey
     figures.pyplot().close(drawn[0])
 
 
+def test_policies_of_a_users_own_take_colours_of_their_own():
+    """A policy the figures do not list (a user's) was grey, as was every other such one."""
+    from basisconv.analysis import figures
+
+    listed = set(figures.SELECTION_COLOURS.values())
+    mine, theirs = figures.selection_colour("my_policy"), figures.selection_colour("their_policy")
+    assert len({mine, theirs}) == 2 and not {mine, theirs} & listed
+    assert figures.selection_colour("my_policy") == mine  # the same in every figure
+
+
 def test_runs_recorded_without_their_hardware_or_commit_are_named_unknown(tmp_path):
     """An edited record or a wandb run without provenance: the tables are written and the
     note says what is not known (it ended in a TypeError sorting None with the names)."""

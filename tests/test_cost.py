@@ -466,3 +466,12 @@ def test_a_layer_called_on_unbatched_inputs_is_counted_per_image(basis):
     measured = measure_flops(PerImage(), (2, 8, 10, 10))
     assert (counted.forward_flops, counted.backward_flops) == \
         (measured["forward_flops"], measured["backward_flops"])
+
+
+def test_counting_a_grouped_convolution_warns_that_torchs_counter_is_wrong_there(caplog):
+    """torch's FlopCounterMode counts a depthwise conv's backward 32x too high (checked
+    against model_cost, which counts it right): the check says so instead of disagreeing."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, groups=32, bias=False))
+    counted = measure_flops(model, (2, 32, 8, 8))
+    assert counted["backward_flops"] > model_cost(model, (2, 32, 8, 8)).backward_flops
+    assert "groups times too many" in caplog.text

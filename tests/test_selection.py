@@ -1351,3 +1351,16 @@ def test_each_policys_rule_is_said_in_words_for_the_results_pages():
     assert rule_in_words({**budget, "policy": "sensitivity_budget", "budget_metric": "time",
                           "budget_reduction": 0.1}).endswith("10 % of the dense model's "
                                                              "training-step time (measured)")
+
+
+@pytest.mark.parametrize("order", [["a", "a", "b"], ["a", "b", "z"], ["a"]])
+def test_a_policys_order_must_name_each_candidate_once(monkeypatch, order):
+    """A new policy's order that repeats a layer counted its saving twice toward the
+    budget (30 % "met" by one layer saving 10 %); an unknown name failed deep inside."""
+    table = pd.DataFrame({"layer": ["a", "b", "c"], "position": [0, 1, 2],
+                          "params_saved": [10, 10, 10], "flops_saved": [10, 10, 10]})
+    monkeypatch.setattr(selection, "candidate_order", lambda selection, table: order)
+    with pytest.raises(ConfigError, match="name each candidate layer once"):
+        pick_layers({"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0.3},
+                    table,
+                    {"params": 100, "flops": 100})

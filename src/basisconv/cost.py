@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import types
 import warnings
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ from torch.nn.modules.utils import _pair
 
 from .errors import BasisconvError, ConfigError, one_line
 from .layers import BasisConv2d, layer_shape, resolve_num_basis
+
+log = logging.getLogger(__name__)
 
 
 class _FlopSums:
@@ -428,8 +431,20 @@ def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32),
 
     A ``combine="auto"`` layer times its forms on its first call of a shape; that step
     runs uncounted first, so the count is of the forms the layer then runs, not of the
-    timing trials (counted, they came to many times the forward)."""
+    timing trials (counted, they came to many times the forward).
+
+    Not a check for grouped or depthwise convolutions: torch's counter (2.13) counts their
+    backward as if ungrouped, ``groups`` times too many (a depthwise 32-channel conv: 32x;
+    :func:`model_cost` counts them right). The registry's models have none; a model that
+    has them is warned of."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    grouped = [name for name, m in model.named_modules()
+               if isinstance(m, nn.Conv2d) and m.groups > 1]
+    if grouped:
+        log.warning("measure_flops: torch's FLOP counter counts the backward of grouped "
+                    "convolutions (%s) groups times too many; model_cost counts them right",
+                    ", ".join(grouped[:3]) + (", ..." if len(grouped) > 3 else ""))
 
     param = next(model.parameters())
     x = torch.randn(input_shape, device=param.device, dtype=param.dtype,

@@ -20,6 +20,13 @@ saves compute, listed in a *candidate table* (:func:`layer_savings`: what each s
 the cost model; for the sensitivity policies the sensitivity table, which adds the
 measured metrics). The policies are pure functions of that table; the table is made by
 the caller (``basisconv.sensitivity.choose_layers``), so choosing never trains a model.
+
+A new ordered policy: its file in ``configs/selection/`` (``defaults: [base, _self_]`` and
+``policy: <name>``), its name in :data:`ORDERED_POLICIES`, its order of the candidates in
+:func:`candidate_order` (each candidate once), and any ``selection`` key it reads besides
+``count`` and the budget's in :func:`keys_read` (so the key is checked and sets its runs
+apart in the tables). The figures give it a colour of its own; ``SELECTION_COLOURS`` in
+``basisconv.analysis.figures`` fixes one, and the README's policy table describes it.
 """
 
 from __future__ import annotations
@@ -174,6 +181,12 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
         raise ConfigError(f"selection.policy={selection.policy!r} needs no candidate table: "
                           f"pick_layers takes {', '.join(ORDERED_POLICIES)}")
     order = candidate_order(selection, table)
+    # each candidate once, nothing else: a policy's order that repeated a layer counted its
+    # saving twice toward the budget, and an unknown name failed deep in the budget rule
+    if sorted(order) != sorted(table["layer"]):
+        raise ConfigError(f"selection.policy={selection.policy}: its order of the candidates "
+                          f"must name each candidate layer once (candidate_order); it gave "
+                          f"{order}, for {list(table['layer'])}")
     positions = dict(zip(table["layer"], table["position"]))
     if selection.policy == "sensitivity_threshold":
         metric = dict(zip(table["layer"], table[selection.metric]))
