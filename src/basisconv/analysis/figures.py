@@ -31,12 +31,17 @@ _EXTRA_TAKEN: dict[str, str] = {}
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
+def _steady_colour(name: str, fixed: dict[str, str], taken: dict[str, str]) -> str:
+    """``name``'s colour in ``fixed``, or the next spare one, kept in ``taken``."""
+    if name in fixed:
+        return fixed[name]
+    if name not in taken:
+        taken[name] = EXTRA_COLOURS[len(taken) % len(EXTRA_COLOURS)]
+    return taken[name]
+
+
 def selection_colour(selection: str) -> str:
-    if selection in SELECTION_COLOURS:
-        return SELECTION_COLOURS[selection]
-    if selection not in _EXTRA_TAKEN:
-        _EXTRA_TAKEN[selection] = EXTRA_COLOURS[len(_EXTRA_TAKEN) % len(EXTRA_COLOURS)]
-    return _EXTRA_TAKEN[selection]
+    return _steady_colour(selection, SELECTION_COLOURS, _EXTRA_TAKEN)
 
 
 def speedup_axis(ax) -> None:
@@ -264,6 +269,21 @@ def basis_speedups(layer_rows: list[dict], model_rows: list[dict], path: Path, t
     return save_figure(fig, path)
 
 
+#: The speed summary's forms (``basisconv.analysis.speed``), one colour each in every panel
+#: (they took each panel's colour cycle in its own order); others take the spare ones.
+FORM_COLOURS = {"stacked": "tab:blue", "split": "tab:red", "compile": "tab:purple",
+                "nchw": "tab:green", "defaultmalloc": "tab:orange", "auto": "tab:cyan",
+                "fusenorm": "tab:brown", "fused": "tab:pink", "graphs": "tab:olive"}
+
+
+_FORMS_TAKEN: dict[str, str] = {}
+
+
+def _form_colour(form: str) -> str:
+    """The colour of a summary row's form, ``stacked (quick)`` as ``stacked``."""
+    return _steady_colour(form.split(" (")[0], FORM_COLOURS, _FORMS_TAKEN)
+
+
 def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | None:
     """Whole-model speedup over dense against the basis fraction, one panel per hardware
     (CPU and GPU side by side), one line per precision, batch and form of the
@@ -272,6 +292,7 @@ def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | 
         return None
     plt = pyplot()
     groups = list(model.groupby("hardware", sort=True))
+    settings = sorted(set(zip(model["precision"], model["batch"])), key=str)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.6), squeeze=False,
                              sharey=True)
     for ax, (hardware, rows) in zip(axes[0], groups):
@@ -285,7 +306,11 @@ def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | 
         for (precision, batch, form, _, commit), line in rows.groupby(
                 ["precision", "batch", "form", "source", "commit"], sort=True):
             line = line.sort_values("fraction")
-            ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], "o-", ms=3,
+            # a form has one colour in every panel, a precision and batch one line style
+            style = settings.index((precision, batch))
+            ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], ms=3,
+                    marker="os^D"[style % 4], ls=LINE_STYLES[style % len(LINE_STYLES)],
+                    color=_form_colour(form),
                     label=f"{precision}, batch {batch}, {form} ({commit})")
         ax.set(title=hardware, xlabel="basis fraction m / C_out", ylim=(0, None))
         ax.grid(True, which="both", alpha=0.3)
