@@ -434,3 +434,28 @@ def test_make_speed_report_passes_the_folders_named_as_given(repo):
     line, = [line for line in dry().splitlines() if "speed_report.py" in line]
     default = line.split("speed_report.py", 1)[1].split()
     assert default[0] == "results" and all((repo / folder).is_dir() for folder in default)
+
+
+def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_path,
+                                                                         monkeypatch):
+    """The panels took matplotlib's colour cycle each in its own order: "stacked" was blue
+    in one panel and purple in the next."""
+    from basisconv.analysis import figures
+
+    def rows(hardware, form, source, ratio):
+        return [{"hardware": hardware, "precision": "fp32", "batch": 128, "form": form,
+                 "source": source, "commit": source, "fraction": f,
+                 "theory_fwdbwd_ratio": f, "fwdbwd_ratio": ratio} for f in (0.25, 0.5)]
+    model = pd.DataFrame(rows("CPU", "split", "a", 0.9) + rows("CPU", "stacked", "a", 0.5)
+                         + rows("GPU", "stacked", "b", 1.5) + rows("GPU", "stacked", "c", 1.4))
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.speed_across_hardware(model, tmp_path / "s.png", "note")
+    lines = {(ax.get_title(), line.get_label().split(", ")[2]): line
+             for ax in drawn[0].axes for line in ax.get_lines() if "batch" in line.get_label()}
+    cpu, gpu_b, gpu_c = (lines[k] for k in [("CPU", "stacked (a)"), ("GPU", "stacked (b)"),
+                                            ("GPU", "stacked (c)")])
+    assert cpu.get_color() == gpu_b.get_color() == gpu_c.get_color()
+    assert lines["CPU", "split (a)"].get_color() != cpu.get_color()
+    assert gpu_b.get_marker() != gpu_c.get_marker()
+    figures.pyplot().close(drawn[0])

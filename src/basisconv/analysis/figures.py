@@ -292,7 +292,8 @@ def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | 
         return None
     plt = pyplot()
     groups = list(model.groupby("hardware", sort=True))
-    settings = sorted(set(zip(model["precision"], model["batch"])), key=str)
+    # the most common setting drawn solid
+    settings = list(pd.Series(list(zip(model["precision"], model["batch"]))).value_counts().index)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.6), squeeze=False,
                              sharey=True)
     for ax, (hardware, rows) in zip(axes[0], groups):
@@ -303,13 +304,17 @@ def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | 
         ax.plot(flops.index, 1 / flops.values, "k--",
                 label="theory (FLOPs, stacked form)" if len(stacked) else "theory (FLOPs)")
         ax.axhline(1.0, color="0.6", lw=0.8)
+        drawn = []
         for (precision, batch, form, _, commit), line in rows.groupby(
                 ["precision", "batch", "form", "source", "commit"], sort=True):
             line = line.sort_values("fraction")
-            # a form has one colour in every panel, a precision and batch one line style
+            # a form has one colour in every panel, a precision and batch one line style;
+            # records of one setting from other runs (commits) other markers
             style = settings.index((precision, batch))
-            ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], ms=3,
-                    marker="os^D"[style % 4], ls=LINE_STYLES[style % len(LINE_STYLES)],
+            again = drawn.count((precision, batch, form))
+            drawn.append((precision, batch, form))
+            ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], ms=4,
+                    marker="osD^v"[again % 5], ls=LINE_STYLES[style % len(LINE_STYLES)],
                     color=_form_colour(form),
                     label=f"{precision}, batch {batch}, {form} ({commit})")
         ax.set(title=hardware, xlabel="basis fraction m / C_out", ylim=(0, None))
