@@ -1392,7 +1392,7 @@ def test_a_count_of_one_filter_and_the_fraction_one_are_different_rows(tmp_path,
 
 def test_the_speed_plot_shows_the_seeds_spread_of_the_step_time(tmp_path, monkeypatch):
     """Basis steps of 0.1 and 0.2 s beside dense ones of 0.2 and 0.4 s: the speedup of the
-    means (2x) with bars of ±1 std of that ratio, from both rows' spread over seeds."""
+    means (2x) with bars of ±1 std of one seed's speedup, from both rows' spread."""
     from basisconv.analysis import figures
 
     runs = [record(seed=0, step=(0.1, 0.1)), record(seed=1, step=(0.2, 0.2)),
@@ -1405,7 +1405,7 @@ def test_the_speed_plot_shows_the_seeds_spread_of_the_step_time(tmp_path, monkey
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
     figures.speed_vs_basis_size(table, tmp_path / "speed.png", "note")
-    bars, = [c for c in drawn[0].axes[1].containers if "std over seeds" in c.get_label()]
+    bars, = [c for c in drawn[0].axes[1].containers if "std of one seed's speedup" in c.get_label()]
     (low, high), = bars.lines[2][0].get_segments()  # the one size's vertical bar
     relative = 2 ** 0.5 * std / 0.15  # dense: 0.3 ± 2 std, basis: 0.15 ± std
     assert (low[1], high[1]) == pytest.approx((2 * (1 - relative), 2 * (1 + relative)))

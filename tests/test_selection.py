@@ -707,6 +707,22 @@ def test_a_table_cached_for_an_edited_model_definition_is_refused(repo, tmp_path
     assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # made for this definition
 
 
+def test_the_model_digest_is_of_its_structure_not_of_torchs_text(repo, tmp_path, monkeypatch):
+    """A table published on a machine whose torch prints BatchNorm2d without ``bias=`` is
+    read on one whose torch prints it (the repr differs between versions): the digest of
+    the same model is the same, and that of another width is not."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    from basisconv.network import architecture_digest
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    digest = architecture_digest(cfg)
+    monkeypatch.setattr(_NormBase, "extra_repr", lambda self: f"{self.num_features}")
+    assert architecture_digest(cfg) == digest
+    cfg.model.width = 2 * cfg.model.width
+    assert architecture_digest(cfg) != digest
+
+
 def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp_path,
                                                                       monkeypatch):
     published = tmp_path / "results" / "runs" / "sensitivity.json"

@@ -118,18 +118,26 @@ def test_every_setting_that_changes_a_timing_changes_its_cache_file(repo, tmp_pa
         assert time_budget.cache_path(changed, time_budget.key_fields(changed, layers)) != path, key
 
 
-def test_an_edited_model_definition_is_timed_again(repo, tmp_path, monkeypatch):
+def test_an_edited_model_definition_is_timed_again(repo, tmp_path, monkeypatch, caplog):
     """The same name and width, other layers (a user's model file edited between runs):
-    another cache file, where the old timings were read back."""
+    the timings are measured again, where the old ones were read back."""
     from basisconv.models import registry
 
     cfg = compose_timed(repo, tmp_path)
-    layers = ["layer1.0.conv1", "layer2.0.conv1"]
-    path = time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers))
+    measured = []
+    monkeypatch.setattr(time_budget, "measure", lambda cfg, names: measured.append(names) or {
+        "layers": [{"layer": n, "dense_ms": 2.0, "basis_ms": 1.0, "seconds_saved": 1e-3}
+                   for n in names], "dense_step_seconds": 0.1})
+    table = pd.DataFrame({"layer": ["layer1.0.conv1", "layer2.0.conv1"]})
+    time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
+    time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
+    assert len(measured) == 1
     original = registry._REGISTRY[cfg.model.name]
     monkeypatch.setitem(registry._REGISTRY, cfg.model.name,
                         lambda num_classes, width: original(num_classes, width=2 * width))
-    assert time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers)) != path
+    with caplog.at_level("INFO", logger="basisconv.time_budget"):
+        time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
+    assert len(measured) == 2 and "another definition of model" in caplog.text
 
 
 def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_path,

@@ -8,6 +8,7 @@ The layers are an argument, resolved before the network is built (see
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import warnings
 from typing import Any, Union
@@ -46,19 +47,35 @@ def build_dense(cfg: DictConfig) -> nn.Module:
     return build_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width)
 
 
+#: The module attributes :func:`architecture_digest` reads (those that shape a layer's
+#: computation), where a module has them.
+ARCHITECTURE_ATTRIBUTES = ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                           "dilation", "groups", "padding_mode", "in_features",
+                           "out_features", "num_features", "eps", "affine",
+                           "track_running_stats")
+
+
 def architecture_digest(cfg: DictConfig) -> str:
-    """A digest of what ``cfg``'s dense model is made of: its modules as ``repr`` gives them
-    (every layer's class, channels, kernel, stride, padding, groups, bias), built on the meta
-    device. Caches keyed by the model's name and width give a table measured on an edited
-    definition (a user's model file changed between runs) unless this is part of them.
-    The forward's code is not in it."""
+    """A digest of what ``cfg``'s dense model is made of: each module's name, class, the
+    attributes that shape it (:data:`ARCHITECTURE_ATTRIBUTES`) and its parameters' and
+    buffers' shapes, built on the meta device. Caches keyed by the model's name and width
+    give a table measured on an edited definition (a user's model file changed between
+    runs) unless this is checked. Not the modules' ``repr``: torch's text changes between
+    versions (``BatchNorm2d`` gained ``bias=``), and a table published by one machine is
+    read on another. The forward's code is not in it."""
     with torch.random.fork_rng(devices=[]):
         try:
             with torch.device("meta"):
                 model = build_dense(cfg)
         except Exception:  # a model whose __init__ reads values (.item()): built for real
             model = build_dense(cfg)
-    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
+    parts = [(name, type(module).__qualname__,
+              {key: getattr(module, key) for key in ARCHITECTURE_ATTRIBUTES
+               if hasattr(module, key)},
+              [(n, list(t.shape)) for n, t in module.named_parameters(recurse=False)],
+              [(n, list(t.shape)) for n, t in module.named_buffers(recurse=False)])
+             for name, module in model.named_modules()]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
 def check_conversion(cfg: DictConfig, layers: Layers) -> None:

@@ -53,9 +53,7 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
         "torch": torch.__version__,
         # the classes size the classifier, a part of the dense step the budget divides
         "model": {"name": cfg.model.name, "width": cfg.model.width,
-                  "num_classes": cfg.data.num_classes,
-                  # what it is made of: an edited model file is timed again
-                  "architecture": architecture_digest(cfg)},
+                  "num_classes": cfg.data.num_classes},
         "basis": {k: basis[k] for k in ("size", "combine", "coefficient_rank", "fuse_norm",
                                         "share_coefficients", "only_where_saves")},
         "layers": list(layers),
@@ -93,9 +91,17 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
     # one measurement a key
     with folder_lock(path.parent, wait=True, what="layer timing", key="sensitivity.cache_dir"):
         cached = None if cfg.sensitivity.recompute else load(path, names)
+        # the key names the model; what it is made of is kept beside the times (files
+        # written before carry none and are read as they are), and an edited model file's
+        # layers are timed again
+        made_of = architecture_digest(cfg)
+        if cached is not None and cached.get("architecture", made_of) != made_of:
+            log.info("selection: the layer timings %s are of another definition of model %s "
+                     "(an edited model file?); measuring again", path, cfg.model.name)
+            cached = None
         if cached is None:
             cached = measure(cfg, names)  # (its provenance taken in the run's settings)
-            write_json_atomic(path, {**cached, "key_fields": fields})
+            write_json_atomic(path, {**cached, "key_fields": fields, "architecture": made_of})
         else:
             log.info("selection: reusing the layer timings %s", path)
     savings = pd.DataFrame(cached["layers"], columns=COLUMNS)

@@ -99,11 +99,12 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
             left.axhline(1e3 * dense[column], color=line.get_color(), ls=":",
                          label=f"dense, {label}{of}")
         # the two measured lines often coincide: drawn so that each stays visible; the
-        # bars: ±1 std of the ratio of two means, from the seeds' spread of both steps
+        # bars: ±1 sample std of one seed's speedup, from both rows' spread over seeds (as
+        # accuracies are mean ± sample std; the mean's own uncertainty is std / sqrt(seeds))
         right.errorbar(rows["size"], rows["step_speedup"],
                        yerr=rows["step_speedup"] * _relative_step_spread(rows, base),
                        fmt="o-", lw=2.5, alpha=0.6, capsize=3,
-                       label=f"measured, fwd+bwd step (bars: ±1 std over seeds){of}")
+                       label=f"measured, fwd+bwd step (bars: ±1 std of one seed's speedup){of}")
         right.plot(rows["size"], rows["epoch_speedup"], "s--", mfc="none",
                    label=f"measured, epoch{of}")
         right.plot(rows["size"], rows["theory_speedup"], "k--" if len(groups) == 1 else "--",
@@ -123,9 +124,9 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
 
 
 def _relative_step_spread(rows: pd.DataFrame, base: pd.DataFrame) -> pd.Series:
-    """The relative std of ``rows``' step speedups (dense step over basis step, both means
-    over seeds), from each step's relative std over its seeds (to first order they add in
-    quadrature); 0 where a row has one seed."""
+    """The relative sample std of one seed's step speedup (a dense step over a basis step)
+    about ``rows``' speedups of the means, from each step's relative std over its seeds (to
+    first order they add in quadrature); 0 where a row has one seed."""
     def relative(frame: pd.DataFrame) -> pd.Series:
         step = frame["forward_seconds_per_step"] + frame["backward_seconds_per_step"]
         return (frame["step_seconds_std"] / step).fillna(0)
