@@ -102,7 +102,7 @@ CHECK='
 import sys
 try:
     import hydra, matplotlib, omegaconf, pandas, torch, tqdm
-    from basisconv.cli import check_overrides
+    from basisconv.reproduce import check_overrides
 except ImportError as err:
     sys.exit(f"PY={sys.argv[1]} lacks a package the runs need ({err}); install requirements.txt"
              " (without torch on a GPU machine), or put carried wheels on PYTHONPATH")
@@ -179,11 +179,12 @@ if [ -n "$WANTED" ]; then
 fi
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # a file in a run's place that is not its finished record (cut off, another row's or
-# profile's, one the analysis cannot read) would make the run be skipped for good: set
-# aside, said, and the run made again
+# profile's, one the analysis cannot read, or made from a sensitivity table of a key this
+# code no longer gives) would make the run be skipped for good: set aside, said, and the
+# run made again
 "$PY" -c \
-  'import sys; from basisconv.records import set_aside_foreign_records as s; s(*sys.argv[1:])' \
-  "$RECORDS" "$PROFILE"
+  'import sys; from basisconv.reproduce import set_aside_stale_records as s; s(*sys.argv[1:])' \
+  "$RECORDS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}
 # Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it

@@ -1422,6 +1422,31 @@ def test_policies_of_a_users_own_take_colours_of_their_own():
     assert figures.selection_colour("my_policy") == mine  # the same in every figure
 
 
+def test_a_row_whose_seeds_ran_at_two_commits_is_named_under_the_table(tmp_path):
+    """A protocol continued after a pull: one row's seed 0 from before a fix, seed 1 from
+    after; the footer listed both commits, not which row mixes them."""
+    runs = [json.loads(json.dumps(r)) for r in RECORDS]
+    runs[3]["provenance"]["git"] = {"commit": "fedcba9876"}  # basis all 0.5, seed 1
+    write_runs(tmp_path / "runs", runs)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    table = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert ("Rows whose seeds ran at different commits: resnet20-all at basis size 0.5 "
+            "(abcdef1: seeds 0; fedcba9: seeds 1)") in table
+    assert table.count("different commits") == 1  # the other rows ran at one commit
+
+
+def test_seeds_converted_from_their_own_dense_checkpoints_are_one_row():
+    """The README's pattern: each seed converts from its own baseline's checkpoint
+    (``basis.source_checkpoint=outputs/<baseline>/<date>/checkpoint.pt``); the paths split
+    one configuration into rows of one seed each, with no mean ± std."""
+    runs = [record(seed=0), record("all", 0.5, 0), record("all", 0.5, 1)]
+    for seed, run in enumerate(runs[1:]):
+        run["config"]["basis"].update(init="convert",
+                                      source_checkpoint=f"outputs/base{seed}/checkpoint.pt")
+    table = compare(runs_frame([(r, "a") for r in runs])).set_index("selection")
+    assert table.loc["all", "seeds"] == 2 and table.loc["all", "settings"] == ""
+
+
 def test_runs_recorded_without_their_hardware_or_commit_are_named_unknown(tmp_path):
     """An edited record or a wandb run without provenance: the tables are written and the
     note says what is not known (it ended in a TypeError sorting None with the names)."""

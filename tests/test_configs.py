@@ -673,3 +673,18 @@ def test_every_key_added_since_the_first_records_says_what_older_runs_ran_as(com
     # 0 and 0.0 are two values to a resume (which refuses a count for a fraction) and to
     # the analysis (JSON): the value must be the default as a record holds it
     assert [type(ADDED_KEYS[k]) for k in added] == [type(defaults[k]) for k in added]
+
+
+def test_the_compiled_split_form_in_nchw_is_refused_at_the_start(compose_cfg):
+    """torch 2.13's Inductor corrupts the heap in that combination's first backward (an
+    abort, no error line, a run that can never finish); channels_last, the stacked form or
+    a dense run compile fine."""
+    with pytest.raises(ConfigError, match="crashes in torch's compiled backward") as err:
+        validate(compose_cfg("selection=all", "basis.combine=split", "trainer.compile=true",
+                             "trainer.channels_last=false"))
+    assert "\n" not in str(err.value)
+    for fine in (["trainer.channels_last=true"], ["basis.combine=stacked",
+                                                   "trainer.channels_last=false"],
+                 ["selection=none", "trainer.channels_last=false"]):
+        validate(compose_cfg("selection=all", "basis.combine=split", "trainer.compile=true",
+                             *fine))

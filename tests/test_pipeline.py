@@ -161,7 +161,7 @@ def test_a_run_in_its_own_folder_is_refused(tmp_path, repo):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: hydra.job.chdir=true")
     assert not list(tmp_path.rglob("x.json")) and not (tmp_path / "run" / "run.json").exists()
-    from basisconv.cli import check_overrides
+    from basisconv.reproduce import check_overrides
     with pytest.raises(SystemExit):
         check_overrides("smoke", ["hydra.job.chdir=true"])
     check_overrides("smoke", ["hydra.job.chdir=false"])

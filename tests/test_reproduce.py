@@ -2,6 +2,7 @@
 accumulate in ``results/<profile>/runs/`` and let a protocol cut off on one machine go on
 on another, and failed runs named at the end."""
 
+import functools
 import json
 import os
 import shutil
@@ -257,7 +258,7 @@ done
 """
 
 
-def complete_record(kind="training"):
+def complete_record(kind="training", overrides=()):
     """A finished record of ``kind`` holding every field the analysis reads (placeholder
     values), as a producer publishes it: one the protocol skips."""
     from basisconv.records import REQUIRED
@@ -270,7 +271,19 @@ def complete_record(kind="training"):
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = None if parents[:1] == ["config"] else 1
+    # made from the table this code's smoke protocol estimates (another key is set aside)
+    if kind == "sensitivity":
+        record["sensitivity"]["key"] = smoke_keys(tuple(overrides))["sensitivity"]
+    elif kind == "exhaustive_search":
+        record["search"]["sensitivity_key"] = smoke_keys(tuple(overrides))["exhaustive_search"]
     return record
+
+
+@functools.cache
+def smoke_keys(overrides: tuple[str, ...] = ()) -> dict[str, str]:
+    from basisconv.reproduce import protocol_keys
+
+    return protocol_keys("smoke", *overrides)
 
 
 def record_kind(name):
@@ -295,7 +308,8 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
     runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
     for name in recorded:
         (runs / name).parent.mkdir(parents=True, exist_ok=True)
-        (runs / name).write_text(json.dumps(complete_record(record_kind(Path(name).name))))
+        (runs / name).write_text(json.dumps(complete_record(record_kind(Path(name).name),
+                                                            overrides.split())))
     where = "" if relative else f"{tmp_path}/"
     env = {**os.environ, "PY": f"{where or './'}python", "JOBS": jobs, "OVERRIDES": overrides,
            "OUTPUTS": f"{where}outputs", "SENSITIVITY_CACHE": f"{where}cache", **fake_env}
@@ -353,7 +367,7 @@ def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_p
     """Found in review: OVERRIDES were checked on the baseline run alone, so one that every
     basis run refuses (basis.init=convert) started them all, each failing in its own log,
     and the folder kept it as the overrides its records were made with."""
-    from basisconv.cli import PROTOCOL_RUNS
+    from basisconv.reproduce import PROTOCOL_RUNS
 
     result, started, _ = fake_protocol(repo, tmp_path / "all")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -530,3 +544,31 @@ def test_two_protocols_at_once_on_one_folder_are_refused(repo, tmp_path):
                calls.read_text().splitlines()) == 1
     again, _, _ = fake_protocol(repo, tmp_path)  # the lock ends with the first
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_records_made_from_a_table_of_another_key_are_set_aside(repo, tmp_path, capsys):
+    """A protocol continued after a pull that changed the sensitivity key skipped the
+    estimate for its record's sake; its runs then chose from a table never published,
+    and the page showed the old one. The estimate, the runs that chose from it and the
+    search are set aside; the committed quick records (this code's keys) are all kept."""
+    from basisconv.reproduce import set_aside_stale_records
+
+    records = tmp_path / "runs"
+    shutil.copytree(repo / "results" / "quick" / "runs", records)
+    assert set_aside_stale_records(records, "quick") == []
+    stale = {"sensitivity.json": ("sensitivity", "key"),
+             "selected-sensitivity_budget-0.5/seed1.json": ("sensitivity_key",),
+             "exhaustive-search-resnet8.json": ("search", "sensitivity_key")}
+    for name, keys in stale.items():
+        record = json.loads((records / name).read_text())
+        inner = record
+        for key in keys[:-1]:
+            inner = inner[key]
+        inner[keys[-1]] = "resnet20-w0.5-m0.5-0123456789ab"
+        (records / name).write_text(json.dumps(record))
+    rejected = set_aside_stale_records(records, "quick")
+    assert sorted(str(p.relative_to(records)) for p in rejected) == sorted(
+        f"{name}.rejected" for name in stale)
+    assert (records / "selected-sensitivity_budget-0.5" / "seed0.json").is_file()
+    assert "was made from the sensitivity table resnet20-w0.5-m0.5-0123456789ab" in \
+        capsys.readouterr().err

@@ -161,6 +161,33 @@ def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_
     assert len(calls) == 1  # nothing measured again
 
 
+def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_layers(
+        repo, tmp_path, monkeypatch):
+    """Its record names no ``layers`` but describes its model: choosing again (another
+    machine's table) gave other layers and a load_state_dict traceback. And a checkpoint
+    that does not fit the model built is one line naming the fix."""
+    from basisconv import train
+
+    cfg = compose_timed(repo, tmp_path / "cache")
+    old = {"record": {"model": {"basis_layers": ["layer2.0.conv1"]}}}
+    monkeypatch.setattr(train, "choose_layers", lambda cfg: ["layer1.0.conv1"])
+    assert train.layers_to_convert(cfg, old) == (["layer2.0.conv1"], None)
+    warm_up = {"record": {"model": {"basis_layers": []}}}  # dense so far: chosen now
+    assert train.layers_to_convert(cfg, warm_up)[0] == ["layer1.0.conv1"]
+
+    calls = []
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
+    cfg = compose_timed(repo, tmp_path / "cache", "data=stripes", "data.synthetic_train=100",
+                        "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
+                        "trainer.progress=false", "trainer.threads=1")
+    fit_stopped_before(2, cfg, tmp_path / "run")
+    monkeypatch.setattr(train, "layers_to_convert", lambda cfg, checkpoint: (
+        ["layer3.0.conv1"], None))
+    with pytest.raises(ConfigError, match="does not fit the model this config builds.*"
+                                          "trainer.resume=false"):
+        fit(cfg, tmp_path / "run")
+
+
 def test_a_run_of_torchs_default_thread_count_keys_its_timings_by_the_count_it_ran_with(
         repo, tmp_path):
     """``trainer.threads=null`` times with whatever torch's default is in that process

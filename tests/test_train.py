@@ -876,3 +876,23 @@ def test_a_one_step_one_cycle_run_builds_its_schedule():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": src})
     assert done.returncode == 0 and done.stdout.strip() == "built", done.stderr
+
+
+def test_a_compiled_warm_up_compiles_its_basis_model_afresh(tmp_path, repo, monkeypatch):
+    """Found in review: compiling the converted model in the process that compiled the dense
+    one kept dynamo's state from it (two batch sizes made the batch dimension dynamic), so
+    an uninterrupted run trained other kernels than one resumed after the warm-up, and
+    ended with other metrics. Dynamo is reset between the two compilations."""
+    import torch._dynamo
+
+    events = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: events.append("compile")
+                        or model)
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: events.append("reset"))
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=2",
+                        "trainer.batch_size=50", "trainer.checkpoint=false",
+                        "trainer.progress=false", "trainer.compile=true", "basis=warmup",
+                        "basis.dense_warmup_epochs=1", "selection=all"])
+    fit(cfg, tmp_path / "run")
+    assert events == ["compile", "reset", "compile"]

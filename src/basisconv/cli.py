@@ -17,7 +17,6 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.errors import MissingConfigException, OverrideParseException
@@ -28,9 +27,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
 from . import distributed
-from .config import validate
-from .data import find_cifar10
-from .errors import BasisconvError, ConfigError, DatasetError, FolderInUse, Stopped, one_line
+from .errors import BasisconvError, ConfigError, FolderInUse, Stopped, one_line
 from .records import HYDRA_VALUE_FLAGS, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -350,64 +347,6 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         if "Config group override must be a string" in str(ex):  # a group=null
             line = null_group_override(sys.argv[1:]) or line
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
-
-
-#: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's
-#: overrides), which ``OVERRIDES`` must suit each; tests/test_reproduce.py holds this list
-#: to the script's.
-PROTOCOL_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("sensitivity", ()),
-    ("train", ("experiment=baseline",)),
-    *(("train", ("experiment=basis_all", f"basis.size={size}"))
-      for size in (0.5, 0.125, 0.25, 0.75)),
-    ("exhaustive_search", ("model=resnet8", "sensitivity.search_subset_size=3")),
-    *(("train", ("experiment=basis_selected", f"selection={policy}", "basis.size=0.5"))
-      for policy in ("sensitivity_budget", "random", "first_k", "last_k")),
-)
-
-
-def check_overrides(profile: str, overrides: list[str]) -> str | None:
-    """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with each of the profile's
-    runs (:data:`PROTOCOL_RUNS`) and validated, before any run starts; a bad one is one
-    line and exit status 2 (else every run it breaks fails alone, each saying why in its
-    own log only, and the folder keeps the overrides as the ones its records are made with).
-    Rules that need the model built (a coefficient rank per layer) are checked by the run.
-
-    Returns why the runs cannot find their dataset, or None: the script says it once before
-    its first run starts (found in review: every run failed with the same line), and not
-    when every run is already recorded (tables and the speed benchmark need no dataset)."""
-    missing = None
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        for script, row in PROTOCOL_RUNS:
-            config = "train" if script == "train" else "sensitivity"  # the scripts' configs
-            try:
-                cfg = compose(config, overrides=[f"profile={profile}", *row, *overrides],
-                              return_hydra_config=True)
-                check_runs_where_started(cfg.hydra.job.chdir)
-                validate(cfg)
-            except BasisconvError as err:
-                message = one_line(err)
-            except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
-                message = one_line(hydra_error_line(ex))
-            else:
-                missing = missing or dataset_missing(cfg.data)
-                continue
-            run = " ".join([f"scripts/{script}.py", *row])
-            print(f"error: OVERRIDES: {message} (in the run {run})", file=sys.stderr)
-            sys.exit(2)
-    return missing
-
-
-def dataset_missing(data: Any) -> str | None:
-    """Why a run with this ``data`` config would not find its dataset, or None (generated
-    data, or a download allowed)."""
-    if data.name != "cifar10" or data.download:
-        return None
-    try:
-        find_cifar10(data.root)
-    except DatasetError as err:
-        return one_line(err)
-    return None
 
 
 #: Hydra's reader of a job's result, which writes "Error executing job with overrides:

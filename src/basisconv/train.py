@@ -31,7 +31,7 @@ from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpo
 from .cli import first_process, resume_flag, sweep_folder_override
 from .config import validate
 from .data import prepare_data
-from .errors import ConfigError, SaveError, Stopped, TrainingDiverged
+from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
 from .kernels import auto
 from .network import (build_network, check_conversion, choose_forms_now, coefficient_penalty,
                       converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
@@ -140,10 +140,14 @@ def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
     table row can be traced to its run. For a resumed run, the ones its checkpoint was built
     with (its record keeps them), so that it converts the same layers where choosing again
     could differ (a time budget measured on another machine). Checkpoints from before
-    records kept them choose again, as they did then."""
+    records kept them take the basis layers their model was described with; only those
+    with none (dense so far: a warm-up) choose again."""
     record = checkpoint["record"] if checkpoint else {}
     if "layers" in record:
         return record["layers"], record.get("sensitivity_key")
+    built_with = (record.get("model") or {}).get("basis_layers")
+    if built_with:  # choosing again from another table gave other layers: a traceback
+        return list(built_with), record.get("sensitivity_key")
     key = cache_key(cfg) if cfg.selection.policy in SENSITIVITY_POLICIES else None
     return choose_layers(cfg), key
 
@@ -213,7 +217,13 @@ class Training:
         self.results["wandb"] = self.tracker.info or earlier
 
     def restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as err:  # (other layers or shapes: its record did not say them)
+            raise ConfigError(
+                f"the checkpoint in {self.output_dir} does not fit the model this config "
+                f"builds ({one_line(err)[:300]}); resume it with the config it was made "
+                f"with, or start the run again with trainer.resume=false") from None
         loop.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if "scaler" in checkpoint:  # (checkpoints from before fp16 loss scaling lack it)
@@ -265,6 +275,13 @@ class Training:
         self.results["model"] = describe(self.model, batch=self.cfg.trainer.batch_size)
         self.pending_conversion = False
         self.warn_if_dense()
+        if self.cfg.trainer.compile:
+            # forget what dynamo learnt compiling the dense model (its train and eval batch
+            # sizes made it mark the batch dynamic): the basis model is compiled as a run
+            # resumed after the warm-up compiles it, static, so the two train alike
+            import torch._dynamo
+
+            torch._dynamo.reset()
         self.wrap()
         self.summarize_model()
         model = self.results["model"]

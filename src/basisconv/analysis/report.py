@@ -120,6 +120,26 @@ def seeds_line(runs: pd.DataFrame) -> str:
             f"means and changes against the baseline are over other seeds.")
 
 
+def commits_line(runs: pd.DataFrame) -> str:
+    """"" when each row's seeds ran at one commit; otherwise the rows whose seeds ran at
+    several, with which seeds ran at which: a protocol continued after a ``git pull``
+    averages seeds of two versions in one row, which differ where a change between them
+    changed what runs compute (the footer's list of commits alone did not say which rows)."""
+    mixed = []
+    for _, row in runs.groupby(ROW_COLUMNS, sort=False):
+        commits = row.groupby(row["commit"].astype(str).replace("", "unknown"),
+                              sort=True)["seed"].apply(lambda s: " ".join(map(str, sorted(s))))
+        if len(commits) > 1:
+            first = row.iloc[0]
+            size = "" if first["basis_size"] == "-" else f" at basis size {first['basis_size']}"
+            mixed.append(f"{row_name(first['experiment'], first['settings'])}{size} ("
+                         + "; ".join(f"{c}: seeds {s}" for c, s in commits.items()) + ")")
+    if not mixed:
+        return ""
+    return (f"Rows whose seeds ran at different commits: {'; '.join(mixed)}; where the code "
+            f"changed what runs compute between them, their mean mixes two versions.")
+
+
 def baseline_line(table: pd.DataFrame) -> str:
     """"" or the rows without a dense baseline run on the same terms (``compare``), whose
     columns against it are left empty, and the speed plot with them."""
@@ -239,7 +259,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         tag = f"{device}-{precision}"
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
         origin = provenance_note(mine, cfg.profile, made) + "\n" + recipe_line(mine)
-        caveats = [line for line in (seeds_line(distinct_runs(mine)), baseline_line(part),
+        caveats = [line for line in (seeds_line(distinct_runs(mine)),
+                                     commits_line(distinct_runs(mine)), baseline_line(part),
                                      unlike_baseline_line(part), timing_line(mine),
                                      left_out_line(unfinished, unreadable),
                                      missing_line(missing)) if line]

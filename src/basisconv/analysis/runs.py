@@ -148,11 +148,18 @@ def setting_value(value: Any) -> str:
     return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
+#: Paths that name a run's inputs, which differ between seeds of one configuration: the
+#: data elsewhere, and each seed's own trained dense model to convert or estimate from (the
+#: README's ``basis.source_checkpoint=outputs/<baseline>/<date>/checkpoint.pt``), which
+#: split one configuration's seeds into rows of one seed each.
+INPUT_PATHS = ("data.root", "basis.source_checkpoint", "sensitivity.source_checkpoint")
+
+
 def made_alike(key: str) -> bool:
     """Whether records that differ in ``key`` still computed alike: it changes only how a run
     executes or where it writes (as a resume may; scripts/reproduce.sh lets records made
-    with and without such keys mix), or it is ``data.root`` (the same data elsewhere)."""
-    return key == "data.root" or changes_only_execution(key)
+    with and without such keys mix), or it is a path to an input (:data:`INPUT_PATHS`)."""
+    return key in INPUT_PATHS or changes_only_execution(key)
 
 
 def unread_selection_key(key: str, read: set[str]) -> bool:

@@ -1,0 +1,131 @@
+"""What ``scripts/reproduce.sh`` asks of Python before its runs start: its ``OVERRIDES``
+checked against every run of the protocol (:data:`PROTOCOL_RUNS`), whether the runs will
+find their dataset, and the published records that are not the protocol's own set aside
+(:func:`set_aside_stale_records`), so that the script skips exactly the runs whose
+records stand."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+
+from .cli import CONFIGS, check_runs_where_started, hydra_error_line
+from .config import validate
+from .data import find_cifar10
+from .errors import BasisconvError, DatasetError, one_line
+from .records import read_record, set_aside_foreign_records
+from .sensitivity import cache_key
+
+
+#: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's
+#: overrides), which ``OVERRIDES`` must suit each; tests/test_reproduce.py holds this list
+#: to the script's.
+PROTOCOL_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("sensitivity", ()),
+    ("train", ("experiment=baseline",)),
+    *(("train", ("experiment=basis_all", f"basis.size={size}"))
+      for size in (0.5, 0.125, 0.25, 0.75)),
+    ("exhaustive_search", ("model=resnet8", "sensitivity.search_subset_size=3")),
+    *(("train", ("experiment=basis_selected", f"selection={policy}", "basis.size=0.5"))
+      for policy in ("sensitivity_budget", "random", "first_k", "last_k")),
+)
+
+
+def check_overrides(profile: str, overrides: list[str]) -> str | None:
+    """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with each of the profile's
+    runs (:data:`PROTOCOL_RUNS`) and validated, before any run starts; a bad one is one
+    line and exit status 2 (else every run it breaks fails alone, each saying why in its
+    own log only, and the folder keeps the overrides as the ones its records are made with).
+    Rules that need the model built (a coefficient rank per layer) are checked by the run.
+
+    Returns why the runs cannot find their dataset, or None: the script says it once before
+    its first run starts (found in review: every run failed with the same line), and not
+    when every run is already recorded (tables and the speed benchmark need no dataset)."""
+    missing = None
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for script, row in PROTOCOL_RUNS:
+            config = "train" if script == "train" else "sensitivity"  # the scripts' configs
+            try:
+                cfg = compose(config, overrides=[f"profile={profile}", *row, *overrides],
+                              return_hydra_config=True)
+                check_runs_where_started(cfg.hydra.job.chdir)
+                validate(cfg)
+            except BasisconvError as err:
+                message = one_line(err)
+            except Exception as ex:  # noqa: BLE001 - composing: every error is an override's
+                message = one_line(hydra_error_line(ex))
+            else:
+                missing = missing or dataset_missing(cfg.data)
+                continue
+            run = " ".join([f"scripts/{script}.py", *row])
+            print(f"error: OVERRIDES: {message} (in the run {run})", file=sys.stderr)
+            sys.exit(2)
+    return missing
+
+
+def dataset_missing(data: Any) -> str | None:
+    """Why a run with this ``data`` config would not find its dataset, or None (generated
+    data, or a download allowed)."""
+    if data.name != "cifar10" or data.download:
+        return None
+    try:
+        find_cifar10(data.root)
+    except DatasetError as err:
+        return one_line(err)
+    return None
+
+
+def protocol_keys(profile: str, *overrides: str) -> dict[str, str]:
+    """The sensitivity cache keys of the protocol's estimate and search (by script), as
+    this code gives them; the selected runs' tables have the estimate's."""
+    keys = {}
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for script, row in PROTOCOL_RUNS:
+            if script != "train" and script not in keys:
+                config = compose("sensitivity", overrides=[f"profile={profile}", *row,
+                                                           *overrides])
+                keys[script] = cache_key(config)
+    return keys
+
+
+def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
+                            *overrides: str) -> list[Path]:
+    """:func:`~basisconv.records.set_aside_foreign_records`, then the records made from a
+    sensitivity table of another key than this code gives the protocol's (a key that
+    changed with the code between two sessions, a ``git pull``): the published estimate,
+    the runs that chose from it and the search are set aside as ``<name>.rejected``, one
+    line each, so the script estimates and publishes the table again and makes those runs
+    from it. Else it skipped the estimate for its record's sake, the runs restored nothing
+    for their key and chose from a table never published, and the sensitivity page showed
+    another table than the one the runs chose from."""
+    rejected = set_aside_foreign_records(records_dir, profile)
+    root = Path(records_dir)
+    if not root.is_dir():
+        return rejected
+    keys = protocol_keys(profile, *overrides)
+    slots = [(root / "sensitivity.json", "sensitivity"),
+             *((path, "exhaustive_search") for path in root.glob("exhaustive-search-*.json")),
+             *((path, "sensitivity") for path in root.glob("*/seed*.json"))]
+    for path, script in sorted(slots):
+        try:
+            record = read_record(path)
+        except (OSError, ValueError):  # (none there, or set aside above)
+            continue
+        made_from = ((record.get("sensitivity") or {}).get("key")
+                     if record.get("kind") == "sensitivity" else
+                     (record.get("search") or {}).get("sensitivity_key")
+                     if record.get("kind") == "exhaustive_search"
+                     else record.get("sensitivity_key"))
+        if made_from is None or made_from == keys[script]:
+            continue
+        aside = path.with_name(path.name + ".rejected")
+        os.replace(path, aside)
+        print(f"{path} was made from the sensitivity table {made_from}, and this code's for "
+              f"the protocol is {keys[script]} (it changed since); set aside as {aside.name}, "
+              f"made again", file=sys.stderr)
+        rejected.append(aside)
+    return rejected
