@@ -92,6 +92,17 @@ def protocol_keys(profile: str, *overrides: str) -> dict[str, str]:
     return keys
 
 
+def table_key(record: dict[str, Any]) -> str | None:
+    """The cache key of the sensitivity table a published record was made from: the
+    estimate's own, the search's, or the one a training run chose its layers from (None
+    for a run whose policy reads no table)."""
+    if record.get("kind") == "sensitivity":
+        return (record.get("sensitivity") or {}).get("key")
+    if record.get("kind") == "exhaustive_search":
+        return (record.get("search") or {}).get("sensitivity_key")
+    return record.get("sensitivity_key")
+
+
 def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
                             *overrides: str) -> list[Path]:
     """:func:`~basisconv.records.set_aside_foreign_records`, then the records made from a
@@ -115,15 +126,15 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
             record = read_record(path)
         except (OSError, ValueError):  # (none there, or set aside above)
             continue
-        made_from = ((record.get("sensitivity") or {}).get("key")
-                     if record.get("kind") == "sensitivity" else
-                     (record.get("search") or {}).get("sensitivity_key")
-                     if record.get("kind") == "exhaustive_search"
-                     else record.get("sensitivity_key"))
+        made_from = table_key(record)
         if made_from is None or made_from == keys[script]:
             continue
         aside = path.with_name(path.name + ".rejected")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except OSError as err:  # (a read-only folder) the run would be skipped for good
+            raise SystemExit(f"{path} was made from another sensitivity table ({made_from}) "
+                             f"and could not be set aside ({err.strerror or err}): remove it")
         print(f"{path} was made from the sensitivity table {made_from}, and this code's for "
               f"the protocol is {keys[script]} (it changed since); set aside as {aside.name}, "
               f"made again", file=sys.stderr)
