@@ -17,7 +17,7 @@ from .cli import CONFIGS, check_runs_where_started, hydra_error_line
 from .config import validate
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
-from .records import read_record, set_aside_foreign_records
+from .records import read_record, set_aside, set_aside_foreign_records
 from .sensitivity import cache_key
 
 
@@ -127,16 +127,8 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
         except (OSError, ValueError):  # (none there, or set aside above)
             continue
         made_from = table_key(record)
-        if made_from is None or made_from == keys[script]:
-            continue
-        aside = path.with_name(path.name + ".rejected")
-        try:
-            os.replace(path, aside)
-        except OSError as err:  # (a read-only folder) the run would be skipped for good
-            raise SystemExit(f"{path} was made from another sensitivity table ({made_from}) "
-                             f"and could not be set aside ({err.strerror or err}): remove it")
-        print(f"{path} was made from the sensitivity table {made_from}, and this code's for "
-              f"the protocol is {keys[script]} (it changed since); set aside as {aside.name}, "
-              f"made again", file=sys.stderr)
-        rejected.append(aside)
+        if made_from is not None and made_from != keys[script]:
+            rejected.append(set_aside(path, f"it was made from the sensitivity table "
+                                            f"{made_from}; this code's for the protocol is "
+                                            f"{keys[script]}: it changed since"))
     return rejected

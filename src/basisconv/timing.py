@@ -6,8 +6,9 @@ rounds, the order reversed every other round, after untimed warm-up rounds, and 
 reported: load from other processes then hits every candidate alike. On CUDA every timed
 call is synchronized before and after, so a time runs from the call's first launch to the
 end of its work: what an eager training step pays. For a layer whose GPU work is shorter
-than launching its kernels (ResNet-18's layers at batch 128 on an H200 take 0.1-0.2 ms
-eagerly, whatever their FLOPs) that is the launch time, and a form with fewer kernels
+than launching its kernels (on an H200 at batch 128, every ResNet-18 layer's dense forward
+took 0.08-0.17 ms eagerly, whatever its FLOPs: results/gpu-h200/layer-speed-cuda-bf16-
+quick.csv) that is the launch time, and a form with fewer kernels
 wins; ``Runner(graphs=True)`` times replays of each call captured as a CUDA graph
 (:class:`basisconv.graphs.GraphedCall`), which launch once: the GPU's work.
 """

@@ -139,18 +139,25 @@ def set_aside_foreign_records(records_dir: str | os.PathLike,
                            if profile and made_by not in (None, profile) else None))
         except (OSError, ValueError) as err:
             problem = f"unreadable: {one_line(err)[:200]}"
-        if problem is None:
-            continue
-        aside = path.with_name(path.name + ".rejected")
-        try:
-            os.replace(path, aside)
-        except OSError as err:  # (a read-only folder) the run would be skipped for good
-            raise SystemExit(f"{path} is not the record of the run it stands for ({problem}), "
-                             f"and could not be set aside ({err.strerror or err}): remove it")
-        print(f"{path} is not the record of the run it stands for ({problem}); set aside as "
-              f"{aside.name}, the run is made again", file=sys.stderr)
-        rejected.append(aside)
+        if problem is not None:
+            rejected.append(set_aside(path, problem))
     return rejected
+
+
+def set_aside(path: Path, problem: str) -> Path:
+    """Rename the file in a run's place that is not its record to ``<name>.rejected``, saying
+    so in one line (``problem``: why), so that ``scripts/reproduce.sh`` makes the run again;
+    a folder where it cannot be renamed ends the script with a line saying to remove it
+    (else the run would be skipped for good)."""
+    aside = path.with_name(path.name + ".rejected")
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        raise SystemExit(f"{path} is not the record of the run it stands for ({problem}), "
+                         f"and could not be set aside ({err.strerror or err}): remove it")
+    print(f"{path} is not the record of the run it stands for ({problem}); set aside as "
+          f"{aside.name}, the run is made again", file=sys.stderr)
+    return aside
 
 
 #: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder.
