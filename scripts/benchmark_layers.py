@@ -75,8 +75,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.redraw:
         return redraw(args.out_dir)
-    if args.combine == "fused" and args.device != "cuda":
-        parser.error("--combine fused: the Triton kernel runs on CUDA only; add --device cuda")
     options = SpeedOptions(**{k: v for k, v in vars(args).items() if k not in ("out_dir", "redraw")})
     if problem := options.invalid_flag():
         parser.error(problem)

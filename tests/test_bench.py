@@ -13,7 +13,7 @@ import torch.nn as nn
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench import layers as speed
 from basisconv.bench.layers import ConvShape, SpeedOptions
-from basisconv.timing import Runner, Timer, output_gradient, relative_spread
+from basisconv.timing import ConvNormAct, Runner, Timer, output_gradient, relative_spread
 from basisconv.bench.train import TimedBatches, file_name
 from basisconv.cost import basis_conv2d_cost, conv2d_cost
 from basisconv.data import TensorBatches
@@ -294,7 +294,7 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     shape = ConvShape(8, 16, 3, 1, 1, 8)
     modules = speed._timed_forms(options, options.runner(), shape)
     assert list(modules) == ["dense", 0.5, (0.5, "unfused")]
-    assert all(isinstance(m, speed.ConvNormReLU) for m in modules.values())
+    assert all(isinstance(m, ConvNormAct) and m.relu for m in modules.values())
     assert modules[0.5].conv.fuse_norm and not modules[0.5, "unfused"].conv.fuse_norm
     (row,) = speed.benchmark_layers(options, options.runner(), Timer("cpu"),
                                     shapes={shape: ["a"]}, progress=lambda s: None)

@@ -363,6 +363,20 @@ def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tm
     assert "speed benchmark: results in" in result.stdout
 
 
+def test_the_size_sweep_preset_sweeps_the_protocols_basis_sizes(repo):
+    """Its comment called it the protocol's rows, which reproduce.sh runs from its own list
+    (found in review): a size changed in one place only would not be said anywhere."""
+    import yaml
+    from basisconv.reproduce import PROTOCOL_RUNS
+
+    preset = yaml.safe_load((repo / "configs/experiment/basis_size_sweep.yaml").read_text())
+    swept = preset["hydra"]["sweeper"]["params"]["basis.size"].split(",")
+    protocol = [override.split("=")[1] for _, overrides in PROTOCOL_RUNS
+                if "experiment=basis_all" in overrides for override in overrides
+                if override.startswith("basis.size=")]
+    assert sorted(map(float, swept)) == sorted(map(float, protocol))
+
+
 def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_path):
     """Found in review: OVERRIDES were checked on the baseline run alone, so one that every
     basis run refuses (basis.init=convert) started them all, each failing in its own log,

@@ -1369,6 +1369,23 @@ def test_each_policys_rule_is_said_in_words_for_the_results_pages():
                                                              "training-step time (measured)")
 
 
+def test_a_policy_is_never_said_to_be_chosen_by_sensitivity_unless_it_is(monkeypatch):
+    """A new ordered policy added as the selection docstring says (found in review: one
+    that orders by FLOPs saved) was described on its pages as "least sensitive first"."""
+    from basisconv import selection
+    from basisconv.selection import ORDER_WORDS, ORDERED_POLICIES, rule_in_words
+
+    # every policy the project has is described by its own words
+    assert set(ORDER_WORDS) == set(ORDERED_POLICIES) - {"sensitivity_threshold"}
+    monkeypatch.setattr(selection, "ORDERED_POLICIES", (*ORDERED_POLICIES, "largest_first"))
+    budget = {"policy": "largest_first", "count": None, "budget_metric": "flops",
+              "budget_reduction": 0.25, "metric": "accuracy_drop", "seed": 0}
+    assert rule_in_words(budget) == ("layers in the largest_first policy's order, until they "
+                                     "save 25 % of the dense model's training FLOPs")
+    assert rule_in_words({**budget, "count": 3}) == \
+        "the first 3 layers in the largest_first policy's order"
+
+
 @pytest.mark.parametrize("order", [["a", "a", "b"], ["a", "b", "z"], ["a"]])
 def test_a_policys_order_must_name_each_candidate_once(monkeypatch, order):
     """A new policy's order that repeats a layer counted its saving twice toward the
@@ -1380,3 +1397,13 @@ def test_a_policys_order_must_name_each_candidate_once(monkeypatch, order):
         pick_layers({"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0.3},
                     table,
                     {"params": 100, "flops": 100})
+
+
+def test_a_drop_is_positive_when_the_converted_model_is_worse():
+    """One definition for the estimate, the exhaustive search and the own-model scan."""
+    from basisconv.selection import metric_drops
+
+    drops = metric_drops({"accuracy": 0.9, "loss": 0.3}, {"accuracy": 0.8, "loss": 0.5})
+    assert drops == pytest.approx({"accuracy_drop": 0.1, "loss_increase": 0.2})
+    assert metric_drops({"accuracy": 0.9}, {"accuracy": 0.95}) == pytest.approx(
+        {"accuracy_drop": -0.05})

@@ -23,12 +23,8 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from .errors import ConfigError, TrainingDiverged
-from .selection import IMAGE, layer_savings, python_number, table_number
+from .selection import DROPS, IMAGE, layer_savings, metric_drops, python_number, table_number
 from .surgery import apply_basis, basis_report
-
-#: The metrics ``evaluate`` may report, and the column of the change each one makes a drop.
-DROPS = {"accuracy": "accuracy_drop", "loss": "loss_increase"}
-
 
 def layer_sensitivity(model: nn.Module, num_basis: int | float,
                       evaluate: Callable[[nn.Module], float | dict],
@@ -91,8 +87,8 @@ def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, co
     for candidate in candidates.to_dict("records"):
         result = run([candidate["layer"]])
         # kept as the pipeline's table keeps them (table_number): equal drops tie
-        drops = {column: table_number((reference[k] - result[k]) * (1 if k == "accuracy" else -1))
-                 for k, column in DROPS.items() if k in reference}
+        drops = {column: table_number(drop)
+                 for column, drop in metric_drops(reference, result).items()}
         rows.append({**candidate, **result, **drops})
     table = pd.DataFrame(rows)
     table.attrs["reference"] = reference

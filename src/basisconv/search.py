@@ -25,7 +25,7 @@ from . import distributed, loop
 from .errors import ConfigError
 from .probe import Probe, evaluate_many
 from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
-from .selection import TABLE_FLOAT_FORMAT, candidate_order
+from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import cache_dir, candidate_table, sensitivity_table
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     results = evaluate_many(probe, [(list(subset), None) for subset in subsets],
                             cfg.sensitivity.workers)
     for i, (subset, result) in enumerate(zip(subsets, results), 1):
-        rows.append({"subset": " ".join(subset), **result,
-                     "accuracy_drop": reference["accuracy"] - result["accuracy"],
-                     "loss_increase": result["loss"] - reference["loss"],
+        rows.append({"subset": " ".join(subset), **result, **metric_drops(reference, result),
                      "predicted_accuracy_drop": predicted(single, subset, "accuracy_drop"),
                      "predicted_loss_increase": predicted(single, subset, "loss_increase"),
                      "flops_saved": int(single.loc[list(subset), "flops_saved"].sum())})

@@ -23,7 +23,8 @@ the caller (``basisconv.sensitivity.choose_layers``), so choosing never trains a
 
 A new ordered policy: its file in ``configs/selection/`` (``defaults: [base, _self_]`` and
 ``policy: <name>``), its name in :data:`ORDERED_POLICIES`, its order of the candidates in
-:func:`candidate_order` (each candidate once), and any ``selection`` key it reads besides
+:func:`candidate_order` (each candidate once) and in words in :data:`ORDER_WORDS` (what its
+results pages say decided the choice), and any ``selection`` key it reads besides
 ``count`` and the budget's in :func:`keys_read` (so the key is checked and sets its runs
 apart in the tables). The figures give it a colour of its own; ``SELECTION_COLOURS`` in
 ``basisconv.analysis.figures`` fixes one, and the README's policy table describes it.
@@ -72,6 +73,9 @@ SENSITIVITY_POLICIES = ("sensitivity_threshold", "sensitivity_budget")
 ORDERED_POLICIES = (*SENSITIVITY_POLICIES, "random", "first_k", "last_k")
 POLICIES = ("none", "all", "list", *ORDERED_POLICIES)
 METRICS = ("accuracy_drop", "loss_increase")
+# Each evaluated metric, the column of its drop, and the sign that makes a drop positive
+# when the result is worse than the reference (metric_drops)
+DROPS = {"accuracy": ("accuracy_drop", 1), "loss": ("loss_increase", -1)}
 # budget_metric -> the candidate table's column of what each layer saves; "time" is
 # measured on the device (basisconv.timing.layer_time_savings), the others counted
 BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved", "time": "seconds_saved"}
@@ -81,6 +85,14 @@ IMAGE = (1, 3, 32, 32)
 # CSV and in the own-model scan alike: 179/200 against 180/200 is a drop of 0.005, not
 # 0.0050000000000000044 (which a threshold of 0.005 refused), and equal drops tie
 TABLE_FLOAT_FORMAT = "%.6g"
+
+
+def metric_drops(reference: Mapping, result: Mapping) -> dict[str, float]:
+    """How much worse ``result`` is than ``reference`` (``accuracy_drop``,
+    ``loss_increase``), for the metrics both report. The one definition of a layer's
+    sensitivity: the estimate, the exhaustive search and the own-model scan rank by it."""
+    return {column: sign * (reference[k] - result[k]) for k, (column, sign) in DROPS.items()
+            if k in reference and k in result}
 
 
 def table_number(value: float) -> float:
@@ -126,6 +138,19 @@ def chosen_or_dense(selection: DictConfig, chosen: list[str]) -> list[str] | Non
         log.warning("selection %s chose no layer: the model stays dense", selection.policy)
         return None
     return chosen
+
+
+# Each ordered policy's order as its results pages say it (rule_in_words): with a budget,
+# and with a count k. Here beside candidate_order, which is that order in code; a policy
+# missing here is described by its name, never as the sensitivity policies' order (found in
+# review: a new baseline policy's page said "least sensitive first").
+ORDER_WORDS = {
+    "sensitivity_budget": ("least sensitive by {metric} first",
+                           "the {k} layers least sensitive by {metric}"),
+    "first_k": ("in model order", "the first {k} layers in model order"),
+    "last_k": ("in reverse model order", "the last {k} layers in model order"),
+    "random": ("in a random order (seed {seed})", "{k} layers in a random order (seed {seed})"),
+}
 
 
 def candidate_order(selection: DictConfig, table: pd.DataFrame) -> list[str]:
@@ -247,15 +272,13 @@ def rule_in_words(selection: DictConfig | Mapping) -> str:
             return ""
         shown = f"{100 * bound:g} points" if metric == "accuracy drop" else f"{bound:g}"
         return f"every layer whose {metric} is at most {shown}"
-    order = {"first_k": "in model order", "last_k": "in reverse model order",
-             "random": f"in a random order (seed {selection.get('seed')})"}.get(
-        policy, f"least sensitive by {metric} first")
+    by_budget, by_count = ORDER_WORDS.get(
+        policy, (f"in the {policy} policy's order", f"the first {{k}} layers in the {policy} "
+                 f"policy's order"))
+    words = {"metric": metric, "seed": selection.get("seed"), "k": selection.get("count")}
     if not budget_chooses(selection):
-        k = selection.get("count")
-        return {"first_k": f"the first {k} layers in model order",
-                "last_k": f"the last {k} layers in model order",
-                "random": f"{k} layers {order}"}.get(
-            policy, f"the {k} layers least sensitive by {metric}")
+        return by_count.format(**words)
+    order = by_budget.format(**words)
     share, of = selection.get("budget_reduction"), selection.get("budget_metric")
     if not _is_number(share) or of is None:  # (a hand-made or older record)
         return ""

@@ -44,7 +44,8 @@ from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
                       read_record, write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
-                        dense_totals, fixed_candidates, fixed_layers, layer_savings, pick_layers)
+                        dense_totals, fixed_candidates, fixed_layers, layer_savings, metric_drops,
+                        pick_layers)
 from .time_budget import with_measured_time
 from .tracking import Tracker
 
@@ -338,9 +339,7 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     noise = reference_noise(reference, results[:len(repeats)])
     rows = []
     for row, result in zip(candidate_rows, results[len(repeats):]):
-        rows.append({**row, **result,
-                     "accuracy_drop": reference["accuracy"] - result["accuracy"],
-                     "loss_increase": result["loss"] - reference["loss"]})
+        rows.append({**row, **result, **metric_drops(reference, result)})
         log.info("  %-18s drop %+.4f  loss %+.4f  (%.1f s)", row["layer"],
                  rows[-1]["accuracy_drop"], rows[-1]["loss_increase"], result["seconds"])
     table = pd.DataFrame(rows)[list(COLUMNS)]

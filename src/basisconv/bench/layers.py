@@ -20,7 +20,7 @@ adds back the dense conv times scaled by their FLOP ratios (the best a basis lay
 do), and *from layer times* adds back the measured basis layer times instead.
 
 With ``fuse_norm`` every timed layer is a conv, its batch norm and ReLU
-(:class:`ConvNormReLU`): dense, basis with the norm folded in (the ``basis_*`` columns) and
+(:func:`with_norm_and_relu`): dense, basis with the norm folded in (the ``basis_*`` columns) and
 basis unfused (``unfused_*``), so the rows say per shape what folding the norm gains; the
 time bound then scales the whole triple to its FLOP ratio, the issue-13 target.
 """
@@ -43,13 +43,13 @@ from torch.profiler import ProfilerActivity, profile
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError, DatasetError
 from ..kernels import auto
-from ..layers import BasisConv2d, conv_norm_act, resolve_num_basis
+from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import precision_name, seed_everything, settings_restored
 from ..models import build_model
 from ..records import (RunRecord, file_digest, hardware_name, provenance, read_record,
                        write_record, write_text_atomic)
 from ..surgery import apply_basis, conv_layers
-from ..timing import Runner, Timer, output_gradient, tune_cpu_allocator
+from ..timing import ConvNormAct, Runner, Timer, output_gradient, tune_cpu_allocator
 from . import flag_below_minimum, fused_problem, profile_table
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
@@ -195,23 +195,17 @@ def resnet18_shapes() -> dict[ConvShape, list[str]]:
     return shapes
 
 
-class ConvNormReLU(nn.Module):
-    """A conv, its batch norm and ReLU, as the models compute them (:func:`conv_norm_act`)."""
-
-    def __init__(self, conv: nn.Module):
-        super().__init__()
-        self.conv, self.norm = conv, nn.BatchNorm2d(conv.out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_norm_act(self.conv, self.norm, x, relu=True)
+def with_norm_and_relu(conv: nn.Module) -> ConvNormAct:
+    """``conv`` with a fresh batch norm and a ReLU after it, as the models compute them."""
+    return ConvNormAct(conv, nn.BatchNorm2d(conv.out_channels), relu=True)
 
 
 def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> dict:
     """What a layer row times: the dense conv and each fraction's basis layer, or with
-    ``fuse_norm`` those as :class:`ConvNormReLU` triples plus the unfused basis triple."""
+    ``fuse_norm`` those as :func:`with_norm_and_relu` triples plus the unfused basis triple."""
     dense = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
                       shape.padding, bias=False)
-    wrap = ConvNormReLU if options.fuse_norm else (lambda conv: conv)
+    wrap = with_norm_and_relu if options.fuse_norm else (lambda conv: conv)
     forms = {"dense": wrap(dense)}
     def basis(fraction: float, fuse: bool) -> nn.Module:
         return wrap(BasisConv2d(shape.in_channels, shape.out_channels, shape.kernel,
