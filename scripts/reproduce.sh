@@ -94,22 +94,27 @@ for override in ${EXTRA[@]+"${EXTRA[@]}"}; do
   fi
   matches "$key" "${EXECUTION[@]}" || VARIANT+=("$override")
 done
-# One python start (each imports torch: seconds) checks the packages the runs need, then
-# the overrides (every run would fail on a bad one, each saying why in its own log), counts
+# One python start (each imports torch: seconds) checks the packages the runs need, that
+# no git merge left the results folder's files unresolved (conflicted records would be set
+# aside and made again), then the overrides (every run would fail on a bad one, each
+# saying why in its own log), counts
 # the GPUs the runs can use, and says whether the runs' dataset is missing (refused before
 # the first run that trains, not when every run is recorded); each refusal is one line.
 CHECK='
 import sys
 try:
     import hydra, matplotlib, omegaconf, pandas, torch, tqdm
+    from basisconv.records import unmerged_problem
     from basisconv.reproduce import check_overrides
 except ImportError as err:
     sys.exit(f"PY={sys.argv[1]} lacks a package the runs need ({err}); install requirements.txt"
              " (without torch on a GPU machine), or put carried wheels on PYTHONPATH")
-missing = check_overrides(sys.argv[2], sys.argv[3:])
+if problem := unmerged_problem(sys.argv[2]):
+    sys.exit(f"error: {problem}")
+missing = check_overrides(sys.argv[3], sys.argv[4:])
 print(torch.cuda.device_count())
 print(missing or "")'
-CHECKED=$("$PY" -c "$CHECK" "$PY" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
+CHECKED=$("$PY" -c "$CHECK" "$PY" "$RESULTS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
 { read -r GPUS; IFS= read -r NO_DATA || true; } <<< "$CHECKED"
 WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
 MADE_WITH=$RESULTS/protocol-overrides.txt
@@ -185,7 +190,7 @@ rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 "$PY" -c \
   'import sys; from basisconv.reproduce import set_aside_stale_records as s; s(*sys.argv[1:])' \
   "$RECORDS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}
-# Each invocation that gets this far is logged in $RESULTS/sessions.json however it ends,
+# Each invocation that gets this far is logged in $RESULTS/sessions/ however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it
 # up (index.json).
@@ -195,7 +200,7 @@ log_session() {  # log_session <exit code>
   "$PY" -c \
     'import sys; from basisconv.records import log_session; log_session(*sys.argv[1:])' \
     "$RESULTS" "$RECORDS" "$PROFILE" "$START" "$code" "$JOBS" "${OVERRIDES:-}" \
-    || echo "this session could not be logged in $RESULTS/sessions.json" >&2
+    || echo "this session could not be logged in $RESULTS/sessions/" >&2
 }
 trap 'log_session $?' EXIT
 

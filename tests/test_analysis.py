@@ -877,8 +877,8 @@ def test_a_null_or_nan_measured_field_is_unreadable_not_a_value(tmp_path, part, 
 
 
 def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monkeypatch):
-    """``scripts/reproduce.sh`` logs each invocation (``records.log_session``); a log that no
-    longer reads is set aside, not lost; the index sums the sessions per machine."""
+    """``scripts/reproduce.sh`` logs each invocation (``records.log_session``), each in a
+    file of its own, beside an older one-list log; the index sums the sessions per machine."""
     import time
 
     from basisconv import records
@@ -886,27 +886,61 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
 
     runs = tmp_path / "runs"
     (runs / "baseline").mkdir(parents=True)
-    (tmp_path / "sessions.json").write_text("{not a log")
+    older = {"started": "2026-11-30T00:00:00+00:00", "seconds": 5.0, "exit_code": 0,
+             "published": [], "provenance": {"hardware": {"cpu": "AMD EPYC"}}}
+    (tmp_path / "sessions.json").write_text(json.dumps([older]))
     started = time.time() - 1
     (runs / "baseline" / "seed0.json").write_text("{}")
     monkeypatch.setattr(records.origin, "hardware", lambda: {"gpu": "NVIDIA H200"})
     records.log_session(tmp_path, runs, "paper", started, 143, 4)
-    assert (tmp_path / "sessions.json.unreadable").read_text() == "{not a log"
     monkeypatch.setattr(records.origin, "hardware",
                         lambda: {"cpu": "AMD EPYC", "cpu_capability": "AVX2"})
     records.log_session(tmp_path, runs, "paper", time.time(), 0, 1)  # published nothing
-    sessions = records.read_sessions(tmp_path / "sessions.json")
+    assert len(list((tmp_path / records.SESSIONS).glob("*.json"))) == 2
+    sessions = records.read_sessions(tmp_path)
     assert [(s["exit_code"], s["published"]) for s in sessions] == [
-        (143, ["baseline/seed0.json"]), (0, [])]
+        (0, []), (143, ["baseline/seed0.json"]), (0, [])]
     summary = sessions_summary(tmp_path)
-    assert (summary["sessions"], summary["published"]) == (2, 1)
+    assert (summary["sessions"], summary["published"]) == (3, 1)
     assert summary["by_hardware"]["NVIDIA H200"] == {
-        "sessions": 1, "seconds": sessions[0]["seconds"], "published": 1}
+        "sessions": 1, "seconds": sessions[1]["seconds"], "published": 1}
     assert summary["by_hardware"]["AMD EPYC (AVX2)"]["published"] == 0
-    assert summary["seconds"] == round(sessions[0]["seconds"] + sessions[1]["seconds"], 1)
+    assert summary["seconds"] == round(sum(s["seconds"] for s in sessions), 1)
     assert sessions_summary(tmp_path / "elsewhere") is None
-    (tmp_path / "sessions.json").write_text("{not a log")  # the tables are made without it
+    # a session file left with git's conflict markers: the tables are made without the sum
+    damaged = sorted((tmp_path / records.SESSIONS).glob("*.json"))[0]
+    damaged.write_text("<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> theirs\n")
+    with pytest.raises(ValueError, match=damaged.name):
+        records.read_sessions(tmp_path)
     assert sessions_summary(tmp_path) is None
+
+
+def test_two_machines_sessions_merge_in_git_without_a_conflict(tmp_path, monkeypatch):
+    """Found in review: one shared sessions.json conflicted on every merge of two machines'
+    results, and each usual way of resolving it lost sessions."""
+    import subprocess
+    import time
+
+    from basisconv import records
+
+    def git(*args, cwd):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q", "--bare", "-b", "main", "origin", cwd=tmp_path)
+    git("clone", "-q", str(tmp_path / "origin"), "start", cwd=tmp_path)
+    git("commit", "-q", "--allow-empty", "-m", "start", cwd=tmp_path / "start")
+    git("push", "-q", "origin", "HEAD:main", cwd=tmp_path / "start")
+    origin = tmp_path / "origin"
+    for machine in ("a", "b"):
+        git("clone", "-q", str(origin), machine, cwd=tmp_path)
+        records.log_session(tmp_path / machine, tmp_path / machine / "runs", "paper",
+                            time.time(), 0, 1)
+        git("add", "-A", cwd=tmp_path / machine)
+        git("commit", "-q", "-m", machine, cwd=tmp_path / machine)
+    git("push", "-q", "origin", "HEAD:main", cwd=tmp_path / "a")
+    git("pull", "-q", "--no-rebase", "--no-edit", "origin", "main", cwd=tmp_path / "b")
+    assert len(records.read_sessions(tmp_path / "b")) == 2
 
 
 def test_tables_without_jinja2_are_written_as_markdown_and_csv(tmp_path, repo):
@@ -946,7 +980,7 @@ def test_each_table_names_the_runs_and_dates_of_its_own_device_and_precision(tmp
     write_runs(tmp_path / "runs", RECORDS + [earlier, edited])
     out = tmp_path / "results"
     out.mkdir()
-    (out / records.SESSIONS).write_text(json.dumps([
+    (out / "sessions.json").write_text(json.dumps([  # an older one-list log
         {"started": "2026-11-24T05:00:00+00:00", "seconds": 12.5, "exit_code": 0,
          "published": ["baseline/seed0.json"], "provenance": {"hardware": {"cpu": "AMD EPYC"}}}]))
     write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
@@ -1433,6 +1467,47 @@ def test_a_row_whose_seeds_ran_at_two_commits_is_named_under_the_table(tmp_path)
     assert ("Rows whose seeds ran at different commits: resnet20-all at basis size 0.5 "
             "(abcdef1: seeds 0; fedcba9: seeds 1)") in table
     assert table.count("different commits") == 1  # the other rows ran at one commit
+
+
+def test_rows_whose_seeds_ran_other_software_or_chose_from_other_tables_are_named(tmp_path):
+    """Found in review (records merged from two machines): seeds under two torch versions,
+    and a budget row whose seeds chose their layers from two machines' sensitivity tables,
+    were averaged without a word."""
+    runs = [json.loads(json.dumps(r)) for r in RECORDS] + [
+        record("sensitivity_budget", 0.5, 1, 0.90, 800, 80, 8.0, (0.08, 0.16))]
+    for run in runs:
+        run["provenance"]["versions"] = {"torch": "2.13.0+cpu"}
+    runs[1]["provenance"]["versions"] = {"torch": "2.12.0+cpu"}  # baseline, seed 1
+    runs[5]["sensitivity_table"], runs[6]["sensitivity_table"] = "a" * 64, "b" * 64
+    write_runs(tmp_path / "runs", runs)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    table = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert ("Rows whose seeds ran under different torch versions: resnet20-none "
+            "(2.12.0+cpu: seeds 1; 2.13.0+cpu: seeds 0).") in table
+    assert ("Rows whose seeds chose their layers from different sensitivity tables (by "
+            f"checksum): resnet20-sensitivity_budget at basis size 0.5 ({'a' * 64}: seeds 0; "
+            f"{'b' * 64}: seeds 1)") in table
+    assert table.count("different torch versions") == table.count("different sensitivity") == 1
+
+
+def test_the_analysis_refuses_results_a_git_merge_left_unresolved(tmp_path):
+    """Found in review: a conflicted page the analysis did not write again stayed in the
+    folder, to be committed; the records with markers were skipped as unreadable."""
+    from basisconv.records import unmerged_files
+
+    write_runs(tmp_path / "runs", RECORDS)
+    out = tmp_path / "results"
+    out.mkdir()
+    page = out / "exhaustive-search-resnet8-cpu-fp32.md"
+    page.write_text("# search\n<<<<<<< HEAD\nrank 1\n=======\nrank 2\n>>>>>>> b\n")
+    (out / "search.png").write_bytes(b"<<<<<<< not text\n>>>>>>> ")  # a plot is not read
+    with pytest.raises(ConfigError, match=r"holds 1 file a git merge left unresolved "
+                                          r"\(exhaustive-search-resnet8-cpu-fp32.md\).*"
+                                          r"git checkout --theirs"):
+        write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    assert unmerged_files(out) == [page]
+    page.write_text("# search\n")
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
 
 
 def test_seeds_converted_from_their_own_dense_checkpoints_are_one_row():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from basisconv.records import PROTOCOL_RECORDS, PROTOCOL_ROWS
+from basisconv.records import PROTOCOL_RECORDS, PROTOCOL_ROWS, read_sessions
 
 ROWS = list(PROTOCOL_ROWS)  # the tests below hold it to the script's rows, in its order
 
@@ -45,7 +45,7 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     assert json.loads((runs / "exhaustive-search-resnet8.json").read_text())["search"]
     index = json.loads((runs.parent / "index.json").read_text())
     assert len(index["runs"]) == len(ROWS)
-    (session,) = json.loads((runs.parent / "sessions.json").read_text())
+    (session,) = read_sessions(runs.parent)
     assert session["exit_code"] == 0 and session["jobs"] == 2 and session["seconds"] > 0
     assert sorted(session["published"]) == sorted(
         [f"{row}/seed0.json" for row in ROWS] + list(PROTOCOL_RECORDS))
@@ -89,8 +89,8 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
         assert again["config"]["trainer"]["cuda_graphs"] is True
         assert not before["config"]["trainer"]["cuda_graphs"]
     assert not (mine / "baseline" / "seed0.json").exists()
-    # (this machine's log starts here: sessions.json travels beside runs/ when committed)
-    (session,) = json.loads((mine.parent / "sessions.json").read_text())
+    # (this machine's log starts here: sessions/ travels beside runs/ when committed)
+    (session,) = read_sessions(mine.parent)
     assert session["exit_code"] == 1
     assert sorted(session["published"]) == ["basis-all-0.25/seed0.json",
                                             "selected-sensitivity_budget-0.5/seed0.json"]
@@ -107,7 +107,7 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     assert "speed benchmark: results in" in result.stdout
     index = json.loads((mine.parent / "index.json").read_text())
     assert len(index["runs"]) == len(ROWS)
-    sessions = json.loads((mine.parent / "sessions.json").read_text())
+    sessions = read_sessions(mine.parent)
     assert [(s["exit_code"], len(s["published"])) for s in sessions] == [(1, 2), (0, 0)]
     assert index["protocol_wall_clock"]["sessions"] == 2
     assert index["protocol_wall_clock"]["published"] == 2
@@ -135,8 +135,8 @@ def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.split() == []
     assert any("stopped by SIGTERM" in p.read_text() for p in logs.glob("*.log"))
-    sessions = tmp_path / "outputs" / "smoke" / "results" / "sessions.json"
-    assert [s["exit_code"] for s in json.loads(sessions.read_text())] == [130]
+    sessions = read_sessions(tmp_path / "outputs" / "smoke" / "results")
+    assert [s["exit_code"] for s in sessions] == [130]
 
 
 def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_runs(repo,
@@ -195,7 +195,7 @@ def test_relative_folders_and_python_are_the_callers(repo, tmp_path):
     run's provenance dirty), and PY=dir/python was 'no such python here'."""
     result, started, runs = fake_protocol(repo, tmp_path, relative=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (runs.parent / "sessions.json").is_file()
+    assert read_sessions(runs.parent)
     assert any(f"hydra.run.dir={tmp_path}/outputs/smoke/" in call for call in started)
 
 
@@ -349,7 +349,7 @@ def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tm
         "scripts/exhaustive_search.py", "scripts/benchmark_layers.py", "scripts/analyze.py"]
     assert started[-1].split()[0] == "scripts/analyze.py"
     assert not (runs.parent / "protocol-overrides.txt").exists()
-    (session,) = json.loads((runs.parent / "sessions.json").read_text())
+    (session,) = read_sessions(runs.parent)
     assert session["exit_code"] == 0 and len(session["published"]) == len(ROWS) - 2 + 1
 
     # again, now that every record and the speed benchmark's table are there: nothing but
@@ -586,3 +586,38 @@ def test_records_made_from_a_table_of_another_key_are_set_aside(repo, tmp_path, 
     assert (records / "selected-sensitivity_budget-0.5" / "seed0.json").is_file()
     assert "was made from the sensitivity table resnet20-w0.5-m0.5-0123456789ab" in \
         capsys.readouterr().err
+
+
+def test_runs_that_chose_from_another_machines_table_of_the_same_key_are_set_aside(
+        repo, tmp_path, capsys):
+    """Found in review: two machines running the protocol at once each estimated the table
+    (the key does not name the machine or threads, which change it); after the merge one
+    row mixed layer sets of two tables. A run recording another table's checksum than the
+    published estimate's is made again; one recording none (older records) is kept."""
+    from basisconv.reproduce import set_aside_stale_records
+
+    records = tmp_path / "runs"
+    shutil.copytree(repo / "results" / "quick" / "runs", records)
+    published = json.loads((records / "sensitivity.json").read_text())["cache"]
+    seeds = sorted((records / "selected-sensitivity_budget-0.5").glob("seed*.json"))
+    for path, checksum in zip(seeds, [published["table_sha256"], "0" * 64]):
+        record = json.loads(path.read_text())
+        record["sensitivity_table"] = checksum
+        path.write_text(json.dumps(record))
+    rejected = set_aside_stale_records(records, "quick")
+    assert rejected == [seeds[1].with_name(seeds[1].name + ".rejected")]
+    assert seeds[0].is_file() and all(path.is_file() for path in seeds[2:])
+    assert "it chose its layers from another sensitivity table (000000000000)" in \
+        capsys.readouterr().err
+
+
+def test_a_protocol_refuses_results_a_git_merge_left_unresolved(repo, tmp_path):
+    """Found in review: conflicted records were set aside and made again (each side held a
+    good one), and the speed benchmark was skipped for its conflicted files."""
+    results = tmp_path / "outputs" / "smoke" / "results"
+    results.mkdir(parents=True)
+    (results / "index.json").write_text('<<<<<<< HEAD\n{}\n=======\n{"a": 1}\n>>>>>>> b\n')
+    result, started, _ = fake_protocol(repo, tmp_path)
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr.startswith(f"error: {results} holds 1 file a git merge left "
+                                    f"unresolved (index.json)"), result.stderr

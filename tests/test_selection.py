@@ -606,6 +606,8 @@ def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(rep
     trained = json.loads((run_dir / "run.json").read_text())
     assert trained["model"]["basis_layers"] == chosen
     assert trained["sensitivity_key"] == record["key"]  # the table that chose them
+    assert trained["sensitivity_table"] == json.loads(
+        (out / "run.json").read_text())["cache"]["table_sha256"]
 
 
 @pytest.mark.device
@@ -761,6 +763,42 @@ def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp
                                           r"a published sensitivity record"):
         sensitivity.sensitivity_table(compose_sensitivity(
             repo, tmp_path / "cache-e", f"sensitivity.restore_from={table_file}"))
+
+
+def test_a_published_table_of_the_same_key_replaces_another_machines_own(repo, tmp_path,
+                                                                         monkeypatch, caplog):
+    """Found in review: two machines of one protocol each estimated the table (the key does
+    not name the machine or threads, which change it); after the merge each kept choosing
+    from its own cache, and one row mixed two tables' layer sets. The published table wins,
+    and a run records the checksum of the table it chose from."""
+    import logging
+
+    published = tmp_path / "results" / "runs" / "sensitivity.json"
+    mine = compose_sensitivity(repo, tmp_path / "cache-a", "selection=none", "logger=none",
+                               f"publish={published}")
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    sensitivity.run_sensitivity(mine, tmp_path / "sens")
+    checksum = json.loads(published.read_text())["cache"]["table_sha256"]
+
+    def other_machines_estimate(cfg):  # the same key, the last two layers' drops swapped
+        table, record = fake_estimate_with_record(cfg)
+        table["accuracy_drop"] = [0.0, 0.02, 0.01]
+        return table, record
+
+    monkeypatch.setattr(sensitivity, "estimate", other_machines_estimate)
+    other = compose_sensitivity(repo, tmp_path / "cache-b")
+    sensitivity.sensitivity_table(other)
+    assert sensitivity.table_checksum(other) != checksum
+    other = compose_sensitivity(repo, tmp_path / "cache-b", f"sensitivity.restore_from={published}")
+    with caplog.at_level(logging.WARNING, logger="basisconv"):
+        table, record = sensitivity.sensitivity_table(other)
+    assert list(table["accuracy_drop"]) == [0.0, 0.01, 0.02]
+    assert sensitivity.table_checksum(other) == checksum == record["table_sha256"]
+    assert "differs from the one published at sensitivity.restore_from" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="basisconv"):
+        sensitivity.sensitivity_table(other)  # the same table now: said once
+    assert "differs" not in caplog.text
 
 
 def test_under_torchrun_a_published_record_refills_the_cache_and_nothing_is_estimated(

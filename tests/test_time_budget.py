@@ -171,7 +171,8 @@ def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_lay
     cfg = compose_timed(repo, tmp_path / "cache")
     old = {"record": {"model": {"basis_layers": ["layer2.0.conv1"]}}}
     monkeypatch.setattr(train, "choose_layers", lambda cfg: ["layer1.0.conv1"])
-    assert train.layers_to_convert(cfg, old) == (["layer2.0.conv1"], None)
+    assert train.layers_to_convert(cfg, old) == (
+        ["layer2.0.conv1"], {"sensitivity_key": None, "sensitivity_table": None})
     warm_up = {"record": {"model": {"basis_layers": []}}}  # dense so far: chosen now
     assert train.layers_to_convert(cfg, warm_up)[0] == ["layer1.0.conv1"]
 
@@ -182,7 +183,7 @@ def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_lay
                         "trainer.progress=false", "trainer.threads=1")
     fit_stopped_before(2, cfg, tmp_path / "run")
     monkeypatch.setattr(train, "layers_to_convert", lambda cfg, checkpoint: (
-        ["layer3.0.conv1"], None))
+        ["layer3.0.conv1"], {}))
     with pytest.raises(ConfigError, match="does not fit the model this config builds.*"
                                           "trainer.resume=false"):
         fit(cfg, tmp_path / "run")

@@ -131,4 +131,31 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
             rejected.append(set_aside(path, f"it was made from the sensitivity table "
                                             f"{made_from}; this code's for the protocol is "
                                             f"{keys[script]}: it changed since"))
+    return rejected + set_aside_runs_of_other_tables(root)
+
+
+def set_aside_runs_of_other_tables(root: Path) -> list[Path]:
+    """The published runs that chose their layers from another table of the published
+    estimate's key than the published one, set aside (``.rejected``, one line each) so the
+    script makes them again from it: machines that ran the protocol at once each estimated
+    the table (found in review: after the merge one row mixed two tables' layer sets, and
+    the sensitivity page marked only one). Runs whose records name no table's checksum
+    (made before runs recorded it) are kept."""
+    try:
+        published = read_record(root / "sensitivity.json").get("cache") or {}
+    except (OSError, ValueError):
+        return []
+    checksum = published.get("table_sha256")
+    rejected = []
+    for path in sorted(root.glob("*/seed*.json")):
+        try:
+            record = read_record(path)
+        except (OSError, ValueError):
+            continue
+        chose_from = record.get("sensitivity_table")
+        if (checksum and chose_from and chose_from != checksum
+                and record.get("sensitivity_key") == published.get("key")):
+            rejected.append(set_aside(path, f"it chose its layers from another sensitivity "
+                                            f"table ({chose_from[:12]}) than the published "
+                                            f"one ({checksum[:12]}), estimated elsewhere"))
     return rejected

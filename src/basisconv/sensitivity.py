@@ -207,6 +207,14 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     otherwise estimated now (logged, and cached for the next run)."""
     recompute = cfg.sensitivity.recompute if recompute is None else recompute
     cached = None if recompute else load_cached(cfg)
+    if cached is not None and published_differs(cfg, cached[1]):
+        log.warning("sensitivity: the table cached in %s differs from the one published at "
+                    "sensitivity.restore_from=%s for the same key (each machine estimated its "
+                    "own); using the published one, which the protocol's pages and its other "
+                    "runs use", cache_dir(cfg), cfg.sensitivity.restore_from)
+        with folder_lock(cache_dir(cfg), wait=True, what="sensitivity estimate",
+                         key="sensitivity.cache_dir"):
+            cached = restore_published(cfg)
     if cached is None:
         folder = cache_dir(cfg)
         # One estimate per key at a time: a second process waits, then reuses its table.
@@ -243,6 +251,30 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
     table, record = cached
     return table, {**record, "cache_hit": True}
+
+
+def published_differs(cfg: DictConfig, cached: dict) -> bool:
+    """Whether the published record at ``sensitivity.restore_from`` holds another table of
+    this key than the cache's record ``cached``: two machines of one protocol each
+    estimated the table (the key does not name the machine or thread count, which change
+    it), and after a merge one was published. Found in review: each machine's runs then
+    kept choosing from its own, and one table row mixed layer sets chosen from two tables."""
+    path = cfg.sensitivity.restore_from
+    if not path or not Path(path).is_file():
+        return False
+    try:
+        published = read_record(path).get("cache") or {}
+    except (OSError, ValueError):
+        return False  # restore_published, which reads it when needed, says what is wrong
+    return (published.get("key") == cache_key(cfg) and cached.get("table_sha256") is not None
+            and published.get("table_sha256") not in (None, cached["table_sha256"]))
+
+
+def table_checksum(cfg: DictConfig) -> str | None:
+    """The sha256 of the cached sensitivity table of ``cfg`` (None without one, or for a
+    table cached before checksums): a run records which table it chose from."""
+    cached = load_cached(cfg)
+    return cached[1].get("table_sha256") if cached else None
 
 
 #: The ``sensitivity.restore_from`` paths already reported missing in this process.

@@ -39,7 +39,7 @@ from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
                       leftover_temporaries, make_folder, publish, read_record, timestamp,
                       wandb_provenance, write_record)
 from .selection import SENSITIVITY_POLICIES
-from .sensitivity import cache_key, choose_layers
+from .sensitivity import cache_key, choose_layers, table_checksum
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
 
@@ -134,22 +134,27 @@ def remove_leftovers(output_dir: Path) -> None:
 
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
-                      ) -> tuple[list[str] | str | None, str | None]:
-    """The layers chosen for basis form, and the cache key of the sensitivity table that
-    chose them (``None`` for a policy that reads none), which the run record keeps so a
-    table row can be traced to its run. For a resumed run, the ones its checkpoint was built
+                      ) -> tuple[list[str] | str | None, dict[str, str | None]]:
+    """The layers chosen for basis form, and which sensitivity table chose them (its cache
+    key and checksum, ``sensitivity_key`` and ``sensitivity_table``; ``None`` for a policy
+    that reads none), which the run record keeps so a table row can be traced to its run
+    (two tables of one key, estimated on two machines, choose differently). For a resumed run, the ones its checkpoint was built
     with (its record keeps them), so that it converts the same layers where choosing again
     could differ (a time budget measured on another machine). Checkpoints from before
     records kept them take the basis layers their model was described with; only those
     with none (dense so far: a warm-up) choose again."""
     record = checkpoint["record"] if checkpoint else {}
+    made_from = {"sensitivity_key": record.get("sensitivity_key"),
+                 "sensitivity_table": record.get("sensitivity_table")}
     if "layers" in record:
-        return record["layers"], record.get("sensitivity_key")
+        return record["layers"], made_from
     built_with = (record.get("model") or {}).get("basis_layers")
     if built_with:  # choosing again from another table gave other layers: a traceback
-        return list(built_with), record.get("sensitivity_key")
-    key = cache_key(cfg) if cfg.selection.policy in SENSITIVITY_POLICIES else None
-    return choose_layers(cfg), key
+        return list(built_with), made_from
+    layers = choose_layers(cfg)
+    if cfg.selection.policy not in SENSITIVITY_POLICIES:
+        return layers, {"sensitivity_key": None, "sensitivity_table": None}
+    return layers, {"sensitivity_key": cache_key(cfg), "sensitivity_table": table_checksum(cfg)}
 
 
 class Training:
@@ -180,7 +185,7 @@ class Training:
         # `dense_warmup_epochs`, before that epoch's checkpoint, which so already holds it.
         done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
         self.pending_conversion = converts_later(cfg) and done < cfg.basis.dense_warmup_epochs
-        self.layers, sensitivity_key = layers_to_convert(cfg, checkpoint)
+        self.layers, made_from = layers_to_convert(cfg, checkpoint)
         if self.pending_conversion:
             check_conversion(cfg, self.layers)
         self.model = build_network(cfg, self.layers, basis_now=not self.pending_conversion,
@@ -196,7 +201,7 @@ class Training:
         self.scheduler = loop.build_scheduler(self.optimizer, trainer, len(self.train_batches))
         self.record = RunRecord("training", config, results={
             "model": describe(self.model, batch=trainer.batch_size), "layers": self.layers,
-            "sensitivity_key": sensitivity_key, "epochs": [], "final": None, "wandb": None})
+            **made_from, "epochs": [], "final": None, "wandb": None})
         self.results = self.record.results
         if checkpoint is not None:
             self.restore(checkpoint)

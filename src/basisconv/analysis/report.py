@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from ..checkpoint import flat_config
 from ..config import capped, validate_analysis
 from ..errors import ConfigError
-from ..records import (SESSIONS, hardware_name, missing_protocol_runs, provenance,
-                       read_sessions, unwritable_folder, write_json_atomic)
+from ..records import (hardware_name, has_session_log, missing_protocol_runs, provenance,
+                       read_sessions, unmerged_problem, unwritable_folder, write_json_atomic)
 from ..selection import keys_read
 from . import figures, search, sensitivity
 from .runs import (INTERNAL_COLUMNS, ROW_COLUMNS, compare, curves_frame, differing_keys,
@@ -77,7 +77,7 @@ def sessions_summary(folder: Path) -> dict | None:
     its sessions, seconds and published records, in all and per machine (None without a
     log). A protocol cut off on one machine and continued on another took the sum."""
     try:
-        sessions = read_sessions(folder / SESSIONS)
+        sessions = read_sessions(folder)
     except ValueError as err:
         log.warning("%s; the protocol's wall-clock is left out of index.json", err)
         return None
@@ -120,24 +120,49 @@ def seeds_line(runs: pd.DataFrame) -> str:
             f"means and changes against the baseline are over other seeds.")
 
 
+def rows_split_by(runs: pd.DataFrame, column: str) -> list[str]:
+    """The rows whose seeds differ in ``column``, each with which seeds had which value."""
+    mixed = []
+    for _, row in runs.groupby(ROW_COLUMNS, sort=False):
+        values = row.groupby(row[column].fillna("").astype(str).replace("", "unknown"),
+                             sort=True)["seed"].apply(lambda s: " ".join(map(str, sorted(s))))
+        if len(values) > 1:
+            first = row.iloc[0]
+            size = "" if first["basis_size"] == "-" else f" at basis size {first['basis_size']}"
+            mixed.append(f"{row_name(first['experiment'], first['settings'])}{size} ("
+                         + "; ".join(f"{v}: seeds {s}" for v, s in values.items()) + ")")
+    return mixed
+
+
 def commits_line(runs: pd.DataFrame) -> str:
     """"" when each row's seeds ran at one commit; otherwise the rows whose seeds ran at
     several, with which seeds ran at which: a protocol continued after a ``git pull``
     averages seeds of two versions in one row, which differ where a change between them
     changed what runs compute (the footer's list of commits alone did not say which rows)."""
-    mixed = []
-    for _, row in runs.groupby(ROW_COLUMNS, sort=False):
-        commits = row.groupby(row["commit"].astype(str).replace("", "unknown"),
-                              sort=True)["seed"].apply(lambda s: " ".join(map(str, sorted(s))))
-        if len(commits) > 1:
-            first = row.iloc[0]
-            size = "" if first["basis_size"] == "-" else f" at basis size {first['basis_size']}"
-            mixed.append(f"{row_name(first['experiment'], first['settings'])}{size} ("
-                         + "; ".join(f"{c}: seeds {s}" for c, s in commits.items()) + ")")
+    mixed = rows_split_by(runs, "commit")
     if not mixed:
         return ""
     return (f"Rows whose seeds ran at different commits: {'; '.join(mixed)}; where the code "
             f"changed what runs compute between them, their mean mixes two versions.")
+
+
+def versions_line(runs: pd.DataFrame) -> str:
+    """"" or the rows whose seeds ran under different torch versions (records merged from
+    machines with other software, found in review to be averaged without a word): torch
+    changes kernels, and so results, between versions."""
+    mixed = rows_split_by(runs, "torch")
+    return (f"Rows whose seeds ran under different torch versions: {'; '.join(mixed)}."
+            if mixed else "")
+
+
+def tables_line(runs: pd.DataFrame) -> str:
+    """"" or the rows whose seeds chose their layers from different sensitivity tables
+    (two machines' estimates of one key; ``scripts/reproduce.sh`` makes such runs again
+    from the published table, the analysis alone only says so)."""
+    mixed = rows_split_by(runs[runs["sensitivity_table"].fillna("") != ""], "sensitivity_table")
+    return (f"Rows whose seeds chose their layers from different sensitivity tables (by "
+            f"checksum): {'; '.join(mixed)}: their layers differ between seeds."
+            if mixed else "")
 
 
 def baseline_line(table: pd.DataFrame) -> str:
@@ -226,6 +251,10 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     if blocker is not None:
         raise ConfigError(f"out_dir={cfg.out_dir} cannot be written ({blocker}); give another "
                           f"folder")
+    for folder in dict.fromkeys([cfg.runs_dir, cfg.out_dir] if cfg.source == "local"
+                                else [cfg.out_dir]):
+        if problem := unmerged_problem(folder):
+            raise ConfigError(problem)
     unreadable: list[str] = []
     local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
     if unreadable:
@@ -259,8 +288,9 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
         tag = f"{device}-{precision}"
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
         origin = provenance_note(mine, cfg.profile, made) + "\n" + recipe_line(mine)
-        caveats = [line for line in (seeds_line(distinct_runs(mine)),
-                                     commits_line(distinct_runs(mine)), baseline_line(part),
+        seeds = distinct_runs(mine)
+        caveats = [line for line in (seeds_line(seeds), commits_line(seeds),
+                                     versions_line(seeds), tables_line(seeds), baseline_line(part),
                                      unlike_baseline_line(part), timing_line(mine),
                                      left_out_line(unfinished, unreadable),
                                      missing_line(missing)) if line]
@@ -297,7 +327,7 @@ def sessions_folder(cfg: DictConfig, out: Path) -> Path:
     wherever the analysis writes (found in review: tables made into another folder lost
     the wall-clock); else the output folder."""
     runs = Path(cfg.runs_dir)
-    if cfg.source == "local" and runs.name == "runs" and (runs.parent / SESSIONS).exists():
+    if cfg.source == "local" and runs.name == "runs" and has_session_log(runs.parent):
         return runs.parent
     return out
 

@@ -111,6 +111,9 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "backward_seconds_per_step": final["backward_seconds_per_step"],
         "epoch_seconds": median_epoch_seconds(record), "train_seconds": final["train_seconds"],
         "commit": commit_name(prov.get("git")),
+        "torch": (prov.get("versions") or {}).get("torch"),
+        # which sensitivity table chose the layers (its checksum; None: none, or not recorded)
+        "sensitivity_table": record.get("sensitivity_table"),
         # a record without its hardware (an edited file, a wandb run without provenance)
         "date": prov.get("date"),
         "hardware": hardware_name(hardware, trained_on(cfg)) or "unknown hardware",

@@ -17,8 +17,8 @@ from .runs import (RECORD, KINDS, RunRecord, write_record, read_record, REQUIRED
                    missing_fields, unwritable_folder, publish)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
-                       set_aside_foreign_records, set_aside, SESSIONS, log_session,
-                       read_sessions)
+                       set_aside_foreign_records, set_aside, SESSIONS, has_session_log,
+                       log_session, read_sessions, unmerged_files, unmerged_problem)
 
 __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_name",
            "hardware_name", "package_versions", "timestamp", "this_command", "HYDRA_VALUE_FLAGS",
@@ -29,4 +29,5 @@ __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_n
            "REQUIRED", "MEASURED", "missing_fields", "unwritable_folder", "publish",
            "PROTOCOL_ROWS", "PROTOCOL_RECORDS", "SEED_FILE", "missing_protocol_runs",
            "protocol_slot", "misplaced", "search_table_found", "unusable", "made_by_profile",
-           "set_aside_foreign_records", "set_aside", "SESSIONS", "log_session", "read_sessions"]
+           "set_aside_foreign_records", "set_aside", "SESSIONS", "has_session_log", "log_session",
+           "read_sessions", "unmerged_files", "unmerged_problem"]

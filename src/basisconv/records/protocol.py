@@ -1,6 +1,6 @@
 """The records of ``scripts/reproduce.sh``'s protocol: which rows and records it
 publishes into ``results/<profile>/runs/``, which are missing, which file in a run's place
-is not its record, and the log of its invocations (``sessions.json``)."""
+is not its record, and the log of its invocations (``sessions/``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -160,45 +162,122 @@ def set_aside(path: Path, problem: str) -> Path:
     return aside
 
 
-#: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder.
-SESSIONS = "sessions.json"
+#: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder:
+#: one file per session (found in review: one shared list conflicted in git whenever two
+#: machines' results were merged, and each usual way of resolving it lost sessions).
+SESSIONS = "sessions"
+#: The one-list log of sessions logged before that, read as well.
+OLDER_SESSIONS = "sessions.json"
 
 
 def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, profile: str,
                 started: float | str, exit_code: int | str, jobs: int | str,
                 overrides: str = "") -> Path:
-    """Add one invocation of ``scripts/reproduce.sh`` to ``<results_dir>/sessions.json``:
-    when it ran, for how long, how it ended, on what machine, and which records it
-    published. A protocol cut off when a GPU slot ends goes on in another session,
-    elsewhere, so its wall-clock is the sum over sessions; the analysis sums them
-    (``index.json``). A log that no longer reads is set aside (``.unreadable``), not lost."""
+    """Log one invocation of ``scripts/reproduce.sh`` as a file of its own in
+    ``<results_dir>/sessions/``: when it ran, for how long, how it ended, on what machine,
+    and which records it published. A protocol cut off when a GPU slot ends goes on in
+    another session, elsewhere, so its wall-clock is the sum over sessions; the analysis
+    sums them (``index.json``). Sessions of two machines merge in git as two new files."""
     started, now = float(started), _dt.datetime.now(_dt.timezone.utc)
     begun = _dt.datetime.fromtimestamp(started, _dt.timezone.utc)
     records = Path(records_dir)
     published = sorted(str(p.relative_to(records)) for p in records.rglob("*.json")
                        if p.stat().st_mtime >= started) if records.is_dir() else []
-    path = Path(results_dir) / SESSIONS
-    try:
-        sessions = read_sessions(path)
-    except ValueError:
-        path.replace(path.with_name(SESSIONS + ".unreadable"))
-        sessions = []
-    sessions.append({
+    session = {
         "started": begun.isoformat(timespec="seconds"),
         "ended": now.isoformat(timespec="seconds"),
         "seconds": round((now - begun).total_seconds(), 1), "exit_code": int(exit_code),
         "profile": profile, "jobs": int(jobs), "overrides": overrides, "published": published,
-        "provenance": provenance(f"scripts/reproduce.sh {profile}")})
-    return write_json_atomic(path, sessions)
+        "provenance": provenance(f"scripts/reproduce.sh {profile}")}
+    # the start to the second sorts the files; the random part keeps two machines' files apart
+    name = f"{begun:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}.json"
+    folder = Path(results_dir) / SESSIONS
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(folder / name, session)
 
 
-def read_sessions(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The sessions :func:`log_session` wrote (none when the file is not there); a
-    ValueError when it is not such a log."""
-    path = Path(path)
-    if not path.exists():
+def has_session_log(results_dir: str | os.PathLike) -> bool:
+    """Whether ``results_dir`` holds a log of ``scripts/reproduce.sh``'s sessions."""
+    folder = Path(results_dir)
+    return (folder / SESSIONS).is_dir() or (folder / OLDER_SESSIONS).is_file()
+
+
+def read_sessions(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The sessions :func:`log_session` logged in ``results_dir`` (and those of an older
+    ``sessions.json``), by start; none without a log. A ValueError naming the file when one
+    is not a session (a damaged file, or one left with git's conflict markers)."""
+    folder = Path(results_dir)
+    sessions = []
+    older = folder / OLDER_SESSIONS
+    if older.is_file():
+        listed = _json_or_none(older)
+        if not isinstance(listed, list) or not all(isinstance(s, dict) for s in listed):
+            raise ValueError(f"{older} is not a list of sessions")
+        sessions += listed
+    for path in sorted((folder / SESSIONS).glob("*.json")):
+        session = _json_or_none(path)
+        if not isinstance(session, dict):
+            raise ValueError(f"{path} is not a session's record")
+        sessions.append(session)
+    return sorted(sessions, key=lambda s: str(s.get("started", "")))
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+#: The text files of a results folder that git's conflict markers may be left in.
+MERGED_TEXT = (".json", ".md", ".csv", ".tex", ".txt")
+
+
+def unmerged_files(folder: str | os.PathLike) -> list[Path]:
+    """The files under ``folder`` a git merge left unresolved: those git lists as unmerged
+    (a plot keeps one side's bytes), and text files holding conflict markers (one marked
+    resolved by ``git add`` before it was edited). Two machines' records of different runs
+    merge without conflict; what conflicts is what both wrote: the tables, plots and index,
+    the estimate's and the search's records, the speed benchmark's files."""
+    folder = Path(folder)
+    if not folder.is_dir():
         return []
-    sessions = json.loads(path.read_text())
-    if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
-        raise ValueError(f"{path} is not a list of sessions")
-    return sessions
+    found = set()
+    try:
+        listed = subprocess.run(["git", "ls-files", "-u", "-z", "--", "."], cwd=folder,
+                                capture_output=True, timeout=60)
+        if listed.returncode == 0:  # (not a git checkout: nothing listed)
+            found |= {folder / entry.split(b"\t", 1)[1].decode()
+                      for entry in listed.stdout.split(b"\0") if b"\t" in entry}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for path in folder.rglob("*"):
+        if path.suffix in MERGED_TEXT and path.is_file() and _has_conflict_markers(path):
+            found.add(path)
+    return sorted(found)
+
+
+def _has_conflict_markers(path: Path) -> bool:
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return False
+    return ((text.startswith(b"<<<<<<< ") or b"\n<<<<<<< " in text)
+            and (b"\n>>>>>>> " in text))
+
+
+def unmerged_problem(folder: str | os.PathLike) -> str | None:
+    """Why ``folder``'s results cannot be used until a git merge is finished (one line
+    naming the fix), or None. Else ``scripts/reproduce.sh`` set the conflicted records
+    aside and made them again, skipped the speed benchmark for its conflicted files, and
+    the analysis left a conflicted page in place (found in review)."""
+    files = unmerged_files(folder)
+    if not files:
+        return None
+    named = ", ".join(str(p.relative_to(folder)) for p in files[:4])
+    more = f" and {len(files) - 4} more" if len(files) > 4 else ""
+    return (f"{folder} holds {len(files)} file{'s' * (len(files) > 1)} a git merge left "
+            f"unresolved ({named}{more}): take either side of each, e.g. `git checkout "
+            f"--theirs -- {folder} && git add {folder}`, then run again (the analysis makes "
+            f"the tables, plots and index again from the records; see the README's "
+            f"\"Results from several machines\")")
