@@ -1715,3 +1715,17 @@ def test_runs_of_a_policy_that_differ_in_a_selection_key_it_does_not_read_are_se
         ("none", "", 2), ("sensitivity_budget", "", 2),
         ("sensitivity_threshold", "selection.threshold=0.005", 1),
         ("sensitivity_threshold", "selection.threshold=0.01", 1)]
+
+
+def test_other_records_are_not_analyzed_over_the_protocols_own_tables(tmp_path, monkeypatch):
+    """Found in review: ``analyze.py runs_dir=<a sweep>`` (the script's own example) wrote
+    over results/<profile>/ and deleted its sensitivity, search and speed pages."""
+    write_runs(tmp_path / "sweep", RECORDS)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"runs_dir=sweep would write its tables over "
+                                          r"results/test/.*out_dir=<folder>"):
+        write_report(analyze_cfg(tmp_path, runs_dir="sweep", out_dir="results/test"), "x")
+    assert not (tmp_path / "results").exists()
+    write_runs(tmp_path / "results" / "test" / "runs", RECORDS)  # its own records: written
+    write_report(analyze_cfg(tmp_path, runs_dir="results/test/runs", out_dir="results/test"), "x")
+    write_report(analyze_cfg(tmp_path, runs_dir="sweep", out_dir="elsewhere"), "x")

@@ -251,6 +251,15 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     if blocker is not None:
         raise ConfigError(f"out_dir={cfg.out_dir} cannot be written ({blocker}); give another "
                           f"folder")
+    protocol_folder = Path("results", str(cfg.profile)).resolve()
+    if (cfg.source == "local" and Path(cfg.out_dir).resolve() == protocol_folder
+            and Path(cfg.runs_dir).resolve() != protocol_folder / "runs"):
+        # found in review: `analyze.py runs_dir=<a sweep>` replaced the committed tables and
+        # deleted the protocol's sensitivity, search and speed pages, with one "wrote" line
+        raise ConfigError(f"runs_dir={cfg.runs_dir} would write its tables over "
+                          f"results/{cfg.profile}/, which holds the tables of "
+                          f"results/{cfg.profile}/runs; name a folder of their own: "
+                          f"out_dir=<folder>")
     for folder in dict.fromkeys([cfg.runs_dir, cfg.out_dir] if cfg.source == "local"
                                 else [cfg.out_dir]):
         if problem := unmerged_problem(folder):
