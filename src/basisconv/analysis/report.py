@@ -260,8 +260,11 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
                           f"results/{cfg.profile}/, which holds the tables of "
                           f"results/{cfg.profile}/runs; name a folder of their own: "
                           f"out_dir=<folder>")
-    for folder in dict.fromkeys([cfg.runs_dir, cfg.out_dir] if cfg.source == "local"
-                                else [cfg.out_dir]):
+    out = Path(cfg.out_dir).resolve()
+    runs_dir = Path(cfg.runs_dir).resolve()
+    # the records, and what the analysis writes over (once: the records are usually in it)
+    read = [runs_dir] if cfg.source == "local" and not runs_dir.is_relative_to(out) else []
+    for folder in [*read, out]:
         if problem := unmerged_problem(folder):
             raise ConfigError(problem)
     unreadable: list[str] = []
