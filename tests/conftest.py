@@ -92,10 +92,21 @@ def _global_state() -> dict:
         # e.g. a script run in-process (tests/test_environment.py loads scripts/gpu_check.py,
         # which puts the repository's src/ first on the path, for good)
         "sys_path": list(sys.path),
+        # torch.compile's graph limits, raised by whatever compiles in-process outside a
+        # producer (a timing.Runner(compile=True) keeps them raised for the process: found
+        # in random order, where a later test counting recompiles saw the raised limit)
+        "compile_limits": _compile_limits(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _compile_limits() -> dict:
+    import torch._dynamo as dynamo
+
+    from basisconv.loop import COMPILE_LIMITS
+    return {key: getattr(dynamo.config, key) for key in COMPILE_LIMITS}
 
 
 def _restore_global_state(state: dict) -> None:
@@ -129,6 +140,13 @@ def _restore_global_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     if sys.path != state["sys_path"]:
         sys.path[:] = state["sys_path"]
+    if _compile_limits() != state["compile_limits"]:
+        import torch._dynamo as dynamo
+
+        from basisconv import loop
+        loop._limits_before = None  # what a later producer saves is then torch's own
+        for key, value in state["compile_limits"].items():
+            setattr(dynamo.config, key, value)
     environ = state["environ"]  # e.g. CUBLAS_WORKSPACE_CONFIG set by deterministic training
     for key in set(os.environ) - set(environ) - {"PYTEST_CURRENT_TEST"}:
         del os.environ[key]

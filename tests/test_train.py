@@ -847,9 +847,6 @@ def test_every_model_a_producer_compiles_is_compiled_and_the_limits_are_put_back
 
     torch._dynamo.reset()
     counters.clear()
-    # a test before may have raised the limits outside a producer (a Runner that compiles,
-    # in-process): put them back first, so `limit` is torch's own (found in random order)
-    loop._restore_compile_limits()
     limit = torch._dynamo.config.recompile_limit
     trainer = OmegaConf.create({"compile": True, "compile_mode": "default"})
     try:
