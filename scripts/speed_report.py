@@ -11,6 +11,7 @@ writes) and writes ``<out>.md``, ``<out>-model.csv``,
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ from basisconv.analysis.speed import write_summary
 from basisconv.cli import exit_on_user_error
 from basisconv.records import unwritable_folder
 
-RESULTS = Path("results")
+# the repository's results/, where the benchmarks write, from whichever folder this is run
+# (named relative to it, as the summary's note shows the folders)
+RESULTS = Path(os.path.relpath(Path(__file__).resolve().parents[1] / "results"))
 
 
 @exit_on_user_error

@@ -230,6 +230,19 @@ def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders,
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_by_default_the_script_reads_the_repositorys_results_from_any_folder(repo, tmp_path):
+    """Found in review: the default folders were ``results`` relative to where it ran, so
+    from another folder it found no records, while the benchmarks write to the repository's
+    ``results/`` wherever they run."""
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
+                             "--out", "s"], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first = (tmp_path / "s.md").read_text().splitlines()[0]
+    named = first.removeprefix("From the records in ").split(";")[0].split(", ")[0]
+    assert (tmp_path / named).resolve() == repo / "results"
+
+
 def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, tmp_path):
     (folders[1] / "model-speed-cuda-bf16-fused-b512.csv").unlink()
     with pytest.raises(DatasetError, match="not beside it"):
