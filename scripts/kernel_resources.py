@@ -11,22 +11,15 @@ its speed still needs one (``make gpu-speed``).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
-import tempfile
-import time
 from pathlib import Path
-from unittest import mock
-
-import pandas as pd
 
 from basisconv.bench import flag_below_minimum
-from basisconv.bench.kernel_resources import ARCH, resource_table
+from basisconv.bench.kernel_resources import ARCH, measure, write_resources
 from basisconv.cli import exit_on_user_error
 from basisconv.kernels import triton_conv
-from basisconv.records import (RunRecord, provenance, unwritable_folder, write_record,
-                               write_text_atomic)
+from basisconv.records import unwritable_folder
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -55,24 +48,11 @@ def main(argv: list[str] | None = None) -> None:
                      f"as .json), got {args.out}")
     if blocker := unwritable_folder(str(args.out.absolute().parent)):
         parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
-    started = time.time()
-    # compiled afresh (a fresh Triton cache), so that "seconds" is the compile time
-    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ,
-                                                                 {"TRITON_CACHE_DIR": cache}):
-        rows = resource_table(args.dtypes, args.widths, kernel_size=args.kernel_size)
-    table = pd.DataFrame(rows)
+    table, seconds = measure(args.dtypes, args.widths, args.kernel_size)
     print(table.to_string(index=False))
-    write_text_atomic(args.out, table.to_csv(index=False))
     command = shlex.join(["python", "scripts/kernel_resources.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    write_record(args.out.with_suffix(".json"), RunRecord(
-        "benchmark", vars(args) | {"out": str(args.out)}, provenance(command), "complete",
-        {"file": args.out.name, "target": f"sm_{ARCH}a (compiled, not run)",
-         "specialization": "sizes and pointers divisible by 16, as Triton's JIT "
-                           "specializes a ResNet layer",
-         "seconds": round(time.time() - started, 1),
-         "seconds_are": "compile time, every tile compiled afresh, on the CPU named in "
-                        "provenance"}))
+    write_resources(table, args.out, vars(args) | {"out": str(args.out)}, command, seconds)
     print(f"written to {args.out} and its .json")
 
 

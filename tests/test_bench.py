@@ -622,6 +622,7 @@ def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, rep
     assert all(0 < int(r["registers"]) <= 255 and r["fits"] == "True" for r in rows)
     record = read_record(out.with_suffix(".json"))
     assert record["kind"] == "benchmark" and record["file"] == "resources.csv"
+    assert record["file_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert record["provenance"]["versions"]["triton"]
 
 

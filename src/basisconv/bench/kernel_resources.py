@@ -20,10 +20,17 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import pandas as pd
 
 from basisconv.kernels import triton_conv
+from basisconv.records import (RunRecord, file_digest, provenance, write_record,
+                               write_text_atomic)
 
 #: The architecture compiled for: Hopper (H100, H200), the GPUs this project targets.
 ARCH = 90
@@ -113,3 +120,31 @@ def resource_table(dtypes: list[str], widths: list[int], tiles: list[Tile] | Non
     block fits an sm_90 block's shared memory (``fits``)."""
     return [tile_resources(tile, width, dtype, kernel_size)
             for dtype in dtypes for width in widths for tile in tiles or autotune_tiles()]
+
+
+def measure(dtypes: list[str], widths: list[int], kernel_size: int = 3
+            ) -> tuple[pd.DataFrame, float]:
+    """:func:`resource_table` compiled afresh (an empty Triton cache), so that the seconds
+    it also returns are the compile time."""
+    started = time.time()
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ,
+                                                                 {"TRITON_CACHE_DIR": cache}):
+        rows = resource_table(dtypes, widths, kernel_size=kernel_size)
+    return pd.DataFrame(rows), time.time() - started
+
+
+def write_resources(table: pd.DataFrame, out: Path, options: dict, command: str,
+                    seconds: float) -> list[Path]:
+    """The table at ``out`` (a .csv) and its record beside it (.json), written last and
+    naming the table's sha256, as the speed benchmarks' records do."""
+    written = [write_text_atomic(out, table.to_csv(index=False))]
+    written.append(write_record(out.with_suffix(".json"), RunRecord(
+        "benchmark", options, provenance(command), "complete",
+        {"file": out.name, "file_sha256": file_digest(out),
+         "target": f"sm_{ARCH}a (compiled, not run)",
+         "specialization": "sizes and pointers divisible by 16, as Triton's JIT "
+                           "specializes a ResNet layer",
+         "seconds": round(seconds, 1),
+         "seconds_are": "compile time, every tile compiled afresh, on the CPU named in "
+                        "provenance"})))
+    return written
