@@ -320,8 +320,16 @@ for policy in sensitivity_budget random first_k last_k; do
   train "selected-$policy-0.5" experiment=basis_selected selection="$policy" basis.size=0.5
 done
 barrier
-# 5. layer and model speed of basis vs dense convolutions (ResNet-18 shapes), alone
-if compgen -G "$RESULTS/model-speed-$DEVICE-*.csv" > /dev/null; then
+# 5. layer and model speed of basis vs dense convolutions (ResNet-18 shapes), alone; skipped
+#    when a whole-model record of this device reads with its table (the record is written
+#    last: a benchmark stopped before it is measured again)
+SPEED_DONE='
+import sys
+from pathlib import Path
+from basisconv.analysis.speed import model_speed
+sources = model_speed([sys.argv[1]])["source"].map(lambda s: Path(s).name)
+sys.exit(0 if sources.str.startswith(f"model-speed-{sys.argv[2]}-").any() else 1)'
+if "$PY" -c "$SPEED_DONE" "$RESULTS" "$DEVICE" 2> /dev/null; then
   echo "== speed benchmark: results in $RESULTS exist, skipped"
 else
   echo "== speed benchmark"

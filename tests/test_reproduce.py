@@ -352,15 +352,17 @@ def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tm
     (session,) = read_sessions(runs.parent)
     assert session["exit_code"] == 0 and len(session["published"]) == len(ROWS) - 2 + 1
 
-    # again, now that every record and the speed benchmark's table are there: nothing but
-    # the tables is made again
+    # again, now that every record is there: nothing but the tables is made again, and the
+    # speed benchmark, whose table is there without its record (a benchmark stopped before
+    # writing it was skipped for good; found in review); with its record it is skipped (the
+    # first test)
     (runs.parent / "model-speed-cpu-fp32.csv").write_text("fraction\n0.5\n")
     (tmp_path / "calls.txt").unlink()
     result, started, _ = fake_protocol(repo, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [call.split()[0] for call in started] == ["scripts/analyze.py"]
+    assert [call.split()[0] for call in started] == ["scripts/benchmark_layers.py",
+                                                     "scripts/analyze.py"]
     assert result.stdout.count(": record in") == len(ROWS) + 2
-    assert "speed benchmark: results in" in result.stdout
 
 
 def test_the_size_sweep_preset_sweeps_the_protocols_basis_sizes(repo):
