@@ -46,7 +46,7 @@ from torch.nn.modules.utils import _pair
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
 from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_forward,
-                      materialized_weight, split_forward, stacked_forward)
+                      materialized_weight, split_forward, stacked_forward, without_autocast)
 
 
 
@@ -347,7 +347,12 @@ class BasisConv2d(nn.Module):
         """The ``[C_out, m]`` matrix mapping basis maps to outputs, rows in output order."""
         basis_rows = torch.eye(self.num_basis, dtype=self.basis_weight.dtype,
                                device=self.basis_weight.device)
-        stacked = torch.cat([basis_rows, self.coefficient_matrix()])
+        coefficients = self.coefficient_matrix()
+        # autocast's cat refuses 16-bit inputs of the other 16-bit dtype (bf16 parameters
+        # under fp16 autocast), where the dense conv runs (found in review); the two parts
+        # are cast by the ops that use the matrix
+        with without_autocast(basis_rows.device.type):
+            stacked = torch.cat([basis_rows, coefficients])
         return stacked.index_select(0, self.output_index)
 
     @property
@@ -356,8 +361,11 @@ class BasisConv2d(nn.Module):
         return torch.argsort(self.output_index)[: self.num_basis]
 
     def dense_weight(self) -> torch.Tensor:
-        """The equivalent dense ``[C_out, C_in, kh, kw]`` weight."""
-        return materialized_weight(self.basis_weight, self.combination_matrix())
+        """The equivalent dense ``[C_out, C_in, kh, kw]`` weight, in the parameters' dtype
+        even inside an autocast region (found in review: under bf16 autocast a full-rank
+        conversion's error and its export were rounded to bf16, 1.8e-3 instead of 0)."""
+        with without_autocast(self.basis_weight.device.type):
+            return materialized_weight(self.basis_weight, self.combination_matrix())
 
     def to_conv(self) -> nn.Conv2d:
         """The equivalent dense ``nn.Conv2d`` (for export and checking)."""

@@ -23,9 +23,10 @@ built with ``fuse_norm=True``.
 from .auto import auto_forward
 from .fused import fused_forward
 from .norm import basis_conv_batch_norm
-from .torch_ops import dense_forward, materialized_weight, split_forward, stacked_forward
+from .torch_ops import (dense_forward, materialized_weight, split_forward, stacked_forward,
+                        without_autocast)
 
 COMBINE_MODES = ("stacked", "split", "fused", "auto")
 
 __all__ = ["COMBINE_MODES", "auto_forward", "basis_conv_batch_norm", "dense_forward", "fused_forward",
-           "materialized_weight", "split_forward", "stacked_forward"]
+           "materialized_weight", "split_forward", "stacked_forward", "without_autocast"]

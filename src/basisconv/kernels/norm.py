@@ -34,11 +34,12 @@ the price of a float64 copy of every basis output per step; see the README.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .torch_ops import without_autocast
 
 
 class BatchStatistics(NamedTuple):
@@ -55,13 +56,6 @@ def _autocast_on(device_type: str) -> bool:
             and torch.is_autocast_enabled(device_type))
 
 
-def _without_autocast(device_type: str):
-    """Autocast off (a no-op on devices without autocast, e.g. the cost model's meta)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
-
-
 def _rows(maps: torch.Tensor) -> torch.Tensor:
     """The ``[N, m, H, W]`` basis maps as a ``[N*H*W, m]`` matrix (a view in NHWC)."""
     return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
@@ -70,7 +64,7 @@ def _rows(maps: torch.Tensor) -> torch.Tensor:
 def basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``[m]`` and biased covariance ``[m, m]`` of the basis maps over batch and
     pixels, in float32 at least and without autocast (see the module docstring)."""
-    with _without_autocast(maps.device.type):
+    with without_autocast(maps.device.type):
         rows = _rows(maps)
         if rows.dtype not in (torch.float32, torch.float64):
             rows = rows.float()
@@ -149,7 +143,7 @@ class BatchNormedCombination(torch.autograd.Function):
         (maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov, mean,
          var) = ctx.saved_tensors
         count, maps_grad = maps.numel() // maps.shape[1], ctx.needs_input_grad[0]
-        with _without_autocast(maps.device.type):
+        with without_autocast(maps.device.type):
             normalizer = _normalizer(mean, var, conv_bias, norm_weight, ctx.eps)
             folded = normalizer[1][:, None] * a
             g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
@@ -177,7 +171,7 @@ class BatchNormedCombination(torch.autograd.Function):
 def _batch_normed(maps, a, conv_bias, norm_weight, norm_bias, eps: float, relu: bool):
     """:class:`BatchNormedCombination`'s forward in plain operations: the output, and the
     moments its backward keeps (``mean_b``, ``a cov_b``, the outputs' mean and variance)."""
-    with _without_autocast(maps.device.type):
+    with without_autocast(maps.device.type):
         mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
         mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
         folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
@@ -251,7 +245,7 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
         return out, BatchStatistics(mean, var, count)
     if running is None:  # an empty batch (see above)
         running = (torch.zeros_like(a[:, 0]), torch.ones_like(a[:, 0]))
-    with _without_autocast(x.device.type):
+    with without_autocast(x.device.type):
         mean, var = (t.to(a.dtype) for t in running)
         folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
     return _combine(maps, folded, folded_bias, relu), None

@@ -13,6 +13,8 @@ backward); ``scripts/benchmark_layers.py`` measures which is faster where.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +57,10 @@ def materialized_weight(basis_weight: torch.Tensor, combination: torch.Tensor) -
     ``combination`` (``[C_out, m]``) times the ``m`` flattened basis filters."""
     flat = combination @ basis_weight.reshape(basis_weight.shape[0], -1)
     return flat.reshape(combination.shape[0], *basis_weight.shape[1:])
+
+
+def without_autocast(device_type: str):
+    """Autocast off (a no-op on devices without autocast, e.g. the cost model's meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
