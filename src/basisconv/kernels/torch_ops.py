@@ -34,12 +34,22 @@ def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: tor
     basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
     if coefficients.shape[0]:
         combined = F.conv2d(basis_maps, coefficients[:, :, None, None])
-        out = torch.cat([basis_maps, combined], 1).index_select(1, output_index)
+        out = _select_channels(torch.cat([basis_maps, combined], 1), output_index)
     else:
-        out = basis_maps.index_select(1, output_index)
+        out = _select_channels(basis_maps, output_index)
     if bias is not None:  # in the output's dtype, as F.conv2d adds it under autocast
         out = out + bias.to(out.dtype)[:, None, None]
     return out
+
+
+def _select_channels(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``maps[:, index]`` in the memory format of ``maps``: ``index_select`` writes NCHW,
+    so a channels_last model got NCHW activations after every split layer (each next op
+    then converts or runs in the slower layout; found in the dtypes review)."""
+    if maps.dim() == 4 and not maps.is_contiguous() and maps.is_contiguous(
+            memory_format=torch.channels_last):
+        return maps.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
+    return maps.index_select(1, index)
 
 
 def dense_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
