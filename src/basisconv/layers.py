@@ -250,7 +250,10 @@ class BasisConv2d(nn.Module):
         the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
         whose relative weight error is at most that, an energy criterion like BasisConv's;
         with ``coefficient_rank``, the error of the rank-limited coefficients).
-        The achieved error is stored in ``reconstruction_error``. The new parameters train
+        The achieved error is stored in ``reconstruction_error``; the fit is judged in
+        float64, so in a 16-bit layer, whose coefficients are rounded when stored, it may
+        exceed ``max_error`` by about that dtype's rounding (bf16: 2**-8 relative; found in
+        the dtypes review). The new parameters train
         as the conv's did (``requires_grad`` of its weight and bias).
         """
         check_convertible(conv)
