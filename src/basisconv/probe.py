@@ -20,9 +20,8 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-import pandas as pd
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +33,9 @@ from .errors import TrainingDiverged, WorkerFailed
 from .network import build_dense
 from .progress import PROBE_BASIS, Progress
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
+
+if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
+    import pandas as pd  # that makes none (most training runs) starts without it
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +383,7 @@ def reference_noise(reference: dict, repeats: list[dict]) -> dict[str, Any] | No
     """A yardstick for the drops: the spread of the dense reference and its ``repeats``
     (fine-tuned with other batch orders; the drops themselves share one batch order, so
     their noise is smaller; a drop well inside this spread says little)."""
+    import pandas as pd
     if not repeats:
         return None
     runs = [reference, *repeats]

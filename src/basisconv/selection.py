@@ -38,16 +38,18 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Iterable, Optional
+from typing import Iterable, Optional, TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch.nn as nn
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .cost import model_cost
 from .errors import ConfigError
 from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers
+
+if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
+    import pandas as pd  # that makes none (most training runs) starts without it
 
 log = logging.getLogger(__name__)
 
@@ -460,6 +462,7 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     default the config's (``basis.size``, ..., ``sensitivity.layers``).
     A conv the forward does not call at ``input_shape`` (a head used in training only)
     saves nothing measurable and is left out, with a warning."""
+    import pandas as pd
     keys = {**CONFIG_KEYS, "layers": "sensitivity.layers", **(keys or {})}
     names = list(select_layers(model, layers, key=keys["layers"]))
     shape = (input_shape[0] * batch, *input_shape[1:])

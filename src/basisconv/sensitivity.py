@@ -30,9 +30,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-import pandas as pd
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
@@ -48,6 +47,9 @@ from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORM
                         pick_layers)
 from .time_budget import with_measured_time
 from .tracking import Tracker
+
+if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
+    import pandas as pd  # that makes none (most training runs) starts without it
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ def table_csv(table: pd.DataFrame) -> bytes:
 def table_from_csv(data: bytes) -> pd.DataFrame:
     """The table that :func:`table_csv`'s bytes hold (its numbers as
     :data:`~basisconv.selection.TABLE_FLOAT_FORMAT` keeps them)."""
+    import pandas as pd
     return pd.read_csv(io.BytesIO(data))
 
 
@@ -157,6 +160,7 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     The record holds the table's row count and the sha256 of its CSV bytes; a table that
     does not match them (rows lost, a cell changed) is refused. A cache written before
     records held them (before commit 1b1da0d) loads, logged as unverified."""
+    import pandas as pd
     folder = cache_dir(cfg)
     if not (folder / RECORD).exists():
         return None
@@ -289,6 +293,7 @@ def restore_published(cfg: DictConfig, estimating: bool = True
     such record or it is for other settings. Called under the cache folder's lock.
     ``estimating``: whether a missing record means the table is estimated here (said once),
     or refused (under torchrun, whose refusal says it)."""
+    import pandas as pd
     path = cfg.sensitivity.restore_from
     if not path:
         return None
@@ -353,6 +358,7 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
 
 
 def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
+    import pandas as pd
     started = time.perf_counter()
     # before the pretraining: a layer name the model lacks or a basis.size too large for a
     # layer is found in seconds, not after it

@@ -19,10 +19,9 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,6 +32,9 @@ from .network import architecture_digest, build_dense, to_basis
 from .records import folder_lock, hardware, json_digest, provenance, write_json_atomic
 from .selection import budget_chooses
 from .timing import Runner, layer_time_savings
+
+if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
+    import pandas as pd  # that makes none (most training runs) starts without it
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
     ``seconds_saved``; cached, see the module's doc), and the dense model's measured step as
     the budget's 100 % (``dense["time"]``). Other budgets: as given. Torch's random state
     and process-wide settings are left as they were."""
+    import pandas as pd
     if cfg.selection.budget_metric != "time" or not budget_chooses(cfg.selection):
         return table, dense  # (a count or a threshold chooses: times would decide nothing)
     if distributed.world_size() > 1:
@@ -122,6 +125,7 @@ def load(path: Path, names: list[str]) -> dict | None:
     """The cached timings of the layers ``names`` at ``path``, ``None`` when there are
     none; a damaged file (unreadable, a layer or number missing or not finite) is refused
     with the fix: a missing saving would choose a layer as if it saved time."""
+    import pandas as pd
     if not path.is_file():
         return None
     try:

@@ -19,9 +19,8 @@ import contextlib
 import ctypes
 import statistics
 import time
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
-import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -29,6 +28,9 @@ from .graphs import GraphedCall
 from .layers import conv_norm_act
 from .loop import AMP_DTYPES, memory_format, raise_compile_limits
 from .network import choose_forms_now
+
+if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
+    import pandas as pd  # that makes none (most training runs) starts without it
 
 
 def tune_cpu_allocator() -> str:
@@ -213,6 +215,7 @@ def layer_time_savings(model: nn.Module, basis_model: nn.Module, names: list[str
     training forward+backward in seconds (the budget's 100 %). A layer that folds its
     norm in (``basis.fuse_norm``) is timed with its norm and ReLU, against the dense conv's
     (:class:`ConvNormAct`): the fold replaces those three."""
+    import pandas as pd
     model, basis_model = runner.prepare(model), runner.prepare(basis_model)
     inputs: dict[str, tuple[tuple[int, ...], bool]] = {}
     x = runner.input(batch, *image, requires_grad=False)
