@@ -319,13 +319,22 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
     return result, started, runs
 
 
-def test_every_run_imports_this_checkouts_package(repo, tmp_path):
+@pytest.fixture(scope="module")
+def default_protocol(tmp_path_factory):
+    """The fake protocol with its defaults, on an empty folder: ``(result, started, folder)``
+    (run once for the tests that only read what it started; each runs nothing else)."""
+    folder = tmp_path_factory.mktemp("default-protocol")
+    result, started, _ = fake_protocol(Path(__file__).resolve().parents[1], folder)
+    return result, tuple(started), folder
+
+
+def test_every_run_imports_this_checkouts_package(repo, default_protocol):
     """Found in review: the checks ran with ``src`` on the path and the runs without it, so
     a PY that has the requirements but not the package (a GPU machine's own python3) passed
     them and failed every run; one whose editable install is another checkout ran that."""
-    result, started, _ = fake_protocol(repo, tmp_path)
+    result, started, folder = default_protocol
     assert result.returncode == 0, result.stderr[-2000:]
-    paths = (tmp_path / "calls.txt.pythonpath").read_text().splitlines()
+    paths = (folder / "calls.txt.pythonpath").read_text().splitlines()
     assert len(paths) == len(started) >= 10
     assert all(p.split(":")[0] == str(repo / "src") for p in paths), paths
 
@@ -379,13 +388,14 @@ def test_the_size_sweep_preset_sweeps_the_protocols_basis_sizes(repo):
     assert sorted(map(float, swept)) == sorted(map(float, protocol))
 
 
-def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_path):
+def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_path,
+                                                                 default_protocol):
     """Found in review: OVERRIDES were checked on the baseline run alone, so one that every
     basis run refuses (basis.init=convert) started them all, each failing in its own log,
     and the folder kept it as the overrides its records were made with."""
     from basisconv.reproduce import PROTOCOL_RUNS
 
-    result, started, _ = fake_protocol(repo, tmp_path / "all")
+    result, started, _ = default_protocol
     assert result.returncode == 0, result.stdout + result.stderr
     row_keys = ("experiment", "basis.size", "selection", "model", "sensitivity.search_subset_size")
     runs = {(call.split()[0].removeprefix("scripts/").removesuffix(".py"),
