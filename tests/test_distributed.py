@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -216,9 +217,10 @@ def test_the_dense_warm_up_converts_under_torchrun(tmp_path, repo):
     (found in review: a run of basis layers from the start counted folded norms, so its
     FLOPs differed from the same model's after a warm-up)."""
     counts = []
-    for basis, warmup in (("warmup", 1), ("scratch", 0)):
-        result = torchrun_train(repo, tmp_path / basis, f"basis={basis}", "selection=all",
-                                f"basis.dense_warmup_epochs={warmup}", "basis.fuse_norm=true")
+    jobs = {basis: torchrun_start(repo, tmp_path / basis, f"basis={basis}", "selection=all",
+                                  f"basis.dense_warmup_epochs={warmup}", "basis.fuse_norm=true")
+            for basis, warmup in (("warmup", 1), ("scratch", 0))}  # both at once
+    for basis, result in zip(jobs, finished(*jobs.values())):
         assert result.returncode == 0, result.stderr[-3000:]
         record = json.loads((tmp_path / basis / "run.json").read_text())
         assert record["status"] == "complete" and record["model"]["basis_layers"]
@@ -278,6 +280,37 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_process_with_one_line(tmp_
 def torchrun_train(repo, folder, *overrides, wrapper=None, epochs=2, images=200):
     """scripts/train.py under torchrun with 2 gloo processes on a tiny problem; ``wrapper``,
     a bash script, runs each process (``"$@"`` is its command)."""
+    (result,) = finished(torchrun_start(repo, folder, *overrides, wrapper=wrapper,
+                                        epochs=epochs, images=images))
+    return result
+
+
+def finished(*processes: subprocess.Popen) -> list[subprocess.CompletedProcess]:
+    """``processes`` (from :func:`torchrun_start`) once each has ended, as
+    ``subprocess.run`` gives them; all are stopped if one takes too long."""
+    try:
+        for process in processes:
+            process.wait(timeout=300)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [subprocess.CompletedProcess(process.args, process.returncode,
+                                        *map(written, process.output)) for process in processes]
+
+
+def written(file) -> str:
+    """What a process wrote to ``file`` (a binary temporary file, closed here)."""
+    with file:
+        file.seek(0)
+        return file.read().decode(errors="replace")
+
+
+def torchrun_start(repo, folder, *overrides, wrapper=None, epochs=2, images=200):
+    """:func:`torchrun_train` started, not waited for (several can run at once); its output
+    goes to temporary files (``.output``: stdout, stderr), which no pipe left unread can
+    stop."""
     common = ["data=stripes", f"data.synthetic_train={images}", "data.synthetic_test=50",
               "model=resnet20", "model.width=0.25", "trainer.batch_size=50",
               f"trainer.epochs={epochs}", "trainer.threads=1", "trainer.progress=false",
@@ -287,19 +320,24 @@ def torchrun_train(repo, folder, *overrides, wrapper=None, epochs=2, images=200)
                 "--nproc_per_node=2"]
     if wrapper is not None:
         launcher += ["--no-python", "bash", "-c", wrapper, "bash", sys.executable]
-    return subprocess.run([*launcher, *command], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+    output = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    process = subprocess.Popen([*launcher, *command], stdout=output[0], stderr=output[1],
+                               env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+    process.output = output
+    return process
 
 
 @pytest.mark.slow
 def test_under_torchrun_a_refusal_is_said_once_even_when_rank_0_is_late(tmp_path, repo):
     """Found in review: a config error Hydra catches was printed by every rank; and a rank
     that exited first made torchrun stop rank 0 before its line was out (no line at all)."""
-    typo = torchrun_train(repo, tmp_path / "typo", "trainer.epoch=3")
+    # both jobs at once (each refuses at its start; apart they took twice as long)
+    typo = torchrun_start(repo, tmp_path / "typo", "trainer.epoch=3")
+    late = torchrun_start(repo, tmp_path / "late", "trainer.lr=-1",
+                          wrapper='if [ "$RANK" = 0 ]; then sleep 4; fi; exec "$@"')
+    typo, late = finished(typo, late)
     errors = [line for line in typo.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "trainer.epoch is not a config key" in errors[0], typo.stderr
-    late = torchrun_train(repo, tmp_path / "late", "trainer.lr=-1",
-                          wrapper='if [ "$RANK" = 0 ]; then sleep 4; fi; exec "$@"')
     errors = [line for line in late.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: trainer.lr must be a finite number > 0, got -1.0"], late.stderr
 
