@@ -310,6 +310,42 @@ def test_the_test_subset_is_drawn_with_the_runs_seed(tmp_path):
     assert not torch.equal(prepare_data(cfg, 1).test_images, first)
 
 
+def test_the_training_subset_is_class_balanced_and_drawn_with_the_runs_seed(tmp_path):
+    """data.train_subset (the quick profile's 5000 images) keeps exactly that many images,
+    an equal share of each class, drawn with the run's seed (runs of one seed train on the
+    same images, runs of two seeds not); the test set is left whole. (No test read data
+    with a training subset before the coverage review.)"""
+    from omegaconf import OmegaConf
+
+    from basisconv.data import prepare_data
+
+    write_cifar(tmp_path, n_train=200, n_test=40)
+    cfg = OmegaConf.create({"name": "cifar10", "root": str(tmp_path), "verify_md5": False,
+                            "download": False, "train_subset": 50, "test_subset": None})
+    first = prepare_data(cfg, 0)
+    assert first.train_images.shape == (50, 3, 32, 32) and first.test_labels.numel() == 40
+    assert torch.bincount(first.train_labels, minlength=10).tolist() == [5] * 10
+    whole = load_cifar10(tmp_path, verify_md5=False)
+    kept = [(whole.train_images == image).flatten(1).all(1).nonzero().item()
+            for image in first.train_images]
+    assert torch.equal(whole.train_labels[kept], first.train_labels)  # images keep labels
+    assert torch.equal(prepare_data(cfg, 0).train_images, first.train_images)
+    assert not torch.equal(prepare_data(cfg, 1).train_images, first.train_images)
+
+
+def test_labels_outside_the_ten_classes_are_a_clear_error(tmp_path):
+    """Your own data in CIFAR format (data.verify_md5=false) with a label 10 or more: one
+    line naming the file, not an index error in the loss mid-training."""
+    folder = write_cifar(tmp_path, n_train=50, n_test=10)
+    test = folder / "test_batch.bin"
+    raw = bytearray(test.read_bytes())
+    raw[0] = 10  # the first record's label byte
+    test.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"test_batch.bin has labels outside 0..9: not a "
+                                           r"CIFAR-10 file.$"):
+        load_cifar10(tmp_path, verify_md5=False)
+
+
 def test_subset_errors_name_their_key_and_zero_images_is_its_own_message():
     from basisconv.data import stratified_subset
 
