@@ -603,6 +603,34 @@ def test_a_finished_run_without_a_checkpoint_is_not_trained_again(tmp_path, repo
         fit(compose_tiny(repo, "trainer.epochs=2", "trainer.checkpoint=false"), tmp_path)
 
 
+def test_a_stopped_run_without_a_checkpoint_starts_over_as_its_stop_says(tmp_path, repo):
+    """A run with trainer.checkpoint=false stopped after epoch 1 leaves only its running
+    run.json: its stop says the same command starts it over, and that command trains it
+    from epoch 1 to the end (not refused, not taken as finished). This path (an unfinished
+    record and no checkpoint) ran in no test before the coverage review."""
+    from basisconv.errors import Stopped
+
+    cfg = compose_tiny(repo, "trainer.epochs=2", "trainer.checkpoint=false",
+                       "data.synthetic_train=100", "data.synthetic_test=50")
+    run_epoch = loop.run_epoch
+
+    def stopped_in_epoch_2(number, *args, **kwargs):
+        if number == 2:
+            raise KeyboardInterrupt
+        return run_epoch(number, *args, **kwargs)
+
+    with mock.patch.object(loop, "run_epoch", stopped_in_epoch_2), \
+            pytest.raises(Stopped) as err:
+        fit(cfg, tmp_path)
+    assert str(err.value) == (f"the run in {tmp_path} stopped after epoch 1 of 2; "
+                              f"trainer.checkpoint=false, so the same command starts it over")
+    assert read_record(tmp_path)["status"] == "running"
+    assert not (tmp_path / "checkpoint.pt").exists()
+    record = fit(cfg, tmp_path)
+    assert record["status"] == "complete" and [e["epoch"] for e in record["epochs"]] == [1, 2]
+    assert "resumed_from_epoch" not in record["provenance"]
+
+
 def test_a_complete_runs_lost_or_damaged_record_is_rebuilt_from_its_checkpoint(tmp_path, repo,
                                                                               caplog):
     cfg = compose_tiny(repo, "trainer.epochs=1")

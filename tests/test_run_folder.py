@@ -221,6 +221,39 @@ def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
         write_text_atomic(path / "run.json", "a file where a folder should be")
 
 
+def test_a_checkpoint_the_disk_cannot_hold_is_one_line_and_the_previous_one_stays(tmp_path):
+    """torch.save's zip writer reports a refused write (a full disk, a file-size limit) as
+    a RuntimeError ("unexpected pos ...") whose context is the OSError: save_checkpoint
+    makes it the WriteError that names the file (a run turns it into its SaveError line),
+    and the previous checkpoint stays verified. Runs the real torch.save under a file-size
+    limit (the tests of a full disk replace save_checkpoint itself; this unwrapping ran in
+    no test before the coverage review)."""
+    import resource
+    import signal
+
+    from basisconv.checkpoint import load_checkpoint, save_checkpoint
+    from basisconv.errors import WriteError
+    from basisconv.records import leftover_temporaries
+
+    path = tmp_path / "checkpoint.pt"
+    small = {key: {"w": torch.zeros(4)} for key in ("config", "record", "model", "optimizer",
+                                                  "scheduler", "batches")}
+    save_checkpoint(path, small)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, limits[1]))
+        with pytest.raises(WriteError, match=rf"^could not write {path} \(File too large\); "
+                                             rf"free space") as err:
+            save_checkpoint(path, {**small, "model": {"w": torch.zeros(1 << 16)}})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert isinstance(err.value, OSError) and err.value.filename == str(path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(4))
+    assert leftover_temporaries(path) == []
+
+
 class _Killed(BaseException):
     """Stands for the kill of a process (not an Exception: nothing may catch it)."""
 
