@@ -379,6 +379,26 @@ def test_wandb_source_reads_runs_logged_with_the_commit_and_cpu_alone():
     assert record["provenance"]["hardware"] == {"cpu": "AMD EPYC", "gpu": None}
 
 
+def test_wandb_source_skips_other_runs_and_a_project_it_cannot_list_is_one_line():
+    """A finished run of the project that is not a training run (no test_accuracy in its
+    summary: a sensitivity estimate logged there) is left out; a project wandb cannot list
+    (a wrong name, no network) is one line naming the keys to check. (Neither ran in a
+    test before the coverage review.)"""
+    other = FakeRun(RECORDS[0])
+    del other.summary["test_accuracy"]
+    found = wandb_records("basisconv", None, api=FakeApi([other, FakeRun(RECORDS[1])]))
+    assert [record["config"] for record, _ in found] == [RECORDS[1]["config"]]
+
+    class Unreachable(FakeApi):
+        def runs(self, path):
+            raise ValueError("Could not find project basisconv")
+
+    with pytest.raises(ConfigError, match=r"^could not list the runs of wandb project "
+                                          r"'me/basisconv' \(Could not find project "
+                                          r"basisconv\); check wandb.project / wandb.entity"):
+        wandb_records("basisconv", "me", api=Unreachable([]))
+
+
 def analyze_cfg(tmp_path, **values):
     return OmegaConf.create({"profile": "test", "source": "local", "runs_dir": str(tmp_path / "runs"),
                              "out_dir": str(tmp_path / "results"),

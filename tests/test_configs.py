@@ -403,6 +403,23 @@ def test_a_single_value_for_a_list_key_names_the_list_to_write(compose_cfg, over
     assert line.startswith(f"{override}: ") and line.endswith(f"; write a list: {fix}"), line
 
 
+def test_an_override_without_a_value_says_to_write_key_equals_value():
+    """`make train ARGS="trainer.epochs 3"` gives Hydra the override trainer.epochs, with no
+    `=`: one line saying to write key=value (not the advice to quote a value, which is for
+    overrides that have one). In-process: the entry points' subprocess tests cover the
+    other parse errors; this one ran in none before the coverage review."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from basisconv.cli import hydra_error_line
+
+    with pytest.raises(OverrideParseException) as err:
+        OverridesParser.create().parse_overrides(["trainer.epochs"])
+    assert hydra_error_line(err.value) == (
+        "cannot parse the override 'trainer.epochs' (Error parsing override "
+        "'trainer.epochs'); write key=value, e.g. trainer.epochs=3")
+
+
 def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo):
     """Found in review: hydra.run.dir inside a file was "[Errno 20] Not a directory: ...",
     one line that named no key to change."""

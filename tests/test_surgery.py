@@ -222,6 +222,25 @@ def test_layers_that_are_not_names_are_one_clear_error():
             apply_basis(Grouped(), layers, 0.25)
 
 
+def test_converting_again_keeps_basis_layers_and_refuses_to_resize_one_by_name():
+    """apply_basis on a model that has basis layers: "all" (or a pattern) converts the dense
+    convs and leaves the basis ones as they are; a basis layer named on its own is one line
+    saying how to change its size; a name that is not a string is one line. (No test
+    converted a partly converted model before the coverage review.)"""
+    model = apply_basis(build_model("resnet8", width=0.25), ["conv1"], 0.5)
+    kept = model.conv1
+    again = apply_basis(model, "all", 0.25, inplace=False)
+    assert again.conv1.num_basis == kept.num_basis == 2
+    assert len(basis_layers(again)) == len(conv_layers(again)) == 7
+    assert all(layer.num_basis == max(1, round(0.25 * layer.out_channels))
+               for name, layer in basis_layers(again).items() if name != "conv1")
+    with pytest.raises(ConfigError, match=r"^layer 'conv1' is already a BasisConv2d; convert "
+                                          r"its to_conv\(\) first to change its basis size$"):
+        apply_basis(model, ["conv1"], 0.25, inplace=False)
+    with pytest.raises(ConfigError, match=r"^apply_basis: layer names must be strings, got 3$"):
+        apply_basis(model, [3], 0.25, inplace=False)
+
+
 def test_only_where_saves_leaves_unprofitable_layers_dense():
     model = build_model("resnet18")
     with pytest.warns(UserWarning, match="saves no compute") as caught:
