@@ -314,6 +314,18 @@ def test_images_too_large_for_int32_offsets_are_refused_by_the_kernel(monkeypatc
     assert triton_conv.unsupported(batch, torch.float32, 16) is None
 
 
+def test_a_basis_larger_than_one_tile_is_refused_by_the_kernel(monkeypatch):
+    """The kernel holds all m basis maps of a row block in one tile (BLOCK_N >= m, at most
+    MAX_BASIS): a larger basis takes the stacked form, never the kernel, which would drop
+    the maps past the tile. (This rule ran in no test before the coverage review.)"""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # (meta tensors: not CUDA ones, on any machine)
+    x = torch.empty(2, 3, 5, 5, device="meta")
+    most = triton_conv.MAX_BASIS
+    assert triton_conv.unsupported(x, torch.float32, most) is None
+    assert triton_conv.unsupported(x, torch.float32, most + 1) == (
+        f"num_basis <= {most} (one tile; got {most + 1})")
+
+
 def test_more_output_pixels_than_int32_rows_take_the_stacked_form(monkeypatch):
     """The kernel's row index, ``program_id * BLOCK_M + i``, is int32: a conv whose last
     tile would pass 2**31 - 1 is refused, counted on the output (padding adds pixels).

@@ -1098,6 +1098,30 @@ def test_a_killed_estimates_half_written_dense_copy_is_removed_once_old(repo, tm
     assert kept.dense(dense)[1] == 1.0
 
 
+def test_kept_work_that_cannot_be_written_is_one_warning_and_the_estimate_goes_on(
+        repo, tmp_path, caplog):
+    """A fine-tune's result or the dense start that cannot be kept (a full disk, a file
+    where the folder should be) costs a resume, not the estimate: one warning however many
+    writes fail, and nothing kept to read back. (Ran in no test before the coverage
+    review.)"""
+    from basisconv.progress import Progress
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    dense = build_model("resnet8", num_classes=10, width=0.25)
+    kept = Progress(tmp_path, cfg, torch.device("cpu"))
+    kept.root.parent.mkdir(parents=True)
+    kept.root.write_text("a file where the folder should be")
+    with caplog.at_level("WARNING", logger="basisconv.progress"):
+        kept.keep_dense(dense, 1.0)
+        kept.start_from(dense)
+        for names in (["conv1"], ["layer1.0.conv1"]):
+            kept.keep(names, 0, {"accuracy": 0.5})
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("sensitivity: could not keep "), warned
+    assert "a stopped estimate will compute it again" in warned[0]
+    assert kept.result(["conv1"], 0) is None and kept.dense(dense) is None
+
+
 def test_results_that_finish_beside_a_failing_fine_tune_are_kept():
     """The pool's results are read as they finish, and the first failure raises; results
     that finished with it, not yet read, were lost to a resume (it fine-tuned them again).
