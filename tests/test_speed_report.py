@@ -326,6 +326,22 @@ def test_a_damaged_table_beside_a_valid_record_is_one_clear_error(folders, table
         speed.model_speed(folders)
 
 
+def test_a_table_with_a_header_alone_or_an_empty_value_says_which(folders):
+    """A whole-model table of its header alone, or with a value left empty (a benchmark
+    stopped as it wrote), is refused saying which (neither ran in a test before the
+    coverage review: the damaged tables above lack a column)."""
+    table = folders[0] / "model-speed-cpu-fp32.csv"
+    whole = table.read_text()
+    for text, problem in ((whole.splitlines()[0] + "\n", "has no rows"),
+                          (whole.replace(",0.39,", ",,", 1),
+                           r"has empty or non-numeric values in fwdbwd_ratio \(cut off\?\)")):
+        table.write_text(text)
+        with pytest.raises(DatasetError, match=rf"model-speed-cpu-fp32\.csv, the table of "
+                                               rf"model-speed-cpu-fp32\.json, {problem}: "
+                                               rf"measure again"):
+            speed.model_speed(folders)
+
+
 def test_a_table_other_than_the_one_its_record_was_written_with_is_refused(folders):
     """The benchmark writes its table, then its record: a run stopped between the two (or
     one file replaced) left a new table beside an older record, read as that record's
