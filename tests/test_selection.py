@@ -360,6 +360,19 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
     assert selection.layer_savings(model, basis, batch=128).equals(table)
 
 
+def test_a_basis_size_at_which_no_layer_saves_compute_is_one_line_naming_a_smaller_one():
+    """`scripts/sensitivity.py basis.size=1.0` (or 0.99): no conv saves compute at that
+    size, so there is no candidate to estimate; one line saying to choose a smaller
+    basis.size, not an empty table. (Ran in no test before the coverage review.)"""
+    model = build_model("resnet8", width=0.25)
+    for size in (1.0, 0.99):
+        basis = OmegaConf.create({"size": size, "combine": "stacked", "coefficient_rank": None})
+        with pytest.raises(ConfigError, match=rf"^no candidate layer: at basis.size={size} no "
+                                              rf"selected layer the forward calls saves "
+                                              rf"compute; choose a smaller basis.size$"):
+            selection.layer_savings(model, basis)
+
+
 def test_layer_savings_count_every_call_of_a_reused_conv():
     """Found in review: a conv called twice in ``forward`` saves twice the FLOPs (its
     parameters once); the table kept only its last call."""
