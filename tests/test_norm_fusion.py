@@ -100,6 +100,25 @@ def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu
 
 
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+def test_a_frozen_basis_gets_the_unfused_layers_gradients_for_the_rest(relu):
+    """The fold's backward skips the basis maps' gradient (and the moments') when the maps
+    need none: a frozen basis under an input without gradient. The coefficients, conv bias
+    and norm still get the unfused layer's gradients. (That branch ran in no test before
+    the coverage review.)"""
+    (conv, norm), (fconv, fnorm) = pair(layers("converted", "cpu"), {}, "cpu")
+    x = torch.randn(2, conv.in_channels, 6, 5, dtype=torch.float64)
+    grads = []
+    for c, n in ((conv, norm), (fconv, fnorm)):
+        c.basis_weight.requires_grad_(False)
+        trained = [p for p in (*c.parameters(), *n.parameters()) if p.requires_grad]
+        out = conv_norm_act(c, n, x, relu=relu)
+        grads.append(torch.autograd.grad(out.pow(3).sum(), trained))
+    assert len(grads[1]) == 4  # coefficients, conv bias, norm weight and bias
+    for got, ref in zip(*grads[::-1]):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
 @pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "running-stats"])
 def test_second_order_gradients_through_the_fold_are_the_unfused_layers(relu, training):
     """Found in review: with batch statistics the written-out backward had no graph of its
