@@ -16,7 +16,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a constant: module fixtures take it too
 def repo() -> Path:
     return REPO
 

@@ -320,11 +320,11 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
 
 
 @pytest.fixture(scope="module")
-def default_protocol(tmp_path_factory):
+def default_protocol(repo, tmp_path_factory):
     """The fake protocol with its defaults, on an empty folder: ``(result, started, folder)``
     (run once for the tests that only read what it started; each runs nothing else)."""
     folder = tmp_path_factory.mktemp("default-protocol")
-    result, started, _ = fake_protocol(Path(__file__).resolve().parents[1], folder)
+    result, started, _ = fake_protocol(repo, folder)
     return result, tuple(started), folder
 
 
