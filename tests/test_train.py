@@ -896,3 +896,16 @@ def test_a_compiled_warm_up_compiles_its_basis_model_afresh(tmp_path, repo, monk
                         "basis.dense_warmup_epochs=1", "selection=all"])
     fit(cfg, tmp_path / "run")
     assert events == ["compile", "reset", "compile"]
+
+
+def test_a_training_run_starts_without_the_table_and_plot_libraries(repo):
+    """pandas and matplotlib are imported where a table or plot is made (sensitivity,
+    analysis, benchmarks): at the top of a module a training run loads, they would add about
+    half a second to every run, the suite's many small ones included, without a word."""
+    code = ("import runpy, sys\n"
+            f"runpy.run_path({str(repo / 'scripts' / 'train.py')!r}, run_name='imported')\n"
+            "print(' '.join(m for m in ('pandas', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"a training run imports {result.stdout.strip()}"
