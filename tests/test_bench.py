@@ -23,6 +23,9 @@ from basisconv.records import read_record
 TIME_BOUND = ["dense_non_conv_share", "time_bound_ratio", "layer_sum_ratio", "fwdbwd_vs_time_bound"]
 #: the columns runs after the committed ones have beside them: how noisy the medians were
 SPREAD = ["fwd_spread", "fwdbwd_spread"]
+#: and, whole model, the training memory (bench.memory)
+MEMORY = ["dense_saved_mib", "basis_saved_mib", "saved_ratio", "dense_peak_mib",
+          "basis_peak_mib", "peak_ratio"]
 
 
 #: Columns renamed since the committed tables were made (old: new); those tables keep the
@@ -265,7 +268,9 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     (row,) = result.model_rows
     columns = committed(repo, "model-speed-cpu-fp32.csv")
     # no layer rows: no bounds
-    assert list(row) == [c for c in columns if c not in TIME_BOUND] + SPREAD
+    assert list(row) == [c for c in columns if c not in TIME_BOUND] + SPREAD + MEMORY
+    assert row["saved_ratio"] == row["basis_saved_mib"] / row["dense_saved_mib"] > 0
+    assert row["dense_peak_mib"] != row["dense_peak_mib"]  # NaN: no allocator count on CPU
     assert row["layers_dense"] == "conv1 layer2.0.shortcut.0 layer3.0.shortcut.0 layer4.0.shortcut.0"
     assert lines[-1].startswith("  fraction 0.5 ")
     assert result.tag == "cpu-fp32-b1-t0-defaultmalloc-r15_1_0"

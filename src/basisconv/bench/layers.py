@@ -23,11 +23,16 @@ With ``fuse_norm`` every timed layer is a conv, its batch norm and ReLU
 (:func:`with_norm_and_relu`): dense, basis with the norm folded in (the ``basis_*`` columns) and
 basis unfused (``unfused_*``), so the rows say per shape what folding the norm gains; the
 time bound then scales the whole triple to its FLOP ratio, the issue-13 target.
+
+Whole model, memory (:mod:`basisconv.bench.memory`): the MiB a training forward keeps for
+the backward (``*_saved_mib``, every device) and on CUDA the peak of a training step
+(``*_peak_mib``; empty elsewhere), of the eager modules, beside the parameters.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 import warnings
@@ -51,6 +56,7 @@ from ..records import (RunRecord, file_digest, hardware_name, provenance, read_r
 from ..surgery import apply_basis, conv_layers
 from ..timing import ConvNormAct, Runner, Timer, output_gradient, tune_cpu_allocator
 from . import flag_below_minimum, fused_problem, profile_table
+from .memory import MIB, cuda_step_peak, saved_for_backward
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
 TARGET_SLACK = 1.15
@@ -379,9 +385,11 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
     fwd_spread = timer.spread
     for m in models.values():
         m.train()
+    memory = _memory(models, runner, x, backward)
     dense = costs["dense"]
     layer_ms = _layer_times(models, layer_rows)
-    progress(f"  dense: fwd {fwd['dense']:.0f} ms, fwd+bwd {fwdbwd['dense']:.0f} ms")
+    progress(f"  dense: fwd {fwd['dense']:.0f} ms, fwd+bwd {fwdbwd['dense']:.0f} ms, "
+             f"{memory['dense'][0]:.0f} MiB kept for the backward")
     rows = []
     for fraction in options.fractions:
         cost = costs[fraction]
@@ -404,6 +412,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
             "fwdbwd_vs_theory": measured_fb / theory_fb,
             "target_met": measured_fb <= TARGET_SLACK * theory_fb,
             **_spreads(fwd_spread, fwdbwd_spread, fraction),
+            **_memory_columns(memory, fraction),
         }
         if layer_ms:
             # The dense step minus its convs (timed alone, same shapes) is what basis layers
@@ -426,8 +435,31 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
                  f"{row['layer_sum_ratio']:.3f}" if layer_ms else "")
         progress(f"  fraction {fraction:<6} fwd {row['fwd_ratio']:.3f} (theory {row['theory_fwd_ratio']:.3f})  "
                  f"fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, x{row['fwdbwd_vs_theory']:.2f}{bound})  "
-                 f"{fwdbwd[fraction]:.0f} ms")
+                 f"{fwdbwd[fraction]:.0f} ms; kept for the backward x{row['saved_ratio']:.2f}")
     return rows, profiled
+
+
+def _memory(models: dict, runner: Runner, x: torch.Tensor,
+            backward: Callable[[torch.Tensor], None]) -> dict:
+    """Per model, in MiB: what its training forward keeps for the backward, and on CUDA the
+    peak of a training step; both of the eager module (not compiled nor graphed: the
+    memory of the layers as written), with the run's layout and autocast."""
+    found = {}
+    for key, model in models.items():
+        def forward(model=model) -> torch.Tensor:
+            with runner.autocast():
+                return model(x)
+        saved = saved_for_backward(model, forward)
+        peak = cuda_step_peak(model, lambda: backward(forward()), runner.device)
+        found[key] = (saved / MIB, math.nan if peak is None else peak / MIB)
+    return found
+
+
+def _memory_columns(memory: dict, fraction: float) -> dict:
+    (dense_saved, dense_peak), (saved, peak) = memory["dense"], memory[fraction]
+    return {"dense_saved_mib": dense_saved, "basis_saved_mib": saved,
+            "saved_ratio": saved / dense_saved, "dense_peak_mib": dense_peak,
+            "basis_peak_mib": peak, "peak_ratio": peak / dense_peak}
 
 
 def _layer_times(models: dict, layer_rows: list[dict]) -> dict[str, dict]:

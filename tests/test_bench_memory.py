@@ -1,0 +1,64 @@
+"""The training-memory counts of the whole-model benchmark (``basisconv.bench.memory``)
+against bytes counted by hand."""
+
+import warnings
+
+import torch
+from torch import nn
+
+from basisconv.bench.memory import cuda_step_peak, saved_for_backward
+from basisconv.layers import BasisConv2d
+from basisconv.models import build_model
+from basisconv.surgery import apply_basis
+
+FLOAT = 4  # bytes
+
+
+def test_a_dense_conv_keeps_its_input_and_not_its_weight():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(2, 8, 10, 10)
+    assert saved_for_backward(conv, lambda: conv(x)) == x.numel() * FLOAT
+
+
+def test_a_stacked_basis_layer_keeps_its_basis_maps_and_combination_too():
+    """The input (for the basis filters' gradient), the m basis maps and the [I; C]
+    matrix (for the 1x1 combination's two gradients): m/C_out of an output more than a
+    dense conv."""
+    layer = BasisConv2d(8, 16, 3, num_basis=4, padding=1, combine="stacked")
+    x = torch.randn(2, 8, 10, 10)
+    maps = 2 * 4 * 10 * 10
+    assert saved_for_backward(layer, lambda: layer(x)) == (x.numel() + maps + 16 * 4) * FLOAT
+
+
+def test_a_storage_kept_through_two_views_is_counted_once_and_whole():
+    conv = nn.Conv2d(3, 5, 1, bias=False)
+    x = torch.randn(1, 3, 4, 4)
+
+    def forward():
+        y = conv(x)
+        return y[:, :2] * y[:, 3:]  # keeps both slices: views of y's storage
+
+    assert saved_for_backward(conv, forward) == (x.numel() + 5 * 16) * FLOAT
+
+
+def test_basis_resnet18_keeps_more_than_dense_for_the_backward_and_less_with_folded_norms():
+    """What the benchmark's memory columns report, at batch 8: at 1/4 the basis model
+    has 28 % of the parameters but keeps its basis maps beside every layer's output (more
+    than dense); folding each norm and ReLU into the layer keeps only the basis maps and
+    the block's output (less)."""
+    torch.manual_seed(0)
+    dense = build_model("resnet18")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the layers that stay dense, said
+        basis, folded = (apply_basis(dense, "all", 0.25, convert=False, only_where_saves=True,
+                                     fuse_norm=fuse) for fuse in (False, True))
+    x = torch.randn(8, 3, 32, 32)  # (at 2 images the matrices kept weigh as much as maps)
+    kept = {name: saved_for_backward(model, lambda model=model: model(x))
+            for name, model in (("dense", dense), ("basis", basis), ("folded", folded))}
+    assert kept["basis"] > kept["dense"]
+    assert kept["folded"] < 0.8 * kept["dense"]
+
+
+def test_the_step_peak_is_counted_on_cuda_only():
+    conv = nn.Conv2d(3, 5, 1)
+    assert cuda_step_peak(conv, lambda: None, torch.device("cpu")) is None
