@@ -21,25 +21,14 @@ from basisconv.errors import DatasetError
 from basisconv.records import read_record
 
 TIME_BOUND = ["dense_non_conv_share", "time_bound_ratio", "layer_sum_ratio", "fwdbwd_vs_time_bound"]
-#: the columns runs after the committed ones have beside them: how noisy the medians were
-SPREAD = ["fwd_spread", "fwdbwd_spread"]
-#: and, whole model, the training memory (bench.memory)
-MEMORY = ["dense_saved_mib", "basis_saved_mib", "saved_ratio", "dense_peak_mib",
-          "basis_peak_mib", "peak_ratio"]
-
-
-#: Columns renamed since the committed tables were made (old: new); those tables keep the
-#: names they were made with (results/README.md says so).
-RENAMED = {"paper_fwdbwd_ratio": "split_fwdbwd_ratio"}
 
 
 def committed(repo, name: str):
-    """Column names of a committed CSV (as renamed since), or the keys of a committed JSON
-    sidecar."""
+    """Column names of a committed CSV, or the keys of a committed JSON sidecar."""
     path = repo / "results" / name
     if path.suffix == ".csv":
         with path.open() as f:
-            return [RENAMED.get(column, column) for column in next(csv.reader(f))]
+            return next(csv.reader(f))
     return json.loads(path.read_text())
 
 
@@ -198,7 +187,7 @@ def test_layer_benchmark_rows_have_the_committed_columns(repo):
     rows = speed.benchmark_layers(options, options.runner(), Timer("cpu"), shapes=shapes,
                                   progress=lines.append)
     assert len(rows) == len(lines) == 4
-    assert [list(r) for r in rows] == [committed(repo, "layer-speed-cpu-fp32.csv") + SPREAD] * 4
+    assert [list(r) for r in rows] == [committed(repo, "layer-speed-cpu-fp32.csv")] * 4
     assert [r["num_basis"] for r in rows] == [2, 4, 4, 8]
     assert rows[2]["layers"] == "a b" and rows[2]["output_hw"] == 4
     for r in rows:
@@ -216,15 +205,13 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     assert result.tag == tag and result.model_rows == []
     assert [p.name for p in result.files] == [f"layer-speed-{tag}.csv", f"layer-speed-{tag}.json"]
     with result.files[0].open() as f:
-        assert next(csv.reader(f)) == committed(repo, "layer-speed-cpu-fp32.csv") + SPREAD
+        assert next(csv.reader(f)) == committed(repo, "layer-speed-cpu-fp32.csv")
     record, before = read_record(result.files[1]), committed(repo, "layer-speed-cpu-fp32.json")
-    assert set(record) == set(before) | {"kind", "status", "config", "file_sha256"}
+    assert set(record) == set(before)
     assert (record["kind"], record["status"], record["file"]) == ("benchmark", "complete",
                                                                   f"layer-speed-{tag}.csv")
     assert record["file_sha256"] == hashlib.sha256(result.files[0].read_bytes()).hexdigest()
-    # the committed records' settings, in order, and what later runs record beside them
-    assert list(record["settings"]) == [*before["settings"], "spread", "cudnn_benchmark",
-                                        "cuda_graphs"]
+    assert list(record["settings"]) == list(before["settings"])  # the committed ones, in order
     assert record["config"]["fractions"] == [0.5] and record["config"]["layer_repeats"] == 3
     assert record["provenance"]["command"] == "python scripts/benchmark_layers.py"
     png = basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
@@ -268,7 +255,7 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     (row,) = result.model_rows
     columns = committed(repo, "model-speed-cpu-fp32.csv")
     # no layer rows: no bounds
-    assert list(row) == [c for c in columns if c not in TIME_BOUND] + SPREAD + MEMORY
+    assert list(row) == [c for c in columns if c not in TIME_BOUND]
     assert row["saved_ratio"] == row["basis_saved_mib"] / row["dense_saved_mib"] > 0
     assert row["dense_peak_mib"] != row["dense_peak_mib"]  # NaN: no allocator count on CPU
     assert row["layers_dense"] == "conv1 layer2.0.shortcut.0 layer3.0.shortcut.0 layer4.0.shortcut.0"
@@ -276,7 +263,7 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     assert result.tag == "cpu-fp32-b1-t0-defaultmalloc-r15_1_0"
     record, before = read_record(tmp_path / f"model-speed-{result.tag}.json"), \
         committed(repo, "model-speed-cpu-fp32.json")
-    assert set(record) == set(before) | {"kind", "status", "config", "file_sha256"}
+    assert set(record) == set(before)
     assert record["target"] == before["target"]
     assert set(record["summary"]["0.5"]) == set(before["summary"]["0.5"])
 
@@ -304,7 +291,7 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     (row,) = speed.benchmark_layers(options, options.runner(), Timer("cpu"),
                                     shapes={shape: ["a"]}, progress=lambda s: None)
     columns = committed(repo, "layer-speed-cpu-fp32.csv")
-    assert list(row) == columns + SPREAD + ["unfused_fwd_ms", "unfused_fwdbwd_ms",
+    assert list(row) == columns + ["unfused_fwd_ms", "unfused_fwdbwd_ms",
                                             "fused_vs_unfused_fwdbwd"]
     assert row["fused_vs_unfused_fwdbwd"] == row["basis_fwdbwd_ms"] / row["unfused_fwdbwd_ms"]
     unfused = basis_conv2d_cost(8, 16, 3, 8, 8)  # the moments make the fused one dearer
