@@ -4,8 +4,9 @@
 Reads every ``model-speed-*.json`` (``scripts/benchmark_layers.py``, whole ResNet-18 against
 dense) and ``train-throughput-*.json`` (``scripts/benchmark_train.py``, the training step)
 in the folders (default ``results`` and its ``gpu*`` folders, where ``make gpu-speed``
-writes) and writes ``<out>.md``, ``<out>-model.csv``,
-``<out>-training.csv`` and ``<out>.png``: see ``basisconv.analysis.speed``.
+writes) and writes ``<out>.md``, ``<out>-model.csv``, ``<out>-training.csv``,
+``<out>-memory.csv`` (the whole model's training memory, where measured) and
+``<out>.png``: see ``basisconv.analysis.speed``.
 """
 
 from __future__ import annotations

@@ -23,12 +23,14 @@ def _provenance(hardware, commit="b"):
             "hardware": hardware}
 
 
-def _model_record(folder, tag, hardware, precision, ratios, batch=128):
-    """A model-speed record and its table, as scripts/benchmark_layers.py writes them."""
+def _model_record(folder, tag, hardware, precision, ratios, batch=128, columns=None):
+    """A model-speed record and its table, as scripts/benchmark_layers.py writes them
+    (``columns``: more of them, per fraction)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{"model": "resnet18", "batch": batch, "fraction": f, "theory_fwdbwd_ratio": f,
              "time_bound_ratio": f + 0.05, "fwdbwd_ratio": r, "fwdbwd_vs_theory": r / f,
-             "fwdbwd_spread": 0.02, "dense_fwdbwd_ms": 7.5} for f, r in ratios.items()]
+             "fwdbwd_spread": 0.02, "dense_fwdbwd_ms": 7.5, **(columns or {}).get(f, {})}
+            for f, r in ratios.items()]
     pd.DataFrame(rows).to_csv(folder / f"model-speed-{tag}.csv", index=False)
     (folder / f"model-speed-{tag}.json").write_text(json.dumps({
         "kind": "benchmark", "status": "complete", "config": {},
@@ -264,12 +266,13 @@ def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(fol
     s.json`` ``s.json.md``, found in review)."""
     for name in ("s.md", "s.json"):
         written = speed.write_summary(folders, tmp_path / name, "test")
-        assert sorted(p.name for p in written) == ["s-model.csv", "s-training.csv", "s.json",
-                                                    "s.md", "s.png"]
+        assert sorted(p.name for p in written) == ["s-memory.csv", "s-model.csv",
+                                                    "s-training.csv", "s.json", "s.md", "s.png"]
     # found in review: a stem with dots (a date) lost its last part in the .md and .png
     written = speed.write_summary(folders, tmp_path / "s-2026.12.01", "test")
     assert sorted(p.name for p in written) == [
-        "s-2026.12.01-model.csv", "s-2026.12.01-training.csv", "s-2026.12.01.json",
+        "s-2026.12.01-memory.csv", "s-2026.12.01-model.csv", "s-2026.12.01-training.csv",
+        "s-2026.12.01.json",
         "s-2026.12.01.md", "s-2026.12.01.png"]
 
 
@@ -282,7 +285,8 @@ def test_the_summary_carries_its_provenance_and_reads_a_folder_named_twice_once(
     speed.write_summary(folders, tmp_path / "s", "python scripts/speed_report.py")
     sidecar = json.loads((tmp_path / "s.json").read_text())
     assert {"command", "git", "versions", "hardware", "date"} <= set(sidecar["provenance"])
-    assert sidecar["files"] == ["s.md", "s-model.csv", "s-training.csv", "s.png"]
+    assert sidecar["files"] == ["s.md", "s-model.csv", "s-training.csv", "s-memory.csv",
+                                "s.png"]
     twice = [*folders, folders[1].parent / "." / folders[1].name]
     assert len(speed.model_speed(twice)) == len(speed.model_speed(folders))
     assert len(speed.training_speed(twice)) == len(speed.training_speed(folders))
@@ -488,3 +492,21 @@ def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_
     assert lines["CPU", "split (a)"].get_color() != cpu.get_color()
     assert gpu_b.get_marker() != gpu_c.get_marker()
     figures.pyplot().close(drawn[0])
+
+
+def test_the_memory_table_holds_the_records_that_measured_it(tmp_path):
+    """Whole-model tables from f0cb738 on carry the training memory (CUDA: with the step's
+    peak); older ones are left out of its table, not shown as empty rows."""
+    _model_record(tmp_path, "cpu-fp32-nchw", CPU, "fp32", {0.25: 0.45})  # made before
+    memory = {0.25: {"params": 25, "dense_params": 100, "dense_saved_mib": 574.0,
+                     "basis_saved_mib": 650.0, "saved_ratio": 650 / 574,
+                     "dense_peak_mib": 800.0, "basis_peak_mib": 840.0, "peak_ratio": 1.05}}
+    _model_record(tmp_path, "cuda-bf16", GPU, "bf16", {0.25: 1.3}, columns=memory)
+    written = speed.write_summary([tmp_path], tmp_path / "s", "test")
+    (row,) = pd.read_csv(tmp_path / "s-memory.csv").to_dict("records")
+    assert (row["hardware"], row["form"], row["fraction"]) == ("NVIDIA H200", "stacked", 0.25)
+    assert row["params_ratio"] == 0.25 and row["saved_ratio"] == pytest.approx(650 / 574)
+    assert (row["dense_peak_mib"], row["peak_ratio"]) == (800.0, 1.05)
+    text = (tmp_path / "s.md").read_text()
+    assert "| NVIDIA H200 | bf16 | 128 | stacked | 0.25 | 0.25 | 574 | 1.13 | 800 | 1.05 |" in text
+    assert len(pd.read_csv(tmp_path / "s-model.csv")) == 2 and len(written) == 6

@@ -31,6 +31,11 @@ from .tables import csv_text, markdown
 MODEL_COLUMNS = ["hardware", "precision", "batch", "threads", "form", "fraction",
                  "theory_fwdbwd_ratio", "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory",
                  "fwdbwd_spread", "dense_fwdbwd_ms", "source", "commit", "date"]
+#: The training memory of the whole-model records that measured it (bench.memory): the
+#: parameters, and what a training forward keeps for the backward, relative to dense.
+MEMORY_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "params_ratio",
+                  "dense_saved_mib", "saved_ratio", "dense_peak_mib", "peak_ratio", "source",
+                  "commit", "date"]
 TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                  "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
                  "relative_to_dense", "checkpoint_seconds", "source", "commit", "date"]
@@ -105,8 +110,10 @@ def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:
     return found
 
 
-def model_speed(folders: list[Path]) -> pd.DataFrame:
-    """One row per basis fraction of every whole-model benchmark in ``folders``."""
+def model_speed(folders: list[Path], columns: list[str] | None = MODEL_COLUMNS) -> pd.DataFrame:
+    """One row per basis fraction of every whole-model benchmark in ``folders``: the
+    summary's ``columns`` (``None``: every column of the tables, those a table lacks
+    empty)."""
     frames = []
     for record, path in _records(folders, "model-speed-*.json"):
         with _readable(record, path):
@@ -120,8 +127,19 @@ def model_speed(folders: list[Path]) -> pd.DataFrame:
                                  threads=_or_dash(settings.get("threads")), form=_options(path))
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=MODEL_COLUMNS)
-    return pd.concat(frames, ignore_index=True).reindex(columns=MODEL_COLUMNS)
+        return pd.DataFrame(columns=columns or MODEL_COLUMNS)
+    rows = pd.concat(frames, ignore_index=True)
+    return rows if columns is None else rows.reindex(columns=columns)
+
+
+def training_memory(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`model_speed` (all columns) whose benchmark measured the training
+    memory (tables made before it lack it and are left out), in :data:`MEMORY_COLUMNS`."""
+    if "saved_ratio" not in rows.columns:
+        return pd.DataFrame(columns=MEMORY_COLUMNS)
+    measured = rows[rows["saved_ratio"].notna()]
+    return measured.assign(params_ratio=measured["params"] / measured["dense_params"]
+                           ).reindex(columns=MEMORY_COLUMNS)
 
 
 def _model_table(record: dict, path: Path, table: Path) -> pd.DataFrame:
@@ -248,8 +266,8 @@ def _markdown(frame: pd.DataFrame) -> str:
     return markdown(shown)
 
 
-def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
-    """The two tables in Markdown, each row naming its record."""
+def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | None = None) -> str:
+    """The tables in Markdown, each row naming its record."""
     return "\n".join([
         "## Whole ResNet-18, training forward+backward time relative to dense",
         "",
@@ -268,12 +286,23 @@ def summary(model: pd.DataFrame, train: pd.DataFrame) -> str:
         "the median time to write the model's and optimizer's state as a run's checkpoint "
         "(\"-\": not timed by the record's commit).",
         "",
-        _markdown(train)])
+        _markdown(train),
+        "## Training memory of the whole ResNet-18 relative to dense (scripts/benchmark_layers.py)",
+        "",
+        "params: the basis model's parameters over the dense model's (gradients and "
+        "optimizer state follow them); saved: the MiB a training forward keeps for the "
+        "backward (activations; the same on every device for the same layers), dense and "
+        "relative; peak: the most the CUDA allocator holds over a training step beyond the "
+        "model and its input (\"-\": not on CUDA). Of the eager modules; tables made before "
+        "commit f0cb738 did not measure it.",
+        "",
+        _markdown(memory if memory is not None else pd.DataFrame(columns=MEMORY_COLUMNS))])
 
 
 def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
-    """``<out>.md`` (both tables, each row naming its record), ``<out>-model.csv`` and
-    ``<out>-training.csv`` (all digits) and ``<out>.png`` (CPU and GPU side by side), with
+    """``<out>.md`` (the tables, each row naming its record), ``<out>-model.csv``,
+    ``<out>-training.csv`` and ``<out>-memory.csv`` (all digits) and ``<out>.png`` (CPU
+    and GPU side by side), with
     a line saying how they were made, and ``<out>.json`` beside them: the full provenance
     (command, commit, versions, hardware, date), the folders and the files written. A
     folder that is not there, or folders that hold no speed record at all, are an error
@@ -282,7 +311,8 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     if missing:
         raise DatasetError(f"no folder {', '.join(missing)}: name folders that hold "
                            f"model-speed-*.json or train-throughput-*.json records")
-    model, train = model_speed(folders), training_speed(folders)
+    rows, train = model_speed(folders, columns=None), training_speed(folders)
+    model, memory = rows.reindex(columns=MODEL_COLUMNS), training_memory(rows)
     if not len(model) and not len(train):
         looked = ", ".join(f"{pattern} ({writer})" for pattern, writer in RECORD_FILES.items())
         raise DatasetError(f"no speed records in {', '.join(map(str, folders)) or 'no folder'}: "
@@ -296,9 +326,10 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
         out = out.with_suffix("")  # else "s.md-model.csv" beside "s.md" and "s.png"
     named = out.parent / f"{out.name}.md"  # not with_suffix: a stem may hold dots (a date)
     written = [
-        write_text_atomic(named, f"{note}\n\n{summary(model, train)}"),
+        write_text_atomic(named, f"{note}\n\n{summary(model, train, memory)}"),
         write_text_atomic(out.parent / f"{out.name}-model.csv", csv_text(model)),
-        write_text_atomic(out.parent / f"{out.name}-training.csv", csv_text(train))]
+        write_text_atomic(out.parent / f"{out.name}-training.csv", csv_text(train)),
+        write_text_atomic(out.parent / f"{out.name}-memory.csv", csv_text(memory))]
     plot = out.parent / f"{out.name}.png"
     figure = speed_across_hardware(model, plot, note)
     if figure is None:  # no model records: no plot, and none left from an earlier summary
