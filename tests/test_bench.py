@@ -713,6 +713,7 @@ def test_training_throughput_is_computed_from_the_timed_steps(monkeypatch, tmp_p
     assert result["epoch_seconds"] == pytest.approx(0.1 * 8333)  # not 8333.3
     assert result["data_seconds_per_step_median"] == 0.002
     assert result["data_share"] == pytest.approx(0.012 / 0.3)
+    assert result["cuda_peak_mib"] is None  # a CPU run: no allocator count
 
 
 def test_checkpoint_cost_times_the_model_and_optimizer_state_as_runs_write_it(

@@ -3,10 +3,12 @@ against bytes counted by hand."""
 
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
-from basisconv.bench.memory import cuda_step_peak, saved_for_backward
+from basisconv.bench.memory import (MIB, cuda_peak_mib, cuda_step_peak, reset_cuda_peak,
+                                    saved_for_backward)
 from basisconv.layers import BasisConv2d
 from basisconv.models import build_model
 from basisconv.surgery import apply_basis
@@ -59,6 +61,22 @@ def test_basis_resnet18_keeps_more_than_dense_for_the_backward_and_less_with_fol
     assert kept["folded"] < 0.8 * kept["dense"]
 
 
-def test_the_step_peak_is_counted_on_cuda_only():
-    conv = nn.Conv2d(3, 5, 1)
-    assert cuda_step_peak(conv, lambda: None, torch.device("cpu")) is None
+@pytest.mark.device
+def test_the_peaks_are_counted_on_cuda_and_hold_what_the_backward_keeps(device):
+    """On CUDA (``make gpu-check``) a training step's peak holds at least what its forward
+    keeps for the backward, the same count there as on a CPU; off CUDA there is no peak."""
+    layer = BasisConv2d(64, 64, 3, num_basis=16, padding=1).to(device)
+    x = torch.randn(32, 64, 16, 16, device=device)
+    kept = saved_for_backward(layer, lambda: layer(x))
+    assert kept == (x.numel() + 32 * 16 * 16 * 16 + 64 * 16) * FLOAT
+
+    def step():
+        layer(x).square().mean().backward()
+
+    reset_cuda_peak(device)
+    peak = cuda_step_peak(layer, step, device)
+    whole = cuda_peak_mib(device)
+    if device.type != "cuda":
+        assert peak is None and whole is None
+        return
+    assert peak >= kept and whole >= peak / MIB

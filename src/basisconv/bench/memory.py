@@ -55,3 +55,15 @@ def cuda_step_peak(module: nn.Module, step: Callable[[], None],
     step()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def reset_cuda_peak(device: torch.device) -> None:
+    """Start the CUDA allocator's peak count afresh (nothing off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peak_mib(device: torch.device) -> float | None:
+    """The most the CUDA allocator has held since :func:`reset_cuda_peak`, in MiB: all of
+    it (model, optimizer state, data on the device, CUDA graph pools); ``None`` off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None

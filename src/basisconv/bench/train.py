@@ -34,6 +34,7 @@ from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
 from . import flag_below_minimum, fused_problem, profile_table
+from .memory import cuda_peak_mib, reset_cuda_peak
 
 
 @dataclass
@@ -300,6 +301,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     # graphs afresh: the timed steps include one eager step and one capture.
     graphed = options.cuda_graphs and device.type == "cuda"
 
+    reset_cuda_peak(device)
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
     if options.warmup:  # (an epoch of no steps has no loss to report)
         train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer,
@@ -313,6 +315,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
         stats = train_one_epoch(step_model, TimedBatches(batches, options.steps, False),
                                 optimizer, scheduler, amp_dtype=amp, graphed=graphed,
                                 scaler=scaler)
+    peak = cuda_peak_mib(device)  # (of the steps measured, not of the profile's)
     profiled = None
     if options.profile:  # after the measurement, which a failure here must not cost
         try:
@@ -339,6 +342,9 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
         "data_seconds_per_step_median": statistics.median(timed.seconds),
         # of the steps timed with a synchronization per batch (on a CPU: the same steps)
         "data_share": data_seconds / synchronized.seconds,
+        # all the GPU memory training held: the images on the device, model, optimizer,
+        # activations, graphs (None on a CPU)
+        "cuda_peak_mib": peak,
         **checkpoint_cost(model, optimizer, checkpoint_folder),
         "profile": profiled,  # (run() writes it to a file of its own)
     }
