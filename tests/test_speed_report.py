@@ -208,13 +208,21 @@ def test_an_older_training_record_without_the_epoch_time_has_it_from_its_batch(t
     assert row["epoch_seconds"] == pytest.approx(0.02 * 195)
 
 
-def test_the_checkpoint_time_is_a_column_and_an_older_record_without_it_shows_none(tmp_path):
-    _train_record(tmp_path, "cuda-bf16", GPU, 0.0075, checkpoint_seconds_median=0.42)
+def test_the_checkpoint_time_and_gpu_peak_are_columns_and_an_older_record_shows_none(
+        tmp_path):
+    _train_record(tmp_path, "cuda-bf16", GPU, 0.0075, checkpoint_seconds_median=0.42,
+                  cuda_peak_mib=1234.5)
     _train_record(tmp_path, "cuda-bf16-graphs", GPU, 0.0025, cuda_graphs=True)
-    table = speed.training_speed([tmp_path]).set_index("mode")
-    assert table.loc["eager", "checkpoint_seconds"] == 0.42
-    assert pd.isna(table.loc["graphs", "checkpoint_seconds"])
-    assert "| 0.42 |" in speed._markdown(table.reset_index())
+    _train_record(tmp_path, "cpu-fp32", CPU, 2.0, cuda_peak_mib=None)
+    table = speed.training_speed([tmp_path]).set_index(["hardware", "mode"])
+    gpu = table.loc["NVIDIA H200"]
+    assert gpu.loc["eager", "checkpoint_seconds"] == 0.42
+    assert pd.isna(gpu.loc["graphs", "checkpoint_seconds"])
+    assert gpu.loc["eager", "cuda_peak_mib"] == 1234.5
+    assert pd.isna(gpu.loc["graphs", "cuda_peak_mib"])  # before b697cd8
+    assert pd.isna(table.loc[("AMD EPYC (AVX512)", "eager"), "cuda_peak_mib"])  # a CPU
+    shown = speed._markdown(table.reset_index())
+    assert "| 0.42 | 1234 |" in shown and shown.count("| - |") >= 3
 
 
 def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders, repo, tmp_path):

@@ -38,7 +38,8 @@ MEMORY_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "params_
                   "commit", "date"]
 TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                  "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
-                 "relative_to_dense", "checkpoint_seconds", "source", "commit", "date"]
+                 "relative_to_dense", "checkpoint_seconds", "cuda_peak_mib", "source",
+                 "commit", "date"]
 #: The columns of a whole-model table (``model-speed-*.csv``) the summary reads, each a
 #: number in every row; ``time_bound_ratio`` and ``fwdbwd_spread`` are not among them (older
 #: tables lack them: "-").
@@ -217,7 +218,14 @@ def _training_row(record: dict, path: Path) -> dict:
                                         * (50000 // record["batch_size"])),
             "images_per_second": record["images_per_second"],
             # (records from before d1a73b6 did not time it: "-")
-            "checkpoint_seconds": record.get("checkpoint_seconds_median", math.nan)}
+            "checkpoint_seconds": record.get("checkpoint_seconds_median", math.nan),
+            # (CUDA records from b697cd8 on; "-" on a CPU and before)
+            "cuda_peak_mib": _number(record.get("cuda_peak_mib"))}
+
+
+def _number(value) -> float:
+    """A record's optional number, NaN (shown "-") where it has none."""
+    return math.nan if value is None else value
 
 
 @contextlib.contextmanager
@@ -284,7 +292,9 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "the dense model measured at the same commit on the same hardware, architecture, "
         "layout, threads, precision, batch and mode (\"-\" where there is none); checkpoint: "
         "the median time to write the model's and optimizer's state as a run's checkpoint "
-        "(\"-\": not timed by the record's commit).",
+        "(\"-\": not timed by the record's commit); CUDA peak: the most GPU memory the "
+        "measured steps held in all (images on the device, model, optimizer, activations, "
+        "graphs; \"-\": a CPU, or a record from before commit b697cd8).",
         "",
         _markdown(train),
         "## Training memory of the whole ResNet-18 relative to dense (scripts/benchmark_layers.py)",
