@@ -5,9 +5,9 @@ A basis layer trades parameters for activations: it keeps its ``m`` basis maps f
 combination's backward besides the input a dense conv keeps, so a basis model with a
 quarter of the parameters can need *more* memory in training, where activations dominate
 (CIFAR ResNet-18 in fp32: about 13 times its parameters' bytes at batch 128). The saved bytes
-are counted through autograd's saved-tensor hooks, so they are the same on every device
-for the same graph and measured on CPU too; the CUDA peak adds gradients, the autocast
-copies of weights, and the backward's transient buffers.
+are counted through autograd's saved-tensor hooks (autocast's low-precision copies of the
+weights among them), so they are the same on every device for the same graph and measured
+on CPU too; the CUDA peak adds the gradients and the backward's transient buffers.
 """
 
 from __future__ import annotations
