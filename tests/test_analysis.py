@@ -693,6 +693,8 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     shown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert shown[0].startswith("### comparison-cpu-fp32")  # the comparison table first
     assert any(md.startswith("### sensitivity-resnet20-m0.5-cpu-fp32") for md in shown)
+    # the repository's speed summary, its training-memory table included
+    assert any(md.startswith("### speed-summary") and "## Training memory" in md for md in shown)
     # the per-epoch plot keeps the table's rows apart: resnet20-all's two basis sizes
     assert notebook.cells[-1].outputs[0]["text"].strip() == str(sorted([
         "resnet20-none -", "resnet20-all 0.5", "resnet20-all 0.25",
