@@ -138,6 +138,23 @@ def test_synchronized_norms_train_under_cpu_autocast(monkeypatch, amp):
         torch.testing.assert_close(getattr(synced[0], name), getattr(plain, name))
 
 
+def test_a_synchronized_norm_without_running_statistics_trains(monkeypatch):
+    """Found in the static-analysis review: a BatchNorm2d(track_running_stats=False) has no
+    running buffers nor batch count (None), and the CPU synchronized norm updated them
+    anyway: its first training forward under torchrun failed with a TypeError
+    (``None += 1``). Like torch's own, it normalizes with the batch statistics and keeps
+    none."""
+    torch.manual_seed(0)
+    plain = torch.nn.BatchNorm2d(3, track_running_stats=False)
+    synced = distributed.convert_sync_batchnorm(torch.nn.Sequential(copy.deepcopy(plain)),
+                                                torch.device("cpu"))
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)  # one process, no group
+    monkeypatch.setattr(distributed._AllReduceSum, "apply", staticmethod(lambda t: t))
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(synced(x), plain(x))
+    assert synced[0].running_mean is None and synced[0].num_batches_tracked is None
+
+
 def needs_two(device):
     if device.type == "cuda" and torch.cuda.device_count() < 2:
         pytest.skip("DDP with NCCL needs two GPUs")

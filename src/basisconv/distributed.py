@@ -159,12 +159,13 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         mean = stats[:c] / n
         # Two passes (mean, then squared deviations): E[x^2] - E[x]^2 loses digits in fp32.
         var = _AllReduceSum.apply((x - mean.view(1, c, 1, 1)).square().sum(dims)) / n
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            momentum = self.momentum if self.momentum is not None else (
-                1.0 / float(self.num_batches_tracked))
-            self.running_mean.lerp_(mean.detach(), momentum)
-            self.running_var.lerp_(var.detach() * n / (n - 1), momentum)
+        if self.track_running_stats:  # (else it keeps none: no buffers, no count)
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else (
+                    1.0 / float(self.num_batches_tracked))
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1), momentum)
         # Written out (not F.batch_norm), so gradients flow through the global mean and var.
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
