@@ -1,7 +1,9 @@
 """The training-memory counts of the whole-model benchmark (``basisconv.bench.memory``)
 against bytes counted by hand."""
 
+import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -80,3 +82,22 @@ def test_the_peaks_are_counted_on_cuda_and_hold_what_the_backward_keeps(device):
         assert peak is None and whole is None
         return
     assert peak >= kept and whole >= peak / MIB
+
+
+def test_the_forward_graph_and_what_it_kept_are_freed_on_return():
+    """A pack hook that keeps the very tensor it is given makes a saved output (``exp``
+    saves its result) hold its own ``grad_fn``: a cycle through C++ that no garbage
+    collection breaks, so every call leaked its whole graph (pytorch/pytorch#189025).
+    The counted tensors must be kept only until the function returns."""
+    conv = nn.Conv2d(3, 4, 1)
+    x = torch.randn(2, 3, 5, 5)
+    outputs = []
+
+    def forward():
+        out = conv(x).exp()  # exp keeps its output for the backward
+        outputs.append(weakref.ref(out))
+        return out
+
+    assert saved_for_backward(conv, forward) == (x.numel() + 2 * 4 * 5 * 5) * FLOAT
+    gc.collect()
+    assert outputs[0]() is None

@@ -32,7 +32,10 @@ def saved_for_backward(module: nn.Module, forward: Callable[[], torch.Tensor]) -
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in held and storage.nbytes():
             kept[tensor.device, storage.data_ptr()] = storage.nbytes()
-        return tensor
+        # Detached: the storage stays held (no address is freed and reused while the forward
+        # runs), but a saved output no longer holds its own grad_fn, a cycle through C++ that
+        # no garbage collection breaks when, as here, no backward runs (pytorch#189025).
+        return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = forward()
