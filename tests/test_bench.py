@@ -782,3 +782,26 @@ def test_the_speedup_plot_shows_each_ratio_inverted(monkeypatch, tmp_path):
     assert lines["target (theory / 1.25)"] == pytest.approx([3.2, 1.6])
     assert lines["time bound (convs at theory, rest as dense)"] == pytest.approx([3.125, 1.5625])
     figures.pyplot().close(shown[0])
+
+
+def test_the_cuda_peak_is_of_the_measured_steps_not_of_the_warm_up(monkeypatch, tmp_path):
+    """The record's ``cuda_peak_mib`` is the peak of the steps measured (as the summary
+    says): its count starts after the warm-up, whose compiling and autotuning (Triton's
+    benchmark buffers, cuDNN's workspaces) no training step needs again."""
+    from types import SimpleNamespace
+
+    from basisconv.bench import train as bench_train
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    events = []
+
+    def epoch(model, batches, *args, **kwargs):
+        events.append(("epoch", len(list(batches))))
+        return SimpleNamespace(seconds=0.3)
+
+    monkeypatch.setattr(bench_train, "train_one_epoch", epoch)
+    monkeypatch.setattr(bench_train, "reset_cuda_peak", lambda device: events.append("reset"))
+    monkeypatch.setattr(bench_train, "cuda_peak_mib", lambda device: events.append("peak"))
+    bench_train.measure(bench_train.ThroughputOptions(
+        model="resnet8", batch_size=6, steps=3, warmup=2, threads=1))
+    assert events == [("epoch", 2), "reset", ("epoch", 3), "peak"]

@@ -301,12 +301,12 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     # graphs afresh: the timed steps include one eager step and one capture.
     graphed = options.cuda_graphs and device.type == "cuda"
 
-    reset_cuda_peak(device)
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
     if options.warmup:  # (an epoch of no steps has no loss to report)
         train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer,
                         scheduler, amp_dtype=amp, graphed=graphed, scaler=scaler)
     warmup_seconds = time.perf_counter() - warm
+    reset_cuda_peak(device)  # the measured steps' peak: not compiling's nor autotuning's
     timed = TimedBatches(batches, options.steps)
     synchronized = stats = train_one_epoch(step_model, timed, optimizer, scheduler,
                                            amp_dtype=amp, graphed=graphed, scaler=scaler)
