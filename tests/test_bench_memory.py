@@ -81,7 +81,9 @@ def test_the_peaks_are_counted_on_cuda_and_hold_what_the_backward_keeps(device):
     if device.type != "cuda":
         assert peak is None and whole is None
         return
-    assert peak >= kept and whole >= peak / MIB
+    # the whole count also holds what was there before the step: the layer and its input
+    held = sum(p.numel() for p in layer.parameters()) * FLOAT + x.numel() * FLOAT
+    assert peak >= kept and whole * MIB >= peak + held
 
 
 def test_the_forward_graph_and_what_it_kept_are_freed_on_return():
