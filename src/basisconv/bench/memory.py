@@ -47,9 +47,12 @@ def cuda_step_peak(module: nn.Module, step: Callable[[], None],
                    device: torch.device) -> int | None:
     """Bytes the CUDA caching allocator holds at most during ``step()`` (a training step of
     ``module``) beyond the module and its input: activations, gradients, workspaces.
-    ``None`` off CUDA, where torch keeps no such count."""
+    ``None`` off CUDA, where torch keeps no such count. A first step runs unmeasured: on
+    first use of a shape cuDNN's algorithm search (and the fused kernel's autotuning) takes
+    workspaces that later steps do not."""
     if device.type != "cuda":
         return None
+    step()
     for p in module.parameters():
         p.grad = None  # a step's gradients are part of its peak, not of what was before
     torch.cuda.synchronize(device)
