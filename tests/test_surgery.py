@@ -16,7 +16,7 @@ from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
 from basisconv.network import rebind_optimizer
 from basisconv.surgery import (CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report,
-                               conv_layers, select_layers)
+                               conv_layers, select_layers, to_dense)
 
 
 def small_resnet18(seed=0):
@@ -848,3 +848,36 @@ def test_an_exact_name_with_pattern_characters_is_taken_literally():
     both = apply_basis(model, "conv[12]*", 0.25)  # not a name: a pattern, as before
     assert [type(both[k]).__name__ for k in ("conv[12]", "conv1", "conv2")] == \
         ["Conv2d", "BasisConv2d", "BasisConv2d"]
+
+
+@pytest.mark.filterwarnings("ignore:a basis layer with fuse_norm=True runs unfused")
+@pytest.mark.parametrize("options", [{"combine": "split"}, {"fuse_norm": True},
+                                     {"coefficient_rank": 2}])
+def test_to_dense_gives_a_trained_basis_model_back_as_plain_convs(options):
+    """Deployment: one call makes every basis layer the nn.Conv2d it computes, for tools
+    that need plain convs; the outputs stay, the model given is left as it was."""
+    model = apply_basis(small_resnet18(), "layer*", 0.25, **options)
+    model.layer1[0].conv1.register_forward_hook(lambda m, i, out: seen.append(out.shape))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    seen: list = []
+    dense = to_dense(model)
+    assert not basis_layers(dense) and len(basis_layers(model)) == 19
+    assert all(type(m) is nn.Conv2d for m in conv_layers(dense).values())
+    torch.testing.assert_close(dense(x), model(x))
+    assert len(seen) == 2  # the hook moved with the layer
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_to_dense_keeps_tied_layers_tied_frozen_layers_frozen_and_the_mode():
+    """And the dense model scripts (torch.jit.script refuses a basis layer)."""
+    tied = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+    tied.append(tied[0])  # registered twice
+    tied[0].weight.requires_grad_(False)
+    model = apply_basis(tied.train(), "all", 4)
+    assert to_dense(model, inplace=True) is model
+    assert model[0] is model[2] and type(model[0]) is nn.Conv2d and model[0].training
+    assert not model[0].weight.requires_grad and model[0].bias.requires_grad
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+    with pytest.raises(ConfigError, match="single basis layer; use its to_conv"):
+        to_dense(BasisConv2d(4, 8, 3, 2))

@@ -299,6 +299,38 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     return layer
 
 
+def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Every :class:`BasisConv2d` of ``model`` replaced by its equivalent ``nn.Conv2d``
+    (:meth:`BasisConv2d.to_conv`): a trained basis model as plain convs, for tools that need
+    them (``torch.jit.script``, quantization, a forward that reads ``conv.weight``); the
+    model itself when ``inplace``, else a converted deep copy. Same function, other rounding; each conv keeps its layer's
+    train/eval mode, ``requires_grad`` and forward and backward hooks, and a layer
+    registered under two names becomes one conv under both."""
+    check_flag("inplace", inplace)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigError("to_dense got a TorchScript module, whose layers cannot be "
+                          "replaced; make the eager model dense, then script or trace it")
+    if isinstance(model, BasisConv2d):
+        raise ConfigError("to_dense got a single basis layer; use its to_conv()")
+    if not inplace:
+        model = copy_model(model, "to_dense: the model cannot be copied",
+                           "make it dense with inplace=True, which needs no copy")
+    dense: dict[int, nn.Conv2d] = {}
+    for name, layer in list(model.named_modules(remove_duplicate=False)):
+        if not isinstance(layer, BasisConv2d):
+            continue
+        if id(layer) not in dense:
+            conv = dense[id(layer)] = layer.to_conv().train(layer.training)
+            conv.weight.requires_grad_(layer.basis_weight.requires_grad)
+            if layer.bias is not None:
+                conv.bias.requires_grad_(layer.bias.requires_grad)
+            for table in (*HOOK_TABLES, "_is_full_backward_hook"):
+                if hasattr(layer, table):
+                    setattr(conv, table, getattr(layer, table))
+        _set_submodule(model, name, dense[id(layer)])
+    return model
+
+
 def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
     """Warn where a converted conv's weight is also a module's that stays as it is (weight
     tying, ``b.weight = a.weight``): from now on the two train apart."""
@@ -562,4 +594,5 @@ class CoefficientSkipSchedule:
 _FROZEN_BY_SCHEDULE = "_basisconv_frozen_by_skip_schedule"
 
 
-__all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "select_layers"]
+__all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "select_layers",
+           "to_dense"]
