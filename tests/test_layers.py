@@ -471,3 +471,14 @@ def test_max_error_a_coefficient_rank_cannot_meet_is_one_clear_error():
         with pytest.raises(ConfigError, match=f"coefficient_rank must be None or an int >= 1, "
                                               f"got {rank!r}"):
             BasisConv2d.from_conv(conv, max_error=0.5, coefficient_rank=rank)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_torch_jit_script_of_a_basis_layer_is_one_error_naming_what_works():
+    """Found in the export review: scripting said "Unknown type name 'nn.BatchNorm2d'",
+    and a second try "Can't redefine method: __basis_channels_getter"."""
+    model = nn.Sequential(nn.ReLU(), BasisConv2d(8, 16, 3, 4, padding=1))
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="script cannot compile a BasisConv2d; use "
+                                              "torch.export or torch.jit.trace.*to_dense"):
+            torch.jit.script(model)

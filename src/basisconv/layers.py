@@ -409,6 +409,13 @@ class BasisConv2d(nn.Module):
                                                      device=self.basis_weight.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every module before compiling; its own error was
+        # "Unknown type name 'nn.BatchNorm2d'" (and, scripted again, "Can't redefine method")
+        raise ConfigError("torch.jit.script cannot compile a BasisConv2d; use torch.export "
+                          "or torch.jit.trace, or script basisconv.surgery.to_dense(model), "
+                          "the model with plain convs")
+
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, norm: nn.BatchNorm2d | None = None,
                 relu: bool = False) -> torch.Tensor:
