@@ -572,3 +572,23 @@ def test_autocast_leaves_float64_alone_as_it_does_for_a_conv():
         assert fused.compute_dtype(x) == torch.float64
     assert expected.dtype == y.dtype == torch.float64
     torch.testing.assert_close(y, expected)
+
+
+@pytest.mark.filterwarnings("ignore:combine='fused' needs")
+def test_an_onnx_export_of_a_fused_layer_has_the_stacked_forms_standard_ops(monkeypatch,
+                                                                             tmp_path):
+    """Found in the export review: torch.onnx.export of a fused model failed on the custom
+    op ("unrecognized namespace basisconv::fused_basis_conv"), with either exporter. The
+    exporters' flag is set here by hand (onnx is no dependency of the project); with onnx
+    installed the export itself is checked too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(BasisConv2d(8, 16, 3, 4, padding=1, combine="fused")).eval()
+    x = torch.randn(2, 8, 6, 6)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    program = torch.export.export(model, (x,))
+    assert not [n for n in program.graph.nodes if "basisconv" in str(n.target)]
+    torch.testing.assert_close(program.module()(x), model(x))
+    monkeypatch.undo()
+    onnx = pytest.importorskip("onnx")
+    torch.onnx.export(model, (x,), tmp_path / "fused.onnx", dynamo=False)
+    assert "Conv" in {node.op_type for node in onnx.load(tmp_path / "fused.onnx").graph.node}

@@ -212,7 +212,9 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     autograd ops, so gradients reach the float32 params. The basis maps are kept only when
     the combination needs a gradient.
     """
-    if x.device.type == "meta":  # a shape-only dry run (the cost model): nothing to warn of
+    # a shape-only dry run (the cost model): nothing to warn of; an ONNX export: ONNX has no
+    # basisconv::fused_basis_conv, so the stacked form's standard convs (same function)
+    if x.device.type == "meta" or torch.onnx.is_in_onnx_export():
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
     pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
     if pad is None:
