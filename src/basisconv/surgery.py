@@ -1,5 +1,6 @@
 """Model surgery: list a model's convolutions by module name and replace chosen ones by
-basis convolutions, in place or on a copy.
+basis convolutions, in place or on a copy (and a trained basis model's layers by plain
+convs again, :func:`to_dense`).
 
 Names are the model's own module names (``conv1``, ``layer1.0.conv1``,
 ``layer2.0.shortcut.0``), so a layer list from a sensitivity scan or a config carries over
