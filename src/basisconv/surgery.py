@@ -302,11 +302,11 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
 
 def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Every :class:`BasisConv2d` of ``model`` replaced by its equivalent ``nn.Conv2d``
-    (:meth:`BasisConv2d.to_conv`): a trained basis model as plain convs, for tools that need
-    them (``torch.jit.script``, quantization, a forward that reads ``conv.weight``); the
-    model itself when ``inplace``, else a converted deep copy. Same function, other rounding; each conv keeps its layer's
-    train/eval mode, ``requires_grad`` and forward and backward hooks, and a layer
-    registered under two names becomes one conv under both."""
+    (:meth:`BasisConv2d.to_conv`: same function, other rounding): a trained basis model as
+    plain convs, for tools that need them (``torch.jit.script``, quantization, a forward
+    that reads ``conv.weight``); the model itself when ``inplace``, else a converted deep
+    copy. Each conv keeps its layer's train/eval mode, ``requires_grad`` and forward and
+    backward hooks, and a layer registered under two names becomes one conv under both."""
     check_flag("inplace", inplace)
     if isinstance(model, torch.jit.ScriptModule):
         raise ConfigError("to_dense got a TorchScript module, whose layers cannot be "
