@@ -444,6 +444,26 @@ def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch
     figures.pyplot().close(shown[0])
 
 
+def test_a_record_that_names_no_precision_is_drawn_and_shown_with_a_dash(tmp_path,
+                                                                          monkeypatch):
+    """Found in the static-analysis review: the plot grouped its lines with pandas' default
+    ``dropna``, so a whole-model record whose settings name no precision dropped out of the
+    plot without a word (the table showed it)."""
+    from basisconv.analysis import figures
+
+    _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.39})
+    _model_record(tmp_path, "cpu-fp32-nchw", CPU, None, {0.25: 0.45})
+    model = speed.model_speed([tmp_path])
+    shown = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.append(fig) or path)
+    figures.speed_across_hardware(model, tmp_path / "plot.png", "note")
+    labels = [line.get_label() for line in shown[0].axes[0].lines]
+    figures.pyplot().close(shown[0])
+    assert "fp32, batch 128, stacked (aaaaaaa)" in labels
+    assert "-, batch 128, nchw (aaaaaaa)" in labels
+    assert set(model["precision"]) == {"-", "fp32"}
+
+
 def test_the_script_reads_results_and_its_gpu_folders_by_default(folders, load_script,
                                                                  tmp_path, monkeypatch):
     """Without folders it reads ``results`` and each ``results/gpu*`` (where ``make

@@ -124,7 +124,8 @@ def model_speed(folders: list[Path], columns: list[str] | None = MODEL_COLUMNS) 
                 raise DatasetError(f"{path} names its table {table.name}, which is not beside "
                                    f"it; copy the two files together")
             frame = _model_table(record, path, table)
-            frame = frame.assign(**_origin(record, path), precision=settings.get("precision"),
+            frame = frame.assign(**_origin(record, path),
+                                 precision=_or_dash(settings.get("precision")),
                                  threads=_or_dash(settings.get("threads")), form=_options(path))
         frames.append(frame)
     if not frames:
