@@ -325,9 +325,8 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             conv.weight.requires_grad_(layer.basis_weight.requires_grad)
             if layer.bias is not None:
                 conv.bias.requires_grad_(layer.bias.requires_grad)
-            for table in (*HOOK_TABLES, "_is_full_backward_hook"):
-                if hasattr(layer, table):
-                    setattr(conv, table, getattr(layer, table))
+            for table, hooks in _hook_tables(layer).items():
+                setattr(conv, table, hooks)
         _set_submodule(model, name, dense[id(layer)])
     return model
 
@@ -352,6 +351,13 @@ def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> 
 _WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
 
 
+def _hook_tables(module: nn.Module) -> dict:
+    """The module's forward and backward hook tables by attribute name (the objects
+    themselves: a module given them shares them, and their handles still remove hooks)."""
+    return {t: getattr(module, t) for t in (*HOOK_TABLES, "_is_full_backward_hook")
+            if hasattr(module, t)}
+
+
 def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
     """Give ``layer`` the forward and backward hooks registered on ``conv``. The tables are
     shared, not copied, so the handles their ``register_*_hook`` calls returned still remove
@@ -359,8 +365,7 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
     reads or changes it (feature extraction, activation statistics) means the same there.
     State-dict hooks are not carried (the basis layer's state has other keys)."""
     weight_hooks = [k for k, h in conv._forward_pre_hooks.items() if isinstance(h, _WEIGHT_HOOKS)]
-    tables = {t: getattr(conv, t) for t in (*HOOK_TABLES, "_is_full_backward_hook")
-              if hasattr(conv, t)}
+    tables = _hook_tables(conv)
     if weight_hooks:  # the others are copied around them; their handles then miss the layer
         tables = {t: copy.copy(v) for t, v in tables.items()}
         for key in weight_hooks:
