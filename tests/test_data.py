@@ -150,6 +150,8 @@ def test_stratified_subset_is_balanced_and_seeded():
     # and 0.018 of CIFAR-10's 50000 training images 899.9999999999999
     assert stratified_subset(labels[:100], 0.29).numel() == 29
     assert stratified_subset(torch.arange(50000) % 10, 0.018).numel() == 900
+    # and halves round up, as basis sizes do (one rule): 0.5 of 5 images is 3
+    assert stratified_subset(labels[:5], 0.5).numel() == 3
     with pytest.raises(ConfigError, match="between 1 and 1000"):
         stratified_subset(labels, 2000)
 

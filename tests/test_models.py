@@ -45,6 +45,8 @@ def test_width_multiplier_and_classes():
     # channel counts round to the nearest (16, 32, 64 x 0.3 = 4.8, 9.6, 19.2), never to 0
     assert [odd.get_submodule(f"layer{i}.0.conv2").out_channels for i in (1, 2, 3)] == [5, 10, 19]
     assert build_model("resnet20", width=0.01).conv1.out_channels == 1
+    # halves round up, as basis sizes and data subsets do (16 x 0.15625 = 2.5 -> 3)
+    assert build_model("resnet20", width=0.15625).conv1.out_channels == 3
 
 
 def test_unknown_model_names_the_choices():

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from .distributed import shard
 from .errors import ConfigError, DatasetError
+from .layers import share_of
 from .records import file_digest, folder_lock
 
 log = logging.getLogger(__name__)
@@ -322,13 +323,13 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
                       key: str = "data.train_subset", leave: int = 0) -> torch.Tensor:
     """Indices of a class-balanced random subset (see :func:`class_quotas`): ``size``
-    examples (int) or that fraction of the set (float in (0, 1]). Sorted, so batches still
+    examples (int) or that fraction of the set (float in (0, 1], halves rounded up). Sorted, so batches still
     mix classes through the per-epoch permutation. ``key`` is the config entry that set
     ``size``, for the error message; ``leave`` images at least must stay unselected."""
     n = labels.numel()
     if n == 0:
         raise ConfigError(f"{key}={size}: there are no images to select from")
-    count = int(round(size * n)) if isinstance(size, float) else int(size)
+    count = share_of(n, size) if isinstance(size, float) else int(size)
     if not 0 < count <= n - leave:
         kept = f", leaving {leave} of the {n}" if leave else ""
         raise ConfigError(f"{key}={size} must select between 1 and {n - leave} images{kept} "

@@ -65,6 +65,13 @@ def check_basis_size(value, key: str = "num_basis") -> None:
                           f"count")
 
 
+def share_of(total: int, fraction: float) -> int:
+    """``fraction`` of ``total``, rounded half up at the decimal the user wrote (0.7 of 45
+    is 31.5, so 32, where its binary float would give 31.499...). The one rounding rule of
+    every count given as a fraction: basis sizes, model widths, data subsets."""
+    return math.floor(Fraction(repr(float(fraction))) * total + Fraction(1, 2))
+
+
 def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "",
                       key: str = "num_basis") -> int:
     """The basis size as an int in ``[1, out_channels]``.
@@ -81,9 +88,7 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
             check_basis_size(num_basis, key)
         except (TypeError, ConfigError) as err:
             raise type(err)(f"{at}{err}") from None
-        # the decimal the user wrote, not its binary float: 0.7 of 45 is 31.5, so 32
-        exact = Fraction(repr(float(num_basis))) * out_channels
-        count = max(1, math.floor(exact + Fraction(1, 2)))
+        count = max(1, share_of(out_channels, num_basis))
     if not 1 <= count <= out_channels:
         raise ConfigError(f"{at}{key} = {count} is out of range: valid is 1..{out_channels} "
                           f"(its out_channels); set {key} to a count in that range, or to a "

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..cost import basis_conv2d_cost, conv2d_cost
+from ..layers import resolve_num_basis
 from .plots import pyplot, save_figure
 from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
 
@@ -236,7 +237,7 @@ def basis_speedups(layer_rows: list[dict], model_rows: list[dict], path: Path, t
                     color=cmap(i % 20), lw=1, ms=3, label=shape)
         # theoretical line of a 3x3 conv C -> C (the shape of 12 of ResNet-18's 20 convs)
         fractions = [i / 100 for i in range(5, 101)]
-        theory = [1 / (basis_conv2d_cost(256, 256, 3, max(1, round(f * 256)), 8,
+        theory = [1 / (basis_conv2d_cost(256, 256, 3, resolve_num_basis(f, 256), 8,
                                          combine=layer_rows[0]["combine"]).total_flops
                        / conv2d_cost(256, 256, 3, 8).total_flops) for f in fractions]
         ax.plot(fractions, theory, "k--", lw=1.5, label="theory, 3x3 C->C")

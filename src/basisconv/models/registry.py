@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..layers import share_of
+
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
 
@@ -46,5 +48,6 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Modu
 
 
 def scaled(channels: int, width: float) -> int:
-    """Channel count after the width multiplier (never below 1)."""
-    return max(1, int(round(channels * width)))
+    """Channel count after the width multiplier (never below 1; halves round up, as basis
+    sizes do)."""
+    return max(1, share_of(channels, width))
