@@ -993,8 +993,6 @@ def test_each_table_names_the_runs_and_dates_of_its_own_device_and_precision(tmp
     """The note under a table counts only the runs of its device and precision, spans
     their dates, marks a commit run with uncommitted changes (``-dirty``), and index.json
     carries the protocol's wall-clock from the session log."""
-    from basisconv import records
-
     earlier = record(seed=2, accuracy=0.91)
     earlier["provenance"] = {**earlier["provenance"], "date": "2026-11-24T05:00:00+00:00"}
     edited = record(amp="bf16")  # run with uncommitted changes: its commit is not the code
