@@ -44,8 +44,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# Tests in TEST_WORKERS processes (pytest-xdist; each uses its share of at most 2 threads,
+# tests/conftest.py); the idle worker takes queued tests from the busy one (worksteal), as
+# the smoke protocol test alone takes minutes. TEST_WORKERS=0: one process; auto: one a core.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	WANDB_MODE=disabled $(PY) -m pytest -q
+	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 reproduce: $(STAMP)
 	scripts/reproduce.sh $(PROFILE)

@@ -11,7 +11,10 @@ import torch
 # Tests never talk to wandb's servers.
 os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).parent))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# At most 2 threads a test process; the workers of `make test` (pytest-xdist) share them,
+# so that two workers on two cores do not each run two threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 
 REPO = Path(__file__).resolve().parents[1]
 
