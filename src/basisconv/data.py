@@ -323,9 +323,10 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
                       key: str = "data.train_subset", leave: int = 0) -> torch.Tensor:
     """Indices of a class-balanced random subset (see :func:`class_quotas`): ``size``
-    examples (int) or that fraction of the set (float in (0, 1], halves rounded up). Sorted, so batches still
-    mix classes through the per-epoch permutation. ``key`` is the config entry that set
-    ``size``, for the error message; ``leave`` images at least must stay unselected."""
+    examples (int) or that fraction of the set (float in (0, 1], halves rounded up).
+    Sorted, so batches still mix classes through the per-epoch permutation. ``key`` is the
+    config entry that set ``size``, for the error message; ``leave`` images at least must
+    stay unselected."""
     n = labels.numel()
     if n == 0:
         raise ConfigError(f"{key}={size}: there are no images to select from")
