@@ -313,11 +313,10 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
 def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
     """``<out>.md`` (the tables, each row naming its record), ``<out>-model.csv``,
     ``<out>-training.csv`` and ``<out>-memory.csv`` (all digits) and ``<out>.png`` (CPU
-    and GPU side by side), with
-    a line saying how they were made, and ``<out>.json`` beside them: the full provenance
-    (command, commit, versions, hardware, date), the folders and the files written. A
-    folder that is not there, or folders that hold no speed record at all, are an error
-    naming them."""
+    and GPU side by side), with a line saying how they were made, and ``<out>.json``
+    beside them: the full provenance (command, commit, versions, hardware, date), the
+    folders and the files written. A folder that is not there, or folders that hold no
+    speed record at all, are an error naming them."""
     missing = [str(f) for f in folders if not Path(f).is_dir()]
     if missing:
         raise DatasetError(f"no folder {', '.join(missing)}: name folders that hold "
