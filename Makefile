@@ -92,7 +92,7 @@ gpu-speed:
 	PY=$(GPU_PYTHON) scripts/gpu_speed.sh $(SPEED)
 
 # For a GPU machine without network that has its own CUDA torch: the pure-Python pins it
-# lacks, as wheels to carry over (README, "On a GPU machine"). antlr4 4.9.3 (omegaconf's
+# lacks, as wheels to carry over (docs/gpu.md). antlr4 4.9.3 (omegaconf's
 # parser runtime) exists only as a source archive, so it is built into a wheel here.
 gpu-wheels: $(STAMP)
 	mkdir -p wheels

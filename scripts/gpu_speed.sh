@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU speed measurements behind the README's GPU tables, most important first, each
+# The GPU speed measurements behind docs/speed.md's GPU tables, most important first, each
 # step under its own time limit (a GPU slot may end at any time: what finished is kept):
 #   scripts/gpu_speed.sh [quick|full]      (make gpu-speed [SPEED=quick]; default full)
 # 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,

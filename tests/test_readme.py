@@ -1,6 +1,7 @@
-"""The README's code and provenance hold: its Python examples run against the package, and
-the commit it names for the quick tables is the one their ``index.json`` records (both were
-found out of date in review)."""
+"""The README's and ``docs/``'s code and provenance hold: their Python examples run against
+the package, their commands compose, their links resolve, and the commit the README names
+for the quick tables is the one their ``index.json`` records (each found out of date in
+review)."""
 
 import itertools
 import json
@@ -12,8 +13,14 @@ import torch.nn as nn
 from basisconv.models import build_model
 
 
+def documentation(repo) -> list:
+    """The pages a user reads: the README and ``docs/*.md``."""
+    return [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
+
+
 def python_blocks(repo) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (repo / "README.md").read_text(), re.S)
+    return [block for page in documentation(repo)
+            for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
 
 
 def names_the_reader_supplies():
@@ -87,14 +94,44 @@ def test_the_comparison_with_the_paper_cites_the_gpu_records_it_judges_by(repo):
     assert quoted and [float(x) for x in quoted.groups()] == [round(r, 2) for r in ratios]
 
 
-def test_the_readme_says_where_its_python_commands_run(repo):
+def test_each_page_says_where_its_python_commands_run(repo):
     """Found in review: after the two set-up commands, the README's ``python scripts/...``
     lines ran the system Python, which has none of the packages (the Makefile's ``.venv``
-    was never named), before they are first given."""
-    text = (repo / "README.md").read_text()
-    first = min(text.index(f"```bash\n{command}") for command in ("python scripts/", "pytest")
-                if f"```bash\n{command}" in text)
-    assert "source .venv/bin/activate" in text[:first]
+    was never named), before they are first given. Each page is read on its own."""
+    pages = 0
+    for page in documentation(repo):
+        text = page.read_text()
+        starts = [text.index(f"```bash\n{command}") for command in ("python scripts/", "pytest")
+                  if f"```bash\n{command}" in text]
+        if starts:
+            pages += 1
+            assert "source .venv/bin/activate" in text[:min(starts)], page.name
+    assert pages >= 3
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation but ``-`` and
+    ``_`` dropped, spaces as ``-`` (headings in code blocks are not headings)."""
+    prose = "".join(re.split(r"^```.*?^```", text, flags=re.M | re.S))
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#{1,6} (.+)$", prose, flags=re.M)}
+
+
+def test_every_link_between_the_pages_resolves(repo):
+    """Moving the README's sections into ``docs/`` moved their anchors: a link to a file
+    that is not there, or to a heading the page does not have, fails here."""
+    checked = 0
+    for page in documentation(repo):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target}"
+            if anchor:
+                assert anchor in heading_anchors(linked.read_text()), f"{page.name}: {target}"
+            checked += 1
+    assert checked >= 20
 
 
 # --------------------------------------------------- the README's Hydra commands compose
@@ -106,9 +143,13 @@ WRONG_ON_PURPOSE = {"trainer.epochz=3", "trainer.seed=1", "trainer.epochs=abc"}
 
 
 def readme_parts(repo) -> tuple[list[str], list[str]]:
-    """The README's code blocks (continued lines joined) and its prose."""
-    parts = re.split(r"^```.*$", (repo / "README.md").read_text(), flags=re.M)
-    return [re.sub(r"\\\n\s*", " ", block) for block in parts[1::2]], parts[0::2]
+    """The pages' code blocks (continued lines joined) and their prose."""
+    code, prose = [], []
+    for page in documentation(repo):
+        parts = re.split(r"^```.*$", page.read_text(), flags=re.M)
+        code += [re.sub(r"\\\n\s*", " ", block) for block in parts[1::2]]
+        prose += parts[0::2]
+    return code, prose
 
 
 def documented_commands(repo) -> list[tuple[str, list[str]]]:

@@ -14,8 +14,8 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
   output once, in order, with the bias fused, at ``m*m`` more multiply-adds per pixel than
   the minimal ``m*(C_out - m)`` (the cost model counts it); ``combine="split"``
   does exactly the minimal count at the price of two more copies of the output. Which is
-  faster was measured with ``scripts/benchmark_layers.py``; see the README section "Basis
-  convolutions". ``combine="fused"`` computes the stacked form's result in one Triton
+  faster was measured with ``scripts/benchmark_layers.py``; see ``docs/basis-convolutions.md``,
+  "Cost model". ``combine="fused"`` computes the stacked form's result in one Triton
   kernel on CUDA (the basis maps never go through memory, no 1x1 conv); without CUDA or
   triton it runs the stacked form, with a one-time warning. Its GPU speed is not measured
   yet. ``combine="auto"`` times the forms per shape on the device and keeps the fastest,

@@ -27,7 +27,7 @@ A new ordered policy: its file in ``configs/selection/`` (``defaults: [base, _se
 results pages say decided the choice), and any ``selection`` key it reads besides
 ``count`` and the budget's in :func:`keys_read` (so the key is checked and sets its runs
 apart in the tables). The figures give it a colour of its own; ``SELECTION_COLOURS`` in
-``basisconv.analysis.figures`` fixes one, and the README's policy table describes it.
+``basisconv.analysis.figures`` fixes one, and ``docs/selection.md`` describes it.
 """
 
 from __future__ import annotations

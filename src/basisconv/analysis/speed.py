@@ -1,6 +1,6 @@
-"""Every speed record in some folders gathered into one summary, so that the README's speed
-tables are generated from records (with their source, commit and date), never copied by
-hand, and CPU and GPU stand side by side:
+"""Every speed record in some folders gathered into one summary, so that the speed tables
+of ``docs/speed.md`` are generated from records (with their source, commit and date),
+never copied by hand, and CPU and GPU stand side by side:
 
 - the whole ResNet-18 against dense (``model-speed-*.json`` of ``scripts/benchmark_layers.py``
   with their CSVs): measured training forward+backward time relative to dense, beside the

@@ -29,7 +29,7 @@ Limit: ``var_y = a^T Cov_b a`` in float32 has an absolute error of about float32
 times ``|a|^2 |Cov_b|``, so a channel that nearly cancels (nearly collinear basis maps
 combined with opposite signs, ``var_y`` far below ``|a|^2 |Cov_b|``) gets a poor variance,
 which batch norm, measuring ``y`` itself, would not. Moments in float64 would remove it at
-the price of a float64 copy of every basis output per step; see the README.
+the price of a float64 copy of every basis output per step; see ``docs/speed.md``.
 """
 
 from __future__ import annotations

@@ -279,5 +279,5 @@ def unmerged_problem(folder: str | os.PathLike) -> str | None:
     return (f"{folder} holds {len(files)} file{'s' * (len(files) > 1)} a git merge left "
             f"unresolved ({named}{more}): take either side of each, e.g. `git checkout "
             f"--theirs -- {folder} && git add {folder}`, then run again (the analysis makes "
-            f"the tables, plots and index again from the records; see the README's "
+            f"the tables, plots and index again from the records; see docs/reproducing.md, "
             f"\"Results from several machines\")")
