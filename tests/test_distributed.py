@@ -4,7 +4,6 @@ on the same global batch (gradients, batch-norm statistics, and so the loss)."""
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,21 +28,16 @@ def model():
     return build_model("resnet20", width=0.25).double()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def worker(rank, world, port, out, device_type="cpu"):
-    """One rank: gloo on CPUs, NCCL with one GPU per rank."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def worker(rank, world, store, out, device_type="cpu"):
+    """One rank: gloo on CPUs, NCCL with one GPU per rank. The ranks meet through a file
+    (``store``, not yet there), not a TCP port: a free port picked here could be taken by a
+    test in another worker process before the ranks bind it."""
     torch.set_num_threads(1)
     device = torch.device(device_type, rank) if device_type == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
-                            world_size=world)
+                            world_size=world, init_method=f"file://{store}")
     net = model().to(device)
     x, y = (t.to(device) for t in batch())
     ddp = distributed.wrap(net, device)  # kept alive: it averages the gradients
@@ -169,8 +163,8 @@ def test_two_processes_compute_the_single_process_step(tmp_path, device):
     loss.backward()
 
     out = tmp_path / "rank0.pt"
-    mp.start_processes(worker, args=(2, free_port(), str(out), device.type), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(worker, args=(2, str(tmp_path / "store"), str(out), device.type),
+                       nprocs=2, start_method="spawn")
     ddp = torch.load(out)
     torch.testing.assert_close(ddp["loss"], loss.detach().cpu(), rtol=1e-12, atol=0)
     for name, p in net.named_parameters():
