@@ -677,6 +677,7 @@ def test_no_runs_is_one_clear_error(tmp_path):
 def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
+    from jupyter_client import KernelManager
 
     write_runs(tmp_path / "runs", RECORDS)
     (tmp_path / "runs" / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
@@ -685,7 +686,10 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     monkeypatch.setenv("BASISCONV_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
     notebook.cells.append(nbformat.v4.new_code_cell("print(sorted(pivot.columns))"))
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
+    # The kernel's channels are Unix sockets under tmp_path, not TCP ports: free ports picked
+    # and then bound could be taken by a test in another worker process in between.
+    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
+    NotebookClient(notebook, km=kernel, timeout=300,
                    resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
