@@ -228,3 +228,29 @@ def test_every_override_the_readme_names_is_a_key_or_option_of_the_configs(repo)
     wrong = [o for o in sorted(overrides - WRONG_ON_PURPOSE) if not composes(o)]
     assert not any(composes(o) for o in WRONG_ON_PURPOSE)
     assert not wrong, f"README overrides no config takes: {wrong}"
+
+
+#: Folders the pages name that a run makes, not the repository: the paper profile's (not
+#: run yet on a GPU).
+MADE_BY_RUNS = ("results/paper",)
+
+
+def test_every_repository_path_and_make_target_the_pages_name_exists(repo):
+    """Found when the README was split into ``docs/``: a page names a file the reader is to
+    open (``results/...``, ``scripts/...``, ``tests/...``) or a ``make`` target to run; a
+    renamed or removed one fails here (a path with a placeholder, ``<profile>``, is left
+    out; ``*`` is a glob)."""
+    targets = set(re.findall(r"^([\w-]+):", (repo / "Makefile").read_text(), re.M))
+    missing, paths = [], 0
+    for page in documentation(repo):
+        for span in re.findall(r"`([^`\n]+)`", page.read_text()):
+            if (make := re.match(r"make ([a-z][\w-]*)", span)) and make[1] not in targets:
+                missing.append(f"{page.name}: {span}")
+            for token in (t.rstrip(".,;:)") for t in span.split()):
+                if (re.fullmatch(r"(results|scripts|src|tests|configs|notebooks|docs)/[\w./*+-]*",
+                                 token) and not token.startswith(MADE_BY_RUNS)):
+                    paths += 1
+                    if not list(repo.glob(token.rstrip("/"))):
+                        missing.append(f"{page.name}: {token}")
+    assert paths >= 50
+    assert not missing, missing
