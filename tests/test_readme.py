@@ -254,3 +254,46 @@ def test_every_repository_path_and_make_target_the_pages_name_exists(repo):
                         missing.append(f"{page.name}: {token}")
     assert paths >= 50
     assert not missing, missing
+
+
+def results_patterns(text: str) -> list[str]:
+    """The files ``results/README.md`` describes, as regular expressions: each backticked
+    name or folder, a ``<placeholder>`` matching one path part and ``*`` anything; a name
+    described by its suffix alone (``…-2``) is left out, as it names no file."""
+    patterns = []
+    for span in re.findall(r"`([^`\n]+)`", text):
+        for token in (t.strip(",;:()") for t in span.split()):
+            if token.startswith("…") or not re.search(r"\.(csv|json|md|tex|png)$|[/*]$|<", token):
+                continue
+            rx = re.sub(r"<[^>]*>", "[^/]+", re.escape(token)).replace(r"\*", ".*")
+            patterns.append(rx + (".*" if token.endswith("/") else ""))
+    return patterns
+
+
+def test_results_readme_describes_every_file_in_results(repo):
+    """timm's rule, which ``results/README.md`` states: it documents every file here. A
+    record or table added without its line fails (checked with a stray file at the top
+    level and in ``quick/``). A file is described by its path, its path below its own
+    folder, or its name; ``name.csv`` (+ ``.json``) and ``name.png`` / ``.md`` also describe
+    that stem with the other extensions the page lists on their own."""
+    text = (repo / "results" / "README.md").read_text()
+    patterns = results_patterns(text)
+    extensions = set(re.findall(r"`(\.[a-z]+)`", text))
+    assert len(patterns) >= 40 and {".json", ".md"} <= extensions
+
+    def described(relative: str) -> bool:
+        suffix = relative.rsplit(".", 1)[-1]
+        names = {relative, relative.split("/", 1)[-1], relative.rsplit("/", 1)[-1]}
+        if f".{suffix}" in extensions:  # the same stem under a listed extension
+            names |= {f"{name.rsplit('.', 1)[0]}.{ext}" for name in set(names)
+                      for ext in ("csv", "json", "md", "tex", "png") if "." in name}
+        return any(re.fullmatch(rx, name) for rx in patterns for name in names)
+
+    files = [path.relative_to(repo / "results").as_posix()
+             for path in sorted((repo / "results").rglob("*"))
+             if path.is_file() and path.name != "README.md"
+             # a write in progress (.<name>.*.tmp), a record set aside (git-ignored)
+             and not path.name.startswith(".") and path.suffix != ".rejected"]
+    assert len(files) >= 50
+    undescribed = [f for f in files if not described(f)]
+    assert not undescribed, f"results/README.md does not describe: {undescribed}"
