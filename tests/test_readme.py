@@ -297,3 +297,33 @@ def test_results_readme_describes_every_file_in_results(repo):
     assert len(files) >= 50
     undescribed = [f for f in files if not described(f)]
     assert not undescribed, f"results/README.md does not describe: {undescribed}"
+
+
+#: make targets that run a script with ``ARGS`` as its flags.
+MAKE_SCRIPTS = {"benchmark": "benchmark_train", "benchmark-layers": "benchmark_layers",
+                "gpu-check": "gpu_check"}
+
+
+def test_every_flag_the_pages_give_a_script_is_one_it_takes(repo):
+    """The argparse scripts (benchmarks, speed report, kernel resources, GPU check) are run
+    from the pages with flags, directly or through ``make <target> ARGS="..."``: a flag the
+    script no longer declares (renamed, dropped) fails here, as a Hydra key does above."""
+    code, prose = readme_parts(repo)
+    lines = ([line for block in code for line in block.splitlines()]
+             + [span for text in prose for span in re.findall(r"`([^`]+)`", text)])
+    given, unknown = 0, []
+    for line in lines:
+        runs = [(m[1], m[2]) for m in re.finditer(r"scripts/(\w+)\.py((?:\s+[^\s#|;&`]+)*)", line)]
+        runs += [(MAKE_SCRIPTS[m[1]], m[2])
+                 for m in re.finditer(r'make ([\w-]+)[^"`]*ARGS="([^"]*)"', line)
+                 if m[1] in MAKE_SCRIPTS]
+        for script, args in runs:
+            source = repo / "scripts" / f"{script}.py"
+            if not source.exists():  # a shell script or Hydra app, checked elsewhere
+                continue
+            for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", args):
+                given += 1
+                if f'"{flag}"' not in source.read_text():
+                    unknown.append(f"{script}.py {flag}")
+    assert given >= 30
+    assert not unknown, unknown
