@@ -677,7 +677,7 @@ def test_no_runs_is_one_clear_error(tmp_path):
 def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
-    from jupyter_client import KernelManager
+    from traitlets.config import Config
 
     write_runs(tmp_path / "runs", RECORDS)
     (tmp_path / "runs" / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
@@ -687,9 +687,12 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
     monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
     notebook.cells.append(nbformat.v4.new_code_cell("print(sorted(pivot.columns))"))
     # The kernel's channels are Unix sockets under tmp_path, not TCP ports: free ports picked
-    # and then bound could be taken by a test in another worker process in between.
-    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
-    NotebookClient(notebook, km=kernel, timeout=300,
+    # and then bound could be taken by a test in another worker process in between. Set by
+    # config, so that the client makes, and so shuts down, its kernel and channels itself (a
+    # kernel manager passed in is left open, and its channels warned when collected during a
+    # later test of this process).
+    kernel = Config({"KernelManager": {"transport": "ipc", "ip": str(tmp_path / "kernel")}})
+    NotebookClient(notebook, config=kernel, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

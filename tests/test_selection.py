@@ -1315,10 +1315,13 @@ def run_workers(repo, tmp_path, case):
     """stdout and stderr of :data:`WORKERS_SCRIPT` for ``case``; a failure if it hangs."""
     script = tmp_path / "many.py"
     script.write_text(WORKERS_SCRIPT)
-    # its own process group: a hang is ended with its workers (whose jobs never end alone)
+    # its own process group: a hang is ended with its workers (whose jobs never end alone);
+    # SIGINT as at a terminal (a shell without job control may have started us ignoring it,
+    # and a child inherits that: found when CI was started in the background)
     process = subprocess.Popen([sys.executable, str(script), str(repo), case, *TINY],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out, err = process.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -1384,6 +1387,9 @@ def test_after_the_first_stop_further_signals_are_let_go_until_the_workers_are_e
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     calls = []
+    # Python's own Ctrl-C handler, as at a terminal: a process started ignoring SIGINT (by a
+    # shell without job control) has none, and _one_stop leaves such a disposition alone
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -1402,7 +1408,7 @@ def test_after_the_first_stop_further_signals_are_let_go_until_the_workers_are_e
                     time.sleep(0.1)
                     raise
         assert calls == [signal.SIGTERM, signal.SIGTERM]
-        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
