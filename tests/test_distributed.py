@@ -366,7 +366,10 @@ def test_a_rank_that_dies_makes_rank_0_say_so(tmp_path, repo):
     assert len(stopped) == 1, result.stderr[-3000:]
     # its collective's failure when it is seen first, else the hedge of torchrun's SIGTERM
     # (which a slow disk can bring first)
-    assert stopped[0].startswith("stopped by SIGTERM: ") and "another process" in stopped[0]
+    # (its stderr when not: a bare "stopped by SIGTERM" was seen once, in a CI run under
+    # load, 2026-12-03, and not again in 12 runs of this test alone, under load or not)
+    assert (stopped[0].startswith("stopped by SIGTERM: ")
+            and "another process" in stopped[0]), result.stderr[-3000:]
 
 
 def test_only_a_collective_the_other_end_left_is_another_processs_failure(monkeypatch):
