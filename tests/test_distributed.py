@@ -381,6 +381,11 @@ def test_only_a_collective_the_other_end_left_is_another_processs_failure(monkey
     assert distributed.peer_failure(gloo) == ("another process of this torchrun job failed "
                                               "(Read error [127.0.0.1]:5313: Connection reset "
                                               "by peer)")
+    # the source of a broadcast (rank 0 in distributed.from_main) writes to the peer instead
+    written = RuntimeError("[../gloo/transport/tcp/pair.cc:599] Write error [127.0.0.1]:5313: "
+                           "Broken pipe")
+    assert distributed.peer_failure(written) == ("another process of this torchrun job failed "
+                                                 "(Write error [127.0.0.1]:5313: Broken pipe)")
     store = getattr(dist, "DistStoreError", RuntimeError)("wait timeout after 1000ms")
     assert distributed.peer_failure(store) is None
     assert distributed.peer_failure(RuntimeError("CUDA out of memory")) is None

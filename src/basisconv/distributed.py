@@ -39,15 +39,18 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-#: What the backends' errors say when the other end of a collective went away.
-PEER_FAILURE_SIGNS = ("by peer", "ncclRemoteError", "remote process exited")
+#: What the backends' errors say when the other end of a collective went away: gloo reading
+#: ("Connection reset/closed by peer") or writing to it ("Write error ...: Broken pipe", the
+#: broadcast's source, rank 0, writes), NCCL's remote error.
+PEER_FAILURE_SIGNS = ("by peer", "Broken pipe", "ncclRemoteError", "remote process exited")
 
 
 def peer_failure(err: BaseException) -> str | None:
     """One line saying that another process of the job went away, when ``err`` is a
-    collective's failure for that reason (gloo: "Connection reset/closed by peer"; NCCL:
-    "ncclRemoteError", a remote process exited), else None: a fault of this process's own
-    (a timeout, a CUDA out-of-memory inside NCCL) is left to propagate as it is."""
+    collective's failure for that reason (gloo: "Connection reset/closed by peer", or a
+    broken pipe when it wrote; NCCL: "ncclRemoteError", a remote process exited), else
+    None: a fault of this process's own (a timeout, a CUDA out-of-memory inside NCCL) is
+    left to propagate as it is."""
     if not isinstance(err, RuntimeError) or not is_distributed():
         return None
     if not any(sign in str(err) for sign in PEER_FAILURE_SIGNS):
