@@ -152,15 +152,20 @@ def readme_parts(repo) -> tuple[list[str], list[str]]:
     return code, prose
 
 
-def documented_commands(repo) -> list[tuple[str, list[str]]]:
-    """Every ``python scripts/{train,sensitivity,exhaustive_search}.py ...`` the README
-    gives, in a code block or inline, and every ``make train ARGS="..."``: (script, args)."""
+def command_lines(repo) -> list[str]:
+    """Every line of the pages' code blocks and every inline ``code`` span: where a
+    command may be written."""
     code, prose = readme_parts(repo)
-    lines = [line for block in code for line in block.splitlines()]
-    for text in prose:
-        lines += re.findall(r"`([^`]+)`", text)
-        lines += [f"python scripts/train.py {args}"
-                  for args in re.findall(r'make train ARGS="([^"]+)"', text)]
+    return ([line for block in code for line in block.splitlines()]
+            + [span for text in prose for span in re.findall(r"`([^`]+)`", text)])
+
+
+def documented_commands(repo) -> list[tuple[str, list[str]]]:
+    """Every ``python scripts/{train,sensitivity,exhaustive_search}.py ...`` the pages
+    give, in a code block or inline, and every ``make train ARGS="..."``: (script, args)."""
+    _, prose = readme_parts(repo)
+    lines = command_lines(repo) + [f"python scripts/train.py {args}" for text in prose
+                                   for args in re.findall(r'make train ARGS="([^"]+)"', text)]
     pattern = r"python scripts/(train|sensitivity|exhaustive_search)\.py((?: +[^ #]+)*)"
     return [(m[1], m[2].split()) for line in lines
             if (m := re.search(pattern, re.sub(r"\s+", " ", line)))]
@@ -308,11 +313,8 @@ def test_every_flag_the_pages_give_a_script_is_one_it_takes(repo):
     """The argparse scripts (benchmarks, speed report, kernel resources, GPU check) are run
     from the pages with flags, directly or through ``make <target> ARGS="..."``: a flag the
     script no longer declares (renamed, dropped) fails here, as a Hydra key does above."""
-    code, prose = readme_parts(repo)
-    lines = ([line for block in code for line in block.splitlines()]
-             + [span for text in prose for span in re.findall(r"`([^`]+)`", text)])
     given, unknown = 0, []
-    for line in lines:
+    for line in command_lines(repo):
         runs = [(m[1], m[2]) for m in re.finditer(r"scripts/(\w+)\.py((?:\s+[^\s#|;&`]+)*)", line)]
         runs += [(MAKE_SCRIPTS[m[1]], m[2])
                  for m in re.finditer(r'make ([\w-]+)[^"`]*ARGS="([^"]*)"', line)
