@@ -390,4 +390,9 @@ def test_only_a_collective_the_other_end_left_is_another_processs_failure(monkey
     assert distributed.peer_failure(store) is None
     assert distributed.peer_failure(RuntimeError("CUDA out of memory")) is None
     monkeypatch.setattr(distributed, "is_distributed", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.peer_failure(gloo) is None
+    # a rank of a torchrun job whose process group is left (the entry point, saying a stop
+    # that carries the collective's failure): torchrun's environment still tells
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.peer_failure(gloo).startswith("another process of this torchrun job")

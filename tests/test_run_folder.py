@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 import types
 from pathlib import Path
 from types import SimpleNamespace
@@ -813,6 +814,85 @@ def test_a_second_stop_while_wandb_finishes_a_failed_run_keeps_the_first_error(
     monkeypatch.setattr(loop, "run_epoch", diverging)
     with pytest.raises(TrainingDiverged, match="training diverged in epoch 2 of 3"):
         fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
+
+
+@pytest.mark.parametrize("lands", ["before its stop is made", "while its stop is said"])
+def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo, monkeypatch,
+                                                                   lands):
+    """Seen once in CI (2026-12-03, the torchrun test of a dying rank): rank 0 said a bare
+    "stopped by SIGTERM". torchrun's SIGTERM, sent once the other rank died, landed while
+    rank 0 turned the failed collective into its stop (reading its checkpoint back to say
+    where the run stopped); its handler's Stopped, without a message, replaced that stop,
+    and the entry point looked for the collective's failure once the process group was
+    gone, which it no longer counted as another process's."""
+    import signal
+
+    import torch.distributed as dist
+
+    from basisconv import cli, distributed, loop, train
+    from basisconv.errors import Stopped
+
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
+                        "Connection reset by peer. This is typically caused by a remote worker")
+    run_epoch, sent = loop.run_epoch, []
+
+    def peer_left(number, *args, **kwargs):
+        if number == 2:
+            raise gone
+        return run_epoch(number, *args, **kwargs)
+
+    def sigterm_first(real):
+        def call(*args, **kwargs):
+            if not sent:  # torchrun's SIGTERM, as the real one can land here
+                sent.append(signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(loop, "run_epoch", peer_left)
+    if lands == "before its stop is made":  # the first look at the failure
+        monkeypatch.setattr(distributed, "peer_failure", sigterm_first(distributed.peer_failure))
+    else:
+        monkeypatch.setattr(train.Training, "stop_message",
+                            sigterm_first(train.Training.stop_message))
+    # a job of one process in a process group, as each rank of a torchrun job is
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tmp_path / 'store'}")
+    previous = signal.signal(signal.SIGTERM, cli.raise_stopped)  # as the entry point sets it
+    try:
+        with pytest.raises(Stopped) as err:
+            fit(compose_tiny(repo, "logger=none"), tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert sent and err.value.signum == signal.SIGTERM
+    # what the entry point says after "stopped by SIGTERM: "
+    assert cli.stop_reason(err.value) == (
+        f"another process of this torchrun job failed (Read error [127.0.0.1]:5313: Connection "
+        f"reset by peer); the run in {tmp_path / 'run'} stopped after epoch 1 of 3 (checkpoint "
+        f"saved); run the same command again with hydra.run.dir={tmp_path / 'run'} to resume it")
+
+
+def test_stops_come_back_once_a_stops_message_is_made():
+    """What lets torchrun's SIGTERM (or a second Ctrl-C) go while a stop is made: the
+    signal is dropped, not held for later, and the handlers are the same after it."""
+    import signal
+
+    from basisconv import cli
+    from basisconv.errors import Stopped
+
+    previous = signal.signal(signal.SIGTERM, cli.raise_stopped)
+    try:
+        with cli.stops_let_go():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # (a handler runs at the next bytecode it can; none does)
+        assert signal.getsignal(signal.SIGTERM) is cli.raise_stopped
+        with pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lacks(

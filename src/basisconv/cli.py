@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -11,9 +12,10 @@ import re
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
@@ -27,7 +29,8 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
 from . import distributed
-from .errors import BasisconvError, ConfigError, FolderInUse, Stopped, one_line
+from .errors import (BasisconvError, ConfigError, FolderInUse, Stopped, context_chain,
+                     one_line)
 from .records import HYDRA_VALUE_FLAGS, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -387,20 +390,39 @@ def raise_stopped(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
+@contextlib.contextmanager
+def stops_let_go() -> Iterator[None]:
+    """SIGINT and SIGTERM let go while a stop already on its way is made: a second one (a
+    Ctrl-C pressed again; under torchrun its SIGTERM, sent when another rank died and this
+    one's collective failed) raised its own bare stop there, which replaced the first and
+    what it says (which epoch the checkpoint holds, how to resume). Python handles signals
+    in the main thread alone, so elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # (a handler installed outside Python, which getsignal gives as None, is left as it is)
+    handlers = {s: h for s in (signal.SIGINT, signal.SIGTERM)
+                if (h := signal.getsignal(s)) is not None}
+    for signum in handlers:
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
 def stop_reason(err: BaseException) -> str:
     """What a stop says: its own message, else that of the stop or the collective's failure
     it interrupted. Why: under torchrun a rank that dies makes this one's collective fail
     and torchrun send it SIGTERM, which lands while that failure, or the stop made of it
     (after which epoch, how to resume), is still on its way out, and replaces it."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, KeyboardInterrupt) and str(err):
-            return str(err)
-        reason = distributed.peer_failure(err)
+    for raised in context_chain(err):
+        if isinstance(raised, KeyboardInterrupt) and str(raised):
+            return str(raised)
+        reason = distributed.peer_failure(raised)
         if reason is not None:
             return reason
-        err = err.__context__
     return ""
 
 
@@ -470,11 +492,12 @@ def exit_on_user_error(fn: F) -> F:
             if os.environ.get("BASISCONV_DEBUG"):
                 raise
             signum = getattr(err, "signum", signal.SIGINT)
-            said = stop_reason(err)
-            message = f"stopped by {signal.Signals(signum).name}{': ' + said if said else ''}"
-            if first_process():
-                log_to_files(message)
-                print(message, file=sys.stderr)
+            with stops_let_go():  # a second one would end it with a stack trace
+                said, name = stop_reason(err), signal.Signals(signum).name
+                message = f"stopped by {name}{': ' + said if said else ''}"
+                if first_process():
+                    log_to_files(message)
+                    print(message, file=sys.stderr)
             sys.exit(128 + signum)
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .errors import ConfigError
+from .errors import ConfigError, context_chain
 
 
 def is_distributed() -> bool:
@@ -51,8 +51,8 @@ def peer_failure(err: BaseException) -> str | None:
     broken pipe when it wrote; NCCL: "ncclRemoteError", a remote process exited), else
     None: a fault of this process's own (a timeout, a CUDA out-of-memory inside NCCL) is
     left to propagate as it is."""
-    if not isinstance(err, RuntimeError) or not is_distributed():
-        return None
+    if not isinstance(err, RuntimeError) or not (is_distributed() or launched_processes() > 1):
+        return None  # (torchrun's environment tells once the process group is left)
     if not any(sign in str(err) for sign in PEER_FAILURE_SIGNS):
         return None
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -60,6 +60,13 @@ def peer_failure(err: BaseException) -> str | None:
     # This is typically caused by ..."; its first sentence, without the source location
     said = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0] if lines else ""
     return f"another process of this torchrun job failed ({said or type(err).__name__})"
+
+
+def peer_failure_in(err: BaseException) -> str | None:
+    """:func:`peer_failure` of ``err`` or of the exception it was raised while handling,
+    and so on: a stop that interrupted a collective's failure (torchrun's SIGTERM after
+    another rank died) carries that failure as its context."""
+    return next(filter(None, map(peer_failure, context_chain(err))), None)
 
 
 def launched_processes() -> int:

@@ -1,11 +1,28 @@
 """Errors a user can fix from the command line. Entry points print their message alone,
 without a stack trace (set ``BASISCONV_DEBUG=1`` to see the trace)."""
 
+from __future__ import annotations
+
+from typing import Iterator
+
 
 def one_line(err: BaseException | str) -> str:
     """An error's text on one line, for a message that quotes it: a library's text may
     span several (wandb's timeout adds advice on lines of its own)."""
     return " ".join(str(err).split())
+
+
+def context_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err``, then the exception it was raised while handling (its ``__context__``), and
+    so on: a stop that lands while an error or another stop is on its way out carries it
+    there, and what that one says is wanted. Python can make the chain a loop; each
+    exception comes once."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__context__
+
 
 class BasisconvError(Exception):
     """Base of the errors whose message tells the user what to change."""

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
                          save_checkpoint, saved_epoch_rows)
-from .cli import first_process, resume_flag, sweep_folder_override
+from .cli import first_process, resume_flag, stops_let_go, sweep_folder_override
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
@@ -324,45 +324,22 @@ class Training:
         self.saved_epochs = len(results["epochs"])
         self.last_checkpoint = monotonic()
         try:
-            log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
-                     "test_loss", "test_acc", "lr", "time_s")
-            for epoch in range(len(results["epochs"]) + 1, trainer.epochs + 1):
-                row = loop.run_epoch(epoch, self.step_model, self.train_batches, self.test_batches,
-                                self.optimizer, self.scheduler, trainer, self.amp_dtype,
-                                graphed=self.graphed, scaler=self.scaler,
-                                before_step=self.before_step if self.skip_schedule else None,
-                                extra_loss=self.penalty)
-                results["epochs"].append(row)
-                if self.cfg.basis.combine == "auto":  # which form each shape ran, and why
-                    results["auto_forms"] = auto.described(this_run=True)
-                self.tracker.log(row, step=epoch)
-                if self.pending_conversion and epoch == self.cfg.basis.dense_warmup_epochs:
-                    self.convert()
-                if epoch == trainer.epochs:
-                    record.status = "complete"
-                    # when it ended (provenance.date is when this process started it)
-                    record.provenance["finished"] = timestamp()
-                    results["final"] = final_metrics(results["epochs"])
-                    self.tracker.summary(results["final"])
-                self.save_everywhere()
-            failed = False
+            try:
+                log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
+                         "test_loss", "test_acc", "lr", "time_s")
+                for epoch in range(len(results["epochs"]) + 1, trainer.epochs + 1):
+                    self.train_epoch(epoch, record)
+                failed = False
+            except RuntimeError as err:  # another rank died: torchrun stops this one next
+                if distributed.peer_failure(err) is None:
+                    raise
+                raise Stopped(signal.SIGTERM) from err  # said below, as the other stops are
         except TrainingDiverged as err:  # before this epoch's record and checkpoint
             raise TrainingDiverged(self.diverged_message(err), err.quantity, err.value) from None
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through basisconv.cli
-            signum = getattr(err, "signum", signal.SIGINT)
-            self.note_a_checkpoint_just_saved()
-            message = self.stop_message()
-            if signum == signal.SIGTERM and distributed.world_size() > 1:
-                # torchrun's SIGTERM can come before the collective that another process's
-                # death broke has said so (a slow disk while rank 0 writes its record)
-                message += ("; under torchrun a SIGTERM may also follow the failure of "
-                            "another process of the job, which torchrun's summary names")
-            raise Stopped(signum, message) from None
-        except RuntimeError as err:  # another rank died: torchrun stops this one next
-            reason = distributed.peer_failure(err)
-            if reason is None:
-                raise
-            raise Stopped(signal.SIGTERM, f"{reason}; {self.stop_message()}") from None
+        except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM through basisconv.cli, a peer gone
+            with stops_let_go():
+                stop = self.stopped(err)
+            raise stop from None
         finally:
             try:
                 self.tracker.finish(failed=failed)
@@ -380,6 +357,48 @@ class Training:
                 gc.collect()
                 distributed.teardown(together=not failed)
         return record.as_dict()
+
+    def train_epoch(self, epoch: int, record: RunRecord) -> None:
+        """One epoch trained and evaluated, then its row logged and saved everywhere (the
+        record completed after the last)."""
+        trainer, results = self.cfg.trainer, self.results
+        row = loop.run_epoch(epoch, self.step_model, self.train_batches, self.test_batches,
+                             self.optimizer, self.scheduler, trainer, self.amp_dtype,
+                             graphed=self.graphed, scaler=self.scaler,
+                             before_step=self.before_step if self.skip_schedule else None,
+                             extra_loss=self.penalty)
+        results["epochs"].append(row)
+        if self.cfg.basis.combine == "auto":  # which form each shape ran, and why
+            results["auto_forms"] = auto.described(this_run=True)
+        self.tracker.log(row, step=epoch)
+        if self.pending_conversion and epoch == self.cfg.basis.dense_warmup_epochs:
+            self.convert()
+        if epoch == trainer.epochs:
+            record.status = "complete"
+            # when it ended (provenance.date is when this process started it)
+            record.provenance["finished"] = timestamp()
+            results["final"] = final_metrics(results["epochs"])
+            self.tracker.summary(results["final"])
+        self.save_everywhere()
+
+    def stopped(self, err: KeyboardInterrupt) -> Stopped:
+        """The stop a signal or a peer's failure makes of the run: why, where it stopped
+        and how to go on. A peer's failure is found in the stop's context too: under
+        torchrun another rank's death fails this one's collective and brings torchrun's
+        SIGTERM, which can land before the failure is made a stop (its own Stopped, without
+        a message, then carries the failure as its context)."""
+        signum = getattr(err, "signum", signal.SIGINT)
+        self.note_a_checkpoint_just_saved()
+        message = self.stop_message()
+        reason = distributed.peer_failure_in(err)
+        if reason is not None:
+            return Stopped(signal.SIGTERM, f"{reason}; {message}")
+        if signum == signal.SIGTERM and distributed.world_size() > 1:
+            # torchrun's SIGTERM can come before the collective that another process's
+            # death broke has said so (a slow disk while rank 0 writes its record)
+            message += ("; under torchrun a SIGTERM may also follow the failure of "
+                        "another process of the job, which torchrun's summary names")
+        return Stopped(signum, message)
 
     def stopped_finishing_message(self) -> str:
         """A stop after the last epoch was saved, while wandb finished: the run is
