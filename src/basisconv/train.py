@@ -80,8 +80,9 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                     # sensitivity estimate) or read its data: no epoch of this start trained
                     if isinstance(err, Stopped) and str(err):  # it says where it stopped
                         raise
-                    raise Stopped(getattr(err, "signum", signal.SIGINT),
-                                  stopped_before_training(cfg, output_dir, checkpoint)) from None
+                    with stops_let_go():
+                        message = stopped_before_training(cfg, output_dir, checkpoint)
+                    raise Stopped(getattr(err, "signum", signal.SIGINT), message) from None
                 record = training.run()
         return publish(record, cfg.publish, output_dir) if first_rank else record
 
