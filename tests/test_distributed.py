@@ -367,7 +367,9 @@ def test_a_rank_that_dies_makes_rank_0_say_so(tmp_path, repo):
     # its collective's failure when it is seen first, else the hedge of torchrun's SIGTERM
     # (which a slow disk can bring first)
     # (its stderr when not: a bare "stopped by SIGTERM" was seen once, in a CI run under
-    # load, 2026-12-03, and not again in 12 runs of this test alone, under load or not)
+    # load, 2026-12-03: torchrun's SIGTERM had landed while the collective's failure was
+    # made a stop, reproduced in-process and fixed since, see test_run_folder's
+    # test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says)
     assert (stopped[0].startswith("stopped by SIGTERM: ")
             and "another process" in stopped[0]), result.stderr[-3000:]
 
