@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .distributed import shard
 from .errors import ConfigError, DatasetError
-from .layers import share_of
+from .counts import share_of
 from .records import file_digest, folder_lock
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from fractions import Fraction
 from typing import Sequence
 
 import torch
@@ -43,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
+from .counts import share_of
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
 from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_forward,
@@ -63,13 +63,6 @@ def check_basis_size(value, key: str = "num_basis") -> None:
     elif not 0.0 < float(value) <= 1.0:
         raise ConfigError(f"{key}={value} as a fraction must be in (0, 1]; pass an int for a "
                           f"count")
-
-
-def share_of(total: int, fraction: float) -> int:
-    """``fraction`` of ``total``, rounded half up at the decimal the user wrote (0.7 of 45
-    is 31.5, so 32, where its binary float would give 31.499...). The one rounding rule of
-    every count given as a fraction: basis sizes, model widths, data subsets."""
-    return math.floor(Fraction(repr(float(fraction))) * total + Fraction(1, 2))
 
 
 def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "",

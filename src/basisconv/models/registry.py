@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..layers import share_of
+from ..counts import share_of
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
