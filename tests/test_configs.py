@@ -498,10 +498,12 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
                                           r"for layer 'conv1'"):
         build_network(cfg, choose_layers(cfg))
     cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[conv1]",
-                      "basis.size=17")
+                      "basis.size=17", "basis.only_where_saves=false")
     # named as the user set it, not as the function argument deep inside
     with pytest.raises(ConfigError, match=r"'conv1': basis.size = 17 is out of range: valid is "
-                                          r"1\.\.16 .*set basis.size to a count in that range"):
+                                          r"1\.\.16 .*set basis.size to a count in that range.*; "
+                                          r"or set basis.only_where_saves=true to leave such "
+                                          r"layers dense$"):
         build_network(cfg, choose_layers(cfg))
     with pytest.raises(ConfigError, match="selection.layers"):
         choose_layers(compose_cfg("model=resnet20", "selection=list"))
@@ -510,7 +512,8 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
 @pytest.mark.parametrize("override, message", [
     ("sensitivity.layers=[layer9.*]", r"^sensitivity.layers: layer pattern 'layer9.\*' matches "
                                       r"no convolution"),
-    ("basis.size=17", r"^layer 'conv1': basis.size = 17 is out of range: valid is 1..16"),
+    ("basis.size=65", r"^no candidate layer: at basis.size=65 no selected layer the forward "
+                      r"calls saves compute; choose a smaller basis.size"),
 ])
 def test_candidate_problems_are_found_before_the_sensitivity_pretraining(
         compose_cfg, monkeypatch, override, message):

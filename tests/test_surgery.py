@@ -3,6 +3,7 @@ shared coefficients and the coefficient skip-training schedule."""
 
 import copy
 import io
+import logging
 import warnings
 
 import pytest
@@ -124,6 +125,21 @@ def test_converted_and_fresh_layers_keep_the_convs_geometry():
             assert layer(x).shape == conv(x).shape
 
 
+def test_a_count_above_a_layers_channels_leaves_it_dense_where_only_savings_are_asked(caplog):
+    """Found in review: the README's own line, a count of 16 with only_where_saves, failed
+    on a half-width ResNet-20 (its first stage has 8 channels), and so did
+    `experiment=basis_all basis.size=16` on the quick profile's ResNet-8, while a count
+    equal to a layer's channels (no saving either) left it dense."""
+    model = build_model("resnet20")  # stages of 16, 32 and 64 channels
+    with caplog.at_level(logging.INFO, logger="basisconv.surgery"):
+        small = apply_basis(model, "all", 20, convert=False, only_where_saves=True)
+    converted = {name for name, m in small.named_modules() if isinstance(m, BasisConv2d)}
+    assert converted == {name for name, conv in conv_layers(model).items()
+                         if conv.out_channels > 16}
+    assert ("layer 'layer1.0.conv1': num_basis=20 is more than its 16 output channels; left "
+            "dense (only_where_saves)") in caplog.messages
+
+
 def test_layer_errors_name_the_layer_and_the_valid_range():
     model = build_model("resnet20")
     with pytest.raises(ValueError, match=r"unknown layer 'layer4.0.conv1'.*valid names: conv1, layer1.0.conv1"):
@@ -134,7 +150,9 @@ def test_layer_errors_name_the_layer_and_the_valid_range():
         apply_basis(model, "layer1.0.bn1", 0.5)
     with pytest.raises(ValueError, match=r"layer 'conv1'.*num_basis = 0 is out of range: valid is 1\.\.16"):
         apply_basis(model, "all", 0)
-    with pytest.raises(ValueError, match=r"layer 'conv1'.*num_basis = 20 is out of range: valid is 1\.\.16"):
+    with pytest.raises(ValueError, match=r"layer 'conv1'.*num_basis = 20 is out of range: valid is "
+                                         r"1\.\.16.*; or pass only_where_saves=True to leave such "
+                                         r"layers dense$"):
         apply_basis(model, "all", 20)
     with pytest.raises(ValueError, match=r"layer 'layer3.0.conv1'.*valid is 1\.\.64"):
         apply_basis(model, "layer3.0.conv1", 65)

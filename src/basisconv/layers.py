@@ -49,7 +49,6 @@ from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_
                       materialized_weight, split_forward, stacked_forward, without_autocast)
 
 
-
 def check_basis_size(value, key: str = "num_basis") -> None:
     """The basis-size rule before it meets a layer (``key`` names the value in errors):
     an int is a count (at least 1), a float a fraction of ``out_channels`` in ``(0, 1]``."""

@@ -220,8 +220,22 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     for name, value in flags.items():  # found in review: convert="no" converted (truthy)
         check_flag(keys.get(name, name), value)
     targets = select_layers(model, layers, key=keys.get("layers"))
-    sizes = {name: resolve_num_basis(num_basis, conv.out_channels, where=name,
-                                     key=keys["num_basis"]) for name, conv in targets.items()}
+    key = keys["only_where_saves"]
+    leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
+                   f"set {key}=true") + " to leave such layers dense"
+    sizes = {}
+    for name, conv in list(targets.items()):
+        above = _count_above(num_basis, conv.out_channels)  # e.g. 16 of a narrower layer's 8
+        if above and only_where_saves:  # it saves nothing there, as a count of all would
+            log.info("layer %r: %s=%d is more than its %d output channels; left dense "
+                     "(only_where_saves)", name, keys["num_basis"], num_basis, conv.out_channels)
+            del targets[name]
+            continue
+        try:
+            sizes[name] = resolve_num_basis(num_basis, conv.out_channels, where=name,
+                                            key=keys["num_basis"])
+        except ConfigError as err:
+            raise ConfigError(f"{err}; or {leave_dense}" if above else str(err)) from None
     # judged in the stacked form when fused with a norm (stricter than split): a layer
     # converted for a split saving must not cost more than the dense conv once fused
     for name in list(targets):
@@ -239,10 +253,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
             log.info("%s; left dense (only_where_saves)", message)
             del targets[name]
         else:
-            key = keys["only_where_saves"]
-            hint = ("pass only_where_saves=True" if key == "only_where_saves" else
-                    f"set {key}=true")
-            warnings.warn(f"{message}; {hint} to leave such layers dense", stacklevel=2)
+            warnings.warn(f"{message}; {leave_dense}", stacklevel=2)
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
@@ -280,6 +291,13 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     if share_coefficients:
         _share_coefficients(replaced, targets if convert else None)
     return model
+
+
+def _count_above(num_basis, out_channels: int) -> bool:
+    """Whether ``num_basis`` is a count (an int) above a layer's ``out_channels``: one basis
+    size for a model whose layers differ in width can be so for its narrower ones."""
+    return (isinstance(num_basis, numbers.Integral) and not isinstance(num_basis, bool)
+            and num_basis > out_channels)
 
 
 def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
