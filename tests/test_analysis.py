@@ -546,7 +546,9 @@ def test_rows_without_a_baseline_are_named(tmp_path):
     write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
     md = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
     assert "No dense baseline (selection none) of the same model, width, epochs and data for " \
-           "resnet20-all: their" in md
+           "resnet20-all: their columns against it are empty ('-'); train one " \
+           "(experiment=baseline with their settings) into the runs folder and analyze " \
+           "again." in md
 
 
 def test_training_curves_keep_configurations_of_other_models_apart(tmp_path, monkeypatch):

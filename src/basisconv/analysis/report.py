@@ -174,7 +174,9 @@ def baseline_line(table: pd.DataFrame) -> str:
     # once each: the rows of a size sweep share their experiment's name (basis.size is a column)
     names = dict.fromkeys(map(row_name, alone["experiment"], alone["settings"]))
     return (f"No dense baseline (selection none) of the same model, width, epochs and data for "
-            f"{', '.join(names)}: their columns against it are empty ('-').")
+            f"{', '.join(names)}: their columns against it are empty ('-'); train one "
+            f"(experiment=baseline with their settings) into the runs folder and analyze "
+            f"again.")
 
 
 def unlike_baseline_line(table: pd.DataFrame) -> str:
