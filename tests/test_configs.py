@@ -221,6 +221,28 @@ def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, overrid
     assert "\n" not in str(err.value)
 
 
+def test_a_threshold_that_reads_as_points_is_said_in_points(compose_cfg, monkeypatch, caplog):
+    """Found in a walkthrough: the pages show accuracy drops in points (+3.00), the threshold
+    is a fraction (0.03); selection.threshold=0.5, meant as half a point, converted every
+    layer whose drop was under 50 points, without a word. Said once, though a run checks
+    its config more than once."""
+    from basisconv import selection
+
+    monkeypatch.setattr(selection, "THRESHOLDS_SAID", set())
+    for _ in range(2):
+        validate(compose_cfg("selection=sensitivity_threshold", "selection.threshold=0.5"))
+    said = [m for m in caplog.messages if "tolerates" in m]
+    assert said == ["selection.threshold=0.5 tolerates an accuracy drop of 50 points (a "
+                    "fraction of accuracy, as sensitivity.csv gives it; the pages show "
+                    "points): for 0.5 points give 0.005"]
+    caplog.clear()  # a threshold in the usual range, or one no policy reads, says nothing
+    validate(compose_cfg("selection=sensitivity_threshold", "selection.threshold=0.05"))
+    validate(compose_cfg("selection=sensitivity_budget", "selection.threshold=0.7"))
+    validate(compose_cfg("selection=sensitivity_threshold", "selection.threshold=0.7",
+                         "selection.metric=loss_increase"))
+    assert not [m for m in caplog.messages if "tolerates" in m]
+
+
 def test_convert_without_trained_weights_is_refused(compose_cfg):
     """basis=convert with no checkpoint and no warm-up would fit the basis layers to the
     random initialization: one line naming the three ways out; each of them validates."""

@@ -309,6 +309,10 @@ def keys_read(selection: DictConfig | Mapping) -> set[str]:
     return read
 
 
+#: Thresholds said in points already by this process (a run checks its config more than once).
+THRESHOLDS_SAID: set[float] = set()
+
+
 def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
     """Every value of a ``selection`` config that its policy reads, each wrong one a
     :class:`ConfigError` naming the key and the valid values (the one home of these rules:
@@ -340,6 +344,13 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
             raise ConfigError(f"selection.threshold={threshold!r}: an accuracy_drop is a "
                               f"fraction in (-1, 1) (0.005 = half a point); give e.g. "
                               f"selection.threshold=0.05 for 5 points")
+        if ("threshold" in read and selection.get("metric") == "accuracy_drop"
+                and abs(threshold) >= 0.1 and threshold not in THRESHOLDS_SAID):
+            THRESHOLDS_SAID.add(threshold)  # the pages show drops in points: 0.5 meant so?
+            log.warning("selection.threshold=%g tolerates an accuracy drop of %g points (a "
+                        "fraction of accuracy, as sensitivity.csv gives it; the pages show "
+                        "points): for %g points give %g", threshold, 100 * threshold,
+                        threshold, threshold / 100)
     if "budget_reduction" in read or every_key:
         if _needed(selection, "budget_metric") not in BUDGET_METRICS:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
