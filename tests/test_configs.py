@@ -226,9 +226,9 @@ def test_a_threshold_that_reads_as_points_is_said_in_points(compose_cfg, monkeyp
     is a fraction (0.03); selection.threshold=0.5, meant as half a point, converted every
     layer whose drop was under 50 points, without a word. Said once, though a run checks
     its config more than once."""
-    from basisconv import selection
+    from basisconv import errors
 
-    monkeypatch.setattr(selection, "THRESHOLDS_SAID", set())
+    monkeypatch.setattr(errors, "SAID_ONCE", set())
     for _ in range(2):
         validate(compose_cfg("selection=sensitivity_threshold", "selection.threshold=0.5"))
     said = [m for m in caplog.messages if "tolerates" in m]
@@ -241,6 +241,19 @@ def test_a_threshold_that_reads_as_points_is_said_in_points(compose_cfg, monkeyp
     validate(compose_cfg("selection=sensitivity_threshold", "selection.threshold=0.7",
                          "selection.metric=loss_increase"))
     assert not [m for m in caplog.messages if "tolerates" in m]
+
+
+@pytest.mark.parametrize("size, said", [("1", True), ("1.0", False), ("2", False)])
+def test_a_basis_size_of_one_is_said_to_be_a_count(compose_cfg, monkeypatch, caplog, size, said):
+    """Found in a walkthrough: basis.size=1 trained ResNet-8 with one filter a layer (1,502
+    parameters of 19,218) without a word; 1.0 is all of them."""
+    from basisconv import errors
+
+    monkeypatch.setattr(errors, "SAID_ONCE", set())
+    validate(compose_cfg("selection=all", f"basis.size={size}"))
+    assert [m for m in caplog.messages if m.startswith("basis.size=1 is a count")] == (
+        ["basis.size=1 is a count: one basis filter in each converted layer; for all of a "
+         "layer's filters (full rank) give basis.size=1.0"] if said else [])
 
 
 def test_convert_without_trained_weights_is_refused(compose_cfg):

@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, read_write
 
 from .data import NUM_CLASSES
-from .errors import ConfigError
+from .errors import ConfigError, warn_once
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
 from .models import list_models
@@ -246,6 +246,10 @@ def validate_basis(cfg: DictConfig) -> None:
         check_basis_size(b.size, "basis.size")
     except TypeError as err:
         raise ConfigError(str(err)) from None
+    if b.size == 1 and not isinstance(b.size, float) and cfg.selection.policy != "none":
+        # an easy slip: the command line reads 1 as an int, a count
+        warn_once(log, "basis.size=1 is a count: one basis filter in each converted layer; "
+                       "for all of a layer's filters (full rank) give basis.size=1.0")
     _check_choice(b.init, BASIS_INIT, "basis.init")
     _check(b.source_checkpoint is None or b.init == "convert",
            "basis.source_checkpoint is set but basis.init=scratch; use basis.init=convert")

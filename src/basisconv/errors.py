@@ -3,6 +3,7 @@ without a stack trace (set ``BASISCONV_DEBUG=1`` to see the trace)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 
@@ -22,6 +23,18 @@ def context_chain(err: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(err))
         yield err
         err = err.__context__
+
+
+#: Warnings said already by this process (see :func:`warn_once`).
+SAID_ONCE: set[str] = set()
+
+
+def warn_once(log: logging.Logger, message: str) -> None:
+    """Log a warning about a value the user gave once a process: a run checks its config
+    more than once (a sweep before its jobs, each job as it starts, its layer choice)."""
+    if message not in SAID_ONCE:
+        SAID_ONCE.add(message)
+        log.warning("%s", message)
 
 
 class BasisconvError(Exception):

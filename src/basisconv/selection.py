@@ -45,7 +45,7 @@ import torch.nn as nn
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .cost import model_cost
-from .errors import ConfigError
+from .errors import ConfigError, warn_once
 from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
@@ -309,10 +309,6 @@ def keys_read(selection: DictConfig | Mapping) -> set[str]:
     return read
 
 
-#: Thresholds said in points already by this process (a run checks its config more than once).
-THRESHOLDS_SAID: set[float] = set()
-
-
 def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
     """Every value of a ``selection`` config that its policy reads, each wrong one a
     :class:`ConfigError` naming the key and the valid values (the one home of these rules:
@@ -345,12 +341,11 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
                               f"fraction in (-1, 1) (0.005 = half a point); give e.g. "
                               f"selection.threshold=0.05 for 5 points")
         if ("threshold" in read and selection.get("metric") == "accuracy_drop"
-                and abs(threshold) >= 0.1 and threshold not in THRESHOLDS_SAID):
-            THRESHOLDS_SAID.add(threshold)  # the pages show drops in points: 0.5 meant so?
-            log.warning("selection.threshold=%g tolerates an accuracy drop of %g points (a "
-                        "fraction of accuracy, as sensitivity.csv gives it; the pages show "
-                        "points): for %g points give %g", threshold, 100 * threshold,
-                        threshold, threshold / 100)
+                and abs(threshold) >= 0.1):  # the pages show drops in points: 0.5 meant so?
+            warn_once(log, f"selection.threshold={threshold:g} tolerates an accuracy drop of "
+                           f"{100 * threshold:g} points (a fraction of accuracy, as "
+                           f"sensitivity.csv gives it; the pages show points): for "
+                           f"{threshold:g} points give {threshold / 100:g}")
     if "budget_reduction" in read or every_key:
         if _needed(selection, "budget_metric") not in BUDGET_METRICS:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
