@@ -140,6 +140,36 @@ def test_a_count_above_a_layers_channels_leaves_it_dense_where_only_savings_are_
             "dense (only_where_saves)") in caplog.messages
 
 
+def test_an_error_bound_sizes_each_layer_by_its_own_filters(caplog):
+    """apply_basis(max_error=...): each layer the basis from_conv(max_error=...) gives it
+    (found in a walkthrough: max_error was from_conv's alone, and the pages named it beside
+    apply_basis). Redundant filters make a small basis; independent ones need them all,
+    which saves nothing, so only_where_saves leaves such a layer dense."""
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    with torch.no_grad():  # layer3.0.conv1: its last 32 filters combine its first 32
+        w = model.layer3[0].conv1.weight
+        w[32:] = (torch.randn(32, 32) @ w[:32].reshape(32, -1)).reshape(32, *w.shape[1:])
+    sized = apply_basis(model, "all", max_error=0.05, only_where_saves=True)
+    layers = {name: m for name, m in sized.named_modules() if isinstance(m, BasisConv2d)}
+    alone = BasisConv2d.from_conv(model.layer3[0].conv1, max_error=0.05)
+    assert list(layers) == ["layer3.0.conv1"] and alone.num_basis <= 32
+    assert torch.equal(layers["layer3.0.conv1"].basis_weight, alone.basis_weight)
+    # without only_where_saves each layer is converted at its size, as asked
+    with pytest.warns(UserWarning, match="saves no compute"):
+        every = apply_basis(model, "all", max_error=0.05)
+    for name, conv in conv_layers(model).items():
+        layer = dict(every.named_modules())[name]
+        assert layer.num_basis == BasisConv2d.from_conv(conv, max_error=0.05).num_basis
+        assert layer.reconstruction_error <= 0.05
+    for args, message in [({"num_basis": 0.5}, "give max_error .* or num_basis .*, not both"),
+                          ({"convert": False}, "max_error sizes layers by their trained "
+                                               "filters, so it needs convert=True"),
+                          ({"max_error": 1.5}, r"^max_error must be in \[0, 1\), got 1.5$")]:
+        with pytest.raises(ConfigError, match=message):
+            apply_basis(model, "all", **{"max_error": 0.05, **args})
+
+
 def test_layer_errors_name_the_layer_and_the_valid_range():
     model = build_model("resnet20")
     with pytest.raises(ValueError, match=r"unknown layer 'layer4.0.conv1'.*valid names: conv1, layer1.0.conv1"):

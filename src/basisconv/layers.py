@@ -88,6 +88,37 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
     return count
 
 
+def check_max_error(max_error) -> None:
+    """A relative weight error bound: a number in ``[0, 1)``."""
+    if isinstance(max_error, bool) or not isinstance(max_error, numbers.Real) or not (
+            0.0 <= float(max_error) < 1.0):
+        raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
+
+
+def basis_size_for_error(conv: nn.Conv2d, max_error: float,
+                         coefficient_rank: int | None = None) -> int:
+    """The smallest basis of ``conv``'s filters whose relative weight error is at most
+    ``max_error`` (with ``coefficient_rank``, that of the rank-limited coefficients): how
+    ``from_conv`` and ``apply_basis`` size a layer by an error bound instead of a count."""
+    check_max_error(max_error)
+    if coefficient_rank is not None and (
+            isinstance(coefficient_rank, bool)
+            or not isinstance(coefficient_rank, numbers.Integral) or coefficient_rank < 1):
+        raise ConfigError(f"coefficient_rank must be None or an int >= 1, got "
+                          f"{coefficient_rank!r}")  # (before the search uses it)
+    m, reached = smallest_basis(conv.weight, float(max_error), coefficient_rank)
+    if m is None and math.isinf(reached):
+        raise ConfigError(f"coefficient_rank={coefficient_rank} fits no basis size of "
+                          f"out_channels={conv.out_channels}: it must be at most num_basis and "
+                          f"out_channels - num_basis")
+    if m is None:
+        raise ConfigError(
+            f"max_error={max_error} cannot be met with coefficient_rank={coefficient_rank}: "
+            f"its coefficients reach a relative weight error of {reached:.3g} at best; raise "
+            f"coefficient_rank or max_error, or give num_basis")
+    return m
+
+
 def check_geometry(kernel_size, stride, padding, dilation) -> tuple:
     """The conv's kernel size, stride, padding and dilation as ``nn.Conv2d`` keeps them,
     checked when the layer is made (a bad value would otherwise surface at the first
@@ -261,24 +292,7 @@ class BasisConv2d(nn.Module):
             raise ConfigError("from_conv needs exactly one of num_basis (a count or fraction) "
                              "and max_error (a relative weight error in [0, 1))")
         if max_error is not None:
-            if not 0.0 <= float(max_error) < 1.0:
-                raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
-            if coefficient_rank is not None and (
-                    isinstance(coefficient_rank, bool)
-                    or not isinstance(coefficient_rank, numbers.Integral) or coefficient_rank < 1):
-                raise ConfigError(f"coefficient_rank must be None or an int >= 1, got "
-                                  f"{coefficient_rank!r}")  # (before the search uses it)
-            m, reached = smallest_basis(conv.weight, float(max_error), coefficient_rank)
-            if m is None and math.isinf(reached):
-                raise ConfigError(f"coefficient_rank={coefficient_rank} fits no basis size of "
-                                  f"out_channels={c_out}: it must be at most num_basis and "
-                                  f"out_channels - num_basis")
-            if m is None:
-                raise ConfigError(
-                    f"max_error={max_error} cannot be met with coefficient_rank="
-                    f"{coefficient_rank}: its coefficients reach a relative weight error of "
-                    f"{reached:.3g} at best; raise coefficient_rank or max_error, or give "
-                    f"num_basis")
+            m = basis_size_for_error(conv, max_error, coefficient_rank)
         else:
             m = resolve_num_basis(num_basis, c_out)
         picked, _ = select_basis(conv.weight, m)

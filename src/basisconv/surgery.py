@@ -47,9 +47,9 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
-from .layers import (BasisConv2d, basis_layers, check_coefficient_rank, check_convertible,
-                     check_finite_weight, check_flag, refresh_computed_weight,
-                     resolve_num_basis)
+from .layers import (BasisConv2d, basis_layers, basis_size_for_error, check_coefficient_rank,
+                     check_convertible, check_finite_weight, check_flag, check_max_error,
+                     refresh_computed_weight, resolve_num_basis)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -169,10 +169,11 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
 
 
 def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
-                num_basis: int | float = 0.5, *, inplace: bool = False, convert: bool = True,
-                only_where_saves: bool = False, share_coefficients: bool = False,
-                combine: str = "stacked", coefficient_rank: int | None = None,
-                fuse_norm: bool = False, keys: Mapping[str, str] | None = None) -> nn.Module:
+                num_basis: int | float | None = None, *, max_error: float | None = None,
+                inplace: bool = False, convert: bool = True, only_where_saves: bool = False,
+                share_coefficients: bool = False, combine: str = "stacked",
+                coefficient_rank: int | None = None, fuse_norm: bool = False,
+                keys: Mapping[str, str] | None = None) -> nn.Module:
     """Replace the named convolutions by :class:`BasisConv2d` layers; returns the model
     (``model`` itself when ``inplace``, else a converted deep copy). Build the optimizer
     (and its scheduler) from the returned model: an optimizer of the model before holds
@@ -182,7 +183,13 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     Args:
         layers: ``"all"``, a name, or a list of names and fnmatch patterns.
         num_basis: an int count, or a float in ``(0, 1]`` resolved per layer as a fraction
-            of its ``out_channels`` (rounded half up, at least 1).
+            of its ``out_channels`` (rounded half up, at least 1); 0.5 when neither it nor
+            ``max_error`` is given.
+        max_error: instead of ``num_basis``, each layer's size by its trained filters: the
+            smallest basis whose relative weight error is at most this (as
+            ``BasisConv2d.from_conv`` takes it; with ``convert`` only, as it needs the
+            trained weights). Layers whose filters are nearly independent get most of
+            theirs, and with ``only_where_saves`` stay dense.
         convert: ``True`` fits each basis layer to the conv's current weights
             (``BasisConv2d.from_conv``: use it on a trained model or after a dense warm-up;
             exact at full rank); ``False`` gives fresh from-scratch layers. There is no
@@ -219,12 +226,28 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
              "share_coefficients": share_coefficients, "fuse_norm": fuse_norm}
     for name, value in flags.items():  # found in review: convert="no" converted (truthy)
         check_flag(keys.get(name, name), value)
+    if max_error is not None and (num_basis is not None or not convert):
+        raise ConfigError("apply_basis: give max_error (sizes by an error bound on the trained "
+                          "filters, with convert=True) or num_basis (a count or fraction), "
+                          "not both" if convert else "apply_basis: max_error sizes layers by "
+                          "their trained filters, so it needs convert=True")
+    if max_error is not None:
+        check_max_error(max_error)
+    num_basis = 0.5 if num_basis is None and max_error is None else num_basis
     targets = select_layers(model, layers, key=keys.get("layers"))
     key = keys["only_where_saves"]
     leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
                    f"set {key}=true") + " to leave such layers dense"
     sizes = {}
     for name, conv in list(targets.items()):
+        if max_error is not None:  # the fit reads the weight a forward computes
+            refresh_computed_weight(conv)
+            check_finite_weight(conv, name, fitting=True)
+            try:
+                sizes[name] = basis_size_for_error(conv, max_error, coefficient_rank)
+            except ConfigError as err:
+                raise ConfigError(f"layer {name!r}: {err}") from None
+            continue
         above = _count_above(num_basis, conv.out_channels)  # e.g. 16 of a narrower layer's 8
         if above and only_where_saves:  # it saves nothing there, as a count of all would
             log.info("layer %r: %s=%d is more than its %d output channels; left dense "
