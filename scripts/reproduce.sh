@@ -193,12 +193,14 @@ rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # Each invocation that gets this far is logged in $RESULTS/sessions/ however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it
-# up (index.json).
+# up (index.json). One that ends well having computed nothing is not.
 START=$(date +%s.%N)
 log_session() {  # log_session <exit code>
   local code=$1
   "$PY" -c \
-    'import sys; from basisconv.records import log_session; log_session(*sys.argv[1:])' \
+    'import sys; from basisconv.records import log_session
+if log_session(*sys.argv[1:]) is None:
+    print(f"== nothing computed: this session is not logged in {sys.argv[1]}/sessions/")' \
     "$RESULTS" "$RECORDS" "$PROFILE" "$START" "$code" "$JOBS" "${OVERRIDES:-}" \
     || echo "this session could not be logged in $RESULTS/sessions/" >&2
 }

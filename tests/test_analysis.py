@@ -926,7 +926,13 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
     records.log_session(tmp_path, runs, "paper", started, 143, 4)
     monkeypatch.setattr(records.origin, "hardware",
                         lambda: {"cpu": "AMD EPYC", "cpu_capability": "AVX2"})
-    records.log_session(tmp_path, runs, "paper", time.time(), 0, 1)  # published nothing
+    # a session that computed nothing and ended well is no protocol time: not logged
+    assert records.log_session(tmp_path, runs, "paper", time.time(), 0, 1) is None
+    # one that wrote a benchmark, or was stopped before it published anything, is
+    later = time.time()
+    (tmp_path / "model-speed-cpu.json").write_text("{}")
+    os.utime(tmp_path / "model-speed-cpu.json", (later + 1, later + 1))  # (a coarse clock)
+    records.log_session(tmp_path, runs, "paper", later, 0, 1)
     assert len(list((tmp_path / records.SESSIONS).glob("*.json"))) == 2
     sessions = records.read_sessions(tmp_path)
     assert [(s["exit_code"], s["published"]) for s in sessions] == [
@@ -966,7 +972,7 @@ def test_two_machines_sessions_merge_in_git_without_a_conflict(tmp_path, monkeyp
     for machine in ("a", "b"):
         git("clone", "-q", str(origin), machine, cwd=tmp_path)
         records.log_session(tmp_path / machine, tmp_path / machine / "runs", "paper",
-                            time.time(), 0, 1)
+                            time.time(), 130, 1)  # (one that computed nothing is not logged)
         git("add", "-A", cwd=tmp_path / machine)
         git("commit", "-q", "-m", machine, cwd=tmp_path / machine)
     git("push", "-q", "origin", "HEAD:main", cwd=tmp_path / "a")

@@ -172,17 +172,23 @@ OLDER_SESSIONS = "sessions.json"
 
 def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, profile: str,
                 started: float | str, exit_code: int | str, jobs: int | str,
-                overrides: str = "") -> Path:
+                overrides: str = "") -> Path | None:
     """Log one invocation of ``scripts/reproduce.sh`` as a file of its own in
     ``<results_dir>/sessions/``: when it ran, for how long, how it ended, on what machine,
     and which records it published. A protocol cut off when a GPU slot ends goes on in
     another session, elsewhere, so its wall-clock is the sum over sessions; the analysis
-    sums them (``index.json``). Sessions of two machines merge in git as two new files."""
+    sums them (``index.json``). Sessions of two machines merge in git as two new files.
+    None, and no file, for a session that ended well having written nothing (every record
+    and benchmark was there): it only rebuilds the tables next, which is no protocol time
+    (found in a walkthrough: it added a session, and its seconds, to the committed ones)."""
     started, now = float(started), _dt.datetime.now(_dt.timezone.utc)
     begun = _dt.datetime.fromtimestamp(started, _dt.timezone.utc)
     records = Path(records_dir)
     published = sorted(str(p.relative_to(records)) for p in records.rglob("*.json")
                        if p.stat().st_mtime >= started) if records.is_dir() else []
+    if int(exit_code) == 0 and not published and not any(
+            p.is_file() and p.stat().st_mtime >= started for p in Path(results_dir).rglob("*")):
+        return None
     session = {
         "started": begun.isoformat(timespec="seconds"),
         "ended": now.isoformat(timespec="seconds"),
