@@ -504,12 +504,30 @@ def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     assert malformed_override(["~trainer.threads", "+x=1", "++y=2", "-m", "a=b,c"]) is None
 
 
+@pytest.mark.parametrize("override, line", [
+    # found in a walkthrough: Hydra's "Config group override must be a string or a list. Got
+    # float", which named neither the group nor the key meant
+    ("basis=0.25", "basis=0.25: basis is a config group and takes one of its configs (convert, "
+                   "scratch, warmup); a value in it is set by its key, e.g. basis.size=0.25"),
+    # found in a walkthrough: "did you mean trainer.schedule?" for the top-level seed
+    ("trainer.seed=1", "trainer.seed is not a config key (did you mean seed? also: "
+                       "selection.seed, sensitivity.seed); valid keys here: trainer.epochs,"),
+])
+def test_a_value_given_in_the_wrong_place_is_pointed_to_its_key(tmp_path, repo, override, line):
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           override, f"hydra.run.dir={tmp_path}/run"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {line}"), done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, repo):
     """Hydra said "Config group override must be a string or a list. Got NoneType",
     naming neither the group nor what to give."""
-    from basisconv.cli import null_group_override
+    from basisconv.cli import group_value_override
 
-    assert null_group_override(["model.width=null", "seed=null", "trainer=default"]) is None
+    assert group_value_override(["model.width=null", "seed=null", "trainer=default",
+                                 "sensitivity.layers=[all]"]) is None
     done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
                            "model=null", f"hydra.run.dir={tmp_path}/run"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
@@ -547,8 +565,8 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
 @pytest.mark.parametrize("override, message", [
     ("sensitivity.layers=[layer9.*]", r"^sensitivity.layers: layer pattern 'layer9.\*' matches "
                                       r"no convolution"),
-    ("basis.size=65", r"^no candidate layer: at basis.size=65 no selected layer the forward "
-                      r"calls saves compute; choose a smaller basis.size"),
+    ("basis.size=65", r"^basis.size=65 is more than the output channels of every selected "
+                      r"layer \(at most 64\); give a count up to 64"),
 ])
 def test_candidate_problems_are_found_before_the_sensitivity_pretraining(
         compose_cfg, monkeypatch, override, message):

@@ -433,7 +433,8 @@ def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, device)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["selection=all", "basis.size=64"], r"basis.size = 64 is out of range"),
+    (["selection=all", "basis.size=64"], r"^basis.size=64 is more than the output channels of "
+                                         r"every selected layer \(at most"),
     (["selection=all", "basis.coefficient_rank=3"], r"basis.coefficient_rank must be an int in"),
     (["selection=list", "selection.layers=[layer9.conv1]"], r"layer9.conv1"),
 ], ids=["size", "rank", "layer"])

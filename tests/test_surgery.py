@@ -138,6 +138,10 @@ def test_a_count_above_a_layers_channels_leaves_it_dense_where_only_savings_are_
                          if conv.out_channels > 16}
     assert ("layer 'layer1.0.conv1': num_basis=20 is more than its 16 output channels; left "
             "dense (only_where_saves)") in caplog.messages
+    # above every layer it would leave the whole model dense: refused, naming the widest
+    with pytest.raises(ConfigError, match=r"^num_basis=65 is more than the output channels of "
+                                          r"every selected layer \(at most 64\)"):
+        apply_basis(model, "all", 65, only_where_saves=True)
 
 
 def test_an_error_bound_sizes_each_layer_by_its_own_filters(caplog):

@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
+import yaml
 
 from . import distributed
 from .errors import (BasisconvError, ConfigError, FolderInUse, Stopped, context_chain,
@@ -224,6 +225,26 @@ def restore_replaced() -> None:
     replaced.clear()
 
 
+def same_name_keys(node: Any, full_key: str) -> list[str]:
+    """The keys of ``node``'s whole config named as ``full_key`` ends, elsewhere, the
+    shallowest first: where a key given in the wrong place belongs."""
+    name = full_key.rpartition(".")[2]
+    found = []
+
+    def walk(tree: Any, prefix: str) -> None:
+        for key, value in tree.items():
+            dotted = f"{prefix}{key}"
+            if key == "hydra" and not prefix:
+                continue
+            if key == name and dotted != full_key:
+                found.append(dotted)
+            if isinstance(value, dict):
+                walk(value, f"{dotted}.")
+
+    walk(OmegaConf.to_container(node._get_root(), resolve=False), "")
+    return sorted(found, key=lambda key: key.count("."))
+
+
 def hydra_error_line(ex: Exception) -> str:
     """One line for an error Hydra or OmegaConf raised while composing the config: the
     key or option, and what is valid."""
@@ -238,8 +259,11 @@ def hydra_error_line(ex: Exception) -> str:
         keys = [f"{node}.{k}" if node else str(k) for k in (parent.keys() if parent else [])
                 if k != "hydra"]
         valid = f"; valid keys here: {', '.join(keys)}" if keys else ""
-        close = difflib.get_close_matches(cause.full_key, keys, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        # a key of that name elsewhere first (trainer.seed: the run's seed is top-level)
+        elsewhere = same_name_keys(parent, cause.full_key) if parent is not None else []
+        close = elsewhere or difflib.get_close_matches(cause.full_key, keys, n=1)
+        others = f" also: {', '.join(close[1:])}" if close[1:] else ""
+        hint = f" (did you mean {close[0]}?{others})" if close else ""
         return f"{cause.full_key} is not a config key{hint}{valid}"
     if isinstance(cause, ValidationError):
         override = str(ex).rpartition("override ")[2].strip() or cause.full_key
@@ -285,19 +309,37 @@ def malformed_override(args: list[str]) -> str | None:
     return None
 
 
-def null_group_override(args: list[str]) -> str | None:
-    """One line for ``model=null`` (a config group set to null), which Hydra reports as
-    "Config group override must be a string or a list. Got NoneType", naming no group
-    (called on that error only: ``profile`` is a plain key of the analysis config)."""
+def group_value_override(args: list[str]) -> str | None:
+    """One line for a config group set to a value that is none of its configs (``model=null``,
+    ``basis=0.25`` meant as ``basis.size=0.25``), which Hydra reports as "Config group
+    override must be a string or a list. Got NoneType" (or float), naming no group (called on
+    that error only: ``profile`` is a plain key of the analysis config)."""
     for arg in args:
         key, _, value = arg.lstrip("+").partition("=")
-        if value.strip() != "null" or "/" in key:
+        value = value.strip()
+        options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml")) if (
+            key and "/" not in key) else []
+        if not options or value in options or value.startswith("["):
             continue
-        options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml"))
-        if options:
-            return (f"{arg}: {key} is a config group and takes one of its configs ("
-                    f"{', '.join(options)}); drop the override for the default")
+        said = f"{arg}: {key} is a config group and takes one of its configs ({', '.join(options)})"
+        if value == "null":
+            return f"{said}; drop the override for the default"
+        example = group_key(key, value)
+        return (f"{said}; a value in it is set by its key"
+                + (f", e.g. {key}.{example}={value}" if example else f": {key}.<key>={value}"))
     return None
+
+
+def group_key(group: str, value: str) -> str | None:
+    """The first key of ``group``'s configs whose default is of ``value``'s type (a float
+    for 0.25: ``basis.size``), if one is: an example for a value given to the group."""
+    keys = {}
+    for path in sorted((CONFIGS / group).glob("*.yaml")):
+        for name, default in OmegaConf.to_container(OmegaConf.load(path)).items():
+            if name != "defaults":
+                keys.setdefault(str(name), default)
+    given = type(yaml.safe_load(value))
+    return next((name for name, default in keys.items() if type(default) is given), None)
 
 
 def run_hydra(*args, **kwargs) -> Any:
@@ -347,8 +389,8 @@ def run_and_report(func: Callable[[], Any]) -> Any:
                 raise caught
             return hydra_run_and_report(reraise)
         line = hydra_error_line(ex)
-        if "Config group override must be a string" in str(ex):  # a group=null
-            line = null_group_override(sys.argv[1:]) or line
+        if "Config group override must be a string" in str(ex):  # model=null, basis=0.25
+            line = group_value_override(sys.argv[1:]) or line
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
 
 

@@ -238,7 +238,11 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     key = keys["only_where_saves"]
     leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
                    f"set {key}=true") + " to leave such layers dense"
-    sizes = {}
+    sizes, widest = {}, max((conv.out_channels for conv in targets.values()), default=0)
+    if only_where_saves and targets and _count_above(num_basis, widest):  # none could take it
+        raise ConfigError(f"{keys['num_basis']}={num_basis} is more than the output channels "
+                          f"of every selected layer (at most {widest}); give a count up to "
+                          f"{widest}, or a fraction in (0, 1] of each layer's out_channels")
     for name, conv in list(targets.items()):
         if max_error is not None:  # the fit reads the weight a forward computes
             refresh_computed_weight(conv)
