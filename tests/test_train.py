@@ -95,8 +95,26 @@ def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     assert result.returncode == 2
     assert result.stderr.startswith("error: CIFAR-10 not found")
     assert "Traceback" not in result.stderr
-    # the output folder's log says why the run did not start
+    # found in a walkthrough: the folder Hydra made for it was left behind, holding only
+    # this line in its log (each refused start left one); the console has the line
+    assert not (tmp_path / "run").exists() and tmp_path.exists()
+    # a refusal in a folder a run has used keeps it, its log saying why this start stopped
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / "train.log").write_text("an earlier start\n")
+    assert run_script(repo, tmp_path, f"data.root={tmp_path / 'nowhere'}").returncode == 2
     assert "error: CIFAR-10 not found" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_refused_start_in_the_default_layout_leaves_no_dated_folder(tmp_path, repo):
+    """outputs/<name>/<date>/ made for a start refused (a value out of range) is removed,
+    and outputs/<name>/ with it when empty; other folders stay."""
+    (tmp_path / "outputs" / "another-run").mkdir(parents=True)
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                             "basis.size=0"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("error: basis.size=0")
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["another-run"]
 
 
 def test_benchmark_train_script_runs(tmp_path, repo):

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -30,8 +31,8 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
 import yaml
 
 from . import distributed
-from .errors import (BasisconvError, ConfigError, FolderInUse, Stopped, context_chain,
-                     one_line)
+from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, Stopped,
+                     context_chain, one_line)
 from .records import HYDRA_VALUE_FLAGS, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,8 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
 hydra_save_config = hydra_core_utils._save_config
 #: The files of an earlier run that Hydra overwrote for this job, with their old bytes.
 replaced: dict[Path, bytes] = {}
+#: The run folders Hydra made for this job (no ``.hydra`` in them before it).
+made_folders: set[Path] = set()
 
 
 def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
@@ -214,6 +217,8 @@ def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
     (a changed config in a finished run's folder, a folder another process holds) puts
     the earlier run's files back, so it changes nothing there."""
     path = Path(output_dir) / filename
+    if not Path(output_dir).exists():
+        made_folders.add(Path(output_dir).parent)
     if path.is_file() and path not in replaced:
         replaced[path] = path.read_bytes()
     hydra_save_config(cfg, filename, output_dir)
@@ -223,6 +228,28 @@ def restore_replaced() -> None:
     for path, data in replaced.items():
         write_bytes_atomic(path, data)
     replaced.clear()
+
+
+#: What this start wrote into a folder Hydra made for it, before it was refused.
+MADE_FOR_A_START = {".hydra", "train.log", "run.lock"}
+
+
+def remove_made_folders() -> None:
+    """Remove the folders Hydra made for a start that was refused, holding only what that
+    start wrote, and the default layout's ``outputs/<name>/`` when that leaves it empty
+    (found in a walkthrough: each typo in a value left ``outputs/<name>/<date>/`` behind, a
+    run that never was). No other folder above a run's is touched, empty or not: a
+    ``hydra.run.dir`` may sit in a folder of the user's."""
+    default_layout = Path.cwd().resolve() / "outputs"
+    for folder in made_folders:
+        try:
+            if {path.name for path in folder.iterdir()} <= MADE_FOR_A_START:
+                shutil.rmtree(folder)
+                if folder.resolve().parent.parent == default_layout:
+                    folder.parent.rmdir()  # (only if empty)
+        except OSError:
+            pass
+    made_folders.clear()
 
 
 def same_name_keys(node: Any, full_key: str) -> list[str]:
@@ -496,7 +523,8 @@ def exit_on_user_error(fn: F) -> F:
     stack trace; ``BASISCONV_DEBUG=1`` shows the trace. A run stopped by SIGINT (Ctrl-C)
     or SIGTERM says in one line where it stopped and exits with 130 or 143. Either line
     also goes to the run's log file, unless the folder is another run's (its log is that
-    run's); under ``torchrun`` rank 0 alone says it. Hydra's errors before the task starts
+    run's); under ``torchrun`` rank 0 alone says it. A start refused in a folder Hydra made
+    for it removes that folder (:func:`remove_made_folders`). Hydra's errors before the task starts
     are one line with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
     hydra_main_module._run_hydra = run_hydra
@@ -529,6 +557,9 @@ def exit_on_user_error(fn: F) -> F:
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)
                 resume_override.append(sweep_folder_override(args[0] if args else None))
                 raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
+            if first_process() and isinstance(err, (ConfigError, DatasetError)) and not (
+                    isinstance(err, FolderInUse)):  # (a start refused, not a run that failed)
+                remove_made_folders()
             exit_refused(message)
         except KeyboardInterrupt as err:
             if os.environ.get("BASISCONV_DEBUG"):
@@ -544,5 +575,6 @@ def exit_on_user_error(fn: F) -> F:
         finally:
             signal.signal(signal.SIGTERM, previous)
             replaced.clear()
+            made_folders.clear()
 
     return wrapper  # type: ignore[return-value]
