@@ -848,6 +848,14 @@ def test_a_missing_runs_dir_says_it_does_not_exist(tmp_path):
     with pytest.raises(ConfigError, match=r"runs_dir=\S*rusn: no such folder") as err:
         write_report(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "rusn")), "cmd")
     assert "make reproduce" not in str(err.value)
+    # found in a walkthrough: make analyze's default profile (paper) before it has run here
+    (tmp_path / "results" / "quick" / "runs").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"runs_dir=\S*results/paper/runs: no such folder: no "
+                                          r"record of profile paper is published here yet "
+                                          r"\(make reproduce PROFILE=paper makes them; "
+                                          r"profiles published here: quick\)"):
+        write_report(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "results" / "paper" / "runs")),
+                     "cmd")
 
 
 def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(tmp_path):

@@ -233,6 +233,13 @@ def record_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         what = "not a folder" if root.exists() else "no such folder"
+        if not root.exists() and root.name == "runs" and root.parent.parent.name == "results":
+            # make analyze's default, PROFILE=paper, before that profile has run here
+            profile = root.parent.name
+            made = sorted(path.parent.name for path in root.parent.parent.glob("*/runs"))
+            what += (f": no record of profile {profile} is published here yet (make reproduce "
+                     f"PROFILE={profile} makes them; profiles published here: "
+                     f"{', '.join(made) or 'none'})")
         raise ConfigError(f"runs_dir={root}: {what}; give the folder of published records "
                           f"(results/<profile>/runs) or of run folders (outputs/<profile>)")
     runs = {path.parent for path in root.rglob(RECORD)}
