@@ -117,6 +117,37 @@ def test_a_refused_start_in_the_default_layout_leaves_no_dated_folder(tmp_path, 
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["another-run"]
 
 
+def test_a_refused_starts_folder_is_kept_when_another_start_uses_it(tmp_path, monkeypatch):
+    """Found in review of the removal: a start refused in a folder that another start of
+    the same second (the same dated name) had begun to use deleted that start's files.
+    Kept: a folder another process holds, or whose .hydra/ another start rewrote."""
+    from basisconv import cli
+    from basisconv.records import folder_lock
+
+    def made(name, config=b"seed: 0\n"):
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_bytes(config)
+        (folder / "train.log").write_text("")
+        monkeypatch.setattr(cli, "made_folders", {folder: {"config.yaml": b"seed: 0\n"}})
+        return folder
+
+    held = made("held")
+    with folder_lock(held):  # (a lock of another open file: another process's, to flock)
+        cli.remove_made_folders()
+    assert (held / ".hydra" / "config.yaml").exists()
+    rewritten = made("rewritten", config=b"seed: 1\n")
+    cli.remove_made_folders()
+    assert (rewritten / ".hydra" / "config.yaml").exists()
+    with_a_checkpoint = made("with-a-checkpoint")
+    (with_a_checkpoint / "checkpoint.pt").write_bytes(b"")
+    cli.remove_made_folders()
+    assert (with_a_checkpoint / "checkpoint.pt").exists()
+    alone = made("alone")
+    cli.remove_made_folders()
+    assert not alone.exists() and tmp_path.exists() and cli.made_folders == {}
+
+
 def test_benchmark_train_script_runs(tmp_path, repo):
     out = tmp_path / "throughput.json"
     env = {**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")}  # random images, no dataset

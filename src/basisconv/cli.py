@@ -33,7 +33,7 @@ import yaml
 from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, Stopped,
                      context_chain, one_line)
-from .records import HYDRA_VALUE_FLAGS, write_bytes_atomic
+from .records import HYDRA_VALUE_FLAGS, LOCK, folder_lock, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -208,20 +208,24 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
 hydra_save_config = hydra_core_utils._save_config
 #: The files of an earlier run that Hydra overwrote for this job, with their old bytes.
 replaced: dict[Path, bytes] = {}
-#: The run folders Hydra made for this job (no ``.hydra`` in them before it).
-made_folders: set[Path] = set()
+#: The run folders Hydra made for this job (empty before it), with the ``.hydra/`` files
+#: this job wrote there.
+made_folders: dict[Path, dict[str, bytes]] = {}
 
 
 def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
     """Hydra's ``_save_config``, remembering what it overwrites: a start that is refused
     (a changed config in a finished run's folder, a folder another process holds) puts
     the earlier run's files back, so it changes nothing there."""
-    path = Path(output_dir) / filename
-    if not Path(output_dir).exists():
-        made_folders.add(Path(output_dir).parent)
+    path, run_folder = Path(output_dir) / filename, Path(output_dir).parent
+    if not Path(output_dir).exists() and all(  # new: nothing but the log Hydra just began
+            path.name.endswith(".log") for path in run_folder.iterdir()):
+        made_folders[run_folder] = {}
     if path.is_file() and path not in replaced:
         replaced[path] = path.read_bytes()
     hydra_save_config(cfg, filename, output_dir)
+    if run_folder in made_folders:
+        made_folders[run_folder][filename] = path.read_bytes()
 
 
 def restore_replaced() -> None:
@@ -230,24 +234,29 @@ def restore_replaced() -> None:
     replaced.clear()
 
 
-#: What this start wrote into a folder Hydra made for it, before it was refused.
-MADE_FOR_A_START = {".hydra", "train.log", "run.lock"}
-
-
 def remove_made_folders() -> None:
-    """Remove the folders Hydra made for a start that was refused, holding only what that
-    start wrote, and the default layout's ``outputs/<name>/`` when that leaves it empty
-    (found in a walkthrough: each typo in a value left ``outputs/<name>/<date>/`` behind, a
-    run that never was). No other folder above a run's is touched, empty or not: a
-    ``hydra.run.dir`` may sit in a folder of the user's."""
+    """Remove the folder Hydra made for a start that was refused, when it holds only what
+    that start wrote (its ``.hydra/`` files as it wrote them, its log, ``run.lock``) and no
+    other process holds it, and the default layout's ``outputs/<name>/`` when that leaves
+    it empty (found in a walkthrough: each typo in a value left ``outputs/<name>/<date>/``
+    behind, a run that never was). Another start in the same folder (the same dated name
+    in the same second) keeps it: it holds the lock, or its ``.hydra/`` replaced this one's.
+    No folder above a run's is touched otherwise: a ``hydra.run.dir`` may sit in a folder
+    of the user's."""
     default_layout = Path.cwd().resolve() / "outputs"
-    for folder in made_folders:
+    for folder, written in made_folders.items():
         try:
-            if {path.name for path in folder.iterdir()} <= MADE_FOR_A_START:
+            with folder_lock(folder):
+                hydra = folder / ".hydra"
+                ours = {path.name: path.read_bytes() for path in hydra.iterdir()} == written
+                names = {path.name for path in folder.iterdir()}
+                if not ours or not all(name in (".hydra", LOCK) or name.endswith(".log")
+                                       for name in names):
+                    continue
                 shutil.rmtree(folder)
-                if folder.resolve().parent.parent == default_layout:
-                    folder.parent.rmdir()  # (only if empty)
-        except OSError:
+            if folder.resolve().parent.parent == default_layout:
+                folder.parent.rmdir()  # (only if empty)
+        except (OSError, ConfigError):  # (held by another process: FolderInUse)
             pass
     made_folders.clear()
 
