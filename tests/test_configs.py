@@ -508,7 +508,11 @@ def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     # found in a walkthrough: Hydra's "Config group override must be a string or a list. Got
     # float", which named neither the group nor the key meant
     ("basis=0.25", "basis=0.25: basis is a config group and takes one of its configs (convert, "
-                   "scratch, warmup); a value in it is set by its key, e.g. basis.size=0.25"),
+                   "scratch, warmup); a value in it is set by its key, basis.<key>=..., one of "
+                   "basis.size, basis.init,"),
+    # a group of whole-config presets has no keys of its own to name
+    ("profile=1", "profile=1: profile is a config group and takes one of its configs (paper, "
+                  "quick, smoke) (BASISCONV_DEBUG"),
     # found in a walkthrough: "did you mean trainer.schedule?" for the top-level seed
     ("trainer.seed=1", "trainer.seed is not a config key (did you mean seed? also: "
                        "selection.seed, sensitivity.seed); valid keys here: trainer.epochs,"),
@@ -528,6 +532,9 @@ def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, rep
 
     assert group_value_override(["model.width=null", "seed=null", "trainer=default",
                                  "sensitivity.layers=[all]"]) is None
+    # found in review: a sweep's values were blamed for another group's null
+    assert group_value_override(["-m", "--config-name", "train", "basis=scratch,warmup",
+                                 "model=null"]).startswith("model=null: model is a config group")
     done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
                            "model=null", f"hydra.run.dir={tmp_path}/run"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})

@@ -28,7 +28,6 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
-import yaml
 
 from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, Stopped,
@@ -345,37 +344,52 @@ def malformed_override(args: list[str]) -> str | None:
     return None
 
 
-def group_value_override(args: list[str]) -> str | None:
+def group_value_override(args: list[str], got: str = "NoneType") -> str | None:
     """One line for a config group set to a value that is none of its configs (``model=null``,
     ``basis=0.25`` meant as ``basis.size=0.25``), which Hydra reports as "Config group
-    override must be a string or a list. Got NoneType" (or float), naming no group (called on
-    that error only: ``profile`` is a plain key of the analysis config)."""
-    for arg in args:
-        key, _, value = arg.lstrip("+").partition("=")
-        value = value.strip()
+    override must be a string or a list. Got NoneType" (or float: ``got``), naming no group
+    (called on that error only: ``profile`` is a plain key of the analysis config)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given, flag_value = [], False
+    for arg in args:  # the overrides, without the flags (-m, --config-name NAME, ...)
+        if not flag_value and not arg.startswith("-"):
+            given.append(arg)
+        flag_value = not flag_value and arg in HYDRA_VALUE_FLAGS
+    try:
+        overrides = OverridesParser.create().parse_overrides(given)
+    except Exception:  # noqa: BLE001 - (Hydra says what it cannot parse itself)
+        return None
+    for override in overrides:
+        key = override.key_or_group
         options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml")) if (
-            key and "/" not in key) else []
-        if not options or value in options or value.startswith("["):
+            "/" not in key) else []
+        if not options or override.is_sweep_override() or (
+                type(override.value()).__name__ != got):  # the value Hydra names
             continue
-        said = f"{arg}: {key} is a config group and takes one of its configs ({', '.join(options)})"
-        if value == "null":
+        said = (f"{override.input_line}: {key} is a config group and takes one of its configs "
+                f"({', '.join(options)})")
+        if override.value() is None:
             return f"{said}; drop the override for the default"
-        example = group_key(key, value)
-        return (f"{said}; a value in it is set by its key"
-                + (f", e.g. {key}.{example}={value}" if example else f": {key}.<key>={value}"))
+        keys = group_keys(key)
+        return said + (f"; a value in it is set by its key, {key}.<key>=..., one of "
+                       f"{', '.join(f'{key}.{name}' for name in keys)}" if keys else "")
     return None
 
 
-def group_key(group: str, value: str) -> str | None:
-    """The first key of ``group``'s configs whose default is of ``value``'s type (a float
-    for 0.25: ``basis.size``), if one is: an example for a value given to the group."""
-    keys = {}
+def group_keys(group: str) -> list[str]:
+    """The keys ``group``'s configs set (none for a group of whole-config presets,
+    ``# @package _global_``, such as ``profile`` and ``experiment``)."""
+    configs = []
     for path in sorted((CONFIGS / group).glob("*.yaml")):
-        for name, default in OmegaConf.to_container(OmegaConf.load(path)).items():
-            if name != "defaults":
-                keys.setdefault(str(name), default)
-    given = type(yaml.safe_load(value))
-    return next((name for name, default in keys.items() if type(default) is given), None)
+        if path.read_text().startswith("# @package _global_"):
+            return []
+        configs.append([str(name) for name in OmegaConf.to_container(OmegaConf.load(path)) or {}
+                        if name != "defaults"])
+    keys: dict[str, None] = {}
+    for names in sorted(configs, key=len, reverse=True):  # the fullest (a base) in its order
+        keys.update(dict.fromkeys(names))
+    return list(keys)
 
 
 def run_hydra(*args, **kwargs) -> Any:
@@ -426,7 +440,8 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             return hydra_run_and_report(reraise)
         line = hydra_error_line(ex)
         if "Config group override must be a string" in str(ex):  # model=null, basis=0.25
-            line = group_value_override(sys.argv[1:]) or line
+            got = str(ex).rpartition("Got ")[2].strip().rstrip(".")
+            line = group_value_override(sys.argv[1:], got) or line
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
 
 
