@@ -893,11 +893,13 @@ def test_stops_come_back_once_a_stops_message_is_made():
     from basisconv.errors import Stopped
 
     previous = signal.signal(signal.SIGTERM, cli.raise_stopped)
+    interrupt = signal.getsignal(signal.SIGINT)
     try:
         with cli.stops_let_go():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.01)  # (a handler runs at the next bytecode it can; none does)
         assert signal.getsignal(signal.SIGTERM) is cli.raise_stopped
+        assert signal.getsignal(signal.SIGINT) is interrupt
         with pytest.raises(Stopped):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)

@@ -496,13 +496,29 @@ def stops_let_go() -> Iterator[None]:
     # (a handler installed outside Python, which getsignal gives as None, is left as it is)
     handlers = {s: h for s in (signal.SIGINT, signal.SIGTERM)
                 if (h := signal.getsignal(s)) is not None}
-    for signum in handlers:
-        signal.signal(signum, signal.SIG_IGN)
+    with _signals_held(handlers):  # both at once: one landing between the two is held
+        for signum in handlers:
+            signal.signal(signum, signal.SIG_IGN)
     try:
         yield
     finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        with _signals_held(handlers):
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _signals_held(signums) -> Iterator[None]:
+    """``signums`` blocked in this thread for the block (delivered as it ends, if not let
+    go meanwhile); nothing where ``pthread_sigmask`` is missing (Windows)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def stop_reason(err: BaseException) -> str:
@@ -595,7 +611,7 @@ def exit_on_user_error(fn: F) -> F:
                 if first_process():
                     log_to_files(message)
                     print(message, file=sys.stderr)
-            sys.exit(128 + signum)
+                sys.exit(128 + signum)
         finally:
             signal.signal(signal.SIGTERM, previous)
             replaced.clear()
