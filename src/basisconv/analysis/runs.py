@@ -233,7 +233,8 @@ def record_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         what = "not a folder" if root.exists() else "no such folder"
-        if not root.exists() and root.name == "runs" and root.parent.parent.name == "results":
+        if (not root.exists() and root.name == "runs" and root.parent.parent.name == "results"
+                and root.parent.name != "smoke"):  # (smoke's are under outputs/smoke/results)
             # make analyze's default, PROFILE=paper, before that profile has run here
             profile = root.parent.name
             made = sorted(path.parent.name for path in root.parent.parent.glob("*/runs"))
