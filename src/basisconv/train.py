@@ -82,7 +82,9 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                         raise
                     with stops_let_go():
                         message = stopped_before_training(cfg, output_dir, checkpoint)
-                    raise Stopped(getattr(err, "signum", signal.SIGINT), message) from None
+                        reason = distributed.peer_failure_in(err)  # (torchrun's SIGTERM)
+                    raise Stopped(getattr(err, "signum", signal.SIGINT),
+                                  f"{reason}; {message}" if reason else message) from None
                 record = training.run()
         return publish(record, cfg.publish, output_dir) if first_rank else record
 
