@@ -218,7 +218,7 @@ def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
     the earlier run's files back, so it changes nothing there."""
     path, run_folder = Path(output_dir) / filename, Path(output_dir).parent
     if not Path(output_dir).exists() and all(  # new: nothing but the log Hydra just began
-            path.name.endswith(".log") for path in run_folder.iterdir()):
+            entry.name.endswith(".log") for entry in run_folder.iterdir()):
         made_folders[run_folder] = {}
     if path.is_file() and path not in replaced:
         replaced[path] = path.read_bytes()
@@ -564,8 +564,8 @@ def exit_on_user_error(fn: F) -> F:
     or SIGTERM says in one line where it stopped and exits with 130 or 143. Either line
     also goes to the run's log file, unless the folder is another run's (its log is that
     run's); under ``torchrun`` rank 0 alone says it. A start refused in a folder Hydra made
-    for it removes that folder (:func:`remove_made_folders`). Hydra's errors before the task starts
-    are one line with exit status 2 as well (see :func:`run_and_report`)."""
+    for it removes that folder (:func:`remove_made_folders`). Hydra's errors before the task
+    starts are one line with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
     hydra_main_module._run_hydra = run_hydra
     hydra_core_utils._save_config = save_config_keeping_old

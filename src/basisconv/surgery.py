@@ -226,12 +226,14 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
              "share_coefficients": share_coefficients, "fuse_norm": fuse_norm}
     for name, value in flags.items():  # found in review: convert="no" converted (truthy)
         check_flag(keys.get(name, name), value)
-    if max_error is not None and (num_basis is not None or not convert):
-        raise ConfigError("apply_basis: give max_error (sizes by an error bound on the trained "
-                          "filters, with convert=True) or num_basis (a count or fraction), "
-                          "not both" if convert else "apply_basis: max_error sizes layers by "
-                          "their trained filters, so it needs convert=True")
     if max_error is not None:
+        if not convert:
+            raise ConfigError("apply_basis: max_error sizes layers by their trained filters, "
+                              "so it needs convert=True")
+        if num_basis is not None:
+            raise ConfigError("apply_basis: give max_error (sizes by an error bound on the "
+                              "trained filters, with convert=True) or num_basis (a count or "
+                              "fraction), not both")
         check_max_error(max_error)
     num_basis = 0.5 if num_basis is None and max_error is None else num_basis
     targets = select_layers(model, layers, key=keys.get("layers"))
@@ -255,14 +257,17 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         above = _count_above(num_basis, conv.out_channels)  # e.g. 16 of a narrower layer's 8
         if above and only_where_saves:  # it saves nothing there, as a count of all would
             log.info("layer %r: %s=%d is more than its %d output channels; left dense "
-                     "(only_where_saves)", name, keys["num_basis"], num_basis, conv.out_channels)
+                     "(only_where_saves)", name, keys["num_basis"], num_basis,
+                     conv.out_channels)
             del targets[name]
             continue
         try:
             sizes[name] = resolve_num_basis(num_basis, conv.out_channels, where=name,
                                             key=keys["num_basis"])
         except ConfigError as err:
-            raise ConfigError(f"{err}; or {leave_dense}" if above else str(err)) from None
+            if not above:
+                raise
+            raise ConfigError(f"{err}; or {leave_dense}") from None
     # judged in the stacked form when fused with a norm (stricter than split): a layer
     # converted for a split saving must not cost more than the dense conv once fused
     for name in list(targets):
