@@ -47,6 +47,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from basisconv.signals import raise_stopped, stops_let_go  # noqa: E402 (standard library only)
+
 NEEDED = ("hydra", "omegaconf", "tqdm", "pandas", "matplotlib", "pytest")
 
 
@@ -146,9 +148,8 @@ def group_alive(process: subprocess.Popen) -> bool:
 
 def stop_all(processes: list[subprocess.Popen]) -> None:
     """Each part's whole group stopped as at its limit (:data:`STOP_SIGNALS`), at once; a
-    second Ctrl-C or SIGTERM meanwhile is ignored (it would skip the SIGKILL)."""
-    ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    second Ctrl-C or SIGTERM meanwhile is let go (it would skip the SIGKILL)."""
+    with stops_let_go():
         for sig, grace in STOP_SIGNALS:
             for process in processes:
                 signal_group(process, sig)
@@ -156,9 +157,6 @@ def stop_all(processes: list[subprocess.Popen]) -> None:
             while time.monotonic() < end and any(
                     process.poll() is None or group_alive(process) for process in processes):
                 time.sleep(0.1)
-    finally:
-        for sig, handler in ignored.items():
-            signal.signal(sig, handler)
 
 
 def part_result(name: str, code: int | None, seconds: float, log: Path) -> dict:
@@ -308,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                     result.update(paper_epoch_details(work / result["part"]))
                 parts.append(result)
 
-    previous = signal.signal(signal.SIGTERM, stopped_by)
+    previous = signal.signal(signal.SIGTERM, raise_stopped)
     try:
         run_groups()
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (a slot ending): what ran is kept
@@ -325,18 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu-check {'PASSED' if passed else 'FAILED'} on {prov['hardware']['gpu']}: "
           f"{summary}; record {path}")
     return 0 if passed else 1
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, raised where the check is, as Ctrl-C is."""
-
-    def __init__(self, signum: int):
-        super().__init__()
-        self.signum = signum
-
-
-def stopped_by(signum: int, frame) -> None:
-    raise Stopped(signum)
 
 
 if __name__ == "__main__":

@@ -830,7 +830,7 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
 
     import torch.distributed as dist
 
-    from basisconv import cli, distributed, loop, train
+    from basisconv import cli, distributed, loop, signals, train
     from basisconv.errors import Stopped
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
@@ -862,7 +862,7 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
     # a job of one process in a process group, as each rank of a torchrun job is
     dist.init_process_group("gloo", rank=0, world_size=1,
                             init_method=f"file://{tmp_path / 'store'}")
-    previous = signal.signal(signal.SIGTERM, cli.raise_stopped)  # as the entry point sets it
+    previous = signal.signal(signal.SIGTERM, signals.raise_stopped)  # as the entry point sets it
     try:
         with pytest.raises(Stopped) as err:
             fit(compose_tiny(repo, "logger=none"), tmp_path / "run")
@@ -889,16 +889,16 @@ def test_stops_come_back_once_a_stops_message_is_made():
     signal is dropped, not held for later, and the handlers are the same after it."""
     import signal
 
-    from basisconv import cli
+    from basisconv import signals
     from basisconv.errors import Stopped
 
-    previous = signal.signal(signal.SIGTERM, cli.raise_stopped)
+    previous = signal.signal(signal.SIGTERM, signals.raise_stopped)
     interrupt = signal.getsignal(signal.SIGINT)
     try:
-        with cli.stops_let_go():
+        with signals.stops_let_go():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.01)  # (a handler runs at the next bytecode it can; none does)
-        assert signal.getsignal(signal.SIGTERM) is cli.raise_stopped
+        assert signal.getsignal(signal.SIGTERM) is signals.raise_stopped
         assert signal.getsignal(signal.SIGINT) is interrupt
         with pytest.raises(Stopped):
             os.kill(os.getpid(), signal.SIGTERM)

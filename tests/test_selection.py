@@ -1383,17 +1383,17 @@ def test_after_the_first_stop_further_signals_are_let_go_until_the_workers_are_e
     go; the handlers are Python's own again afterwards, and a handler that does not stop
     leaves the next signal handled."""
     import time
-    from basisconv.probe import _one_stop
+    from basisconv.signals import one_stop
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     calls = []
     # Python's own Ctrl-C handler, as at a terminal: a process started ignoring SIGINT (by a
-    # shell without job control) has none, and _one_stop leaves such a disposition alone
+    # shell without job control) has none, and one_stop leaves such a disposition alone
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
     try:
         with pytest.raises(KeyboardInterrupt):
-            with _one_stop():
+            with one_stop():
                 os.kill(os.getpid(), signal.SIGTERM)  # handled, does not stop
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import importlib
@@ -13,10 +12,9 @@ import shlex
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
@@ -30,9 +28,10 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
 from . import distributed
-from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, Stopped,
-                     context_chain, one_line)
+from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
+                     one_line)
 from .records import HYDRA_VALUE_FLAGS, LOCK, folder_lock, write_bytes_atomic
+from .signals import raise_stopped, stops_let_go
 
 log = logging.getLogger(__name__)
 
@@ -477,48 +476,6 @@ def first_process() -> bool:
     """Whether this is the process that speaks for a run: under ``torchrun`` rank 0 (each
     rank meets the same error; N lines, some contradicting rank 0's, said it N times)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def raise_stopped(signum: int, frame) -> None:
-    raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def stops_let_go() -> Iterator[None]:
-    """SIGINT and SIGTERM let go while a stop already on its way is made: a second one (a
-    Ctrl-C pressed again; under torchrun its SIGTERM, sent when another rank died and this
-    one's collective failed) raised its own bare stop there, which replaced the first and
-    what it says (which epoch the checkpoint holds, how to resume). Python handles signals
-    in the main thread alone, so elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    # (a handler installed outside Python, which getsignal gives as None, is left as it is)
-    handlers = {s: h for s in (signal.SIGINT, signal.SIGTERM)
-                if (h := signal.getsignal(s)) is not None}
-    with _signals_held(handlers):  # both at once: one landing between the two is held
-        for signum in handlers:
-            signal.signal(signum, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        with _signals_held(handlers):
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
-
-
-@contextlib.contextmanager
-def _signals_held(signums) -> Iterator[None]:
-    """``signums`` blocked in this thread for the block (delivered as it ends, if not let
-    go meanwhile); nothing where ``pthread_sigmask`` is missing (Windows)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def stop_reason(err: BaseException) -> str:

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -32,6 +31,7 @@ from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import TrainingDiverged, WorkerFailed
 from .network import build_dense
 from .progress import PROBE_BASIS, Progress
+from .signals import one_stop, signals_blocked
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
@@ -234,58 +234,6 @@ def _end_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-@contextlib.contextmanager
-def _interrupts_held():
-    """SIGINT blocked in this thread while it starts workers, which keep the mask: a Ctrl-C
-    reaches every process of the terminal's group, and a worker starting (importing torch)
-    printed a KeyboardInterrupt traceback of its own, or died, beside the parent's stop
-    (the parent ends its workers). One that comes meanwhile reaches the parent as the mask
-    is lifted, or at once through another of its threads."""
-    if not hasattr(signal, "pthread_sigmask"):  # (not on Windows)
-        yield
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-@contextlib.contextmanager
-def _one_stop():
-    """The first SIGINT or SIGTERM stops as usual (its handler raises); the next ones, until
-    the workers are ended, are let go. Why: a second Ctrl-C (pressed again, or one Ctrl-C
-    reaching the parent twice) that landed while the first stop ended the workers cut that
-    short: workers never terminated went on fine-tuning and the parent waited for them at
-    exit, for ever; one that landed in the standard library's lock handling raised
-    ``RuntimeError: release unlocked lock`` in place of the stop. Python runs handlers in
-    the main thread only, so elsewhere nothing changes; a handler that is not Python's
-    (the default action, ignored) is left as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signums = (signal.SIGINT, signal.SIGTERM)
-    handlers = {s: h for s in signums if callable(h := signal.getsignal(s))}
-
-    def let_go(signum, frame) -> None:
-        """A stop is already on its way."""
-
-    def first(signum, frame) -> None:
-        for s in handlers:  # before the handler raises: a second one may come at once
-            signal.signal(s, let_go)
-        handlers[signum](signum, frame)
-        for s in handlers:  # it did not stop: the next one is handled again
-            signal.signal(s, first)
-
-    for s in handlers:
-        signal.signal(s, first)
-    try:
-        yield
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-
-
 def _start_worker(config: dict, dense_state: dict, parent: int) -> None:
     global _WORKER_PROBE
     _end_with_parent(parent)
@@ -326,12 +274,17 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
     state = {k: v.detach().cpu() for k, v in probe.dense.state_dict().items()}
     config = OmegaConf.to_container(probe.cfg, resolve=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    with _one_stop():
+    with one_stop():
         pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=context,
                                    initializer=_start_worker,
                                    initargs=(config, state, os.getpid()))
         try:
-            with _interrupts_held():  # the workers start (one per submit) with Ctrl-C blocked
+            # the workers start (one per submit) with Ctrl-C blocked, a mask they keep: a
+            # Ctrl-C reaches every process of the terminal's group, and a worker starting
+            # (importing torch) printed a KeyboardInterrupt traceback of its own, or died,
+            # beside the parent's stop (which ends its workers). One that comes meanwhile
+            # reaches the parent as the mask is lifted, or at once through another thread.
+            with signals_blocked({signal.SIGINT}):
                 futures = {pool.submit(_evaluate_in_worker, jobs[i]): i for i in pending}
                 # CPython's pool starts a worker per submit and wakes its watcher just before:
                 # the last worker started went unwatched until a later wake-up, so its death

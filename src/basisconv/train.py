@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
                          save_checkpoint, saved_epoch_rows)
-from .cli import first_process, resume_flag, stops_let_go, sweep_folder_override
+from .cli import first_process, resume_flag, sweep_folder_override
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
@@ -40,6 +40,7 @@ from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
                       wandb_provenance, write_record)
 from .selection import SENSITIVITY_POLICIES
 from .sensitivity import cache_key, choose_layers, table_checksum
+from .signals import stops_let_go
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
 
