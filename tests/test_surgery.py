@@ -821,6 +821,22 @@ def test_converts_the_weight_a_hook_computes_right_after_loading(wrap):
     assert not [w for w in said if "state-dict hooks" in str(w.message)]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_max_error_sizes_a_layer_by_the_weight_a_hook_computes_right_after_loading():
+    """The basis size, too, comes from the weight a forward computes, not the stale one
+    load_state_dict leaves (here: trained filters all alike, one basis filter; the stale
+    random ones would need all eight)."""
+    from torch.nn.utils import weight_norm
+
+    torch.manual_seed(0)
+    trained = nn.Sequential(weight_norm(nn.Conv2d(4, 8, 3, padding=1)))
+    with torch.no_grad():
+        trained[0].weight_v.copy_(torch.randn(1, 4, 3, 3).expand(8, -1, -1, -1))
+    model = nn.Sequential(weight_norm(nn.Conv2d(4, 8, 3, padding=1)))
+    model.load_state_dict(trained.state_dict())  # no forward since: its weight is stale
+    assert apply_basis(model, "all", max_error=1e-4)[0].num_basis == 1
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 def test_a_torchscript_model_is_refused_with_the_fix():
     model = nn.Sequential(nn.Conv2d(8, 16, 3))

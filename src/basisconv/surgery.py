@@ -237,6 +237,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         check_max_error(max_error)
     num_basis = 0.5 if num_basis is None and max_error is None else num_basis
     targets = select_layers(model, layers, key=keys.get("layers"))
+    for conv in targets.values():  # each weight read below is the one a forward computes
+        refresh_computed_weight(conv)
     key = keys["only_where_saves"]
     leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
                    f"set {key}=true") + " to leave such layers dense"
@@ -246,8 +248,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                           f"of every selected layer (at most {widest}); give a count up to "
                           f"{widest}, or a fraction in (0, 1] of each layer's out_channels")
     for name, conv in list(targets.items()):
-        if max_error is not None:  # the fit reads the weight a forward computes
-            refresh_computed_weight(conv)
+        if max_error is not None:
             check_finite_weight(conv, name, fitting=True)
             try:
                 sizes[name] = basis_size_for_error(conv, max_error, coefficient_rank)
@@ -290,8 +291,6 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
     _warn_of_costly_ranks(targets, sizes, coefficient_rank, keys["coefficient_rank"])
-    for conv in targets.values():  # each weight read below is the one a forward computes
-        refresh_computed_weight(conv)
     _warn_of_untied_weights(model, targets)
     if not inplace:
         names = list(targets)
