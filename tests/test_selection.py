@@ -586,6 +586,24 @@ def test_a_full_disk_at_the_cache_keeps_the_estimate_for_this_run(repo, tmp_path
     assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
 
 
+def test_a_run_names_the_table_that_chose_its_layers_though_it_could_not_be_cached(
+        repo, tmp_path, monkeypatch):
+    """Found in review: the run record's ``sensitivity_table`` was read back from the cache,
+    so an estimate whose cache could not be written (a full disk) left it None."""
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "selection=sensitivity_budget",
+                              "selection.budget_reduction=0.1")
+    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+    monkeypatch.setattr(sensitivity, "sensitivity_table", lambda cfg: (
+        table, {"table_sha256": "c" * 64, "cache_hit": False}))  # nothing in the cache
+    layers, made_from = sensitivity.choose_layers_and_table(cfg)
+    assert layers and made_from == {"sensitivity_key": sensitivity.cache_key(cfg),
+                                    "sensitivity_table": "c" * 64}
+    assert sensitivity.choose_layers(cfg) == layers
+    fixed = compose_sensitivity(repo, tmp_path / "cache", "selection=all")
+    assert sensitivity.choose_layers_and_table(fixed)[1] == {"sensitivity_key": None,
+                                                             "sensitivity_table": None}
+
+
 def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(repo, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cache = tmp_path / "cache"
@@ -801,12 +819,13 @@ def test_a_published_table_of_the_same_key_replaces_another_machines_own(repo, t
     monkeypatch.setattr(sensitivity, "estimate", other_machines_estimate)
     other = compose_sensitivity(repo, tmp_path / "cache-b")
     sensitivity.sensitivity_table(other)
-    assert sensitivity.table_checksum(other) != checksum
+    assert sensitivity.load_cached(other)[1]["table_sha256"] != checksum
     other = compose_sensitivity(repo, tmp_path / "cache-b", f"sensitivity.restore_from={published}")
     with caplog.at_level(logging.WARNING, logger="basisconv"):
         table, record = sensitivity.sensitivity_table(other)
     assert list(table["accuracy_drop"]) == [0.0, 0.01, 0.02]
-    assert sensitivity.table_checksum(other) == checksum == record["table_sha256"]
+    cached = sensitivity.load_cached(other)[1]["table_sha256"]
+    assert cached == checksum == record["table_sha256"]
     assert "differs from the one published at sensitivity.restore_from" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="basisconv"):

@@ -170,7 +170,8 @@ def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_lay
 
     cfg = compose_timed(repo, tmp_path / "cache")
     old = {"record": {"model": {"basis_layers": ["layer2.0.conv1"]}}}
-    monkeypatch.setattr(train, "choose_layers", lambda cfg: ["layer1.0.conv1"])
+    monkeypatch.setattr(train, "choose_layers_and_table", lambda cfg: (
+        ["layer1.0.conv1"], {"sensitivity_key": None, "sensitivity_table": None}))
     assert train.layers_to_convert(cfg, old) == (
         ["layer2.0.conv1"], {"sensitivity_key": None, "sensitivity_table": None})
     warm_up = {"record": {"model": {"basis_layers": []}}}  # dense so far: chosen now

@@ -274,7 +274,7 @@ def test_a_checkpoint_that_cannot_be_read_beside_its_sha256_is_one_clear_error(t
 
 
 def test_the_override_that_resumes_a_run_is_quoted_for_the_shell(tmp_path):
-    from basisconv.train import folder_override
+    from basisconv.resuming import folder_override
 
     cfg = OmegaConf.create({"name": "x", "trainer": {"resume": True}})
     assert folder_override(tmp_path / "my runs" / "a", cfg) == (

@@ -8,7 +8,6 @@ import importlib
 import logging
 import os
 import re
-import shlex
 import shutil
 import signal
 import sys
@@ -22,7 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.plugins.sweeper import Sweeper
-from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
@@ -31,6 +29,7 @@ from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      one_line)
 from .records import HYDRA_VALUE_FLAGS, LOCK, folder_lock, write_bytes_atomic
+from .resuming import in_sweep, sweep_folder_override
 from .signals import raise_stopped, stops_let_go
 
 log = logging.getLogger(__name__)
@@ -58,42 +57,11 @@ class SweepJobFailed(Exception):
     raises this for :func:`run_and_report` to sum up."""
 
 
-def in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def sweep_folder_override(cfg: Any) -> str:
-    """The override that sends this sweep (of run config ``cfg``), run again, to the folders
-    its jobs ran in. Hydra's default folder, ``multirun/${name}/<date>``, resolves per job,
-    so a sweep over a key its runs' ``name`` carries (``basis.size`` with
-    ``experiment=basis_all``) spreads over one folder per name; ``${name}`` kept with the
-    sweep's date finds each job's own (a literal folder would send every job to one and
-    train the others again). Quoted for the shell, which would expand ``${name}``."""
-    hydra_cfg = HydraConfig.get()
-    sweep = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)  # from wherever it is run
-    name = run_name(cfg)
-    if name and sweep.parent.name == name:
-        sweep = sweep.parent.parent / "${name}" / sweep.name
-    return shlex.quote(f"hydra.sweep.dir={sweep}") + resume_flag(cfg)
-
-
-def resume_flag(cfg: Any) -> str:
-    """`` trainer.resume=true`` for a run started with ``trainer.resume=false``: found in
-    review, its stop said that the same command with its folder resumes it, and that
-    command trained it over from epoch 1 (a sweep's finished jobs too)."""
-    try:
-        resume = OmegaConf.select(cfg, "trainer.resume", default=True)
-    except Exception:  # noqa: BLE001 - a config that does not resolve says nothing of it
-        resume = True
-    return "" if resume in (True, None) else " trainer.resume=true"
-
-
-def run_name(cfg: Any) -> str | None:
-    """``cfg.name``, or None where it is not there or does not resolve (``name=${typo}``)."""
-    try:
-        return OmegaConf.select(cfg, "name", default=None)
-    except Exception:  # noqa: BLE001 - the error being reported is what matters
-        return None
+def typed_overrides() -> list[str]:
+    """The command line's overrides as typed: outside ``-m`` Hydra keeps them unescaped,
+    and reading one would resolve its ``${...}`` here, where a typo in it could not be
+    named by its key (``validate`` names it)."""
+    return OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
 
 
 def check_sweep_jobs(check: Callable[[Any], None]) -> None:
@@ -136,8 +104,7 @@ def interpolation_error_line(err: InterpolationResolutionError) -> str:
     where = err.full_key
     broken = re.search(r"'([^']+)'", first)  # "Interpolation key 'typo' not found"
     if broken and HydraConfig.initialized():
-        typed = dict(override.lstrip("+~").partition("=")[::2] for override in
-                     OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
+        typed = dict(override.lstrip("+~").partition("=")[::2] for override in typed_overrides())
         reference = re.compile(r"\$\{\s*" + re.escape(broken.group(1)) + r"\s*\}")
         if where not in typed:
             where = next((key for key, value in typed.items() if reference.search(value)),
@@ -169,15 +136,9 @@ def check_not_an_unswept_sweep() -> None:
     ``experiment=basis_size_sweep``) started without ``-m`` runs one job at the key's plain
     value, silently one of the sweep's runs (or none of them): a :class:`ConfigError`
     naming ``-m``, unless the command line gives each such key its one value."""
-    if not HydraConfig.initialized():  # an argparse entry point (the benchmarks)
+    if not HydraConfig.initialized() or in_sweep():  # (not initialized: the benchmarks)
         return
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return
-    # as typed: outside -m Hydra keeps them unescaped, and reading one would resolve its
-    # ${...} here, where a typo in it could not be named by its key (validate names it)
-    typed = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
-    unswept = unswept_params(hydra_cfg.sweeper.get("params"), typed)
+    unswept = unswept_params(HydraConfig.get().sweeper.get("params"), typed_overrides())
     if unswept:
         raise ConfigError(f"the config sweeps {' '.join(unswept)} (hydra.sweeper.params), which "
                           f"one run ignores: start it with -m to run the sweep, or give "
@@ -191,11 +152,10 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     trains the dense model. Said as a warning, not refused: a sweep such as ``-m
     selection=none,all basis.size=0.25`` gives them to its dense job on purpose, and so may
     ``reproduce.sh``'s OVERRIDES to the baseline row."""
-    if (cfg.selection.policy != "none" or not HydraConfig.initialized() or not first_process()
-            or HydraConfig.get().mode == RunMode.MULTIRUN):
+    if (cfg.selection.policy != "none" or not HydraConfig.initialized() or not distributed.first_process()
+            or in_sweep()):
         return
-    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-    unread = [o for o in typed if re.match(r"[+~]*(basis\b|selection\.layers\b)", o)]
+    unread = [o for o in typed_overrides() if re.match(r"[+~]*(basis\b|selection\.layers\b)", o)]
     if unread:
         log.warning("selection=none (the dense baseline) converts no layer, so %s is unread "
                     "and the model stays dense; choose the layers with selection=all, list, "
@@ -472,12 +432,6 @@ def log_to_files(message: str) -> None:
             handler.handle(record)
 
 
-def first_process() -> bool:
-    """Whether this is the process that speaks for a run: under ``torchrun`` rank 0 (each
-    rank meets the same error; N lines, some contradicting rank 0's, said it N times)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def stop_reason(err: BaseException) -> str:
     """What a stop says: its own message, else that of the stop or the collective's failure
     it interrupted. Why: under torchrun a rank that dies makes this one's collective fail
@@ -505,7 +459,7 @@ def exit_refused(message: str) -> NoReturn:
     command would start the run over). So it waits, its signals at their defaults, for
     torchrun to end it once rank 0 has exited; one whose refusal rank 0 did not meet says
     it itself after the wait."""
-    if first_process():
+    if distributed.first_process():
         print(f"error: {message}", file=sys.stderr)
     elif distributed.launched_processes() > 1:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -546,15 +500,15 @@ def exit_on_user_error(fn: F) -> F:
             message = one_line(err)
             if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
                 message = interpolation_error_line(err)
-            if first_process() and not isinstance(err, FolderInUse):  # else the other run's
+            if distributed.first_process() and not isinstance(err, FolderInUse):  # else the other run's
                 log_to_files(f"error: {message}")
             if in_sweep():  # the sweep's other jobs still run
-                if first_process():
+                if distributed.first_process():
                     print(f"error: {message}", file=sys.stderr)
                 failed_jobs.append(HydraConfig.get().runtime.output_dir)
                 resume_override.append(sweep_folder_override(args[0] if args else None))
                 raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
-            if first_process() and isinstance(err, (ConfigError, DatasetError)) and not (
+            if distributed.first_process() and isinstance(err, (ConfigError, DatasetError)) and not (
                     isinstance(err, FolderInUse)):  # (a start refused, not a run that failed)
                 remove_made_folders()
             exit_refused(message)
@@ -565,7 +519,7 @@ def exit_on_user_error(fn: F) -> F:
             with stops_let_go():  # a second one would end it with a stack trace
                 said, name = stop_reason(err), signal.Signals(signum).name
                 message = f"stopped by {name}{': ' + said if said else ''}"
-                if first_process():
+                if distributed.first_process():
                     log_to_files(message)
                     print(message, file=sys.stderr)
                 sys.exit(128 + signum)

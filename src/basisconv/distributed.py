@@ -39,6 +39,14 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def first_process() -> bool:
+    """Whether this is the process that speaks for a run: under ``torchrun`` rank 0 (each
+    rank meets the same error; N lines, some contradicting rank 0's, said it N times).
+    Known from torchrun's ``RANK`` before the process group is joined, and after it is
+    left, where :func:`is_main_process` asks the group."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 #: What the backends' errors say when the other end of a collective went away: gloo reading
 #: ("Connection reset/closed by peer") or writing to it ("Write error ...: Broken pipe", the
 #: broadcast's source, rank 0, writes), NCCL's remote error.

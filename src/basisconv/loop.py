@@ -236,10 +236,11 @@ _limits_before: dict | None = None
 
 
 def raise_compile_limits() -> None:
-    """Found in review: the graphs of every model compiled in one process count against
-    one limit per ``forward`` (each run compiles 2: training and evaluation), so from a
-    sweep's 5th job on, or the speed benchmark's 5th compiled model, torch ran the model
-    uncompiled with one warning, while records said compiled."""
+    """Raise torch.compile's limits to :data:`COMPILE_LIMITS`. Why: the graphs of every
+    model compiled in one process count against one limit per ``forward`` (each run
+    compiles 2: training and evaluation), so from a sweep's 5th job on, or the speed
+    benchmark's 5th compiled model, torch ran the model uncompiled with one warning, while
+    records said compiled."""
     import torch._dynamo
 
     global _limits_before
@@ -315,7 +316,7 @@ class StepTimer:
     def add(self, start, forward_done, backward_done) -> None:
         self.marks.append((start, forward_done, backward_done))
 
-    def means(self) -> tuple[float, float]:
+    def medians(self) -> tuple[float, float]:
         if not self.marks:
             return 0.0, 0.0
         if self.cuda:
@@ -409,7 +410,7 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
     loss_value = loss_sum.item() / seen
     check_finite(loss_value, "training loss")
     return EpochStats(loss_value, correct.item() / seen, time.perf_counter() - start,
-                      *timer.means())
+                      *timer.medians())
 
 
 def check_finite(value: float, quantity: str) -> None:

@@ -274,13 +274,6 @@ def published_differs(cfg: DictConfig, cached: dict) -> bool:
             and published.get("table_sha256") not in (None, cached["table_sha256"]))
 
 
-def table_checksum(cfg: DictConfig) -> str | None:
-    """The sha256 of the cached sensitivity table of ``cfg`` (None without one, or for a
-    table cached before checksums): a run records which table it chose from."""
-    cached = load_cached(cfg)
-    return cached[1].get("table_sha256") if cached else None
-
-
 #: The ``sensitivity.restore_from`` paths already reported missing in this process.
 WARNED_MISSING: set[str] = set()
 
@@ -402,25 +395,38 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
 
 # ----------------------------------------------------------------------------- uses
 def choose_layers(cfg: DictConfig) -> list[str] | str | None:
+    """The layers ``cfg.selection`` converts (:func:`choose_layers_and_table` without the
+    table's name)."""
+    return choose_layers_and_table(cfg)[0]
+
+
+def choose_layers_and_table(cfg: DictConfig
+                            ) -> tuple[list[str] | str | None, dict[str, str | None]]:
     """The layers ``cfg.selection`` converts, resolved before any network is built: the
     fixed policies directly; the ordered ones from their candidate table (the cached or
     newly estimated sensitivity table, or the cost model's savings for the baselines).
+    With them, which sensitivity table chose them (its cache key and checksum,
+    ``sensitivity_key`` and ``sensitivity_table``; ``None`` for a policy that reads none),
+    taken from the table used, so a run records it even when the table could not be cached.
 
     It leaves torch's global random state as it found it (the models it builds to count
     costs, and an estimate, draw from it), so a run's initial weights depend on its seed
     alone, not on how its layers were chosen."""
     selection = cfg.selection
+    made_from: dict[str, str | None] = {"sensitivity_key": None, "sensitivity_table": None}
     if selection.policy not in ORDERED_POLICIES:
-        return fixed_layers(selection)
+        return fixed_layers(selection), made_from
     dense = dense_model(cfg)
     with torch.random.fork_rng():  # an estimate draws from every generator it uses
         if selection.policy in SENSITIVITY_POLICIES:
-            table, _ = sensitivity_table(cfg)
+            table, record = sensitivity_table(cfg)
+            made_from = {"sensitivity_key": cache_key(cfg),
+                         "sensitivity_table": record.get("table_sha256")}
         else:
             table = candidate_table(cfg, dense)
         table, totals = with_measured_time(cfg, table, dense_totals(dense))
         chosen = pick_layers(selection, table, totals)
-    return chosen_or_dense(selection, chosen)
+    return chosen_or_dense(selection, chosen), made_from
 
 
 def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:

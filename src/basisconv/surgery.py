@@ -16,13 +16,10 @@ details are not available to us):
   optimizer afterwards: the converted layers have new parameters.
 * *coefficients trained every N steps*: :class:`CoefficientSkipSchedule` switches
   ``requires_grad`` of the coefficients off on the other steps, so autograd does not compute
-  their gradient at all and the optimizer skips them. ``model_cost`` of the model on a
-  skipped step (coefficients frozen) counts that saving; a run record's FLOPs are those of
-  a step that trains them, with a skipped step's backward and the mean over the cycle
-  beside them (``network.skip_training_cost``), and its per-step times are medians over
-  steps (a skipped step's, for N >= 3). Under ``fuse_norm`` the folded norm's backward
-  needs the combination matrix's gradient anyway: a skipped step saves only a low-rank
-  factor product there.
+  their gradient at all and the optimizer skips them (``model_cost`` of the model on a
+  skipped step counts that saving; ``network.skip_training_cost`` says how a run records
+  it). Under ``fuse_norm`` the folded norm's backward needs the combination matrix's
+  gradient anyway: a skipped step saves only a low-rank factor product there.
 """
 
 from __future__ import annotations
@@ -584,24 +581,23 @@ class CoefficientSkipSchedule:
             raise ConfigError(f"train_every must be an int >= 1 (1 = train the coefficients "
                               f"every step), got {train_every!r}")
         self.train_every = int(train_every)
+        layers = list(basis_layers(model).values())
+        if not layers:
+            raise ConfigError("CoefficientSkipSchedule: the model has no BasisConv2d layers; "
+                              "convert some with apply_basis first")
         seen: dict[int, nn.Parameter] = {}
-        layers = basis_layers(model).values()
-        self.layers = list(layers)
         for layer in layers:
             for p in layer.coefficient_parameters():
                 # frozen coefficients stay frozen on active steps too, unless a schedule
                 # froze them (its skipped step, not the user's choice)
                 if p.requires_grad or getattr(layer, _FROZEN_BY_SCHEDULE, False):
                     seen.setdefault(id(p), p)
-        if not layers:
-            raise ConfigError("CoefficientSkipSchedule: the model has no BasisConv2d layers; "
-                              "convert some with apply_basis first")
         if not seen:
             raise ConfigError("CoefficientSkipSchedule: every coefficient matrix of the model is "
                               "frozen (requires_grad=False); there is nothing to skip-train")
         self.parameters = list(seen.values())
         # the layers whose coefficients this schedule freezes and marks (once, not per step)
-        self.layers = [layer for layer in self.layers
+        self.layers = [layer for layer in layers
                        if any(id(p) in seen for p in layer.coefficient_parameters())]
 
     @contextlib.contextmanager

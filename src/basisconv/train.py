@@ -15,20 +15,16 @@ import contextlib
 import gc
 import json
 import logging
-import shlex
 import signal
 from pathlib import Path
 from time import monotonic
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
                          save_checkpoint, saved_epoch_rows)
-from .cli import first_process, resume_flag, sweep_folder_override
 from .config import validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
@@ -38,8 +34,8 @@ from .network import (build_network, check_conversion, choose_forms_now, coeffic
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
                       leftover_temporaries, make_folder, publish, read_record, timestamp,
                       wandb_provenance, write_record)
-from .selection import SENSITIVITY_POLICIES
-from .sensitivity import cache_key, choose_layers, table_checksum
+from .resuming import how_to_go_on
+from .sensitivity import choose_layers_and_table
 from .signals import stops_let_go
 from .surgery import CoefficientSkipSchedule
 from .tracking import Tracker
@@ -57,7 +53,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     record is also written to ``cfg.publish`` when set (see :func:`records.publish`)."""
     validate(cfg)
     output_dir = make_folder(output_dir)
-    first_rank = first_process()
+    first_rank = distributed.first_process()
     with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
         if first_rank:
             remove_leftovers(output_dir)
@@ -97,8 +93,7 @@ def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict 
         return (f"the run in {output_dir} stopped before its first epoch (choosing its layers, "
                 f"reading its data or starting wandb); the same command starts it over")
     return (f"the run in {output_dir} stopped while resuming, before epoch {done + 1}; its "
-            f"checkpoint of epoch {done} is kept: run the same command again with "
-            f"{folder_override(output_dir, cfg)} to resume it")
+            f"checkpoint of epoch {done} is kept: {how_to_go_on(output_dir, cfg, done)}")
 
 
 def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
@@ -139,14 +134,13 @@ def remove_leftovers(output_dir: Path) -> None:
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
                       ) -> tuple[list[str] | str | None, dict[str, str | None]]:
-    """The layers chosen for basis form, and which sensitivity table chose them (its cache
-    key and checksum, ``sensitivity_key`` and ``sensitivity_table``; ``None`` for a policy
-    that reads none), which the run record keeps so a table row can be traced to its run
-    (two tables of one key, estimated on two machines, choose differently). For a resumed run, the ones its checkpoint was built
-    with (its record keeps them), so that it converts the same layers where choosing again
-    could differ (a time budget measured on another machine). Checkpoints from before
-    records kept them take the basis layers their model was described with; only those
-    with none (dense so far: a warm-up) choose again."""
+    """The layers chosen for basis form, and which sensitivity table chose them
+    (:func:`~basisconv.sensitivity.choose_layers_and_table`), which the run record keeps
+    so a table row can be traced to its run (two tables of one key, estimated on two
+    machines, choose differently). A resumed run keeps those its checkpoint was built
+    with, where choosing again could differ (a time budget measured on another machine):
+    its record's, or for a checkpoint from before records kept them, the basis layers its
+    model was described with; only one with none (dense so far: a warm-up) chooses again."""
     record = checkpoint["record"] if checkpoint else {}
     made_from = {"sensitivity_key": record.get("sensitivity_key"),
                  "sensitivity_table": record.get("sensitivity_table")}
@@ -155,10 +149,7 @@ def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
     built_with = (record.get("model") or {}).get("basis_layers")
     if built_with:  # choosing again from another table gave other layers: a traceback
         return list(built_with), made_from
-    layers = choose_layers(cfg)
-    if cfg.selection.policy not in SENSITIVITY_POLICIES:
-        return layers, {"sensitivity_key": None, "sensitivity_table": None}
-    return layers, {"sensitivity_key": cache_key(cfg), "sensitivity_table": table_checksum(cfg)}
+    return choose_layers_and_table(cfg)
 
 
 class Training:
@@ -411,9 +402,9 @@ class Training:
                    f"while wandb finished, whose pending uploads stay in its wandb folder "
                    f"for `wandb sync`")
         if self.cfg.publish:
-            message += (f"; run the same command again with "
-                        f"{folder_override(self.output_dir, self.cfg)} to publish it to "
-                        f"{self.cfg.publish}")
+            epochs = len(self.results["epochs"])
+            message += "; " + how_to_go_on(self.output_dir, self.cfg, epochs,
+                                           to=f"publish it to {self.cfg.publish}")
         return message
 
     def save_everywhere(self) -> None:
@@ -502,12 +493,10 @@ class Training:
         """What a run whose checkpoint or record could not be written tells the user."""
         where = f"{err.filename}: " if err.filename else ""
         reason = f"{where}{err.strerror or type(err).__name__}"
-        if not self.cfg.trainer.checkpoint or self.saved_epochs == 0:
-            go_on = "the same command starts it over"
-        else:  # the atomic writes kept the last checkpoint whole
-            go_on = (f"its checkpoint of epoch {self.saved_epochs} is kept: run the same "
-                     f"command again with {folder_override(self.output_dir, self.cfg)} "
-                     f"to resume it")
+        saved = self.saved_epochs if self.cfg.trainer.checkpoint else 0
+        go_on = how_to_go_on(self.output_dir, self.cfg, saved)
+        if saved:  # the atomic writes kept the last checkpoint whole
+            go_on = f"its checkpoint of epoch {saved} is kept: {go_on}"
         return (f"the run in {self.output_dir} could not save epoch "
                 f"{len(self.results['epochs'])} ({reason}); once that is fixed (free space, "
                 f"or make the folder writable), {go_on}")
@@ -541,19 +530,8 @@ class Training:
             where = f"stopped during epoch 1 of {epochs}, before its first checkpoint"
         else:
             where = f"stopped after epoch {done} of {epochs} (checkpoint saved)"
-        if done == 0:
-            return f"the run in {self.output_dir} {where}; the same command starts it over"
-        return (f"the run in {self.output_dir} {where}; run the same command again with "
-                f"{folder_override(self.output_dir, self.cfg)} to resume it")
-
-
-def folder_override(output_dir: Path, cfg: DictConfig) -> str:
-    """The override that points a command at this run's folder again: Hydra's default
-    folders are dated, so the same command alone would start a new run elsewhere."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return sweep_folder_override(cfg)
-    # pasted into a shell as it is
-    return shlex.quote(f"hydra.run.dir={output_dir}") + resume_flag(cfg)
+        go_on = how_to_go_on(self.output_dir, self.cfg, done)
+        return f"the run in {self.output_dir} {where}; {go_on}"
 
 
 def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
