@@ -47,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from basisconv.signals import raise_stopped, stops_let_go  # noqa: E402 (standard library only)
+from basisconv.signals import sigterm_stops, stops_let_go  # noqa: E402 (standard library only)
 
 NEEDED = ("hydra", "omegaconf", "tqdm", "pandas", "matplotlib", "pytest")
 
@@ -306,17 +306,15 @@ def main(argv: list[str] | None = None) -> int:
                     result.update(paper_epoch_details(work / result["part"]))
                 parts.append(result)
 
-    previous = signal.signal(signal.SIGTERM, raise_stopped)
     try:
-        run_groups()
+        with sigterm_stops():
+            run_groups()
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (a slot ending): what ran is kept
         signum = getattr(err, "signum", signal.SIGINT)
         write("stopped")
         print(f"gpu-check stopped by {signal.Signals(signum).name}; its parts were stopped "
               f"too; record {path}", file=sys.stderr)
         return 128 + signum
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     passed = all(p["status"] in ("pass", "skipped") for p in parts)
     write("complete" if passed else "failed")
     summary = ", ".join(f"{p['part']} {p['status']}" for p in parts)

@@ -30,7 +30,7 @@ from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, con
                      one_line)
 from .records import HYDRA_VALUE_FLAGS, LOCK, folder_lock, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
-from .signals import raise_stopped, stops_let_go
+from .signals import sigterm_stops, stops_at_default, stops_let_go
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     trains the dense model. Said as a warning, not refused: a sweep such as ``-m
     selection=none,all basis.size=0.25`` gives them to its dense job on purpose, and so may
     ``reproduce.sh``'s OVERRIDES to the baseline row."""
-    if (cfg.selection.policy != "none" or not HydraConfig.initialized() or not distributed.first_process()
-            or in_sweep()):
+    if (cfg.selection.policy != "none" or not HydraConfig.initialized()
+            or not distributed.first_process() or in_sweep()):
         return
     unread = [o for o in typed_overrides() if re.match(r"[+~]*(basis\b|selection\.layers\b)", o)]
     if unread:
@@ -462,8 +462,7 @@ def exit_refused(message: str) -> NoReturn:
     if distributed.first_process():
         print(f"error: {message}", file=sys.stderr)
     elif distributed.launched_processes() > 1:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        stops_at_default()
         time.sleep(RANK_WAIT_S)
         print(f"error (rank {os.environ.get('RANK')}): {message}", file=sys.stderr)
     sys.exit(2)
@@ -487,45 +486,45 @@ def exit_on_user_error(fn: F) -> F:
     def wrapper(*args, **kwargs):
         global task_started
         task_started = True
-        previous = signal.signal(signal.SIGTERM, raise_stopped)
-        try:
-            check_not_an_unswept_sweep()
-            if HydraConfig.initialized():
-                check_runs_where_started(HydraConfig.get().job.chdir)
-            return fn(*args, **kwargs)
-        except (BasisconvError, InterpolationResolutionError) as err:
-            restore_replaced()  # a refused start leaves an earlier run's files as they were
-            if os.environ.get("BASISCONV_DEBUG"):
-                raise
-            message = one_line(err)
-            if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
-                message = interpolation_error_line(err)
-            if distributed.first_process() and not isinstance(err, FolderInUse):  # else the other run's
-                log_to_files(f"error: {message}")
-            if in_sweep():  # the sweep's other jobs still run
-                if distributed.first_process():
-                    print(f"error: {message}", file=sys.stderr)
-                failed_jobs.append(HydraConfig.get().runtime.output_dir)
-                resume_override.append(sweep_folder_override(args[0] if args else None))
-                raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
-            if distributed.first_process() and isinstance(err, (ConfigError, DatasetError)) and not (
-                    isinstance(err, FolderInUse)):  # (a start refused, not a run that failed)
-                remove_made_folders()
-            exit_refused(message)
-        except KeyboardInterrupt as err:
-            if os.environ.get("BASISCONV_DEBUG"):
-                raise
-            signum = getattr(err, "signum", signal.SIGINT)
-            with stops_let_go():  # a second one would end it with a stack trace
-                said, name = stop_reason(err), signal.Signals(signum).name
-                message = f"stopped by {name}{': ' + said if said else ''}"
-                if distributed.first_process():
-                    log_to_files(message)
-                    print(message, file=sys.stderr)
-                sys.exit(128 + signum)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            replaced.clear()
-            made_folders.clear()
+        speaks = distributed.first_process()
+        with sigterm_stops():
+            try:
+                check_not_an_unswept_sweep()
+                if HydraConfig.initialized():
+                    check_runs_where_started(HydraConfig.get().job.chdir)
+                return fn(*args, **kwargs)
+            except (BasisconvError, InterpolationResolutionError) as err:
+                restore_replaced()  # a refused start leaves an earlier run's files as they were
+                if os.environ.get("BASISCONV_DEBUG"):
+                    raise
+                message = one_line(err)
+                if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
+                    message = interpolation_error_line(err)
+                if speaks and not isinstance(err, FolderInUse):  # (else the other run's log)
+                    log_to_files(f"error: {message}")
+                if in_sweep():  # the sweep's other jobs still run
+                    if speaks:
+                        print(f"error: {message}", file=sys.stderr)
+                    failed_jobs.append(HydraConfig.get().runtime.output_dir)
+                    resume_override.append(sweep_folder_override(args[0] if args else None))
+                    raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
+                if speaks and isinstance(err, (ConfigError, DatasetError)) and not (
+                        isinstance(err, FolderInUse)):  # (a start refused, not a run that failed)
+                    remove_made_folders()
+                exit_refused(message)
+            except KeyboardInterrupt as err:
+                if os.environ.get("BASISCONV_DEBUG"):
+                    raise
+                signum = getattr(err, "signum", signal.SIGINT)
+                with stops_let_go():  # a second one would end it with a stack trace
+                    said, name = stop_reason(err), signal.Signals(signum).name
+                    message = f"stopped by {name}{': ' + said if said else ''}"
+                    if speaks:
+                        log_to_files(message)
+                        print(message, file=sys.stderr)
+                    sys.exit(128 + signum)
+            finally:
+                replaced.clear()
+                made_folders.clear()
 
     return wrapper  # type: ignore[return-value]

@@ -25,6 +25,25 @@ def raise_stopped(signum: int, frame) -> None:
 
 
 @contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM (a scheduler's, a slot's end, torchrun's) raises :class:`Stopped` in the block,
+    so a run stops as on Ctrl-C: its checkpoint said, its files closed; the handler before
+    is put back after."""
+    previous = signal.signal(signal.SIGTERM, raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stops_at_default() -> None:
+    """SIGINT and SIGTERM end this process at once from now on (their default action),
+    with no stop raised or said."""
+    for signum in STOPS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def signals_blocked(signums: Iterable[int]) -> Iterator[None]:
     """``signums`` blocked in this thread for the block: one that comes meanwhile is
     delivered as it ends (unless let go by then). Threads and processes started inside
