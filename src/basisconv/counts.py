@@ -1,9 +1,11 @@
-"""Counts given as fractions: basis sizes, model widths, data subsets. The rule lives
-below the layers, the models and the data that all use it."""
+"""Counts and numbers as users give them: how a fraction becomes a count (basis sizes,
+model widths, data subsets), and what is an int or a number (a bool is neither). The
+rules live below the layers, the models, the data and the configs that all use them."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 
 
@@ -12,3 +14,14 @@ def share_of(total: int, fraction: float) -> int:
     is 31.5, so 32, where its binary float would give 31.499...). The one rounding rule of
     every count given as a fraction: basis sizes, model widths, data subsets."""
     return math.floor(Fraction(repr(float(fraction))) * total + Fraction(1, 2))
+
+
+def is_int(value) -> bool:
+    """An integer (Python's or numpy's) that is not a bool: ``True`` is an int to Python,
+    and as a count or size it is a mistake (``basis.size=true``)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number (an int or a float, Python's or numpy's) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from .counts import share_of
+from .counts import is_int, is_number, share_of
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
 from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_forward,
@@ -52,7 +52,7 @@ from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_
 def check_basis_size(value, key: str = "num_basis") -> None:
     """The basis-size rule before it meets a layer (``key`` names the value in errors):
     an int is a count (at least 1), a float a fraction of ``out_channels`` in ``(0, 1]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_number(value):
         raise TypeError(f"{key}={value!r} must be an int (a count >= 1) or a float in (0, 1] "
                         f"(a fraction of out_channels)")
     if isinstance(value, numbers.Integral):
@@ -73,7 +73,7 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
     ``key`` the value the user set (``basis.size`` when it comes from a config).
     """
     at = f"layer {where!r}: " if where else ""
-    if isinstance(num_basis, numbers.Integral) and not isinstance(num_basis, bool):
+    if is_int(num_basis):
         count = int(num_basis)
     else:
         try:
@@ -90,8 +90,7 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
 
 def check_max_error(max_error) -> None:
     """A relative weight error bound: a number in ``[0, 1)``."""
-    if isinstance(max_error, bool) or not isinstance(max_error, numbers.Real) or not (
-            0.0 <= float(max_error) < 1.0):
+    if not is_number(max_error) or not 0.0 <= float(max_error) < 1.0:
         raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
 
 
@@ -101,9 +100,7 @@ def basis_size_for_error(conv: nn.Conv2d, max_error: float,
     ``max_error`` (with ``coefficient_rank``, that of the rank-limited coefficients): how
     ``from_conv`` and ``apply_basis`` size a layer by an error bound instead of a count."""
     check_max_error(max_error)
-    if coefficient_rank is not None and (
-            isinstance(coefficient_rank, bool)
-            or not isinstance(coefficient_rank, numbers.Integral) or coefficient_rank < 1):
+    if coefficient_rank is not None and (not is_int(coefficient_rank) or coefficient_rank < 1):
         raise ConfigError(f"coefficient_rank must be None or an int >= 1, got "
                           f"{coefficient_rank!r}")  # (before the search uses it)
     m, reached = smallest_basis(conv.weight, float(max_error), coefficient_rank)
@@ -133,8 +130,7 @@ def check_geometry(kernel_size, stride, padding, dilation) -> tuple:
             pairs[name] = value
             continue
         pair = _pair(value)
-        if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                     and v >= least for v in pair):
+        if len(pair) != 2 or not all(is_int(v) and v >= least for v in pair):
             raise ConfigError(f"{name}={value!r}: use an int >= {least} or two of them")
         pairs[name] = tuple(int(v) for v in pair)
     if pairs["padding"] == "same" and pairs["stride"] != (1, 1):
@@ -159,7 +155,7 @@ def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str =
     if rank is None:
         return None
     top = max(1, min(out_channels - num_basis, num_basis))
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= top:
+    if not is_int(rank) or not 1 <= rank <= top:
         at = f" for layer {where!r}" if where else ""
         raise ConfigError(f"{key} must be an int in 1..{top}{at} (min of out_channels - "
                           f"num_basis = {out_channels - num_basis} and num_basis = {num_basis}), "
@@ -206,7 +202,7 @@ class BasisConv2d(nn.Module):
                  fuse_norm: bool = False, device=None, dtype=None):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if combine not in COMBINE_MODES:
             raise ConfigError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
@@ -402,8 +398,7 @@ class BasisConv2d(nn.Module):
             raise ConfigError("prune_coefficients needs a full coefficient matrix; this layer "
                              f"stores it at rank {self.coefficient_rank}")
         m = self.num_basis
-        if isinstance(keep_per_row, bool) or not isinstance(keep_per_row, numbers.Integral) \
-                or not 1 <= keep_per_row <= m:
+        if not is_int(keep_per_row) or not 1 <= keep_per_row <= m:
             raise ConfigError(f"keep_per_row must be an int in 1..{m} (num_basis), got {keep_per_row!r}")
         with torch.no_grad():
             magnitude = self.coefficient_matrix().abs()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import time
 from typing import Callable, Iterable
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from .counts import is_number
 from .errors import ConfigError, TrainingDiverged
 from .selection import DROPS, IMAGE, layer_savings, metric_drops, python_number, table_number
 from .surgery import apply_basis, basis_report
@@ -120,7 +120,7 @@ def _metrics(value, converted: list[str]) -> dict[str, float]:
 def _is_number(value) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and not value.dtype.is_complex
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return is_number(value)
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:

@@ -45,6 +45,7 @@ import torch.nn as nn
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .cost import model_cost
+from .counts import is_int, is_number
 from .errors import ConfigError, warn_once
 from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers
 
@@ -270,7 +271,7 @@ def rule_in_words(selection: DictConfig | Mapping) -> str:
     metric = str(selection.get("metric", "accuracy_drop")).replace("_", " ")
     if policy == "sensitivity_threshold":
         bound = selection.get("threshold")
-        if not _is_number(bound):
+        if not is_number(bound):
             return ""
         shown = f"{100 * bound:g} points" if metric == "accuracy drop" else f"{bound:g}"
         return f"every layer whose {metric} is at most {shown}"
@@ -282,7 +283,7 @@ def rule_in_words(selection: DictConfig | Mapping) -> str:
         return by_count.format(**words)
     order = by_budget.format(**words)
     share, of = selection.get("budget_reduction"), selection.get("budget_metric")
-    if not _is_number(share) or of is None:  # (a hand-made or older record)
+    if not is_number(share) or of is None:  # (a hand-made or older record)
         return ""
     share = f"{100 * share:g} %"
     return (f"layers {order}, until they save {share} of the dense model's "
@@ -322,7 +323,7 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
     check_layers(selection)
     read = keys_read(selection)
     count = selection.get("count")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+    if count is not None and (not is_int(count) or count < 1):
         raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of "
                           f"layers)")
     if ("metric" in read or every_key) and (
@@ -331,7 +332,7 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
                           f"{', '.join(METRICS)}")
     if "threshold" in read or every_key:
         threshold = _needed(selection, "threshold")
-        if not _is_number(threshold) or math.isnan(threshold):
+        if not is_number(threshold) or math.isnan(threshold):
             raise ConfigError(f"selection.threshold={threshold!r} must be a number (the "
                               f"largest {selection.metric} a converted layer may have)")
         if selection.get("metric") == "accuracy_drop" and not -1 < threshold < 1:
@@ -351,12 +352,12 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
                               f"one of {', '.join(BUDGET_METRICS)}")
         reduction = _needed(selection, "budget_reduction")
-        if not _is_number(reduction) or not 0 < reduction < 1:
+        if not is_number(reduction) or not 0 < reduction < 1:
             raise ConfigError(f"selection.budget_reduction must be in (0, 1), got {reduction!r}")
     if "seed" in read:
         # numpy's generator, which orders the layers, takes no negative seed (torch's does)
         seed = _needed(selection, "seed")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ConfigError(f"selection.seed={seed!r} orders selection=random and must be "
                               f">= 0, an integer (it is the run's seed unless set); give "
                               f"seed>=0 or selection.seed>=0")
@@ -370,10 +371,6 @@ def _needed(selection: DictConfig, key: str):
             f"; selection.policy={policy} reads it" if policy else
             f"; choose one of {', '.join(POLICIES)}"))
     return value
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_count(selection: DictConfig) -> None:

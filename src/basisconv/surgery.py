@@ -30,7 +30,6 @@ import difflib
 import fnmatch
 import functools
 import logging
-import numbers
 import warnings
 from collections import defaultdict
 from typing import Iterable, Mapping
@@ -42,6 +41,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
+from .counts import is_int
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (BasisConv2d, basis_layers, basis_size_for_error, check_coefficient_rank,
@@ -324,8 +324,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
 def _count_above(num_basis, out_channels: int) -> bool:
     """Whether ``num_basis`` is a count (an int) above a layer's ``out_channels``: one basis
     size for a model whose layers differ in width can be so for its narrower ones."""
-    return (isinstance(num_basis, numbers.Integral) and not isinstance(num_basis, bool)
-            and num_basis > out_channels)
+    return is_int(num_basis) and num_basis > out_channels
 
 
 def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
@@ -577,7 +576,7 @@ class CoefficientSkipSchedule:
     """
 
     def __init__(self, model: nn.Module, train_every: int):
-        if isinstance(train_every, bool) or not isinstance(train_every, numbers.Integral) or train_every < 1:
+        if not is_int(train_every) or train_every < 1:
             raise ConfigError(f"train_every must be an int >= 1 (1 = train the coefficients "
                               f"every step), got {train_every!r}")
         self.train_every = int(train_every)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from ..checkpoint import flat_config
 from ..config import capped, validate_analysis
+from ..counts import is_number
 from ..errors import ConfigError
 from ..records import (hardware_name, has_session_log, missing_protocol_runs, provenance,
                        read_sessions, unmerged_problem, unwritable_folder, write_json_atomic)
@@ -371,7 +372,7 @@ def name_part(key: str, value) -> str:
     """``key=value`` as a file name carries it: ``x0.25`` for a width, ``m0.5`` for a basis
     size, ``k3`` for a subset size, a policy by its name, else ``key=value`` with any
     character a file name should not hold as ``_``."""
-    if key in NAME_PARTS and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if key in NAME_PARTS and is_number(value):
         return NAME_PARTS[key].format(value)
     text = str(value) if key == "selection.policy" else f"{key}={setting_value(value)}"
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)

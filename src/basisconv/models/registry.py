@@ -4,12 +4,11 @@ by string, and every model family registers its constructors here."""
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable
 
 import torch.nn as nn
 
-from ..counts import share_of
+from ..counts import is_int, is_number, share_of
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
@@ -38,11 +37,9 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Modu
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     # an infinite width has no channel count (and NaN fails too); True is no width
-    if (isinstance(width, bool) or not isinstance(width, numbers.Real)
-            or not 0 < width < math.inf):
+    if not is_number(width) or not 0 < width < math.inf:
         raise ValueError(f"model width must be a finite number > 0, got {width!r}")
-    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
-            or num_classes < 1):
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     return _REGISTRY[name](num_classes=num_classes, width=width)
 
