@@ -207,6 +207,48 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     A replaced conv's forward and backward hooks move to its basis layer (see
     :func:`_take_over_hooks`), whose output is the conv's.
     """
+    _check_model(model)
+    keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank",
+            "only_where_saves": "only_where_saves", **(keys or {})}
+    flags = {"inplace": inplace, "convert": convert, "only_where_saves": only_where_saves,
+             "share_coefficients": share_coefficients, "fuse_norm": fuse_norm}
+    for name, value in flags.items():  # (convert="no" would convert: it is truthy)
+        check_flag(keys.get(name, name), value)
+    if max_error is not None:
+        _check_max_error_use(max_error, num_basis, convert)
+    elif num_basis is None:
+        num_basis = 0.5
+    targets = select_layers(model, layers, key=keys.get("layers"))
+    for conv in targets.values():  # each weight read below is the one a forward computes
+        refresh_computed_weight(conv)
+    key = keys["only_where_saves"]
+    leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
+                   f"set {key}=true") + " to leave such layers dense"
+    if max_error is not None:
+        sizes = _sizes_for_error(targets, max_error, coefficient_rank)
+    else:
+        targets, sizes = _sizes_of(num_basis, targets, only_where_saves, keys["num_basis"],
+                                   leave_dense)
+    targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
+    for name, conv in targets.items():  # of the layers converted (a skipped head has none)
+        check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
+                               key=keys["coefficient_rank"])
+    _warn_of_costly_ranks(targets, sizes, coefficient_rank, keys["coefficient_rank"])
+    _warn_of_untied_weights(model, targets)
+    if not inplace:
+        model = copy_model(model, "apply_basis: the model cannot be copied",
+                           "convert it with inplace=True, which needs no copy")
+        modules = dict(model.named_modules())
+        targets = {name: modules[name] for name in targets}
+    replaced = _replace(model, targets, sizes, convert, combine=combine,
+                        coefficient_rank=coefficient_rank, fuse_norm=fuse_norm)
+    if share_coefficients:
+        _share_coefficients(replaced, targets if convert else None)
+    return model
+
+
+def _check_model(model) -> None:
+    """A model whose convs are modules: not TorchScript, not a single conv."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):  # its convs are compiled, not modules
@@ -217,108 +259,108 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
                           "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
-    keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank",
-            "only_where_saves": "only_where_saves", **(keys or {})}
-    flags = {"inplace": inplace, "convert": convert, "only_where_saves": only_where_saves,
-             "share_coefficients": share_coefficients, "fuse_norm": fuse_norm}
-    for name, value in flags.items():  # found in review: convert="no" converted (truthy)
-        check_flag(keys.get(name, name), value)
-    if max_error is not None:
-        if not convert:
-            raise ConfigError("apply_basis: max_error sizes layers by their trained filters, "
-                              "so it needs convert=True")
-        if num_basis is not None:
-            raise ConfigError("apply_basis: give max_error (sizes by an error bound on the "
-                              "trained filters, with convert=True) or num_basis (a count or "
-                              "fraction), not both")
-        check_max_error(max_error)
-    num_basis = 0.5 if num_basis is None and max_error is None else num_basis
-    targets = select_layers(model, layers, key=keys.get("layers"))
-    for conv in targets.values():  # each weight read below is the one a forward computes
-        refresh_computed_weight(conv)
-    key = keys["only_where_saves"]
-    leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
-                   f"set {key}=true") + " to leave such layers dense"
-    sizes, widest = {}, max((conv.out_channels for conv in targets.values()), default=0)
-    if only_where_saves and targets and _count_above(num_basis, widest):  # none could take it
-        raise ConfigError(f"{keys['num_basis']}={num_basis} is more than the output channels "
-                          f"of every selected layer (at most {widest}); give a count up to "
-                          f"{widest}, or a fraction in (0, 1] of each layer's out_channels")
-    for name, conv in list(targets.items()):
-        if max_error is not None:
-            check_finite_weight(conv, name, fitting=True)
-            try:
-                sizes[name] = basis_size_for_error(conv, max_error, coefficient_rank)
-            except ConfigError as err:
-                raise ConfigError(f"layer {name!r}: {err}") from None
-            continue
+
+
+def _check_max_error_use(max_error, num_basis, convert: bool) -> None:
+    if not convert:
+        raise ConfigError("apply_basis: max_error sizes layers by their trained filters, "
+                          "so it needs convert=True")
+    if num_basis is not None:
+        raise ConfigError("apply_basis: give max_error (sizes by an error bound on the "
+                          "trained filters, with convert=True) or num_basis (a count or "
+                          "fraction), not both")
+    check_max_error(max_error)
+
+
+def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
+                     coefficient_rank: int | None) -> dict[str, int]:
+    """Each layer's smallest basis within ``max_error`` of its trained filters."""
+    sizes = {}
+    for name, conv in targets.items():
+        check_finite_weight(conv, name, fitting=True)
+        try:
+            sizes[name] = basis_size_for_error(conv, max_error, coefficient_rank)
+        except ConfigError as err:
+            raise ConfigError(f"layer {name!r}: {err}") from None
+    return sizes
+
+
+def _sizes_of(num_basis, targets: dict[str, nn.Conv2d], only_where_saves: bool, key: str,
+              leave_dense: str) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
+    """Each layer's basis size for ``num_basis`` (a count, or a fraction of its width), and
+    the layers that take one: under ``only_where_saves`` a count above a layer's width
+    (one size for a model whose layers differ in width) leaves it dense, as a count of all
+    its filters would; a count above every layer is refused (nothing would change)."""
+    widest = max((conv.out_channels for conv in targets.values()), default=0)
+    if only_where_saves and targets and _count_above(num_basis, widest):
+        raise ConfigError(f"{key}={num_basis} is more than the output channels of every "
+                          f"selected layer (at most {widest}); give a count up to {widest}, "
+                          f"or a fraction in (0, 1] of each layer's out_channels")
+    kept, sizes = {}, {}
+    for name, conv in targets.items():
         above = _count_above(num_basis, conv.out_channels)  # e.g. 16 of a narrower layer's 8
-        if above and only_where_saves:  # it saves nothing there, as a count of all would
+        if above and only_where_saves:
             log.info("layer %r: %s=%d is more than its %d output channels; left dense "
-                     "(only_where_saves)", name, keys["num_basis"], num_basis,
-                     conv.out_channels)
-            del targets[name]
+                     "(only_where_saves)", name, key, num_basis, conv.out_channels)
             continue
         try:
-            sizes[name] = resolve_num_basis(num_basis, conv.out_channels, where=name,
-                                            key=keys["num_basis"])
+            sizes[name] = resolve_num_basis(num_basis, conv.out_channels, where=name, key=key)
         except ConfigError as err:
             if not above:
                 raise
             raise ConfigError(f"{err}; or {leave_dense}") from None
-    # judged in the stacked form when fused with a norm (stricter than split): a layer
-    # converted for a split saving must not cost more than the dense conv once fused
-    for name in list(targets):
-        conv, m = targets[name], sizes[name]
-        if saves_compute(conv, m, combine, fused_norm=fuse_norm):
-            continue
-        k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        dense = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, None)
-        basis = forward_macs_per_pixel(conv.in_channels, conv.out_channels, conv.kernel_size, m,
-                                       combine, fuse_norm)
-        message = (f"layer {name!r}: num_basis={m} saves no compute ({basis} vs {dense} dense "
-                   f"multiply-adds per pixel; C_out={conv.out_channels}, C_in*k*k={k}, the basis "
-                   f"must be well below min of the two)")
-        if only_where_saves:
-            log.info("%s; left dense (only_where_saves)", message)
-            del targets[name]
-        else:
-            warnings.warn(f"{message}; {leave_dense}", stacklevel=2)
-    for name, conv in targets.items():  # of the layers converted (a skipped head has none)
-        check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
-                               key=keys["coefficient_rank"])
-    _warn_of_costly_ranks(targets, sizes, coefficient_rank, keys["coefficient_rank"])
-    _warn_of_untied_weights(model, targets)
-    if not inplace:
-        names = list(targets)
-        model = copy_model(model, "apply_basis: the model cannot be copied",
-                           "convert it with inplace=True, which needs no copy")
-        modules = dict(model.named_modules())
-        targets = {n: modules[n] for n in names}
+        kept[name] = conv
+    return kept, sizes
 
+
+def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combine: str,
+                    fuse_norm: bool, only_where_saves: bool, leave_dense: str
+                    ) -> dict[str, nn.Conv2d]:
+    """The layers to convert: those whose basis form does fewer multiply-adds, and, unless
+    ``only_where_saves``, the others too, each with a warning. Judged in the stacked form
+    when fused with a norm (stricter than split): a layer converted for a split saving
+    must not cost more than the dense conv once fused."""
+    kept = {}
+    for name, conv in targets.items():
+        m = sizes[name]
+        if not saves_compute(conv, m, combine, fused_norm=fuse_norm):
+            shape = (conv.in_channels, conv.out_channels, conv.kernel_size)
+            dense = forward_macs_per_pixel(*shape, None)
+            basis = forward_macs_per_pixel(*shape, m, combine, fuse_norm)
+            k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            message = (f"layer {name!r}: num_basis={m} saves no compute ({basis} vs {dense} "
+                       f"dense multiply-adds per pixel; C_out={conv.out_channels}, "
+                       f"C_in*k*k={k}, the basis must be well below min of the two)")
+            if only_where_saves:
+                log.info("%s; left dense (only_where_saves)", message)
+                continue
+            warnings.warn(f"{message}; {leave_dense}", stacklevel=3)  # (apply_basis's caller)
+        kept[name] = conv
+    return kept
+
+
+def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, int],
+             convert: bool, **options) -> dict[str, BasisConv2d]:
+    """Each conv of ``targets`` replaced in ``model`` by its basis layer (fitted to it, or
+    fresh), under every name it has; its hooks and training mode carried over."""
     aliases: dict[str, list[str]] = defaultdict(list)
     for alias, first in _conv_names(model).items():
         aliases[first].append(alias)
-    replaced: dict[str, BasisConv2d] = {}
     for name, conv in targets.items():  # all before any is replaced (inplace=True)
         check_finite_weight(conv, name, fitting=convert)
+    replaced: dict[str, BasisConv2d] = {}
     for name, conv in targets.items():
-        m = sizes[name]
         if convert:
-            layer = BasisConv2d.from_conv(conv, m, combine=combine, coefficient_rank=coefficient_rank,
-                                          fuse_norm=fuse_norm)
+            layer = BasisConv2d.from_conv(conv, sizes[name], **options)
         else:
-            layer = _fresh_layer(conv, m, combine=combine, coefficient_rank=coefficient_rank,
-                                 fuse_norm=fuse_norm)
+            layer = _fresh_layer(conv, sizes[name], **options)
         layer.train(conv.training)
         _take_over_hooks(conv, layer, name)
         for alias in aliases[name]:  # a tied conv stays one module, in basis form
             _set_submodule(model, alias, layer)
         replaced[name] = layer
     _tie_shared_weights(targets, replaced)
-    if share_coefficients:
-        _share_coefficients(replaced, targets if convert else None)
-    return model
+    return replaced
 
 
 def _count_above(num_basis, out_channels: int) -> bool:
