@@ -312,6 +312,21 @@ def test_layer_benchmark_flags_out_of_range_are_named(options, message):
     assert SpeedOptions(quick=True, threads=0).invalid_flag() is None
 
 
+def test_the_benchmarks_name_a_device_this_torch_does_not_see(monkeypatch):
+    """The one device rule (loop.device_problem) in both benchmarks' words."""
+    from basisconv.bench.train import ThroughputOptions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert SpeedOptions(device="cuda").invalid_flag() == (
+        "--device cuda: no CUDA device is available to this torch; use --device cpu or auto")
+    assert ThroughputOptions(device="cuda:1").invalid_flag().startswith(
+        "--device cuda:1: no CUDA device is available to this torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert ThroughputOptions(device="cuda:1").invalid_flag() == (
+        "--device cuda:1: this torch sees 1 GPU(s), cuda:0..cuda:0")
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(model="resnet-20"), "--model resnet-20: no such model; choose one of "),
     (dict(batch_size=-1), "--batch-size must be >= 1, got -1"),
@@ -319,8 +334,8 @@ def test_layer_benchmark_flags_out_of_range_are_named(options, message):
     (dict(warmup=-1), "--warmup must be >= 0"),
     (dict(threads=-1), "--threads must be >= 0 (0: torch's default), got -1"),
     (dict(basis_size=1.5), "--basis-size must be in (0, 1]"),
-    (dict(device="gpu"), "--device gpu: no such device; choose cpu, cuda, cuda:<index> or auto"),
-    (dict(device="meta"), "--device meta: not measured here; choose cpu, cuda"),
+    (dict(device="gpu"), "--device gpu: no such device; choose one of auto, cpu, cuda, cuda:N"),
+    (dict(device="meta"), "--device meta: no such device; choose one of auto, cpu, cuda"),
     (dict(cuda_graphs=True), "--cuda-graphs needs --device cuda"),
     # found in review: without --basis-size these timed the dense model, and the record
     # said fuse_norm: true

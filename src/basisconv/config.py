@@ -28,7 +28,7 @@ from .counts import is_number
 from .data import NUM_CLASSES
 from .errors import ConfigError, warn_once
 from .layers import COMBINE_MODES, check_basis_size
-from .loop import AMP_DTYPES, DEVICE_NAMES, valid_device_name
+from .loop import AMP_DTYPES, SCHEDULES, device_problem
 from .models import list_models
 from .records import unwritable_folder
 from .selection import SelectionConfig, check_selection
@@ -190,7 +190,6 @@ if not OmegaConf.has_resolver("job_folder"):
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("onecycle", "cosine", "constant")
 AMP = tuple(AMP_DTYPES)
 DATASETS = tuple(NUM_CLASSES)
 BASIS_INIT = ("scratch", "convert")
@@ -296,8 +295,8 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check_choice(t.schedule, SCHEDULES, "trainer.schedule")
     _check_choice(t.amp, AMP, "trainer.amp")
     _check_choice(t.compile_mode, COMPILE_MODES, "trainer.compile_mode")
-    _check(valid_device_name(t.device),
-           f"trainer.device={t.device!r}; choose one of {DEVICE_NAMES}")
+    device = device_problem(t.device, here=False)
+    _check(device is None, device)
     _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
     _check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
 

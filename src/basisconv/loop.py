@@ -40,26 +40,35 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N: the GPU's index)"
 
 
-def valid_device_name(name: str) -> bool:
-    """Whether ``name`` is a ``trainer.device`` value: auto, cpu, cuda or cuda:N."""
-    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)) is not None
+def device_problem(name: str, setting: str = "trainer.device={}", here: bool = True
+                   ) -> str | None:
+    """What is wrong with the device ``name`` (one line; ``setting`` shows how it was given,
+    ``trainer.device={}`` or ``--device {}``), or None. Valid: auto (CUDA when there is
+    one), cpu, cuda and cuda:N; with ``here``, also one this torch sees (a config is
+    checked without it: whether the machine has CUDA is the run's question)."""
+    given = setting.format(name)
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)) is None:
+        return f"{given}: no such device; choose one of {DEVICE_NAMES}"
+    if not here or not name.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return (f"{given}: no CUDA device is available to this torch; use "
+                f"{setting.format('cpu')} or auto")
+    index, count = torch.device(name).index, torch.cuda.device_count()
+    if index is not None and index >= count:
+        # (torch's own "invalid device ordinal" would come from deep inside the set-up)
+        return f"{given}: this torch sees {count} GPU(s), cuda:0..cuda:{count - 1}"
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
-    if not valid_device_name(name):
-        raise ConfigError(f"trainer.device={name!r}; choose one of {DEVICE_NAMES}")
+    problem = device_problem(name)
+    if problem:
+        raise ConfigError(problem)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but no CUDA device is available; "
-                          f"use trainer.device=cpu or auto")
-    device, count = torch.device(name), torch.cuda.device_count()
-    if device.index is not None and device.index >= count:
-        # (torch's own "invalid device ordinal" would come from deep inside the set-up)
-        raise ConfigError(f"trainer.device={name}: this torch sees {count} GPU(s), "
-                          f"cuda:0..cuda:{count - 1}")
-    return device
+    return torch.device(name)
 
 
 #: The environment variable that fixes cuBLAS's workspace, as its determinism needs.
@@ -261,6 +270,10 @@ def _restore_compile_limits() -> None:
         _limits_before = None
 
 
+#: The learning-rate schedules :func:`build_scheduler` makes (``trainer.schedule``).
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: ``onecycle`` (warm up to ``lr`` then anneal) or ``cosine``
@@ -290,7 +303,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
         return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], [warmup])
     if trainer.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise ConfigError(f"trainer.schedule={trainer.schedule!r}; choose onecycle, cosine or constant")
+    raise ConfigError(f"trainer.schedule={trainer.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 class StepTimer:

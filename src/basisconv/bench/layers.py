@@ -49,7 +49,7 @@ from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError, DatasetError
 from ..kernels import auto
 from ..layers import BasisConv2d, resolve_num_basis
-from ..loop import precision_name, seed_everything, settings_restored
+from ..loop import device_problem, precision_name, seed_everything, settings_restored
 from ..models import build_model
 from ..records import (RunRecord, file_digest, hardware_name, provenance, read_record,
                        write_record, write_text_atomic)
@@ -147,8 +147,9 @@ class SpeedOptions:
                 return f"--fractions must be in (0, 1], got {fraction:g}"
         if len(set(self.fractions)) < len(self.fractions):  # one model row each, twice
             return f"--fractions must differ, got {' '.join(f'{f:g}' for f in self.fractions)}"
-        if self.device == "cuda" and not torch.cuda.is_available():
-            return "--device cuda: no CUDA device is available to this torch; use --device cpu"
+        device = device_problem(self.device, "--device {}")
+        if device:
+            return device
         if self.cuda_graphs and self.device != "cuda":
             return "--cuda-graphs: CUDA graphs run on CUDA only; add --device cuda"
         if self.cuda_graphs and self.compile:

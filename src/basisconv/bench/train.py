@@ -27,8 +27,8 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from ..checkpoint import CHECKPOINT, save_checkpoint
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
-from ..loop import (Runtime, build_optimizer, compiled, precision_name, settings_restored,
-                    grad_scaler, setup, train_one_epoch)
+from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
+                    precision_name, settings_restored, setup, train_one_epoch)
 from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record, write_text_atomic
@@ -75,7 +75,7 @@ class ThroughputOptions:
             given = "--fuse-norm" if self.fuse_norm else f"--combine {self.combine}"
             return (f"{given} applies to basis layers, and the model is dense: add "
                     f"--basis-size (e.g. 0.25), or drop {given.split()[0]}")
-        device = device_problem(self.device) or (
+        device = device_problem(self.device, "--device {}") or (
             fused_problem(self.combine, self.device) if self.basis_size is not None else None)
         if device:
             return device
@@ -162,26 +162,6 @@ def profile_epoch(options: ThroughputOptions, run_epoch, batches, device: torch.
     return profile_table(prof, device, f"{options.model} {form}, {precision_name(options.amp)}, "
                                        f"batch {options.batch_size}{how}: "
                                        f"{options.steps - skip} training steps")
-
-
-def device_problem(name: str) -> str | None:
-    """What is wrong with ``--device name`` (one line), or ``None``: cpu, cuda, cuda:<index>
-    (of a GPU this torch sees) and auto (CUDA when there is one) are valid."""
-    valid = "choose cpu, cuda, cuda:<index> or auto"
-    if name in ("cpu", "auto"):
-        return None
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        return f"--device {name}: no such device; {valid}"
-    if device.type != "cuda":
-        return f"--device {name}: not measured here; {valid}"
-    if not torch.cuda.is_available():
-        return f"--device {name}: no CUDA device is available to this torch; use --device cpu"
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        return (f"--device {name}: this torch sees {torch.cuda.device_count()} GPU(s), "
-                f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return None
 
 
 class TimedBatches:
