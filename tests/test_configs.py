@@ -430,7 +430,7 @@ def test_typos_and_wrong_types_fail_when_composing(compose_cfg, override):
 def test_a_single_value_for_a_list_key_names_the_list_to_write(compose_cfg, override, fix):
     """sensitivity.layers=all (the default is [all]) was OmegaConf's one line "str is not a
     ListConfig, list or tuple", which names no fix."""
-    from basisconv.cli import hydra_error_line
+    from basisconv.hydra_errors import hydra_error_line
 
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg(override)
@@ -446,7 +446,7 @@ def test_an_override_without_a_value_says_to_write_key_equals_value():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from basisconv.cli import hydra_error_line
+    from basisconv.hydra_errors import hydra_error_line
 
     with pytest.raises(OverrideParseException) as err:
         OverridesParser.create().parse_overrides(["trainer.epochs"])
@@ -497,7 +497,7 @@ def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     """``+=x`` and ``~=x`` add or delete nothing: reported as keyless before Hydra sees them
     (its own line for ``~=x`` is "Could not delete '=x'. No match in the defaults list")."""
-    from basisconv.cli import malformed_override
+    from basisconv.hydra_errors import malformed_override
 
     for arg in ("=3", "+=x", "++=x", "~=x"):
         assert malformed_override(["trainer.epochs=3", arg]) == arg
@@ -528,7 +528,7 @@ def test_a_value_given_in_the_wrong_place_is_pointed_to_its_key(tmp_path, repo, 
 def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, repo):
     """Hydra said "Config group override must be a string or a list. Got NoneType",
     naming neither the group nor what to give."""
-    from basisconv.cli import group_value_override
+    from basisconv.hydra_errors import group_value_override
 
     assert group_value_override(["model.width=null", "seed=null", "trainer=default",
                                  "sensitivity.layers=[all]"]) is None

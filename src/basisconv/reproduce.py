@@ -13,10 +13,11 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 
-from .cli import CONFIGS, check_runs_where_started, hydra_error_line
+from .cli import check_runs_where_started
 from .config import validate
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
+from .hydra_errors import CONFIGS, hydra_error_line
 from .records import read_record, set_aside, set_aside_foreign_records
 from .sensitivity import cache_key
 

@@ -1,0 +1,174 @@
+"""Hydra's and OmegaConf's errors as one line that names the key or option and the fix:
+an unknown key (and where a key of that name is), a value of the wrong type, a config
+group given a value, an override Hydra cannot parse, a broken ``${...}``. Hydra's own
+reports are several lines and a stack trace, often naming none of these."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
+                              InterpolationResolutionError, ValidationError)
+
+from .records import HYDRA_VALUE_FLAGS
+
+
+def typed_overrides() -> list[str]:
+    """The command line's overrides as typed: outside ``-m`` Hydra keeps them unescaped,
+    and reading one would resolve its ``${...}`` here, where a typo in it could not be
+    named by its key (``validate`` names it)."""
+    return OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+
+
+def interpolation_error_line(err: InterpolationResolutionError) -> str:
+    """A broken ``${...}`` as one line naming the override it was typed in: ``name=${typo}``
+    failed first where another key interpolates ``name`` (``logger.group``), a key the
+    user never set; else the key that failed."""
+    first = str(err).splitlines()[0]
+    where = err.full_key
+    broken = re.search(r"'([^']+)'", first)  # "Interpolation key 'typo' not found"
+    if broken and HydraConfig.initialized():
+        typed = dict(override.lstrip("+~").partition("=")[::2] for override in typed_overrides())
+        reference = re.compile(r"\$\{\s*" + re.escape(broken.group(1)) + r"\s*\}")
+        if where not in typed:
+            where = next((key for key, value in typed.items() if reference.search(value)),
+                         where)
+    return f"{first} (in {where})"
+
+
+def same_name_keys(node: Any, full_key: str) -> list[str]:
+    """The keys of ``node``'s whole config named as ``full_key`` ends, elsewhere, the
+    shallowest first: where a key given in the wrong place belongs."""
+    name = full_key.rpartition(".")[2]
+    found = []
+
+    def walk(tree: Any, prefix: str) -> None:
+        for key, value in tree.items():
+            dotted = f"{prefix}{key}"
+            if key == "hydra" and not prefix:
+                continue
+            if key == name and dotted != full_key:
+                found.append(dotted)
+            if isinstance(value, dict):
+                walk(value, f"{dotted}.")
+
+    walk(OmegaConf.to_container(node._get_root(), resolve=False), "")
+    return sorted(found, key=lambda key: key.count("."))
+
+
+def hydra_error_line(ex: Exception) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing the config: the
+    key or option, and what is valid."""
+    cause = ex.__cause__
+    if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and ex.options:
+        group, _, name = ex.missing_cfg_file.rpartition("/")
+        return (f"{group}={name}: there is no such {group} config; choose one of "
+                f"{', '.join(ex.options)}")
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        node = cause.full_key.rpartition(".")[0]
+        parent = getattr(cause, "parent_node", None)
+        keys = [f"{node}.{k}" if node else str(k) for k in (parent.keys() if parent else [])
+                if k != "hydra"]
+        valid = f"; valid keys here: {', '.join(keys)}" if keys else ""
+        # a key of that name elsewhere first (trainer.seed: the run's seed is top-level)
+        elsewhere = same_name_keys(parent, cause.full_key) if parent is not None else []
+        close = elsewhere or difflib.get_close_matches(cause.full_key, keys, n=1)
+        others = f" also: {', '.join(close[1:])}" if close[1:] else ""
+        hint = f" (did you mean {close[0]}?{others})" if close else ""
+        return f"{cause.full_key} is not a config key{hint}{valid}"
+    if isinstance(cause, ValidationError):
+        override = str(ex).rpartition("override ")[2].strip() or cause.full_key
+        message = str(cause).splitlines()[0]
+        key, given, value = override.partition("=")
+        if given and "is not a ListConfig" in message:  # sensitivity.layers=all
+            items = value.strip("'\"")
+            message = f"{message.rstrip('.')}; write a list: {key}=[{items}]"
+        return f"{override}: {message}"
+    if isinstance(ex, OSError) and ex.filename:  # Hydra makes the run's folder and .hydra/
+        return (f"cannot write {ex.filename} ({ex.strerror}); point hydra.run.dir "
+                f"(hydra.sweep.dir with -m) at a folder that can be written")
+    if isinstance(ex, OverrideParseException):
+        key, given, value = str(ex.override).partition("=")
+        if given and key.strip() and value:  # (found in review: it said "write key=value")
+            return (f"cannot parse the override {ex.override!r} "
+                    f"({ex.message.splitlines()[0]}); Hydra takes unquoted values of letters, "
+                    f"digits and /-_.:@ only: quote the value, e.g. \"{key}='{value}'\"")
+        return (f"cannot parse the override {ex.override!r} ({ex.message.splitlines()[0]}); "
+                f"write key=value, e.g. trainer.epochs=3")
+    lines = [line.strip() for text in (str(ex), str(cause) if cause else "")
+             for line in text.splitlines()]
+    noise = ("full_key:", "reference_type=", "object_type=", "Set the environment variable")
+    kept = [line for line in lines if line and not line.startswith(noise)]
+    return "; ".join(kept) or type(ex).__name__
+
+
+#: The project's Hydra configs (a source checkout's ``configs/``, as the scripts use).
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def malformed_override(args: list[str]) -> str | None:
+    """A command-line override without a key (``=3``, ``+=x``), which Hydra reports with
+    a stack trace."""
+    flag_value = False
+    for arg in args:
+        if flag_value:
+            flag_value = False
+        elif arg in HYDRA_VALUE_FLAGS:
+            flag_value = True
+        elif not arg.startswith("-") and "=" in arg and not arg.split("=", 1)[0].lstrip("+~"):
+            return arg
+    return None
+
+
+def group_value_override(args: list[str], got: str = "NoneType") -> str | None:
+    """One line for a config group set to a value that is none of its configs (``model=null``,
+    ``basis=0.25`` meant as ``basis.size=0.25``), which Hydra reports as "Config group
+    override must be a string or a list. Got NoneType" (or float: ``got``), naming no group
+    (called on that error only: ``profile`` is a plain key of the analysis config)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given, flag_value = [], False
+    for arg in args:  # the overrides, without the flags (-m, --config-name NAME, ...)
+        if not flag_value and not arg.startswith("-"):
+            given.append(arg)
+        flag_value = not flag_value and arg in HYDRA_VALUE_FLAGS
+    try:
+        overrides = OverridesParser.create().parse_overrides(given)
+    except Exception:  # noqa: BLE001 - (Hydra says what it cannot parse itself)
+        return None
+    for override in overrides:
+        key = override.key_or_group
+        options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml")) if (
+            "/" not in key) else []
+        if not options or override.is_sweep_override() or (
+                type(override.value()).__name__ != got):  # the value Hydra names
+            continue
+        said = (f"{override.input_line}: {key} is a config group and takes one of its configs "
+                f"({', '.join(options)})")
+        if override.value() is None:
+            return f"{said}; drop the override for the default"
+        keys = group_keys(key)
+        return said + (f"; a value in it is set by its key, {key}.<key>=..., one of "
+                       f"{', '.join(f'{key}.{name}' for name in keys)}" if keys else "")
+    return None
+
+
+def group_keys(group: str) -> list[str]:
+    """The keys ``group``'s configs set (none for a group of whole-config presets,
+    ``# @package _global_``, such as ``profile`` and ``experiment``)."""
+    configs = []
+    for path in sorted((CONFIGS / group).glob("*.yaml")):
+        if path.read_text().startswith("# @package _global_"):
+            return []
+        configs.append([str(name) for name in OmegaConf.to_container(OmegaConf.load(path)) or {}
+                        if name != "defaults"])
+    keys: dict[str, None] = {}
+    for names in sorted(configs, key=len, reverse=True):  # the fullest (a base) in its order
+        keys.update(dict.fromkeys(names))
+    return list(keys)
