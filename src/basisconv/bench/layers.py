@@ -228,7 +228,7 @@ def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> d
     return {k: runner.prepare(module, x) for k, module in forms.items()}
 
 
-def _timed_eval(modules: dict, run: Callable[[], dict]) -> dict:
+def _in_eval(modules: dict, run: Callable[[], dict]) -> dict:
     """``run()`` with every module in eval mode (an inference forward: a batch norm uses
     its running statistics; a conv alone is the same in both modes), then train again."""
     for module in modules.values():
@@ -255,7 +255,7 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                                                 shape.output_hw, shape.output_hw))
         modules = _timed_forms(options, runner, shape)
         sizes = {f: resolve_num_basis(f, shape.out_channels) for f in options.fractions}
-        fwd = _timed_eval(modules, lambda: timer.run(
+        fwd = _in_eval(modules, lambda: timer.run(
             {k: runner.forward(mod, x) for k, mod in modules.items()}, options.layer_repeats,
             options.warmup))
         fwd_spread = timer.spread
@@ -280,8 +280,6 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                 fused_norm="running" if options.fuse_norm else None)
         for fraction, m in sizes.items():
             cost, split = costs[fraction, options.combine], costs[fraction, "split"]
-            theory_fb = cost.total_flops / costs["dense"].total_flops
-            measured_fb = fwdbwd[fraction] / fwdbwd["dense"]
             rows.append({
                 "shape": shape.label, "layers": " ".join(names),
                 "in_channels": shape.in_channels, "out_channels": shape.out_channels,
@@ -290,14 +288,10 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                 "num_basis": m, "combine": options.combine,
                 "saves_compute": saves_compute((shape.in_channels, shape.out_channels, shape.kernel),
                                                m, options.combine, fused_norm=options.fuse_norm),
-                "theory_fwd_ratio": (costs[fraction, "inference"].forward_flops
-                                     / costs["dense"].forward_flops),
-                "theory_fwdbwd_ratio": theory_fb,
-                "split_fwdbwd_ratio": split.total_flops / costs["dense"].total_flops,
-                "dense_fwd_ms": fwd["dense"], "basis_fwd_ms": fwd[fraction],
-                "dense_fwdbwd_ms": fwdbwd["dense"], "basis_fwdbwd_ms": fwdbwd[fraction],
-                "fwd_ratio": fwd[fraction] / fwd["dense"], "fwdbwd_ratio": measured_fb,
-                "fwdbwd_vs_theory": measured_fb / theory_fb,
+                **_ratio_columns(fwd, fwdbwd, fraction, (
+                    costs[fraction, "inference"].forward_flops / costs["dense"].forward_flops,
+                    cost.total_flops / costs["dense"].total_flops,
+                    split.total_flops / costs["dense"].total_flops)),
                 **_spreads(fwd_spread, fwdbwd_spread, fraction),
             })
             r = rows[-1]
@@ -308,9 +302,25 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                           "fused_vs_unfused_fwdbwd": fwdbwd[fraction] / fwdbwd[fraction, "unfused"]})
                 unfused = f"  fused/unfused x{r['fused_vs_unfused_fwdbwd']:.2f}"
             progress(f"  {shape.label:24s} m={m:<4d} fwd {r['fwd_ratio']:.3f} (theory "
-                     f"{r['theory_fwd_ratio']:.3f})  fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, "
+                     f"{r['theory_fwd_ratio']:.3f})  fwd+bwd {r['fwdbwd_ratio']:.3f} (theory "
+                     f"{r['theory_fwdbwd_ratio']:.3f}, "
                      f"x{r['fwdbwd_vs_theory']:.2f})  dense {fwdbwd['dense']:.1f} ms{unfused}")
     return rows
+
+
+def _ratio_columns(fwd: dict, fwdbwd: dict, key, theory: tuple[float, float, float]) -> dict:
+    """The columns the layer and model tables share: the FLOP ratios to dense (``theory``:
+    inference forward, training step, and the training step in the split form), the times
+    of the dense and the basis form (``key`` in ``fwd`` and ``fwdbwd``) and their ratios,
+    and how far the measured training-step ratio is from its FLOP ratio."""
+    theory_fwd, theory_fwdbwd, split_fwdbwd = theory
+    measured = fwdbwd[key] / fwdbwd["dense"]
+    return {"theory_fwd_ratio": theory_fwd, "theory_fwdbwd_ratio": theory_fwdbwd,
+            "split_fwdbwd_ratio": split_fwdbwd,
+            "dense_fwd_ms": fwd["dense"], "basis_fwd_ms": fwd[key],
+            "dense_fwdbwd_ms": fwdbwd["dense"], "basis_fwdbwd_ms": fwdbwd[key],
+            "fwd_ratio": fwd[key] / fwd["dense"], "fwdbwd_ratio": measured,
+            "fwdbwd_vs_theory": measured / theory_fwdbwd}
 
 
 def _spreads(fwd: dict, fwdbwd: dict, key) -> dict[str, float]:
@@ -364,9 +374,8 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
     costs = {k: model_cost(m, shape) for k, m in models.items()}
     # the forward timed is an inference one: folded norms use running statistics, so
     # there are no moments of the basis maps to count, unlike in training
-    forward_flops = {k: model_cost(m.eval(), shape).forward_flops for k, m in models.items()}
-    for m in models.values():
-        m.train()
+    forward_flops = _in_eval(models, lambda: {k: model_cost(m, shape).forward_flops
+                                                 for k, m in models.items()})
     prepared = {k: runner.prepare(m, shape) for k, m in models.items()}
     x = runner.input(options.batch_size, 3, 32, 32)
 
@@ -379,13 +388,10 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
     profiled = (profile_steps({("dense" if k == "dense" else f"basis {k}"): step
                                for k, step in steps.items()}, runner.device)
                 if options.profile else None)
-    for m in models.values():
-        m.eval()  # an inference forward: BN uses its running statistics
-    fwd = timer.run({k: runner.forward(m, x) for k, m in prepared.items()},
-                    options.model_repeats, options.warmup)
+    fwd = _in_eval(models, lambda: timer.run(
+        {k: runner.forward(m, x) for k, m in prepared.items()}, options.model_repeats,
+        options.warmup))
     fwd_spread = timer.spread
-    for m in models.values():
-        m.train()
     memory = _memory(models, runner, x, backward)
     dense = costs["dense"]
     layer_ms = _layer_times(models, layer_rows)
@@ -404,13 +410,9 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
             # per image, as before (the whole batch's over its size)
             "forward_flops": cost.forward_flops // options.batch_size,
             "backward_flops": cost.backward_flops // options.batch_size,
-            "theory_fwd_ratio": forward_flops[fraction] / forward_flops["dense"],
-            "theory_fwdbwd_ratio": theory_fb,
-            "split_fwdbwd_ratio": split[fraction].total_flops / dense.total_flops,
-            "dense_fwd_ms": fwd["dense"], "basis_fwd_ms": fwd[fraction],
-            "dense_fwdbwd_ms": fwdbwd["dense"], "basis_fwdbwd_ms": fwdbwd[fraction],
-            "fwd_ratio": fwd[fraction] / fwd["dense"], "fwdbwd_ratio": measured_fb,
-            "fwdbwd_vs_theory": measured_fb / theory_fb,
+            **_ratio_columns(fwd, fwdbwd, fraction, (
+                forward_flops[fraction] / forward_flops["dense"], theory_fb,
+                split[fraction].total_flops / dense.total_flops)),
             "target_met": measured_fb <= TARGET_SLACK * theory_fb,
             **_spreads(fwd_spread, fwdbwd_spread, fraction),
             **_memory_columns(memory, fraction),
