@@ -250,6 +250,44 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     """Collect the runs (local records or wandb), write every table and plot; returns the
     files written."""
     validate_analysis(cfg)
+    check_output_folder(cfg)
+    local, unreadable, records = collect_records(cfg)
+    out = Path(cfg.out_dir)
+    made = provenance(command)
+    runs = runs_frame(records)
+    curves = distinct_curves(curves_frame(records, runs["settings"].tolist()))
+    table = compare(runs)
+    unfinished = unfinished_runs(local)
+    missing = missing_protocol_runs(cfg.runs_dir) if cfg.source == "local" else []
+    if unfinished:
+        log.warning("left out %d unfinished training runs: %s", len(unfinished),
+                    ", ".join(unfinished))
+    left_out = [left_out_line(unfinished, unreadable), missing_line(missing)]
+    written: list[Path] = []
+    for (device, precision), part in table.groupby(["device", "precision"], sort=False):
+        mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
+        mine_curves = curves[(curves["device"] == device) & (curves["precision"] == precision)]
+        written += write_group(part, mine, mine_curves, out / f"{device}-{precision}",
+                               cfg.profile, made, left_out)
+    if cfg.source == "local":
+        written += sensitivity_outputs(local, out, cfg.profile)
+    index = {"provenance": made, "source": cfg.source,
+             "files": [p.name for p in written], "unreadable_runs": unreadable,
+             "unfinished_runs": unfinished, "missing_runs": missing,
+             "protocol_wall_clock": sessions_summary(sessions_folder(cfg, out)),
+             "runs": runs.drop(columns=INTERNAL_COLUMNS).to_dict("records")}
+    earlier = earlier_outputs(out, cfg.source)
+    written.append(write_json_atomic(out / "index.json", index))
+    for name in earlier - {p.name for p in written}:  # of runs no longer there
+        (out / name).unlink(missing_ok=True)
+    return written
+
+
+def check_output_folder(cfg: DictConfig) -> None:
+    """``out_dir`` can be written, is not the protocol's tables folder for other records
+    (``analyze.py runs_dir=<a sweep>`` replaced the committed tables and deleted the
+    protocol's sensitivity, search and speed pages), and neither it nor the records hold
+    git's conflict markers."""
     blocker = unwritable_folder(str(Path(cfg.out_dir).absolute()))
     if blocker is not None:
         raise ConfigError(f"out_dir={cfg.out_dir} cannot be written ({blocker}); give another "
@@ -257,19 +295,22 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     protocol_folder = Path("results", str(cfg.profile)).resolve()
     if (cfg.source == "local" and Path(cfg.out_dir).resolve() == protocol_folder
             and Path(cfg.runs_dir).resolve() != protocol_folder / "runs"):
-        # found in review: `analyze.py runs_dir=<a sweep>` replaced the committed tables and
-        # deleted the protocol's sensitivity, search and speed pages, with one "wrote" line
         raise ConfigError(f"runs_dir={cfg.runs_dir} would write its tables over "
                           f"results/{cfg.profile}/, which holds the tables of "
                           f"results/{cfg.profile}/runs; name a folder of their own: "
                           f"out_dir=<folder>")
-    out = Path(cfg.out_dir).resolve()
-    runs_dir = Path(cfg.runs_dir).resolve()
+    out, runs_dir = Path(cfg.out_dir).resolve(), Path(cfg.runs_dir).resolve()
     # the records, and what the analysis writes over (once: the records are usually in it)
-    read = [runs_dir] if cfg.source == "local" and not runs_dir.is_relative_to(out) else []
-    for folder in [*read, out]:
+    folders = [runs_dir] if cfg.source == "local" and not runs_dir.is_relative_to(out) else []
+    for folder in [*folders, out]:
         if problem := unmerged_problem(folder):
             raise ConfigError(problem)
+
+
+def collect_records(cfg: DictConfig) -> tuple[list, list[str], list]:
+    """The local records read (none from wandb), the ones that could not be (warned of),
+    and the complete training runs' records, from ``runs_dir`` or the wandb project; a
+    ConfigError when there are none."""
     unreadable: list[str] = []
     local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
     if unreadable:
@@ -288,51 +329,33 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
                  else f"wandb project {cfg.wandb.project}")
         raise ConfigError(f"no complete training run found in {where}; run "
                           f"`make reproduce PROFILE={cfg.profile}` (or some training runs) first")
-    out = Path(cfg.out_dir)
-    made = provenance(command)
-    runs = runs_frame(records)
-    curves = distinct_curves(curves_frame(records, runs["settings"].tolist()))
-    table = compare(runs)
-    unfinished = unfinished_runs(local)
-    missing = missing_protocol_runs(cfg.runs_dir) if cfg.source == "local" else []
-    if unfinished:
-        log.warning("left out %d unfinished training runs: %s", len(unfinished),
-                    ", ".join(unfinished))
-    written: list[Path] = []
-    for (device, precision), part in table.groupby(["device", "precision"], sort=False):
-        tag = f"{device}-{precision}"
-        mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
-        origin = provenance_note(mine, cfg.profile, made) + "\n" + recipe_line(mine)
-        seeds = distinct_runs(mine)
-        caveats = [line for line in (seeds_line(seeds), commits_line(seeds),
-                                     versions_line(seeds), tables_line(seeds), baseline_line(part),
-                                     unlike_baseline_line(part), timing_line(mine),
-                                     left_out_line(unfinished, unreadable),
-                                     missing_line(missing)) if line]
-        note = "\n".join([origin, *caveats])  # the plots' footer
-        written += write_table(part, out / f"comparison-{tag}",
-                               "\n".join([origin, STD_LINE, *caveats]))
-        mine_curves = curves[(curves["device"] == device) & (curves["precision"] == precision)]
-        for draw, data, name in ((figures.speed_vs_basis_size, part, "speed"),
-                                 (figures.accuracy_vs_parameters, part, "accuracy-params"),
-                                 (figures.training_curves, mine_curves, "curves")):
-            target = out / f"{name}-{tag}.png"
-            path = draw(data, target, note)
-            if path is None:  # nothing to draw: none left from an earlier analysis either
-                target.unlink(missing_ok=True)
-            else:
-                written.append(path)
-    if cfg.source == "local":
-        written += sensitivity_outputs(local, out, cfg.profile)
-    index = {"provenance": made, "source": cfg.source,
-             "files": [p.name for p in written], "unreadable_runs": unreadable,
-             "unfinished_runs": unfinished, "missing_runs": missing,
-             "protocol_wall_clock": sessions_summary(sessions_folder(cfg, out)),
-             "runs": runs.drop(columns=INTERNAL_COLUMNS).to_dict("records")}
-    earlier = earlier_outputs(out, cfg.source)
-    written.append(write_json_atomic(out / "index.json", index))
-    for name in earlier - {p.name for p in written}:  # of runs no longer there
-        (out / name).unlink(missing_ok=True)
+    return local, unreadable, records
+
+
+def write_group(part: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
+                profile: str, made: dict, left_out: list[str | None]) -> list[Path]:
+    """The comparison table and plots of one device and precision (``stem``: the folder
+    and the ``<device>-<precision>`` their names end in), with the notes that say where
+    its runs come from and what to keep in mind reading them."""
+    out, tag = stem.parent, stem.name
+    origin = provenance_note(runs, profile, made) + "\n" + recipe_line(runs)
+    seeds = distinct_runs(runs)
+    caveats = [line for line in (seeds_line(seeds), commits_line(seeds), versions_line(seeds),
+                                 tables_line(seeds), baseline_line(part),
+                                 unlike_baseline_line(part), timing_line(runs), *left_out)
+               if line]
+    note = "\n".join([origin, *caveats])  # the plots' footer
+    written = write_table(part, out / f"comparison-{tag}",
+                          "\n".join([origin, STD_LINE, *caveats]))
+    for draw, data, name in ((figures.speed_vs_basis_size, part, "speed"),
+                             (figures.accuracy_vs_parameters, part, "accuracy-params"),
+                             (figures.training_curves, curves, "curves")):
+        target = out / f"{name}-{tag}.png"
+        path = draw(data, target, note)
+        if path is None:  # nothing to draw: none left from an earlier analysis either
+            target.unlink(missing_ok=True)
+        else:
+            written.append(path)
     return written
 
 
