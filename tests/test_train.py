@@ -699,6 +699,9 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     # run starting near lr; it is one step at lr / 10 now
     onecycle, _ = rates("onecycle", 0.05)
     assert onecycle[0] == pytest.approx(0.01) and onecycle[-1] == pytest.approx(1e-4)
+    # found in review: without a warm-up it started one step into the anneal (0.0901)
+    onecycle, _ = rates("onecycle", 0.0)
+    assert onecycle == pytest.approx([0.1 - i * (0.1 - 1e-4) / 9 for i in range(10)])
     # one nudge of the fraction was not always enough (1/3 of 3 steps stayed 1.0), and
     # 1/total can be just under one step (1/49*49 < 1): every run of 2+ steps warms up
     for warmup, epochs in ((1 / 3, 3), (1 / 6, 6), (1e-7, 10_000_000), (0.01, 49),
@@ -707,6 +710,12 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
         optimizer = loop.build_optimizer(torch.nn.Linear(2, 2), trainer)
         loop.build_scheduler(optimizer, trainer, 1)
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01), (warmup, epochs)
+    # a run of one step has no warm-up: it trained at its end, lr / 1000
+    for schedule in ("onecycle", "cosine"):
+        trainer = _trainer(schedule=schedule, epochs=1)
+        optimizer = loop.build_optimizer(torch.nn.Linear(2, 2), trainer)
+        loop.build_scheduler(optimizer, trainer, 1)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1), schedule
 
 
 def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():

@@ -272,6 +272,8 @@ def _restore_compile_limits() -> None:
 
 #: The learning-rate schedules :func:`build_scheduler` makes (``trainer.schedule``).
 SCHEDULES = ("onecycle", "cosine", "constant")
+#: One-cycle warms up from lr / 10 and anneals to lr / 1000.
+ONECYCLE_START_DIVISOR, ONECYCLE_END_DIVISOR = 10.0, 1000.0
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
@@ -282,17 +284,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
     total = trainer.epochs * steps_per_epoch
     if trainer.schedule == "onecycle":
         warmup = trainer.warmup_fraction
+        if total == 1 or warmup == 0:
+            # no warm-up: the anneal from lr itself (torch's OneCycleLR started one step into
+            # it, and ran a run of one step at its end, lr / 1000)
+            return torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0, end_factor=1 / ONECYCLE_END_DIVISOR,
+                total_iters=max(total - 1, 1))
         # torch ends the warm-up at step warmup * total - 1: at 0 it divided by zero, below
         # 0 it skipped the warm-up (a 4-step smoke run started at 0.098 of lr 0.1); a
         # warm-up of at most one step is one step at lr / 10, then the anneal (nudged past
-        # one step: in floats 1/49*49 < 1). One step in all has no warm-up.
-        if total > 1 and 0 < warmup * total <= 1:
+        # one step: in floats 1/49*49 < 1)
+        if 0 < warmup * total <= 1:
             warmup = 1 / total
             while warmup * total <= 1:
                 warmup = math.nextafter(warmup, 1.0)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=trainer.lr, total_steps=total, pct_start=warmup,
-            anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
+            anneal_strategy="linear", div_factor=ONECYCLE_START_DIVISOR,
+            final_div_factor=ONECYCLE_END_DIVISOR / ONECYCLE_START_DIVISOR,
             cycle_momentum=False)
     if trainer.schedule == "cosine":
         warmup = min(total - 1, int(round(trainer.warmup_fraction * total)))
