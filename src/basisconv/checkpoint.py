@@ -152,8 +152,8 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
                           f"{checksum_path(path).name}); {fix}")
     try:
         # tensors and plain values only: a checkpoint needs no pickled objects, and a file
-        # named as the weights to start from may be someone else's (found in review: one
-        # holding a crafted object ran its code here)
+        # named as the weights to start from may be someone else's (one holding a crafted
+        # object would run its code here)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
         reason = (unpickling_reason(err) if isinstance(err, pickle.UnpicklingError)

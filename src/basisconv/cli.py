@@ -175,9 +175,9 @@ def remove_made_folders() -> None:
     """Remove the folder Hydra made for a start that was refused, when it holds only what
     that start wrote (its ``.hydra/`` files as it wrote them, its log, ``run.lock``) and no
     other process holds it, and the default layout's ``outputs/<name>/`` when that leaves
-    it empty (found in a walkthrough: each typo in a value left ``outputs/<name>/<date>/``
-    behind, a run that never was). Another start in the same folder (the same dated name
-    in the same second) keeps it: it holds the lock, or its ``.hydra/`` replaced this one's.
+    it empty (else each typo in a value leaves ``outputs/<name>/<date>/`` behind, a run
+    that never was). Another start in the same folder (the same dated name in the same
+    second) keeps it: it holds the lock, or its ``.hydra/`` replaced this one's.
     No folder above a run's is touched otherwise: a ``hydra.run.dir`` may sit in a folder
     of the user's."""
     default_layout = Path.cwd().resolve() / "outputs"
@@ -205,7 +205,7 @@ def run_hydra(*args, **kwargs) -> Any:
     except ValueError as err:
         if task_started or os.environ.get("BASISCONV_DEBUG") or "Only one of" not in str(err):
             raise
-        # (found in review: -m --cfg job was Hydra's traceback)
+        # (else -m --cfg job is Hydra's traceback)
         exit_refused(f"{err} at a time; to see one sweep job's config, give --cfg job with "
                      f"that job's overrides, without -m")
 
@@ -220,7 +220,7 @@ def run_and_report(func: Callable[[], Any]) -> Any:
     if bad is not None:
         exit_refused(f"the override {bad!r} has no key; write key=value, e.g. "
                      f"trainer.epochs=3")
-    for arg in sys.argv[1:]:  # (found in review: the run was written into this folder)
+    for arg in sys.argv[1:]:  # (else the run is written into this folder)
         key, given, value = arg.lstrip("+").partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir") and given and not value.strip():
             exit_refused(f"{key} is empty (an unset shell variable?), which would write the "

@@ -258,7 +258,7 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
     ``active_coefficients`` overrides the count read from a pruned layer's mask; ``norm``
     is the batch norm a basis layer ran with, folded in (``conv_norm_act``)."""
     # a conv also takes an unbatched [C, H, W] input (a model that runs it image by image):
-    # one image, not C of them (found in review)
+    # one image, not C of them
     images = input_shape[0] if len(input_shape) == 4 else 1
     if isinstance(module, BasisConv2d):
         mask = module.coefficient_mask
@@ -317,7 +317,7 @@ def copy_model(model: nn.Module, what: str, fix: str, *, meta: bool = False) -> 
     ``what`` then ``fix``, as torch's own message does not say why a copy was made.
 
     ``meta``: the parameters and buffers are copied as ``meta`` tensors, never copying
-    their data (found in review: a dry run's copy held the model twice, on its GPU too)."""
+    their data (else a dry run's copy holds the model twice, on its GPU too)."""
     memo: dict[int, Any] = {}
     if meta:  # plain ones only: a subclass (a lazy module's) is copied as it is
         for t in itertools.chain(model.parameters(), model.buffers()):
@@ -362,9 +362,9 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
         if (isinstance(module, _BatchNorm)
                 and type(module).forward is not _BatchNorm.forward):
             # a synchronized batch norm (nn.SyncBatchNorm, or the package's CPU one) would
-            # all-reduce the meta tensors of its statistics with the other processes (found
-            # in review: under torchrun the dense warm-up's conversion failed there); the
-            # plain one gives the same shapes and computes nothing counted
+            # all-reduce the meta tensors of its statistics with the other processes, and
+            # fail (under torchrun, the dense warm-up's conversion); the plain one gives the
+            # same shapes and computes nothing counted
             module.forward = types.MethodType(_BatchNorm.forward, module)
     costs: list[LayerCost] = []
     handles = []
@@ -391,7 +391,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     except AttributeError as err:
         if "'BasisConv2d' object has no attribute 'weight'" not in str(err):
             raise
-        # the layer by name (found in review: a scan of dozens of convs stopped naming none)
+        # the layer by name (else a scan of dozens of convs stops naming none)
         name = next((n for n, m in shadow.named_modules() if m is getattr(err, "obj", None)),
                     None)
         layer = f"layer {name!r}" if name else "a converted conv"

@@ -84,10 +84,10 @@ def launched_processes() -> int:
 
 
 def refuse_torchrun(what: str) -> None:
-    """One line for a job that runs in one process, started under torchrun: found in
-    review, each process ran the whole of ``scripts/sensitivity.py`` on its own (printing
-    its result twice), or waited on the first one's folder and failed the job after it had
-    written its table."""
+    """One line for a job that runs in one process, started under torchrun: else each
+    process runs the whole of ``scripts/sensitivity.py`` on its own (printing its result
+    twice), or waits on the first one's folder and fails the job after it has written its
+    table."""
     if launched_processes() > 1:
         raise ConfigError(f"{what} runs in one process; start it with python, not torchrun "
                           f"(torchrun is for scripts/train.py)")

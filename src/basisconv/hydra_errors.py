@@ -95,7 +95,7 @@ def hydra_error_line(ex: Exception) -> str:
                 f"(hydra.sweep.dir with -m) at a folder that can be written")
     if isinstance(ex, OverrideParseException):
         key, given, value = str(ex.override).partition("=")
-        if given and key.strip() and value:  # (found in review: it said "write key=value")
+        if given and key.strip() and value:  # (else it says "write key=value" to a key=value)
             return (f"cannot parse the override {ex.override!r} "
                     f"({ex.message.splitlines()[0]}); Hydra takes unquoted values of letters, "
                     f"digits and /-_.:@ only: quote the value, e.g. \"{key}='{value}'\"")

@@ -276,9 +276,8 @@ class BasisConv2d(nn.Module):
         with ``coefficient_rank``, the error of the rank-limited coefficients).
         The achieved error is stored in ``reconstruction_error``; the fit is judged in
         float64, so in a 16-bit layer, whose coefficients are rounded when stored, it may
-        exceed ``max_error`` by about that dtype's rounding (bf16: 2**-8 relative; found in
-        the dtypes review). The new parameters train
-        as the conv's did (``requires_grad`` of its weight and bias).
+        exceed ``max_error`` by about that dtype's rounding (bf16: 2**-8 relative). The new
+        parameters train as the conv's did (``requires_grad`` of its weight and bias).
         """
         check_convertible(conv)
         refresh_computed_weight(conv)
@@ -359,8 +358,8 @@ class BasisConv2d(nn.Module):
                                device=self.basis_weight.device)
         coefficients = self.coefficient_matrix()
         # autocast's cat refuses 16-bit inputs of the other 16-bit dtype (bf16 parameters
-        # under fp16 autocast), where the dense conv runs (found in review); the two parts
-        # are cast by the ops that use the matrix
+        # under fp16 autocast), where the dense conv runs; the two parts are cast by the ops
+        # that use the matrix
         with without_autocast(basis_rows.device.type):
             stacked = torch.cat([basis_rows, coefficients])
         return stacked.index_select(0, self.output_index)
@@ -372,8 +371,8 @@ class BasisConv2d(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The equivalent dense ``[C_out, C_in, kh, kw]`` weight, in the parameters' dtype
-        even inside an autocast region (found in review: under bf16 autocast a full-rank
-        conversion's error and its export were rounded to bf16, 1.8e-3 instead of 0)."""
+        even inside an autocast region (else under bf16 autocast a full-rank conversion's
+        error and its export are rounded to bf16, 1.8e-3 instead of 0)."""
         with without_autocast(self.basis_weight.device.type):
             return materialized_weight(self.basis_weight, self.combination_matrix())
 

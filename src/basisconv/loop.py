@@ -105,7 +105,7 @@ def settings_restored() -> Iterator[None]:
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.deterministic,
              cudnn.benchmark)
-    workspace = os.environ.get(CUBLAS_WORKSPACE)  # (found in review: it was left set)
+    workspace = os.environ.get(CUBLAS_WORKSPACE)  # (else it stays set)
 
     def restore() -> None:
         threads, deterministic, warn_only, cudnn.deterministic, cudnn.benchmark = saved
@@ -197,9 +197,9 @@ def build_optimizer(model: nn.Module, trainer: DictConfig) -> torch.optim.SGD:
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """``optimizer.load_state_dict(state)``, keeping the implementation
     :func:`build_optimizer` chose for this device: loading replaces every group's settings,
-    ``fused`` among them, so a run resumed on a CPU from a CUDA checkpoint stepped with the
-    fused CPU kernel, and one resumed on a GPU from a CPU checkpoint with the unfused one
-    (found in review)."""
+    ``fused`` among them, so a run resumed on a CPU from a CUDA checkpoint would step with
+    the fused CPU kernel, and one resumed on a GPU from a CPU checkpoint with the unfused
+    one."""
     chosen = [{k: group[k] for k in ("fused", "foreach") if k in group}
               for group in optimizer.param_groups]
     optimizer.load_state_dict(state)

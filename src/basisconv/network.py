@@ -199,7 +199,7 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
     if not any(getattr(m, "combine", None) == "auto" for m in model.modules()):
         return
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    # (found in review: the gradients were set to None, not put back)
+    # (else the gradients are left None, not put back)
     grads = {p: None if p.grad is None else p.grad.detach().clone() for p in model.parameters()}
     was_training = model.training
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)

@@ -51,8 +51,8 @@ class Split:
 def holdout_split(images: torch.Tensor, labels: torch.Tensor, val_size: int | float,
                   seed: int) -> Split:
     """A class-balanced held-out part of the training images to measure drops on."""
-    # one training image at least is left to fine-tune on (found in review: the range
-    # said n images, and n was then refused for leaving none)
+    # one training image at least is left to fine-tune on, and a refusal's range says so
+    # (else it says n images, and n is then refused for leaving none)
     val = stratified_subset(labels, val_size, seed + 1, key="sensitivity.val_size", leave=1)
     keep = torch.ones(labels.numel(), dtype=torch.bool, device=labels.device)
     keep[val] = False

@@ -44,7 +44,7 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
     Rules that need the model built (a coefficient rank per layer) are checked by the run.
 
     Returns why the runs cannot find their dataset, or None: the script says it once before
-    its first run starts (found in review: every run failed with the same line), and not
+    its first run starts (else every run fails with the same line), and not
     when every run is already recorded (tables and the speed benchmark need no dataset)."""
     missing = None
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -139,8 +139,8 @@ def set_aside_runs_of_other_tables(root: Path) -> list[Path]:
     """The published runs that chose their layers from another table of the published
     estimate's key than the published one, set aside (``.rejected``, one line each) so the
     script makes them again from it: machines that ran the protocol at once each estimated
-    the table (found in review: after the merge one row mixed two tables' layer sets, and
-    the sensitivity page marked only one). Runs whose records name no table's checksum
+    the table (else after the merge one row mixes two tables' layer sets, and the
+    sensitivity page marks only one). Runs whose records name no table's checksum
     (made before runs recorded it) are kept."""
     try:
         published = read_record(root / "sensitivity.json").get("cache") or {}

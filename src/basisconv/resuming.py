@@ -51,9 +51,9 @@ def sweep_folder_override(cfg: Any) -> str:
 
 
 def resume_flag(cfg: Any) -> str:
-    """`` trainer.resume=true`` for a run started with ``trainer.resume=false``: found in
-    review, its stop said that the same command with its folder resumes it, and that
-    command trained it over from epoch 1 (a sweep's finished jobs too)."""
+    """`` trainer.resume=true`` for a run started with ``trainer.resume=false``: else its
+    stop says that the same command with its folder resumes it, and that command trains
+    it over from epoch 1 (a sweep's finished jobs too)."""
     try:
         resume = OmegaConf.select(cfg, "trainer.resume", default=True)
     except Exception:  # noqa: BLE001 - a config that does not resolve says nothing of it

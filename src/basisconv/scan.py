@@ -46,7 +46,7 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
     :func:`basisconv.selection.pick_layers` can choose from it, with
     ``selection.dense_totals(model, input_shape)`` as the budget's 100 %.
     """
-    # found in review: arguments in another order failed deep in pandas or in a call
+    # else arguments in another order fail deep in pandas or in a call
     if callable(num_basis) or not callable(evaluate) or not callable(finetune or evaluate):
         raise ConfigError(f"layer_sensitivity(model, num_basis, evaluate, finetune=None, ...): "
                           f"num_basis is a count or a fraction and evaluate, finetune functions "

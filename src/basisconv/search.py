@@ -156,9 +156,9 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
 
 
 def predicted(single: pd.DataFrame, subset: tuple[str, ...], column: str) -> float:
-    """The sum of the subset's single-layer ``column``, rounded off its float noise: found
-    in review, 0.1 + 0.2 and 0.3 + 0.0 differed (0.30000000000000004), so subsets that tie
-    were ranked apart by chance in the Spearman correlations."""
+    """The sum of the subset's single-layer ``column``, rounded off its float noise: else
+    0.1 + 0.2 and 0.3 + 0.0 differ (0.30000000000000004), so subsets that tie are ranked
+    apart by chance in the Spearman correlations."""
     return round(float(single.loc[list(subset), column].sum()), 12)
 
 

@@ -145,8 +145,8 @@ def chosen_or_dense(selection: DictConfig, chosen: list[str]) -> list[str] | Non
 
 # Each ordered policy's order as its results pages say it (rule_in_words): with a budget,
 # and with a count k. Here beside candidate_order, which is that order in code; a policy
-# missing here is described by its name, never as the sensitivity policies' order (found in
-# review: a new baseline policy's page said "least sensitive first").
+# missing here is described by its name, never as the sensitivity policies' order (else a
+# new baseline policy's page says "least sensitive first").
 ORDER_WORDS = {
     "sensitivity_budget": ("least sensitive by {metric} first",
                            "the {k} layers least sensitive by {metric}"),
@@ -194,7 +194,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     sensitivity policies, the metrics; ``dense`` the dense model's ``params`` and
     ``flops`` (the budget's 100 %).
     """
-    if not isinstance(selection, Mapping):  # found in review: "first_k" read as keys f, i, ...
+    if not isinstance(selection, Mapping):  # else "first_k" reads as keys f, i, ...
         raise ConfigError(f"pick_layers: selection is the selection config or a mapping of its "
                           f"keys, e.g. {{'policy': 'first_k', 'count': 3}}; got {selection!r}")
     if not isinstance(selection, DictConfig):  # a plain mapping (a DictConfig is one too)

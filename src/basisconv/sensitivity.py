@@ -261,8 +261,8 @@ def published_differs(cfg: DictConfig, cached: dict) -> bool:
     """Whether the published record at ``sensitivity.restore_from`` holds another table of
     this key than the cache's record ``cached``: two machines of one protocol each
     estimated the table (the key does not name the machine or thread count, which change
-    it), and after a merge one was published. Found in review: each machine's runs then
-    kept choosing from its own, and one table row mixed layer sets chosen from two tables."""
+    it), and after a merge one was published. Else each machine's runs keep choosing from
+    its own, and one table row mixes layer sets chosen from two tables."""
     path = cfg.sensitivity.restore_from
     if not path or not Path(path).is_file():
         return False
@@ -304,8 +304,8 @@ def restore_published(cfg: DictConfig, estimating: bool = True
         cache = published.get("cache")
         table = pd.DataFrame(published["table"])[list(COLUMNS)] if cache else None
     except (OSError, ValueError, KeyError) as err:
-        # not "delete" alone: the path may name another file (found in review: the run's own
-        # sensitivity.csv, or the README, was to be deleted)
+        # not "delete" alone: the path may name another file (the run's own sensitivity.csv,
+        # or the README)
         raise ConfigError(f"the published sensitivity record {path} is unreadable "
                           f"({one_line(err)}); point sensitivity.restore_from at a published "
                           f"sensitivity record (<results>/runs/sensitivity.json, written by "
@@ -437,8 +437,8 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     distributed.refuse_torchrun("the sensitivity estimate (scripts/sensitivity.py)")
     output_dir = Path(output_dir)
     with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
-        # in the run's threads, which its record then names (found in review: it named the
-        # process's default, not the threads a time budget's layers were timed on)
+        # in the run's threads, which its record then names (else it names the process's
+        # default, not the threads a time budget's layers were timed on)
         loop.use_threads(cfg.trainer)
         return _run_sensitivity(cfg, output_dir)
 

@@ -122,7 +122,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         if not isinstance(entry, str):
             raise ConfigError(f"apply_basis: layer names must be strings, got {entry!r}")
         # a name is taken literally before as a pattern (a ModuleDict key may hold brackets:
-        # "conv[12]" converted conv1 and conv2, found in review)
+        # as a pattern, "conv[12]" would convert conv1 and conv2)
         if entry == "all" or (_GLOB_CHARS & set(entry) and entry not in names):
             matched = list(dict.fromkeys(first for n, first in names.items()
                                          if entry == "all" or fnmatch.fnmatchcase(n, entry)))

@@ -248,8 +248,8 @@ class Training:
                              memory_format=self.memory_format, amp_dtype=self.amp_dtype)
         step_model = distributed.wrap(self.model, self.device)
         if distributed.world_size() > 1:  # synchronized norms, which basis layers do not
-            # fold (fuse_norm): the record counts what runs (found in review: it counted
-            # the folded form, and a dense warm-up's conversion, after this, did not)
+            # fold (fuse_norm): the record counts what runs, as a dense warm-up's conversion,
+            # after this, does (else it counts the folded form)
             self.results["model"] = describe(self.model, batch=trainer.batch_size)
         self.step_model = loop.compiled(step_model, trainer)
         self.graphed = loop.use_cuda_graphs(trainer, self.device)
@@ -547,8 +547,8 @@ def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
          hardware_name(provenance["hardware"])),
         ("processes", saved.get("hardware", {}).get("processes", 1),
          provenance["hardware"].get("processes", 1)),
-        # (found in review: a resume at another thread count, e.g. reproduce.sh continued
-        # with another JOBS, was not said; on a CPU it changes results too, to rounding)
+        # (a resume at another thread count, e.g. reproduce.sh continued with another JOBS,
+        # is said as well: on a CPU it changes results too, to rounding)
         ("torch threads", saved.get("hardware", {}).get("torch_threads"),
          provenance["hardware"].get("torch_threads"))) if then and now != then]
     if changes:

@@ -16,9 +16,9 @@ from .plots import pyplot, save_figure
 from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
 
 
-#: One colour per selection policy in every figure of the comparison (found in review: each
-#: figure took matplotlib's cycle in its own order, so first_k was green in one and brown in
-#: the other, and green meant two policies).
+#: One colour per selection policy in every figure of the comparison (else each figure
+#: takes matplotlib's cycle in its own order, so first_k is green in one and brown in the
+#: other, and green means two policies).
 SELECTION_COLOURS = {"none": "tab:blue", "all": "tab:orange", "first_k": "tab:green",
                      "last_k": "tab:red", "random": "tab:purple",
                      "sensitivity_budget": "tab:brown", "sensitivity_threshold": "tab:pink",
@@ -47,7 +47,7 @@ def selection_colour(selection: str) -> str:
 
 def speedup_axis(ax) -> None:
     """A log axis of speedups whose ticks read as numbers (1.5x between 1 and 2, not bare
-    minor ticks: found in review, the measured values were between unlabelled ticks)."""
+    minor ticks, between which the measured values would sit unlabelled)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     ax.set_yscale("log")

@@ -47,8 +47,8 @@ def provenance_note(runs: pd.DataFrame, profile: str, made: dict) -> str:
 
 def recipe_line(runs: pd.DataFrame) -> str:
     """What the runs trained, in one line: models, data, epochs, batch and seeds per row
-    (found in review: the quick profile's plots and tables said none of it, so its 51 %
-    read like a full CIFAR-10 result)."""
+    (without it, the quick profile's plots and tables say none of it, so its 51 % reads
+    like a full CIFAR-10 result)."""
     def listed(values) -> str:
         return ", ".join(dict.fromkeys(f"{v:,}" if isinstance(v, int) else str(v)
                                        for v in values))
@@ -149,8 +149,8 @@ def commits_line(runs: pd.DataFrame) -> str:
 
 def versions_line(runs: pd.DataFrame) -> str:
     """"" or the rows whose seeds ran under different torch versions (records merged from
-    machines with other software, found in review to be averaged without a word): torch
-    changes kernels, and so results, between versions."""
+    machines with other software, else averaged without a word): torch changes kernels,
+    and so results, between versions."""
     mixed = rows_split_by(runs, "torch")
     return (f"Rows whose seeds ran under different torch versions: {'; '.join(mixed)}."
             if mixed else "")
@@ -362,8 +362,8 @@ def write_group(part: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, st
 def sessions_folder(cfg: DictConfig, out: Path) -> Path:
     """Where ``scripts/reproduce.sh`` logged the sessions that made ``runs_dir``'s records:
     beside it (``results/<profile>/runs`` -> ``results/<profile>``) when a log is there,
-    wherever the analysis writes (found in review: tables made into another folder lost
-    the wall-clock); else the output folder."""
+    wherever the analysis writes (without it, tables made into another folder lose the
+    wall-clock); else the output folder."""
     runs = Path(cfg.runs_dir)
     if cfg.source == "local" and runs.name == "runs" and has_session_log(runs.parent):
         return runs.parent

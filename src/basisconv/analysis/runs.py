@@ -58,7 +58,7 @@ def timing_setup(cfg: dict[str, Any], hardware: dict[str, Any]) -> str:
     if trainer.get("compile"):
         parts.append(f"compiled ({trainer.get('compile_mode') or 'default'})")
     # ignored off CUDA and under torchrun (loop.use_cuda_graphs): such runs ran eagerly, and
-    # were called a set-up of their own (found in review)
+    # are no set-up of their own
     if (trainer.get("cuda_graphs") and not measured_on_cpu(hardware, device)
             and not hardware.get("processes")):
         parts.append("CUDA graphs")

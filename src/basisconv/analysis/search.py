@@ -88,9 +88,8 @@ def _correlation(value: float | None) -> str:
 
 def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str) -> Path:
     """Held-out accuracy of every subset, sorted, with the fast method's choice marked at
-    its rank (first among its ties: found in review, a 0-based axis showed rank 2 as the
-    third bar) and the accuracy's noise band around it; points, as the axis does not start
-    at zero."""
+    its rank (first among its ties; counted from 1, else rank 2 shows as the third bar)
+    and the accuracy's noise band around it; points, as the axis does not start at zero."""
     plt = pyplot()
     ranked = found.sort_values(["accuracy", "fast_choice"], ascending=False,
                                kind="stable").reset_index(drop=True)

@@ -106,8 +106,8 @@ def draw_run(record: dict, output_dir: str | Path) -> list[Path]:
 
 def chosen_section(table: pd.DataFrame, summary: dict) -> str:
     """The chosen layers and their savings, and for a time budget the measured times they
-    were chosen by: the same in ``chosen.md`` and the published page (found in review: the
-    page left the times out, so a 10 % time budget read as having saved 27 % of FLOPs)."""
+    were chosen by: the same in ``chosen.md`` and the published page (without the times, a
+    10 % time budget reads as having saved 27 % of FLOPs)."""
     return chosen_table(table, summary["chosen"], summary["dense"]) + measured_time_line(summary)
 
 

@@ -234,7 +234,7 @@ def _readable(record: dict, path: Path):
     """Refuse, in one line naming the file and the command that measures again, a record
     whose fields are not of the kinds its benchmark writes (an edited or foreign file: a
     ``provenance`` that is a string, a batch of 0, a basis size in quotes), which would
-    otherwise stop the report with a stack trace from inside it (found in review)."""
+    otherwise stop the report with a stack trace from inside it."""
     try:
         yield
     except (TypeError, ValueError, AttributeError, KeyError, ZeroDivisionError) as err:

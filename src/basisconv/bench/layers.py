@@ -99,8 +99,8 @@ class SpeedOptions:
             raise ConfigError(problem)
         if self.quick:
             self.layer_repeats, self.model_repeats, self.warmup = QUICK_REPEATS
-        # ascending, as the tables and the plot's lines read them (found in review: an
-        # order given as 0.5 0.125 0.75 drew the lines as zigzags)
+        # ascending, as the tables and the plot's lines read them (else an order given as
+        # 0.5 0.125 0.75 draws the lines as zigzags)
         self.fractions = sorted(self.fractions)
 
     @property

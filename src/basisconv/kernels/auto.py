@@ -39,7 +39,7 @@ _CHOICES: dict[tuple, str] = {}
 TIMINGS: dict[tuple, dict[str, float]] = {}
 REPEATS = 3
 #: the shapes looked up since :func:`start_run` (a record lists these, not every shape the
-#: process has timed: found in review, a sweep's later jobs listed the earlier jobs' shapes)
+#: process has timed: else a sweep's later jobs list the earlier jobs' shapes)
 _LOOKED_UP: set[tuple] = set()
 
 

@@ -44,8 +44,8 @@ def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: tor
 
 def _select_channels(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``maps[:, index]`` in the memory format of ``maps``: ``index_select`` writes NCHW,
-    so a channels_last model got NCHW activations after every split layer (each next op
-    then converts or runs in the slower layout; found in the dtypes review)."""
+    so a channels_last model would get NCHW activations after every split layer (each
+    next op then converts or runs in the slower layout)."""
     if maps.dim() == 4 and not maps.is_contiguous() and maps.is_contiguous(
             memory_format=torch.channels_last):
         return maps.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)

@@ -212,8 +212,8 @@ HYDRA_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "
 
 def _hydra_flags(argv: list[str]) -> list[str]:
     """The flags of a sweep's command line but ``-m``: which configs a job composes from
-    (found in review: a job's command without ``--config-dir`` failed, and without
-    ``--config-name`` ran another config, silently)."""
+    (a job's command without ``--config-dir`` fails, and without ``--config-name`` runs
+    another config, silently)."""
     flags, words = [], iter(argv)
     for word in words:
         if word in ("-m", "--multirun") or not word.startswith("-"):

@@ -163,8 +163,8 @@ def set_aside(path: Path, problem: str) -> Path:
 
 
 #: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder:
-#: one file per session (found in review: one shared list conflicted in git whenever two
-#: machines' results were merged, and each usual way of resolving it lost sessions).
+#: one file per session (one shared list conflicts in git whenever two machines' results
+#: are merged, and each usual way of resolving it loses sessions).
 SESSIONS = "sessions"
 #: The one-list log of sessions logged before that, read as well.
 OLDER_SESSIONS = "sessions.json"
@@ -180,7 +180,7 @@ def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, 
     sums them (``index.json``). Sessions of two machines merge in git as two new files.
     None, and no file, for a session that ended well having written nothing (every record
     and benchmark was there): it only rebuilds the tables next, which is no protocol time
-    (found in a walkthrough: it added a session, and its seconds, to the committed ones)."""
+    (else it adds a session, and its seconds, to the committed ones)."""
     started, now = float(started), _dt.datetime.now(_dt.timezone.utc)
     begun = _dt.datetime.fromtimestamp(started, _dt.timezone.utc)
     records = Path(records_dir)
@@ -274,9 +274,9 @@ def _has_conflict_markers(path: Path) -> bool:
 
 def unmerged_problem(folder: str | os.PathLike) -> str | None:
     """Why ``folder``'s results cannot be used until a git merge is finished (one line
-    naming the fix), or None. Else ``scripts/reproduce.sh`` set the conflicted records
-    aside and made them again, skipped the speed benchmark for its conflicted files, and
-    the analysis left a conflicted page in place (found in review)."""
+    naming the fix), or None. Else ``scripts/reproduce.sh`` sets the conflicted records
+    aside and makes them again, skips the speed benchmark for its conflicted files, and
+    the analysis leaves a conflicted page in place."""
     files = unmerged_files(folder)
     if not files:
         return None
