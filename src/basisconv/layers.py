@@ -41,6 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .counts import is_int, is_number, share_of
 from .errors import ConfigError
@@ -575,16 +578,17 @@ def check_finite_weight(conv: nn.Conv2d, where: str = "", fitting: bool = True) 
                           f"are finite (from a diverged run? load an earlier checkpoint)")
 
 
+#: torch's forward pre-hooks that recompute ``weight`` (old-style weight and spectral norm,
+#: pruning masks): a conversion fits the weight they computed, and a basis layer has none.
+WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
+
+
 def refresh_computed_weight(conv: nn.Conv2d) -> None:
     """Recompute a weight that torch's older hooks (``torch.nn.utils.weight_norm``,
     ``spectral_norm``, ``prune``) keep as a plain attribute and update only at the start
     of a forward: after ``load_state_dict`` it still holds the weight from before, and a
     conversion would fit that stale weight (wrong even at full rank). Spectral norm's is
     its evaluation weight (no power iteration), what the loaded model computes in eval."""
-    from torch.nn.utils.prune import BasePruningMethod
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
     with torch.no_grad():
         for hook in conv._forward_pre_hooks.values():
             if isinstance(hook, WeightNorm):

@@ -36,17 +36,14 @@ from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.prune import BasePruningMethod
-from torch.nn.utils.spectral_norm import SpectralNorm
-from torch.nn.utils.weight_norm import WeightNorm
 
 from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
-from .layers import (BasisConv2d, basis_layers, basis_size_for_error, check_coefficient_rank,
-                     check_convertible, check_finite_weight, check_flag, check_max_error,
-                     refresh_computed_weight, resolve_num_basis)
+from .layers import (WEIGHT_HOOKS, BasisConv2d, basis_layers, basis_size_for_error,
+                     check_coefficient_rank, check_convertible, check_finite_weight, check_flag,
+                     check_max_error, refresh_computed_weight, resolve_num_basis)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -433,11 +430,6 @@ def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> 
                               f"to keep them tied", stacklevel=3)
 
 
-#: torch's forward pre-hooks that recompute ``weight`` (old-style weight and spectral norm,
-#: pruning masks): the conversion fits the weight they computed, and a basis layer has none.
-_WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
-
-
 def _hook_tables(module: nn.Module) -> dict:
     """The module's forward and backward hook tables by attribute name (the objects
     themselves: a module given them shares them, and their handles still remove hooks)."""
@@ -451,7 +443,7 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
     them. A basis layer's output is the conv's (same shape, same meaning), so a hook that
     reads or changes it (feature extraction, activation statistics) means the same there.
     State-dict hooks are not carried (the basis layer's state has other keys)."""
-    weight_hooks = [k for k, h in conv._forward_pre_hooks.items() if isinstance(h, _WEIGHT_HOOKS)]
+    weight_hooks = [k for k, h in conv._forward_pre_hooks.items() if isinstance(h, WEIGHT_HOOKS)]
     tables = _hook_tables(conv)
     if weight_hooks:  # the others are copied around them; their handles then miss the layer
         tables = {t: copy.copy(v) for t, v in tables.items()}
