@@ -318,13 +318,18 @@ def test_the_benchmarks_name_a_device_this_torch_does_not_see(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert SpeedOptions(device="cuda").invalid_flag() == (
-        "--device cuda: no CUDA device is available to this torch; use --device cpu or auto")
+        "--device cuda: no CUDA device is available to this torch; use --device cpu")
+    assert SpeedOptions(device="auto").invalid_flag().startswith(  # (its --device has none)
+        "--device auto: no such device; choose one of cpu, cuda, cuda:N")
     assert ThroughputOptions(device="cuda:1").invalid_flag().startswith(
         "--device cuda:1: no CUDA device is available to this torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert ThroughputOptions(device="cuda:1").invalid_flag() == (
         "--device cuda:1: this torch sees 1 GPU(s), cuda:0..cuda:0")
+    for name in ("cuda:01", "cuda:\u0660"):  # (torch refuses them: a traceback)
+        assert ThroughputOptions(device=name).invalid_flag().startswith(
+            f"--device {name}: no such device")
 
 
 @pytest.mark.parametrize("options, message", [

@@ -214,6 +214,8 @@ def test_slurm_launcher_composes(compose_cfg):
     ("trainer.device=gpu", "trainer.device=gpu: no such device; choose one of auto, cpu, cuda"),
     ("trainer.device=mps", "trainer.device=mps: no such device; choose one of auto, cpu, cuda"),
     ("trainer.device=cuda:one", "trainer.device=cuda:one: no such device; choose one of auto"),
+    # (torch refuses it: the run stopped with a traceback in resolve_device)
+    ("trainer.device=cuda:01", "trainer.device=cuda:01: no such device; choose one of auto"),
 ])
 def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, override, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -40,20 +40,23 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N: the GPU's index)"
 
 
-def device_problem(name: str, setting: str = "trainer.device={}", here: bool = True
-                   ) -> str | None:
+def device_problem(name: str, setting: str = "trainer.device={}", *, here: bool = True,
+                   auto: bool = True) -> str | None:
     """What is wrong with the device ``name`` (one line; ``setting`` shows how it was given,
     ``trainer.device={}`` or ``--device {}``), or None. Valid: auto (CUDA when there is
-    one), cpu, cuda and cuda:N; with ``here``, also one this torch sees (a config is
-    checked without it: whether the machine has CUDA is the run's question)."""
+    one; unless ``auto`` is False), cpu, cuda and cuda:N as torch writes N; with ``here``,
+    also one this torch sees (a config is checked without it: whether the machine has
+    CUDA is the run's question)."""
     given = setting.format(name)
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)) is None:
-        return f"{given}: no such device; choose one of {DEVICE_NAMES}"
+    valid = r"cpu|cuda(:(0|[1-9][0-9]*))?" + ("|auto" if auto else "")
+    if re.fullmatch(valid, str(name), re.ASCII) is None:  # (torch refuses cuda:01)
+        names = DEVICE_NAMES if auto else DEVICE_NAMES.removeprefix("auto, ")
+        return f"{given}: no such device; choose one of {names}"
     if not here or not name.startswith("cuda"):
         return None
     if not torch.cuda.is_available():
         return (f"{given}: no CUDA device is available to this torch; use "
-                f"{setting.format('cpu')} or auto")
+                f"{setting.format('cpu')}{' or auto' if auto else ''}")
     index, count = torch.device(name).index, torch.cuda.device_count()
     if index is not None and index >= count:
         # (torch's own "invalid device ordinal" would come from deep inside the set-up)

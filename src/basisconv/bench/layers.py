@@ -147,7 +147,7 @@ class SpeedOptions:
                 return f"--fractions must be in (0, 1], got {fraction:g}"
         if len(set(self.fractions)) < len(self.fractions):  # one model row each, twice
             return f"--fractions must differ, got {' '.join(f'{f:g}' for f in self.fractions)}"
-        device = device_problem(self.device, "--device {}")
+        device = device_problem(self.device, "--device {}", auto=False)
         if device:
             return device
         if self.cuda_graphs and self.device != "cuda":
