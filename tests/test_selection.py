@@ -1273,6 +1273,14 @@ def test_a_table_pretrained_without_the_cosine_warm_up_is_not_reused(repo, tmp_p
     for overrides in (("trainer.schedule=onecycle",), ("trainer.schedule=cosine",
                                                        "trainer.warmup_fraction=0")):
         assert "pretrain_warmup" not in fields(*overrides)["sensitivity"]
+        assert "onecycle_from_lr" not in fields(*overrides)["sensitivity"]
+    # found in review: one-cycle without a warm-up anneals from lr now (it began one step
+    # into its anneal), and a table pretrained the old way was reused under the same key
+    assert fields("trainer.schedule=onecycle", "trainer.warmup_fraction=0")["sensitivity"][
+        "onecycle_from_lr"] is True
+    assert "onecycle_from_lr" not in fields("trainer.schedule=onecycle",
+                                            "trainer.warmup_fraction=0",
+                                            "sensitivity.pretrain_epochs=0")["sensitivity"]
 
 
 WORKERS_SCRIPT = """

@@ -770,6 +770,37 @@ def test_step_times_leave_out_a_first_step_that_compiles():
     assert stats.forward_seconds < 0.05  # the mean would be >= 0.1 s
 
 
+def test_a_checkpoint_of_the_old_one_cycle_rule_is_not_resumed_under_the_new(tmp_path, repo,
+                                                                              monkeypatch):
+    """Found in review: one-cycle without a warm-up anneals from lr now (torch's OneCycleLR
+    began one step into its anneal); a run saved under the old rule took its state into
+    the new LinearLR without a word, and followed neither rule to its end."""
+    from basisconv import loop
+    from basisconv.errors import Stopped
+
+    cfg = config(repo, TINY_STRIPES + ["trainer.epochs=2", "trainer.warmup_fraction=0"])
+    run_epoch = loop.run_epoch
+
+    def stopped_in_epoch_two(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(epoch, *args, **kwargs)
+
+    def old_rule(optimizer, trainer, steps_per_epoch):  # as the version before 0aab165
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=trainer.lr, total_steps=trainer.epochs * steps_per_epoch,
+            pct_start=0.0, anneal_strategy="linear", cycle_momentum=False)
+
+    with monkeypatch.context() as old:
+        old.setattr(loop, "run_epoch", stopped_in_epoch_two)
+        old.setattr(loop, "build_scheduler", old_rule)
+        with pytest.raises(Stopped):
+            fit(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="saved under the one-cycle schedule of an earlier "
+                                          "version.*trainer.resume=false"):
+        fit(cfg, tmp_path)
+
+
 def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_runs_epochs(tmp_path, repo,
                                                                                monkeypatch):
     """In-process and in seconds (test_pipeline's SIGKILL test is the end-to-end one): the

@@ -90,11 +90,15 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     # the noise yardstick's repeats, only when not the number earlier keys were made with
     if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
         estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
-    # under a cosine schedule the pretraining warms up since 2f730ef (it did not before):
-    # tables made without are not reused; other keys stay valid
-    if (cfg.trainer.schedule == "cosine" and cfg.trainer.warmup_fraction > 0
-            and not estimate["source_checkpoint"] and estimate["pretrain_epochs"] > 0):
+    # the pretraining's schedule changed twice; tables made before are not reused, other
+    # keys stay valid: under cosine it warms up since 2f730ef (it did not before), and
+    # one-cycle without a warm-up anneals from lr since 0aab165 (one step in, before)
+    pretrained_here = not estimate["source_checkpoint"] and estimate["pretrain_epochs"] > 0
+    schedule, warmup = cfg.trainer.schedule, cfg.trainer.warmup_fraction
+    if pretrained_here and schedule == "cosine" and warmup > 0:
         estimate["pretrain_warmup"] = True
+    if pretrained_here and schedule == "onecycle" and warmup == 0:
+        estimate["onecycle_from_lr"] = True
     data = pick(cfg.data, ["name", "train_subset", "crop_padding", "flip", "synthetic_train",
                            "num_classes"])
     if cfg.data.name == "stripes":  # one draw makes train and test images: the test count
