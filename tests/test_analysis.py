@@ -1207,7 +1207,9 @@ def test_the_plots_average_seeds_with_their_std_and_draw_sizes_in_order(tmp_path
 
 def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, repo):
     """index.json and every note name the command with its overrides, so that the same
-    tables can be made again."""
+    tables can be made again; its one line is the console's first, on a machine where
+    matplotlib has no font cache yet too (found in a random-order run: matplotlib's
+    "generated new fontManager" came first)."""
     import subprocess
     import sys
 
@@ -1215,7 +1217,8 @@ def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, 
     args = ["profile=test", f"runs_dir={tmp_path / 'runs'}", f"out_dir={tmp_path / 'out'}"]
     done = subprocess.run([sys.executable, str(repo / "scripts" / "analyze.py"), *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+                          env={**os.environ, "WANDB_MODE": "disabled",
+                               "MPLCONFIGDIR": str(tmp_path / "matplotlib")})
     assert done.returncode == 0, done.stderr[-2000:]
     command = "python scripts/analyze.py " + " ".join(args)
     index = json.loads((tmp_path / "out" / "index.json").read_text())

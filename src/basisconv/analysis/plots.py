@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 from ..records import write_bytes_atomic
 
 
 def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    """matplotlib's pyplot on the Agg backend (no display needed). matplotlib's own INFO
+    lines (``generated new fontManager``, the first time on a machine) are kept off the
+    console, where an entry point's lines are its result, unless its logger was set."""
+    quiet = logging.getLogger("matplotlib")
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
