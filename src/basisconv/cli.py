@@ -134,7 +134,8 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     if (cfg.selection.policy != "none" or not HydraConfig.initialized()
             or not distributed.first_process() or in_sweep()):
         return
-    unread = [o for o in typed_overrides() if re.match(r"[+~]*(basis\b|selection\.layers\b)", o)]
+    unread = [o for o in typed_overrides()
+              if re.match(r"[+~]*(basis\b|selection\.layers\b)", o)]
     if unread:
         log.warning("selection=none (the dense baseline) converts no layer, so %s is unread "
                     "and the model stays dense; choose the layers with selection=all, list, "
@@ -355,8 +356,9 @@ def exit_on_user_error(fn: F) -> F:
                     failed_jobs.append(HydraConfig.get().runtime.output_dir)
                     resume_override.append(sweep_folder_override(args[0] if args else None))
                     raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
-                if speaks and isinstance(err, (ConfigError, DatasetError)) and not (
-                        isinstance(err, FolderInUse)):  # (a start refused, not a run that failed)
+                refused = isinstance(err, (ConfigError, DatasetError)) and not isinstance(
+                    err, FolderInUse)  # (a start refused, not a run that failed)
+                if speaks and refused:
                     remove_made_folders()
                 exit_refused(message)
             except KeyboardInterrupt as err:

@@ -34,7 +34,8 @@ def interpolation_error_line(err: InterpolationResolutionError) -> str:
     where = err.full_key
     broken = re.search(r"'([^']+)'", first)  # "Interpolation key 'typo' not found"
     if broken and HydraConfig.initialized():
-        typed = dict(override.lstrip("+~").partition("=")[::2] for override in typed_overrides())
+        typed = dict(override.lstrip("+~").partition("=")[::2]
+                     for override in typed_overrides())
         reference = re.compile(r"\$\{\s*" + re.escape(broken.group(1)) + r"\s*\}")
         if where not in typed:
             where = next((key for key, value in typed.items() if reference.search(value)),

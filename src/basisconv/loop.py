@@ -315,7 +315,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
         return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], [warmup])
     if trainer.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise ConfigError(f"trainer.schedule={trainer.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ConfigError(f"trainer.schedule={trainer.schedule!r}; choose one of "
+                      f"{', '.join(SCHEDULES)}")
+
+
+def scheduler_state_fits(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> bool:
+    """Whether a checkpoint's schedule ``state`` is of ``scheduler``'s rule: one-cycle
+    without a warm-up (or over one step) is a LinearLR since 0aab165, which takes an older
+    OneCycleLR's state without a word and then follows neither rule."""
+    return "total_steps" not in state or isinstance(
+        scheduler, torch.optim.lr_scheduler.OneCycleLR)
 
 
 class StepTimer:

@@ -20,7 +20,6 @@ from pathlib import Path
 from time import monotonic
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
@@ -226,9 +225,7 @@ class Training:
                 f"builds ({one_line(err)[:300]}); resume it with the config it was made "
                 f"with, or start the run again with trainer.resume=false") from None
         loop.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
-        if "total_steps" in checkpoint["scheduler"] and not isinstance(
-                self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
-            # (LinearLR takes OneCycleLR's state without a word, and then follows neither)
+        if not loop.scheduler_state_fits(self.scheduler, checkpoint["scheduler"]):
             raise ConfigError(
                 f"the checkpoint in {self.output_dir} was saved under the one-cycle schedule "
                 f"of an earlier version, which without a warm-up (or over one step) followed "
