@@ -32,14 +32,12 @@ grad-input FLOPs, and frozen parameters (e.g. coefficients on a skipped step of
 
 from __future__ import annotations
 
-import copy
-import itertools
 import logging
 import types
 import warnings
 from dataclasses import dataclass, field, replace
 from math import prod
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -48,6 +46,7 @@ from torch.nn.modules.utils import _pair
 
 from .errors import BasisconvError, ConfigError, one_line
 from .layers import BasisConv2d, layer_shape, resolve_num_basis
+from .model_copy import HOOK_TABLES, copy_model
 
 log = logging.getLogger(__name__)
 
@@ -302,33 +301,6 @@ def count_parameters(model: nn.Module) -> int:
         mask = layer.coefficient_mask != 0
         alive[key] = mask if key not in alive else alive[key] | mask
     return total - sum(int(mask.numel() - mask.sum()) for mask in alive.values())
-
-
-#: A module's forward and backward hook tables (torch keeps them in these attributes; a
-#: handle removes its hook from the table it was registered in).
-HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_backward_pre_hooks", "_backward_hooks")
-
-
-def copy_model(model: nn.Module, what: str, fix: str, *, meta: bool = False) -> nn.Module:
-    """``copy.deepcopy(model)``; where torch cannot copy it (a weight that a hook computes:
-    torch.nn.utils.prune, the old torch.nn.utils.weight_norm) one :class:`ConfigError`,
-    ``what`` then ``fix``, as torch's own message does not say why a copy was made.
-
-    ``meta``: the parameters and buffers are copied as ``meta`` tensors, never copying
-    their data (else a dry run's copy holds the model twice, on its GPU too)."""
-    memo: dict[int, Any] = {}
-    if meta:  # plain ones only: a subclass (a lazy module's) is copied as it is
-        for t in itertools.chain(model.parameters(), model.buffers()):
-            if type(t) is nn.Parameter:
-                memo[id(t)] = nn.Parameter(t.detach().to("meta"), t.requires_grad)
-            elif type(t) is torch.Tensor:
-                memo[id(t)] = t.detach().to("meta")
-    try:
-        return copy.deepcopy(model, memo)
-    except RuntimeError as err:
-        raise ConfigError(f"{what} ({str(err)[:120]}...); {fix}") from err
 
 
 def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,

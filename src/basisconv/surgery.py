@@ -37,13 +37,14 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .cost import HOOK_TABLES, copy_model, forward_macs_per_pixel, saves_compute
+from .cost import forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error
 from .layers import (WEIGHT_HOOKS, BasisConv2d, basis_layers, basis_size_for_error,
                      check_coefficient_rank, check_convertible, check_finite_weight, check_flag,
                      check_max_error, refresh_computed_weight, resolve_num_basis)
+from .model_copy import HOOK_TABLES, copy_model
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")

@@ -447,16 +447,16 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     ``accuracy_change`` (NaN where that baseline was not run), and the seeds' spread of the
     accuracy and the step time (``test_accuracy_std``, ``step_seconds_std``). A run trained
     more than once at one seed counts once (:func:`distinct_runs`)."""
-    grouped = distinct_runs(runs).groupby(ROW_COLUMNS, sort=False)
+    grouped = distinct_runs(runs).assign(
+        step=lambda r: r["forward_seconds_per_step"] + r["backward_seconds_per_step"]
+    ).groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
     table["recipe"] = grouped["recipe"].first()  # alike within a row but for removed keys
     table["seeds"] = grouped.size()
     table["test_accuracy_std"] = grouped["test_accuracy"].std(ddof=1)
     # how much the timed step varies from seed to seed (other runs on the machine, other
     # batch orders): at small speedups it is about the gap to dense
-    steps = distinct_runs(runs).assign(step=lambda r: r["forward_seconds_per_step"]
-                                       + r["backward_seconds_per_step"])
-    table["step_seconds_std"] = steps.groupby(ROW_COLUMNS, sort=False)["step"].std(ddof=1)
+    table["step_seconds_std"] = grouped["step"].std(ddof=1)
     table = table.reset_index()
     base = baselines(table)
     flops = table["forward_flops"] + table["backward_flops"]

@@ -1,0 +1,44 @@
+"""Copying a user's model, and the hook tables torch keeps on every module.
+
+A model's cost is counted on a copy (:func:`basisconv.cost.model_cost`, a dry run on the
+``meta`` device) and a conversion works on one unless told ``inplace``
+(:func:`basisconv.surgery.apply_basis`, ``to_dense``): both copy the same way, and both
+reach into the same hook tables (the dry run clears them, a replacement carries them over).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError
+
+#: A module's forward and backward hook tables (torch keeps them in these attributes; a
+#: handle removes its hook from the table it was registered in).
+HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_backward_pre_hooks", "_backward_hooks")
+
+
+def copy_model(model: nn.Module, what: str, fix: str, *, meta: bool = False) -> nn.Module:
+    """``copy.deepcopy(model)``; where torch cannot copy it (a weight that a hook computes:
+    torch.nn.utils.prune, the old torch.nn.utils.weight_norm) one :class:`ConfigError`,
+    ``what`` then ``fix``, as torch's own message does not say why a copy was made.
+
+    ``meta``: the parameters and buffers are copied as ``meta`` tensors, never copying
+    their data (else a dry run's copy holds the model twice, on its GPU too)."""
+    memo: dict[int, Any] = {}
+    if meta:  # plain ones only: a subclass (a lazy module's) is copied as it is
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            if type(t) is nn.Parameter:
+                memo[id(t)] = nn.Parameter(t.detach().to("meta"), t.requires_grad)
+            elif type(t) is torch.Tensor:
+                memo[id(t)] = t.detach().to("meta")
+    try:
+        return copy.deepcopy(model, memo)
+    except RuntimeError as err:
+        raise ConfigError(f"{what} ({str(err)[:120]}...); {fix}") from err
