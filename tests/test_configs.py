@@ -290,7 +290,8 @@ RANGE_RULES = [
     ({"data.test_subset": 1.5}, r"data.test_subset=1.5 as a fraction must be in \(0, 1\]"),
     # a word where a count or fraction goes (no test gave one before the coverage review)
     ({"data.train_subset": "all"},
-     r"data.train_subset='all'; use null, a count \(int\) or a fraction in \(0, 1\]"),
+     r"data.train_subset='all' is neither a count \(an int\) nor a fraction \(a float\); "
+     r"use null \(all\), a count \(int >= 1\) or a fraction in \(0, 1\]"),
     ({"basis.size": "half"}, r"basis.size='half' must be an int \(a count >= 1\) or a float"),
     ({"sensitivity.pretrain_epochs": -1}, "sensitivity.pretrain_epochs must be >= 0"),
     ({"sensitivity.val_size": 0}, "sensitivity.val_size=0 as a count must be >= 1"),

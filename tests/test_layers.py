@@ -1,7 +1,9 @@
 """BasisConv2d: exactness at full rank, conversion and its error, gradients, init, options."""
 
+import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -268,6 +270,31 @@ def test_fraction_rounding_and_range_errors():
         BasisConv2d(4, 8, 3, 2, combine="concat")
     with pytest.raises(ValueError, match=r"coefficient_rank must be an int in 1\.\.2"):
         BasisConv2d(4, 8, 3, 2, coefficient_rank=3)
+
+
+@pytest.mark.parametrize("value, problem", [
+    (1, None), (64, None), (0.25, None), (1.0, None), (np.float32(0.5), None), (np.int64(3), None),
+    (0, "as a count must be >= 1"), (-2, "as a count must be >= 1"),
+    (0.0, r"as a fraction must be in \(0, 1\]"), (1.5, r"as a fraction must be in \(0, 1\]"),
+    (float("nan"), r"as a fraction must be in \(0, 1\]"), (True, "is neither a count"),
+    ("half", "is neither a count")])
+def test_one_count_or_fraction_rule_for_basis_sizes_and_subsets(value, problem):
+    """The rule the config check (data subsets, the held-out split) and the basis layer
+    share: an int >= 1 is a count, a float in (0, 1] a fraction, a bool neither."""
+    from basisconv.config import _check_subset
+    from basisconv.counts import count_or_fraction_problem
+    from basisconv.layers import check_basis_size
+
+    if problem is None:
+        assert count_or_fraction_problem(value) is None
+        _check_subset(value, "data.train_subset")
+        check_basis_size(value, "basis.size")
+        return
+    assert re.fullmatch(problem + ".*", count_or_fraction_problem(value))
+    with pytest.raises(ValueError, match=rf"data.train_subset={re.escape(repr(value))} {problem}"):
+        _check_subset(value, "data.train_subset")
+    with pytest.raises((TypeError, ValueError), match="basis.size="):
+        check_basis_size(value, "basis.size")
 
 
 def test_coefficient_rank_is_bounded_by_the_combined_outputs_when_they_are_fewer():

@@ -24,7 +24,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, read_write
 
-from .counts import is_number
+from .counts import count_or_fraction_problem
 from .data import NUM_CLASSES
 from .errors import ConfigError, warn_once
 from .layers import COMBINE_MODES, check_basis_size
@@ -218,14 +218,10 @@ def _check_seconds(value: Any, key: str, zero_means: str | None = None) -> None:
 
 
 def _check_subset(value: Any, key: str) -> None:
-    if value is None:
-        return
-    if not is_number(value):
-        raise ConfigError(f"{key}={value!r}; use null, a count (int) or a fraction in (0, 1]")
-    if isinstance(value, float):
-        _check(0 < value <= 1, f"{key}={value} as a fraction must be in (0, 1]")
-    else:
-        _check(value >= 1, f"{key}={value} as a count must be >= 1")
+    problem = None if value is None else count_or_fraction_problem(value)
+    if problem:
+        raise ConfigError(f"{key}={value!r} {problem}; use null (all), a count (int >= 1) or "
+                          f"a fraction in (0, 1]")
 
 
 def validate_basis(cfg: DictConfig) -> None:

@@ -25,3 +25,15 @@ def is_int(value) -> bool:
 def is_number(value) -> bool:
     """A real number (an int or a float, Python's or numpy's) that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def count_or_fraction_problem(value) -> str | None:
+    """What is wrong with ``value`` as a count (an int >= 1) or a fraction (a float in
+    ``(0, 1]``) of something (a basis size of a layer's filters, a subset of a dataset), as
+    words that follow it in an error; None when it is one. The one rule of such values: the
+    config check and the basis layer each put it in their own error."""
+    if not is_number(value):
+        return "is neither a count (an int) nor a fraction (a float)"
+    if is_int(value):
+        return None if value >= 1 else "as a count must be >= 1"
+    return None if 0 < float(value) <= 1 else "as a fraction must be in (0, 1]"

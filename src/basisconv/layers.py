@@ -33,7 +33,6 @@ that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the f
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Sequence
 
@@ -45,7 +44,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from .counts import is_int, is_number, share_of
+from .counts import count_or_fraction_problem, is_int, is_number, share_of
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
 from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_forward,
@@ -55,16 +54,13 @@ from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_
 def check_basis_size(value, key: str = "num_basis") -> None:
     """The basis-size rule before it meets a layer (``key`` names the value in errors):
     an int is a count (at least 1), a float a fraction of ``out_channels`` in ``(0, 1]``."""
-    if not is_number(value):
+    if not is_number(value):  # a TypeError, as the layer's API promises for a wrong type
         raise TypeError(f"{key}={value!r} must be an int (a count >= 1) or a float in (0, 1] "
                         f"(a fraction of out_channels)")
-    if isinstance(value, numbers.Integral):
-        if value < 1:
-            raise ConfigError(f"{key}={value} as a count must be >= 1 (a layer's valid range is "
-                              f"1..its out_channels)")
-    elif not 0.0 < float(value) <= 1.0:
-        raise ConfigError(f"{key}={value} as a fraction must be in (0, 1]; pass an int for a "
-                          f"count")
+    problem = count_or_fraction_problem(value)
+    if problem:
+        raise ConfigError(f"{key}={value} {problem}; a layer takes 1..its out_channels as a "
+                          f"count, or a fraction in (0, 1] of them")
 
 
 def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "",
