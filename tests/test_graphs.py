@@ -223,6 +223,11 @@ def test_graphed_training_refuses_a_hook_that_changes_the_step():
     with pytest.raises(ValueError, match="before_step"):
         loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=True,
                              before_step=lambda: None)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # fp16's, which a graph cannot run
+    with pytest.raises(ValueError, match="graphed=True replays one fixed step without loss "
+                                         "scaling, which fp16 autocast"):
+        loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=True,
+                             scaler=scaler)
 
 
 def test_a_graphed_evaluation_needs_its_largest_batch_first():

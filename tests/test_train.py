@@ -64,7 +64,7 @@ def test_invalid_trainer_values_fail_at_start(tmp_path, repo):
         fit(config(repo, base + ["trainer.compile_mode=fast"]), tmp_path)
     with pytest.raises(ConfigError, match="publish='runs/seed0' must name a .json file"):
         fit(config(repo, base + ["publish=runs/seed0"]), tmp_path)
-    with pytest.raises(ConfigError, match="does not scale the loss as trainer.amp=fp16 needs"):
+    with pytest.raises(ConfigError, match="without loss scaling, which trainer.amp=fp16 needs"):
         fit(config(repo, base + ["trainer.amp=fp16", "trainer.cuda_graphs=true"]), tmp_path)
 
 

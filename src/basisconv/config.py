@@ -28,7 +28,7 @@ from .counts import count_or_fraction_problem
 from .data import NUM_CLASSES
 from .errors import ConfigError, warn_once
 from .layers import COMBINE_MODES, check_basis_size
-from .loop import AMP_DTYPES, SCHEDULES, device_problem
+from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models
 from .records import unwritable_folder
 from .selection import SelectionConfig, check_selection
@@ -401,9 +401,8 @@ def validate(cfg: DictConfig) -> None:
            f"basis.coefficient_update_every={cfg.basis.coefficient_update_every} changes which "
            f"parameters train between steps; set one of them back (false, or 1)")
     _check(not (t.cuda_graphs and t.amp == "fp16"),
-           "trainer.cuda_graphs=true replays one fixed step, which does not scale the loss as "
-           "trainer.amp=fp16 needs (small fp16 gradients would flush to zero); use "
-           "trainer.amp=bf16, or trainer.cuda_graphs=false")
+           graphed_fp16_problem("trainer.cuda_graphs=true", "trainer.amp=fp16",
+                                "use trainer.amp=bf16, or trainer.cuda_graphs=false"))
     _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
            f"publish={cfg.publish!r} must name a .json file (or be null)")
     if cfg.publish is not None:

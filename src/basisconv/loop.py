@@ -64,6 +64,14 @@ def device_problem(name: str, setting: str = "trainer.device={}", *, here: bool 
     return None
 
 
+def graphed_fp16_problem(graphs: str, amp: str, fix: str) -> str:
+    """Why CUDA graphs and fp16 autocast are refused together (``graphs`` and ``amp`` as the
+    user gave them, ``fix`` what to do): a graphed step does not scale the loss, and fp16
+    needs it (bf16 does not)."""
+    return (f"{graphs} replays one fixed step without loss scaling, which {amp} needs (small "
+            f"fp16 gradients would flush to zero); {fix}")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
     problem = device_problem(name)
@@ -393,7 +401,8 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
         raise ValueError("fp16 autocast needs a loss scaler (loop.grad_scaler): without one "
                          "small gradients flush to zero")
     if graphed and scaler is not None and scaler.is_enabled():
-        raise ValueError("a graphed training step does not scale the loss (fp16)")
+        raise ValueError(graphed_fp16_problem("graphed=True", "fp16 autocast (an enabled scaler)",
+                                              "train eagerly, or in bf16"))
     model.train()
     device = batches.images.device
     timer = StepTimer(device)

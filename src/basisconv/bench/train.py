@@ -28,7 +28,7 @@ from ..checkpoint import CHECKPOINT, save_checkpoint
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
 from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
-                    precision_name, settings_restored, setup, train_one_epoch)
+                    graphed_fp16_problem, precision_name, settings_restored, setup, train_one_epoch)
 from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record, write_text_atomic
@@ -91,8 +91,7 @@ class ThroughputOptions:
         if self.cuda_graphs and not self.device.startswith("cuda"):
             return "--cuda-graphs needs --device cuda"
         if self.cuda_graphs and self.amp == "fp16":
-            return ("--cuda-graphs replays one fixed step, which does not scale the loss as "
-                    "--amp fp16 needs; use --amp bf16")
+            return graphed_fp16_problem("--cuda-graphs", "--amp fp16", "use --amp bf16")
         if self.profile and self.steps < profiled_from(self) + 1:
             left_out = ("its eager step, its capture and the profiler's warm-up step"
                         if self.cuda_graphs else "the profiler's warm-up step")
