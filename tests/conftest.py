@@ -175,19 +175,20 @@ def _isolated_global_state(_session_global_state):
 @pytest.fixture(autouse=True)
 def _entry_point_state_restored():
     """A script's ``main`` called in-process (``exit_on_user_error``) sets
-    ``basisconv.cli``'s state and replaces three of Hydra's functions: put back, so that a
-    later test of them does not depend on the order (found in review)."""
+    ``basisconv.cli``'s state and replaces four of Hydra's functions: put back, so that a
+    later test of them does not depend on the order."""
     import hydra._internal.utils as hydra_utils
     import hydra.core.utils as hydra_core_utils
 
     from basisconv import cli
 
     saved = (cli.task_started, list(cli.failed_jobs), list(cli.resume_override),
-             hydra_utils.run_and_report, hydra_core_utils._save_config,
-             hydra_core_utils.JobReturn.return_value)
+             hydra_utils.run_and_report, cli.hydra_main_module._run_hydra,
+             hydra_core_utils._save_config, hydra_core_utils.JobReturn.return_value)
     yield
     (cli.task_started, cli.failed_jobs[:], cli.resume_override[:], hydra_utils.run_and_report,
-     hydra_core_utils._save_config, hydra_core_utils.JobReturn.return_value) = saved
+     cli.hydra_main_module._run_hydra, hydra_core_utils._save_config,
+     hydra_core_utils.JobReturn.return_value) = saved
 
 
 @pytest.fixture

@@ -245,6 +245,28 @@ def test_a_threshold_that_reads_as_points_is_said_in_points(compose_cfg, monkeyp
     assert not [m for m in caplog.messages if "tolerates" in m]
 
 
+def test_each_job_of_a_sweep_says_its_config_warnings_in_its_own_log(compose_cfg, monkeypatch,
+                                                                      caplog):
+    """A warning about a value was said once a process: a sweep's check before its jobs
+    said it, and no job's log (``train.log``) held it. Each job says it once now."""
+    from basisconv import errors
+    from basisconv.cli import exit_on_user_error
+
+    monkeypatch.setattr(errors, "SAID_ONCE", set())
+    cfg = compose_cfg("selection=all", "basis.size=1")
+    validate(cfg)  # the sweep's check of every job before they run
+
+    @exit_on_user_error
+    def job():  # a job checks its config more than once: said once in it
+        validate(cfg)
+        validate(cfg)
+
+    job()
+    job()
+    said = [m for m in caplog.messages if m.startswith("basis.size=1 is a count")]
+    assert len(said) == 3
+
+
 @pytest.mark.parametrize("size, said", [("1", True), ("1.0", False), ("2", False)])
 def test_a_basis_size_of_one_is_said_to_be_a_count(compose_cfg, monkeypatch, caplog, size, said):
     """Found in a walkthrough: basis.size=1 trained ResNet-8 with one filter a layer (1,502

@@ -27,7 +27,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
-                     one_line)
+                     new_job_warns_again, one_line)
 from .hydra_errors import (group_value_override, hydra_error_line, interpolation_error_line,
                            malformed_override, typed_overrides)
 from .records import LOCK, folder_lock, write_bytes_atomic
@@ -334,6 +334,7 @@ def exit_on_user_error(fn: F) -> F:
     def wrapper(*args, **kwargs):
         global task_started
         task_started = True
+        new_job_warns_again()
         speaks = distributed.first_process()
         with sigterm_stops():
             try:

@@ -30,11 +30,18 @@ SAID_ONCE: set[str] = set()
 
 
 def warn_once(log: logging.Logger, message: str) -> None:
-    """Log a warning about a value the user gave once a process: a run checks its config
-    more than once (a sweep before its jobs, each job as it starts, its layer choice)."""
+    """Log a warning about a value the user gave once a job: a run checks its config more
+    than once (each job as it starts, its layer choice; a sweep before its jobs)."""
     if message not in SAID_ONCE:
         SAID_ONCE.add(message)
         log.warning("%s", message)
+
+
+def new_job_warns_again() -> None:
+    """A job of a sweep starts (:func:`basisconv.cli.exit_on_user_error`): what
+    :func:`warn_once` said for the sweep's check or the job before goes into this job's own
+    log too, as its config has the same value."""
+    SAID_ONCE.clear()
 
 
 class BasisconvError(Exception):
