@@ -915,6 +915,26 @@ def test_a_null_or_nan_measured_field_is_unreadable_not_a_value(tmp_path, part, 
     assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
 
 
+def test_a_session_finds_what_it_wrote_on_a_file_system_of_whole_seconds(tmp_path):
+    """Whether a session published a record is read from the files' modification times;
+    where those are kept to the whole second, a record written in the session's first
+    second is stamped before its start to the nanosecond, and was missed (the session then
+    said it computed nothing, and was not logged)."""
+    from basisconv import records
+
+    runs = tmp_path / "runs"
+    (runs / "baseline").mkdir(parents=True)
+    record = runs / "baseline" / "seed0.json"
+    record.write_text("{}")
+    started = 1_700_000_012.5
+    os.utime(record, ns=(1_700_000_012_000_000_000,) * 2)  # written at 12.9 s, kept as 12
+    path = records.log_session(tmp_path, runs, "paper", started, 0, 1)
+    assert path is not None and json.loads(path.read_text())["published"] == [
+        "baseline/seed0.json"]
+    os.utime(record, ns=(1_700_000_012_400_000_000,) * 2)  # a fine clock: before the start
+    assert records.log_session(tmp_path / "other", runs, "paper", started, 0, 1) is None
+
+
 def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monkeypatch):
     """``scripts/reproduce.sh`` logs each invocation (``records.log_session``), each in a
     file of its own, beside an older one-list log; the index sums the sessions per machine."""

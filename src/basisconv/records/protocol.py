@@ -185,9 +185,9 @@ def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, 
     begun = _dt.datetime.fromtimestamp(started, _dt.timezone.utc)
     records = Path(records_dir)
     published = sorted(str(p.relative_to(records)) for p in records.rglob("*.json")
-                       if p.stat().st_mtime >= started) if records.is_dir() else []
+                       if _written_since(p, started)) if records.is_dir() else []
     if int(exit_code) == 0 and not published and not any(
-            p.is_file() and p.stat().st_mtime >= started for p in Path(results_dir).rglob("*")):
+            p.is_file() and _written_since(p, started) for p in Path(results_dir).rglob("*")):
         return None
     session = {
         "started": begun.isoformat(timespec="seconds"),
@@ -200,6 +200,17 @@ def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, 
     folder = Path(results_dir) / SESSIONS
     folder.mkdir(parents=True, exist_ok=True)
     return write_json_atomic(folder / name, session)
+
+
+def _written_since(path: Path, started: float) -> bool:
+    """Whether ``path`` was last written at or after ``started`` (a time in seconds). A file
+    system that keeps whole seconds (some network and FAT-family ones) stamps a file written
+    at 12.9 s as 12 s: a time to the whole second is taken as that second's, else a session
+    started at 12.5 s would miss what it wrote in its first second."""
+    written = path.stat().st_mtime_ns
+    if written % 1_000_000_000 == 0:
+        return written // 1_000_000_000 >= int(started)
+    return written >= started * 1e9
 
 
 def has_session_log(results_dir: str | os.PathLike) -> bool:
