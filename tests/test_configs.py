@@ -4,6 +4,7 @@ with one clear message (as lightning-hydra-template's config tests do)."""
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv import hydra_errors, loop, resuming
 from basisconv.config import validate
 from basisconv.errors import ConfigError
 from basisconv.loop import resolve_device
@@ -797,3 +799,71 @@ def test_the_compiled_split_form_in_nchw_is_refused_at_the_start(compose_cfg):
                  ["selection=none", "trainer.channels_last=false"]):
         validate(compose_cfg("selection=all", "basis.combine=split", "trainer.compile=true",
                              *fine))
+
+
+# The resume hints, Hydra's errors as one line and the device rule, where a mutation test
+# of resuming, hydra_errors and loop.device_problem found no test that failed
+class _SweepHydra:
+    def __init__(self, cwd, sweep_dir):
+        self.cfg = OmegaConf.create({"runtime": {"cwd": str(cwd)}, "sweep": {"dir": sweep_dir}})
+
+    def get(self):
+        return self.cfg
+
+
+def test_a_sweep_jobs_stop_names_the_sweeps_folder_quoted_for_the_shell(tmp_path, monkeypatch):
+    monkeypatch.setattr(resuming, "in_sweep", lambda: True)
+    monkeypatch.setattr(resuming, "HydraConfig", _SweepHydra(tmp_path, "multirun/x/2024-01-01"))
+    cfg = OmegaConf.create({"name": "x", "trainer": {"resume": True}})
+    said = resuming.how_to_go_on(tmp_path / "job", cfg, 1)
+    override = f"hydra.sweep.dir={tmp_path}/multirun/${{name}}/2024-01-01"
+    assert said == f"run the same command again with {shlex.quote(override)} to resume it"
+
+
+def test_a_config_without_trainer_resume_gets_no_resume_flag(tmp_path):
+    assert resuming.folder_override(tmp_path, OmegaConf.create({"name": "x"})) == \
+        f"hydra.run.dir={tmp_path}"
+
+
+class _Initialized:
+    @staticmethod
+    def initialized():
+        return True
+
+
+def test_a_broken_interpolation_is_named_by_the_override_that_references_it_exactly(
+        monkeypatch):
+    """The key that failed (logger.group) was not typed: the typed override that references
+    ${see} is named, not one referencing ${seed}, and a ++ prefix is no part of its key."""
+    cfg = OmegaConf.create({"seed": 1, "name": "${see}", "logger": {"group": "${name}"},
+                            "selection": {"seed": "${seed}"}})
+    with pytest.raises(Exception) as err:
+        cfg.logger.group
+    monkeypatch.setattr(hydra_errors, "HydraConfig", _Initialized)
+    for typed in (["selection.seed=${seed}", "name=${see}"],
+                  ["selection.seed=${seed}", "++name=${see}"]):
+        monkeypatch.setattr(hydra_errors, "typed_overrides", lambda: typed)
+        assert hydra_errors.interpolation_error_line(err.value) == \
+            "Interpolation key 'see' not found (in name)"
+
+
+def test_a_misplaced_key_is_never_pointed_at_hydras_own(repo):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+            compose("train", overrides=["trainer.mode=x"])
+    assert hydra_errors.hydra_error_line(err.value).startswith(
+        "trainer.mode is not a config key (did you mean logger.mode?); valid keys here:")
+
+
+def test_a_config_group_set_to_null_is_told_to_drop_the_override():
+    assert hydra_errors.group_value_override(["model=null"]).endswith(
+        "; drop the override for the default")
+
+
+def test_plain_cuda_is_valid_on_a_machine_with_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert loop.device_problem("cuda") is None

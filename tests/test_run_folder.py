@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import types
@@ -18,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
+from basisconv import signals
 from basisconv.train import fit
 from interruption import fit_stopped_before
 
@@ -1027,3 +1029,48 @@ def test_a_sweep_jobs_command_keeps_the_flags_that_choose_its_configs():
     assert _hydra_flags(["-m", "--config-dir", "/x", "-cn", "config", "experiment=tiny",
                          "seed=0,1", "--config-path=/y", "--multirun"]) == \
         ["--config-dir", "/x", "-cn", "config", "--config-path=/y"]
+
+
+# What the stop-signal helpers put back and leave alone (found by a mutation test of
+# basisconv.signals: no test failed when they did not)
+@pytest.fixture
+def stop_handlers():
+    """The stop signals' handlers put back after a test that sets them."""
+    saved = {s: signal.getsignal(s) for s in signals.STOPS}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def test_sigterm_stops_puts_back_the_handler_it_replaced(stop_handlers):
+    def mine(signum, frame):
+        pass
+    signal.signal(signal.SIGTERM, mine)
+    with signals.sigterm_stops():
+        assert signal.getsignal(signal.SIGTERM) is signals.raise_stopped
+    assert signal.getsignal(signal.SIGTERM) is mine
+
+
+def test_stops_at_default_sets_both_stops_to_their_default_action(stop_handlers):
+    for s in signals.STOPS:
+        signal.signal(s, signals.raise_stopped)
+    signals.stops_at_default()
+    assert all(signal.getsignal(s) == signal.SIG_DFL for s in signals.STOPS)
+
+
+def test_signals_blocked_puts_back_the_threads_mask():
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with signals.signals_blocked({signal.SIGUSR1}):
+        assert signal.SIGUSR1 in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+
+def test_a_default_or_ignored_disposition_is_let_go_by_stops_let_go_and_left_by_one_stop(
+        stop_handlers):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # fit() called from a notebook
+    with signals.stops_let_go():
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background, or by nohup
+    with signals.one_stop():
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN

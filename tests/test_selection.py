@@ -1515,3 +1515,43 @@ def test_a_drop_is_positive_when_the_converted_model_is_worse():
     assert drops == pytest.approx({"accuracy_drop": 0.1, "loss_increase": 0.2})
     assert metric_drops({"accuracy": 0.9}, {"accuracy": 0.95}) == pytest.approx(
         {"accuracy_drop": -0.05})
+
+
+def test_a_table_from_a_source_checkpoint_keeps_its_key_whatever_the_pretraining_schedule(
+        repo, tmp_path):
+    source = tmp_path / "dense.pt"
+    source.write_bytes(b"weights")
+    for schedule in (("trainer.schedule=onecycle", "trainer.warmup_fraction=0"),
+                     ("trainer.schedule=cosine", "trainer.warmup_fraction=0.3")):
+        fields = sensitivity.key_fields(compose_sensitivity(
+            repo, tmp_path, f"sensitivity.source_checkpoint={source}", *schedule))["sensitivity"]
+        assert "onecycle_from_lr" not in fields and "pretrain_warmup" not in fields
+
+
+def test_choosing_layers_from_a_new_estimate_leaves_the_global_generator(repo, tmp_path,
+                                                                         monkeypatch):
+    """A run's initial weights must not depend on whether its table was cached."""
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "selection=sensitivity_budget",
+                              "selection.budget_reduction=0.1")
+    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+
+    def estimated(cfg):
+        torch.manual_seed(123)  # as the probe seeds and trains
+        torch.rand(3)
+        return table, {"table_sha256": "c" * 64}
+    monkeypatch.setattr(sensitivity, "sensitivity_table", estimated)
+    state = torch.get_rng_state()
+    sensitivity.choose_layers_and_table(cfg)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_an_ordered_policy_that_chooses_nothing_is_the_dense_model_with_a_warning(
+        repo, tmp_path, monkeypatch, caplog):
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "selection=sensitivity_threshold",
+                              "selection.threshold=-0.5")
+    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+    monkeypatch.setattr(sensitivity, "sensitivity_table",
+                        lambda cfg: (table, {"table_sha256": "c" * 64}))
+    with caplog.at_level("WARNING", logger="basisconv"):
+        layers, _ = sensitivity.choose_layers_and_table(cfg)
+    assert layers is None and "chose no layer: the model stays dense" in caplog.text
