@@ -592,3 +592,17 @@ def test_an_onnx_export_of_a_fused_layer_has_the_stacked_forms_standard_ops(monk
     onnx = pytest.importorskip("onnx")
     torch.onnx.export(model, (x,), tmp_path / "fused.onnx", dynamo=False)
     assert "Conv" in {node.op_type for node in onnx.load(tmp_path / "fused.onnx").graph.node}
+
+
+@pytest.mark.device
+def test_an_nchw_input_gets_a_contiguous_output_as_from_the_dense_conv(device, kernel_runs):
+    """The kernel writes a channels_last output whatever the input's layout; an NCHW
+    input gets it back contiguous, as from the conv the layer replaced, so that the model's
+    ``out.view(B, -1)`` works (channels_last inputs keep channels_last: ``test_layers``)."""
+    layer = make_layer(5, 12, 5, 3, 1, 1, 1, True, device)
+    x = torch.randn(2, 5, 7, 6, device=device)
+    y = layer(x)
+    assert kernel_runs == [tuple(x.shape)]
+    reference = F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1)
+    assert reference.is_contiguous() and y.is_contiguous()
+    torch.testing.assert_close(y.view(2, -1), reference.view(2, -1), rtol=1e-4, atol=1e-4)

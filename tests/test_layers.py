@@ -509,3 +509,27 @@ def test_torch_jit_script_of_a_basis_layer_is_one_error_naming_what_works():
         with pytest.raises(ConfigError, match="script cannot compile a BasisConv2d; use "
                                               "torch.export or torch.jit.trace.*to_dense"):
             torch.jit.script(model)
+
+
+@pytest.mark.parametrize("combine", ["stacked", "split", "fused", "auto"])
+def test_an_nchw_input_gives_an_output_in_the_layout_a_conv_gives(combine):
+    """A converted layer is a drop-in replacement: for an NCHW input every form gives a
+    contiguous output, as nn.Conv2d does, so a model that flattens a conv's output with
+    ``.view(B, -1)`` (a classifier head, an attention block) keeps working. The fused op
+    (its kernel, and the stacked form inside it wherever the kernel cannot run: float64
+    here) writes channels_last, which failed there ("view size is not compatible")."""
+    conv = make_conv(8, 16, 3, 1, 1, 1, True)
+    layer = BasisConv2d.from_conv(conv, 4, combine=combine)
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fused: no CUDA here, the stacked form, said once
+        out = layer(x)
+    assert conv(x).is_contiguous() and out.is_contiguous()
+    torch.testing.assert_close(out.view(2, -1), layer.to_conv()(x).view(2, -1))
+
+
+def test_a_non_zero_padding_mode_is_refused_with_the_fix():
+    """Like the grouped-conv refusal, the padding-mode one says what to do (leave the
+    layer dense), not only what is unsupported."""
+    with pytest.raises(ValueError, match="padding_mode='circular'.*leave this layer dense"):
+        BasisConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), 2)

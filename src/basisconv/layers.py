@@ -555,7 +555,7 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
                          f"support groups=1 only, leave this layer dense")
     if conv.padding_mode != "zeros":
         raise ConfigError(f"{at} uses padding_mode={conv.padding_mode!r}; basis convolutions "
-                         f"support zero padding only")
+                         f"support zero padding only, leave this layer dense")
 
 
 def check_finite_weight(conv: nn.Conv2d, where: str = "", fitting: bool = True) -> None:

@@ -204,7 +204,8 @@ def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
 
 def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
                   bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
-    """The layer's output through :func:`fused_basis_conv`.
+    """The layer's output through :func:`fused_basis_conv`, in the memory format a conv
+    of ``x`` gives.
 
     Under autocast every input is cast to the autocast dtype first, as ``F.conv2d`` would
     cast them (``tl.dot`` takes one dtype: inside a network ``x`` is already bf16 while the
@@ -231,7 +232,17 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
                    and not torch.jit.is_tracing())
     out, _ = fused_basis_conv(x, basis_weight, combination, bias, list(stride), list(pad),
                               list(dilation), store_basis)
-    return out
+    return out if _channels_last(x) or _channels_last(basis_weight) else out.contiguous()
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is laid out channels_last (and not also plainly contiguous, as a
+    tensor of one channel or one pixel is): with either such an input or weight a conv
+    writes channels_last, else a contiguous output. The op always writes channels_last,
+    so an NCHW model gets its layout back, as from the conv the layer replaced (its
+    ``out.view(B, -1)`` works)."""
+    return (t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
 
 
 def _warn_once(message: str) -> None:
