@@ -475,3 +475,26 @@ def test_counting_a_grouped_convolution_warns_that_torchs_counter_is_wrong_there
     counted = measure_flops(model, (2, 32, 8, 8))
     assert counted["backward_flops"] > model_cost(model, (2, 32, 8, 8)).backward_flops
     assert "groups times too many" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:a basis layer with fuse_norm=True runs unfused")
+@pytest.mark.parametrize("hook", ["norm_forward", "layer_forward", "layer_backward"])
+def test_a_fused_norm_layer_that_hooks_keep_unfused_is_counted_unfused(hook):
+    """A user's hook on a fuse_norm layer or on its norm makes it run unfused beside the
+    norm (so the hook sees what it saw before): the dry run's copy must run it so too, not
+    fold the norm because its copied hooks were dropped (it counted the basis maps'
+    moments, which the model never computes: 4,608 FLOPs more than FlopCounterMode here,
+    forward and backward each)."""
+    torch.manual_seed(0)
+    model = apply_basis(_NormedHead(), "a", 4, convert=False, fuse_norm=True)
+    if hook == "norm_forward":
+        model.bn.register_forward_hook(lambda module, args, out: None)
+    elif hook == "layer_forward":
+        model.a.register_forward_hook(lambda module, args, out: None)
+    else:
+        model.a.register_full_backward_hook(lambda module, grad_in, grad_out: None)
+    shape = (2, 3, 8, 8)
+    counted = measure_flops(model, shape)
+    cost = model_cost(model, shape)
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])

@@ -303,6 +303,10 @@ def count_parameters(model: nn.Module) -> int:
     return total - sum(int(mask.numel() - mask.sum()) for mask in alive.values())
 
 
+def _no_op(*args, **kwargs) -> None:
+    """A hook that changes nothing (the dry run's stand-in for a user's)."""
+
+
 def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
                input_requires_grad: bool = False) -> ModelCost:
     """Per-layer and total cost of one forward (and backward) at ``input_shape``.
@@ -328,9 +332,15 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
                                "meta device", "count with measure_flops, or make the "
                                "reparametrization permanent first (torch.nn.utils.prune.remove)",
                         meta=True).to("meta")
-    for module in shadow.modules():  # the user's hooks would see meta tensors
+    for module in shadow.modules():
+        # the user's hooks would see meta tensors: each becomes a no-op, kept in its table,
+        # so that a fuse_norm layer that hooks keep unfused (layers.conv_norm_act) is counted
+        # unfused, as it runs
         for table in HOOK_TABLES:
-            getattr(module, table, {}).clear()
+            hooks = getattr(module, table, {})
+            for key, hook in hooks.items():
+                if callable(hook):  # (the *_with_kwargs tables hold flags)
+                    hooks[key] = _no_op
         if (isinstance(module, _BatchNorm)
                 and type(module).forward is not _BatchNorm.forward):
             # a synchronized batch norm (nn.SyncBatchNorm, or the package's CPU one) would
