@@ -949,3 +949,22 @@ def test_to_dense_keeps_tied_layers_tied_frozen_layers_frozen_and_the_mode():
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
     with pytest.raises(ConfigError, match="single basis layer; use its to_conv"):
         to_dense(BasisConv2d(4, 8, 3, 2))
+
+
+def test_to_dense_keeps_convs_that_share_a_weight_sharing_one():
+    """apply_basis gives convs that share one weight one set of basis parameters, so that
+    they stay tied in training; to_dense keeps them tied as well (it made each its own
+    weight: the round trip untied them silently, twice the parameters, and training the
+    dense model moved the two apart)."""
+    torch.manual_seed(0)
+    model = TiedWeights().double()
+    dense = to_dense(apply_basis(model, "all", 4))
+    assert dense.fine.weight is dense.coarse.weight and dense.fine.bias is dense.coarse.bias
+    assert sum(p.numel() for p in dense.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_to_dense_of_something_not_a_module_is_one_clear_error():
+    """As apply_basis does, to_dense refuses a list of layers with a TypeError naming what
+    it needs (it failed deep inside: "'list' object has no attribute 'named_modules'")."""
+    with pytest.raises(TypeError, match="needs an nn.Module"):
+        to_dense([BasisConv2d(4, 8, 3, 2)])

@@ -247,8 +247,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
 
 def _check_model(model) -> None:
     """A model whose convs are modules: not TorchScript, not a single conv."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"apply_basis needs an nn.Module, got {type(model).__name__}")
+    _check_is_module(model, "apply_basis")
     if isinstance(model, torch.jit.ScriptModule):  # its convs are compiled, not modules
         raise ConfigError("apply_basis got a TorchScript module (torch.jit.script or trace), "
                           "whose convs cannot be replaced; convert the eager model, then "
@@ -257,6 +256,11 @@ def _check_model(model) -> None:
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
                           "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
+
+
+def _check_is_module(model, function: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{function} needs an nn.Module, got {type(model).__name__}")
 
 
 def _check_max_error_use(max_error, num_basis, convert: bool) -> None:
@@ -391,8 +395,11 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     plain convs, for tools that need them (``torch.jit.script``, quantization, a forward
     that reads ``conv.weight``); the model itself when ``inplace``, else a converted deep
     copy. Each conv keeps its layer's train/eval mode, ``requires_grad`` and forward and
-    backward hooks, and a layer registered under two names becomes one conv under both."""
+    backward hooks, a layer registered under two names becomes one conv under both, and
+    layers that share their basis filters and coefficients (tied convs converted by
+    :func:`apply_basis`) share one weight (and one bias where they share it)."""
     check_flag("inplace", inplace)
+    _check_is_module(model, "to_dense")
     if isinstance(model, torch.jit.ScriptModule):
         raise ConfigError("to_dense got a TorchScript module, whose layers cannot be "
                           "replaced; make the eager model dense, then script or trace it")
@@ -402,18 +409,31 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         model = copy_model(model, "to_dense: the model cannot be copied",
                            "make it dense with inplace=True, which needs no copy")
     dense: dict[int, nn.Conv2d] = {}
+    weights: dict[tuple, nn.Parameter] = {}
+    biases: dict[int, nn.Parameter] = {}
     for name, layer in list(model.named_modules(remove_duplicate=False)):
         if not isinstance(layer, BasisConv2d):
             continue
         if id(layer) not in dense:
             conv = dense[id(layer)] = layer.to_conv().train(layer.training)
             conv.weight.requires_grad_(layer.basis_weight.requires_grad)
+            conv.weight = weights.setdefault(_weight_key(layer), conv.weight)
             if layer.bias is not None:
                 conv.bias.requires_grad_(layer.bias.requires_grad)
+                conv.bias = biases.setdefault(id(layer.bias), conv.bias)
             for table, hooks in _hook_tables(layer).items():
                 setattr(conv, table, hooks)
         _set_submodule(model, name, dense[id(layer)])
     return model
+
+
+def _weight_key(layer: BasisConv2d) -> tuple:
+    """What a layer's dense weight is made of: layers that share all of it (convs tied
+    before :func:`apply_basis`, which keeps them sharing one set) get one dense weight from
+    :func:`to_dense`, so that they stay tied there too."""
+    parts = (layer.basis_weight, *layer.coefficient_parameters(), layer.output_index,
+             layer.coefficient_mask)
+    return tuple(None if t is None else id(t) for t in parts)
 
 
 def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
