@@ -1795,3 +1795,17 @@ def test_other_records_are_not_analyzed_over_the_protocols_own_tables(tmp_path, 
     write_runs(tmp_path / "results" / "test" / "runs", RECORDS)  # its own records: written
     write_report(analyze_cfg(tmp_path, runs_dir="results/test/runs", out_dir="results/test"), "x")
     write_report(analyze_cfg(tmp_path, runs_dir="sweep", out_dir="elsewhere"), "x")
+
+
+def test_a_run_found_complete_and_as_a_copy_taken_while_it_ran_counts_as_complete(tmp_path):
+    """Two records of one run (same config and provenance), one complete and one copied
+    while it ran, are one finished run whichever folder sorts first: the copy first made
+    the finished run 'running', left out of every table."""
+    running = {**RECORDS[0], "status": "running", "final": None,
+               "epochs": RECORDS[0]["epochs"][:1]}
+    for name, data in (("a-copy-taken-mid-run", running), ("b", RECORDS[0])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(data))
+    found = read_records(tmp_path)
+    assert [(folder.name, r["status"]) for r, folder in found] == [("b", "complete")]
+    assert len(training_records(found)) == 1

@@ -264,11 +264,13 @@ def is_record(data: Any) -> bool:
 def read_records(root: str | Path, unreadable: list[str] | None = None
                  ) -> list[tuple[dict, Path]]:
     """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
-    run found twice (its folder's record and a published copy) once. The unreadable ones
+    run found twice (its folder's record and a published copy) once, its complete record
+    where one of them is. The unreadable ones
     (not JSON, cut off, or lacking a field analysis reads: ``basisconv.records.REQUIRED``)
     are skipped, each logged, and appended to ``unreadable`` when given; JSON files that
     are no records at all are left out."""
-    found, seen = [], set()
+    found: list[tuple[dict, Path]] = []
+    seen: dict[str, int] = {}  # a run's identity -> its place in found
     for path in record_files(root):
         try:
             if path.name != RECORD and not is_record(json.loads(path.read_text())):
@@ -277,12 +279,16 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
             problem = unusable(record, path)
             if problem is not None:
                 raise ValueError(problem)
-            # a run's own run.json and its published copy are one run, counted once
+            # a run's own run.json and its published copy are one run, counted once; where
+            # one of them is complete (the other a copy taken while it ran), that one
             identity = json.dumps([record["kind"], record["config"], record["provenance"]],
                                   sort_keys=True, default=str)
             if identity not in seen:
-                seen.add(identity)
+                seen[identity] = len(found)
                 found.append((record, path.parent))
+            elif (record["status"] == "complete"
+                  and found[seen[identity]][0]["status"] != "complete"):
+                found[seen[identity]] = (record, path.parent)
         except (OSError, ValueError) as err:
             log.info("unreadable run record %s (%s)", path, one_line(err))
             if unreadable is not None:
