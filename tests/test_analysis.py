@@ -1797,6 +1797,188 @@ def test_other_records_are_not_analyzed_over_the_protocols_own_tables(tmp_path, 
     write_report(analyze_cfg(tmp_path, runs_dir="sweep", out_dir="elsewhere"), "x")
 
 
+def test_a_record_that_names_no_status_is_not_taken_for_a_finished_run(tmp_path):
+    """Only a record that says ``status: complete`` is a finished run: one without a status
+    (hand-edited, or a producer's that never wrote one) is read as running, so its numbers
+    are not averaged into a row as a finished seed's."""
+    without = {k: v for k, v in RECORDS[1].items() if k != "status"}
+    publish_records(tmp_path / "runs", [RECORDS[0], without])
+    found = read_records(tmp_path / "runs")
+    assert sorted(r["status"] for r, _ in found) == ["complete", "running"]
+    assert [r["config"]["seed"] for r, _ in training_records(found)] == [0]
+
+
+def test_a_protocol_cut_off_before_its_first_row_or_its_estimate_names_what_is_missing(
+        tmp_path):
+    """One published protocol record is enough to call a folder the protocol's: a protocol
+    cut off after its sensitivity estimate (no row yet) lacks every row, and rows published
+    without the estimate's and the search's records (copied alone) lack those two."""
+    from basisconv.records import PROTOCOL_RECORDS, PROTOCOL_ROWS, missing_protocol_runs
+
+    estimate_only = tmp_path / "estimate-only"
+    estimate_only.mkdir()
+    (estimate_only / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
+    assert missing_protocol_runs(estimate_only) == [*PROTOCOL_ROWS, PROTOCOL_RECORDS[1]]
+    rows_only = tmp_path / "rows-only"
+    (rows_only / "baseline").mkdir(parents=True)
+    (rows_only / "baseline" / "seed3.json").write_text(json.dumps(RECORDS[0]))
+    assert missing_protocol_runs(rows_only) == [
+        f"{row} (seed 3)" for row in PROTOCOL_ROWS[1:]] + list(PROTOCOL_RECORDS)
+
+
+def test_the_profile_a_record_was_made_by_is_the_last_its_command_names():
+    """Hydra takes the last of two overrides of one key, so a command that names the
+    profile twice (the script's own, then one in ``OVERRIDES``) ran the later one; a later
+    ``profile=null`` ran none."""
+    from basisconv.records import made_by_profile
+
+    def made_by(command):
+        return made_by_profile({"provenance": {"command": command}})
+
+    assert made_by("python scripts/train.py profile=quick seed=1 +profile=paper") == "paper"
+    assert made_by("python scripts/train.py profile=quick profile=null") is None
+    assert made_by("python scripts/train.py profile=null ++profile=smoke") == "smoke"
+    assert made_by("python scripts/train.py seed=1") is None
+
+
+def test_text_with_one_kind_of_conflict_marker_alone_is_no_unresolved_merge(tmp_path):
+    """A conflict is a ``<<<<<<< `` line and a ``>>>>>>> `` line after it: a page that holds
+    one of them alone (a Markdown quote seven deep, a note that names the marker) is not
+    one, else the analysis would refuse a folder no merge touched."""
+    from basisconv.records import unmerged_files
+
+    (tmp_path / "quoted.md").write_text("# notes\n>>>>>>> a quote seven deep\n")
+    (tmp_path / "opened.txt").write_text("<<<<<<< HEAD was never closed\n")
+    assert unmerged_files(tmp_path) == []
+    (tmp_path / "conflict.csv").write_text("<<<<<<< HEAD\na\n=======\nb\n>>>>>>> x\n")
+    assert unmerged_files(tmp_path) == [tmp_path / "conflict.csv"]
+
+
+def test_a_gpu_is_named_by_its_model_number_wherever_the_name_has_it():
+    """The model is the first word holding a digit, not the first word: ``NVIDIA RTX
+    A6000`` is an ``a6000`` (two such GPUs' results must not share the name ``rtx``), an
+    ``AMD Instinct MI300X`` an ``mi300x``; a name without a number keeps its first word."""
+    assert device_name({"gpu": "NVIDIA RTX A6000"}) == "a6000"
+    assert device_name({"gpu": "AMD Instinct MI300X"}) == "mi300x"
+    assert device_name({"gpu": "NVIDIA GeForce RTX 4090"}) == "4090"
+    assert device_name({"gpu": "NVIDIA Titan"}) == "titan"
+
+
+@pytest.mark.parametrize("setting", [{"trainer.amp": "bf16"}, {"trainer.epochs": 4},
+                                     {"data.train_subset": 1000}])
+def test_a_row_whose_only_dense_run_has_other_precision_epochs_or_data_has_no_baseline(
+        setting):
+    """Precision, epochs and training images choose the baseline, they are not settings
+    the closest dense run may differ in (as ``trainer.lr`` may): a bf16 row is not compared
+    with an fp32 dense run, and without its own its columns against dense stay empty."""
+    runs = [(record(accuracy=0.90), "a"), (swept(record("all", accuracy=0.85), **setting), "b")]
+    table = compare(runs_frame(runs))
+    basis = table[table["selection"] == "all"].iloc[0]
+    assert pd.isna(basis["accuracy_change"]) and pd.isna(basis["step_speedup"])
+    assert basis["baseline_differs"] == ""
+
+
+def test_the_records_each_session_of_one_machine_published_add_up(tmp_path):
+    """A protocol continued on one machine over several sessions (GPU slots) published its
+    records in each: the machine's count is their sum, not the last session's."""
+    from basisconv.analysis.report import sessions_summary
+
+    (tmp_path / "sessions").mkdir()
+    for i, (seconds, published) in enumerate([(10.5, ["baseline/seed0.json",
+                                                      "baseline/seed1.json"]),
+                                              (20.0, ["sensitivity.json"])]):
+        (tmp_path / "sessions" / f"2026120{i + 1}T000000Z-0000000{i}.json").write_text(
+            json.dumps({"started": f"2026-12-0{i + 1}T00:00:00+00:00", "seconds": seconds,
+                        "exit_code": 0, "published": published,
+                        "provenance": {"hardware": {"gpu": "NVIDIA H200"}}}))
+    summary = sessions_summary(tmp_path)
+    assert summary["by_hardware"] == {
+        "NVIDIA H200": {"sessions": 2, "seconds": 30.5, "published": 3}}
+    assert (summary["sessions"], summary["seconds"], summary["published"]) == (2, 30.5, 3)
+
+
+def test_a_layer_that_saves_no_time_is_named_as_never_chosen_by_a_time_budget():
+    """The selection passes over a layer whose basis form saves nothing (``saving <= 0``),
+    so the page names it among those never chosen, whether it is slower or just as fast."""
+    from basisconv.analysis.sensitivity import measured_time_line
+
+    line = measured_time_line({"chosen": ["a"], "measured_time": {
+        "dense_step_seconds": 0.02, "layers": [
+            {"layer": "a", "seconds_saved": 1e-3}, {"layer": "even", "seconds_saved": 0.0},
+            {"layer": "slower", "seconds_saved": -5e-4},
+            {"layer": "unchosen", "seconds_saved": 2e-4}]}})
+    assert "the chosen layers save 1.00 ms (5.0 %)" in line
+    assert "slower in basis form (never chosen): even, slower." in line
+
+
+def test_a_threshold_record_that_names_no_metric_is_drawn_on_the_accuracy_panel(
+        tmp_path, monkeypatch):
+    """``selection.metric`` defaults to ``accuracy_drop`` (configs/selection/base.yaml, and
+    ``rule_in_words``): a record that does not name it has its threshold drawn there."""
+    from basisconv.analysis import sensitivity as drawn
+    figures = []
+    monkeypatch.setattr(drawn, "save_figure", lambda fig, path: figures.append(fig) or path)
+    table = pd.DataFrame({"layer": ["a", "b"], "position": [0, 1], "shape": ["8->8 k3"] * 2,
+                          "num_basis": [4, 4], "accuracy_drop": [0.03, 0.02],
+                          "loss_increase": [0.1, 0.01], "params_saved": [30, 10],
+                          "flops_saved": [2e6, 1e6]})
+    record = {"config": {"model": {"name": "resnet8", "width": 0.5}, "basis": {"size": 0.5},
+                         "selection": {"policy": "sensitivity_threshold", "threshold": 0.025}},
+              "sensitivity": {"key": "k", "policy": "sensitivity_threshold", "chosen": ["b"],
+                              "noise": None, "dense": {"params": 400, "flops": 6e7}},
+              "table": table.to_dict("records")}
+    drawn.draw_run(record, tmp_path)
+    dashed = [[line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+              for ax in figures[0].axes]
+    assert dashed == [[pytest.approx(2.5)], []]
+
+
+def test_the_training_curves_band_is_the_seeds_sample_std(tmp_path, monkeypatch):
+    """The band around a curve is ±1 sample std (n - 1), as the table's accuracy and the
+    accuracy plot's bars are, not the population std, which is narrower by sqrt(1/2) at
+    two seeds."""
+    from basisconv.analysis import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.training_curves(curves_frame([(r, "a") for r in RECORDS[:2]]), tmp_path / "c.png",
+                            "note")
+    band = drawn[0].axes[0].collections[0].get_paths()[0].vertices
+    last = band[band[:, 0] == 2, 1]  # seeds at 90 and 92 % at the last epoch
+    assert (last.min(), last.max()) == pytest.approx((91 - 1.41421, 91 + 1.41421), abs=1e-4)
+    figures.pyplot().close(drawn[0])
+
+
+def test_random_runs_of_one_seed_chosen_by_other_selection_seeds_are_two_runs():
+    """Runs of one row and seed whose ``selection.seed`` differs chose their layers by
+    other draws: they are two runs even where the draws happened to pick the same layers,
+    not one run trained twice whose copies are averaged into one."""
+    runs = [(swept(record("random", accuracy=accuracy), **{"selection.seed": draw}), "a")
+            for draw, accuracy in ((1, 0.80), (2, 0.84))]
+    table = compare(runs_frame(runs))
+    assert list(table["seeds"]) == [2]
+    assert table["test_accuracy_std"].iloc[0] == pytest.approx(0.0282843, abs=1e-6)
+
+
+def test_an_index_naming_files_outside_the_output_folder_removes_none_of_them(tmp_path):
+    """The files an earlier ``index.json`` lists are removed when not written again, and
+    only those directly in the output folder: an edited or foreign index that names
+    ``../<file>`` or ``<folder>/<file>`` must not delete the records or anything else."""
+    write_runs(tmp_path / "runs", RECORDS[:4])
+    results = tmp_path / "results"
+    (results / "kept").mkdir(parents=True)
+    (results / "kept" / "notes.md").write_text("mine")
+    (tmp_path / "beside.txt").write_text("mine")
+    (results / "index.json").write_text(json.dumps({"source": "local", "files": [
+        "../beside.txt", "kept/notes.md", "../runs/run0/run.json", "old-cpu-fp32.png"]}))
+    (results / "old-cpu-fp32.png").write_bytes(b"of runs now gone")
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    assert (tmp_path / "beside.txt").read_text() == "mine"
+    assert (results / "kept" / "notes.md").read_text() == "mine"
+    assert (tmp_path / "runs" / "run0" / "run.json").is_file()
+    assert not (results / "old-cpu-fp32.png").exists()
+
+
 def test_a_run_found_complete_and_as_a_copy_taken_while_it_ran_counts_as_complete(tmp_path):
     """Two records of one run (same config and provenance), one complete and one copied
     while it ran, are one finished run whichever folder sorts first: the copy first made

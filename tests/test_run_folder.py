@@ -1074,3 +1074,26 @@ def test_a_default_or_ignored_disposition_is_let_go_by_stops_let_go_and_left_by_
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background, or by nohup
     with signals.one_stop():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_the_temporary_of_a_write_in_flight_is_hidden_and_what_leftover_temporaries_finds(
+        tmp_path):
+    """A writer killed mid-write leaves its temporary file; ``leftover_temporaries`` must
+    find exactly the files ``write_atomic`` writes (a name it does not match is never
+    cleaned up, and the checks above that glob ``.*.tmp`` would not see it either), and
+    they are hidden, so a run folder's listing and the analysis's readers pass them by."""
+    from basisconv.records import leftover_temporaries, write_atomic
+
+    path = tmp_path / "run.json"
+    during = []
+
+    def write(f):
+        f.write(b"{}")
+        during.append(([p for p in tmp_path.iterdir() if p != path],
+                       leftover_temporaries(path)))
+
+    write_atomic(path, write)
+    (temporary,), found = during[0]
+    assert temporary.name.startswith(".run.json.") and temporary.name.endswith(".tmp")
+    assert found == [temporary]
+    assert leftover_temporaries(path) == [] and path.read_text() == "{}"

@@ -1555,3 +1555,23 @@ def test_an_ordered_policy_that_chooses_nothing_is_the_dense_model_with_a_warnin
     with caplog.at_level("WARNING", logger="basisconv"):
         layers, _ = sensitivity.choose_layers_and_table(cfg)
     assert layers is None and "chose no layer: the model stays dense" in caplog.text
+
+
+def test_a_kept_result_file_holding_another_jobs_result_is_not_taken_for_this_one(
+        repo, tmp_path, caplog):
+    """A kept result is named by a digest of its job; a file in that place that holds
+    another job (copied or renamed by hand, another version's digest) is not this job's
+    result: it is computed again, not used for the wrong subset of layers."""
+    from basisconv.progress import Progress
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    dense = build_model("resnet8", num_classes=10, width=0.25)
+    kept = Progress(tmp_path, cfg, torch.device("cpu"))
+    kept.start_from(dense)
+    kept.keep(["conv1"], 0, {"accuracy": 0.25})
+    kept.keep(["layer1.0.conv1"], 0, {"accuracy": 0.75})
+    theirs, mine = kept._job_path(["conv1"], 0), kept._job_path(["layer1.0.conv1"], 0)
+    mine.write_bytes(theirs.read_bytes())
+    assert kept.result(["conv1"], 0) == {"accuracy": 0.25}
+    assert kept.result(["layer1.0.conv1"], 0) is None
+    assert "holds another job" in caplog.text
