@@ -252,3 +252,16 @@ def test_a_fused_kernel_that_failed_to_compile_is_neither_timed_nor_chosen(monke
     assert timed == ["stacked", "dense", "fused", "stacked", "dense"]
     assert "fused" not in auto.choices().values()
     assert all("fused" not in times for times in auto.TIMINGS.values())
+
+
+def test_choices_in_a_record_name_all_they_were_chosen_by(monkeypatch):
+    """One shape timed in NCHW and in channels_last is two choices (test above); in the
+    record they must not read alike, nor two that differ in padding, dilation or bias."""
+    layer, x = layer_and_input("cpu")
+    with torch.no_grad():
+        layer(x)
+        layer(x.contiguous(memory_format=torch.channels_last))
+    described = auto.described()
+    assert len(described) == 2 and described[0] != described[1]
+    assert sorted(d["channels_last"] for d in described) == [False, True]
+    assert {"padding", "dilation", "bias"} <= described[0].keys()

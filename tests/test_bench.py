@@ -825,3 +825,22 @@ def test_the_cuda_peak_is_of_the_measured_steps_not_of_the_warm_up(monkeypatch, 
     bench_train.measure(bench_train.ThroughputOptions(
         model="resnet8", batch_size=6, steps=3, warmup=2, threads=1))
     assert events == [("epoch", 2), "reset", ("epoch", 3), "peak"]
+
+
+def test_an_auto_benchmarks_record_lists_only_the_shapes_it_timed(tmp_path, monkeypatch):
+    """The forms chosen stay for the process, so a second benchmark in it (a script's
+    sweep, a notebook) must list only its own shapes, not the first one's too."""
+    from basisconv.kernels import auto
+
+    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
+                           parts=["layers"], quick=True, combine="auto")
+    auto.forget()
+    try:
+        for width in (4, 6):
+            monkeypatch.setattr(speed, "resnet18_shapes",
+                                lambda: {ConvShape(width, width, 3, 1, 1, 4): ["x"]})
+            result = speed.run(options, tmp_path / str(width), progress=lambda s: None)
+    finally:
+        auto.forget()
+    choices = read_record(result.files[1])["auto_choices"]
+    assert {c["input"][1] for c in choices} == {6}

@@ -601,6 +601,7 @@ def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
                 "cuda_graphs": options.cuda_graphs}
     progress(f"benchmark {tag}: {settings}")
     started, load = time.time(), os.getloadavg()
+    auto.start_run()  # the record lists the combine=auto shapes of this benchmark alone
     layer_rows, model_rows, profiled = [], [], None
     if "layers" in options.parts:
         progress("single layers (ResNet-18 conv shapes):")
@@ -612,7 +613,7 @@ def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
     record = RunRecord("benchmark", dataclasses.asdict(options), provenance(command), "complete", {
         "settings": settings, "seconds": round(time.time() - started, 1),
         "load_average_before_after": [load, os.getloadavg()],
-        **({"auto_choices": auto.described()} if options.combine == "auto" else {})})
+        **({"auto_choices": auto.described(this_run=True)} if options.combine == "auto" else {})})
     out, files = Path(out_dir), []
     for stem, rows, extra in ((LAYER_FILE, layer_rows, {}),
                               (MODEL_FILE, model_rows, _model_summary(model_rows))):

@@ -55,11 +55,13 @@ def start_run() -> None:
 
 
 def described(this_run: bool = False) -> list[dict]:
-    """The choices made so far, for a record: per shape the form and the times behind it;
+    """The choices made so far, for a record: per shape (every part of the key it was
+    chosen by, so that two choices never read alike) the form and the times behind it;
     ``this_run``: only the shapes looked up since :func:`start_run`."""
     return [{"device": key[0], "dtype": str(key[1]).removeprefix("torch."),
-             "input": list(key[2]), "basis_weight": list(key[4]), "out_channels": key[5],
-             "stride": list(key[7]), "backward": key[10], "form": form,
+             "input": list(key[2]), "channels_last": key[3], "basis_weight": list(key[4]),
+             "out_channels": key[5], "bias": key[6], "stride": list(key[7]),
+             "padding": key[8], "dilation": list(key[9]), "backward": key[10], "form": form,
              "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
             for key, form in _CHOICES.items() if not this_run or key in _LOOKED_UP]
 
