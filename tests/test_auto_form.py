@@ -254,6 +254,89 @@ def test_a_fused_kernel_that_failed_to_compile_is_neither_timed_nor_chosen(monke
     assert all("fused" not in times for times in auto.TIMINGS.values())
 
 
+def test_a_form_is_timed_by_the_median_of_its_calls_after_an_untimed_first(monkeypatch):
+    """A form's first call on a shape picks cuDNN's algorithm, autotunes Triton or
+    allocates: timed, it would make a form look slow for what no later call pays. So
+    ``_time`` runs ``REPEATS + 1`` calls and takes the median of all but the first. On a
+    clock that a call advances by 100 s, then 1, 2 and 3 s, that is 2 s (the first call
+    counted: 2.5 s; one call fewer: 1.5 s)."""
+    from types import SimpleNamespace
+
+    now, durations, calls = [0.0], iter([100.0, 1.0, 2.0, 3.0]), []
+
+    def form(x, *rest):
+        calls.append(x.shape)
+        now[0] += next(durations)
+        return x
+
+    monkeypatch.setattr(auto, "REPEATS", 3)
+    monkeypatch.setitem(auto.FORMS, "clocked", form)
+    monkeypatch.setattr(auto, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    x = torch.zeros(1, 2, 3, 3)
+    args = (x, torch.zeros(2, 2, 1, 1), torch.zeros(4, 2), None, (1, 1), (0, 0), (1, 1))
+    assert auto._time("clocked", args, backward=False) == 2.0
+    assert len(calls) == 4
+
+
+def test_the_fused_kernel_is_not_timed_under_tritons_interpreter(monkeypatch):
+    """Under ``TRITON_INTERPRET=1`` the kernel runs (on CPU, in float32), but timing it
+    would time NumPy stepping through the kernel, seconds per call, never the fastest form:
+    "auto" offers only the PyTorch forms there."""
+    from basisconv.kernels import triton_conv
+
+    monkeypatch.setattr(triton_conv, "interpreting", lambda: True)
+    monkeypatch.setattr(triton_conv, "unsupported", lambda *args, **kwargs: None)  # it runs
+    x = torch.zeros(1, 4, 9, 9)
+    assert auto.candidates(x, torch.zeros(3, 4, 3, 3), (1, 1), (1, 1), (1, 1), 6) == [
+        "stacked", "dense"]
+
+
+def test_a_shape_in_channels_last_is_measured_apart_from_the_same_shape_in_nchw(monkeypatch):
+    """The forms' speeds depend on the memory layout (cuDNN's and oneDNN's kernels differ
+    between NCHW and NHWC), and a benchmark or a run may call one shape in both: a choice
+    timed in one layout is not the other's."""
+    calls = []
+    real = auto._time
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: calls.append(
+        args[0].is_contiguous(memory_format=torch.channels_last)) or real(f, args, backward))
+    layer, x = layer_and_input("cpu")
+    with torch.no_grad():
+        layer(x)
+        layer(x.contiguous(memory_format=torch.channels_last))
+    assert calls == [False, False, True, True] and len(auto.choices()) == 2
+
+
+def test_a_kernel_that_failed_to_compile_under_autocast_is_not_offered_again(monkeypatch):
+    """Under autocast the kernel compiles for the autocast dtype (the inputs are cast
+    first), and its failure is remembered by that dtype; the question "did it fail for this
+    call?" is asked of the float32 input the layer got, so it must ask in the dtype the call
+    computes in. Asked in the input's, a bf16 training run timed the stacked form as
+    ``fused`` again for every shape whose kernel had failed."""
+    import warnings
+
+    from basisconv.kernels import fused, triton_conv
+
+    monkeypatch.setattr(fused, "_FAILED", {})
+    monkeypatch.setattr(fused, "_WARNED", set())
+    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)  # as on a GPU
+    monkeypatch.setattr(triton_conv, "unsupported", lambda *args, **kwargs: None)
+    OutOfResources = type("OutOfResources", (Exception,), {"__module__": "triton.runtime.errors"})
+
+    def no_resources(*args, **kwargs):
+        raise OutOfResources("out of resource: shared memory")
+
+    monkeypatch.setattr(triton_conv, "basis_conv", no_resources)
+    x, weight, combination = torch.randn(2, 4, 6, 6), torch.randn(3, 4, 3, 3), torch.randn(5, 3)
+    conv = ((1, 1), (1, 1), (1, 1))  # stride, padding, dilation
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused.fused_forward(x, weight, combination, None, *conv)  # fails: the stacked form
+        assert fused.failed_to_compile(x, weight, 5, *conv)
+        assert "fused" not in auto.candidates(x, weight, *conv, 5)
+    assert not fused.failed_to_compile(x, weight, 5, *conv)  # float32: not tried yet
+
+
+
 def test_choices_in_a_record_name_all_they_were_chosen_by(monkeypatch):
     """One shape timed in NCHW and in channels_last is two choices (test above); in the
     record they must not read alike, nor two that differ in padding, dilation or bias."""

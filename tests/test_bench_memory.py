@@ -103,3 +103,19 @@ def test_the_forward_graph_and_what_it_kept_are_freed_on_return():
     assert saved_for_backward(conv, forward) == (x.numel() + 2 * 4 * 5 * 5) * FLOAT
     gc.collect()
     assert outputs[0]() is None
+
+
+def test_the_benchmarks_memory_of_a_bf16_run_is_that_of_its_autocast_forward():
+    """``benchmark_layers.py --amp bf16`` counts what its training forward keeps under
+    autocast: a conv keeps bf16 copies of its input and weight (2 bytes an element, the
+    weight's copy not a parameter), not the float32 input a forward without autocast keeps."""
+    from basisconv.bench.layers import _memory
+    from basisconv.timing import Runner
+
+    conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    x = torch.randn(2, 8, 10, 10)
+    memory = _memory({"dense": conv}, Runner("cpu", amp="bf16", channels_last=False), x,
+                     lambda out: out.float().sum().backward())
+    saved, peak = memory["dense"]
+    assert saved * MIB == (x.numel() + conv.weight.numel()) * 2
+    assert peak != peak  # NaN: no CUDA peak on a CPU

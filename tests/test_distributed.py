@@ -398,3 +398,20 @@ def test_only_a_collective_the_other_end_left_is_another_processs_failure(monkey
     # that carries the collective's failure): torchrun's environment still tells
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert distributed.peer_failure(gloo).startswith("another process of this torchrun job")
+
+
+def test_a_synchronized_norm_takes_the_global_batchs_count_from_the_all_reduce(monkeypatch):
+    """Two processes holding the same batch: the global batch is that batch twice, with the
+    batch's own mean and variance, so the synchronized norm is torch's norm of the one
+    batch. Here the all-reduce sums two equal processes (it doubles); a norm that divided
+    the global sums by its local count would take twice the mean. (The one-process tests
+    cannot tell the two counts apart; the torchrun tests can, at minutes each.)"""
+    torch.manual_seed(0)
+    plain = torch.nn.BatchNorm2d(3)
+    synced = distributed.convert_sync_batchnorm(torch.nn.Sequential(copy.deepcopy(plain)),
+                                                torch.device("cpu"))
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)  # no process group
+    monkeypatch.setattr(distributed._AllReduceSum, "apply", staticmethod(lambda t: 2 * t))
+    x = torch.randn(4, 3, 5, 5) + 1.0
+    torch.testing.assert_close(synced(x), plain(x))
+    torch.testing.assert_close(synced[0].running_mean, plain.running_mean)

@@ -375,3 +375,34 @@ def test_a_benchmarks_graphed_training_step_computes_what_the_eager_one_does(dev
     tolerance = 1e-5 if amp == "none" else 2e-2
     for eager, replayed in zip(after[False], after[True]):
         torch.testing.assert_close(replayed, eager, rtol=tolerance, atol=tolerance)
+
+
+def test_the_static_buffers_keep_the_batchs_channels_last_layout():
+    """Every replay reads its batch from the static buffers. Made contiguous (NCHW) for a
+    channels_last batch, each copy into them would transpose the batch and the captured
+    step would run its convs on another layout than the eager step and the model: equal in
+    value (so the equivalence tests above pass), but slower on the GPU the graphs are for."""
+    images = torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last)
+    labels = torch.zeros(4, dtype=torch.long)
+    seen = []
+
+    def evaluate(images, labels, count):
+        seen.append(images.is_contiguous(memory_format=torch.channels_last))
+
+    step = graphs.GraphedEvalStep(evaluate, torch.device("cpu"))
+    step(images, labels)
+    step(images, labels)
+    assert seen == [True, True]  # the eager first batch, then the "replay"
+
+    weight = torch.nn.Parameter(torch.ones(()))
+
+    def forward(images, labels):
+        seen.append(images.is_contiguous(memory_format=torch.channels_last))
+        return weight * images.sum()
+
+    train = graphs.GraphedTrainStep(forward, torch.optim.SGD([weight], lr=0.1),
+                                    torch.device("cpu"))
+    seen.clear()
+    for _ in range(3):
+        train(images, labels)
+    assert seen == [True, True, True]

@@ -606,3 +606,44 @@ def test_an_nchw_input_gets_a_contiguous_output_as_from_the_dense_conv(device, k
     reference = F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1)
     assert reference.is_contiguous() and y.is_contiguous()
     torch.testing.assert_close(y.view(2, -1), reference.view(2, -1), rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_resources_are_read_for_the_kernel_a_training_step_runs(monkeypatch):
+    """The resource table (``scripts/kernel_resources.py``) judges tiles before GPU time is
+    spent on them, so it must compile the variant training runs: with a bias, and storing
+    the basis maps for the combination's gradient (an extra ``[M, m]`` output, its registers
+    and stores), at ``BLOCK_N`` = the basis width and the tile's warps and stages. A
+    variant without the store would report a kernel no training step launches."""
+    from basisconv.bench.kernel_resources import Tile, compile_tile
+
+    monkeypatch.delenv("TRITON_INTERPRET")  # (the compiler's kernel, not the interpreter's)
+    seen = {}
+    monkeypatch.setattr(triton_conv.triton, "compile",
+                        lambda source, target, options: seen.update(source=source,
+                                                                    options=options))
+    compile_tile(Tile(64, 32, 64, 4, 3), 16)
+    source = seen["source"]
+    constants = {source.fn.arg_names[key[0]]: value for key, value in source.constants.items()}
+    assert constants["STORE_BASIS"] is True and constants["HAS_BIAS"] is True
+    assert (constants["BLOCK_M"], constants["BLOCK_N"], constants["BLOCK_K"],
+            constants["BLOCK_C"]) == (64, 16, 32, 64)
+    assert seen["options"] == {"num_warps": 4, "num_stages": 3}
+
+
+def test_kernel_resources_report_shared_memory_in_kib_against_hoppers_block_limit(
+        monkeypatch):
+    """A row's ``shared_kib`` is in KiB (1024 bytes), the unit of the 227 KiB an sm_90
+    block may use, and ``fits`` says whether the block's shared memory is within that
+    limit: exactly 227 KiB fits, one byte more does not."""
+    from types import SimpleNamespace
+
+    from basisconv.bench import kernel_resources
+
+    monkeypatch.setattr(kernel_resources, "ptxas_usage",
+                        lambda ptx: {"registers": 128, "spill_store_bytes": 0})
+    tile = kernel_resources.Tile(64, 32, 64, 4, 3)
+    for shared, fits in ((227 * 1024, True), (227 * 1024 + 1, False)):
+        monkeypatch.setattr(kernel_resources, "compile_tile", lambda *args, shared=shared: (
+            SimpleNamespace(metadata=SimpleNamespace(shared=shared), asm={"ptx": ""})))
+        row = kernel_resources.tile_resources(tile, 16)
+        assert (row["shared_kib"], row["fits"]) == (227.0, fits)

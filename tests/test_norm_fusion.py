@@ -429,3 +429,61 @@ def test_a_norm_whose_tracking_is_switched_off_keeps_its_running_statistics(mome
     for name, buffer in norm.named_buffers():
         torch.testing.assert_close(dict(fused_norm.named_buffers())[name], buffer)
     assert float(fused_norm.running_mean[0]) == 0.3
+
+
+def test_a_folded_norm_without_relu_keeps_only_the_basis_maps_so_its_output_can_change():
+    """Without a ReLU the backward needs no mask, so the output is not saved: the memory of
+    a full-width tensor per layer (the memory benchmark's point), and the output may be
+    changed in place afterwards, as after the unfused batch norm (whose backward keeps its
+    input, not its output). Saved, the in-place change broke the backward."""
+    from basisconv.bench.memory import saved_for_backward
+
+    (conv, norm), (fconv, fnorm) = pair(layers("converted", "cpu"), {}, "cpu")
+    x = torch.randn(2, conv.in_channels, 6, 5, dtype=torch.float64)
+    grads = []
+    for c, n in ((conv, norm), (fconv, fnorm)):
+        out = conv_norm_act(c, n, x, relu=False)
+        out.mul_(2.0)  # (a residual block's in-place addition, say)
+        grads.append(torch.autograd.grad(out.pow(3).sum(), [c.coefficients, n.weight]))
+    for got, ref in zip(*grads[::-1]):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+    kept = {relu: saved_for_backward(fconv, lambda: conv_norm_act(fconv, fnorm, x, relu=relu))
+            for relu in (True, False)}
+    assert kept[True] - kept[False] == 2 * conv.out_channels * 6 * 5 * 8  # the output, float64
+
+
+def test_basis_moments_of_bf16_maps_are_taken_in_float32():
+    """Under bf16 autocast the basis maps are bf16; their mean and covariance in bf16 (8
+    bits) lose what batch norm, which takes its statistics in float32, keeps: at a mean of
+    100 a bf16 value is a multiple of 0.5, so a unit variance came out about 2 % off.
+    The moments must be those of the same bf16 values in float64, to float32 precision."""
+    from basisconv.kernels.norm import basis_moments
+
+    torch.manual_seed(0)
+    maps = (100 + torch.randn(4, 3, 8, 8)).to(torch.bfloat16)
+    mean, cov = basis_moments(maps)
+    rows = maps.double().permute(0, 2, 3, 1).reshape(-1, 3)
+    want_mean = rows.mean(0)
+    want_cov = (rows - want_mean).T @ (rows - want_mean) / rows.shape[0]
+    torch.testing.assert_close(cov.double(), want_cov, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean.double(), want_mean, rtol=1e-6, atol=1e-5)
+    assert mean.dtype == cov.dtype == torch.float32
+
+
+@pytest.mark.parametrize("frozen", ["weight", "bias"])
+def test_a_norm_with_one_parameter_frozen_gets_the_other_ones_gradient(frozen):
+    """Each of the norm's parameters gets its gradient by its own ``requires_grad``: with
+    the scale frozen (a fixed gamma, say) the shift still trains, and the other way
+    round, as in the unfused layers."""
+    (conv, norm), (fconv, fnorm) = pair(layers("converted", "cpu"), {}, "cpu")
+    x = torch.randn(2, conv.in_channels, 6, 5, dtype=torch.float64)
+    grads = []
+    for c, n in ((conv, norm), (fconv, fnorm)):
+        getattr(n, frozen).requires_grad_(False)
+        conv_norm_act(c, n, x, relu=True).pow(3).sum().backward()
+        grads.append((n.weight.grad, n.bias.grad))
+    (weight, bias), (fused_weight, fused_bias) = grads
+    assert (fused_weight is None, fused_bias is None) == (frozen == "weight", frozen == "bias")
+    for got, ref in ((fused_weight, weight), (fused_bias, bias)):
+        if ref is not None:
+            torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)

@@ -327,3 +327,41 @@ def test_a_sensitivity_run_records_the_threads_its_layers_were_timed_on(repo, tm
     assert record["provenance"]["hardware"]["torch_threads"] == 1
     cached, = (tmp_path / "cache" / "layer-times").glob("*.json")
     assert json.loads(cached.read_text())["provenance"]["hardware"]["torch_threads"] == 1
+
+
+def test_the_budgets_100_percent_is_the_dense_step_in_the_seconds_layers_save(repo, tmp_path,
+                                                                              monkeypatch):
+    """The dense step is the budget's 100 % and each layer's ``seconds_saved`` what it
+    takes off it: both in seconds. At a 10 ms step and 10 % to save, two layers of 0.6 ms
+    each meet the 1 ms target and a third is not converted; a step in other units (ms)
+    makes the target unreachable and converts every layer that saves anything."""
+    calls = []
+
+    def every_layer_saves(model, basis_model, names, runner, batch, image, **_):
+        calls.append(list(names))
+        return pd.DataFrame([{"layer": n, "dense_ms": 1.0, "basis_ms": 0.4,
+                              "seconds_saved": 0.6e-3} for n in names]), 10e-3
+
+    monkeypatch.setattr(time_budget, "layer_time_savings", every_layer_saves)
+    cfg = compose_timed(repo, tmp_path, "trainer.threads=1")
+    model = build_model("resnet8", width=0.5)
+    table = selection.layer_savings(model, cfg.basis)
+    _, dense = time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
+    assert dense["time"] == pytest.approx(10e-3)
+    assert len(calls[0]) > 2
+    assert sensitivity.choose_layers(cfg) == calls[0][:2]
+
+
+def test_the_table_names_the_device_measured_on_not_the_configs_auto(repo, tmp_path,
+                                                                      monkeypatch):
+    """The run's record says which device the times are of (``measured_on``): with
+    ``trainer.device=auto`` that is the device auto resolved to, both when measured and
+    when read back from the cache, never "auto"."""
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings([]))
+    cfg = compose_timed(repo, tmp_path, "trainer.threads=1", "trainer.device=auto")
+    model = build_model("resnet8", width=0.5)
+    table = selection.layer_savings(model, cfg.basis)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    for _ in ("measured", "cached"):
+        timed, _ = time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
+        assert timed.attrs["measured_on"].startswith(expected)
