@@ -450,11 +450,12 @@ def test_the_chosen_layers_table_sums_what_the_chosen_layers_save():
 
 
 @pytest.mark.parametrize("metric, panel, at", [("accuracy_drop", 0, 5.0),
-                                               ("loss_increase", 1, 0.05)])
+                                               ("loss_increase", 1, 0.05), (None, 0, 5.0)])
 def test_the_sensitivity_plot_draws_a_threshold_on_the_panel_of_its_metric(
         tmp_path, monkeypatch, metric, panel, at):
     """Found in review: a loss_increase threshold was drawn on the accuracy-drop panel (at
-    100x its value), above layers it did not choose."""
+    100x its value), above layers it did not choose. A record that names no metric has the
+    default's, ``accuracy_drop`` (configs/selection/base.yaml, ``rule_in_words``)."""
     from basisconv.analysis import sensitivity as drawn
     figures = []
     monkeypatch.setattr(drawn, "save_figure", lambda fig, path: figures.append(fig) or path)
@@ -463,8 +464,8 @@ def test_the_sensitivity_plot_draws_a_threshold_on_the_panel_of_its_metric(
                           "loss_increase": [0.1, 0.01], "params_saved": [30, 10],
                           "flops_saved": [2e6, 1e6]})
     record = {"config": {"model": {"name": "resnet8", "width": 0.5}, "basis": {"size": 0.5},
-                         "selection": {"policy": "sensitivity_threshold", "metric": metric,
-                                       "threshold": 0.05}},
+                         "selection": {"policy": "sensitivity_threshold", "threshold": 0.05,
+                                       **({"metric": metric} if metric else {})}},
               "sensitivity": {"key": "k", "policy": "sensitivity_threshold", "chosen": ["b"],
                               "noise": None, "dense": {"params": 400, "flops": 6e7}},
               "table": table.to_dict("records")}
@@ -1909,28 +1910,6 @@ def test_a_layer_that_saves_no_time_is_named_as_never_chosen_by_a_time_budget():
             {"layer": "unchosen", "seconds_saved": 2e-4}]}})
     assert "the chosen layers save 1.00 ms (5.0 %)" in line
     assert "slower in basis form (never chosen): even, slower." in line
-
-
-def test_a_threshold_record_that_names_no_metric_is_drawn_on_the_accuracy_panel(
-        tmp_path, monkeypatch):
-    """``selection.metric`` defaults to ``accuracy_drop`` (configs/selection/base.yaml, and
-    ``rule_in_words``): a record that does not name it has its threshold drawn there."""
-    from basisconv.analysis import sensitivity as drawn
-    figures = []
-    monkeypatch.setattr(drawn, "save_figure", lambda fig, path: figures.append(fig) or path)
-    table = pd.DataFrame({"layer": ["a", "b"], "position": [0, 1], "shape": ["8->8 k3"] * 2,
-                          "num_basis": [4, 4], "accuracy_drop": [0.03, 0.02],
-                          "loss_increase": [0.1, 0.01], "params_saved": [30, 10],
-                          "flops_saved": [2e6, 1e6]})
-    record = {"config": {"model": {"name": "resnet8", "width": 0.5}, "basis": {"size": 0.5},
-                         "selection": {"policy": "sensitivity_threshold", "threshold": 0.025}},
-              "sensitivity": {"key": "k", "policy": "sensitivity_threshold", "chosen": ["b"],
-                              "noise": None, "dense": {"params": 400, "flops": 6e7}},
-              "table": table.to_dict("records")}
-    drawn.draw_run(record, tmp_path)
-    dashed = [[line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
-              for ax in figures[0].axes]
-    assert dashed == [[pytest.approx(2.5)], []]
 
 
 def test_the_training_curves_band_is_the_seeds_sample_std(tmp_path, monkeypatch):

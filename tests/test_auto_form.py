@@ -214,17 +214,14 @@ def test_the_fused_kernel_is_a_candidate_only_where_it_would_run(monkeypatch, pa
     assert ("fused" in forms) == fused and forms[:2] == ["stacked", "dense"]
 
 
-def test_a_fused_kernel_that_failed_to_compile_is_neither_timed_nor_chosen(monkeypatch):
-    """Found in review: where the kernel failed to compile for a shape (out of shared memory
-    on some GPU), ``fused`` runs the stacked form; auto still timed it under the kernel's
-    name, could choose and record it, and offered it again for the shape's other calls."""
-    import warnings
-
+def kernel_fails_to_compile(monkeypatch) -> None:
+    """As on a GPU where the kernel runs out of shared memory for every shape: the fused
+    op's Triton call raises Triton's error (each test starts with no failure remembered)."""
     from basisconv.kernels import fused, triton_conv
 
     monkeypatch.setattr(fused, "_FAILED", {})
     monkeypatch.setattr(fused, "_WARNED", set())
-    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)  # as on a GPU
+    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)
     monkeypatch.setattr(triton_conv, "unsupported", lambda *args, **kwargs: None)
     OutOfResources = type("OutOfResources", (Exception,), {"__module__": "triton.runtime.errors"})
 
@@ -232,6 +229,15 @@ def test_a_fused_kernel_that_failed_to_compile_is_neither_timed_nor_chosen(monke
         raise OutOfResources("out of resource: shared memory")
 
     monkeypatch.setattr(triton_conv, "basis_conv", no_resources)
+
+
+def test_a_fused_kernel_that_failed_to_compile_is_neither_timed_nor_chosen(monkeypatch):
+    """Found in review: where the kernel failed to compile for a shape (out of shared memory
+    on some GPU), ``fused`` runs the stacked form; auto still timed it under the kernel's
+    name, could choose and record it, and offered it again for the shape's other calls."""
+    import warnings
+
+    kernel_fails_to_compile(monkeypatch)
     timed = []
     real = auto._time
 
@@ -314,18 +320,9 @@ def test_a_kernel_that_failed_to_compile_under_autocast_is_not_offered_again(mon
     ``fused`` again for every shape whose kernel had failed."""
     import warnings
 
-    from basisconv.kernels import fused, triton_conv
+    from basisconv.kernels import fused
 
-    monkeypatch.setattr(fused, "_FAILED", {})
-    monkeypatch.setattr(fused, "_WARNED", set())
-    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)  # as on a GPU
-    monkeypatch.setattr(triton_conv, "unsupported", lambda *args, **kwargs: None)
-    OutOfResources = type("OutOfResources", (Exception,), {"__module__": "triton.runtime.errors"})
-
-    def no_resources(*args, **kwargs):
-        raise OutOfResources("out of resource: shared memory")
-
-    monkeypatch.setattr(triton_conv, "basis_conv", no_resources)
+    kernel_fails_to_compile(monkeypatch)
     x, weight, combination = torch.randn(2, 4, 6, 6), torch.randn(3, 4, 3, 3), torch.randn(5, 3)
     conv = ((1, 1), (1, 1), (1, 1))  # stride, padding, dilation
     with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
@@ -334,7 +331,6 @@ def test_a_kernel_that_failed_to_compile_under_autocast_is_not_offered_again(mon
         assert fused.failed_to_compile(x, weight, 5, *conv)
         assert "fused" not in auto.candidates(x, weight, *conv, 5)
     assert not fused.failed_to_compile(x, weight, 5, *conv)  # float32: not tried yet
-
 
 
 def test_choices_in_a_record_name_all_they_were_chosen_by(monkeypatch):
