@@ -264,11 +264,10 @@ def is_record(data: Any) -> bool:
 def read_records(root: str | Path, unreadable: list[str] | None = None
                  ) -> list[tuple[dict, Path]]:
     """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
-    run found twice (its folder's record and a published copy) once, its complete record
-    where one of them is. The unreadable ones
-    (not JSON, cut off, or lacking a field analysis reads: ``basisconv.records.REQUIRED``)
-    are skipped, each logged, and appended to ``unreadable`` when given; JSON files that
-    are no records at all are left out."""
+    run found twice (its folder's record and a published copy) once, by its complete record
+    where one of them is. The unreadable ones (not JSON, cut off, or lacking a field
+    analysis reads: ``basisconv.records.REQUIRED``) are skipped, each logged, and appended
+    to ``unreadable`` when given; JSON files that are no records at all are left out."""
     found: list[tuple[dict, Path]] = []
     seen: dict[str, int] = {}  # a run's identity -> its place in found
     for path in record_files(root):
