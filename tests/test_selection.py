@@ -1575,3 +1575,54 @@ def test_a_kept_result_file_holding_another_jobs_result_is_not_taken_for_this_on
     assert kept.result(["conv1"], 0) == {"accuracy": 0.25}
     assert kept.result(["layer1.0.conv1"], 0) is None
     assert "holds another job" in caplog.text
+
+
+@pytest.mark.parametrize("given", [
+    {"policy": "first_k", "count": 2},
+    {"policy": "sensitivity_budget", "metric": "accuracy_drop", "count": 2},
+    {"policy": "sensitivity_budget", "metric": "accuracy_drop", "budget_metric": "flops",
+     "budget_reduction": 0.2},
+    {"policy": "sensitivity_threshold", "metric": "accuracy_drop", "threshold": 0.0}])
+def test_a_candidate_table_that_lists_a_layer_twice_is_one_error_naming_it(given):
+    """A table has one row per candidate; one that lists a layer twice (two scans
+    concatenated) passed the each-candidate-once check, which compares the order with the
+    table's own (repeated) names: a count of 2 chose ["a", "a"] (one layer, where the
+    baselines get two) and a 20 % budget was "met" by one layer saving 10 %."""
+    table = pd.DataFrame({"layer": ["a", "b", "a"], "position": [0, 1, 0],
+                          "accuracy_drop": [0.0, 0.01, 0.0], "loss_increase": [0.0, 0.0, 0.0],
+                          "params_saved": [10, 10, 10], "flops_saved": [10, 10, 10]})
+    with pytest.raises(ConfigError, match="'a'") as err:
+        pick_layers(given, table, {"params": 100, "flops": 100})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("given", [
+    {"policy": "first_k", "count": 1},
+    {"policy": "sensitivity_budget", "metric": "accuracy_drop", "budget_metric": "flops",
+     "budget_reduction": 0.2},
+    {"policy": "sensitivity_threshold", "metric": "accuracy_drop", "threshold": 0.0}])
+def test_an_empty_candidate_table_is_one_error_saying_there_is_no_candidate(given):
+    """A table with no rows (a filter that removed every layer) is a mistake to name, as
+    layer_savings names it ("no candidate layer"): a count said "choose 1..0", which no
+    count can follow, and a budget warned that converting every candidate saves 0 %."""
+    with pytest.raises(ConfigError, match="no candidate") as err:
+        pick_layers(given, TABLE.iloc[:0], DENSE)
+    assert "1..0" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("column, given", [
+    ("flops_saved", {"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0.1}),
+    ("accuracy_drop", {"policy": "sensitivity_budget", "metric": "accuracy_drop", "count": 1}),
+    ("accuracy_drop", {"policy": "sensitivity_threshold", "metric": "accuracy_drop",
+                       "threshold": 0.05})])
+def test_a_missing_number_in_a_column_the_policy_reads_is_one_error_naming_the_layer(column,
+                                                                                     given):
+    """A table read back from a CSV with an empty cell has a NaN where a number belongs.
+    Nothing refused it: a NaN saving made the budget's running sum NaN, never "met", so a
+    10 % budget converted every layer after it; a NaN drop was ranked last or silently left
+    out, where the scan refuses such a value because it would rank the layer anywhere."""
+    table = TABLE.copy()
+    table.loc[1, column] = float("nan")  # layer "b"
+    with pytest.raises(ConfigError, match=rf"{column}.*'b'|'b'.*{column}") as err:
+        pick_layers(given, table, DENSE)
+    assert "\n" not in str(err.value)

@@ -208,7 +208,18 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     if selection.policy not in ORDERED_POLICIES:
         raise ConfigError(f"selection.policy={selection.policy!r} needs no candidate table: "
                           f"pick_layers takes {', '.join(ORDERED_POLICIES)}")
+    if table.empty:  # (a count would be told to choose 1..0, a budget that nothing saves)
+        raise ConfigError("pick_layers: the candidate table has no rows, so there is no "
+                          "candidate layer to choose; give the layers to choose from "
+                          "(sensitivity.layers, or the layers given to layer_savings)")
+    repeated = sorted(set(table["layer"][table["layer"].duplicated()]))
+    if repeated:  # its saving would count twice toward a budget, a count choose it twice
+        raise ConfigError(f"pick_layers: the candidate table lists layer(s) "
+                          f"{', '.join(map(repr, repeated))} more than once; it needs one row "
+                          f"per candidate (e.g. table.drop_duplicates('layer'))")
     order = candidate_order(selection, table)
+    if selection.policy in SENSITIVITY_POLICIES:
+        refuse_missing_numbers(table, selection.metric, "selection.metric")
     # each candidate once, nothing else: a policy's order that repeated a layer counted its
     # saving twice toward the budget, and an unknown name failed deep in the budget rule
     if sorted(order) != sorted(table["layer"]):
@@ -227,6 +238,25 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     else:
         chosen = meet_budget(order, table, selection, dense)
     return sorted(chosen, key=positions.__getitem__)
+
+
+def refuse_missing_numbers(table: pd.DataFrame, column: str, key: str) -> None:
+    """One error naming the layers whose ``column`` holds no finite number (a table read
+    back from a CSV with an empty cell): a NaN would rank its layer anywhere, or make a
+    budget's running sum NaN, never met, so that every later layer is converted."""
+    bad = [layer for layer, value in zip(table["layer"], table[column])
+           if not _finite_number(value)]
+    if bad:
+        raise ConfigError(f"pick_layers: the candidate table's {column} column (read for "
+                          f"{key}) holds no number for layer(s) {', '.join(map(repr, bad))}; "
+                          f"measure them again or leave them out of the table")
+
+
+def _finite_number(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def selection_config(selection: Mapping) -> DictConfig:
@@ -416,6 +446,7 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
             f"{column} column or the dense totals no {selection.budget_metric!r} (time is "
             f"measured by the pipeline, basisconv.time_budget.with_measured_time); use "
             f"params or flops")
+    refuse_missing_numbers(table, column, "selection.budget_metric")
     target = selection.budget_reduction * dense[selection.budget_metric]
     saving = dict(zip(table["layer"], table[column]))
 
