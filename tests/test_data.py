@@ -66,10 +66,15 @@ def test_a_python_batch_whose_images_and_labels_disagree_is_a_clear_error(tmp_pa
         load_cifar10(tmp_path, verify_md5=False)
 
 
-@pytest.mark.parametrize("pixels", ["float_in_0_1", "int64_beyond_255", "int64_bytes"])
+@pytest.mark.parametrize("pixels", ["float_in_0_1", "int64_beyond_255", "int64_bytes",
+                                    "uint16_beyond_255", "uint16_bytes", "uint32_bytes",
+                                    "uint64_bytes"])
 def test_own_python_batches_whose_pixels_are_not_bytes_are_a_clear_error(tmp_path, pixels):
     """Found in review: float pixels in [0, 1] were cast to uint8 (near-black images) and
-    wider integers wrapped modulo 256, silently. Integers within 0..255 are bytes."""
+    wider integers wrapped modulo 256, silently. Integers within 0..255 are bytes. Unsigned
+    wider integers (numpy's uint16, uint32, uint64, e.g. 16-bit images) are checked the
+    same way: torch has no minimum of them, and their check was a NotImplementedError
+    from deep inside torch instead."""
     import pickle
 
     folder = write_cifar(tmp_path, "py")
@@ -78,9 +83,13 @@ def test_own_python_batches_whose_pixels_are_not_bytes_are_a_clear_error(tmp_pat
     data = batch[b"data"]
     batch[b"data"] = {"float_in_0_1": data.astype("float32") / 255,
                       "int64_beyond_255": data.astype("int64") * 4,
-                      "int64_bytes": data.astype("int64")}[pixels]
+                      "int64_bytes": data.astype("int64"),
+                      "uint16_beyond_255": data.astype("uint16") * 4,
+                      "uint16_bytes": data.astype("uint16"),
+                      "uint32_bytes": data.astype("uint32"),
+                      "uint64_bytes": data.astype("uint64")}[pixels]
     path.write_bytes(pickle.dumps(batch))
-    if pixels == "int64_bytes":
+    if pixels.endswith("_bytes"):
         loaded = load_cifar10(tmp_path, verify_md5=False).train_images
         assert loaded.dtype == torch.uint8 and torch.equal(
             loaded[len(data):2 * len(data)].reshape(len(data), -1), torch.as_tensor(data))
@@ -88,6 +97,33 @@ def test_own_python_batches_whose_pixels_are_not_bytes_are_a_clear_error(tmp_pat
     with pytest.raises(DatasetError, match=r"data_batch_2: its data is .*CIFAR-10 stores "
                                            r"uint8 pixels 0..255"):
         load_cifar10(tmp_path, verify_md5=False)
+
+
+@pytest.mark.parametrize("fmt", ["bin", "py"])
+@pytest.mark.parametrize("verify_md5", [True, False])
+def test_an_unreadable_batch_file_is_a_clear_error(tmp_path, monkeypatch, fmt, verify_md5):
+    """A batch file this user may not read (a copy made by another user with mode 600, a
+    failing disk) is one line naming the file and the fix, not a PermissionError's stack
+    trace from the md5 check or the reader (nor "truncated": re-downloading does not help).
+    The refusal is made where the file is opened, as a test run as root can read a file
+    whatever its mode."""
+    import builtins
+    import io
+
+    folder = write_cifar(tmp_path, fmt, n_train=50, n_test=10)
+    locked = folder / ("data_batch_1.bin" if fmt == "bin" else "data_batch_1")  # read first
+    real_open = io.open
+
+    def refusing_open(file, *args, **kwargs):
+        if Path(str(file)) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", refusing_open)
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(DatasetError, match=rf"^cannot read {locked} \(Permission denied\): "
+                                           r"make it readable"):
+        load_cifar10(tmp_path, verify_md5=verify_md5)
 
 
 def test_missing_batch_file(tmp_path):
@@ -176,6 +212,28 @@ def test_stratified_subset_of_unbalanced_classes_still_has_the_size_asked():
     assert counts[0] == 20 and counts[1:].max() - counts[1:].min() <= 1
     assert torch.equal(stratified_subset(labels, 1.0), torch.arange(labels.numel()))
     assert stratified_subset(labels, 0.5).numel() == labels.numel() // 2
+
+
+def test_class_quotas_are_as_equal_as_the_classes_allow():
+    """A class too small for its share gives all it has and the rest is shared equally
+    among the others (your own CIFAR-format data with unbalanced classes): every class not
+    taken whole gets the largest quota or one less, the extra ones going to the first
+    classes. A small class among the first ones was given a remainder it could not take,
+    and that one image went to the next class (1, 3, 1 of 1, 10, 10 images for 5)."""
+    import itertools
+
+    from basisconv.data import class_quotas
+
+    assert class_quotas([1, 10, 10], 5) == [1, 2, 2]
+    assert class_quotas([10, 10, 4, 4, 2, 10], 21) == [4, 4, 4, 4, 2, 3]
+    assert class_quotas([5, 5, 5], 7) == [3, 2, 2]  # balanced: the remainder to the first
+    for sizes in itertools.product(range(1, 5), repeat=3):
+        for count in range(1, sum(sizes) + 1):
+            quotas = class_quotas(list(sizes), count)
+            assert sum(quotas) == count and all(0 <= q <= s for q, s in zip(quotas, sizes))
+            open_quotas = [q for q, s in zip(quotas, sizes) if q < s]
+            assert all(q >= max(quotas) - 1 for q in open_quotas), (sizes, count, quotas)
+            assert open_quotas == sorted(open_quotas, reverse=True), (sizes, count, quotas)
 
 
 def test_random_crop_shapes_and_variation():

@@ -125,9 +125,9 @@ def _read_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = path.read_bytes()  # outside the try: a file it cannot read is not "truncated"
     try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = pickle.loads(raw, encoding="bytes")
         data = torch.as_tensor(batch[b"data"])
         labels = torch.as_tensor(batch[b"labels"], dtype=torch.long)
     except Exception as err:  # noqa: BLE001 - any failure here means a bad file
@@ -135,9 +135,10 @@ def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"{path} is truncated or not a CIFAR-10 python batch ({type(err).__name__}: "
             f"{err}). Re-download or re-extract it.") from None
     # pixels are bytes: float pixels in [0, 1] or wider integers were cast to uint8, and so
-    # truncated (near-black images) or wrapped modulo 256, silently (own data in this format)
+    # truncated (near-black images) or wrapped modulo 256, silently (own data in this format).
+    # The range is read as int64: torch has no min of uint16..uint64 (numpy's 16-bit images)
     if data.dtype != torch.uint8 and (data.is_floating_point() or data.is_complex() or (
-            data.numel() and not 0 <= int(data.min()) <= int(data.max()) <= 255)):
+            data.numel() and not 0 <= int(data.long().min()) <= int(data.long().max()) <= 255)):
         raise DatasetError(
             f"{path}: its data is {str(data.dtype).removeprefix('torch.')} "
             f"{'values' if data.is_floating_point() else 'outside 0..255'}, where CIFAR-10 "
@@ -162,13 +163,18 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
         if not path.is_file():
             raise DatasetError(f"CIFAR-10 file missing: {path}. The folder {folder} must hold "
                                f"{', '.join(TRAIN_FILES[fmt] + TEST_FILES[fmt])}.")
-        # verified before it is read: a python batch is a pickle, which runs code as it loads
-        if verify_md5 and (digest := file_digest(path, "md5")) != MD5[name]:
+        try:
+            # verified before it is read: a python batch is a pickle, which runs code as it loads
+            if verify_md5 and (digest := file_digest(path, "md5")) != MD5[name]:
+                raise DatasetError(
+                    f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
+                    f"corrupt or not the genuine CIFAR-10: re-download it, or set "
+                    f"data.verify_md5=false if you use your own data in CIFAR format.")
+            x, y = reader(path)
+        except OSError as err:  # no permission (another user's copy, mode 600), a failing disk
             raise DatasetError(
-                f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
-                f"corrupt or not the genuine CIFAR-10: re-download it, or set "
-                f"data.verify_md5=false if you use your own data in CIFAR format.")
-        x, y = reader(path)
+                f"cannot read {path} ({err.strerror or err}): make it readable (chmod a+r, or "
+                f"ask its owner), or point data.root at a copy this user can read.") from None
         if y.numel() and (y.min() < 0 or y.max() >= len(CLASSES)):
             raise DatasetError(f"{path} has labels outside 0..9: not a CIFAR-10 file.")
         images.append(x)
@@ -353,10 +359,17 @@ def class_quotas(sizes: list[int], count: int) -> list[int]:
     while left:  # each pass fills at least one class, or places all that is left
         open_classes = [i for i, size in enumerate(sizes) if quotas[i] < size]
         share, remainder = divmod(left, len(open_classes))
-        for rank, i in enumerate(open_classes):
-            take = min(share + (rank < remainder), sizes[i] - quotas[i])
-            quotas[i] += take
-            left -= take
+        # the classes that cannot take a share give all they have first, and the others
+        # share what is left in the next pass: else a small first class was handed a
+        # remainder it could not take, which then went to one class (1, 3, 1 of 1, 10, 10)
+        small = [i for i in open_classes if sizes[i] - quotas[i] <= share]
+        for i in small:
+            left -= sizes[i] - quotas[i]
+            quotas[i] = sizes[i]
+        if not small:
+            for rank, i in enumerate(open_classes):
+                quotas[i] += share + (rank < remainder)
+            left = 0
     return quotas
 
 
