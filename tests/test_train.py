@@ -273,6 +273,61 @@ def test_a_checkpoint_that_cannot_be_read_beside_its_sha256_is_one_clear_error(t
         load_checkpoint(tmp_path / "checkpoint.pt")
 
 
+def test_an_empty_or_cut_off_checkpoint_says_so(tmp_path):
+    """A checkpoint read without a .sha256 (an older basisconv's, or one whose damaged
+    sidecar was deleted as its message advises) that is empty or cut off part-way (a copy
+    that stopped) was refused in torch's words: ``EOFError: `` with no text, or
+    ``OSError: [Errno 22] Invalid argument``, which reads as a fault of the disk, not of the
+    file. The message says what is wrong with the file, as the run's own checkpoint and
+    as the weights a conversion starts from."""
+    from torch import nn
+
+    from basisconv.checkpoint import RUN_STATE, load_checkpoint, load_source_weights
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({key: torch.arange(2000.0) for key in RUN_STATE}, path)
+    whole = path.read_bytes()
+    for size in (0, 100, len(whole) // 3, len(whole) // 2, len(whole) - 1):
+        path.write_bytes(whole[:size])
+        reason = "it is empty" if size == 0 else f"it ends early, cut off at {size} bytes"
+        with pytest.raises(ConfigError, match=rf"^checkpoint {path} cannot be read "
+                                              rf"\({reason}\b.*\); delete it"):
+            load_checkpoint(path)
+        with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint={path} is not a "
+                                              rf"checkpoint.pt \(it cannot be read as one: "
+                                              rf"{reason}\b.*\); point basis.source"):
+            load_source_weights(nn.Linear(2, 2), str(path))
+
+
+@pytest.mark.parametrize("change", ["one parameter fewer", "parameters in another order"])
+def test_a_checkpoint_whose_optimizer_state_is_of_other_parameters_is_one_clear_error(
+        tmp_path, repo, change):
+    """A checkpoint whose weights fit the model but whose optimizer state was saved for
+    another list of parameters (another version's: a tensor that was a buffer, parameters
+    in another order) stopped the resume with torch's ValueError trace, or, with as many
+    parameters, resumed and failed in the first step on a momentum of another shape. It
+    is refused in one line, as a checkpoint whose weights do not fit is."""
+    from basisconv.checkpoint import load_checkpoint, save_checkpoint
+    from interruption import fit_stopped_before
+
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=2",
+                        "trainer.batch_size=50", "trainer.threads=1", "trainer.progress=false"])
+    fit_stopped_before(2, cfg, tmp_path)  # the checkpoint of epoch 1 (a verified one)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    optimizer = state["optimizer"]
+    if change == "one parameter fewer":
+        optimizer["state"].pop(optimizer["param_groups"][0]["params"].pop())
+    else:  # the stem conv's momentum and its norm's
+        optimizer["state"][0], optimizer["state"][1] = optimizer["state"][1], optimizer["state"][0]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(ConfigError, match=rf"^the checkpoint in {tmp_path} does not fit the "
+                                          r"model this config builds \(.*\); resume it with "
+                                          r"the config it was made with, or start the run "
+                                          r"again with trainer.resume=false$"):
+        fit(cfg, tmp_path)
+
+
 def test_the_override_that_resumes_a_run_is_quoted_for_the_shell(tmp_path):
     from basisconv.resuming import folder_override
 

@@ -9,6 +9,7 @@ settings; on GPU up to kernel nondeterminism).
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 import re
@@ -156,8 +157,7 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
         # object would run its code here)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        reason = (unpickling_reason(err) if isinstance(err, pickle.UnpicklingError)
-                  else f"{type(err).__name__}: {one_line(err)}")
+        reason = unreadable_reason(path, err)
         if source_key is not None:
             raise ConfigError(f"{what} is not a checkpoint.pt (it cannot be read as one: "
                               f"{reason}); {fix}") from None
@@ -172,6 +172,27 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
         log.info("%s has no %s beside it (an older basisconv wrote it); loaded it "
                  "unverified", path, checksum_path(path).name)
     return state
+
+
+def unreadable_reason(path: Path, err: Exception) -> str:
+    """Why ``torch.load`` could not read the file at ``path``, for a message. An empty or
+    cut-off file (a copy that stopped part-way, loaded without a .sha256 to catch it) is
+    said as such: torch reports it as ``EOFError`` with no text, as ``OSError: [Errno 22]
+    Invalid argument``, which reads as a fault of the disk, or as a zip archive without
+    its central directory (which a zip keeps at its end)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return unpickling_reason(err)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size == 0:
+        return "it is empty"
+    if size is not None and (isinstance(err, EOFError)
+                             or (isinstance(err, OSError) and err.errno == errno.EINVAL)
+                             or "failed finding central directory" in str(err)):
+        return f"it ends early, cut off at {size} bytes"
+    return f"{type(err).__name__}: {one_line(err)}"
 
 
 def unpickling_reason(err: pickle.UnpicklingError) -> str:

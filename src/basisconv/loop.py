@@ -210,12 +210,19 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     :func:`build_optimizer` chose for this device: loading replaces every group's settings,
     ``fused`` among them, so a run resumed on a CPU from a CUDA checkpoint would step with
     the fused CPU kernel, and one resumed on a GPU from a CPU checkpoint with the unfused
-    one."""
+    one. ``ValueError`` for a state of other parameters: torch checks only their number
+    per group, and a momentum of another shape failed in the first step after."""
     chosen = [{k: group[k] for k in ("fused", "foreach") if k in group}
               for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, chosen):
         group.update(own)
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    for index, param in enumerate(params):
+        for key, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"the saved {key} of parameter {index} has shape "
+                                 f"{list(value.shape)}, the parameter {list(param.shape)}")
 
 
 def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:

@@ -217,14 +217,18 @@ class Training:
         self.results["wandb"] = self.tracker.info or earlier
 
     def restore(self, checkpoint: dict) -> None:
+        # (other layers or shapes, other parameters: its record did not say them)
         try:
             self.model.load_state_dict(checkpoint["model"])
-        except RuntimeError as err:  # (other layers or shapes: its record did not say them)
+            # its momentum is matched to this model's parameters by position: weights that
+            # fit under a parameter list that differs (a tensor that was a buffer, or
+            # parameters in another order, in the version that saved it) do not
+            loop.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
+        except (RuntimeError, ValueError) as err:
             raise ConfigError(
                 f"the checkpoint in {self.output_dir} does not fit the model this config "
                 f"builds ({one_line(err)[:300]}); resume it with the config it was made "
                 f"with, or start the run again with trainer.resume=false") from None
-        loop.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         if not loop.scheduler_state_fits(self.scheduler, checkpoint["scheduler"]):
             raise ConfigError(
                 f"the checkpoint in {self.output_dir} was saved under the one-cycle schedule "
