@@ -300,17 +300,24 @@ def test_convert_without_trained_weights_is_refused(compose_cfg):
 # would cost a second of the suite per rule.
 RANGE_RULES = [
     ({"trainer.momentum": 1.0}, r"trainer.momentum must be in \[0, 1\), got 1.0"),
-    ({"trainer.weight_decay": -1e-4}, "trainer.weight_decay must be >= 0"),
+    ({"trainer.weight_decay": -1e-4}, "trainer.weight_decay must be a finite number >= 0"),
     ({"trainer.warmup_fraction": 1.0}, r"trainer.warmup_fraction must be in \[0, 1\)"),
     ({"trainer.label_smoothing": 1.0}, r"trainer.label_smoothing must be in \[0, 1\)"),
     ({"trainer.batch_size": 0}, "trainer.batch_size must be >= 1, got 0"),
     ({"trainer.eval_batch_size": 0}, "trainer.eval_batch_size must be >= 1, got 0"),
     ({"trainer.threads": 0}, "trainer.threads must be >= 1, got 0"),
+    # torch takes a C int: a larger count was its overflow trace in the run's set-up
+    ({"trainer.threads": 2**31}, r"trainer.threads=2147483648 is more than torch takes"),
     ({"trainer.compile_mode": "fastest"}, "trainer.compile_mode='fastest'; choose one of"),
     ({"model.width": 0.0}, "model.width must be a finite number > 0, got 0.0"),
     # Found by audit: an infinite width passed and failed as an OverflowError traceback
     ({"model.width": float("inf")}, "model.width must be a finite number > 0, got inf"),
-    ({"data.crop_padding": -1}, "data.crop_padding must be >= 0, got -1"),
+    ({"data.crop_padding": -1}, r"data.crop_padding must be in 0..31 \(less than the "
+                                r"image's 32 pixels\), got -1"),
+    # at 32 pixels a crop can miss the image, all padding, and a huge padding was an
+    # overflow trace from torch's pad in the first training step
+    ({"data.crop_padding": 32}, r"data.crop_padding must be in 0..31 .*, got 32"),
+    ({"data.crop_padding": 10**22}, r"data.crop_padding must be in 0..31 .*, got 10{22}"),
     ({"data.test_subset": 1.5}, r"data.test_subset=1.5 as a fraction must be in \(0, 1\]"),
     # a word where a count or fraction goes (no test gave one before the coverage review)
     ({"data.train_subset": "all"},
@@ -350,6 +357,9 @@ RANGE_RULES = [
     ({"basis.coefficient_l1": -0.1}, "basis.coefficient_l1 must be a finite number >= 0"),
     # Found in review: an infinite penalty passed, and the run's divergence blamed the lr
     ({"basis.coefficient_l1": float("inf")}, "basis.coefficient_l1 must be a finite number"),
+    # an infinite decay makes every weight NaN on the first step, and the divergence's
+    # message blamed the lr, as an infinite coefficient_l1's did
+    ({"trainer.weight_decay": float("inf")}, "trainer.weight_decay must be a finite number >= 0"),
     # Found in review: the warm-up's end fits the layers whatever init says, so such a run
     # was recorded as scratch and read as a second method
     ({"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 1},
@@ -357,6 +367,40 @@ RANGE_RULES = [
      r"basis.init=scratch; use basis=warmup"),
     ({"logger.backend": "mlflow"}, "logger.backend='mlflow'; choose one of"),
 ]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["selection=all", "basis=convert", "basis.source_checkpoint="], ["basis.source_checkpoint="],
+    ["sensitivity.source_checkpoint=' '"], ["sensitivity.restore_from="],
+    ["sensitivity.cache_dir="], ["data.root="]])
+def test_an_empty_path_is_refused_not_read_as_none_or_the_working_folder(compose_cfg, overrides):
+    """An empty path (``basis.source_checkpoint=$CKPT`` with CKPT unset) is no file: read as
+    none, ``basis=convert`` fitted the basis layers to the random initialization (the
+    method the convert check refuses for null) and the estimate pretrained instead of
+    loading its checkpoint; read as the working folder, the sensitivity cache was written
+    there. Each is one line naming the key."""
+    key = overrides[-1].split("=")[0]
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError, match=rf"^{key} is empty \(an unset shell variable\?\); "
+                                          rf"give a path") as err:
+        validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["logger.project=${typo}", "logger.tags=[${typo}]",
+                                      "sensitivity.restore_from=${oc.env:NO_SUCH_VARIABLE}"])
+def test_a_broken_interpolation_in_a_key_the_checks_do_not_read_fails_at_validation(
+        compose_cfg, override):
+    """The sensitivity estimate and the exhaustive search resolve the whole config only for
+    their record, once all their training is done: a typo in a key no range rule reads
+    (``logger.project=${typo}``) was their error after the whole estimate, not at its start."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    key = override.split("=")[0]
+    with pytest.raises(InterpolationResolutionError) as err:
+        validate(compose_cfg("basis.source_checkpoint=run/checkpoint.pt", "basis.init=convert",
+                             override))
+    assert err.value.full_key.startswith(key)
 
 
 @pytest.mark.parametrize("override", ["~data", "~model", "trainer.epochs=???"])
@@ -390,7 +434,7 @@ def test_every_range_rule_fails_validation_with_one_clear_line(compose_cfg):
 BOUNDARY_VALUES = [
     {"data.train_subset": 1.0},  # a fraction: all of it
     {"data.test_subset": 1},  # a count: one image
-    {"trainer.momentum": 0.0}, {"trainer.weight_decay": 0.0},
+    {"trainer.momentum": 0.0}, {"trainer.weight_decay": 0.0}, {"data.crop_padding": 31},
     {"trainer.warmup_fraction": 0.0}, {"trainer.label_smoothing": 0.0},
     {"sensitivity.pretrain_epochs": 0}, {"sensitivity.noise_repeats": 0},
     {"basis.coefficient_l1": 0.0}, {"basis.size": 1.0},
@@ -504,6 +548,7 @@ def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo
                           timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr == "error: Interpolation key 'typo' not found (in selection.seed)\n"
+    assert not (tmp_path / "run").exists()  # a refused start: no folder of a run that never was
     # named by the override it was typed in, not by logger.group, which interpolates name
     done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
                            "logger=none", "name=${typo}", f"hydra.run.dir={tmp_path}/run2"],
@@ -519,6 +564,21 @@ def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo
                           env={**os.environ, "WANDB_MODE": "disabled"})
     assert done.returncode == 2 and done.stderr == (
         "error: Interpolation key 'see' not found (in selection.seed)\n"), done.stderr
+
+
+def test_a_broken_interpolation_in_a_sweep_names_its_key_and_job_before_any_job_runs(
+        tmp_path, repo):
+    """The sweep's check of every job (check_sweep_jobs) let a broken ``${...}`` through as
+    Hydra's "Interpolation key 'typo' not found", naming neither the key nor the job."""
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
+                           "profile=smoke", "logger=none", "seed=0,1", "logger.project=${typo}",
+                           f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: the sweep job profile=smoke logger=none seed=0 "), \
+        done.stderr
+    assert "Interpolation key 'typo' not found (in logger.project); nothing ran" in done.stderr
+    assert not list((tmp_path / "sweep").glob("*/run.json"))
 
 
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():

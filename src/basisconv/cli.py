@@ -77,8 +77,11 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                                       f"params), which a job of another sweep runs once; run "
                                       f"that preset in a sweep of its own")
                 check(cfg)
-            except BasisconvError as err:
-                raise ConfigError(f"the sweep job {' '.join(overrides)}: {err}; nothing ran") from None
+            except (BasisconvError, InterpolationResolutionError) as err:
+                said = (interpolation_error_line(err)
+                        if isinstance(err, InterpolationResolutionError) else err)
+                raise ConfigError(f"the sweep job {' '.join(overrides)}: {said}; "
+                                  f"nothing ran") from None
             path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
             if path is not None:
                 published[str(path)] = published.get(str(path), 0) + 1
@@ -357,8 +360,11 @@ def exit_on_user_error(fn: F) -> F:
                     failed_jobs.append(HydraConfig.get().runtime.output_dir)
                     resume_override.append(sweep_folder_override(args[0] if args else None))
                     raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
-                refused = isinstance(err, (ConfigError, DatasetError)) and not isinstance(
-                    err, FolderInUse)  # (a start refused, not a run that failed)
+                # (a start refused, not a run that failed; a broken ${...} is found by the
+                # config check, config.resolve_all, before any work)
+                refused = isinstance(err, (ConfigError, DatasetError,
+                                           InterpolationResolutionError)) and not isinstance(
+                    err, FolderInUse)
                 if speaks and refused:
                     remove_made_folders()
                 exit_refused(message)

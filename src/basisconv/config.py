@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, read_write
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 
 from .counts import count_or_fraction_problem
-from .data import NUM_CLASSES
+from .data import IMAGE_SHAPE, NUM_CLASSES
 from .errors import ConfigError, warn_once
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
@@ -283,7 +283,8 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     _check(0 < t.lr < math.inf, f"trainer.lr must be a finite number > 0, got {t.lr}")
     _check(0 <= t.momentum < 1, f"trainer.momentum must be in [0, 1), got {t.momentum}")
-    _check(t.weight_decay >= 0, f"trainer.weight_decay must be >= 0, got {t.weight_decay}")
+    _check(0 <= t.weight_decay < math.inf,
+           f"trainer.weight_decay must be a finite number >= 0, got {t.weight_decay}")
     _check(0 <= t.warmup_fraction < 1,
            f"trainer.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
     _check(0 <= t.label_smoothing < 1,
@@ -294,6 +295,9 @@ def validate_trainer(cfg: DictConfig) -> None:
     device = device_problem(t.device, here=False)
     _check(device is None, device)
     _check(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
+    # torch.set_num_threads takes a C int: a larger count was an overflow trace in the set-up
+    _check(t.threads is None or t.threads < 2**31,
+           f"trainer.threads={t.threads} is more than torch takes (an int < 2**31)")
     _check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
 
 
@@ -352,6 +356,39 @@ def validate_analysis(cfg: DictConfig) -> None:
                                        f"for the default")
 
 
+#: The keys that name a file or folder, each with what stands for "none given" instead of
+#: an empty value. An empty one (``basis.source_checkpoint=$CKPT``, CKPT unset) was read as
+#: no checkpoint (``basis=convert`` then fitted the layers to the random initialization,
+#: the estimate pretrained) or as the working folder (the sensitivity cache written there).
+PATH_KEYS = {"data.root": "drop the override for the default",
+             "basis.source_checkpoint": "null for none",
+             "sensitivity.source_checkpoint": "null for none",
+             "sensitivity.restore_from": "null for none",
+             "sensitivity.cache_dir": "drop the override for the default"}
+
+
+def _check_paths(cfg: DictConfig) -> None:
+    for key, instead in PATH_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        _check(value is None or bool(str(value).strip()),
+               f"{key} is empty (an unset shell variable?); give a path, or {instead}")
+
+
+def resolve_all(cfg: DictConfig) -> None:
+    """Resolve every ``${...}`` of ``cfg`` (Hydra's own node aside), raising
+    :class:`~omegaconf.errors.InterpolationResolutionError` (the entry points say it in
+    one line) for a broken one: the checks below read only the keys they check, and the
+    sensitivity estimate and the exhaustive search resolve the rest only for their record,
+    so a typo in ``logger.project`` was their error after all their training."""
+    for key in cfg:
+        if key != "hydra":
+            node = cfg._get_node(key)
+            if isinstance(node, (DictConfig, ListConfig)):  # (a group, or a list of values)
+                OmegaConf.to_container(node, resolve=True)
+            else:
+                cfg[key]  # (a value read resolves its ${...})
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
@@ -361,6 +398,8 @@ def validate(cfg: DictConfig) -> None:
     _check(not missing, f"{', '.join(missing)} not set (a config group removed with ~, or a "
                         f"value given as ???); drop that override")
     _check_known(cfg, TrainConfig)
+    resolve_all(cfg)
+    _check_paths(cfg)
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
     _check(0 < cfg.model.width < math.inf,
@@ -376,7 +415,12 @@ def validate(cfg: DictConfig) -> None:
         for key in ("synthetic_train", "synthetic_test"):
             _check(cfg.data[key] >= 1, f"data.{key} must be >= 1 with data=stripes (the number "
                                        f"of generated images), got {cfg.data[key]}")
-    _check(cfg.data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
+    # from a padding of the image's side on, a random crop can hold padding only (and a huge
+    # one was an overflow trace from torch's pad in the first training step)
+    side = IMAGE_SHAPE[-1]
+    _check(0 <= cfg.data.crop_padding < side,
+           f"data.crop_padding must be in 0..{side - 1} (less than the image's {side} pixels), "
+           f"got {cfg.data.crop_padding}")
     # torch.manual_seed takes a 64-bit seed; a larger one was an OverflowError trace, and
     # so was one near 2**64, from which the estimate derives seed + 1, seed + 2, ...
     for key in ("seed", "sensitivity.seed", "selection.seed"):
