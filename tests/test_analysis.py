@@ -916,6 +916,43 @@ def test_a_null_or_nan_measured_field_is_unreadable_not_a_value(tmp_path, part, 
     assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
 
 
+@pytest.mark.parametrize("part, field, value", [
+    ("final", "test_accuracy", "0.9"), ("final", "test_accuracy", True),
+    ("model", "parameters", "1,000"), ("final", "forward_seconds_per_step", -0.1),
+    ("model", "basis_layers", "layer1.0.conv1"), (None, "epochs", None),
+    (None, "epochs", ["epoch 1"]), ("provenance", "hardware", "AMD EPYC"),
+    ("provenance", "date", 20261125)])
+def test_a_field_analysis_reads_of_another_type_is_unreadable_not_a_value(tmp_path, part,
+                                                                          field, value):
+    """A measurement the table reads must be one: a text accuracy ended analysis with a
+    trace from pandas' mean, ``true`` was averaged as an accuracy of 100 %, a negative time
+    as a step speedup below zero (and a trace drawing its error bar), a text of layer names
+    counted its letters as layers, and epochs that are no list of rows, or a provenance
+    whose hardware is a text or whose date a number, a trace of their own. Such a record is
+    left out and named, as one with a null is."""
+    damaged = json.loads(json.dumps(RECORDS[0]))
+    (damaged[part] if part else damaged)[field] = value
+    publish_records(tmp_path / "runs", [damaged, RECORDS[1]])
+    unreadable = []
+    assert len(read_records(tmp_path / "runs", unreadable)) == 1
+    assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
+
+
+def test_an_epochs_metric_that_is_no_number_is_a_gap_in_its_curve(tmp_path):
+    """Per-epoch values are the curves' and the median epoch time's, not the table's means:
+    one that is text (an edited record) is left out of them, as a missing one is, rather
+    than making its column text and the mean over seeds (or the median) a trace."""
+    from basisconv.analysis.figures import training_curves
+
+    edited = json.loads(json.dumps(RECORDS[0]))
+    edited["epochs"][0].update(test_accuracy="n/a", epoch_seconds="n/a", epoch="one")
+    edited["epochs"][1]["epoch_seconds"] = 12.0
+    assert run_row(edited, "here")["epoch_seconds"] == 12.0  # the median of the others
+    curves = distinct_curves(curves_frame([(edited, "here"), (RECORDS[1], "there")]))
+    assert curves["test_accuracy"].dtype.kind == "f" and curves["epoch"].dtype.kind == "f"
+    assert training_curves(curves, tmp_path / "curves.png", "note").is_file()
+
+
 def test_a_session_finds_what_it_wrote_on_a_file_system_of_whole_seconds(tmp_path):
     """Whether a session published a record is read from the files' modification times;
     where those are kept to the whole second, a record written in the session's first

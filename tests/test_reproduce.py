@@ -262,8 +262,8 @@ done
 
 def complete_record(kind="training", overrides=()):
     """A finished record of ``kind`` holding every field the analysis reads (placeholder
-    values), as a producer publishes it: one the protocol skips."""
-    from basisconv.records import REQUIRED
+    values of the types it reads), as a producer publishes it: one the protocol skips."""
+    from basisconv.records import LISTS, PROVENANCE_TYPES, REQUIRED
 
     record = {"kind": kind, "status": "complete", "table": []}
     always, once_complete = REQUIRED[kind]
@@ -272,7 +272,8 @@ def complete_record(kind="training", overrides=()):
         node = record
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = None if parents[:1] == ["config"] else 1
+        node[last] = (None if parents[:1] == ["config"] else [] if path in LISTS
+                      else PROVENANCE_TYPES.get(path, lambda: 1)())
     # made from the table this code's smoke protocol estimates (another key is set aside)
     if kind == "sensitivity":
         record["sensitivity"]["key"] = smoke_keys(tuple(overrides))["sensitivity"]

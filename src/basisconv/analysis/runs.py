@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -13,10 +14,12 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..checkpoint import changes_only_execution, flat_config
+from ..counts import is_number
 from ..errors import ConfigError, one_line
 from ..loop import precision_name
-from ..records import (RECORD, commit_name, device_name, hardware_name, made_by_profile,
-                       measured_on_cpu, provenance_from_wandb, read_record, unusable)
+from ..records import (RECORD, commit_name, device_name, hardware_name, is_measurement,
+                       made_by_profile, measured_on_cpu, provenance_from_wandb, read_record,
+                       unusable)
 from ..selection import SENSITIVITY_POLICIES, keys_read
 
 log = logging.getLogger(__name__)
@@ -140,8 +143,11 @@ def median_epoch_seconds(record: dict[str, Any]) -> float:
     """A run's median epoch training time. The mean would charge a first epoch that
     compiles (``trainer.compile``) or captures CUDA graphs to every epoch, and so to the
     epoch speedup; ``train_seconds`` keeps the whole wall time. A record from wandb whose
-    history lacks the per-epoch times gives the mean its summary holds."""
-    times = [epoch["epoch_seconds"] for epoch in record["epochs"] if "epoch_seconds" in epoch]
+    history lacks the per-epoch times gives the mean its summary holds; an epoch whose time
+    is no measurement (null, text: an edited record) is left out of the median, as one
+    without a time is."""
+    times = [epoch["epoch_seconds"] for epoch in record["epochs"]
+             if is_measurement(epoch.get("epoch_seconds"))]
     return statistics.median(times) if times else record["final"]["mean_epoch_seconds"]
 
 
@@ -217,10 +223,14 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
 
 
 def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[dict[str, Any]]:
-    """Per-epoch metrics of one run, with its configuration columns."""
+    """Per-epoch metrics of one run, with its configuration columns. A metric that is no
+    finite number (null, text: an edited record) is a gap in its curve, as a null one is:
+    one text value would make its column text, and the mean over seeds a trace."""
     row = run_row(record, where)
     keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "hardware", "where", "same_run"]}
-    return [{**keys, "settings": setting, **epoch} for epoch in record["epochs"]]
+    return [{**keys, "settings": setting,
+             **{k: v if is_number(v) and math.isfinite(v) else None for k, v in epoch.items()}}
+            for epoch in record["epochs"]]
 
 
 def record_files(root: str | Path) -> list[Path]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..counts import is_number
 from ..errors import PublishError
 from .files import write_json_atomic
 from .origin import provenance
@@ -102,17 +103,37 @@ REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-#: The parts of a record whose fields a producer always fills: a null or non-finite value
-#: there is missing (hand-edited, or not ours), not a value; a table would count the seed
-#: and leave it out of the mean. ``config`` keeps its nulls (``data.train_subset: null``).
+#: The parts of a record whose fields a producer always fills with measurements: a value
+#: there that is not one (:func:`is_measurement`: null, NaN, text, ``true``, a negative
+#: time) is missing (hand-edited, or not ours), not a value; a table would count the seed
+#: and leave it out of the mean, take ``true`` for 1, or end in a trace from pandas.
+#: ``config`` keeps its nulls (``data.train_subset: null``).
 MEASURED = ("model", "final")
+#: The fields of :data:`REQUIRED` that hold a list, not a measurement, with the type of its
+#: items: a converted layer's name (the table counts them: the letters of a text would be
+#: counted), an epoch's row of the curves.
+LISTS = {"model.basis_layers": str, "epochs": dict}
+
+#: The provenance the analysis reads of every kind where a record has it (an older or
+#: edited record may not: "unknown hardware"), with its type: one of another type (a
+#: hand-written ``"hardware": "AMD EPYC"``) is missing too, not a trace from the table.
+PROVENANCE_TYPES = {"provenance": dict, "provenance.hardware": dict, "provenance.git": dict,
+                    "provenance.versions": dict, "provenance.date": str}
+
+
+def is_measurement(value: Any) -> bool:
+    """Whether ``value`` is what a producer measures: a finite number, not negative (counts,
+    FLOPs, accuracies, seconds), and not a bool (JSON's ``true`` is an int to Python)."""
+    return is_number(value) and math.isfinite(value) and value >= 0
 
 
 def missing_fields(record: dict[str, Any]) -> list[str]:
     """The fields of :data:`REQUIRED` that ``record`` (as :func:`read_record` returns it)
     lacks for its kind and status, each named once by its outermost missing part (``final``
-    for a missing or null ``final``), and those of :data:`MEASURED` that are null or not a
-    finite number; none for the kinds analysis does not read."""
+    for a missing or null ``final``), those of :data:`MEASURED` that are no measurement
+    (:func:`is_measurement`), those of :data:`LISTS` that are no list of their items, and
+    the provenance of another type than :data:`PROVENANCE_TYPES` says; none for the kinds
+    analysis does not read."""
     always, once_complete = REQUIRED.get(record.get("kind"), ((), ()))
     paths = always + (once_complete if record.get("status") == "complete" else ())
     missing: list[str] = []
@@ -128,8 +149,18 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
                 break
             node = node[key]
         else:
-            if keys[0] in MEASURED and (node is None or (
-                    isinstance(node, float) and not math.isfinite(node))):
+            if path in LISTS:
+                if not (isinstance(node, list)
+                        and all(isinstance(item, LISTS[path]) for item in node)):
+                    missing.append(path)
+            elif keys[0] in MEASURED and not is_measurement(node):
+                missing.append(path)
+    if record.get("kind") in REQUIRED:
+        for path, kind in PROVENANCE_TYPES.items():
+            node = record
+            for key in path.split("."):
+                node = node.get(key) if isinstance(node, dict) else None
+            if node is not None and not isinstance(node, kind) and path not in missing:
                 missing.append(path)
     return missing
 
