@@ -195,13 +195,15 @@ rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it
 # up (index.json). One that ends well having computed nothing is not.
 START=$(date +%s.%N)
-log_session() {  # log_session <exit code>
+log_session() {  # log_session <exit code>: its writer ignores a Ctrl-C or SIGTERM to the
+                 # group (the script's own traps still end it after): one that came as the
+                 # log was written lost the whole session from the protocol's wall-clock
   local code=$1
-  "$PY" -c \
+  ( trap '' INT TERM; exec "$PY" -c \
     'import sys; from basisconv.records import log_session
 if log_session(*sys.argv[1:]) is None:
     print(f"== nothing computed: this session is not logged in {sys.argv[1]}/sessions/")' \
-    "$RESULTS" "$RECORDS" "$PROFILE" "$START" "$code" "$JOBS" "${OVERRIDES:-}" \
+    "$RESULTS" "$RECORDS" "$PROFILE" "$START" "$code" "$JOBS" "${OVERRIDES:-}" ) \
     || echo "this session could not be logged in $RESULTS/sessions/" >&2
 }
 trap 'log_session $?' EXIT

@@ -655,3 +655,24 @@ def test_a_protocol_refuses_results_a_git_merge_left_unresolved(repo, tmp_path):
     assert result.returncode == 2 and started == [], result.stdout + result.stderr
     assert result.stderr.startswith(f"error: {results} holds 1 file a git merge left "
                                     f"unresolved (index.json)"), result.stderr
+
+
+def test_a_ctrl_c_while_the_session_is_logged_leaves_the_session_logged(repo, tmp_path):
+    """The session log is the protocol's wall-clock (index.json sums it): a Ctrl-C that
+    reaches the script's process group while it writes that log (at the end of a session
+    that computed everything, or in the trap of one that stopped) must not kill the
+    writer, or the whole session is missing from the sum."""
+    python = tmp_path / "python"
+    # every run fails at once; the session's writer gets the Ctrl-C as it starts
+    python.write_text(f"#!/usr/bin/env bash\nif [ \"$1\" = -c ]; then\n"
+                      f"  case $2 in *log_session*) kill -INT 0;; esac\n"
+                      f"  CUDA_VISIBLE_DEVICES= exec {sys.executable} \"$@\"\nfi\nexit 1\n")
+    python.chmod(0o755)
+    env = {**os.environ, "PY": str(python), "JOBS": "1", "OUTPUTS": str(tmp_path / "outputs"),
+           "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            capture_output=True, text=True, timeout=120, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "KeyboardInterrupt" not in result.stderr, result.stderr[-2000:]
+    sessions = read_sessions(tmp_path / "outputs" / "smoke" / "results")
+    assert [s["exit_code"] for s in sessions] == [1], result.stderr[-2000:]
