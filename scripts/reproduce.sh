@@ -262,7 +262,13 @@ run() {  # run <name> <command...>: now (JOBS=1), or in the background once a sl
   ( if [ "$GPUS" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$gpu; fi
     export OMP_NUM_THREADS=$RUN_THREADS
     if "$@" > "$LOGS/$name.log" 2>&1; then rm -f "$LOGS/$name.failed"; echo "== $name: done"
-    else echo "$?" > "$LOGS/$name.failed"; echo "== $name: FAILED (see $LOGS/$name.log)"; fi ) &
+    else
+      code=$?; echo "$code" > "$LOGS/$name.failed"
+      case $code in  # a run stopped by Ctrl-C or SIGTERM (this script's stop) says so
+        130|143) echo "== $name: stopped (see $LOGS/$name.log)";;
+        *) echo "== $name: FAILED (see $LOGS/$name.log)";;
+      esac
+    fi ) &
   LAST_JOB=$!
 }
 

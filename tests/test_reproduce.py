@@ -134,6 +134,8 @@ def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert "stopping the runs in progress" in err
+    # each stopped run says so (they said "FAILED", which reads as a bug to look into)
+    assert ": stopped (see " in out and "FAILED" not in out, out[-2000:]
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.split() == []
     assert any("stopped by SIGTERM" in p.read_text() for p in logs.glob("*.log"))
