@@ -505,17 +505,24 @@ def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_
         assert f"{runs / name} is not the record of the run it stands for ({why}" in result.stderr
 
 
+def stand_in_python(tmp_path, cases: str, run: str) -> dict[str, str]:
+    """The environment of a protocol whose ``PY`` is a stand-in: a ``-c`` of the script
+    (its checks, its logs) first meets the ``case`` patterns ``cases`` (``pattern) action``)
+    and then runs on this Python with no GPU; a run (a script of ``scripts/``) does ``run``."""
+    python = tmp_path / "python"
+    python.write_text(f"#!/usr/bin/env bash\nif [ \"$1\" = -c ]; then\n"
+                      f"  case $2 in {cases};; esac\n"
+                      f"  CUDA_VISIBLE_DEVICES= exec {sys.executable} \"$@\"\nfi\n{run}\n")
+    python.chmod(0o755)
+    return {**os.environ, "PY": str(python), "JOBS": "1", "OUTPUTS": str(tmp_path / "outputs"),
+            "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+
+
 def test_sigterm_stops_a_run_of_jobs_1_at_once(repo, tmp_path):
     """Found in review: with JOBS=1 (the default on a CPU) a run was a foreground command,
     and bash runs a trap only once that has ended, so a SIGTERM to the script (a scheduler,
     docker stop) waited for the whole run to finish and publish."""
-    python = tmp_path / "python"
-    python.write_text(f"#!/usr/bin/env bash\nif [ \"$1\" = -c ]; then\n"
-                      f"  case $2 in *torch.cuda*) echo 0; exit 0;; esac\n"
-                      f"  exec {sys.executable} \"$@\"\nfi\nexec sleep 120\n")
-    python.chmod(0o755)
-    env = {**os.environ, "PY": str(python), "JOBS": "1", "OUTPUTS": str(tmp_path / "outputs"),
-           "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    env = stand_in_python(tmp_path, "*torch.cuda*) echo 0; exit 0", "exec sleep 120")
     proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -664,14 +671,9 @@ def test_a_ctrl_c_while_the_session_is_logged_leaves_the_session_logged(repo, tm
     reaches the script's process group while it writes that log (at the end of a session
     that computed everything, or in the trap of one that stopped) must not kill the
     writer, or the whole session is missing from the sum."""
-    python = tmp_path / "python"
     # every run fails at once; the session's writer gets the Ctrl-C as it starts
-    python.write_text(f"#!/usr/bin/env bash\nif [ \"$1\" = -c ]; then\n"
-                      f"  case $2 in *log_session*) kill -INT 0;; esac\n"
-                      f"  CUDA_VISIBLE_DEVICES= exec {sys.executable} \"$@\"\nfi\nexit 1\n")
-    python.chmod(0o755)
-    env = {**os.environ, "PY": str(python), "JOBS": "1", "OUTPUTS": str(tmp_path / "outputs"),
-           "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    env = stand_in_python(tmp_path, "*torch.cuda*) echo 0; exit 0;; *log_session*) kill -INT 0",
+                          "exit 1")
     result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                             capture_output=True, text=True, timeout=120, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
