@@ -68,13 +68,14 @@ def test_a_python_batch_whose_images_and_labels_disagree_is_a_clear_error(tmp_pa
 
 @pytest.mark.parametrize("pixels", ["float_in_0_1", "int64_beyond_255", "int64_bytes",
                                     "uint16_beyond_255", "uint16_bytes", "uint32_bytes",
-                                    "uint64_bytes"])
+                                    "uint64_bytes", "bool_mask"])
 def test_own_python_batches_whose_pixels_are_not_bytes_are_a_clear_error(tmp_path, pixels):
     """Found in review: float pixels in [0, 1] were cast to uint8 (near-black images) and
     wider integers wrapped modulo 256, silently. Integers within 0..255 are bytes. Unsigned
     wider integers (numpy's uint16, uint32, uint64, e.g. 16-bit images) are checked the
     same way: torch has no minimum of them, and their check was a NotImplementedError
-    from deep inside torch instead."""
+    from deep inside torch instead. Found by a randomized test: bool pixels (a mask) were
+    read as the bytes 0 and 1, black images, silently."""
     import pickle
 
     folder = write_cifar(tmp_path, "py")
@@ -87,7 +88,8 @@ def test_own_python_batches_whose_pixels_are_not_bytes_are_a_clear_error(tmp_pat
                       "uint16_beyond_255": data.astype("uint16") * 4,
                       "uint16_bytes": data.astype("uint16"),
                       "uint32_bytes": data.astype("uint32"),
-                      "uint64_bytes": data.astype("uint64")}[pixels]
+                      "uint64_bytes": data.astype("uint64"),
+                      "bool_mask": data > 127}[pixels]
     path.write_bytes(pickle.dumps(batch))
     if pixels.endswith("_bytes"):
         loaded = load_cifar10(tmp_path, verify_md5=False).train_images
@@ -97,6 +99,46 @@ def test_own_python_batches_whose_pixels_are_not_bytes_are_a_clear_error(tmp_pat
     with pytest.raises(DatasetError, match=r"data_batch_2: its data is .*CIFAR-10 stores "
                                            r"uint8 pixels 0..255"):
         load_cifar10(tmp_path, verify_md5=False)
+
+
+@pytest.mark.parametrize("labels, said", [
+    ("fraction_in_a_list", "1.5"), ("fraction_in_an_array", "2.25"),
+    ("nan_in_an_array", "nan"), ("bools_in_an_array", "true/false values"),
+    ("bools_in_a_list", "true/false values"), ("a_bool_among_ints", "true/false values"),
+    ("whole_floats_in_a_list", None), ("whole_floats_in_an_array", None)])
+def test_own_python_batches_whose_labels_are_not_whole_classes_are_a_clear_error(
+        tmp_path, labels, said):
+    """Found by a randomized test: a fractional label (1.5) was cast to its class's int
+    (1), and bools read as classes 1 and 0, silently. Whole numbers stored as floats are
+    classes, read exactly."""
+    import pickle
+
+    import numpy as np
+
+    folder = write_cifar(tmp_path, "py")
+    path = folder / "data_batch_2"
+    batch = pickle.loads(path.read_bytes(), encoding="bytes")
+    given = batch[b"labels"]
+    changed = {"fraction_in_a_list": given[:-1] + [1.5],
+               "fraction_in_an_array": np.array(given[:-1] + [2.25]),
+               "nan_in_an_array": np.array(given[:-1] + [float("nan")]),
+               "bools_in_an_array": np.array(given) > 4,
+               "bools_in_a_list": [label > 4 for label in given],
+               "a_bool_among_ints": given[:-1] + [True],
+               "whole_floats_in_a_list": [float(label) for label in given],
+               "whole_floats_in_an_array": np.array(given, dtype="float32")}[labels]
+    batch[b"labels"] = changed
+    path.write_bytes(pickle.dumps(batch))
+    if said is None:
+        read = load_cifar10(tmp_path, verify_md5=False).train_labels
+        assert read.dtype == torch.int64
+        assert read[len(given):2 * len(given)].tolist() == given
+        return
+    with pytest.raises(DatasetError, match=rf"data_batch_2: its labels include {said}, where "
+                                           rf"CIFAR-10 stores each image's class as a whole "
+                                           rf"number 0..9; fix the labels") as err:
+        load_cifar10(tmp_path, verify_md5=False)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("fmt", ["bin", "py"])

@@ -129,22 +129,25 @@ def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         batch = pickle.loads(raw, encoding="bytes")
         data = torch.as_tensor(batch[b"data"])
-        labels = torch.as_tensor(batch[b"labels"], dtype=torch.long)
+        labels = torch.as_tensor(batch[b"labels"])
     except Exception as err:  # noqa: BLE001 - any failure here means a bad file
         raise DatasetError(
             f"{path} is truncated or not a CIFAR-10 python batch ({type(err).__name__}: "
             f"{err}). Re-download or re-extract it.") from None
     # pixels are bytes: float pixels in [0, 1] or wider integers were cast to uint8, and so
-    # truncated (near-black images) or wrapped modulo 256, silently (own data in this format).
-    # The range is read as int64: torch has no min of uint16..uint64 (numpy's 16-bit images)
-    if data.dtype != torch.uint8 and (data.is_floating_point() or data.is_complex() or (
+    # truncated (near-black images) or wrapped modulo 256, silently (own data in this
+    # format), and bools read as pixels 0 and 1 (black). The range is read as int64: torch
+    # has no min of uint16..uint64 (numpy's 16-bit images)
+    integers = not (data.is_floating_point() or data.is_complex() or data.dtype == torch.bool)
+    if data.dtype != torch.uint8 and (not integers or (
             data.numel() and not 0 <= int(data.long().min()) <= int(data.long().max()) <= 255)):
         raise DatasetError(
             f"{path}: its data is {str(data.dtype).removeprefix('torch.')} "
-            f"{'values' if data.is_floating_point() else 'outside 0..255'}, where CIFAR-10 "
+            f"{'outside 0..255' if integers else 'values'}, where CIFAR-10 "
             f"stores uint8 pixels 0..255; convert it, e.g. (x * 255).round().astype(np.uint8) "
             f"for pixels in [0, 1]")
     data = data.to(torch.uint8)
+    labels = _class_labels(path, batch[b"labels"], labels)
     # one row of 3*32*32 bytes per image and one label each: else images and labels of the
     # whole split would be paired wrongly, silently (with data.verify_md5=false)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
@@ -153,6 +156,30 @@ def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"and its labels {tuple(labels.shape)}, where CIFAR-10 has (N, 3072) and (N,). "
             f"Re-download or re-extract it, or fix the file if it is your own data.")
     return data.reshape(-1, 3, 32, 32).clone(), labels
+
+
+def _class_labels(path: Path, given, labels: torch.Tensor) -> torch.Tensor:
+    """The python batch's labels (``given``, read by torch as ``labels``) as int64 classes.
+    A cast to int64 truncated a fractional label (1.5 became class 1) and read True and
+    False as classes 1 and 0, silently (own data in this format); whole numbers stored as
+    floats (1.0) are classes, read exactly (as float64: a list of floats is float32 to
+    torch, where 1.00000001 is 1.0)."""
+    flags = labels.dtype == torch.bool or (
+        isinstance(given, (list, tuple)) and any(isinstance(v, bool) for v in given))
+    if labels.is_floating_point() and not flags:
+        labels = torch.as_tensor(given, dtype=torch.float64)
+        whole = labels.isfinite() & (labels == labels.round())
+        if whole.all():
+            return labels.long()
+        what = repr(labels[~whole][0].item())
+    elif flags or labels.is_complex():
+        what = ("true/false values" if flags
+                else f"{str(labels.dtype).removeprefix('torch.')} values")
+    else:
+        return labels.long()
+    raise DatasetError(f"{path}: its labels include {what}, where CIFAR-10 stores each "
+                       f"image's class as a whole number 0..9; fix the labels if it is your "
+                       f"own data (one int class per image)")
 
 
 def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
