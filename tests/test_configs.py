@@ -312,6 +312,14 @@ RANGE_RULES = [
     ({"model.width": 0.0}, "model.width must be a finite number > 0, got 0.0"),
     # Found by audit: an infinite width passed and failed as an OverflowError traceback
     ({"model.width": float("inf")}, "model.width must be a finite number > 0, got inf"),
+    # Found by a randomized test: a width whose channel counts torch cannot hold in 64 bits
+    # was its "Overflow when unpacking long long" trace where the run built the model, and
+    # one whose weights no machine's memory holds its "can't allocate memory" trace
+    ({"model.width": 1e30}, r"^model.width=1e\+30 gives resnet18 channel counts beyond "
+                            r"torch's 64-bit tensor sizes; use a smaller width"),
+    ({"model.width": 1e5}, r"^model.width=100000.0 gives resnet18 [\d,]+ parameters, whose "
+                           r"float32 weights alone take [\d,]+.\d\d GiB, more than this "
+                           r"machine's [\d,.]+ GiB of memory; use a smaller width"),
     ({"data.crop_padding": -1}, r"data.crop_padding must be in 0..31 \(less than the "
                                 r"image's 32 pixels\), got -1"),
     # at 32 pixels a crop can miss the image, all padding, and a huge padding was an
@@ -330,6 +338,12 @@ RANGE_RULES = [
     ({"sensitivity.noise_repeats": -1}, "sensitivity.noise_repeats must be >= 0"),
     ({"sensitivity.workers": 0}, "sensitivity.workers must be >= 1, got 0"),
     ({"sensitivity.search_subset_size": 0}, "sensitivity.search_subset_size must be >= 1"),
+    # Found by a randomized test: 0 passed here, and only the exhaustive search refused it,
+    # as a limit every subset count exceeds, once it had counted the candidate layers
+    ({"sensitivity.search_max_subsets": 0},
+     r"^sensitivity.search_max_subsets must be >= 1 \(the most subsets the exhaustive search "
+     r"may train\), got 0$"),
+    ({"sensitivity.search_max_subsets": -5}, "sensitivity.search_max_subsets must be >= 1"),
     ({"selection.count": 0}, "selection.count must be null or >= 1, got 0"),
     # Found in review: a seed beyond 64 bits was an OverflowError trace from torch.manual_seed
     ({"seed": 10**20}, r"seed=100000000000000000000 does not fit in 64 bits"),
@@ -437,7 +451,9 @@ BOUNDARY_VALUES = [
     {"trainer.momentum": 0.0}, {"trainer.weight_decay": 0.0}, {"data.crop_padding": 31},
     {"trainer.warmup_fraction": 0.0}, {"trainer.label_smoothing": 0.0},
     {"sensitivity.pretrain_epochs": 0}, {"sensitivity.noise_repeats": 0},
-    {"basis.coefficient_l1": 0.0}, {"basis.size": 1.0},
+    {"basis.coefficient_l1": 0.0}, {"basis.size": 1.0}, {"sensitivity.search_max_subsets": 1},
+    # widths users run (a ResNet-20 16 times as wide: 68 M parameters, 0.26 GiB)
+    {"model.name": "resnet20", "model.width": 16.0}, {"model.width": 0.25},
     {"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 2,
      "basis.init": "convert"},
 ]
@@ -450,6 +466,33 @@ def test_every_range_rule_accepts_the_edge_of_its_range(compose_cfg):
         for key, value in values.items():
             OmegaConf.update(cfg, key, value, merge=False)
         validate(cfg)
+
+
+def test_a_model_this_machine_cannot_hold_is_refused_at_the_start(
+        compose_cfg, monkeypatch):
+    """The bound of model.width is this machine's memory (the model is built in it): on
+    one of 1 GiB, a ResNet-20 of width 32 (273,756,682 float32 parameters, 1.02 GiB) cannot
+    be built, one of width 16 (0.26 GiB) can. Where the system does not say its memory,
+    only torch's 64-bit sizes bound the width."""
+    from basisconv import config
+
+    monkeypatch.setattr(config, "machine_memory", lambda: 2**30)
+    validate(compose_cfg("model=resnet20", "model.width=16"))
+    with pytest.raises(ConfigError, match=r"^model.width=32.0 gives resnet20 273,756,682 "
+                                          r"parameters, whose float32 weights alone take 1.02 "
+                                          r"GiB, more than this machine's 1.00 GiB of memory"):
+        validate(compose_cfg("model=resnet20", "model.width=32"))
+    monkeypatch.setattr(config, "machine_memory", lambda: None)
+    validate(compose_cfg("model=resnet20", "model.width=1e6"))
+    with pytest.raises(ConfigError, match="beyond torch's 64-bit tensor sizes"):
+        validate(compose_cfg("model=resnet20", "model.width=1e18"))
+    # a model of one's own that cannot be shaped on the meta device at all (reads a file as
+    # it is built) is not judged by the check: the run builds it, and says what fails
+    def unshapeable(*args):
+        raise RuntimeError("a file this model reads as it is built")
+
+    monkeypatch.setattr(config, "parameter_count", unshapeable)
+    validate(compose_cfg("model=resnet20", "model.width=2"))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -29,7 +29,7 @@ from .data import IMAGE_SHAPE, NUM_CLASSES
 from .errors import ConfigError, warn_once
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
-from .models import list_models
+from .models import list_models, parameter_count
 from .records import unwritable_folder
 from .selection import SelectionConfig, check_selection
 
@@ -217,6 +217,39 @@ def _check_seconds(value: Any, key: str, zero_means: str | None = None) -> None:
            f"{key} must be a number of seconds {least}, got {value}")
 
 
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes; None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # (no sysconf on Windows)
+        return None
+
+
+def _check_model_size(cfg: DictConfig) -> None:
+    """A ``model.width`` this machine can build the model at. The model is built in CPU
+    memory first, so float32 weights (4 bytes a parameter) beyond the machine's memory
+    were torch's "can't allocate memory" trace (1e6), and channel counts beyond torch's
+    64-bit sizes an overflow trace (1e18, 1e30), where the run built it. Counted on the
+    meta device (:func:`~basisconv.models.parameter_count`) for widths above 1 only: at
+    most 1, no layer is wider than the published model's."""
+    name, width = cfg.model.name, cfg.model.width
+    if width <= 1:
+        return
+    try:
+        count = parameter_count(name, cfg.data.num_classes, width)
+    except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
+        return  # at all (one that reads files as it is built) is not judged here
+    _check(count is not None, f"model.width={width} gives {name} channel counts beyond "
+                              f"torch's 64-bit tensor sizes; use a smaller width (1.0 is "
+                              f"the published model)")
+    memory = machine_memory()
+    if memory is not None and 4 * count > memory:
+        raise ConfigError(f"model.width={width} gives {name} {count:,} parameters, whose "
+                          f"float32 weights alone take {4 * count / 2**30:,.2f} GiB, more than "
+                          f"this machine's {memory / 2**30:,.2f} GiB of memory; use a smaller "
+                          f"width (1.0 is the published model)")
+
+
 def _check_subset(value: Any, key: str) -> None:
     problem = None if value is None else count_or_fraction_problem(value)
     if problem:
@@ -237,6 +270,12 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(s.workers >= 1, f"sensitivity.workers must be >= 1, got {s.workers}")
     _check(s.search_subset_size >= 1,
            f"sensitivity.search_subset_size must be >= 1, got {s.search_subset_size}")
+    # here, not in the exhaustive search, which read 0 as a limit every subset count
+    # exceeds, only once the run had counted the model's candidate layers (and the sweep
+    # check and scripts/train.py, which do not search, took it)
+    _check(s.search_max_subsets >= 1, f"sensitivity.search_max_subsets must be >= 1 (the "
+                                      f"most subsets the exhaustive search may train), got "
+                                      f"{s.search_max_subsets}")
     b = cfg.basis
     try:
         check_basis_size(b.size, "basis.size")
@@ -409,6 +448,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.data.num_classes == classes,
            f"data.num_classes={cfg.data.num_classes}, but data={cfg.data.name} has {classes} "
            f"classes; drop the override (data.num_classes={classes})")
+    _check_model_size(cfg)
     _check_subset(cfg.data.train_subset, "data.train_subset")
     _check_subset(cfg.data.test_subset, "data.test_subset")
     if cfg.data.name == "stripes":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from ..counts import is_int, is_number, share_of
@@ -42,6 +43,25 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Modu
     if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     return _REGISTRY[name](num_classes=num_classes, width=width)
+
+
+def parameter_count(name: str, num_classes: int = 10, width: float = 1.0) -> int | None:
+    """How many parameters ``build_model(name, num_classes, width)`` has, counted on the
+    meta device (shapes only: nothing is allocated), so that a width too large to build is
+    found without building it. None where torch cannot shape the model at all: a channel
+    count, or a weight's byte size, beyond its 64-bit sizes (an overflow trace from torch
+    where the model is built)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(name, num_classes, width)
+    except (RuntimeError, TypeError):  # torch's "Storage size calculation overflowed",
+        # "Overflow when unpacking long long"; a model that fails at the published width
+        # too fails for another reason, and that is raised
+        if width <= 1:
+            raise
+        parameter_count(name, num_classes)
+        return None
+    return sum(p.numel() for p in model.parameters())
 
 
 def scaled(channels: int, width: float) -> int:
