@@ -938,6 +938,80 @@ def test_a_field_analysis_reads_of_another_type_is_unreadable_not_a_value(tmp_pa
     assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
 
 
+def edited(record, path, value):
+    """A copy of ``record`` with the config value at the dotted ``path`` set to ``value``."""
+    record = json.loads(json.dumps(record))
+    *parents, last = path.split(".")
+    node = record["config"]
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return record
+
+
+@pytest.mark.parametrize("path, value", [
+    ("model.width", "wide"), ("model.width", "0.5"), ("model.width", None),
+    ("model.width", True), ("model.width", [0.5]), ("model.width", float("nan")),
+    ("trainer.epochs", "ten"), ("trainer.epochs", 2.5), ("trainer.epochs", True),
+    ("trainer.epochs", None), ("seed", "0"), ("seed", True), ("seed", 0.5), ("seed", None),
+    ("basis.size", [0.5]), ("basis.size", {"fraction": 0.5}), ("basis.size", "0.5"),
+    ("basis.size", True), ("basis.size", float("nan")), ("model.name", 20),
+    ("model.name", None), ("name", ["resnet20-all"]), ("selection.policy", 0),
+    ("selection.policy", None), ("trainer.amp", ["bf16"]), ("trainer.amp", None),
+    ("data.train_subset", "5000"), ("data.train_subset", True), ("data.train_subset", [5000])])
+def test_a_config_value_analysis_reads_of_another_type_is_unreadable(tmp_path, path, value):
+    """Found by a randomized test: a config value of another type than the producer writes
+    ended analysis with a trace (a text width in the recipe line's format, a text seed in
+    the sort of seeds, a list or an object in pandas' grouping, a number as the policy in
+    the plots' labels), or was read: a null or NaN width, size or epoch count was counted
+    but left out of the table, seed ``true`` averaged in as a copy of seed 1, epochs 2.5 or
+    ``true`` a row of its own without its baseline. Such a record is left out and named."""
+    publish_records(tmp_path / "runs", [RECORDS[0], RECORDS[3]])
+    (tmp_path / "runs" / "edited.json").write_text(json.dumps(edited(RECORDS[2], path, value)))
+    write_report(analyze_cfg(tmp_path), "cmd")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == [str(tmp_path / "runs" / "edited.json")]
+    assert len(index["runs"]) == 2
+
+
+@pytest.mark.parametrize("path, value", [
+    ("data.train_subset", None), ("data.train_subset", 5000), ("data.train_subset", 0.1),
+    ("basis.size", 4), ("basis.size", 0.25), ("model.width", 1), ("seed", 7)])
+def test_a_config_value_the_schema_allows_is_read(tmp_path, path, value):
+    """The type rule keeps what a producer writes: a null training subset (all the images),
+    a count or a fraction of images or basis filters, a whole width (``1`` for ``1.0``)."""
+    publish_records(tmp_path / "runs", [edited(RECORDS[2], path, value)])
+    unreadable = []
+    assert len(read_records(tmp_path / "runs", unreadable)) == 1 and unreadable == []
+
+
+def test_every_config_value_analysis_reads_has_its_type():
+    """Each ``config.*`` field of REQUIRED is checked for the type its producer writes: one
+    added to REQUIRED without its type would be read whatever it holds."""
+    from basisconv.records import CONFIG_TYPES, REQUIRED
+
+    read = {path for fields in REQUIRED.values() for part in fields for path in part
+            if path.startswith("config.")}
+    assert read == set(CONFIG_TYPES)
+
+
+def test_an_epochs_entry_named_as_a_run_column_does_not_move_the_epoch_to_another_run():
+    """Found by a randomized test: an epoch's entry named as one of the run's columns (an
+    edited or foreign record) replaced the run's own in its curve rows, so the epoch was
+    drawn as another seed's (averaged as a copy of it), or another model's. The run's own
+    columns are kept; the entry, which is no metric, is left out."""
+    foreign = json.loads(json.dumps(RECORDS[0]))
+    for epoch in foreign["epochs"]:
+        epoch.update(seed=1, model="vgg11", width=2.0, hardware="TPU", where="elsewhere",
+                     settings="trainer.lr=9", same_run="[]", epochs=90)
+    curves = curves_frame([(foreign, "here"), (RECORDS[1], "there")])
+    mine = curves[curves["where"] == "here"]
+    assert len(mine) == 2 and (mine["seed"] == 0).all() and (mine["model"] == "resnet20").all()
+    assert (mine["width"] == 0.5).all() and (mine["epochs"] == 2).all()
+    assert (mine["settings"] == "").all() and (mine["hardware"] == "AMD EPYC").all()
+    assert len(distinct_curves(curves)) == 4  # two seeds of two epochs, none a copy
+
+
 def test_an_epochs_metric_that_is_no_number_is_a_gap_in_its_curve(tmp_path):
     """Per-epoch values are the curves' and the median epoch time's, not the table's means:
     one that is text (an edited record) is left out of them, as a missing one is, rather

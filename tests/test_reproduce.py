@@ -262,10 +262,14 @@ done
 """
 
 
+#: A placeholder config value of each type of ``CONFIG_TYPES`` (seed 0: the smoke seed).
+CONFIG_PLACEHOLDERS = {str: "x", int: 0, float: 0.5, None: None}
+
+
 def complete_record(kind="training", overrides=()):
     """A finished record of ``kind`` holding every field the analysis reads (placeholder
     values of the types it reads), as a producer publishes it: one the protocol skips."""
-    from basisconv.records import LISTS, PROVENANCE_TYPES, REQUIRED
+    from basisconv.records import CONFIG_TYPES, LISTS, PROVENANCE_TYPES, REQUIRED
 
     record = {"kind": kind, "status": "complete", "table": []}
     always, once_complete = REQUIRED[kind]
@@ -274,8 +278,8 @@ def complete_record(kind="training", overrides=()):
         node = record
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = (None if parents[:1] == ["config"] else [] if path in LISTS
-                      else PROVENANCE_TYPES.get(path, lambda: 1)())
+        node[last] = (CONFIG_PLACEHOLDERS[CONFIG_TYPES[path][0]] if path in CONFIG_TYPES
+                      else [] if path in LISTS else PROVENANCE_TYPES.get(path, lambda: 1)())
     # made from the table this code's smoke protocol estimates (another key is set aside)
     if kind == "sensitivity":
         record["sensitivity"]["key"] = smoke_keys(tuple(overrides))["sensitivity"]

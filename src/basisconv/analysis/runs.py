@@ -225,11 +225,15 @@ def settings(records: list[tuple[dict, str]]) -> list[str]:
 def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[dict[str, Any]]:
     """Per-epoch metrics of one run, with its configuration columns. A metric that is no
     finite number (null, text: an edited record) is a gap in its curve, as a null one is:
-    one text value would make its column text, and the mean over seeds a trace."""
+    one text value would make its column text, and the mean over seeds a trace. The run's
+    columns are its record's: an epoch's entry of one of their names (``seed``, ``model``:
+    an edited or foreign record) is no metric, and would have put that epoch in another
+    run's curve (or another seed's, averaged as a copy of it)."""
     row = run_row(record, where)
-    keys = {k: row[k] for k in [*CONFIG_COLUMNS, "seed", "hardware", "where", "same_run"]}
-    return [{**keys, "settings": setting,
-             **{k: v if is_number(v) and math.isfinite(v) else None for k, v in epoch.items()}}
+    columns = {**{k: row[k] for k in [*CONFIG_COLUMNS, "seed", "hardware", "where", "same_run"]},
+               "settings": setting}
+    return [{**columns, **{k: v if is_number(v) and math.isfinite(v) else None
+                           for k, v in epoch.items() if k not in columns}}
             for epoch in record["epochs"]]
 
 

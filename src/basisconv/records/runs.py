@@ -11,7 +11,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..counts import is_number
+from ..counts import is_int, is_number
 from ..errors import PublishError
 from .files import write_json_atomic
 from .origin import provenance
@@ -107,12 +107,26 @@ REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 #: there that is not one (:func:`is_measurement`: null, NaN, text, ``true``, a negative
 #: time) is missing (hand-edited, or not ours), not a value; a table would count the seed
 #: and leave it out of the mean, take ``true`` for 1, or end in a trace from pandas.
-#: ``config`` keeps its nulls (``data.train_subset: null``).
+#: ``config`` keeps its nulls where its schema allows them (:data:`CONFIG_TYPES`).
 MEASURED = ("model", "final")
 #: The fields of :data:`REQUIRED` that hold a list, not a measurement, with the type of its
 #: items: a converted layer's name (the table counts them: the letters of a text would be
 #: counted), an epoch's row of the curves.
 LISTS = {"model.basis_layers": str, "epochs": dict}
+
+#: The config values of :data:`REQUIRED`, with the types the producer writes there (its
+#: schema, :mod:`basisconv.config`; :func:`of_type` says what each is): one of another
+#: type is missing, not a value. A text width or seed ended analysis with a trace from a
+#: format or a sort, a list or an object one from pandas' grouping, and a null, NaN, ``true``
+#: or a fractional epoch count was read: the run was counted but left out of the table, or
+#: averaged into seed 1, or given a row of its own without its baseline. Nulls are kept
+#: where the schema allows them (``data.train_subset: null``: all the images); a basis size
+#: or a training subset is a count (an int) or a fraction (a float).
+CONFIG_TYPES: dict[str, tuple[type | None, ...]] = {
+    "config.name": (str,), "config.seed": (int,), "config.model.name": (str,),
+    "config.model.width": (float,), "config.selection.policy": (str,),
+    "config.basis.size": (int, float), "config.trainer.epochs": (int,),
+    "config.trainer.amp": (str,), "config.data.train_subset": (None, int, float)}
 
 #: The provenance the analysis reads of every kind where a record has it (an older or
 #: edited record may not: "unknown hardware"), with its type: one of another type (a
@@ -127,13 +141,39 @@ def is_measurement(value: Any) -> bool:
     return is_number(value) and math.isfinite(value) and value >= 0
 
 
+def of_type(value: Any, kind: type | None) -> bool:
+    """Whether ``value`` is of ``kind`` as a producer writes it: an ``int`` is no bool
+    (JSON's ``true`` is an int to Python), a ``float`` any finite number (the schema takes
+    ``1`` for ``1.0``; a NaN is no configuration, and pandas leaves its row out of a
+    table), ``None`` a null."""
+    if kind is None:
+        return value is None
+    if kind is int:
+        return is_int(value)
+    if kind is float:
+        return is_number(value) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def of_another_type(path: str, value: Any) -> bool:
+    """Whether ``value``, found at ``path`` of :data:`REQUIRED`, is not what its producer
+    writes there: a list of other items than :data:`LISTS` says, a config value of
+    another type than :data:`CONFIG_TYPES` says, or a field of :data:`MEASURED` that is no
+    measurement (:func:`is_measurement`)."""
+    if path in LISTS:
+        return not (isinstance(value, list) and all(isinstance(item, LISTS[path])
+                                                    for item in value))
+    if path in CONFIG_TYPES:
+        return not any(of_type(value, kind) for kind in CONFIG_TYPES[path])
+    return path.split(".")[0] in MEASURED and not is_measurement(value)
+
+
 def missing_fields(record: dict[str, Any]) -> list[str]:
     """The fields of :data:`REQUIRED` that ``record`` (as :func:`read_record` returns it)
     lacks for its kind and status, each named once by its outermost missing part (``final``
-    for a missing or null ``final``), those of :data:`MEASURED` that are no measurement
-    (:func:`is_measurement`), those of :data:`LISTS` that are no list of their items, and
-    the provenance of another type than :data:`PROVENANCE_TYPES` says; none for the kinds
-    analysis does not read."""
+    for a missing or null ``final``), those that hold another type than their producer
+    writes (:func:`of_another_type`), and the provenance of another type than
+    :data:`PROVENANCE_TYPES` says; none for the kinds analysis does not read."""
     always, once_complete = REQUIRED.get(record.get("kind"), ((), ()))
     paths = always + (once_complete if record.get("status") == "complete" else ())
     missing: list[str] = []
@@ -149,11 +189,7 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
                 break
             node = node[key]
         else:
-            if path in LISTS:
-                if not (isinstance(node, list)
-                        and all(isinstance(item, LISTS[path]) for item in node)):
-                    missing.append(path)
-            elif keys[0] in MEASURED and not is_measurement(node):
+            if of_another_type(path, node):
                 missing.append(path)
     if record.get("kind") in REQUIRED:
         for path, kind in PROVENANCE_TYPES.items():
