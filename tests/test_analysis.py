@@ -995,6 +995,23 @@ def test_every_config_value_analysis_reads_has_its_type():
     assert read == set(CONFIG_TYPES)
 
 
+@pytest.mark.parametrize("path, value", [("trainer.amp", "../../outside"),
+                                         ("model.name", "../../outside")])
+def test_record_values_in_result_file_names_never_leave_the_results_folder(tmp_path, path,
+                                                                          value):
+    """Found by a randomized test: result file names are made of record values, and an
+    edited or foreign record's ``"amp": "../x"`` wrote its comparison table outside the
+    results folder (a model name ``a/b`` a sensitivity page into a folder of its own).
+    Such characters are ``_`` in the names; the record is read as any other."""
+    sensitivity = sensitivity_record()
+    sensitivity["config"]["model"]["name"] = value if path == "model.name" else "resnet20"
+    write_runs(tmp_path / "runs", [edited(RECORDS[0], path, value), sensitivity])
+    written = write_report(analyze_cfg(tmp_path), "cmd")
+    out = tmp_path / "results"
+    assert all(p.parent == out for p in written), written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "runs"]
+
+
 def test_an_epochs_entry_named_as_a_run_column_does_not_move_the_epoch_to_another_run():
     """Found by a randomized test: an epoch's entry named as one of the run's columns (an
     edited or foreign record) replaced the run's own in its curve rows, so the epoch was

@@ -267,7 +267,8 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     for (device, precision), part in table.groupby(["device", "precision"], sort=False):
         mine = runs[(runs["device"] == device) & (runs["precision"] == precision)]
         mine_curves = curves[(curves["device"] == device) & (curves["precision"] == precision)]
-        written += write_group(part, mine, mine_curves, out / f"{device}-{precision}",
+        tag = file_safe(f"{device}-{precision}")
+        written += write_group(part, mine, mine_curves, out / tag,
                                cfg.profile, made, left_out)
     if cfg.source == "local":
         written += sensitivity_outputs(local, out, cfg.profile)
@@ -398,6 +399,13 @@ def name_part(key: str, value) -> str:
     if key in NAME_PARTS and is_number(value):
         return NAME_PARTS[key].format(value)
     text = str(value) if key == "selection.policy" else f"{key}={setting_value(value)}"
+    return file_safe(text)
+
+
+def file_safe(text: str) -> str:
+    """``text`` with any character a file name should not hold as ``_``. Result file names
+    are made of record values: an edited or foreign record's ``"amp": "../x"`` or model
+    name ``"a/b"`` wrote outside the results folder, or into a folder of its own."""
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
 
 
@@ -407,7 +415,9 @@ def distinct_stems(records: list[dict], stems: list[str]) -> list[str]:
     ``-m0.25``, ``-sensitivity_threshold``, ``-selection.budget_reduction=0.5``), so that
     one summary does not overwrite another; records alike in every such key (the same
     estimate made again) are numbered in the order they were made. A stem only one record
-    has stays as it is: the names published results link to."""
+    has stays as it is: the names published results link to. Each is first made
+    :func:`file_safe`."""
+    stems = [file_safe(stem) for stem in stems]
     names = list(stems)
     for stem in dict.fromkeys(stems):
         mine = [i for i, s in enumerate(stems) if s == stem]
