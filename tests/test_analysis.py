@@ -1,6 +1,7 @@
 """From run records to tables and plots: the comparison over seeds, the wandb source (with
 a stand-in for wandb's API), the files analyze.py writes, and the results notebook."""
 
+import functools
 import json
 import os
 import re
@@ -275,7 +276,7 @@ def test_an_analysis_of_wandb_runs_leaves_the_local_sensitivity_summaries(tmp_pa
     local = {p.name for p in write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")}
     summaries = {name for name in local if name.startswith("sensitivity-")}
     assert summaries
-    monkeypatch.setattr(report, "wandb_records", lambda project, entity=None: [
+    monkeypatch.setattr(report, "wandb_records", lambda project, entity=None, **_: [
         (r, "wandb") for r in RECORDS])
     write_report(analyze_cfg(tmp_path, source="wandb"), "python scripts/analyze.py")
     assert all((tmp_path / "results" / name).exists() for name in summaries)
@@ -397,6 +398,24 @@ def test_wandb_source_skips_other_runs_and_a_project_it_cannot_list_is_one_line(
                                           r"'me/basisconv' \(Could not find project "
                                           r"basisconv\); check wandb.project / wandb.entity"):
         wandb_records("basisconv", "me", api=Unreachable([]))
+
+def test_a_wandb_run_without_a_field_analysis_reads_is_left_out_and_named(tmp_path,
+                                                                          monkeypatch):
+    """A finished run with a ``test_accuracy`` that lacks another final metric (another
+    code's run in the project, one logged by an older version) was a ``KeyError`` trace
+    that ended the analysis, and one with a text metric a trace from the tables: each is
+    left out and named by its URL, as an unreadable local record is."""
+    from basisconv.analysis import report
+
+    lacking, text = FakeRun(RECORDS[0]), FakeRun(RECORDS[2])
+    del lacking.summary["train_seconds"]
+    text.summary["test_accuracy"] = "0.9"
+    lacking.url, text.url = "https://wandb.ai/me/basisconv/runs/a", "https://wandb.ai/b"
+    api = FakeApi([lacking, text, FakeRun(RECORDS[1])])
+    monkeypatch.setattr(report, "wandb_records", functools.partial(wandb_records, api=api))
+    write_report(analyze_cfg(tmp_path, source="wandb"), "python scripts/analyze.py")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == [lacking.url, text.url] and len(index["runs"]) == 1
 
 
 def analyze_cfg(tmp_path, **values):

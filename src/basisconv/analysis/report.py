@@ -314,17 +314,17 @@ def collect_records(cfg: DictConfig) -> tuple[list, list[str], list]:
     ConfigError when there are none."""
     unreadable: list[str] = []
     local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
+    if cfg.source == "local":
+        records = training_records(local)
+    elif cfg.source == "wandb":
+        records = wandb_records(cfg.wandb.project, cfg.wandb.entity, unreadable=unreadable)
+    else:
+        raise ConfigError(f"source={cfg.source!r}; choose local or wandb")
     if unreadable:
         log.warning("skipped %d records that could not be read or lack fields the analysis "
                     "reads: %s (a finished training run's run.json is rebuilt from its "
                     "checkpoint by running the same command again)", len(unreadable),
                     ", ".join(unreadable))
-    if cfg.source == "local":
-        records = training_records(local)
-    elif cfg.source == "wandb":
-        records = wandb_records(cfg.wandb.project, cfg.wandb.entity)
-    else:
-        raise ConfigError(f"source={cfg.source!r}; choose local or wandb")
     if not records:
         where = (f"{cfg.runs_dir} ({found_line(local, unreadable)})" if cfg.source == "local"
                  else f"wandb project {cfg.wandb.project}")

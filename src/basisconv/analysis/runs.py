@@ -18,8 +18,8 @@ from ..counts import is_number
 from ..errors import ConfigError, one_line
 from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, is_measurement,
-                       made_by_profile, measured_on_cpu, provenance_from_wandb, read_record,
-                       unusable)
+                       made_by_profile, measured_on_cpu, missing_fields, provenance_from_wandb,
+                       read_record, unusable)
 from ..selection import SENSITIVITY_POLICIES, keys_read
 
 log = logging.getLogger(__name__)
@@ -321,10 +321,15 @@ def records_of_kind(records: list[tuple[dict, Path]], kind: str) -> list[tuple[d
     return [(record, folder) for record, folder in records if record["kind"] == kind]
 
 
-def wandb_records(project: str, entity: str | None = None, api=None) -> list[tuple[dict, str]]:
+def wandb_records(project: str, entity: str | None = None, api=None,
+                  unreadable: list[str] | None = None) -> list[tuple[dict, str]]:
     """Finished runs of a wandb project, rebuilt in the shape of local run records from
     what ``Training`` logs: the resolved config, per-epoch history, and the ``model/*``,
-    ``provenance/*`` and final metrics in the summary."""
+    ``provenance/*`` and final metrics in the summary. One that lacks a field analysis
+    reads, or holds one of another type (another code's run with a ``test_accuracy``, a
+    run logged by an older version), is left out, logged and its URL appended to
+    ``unreadable``, as a local record is (it was a ``KeyError`` trace, or a trace from the
+    tables)."""
     if api is None:
         try:
             import wandb
@@ -352,11 +357,18 @@ def wandb_records(project: str, entity: str | None = None, api=None) -> list[tup
         record = {
             "kind": "training", "status": "complete",
             "config": run.config, "model": model, "epochs": epochs,
-            "final": {k: summary[k] for k in (
+            "final": {k: summary.get(k) for k in (
                 "test_accuracy", "best_test_accuracy", "forward_seconds_per_step",
                 "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds")},
             "provenance": provenance_from_wandb(summary),
         }
+        missing = missing_fields(record)
+        if missing:
+            log.info("unreadable wandb run %s (a training record without %s)", run.url,
+                     ", ".join(missing))
+            if unreadable is not None:
+                unreadable.append(run.url)
+            continue
         found.append((record, run.url))
     return found
 
