@@ -3,10 +3,14 @@ the monkeypatched state around it) lives on to resume the run."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
+from typing import Any, Callable
 from unittest import mock
 
 import pytest
+import torch
 
 from basisconv import loop
 from basisconv.train import fit
@@ -25,3 +29,33 @@ def fit_stopped_before(epoch: int, cfg, output_dir: Path) -> None:
 
     with mock.patch.object(loop, "run_epoch", stopped), pytest.raises(KeyboardInterrupt):
         fit(cfg, output_dir)
+
+
+def sigterm_amid_torch_save(monkeypatch, chosen: Callable[[Any], bool]) -> None:
+    """``torch.save`` of an object ``chosen`` says yes to sends this process a SIGTERM
+    between two of its writes to the file, once (as a protocol's Ctrl-C met a checkpoint
+    being written: the stop raised inside torch's zip writer became its RuntimeError)."""
+    real_save = torch.save
+
+    class Amid:
+        """The file, whose third write brings the signal."""
+
+        def __init__(self, file):
+            self.file, self.writes = file, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def save(obj, f, *args, **kwargs):
+        if chosen(obj):
+            monkeypatch.setattr(torch, "save", real_save)  # once
+            f = Amid(f)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)

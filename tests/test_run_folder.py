@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv import signals
 from basisconv.train import fit
-from interruption import fit_stopped_before
+from interruption import fit_stopped_before, sigterm_amid_torch_save
 
 TINY = ["data=stripes", "data.synthetic_train=200", "data.synthetic_test=50", "model=resnet8",
         "model.width=0.25", "trainer.batch_size=50", "trainer.progress=false",
@@ -724,6 +724,24 @@ def test_a_stop_just_after_the_checkpoints_rename_names_that_checkpoint(tmp_path
         fit(once, tmp_path / "over")
 
 
+def test_a_sigterm_amid_a_checkpoints_write_is_a_stop_after_it(tmp_path, repo, monkeypatch,
+                                                                stop_handlers):
+    """Found by a flaky protocol test: a SIGTERM that came while torch.save wrote a
+    checkpoint raised the stop inside torch's zip writer, whose exit then failed, and
+    torch's ``RuntimeError: unexpected pos`` replaced the stop (a trace, exit status 1). It
+    is held until the checkpoint is written, then stops the run there."""
+    from basisconv.checkpoint import load_checkpoint
+
+    sigterm_amid_torch_save(monkeypatch, lambda state: isinstance(state, dict) and len(
+        state.get("record", {}).get("epochs", ())) == 2)
+    with signals.sigterm_stops():  # as the entry points set it
+        message = stop_message(repo, tmp_path)
+    assert message.endswith(
+        f"the run in {tmp_path} stopped after epoch 2 of 3 (checkpoint saved); run the same "
+        f"command again with hydra.run.dir={tmp_path} to resume it"), message
+    assert len(load_checkpoint(tmp_path / "checkpoint.pt")["record"]["epochs"]) == 2
+
+
 @pytest.mark.parametrize("resuming", [False, True])
 @pytest.mark.parametrize("by", ["ctrl-c", "sigterm"])
 def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeypatch, resuming,
@@ -1073,6 +1091,29 @@ def test_a_default_or_ignored_disposition_is_let_go_by_stops_let_go_and_left_by_
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background, or by nohup
     with signals.one_stop():
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_stops_held_handles_the_first_stop_once_as_the_block_ends(stop_handlers):
+    """What came in the block is handled after it (once, the first of them), its handlers
+    are put back, and a default or ignored disposition is left as it is."""
+    seen = []
+
+    def mine(signum, frame):
+        seen.append(signum)
+    for s in signals.STOPS:
+        signal.signal(s, mine)
+    with signals.stops_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert seen == []
+    assert seen == [signal.SIGTERM]
+    assert all(signal.getsignal(s) is mine for s in signals.STOPS)
+    with signals.stops_held():
+        pass
+    assert seen == [signal.SIGTERM]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # started by nohup
+    with signals.stops_held():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 

@@ -1130,6 +1130,31 @@ def test_a_killed_estimates_half_written_dense_copy_is_removed_once_old(repo, tm
     assert kept.dense(dense)[1] == 1.0
 
 
+def test_a_sigterm_amid_keeping_the_dense_start_stops_after_it_is_written(repo, tmp_path,
+                                                                          monkeypatch):
+    """As a checkpoint's (tests/test_run_folder.py): a stop raised inside torch.save was
+    torch's RuntimeError trace; it is held until the dense start is kept, then stops."""
+    import signal
+
+    from interruption import sigterm_amid_torch_save
+
+    from basisconv import signals
+    from basisconv.errors import Stopped
+    from basisconv.progress import Progress
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    dense = build_model("resnet8", num_classes=10, width=0.25)
+    kept = Progress(tmp_path, cfg, torch.device("cpu"))
+    sigterm_amid_torch_save(monkeypatch, lambda obj: True)
+    previous = signal.signal(signal.SIGTERM, signals.raise_stopped)  # as the entry point's
+    try:
+        with pytest.raises(Stopped):
+            kept.keep_dense(dense, 1.0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert kept.dense(dense)[1] == 1.0
+
+
 def test_kept_work_that_cannot_be_written_is_one_warning_and_the_estimate_goes_on(
         repo, tmp_path, caplog):
     """A fine-tune's result or the dense start that cannot be kept (a full disk, a file

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .errors import ConfigError, one_line
 from .records import file_digest, write_atomic, write_text_atomic
+from .signals import stops_held
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
                 raise err.__context__ from None  # the OSError as its context
             raise
 
-    write_atomic(path, save, before_replace=record_sum)
+    with stops_held():  # a stop raised inside torch.save became torch's RuntimeError
+        write_atomic(path, save, before_replace=record_sum)
 
 
 def stored_sums(path: Path) -> list[str]:

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import WriteError, one_line
 from .records import json_digest, leftover_temporaries, write_atomic
+from .signals import stops_held
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,9 @@ class Progress:
             log.info("sensitivity: removed %s, left half written by an estimate killed "
                      "while writing it", leftover)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self._write(path, lambda f: torch.save({"state_dict": state, "seconds": seconds}, f))
+        with stops_held():  # a stop raised inside torch.save became torch's RuntimeError
+            self._write(path, lambda f: torch.save({"state_dict": state, "seconds": seconds},
+                                                   f))
 
     def start_from(self, model: torch.nn.Module) -> None:
         """Results from here on are those of fine-tunes starting from ``model``."""

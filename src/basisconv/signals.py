@@ -114,3 +114,35 @@ def one_stop() -> Iterator[None]:
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """A SIGINT or SIGTERM that comes in the block is held and handled as the block ends
+    (its handler raises there, after what the block wrote). Why: ``torch.save`` writes
+    inside its zip writer's context, and a stop raised in the middle of it made the
+    writer's exit fail, so torch's ``RuntimeError: unexpected pos`` replaced the stop (a
+    trace and exit status 1 in place of a stop's line, seen when a protocol's Ctrl-C met a
+    checkpoint being written). A per-thread signal mask does not hold them: any other
+    thread (wandb's, torch's) would take the signal and Python would still run the handler
+    in the main thread at once. Only Python handlers are held, as :func:`one_stop`'s."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = _python_handlers(callable)
+    came: list[int] = []
+
+    def hold(signum, frame) -> None:
+        came.append(signum)
+
+    with signals_blocked(handlers):
+        for s in handlers:
+            signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        with signals_blocked(handlers):
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+        if came:  # the first one, as if it came now (a second is one stop's repeat)
+            handlers[came[0]](came[0], None)
