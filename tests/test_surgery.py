@@ -512,6 +512,13 @@ def test_frozen_convs_stay_frozen_when_converted():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="every coefficient matrix of the model is frozen"):
         CoefficientSkipSchedule(apply_basis(model, "layer1.*", 0.5), 2)
+    # a fresh layer (convert=False) trains as its conv did too (it was trainable, and the
+    # savings tables, which count with fresh layers, charged a frozen conv's conversion
+    # with weight gradients it never computes)
+    model.layer2[0].conv1.weight.requires_grad_(True)
+    fresh = apply_basis(model, ["layer1.0.conv1", "layer2.0.conv1"], 0.5, convert=False)
+    assert not any(p.requires_grad for p in fresh.layer1[0].conv1.parameters())
+    assert all(p.requires_grad for p in fresh.layer2[0].conv1.parameters())
 
 
 def test_dense_warmup_then_convert():

@@ -305,11 +305,7 @@ class BasisConv2d(nn.Module):
             layer.output_index.copy_(torch.argsort(stored))
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias.detach())
-        # A frozen conv (a fine-tuning recipe's fixed backbone) stays frozen in basis form.
-        for p in [layer.basis_weight, *layer.coefficient_parameters()]:
-            p.requires_grad_(conv.weight.requires_grad)
-        if conv.bias is not None:
-            layer.bias.requires_grad_(conv.bias.requires_grad)
+        layer.train_as(conv)
         layer.reconstruction_error = relative_error(layer.dense_weight(), weight)
         return layer
 
@@ -323,6 +319,15 @@ class BasisConv2d(nn.Module):
                    stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                    bias=conv.bias is not None, dtype=conv.weight.dtype,
                    device=conv.weight.device if device is None else device, **options)
+
+    def train_as(self, conv: nn.Conv2d) -> None:
+        """The parameters train as ``conv``'s did (``requires_grad`` of its weight and
+        bias): a frozen conv (a fine-tuning recipe's fixed backbone) stays frozen in basis
+        form, fitted or fresh, and the cost of a step counts what it computes."""
+        for p in [self.basis_weight, *self.coefficient_parameters()]:
+            p.requires_grad_(conv.weight.requires_grad)
+        if conv.bias is not None:
+            self.bias.requires_grad_(conv.bias.requires_grad)
 
     def set_coefficients(self, *factors: torch.Tensor) -> None:
         """Copy a fitted matrix (or its two low-rank factors) into the parameters."""

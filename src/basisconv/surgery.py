@@ -378,7 +378,7 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     torchvision's do; fan-in's std is 2.3x theirs at ResNet-20's stem, 4.6x at
     ResNet-18's) carries over to its basis layers, and with it the effective learning
     rate, which under a batch norm the weights' scale sets; a basis row and a dense row
-    of the protocol then differ only in the basis form.
+    of the protocol then differ only in the basis form. It trains as the conv did.
     Built on the ``meta`` device and initialized once, so the random stream is the one a
     default init would draw."""
     layer = BasisConv2d.shaped_like(conv, m, device="meta", **options)
@@ -386,6 +386,9 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     weight = conv.weight.detach()
     scale = None if weight.is_meta else float(weight.double().square().mean().sqrt())
     layer.reset_parameters(filter_std=scale)
+    # (a frozen conv's fresh layer was trainable: the savings table then counted its
+    # weight gradients as a cost of converting it)
+    layer.train_as(conv)
     return layer
 
 
