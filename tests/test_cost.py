@@ -327,6 +327,31 @@ def test_a_batch_of_one_at_a_training_mode_batch_norm_head_is_one_clear_error():
     assert two == 2 * 2 * (8 * 27 * 36 + 8 * 4 + 4 * 2)
 
 
+def test_a_cumulative_average_batch_norm_is_counted_as_any_other():
+    """Found by a fuzz of users' models: a BatchNorm2d(momentum=None) in training mode (a
+    cumulative average) made the dry run fail on the meta device ("Tensor.item() cannot be
+    called on meta tensors"), with advice to change the input shape; its plain and fused
+    forms count as with a momentum, and the model's own norm keeps None."""
+
+    class ConvNorm(torch.nn.Module):
+        def __init__(self, momentum):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 16, 3)
+            self.norm = torch.nn.BatchNorm2d(16, momentum=momentum)
+
+        def forward(self, x):
+            return conv_norm_act(self.conv, self.norm, x, relu=True)
+
+    for fuse_norm in (False, True):
+        cumulative, usual = (apply_basis(ConvNorm(momentum).train(), ["conv"], 4,
+                                         fuse_norm=fuse_norm) for momentum in (None, 0.1))
+        assert model_cost(cumulative, (2, 3, 8, 8)) == model_cost(usual, (2, 3, 8, 8))
+        assert cumulative.norm.momentum is None
+    cumulative = ConvNorm(None).train()
+    assert model_cost(cumulative, (2, 3, 8, 8)) == model_cost(ConvNorm(0.1).train(), (2, 3, 8, 8))
+    assert cumulative.norm.momentum is None
+
+
 def test_a_model_torch_cannot_copy_is_one_clear_error():
     # Found by audit: a conv pruned with torch.nn.utils.prune (its weight computed by a
     # hook) failed in copy.deepcopy with torch's "Only Tensors created explicitly by the

@@ -348,6 +348,10 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
             # fail (under torchrun, the dense warm-up's conversion); the plain one gives the
             # same shapes and computes nothing counted
             module.forward = types.MethodType(_BatchNorm.forward, module)
+        if isinstance(module, _BatchNorm) and module.momentum is None:
+            # a cumulative average reads its batch count as a number (1 / count), which a
+            # meta tensor has not: any step size gives the same shapes and counts
+            module.momentum = 0.1
     costs: list[LayerCost] = []
     handles = []
     for name, module in shadow.named_modules():
