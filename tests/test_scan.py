@@ -1,6 +1,8 @@
 """The sensitivity scan of a user's own model with their own data and training
 (``basisconv.scan.layer_sensitivity``)."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -219,13 +221,40 @@ def test_a_frozen_convs_saving_is_what_converting_it_saves():
     model.requires_grad_(False)
     model[2].bias.requires_grad_(True)
     x = torch.randn(2, 3, 12, 12)
-    table = layer_sensitivity(model, 0.5, lambda m: float(m(x).mean()),
+    table = layer_sensitivity(model, 0.5, lambda m: m(x).mean().item(),
                               input_shape=(1, 3, 12, 12))
     shape = (1, 3, 12, 12)
     for layer, saved in zip(table.layer, table.flops_saved):
         converted = apply_basis(model, [layer], 0.5)
         assert saved == model_cost(model, shape).total_flops - model_cost(
             converted, shape).total_flops > 0, layer
+
+
+def test_convs_sharing_one_weight_say_what_converting_each_alone_saves():
+    """Found by a fuzz of users' models: two convs sharing one weight each claimed the whole
+    weight's saving (816 parameters, 1632 for the pair), while converting either alone adds
+    336 (the weight stays with the other) and both save 816 together."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 16, 3), nn.Conv2d(8, 16, 3, dilation=2)
+            self.b.weight = self.a.weight
+            self.c = nn.Conv2d(16, 16, 1)
+
+        def forward(self, x):
+            return self.c(self.a(x)[..., 1:-1, 1:-1] + self.b(x))
+
+    model, x, shape = Tied().eval(), torch.randn(2, 8, 12, 12), (1, 8, 12, 12)
+    with pytest.warns(UserWarning, match=r"layers \['a', 'b'\] share their weight"):
+        table = layer_sensitivity(model, 0.25, lambda m: m(x).mean().item(),
+                                  input_shape=shape)
+    dense = model_cost(model, shape).params
+    for layer, saved in zip(table.layer, table.params_saved):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert saved == dense - model_cost(apply_basis(model, [layer], 0.25), shape).params
+    assert list(table.params_saved[:2]) == [-336, -336] and table.params_saved[2] > 0
 
 
 def test_a_drop_equal_to_the_threshold_is_taken():

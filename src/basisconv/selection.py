@@ -44,10 +44,10 @@ import numpy as np
 import torch.nn as nn
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .cost import model_cost
+from .cost import count_parameters, model_cost
 from .counts import is_int, is_number
 from .errors import ConfigError, warn_once
-from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers
+from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers, stored_parameter
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
     import pandas as pd  # that makes none (most training runs) starts without it
@@ -482,7 +482,8 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     output pixel (``only_where_saves``, :func:`~basisconv.cost.saves_compute`: near full
     rank with few output pixels, the once-a-batch terms below can make a candidate's
     ``forward_flops_saved`` slightly negative, which the table then says); converting several
-    layers saves the sum (layer costs are independent). A first layer can still cost more
+    layers saves the sum (layer costs are independent), except the parameters of convs
+    that share one weight (warned: each row says what converting it alone saves). A first layer can still cost more
     to train (its input needs no gradient, its basis maps do): its ``flops_saved`` is
     then negative, and the budget rule passes it over.
 
@@ -507,12 +508,16 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
                           f"shape {tuple(shape)}: left out of the candidates", stacklevel=2)
     called = [name for name in names if name in dense]
     rows = []
+
+    def convert(layers: list[str]) -> nn.Module:
+        return apply_basis(model, layers, basis.size, inplace=False, convert=False,
+                           only_where_saves=True, combine=basis.combine,
+                           coefficient_rank=basis.coefficient_rank,
+                           fuse_norm=bool(basis.get("fuse_norm")), keys=keys)
     if called:
-        converted = apply_basis(model, called, basis.size, inplace=False, convert=False,
-                                only_where_saves=True, combine=basis.combine,
-                                coefficient_rank=basis.coefficient_rank,
-                                fuse_norm=bool(basis.get("fuse_norm")), keys=keys)
+        converted = convert(called)
         basis_costs = model_cost(converted, shape).by_layer()
+        tied = _sharing_their_weight(model, called)
         for row in basis_report(converted):
             name = row["name"]
             before, after = dense[name], basis_costs[name]
@@ -520,7 +525,8 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
                          "shape": f"{row['in_channels']}->{row['out_channels']} "
                                   f"k{_kernel(*row['kernel_size'])}",
                          "num_basis": row["num_basis"],
-                         "params_saved": before.params - after.params,
+                         "params_saved": (_saved_alone(model, convert, name) if name in tied
+                                          else before.params - after.params),
                          "flops_saved": round((before.total_flops - after.total_flops) / batch),
                          "forward_flops_saved":
                              round((before.forward_flops - after.forward_flops) / batch)})
@@ -529,6 +535,31 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
                           f"selected layer the forward calls saves compute; choose a smaller "
                           f"{keys['num_basis']}")
     return pd.DataFrame(rows)
+
+
+def _sharing_their_weight(model: nn.Module, names: list[str]) -> list[str]:
+    """The named convs whose weight another module holds too (weight tying,
+    ``b.weight = a.weight``; one conv under two names is one module, not tied)."""
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    tied = [name for name in names
+            if holders.get(id(stored_parameter(model.get_submodule(name), "weight")), 0) > 1]
+    if tied:
+        warnings.warn(f"layers {tied} share their weight with other modules: their "
+                      f"params_saved is what converting each alone saves (the shared weight "
+                      f"stays, so it adds parameters); converting all that share one weight "
+                      f"saves it once, which the sum of their rows does not say", stacklevel=3)
+    return tied
+
+
+def _saved_alone(model: nn.Module, convert, name: str) -> int:
+    """What converting ``name`` alone saves in parameters, counted over the whole model: a
+    tied conv's own count holds the weight it shares, which stays with the others."""
+    with warnings.catch_warnings():  # (that they no longer share it: said above)
+        warnings.simplefilter("ignore")
+        return count_parameters(model) - count_parameters(convert([name]))
 
 
 def _kernel(kh: int, kw: int) -> str:
