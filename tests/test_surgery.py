@@ -190,6 +190,12 @@ def test_layer_errors_name_the_layer_and_the_valid_range():
         apply_basis(model, "all", 20)
     with pytest.raises(ValueError, match=r"layer 'layer3.0.conv1'.*valid is 1\.\.64"):
         apply_basis(model, "layer3.0.conv1", 65)
+    # (found by a fuzz: above every selected layer, only_where_saves=True is refused too, so
+    # the error does not advise it)
+    with pytest.raises(ValueError, match=r"valid is 1\.\.16 \(its out_channels\); set num_basis "
+                                         r"to a count in that range, or to a fraction in \(0, "
+                                         r"1\] of each layer's out_channels$"):
+        apply_basis(model, ["conv1", "layer1.0.conv1"], 20)
     # Found by audit: a bare conv was "a model with no Conv2d layers"
     with pytest.raises(ValueError, match=r"a single conv; convert it with BasisConv2d\.from_conv"):
         apply_basis(nn.Conv2d(8, 16, 3), "all", 4)

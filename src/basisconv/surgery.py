@@ -308,8 +308,8 @@ def _sizes_of(num_basis, targets: dict[str, nn.Conv2d], only_where_saves: bool, 
         try:
             sizes[name] = resolve_num_basis(num_basis, conv.out_channels, where=name, key=key)
         except ConfigError as err:
-            if not above:
-                raise
+            if not above or _count_above(num_basis, widest):  # (then leaving such layers
+                raise                                      # dense would leave them all)
             raise ConfigError(f"{err}; or {leave_dense}") from None
         kept[name] = conv
     return kept, sizes
