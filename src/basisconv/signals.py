@@ -62,6 +62,14 @@ def _python_handlers(keep: Callable[[object], bool]) -> dict[int, object]:
     return {s: h for s in STOPS if keep(h := signal.getsignal(s))}
 
 
+def _set_together(handlers: dict[int, object]) -> None:
+    """Each signal's new handler, set with all of them blocked: one landing between two
+    of the changes is held until all are made."""
+    with signals_blocked(handlers):
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
 @contextlib.contextmanager
 def stops_let_go() -> Iterator[None]:
     """SIGINT and SIGTERM let go while a stop already on its way is made: a second one (a
@@ -72,15 +80,11 @@ def stops_let_go() -> Iterator[None]:
         yield
         return
     handlers = _python_handlers(lambda handler: handler is not None)
-    with signals_blocked(handlers):  # both at once: one landing between the two is held
-        for signum in handlers:
-            signal.signal(signum, signal.SIG_IGN)
+    _set_together(dict.fromkeys(handlers, signal.SIG_IGN))
     try:
         yield
     finally:
-        with signals_blocked(handlers):
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
+        _set_together(handlers)
 
 
 @contextlib.contextmanager
@@ -135,14 +139,10 @@ def stops_held() -> Iterator[None]:
     def hold(signum, frame) -> None:
         came.append(signum)
 
-    with signals_blocked(handlers):
-        for s in handlers:
-            signal.signal(s, hold)
+    _set_together(dict.fromkeys(handlers, hold))
     try:
         yield
     finally:
-        with signals_blocked(handlers):
-            for s, handler in handlers.items():
-                signal.signal(s, handler)
+        _set_together(handlers)
         if came:  # the first one, as if it came now (a second is one stop's repeat)
             handlers[came[0]](came[0], None)
