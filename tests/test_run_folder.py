@@ -1117,6 +1117,34 @@ def test_stops_held_handles_the_first_stop_once_as_the_block_ends(stop_handlers)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
+def test_a_stop_as_the_temporary_file_is_made_leaves_none_and_the_umask_as_it_was(
+        tmp_path, monkeypatch):
+    """Found by a stop-injection audit: a stop right after mkstemp (while the umask was
+    read by setting it to 0 and back, or the file's mode set) left the temporary file and
+    its descriptor behind, and could leave the process with umask 0; the analysis and the
+    sensitivity estimate's kept work never remove such files."""
+    from basisconv.records import files, write_atomic
+
+    before = os.umask(0o027)
+    try:
+        assert files.process_umask() == 0o027
+        write_atomic(tmp_path / "kept.json", lambda f: f.write(b"{}"))
+        assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
+        open_fds = len(os.listdir("/proc/self/fd"))
+
+        def stopped(*args):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(files.os, "chmod", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            write_atomic(tmp_path / "run.json", lambda f: f.write(b"{}"))
+        monkeypatch.undo()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]
+        assert len(os.listdir("/proc/self/fd")) == open_fds
+        assert files.process_umask() == 0o027
+    finally:
+        os.umask(before)
+
+
 def test_the_temporary_of_a_write_in_flight_is_hidden_and_what_leftover_temporaries_finds(
         tmp_path):
     """A writer killed mid-write leaves its temporary file; ``leftover_temporaries`` must

@@ -95,14 +95,36 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
         os.close(fd)  # closing the only descriptor releases the lock
 
 
-def temporary_beside(path: Path) -> tuple[int, str]:
-    """A temporary file in ``path``'s folder (so the rename is atomic), with the
-    permissions a plain ``open`` would give (mkstemp's are owner-only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def process_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``/proc``,
+    since 4.7): ``os.umask`` reads it only by setting another, and a stop (Ctrl-C,
+    SIGTERM) between its two calls left the process creating files with umask 0."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    return umask
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder (so the rename is atomic), with the
+    permissions a plain ``open`` would give (mkstemp's are owner-only). A stop or error
+    before it is handed over removes it (a stop there left it behind, and its descriptor
+    open: the analysis and the sensitivity estimate's kept work never remove theirs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    umask = process_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return fd, tmp
 
 
