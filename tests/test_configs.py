@@ -687,13 +687,19 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
     with pytest.raises(ConfigError, match=r"^basis.coefficient_rank must be an int in 1\.\.8 "
                                           r"for layer 'conv1'"):
         build_network(cfg, choose_layers(cfg))
-    cfg = compose_cfg("model=resnet20", "selection=list", "selection.layers=[conv1]",
-                      "basis.size=17", "basis.only_where_saves=false")
+    cfg = compose_cfg("model=resnet20", "selection=list",
+                      "selection.layers=[conv1,layer3.0.conv1]", "basis.size=17",
+                      "basis.only_where_saves=false")
     # named as the user set it, not as the function argument deep inside
     with pytest.raises(ConfigError, match=r"'conv1': basis.size = 17 is out of range: valid is "
                                           r"1\.\.16 .*set basis.size to a count in that range.*; "
                                           r"or set basis.only_where_saves=true to leave such "
                                           r"layers dense$"):
+        build_network(cfg, choose_layers(cfg))
+    # (above every selected layer, only_where_saves would refuse it too: not advised)
+    cfg.selection.layers = ["conv1"]
+    with pytest.raises(ConfigError, match=r"'conv1': basis.size = 17 is out of range: .*"
+                                          r"of each layer's out_channels$"):
         build_network(cfg, choose_layers(cfg))
     with pytest.raises(ConfigError, match="selection.layers"):
         choose_layers(compose_cfg("model=resnet20", "selection=list"))
