@@ -1094,6 +1094,31 @@ def test_a_default_or_ignored_disposition_is_let_go_by_stops_let_go_and_left_by_
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
+def test_a_stop_as_the_entry_point_puts_its_handler_back_is_said_in_one_line(
+        monkeypatch, capsys, stop_handlers):
+    """Found by a stop-injection audit: a SIGTERM whose handler ran as ``sigterm_stops``
+    put the handler before it back (the task done) raised its stop outside the entry
+    point's handling: a trace ending in ``basisconv.errors.Stopped``, and exit -2."""
+    import contextlib
+
+    from basisconv import cli
+    from basisconv.errors import Stopped
+
+    @contextlib.contextmanager
+    def stopped_on_the_way_out():
+        yield
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "sigterm_stops", stopped_on_the_way_out)
+    monkeypatch.delenv("BASISCONV_DEBUG", raising=False)
+    try:
+        cli.exit_on_user_error(lambda: None)()
+    except BaseException as err:  # (a Stopped let through would end pytest's session)
+        end = err
+    assert isinstance(end, SystemExit) and end.code == 143, repr(end)
+    assert capsys.readouterr().err == "stopped by SIGTERM\n"
+
+
 def test_stops_held_handles_the_first_stop_once_as_the_block_ends(stop_handlers):
     """What came in the block is handled after it (once, the first of them), its handlers
     are put back, and a default or ignored disposition is left as it is."""

@@ -319,6 +319,21 @@ def exit_refused(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def exit_stopped(err: KeyboardInterrupt, speaks: bool) -> NoReturn:
+    """Say a stop in one line (``stopped by SIGTERM: <where, how to go on>``), in the run's
+    log too, and exit with ``128 + signum``; ``BASISCONV_DEBUG=1`` raises it instead."""
+    if os.environ.get("BASISCONV_DEBUG"):
+        raise err
+    signum = getattr(err, "signum", signal.SIGINT)
+    with stops_let_go():  # a second one would end it with a stack trace
+        said, name = stop_reason(err), signal.Signals(signum).name
+        message = f"stopped by {name}{': ' + said if said else ''}"
+        if speaks:
+            log_to_files(message)
+            print(message, file=sys.stderr)
+        sys.exit(128 + signum)
+
+
 def exit_on_user_error(fn: F) -> F:
     """Print a :class:`BasisconvError` as one line and exit with status 2, instead of a
     stack trace; ``BASISCONV_DEBUG=1`` shows the trace. A run stopped by SIGINT (Ctrl-C)
@@ -339,48 +354,45 @@ def exit_on_user_error(fn: F) -> F:
         task_started = True
         new_job_warns_again()
         speaks = distributed.first_process()
-        with sigterm_stops():
-            try:
-                check_not_an_unswept_sweep()
-                if HydraConfig.initialized():
-                    check_runs_where_started(HydraConfig.get().job.chdir)
-                return fn(*args, **kwargs)
-            except (BasisconvError, InterpolationResolutionError) as err:
-                restore_replaced()  # a refused start leaves an earlier run's files as they were
-                if os.environ.get("BASISCONV_DEBUG"):
-                    raise
-                message = one_line(err)
-                if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
-                    message = interpolation_error_line(err)
-                if speaks and not isinstance(err, FolderInUse):  # (else the other run's log)
-                    log_to_files(f"error: {message}")
-                if in_sweep():  # the sweep's other jobs still run
-                    if speaks:
-                        print(f"error: {message}", file=sys.stderr)
-                    failed_jobs.append(HydraConfig.get().runtime.output_dir)
-                    resume_override.append(sweep_folder_override(args[0] if args else None))
-                    raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1]) from None
-                # (a start refused, not a run that failed; a broken ${...} is found by the
-                # config check, config.resolve_all, before any work)
-                refused = isinstance(err, (ConfigError, DatasetError,
-                                           InterpolationResolutionError)) and not isinstance(
-                    err, FolderInUse)
-                if speaks and refused:
-                    remove_made_folders()
-                exit_refused(message)
-            except KeyboardInterrupt as err:
-                if os.environ.get("BASISCONV_DEBUG"):
-                    raise
-                signum = getattr(err, "signum", signal.SIGINT)
-                with stops_let_go():  # a second one would end it with a stack trace
-                    said, name = stop_reason(err), signal.Signals(signum).name
-                    message = f"stopped by {name}{': ' + said if said else ''}"
-                    if speaks:
-                        log_to_files(message)
-                        print(message, file=sys.stderr)
-                    sys.exit(128 + signum)
-            finally:
-                replaced.clear()
-                made_folders.clear()
+        try:
+            with sigterm_stops():
+                try:
+                    check_not_an_unswept_sweep()
+                    if HydraConfig.initialized():
+                        check_runs_where_started(HydraConfig.get().job.chdir)
+                    return fn(*args, **kwargs)
+                except (BasisconvError, InterpolationResolutionError) as err:
+                    # a refused start leaves an earlier run's files as they were
+                    restore_replaced()
+                    if os.environ.get("BASISCONV_DEBUG"):
+                        raise
+                    message = one_line(err)
+                    if isinstance(err, InterpolationResolutionError):  # e.g. name=${typo}
+                        message = interpolation_error_line(err)
+                    if speaks and not isinstance(err, FolderInUse):  # (else another run's log)
+                        log_to_files(f"error: {message}")
+                    if in_sweep():  # the sweep's other jobs still run
+                        if speaks:
+                            print(f"error: {message}", file=sys.stderr)
+                        failed_jobs.append(HydraConfig.get().runtime.output_dir)
+                        resume_override.append(
+                            sweep_folder_override(args[0] if args else None))
+                        raise SweepJobFailed(message, failed_jobs[-1],
+                                             resume_override[-1]) from None
+                    # (a start refused, not a run that failed; a broken ${...} is found by
+                    # the config check, config.resolve_all, before any work)
+                    refused = isinstance(err, (ConfigError, DatasetError,
+                                               InterpolationResolutionError)
+                                         ) and not isinstance(err, FolderInUse)
+                    if speaks and refused:
+                        remove_made_folders()
+                    exit_refused(message)
+                except KeyboardInterrupt as err:
+                    exit_stopped(err, speaks)
+                finally:
+                    replaced.clear()
+                    made_folders.clear()
+        except KeyboardInterrupt as err:  # one that came as sigterm_stops put back the
+            exit_stopped(err, speaks)     # handler before it (was a trace of the stop)
 
     return wrapper  # type: ignore[return-value]
