@@ -724,6 +724,41 @@ def test_a_stop_just_after_the_checkpoints_rename_names_that_checkpoint(tmp_path
         fit(once, tmp_path / "over")
 
 
+def test_a_stop_as_a_run_starts_or_once_it_is_complete_says_how_to_go_on(tmp_path, repo,
+                                                                          monkeypatch):
+    """Found by a stop-injection audit: a stop while the run checked its config, took its
+    folder's lock or read its checkpoint, or once complete while it published its record,
+    said only "stopped by SIGTERM" (not that the checkpoint is kept, nor how to go on)."""
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    cfg = compose_tiny(repo, "logger=none", "trainer.epochs=2",
+                       f"publish={tmp_path / 'published.json'}")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "validate", stop)
+    with pytest.raises(Stopped, match=f"^the run in {tmp_path / 'run'} stopped as it started, "
+                                      f"before training; the same command starts it over$"):
+        fit(cfg, tmp_path / "run")
+    monkeypatch.undo()
+    fit_stopped_before(2, cfg, tmp_path / "run")  # its checkpoint of epoch 1 kept
+    monkeypatch.setattr(train, "load_checkpoint", stop)
+    with pytest.raises(Stopped, match=f"stopped as it started, before training; its checkpoint "
+                                      f"is kept: run the same command again with "
+                                      f"hydra.run.dir={tmp_path / 'run'} to resume it$"):
+        fit(cfg, tmp_path / "run")
+    monkeypatch.undo()
+    monkeypatch.setattr(train, "publish", stop)
+    with pytest.raises(Stopped, match=f"^the run in {tmp_path / 'run'} is complete \\(run.json\\); "
+                                      f"run the same command again with "
+                                      f"hydra.run.dir={tmp_path / 'run'} to publish it to "):
+        fit(cfg, tmp_path / "run")
+    monkeypatch.undo()
+    fit(cfg, tmp_path / "run")  # (complete: publishes it, trains nothing)
+    assert (tmp_path / "published.json").exists()
+
+
 def test_a_sigterm_amid_a_checkpoints_write_is_a_stop_after_it(tmp_path, repo, monkeypatch,
                                                                 stop_handlers):
     """Found by a flaky protocol test: a SIGTERM that came while torch.save wrote a

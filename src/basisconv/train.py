@@ -51,39 +51,75 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     The run holds ``output_dir``'s lock throughout (under ``torchrun``: rank 0 for all), so
     a second process started on the same folder stops at once with one line. A complete
     record is also written to ``cfg.publish`` when set (see :func:`records.publish`)."""
-    validate(cfg)
-    output_dir = make_folder(output_dir)
-    first_rank = distributed.first_process()
-    with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
-        if first_rank:
-            remove_leftovers(output_dir)
-        config = OmegaConf.to_container(cfg, resolve=True)
-        checkpoint = record = None
-        if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
-            checkpoint = load_checkpoint(output_dir / CHECKPOINT,
-                                         finished=says_complete(output_dir / RECORD))
-            check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
-            if checkpoint["record"]["status"] == "complete":
-                log.info("run in %s is already complete; not training again", output_dir)
-                repair_record(output_dir, checkpoint["record"])
-                record = checkpoint["record"]
-        elif cfg.trainer.resume:
-            record = finished_record(output_dir, config)
-        if record is None:
-            with loop.settings_restored():
-                try:
-                    training = Training(cfg, config, output_dir, checkpoint)
-                except KeyboardInterrupt as err:  # a stop while it chose its layers (the
-                    # sensitivity estimate) or read its data: no epoch of this start trained
-                    if isinstance(err, Stopped) and str(err):  # it says where it stopped
-                        raise
-                    with stops_let_go():
-                        message = stopped_before_training(cfg, output_dir, checkpoint)
-                        reason = distributed.peer_failure_in(err)  # (torchrun's SIGTERM)
-                    raise Stopped(getattr(err, "signum", signal.SIGINT),
-                                  f"{reason}; {message}" if reason else message) from None
-                record = training.run()
-        return publish(record, cfg.publish, output_dir) if first_rank else record
+    finished = None
+    try:
+        validate(cfg)
+        output_dir = make_folder(output_dir)
+        first_rank = distributed.first_process()
+        with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
+            if first_rank:
+                remove_leftovers(output_dir)
+            config = OmegaConf.to_container(cfg, resolve=True)
+            checkpoint = record = None
+            if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
+                checkpoint = load_checkpoint(output_dir / CHECKPOINT,
+                                             finished=says_complete(output_dir / RECORD))
+                check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
+                if checkpoint["record"]["status"] == "complete":
+                    log.info("run in %s is already complete; not training again", output_dir)
+                    repair_record(output_dir, checkpoint["record"])
+                    record = checkpoint["record"]
+            elif cfg.trainer.resume:
+                record = finished_record(output_dir, config)
+            if record is None:
+                with loop.settings_restored():
+                    try:
+                        training = Training(cfg, config, output_dir, checkpoint)
+                    except KeyboardInterrupt as err:  # a stop while it chose its layers
+                        # (the sensitivity estimate) or read its data: no epoch of this
+                        # start trained
+                        if isinstance(err, Stopped) and str(err):  # it says where it stopped
+                            raise
+                        with stops_let_go():
+                            message = stopped_before_training(cfg, output_dir, checkpoint)
+                            reason = distributed.peer_failure_in(err)  # (torchrun's SIGTERM)
+                        raise Stopped(getattr(err, "signum", signal.SIGINT),
+                                      f"{reason}; {message}" if reason else message) from None
+                    record = training.run()
+            finished = record
+            return publish(record, cfg.publish, output_dir) if first_rank else record
+    except KeyboardInterrupt as err:  # a stop the steps below Training do not say
+        if isinstance(err, Stopped) and str(err):  # (it says where it stopped)
+            raise
+        with stops_let_go():
+            message = (stopped_as_it_started(cfg, Path(output_dir)) if finished is None
+                       else complete_run_message(cfg, Path(output_dir)))
+        raise Stopped(getattr(err, "signum", signal.SIGINT), message) from None
+
+
+def stopped_as_it_started(cfg: DictConfig, output_dir: Path) -> str:
+    """What a run stopped as it started (checking its config, taking its folder's lock,
+    reading its checkpoint) tells the user: nothing of the run changed."""
+    resume = OmegaConf.select(cfg, "trainer.resume", default=True,
+                              throw_on_resolution_failure=False)
+    if resume is not False and (output_dir / CHECKPOINT).exists():
+        go_on = f"its checkpoint is kept: {how_to_go_on(output_dir, cfg, 1)}"
+    else:
+        go_on = how_to_go_on(output_dir, cfg, 0)
+    return f"the run in {output_dir} stopped as it started, before training; {go_on}"
+
+
+def complete_run_message(cfg: DictConfig, output_dir: Path, stopped_while: str = "") -> str:
+    """What a run stopped once complete (``stopped_while`` it finished, or as it published
+    its record) tells the user: only publishing may be left to do, which the same command
+    pointed at its folder does."""
+    message = f"the run in {output_dir} is complete ({RECORD})"
+    if stopped_while:
+        message += f"; it was stopped {stopped_while}"
+    if cfg.publish:
+        message += "; " + how_to_go_on(output_dir, cfg, cfg.trainer.epochs,
+                                       to=f"publish it to {cfg.publish}")
+    return message
 
 
 def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict | None) -> str:
@@ -408,14 +444,8 @@ class Training:
     def stopped_finishing_message(self) -> str:
         """A stop after the last epoch was saved, while wandb finished: the run is
         complete, and only what comes after it (publishing its record) is left undone."""
-        message = (f"the run in {self.output_dir} is complete ({RECORD}); it was stopped "
-                   f"while wandb finished, whose pending uploads stay in its wandb folder "
-                   f"for `wandb sync`")
-        if self.cfg.publish:
-            epochs = len(self.results["epochs"])
-            message += "; " + how_to_go_on(self.output_dir, self.cfg, epochs,
-                                           to=f"publish it to {self.cfg.publish}")
-        return message
+        return complete_run_message(self.cfg, self.output_dir, "while wandb finished, whose "
+                                    "pending uploads stay in its wandb folder for `wandb sync`")
 
     def save_everywhere(self) -> None:
         """Rank 0 saves (:meth:`save`); every process learns whether it could and of which
