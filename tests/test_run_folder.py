@@ -759,6 +759,31 @@ def test_a_stop_as_a_run_starts_or_once_it_is_complete_says_how_to_go_on(tmp_pat
     assert (tmp_path / "published.json").exists()
 
 
+def test_a_second_stop_as_a_stopped_run_is_torn_down_still_says_where_it_stopped(
+        tmp_path, repo, monkeypatch):
+    """Seen under torchrun in a loaded test run: its SIGTERM, after another rank's death,
+    landed as the stopped run's process group was torn down and replaced the stop in
+    flight with a bare one; it is said as the run's stop (where, how to resume)."""
+    from basisconv import distributed, loop
+    from basisconv.errors import Stopped
+
+    run_epoch, teardown = loop.run_epoch, distributed.teardown
+
+    def stopped_in_epoch_2(number, *args, **kwargs):
+        if number == 2:
+            raise KeyboardInterrupt
+        return run_epoch(number, *args, **kwargs)
+
+    def stopped_again(together=True):
+        teardown(together=together)
+        raise Stopped(signal.SIGTERM)  # bare, as raise_stopped makes it
+    monkeypatch.setattr(loop, "run_epoch", stopped_in_epoch_2)
+    monkeypatch.setattr(distributed, "teardown", stopped_again)
+    assert stop_message(repo, tmp_path).endswith(
+        f"the run in {tmp_path} stopped after epoch 1 of 3 (checkpoint saved); run the same "
+        f"command again with hydra.run.dir={tmp_path} to resume it")
+
+
 def test_a_sigterm_amid_a_checkpoints_write_is_a_stop_after_it(tmp_path, repo, monkeypatch,
                                                                 stop_handlers):
     """Found by a flaky protocol test: a SIGTERM that came while torch.save wrote a

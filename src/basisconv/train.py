@@ -51,7 +51,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     The run holds ``output_dir``'s lock throughout (under ``torchrun``: rank 0 for all), so
     a second process started on the same folder stops at once with one line. A complete
     record is also written to ``cfg.publish`` when set (see :func:`records.publish`)."""
-    finished = None
+    training = finished = None
     try:
         validate(cfg)
         output_dir = make_folder(output_dir)
@@ -88,13 +88,21 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                     record = training.run()
             finished = record
             return publish(record, cfg.publish, output_dir) if first_rank else record
-    except KeyboardInterrupt as err:  # a stop the steps below Training do not say
+    except KeyboardInterrupt as err:  # a stop the steps below Training do not say, or a
+        # second one (torchrun's SIGTERM after a peer's death) that replaced the first as
+        # the run's process group was torn down
         if isinstance(err, Stopped) and str(err):  # (it says where it stopped)
             raise
         with stops_let_go():
-            message = (stopped_as_it_started(cfg, Path(output_dir)) if finished is None
-                       else complete_run_message(cfg, Path(output_dir)))
-        raise Stopped(getattr(err, "signum", signal.SIGINT), message) from None
+            if finished is not None:
+                stop = Stopped(getattr(err, "signum", signal.SIGINT),
+                               complete_run_message(cfg, Path(output_dir)))
+            elif training is not None:
+                stop = training.stopped(err)
+            else:
+                stop = Stopped(getattr(err, "signum", signal.SIGINT),
+                               stopped_as_it_started(cfg, Path(output_dir)))
+        raise stop from None
 
 
 def stopped_as_it_started(cfg: DictConfig, output_dir: Path) -> str:
