@@ -428,6 +428,36 @@ def compose_sensitivity(repo, tmp_path, *overrides):
                                                  *overrides])
 
 
+def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_path,
+                                                                    monkeypatch):
+    """Found by a stop-injection audit: a stop of either said only "stopped by SIGTERM"
+    (read as all of it lost), though its finished fine-tunes are kept and the same command
+    continues from them; a stop that says where it stopped keeps its own words."""
+    import signal
+
+    from basisconv import search
+    from basisconv.errors import Stopped
+
+    cfg = compose_sensitivity(repo, tmp_path)
+    for module, run, inner, what in (
+            (sensitivity, sensitivity.run_sensitivity, "_run_sensitivity", "sensitivity estimate"),
+            (search, search.exhaustive_search, "_exhaustive_search", "exhaustive search")):
+        def stopped(*args):
+            raise Stopped(signal.SIGTERM)
+        monkeypatch.setattr(module, inner, stopped)
+        with pytest.raises(Stopped, match=f"^the {what} stopped; its finished work is kept in "
+                                          f"{sensitivity.cache_dir(cfg)}, and the same "
+                                          f"command continues from it$") as err:
+            run(cfg, tmp_path / what)
+        assert err.value.signum == signal.SIGTERM
+
+        def said(*args):
+            raise Stopped(signal.SIGINT, "where it stopped")
+        monkeypatch.setattr(module, inner, said)
+        with pytest.raises(Stopped, match="^where it stopped$"):
+            run(cfg, tmp_path / what)
+
+
 @pytest.mark.device
 def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, monkeypatch, device):
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]",

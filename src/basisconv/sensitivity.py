@@ -24,20 +24,22 @@ reused by later runs; a changed key computes a new table, and computing is alway
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import signal
 import time
 from pathlib import Path
-from typing import Any, TYPE_CHECKING
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
-from .errors import ConfigError, WriteError, one_line
+from .errors import ConfigError, Stopped, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
@@ -126,6 +128,21 @@ def cache_key(cfg: DictConfig) -> str:
 
 def cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.sensitivity.cache_dir) / cache_key(cfg)
+
+
+@contextlib.contextmanager
+def stops_say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
+    """A stop of ``what`` (the estimate, the exhaustive search) says that its finished
+    fine-tunes are kept and the same command continues from them (it said only "stopped
+    by SIGTERM", which reads as all of it lost)."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if isinstance(err, Stopped) and str(err):  # it says where it stopped
+            raise
+        raise Stopped(getattr(err, "signum", signal.SIGINT),
+                      f"{what} stopped; its finished work is kept in {cache_dir(cfg)}, and "
+                      f"the same command continues from it") from None
 
 
 NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
@@ -440,11 +457,12 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     same to wandb. Returns the record (``basisconv.analysis.sensitivity`` draws it)."""
     distributed.refuse_torchrun("the sensitivity estimate (scripts/sensitivity.py)")
     output_dir = Path(output_dir)
-    with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
-        # in the run's threads, which its record then names (else it names the process's
-        # default, not the threads a time budget's layers were timed on)
-        loop.use_threads(cfg.trainer)
-        return _run_sensitivity(cfg, output_dir)
+    with stops_say_the_work_is_kept(cfg, "the sensitivity estimate"):
+        with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
+            # in the run's threads, which its record then names (else it names the process's
+            # default, not the threads a time budget's layers were timed on)
+            loop.use_threads(cfg.trainer)
+            return _run_sensitivity(cfg, output_dir)
 
 
 def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
