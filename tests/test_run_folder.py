@@ -737,25 +737,22 @@ def test_a_stop_as_a_run_starts_or_once_it_is_complete_says_how_to_go_on(tmp_pat
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "validate", stop)
-    with pytest.raises(Stopped, match=f"^the run in {tmp_path / 'run'} stopped as it started, "
-                                      f"before training; the same command starts it over$"):
-        fit(cfg, tmp_path / "run")
-    monkeypatch.undo()
-    fit_stopped_before(2, cfg, tmp_path / "run")  # its checkpoint of epoch 1 kept
-    monkeypatch.setattr(train, "load_checkpoint", stop)
-    with pytest.raises(Stopped, match=f"stopped as it started, before training; its checkpoint "
-                                      f"is kept: run the same command again with "
-                                      f"hydra.run.dir={tmp_path / 'run'} to resume it$"):
-        fit(cfg, tmp_path / "run")
-    monkeypatch.undo()
-    monkeypatch.setattr(train, "publish", stop)
-    with pytest.raises(Stopped, match=f"^the run in {tmp_path / 'run'} is complete \\(run.json\\); "
-                                      f"run the same command again with "
-                                      f"hydra.run.dir={tmp_path / 'run'} to publish it to "):
-        fit(cfg, tmp_path / "run")
-    monkeypatch.undo()
-    fit(cfg, tmp_path / "run")  # (complete: publishes it, trains nothing)
+    run = tmp_path / "run"
+    for step, said in [
+            ("validate", f"^the run in {run} stopped as it started, before training; the "
+                         f"same command starts it over$"),
+            ("load_checkpoint", f"stopped as it started, before training; its checkpoint is "
+                                f"kept: run the same command again with hydra.run.dir={run} "
+                                f"to resume it$"),
+            ("publish", f"^the run in {run} is complete \\(run.json\\); run the same command "
+                        f"again with hydra.run.dir={run} to publish it to ")]:
+        if step == "load_checkpoint":
+            fit_stopped_before(2, cfg, run)  # its checkpoint of epoch 1 kept
+        monkeypatch.setattr(train, step, stop)
+        with pytest.raises(Stopped, match=said):
+            fit(cfg, run)
+        monkeypatch.undo()
+    fit(cfg, run)  # (complete: publishes it, trains nothing)
     assert (tmp_path / "published.json").exists()
 
 
