@@ -481,11 +481,11 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     Candidates are the layers where a basis of this size saves forward multiply-adds per
     output pixel (``only_where_saves``, :func:`~basisconv.cost.saves_compute`: near full
     rank with few output pixels, the once-a-batch terms below can make a candidate's
-    ``forward_flops_saved`` slightly negative, which the table then says); converting several
-    layers saves the sum (layer costs are independent), except the parameters of convs
-    that share one weight (warned: each row says what converting it alone saves). A first layer can still cost more
-    to train (its input needs no gradient, its basis maps do): its ``flops_saved`` is
-    then negative, and the budget rule passes it over.
+    ``forward_flops_saved`` slightly negative, which the table then says); converting
+    several layers saves the sum (layer costs are independent), except the parameters of
+    convs that share one weight (warned: each row says what converting it alone saves). A
+    first layer can still cost more to train (its input needs no gradient, its basis maps
+    do): its ``flops_saved`` is then negative, and the budget rule passes it over.
 
     ``batch`` is the training batch: costs are counted at ``batch`` inputs and divided by
     it. Almost every FLOP scales with the batch, so this changes nothing for them; the few
@@ -518,6 +518,7 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
         converted = convert(called)
         basis_costs = model_cost(converted, shape).by_layer()
         tied = _sharing_their_weight(model, called)
+        dense_params = count_parameters(model) if tied else None
         for row in basis_report(converted):
             name = row["name"]
             before, after = dense[name], basis_costs[name]
@@ -525,8 +526,8 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
                          "shape": f"{row['in_channels']}->{row['out_channels']} "
                                   f"k{_kernel(*row['kernel_size'])}",
                          "num_basis": row["num_basis"],
-                         "params_saved": (_saved_alone(model, convert, name) if name in tied
-                                          else before.params - after.params),
+                         "params_saved": (dense_params - _count_alone(convert, name)
+                                          if name in tied else before.params - after.params),
                          "flops_saved": round((before.total_flops - after.total_flops) / batch),
                          "forward_flops_saved":
                              round((before.forward_flops - after.forward_flops) / batch)})
@@ -554,12 +555,12 @@ def _sharing_their_weight(model: nn.Module, names: list[str]) -> list[str]:
     return tied
 
 
-def _saved_alone(model: nn.Module, convert, name: str) -> int:
-    """What converting ``name`` alone saves in parameters, counted over the whole model: a
-    tied conv's own count holds the weight it shares, which stays with the others."""
+def _count_alone(convert, name: str) -> int:
+    """The parameters of the whole model with ``name`` alone converted: a tied conv's own
+    count holds the weight it shares, which stays with the others."""
     with warnings.catch_warnings():  # (that they no longer share it: said above)
         warnings.simplefilter("ignore")
-        return count_parameters(model) - count_parameters(convert([name]))
+        return count_parameters(convert([name]))
 
 
 def _kernel(kh: int, kw: int) -> str:
