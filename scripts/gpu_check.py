@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from basisconv.signals import sigterm_stops, stops_let_go  # noqa: E402 (standard library only)
 
-NEEDED = ("hydra", "omegaconf", "tqdm", "pandas", "matplotlib", "pytest")
+NEEDED = ("hydra", "omegaconf", "tqdm", "pandas", "matplotlib", "pytest", "pytest_timeout")
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -182,6 +182,9 @@ def signal_group(process: subprocess.Popen, sig: int) -> int:
     return 1
 
 
+#: Seconds one device test may take on the GPU (all of them took 78 s on an H200, 2026-11-30).
+TEST_TIMEOUT_S = 120
+
 #: The parts that take no timing: they run at once, before the timed ones (each alone).
 UNTIMED = ("tests", "smoke")
 
@@ -189,8 +192,10 @@ UNTIMED = ("tests", "smoke")
 def part_command(name: str, args: argparse.Namespace, work: Path) -> tuple[list[str], int]:
     """A part's command and its own time limit in seconds."""
     if name == "tests":
+        # a test stuck past 120 s fails with its name and stack, and the others go on (the
+        # part's own limit stopped a stuck test with nothing but progress dots to show)
         return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--device",
-                "cuda", "-m", "device"], 240
+                "cuda", "-m", "device", f"--timeout={TEST_TIMEOUT_S}"], 240
     if name == "smoke":
         return ["bash", "scripts/reproduce.sh", "smoke"], 300
     if name.startswith("paper-epoch"):

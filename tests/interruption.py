@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
@@ -59,3 +61,22 @@ def sigterm_amid_torch_save(monkeypatch, chosen: Callable[[Any], bool]) -> None:
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
+
+
+def wait_for(ready: Callable[[], bool], process: subprocess.Popen, what: str,
+             said: Callable[[], str], timeout: float = 300) -> None:
+    """Wait until ``ready()`` while ``process`` runs. If the process ends first, fail at
+    once with what it ``said`` (its error output): a run that failed as it started left a
+    waiting test idle for the whole timeout with nothing to show, which is all a GPU
+    machine's test part reported. After ``timeout`` seconds the process is killed and the
+    test fails the same way."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended (exit {process.returncode}) before {what}; it "
+                        f"said:\n{said()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"no {what} within {timeout:g} s; the process said:\n{said()[-3000:]}")
+        time.sleep(0.02)

@@ -214,6 +214,21 @@ def gpu_check(load_script):
     return load_script("gpu_check")
 
 
+def test_the_gpu_check_tests_part_names_a_stuck_test(gpu_check, tmp_path, repo):
+    """On an H200 the tests part was stopped at its limit, twice at the same test, leaving
+    only progress dots: its command gives each test a time limit of its own (pytest-timeout),
+    so a stuck test fails with its name and the others go on. The command must parse here
+    (the plugin installed: a missing one is a usage error), and its limit be below the
+    part's."""
+    command, limit = gpu_check.part_command("tests", gpu_check.arguments([]), tmp_path)
+    assert f"--timeout={gpu_check.TEST_TIMEOUT_S}" in command
+    assert gpu_check.TEST_TIMEOUT_S < limit
+    assert "pytest_timeout" in gpu_check.NEEDED
+    collected = subprocess.run([*command, "--collect-only", "tests/test_kernels.py"],
+                               cwd=repo, capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
+
+
 def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_along(
         gpu_check, tmp_path):
     """A part past its limit is stopped with every process it started (the smoke

@@ -25,7 +25,7 @@ from basisconv.models import build_model
 from basisconv.network import build_network
 from basisconv.tracking import Tracker
 from basisconv.train import fit
-from interruption import fit_stopped_before
+from interruption import fit_stopped_before, wait_for
 
 TINY = ["data=stripes", "data.synthetic_train=400", "data.synthetic_test=100",
         "model=resnet20", "model.width=0.25", "trainer.batch_size=50", "trainer.progress=false"]
@@ -271,18 +271,38 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):
         assert resumed["final"][key] == pytest.approx(reference["final"][key], rel=1e-6), key
 
 
+def test_waiting_for_a_run_fails_at_once_with_its_words_when_it_ended():
+    """A waiting test whose run failed as it started waited out its whole timeout with
+    nothing to show (the GPU machine's test part stopped there, twice, with no name or
+    reason); now it fails at once with the run's error output."""
+    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no GPU here')"],
+                               stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="(?s)exit 1.*no GPU here"):
+        wait_for(lambda: False, process, "its first record", lambda: process.communicate()[1])
+    assert time.monotonic() - started < 60
+    # and one that never gets there is killed at the timeout, with what it said
+    process = subprocess.Popen([sys.executable, "-c", "import time; print('slow', flush=True)"
+                                "; time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    with pytest.raises(pytest.fail.Exception, match="(?s)within 0.5 s.*slow"):
+        wait_for(lambda: False, process, "its first record", lambda: process.communicate()[0],
+                 timeout=0.5)
+    assert process.returncode is not None
+
+
 def killed_and_resumed(repo, tmp_path, settings, env):
     """The run of ``settings`` killed (SIGKILL) after its first checkpoint, then the same
     command again: the resumed run's record."""
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(train_command(repo, *settings, f"hydra.run.dir={interrupted}"),
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
+    errors = tmp_path / "interrupted.err"
+    with open(errors, "w") as err:
+        process = subprocess.Popen(
+            train_command(repo, *settings, f"hydra.run.dir={interrupted}"), cwd=tmp_path,
+            env=env, stdout=subprocess.DEVNULL, stderr=err)
     # run.json, not checkpoint.pt: the record is written after the checkpoint, so a kill
     # between the two would leave no record to read here (the run resumes all the same)
-    while not (interrupted / "run.json").exists() and time.time() < deadline:
-        time.sleep(0.02)
+    wait_for((interrupted / "run.json").exists, process, "its first record",
+             errors.read_text)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = read_record(interrupted)
@@ -788,9 +808,8 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 300
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.02)
+    wait_for((out / "checkpoint.pt").exists, process, "its first checkpoint",
+             lambda: process.communicate()[1])
     process.send_signal(signum)
     stderr = process.communicate(timeout=300)[1]
     assert process.returncode == status, stderr[-3000:]
