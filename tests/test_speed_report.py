@@ -444,6 +444,23 @@ def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch
     figures.pyplot().close(shown[0])
 
 
+def test_a_form_of_several_parts_takes_its_basis_form_colour_not_the_flop_lines(
+        tmp_path, monkeypatch):
+    """The H200's graph-replayed fused records (form ``graphs, fused (quick)``) took the
+    first spare colour, black, and were drawn like the FLOP line beside them."""
+    from basisconv.analysis import figures
+
+    _model_record(tmp_path, "cuda-bf16-graphs-fused-quick", GPU, "bf16", {0.25: 1.2})
+    model = speed.model_speed([tmp_path])
+    assert list(model["form"]) == ["graphs, fused (quick)"]
+    shown = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.append(fig) or path)
+    figures.speed_across_hardware(model, tmp_path / "plot.png", "note")
+    colours = {line.get_label(): line.get_color() for line in shown[0].axes[0].lines}
+    figures.pyplot().close(shown[0])
+    assert colours["bf16, batch 128, graphs, fused (quick) (aaaaaaa)"] == "tab:pink"
+
+
 def test_a_record_that_names_no_precision_is_drawn_and_shown_with_a_dash(tmp_path,
                                                                           monkeypatch):
     """Found in the static-analysis review: the plot grouped its lines with pandas' default

@@ -282,8 +282,13 @@ _FORMS_TAKEN: dict[str, str] = {}
 
 
 def _form_colour(form: str) -> str:
-    """The colour of a summary row's form, ``stacked (quick)`` as ``stacked``."""
-    return _steady_colour(form.split(" (")[0], FORM_COLOURS, _FORMS_TAKEN)
+    """The colour of a summary row's form, ``stacked (quick)`` as ``stacked``; a form of
+    several parts not listed itself, ``graphs, fused``, as its last, the basis layer's
+    form (it took the first spare colour, black: the FLOP line's)."""
+    name = form.split(" (")[0]
+    if name not in FORM_COLOURS:
+        name = name.split(", ")[-1]
+    return _steady_colour(name, FORM_COLOURS, _FORMS_TAKEN)
 
 
 def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | None:
