@@ -1339,7 +1339,7 @@ def test_a_table_pretrained_without_the_cosine_warm_up_is_not_reused(repo, tmp_p
 
 
 WORKERS_SCRIPT = """
-import multiprocessing, os, sys, threading, time
+import multiprocessing, os, signal, sys, threading, time
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 import basisconv.config  # registers the configs' schema
@@ -1376,6 +1376,23 @@ if __name__ == "__main__":
             time.sleep(0.5)
             stop_workers(pool)
         basisconv.probe._stop_workers = stopped_again
+    elif case == "stop_as_a_worker_starts":  # a stop's handler runs (as Python runs it, in the
+        import multiprocessing.popen_spawn_posix as popen  # main thread, between two parts of
+        class Halfway:                                    # a write) halfway through the pool's
+            def __init__(self, fd, *args, **kwargs):      # write of a new worker's start
+                self.file = open(fd, *args, **kwargs)
+            def __enter__(self):
+                return self
+            def __exit__(self, *exc):
+                self.file.close()
+            def write(self, data):
+                popen.open = open  # once
+                half = len(data) // 2
+                self.file.write(data[:half])
+                self.file.flush()
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+                return half + self.file.write(data[half:])
+        popen.open = Halfway
     elif case == "parent_killed":  # the OOM killer, a slot's end: the parent gone at once
         def kill_parent():
             while len(multiprocessing.active_children()) < 2:
@@ -1458,6 +1475,16 @@ def test_a_ctrl_c_while_workers_start_is_the_parents_alone(repo, tmp_path, case)
     out, err = run_workers(repo, tmp_path, case)
     assert "stopped" in out, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+
+
+def test_a_stop_as_a_worker_starts_waits_for_its_start_to_be_written(repo, tmp_path):
+    """Found by a stop audit with workers: a Ctrl-C or SIGTERM that landed while the pool
+    wrote a new worker its start (its weights, through a pipe) cut that write short: the
+    worker printed an ``EOFError`` traceback beside the parent's stop, and one not yet
+    listed by the pool was not ended with the others."""
+    out, err = run_workers(repo, tmp_path, "stop_as_a_worker_starts")
+    assert "stopped" in out, err[-2000:]
+    assert "Traceback" not in err and "EOFError" not in err, err[-2000:]
 
 
 def test_after_the_first_stop_further_signals_are_let_go_until_the_workers_are_ended():

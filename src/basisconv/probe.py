@@ -31,7 +31,7 @@ from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import TrainingDiverged, WorkerFailed
 from .network import build_dense
 from .progress import PROBE_BASIS, Progress
-from .signals import one_stop, signals_blocked
+from .signals import one_stop, signals_blocked, stops_held
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
@@ -282,9 +282,12 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
             # the workers start (one per submit) with Ctrl-C blocked, a mask they keep: a
             # Ctrl-C reaches every process of the terminal's group, and a worker starting
             # (importing torch) printed a KeyboardInterrupt traceback of its own, or died,
-            # beside the parent's stop (which ends its workers). One that comes meanwhile
-            # reaches the parent as the mask is lifted, or at once through another thread.
-            with signals_blocked({signal.SIGINT}):
+            # beside the parent's stop (which ends its workers). A stop that comes meanwhile
+            # (through another thread, or a SIGTERM) is held until every worker is started:
+            # raised in the pool's write of a worker's start (its weights), it cut the write
+            # short, and the worker printed a traceback of the truncated data (EOFError)
+            # beside the stop, or, not yet in the pool's list, was not ended with the others.
+            with stops_held(), signals_blocked({signal.SIGINT}):
                 futures = {pool.submit(_evaluate_in_worker, jobs[i]): i for i in pending}
                 # CPython's pool starts a worker per submit and wakes its watcher just before:
                 # the last worker started went unwatched until a later wake-up, so its death
