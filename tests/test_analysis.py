@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import re
+import time
 
 import pandas as pd
 import pytest
@@ -2117,3 +2118,21 @@ def test_a_run_found_complete_and_as_a_copy_taken_while_it_ran_counts_as_complet
     found = read_records(tmp_path)
     assert [(folder.name, r["status"]) for r, folder in found] == [("b", "complete")]
     assert len(training_records(found)) == 1
+
+
+def test_a_half_written_file_of_a_killed_writer_goes_with_the_next_write_once_stale(tmp_path):
+    """A writer killed mid-write (SIGKILL, the OOM killer) leaves its temporary file; a
+    training folder's lock holder deletes them, but an analysis folder (tracked in git)
+    and the estimate's kept results kept them for good. The next write of the same file
+    deletes those untouched for an hour; one in flight (written just now) stays."""
+    from basisconv.records import files
+
+    table = tmp_path / "table.csv"
+    stale, fresh = tmp_path / ".table.csv.abc.tmp", tmp_path / ".table.csv.def.tmp"
+    for leftover in (stale, fresh):
+        leftover.write_text("half")
+    hours_ago = time.time() - 10 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    files.write_text_atomic(table, "a,b\n")
+    assert table.read_text() == "a,b\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, table.name]

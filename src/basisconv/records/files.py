@@ -151,10 +151,18 @@ def leftover_temporaries(path: str | os.PathLike, *,
     return old
 
 
+#: A temporary file of :func:`write_atomic` not written for this long was left by a killed
+#: writer: one in flight writes its file continuously and renames it within seconds.
+STALE_AFTER_S = 3600.0
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
                  before_replace: Callable[[Path], Any] | None = None) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then
-    rename it over ``path`` atomically: a kill mid-write leaves the previous file intact.
+    rename it over ``path`` atomically: a kill mid-write leaves the previous file intact,
+    and its half-written temporary, once untouched for :data:`STALE_AFTER_S`, is deleted
+    by the next write of ``path`` (the analysis and the estimate's kept results, unlike a
+    training folder, have no lock holder to delete them sooner: they stayed for good).
     ``before_replace(temporary path)`` runs once the new bytes are on disk, before the
     rename (a checkpoint records its checksum there). A write the system refuses (a full
     disk, no permission) is a :class:`WriteError` naming ``path``, not a bare ``OSError``
@@ -177,6 +185,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
         if isinstance(err, OSError) and not isinstance(err, BasisconvError):
             raise WriteError.of(path, err) from err
         raise
+    for leftover in leftover_temporaries(path, untouched_for_s=STALE_AFTER_S):
+        with contextlib.suppress(OSError):  # another writer's cleanup got there first
+            leftover.unlink()
+            log.info("removed %s, left half written by a writer killed while writing it",
+                     leftover)
     return path
 
 
