@@ -1354,7 +1354,8 @@ if __name__ == "__mp_main__" and sys.argv[2].startswith("ctrl_c"):  # a worker, 
 if __name__ == "__main__":
     repo, case = sys.argv[1], sys.argv[2]
     with initialize_config_dir(config_dir=repo + "/configs", version_base="1.3"):
-        epochs = 1 if case == "fine" else 100000  # else jobs that never end alone
+        epochs = 1 if case in ("fine", "stopped_after_a_result") else 100000  # else jobs that
+        # never end alone
         cfg = compose("sensitivity", overrides=[*sys.argv[3:], "sensitivity.pretrain_epochs=0",
                                                 f"sensitivity.finetune_epochs={epochs}"])
     probe = Probe(cfg)
@@ -1393,6 +1394,10 @@ if __name__ == "__main__":
                 signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
                 return half + self.file.write(data[half:])
         popen.open = Halfway
+    elif case == "stopped_after_a_result":  # a Ctrl-C once the workers have fine-tuned
+        def stopped(*args):
+            raise KeyboardInterrupt
+        probe.keep = stopped
     elif case == "parent_killed":  # the OOM killer, a slot's end: the parent gone at once
         def kill_parent():
             while len(multiprocessing.active_children()) < 2:
@@ -1529,6 +1534,15 @@ def test_workers_that_finish_end_without_a_warning_at_exit(repo, tmp_path):
     out, err = run_workers(repo, tmp_path, "fine")
     assert "results: 2" in out, err[-2000:]
     assert "leaked semaphore" not in err
+
+
+def test_workers_ended_by_a_stop_leave_no_warning_at_exit(repo, tmp_path):
+    """Found by a stop audit with workers: a worker that had fine-tuned made a semaphore
+    (tqdm's lock) that the parent's resource tracker, ended with it, said was leaked after
+    the stop's line (or a dead worker's one-line error), two lines of warning a worker."""
+    out, err = run_workers(repo, tmp_path, "stopped_after_a_result")
+    assert "stopped" in out, err[-2000:]
+    assert "leaked semaphore" not in err, err[-2000:]
 
 
 def test_each_policys_rule_is_said_in_words_for_the_results_pages():

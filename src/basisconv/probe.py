@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +25,7 @@ from typing import Any, TYPE_CHECKING
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from . import loop
 from .checkpoint import load_source_weights
@@ -235,8 +237,14 @@ def _end_with_parent(parent: int) -> None:
 
 
 def _start_worker(config: dict, dense_state: dict, parent: int) -> None:
+    """A worker's start. Its progress bars' lock is this process's own: tqdm's default
+    adds a multiprocessing lock, a semaphore that a spawned worker registers with the
+    parent's resource tracker; a worker ended by a stop or by another's death (terminated,
+    no clean-up) left it there, and the tracker said "leaked semaphore objects" after the
+    stop's line. (A worker's bars are never shown and share no terminal line.)"""
     global _WORKER_PROBE
     _end_with_parent(parent)
+    tqdm.set_lock(threading.RLock())
     logging.getLogger("basisconv").setLevel(logging.WARNING)  # the parent logs the results
     _WORKER_PROBE = Probe(OmegaConf.create(config), dense_state)
 
