@@ -436,7 +436,7 @@ def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_pa
     import signal
 
     from basisconv import search
-    from basisconv.errors import Stopped
+    from basisconv.errors import Stopped, WorkerFailed
 
     cfg = compose_sensitivity(repo, tmp_path)
     for module, run, inner, what in (
@@ -455,6 +455,17 @@ def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_pa
             raise Stopped(signal.SIGINT, "where it stopped")
         monkeypatch.setattr(module, inner, said)
         with pytest.raises(Stopped, match="^where it stopped$"):
+            run(cfg, tmp_path / what)
+
+        # a worker's death too (its line advised fewer workers, and said nothing of the
+        # finished fine-tunes a stop audit saw the next run continue from)
+        def died(*args):
+            raise WorkerFailed("sensitivity.workers=2: a worker process died")
+        monkeypatch.setattr(module, inner, died)
+        with pytest.raises(WorkerFailed, match=f"^sensitivity.workers=2: a worker process "
+                                               f"died; its finished work is kept in "
+                                               f"{sensitivity.cache_dir(cfg)}, and the same "
+                                               f"command continues from it$"):
             run(cfg, tmp_path / what)
 
 

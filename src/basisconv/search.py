@@ -26,8 +26,8 @@ from .errors import ConfigError
 from .probe import Probe, evaluate_many
 from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
-from .sensitivity import (cache_dir, candidate_table, sensitivity_table,
-                          stops_say_the_work_is_kept)
+from .sensitivity import (cache_dir, candidate_table, say_the_work_is_kept,
+                          sensitivity_table)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     ``basisconv.analysis.search`` draws it."""
     distributed.refuse_torchrun("the exhaustive search (scripts/exhaustive_search.py)")
     output_dir = Path(output_dir)
-    with stops_say_the_work_is_kept(cfg, "the exhaustive search"):
+    with say_the_work_is_kept(cfg, "the exhaustive search"):
         with folder_lock(output_dir, what="exhaustive search"), loop.settings_restored():
             return _exhaustive_search(cfg, output_dir)
 

@@ -39,7 +39,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
-from .errors import ConfigError, Stopped, WriteError, one_line
+from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, evaluate_many, reference_noise
 from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
@@ -131,18 +131,22 @@ def cache_dir(cfg: DictConfig) -> Path:
 
 
 @contextlib.contextmanager
-def stops_say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
-    """A stop of ``what`` (the estimate, the exhaustive search) says that its finished
-    fine-tunes are kept and the same command continues from them (it said only "stopped
-    by SIGTERM", which reads as all of it lost)."""
+def say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
+    """A stop of ``what`` (the estimate, the exhaustive search), or a worker process's
+    death, says that its finished fine-tunes are kept and the same command continues from
+    them (a stop said only "stopped by SIGTERM", and a dead worker's line advised fewer
+    workers: both read as all of it lost)."""
+    kept = (f"its finished work is kept in {cache_dir(cfg)}, and the same command continues "
+            f"from it")
     try:
         yield
     except KeyboardInterrupt as err:
         if isinstance(err, Stopped) and str(err):  # it says where it stopped
             raise
         raise Stopped(getattr(err, "signum", signal.SIGINT),
-                      f"{what} stopped; its finished work is kept in {cache_dir(cfg)}, and "
-                      f"the same command continues from it") from None
+                      f"{what} stopped; {kept}") from None
+    except WorkerFailed as err:
+        raise WorkerFailed(f"{err}; {kept}") from None
 
 
 NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
@@ -457,7 +461,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     same to wandb. Returns the record (``basisconv.analysis.sensitivity`` draws it)."""
     distributed.refuse_torchrun("the sensitivity estimate (scripts/sensitivity.py)")
     output_dir = Path(output_dir)
-    with stops_say_the_work_is_kept(cfg, "the sensitivity estimate"):
+    with say_the_work_is_kept(cfg, "the sensitivity estimate"):
         with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
             # in the run's threads, which its record then names (else it names the process's
             # default, not the threads a time budget's layers were timed on)
