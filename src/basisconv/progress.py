@@ -30,15 +30,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import WriteError, one_line
-from .records import json_digest, leftover_temporaries, write_atomic
+from .records import STALE_AFTER_S, json_digest, leftover_temporaries, write_atomic
 from .signals import stops_held
 
 log = logging.getLogger(__name__)
 
 FOLDER = "progress"
 DENSE = "dense.pt"
-#: A temporary copy of the dense start not written for this long was left by a killed writer.
-STALE_AFTER_S = 3600.0
 #: Trainer settings that shape no fine-tune (how a training run saves, shows, resumes).
 NOT_IN_A_FINETUNE = ("epochs", "progress", "checkpoint", "checkpoint_every_s", "resume")
 #: The basis options a probe converts layers with (``Probe.converted`` passes these, by
@@ -111,8 +109,9 @@ class Progress:
 
     def keep_dense(self, model: torch.nn.Module, seconds: float) -> None:
         """Keep the dense start, first deleting the half-written copies of estimates
-        killed while writing it (each as big as the model). Estimates under the same
-        conditions share this folder and hold no lock on it, so only copies no one has
+        killed while writing it (each as big as the model: before the write, not after it
+        as every atomic write does, to leave room for the new copy). Estimates under the
+        same conditions share this folder and hold no lock on it, so only copies no one has
         written for an hour go: a writer in flight writes its copy in seconds."""
         path = self.root / DENSE
         for leftover in leftover_temporaries(path, untouched_for_s=STALE_AFTER_S):

@@ -11,8 +11,8 @@ from .origin import (git_commit, hardware, measured_on_cpu, device_name, commit_
                      hardware_name, package_versions, timestamp, this_command, HYDRA_VALUE_FLAGS,
                      provenance, wandb_provenance, provenance_from_wandb)
 from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, temporary_beside,
-                    leftover_temporaries, write_atomic, write_bytes_atomic, write_text_atomic,
-                    json_text, finite_or_null, write_json_atomic)
+                    leftover_temporaries, STALE_AFTER_S, write_atomic, write_bytes_atomic,
+                    write_text_atomic, json_text, finite_or_null, write_json_atomic)
 from .runs import (RECORD, KINDS, RunRecord, write_record, read_record, REQUIRED, MEASURED,
                    LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, missing_fields,
                    unwritable_folder, publish)
@@ -25,6 +25,7 @@ __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_n
            "hardware_name", "package_versions", "timestamp", "this_command", "HYDRA_VALUE_FLAGS",
            "provenance", "wandb_provenance", "provenance_from_wandb", "json_digest", "file_digest",
            "LOCK", "make_folder", "folder_lock", "temporary_beside", "leftover_temporaries",
+           "STALE_AFTER_S",
            "write_atomic", "write_bytes_atomic", "write_text_atomic", "json_text", "finite_or_null",
            "write_json_atomic", "RECORD", "KINDS", "RunRecord", "write_record", "read_record",
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
