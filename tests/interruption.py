@@ -69,14 +69,22 @@ def wait_for(ready: Callable[[], bool], process: subprocess.Popen, what: str,
     once with what it ``said`` (its error output): a run that failed as it started left a
     waiting test idle for the whole timeout with nothing to show, which is all a GPU
     machine's test part reported. After ``timeout`` seconds the process is killed and the
-    test fails the same way."""
+    test fails the same way; so it is if the wait is cut short (pytest-timeout's limit, a
+    Ctrl-C), rather than left running."""
     deadline = time.monotonic() + timeout
-    while not ready():
-        if process.poll() is not None:
-            pytest.fail(f"the process ended (exit {process.returncode}) before {what}; it "
-                        f"said:\n{said()[-3000:]}")
-        if time.monotonic() > deadline:
+    try:
+        while not ready():
+            if process.poll() is not None:
+                pytest.fail(f"the process ended (exit {process.returncode}) before {what}; "
+                            f"it said:\n{said()[-3000:]}")
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                pytest.fail(f"no {what} within {timeout:g} s; the process said:\n"
+                            f"{said()[-3000:]}")
+            time.sleep(0.02)
+    except BaseException:
+        if process.poll() is None:
             process.kill()
             process.wait()
-            pytest.fail(f"no {what} within {timeout:g} s; the process said:\n{said()[-3000:]}")
-        time.sleep(0.02)
+        raise

@@ -288,6 +288,14 @@ def test_waiting_for_a_run_fails_at_once_with_its_words_when_it_ended():
         wait_for(lambda: False, process, "its first record", lambda: process.communicate()[0],
                  timeout=0.5)
     assert process.returncode is not None
+    # and one whose wait is cut short (pytest-timeout's limit, a Ctrl-C) is not left running
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+    def cut_short():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        wait_for(cut_short, process, "its first record", lambda: "")
+    assert process.returncode is not None
 
 
 def killed_and_resumed(repo, tmp_path, settings, env):
