@@ -136,17 +136,18 @@ def say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
     death, says that its finished fine-tunes are kept and the same command continues from
     them (a stop said only "stopped by SIGTERM", and a dead worker's line advised fewer
     workers: both read as all of it lost)."""
-    kept = (f"its finished work is kept in {cache_dir(cfg)}, and the same command continues "
-            f"from it")
+    def kept() -> str:  # (only when said: the key hashes a source checkpoint's bytes)
+        return (f"its finished work is kept in {cache_dir(cfg)}, and the same command "
+                f"continues from it")
     try:
         yield
     except KeyboardInterrupt as err:
         if isinstance(err, Stopped) and str(err):  # it says where it stopped
             raise
         raise Stopped(getattr(err, "signum", signal.SIGINT),
-                      f"{what} stopped; {kept}") from None
+                      f"{what} stopped; {kept()}") from None
     except WorkerFailed as err:
-        raise WorkerFailed(f"{err}; {kept}") from None
+        raise WorkerFailed(f"{err}; {kept()}") from None
 
 
 NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
