@@ -198,3 +198,17 @@ def device(request) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.fail("--device cuda but no CUDA device is available", pytrace=False)
     return device
+
+
+@pytest.fixture
+def triton_backend(device, monkeypatch):
+    """Triton kernels through the interpreter on CPU; on CUDA compiled, in full float32
+    precision, with one tile (no autotuning: correctness, not speed, and fewer
+    compilations). The environment and the precision flags are restored after."""
+    if device.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        monkeypatch.setenv("BASISCONV_AUTOTUNE", "0")
+        torch.backends.cudnn.allow_tf32 = False  # (restored by this file's state fixture)
+        torch.set_float32_matmul_precision("highest")

@@ -2,7 +2,7 @@
 
 On CPU the kernel runs through Triton's interpreter: the autouse fixture sets
 ``TRITON_INTERPRET=1`` per test (the kernel module decorates its kernel on first use, once
-per setting, so no import-order trick is needed; conftest restores the environment). With
+per setting, so no import-order trick is needed; conftest's ``triton_backend`` restores the environment). With
 ``--device cuda`` (``make gpu-check``) the same tests run the compiled kernel, TF32 off so
 that float32 tolerances stay tight, with one tile size (no autotuning, fewer compilations).
 Every comparison also checks that the kernel ran (the ``kernel_runs`` fixture counts its
@@ -39,16 +39,7 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def kernel_backend(device, monkeypatch):
-    """The interpreter on CPU; on CUDA the compiled kernel in full float32 precision."""
-    if device.type == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-        monkeypatch.setenv("BASISCONV_AUTOTUNE", "0")  # one tile: correctness, not speed
-        torch.backends.cudnn.allow_tf32 = False  # conftest restores both
-        torch.set_float32_matmul_precision("highest")
+pytestmark = pytest.mark.usefixtures("triton_backend")
 
 
 @pytest.fixture

@@ -17,14 +17,16 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
   faster was measured with ``scripts/benchmark_layers.py``; see ``docs/basis-convolutions.md``,
   "Cost model". ``combine="fused"`` computes the stacked form's result in one Triton
   kernel on CUDA (the basis maps never go through memory, no 1x1 conv); without CUDA or
-  triton it runs the stacked form, with a one-time warning. Its GPU speed is not measured
-  yet. ``combine="auto"`` times the forms per shape on the device and keeps the fastest,
+  triton it runs the stacked form, with a one-time warning (on an H200 it is slower than
+  dense: ``docs/speed.md``). ``combine="auto"`` times the forms per shape on the device and keeps the fastest,
   the dense conv of the materialized weight among them (:mod:`basisconv.kernels.auto`).
 
 A basis layer built with ``fuse_norm=True`` and followed by a batch norm (and a ReLU)
 computes the three as one when a model calls :func:`conv_norm_act` for them: the norm
 folds into the combination, so the full-width activation is written once
-(:mod:`basisconv.kernels.norm`). Any other layer or norm runs them one after another.
+(:mod:`basisconv.kernels.norm`; with ``combine="fused"`` the combination, its ReLU and
+their backward are Triton kernels, :mod:`basisconv.kernels.triton_combine`). Any other
+layer or norm runs them one after another.
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
@@ -177,8 +179,10 @@ class BasisConv2d(nn.Module):
         coefficient_rank: store the coefficient matrix as a product of two factors of this
             rank (fewer parameters; the product is formed once per forward, a tiny matmul).
         fuse_norm: compute this layer, the batch norm after it and its ReLU as one where
-            the model calls :func:`conv_norm_act` (then ``combine`` does not apply: the
-            combination is one GEMM with the norm folded in). Same function, other rounding.
+            the model calls :func:`conv_norm_act` (the combination is then one GEMM with
+            the norm folded in: with ``combine="fused"`` a Triton kernel with the ReLU in
+            its epilogue, and one for its backward; ``"split"`` and ``"auto"`` do not
+            apply). Same function, other rounding.
 
     Initialization from scratch (why): the basis filters are Kaiming-normal with
     ``fan_in = C_in*kh*kw``, as torch's own conv init scales by fan-in, so a basis output
@@ -212,10 +216,11 @@ class BasisConv2d(nn.Module):
         self.combine = combine
         self.fuse_norm = check_flag("fuse_norm", fuse_norm)
         bias = check_flag("bias", bias)
-        if self.fuse_norm and combine != "stacked":
+        if self.fuse_norm and combine in ("split", "auto"):
             warnings.warn(f"fuse_norm=True: where a batch norm follows the layer (conv_norm_act) "
-                          f"the combination runs as one 1x1 conv with the norm folded in, so "
-                          f"combine={combine!r} applies only to layers without one", stacklevel=2)
+                          f"the combination runs as one 1x1 conv with the norm folded in (or "
+                          f"as Triton kernels with combine='fused'), so combine={combine!r} "
+                          f"applies only to layers without one", stacklevel=2)
         n_combined = out_channels - m
         coefficient_rank = check_coefficient_rank(coefficient_rank, out_channels, m)
         self.coefficient_rank = coefficient_rank
@@ -528,7 +533,7 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
         x, layer.basis_weight, layer.combination_matrix(), layer.bias, layer.stride,
         layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
         eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
-        relu=relu)
+        relu=relu, fused=layer.combine == "fused")
     if stats is not None and tracking and norm.running_mean is not None:
         with torch.no_grad():
             unbiased = stats.var * (stats.count / max(stats.count - 1, 1))

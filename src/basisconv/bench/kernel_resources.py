@@ -61,25 +61,35 @@ def compile_tile(tile: Tile, basis_width: int, dtype: str = "bf16", kernel_size:
     """The kernel compiled for ``tile`` at ``BLOCK_N = basis_width`` with ``dtype``
     (``"bf16"``, ``"fp16"`` or ``"fp32"``) pointers, a ``kernel_size`` square filter and a
     bias, for sm_90, without a GPU: Triton's ``CompiledKernel``."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    kernel = triton_conv.triton.jit(triton_conv._basis_conv_kernel)
+    kernel = triton_conv._basis_conv_kernel
+    names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
     constants = dict(KH=kernel_size, KW=kernel_size, HAS_BIAS=True, STORE_BASIS=True,
                      PRECISION="tf32", BLOCK_M=tile.block_m, BLOCK_N=basis_width,
                      BLOCK_K=tile.block_k, BLOCK_C=tile.block_c)
-    pointers = kernel.arg_names[:6]
-    signature = {name: "constexpr" if name in constants else f"*{dtype}" if name in pointers
-                 else "i32" for name in kernel.arg_names}
     # the pointers (16-byte aligned, as torch allocates) and the sizes M .. m
-    sized = kernel.arg_names[:kernel.arg_names.index("m") + 1]
-    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in sized}
+    return compile_for_hopper(kernel, constants, {name: dtype for name in names[:6]},
+                              names[:names.index("m") + 1], tile.warps, tile.stages)
+
+
+def compile_for_hopper(kernel, constants: dict, pointers: dict[str, str],
+                       divisible: list[str], warps: int, stages: int):
+    """``kernel`` (a plain function, undecorated) compiled for sm_90 without a GPU:
+    ``constants`` its constexpr arguments (and the ints Triton's JIT would specialize to
+    1), ``pointers`` the element type of each pointer argument, the other arguments
+    32-bit ints; those named in ``divisible`` are multiples of 16 (pointers 16-byte
+    aligned, as torch allocates them), as the JIT specializes them for a ResNet layer."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    jitted = triton_conv.triton.jit(kernel)
+    signature = {name: "constexpr" if name in constants else f"*{pointers[name]}"
+                 if name in pointers else "i32" for name in jitted.arg_names}
+    attrs = {(jitted.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (triton 3.9's notice about its FP-fusion default)
         return triton_conv.triton.compile(
-            ASTSource(kernel, signature, constants, attrs),
-            target=GPUTarget("cuda", ARCH, 32),
-            options=dict(num_warps=tile.warps, num_stages=tile.stages))
+            ASTSource(jitted, signature, constants, attrs),
+            target=GPUTarget("cuda", ARCH, 32), options=dict(num_warps=warps, num_stages=stages))
 
 
 def ptxas_usage(ptx: str) -> dict[str, int]:
@@ -106,8 +116,13 @@ def tile_resources(tile: Tile, basis_width: int, dtype: str = "bf16",
     """One row of :func:`resource_table`."""
     row = {"dtype": dtype, "basis_width": basis_width, "tile": str(tile),
            "kernel_size": kernel_size}
-    compiled = compile_tile(tile, basis_width, dtype, kernel_size)
-    row["shared_kib"] = round(compiled.metadata.shared / 1024, 1)
+    return {**row, **resources(compile_tile(tile, basis_width, dtype, kernel_size))}
+
+
+def resources(compiled) -> dict:
+    """A compiled kernel's shared memory (KiB), registers per thread and spill-store bytes,
+    and whether a block fits an sm_90 block's shared memory (``fits``)."""
+    row = {"shared_kib": round(compiled.metadata.shared / 1024, 1)}
     row.update(ptxas_usage(compiled.asm["ptx"]))
     row["fits"] = compiled.metadata.shared <= HOPPER_SHARED_BYTES
     return row

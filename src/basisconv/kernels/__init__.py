@@ -10,14 +10,16 @@ same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
   PyTorch custom op that ``torch.compile`` keeps in its graph (:mod:`.fused`). It
   runs on CUDA tensors (on CPU only under ``TRITON_INTERPRET=1``, which is how it is
   tested); elsewhere, or without triton, it falls back to ``"stacked"`` with a one-time
-  warning. Its GPU speed has not been measured yet;
+  warning. On an H200 it is exact and slower than dense (``docs/speed.md``);
 * ``"auto"``: per shape, the fastest of ``stacked``, ``dense`` (the materialized weight
   in one dense conv) and ``fused`` on the device, measured there on first use
   (:mod:`.auto`).
 
 Apart from the forms, :mod:`.norm` computes a basis conv with the batch norm and ReLU
 after it as one GEMM of the basis maps (the norm folded into the combination), for layers
-built with ``fuse_norm=True``.
+built with ``fuse_norm=True``; with ``combine="fused"`` that GEMM, its ReLU and their
+backward are Triton kernels (:mod:`.triton_combine`), the full-width output written once
+and read once.
 """
 
 from .auto import auto_forward

@@ -82,7 +82,7 @@ def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: t
             reason = _FAILED[shape] = (
                 f"a kernel that compiles for input {list(x.shape)} on this device "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-    _warn_once(f"combine='fused' needs {reason}; running the stacked PyTorch form instead "
+    warn_once(f"combine='fused' needs {reason}; running the stacked PyTorch form instead "
                f"(same result, no fused kernel)")
     basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
     out = F.conv2d(basis_maps, combination[:, :, None, None], bias)
@@ -219,7 +219,7 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
     pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
     if pad is None:
-        _warn_once("combine='fused' needs symmetric padding (padding='same' with an even "
+        warn_once("combine='fused' needs symmetric padding (padding='same' with an even "
                    "dilation*(kernel-1)); running the stacked PyTorch form instead (same "
                    "result, no fused kernel)")
         return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
@@ -232,10 +232,10 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
                    and not torch.jit.is_tracing())
     out, _ = fused_basis_conv(x, basis_weight, combination, bias, list(stride), list(pad),
                               list(dilation), store_basis)
-    return out if _channels_last(x) or _channels_last(basis_weight) else out.contiguous()
+    return out if channels_last(x) or channels_last(basis_weight) else out.contiguous()
 
 
-def _channels_last(t: torch.Tensor) -> bool:
+def channels_last(t: torch.Tensor) -> bool:
     """Whether ``t`` is laid out channels_last (and not also plainly contiguous, as a
     tensor of one channel or one pixel is): with either such an input or weight a conv
     writes channels_last, else a contiguous output. The op always writes channels_last,
@@ -245,7 +245,7 @@ def _channels_last(t: torch.Tensor) -> bool:
             and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
     """Warn once per process, at the user's line that ran the layer: the first frame
     outside torch and basisconv (from inside the op, a fixed ``stacklevel`` named torch's
     custom-op machinery; Python 3.11 has no ``skip_file_prefixes``), and outside the code

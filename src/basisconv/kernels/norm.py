@@ -39,7 +39,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .torch_ops import without_autocast
+from . import triton_combine
+from .torch_ops import relu_combine, relu_combine_backward, without_autocast
 
 
 class BatchStatistics(NamedTuple):
@@ -49,11 +50,6 @@ class BatchStatistics(NamedTuple):
     mean: torch.Tensor
     var: torch.Tensor
     count: int
-
-
-def _autocast_on(device_type: str) -> bool:
-    return (torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type))
 
 
 def _rows(maps: torch.Tensor) -> torch.Tensor:
@@ -126,13 +122,13 @@ class BatchNormedCombination(torch.autograd.Function):
     is autograd's, of the forward recomputed (:func:`_differentiable_backward`)."""
 
     @staticmethod
-    def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu):
+    def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu, kernel):
         out, mean_b, a_cov, mean, var = _batch_normed(maps, a, conv_bias, norm_weight,
-                                                      norm_bias, eps, relu)
+                                                      norm_bias, eps, relu, kernel)
         # the output only for the ReLU's mask: without one, it may be changed in place later
         ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias,
                               mean_b, a_cov, mean, var)
-        ctx.eps, ctx.relu = eps, relu
+        ctx.eps, ctx.relu, ctx.kernel = eps, relu, kernel
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
@@ -146,15 +142,11 @@ class BatchNormedCombination(torch.autograd.Function):
         with without_autocast(maps.device.type):
             normalizer = _normalizer(mean, var, conv_bias, norm_weight, ctx.eps)
             folded = normalizer[1][:, None] * a
-            g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
-            weight = folded.to(maps.dtype)[:, :, None, None]
-            grad_maps, grad_folded, _ = torch.ops.aten.convolution_backward(
-                g, maps, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                [maps_grad, True, False])
-            # the bias gradient as a plain reduction: convolution_backward's own took 5.5 ms
-            # of a 64-channel 32x32 batch of 128 in channels_last on CPU, the sum 0.6 ms
-            grad_folded_bias = g.sum((0, 2, 3))
-            small = _fold_backward(grad_folded[:, :, 0, 0].to(a.dtype),
+            grad_maps, grad_folded, grad_folded_bias = (
+                triton_combine.folded_combine_backward(grad_out, out, maps, folded, ctx.relu)
+                if ctx.kernel else relu_combine_backward(grad_out, out, maps, folded, ctx.relu,
+                                                         maps_grad))
+            small = _fold_backward(grad_folded.to(a.dtype),
                                    grad_folded_bias.to(a.dtype), a, mean_b, a_cov, normalizer,
                                    conv_bias, norm_weight, maps_grad)
             grad_a, grad_conv_bias, grad_weight, grad_bias, grad_mean_b, grad_cov_b = small
@@ -165,17 +157,18 @@ class BatchNormedCombination(torch.autograd.Function):
                                                  shift.to(maps.dtype))
         return (grad_maps, grad_a, grad_conv_bias if ctx.needs_input_grad[2] else None,
                 grad_weight if ctx.needs_input_grad[3] else None,
-                grad_bias if ctx.needs_input_grad[4] else None, None, None)
+                grad_bias if ctx.needs_input_grad[4] else None, None, None, None)
 
 
-def _batch_normed(maps, a, conv_bias, norm_weight, norm_bias, eps: float, relu: bool):
+def _batch_normed(maps, a, conv_bias, norm_weight, norm_bias, eps: float, relu: bool,
+                  kernel: bool = False):
     """:class:`BatchNormedCombination`'s forward in plain operations: the output, and the
     moments its backward keeps (``mean_b``, ``a cov_b``, the outputs' mean and variance)."""
     with without_autocast(maps.device.type):
         mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
         mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
         folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
-        return _combine(maps, folded, folded_bias, relu), mean_b, a_cov, mean, var
+        return _combine(maps, folded, folded_bias, relu, kernel), mean_b, a_cov, mean, var
 
 
 def _differentiable_backward(ctx, grad_out) -> tuple:
@@ -186,7 +179,7 @@ def _differentiable_backward(ctx, grad_out) -> tuple:
     maps, _, a, conv_bias, norm_weight, norm_bias, *_ = ctx.saved_tensors
     inputs = (maps, a, conv_bias, norm_weight, norm_bias)
     wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None]
-    grads = [None] * 7
+    grads = [None] * 8
     if wanted:
         out = _batch_normed(*inputs, ctx.eps, ctx.relu)[0]
         found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out,
@@ -221,7 +214,8 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                           combination: torch.Tensor, conv_bias: torch.Tensor | None,
                           stride, padding, dilation, *, norm_weight: torch.Tensor | None,
                           norm_bias: torch.Tensor | None, eps: float,
-                          running: tuple[torch.Tensor, torch.Tensor] | None, relu: bool
+                          running: tuple[torch.Tensor, torch.Tensor] | None, relu: bool,
+                          fused: bool = False
                           ) -> tuple[torch.Tensor, BatchStatistics | None]:
     """``relu?(batch_norm(conv(x)))`` for a basis conv (``combination`` ``[C_out, m]``, rows
     in output order) without the full-width intermediates.
@@ -232,8 +226,15 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
     value is refused (its variance is zero), and an empty batch, which has no statistics,
     is "normalized" with mean 0 and variance 1 and returns none (its moments would be NaN,
     and so would the running averages and the gradients of ``a`` and the norm's weight).
+
+    ``fused`` (the layer's ``combine="fused"``): the combination, its ReLU and their
+    backward run as :mod:`.triton_combine`'s kernels where they can (else in standard
+    ops, said once).
     """
     maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
+    # (not on the cost model's shape-only dry run, nor in an ONNX export, which has no
+    # such op: the same function in standard ops there)
+    kernel = fused and maps.device.type != "meta" and not torch.onnx.is_in_onnx_export()
     a = combination if combination.dtype == torch.float64 else combination.float()
     count = maps.numel() // maps.shape[1]
     if running is None and count == 1:
@@ -241,22 +242,20 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                          f"size {torch.Size((maps.shape[0], a.shape[0], *maps.shape[2:]))}")
     if running is None and count > 1:
         out, mean, var = BatchNormedCombination.apply(maps, a, conv_bias, norm_weight,
-                                                      norm_bias, eps, relu)
+                                                      norm_bias, eps, relu, kernel)
         return out, BatchStatistics(mean, var, count)
     if running is None:  # an empty batch (see above)
         running = (torch.zeros_like(a[:, 0]), torch.ones_like(a[:, 0]))
     with without_autocast(x.device.type):
         mean, var = (t.to(a.dtype) for t in running)
         folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
-    return _combine(maps, folded, folded_bias, relu), None
+    return _combine(maps, folded, folded_bias, relu, kernel), None
 
 
 def _combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
-             relu: bool) -> torch.Tensor:
-    """``relu?(matrix @ maps + bias)`` per pixel as a 1x1 conv (a GEMM over the channels
-    that keeps the layout of ``maps``; on CPU oneDNN's 1x1 conv ran this 2-4x faster than
-    ``addmm`` on the NHWC rows), the ReLU in place on the conv's own result."""
-    if not _autocast_on(maps.device.type):
-        matrix, bias = matrix.to(maps.dtype), bias.to(maps.dtype)
-    out = F.conv2d(maps, matrix[:, :, None, None], bias)
-    return out.relu_() if relu else out
+             relu: bool, kernel: bool = False) -> torch.Tensor:
+    """``relu?(matrix @ maps + bias)`` per pixel: :mod:`.triton_combine`'s kernel with
+    ``kernel``, else a 1x1 conv and a ReLU."""
+    if kernel:
+        return triton_combine.folded_combine(maps, matrix, bias, relu)
+    return relu_combine(maps, matrix, bias, relu)

@@ -150,7 +150,7 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or configs
 
 
-_KERNELS: dict[tuple[bool, bool], object] = {}
+_KERNELS: dict[tuple, object] = {}
 
 
 def interpreting() -> bool:
@@ -192,20 +192,26 @@ def _autotune_options() -> dict:
     return options
 
 
-def _kernel():
-    """The decorated kernel for the current interpreter and autotuning settings (decorated
-    on first use)."""
+def autotuned_on_first_use(kernel, configs, key: list[str], prune=None):
+    """``kernel`` decorated (jit and autotune) for the current interpreter and autotuning
+    settings, on first use, once per setting; ``configs(interpret, tune)`` gives its tiles.
+    (Triton reads the interpreter flag as ``triton.jit`` decorates a function, so a kernel
+    decorated at import would ignore a flag set after it.)"""
     interpret = interpreting()
     tune = not interpret and os.environ.get("BASISCONV_AUTOTUNE", "1") != "0"
-    if (interpret, tune) not in _KERNELS:
-        jitted = triton.jit(_basis_conv_kernel)
-        _KERNELS[interpret, tune] = triton.autotune(
-            configs=_tile_configs(interpret, tune),
-            key=["M", "C_in", "C_out", "m", "KH", "KW", "STORE_BASIS"],
-            prune_configs_by={"early_config_prune": _prune_configs},
-            **_autotune_options(),
-        )(jitted)
-    return _KERNELS[interpret, tune]
+    if (kernel, interpret, tune) not in _KERNELS:
+        pruning = {"prune_configs_by": {"early_config_prune": prune}} if prune else {}
+        _KERNELS[kernel, interpret, tune] = triton.autotune(
+            configs=configs(interpret, tune), key=key, **pruning, **_autotune_options(),
+        )(triton.jit(kernel))
+    return _KERNELS[kernel, interpret, tune]
+
+
+def _kernel():
+    """The decorated basis-conv kernel."""
+    return autotuned_on_first_use(_basis_conv_kernel, _tile_configs,
+                                  ["M", "C_in", "C_out", "m", "KH", "KW", "STORE_BASIS"],
+                                  _prune_configs)
 
 
 def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int,
@@ -275,6 +281,15 @@ def check_input(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.
                            f"size can't be greater than actual input size")
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s precision for inputs of ``dtype``, as a conv in PyTorch computes:
+    ``"ieee"`` only for float32 without TF32 (cuDNN's flag, on by default; the
+    interpreter has none); half-precision inputs get Triton's default for them (``"tf32"``,
+    which does not touch 16-bit operands), as every bf16 Triton GEMM does."""
+    return ("ieee" if dtype == torch.float32
+            and (interpreting() or not torch.backends.cudnn.allow_tf32) else "tf32")
+
+
 def output_size(size, kernel_size, stride, padding, dilation) -> tuple[int, int]:
     """``(H_out, W_out)`` of a conv with numeric padding, as ``F.conv2d`` computes it."""
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
@@ -305,9 +320,6 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
     basis = torch.empty((rows, m), dtype=x.dtype, device=x.device) if store_basis else None
     if rows == 0:
         return out, basis
-    # "ieee" only for float32 without TF32; half-precision inputs get Triton's default for
-    # them ("tf32", which does not touch 16-bit operands), as every bf16 Triton GEMM does.
-    ieee = x.dtype == torch.float32 and (interpreting() or not torch.backends.cudnn.allow_tf32)
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
     # Triton launches (and autotunes) on the current CUDA device and its stream, not on the
     # tensors' device: without the guard a layer on cuda:1 would launch on cuda:0.
@@ -318,6 +330,6 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
             rows, c_in, h, w, h_out, w_out, c_out, m,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             KH=kh, KW=kw, HAS_BIAS=bias is not None, STORE_BASIS=store_basis,
-            PRECISION="ieee" if ieee else "tf32",
+            PRECISION=dot_precision(x.dtype),
             BLOCK_N=max(16, triton.next_power_of_2(m)))
     return out, basis

@@ -1,0 +1,308 @@
+"""The folded norm's combination as two Triton kernels (``fuse_norm=True`` with
+``combine="fused"``): the only full-width work of a basis conv, its batch norm and ReLU.
+
+:mod:`.norm` folds batch norm into the combination, so the layer's output is
+``relu(maps @ F^T + f)`` per pixel (``maps`` the ``m`` basis maps, ``F`` the ``[C_out, m]``
+folded matrix, ``f`` its bias). In plain PyTorch that is a 1x1 conv that writes the
+output and a ReLU that reads and writes it again; its backward a ReLU mask that reads the
+gradient and the output and writes a masked gradient, which the 1x1 conv's backward then
+reads twice (for the maps' gradient and the matrix's) and a sum a third time. Here:
+
+* forward: one kernel, the product with bias and ReLU in its epilogue, the output
+  written once (issue 13: "the full-width activation is written once");
+* backward: one kernel reads the output gradient and the output once, applies the ReLU
+  mask in registers, and gives the maps' gradient ``g F`` and, per block of rows, partial
+  sums of the matrix's gradient ``g^T maps`` and the bias's ``sum g``, which a small
+  reduction adds up (partials rather than atomics: the result does not depend on the
+  order blocks finish, as the project's deterministic runs need).
+
+Tensors are ``[N, C, H, W]`` in any layout whose ``H`` and ``W`` merge (contiguous or
+channels_last): the kernels take per-image, per-channel and per-pixel strides, so a
+channels_last model pays no copy and an NCHW one gets its layout back. Products run in
+the maps' dtype with float32 accumulation (TF32 for float32 where cuDNN's flag allows it,
+as the 1x1 conv they replace), the bias and the partial sums in float32.
+Column sums are products with a block of ones: ``tl.sum`` is one of Triton's jit-decorated
+helpers, which the interpreter cannot call (see :mod:`.triton_conv`), and one code path is
+then what the CPU tests check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from .fused import channels_last, warn_once
+from .torch_ops import relu_combine, relu_combine_backward
+from .triton_conv import (autotuned_on_first_use, dot_precision, interpreting, tl, triton,
+                          unsupported)
+
+
+def _combine_kernel(maps_ptr, mat_ptr, bias_ptr, out_ptr, M, HW, m, C_out,
+                    maps_sn, maps_sc, maps_sp, out_sn, out_sc, out_sp,
+                    RELU: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One program: ``BLOCK_M`` pixels, all ``m`` maps in one tile, every output channel
+    block by block. ``mat`` is ``[m, C_out]`` (the folded matrix transposed), ``bias``
+    ``[C_out]`` float32."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    image, pixel = (offs_m // HW).to(tl.int64), (offs_m % HW).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    basis_ok = offs_n < m
+    maps = tl.load(maps_ptr + (image * maps_sn + pixel * maps_sp)[:, None] + offs_n[None, :] * maps_sc,
+                   mask=row_ok[:, None] & basis_ok[None, :], other=0.0)
+    out_rows = out_ptr + (image * out_sn + pixel * out_sp)[:, None]
+    for c0 in range(0, C_out, BLOCK_C):
+        oc = c0 + tl.arange(0, BLOCK_C)
+        oc_ok = oc < C_out
+        mat = tl.load(mat_ptr + offs_n[:, None] * C_out + oc[None, :],
+                      mask=basis_ok[:, None] & oc_ok[None, :], other=0.0)
+        out = tl.dot(maps, mat, input_precision=PRECISION)
+        out += tl.load(bias_ptr + oc, mask=oc_ok, other=0.0)[None, :]
+        if RELU:
+            out = tl.maximum(out, 0.0)
+        tl.store(out_rows + oc[None, :] * out_sc, out.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & oc_ok[None, :])
+
+
+def _combine_backward_kernel(grad_ptr, out_ptr, maps_ptr, mat_ptr, grad_maps_ptr,
+                             part_mat_ptr, part_bias_ptr, M, HW, m, C_out,
+                             g_sn, g_sc, g_sp, out_sn, out_sc, out_sp,
+                             maps_sn, maps_sc, maps_sp, gm_sn, gm_sc, gm_sp,
+                             RELU: tl.constexpr, PRECISION: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
+    """One program: ``BLOCK_M`` pixels. ``mat`` is the folded matrix ``[C_out, m]``;
+    ``part_mat`` ``[programs, C_out, m]`` and
+    ``part_bias`` ``[programs, C_out]`` (float32) take this program's partial sums."""
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    image, pixel = (offs_m // HW).to(tl.int64), (offs_m % HW).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    basis_ok = offs_n < m
+    maps_at = (image * maps_sn + pixel * maps_sp)[:, None] + offs_n[None, :] * maps_sc
+    maps_ok = row_ok[:, None] & basis_ok[None, :]
+    maps = tl.load(maps_ptr + maps_at, mask=maps_ok, other=0.0)
+    ones = tl.full((BLOCK_M, 16), 1.0, maps.dtype)  # column sums as a product (see above)
+    one_column = tl.arange(0, 16) == 0
+    grad_maps = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    g_rows = grad_ptr + (image * g_sn + pixel * g_sp)[:, None]
+    out_rows = out_ptr + (image * out_sn + pixel * out_sp)[:, None]
+    part_mat = part_mat_ptr + pid.to(tl.int64) * C_out * m
+    part_bias = part_bias_ptr + pid.to(tl.int64) * C_out
+    for c0 in range(0, C_out, BLOCK_C):
+        oc = c0 + tl.arange(0, BLOCK_C)
+        oc_ok = oc < C_out
+        tile_ok = row_ok[:, None] & oc_ok[None, :]
+        g = tl.load(g_rows + oc[None, :] * g_sc, mask=tile_ok, other=0.0)
+        if RELU:  # the ReLU's mask, from the output it wrote
+            out = tl.load(out_rows + oc[None, :] * out_sc, mask=tile_ok, other=0.0)
+            g = tl.where(out > 0, g, 0.0).to(maps.dtype)
+        mat = tl.load(mat_ptr + oc[:, None] * m + offs_n[None, :],
+                      mask=oc_ok[:, None] & basis_ok[None, :], other=0.0)
+        grad_maps = tl.dot(g, mat, grad_maps, input_precision=PRECISION)
+        g_t = tl.trans(g)
+        tl.store(part_mat + oc[:, None] * m + offs_n[None, :],
+                 tl.dot(g_t, maps, input_precision=PRECISION),
+                 mask=oc_ok[:, None] & basis_ok[None, :])
+        tl.store(part_bias + oc[:, None] + 0 * one_column[None, :],
+                 tl.dot(g_t, ones, input_precision=PRECISION),
+                 mask=oc_ok[:, None] & one_column[None, :])
+    tl.store(grad_maps_ptr + (image * gm_sn + pixel * gm_sp)[:, None] + offs_n[None, :] * gm_sc,
+             grad_maps.to(grad_maps_ptr.dtype.element_ty), mask=maps_ok)
+
+
+#: Output-channel blocks, warps and stages the GPU autotunes over (the rows per program
+#: are :func:`_rows_per_program`'s, fixed, so the backward's partial sums have one size),
+#: the first also the one tile without autotuning. Each compiles for sm_90 without spilling
+#: registers at every basis width (bf16, ``ptxas -v``), except the backward's last at a
+#: 256-wide basis (16 bytes); the backward holds three products, so eight warps first.
+_GPU_TILES = [(64, 4, 2), (128, 4, 2), (32, 4, 2), (128, 8, 2)]
+_GPU_BACKWARD_TILES = [(64, 8, 2), (32, 8, 2), (64, 4, 2), (128, 8, 2)]
+
+
+def _tile_configs(interpret: bool, tune: bool, tiles: list = _GPU_TILES) -> list:
+    """Small blocks under the interpreter (they exercise the masks and block loops of the
+    tests' small shapes); the GPU's small space, or its first tile without autotuning."""
+    if interpret:
+        return [triton.Config({"BLOCK_C": 16}, num_warps=1)]
+    return [triton.Config({"BLOCK_C": c}, num_warps=w, num_stages=s)
+            for c, w, s in (tiles if tune else tiles[:1])]
+
+
+def _backward_tile_configs(interpret: bool, tune: bool) -> list:
+    return _tile_configs(interpret, tune, _GPU_BACKWARD_TILES)
+
+
+def _rows_per_program(m: int) -> int:
+    """Pixels per program: as many as keep the ``[rows, m]`` float32 accumulator within
+    64 values a thread of four warps (fewer programs, fewer partial sums), 16 under the
+    interpreter (several programs even in small tests)."""
+    if interpreting():
+        return 16
+    return 128 if m <= 32 else 64 if m <= 128 else 32
+
+
+def _kernel_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``t`` and its (image, channel, pixel) strides, copied to channels_last first when its
+    ``H`` and ``W`` do not merge into one pixel index."""
+    n, c, h, w = t.shape
+    if h > 1 and w > 1 and t.stride(2) != w * t.stride(3):
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t, (t.stride(0), t.stride(1), t.stride(3) if w > 1 else t.stride(2))
+
+
+def _launching(t: torch.Tensor):
+    """Triton launches on the current CUDA device, not the tensors' (see triton_conv)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
+            relu: bool) -> torch.Tensor:
+    """``relu?(conv1x1(maps, matrix) + bias)``: ``maps`` ``[N, m, H, W]``, ``matrix``
+    ``[C_out, m]`` (cast to the maps' dtype), ``bias`` ``[C_out]`` (added in float32). The
+    output has the layout a 1x1 conv of ``maps`` gives."""
+    out = torch.empty((maps.shape[0], matrix.shape[0], *maps.shape[2:]), dtype=maps.dtype,
+                      device=maps.device, memory_format=_layout(maps))
+    maps, maps_strides = _kernel_strides(maps)
+    n, m, h, w = maps.shape
+    rows = n * h * w
+    if rows == 0:
+        return out
+    block_m = _rows_per_program(m)
+    kernel = autotuned_on_first_use(_combine_kernel, _tile_configs, ["M", "m", "C_out", "RELU"])
+    with _launching(maps):
+        kernel[(triton.cdiv(rows, block_m),)](
+            maps, matrix.to(maps.dtype).t().contiguous(), bias.float().contiguous(), out,
+            rows, h * w, m, out.shape[1], *maps_strides, *_kernel_strides(out)[1], RELU=relu,
+            PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
+            BLOCK_N=max(16, triton.next_power_of_2(m)))
+    return out
+
+
+def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: torch.Tensor,
+                     matrix: torch.Tensor, relu: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`combine` for the maps (their dtype, the layout
+    ``empty_like`` gives them), the matrix and the bias (float32), given the output
+    gradient and, for the ReLU's mask, the output."""
+    grad_maps = torch.empty_like(maps)
+    maps, maps_strides = _kernel_strides(maps)
+    n, m, h, w = maps.shape
+    c_out = matrix.shape[0]
+    grad_out, g_strides = _kernel_strides(grad_out.to(maps.dtype))
+    out, out_strides = _kernel_strides(out) if relu else (grad_out, g_strides)
+    rows = n * h * w
+    block_m = _rows_per_program(m)
+    programs = triton.cdiv(rows, block_m)
+    part_mat = maps.new_empty((programs, c_out, m), dtype=torch.float32)
+    part_bias = maps.new_empty((programs, c_out), dtype=torch.float32)
+    if rows:
+        kernel = autotuned_on_first_use(_combine_backward_kernel, _backward_tile_configs,
+                                        ["M", "m", "C_out", "RELU"])
+        with _launching(maps):
+            kernel[(programs,)](
+                grad_out, out, maps, matrix.to(maps.dtype).contiguous(), grad_maps, part_mat,
+                part_bias, rows, h * w, m, c_out, *g_strides, *out_strides, *maps_strides,
+                *_kernel_strides(grad_maps)[1], RELU=relu,
+                PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
+                BLOCK_N=max(16, triton.next_power_of_2(m)))
+    return grad_maps, part_mat.sum(0), part_bias.sum(0)
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """The memory format a 1x1 conv of ``t`` gives."""
+    return torch.channels_last if channels_last(t) else torch.contiguous_format
+
+
+def _cannot_run(maps: torch.Tensor) -> bool:
+    """Whether the kernels cannot run on ``maps`` (said once, with why)."""
+    reason = unsupported(maps, maps.dtype, maps.shape[1],
+                         out_pixels=maps.numel() // max(maps.shape[1], 1))
+    if reason is not None:
+        warn_once(f"combine='fused' with fuse_norm=True needs {reason}; running the folded "
+                  f"norm's combination in standard ops instead (same result, no Triton kernels)")
+    return reason is not None
+
+
+def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of ``like`` (what the shape-only twins promise)."""
+    return t if t.stride() == like.stride() else like.copy_(t)
+
+
+# The kernels as PyTorch custom ops with shape-only twins, as :mod:`.fused` wraps its
+# kernel: ``torch.compile`` keeps them in its graph rather than tracing Triton's launcher
+# (or the check of whether the kernels can run, which asks Triton). Where they cannot run,
+# the ops compute the same in standard ops (:mod:`.torch_ops`).
+@torch.library.custom_op("basisconv::folded_combine", mutates_args=(),
+                         schema="(Tensor maps, Tensor matrix, Tensor bias, bool relu) -> Tensor")
+def folded_combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
+                   relu: bool) -> torch.Tensor:
+    """:func:`combine` as an op; differentiable (an eval-mode norm's fold is trained
+    through it; the batch-statistics fold calls the backward op itself)."""
+    if _cannot_run(maps):
+        return _as(relu_combine(maps, matrix, bias, relu), _folded_combine_shape(
+            maps, matrix, bias, relu))
+    return combine(maps, matrix, bias, relu)
+
+
+@folded_combine.register_fake
+def _folded_combine_shape(maps, matrix, bias, relu):
+    return torch.empty((maps.shape[0], matrix.shape[0], *maps.shape[2:]), dtype=maps.dtype,
+                       device=maps.device, memory_format=_layout(maps))
+
+
+@torch.library.custom_op(
+    "basisconv::folded_combine_backward", mutates_args=(),
+    schema="(Tensor grad_out, Tensor? out, Tensor maps, Tensor matrix, bool relu) "
+           "-> (Tensor, Tensor, Tensor)")
+def folded_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
+                            maps: torch.Tensor, matrix: torch.Tensor, relu: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`combine_backward` as an op."""
+    if _cannot_run(maps):
+        grads = relu_combine_backward(grad_out, out, maps, matrix, relu)
+        return (_as(grads[0], torch.empty_like(maps)),
+                *(grad.float() for grad in grads[1:]))
+    return combine_backward(grad_out, out, maps, matrix, relu)
+
+
+@folded_combine_backward.register_fake
+def _folded_combine_backward_shapes(grad_out, out, maps, matrix, relu):
+    c_out, m = matrix.shape
+    return (torch.empty_like(maps), maps.new_empty((c_out, m), dtype=torch.float32),
+            maps.new_empty((c_out,), dtype=torch.float32))
+
+
+def _save_for_backward(ctx, inputs, output):
+    maps, matrix, bias, relu = inputs
+    ctx.save_for_backward(maps, matrix, output if relu else None)
+    ctx.relu, ctx.bias_dtype = relu, bias.dtype
+
+
+def _backward(ctx, grad_out):
+    maps, matrix, out = ctx.saved_tensors
+    grad_maps, grad_matrix, grad_bias = folded_combine_backward(grad_out, out, maps, matrix,
+                                                                ctx.relu)
+    return grad_maps, grad_matrix.to(matrix.dtype), grad_bias.to(ctx.bias_dtype), None
+
+
+folded_combine.register_autograd(_backward, setup_context=_save_for_backward)
+
+
+@register_flop_formula(torch.ops.basisconv.folded_combine)
+def _folded_combine_flops(maps_shape, matrix_shape, *args, **kwargs) -> int:
+    """What ``FlopCounterMode`` counts for the 1x1 conv the kernel replaces: ``2*M*m*C_out``."""
+    n, m, h, w = maps_shape
+    return 2 * n * h * w * m * matrix_shape[0]
+
+
+@register_flop_formula(torch.ops.basisconv.folded_combine_backward)
+def _folded_combine_backward_flops(grad_shape, out_shape_, maps_shape, matrix_shape, *args,
+                                   **kwargs) -> int:
+    """The 1x1 conv's backward for the maps and the matrix, as counted for it (the sum for
+    the bias is not counted, as ``FlopCounterMode`` counts no sum)."""
+    return 2 * _folded_combine_flops(maps_shape, matrix_shape)

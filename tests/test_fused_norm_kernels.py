@@ -1,0 +1,262 @@
+"""The folded norm's Triton kernels (``fuse_norm=True`` with ``combine="fused"``) against
+the 1x1 conv and ReLU they replace, and a layer using them against the plain PyTorch fold.
+
+On CPU the kernels run through Triton's interpreter (conftest's ``triton_backend``), with
+``--device cuda`` compiled. Every layer-level comparison also checks that the kernels
+ran (``kernel_runs``): a silent fallback to the PyTorch fold would match too.
+"""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+pytest.importorskip("triton")
+
+from basisconv.kernels import triton_combine  # noqa: E402
+from basisconv.layers import BasisConv2d, conv_norm_act  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("triton_backend")
+
+# (N, m, C_out, H, W, layout)
+SHAPES = [
+    (2, 5, 21, 5, 7, "nchw"),          # nothing a power of two, several output blocks
+    (2, 16, 40, 3, 3, "channels_last"),  # a full basis tile
+    (1, 1, 3, 4, 1, "nchw"),           # m = 1, one column of pixels
+    (3, 33, 70, 2, 5, "channels_last"),  # the basis tile padded from 33 to 64
+    (2, 4, 9, 3, 4, "sliced"),         # H and W that do not merge into one pixel stride
+    (0, 3, 6, 2, 2, "nchw"),           # an empty batch
+]
+
+
+def maps_of(n, m, h, w, layout, device):
+    if layout == "sliced":  # a view whose rows are not one stride apart: copied first
+        return torch.randn(n, m, h, w + 3, device=device)[..., :w]
+    maps = torch.randn(n, m, h, w, device=device)
+    return maps.to(memory_format=torch.channels_last) if layout == "channels_last" else maps
+
+
+@pytest.fixture
+def kernel_runs(monkeypatch):
+    """The kernels' launches, by name."""
+    runs = []
+    for name in ("combine", "combine_backward"):
+        launch = getattr(triton_combine, name)
+        monkeypatch.setattr(triton_combine, name,
+                            lambda *a, _launch=launch, _name=name, **k:
+                            runs.append(_name) or _launch(*a, **k))
+    return runs
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
+def test_the_kernels_match_the_1x1_conv_and_relu_forward_and_backward(shape, relu, device,
+                                                                    kernel_runs):
+    n, m, c_out, h, w, layout = shape
+    torch.manual_seed(0)
+    maps = maps_of(n, m, h, w, layout, device).requires_grad_()
+    matrix = torch.randn(c_out, m, device=device, requires_grad=True)
+    bias = torch.randn(c_out, device=device, requires_grad=True)
+    want = F.conv2d(maps, matrix[:, :, None, None], bias)
+    want = want.relu() if relu else want
+    got = triton_combine.folded_combine(maps, matrix, bias, relu)
+    assert kernel_runs == ["combine"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if layout != "sliced" and n:  # the layout the 1x1 conv gives
+        assert got.stride() == want.stride()
+    upstream = torch.randn_like(want)
+    for name, a, b in zip(["maps", "matrix", "bias"],
+                          torch.autograd.grad(got, (maps, matrix, bias), upstream),
+                          torch.autograd.grad(want, (maps, matrix, bias), upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda s: f"{name}: {s}")
+    assert kernel_runs == ["combine", "combine_backward"]
+
+
+def norm_layers(combine: str, device, relu_net: bool = True):
+    """A converted basis layer (permuted output order, conv bias) and its batch norm, both
+    with ``fuse_norm`` and the given ``combine``."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 20, 3, padding=1, bias=True, device=device)
+    layer = BasisConv2d.from_conv(conv, 7, combine="stacked", fuse_norm=True)
+    layer.combine = combine
+    norm = nn.BatchNorm2d(20, device=device)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return layer, norm
+
+
+def step(layer, norm, x, upstream, relu):
+    x = x.detach().clone().requires_grad_()
+    out = conv_norm_act(layer, norm, x, relu=relu)
+    out.backward(upstream)
+    return out.detach(), [x.grad] + [p.grad for p in (*layer.parameters(), *norm.parameters())]
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "channels_last"])
+def test_a_fused_fold_trains_as_the_pytorch_fold(layout, relu, device, kernel_runs):
+    """Two training steps (batch statistics, running averages) and one with the running
+    statistics (eval mode, still trained: the op's own autograd), outputs, every gradient
+    and the norm's buffers as the PyTorch fold gives them."""
+    plain = norm_layers("stacked", device)
+    fused = tuple(copy.deepcopy(module) for module in plain)
+    fused[0].combine = "fused"
+    torch.manual_seed(1)
+    for training in (True, True, False):
+        for module in (*plain, *fused):
+            module.train(training)
+        x = (torch.randn(3, 6, 7, 8, device=device) + 0.5).to(memory_format=layout)
+        upstream = torch.randn(3, 20, 7, 8, device=device)
+        want, want_grads = step(*plain, x, upstream, relu)
+        got, got_grads = step(*fused, x, upstream, relu)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert got.stride() == want.stride()
+        for i, (a, b) in enumerate(zip(got_grads, want_grads)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda s: f"grad {i}: {s}")
+        for module in (*plain, *fused):
+            module.zero_grad(set_to_none=True)
+    for name, buffer in plain[1].named_buffers():
+        torch.testing.assert_close(dict(fused[1].named_buffers())[name], buffer)
+    assert kernel_runs == ["combine", "combine_backward"] * 3
+
+
+def test_without_the_kernels_the_fold_runs_in_standard_ops_and_says_so_once(monkeypatch):
+    """On a CPU tensor without the interpreter: the PyTorch fold's result and gradients."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    for name in ("combine", "combine_backward"):
+        monkeypatch.setattr(triton_combine, name, lambda *a, **k: pytest.fail("kernel ran"))
+    from basisconv.kernels import fused as fused_module
+    monkeypatch.setattr(fused_module, "_WARNED", set())
+    plain, fused = norm_layers("stacked", "cpu"), norm_layers("fused", "cpu")
+    x = torch.randn(2, 6, 5, 5)
+    upstream = torch.randn(2, 20, 5, 5)
+    with pytest.warns(UserWarning, match="combine='fused' with fuse_norm=True needs a CUDA "
+                                         "tensor.*standard ops instead"):
+        got, got_grads = step(*fused, x, upstream, relu=True)
+    want, want_grads = step(*plain, x, upstream, relu=True)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        step(*fused, x, upstream, relu=True)
+
+
+def test_the_flop_counter_counts_the_kernels_as_the_1x1_conv_they_replace(kernel_runs):
+    layers = {combine: norm_layers(combine, "cpu") for combine in ("stacked", "fused")}
+    counts = {}
+    for combine, (layer, norm) in layers.items():
+        x = torch.randn(2, 6, 5, 5)
+        with FlopCounterMode(display=False) as counter:
+            conv_norm_act(layer, norm, x, relu=True).sum().backward()
+        counts[combine] = counter.get_total_flops()
+    assert kernel_runs == ["combine", "combine_backward"]
+    assert counts["fused"] == counts["stacked"] > 0
+
+
+def test_torch_compile_keeps_the_kernels_in_one_graph(kernel_runs):
+    """The kernels are custom ops with shape-only twins: no graph break (Dynamo traces the
+    fold's hand-written backward too), and the compiled step runs them."""
+    layer, norm = norm_layers("fused", "cpu")
+
+    def forward(x):
+        return conv_norm_act(layer, norm, x, relu=True)
+
+    x = torch.randn(2, 6, 5, 5)
+    explained = torch._dynamo.explain(forward)(x)
+    torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+        [b.reason for b in explained.break_reasons]
+    compiled = torch.compile(forward, backend="aot_eager")
+    try:
+        want = forward(x)
+        kernel_runs.clear()
+        torch.testing.assert_close(compiled(x), want, rtol=1e-5, atol=1e-5)
+        assert "combine" in kernel_runs
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.device
+def test_bf16_autocast_is_close_to_float32(device, kernel_runs):
+    if device.type != "cuda":
+        pytest.skip("bfloat16 runs on the compiled kernels only (the interpreter has none)")
+    plain, fused = norm_layers("stacked", device), norm_layers("fused", device)
+    x = torch.randn(8, 6, 16, 16, device=device).to(memory_format=torch.channels_last)
+    want = conv_norm_act(*plain, x, relu=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = conv_norm_act(*fused, x, relu=True)
+    assert got.dtype == torch.bfloat16 and kernel_runs == ["combine"]
+    torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
+    got.float().sum().backward()
+    assert fused[0].coefficients.grad.dtype == torch.float32
+    assert all(p.grad.isfinite().all() for p in (*fused[0].parameters(), *fused[1].parameters()))
+
+
+@pytest.mark.parametrize("width", [16, 256])
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_the_kernels_compile_to_hopper_machine_code_without_spilling(backward, width,
+                                                                      monkeypatch):
+    """Triton's real compiler, to sm_90 (no GPU needed; the interpreter accepts what a
+    compiler may refuse): the tile used without autotuning, in bf16, at the narrowest and
+    widest basis, fits a block's shared memory and keeps its accumulators in registers."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    from basisconv.bench.kernel_resources import compile_for_hopper, resources
+
+    block_c, warps, stages = (triton_combine._GPU_BACKWARD_TILES if backward
+                              else triton_combine._GPU_TILES)[0]
+    kernel = (triton_combine._combine_backward_kernel if backward
+              else triton_combine._combine_kernel)
+    names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
+    pointers = {name: "fp32" if name.startswith(("part_", "bias")) else "bf16"
+                for name in names if name.endswith("_ptr")}
+    unit_strides = {name: 1 for name in names if name.endswith("_sc")}  # channels_last
+    constants = dict(unit_strides, RELU=True, PRECISION="tf32", BLOCK_N=width, BLOCK_C=block_c,
+                     BLOCK_M=triton_combine._rows_per_program(width))
+    divisible = [name for name in names if name not in constants]
+    row = resources(compile_for_hopper(kernel, constants, pointers, divisible, warps, stages))
+    assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, row
+
+
+def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_runs):
+    """A basis ResNet-8 with every norm folded, the combinations as kernels and as standard
+    ops, from the same weights: the same loss and gradients of every parameter, and the
+    same running statistics after the step (float32, so one step: batch norm's backward
+    magnifies rounding over several)."""
+    from basisconv.models import build_model
+    from basisconv.surgery import apply_basis
+
+    torch.manual_seed(0)
+    dense = build_model("resnet8", width=0.5)
+    models = []
+    for combine in ("stacked", "fused"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 1x1 shortcuts save no compute; convert anyway
+            model = apply_basis(dense, "all", 0.5, convert=False, fuse_norm=True,
+                                combine=combine)
+        models.append(model.to(memory_format=torch.channels_last))
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.randn(8, 3, 16, 16).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    losses = [F.cross_entropy(model(x), y) for model in models]
+    for loss in losses:
+        loss.backward()
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-5)
+    convs = sum(isinstance(m, BasisConv2d) for m in models[1].modules())
+    assert kernel_runs.count("combine") == kernel_runs.count("combine_backward") == convs
+    fused = dict(models[1].named_parameters())
+    for name, param in models[0].named_parameters():
+        scale = param.grad.abs().max().item()
+        torch.testing.assert_close(fused[name].grad, param.grad, rtol=1e-3, atol=1e-4 * scale,
+                                   msg=name)
+    buffers = dict(models[1].named_buffers())
+    for name, buffer in models[0].named_buffers():
+        torch.testing.assert_close(buffers[name], buffer, msg=name)
