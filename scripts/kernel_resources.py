@@ -1,6 +1,7 @@
 """Registers, spills and shared memory of the fused kernel's autotuning tiles on Hopper
 (sm_90), from Triton's compiler, without a GPU:
-``python scripts/kernel_resources.py [--dtypes bf16 fp32] [--widths 16 32 64 128 256]``.
+``python scripts/kernel_resources.py [--dtypes bf16 fp32] [--widths 16 32 64 128 256]
+[--kernels combination]`` (the folded norm's combination kernels instead).
 
 Writes ``results/kernel-resources-sm90.csv`` and a JSON record beside it; see
 ``basisconv.bench.kernel_resources`` for why and how. A kernel change can be judged here
@@ -32,8 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widths", nargs="+", type=int, default=[16, 32, 64, 128, 256],
                         help="basis tile widths (BLOCK_N: m rounded up to a power of 2, >= 16)")
     parser.add_argument("--kernel-size", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS / f"kernel-resources-sm{ARCH}.csv")
+    parser.add_argument("--kernels", choices=["conv", "combination"], default="conv",
+                        help="the fused basis conv (default), or the folded norm's "
+                             "combination kernels, forward and backward")
+    parser.add_argument("--out", type=Path,
+                        help=f"the table (default results/kernel-resources-sm{ARCH}.csv, "
+                             f"-combination.csv for --kernels combination)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        suffix = "-combination" if args.kernels == "combination" else ""
+        args.out = RESULTS / f"kernel-resources-sm{ARCH}{suffix}.csv"
     if triton_conv.triton is None:
         parser.error("needs triton, which does not import here (make env installs it)")
     if bad := [w for w in args.widths
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"as .json), got {args.out}")
     if blocker := unwritable_folder(str(args.out.absolute().parent)):
         parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
-    table, seconds = measure(args.dtypes, args.widths, args.kernel_size)
+    table, seconds = measure(args.dtypes, args.widths, args.kernel_size, args.kernels)
     print(table.to_string(index=False))
     command = shlex.join(["python", "scripts/kernel_resources.py",
                           *(sys.argv[1:] if argv is None else argv)])

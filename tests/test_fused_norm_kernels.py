@@ -209,20 +209,9 @@ def test_the_kernels_compile_to_hopper_machine_code_without_spilling(backward, w
     compiler may refuse): the tile used without autotuning, in bf16, at the narrowest and
     widest basis, fits a block's shared memory and keeps its accumulators in registers."""
     monkeypatch.delenv("TRITON_INTERPRET")
-    from basisconv.bench.kernel_resources import compile_for_hopper, resources
+    from basisconv.bench.kernel_resources import compile_combination, resources
 
-    block_c, warps, stages = (triton_combine._GPU_BACKWARD_TILES if backward
-                              else triton_combine._GPU_TILES)[0]
-    kernel = (triton_combine._combine_backward_kernel if backward
-              else triton_combine._combine_kernel)
-    names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
-    pointers = {name: "fp32" if name.startswith(("part_", "bias")) else "bf16"
-                for name in names if name.endswith("_ptr")}
-    unit_strides = {name: 1 for name in names if name.endswith("_sc")}  # channels_last
-    constants = dict(unit_strides, RELU=True, PRECISION="tf32", BLOCK_N=width, BLOCK_C=block_c,
-                     BLOCK_M=triton_combine._rows_per_program(width))
-    divisible = [name for name in names if name not in constants]
-    row = resources(compile_for_hopper(kernel, constants, pointers, divisible, warps, stages))
+    row = resources(compile_combination(backward, width, "bf16"))
     assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, row
 
 

@@ -1,5 +1,5 @@
-"""What each autotuning tile of the fused kernel (:mod:`basisconv.kernels.triton_conv`)
-costs a GPU, read from the compiler on a machine without one: shared memory per block,
+"""What each autotuning tile of the fused kernel (:mod:`basisconv.kernels.triton_conv`),
+and of the folded norm's combination kernels (:mod:`basisconv.kernels.triton_combine`), costs a GPU, read from the compiler on a machine without one: shared memory per block,
 registers per thread, and bytes spilled to local memory.
 
 Why: autotuning on a GPU picks the fastest tile, but GPU time is scarce and a tile that
@@ -128,6 +128,55 @@ def resources(compiled) -> dict:
     return row
 
 
+def compile_combination(backward: bool, basis_width: int, dtype: str = "bf16",
+                        tile: tuple[int, int, int] | None = None):
+    """One of the folded norm's combination kernels (:mod:`basisconv.kernels.triton_combine`,
+    the backward's with ``backward``) compiled for sm_90 at ``BLOCK_N = basis_width`` with
+    ``dtype`` tensors (float32 bias and partial sums), channels_last strides (the channel
+    stride 1, as the JIT specializes it) and the ReLU, for ``tile`` (``BLOCK_C``, warps,
+    stages; default the kernel's tile without autotuning) and its rows per program."""
+    from basisconv.kernels import triton_combine
+
+    kernel = (triton_combine._combine_backward_kernel if backward
+              else triton_combine._combine_kernel)
+    block_c, warps, stages = tile or combination_tiles(backward)[0]
+    names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
+    pointers = {name: "fp32" if name.startswith(("part_", "bias")) else dtype
+                for name in names if name.endswith("_ptr")}
+    constants = {name: 1 for name in names if name.endswith("_sc")}
+    constants.update(RELU=True, PRECISION="tf32", BLOCK_N=basis_width, BLOCK_C=block_c,
+                     BLOCK_M=triton_combine._rows_per_program(basis_width))
+    return compile_for_hopper(kernel, constants, pointers,
+                              [name for name in names if name not in constants], warps, stages)
+
+
+def combination_tiles(backward: bool) -> list[tuple[int, int, int]]:
+    """The tiles the combination kernel's autotuner tries on a GPU."""
+    from basisconv.kernels import triton_combine
+
+    return triton_combine._GPU_BACKWARD_TILES if backward else triton_combine._GPU_TILES
+
+
+def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
+    """:func:`resource_table`'s rows for the combination kernels, forward and backward,
+    every autotuning tile (``BLOCK_C`` output channels, warps, stages; ``BLOCK_M`` rows)."""
+    from basisconv.kernels import triton_combine
+
+    rows = []
+    for dtype in dtypes:
+        for width in widths:
+            for backward in (False, True):
+                for tile in combination_tiles(backward):
+                    block_c, warps, stages = tile
+                    rows.append({
+                        "dtype": dtype, "basis_width": width,
+                        "kernel": "backward" if backward else "forward",
+                        "tile": f"{triton_combine._rows_per_program(width)}x{block_c} "
+                                f"w{warps} s{stages}",
+                        **resources(compile_combination(backward, width, dtype, tile))})
+    return rows
+
+
 def resource_table(dtypes: list[str], widths: list[int], tiles: list[Tile] | None = None,
                    kernel_size: int = 3) -> list[dict]:
     """A row per dtype, basis width (``BLOCK_N``: ``m`` rounded up to a power of two) and
@@ -137,14 +186,16 @@ def resource_table(dtypes: list[str], widths: list[int], tiles: list[Tile] | Non
             for dtype in dtypes for width in widths for tile in tiles or autotune_tiles()]
 
 
-def measure(dtypes: list[str], widths: list[int], kernel_size: int = 3
-            ) -> tuple[pd.DataFrame, float]:
-    """:func:`resource_table` compiled afresh (an empty Triton cache), so that the seconds
-    it also returns are the compile time."""
+def measure(dtypes: list[str], widths: list[int], kernel_size: int = 3,
+            kernels: str = "conv") -> tuple[pd.DataFrame, float]:
+    """:func:`resource_table` (``kernels="conv"``) or :func:`combination_table`
+    (``"combination"``) compiled afresh (an empty Triton cache), so that the seconds it
+    also returns are the compile time."""
     started = time.time()
     with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ,
                                                                  {"TRITON_CACHE_DIR": cache}):
-        rows = resource_table(dtypes, widths, kernel_size=kernel_size)
+        rows = (combination_table(dtypes, widths) if kernels == "combination"
+                else resource_table(dtypes, widths, kernel_size=kernel_size))
     return pd.DataFrame(rows), time.time() - started
 
 
