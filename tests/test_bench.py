@@ -638,6 +638,23 @@ def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, rep
     assert record["provenance"]["versions"]["triton"]
 
 
+def test_the_combination_kernels_resources_have_their_own_table(tmp_path, repo, load_script):
+    """``--kernels combination``: the folded norm's kernels, forward and backward, every
+    autotuning tile, in the committed table's columns."""
+    pytest.importorskip("triton")
+    from basisconv.bench.kernel_resources import combination_tiles
+
+    out = tmp_path / "combination.csv"
+    load_script("kernel_resources").main(["--kernels", "combination", "--dtypes", "bf16",
+                                          "--widths", "16", "--out", str(out)])
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == committed(repo, "kernel-resources-sm90-combination.csv")
+    tiles = {kind: len(combination_tiles(kind == "backward")) for kind in ("forward", "backward")}
+    assert {kind: sum(r["kernel"] == kind for r in rows) for kind in tiles} == tiles
+    assert all(0 < int(r["registers"]) <= 255 and r["fits"] == "True" for r in rows)
+    assert read_record(out.with_suffix(".json"))["config"]["kernels"] == "combination"
+
 
 class FixedTimer:
     """A :class:`Timer` that runs nothing and reports given medians and spreads, one pair
