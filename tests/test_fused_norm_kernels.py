@@ -162,6 +162,27 @@ def test_the_flop_counter_counts_the_kernels_as_the_1x1_conv_they_replace(kernel
     assert counts["fused"] == counts["stacked"] > 0
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
+def test_the_ops_pass_torch_library_opcheck(dtype, relu, layout):
+    """PyTorch's own check of the two custom ops: schema, shape-only twins against the real
+    outputs' shapes, strides and dtypes (the layouts included), the forward op's autograd
+    and its gradients through AOTAutograd, for the kernels and for the standard-op
+    fallback (float64: the interpreter takes float32 only)."""
+    torch.manual_seed(0)
+    maps = maps_of(2, 5, 3, 4, layout, "cpu").to(dtype).requires_grad_()
+    matrix = torch.randn(9, 5, dtype=dtype, requires_grad=True)
+    bias = torch.randn(9, dtype=dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's notice
+        torch.library.opcheck(triton_combine.folded_combine, (maps, matrix, bias, relu))
+        out = triton_combine.folded_combine(maps, matrix, bias, relu).detach()
+        torch.library.opcheck(triton_combine.folded_combine_backward,
+                              (torch.randn_like(out), out if relu else None, maps.detach(),
+                               matrix.detach(), relu))
+
+
 def test_torch_compile_keeps_the_kernels_in_one_graph(kernel_runs):
     """The kernels are custom ops with shape-only twins: no graph break (Dynamo traces the
     fold's hand-written backward too), and the compiled step runs them."""
