@@ -4,12 +4,14 @@
 #   scripts/gpu_speed.sh [quick|full]      (make gpu-speed [SPEED=quick]; default full)
 # 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,
 #    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
-#    in the stacked form, with folded batch norms, and with the fused Triton kernel; dense
+#    in the stacked form, with folded batch norms (in standard ops and as the combination's
+#    Triton kernels), and with the fused Triton kernel; dense
 #    graphed in fp32; dense and basis 1/4 (stacked and fused) under torch.compile's
-#    reduce-overhead; the graphed dense, stacked and folded-norm steps also profiled
+#    reduce-overhead; the graphed dense, stacked and both folded-norm steps also profiled
 #    (torch.profiler's kernels by GPU time, in <file>-profile.txt);
 # 2. layer and whole-model speed against the FLOP ratio (scripts/benchmark_layers.py):
-#    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms,
+#    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms
+#    (standard ops and kernels),
 #    the stacked and fused forms also timed as CUDA graph replays (--cuda-graphs), then
 #    fp32 at batch 128.
 # Uses the Python it finds (PY, default python3: a GPU machine's own CUDA torch; no .venv,
@@ -138,6 +140,9 @@ for size in 0.25 0.5; do
   train "bf16-basis$size-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" \
     --fuse-norm --profile
   train "bf16-basis$size-fused-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --combine fused
+  # folded norms with the combination as Triton kernels (fuse_norm with combine=fused)
+  train "bf16-basis$size-fused-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" \
+    --combine fused --fuse-norm --profile
   train "bf16-basis$size" --amp bf16 --basis-size "$size"
 done
 train fp32-graphs --cuda-graphs
@@ -157,6 +162,8 @@ for batch in 128 512; do
     --combine fused --fractions 0.25 0.5
   layers "bf16-b$batch-auto" --amp bf16 --batch-size "$batch" --combine auto
   layers "bf16-b$batch-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm --parts model
+  layers "bf16-b$batch-fused-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm \
+    --combine fused --parts model --fractions 0.25 0.5
 done
 layers fp32-b128 --batch-size 128
 layers fp32-b128-fused --batch-size 128 --combine fused --fractions 0.25 0.5
