@@ -1,5 +1,6 @@
 """The folded norm's Triton kernels (``fuse_norm=True`` with ``combine="fused"``) against
-the 1x1 conv and ReLU they replace, and a layer using them against the plain PyTorch fold.
+what they replace (the batch moments in standard ops, the 1x1 conv and ReLU), and a layer
+using them against the plain PyTorch fold.
 
 On CPU the kernels run through Triton's interpreter (conftest's ``triton_backend``), with
 ``--device cuda`` compiled. Every layer-level comparison also checks that the kernels
@@ -17,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 pytest.importorskip("triton")
 
-from basisconv.kernels import triton_combine  # noqa: E402
+from basisconv.kernels import triton_combine, triton_moments  # noqa: E402
 from basisconv.layers import BasisConv2d, conv_norm_act  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("triton_backend")
@@ -44,9 +45,10 @@ def maps_of(n, m, h, w, layout, device):
 def kernel_runs(monkeypatch):
     """The kernels' launches, by name."""
     runs = []
-    for name in ("combine", "combine_backward"):
-        launch = getattr(triton_combine, name)
-        monkeypatch.setattr(triton_combine, name,
+    for module, name in ((triton_combine, "combine"), (triton_combine, "combine_backward"),
+                         (triton_moments, "moments")):
+        launch = getattr(module, name)
+        monkeypatch.setattr(module, name,
                             lambda *a, _launch=launch, _name=name, **k:
                             runs.append(_name) or _launch(*a, **k))
     return runs
@@ -125,14 +127,16 @@ def test_a_fused_fold_trains_as_the_pytorch_fold(layout, relu, device, kernel_ru
             module.zero_grad(set_to_none=True)
     for name, buffer in plain[1].named_buffers():
         torch.testing.assert_close(dict(fused[1].named_buffers())[name], buffer)
-    assert kernel_runs == ["combine", "combine_backward"] * 3
+    assert kernel_runs == ["moments", "combine", "combine_backward"] * 2 + [
+        "combine", "combine_backward"]  # (eval mode: the running statistics, no moments)
 
 
 def test_without_the_kernels_the_fold_runs_in_standard_ops_and_says_so_once(monkeypatch):
     """On a CPU tensor without the interpreter: the PyTorch fold's result and gradients."""
     monkeypatch.delenv("TRITON_INTERPRET")
-    for name in ("combine", "combine_backward"):
-        monkeypatch.setattr(triton_combine, name, lambda *a, **k: pytest.fail("kernel ran"))
+    for module, name in ((triton_combine, "combine"), (triton_combine, "combine_backward"),
+                         (triton_moments, "moments")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("kernel ran"))
     from basisconv.kernels import fused as fused_module
     monkeypatch.setattr(fused_module, "_WARNED", set())
     plain, fused = norm_layers("stacked", "cpu"), norm_layers("fused", "cpu")
@@ -158,7 +162,7 @@ def test_the_flop_counter_counts_the_kernels_as_the_1x1_conv_they_replace(kernel
         with FlopCounterMode(display=False) as counter:
             conv_norm_act(layer, norm, x, relu=True).sum().backward()
         counts[combine] = counter.get_total_flops()
-    assert kernel_runs == ["combine", "combine_backward"]
+    assert kernel_runs == ["moments", "combine", "combine_backward"]
     assert counts["fused"] == counts["stacked"] > 0
 
 
@@ -222,6 +226,53 @@ def test_bf16_autocast_is_close_to_float32(device, kernel_runs):
     assert all(p.grad.isfinite().all() for p in (*fused[0].parameters(), *fused[1].parameters()))
 
 
+@pytest.mark.device
+@pytest.mark.parametrize("shape", [
+    (3, 5, 7, 6, "nchw", 0.0),            # one program, several row blocks
+    (2, 16, 9, 9, "channels_last", 0.0),  # several programs of several blocks, the last short
+    (4, 33, 5, 5, "channels_last", 100.0),  # the sum padded from 33 to 64; a large mean
+    (2, 64, 3, 3, "sliced", 1000.0),      # the widest basis; pixels that do not merge
+    (1, 3, 1, 1, "nchw", 3.0),            # one pixel
+], ids=lambda s: "-".join(map(str, s)))
+def test_the_moments_kernel_gives_the_batch_statistics(shape, device, kernel_runs):
+    """Mean and covariance over batch and pixels as float64 computes them from the same
+    float32 maps, to float32 precision even where the mean is a thousand standard
+    deviations (the shifted sums do not cancel)."""
+    n, m, h, w, layout, offset = shape
+    torch.manual_seed(0)
+    spread = torch.rand(m, device=device) * 3 + 0.1
+    centre = offset * torch.randn(m, device=device)
+    maps = maps_of(n, m, h, w, layout, device) * spread[:, None, None] + centre[:, None, None]
+    mean, cov = triton_moments.fused_basis_moments(maps)
+    assert kernel_runs == ["moments"] and mean.dtype == cov.dtype == torch.float32
+    rows = maps.double().permute(0, 2, 3, 1).reshape(-1, m)
+    want_mean = rows.mean(0)
+    want_cov = (rows - want_mean).T @ (rows - want_mean) / rows.shape[0]
+    torch.testing.assert_close(mean.double(), want_mean, rtol=1e-6, atol=1e-5 * spread.max().item())
+    torch.testing.assert_close(cov.double(), want_cov, rtol=0, atol=1e-5 * spread.max().item() ** 2)
+
+
+def test_a_basis_wider_than_the_moments_kernel_takes_keeps_the_standard_ops(kernel_runs):
+    """Above ``MAX_WIDTH`` (few pixels there; cuBLAS's Gram product), silently."""
+    maps = torch.randn(2, triton_moments.MAX_WIDTH + 1, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, cov = triton_moments.fused_basis_moments(maps)
+    assert kernel_runs == []
+    want = triton_moments.basis_moments(maps)
+    torch.testing.assert_close(mean, want[0])
+    torch.testing.assert_close(cov, want[1])
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
+def test_the_moments_op_passes_torch_library_opcheck(dtype, layout):
+    maps = maps_of(2, 5, 3, 4, layout, "cpu").to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's notice
+        torch.library.opcheck(triton_moments.fused_basis_moments, (maps,))
+
+
 @pytest.mark.parametrize("width", [16, 256])
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 def test_the_kernels_compile_to_hopper_machine_code_without_spilling(backward, width,
@@ -261,7 +312,8 @@ def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_ru
         loss.backward()
     assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-5)
     convs = sum(isinstance(m, BasisConv2d) for m in models[1].modules())
-    assert kernel_runs.count("combine") == kernel_runs.count("combine_backward") == convs
+    assert (kernel_runs.count("moments") == kernel_runs.count("combine")
+            == kernel_runs.count("combine_backward") == convs)
     fused = dict(models[1].named_parameters())
     for name, param in models[0].named_parameters():
         scale = param.grad.abs().max().item()
@@ -270,3 +322,13 @@ def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_ru
     buffers = dict(models[1].named_buffers())
     for name, buffer in models[0].named_buffers():
         torch.testing.assert_close(buffers[name], buffer, msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_the_moments_kernel_compiles_to_hopper_machine_code_without_spilling(dtype, monkeypatch):
+    """At its widest basis (Triton's default three stages spilled there)."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    from basisconv.bench.kernel_resources import compile_moments, resources
+
+    row = resources(compile_moments(triton_moments.MAX_WIDTH, dtype))
+    assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, row

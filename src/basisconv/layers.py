@@ -24,8 +24,9 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
 A basis layer built with ``fuse_norm=True`` and followed by a batch norm (and a ReLU)
 computes the three as one when a model calls :func:`conv_norm_act` for them: the norm
 folds into the combination, so the full-width activation is written once
-(:mod:`basisconv.kernels.norm`; with ``combine="fused"`` the combination, its ReLU and
-their backward are Triton kernels, :mod:`basisconv.kernels.triton_combine`). Any other
+(:mod:`basisconv.kernels.norm`; with ``combine="fused"`` the batch moments, the
+combination, its ReLU and their backward are Triton kernels,
+:mod:`basisconv.kernels.triton_moments` and :mod:`basisconv.kernels.triton_combine`). Any other
 layer or norm runs them one after another.
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
@@ -181,8 +182,8 @@ class BasisConv2d(nn.Module):
         fuse_norm: compute this layer, the batch norm after it and its ReLU as one where
             the model calls :func:`conv_norm_act` (the combination is then one GEMM with
             the norm folded in: with ``combine="fused"`` a Triton kernel with the ReLU in
-            its epilogue, and one for its backward; ``"split"`` and ``"auto"`` do not
-            apply). Same function, other rounding.
+            its epilogue, one for its backward and one for the batch moments; ``"split"``
+            and ``"auto"`` do not apply). Same function, other rounding.
 
     Initialization from scratch (why): the basis filters are Kaiming-normal with
     ``fan_in = C_in*kh*kw``, as torch's own conv init scales by fan-in, so a basis output

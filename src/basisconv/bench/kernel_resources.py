@@ -28,7 +28,7 @@ from unittest import mock
 
 import pandas as pd
 
-from basisconv.kernels import triton_conv
+from basisconv.kernels import triton_combine, triton_conv, triton_moments
 from basisconv.records import (RunRecord, file_digest, provenance, write_record,
                                write_text_atomic)
 
@@ -135,8 +135,6 @@ def compile_combination(backward: bool, basis_width: int, dtype: str = "bf16",
     ``dtype`` tensors (float32 bias and partial sums), channels_last strides (the channel
     stride 1, as the JIT specializes it) and the ReLU, for ``tile`` (``BLOCK_C``, warps,
     stages; default the kernel's tile without autotuning) and its rows per program."""
-    from basisconv.kernels import triton_combine
-
     kernel = (triton_combine._combine_backward_kernel if backward
               else triton_combine._combine_kernel)
     block_c, warps, stages = tile or combination_tiles(backward)[0]
@@ -150,18 +148,29 @@ def compile_combination(backward: bool, basis_width: int, dtype: str = "bf16",
                               [name for name in names if name not in constants], warps, stages)
 
 
+def compile_moments(basis_width: int, dtype: str = "bf16"):
+    """The batch moments' kernel (:mod:`basisconv.kernels.triton_moments`) compiled for
+    sm_90 at ``BLOCK_N = basis_width`` over ``dtype`` maps in channels_last."""
+    kernel = triton_moments._moments_kernel
+    names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
+    constants = {"sc": 1, "BLOCK_M": 64, "BLOCK_N": basis_width}
+    (config,) = triton_moments._configs(interpret=False, tune=False)
+    return compile_for_hopper(
+        kernel, constants, {name: "fp32" if name != "maps_ptr" else dtype
+                            for name in names if name.endswith("_ptr")},
+        [name for name in names if name not in constants and name != "row_blocks"],
+        config.num_warps, config.num_stages)
+
+
 def combination_tiles(backward: bool) -> list[tuple[int, int, int]]:
     """The tiles the combination kernel's autotuner tries on a GPU."""
-    from basisconv.kernels import triton_combine
-
     return triton_combine._GPU_BACKWARD_TILES if backward else triton_combine._GPU_TILES
 
 
 def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
-    """:func:`resource_table`'s rows for the combination kernels, forward and backward,
-    every autotuning tile (``BLOCK_C`` output channels, warps, stages; ``BLOCK_M`` rows)."""
-    from basisconv.kernels import triton_combine
-
+    """:func:`resource_table`'s rows for the folded norm's kernels: the combination's,
+    forward and backward, every autotuning tile (``BLOCK_C`` output channels, warps,
+    stages; ``BLOCK_M`` rows), and the batch moments' up to its widest basis."""
     rows = []
     for dtype in dtypes:
         for width in widths:
@@ -174,6 +183,9 @@ def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
                         "tile": f"{triton_combine._rows_per_program(width)}x{block_c} "
                                 f"w{warps} s{stages}",
                         **resources(compile_combination(backward, width, dtype, tile))})
+            if width <= triton_moments.MAX_WIDTH:
+                rows.append({"dtype": dtype, "basis_width": width, "kernel": "moments",
+                             "tile": "64 rows w4", **resources(compile_moments(width, dtype))})
     return rows
 
 

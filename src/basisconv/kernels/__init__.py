@@ -17,9 +17,9 @@ same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
 
 Apart from the forms, :mod:`.norm` computes a basis conv with the batch norm and ReLU
 after it as one GEMM of the basis maps (the norm folded into the combination), for layers
-built with ``fuse_norm=True``; with ``combine="fused"`` that GEMM, its ReLU and their
-backward are Triton kernels (:mod:`.triton_combine`), the full-width output written once
-and read once.
+built with ``fuse_norm=True``; with ``combine="fused"`` the batch moments are one
+Triton kernel (:mod:`.triton_moments`) and that GEMM, its ReLU and their backward two
+(:mod:`.triton_combine`), the full-width output written once and read once.
 """
 
 from .auto import auto_forward

@@ -39,8 +39,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import triton_combine
-from .torch_ops import relu_combine, relu_combine_backward, without_autocast
+from . import triton_combine, triton_moments
+from .torch_ops import basis_moments, relu_combine, relu_combine_backward, without_autocast
 
 
 class BatchStatistics(NamedTuple):
@@ -50,23 +50,6 @@ class BatchStatistics(NamedTuple):
     mean: torch.Tensor
     var: torch.Tensor
     count: int
-
-
-def _rows(maps: torch.Tensor) -> torch.Tensor:
-    """The ``[N, m, H, W]`` basis maps as a ``[N*H*W, m]`` matrix (a view in NHWC)."""
-    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
-
-
-def basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean ``[m]`` and biased covariance ``[m, m]`` of the basis maps over batch and
-    pixels, in float32 at least and without autocast (see the module docstring)."""
-    with without_autocast(maps.device.type):
-        rows = _rows(maps)
-        if rows.dtype not in (torch.float32, torch.float64):
-            rows = rows.float()
-        mean = rows.mean(0)
-        centred = rows - mean
-        return mean, centred.T @ centred / rows.shape[0]
 
 
 def _normalizer(mean: torch.Tensor, var: torch.Tensor, conv_bias: torch.Tensor | None,
@@ -165,7 +148,8 @@ def _batch_normed(maps, a, conv_bias, norm_weight, norm_bias, eps: float, relu: 
     """:class:`BatchNormedCombination`'s forward in plain operations: the output, and the
     moments its backward keeps (``mean_b``, ``a cov_b``, the outputs' mean and variance)."""
     with without_autocast(maps.device.type):
-        mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
+        moments = triton_moments.fused_basis_moments if kernel else basis_moments
+        mean_b, cov_b = (t.to(a.dtype) for t in moments(maps))
         mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
         folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
         return _combine(maps, folded, folded_bias, relu, kernel), mean_b, a_cov, mean, var
@@ -227,9 +211,9 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
     is "normalized" with mean 0 and variance 1 and returns none (its moments would be NaN,
     and so would the running averages and the gradients of ``a`` and the norm's weight).
 
-    ``fused`` (the layer's ``combine="fused"``): the combination, its ReLU and their
-    backward run as :mod:`.triton_combine`'s kernels where they can (else in standard
-    ops, said once).
+    ``fused`` (the layer's ``combine="fused"``): the batch moments, the combination, its
+    ReLU and their backward run as :mod:`.triton_moments`' and :mod:`.triton_combine`'s
+    kernels where they can (else in standard ops, said once).
     """
     maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
     # (not on the cost model's shape-only dry run, nor in an ONNX export, which has no

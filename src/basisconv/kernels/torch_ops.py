@@ -10,9 +10,10 @@ backward); ``scripts/benchmark_layers.py`` measures which is faster where.
 * ``dense_forward``: the materialized weight and one dense conv (no compute saved; for
   the shapes where the dense conv is faster than any basis form).
 
-And the folded norm's combination (:mod:`.norm`) with its ReLU, forward and backward
-(``relu_combine``, ``relu_combine_backward``), which :mod:`.triton_combine`'s kernels
-replace where they run.
+And the folded norm's pieces (:mod:`.norm`): the basis maps' batch moments
+(``basis_moments``) and the combination with its ReLU, forward and backward
+(``relu_combine``, ``relu_combine_backward``), which :mod:`.triton_moments`' and
+:mod:`.triton_combine`'s kernels replace where they run.
 """
 
 from __future__ import annotations
@@ -109,3 +110,16 @@ def relu_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
     # the bias gradient as a plain reduction: convolution_backward's own took 5.5 ms of a
     # 64-channel 32x32 batch of 128 in channels_last on CPU, the sum 0.6 ms
     return grad_maps, grad_matrix[:, :, 0, 0], g.sum((0, 2, 3))
+
+
+def basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[m]`` and biased covariance ``[m, m]`` of the basis maps over batch and
+    pixels, in float32 at least and without autocast, from centred maps (statistics in
+    bf16, or raw sums that cancel, would lose the precision batch norm keeps)."""
+    with without_autocast(maps.device.type):
+        rows = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])  # a view in NHWC
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.float()
+        mean = rows.mean(0)
+        centred = rows - mean
+        return mean, centred.T @ centred / rows.shape[0]

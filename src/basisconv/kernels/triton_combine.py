@@ -146,7 +146,7 @@ def _rows_per_program(m: int) -> int:
     return 128 if m <= 32 else 64 if m <= 128 else 32
 
 
-def _kernel_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def kernel_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """``t`` and its (image, channel, pixel) strides, copied to channels_last first when its
     ``H`` and ``W`` do not merge into one pixel index."""
     n, c, h, w = t.shape
@@ -155,7 +155,7 @@ def _kernel_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]
     return t, (t.stride(0), t.stride(1), t.stride(3) if w > 1 else t.stride(2))
 
 
-def _launching(t: torch.Tensor):
+def launching(t: torch.Tensor):
     """Triton launches on the current CUDA device, not the tensors' (see triton_conv)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
@@ -167,17 +167,17 @@ def combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
     output has the layout a 1x1 conv of ``maps`` gives."""
     out = torch.empty((maps.shape[0], matrix.shape[0], *maps.shape[2:]), dtype=maps.dtype,
                       device=maps.device, memory_format=_layout(maps))
-    maps, maps_strides = _kernel_strides(maps)
+    maps, maps_strides = kernel_strides(maps)
     n, m, h, w = maps.shape
     rows = n * h * w
     if rows == 0:
         return out
     block_m = _rows_per_program(m)
     kernel = autotuned_on_first_use(_combine_kernel, _tile_configs, ["M", "m", "C_out", "RELU"])
-    with _launching(maps):
+    with launching(maps):
         kernel[(triton.cdiv(rows, block_m),)](
             maps, matrix.to(maps.dtype).t().contiguous(), bias.float().contiguous(), out,
-            rows, h * w, m, out.shape[1], *maps_strides, *_kernel_strides(out)[1], RELU=relu,
+            rows, h * w, m, out.shape[1], *maps_strides, *kernel_strides(out)[1], RELU=relu,
             PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
             BLOCK_N=max(16, triton.next_power_of_2(m)))
     return out
@@ -190,11 +190,11 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
     ``empty_like`` gives them), the matrix and the bias (float32), given the output
     gradient and, for the ReLU's mask, the output."""
     grad_maps = torch.empty_like(maps)
-    maps, maps_strides = _kernel_strides(maps)
+    maps, maps_strides = kernel_strides(maps)
     n, m, h, w = maps.shape
     c_out = matrix.shape[0]
-    grad_out, g_strides = _kernel_strides(grad_out.to(maps.dtype))
-    out, out_strides = _kernel_strides(out) if relu else (grad_out, g_strides)
+    grad_out, g_strides = kernel_strides(grad_out.to(maps.dtype))
+    out, out_strides = kernel_strides(out) if relu else (grad_out, g_strides)
     rows = n * h * w
     block_m = _rows_per_program(m)
     programs = triton.cdiv(rows, block_m)
@@ -203,11 +203,11 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
     if rows:
         kernel = autotuned_on_first_use(_combine_backward_kernel, _backward_tile_configs,
                                         ["M", "m", "C_out", "RELU"])
-        with _launching(maps):
+        with launching(maps):
             kernel[(programs,)](
                 grad_out, out, maps, matrix.to(maps.dtype).contiguous(), grad_maps, part_mat,
                 part_bias, rows, h * w, m, c_out, *g_strides, *out_strides, *maps_strides,
-                *_kernel_strides(grad_maps)[1], RELU=relu,
+                *kernel_strides(grad_maps)[1], RELU=relu,
                 PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
                 BLOCK_N=max(16, triton.next_power_of_2(m)))
     return grad_maps, part_mat.sum(0), part_bias.sum(0)

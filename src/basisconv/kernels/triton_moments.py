@@ -1,0 +1,152 @@
+"""The basis maps' batch moments in one pass (``fuse_norm=True`` with ``combine="fused"``).
+
+The folded norm (:mod:`.norm`) needs the mean and covariance of the ``m`` basis maps over
+the batch. In standard ops (:func:`.torch_ops.basis_moments`) that is a float32 copy of
+the bf16 maps, a mean, a centred copy and a Gram product: five passes over an ``m``-wide
+tensor, most in float32, about three times the bytes of the full-width output the
+combination writes at basis 1/4. Here one kernel reads the maps once:
+
+* each program takes a run of rows and, with its first row ``s`` as the shift, sums
+  ``x - s`` and ``(x - s)(x - s)^T`` in float32 (the shifted-data algorithm: ``s`` is a
+  sample of the data, so it lies within a few standard deviations of the mean and the
+  sums do not cancel as raw sums of ``x x^T`` would when the mean is large);
+* the programs' sums are merged exactly in float32 by Chan et al.'s pairwise formula
+  (a few tensors of ``programs x m x m``).
+
+The whole ``m x m`` sum sits in one program's registers, so the kernel takes bases up to
+:data:`MAX_WIDTH`; wider ones (ResNet's last stages, few pixels) keep the standard ops,
+where cuBLAS's Gram product is fast. Column sums are products with a block of ones, as
+in :mod:`.triton_combine`. Products are exact float32 (``"ieee"``): these are statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from .fused import warn_once
+from .torch_ops import basis_moments
+from .triton_combine import kernel_strides, launching
+from .triton_conv import autotuned_on_first_use, interpreting, tl, triton, unsupported
+
+#: The widest basis the kernel takes (its ``m x m`` sum is one program's accumulator).
+MAX_WIDTH = 64
+
+
+def _moments_kernel(maps_ptr, shift_ptr, sum_ptr, gram_ptr, M, HW, m, sn, sc, sp,
+                    row_blocks, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program: ``row_blocks`` blocks of ``BLOCK_M`` rows from its first row, whose
+    values are its shift; writes the shift ``[m]``, the sum of ``x - shift`` ``[m]`` and
+    of their outer products ``[m, m]`` at the program's index."""
+    pid = tl.program_id(0)
+    first = pid.to(tl.int64) * row_blocks * BLOCK_M
+    offs_r = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    basis_ok = offs_n < m
+    # the first row, loaded into every row of a tile (a broadcast by addresses)
+    shift = tl.load(maps_ptr + (first // HW) * sn + (first % HW) * sp + offs_n[None, :] * sc
+                    + 0 * offs_r[:, None], mask=basis_ok[None, :] & (offs_r[:, None] >= 0),
+                    other=0.0).to(tl.float32)
+    ones = tl.full((BLOCK_M, 16), 1.0, tl.float32)
+    sums = tl.full((BLOCK_N, 16), 0.0, tl.float32)
+    gram = tl.full((BLOCK_N, BLOCK_N), 0.0, tl.float32)
+    for block in range(0, row_blocks):
+        rows = first + block * BLOCK_M + offs_r
+        row_ok = rows < M
+        x = tl.load(maps_ptr + ((rows // HW) * sn + (rows % HW) * sp)[:, None]
+                    + offs_n[None, :] * sc, mask=row_ok[:, None] & basis_ok[None, :],
+                    other=0.0).to(tl.float32)
+        centred = tl.where(row_ok[:, None], x - shift, 0.0)
+        centred_t = tl.trans(centred)
+        gram = tl.dot(centred_t, centred, gram, input_precision="ieee")
+        sums = tl.dot(centred_t, ones, sums, input_precision="ieee")
+    at = pid.to(tl.int64) * m
+    tl.store(gram_ptr + at * m + offs_n[:, None] * m + offs_n[None, :], gram,
+             mask=basis_ok[:, None] & basis_ok[None, :])
+    column = tl.arange(0, 16)
+    tl.store(sum_ptr + at + offs_n[:, None] + 0 * column[None, :], sums,
+             mask=basis_ok[:, None] & (column[None, :] == 0))
+    tl.store(shift_ptr + at + offs_n[None, :] + 0 * offs_r[:, None], shift,
+             mask=basis_ok[None, :] & (offs_r[:, None] == 0))
+
+
+def _configs(interpret: bool, tune: bool) -> list:
+    """One config: the work is a few products per row block; the rows per block and the
+    programs are chosen by :func:`moments` (they set the partial sums' size). Eight warps
+    and two stages: compiled for sm_90, 40-106 registers a thread and no spills at basis
+    widths 16-64, where Triton's default three stages spilled 2-12 kB from width 32
+    (``scripts/kernel_resources.py --kernels combination``)."""
+    return [triton.Config({}, num_warps=1) if interpret
+            else triton.Config({}, num_warps=8, num_stages=2)]
+
+
+def _rows_per_block() -> int:
+    return 16 if interpreting() else 64
+
+
+def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[m]`` and biased covariance ``[m, m]`` of ``maps`` ``[N, m, H, W]`` over
+    batch and pixels, in float32, through the kernel (``m <= MAX_WIDTH``, at least one
+    pixel)."""
+    maps, (sn, sc, sp) = kernel_strides(maps)
+    n, m, h, w = maps.shape
+    rows, block = n * h * w, _rows_per_block()
+    blocks = triton.cdiv(rows, block)
+    # enough programs to fill a GPU, each with rows enough that their partial sums
+    # (``m x m`` each) stay below the maps' own size
+    programs = max(1, min(blocks, rows // (2 * m)))
+    row_blocks = triton.cdiv(blocks, programs)
+    programs = triton.cdiv(blocks, row_blocks)
+    shift, sums = (maps.new_empty((programs, m), dtype=torch.float32) for _ in range(2))
+    gram = maps.new_empty((programs, m, m), dtype=torch.float32)
+    kernel = autotuned_on_first_use(_moments_kernel, _configs, ["m"])
+    with launching(maps):
+        kernel[(programs,)](maps, shift, sums, gram, rows, h * w, m, sn, sc, sp, row_blocks,
+                            BLOCK_M=block, BLOCK_N=max(16, triton.next_power_of_2(m)))
+    # each program's count, mean and centred sum of squares, then Chan's merge
+    per_program = row_blocks * block
+    counts = (rows - per_program * torch.arange(programs, device=maps.device)).clamp(
+        max=per_program).to(torch.float32)
+    means = shift + sums / counts[:, None]
+    centred = gram - sums[:, :, None] * sums[:, None, :] / counts[:, None, None]
+    mean = (counts[:, None] * means).sum(0) / rows
+    spread = means - mean
+    return mean, (centred.sum(0) + (counts[:, None] * spread).T @ spread) / rows
+
+
+def _cannot_run(maps: torch.Tensor) -> bool:
+    """Whether the kernel cannot take ``maps`` (said once where that is not just a
+    basis too wide for it, which is by design)."""
+    if maps.shape[1] > MAX_WIDTH or maps.numel() == 0:
+        return True
+    reason = unsupported(maps, maps.dtype, maps.shape[1], out_pixels=maps.numel() // maps.shape[1])
+    if reason is not None:
+        warn_once(f"combine='fused' with fuse_norm=True needs {reason} for the batch "
+                  f"moments' kernel; taking them in standard ops instead (same result)")
+    return reason is not None
+
+
+@torch.library.custom_op("basisconv::basis_moments", mutates_args=(),
+                         schema="(Tensor maps) -> (Tensor, Tensor)")
+def fused_basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`moments` as an op (``torch.compile`` keeps it in its graph), or the standard
+    ops' moments where the kernel cannot run. Not differentiable (the fold's backward
+    differentiates the moments itself)."""
+    if _cannot_run(maps):
+        mean, cov = basis_moments(maps)
+        return mean.float(), cov.float()
+    return moments(maps)
+
+
+@fused_basis_moments.register_fake
+def _moments_shapes(maps):
+    m = maps.shape[1]
+    return (maps.new_empty((m,), dtype=torch.float32),
+            maps.new_empty((m, m), dtype=torch.float32))
+
+
+@register_flop_formula(torch.ops.basisconv.basis_moments)
+def _moments_flops(maps_shape, *args, **kwargs) -> int:
+    """As ``FlopCounterMode`` counts the standard ops' Gram product: ``2*M*m*m``."""
+    n, m, h, w = maps_shape
+    return 2 * n * h * w * m * m
