@@ -117,9 +117,10 @@ def _combine_backward_kernel(grad_ptr, out_ptr, maps_ptr, mat_ptr, grad_maps_ptr
 
 #: Output-channel blocks, warps and stages the GPU autotunes over (the rows per program
 #: are :func:`_rows_per_program`'s, fixed, so the backward's partial sums have one size),
-#: the first also the one tile without autotuning. Each compiles for sm_90 without spilling
-#: registers at every basis width (bf16, ``ptxas -v``), except the backward's last at a
-#: 256-wide basis (16 bytes); the backward holds three products, so eight warps first.
+#: the first also the one tile without autotuning. In bf16 on sm_90 (``ptxas -v``:
+#: ``results/kernel-resources-sm90-combination.csv``) the forward's never spill registers,
+#: the backward's first at no basis width (it holds three products, so eight warps first)
+#: and two others by up to 32 bytes at one width each.
 _GPU_TILES = [(64, 4, 2), (128, 4, 2), (32, 4, 2), (128, 8, 2)]
 _GPU_BACKWARD_TILES = [(64, 8, 2), (32, 8, 2), (64, 4, 2), (128, 8, 2)]
 
