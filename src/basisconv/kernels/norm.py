@@ -21,8 +21,9 @@ With batch statistics the backward is written out (:class:`BatchNormedCombinatio
 differentiates through the moments as batch norm's own backward does through its
 statistics, so the gradients are batch norm's (checked in float64 against the unfused
 layers in ``tests/test_norm_fusion.py``), and ``torch.compile`` can trace it. The moments
-are taken in float32 (float64 for float64 maps) with autocast off, from centred maps,
-because statistics in bf16 would lose the precision batch norm keeps. In eval mode the
+are taken in float32 (float64 for float64 maps) with autocast off, from centred maps
+(with ``combine="fused"``, shifted sums merged exactly: :mod:`.triton_moments`), because
+statistics in bf16, or raw sums that cancel, would lose the precision batch norm keeps. In eval mode the
 running statistics fold in the same way and autograd differentiates the 1x1 conv.
 
 Limit: ``var_y = a^T Cov_b a`` in float32 has an absolute error of about float32 rounding
