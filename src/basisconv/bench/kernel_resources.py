@@ -153,7 +153,7 @@ def compile_moments(basis_width: int, dtype: str = "bf16"):
     sm_90 at ``BLOCK_N = basis_width`` over ``dtype`` maps in channels_last."""
     kernel = triton_moments._moments_kernel
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
-    constants = {"sc": 1, "BLOCK_M": 64, "BLOCK_N": basis_width}
+    constants = {"sc": 1, "BLOCK_M": triton_moments.ROWS_PER_BLOCK, "BLOCK_N": basis_width}
     (config,) = triton_moments._configs(interpret=False, tune=False)
     return compile_for_hopper(
         kernel, constants, {name: "fp32" if name != "maps_ptr" else dtype
@@ -184,8 +184,11 @@ def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
                                 f"w{warps} s{stages}",
                         **resources(compile_combination(backward, width, dtype, tile))})
             if width <= triton_moments.MAX_WIDTH:
+                (config,) = triton_moments._configs(interpret=False, tune=False)
                 rows.append({"dtype": dtype, "basis_width": width, "kernel": "moments",
-                             "tile": "64 rows w4", **resources(compile_moments(width, dtype))})
+                             "tile": f"{triton_moments.ROWS_PER_BLOCK} rows w{config.num_warps} "
+                                     f"s{config.num_stages}",
+                             **resources(compile_moments(width, dtype))})
     return rows
 
 

@@ -80,8 +80,12 @@ def _configs(interpret: bool, tune: bool) -> list:
             else triton.Config({}, num_warps=8, num_stages=2)]
 
 
+#: Rows per block on a GPU (16 under the interpreter: several blocks even in small tests).
+ROWS_PER_BLOCK = 64
+
+
 def _rows_per_block() -> int:
-    return 16 if interpreting() else 64
+    return 16 if interpreting() else ROWS_PER_BLOCK
 
 
 def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
