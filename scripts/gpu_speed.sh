@@ -4,10 +4,10 @@
 #   scripts/gpu_speed.sh [quick|full]      (make gpu-speed [SPEED=quick]; default full)
 # 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,
 #    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
-#    in the stacked form, with folded batch norms (in standard ops and as the combination's
-#    Triton kernels), and with the fused Triton kernel; dense
-#    graphed in fp32; dense and basis 1/4 (stacked and fused) under torch.compile's
-#    reduce-overhead; the graphed dense, stacked and both folded-norm steps also profiled
+#    in the stacked form, with folded batch norms (in standard ops and as Triton kernels),
+#    and with the fused Triton kernel; dense graphed in fp32; dense and basis 1/4
+#    (stacked, fused, folded with kernels) under torch.compile's reduce-overhead; the
+#    graphed dense, stacked and both folded-norm steps also profiled
 #    (torch.profiler's kernels by GPU time, in <file>-profile.txt);
 # 2. layer and whole-model speed against the FLOP ratio (scripts/benchmark_layers.py):
 #    bf16 at batch 128 and 512 in the stacked, fused and auto forms and with folded norms
@@ -150,6 +150,10 @@ train bf16-compile --amp bf16 --compile-mode reduce-overhead
 train bf16-basis0.25-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25
 train bf16-basis0.25-fused-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25 \
   --combine fused
+# the folded norm's kernels compiled: Inductor fuses the fold's few dozen small per-layer ops
+# (statistics, folded matrix, their backward) that graphs alone replay one by one
+train bf16-basis0.25-fused-fusenorm-compile --amp bf16 --compile-mode reduce-overhead \
+  --basis-size 0.25 --combine fused --fuse-norm
 
 for batch in 128 512; do
   layers "bf16-b$batch" --amp bf16 --batch-size "$batch"
