@@ -143,8 +143,9 @@ def test_without_the_kernels_the_fold_runs_in_standard_ops_and_says_so_once(monk
     x = torch.randn(2, 6, 5, 5)
     upstream = torch.randn(2, 20, 5, 5)
     with pytest.warns(UserWarning, match="combine='fused' with fuse_norm=True needs a CUDA "
-                                         "tensor.*standard ops instead"):
+                                         "tensor.*standard ops instead") as said:
         got, got_grads = step(*fused, x, upstream, relu=True)
+    assert len(said) == 1  # one line for the three kernels
     want, want_grads = step(*plain, x, upstream, relu=True)
     torch.testing.assert_close(got, want)
     for a, b in zip(got_grads, want_grads):

@@ -219,13 +219,14 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last(t) else torch.contiguous_format
 
 
-def _cannot_run(maps: torch.Tensor) -> bool:
-    """Whether the kernels cannot run on ``maps`` (said once, with why)."""
+def cannot_run(maps: torch.Tensor) -> bool:
+    """Whether the folded norm's kernels cannot run on ``maps`` (said once, with why: one
+    line for all of them)."""
     reason = unsupported(maps, maps.dtype, maps.shape[1],
                          out_pixels=maps.numel() // max(maps.shape[1], 1))
     if reason is not None:
         warn_once(f"combine='fused' with fuse_norm=True needs {reason}; running the folded "
-                  f"norm's combination in standard ops instead (same result, no Triton kernels)")
+                  f"norm in standard ops instead (same result, no Triton kernels)")
     return reason is not None
 
 
@@ -244,7 +245,7 @@ def folded_combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
                    relu: bool) -> torch.Tensor:
     """:func:`combine` as an op; differentiable (an eval-mode norm's fold is trained
     through it; the batch-statistics fold calls the backward op itself)."""
-    if _cannot_run(maps):
+    if cannot_run(maps):
         return _as(relu_combine(maps, matrix, bias, relu), _folded_combine_shape(
             maps, matrix, bias, relu))
     return combine(maps, matrix, bias, relu)
@@ -264,7 +265,7 @@ def folded_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
                             maps: torch.Tensor, matrix: torch.Tensor, relu: bool
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`combine_backward` as an op."""
-    if _cannot_run(maps):
+    if cannot_run(maps):
         grads = relu_combine_backward(grad_out, out, maps, matrix, relu)
         return (_as(grads[0], torch.empty_like(maps)),
                 *(grad.float() for grad in grads[1:]))

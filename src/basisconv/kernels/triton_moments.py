@@ -24,10 +24,9 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .fused import warn_once
 from .torch_ops import basis_moments
-from .triton_combine import kernel_strides, launching
-from .triton_conv import autotuned_on_first_use, interpreting, tl, triton, unsupported
+from .triton_combine import cannot_run, kernel_strides, launching
+from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
 
 #: The widest basis the kernel takes (its ``m x m`` sum is one program's accumulator).
 MAX_WIDTH = 64
@@ -119,15 +118,9 @@ def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cannot_run(maps: torch.Tensor) -> bool:
-    """Whether the kernel cannot take ``maps`` (said once where that is not just a
-    basis too wide for it, which is by design)."""
-    if maps.shape[1] > MAX_WIDTH or maps.numel() == 0:
-        return True
-    reason = unsupported(maps, maps.dtype, maps.shape[1], out_pixels=maps.numel() // maps.shape[1])
-    if reason is not None:
-        warn_once(f"combine='fused' with fuse_norm=True needs {reason} for the batch "
-                  f"moments' kernel; taking them in standard ops instead (same result)")
-    return reason is not None
+    """Whether the kernel cannot take ``maps``: a basis too wide for it (by design, not
+    said), or what keeps every kernel of the fold from running (said once)."""
+    return maps.shape[1] > MAX_WIDTH or maps.numel() == 0 or cannot_run(maps)
 
 
 @torch.library.custom_op("basisconv::basis_moments", mutates_args=(),
