@@ -73,8 +73,8 @@ def _configs(interpret: bool, tune: bool) -> list:
     """One config: the work is a few products per row block; the rows per block and the
     programs are chosen by :func:`moments` (they set the partial sums' size). Eight warps
     and two stages: compiled for sm_90, 40-106 registers a thread and no spills at basis
-    widths 16-64, where Triton's default three stages spilled 2-12 kB from width 32
-    (``scripts/kernel_resources.py --kernels combination``)."""
+    widths 16-64, where four warps with Triton's default three stages spilled 2-12 kB
+    from width 32 (``scripts/kernel_resources.py --kernels combination``)."""
     return [triton.Config({}, num_warps=1) if interpret
             else triton.Config({}, num_warps=8, num_stages=2)]
 
