@@ -30,6 +30,7 @@ SHAPES = [
     (1, 1, 3, 4, 1, "nchw"),           # m = 1, one column of pixels
     (3, 33, 70, 2, 5, "channels_last"),  # the basis tile padded from 33 to 64
     (2, 4, 9, 3, 4, "sliced"),         # H and W that do not merge into one pixel stride
+    (2, 4, 9, 3, 5, "transposed"),     # the same, dense (its gradient was left unwritten)
     (0, 3, 6, 2, 2, "nchw"),           # an empty batch
 ]
 
@@ -37,6 +38,8 @@ SHAPES = [
 def maps_of(n, m, h, w, layout, device):
     if layout == "sliced":  # a view whose rows are not one stride apart: copied first
         return torch.randn(n, m, h, w + 3, device=device)[..., :w]
+    if layout == "transposed":  # dense, but H and W do not merge either
+        return torch.randn(n, m, w, h, device=device).transpose(2, 3)
     maps = torch.randn(n, m, h, w, device=device)
     return maps.to(memory_format=torch.channels_last) if layout == "channels_last" else maps
 
@@ -69,7 +72,7 @@ def test_the_kernels_match_the_1x1_conv_and_relu_forward_and_backward(shape, rel
     got = triton_combine.folded_combine(maps, matrix, bias, relu)
     assert kernel_runs == ["combine"]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    if layout != "sliced" and n:  # the layout the 1x1 conv gives
+    if layout not in ("sliced", "transposed") and n:  # the layout the 1x1 conv gives
         assert got.stride() == want.stride()
     upstream = torch.randn_like(want)
     for name, a, b in zip(["maps", "matrix", "bias"],
@@ -155,6 +158,76 @@ def test_without_the_kernels_the_fold_runs_in_standard_ops_and_says_so_once(monk
         step(*fused, x, upstream, relu=True)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "running-stats"])
+def test_a_gradient_of_a_gradient_is_the_pytorch_folds(training, kernel_runs):
+    """``create_graph=True`` (a gradient penalty): the kernels' backward has no gradient of
+    its own, so a differentiated backward runs standard ops (in eval mode it raised
+    "no autograd formula" for the backward op)."""
+    grads = {}
+    for combine in ("stacked", "fused"):
+        layer, norm = norm_layers(combine, "cpu")
+        layer.train(training)
+        norm.train(training)
+        x = torch.randn(2, 6, 4, 5, requires_grad=True)
+        out = conv_norm_act(layer, norm, x, relu=False)
+        (grad_x,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
+        grad_x.pow(2).sum().backward()
+        grads[combine] = [p.grad for p in layer.parameters()]
+    assert "combine" in kernel_runs
+    for a, b in zip(grads["fused"], grads["stacked"]):  # (float32: penalties magnify rounding)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+
+
+def test_a_float64_layer_keeps_float64_where_the_kernels_cannot_run(kernel_runs):
+    """The standard-op fallback of each op keeps float64 sums (they were rounded to
+    float32, so a float64 layer's output was off by 1e-8 and gradcheck failed)."""
+    torch.manual_seed(0)
+    pair = [tuple(module.double() for module in norm_layers(combine, "cpu"))
+            for combine in ("stacked", "fused")]
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    upstream = torch.randn(2, 20, 4, 5, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's notice (float64)
+        for training in (True, False):
+            results = []
+            for layer, norm in pair:
+                layer.train(training)
+                norm.train(training)
+                results.append(step(layer, norm, x, upstream, relu=True))
+                layer.zero_grad(set_to_none=True)
+                norm.zero_grad(set_to_none=True)
+            (want, want_grads), (got, got_grads) = results
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            for a, b in zip(got_grads, want_grads):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        maps = torch.randn(2, 5, 3, 3, dtype=torch.float64)
+        assert {t.dtype for t in triton_moments.fused_basis_moments(maps)} == {torch.float64}
+    assert kernel_runs == []
+
+
+def test_deterministic_mode_uses_one_tile_not_the_autotuners_choice(monkeypatch):
+    """The tile sets the order in which a product's blocks are added: timing-chosen tiles
+    could make one run differ from the next in its last bits."""
+    from basisconv.kernels import triton_conv
+
+    monkeypatch.setattr(triton_conv, "_KERNELS", {})
+    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)  # (a GPU's path)
+    asked = []
+
+    def configs(interpret, tune):
+        asked.append(tune)
+        return triton_combine._tile_configs(interpret, tune)
+
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        for deterministic in (False, True):
+            torch.use_deterministic_algorithms(deterministic)
+            triton_conv.autotuned_on_first_use(triton_combine._combine_kernel, configs, ["M"])
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert asked == [True, False]
+
+
 def test_the_flop_counter_counts_the_kernels_as_the_1x1_conv_they_replace(kernel_runs):
     layers = {combine: norm_layers(combine, "cpu") for combine in ("stacked", "fused")}
     counts = {}
@@ -167,7 +240,7 @@ def test_the_flop_counter_counts_the_kernels_as_the_1x1_conv_they_replace(kernel
     assert counts["fused"] == counts["stacked"] > 0
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced", "transposed"])
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
 def test_the_ops_pass_torch_library_opcheck(dtype, relu, layout):
@@ -251,6 +324,21 @@ def test_the_moments_kernel_gives_the_batch_statistics(shape, device, kernel_run
     want_cov = (rows - want_mean).T @ (rows - want_mean) / rows.shape[0]
     torch.testing.assert_close(mean.double(), want_mean, rtol=1e-6, atol=1e-5 * spread.max().item())
     torch.testing.assert_close(cov.double(), want_cov, rtol=0, atol=1e-5 * spread.max().item() ** 2)
+
+
+@pytest.mark.device
+def test_moments_far_from_zero_keep_float32_precision(device, kernel_runs):
+    """A mean ten thousand standard deviations from zero: the programs' means are merged
+    as offsets from one shift, so their spread is not rounded away (merged as absolute
+    float32 means, the covariance was off by 2.7e-5 of itself)."""
+    torch.manual_seed(0)
+    maps = (1e3 + 0.1 * torch.randn(4, 8, 8, 8, device=device)).to(memory_format=torch.channels_last)
+    mean, cov = triton_moments.fused_basis_moments(maps)
+    assert kernel_runs == ["moments"]
+    rows = maps.double().permute(0, 2, 3, 1).reshape(-1, 8)
+    want = (rows - rows.mean(0)).T @ (rows - rows.mean(0)) / rows.shape[0]
+    torch.testing.assert_close(mean.double(), rows.mean(0), rtol=0, atol=2e-4)
+    torch.testing.assert_close(cov.double(), want, rtol=0, atol=2e-6 * want.abs().max().item())
 
 
 def test_a_basis_wider_than_the_moments_kernel_takes_keeps_the_standard_ops(kernel_runs):

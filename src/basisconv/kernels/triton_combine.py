@@ -14,7 +14,8 @@ reads twice (for the maps' gradient and the matrix's) and a sum a third time. He
   mask in registers, and gives the maps' gradient ``g F`` and, per block of rows, partial
   sums of the matrix's gradient ``g^T maps`` and the bias's ``sum g``, which a small
   reduction adds up (partials rather than atomics: the result does not depend on the
-  order blocks finish, as the project's deterministic runs need).
+  order blocks finish, as the project's deterministic runs need; there the tile is fixed
+  too, :func:`.triton_conv.autotuned_on_first_use`).
 
 Tensors are ``[N, C, H, W]`` in any layout whose ``H`` and ``W`` merge (contiguous or
 channels_last): the kernels take per-image, per-channel and per-pixel strides, so a
@@ -63,7 +64,7 @@ def _combine_kernel(maps_ptr, mat_ptr, bias_ptr, out_ptr, M, HW, m, C_out,
         out += tl.load(bias_ptr + oc, mask=oc_ok, other=0.0)[None, :]
         if RELU:
             out = tl.maximum(out, 0.0)
-        tl.store(out_rows + oc[None, :] * out_sc, out.to(out_ptr.dtype.element_ty),
+        tl.store(out_rows + oc.to(tl.int64)[None, :] * out_sc, out.to(out_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & oc_ok[None, :])
 
 
@@ -97,9 +98,10 @@ def _combine_backward_kernel(grad_ptr, out_ptr, maps_ptr, mat_ptr, grad_maps_ptr
         oc = c0 + tl.arange(0, BLOCK_C)
         oc_ok = oc < C_out
         tile_ok = row_ok[:, None] & oc_ok[None, :]
-        g = tl.load(g_rows + oc[None, :] * g_sc, mask=tile_ok, other=0.0)
+        wide_oc = oc.to(tl.int64)  # (NCHW: C_out*H*W may pass 2**31; the maps' m*H*W not)
+        g = tl.load(g_rows + wide_oc[None, :] * g_sc, mask=tile_ok, other=0.0)
         if RELU:  # the ReLU's mask, from the output it wrote
-            out = tl.load(out_rows + oc[None, :] * out_sc, mask=tile_ok, other=0.0)
+            out = tl.load(out_rows + wide_oc[None, :] * out_sc, mask=tile_ok, other=0.0)
             g = tl.where(out > 0, g, 0.0).to(maps.dtype)
         mat = tl.load(mat_ptr + oc[:, None] * m + offs_n[None, :],
                       mask=oc_ok[:, None] & basis_ok[None, :], other=0.0)
@@ -190,8 +192,9 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
     """The gradients of :func:`combine` for the maps (their dtype, the layout
     ``empty_like`` gives them), the matrix and the bias (float32), given the output
     gradient and, for the ReLU's mask, the output."""
-    grad_maps = torch.empty_like(maps)
+    promised = torch.empty_like(maps)  # the layout the shape-only twin promises
     maps, maps_strides = kernel_strides(maps)
+    grad_maps = torch.empty_like(maps)  # (maps' layout once its pixels merge)
     n, m, h, w = maps.shape
     c_out = matrix.shape[0]
     grad_out, g_strides = kernel_strides(grad_out.to(maps.dtype))
@@ -211,7 +214,7 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
                 *kernel_strides(grad_maps)[1], RELU=relu,
                 PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
                 BLOCK_N=max(16, triton.next_power_of_2(m)))
-    return grad_maps, part_mat.sum(0), part_bias.sum(0)
+    return _as(grad_maps, promised), part_mat.sum(0), part_bias.sum(0)
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
@@ -228,6 +231,12 @@ def cannot_run(maps: torch.Tensor) -> bool:
         warn_once(f"combine='fused' with fuse_norm=True needs {reason}; running the folded "
                   f"norm in standard ops instead (same result, no Triton kernels)")
     return reason is not None
+
+
+def sums_dtype(maps: torch.Tensor) -> torch.dtype:
+    """The dtype of sums over the maps' pixels: float32, float64 for float64 maps (the
+    standard ops keep that precision where the kernels cannot run)."""
+    return torch.float64 if maps.dtype == torch.float64 else torch.float32
 
 
 def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -268,15 +277,15 @@ def folded_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
     if cannot_run(maps):
         grads = relu_combine_backward(grad_out, out, maps, matrix, relu)
         return (_as(grads[0], torch.empty_like(maps)),
-                *(grad.float() for grad in grads[1:]))
+                *(grad.to(sums_dtype(maps)) for grad in grads[1:]))
     return combine_backward(grad_out, out, maps, matrix, relu)
 
 
 @folded_combine_backward.register_fake
 def _folded_combine_backward_shapes(grad_out, out, maps, matrix, relu):
     c_out, m = matrix.shape
-    return (torch.empty_like(maps), maps.new_empty((c_out, m), dtype=torch.float32),
-            maps.new_empty((c_out,), dtype=torch.float32))
+    return (torch.empty_like(maps), maps.new_empty((c_out, m), dtype=sums_dtype(maps)),
+            maps.new_empty((c_out,), dtype=sums_dtype(maps)))
 
 
 def _save_for_backward(ctx, inputs, output):
@@ -287,8 +296,10 @@ def _save_for_backward(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     maps, matrix, out = ctx.saved_tensors
-    grad_maps, grad_matrix, grad_bias = folded_combine_backward(grad_out, out, maps, matrix,
-                                                                ctx.relu)
+    # a backward that is itself differentiated (create_graph=True, a gradient penalty):
+    # standard ops, which autograd differentiates; the backward op has no gradient
+    backward = relu_combine_backward if torch.is_grad_enabled() else folded_combine_backward
+    grad_maps, grad_matrix, grad_bias = backward(grad_out, out, maps, matrix, ctx.relu)
     return grad_maps, grad_matrix.to(matrix.dtype), grad_bias.to(ctx.bias_dtype), None
 
 

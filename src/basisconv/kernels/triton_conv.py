@@ -194,11 +194,16 @@ def _autotune_options() -> dict:
 
 def autotuned_on_first_use(kernel, configs, key: list[str], prune=None):
     """``kernel`` decorated (jit and autotune) for the current interpreter and autotuning
-    settings, on first use, once per setting; ``configs(interpret, tune)`` gives its tiles.
+    settings, on first use, once per setting; ``configs(interpret, tune)`` gives its tiles
+    (one, the first, without autotuning: ``BASISCONV_AUTOTUNE=0`` or deterministic mode).
     (Triton reads the interpreter flag as ``triton.jit`` decorates a function, so a kernel
     decorated at import would ignore a flag set after it.)"""
     interpret = interpreting()
-    tune = not interpret and os.environ.get("BASISCONV_AUTOTUNE", "1") != "0"
+    # not in deterministic mode (trainer.deterministic): the tile is chosen by timing, and
+    # the tile sets the order in which a product's blocks are added, so a run could differ
+    # from the next in its last bits (as cuDNN's benchmark mode, off there too)
+    tune = (not interpret and os.environ.get("BASISCONV_AUTOTUNE", "1") != "0"
+            and not torch.are_deterministic_algorithms_enabled())
     if (kernel, interpret, tune) not in _KERNELS:
         pruning = {"prune_configs_by": {"early_config_prune": prune}} if prune else {}
         _KERNELS[kernel, interpret, tune] = triton.autotune(

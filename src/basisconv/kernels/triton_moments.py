@@ -10,8 +10,8 @@ combination writes at basis 1/4. Here one kernel reads the maps once:
   ``x - s`` and ``(x - s)(x - s)^T`` in float32 (the shifted-data algorithm: ``s`` is a
   sample of the data, so it lies within a few standard deviations of the mean and the
   sums do not cancel as raw sums of ``x x^T`` would when the mean is large);
-* the programs' sums are merged exactly in float32 by Chan et al.'s pairwise formula
-  (a few tensors of ``programs x m x m``).
+* the programs' sums are merged by Chan et al.'s pairwise formula, their means taken
+  from the first program's shift (a few tensors of ``programs x m x m``).
 
 The whole ``m x m`` sum sits in one program's registers, so the kernel takes bases up to
 :data:`MAX_WIDTH`; wider ones (ResNet's last stages, few pixels) keep the standard ops,
@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from .torch_ops import basis_moments
-from .triton_combine import cannot_run, kernel_strides, launching
+from .triton_combine import cannot_run, kernel_strides, launching, sums_dtype
 from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
 
 #: The widest basis the kernel takes (its ``m x m`` sum is one program's accumulator).
@@ -106,15 +106,17 @@ def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with launching(maps):
         kernel[(programs,)](maps, shift, sums, gram, rows, h * w, m, sn, sc, sp, row_blocks,
                             BLOCK_M=block, BLOCK_N=max(16, triton.next_power_of_2(m)))
-    # each program's count, mean and centred sum of squares, then Chan's merge
+    # each program's count, mean and centred sum of squares, then Chan's merge, the means
+    # taken from the first program's shift (differences of nearby samples are exact in
+    # float32, so a mean far from zero does not round the programs' spread away)
     per_program = row_blocks * block
     counts = (rows - per_program * torch.arange(programs, device=maps.device)).clamp(
         max=per_program).to(torch.float32)
-    means = shift + sums / counts[:, None]
+    offsets = (shift - shift[0]) + sums / counts[:, None]
+    offset = (counts[:, None] * offsets).sum(0) / rows
+    spread = offsets - offset
     centred = gram - sums[:, :, None] * sums[:, None, :] / counts[:, None, None]
-    mean = (counts[:, None] * means).sum(0) / rows
-    spread = means - mean
-    return mean, (centred.sum(0) + (counts[:, None] * spread).T @ spread) / rows
+    return shift[0] + offset, (centred.sum(0) + (counts[:, None] * spread).T @ spread) / rows
 
 
 def _cannot_run(maps: torch.Tensor) -> bool:
@@ -130,16 +132,15 @@ def fused_basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     ops' moments where the kernel cannot run. Not differentiable (the fold's backward
     differentiates the moments itself)."""
     if _cannot_run(maps):
-        mean, cov = basis_moments(maps)
-        return mean.float(), cov.float()
+        return basis_moments(maps)  # (float32, float64 for float64 maps)
     return moments(maps)
 
 
 @fused_basis_moments.register_fake
 def _moments_shapes(maps):
     m = maps.shape[1]
-    return (maps.new_empty((m,), dtype=torch.float32),
-            maps.new_empty((m, m), dtype=torch.float32))
+    return (maps.new_empty((m,), dtype=sums_dtype(maps)),
+            maps.new_empty((m, m), dtype=sums_dtype(maps)))
 
 
 @register_flop_formula(torch.ops.basisconv.basis_moments)
