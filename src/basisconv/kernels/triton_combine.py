@@ -17,9 +17,9 @@ reads twice (for the maps' gradient and the matrix's) and a sum a third time. He
   order blocks finish, as the project's deterministic runs need; there the tile is fixed
   too, :func:`.triton_conv.autotuned_on_first_use`).
 
-Tensors are ``[N, C, H, W]`` in any layout whose ``H`` and ``W`` merge (contiguous or
-channels_last): the kernels take per-image, per-channel and per-pixel strides, so a
-channels_last model pays no copy and an NCHW one gets its layout back. Products run in
+Tensors are ``[N, C, H, W]``; the kernels take per-image, per-channel and per-pixel
+strides, so any layout whose ``H`` and ``W`` merge (contiguous or channels_last) pays no
+copy and gets its layout back (others are copied to channels_last first). Products run in
 the maps' dtype with float32 accumulation (TF32 for float32 where cuDNN's flag allows it,
 as the 1x1 conv they replace), the bias and the partial sums in float32.
 Column sums are products with a block of ones: ``tl.sum`` is one of Triton's jit-decorated
