@@ -192,9 +192,9 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
     """The gradients of :func:`combine` for the maps (their dtype, the layout
     ``empty_like`` gives them), the matrix and the bias (float32), given the output
     gradient and, for the ReLU's mask, the output."""
-    promised = torch.empty_like(maps)  # the layout the shape-only twin promises
+    grad_maps = torch.empty_like(maps)  # the layout the shape-only twin promises
     maps, maps_strides = kernel_strides(maps)
-    grad_maps = torch.empty_like(maps)  # (maps' layout once its pixels merge)
+    work, work_strides = kernel_strides(grad_maps)  # itself, unless its pixels do not merge
     n, m, h, w = maps.shape
     c_out = matrix.shape[0]
     grad_out, g_strides = kernel_strides(grad_out.to(maps.dtype))
@@ -209,12 +209,14 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
                                         ["M", "m", "C_out", "RELU"])
         with launching(maps):
             kernel[(programs,)](
-                grad_out, out, maps, matrix.to(maps.dtype).contiguous(), grad_maps, part_mat,
+                grad_out, out, maps, matrix.to(maps.dtype).contiguous(), work, part_mat,
                 part_bias, rows, h * w, m, c_out, *g_strides, *out_strides, *maps_strides,
-                *kernel_strides(grad_maps)[1], RELU=relu,
+                *work_strides, RELU=relu,
                 PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
                 BLOCK_N=max(16, triton.next_power_of_2(m)))
-    return _as(grad_maps, promised), part_mat.sum(0), part_bias.sum(0)
+    if work is not grad_maps:
+        grad_maps.copy_(work)
+    return grad_maps, part_mat.sum(0), part_bias.sum(0)
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
