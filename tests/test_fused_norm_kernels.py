@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 pytest.importorskip("triton")
 
-from basisconv.kernels import triton_combine, triton_moments  # noqa: E402
+from basisconv.kernels import torch_ops, triton_combine, triton_fold, triton_moments  # noqa: E402
 from basisconv.layers import BasisConv2d, conv_norm_act  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("triton_backend")
@@ -48,13 +48,22 @@ def maps_of(n, m, h, w, layout, device):
 def kernel_runs(monkeypatch):
     """The kernels' launches, by name."""
     runs = []
-    for module, name in ((triton_combine, "combine"), (triton_combine, "combine_backward"),
-                         (triton_moments, "moments")):
+    for module, name, said in KERNELS:
         launch = getattr(module, name)
         monkeypatch.setattr(module, name,
-                            lambda *a, _launch=launch, _name=name, **k:
-                            runs.append(_name) or _launch(*a, **k))
+                            lambda *a, _launch=launch, _said=said, **k:
+                            runs.append(_said) or _launch(*a, **k))
     return runs
+
+
+# (module, launcher, the name kernel_runs gives it)
+KERNELS = [(triton_combine, "combine", "combine"),
+           (triton_combine, "combine_backward", "combine_backward"),
+           (triton_moments, "moment_sums", "moments"), (triton_fold, "fold", "fold"),
+           (triton_fold, "fold_backward", "fold_backward")]
+#: A training step's launches, forward and backward (the fold's launcher starts with the
+#: moments' kernel).
+TRAINING_STEP = ["fold", "moments", "combine", "combine_backward", "fold_backward"]
 
 
 @pytest.mark.device
@@ -130,15 +139,14 @@ def test_a_fused_fold_trains_as_the_pytorch_fold(layout, relu, device, kernel_ru
             module.zero_grad(set_to_none=True)
     for name, buffer in plain[1].named_buffers():
         torch.testing.assert_close(dict(fused[1].named_buffers())[name], buffer)
-    assert kernel_runs == ["moments", "combine", "combine_backward"] * 2 + [
+    assert kernel_runs == TRAINING_STEP * 2 + [
         "combine", "combine_backward"]  # (eval mode: the running statistics, no moments)
 
 
 def test_without_the_kernels_the_fold_runs_in_standard_ops_and_says_so_once(monkeypatch):
     """On a CPU tensor without the interpreter: the PyTorch fold's result and gradients."""
     monkeypatch.delenv("TRITON_INTERPRET")
-    for module, name in ((triton_combine, "combine"), (triton_combine, "combine_backward"),
-                         (triton_moments, "moments")):
+    for module, name, _ in KERNELS:
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("kernel ran"))
     from basisconv.kernels import fused as fused_module
     monkeypatch.setattr(fused_module, "_WARNED", set())
@@ -236,7 +244,7 @@ def test_the_flop_counter_counts_the_kernels_as_the_1x1_conv_they_replace(kernel
         with FlopCounterMode(display=False) as counter:
             conv_norm_act(layer, norm, x, relu=True).sum().backward()
         counts[combine] = counter.get_total_flops()
-    assert kernel_runs == ["moments", "combine", "combine_backward"]
+    assert kernel_runs == TRAINING_STEP
     assert counts["fused"] == counts["stacked"] > 0
 
 
@@ -401,8 +409,7 @@ def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_ru
         loss.backward()
     assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-5)
     convs = sum(isinstance(m, BasisConv2d) for m in models[1].modules())
-    assert (kernel_runs.count("moments") == kernel_runs.count("combine")
-            == kernel_runs.count("combine_backward") == convs)
+    assert all(kernel_runs.count(name) == convs for name in TRAINING_STEP)
     fused = dict(models[1].named_parameters())
     for name, param in models[0].named_parameters():
         scale = param.grad.abs().max().item()
@@ -420,4 +427,124 @@ def test_the_moments_kernel_compiles_to_hopper_machine_code_without_spilling(dty
     from basisconv.bench.kernel_resources import compile_moments, resources
 
     row = resources(compile_moments(triton_moments.MAX_WIDTH, dtype))
+    assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, row
+
+
+# (C_out, m): several blocks of output channels and no power of two; one basis map; the
+# basis tile padded from 33 to 64; the widest basis
+FOLD_SHAPES = [(20, 7), (3, 1), (70, 33), (40, triton_moments.MAX_WIDTH)]
+
+
+def fold_inputs(c_out, m, device, conv_bias=True, weight=True, bias=True):
+    """Maps whose mean is far from zero, a combination and the norm's parameters."""
+    torch.manual_seed(0)
+    maps = (torch.randn(3, m, 5, 4, device=device) * (torch.rand(m, 1, 1, device=device) + 0.2)
+            + 3 * torch.randn(m, 1, 1, device=device)).to(memory_format=torch.channels_last)
+    a = torch.randn(c_out, m, device=device)
+    optional = [torch.randn(c_out, device=device) if present else None
+                for present in (conv_bias, weight, bias)]
+    return maps, a, *optional
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("present", [(True, True, True), (False, False, False),
+                                     (False, True, False)], ids=["all", "none", "weight"])
+@pytest.mark.parametrize("shape", FOLD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_fold_kernels_compute_the_standard_fold_and_its_backward(shape, present, device,
+                                                                     kernel_runs):
+    """:mod:`triton_fold`'s kernels against the standard ops' fold in float64, forward
+    (moments, folded matrix and bias, the outputs' statistics) and backward (with and
+    without the moments' part), every optional input present or not."""
+    maps, a, conv_bias, weight, bias = fold_inputs(*shape, device, *present)
+    got = triton_fold.folded_norm(maps, a, conv_bias, weight, bias, 1e-5)
+    as64 = [None if t is None else t.double() for t in (maps, a, conv_bias, weight, bias)]
+    want = torch_ops.norm_fold(*as64, 1e-5)
+    names = ["mean_b", "cov_b", "folded", "folded_bias", "mean", "var"]
+    for name, g, w in zip(names, got, want):
+        assert g.dtype == torch.float32 and g.shape == w.shape, name
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-5 * w.abs().max().item(),
+                                   msg=lambda s: f"{name}: {s}")
+    torch.manual_seed(1)
+    grad_folded, grad_folded_bias = torch.randn_like(a), torch.randn_like(a[:, 0])
+    for moments_grad in (True, False):
+        stats = [t.detach() for t in got]
+        grads = triton_fold.folded_norm_backward(
+            grad_folded, grad_folded_bias, a, stats[0], stats[1], stats[4], stats[5],
+            conv_bias, weight, 1e-5, maps, moments_grad)
+        count = maps.numel() // maps.shape[1]
+        wants = torch_ops.norm_fold_backward(
+            grad_folded.double(), grad_folded_bias.double(), as64[1], *(
+                t.double() for t in (stats[0], stats[1], stats[4], stats[5])),
+            as64[2], as64[3], 1e-5, count, moments_grad)
+        # (a's gradient is a difference of terms the size of scale * grad_folded, which
+        # cancel exactly for m = 1: batch norm does not see the scale of one map)
+        scale = torch_ops.normalizer(*(t.double() for t in (stats[4], stats[5])), None,
+                                     as64[3], 1e-5)[1]
+        terms = (scale[:, None] * grad_folded.double()).abs().max().item()
+        for name, g, w in zip(["a", "conv_bias", "weight", "sym", "shift"], grads, wants):
+            assert (g is None) == (w is None), name
+            if w is not None:
+                size = max(w.abs().max().item(), terms if name == "a" else 0)
+                torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-5 * size,
+                                           msg=lambda s: f"{name}: {s}")
+    assert kernel_runs == ["fold", "moments", "fold_backward", "fold_backward"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
+def test_the_fold_ops_pass_torch_library_opcheck(dtype):
+    maps, a, conv_bias, weight, bias = (None if t is None else t.to(dtype)
+                                        for t in fold_inputs(9, 5, "cpu", True, True, False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's notice
+        stats = triton_fold.folded_norm(maps, a, conv_bias, weight, bias, 1e-5)
+        torch.library.opcheck(triton_fold.folded_norm, (maps, a, conv_bias, weight, bias, 1e-5))
+        for moments_grad in (True, False):
+            torch.library.opcheck(triton_fold._folded_norm_backward, (
+                torch.randn_like(a), torch.randn_like(a[:, 0]), a, stats[0], stats[1],
+                stats[4], stats[5], conv_bias, weight, 1e-5, maps, moments_grad))
+
+
+def test_a_training_step_of_a_folded_layer_runs_few_operations(kernel_runs):
+    """What the fold kernels are for: each operation is a kernel launch on a GPU, a few
+    microseconds however small. A training step of one folded layer, forward and
+    backward, counted at the dispatcher (views aside; a custom op counts once, though the
+    moments' and the combination's backward add one or two reductions inside): 71
+    operations in standard ops, 19 with the kernels (60 before the fold's kernels)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    counts = {}
+    for combine in ("stacked", "fused"):
+        layer, norm = norm_layers(combine, "cpu")
+        x = torch.randn(2, 6, 5, 5)
+        out = conv_norm_act(layer, norm, x, relu=True)
+        upstream = torch.randn_like(out)
+        out = None
+        with Count() as counted:
+            conv_norm_act(layer, norm, x, relu=True).backward(upstream)
+        counts[combine] = counted.ops
+    assert kernel_runs.count("fold") == 2 and "fold_backward" in kernel_runs
+    assert len(counts["stacked"]) >= 50, counts["stacked"]
+    assert len(counts["fused"]) <= 20, counts["fused"]
+
+
+@pytest.mark.parametrize("backward, width", [(False, 16), (False, 64), (True, 16), (True, 32)],
+                         ids=["forward-16", "forward-64", "backward-16", "backward-32"])
+def test_the_fold_kernels_compile_to_hopper_machine_code_without_spilling(backward, width,
+                                                                          monkeypatch):
+    """At the widths where they do not spill (the backward spills ~330 bytes at 64: its
+    three ``m x m`` blocks; ``_configs`` says why that is left)."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    from basisconv.bench.kernel_resources import compile_fold, resources
+
+    row = resources(compile_fold(backward, width, "bf16"))
     assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, row

@@ -459,7 +459,7 @@ def test_basis_moments_of_bf16_maps_are_taken_in_float32():
     bits) lose what batch norm, which takes its statistics in float32, keeps: at a mean of
     100 a bf16 value is a multiple of 0.5, so a unit variance came out about 2 % off.
     The moments must be those of the same bf16 values in float64, to float32 precision."""
-    from basisconv.kernels.norm import basis_moments
+    from basisconv.kernels.torch_ops import basis_moments
 
     torch.manual_seed(0)
     maps = (100 + torch.randn(4, 3, 8, 8)).to(torch.bfloat16)

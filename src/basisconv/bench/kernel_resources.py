@@ -1,6 +1,8 @@
 """What each autotuning tile of the fused kernel (:mod:`basisconv.kernels.triton_conv`),
-and of the folded norm's combination kernels (:mod:`basisconv.kernels.triton_combine`), costs a GPU, read from the compiler on a machine without one: shared memory per block,
-registers per thread, and bytes spilled to local memory.
+and of the folded norm's kernels (:mod:`basisconv.kernels.triton_combine`,
+``triton_moments``, ``triton_fold``), costs a GPU, read from the compiler on a machine
+without one: shared memory per block, registers per thread, and bytes spilled to local
+memory.
 
 Why: autotuning on a GPU picks the fastest tile, but GPU time is scarce and a tile that
 spills registers, or needs more shared memory than a block may have, is slow or refused on
@@ -28,7 +30,7 @@ from unittest import mock
 
 import pandas as pd
 
-from basisconv.kernels import triton_combine, triton_conv, triton_moments
+from basisconv.kernels import triton_combine, triton_conv, triton_fold, triton_moments
 from basisconv.records import (RunRecord, file_digest, provenance, write_record,
                                write_text_atomic)
 
@@ -72,18 +74,21 @@ def compile_tile(tile: Tile, basis_width: int, dtype: str = "bf16", kernel_size:
 
 
 def compile_for_hopper(kernel, constants: dict, pointers: dict[str, str],
-                       divisible: list[str], warps: int, stages: int):
+                       divisible: list[str], warps: int, stages: int,
+                       floats: tuple[str, ...] = ()):
     """``kernel`` (a plain function, undecorated) compiled for sm_90 without a GPU:
     ``constants`` its constexpr arguments (and the ints Triton's JIT would specialize to
-    1), ``pointers`` the element type of each pointer argument, the other arguments
-    32-bit ints; those named in ``divisible`` are multiples of 16 (pointers 16-byte
-    aligned, as torch allocates them), as the JIT specializes them for a ResNet layer."""
+    1), ``pointers`` the element type of each pointer argument, ``floats`` its float
+    arguments, the other arguments 32-bit ints; those named in ``divisible`` are multiples
+    of 16 (pointers 16-byte aligned, as torch allocates them), as the JIT specializes them
+    for a ResNet layer."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     jitted = triton_conv.triton.jit(kernel)
     signature = {name: "constexpr" if name in constants else f"*{pointers[name]}"
-                 if name in pointers else "i32" for name in jitted.arg_names}
+                 if name in pointers else "fp32" if name in floats else "i32"
+                 for name in jitted.arg_names}
     attrs = {(jitted.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (triton 3.9's notice about its FP-fusion default)
@@ -141,7 +146,7 @@ def compile_combination(backward: bool, basis_width: int, dtype: str = "bf16",
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
     pointers = {name: "fp32" if name.startswith(("part_", "bias")) else dtype
                 for name in names if name.endswith("_ptr")}
-    constants = {name: 1 for name in names if name.endswith("_sc")}
+    constants = {name: 1 for name in names if name.endswith(("_sc", "_sb"))}
     constants.update(RELU=True, PRECISION="tf32", BLOCK_N=basis_width, BLOCK_C=block_c,
                      BLOCK_M=triton_combine._rows_per_program(basis_width))
     return compile_for_hopper(kernel, constants, pointers,
@@ -160,6 +165,23 @@ def compile_moments(basis_width: int, dtype: str = "bf16"):
                             for name in names if name.endswith("_ptr")},
         [name for name in names if name not in constants and name != "row_blocks"],
         config.num_warps, config.num_stages)
+
+
+def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
+    """One of the fold's kernels (:mod:`basisconv.kernels.triton_fold`, the backward's with
+    ``backward``) compiled for sm_90 at ``BLOCK_N = basis_width``, every optional input
+    present, the folded matrix in ``dtype`` (the rest float32)."""
+    kernel = triton_fold._fold_backward_kernel if backward else triton_fold._fold_kernel
+    names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
+    constants = {name: True for name in names if name.startswith(("HAS_", "MOMENTS_"))}
+    constants.update({name: 1 for name in ("shift_s", "a_sk", "g_sk") if name in names},
+                     BLOCK_R=triton_fold.rows_per_block(basis_width), BLOCK_N=basis_width)
+    (config,) = triton_fold._configs(interpret=False, tune=False)
+    return compile_for_hopper(
+        kernel, constants, {name: dtype if name == "folded_ptr" else "fp32"
+                            for name in names if name.endswith("_ptr")},
+        [name for name in names if name.endswith("_ptr")], config.num_warps,
+        config.num_stages, floats=("count", "eps"))
 
 
 def combination_tiles(backward: bool) -> list[tuple[int, int, int]]:
@@ -189,6 +211,13 @@ def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
                              "tile": f"{triton_moments.ROWS_PER_BLOCK} rows w{config.num_warps} "
                                      f"s{config.num_stages}",
                              **resources(compile_moments(width, dtype))})
+                for backward in (False, True):
+                    rows.append({"dtype": dtype, "basis_width": width,
+                                 "kernel": "fold backward" if backward else "fold",
+                                 "tile": f"one program, {triton_fold.rows_per_block(width)} "
+                                         f"channels a block w"
+                                         f"{triton_fold._configs(False, False)[0].num_warps}",
+                                 **resources(compile_fold(backward, width, dtype))})
     return rows
 
 

@@ -22,9 +22,10 @@ differentiates through the moments as batch norm's own backward does through its
 statistics, so the gradients are batch norm's (checked in float64 against the unfused
 layers in ``tests/test_norm_fusion.py``), and ``torch.compile`` can trace it. The moments
 are taken in float32 (float64 for float64 maps) with autocast off, from centred maps
-(with ``combine="fused"``, shifted sums merged exactly: :mod:`.triton_moments`), because
-statistics in bf16, or raw sums that cancel, would lose the precision batch norm keeps. In eval mode the
-running statistics fold in the same way and autograd differentiates the 1x1 conv.
+(with ``combine="fused"``, sums shifted by a sample of the maps: :mod:`.triton_moments`),
+because statistics in bf16, or raw sums that cancel, would lose the precision batch norm
+keeps. In eval mode the running statistics fold in the same way and autograd
+differentiates the 1x1 conv.
 
 Limit: ``var_y = a^T Cov_b a`` in float32 has an absolute error of about float32 rounding
 times ``|a|^2 |Cov_b|``, so a channel that nearly cancels (nearly collinear basis maps
@@ -40,8 +41,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import triton_combine, triton_moments
-from .torch_ops import basis_moments, relu_combine, relu_combine_backward, without_autocast
+from . import triton_combine, triton_fold
+from .torch_ops import (fold, norm_fold, norm_fold_backward, relu_combine, relu_combine_backward,
+                        without_autocast)
 
 
 class BatchStatistics(NamedTuple):
@@ -53,37 +55,6 @@ class BatchStatistics(NamedTuple):
     count: int
 
 
-def _normalizer(mean: torch.Tensor, var: torch.Tensor, conv_bias: torch.Tensor | None,
-                norm_weight: torch.Tensor | None, eps: float
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch norm's per-channel ``rstd = 1/sqrt(var + eps)``, ``scale = gamma rstd`` and the
-    ``offset = c - mean`` it scales (the conv bias enters as batch norm sees it: with batch
-    statistics ``mean`` includes it, so it cancels, its gradient exactly zero as in the
-    unfused layers)."""
-    rstd = torch.rsqrt(var + eps)
-    scale = rstd if norm_weight is None else rstd * norm_weight
-    return rstd, scale, (-mean if conv_bias is None else conv_bias - mean)
-
-
-def fold(a: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-         conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
-         norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The combination ``a`` and its bias with batch norm folded in, given the mean and
-    variance of the combined outputs: ``BN(a b + c) = (s a) b + (beta + s (c - mean))``."""
-    _, scale, offset = _normalizer(mean, var, conv_bias, norm_weight, eps)
-    return scale[:, None] * a, (scale * offset if norm_bias is None else norm_bias + scale * offset)
-
-
-def output_moments(a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor,
-                   conv_bias: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean and biased variance of the combined outputs ``a b + c`` from the basis maps'
-    moments, ``a mean_b + c`` and ``diag(a cov_b a^T)``, and ``a cov_b`` (the backward's)."""
-    mean = a @ mean_b if conv_bias is None else a @ mean_b + conv_bias
-    a_cov = a @ cov_b
-    return mean, (a_cov * a).sum(1).clamp_min(0), a_cov
-
-
 class BatchNormedCombination(torch.autograd.Function):
     """``relu?(BN(a @ maps + c))`` with the batch's statistics, from the basis maps.
 
@@ -93,25 +64,26 @@ class BatchNormedCombination(torch.autograd.Function):
     * the 1x1 conv's own backward (``aten.convolution_backward``: oneDNN or cuDNN) gives
       the maps' gradient along the linear path and the folded matrix's; the folded bias's
       is ``g`` summed;
-    * those flow back through :func:`fold` and :func:`output_moments` (tensors of ``C_out``
-      or ``m x m`` entries, :func:`_fold_backward`) to ``a``, the norm's parameters and the
+    * those flow back through the fold (tensors of ``C_out`` or ``m x m`` entries,
+      :func:`.torch_ops.norm_fold_backward`) to ``a``, the norm's parameters and the
       moments;
-    * the moments' gradients ``G`` (of ``cov_b``) and ``d mean_b`` reach the maps in one
-      more ``m -> m`` 1x1 conv: ``d rows += (rows - mean_b) S + d mean_b / n``, with
-      ``S = (G + G^T) / n`` and ``n`` the pixels in the batch.
+    * the moments' gradients reach the maps in one more ``m -> m`` 1x1 conv.
 
     So the full-width tensors are read once each (``g``, the output for the mask), and
-    nothing of batch norm's own backward runs. Saved: the maps, and the output where a
-    ReLU needs its mask. A backward that is itself differentiated (``create_graph=True``)
-    is autograd's, of the forward recomputed (:func:`_differentiable_backward`)."""
+    nothing of batch norm's own backward runs. With ``kernel`` (``combine="fused"``) the
+    moments, the fold, the combination and their backward are :mod:`.triton_moments`',
+    :mod:`.triton_fold`'s and :mod:`.triton_combine`'s kernels. Saved: the maps, the
+    output where a ReLU needs its mask, and tensors of ``C_out`` or ``m x m`` entries. A
+    backward that is itself differentiated (``create_graph=True``) is autograd's, of the
+    forward recomputed (:func:`_differentiable_backward`)."""
 
     @staticmethod
     def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu, kernel):
-        out, mean_b, a_cov, mean, var = _batch_normed(maps, a, conv_bias, norm_weight,
-                                                      norm_bias, eps, relu, kernel)
+        out, (mean_b, cov_b, folded, _, mean, var) = _batch_normed(
+            maps, a, conv_bias, norm_weight, norm_bias, eps, relu, kernel)
         # the output only for the ReLU's mask: without one, it may be changed in place later
         ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias,
-                              mean_b, a_cov, mean, var)
+                              mean_b, cov_b, mean, var, folded)
         ctx.eps, ctx.relu, ctx.kernel = eps, relu, kernel
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
@@ -120,40 +92,37 @@ class BatchNormedCombination(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         if torch.is_grad_enabled():  # create_graph=True: this gradient is differentiated too
             return _differentiable_backward(ctx, grad_out)
-        (maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, a_cov, mean,
-         var) = ctx.saved_tensors
-        count, maps_grad = maps.numel() // maps.shape[1], ctx.needs_input_grad[0]
+        (maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, cov_b, mean, var,
+         folded) = ctx.saved_tensors
+        maps_grad = ctx.needs_input_grad[0]
         with without_autocast(maps.device.type):
-            normalizer = _normalizer(mean, var, conv_bias, norm_weight, ctx.eps)
-            folded = normalizer[1][:, None] * a
             grad_maps, grad_folded, grad_folded_bias = (
                 triton_combine.folded_combine_backward(grad_out, out, maps, folded, ctx.relu)
                 if ctx.kernel else relu_combine_backward(grad_out, out, maps, folded, ctx.relu,
                                                          maps_grad))
-            small = _fold_backward(grad_folded.to(a.dtype),
-                                   grad_folded_bias.to(a.dtype), a, mean_b, a_cov, normalizer,
-                                   conv_bias, norm_weight, maps_grad)
-            grad_a, grad_conv_bias, grad_weight, grad_bias, grad_mean_b, grad_cov_b = small
-            if maps_grad:  # d rows += (rows - mean_b) S + d mean_b / n, an m -> m 1x1 conv
-                sym = (grad_cov_b + grad_cov_b.T) / count
-                shift = grad_mean_b / count - sym @ mean_b
+            grad_folded_bias = grad_folded_bias.to(a.dtype)
+            grads = (grad_folded.to(a.dtype), grad_folded_bias, a, mean_b, cov_b, mean, var,
+                     conv_bias, norm_weight, ctx.eps)
+            grad_a, grad_conv_bias, grad_weight, sym, shift = (
+                triton_fold.folded_norm_backward(*grads, maps, maps_grad) if ctx.kernel
+                else norm_fold_backward(*grads, maps.numel() // maps.shape[1], maps_grad))
+            if maps_grad:  # the moments' part: d rows += rows S + shift, an m -> m 1x1 conv
                 grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
                                                  shift.to(maps.dtype))
         return (grad_maps, grad_a, grad_conv_bias if ctx.needs_input_grad[2] else None,
                 grad_weight if ctx.needs_input_grad[3] else None,
-                grad_bias if ctx.needs_input_grad[4] else None, None, None, None)
+                grad_folded_bias if ctx.needs_input_grad[4] else None, None, None, None)
 
 
 def _batch_normed(maps, a, conv_bias, norm_weight, norm_bias, eps: float, relu: bool,
                   kernel: bool = False):
-    """:class:`BatchNormedCombination`'s forward in plain operations: the output, and the
-    moments its backward keeps (``mean_b``, ``a cov_b``, the outputs' mean and variance)."""
+    """:class:`BatchNormedCombination`'s forward: the output, and what
+    :func:`.torch_ops.norm_fold` gives (the moments, the folded matrix and bias, the
+    outputs' mean and variance), in plain operations or (``kernel``) the kernels."""
     with without_autocast(maps.device.type):
-        moments = triton_moments.fused_basis_moments if kernel else basis_moments
-        mean_b, cov_b = (t.to(a.dtype) for t in moments(maps))
-        mean, var, a_cov = output_moments(a, mean_b, cov_b, conv_bias)
-        folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
-        return _combine(maps, folded, folded_bias, relu, kernel), mean_b, a_cov, mean, var
+        stats = (triton_fold.folded_norm(maps, a, conv_bias, norm_weight, norm_bias, eps)
+                 if kernel else norm_fold(maps, a, conv_bias, norm_weight, norm_bias, eps))
+        return _combine(maps, stats[2], stats[3], relu, kernel), stats
 
 
 def _differentiable_backward(ctx, grad_out) -> tuple:
@@ -174,27 +143,6 @@ def _differentiable_backward(ctx, grad_out) -> tuple:
     return tuple(grads)
 
 
-def _fold_backward(grad_folded, grad_folded_bias, a, mean_b, a_cov, normalizer, conv_bias,
-                   norm_weight, moments_grad: bool):
-    """The gradients of :func:`fold` after :func:`output_moments`, by hand (autograd
-    inside a backward would keep ``torch.compile`` from tracing it): for ``a``, the conv
-    bias (zero: it cancels), the norm's weight and bias, and (``moments_grad``) the basis
-    moments. ``normalizer``: what :func:`_normalizer` gave the forward."""
-    rstd, scale, offset = normalizer
-    grad_scale = (grad_folded * a).sum(1) + grad_folded_bias * offset
-    grad_mean = -grad_folded_bias * scale
-    grad_rstd = grad_scale if norm_weight is None else grad_scale * norm_weight
-    grad_var = -0.5 * grad_rstd * rstd ** 3
-    grad_a = (scale[:, None] * grad_folded + grad_mean[:, None] * mean_b[None, :]
-              + 2 * grad_var[:, None] * a_cov)
-    grad_conv_bias = None if conv_bias is None else grad_folded_bias * scale + grad_mean
-    grad_weight = None if norm_weight is None else grad_scale * rstd
-    if not moments_grad:
-        return grad_a, grad_conv_bias, grad_weight, grad_folded_bias, None, None
-    return (grad_a, grad_conv_bias, grad_weight, grad_folded_bias, a.T @ grad_mean,
-            a.T @ (grad_var[:, None] * a))
-
-
 def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                           combination: torch.Tensor, conv_bias: torch.Tensor | None,
                           stride, padding, dilation, *, norm_weight: torch.Tensor | None,
@@ -212,9 +160,10 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
     is "normalized" with mean 0 and variance 1 and returns none (its moments would be NaN,
     and so would the running averages and the gradients of ``a`` and the norm's weight).
 
-    ``fused`` (the layer's ``combine="fused"``): the batch moments, the combination, its
-    ReLU and their backward run as :mod:`.triton_moments`' and :mod:`.triton_combine`'s
-    kernels where they can (else in standard ops, said once).
+    ``fused`` (the layer's ``combine="fused"``): the batch moments, the fold, the
+    combination, its ReLU and their backward run as :mod:`.triton_moments`',
+    :mod:`.triton_fold`'s and :mod:`.triton_combine`'s kernels where they can (else in
+    standard ops, said once).
     """
     maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
     # (not on the cost model's shape-only dry run, nor in an ONNX export, which has no

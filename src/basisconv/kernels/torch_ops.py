@@ -10,10 +10,12 @@ backward); ``scripts/benchmark_layers.py`` measures which is faster where.
 * ``dense_forward``: the materialized weight and one dense conv (no compute saved; for
   the shapes where the dense conv is faster than any basis form).
 
-And the folded norm's pieces (:mod:`.norm`): the basis maps' batch moments
-(``basis_moments``) and the combination with its ReLU, forward and backward
-(``relu_combine``, ``relu_combine_backward``), which :mod:`.triton_moments`' and
-:mod:`.triton_combine`'s kernels replace where they run.
+And the folded norm's pieces (:mod:`.norm`), which :mod:`.triton_moments`',
+:mod:`.triton_fold`'s and :mod:`.triton_combine`'s kernels replace where they run: the
+basis maps' batch moments (``basis_moments``), the fold of batch norm into the
+combination from them and its backward (``norm_fold``, ``norm_fold_backward``), and the
+combination with its ReLU, forward and backward (``relu_combine``,
+``relu_combine_backward``).
 """
 
 from __future__ import annotations
@@ -123,3 +125,73 @@ def basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = rows.mean(0)
         centred = rows - mean
         return mean, centred.T @ centred / rows.shape[0]
+
+
+def normalizer(mean: torch.Tensor, var: torch.Tensor, conv_bias: torch.Tensor | None,
+               norm_weight: torch.Tensor | None, eps: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch norm's per-channel ``rstd = 1/sqrt(var + eps)``, ``scale = gamma rstd`` and the
+    ``offset = c - mean`` it scales (the conv bias enters as batch norm sees it: with batch
+    statistics ``mean`` includes it, so it cancels, its gradient exactly zero as in the
+    unfused layers)."""
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd if norm_weight is None else rstd * norm_weight
+    return rstd, scale, (-mean if conv_bias is None else conv_bias - mean)
+
+
+def fold(a: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+         conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
+         norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The combination ``a`` and its bias with batch norm folded in, given the mean and
+    variance of the combined outputs: ``BN(a b + c) = (s a) b + (beta + s (c - mean))``."""
+    _, scale, offset = normalizer(mean, var, conv_bias, norm_weight, eps)
+    return scale[:, None] * a, (scale * offset if norm_bias is None else norm_bias + scale * offset)
+
+
+def output_moments(a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor,
+                   conv_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of the combined outputs ``a b + c`` from the basis maps'
+    moments: ``a mean_b + c`` and ``diag(a cov_b a^T)``."""
+    mean = a @ mean_b if conv_bias is None else a @ mean_b + conv_bias
+    return mean, ((a @ cov_b) * a).sum(1).clamp_min(0)
+
+
+def norm_fold(maps: torch.Tensor, a: torch.Tensor, conv_bias: torch.Tensor | None,
+              norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, eps: float
+              ) -> tuple[torch.Tensor, ...]:
+    """Batch norm with the batch's statistics folded into the combination ``a``
+    (``[C_out, m]``): the basis maps' mean and covariance, the folded matrix and bias,
+    and the combined outputs' mean and biased variance (for the running averages), in
+    ``a``'s dtype."""
+    mean_b, cov_b = (t.to(a.dtype) for t in basis_moments(maps))
+    mean, var = output_moments(a, mean_b, cov_b, conv_bias)
+    return (mean_b, cov_b, *fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps), mean,
+            var)
+
+
+def norm_fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor,
+                       a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor,
+                       mean: torch.Tensor, var: torch.Tensor, conv_bias: torch.Tensor | None,
+                       norm_weight: torch.Tensor | None, eps: float, count: int,
+                       moments_grad: bool) -> tuple:
+    """The gradients of :func:`norm_fold` by hand (autograd inside a backward would keep
+    ``torch.compile`` from tracing it), from those of the folded matrix and bias: for
+    ``a``, the conv bias (zero: it cancels) and the norm's weight (None where they are),
+    and (``moments_grad``) what the moments pass on to the ``count`` rows of the maps,
+    ``d rows += (rows - mean_b) S + d mean_b / count`` as an ``m -> m`` 1x1 conv's matrix
+    ``S = (G + G^T) / count`` (``G`` the gradient of ``cov_b``) and bias
+    ``d mean_b / count - S mean_b``. The norm's bias gets ``grad_folded_bias`` itself."""
+    rstd, scale, offset = normalizer(mean, var, conv_bias, norm_weight, eps)
+    grad_scale = (grad_folded * a).sum(1) + grad_folded_bias * offset
+    grad_mean = -grad_folded_bias * scale
+    grad_rstd = grad_scale if norm_weight is None else grad_scale * norm_weight
+    grad_var = -0.5 * grad_rstd * rstd ** 3
+    grad_a = (scale[:, None] * grad_folded + grad_mean[:, None] * mean_b[None, :]
+              + 2 * grad_var[:, None] * (a @ cov_b))
+    grad_conv_bias = None if conv_bias is None else grad_folded_bias * scale + grad_mean
+    grad_weight = None if norm_weight is None else grad_scale * rstd
+    if not moments_grad:
+        return grad_a, grad_conv_bias, grad_weight, None, None
+    grad_cov = a.T @ (grad_var[:, None] * a)
+    sym = (grad_cov + grad_cov.T) / count
+    return grad_a, grad_conv_bias, grad_weight, sym, (a.T @ grad_mean) / count - sym @ mean_b

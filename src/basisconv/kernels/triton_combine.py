@@ -41,12 +41,12 @@ from .triton_conv import (autotuned_on_first_use, dot_precision, interpreting, t
 
 
 def _combine_kernel(maps_ptr, mat_ptr, bias_ptr, out_ptr, M, HW, m, C_out,
-                    maps_sn, maps_sc, maps_sp, out_sn, out_sc, out_sp,
+                    maps_sn, maps_sc, maps_sp, out_sn, out_sc, out_sp, mat_so, mat_sb,
                     RELU: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """One program: ``BLOCK_M`` pixels, all ``m`` maps in one tile, every output channel
-    block by block. ``mat`` is ``[m, C_out]`` (the folded matrix transposed), ``bias``
-    ``[C_out]`` float32."""
+    block by block. ``mat`` is the folded matrix ``[C_out, m]`` (strides ``mat_so``,
+    ``mat_sb``: read as its transpose), ``bias`` ``[C_out]`` float32."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < M
     image, pixel = (offs_m // HW).to(tl.int64), (offs_m % HW).to(tl.int64)
@@ -58,7 +58,7 @@ def _combine_kernel(maps_ptr, mat_ptr, bias_ptr, out_ptr, M, HW, m, C_out,
     for c0 in range(0, C_out, BLOCK_C):
         oc = c0 + tl.arange(0, BLOCK_C)
         oc_ok = oc < C_out
-        mat = tl.load(mat_ptr + offs_n[:, None] * C_out + oc[None, :],
+        mat = tl.load(mat_ptr + offs_n[:, None] * mat_sb + oc[None, :] * mat_so,
                       mask=basis_ok[:, None] & oc_ok[None, :], other=0.0)
         out = tl.dot(maps, mat, input_precision=PRECISION)
         out += tl.load(bias_ptr + oc, mask=oc_ok, other=0.0)[None, :]
@@ -177,10 +177,11 @@ def combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
         return out
     block_m = _rows_per_program(m)
     kernel = autotuned_on_first_use(_combine_kernel, _tile_configs, ["M", "m", "C_out", "RELU"])
+    matrix = matrix.to(maps.dtype)  # (the fold's kernel gives it in that dtype already)
     with launching(maps):
         kernel[(triton.cdiv(rows, block_m),)](
-            maps, matrix.to(maps.dtype).t().contiguous(), bias.float().contiguous(), out,
-            rows, h * w, m, out.shape[1], *maps_strides, *kernel_strides(out)[1], RELU=relu,
+            maps, matrix, bias.float().contiguous(), out, rows, h * w, m, out.shape[1],
+            *maps_strides, *kernel_strides(out)[1], *matrix.stride(), RELU=relu,
             PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
             BLOCK_N=max(16, triton.next_power_of_2(m)))
     return out

@@ -6,12 +6,13 @@ the bf16 maps, a mean, a centred copy and a Gram product: five passes over an ``
 tensor, most in float32, about three times the bytes of the full-width output the
 combination writes at basis 1/4. Here one kernel reads the maps once:
 
-* each program takes a run of rows and, with its first row ``s`` as the shift, sums
+* each program takes a run of rows and, with the maps' first row ``s`` as the shift, sums
   ``x - s`` and ``(x - s)(x - s)^T`` in float32 (the shifted-data algorithm: ``s`` is a
   sample of the data, so it lies within a few standard deviations of the mean and the
   sums do not cancel as raw sums of ``x x^T`` would when the mean is large);
-* the programs' sums are merged by Chan et al.'s pairwise formula, their means taken
-  from the first program's shift (a few tensors of ``programs x m x m``).
+* one shift for all programs, so their sums simply add: one reduction, and the mean and
+  covariance follow in a few operations on ``m x m`` values (:func:`moments`), or inside
+  the fold's kernel (:mod:`.triton_fold`), which needs no other launch.
 
 The whole ``m x m`` sum sits in one program's registers, so the kernel takes bases up to
 :data:`MAX_WIDTH`; wider ones (ResNet's last stages, few pixels) keep the standard ops,
@@ -32,20 +33,19 @@ from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
 MAX_WIDTH = 64
 
 
-def _moments_kernel(maps_ptr, shift_ptr, sum_ptr, gram_ptr, M, HW, m, sn, sc, sp,
-                    row_blocks, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One program: ``row_blocks`` blocks of ``BLOCK_M`` rows from its first row, whose
-    values are its shift; writes the shift ``[m]``, the sum of ``x - shift`` ``[m]`` and
-    of their outer products ``[m, m]`` at the program's index."""
+def _moments_kernel(maps_ptr, part_ptr, M, HW, m, sn, sc, sp, row_blocks,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program: ``row_blocks`` blocks of ``BLOCK_M`` rows; writes the sum of
+    ``x - shift`` ``[m]`` and of their outer products ``[m, m]`` into its row of ``part``
+    (``[programs, m + m*m]``), ``shift`` the maps' first row."""
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * row_blocks * BLOCK_M
     offs_r = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     basis_ok = offs_n < m
     # the first row, loaded into every row of a tile (a broadcast by addresses)
-    shift = tl.load(maps_ptr + (first // HW) * sn + (first % HW) * sp + offs_n[None, :] * sc
-                    + 0 * offs_r[:, None], mask=basis_ok[None, :] & (offs_r[:, None] >= 0),
-                    other=0.0).to(tl.float32)
+    shift = tl.load(maps_ptr + offs_n[None, :] * sc + 0 * offs_r[:, None],
+                    mask=basis_ok[None, :] & (offs_r[:, None] >= 0), other=0.0).to(tl.float32)
     ones = tl.full((BLOCK_M, 16), 1.0, tl.float32)
     sums = tl.full((BLOCK_N, 16), 0.0, tl.float32)
     gram = tl.full((BLOCK_N, BLOCK_N), 0.0, tl.float32)
@@ -59,14 +59,12 @@ def _moments_kernel(maps_ptr, shift_ptr, sum_ptr, gram_ptr, M, HW, m, sn, sc, sp
         centred_t = tl.trans(centred)
         gram = tl.dot(centred_t, centred, gram, input_precision="ieee")
         sums = tl.dot(centred_t, ones, sums, input_precision="ieee")
-    at = pid.to(tl.int64) * m
-    tl.store(gram_ptr + at * m + offs_n[:, None] * m + offs_n[None, :], gram,
+    part = part_ptr + pid.to(tl.int64) * (m + m * m)
+    tl.store(part + m + offs_n[:, None] * m + offs_n[None, :], gram,
              mask=basis_ok[:, None] & basis_ok[None, :])
     column = tl.arange(0, 16)
-    tl.store(sum_ptr + at + offs_n[:, None] + 0 * column[None, :], sums,
+    tl.store(part + offs_n[:, None] + 0 * column[None, :], sums,
              mask=basis_ok[:, None] & (column[None, :] == 0))
-    tl.store(shift_ptr + at + offs_n[None, :] + 0 * offs_r[:, None], shift,
-             mask=basis_ok[None, :] & (offs_r[:, None] == 0))
 
 
 def _configs(interpret: bool, tune: bool) -> list:
@@ -87,10 +85,11 @@ def _rows_per_block() -> int:
     return 16 if interpreting() else ROWS_PER_BLOCK
 
 
-def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean ``[m]`` and biased covariance ``[m, m]`` of ``maps`` ``[N, m, H, W]`` over
-    batch and pixels, in float32, through the kernel (``m <= MAX_WIDTH``, at least one
-    pixel)."""
+def moment_sums(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shift (the maps' first pixel, ``[m]``, a view) and the sums over batch and
+    pixels of ``x - shift`` and of its outer products, float32, in one vector
+    ``[m + m*m]`` (the kernel's per-program sums added by one reduction), for ``maps``
+    ``[N, m, H, W]`` (``m <= MAX_WIDTH``, at least one pixel)."""
     maps, (sn, sc, sp) = kernel_strides(maps)
     n, m, h, w = maps.shape
     rows, block = n * h * w, _rows_per_block()
@@ -100,26 +99,27 @@ def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     programs = max(1, min(blocks, rows // (2 * m)))
     row_blocks = triton.cdiv(blocks, programs)
     programs = triton.cdiv(blocks, row_blocks)
-    shift, sums = (maps.new_empty((programs, m), dtype=torch.float32) for _ in range(2))
-    gram = maps.new_empty((programs, m, m), dtype=torch.float32)
+    part = maps.new_empty((programs, m + m * m), dtype=torch.float32)
     kernel = autotuned_on_first_use(_moments_kernel, _configs, ["m"])
     with launching(maps):
-        kernel[(programs,)](maps, shift, sums, gram, rows, h * w, m, sn, sc, sp, row_blocks,
+        kernel[(programs,)](maps, part, rows, h * w, m, sn, sc, sp, row_blocks,
                             BLOCK_M=block, BLOCK_N=max(16, triton.next_power_of_2(m)))
-    # each program's count, mean and centred sum of squares, then Chan's merge, the means
-    # taken from the first program's shift (differences of nearby samples are exact in
-    # float32, so a mean far from zero does not round the programs' spread away)
-    per_program = row_blocks * block
-    counts = (rows - per_program * torch.arange(programs, device=maps.device)).clamp(
-        max=per_program).to(torch.float32)
-    offsets = (shift - shift[0]) + sums / counts[:, None]
-    offset = (counts[:, None] * offsets).sum(0) / rows
-    spread = offsets - offset
-    centred = gram - sums[:, :, None] * sums[:, None, :] / counts[:, None, None]
-    return shift[0] + offset, (centred.sum(0) + (counts[:, None] * spread).T @ spread) / rows
+    return maps[0, :, 0, 0], part.sum(0)
 
 
-def _cannot_run(maps: torch.Tensor) -> bool:
+def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[m]`` and biased covariance ``[m, m]`` of ``maps`` ``[N, m, H, W]`` over
+    batch and pixels, in float32, through the kernel (``m <= MAX_WIDTH``, at least one
+    pixel): from :func:`moment_sums`, the mean's offset from the shift ``mu = s / n`` and
+    ``cov = S / n - mu mu^T`` (small terms: the shift is a sample of the data, within a
+    few standard deviations of the mean, so nothing large cancels)."""
+    shift, sums = moment_sums(maps)
+    m, rows = maps.shape[1], maps.numel() // maps.shape[1]
+    offset = sums[:m] / rows
+    return shift.float() + offset, sums[m:].view(m, m) / rows - offset[:, None] * offset
+
+
+def cannot_take(maps: torch.Tensor) -> bool:
     """Whether the kernel cannot take ``maps``: a basis too wide for it (by design, not
     said), or what keeps every kernel of the fold from running (said once)."""
     return maps.shape[1] > MAX_WIDTH or maps.numel() == 0 or cannot_run(maps)
@@ -131,7 +131,7 @@ def fused_basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     """:func:`moments` as an op (``torch.compile`` keeps it in its graph), or the standard
     ops' moments where the kernel cannot run. Not differentiable (the fold's backward
     differentiates the moments itself)."""
-    if _cannot_run(maps):
+    if cannot_take(maps):
         return basis_moments(maps)  # (float32, float64 for float64 maps)
     return moments(maps)
 

@@ -1,0 +1,312 @@
+"""The folded norm's small work as one kernel each way (``fuse_norm=True`` with
+``combine="fused"``): from the basis maps' sums to the folded matrix, and back.
+
+Between the moments and the combination, :mod:`.norm`'s fold computes on tensors of
+``C_out`` or ``m x m`` entries: the maps' mean and covariance, the outputs' mean and
+variance (``a mean_b + c``, ``diag(a cov_b a^T)``), batch norm's scale and shift, the
+folded matrix and bias; and in the backward the same in reverse
+(:func:`.torch_ops.norm_fold_backward`). In standard ops that is about 15 operations
+forward and 25 backward per layer (40 more for the moments' merge before stop 63), each a
+kernel launch of a few microseconds on a GPU with almost no work in it: over the
+seventeen folded layers of a ResNet-18, about as long as the dense model's whole step
+(3.6 ms on an H200). Here each direction is one launch of one program:
+
+* forward (:func:`fold`): the summed moments (:func:`.triton_moments.moment_sums`: one
+  kernel and one reduction) to the maps' mean and covariance, then, block by block of
+  output channels, the outputs' statistics, the scale and the folded matrix (in the maps'
+  dtype, as the combination reads it) and bias;
+* backward (:func:`fold_backward`): the gradients of ``a``, the conv bias and the norm's
+  weight, and the ``m -> m`` matrix and bias through which the moments pass their
+  gradient on to the maps (summed over the output channels in the program's loop).
+
+A value per channel is held as a tile whose columns repeat it (a product with a
+broadcast vector or a block of ones, as in :mod:`.triton_combine`: ``tl.sum`` is one of
+Triton's jit helpers, which the interpreter cannot call), so every step is a tile
+operation and one code path serves the interpreter and the GPU. Products are exact
+float32 (``"ieee"``): these are statistics. The ``m x m`` tile is one program's, so
+bases up to :data:`.triton_moments.MAX_WIDTH`, as the moments' kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from . import triton_moments
+from .torch_ops import norm_fold, norm_fold_backward
+from .triton_combine import launching
+from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
+
+
+def _fold_kernel(sums_ptr, shift_ptr, a_ptr, conv_bias_ptr, weight_ptr, bias_ptr,
+                 mean_b_ptr, cov_ptr, folded_ptr, folded_bias_ptr, mean_ptr, var_ptr,
+                 count, eps, C_out, m, shift_s, a_sr, a_sk,
+                 HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program. ``sums`` ``[m + m*m]``: the sums of ``x - shift`` and of its outer
+    products over ``count`` rows; ``a`` ``[C_out, m]`` float32. Writes the maps' mean
+    ``[m]`` and covariance ``[m, m]``, the folded matrix ``[C_out, m]`` (contiguous, its
+    own dtype), the folded bias and the outputs' mean and variance ``[C_out]``."""
+    k = tl.arange(0, BLOCK_N)
+    k_ok = k < m
+    square_ok = k_ok[:, None] & k_ok[None, :]
+    down = k[:, None] + 0 * k[None, :]  # (k, j) -> k: a vector repeated in every column
+    down_ok = k_ok[:, None] & (k[None, :] >= 0)
+    first = k[None, :] == 0  # where a repeated tile is stored from
+    offset = tl.load(sums_ptr + down, mask=down_ok, other=0.0) / count
+    mean_b = tl.load(shift_ptr + down * shift_s, mask=down_ok, other=0.0).to(tl.float32) + offset
+    cov = (tl.load(sums_ptr + m + k[:, None] * m + k[None, :], mask=square_ok, other=0.0) / count
+           - offset * tl.trans(offset))
+    tl.store(mean_b_ptr + down, mean_b, mask=down_ok & first)
+    tl.store(cov_ptr + k[:, None] * m + k[None, :], cov, mask=square_ok)
+    ones = tl.full((BLOCK_N, BLOCK_N), 1.0, tl.float32)
+    for r0 in range(0, C_out, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        across = r[:, None] + 0 * k[None, :]  # (r, j) -> r
+        across_ok = (r < C_out)[:, None] & (k[None, :] >= 0)
+        tile_ok = (r < C_out)[:, None] & k_ok[None, :]
+        a = tl.load(a_ptr + r[:, None] * a_sr + k[None, :] * a_sk, mask=tile_ok, other=0.0)
+        mean = tl.dot(a, mean_b, input_precision="ieee")
+        var = tl.maximum(tl.dot(tl.dot(a, cov, input_precision="ieee") * a, ones,
+                                input_precision="ieee"), 0.0)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        scale = rstd
+        if HAS_WEIGHT:
+            scale = rstd * tl.load(weight_ptr + across, mask=across_ok, other=0.0)
+        folded_bias = -scale * mean  # beta + scale (c - mean): c cancels from the mean
+        if HAS_CONV_BIAS:
+            mean += tl.load(conv_bias_ptr + across, mask=across_ok, other=0.0)
+        if HAS_BIAS:
+            folded_bias += tl.load(bias_ptr + across, mask=across_ok, other=0.0)
+        tl.store(folded_ptr + r[:, None] * m + k[None, :],
+                 (scale * a).to(folded_ptr.dtype.element_ty), mask=tile_ok)
+        tl.store(folded_bias_ptr + across, folded_bias, mask=across_ok & first)
+        tl.store(mean_ptr + across, mean, mask=across_ok & first)
+        tl.store(var_ptr + across, var, mask=across_ok & first)
+
+
+def _fold_backward_kernel(grad_folded_ptr, grad_folded_bias_ptr, a_ptr, mean_b_ptr, cov_ptr,
+                          mean_ptr, var_ptr, conv_bias_ptr, weight_ptr, grad_a_ptr,
+                          grad_conv_bias_ptr, grad_weight_ptr, sym_ptr, shift_ptr,
+                          count, eps, C_out, m, g_sr, g_sk, a_sr, a_sk,
+                          HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                          MOMENTS_GRAD: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
+    """One program: :func:`.torch_ops.norm_fold_backward` over blocks of output channels,
+    the moments' part summed over them in the loop. Writes the gradients of ``a``
+    ``[C_out, m]`` (contiguous), the conv bias and the norm's weight ``[C_out]``, and the
+    moments' matrix ``[m, m]`` and bias ``[m]``."""
+    k = tl.arange(0, BLOCK_N)
+    k_ok = k < m
+    square_ok = k_ok[:, None] & k_ok[None, :]
+    first = k[None, :] == 0
+    cov = tl.load(cov_ptr + k[:, None] * m + k[None, :], mask=square_ok, other=0.0)
+    ones = tl.full((BLOCK_N, BLOCK_N), 1.0, tl.float32)
+    grad_cov = tl.full((BLOCK_N, BLOCK_N), 0.0, tl.float32)
+    grad_mean_b = tl.full((BLOCK_N, BLOCK_N), 0.0, tl.float32)  # (k, j) -> its value at k
+    for r0 in range(0, C_out, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        across = r[:, None] + 0 * k[None, :]
+        across_ok = (r < C_out)[:, None] & (k[None, :] >= 0)
+        tile_ok = (r < C_out)[:, None] & k_ok[None, :]
+        a = tl.load(a_ptr + r[:, None] * a_sr + k[None, :] * a_sk, mask=tile_ok, other=0.0)
+        grad_folded = tl.load(grad_folded_ptr + r[:, None] * g_sr + k[None, :] * g_sk,
+                              mask=tile_ok, other=0.0)
+        grad_folded_bias = tl.load(grad_folded_bias_ptr + across, mask=across_ok, other=0.0)
+        rstd = 1.0 / tl.sqrt(tl.load(var_ptr + across, mask=across_ok, other=0.0) + eps)
+        shifted = -tl.load(mean_ptr + across, mask=across_ok, other=0.0)
+        if HAS_CONV_BIAS:
+            shifted += tl.load(conv_bias_ptr + across, mask=across_ok, other=0.0)
+        scale = rstd
+        grad_scale = (tl.dot(grad_folded * a, ones, input_precision="ieee")
+                      + grad_folded_bias * shifted)
+        grad_rstd = grad_scale
+        if HAS_WEIGHT:
+            weight = tl.load(weight_ptr + across, mask=across_ok, other=0.0)
+            scale = rstd * weight
+            grad_rstd = grad_scale * weight
+            tl.store(grad_weight_ptr + across, grad_scale * rstd, mask=across_ok & first)
+        grad_mean = -grad_folded_bias * scale
+        grad_var = -0.5 * grad_rstd * rstd * rstd * rstd
+        mean_b = tl.load(mean_b_ptr + k[None, :] + 0 * r[:, None], mask=tile_ok, other=0.0)
+        grad_a = (scale * grad_folded + grad_mean * mean_b
+                  + 2.0 * grad_var * tl.dot(a, cov, input_precision="ieee"))
+        tl.store(grad_a_ptr + r[:, None] * m + k[None, :], grad_a, mask=tile_ok)
+        if HAS_CONV_BIAS:
+            tl.store(grad_conv_bias_ptr + across, grad_folded_bias * scale + grad_mean,
+                     mask=across_ok & first)
+        if MOMENTS_GRAD:
+            a_t = tl.trans(a)
+            grad_mean_b = tl.dot(a_t, grad_mean, grad_mean_b, input_precision="ieee")
+            grad_cov = tl.dot(a_t, grad_var * a, grad_cov, input_precision="ieee")
+    if MOMENTS_GRAD:
+        down = k[:, None] + 0 * k[None, :]
+        down_ok = k_ok[:, None] & (k[None, :] >= 0)
+        sym = (grad_cov + tl.trans(grad_cov)) / count
+        mean_b = tl.load(mean_b_ptr + down, mask=down_ok, other=0.0)
+        tl.store(sym_ptr + k[:, None] * m + k[None, :], sym, mask=square_ok)
+        tl.store(shift_ptr + down, grad_mean_b / count - tl.dot(sym, mean_b,
+                                                                input_precision="ieee"),
+                 mask=down_ok & first)
+
+
+def _configs(interpret: bool, tune: bool) -> list:
+    """One config: one program, a few small products per block of output channels. Eight
+    warps, one stage (nothing to pipeline) and :func:`rows_per_block`: compiled for sm_90
+    (``scripts/kernel_resources.py --kernels combination``), no spills at basis widths
+    16-64 but the backward's at 64 (about 330 bytes beside its three ``m x m`` blocks;
+    one program's, so they stay in L1), where four warps, pipelining, or 32 channels a
+    block at width 64 spilled 200-17,000 bytes, and sixteen warps (128 registers a
+    thread) about as much."""
+    return [triton.Config({}, num_warps=1) if interpret
+            else triton.Config({}, num_warps=8, num_stages=1)]
+
+
+def rows_per_block(m: int) -> int:
+    """Output channels per block of the loop: 32, 16 for bases wider than 32 (fewer
+    registers beside the ``m x m`` blocks; ``_configs``), 16 under the interpreter
+    (several blocks even in small tests)."""
+    return 16 if interpreting() or m > 32 else 32
+
+
+def _block_n(m: int) -> int:
+    return max(16, triton.next_power_of_2(m))
+
+
+def _optional(t: torch.Tensor | None, stand_in: torch.Tensor) -> torch.Tensor:
+    """A tensor for a pointer the kernel does not read (its ``HAS_*`` flag off)."""
+    return stand_in if t is None else t.float().contiguous()
+
+
+def fold(maps: torch.Tensor, a: torch.Tensor, conv_bias: torch.Tensor | None,
+         norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, eps: float
+         ) -> tuple[torch.Tensor, ...]:
+    """:func:`.torch_ops.norm_fold` through the moments' kernel and this module's (``m``
+    at most ``MAX_WIDTH``, at least one pixel, float32 ``a``); the folded matrix in the
+    maps' dtype."""
+    shift, sums = triton_moments.moment_sums(maps)
+    c_out, m = a.shape
+    stats = (a.new_empty(m), a.new_empty((m, m)), maps.new_empty((c_out, m)),
+             *(a.new_empty(c_out) for _ in range(3)))
+    kernel = autotuned_on_first_use(_fold_kernel, _configs, ["C_out", "m"])
+    with launching(maps):
+        kernel[(1,)](sums, shift, a, _optional(conv_bias, a), _optional(norm_weight, a),
+                     _optional(norm_bias, a), *stats, float(maps.numel() // m), eps, c_out, m,
+                     shift.stride(0), a.stride(0), a.stride(1),
+                     HAS_CONV_BIAS=conv_bias is not None, HAS_WEIGHT=norm_weight is not None,
+                     HAS_BIAS=norm_bias is not None, BLOCK_R=rows_per_block(m),
+                     BLOCK_N=_block_n(m))
+    return stats
+
+
+def fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor, a: torch.Tensor,
+                  mean_b: torch.Tensor, cov_b: torch.Tensor, mean: torch.Tensor,
+                  var: torch.Tensor, conv_bias: torch.Tensor | None,
+                  norm_weight: torch.Tensor | None, eps: float, count: int,
+                  moments_grad: bool) -> tuple[torch.Tensor, ...]:
+    """:func:`.torch_ops.norm_fold_backward` through this module's kernel, with empty
+    tensors where that gives None."""
+    c_out, m = a.shape
+    grad_a = a.new_empty((c_out, m))
+    grad_conv_bias, grad_weight = (a.new_empty(c_out if t is not None else 0)
+                                   for t in (conv_bias, norm_weight))
+    sym, shift = ((a.new_empty((m, m)), a.new_empty(m)) if moments_grad
+                  else (a.new_empty(0), a.new_empty(0)))
+    kernel = autotuned_on_first_use(_fold_backward_kernel, _configs, ["C_out", "m"])
+    with launching(a):
+        kernel[(1,)](grad_folded, grad_folded_bias.contiguous(), a, mean_b, cov_b, mean, var,
+                     _optional(conv_bias, a), _optional(norm_weight, a), grad_a, grad_conv_bias,
+                     grad_weight, sym, shift, float(count), eps, c_out, m,
+                     grad_folded.stride(0), grad_folded.stride(1), a.stride(0), a.stride(1),
+                     HAS_CONV_BIAS=conv_bias is not None, HAS_WEIGHT=norm_weight is not None,
+                     MOMENTS_GRAD=moments_grad, BLOCK_R=rows_per_block(m),
+                     BLOCK_N=_block_n(m))
+    return grad_a, grad_conv_bias, grad_weight, sym, shift
+
+
+def _cannot_run(maps: torch.Tensor, a: torch.Tensor) -> bool:
+    """Where the moments' kernel cannot run (a basis too wide, silently, or said once), or
+    ``a`` is not float32 (a float64 layer's, which the moments refuse too)."""
+    return triton_moments.cannot_take(maps) or a.dtype != torch.float32
+
+
+# As ops with shape-only twins, as :mod:`.triton_combine`'s (``torch.compile`` keeps them
+# in its graph); where the kernels cannot run, the standard ops (:mod:`.torch_ops`).
+@torch.library.custom_op(
+    "basisconv::folded_norm", mutates_args=(),
+    schema="(Tensor maps, Tensor a, Tensor? conv_bias, Tensor? norm_weight, "
+           "Tensor? norm_bias, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+def folded_norm(maps: torch.Tensor, a: torch.Tensor, conv_bias: torch.Tensor | None,
+                norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, eps: float
+                ) -> tuple[torch.Tensor, ...]:
+    """:func:`fold` as an op: the maps' mean and covariance, the folded matrix (the maps'
+    dtype) and bias, the outputs' mean and variance. Not differentiable
+    (:class:`.norm.BatchNormedCombination` calls :func:`folded_norm_backward`)."""
+    if _cannot_run(maps, a):
+        mean_b, cov_b, folded, *rest = norm_fold(maps, a, conv_bias, norm_weight, norm_bias,
+                                                 eps)
+        return mean_b, cov_b, folded.to(maps.dtype), *rest
+    return fold(maps, a, conv_bias, norm_weight, norm_bias, eps)
+
+
+@folded_norm.register_fake
+def _folded_norm_shapes(maps, a, conv_bias, norm_weight, norm_bias, eps):
+    c_out, m = a.shape
+    return (a.new_empty(m), a.new_empty((m, m)), maps.new_empty((c_out, m)),
+            *(a.new_empty(c_out) for _ in range(3)))
+
+
+@torch.library.custom_op(
+    "basisconv::folded_norm_backward", mutates_args=(),
+    schema="(Tensor grad_folded, Tensor grad_folded_bias, Tensor a, Tensor mean_b, "
+           "Tensor cov_b, Tensor mean, Tensor var, Tensor? conv_bias, Tensor? norm_weight, "
+           "float eps, Tensor maps, bool moments_grad) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _folded_norm_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var,
+                          conv_bias, norm_weight, eps, maps, moments_grad):
+    count = maps.numel() // maps.shape[1]
+    args = (grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var, conv_bias,
+            norm_weight, eps, count, moments_grad)
+    if _cannot_run(maps, a):
+        return tuple(a.new_empty(0) if t is None else t for t in norm_fold_backward(*args))
+    return fold_backward(*args)
+
+
+@_folded_norm_backward.register_fake
+def _folded_norm_backward_shapes(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var,
+                                 conv_bias, norm_weight, eps, maps, moments_grad):
+    c_out, m = a.shape
+    return (a.new_empty((c_out, m)), *(a.new_empty(c_out if t is not None else 0)
+                                       for t in (conv_bias, norm_weight)),
+            *((a.new_empty((m, m)), a.new_empty(m)) if moments_grad
+              else (a.new_empty(0), a.new_empty(0))))
+
+
+def folded_norm_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var, conv_bias,
+                         norm_weight, eps, maps, moments_grad: bool) -> tuple:
+    """:func:`.torch_ops.norm_fold_backward`'s gradients (None where it gives None) through
+    the backward op; ``maps`` (their count of rows, and whether the kernels run)."""
+    grads = _folded_norm_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var,
+                                  conv_bias, norm_weight, eps, maps, moments_grad)
+    present = (True, conv_bias is not None, norm_weight is not None, moments_grad, moments_grad)
+    return tuple(g if keep else None for g, keep in zip(grads, present))
+
+
+
+# What ``FlopCounterMode`` counts for the standard ops the kernels replace (it counts
+# products of matrices, not sums or products with vectors).
+@register_flop_formula(torch.ops.basisconv.folded_norm)
+def _folded_norm_flops(maps_shape, a_shape, *args, **kwargs) -> int:
+    """The moments' Gram product ``2*M*m*m`` and ``a cov_b``, ``2*C_out*m*m``."""
+    n, m, h, w = maps_shape
+    return 2 * n * h * w * m * m + 2 * a_shape[0] * m * m
+
+
+@register_flop_formula(torch.ops.basisconv.folded_norm_backward)
+def _folded_norm_backward_flops(grad_shape, grad_bias_shape, a_shape, *args, moments_grad=None,
+                                **kwargs) -> int:
+    """``a cov_b`` again, and ``a^T diag(d var) a`` where the moments pass a gradient on."""
+    if moments_grad is None:  # (positional: the schema's last argument)
+        moments_grad = args[-1]
+    c_out, m = a_shape
+    return 2 * c_out * m * m * (2 if moments_grad else 1)
