@@ -19,8 +19,9 @@ with output ``H' x W'`` at batch ``B``, ``K = C_in*kh*kw`` and ``m`` basis filte
   statistics the forward adds the basis maps' Gram matrix ``2*B*H'*W'*m*m`` and
   ``2*C_out*m*m`` for ``A Cov_b``, the activation gradient adds as much again (an ``m -> m``
   1x1 conv and ``A^T diag(.) A``), and the folded matrix's gradient is computed whenever
-  anything of the layer needs a gradient (the statistics need it); with running statistics
-  it is computed only when the coefficients or the norm's weight train.
+  anything of the layer needs a gradient (the statistics need it), with ``A Cov_b`` again
+  (``2*C_out*m*m``: the backward recomputes it rather than keep it); with running
+  statistics it is computed only when the coefficients or the norm's weight train.
 
 Backward is stated as two parts: ``grad_input`` (activation gradients: for a basis layer
 the combination's gradient w.r.t. the basis maps and the basis conv's gradient w.r.t. the
@@ -227,8 +228,10 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
     else:  # a bias (folded or not) does not scale the matrix
         combination_grad = coefficient_grad or (norm_grad and fused_norm == "running")
     grad_input = (combination + moments if maps_grad else 0) + (basis if input_grad else 0)
+    # (the fold's backward recomputes ``A Cov_b``, whatever it then computes)
+    fold_grad = 2 * out_channels * m * m if fused_norm == "batch" and combination_grad else 0
     grad_weight = ((basis if basis_grad else 0) + (combination if combination_grad else 0)
-                   + (factor_grads * factor_product if coefficient_grad else 0))
+                   + fold_grad + (factor_grads * factor_product if coefficient_grad else 0))
     if coefficient_rank:
         coefficients = coefficient_rank * (n_comb + m)
     else:
