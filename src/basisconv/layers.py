@@ -50,8 +50,9 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .counts import count_or_fraction_problem, is_int, is_number, share_of
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
-from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, fused_forward,
-                      materialized_weight, split_forward, stacked_forward, without_autocast)
+from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, combination_rows,
+                      fused_forward, materialized_weight, split_forward, stacked_forward,
+                      without_autocast)
 
 
 def check_basis_size(value, key: str = "num_basis") -> None:
@@ -364,15 +365,7 @@ class BasisConv2d(nn.Module):
 
     def combination_matrix(self) -> torch.Tensor:
         """The ``[C_out, m]`` matrix mapping basis maps to outputs, rows in output order."""
-        basis_rows = torch.eye(self.num_basis, dtype=self.basis_weight.dtype,
-                               device=self.basis_weight.device)
-        coefficients = self.coefficient_matrix()
-        # autocast's cat refuses 16-bit inputs of the other 16-bit dtype (bf16 parameters
-        # under fp16 autocast), where the dense conv runs; the two parts are cast by the ops
-        # that use the matrix
-        with without_autocast(basis_rows.device.type):
-            stacked = torch.cat([basis_rows, coefficients])
-        return stacked.index_select(0, self.output_index)
+        return combination_rows(self.coefficient_matrix(), self.output_index)
 
     @property
     def basis_channels(self) -> torch.Tensor:
@@ -531,8 +524,8 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
         if momentum is None:  # a cumulative average, as nn.BatchNorm2d keeps it
             momentum = 1.0 / float(norm.num_batches_tracked)
     out, stats = basis_conv_batch_norm(
-        x, layer.basis_weight, layer.combination_matrix(), layer.bias, layer.stride,
-        layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
+        x, layer.basis_weight, layer.coefficient_matrix(), layer.output_index, layer.bias,
+        layer.stride, layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
         eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
         relu=relu, fused=layer.combine == "fused")
     if stats is not None and tracking and norm.running_mean is not None:

@@ -18,17 +18,19 @@ same layer. ``COMBINE_MODES`` names the forms a layer's ``combine=`` may choose:
 Apart from the forms, :mod:`.norm` computes a basis conv with the batch norm and ReLU
 after it as one GEMM of the basis maps (the norm folded into the combination), for layers
 built with ``fuse_norm=True``; with ``combine="fused"`` the batch moments are one
-Triton kernel (:mod:`.triton_moments`) and that GEMM, its ReLU and their backward two
+Triton kernel (:mod:`.triton_moments`), the fold from them to the folded matrix one each
+way (:mod:`.triton_fold`), and that GEMM, its ReLU and their backward two
 (:mod:`.triton_combine`), the full-width output written once and read once.
 """
 
 from .auto import auto_forward
 from .fused import fused_forward
 from .norm import basis_conv_batch_norm
-from .torch_ops import (dense_forward, materialized_weight, split_forward, stacked_forward,
-                        without_autocast)
+from .torch_ops import (combination_rows, dense_forward, materialized_weight, split_forward,
+                        stacked_forward, without_autocast)
 
 COMBINE_MODES = ("stacked", "split", "fused", "auto")
 
-__all__ = ["COMBINE_MODES", "auto_forward", "basis_conv_batch_norm", "dense_forward", "fused_forward",
-           "materialized_weight", "split_forward", "stacked_forward", "without_autocast"]
+__all__ = ["COMBINE_MODES", "auto_forward", "basis_conv_batch_norm", "combination_rows",
+           "dense_forward", "fused_forward", "materialized_weight", "split_forward",
+           "stacked_forward", "without_autocast"]

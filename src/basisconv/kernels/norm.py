@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton_combine, triton_fold
-from .torch_ops import (fold, norm_fold, norm_fold_backward, relu_combine, relu_combine_backward,
+from .torch_ops import (combination_rows, fold, norm_fold, relu_combine, relu_combine_backward,
                         without_autocast)
 
 
@@ -78,50 +78,59 @@ class BatchNormedCombination(torch.autograd.Function):
     forward recomputed (:func:`_differentiable_backward`)."""
 
     @staticmethod
-    def forward(ctx, maps, a, conv_bias, norm_weight, norm_bias, eps, relu, kernel):
+    def forward(ctx, maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps,
+                relu, kernel):
         out, (mean_b, cov_b, folded, _, mean, var) = _batch_normed(
-            maps, a, conv_bias, norm_weight, norm_bias, eps, relu, kernel)
+            maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps, relu,
+            kernel)
         # the output only for the ReLU's mask: without one, it may be changed in place later
-        ctx.save_for_backward(maps, out if relu else None, a, conv_bias, norm_weight, norm_bias,
-                              mean_b, cov_b, mean, var, folded)
+        ctx.save_for_backward(maps, out if relu else None, coefficients, output_index,
+                              conv_bias, norm_weight, norm_bias, mean_b, cov_b, mean, var,
+                              folded)
         ctx.eps, ctx.relu, ctx.kernel = eps, relu, kernel
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # (no zero gradients made for mean and var: launches)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, grad_out, _grad_mean, _grad_var):
+        if grad_out is None:  # (the output unused: only mean or var were)
+            return (None,) * 9
         if torch.is_grad_enabled():  # create_graph=True: this gradient is differentiated too
             return _differentiable_backward(ctx, grad_out)
-        (maps, out, a, conv_bias, norm_weight, norm_bias, mean_b, cov_b, mean, var,
-         folded) = ctx.saved_tensors
+        (maps, out, coefficients, output_index, conv_bias, norm_weight, norm_bias, mean_b,
+         cov_b, mean, var, folded) = ctx.saved_tensors
         maps_grad = ctx.needs_input_grad[0]
         with without_autocast(maps.device.type):
             grad_maps, grad_folded, grad_folded_bias = (
                 triton_combine.folded_combine_backward(grad_out, out, maps, folded, ctx.relu)
                 if ctx.kernel else relu_combine_backward(grad_out, out, maps, folded, ctx.relu,
                                                          maps_grad))
-            grad_folded_bias = grad_folded_bias.to(a.dtype)
-            grads = (grad_folded.to(a.dtype), grad_folded_bias, a, mean_b, cov_b, mean, var,
-                     conv_bias, norm_weight, ctx.eps)
-            grad_a, grad_conv_bias, grad_weight, sym, shift = (
+            grad_folded_bias = grad_folded_bias.to(mean.dtype)
+            grads = (grad_folded.to(mean.dtype), grad_folded_bias, coefficients, output_index,
+                     mean_b, cov_b, mean, var, conv_bias, norm_weight, ctx.eps)
+            grad_coefficients, grad_conv_bias, grad_weight, sym, shift = (
                 triton_fold.folded_norm_backward(*grads, maps, maps_grad) if ctx.kernel
-                else norm_fold_backward(*grads, maps.numel() // maps.shape[1], maps_grad))
+                else triton_fold.standard_fold_backward(*grads, maps.numel() // maps.shape[1],
+                                                        maps_grad))
             if maps_grad:  # the moments' part: d rows += rows S + shift, an m -> m 1x1 conv
                 grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
                                                  shift.to(maps.dtype))
-        return (grad_maps, grad_a, grad_conv_bias if ctx.needs_input_grad[2] else None,
-                grad_weight if ctx.needs_input_grad[3] else None,
-                grad_folded_bias if ctx.needs_input_grad[4] else None, None, None, None)
+        return (grad_maps, grad_coefficients, None,
+                grad_conv_bias if ctx.needs_input_grad[3] else None,
+                grad_weight if ctx.needs_input_grad[4] else None,
+                grad_folded_bias if ctx.needs_input_grad[5] else None, None, None, None)
 
 
-def _batch_normed(maps, a, conv_bias, norm_weight, norm_bias, eps: float, relu: bool,
-                  kernel: bool = False):
+def _batch_normed(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias,
+                  eps: float, relu: bool, kernel: bool = False):
     """:class:`BatchNormedCombination`'s forward: the output, and what
     :func:`.torch_ops.norm_fold` gives (the moments, the folded matrix and bias, the
     outputs' mean and variance), in plain operations or (``kernel``) the kernels."""
     with without_autocast(maps.device.type):
-        stats = (triton_fold.folded_norm(maps, a, conv_bias, norm_weight, norm_bias, eps)
-                 if kernel else norm_fold(maps, a, conv_bias, norm_weight, norm_bias, eps))
+        args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps)
+        stats = (triton_fold.folded_norm(*args) if kernel
+                 else norm_fold(maps, combination_rows(coefficients, output_index), *args[3:]))
         return _combine(maps, stats[2], stats[3], relu, kernel), stats
 
 
@@ -130,10 +139,10 @@ def _differentiable_backward(ctx, grad_out) -> tuple:
     gradient penalty, a Hessian-vector product): the forward recomputed in plain operations
     and differentiated by autograd, so the gradient has a graph of its own. The written-out
     backward has none, and a second-order gradient through it came out wrong or ``None``."""
-    maps, _, a, conv_bias, norm_weight, norm_bias, *_ = ctx.saved_tensors
-    inputs = (maps, a, conv_bias, norm_weight, norm_bias)
+    maps, _, coefficients, output_index, conv_bias, norm_weight, norm_bias, *_ = ctx.saved_tensors
+    inputs = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias)
     wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None]
-    grads = [None] * 8
+    grads = [None] * 9
     if wanted:
         out = _batch_normed(*inputs, ctx.eps, ctx.relu)[0]
         found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out,
@@ -144,14 +153,16 @@ def _differentiable_backward(ctx, grad_out) -> tuple:
 
 
 def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
-                          combination: torch.Tensor, conv_bias: torch.Tensor | None,
-                          stride, padding, dilation, *, norm_weight: torch.Tensor | None,
+                          coefficients: torch.Tensor, output_index: torch.Tensor,
+                          conv_bias: torch.Tensor | None, stride, padding, dilation, *,
+                          norm_weight: torch.Tensor | None,
                           norm_bias: torch.Tensor | None, eps: float,
                           running: tuple[torch.Tensor, torch.Tensor] | None, relu: bool,
                           fused: bool = False
                           ) -> tuple[torch.Tensor, BatchStatistics | None]:
-    """``relu?(batch_norm(conv(x)))`` for a basis conv (``combination`` ``[C_out, m]``, rows
-    in output order) without the full-width intermediates.
+    """``relu?(batch_norm(conv(x)))`` for a basis conv (``coefficients`` ``[C_out - m, m]``,
+    output channel ``j`` stored channel ``output_index[j]`` of ``[basis, combined]``:
+    :func:`.torch_ops.combination_rows`) without the full-width intermediates.
 
     ``running``: ``(mean, var)`` to normalize with (eval mode), or ``None`` to use the
     batch's statistics (training), which are then returned for the running averages.
@@ -169,15 +180,18 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
     # (not on the cost model's shape-only dry run, nor in an ONNX export, which has no
     # such op: the same function in standard ops there)
     kernel = fused and maps.device.type != "meta" and not torch.onnx.is_in_onnx_export()
-    a = combination if combination.dtype == torch.float64 else combination.float()
+    if coefficients.dtype != torch.float64:
+        coefficients = coefficients.float()
     count = maps.numel() // maps.shape[1]
     if running is None and count == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input "
-                         f"size {torch.Size((maps.shape[0], a.shape[0], *maps.shape[2:]))}")
+                         f"size {torch.Size((maps.shape[0], len(output_index), *maps.shape[2:]))}")
     if running is None and count > 1:
-        out, mean, var = BatchNormedCombination.apply(maps, a, conv_bias, norm_weight,
-                                                      norm_bias, eps, relu, kernel)
+        out, mean, var = BatchNormedCombination.apply(maps, coefficients, output_index,
+                                                      conv_bias, norm_weight, norm_bias, eps,
+                                                      relu, kernel)
         return out, BatchStatistics(mean, var, count)
+    a = combination_rows(coefficients, output_index)
     if running is None:  # an empty batch (see above)
         running = (torch.zeros_like(a[:, 0]), torch.ones_like(a[:, 0]))
     with without_autocast(x.device.type):

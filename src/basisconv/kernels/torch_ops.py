@@ -76,6 +76,27 @@ def materialized_weight(basis_weight: torch.Tensor, combination: torch.Tensor) -
     return flat.reshape(combination.shape[0], *basis_weight.shape[1:])
 
 
+def combination_rows(coefficients: torch.Tensor, output_index: torch.Tensor) -> torch.Tensor:
+    """The ``[C_out, m]`` matrix mapping basis maps to outputs, rows in output order:
+    output channel ``j`` is row ``output_index[j]`` of ``[identity (m x m); coefficients
+    (C_out - m x m)]``."""
+    basis_rows = torch.eye(coefficients.shape[1], dtype=coefficients.dtype,
+                           device=coefficients.device)
+    # autocast's cat refuses 16-bit inputs of the other 16-bit dtype (bf16 parameters under
+    # fp16 autocast), where the dense conv runs; the ops that use the matrix cast it
+    with without_autocast(basis_rows.device.type):
+        stacked = torch.cat([basis_rows, coefficients])
+    return stacked.index_select(0, output_index)
+
+
+def coefficients_grad(grad_rows: torch.Tensor, output_index: torch.Tensor,
+                      m: int) -> torch.Tensor:
+    """The coefficients' gradient from that of :func:`combination_rows`'s result (the
+    index is a permutation: coefficient row ``i`` is output channel ``j`` with
+    ``output_index[j] = m + i``)."""
+    return grad_rows.index_select(0, torch.argsort(output_index)[m:])
+
+
 def without_autocast(device_type: str):
     """Autocast off (a no-op on devices without autocast, e.g. the cost model's meta)."""
     if torch.amp.is_autocast_available(device_type):

@@ -33,18 +33,19 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_moments
-from .torch_ops import norm_fold, norm_fold_backward
+from .torch_ops import combination_rows, coefficients_grad, norm_fold, norm_fold_backward
 from .triton_combine import launching
 from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
 
 
-def _fold_kernel(sums_ptr, shift_ptr, a_ptr, conv_bias_ptr, weight_ptr, bias_ptr,
-                 mean_b_ptr, cov_ptr, folded_ptr, folded_bias_ptr, mean_ptr, var_ptr,
-                 count, eps, C_out, m, shift_s, a_sr, a_sk,
+def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight_ptr,
+                 bias_ptr, mean_b_ptr, cov_ptr, folded_ptr, folded_bias_ptr, mean_ptr, var_ptr,
+                 count, eps, C_out, m, shift_s, coef_sr, coef_sk,
                  HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                  HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program. ``sums`` ``[m + m*m]``: the sums of ``x - shift`` and of its outer
-    products over ``count`` rows; ``a`` ``[C_out, m]`` float32. Writes the maps' mean
+    products over ``count`` rows; the coefficients ``[C_out - m, m]`` and the output
+    index ``[C_out]`` of the combination. Writes the maps' mean
     ``[m]`` and covariance ``[m, m]``, the folded matrix ``[C_out, m]`` (contiguous, its
     own dtype), the folded bias and the outputs' mean and variance ``[C_out]``."""
     k = tl.arange(0, BLOCK_N)
@@ -65,7 +66,14 @@ def _fold_kernel(sums_ptr, shift_ptr, a_ptr, conv_bias_ptr, weight_ptr, bias_ptr
         across = r[:, None] + 0 * k[None, :]  # (r, j) -> r
         across_ok = (r < C_out)[:, None] & (k[None, :] >= 0)
         tile_ok = (r < C_out)[:, None] & k_ok[None, :]
-        a = tl.load(a_ptr + r[:, None] * a_sr + k[None, :] * a_sk, mask=tile_ok, other=0.0)
+        # the combination's rows: output channel r is row index[r] of [identity;
+        # coefficients] (:func:`.torch_ops.combination_rows`), built here, not by three
+        # launches forward and four backward; coef_row -1 for a basis output
+        index = tl.load(index_ptr + r, mask=r < C_out, other=0)
+        coef_row = tl.where(r < C_out, index - m, -1)
+        a = tl.load(coef_ptr + coef_row[:, None] * coef_sr + k[None, :] * coef_sk,
+                    mask=tile_ok & (coef_row >= 0)[:, None], other=0.0)
+        a = tl.where(tile_ok & (k[None, :] == index[:, None]), 1.0, a)
         mean = tl.dot(a, mean_b, input_precision="ieee")
         var = tl.maximum(tl.dot(tl.dot(a, cov, input_precision="ieee") * a, ones,
                                 input_precision="ieee"), 0.0)
@@ -85,17 +93,18 @@ def _fold_kernel(sums_ptr, shift_ptr, a_ptr, conv_bias_ptr, weight_ptr, bias_ptr
         tl.store(var_ptr + across, var, mask=across_ok & first)
 
 
-def _fold_backward_kernel(grad_folded_ptr, grad_folded_bias_ptr, a_ptr, mean_b_ptr, cov_ptr,
-                          mean_ptr, var_ptr, conv_bias_ptr, weight_ptr, grad_a_ptr,
-                          grad_conv_bias_ptr, grad_weight_ptr, sym_ptr, shift_ptr,
-                          count, eps, C_out, m, g_sr, g_sk, a_sr, a_sk,
+def _fold_backward_kernel(grad_folded_ptr, grad_folded_bias_ptr, coef_ptr, index_ptr,
+                          mean_b_ptr, cov_ptr, mean_ptr, var_ptr, conv_bias_ptr, weight_ptr,
+                          grad_coef_ptr, grad_conv_bias_ptr, grad_weight_ptr, sym_ptr,
+                          shift_ptr, count, eps, C_out, m, g_sr, g_sk, coef_sr, coef_sk,
                           HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                           MOMENTS_GRAD: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_N: tl.constexpr):
     """One program: :func:`.torch_ops.norm_fold_backward` over blocks of output channels,
-    the moments' part summed over them in the loop. Writes the gradients of ``a``
-    ``[C_out, m]`` (contiguous), the conv bias and the norm's weight ``[C_out]``, and the
-    moments' matrix ``[m, m]`` and bias ``[m]``."""
+    the moments' part summed over them in the loop. Writes the gradients of the
+    coefficients ``[C_out - m, m]`` (contiguous: each combined row's gradient to its
+    coefficient row), the conv bias and the norm's weight ``[C_out]``, and the moments'
+    matrix ``[m, m]`` and bias ``[m]``."""
     k = tl.arange(0, BLOCK_N)
     k_ok = k < m
     square_ok = k_ok[:, None] & k_ok[None, :]
@@ -109,7 +118,14 @@ def _fold_backward_kernel(grad_folded_ptr, grad_folded_bias_ptr, a_ptr, mean_b_p
         across = r[:, None] + 0 * k[None, :]
         across_ok = (r < C_out)[:, None] & (k[None, :] >= 0)
         tile_ok = (r < C_out)[:, None] & k_ok[None, :]
-        a = tl.load(a_ptr + r[:, None] * a_sr + k[None, :] * a_sk, mask=tile_ok, other=0.0)
+        # the combination's rows: output channel r is row index[r] of [identity;
+        # coefficients] (:func:`.torch_ops.combination_rows`), built here, not by three
+        # launches forward and four backward; coef_row -1 for a basis output
+        index = tl.load(index_ptr + r, mask=r < C_out, other=0)
+        coef_row = tl.where(r < C_out, index - m, -1)
+        a = tl.load(coef_ptr + coef_row[:, None] * coef_sr + k[None, :] * coef_sk,
+                    mask=tile_ok & (coef_row >= 0)[:, None], other=0.0)
+        a = tl.where(tile_ok & (k[None, :] == index[:, None]), 1.0, a)
         grad_folded = tl.load(grad_folded_ptr + r[:, None] * g_sr + k[None, :] * g_sk,
                               mask=tile_ok, other=0.0)
         grad_folded_bias = tl.load(grad_folded_bias_ptr + across, mask=across_ok, other=0.0)
@@ -131,7 +147,8 @@ def _fold_backward_kernel(grad_folded_ptr, grad_folded_bias_ptr, a_ptr, mean_b_p
         mean_b = tl.load(mean_b_ptr + k[None, :] + 0 * r[:, None], mask=tile_ok, other=0.0)
         grad_a = (scale * grad_folded + grad_mean * mean_b
                   + 2.0 * grad_var * tl.dot(a, cov, input_precision="ieee"))
-        tl.store(grad_a_ptr + r[:, None] * m + k[None, :], grad_a, mask=tile_ok)
+        tl.store(grad_coef_ptr + coef_row[:, None] * m + k[None, :], grad_a,
+                 mask=tile_ok & (coef_row >= 0)[:, None])
         if HAS_CONV_BIAS:
             tl.store(grad_conv_bias_ptr + across, grad_folded_bias * scale + grad_mean,
                      mask=across_ok & first)
@@ -178,135 +195,159 @@ def _optional(t: torch.Tensor | None, stand_in: torch.Tensor) -> torch.Tensor:
     return stand_in if t is None else t.float().contiguous()
 
 
-def fold(maps: torch.Tensor, a: torch.Tensor, conv_bias: torch.Tensor | None,
-         norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, eps: float
-         ) -> tuple[torch.Tensor, ...]:
-    """:func:`.torch_ops.norm_fold` through the moments' kernel and this module's (``m``
-    at most ``MAX_WIDTH``, at least one pixel, float32 ``a``); the folded matrix in the
+def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Tensor,
+         conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
+         norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, ...]:
+    """:func:`.torch_ops.norm_fold` of the combination ``combination_rows(coefficients,
+    output_index)`` through the moments' kernel and this module's (``m`` at most
+    ``MAX_WIDTH``, at least one pixel, float32 coefficients); the folded matrix in the
     maps' dtype."""
     shift, sums = triton_moments.moment_sums(maps)
-    c_out, m = a.shape
-    stats = (a.new_empty(m), a.new_empty((m, m)), maps.new_empty((c_out, m)),
-             *(a.new_empty(c_out) for _ in range(3)))
+    c_out, m = output_index.shape[0], maps.shape[1]
+    stats = (coefficients.new_empty(m), coefficients.new_empty((m, m)),
+             maps.new_empty((c_out, m)), *(coefficients.new_empty(c_out) for _ in range(3)))
     kernel = autotuned_on_first_use(_fold_kernel, _configs, ["C_out", "m"])
     with launching(maps):
-        kernel[(1,)](sums, shift, a, _optional(conv_bias, a), _optional(norm_weight, a),
-                     _optional(norm_bias, a), *stats, float(maps.numel() // m), eps, c_out, m,
-                     shift.stride(0), a.stride(0), a.stride(1),
-                     HAS_CONV_BIAS=conv_bias is not None, HAS_WEIGHT=norm_weight is not None,
-                     HAS_BIAS=norm_bias is not None, BLOCK_R=rows_per_block(m),
-                     BLOCK_N=_block_n(m))
+        kernel[(1,)](sums, shift, coefficients, output_index,
+                     *(_optional(t, coefficients) for t in (conv_bias, norm_weight, norm_bias)),
+                     *stats, float(maps.numel() // m), eps, c_out, m, shift.stride(0),
+                     *_strides(coefficients), HAS_CONV_BIAS=conv_bias is not None,
+                     HAS_WEIGHT=norm_weight is not None, HAS_BIAS=norm_bias is not None,
+                     BLOCK_R=rows_per_block(m), BLOCK_N=_block_n(m))
     return stats
 
 
-def fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor, a: torch.Tensor,
+def fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor,
+                  coefficients: torch.Tensor, output_index: torch.Tensor,
                   mean_b: torch.Tensor, cov_b: torch.Tensor, mean: torch.Tensor,
                   var: torch.Tensor, conv_bias: torch.Tensor | None,
                   norm_weight: torch.Tensor | None, eps: float, count: int,
                   moments_grad: bool) -> tuple[torch.Tensor, ...]:
-    """:func:`.torch_ops.norm_fold_backward` through this module's kernel, with empty
-    tensors where that gives None."""
-    c_out, m = a.shape
-    grad_a = a.new_empty((c_out, m))
-    grad_conv_bias, grad_weight = (a.new_empty(c_out if t is not None else 0)
+    """:func:`.torch_ops.norm_fold_backward` through this module's kernel, the gradient
+    of the coefficients for that of the combination, empty tensors where that gives None."""
+    c_out, m = output_index.shape[0], mean_b.shape[0]
+    grad_coefficients = torch.empty_like(coefficients, memory_format=torch.contiguous_format)
+    grad_conv_bias, grad_weight = (mean.new_empty(c_out if t is not None else 0)
                                    for t in (conv_bias, norm_weight))
-    sym, shift = ((a.new_empty((m, m)), a.new_empty(m)) if moments_grad
-                  else (a.new_empty(0), a.new_empty(0)))
+    sym, shift = ((mean.new_empty((m, m)), mean.new_empty(m)) if moments_grad
+                  else (mean.new_empty(0), mean.new_empty(0)))
     kernel = autotuned_on_first_use(_fold_backward_kernel, _configs, ["C_out", "m"])
-    with launching(a):
-        kernel[(1,)](grad_folded, grad_folded_bias.contiguous(), a, mean_b, cov_b, mean, var,
-                     _optional(conv_bias, a), _optional(norm_weight, a), grad_a, grad_conv_bias,
+    with launching(mean):
+        kernel[(1,)](grad_folded, grad_folded_bias.contiguous(), coefficients, output_index,
+                     mean_b, cov_b, mean, var, _optional(conv_bias, mean),
+                     _optional(norm_weight, mean), grad_coefficients, grad_conv_bias,
                      grad_weight, sym, shift, float(count), eps, c_out, m,
-                     grad_folded.stride(0), grad_folded.stride(1), a.stride(0), a.stride(1),
+                     *_strides(grad_folded), *_strides(coefficients),
                      HAS_CONV_BIAS=conv_bias is not None, HAS_WEIGHT=norm_weight is not None,
                      MOMENTS_GRAD=moments_grad, BLOCK_R=rows_per_block(m),
                      BLOCK_N=_block_n(m))
-    return grad_a, grad_conv_bias, grad_weight, sym, shift
+    return grad_coefficients, grad_conv_bias, grad_weight, sym, shift
 
 
-def _cannot_run(maps: torch.Tensor, a: torch.Tensor) -> bool:
+def _strides(t: torch.Tensor) -> tuple[int, int]:
+    """A matrix's strides (an empty one's as a contiguous one's: it is never read)."""
+    return t.stride() if t.numel() else (t.shape[1], 1)
+
+
+def _cannot_run(maps: torch.Tensor, coefficients: torch.Tensor) -> bool:
     """Where the moments' kernel cannot run (a basis too wide, silently, or said once), or
-    ``a`` is not float32 (a float64 layer's, which the moments refuse too)."""
-    return triton_moments.cannot_take(maps) or a.dtype != torch.float32
+    the coefficients are not float32 (a float64 layer's, which the moments refuse too)."""
+    return triton_moments.cannot_take(maps) or coefficients.dtype != torch.float32
+
+
+def _standard_fold(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps):
+    """:func:`fold` in standard ops, the folded matrix in the maps' dtype."""
+    a = combination_rows(coefficients, output_index)
+    mean_b, cov_b, folded, *rest = norm_fold(maps, a, conv_bias, norm_weight, norm_bias, eps)
+    return mean_b, cov_b, folded.to(maps.dtype), *rest
+
+
+def standard_fold_backward(grad_folded, grad_folded_bias, coefficients, output_index, mean_b,
+                            cov_b, mean, var, conv_bias, norm_weight, eps, count, moments_grad):
+    """:func:`fold_backward` in standard ops (None where it gives None)."""
+    a = combination_rows(coefficients, output_index)
+    grad_a, *rest = norm_fold_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean,
+                                       var, conv_bias, norm_weight, eps, count, moments_grad)
+    return coefficients_grad(grad_a, output_index, a.shape[1]), *rest
 
 
 # As ops with shape-only twins, as :mod:`.triton_combine`'s (``torch.compile`` keeps them
 # in its graph); where the kernels cannot run, the standard ops (:mod:`.torch_ops`).
 @torch.library.custom_op(
     "basisconv::folded_norm", mutates_args=(),
-    schema="(Tensor maps, Tensor a, Tensor? conv_bias, Tensor? norm_weight, "
-           "Tensor? norm_bias, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
-def folded_norm(maps: torch.Tensor, a: torch.Tensor, conv_bias: torch.Tensor | None,
-                norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, eps: float
-                ) -> tuple[torch.Tensor, ...]:
+    schema="(Tensor maps, Tensor coefficients, Tensor output_index, Tensor? conv_bias, "
+           "Tensor? norm_weight, Tensor? norm_bias, float eps) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+def folded_norm(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Tensor,
+                conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
+                norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, ...]:
     """:func:`fold` as an op: the maps' mean and covariance, the folded matrix (the maps'
     dtype) and bias, the outputs' mean and variance. Not differentiable
     (:class:`.norm.BatchNormedCombination` calls :func:`folded_norm_backward`)."""
-    if _cannot_run(maps, a):
-        mean_b, cov_b, folded, *rest = norm_fold(maps, a, conv_bias, norm_weight, norm_bias,
-                                                 eps)
-        return mean_b, cov_b, folded.to(maps.dtype), *rest
-    return fold(maps, a, conv_bias, norm_weight, norm_bias, eps)
+    args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps)
+    return _standard_fold(*args) if _cannot_run(maps, coefficients) else fold(*args)
 
 
 @folded_norm.register_fake
-def _folded_norm_shapes(maps, a, conv_bias, norm_weight, norm_bias, eps):
-    c_out, m = a.shape
-    return (a.new_empty(m), a.new_empty((m, m)), maps.new_empty((c_out, m)),
-            *(a.new_empty(c_out) for _ in range(3)))
+def _folded_norm_shapes(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias,
+                        eps):
+    c_out, m = output_index.shape[0], maps.shape[1]
+    return (coefficients.new_empty(m), coefficients.new_empty((m, m)),
+            maps.new_empty((c_out, m)), *(coefficients.new_empty(c_out) for _ in range(3)))
 
 
 @torch.library.custom_op(
     "basisconv::folded_norm_backward", mutates_args=(),
-    schema="(Tensor grad_folded, Tensor grad_folded_bias, Tensor a, Tensor mean_b, "
-           "Tensor cov_b, Tensor mean, Tensor var, Tensor? conv_bias, Tensor? norm_weight, "
-           "float eps, Tensor maps, bool moments_grad) "
-           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _folded_norm_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var,
-                          conv_bias, norm_weight, eps, maps, moments_grad):
-    count = maps.numel() // maps.shape[1]
-    args = (grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var, conv_bias,
-            norm_weight, eps, count, moments_grad)
-    if _cannot_run(maps, a):
-        return tuple(a.new_empty(0) if t is None else t for t in norm_fold_backward(*args))
+    schema="(Tensor grad_folded, Tensor grad_folded_bias, Tensor coefficients, "
+           "Tensor output_index, Tensor mean_b, Tensor cov_b, Tensor mean, Tensor var, "
+           "Tensor? conv_bias, Tensor? norm_weight, float eps, Tensor maps, "
+           "bool moments_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _folded_norm_backward(grad_folded, grad_folded_bias, coefficients, output_index, mean_b,
+                          cov_b, mean, var, conv_bias, norm_weight, eps, maps, moments_grad):
+    args = (grad_folded, grad_folded_bias, coefficients, output_index, mean_b, cov_b, mean,
+            var, conv_bias, norm_weight, eps, maps.numel() // maps.shape[1], moments_grad)
+    if _cannot_run(maps, coefficients):
+        return tuple(mean.new_empty(0) if t is None else t
+                     for t in standard_fold_backward(*args))
     return fold_backward(*args)
 
 
 @_folded_norm_backward.register_fake
-def _folded_norm_backward_shapes(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var,
-                                 conv_bias, norm_weight, eps, maps, moments_grad):
-    c_out, m = a.shape
-    return (a.new_empty((c_out, m)), *(a.new_empty(c_out if t is not None else 0)
-                                       for t in (conv_bias, norm_weight)),
-            *((a.new_empty((m, m)), a.new_empty(m)) if moments_grad
-              else (a.new_empty(0), a.new_empty(0))))
+def _folded_norm_backward_shapes(grad_folded, grad_folded_bias, coefficients, output_index,
+                                 mean_b, cov_b, mean, var, conv_bias, norm_weight, eps, maps,
+                                 moments_grad):
+    c_out, m = output_index.shape[0], mean_b.shape[0]
+    return (torch.empty_like(coefficients, memory_format=torch.contiguous_format),
+            *(mean.new_empty(c_out if t is not None else 0) for t in (conv_bias, norm_weight)),
+            *((mean.new_empty((m, m)), mean.new_empty(m)) if moments_grad
+              else (mean.new_empty(0), mean.new_empty(0))))
 
 
-def folded_norm_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var, conv_bias,
-                         norm_weight, eps, maps, moments_grad: bool) -> tuple:
-    """:func:`.torch_ops.norm_fold_backward`'s gradients (None where it gives None) through
-    the backward op; ``maps`` (their count of rows, and whether the kernels run)."""
-    grads = _folded_norm_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean, var,
-                                  conv_bias, norm_weight, eps, maps, moments_grad)
+def folded_norm_backward(grad_folded, grad_folded_bias, coefficients, output_index, mean_b,
+                         cov_b, mean, var, conv_bias, norm_weight, eps, maps,
+                         moments_grad: bool) -> tuple:
+    """:func:`standard_fold_backward`'s gradients (None where it gives None) through the
+    backward op; ``maps`` (their count of rows, and whether the kernels run)."""
+    grads = _folded_norm_backward(grad_folded, grad_folded_bias, coefficients, output_index,
+                                  mean_b, cov_b, mean, var, conv_bias, norm_weight, eps, maps,
+                                  moments_grad)
     present = (True, conv_bias is not None, norm_weight is not None, moments_grad, moments_grad)
     return tuple(g if keep else None for g, keep in zip(grads, present))
-
 
 
 # What ``FlopCounterMode`` counts for the standard ops the kernels replace (it counts
 # products of matrices, not sums or products with vectors).
 @register_flop_formula(torch.ops.basisconv.folded_norm)
-def _folded_norm_flops(maps_shape, a_shape, *args, **kwargs) -> int:
+def _folded_norm_flops(maps_shape, coefficients_shape, index_shape, *args, **kwargs) -> int:
     """The moments' Gram product ``2*M*m*m`` and ``a cov_b``, ``2*C_out*m*m``."""
     n, m, h, w = maps_shape
-    return 2 * n * h * w * m * m + 2 * a_shape[0] * m * m
+    return 2 * n * h * w * m * m + 2 * index_shape[0] * m * m
 
 
 @register_flop_formula(torch.ops.basisconv.folded_norm_backward)
-def _folded_norm_backward_flops(grad_shape, grad_bias_shape, a_shape, *args, moments_grad=None,
-                                **kwargs) -> int:
+def _folded_norm_backward_flops(grad_shape, *args, moments_grad=None, **kwargs) -> int:
     """``a cov_b`` again, and ``a^T diag(d var) a`` where the moments pass a gradient on."""
     if moments_grad is None:  # (positional: the schema's last argument)
         moments_grad = args[-1]
-    c_out, m = a_shape
+    c_out, m = grad_shape
     return 2 * c_out * m * m * (2 if moments_grad else 1)
