@@ -523,17 +523,13 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
         norm.num_batches_tracked.add_(1)
         if momentum is None:  # a cumulative average, as nn.BatchNorm2d keeps it
             momentum = 1.0 / float(norm.num_batches_tracked)
-    out, stats = basis_conv_batch_norm(
+    updating = batch_stats and tracking and norm.running_mean is not None
+    return basis_conv_batch_norm(
         x, layer.basis_weight, layer.coefficient_matrix(), layer.output_index, layer.bias,
         layer.stride, layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
         eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
-        relu=relu, fused=layer.combine == "fused")
-    if stats is not None and tracking and norm.running_mean is not None:
-        with torch.no_grad():
-            unbiased = stats.var * (stats.count / max(stats.count - 1, 1))
-            norm.running_mean.lerp_(stats.mean.to(norm.running_mean.dtype), momentum)
-            norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
-    return out
+        relu=relu, fused=layer.combine == "fused",
+        update=(norm.running_mean, norm.running_var, momentum) if updating else None)
 
 
 def check_convertible(conv: nn.Module, where: str = "") -> None:

@@ -173,7 +173,7 @@ def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
     present, the folded matrix in ``dtype`` (the rest float32)."""
     kernel = triton_fold._fold_backward_kernel if backward else triton_fold._fold_kernel
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
-    constants = {name: True for name in names if name.startswith(("HAS_", "MOMENTS_"))}
+    constants = {name: True for name in names if name.startswith(("HAS_", "MOMENTS_", "UPDATE"))}
     constants.update({name: 1 for name in ("shift_s", "coef_sk", "g_sk") if name in names},
                      BLOCK_R=triton_fold.rows_per_block(basis_width), BLOCK_N=basis_width)
     (config,) = triton_fold._configs(interpret=False, tune=False)
@@ -182,7 +182,7 @@ def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
                             if name == "index_ptr" else "fp32"
                             for name in names if name.endswith("_ptr")},
         [name for name in names if name.endswith("_ptr")], config.num_warps,
-        config.num_stages, floats=("count", "eps"))
+        config.num_stages, floats=("count", "eps", "momentum"))
 
 
 def combination_tiles(backward: bool) -> list[tuple[int, int, int]]:

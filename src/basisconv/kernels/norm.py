@@ -36,23 +36,12 @@ the price of a float64 copy of every basis output per step; see ``docs/speed.md`
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
 from . import triton_combine, triton_fold
 from .torch_ops import (combination_rows, fold, norm_fold, relu_combine, relu_combine_backward,
-                        without_autocast)
-
-
-class BatchStatistics(NamedTuple):
-    """Per-channel statistics of the combined outputs over the batch (detached), for the
-    caller's running averages: the mean and the biased variance, and the element count."""
-
-    mean: torch.Tensor
-    var: torch.Tensor
-    count: int
+                        update_running, without_autocast)
 
 
 class BatchNormedCombination(torch.autograd.Function):
@@ -79,23 +68,19 @@ class BatchNormedCombination(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps,
-                relu, kernel):
+                relu, kernel, running_mean, running_var, momentum):
         out, (mean_b, cov_b, folded, _, mean, var) = _batch_normed(
             maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps, relu,
-            kernel)
+            kernel, running_mean, running_var, momentum)
         # the output only for the ReLU's mask: without one, it may be changed in place later
         ctx.save_for_backward(maps, out if relu else None, coefficients, output_index,
                               conv_bias, norm_weight, norm_bias, mean_b, cov_b, mean, var,
                               folded)
         ctx.eps, ctx.relu, ctx.kernel = eps, relu, kernel
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)  # (no zero gradients made for mean and var: launches)
-        return out, mean, var
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_mean, _grad_var):
-        if grad_out is None:  # (the output unused: only mean or var were)
-            return (None,) * 9
+    def backward(ctx, grad_out):
         if torch.is_grad_enabled():  # create_graph=True: this gradient is differentiated too
             return _differentiable_backward(ctx, grad_out)
         (maps, out, coefficients, output_index, conv_bias, norm_weight, norm_bias, mean_b,
@@ -119,18 +104,25 @@ class BatchNormedCombination(torch.autograd.Function):
         return (grad_maps, grad_coefficients, None,
                 grad_conv_bias if ctx.needs_input_grad[3] else None,
                 grad_weight if ctx.needs_input_grad[4] else None,
-                grad_folded_bias if ctx.needs_input_grad[5] else None, None, None, None)
+                grad_folded_bias if ctx.needs_input_grad[5] else None, *(None,) * 6)
 
 
 def _batch_normed(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias,
-                  eps: float, relu: bool, kernel: bool = False):
+                  eps: float, relu: bool, kernel: bool = False, running_mean=None,
+                  running_var=None, momentum: float = 0.0):
     """:class:`BatchNormedCombination`'s forward: the output, and what
     :func:`.torch_ops.norm_fold` gives (the moments, the folded matrix and bias, the
-    outputs' mean and variance), in plain operations or (``kernel``) the kernels."""
+    outputs' mean and variance), in plain operations or (``kernel``) the kernels; the
+    running averages, where given, updated in place (by the fold's kernel there)."""
     with without_autocast(maps.device.type):
         args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps)
-        stats = (triton_fold.folded_norm(*args) if kernel
-                 else norm_fold(maps, combination_rows(coefficients, output_index), *args[3:]))
+        if kernel:
+            stats = triton_fold.folded_norm(*args, running_mean, running_var, momentum)
+        else:
+            stats = norm_fold(maps, combination_rows(coefficients, output_index), *args[3:])
+            if running_mean is not None:
+                update_running(running_mean, running_var, stats[4], stats[5],
+                               maps.numel() // maps.shape[1], momentum)
         return _combine(maps, stats[2], stats[3], relu, kernel), stats
 
 
@@ -142,7 +134,7 @@ def _differentiable_backward(ctx, grad_out) -> tuple:
     maps, _, coefficients, output_index, conv_bias, norm_weight, norm_bias, *_ = ctx.saved_tensors
     inputs = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias)
     wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None]
-    grads = [None] * 9
+    grads = [None] * 12
     if wanted:
         out = _batch_normed(*inputs, ctx.eps, ctx.relu)[0]
         found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out,
@@ -158,18 +150,21 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                           norm_weight: torch.Tensor | None,
                           norm_bias: torch.Tensor | None, eps: float,
                           running: tuple[torch.Tensor, torch.Tensor] | None, relu: bool,
-                          fused: bool = False
-                          ) -> tuple[torch.Tensor, BatchStatistics | None]:
+                          fused: bool = False,
+                          update: tuple[torch.Tensor, torch.Tensor, float] | None = None
+                          ) -> torch.Tensor:
     """``relu?(batch_norm(conv(x)))`` for a basis conv (``coefficients`` ``[C_out - m, m]``,
     output channel ``j`` stored channel ``output_index[j]`` of ``[basis, combined]``:
     :func:`.torch_ops.combination_rows`) without the full-width intermediates.
 
     ``running``: ``(mean, var)`` to normalize with (eval mode), or ``None`` to use the
-    batch's statistics (training), which are then returned for the running averages.
-    Batches of fewer than two values per channel are taken as batch norm takes them: one
-    value is refused (its variance is zero), and an empty batch, which has no statistics,
-    is "normalized" with mean 0 and variance 1 and returns none (its moments would be NaN,
-    and so would the running averages and the gradients of ``a`` and the norm's weight).
+    batch's statistics (training); then ``update``, ``(running_mean, running_var,
+    momentum)``, moves those running averages towards the batch's in place
+    (:func:`.torch_ops.update_running`). Batches of fewer than two values per channel are
+    taken as batch norm takes them: one value is refused (its variance is zero), and an
+    empty batch, which has no statistics, is "normalized" with mean 0 and variance 1 and
+    updates nothing (its moments would be NaN, and so would the running averages and the
+    gradients of ``a`` and the norm's weight).
 
     ``fused`` (the layer's ``combine="fused"``): the batch moments, the fold, the
     combination, its ReLU and their backward run as :mod:`.triton_moments`',
@@ -187,17 +182,16 @@ def basis_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
         raise ValueError(f"Expected more than 1 value per channel when training, got input "
                          f"size {torch.Size((maps.shape[0], len(output_index), *maps.shape[2:]))}")
     if running is None and count > 1:
-        out, mean, var = BatchNormedCombination.apply(maps, coefficients, output_index,
-                                                      conv_bias, norm_weight, norm_bias, eps,
-                                                      relu, kernel)
-        return out, BatchStatistics(mean, var, count)
+        return BatchNormedCombination.apply(maps, coefficients, output_index, conv_bias,
+                                            norm_weight, norm_bias, eps, relu, kernel,
+                                            *(update or (None, None, 0.0)))
     a = combination_rows(coefficients, output_index)
     if running is None:  # an empty batch (see above)
         running = (torch.zeros_like(a[:, 0]), torch.ones_like(a[:, 0]))
     with without_autocast(x.device.type):
         mean, var = (t.to(a.dtype) for t in running)
         folded, folded_bias = fold(a, mean, var, conv_bias, norm_weight, norm_bias, eps)
-    return _combine(maps, folded, folded_bias, relu, kernel), None
+    return _combine(maps, folded, folded_bias, relu, kernel)
 
 
 def _combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,

@@ -216,3 +216,13 @@ def norm_fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor
     grad_cov = a.T @ (grad_var[:, None] * a)
     sym = (grad_cov + grad_cov.T) / count
     return grad_a, grad_conv_bias, grad_weight, sym, (a.T @ grad_mean) / count - sym @ mean_b
+
+
+def update_running(running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
+                   var: torch.Tensor, count: int, momentum: float) -> None:
+    """Batch norm's running averages, in place, from a batch's mean and biased variance
+    over ``count`` values: the variance enters unbiased, as ``nn.BatchNorm2d`` keeps it."""
+    with torch.no_grad():
+        unbiased = var * (count / max(count - 1, 1))
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        running_var.lerp_(unbiased.to(running_var.dtype), momentum)

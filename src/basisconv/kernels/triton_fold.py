@@ -33,21 +33,25 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_moments
-from .torch_ops import combination_rows, coefficients_grad, norm_fold, norm_fold_backward
+from .torch_ops import (combination_rows, coefficients_grad, norm_fold, norm_fold_backward,
+                        update_running)
 from .triton_combine import launching
 from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
 
 
 def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight_ptr,
                  bias_ptr, mean_b_ptr, cov_ptr, folded_ptr, folded_bias_ptr, mean_ptr, var_ptr,
-                 count, eps, C_out, m, shift_s, coef_sr, coef_sk,
-                 HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+                 running_mean_ptr, running_var_ptr, count, eps, momentum, C_out, m, shift_s,
+                 coef_sr, coef_sk, HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, UPDATE: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
     """One program. ``sums`` ``[m + m*m]``: the sums of ``x - shift`` and of its outer
     products over ``count`` rows; the coefficients ``[C_out - m, m]`` and the output
     index ``[C_out]`` of the combination. Writes the maps' mean
     ``[m]`` and covariance ``[m, m]``, the folded matrix ``[C_out, m]`` (contiguous, its
-    own dtype), the folded bias and the outputs' mean and variance ``[C_out]``."""
+    own dtype), the folded bias and the outputs' mean and variance ``[C_out]``; with
+    ``UPDATE``, moves the norm's running averages towards them by ``momentum`` (the
+    variance unbiased), in place."""
     k = tl.arange(0, BLOCK_N)
     k_ok = k < m
     square_ok = k_ok[:, None] & k_ok[None, :]
@@ -91,6 +95,15 @@ def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight
         tl.store(folded_bias_ptr + across, folded_bias, mask=across_ok & first)
         tl.store(mean_ptr + across, mean, mask=across_ok & first)
         tl.store(var_ptr + across, var, mask=across_ok & first)
+        if UPDATE:  # (as Tensor.lerp_: start + weight * (end - start))
+            stored = across_ok & first
+            running = tl.load(running_mean_ptr + across, mask=stored, other=0.0).to(tl.float32)
+            tl.store(running_mean_ptr + across, (running + momentum * (mean - running)).to(
+                running_mean_ptr.dtype.element_ty), mask=stored)
+            running = tl.load(running_var_ptr + across, mask=stored, other=0.0).to(tl.float32)
+            unbiased = var * (count / (count - 1.0))
+            tl.store(running_var_ptr + across, (running + momentum * (unbiased - running)).to(
+                running_var_ptr.dtype.element_ty), mask=stored)
 
 
 def _fold_backward_kernel(grad_folded_ptr, grad_folded_bias_ptr, coef_ptr, index_ptr,
@@ -197,11 +210,14 @@ def _optional(t: torch.Tensor | None, stand_in: torch.Tensor) -> torch.Tensor:
 
 def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Tensor,
          conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
-         norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, ...]:
+         norm_bias: torch.Tensor | None, eps: float,
+         running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+         momentum: float = 0.0) -> tuple[torch.Tensor, ...]:
     """:func:`.torch_ops.norm_fold` of the combination ``combination_rows(coefficients,
     output_index)`` through the moments' kernel and this module's (``m`` at most
     ``MAX_WIDTH``, at least one pixel, float32 coefficients); the folded matrix in the
-    maps' dtype."""
+    maps' dtype. Given running averages (contiguous), updates them as
+    :func:`.torch_ops.update_running` does."""
     shift, sums = triton_moments.moment_sums(maps)
     c_out, m = output_index.shape[0], maps.shape[1]
     stats = (coefficients.new_empty(m), coefficients.new_empty((m, m)),
@@ -210,10 +226,13 @@ def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Ten
     with launching(maps):
         kernel[(1,)](sums, shift, coefficients, output_index,
                      *(_optional(t, coefficients) for t in (conv_bias, norm_weight, norm_bias)),
-                     *stats, float(maps.numel() // m), eps, c_out, m, shift.stride(0),
+                     *stats, *(coefficients if t is None else t
+                               for t in (running_mean, running_var)),
+                     float(maps.numel() // m), eps, momentum, c_out, m, shift.stride(0),
                      *_strides(coefficients), HAS_CONV_BIAS=conv_bias is not None,
                      HAS_WEIGHT=norm_weight is not None, HAS_BIAS=norm_bias is not None,
-                     BLOCK_R=rows_per_block(m), BLOCK_N=_block_n(m))
+                     UPDATE=running_mean is not None, BLOCK_R=rows_per_block(m),
+                     BLOCK_N=_block_n(m))
     return stats
 
 
@@ -255,11 +274,16 @@ def _cannot_run(maps: torch.Tensor, coefficients: torch.Tensor) -> bool:
     return triton_moments.cannot_take(maps) or coefficients.dtype != torch.float32
 
 
-def _standard_fold(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps):
+def _standard_fold(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps,
+                   running_mean=None, running_var=None, momentum=0.0):
     """:func:`fold` in standard ops, the folded matrix in the maps' dtype."""
     a = combination_rows(coefficients, output_index)
-    mean_b, cov_b, folded, *rest = norm_fold(maps, a, conv_bias, norm_weight, norm_bias, eps)
-    return mean_b, cov_b, folded.to(maps.dtype), *rest
+    mean_b, cov_b, folded, folded_bias, mean, var = norm_fold(maps, a, conv_bias, norm_weight,
+                                                              norm_bias, eps)
+    if running_mean is not None:
+        update_running(running_mean, running_var, mean, var, maps.numel() // maps.shape[1],
+                       momentum)
+    return mean_b, cov_b, folded.to(maps.dtype), folded_bias, mean, var
 
 
 def standard_fold_backward(grad_folded, grad_folded_bias, coefficients, output_index, mean_b,
@@ -274,23 +298,32 @@ def standard_fold_backward(grad_folded, grad_folded_bias, coefficients, output_i
 # As ops with shape-only twins, as :mod:`.triton_combine`'s (``torch.compile`` keeps them
 # in its graph); where the kernels cannot run, the standard ops (:mod:`.torch_ops`).
 @torch.library.custom_op(
-    "basisconv::folded_norm", mutates_args=(),
+    "basisconv::folded_norm", mutates_args=("running_mean", "running_var"),
     schema="(Tensor maps, Tensor coefficients, Tensor output_index, Tensor? conv_bias, "
-           "Tensor? norm_weight, Tensor? norm_bias, float eps) "
+           "Tensor? norm_weight, Tensor? norm_bias, float eps, Tensor(a!)? running_mean=None, "
+           "Tensor(b!)? running_var=None, float momentum=0.0) "
            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 def folded_norm(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Tensor,
                 conv_bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
-                norm_bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, ...]:
+                norm_bias: torch.Tensor | None, eps: float,
+                running_mean: torch.Tensor | None = None,
+                running_var: torch.Tensor | None = None, momentum: float = 0.0
+                ) -> tuple[torch.Tensor, ...]:
     """:func:`fold` as an op: the maps' mean and covariance, the folded matrix (the maps'
-    dtype) and bias, the outputs' mean and variance. Not differentiable
-    (:class:`.norm.BatchNormedCombination` calls :func:`folded_norm_backward`)."""
-    args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps)
-    return _standard_fold(*args) if _cannot_run(maps, coefficients) else fold(*args)
+    dtype) and bias, the outputs' mean and variance; the running averages, where given,
+    updated in place. Not differentiable (:class:`.norm.BatchNormedCombination` calls
+    :func:`folded_norm_backward`)."""
+    args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps,
+            running_mean, running_var, momentum)
+    if (_cannot_run(maps, coefficients) or running_mean is not None and not (
+            running_mean.is_contiguous() and running_var.is_contiguous())):
+        return _standard_fold(*args)
+    return fold(*args)
 
 
 @folded_norm.register_fake
 def _folded_norm_shapes(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias,
-                        eps):
+                        eps, running_mean=None, running_var=None, momentum=0.0):
     c_out, m = output_index.shape[0], maps.shape[1]
     return (coefficients.new_empty(m), coefficients.new_empty((m, m)),
             maps.new_empty((c_out, m)), *(coefficients.new_empty(c_out) for _ in range(3)))
