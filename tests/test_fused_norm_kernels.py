@@ -420,13 +420,15 @@ def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_ru
         torch.testing.assert_close(buffers[name], buffer, msg=name)
 
 
+@pytest.mark.parametrize("shift", [False, True], ids=["sums", "shift"])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_the_moments_kernel_compiles_to_hopper_machine_code_without_spilling(dtype, monkeypatch):
-    """At its widest basis (Triton's default three stages spilled there)."""
+def test_the_moments_kernel_compiles_to_hopper_machine_code_without_spilling(dtype, shift,
+                                                                             monkeypatch):
+    """At its widest basis (Triton's default three stages spilled there), and its shift's."""
     monkeypatch.delenv("TRITON_INTERPRET")
     from basisconv.bench.kernel_resources import compile_moments, resources
 
-    row = resources(compile_moments(triton_moments.MAX_WIDTH, dtype))
+    row = resources(compile_moments(triton_moments.MAX_WIDTH, dtype, shift))
     assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, row
 
 
@@ -580,3 +582,96 @@ def test_the_fold_kernels_compile_to_hopper_machine_code_without_spilling(backwa
 
     row = resources(compile_fold(backward, width, "bf16"))
     assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, row
+
+
+
+@pytest.mark.device
+def test_an_outlying_first_pixel_costs_the_moments_no_precision(device, kernel_runs):
+    """Found in review: the moments were shifted by the maps' first pixel, so one pixel a
+    thousand standard deviations out put its distance squared into every row's sums and
+    float32 cancelled the variance down to 4e-4 of itself (the standard ops: 3e-6). The
+    shift is now the mean of rows spread over the batch."""
+    torch.manual_seed(0)
+    maps = torch.randn(1, 4, 64, 64, device=device)
+    maps[0, :, 0, 0] = 1000.0
+    coefficients, output_index = torch.randn(4, 4, device=device), torch.arange(8, device=device)
+    got = triton_fold.folded_norm(maps, coefficients, output_index, None, None, None, 1e-5)
+    moments = triton_moments.fused_basis_moments(maps)
+    want = torch_ops.norm_fold(maps.double(), torch_ops.combination_rows(
+        coefficients.double(), output_index), None, None, None, 1e-5)
+    assert kernel_runs == ["fold", "moments", "moments"]
+    for name, g, w in [("cov_b", got[1], want[1]), ("var", got[5], want[5]),
+                       ("moments' cov", moments[1], want[1])]:
+        error = ((g.double() - w).abs().max() / w.abs().max()).item()
+        assert error < 1e-5, (name, error)
+
+
+@pytest.mark.device
+def test_a_zero_eps_keeps_the_folded_backward_finite(device, kernel_runs):
+    """Found in review: with ``eps=0`` the backward kernel's rows past ``C_out`` (21 here,
+    a block of 16 or 32) read a variance of 0, and the infinite ``rstd`` there made every
+    gradient of the maps NaN through ``0 * inf``."""
+    grads = {}
+    for combine in ("stacked", "fused"):
+        torch.manual_seed(0)
+        layer = BasisConv2d.from_conv(nn.Conv2d(4, 21, 3, padding=1, device=device), 5,
+                                      combine=combine, fuse_norm=True)
+        norm = nn.BatchNorm2d(21, eps=0.0, device=device)
+        x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+        conv_norm_act(layer, norm, x, relu=True).sum().backward()
+        grads[combine] = [x.grad, layer.basis_weight.grad, layer.coefficients.grad]
+    assert "fold_backward" in kernel_runs
+    for got, want in zip(grads["fused"], grads["stacked"]):
+        assert got.isfinite().all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_the_fold_ops_take_strided_index_and_statistics(kernel_runs):
+    """Found in review: the kernels read the output index and (backward) the statistics
+    without strides, so a strided view of the same values gave another folded matrix and
+    coefficient rows never written."""
+    maps, coefficients, output_index, *_ = fold_inputs(21, 5, "cpu", False, False, False)
+
+    def strided(t):
+        return torch.stack([t, torch.zeros_like(t)], -1)[..., 0]
+
+    want = triton_fold.folded_norm(maps, coefficients, output_index, None, None, None, 1e-5)
+    got = triton_fold.folded_norm(maps, coefficients, strided(output_index), None, None, None,
+                                  1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    grads = torch.randn(21, 5), torch.randn(21)
+    mean_b, cov_b, _, _, mean, var = want
+    backward = [triton_fold._folded_norm_backward(
+        *grads, coefficients, index, *stats, None, None, 1e-5, maps, True)
+        for index, stats in ((output_index, (mean_b, cov_b, mean, var)),
+                             (strided(output_index), [strided(t) for t in (mean_b, cov_b, mean, var)]))]
+    for a, b in zip(*backward):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("frozen", ["basis", "all but the norm's bias"])
+def test_the_cost_model_counts_the_kernels_backward_as_it_runs(frozen, kernel_runs):
+    """Found in review: the combination's backward kernel computed the maps' gradient even
+    where nothing needs it (the stem: images without gradient, its basis frozen), 16,384
+    FLOPs a step more than ``model_cost`` counts; it now computes what is asked."""
+    from basisconv.cost import measure_flops, model_cost
+    from basisconv.models import build_model
+    from basisconv.surgery import apply_basis
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 1x1 shortcuts save no compute; convert anyway
+        model = apply_basis(build_model("resnet8", width=0.5), "all", 0.5, convert=False,
+                            fuse_norm=True, combine="fused")
+    for module in model.modules():
+        if isinstance(module, BasisConv2d):
+            module.requires_grad_(frozen != "basis")
+            module.basis_weight.requires_grad_(False)
+        elif isinstance(module, nn.BatchNorm2d) and frozen != "basis":
+            module.weight.requires_grad_(False)
+    counted = measure_flops(model, (2, 3, 8, 8))
+    cost = model_cost(model, (2, 3, 8, 8))
+    assert "combine_backward" in kernel_runs
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])

@@ -147,18 +147,23 @@ def compile_combination(backward: bool, basis_width: int, dtype: str = "bf16",
     pointers = {name: "fp32" if name.startswith(("part_", "bias")) else dtype
                 for name in names if name.endswith("_ptr")}
     constants = {name: 1 for name in names if name.endswith(("_sc", "_sb"))}
+    if backward:
+        constants["MAPS_GRAD"] = True
     constants.update(RELU=True, PRECISION="tf32", BLOCK_N=basis_width, BLOCK_C=block_c,
                      BLOCK_M=triton_combine._rows_per_program(basis_width))
     return compile_for_hopper(kernel, constants, pointers,
                               [name for name in names if name not in constants], warps, stages)
 
 
-def compile_moments(basis_width: int, dtype: str = "bf16"):
-    """The batch moments' kernel (:mod:`basisconv.kernels.triton_moments`) compiled for
-    sm_90 at ``BLOCK_N = basis_width`` over ``dtype`` maps in channels_last."""
-    kernel = triton_moments._moments_kernel
+def compile_moments(basis_width: int, dtype: str = "bf16", shift: bool = False):
+    """The batch moments' kernel (:mod:`basisconv.kernels.triton_moments`; its shift's with
+    ``shift``) compiled for sm_90 at ``BLOCK_N = basis_width`` over ``dtype`` maps in
+    channels_last."""
+    kernel = triton_moments._shift_kernel if shift else triton_moments._moments_kernel
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
-    constants = {"sc": 1, "BLOCK_M": triton_moments.ROWS_PER_BLOCK, "BLOCK_N": basis_width}
+    constants = {"sc": 1, "BLOCK_N": basis_width}
+    constants.update({"SAMPLE": triton_moments.SHIFT_SAMPLE} if shift
+                     else {"BLOCK_M": triton_moments.ROWS_PER_BLOCK})
     (config,) = triton_moments._configs(interpret=False, tune=False)
     return compile_for_hopper(
         kernel, constants, {name: "fp32" if name != "maps_ptr" else dtype
@@ -174,7 +179,7 @@ def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
     kernel = triton_fold._fold_backward_kernel if backward else triton_fold._fold_kernel
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
     constants = {name: True for name in names if name.startswith(("HAS_", "MOMENTS_", "UPDATE"))}
-    constants.update({name: 1 for name in ("shift_s", "coef_sk", "g_sk") if name in names},
+    constants.update({name: 1 for name in ("coef_sk", "g_sk") if name in names},
                      BLOCK_R=triton_fold.rows_per_block(basis_width), BLOCK_N=basis_width)
     (config,) = triton_fold._configs(interpret=False, tune=False)
     return compile_for_hopper(

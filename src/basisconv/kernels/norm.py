@@ -87,10 +87,10 @@ class BatchNormedCombination(torch.autograd.Function):
          cov_b, mean, var, folded) = ctx.saved_tensors
         maps_grad = ctx.needs_input_grad[0]
         with without_autocast(maps.device.type):
-            grad_maps, grad_folded, grad_folded_bias = (
-                triton_combine.folded_combine_backward(grad_out, out, maps, folded, ctx.relu)
-                if ctx.kernel else relu_combine_backward(grad_out, out, maps, folded, ctx.relu,
-                                                         maps_grad))
+            backward = (triton_combine.folded_combine_backward if ctx.kernel
+                        else relu_combine_backward)
+            grad_maps, grad_folded, grad_folded_bias = backward(grad_out, out, maps, folded,
+                                                                ctx.relu, maps_grad)
             grad_folded_bias = grad_folded_bias.to(mean.dtype)
             grads = (grad_folded.to(mean.dtype), grad_folded_bias, coefficients, output_index,
                      mean_b, cov_b, mean, var, conv_bias, norm_weight, ctx.eps)
@@ -101,6 +101,8 @@ class BatchNormedCombination(torch.autograd.Function):
             if maps_grad:  # the moments' part: d rows += rows S + shift, an m -> m 1x1 conv
                 grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
                                                  shift.to(maps.dtype))
+            else:
+                grad_maps = None
         return (grad_maps, grad_coefficients, None,
                 grad_conv_bias if ctx.needs_input_grad[3] else None,
                 grad_weight if ctx.needs_input_grad[4] else None,

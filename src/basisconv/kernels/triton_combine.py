@@ -72,9 +72,9 @@ def _combine_backward_kernel(grad_ptr, out_ptr, maps_ptr, mat_ptr, grad_maps_ptr
                              part_mat_ptr, part_bias_ptr, M, HW, m, C_out,
                              g_sn, g_sc, g_sp, out_sn, out_sc, out_sp,
                              maps_sn, maps_sc, maps_sp, gm_sn, gm_sc, gm_sp,
-                             RELU: tl.constexpr, PRECISION: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_C: tl.constexpr):
+                             RELU: tl.constexpr, MAPS_GRAD: tl.constexpr,
+                             PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """One program: ``BLOCK_M`` pixels. ``mat`` is the folded matrix ``[C_out, m]``;
     ``part_mat`` ``[programs, C_out, m]`` and
     ``part_bias`` ``[programs, C_out]`` (float32) take this program's partial sums."""
@@ -105,7 +105,8 @@ def _combine_backward_kernel(grad_ptr, out_ptr, maps_ptr, mat_ptr, grad_maps_ptr
             g = tl.where(out > 0, g, 0.0).to(maps.dtype)
         mat = tl.load(mat_ptr + oc[:, None] * m + offs_n[None, :],
                       mask=oc_ok[:, None] & basis_ok[None, :], other=0.0)
-        grad_maps = tl.dot(g, mat, grad_maps, input_precision=PRECISION)
+        if MAPS_GRAD:
+            grad_maps = tl.dot(g, mat, grad_maps, input_precision=PRECISION)
         g_t = tl.trans(g)
         tl.store(part_mat + oc[:, None] * m + offs_n[None, :],
                  tl.dot(g_t, maps, input_precision=PRECISION),
@@ -113,8 +114,10 @@ def _combine_backward_kernel(grad_ptr, out_ptr, maps_ptr, mat_ptr, grad_maps_ptr
         tl.store(part_bias + oc[:, None] + 0 * one_column[None, :],
                  tl.dot(g_t, ones, input_precision=PRECISION),
                  mask=oc_ok[:, None] & one_column[None, :])
-    tl.store(grad_maps_ptr + (image * gm_sn + pixel * gm_sp)[:, None] + offs_n[None, :] * gm_sc,
-             grad_maps.to(grad_maps_ptr.dtype.element_ty), mask=maps_ok)
+    if MAPS_GRAD:
+        tl.store(grad_maps_ptr + (image * gm_sn + pixel * gm_sp)[:, None]
+                 + offs_n[None, :] * gm_sc, grad_maps.to(grad_maps_ptr.dtype.element_ty),
+                 mask=maps_ok)
 
 
 #: Output-channel blocks, warps and stages the GPU autotunes over (the rows per program
@@ -188,14 +191,15 @@ def combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
 
 
 def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: torch.Tensor,
-                     matrix: torch.Tensor, relu: bool
+                     matrix: torch.Tensor, relu: bool, maps_grad: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`combine` for the maps (their dtype, the layout
-    ``empty_like`` gives them), the matrix and the bias (float32), given the output
-    gradient and, for the ReLU's mask, the output."""
-    grad_maps = torch.empty_like(maps)  # the layout the shape-only twin promises
+    ``empty_like`` gives them; an empty tensor unless ``maps_grad``), the matrix and the
+    bias (float32), given the output gradient and, for the ReLU's mask, the output."""
+    grad_maps = _maps_grad_shape(maps, maps_grad)
     maps, maps_strides = kernel_strides(maps)
-    work, work_strides = kernel_strides(grad_maps)  # itself, unless its pixels do not merge
+    # itself, unless its pixels do not merge (the maps' strides, unused, where none is made)
+    work, work_strides = kernel_strides(grad_maps) if maps_grad else (grad_maps, maps_strides)
     n, m, h, w = maps.shape
     c_out = matrix.shape[0]
     grad_out, g_strides = kernel_strides(grad_out.to(maps.dtype))
@@ -212,12 +216,18 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
             kernel[(programs,)](
                 grad_out, out, maps, matrix.to(maps.dtype).contiguous(), work, part_mat,
                 part_bias, rows, h * w, m, c_out, *g_strides, *out_strides, *maps_strides,
-                *work_strides, RELU=relu,
+                *work_strides, RELU=relu, MAPS_GRAD=maps_grad,
                 PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
                 BLOCK_N=max(16, triton.next_power_of_2(m)))
     if work is not grad_maps:
         grad_maps.copy_(work)
     return grad_maps, part_mat.sum(0), part_bias.sum(0)
+
+
+def _maps_grad_shape(maps: torch.Tensor, maps_grad: bool) -> torch.Tensor:
+    """The maps' gradient as the ops give it: ``empty_like`` the maps, or empty (none
+    computed)."""
+    return torch.empty_like(maps) if maps_grad else maps.new_empty(0)
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
@@ -271,23 +281,27 @@ def _folded_combine_shape(maps, matrix, bias, relu):
 
 @torch.library.custom_op(
     "basisconv::folded_combine_backward", mutates_args=(),
-    schema="(Tensor grad_out, Tensor? out, Tensor maps, Tensor matrix, bool relu) "
-           "-> (Tensor, Tensor, Tensor)")
+    schema="(Tensor grad_out, Tensor? out, Tensor maps, Tensor matrix, bool relu, "
+           "bool maps_grad=True) -> (Tensor, Tensor, Tensor)")
 def folded_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
-                            maps: torch.Tensor, matrix: torch.Tensor, relu: bool
+                            maps: torch.Tensor, matrix: torch.Tensor, relu: bool,
+                            maps_grad: bool = True
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`combine_backward` as an op."""
+    """:func:`combine_backward` as an op (the maps' gradient empty unless ``maps_grad``:
+    a frozen basis on an input without gradient needs none)."""
     if cannot_run(maps):
-        grads = relu_combine_backward(grad_out, out, maps, matrix, relu)
-        return (_as(grads[0], torch.empty_like(maps)),
+        grads = relu_combine_backward(grad_out, out, maps, matrix, relu, maps_grad)
+        return (_as(grads[0], _maps_grad_shape(maps, True)) if maps_grad
+                else _maps_grad_shape(maps, False),
                 *(grad.to(sums_dtype(maps)) for grad in grads[1:]))
-    return combine_backward(grad_out, out, maps, matrix, relu)
+    return combine_backward(grad_out, out, maps, matrix, relu, maps_grad)
 
 
 @folded_combine_backward.register_fake
-def _folded_combine_backward_shapes(grad_out, out, maps, matrix, relu):
+def _folded_combine_backward_shapes(grad_out, out, maps, matrix, relu, maps_grad=True):
     c_out, m = matrix.shape
-    return (torch.empty_like(maps), maps.new_empty((c_out, m), dtype=sums_dtype(maps)),
+    return (_maps_grad_shape(maps, maps_grad),
+            maps.new_empty((c_out, m), dtype=sums_dtype(maps)),
             maps.new_empty((c_out,), dtype=sums_dtype(maps)))
 
 
@@ -302,8 +316,11 @@ def _backward(ctx, grad_out):
     # a backward that is itself differentiated (create_graph=True, a gradient penalty):
     # standard ops, which autograd differentiates; the backward op has no gradient
     backward = relu_combine_backward if torch.is_grad_enabled() else folded_combine_backward
-    grad_maps, grad_matrix, grad_bias = backward(grad_out, out, maps, matrix, ctx.relu)
-    return grad_maps, grad_matrix.to(matrix.dtype), grad_bias.to(ctx.bias_dtype), None
+    maps_grad = ctx.needs_input_grad[0]
+    grad_maps, grad_matrix, grad_bias = backward(grad_out, out, maps, matrix, ctx.relu,
+                                                 maps_grad)
+    return (grad_maps if maps_grad else None, grad_matrix.to(matrix.dtype),
+            grad_bias.to(ctx.bias_dtype), None)
 
 
 folded_combine.register_autograd(_backward, setup_context=_save_for_backward)
@@ -317,8 +334,8 @@ def _folded_combine_flops(maps_shape, matrix_shape, *args, **kwargs) -> int:
 
 
 @register_flop_formula(torch.ops.basisconv.folded_combine_backward)
-def _folded_combine_backward_flops(grad_shape, out_shape_, maps_shape, matrix_shape, *args,
-                                   **kwargs) -> int:
-    """The 1x1 conv's backward for the maps and the matrix, as counted for it (the sum for
-    the bias is not counted, as ``FlopCounterMode`` counts no sum)."""
-    return 2 * _folded_combine_flops(maps_shape, matrix_shape)
+def _folded_combine_backward_flops(grad_shape, out_shape_, maps_shape, matrix_shape, relu=None,
+                                   maps_grad=True, **kwargs) -> int:
+    """The 1x1 conv's backward for the maps (where asked) and the matrix, as counted for
+    it (the sum for the bias is not counted, as ``FlopCounterMode`` counts no sum)."""
+    return (2 if maps_grad else 1) * _folded_combine_flops(maps_shape, matrix_shape)

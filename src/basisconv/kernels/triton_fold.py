@@ -41,8 +41,8 @@ from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
 
 def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight_ptr,
                  bias_ptr, mean_b_ptr, cov_ptr, folded_ptr, folded_bias_ptr, mean_ptr, var_ptr,
-                 running_mean_ptr, running_var_ptr, count, eps, momentum, C_out, m, shift_s,
-                 coef_sr, coef_sk, HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                 running_mean_ptr, running_var_ptr, count, eps, momentum, C_out, m, coef_sr,
+                 coef_sk, HAS_CONV_BIAS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                  HAS_BIAS: tl.constexpr, UPDATE: tl.constexpr, BLOCK_R: tl.constexpr,
                  BLOCK_N: tl.constexpr):
     """One program. ``sums`` ``[m + m*m]``: the sums of ``x - shift`` and of its outer
@@ -59,7 +59,7 @@ def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight
     down_ok = k_ok[:, None] & (k[None, :] >= 0)
     first = k[None, :] == 0  # where a repeated tile is stored from
     offset = tl.load(sums_ptr + down, mask=down_ok, other=0.0) / count
-    mean_b = tl.load(shift_ptr + down * shift_s, mask=down_ok, other=0.0).to(tl.float32) + offset
+    mean_b = tl.load(shift_ptr + down, mask=down_ok, other=0.0) + offset
     cov = (tl.load(sums_ptr + m + k[:, None] * m + k[None, :], mask=square_ok, other=0.0) / count
            - offset * tl.trans(offset))
     tl.store(mean_b_ptr + down, mean_b, mask=down_ok & first)
@@ -81,7 +81,7 @@ def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight
         mean = tl.dot(a, mean_b, input_precision="ieee")
         var = tl.maximum(tl.dot(tl.dot(a, cov, input_precision="ieee") * a, ones,
                                 input_precision="ieee"), 0.0)
-        rstd = 1.0 / tl.sqrt(var + eps)
+        rstd = 1.0 / tl.sqrt(tl.where(across_ok, var, 1.0) + eps)  # (as in the backward)
         scale = rstd
         if HAS_WEIGHT:
             scale = rstd * tl.load(weight_ptr + across, mask=across_ok, other=0.0)
@@ -142,7 +142,9 @@ def _fold_backward_kernel(grad_folded_ptr, grad_folded_bias_ptr, coef_ptr, index
         grad_folded = tl.load(grad_folded_ptr + r[:, None] * g_sr + k[None, :] * g_sk,
                               mask=tile_ok, other=0.0)
         grad_folded_bias = tl.load(grad_folded_bias_ptr + across, mask=across_ok, other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.load(var_ptr + across, mask=across_ok, other=0.0) + eps)
+        # (rows past C_out read a variance of 1: with eps = 0 a 0 there gave an infinite
+        # rstd, and its 0 * inf = NaN reached the moments' sums through the products)
+        rstd = 1.0 / tl.sqrt(tl.load(var_ptr + across, mask=across_ok, other=1.0) + eps)
         shifted = -tl.load(mean_ptr + across, mask=across_ok, other=0.0)
         if HAS_CONV_BIAS:
             shifted += tl.load(conv_bias_ptr + across, mask=across_ok, other=0.0)
@@ -220,6 +222,7 @@ def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Ten
     :func:`.torch_ops.update_running` does."""
     shift, sums = triton_moments.moment_sums(maps)
     c_out, m = output_index.shape[0], maps.shape[1]
+    output_index = output_index.contiguous()  # (the kernels read these without strides)
     stats = (coefficients.new_empty(m), coefficients.new_empty((m, m)),
              maps.new_empty((c_out, m)), *(coefficients.new_empty(c_out) for _ in range(3)))
     kernel = autotuned_on_first_use(_fold_kernel, _configs, ["C_out", "m"])
@@ -228,7 +231,7 @@ def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Ten
                      *(_optional(t, coefficients) for t in (conv_bias, norm_weight, norm_bias)),
                      *stats, *(coefficients if t is None else t
                                for t in (running_mean, running_var)),
-                     float(maps.numel() // m), eps, momentum, c_out, m, shift.stride(0),
+                     float(maps.numel() // m), eps, momentum, c_out, m,
                      *_strides(coefficients), HAS_CONV_BIAS=conv_bias is not None,
                      HAS_WEIGHT=norm_weight is not None, HAS_BIAS=norm_bias is not None,
                      UPDATE=running_mean is not None, BLOCK_R=rows_per_block(m),
@@ -245,6 +248,9 @@ def fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor,
     """:func:`.torch_ops.norm_fold_backward` through this module's kernel, the gradient
     of the coefficients for that of the combination, empty tensors where that gives None."""
     c_out, m = output_index.shape[0], mean_b.shape[0]
+    # (the kernel reads these without strides: no copy for the layer's own)
+    output_index, mean_b, cov_b, mean, var = (t.contiguous() for t in (output_index, mean_b,
+                                                                      cov_b, mean, var))
     grad_coefficients = torch.empty_like(coefficients, memory_format=torch.contiguous_format)
     grad_conv_bias, grad_weight = (mean.new_empty(c_out if t is not None else 0)
                                    for t in (conv_bias, norm_weight))
