@@ -675,3 +675,24 @@ def test_the_cost_model_counts_the_kernels_backward_as_it_runs(frozen, kernel_ru
     assert "combine_backward" in kernel_runs
     assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
                                                          counted["backward_flops"])
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("momentum, track", [(None, True), (0.5, True), (0.1, False)],
+                         ids=["cumulative", "momentum-0.5", "untracked"])
+def test_the_kernels_running_averages_are_batch_norms(momentum, track, device, kernel_runs):
+    """Three training steps of a folded layer through the kernels (which move the running
+    averages in place) against the dense conv, ``nn.BatchNorm2d`` and ReLU: outputs and
+    every buffer, with a cumulative average, another momentum, and no tracking."""
+    torch.manual_seed(0)
+    layer = BasisConv2d.from_conv(nn.Conv2d(5, 24, 3, padding=1, device=device), 7,
+                                  combine="fused", fuse_norm=True)
+    norm = nn.BatchNorm2d(24, momentum=momentum, track_running_stats=track, device=device)
+    dense, dense_norm = layer.to_conv(), copy.deepcopy(norm)
+    for _ in range(3):
+        x = torch.randn(3, 5, 6, 7, device=device) + 0.3
+        torch.testing.assert_close(conv_norm_act(layer, norm, x, relu=True),
+                                   F.relu(dense_norm(dense(x))), rtol=1e-4, atol=1e-4)
+    assert kernel_runs.count("fold") == 3
+    for (name, got), want in zip(norm.named_buffers(), dense_norm.buffers()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
