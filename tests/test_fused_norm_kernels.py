@@ -696,3 +696,60 @@ def test_the_kernels_running_averages_are_batch_norms(momentum, track, device, k
     assert kernel_runs.count("fold") == 3
     for (name, got), want in zip(norm.named_buffers(), dense_norm.buffers()):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("combine", ["stacked", "fused"])
+def test_a_cumulative_average_without_a_batch_counter_leaves_the_buffers(combine, kernel_runs):
+    """Found in review: ``momentum=None`` with ``num_batches_tracked`` set to None (a state
+    dict saved without it) crashed the fold; batch norm averages by 0 there: the running
+    statistics stay, the output is the batch's."""
+    torch.manual_seed(0)
+    layer = BasisConv2d.from_conv(nn.Conv2d(6, 20, 3, padding=1), 7, fuse_norm=True,
+                                  combine=combine)
+    norm = nn.BatchNorm2d(20, momentum=None)
+    norm.num_batches_tracked = None
+    reference = copy.deepcopy(norm)
+    x = torch.randn(3, 6, 5, 4)
+    torch.testing.assert_close(conv_norm_act(layer, norm, x, relu=True),
+                               F.relu(reference(layer.to_conv()(x))), rtol=1e-4, atol=1e-4)
+    assert (norm.running_mean == 0).all() and (norm.running_var == 1).all()
+    assert ("fold" in kernel_runs) == (combine == "fused")
+
+
+@pytest.mark.parametrize("combine", ["stacked", "fused"])
+def test_a_compiled_cumulative_average_traced_as_a_symbol_updates_once(combine, kernel_runs):
+    """Found in review: under ``torch.compile`` with ``capture_scalar_outputs`` a cumulative
+    average's momentum (``1 / num_batches_tracked``) is a traced symbol, which the fold
+    kernel's float argument refused (and ``lerp_`` with it failed under Inductor). While
+    tracing, the update runs in standard ops, which the compiler fuses; the buffers after
+    two compiled steps are eager's."""
+    torch.manual_seed(0)
+    layer = BasisConv2d.from_conv(nn.Conv2d(6, 20, 3, padding=1), 7, fuse_norm=True,
+                                  combine=combine)
+    eager = (layer, nn.BatchNorm2d(20, momentum=None))
+    compiled = copy.deepcopy(eager)
+    step_compiled = torch.compile(lambda x: conv_norm_act(*compiled, x, relu=True),
+                                  backend="aot_eager")
+    try:
+        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+            for _ in range(2):
+                x = torch.randn(2, 6, 5, 5)
+                torch.testing.assert_close(step_compiled(x), conv_norm_act(*eager, x, relu=True))
+    finally:
+        torch._dynamo.reset()
+    for (name, got), want in zip(compiled[1].named_buffers(), eager[1].buffers()):
+        torch.testing.assert_close(got, want, msg=name)
+
+
+@pytest.mark.device
+def test_the_moments_shift_does_not_sample_one_pixel_of_every_image(device, kernel_runs):
+    """Found in review: rows spread evenly over a batch of 64 images are the first pixel of
+    each, so a border pixel unlike the rest set the shift (six standard deviations from
+    the mean here); the sampled place now varies within each run of rows."""
+    torch.manual_seed(0)
+    maps = torch.randn(64, 3, 6, 6, device=device)
+    maps[:, :, 0, 0] += 50.0
+    shift, _ = triton_moments.moment_sums(maps)
+    rows = maps.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    distance = (shift.double() - rows.mean(0)).abs() / rows.std(0)
+    assert kernel_runs == ["moments"] and distance.max() < 2, distance

@@ -523,6 +523,8 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
         norm.num_batches_tracked.add_(1)
         if momentum is None:  # a cumulative average, as nn.BatchNorm2d keeps it
             momentum = 1.0 / float(norm.num_batches_tracked)
+    if momentum is None:  # (no batch counter to average by: batch norm's factor is 0 then)
+        momentum = 0.0
     updating = batch_stats and tracking and norm.running_mean is not None
     return basis_conv_batch_norm(
         x, layer.basis_weight, layer.coefficient_matrix(), layer.output_index, layer.bias,

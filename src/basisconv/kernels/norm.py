@@ -118,13 +118,19 @@ def _batch_normed(maps, coefficients, output_index, conv_bias, norm_weight, norm
     running averages, where given, updated in place (by the fold's kernel there)."""
     with without_autocast(maps.device.type):
         args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps)
+        # (not while torch.compile traces: it fuses the standard ops' update itself, and a
+        # cumulative average's momentum can be a traced symbol there, which the kernel's
+        # float argument refuses)
+        in_kernel = (kernel and running_mean is not None
+                     and not torch.compiler.is_compiling())
         if kernel:
-            stats = triton_fold.folded_norm(*args, running_mean, running_var, momentum)
+            stats = triton_fold.folded_norm(*args, *((running_mean, running_var, momentum)
+                                                     if in_kernel else ()))
         else:
             stats = norm_fold(maps, combination_rows(coefficients, output_index), *args[3:])
-            if running_mean is not None:
-                update_running(running_mean, running_var, stats[4], stats[5],
-                               maps.numel() // maps.shape[1], momentum)
+        if running_mean is not None and not in_kernel:
+            update_running(running_mean, running_var, stats[4], stats[5],
+                           maps.numel() // maps.shape[1], momentum)
         return _combine(maps, stats[2], stats[3], relu, kernel), stats
 
 

@@ -211,7 +211,7 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
     part_bias = maps.new_empty((programs, c_out), dtype=torch.float32)
     if rows:
         kernel = autotuned_on_first_use(_combine_backward_kernel, _backward_tile_configs,
-                                        ["M", "m", "C_out", "RELU"])
+                                        ["M", "m", "C_out", "RELU", "MAPS_GRAD"])
         with launching(maps):
             kernel[(programs,)](
                 grad_out, out, maps, matrix.to(maps.dtype).contiguous(), work, part_mat,

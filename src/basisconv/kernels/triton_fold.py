@@ -95,14 +95,15 @@ def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight
         tl.store(folded_bias_ptr + across, folded_bias, mask=across_ok & first)
         tl.store(mean_ptr + across, mean, mask=across_ok & first)
         tl.store(var_ptr + across, var, mask=across_ok & first)
-        if UPDATE:  # (as Tensor.lerp_: start + weight * (end - start))
+        if UPDATE:  # (as batch norm: (1 - momentum) running + momentum batch)
             stored = across_ok & first
             running = tl.load(running_mean_ptr + across, mask=stored, other=0.0).to(tl.float32)
-            tl.store(running_mean_ptr + across, (running + momentum * (mean - running)).to(
+            tl.store(running_mean_ptr + across, ((1.0 - momentum) * running + momentum * mean).to(
                 running_mean_ptr.dtype.element_ty), mask=stored)
             running = tl.load(running_var_ptr + across, mask=stored, other=0.0).to(tl.float32)
             unbiased = var * (count / (count - 1.0))
-            tl.store(running_var_ptr + across, (running + momentum * (unbiased - running)).to(
+            tl.store(running_var_ptr + across, ((1.0 - momentum) * running
+                                                + momentum * unbiased).to(
                 running_var_ptr.dtype.element_ty), mask=stored)
 
 

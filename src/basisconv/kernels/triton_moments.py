@@ -37,10 +37,13 @@ MAX_WIDTH = 64
 
 def _shift_kernel(maps_ptr, shift_ptr, M, HW, m, sn, sc, sp, SAMPLE: tl.constexpr,
                   BLOCK_N: tl.constexpr):
-    """One program: the mean ``[m]`` (float32) of ``SAMPLE`` rows spread evenly over the
-    ``M`` rows of the maps, the shift of :func:`_moments_kernel`."""
-    i = tl.arange(0, SAMPLE)
-    rows = (i.to(tl.int64) * M) // SAMPLE
+    """One program: the mean ``[m]`` (float32) of ``SAMPLE`` rows spread over the ``M``
+    rows of the maps, the shift of :func:`_moments_kernel`: one in each of ``SAMPLE``
+    equal runs, at a place within it that varies from run to run (a multiplicative hash),
+    so that a batch of 64 images does not sample the same corner pixel of each."""
+    i = tl.arange(0, SAMPLE).to(tl.int64)
+    run = M // SAMPLE
+    rows = tl.where(run > 0, i * run + (i * 40503) % tl.maximum(run, 1), (i * M) // SAMPLE)
     k = tl.arange(0, BLOCK_N)
     x = tl.load(maps_ptr + ((rows // HW) * sn + (rows % HW) * sp)[:, None] + k[None, :] * sc,
                 mask=(i >= 0)[:, None] & (k < m)[None, :], other=0.0).to(tl.float32)
