@@ -2,29 +2,33 @@
 ``combine="fused"``): from the basis maps' sums to the folded matrix, and back.
 
 Between the moments and the combination, :mod:`.norm`'s fold computes on tensors of
-``C_out`` or ``m x m`` entries: the maps' mean and covariance, the outputs' mean and
-variance (``a mean_b + c``, ``diag(a cov_b a^T)``), batch norm's scale and shift, the
-folded matrix and bias; and in the backward the same in reverse
-(:func:`.torch_ops.norm_fold_backward`). In standard ops that is about 15 operations
-forward and 25 backward per layer (40 more for the moments' merge before stop 63), each a
-kernel launch of a few microseconds on a GPU with almost no work in it: over the
-seventeen folded layers of a ResNet-18, about as long as the dense model's whole step
-(3.6 ms on an H200). Here each direction is one launch of one program:
+``C_out`` or ``m x m`` entries: the combination's rows, the maps' mean and covariance,
+the outputs' mean and variance (``a mean_b + c``, ``diag(a cov_b a^T)``), batch norm's
+scale and shift, the folded matrix and bias, the running averages; and in the backward
+the same in reverse (:func:`.torch_ops.norm_fold_backward`). In standard ops that is
+about 20 operations forward and 30 backward per layer, and merging the moments'
+per-program sums about 18 more, each a kernel launch of a few microseconds on a GPU with
+almost no work in it: over the seventeen folded layers of a ResNet-18, of the order of
+the dense model's whole graphed step (3.6 ms on an H200; an estimate from launch counts,
+not a measurement). Here each direction is one launch of one program:
 
-* forward (:func:`fold`): the summed moments (:func:`.triton_moments.moment_sums`: one
-  kernel and one reduction) to the maps' mean and covariance, then, block by block of
-  output channels, the outputs' statistics, the scale and the folded matrix (in the maps'
-  dtype, as the combination reads it) and bias;
-* backward (:func:`fold_backward`): the gradients of ``a``, the conv bias and the norm's
-  weight, and the ``m -> m`` matrix and bias through which the moments pass their
-  gradient on to the maps (summed over the output channels in the program's loop).
+* forward (:func:`fold`): from the moments' sums (:func:`.triton_moments.moment_sums`: a
+  common shift, so the programs' sums add up in one reduction) to the maps' mean and
+  covariance, then, block by block of output channels, the combination's rows (from the
+  coefficients and the output order), the outputs' statistics, the scale, the folded
+  matrix (in the maps' dtype, as the combination reads it) and bias, and the norm's
+  running averages, moved in place;
+* backward (:func:`fold_backward`): the gradients of the coefficients, the conv bias and
+  the norm's weight, and the ``m -> m`` matrix and bias through which the moments pass
+  their gradient on to the maps (summed over the output channels in the program's loop).
 
 A value per channel is held as a tile whose columns repeat it (a product with a
 broadcast vector or a block of ones, as in :mod:`.triton_combine`: ``tl.sum`` is one of
 Triton's jit helpers, which the interpreter cannot call), so every step is a tile
 operation and one code path serves the interpreter and the GPU. Products are exact
 float32 (``"ieee"``): these are statistics. The ``m x m`` tile is one program's, so
-bases up to :data:`.triton_moments.MAX_WIDTH`, as the moments' kernel.
+bases up to :data:`.triton_moments.MAX_WIDTH`, as the moments' kernel; wider ones keep
+the standard ops.
 """
 
 from __future__ import annotations
