@@ -482,7 +482,7 @@ def test_the_fold_kernels_compute_the_standard_fold_and_its_backward(shape, pres
         grads = triton_fold.folded_norm_backward(
             grad_folded, grad_folded_bias, coefficients, output_index, stats[0], stats[1],
             stats[4], stats[5], conv_bias, weight, 1e-5, maps, moments_grad)
-        wants = triton_fold.standard_fold_backward(
+        wants = torch_ops.coefficient_fold_backward(
             *as_float64([grad_folded, grad_folded_bias, coefficients]), output_index,
             *as_float64([stats[0], stats[1], stats[4], stats[5], conv_bias, weight]), 1e-5,
             maps.numel() // maps.shape[1], moments_grad)

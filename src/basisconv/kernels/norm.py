@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from . import triton_combine, triton_fold
-from .torch_ops import (combination_rows, fold, norm_fold, relu_combine, relu_combine_backward,
-                        update_running, without_autocast)
+from .torch_ops import (coefficient_fold, coefficient_fold_backward, combination_rows, fold,
+                        relu_combine, relu_combine_backward, update_running, without_autocast)
 
 
 class BatchNormedCombination(torch.autograd.Function):
@@ -96,8 +96,8 @@ class BatchNormedCombination(torch.autograd.Function):
                      mean_b, cov_b, mean, var, conv_bias, norm_weight, ctx.eps)
             grad_coefficients, grad_conv_bias, grad_weight, sym, shift = (
                 triton_fold.folded_norm_backward(*grads, maps, maps_grad) if ctx.kernel
-                else triton_fold.standard_fold_backward(*grads, maps.numel() // maps.shape[1],
-                                                        maps_grad))
+                else coefficient_fold_backward(*grads, maps.numel() // maps.shape[1],
+                                               maps_grad))
             if maps_grad:  # the moments' part: d rows += rows S + shift, an m -> m 1x1 conv
                 grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
                                                  shift.to(maps.dtype))
@@ -127,7 +127,7 @@ def _batch_normed(maps, coefficients, output_index, conv_bias, norm_weight, norm
             stats = triton_fold.folded_norm(*args, *((running_mean, running_var, momentum)
                                                      if in_kernel else ()))
         else:
-            stats = norm_fold(maps, combination_rows(coefficients, output_index), *args[3:])
+            stats = coefficient_fold(*args)
         if running_mean is not None and not in_kernel:
             update_running(running_mean, running_var, stats[4], stats[5],
                            maps.numel() // maps.shape[1], momentum)

@@ -226,3 +226,24 @@ def update_running(running_mean: torch.Tensor, running_var: torch.Tensor, mean: 
         unbiased = var * (count / max(count - 1, 1))
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
         running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def coefficient_fold(maps: torch.Tensor, coefficients: torch.Tensor,
+                     output_index: torch.Tensor, conv_bias: torch.Tensor | None,
+                     norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+                     eps: float) -> tuple[torch.Tensor, ...]:
+    """:func:`norm_fold` of the layer's combination, given as its coefficients and output
+    order (:func:`combination_rows`), as :mod:`.triton_fold`'s kernels take it."""
+    return norm_fold(maps, combination_rows(coefficients, output_index), conv_bias,
+                     norm_weight, norm_bias, eps)
+
+
+def coefficient_fold_backward(grad_folded, grad_folded_bias, coefficients, output_index,
+                              mean_b, cov_b, mean, var, conv_bias, norm_weight, eps: float,
+                              count: int, moments_grad: bool) -> tuple:
+    """:func:`norm_fold_backward` for :func:`coefficient_fold`: the coefficients' gradient
+    for the combination's (None where that gives None)."""
+    a = combination_rows(coefficients, output_index)
+    grad_a, *rest = norm_fold_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean,
+                                       var, conv_bias, norm_weight, eps, count, moments_grad)
+    return coefficients_grad(grad_a, output_index, a.shape[1]), *rest

@@ -37,8 +37,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_moments
-from .torch_ops import (combination_rows, coefficients_grad, norm_fold, norm_fold_backward,
-                        update_running)
+from .torch_ops import coefficient_fold, coefficient_fold_backward, update_running
 from .triton_combine import launching
 from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
 
@@ -285,27 +284,6 @@ def _cannot_run(maps: torch.Tensor, coefficients: torch.Tensor) -> bool:
     return triton_moments.cannot_take(maps) or coefficients.dtype != torch.float32
 
 
-def _standard_fold(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps,
-                   running_mean=None, running_var=None, momentum=0.0):
-    """:func:`fold` in standard ops, the folded matrix in the maps' dtype."""
-    a = combination_rows(coefficients, output_index)
-    mean_b, cov_b, folded, folded_bias, mean, var = norm_fold(maps, a, conv_bias, norm_weight,
-                                                              norm_bias, eps)
-    if running_mean is not None:
-        update_running(running_mean, running_var, mean, var, maps.numel() // maps.shape[1],
-                       momentum)
-    return mean_b, cov_b, folded.to(maps.dtype), folded_bias, mean, var
-
-
-def standard_fold_backward(grad_folded, grad_folded_bias, coefficients, output_index, mean_b,
-                            cov_b, mean, var, conv_bias, norm_weight, eps, count, moments_grad):
-    """:func:`fold_backward` in standard ops (None where it gives None)."""
-    a = combination_rows(coefficients, output_index)
-    grad_a, *rest = norm_fold_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean,
-                                       var, conv_bias, norm_weight, eps, count, moments_grad)
-    return coefficients_grad(grad_a, output_index, a.shape[1]), *rest
-
-
 # As ops with shape-only twins, as :mod:`.triton_combine`'s (``torch.compile`` keeps them
 # in its graph); where the kernels cannot run, the standard ops (:mod:`.torch_ops`).
 @torch.library.custom_op(
@@ -324,12 +302,15 @@ def folded_norm(maps: torch.Tensor, coefficients: torch.Tensor, output_index: to
     dtype) and bias, the outputs' mean and variance; the running averages, where given,
     updated in place. Not differentiable (:class:`.norm.BatchNormedCombination` calls
     :func:`folded_norm_backward`)."""
-    args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps,
-            running_mean, running_var, momentum)
-    if (_cannot_run(maps, coefficients) or running_mean is not None and not (
+    args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps)
+    if not (_cannot_run(maps, coefficients) or running_mean is not None and not (
             running_mean.is_contiguous() and running_var.is_contiguous())):
-        return _standard_fold(*args)
-    return fold(*args)
+        return fold(*args, running_mean, running_var, momentum)
+    mean_b, cov_b, folded, folded_bias, mean, var = coefficient_fold(*args)
+    if running_mean is not None:
+        update_running(running_mean, running_var, mean, var, maps.numel() // maps.shape[1],
+                       momentum)
+    return mean_b, cov_b, folded.to(maps.dtype), folded_bias, mean, var
 
 
 @folded_norm.register_fake
@@ -352,7 +333,7 @@ def _folded_norm_backward(grad_folded, grad_folded_bias, coefficients, output_in
             var, conv_bias, norm_weight, eps, maps.numel() // maps.shape[1], moments_grad)
     if _cannot_run(maps, coefficients):
         return tuple(mean.new_empty(0) if t is None else t
-                     for t in standard_fold_backward(*args))
+                     for t in coefficient_fold_backward(*args))
     return fold_backward(*args)
 
 
@@ -370,8 +351,9 @@ def _folded_norm_backward_shapes(grad_folded, grad_folded_bias, coefficients, ou
 def folded_norm_backward(grad_folded, grad_folded_bias, coefficients, output_index, mean_b,
                          cov_b, mean, var, conv_bias, norm_weight, eps, maps,
                          moments_grad: bool) -> tuple:
-    """:func:`standard_fold_backward`'s gradients (None where it gives None) through the
-    backward op; ``maps`` (their count of rows, and whether the kernels run)."""
+    """:func:`.torch_ops.coefficient_fold_backward`'s gradients (None where it gives
+    None) through the backward op; ``maps`` (their count of rows, and whether the kernels
+    run)."""
     grads = _folded_norm_backward(grad_folded, grad_folded_bias, coefficients, output_index,
                                   mean_b, cov_b, mean, var, conv_bias, norm_weight, eps, maps,
                                   moments_grad)
