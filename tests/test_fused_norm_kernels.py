@@ -60,10 +60,12 @@ def kernel_runs(monkeypatch):
 KERNELS = [(triton_combine, "combine", "combine"),
            (triton_combine, "combine_backward", "combine_backward"),
            (triton_moments, "moment_sums", "moments"), (triton_fold, "fold", "fold"),
-           (triton_fold, "fold_backward", "fold_backward")]
+           (triton_fold, "fold_backward", "fold_backward"),
+           (triton_moments, "add_moments_grad", "moments_backward")]
 #: A training step's launches, forward and backward (the fold's launcher starts with the
 #: moments' kernel).
-TRAINING_STEP = ["fold", "moments", "combine", "combine_backward", "fold_backward"]
+TRAINING_STEP = ["fold", "moments", "combine", "combine_backward", "fold_backward",
+                 "moments_backward"]
 
 
 @pytest.mark.device
@@ -370,6 +372,43 @@ def test_the_moments_op_passes_torch_library_opcheck(dtype, layout):
         torch.library.opcheck(triton_moments.fused_basis_moments, (maps,))
 
 
+@pytest.mark.device
+@pytest.mark.parametrize("shape", [
+    (2, 5, 3, 4, "nchw"),              # one block of the maps' channels, several of rows
+    (3, 1, 4, 1, "channels_last"),     # m = 1: a block padded from 1 to 16
+    (2, 70, 3, 3, "channels_last"),    # two blocks of channels, two of the product's sum
+    (1, 130, 2, 3, "nchw"),            # three of each, the last short
+    (2, 4, 3, 4, "sliced"),            # pixels that do not merge: copied, the layout kept
+    (2, 4, 3, 5, "transposed"),        # the same, dense (the result written back)
+    (0, 3, 2, 2, "nchw"),              # an empty batch
+], ids=lambda s: "-".join(map(str, s)))
+def test_the_moments_backward_kernel_adds_the_1x1_conv_of_the_maps(shape, device, kernel_runs):
+    """``grad + conv1x1(maps, sym) + shift`` as float64 computes it, for a ``sym`` that is
+    not symmetric (read as the conv reads its weight, not transposed), in the gradient's
+    layout."""
+    n, m, h, w, layout = shape
+    torch.manual_seed(0)
+    maps, grad = (maps_of(n, m, h, w, layout, device) for _ in range(2))
+    sym, shift = torch.randn(m, m, device=device), torch.randn(m, device=device)
+    got = triton_moments.moments_backward(grad, maps, sym, shift)
+    assert kernel_runs == ["moments_backward"]
+    want = torch_ops.moments_backward(*as_float64((grad, maps, sym, shift)))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * m ** 0.5)
+    assert got.dtype == grad.dtype and got.stride() == torch.empty_like(grad).stride()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
+def test_the_moments_backward_op_passes_torch_library_opcheck(dtype, layout):
+    torch.manual_seed(0)
+    maps, grad = (maps_of(2, 5, 3, 4, layout, "cpu").to(dtype) for _ in range(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's notice
+        torch.library.opcheck(triton_moments.moments_backward,
+                              (grad, maps, torch.randn(5, 5, dtype=dtype),
+                               torch.randn(5, dtype=dtype)))
+
+
 @pytest.mark.parametrize("width", [16, 256])
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 def test_the_kernels_compile_to_hopper_machine_code_without_spilling(backward, width,
@@ -418,6 +457,20 @@ def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_ru
     buffers = dict(models[1].named_buffers())
     for name, buffer in models[0].named_buffers():
         torch.testing.assert_close(buffers[name], buffer, msg=name)
+
+
+@pytest.mark.parametrize("width", [16, 64, 256])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_the_moments_backward_kernel_compiles_to_hopper_machine_code_without_spilling(
+        dtype, width, monkeypatch):
+    """Every tile its autotuner tries, at the narrowest, a full and the widest basis."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    from basisconv.bench.kernel_resources import compile_moments_backward, resources
+
+    for tile in triton_moments._backward_configs(interpret=False, tune=True):
+        row = resources(compile_moments_backward(width, dtype, tile))
+        assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, (
+            tile, row)
 
 
 @pytest.mark.parametrize("shift", [False, True], ids=["sums", "shift"])
@@ -543,7 +596,8 @@ def test_a_training_step_of_a_folded_layer_runs_few_operations(kernel_runs):
     microseconds however small. A training step of one folded layer, forward and
     backward, counted at the dispatcher (views aside; a custom op counts once, though the
     moments' and the combination's backward add one or two reductions inside): about 70
-    operations in standard ops, 9 with the kernels (60 before the fold's kernels)."""
+    operations in standard ops, 8 with the kernels (60 before the fold's kernels, 9
+    before the moments' backward was one op)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
@@ -568,7 +622,7 @@ def test_a_training_step_of_a_folded_layer_runs_few_operations(kernel_runs):
         counts[combine] = counted.ops
     assert kernel_runs.count("fold") == 2 and "fold_backward" in kernel_runs
     assert len(counts["stacked"]) >= 50, counts["stacked"]
-    assert len(counts["fused"]) <= 10, counts["fused"]
+    assert len(counts["fused"]) <= 8, counts["fused"]
 
 
 @pytest.mark.parametrize("backward, width", [(False, 16), (False, 64), (True, 16), (True, 32)],

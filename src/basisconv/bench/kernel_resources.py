@@ -172,6 +172,24 @@ def compile_moments(basis_width: int, dtype: str = "bf16", shift: bool = False):
         config.num_warps, config.num_stages)
 
 
+def compile_moments_backward(basis_width: int, dtype: str = "bf16", tile=None):
+    """The moments' part of the maps' gradient (:mod:`basisconv.kernels.triton_moments`)
+    compiled for sm_90 over ``dtype`` maps and gradients in channels_last, its blocks as
+    the launcher sets them for ``basis_width``, for ``tile`` (a ``triton.Config`` of its
+    autotuner; default the one without autotuning)."""
+    kernel = triton_moments._moments_backward_kernel
+    names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
+    config = tile or triton_moments._backward_configs(interpret=False, tune=False)[0]
+    block = min(64, max(16, basis_width))
+    constants = {name: 1 for name in names if name.endswith("_sc")}
+    constants.update(PRECISION="tf32", BLOCK_J=block, BLOCK_K=block, **config.kwargs)
+    return compile_for_hopper(
+        kernel, constants, {name: "fp32" if name in ("sym_ptr", "shift_ptr") else dtype
+                            for name in names if name.endswith("_ptr")},
+        [name for name in names if name not in constants], config.num_warps,
+        config.num_stages)
+
+
 def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
     """One of the fold's kernels (:mod:`basisconv.kernels.triton_fold`, the backward's with
     ``backward``) compiled for sm_90 at ``BLOCK_N = basis_width``, every optional input
@@ -198,7 +216,8 @@ def combination_tiles(backward: bool) -> list[tuple[int, int, int]]:
 def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
     """:func:`resource_table`'s rows for the folded norm's kernels: the combination's,
     forward and backward, every autotuning tile (``BLOCK_C`` output channels, warps,
-    stages; ``BLOCK_M`` rows), and the batch moments' up to its widest basis."""
+    stages; ``BLOCK_M`` rows), the moments' part of the maps' gradient (every tile), and
+    the batch moments' and the fold's up to their widest basis."""
     rows = []
     for dtype in dtypes:
         for width in widths:
@@ -211,6 +230,11 @@ def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
                         "tile": f"{triton_combine._rows_per_program(width)}x{block_c} "
                                 f"w{warps} s{stages}",
                         **resources(compile_combination(backward, width, dtype, tile))})
+            for config in triton_moments._backward_configs(interpret=False, tune=True):
+                rows.append({"dtype": dtype, "basis_width": width, "kernel": "moments backward",
+                             "tile": f"{config.kwargs['BLOCK_M']}x{min(64, width)} "
+                                     f"w{config.num_warps} s{config.num_stages}",
+                             **resources(compile_moments_backward(width, dtype, config))})
             if width <= triton_moments.MAX_WIDTH:
                 (config,) = triton_moments._configs(interpret=False, tune=False)
                 rows.append({"dtype": dtype, "basis_width": width, "kernel": "moments",

@@ -39,9 +39,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import triton_combine, triton_fold
+from . import triton_combine, triton_fold, triton_moments
 from .torch_ops import (coefficient_fold, coefficient_fold_backward, combination_rows, fold,
-                        relu_combine, relu_combine_backward, update_running, without_autocast)
+                        moments_backward, relu_combine, relu_combine_backward, update_running,
+                        without_autocast)
 
 
 class BatchNormedCombination(torch.autograd.Function):
@@ -56,12 +57,14 @@ class BatchNormedCombination(torch.autograd.Function):
     * those flow back through the fold (tensors of ``C_out`` or ``m x m`` entries,
       :func:`.torch_ops.norm_fold_backward`) to ``a``, the norm's parameters and the
       moments;
-    * the moments' gradients reach the maps in one more ``m -> m`` 1x1 conv.
+    * the moments' gradients reach the maps in one more ``m -> m`` 1x1 conv, added to the
+      linear path's (:func:`.torch_ops.moments_backward`).
 
     So the full-width tensors are read once each (``g``, the output for the mask), and
     nothing of batch norm's own backward runs. With ``kernel`` (``combine="fused"``) the
     moments, the fold, the combination and their backward are :mod:`.triton_moments`',
-    :mod:`.triton_fold`'s and :mod:`.triton_combine`'s kernels. Saved: the maps, the
+    :mod:`.triton_fold`'s and :mod:`.triton_combine`'s kernels (the moments' 1x1 conv and
+    the add one pass). Saved: the maps, the
     output where a ReLU needs its mask, and tensors of ``C_out`` or ``m x m`` entries. A
     backward that is itself differentiated (``create_graph=True``) is autograd's, of the
     forward recomputed (:func:`_differentiable_backward`)."""
@@ -99,8 +102,9 @@ class BatchNormedCombination(torch.autograd.Function):
                 else coefficient_fold_backward(*grads, maps.numel() // maps.shape[1],
                                                maps_grad))
             if maps_grad:  # the moments' part: d rows += rows S + shift, an m -> m 1x1 conv
-                grad_maps = grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
-                                                 shift.to(maps.dtype))
+                add_moments_grad = (triton_moments.moments_backward if ctx.kernel
+                                    else moments_backward)
+                grad_maps = add_moments_grad(grad_maps, maps, sym, shift)
             else:
                 grad_maps = None
         return (grad_maps, grad_coefficients, None,

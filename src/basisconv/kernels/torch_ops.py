@@ -15,7 +15,8 @@ And the folded norm's pieces (:mod:`.norm`), which :mod:`.triton_moments`',
 basis maps' batch moments (``basis_moments``), the fold of batch norm into the
 combination from them and its backward (``norm_fold``, ``norm_fold_backward``), and the
 combination with its ReLU, forward and backward (``relu_combine``,
-``relu_combine_backward``).
+``relu_combine_backward``), and the moments' part of the maps' gradient
+(``moments_backward``).
 """
 
 from __future__ import annotations
@@ -133,6 +134,15 @@ def relu_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
     # the bias gradient as a plain reduction: convolution_backward's own took 5.5 ms of a
     # 64-channel 32x32 batch of 128 in channels_last on CPU, the sum 0.6 ms
     return grad_maps, grad_matrix[:, :, 0, 0], g.sum((0, 2, 3))
+
+
+def moments_backward(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Tensor,
+                     shift: torch.Tensor) -> torch.Tensor:
+    """The maps' gradient ``grad_maps`` with the part that reaches them through their batch
+    moments added: ``sym`` ``[m, m]`` and ``shift`` ``[m]`` (:func:`norm_fold_backward`'s)
+    act on every pixel's row of maps as an ``m -> m`` 1x1 conv, in the maps' dtype."""
+    return grad_maps + F.conv2d(maps, sym.to(maps.dtype)[:, :, None, None],
+                                shift.to(maps.dtype))
 
 
 def basis_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

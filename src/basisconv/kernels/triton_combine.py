@@ -252,7 +252,7 @@ def sums_dtype(maps: torch.Tensor) -> torch.dtype:
     return torch.float64 if maps.dtype == torch.float64 else torch.float32
 
 
-def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def strided_as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``t`` with the strides of ``like`` (what the shape-only twins promise)."""
     return t if t.stride() == like.stride() else like.copy_(t)
 
@@ -268,7 +268,7 @@ def folded_combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
     """:func:`combine` as an op; differentiable (an eval-mode norm's fold is trained
     through it; the batch-statistics fold calls the backward op itself)."""
     if cannot_run(maps):
-        return _as(relu_combine(maps, matrix, bias, relu), _folded_combine_shape(
+        return strided_as(relu_combine(maps, matrix, bias, relu), _folded_combine_shape(
             maps, matrix, bias, relu))
     return combine(maps, matrix, bias, relu)
 
@@ -291,7 +291,7 @@ def folded_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
     a frozen basis on an input without gradient needs none)."""
     if cannot_run(maps):
         grads = relu_combine_backward(grad_out, out, maps, matrix, relu, maps_grad)
-        return (_as(grads[0], _maps_grad_shape(maps, True)) if maps_grad
+        return (strided_as(grads[0], _maps_grad_shape(maps, True)) if maps_grad
                 else _maps_grad_shape(maps, False),
                 *(grad.to(sums_dtype(maps)) for grad in grads[1:]))
     return combine_backward(grad_out, out, maps, matrix, relu, maps_grad)

@@ -27,9 +27,10 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from . import torch_ops
 from .torch_ops import basis_moments
-from .triton_combine import cannot_run, kernel_strides, launching, sums_dtype
-from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
+from .triton_combine import cannot_run, kernel_strides, launching, strided_as, sums_dtype
+from .triton_conv import autotuned_on_first_use, dot_precision, interpreting, tl, triton
 
 #: The widest basis the kernel takes (its ``m x m`` sum is one program's accumulator).
 MAX_WIDTH = 64
@@ -85,6 +86,37 @@ def _moments_kernel(maps_ptr, shift_ptr, part_ptr, M, HW, m, sn, sc, sp, row_blo
     column = tl.arange(0, 16)
     tl.store(part + offs_n[:, None] + 0 * column[None, :], sums,
              mask=basis_ok[:, None] & (column[None, :] == 0))
+
+
+def _moments_backward_kernel(grad_ptr, maps_ptr, sym_ptr, shift_ptr, out_ptr, M, HW, m,
+                             g_sn, g_sc, g_sp, maps_sn, maps_sc, maps_sp, out_sn, out_sc,
+                             out_sp, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One program: ``BLOCK_M`` pixels and ``BLOCK_J`` of the maps' channels:
+    ``out = grad + conv1x1(maps, sym) + shift`` (``sym`` ``[m, m]`` read as a conv's
+    weight, ``[out, in]``; ``sym`` and ``shift`` float32), the products over ``m`` in
+    blocks of ``BLOCK_K``, accumulated in float32 with the gradient."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    image, pixel = (offs_m // HW).to(tl.int64), (offs_m % HW).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    col_ok = cols < m
+    maps_rows = maps_ptr + (image * maps_sn + pixel * maps_sp)[:, None]
+    total = tl.full((BLOCK_M, BLOCK_J), 0.0, tl.float32)
+    for k0 in range(0, m, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < m
+        x = tl.load(maps_rows + k[None, :] * maps_sc, mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        weight = tl.load(sym_ptr + cols[None, :] * m + k[:, None],
+                         mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        total = tl.dot(x, weight.to(x.dtype), total, input_precision=PRECISION)
+    tile_ok = row_ok[:, None] & col_ok[None, :]
+    total += tl.load(shift_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    total += tl.load(grad_ptr + (image * g_sn + pixel * g_sp)[:, None] + cols[None, :] * g_sc,
+                     mask=tile_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + (image * out_sn + pixel * out_sp)[:, None] + cols[None, :] * out_sc,
+             total.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
 def _configs(interpret: bool, tune: bool) -> list:
@@ -152,6 +184,68 @@ def cannot_take(maps: torch.Tensor) -> bool:
     """Whether the kernel cannot take ``maps``: a basis too wide for it (by design, not
     said), or what keeps every kernel of the fold from running (said once)."""
     return maps.shape[1] > MAX_WIDTH or maps.numel() == 0 or cannot_run(maps)
+
+
+def _backward_configs(interpret: bool, tune: bool) -> list:
+    """Rows per program: 16 under the interpreter (several programs in small tests); on a
+    GPU 64 or 128 (a GEMM of ``K = m`` with the gradient added: memory-bound), 64 without
+    autotuning."""
+    if interpret:
+        return [triton.Config({"BLOCK_M": 16}, num_warps=1)]
+    tiles = [(64, 4, 2), (128, 4, 2), (128, 8, 2)]
+    return [triton.Config({"BLOCK_M": rows}, num_warps=w, num_stages=s)
+            for rows, w, s in (tiles if tune else tiles[:1])]
+
+
+def add_moments_grad(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Tensor,
+                     shift: torch.Tensor) -> torch.Tensor:
+    """:func:`.torch_ops.moments_backward` in one pass (``m <= MAX_BASIS``): it reads the
+    maps and the gradient once and writes the sum once, where the 1x1 conv and the add
+    wrote the conv's result and read it back (two launches, five passes over an
+    ``m``-wide tensor, three roundings to bf16 rather than one). The result has
+    ``grad_maps``' layout."""
+    out = torch.empty_like(grad_maps)
+    grad_maps, g_strides = kernel_strides(grad_maps)
+    maps, maps_strides = kernel_strides(maps)
+    work, work_strides = kernel_strides(out)
+    n, m, h, w = maps.shape
+    rows = n * h * w
+    if rows:
+        block = min(64, max(16, triton.next_power_of_2(m)))
+        kernel = autotuned_on_first_use(_moments_backward_kernel, _backward_configs, ["M", "m"])
+        with launching(maps):
+            kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(m, block))](
+                grad_maps, maps, sym.float().contiguous(), shift.float().contiguous(), work,
+                rows, h * w, m, *g_strides, *maps_strides, *work_strides,
+                PRECISION=dot_precision(maps.dtype), BLOCK_J=block, BLOCK_K=block)
+    if work is not out:
+        out.copy_(work)
+    return out
+
+
+@torch.library.custom_op("basisconv::moments_backward", mutates_args=(),
+                         schema="(Tensor grad_maps, Tensor maps, Tensor sym, Tensor shift) "
+                                "-> Tensor")
+def moments_backward(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Tensor,
+                     shift: torch.Tensor) -> torch.Tensor:
+    """:func:`add_moments_grad` as an op, or the standard ops where the kernels cannot
+    run (the same basis widths as :mod:`.triton_combine`'s, wider than the moments'
+    forward kernel takes). Not differentiable (the fold's written-out backward calls it)."""
+    if cannot_run(maps):
+        return strided_as(torch_ops.moments_backward(grad_maps, maps, sym, shift),
+                   torch.empty_like(grad_maps))
+    return add_moments_grad(grad_maps, maps, sym, shift)
+
+
+@moments_backward.register_fake
+def _moments_backward_shape(grad_maps, maps, sym, shift):
+    return torch.empty_like(grad_maps)
+
+
+@register_flop_formula(torch.ops.basisconv.moments_backward)
+def _moments_backward_flops(grad_shape, maps_shape, *args, **kwargs) -> int:
+    """As ``FlopCounterMode`` counts the 1x1 conv it replaces: ``2*M*m*m``."""
+    return _moments_flops(maps_shape)
 
 
 @torch.library.custom_op("basisconv::basis_moments", mutates_args=(),
