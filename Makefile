@@ -31,7 +31,7 @@ help:
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
 	@echo "make speed-report      the speed records of results, results/cpu-fuse-norm, results/cpu-auto, results/gpu*/ (SPEED_FOLDERS=...) in one summary"
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
-	@echo "make gpu-speed         GPU speed measurements into results/gpu-<gpu> (SPEED=quick|full, BUDGET=s, GPU_PYTHON=...)"
+	@echo "make gpu-speed         GPU speed measurements into results/gpu-<gpu> (SPEED=quick|full|kernels, BUDGET=s, GPU_PYTHON=...)"
 	@echo "make gpu-wheels        wheels/ to carry to a GPU machine without network"
 	@echo "make clean             remove $(VENV) and caches"
 

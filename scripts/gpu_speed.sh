@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The GPU speed measurements behind docs/speed.md's GPU tables, most important first, each
 # step under its own time limit (a GPU slot may end at any time: what finished is kept):
-#   scripts/gpu_speed.sh [quick|full]      (make gpu-speed [SPEED=quick]; default full)
+#   scripts/gpu_speed.sh [quick|full|kernels]   (make gpu-speed [SPEED=...]; default full)
+# kernels: the first minutes of a GPU slot for issue 13, what decides whether the folded
+# norm's Triton kernels make the basis step faster than dense: their device tests on CUDA
+# (compiled for the first time there, bf16 included; each test stopped after 120 s), the
+# graphed bf16 step dense, folded with the kernels at 1/4 and 1/2 and folded in standard
+# ops at 1/4 (each profiled), the folded kernels under torch.compile, and the whole model
+# with folded kernels at batch 128 and 512 (1/4 and 1/2). The modes below:
 # 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,
 #    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
 #    in the stacked form, with folded batch norms (in standard ops and as Triton kernels),
@@ -29,7 +35,8 @@ BUDGET=${BUDGET:-0}
 case $MODE in
   full) STEPS=300; QUICK=();;
   quick) STEPS=60; QUICK=(--quick);;
-  *) echo "unknown mode '$MODE': use full or quick" >&2; exit 2;;
+  kernels) STEPS=300; QUICK=(--quick);;
+  *) echo "unknown mode '$MODE': use full, quick or kernels" >&2; exit 2;;
 esac
 # whole seconds, checked first: the tests below would fail on BUDGET=10m at every step and
 # run them all, the slot's budget silently ignored
@@ -132,45 +139,67 @@ layers() {  # layers <name> <benchmark_layers options...>
     ${QUICK[@]+"${QUICK[@]}"} "$@" --out-dir "$OUT"
 }
 
-train bf16 --amp bf16
-# --profile: then where a graphed step's time goes, beside each file (<name>-profile.txt)
-train bf16-graphs --amp bf16 --cuda-graphs --profile
-for size in 0.25 0.5; do
-  train "bf16-basis$size-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --profile
-  train "bf16-basis$size-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" \
+kernel_steps() {  # the kernels mode (above)
+  step tests-kernels "$PY" -m pytest --device cuda -m device -q -p no:cacheprovider \
+    --timeout=120 tests/test_fused_norm_kernels.py tests/test_kernels.py
+  train bf16-graphs --amp bf16 --cuda-graphs --profile
+  for size in 0.25 0.5; do
+    train "bf16-basis$size-fused-fusenorm-graphs" --amp bf16 --cuda-graphs \
+      --basis-size "$size" --combine fused --fuse-norm --profile
+  done
+  train bf16-basis0.25-fusenorm-graphs --amp bf16 --cuda-graphs --basis-size 0.25 \
     --fuse-norm --profile
-  train "bf16-basis$size-fused-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --combine fused
-  # folded norms with the combination as Triton kernels (fuse_norm with combine=fused)
-  train "bf16-basis$size-fused-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" \
-    --combine fused --fuse-norm --profile
-  train "bf16-basis$size" --amp bf16 --basis-size "$size"
-done
-train fp32-graphs --cuda-graphs
-train bf16-compile --amp bf16 --compile-mode reduce-overhead
-train bf16-basis0.25-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25
-train bf16-basis0.25-fused-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25 \
-  --combine fused
-# the folded norm's kernels compiled: Inductor fuses the fold's few dozen small per-layer ops
-# (statistics, folded matrix, their backward) that graphs alone replay one by one
-train bf16-basis0.25-fused-fusenorm-compile --amp bf16 --compile-mode reduce-overhead \
-  --basis-size 0.25 --combine fused --fuse-norm
+  train bf16-basis0.25-fused-fusenorm-compile --amp bf16 --compile-mode reduce-overhead \
+    --basis-size 0.25 --combine fused --fuse-norm
+  for batch in 128 512; do
+    layers "bf16-b$batch-fused-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm \
+      --combine fused --parts model --fractions 0.25 0.5
+  done
+}
 
-for batch in 128 512; do
-  layers "bf16-b$batch" --amp bf16 --batch-size "$batch"
-  # the fused kernel compiles and autotunes per shape: the two sizes the goal names
-  layers "bf16-b$batch-fused" --amp bf16 --batch-size "$batch" --combine fused --fractions 0.25 0.5
-  # the same timed as CUDA graph replays: the GPU's work without the launches (eager, a
-  # layer at batch 128 takes its launch time whatever its FLOPs)
-  layers "bf16-b$batch-graphs" --amp bf16 --batch-size "$batch" --cuda-graphs
-  layers "bf16-b$batch-fused-graphs" --amp bf16 --batch-size "$batch" --cuda-graphs \
-    --combine fused --fractions 0.25 0.5
-  layers "bf16-b$batch-auto" --amp bf16 --batch-size "$batch" --combine auto
-  layers "bf16-b$batch-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm --parts model
-  layers "bf16-b$batch-fused-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm \
-    --combine fused --parts model --fractions 0.25 0.5
-done
-layers fp32-b128 --batch-size 128
-layers fp32-b128-fused --batch-size 128 --combine fused --fractions 0.25 0.5
+all_steps() {  # the full and quick modes
+  train bf16 --amp bf16
+  # --profile: then where a graphed step's time goes, beside each file (<name>-profile.txt)
+  train bf16-graphs --amp bf16 --cuda-graphs --profile
+  for size in 0.25 0.5; do
+    train "bf16-basis$size-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --profile
+    train "bf16-basis$size-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" \
+      --fuse-norm --profile
+    train "bf16-basis$size-fused-graphs" --amp bf16 --cuda-graphs --basis-size "$size" --combine fused
+    # folded norms with the combination as Triton kernels (fuse_norm with combine=fused)
+    train "bf16-basis$size-fused-fusenorm-graphs" --amp bf16 --cuda-graphs --basis-size "$size" \
+      --combine fused --fuse-norm --profile
+    train "bf16-basis$size" --amp bf16 --basis-size "$size"
+  done
+  train fp32-graphs --cuda-graphs
+  train bf16-compile --amp bf16 --compile-mode reduce-overhead
+  train bf16-basis0.25-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25
+  train bf16-basis0.25-fused-compile --amp bf16 --compile-mode reduce-overhead --basis-size 0.25 \
+    --combine fused
+  # the folded norm's kernels compiled: Inductor fuses the fold's few dozen small per-layer ops
+  # (statistics, folded matrix, their backward) that graphs alone replay one by one
+  train bf16-basis0.25-fused-fusenorm-compile --amp bf16 --compile-mode reduce-overhead \
+    --basis-size 0.25 --combine fused --fuse-norm
+
+  for batch in 128 512; do
+    layers "bf16-b$batch" --amp bf16 --batch-size "$batch"
+    # the fused kernel compiles and autotunes per shape: the two sizes the goal names
+    layers "bf16-b$batch-fused" --amp bf16 --batch-size "$batch" --combine fused --fractions 0.25 0.5
+    # the same timed as CUDA graph replays: the GPU's work without the launches (eager, a
+    # layer at batch 128 takes its launch time whatever its FLOPs)
+    layers "bf16-b$batch-graphs" --amp bf16 --batch-size "$batch" --cuda-graphs
+    layers "bf16-b$batch-fused-graphs" --amp bf16 --batch-size "$batch" --cuda-graphs \
+      --combine fused --fractions 0.25 0.5
+    layers "bf16-b$batch-auto" --amp bf16 --batch-size "$batch" --combine auto
+    layers "bf16-b$batch-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm --parts model
+    layers "bf16-b$batch-fused-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm \
+      --combine fused --parts model --fractions 0.25 0.5
+  done
+  layers fp32-b128 --batch-size 128
+  layers fp32-b128-fused --batch-size 128 --combine fused --fractions 0.25 0.5
+}
+
+if [ "$MODE" = kernels ]; then kernel_steps; else all_steps; fi
 
 if [ ${#NOT_RUN[@]} -gt 0 ]; then
   echo "gpu-speed: the ${BUDGET} s budget was spent; not run: ${NOT_RUN[*]}" >&2

@@ -134,19 +134,43 @@ exec sleep "${{STEP_SLEEP:-0}}"
 """
 
 
-def fake_gpu_speed(repo, tmp_path, probe, **env):
-    """scripts/gpu_speed.sh, copied into ``tmp_path`` (its results/ is then there), with a
-    stand-in python; returns the process, started."""
+def fake_gpu_speed(repo, tmp_path, probe, mode="quick", **env):
+    """scripts/gpu_speed.sh in ``mode``, copied into ``tmp_path`` (its results/ is then
+    there), with a stand-in python; returns the process, started."""
     (tmp_path / "scripts").mkdir(exist_ok=True)
     (tmp_path / "scripts" / "gpu_speed.sh").write_text(
         (repo / "scripts" / "gpu_speed.sh").read_text())
     python = tmp_path / "python"
     python.write_text(FAKE_GPU_PY.format(probe=probe, calls=tmp_path / "calls.txt"))
     python.chmod(0o755)
-    return subprocess.Popen(["bash", str(tmp_path / "scripts" / "gpu_speed.sh"), "quick"],
+    return subprocess.Popen(["bash", str(tmp_path / "scripts" / "gpu_speed.sh"), mode],
                             env={**os.environ, "PY": str(python), **env}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
+
+
+def test_gpu_speeds_kernels_mode_tests_the_kernels_on_cuda_then_times_them(repo, tmp_path):
+    """The first minutes of a slot for issue 13: the kernels' device tests first (a kernel
+    that does not compile there would otherwise show as a slow step), then the graphed
+    dense step and the folded kernels' steps, each profiled, and the whole model."""
+    done = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0", mode="kernels")
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, out + err
+    calls = [call.split(" ", 1)[1] for call in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert calls[0].startswith("-m pytest --device cuda -m device") and calls[0].endswith(
+        "tests/test_fused_norm_kernels.py tests/test_kernels.py")
+    assert "--timeout=120" in calls[0]
+    trains = [call for call in calls if "benchmark_train.py" in call]
+    assert len(trains) == 5 and "--basis-size" not in trains[0]
+    assert all("--cuda-graphs" in call and "--profile" in call for call in trains[:4])
+    assert sum("--combine fused --fuse-norm" in call for call in trains) == 3
+    layers = [call for call in calls if "benchmark_layers.py" in call]
+    assert len(layers) == 2 and all("--fuse-norm --combine fused" in call for call in layers)
+    assert len(calls) == 8
+    unknown = subprocess.run(["bash", "scripts/gpu_speed.sh", "kernel"], cwd=repo,
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "unknown mode 'kernel': use full, quick or kernels"
 
 
 def test_gpu_speed_names_its_folder_by_the_gpu_alone_and_stops_at_a_missing_package(
