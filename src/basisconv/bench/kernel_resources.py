@@ -30,7 +30,8 @@ from unittest import mock
 
 import pandas as pd
 
-from basisconv.kernels import triton_combine, triton_conv, triton_fold, triton_moments
+from basisconv.kernels import (triton_combine, triton_conv, triton_fold, triton_fold_wide,
+                               triton_moments)
 from basisconv.records import (RunRecord, file_digest, provenance, write_record,
                                write_text_atomic)
 
@@ -161,14 +162,16 @@ def compile_moments(basis_width: int, dtype: str = "bf16", shift: bool = False):
     channels_last."""
     kernel = triton_moments._shift_kernel if shift else triton_moments._moments_kernel
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
-    constants = {"sc": 1, "BLOCK_N": basis_width}
+    constants = {"sc": 1, "BLOCK_N": basis_width if shift
+                 else min(basis_width, triton_moments.MAX_TILE)}
     constants.update({"SAMPLE": triton_moments.SHIFT_SAMPLE} if shift
-                     else {"BLOCK_M": triton_moments.ROWS_PER_BLOCK})
+                     else {"BLOCK_M": triton_moments.ROWS_PER_BLOCK,
+                           "TILED": basis_width > triton_moments.MAX_TILE})
     (config,) = triton_moments._configs(interpret=False, tune=False)
     return compile_for_hopper(
         kernel, constants, {name: "fp32" if name != "maps_ptr" else dtype
                             for name in names if name.endswith("_ptr")},
-        [name for name in names if name not in constants and name != "row_blocks"],
+        [name for name in names if name not in constants and name not in ("row_blocks", "tiles")],
         config.num_warps, config.num_stages)
 
 
@@ -192,20 +195,41 @@ def compile_moments_backward(basis_width: int, dtype: str = "bf16", tile=None):
 
 def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
     """One of the fold's kernels (:mod:`basisconv.kernels.triton_fold`, the backward's with
-    ``backward``) compiled for sm_90 at ``BLOCK_N = basis_width``, every optional input
-    present, the folded matrix in ``dtype`` (the rest float32)."""
-    kernel = triton_fold._fold_backward_kernel if backward else triton_fold._fold_kernel
+    ``backward``) compiled for sm_90 at ``basis_width``, every optional input present, the
+    folded matrix in ``dtype`` (the rest float32): the one-program kernels up to
+    ``ONE_PROGRAM_WIDTH``, the tiled ones (:mod:`basisconv.kernels.triton_fold_wide`)
+    above; ``backward="moments"``: the tiled backward's second kernel."""
+    if basis_width > triton_fold.ONE_PROGRAM_WIDTH or backward == "moments":
+        kernel = (triton_fold_wide._moments_grad_kernel if backward == "moments" else
+                  triton_fold_wide._wide_fold_backward_kernel if backward
+                  else triton_fold_wide._wide_fold_kernel)
+        blocks = {"BLOCK_R": triton_fold_wide.ROWS,
+                  "BLOCK_K": min(basis_width, triton_moments.MAX_TILE)}
+        configs = triton_fold_wide._configs
+    else:
+        kernel = triton_fold._fold_backward_kernel if backward else triton_fold._fold_kernel
+        blocks = {"BLOCK_R": triton_fold.rows_per_block(basis_width), "BLOCK_N": basis_width}
+        configs = triton_fold._configs
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
     constants = {name: True for name in names if name.startswith(("HAS_", "MOMENTS_", "UPDATE"))}
-    constants.update({name: 1 for name in ("coef_sk", "g_sk") if name in names},
-                     BLOCK_R=triton_fold.rows_per_block(basis_width), BLOCK_N=basis_width)
-    (config,) = triton_fold._configs(interpret=False, tune=False)
+    constants.update({name: 1 for name in ("coef_sk", "g_sk") if name in names}, **blocks)
+    (config,) = configs(interpret=False, tune=False)
     return compile_for_hopper(
         kernel, constants, {name: dtype if name == "folded_ptr" else "i64"
                             if name == "index_ptr" else "fp32"
                             for name in names if name.endswith("_ptr")},
         [name for name in names if name.endswith("_ptr")], config.num_warps,
         config.num_stages, floats=("count", "eps", "momentum"))
+
+
+def _fold_tile(width: int, tiled: bool) -> str:
+    """How the fold's kernels split the work at ``width``."""
+    if tiled:
+        return (f"{triton_fold_wide.ROWS} channels a program, tiles of "
+                f"{min(width, triton_moments.MAX_TILE)} "
+                f"w{triton_fold_wide._configs(False, False)[0].num_warps}")
+    return (f"one program, {triton_fold.rows_per_block(width)} channels a block "
+            f"w{triton_fold._configs(False, False)[0].num_warps}")
 
 
 def combination_tiles(backward: bool) -> list[tuple[int, int, int]]:
@@ -241,12 +265,13 @@ def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
                              "tile": f"{triton_moments.ROWS_PER_BLOCK} rows w{config.num_warps} "
                                      f"s{config.num_stages}",
                              **resources(compile_moments(width, dtype))})
-                for backward in (False, True):
+                tiled = width > triton_fold.ONE_PROGRAM_WIDTH
+                for backward in (False, True, "moments") if tiled else (False, True):
                     rows.append({"dtype": dtype, "basis_width": width,
-                                 "kernel": "fold backward" if backward else "fold",
-                                 "tile": f"one program, {triton_fold.rows_per_block(width)} "
-                                         f"channels a block w"
-                                         f"{triton_fold._configs(False, False)[0].num_warps}",
+                                 "kernel": ("fold moments" if backward == "moments" else
+                                            "fold backward" if backward else "fold")
+                                           + (" (tiled)" if tiled else ""),
+                                 "tile": _fold_tile(width, tiled),
                                  **resources(compile_fold(backward, width, dtype))})
     return rows
 

@@ -27,8 +27,9 @@ broadcast vector or a block of ones, as in :mod:`.triton_combine`: ``tl.sum`` is
 Triton's jit helpers, which the interpreter cannot call), so every step is a tile
 operation and one code path serves the interpreter and the GPU. Products are exact
 float32 (``"ieee"``): these are statistics. The ``m x m`` tile is one program's, so
-bases up to :data:`.triton_moments.MAX_WIDTH`, as the moments' kernel; wider ones keep
-the standard ops.
+bases up to :data:`ONE_PROGRAM_WIDTH`; wider ones, up to
+:data:`.triton_moments.MAX_WIDTH`, run the same computation tiled over programs
+(:mod:`.triton_fold_wide`), beyond it the standard ops.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import triton_moments
+from . import triton_fold_wide, triton_moments
 from .torch_ops import coefficient_fold, coefficient_fold_backward, update_running
 from .triton_combine import launching
 from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
@@ -198,6 +199,12 @@ def _configs(interpret: bool, tune: bool) -> list:
             else triton.Config({}, num_warps=8, num_stages=1)]
 
 
+#: The widest basis the one-program kernels take (their ``m x m`` blocks are one
+#: program's registers); wider ones, up to :data:`.triton_moments.MAX_WIDTH`, run
+#: :mod:`.triton_fold_wide`'s.
+ONE_PROGRAM_WIDTH = 64
+
+
 def rows_per_block(m: int) -> int:
     """Output channels per block of the loop: 32, 16 for bases wider than 32 (fewer
     registers beside the ``m x m`` blocks; ``_configs``), 16 under the interpreter
@@ -220,7 +227,8 @@ def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Ten
          running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
          momentum: float = 0.0) -> tuple[torch.Tensor, ...]:
     """:func:`.torch_ops.norm_fold` of the combination ``combination_rows(coefficients,
-    output_index)`` through the moments' kernel and this module's (``m`` at most
+    output_index)`` through the moments' kernel and this module's, or
+    :mod:`.triton_fold_wide`'s above ``ONE_PROGRAM_WIDTH`` (``m`` at most
     ``MAX_WIDTH``, at least one pixel, float32 coefficients); the folded matrix in the
     maps' dtype. Given running averages (contiguous), updates them as
     :func:`.torch_ops.update_running` does."""
@@ -229,17 +237,18 @@ def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Ten
     output_index = output_index.contiguous()  # (the kernels read these without strides)
     stats = (coefficients.new_empty(m), coefficients.new_empty((m, m)),
              maps.new_empty((c_out, m)), *(coefficients.new_empty(c_out) for _ in range(3)))
-    kernel = autotuned_on_first_use(_fold_kernel, _configs, ["C_out", "m"])
+    args = (sums, shift, coefficients, output_index,
+            *(_optional(t, coefficients) for t in (conv_bias, norm_weight, norm_bias)),
+            *stats, *(coefficients if t is None else t for t in (running_mean, running_var)),
+            float(maps.numel() // m), eps, momentum, c_out, m, *_strides(coefficients))
+    flags = dict(HAS_CONV_BIAS=conv_bias is not None, HAS_WEIGHT=norm_weight is not None,
+                 HAS_BIAS=norm_bias is not None, UPDATE=running_mean is not None)
     with launching(maps):
-        kernel[(1,)](sums, shift, coefficients, output_index,
-                     *(_optional(t, coefficients) for t in (conv_bias, norm_weight, norm_bias)),
-                     *stats, *(coefficients if t is None else t
-                               for t in (running_mean, running_var)),
-                     float(maps.numel() // m), eps, momentum, c_out, m,
-                     *_strides(coefficients), HAS_CONV_BIAS=conv_bias is not None,
-                     HAS_WEIGHT=norm_weight is not None, HAS_BIAS=norm_bias is not None,
-                     UPDATE=running_mean is not None, BLOCK_R=rows_per_block(m),
-                     BLOCK_N=_block_n(m))
+        if m > ONE_PROGRAM_WIDTH:
+            triton_fold_wide.fold(args, flags, c_out, m)
+        else:
+            autotuned_on_first_use(_fold_kernel, _configs, ["C_out", "m"])[(1,)](
+                *args, **flags, BLOCK_R=rows_per_block(m), BLOCK_N=_block_n(m))
     return stats
 
 
@@ -260,16 +269,19 @@ def fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor,
                                    for t in (conv_bias, norm_weight))
     sym, shift = ((mean.new_empty((m, m)), mean.new_empty(m)) if moments_grad
                   else (mean.new_empty(0), mean.new_empty(0)))
-    kernel = autotuned_on_first_use(_fold_backward_kernel, _configs, ["C_out", "m"])
+    head = (grad_folded, grad_folded_bias.contiguous(), coefficients, output_index, mean_b,
+            cov_b, mean, var, _optional(conv_bias, mean), _optional(norm_weight, mean),
+            grad_coefficients, grad_conv_bias, grad_weight)
+    tail = (float(count), eps, c_out, m, *_strides(grad_folded), *_strides(coefficients))
+    flags = dict(HAS_CONV_BIAS=conv_bias is not None, HAS_WEIGHT=norm_weight is not None,
+                 MOMENTS_GRAD=moments_grad)
     with launching(mean):
-        kernel[(1,)](grad_folded, grad_folded_bias.contiguous(), coefficients, output_index,
-                     mean_b, cov_b, mean, var, _optional(conv_bias, mean),
-                     _optional(norm_weight, mean), grad_coefficients, grad_conv_bias,
-                     grad_weight, sym, shift, float(count), eps, c_out, m,
-                     *_strides(grad_folded), *_strides(coefficients),
-                     HAS_CONV_BIAS=conv_bias is not None, HAS_WEIGHT=norm_weight is not None,
-                     MOMENTS_GRAD=moments_grad, BLOCK_R=rows_per_block(m),
-                     BLOCK_N=_block_n(m))
+        if m > ONE_PROGRAM_WIDTH:
+            triton_fold_wide.fold_backward(head, tail, flags, sym, shift)
+        else:
+            autotuned_on_first_use(_fold_backward_kernel, _configs, ["C_out", "m"])[(1,)](
+                *head, sym, shift, *tail, **flags, BLOCK_R=rows_per_block(m),
+                BLOCK_N=_block_n(m))
     return grad_coefficients, grad_conv_bias, grad_weight, sym, shift
 
 

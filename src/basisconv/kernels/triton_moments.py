@@ -16,10 +16,11 @@ combination writes at basis 1/4. Here one kernel reads the maps once:
   covariance follow in a few operations on ``m x m`` values (:func:`moments`), or inside
   the fold's kernel (:mod:`.triton_fold`), which needs no other launch.
 
-The whole ``m x m`` sum sits in one program's registers, so the kernel takes bases up to
-:data:`MAX_WIDTH`; wider ones (ResNet's last stages, few pixels) keep the standard ops,
-where cuBLAS's Gram product is fast. Column sums are products with a block of ones, as
-in :mod:`.triton_combine`. Products are exact float32 (``"ieee"``): these are statistics.
+The ``m x m`` sum sits in one program's registers up to :data:`MAX_TILE`; wider bases
+(ResNet's last stages: few pixels, so few programs along the rows) are split into tiles,
+a program per tile and run of rows, up to :data:`MAX_WIDTH`. Column sums are products
+with a block of ones, as in :mod:`.triton_combine`. Products are exact float32
+(``"ieee"``): these are statistics.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from .torch_ops import basis_moments
 from .triton_combine import cannot_run, kernel_strides, launching, strided_as, sums_dtype
 from .triton_conv import autotuned_on_first_use, dot_precision, interpreting, tl, triton
 
-#: The widest basis the kernel takes (its ``m x m`` sum is one program's accumulator).
-MAX_WIDTH = 64
+#: The widest basis the kernels take (as :mod:`.triton_combine`'s; the moments' ``m x m``
+#: sum in tiles of up to :data:`MAX_TILE`, a program each).
+MAX_WIDTH = 256
 
 
 def _shift_kernel(maps_ptr, shift_ptr, M, HW, m, sn, sc, sp, SAMPLE: tl.constexpr,
@@ -54,38 +56,50 @@ def _shift_kernel(maps_ptr, shift_ptr, M, HW, m, sn, sc, sp, SAMPLE: tl.constexp
              mask=(k < m)[:, None] & (column[None, :] == 0))
 
 
-def _moments_kernel(maps_ptr, shift_ptr, part_ptr, M, HW, m, sn, sc, sp, row_blocks,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One program: ``row_blocks`` blocks of ``BLOCK_M`` rows; writes the sum of
-    ``x - shift`` ``[m]`` and of their outer products ``[m, m]`` into its row of ``part``
-    (``[programs, m + m*m]``)."""
+def _moments_kernel(maps_ptr, shift_ptr, part_ptr, M, HW, m, sn, sc, sp, row_blocks, tiles,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILED: tl.constexpr):
+    """One program: ``row_blocks`` blocks of ``BLOCK_M`` rows and one ``BLOCK_N x
+    BLOCK_N`` tile (``program_id(1)``, row-major over the tiles) of the sum of the outer
+    products of ``x - shift``, written into its row of ``part`` (``[programs, m + m*m]``);
+    the tiles of the first column also write the sum of ``x - shift`` over their rows of
+    the tile. ``tiles``: tiles a side; ``TILED``: more than one (else the tile's two
+    column blocks are one)."""
     pid = tl.program_id(0)
+    tile_i, tile_j = tl.program_id(1) // tiles, tl.program_id(1) % tiles
     first = pid.to(tl.int64) * row_blocks * BLOCK_M
     offs_r = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    basis_ok = offs_n < m
+    offs_i = tile_i * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tile_j * BLOCK_N + tl.arange(0, BLOCK_N)
+    i_ok, j_ok = offs_i < m, offs_j < m
     # the shift, loaded into every row of a tile (a broadcast by addresses)
-    shift = tl.load(shift_ptr + offs_n[None, :] + 0 * offs_r[:, None],
-                    mask=basis_ok[None, :] & (offs_r[:, None] >= 0), other=0.0)
+    shift_i = tl.load(shift_ptr + offs_i[None, :] + 0 * offs_r[:, None],
+                      mask=i_ok[None, :] & (offs_r[:, None] >= 0), other=0.0)
+    shift_j = tl.load(shift_ptr + offs_j[None, :] + 0 * offs_r[:, None],
+                      mask=j_ok[None, :] & (offs_r[:, None] >= 0), other=0.0)
     ones = tl.full((BLOCK_M, 16), 1.0, tl.float32)
     sums = tl.full((BLOCK_N, 16), 0.0, tl.float32)
     gram = tl.full((BLOCK_N, BLOCK_N), 0.0, tl.float32)
     for block in range(0, row_blocks):
         rows = first + block * BLOCK_M + offs_r
         row_ok = rows < M
-        x = tl.load(maps_ptr + ((rows // HW) * sn + (rows % HW) * sp)[:, None]
-                    + offs_n[None, :] * sc, mask=row_ok[:, None] & basis_ok[None, :],
+        row_at = ((rows // HW) * sn + (rows % HW) * sp)[:, None]
+        x = tl.load(maps_ptr + row_at + offs_i[None, :] * sc, mask=row_ok[:, None] & i_ok[None, :],
                     other=0.0).to(tl.float32)
-        centred = tl.where(row_ok[:, None], x - shift, 0.0)
+        centred = tl.where(row_ok[:, None], x - shift_i, 0.0)
+        centred_j = centred
+        if TILED:
+            x = tl.load(maps_ptr + row_at + offs_j[None, :] * sc,
+                        mask=row_ok[:, None] & j_ok[None, :], other=0.0).to(tl.float32)
+            centred_j = tl.where(row_ok[:, None], x - shift_j, 0.0)
         centred_t = tl.trans(centred)
-        gram = tl.dot(centred_t, centred, gram, input_precision="ieee")
+        gram = tl.dot(centred_t, centred_j, gram, input_precision="ieee")
         sums = tl.dot(centred_t, ones, sums, input_precision="ieee")
     part = part_ptr + pid.to(tl.int64) * (m + m * m)
-    tl.store(part + m + offs_n[:, None] * m + offs_n[None, :], gram,
-             mask=basis_ok[:, None] & basis_ok[None, :])
+    tl.store(part + m + offs_i[:, None] * m + offs_j[None, :], gram,
+             mask=i_ok[:, None] & j_ok[None, :])
     column = tl.arange(0, 16)
-    tl.store(part + offs_n[:, None] + 0 * column[None, :], sums,
-             mask=basis_ok[:, None] & (column[None, :] == 0))
+    tl.store(part + offs_i[:, None] + 0 * column[None, :], sums,
+             mask=i_ok[:, None] & (column[None, :] == 0) & (tile_j == 0))
 
 
 def _moments_backward_kernel(grad_ptr, maps_ptr, sym_ptr, shift_ptr, out_ptr, M, HW, m,
@@ -158,14 +172,28 @@ def moment_sums(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     programs = triton.cdiv(blocks, row_blocks)
     part = maps.new_empty((programs, m + m * m), dtype=torch.float32)
     shift = maps.new_empty(m, dtype=torch.float32)
-    block_n = max(16, triton.next_power_of_2(m))
+    tile = tile_width(m)
+    tiles = triton.cdiv(m, tile)
     with launching(maps):
         autotuned_on_first_use(_shift_kernel, _configs, ["m"])[(1,)](
-            maps, shift, rows, h * w, m, sn, sc, sp, SAMPLE=SHIFT_SAMPLE, BLOCK_N=block_n)
-        autotuned_on_first_use(_moments_kernel, _configs, ["m"])[(programs,)](
-            maps, shift, part, rows, h * w, m, sn, sc, sp, row_blocks, BLOCK_M=block,
-            BLOCK_N=block_n)
+            maps, shift, rows, h * w, m, sn, sc, sp, SAMPLE=SHIFT_SAMPLE,
+            BLOCK_N=max(16, triton.next_power_of_2(m)))
+        autotuned_on_first_use(_moments_kernel, _configs, ["m"])[(programs, tiles * tiles)](
+            maps, shift, part, rows, h * w, m, sn, sc, sp, row_blocks, tiles, BLOCK_M=block,
+            BLOCK_N=tile, TILED=tiles > 1)
     return shift, part.sum(0)
+
+
+#: The widest tile of the ``m x m`` sums (one program's accumulator; wider bases are
+#: split into tiles, each a program of its own).
+MAX_TILE = 64
+
+
+def tile_width(m: int) -> int:
+    """The side of the moments' tiles for a basis of ``m``: the basis itself up to
+    :data:`MAX_TILE` (one tile), 32 under the interpreter (so that the tests' small bases
+    run the tiled form too)."""
+    return min(32 if interpreting() else MAX_TILE, max(16, triton.next_power_of_2(m)))
 
 
 def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,8 +257,8 @@ def add_moments_grad(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Ten
 def moments_backward(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Tensor,
                      shift: torch.Tensor) -> torch.Tensor:
     """:func:`add_moments_grad` as an op, or the standard ops where the kernels cannot
-    run (the same basis widths as :mod:`.triton_combine`'s, wider than the moments'
-    forward kernel takes). Not differentiable (the fold's written-out backward calls it)."""
+    run (the same basis widths as :mod:`.triton_combine`'s). Not differentiable (the
+    fold's written-out backward calls it)."""
     if cannot_run(maps):
         return strided_as(torch_ops.moments_backward(grad_maps, maps, sym, shift),
                    torch.empty_like(grad_maps))
