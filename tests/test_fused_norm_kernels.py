@@ -410,6 +410,31 @@ def test_the_moments_backward_kernel_adds_the_1x1_conv_of_the_maps(shape, device
     assert got.dtype == grad.dtype and got.stride() == torch.empty_like(grad).stride()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
+@pytest.mark.parametrize("wrong", ["grad batch", "grad dtype", "sym", "shift"])
+def test_the_moments_backward_op_refuses_inputs_that_disagree(wrong, dtype):
+    """Found in review: the kernel takes its sizes from the maps, so a gradient of another
+    batch was written out of bounds (a heap corruption) and a wider ``sym`` read in part;
+    the standard ops broadcast or promoted. One error, either way."""
+    maps = torch.randn(2, 4, 3, 4, dtype=dtype)
+    args = {"grad batch": torch.randn(1, 4, 3, 4, dtype=dtype),
+            "grad dtype": torch.randn(2, 4, 3, 4, dtype=torch.float16),
+            "sym": torch.randn(5, 5, dtype=dtype), "shift": torch.randn(5, dtype=dtype)}
+    grad = args[wrong] if wrong.startswith("grad") else torch.randn_like(maps)
+    sym = args["sym"] if wrong == "sym" else torch.randn(4, 4, dtype=dtype)
+    shift = args["shift"] if wrong == "shift" else torch.randn(4, dtype=dtype)
+    with pytest.raises(ValueError, match="moments_backward needs grad_maps of the maps"):
+        triton_moments.moments_backward(grad, maps, sym, shift)
+
+
+def test_a_fallbacks_result_takes_the_dtype_the_op_promises():
+    """Found in review: ``strided_as`` kept a result whose strides matched but whose dtype
+    did not (the standard ops promote), so an op's result and its shape-only twin
+    disagreed."""
+    got = triton_combine.strided_as(torch.ones(2, 3, dtype=torch.float64), torch.empty(2, 3))
+    assert got.dtype == torch.float32 and got.stride() == (3, 1)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "transposed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
 def test_the_moments_backward_op_passes_torch_library_opcheck(dtype, layout):
@@ -473,15 +498,18 @@ def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_ru
 
 
 @pytest.mark.parametrize("width", [16, 64, 256])
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("dtype, precision", [("bf16", "tf32"), ("fp32", "tf32"),
+                                              ("fp32", "ieee")])
 def test_the_moments_backward_kernel_compiles_to_hopper_machine_code_without_spilling(
-        dtype, width, monkeypatch):
-    """Every tile its autotuner tries, at the narrowest, a full and the widest basis."""
+        dtype, precision, width, monkeypatch):
+    """Every tile its autotuner tries, at the narrowest, a full and the widest basis, in
+    each precision it runs in (exact float32 where TF32 is off: a tile of 128 rows on
+    four warps spilled there, found in review)."""
     monkeypatch.delenv("TRITON_INTERPRET")
     from basisconv.bench.kernel_resources import compile_moments_backward, resources
 
     for tile in triton_moments._backward_configs(interpret=False, tune=True):
-        row = resources(compile_moments_backward(width, dtype, tile))
+        row = resources(compile_moments_backward(width, dtype, tile, precision))
         assert row["fits"] and 0 < row["registers"] <= 255 and row["spill_store_bytes"] == 0, (
             tile, row)
 

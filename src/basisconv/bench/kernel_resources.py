@@ -175,22 +175,24 @@ def compile_moments(basis_width: int, dtype: str = "bf16", shift: bool = False):
         config.num_warps, config.num_stages)
 
 
-def compile_moments_backward(basis_width: int, dtype: str = "bf16", tile=None):
+def compile_moments_backward(basis_width: int, dtype: str = "bf16", tile=None,
+                             precision: str = "tf32"):
     """The moments' part of the maps' gradient (:mod:`basisconv.kernels.triton_moments`)
     compiled for sm_90 over ``dtype`` maps and gradients in channels_last, its blocks as
     the launcher sets them for ``basis_width``, for ``tile`` (a ``triton.Config`` of its
-    autotuner; default the one without autotuning)."""
+    autotuner; default the one without autotuning) and ``precision`` (``"ieee"``: float32
+    maps without TF32)."""
     kernel = triton_moments._moments_backward_kernel
     names = kernel.__code__.co_varnames[:kernel.__code__.co_argcount]
     config = tile or triton_moments._backward_configs(interpret=False, tune=False)[0]
     block = min(64, max(16, basis_width))
     constants = {name: 1 for name in names if name.endswith("_sc")}
-    constants.update(PRECISION="tf32", BLOCK_J=block, BLOCK_K=block, **config.kwargs)
+    constants.update(PRECISION=precision, BLOCK_J=block, BLOCK_K=block, **config.kwargs)
     return compile_for_hopper(
         kernel, constants, {name: "fp32" if name in ("sym_ptr", "shift_ptr") else dtype
                             for name in names if name.endswith("_ptr")},
-        [name for name in names if name not in constants], config.num_warps,
-        config.num_stages)
+        [name for name in names if name not in constants and name != "col_blocks"],
+        config.num_warps, config.num_stages)
 
 
 def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
@@ -255,10 +257,13 @@ def combination_table(dtypes: list[str], widths: list[int]) -> list[dict]:
                                 f"w{warps} s{stages}",
                         **resources(compile_combination(backward, width, dtype, tile))})
             for config in triton_moments._backward_configs(interpret=False, tune=True):
-                rows.append({"dtype": dtype, "basis_width": width, "kernel": "moments backward",
-                             "tile": f"{config.kwargs['BLOCK_M']}x{min(64, width)} "
-                                     f"w{config.num_warps} s{config.num_stages}",
-                             **resources(compile_moments_backward(width, dtype, config))})
+                for precision in ("tf32", "ieee") if dtype == "fp32" else ("tf32",):
+                    rows.append({"dtype": dtype + ("-ieee" if precision == "ieee" else ""),
+                                 "basis_width": width, "kernel": "moments backward",
+                                 "tile": f"{config.kwargs['BLOCK_M']}x{min(64, width)} "
+                                         f"w{config.num_warps} s{config.num_stages}",
+                                 **resources(compile_moments_backward(width, dtype, config,
+                                                                      precision))})
             if width <= triton_moments.MAX_WIDTH:
                 (config,) = triton_moments._configs(interpret=False, tune=False)
                 rows.append({"dtype": dtype, "basis_width": width, "kernel": "moments",

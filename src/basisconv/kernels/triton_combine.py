@@ -161,6 +161,16 @@ def kernel_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]
     return t, (t.stride(0), t.stride(1), t.stride(3) if w > 1 else t.stride(2))
 
 
+def output_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """:func:`kernel_strides` for a tensor the kernel only writes: a new channels_last one
+    where ``t``'s pixels do not merge (not a copy of its unwritten contents), which the
+    caller copies into ``t`` after."""
+    n, c, h, w = t.shape
+    if h > 1 and w > 1 and t.stride(2) != w * t.stride(3):
+        return kernel_strides(torch.empty_like(t, memory_format=torch.channels_last))
+    return kernel_strides(t)
+
+
 def launching(t: torch.Tensor):
     """Triton launches on the current CUDA device, not the tensors' (see triton_conv)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -199,7 +209,7 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
     grad_maps = _maps_grad_shape(maps, maps_grad)
     maps, maps_strides = kernel_strides(maps)
     # itself, unless its pixels do not merge (the maps' strides, unused, where none is made)
-    work, work_strides = kernel_strides(grad_maps) if maps_grad else (grad_maps, maps_strides)
+    work, work_strides = output_strides(grad_maps) if maps_grad else (grad_maps, maps_strides)
     n, m, h, w = maps.shape
     c_out = matrix.shape[0]
     grad_out, g_strides = kernel_strides(grad_out.to(maps.dtype))
@@ -253,8 +263,8 @@ def sums_dtype(maps: torch.Tensor) -> torch.dtype:
 
 
 def strided_as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` with the strides of ``like`` (what the shape-only twins promise)."""
-    return t if t.stride() == like.stride() else like.copy_(t)
+    """``t`` with the strides and dtype of ``like`` (what the shape-only twins promise)."""
+    return t if t.stride() == like.stride() and t.dtype == like.dtype else like.copy_(t)
 
 
 # The kernels as PyTorch custom ops with shape-only twins, as :mod:`.fused` wraps its

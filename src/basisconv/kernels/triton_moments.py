@@ -30,7 +30,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import torch_ops
 from .torch_ops import basis_moments
-from .triton_combine import cannot_run, kernel_strides, launching, strided_as, sums_dtype
+from .triton_combine import (cannot_run, kernel_strides, launching, output_strides, strided_as,
+                             sums_dtype)
 from .triton_conv import autotuned_on_first_use, dot_precision, interpreting, tl, triton
 
 #: The widest basis the kernels take (as :mod:`.triton_combine`'s; the moments' ``m x m``
@@ -103,17 +104,20 @@ def _moments_kernel(maps_ptr, shift_ptr, part_ptr, M, HW, m, sn, sc, sp, row_blo
 
 
 def _moments_backward_kernel(grad_ptr, maps_ptr, sym_ptr, shift_ptr, out_ptr, M, HW, m,
-                             g_sn, g_sc, g_sp, maps_sn, maps_sc, maps_sp, out_sn, out_sc,
-                             out_sp, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                             col_blocks, g_sn, g_sc, g_sp, maps_sn, maps_sc, maps_sp, out_sn,
+                             out_sc, out_sp, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
     """One program: ``BLOCK_M`` pixels and ``BLOCK_J`` of the maps' channels:
     ``out = grad + conv1x1(maps, sym) + shift`` (``sym`` ``[m, m]`` read as a conv's
     weight, ``[out, in]``; ``sym`` and ``shift`` float32), the products over ``m`` in
-    blocks of ``BLOCK_K``, accumulated in float32 with the gradient."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    blocks of ``BLOCK_K``, accumulated in float32 with the gradient. Programs in order
+    of (row block, channel block), the channel blocks of a row block next to each other
+    (they read the same maps' rows: from L2 after the first)."""
+    pid = tl.program_id(0)
+    offs_m = (pid // col_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < M
     image, pixel = (offs_m // HW).to(tl.int64), (offs_m % HW).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    cols = (pid % col_blocks) * BLOCK_J + tl.arange(0, BLOCK_J)
     col_ok = cols < m
     maps_rows = maps_ptr + (image * maps_sn + pixel * maps_sp)[:, None]
     total = tl.full((BLOCK_M, BLOCK_J), 0.0, tl.float32)
@@ -217,34 +221,37 @@ def cannot_take(maps: torch.Tensor) -> bool:
 def _backward_configs(interpret: bool, tune: bool) -> list:
     """Rows per program: 16 under the interpreter (several programs in small tests); on a
     GPU 64 or 128 (a GEMM of ``K = m`` with the gradient added: memory-bound), 64 without
-    autotuning."""
+    autotuning. Compiled for sm_90 none spills, in bf16, TF32 or exact float32; 128 rows
+    on four warps spilled 68 bytes in exact float32 (a review's finding), so not tried."""
     if interpret:
         return [triton.Config({"BLOCK_M": 16}, num_warps=1)]
-    tiles = [(64, 4, 2), (128, 4, 2), (128, 8, 2)]
+    tiles = [(64, 4, 2), (128, 8, 2)]
     return [triton.Config({"BLOCK_M": rows}, num_warps=w, num_stages=s)
             for rows, w, s in (tiles if tune else tiles[:1])]
 
 
 def add_moments_grad(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Tensor,
                      shift: torch.Tensor) -> torch.Tensor:
-    """:func:`.torch_ops.moments_backward` in one pass (``m <= MAX_BASIS``): it reads the
-    maps and the gradient once and writes the sum once, where the 1x1 conv and the add
-    wrote the conv's result and read it back (two launches, five passes over an
-    ``m``-wide tensor, three roundings to bf16 rather than one). The result has
-    ``grad_maps``' layout."""
+    """:func:`.torch_ops.moments_backward` in one pass (``m <= MAX_WIDTH``): it reads the
+    gradient once and the maps once (up to 64 channels; wider, a row of maps once per 64
+    output channels, the reads after the first from L2) and writes the sum once, where
+    the 1x1 conv and the add wrote the conv's result and read it back (two launches, five
+    passes over an ``m``-wide tensor, three roundings to bf16 rather than one). The
+    result has ``grad_maps``' layout."""
     out = torch.empty_like(grad_maps)
     grad_maps, g_strides = kernel_strides(grad_maps)
     maps, maps_strides = kernel_strides(maps)
-    work, work_strides = kernel_strides(out)
+    work, work_strides = output_strides(out)
     n, m, h, w = maps.shape
     rows = n * h * w
     if rows:
         block = min(64, max(16, triton.next_power_of_2(m)))
+        columns = triton.cdiv(m, block)
         kernel = autotuned_on_first_use(_moments_backward_kernel, _backward_configs, ["M", "m"])
         with launching(maps):
-            kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(m, block))](
+            kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * columns,)](
                 grad_maps, maps, sym.float().contiguous(), shift.float().contiguous(), work,
-                rows, h * w, m, *g_strides, *maps_strides, *work_strides,
+                rows, h * w, m, columns, *g_strides, *maps_strides, *work_strides,
                 PRECISION=dot_precision(maps.dtype), BLOCK_J=block, BLOCK_K=block)
     if work is not out:
         out.copy_(work)
@@ -259,15 +266,31 @@ def moments_backward(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Ten
     """:func:`add_moments_grad` as an op, or the standard ops where the kernels cannot
     run (the same basis widths as :mod:`.triton_combine`'s). Not differentiable (the
     fold's written-out backward calls it)."""
+    _check_moments_backward(grad_maps, maps, sym, shift)
     if cannot_run(maps):
         return strided_as(torch_ops.moments_backward(grad_maps, maps, sym, shift),
-                   torch.empty_like(grad_maps))
+                          torch.empty_like(grad_maps))
     return add_moments_grad(grad_maps, maps, sym, shift)
 
 
 @moments_backward.register_fake
 def _moments_backward_shape(grad_maps, maps, sym, shift):
+    _check_moments_backward(grad_maps, maps, sym, shift)
     return torch.empty_like(grad_maps)
+
+
+def _check_moments_backward(grad_maps, maps, sym, shift) -> None:
+    """The op's inputs agree (the kernel takes its sizes from ``maps``: a gradient of
+    another shape would be read and written out of bounds, a wider ``sym`` read in part);
+    a review's finding, for a caller of the op other than the layer."""
+    m = maps.shape[1] if maps.dim() == 4 else None
+    if (maps.dim() != 4 or grad_maps.shape != maps.shape or grad_maps.dtype != maps.dtype
+            or sym.shape != (m, m) or shift.shape != (m,)):
+        raise ValueError(
+            f"moments_backward needs grad_maps of the maps' shape and dtype, sym [m, m] and "
+            f"shift [m] for maps [N, m, H, W]; got grad_maps {tuple(grad_maps.shape)} "
+            f"{grad_maps.dtype}, maps {tuple(maps.shape)} {maps.dtype}, sym "
+            f"{tuple(sym.shape)}, shift {tuple(shift.shape)}")
 
 
 @register_flop_formula(torch.ops.basisconv.moments_backward)
