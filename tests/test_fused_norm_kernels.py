@@ -365,10 +365,10 @@ def test_moments_far_from_zero_keep_float32_precision(device, kernel_runs):
 
 
 def test_a_basis_wider_than_the_moments_kernel_takes_keeps_the_standard_ops(kernel_runs):
-    """Above ``MAX_WIDTH`` (the combination's kernels' limit too: said there once)."""
+    """Above ``MAX_WIDTH`` (few pixels there; cuBLAS's Gram product), silently."""
     maps = torch.randn(2, triton_moments.MAX_WIDTH + 1, 3, 3)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error")
         mean, cov = triton_moments.fused_basis_moments(maps)
     assert kernel_runs == []
     want = triton_moments.basis_moments(maps)
@@ -614,6 +614,25 @@ def test_the_fold_ops_pass_torch_library_opcheck(dtype, fold_form):
                 torch.randn_like(stats[2]), torch.randn_like(stats[3]), coefficients,
                 output_index, stats[0], stats[1], stats[4], stats[5], conv_bias, weight, 1e-5,
                 maps, moments_grad))
+
+
+@pytest.mark.device
+def test_one_value_per_channel_leaves_the_running_variance_finite(device, kernel_runs,
+                                                                  fold_form):
+    """Found in review: the kernels took the unbiased variance as ``var * n / (n - 1)``, a
+    division by zero for one pixel (an error under the interpreter, NaN on a GPU), where
+    :func:`torch_ops.update_running` divides by at least 1. (The layer refuses one value
+    per channel in training, as batch norm does; the op is its own entry point.)"""
+    maps, coefficients, output_index, *optional = fold_inputs(80, 70, device)
+    maps = maps[:1, :, :1, :1]
+    running = [torch.rand(80, device=device), torch.rand(80, device=device) + 0.5]
+    want = [t.clone() for t in running]
+    stats = triton_fold.folded_norm(maps, coefficients, output_index, *optional, 1e-5,
+                                    *running, 0.1)
+    assert kernel_runs == ["fold", "moments"]
+    torch_ops.update_running(*want, stats[4], stats[5], 1, 0.1)
+    for got, expected in zip(running, want):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.device

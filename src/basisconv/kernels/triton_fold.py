@@ -105,7 +105,7 @@ def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight
             tl.store(running_mean_ptr + across, ((1.0 - momentum) * running + momentum * mean).to(
                 running_mean_ptr.dtype.element_ty), mask=stored)
             running = tl.load(running_var_ptr + across, mask=stored, other=0.0).to(tl.float32)
-            unbiased = var * (count / (count - 1.0))
+            unbiased = var * (count / tl.maximum(count - 1.0, 1.0))  # (as update_running)
             tl.store(running_var_ptr + across, ((1.0 - momentum) * running
                                                 + momentum * unbiased).to(
                 running_var_ptr.dtype.element_ty), mask=stored)
