@@ -64,9 +64,8 @@ class BatchNormedCombination(torch.autograd.Function):
     nothing of batch norm's own backward runs. With ``kernel`` (``combine="fused"``) the
     moments, the fold, the combination and their backward are :mod:`.triton_moments`',
     :mod:`.triton_fold`'s and :mod:`.triton_combine`'s kernels (the moments' 1x1 conv and
-    the add one pass). Saved: the maps, the
-    output where a ReLU needs its mask, and tensors of ``C_out`` or ``m x m`` entries. A
-    backward that is itself differentiated (``create_graph=True``) is autograd's, of the
+    the add one pass). Saved: the maps, the output where a ReLU needs its mask, and
+    tensors of ``C_out`` or ``m x m`` entries. A backward that is itself differentiated (``create_graph=True``) is autograd's, of the
     forward recomputed (:func:`_differentiable_backward`)."""
 
     @staticmethod
