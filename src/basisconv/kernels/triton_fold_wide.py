@@ -278,6 +278,7 @@ def fold_backward(head: tuple, tail: tuple, flags: dict, sym: torch.Tensor,
     with ``MOMENTS_GRAD``, :func:`_moments_grad_kernel` into ``sym`` and ``shift``."""
     coefficients, output_index = head[2], head[3]
     count, _, c_out, m = tail[:4]
+    coefficient_strides = tail[-2:]  # (the kernel's last two arguments)
     tile = tile_width(m)
     tiles = triton.cdiv(m, tile)
     moments_grad = flags["MOMENTS_GRAD"]
@@ -289,5 +290,5 @@ def fold_backward(head: tuple, tail: tuple, flags: dict, sym: torch.Tensor,
     if moments_grad:
         kernel = autotuned_on_first_use(_moments_grad_kernel, _configs, ["C_out", "m"])
         kernel[(tiles * tiles,)](coefficients, output_index, grad_var, grad_centre, sym,
-                                 shift, count, c_out, m, *tail[-2:], tiles, BLOCK_R=ROWS,
-                                 BLOCK_K=tile)
+                                 shift, count, c_out, m, *coefficient_strides, tiles,
+                                 BLOCK_R=ROWS, BLOCK_K=tile)
