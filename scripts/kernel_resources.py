@@ -1,7 +1,8 @@
 """Registers, spills and shared memory of the fused kernel's autotuning tiles on Hopper
 (sm_90), from Triton's compiler, without a GPU:
 ``python scripts/kernel_resources.py [--dtypes bf16 fp32] [--widths 16 32 64 128 256]
-[--kernels combination]`` (the folded norm's kernels instead: combination, moments, fold).
+[--kernels combination]`` (the folded norm's kernels instead: combination, moments and
+their backward, fold).
 
 Writes ``results/kernel-resources-sm90.csv`` and a JSON record beside it; see
 ``basisconv.bench.kernel_resources`` for why and how. A kernel change can be judged here
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kernels", choices=["conv", "combination"], default="conv",
                         help="the fused basis conv (default), or the folded norm's "
                              "kernels: the combination's, forward and backward, the "
-                             "batch moments' and the fold's, forward and backward")
+                             "batch moments', forward and backward, and the fold's, "
+                             "forward and backward")
     parser.add_argument("--out", type=Path,
                         help=f"the table (default results/kernel-resources-sm{ARCH}.csv, "
                              f"-combination.csv for --kernels combination)")

@@ -195,7 +195,7 @@ def compile_moments_backward(basis_width: int, dtype: str = "bf16", tile=None,
         config.num_warps, config.num_stages)
 
 
-def compile_fold(backward: bool, basis_width: int, dtype: str = "bf16"):
+def compile_fold(backward: bool | str, basis_width: int, dtype: str = "bf16"):
     """One of the fold's kernels (:mod:`basisconv.kernels.triton_fold`, the backward's with
     ``backward``) compiled for sm_90 at ``basis_width``, every optional input present, the
     folded matrix in ``dtype`` (the rest float32): the one-program kernels up to
