@@ -26,8 +26,10 @@ computes the three as one when a model calls :func:`conv_norm_act` for them: the
 folds into the combination, so the full-width activation is written once
 (:mod:`basisconv.kernels.norm`; with ``combine="fused"`` the batch moments, the
 combination, its ReLU and their backward are Triton kernels,
-:mod:`basisconv.kernels.triton_moments` and :mod:`basisconv.kernels.triton_combine`). Any other
-layer or norm runs them one after another.
+:mod:`basisconv.kernels.triton_moments` and :mod:`basisconv.kernels.triton_combine`; with
+``combine="auto"`` each shape runs whichever of the fold's forms and the unfused modules
+is fastest on the device, :mod:`basisconv.kernels.auto_norm`). Any other layer or norm runs
+them one after another.
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
@@ -35,6 +37,7 @@ that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the f
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Sequence
@@ -50,9 +53,9 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .counts import count_or_fraction_problem, is_int, is_number, share_of
 from .errors import ConfigError
 from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
-from .kernels import (COMBINE_MODES, auto_forward, basis_conv_batch_norm, combination_rows,
-                      fused_forward, materialized_weight, split_forward, stacked_forward,
-                      without_autocast)
+from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
+                      combination_rows, fused_forward, materialized_weight, split_forward,
+                      stacked_forward, without_autocast)
 
 
 def check_basis_size(value, key: str = "num_basis") -> None:
@@ -183,8 +186,10 @@ class BasisConv2d(nn.Module):
         fuse_norm: compute this layer, the batch norm after it and its ReLU as one where
             the model calls :func:`conv_norm_act` (the combination is then one GEMM with
             the norm folded in: with ``combine="fused"`` a Triton kernel with the ReLU in
-            its epilogue, one for its backward and one for the batch moments; ``"split"``
-            and ``"auto"`` do not apply). Same function, other rounding.
+            its epilogue, one for its backward and one for the batch moments; with
+            ``"auto"`` per shape the fastest of that, the fold in standard ops and the
+            modules unfused, measured on the device; ``"split"`` does not apply). Same
+            function, other rounding.
 
     Initialization from scratch (why): the basis filters are Kaiming-normal with
     ``fan_in = C_in*kh*kw``, as torch's own conv init scales by fan-in, so a basis output
@@ -218,11 +223,12 @@ class BasisConv2d(nn.Module):
         self.combine = combine
         self.fuse_norm = check_flag("fuse_norm", fuse_norm)
         bias = check_flag("bias", bias)
-        if self.fuse_norm and combine in ("split", "auto"):
-            warnings.warn(f"fuse_norm=True: where a batch norm follows the layer (conv_norm_act) "
-                          f"the combination runs as one 1x1 conv with the norm folded in (or "
-                          f"as Triton kernels with combine='fused'), so combine={combine!r} "
-                          f"applies only to layers without one", stacklevel=2)
+        if self.fuse_norm and combine == "split":
+            warnings.warn("fuse_norm=True: where a batch norm follows the layer (conv_norm_act) "
+                          "the combination runs as one 1x1 conv with the norm folded in (or "
+                          "as Triton kernels with combine='fused'; the faster of these and "
+                          "the unfused modules with combine='auto'), so combine='split' "
+                          "applies only to layers without one", stacklevel=2)
         n_combined = out_channels - m
         coefficient_rank = check_coefficient_rank(coefficient_rank, out_channels, m)
         self.coefficient_rank = coefficient_rank
@@ -526,12 +532,13 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
     if momentum is None:  # (no batch counter to average by: batch norm's factor is 0 then)
         momentum = 0.0
     updating = batch_stats and tracking and norm.running_mean is not None
-    return basis_conv_batch_norm(
+    forward = auto_conv_batch_norm if layer.combine == "auto" else functools.partial(
+        basis_conv_batch_norm, fused=layer.combine == "fused")
+    return forward(
         x, layer.basis_weight, layer.coefficient_matrix(), layer.output_index, layer.bias,
         layer.stride, layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
         eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
-        relu=relu, fused=layer.combine == "fused",
-        update=(norm.running_mean, norm.running_var, momentum) if updating else None)
+        relu=relu, update=(norm.running_mean, norm.running_var, momentum) if updating else None)
 
 
 def check_convertible(conv: nn.Module, where: str = "") -> None:

@@ -20,10 +20,14 @@ after it as one GEMM of the basis maps (the norm folded into the combination), f
 built with ``fuse_norm=True``; with ``combine="fused"`` the batch moments are one
 Triton kernel (:mod:`.triton_moments`), the fold from them to the folded matrix one each
 way (:mod:`.triton_fold`), and that GEMM, its ReLU and their backward two
-(:mod:`.triton_combine`), the full-width output written once and read once.
+(:mod:`.triton_combine`), the full-width output written once and read once; with
+``combine="auto"`` each conv-norm(-ReLU) shape runs the fastest of the fold in standard ops,
+the fold through the kernels and the unfused modules, measured on the device
+(:mod:`.auto_norm`).
 """
 
 from .auto import auto_forward
+from .auto_norm import auto_conv_batch_norm
 from .fused import fused_forward
 from .norm import basis_conv_batch_norm
 from .torch_ops import (combination_rows, dense_forward, materialized_weight, split_forward,
@@ -31,6 +35,6 @@ from .torch_ops import (combination_rows, dense_forward, materialized_weight, sp
 
 COMBINE_MODES = ("stacked", "split", "fused", "auto")
 
-__all__ = ["COMBINE_MODES", "auto_forward", "basis_conv_batch_norm", "combination_rows",
+__all__ = ["COMBINE_MODES", "auto_conv_batch_norm", "auto_forward", "basis_conv_batch_norm", "combination_rows",
            "dense_forward", "fused_forward", "materialized_weight", "split_forward",
            "stacked_forward", "without_autocast"]

@@ -57,11 +57,13 @@ def start_run() -> None:
 def described(this_run: bool = False) -> list[dict]:
     """The choices made so far, for a record: per shape (every part of the key it was
     chosen by, so that two choices never read alike) the form and the times behind it;
-    ``this_run``: only the shapes looked up since :func:`start_run`."""
+    ``this_run``: only the shapes looked up since :func:`start_run`. A choice for a layer
+    with its batch norm (:mod:`.auto_norm`) names the norm's part of its key too."""
     return [{"device": key[0], "dtype": str(key[1]).removeprefix("torch."),
              "input": list(key[2]), "channels_last": key[3], "basis_weight": list(key[4]),
              "out_channels": key[5], "bias": key[6], "stride": list(key[7]),
-             "padding": key[8], "dilation": list(key[9]), "backward": key[10], "form": form,
+             "padding": key[8], "dilation": list(key[9]), "backward": key[10],
+             **({"norm": dict(key[11])} if len(key) > 11 else {}), "form": form,
              "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
             for key, form in _CHOICES.items() if not this_run or key in _LOOKED_UP]
 
@@ -99,23 +101,23 @@ def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding, dil
     return forms
 
 
-def _time(form: str, args: tuple, backward: bool) -> float:
-    """Median seconds of ``REPEATS`` calls of ``form`` (after one untimed), on detached
-    copies of the inputs, so nothing reaches the caller's graph or its random state."""
-    x, *rest = args[:4]
+def time_call(call, leaves: tuple, backward: bool) -> float:
+    """Median seconds of ``REPEATS`` calls of ``call(*leaves)`` (after one untimed), with
+    its output's backward where ``backward``, on detached copies of the tensors among
+    ``leaves`` (the first one a tensor), so nothing reaches the caller's graph."""
     leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
-              for t in (x, *rest)]
-    cuda = x.is_cuda
+              for t in leaves]
+    cuda = leaves[0].is_cuda
     spans = []
     for i in range(REPEATS + 1):
         if cuda:
-            torch.cuda.synchronize(x.device)
+            torch.cuda.synchronize(leaves[0].device)
         start = time.perf_counter()
-        out = FORMS[form](*leaves, *args[4:])
+        out = call(*leaves)
         if backward:
             out.backward(torch.ones_like(out))
         if cuda:
-            torch.cuda.synchronize(x.device)
+            torch.cuda.synchronize(leaves[0].device)
         if i:
             spans.append(time.perf_counter() - start)
         for leaf in leaves:
@@ -124,36 +126,68 @@ def _time(form: str, args: tuple, backward: bool) -> float:
     return statistics.median(spans)
 
 
-def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
-                 bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
-    """The fastest form for this call's shape on this device (see the module docstring)."""
-    if torch.jit.is_tracing() or not all(isinstance(size, int) for size in x.shape):
-        # traced, or a symbolic size (torch.export or torch.compile with a dynamic batch):
-        # no measured choice to look up nor a call to time; the stacked form, as for any
-        # shape not measured while compiling
-        return stacked_forward(x, basis_weight, combination, bias, stride, padding, dilation)
-    backward = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, basis_weight, combination, bias))
-    key = (str(x.device), compute_dtype(x), tuple(x.shape),
-           x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
-           combination.shape[0], bias is not None, tuple(stride), str(padding),
-           tuple(dilation), backward)
+def _time(form: str, args: tuple, backward: bool) -> float:
+    """:func:`time_call` of ``form`` on ``args`` (:func:`auto_forward`'s)."""
+    return time_call(lambda *leaves: FORMS[form](*leaves, *args[4:]), args[:4], backward)
+
+
+def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bias: bool,
+              stride, padding, dilation, backward: bool) -> tuple:
+    """What a choice is made by (:func:`described` names each part): the device, the
+    compute dtype, the input's shape and layout, the basis, the outputs, the bias, the
+    conv's geometry, and whether gradients flow."""
+    return (str(x.device), compute_dtype(x), tuple(x.shape),
+            x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
+            out_channels, bias, tuple(stride), str(padding), tuple(dilation), backward)
+
+
+def measurable(x: torch.Tensor) -> bool:
+    """Whether a call on ``x`` can be looked up or timed: not traced, sizes not symbolic
+    (``torch.export``, ``torch.compile`` with a dynamic batch)."""
+    return not torch.jit.is_tracing() and all(isinstance(size, int) for size in x.shape)
+
+
+def choose(key: tuple, x: torch.Tensor, time_forms) -> str | None:
+    """The form chosen for ``key``: looked up, or measured now where measuring is possible
+    (``time_forms()``: seconds per call by form, with the random state forked so the
+    trials leave it alone); None where neither (the caller runs its default)."""
     form = _CHOICES.get(key)
     if form is None and _measuring_is_possible(x):
-        args = (x, basis_weight, combination, bias, stride, padding, dilation)
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            times = {f: _time(f, args, backward) for f in
-                     candidates(x, basis_weight, stride, padding, dilation, combination.shape[0])}
-        if "fused" in times and failed_to_compile(x, basis_weight, combination.shape[0], stride,
-                                                  padding, dilation):
-            del times["fused"]  # its kernel failed as it was timed: that was the stacked form
+            times = time_forms()
         form = _CHOICES[key] = min(times, key=times.get)
         TIMINGS[key] = times
-        log.info("combine=auto: %s for input %s, basis %s -> %d outputs (%s; ms per call: %s)",
-                 form, list(x.shape), list(basis_weight.shape), combination.shape[0],
-                 "forward+backward" if backward else "forward",
+        log.info("combine=auto: %s for input %s, basis %s -> %d outputs%s (%s; ms per call: %s)",
+                 form, list(key[2]), list(key[4]), key[5],
+                 f", {dict(key[11])}" if len(key) > 11 else "",
+                 "forward+backward" if key[10] else "forward",
                  ", ".join(f"{f} {1e3 * t:.2f}" for f, t in times.items()))
     if form is not None and not torch.compiler.is_compiling():
         _LOOKED_UP.add(key)
+    return form
+
+
+def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
+                 bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
+    """The fastest form for this call's shape on this device (see the module docstring)."""
+    form = None
+    # traced, or a symbolic size: no measured choice to look up nor a call to time; the
+    # stacked form, as for any shape not measured while compiling
+    if measurable(x):
+        backward = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, basis_weight, combination, bias))
+        key = shape_key(x, basis_weight, combination.shape[0], bias is not None, stride,
+                        padding, dilation, backward)
+        args = (x, basis_weight, combination, bias, stride, padding, dilation)
+
+        def time_forms() -> dict[str, float]:
+            times = {f: _time(f, args, backward) for f in
+                     candidates(x, basis_weight, stride, padding, dilation, combination.shape[0])}
+            if "fused" in times and failed_to_compile(x, basis_weight, combination.shape[0],
+                                                      stride, padding, dilation):
+                del times["fused"]  # its kernel failed as it was timed: that was the stacked form
+            return times
+
+        form = choose(key, x, time_forms)
     return FORMS[form or "stacked"](x, basis_weight, combination, bias, stride, padding,
                                     dilation)

@@ -1,0 +1,119 @@
+"""``combine="auto"`` for a basis layer with its batch norm folded in (``fuse_norm=True``):
+each conv-norm(-ReLU) call runs the fastest of its forms on the device, measured there on
+first use of a shape, as :mod:`.auto` chooses a plain basis conv's form.
+
+Why: folding the norm into the combination (:mod:`.norm`) saves batch norm's full-width
+passes but adds the basis maps' ``m x m`` moments and the fold; which weighs more depends
+on the shape, the device and the precision. On the 2-core CPU the folded triple took
+0.83-1.08x the unfused one's training time per ResNet-18 layer at basis 1/4 and 1.00-1.12x
+at 1/2 (``docs/speed.md``): the large early layers gain, the small late ones with wide
+bases lose. So each shape is timed once in its candidate forms and the fastest kept:
+
+* ``"folded"``: the norm folded in, in standard ops (:func:`.norm.basis_conv_batch_norm`);
+* ``"folded-fused"``: the same through the Triton kernels (``combine="fused"``'s), where
+  they run compiled (CUDA; under the interpreter timing would only time the interpreter);
+* ``"unfused"``: the basis conv in its own ``auto`` form (:func:`.auto.auto_forward`), then
+  batch norm and the ReLU, as a model without ``fuse_norm`` runs them.
+
+All compute the same function (other rounding) and update the running averages alike. A
+shape that cannot be timed (traced, compiled, a CUDA graph being captured, an empty batch)
+runs its measured choice or, never measured, ``"folded"``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from . import auto, triton_conv
+from .fused import compute_dtype, numeric_padding
+from .norm import basis_conv_batch_norm
+from .torch_ops import combination_rows
+
+
+def unfused_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
+                            coefficients: torch.Tensor, output_index: torch.Tensor,
+                            conv_bias: torch.Tensor | None, stride, padding, dilation, *,
+                            norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+                            eps: float, running: tuple[torch.Tensor, torch.Tensor] | None,
+                            relu: bool, update: tuple | None = None) -> torch.Tensor:
+    """:func:`.norm.basis_conv_batch_norm`'s function (same arguments) as the modules
+    compute it one after another: the basis conv (its ``auto`` form), ``F.batch_norm``
+    (batch statistics, moving ``update``'s running averages, or the ``running`` ones),
+    the ReLU."""
+    out = auto.auto_forward(x, basis_weight, combination_rows(coefficients, output_index),
+                            conv_bias, stride, padding, dilation)
+    if running is not None:
+        out = F.batch_norm(out, *running, norm_weight, norm_bias, False, 0.0, eps)
+    else:
+        running_mean, running_var, momentum = update or (None, None, 0.0)
+        out = F.batch_norm(out, running_mean, running_var, norm_weight, norm_bias, True,
+                           momentum, eps)
+    return F.relu(out) if relu else out
+
+
+FORMS = {"folded": basis_conv_batch_norm,
+         "folded-fused": functools.partial(basis_conv_batch_norm, fused=True),
+         "unfused": unfused_conv_batch_norm}
+
+
+def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding,
+               dilation) -> list[str]:
+    """The forms worth timing here: the kernels only where they would run compiled (else
+    ``"folded-fused"`` runs the standard ops, which would be timed and chosen under the
+    kernels' name)."""
+    forms = ["folded", "unfused"]
+    pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
+    if pad is None or triton_conv.interpreting():
+        return forms
+    h_out, w_out = triton_conv.output_size(x.shape[2:], basis_weight.shape[2:], stride, pad,
+                                           dilation)
+    if triton_conv.unsupported(x, compute_dtype(x), basis_weight.shape[0],
+                               out_pixels=x.shape[0] * h_out * w_out) is None:
+        forms.append("folded-fused")
+    return forms
+
+
+def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
+    """:func:`.auto.time_call` of ``form`` on :func:`auto_conv_batch_norm`'s ``args`` and
+    keyword ``options``, the running averages it moves copies of the caller's."""
+    x, basis_weight, coefficients, output_index, conv_bias, *conv = args
+    update = options["update"]
+    fixed = {**options, "update": update and (update[0].clone(), update[1].clone(), update[2])}
+    del fixed["norm_weight"], fixed["norm_bias"]
+
+    def call(x, basis_weight, coefficients, conv_bias, norm_weight, norm_bias):
+        return FORMS[form](x, basis_weight, coefficients, output_index, conv_bias, *conv,
+                           norm_weight=norm_weight, norm_bias=norm_bias, **fixed)
+
+    return auto.time_call(call, (x, basis_weight, coefficients, conv_bias,
+                                 options["norm_weight"], options["norm_bias"]), backward)
+
+
+def auto_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
+                         coefficients: torch.Tensor, output_index: torch.Tensor,
+                         conv_bias: torch.Tensor | None, stride, padding, dilation, *,
+                         norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+                         eps: float, running: tuple[torch.Tensor, torch.Tensor] | None,
+                         relu: bool, update: tuple | None = None) -> torch.Tensor:
+    """:func:`.norm.basis_conv_batch_norm` (same arguments) in the form fastest for this
+    call's shape on this device (see the module docstring)."""
+    args = (x, basis_weight, coefficients, output_index, conv_bias, stride, padding, dilation)
+    options = dict(norm_weight=norm_weight, norm_bias=norm_bias, eps=eps, running=running,
+                   relu=relu, update=update)
+    form = None
+    if auto.measurable(x) and x.shape[0]:  # (an empty batch: the fold's own handling)
+        backward = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (x, basis_weight, coefficients, conv_bias, norm_weight, norm_bias))
+        norm = (("statistics", "batch" if running is None else "running"),
+                ("updates_running", update is not None), ("weight", norm_weight is not None),
+                ("bias", norm_bias is not None), ("relu", relu))
+        key = auto.shape_key(x, basis_weight, output_index.shape[0], conv_bias is not None,
+                             stride, padding, dilation, backward) + (norm,)
+        form = auto.choose(key, x, lambda: {
+            f: _time(f, args, options, backward)
+            for f in candidates(x, basis_weight, stride, padding, dilation)})
+    return FORMS[form or "folded"](*args, **options)

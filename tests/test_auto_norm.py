@@ -1,0 +1,214 @@
+"""``combine="auto"`` with ``fuse_norm``: each conv-norm(-ReLU) shape runs the fastest of
+the fold in standard ops, the fold through the kernels and the unfused modules, timed on
+the device once; every form computes what the layer, its batch norm and ReLU compute one
+after another, and the timing trials leave the norm's statistics alone."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from basisconv.kernels import auto, auto_norm
+from basisconv.layers import BasisConv2d, conv_norm_act
+
+NORMS = {"default": {}, "cumulative": {"momentum": None}, "no-affine": {"affine": False},
+         "no-running-stats": {"track_running_stats": False}}
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices():
+    auto.forget()
+    yield
+    auto.forget()
+
+
+def layer_norm_input(norm_kwargs=None, combine="auto", seed=0):
+    """A converted basis layer (permuted output order, conv bias) with ``fuse_norm`` and
+    a batch norm whose affine parameters are not the identity, in float64."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(6, 10, 3, padding=1, stride=2, bias=True)
+    layer = BasisConv2d.from_conv(conv, 4, combine=combine).double()
+    layer.fuse_norm = True
+    norm = nn.BatchNorm2d(10, **(norm_kwargs or {})).double()
+    if norm.affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 6, 9, 8, dtype=torch.float64) + 0.5
+    return layer, norm, x
+
+
+def unfused(layer, norm, x, relu):
+    """The same modules one after another: the stacked layer, then the norm's own forward."""
+    layer = copy.deepcopy(layer)
+    layer.fuse_norm, layer.combine = False, "stacked"
+    out = norm(layer(x))
+    return (out.relu() if relu else out), layer
+
+
+def chosen(monkeypatch, form):
+    """Timings that make ``form`` the choice for every norm shape (the conv's forms are
+    timed for real)."""
+    monkeypatch.setattr(auto_norm, "_time", lambda f, args, options, backward:
+                        0.0 if f == form else 1.0)
+
+
+def norm_choices():
+    return {key: form for key, form in auto.choices().items() if len(key) > 11}
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("norm_kwargs", NORMS.values(), ids=NORMS.keys())
+@pytest.mark.parametrize("form", ["folded", "unfused"])
+def test_each_chosen_form_is_the_layer_its_norm_and_relu(form, norm_kwargs, relu, monkeypatch):
+    """Two training steps and an evaluation: outputs, every gradient, the running
+    statistics and the batch counter equal the unfused modules' (float64)."""
+    chosen(monkeypatch, form)
+    layer, norm, x = layer_norm_input(norm_kwargs)
+    ref_layer, ref_norm = copy.deepcopy(layer), copy.deepcopy(norm)
+    for step in range(2):
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        out = conv_norm_act(layer, norm, xs[0], relu=relu)
+        want, plain = unfused(ref_layer, ref_norm, xs[1], relu)
+        torch.testing.assert_close(out, want)
+        upstream = torch.randn_like(out)
+        out.backward(upstream)
+        want.backward(upstream)
+        torch.testing.assert_close(xs[0].grad, xs[1].grad)
+        for p, q in zip([*layer.parameters(), *norm.parameters()],
+                        [*plain.parameters(), *ref_norm.parameters()]):
+            torch.testing.assert_close(p.grad, q.grad)
+        with torch.no_grad():  # the copy's gradients went to its stacked twin: move them
+            for p, q in zip(ref_layer.parameters(), plain.parameters()):
+                p.grad = q.grad
+        for module, ref in ((layer, ref_layer), (norm, ref_norm)):
+            for p, q in zip(module.parameters(), ref.parameters()):
+                with torch.no_grad():
+                    p -= 0.1 * p.grad
+                    q -= 0.1 * q.grad
+                p.grad = q.grad = None
+        for name, buffer in norm.named_buffers():
+            torch.testing.assert_close(buffer, dict(ref_norm.named_buffers())[name])
+    norm.eval()
+    ref_norm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(conv_norm_act(layer, norm, x, relu=relu),
+                                   unfused(ref_layer, ref_norm, x, relu)[0])
+    assert set(norm_choices().values()) == {form}
+
+
+def test_the_timing_trials_leave_the_norms_statistics_and_the_callers_graph_alone():
+    """Timed for real: after the first call, measured there, the running averages and the
+    batch counter are one step's, as after a call of a layer that chose without timing;
+    the trials' backward reached none of the caller's tensors."""
+    layer, norm, x = layer_norm_input()
+    folded_layer, folded_norm = copy.deepcopy(layer), copy.deepcopy(norm)
+    folded_layer.combine = "stacked"  # the fold in standard ops, never timed
+    x = x.requires_grad_()
+    state = torch.get_rng_state()
+    out = conv_norm_act(layer, norm, x, relu=True)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert x.grad is None and layer.basis_weight.grad is None and norm.weight.grad is None
+    conv_norm_act(folded_layer, folded_norm, x.detach(), relu=True)
+    for name, buffer in norm.named_buffers():
+        torch.testing.assert_close(buffer, dict(folded_norm.named_buffers())[name])
+    assert int(norm.num_batches_tracked) == 1
+    out.sum().backward()
+    assert x.grad is not None and norm.weight.grad is not None
+    [key] = norm_choices()
+    assert set(auto.TIMINGS[key]) == {"folded", "unfused"}
+
+
+def test_a_shape_is_measured_once_per_kind_of_call(monkeypatch):
+    calls = []
+    real = auto_norm._time
+    monkeypatch.setattr(auto_norm, "_time", lambda f, args, options, backward:
+                        calls.append((f, backward, options["running"] is None))
+                        or real(f, args, options, backward))
+    layer, norm, x = layer_norm_input()
+    x.requires_grad_()
+    for _ in range(2):
+        conv_norm_act(layer, norm, x, relu=True)
+    assert sorted(calls) == [("folded", True, True), ("unfused", True, True)]
+    norm.eval()
+    with torch.no_grad():  # evaluation: forward only, the running statistics
+        for _ in range(2):
+            conv_norm_act(layer, norm, x, relu=True)
+    assert sorted(calls[2:]) == [("folded", False, False), ("unfused", False, False)]
+    norm.train()
+    conv_norm_act(layer, norm, x[:1], relu=True)  # another batch size is another shape
+    assert len(calls) == 6 and len(norm_choices()) == 3
+
+
+def test_a_shape_that_cannot_be_measured_runs_the_fold(monkeypatch):
+    """While torch.compile traces (or a CUDA graph is captured) nothing is timed: a shape
+    never measured runs the fold in standard ops, what ``combine="auto"`` ran before it
+    chose under ``fuse_norm``; an empty batch is not timed either (the fold's own
+    handling: nothing to normalize, no statistics moved)."""
+    ran = []
+    for name in ("folded", "unfused"):
+        monkeypatch.setitem(auto_norm.FORMS, name, lambda *a, name=name,
+                            form=auto_norm.FORMS[name], **k: ran.append(name) or form(*a, **k))
+    monkeypatch.setattr(auto_norm, "_time", lambda *a: pytest.fail("timed"))
+    layer, norm, x = layer_norm_input()
+    conv_norm_act(layer, norm, x[:0], relu=True)
+    assert int(norm.num_batches_tracked) == 1 and torch.equal(norm.running_mean,
+                                                              torch.zeros(10).double())
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    conv_norm_act(layer, norm, x, relu=True)
+    assert ran == ["folded", "folded"] and auto.choices() == {}
+
+
+@pytest.mark.parametrize("padding, image, fused", [
+    ("same", 9, False),   # an even kernel pads one side more: the fused conv path cannot
+    ((1, 1), 9, True),
+    ((1, 1), 300, False),      # more output pixels than the kernels' int32 rows allow
+])
+def test_the_kernels_are_a_candidate_only_where_they_would_run(monkeypatch, padding, image,
+                                                                fused):
+    from basisconv.kernels import triton_conv
+
+    x = torch.zeros(1, 4, image, image)
+    weight = torch.zeros(3, 4, 2, 2)
+    # on CPU, and under the interpreter, the kernels would not run compiled: never offered
+    assert auto_norm.candidates(x, weight, (1, 1), (1, 1), (1, 1)) == ["folded", "unfused"]
+    monkeypatch.setattr(triton_conv, "interpreting", lambda: False)  # as on a GPU
+    monkeypatch.setattr(triton_conv, "unsupported",  # a CUDA tensor, with a small row limit
+                        lambda x, dtype, m, out_pixels=0: "rows" if out_pixels > 60_000 else None)
+    forms = auto_norm.candidates(x, weight, (1, 1), padding, (1, 1))
+    assert ("folded-fused" in forms) == fused and forms[:2] == ["folded", "unfused"]
+
+
+def test_a_record_names_the_norm_a_choice_was_made_with(monkeypatch):
+    """The conv's own choice (timed inside the unfused trial) and the triple's, for one
+    input shape, do not read alike; training and evaluation calls are two choices."""
+    chosen(monkeypatch, "unfused")
+    layer, norm, x = layer_norm_input()
+    conv_norm_act(layer, norm, x, relu=True)
+    norm.eval()
+    with torch.no_grad():
+        conv_norm_act(layer, norm, x, relu=False)
+    described = auto.described()
+    with_norm = [d for d in described if "norm" in d]
+    assert len(with_norm) == 2 and all(d["form"] == "unfused" for d in with_norm)
+    assert sorted(d["norm"]["statistics"] for d in with_norm) == ["batch", "running"]
+    assert {d["norm"]["relu"] for d in with_norm} == {True, False}
+    assert all(d["form"] in ("stacked", "dense") for d in described if "norm" not in d)
+
+
+def test_forms_are_chosen_for_a_folded_model_before_compiling():
+    """``choose_forms_now`` times the triples too, and leaves the model as it was."""
+    from basisconv.models import build_model
+    from basisconv.network import choose_forms_now
+    from basisconv.surgery import apply_basis
+
+    torch.manual_seed(0)
+    model = apply_basis(build_model("resnet8", width=0.25), "all", 0.5, combine="auto",
+                        fuse_norm=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    choose_forms_now(model, [(4, 3, 16, 16), (2, 3, 16, 16)], device=torch.device("cpu"))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics too
+    kinds = {(key[2][0], dict(key[11])["statistics"]) for key in norm_choices()}
+    assert kinds == {(4, "batch"), (2, "running")}
