@@ -16,6 +16,10 @@ their numbers differ in the last bits; for runs that must repeat exactly, name a
 While ``torch.compile`` traces or a CUDA graph is captured nothing is timed: a shape
 measured before runs its choice, a new one the stacked form. So a compiled training run
 times its layers first (``basisconv.network.choose_forms_now``).
+
+A layer with its batch norm folded in (``fuse_norm``) chooses among the fold's forms and
+the unfused modules the same way, through this module's lookup and timing
+(:mod:`.auto_norm`).
 """
 
 from __future__ import annotations
