@@ -130,15 +130,17 @@ def test_a_shape_is_measured_once_per_kind_of_call(monkeypatch):
     x.requires_grad_()
     for _ in range(2):
         conv_norm_act(layer, norm, x, relu=True)
-    assert sorted(calls) == [("folded", True, True), ("unfused", True, True)]
+    rounds = auto.REPEATS + 1  # a call of each form a round
+    assert sorted(calls) == [("folded", True, True)] * rounds + [("unfused", True, True)] * rounds
     norm.eval()
     with torch.no_grad():  # evaluation: forward only, the running statistics
         for _ in range(2):
             conv_norm_act(layer, norm, x, relu=True)
-    assert sorted(calls[2:]) == [("folded", False, False), ("unfused", False, False)]
+    assert sorted(calls[2 * rounds:]) == ([("folded", False, False)] * rounds
+                                          + [("unfused", False, False)] * rounds)
     norm.train()
     conv_norm_act(layer, norm, x[:1], relu=True)  # another batch size is another shape
-    assert len(calls) == 6 and len(norm_choices()) == 3
+    assert len(calls) == 6 * rounds and len(norm_choices()) == 3
 
 
 def test_a_shape_that_cannot_be_measured_runs_the_fold(monkeypatch):
@@ -212,3 +214,28 @@ def test_forms_are_chosen_for_a_folded_model_before_compiling():
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics too
     kinds = {(key[2][0], dict(key[11])["statistics"]) for key in norm_choices()}
     assert kinds == {(4, "batch"), (2, "running")}
+
+
+def test_the_cost_model_counts_a_folded_auto_model_as_the_fold(monkeypatch):
+    """The cost model's shape-only dry run times nothing and counts the fold (what a shape
+    never measured runs); ``measure_flops`` counts the forms chosen, not the trials: where
+    the fold wins, the two agree."""
+    from basisconv.cost import measure_flops, model_cost
+    from basisconv.models import build_model
+    from basisconv.surgery import apply_basis
+
+    torch.manual_seed(0)
+    model, stacked = (apply_basis(build_model("resnet8", width=0.25), "all", 0.5, convert=False,
+                                  combine=combine, fuse_norm=True)
+                      for combine in ("auto", "stacked"))
+    cost = model_cost(model, (2, 3, 16, 16))
+    assert cost.total_flops == model_cost(stacked, (2, 3, 16, 16)).total_flops
+    assert auto.choices() == {}
+    real = auto_norm._time  # the trials run for real (and would be counted); the fold wins
+    monkeypatch.setattr(auto_norm, "_time", lambda f, args, options, backward:
+                        real(f, args, options, backward) * 0 + (f != "folded"))
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: float(f != "stacked"))
+    counted = measure_flops(model, (2, 3, 16, 16))
+    assert set(norm_choices().values()) == {"folded"}
+    assert (counted["forward_flops"], counted["backward_flops"]) == \
+        (cost.forward_flops, cost.backward_flops)

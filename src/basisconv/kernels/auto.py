@@ -24,6 +24,7 @@ the unfused modules the same way, through this module's lookup and timing
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
@@ -106,32 +107,42 @@ def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding, dil
 
 
 def time_call(call, leaves: tuple, backward: bool) -> float:
-    """Median seconds of ``REPEATS`` calls of ``call(*leaves)`` (after one untimed), with
-    its output's backward where ``backward``, on detached copies of the tensors among
-    ``leaves`` (the first one a tensor), so nothing reaches the caller's graph."""
+    """Seconds of one call of ``call(*leaves)``, with its output's backward where
+    ``backward``, on detached copies of the tensors among ``leaves`` (the first one a
+    tensor), so nothing reaches the caller's graph."""
     leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
               for t in leaves]
     cuda = leaves[0].is_cuda
-    spans = []
-    for i in range(REPEATS + 1):
-        if cuda:
-            torch.cuda.synchronize(leaves[0].device)
-        start = time.perf_counter()
-        out = call(*leaves)
-        if backward:
-            out.backward(torch.ones_like(out))
-        if cuda:
-            torch.cuda.synchronize(leaves[0].device)
-        if i:
-            spans.append(time.perf_counter() - start)
-        for leaf in leaves:
-            if leaf is not None:
-                leaf.grad = None
-    return statistics.median(spans)
+    if cuda:
+        torch.cuda.synchronize(leaves[0].device)
+    start = time.perf_counter()
+    out = call(*leaves)
+    if backward:
+        out.backward(torch.ones_like(out))
+    if cuda:
+        torch.cuda.synchronize(leaves[0].device)
+    return time.perf_counter() - start
+
+
+def interleaved(trials: dict) -> dict[str, float]:
+    """Seconds per call by form: the median of ``REPEATS`` rounds in which every form's
+    trial (``trials[form]()``: one call's seconds) runs once in turn, after one untimed
+    round. Why: a form's first call on a shape picks cuDNN's algorithm, autotunes Triton
+    or allocates, and the next ones may still pay for memory the process has not touched
+    before (on the 2-core CPU the first form timed in a fresh process took 1.4x its later
+    calls); in turns, such drift falls on every form alike rather than on the one timed
+    first."""
+    spans = {form: [] for form in trials}
+    for round_ in range(REPEATS + 1):
+        for form, trial in trials.items():
+            seconds = trial()
+            if round_:
+                spans[form].append(seconds)
+    return {form: statistics.median(times) for form, times in spans.items()}
 
 
 def _time(form: str, args: tuple, backward: bool) -> float:
-    """:func:`time_call` of ``form`` on ``args`` (:func:`auto_forward`'s)."""
+    """:func:`time_call` of ``form`` on ``args`` (:func:`auto_forward`'s): one call."""
     return time_call(lambda *leaves: FORMS[form](*leaves, *args[4:]), args[:4], backward)
 
 
@@ -185,8 +196,9 @@ def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch
         args = (x, basis_weight, combination, bias, stride, padding, dilation)
 
         def time_forms() -> dict[str, float]:
-            times = {f: _time(f, args, backward) for f in
-                     candidates(x, basis_weight, stride, padding, dilation, combination.shape[0])}
+            times = interleaved({f: functools.partial(_time, f, args, backward) for f in
+                                 candidates(x, basis_weight, stride, padding, dilation,
+                                            combination.shape[0])})
             if "fused" in times and failed_to_compile(x, basis_weight, combination.shape[0],
                                                       stride, padding, dilation):
                 del times["fused"]  # its kernel failed as it was timed: that was the stacked form

@@ -78,7 +78,7 @@ def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding,
 
 def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
     """:func:`.auto.time_call` of ``form`` on :func:`auto_conv_batch_norm`'s ``args`` and
-    keyword ``options``, the running averages it moves copies of the caller's."""
+    keyword ``options`` (one call), the running averages it moves copies of the caller's."""
     x, basis_weight, coefficients, output_index, conv_bias, *conv = args
     update = options["update"]
     fixed = {**options, "update": update and (update[0].clone(), update[1].clone(), update[2])}
@@ -113,7 +113,7 @@ def auto_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                 ("bias", norm_bias is not None), ("relu", relu))
         key = auto.shape_key(x, basis_weight, output_index.shape[0], conv_bias is not None,
                              stride, padding, dilation, backward) + (norm,)
-        form = auto.choose(key, x, lambda: {
-            f: _time(f, args, options, backward)
-            for f in candidates(x, basis_weight, stride, padding, dilation)})
+        form = auto.choose(key, x, lambda: auto.interleaved({
+            f: functools.partial(_time, f, args, options, backward)
+            for f in candidates(x, basis_weight, stride, padding, dilation)}))
     return FORMS[form or "folded"](*args, **options)
