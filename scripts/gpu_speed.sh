@@ -7,7 +7,9 @@
 # (compiled for the first time there, bf16 included; each test stopped after 120 s), the
 # graphed bf16 step dense, folded with the kernels at 1/4 and 1/2 and folded in standard
 # ops at 1/4 (each profiled), the folded kernels under torch.compile, and the whole model
-# with folded kernels at batch 128 and 512 (1/4 and 1/2). The modes below:
+# with folded kernels at batch 128 and 512 (1/4 and 1/2); then combine=auto with folded
+# norms (per shape the fastest of the fold's forms and the unfused modules), graphed, and
+# its per-shape choices at batch 128. The modes below:
 # 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,
 #    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
 #    in the stacked form, with folded batch norms (in standard ops and as Triton kernels),
@@ -155,6 +157,12 @@ kernel_steps() {  # the kernels mode (above)
     layers "bf16-b$batch-fused-fusenorm" --amp bf16 --batch-size "$batch" --fuse-norm \
       --combine fused --parts model --fractions 0.25 0.5
   done
+  # per shape the fastest of the fold (standard ops or kernels) and the unfused modules,
+  # timed eagerly before the graphs are captured; then what it chose, shape by shape
+  train bf16-basis0.25-auto-fusenorm-graphs --amp bf16 --cuda-graphs --basis-size 0.25 \
+    --combine auto --fuse-norm
+  layers bf16-b128-auto-fusenorm --amp bf16 --batch-size 128 --fuse-norm --combine auto \
+    --fractions 0.25 0.5
 }
 
 all_steps() {  # the full and quick modes

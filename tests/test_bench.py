@@ -1037,3 +1037,23 @@ def test_a_throughput_record_names_the_threads_its_steps_ran_on(monkeypatch, tmp
         model="resnet8", batch_size=4, steps=1, warmup=0, threads=1), tmp_path / "t.json")
     assert record["threads"] == 1 and torch.get_num_threads() == 2
     assert record["provenance"]["hardware"]["torch_threads"] == 1
+
+
+def test_training_benchmark_records_what_auto_layers_chose(monkeypatch, tmp_path):
+    """With ``--combine auto`` the record lists each shape's choice and its times, the
+    folded norms' (``--fuse-norm``) with their norm; not with another form."""
+    from basisconv.bench.train import ThroughputOptions, measure
+    from basisconv.kernels import auto
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    auto.forget()
+    try:
+        result = measure(ThroughputOptions(model="resnet8", batch_size=4, steps=1, warmup=1,
+                                           basis_size=0.5, combine="auto", fuse_norm=True))
+        choices = result["auto_choices"]
+        assert choices and any("norm" in c for c in choices)
+        assert all(c["ms_per_call"] and c["input"][0] == 4 for c in choices)
+        assert "auto_choices" not in measure(ThroughputOptions(
+            model="resnet8", batch_size=4, steps=1, warmup=0, basis_size=0.5))
+    finally:
+        auto.forget()

@@ -161,12 +161,14 @@ def test_gpu_speeds_kernels_mode_tests_the_kernels_on_cuda_then_times_them(repo,
         "tests/test_fused_norm_kernels.py tests/test_kernels.py")
     assert "--timeout=120" in calls[0]
     trains = [call for call in calls if "benchmark_train.py" in call]
-    assert len(trains) == 5 and "--basis-size" not in trains[0]
+    assert len(trains) == 6 and "--basis-size" not in trains[0]
     assert all("--cuda-graphs" in call and "--profile" in call for call in trains[:4])
     assert sum("--combine fused --fuse-norm" in call for call in trains) == 3
+    assert "--cuda-graphs" in trains[5] and "--combine auto --fuse-norm" in trains[5]
     layers = [call for call in calls if "benchmark_layers.py" in call]
-    assert len(layers) == 2 and all("--fuse-norm --combine fused" in call for call in layers)
-    assert len(calls) == 8
+    assert len(layers) == 3 and all("--fuse-norm --combine fused" in call for call in layers[:2])
+    assert "--fuse-norm --combine auto" in layers[2] and "--parts" not in layers[2]
+    assert len(calls) == 10
     unknown = subprocess.run(["bash", "scripts/gpu_speed.sh", "kernel"], cwd=repo,
                              capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2

@@ -30,6 +30,7 @@ from ..errors import DatasetError
 from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
                     graphed_fp16_problem, precision_name, settings_restored, setup, train_one_epoch)
 from ..models import build_model, list_models
+from ..kernels import auto
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
@@ -272,6 +273,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = grad_scaler(amp, device)
     batches = TensorBatches(images, labels, options.batch_size, train=True, memory_format=layout)
+    auto.start_run()  # the record lists the combine=auto shapes of this benchmark alone
     if trainer.compile:
         choose_forms_now(model, [(options.batch_size, *images.shape[1:])], device=device,
                          memory_format=layout, amp_dtype=amp)
@@ -313,6 +315,8 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
         "basis_size": options.basis_size, "combine": options.combine,
         "fuse_norm": options.fuse_norm,
         "compile_mode": options.compile_mode, "cuda_graphs": graphed,
+        # what each combine=auto layer chose, and the times behind it
+        **({"auto_choices": auto.described(this_run=True)} if options.combine == "auto" else {}),
         "warmup_seconds": warmup_seconds,
         "images_per_second": options.steps * options.batch_size / stats.seconds,
         "seconds_per_step": stats.seconds / options.steps,
