@@ -192,7 +192,8 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
     """Let every ``combine="auto"`` layer of ``model`` time its forms now, for a training
     forward (and backward) at the first input shape and an evaluation forward at each
     other, before ``torch.compile`` or CUDA graphs take over: neither lets a shape be
-    timed, so without this a compiled model would run the stacked form everywhere.
+    timed, so without this a compiled model would run the stacked form everywhere (the
+    fold, for layers with ``fuse_norm``).
 
     The model is left exactly as it was: parameters, buffers (batch-norm statistics move
     in a training forward), gradients and mode. The inputs are zeros: only shapes matter."""

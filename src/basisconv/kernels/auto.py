@@ -14,8 +14,8 @@ same function; only the rounding differs.
 What it costs: a choice depends on timings, so two runs may choose differently, and then
 their numbers differ in the last bits; for runs that must repeat exactly, name a form.
 While ``torch.compile`` traces or a CUDA graph is captured nothing is timed: a shape
-measured before runs its choice, a new one the stacked form. So a compiled training run
-times its layers first (``basisconv.network.choose_forms_now``).
+measured before runs its choice, a new one the stacked form (a folded norm's: the fold).
+So a compiled training run times its layers first (``basisconv.network.choose_forms_now``).
 
 A layer with its batch norm folded in (``fuse_norm``) chooses among the fold's forms and
 the unfused modules the same way, through this module's lookup and timing
@@ -38,7 +38,8 @@ from .torch_ops import dense_forward, stacked_forward
 log = logging.getLogger(__name__)
 
 FORMS = {"stacked": stacked_forward, "dense": dense_forward, "fused": fused_forward}
-#: (device, dtype, shapes, conv arguments, whether gradients flow) -> the chosen form
+#: (device, dtype, shapes, conv arguments, whether gradients flow[, what else a caller
+#: chose by, as :func:`shape_key`'s ``extra``]) -> the chosen form
 _CHOICES: dict[tuple, str] = {}
 #: the times behind each choice, seconds per call by form (for logs and benchmarks)
 TIMINGS: dict[tuple, dict[str, float]] = {}
@@ -62,13 +63,14 @@ def start_run() -> None:
 def described(this_run: bool = False) -> list[dict]:
     """The choices made so far, for a record: per shape (every part of the key it was
     chosen by, so that two choices never read alike) the form and the times behind it;
-    ``this_run``: only the shapes looked up since :func:`start_run`. A choice for a layer
-    with its batch norm (:mod:`.auto_norm`) names the norm's part of its key too."""
+    ``this_run``: only the shapes looked up since :func:`start_run`. A choice made by more
+    than the conv (:func:`shape_key`'s ``extra``: a folded norm's, :mod:`.auto_norm`)
+    names that part too."""
     return [{"device": key[0], "dtype": str(key[1]).removeprefix("torch."),
              "input": list(key[2]), "channels_last": key[3], "basis_weight": list(key[4]),
              "out_channels": key[5], "bias": key[6], "stride": list(key[7]),
              "padding": key[8], "dilation": list(key[9]), "backward": key[10],
-             **({"norm": dict(key[11])} if len(key) > 11 else {}), "form": form,
+             **{name: dict(items) for name, items in key[11:]}, "form": form,
              "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
             for key, form in _CHOICES.items() if not this_run or key in _LOOKED_UP]
 
@@ -147,13 +149,22 @@ def _time(form: str, args: tuple, backward: bool) -> float:
 
 
 def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bias: bool,
-              stride, padding, dilation, backward: bool) -> tuple:
+              stride, padding, dilation, backward: bool, extra: dict | None = None) -> tuple:
     """What a choice is made by (:func:`described` names each part): the device, the
     compute dtype, the input's shape and layout, the basis, the outputs, the bias, the
-    conv's geometry, and whether gradients flow."""
+    conv's geometry, whether gradients flow, and ``extra``, ``{name: {field: value}}``
+    of what else a caller chooses by (a folded norm's settings)."""
     return (str(x.device), compute_dtype(x), tuple(x.shape),
             x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
-            out_channels, bias, tuple(stride), str(padding), tuple(dilation), backward)
+            out_channels, bias, tuple(stride), str(padding), tuple(dilation), backward,
+            *((name, tuple(fields.items())) for name, fields in (extra or {}).items()))
+
+
+def needs_backward(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call on ``tensors`` is timed with its backward: gradients are enabled and
+    one of them requires one (gradient mode alone does not: a frozen layer on an input
+    without a gradient has nothing to differentiate)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def measurable(x: torch.Tensor) -> bool:
@@ -168,13 +179,21 @@ def choose(key: tuple, x: torch.Tensor, time_forms) -> str | None:
     trials leave it alone); None where neither (the caller runs its default)."""
     form = _CHOICES.get(key)
     if form is None and _measuring_is_possible(x):
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        looked_up = set(_LOOKED_UP)
+        # the trials leave no trace: not in the random state, nor in the caller's saved-tensor
+        # hooks (inside activation checkpointing the trials' saved tensors went into the
+        # checkpoint's frame, and its recomputation, which times nothing, then differed)
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             times = time_forms()
+        # nor in a record: a choice looked up inside a trial (the conv's own, in a folded
+        # norm's unfused trial) is listed only where a real call looks it up
+        _LOOKED_UP.intersection_update(looked_up)
         form = _CHOICES[key] = min(times, key=times.get)
         TIMINGS[key] = times
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs%s (%s; ms per call: %s)",
                  form, list(key[2]), list(key[4]), key[5],
-                 f", {dict(key[11])}" if len(key) > 11 else "",
+                 "".join(f", {name} {dict(items)}" for name, items in key[11:]),
                  "forward+backward" if key[10] else "forward",
                  ", ".join(f"{f} {1e3 * t:.2f}" for f, t in times.items()))
     if form is not None and not torch.compiler.is_compiling():
@@ -189,8 +208,7 @@ def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch
     # traced, or a symbolic size: no measured choice to look up nor a call to time; the
     # stacked form, as for any shape not measured while compiling
     if measurable(x):
-        backward = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, basis_weight, combination, bias))
+        backward = needs_backward(x, basis_weight, combination, bias)
         key = shape_key(x, basis_weight, combination.shape[0], bias is not None, stride,
                         padding, dilation, backward)
         args = (x, basis_weight, combination, bias, stride, padding, dilation)

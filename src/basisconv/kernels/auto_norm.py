@@ -16,19 +16,23 @@ bases lose. So each shape is timed once in its candidate forms and the fastest k
   batch norm and the ReLU, as a model without ``fuse_norm`` runs them.
 
 All compute the same function (other rounding) and update the running averages alike. A
-shape that cannot be timed (traced, compiled, a CUDA graph being captured, an empty batch)
-runs its measured choice or, never measured, ``"folded"``.
+shape measured before runs its choice while ``torch.compile`` traces or a CUDA graph is
+captured (nothing is timed then); one never measured there, a traced call or a symbolic
+size (``torch.jit.trace``, ``torch.export``), and an empty batch run ``"folded"``. The
+cost model counts the fold whatever is chosen, as it counts a plain ``auto`` layer as
+stacked: ``measure_flops`` counts what runs.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
 
 from . import auto, triton_conv
-from .fused import compute_dtype, numeric_padding
+from .fused import compute_dtype, numeric_padding, warn_once
 from .norm import basis_conv_batch_norm
 from .torch_ops import combination_rows
 
@@ -61,19 +65,47 @@ FORMS = {"folded": basis_conv_batch_norm,
 
 def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding,
                dilation) -> list[str]:
-    """The forms worth timing here: the kernels only where they would run compiled (else
-    ``"folded-fused"`` runs the standard ops, which would be timed and chosen under the
-    kernels' name)."""
+    """The forms worth timing here: the kernels only where they would run compiled on the
+    basis maps (else ``"folded-fused"`` runs the standard ops, which would be timed and
+    chosen under the kernels' name). The maps come from ``F.conv2d`` whatever the form, so
+    any padding it takes will do; the kernels need CUDA (not the interpreter: timing it
+    would time NumPy), a dtype and basis width they take, and int32 row indices."""
     forms = ["folded", "unfused"]
-    pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
-    if pad is None or triton_conv.interpreting():
+    if triton_conv.interpreting():
         return forms
-    h_out, w_out = triton_conv.output_size(x.shape[2:], basis_weight.shape[2:], stride, pad,
-                                           dilation)
+    pad = numeric_padding(padding, basis_weight.shape[2:], dilation)
+    # (a padding torch's conv takes that is not numeric: "same", at stride 1, keeps the size)
+    h_out, w_out = x.shape[2:] if pad is None else triton_conv.output_size(
+        x.shape[2:], basis_weight.shape[2:], stride, pad, dilation)
     if triton_conv.unsupported(x, compute_dtype(x), basis_weight.shape[0],
                                out_pixels=x.shape[0] * h_out * w_out) is None:
         forms.append("folded-fused")
     return forms
+
+
+def _unless_it_fails_to_compile(trial):
+    """``trial`` of the kernels' form, except that where a kernel fails to compile for the
+    shape (Triton's own error: out of shared memory or registers on this GPU) it counts
+    as never fastest and is not tried again in these rounds, said once, rather than
+    ending the step: the other forms run without it."""
+    failed = []
+
+    def run() -> float:
+        if failed:
+            return math.inf
+        try:
+            return trial()
+        except Exception as err:  # noqa: BLE001 - only Triton's own errors are caught
+            if not type(err).__module__.startswith("triton"):
+                raise
+            failed.append(err)
+            warn_once(f"combine='auto' with fuse_norm: the folded norm's Triton kernels "
+                      f"failed to compile for a shape on this device ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:200]}); it runs the fold in standard "
+                      f"ops or the unfused modules")
+            return math.inf
+
+    return run
 
 
 def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
@@ -92,6 +124,17 @@ def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
                                  options["norm_weight"], options["norm_bias"]), backward)
 
 
+def _timed(args: tuple, options: dict, backward: bool) -> dict[str, float]:
+    """Seconds per call of each candidate form (:func:`.auto.interleaved`), a kernels' form
+    that failed to compile left out."""
+    x, basis_weight, _, _, _, stride, padding, dilation = args
+    trials = {f: functools.partial(_time, f, args, options, backward)
+              for f in candidates(x, basis_weight, stride, padding, dilation)}
+    if "folded-fused" in trials:
+        trials["folded-fused"] = _unless_it_fails_to_compile(trials["folded-fused"])
+    return {f: t for f, t in auto.interleaved(trials).items() if math.isfinite(t)}
+
+
 def auto_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                          coefficients: torch.Tensor, output_index: torch.Tensor,
                          conv_bias: torch.Tensor | None, stride, padding, dilation, *,
@@ -105,15 +148,12 @@ def auto_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                    relu=relu, update=update)
     form = None
     if auto.measurable(x) and x.shape[0]:  # (an empty batch: the fold's own handling)
-        backward = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (x, basis_weight, coefficients, conv_bias, norm_weight, norm_bias))
-        norm = (("statistics", "batch" if running is None else "running"),
-                ("updates_running", update is not None), ("weight", norm_weight is not None),
-                ("bias", norm_bias is not None), ("relu", relu))
+        backward = auto.needs_backward(x, basis_weight, coefficients, conv_bias, norm_weight,
+                                       norm_bias)
+        norm = {"statistics": "batch" if running is None else "running",
+                "updates_running": update is not None, "weight": norm_weight is not None,
+                "bias": norm_bias is not None, "relu": relu}
         key = auto.shape_key(x, basis_weight, output_index.shape[0], conv_bias is not None,
-                             stride, padding, dilation, backward) + (norm,)
-        form = auto.choose(key, x, lambda: auto.interleaved({
-            f: functools.partial(_time, f, args, options, backward)
-            for f in candidates(x, basis_weight, stride, padding, dilation)}))
+                             stride, padding, dilation, backward, extra={"norm": norm})
+        form = auto.choose(key, x, lambda: _timed(args, options, backward))
     return FORMS[form or "folded"](*args, **options)
