@@ -312,3 +312,15 @@ def test_a_kernel_that_fails_to_compile_is_left_out_and_the_step_goes_on(monkeyp
 def triton_conv_module():
     from basisconv.kernels import triton_conv
     return triton_conv
+
+
+@pytest.mark.parametrize("unfused_ms, chosen_form", [(98.0, "folded"), (96.0, "unfused")])
+def test_the_fold_is_kept_unless_another_form_is_clearly_faster(monkeypatch, unfused_ms,
+                                                                chosen_form):
+    """The unfused modules keep more for the backward than the fold: within
+    ``FOLD_MARGIN`` (3 %) of the fold's time, a timing's noise, the fold is chosen."""
+    monkeypatch.setattr(auto_norm, "_time", lambda f, args, options, backward:
+                        {"folded": 100.0, "unfused": unfused_ms}[f])
+    layer, norm, x = layer_norm_input()
+    conv_norm_act(layer, norm, x, relu=True)
+    assert list(norm_choices().values()) == [chosen_form]

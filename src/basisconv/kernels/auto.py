@@ -173,10 +173,12 @@ def measurable(x: torch.Tensor) -> bool:
     return not torch.jit.is_tracing() and all(isinstance(size, int) for size in x.shape)
 
 
-def choose(key: tuple, x: torch.Tensor, time_forms) -> str | None:
+def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
+           margin: float = 0.0) -> str | None:
     """The form chosen for ``key``: looked up, or measured now where measuring is possible
     (``time_forms()``: seconds per call by form, with the random state forked so the
-    trials leave it alone); None where neither (the caller runs its default)."""
+    trials leave it alone): the fastest, or ``prefer`` where it is within ``margin`` (a
+    fraction) of the fastest; None where neither (the caller runs its default)."""
     form = _CHOICES.get(key)
     if form is None and _measuring_is_possible(x):
         looked_up = set(_LOOKED_UP)
@@ -189,7 +191,10 @@ def choose(key: tuple, x: torch.Tensor, time_forms) -> str | None:
         # nor in a record: a choice looked up inside a trial (the conv's own, in a folded
         # norm's unfused trial) is listed only where a real call looks it up
         _LOOKED_UP.intersection_update(looked_up)
-        form = _CHOICES[key] = min(times, key=times.get)
+        form = min(times, key=times.get)
+        if prefer in times and times[prefer] <= (1 + margin) * times[form]:
+            form = prefer
+        _CHOICES[key] = form
         TIMINGS[key] = times
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs%s (%s; ms per call: %s)",
                  form, list(key[2]), list(key[4]), key[5],

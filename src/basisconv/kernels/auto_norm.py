@@ -7,7 +7,8 @@ passes but adds the basis maps' ``m x m`` moments and the fold; which weighs mor
 on the shape, the device and the precision. On the 2-core CPU the folded triple took
 0.83-1.08x the unfused one's training time per ResNet-18 layer at basis 1/4 and 1.00-1.12x
 at 1/2 (``docs/speed.md``): the large early layers gain, the small late ones with wide
-bases lose. So each shape is timed once in its candidate forms and the fastest kept:
+bases lose. So each shape is timed once in its candidate forms and the fastest kept (the
+fold where it is within :data:`FOLD_MARGIN`: it keeps less for the backward):
 
 * ``"folded"``: the norm folded in, in standard ops (:func:`.norm.basis_conv_batch_norm`);
 * ``"folded-fused"``: the same through the Triton kernels (``combine="fused"``'s), where
@@ -57,6 +58,14 @@ def unfused_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                            momentum, eps)
     return F.relu(out) if relu else out
 
+
+#: A form other than the fold is chosen only where it is faster by more than this (a
+#: fraction): the unfused modules keep more for the backward (on the 2-core CPU a
+#: ResNet-18 at 1/4 kept 0.83 of the dense model's activations with them chosen where
+#: fastest, 0.61 with the fold everywhere, for the same step time), and a difference this
+#: small is within the timing's noise there (the interquartile range of a layer's rounds
+#: was 0.7-9 % of its median, 2.5-3.2 % in the middle; ``results/cpu-fuse-norm-auto``).
+FOLD_MARGIN = 0.03
 
 FORMS = {"folded": basis_conv_batch_norm,
          "folded-fused": functools.partial(basis_conv_batch_norm, fused=True),
@@ -155,5 +164,6 @@ def auto_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                 "bias": norm_bias is not None, "relu": relu}
         key = auto.shape_key(x, basis_weight, output_index.shape[0], conv_bias is not None,
                              stride, padding, dilation, backward, extra={"norm": norm})
-        form = auto.choose(key, x, lambda: _timed(args, options, backward))
+        form = auto.choose(key, x, lambda: _timed(args, options, backward), prefer="folded",
+                           margin=FOLD_MARGIN)
     return FORMS[form or "folded"](*args, **options)
