@@ -61,10 +61,11 @@ def unfused_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
 
 #: A form other than the fold is chosen only where it is faster by more than this (a
 #: fraction): the unfused modules keep more for the backward (on the 2-core CPU a
-#: ResNet-18 at 1/4 kept 0.83 of the dense model's activations with them chosen where
-#: fastest, 0.61 with the fold everywhere, for the same step time), and a difference this
-#: small is within the timing's noise there (the interquartile range of a layer's rounds
-#: was 0.7-9 % of its median, 2.5-3.2 % in the middle; ``results/cpu-fuse-norm-auto``).
+#: ResNet-18 at 1/4 kept 0.83 of the dense model's activations with the fastest form per
+#: shape, 0.61 with the fold everywhere, for the same step time: a run at ``5f1284c``),
+#: and a difference this small is within the timing's noise there (the interquartile
+#: range of a layer's timed rounds, 1-17 % of its median, about 3 % in the middle:
+#: ``results/cpu-fuse-norm-auto``, where with this margin it kept 0.73).
 FOLD_MARGIN = 0.03
 
 FORMS = {"folded": basis_conv_batch_norm,
