@@ -976,3 +976,20 @@ def test_plain_cuda_is_valid_on_a_machine_with_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert loop.device_problem("cuda") is None
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["basis.combine=auto", "trainer.deterministic=true"], True),
+    (["basis.combine=auto"], False),
+    (["basis.combine=stacked", "trainer.deterministic=true"], False),
+])
+def test_a_deterministic_run_that_chooses_forms_by_timing_is_told_it_may_not_repeat(
+        compose_cfg, monkeypatch, caplog, overrides, said):
+    """``combine=auto`` keeps the fastest form measured in the process: a deterministic run,
+    or its resumption, may choose differently and round differently."""
+    from basisconv import errors
+
+    monkeypatch.setattr(errors, "SAID_ONCE", set())
+    validate(compose_cfg("selection=all", *overrides))
+    assert any(m.startswith("basis.combine=auto chooses each layer's form by timing")
+               for m in caplog.messages) == said

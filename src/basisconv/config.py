@@ -285,6 +285,12 @@ def validate_basis(cfg: DictConfig) -> None:
         # an easy slip: the command line reads 1 as an int, a count
         warn_once(log, "basis.size=1 is a count: one basis filter in each converted layer; "
                        "for all of a layer's filters (full rank) give basis.size=1.0")
+    if b.combine == "auto" and cfg.trainer.deterministic and cfg.selection.policy != "none":
+        # (the choice is the fastest form measured in this process: another run, or this
+        # one resumed, may choose another, whose rounding differs)
+        warn_once(log, "basis.combine=auto chooses each layer's form by timing it, so this "
+                       "deterministic run may not repeat exactly (a resumed run may choose "
+                       "differently); name a form (basis.combine=stacked) for runs that must")
     _check_choice(b.init, BASIS_INIT, "basis.init")
     _check(b.source_checkpoint is None or b.init == "convert",
            "basis.source_checkpoint is set but basis.init=scratch; use basis.init=convert")
