@@ -355,3 +355,71 @@ def test_choices_in_a_record_name_all_they_were_chosen_by(monkeypatch):
     assert len(described) == 2 and described[0] != described[1]
     assert sorted(d["channels_last"] for d in described) == [False, True]
     assert {"padding", "dilation", "bias"} <= described[0].keys()
+
+def test_trials_are_eager_off_cuda_even_where_a_run_replays_graphs():
+    """``graph_replays`` (a graphed run's eager first step) changes how CUDA trials are
+    timed; on CPU, and outside it, a trial is the eager one; the setting is put back."""
+    eager = lambda: 1.0  # noqa: E731
+    x = torch.zeros(1, 2, 3, 3)
+    with auto.graph_replays():
+        assert auto.trial(eager, lambda t: t, (x,), False) is eager
+        with auto.graph_replays(False):
+            assert not auto._GRAPH_REPLAYS
+        assert auto._GRAPH_REPLAYS
+    assert not auto._GRAPH_REPLAYS
+    with pytest.raises(RuntimeError), auto.graph_replays():
+        raise RuntimeError
+    assert not auto._GRAPH_REPLAYS
+
+
+class FakeCuda:
+    """Just enough of ``torch.cuda`` for :class:`auto.GraphTrial`'s steps on CPU: a
+    "capture" records that it ran (the trial's call runs, as a real capture records its
+    kernels without running them), a replay counts."""
+
+    def __init__(self, monkeypatch, capture_fails=False):
+        from contextlib import contextmanager, nullcontext
+
+        self.replays, self.captures = 0, 0
+        fake = self
+
+        class Graph:
+            def replay(self):
+                fake.replays += 1
+
+        @contextmanager
+        def graph(g):
+            fake.captures += 1
+            yield
+            if capture_fails:
+                raise RuntimeError("operation not permitted when stream is capturing")
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        for name, value in {"Stream": Stream, "CUDAGraph": Graph, "graph": graph,
+                            "stream": lambda s: nullcontext(), "synchronize": lambda d=None: None,
+                            "current_stream": lambda d=None: Stream()}.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_a_graph_trial_captures_once_then_times_replays(monkeypatch, capture_fails):
+    """Round 0 (untimed) runs the call once eagerly and captures it; each timed round
+    replays ``REPLAYS`` times, nothing else; where the capture fails, the trial runs (and
+    times) the call eagerly from then on, and a choice is still made."""
+    cuda = FakeCuda(monkeypatch, capture_fails)
+    calls = []
+    x = torch.zeros(2, 3, requires_grad=True)
+    trial = auto.GraphTrial(lambda t: calls.append(1) or t * 2, (x,), backward=True)
+    times = auto.interleaved({"only": trial})
+    assert cuda.captures == 1 and set(times) == {"only"}
+    if capture_fails:  # warm-up, the failed capture, then every timed round eagerly
+        assert len(calls) == 2 + auto.REPEATS and cuda.replays == 0
+    else:
+        assert len(calls) == 2 and cuda.replays == auto.REPEATS * auto.REPLAYS
+    assert x.grad is None  # the trial's copies got the gradients

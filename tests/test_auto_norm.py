@@ -324,3 +324,30 @@ def test_the_fold_is_kept_unless_another_form_is_clearly_faster(monkeypatch, unf
     layer, norm, x = layer_norm_input()
     conv_norm_act(layer, norm, x, relu=True)
     assert list(norm_choices().values()) == [chosen_form]
+
+
+@pytest.mark.device
+def test_on_cuda_a_graphed_runs_choices_are_timed_as_graph_replays(device, monkeypatch, caplog):
+    """On a GPU, where a run replays CUDA graphs, each trial (forward and backward of the
+    fold, its kernels, the unfused modules, and the conv's own forms inside) is captured
+    and timed as replays, without falling back; the output is the modules' all the same."""
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs run on CUDA only (--device cuda)")
+    captured = []
+    capture = auto.GraphTrial._capture
+    monkeypatch.setattr(auto.GraphTrial, "_capture",
+                        lambda self: captured.append(self) or capture(self))
+    layer, norm, x = layer_norm_input()
+    layer, norm = layer.float().to(device), norm.float().to(device)
+    ref_layer, ref_norm = copy.deepcopy(layer), copy.deepcopy(norm)
+    x = x.float().to(device).requires_grad_()
+    with auto.graph_replays():
+        out = conv_norm_act(layer, norm, x, relu=True)
+    assert captured and not any(trial.eager for trial in captured)
+    assert "could not be captured" not in caplog.text
+    [(key, form)] = norm_choices().items()
+    assert set(auto.TIMINGS[key]) >= {"folded", "unfused"}
+    want, _ = unfused(ref_layer, ref_norm, x, relu=True)
+    torch.testing.assert_close(out, want, rtol=1e-2, atol=1e-2)  # (TF32 convs on a GPU)
+    out.sum().backward()
+    assert x.grad is not None

@@ -50,6 +50,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .kernels import auto
+
 
 class _Replay:
     """One captured call: a CUDA graph, or (``capture=False``) the call itself again."""
@@ -162,7 +164,8 @@ class GraphedTrainStep:
         the two phases (the step timer's marks)."""
         self._load_lr()
         if self.inputs is None:  # the first step: eager, on the capture stream
-            with _on(self.stream):
+            # (where combine="auto" layers choose: timed as the replays they will run)
+            with _on(self.stream), auto.graph_replays(self.capture):
                 start = mark()
                 self.optimizer.zero_grad(set_to_none=True)
                 objective = self.forward(images, labels)
@@ -227,7 +230,7 @@ class GraphedEvalStep:
         self.count.fill_(rows)
         if self.graph is None:
             run_forward, inputs, count = self.forward, self.inputs, self.count
-            with _on(self.stream):
+            with _on(self.stream), auto.graph_replays(self.capture):
                 run_forward(*inputs, count)  # the eager first batch
                 self.graph = _Replay(lambda: run_forward(*inputs, count),
                                      capture=self.capture, stream=self.stream)
@@ -259,7 +262,8 @@ class GraphedCall:
             self.graph.replay()
             return
         with _on(self.stream):
-            self.fn()
+            with auto.graph_replays(self.capture):
+                self.fn()
             self.graph = _Replay(self.fn, capture=self.capture, stream=self.stream)
 
 

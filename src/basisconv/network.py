@@ -18,6 +18,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from .checkpoint import load_source_weights
+from .kernels import auto
 from .cost import model_cost
 from .models import build_model
 from .layers import coefficient_l1
@@ -188,12 +189,16 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
 
 def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device: torch.device,
                      memory_format: torch.memory_format = torch.contiguous_format,
-                     amp_dtype: torch.dtype | None = None) -> None:
+                     amp_dtype: torch.dtype | None = None, graphed: bool = False) -> None:
     """Let every ``combine="auto"`` layer of ``model`` time its forms now, for a training
     forward (and backward) at the first input shape and an evaluation forward at each
     other, before ``torch.compile`` or CUDA graphs take over: neither lets a shape be
     timed, so without this a compiled model would run the stacked form everywhere (the
     fold, for layers with ``fuse_norm``).
+
+    ``graphed``: the model will run as CUDA graph replays (``torch.compile``'s
+    ``reduce-overhead``), so on CUDA the forms are timed as replays too
+    (:func:`.kernels.auto.graph_replays`).
 
     The model is left exactly as it was: parameters, buffers (batch-norm statistics move
     in a training forward), gradients and mode. The inputs are zeros: only shapes matter."""
@@ -208,7 +213,7 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
         for i, shape in enumerate(shapes):
             model.train(i == 0)
             x = torch.zeros(shape, device=device).contiguous(memory_format=memory_format)
-            with torch.set_grad_enabled(i == 0), autocast:
+            with torch.set_grad_enabled(i == 0), autocast, auto.graph_replays(graphed):
                 model(x)
     finally:
         model.load_state_dict(saved)

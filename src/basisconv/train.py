@@ -299,7 +299,8 @@ class Training:
             evaluated = min(trainer.eval_batch_size, self.test_batches.labels.numel())
             shapes = [(size // processes, *image) for size in (trainer.batch_size, evaluated)]
             choose_forms_now(self.model, shapes, device=self.device,
-                             memory_format=self.memory_format, amp_dtype=self.amp_dtype)
+                             memory_format=self.memory_format, amp_dtype=self.amp_dtype,
+                             graphed=trainer.compile_mode == "reduce-overhead")
         step_model = distributed.wrap(self.model, self.device)
         if distributed.world_size() > 1:  # synchronized norms, which basis layers do not
             # fold (fuse_norm): the record counts what runs, as a dense warm-up's conversion,

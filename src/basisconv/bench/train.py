@@ -276,7 +276,8 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     auto.start_run()  # the record lists the combine=auto shapes of this benchmark alone
     if trainer.compile:
         choose_forms_now(model, [(options.batch_size, *images.shape[1:])], device=device,
-                         memory_format=layout, amp_dtype=amp)
+                         memory_format=layout, amp_dtype=amp,
+                         graphed=options.compile_mode == "reduce-overhead")
     step_model = compiled(model, trainer)
     # As in training, each epoch (here: the warm-up, then the timed steps) captures its
     # graphs afresh: the timed steps include one eager step and one capture.

@@ -24,6 +24,7 @@ the unfused modules the same way, through this module's lookup and timing
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import statistics
@@ -47,6 +48,10 @@ REPEATS = 3
 #: the shapes looked up since :func:`start_run` (a record lists these, not every shape the
 #: process has timed: else a sweep's later jobs list the earlier jobs' shapes)
 _LOOKED_UP: set[tuple] = set()
+#: Whether CUDA trials are timed as graph replays (:func:`graph_replays`).
+_GRAPH_REPLAYS = False
+#: Replays a graphed trial's call times at once (one synchronization for them all).
+REPLAYS = 10
 
 
 def choices() -> dict[tuple, str]:
@@ -143,9 +148,96 @@ def interleaved(trials: dict) -> dict[str, float]:
     return {form: statistics.median(times) for form, times in spans.items()}
 
 
+@contextlib.contextmanager
+def graph_replays(on: bool = True):
+    """Inside, trials on CUDA are timed as CUDA graph replays (:class:`GraphTrial`), as a
+    run that replays its steps as graphs (``trainer.cuda_graphs``) will run them: timed
+    eagerly, every kernel launch counts (a few microseconds each), and a form of many small
+    launches (the fold in standard ops: about 70 a layer) is judged slower than it runs
+    in the graph, where launches cost nothing. The graphed steps' eager first calls, where
+    their layers choose, run inside."""
+    global _GRAPH_REPLAYS
+    before, _GRAPH_REPLAYS = _GRAPH_REPLAYS, on
+    try:
+        yield
+    finally:
+        _GRAPH_REPLAYS = before
+
+
+class GraphTrial:
+    """One form's trial as CUDA graph replays, for :func:`interleaved`: its first call (the
+    untimed round) runs the call once eagerly on a side stream (cuDNN's algorithm,
+    autotuning, allocations) and captures it, forward and backward, into a graph; each
+    later call replays it :data:`REPLAYS` times and gives the seconds per replay. Where
+    the capture fails (an operation a graph cannot hold), the trial runs eagerly from then
+    on, said once: a choice is still made."""
+
+    def __init__(self, call, leaves: tuple, backward: bool):
+        self.call, self.backward = call, backward
+        self.leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
+                       for t in leaves]
+        self.device = self.leaves[0].device
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager = False
+
+    def _run(self) -> None:
+        for leaf in self.leaves:
+            if leaf is not None:
+                leaf.grad = None  # (inside the capture: the graph's backward writes them)
+        out = self.call(*self.leaves)
+        if self.backward:
+            out.backward(torch.ones_like(out))
+
+    def __call__(self) -> float:
+        if self.eager:
+            return time_call(self.call, self.leaves, self.backward)
+        if self.graph is None:
+            start = time.perf_counter()
+            self._capture()
+            return time.perf_counter() - start
+        torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(REPLAYS):
+            self.graph.replay()
+        torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - start) / REPLAYS
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream(self.device)
+        current = torch.cuda.current_stream(self.device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            self._run()
+        current.wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._run()
+        except Exception as err:  # noqa: BLE001 - any failure: the trial runs eagerly
+            self.eager = True
+            log.warning("combine=auto: a trial could not be captured as a CUDA graph (%s: %s); "
+                        "timing it eagerly", type(err).__name__, str(err).splitlines()[0][:200])
+            return
+        self.graph = graph
+
+
+def trial(eager, call, leaves: tuple, backward: bool):
+    """A form's trial for :func:`interleaved`: ``eager`` (a zero-argument eager trial, one
+    call's seconds), or on CUDA inside :func:`graph_replays` a :class:`GraphTrial` of
+    ``call(*leaves)``."""
+    if _GRAPH_REPLAYS and leaves[0].is_cuda:
+        return GraphTrial(call, leaves, backward)
+    return eager
+
+
+def _form_call(form: str, args: tuple):
+    """``form`` as a function of :func:`auto_forward`'s first four ``args`` (the tensors)."""
+    return lambda *leaves: FORMS[form](*leaves, *args[4:])
+
+
 def _time(form: str, args: tuple, backward: bool) -> float:
     """:func:`time_call` of ``form`` on ``args`` (:func:`auto_forward`'s): one call."""
-    return time_call(lambda *leaves: FORMS[form](*leaves, *args[4:]), args[:4], backward)
+    return time_call(_form_call(form, args), args[:4], backward)
 
 
 def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bias: bool,
@@ -219,9 +311,11 @@ def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch
         args = (x, basis_weight, combination, bias, stride, padding, dilation)
 
         def time_forms() -> dict[str, float]:
-            times = interleaved({f: functools.partial(_time, f, args, backward) for f in
-                                 candidates(x, basis_weight, stride, padding, dilation,
-                                            combination.shape[0])})
+            times = interleaved({
+                f: trial(functools.partial(_time, f, args, backward), _form_call(f, args),
+                         args[:4], backward)
+                for f in candidates(x, basis_weight, stride, padding, dilation,
+                                    combination.shape[0])})
             if "fused" in times and failed_to_compile(x, basis_weight, combination.shape[0],
                                                       stride, padding, dilation):
                 del times["fused"]  # its kernel failed as it was timed: that was the stacked form

@@ -118,9 +118,10 @@ def _unless_it_fails_to_compile(trial):
     return run
 
 
-def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
-    """:func:`.auto.time_call` of ``form`` on :func:`auto_conv_batch_norm`'s ``args`` and
-    keyword ``options`` (one call), the running averages it moves copies of the caller's."""
+def _call(form: str, args: tuple, options: dict) -> tuple:
+    """``form`` as a function of the tensors a trial gives fresh copies of, and those
+    tensors, from :func:`auto_conv_batch_norm`'s ``args`` and keyword ``options``; the
+    running averages it moves are copies of the caller's."""
     x, basis_weight, coefficients, output_index, conv_bias, *conv = args
     update = options["update"]
     fixed = {**options, "update": update and (update[0].clone(), update[1].clone(), update[2])}
@@ -130,15 +131,21 @@ def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
         return FORMS[form](x, basis_weight, coefficients, output_index, conv_bias, *conv,
                            norm_weight=norm_weight, norm_bias=norm_bias, **fixed)
 
-    return auto.time_call(call, (x, basis_weight, coefficients, conv_bias,
-                                 options["norm_weight"], options["norm_bias"]), backward)
+    return call, (x, basis_weight, coefficients, conv_bias, options["norm_weight"],
+                  options["norm_bias"])
+
+
+def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
+    """:func:`.auto.time_call` of ``form`` (:func:`_call`): one eager call's seconds."""
+    return auto.time_call(*_call(form, args, options), backward)
 
 
 def _timed(args: tuple, options: dict, backward: bool) -> dict[str, float]:
     """Seconds per call of each candidate form (:func:`.auto.interleaved`), a kernels' form
     that failed to compile left out."""
     x, basis_weight, _, _, _, stride, padding, dilation = args
-    trials = {f: functools.partial(_time, f, args, options, backward)
+    trials = {f: auto.trial(functools.partial(_time, f, args, options, backward),
+                            *_call(f, args, options), backward)
               for f in candidates(x, basis_weight, stride, padding, dilation)}
     if "folded-fused" in trials:
         trials["folded-fused"] = _unless_it_fails_to_compile(trials["folded-fused"])
