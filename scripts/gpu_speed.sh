@@ -143,7 +143,7 @@ layers() {  # layers <name> <benchmark_layers options...>
 
 kernel_steps() {  # the kernels mode (above)
   step tests-kernels "$PY" -m pytest --device cuda -m device -q -p no:cacheprovider \
-    --timeout=120 tests/test_fused_norm_kernels.py tests/test_kernels.py
+    --timeout=120 tests/test_fused_norm_kernels.py tests/test_kernels.py tests/test_auto_norm.py
   train bf16-graphs --amp bf16 --cuda-graphs --profile
   for size in 0.25 0.5; do
     train "bf16-basis$size-fused-fusenorm-graphs" --amp bf16 --cuda-graphs \

@@ -158,7 +158,7 @@ def test_gpu_speeds_kernels_mode_tests_the_kernels_on_cuda_then_times_them(repo,
     assert done.returncode == 0, out + err
     calls = [call.split(" ", 1)[1] for call in (tmp_path / "calls.txt").read_text().splitlines()]
     assert calls[0].startswith("-m pytest --device cuda -m device") and calls[0].endswith(
-        "tests/test_fused_norm_kernels.py tests/test_kernels.py")
+        "tests/test_fused_norm_kernels.py tests/test_kernels.py tests/test_auto_norm.py")
     assert "--timeout=120" in calls[0]
     trains = [call for call in calls if "benchmark_train.py" in call]
     assert len(trains) == 6 and "--basis-size" not in trains[0]
