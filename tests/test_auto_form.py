@@ -2,6 +2,9 @@
 whatever it chooses computes the layer's function, and measuring leaves no trace in the
 caller's graph or random state."""
 
+import functools
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -388,7 +391,8 @@ class FakeCuda:
                 fake.replays += 1
 
         @contextmanager
-        def graph(g):
+        def graph(g, pool=None, stream=None, capture_error_mode="global"):
+            assert capture_error_mode == "thread_local" and stream is not None
             fake.captures += 1
             yield
             if capture_fails:
@@ -403,23 +407,35 @@ class FakeCuda:
 
         for name, value in {"Stream": Stream, "CUDAGraph": Graph, "graph": graph,
                             "stream": lambda s: nullcontext(), "synchronize": lambda d=None: None,
-                            "current_stream": lambda d=None: Stream()}.items():
+                            "current_stream": lambda d=None: Stream(),
+                            "graph_pool_handle": lambda: (0, 0)}.items():
             monkeypatch.setattr(torch.cuda, name, value)
+        auto._trial_stream.cache_clear()  # (else a stand-in stream outlives the test)
+        monkeypatch.setattr(auto, "_trial_stream", functools.lru_cache(Stream))
 
 
 @pytest.mark.parametrize("capture_fails", [False, True])
 def test_a_graph_trial_captures_once_then_times_replays(monkeypatch, capture_fails):
-    """Round 0 (untimed) runs the call once eagerly and captures it; each timed round
-    replays ``REPLAYS`` times, nothing else; where the capture fails, the trial runs (and
-    times) the call eagerly from then on, and a choice is still made."""
+    """Round 0 (untimed) runs the call twice eagerly, captures it and replays it once (the
+    upload); each timed round replays ``REPLAYS`` times, nothing else. A form that cannot
+    be captured is never fastest (a graphed run could not capture it either)."""
     cuda = FakeCuda(monkeypatch, capture_fails)
     calls = []
     x = torch.zeros(2, 3, requires_grad=True)
     trial = auto.GraphTrial(lambda t: calls.append(1) or t * 2, (x,), backward=True)
     times = auto.interleaved({"only": trial})
-    assert cuda.captures == 1 and set(times) == {"only"}
-    if capture_fails:  # warm-up, the failed capture, then every timed round eagerly
-        assert len(calls) == 2 + auto.REPEATS and cuda.replays == 0
+    assert cuda.captures == 1 and len(calls) == 3
+    if capture_fails:
+        assert times == {"only": math.inf} and cuda.replays == 0
     else:
-        assert len(calls) == 2 and cuda.replays == auto.REPEATS * auto.REPLAYS
+        assert cuda.replays == 1 + auto.REPEATS * auto.REPLAYS and math.isfinite(times["only"])
     assert x.grad is None  # the trial's copies got the gradients
+
+
+def test_a_form_whose_trial_failed_is_not_chosen_unless_all_did():
+    x = torch.zeros(1, 2, 3, 3)
+    assert auto.choose(("k1",) * 11, x, lambda: {"a": math.inf, "b": 2.0, "c": 3.0}) == "b"
+    assert auto.TIMINGS[("k1",) * 11] == {"b": 2.0, "c": 3.0}
+    assert auto.choose(("k2",) * 11, x, lambda: {"a": math.inf, "b": math.inf}) == "a"
+    assert auto.choose(("k3",) * 11, x, lambda: {"a": math.inf, "b": 1.0},
+                       prefer="a", margin=0.5) == "b"

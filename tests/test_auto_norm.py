@@ -343,7 +343,7 @@ def test_on_cuda_a_graphed_runs_choices_are_timed_as_graph_replays(device, monke
     x = x.float().to(device).requires_grad_()
     with auto.graph_replays():
         out = conv_norm_act(layer, norm, x, relu=True)
-    assert captured and not any(trial.eager for trial in captured)
+    assert captured and not any(trial.failed for trial in captured)
     assert "could not be captured" not in caplog.text
     [(key, form)] = norm_choices().items()
     assert set(auto.TIMINGS[key]) >= {"folded", "unfused"}

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
                          save_checkpoint, saved_epoch_rows)
-from .config import validate
+from .config import GRAPHING_COMPILE_MODES, validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
 from .kernels import auto
@@ -300,7 +300,8 @@ class Training:
             shapes = [(size // processes, *image) for size in (trainer.batch_size, evaluated)]
             choose_forms_now(self.model, shapes, device=self.device,
                              memory_format=self.memory_format, amp_dtype=self.amp_dtype,
-                             graphed=trainer.compile_mode == "reduce-overhead")
+                             graphed=trainer.compile_mode in GRAPHING_COMPILE_MODES
+                             or trainer.cuda_graphs and not distributed.is_distributed())
         step_model = distributed.wrap(self.model, self.device)
         if distributed.world_size() > 1:  # synchronized norms, which basis layers do not
             # fold (fuse_norm): the record counts what runs, as a dense warm-up's conversion,

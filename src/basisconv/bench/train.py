@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..checkpoint import CHECKPOINT, save_checkpoint
+from ..config import GRAPHING_COMPILE_MODES
 from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
 from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
@@ -277,7 +278,8 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     if trainer.compile:
         choose_forms_now(model, [(options.batch_size, *images.shape[1:])], device=device,
                          memory_format=layout, amp_dtype=amp,
-                         graphed=options.compile_mode == "reduce-overhead")
+                         graphed=options.compile_mode in GRAPHING_COMPILE_MODES
+                         or options.cuda_graphs)
     step_model = compiled(model, trainer)
     # As in training, each epoch (here: the warm-up, then the timed steps) captures its
     # graphs afresh: the timed steps include one eager step and one capture.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import statistics
 import time
 
@@ -166,11 +167,12 @@ def graph_replays(on: bool = True):
 
 class GraphTrial:
     """One form's trial as CUDA graph replays, for :func:`interleaved`: its first call (the
-    untimed round) runs the call once eagerly on a side stream (cuDNN's algorithm,
-    autotuning, allocations) and captures it, forward and backward, into a graph; each
-    later call replays it :data:`REPLAYS` times and gives the seconds per replay. Where
-    the capture fails (an operation a graph cannot hold), the trial runs eagerly from then
-    on, said once: a choice is still made."""
+    untimed round) runs the call twice eagerly on a side stream (cuDNN's algorithm,
+    autotuning, allocations), captures it, forward and backward, into a graph and replays
+    it once (the first launch uploads the graph); each later call replays it
+    :data:`REPLAYS` times and gives the seconds per replay. A form that cannot be captured
+    counts as never fastest (``math.inf``, said in the log): a graphed run could not
+    capture it either."""
 
     def __init__(self, call, leaves: tuple, backward: bool):
         self.call, self.backward = call, backward
@@ -178,7 +180,7 @@ class GraphTrial:
                        for t in leaves]
         self.device = self.leaves[0].device
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.eager = False
+        self.failed = False
 
     def _run(self) -> None:
         for leaf in self.leaves:
@@ -189,8 +191,8 @@ class GraphTrial:
             out.backward(torch.ones_like(out))
 
     def __call__(self) -> float:
-        if self.eager:
-            return time_call(self.call, self.leaves, self.backward)
+        if self.failed:
+            return math.inf
         if self.graph is None:
             start = time.perf_counter()
             self._capture()
@@ -203,22 +205,57 @@ class GraphTrial:
         return (time.perf_counter() - start) / REPLAYS
 
     def _capture(self) -> None:
-        stream = torch.cuda.Stream(self.device)
-        current = torch.cuda.current_stream(self.device)
+        stream, current = _trial_stream(self.device), torch.cuda.current_stream(self.device)
         stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            self._run()
-        current.wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
+        pool, graph = torch.cuda.graph_pool_handle(), torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                self._run()
-        except Exception as err:  # noqa: BLE001 - any failure: the trial runs eagerly
-            self.eager = True
-            log.warning("combine=auto: a trial could not be captured as a CUDA graph (%s: %s); "
-                        "timing it eagerly", type(err).__name__, str(err).splitlines()[0][:200])
-            return
-        self.graph = graph
+            # (the caller's stream comes back even where the graph's own exit raises)
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._run()
+                try:
+                    # thread-local: another thread's CUDA calls (NCCL's watchdog) do not
+                    # invalidate the capture, as Inductor captures
+                    with torch.cuda.graph(graph, pool=pool, stream=stream,
+                                          capture_error_mode="thread_local"):
+                        self._run()
+                except Exception:
+                    _end_failed_capture(self.device, pool)
+                    raise
+                graph.replay()
+            self.graph = graph
+        except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
+            self.failed = True
+            log.warning("combine=auto: a form could not be captured as a CUDA graph (%s: %s); "
+                        "it is not chosen for this shape", type(err).__name__,
+                        str(err).splitlines()[0][:200] if str(err) else "")
+        finally:
+            current.wait_stream(stream)
+
+
+@functools.lru_cache(maxsize=None)
+def _trial_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for every trial's warm-up and capture (what a stream sets
+    up lazily, cuBLAS's workspace for it, is then set up outside any capture)."""
+    return torch.cuda.Stream(device)
+
+
+def _end_failed_capture(device: torch.device, pool) -> None:
+    """After a capture that CUDA invalidated, ``CUDAGraph.capture_end`` raises before it
+    tells PyTorch's allocator that the capture ended, which then keeps it registered and
+    its pool alive (a later ``empty_cache`` fails an internal assert): tell it here, and
+    release the pool. Where the capture did end (the error came after), the first call
+    fails and the graph's own reset releases the pool. Best effort: private bindings."""
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    release = getattr(torch._C, "_cuda_releasePool", None)
+    if end is None or release is None:
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        end(index, pool)
+    except RuntimeError:
+        return
+    release(index, pool)
 
 
 def trial(eager, call, leaves: tuple, backward: bool):
@@ -268,9 +305,10 @@ def measurable(x: torch.Tensor) -> bool:
 def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
            margin: float = 0.0) -> str | None:
     """The form chosen for ``key``: looked up, or measured now where measuring is possible
-    (``time_forms()``: seconds per call by form, with the random state forked so the
-    trials leave it alone): the fastest, or ``prefer`` where it is within ``margin`` (a
-    fraction) of the fastest; None where neither (the caller runs its default)."""
+    (``time_forms()``: seconds per call by form, ``math.inf`` for a form whose trial
+    failed, with the random state forked so the trials leave it alone): the fastest, or
+    ``prefer`` where it is within ``margin`` (a fraction) of the fastest; None where
+    neither (the caller runs its default)."""
     form = _CHOICES.get(key)
     if form is None and _measuring_is_possible(x):
         looked_up = set(_LOOKED_UP)
@@ -283,11 +321,14 @@ def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
         # nor in a record: a choice looked up inside a trial (the conv's own, in a folded
         # norm's unfused trial) is listed only where a real call looks it up
         _LOOKED_UP.intersection_update(looked_up)
-        form = min(times, key=times.get)
-        if prefer in times and times[prefer] <= (1 + margin) * times[form]:
+        # a form whose trial failed (math.inf: a kernel that did not compile, a graph not
+        # captured) is left out; where every one failed, the first candidate, untimed
+        finite = {f: t for f, t in times.items() if math.isfinite(t)}
+        form = min(finite, key=finite.get) if finite else next(iter(times))
+        if prefer in finite and finite[prefer] <= (1 + margin) * finite[form]:
             form = prefer
         _CHOICES[key] = form
-        TIMINGS[key] = times
+        TIMINGS[key] = finite
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs%s (%s; ms per call: %s)",
                  form, list(key[2]), list(key[4]), key[5],
                  "".join(f", {name} {dict(items)}" for name, items in key[11:]),

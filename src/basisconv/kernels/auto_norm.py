@@ -141,15 +141,16 @@ def _time(form: str, args: tuple, options: dict, backward: bool) -> float:
 
 
 def _timed(args: tuple, options: dict, backward: bool) -> dict[str, float]:
-    """Seconds per call of each candidate form (:func:`.auto.interleaved`), a kernels' form
-    that failed to compile left out."""
+    """Seconds per call of each candidate form (:func:`.auto.interleaved`), ``math.inf``
+    for the kernels' form where they failed to compile (:func:`.auto.choose` leaves it
+    out)."""
     x, basis_weight, _, _, _, stride, padding, dilation = args
     trials = {f: auto.trial(functools.partial(_time, f, args, options, backward),
                             *_call(f, args, options), backward)
               for f in candidates(x, basis_weight, stride, padding, dilation)}
     if "folded-fused" in trials:
         trials["folded-fused"] = _unless_it_fails_to_compile(trials["folded-fused"])
-    return {f: t for f, t in auto.interleaved(trials).items() if math.isfinite(t)}
+    return auto.interleaved(trials)
 
 
 def auto_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
