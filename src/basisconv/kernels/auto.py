@@ -114,19 +114,33 @@ def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding, dil
     return forms
 
 
+def _detached(leaves: tuple) -> list:
+    """Detached copies of the tensors among ``leaves`` (None kept), each requiring a
+    gradient where its original does: a trial's graph never reaches the caller's."""
+    return [t.detach().requires_grad_(t.requires_grad) if t is not None else None
+            for t in leaves]
+
+
+def _call_once(call, leaves: list, backward: bool) -> None:
+    """``call(*leaves)``, then its output's backward where ``backward``, the leaves'
+    gradients set to None first (inside a capture, the graph's backward writes them)."""
+    for leaf in leaves:
+        if leaf is not None:
+            leaf.grad = None
+    out = call(*leaves)
+    if backward:
+        out.backward(torch.ones_like(out))
+
+
 def time_call(call, leaves: tuple, backward: bool) -> float:
     """Seconds of one call of ``call(*leaves)``, with its output's backward where
-    ``backward``, on detached copies of the tensors among ``leaves`` (the first one a
-    tensor), so nothing reaches the caller's graph."""
-    leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
-              for t in leaves]
+    ``backward``, on :func:`_detached` copies of ``leaves`` (the first one a tensor)."""
+    leaves = _detached(leaves)
     cuda = leaves[0].is_cuda
     if cuda:
         torch.cuda.synchronize(leaves[0].device)
     start = time.perf_counter()
-    out = call(*leaves)
-    if backward:
-        out.backward(torch.ones_like(out))
+    _call_once(call, leaves, backward)
     if cuda:
         torch.cuda.synchronize(leaves[0].device)
     return time.perf_counter() - start
@@ -176,19 +190,13 @@ class GraphTrial:
 
     def __init__(self, call, leaves: tuple, backward: bool):
         self.call, self.backward = call, backward
-        self.leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
-                       for t in leaves]
+        self.leaves = _detached(leaves)
         self.device = self.leaves[0].device
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed = False
 
     def _run(self) -> None:
-        for leaf in self.leaves:
-            if leaf is not None:
-                leaf.grad = None  # (inside the capture: the graph's backward writes them)
-        out = self.call(*self.leaves)
-        if self.backward:
-            out.backward(torch.ones_like(out))
+        _call_once(self.call, self.leaves, self.backward)
 
     def __call__(self) -> float:
         if self.failed:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import auto, triton_conv
-from .fused import compute_dtype, numeric_padding, warn_once
+from .fused import compute_dtype, is_triton_error, numeric_padding, warn_once
 from .norm import basis_conv_batch_norm
 from .torch_ops import combination_rows
 
@@ -106,7 +106,7 @@ def _unless_it_fails_to_compile(trial):
         try:
             return trial()
         except Exception as err:  # noqa: BLE001 - only Triton's own errors are caught
-            if not type(err).__module__.startswith("triton"):
+            if not is_triton_error(err):
                 raise
             failed.append(err)
             warn_once(f"combine='auto' with fuse_norm: the folded norm's Triton kernels "

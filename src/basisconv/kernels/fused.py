@@ -74,7 +74,7 @@ def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: t
                                                 padding, dilation, store_basis=store_basis)
             return out, basis if basis is not None else x.new_empty(0)
         except Exception as err:  # noqa: BLE001 - only Triton's own errors are caught
-            if not type(err).__module__.startswith("triton"):
+            if not is_triton_error(err):
                 raise
             # A kernel that does not compile for this shape on this GPU (e.g. out of shared
             # memory or registers for every tile): the shape runs the stacked form from now
@@ -243,6 +243,13 @@ def channels_last(t: torch.Tensor) -> bool:
     ``out.view(B, -1)`` works)."""
     return (t.dim() == 4 and not t.is_contiguous()
             and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def is_triton_error(err: BaseException) -> bool:
+    """Whether ``err`` is Triton's own (a kernel that does not compile for a shape on this
+    device: out of shared memory or registers), the one kind of failure a kernel's caller
+    survives by running without it; any other error is a bug and goes up."""
+    return type(err).__module__.startswith("triton")
 
 
 def warn_once(message: str) -> None:
