@@ -30,8 +30,8 @@ from ..data import TensorBatches, load_cifar10
 from ..errors import DatasetError
 from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
                     graphed_fp16_problem, precision_name, settings_restored, setup, train_one_epoch)
-from ..models import build_model, list_models
 from ..kernels import auto
+from ..models import build_model, list_models
 from ..network import choose_forms_now
 from ..records import RunRecord, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
