@@ -1248,3 +1248,43 @@ def test_the_temporary_of_a_write_in_flight_is_hidden_and_what_leftover_temporar
     assert temporary.name.startswith(".run.json.") and temporary.name.endswith(".tmp")
     assert found == [temporary]
     assert leftover_temporaries(path) == [] and path.read_text() == "{}"
+
+
+def test_an_atomic_write_flushes_the_file_then_its_folder_so_the_rename_survives_a_power_cut(
+        tmp_path, monkeypatch):
+    """The file's own ``fsync`` keeps its bytes, not its new name: without a flush of the
+    folder after the rename, a power cut (not a kill) could leave the previous checkpoint
+    or record under the name."""
+    import stat
+
+    from basisconv.records import files, write_text_atomic
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(
+        (stat.S_ISDIR(os.fstat(fd).st_mode), os.path.exists(tmp_path / "run.json")))
+        or real_fsync(fd))
+    write_text_atomic(tmp_path / "run.json", "{}")
+    # the temporary file before the rename, then the folder after it
+    assert synced == [(False, False), (True, True)]
+
+
+def test_an_atomic_write_where_the_folder_cannot_be_flushed_still_writes_the_file(
+        tmp_path, monkeypatch):
+    """Some network and FUSE mounts refuse to flush a folder (``EINVAL``): the rename has
+    happened, so the write succeeds, and no descriptor is left open."""
+    import errno
+
+    from basisconv.records import files, write_text_atomic
+
+    real_fsync = os.fsync
+
+    def refuse_folders(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+    monkeypatch.setattr(files.os, "fsync", refuse_folders)
+    open_fds = len(os.listdir("/proc/self/fd"))
+    write_text_atomic(tmp_path / "run.json", '{"a": 1}')
+    assert (tmp_path / "run.json").read_text() == '{"a": 1}'
+    assert len(os.listdir("/proc/self/fd")) == open_fds

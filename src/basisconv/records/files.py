@@ -159,10 +159,11 @@ STALE_AFTER_S = 3600.0
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
                  before_replace: Callable[[Path], Any] | None = None) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then
-    rename it over ``path`` atomically: a kill mid-write leaves the previous file intact,
-    and its half-written temporary, once untouched for :data:`STALE_AFTER_S`, is deleted
-    by the next write of ``path`` (the analysis and the estimate's kept results, unlike a
-    training folder, have no lock holder to delete them sooner: they stayed for good).
+    rename it over ``path`` atomically, and flush the folder (:func:`sync_folder`): a kill
+    mid-write leaves the previous file intact, and its half-written temporary, once
+    untouched for :data:`STALE_AFTER_S`, is deleted by the next write of ``path`` (the
+    analysis and the estimate's kept results, unlike a training folder, have no lock
+    holder to delete them sooner: they stayed for good).
     ``before_replace(temporary path)`` runs once the new bytes are on disk, before the
     rename (a checkpoint records its checksum there). A write the system refuses (a full
     disk, no permission) is a :class:`WriteError` naming ``path``, not a bare ``OSError``
@@ -185,12 +186,31 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,
         if isinstance(err, OSError) and not isinstance(err, BasisconvError):
             raise WriteError.of(path, err) from err
         raise
+    sync_folder(path.parent)
     for leftover in leftover_temporaries(path, untouched_for_s=STALE_AFTER_S):
         with contextlib.suppress(OSError):  # another writer's cleanup got there first
             leftover.unlink()
             log.info("removed %s, left half written by a writer killed while writing it",
                      leftover)
     return path
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power cut or
+    a lost node: the file's own ``fsync`` keeps its bytes, not its new name (POSIX; ext4
+    and XFS may otherwise lose the newest checkpoint's or record's name, leaving the
+    previous one). Best effort: a file system or platform that cannot open or flush a
+    folder (some network and FUSE mounts say ``EINVAL``) keeps what the rename did."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
