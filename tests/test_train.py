@@ -90,6 +90,30 @@ def test_train_script_end_to_end(tmp_path, repo):
     assert epoch_rows == ["1", "2"]
 
 
+@pytest.mark.parametrize("policy, overrides, said", [
+    ("all", ["selection=all", "selection.layers=[layer3.*]"],
+     "selection=all converts every convolution, so selection.layers=[layer3.*] is unread"),
+    ("all", ["selection=all", "basis.size=0.25"], None),
+    ("none", ["basis.size=0.25", "selection.layers=[layer3.*]"],
+     "so basis.size=0.25 selection.layers=[layer3.*] is unread"),
+    ("list", ["selection=list", "selection.layers=[layer3.*]"], None)])
+def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
+        monkeypatch, caplog, policy, overrides, said):
+    """Found in review: ``selection=all selection.layers=[layer3.*]`` converted every conv
+    and said nothing (only ``selection=none`` warned of what it leaves unread)."""
+    from types import SimpleNamespace
+
+    from basisconv import cli
+
+    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(cli, "in_sweep", lambda: False)
+    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    with caplog.at_level("WARNING", logger=cli.log.name):
+        cli.warn_unread_basis_overrides(SimpleNamespace(selection=SimpleNamespace(policy=policy)))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
+
+
 def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     result = run_script(repo, tmp_path, f"data.root={tmp_path / 'nowhere'}")
     assert result.returncode == 2

@@ -131,18 +131,25 @@ def check_not_an_unswept_sweep() -> None:
 def warn_unread_basis_overrides(cfg: Any) -> None:
     """``selection=none`` (the default: the dense baseline) converts no layer, so ``basis.*``
     and ``selection.layers`` given to one run are unread: ``train.py basis.size=0.25``
-    trains the dense model. Said as a warning, not refused: a sweep such as ``-m
-    selection=none,all basis.size=0.25`` gives them to its dense job on purpose, and so may
+    trains the dense model; ``selection=all`` converts every conv, so a
+    ``selection.layers`` given with it is unread too (``selection=all
+    selection.layers=[layer4.*]`` converts every layer, not layer 4's). Said as a warning,
+    not refused: a sweep such as ``-m selection=none,all,list basis.size=0.25
+    selection.layers=[...]`` gives them to its other jobs on purpose, and so may
     ``reproduce.sh``'s OVERRIDES to the baseline row."""
-    if (cfg.selection.policy != "none" or not HydraConfig.initialized()
+    policy = cfg.selection.policy
+    if (policy not in ("none", "all") or not HydraConfig.initialized()
             or not distributed.first_process() or in_sweep()):
         return
-    unread = [o for o in typed_overrides()
-              if re.match(r"[+~]*(basis\b|selection\.layers\b)", o)]
-    if unread:
+    unread_keys = r"basis\b|selection\.layers\b" if policy == "none" else r"selection\.layers\b"
+    unread = [o for o in typed_overrides() if re.match(rf"[+~]*({unread_keys})", o)]
+    if unread and policy == "none":
         log.warning("selection=none (the dense baseline) converts no layer, so %s is unread "
                     "and the model stays dense; choose the layers with selection=all, list, "
                     "first_k, ... to train basis convolutions", " ".join(unread))
+    elif unread:
+        log.warning("selection=all converts every convolution, so %s is unread; to convert "
+                    "only the layers it names, use selection=list", " ".join(unread))
 
 
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
