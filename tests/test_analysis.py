@@ -2136,3 +2136,61 @@ def test_a_half_written_file_of_a_killed_writer_goes_with_the_next_write_once_st
     files.write_text_atomic(table, "a,b\n")
     assert table.read_text() == "a,b\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, table.name]
+
+
+def test_a_seed_trained_again_at_another_commit_is_named_under_the_table(tmp_path):
+    """Found in review: seed 0 of the 0.5 row trained again after a code change (a dated Hydra folder
+    beside the first, analysed with runs_dir=outputs/<profile>): distinct_runs averages
+    the two as one run trained twice, and the commits note, handed the de-duplicated
+    runs, no longer sees the other commit: the row's mean mixes two versions silently."""
+    runs = [json.loads(json.dumps(r)) for r in RECORDS]
+    again = json.loads(json.dumps(runs[2]))          # basis all 0.5, seed 0
+    again["final"]["test_accuracy"] = 0.60           # the code change moved it
+    again["provenance"]["git"] = {"commit": "fedcba9876"}
+    again["provenance"]["date"] = "2026-11-26T05:00:00+00:00"
+    write_runs(tmp_path / "runs", runs + [again])
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    md = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert "| resnet20 x0.5 | all | 0.5 | 2 | 77.00 ± 9.90 |" in md  # seed 0: mean(0.80, 0.60)
+    assert "different commits" in md
+
+
+def test_a_row_is_not_compared_with_a_dense_run_on_another_data_set():
+    """Found in review: training images, epochs and precision choose the baseline (a row with only other
+    ones has none), the data set does not: a basis row on generated stripes is given a
+    change of +9 points against a dense CIFAR-10 run (named under the table, but the
+    column holds the number)."""
+    runs = [(swept(record("none", accuracy=0.90), **{"data.name": "cifar10"}), "a"),
+            (swept(record("all", accuracy=0.99), **{"data.name": "stripes"}), "b")]
+    row = compare(runs_frame(runs)).set_index("selection").loc["all"]
+    assert pd.isna(row["accuracy_change"]) and pd.isna(row["step_speedup"])
+
+
+@pytest.mark.parametrize("drop", ["train_loss", "epoch"])
+def test_a_record_whose_epochs_lack_a_curve_field_is_no_trace(tmp_path, drop):
+    """Found in review: an edited or foreign record (the type checks pass: epochs is a list of objects)
+    whose epochs lack ``train_loss`` or ``epoch``: the analysis ends in a KeyError trace
+    from the curves plot, after the comparison it could write."""
+    runs = [json.loads(json.dumps(r)) for r in RECORDS]
+    for run in runs:
+        for epoch in run["epochs"]:
+            epoch.pop(drop)
+    write_runs(tmp_path / "runs", runs)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    assert (tmp_path / "results" / "comparison-cpu-fp32.md").is_file()
+
+
+def test_one_seeds_point_has_no_error_bar_drawn_as_zero(tmp_path, monkeypatch):
+    """Found in review: the accuracy plot's bars are '±1 sample std'; a row of one seed has none (the table
+    shows no ±), but the plot draws a bar of length 0, which reads as a spread of 0."""
+    from basisconv.analysis import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    table = compare(runs_frame([(r, "here") for r in RECORDS]))  # all 0.25: one seed
+    figures.accuracy_vs_parameters(table, tmp_path / "a.png", "note")
+    ax = drawn[0].axes[0]
+    bars = [c for c in ax.containers if c.get_label() == "all"][0]
+    segments = [s for s in bars.lines[2][0].get_segments() if len(s)]  # drawn bars
+    figures.pyplot().close(drawn[0])
+    assert len(segments) == 1

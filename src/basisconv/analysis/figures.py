@@ -156,7 +156,7 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for selection, group in table.groupby("selection", sort=False):
         ax.errorbar(group["params"], 100 * group["test_accuracy"],
-                    yerr=100 * group["test_accuracy_std"].fillna(0), fmt="o", capsize=3,
+                    yerr=100 * group["test_accuracy_std"], fmt="o", capsize=3,  # one seed: none
                     label=selection, color=selection_colour(selection))
         if selection == "all":
             for r in group.itertuples():
@@ -184,12 +184,14 @@ def _curve_label(run: pd.Series, varying: list[str]) -> str:
             + (f" ({shown})" if shown else ""))
 
 
-def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
+def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path | None:
     """Test accuracy and train loss per epoch, mean over seeds with a band of ±1 sample std
     (the seeds' spread is about the gaps between the lines), one line per config (the
     table's rows: configurations that differ only in model or epochs are not averaged); a
     policy has its colour of every figure, its rows their line styles."""
     plt = pyplot()
+    if curves.empty:  # no epoch a curve could draw
+        return None
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.3))
     varying = [c for c in ("model", "width", "epochs", "train_images") if curves[c].nunique() > 1]
     rows_of: dict[str, int] = {}
@@ -199,7 +201,7 @@ def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path:
         style = LINE_STYLES[rows_of.get(first["selection"], 0) % len(LINE_STYLES)]
         rows_of[first["selection"]] = rows_of.get(first["selection"], 0) + 1
         by_epoch = group.groupby("epoch")[["test_accuracy", "train_loss"]]
-        mean, std = by_epoch.mean(), by_epoch.std().fillna(0)
+        mean, std = by_epoch.mean(), by_epoch.std()  # one seed: no band
         for ax, column, scale in ((acc, "test_accuracy", 100), (loss, "train_loss", 1)):
             ax.plot(mean.index, scale * mean[column], style, label=name,
                     color=selection_colour(first["selection"]))

@@ -341,7 +341,9 @@ def write_group(part: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, st
     out, tag = stem.parent, stem.name
     origin = provenance_note(runs, profile, made) + "\n" + recipe_line(runs)
     seeds = distinct_runs(runs)
-    caveats = [line for line in (seeds_line(seeds), commits_line(seeds), versions_line(seeds),
+    # the commits and versions of every record: distinct_runs averages a seed trained again
+    # (at another commit, say) into its first record, whose commit alone it keeps
+    caveats = [line for line in (seeds_line(seeds), commits_line(runs), versions_line(runs),
                                  tables_line(seeds), baseline_line(part),
                                  unlike_baseline_line(part), timing_line(runs), *left_out)
                if line]

@@ -36,7 +36,7 @@ SHOWN_COLUMNS = ["model", "width", "selection", "device", "precision"]
 METRIC_COLUMNS = ["test_accuracy", "best_test_accuracy", "params", "forward_flops",
                   "backward_flops", "basis_layers", "forward_seconds_per_step",
                   "backward_seconds_per_step", "epoch_seconds", "train_seconds"]
-BASELINE_KEYS = ["model", "width", "epochs", "train_images", "device", "precision"]
+BASELINE_KEYS = ["model", "width", "epochs", "data", "train_images", "device", "precision"]
 #: Seeds: runs that differ only in them (and in keys :func:`made_alike` allows) are repeats of
 #: one configuration; any other key that differs makes another configuration.
 SEED_KEYS = {"seed", "selection.seed", "sensitivity.seed"}
@@ -382,6 +382,10 @@ def recipe(config: dict[str, Any]) -> str:
                                or k.startswith(DENSE_UNREAD))}, sort_keys=True, default=str)
 
 
+#: The per-epoch columns the training curves read.
+CURVE_COLUMNS = ["epoch", "test_accuracy", "train_loss"]
+
+
 #: Columns of :func:`runs_frame` and :func:`compare` that only choose baselines; the
 #: tables and ``index.json`` leave them out.
 INTERNAL_COLUMNS = ["recipe", "same_run"]
@@ -400,8 +404,14 @@ def curves_frame(records: list[tuple[dict, str]],
     """Per-epoch rows of every run; ``labels`` are the runs' :func:`settings` where the
     caller has them already (``runs_frame(records)["settings"]``), else worked out here."""
     labels = settings(records) if labels is None else labels
-    return pd.DataFrame([row for (record, where), setting in zip(records, labels)
-                         for row in curve_rows(record, where, setting)])
+    frame = pd.DataFrame([row for (record, where), setting in zip(records, labels)
+                          for row in curve_rows(record, where, setting)])
+    # the columns the curves read, where no record's epochs have one (an edited record);
+    # an entry without its epoch is no point of a curve
+    for column in [*ROW_COLUMNS, "seed", "hardware", "where", "same_run", *CURVE_COLUMNS]:
+        if column not in frame:
+            frame[column] = pd.Series(index=frame.index, dtype=float)
+    return frame[frame["epoch"].notna()]
 
 
 def recipe_differences(row: str, dense: str) -> list[str]:
@@ -483,6 +493,7 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     ).groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
     table["recipe"] = grouped["recipe"].first()  # alike within a row but for removed keys
+    table["data"] = grouped["data"].first()  # (data.name: another one is another row)
     table["seeds"] = grouped.size()
     table["test_accuracy_std"] = grouped["test_accuracy"].std(ddof=1)
     # how much the timed step varies from seed to seed (other runs on the machine, other
