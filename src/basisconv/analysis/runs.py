@@ -493,13 +493,15 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     ).groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
     table["recipe"] = grouped["recipe"].first()  # alike within a row but for removed keys
-    table["data"] = grouped["data"].first()  # (data.name: another one is another row)
     table["seeds"] = grouped.size()
     table["test_accuracy_std"] = grouped["test_accuracy"].std(ddof=1)
     # how much the timed step varies from seed to seed (other runs on the machine, other
     # batch orders): at small speedups it is about the gap to dense
     table["step_seconds_std"] = grouped["step"].std(ddof=1)
     table = table.reset_index()
+    # beside the other recipe keys that choose the baseline (another data.name is another row)
+    table.insert(table.columns.get_loc("train_images") + 1, "data",
+                 grouped["data"].first().to_numpy())
     base = baselines(table)
     flops = table["forward_flops"] + table["backward_flops"]
     step = table["forward_seconds_per_step"] + table["backward_seconds_per_step"]
