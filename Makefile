@@ -29,7 +29,7 @@ help:
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
 	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
-	@echo "make speed-report      the speed records of results, results/cpu-fuse-norm(-auto), results/cpu-auto, results/gpu*/ (SPEED_FOLDERS=...) in one summary"
+	@echo "make speed-report      the speed records of results, results/cpu-fuse-norm(-auto), results/cpu-compile, results/cpu-auto, results/gpu*/ (SPEED_FOLDERS=...) in one summary"
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
 	@echo "make gpu-speed         GPU speed measurements into results/gpu-<gpu> (SPEED=quick|full|kernels, BUDGET=s, GPU_PYTHON=...)"
 	@echo "make gpu-wheels        wheels/ to carry to a GPU machine without network"
@@ -79,7 +79,7 @@ benchmark-layers: $(STAMP)
 # make gpu-speed writes); of these defaults those that do not exist are left out, while folders
 # named with SPEED_FOLDERS=... are passed as given (speed_report.py refuses a missing one: a
 # typo must not summarize the defaults over the committed summary).
-SPEED_FOLDERS ?= $(wildcard results results/cpu-fuse-norm results/cpu-fuse-norm-auto results/cpu-auto results/gpu*/)
+SPEED_FOLDERS ?= $(wildcard results results/cpu-fuse-norm results/cpu-fuse-norm-auto results/cpu-compile results/cpu-auto results/gpu*/)
 speed-report: $(STAMP)
 	$(PY) scripts/speed_report.py $(SPEED_FOLDERS) $(ARGS)
 
