@@ -1077,3 +1077,22 @@ def test_a_training_run_starts_without_the_table_and_plot_libraries(repo):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"a training run imports {result.stdout.strip()}"
+
+
+def test_the_recipe_says_what_weight_decay_applies_to_and_what_best_test_accuracy_is(repo):
+    """Found in review: the optimizer gives weight decay to every parameter (batch norm's,
+    a basis layer's factors: a penalty the dense layer's single weight does not get) and
+    every record and comparison CSV has ``best_test_accuracy``, a maximum picked on the
+    test set; the pages said neither."""
+    from basisconv import loop
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    trainer = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": True,
+                                "weight_decay": 5e-4})
+    optimizer = loop.build_optimizer(model, trainer)
+    assert all(g["weight_decay"] == 5e-4 for g in optimizer.param_groups)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 4  # batch norm's too
+    recipe = (repo / "docs" / "experiments.md").read_text().split("## Training recipe")[1]
+    paragraph = recipe.strip().split("\n\n")[0]
+    assert "batch-norm scales and shifts" in paragraph and "best_test_accuracy" in paragraph
+    assert "picked on the test set" in (repo / "results" / "README.md").read_text()

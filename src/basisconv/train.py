@@ -628,6 +628,9 @@ def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:
 
 
 def final_metrics(epochs: list[dict]) -> dict[str, Any]:
+    """The run's summary: the last epoch's test metrics are its result;
+    ``best_test_accuracy`` is the maximum over epochs, picked on the test set (optimistic,
+    for curves only: no checkpoint is chosen by it)."""
     last = epochs[-1]
     return {"test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
             "train_loss": last["train_loss"], "best_test_accuracy":
