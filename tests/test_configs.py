@@ -208,6 +208,7 @@ def test_slurm_launcher_composes(compose_cfg):
     ("model.name=resnet19", "model.name='resnet19' is unknown"),
     ("data.train_subset=-5", "data.train_subset=-5 as a count must be >= 1"),
     ("basis.init=pretrained", "basis.init='pretrained'; choose one of scratch, convert"),
+    ("basis.fit=qr", "basis.fit='qr'; choose one of pivots, svd"),
     ("selection.budget_reduction=1.5", r"selection.budget_reduction must be in \(0, 1\)"),
     ("selection.metric=top1", "selection.metric='top1'; choose one of accuracy_drop"),
     ("sensitivity.finetune_epochs=-1", "sensitivity.finetune_epochs must be >= 0"),

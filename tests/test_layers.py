@@ -533,3 +533,87 @@ def test_a_non_zero_padding_mode_is_refused_with_the_fix():
     layer dense), not only what is unsupported."""
     with pytest.raises(ValueError, match="padding_mode='circular'.*leave this layer dense"):
         BasisConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), 2)
+
+
+def decaying_conv(c_in=16, c_out=32, seed=0, decay=6.0):
+    """A conv whose weight's spectrum decays as trained ones do."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=True)
+    w = conv.weight.detach().reshape(c_out, -1)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    s = s * torch.exp(-torch.arange(s.numel()) / decay)
+    with torch.no_grad():
+        conv.weight.copy_((u * s @ vh).reshape_as(conv.weight))
+    return conv
+
+
+def eckart_young(conv, m):
+    s = torch.linalg.svdvals(conv.weight.detach().reshape(conv.out_channels, -1).double())
+    return float((s[m:].pow(2).sum() / s.pow(2).sum()).sqrt())
+
+
+@pytest.mark.parametrize("shape, m", [((16, 32), 8), ((16, 32), 16), ((64, 64), 16), ((3, 16), 4)])
+def test_the_default_fit_is_well_above_the_best_rank_m_error(shape, m):
+    """Found in review: the default conversion (the conv's own filters as the basis) is not
+    the smallest weight error a basis layer of size m can have (the docs said least
+    squares minimized it); the truncated SVD's is (Eckart-Young)."""
+    conv = decaying_conv(*shape)
+    layer = BasisConv2d.from_conv(conv, m)
+    assert layer.reconstruction_error > 1.05 * eckart_young(conv, m)
+
+
+@pytest.mark.parametrize("shape, m", [((16, 32), 8), ((16, 32), 16), ((64, 64), 16), ((3, 16), 4)])
+def test_an_svd_fit_reaches_the_best_rank_m_weight_and_computes_it(shape, m):
+    """``fit="svd"``: a basis layer computes ``P [I; A] B``, any rank-m weight, so it can
+    be the best one."""
+    conv = decaying_conv(*shape)
+    layer = BasisConv2d.from_conv(conv, m, fit="svd")
+    assert layer.reconstruction_error == pytest.approx(eckart_young(conv, m), rel=1e-5)
+    # the layer computes the conv of the rank-m weight, outputs in the conv's order
+    w = conv.weight.detach().reshape(conv.out_channels, -1).double()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    wm = ((u[:, :m] * s[:m]) @ vh[:m]).float().reshape_as(conv.weight)
+    x = torch.randn(2, shape[0], 8, 8, generator=torch.Generator().manual_seed(1))
+    for combine in ("stacked", "split"):
+        out = BasisConv2d.from_conv(conv, m, fit="svd", combine=combine)(x)
+        torch.testing.assert_close(out, torch.nn.functional.conv2d(x, wm, conv.bias, padding=1),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("c_in, c_out, m", [(8, 16, 16), (1, 16, 9), (1, 16, 12)])
+def test_an_svd_fit_is_exact_where_m_reaches_the_weights_rank(c_in, c_out, m):
+    """m = C_out, and m >= K = C_in*k*k (a 1->16 conv has rank <= 9)."""
+    conv = decaying_conv(c_in, c_out)
+    layer = BasisConv2d.from_conv(conv, m, fit="svd")
+    x = torch.randn(2, c_in, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert layer.reconstruction_error < 1e-6
+
+
+def test_an_svd_fit_with_low_rank_coefficients_is_no_worse_than_the_default():
+    conv = decaying_conv(16, 32)
+    pivots = BasisConv2d.from_conv(conv, 12, coefficient_rank=4)
+    svd = BasisConv2d.from_conv(conv, 12, coefficient_rank=4, fit="svd")
+    assert svd.reconstruction_error <= pivots.reconstruction_error
+
+
+def test_an_error_bound_with_svd_is_the_singular_value_energy():
+    conv = decaying_conv(16, 32)
+    layer = BasisConv2d.from_conv(conv, max_error=0.1, fit="svd")
+    m = layer.num_basis
+    assert eckart_young(conv, m) <= 0.1 < eckart_young(conv, m - 1)
+    assert layer.num_basis <= BasisConv2d.from_conv(conv, max_error=0.1).num_basis
+    with pytest.raises(ConfigError, match="fit"):
+        BasisConv2d.from_conv(conv, 8, fit="qr")
+
+
+def test_apply_basis_passes_the_fit_to_each_layer_and_fresh_layers_ignore_it():
+    from basisconv.surgery import apply_basis
+
+    model = nn.Sequential(decaying_conv(16, 32), nn.ReLU(), decaying_conv(32, 32, seed=1))
+    fitted = apply_basis(model, "all", 0.25, convert=True, fit="svd")
+    for name in ("0", "2"):
+        assert fitted.get_submodule(name).reconstruction_error == pytest.approx(
+            eckart_young(model.get_submodule(name), 8), rel=1e-5)
+    apply_basis(model, "all", 0.25, convert=False, fit="svd")  # no error: nothing to fit

@@ -517,7 +517,7 @@ KEY_CHANGES = {"model.name": "resnet8", "model.width": 0.5, "basis.size": 0.25,
                "trainer.nesterov": False, "trainer.weight_decay": 1e-4,
                "trainer.schedule": "cosine", "trainer.warmup_fraction": 0.3,
                "trainer.label_smoothing": 0.1, "trainer.amp": "bf16", "sensitivity.seed": 7,
-               "sensitivity.noise_repeats": 4}
+               "sensitivity.noise_repeats": 4, "basis.fit": "svd"}
 
 
 def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_path):

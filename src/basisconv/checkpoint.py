@@ -49,7 +49,7 @@ RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "t
 #: newer run that sets another value is a different configuration, not a repeat of the old
 #: one; ``tests/test_configs.py`` keeps this list whole (values of the defaults' types: 0
 #: and 0.0 are two values to a resume and the analysis). Add every new key here.
-ADDED_KEYS = {"basis.fuse_norm": False, "trainer.cuda_graphs": False,
+ADDED_KEYS = {"basis.fuse_norm": False, "basis.fit": "pivots", "trainer.cuda_graphs": False,
               "trainer.checkpoint_every_s": 0.0, "sensitivity.workers": 1,
               "logger.init_timeout_s": 90.0, "logger.finish_timeout_s": 300.0}
 

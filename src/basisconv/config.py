@@ -27,6 +27,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 from .counts import count_or_fraction_problem
 from .data import IMAGE_SHAPE, NUM_CLASSES
 from .errors import ConfigError, warn_once
+from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models, parameter_count
@@ -106,6 +107,7 @@ class BasisConfig:
     share_coefficients: bool = MISSING
     coefficient_l1: float = MISSING
     only_where_saves: bool = MISSING
+    fit: str = "pivots"  # init=convert and the sensitivity probe: pivots | svd
 
 
 @dataclass
@@ -292,6 +294,7 @@ def validate_basis(cfg: DictConfig) -> None:
                        "deterministic run may not repeat exactly (a resumed run may choose "
                        "differently); name a form (basis.combine=stacked) for runs that must")
     _check_choice(b.init, BASIS_INIT, "basis.init")
+    _check_choice(b.get("fit", "pivots"), FIT_MODES, "basis.fit")
     _check(b.source_checkpoint is None or b.init == "convert",
            "basis.source_checkpoint is set but basis.init=scratch; use basis.init=convert")
     _check(b.dense_warmup_epochs >= 0,

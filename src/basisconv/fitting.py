@@ -117,6 +117,36 @@ def smallest_basis(weight: torch.Tensor, max_error: float,
     return None, best
 
 
+#: How ``from_conv`` chooses the basis it fits: ``"pivots"``, the conv's own filters picked
+#: by :func:`select_basis`; ``"svd"``, the best rank-``m`` weight (Eckart-Young), written in
+#: the same form (its rows at the pivots of :func:`select_basis` are the basis filters).
+FIT_MODES = ("pivots", "svd")
+
+
+def best_rank_weight(flat: torch.Tensor, m: int) -> torch.Tensor:
+    """The rank-``m`` matrix nearest ``flat`` (``[C_out, K]``) in the Frobenius norm, in
+    float64 on ``flat``'s device: the truncated SVD. ``flat`` itself (converted) where
+    ``m`` reaches its largest possible rank, so that a full-rank conversion stays exact."""
+    w = flat.detach().to(torch.float64)
+    if m >= min(w.shape):
+        return w
+    u, s, vh = torch.linalg.svd(w.cpu(), full_matrices=False)
+    return ((u[:, :m] * s[:m]) @ vh[:m]).to(w.device)
+
+
+def svd_errors(weight: torch.Tensor) -> torch.Tensor:
+    """The smallest relative Frobenius error of any rank-``k`` weight, for ``k = 0..C_out``
+    (``errors[0] = 1``): the bound :func:`best_rank_weight` reaches."""
+    c_out = weight.shape[0]
+    w = weight.detach().reshape(c_out, -1).to("cpu", torch.float64)
+    s2 = w.new_zeros(c_out + 1)  # min(C_out, K) <= C_out squared singular values, then 0
+    values = torch.linalg.svdvals(w).pow(2)
+    s2[: values.numel()] = values
+    total = float(s2.sum()) or 1.0
+    tail = torch.flip(torch.cumsum(torch.flip(s2, [0]), 0), [0])  # tail[k] = sum_{i>=k}
+    return (tail / total).clamp_min(0).sqrt()
+
+
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     """``||approx - exact||_F / ||exact||_F`` in float64 (0 for an all-zero ``exact``)."""
     exact = exact.detach().to(torch.float64)

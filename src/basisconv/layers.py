@@ -52,7 +52,8 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from .counts import count_or_fraction_problem, is_int, is_number, share_of
 from .errors import ConfigError
-from .fitting import fit_coefficients, relative_error, select_basis, smallest_basis
+from .fitting import (FIT_MODES, best_rank_weight, fit_coefficients, relative_error, select_basis,
+                      smallest_basis, svd_errors)
 from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
                       combination_rows, fused_forward, materialized_weight, split_forward,
                       stacked_forward, without_autocast)
@@ -100,12 +101,27 @@ def check_max_error(max_error) -> None:
         raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
 
 
+def check_fit(fit) -> str:
+    """How a conversion chooses its basis: one of :data:`~basisconv.fitting.FIT_MODES`."""
+    if fit not in FIT_MODES:
+        raise ConfigError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+    return fit
+
+
 def basis_size_for_error(conv: nn.Conv2d, max_error: float,
-                         coefficient_rank: int | None = None) -> int:
+                         coefficient_rank: int | None = None, fit: str = "pivots") -> int:
     """The smallest basis of ``conv``'s filters whose relative weight error is at most
     ``max_error`` (with ``coefficient_rank``, that of the rank-limited coefficients): how
-    ``from_conv`` and ``apply_basis`` size a layer by an error bound instead of a count."""
+    ``from_conv`` and ``apply_basis`` size a layer by an error bound instead of a count.
+    With ``fit="svd"`` the error is the best rank-``m`` weight's (the singular values'
+    energy, BasisConv's criterion)."""
     check_max_error(max_error)
+    if check_fit(fit) == "svd":
+        if coefficient_rank is not None:
+            raise ConfigError("max_error with fit='svd' sizes a layer by its singular values; "
+                              "give num_basis with coefficient_rank, or fit='pivots'")
+        errors = svd_errors(conv.weight)
+        return max(1, int(torch.nonzero(errors <= float(max_error) + 1e-12)[0]))
     if coefficient_rank is not None and (not is_int(coefficient_rank) or coefficient_rank < 1):
         raise ConfigError(f"coefficient_rank must be None or an int >= 1, got "
                           f"{coefficient_rank!r}")  # (before the search uses it)
@@ -275,14 +291,19 @@ class BasisConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, num_basis: int | float | None = None, *,
                   max_error: float | None = None, combine: str = "stacked",
-                  coefficient_rank: int | None = None, fuse_norm: bool = False
-                  ) -> "BasisConv2d":
+                  coefficient_rank: int | None = None, fuse_norm: bool = False,
+                  fit: str = "pivots") -> "BasisConv2d":
         """Convert a (trained) ``nn.Conv2d`` into a basis layer with the same outputs.
 
-        The basis filters are the conv's own filters, picked by :func:`select_basis`; the
-        coefficients are the least-squares fit of the other filters (the paper gives no
-        rule that we know of; least squares minimizes the weight error, which bounds the
-        output error for any input). At ``num_basis == out_channels`` the result reproduces
+        ``fit="pivots"`` (default): the basis filters are the conv's own filters, picked by
+        :func:`select_basis`, and the coefficients the least-squares fit of the other
+        filters: the smallest weight error *for those basis filters*, not the smallest a
+        basis layer of this size can have (typically 1.1-1.3x the Eckart-Young bound).
+        ``fit="svd"``: the layer computes the best rank-``m`` approximation of the weight
+        (truncated SVD, the smallest Frobenius error any basis layer of size ``m`` has):
+        its basis filters are that approximation's rows at the pivots, so they are the
+        conv's own filters projected onto the top ``m`` right singular vectors. (The paper
+        gives no rule that we know of.) At ``num_basis == out_channels`` either reproduces
         the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
         whose relative weight error is at most that, an energy criterion like BasisConv's;
         with ``coefficient_rank``, the error of the rank-limited coefficients).
@@ -292,6 +313,7 @@ class BasisConv2d(nn.Module):
         parameters train as the conv's did (``requires_grad`` of its weight and bias).
         """
         check_convertible(conv)
+        check_fit(fit)
         refresh_computed_weight(conv)
         check_finite_weight(conv)
         c_out = conv.out_channels
@@ -299,21 +321,24 @@ class BasisConv2d(nn.Module):
             raise ConfigError("from_conv needs exactly one of num_basis (a count or fraction) "
                              "and max_error (a relative weight error in [0, 1))")
         if max_error is not None:
-            m = basis_size_for_error(conv, max_error, coefficient_rank)
+            m = basis_size_for_error(conv, max_error, coefficient_rank, fit)
         else:
             m = resolve_num_basis(num_basis, c_out)
-        picked, _ = select_basis(conv.weight, m)
+        weight = conv.weight.detach()
+        flat = weight.reshape(c_out, -1)
+        # the rows the basis is taken from: the conv's own, or its best rank-m weight's
+        target = flat if fit == "pivots" else best_rank_weight(flat, m)
+        picked, _ = select_basis(target, m)
         unpicked = torch.ones(c_out, dtype=torch.bool, device=picked.device)
         unpicked[picked] = False
         rest = torch.nonzero(unpicked).flatten()  # the other filters, in conv order
         layer = cls.shaped_like(conv, m, combine=combine, coefficient_rank=coefficient_rank,
                                 fuse_norm=fuse_norm)
-        weight = conv.weight.detach()
-        flat = weight.reshape(c_out, -1)
-        factors = fit_coefficients(flat[picked], flat[rest], coefficient_rank)
+        basis = target[picked]
+        factors = fit_coefficients(basis, flat[rest], coefficient_rank)
         stored = torch.cat([picked, rest])  # stored channel s is conv channel stored[s]
         with torch.no_grad():
-            layer.basis_weight.copy_(weight[picked])
+            layer.basis_weight.copy_(basis.reshape(m, *weight.shape[1:]))
             layer.set_coefficients(*factors)
             layer.output_index.copy_(torch.argsort(stored))
             if conv.bias is not None:

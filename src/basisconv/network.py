@@ -39,6 +39,7 @@ def to_basis(model: nn.Module, cfg: DictConfig, layers: Layers, *, convert: bool
                        only_where_saves=basis.only_where_saves,
                        share_coefficients=basis.share_coefficients, combine=basis.combine,
                        coefficient_rank=basis.coefficient_rank, fuse_norm=basis.fuse_norm,
+                       fit=basis.get("fit", "pivots"),
                        keys={**CONFIG_KEYS, "layers": "selection.layers"})
 
 

@@ -41,7 +41,7 @@ DENSE = "dense.pt"
 NOT_IN_A_FINETUNE = ("epochs", "progress", "checkpoint", "checkpoint_every_s", "resume")
 #: The basis options a probe converts layers with (``Probe.converted`` passes these, by
 #: their ``apply_basis`` names, so a new one is part of the conditions too).
-PROBE_BASIS = ("size", "combine", "coefficient_rank", "fuse_norm", "share_coefficients")
+PROBE_BASIS = ("size", "combine", "coefficient_rank", "fuse_norm", "share_coefficients", "fit")
 
 
 def weights_digest(model: torch.nn.Module) -> str:

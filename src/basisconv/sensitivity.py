@@ -78,6 +78,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     basis = pick(cfg.basis, ["size", "combine", "coefficient_rank"])
     if cfg.basis.get("fuse_norm"):  # only when on, so that earlier keys stay valid
         basis["fuse_norm"] = True
+    if cfg.basis.get("fit", "pivots") != "pivots":  # how each layer is fitted (likewise)
+        basis["fit"] = cfg.basis.fit
     if basis.get("fuse_norm") or basis["coefficient_rank"]:
         # the only layers with costs paid once per batch, whose savings per image are now
         # counted at the training batch: tables counted at one image are not reused

@@ -168,7 +168,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                 inplace: bool = False, convert: bool = True, only_where_saves: bool = False,
                 share_coefficients: bool = False, combine: str = "stacked",
                 coefficient_rank: int | None = None, fuse_norm: bool = False,
-                keys: Mapping[str, str] | None = None) -> nn.Module:
+                fit: str = "pivots", keys: Mapping[str, str] | None = None) -> nn.Module:
     """Replace the named convolutions by :class:`BasisConv2d` layers; returns the model
     (``model`` itself when ``inplace``, else a converted deep copy). Build the optimizer
     (and its scheduler) from the returned model: an optimizer of the model before holds
@@ -198,6 +198,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
             rank) share one coefficient matrix (our reading of the paper's option to shrink
             the coefficients); with ``convert`` it is fitted jointly to all of them.
         combine, coefficient_rank, fuse_norm: passed to :class:`BasisConv2d`.
+        fit: with ``convert``, how the basis is fitted (``BasisConv2d.from_conv``:
+            ``"pivots"``, the conv's own filters; ``"svd"``, its best rank-``m`` weight).
         keys: what errors call ``num_basis``, ``coefficient_rank`` and ``layers`` when
             their values come from elsewhere: a config's keys (:data:`CONFIG_KEYS`, and
             the list the layers came from), so a message names what the user set.
@@ -223,7 +225,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
                    f"set {key}=true") + " to leave such layers dense"
     if max_error is not None:
-        sizes = _sizes_for_error(targets, max_error, coefficient_rank)
+        sizes = _sizes_for_error(targets, max_error, coefficient_rank, fit)
     else:
         targets, sizes = _sizes_of(num_basis, targets, only_where_saves, keys["num_basis"],
                                    leave_dense)
@@ -239,7 +241,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         modules = dict(model.named_modules())
         targets = {name: modules[name] for name in targets}
     replaced = _replace(model, targets, sizes, convert, combine=combine,
-                        coefficient_rank=coefficient_rank, fuse_norm=fuse_norm)
+                        coefficient_rank=coefficient_rank, fuse_norm=fuse_norm, fit=fit)
     if share_coefficients:
         _share_coefficients(replaced, targets if convert else None)
     return model
@@ -275,13 +277,13 @@ def _check_max_error_use(max_error, num_basis, convert: bool) -> None:
 
 
 def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
-                     coefficient_rank: int | None) -> dict[str, int]:
+                     coefficient_rank: int | None, fit: str = "pivots") -> dict[str, int]:
     """Each layer's smallest basis within ``max_error`` of its trained filters."""
     sizes = {}
     for name, conv in targets.items():
         check_finite_weight(conv, name, fitting=True)
         try:
-            sizes[name] = basis_size_for_error(conv, max_error, coefficient_rank)
+            sizes[name] = basis_size_for_error(conv, max_error, coefficient_rank, fit)
         except ConfigError as err:
             raise ConfigError(f"layer {name!r}: {err}") from None
     return sizes
@@ -342,7 +344,7 @@ def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combin
 
 
 def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, int],
-             convert: bool, **options) -> dict[str, BasisConv2d]:
+             convert: bool, fit: str = "pivots", **options) -> dict[str, BasisConv2d]:
     """Each conv of ``targets`` replaced in ``model`` by its basis layer (fitted to it, or
     fresh), under every name it has; its hooks and training mode carried over."""
     aliases: dict[str, list[str]] = defaultdict(list)
@@ -353,7 +355,7 @@ def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, i
     replaced: dict[str, BasisConv2d] = {}
     for name, conv in targets.items():
         if convert:
-            layer = BasisConv2d.from_conv(conv, sizes[name], **options)
+            layer = BasisConv2d.from_conv(conv, sizes[name], fit=fit, **options)
         else:
             layer = _fresh_layer(conv, sizes[name], **options)
         layer.train(conv.training)
