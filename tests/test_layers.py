@@ -591,11 +591,21 @@ def test_an_svd_fit_is_exact_where_m_reaches_the_weights_rank(c_in, c_out, m):
     assert layer.reconstruction_error < 1e-6
 
 
-def test_an_svd_fit_with_low_rank_coefficients_is_no_worse_than_the_default():
-    conv = decaying_conv(16, 32)
-    pivots = BasisConv2d.from_conv(conv, 12, coefficient_rank=4)
-    svd = BasisConv2d.from_conv(conv, 12, coefficient_rank=4, fit="svd")
-    assert svd.reconstruction_error <= pivots.reconstruction_error
+@pytest.mark.parametrize("seed, decay, m, rank", [(0, 6.0, 12, 4), (3, 6.0, 24, 2),
+                                                  (3, 6.0, 16, 4), (3, 20.0, 24, 1)])
+def test_an_svd_fit_with_low_rank_coefficients_is_no_worse_than_the_default(seed, decay, m,
+                                                                            rank):
+    """Found in review: with rank-limited coefficients no layer is the best rank-m weight,
+    and the SVD's basis alone was the farther start for about a third of convs (up to 12 %
+    more weight error); the closer of the two fits is kept, and the layer computes what it
+    reports."""
+    conv = decaying_conv(16, 32, seed=seed, decay=decay)
+    pivots = BasisConv2d.from_conv(conv, m, coefficient_rank=rank)
+    svd = BasisConv2d.from_conv(conv, m, coefficient_rank=rank, fit="svd")
+    assert svd.reconstruction_error <= pivots.reconstruction_error * (1 + 1e-6)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.conv2d(x, svd.dense_weight(), conv.bias, padding=1)
+    torch.testing.assert_close(svd(x), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_an_error_bound_with_svd_is_the_singular_value_energy():

@@ -274,3 +274,31 @@ def test_a_drop_equal_to_the_threshold_is_taken():
     selection = OmegaConf.create({"policy": "sensitivity_threshold", "metric": "accuracy_drop",
                                   "threshold": 0.005})
     assert pick_layers(selection, table, dense_totals(model, (1, 3, 8, 8))) == ["0", "1"]
+
+
+def test_the_own_model_scan_converts_with_the_fit_it_is_given():
+    """Found in review: ``basis.fit`` did not reach the own-model scan, so a user converting
+    with ``fit="svd"`` chose layers from a table of the other conversion (the two rank
+    layers alike only loosely)."""
+    from basisconv.layers import BasisConv2d
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                              nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
+    x = torch.randn(8, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def evaluate(m):
+        m.eval()
+        with torch.no_grad():
+            return float(m(x).softmax(1)[:, 0].mean())
+
+    table = layer_sensitivity(model, 8, evaluate, layers=["2"], input_shape=(1, 16, 8, 8),
+                              fit="svd")
+    svd = BasisConv2d.from_conv(model[2], 8, fit="svd").reconstruction_error
+    assert svd < BasisConv2d.from_conv(model[2], 8).reconstruction_error
+    assert table.set_index("layer").loc["2", "reconstruction_error"] == pytest.approx(svd)
+    with pytest.raises(ConfigError, match="fit"):
+        layer_sensitivity(model, 8, evaluate, layers=["2"], input_shape=(1, 16, 8, 8),
+                          fit="qr")

@@ -302,8 +302,10 @@ class BasisConv2d(nn.Module):
         ``fit="svd"``: the layer computes the best rank-``m`` approximation of the weight
         (truncated SVD, the smallest Frobenius error any basis layer of size ``m`` has):
         its basis filters are that approximation's rows at the pivots, so they are the
-        conv's own filters projected onto the top ``m`` right singular vectors. (The paper
-        gives no rule that we know of.) At ``num_basis == out_channels`` either reproduces
+        conv's own filters projected onto the top ``m`` right singular vectors; with
+        ``coefficient_rank`` no layer is that weight, and the closer of this fit and the
+        default's is kept (the SVD's basis alone was the farther for about a third of the
+        convs a review tried). (The paper gives no rule that we know of.) At ``num_basis == out_channels`` either reproduces
         the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
         whose relative weight error is at most that, an energy criterion like BasisConv's;
         with ``coefficient_rank``, the error of the rank-limited coefficients).
@@ -345,6 +347,13 @@ class BasisConv2d(nn.Module):
                 layer.bias.copy_(conv.bias.detach())
         layer.train_as(conv)
         layer.reconstruction_error = relative_error(layer.dense_weight(), weight)
+        if fit == "svd" and coefficient_rank is not None:
+            # rank-limited coefficients make no layer the best rank-m weight, and the SVD's
+            # basis is then not always the closer start: keep whichever fit is closer
+            default = cls.from_conv(conv, m, combine=combine, coefficient_rank=coefficient_rank,
+                                    fuse_norm=fuse_norm)
+            if default.reconstruction_error < layer.reconstruction_error:
+                return default
         return layer
 
     @classmethod

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from .counts import is_number
 from .errors import ConfigError, TrainingDiverged
+from .layers import check_fit
 from .selection import DROPS, IMAGE, layer_savings, metric_drops, python_number, table_number
 from .surgery import apply_basis, basis_report
 
@@ -31,7 +32,8 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
                       finetune: Callable[[nn.Module], None] | None = None, *,
                       layers: str | Iterable[str] = "all",
                       input_shape: tuple[int, ...] = IMAGE, combine: str = "stacked",
-                      coefficient_rank: int | None = None, seed: int = 0) -> pd.DataFrame:
+                      coefficient_rank: int | None = None, seed: int = 0,
+                      fit: str = "pivots") -> pd.DataFrame:
     """One row per candidate layer (one where a basis of ``num_basis`` saves forward
     compute, :func:`~basisconv.selection.layer_savings`): that layer alone converted
     (``from_conv``) in a copy of ``model``, fine-tuned by
@@ -44,7 +46,8 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
     ``loss_increase``, ``converted_accuracy`` before the fine-tune, ...) and what each
     layer saves per input of ``input_shape`` (``(1, C, H, W)``), so
     :func:`basisconv.selection.pick_layers` can choose from it, with
-    ``selection.dense_totals(model, input_shape)`` as the budget's 100 %.
+    ``selection.dense_totals(model, input_shape)`` as the budget's 100 %. ``fit``: how
+    each layer is converted (``from_conv``'s ``fit``): scan as you will convert.
     """
     # else arguments in another order fail deep in pandas or in a call
     if callable(num_basis) or not callable(evaluate) or not callable(finetune or evaluate):
@@ -52,14 +55,15 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
                           f"num_basis is a count or a fraction and evaluate, finetune functions "
                           f"of the model; got num_basis={num_basis!r}, evaluate={evaluate!r}, "
                           f"finetune={finetune!r}")
+    check_fit(fit)
     # the fresh layers of the cost count and of each conversion draw from it too
     with torch.random.fork_rng(devices=_cuda_devices(model)):
         return _scan(model, num_basis, evaluate, finetune, layers, tuple(input_shape), combine,
-                     coefficient_rank, seed)
+                     coefficient_rank, seed, fit)
 
 
 def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, coefficient_rank,
-          seed) -> pd.DataFrame:
+          seed, fit="pivots") -> pd.DataFrame:
     basis = OmegaConf.create({"size": python_number(num_basis), "combine": combine,
                               "coefficient_rank": python_number(coefficient_rank)})
     # errors name this function's arguments, not a config's keys
@@ -72,7 +76,7 @@ def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, co
         row = {}
         if names:
             apply_basis(trial, names, num_basis, inplace=True, combine=combine,
-                        coefficient_rank=coefficient_rank)
+                        coefficient_rank=coefficient_rank, fit=fit)
             report = {r["name"]: r for r in basis_report(trial)}
             row["reconstruction_error"] = report[names[0]]["reconstruction_error"]
             row.update({f"converted_{k}": v
