@@ -63,7 +63,7 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
 
 
 def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, coefficient_rank,
-          seed, fit="pivots") -> pd.DataFrame:
+          seed, fit) -> pd.DataFrame:
     basis = OmegaConf.create({"size": python_number(num_basis), "combine": combine,
                               "coefficient_rank": python_number(coefficient_rank)})
     # errors name this function's arguments, not a config's keys

@@ -277,7 +277,7 @@ def _check_max_error_use(max_error, num_basis, convert: bool) -> None:
 
 
 def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
-                     coefficient_rank: int | None, fit: str = "pivots") -> dict[str, int]:
+                     coefficient_rank: int | None, fit: str) -> dict[str, int]:
     """Each layer's smallest basis within ``max_error`` of its trained filters."""
     sizes = {}
     for name, conv in targets.items():
@@ -344,7 +344,7 @@ def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combin
 
 
 def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, int],
-             convert: bool, fit: str = "pivots", **options) -> dict[str, BasisConv2d]:
+             convert: bool, fit: str, **options) -> dict[str, BasisConv2d]:
     """Each conv of ``targets`` replaced in ``model`` by its basis layer (fitted to it, or
     fresh), under every name it has; its hooks and training mode carried over."""
     aliases: dict[str, list[str]] = defaultdict(list)
