@@ -347,10 +347,10 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 def reference_noise(reference: dict, repeats: list[dict]) -> dict[str, Any] | None:
     """A yardstick for the drops: the spread of the dense reference and its ``repeats``
     (fine-tuned with other batch orders; a drop well inside this spread says little). It
-    is a lower bound on a drop's noise, not its size: a converted layer's fine-tune moves
-    more with the batch order than the dense reference's, and sharing one order does not
-    cancel it (a hand check on the quick profile, 2026-12-05: three layers' paired drops
-    moved by 0.5-1.1 points std over five batch orders, the reference by 0.5)."""
+    is not a bound on a drop's noise: a converted layer's drop can move as much or more
+    with the batch order, and sharing one order does not cancel that (a hand check on the
+    quick profile, 2026-12-05: three layers' paired drops moved by 0.5-1.1 points std over
+    five batch orders, the reference by 0.5)."""
     import pandas as pd
     if not repeats:
         return None

@@ -136,8 +136,8 @@ def noise_line(noise: dict | None) -> str:
     return (f" The same reference fine-tuned with {noise['repeats']} batch orders: accuracy "
             f"std {100 * noise['accuracy_std']:.2f} points, loss std {noise['loss_std']:.4f} "
             f"(a yardstick "
-            f"for the drops below, and a lower bound on their noise: a converted layer's fine-tune "
-            f"moves more with the batch order than the reference's).")
+            f"for the drops below, not a bound on their noise: a converted layer's drop can "
+            f"move as much or more with the batch order).")
 
 
 def summary_stem(record: dict) -> str:
