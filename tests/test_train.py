@@ -96,11 +96,18 @@ def test_train_script_end_to_end(tmp_path, repo):
     ("all", ["selection=all", "basis.size=0.25"], None),
     ("none", ["basis.size=0.25", "selection.layers=[layer3.*]"],
      "so basis.size=0.25 selection.layers=[layer3.*] is unread"),
-    ("list", ["selection=list", "selection.layers=[layer3.*]"], None)])
+    ("list", ["selection=list", "selection.layers=[layer3.*]"], None),
+    ("all", ["selection=all", "basis.fit=svd"], "basis.fit=svd is unread: it chooses how a "
+     "conversion fits a layer"),
+    ("list", ["selection=list", "basis.fit=svd", "basis.init=convert"], None),
+    ("first_k", ["selection=first_k", "basis=warmup", "basis.fit=svd"], None),
+    ("sensitivity_budget", ["selection=sensitivity_budget", "basis.fit=svd"], None),
+    ("none", ["basis.fit=svd"], "so basis.fit=svd is unread and the model stays dense")])
 def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
         monkeypatch, caplog, policy, overrides, said):
     """Found in review: ``selection=all selection.layers=[layer3.*]`` converted every conv
-    and said nothing (only ``selection=none`` warned of what it leaves unread)."""
+    and said nothing (only ``selection=none`` warned of what it leaves unread); nor did
+    ``basis.fit=svd`` in a run that converts nothing (its layers trained from scratch)."""
     from types import SimpleNamespace
 
     from basisconv import cli
@@ -108,8 +115,12 @@ def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
     monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(cli, "in_sweep", lambda: False)
     monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    converts = "basis.init=convert" in overrides or "basis=warmup" in overrides
+    basis = SimpleNamespace(init="convert" if converts else "scratch",
+                            dense_warmup_epochs=2 if "basis=warmup" in overrides else 0)
     with caplog.at_level("WARNING", logger=cli.log.name):
-        cli.warn_unread_basis_overrides(SimpleNamespace(selection=SimpleNamespace(policy=policy)))
+        cli.warn_unread_basis_overrides(
+            SimpleNamespace(selection=SimpleNamespace(policy=policy), basis=basis))
     warnings = [r.getMessage() for r in caplog.records]
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 

@@ -133,23 +133,34 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     and ``selection.layers`` given to one run are unread: ``train.py basis.size=0.25``
     trains the dense model; ``selection=all`` converts every conv, so a
     ``selection.layers`` given with it is unread too (``selection=all
-    selection.layers=[layer4.*]`` converts every layer, not layer 4's). Said as a warning,
-    not refused: a sweep such as ``-m selection=none,all,list basis.size=0.25
-    selection.layers=[...]`` gives them to its other jobs on purpose, and so may
-    ``reproduce.sh``'s OVERRIDES to the baseline row."""
+    selection.layers=[layer4.*]`` converts every layer, not layer 4's); and ``basis.fit``
+    chooses how a conversion fits a layer, so a run that converts nothing (its basis layers
+    trained from scratch, layers chosen without the sensitivity probe) leaves it unread.
+    Said as a warning, not refused: a sweep such as ``-m selection=none,all,list
+    basis.size=0.25 selection.layers=[...]`` gives them to its other jobs on purpose, and
+    so may ``reproduce.sh``'s OVERRIDES to the baseline row."""
     policy = cfg.selection.policy
-    if (policy not in ("none", "all") or not HydraConfig.initialized()
-            or not distributed.first_process() or in_sweep()):
+    if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
         return
-    unread_keys = r"basis\b|selection\.layers\b" if policy == "none" else r"selection\.layers\b"
-    unread = [o for o in typed_overrides() if re.match(rf"[+~]*({unread_keys})", o)]
-    if unread and policy == "none":
+    given = typed_overrides()
+
+    def unread(keys: str) -> str:
+        return " ".join(o for o in given if re.match(rf"[+~]*({keys})", o))
+
+    if policy == "none" and (keys := unread(r"basis\b|selection\.layers\b")):
         log.warning("selection=none (the dense baseline) converts no layer, so %s is unread "
                     "and the model stays dense; choose the layers with selection=all, list, "
-                    "first_k, ... to train basis convolutions", " ".join(unread))
-    elif unread:
+                    "first_k, ... to train basis convolutions", keys)
+        return
+    if policy == "all" and (keys := unread(r"selection\.layers\b")):
         log.warning("selection=all converts every convolution, so %s is unread; to convert "
-                    "only the layers it names, use selection=list", " ".join(unread))
+                    "only the layers it names, use selection=list", keys)
+    if (policy != "none" and not policy.startswith("sensitivity")
+            and cfg.basis.init == "scratch" and not cfg.basis.dense_warmup_epochs
+            and (keys := unread(r"basis\.fit\b"))):
+        log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
+                    "convert, basis.dense_warmup_epochs > 0, the sensitivity policies), and "
+                    "this run trains its basis layers from scratch", keys)
 
 
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
