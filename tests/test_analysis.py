@@ -566,8 +566,8 @@ def test_rows_without_a_baseline_are_named(tmp_path):
     write_runs(tmp_path / "runs", RECORDS[2:5])  # resnet20-all at sizes 1/2 and 1/4
     write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
     md = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
-    assert "No dense baseline (selection none) of the same model, width, epochs and data for " \
-           "resnet20-all: their columns against it are empty ('-'); train one " \
+    assert "No dense baseline (selection none) of the same model, width, epochs, data and " \
+           "test images for resnet20-all: their columns against it are empty ('-'); train one " \
            "(experiment=baseline with their settings) into the runs folder and analyze " \
            "again." in md
 
@@ -2155,15 +2155,21 @@ def test_a_seed_trained_again_at_another_commit_is_named_under_the_table(tmp_pat
     assert "different commits" in md
 
 
-def test_a_row_is_not_compared_with_a_dense_run_on_another_data_set():
+@pytest.mark.parametrize("key, dense_value, basis_value", [
+    ("data.name", "cifar10", "stripes"), ("data.test_subset", None, 1000)])
+def test_a_row_is_not_compared_with_a_dense_run_on_other_data(key, dense_value, basis_value):
     """Found in review: training images, epochs and precision choose the baseline (a row with only other
     ones has none), the data set does not: a basis row on generated stripes is given a
     change of +9 points against a dense CIFAR-10 run (named under the table, but the
-    column holds the number)."""
-    runs = [(swept(record("none", accuracy=0.90), **{"data.name": "cifar10"}), "a"),
-            (swept(record("all", accuracy=0.99), **{"data.name": "stripes"}), "b")]
-    row = compare(runs_frame(runs)).set_index("selection").loc["all"]
+    column holds the number); nor did the test images (an accuracy on 1,000 of them
+    against one on all 10,000)."""
+    runs = [(swept(record("none", accuracy=0.90), **{key: dense_value}), "a"),
+            (swept(record("all", accuracy=0.99), **{key: basis_value}), "b")]
+    table = compare(runs_frame(runs)).set_index("selection")
+    row = table.loc["all"]
     assert pd.isna(row["accuracy_change"]) and pd.isna(row["step_speedup"])
+    assert list(table.columns[table.columns.get_loc("train_images"):][:3]) == [
+        "train_images", "data", "test_images"]
 
 
 @pytest.mark.parametrize("drop", ["train_loss", "epoch"])

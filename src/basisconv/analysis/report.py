@@ -174,10 +174,10 @@ def baseline_line(table: pd.DataFrame) -> str:
         return ""
     # once each: the rows of a size sweep share their experiment's name (basis.size is a column)
     names = dict.fromkeys(map(row_name, alone["experiment"], alone["settings"]))
-    return (f"No dense baseline (selection none) of the same model, width, epochs and data for "
-            f"{', '.join(names)}: their columns against it are empty ('-'); train one "
-            f"(experiment=baseline with their settings) into the runs folder and analyze "
-            f"again.")
+    return (f"No dense baseline (selection none) of the same model, width, epochs, data and "
+            f"test images for {', '.join(names)}: their columns against it are empty ('-'); "
+            f"train one (experiment=baseline with their settings) into the runs folder and "
+            f"analyze again.")
 
 
 def unlike_baseline_line(table: pd.DataFrame) -> str:

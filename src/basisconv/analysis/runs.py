@@ -36,7 +36,8 @@ SHOWN_COLUMNS = ["model", "width", "selection", "device", "precision"]
 METRIC_COLUMNS = ["test_accuracy", "best_test_accuracy", "params", "forward_flops",
                   "backward_flops", "basis_layers", "forward_seconds_per_step",
                   "backward_seconds_per_step", "epoch_seconds", "train_seconds"]
-BASELINE_KEYS = ["model", "width", "epochs", "data", "train_images", "device", "precision"]
+BASELINE_KEYS = ["model", "width", "epochs", "data", "train_images", "test_images", "device",
+                 "precision"]
 #: Seeds: runs that differ only in them (and in keys :func:`made_alike` allows) are repeats of
 #: one configuration; any other key that differs makes another configuration.
 SEED_KEYS = {"seed", "selection.seed", "sensitivity.seed"}
@@ -482,7 +483,8 @@ def distinct_curves(curves: pd.DataFrame) -> pd.DataFrame:
 
 def compare(runs: pd.DataFrame) -> pd.DataFrame:
     """Per configuration: seeds, accuracy mean and std, cost and time, and each against
-    the dense baseline of the same model, width, epochs, data, device and precision:
+    the dense baseline of the same model, width, epochs, data (set, training and test
+    images), device and precision:
     ``params_ratio``, ``flops_ratio`` (training FLOPs), ``theory_speedup`` (its inverse),
     ``step_speedup`` (forward+backward time per step), ``epoch_speedup`` (median epoch) and
     ``accuracy_change`` (NaN where that baseline was not run), and the seeds' spread of the
@@ -499,9 +501,11 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     # batch orders): at small speedups it is about the gap to dense
     table["step_seconds_std"] = grouped["step"].std(ddof=1)
     table = table.reset_index()
-    # beside the other recipe keys that choose the baseline (another data.name is another row)
-    table.insert(table.columns.get_loc("train_images") + 1, "data",
-                 grouped["data"].first().to_numpy())
+    # beside the other recipe keys that choose the baseline (another data.name or
+    # data.test_subset is another row: a setting)
+    for offset, column in enumerate(("data", "test_images"), start=1):
+        table.insert(table.columns.get_loc("train_images") + offset, column,
+                     grouped[column].first().to_numpy())
     base = baselines(table)
     flops = table["forward_flops"] + table["backward_flops"]
     step = table["forward_seconds_per_step"] + table["backward_seconds_per_step"]
