@@ -1316,6 +1316,7 @@ def test_the_sensitivity_summary_lists_layers_in_model_order_with_the_noise(tmp_
     every = text.split("## Every candidate layer")[1]
     assert every.index("conv1") < every.index("layer10") < every.index("layer2")
     assert "3 batch orders: accuracy std 0.20 points, loss std 0.0100" in text
+    assert "own noise" not in text
     reference = rec["sensitivity"]["reference"]["accuracy"]
     assert f"the same fine-tune): {100 * reference:.2f} %; after pretraining" in text
     assert "resumed" not in text
@@ -2200,3 +2201,30 @@ def test_one_seeds_point_has_no_error_bar_drawn_as_zero(tmp_path, monkeypatch):
     segments = [s for s in bars.lines[2][0].get_segments() if len(s)]  # drawn bars
     figures.pyplot().close(drawn[0])
     assert len(segments) == 1
+
+
+def test_the_sensitivity_page_and_plot_give_the_drops_own_noise_where_measured(
+        tmp_path, monkeypatch):
+    """``sensitivity.drop_noise_layers``: the page states the paired drops' spread beside
+    the reference's, and the plot draws it on both panels."""
+    from basisconv.analysis import sensitivity
+
+    rec = sensitivity_record()
+    rec["sensitivity"] = {**rec["sensitivity"], "noise": {
+        "repeats": 3, "accuracy_std": 0.002, "loss_std": 0.01}, "drop_noise": {
+        "repeats": 3, "accuracy_std": 0.008, "loss_std": 0.02, "layers": [
+            {"layer": "layer1.0.conv1", "accuracy_drops": [0.01, 0.02, 0.0],
+             "accuracy_std": 0.01, "loss_std": 0.02}]}}
+    drawn = []
+    monkeypatch.setattr(sensitivity, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    _, md = sensitivity.summarize(rec, tmp_path, "test")
+    text = md.read_text()
+    assert ("The drops' own noise: 1 layers fine-tuned under the same 3 orders, their drops' "
+            "std pooled 0.80 points, loss 0.0200 (per layer, points: layer1.0.conv1 1.00); a "
+            "difference of two drops within about 1.13 points") in text
+    top, bottom = drawn[0].axes
+    dotted = [line.get_ydata()[0] for line in top.get_lines() if line.get_linestyle() == ":"]
+    assert sorted(dotted) == pytest.approx([-0.8, 0.8])
+    assert any("layers' drops" in t.get_text() for t in top.get_legend().get_texts())
+    assert sorted(line.get_ydata()[0] for line in bottom.get_lines()
+                  if line.get_linestyle() == ":") == pytest.approx([-0.02, 0.02])

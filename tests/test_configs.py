@@ -337,6 +337,10 @@ RANGE_RULES = [
     ({"sensitivity.val_size": 0}, "sensitivity.val_size=0 as a count must be >= 1"),
     ({"sensitivity.layers": []}, "sensitivity.layers is empty"),
     ({"sensitivity.noise_repeats": -1}, "sensitivity.noise_repeats must be >= 0"),
+    ({"sensitivity.drop_noise_layers": -1}, "sensitivity.drop_noise_layers must be >= 0"),
+    ({"sensitivity.drop_noise_layers": 2, "sensitivity.noise_repeats": 0},
+     r"drop_noise_layers=2 fine-tunes layers again under the noise repeats' batch orders, "
+     r"and sensitivity.noise_repeats=0 gives none; set noise_repeats >= 1"),
     ({"sensitivity.workers": 0}, "sensitivity.workers must be >= 1, got 0"),
     ({"sensitivity.search_subset_size": 0}, "sensitivity.search_subset_size must be >= 1"),
     # Found by a randomized test: 0 passed here, and only the exhaustive search refused it,

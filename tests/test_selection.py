@@ -294,6 +294,40 @@ def test_the_held_out_split_is_class_balanced_and_disjoint_from_the_fine_tune_im
             holdout_split(images, labels, too_many, seed=0)
 
 
+def test_the_drops_noise_layers_are_spread_evenly_over_the_model():
+    from basisconv.probe import spread_layers
+
+    names = list("abcdef")
+    assert spread_layers(names, 1) == ["d"]
+    assert spread_layers(names, 2) == ["b", "e"]
+    assert spread_layers(names, 3) == ["b", "d", "f"]
+    assert spread_layers(names, 6) == spread_layers(names, 60) == names
+    assert spread_layers(names, 0) == spread_layers([], 3) == []
+
+
+def test_the_drops_own_noise_is_the_spread_of_paired_drops_pooled_over_layers():
+    """Each drop is against the reference fine-tuned under the same batch order; the
+    pooled std is the root of the layers' mean variance."""
+    from basisconv.probe import drop_noise
+
+    reference, repeats = {"accuracy": 0.5, "loss": 1.0}, [{"accuracy": 0.6, "loss": 0.9},
+                                                          {"accuracy": 0.7, "loss": 0.8}]
+    steady = [{"accuracy": 0.4, "loss": 1.1}, {"accuracy": 0.5, "loss": 1.0},
+              {"accuracy": 0.6, "loss": 0.9}]  # the same drop, 0.1, under every order
+    moving = [{"accuracy": 0.4, "loss": 1.1}, {"accuracy": 0.6, "loss": 1.1},
+              {"accuracy": 0.5, "loss": 0.9}]  # drops 0.1, 0.0, 0.2
+    noise = drop_noise(reference, repeats, {"a": steady, "b": moving})
+    assert noise["repeats"] == 3 and [r["layer"] for r in noise["layers"]] == ["a", "b"]
+    assert noise["layers"][0]["accuracy_std"] == pytest.approx(0, abs=1e-12)
+    assert noise["layers"][1]["accuracy_drops"] == pytest.approx([0.1, 0.0, 0.2])
+    assert noise["layers"][1]["accuracy_std"] == pytest.approx(0.1)
+    assert noise["accuracy_std"] == pytest.approx((0.1 ** 2 / 2) ** 0.5)
+    # loss increases 0.1, 0.1, 0.1 and 0.1, 0.2, 0.1
+    assert noise["layers"][1]["loss_std"] == pytest.approx(0.0577350, rel=1e-5)
+    assert drop_noise(reference, [], {"a": steady[:1]}) is None
+    assert drop_noise(reference, repeats, {}) is None
+
+
 def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repeats():
     from basisconv.probe import reference_noise
 
@@ -517,7 +551,8 @@ KEY_CHANGES = {"model.name": "resnet8", "model.width": 0.5, "basis.size": 0.25,
                "trainer.nesterov": False, "trainer.weight_decay": 1e-4,
                "trainer.schedule": "cosine", "trainer.warmup_fraction": 0.3,
                "trainer.label_smoothing": 0.1, "trainer.amp": "bf16", "sensitivity.seed": 7,
-               "sensitivity.noise_repeats": 4, "basis.fit": "svd"}
+               "sensitivity.noise_repeats": 4, "basis.fit": "svd",
+               "sensitivity.drop_noise_layers": 2}
 
 
 def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_path):
@@ -1013,6 +1048,27 @@ def test_exhaustive_search_checks_its_size_before_the_sensitivity_estimate(repo,
                                     "sensitivity.search_subset_size=8")
     with pytest.raises(ConfigError, match=r"search_subset_size=8; there are 7 candidate layers"):
         exhaustive_search(too_large, tmp_path / "out")
+
+
+def test_the_drops_own_noise_is_measured_when_asked_and_kept_like_every_fine_tune(
+        repo, tmp_path):
+    """``sensitivity.drop_noise_layers=1``: one candidate fine-tuned again under each
+    repeat's batch order; its first paired drop is the table's, the others are against
+    the reference's repeats. Off (the default) the key and the record are as before."""
+    plain = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]")
+    assert "drop_noise_layers" not in sensitivity.key_fields(plain)["sensitivity"]
+    cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]",
+                              "sensitivity.drop_noise_layers=1")
+    table, record = sensitivity.estimate(cfg)
+    noise, layer = record["drop_noise"], table["layer"].tolist()[1]  # the middle of two
+    assert noise["repeats"] == 3 and [r["layer"] for r in noise["layers"]] == [layer]
+    drops = noise["layers"][0]["accuracy_drops"]
+    assert drops[0] == pytest.approx(table.set_index("layer").loc[layer, "accuracy_drop"])
+    assert len(drops) == 3 and noise["accuracy_std"] >= 0
+    # the reference, its 2 repeats, 2 layers and the layer's 2 repeats: all kept
+    _, again = sensitivity.estimate(cfg)
+    assert again["resumed"] == {"pretraining": True, "fine_tunes": 7}
+    assert again["drop_noise"] == noise
 
 
 def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monkeypatch):

@@ -122,6 +122,7 @@ class SensitivityConfig:
     recompute: bool = MISSING
     seed: int = MISSING  # pretraining, held-out split and fine-tune batches
     noise_repeats: int = MISSING  # extra reference fine-tunes that measure the noise
+    drop_noise_layers: int = 0  # layers fine-tuned again under those orders: drops' noise
     search_subset_size: int = MISSING  # exhaustive search: size of the subsets
     search_max_subsets: int = MISSING  # refuse a search larger than this
     restore_from: Optional[str] = MISSING  # a published sensitivity record: refills the cache
@@ -269,6 +270,12 @@ def validate_basis(cfg: DictConfig) -> None:
     _check_subset(s.val_size, "sensitivity.val_size")
     _check(bool(s.layers), "sensitivity.layers is empty; use [all] or layer names/patterns")
     _check(s.noise_repeats >= 0, f"sensitivity.noise_repeats must be >= 0, got {s.noise_repeats}")
+    _check(s.drop_noise_layers >= 0,
+           f"sensitivity.drop_noise_layers must be >= 0, got {s.drop_noise_layers}")
+    _check(not s.drop_noise_layers or s.noise_repeats >= 1,
+           f"sensitivity.drop_noise_layers={s.drop_noise_layers} fine-tunes layers again under "
+           f"the noise repeats' batch orders, and sensitivity.noise_repeats=0 gives none; set "
+           f"noise_repeats >= 1 (2 or more for a spread worth reading)")
     _check(s.workers >= 1, f"sensitivity.workers must be >= 1, got {s.workers}")
     _check(s.search_subset_size >= 1,
            f"sensitivity.search_subset_size must be >= 1, got {s.search_subset_size}")

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop, progress
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
-from .probe import Probe, evaluate_many, reference_noise
+from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
 from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
                       read_record, write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
@@ -94,6 +94,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     # the noise yardstick's repeats, only when not the number earlier keys were made with
     if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
         estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
+    if cfg.sensitivity.get("drop_noise_layers"):  # (likewise: only when measured)
+        estimate["drop_noise_layers"] = cfg.sensitivity.drop_noise_layers
     # the pretraining's schedule changed twice; tables made before are not reused, other
     # keys stay valid: under cosine it warms up since 2f730ef (it did not before), and
     # one-cycle without a warm-up anneals from lr since 0aab165 (one step in, before)
@@ -390,14 +392,29 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
              "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
              reference["accuracy"], len(candidates))
     # one batch of independent fine-tunes: the reference's repeats with other batch
-    # orders (the noise yardstick), then each candidate layer
+    # orders (the noise yardstick), each candidate layer, and a few layers again under
+    # the repeats' orders (the drops' own noise, sensitivity.drop_noise_layers)
     repeats = [([], probe.seed + 1 + i) for i in range(cfg.sensitivity.noise_repeats)]
     candidate_rows = candidates.to_dict("records")
-    results = evaluate_many(probe, repeats + [([row["layer"]], None) for row in candidate_rows],
-                            cfg.sensitivity.workers)
-    noise = reference_noise(reference, results[:len(repeats)])
+    noisy = spread_layers([row["layer"] for row in candidate_rows],
+                          cfg.sensitivity.get("drop_noise_layers") or 0) if repeats else []
+    jobs = (repeats + [([row["layer"]], None) for row in candidate_rows]
+            + [([name], seed) for name in noisy for _, seed in repeats])
+    results = evaluate_many(probe, jobs, cfg.sensitivity.workers)
+    layers_end = len(repeats) + len(candidate_rows)
+    repeated, again = results[:len(repeats)], results[layers_end:]
+    layer_results = results[len(repeats):layers_end]
+    noise = reference_noise(reference, repeated)
+    by_layer = {row["layer"]: result for row, result in zip(candidate_rows, layer_results)}
+    own_noise = drop_noise(reference, repeated, {
+        name: [by_layer[name], *again[i * len(repeats):(i + 1) * len(repeats)]]
+        for i, name in enumerate(noisy)})
+    if own_noise:
+        log.info("sensitivity: the drops' own noise (%d layers, %d batch orders): accuracy "
+                 "std %.4f, against the reference's %.4f", len(noisy), own_noise["repeats"],
+                 own_noise["accuracy_std"], noise["accuracy_std"])
     rows = []
-    for row, result in zip(candidate_rows, results[len(repeats):]):
+    for row, result in zip(candidate_rows, layer_results):
         rows.append({**row, **result, **metric_drops(reference, result)})
         log.info("  %-18s drop %+.4f  loss %+.4f  (%.1f s)", row["layer"],
                  rows[-1]["accuracy_drop"], rows[-1]["loss_increase"], result["seconds"])
@@ -409,7 +426,7 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     record = {"key": cache_key(cfg), "key_fields": key_fields(cfg),
               "dense": dense_totals(probe.dense),
               "pretrained": {**probe.pretrained, "seconds": probe.pretrain_seconds},
-              "reference": reference, "noise": noise,
+              "reference": reference, "noise": noise, "drop_noise": own_noise,
               "validation_images": int(probe.split.val_labels.numel()),
               "training_images": int(probe.split.train_labels.numel()),
               # this process's time; work an earlier estimate or search kept is not in it
@@ -486,7 +503,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
                "cache_hit": record["cache_hit"], "estimate_seconds": record["seconds"],
                "resumed": record.get("resumed"),  # what of the estimate an earlier one did
                "reference": record["reference"], "pretrained": record["pretrained"],
-               "noise": record.get("noise"),
+               "noise": record.get("noise"), "drop_noise": record.get("drop_noise"),
                "dense": record["dense"], "policy": cfg.selection.policy, "chosen": chosen,
                "params_saved": int(picked["params_saved"].sum()),
                "flops_saved": int(picked["flops_saved"].sum())}

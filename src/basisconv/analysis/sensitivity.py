@@ -17,11 +17,14 @@ from .tables import markdown
 
 def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, title: str,
                      threshold: float | None = None, noise: dict | None = None,
-                     threshold_metric: str = "accuracy_drop") -> Path:
+                     threshold_metric: str = "accuracy_drop", drop_noise: dict | None = None
+                     ) -> Path:
     """Bars by layer in model order: accuracy drop (top) and loss increase (bottom) after
     converting that layer alone; chosen layers in colour, the others grey; the grey band
-    is ±1 std of the dense reference over batch orders (``noise``), a yardstick. A
-    ``threshold`` is drawn on the panel of the metric it bounds (``threshold_metric``)."""
+    is ±1 std of the dense reference over batch orders (``noise``), a yardstick, and the
+    dotted lines ±1 pooled std of a few layers' drops over those orders (``drop_noise``),
+    the drops' own noise. A ``threshold`` is drawn on the panel of the metric it bounds
+    (``threshold_metric``)."""
     plt = pyplot()
     table = table.sort_values("position")
     x = range(len(table))
@@ -34,13 +37,20 @@ def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, t
         top.axhspan(-100 * noise["accuracy_std"], 100 * noise["accuracy_std"], color="0.85",
                     zorder=0, label=f"±1 std of the dense reference ({noise['repeats']} batch orders)")
         bottom.axhspan(-noise["loss_std"], noise["loss_std"], color="0.85", zorder=0)
+    if drop_noise:
+        for panel, scale, std in ((top, 100, drop_noise["accuracy_std"]),
+                                  (bottom, 1, drop_noise["loss_std"])):
+            for sign in (-1, 1):
+                panel.axhline(sign * scale * std, color="0.3", ls=":", lw=1, label=(
+                    f"±1 std of {len(drop_noise['layers'])} layers' drops (same orders)"
+                    if panel is top and sign == 1 else None))
     bottom.bar(x, table["loss_increase"], color=colours)
     if threshold is not None:
         panel, scale = (top, 100) if threshold_metric == "accuracy_drop" else (bottom, 1)
         panel.axhline(scale * threshold, color="tab:red", ls="--", lw=1,
                       label=f"threshold {scale * threshold:g}")
         panel.legend(fontsize=8)
-    if noise:
+    if noise or drop_noise:
         top.legend(fontsize=8)
     bottom.set_ylabel("loss increase")
     bottom.set_xticks(list(x), table["layer"], rotation=70, ha="right", fontsize=7)
@@ -98,7 +108,8 @@ def draw_run(record: dict, output_dir: str | Path) -> list[Path]:
     table = pd.DataFrame(record["table"])
     title = f"{_title(record)}; key {summary['key']}"
     return [plot_sensitivity(table, summary["chosen"], output_dir / "sensitivity.png", title,
-                             noise=summary.get("noise"), **_threshold(record)),
+                             noise=summary.get("noise"), drop_noise=summary.get("drop_noise"),
+                             **_threshold(record)),
             write_text_atomic(output_dir / "chosen.md",
                               f"# Layers chosen by `{summary['policy']}`\n\n{title}\n\n"
                               + chosen_section(table, summary))]
@@ -130,14 +141,25 @@ def measured_time_line(summary: dict) -> str:
             + ".\n")
 
 
-def noise_line(noise: dict | None) -> str:
+def noise_line(noise: dict | None, own: dict | None = None) -> str:
+    """The reference's spread over batch orders and, where measured
+    (``sensitivity.drop_noise_layers``), the drops' own: a few layers' drops under the
+    same orders, each against the reference fine-tuned under that order."""
     if not noise:
         return ""
-    return (f" The same reference fine-tuned with {noise['repeats']} batch orders: accuracy "
+    line = (f" The same reference fine-tuned with {noise['repeats']} batch orders: accuracy "
             f"std {100 * noise['accuracy_std']:.2f} points, loss std {noise['loss_std']:.4f} "
-            f"(a yardstick "
-            f"for the drops below, not a bound on their noise: a converted layer's drop can "
-            f"move as much or more with the batch order).")
+            f"(a yardstick for the drops below, not a bound on their noise: a converted "
+            f"layer's drop can move as much or more with the batch order).")
+    if not own:
+        return line
+    layers = ", ".join(f"{row['layer']} {100 * row['accuracy_std']:.2f}"
+                       for row in own["layers"])
+    return (f"{line} The drops' own noise: {len(own['layers'])} layers fine-tuned under the "
+            f"same {own['repeats']} orders, their drops' std pooled {100 * own['accuracy_std']:.2f} "
+            f"points, loss {own['loss_std']:.4f} (per layer, points: {layers}); a difference "
+            f"of two drops within about {100 * 2 ** 0.5 * own['accuracy_std']:.2f} points "
+            f"(1 std of a difference) says little.")
 
 
 def summary_stem(record: dict) -> str:
@@ -169,13 +191,14 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
         columns={"accuracy_drop": "accuracy_drop (points)"})
     return [
         plot_sensitivity(table, summary["chosen"], out / f"{stem}.png", _title(record),
-                         noise=summary.get("noise"), **_threshold(record)),
+                         noise=summary.get("noise"), drop_noise=summary.get("drop_noise"),
+                         **_threshold(record)),
         write_text_atomic(out / f"{stem}.md", (
             f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
             f"{cfg['basis']['size']}\n\n{note}\n\nDense reference (held-out accuracy after the "
             f"same fine-tune): {100 * summary['reference']['accuracy']:.2f} %; after "
             f"pretraining: {100 * summary['pretrained']['accuracy']:.2f} %."
-            f"{noise_line(summary.get('noise'))}\n\n"
+            f"{noise_line(summary.get('noise'), summary.get('drop_noise'))}\n\n"
             f"## Chosen by `{summary['policy']}`{_rule(record, ': ')}\n\n"
             + chosen_section(table, summary)
             + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str))))]
