@@ -119,6 +119,24 @@ def test_a_basis_step_is_relative_to_the_dense_step_of_its_own_precision_batch_a
     assert pd.isna(train.loc[(512, "basis 0.25"), "relative_to_dense"])
 
 
+def test_a_basis_step_is_relative_to_the_dense_step_of_as_many_timed_steps(folders):
+    """A graphed epoch pays its eager first step and its capture once, so its time per step
+    depends on how many steps it timed (the 1/4 fused H200 record: 4.75 ms a step over 60,
+    its replays 3.53 ms): a dense record of 300 steps (``make gpu-speed SPEED=kernels``)
+    is not the reference of a basis record of 60 (``SPEED=quick``) of the same commit."""
+    gpu = folders[1]
+    (gpu / "train-throughput-cuda-bf16-graphs.json").unlink()
+    _train_record(gpu, "cuda-bf16-graphs", GPU, 0.0021, cuda_graphs=True, steps=300)
+    _train_record(gpu, "cuda-bf16-basis0.25-fused-graphs", GPU, 0.0030, cuda_graphs=True,
+                  basis_size=0.25, combine="fused", steps=60)
+    train = speed.training_speed(folders).set_index(["mode", "model"])
+    assert pd.isna(train.loc[("graphs", "basis 0.25"), "relative_to_dense"])
+    _train_record(gpu, "cuda-bf16-graphs-60", GPU, 0.0025, cuda_graphs=True, steps=60)
+    train = speed.training_speed(folders)
+    basis = train[train["model"] == "basis 0.25"]
+    assert basis["relative_to_dense"].tolist() == [pytest.approx(1.2)]
+
+
 def test_records_of_one_dirty_commit_with_different_changes_are_not_compared(tmp_path):
     """``-dirty`` alone does not say the code was the same: the diff's hash does."""
     def dirty(diff):

@@ -41,8 +41,10 @@ def tune_cpu_allocator() -> str:
     reused heap memory costs none. That penalty
     falls on the output writes of every layer, and weighs more on the cheaper basis model.
     This is the glibc form of PyTorch's CPU tuning advice (use jemalloc/tcmalloc); it
-    applies to both models alike (measured: dense step 2.27 -> 1.99 s, basis 1/4 1.05 -> 0.78 s;
-    results/model-speed-cpu-fp32-defaultmalloc.csv against model-speed-cpu-fp32.csv)."""
+    applies to both models alike (measured on one VM on 2026-11-25: dense step 2.27 -> 1.99 s,
+    basis 1/4 1.05 -> 0.78 s; results/model-speed-cpu-fp32-defaultmalloc.csv against that
+    day's model-speed-cpu-fp32.csv, ``git show 1d5c1df:results/model-speed-cpu-fp32.csv``:
+    the one now in results/ is of another VM, 2026-12-03, whose dense step took 2.63 s)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_max = -1, -4

@@ -7,8 +7,8 @@ never copied by hand, and CPU and GPU stand side by side:
   FLOP ratio and the time bound, per hardware, precision, batch and form;
 - the training step (``train-throughput-*.json`` of ``scripts/benchmark_train.py``): time
   per step and per CIFAR-10 epoch, and relative to the dense model measured at the same
-  commit on the same hardware with the same architecture, layout, threads, precision, batch
-  and execution mode (eager, compiled, graphed).
+  commit on the same hardware with the same architecture, layout, threads, precision, batch,
+  execution mode (eager, compiled, graphed) and number of timed steps.
 """
 
 from __future__ import annotations
@@ -54,9 +54,11 @@ RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
 #: What a training step is compared on: a basis row is relative to the dense record that
 #: matches it in all of these (measured with the same code on the same machine, alike).
 #: ``code`` is the commit and, for a dirty tree, the hash of its diff: two records of one
-#: dirty commit with different uncommitted changes ran different code.
+#: dirty commit with different uncommitted changes ran different code. ``steps``: the timed
+#: epoch's steps, since a graphed epoch's eager first step and capture (the 1/4 fused H200
+#: record: 4.75 ms a step over 60, its profiled replays 3.53) weigh 1/steps on each step.
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
-                "code"]
+                "steps", "code"]
 
 
 def _origin(record: dict, path: Path) -> dict:
@@ -186,7 +188,7 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
             _check_training_record(record, path)
             rows.append(_training_row(record, path))
     table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"]
-                         + ["code"])
+                         + ["steps", "code"])
     dense = table[table["model"] == "dense"]
     twice = dense[dense.duplicated(SAME_SETTING, keep=False)]
     if len(twice):
@@ -211,6 +213,7 @@ def _training_row(record: dict, path: Path) -> dict:
             "architecture": record.get("model", "resnet18"),
             "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
             "threads": record.get("threads") or "-",
+            "steps": _or_dash(record.get("steps")),
             "model": "dense" if basis is None else f"basis {basis:g}",
             "form": "-" if basis is None else _training_form(record),
             "seconds_per_step": record["seconds_per_step"],
@@ -291,7 +294,8 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "",
         "Epoch: a CIFAR-10 epoch (50,000 images) at the measured step time; relative: to "
         "the dense model measured at the same commit on the same hardware, architecture, "
-        "layout, threads, precision, batch and mode (\"-\" where there is none); checkpoint: "
+        "layout, threads, precision, batch, mode and number of timed steps (\"-\" where "
+        "there is none); checkpoint: "
         "the median time to write the model's and optimizer's state as a run's checkpoint "
         "(\"-\": not timed by the record's commit); CUDA peak: the most GPU memory the "
         "measured steps held in all (images on the device, model, optimizer, activations, "
