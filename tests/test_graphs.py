@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from basisconv import graphs, loop
 from basisconv.data import TensorBatches
 from basisconv.models import build_model
-from basisconv.network import coefficient_penalty
+from basisconv.network import basis_penalty
 from basisconv.surgery import apply_basis
 from interruption import fit_stopped_before
 
@@ -109,8 +109,9 @@ def test_graphed_steps_train_and_evaluate_as_eager_steps(device, graph_calls):
 
 @pytest.mark.device
 def test_graphed_steps_of_a_basis_model_with_folded_norms_and_an_l1_penalty(device, graph_calls):
-    _assert_same_training(device, True, graph_calls,
-                          extra_loss=lambda model: coefficient_penalty(model, 1e-3))
+    """The L1 penalty and Frobenius decay's correction are in the captured forward."""
+    _assert_same_training(device, True, graph_calls, extra_loss=lambda model: basis_penalty(
+        model, 5e-4, coefficient_l1=1e-3, frobenius_decay=True))
 
 
 class _ReadsItsLabel(torch.nn.Module):

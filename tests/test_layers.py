@@ -627,3 +627,61 @@ def test_apply_basis_passes_the_fit_to_each_layer_and_fresh_layers_ignore_it():
         assert fitted.get_submodule(name).reconstruction_error == pytest.approx(
             eckart_young(model.get_submodule(name), 8), rel=1e-5)
     apply_basis(model, "all", 0.25, convert=False, fit="svd")  # no error: nothing to fit
+
+
+def _two_convs(tied: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(6, 12, 3, bias=False), nn.Conv2d(12, 12, 3),
+                          nn.Conv2d(12, 12, 3, bias=False))
+    if tied:  # weight tying: one weight, decayed once, in two places
+        model[2].weight = model[1].weight
+    return model
+
+
+@pytest.mark.parametrize("options, tied", [
+    ({}, False), ({"coefficient_rank": 2}, False), ({"share_coefficients": True}, False),
+    ({}, True)], ids=["plain", "low-rank", "shared", "tied"])
+def test_frobenius_decay_makes_factor_decay_the_computed_weights_decay(options, tied):
+    """SGD's decay of every factor (``wd * p``) plus the correction's gradient is the
+    gradient of ``wd / 2 * ||W||^2`` over the computed weights, each counted once, as the
+    dense model's decay is over its weights; plain decay of the factors is not."""
+    from basisconv.layers import basis_layers, frobenius_decay_correction
+    from basisconv.surgery import apply_basis
+
+    model = apply_basis(_two_convs(tied), "all", 4, only_where_saves=False, **options)
+    for layer in basis_layers(model).values():  # coefficients of a conversion's scale
+        with torch.no_grad():
+            for p in layer.coefficient_parameters():
+                p.normal_()
+    factors = list(dict.fromkeys(p for layer in basis_layers(model).values()
+                                 for p in [layer.basis_weight, *layer.coefficient_parameters()]))
+    weights = {id(layer.basis_weight): layer for layer in basis_layers(model).values()}
+    assert len(weights) == (2 if tied else 3)
+    wd = 0.1
+    target = torch.autograd.grad(
+        wd / 2 * sum(layer.dense_weight().square().sum() for layer in weights.values()), factors)
+    correction = torch.autograd.grad(wd / 2 * frobenius_decay_correction(model), factors,
+                                     allow_unused=True)
+    for p, want, extra in zip(factors, target, correction):
+        got = wd * p + (0 if extra is None else extra)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not all(torch.allclose(wd * p, want) for p, want in zip(factors, target))
+
+
+def test_frobenius_decay_on_a_model_without_basis_layers_is_one_clear_error():
+    from basisconv.layers import frobenius_decay_correction
+    from basisconv.network import basis_penalty
+
+    with pytest.raises(ConfigError, match="no BasisConv2d layers"):
+        frobenius_decay_correction(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    # a probe's dense reference: nothing to add
+    assert basis_penalty(nn.Sequential(nn.Conv2d(3, 4, 3)), 5e-4, frobenius_decay=True) is None
+    layered = _two_convs(False)
+    from basisconv.surgery import apply_basis
+    apply_basis(layered, "all", 4, only_where_saves=False, inplace=True)
+    assert basis_penalty(layered, 5e-4) is None and basis_penalty(layered, 0.0,
+                                                                   frobenius_decay=True) is None
+    both = basis_penalty(layered, 5e-4, coefficient_l1=1e-3, frobenius_decay=True)()
+    from basisconv.layers import coefficient_l1, frobenius_decay_correction
+    torch.testing.assert_close(both, 1e-3 * coefficient_l1(layered)
+                               + 5e-4 / 2 * frobenius_decay_correction(layered))

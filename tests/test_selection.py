@@ -552,7 +552,7 @@ KEY_CHANGES = {"model.name": "resnet8", "model.width": 0.5, "basis.size": 0.25,
                "trainer.schedule": "cosine", "trainer.warmup_fraction": 0.3,
                "trainer.label_smoothing": 0.1, "trainer.amp": "bf16", "sensitivity.seed": 7,
                "sensitivity.noise_repeats": 4, "basis.fit": "svd",
-               "sensitivity.drop_noise_layers": 2}
+               "sensitivity.drop_noise_layers": 2, "basis.frobenius_decay": True}
 
 
 def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_path):

@@ -26,7 +26,9 @@ def config(repo, overrides):
     # every conv a basis layer with its batch norm and ReLU folded in (kernels/norm.py):
     # seeds 0-2 end at 100 % as the unfused basis model does
     ["experiment=basis_all", "basis.fuse_norm=true"],
-], ids=["dense", "basis-fused-norm"])
+    # weight decay on the weights the basis layers compute (the loss gets its correction)
+    ["experiment=basis_all", "basis.frobenius_decay=true"],
+], ids=["dense", "basis-fused-norm", "basis-frobenius-decay"])
 def test_training_learns_a_small_real_problem(tmp_path, repo, learning_seed, variant):
     """The whole path (CIFAR-format files -> tensors -> augmentation -> ResNet -> SGD with a
     one-cycle schedule) must learn the 10-class stripes problem (see basisconv.data.stripes)

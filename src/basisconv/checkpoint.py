@@ -51,7 +51,7 @@ RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "t
 #: and 0.0 are two values to a resume and the analysis). Add every new key here.
 ADDED_KEYS = {"basis.fuse_norm": False, "basis.fit": "pivots", "trainer.cuda_graphs": False,
               "trainer.checkpoint_every_s": 0.0, "sensitivity.workers": 1,
-              "sensitivity.drop_noise_layers": 0,
+              "sensitivity.drop_noise_layers": 0, "basis.frobenius_decay": False,
               "logger.init_timeout_s": 90.0, "logger.finish_timeout_s": 300.0}
 
 

@@ -108,6 +108,7 @@ class BasisConfig:
     coefficient_l1: float = MISSING
     only_where_saves: bool = MISSING
     fit: str = "pivots"  # init=convert and the sensitivity probe: pivots | svd
+    frobenius_decay: bool = False  # weight decay on the computed weight, not the factors
 
 
 @dataclass

@@ -643,6 +643,35 @@ def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, BasisConv2d)}
 
 
+def frobenius_decay_correction(model: nn.Module) -> torch.Tensor:
+    """What turns plain weight decay on a basis layer's factors into decay on the weight it
+    computes: ``weight_decay / 2`` times this, added to the loss, makes SGD's decay of the
+    basis filters ``B`` and the coefficients ``A`` (each ``weight_decay * p``) the gradient
+    of ``weight_decay / 2 * ||W||^2``, ``W = P [B; A B]`` (the dense conv's decay, on its
+    weight): ``||W||^2`` less the squares SGD already decays. Plain decay on the factors
+    penalizes ``||B||^2 + ||A||^2``, another regularizer than the dense model's (Khodak et
+    al., ICLR 2021, "Frobenius decay" of factorized layers). Each weight (tied layers) and
+    each parameter (shared coefficients) counts once; outside autocast, in the parameters'
+    dtype."""
+    layers = list(basis_layers(model).values())
+    if not layers:
+        raise ConfigError("frobenius_decay_correction: the model has no BasisConv2d layers; "
+                          "convert some with basisconv.surgery.apply_basis first")
+    total = layers[0].basis_weight.new_zeros(())
+    weights: set[tuple[int, ...]] = set()
+    decayed: dict[int, nn.Parameter] = {}
+    with without_autocast(layers[0].basis_weight.device.type):
+        for layer in layers:
+            factors = [layer.basis_weight, *layer.coefficient_parameters()]
+            decayed.update((id(p), p) for p in factors)
+            if tuple(map(id, factors)) in weights:
+                continue
+            weights.add(tuple(map(id, factors)))
+            basis = layer.basis_weight.flatten(1)
+            total = total + basis.square().sum() + (layer.coefficient_matrix() @ basis).square().sum()
+        return total - sum(p.square().sum() for p in decayed.values())
+
+
 def coefficient_l1(model: nn.Module) -> torch.Tensor:
     """Sum of absolute coefficients over the model's basis layers (shared matrices once):
     add ``weight * coefficient_l1(model)`` to the loss for sparse coefficients."""

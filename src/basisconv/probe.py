@@ -31,7 +31,7 @@ from . import loop
 from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import TrainingDiverged, WorkerFailed
-from .network import build_dense
+from .network import basis_penalty, build_dense
 from .progress import PROBE_BASIS, Progress
 from .signals import one_stop, signals_blocked, stops_held
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
@@ -154,9 +154,13 @@ class Probe:
         optimizer = loop.build_optimizer(model, recipe)
         scheduler = loop.build_scheduler(optimizer, recipe, len(batches))
         scaler = loop.grad_scaler(self.runtime.amp_dtype, self.device)
+        # a fine-tune decays a converted layer's weight as training would (frobenius_decay;
+        # its L1 penalty is a training run's choice, not the estimate's)
+        penalty = basis_penalty(model, recipe.weight_decay,
+                                frobenius_decay=self.cfg.basis.get("frobenius_decay", False))
         for _ in range(epochs):
             loop.train_one_epoch(model, batches, optimizer, scheduler, scaler=scaler,
-                                 amp_dtype=self.runtime.amp_dtype,
+                                 amp_dtype=self.runtime.amp_dtype, extra_loss=penalty,
                                  label_smoothing=recipe.label_smoothing, graphed=self.graphed)
 
     def measure(self, model: nn.Module) -> dict[str, float]:

@@ -73,7 +73,9 @@ def conditions(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """What shapes a fine-tune's numbers beyond the table's cache key."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return {"basis": {k: cfg.basis.get(k) for k in PROBE_BASIS},
+    # (with how a fine-tune decays the basis layers' weights, which is not a conversion's)
+    return {"basis": {**{k: cfg.basis.get(k) for k in PROBE_BASIS},
+                      "frobenius_decay": bool(cfg.basis.get("frobenius_decay"))},
             "trainer": {k: v for k, v in trainer.items() if k not in NOT_IN_A_FINETUNE},
             "device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "code": code_digest()}

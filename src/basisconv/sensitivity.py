@@ -80,6 +80,8 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         basis["fuse_norm"] = True
     if cfg.basis.get("fit", "pivots") != "pivots":  # how each layer is fitted (likewise)
         basis["fit"] = cfg.basis.fit
+    if cfg.basis.get("frobenius_decay"):  # the fine-tunes' weight decay (likewise)
+        basis["frobenius_decay"] = True
     if basis.get("fuse_norm") or basis["coefficient_rank"]:
         # the only layers with costs paid once per batch, whose savings per image are now
         # counted at the training batch: tables counted at one image are not reused

@@ -29,7 +29,7 @@ from .config import GRAPHING_COMPILE_MODES, validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
 from .kernels import auto
-from .network import (build_network, check_conversion, choose_forms_now, coefficient_penalty,
+from .network import (basis_penalty, build_network, check_conversion, choose_forms_now,
                       converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
                       leftover_temporaries, make_folder, publish, read_record, timestamp,
@@ -320,8 +320,10 @@ class Training:
         # its first basis step and every N-th after, as without a warm-up (counted from the
         # run's first step, an N above the basis steps left them untrained)
         self.converted_at_step = self.cfg.basis.dense_warmup_epochs * len(self.train_batches)
-        self.penalty = coefficient_penalty(self.model, self.cfg.basis.coefficient_l1) \
-            if has_basis else None
+        basis = self.cfg.basis
+        self.penalty = basis_penalty(
+            self.model, self.cfg.trainer.weight_decay, coefficient_l1=basis.coefficient_l1,
+            frobenius_decay=basis.get("frobenius_decay", False)) if has_basis else None
 
     def convert(self) -> None:
         """End of the dense warm-up: fit the basis layers to the trained dense weights."""
