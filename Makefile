@@ -51,11 +51,12 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
+# ARGS goes to the script, which refuses it naming OVERRIDES=... (it was dropped, silently)
 reproduce: $(STAMP)
-	scripts/reproduce.sh $(PROFILE)
+	scripts/reproduce.sh $(PROFILE) $(ARGS)
 
 smoke: $(STAMP)
-	WANDB_MODE=disabled scripts/reproduce.sh smoke
+	WANDB_MODE=disabled scripts/reproduce.sh smoke $(ARGS)
 
 # The analysis reads and writes the folder scripts/reproduce.sh wrote: the smoke profile's
 # records and tables are in $(OUTPUTS)/smoke/results, never in results/; the others' in

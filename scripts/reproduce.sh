@@ -7,7 +7,8 @@
 # results/<profile>/runs/<row>/seed<k>.json, and a run whose record is there is skipped:
 # records accumulate (commit them), so a protocol cut off on one machine continues on the
 # next where it stopped. The tables and plots are built from those records.
-# RESULTS_DIR=<new folder> trains every run again, leaving the committed results alone.
+# RESULTS_DIR=<new folder> OUTPUTS=<new folder> trains every run again, leaving the
+# committed results alone (a finished run in OUTPUTS is published as it is).
 #
 # JOBS=N runs N runs at once (default: 4 per GPU; 1 on a CPU, one a core for smoke), spread
 # over the visible GPUs, each logging to outputs/<profile>/logs/<row>-seed<k>.log and using
@@ -29,6 +30,13 @@ cd "$(dirname "$0")/.."
 # one whose editable install is another checkout ran that checkout's code
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PROFILE=${1:-quick}
+if [ $# -gt 1 ]; then  # (found in review: `reproduce.sh quick trainer.epochs=2`, or make's
+                       # ARGS=, ran the whole protocol without them, silently)
+  shift
+  echo "scripts/reproduce.sh takes one argument, the profile; not: $*. Give Hydra overrides" \
+       "as OVERRIDES=\"key=value ...\" (and JOBS=, SEEDS=, ... as variables)" >&2
+  exit 2
+fi
 PY=${PY:-.venv/bin/python}
 if ! command -v "$PY" > /dev/null; then
   echo "PY=$PY: no such python here; run \`make reproduce PROFILE=$PROFILE\` (it builds .venv)" \
@@ -66,8 +74,10 @@ CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
 # per run: tests/test_reproduce.py holds the two lists together)
 EXECUTION=(trainer.cuda_graphs trainer.compile trainer.compile_mode trainer.device
            trainer.threads trainer.checkpoint trainer.checkpoint_every_s trainer.resume
-           data.root data.download data.verify_md5 sensitivity.recompute logger 'logger.*'
-           'hydra.*')
+           data.root data.download sensitivity.recompute logger 'logger.*' 'hydra.*')
+# (not data.verify_md5, which resume accepts: false keys the sensitivity table by the data's
+# folder, so a session that changed it set aside the published estimate, the search and
+# the selected runs as made from a table of another key, and made them again)
 PER_RUN=(experiment selection basis.size seed profile model publish hydra.run.dir
          trainer.progress sensitivity.cache_dir sensitivity.restore_from sensitivity.workers
          sensitivity.search_subset_size)
@@ -127,7 +137,10 @@ if [ -n "$WANTED" ] && [ "$(realpath -m "$RESULTS")" = "$OWN" ]; then
        "execute: ${EXECUTION[*]}" >&2
   exit 2
 fi
-if [ -f "$MADE_WITH" ] || [ -d "$RECORDS" ]; then
+# tied to its overrides once it holds a record (found in review: a start refused for its
+# dataset, or one whose runs all failed, kept them, and the next invocation was refused for
+# records "made with" overrides that had made none)
+if [ -n "$(find "$RECORDS" -name '*.json' -print -quit 2> /dev/null)" ]; then
   MADE=$(cat "$MADE_WITH" 2>/dev/null || true)
   if [ "$MADE" != "$WANTED" ]; then
     echo "OVERRIDES: the records in $RECORDS were made with [${MADE//$'\n'/ }], this asks" \
@@ -242,7 +255,9 @@ in_foreground() {  # in_foreground <command...>: run it and wait for it. In the 
 run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free;
          # a run that fails is marked, named at the end, and the others go on
   local name=$1; shift
-  if [ -n "$NO_DATA" ]; then echo "error: $NO_DATA" >&2; exit 2; fi
+  # refused before any run starts: nothing computed, so no session logged (else a start
+  # without its dataset added one to the protocol's wall-clock in index.json)
+  if [ -n "$NO_DATA" ]; then trap - EXIT; echo "error: $NO_DATA" >&2; exit 2; fi
   if [ "$JOBS" -le 1 ]; then  # (found in review: its first failure ended the protocol)
     mkdir -p "$LOGS"
     local code=0
@@ -284,6 +299,13 @@ barrier() {  # wait for every started run; stop with the failed ones named
   fi
 }
 
+hydra_path() {  # hydra_path <path>: as a Hydra override's value; quoted where Hydra would
+               # not take it bare (found in review: in a folder such as "runs (v2)" every
+               # run failed on a parse error that said to quote a value this script writes)
+  if [[ $1 =~ ^[A-Za-z0-9/_.:@+-]*$ ]]; then printf '%s' "$1"
+  else local quote="'"; printf "'%s'" "${1//$quote/\\$quote}"; fi
+}
+
 published() {  # published <record> <what>: whether the record is there (then say so)
   if [ -f "$1" ]; then echo "== $2: record in $RECORDS, skipped"; fi
   [ -f "$1" ]
@@ -295,9 +317,10 @@ train() {  # train <row folder> <overrides...>: one run per seed
     published "$RECORDS/$row/seed$seed.json" "$row seed $seed" && continue
     [ "$JOBS" -le 1 ] && echo "== $row seed $seed"
     run "$row-seed$seed" "$PY" scripts/train.py profile="$PROFILE" seed="$seed" "$@" \
-      ${EXTRA[@]+"${EXTRA[@]}"} hydra.run.dir="$OUT/$row/seed$seed" trainer.progress=false \
-      publish="$RECORDS/$row/seed$seed.json" sensitivity.cache_dir="$CACHE" \
-      sensitivity.restore_from="$RECORDS/sensitivity.json"
+      ${EXTRA[@]+"${EXTRA[@]}"} hydra.run.dir="$(hydra_path "$OUT/$row/seed$seed")" \
+      trainer.progress=false publish="$(hydra_path "$RECORDS/$row/seed$seed.json")" \
+      sensitivity.cache_dir="$(hydra_path "$CACHE")" \
+      sensitivity.restore_from="$(hydra_path "$RECORDS/sensitivity.json")"
   done
 }
 
@@ -305,9 +328,10 @@ train() {  # train <row folder> <overrides...>: one run per seed
 #    runs beside the runs that do not need it)
 published "$RECORDS/sensitivity.json" "sensitivity" \
   || run sensitivity "$PY" scripts/sensitivity.py profile="$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"} \
-       hydra.run.dir="$OUT/sensitivity" sensitivity.cache_dir="$CACHE" \
+       hydra.run.dir="$(hydra_path "$OUT/sensitivity")" \
+       sensitivity.cache_dir="$(hydra_path "$CACHE")" \
        sensitivity.workers="$WORKERS" \
-       publish="$RECORDS/sensitivity.json"
+       publish="$(hydra_path "$RECORDS/sensitivity.json")"
 SENSITIVITY_JOB=$LAST_JOB
 # 2. dense baseline; basis convolutions everywhere (the naive deployment) and the
 #    basis-size sweep
@@ -318,11 +342,12 @@ done
 # 3. does the fast method find what exhaustive search finds? (ResNet-8: 7 layers)
 published "$RECORDS/exhaustive-search-resnet8.json" "exhaustive search" \
   || run exhaustive-search-resnet8 "$PY" scripts/exhaustive_search.py profile="$PROFILE" \
-       model=resnet8 sensitivity.search_subset_size=3 sensitivity.cache_dir="$CACHE" \
+       model=resnet8 sensitivity.search_subset_size=3 \
+       sensitivity.cache_dir="$(hydra_path "$CACHE")" \
        ${EXTRA[@]+"${EXTRA[@]}"} \
        sensitivity.workers="$WORKERS" \
-       hydra.run.dir="$OUT/exhaustive-search-resnet8" \
-       publish="$RECORDS/exhaustive-search-resnet8.json"
+       hydra.run.dir="$(hydra_path "$OUT/exhaustive-search-resnet8")" \
+       publish="$(hydra_path "$RECORDS/exhaustive-search-resnet8.json")"
 # 4. sensitivity-selected layers, and the baselines on the same FLOP budget
 if [ -n "$SENSITIVITY_JOB" ]; then wait "$SENSITIVITY_JOB" || true; fi
 if [ -f "$LOGS/sensitivity.failed" ]; then barrier; fi
@@ -350,4 +375,5 @@ fi
 #    after this session is logged, so that index.json sums it too
 trap - EXIT
 log_session 0
-"$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$RECORDS" out_dir="$RESULTS"
+"$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$(hydra_path "$RECORDS")" \
+  out_dir="$(hydra_path "$RESULTS")"

@@ -171,6 +171,7 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
     assert "RESULTS_DIR=<folder> OUTPUTS=<folder>" in refused
     variant = tmp_path / "variant" / "paper"
     (variant / "runs").mkdir(parents=True)
+    (variant / "runs" / "sensitivity.json").write_text("{}")  # a record made with them
     (variant / "protocol-overrides.txt").write_text("trainer.epochs=2\n")
     mixed = attempt("paper", "trainer.epochs=1 'name=a b'",
                     RESULTS_DIR=str(tmp_path / "variant"))
@@ -302,7 +303,7 @@ def record_kind(name):
 
 
 def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=False,
-                  **fake_env):
+                  args=("smoke",), **fake_env):
     """reproduce.sh smoke with a stand-in python that trains nothing (seconds, not
     minutes): which scripts it starts, given the records already there. ``relative``:
     started from ``tmp_path`` with the python and folders given relative to it."""
@@ -322,7 +323,7 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
     where = "" if relative else f"{tmp_path}/"
     env = {**os.environ, "PY": f"{where or './'}python", "JOBS": jobs, "OVERRIDES": overrides,
            "OUTPUTS": f"{where}outputs", "SENSITIVITY_CACHE": f"{where}cache", **fake_env}
-    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), *args], env=env,
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     started = calls.read_text().splitlines() if calls.exists() else []
     return result, started, runs
@@ -468,8 +469,95 @@ def test_the_keys_the_protocol_lets_change_are_those_a_resume_accepts(repo):
         return {word.strip("'") for word in body.split()}
 
     execution, per_run = array("EXECUTION"), array("PER_RUN")
-    assert RESUMABLE_CHANGES - per_run <= execution
+    # (but data.verify_md5: false keys the sensitivity table by the data's folder, below)
+    assert RESUMABLE_CHANGES - per_run - {"data.verify_md5"} <= execution
     assert not execution & per_run
+
+
+#: A value other than the default for each key the script may take as execution-only.
+EXECUTION_SAMPLES = {
+    "trainer.cuda_graphs": "true", "trainer.compile": "true", "trainer.compile_mode": "default",
+    "trainer.device": "cpu", "trainer.threads": "1", "trainer.checkpoint": "false",
+    "trainer.checkpoint_every_s": "60", "trainer.resume": "false", "data.root": "/elsewhere",
+    "data.download": "true", "data.verify_md5": "false", "sensitivity.recompute": "true",
+    "logger": "none", "logger.*": "logger.mode=online", "hydra.*": "hydra.job.name=other"}
+
+
+def test_an_execution_override_keeps_the_protocols_sensitivity_keys(repo):
+    """Found in review: data.verify_md5=false passed as execution-only, but it keys the
+    sensitivity table by the data's folder; a later session without it (or on a machine
+    whose CIFAR10_ROOT differs) set aside the published estimate, the search and the
+    selected runs as made from "a table of another key", and made them all again."""
+    import re
+
+    from basisconv.reproduce import protocol_keys
+
+    script = (repo / "scripts" / "reproduce.sh").read_text()
+    body = re.search(r"^EXECUTION=\(([^)]*)\)", script, re.M).group(1)
+    base = protocol_keys("quick")
+    for entry in (word.strip("'") for word in body.split()):
+        sample = EXECUTION_SAMPLES[entry]
+        override = sample if "*" in entry else f"{entry}={sample}"
+        assert protocol_keys("quick", override) == base, override
+
+
+def test_arguments_after_the_profile_are_refused_naming_overrides(repo, tmp_path):
+    """Found in review: `reproduce.sh quick trainer.epochs=2` (or `make reproduce ARGS=...`)
+    ran the whole protocol without the override, silently."""
+    result, started, runs = fake_protocol(repo, tmp_path, args=("smoke", "trainer.epochs=2"))
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert "not: trainer.epochs=2" in result.stderr and "OVERRIDES=" in result.stderr
+    assert not runs.parent.exists()
+
+
+def test_a_start_refused_for_its_dataset_neither_ties_the_folder_nor_logs_a_session(
+        repo, tmp_path):
+    """Found in review: the refusal came after the folder was tied to its OVERRIDES and the
+    session log was armed, so it was logged as a session of the protocol, and the next
+    invocation with other overrides was refused for records "made with" the first ones,
+    of which there were none."""
+    nowhere = tmp_path / "nowhere"
+    result, started, runs = fake_protocol(repo, tmp_path / "m",
+                                          overrides=f"data=cifar10 data.root={nowhere}")
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr.startswith("error: CIFAR-10 not found")
+    assert not (runs.parent / "sessions").exists()
+    result, started, runs = fake_protocol(repo, tmp_path / "m")  # the generated data instead
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sum(call.startswith("scripts/train.py") for call in started) == len(ROWS)
+
+
+def test_folders_hydra_would_not_take_bare_are_quoted_for_it(repo, tmp_path):
+    """Found in review: OUTPUTS in a folder such as "runs (v2)" failed every run with a
+    Hydra parse error that told the user to quote a value only the script writes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    folder = tmp_path / "runs (v2), it's"
+    calls = folder / "calls"
+    calls.mkdir(parents=True)
+    python = folder / "python"  # each script's arguments, one file a start
+    python.write_text(f"""#!/usr/bin/env bash
+if [ "$1" = -c ]; then CUDA_VISIBLE_DEVICES= exec {sys.executable} "$@"; fi
+printf '%s\\0' "$@" > "$(mktemp -p "$FAKE_CALLS")"
+""")
+    python.chmod(0o755)
+    env = {**os.environ, "PY": str(python), "JOBS": "1", "FAKE_CALLS": str(calls),
+           "OUTPUTS": str(folder / "outputs"), "SENSITIVITY_CACHE": str(folder / "cache")}
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    parser = OverridesParser.create()
+    paths = 0
+    for call in calls.iterdir():
+        script, *words = call.read_text().split("\0")[:-1]
+        if script.endswith("benchmark_layers.py"):
+            continue  # (argparse's, not Hydra's)
+        for override in parser.parse_overrides(words):
+            if override.key_or_group in ("hydra.run.dir", "publish", "sensitivity.cache_dir",
+                                         "sensitivity.restore_from", "runs_dir", "out_dir"):
+                assert override.value().startswith(str(folder)), override.value()
+                paths += 1
+    assert paths > 3 * len(ROWS)
 
 
 def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_made(
