@@ -998,3 +998,69 @@ def test_a_deterministic_run_that_chooses_forms_by_timing_is_told_it_may_not_rep
     validate(compose_cfg("selection=all", *overrides))
     assert any(m.startswith("basis.combine=auto chooses each layer's form by timing")
                for m in caplog.messages) == said
+
+
+@pytest.mark.parametrize("script, override", [
+    ("train.py", "+experiment=baseline"), ("train.py", "+model=resnet8"),
+    # found in review: the sensitivity config overrides selection itself, so Hydra let
+    # that override win over the user's +selection=random, which ran sensitivity_budget
+    ("sensitivity.py", "+selection=random")])
+def test_a_config_group_added_with_plus_is_told_to_drop_the_plus(tmp_path, repo, script,
+                                                                 override):
+    """Found in review: ``+experiment=baseline`` (the form Hydra's own docs use for an
+    experiment group) was told "To override a value use 'override experiment: baseline'",
+    a line of a YAML defaults list; on the command line it is ``experiment=baseline``."""
+    done = subprocess.run([sys.executable, str(repo / "scripts" / script), "profile=smoke",
+                           "logger=none", override, f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    group, option = override[1:].split("=")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        f"error: {override}: {group} is in the config's defaults list already, so the + "
+        f"(add) does not apply; choose it with {group}={option}, without the +"), done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_cifar10_root_variable_is_named_not_an_override(compose_cfg, monkeypatch):
+    """Found in review: ``CIFAR10_ROOT=`` (set but empty; the Makefile's ``?=`` keeps it)
+    was "data.root is empty ...; give a path, or drop the override for the default", where
+    no override was given and the default is that variable."""
+    monkeypatch.setenv("CIFAR10_ROOT", "")
+    with pytest.raises(ConfigError, match=r"^data.root is empty: the environment variable "
+                                          r"CIFAR10_ROOT it reads is set but empty; set it"):
+        validate(compose_cfg())
+    with pytest.raises(ConfigError, match="drop the override for the default"):
+        validate(compose_cfg("data.root="))  # (typed: the override is what to drop)
+
+
+@pytest.mark.parametrize("folder", ["lr=0.1", "basis.size=0.25,seed=0", "it's", "réseau"])
+def test_the_resume_hint_is_an_override_hydra_parses_back_to_the_folder(tmp_path, monkeypatch,
+                                                                        folder):
+    """Found in review: a run in ``hydra.run.dir='outputs/lr=0.1'`` stopped with "run the
+    same command again with hydra.run.dir=.../lr=0.1", which Hydra cannot parse (an ``=``,
+    ``,``, quote or non-ASCII letter needs Hydra's quotes as well as the shell's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.create({"name": "x", "trainer": {"resume": True}})
+    said = resuming.folder_override(tmp_path / folder, cfg)
+    override, = shlex.split(said)
+    assert OverridesParser.create().parse_override(override).value() == str(tmp_path / folder)
+    monkeypatch.setattr(resuming, "in_sweep", lambda: True)
+    monkeypatch.setattr(resuming, "HydraConfig", _SweepHydra(tmp_path / folder, "multirun/x/d"))
+    override, = shlex.split(resuming.folder_override(tmp_path / "job", cfg))
+    assert OverridesParser.create().parse_override(override).value() == (
+        f"{tmp_path / folder}/multirun/${{name}}/d")
+
+
+def test_the_packages_own_name_for_the_basis_size_points_to_its_key(compose_cfg, tmp_path, repo):
+    """Found in review: ``basis.num_basis=8`` (the layer's argument, and the name the run's
+    own log gives: "num_basis=16 saves no compute") was "did you mean basis.combine?"."""
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           "basis.num_basis=8", f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.startswith(
+        "error: basis.num_basis is not a config key (did you mean basis.size?)"), done.stderr
+    with pytest.raises(ConfigError, match=r"^basis.num_basis \(did you mean basis.size\?\)"):
+        validate(compose_cfg("+basis.num_basis=8"))

@@ -104,25 +104,47 @@ def test_train_script_end_to_end(tmp_path, repo):
     ("list", ["selection=list", "basis.fit=svd", "basis.init=convert"], None),
     ("first_k", ["selection=first_k", "basis=warmup", "basis.fit=svd"], None),
     ("sensitivity_budget", ["selection=sensitivity_budget", "basis.fit=svd"], None),
-    ("none", ["basis.fit=svd"], "so basis.fit=svd is unread and the model stays dense")])
+    ("none", ["basis.fit=svd"], "so basis.fit=svd is unread and the model stays dense"),
+    # found in review: a selection key the policy does not read was ignored, unsaid (the
+    # threshold meant for sensitivity_threshold given to basis_selected's budget policy)
+    ("sensitivity_budget", ["experiment=basis_selected", "selection.threshold=0.01"],
+     "selection=sensitivity_budget does not read selection.threshold=0.01 (read by "
+     "sensitivity_threshold): the run ignores it"),
+    ("all", ["selection=all", "selection.count=3"],
+     "selection=all does not read selection.count=3 (read by sensitivity_budget, random, "
+     "first_k, last_k)"),
+    ("first_k", ["selection=first_k", "selection.count=3", "selection.budget_reduction=0.5"],
+     "selection.budget_reduction=0.5 (read by sensitivity_budget, random, first_k, last_k "
+     "without selection.count)"),
+    ("first_k", ["selection=first_k", "selection.count=3", "selection.seed=1"],
+     "selection=first_k does not read selection.seed=1 (read by random)"),
+    ("random", ["selection=random", "selection.seed=1", "selection.budget_reduction=0.5"],
+     None),
+    ("sensitivity_threshold", ["selection.policy=sensitivity_threshold",
+                               "selection.threshold=0.01", "selection.metric=loss_increase"],
+     None)])
 def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
         monkeypatch, caplog, policy, overrides, said):
     """Found in review: ``selection=all selection.layers=[layer3.*]`` converted every conv
     and said nothing (only ``selection=none`` warned of what it leaves unread); nor did
-    ``basis.fit=svd`` in a run that converts nothing (its layers trained from scratch)."""
-    from types import SimpleNamespace
+    ``basis.fit=svd`` in a run that converts nothing (its layers trained from scratch), nor
+    a selection key its policy does not read."""
+    from basisconv import cli
 
     from basisconv import cli
 
     monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(cli, "in_sweep", lambda: False)
     monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    count = next((int(o.split("=")[1]) for o in overrides if o.startswith("selection.count")),
+                 None)
     converts = "basis.init=convert" in overrides or "basis=warmup" in overrides
-    basis = SimpleNamespace(init="convert" if converts else "scratch",
-                            dense_warmup_epochs=2 if "basis=warmup" in overrides else 0)
+    cfg = OmegaConf.create({
+        "selection": {"policy": policy, "count": count},
+        "basis": {"init": "convert" if converts else "scratch",
+                  "dense_warmup_epochs": 2 if "basis=warmup" in overrides else 0}})
     with caplog.at_level("WARNING", logger=cli.log.name):
-        cli.warn_unread_basis_overrides(
-            SimpleNamespace(selection=SimpleNamespace(policy=policy), basis=basis))
+        cli.warn_unread_basis_overrides(cfg)
     warnings = [r.getMessage() for r in caplog.records]
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 

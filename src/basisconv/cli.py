@@ -28,10 +28,11 @@ from omegaconf.errors import InterpolationResolutionError
 from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
-from .hydra_errors import (group_value_override, hydra_error_line, interpolation_error_line,
-                           malformed_override, typed_overrides)
+from .hydra_errors import (added_group_line, group_value_override, hydra_error_line,
+                           interpolation_error_line, malformed_override, typed_overrides)
 from .records import LOCK, folder_lock, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
+from .selection import KEYS as SELECTION_KEYS, POLICIES, keys_read
 from .signals import sigterm_stops, stops_at_default, stops_let_go
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,23 @@ def unswept_params(params: Any, overrides: list[str]) -> list[str]:
     return [f"{key}={values}" for key, values in (params or {}).items() if key not in given]
 
 
+def check_added_groups_chosen() -> None:
+    """``+group=option`` for a group the config chooses already is refused by Hydra
+    (:func:`~basisconv.hydra_errors.added_group_line`), except where the config overrides
+    that group itself: ``scripts/sensitivity.py +selection=random`` ran the
+    ``sensitivity_budget`` policy its config sets, silently. A :class:`ConfigError` naming
+    ``group=option`` when the choice made is not the one given."""
+    if not HydraConfig.initialized():  # (the benchmarks)
+        return
+    choices = HydraConfig.get().runtime.choices
+    for override in typed_overrides():
+        key, _, option = override.partition("=")
+        group, option = key[1:], option.strip("'\"")
+        if (key.startswith("+") and not key.startswith("++") and group in choices
+                and not option.startswith("[") and str(choices[group]) != option):
+            raise ConfigError(added_group_line(group, option))
+
+
 def check_not_an_unswept_sweep() -> None:
     """A config that lists sweep values (``hydra.sweeper.params``, e.g.
     ``experiment=basis_size_sweep``) started without ``-m`` runs one job at the key's plain
@@ -143,6 +161,7 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
         return
     given = typed_overrides()
+    warn_unread_selection_keys(cfg.selection, given)
 
     def unread(keys: str) -> str:
         return " ".join(o for o in given if re.match(rf"[+~]*({keys})", o))
@@ -161,6 +180,28 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
         log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
                     "convert, basis.dense_warmup_epochs > 0, the sensitivity policies), and "
                     "this run trains its basis layers from scratch", keys)
+
+
+def warn_unread_selection_keys(selection: Any, overrides: list[str]) -> None:
+    """A ``selection.<key>`` given to one run that its policy does not read
+    (:func:`~basisconv.selection.keys_read`) is ignored: ``experiment=basis_selected
+    selection.threshold=0.01`` converted the budget policy's layers and ``selection=all
+    selection.count=3`` every conv, neither saying so. Said for each key with the policies
+    that read it; ``selection.layers`` is said above (``none``, ``all``) or refused (the
+    ordered policies), as is a count with the threshold policy."""
+    policy, read = selection.policy, keys_read(selection)
+    said = {"layers"} | ({"count"} if policy == "sensitivity_threshold" else set())
+    unread = []
+    for override in overrides:
+        key = re.match(r"[+~]*selection\.(\w+)", override)
+        if key and key[1] in SELECTION_KEYS and key[1] not in read | said:
+            readers = [p for p in POLICIES if key[1] in keys_read({"policy": p, "count": None})]
+            unless = " without selection.count" if policy in readers else ""
+            unread.append(f"{override} (read by {', '.join(readers)}{unless})")
+    if unread:
+        log.warning("selection=%s does not read %s: the run ignores %s; choose a policy that "
+                    "reads it, or drop the override", policy, ", ".join(unread),
+                    "it" if len(unread) == 1 else "them")
 
 
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
@@ -376,6 +417,7 @@ def exit_on_user_error(fn: F) -> F:
             with sigterm_stops():
                 try:
                     check_not_an_unswept_sweep()
+                    check_added_groups_chosen()
                     if HydraConfig.initialized():
                         check_runs_where_started(HydraConfig.get().job.chdir)
                     return fn(*args, **kwargs)

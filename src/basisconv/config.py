@@ -357,6 +357,12 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
 
 
+#: Keys by the names the package's own API and logs give them (``BasisConv2d(num_basis=)``,
+#: "num_basis=16 saves no compute"), which a closest spelling missed (basis.num_basis was
+#: "did you mean basis.combine?").
+OTHER_NAMES = {"basis.num_basis": "basis.size"}
+
+
 def unknown_keys(cfg: DictConfig, schema_class: type = TrainConfig) -> list[str]:
     """The keys of ``cfg`` that its schema (``schema_class``) does not have (added with
     ``+key=value``, so nothing reads them), dotted, each with `` (did you mean <the closest
@@ -372,6 +378,8 @@ def unknown_keys(cfg: DictConfig, schema_class: type = TrainConfig) -> list[str]
             if key not in expected:
                 close = difflib.get_close_matches(str(key), list(expected), n=1)
                 hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                if f"{prefix}{key}" in OTHER_NAMES:
+                    hint = f" (did you mean {OTHER_NAMES[f'{prefix}{key}']}?)"
                 unknown.append(f"{prefix}{key}{hint}")
             elif isinstance(expected[key], dict) and isinstance(value, dict):
                 walk(value, expected[key], f"{prefix}{key}.")
@@ -424,6 +432,13 @@ PATH_KEYS = {"data.root": "drop the override for the default",
 
 
 def _check_paths(cfg: DictConfig) -> None:
+    # data.root defaults to $CIFAR10_ROOT: set but empty (CIFAR10_ROOT=$UNSET, which the
+    # Makefile's ?= keeps), there is no override to drop, and the variable is what to fix
+    raw = OmegaConf.to_container(cfg.data, resolve=False).get("root")
+    _check(not ("CIFAR10_ROOT" in str(raw) and os.environ.get("CIFAR10_ROOT") == ""
+                and not str(cfg.data.root).strip()),
+           "data.root is empty: the environment variable CIFAR10_ROOT it reads is set but "
+           "empty; set it to the dataset's folder, or unset it (for ./data)")
     for key, instead in PATH_KEYS.items():
         value = OmegaConf.select(cfg, key)
         _check(value is None or bool(str(value).strip()),

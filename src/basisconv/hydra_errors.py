@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
+from .config import OTHER_NAMES
 from .records import HYDRA_VALUE_FLAGS
 
 
@@ -79,7 +80,8 @@ def hydra_error_line(ex: Exception) -> str:
         valid = f"; valid keys here: {', '.join(keys)}" if keys else ""
         # a key of that name elsewhere first (trainer.seed: the run's seed is top-level)
         elsewhere = same_name_keys(parent, cause.full_key) if parent is not None else []
-        close = elsewhere or difflib.get_close_matches(cause.full_key, keys, n=1)
+        close = ([OTHER_NAMES[cause.full_key]] if cause.full_key in OTHER_NAMES else
+                 elsewhere or difflib.get_close_matches(cause.full_key, keys, n=1))
         others = f" also: {', '.join(close[1:])}" if close[1:] else ""
         hint = f" (did you mean {close[0]}?{others})" if close else ""
         return f"{cause.full_key} is not a config key{hint}{valid}"
@@ -91,6 +93,10 @@ def hydra_error_line(ex: Exception) -> str:
             items = value.strip("'\"")
             message = f"{message.rstrip('.')}; write a list: {key}=[{items}]"
         return f"{override}: {message}"
+    added = re.match(r"Multiple values for (\S+)\. To override a value use 'override \S+: (.*)'",
+                     str(ex))
+    if added:  # +model=resnet20: Hydra's advice is the defaults list's, a YAML line
+        return added_group_line(added[1], added[2])
     if isinstance(ex, OSError) and ex.filename:  # Hydra makes the run's folder and .hydra/
         return (f"cannot write {ex.filename} ({ex.strerror}); point hydra.run.dir "
                 f"(hydra.sweep.dir with -m) at a folder that can be written")
@@ -107,6 +113,14 @@ def hydra_error_line(ex: Exception) -> str:
     noise = ("full_key:", "reference_type=", "object_type=", "Set the environment variable")
     kept = [line for line in lines if line and not line.startswith(noise)]
     return "; ".join(kept) or type(ex).__name__
+
+
+def added_group_line(group: str, option: str) -> str:
+    """One line for ``+group=option`` where the config's defaults list has ``group``
+    already (every group of ``configs/`` is there): Hydra, as for a YAML file, said to write
+    ``override group: option``; on the command line the choice is ``group=option``."""
+    return (f"+{group}={option}: {group} is in the config's defaults list already, so the "
+            f"+ (add) does not apply; choose it with {group}={option}, without the +")
 
 
 #: The project's Hydra configs (a source checkout's ``configs/``, as the scripts use).

@@ -4,6 +4,7 @@ so the same command alone would start a new run elsewhere."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,28 @@ def folder_override(output_dir: Path, cfg: Any) -> str:
     if in_sweep():
         return sweep_folder_override(cfg)
     # pasted into a shell as it is
-    return shlex.quote(f"hydra.run.dir={output_dir}") + resume_flag(cfg)
+    return shell_word(f"hydra.run.dir={hydra_value(str(output_dir))}") + resume_flag(cfg)
+
+
+def shell_word(word: str) -> str:
+    """``word`` quoted for the shell: in double quotes where it holds Hydra's single quotes
+    and nothing a shell expands there (``shlex.quote`` writes each ``'`` as ``'"'"'``)."""
+    if "'" in word and not re.search(r'[$`"\\!]', word):
+        return f'"{word}"'
+    return shlex.quote(word)
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as Hydra's override grammar reads it back: unquoted where it holds only
+    the characters an unquoted value may (letters, digits, spaces, ``_-/\\+.$%*@?|:``,
+    ``${...}``), else in single quotes. A folder named ``lr=0.1`` (or a sweep job's,
+    ``basis.size=0.25,seed=0``) was printed bare, and the command that was to resume it
+    failed to parse."""
+    if re.fullmatch(r"(?:[\w /\\+.$%*@?|:-]|\$\{\w+\})*", text, flags=re.ASCII) and (
+            text == text.strip()):
+        return text
+    # (in quotes a backslash escapes only a quote, or the backslashes before one)
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + "\\" * len(m[2]) + m[2], text) + "'"
 
 
 def sweep_folder_override(cfg: Any) -> str:
@@ -47,7 +69,7 @@ def sweep_folder_override(cfg: Any) -> str:
     name = run_name(cfg)
     if name and sweep.parent.name == name:
         sweep = sweep.parent.parent / "${name}" / sweep.name
-    return shlex.quote(f"hydra.sweep.dir={sweep}") + resume_flag(cfg)
+    return shell_word(f"hydra.sweep.dir={hydra_value(str(sweep))}") + resume_flag(cfg)
 
 
 def resume_flag(cfg: Any) -> str:
