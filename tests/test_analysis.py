@@ -2228,3 +2228,27 @@ def test_the_sensitivity_page_and_plot_give_the_drops_own_noise_where_measured(
     assert any("layers' drops" in t.get_text() for t in top.get_legend().get_texts())
     assert sorted(line.get_ydata()[0] for line in bottom.get_lines()
                   if line.get_linestyle() == ":") == pytest.approx([-0.02, 0.02])
+
+
+def test_a_threshold_page_names_the_layers_within_the_drops_noise_of_its_threshold(tmp_path,
+                                                                                  monkeypatch):
+    """``sensitivity_threshold`` with the drops' own noise measured: the layers whose drop
+    lies within one std of the threshold are named (which side they fall is noise)."""
+    from basisconv.analysis import sensitivity
+
+    rec = sensitivity_record()
+    row = rec["table"][0]
+    rec["table"] = [{**row, "layer": name, "position": pos, "accuracy_drop": drop}
+                    for name, pos, drop in [("a", 0, 0.001), ("b", 1, 0.009), ("c", 2, 0.014),
+                                            ("d", 3, 0.03)]]
+    rec["config"]["selection"] = {"policy": "sensitivity_threshold", "threshold": 0.01,
+                                  "metric": "accuracy_drop", "count": None}
+    rec["sensitivity"] = {**rec["sensitivity"], "chosen": ["a", "b"], "drop_noise": {
+        "repeats": 3, "accuracy_std": 0.005, "loss_std": 0.02, "layers": []}}
+    monkeypatch.setattr(sensitivity, "save_figure", lambda fig, path: path)
+    text = sensitivity.summarize(rec, tmp_path, "test")[1].read_text()
+    assert ("Within the drops' own noise of the threshold (1 ± 0.50 points): 2 of 4 layers "
+            "(b, c), chosen or left by chance of the batch order.") in text
+    rec["sensitivity"]["drop_noise"] = None  # not measured: no line
+    assert "own noise of the threshold" not in sensitivity.summarize(
+        rec, tmp_path / "none", "test")[1].read_text()

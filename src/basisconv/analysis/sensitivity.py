@@ -162,6 +162,23 @@ def noise_line(noise: dict | None, own: dict | None = None) -> str:
             f"(1 std of a difference) says little.")
 
 
+def threshold_noise_line(record: dict, table: pd.DataFrame) -> str:
+    """"" or, for ``sensitivity_threshold`` with the drops' own noise measured, the layers
+    whose drop lies within one std of the threshold: on which side of it they fall is
+    within the noise, so a rerun with another batch order may choose otherwise."""
+    own, rule = record["sensitivity"].get("drop_noise"), _threshold(record)
+    if not own or not rule:
+        return ""
+    metric = rule["threshold_metric"]
+    std = own["accuracy_std" if metric == "accuracy_drop" else "loss_std"]
+    near = table[(table[metric] - rule["threshold"]).abs() <= std].sort_values("position")
+    scale, unit = (100, " points") if metric == "accuracy_drop" else (1, "")
+    return (f" Within the drops' own noise of the threshold ({scale * rule['threshold']:g} "
+            f"± {scale * std:.2f}{unit}): {len(near)} of {len(table)} layers"
+            + (f" ({', '.join(near['layer'])}), chosen or left by chance of the batch order"
+               if len(near) else "") + ".")
+
+
 def summary_stem(record: dict) -> str:
     """The summary's file name, less its suffix: model, basis size, device and precision.
     Two records of one such name (another width, policy, budget) get what sets them apart
@@ -198,7 +215,8 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
             f"{cfg['basis']['size']}\n\n{note}\n\nDense reference (held-out accuracy after the "
             f"same fine-tune): {100 * summary['reference']['accuracy']:.2f} %; after "
             f"pretraining: {100 * summary['pretrained']['accuracy']:.2f} %."
-            f"{noise_line(summary.get('noise'), summary.get('drop_noise'))}\n\n"
+            f"{noise_line(summary.get('noise'), summary.get('drop_noise'))}"
+            f"{threshold_noise_line(record, table)}\n\n"
             f"## Chosen by `{summary['policy']}`{_rule(record, ': ')}\n\n"
             + chosen_section(table, summary)
             + "\n## Every candidate layer\n\n" + markdown(per_layer.round(4).astype(str))))]
