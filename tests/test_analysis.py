@@ -1254,6 +1254,13 @@ def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_
                  "| dense reference | | 0.8800 |"]:
         assert line in text.splitlines()
     assert "over all subsets: accuracy 0.90, loss 0.50." in text
+    assert "own noise" not in text  # not measured
+    measured = search_record()
+    measured["search"].update(drop_noise_accuracy_std=0.01, subsets_within_drop_noise_of_fast=1)
+    assert ("own noise (sensitivity.drop_noise_layers: paired drops over the same batch "
+            "orders) is 0.0100 (std), so two subsets' accuracies differ by about 0.0141 by "
+            "chance; 1 other subsets lie within that of the fast choice.") in search.summarize(
+        measured, tmp_path / "m", tmp_path, "test")[1].read_text()
     # one subset, or all tied: no correlation (null in the record; NaN in older ones)
     tied = search_record()
     tied["search"].update(spearman_predicted_vs_measured_drop=None,

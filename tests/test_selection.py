@@ -143,10 +143,11 @@ def test_the_search_scores_the_subset_the_sensitivity_policy_converts_first():
     assert fast_choice(tied, 3, "loss_increase") == ("c", "d", "f")  # b, f tie at 0.03: f has the smaller drop
 
 
-def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.04, 0.08)):
+def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.04, 0.08),
+                   drop_noise=None):
     """The exhaustive search of pairs of four layers (single-layer ``drops``, by default
     a < b < c < d) with the subset accuracies ``accuracy`` made up, nothing trained: its
-    summary."""
+    summary (``drop_noise``: the estimate's record's, where it measured the drops' own)."""
     from basisconv import search
 
     single = pd.DataFrame({"layer": list("abcd"), "position": range(4),
@@ -164,7 +165,8 @@ def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.0
 
     monkeypatch.setattr(search, "candidate_count", lambda cfg: 4)
     monkeypatch.setattr(search, "sensitivity_table", lambda cfg: (single, {
-        "key": "k", "noise": {"accuracy_std": 0.025}, "cache_hit": True, "provenance": {}}))
+        "key": "k", "noise": {"accuracy_std": 0.025}, "cache_hit": True, "provenance": {},
+        "drop_noise": drop_noise}))
     monkeypatch.setattr(search, "Probe", Probe)
     monkeypatch.setattr(search, "evaluate_many", lambda probe, jobs, workers: [
         {"accuracy": accuracy[" ".join(layers)], "loss": 2 - accuracy[" ".join(layers)]}
@@ -217,6 +219,12 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
     assert summary["fast_rank_by_accuracy"] == 1
     assert summary["fast_percentile"] == pytest.approx(5 / 6)  # 5 of the 6 are worse
     assert summary["subsets_within_noise_of_fast"] == 1  # "a c", 0.02 below
+    assert "subsets_within_drop_noise_of_fast" not in summary  # not measured
+    # measured: two subsets differ by chance by about sqrt(2) times a drop's std
+    own = made_up_search(repo, tmp_path / "own", monkeypatch, accuracy,
+                         drop_noise={"accuracy_std": 0.022})
+    assert own["drop_noise_accuracy_std"] == 0.022
+    assert own["subsets_within_drop_noise_of_fast"] == 2  # "a c", "b c": 0.03 < 0.0311
     assert summary["median_accuracy"] == pytest.approx(0.825)
     assert summary["spearman_predicted_vs_measured_drop"] == pytest.approx(1.0)
     found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")

@@ -147,6 +147,13 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
         summary["noise_accuracy_std"] = noise
         summary["subsets_within_noise_of_fast"] = int(
             ((found["accuracy"] - mine["accuracy"]).abs() <= noise).sum() - 1)
+    # and, where measured (sensitivity.drop_noise_layers), a converted model's own: two
+    # subsets' accuracies differ by about sqrt(2) times it (one std of a difference)
+    own = (record.get("drop_noise") or {}).get("accuracy_std")
+    if own is not None:
+        summary["drop_noise_accuracy_std"] = own
+        summary["subsets_within_drop_noise_of_fast"] = int(
+            ((found["accuracy"] - mine["accuracy"]).abs() <= 2 ** 0.5 * own).sum() - 1)
     write_text_atomic(output_dir / SEARCH_TABLE,
                       found.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),

@@ -74,6 +74,12 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
                f"{s['noise_accuracy_std']:.4f} (std); {s['subsets_within_noise_of_fast']} other "
                f"subsets lie within that of the fast choice, so ranks that close are not "
                f"told apart.\n\n" if "noise_accuracy_std" in s else "")
+            + (f"A converted model's own noise (sensitivity.drop_noise_layers: paired drops "
+               f"over the same batch orders) is {s['drop_noise_accuracy_std']:.4f} (std), so "
+               f"two subsets' accuracies differ by about "
+               f"{2 ** 0.5 * s['drop_noise_accuracy_std']:.4f} by chance; "
+               f"{s['subsets_within_drop_noise_of_fast']} other subsets lie within that of the "
+               f"fast choice.\n\n" if "drop_noise_accuracy_std" in s else "")
             + f"Spearman correlation of the predicted (sum of single-layer) and measured drop "
             f"over all subsets: accuracy {_correlation(s['spearman_predicted_vs_measured_drop'])}, "
             f"loss {_correlation(s['spearman_predicted_vs_measured_loss'])}.\n"))]
