@@ -2196,7 +2196,8 @@ def test_a_record_whose_epochs_lack_a_curve_field_is_no_trace(tmp_path, drop):
 
 def test_one_seeds_point_has_no_error_bar_drawn_as_zero(tmp_path, monkeypatch):
     """Found in review: the accuracy plot's bars are '±1 sample std'; a row of one seed has none (the table
-    shows no ±), but the plot draws a bar of length 0, which reads as a spread of 0."""
+    shows no ±), but the plot draws a bar of length 0, which reads as a spread of 0; so did
+    the speed plot's bars."""
     from basisconv.analysis import figures
 
     drawn = []
@@ -2207,6 +2208,12 @@ def test_one_seeds_point_has_no_error_bar_drawn_as_zero(tmp_path, monkeypatch):
     bars = [c for c in ax.containers if c.get_label() == "all"][0]
     segments = [s for s in bars.lines[2][0].get_segments() if len(s)]  # drawn bars
     figures.pyplot().close(drawn[0])
+    assert len(segments) == 1
+    # nor the speed plot's: the size 1/4 row has one seed, 1/2 two (as has the dense row)
+    figures.speed_vs_basis_size(table, tmp_path / "s.png", "note")
+    bars = [c for c in drawn[1].axes[1].containers if "bars" in str(c.get_label())][0]
+    segments = [s for s in bars.lines[2][0].get_segments() if len(s)]
+    figures.pyplot().close(drawn[1])
     assert len(segments) == 1
 
 

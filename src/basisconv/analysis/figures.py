@@ -127,10 +127,11 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
 def _relative_step_spread(rows: pd.DataFrame, base: pd.DataFrame) -> pd.Series:
     """The relative sample std of one seed's step speedup (a dense step over a basis step)
     about ``rows``' speedups of the means, from each step's relative std over its seeds (to
-    first order they add in quadrature); 0 where a row has one seed."""
+    first order they add in quadrature); NaN, no bar, where either row has one seed (its
+    spread is not known: a bar of the other's alone, or of 0, would read as the spread)."""
     def relative(frame: pd.DataFrame) -> pd.Series:
         step = frame["forward_seconds_per_step"] + frame["backward_seconds_per_step"]
-        return (frame["step_seconds_std"] / step).fillna(0)
+        return frame["step_seconds_std"] / step
     return (relative(rows) ** 2 + relative(base.loc[rows.index]) ** 2) ** 0.5
 
 
