@@ -191,9 +191,12 @@ if ! lock_folder 8 "$OUT" || ! lock_folder 9 "$RESULTS"; then
   exit 2
 fi
 # every refusal is above: only an invocation that runs ties the folder to its overrides
+# (none: a file an earlier start left, refused before it made a record, is not this one's)
 if [ -n "$WANTED" ]; then
   mkdir -p "$RESULTS"
   printf '%s\n' "$WANTED" > "$MADE_WITH"
+else
+  rm -f "$MADE_WITH"
 fi
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # a file in a run's place that is not its finished record (cut off, another row's or

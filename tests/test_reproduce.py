@@ -772,3 +772,19 @@ def test_a_ctrl_c_while_the_session_is_logged_leaves_the_session_logged(repo, tm
     assert "KeyboardInterrupt" not in result.stderr, result.stderr[-2000:]
     sessions = read_sessions(tmp_path / "outputs" / "smoke" / "results")
     assert [s["exit_code"] for s in sessions] == [1], result.stderr[-2000:]
+
+
+def test_a_folder_ties_to_the_overrides_of_the_invocation_that_made_its_records(
+        repo, tmp_path):
+    """Found in review: an invocation refused before it made a record (its dataset missing)
+    left its OVERRIDES in protocol-overrides.txt, and one without OVERRIDES then made the
+    records beside that stale file: every later invocation without OVERRIDES was refused
+    for records "made with" the first one's."""
+    nowhere = tmp_path / "nowhere"
+    result, _, runs = fake_protocol(repo, tmp_path / "m",
+                                    overrides=f"data=cifar10 data.root={nowhere}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    for _ in range(2):  # the records made without OVERRIDES, then the same again
+        result, _, runs = fake_protocol(repo, tmp_path / "m")
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert not (runs.parent / "protocol-overrides.txt").exists()
