@@ -131,8 +131,6 @@ def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
     a selection key its policy does not read."""
     from basisconv import cli
 
-    from basisconv import cli
-
     monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(cli, "in_sweep", lambda: False)
     monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
