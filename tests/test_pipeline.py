@@ -114,6 +114,17 @@ def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo):
     assert not (tmp_path / "run" / "run.json").exists()
 
 
+@pytest.mark.parametrize("override", ["basis.size=0.5,1.5", "trainer.epochz=1,2"])
+def test_a_refused_sweep_leaves_no_sweep_folder_behind(tmp_path, repo, override):
+    """Found in a newcomer's walk through the README: a sweep refused before any job ran (a
+    value out of range, a typo) left `multirun/<name>/<date>/multirun.yaml` behind, one
+    dated folder per attempt, where a refused single run leaves none (docs/experiments.md,
+    Errors at start)."""
+    lines = sweep_failing(repo, tmp_path, "selection=all", override)
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").iterdir())
+
+
 def test_a_sweep_preset_as_one_job_of_another_sweep_is_one_line_before_any_job_runs(
         tmp_path, repo):
     """Found in review: `-m experiment=baseline,basis_size_sweep` ran the sweep preset as

@@ -68,6 +68,13 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
     records to one file (``publish=`` given once for the sweep) are refused too: each would
     overwrite the one before."""
     def validate_batch_is_legal(self, batch) -> None:
+        try:
+            check_batch(self, batch)
+        except BaseException:  # (refused: the sweep folder Hydra just made holds no job)
+            remove_unrun_sweep_folder(Path(str(self.config.hydra.sweep.dir)))
+            raise
+
+    def check_batch(self, batch) -> None:
         published: dict[str, int] = {}
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -93,6 +100,21 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                                   f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
                                   f"seed=0,1; nothing ran")
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
+
+
+def remove_unrun_sweep_folder(folder: Path) -> None:
+    """Remove a sweep's folder that holds nothing but the ``multirun.yaml`` Hydra wrote
+    before the jobs were checked (a refused sweep: else each typo in a sweep leaves
+    ``multirun/<name>/<date>/`` behind, a sweep that never ran), and the default layout's
+    ``multirun/<name>/`` when that leaves it empty. A folder with any job's folder in it
+    (a sweep run again in its folder) is kept."""
+    try:
+        if folder.is_dir() and [path.name for path in folder.iterdir()] == ["multirun.yaml"]:
+            shutil.rmtree(folder)
+            if folder.resolve().parent.parent == Path.cwd().resolve() / "multirun":
+                folder.parent.rmdir()  # (only if empty)
+    except OSError:
+        pass
 
 
 def check_runs_where_started(chdir: bool) -> None:
