@@ -32,7 +32,7 @@ from .hydra_errors import (added_group_line, group_value_override, hydra_error_l
                            interpolation_error_line, malformed_override, typed_overrides)
 from .records import LOCK, folder_lock, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
-from .selection import KEYS as SELECTION_KEYS, POLICIES, keys_read
+from .selection import KEYS as SELECTION_KEYS, POLICIES, SENSITIVITY_POLICIES, keys_read
 from .signals import sigterm_stops, stops_at_default, stops_let_go
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     if policy == "all" and (keys := unread(r"selection\.layers\b")):
         log.warning("selection=all converts every convolution, so %s is unread; to convert "
                     "only the layers it names, use selection=list", keys)
-    if (policy != "none" and not policy.startswith("sensitivity")
+    if (policy != "none" and policy not in SENSITIVITY_POLICIES
             and cfg.basis.init == "scratch" and not cfg.basis.dense_warmup_epochs
             and (keys := unread(r"basis\.fit\b"))):
         log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
