@@ -374,6 +374,13 @@ def spread_layers(names: list[str], count: int) -> list[str]:
     return [names[(2 * i + 1) * len(names) // (2 * count)] for i in range(count)]
 
 
+def difference_std(std: float) -> float:
+    """The std of a difference of two measurements that each vary by ``std``,
+    independently: ``sqrt(2) * std``. Two drops (or two subsets' accuracies) closer than
+    this are not told apart by one run each."""
+    return 2 ** 0.5 * std
+
+
 def drop_noise(reference: dict, repeats: list[dict], layers: dict[str, list[dict]]
                ) -> dict[str, Any] | None:
     """The drops' own noise, which :func:`reference_noise` is not: for each layer of

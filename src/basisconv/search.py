@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
 from .errors import ConfigError
-from .probe import Probe, evaluate_many
+from .probe import Probe, difference_std, evaluate_many
 from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import (cache_dir, candidate_table, say_the_work_is_kept,
@@ -148,12 +148,12 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
         summary["subsets_within_noise_of_fast"] = int(
             ((found["accuracy"] - mine["accuracy"]).abs() <= noise).sum() - 1)
     # and, where measured (sensitivity.drop_noise_layers), a converted model's own: two
-    # subsets' accuracies differ by about sqrt(2) times it (one std of a difference)
+    # subsets' accuracies differ by about one std of a difference by chance
     own = (record.get("drop_noise") or {}).get("accuracy_std")
     if own is not None:
         summary["drop_noise_accuracy_std"] = own
         summary["subsets_within_drop_noise_of_fast"] = int(
-            ((found["accuracy"] - mine["accuracy"]).abs() <= 2 ** 0.5 * own).sum() - 1)
+            ((found["accuracy"] - mine["accuracy"]).abs() <= difference_std(own)).sum() - 1)
     write_text_atomic(output_dir / SEARCH_TABLE,
                       found.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..probe import difference_std
 from ..records import commit_name, hardware_name, write_text_atomic
 from .plots import pyplot, save_figure
 from .runs import record_tag, resumed_note, trained_on
@@ -77,7 +78,7 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
             + (f"A converted model's own noise (sensitivity.drop_noise_layers: paired drops "
                f"over the same batch orders) is {s['drop_noise_accuracy_std']:.4f} (std), so "
                f"two subsets' accuracies differ by about "
-               f"{2 ** 0.5 * s['drop_noise_accuracy_std']:.4f} by chance; "
+               f"{difference_std(s['drop_noise_accuracy_std']):.4f} by chance; "
                f"{s['subsets_within_drop_noise_of_fast']} other subsets lie within that of the "
                f"fast choice.\n\n" if "drop_noise_accuracy_std" in s else "")
             + f"Spearman correlation of the predicted (sum of single-layer) and measured drop "

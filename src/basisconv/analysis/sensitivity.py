@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..probe import difference_std
 from ..records import commit_name, hardware_name, write_text_atomic
 from ..selection import rule_in_words
 from .plots import pyplot, save_figure
@@ -158,7 +159,7 @@ def noise_line(noise: dict | None, own: dict | None = None) -> str:
     return (f"{line} The drops' own noise: {len(own['layers'])} layers fine-tuned under the "
             f"same {own['repeats']} orders, their drops' std pooled {100 * own['accuracy_std']:.2f} "
             f"points, loss {own['loss_std']:.4f} (per layer, points: {layers}); a difference "
-            f"of two drops within about {100 * 2 ** 0.5 * own['accuracy_std']:.2f} points "
+            f"of two drops within about {100 * difference_std(own['accuracy_std']):.2f} points "
             f"(1 std of a difference) says little.")
 
 
