@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the basis layers' form")
     parser.add_argument("--fuse-norm", action="store_true",
                         help="basis layers with their batch norm and ReLU as one computation")
+    parser.add_argument("--frobenius-decay", action="store_true",
+                        help="add the loss's Frobenius decay correction, as training with "
+                             "basis.frobenius_decay=true does (weight decay 5e-4)")
     parser.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None,
                         help="torch.compile the model in this mode (reduce-overhead: CUDA "
                              "graphs); default eager")

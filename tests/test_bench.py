@@ -134,6 +134,8 @@ def test_runs_at_other_thread_counts_write_files_of_their_own():
     assert ThroughputOptions(threads=1).tag == "-t1"
     assert ThroughputOptions(threads=4, basis_size=0.5).tag == "-basis0.5-t4"
     assert ThroughputOptions().tag == ""
+    # a step with the Frobenius correction is a file of its own, not the plain step's
+    assert ThroughputOptions(basis_size=0.5, frobenius_decay=True).tag == "-basis0.5-frobenius"
 
 
 def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
@@ -345,7 +347,9 @@ def test_the_benchmarks_name_a_device_this_torch_does_not_see(monkeypatch):
     # found in review: without --basis-size these timed the dense model, and the record
     # said fuse_norm: true
     (dict(fuse_norm=True), "--fuse-norm applies to basis layers, and the model is dense"),
-    (dict(combine="split"), "--combine split applies to basis layers, and the model is dense")])
+    (dict(combine="split"), "--combine split applies to basis layers, and the model is dense"),
+    (dict(frobenius_decay=True),
+     "--frobenius-decay applies to basis layers, and the model is dense")])
 def test_training_benchmark_flags_out_of_range_are_named(options, message):
     from basisconv.bench.train import ThroughputOptions
     from basisconv.models import list_models
@@ -1057,3 +1061,20 @@ def test_training_benchmark_records_what_auto_layers_chose(monkeypatch, tmp_path
             model="resnet8", batch_size=4, steps=1, warmup=0, basis_size=0.5))
     finally:
         auto.forget()
+
+
+def test_training_benchmark_adds_the_frobenius_correction_to_each_step(monkeypatch, tmp_path):
+    """``--frobenius-decay`` times the step training takes with ``basis.frobenius_decay``:
+    the correction is computed each step (warm-up and timed) and the record says so."""
+    from basisconv import network
+    from basisconv.bench.train import ThroughputOptions, measure
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    calls = []
+    correction = network.frobenius_decay_correction
+    monkeypatch.setattr(network, "frobenius_decay_correction",
+                        lambda model: calls.append(1) or correction(model))
+    options = dict(model="resnet8", batch_size=4, steps=2, warmup=1, threads=1, basis_size=0.5)
+    assert measure(ThroughputOptions(**options))["frobenius_decay"] is False and not calls
+    assert measure(ThroughputOptions(**options, frobenius_decay=True))["frobenius_decay"] is True
+    assert len(calls) == 3

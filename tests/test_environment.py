@@ -105,7 +105,7 @@ def test_gpu_speed_refuses_a_budget_or_limit_that_is_not_whole_seconds(repo, var
 
 
 #: The steps scripts/gpu_speed.sh runs (a step added there is counted here).
-GPU_SPEED_STEPS = 33
+GPU_SPEED_STEPS = 34
 
 
 def test_gpu_speed_reads_its_budget_in_base_10(repo, tmp_path):

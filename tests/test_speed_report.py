@@ -573,3 +573,16 @@ def test_the_memory_table_holds_the_records_that_measured_it(tmp_path):
     text = (tmp_path / "s.md").read_text()
     assert "| NVIDIA H200 | bf16 | 128 | stacked | 0.25 | 0.25 | 574 | 1.13 | 800 | 1.05 |" in text
     assert len(pd.read_csv(tmp_path / "s-model.csv")) == 2 and len(written) == 6
+
+
+def test_a_training_step_with_the_frobenius_correction_is_a_form_of_its_own(tmp_path):
+    """Its step is compared with the dense one like any basis step, and named apart from
+    the plain basis step of the same size."""
+    _train_record(tmp_path, "cuda-bf16", GPU, 0.0050)
+    _train_record(tmp_path, "cuda-bf16-basis0.25", GPU, 0.0060, basis_size=0.25)
+    _train_record(tmp_path, "cuda-bf16-basis0.25-frobenius", GPU, 0.0063, basis_size=0.25,
+                  frobenius_decay=True, fuse_norm=True)
+    train = speed.training_speed([tmp_path]).set_index("form")
+    assert train.loc["stacked, folded norms, Frobenius decay", "relative_to_dense"] == (
+        pytest.approx(1.26))
+    assert train.loc["stacked", "relative_to_dense"] == pytest.approx(1.2)

@@ -91,9 +91,11 @@ def _options(path: Path) -> str:
 
 
 def _training_form(record: dict) -> str:
-    """How a training benchmark's basis layers ran: their combine form, folded norms."""
-    form = record.get("combine") or "stacked"
-    return f"{form}, folded norms" if record.get("fuse_norm") else form
+    """How a training benchmark's basis layers ran: their combine form, folded norms, and
+    whether the loss had the Frobenius decay correction."""
+    return ", ".join([record.get("combine") or "stacked",
+                      *(["folded norms"] if record.get("fuse_norm") else []),
+                      *(["Frobenius decay"] if record.get("frobenius_decay") else [])])
 
 
 def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:

@@ -32,7 +32,7 @@ from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_sca
                     graphed_fp16_problem, precision_name, settings_restored, setup, train_one_epoch)
 from ..kernels import auto
 from ..models import build_model, list_models
-from ..network import choose_forms_now
+from ..network import basis_penalty, choose_forms_now
 from ..records import RunRecord, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
 from . import flag_below_minimum, fused_problem, profile_table
@@ -54,6 +54,7 @@ class ThroughputOptions:
     basis_size: float | None = None  # every conv where it saves compute in basis form
     combine: str = "stacked"         # the basis layers' form (see basisconv.kernels)
     fuse_norm: bool = False          # basis layers with their batch norm and ReLU as one
+    frobenius_decay: bool = False    # the loss's Frobenius decay correction (basis.frobenius_decay)
     compile_mode: str | None = None  # torch.compile the model in this mode (None: eager)
     cuda_graphs: bool = False        # replay each step as CUDA graphs (basisconv.graphs)
     profile: bool = False            # then profile one more epoch of ``steps`` (torch.profiler)
@@ -73,8 +74,10 @@ class ThroughputOptions:
         if self.basis_size is not None and not 0 < self.basis_size <= 1:
             return (f"--basis-size must be in (0, 1] (a fraction of each layer's output "
                     f"channels), got {self.basis_size:g}")
-        if self.basis_size is None and (self.fuse_norm or self.combine != "stacked"):
-            given = "--fuse-norm" if self.fuse_norm else f"--combine {self.combine}"
+        if self.basis_size is None and (self.fuse_norm or self.frobenius_decay
+                                        or self.combine != "stacked"):
+            given = ("--fuse-norm" if self.fuse_norm else "--frobenius-decay"
+                     if self.frobenius_decay else f"--combine {self.combine}")
             return (f"{given} applies to basis layers, and the model is dense: add "
                     f"--basis-size (e.g. 0.25), or drop {given.split()[0]}")
         device = device_problem(self.device, "--device {}") or (
@@ -112,6 +115,7 @@ class ThroughputOptions:
             "" if self.basis_size is None else f"-basis{self.basis_size:g}",
             "" if self.basis_size is None or self.combine == "stacked" else f"-{self.combine}",
             "-fusenorm" if self.basis_size is not None and self.fuse_norm else "",
+            "-frobenius" if self.basis_size is not None and self.frobenius_decay else "",
             "" if self.compile_mode is None else f"-compile-{self.compile_mode}",
             "-graphs" if self.cuda_graphs else "",
             "" if self.channels_last else "-nchw",
@@ -271,6 +275,9 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     model = model.to(device=device, memory_format=layout)
     # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
     optimizer = build_optimizer(model, trainer)
+    # with --frobenius-decay, the loss's correction term, as training adds it (its cost:
+    # one product of the two factors a basis layer and step, forward and backward)
+    penalty = basis_penalty(model, trainer.weight_decay, frobenius_decay=options.frobenius_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = grad_scaler(amp, device)
     batches = TensorBatches(images, labels, options.batch_size, train=True, memory_format=layout)
@@ -288,24 +295,26 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
     if options.warmup:  # (an epoch of no steps has no loss to report)
         train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer,
-                        scheduler, amp_dtype=amp, graphed=graphed, scaler=scaler)
+                        scheduler, amp_dtype=amp, graphed=graphed, scaler=scaler,
+                        extra_loss=penalty)
     warmup_seconds = time.perf_counter() - warm
     reset_cuda_peak(device)  # the measured steps' peak: not compiling's nor autotuning's
     timed = TimedBatches(batches, options.steps)
     synchronized = stats = train_one_epoch(step_model, timed, optimizer, scheduler,
-                                           amp_dtype=amp, graphed=graphed, scaler=scaler)
+                                           amp_dtype=amp, graphed=graphed, scaler=scaler,
+                                           extra_loss=penalty)
     data_seconds = sum(timed.seconds)
     if device.type == "cuda":  # the throughput as training gets it: the CPU runs ahead
         stats = train_one_epoch(step_model, TimedBatches(batches, options.steps, False),
                                 optimizer, scheduler, amp_dtype=amp, graphed=graphed,
-                                scaler=scaler)
+                                scaler=scaler, extra_loss=penalty)
     peak = cuda_peak_mib(device)  # (of the steps measured, not of the profile's)
     profiled = None
     if options.profile:  # after the measurement, which a failure here must not cost
         try:
             profiled = profile_epoch(options, lambda source: train_one_epoch(
                 step_model, source, optimizer, scheduler, amp_dtype=amp, graphed=graphed,
-                scaler=scaler), batches, device)
+                scaler=scaler, extra_loss=penalty), batches, device)
         except Exception as err:  # noqa: BLE001 - a diagnostic, beside the measurement
             profiled = f"== the profile failed: {type(err).__name__}: {err}"
             warnings.warn(profiled[3:], stacklevel=2)
@@ -316,7 +325,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
         "threads": torch.get_num_threads(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "data": source,
         "basis_size": options.basis_size, "combine": options.combine,
-        "fuse_norm": options.fuse_norm,
+        "fuse_norm": options.fuse_norm, "frobenius_decay": options.frobenius_decay,
         "compile_mode": options.compile_mode, "cuda_graphs": graphed,
         # what each combine=auto layer chose, and the times behind it
         **({"auto_choices": auto.described(this_run=True)} if options.combine == "auto" else {}),
