@@ -1797,3 +1797,29 @@ def test_a_missing_number_in_a_column_the_policy_reads_is_one_error_naming_the_l
     with pytest.raises(ConfigError, match=rf"{column}.*'b'|'b'.*{column}") as err:
         pick_layers(given, table, DENSE)
     assert "\n" not in str(err.value)
+
+
+def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, caplog):
+    """The cache key holds the settings, not the code: a table estimated at another commit
+    (or with other uncommitted changes) is reused, and its reader is told by which code it
+    was estimated and how to estimate it again; at this code, nothing is said."""
+    import logging
+
+    cfg = compose_sensitivity(repo, tmp_path)
+    here = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(sensitivity, "git_commit", lambda: here)
+    monkeypatch.setattr(sensitivity, "estimate", lambda c: (
+        fake_estimate(c)[0], {**fake_estimate(c)[1], "provenance": {"git": dict(here)}}))
+    sensitivity.sensitivity_table(cfg)
+    with caplog.at_level(logging.INFO, logger=sensitivity.log.name):
+        assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+        assert "reusing the cached table" in caplog.text and "estimated at" not in caplog.text
+        caplog.clear()
+        here.update(commit="b" * 40)
+        assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # reused all the same
+        assert (", estimated at commit aaaaaaa (this code: bbbbbbb); sensitivity.recompute=true "
+                "estimates it again with this code") in caplog.text
+        caplog.clear()
+        here.update(commit="a" * 40, dirty=True, diff_sha256="c" * 64)
+        sensitivity.sensitivity_table(cfg)
+        assert "(this code: aaaaaaa-dirty)" in caplog.text

@@ -42,8 +42,9 @@ from . import distributed, loop, progress
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
-from .records import (RunRecord, file_digest, folder_lock, json_digest, provenance, publish,
-                      read_record, write_bytes_atomic, write_json_atomic, write_record)
+from .records import (RunRecord, commit_name, file_digest, folder_lock, git_commit, json_digest,
+                      provenance, publish, read_record, write_bytes_atomic, write_json_atomic,
+                      write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
                         dense_totals, fixed_candidates, fixed_layers, layer_savings, metric_drops,
                         pick_layers)
@@ -284,9 +285,24 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                 # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it
                 # chooses exactly as every later run that reads it (ties and orders included)
                 return table_from_csv(data), {**record, "cache_hit": False}
-    log.info("sensitivity: reusing the cached table %s", cache_dir(cfg))
     table, record = cached
+    log.info("sensitivity: reusing the cached table %s%s", cache_dir(cfg), code_note(record))
     return table, {**record, "cache_hit": True}
+
+
+def code_note(record: dict) -> str:
+    """What a reused table's reader should know of the code that estimated it: the key
+    holds every setting that shapes the table, but not the code (a key with the commit
+    would set aside each published estimate at every commit), so a table estimated by other
+    code is named as such, with how to estimate it again; "" when the code is this one or
+    either is unknown."""
+    made = ((record.get("provenance") or {}).get("git")) or {}
+    now = git_commit()
+    if not made.get("commit") or not now.get("commit") or (
+            made.get("commit"), made.get("diff_sha256")) == (now["commit"], now.get("diff_sha256")):
+        return ""
+    return (f", estimated at commit {commit_name(made)} (this code: {commit_name(now)}); "
+            f"sensitivity.recompute=true estimates it again with this code")
 
 
 def published_differs(cfg: DictConfig, cached: dict) -> bool:
