@@ -750,6 +750,42 @@ def test_results_notebook_falls_back_to_the_run_folders_of_the_profile_it_shows(
     assert namespace["RUNS"] == tmp_path / "outputs" / "paper"
 
 
+def test_results_notebook_runs_table_tells_apart_runs_that_differ_in_settings(
+        tmp_path, monkeypatch, repo):
+    """Found in review: the notebook's table of runs showed results/frobenius-decay's runs
+    with the factors decayed and with Frobenius decay as identical rows (same experiment,
+    selection, basis size, seed): the settings that tell them apart, which the comparison
+    and the curves show, were not among its columns."""
+    import ast
+
+    nbformat = pytest.importorskip("nbformat")
+    write_runs(tmp_path / "runs", [swept(record("all", seed=seed),
+                                         **{"basis.frobenius_decay": decay})
+                                   for decay in (False, True) for seed in (0, 1)])
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "index.json").write_text(json.dumps({"provenance": {"date": "d", "command": "c"},
+                                                    "files": []}))
+    monkeypatch.setenv("BASISCONV_RESULTS", str(results))
+    monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    namespace = {}
+    exec(code[0], namespace)
+    cell = ast.parse(next(source for source in code if "runs_frame(records)" in source))
+    shown = ast.Expression(cell.body.pop().value)  # the cell's value: the table it shows
+    exec(compile(cell, "runs cell", "exec"), namespace)
+    table = eval(compile(shown, "runs cell", "eval"), namespace)
+    assert not table.duplicated().any()
+    assert table["settings"].tolist() == ["basis.frobenius_decay=False"] * 2 + \
+        ["basis.frobenius_decay=True"] * 2
+    # runs that differ in no setting keep the table as it was, without an empty column
+    write_runs(tmp_path / "plain", RECORDS)
+    namespace["RUNS"] = tmp_path / "plain"
+    exec(compile(cell, "runs cell", "exec"), namespace)
+    assert "settings" not in eval(compile(shown, "runs cell", "eval"), namespace).columns
+
+
 def test_make_analyze_reads_the_folder_make_reproduce_wrote(repo):
     """make smoke keeps its records in outputs/smoke/results/runs, not results/smoke/runs;
     found in review: with RESULTS_DIR=<dir> (the README's run-everything-again command),
@@ -1981,6 +2017,30 @@ def test_a_protocol_cut_off_before_its_first_row_or_its_estimate_names_what_is_m
     (rows_only / "baseline" / "seed3.json").write_text(json.dumps(RECORDS[0]))
     assert missing_protocol_runs(rows_only) == [
         f"{row} (seed 3)" for row in PROTOCOL_ROWS[1:]] + list(PROTOCOL_RECORDS)
+
+
+def test_records_of_another_experiment_beside_a_baseline_row_are_not_a_protocol_cut_off(
+        tmp_path):
+    """Found in review: results/frobenius-decay (its own rows, all-0.5-factors ..., beside
+    a dense row copied to baseline/) was taken for a quick protocol cut off midway: its
+    table and index.json named the protocol's 26 other runs and records as "not run yet",
+    "the same scripts/reproduce.sh command runs them". scripts/reproduce.sh publishes only
+    the protocol's rows, so a folder that holds rows of other names is another
+    experiment's gathering."""
+    from basisconv.records import missing_protocol_runs
+
+    runs = tmp_path / "runs"
+    for row in ("baseline", "all-0.5-factors", "all-0.5-frobenius"):
+        (runs / row).mkdir(parents=True)
+        (runs / row / "seed0.json").write_text(json.dumps(RECORDS[0]))
+    assert missing_protocol_runs(runs) == []
+    write_report(analyze_cfg(tmp_path, runs_dir=str(runs)), "cmd")
+    assert json.loads((tmp_path / "results" / "index.json").read_text())["missing_runs"] == []
+    assert "Not run yet" not in (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    # a folder of anything else beside the protocol's rows (no seed<k>.json) changes nothing
+    (runs / "all-0.5-factors" / "seed0.json").unlink()
+    (runs / "all-0.5-frobenius" / "seed0.json").rename(runs / "all-0.5-frobenius" / "notes.json")
+    assert missing_protocol_runs(runs)[:1] == ["basis-all-0.5 (seed 0)"]
 
 
 def test_the_profile_a_record_was_made_by_is_the_last_its_command_names():

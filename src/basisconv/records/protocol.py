@@ -39,8 +39,15 @@ def missing_protocol_runs(runs_dir: str | os.PathLike) -> list[str]:
     """The protocol's runs a folder of published records has no record of (a protocol cut
     off before them), each row for every seed that some row has, as ``<row> (seed <k>)``,
     then the other steps' records; [] for a folder that holds no published protocol record
-    (run folders, or records of other experiments)."""
+    (run folders, or records of other experiments), or that holds rows of other names
+    (``<row>/seed<k>.json``, which ``scripts/reproduce.sh`` never publishes): another
+    experiment's records, gathered beside a dense row named ``baseline``."""
     root = Path(runs_dir)
+    if root.is_dir() and any(
+            folder.is_dir() and folder.name not in PROTOCOL_ROWS
+            and any(SEED_FILE.fullmatch(path.name) for path in folder.glob("seed*.json"))
+            for folder in root.iterdir()):
+        return []
     seeds = sorted({int(m[1]) for row in PROTOCOL_ROWS for path in (root / row).glob("seed*.json")
                     if (m := SEED_FILE.fullmatch(path.name))})
     steps = [name for name in PROTOCOL_RECORDS if (root / name).is_file()]
