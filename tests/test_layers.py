@@ -685,3 +685,32 @@ def test_frobenius_decay_on_a_model_without_basis_layers_is_one_clear_error():
     from basisconv.layers import coefficient_l1, frobenius_decay_correction
     torch.testing.assert_close(both, 1e-3 * coefficient_l1(layered)
                                + 5e-4 / 2 * frobenius_decay_correction(layered))
+
+
+@pytest.mark.parametrize("coefficient_rank", [None, 1], ids=["full", "low-rank"])
+@pytest.mark.parametrize("combine", ["stacked", "split", "fused", "auto"])
+def test_every_form_gives_the_coefficients_a_gradient_when_the_basis_is_every_filter(
+        combine, coefficient_rank):
+    """Found in the numerics review: at ``num_basis == out_channels`` (``basis.size=1.0``,
+    a full-rank conversion) the split form left its (empty) coefficients out of the graph,
+    so their gradient was None where every other form gives one, and DDP (which expects a
+    gradient for every parameter) failed the second step with "Expected to have finished
+    reduction in the prior iteration"."""
+    torch.manual_seed(0)
+    layer = BasisConv2d(3, 4, 3, 4, padding=1, combine=combine,
+                        coefficient_rank=coefficient_rank)
+    layer.output_index.copy_(torch.randperm(4))
+    x = torch.randn(2, 3, 5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fused: no CUDA here, the stacked form, said once
+        layer(x).square().sum().backward()
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            # the output, its dtype and layout as before (a conv of the dense weight's)
+            got = layer(x.contiguous(memory_format=memory_format))
+            want = nn.functional.conv2d(x.contiguous(memory_format=memory_format),
+                                        layer.dense_weight(), layer.bias, padding=1)
+            torch.testing.assert_close(got, want)
+            assert got.stride() == want.stride()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.shape == p.shape and bool((p.grad.abs() < float("inf")).all())

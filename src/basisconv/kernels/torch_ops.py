@@ -39,6 +39,13 @@ def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: tor
                   dilation) -> torch.Tensor:
     """``coefficients`` is ``[C_out - m, m]``; output channel ``j`` is stored channel
     ``output_index[j]`` of ``[basis maps, combined maps]``."""
+    if not coefficients.shape[0] and coefficients.requires_grad and torch.is_grad_enabled():
+        # no combined outputs (num_basis == out_channels): the empty coefficients still go
+        # through the graph, as in every other form, so that they get a gradient (of no
+        # entries; a low-rank factor's zeros). Left out, it was None, and DDP refused the
+        # next step ("Expected to have finished reduction in the prior iteration"). Tied to
+        # the small basis weight, not the maps: an empty sum is exactly 0.
+        basis_weight = basis_weight + coefficients.sum().to(basis_weight.dtype)
     basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
     if coefficients.shape[0]:
         combined = F.conv2d(basis_maps, coefficients[:, :, None, None])
