@@ -2326,3 +2326,23 @@ def test_a_threshold_page_names_the_layers_within_the_drops_noise_of_its_thresho
     rec["sensitivity"]["drop_noise"] = None  # not measured: no line
     assert "own noise of the threshold" not in sensitivity.summarize(
         rec, tmp_path / "none", "test")[1].read_text()
+
+
+def test_the_accuracy_plot_names_the_settings_that_tell_its_points_apart(tmp_path, monkeypatch):
+    """Found rebuilding results/frobenius-decay: its two points of each size were both
+    labelled "m=0.5" (and a swept policy's points had no label at all), so which was which
+    could not be read from the plot; the table names their settings."""
+    from basisconv.analysis import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    runs = [swept(record("all", 0.5, seed=seed), **{"basis.frobenius_decay": decay})
+            for decay in (False, True) for seed in (0, 1)]
+    runs += [swept(record("sensitivity_threshold", 0.5), **{"selection.threshold": t})
+             for t in (0.01, 0.02)]
+    figures.accuracy_vs_parameters(compare(runs_frame([(r, "a") for r in runs])),
+                                   tmp_path / "a.png", "note")
+    labels = sorted(text.get_text() for text in drawn[0].axes[0].texts)
+    figures.pyplot().close(drawn[0])
+    assert labels == ["m=0.5, basis.frobenius_decay=False", "m=0.5, basis.frobenius_decay=True",
+                      "selection.threshold=0.01", "selection.threshold=0.02"]

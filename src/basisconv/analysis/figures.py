@@ -159,9 +159,14 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
         ax.errorbar(group["params"], 100 * group["test_accuracy"],
                     yerr=100 * group["test_accuracy_std"], fmt="o", capsize=3,  # one seed: none
                     label=selection, color=selection_colour(selection))
-        if selection == "all":
-            for r in group.itertuples():
-                ax.annotate(f"m={r.basis_size}", (r.params, 100 * r.test_accuracy), fontsize=7,
+        # the sizes of "all", and the settings that tell apart rows of one policy and size
+        # (a sweep's: two points of one colour and size read alike without them)
+        for _, r in group.iterrows():
+            label = ", ".join(part for part in (
+                f"m={r['basis_size']}" if selection == "all" else "",
+                _settings(r, list(LABELLED_KEYS.values()))) if part)
+            if label:
+                ax.annotate(label, (r["params"], 100 * r["test_accuracy"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
