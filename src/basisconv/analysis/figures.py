@@ -89,16 +89,23 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
     base = baselines(table).set_axis(table.index)  # the dense rows the table compares with
     groups = list(sweep.groupby([*BASELINE_KEYS, "settings"], sort=False))
+    # what tells the groups apart, as the curves' labels name it; each dense row drawn once
+    # (the rows of a basis-only setting share one), named by its own settings
+    varying = [c for c in ("model", "width", "epochs", "train_images") if sweep[c].nunique() > 1]
+    drawn_dense = set()
     for _, rows in groups:
         first, dense = rows.iloc[0], base.loc[rows.index[0]]
-        of = f" ({first['model']} x{first['width']:g}, {first['epochs']} epochs, " \
-             f"{first['train_images']} images{_setting(first)})" if len(groups) > 1 else ""
+        of, dense_of = ((_qualifier(first, varying), _qualifier(dense, varying))
+                        if len(groups) > 1 else ("", ""))
+        key = (dense_of, dense["forward_seconds_per_step"], dense["backward_seconds_per_step"])
         for column, marker, label in (("forward_seconds_per_step", "o", "forward"),
                                       ("backward_seconds_per_step", "s", "backward")):
             line, = left.plot(rows["size"], 1e3 * rows[column], marker + "-",
                               label=f"basis, {label}{of}")
-            left.axhline(1e3 * dense[column], color=line.get_color(), ls=":",
-                         label=f"dense, {label}{of}")
+            if key not in drawn_dense:
+                left.axhline(1e3 * dense[column], color=line.get_color(), ls=":",
+                             label=f"dense, {label}{dense_of}")
+        drawn_dense.add(key)
         # the two measured lines often coincide: drawn so that each stays visible; the
         # bars: ±1 sample std of one seed's speedup, from both rows' spread over seeds (as
         # accuracies are mean ± sample std; the mean's own uncertainty is std / sqrt(seeds))
@@ -118,7 +125,11 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     for ax in (left, right):
         ax.set_xlabel(f"basis size ({unit})")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8 if len(groups) == 1 else 6)
+        if len(groups) == 1:
+            ax.legend(fontsize=8)
+        else:  # below the axes: a legend of several groups covered their lines
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.16))
+            fig.set_figheight(4.3 + 0.12 * len(groups) * 3)
     models = ", ".join(dict.fromkeys(f"{m} x{w:g}" for m, w in zip(sweep["model"], sweep["width"])))
     fig.suptitle(f"{models}: basis convolutions in every layer", fontsize=10)
     return _finish(fig, path, note)
@@ -144,11 +155,6 @@ def _settings(row: pd.Series, labelled: list[str]) -> str:
     names already (``labelled``: epochs, train_images), which would read twice."""
     return ", ".join(part for part in (row.get("settings") or "").split(", ")
                      if part and LABELLED_KEYS.get(part.split("=", 1)[0]) not in labelled)
-
-
-def _setting(row: pd.Series) -> str:
-    shown = _settings(row, list(LABELLED_KEYS.values()))
-    return f", {shown}" if shown else ""
 
 
 def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
@@ -182,12 +188,17 @@ def _curve_label(run: pd.Series, varying: list[str]) -> str:
     """``selection m=size``, with the model, epochs or data where those differ between
     the configurations of one plot, and the settings that tell apart rows alike in those."""
     label = run["selection"] + ("" if run["basis_size"] == "-" else f" m={run['basis_size']}")
+    return label + _qualifier(run, varying)
+
+
+def _qualifier(run: pd.Series, varying: list[str]) -> str:
+    """`` (model, epochs, data)`` of :func:`_curve_label`, for those of ``varying``, then
+    `` (settings)``; "" for none."""
     extra = [f"{run['model']} x{run['width']:g}"] if {"model", "width"} & set(varying) else []
     extra += [f"{run['epochs']} epochs"] if "epochs" in varying else []
     extra += [f"{run['train_images']} images"] if "train_images" in varying else []
     shown = _settings(run, varying)
-    return (label + (f" ({', '.join(extra)})" if extra else "")
-            + (f" ({shown})" if shown else ""))
+    return (f" ({', '.join(extra)})" if extra else "") + (f" ({shown})" if shown else "")
 
 
 def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path | None:
