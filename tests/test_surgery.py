@@ -1,6 +1,7 @@
 """Model surgery: layer names, replacement with and without weight conversion, errors,
 shared coefficients and the coefficient skip-training schedule."""
 
+import contextlib
 import copy
 import io
 import logging
@@ -311,6 +312,25 @@ def test_only_where_saves_leaves_unprofitable_layers_dense():
     assert dense == ["conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"]
 
 
+def test_only_where_saves_that_leaves_every_layer_dense_says_so():
+    """Found in review: the README's `apply_basis(model, "all", max_error=0.05,
+    only_where_saves=True)` on a model none of whose layers saves at that size returned a
+    dense copy without a word a script sees (each layer's reason is logged at INFO), while
+    a count above every layer is refused as changing nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    for size in ({"num_basis": 0.9}, {"max_error": 0.01}):
+        with pytest.warns(UserWarning, match=r"only_where_saves=True left them all dense and "
+                                             r"the model returned has no basis layer"):
+            kept = apply_basis(model, "all", only_where_saves=True, **size)
+        assert not basis_layers(kept)
+    # a conversion that converts some layers says nothing of the kind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_basis(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 64, 3)), "all", 0.25,
+                    only_where_saves=True)
+
+
 def test_only_where_saves_judges_the_combine_form_that_runs():
     """A 3-channel 3x3 conv (K = 27) with 64 outputs at m = 20: the split form does
     fewer multiply-adds than the dense conv (20*27 + 44*20 < 64*27), the stacked one
@@ -321,11 +341,13 @@ def test_only_where_saves_judges_the_combine_form_that_runs():
         split = apply_basis(model, "all", 20, combine="split", only_where_saves=True,
                             convert=False)
     assert isinstance(split[0], BasisConv2d) and split[0].combine == "split"
-    stacked = apply_basis(model, "all", 20, only_where_saves=True, convert=False)
+    with pytest.warns(UserWarning, match="left them all dense"):
+        stacked = apply_basis(model, "all", 20, only_where_saves=True, convert=False)
     assert type(stacked[0]) is nn.Conv2d
     # a layer fused with its norm combines stacked whatever `combine` says: judged so
-    fused = apply_basis(model, "all", 20, combine="split", only_where_saves=True,
-                        convert=False, fuse_norm=True)
+    with pytest.warns(UserWarning, match="left them all dense"):
+        fused = apply_basis(model, "all", 20, combine="split", only_where_saves=True,
+                            convert=False, fuse_norm=True)
     assert type(fused[0]) is nn.Conv2d
     with pytest.warns(UserWarning, match="combine='split' applies only to layers without"):
         layer = BasisConv2d(3, 64, 3, 20, combine="split", fuse_norm=True)
@@ -525,6 +547,39 @@ def test_frozen_convs_stay_frozen_when_converted():
     fresh = apply_basis(model, ["layer1.0.conv1", "layer2.0.conv1"], 0.5, convert=False)
     assert not any(p.requires_grad for p in fresh.layer1[0].conv1.parameters())
     assert all(p.requires_grad for p in fresh.layer2[0].conv1.parameters())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("wrap", ["prune", "weight_norm", "spectral_norm",
+                                  "parametrizations.weight_norm",
+                                  "parametrizations.spectral_norm"])
+@pytest.mark.parametrize("no_grad", [False, True], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("convert", [True, False])
+def test_a_conv_whose_weight_is_computed_trains_as_its_parameters_do(wrap, no_grad, convert):
+    """Found in review: a layer trained as ``conv.weight.requires_grad`` said, but a weight
+    that a hook or parametrization computes (pruning, weight or spectral norm) is a tensor
+    made afresh, whose flag says only whether grad mode was on when it was made: the old
+    hooks' weight is recomputed under no_grad before a conversion, and a parametrized one
+    read inside ``torch.no_grad()``. Such a trainable conv became a frozen basis layer,
+    which no optimizer then trained, silently. Its parameters (``weight_orig``,
+    ``weight_g``/``weight_v``, the parametrization's ``original``) say whether it trains."""
+    from torch.nn.utils import parametrizations, prune, spectral_norm, weight_norm
+    wraps = {"prune": lambda c: prune.l1_unstructured(c, "weight", 0.5),
+             "weight_norm": weight_norm, "spectral_norm": spectral_norm,
+             "parametrizations.weight_norm": parametrizations.weight_norm,
+             "parametrizations.spectral_norm": parametrizations.spectral_norm}
+    for trainable in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 16, 3), wraps[wrap](nn.Conv2d(16, 32, 3)))
+        for p in model[1].parameters():
+            p.requires_grad_(trainable)
+        with torch.no_grad() if no_grad else contextlib.nullcontext():
+            converted = apply_basis(model, "1", 0.25, convert=convert)
+        layer = converted[1]
+        assert [p.requires_grad for p in (layer.basis_weight, layer.coefficients)] == \
+            [trainable] * 2, trainable
+        alone = BasisConv2d.from_conv(model[1], 0.25)
+        assert alone.basis_weight.requires_grad == trainable
 
 
 def test_dense_warmup_then_convert():
@@ -738,8 +793,19 @@ def test_convs_that_share_a_weight_share_their_basis_parameters(convert):
     converted(x).sum().backward()
     optimizer.step()
     torch.testing.assert_close(fine.dense_weight(), coarse.dense_weight(), rtol=0, atol=0)
-    with pytest.warns(UserWarning, match="'coarse'.*shares its weight with 'fine'"):
+    with pytest.warns(UserWarning, match="'coarse'.*shares its weight and bias with 'fine'"):
         apply_basis(model, "fine", 4, convert=convert)
+
+
+def test_a_bias_shared_with_a_layer_left_dense_is_warned_of():
+    """Found in review: only a shared weight was warned of; a conv whose bias alone another
+    module shares (``b.bias = a.bias``) was converted into a new bias without a word, and
+    the two then trained apart."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(8, 16, 3))
+    model[1].bias = model[0].bias
+    with pytest.warns(UserWarning, match=r"^layer '1' shares its bias with '0', which is "
+                                         r"converted: the two no longer share it"):
+        apply_basis(model, "0", 4)
 
 
 def test_convs_whose_weight_a_parametrization_computes_are_never_tied():

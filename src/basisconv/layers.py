@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
+from torch.nn.utils import parametrize
 from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
@@ -372,9 +373,9 @@ class BasisConv2d(nn.Module):
         bias): a frozen conv (a fine-tuning recipe's fixed backbone) stays frozen in basis
         form, fitted or fresh, and the cost of a step counts what it computes."""
         for p in [self.basis_weight, *self.coefficient_parameters()]:
-            p.requires_grad_(conv.weight.requires_grad)
+            p.requires_grad_(trains(conv, "weight"))
         if conv.bias is not None:
-            self.bias.requires_grad_(conv.bias.requires_grad)
+            self.bias.requires_grad_(trains(conv, "bias"))
 
     def set_coefficients(self, *factors: torch.Tensor) -> None:
         """Copy a fitted matrix (or its two low-rank factors) into the parameters."""
@@ -620,6 +621,31 @@ def check_finite_weight(conv: nn.Conv2d, where: str = "", fitting: bool = True) 
 #: torch's forward pre-hooks that recompute ``weight`` (old-style weight and spectral norm,
 #: pruning masks): a conversion fits the weight they computed, and a basis layer has none.
 WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
+
+
+def trains(conv: nn.Conv2d, name: str) -> bool:
+    """Whether ``conv``'s ``weight`` or ``bias`` trains: its parameter's ``requires_grad``,
+    or, where a hook or parametrization computes it afresh (pruning, weight or spectral
+    norm), whether any parameter it is computed from does. Why not the computed tensor's
+    own flag: it says only whether grad mode was on when it was made, and
+    :func:`refresh_computed_weight` remakes it under ``no_grad`` (as does a conversion
+    inside ``torch.no_grad()``), so a trainable conv would give a frozen basis layer."""
+    stored = conv._parameters.get(name)
+    if stored is not None:
+        return stored.requires_grad
+    if parametrize.is_parametrized(conv, name):
+        return any(p.requires_grad for p in conv.parametrizations[name].parameters())
+    for hook in conv._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm) and hook.name == name:
+            sources = [f"{name}_g", f"{name}_v"]
+        elif isinstance(hook, SpectralNorm) and hook.name == name:
+            sources = [f"{name}_orig"]
+        elif isinstance(hook, BasePruningMethod) and hook._tensor_name == name:
+            sources = [f"{name}_orig"]
+        else:
+            continue
+        return any(getattr(conv, source).requires_grad for source in sources)
+    return getattr(conv, name).requires_grad
 
 
 def refresh_computed_weight(conv: nn.Conv2d) -> None:

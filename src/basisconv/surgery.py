@@ -194,6 +194,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         only_where_saves: replace a layer only where the basis form does fewer
             multiply-adds (Composer's rule; with ``fuse_norm`` in the stacked form such a
             layer runs in); otherwise such layers are converted with a warning, as asked.
+            Where it leaves every selected layer dense, a warning says the model returned
+            has no basis layer.
         share_coefficients: layers with the same coefficient shape ``(C_out - m, m)`` (and
             rank) share one coefficient matrix (our reading of the paper's option to shrink
             the coefficients); with ``convert`` it is fitted jointly to all of them.
@@ -229,7 +231,17 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     else:
         targets, sizes = _sizes_of(num_basis, targets, only_where_saves, keys["num_basis"],
                                    leave_dense)
+    selected = bool(targets)
     targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
+    if selected and not targets and key == "only_where_saves":
+        # (a count above every layer is refused in _sizes_of; a config's run says so itself,
+        # train.warn_if_dense; each layer's reason is logged at INFO, which a script of
+        # the Python API does not show)
+        size = (f"max_error={max_error}" if max_error is not None else
+                f"{keys['num_basis']}={num_basis}")
+        warnings.warn(f"apply_basis: at {size} no selected layer saves compute, so "
+                      f"only_where_saves=True left them all dense and the model returned has "
+                      f"no basis layer; give a smaller basis", stacklevel=2)
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
@@ -442,18 +454,26 @@ def _weight_key(layer: BasisConv2d) -> tuple:
 
 
 def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
-    """Warn where a converted conv's weight is also a module's that stays as it is (weight
-    tying, ``b.weight = a.weight``): from now on the two train apart."""
-    weights = {name: stored_parameter(conv, "weight") for name, conv in targets.items()}
-    converted = {id(weight): name for name, weight in weights.items() if weight is not None}
+    """Warn where a converted conv's weight (or bias) is also a module's that stays as it is
+    (weight tying, ``b.weight = a.weight``): from now on the two train apart."""
+    converted = {}
+    for name, conv in targets.items():
+        for kind in ("weight", "bias"):
+            tensor = stored_parameter(conv, kind)
+            if tensor is not None:
+                converted[id(tensor)] = (name, kind)
     for name, module in model.named_modules():
         if name in targets:
             continue
+        shared = defaultdict(list)  # converted layer -> what this module shares with it
         for p in module.parameters(recurse=False):
             if id(p) in converted:
-                warnings.warn(f"layer {name!r} shares its weight with {converted[id(p)]!r}, "
-                              f"which is converted: the two no longer share it; convert both "
-                              f"to keep them tied", stacklevel=3)
+                owner, kind = converted[id(p)]
+                shared[owner].append(kind)
+        for owner, kinds in shared.items():
+            warnings.warn(f"layer {name!r} shares its {' and '.join(kinds)} with {owner!r}, "
+                          f"which is converted: the two no longer share it; convert both to "
+                          f"keep them tied", stacklevel=3)
 
 
 def _hook_tables(module: nn.Module) -> dict:
