@@ -1047,3 +1047,25 @@ def test_to_dense_of_something_not_a_module_is_one_clear_error():
     it needs (it failed deep inside: "'list' object has no attribute 'named_modules'")."""
     with pytest.raises(TypeError, match="needs an nn.Module"):
         to_dense([BasisConv2d(4, 8, 3, 2)])
+
+
+def test_a_model_sized_per_layer_loads_into_its_architecture_rebuilt_from_its_report(tmp_path):
+    """docs/basis-convolutions.md's recipe: the sizes basis_report gives, one layer a call
+    with convert=False, then load_state_dict (strict) gives the saved model's outputs."""
+    def make_model():
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, padding=1))
+
+    torch.manual_seed(0)
+    small = apply_basis(make_model(), "all", max_error=0.6, only_where_saves=True)
+    sizes = {row["name"]: row["num_basis"] for row in basis_report(small)}
+    assert len(set(sizes.values())) == 3  # sized per layer: no one size rebuilds it
+    torch.save({"sizes": sizes, "state": small.state_dict()}, tmp_path / "small.pt")
+    saved = torch.load(tmp_path / "small.pt")
+    rebuilt = make_model()
+    for name, size in saved["sizes"].items():
+        apply_basis(rebuilt, name, size, convert=False, inplace=True)
+    rebuilt.load_state_dict(saved["state"])
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(rebuilt(x), small(x), rtol=0, atol=0)
