@@ -24,8 +24,8 @@ def python_blocks(repo) -> list[str]:
 
 
 def names_the_reader_supplies():
-    """What the README's examples leave to the reader: a trained conv, a model, and the
-    evaluate / finetune functions of the own-model sensitivity estimate (tiny here)."""
+    """What the README's examples leave to the reader: a trained conv, a model (and a way
+    to build its architecture again), and the evaluate / finetune functions of the own-model sensitivity estimate (tiny here)."""
     model = build_model("resnet8")
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
 
@@ -44,6 +44,7 @@ def names_the_reader_supplies():
         optimizer.step()
 
     return {"trained_conv": nn.Conv2d(64, 128, 3, padding=1), "model": model,
+            "make_model": lambda: build_model("resnet8"),
             "evaluate": evaluate, "finetune": finetune}
 
 
