@@ -126,7 +126,9 @@ print(torch.cuda.device_count())
 print(missing or "")'
 CHECKED=$("$PY" -c "$CHECK" "$PY" "$RESULTS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
 { read -r GPUS; IFS= read -r NO_DATA || true; } <<< "$CHECKED"
-WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | sort)
+# sorted bytewise (LC_ALL=C), and the folder's list sorted again on reading: a list written
+# under another locale's collation (en_US puts data=... before data.root=...) is the same
+WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | LC_ALL=C sort)
 MADE_WITH=$RESULTS/protocol-overrides.txt
 # the protocol's own folder however RESULTS_DIR names it (./results, its absolute path)
 OWN=$(realpath -m "results/$PROFILE")
@@ -141,7 +143,7 @@ fi
 # dataset, or one whose runs all failed, kept them, and the next invocation was refused for
 # records "made with" overrides that had made none)
 if [ -n "$(find "$RECORDS" -name '*.json' -print -quit 2> /dev/null)" ]; then
-  MADE=$(cat "$MADE_WITH" 2>/dev/null || true)
+  MADE=$(LC_ALL=C sort "$MADE_WITH" 2>/dev/null || true)
   if [ "$MADE" != "$WANTED" ]; then
     echo "OVERRIDES: the records in $RECORDS were made with [${MADE//$'\n'/ }], this asks" \
          "for [${WANTED//$'\n'/ }]: give the same overrides, or other folders" \

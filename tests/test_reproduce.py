@@ -439,6 +439,21 @@ def test_a_missing_dataset_is_said_once_before_the_first_run_and_only_if_one_tra
         "scripts/benchmark_layers.py", "scripts/analyze.py"]
 
 
+def test_the_overrides_a_folder_was_made_with_are_compared_whatever_the_locale(repo, tmp_path):
+    """The list in protocol-overrides.txt was sorted by the locale's collation: one written
+    under en_US (``data=...`` before ``data.root=...``, punctuation ignored) refused a start
+    with the same overrides under C, and the reverse, as "made with" other overrides."""
+    cifar = f"data=cifar10 data.train_subset=1000 data.root={tmp_path / 'nowhere'}"
+    every = [f"{row}/seed0.json" for row in ROWS] + list(PROTOCOL_RECORDS)
+    made = tmp_path / "outputs" / "smoke" / "results"
+    made.mkdir(parents=True)
+    listed = made / "protocol-overrides.txt"
+    listed.write_text("data=cifar10\ndata.train_subset=1000\n")  # en_US's order
+    result, started, _ = fake_protocol(repo, tmp_path, overrides=cifar, recorded=every)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert listed.read_text() == "data.train_subset=1000\ndata=cifar10\n"  # bytewise, C's
+
+
 def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
     """JOBS is read in base 10 (bash took 08 for a bad octal number: every run said
     "started" and none ran, exit 0); a refused invocation runs nothing and does not tie
