@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from basisconv.models import build_model, list_models
@@ -148,3 +149,21 @@ def test_convs_start_kaiming_normal_by_fan_out_and_norms_at_one_and_zero():
         assert weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1), name
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_each_stage_downsamples_where_the_published_architecture_does(name):
+    """The architecture test builds its reference from each conv's own stride, so a stride
+    moved within a block (the same parameters, shapes and outputs' size) went unseen: the
+    first block of each later stage downsamples in its first 3x3 conv (He et al.'s CIFAR
+    ResNets, kuangliu's basic blocks), in the bottleneck's 3x3 conv2 for ResNet-50
+    (kuangliu's, torchvision's v1.5), and in its projection shortcut; nothing else does."""
+    model = build_model(name)
+    strided = [n for n, m in model.named_modules()
+               if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert all(model.get_submodule(n).stride == (2, 2) for n in strided)
+    stages = ([2, 3, 4] if hasattr(model, "layer4") else [2, 3])
+    conv = "conv2" if name == "resnet50" else "conv1"
+    shortcut = [".shortcut.0"] if hasattr(model, "layer4") else []  # option A: no conv
+    assert strided == [f"layer{s}.0{part}" for s in stages
+                       for part in (f".{conv}", *shortcut)]
