@@ -318,7 +318,7 @@ def written(file) -> str:
         return file.read().decode(errors="replace")
 
 
-def torchrun_start(repo, folder, *overrides, wrapper=None, epochs=2, images=200):
+def torchrun_start(repo, folder, *overrides, wrapper=None, epochs=2, images=200, flags=()):
     """:func:`torchrun_train` started, not waited for (several can run at once); its output
     goes to temporary files (``.output``: stdout, stderr), which no pipe left unread can
     stop."""
@@ -326,7 +326,8 @@ def torchrun_start(repo, folder, *overrides, wrapper=None, epochs=2, images=200)
               "model=resnet20", "model.width=0.25", "trainer.batch_size=50",
               f"trainer.epochs={epochs}", "trainer.threads=1", "trainer.progress=false",
               "trainer.device=cpu", "logger=none", f"hydra.run.dir={folder}", *overrides]
-    command = [str(repo / "scripts" / "train.py"), *common]  # torchrun runs it with python
+    # torchrun runs it with python; ``flags`` (``-m``) go before the overrides
+    command = [str(repo / "scripts" / "train.py"), *flags, *common]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=2"]
     if wrapper is not None:
@@ -415,3 +416,41 @@ def test_a_synchronized_norm_takes_the_global_batchs_count_from_the_all_reduce(m
     x = torch.randn(4, 3, 5, 5) + 1.0
     torch.testing.assert_close(synced(x), plain(x))
     torch.testing.assert_close(synced[0].running_mean, plain.running_mean)
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_is_refused_in_one_line_before_any_job(tmp_path, repo):
+    """Found in review: ``torchrun ... scripts/train.py -m seed=0,1`` ran its first job, then
+    hung without a word in the second: each job joins the process group anew, under the
+    group name the first job's left in torchrun's store, and a rank that got there first
+    "joined" the stale group while the other waited (until the group's 30-minute timeout)."""
+    sweep = tmp_path / "sweep"
+    process = torchrun_start(repo, tmp_path / "unused", "seed=0,1",
+                             f"hydra.sweep.dir={sweep}", epochs=1, flags=["-m"])
+    try:
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = written(process.output[1])
+    written(process.output[0])
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "a sweep (-m) does not run under torchrun" in errors[0], stderr[-3000:]
+    assert "nothing ran" in errors[0] and process.returncode != 0
+    assert not list(sweep.rglob("run.json"))
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_warning_is_said_once(tmp_path, repo):
+    """Found in review: the other ranks logged at WARNING, so every warning of a run (here
+    a selection that converted no layer) came once per process, in the console and twice
+    in the run's train.log."""
+    result = torchrun_train(repo, tmp_path / "run", "selection=all", "basis.size=0.99",
+                            epochs=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr  # (the console's log lines are on stdout)
+    said = [line for line in output.splitlines() if "converted no layer" in line]
+    assert len(said) == 1, output[-3000:]
+    logged = (tmp_path / "run" / "train.log").read_text()
+    assert logged.count("converted no layer") == 1, logged

@@ -75,6 +75,14 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
             raise
 
     def check_batch(self, batch) -> None:
+        if distributed.launched_processes() > 1:
+            # each job joins the process group anew, under the name its last job's left in
+            # torchrun's store: a rank that got there first "joined" the stale group and the
+            # job hung, silently, until the group's 30-minute timeout (found in review)
+            raise ConfigError("a sweep (-m) does not run under torchrun: its second job hangs "
+                              "joining the processes again; start one torchrun job per run "
+                              "(each with its hydra.run.dir), or run the sweep in one "
+                              "process per job (python, or hydra/launcher=slurm); nothing ran")
         published: dict[str, int] = {}
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))

@@ -218,7 +218,11 @@ class Training:
                               f"under torchrun, or train in one process")
         self.main_process = distributed.is_main_process()
         if not self.main_process:
-            logging.getLogger("basisconv").setLevel(logging.WARNING)
+            # rank 0 says what every rank meets (a resume on another set-up, a selection
+            # that converted no layer): said by each, a warning came N times, and the wait
+            # for the sensitivity cache's lock, which rank 0 holds, as "in use by another
+            # sensitivity estimate" (found in review)
+            logging.getLogger("basisconv").setLevel(logging.ERROR)
 
         # Dense warm-up: the model turns into basis form at the end of epoch
         # `dense_warmup_epochs`, before that epoch's checkpoint, which so already holds it.
