@@ -2347,3 +2347,26 @@ def test_the_accuracy_plot_names_the_settings_that_tell_its_points_apart(tmp_pat
     figures.pyplot().close(drawn[0])
     assert labels == ["m=0.5, basis.frobenius_decay=False", "m=0.5, basis.frobenius_decay=True",
                       "selection.threshold=0.01", "selection.threshold=0.02"]
+
+
+def test_an_accuracy_change_has_its_standard_error_paired_by_seed():
+    """Each seed's basis run against the dense run of that seed: the differences -0.05,
+    -0.04, -0.06 have std 0.01, so a standard error of 0.01 / sqrt(3), though each row's
+    own spread over the seeds is 2 points (a seed's luck, shared by both rows of it,
+    cancels in the pair); NaN with one shared seed, 0 for the baseline; shown in the
+    table as ± beside the change."""
+    from basisconv.analysis.tables import display_table
+
+    dense = [record(seed=s, accuracy=a) for s, a in enumerate((0.90, 0.92, 0.88))]
+    basis = [record("all", 0.5, s, a) for s, a in enumerate((0.85, 0.88, 0.82))]
+    alone = [record("all", 0.25, 0, 0.70), record("all", 0.25, 7, 0.72)]
+    table = compare(runs_frame([(r, "here") for r in dense + basis + alone]))
+    table = table.set_index(["selection", "basis_size"])
+    assert table.loc[("all", 0.5), "accuracy_change"] == pytest.approx(-0.05)
+    assert table.loc[("all", 0.5), "accuracy_change_se"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert table.loc[("none", "-"), "accuracy_change_se"] == 0
+    assert pd.isna(table.loc[("all", 0.25), "accuracy_change_se"])  # seed 0 alone shared
+    shown = display_table(table.reset_index()).set_index("basis size")
+    assert shown.loc["0.5", "vs baseline (points, ± s.e.)"] == "-5.00 ± 0.58"
+    assert shown.loc["-", "vs baseline (points, ± s.e.)"] == "+0.00"
+    assert shown.loc["0.25", "vs baseline (points, ± s.e.)"] == "-19.00"

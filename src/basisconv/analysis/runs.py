@@ -487,10 +487,12 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     images), device and precision:
     ``params_ratio``, ``flops_ratio`` (training FLOPs), ``theory_speedup`` (its inverse),
     ``step_speedup`` (forward+backward time per step), ``epoch_speedup`` (median epoch) and
-    ``accuracy_change`` (NaN where that baseline was not run), and the seeds' spread of the
-    accuracy and the step time (``test_accuracy_std``, ``step_seconds_std``). A run trained
-    more than once at one seed counts once (:func:`distinct_runs`)."""
-    grouped = distinct_runs(runs).assign(
+    ``accuracy_change`` (NaN where that baseline was not run) with its standard error
+    paired by seed (``accuracy_change_se``: :func:`paired_change_se`), and the seeds'
+    spread of the accuracy and the step time (``test_accuracy_std``, ``step_seconds_std``).
+    A run trained more than once at one seed counts once (:func:`distinct_runs`)."""
+    distinct = distinct_runs(runs)
+    grouped = distinct.assign(
         step=lambda r: r["forward_seconds_per_step"] + r["backward_seconds_per_step"]
     ).groupby(ROW_COLUMNS, sort=False)
     table = grouped[METRIC_COLUMNS].mean()
@@ -516,8 +518,33 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
                              + base["backward_seconds_per_step"]) / step
     table["epoch_speedup"] = base["epoch_seconds"] / table["epoch_seconds"]
     table["accuracy_change"] = table["test_accuracy"] - base["test_accuracy"]
+    table["accuracy_change_se"] = paired_change_se(distinct, table, base)
     table["baseline_differs"] = [d if isinstance(d, str) else "" for d in base["differs"]]
     return table
+
+
+def paired_change_se(runs: pd.DataFrame, table: pd.DataFrame, base: pd.DataFrame) -> list[float]:
+    """Row by row of ``table``, the standard error of its accuracy change against its
+    baseline (``base``, :func:`baselines`), paired by seed: each seed's run against the
+    baseline's run of that seed, the sample std of those differences over the root of
+    their number. A seed fixes the batch order and augmentation of both runs, so its luck
+    is shared and cancels in the pair, which the two rows' spreads would count twice. NaN
+    with fewer than two shared seeds, or no baseline; 0 for the baseline itself. A seed
+    counted twice in a row (:func:`distinct_runs`) enters as its mean."""
+    accuracy = runs.groupby([*ROW_COLUMNS, "seed"], sort=False)["test_accuracy"].mean()
+    by_row = {row: group.droplevel(list(range(len(ROW_COLUMNS))))
+              for row, group in accuracy.groupby(level=list(range(len(ROW_COLUMNS))),
+                                                 sort=False)}
+    errors = []
+    for mine, theirs in zip(table[ROW_COLUMNS].itertuples(index=False, name=None),
+                            base[ROW_COLUMNS].itertuples(index=False, name=None)):
+        if theirs not in by_row:  # no baseline (NaN)
+            errors.append(math.nan)
+            continue
+        differences = (by_row[mine] - by_row[theirs]).dropna()
+        errors.append(float(differences.std(ddof=1) / len(differences) ** 0.5)
+                      if len(differences) >= 2 else math.nan)
+    return errors
 
 
 def resumed_note(resumed: dict | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     for r in table.to_dict("records"):
         std = f" ± {100 * r['test_accuracy_std']:.2f}" if r["seeds"] > 1 else ""
         change = "-" if pd.isna(r["accuracy_change"]) else f"{100 * r['accuracy_change']:+.2f}"
+        if not pd.isna(r.get("accuracy_change_se", math.nan)) and r["accuracy_change_se"] > 0:
+            change += f" ± {100 * r['accuracy_change_se']:.2f}"
         rows.append({
             "model": f"{r['model']} x{r['width']:g}",
             "selection": r["selection"],
@@ -38,7 +41,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             **({"settings": r["settings"] or "-"} if shown else {}),
             "seeds": str(r["seeds"]),
             "test accuracy (%)": f"{100 * r['test_accuracy']:.2f}{std}",
-            "vs baseline (points)": change,
+            # ± its standard error paired by seed (not a std, as the accuracy's is)
+            "vs baseline (points, ± s.e.)": change,
             # a mean: random selection converts other layers in each seed
             "basis layers": f"{round(r['basis_layers'], 1):g}",
             "parameters": f"{r['params']:,.0f} ({_pct(r['params_ratio'])})",
