@@ -2370,3 +2370,25 @@ def test_an_accuracy_change_has_its_standard_error_paired_by_seed():
     assert shown.loc["0.5", "vs baseline (points, ± s.e.)"] == "-5.00 ± 0.58"
     assert shown.loc["-", "vs baseline (points, ± s.e.)"] == "+0.00"
     assert shown.loc["0.25", "vs baseline (points, ± s.e.)"] == "-19.00"
+
+
+def test_the_accuracy_plot_names_a_swept_epoch_count_or_training_set(tmp_path, monkeypatch):
+    """Review: the points' labels left out the settings a curve's label names in its own
+    words (trainer.epochs, data.train_subset), which the accuracy plot's labels do not: a
+    sweep over trainer.epochs drew its two points of one size both as "m=0.5"."""
+    from basisconv.analysis import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    runs = []
+    for epochs in (2, 4):
+        for selection in ("none", "all"):
+            rec = record(selection, 0.5)
+            rec["config"]["trainer"]["epochs"] = epochs
+            runs.append(swept(rec, **{"trainer.epochs": epochs}))
+    figures.accuracy_vs_parameters(compare(runs_frame([(r, "a") for r in runs])),
+                                   tmp_path / "a.png", "note")
+    labels = sorted(text.get_text() for text in drawn[0].axes[0].texts)
+    figures.pyplot().close(drawn[0])
+    assert labels == ["m=0.5, trainer.epochs=2", "m=0.5, trainer.epochs=4",
+                      "trainer.epochs=2", "trainer.epochs=4"]  # the dense points too

@@ -582,6 +582,25 @@ def test_a_conv_whose_weight_is_computed_trains_as_its_parameters_do(wrap, no_gr
         assert alone.basis_weight.requires_grad == trainable
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_weight_computed_by_two_stacked_hooks_trains_as_its_parameters_do():
+    """Review: spectral norm, then pruning of its ``weight_orig`` (two of torch's older
+    hooks stacked): ``weight_orig`` is itself computed (``weight_orig_orig * mask``), and
+    after the conversion's refresh under no_grad its own flag said False, so a trainable
+    conv became a frozen basis layer (even converted with grad on). Its sources are
+    followed down to the parameters."""
+    from torch.nn.utils import prune, spectral_norm
+    for trainable in (True, False):
+        torch.manual_seed(0)
+        conv = spectral_norm(nn.Conv2d(16, 32, 3))
+        prune.l1_unstructured(conv, "weight_orig", 0.5)
+        for p in conv.parameters():
+            p.requires_grad_(trainable)
+        layer = apply_basis(nn.Sequential(nn.Conv2d(3, 16, 3), conv), "1", 0.25)[1]
+        assert [layer.basis_weight.requires_grad, layer.coefficients.requires_grad] == \
+            [trainable] * 2, trainable
+
+
 def test_dense_warmup_then_convert():
     """The warm-up half of skip-training: a briefly trained dense model is converted in
     place; at full rank nothing changes, below it the trained weights are approximated."""

@@ -644,7 +644,9 @@ def trains(conv: nn.Conv2d, name: str) -> bool:
             sources = [f"{name}_orig"]
         else:
             continue
-        return any(getattr(conv, source).requires_grad for source in sources)
+        # a source may be computed in its turn (spectral norm, then pruning of its
+        # weight_orig; a parametrized weight_v): followed down to the parameters
+        return any(trains(conv, source) for source in sources)
     return getattr(conv, name).requires_grad
 
 

@@ -166,11 +166,11 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
                     yerr=100 * group["test_accuracy_std"], fmt="o", capsize=3,  # one seed: none
                     label=selection, color=selection_colour(selection))
         # the sizes of "all", and the settings that tell apart rows of one policy and size
-        # (a sweep's: two points of one colour and size read alike without them)
+        # (a sweep's: two points of one colour and size read alike without them); all of
+        # them, epochs and training images too: no word of these labels names those
         for _, r in group.iterrows():
             label = ", ".join(part for part in (
-                f"m={r['basis_size']}" if selection == "all" else "",
-                _settings(r, list(LABELLED_KEYS.values()))) if part)
+                f"m={r['basis_size']}" if selection == "all" else "", _settings(r, [])) if part)
             if label:
                 ax.annotate(label, (r["params"], 100 * r["test_accuracy"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
