@@ -324,7 +324,8 @@ class Training:
         # its first basis step and every N-th after, as without a warm-up (counted from the
         # run's first step, an N above the basis steps left them untrained)
         self.converted_at_step = self.cfg.basis.dense_warmup_epochs * len(self.train_batches)
-        basis = self.cfg.basis  # (None for a model without basis layers: basis_penalty)
+        basis = self.cfg.basis
+        # (None for a model without basis layers, or without a penalty to add)
         self.penalty = basis_penalty(
             self.model, self.cfg.trainer.weight_decay, coefficient_l1=basis.coefficient_l1,
             frobenius_decay=basis.get("frobenius_decay", False))
