@@ -641,14 +641,16 @@ def _two_convs(tied: bool) -> nn.Module:
 @pytest.mark.parametrize("options, tied", [
     ({}, False), ({"coefficient_rank": 2}, False), ({"share_coefficients": True}, False),
     ({}, True)], ids=["plain", "low-rank", "shared", "tied"])
-def test_frobenius_decay_makes_factor_decay_the_computed_weights_decay(options, tied):
+@pytest.mark.parametrize("num_basis", [4, 9], ids=["gram-form", "product-form"])
+def test_frobenius_decay_makes_factor_decay_the_computed_weights_decay(options, tied, num_basis):
     """SGD's decay of every factor (``wd * p``) plus the correction's gradient is the
     gradient of ``wd / 2 * ||W||^2`` over the computed weights, each counted once, as the
-    dense model's decay is over its weights; plain decay of the factors is not."""
+    dense model's decay is over its weights; plain decay of the factors is not. In both
+    forms of ``||A B||^2`` (4 of 12 filters: the Gram matrices'; 9: the product's)."""
     from basisconv.layers import basis_layers, frobenius_decay_correction
     from basisconv.surgery import apply_basis
 
-    model = apply_basis(_two_convs(tied), "all", 4, only_where_saves=False, **options)
+    model = apply_basis(_two_convs(tied), "all", num_basis, only_where_saves=False, **options)
     for layer in basis_layers(model).values():  # coefficients of a conversion's scale
         with torch.no_grad():
             for p in layer.coefficient_parameters():
@@ -666,6 +668,37 @@ def test_frobenius_decay_makes_factor_decay_the_computed_weights_decay(options, 
         got = wd * p + (0 if extra is None else extra)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not all(torch.allclose(wd * p, want) for p, want in zip(factors, target))
+
+
+@pytest.mark.parametrize("num_basis, forward_flops", [
+    (64, 2 * 64 * 64 * (192 + 256 * 9)),    # 1/4: the Gram form, 2.8x fewer than the product
+    (192, 2 * 64 * 192 * 256 * 9)],         # 3/4: the product, 3x fewer than the Gram form
+    ids=["quarter-gram", "three-quarters-product"])
+def test_frobenius_decay_computes_the_cheaper_of_two_equal_forms(num_basis, forward_flops):
+    """``||A B||^2`` as ``<A^T A, B B^T>`` where that costs fewer multiply-adds than the
+    product ``A B`` (a 256-channel 3x3 layer at 1/4: 1/2.8 of the product's), counted by
+    torch's own FLOP counter, forward and backward; the same value either way."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from basisconv.layers import basis_layers, frobenius_decay_correction
+    from basisconv.surgery import apply_basis
+
+    torch.manual_seed(0)
+    model = apply_basis(nn.Sequential(nn.Conv2d(256, 256, 3)), "all", num_basis,
+                        only_where_saves=False)
+    layer = basis_layers(model)["0"]
+    with torch.no_grad():
+        layer.coefficients.normal_()
+    with FlopCounterMode(display=False) as forward:
+        correction = frobenius_decay_correction(model)
+    with FlopCounterMode(display=False) as backward:
+        correction.backward()
+    assert forward.get_total_flops() == forward_flops
+    assert backward.get_total_flops() == 2 * forward_flops
+    basis = layer.basis_weight.detach().flatten(1).double()
+    want = (layer.coefficients.detach().double() @ basis).square().sum()
+    want -= layer.coefficients.detach().double().square().sum()
+    torch.testing.assert_close(correction.double(), want, rtol=1e-5, atol=0)
 
 
 def test_frobenius_decay_on_a_model_without_basis_layers_is_one_clear_error():

@@ -696,8 +696,30 @@ def frobenius_decay_correction(model: nn.Module) -> torch.Tensor:
                 continue
             weights.add(tuple(map(id, factors)))
             basis = layer.basis_weight.flatten(1)
-            total = total + basis.square().sum() + (layer.coefficient_matrix() @ basis).square().sum()
+            total = (total + basis.square().sum()
+                     + squared_norm_of_product(layer.coefficient_matrix(), basis))
         return total - sum(p.square().sum() for p in decayed.values())
+
+
+def product_norm_macs(rows: int, num_basis: int, columns: int) -> tuple[int, int]:
+    """Multiply-adds of ``||A B||^2`` for ``A`` of ``rows x num_basis`` and ``B`` of
+    ``num_basis x columns``: as the product ``A B``, and as ``<A^T A, B B^T>`` (the two
+    Gram matrices). The backward of either costs twice its forward."""
+    return rows * num_basis * columns, num_basis * num_basis * (rows + columns)
+
+
+def squared_norm_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``||a @ b||^2`` (Frobenius), by the cheaper of two equal forms: ``<a^T a, b b^T>``
+    never builds the ``(C_out - m) x C_in k^2`` product, and costs ``m^2 (C_out - m + C_in
+    k^2)`` multiply-adds against the product's ``(C_out - m) m C_in k^2``: about 2.8x
+    fewer for a 256-channel 3x3 layer at basis 1/4, about as many at 1/2, 3x more at 3/4
+    (then the product is taken). Its value can lose relative precision where ``a b`` is
+    far smaller than ``a`` and ``b``; its gradients (``2 a (b b^T)``, ``2 (a^T a) b``)
+    do not, and they are what training uses."""
+    product, gram = product_norm_macs(a.shape[0], a.shape[1], b.shape[1])
+    if gram < product:
+        return (a.T @ a * (b @ b.T)).sum()
+    return (a @ b).square().sum()
 
 
 def coefficient_l1(model: nn.Module) -> torch.Tensor:
