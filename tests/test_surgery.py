@@ -1088,3 +1088,25 @@ def test_a_model_sized_per_layer_loads_into_its_architecture_rebuilt_from_its_re
     rebuilt.load_state_dict(saved["state"])
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(rebuilt(x), small(x), rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_constraint_on_a_converted_weight_is_said_to_stay_behind():
+    """Found in review: a conv whose weight a parametrization or pruning computes was
+    converted without a word, and its basis layer then trained unconstrained (a pruned
+    filter's zeros filled in, a spectral norm's bound no longer held). One warning names
+    each such layer and what constrained it; a plain conv gives none."""
+    from torch.nn.utils import parametrizations, prune, weight_norm
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), parametrizations.spectral_norm(nn.Conv2d(16, 32, 3)),
+                          weight_norm(nn.Conv2d(32, 32, 3)), nn.Conv2d(32, 32, 3))
+    prune.l1_unstructured(model[3], "weight", 0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_basis(model, "all", 0.25)
+    said = [str(w.message) for w in caught if "do not keep" in str(w.message)]
+    assert len(said) == 1
+    assert "'1' (SpectralNorm), '2' (WeightNorm), '3' (L1Unstructured)" in said[0]
+    assert "'0'" not in said[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_basis(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3)), "all", 0.25)

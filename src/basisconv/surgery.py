@@ -247,6 +247,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                                key=keys["coefficient_rank"])
     _warn_of_costly_ranks(targets, sizes, coefficient_rank, keys["coefficient_rank"])
     _warn_of_untied_weights(model, targets)
+    _warn_of_dropped_constraints(targets)
     if not inplace:
         model = copy_model(model, "apply_basis: the model cannot be copied",
                            "convert it with inplace=True, which needs no copy")
@@ -474,6 +475,33 @@ def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> 
             warnings.warn(f"layer {name!r} shares its {' and '.join(kinds)} with {owner!r}, "
                           f"which is converted: the two no longer share it; convert both to "
                           f"keep them tied", stacklevel=3)
+
+
+def _weight_constraints(conv: nn.Conv2d) -> list[str]:
+    """What computes ``conv``'s weight or bias from other tensors: torch's parametrizations
+    (named by their class) and its older weight-recomputing hooks."""
+    found = [p for plist in getattr(conv, "parametrizations", {}).values() for p in plist]
+    found += [h for h in conv._forward_pre_hooks.values() if isinstance(h, WEIGHT_HOOKS)]
+    return list(dict.fromkeys(type(f).__name__.lstrip("_") for f in found))
+
+
+def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
+    """Warn, once for all layers, where a converted conv's weight is computed by a
+    parametrization or pruning: its basis layer is fitted to the weight computed now, but
+    trains its factors as they are, so the constraint (a pruning mask's zeros, a spectral
+    norm's bound, a weight norm's direction and scale) holds no longer, silently."""
+    constrained = {name: kinds for name, conv in targets.items()
+                   if (kinds := _weight_constraints(conv))}
+    if not constrained:
+        return
+    listed = ", ".join(f"{name!r} ({', '.join(kinds)})"
+                       for name, kinds in list(constrained.items())[:4])
+    more = f" and {len(constrained) - 4} more" if len(constrained) > 4 else ""
+    warnings.warn(f"apply_basis: the weights of {listed}{more} are computed by a "
+                  f"parametrization or pruning that their basis layers do not keep: each is "
+                  f"fitted to the weight computed now, and its basis filters and coefficients "
+                  f"then train unconstrained; register the constraint on the basis layers' "
+                  f"parameters if training needs it", stacklevel=3)
 
 
 def _hook_tables(module: nn.Module) -> dict:
