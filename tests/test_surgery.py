@@ -183,6 +183,10 @@ def test_layer_errors_name_the_layer_and_the_valid_range():
         apply_basis(model, "layer9*", 0.5)
     with pytest.raises(ValueError, match=r"'layer1.0.bn1' is a BatchNorm2d, not a convolution"):
         apply_basis(model, "layer1.0.bn1", 0.5)
+    # a container of convs: the pattern for what is inside it (found in review)
+    with pytest.raises(ValueError, match=r"'layer1.0' is a BasicBlock, not a convolution; for "
+                                         r"the convolutions inside it give the pattern 'layer1.0.\*'$"):
+        apply_basis(model, "layer1.0", 0.5)
     with pytest.raises(ValueError, match=r"layer 'conv1'.*num_basis = 0 is out of range: valid is 1\.\.16"):
         apply_basis(model, "all", 0)
     with pytest.raises(ValueError, match=r"layer 'conv1'.*num_basis = 20 is out of range: valid is "

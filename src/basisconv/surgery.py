@@ -144,6 +144,10 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
             if module is not None and entry:
                 conv_kind = isinstance(module, nn.modules.conv._ConvNd)
                 what = "only nn.Conv2d layers convert" if conv_kind else "not a convolution"
+                if any(n.startswith(entry + ".") for n in convs):  # a container of convs
+                    raise ConfigError(f"{given}layer {entry!r} is a {type(module).__name__}, "
+                                      f"{what}; for the convolutions inside it give the "
+                                      f"pattern '{entry}.*'")
                 raise ConfigError(f"{given}layer {entry!r} is a {type(module).__name__}, {what}; "
                                   f"valid names: {valid}")
             # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
