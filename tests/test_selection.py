@@ -381,6 +381,18 @@ def test_pick_layers_takes_a_plain_dict():
     assert chosen == ["b", "d", "f"]
 
 
+def test_a_misspelt_key_of_an_omegaconf_selection_is_refused_as_a_dicts_is(repo):
+    """Found in review: the docs say pick_layers checks an OmegaConf config's keys as a
+    dict's, but only a plain dict's were: configs/selection/base.yaml merged with a
+    misspelt ``cout=3`` chose by the budget rule (5 layers here, not 3), silently."""
+    base = OmegaConf.load(repo / "configs" / "selection" / "base.yaml")
+    given = OmegaConf.merge(base, {"policy": "first_k", "cout": 3, "seed": 0})
+    with pytest.raises(ConfigError, match="selection has no key 'cout': did you mean 'count'"):
+        pick_layers(given, TABLE, DENSE)
+    assert pick_layers(OmegaConf.merge(base, {"policy": "first_k", "count": 3, "seed": 0}),
+                       TABLE, DENSE) == ["a", "b", "c"]
+
+
 def test_count_out_of_range_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"selection.count=7; there are 6 candidate layers"):
         pick_layers(policy("random", count=7), TABLE, DENSE)

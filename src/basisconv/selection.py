@@ -199,6 +199,8 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
                           f"keys, e.g. {{'policy': 'first_k', 'count': 3}}; got {selection!r}")
     if not isinstance(selection, DictConfig):  # a plain mapping (a DictConfig is one too)
         selection = selection_config(selection)
+    else:  # an OmegaConf config a user made (base.yaml merged with a misspelt override)
+        refuse_unknown_keys(selection)
     check_selection(selection)
     missing = {"layer", "position"} - set(getattr(table, "columns", ()))
     if missing:
@@ -263,13 +265,20 @@ def selection_config(selection: Mapping) -> DictConfig:
     """A user's plain mapping as a ``selection`` config: a misspelt key is refused as the
     command line refuses it (else ``cout=1`` would be ignored and the budget rule chosen),
     and numpy numbers (``table.accuracy_drop.median()``) are taken as Python numbers."""
+    refuse_unknown_keys(selection)
+    return OmegaConf.create({key: python_number(value) for key, value in selection.items()})
+
+
+def refuse_unknown_keys(selection: Mapping) -> None:
+    """A key that is not a ``selection`` key is a :class:`ConfigError` naming it (a plain
+    mapping's or an OmegaConf config's alike: else ``cout=1`` was ignored silently and the
+    budget rule chose)."""
     for key in selection:
         if key not in KEYS:
             close = difflib.get_close_matches(str(key), KEYS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"selection has no key {key!r}: {hint}the keys are "
                               f"{', '.join(KEYS)}")
-    return OmegaConf.create({key: python_number(value) for key, value in selection.items()})
 
 
 def python_number(value):

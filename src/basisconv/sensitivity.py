@@ -10,9 +10,10 @@ The estimate, for a model, a basis size and a data config:
    cosine schedule: the *reference*;
 3. for every candidate layer: convert that one layer of a fresh copy to basis form
    (``BasisConv2d.from_conv``, least-squares fit), fine-tune it exactly as the reference
-   (same steps, same batches: common random numbers, so the batch order adds no noise to
-   the comparison), and measure accuracy and loss on a held-out split of the *training*
-   images (the test set is never used to choose layers).
+   (same steps, same batches: common random numbers; they do not cancel the batch order's
+   effect on a drop, whose own noise ``sensitivity.drop_noise_layers`` measures), and
+   measure accuracy and loss on a held-out split of the *training* images (the test set
+   is never used to choose layers).
 
 A layer's sensitivity is its accuracy drop (and loss increase) against the reference
 (the probe that does steps 1-3 is :mod:`basisconv.probe`).
