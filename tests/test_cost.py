@@ -523,3 +523,88 @@ def test_a_fused_norm_layer_that_hooks_keep_unfused_is_counted_unfused(hook):
     cost = model_cost(model, shape)
     assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
                                                          counted["backward_flops"])
+
+
+@pytest.mark.filterwarnings("ignore:combine='fused'")  # no kernel on this CPU: its fallback
+@pytest.mark.parametrize("case", ["only_norm_bias", "skipped_coefficients"])
+def test_a_fused_combination_on_running_statistics_counts_the_matrix_gradient_it_takes(case):
+    """Found in review: with ``combine="fused"`` a folded norm on running statistics
+    (eval mode) combines through the ``folded_combine`` op, whose backward computes the
+    folded matrix's gradient whenever it runs (the kernel's and its fallback's alike), but
+    the cost model counted it only where the coefficients or the norm's weight train: a
+    step that skips the coefficients under a frozen norm weight, or one that trains only
+    the norm's bias, was counted 16,384 FLOPs short here (the 1x1 conv's weight gradient)."""
+    torch.manual_seed(0)
+    model = apply_basis(_NormedHead(), "a", 4, convert=False, fuse_norm=True, combine="fused")
+    model.bn.weight.requires_grad_(False)
+    if case == "only_norm_bias":
+        model.a.requires_grad_(False)
+    else:
+        CoefficientSkipSchedule(model, 2)(1)
+    model.eval()
+    shape = (2, 3, 8, 8)
+    counted = measure_flops(model, shape)
+    cost = model_cost(model, shape)
+    assert counted["backward_flops"] > 0
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+
+
+@pytest.mark.parametrize("coefficient_rank", [None, 1])
+def test_a_full_split_basis_counts_the_weight_gradient_its_empty_coefficients_ask_for(
+        coefficient_rank):
+    """Found in review: a split layer with no combined outputs (``num_basis ==
+    out_channels``) ties its empty coefficients to the basis weight so that they get a
+    gradient (``kernels.torch_ops.split_forward``); with the basis filters frozen and the
+    coefficients trainable the basis conv's weight gradient is then computed all the same,
+    which the cost model left out (here the whole backward, 2*2*36*8*27 FLOPs)."""
+    layer = BasisConv2d(3, 8, 3, 8, combine="split", coefficient_rank=coefficient_rank)
+    layer.basis_weight.requires_grad_(False)
+    counted = measure_flops(layer, (2, 3, 8, 8))
+    cost = model_cost(layer, (2, 3, 8, 8))
+    assert counted["backward_flops"] == 2 * 2 * 36 * 8 * 27
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+
+
+@pytest.mark.parametrize("basis", [False, True])
+def test_layers_a_forward_runs_without_gradients_have_no_backward(basis):
+    """Found in review: a layer the model's forward calls under ``torch.no_grad()`` (a
+    frozen feature extractor in front of a trained head, a common fine-tuning recipe)
+    was counted with its weight gradients, which autograd never computes: 104,832 backward
+    FLOPs here where FlopCounterMode counts the head's 4,096."""
+    import torch.nn as nn
+
+    class FrozenFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            last = BasisConv2d(8, 16, 3, 4) if basis else nn.Conv2d(8, 16, 3)
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), last)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            with torch.no_grad():
+                features = self.features(x)
+            return self.head(features)
+
+    torch.manual_seed(0)
+    model = FrozenFeatures()
+    shape = (2, 3, 8, 8)
+    counted = measure_flops(model, shape)
+    cost = model_cost(model, shape)
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+    assert [c.backward_flops for c in cost.layers][:2] == [0, 0]
+
+
+def test_a_shared_matrix_that_one_layer_uses_unpruned_is_counted_whole():
+    """Found in review: of two layers sharing one coefficient matrix, one pruned and the
+    other not, the model's count left out the entries the first pruned, which the second
+    still computes with (672 of the 768 here)."""
+    model = apply_basis(small(), ["layer3.0.conv2", "layer3.1.conv1"], 0.25, convert=False,
+                        share_coefficients=True)
+    whole = count_parameters(model)
+    assert whole == sum(p.numel() for p in model.parameters())
+    model.layer3[0].conv2.prune_coefficients(2)
+    assert count_parameters(model) == whole
+    assert model_cost(model).params == whole

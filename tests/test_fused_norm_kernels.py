@@ -798,6 +798,35 @@ def test_the_cost_model_counts_the_kernels_backward_as_it_runs(frozen, kernel_ru
                                                          counted["backward_flops"])
 
 
+def test_the_cost_model_counts_the_kernels_matrix_gradient_on_running_statistics(kernel_runs):
+    """Found in review: on running statistics (eval mode) the combination's backward
+    kernel computes the folded matrix's gradient whenever it runs, which the cost model
+    counted only where the coefficients or the norm's weight train (here only the norm's
+    bias does: a 1x1 conv's weight gradient short)."""
+    from basisconv.cost import measure_flops, model_cost
+
+    torch.manual_seed(0)
+    conv = BasisConv2d(3, 8, 3, 4, padding=1, combine="fused", fuse_norm=True)
+    conv.requires_grad_(False)
+    norm = nn.BatchNorm2d(8)
+    norm.weight.requires_grad_(False)
+
+    class ConvNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = conv, norm
+
+        def forward(self, x):
+            return conv_norm_act(self.conv, self.norm, x, relu=True)
+
+    model = ConvNorm().eval()
+    counted = measure_flops(model, (2, 3, 8, 8))
+    cost = model_cost(model, (2, 3, 8, 8))
+    assert "combine_backward" in kernel_runs
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+
+
 @pytest.mark.device
 @pytest.mark.parametrize("momentum, track", [(None, True), (0.5, True), (0.1, False)],
                          ids=["cumulative", "momentum-0.5", "untracked"])

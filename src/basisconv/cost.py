@@ -21,7 +21,9 @@ with output ``H' x W'`` at batch ``B``, ``K = C_in*kh*kw`` and ``m`` basis filte
   1x1 conv and ``A^T diag(.) A``), and the folded matrix's gradient is computed whenever
   anything of the layer needs a gradient (the statistics need it), with ``A Cov_b`` again
   (``2*C_out*m*m``: the backward recomputes it rather than keep it); with running
-  statistics it is computed only when the coefficients or the norm's weight train.
+  statistics it is computed only when the coefficients or the norm's weight train, except
+  with ``combine="fused"``, whose combination op's backward computes it whenever anything
+  of the layer needs a gradient.
 
 Backward is stated as two parts: ``grad_input`` (activation gradients: for a basis layer
 the combination's gradient w.r.t. the basis maps and the basis conv's gradient w.r.t. the
@@ -221,9 +223,15 @@ def basis_conv2d_cost(in_channels: int, out_channels: int, kernel_size, num_basi
         in_channels, out_channels, kernel_size, m, counted_combine(combine, fused_norm))
     basis, combination = 2 * pixels * basis_px, 2 * pixels * combination_px
     factor_product = 2 * n_comb * coefficient_rank * m if coefficient_rank else 0
+    if counted_combine(combine, fused_norm) == "split" and not n_comb and coefficient_grad:
+        # no combined outputs: the split form ties the empty coefficients to the basis
+        # weight (kernels.torch_ops.split_forward), whose gradient is then computed
+        basis_grad = True
     maps_grad = input_grad or basis_grad  # the basis maps need a gradient
     moments = 2 * (pixels + out_channels) * m * m if fused_norm == "batch" else 0
-    if fused_norm == "batch":  # the statistics' backward takes the folded matrix's gradient
+    if fused_norm == "batch" or (fused_norm == "running" and combine == "fused"):
+        # the statistics' backward takes the folded matrix's gradient, and so does the
+        # fused combination's backward op (kernels.triton_combine) whenever it runs
         combination_grad = maps_grad or coefficient_grad or norm_grad or bias_grad
     else:  # a bias (folded or not) does not scale the matrix
         combination_grad = coefficient_grad or (norm_grad and fused_norm == "running")
@@ -297,13 +305,18 @@ def count_parameters(model: nn.Module) -> int:
     coefficients), pruned coefficients not."""
     total = sum(p.numel() for p in model.parameters())
     alive: dict[int, torch.Tensor] = {}
+    whole: set[int] = set()  # matrices a layer uses unpruned (shared with a pruned one)
     for layer in (m for m in model.modules() if isinstance(m, BasisConv2d)):
-        if layer.coefficient_mask is None:
+        if layer.coefficient_rank is not None:  # (low-rank factors are never pruned)
             continue
         key = id(layer.coefficients)
+        if layer.coefficient_mask is None:
+            whole.add(key)
+            continue
         mask = layer.coefficient_mask != 0
         alive[key] = mask if key not in alive else alive[key] | mask
-    return total - sum(int(mask.numel() - mask.sum()) for mask in alive.values())
+    return total - sum(int(mask.numel() - mask.sum()) for key, mask in alive.items()
+                       if key not in whole)
 
 
 def _no_op(*args, **kwargs) -> None:
@@ -316,7 +329,10 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
 
     Output sizes and which activations need a gradient come from a forward of a copy of the
     model on the ``meta`` device (no memory, no compute). ``input_requires_grad=False`` is
-    the training case: nobody needs the gradient w.r.t. the images.
+    the training case: nobody needs the gradient w.r.t. the images. A layer the forward
+    calls under ``torch.no_grad()`` (a frozen feature extractor) has no backward; one whose
+    output reaches the loss only through ``.detach()`` is still counted with its gradients
+    (the dry run makes no backward): count such a model with :func:`measure_flops`.
 
     Only ``Conv2d``, ``BasisConv2d`` and ``Linear`` modules are counted: where the forward
     computes more convolution or matrix-product FLOPs than those (a functional
@@ -361,9 +377,12 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
         if isinstance(module, (nn.Conv2d, BasisConv2d, nn.Linear)):
             def hook(mod, inputs, kwargs, output, name=name):
                 x = inputs[0]
-                costs.append(layer_cost(mod, x.shape, output.shape, input_grad=x.requires_grad,
-                                        name=name, active_coefficients=active.get(name),
-                                        norm=kwargs.get("norm")))
+                cost = layer_cost(mod, x.shape, output.shape, input_grad=x.requires_grad,
+                                  name=name, active_coefficients=active.get(name),
+                                  norm=kwargs.get("norm"))
+                if not torch.is_grad_enabled():  # called under no_grad: autograd records
+                    cost = replace(cost, grad_input_flops=0, grad_weight_flops=0)  # nothing
+                costs.append(cost)
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.Bilinear)):
             warnings.warn(f"model_cost: layer {name!r} ({type(module).__name__}) is not counted",
