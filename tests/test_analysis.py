@@ -73,6 +73,18 @@ def write_runs(root, records):
         (folder / "run.json").write_text(json.dumps(rec))
 
 
+def test_a_skip_training_run_counts_its_mean_step_not_one_that_trains_everything():
+    """Found in review: with ``basis.coefficient_update_every=N`` the comparison's training
+    FLOPs and theoretical speedup took the backward of a step that trains the
+    coefficients, while the measured step time is mostly of steps that skip them; the run
+    records the mean over the cycle (``mean_backward_flops``), which the row now takes."""
+    skipping = record("all", 0.5, 0, 0.80, 500, 50)
+    skipping["model"].update(coefficient_update_every=4, skipped_step_backward_flops=70,
+                             mean_backward_flops=78)
+    assert run_row(skipping, "x")["backward_flops"] == 78
+    assert run_row(record("all", 0.5, 0, 0.80, 500, 50), "x")["backward_flops"] == 100
+
+
 def test_comparison_averages_seeds_and_compares_with_the_baseline():
     table = compare(runs_frame([(r, "here") for r in RECORDS])).set_index(["selection", "basis_size"])
     base, half = table.loc[("none", "-")], table.loc[("all", 0.5)]
