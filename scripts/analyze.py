@@ -17,7 +17,20 @@ import hydra
 from omegaconf import DictConfig
 
 from basisconv.analysis.report import write_report
-from basisconv.cli import exit_on_user_error
+from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.errors import ConfigError
+
+
+def refuse_sweep(cfg: DictConfig) -> None:
+    """A sweep (``-m``) of the analysis made ``multirun/<date>/<time>/`` (it writes nothing
+    of Hydra's own otherwise), each job's tables named the sweep's command line as the one
+    that made them, and a failed job was summed up as a training job's (its train.log, a
+    folder whose finished jobs are skipped): refused before any job runs."""
+    raise ConfigError("scripts/analyze.py takes no -m: run it once for each profile (or "
+                      "runs_dir and out_dir) whose tables you want")
+
+
+check_sweep_jobs(refuse_sweep)
 
 
 @hydra.main(version_base="1.3", config_path="../configs/analysis", config_name="analyze")

@@ -49,6 +49,24 @@ if [ -n "${JOBS:-}" ]; then  # (checked before anything slow; empty: the default
   # in base 10: bash reads 08 as a bad octal number, and 00 as 0
   [ $((10#$JOBS)) -ge 1 ] || refuse_jobs
 fi
+# (found in review: SEEDS="0,1", a sweep's commas, or SENSITIVITY_WORKERS=0 passed, and
+# every training run, or the estimate and the search, failed only after the others ran)
+for seed in ${SEEDS:-}; do
+  case $seed in ''|*[!0-9]*)
+    echo "SEEDS=$SEEDS: give seeds as whole numbers >= 0 separated by spaces, e.g." \
+         "SEEDS=\"0 1 2\"" >&2
+    exit 2;;
+  esac
+done
+if [ -n "${SENSITIVITY_WORKERS:-}" ]; then
+  workers=0
+  case $SENSITIVITY_WORKERS in *[!0-9]*) ;; *) workers=$((10#$SENSITIVITY_WORKERS));; esac
+  if [ "$workers" -lt 1 ]; then
+    echo "SENSITIVITY_WORKERS=$SENSITIVITY_WORKERS: use a number of fine-tunes at once >= 1" >&2
+    exit 2
+  fi
+  SENSITIVITY_WORKERS=$workers  # (in base 10, as JOBS)
+fi
 OUT=${OUTPUTS:-outputs}/$PROFILE
 RESULTS=${RESULTS_DIR:-results}/$PROFILE
 case $PROFILE in

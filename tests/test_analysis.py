@@ -1453,6 +1453,26 @@ def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, 
     assert done.stdout.startswith(f"wrote {len(index['files']) + 1} files to {tmp_path / 'out'}/")
 
 
+def test_the_analyze_script_refuses_a_sweep_in_one_line_leaving_no_folder(tmp_path, repo):
+    """Found in review: ``analyze.py -m profile=quick,smoke`` made ``multirun/<date>/<time>/``
+    (the analysis writes nothing of Hydra's own otherwise), rewrote the quick tables as made
+    by the sweep's command line, and its failed job was summed up as "also in its
+    train.log" (the analysis has none) with a sweep folder to run again in, whose finished
+    jobs "are skipped" (none is: each job makes its tables anew)."""
+    import subprocess
+    import sys
+
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "analyze.py"), "-m",
+                           "profile=test,other", f"runs_dir={tmp_path / 'runs'}",
+                           f"out_dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "scripts/analyze.py takes no -m" in done.stderr and "nothing ran" in done.stderr
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").iterdir())
+
+
 def test_a_plot_cut_off_while_written_leaves_the_previous_png(tmp_path, monkeypatch):
     """Plots are written as run records are (through a temporary file): a kill before the
     new bytes are on disk leaves the previous PNG whole for a reader, the notebook."""

@@ -1064,3 +1064,39 @@ def test_the_packages_own_name_for_the_basis_size_points_to_its_key(compose_cfg,
         "error: basis.num_basis is not a config key (did you mean basis.size?)"), done.stderr
     with pytest.raises(ConfigError, match=r"^basis.num_basis \(did you mean basis.size\?\)"):
         validate(compose_cfg("+basis.num_basis=8"))
+
+
+@pytest.mark.parametrize("override, last", [("model=[resnet8,resnet20]", "resnet20"),
+                                            ("selection=[all,none]", "none")])
+def test_a_config_group_given_a_list_of_its_configs_is_one_line_not_their_merge(
+        tmp_path, repo, override, last):
+    """Found in review: Hydra merges the configs a list names into one, each over the one
+    before, so ``model=[resnet8,resnet20]`` (meant as a sweep of two models) trained
+    ResNet-20 alone and ``selection=[all,none]`` the dense model, neither saying so."""
+    group, _, options = override.partition("=")
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           "logger=none", override, f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {override}: {group} is a config group and takes "
+                                  f"one of its configs"), done.stderr
+    assert f"-m {group}={options.strip('[]')}" in done.stderr and f"{group}={last}" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(tmp_path, repo):
+    """Found in review: the command line's own checks (``hydra.job.chdir=true``, a group
+    given a list of its configs) ran in each job of a sweep, not in the check of every job
+    before the first: each job failed alone, the sweep's folder was left with a folder per
+    job, and its summary said "the other jobs ran" and to run the sweep again in that
+    folder."""
+    for override in ("hydra.job.chdir=true", "selection=[all,none]"):
+        sweep = tmp_path / override.partition("=")[0]
+        done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
+                               "profile=smoke", "logger=none", "seed=0,1", override,
+                               f"hydra.sweep.dir={sweep}"], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("error: the sweep job "), done.stderr
+        assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr

@@ -178,6 +178,17 @@ def test_a_run_in_its_own_folder_is_refused(tmp_path, repo):
     check_overrides("smoke", ["hydra.job.chdir=false"])
 
 
+def test_overrides_that_give_a_group_a_list_of_its_configs_are_refused(capsys):
+    """Found in review: reproduce.sh's OVERRIDES="basis=[scratch,warmup]" passed its check
+    and every run trained the merge of the two configs (the last one's values), silently."""
+    from basisconv.reproduce import check_overrides
+
+    with pytest.raises(SystemExit):
+        check_overrides("smoke", ["basis=[scratch,warmup]"])
+    assert capsys.readouterr().err.startswith(
+        "error: OVERRIDES: basis=[scratch,warmup]: basis is a config group and takes one")
+
+
 def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo):
     # each job's folder is named by its own overrides, not its number: the job
     # selection.count=2 is #0 of the first sweep and #1 of the second, and is found again
@@ -945,3 +956,31 @@ def test_a_source_checkpoint_that_is_not_one_says_where_to_point_it(tmp_path):
     with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint=.* is damaged \(its "
                                           rf"sha256 does not match checkpoint.pt.sha256\); {fix}"):
         load_source_weights(model, str(run / "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("script, held, message", [
+    ("sensitivity.py", "training", "holds the record (run.json) of a training run, which the "
+                                   "sensitivity estimate would overwrite"),
+    ("exhaustive_search.py", "sensitivity", "holds the record (run.json) of a sensitivity "
+                                            "estimate, which the exhaustive search would "
+                                            "overwrite"),
+])
+def test_a_folder_that_holds_another_kind_of_run_is_refused_not_overwritten(
+        tmp_path, repo, script, held, message):
+    """Found in review: ``scripts/sensitivity.py hydra.run.dir=<a finished training run's
+    folder>`` (say, beside the baseline it fine-tunes from) replaced that run's run.json, the
+    record the analysis reads, with its own, silently (the exhaustive search the estimate's
+    likewise); train.py refuses a folder whose record another config wrote."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    record = json.dumps({"kind": held, "status": "complete", "config": {"name": "other"}})
+    (folder / "run.json").write_text(record)
+    done = subprocess.run([sys.executable, str(repo / "scripts" / script), "profile=smoke",
+                           "logger=none", "model=resnet8", "sensitivity.search_subset_size=1",
+                           f"sensitivity.cache_dir={tmp_path / 'cache'}",
+                           f"hydra.run.dir={folder}"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {folder} {message}; give it a folder of its own"), \
+        done.stderr
+    assert (folder / "run.json").read_text() == record and not (tmp_path / "cache").exists()

@@ -470,6 +470,27 @@ def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
     assert result.stdout.count(": done") == len(ROWS) + 2  # with sensitivity and search
 
 
+@pytest.mark.parametrize("variable, value, line", [
+    # found in review: a Hydra sweep's commas (SEEDS="0,1") passed; the sensitivity estimate
+    # and the search ran (hours on the paper profile), then every training run failed on
+    # Hydra's "Ambiguous value for argument 'seed=0,1'", which said to add --multirun
+    ("SEEDS", "0,1", "SEEDS=0,1: give seeds as whole numbers >= 0 separated by spaces, "
+                     "e.g. SEEDS=\"0 1 2\""),
+    ("SEEDS", "1 x", "SEEDS=1 x: give seeds as whole numbers >= 0 separated by spaces, "
+                     "e.g. SEEDS=\"0 1 2\""),
+    # the estimate and the search failed alone on sensitivity.workers=0, after the rows
+    # that need no table had trained
+    ("SENSITIVITY_WORKERS", "0", "SENSITIVITY_WORKERS=0: use a number of fine-tunes at "
+                                 "once >= 1"),
+])
+def test_seeds_and_workers_are_checked_before_anything_runs(repo, tmp_path, variable, value,
+                                                            line):
+    result, started, runs = fake_protocol(repo, tmp_path, **{variable: value})
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr.strip() == line
+    assert not (runs.parent / "sessions").exists()
+
+
 def test_the_keys_the_protocol_lets_change_are_those_a_resume_accepts(repo):
     """Found in review: the README said reproduce.sh lets trainer.checkpoint change between
     sessions, as a resume does (checkpoint.RESUMABLE_CHANGES), but the script refused it."""

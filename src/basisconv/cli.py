@@ -19,6 +19,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -29,7 +30,8 @@ from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
 from .hydra_errors import (added_group_line, group_value_override, hydra_error_line,
-                           interpolation_error_line, malformed_override, typed_overrides)
+                           interpolation_error_line, listed_group_line, malformed_override,
+                           typed_overrides)
 from .records import LOCK, folder_lock, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
 from .selection import KEYS as SELECTION_KEYS, POLICIES, SENSITIVITY_POLICIES, keys_read
@@ -92,6 +94,13 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                     raise ConfigError(f"its preset sweeps {' '.join(unswept)} (hydra.sweeper."
                                       f"params), which a job of another sweep runs once; run "
                                       f"that preset in a sweep of its own")
+                # what each job checks as it starts (exit_on_user_error), here before any
+                # job runs: else every job failed alone, each leaving its folder
+                loader = self.hydra_context.config_loader
+                check_one_config_per_group(
+                    list(overrides), lambda group: bool(loader.get_group_options(group)))
+                check_added_groups_chosen(list(overrides), cfg.hydra.runtime.choices)
+                check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
                 check(cfg)
             except (BasisconvError, InterpolationResolutionError) as err:
                 said = (interpolation_error_line(err)
@@ -144,21 +153,40 @@ def unswept_params(params: Any, overrides: list[str]) -> list[str]:
     return [f"{key}={values}" for key, values in (params or {}).items() if key not in given]
 
 
-def check_added_groups_chosen() -> None:
+def check_added_groups_chosen(overrides: list[str] | None = None,
+                              choices: Any = None) -> None:
     """``+group=option`` for a group the config chooses already is refused by Hydra
     (:func:`~basisconv.hydra_errors.added_group_line`), except where the config overrides
     that group itself: ``scripts/sensitivity.py +selection=random`` ran the
     ``sensitivity_budget`` policy its config sets, silently. A :class:`ConfigError` naming
     ``group=option`` when the choice made is not the one given."""
-    if not HydraConfig.initialized():  # (the benchmarks)
-        return
-    choices = HydraConfig.get().runtime.choices
-    for override in typed_overrides():
+    if overrides is None:  # this job's (else a sweep job's, checked before the sweep)
+        if not HydraConfig.initialized():  # (the benchmarks)
+            return
+        overrides, choices = typed_overrides(), HydraConfig.get().runtime.choices
+    for override in overrides:
         key, _, option = override.partition("=")
         group, option = key[1:], option.strip("'\"")
         if (key.startswith("+") and not key.startswith("++") and group in choices
                 and not option.startswith("[") and str(choices[group]) != option):
             raise ConfigError(added_group_line(group, option))
+
+
+def check_one_config_per_group(overrides: list[str] | None = None,
+                               is_group: Callable[[str], bool] | None = None) -> None:
+    """A config group given a list of its configs (``model=[resnet8,resnet20]``, meant as a
+    sweep): Hydra merges them into one config, the last one's values winning, so the run
+    trained ResNet-20 alone, silently. A :class:`ConfigError` naming the sweep to write
+    (:func:`~basisconv.hydra_errors.listed_group_line`)."""
+    if overrides is None:  # this job's (else a sweep job's, checked before the sweep)
+        if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
+            return  # (the benchmarks; a job in a launcher's own process)
+        loader = GlobalHydra.instance().config_loader()
+        overrides = typed_overrides()
+        is_group = lambda group: bool(loader.get_group_options(group))  # noqa: E731
+    line = listed_group_line(overrides, is_group)
+    if line is not None:
+        raise ConfigError(line)
 
 
 def check_not_an_unswept_sweep() -> None:
@@ -447,6 +475,7 @@ def exit_on_user_error(fn: F) -> F:
             with sigterm_stops():
                 try:
                     check_not_an_unswept_sweep()
+                    check_one_config_per_group()
                     check_added_groups_chosen()
                     if HydraConfig.initialized():
                         check_runs_where_started(HydraConfig.get().job.chdir)

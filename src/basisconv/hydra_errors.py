@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException, OverrideParseException
@@ -121,6 +121,30 @@ def added_group_line(group: str, option: str) -> str:
     ``override group: option``; on the command line the choice is ``group=option``."""
     return (f"+{group}={option}: {group} is in the config's defaults list already, so the "
             f"+ (add) does not apply; choose it with {group}={option}, without the +")
+
+
+def listed_group_line(overrides: list[str], is_group: Callable[[str], bool]) -> str | None:
+    """One line for a config group given a list of its configs (``model=[resnet8,resnet20]``,
+    meant as a sweep), or None: Hydra merges the configs a list names into one, each over
+    the one before, so the run silently took the last one's values (``is_group``: whether a
+    key names a config group of the app; ``profile`` is a plain key of the analysis
+    config)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - (Hydra says what it cannot parse itself)
+        return None
+    for override in parsed:
+        value = override.value()
+        if (isinstance(value, list) and len(value) > 1 and not override.is_delete()
+                and is_group(override.key_or_group)):
+            group, options = override.key_or_group, ",".join(map(str, value))
+            return (f"{override.input_line}: {group} is a config group and takes one of its "
+                    f"configs; a list merges them into one, the last one's values winning "
+                    f"({group}={value[-1]} here): to run each, sweep them with -m "
+                    f"{group}={options}; for one run, give one, e.g. {group}={value[-1]}")
+    return None
 
 
 #: The project's Hydra configs (a source checkout's ``configs/``, as the scripts use).

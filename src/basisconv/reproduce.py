@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-from .cli import check_runs_where_started
+from .cli import check_one_config_per_group, check_runs_where_started
 from .config import validate
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
@@ -48,6 +49,13 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
     when every run is already recorded (tables and the speed benchmark need no dataset)."""
     missing = None
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        try:  # (a group given a list of its configs: their merge, silently, in every run)
+            check_one_config_per_group(overrides,
+                                       lambda group: bool(loader.get_group_options(group)))
+        except BasisconvError as err:
+            print(f"error: OVERRIDES: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
         for script, row in PROTOCOL_RUNS:
             config = "train" if script == "train" else "sensitivity"  # the scripts' configs
             try:

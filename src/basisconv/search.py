@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .errors import ConfigError
 from .probe import Probe, difference_std, evaluate_many
-from .records import RunRecord, folder_lock, publish, write_record, write_text_atomic
+from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
+                      write_text_atomic)
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import (cache_dir, candidate_table, say_the_work_is_kept,
                           sensitivity_table)
@@ -55,6 +56,7 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     output_dir = Path(output_dir)
     with say_the_work_is_kept(cfg, "the exhaustive search"):
         with folder_lock(output_dir, what="exhaustive search"), loop.settings_restored():
+            refuse_other_kind(output_dir, "exhaustive_search", "the exhaustive search")
             return _exhaustive_search(cfg, output_dir)
 
 

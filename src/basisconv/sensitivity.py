@@ -44,8 +44,8 @@ from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
 from .records import (RunRecord, commit_name, file_digest, folder_lock, git_commit, json_digest,
-                      provenance, publish, read_record, write_bytes_atomic, write_json_atomic,
-                      write_record)
+                      provenance, publish, read_record, refuse_other_kind, write_bytes_atomic,
+                      write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
                         dense_totals, fixed_candidates, fixed_layers, layer_savings, metric_drops,
                         pick_layers)
@@ -502,6 +502,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     output_dir = Path(output_dir)
     with say_the_work_is_kept(cfg, "the sensitivity estimate"):
         with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
+            refuse_other_kind(output_dir, "sensitivity", "the sensitivity estimate")
             # in the run's threads, which its record then names (else it names the process's
             # default, not the threads a time budget's layers were timed on)
             loop.use_threads(cfg.trainer)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..counts import is_int, is_number
-from ..errors import PublishError
+from ..errors import ConfigError, PublishError
 from .files import write_json_atomic
 from .origin import provenance
 
@@ -70,6 +70,28 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object")
     return RunRecord.from_dict(data).as_dict()
+
+
+#: How a refusal names the producer of a record of each kind.
+KIND_WORDS = {"training": "a training run", "sensitivity": "a sensitivity estimate",
+              "exhaustive_search": "an exhaustive search", "benchmark": "a benchmark",
+              "gpu_check": "a GPU machine check"}
+
+
+def refuse_other_kind(folder: str | os.PathLike, kind: str, what: str) -> None:
+    """A :class:`ConfigError` when ``folder``'s record (``run.json``) is
+    another producer's than ``kind``, which ``what`` (this run, e.g. "the sensitivity
+    estimate") would overwrite: ``scripts/sensitivity.py hydra.run.dir=<a training run's
+    folder>`` replaced that run's record, the one the analysis reads, silently. An
+    unreadable or missing record is left to the run (it writes its own)."""
+    try:
+        found = read_record(Path(folder) / RECORD)["kind"]
+    except (OSError, ValueError):
+        return
+    if found != kind:
+        raise ConfigError(f"{folder} holds the record ({RECORD}) of "
+                          f"{KIND_WORDS.get(found, found)}, which {what} would overwrite; give "
+                          f"it a folder of its own (hydra.run.dir=..., or none for the default)")
 
 
 #: What analysis reads of a record of each kind (``basisconv.analysis``), as dotted paths:
