@@ -491,7 +491,7 @@ def _weight_constraints(conv: nn.Conv2d) -> list[str]:
 
 def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
     """Warn, once for all layers, where a converted conv's weight is computed by a
-    parametrization or pruning: its basis layer is fitted to the weight computed now, but
+    parametrization or pruning: its basis layer starts from the weight computed now, but
     trains its factors as they are, so the constraint (a pruning mask's zeros, a spectral
     norm's bound, a weight norm's direction and scale) holds no longer, silently."""
     constrained = {name: kinds for name, conv in targets.items()
@@ -502,9 +502,9 @@ def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
                        for name, kinds in list(constrained.items())[:4])
     more = f" and {len(constrained) - 4} more" if len(constrained) > 4 else ""
     warnings.warn(f"apply_basis: the weights of {listed}{more} are computed by a "
-                  f"parametrization or pruning that their basis layers do not keep: each is "
-                  f"fitted to the weight computed now, and its basis filters and coefficients "
-                  f"then train unconstrained; register the constraint on the basis layers' "
+                  f"parametrization or pruning that their basis layers do not keep: each starts "
+                  f"from the weight computed now (fitted to it, or from scratch at its scale), "
+                  f"and its basis filters and coefficients then train unconstrained; register the constraint on the basis layers' "
                   f"parameters if training needs it", stacklevel=3)
 
 
