@@ -890,6 +890,15 @@ def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp
                                           r"a published sensitivity record"):
         sensitivity.sensitivity_table(compose_sensitivity(
             repo, tmp_path / "cache-e", f"sensitivity.restore_from={table_file}"))
+    # another producer's record (a training run's run.json): said at INFO as "for other
+    # settings", and the table estimated (found in review); now one line pointing at one
+    training = tmp_path / "run.json"
+    training.write_text(json.dumps({**data, "kind": "training"}))
+    with pytest.raises(ConfigError, match=rf"^sensitivity.restore_from={training} is the record "
+                                          rf"of a training run, not a sensitivity estimate; "
+                                          rf"point sensitivity.restore_from at a published"):
+        sensitivity.sensitivity_table(compose_sensitivity(
+            repo, tmp_path / "cache-f", f"sensitivity.restore_from={training}"))
 
 
 def test_a_published_table_of_the_same_key_replaces_another_machines_own(repo, tmp_path,

@@ -43,9 +43,9 @@ from . import distributed, loop, progress
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
-from .records import (RunRecord, commit_name, file_digest, folder_lock, git_commit, json_digest,
-                      provenance, publish, read_record, refuse_other_kind, write_bytes_atomic,
-                      write_json_atomic, write_record)
+from .records import (KIND_WORDS, RunRecord, commit_name, file_digest, folder_lock, git_commit,
+                      json_digest, provenance, publish, read_record, refuse_other_kind,
+                      write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
                         dense_totals, fixed_candidates, fixed_layers, layer_savings, metric_drops,
                         pick_layers)
@@ -348,6 +348,8 @@ def restore_published(cfg: DictConfig, estimating: bool = True
                         "path)", path)
         return None
     fix = f"delete {path} (the table is then estimated again)"
+    point = ("point sensitivity.restore_from at a published sensitivity record "
+             "(<results>/runs/sensitivity.json, written by scripts/sensitivity.py publish=...)")
     try:
         published = read_record(path)
         cache = published.get("cache")
@@ -356,10 +358,12 @@ def restore_published(cfg: DictConfig, estimating: bool = True
         # not "delete" alone: the path may name another file (the run's own sensitivity.csv,
         # or the README)
         raise ConfigError(f"the published sensitivity record {path} is unreadable "
-                          f"({one_line(err)}); point sensitivity.restore_from at a published "
-                          f"sensitivity record (<results>/runs/sensitivity.json, written by "
-                          f"scripts/sensitivity.py publish=...), or, if it is one that is "
+                          f"({one_line(err)}); {point}, or, if it is one that is "
                           f"damaged, {fix}") from None
+    if published.get("kind") != "sensitivity":  # (a training run's run.json: said at INFO
+        kind = published.get("kind")             # as "for other settings", found in review)
+        raise ConfigError(f"sensitivity.restore_from={path} is the record of "
+                          f"{KIND_WORDS.get(kind, kind)}, not a sensitivity estimate; {point}")
     if not cache or cache.get("key") != cache_key(cfg):
         log.info("sensitivity: %s is for other settings (key %s, not %s); not restoring it",
                  path, (cache or {}).get("key"), cache_key(cfg))
