@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=d.device)
     parser.add_argument("--basis-size", type=float, default=None,
                         help="every conv where it saves compute in basis form, this size")
+    parser.add_argument("--layers", default=d.layers,
+                        help="with --basis-size, only these convs (comma-separated names and "
+                             "patterns, e.g. 'layer3.*,layer4.*', or the basis_layers of a "
+                             "run's record); default all")
     parser.add_argument("--combine", choices=list(COMBINE_MODES), default=d.combine,
                         help="the basis layers' form")
     parser.add_argument("--fuse-norm", action="store_true",

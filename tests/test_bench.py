@@ -136,6 +136,13 @@ def test_runs_at_other_thread_counts_write_files_of_their_own():
     assert ThroughputOptions().tag == ""
     # a step with the Frobenius correction is a file of its own, not the plain step's
     assert ThroughputOptions(basis_size=0.5, frobenius_decay=True).tag == "-basis0.5-frobenius"
+    # a chosen layer set is a file of its own, named by a digest of the list
+    chosen = ThroughputOptions(basis_size=0.5, layers="layer3.*,layer4.*").tag
+    assert chosen.startswith("-basis0.5-layers") and len(chosen) == len("-basis0.5-layers") + 8
+    assert chosen != ThroughputOptions(basis_size=0.5, layers="layer4.*").tag
+    assert ThroughputOptions(layers="layer4.*").invalid_flag() == (
+        "--layers layer4.* applies to basis layers, and the model is dense: add --basis-size "
+        "(e.g. 0.25), or drop --layers")
 
 
 def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
@@ -1078,3 +1085,21 @@ def test_training_benchmark_adds_the_frobenius_correction_to_each_step(monkeypat
     assert measure(ThroughputOptions(**options))["frobenius_decay"] is False and not calls
     assert measure(ThroughputOptions(**options, frobenius_decay=True))["frobenius_decay"] is True
     assert len(calls) == 3
+
+
+def test_training_benchmark_times_only_the_layers_given(monkeypatch, tmp_path):
+    """``--layers``: a chosen layer set (a run's selection) in basis form, the others dense;
+    the record names the list and the layers converted, and a list none of whose convs
+    saves compute is one error, not a dense step recorded as a basis one."""
+    from basisconv.bench.train import ThroughputOptions, measure
+    from basisconv.errors import ConfigError
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    options = dict(model="resnet8", batch_size=4, steps=1, warmup=0, threads=1, basis_size=0.5)
+    record = measure(ThroughputOptions(**options, layers="layer2.*, layer3.0.conv1"))
+    assert record["layers"] == "layer2.*, layer3.0.conv1"
+    assert record["basis_layers"] == ["layer2.0.conv1", "layer2.0.conv2", "layer3.0.conv1"]
+    assert len(measure(ThroughputOptions(**options))["basis_layers"]) > 3
+    with pytest.raises(ConfigError, match=r"^--layers conv1: none of these convs saves compute "
+                                          r"at --basis-size 1"):
+        measure(ThroughputOptions(**{**options, "basis_size": 1.0}, layers="conv1"))

@@ -586,3 +586,16 @@ def test_a_training_step_with_the_frobenius_correction_is_a_form_of_its_own(tmp_
     assert train.loc["stacked, folded norms, Frobenius decay", "relative_to_dense"] == (
         pytest.approx(1.26))
     assert train.loc["stacked", "relative_to_dense"] == pytest.approx(1.2)
+
+
+def test_a_training_step_of_chosen_layers_is_named_by_its_layers(tmp_path):
+    """A ``--layers`` step (some convs in basis form) is compared with the dense step as any
+    basis step, and named apart from the all-layer step by its count and list."""
+    _train_record(tmp_path, "cpu-fp32", CPU, 1.0)
+    _train_record(tmp_path, "cpu-fp32-basis0.25", CPU, 0.5, basis_size=0.25)
+    _train_record(tmp_path, "cpu-fp32-basis0.25-layers0123abcd", CPU, 0.8, basis_size=0.25,
+                  layers="layer3.*,layer4.*", basis_layers=["layer3.0.conv1"] * 9)
+    train = speed.training_speed([tmp_path]).set_index("form")
+    assert train.loc["stacked, 9 layers (layer3.* layer4.*)", "relative_to_dense"] == (
+        pytest.approx(0.8))
+    assert train.loc["stacked", "relative_to_dense"] == pytest.approx(0.5)

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -91,11 +92,16 @@ def _options(path: Path) -> str:
 
 
 def _training_form(record: dict) -> str:
-    """How a training benchmark's basis layers ran: their combine form, folded norms, and
-    whether the loss had the Frobenius decay correction."""
+    """How a training benchmark's basis layers ran: their combine form, folded norms,
+    whether the loss had the Frobenius decay correction, and, for a chosen layer set
+    (``--layers``), how many layers it converted and the list's start."""
+    chosen = record.get("layers", "all")
     return ", ".join([record.get("combine") or "stacked",
                       *(["folded norms"] if record.get("fuse_norm") else []),
-                      *(["Frobenius decay"] if record.get("frobenius_decay") else [])])
+                      *(["Frobenius decay"] if record.get("frobenius_decay") else []),
+                      *([f"{len(record.get('basis_layers') or [])} layers "
+                         f"({textwrap.shorten(chosen.replace(',', ' '), 40, placeholder=' ...')})"]
+                        if chosen != "all" else [])])
 
 
 def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:

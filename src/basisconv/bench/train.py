@@ -11,6 +11,7 @@ without waiting, as training runs them (the CPU launching ahead of the GPU).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import statistics
 import tempfile
@@ -27,7 +28,8 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from ..checkpoint import CHECKPOINT, save_checkpoint
 from ..config import GRAPHING_COMPILE_MODES
 from ..data import TensorBatches, load_cifar10
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
+from ..layers import basis_layers
 from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
                     graphed_fp16_problem, precision_name, settings_restored, setup, train_one_epoch)
 from ..kernels import auto
@@ -52,6 +54,7 @@ class ThroughputOptions:
     threads: int = 2  # CPU threads (0: torch's default)
     device: str = "cpu"
     basis_size: float | None = None  # every conv where it saves compute in basis form
+    layers: str = "all"              # or those of these comma-separated names and patterns
     combine: str = "stacked"         # the basis layers' form (see basisconv.kernels)
     fuse_norm: bool = False          # basis layers with their batch norm and ReLU as one
     frobenius_decay: bool = False    # the loss's Frobenius decay correction (basis.frobenius_decay)
@@ -75,9 +78,10 @@ class ThroughputOptions:
             return (f"--basis-size must be in (0, 1] (a fraction of each layer's output "
                     f"channels), got {self.basis_size:g}")
         if self.basis_size is None and (self.fuse_norm or self.frobenius_decay
-                                        or self.combine != "stacked"):
+                                        or self.combine != "stacked" or self.layers != "all"):
             given = ("--fuse-norm" if self.fuse_norm else "--frobenius-decay"
-                     if self.frobenius_decay else f"--combine {self.combine}")
+                     if self.frobenius_decay else f"--layers {self.layers}"
+                     if self.layers != "all" else f"--combine {self.combine}")
             return (f"{given} applies to basis layers, and the model is dense: add "
                     f"--basis-size (e.g. 0.25), or drop {given.split()[0]}")
         device = device_problem(self.device, "--device {}") or (
@@ -113,6 +117,10 @@ class ThroughputOptions:
         return "".join([
             "" if self.model == "resnet18" else f"-{self.model}",
             "" if self.basis_size is None else f"-basis{self.basis_size:g}",
+            # a chosen layer set: its own file, named by a digest of the list (the record
+            # holds the list and the layers converted)
+            "" if self.basis_size is None or self.layers == "all" else
+            f"-layers{hashlib.sha256(self.layers.encode()).hexdigest()[:8]}",
             "" if self.basis_size is None or self.combine == "stacked" else f"-{self.combine}",
             "-fusenorm" if self.basis_size is not None and self.fuse_norm else "",
             "-frobenius" if self.basis_size is not None and self.frobenius_decay else "",
@@ -121,6 +129,11 @@ class ThroughputOptions:
             "" if self.channels_last else "-nchw",
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
             "" if self.threads == ThroughputOptions.threads else f"-t{self.threads}"])
+
+
+def layer_patterns(layers: str) -> str | list[str]:
+    """``--layers``: ``all``, or comma-separated layer names and fnmatch patterns."""
+    return "all" if layers == "all" else [name.strip() for name in layers.split(",")]
 
 
 def profiled_from(options: ThroughputOptions) -> int:
@@ -269,9 +282,13 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     if options.basis_size is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # only_where_saves leaves the other layers dense
-            model = apply_basis(model, "all", options.basis_size, inplace=True,
-                                only_where_saves=True, combine=options.combine,
+            model = apply_basis(model, layer_patterns(options.layers), options.basis_size,
+                                inplace=True, only_where_saves=True, combine=options.combine,
                                 fuse_norm=options.fuse_norm)
+        if not basis_layers(model):  # (only_where_saves left each chosen layer dense)
+            raise ConfigError(f"--layers {options.layers}: none of these convs saves compute "
+                              f"at --basis-size {options.basis_size:g}, so the step timed "
+                              f"would be the dense one; choose others, or a smaller size")
     model = model.to(device=device, memory_format=layout)
     # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
     optimizer = build_optimizer(model, trainer)
@@ -326,6 +343,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
         "data": source,
         "basis_size": options.basis_size, "combine": options.combine,
         "fuse_norm": options.fuse_norm, "frobenius_decay": options.frobenius_decay,
+        "layers": options.layers, "basis_layers": list(basis_layers(model)),
         "compile_mode": options.compile_mode, "cuda_graphs": graphed,
         # what each combine=auto layer chose, and the times behind it
         **({"auto_choices": auto.described(this_run=True)} if options.combine == "auto" else {}),
