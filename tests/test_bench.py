@@ -145,6 +145,18 @@ def test_runs_at_other_thread_counts_write_files_of_their_own():
         "(e.g. 0.25), or drop --layers")
 
 
+def test_training_runs_of_other_step_counts_write_files_of_their_own():
+    """The speed report compares a step only with a dense step timed over as many steps;
+    a dense ``--steps 3`` run once replaced the ``--steps 2`` record its basis record was
+    relative to (the summary then showed "-")."""
+    from basisconv.bench.train import ThroughputOptions
+
+    assert ThroughputOptions().tag == ""
+    assert ThroughputOptions(steps=60).tag == "-s60"
+    assert ThroughputOptions(steps=60, basis_size=0.25, threads=1).tag == "-basis0.25-t1-s60"
+    assert ThroughputOptions(steps=30).tag != ThroughputOptions(steps=20).tag
+
+
 def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
     """Provenance lists the machine's GPU for any run there; the default (CPU) benchmark's
     plot title once named the GPU as the hardware measured."""

@@ -113,7 +113,7 @@ class ThroughputOptions:
         """What the file name carries beyond device and precision: the non-default options
         (threads too, ``-t0`` for torch's default: the speed report compares a basis step
         with the dense step at its own threads, and a dense run at 1 thread once replaced
-        the 2-thread record)."""
+        the 2-thread record; and the timed steps, ``-s60``, which it compares on as well)."""
         return "".join([
             "" if self.model == "resnet18" else f"-{self.model}",
             "" if self.basis_size is None else f"-basis{self.basis_size:g}",
@@ -128,7 +128,10 @@ class ThroughputOptions:
             "-graphs" if self.cuda_graphs else "",
             "" if self.channels_last else "-nchw",
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
-            "" if self.threads == ThroughputOptions.threads else f"-t{self.threads}"])
+            "" if self.threads == ThroughputOptions.threads else f"-t{self.threads}",
+            # the timed steps: the speed report compares a step only with a dense step timed
+            # over as many (SAME_SETTING), so a --steps 60 run must not replace the default's
+            "" if self.steps == ThroughputOptions.steps else f"-s{self.steps}"])
 
 
 def layer_patterns(layers: str) -> str | list[str]:
