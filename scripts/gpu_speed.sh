@@ -130,9 +130,12 @@ trap 'stop 130' INT
 trap 'stop 143' TERM
 
 train() {  # train <name> <benchmark_train options...>
+  # the timed steps in the name (-s60, -s300): the speed report compares a step only with a
+  # dense step timed over as many, so one mode's dense record must not replace another's
+  # (found in review: quick's and full's records had the same names in one folder)
   local name=$1; shift
   step "train-$name" "$PY" scripts/benchmark_train.py --device cuda --steps "$STEPS" \
-    --warmup 10 "$@" --out "$OUT/train-throughput-cuda-$name.json"
+    --warmup 10 "$@" --out "$OUT/train-throughput-cuda-$name-s$STEPS.json"
 }
 
 layers() {  # layers <name> <benchmark_layers options...>

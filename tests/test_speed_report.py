@@ -599,3 +599,21 @@ def test_a_training_step_of_chosen_layers_is_named_by_its_layers(tmp_path):
     assert train.loc["stacked, 9 layers (layer3.* layer4.*)", "relative_to_dense"] == (
         pytest.approx(0.8))
     assert train.loc["stacked", "relative_to_dense"] == pytest.approx(0.5)
+
+
+def test_a_step_is_compared_only_with_a_dense_step_of_its_torch_build(tmp_path):
+    """Found in review: the matching took a CPU's name and the commit, not the torch build,
+    so a step timed under one torch was relative to a dense step timed under another."""
+    _train_record(tmp_path / "a", "cpu-fp32", CPU, 1.0)
+    _train_record(tmp_path / "b", "cpu-fp32-basis0.25", CPU, 0.5, basis_size=0.25)
+    for folder, version in (("a", "2.13.0+cpu"), ("b", "2.11.0+cpu")):
+        path = next((tmp_path / folder).glob("*.json"))
+        record = json.loads(path.read_text())
+        record["provenance"]["versions"] = {"torch": version}
+        path.write_text(json.dumps(record))
+    train = speed.training_speed([tmp_path / "a", tmp_path / "b"]).set_index("model")
+    assert pd.isna(train.loc["basis 0.25", "relative_to_dense"])
+    (tmp_path / "a" / "train-throughput-cpu-fp32.json").unlink()
+    _train_record(tmp_path / "a", "cpu-fp32", CPU, 1.0)  # no versions recorded: none matched
+    assert pd.isna(speed.training_speed([tmp_path / "a", tmp_path / "b"]).set_index(
+        "model").loc["basis 0.25", "relative_to_dense"])

@@ -214,8 +214,12 @@ def _training_row(record: dict, path: Path) -> dict:
     mode = ("graphs" if record.get("cuda_graphs") else
             f"compiled ({record['compile_mode']})" if record.get("compile_mode") else "eager")
     origin = _origin(record, path)
-    diff = ((record.get("provenance") or {}).get("git") or {}).get("diff_sha256")
-    return {**origin, "code": (origin["commit"], diff),
+    provenance = record.get("provenance") or {}
+    diff = (provenance.get("git") or {}).get("diff_sha256")
+    # the torch build too: one commit timed under two (a GPU machine's torch and this
+    # one's, on a CPU of one name) is two codes, whose steps are not to be compared
+    torch_version = (provenance.get("versions") or {}).get("torch")
+    return {**origin, "code": (origin["commit"], diff, torch_version),
             "precision": precision_name(record.get("amp", "none")),
             "batch": record["batch_size"], "mode": mode,
             "architecture": record.get("model", "resnet18"),
