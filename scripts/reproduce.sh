@@ -51,13 +51,25 @@ if [ -n "${JOBS:-}" ]; then  # (checked before anything slow; empty: the default
 fi
 # (found in review: SEEDS="0,1", a sweep's commas, or SENSITIVITY_WORKERS=0 passed, and
 # every training run, or the estimate and the search, failed only after the others ran)
+# (and, from the final read, SEEDS=" ", which trained no run without a word, or a seed
+# given twice, whose runs would share one folder)
+seeds_seen=" "
 for seed in ${SEEDS:-}; do
   case $seed in ''|*[!0-9]*)
     echo "SEEDS=$SEEDS: give seeds as whole numbers >= 0 separated by spaces, e.g." \
          "SEEDS=\"0 1 2\"" >&2
     exit 2;;
   esac
+  case $seeds_seen in *" $((10#$seed)) "*)
+    echo "SEEDS=$SEEDS: seed $seed is given twice; give each seed once" >&2
+    exit 2;;
+  esac
+  seeds_seen="$seeds_seen$((10#$seed)) "
 done
+if [ -n "${SEEDS+set}" ] && [ "$seeds_seen" = " " ] && [ -n "$SEEDS" ]; then
+  echo "SEEDS=\"$SEEDS\": no seed given; give seeds separated by spaces, e.g. SEEDS=\"0 1 2\"" >&2
+  exit 2
+fi
 if [ -n "${SENSITIVITY_WORKERS:-}" ]; then
   workers=0
   case $SENSITIVITY_WORKERS in *[!0-9]*) ;; *) workers=$((10#$SENSITIVITY_WORKERS));; esac

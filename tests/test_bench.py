@@ -140,6 +140,11 @@ def test_runs_at_other_thread_counts_write_files_of_their_own():
     chosen = ThroughputOptions(basis_size=0.5, layers="layer3.*,layer4.*").tag
     assert chosen.startswith("-basis0.5-layers") and len(chosen) == len("-basis0.5-layers") + 8
     assert chosen != ThroughputOptions(basis_size=0.5, layers="layer4.*").tag
+    # a comparison table's space-separated list, or a trailing comma, is the same set
+    # (found in the final read: each was one unknown layer, or a file of its own)
+    from basisconv.bench.train import layer_patterns
+    assert layer_patterns("layer3.* layer4.*,") == ["layer3.*", "layer4.*"]
+    assert ThroughputOptions(basis_size=0.5, layers="layer3.*, layer4.*").tag == chosen
     assert ThroughputOptions(layers="layer4.*").invalid_flag() == (
         "--layers layer4.* applies to basis layers, and the model is dense: add --basis-size "
         "(e.g. 0.25), or drop --layers")
@@ -1115,3 +1120,5 @@ def test_training_benchmark_times_only_the_layers_given(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"^--layers conv1: none of these convs saves compute "
                                           r"at --basis-size 1"):
         measure(ThroughputOptions(**{**options, "basis_size": 1.0}, layers="conv1"))
+    with pytest.raises(ConfigError, match=r"^no conv saves compute at --basis-size 1"):
+        measure(ThroughputOptions(**{**options, "basis_size": 1.0}))

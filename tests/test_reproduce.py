@@ -478,6 +478,11 @@ def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
                      "e.g. SEEDS=\"0 1 2\""),
     ("SEEDS", "1 x", "SEEDS=1 x: give seeds as whole numbers >= 0 separated by spaces, "
                      "e.g. SEEDS=\"0 1 2\""),
+    # (the final read: only spaces trained no run without a word; a seed twice, two runs
+    # in one folder)
+    ("SEEDS", " ", "SEEDS=\" \": no seed given; give seeds separated by spaces, e.g. "
+                   "SEEDS=\"0 1 2\""),
+    ("SEEDS", "0 1 00", "SEEDS=0 1 00: seed 00 is given twice; give each seed once"),
     # the estimate and the search failed alone on sensitivity.workers=0, after the rows
     # that need no table had trained
     ("SENSITIVITY_WORKERS", "0", "SENSITIVITY_WORKERS=0: use a number of fine-tunes at "

@@ -29,9 +29,9 @@ from omegaconf.errors import InterpolationResolutionError
 from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
-from .hydra_errors import (added_group_line, group_value_override, hydra_error_line,
-                           interpolation_error_line, listed_group_line, malformed_override,
-                           typed_overrides)
+from .hydra_errors import (added_group_line, config_groups_of, group_value_override,
+                           hydra_error_line, interpolation_error_line, listed_group_line,
+                           malformed_override, typed_overrides)
 from .records import LOCK, folder_lock, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
 from .selection import KEYS as SELECTION_KEYS, POLICIES, SENSITIVITY_POLICIES, keys_read
@@ -98,7 +98,7 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                 # job runs: else every job failed alone, each leaving its folder
                 loader = self.hydra_context.config_loader
                 check_one_config_per_group(
-                    list(overrides), lambda group: bool(loader.get_group_options(group)))
+                    list(overrides), config_groups_of(loader))
                 check_added_groups_chosen(list(overrides), cfg.hydra.runtime.choices)
                 check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
                 check(cfg)
@@ -183,7 +183,7 @@ def check_one_config_per_group(overrides: list[str] | None = None,
             return  # (the benchmarks; a job in a launcher's own process)
         loader = GlobalHydra.instance().config_loader()
         overrides = typed_overrides()
-        is_group = lambda group: bool(loader.get_group_options(group))  # noqa: E731
+        is_group = config_groups_of(loader)
     line = listed_group_line(overrides, is_group)
     if line is not None:
         raise ConfigError(line)

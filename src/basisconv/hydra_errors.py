@@ -123,6 +123,12 @@ def added_group_line(group: str, option: str) -> str:
             f"+ (add) does not apply; choose it with {group}={option}, without the +")
 
 
+def config_groups_of(loader) -> Callable[[str], bool]:
+    """Whether a key names a config group of the app whose config ``loader`` loads (a
+    Hydra ``ConfigLoader``): for :func:`listed_group_line`."""
+    return lambda group: bool(loader.get_group_options(group))
+
+
 def listed_group_line(overrides: list[str], is_group: Callable[[str], bool]) -> str | None:
     """One line for a config group given a list of its configs (``model=[resnet8,resnet20]``,
     meant as a sweep), or None: Hydra merges the configs a list names into one, each over

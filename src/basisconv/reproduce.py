@@ -18,7 +18,7 @@ from .cli import check_one_config_per_group, check_runs_where_started
 from .config import validate
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
-from .hydra_errors import CONFIGS, hydra_error_line
+from .hydra_errors import CONFIGS, config_groups_of, hydra_error_line
 from .records import read_record, set_aside, set_aside_foreign_records
 from .sensitivity import cache_key
 
@@ -51,8 +51,7 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         try:  # (a group given a list of its configs: their merge, silently, in every run)
-            check_one_config_per_group(overrides,
-                                       lambda group: bool(loader.get_group_options(group)))
+            check_one_config_per_group(overrides, config_groups_of(loader))
         except BasisconvError as err:
             print(f"error: OVERRIDES: {one_line(err)}", file=sys.stderr)
             sys.exit(2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -120,7 +121,7 @@ class ThroughputOptions:
             # a chosen layer set: its own file, named by a digest of the list (the record
             # holds the list and the layers converted)
             "" if self.basis_size is None or self.layers == "all" else
-            f"-layers{hashlib.sha256(self.layers.encode()).hexdigest()[:8]}",
+            f"-layers{hashlib.sha256(','.join(layer_patterns(self.layers)).encode()).hexdigest()[:8]}",
             "" if self.basis_size is None or self.combine == "stacked" else f"-{self.combine}",
             "-fusenorm" if self.basis_size is not None and self.fuse_norm else "",
             "-frobenius" if self.basis_size is not None and self.frobenius_decay else "",
@@ -135,8 +136,11 @@ class ThroughputOptions:
 
 
 def layer_patterns(layers: str) -> str | list[str]:
-    """``--layers``: ``all``, or comma-separated layer names and fnmatch patterns."""
-    return "all" if layers == "all" else [name.strip() for name in layers.split(",")]
+    """``--layers``: ``all``, or layer names and fnmatch patterns separated by commas or
+    spaces (a comparison table's ``layers`` column is space-separated); empty entries
+    (a trailing comma) are dropped."""
+    names = [name for name in re.split(r"[,\s]+", layers) if name]
+    return "all" if names == ["all"] else names
 
 
 def profiled_from(options: ThroughputOptions) -> int:
@@ -289,9 +293,11 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
                                 inplace=True, only_where_saves=True, combine=options.combine,
                                 fuse_norm=options.fuse_norm)
         if not basis_layers(model):  # (only_where_saves left each chosen layer dense)
-            raise ConfigError(f"--layers {options.layers}: none of these convs saves compute "
-                              f"at --basis-size {options.basis_size:g}, so the step timed "
-                              f"would be the dense one; choose others, or a smaller size")
+            chosen = ("no conv" if options.layers == "all" else
+                      f"--layers {options.layers}: none of these convs")
+            raise ConfigError(f"{chosen} saves compute at --basis-size "
+                              f"{options.basis_size:g}, so the step timed would be the dense "
+                              f"one; choose others, or a smaller size")
     model = model.to(device=device, memory_format=layout)
     # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
     optimizer = build_optimizer(model, trainer)
