@@ -97,8 +97,7 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                 # what each job checks as it starts (exit_on_user_error), here before any
                 # job runs: else every job failed alone, each leaving its folder
                 loader = self.hydra_context.config_loader
-                check_one_config_per_group(
-                    list(overrides), config_groups_of(loader))
+                check_one_config_per_group(list(overrides), config_groups_of(loader))
                 check_added_groups_chosen(list(overrides), cfg.hydra.runtime.choices)
                 check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
                 check(cfg)

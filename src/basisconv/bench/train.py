@@ -79,10 +79,11 @@ class ThroughputOptions:
             return (f"--basis-size must be in (0, 1] (a fraction of each layer's output "
                     f"channels), got {self.basis_size:g}")
         if self.basis_size is None and (self.fuse_norm or self.frobenius_decay
-                                        or self.combine != "stacked" or self.layers != "all"):
+                                        or self.combine != "stacked"
+                                        or self.chosen_layers != "all"):
             given = ("--fuse-norm" if self.fuse_norm else "--frobenius-decay"
                      if self.frobenius_decay else f"--layers {self.layers}"
-                     if self.layers != "all" else f"--combine {self.combine}")
+                     if self.chosen_layers != "all" else f"--combine {self.combine}")
             return (f"{given} applies to basis layers, and the model is dense: add "
                     f"--basis-size (e.g. 0.25), or drop {given.split()[0]}")
         device = device_problem(self.device, "--device {}") or (
@@ -110,6 +111,11 @@ class ThroughputOptions:
         return None
 
     @property
+    def chosen_layers(self) -> str | list[str]:
+        """``--layers`` as :func:`apply_basis` takes it (:func:`layer_patterns`)."""
+        return layer_patterns(self.layers)
+
+    @property
     def tag(self) -> str:
         """What the file name carries beyond device and precision: the non-default options
         (threads too, ``-t0`` for torch's default: the speed report compares a basis step
@@ -120,8 +126,8 @@ class ThroughputOptions:
             "" if self.basis_size is None else f"-basis{self.basis_size:g}",
             # a chosen layer set: its own file, named by a digest of the list (the record
             # holds the list and the layers converted)
-            "" if self.basis_size is None or self.layers == "all" else
-            f"-layers{hashlib.sha256(','.join(layer_patterns(self.layers)).encode()).hexdigest()[:8]}",
+            "" if self.basis_size is None or self.chosen_layers == "all" else
+            f"-layers{hashlib.sha256(','.join(self.chosen_layers).encode()).hexdigest()[:8]}",
             "" if self.basis_size is None or self.combine == "stacked" else f"-{self.combine}",
             "-fusenorm" if self.basis_size is not None and self.fuse_norm else "",
             "-frobenius" if self.basis_size is not None and self.frobenius_decay else "",
@@ -289,11 +295,11 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     if options.basis_size is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # only_where_saves leaves the other layers dense
-            model = apply_basis(model, layer_patterns(options.layers), options.basis_size,
+            model = apply_basis(model, options.chosen_layers, options.basis_size,
                                 inplace=True, only_where_saves=True, combine=options.combine,
                                 fuse_norm=options.fuse_norm)
         if not basis_layers(model):  # (only_where_saves left each chosen layer dense)
-            chosen = ("no conv" if options.layers == "all" else
+            chosen = ("no conv" if options.chosen_layers == "all" else
                       f"--layers {options.layers}: none of these convs")
             raise ConfigError(f"{chosen} saves compute at --basis-size "
                               f"{options.basis_size:g}, so the step timed would be the dense "

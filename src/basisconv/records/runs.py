@@ -18,9 +18,12 @@ from .origin import provenance
 
 
 RECORD = "run.json"
-#: What produced a record: a training run, a sensitivity estimate, an exhaustive search,
-#: a speed benchmark, a GPU machine check (scripts/gpu_check.py).
-KINDS = ("training", "sensitivity", "exhaustive_search", "benchmark", "gpu_check")
+#: What produced a record (a GPU machine check: scripts/gpu_check.py), as a refusal
+#: names it.
+KIND_WORDS = {"training": "a training run", "sensitivity": "a sensitivity estimate",
+              "exhaustive_search": "an exhaustive search", "benchmark": "a benchmark",
+              "gpu_check": "a GPU machine check"}
+KINDS = tuple(KIND_WORDS)
 
 
 @dataclass
@@ -70,12 +73,6 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object")
     return RunRecord.from_dict(data).as_dict()
-
-
-#: How a refusal names the producer of a record of each kind.
-KIND_WORDS = {"training": "a training run", "sensitivity": "a sensitivity estimate",
-              "exhaustive_search": "an exhaustive search", "benchmark": "a benchmark",
-              "gpu_check": "a GPU machine check"}
 
 
 def refuse_other_kind(folder: str | os.PathLike, kind: str, what: str) -> None:
