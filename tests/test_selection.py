@@ -1820,6 +1820,40 @@ def test_a_missing_number_in_a_column_the_policy_reads_is_one_error_naming_the_l
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("column, given", [
+    ("params_saved", {"policy": "first_k", "budget_metric": "params", "budget_reduction": 0.1}),
+    ("flops_saved", {"policy": "last_k", "budget_metric": "flops", "budget_reduction": 0.1}),
+    ("accuracy_drop", {"policy": "sensitivity_budget", "metric": "accuracy_drop", "count": 1})])
+def test_numbers_written_as_text_are_one_error_that_says_so(column, given):
+    """Found in review: a column of text numbers (a table built from strings) passed the
+    missing-number check, as float('7') reads, and ended in a raw TypeError from the
+    budget's comparison ('<=' between str and int)."""
+    table = TABLE.copy()
+    table[column] = table[column].astype(str)
+    with pytest.raises(ConfigError, match=rf"{column}.*'a' \('.*'\).*pd\.to_numeric") as err:
+        pick_layers(given, table, DENSE)
+    assert "\n" not in str(err.value)
+
+
+def test_the_threshold_passes_over_a_layer_that_costs_more_to_train(caplog):
+    """Found in review: the threshold policy converted a layer whose basis form costs more
+    training FLOPs than its dense conv (a first layer near the break-even size: its input
+    needs no gradient, its basis maps do), where the budget rule passes it over. Within
+    the threshold it costs no accuracy, but it slows training, which the method is for."""
+    import logging
+
+    table = TABLE.copy()
+    table.loc[1, "flops_saved"] = -5  # layer "b", within the threshold
+    with caplog.at_level(logging.INFO, logger="basisconv.selection"):
+        assert pick_layers(policy("sensitivity_threshold"), table, DENSE) == ["d", "f"]
+    assert "b costs 5 more training FLOPs in basis form; passed over" in caplog.text
+    table.loc[1, "flops_saved"] = 0  # saves nothing, costs nothing: taken as before
+    assert pick_layers(policy("sensitivity_threshold"), table, DENSE) == ["b", "d", "f"]
+    # a hand-made table without the savings is taken as it is
+    assert pick_layers(policy("sensitivity_threshold"),
+                       TABLE.drop(columns=["flops_saved"]), DENSE) == ["b", "d", "f"]
+
+
 def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, caplog):
     """The cache key holds the settings, not the code: a table estimated at another commit
     (or with other uncommitted changes) is reused, and its reader is told by which code it

@@ -231,7 +231,8 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     positions = dict(zip(table["layer"], table["position"]))
     if selection.policy == "sensitivity_threshold":
         metric = dict(zip(table["layer"], table[selection.metric]))
-        chosen = [name for name in order if metric[name] <= selection.threshold]
+        chosen = without_training_cost(
+            [name for name in order if metric[name] <= selection.threshold], table, selection)
     elif selection.get("count") is not None:
         if not 1 <= selection.count <= len(order):
             raise ConfigError(f"selection.count={selection.count}; there are {len(order)} "
@@ -242,23 +243,43 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     return sorted(chosen, key=positions.__getitem__)
 
 
+def without_training_cost(chosen: list[str], table: pd.DataFrame,
+                          selection: DictConfig) -> list[str]:
+    """``chosen`` less the layers whose basis form costs more training FLOPs than their
+    dense conv (a negative ``flops_saved``: a first layer near the break-even size, whose
+    input needs no gradient but whose basis maps do), as the budget rule passes them over:
+    within the threshold they cost no accuracy, but converting them slows training, which
+    basis convolutions are for. A table without ``flops_saved`` (a user's hand-made one)
+    is taken as it is."""
+    if "flops_saved" not in table:
+        return chosen
+    refuse_missing_numbers(table[table["layer"].isin(chosen)], "flops_saved",
+                           "selection.policy=sensitivity_threshold")
+    saving = dict(zip(table["layer"], table["flops_saved"]))
+    for name in chosen:
+        if saving[name] < 0:
+            log.info("selection %s: %s costs %g more training FLOPs in basis form; passed "
+                     "over", selection.policy, name, -saving[name])
+    return [name for name in chosen if saving[name] >= 0]
+
+
 def refuse_missing_numbers(table: pd.DataFrame, column: str, key: str) -> None:
     """One error naming the layers whose ``column`` holds no finite number (a table read
     back from a CSV with an empty cell): a NaN would rank its layer anywhere, or make a
     budget's running sum NaN, never met, so that every later layer is converted."""
-    bad = [layer for layer, value in zip(table["layer"], table[column])
+    bad = [f"{layer!r} ({value!r})" for layer, value in zip(table["layer"], table[column])
            if not _finite_number(value)]
-    if bad:
+    if bad:  # the value said: a NaN wants measuring again, a '7' pd.to_numeric
         raise ConfigError(f"pick_layers: the candidate table's {column} column (read for "
-                          f"{key}) holds no number for layer(s) {', '.join(map(repr, bad))}; "
-                          f"measure them again or leave them out of the table")
+                          f"{key}) holds no finite number for layer(s) {', '.join(bad)}; "
+                          f"measure them again, leave them out of the table, or turn text "
+                          f"into numbers (pd.to_numeric)")
 
 
 def _finite_number(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+    """A finite int or float (numpy's too); not a string of digits, which ``float`` reads
+    but a budget's sum and a threshold's comparison do not."""
+    return is_number(value) and math.isfinite(value)
 
 
 def selection_config(selection: Mapping) -> DictConfig:
