@@ -1854,6 +1854,23 @@ def test_the_threshold_passes_over_a_layer_that_costs_more_to_train(caplog):
                        TABLE.drop(columns=["flops_saved"]), DENSE) == ["b", "d", "f"]
 
 
+def test_the_base_selection_config_loaded_alone_names_its_unresolved_seed():
+    """Found in review: ``configs/selection/base.yaml`` loaded as the docs point to it
+    holds ``seed: ${seed}`` (the run's seed); a ``random`` selection merged from it ended
+    in OmegaConf's "Recursive interpolation detected", naming no key."""
+    base = OmegaConf.load(Path(__file__).parents[1] / "configs" / "selection" / "base.yaml")
+    given = OmegaConf.merge(base, {"policy": "random", "count": 2})
+    with pytest.raises(ConfigError, match=r"selection\.seed='\$\{seed\}' does not resolve.*"
+                                          r"OmegaConf\.merge\(selection, \{'seed': \.\.\.\}\)"):
+        pick_layers(given, TABLE, DENSE)
+    assert len(pick_layers(OmegaConf.merge(given, {"seed": 3}), TABLE, DENSE)) == 2
+    unset = OmegaConf.merge(base, {"policy": "sensitivity_threshold"})
+    assert pick_layers(unset, TABLE, DENSE) == ["b", "d", "f"]  # reads no seed: needs none
+    unset.threshold = "???"  # (a merge keeps the value under ???)
+    with pytest.raises(ConfigError, match="selection.threshold is not set"):
+        pick_layers(unset, TABLE, DENSE)  # an unset key is named as before
+
+
 def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, caplog):
     """The cache key holds the settings, not the code: a table estimated at another commit
     (or with other uncommitted changes) is reused, and its reader is told by which code it

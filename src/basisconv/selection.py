@@ -43,6 +43,7 @@ from typing import Iterable, Optional, TYPE_CHECKING
 import numpy as np
 import torch.nn as nn
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .cost import count_parameters, model_cost
 from .counts import is_int, is_number
@@ -201,6 +202,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
         selection = selection_config(selection)
     else:  # an OmegaConf config a user made (base.yaml merged with a misspelt override)
         refuse_unknown_keys(selection)
+        refuse_unresolved(selection)
     check_selection(selection)
     missing = {"layer", "position"} - set(getattr(table, "columns", ()))
     if missing:
@@ -300,6 +302,24 @@ def refuse_unknown_keys(selection: Mapping) -> None:
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"selection has no key {key!r}: {hint}the keys are "
                               f"{', '.join(KEYS)}")
+
+
+def refuse_unresolved(selection: DictConfig) -> None:
+    """A key its policy reads whose interpolation does not resolve is a
+    :class:`ConfigError` naming it and the fix: ``configs/selection/base.yaml`` loaded alone
+    has ``seed: ${seed}``, the run's seed, which only the whole config holds (OmegaConf
+    says "Recursive interpolation detected", naming no key); a policy that reads no seed
+    needs none."""
+    for key in ["policy", *sorted(keys_read(selection) - {"policy"})]:
+        if key not in selection or not OmegaConf.is_interpolation(selection, key):
+            continue  # (an unset key, ???, is check_selection's to name)
+        try:
+            selection[key]
+        except OmegaConfBaseException as err:
+            raise ConfigError(
+                f"selection.{key}={OmegaConf.to_container(selection)[key]!r} does not "
+                f"resolve in this config alone ({err.__class__.__name__}); give it a value, "
+                f"e.g. OmegaConf.merge(selection, {{{key!r}: ...}})") from None
 
 
 def python_number(value):
