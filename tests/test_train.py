@@ -1129,3 +1129,29 @@ def test_the_recipe_says_what_weight_decay_applies_to_and_what_best_test_accurac
     paragraph = recipe.strip().split("\n\n")[0]
     assert "batch-norm scales and shifts" in paragraph and "best_test_accuracy" in paragraph
     assert "picked on the test set" in (repo / "results" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_folder_that_holds_another_kind_of_run_is_not_trained_over(tmp_path, repo, resume):
+    """Found in review: ``scripts/train.py hydra.run.dir=<a sensitivity estimate's folder>``
+    was refused as "written by a different config ... or trainer.resume=false to start
+    over", and that fix (or trainer.resume=false given at once) replaced the estimate's
+    run.json, the record the analysis reads, with the training run's, silently: the
+    estimate and the search already refuse a folder of another kind of run."""
+    import json
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    record = json.dumps({"kind": "sensitivity", "status": "complete",
+                         "config": {"name": "resnet8-sensitivity"}})
+    (folder / "run.json").write_text(record)
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=50", "data.synthetic_test=20",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=1",
+                        "trainer.batch_size=25", "trainer.progress=false",
+                        f"trainer.resume={str(resume).lower()}"])
+    with pytest.raises(ConfigError, match=rf"^{folder} holds the record \(run.json\) of a "
+                                          rf"sensitivity estimate, which this training run "
+                                          rf"would overwrite; give it a folder of its own"):
+        fit(cfg, folder)
+    assert (folder / "run.json").read_text() == record
+    assert not (folder / "checkpoint.pt").exists()

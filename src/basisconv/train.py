@@ -32,8 +32,8 @@ from .kernels import auto
 from .network import (basis_penalty, build_network, check_conversion, choose_forms_now,
                       converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
-                      leftover_temporaries, make_folder, publish, read_record, timestamp,
-                      wandb_provenance, write_record)
+                      leftover_temporaries, make_folder, publish, read_record,
+                      refuse_other_kind, timestamp, wandb_provenance, write_record)
 from .resuming import how_to_go_on
 from .sensitivity import choose_layers_and_table
 from .signals import stops_let_go
@@ -57,6 +57,10 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         output_dir = make_folder(output_dir)
         first_rank = distributed.first_process()
         with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
+            # a sensitivity estimate's or a search's folder: its record is not this run's to
+            # replace (the refusal of another config's record named trainer.resume=false,
+            # which then overwrote it silently; found in review)
+            refuse_other_kind(output_dir, "training", "this training run")
             if first_rank:
                 remove_leftovers(output_dir)
             config = OmegaConf.to_container(cfg, resolve=True)
