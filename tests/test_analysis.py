@@ -1178,6 +1178,36 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
     assert sessions_summary(tmp_path) is None
 
 
+@pytest.mark.parametrize("field, value", [("seconds", "1006.2"), ("seconds", None),
+                                          ("seconds", -5.0), ("published", None),
+                                          ("provenance", "AMD EPYC"),
+                                          ("provenance", {"hardware": "AMD EPYC"})])
+def test_a_session_of_another_shape_leaves_the_wall_clock_out_not_a_trace(tmp_path, field,
+                                                                         value):
+    """Found in review: a session file whose seconds were a text or null, or whose
+    published list or provenance was of another type (an edited or foreign file), ended the
+    analysis with a TypeError after the tables were written, and index.json kept the
+    previous analysis' list of files; it is named, and the wall-clock left out, as a file
+    that is no JSON is."""
+    from basisconv.analysis.report import sessions_summary
+    from basisconv.records import read_sessions
+
+    session = {"started": "2026-11-30T00:00:00+00:00", "seconds": 5.0, "exit_code": 0,
+               "published": ["baseline/seed0.json"],
+               "provenance": {"hardware": {"cpu": "AMD EPYC"}}}
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / "sessions" / "a.json").write_text(json.dumps(session))
+    assert sessions_summary(tmp_path)["seconds"] == 5.0
+    (tmp_path / "sessions" / "b.json").write_text(json.dumps({**session, field: value}))
+    with pytest.raises(ValueError, match="b.json"):
+        read_sessions(tmp_path)
+    assert sessions_summary(tmp_path) is None
+    publish_records(tmp_path / "runs", RECORDS[:2])
+    write_report(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "runs"),
+                             out_dir=str(tmp_path)), "cmd")
+    assert json.loads((tmp_path / "index.json").read_text())["protocol_wall_clock"] is None
+
+
 def test_two_machines_sessions_merge_in_git_without_a_conflict(tmp_path, monkeypatch):
     """Found in review: one shared sessions.json conflicted on every merge of two machines'
     results, and each usual way of resolving it lost sessions."""
@@ -1286,6 +1316,66 @@ def test_a_search_record_without_its_table_is_unreadable_not_a_failed_analysis(t
     pd.DataFrame(search_record()["table"]).to_csv(tmp_path / "runs" / "search.csv", index=False)
     written = [p.name for p in write_report(analyze_cfg(tmp_path), "analyze")]
     assert "exhaustive-search-resnet8-cpu-fp32.md" in written
+
+
+def damaged_summary_record(kind, path, value):
+    """A sensitivity or search record with the field at the dotted ``path`` set to
+    ``value`` (``table.<column>``: that column dropped from its first row)."""
+    damaged = json.loads(json.dumps(sensitivity_record() if kind == "sensitivity"
+                                    else search_record()))
+    *parents, last = path.split(".")
+    if parents == ["table"]:
+        del damaged["table"][0][last]
+        return damaged
+    node = damaged
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return damaged
+
+
+@pytest.mark.parametrize("kind, path, value", [
+    ("sensitivity", "sensitivity.chosen", None), ("sensitivity", "sensitivity.chosen", "conv1"),
+    ("sensitivity", "sensitivity.estimate_seconds", None),
+    ("sensitivity", "sensitivity.reference.accuracy", "0.9"),
+    ("sensitivity", "sensitivity.dense.params", None), ("sensitivity", "table", []),
+    ("sensitivity", "table", "conv1"), ("sensitivity", "table.position", None),
+    ("exhaustive_search", "search.candidates", None),
+    ("exhaustive_search", "search.fast_accuracy", None),
+    ("exhaustive_search", "search.best_subset", None),
+    ("exhaustive_search", "search.spearman_predicted_vs_measured_drop", "high"),
+    ("exhaustive_search", "table.accuracy", None)])
+def test_a_summary_record_with_a_field_of_another_type_is_unreadable_not_a_trace(
+        tmp_path, kind, path, value):
+    """Found in review: a sensitivity or search record whose required field was null or of
+    another type (``chosen: null``, ``estimate_seconds: null``, an empty table, a table row
+    without its ``position``) passed the presence check and ended the analysis with a
+    TypeError or KeyError trace, after the comparison tables were written and before
+    index.json; scripts/reproduce.sh kept it as the protocol's record. Such a record is
+    left out and named, as a training record of that damage is."""
+    publish_records(tmp_path / "runs", RECORDS[:2])
+    (tmp_path / "runs" / "damaged.json").write_text(
+        json.dumps(damaged_summary_record(kind, path, value)))
+    written = [p.name for p in write_report(analyze_cfg(tmp_path), "cmd")]
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == [str(tmp_path / "runs" / "damaged.json")]
+    assert not any(name.startswith(("sensitivity-", "exhaustive-search-")) for name in written)
+
+
+def test_summary_records_of_the_fields_their_producers_write_are_read(tmp_path):
+    """The type rules keep what producers write: a null rank correlation (all subsets
+    tied), a negative accuracy drop in the table."""
+    publish_records(tmp_path / "runs", RECORDS[:2])
+    search = damaged_summary_record("exhaustive_search",
+                                    "search.spearman_predicted_vs_measured_drop", None)
+    sensitivity = damaged_summary_record("sensitivity", "sensitivity.key", "k")
+    sensitivity["table"][0]["accuracy_drop"] = -0.005
+    (tmp_path / "runs" / "search.json").write_text(json.dumps(search))
+    (tmp_path / "runs" / "sensitivity.json").write_text(json.dumps(sensitivity))
+    written = [p.name for p in write_report(analyze_cfg(tmp_path), "cmd")]
+    assert json.loads((tmp_path / "results" / "index.json").read_text())["unreadable_runs"] == []
+    assert {"sensitivity-resnet20-m0.5-cpu-fp32.md",
+            "exhaustive-search-resnet8-cpu-fp32.md"} <= set(written)
 
 
 def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_path,

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import one_line
 from .files import write_json_atomic
 from .origin import provenance
-from .runs import RECORD, missing_fields, read_record
+from .runs import RECORD, is_measurement, missing_fields, read_record
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +235,29 @@ def read_sessions(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     older = folder / OLDER_SESSIONS
     if older.is_file():
         listed = _json_or_none(older)
-        if not isinstance(listed, list) or not all(isinstance(s, dict) for s in listed):
+        if not isinstance(listed, list) or not all(map(_is_session, listed)):
             raise ValueError(f"{older} is not a list of sessions")
         sessions += listed
     for path in sorted((folder / SESSIONS).glob("*.json")):
         session = _json_or_none(path)
-        if not isinstance(session, dict):
+        if not _is_session(session):
             raise ValueError(f"{path} is not a session's record")
         sessions.append(session)
     return sorted(sessions, key=lambda s: str(s.get("started", "")))
+
+
+def _is_session(session: Any) -> bool:
+    """Whether parsed JSON is a session as :func:`log_session` writes it, in the fields the
+    analysis sums (found in review: ``"seconds": "1006.2"`` or ``"published": null``, an
+    edited or foreign file, ended the analysis with a TypeError after its tables)."""
+    if not isinstance(session, dict):
+        return False
+    seconds = session.get("seconds", 0.0)
+    provenance = session.get("provenance", {})
+    return (is_measurement(seconds)
+            and isinstance(session.get("published", []), list)
+            and isinstance(provenance, dict)
+            and isinstance(provenance.get("hardware", {}), dict))
 
 
 def _json_or_none(path: Path) -> Any:

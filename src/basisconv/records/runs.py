@@ -106,7 +106,8 @@ REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "sensitivity": (
         ("config.model.name", "config.model.width", "config.basis.size",
          "config.selection.policy", "config.trainer.amp", "provenance.hardware",
-         "sensitivity.policy", "sensitivity.key", "sensitivity.chosen", "sensitivity.dense",
+         "sensitivity.policy", "sensitivity.key", "sensitivity.chosen",
+         "sensitivity.dense.params", "sensitivity.dense.flops",
          "sensitivity.estimate_seconds", "sensitivity.reference.accuracy",
          "sensitivity.pretrained.accuracy", "table", "estimate_provenance.date",
          "estimate_provenance.git", "estimate_provenance.hardware"), ()),
@@ -122,6 +123,31 @@ REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+#: The columns analysis reads of each row of a record's ``table`` (the sensitivity page's
+#: every candidate layer; the search plot's subsets), by kind: a row without one, a table
+#: that is no list of such rows, or an empty one ended analysis with a ``KeyError`` from
+#: pandas, after the comparison's tables were written and before ``index.json``.
+TABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "sensitivity": ("layer", "position", "shape", "num_basis", "reconstruction_error",
+                    "accuracy_drop", "loss_increase", "params_saved", "flops_saved",
+                    "seconds"),
+    "exhaustive_search": ("subset", "accuracy", "fast_choice")}
+#: The fields of :data:`REQUIRED` outside ``config``, ``model`` and ``final`` that hold a
+#: measurement (:func:`is_measurement`), and those that hold a text: a null or a text
+#: there ended the sensitivity or search page with a ``TypeError`` from a format.
+MEASURED_FIELDS = {"sensitivity.estimate_seconds", "sensitivity.reference.accuracy",
+                   "sensitivity.pretrained.accuracy", "sensitivity.dense.params",
+                   "sensitivity.dense.flops",
+                   *(f"search.{key}" for key in (
+                       "subsets", "subset_size", "fast_accuracy", "fast_rank_by_accuracy",
+                       "fast_rank_by_loss", "best_accuracy", "median_accuracy",
+                       "worst_accuracy", "reference_accuracy", "seconds"))}
+TEXT_FIELDS = {"sensitivity.policy", "sensitivity.key", "search.metric", "search.fast_choice",
+               "search.best_subset"}
+#: Rank correlations: a number, or null where undefined (one subset, or all tied).
+CORRELATIONS = {"search.spearman_predicted_vs_measured_drop",
+                "search.spearman_predicted_vs_measured_loss"}
+
 #: The parts of a record whose fields a producer always fills with measurements: a value
 #: there that is not one (:func:`is_measurement`: null, NaN, text, ``true``, a negative
 #: time) is missing (hand-edited, or not ours), not a value; a table would count the seed
@@ -131,7 +157,8 @@ MEASURED = ("model", "final")
 #: The fields of :data:`REQUIRED` that hold a list, not a measurement, with the type of its
 #: items: a converted layer's name (the table counts them: the letters of a text would be
 #: counted), an epoch's row of the curves.
-LISTS = {"model.basis_layers": str, "epochs": dict}
+LISTS = {"model.basis_layers": str, "epochs": dict, "sensitivity.chosen": str,
+         "search.candidates": str, "table": dict}
 
 #: The config values of :data:`REQUIRED`, with the types the producer writes there (its
 #: schema, :mod:`basisconv.config`; :func:`of_type` says what each is): one of another
@@ -184,7 +211,12 @@ def of_another_type(path: str, value: Any) -> bool:
                                                     for item in value))
     if path in CONFIG_TYPES:
         return not any(of_type(value, kind) for kind in CONFIG_TYPES[path])
-    return path.split(".")[0] in MEASURED and not is_measurement(value)
+    if path in TEXT_FIELDS:
+        return not isinstance(value, str)
+    if path in CORRELATIONS:
+        return value is not None and not is_number(value)
+    return ((path.split(".")[0] in MEASURED or path in MEASURED_FIELDS)
+            and not is_measurement(value))
 
 
 def missing_fields(record: dict[str, Any]) -> list[str]:
@@ -210,6 +242,7 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
         else:
             if of_another_type(path, node):
                 missing.append(path)
+    missing += [path for path in table_lacks(record) if "table" not in missing]
     if record.get("kind") in REQUIRED:
         for path, kind in PROVENANCE_TYPES.items():
             node = record
@@ -218,6 +251,21 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
             if node is not None and not isinstance(node, kind) and path not in missing:
                 missing.append(path)
     return missing
+
+
+def table_lacks(record: dict[str, Any]) -> list[str]:
+    """The columns of :data:`TABLE_FIELDS` that some row of ``record``'s ``table`` lacks,
+    as ``table.<column>`` (``table`` itself for an empty table: an estimate or a search has
+    a row at least); none where the record has no table of rows (an older search's is its
+    ``search.csv``; a table of another type is named by :func:`of_another_type`)."""
+    table = record.get("table")
+    if record.get("kind") not in TABLE_FIELDS or not isinstance(table, list) or not all(
+            isinstance(row, dict) for row in table):
+        return []
+    if not table:
+        return ["table"]
+    return [f"table.{column}" for column in TABLE_FIELDS[record["kind"]]
+            if any(column not in row for row in table)]
 
 
 def unwritable_folder(folder: str) -> str | None:
