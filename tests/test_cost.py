@@ -608,3 +608,36 @@ def test_a_shared_matrix_that_one_layer_uses_unpruned_is_counted_whole():
     model.layer3[0].conv2.prune_coefficients(2)
     assert count_parameters(model) == whole
     assert model_cost(model).params == whole
+
+
+def test_measure_flops_leaves_the_model_as_it_was():
+    """Found in review: measure_flops ran its counted step on the user's model itself, so
+    it left gradients in every parameter's .grad (added to a step's own, between a
+    zero_grad and optimizer.step), moved the batch norms' running statistics towards its
+    random input (the eval outputs changed) and drew from the global random stream."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16),
+                                torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))
+    model[3].weight.grad = torch.ones_like(model[3].weight)  # a gradient being accumulated
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    rng = torch.get_rng_state()
+    counted = measure_flops(model, (2, 3, 8, 8))
+    assert counted == {"forward_flops": model_cost(model, (2, 3, 8, 8)).forward_flops,
+                       "backward_flops": model_cost(model, (2, 3, 8, 8)).backward_flops}
+    assert model[0].weight.grad is None and model[0].bias.grad is None
+    assert torch.equal(model[3].weight.grad, torch.ones_like(model[3].weight))
+    for name, b in model.named_buffers():
+        assert torch.equal(b, buffers[name]), name
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training
+
+
+@pytest.mark.parametrize("count", [model_cost, measure_flops])
+@pytest.mark.parametrize("given", [torch.zeros(2, 3, 8, 8), "2x3x8x8", (2, 3, 8.5, 8)])
+def test_an_input_shape_that_is_no_shape_is_one_error(count, given):
+    """Found in review: an example input tensor given for the shape (or a string, or a
+    non-integral size) failed deep inside (int() of a tensor; torch.randn's list of
+    overloads) instead of saying what input_shape takes."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    with pytest.raises(ConfigError, match=r"input_shape.*\(B, C, H, W\)"):
+        count(model, given)

@@ -47,6 +47,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
+from .counts import is_int
 from .errors import BasisconvError, ConfigError, one_line
 from .layers import BasisConv2d, layer_shape, resolve_num_basis
 from .model_copy import HOOK_TABLES, copy_model
@@ -323,6 +324,24 @@ def _no_op(*args, **kwargs) -> None:
     """A hook that changes nothing (the dry run's stand-in for a user's)."""
 
 
+def _input_shape(input_shape, function: str) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of four ints, else one error saying what it takes (an
+    example input tensor, a string or a fractional size failed deep inside: ``int()`` of a
+    tensor, ``torch.randn``'s list of overloads; a fraction was cut to an int)."""
+    fix = "give one batch as (B, C, H, W), e.g. (1, 3, 32, 32) for one CIFAR image"
+    if isinstance(input_shape, torch.Tensor):
+        raise ConfigError(f"{function}: input_shape is a tensor of shape "
+                          f"{tuple(input_shape.shape)}; give its shape (x.shape), not the "
+                          f"tensor: {fix}")
+    if (isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence)
+            or not all(is_int(s) and s >= 1 for s in input_shape)):
+        raise ConfigError(f"{function}: input_shape={input_shape!r}; {fix}, positive ints")
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 4:  # an unbatched (C, H, W) would count C as the batch
+        raise ConfigError(f"{function}: input_shape={input_shape}; {fix}")
+    return input_shape
+
+
 def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
                input_requires_grad: bool = False) -> ModelCost:
     """Per-layer and total cost of one forward (and backward) at ``input_shape``.
@@ -341,10 +360,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 4:  # an unbatched (C, H, W) would count C as the batch
-        raise ConfigError(f"model_cost: input_shape={input_shape}; give one batch as "
-                          f"(B, C, H, W), e.g. (1, 3, 32, 32) for one CIFAR image")
+    input_shape = _input_shape(input_shape, "model_cost")
     active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
     shadow = copy_model(model, "model_cost: the model cannot be copied for its dry run on the "
@@ -435,7 +451,9 @@ def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32),
                   input_requires_grad: bool = False) -> dict[str, int]:
     """Forward and backward FLOPs of one real step, counted by ``FlopCounterMode``: the
     independent check of :func:`model_cost` (FLOPs are linear in the batch, so a batch of
-    2 is enough). The backward is that of ``output.sum()``.
+    2 is enough). The backward is that of ``output.sum()``. It runs on ``model`` itself and
+    leaves it as it was: the parameters' ``.grad``, the buffers (batch norms' running
+    statistics) and the random state are put back.
 
     A ``combine="auto"`` layer times its forms on its first call of a shape; that step
     runs uncounted first, so the count is of the forms the layer then runs, not of the
@@ -454,22 +472,42 @@ def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32),
                     "convolutions (%s) groups times too many; model_cost counts them right",
                     ", ".join(grouped[:3]) + (", ..." if len(grouped) > 3 else ""))
 
+    input_shape = _input_shape(input_shape, "measure_flops")
     param = next(model.parameters())
-    x = torch.randn(input_shape, device=param.device, dtype=param.dtype,
-                    requires_grad=input_requires_grad)
-    def step() -> torch.Tensor:
-        return model(x).float().sum()
+    # the step runs on the model itself (a copy is not always possible, and doubles its
+    # memory): what it changes is put back, so that counting leaves the model as it was
+    # (else its gradients were added to the parameters' .grad, its batch norms' running
+    # statistics moved towards a random input, and the global random stream advanced)
+    grads = {p: p.grad for p in model.parameters()}
+    for p in grads:  # (else the backward adds to a held gradient in place)
+        p.grad = None
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    cuda = [param.device.index or 0] if param.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            x = torch.randn(input_shape, device=param.device, dtype=param.dtype,
+                            requires_grad=input_requires_grad)
 
-    def backward(loss: torch.Tensor) -> None:  # a model with nothing to train has none
-        if loss.requires_grad:
-            loss.backward()
+            def step() -> torch.Tensor:
+                return model(x).float().sum()
 
-    if any(getattr(m, "combine", None) == "auto" for m in model.modules()):
-        backward(step())
-    with FlopCounterMode(display=False) as forward:
-        loss = step()
-    with FlopCounterMode(display=False) as backward_count:
-        backward(loss)
+            def backward(loss: torch.Tensor) -> None:  # a model with nothing to train has none
+                if loss.requires_grad:
+                    loss.backward()
+
+            if any(getattr(m, "combine", None) == "auto" for m in model.modules()):
+                backward(step())
+            with FlopCounterMode(display=False) as forward:
+                loss = step()
+            with FlopCounterMode(display=False) as backward_count:
+                backward(loss)
+    finally:
+        with torch.no_grad():
+            for p, grad in grads.items():
+                p.grad = grad
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
     return {"forward_flops": forward.get_total_flops(),
             "backward_flops": backward_count.get_total_flops()}
 
