@@ -271,16 +271,22 @@ def complete_record(kind="training", overrides=()):
     """A finished record of ``kind`` holding every field the analysis reads (placeholder
     values of the types it reads), as a producer publishes it: one the protocol skips."""
     from basisconv.records import CONFIG_TYPES, LISTS, PROVENANCE_TYPES, REQUIRED
+    from basisconv.records.runs import TABLE_FIELDS, TEXT_FIELDS
 
-    record = {"kind": kind, "status": "complete", "table": []}
+    # a table of one row holding every column the analysis reads
+    record = {"kind": kind, "status": "complete",
+              "table": [dict.fromkeys(TABLE_FIELDS.get(kind, ()), 1)]}
     always, once_complete = REQUIRED[kind]
     for path in always + once_complete:
         *parents, last = path.split(".")
         node = record
         for part in parents:
             node = node.setdefault(part, {})
+        if path == "table":
+            continue
         node[last] = (CONFIG_PLACEHOLDERS[CONFIG_TYPES[path][0]] if path in CONFIG_TYPES
-                      else [] if path in LISTS else PROVENANCE_TYPES.get(path, lambda: 1)())
+                      else "x" if path in TEXT_FIELDS else [] if path in LISTS
+                      else PROVENANCE_TYPES.get(path, lambda: 1)())
     # made from the table this code's smoke protocol estimates (another key is set aside)
     if kind == "sensitivity":
         record["sensitivity"]["key"] = smoke_keys(tuple(overrides))["sensitivity"]

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import one_line
 from .files import write_json_atomic
 from .origin import provenance
-from .runs import RECORD, is_measurement, missing_fields, read_record
+from .runs import KIND_WORDS, RECORD, is_measurement, missing_fields, read_record
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def unusable(record: dict[str, Any], path: str | os.PathLike) -> str | None:
     path = Path(path)
     missing = missing_fields(record)
     if missing:
-        return f"a {record.get('kind')} record without {', '.join(missing)}"
+        kind = record.get("kind")
+        return f"the record of {KIND_WORDS.get(kind, repr(kind))} without {', '.join(missing)}"
     problem = misplaced(record, path) if path.name != RECORD else None
     if problem is not None:  # a copy of another row's or seed's record
         return problem
