@@ -610,6 +610,13 @@ def test_a_shared_matrix_that_one_layer_uses_unpruned_is_counted_whole():
     assert model_cost(model).params == whole
 
 
+def test_measure_flops_counts_a_model_without_parameters():
+    """Found in review: a model with nothing to train (a pooling head alone) ended
+    measure_flops in a StopIteration, where model_cost counts it."""
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Flatten())
+    assert measure_flops(model, (2, 3, 4, 4)) == {"forward_flops": 0, "backward_flops": 0}
+
+
 def test_measure_flops_leaves_the_model_as_it_was():
     """Found in review: measure_flops ran its counted step on the user's model itself, so
     it left gradients in every parameter's .grad (added to a step's own, between a

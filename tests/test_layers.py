@@ -528,6 +528,19 @@ def test_an_nchw_input_gives_an_output_in_the_layout_a_conv_gives(combine):
     torch.testing.assert_close(out.view(2, -1), layer.to_conv()(x).view(2, -1))
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"groups": 2}, r"BasisConv2d is a grouped conv \(groups=2\).*use an nn\.Conv2d for it"),
+    ({"padding_mode": "reflect"}, r"padding_mode='reflect'.*use an nn\.Conv2d for it")])
+def test_a_layer_built_with_conv_options_it_lacks_says_so(options, message):
+    """Found in review: ``BasisConv2d(..., groups=2)`` or ``padding_mode='reflect'``, as one
+    builds an ``nn.Conv2d``, failed with Python's "unexpected keyword argument"; the
+    conv's defaults are taken, anything else is the conversion's own refusal."""
+    with pytest.raises(ConfigError, match=message):
+        BasisConv2d(8, 16, 3, 4, padding=1, **options)
+    layer = BasisConv2d(8, 16, 3, 4, padding=1, groups=1, padding_mode="zeros")
+    assert layer(torch.randn(1, 8, 5, 5)).shape == (1, 16, 5, 5)
+
+
 def test_a_non_zero_padding_mode_is_refused_with_the_fix():
     """Like the grouped-conv refusal, the padding-mode one says what to do (leave the
     layer dense), not only what is unsupported."""

@@ -473,7 +473,7 @@ def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32),
                     ", ".join(grouped[:3]) + (", ..." if len(grouped) > 3 else ""))
 
     input_shape = _input_shape(input_shape, "measure_flops")
-    param = next(model.parameters())
+    param = next(model.parameters(), torch.empty(0))  # (none: a model of no parameters)
     # the step runs on the model itself (a copy is not always possible, and doubles its
     # memory): what it changes is put back, so that counting leaves the model as it was
     # (else its gradients were added to the parameters' .grad, its batch norms' running

@@ -207,6 +207,8 @@ class BasisConv2d(nn.Module):
             ``"auto"`` per shape the fastest of that, the fold in standard ops and the
             modules unfused, measured on the device; ``"split"`` does not apply). Same
             function, other rounding.
+        groups, padding_mode: ``nn.Conv2d``'s, taken so that the layer is built as a conv
+            would be; only ``1`` and ``"zeros"`` (anything else is one error).
 
     Initialization from scratch (why): the basis filters are Kaiming-normal with
     ``fan_in = C_in*kh*kw``, as torch's own conv init scales by fan-in, so a basis output
@@ -226,8 +228,11 @@ class BasisConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, num_basis: int | float,
                  stride=1, padding=0, dilation=1, bias: bool = True, *,
                  combine: str = "stacked", coefficient_rank: int | None = None,
-                 fuse_norm: bool = False, device=None, dtype=None):
+                 fuse_norm: bool = False, groups: int = 1, padding_mode: str = "zeros",
+                 device=None, dtype=None):
         super().__init__()
+        # (nn.Conv2d's keywords, so a layer built as one would a conv says what it lacks)
+        check_plain_options(groups, padding_mode, "BasisConv2d", "use an nn.Conv2d for it")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
@@ -594,12 +599,20 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
                           f"forward; a basis layer would compute a plain conv of its weight "
                           f"instead, so leave this layer dense (or replace it by a plain "
                           f"nn.Conv2d with the weight it uses)")
-    if conv.groups != 1:
-        raise ConfigError(f"{at} is a grouped conv (groups={conv.groups}); basis convolutions "
-                         f"support groups=1 only, leave this layer dense")
-    if conv.padding_mode != "zeros":
-        raise ConfigError(f"{at} uses padding_mode={conv.padding_mode!r}; basis convolutions "
-                         f"support zero padding only, leave this layer dense")
+    check_plain_options(conv.groups, conv.padding_mode, at)
+
+
+def check_plain_options(groups, padding_mode, at: str,
+                        fix: str = "leave this layer dense") -> None:
+    """What a basis layer computes is an ungrouped conv with zero padding: a conv of other
+    ``groups`` or ``padding_mode`` is one error (converting it, or building a
+    :class:`BasisConv2d` with them as one would an ``nn.Conv2d``)."""
+    if groups != 1:
+        raise ConfigError(f"{at} is a grouped conv (groups={groups!r}); basis convolutions "
+                          f"support groups=1 only, {fix}")
+    if padding_mode != "zeros":
+        raise ConfigError(f"{at} uses padding_mode={padding_mode!r}; basis convolutions "
+                          f"support zero padding only, {fix}")
 
 
 def check_finite_weight(conv: nn.Conv2d, where: str = "", fitting: bool = True) -> None:
