@@ -226,18 +226,30 @@ def test_a_synchronized_model_is_described_as_the_plain_one(monkeypatch):
 def test_the_dense_warm_up_converts_under_torchrun(tmp_path, repo):
     """And the record counts what runs: synchronized norms, which basis layers do not fold
     (found in review: a run of basis layers from the start counted folded norms, so its
-    FLOPs differed from the same model's after a warm-up)."""
-    counts = []
+    FLOPs differed from the same model's after a warm-up), at the batch one process steps
+    on (found in review: counted at the global batch, a low-rank product, paid once a
+    process's batch, was divided by twice the images it serves)."""
+    from omegaconf import OmegaConf
+
+    from basisconv.network import build_network, describe
+
+    counts, keys = [], ("parameters", "forward_flops", "backward_flops")
     jobs = {basis: torchrun_start(repo, tmp_path / basis, f"basis={basis}", "selection=all",
-                                  f"basis.dense_warmup_epochs={warmup}", "basis.fuse_norm=true")
+                                  f"basis.dense_warmup_epochs={warmup}", "basis.fuse_norm=true",
+                                  "basis.coefficient_rank=2")
             for basis, warmup in (("warmup", 1), ("scratch", 0))}  # both at once
     for basis, result in zip(jobs, finished(*jobs.values())):
         assert result.returncode == 0, result.stderr[-3000:]
         record = json.loads((tmp_path / basis / "run.json").read_text())
         assert record["status"] == "complete" and record["model"]["basis_layers"]
-        counts.append({k: record["model"][k] for k in ("parameters", "forward_flops",
-                                                       "backward_flops")})
+        counts.append({k: record["model"][k] for k in keys})
     assert counts[0] == counts[1]
+    cfg = OmegaConf.create(record["config"])
+    cfg.basis.fuse_norm = False  # (synchronized norms are not folded: the model that ran)
+    model = build_network(cfg, record["layers"], basis_now=True)
+    at = {batch: {k: describe(model, batch=batch)[k] for k in keys} for batch in (25, 50)}
+    assert at[25] != at[50]  # the low-rank products are paid once a batch
+    assert counts[0] == at[25]  # each of the 2 processes steps on 25 of the 50 images
 
 
 def test_the_one_process_jobs_are_refused_under_torchrun(monkeypatch, tmp_path):

@@ -125,7 +125,8 @@ def build_network(cfg: DictConfig, layers: Layers, *, basis_now: bool | None = N
 def describe(model: nn.Module, image_shape=(3, 32, 32), batch: int = 1) -> dict[str, Any]:
     """Parameters, per-image FLOPs (forward; backward split into grad-input and
     grad-weight, as ``basisconv.cost`` counts them) and the basis layers of ``model``.
-    The FLOPs are counted at the training ``batch`` and divided by it: what a layer pays
+    The FLOPs are counted at the training ``batch`` (one process's, under torchrun) and
+    divided by it: what a layer pays
     once per batch (folded-norm statistics, a low-rank coefficient product) is shared by
     its images, as :func:`basisconv.selection.layer_savings` counts it too. Counted as in
     training whatever the model's mode (a dense warm-up converts right after evaluating)."""

@@ -247,7 +247,7 @@ class Training:
         self.scaler = loop.grad_scaler(self.amp_dtype, self.device)
         self.scheduler = loop.build_scheduler(self.optimizer, trainer, len(self.train_batches))
         self.record = RunRecord("training", config, results={
-            "model": describe(self.model, batch=trainer.batch_size), "layers": self.layers,
+            "model": describe(self.model, batch=self.process_batch), "layers": self.layers,
             **made_from, "epochs": [], "final": None, "wandb": None})
         self.results = self.record.results
         if checkpoint is not None:
@@ -299,6 +299,14 @@ class Training:
         keep_earlier_provenance(self.record.provenance, checkpoint["record"]["provenance"], done)
         log.info("resuming %s after epoch %d", self.output_dir, done)
 
+    @property
+    def process_batch(self) -> int:
+        """The batch one process steps on (``trainer.batch_size`` is the global batch):
+        what the record's per-image FLOPs are counted at, as a layer's once-a-batch terms
+        (folded-norm statistics, a low-rank product) are paid once per process's batch
+        (at the global batch, torchrun's records understated them by the process count)."""
+        return self.cfg.trainer.batch_size // distributed.world_size()
+
     def wrap(self) -> None:
         """The module the steps run: DDP and ``torch.compile`` around the model."""
         trainer = self.cfg.trainer
@@ -314,7 +322,7 @@ class Training:
         if distributed.world_size() > 1:  # synchronized norms, which basis layers do not
             # fold (fuse_norm): the record counts what runs, as a dense warm-up's conversion,
             # after this, does (else it counts the folded form)
-            self.results["model"] = describe(self.model, batch=trainer.batch_size)
+            self.results["model"] = describe(self.model, batch=self.process_batch)
         self.step_model = loop.compiled(step_model, trainer)
         self.graphed = loop.use_cuda_graphs(trainer, self.device)
         skip_every = self.cfg.basis.coefficient_update_every
@@ -323,7 +331,7 @@ class Training:
                               if has_basis and skip_every > 1 else None)
         if self.skip_schedule is not None:  # the record states what skipping saves
             self.results["model"].update(skip_training_cost(
-                self.model, self.skip_schedule, batch=self.cfg.trainer.batch_size))
+                self.model, self.skip_schedule, batch=self.process_batch))
         # steps counted from the conversion: the coefficients of a warmed-up model train on
         # its first basis step and every N-th after, as without a warm-up (counted from the
         # run's first step, an N above the basis steps left them untrained)
@@ -339,7 +347,7 @@ class Training:
         to_basis(self.model, self.cfg, self.layers, convert=True)
         self.model.to(device=self.device, memory_format=self.memory_format)
         rebind_optimizer(self.optimizer, self.model)
-        self.results["model"] = describe(self.model, batch=self.cfg.trainer.batch_size)
+        self.results["model"] = describe(self.model, batch=self.process_batch)
         self.pending_conversion = False
         self.warn_if_dense()
         if self.cfg.trainer.compile:
