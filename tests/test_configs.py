@@ -219,6 +219,9 @@ def test_slurm_launcher_composes(compose_cfg):
     ("trainer.device=cuda:one", "trainer.device=cuda:one: no such device; choose one of auto"),
     # (torch refuses it: the run stopped with a traceback in resolve_device)
     ("trainer.device=cuda:01", "trainer.device=cuda:01: no such device; choose one of auto"),
+    # (found in review: the run went to outputs/<date>, beside every run's folder)
+    ("name=", r"name='' is empty; it names the run's folder \(outputs/<name>/<date>\)"),
+    ("name=' '", r"name=' ' is empty"),
 ])
 def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, override, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -473,6 +473,11 @@ def validate(cfg: DictConfig) -> None:
     _check_paths(cfg)
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
+    # an empty name put the run in outputs/<date>, beside every run's folder, under an
+    # empty wandb group
+    _check(str(cfg.name).strip() != "",
+           f"name={cfg.name!r} is empty; it names the run's folder (outputs/<name>/<date>) and "
+           f"its wandb group: give one (name=my-run), or drop the override")
     _check(0 < cfg.model.width < math.inf,
            f"model.width must be a finite number > 0, got {cfg.model.width}")
     _check_choice(cfg.data.name, DATASETS, "data.name")
