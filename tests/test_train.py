@@ -147,6 +147,27 @@ def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 
 
+@pytest.mark.parametrize("backend, overrides, said", [
+    ("none", ["logger=none", "logger.mode=online"],
+     "logger=none logs to no tracker, so logger.mode=online is unread; use logger=wandb"),
+    ("none", ["logger=none", "logger.project=x", "+logger.entity=me"],
+     "so logger.project=x +logger.entity=me are unread"),
+    ("none", ["logger=none", "logger.backend=none"], None),
+    ("wandb", ["logger.mode=online"], None)])
+def test_a_tracker_setting_given_with_logger_none_is_said_unread(monkeypatch, caplog, backend,
+                                                                 overrides, said):
+    """Found in review: ``logger=none logger.mode=online`` logged to no tracker, unsaid."""
+    from basisconv import cli
+
+    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(cli, "in_sweep", lambda: False)
+    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    with caplog.at_level("WARNING", logger=cli.log.name):
+        cli.warn_unread_logger_overrides(OmegaConf.create({"logger": {"backend": backend}}))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
+
+
 def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     result = run_script(repo, tmp_path, f"data.root={tmp_path / 'nowhere'}")
     assert result.returncode == 2

@@ -239,6 +239,19 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
                     "this run trains its basis layers from scratch", keys)
 
 
+def warn_unread_logger_overrides(cfg: Any) -> None:
+    """``logger=none`` logs to no tracker, so ``logger.mode``, ``logger.project`` and the
+    like given with it are unread: ``logger=none logger.mode=online`` logged nothing,
+    without a word (found in review). Said as a warning, as the basis keys are."""
+    if (cfg.logger.backend != "none" or not HydraConfig.initialized()
+            or not distributed.first_process() or in_sweep()):
+        return
+    keys = [o for o in typed_overrides() if re.match(r"[+~]*logger\.(?!backend\b)", o)]
+    if keys:
+        log.warning("logger=none logs to no tracker, so %s %s unread; use logger=wandb to "
+                    "log the run there", " ".join(keys), "is" if len(keys) == 1 else "are")
+
+
 def warn_unread_selection_keys(selection: Any, overrides: list[str]) -> None:
     """A ``selection.<key>`` given to one run that its policy does not read
     (:func:`~basisconv.selection.keys_read`) is ignored: ``experiment=basis_selected
