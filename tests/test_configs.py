@@ -1088,6 +1088,18 @@ def test_a_config_group_given_a_list_of_its_configs_is_one_line_not_their_merge(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override, key", [("+model@extra=[resnet8,resnet20]", "+model@extra"),
+                                           ("model@net=[resnet8,resnet20]", "model@net")])
+def test_a_listed_groups_advice_keeps_its_prefix_and_package(override, key):
+    """Found in review: the advice dropped a ``+`` or ``@package`` from the key, so the
+    sweep it named (``-m model=...``) chose another group's place than the one given."""
+    from basisconv.hydra_errors import listed_group_line
+
+    line = listed_group_line([override], lambda group: group == "model")
+    assert f"sweep them with -m {key}=resnet8,resnet20; for one run, give one, e.g. " \
+           f"{key}=resnet20" in line
+
+
 def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(tmp_path, repo):
     """Found in review: the command line's own checks (``hydra.job.chdir=true``, a group
     given a list of its configs) ran in each job of a sweep, not in the check of every job

@@ -146,10 +146,11 @@ def listed_group_line(overrides: list[str], is_group: Callable[[str], bool]) -> 
         if (isinstance(value, list) and len(value) > 1 and not override.is_delete()
                 and is_group(override.key_or_group)):
             group, options = override.key_or_group, ",".join(map(str, value))
+            key = override.get_key_element()  # as given: with its + and @package
             return (f"{override.input_line}: {group} is a config group and takes one of its "
                     f"configs; a list merges them into one, the last one's values winning "
-                    f"({group}={value[-1]} here): to run each, sweep them with -m "
-                    f"{group}={options}; for one run, give one, e.g. {group}={value[-1]}")
+                    f"({key}={value[-1]} here): to run each, sweep them with -m "
+                    f"{key}={options}; for one run, give one, e.g. {key}={value[-1]}")
     return None
 
 
