@@ -1115,3 +1115,5 @@ def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(t
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("error: the sweep job "), done.stderr
         assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr
+        # our own line: Hydra has no fuller message to show (found in review: it said so)
+        assert "BASISCONV_DEBUG" not in done.stderr

@@ -377,6 +377,8 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             def reraise():
                 raise caught
             return hydra_run_and_report(reraise)
+        if isinstance(ex, BasisconvError):  # (our own line, e.g. a sweep job's check:
+            exit_refused(one_line(str(ex)))  # Hydra has no fuller message to show)
         line = hydra_error_line(ex)
         if "Config group override must be a string" in str(ex):  # model=null, basis=0.25
             got = str(ex).rpartition("Got ")[2].strip().rstrip(".")
