@@ -467,6 +467,9 @@ def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
                                     "one of resnet110, resnet18"),
     ("train.py", "+=x", "the override '\\+=x' has no key"),
     ("train.py", "=3", "the override '=3' has no key"),
+    # (found in review: Hydra's bare "force-add of config groups is not supported")
+    ("train.py", "++model=resnet8", r"\+\+model=resnet8: model is a config group, which \+\+ "
+                                    r".*choose it with model=resnet8, without the \+\+"),
     ("sensitivity.py", "data=nope", "data=nope: there is no such data config; choose one of "
                                     "cifar10, stripes"),
     ("exhaustive_search.py", "seed=x", "seed=x: Value 'x' of type 'str' could not be"),

@@ -97,6 +97,12 @@ def hydra_error_line(ex: Exception) -> str:
                      str(ex))
     if added:  # +model=resnet20: Hydra's advice is the defaults list's, a YAML line
         return added_group_line(added[1], added[2])
+    forced = re.match(r"force-add of config groups is not supported: '\+\+([^=@]+)[^=]*=(.*)'",
+                      str(ex))
+    if forced:  # ++model=resnet8: ++ force-adds a key; a group's config is chosen plainly
+        return (f"++{forced[1]}={forced[2]}: {forced[1]} is a config group, which ++ (add or "
+                f"override a key) does not apply to; choose it with {forced[1]}={forced[2]}, "
+                f"without the ++")
     if isinstance(ex, OSError) and ex.filename:  # Hydra makes the run's folder and .hydra/
         return (f"cannot write {ex.filename} ({ex.strerror}); point hydra.run.dir "
                 f"(hydra.sweep.dir with -m) at a folder that can be written")
