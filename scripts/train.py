@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
-from basisconv.cli import (check_sweep_jobs, exit_on_user_error, warn_unread_basis_overrides,
-                           warn_unread_logger_overrides)
+from basisconv.cli import (check_sweep_jobs, exit_on_user_error, warn_preset_choice_overridden,
+                           warn_unread_basis_overrides, warn_unread_logger_overrides)
 from basisconv.config import validate
 from basisconv.train import fit
 
@@ -28,6 +28,7 @@ check_sweep_jobs(validate)
 def main(cfg: DictConfig) -> None:
     warn_unread_basis_overrides(cfg)
     warn_unread_logger_overrides(cfg)
+    warn_preset_choice_overridden(cfg)
     fit(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -168,6 +168,35 @@ def test_a_tracker_setting_given_with_logger_none_is_said_unread(monkeypatch, ca
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 
 
+@pytest.mark.parametrize("overrides, said", [
+    (["experiment=baseline", "selection=all"],
+     "experiment=baseline chooses selection=none; selection=all given with it runs under "
+     "the preset's name resnet8-baseline, which does not say so: give the run a name"),
+    (["experiment=baseline", "selection=all", "name=all-layers"], None),
+    (["experiment=basis_selected", "selection=random"], None),  # its name says the policy
+    (["experiment=baseline", "selection=none"], None),
+    (["experiment=basis_all", "selection=blocks"], "experiment=basis_all chooses "
+                                                   "selection=all; selection=blocks")])
+def test_a_choice_a_preset_makes_chosen_otherwise_is_said(monkeypatch, caplog, overrides, said):
+    """Found in review: ``experiment=baseline selection=all`` converted every conv under
+    the name ``<model>-baseline`` (its folder, wandb group and table row), unsaid."""
+    import types
+
+    from basisconv import cli
+
+    preset = overrides[0].partition("=")[2]
+    hydra = types.SimpleNamespace(runtime=types.SimpleNamespace(choices={"experiment": preset}))
+    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(cli.HydraConfig, "get", staticmethod(lambda: hydra))
+    monkeypatch.setattr(cli, "in_sweep", lambda: False)
+    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    name = {"baseline": "resnet8-baseline"}.get(preset, "resnet8-x")
+    with caplog.at_level("WARNING", logger=cli.log.name):
+        cli.warn_preset_choice_overridden(OmegaConf.create({"name": name}))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
+
+
 def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     result = run_script(repo, tmp_path, f"data.root={tmp_path / 'nowhere'}")
     assert result.returncode == 2

@@ -29,7 +29,7 @@ from omegaconf.errors import InterpolationResolutionError
 from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
-from .hydra_errors import (added_group_line, config_groups_of, group_value_override,
+from .hydra_errors import (CONFIGS, added_group_line, config_groups_of, group_value_override,
                            hydra_error_line, interpolation_error_line, listed_group_line,
                            malformed_override, typed_overrides)
 from .records import LOCK, folder_lock, write_bytes_atomic
@@ -237,6 +237,37 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
         log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
                     "convert, basis.dense_warmup_epochs > 0, the sensitivity policies), and "
                     "this run trains its basis layers from scratch", keys)
+
+
+def warn_preset_choice_overridden(cfg: Any) -> None:
+    """A group an experiment preset chooses, chosen otherwise on the command line, where the
+    preset's ``name`` does not say that group's settings: ``experiment=baseline
+    selection=all`` converted every conv under the name ``<model>-baseline`` (its folder,
+    wandb group and table row), unsaid (found in review). Said as a warning, unless a
+    ``name=`` of the run's own is given; ``experiment=basis_selected selection=random`` is
+    that preset's design (its name holds ``${selection.policy}``)."""
+    if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
+        return
+    preset = HydraConfig.get().runtime.choices.get("experiment")
+    given = typed_overrides()
+    if preset is None or any(re.match(r"[+~]*name=", o) for o in given):
+        return
+    path = CONFIGS / "experiment" / f"{preset}.yaml"
+    if not path.is_file():  # (a preset of a config path of the user's own)
+        return
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    name = str(config.get("name", ""))  # (as written: ${model.name}-baseline)
+    chosen = {key.removeprefix("override /"): str(option)
+              for entry in config.get("defaults", []) if isinstance(entry, dict)
+              for key, option in entry.items() if key.startswith("override /")}
+    for override in given:
+        group, _, option = override.partition("=")
+        if (group in chosen and option and option != chosen[group]
+                and f"${{{group}." not in name):
+            log.warning("experiment=%s chooses %s=%s; %s given with it runs under the preset's "
+                        "name %s, which does not say so: give the run a name of its own "
+                        "(name=...), or choose the preset that runs it", preset, group,
+                        chosen[group], override, cfg.name)
 
 
 def warn_unread_logger_overrides(cfg: Any) -> None:
