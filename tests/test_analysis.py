@@ -763,6 +763,19 @@ def test_results_notebook_falls_back_to_the_run_folders_of_the_profile_it_shows(
     assert namespace["RUNS"] == tmp_path / "outputs" / "paper"
 
 
+def test_results_notebook_names_the_fix_for_a_folder_without_an_analysis(tmp_path, repo,
+                                                                        monkeypatch):
+    """Found in review: a results folder without ``index.json`` (a profile not analysed
+    yet, a typo in BASISCONV_RESULTS) was a bare FileNotFoundError of the file."""
+    nbformat = pytest.importorskip("nbformat")
+    monkeypatch.setenv("BASISCONV_RESULTS", str(tmp_path / "results" / "paper"))
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    first = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    with pytest.raises(FileNotFoundError, match=r"paper holds no analysis \(index.json\): "
+                                                r"make reproduce PROFILE=<profile>"):
+        exec(first.source, {})
+
+
 def test_results_notebook_runs_table_tells_apart_runs_that_differ_in_settings(
         tmp_path, monkeypatch, repo):
     """Found in review: the notebook's table of runs showed results/frobenius-decay's runs
