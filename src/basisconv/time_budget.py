@@ -8,6 +8,8 @@ run that records the timings) chooses the same layers from the same numbers. The
 sits beside the sensitivity tables (``<sensitivity.cache_dir>/layer-times/``), under a key
 of everything that changes a timing: the hardware, the model, the basis options, the
 candidate layers and the run's device, batch, layout, precision, threads and flags.
+Timed eagerly, each layer alone: ``trainer.compile`` and ``trainer.cuda_graphs`` are not
+applied, and are not in the key (a compiled or graphed run chooses from eager times).
 ``sensitivity.recompute=true`` measures again. A run resumed on another machine keeps the
 layers its checkpoint was built with (``basisconv.train``), whatever it would measure there.
 """
@@ -146,7 +148,8 @@ def load(path: Path, names: list[str]) -> dict | None:
 
 def measure(cfg: DictConfig, names: list[str]) -> dict:
     """Time ``names`` now, in the run's settings (threads, cudnn and deterministic flags,
-    device), each layer dense and in the basis form the run would build."""
+    device; eagerly: not compiled nor graphed), each layer dense and in the basis form the
+    run would build."""
     trainer = cfg.trainer
     with torch.random.fork_rng(), loop.settings_restored():
         runtime = loop.setup(trainer, cfg.seed)
