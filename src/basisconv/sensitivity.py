@@ -9,9 +9,10 @@ The estimate, for a model, a basis size and a data config:
 2. fine-tune a copy of it, still dense, for ``sensitivity.finetune_epochs`` with a short
    cosine schedule: the *reference*;
 3. for every candidate layer: convert that one layer of a fresh copy to basis form
-   (``BasisConv2d.from_conv``, least-squares fit), fine-tune it exactly as the reference
-   (same steps, same batches: common random numbers; they do not cancel the batch order's
-   effect on a drop, whose own noise ``sensitivity.drop_noise_layers`` measures), and
+   (``BasisConv2d.from_conv``, least-squares fit), fine-tune it (all its parameters)
+   exactly as the reference (same steps, same batches: common random numbers; they do not
+   cancel the batch order's effect on a drop, whose own noise
+   ``sensitivity.drop_noise_layers`` measures), and
    measure accuracy and loss on a held-out split of the *training* images (the test set
    is never used to choose layers).
 
