@@ -118,6 +118,23 @@ def test_epoch_time_is_the_median_epoch_so_a_first_epoch_that_compiles_is_not_ch
     assert runs_frame([(basis, "b")])["epoch_seconds"].item() == 5.0
 
 
+def test_a_warm_up_runs_epoch_time_is_that_of_its_basis_epochs():
+    """Found in review: with a dense warm-up (``basis.dense_warmup_epochs``) taking half
+    the epochs or more, the median epoch was a dense one, and the row's epoch speedup that
+    of the dense model, where its step speedup is the basis model's."""
+    dense, warm = record(), record("all", 0.5)
+    warm["config"]["basis"]["dense_warmup_epochs"] = 2
+    warm["config"]["trainer"]["epochs"] = 3
+    warm["epochs"].append({**warm["epochs"][1], "epoch": 3, "epoch_seconds": 5.0})
+    dense["config"]["trainer"]["epochs"] = 3  # (the baseline of as many epochs)
+    dense["epochs"].append({**dense["epochs"][1], "epoch": 3})
+    table = compare(runs_frame([(dense, "a"), (warm, "b")])).set_index("selection")
+    assert table.loc["all", "epoch_seconds"] == 5.0 and table.loc["all", "epoch_speedup"] == 2.0
+    # the dense baseline's warm-up key is unread: all its epochs count
+    dense["config"]["basis"]["dense_warmup_epochs"] = 2
+    assert runs_frame([(dense, "a")])["epoch_seconds"].item() == 10.0
+
+
 def swept(rec, **settings):
     """``rec`` with dotted config keys set, as a sweep's override would."""
     rec = json.loads(json.dumps(rec))

@@ -149,9 +149,18 @@ def median_epoch_seconds(record: dict[str, Any]) -> float:
     epoch speedup; ``train_seconds`` keeps the whole wall time. A record from wandb whose
     history lacks the per-epoch times gives the mean its summary holds; an epoch whose time
     is no measurement (null, text: an edited record) is left out of the median, as one
-    without a time is."""
+    without a time is. A run with a dense warm-up (``basis.dense_warmup_epochs``) counts
+    its epochs in basis form only: the row's epoch speedup is its basis model's, as its step
+    speedup is (a median over all epochs was a dense one once the warm-up took half)."""
+    config = record.get("config") or {}
+    warmup = ((config.get("basis") or {}).get("dense_warmup_epochs") or 0
+              if (config.get("selection") or {}).get("policy") != "none" else 0)
     times = [epoch["epoch_seconds"] for epoch in record["epochs"]
              if is_measurement(epoch.get("epoch_seconds"))]
+    converted = [epoch["epoch_seconds"] for epoch in record["epochs"]
+                 if is_measurement(epoch.get("epoch_seconds"))
+                 and is_measurement(epoch.get("epoch")) and epoch["epoch"] > warmup]
+    times = converted or times  # (none: an edited record's epochs lack their numbers)
     return statistics.median(times) if times else record["final"]["mean_epoch_seconds"]
 
 
