@@ -168,6 +168,36 @@ def test_an_unreadable_batch_file_is_a_clear_error(tmp_path, monkeypatch, fmt, v
         load_cifar10(tmp_path, verify_md5=verify_md5)
 
 
+@pytest.mark.parametrize("download", [False, True])
+def test_a_data_root_this_user_may_not_enter_is_a_clear_error(tmp_path, monkeypatch,
+                                                               download):
+    """Found in review: ``data.root`` in a folder this user may not enter (another user's
+    copy, mode 700) stopped with a PermissionError's stack trace from looking for the
+    files (``Path.is_file`` ignores only a missing file); with data.download=true it
+    must not be taken for a missing dataset and downloaded over. The refusal is made where
+    the folder is looked in, as a test run as root may enter a folder whatever its mode."""
+    import os
+
+    import basisconv.data as data
+
+    def no_download(root):
+        raise AssertionError(f"downloaded into {root}")
+
+    monkeypatch.setattr(data, "download_cifar10", no_download)
+    folder = write_cifar(tmp_path / "theirs", n_train=50, n_test=10)
+    real_stat = os.stat
+
+    def refusing_stat(path, *args, **kwargs):
+        if Path(os.fspath(path)).parent == folder:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", refusing_stat)
+    with pytest.raises(DatasetError, match=rf"^cannot look in {folder} for CIFAR-10 "
+                                           r"\(Permission denied\): make it readable"):
+        load_cifar10(tmp_path / "theirs", verify_md5=False, download=download)
+
+
 def test_missing_batch_file(tmp_path):
     folder = write_cifar(tmp_path)
     (folder / "data_batch_5.bin").unlink()

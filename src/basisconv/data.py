@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import shard
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, DatasetNotFound
 from .counts import share_of
 from .records import file_digest, folder_lock
 
@@ -98,14 +98,25 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
     """Locate a CIFAR-10 folder under ``root`` (or ``root`` itself), binary version first.
 
     Returns the folder and its format, ``"bin"`` or ``"py"``; raises
-    :class:`DatasetError` if neither is there.
+    :class:`DatasetNotFound` if neither is there, and :class:`DatasetError` if a folder
+    cannot be looked in.
     """
     root = Path(root).expanduser()
     for fmt in ("bin", "py"):
         for folder in (root, root / FOLDERS[fmt]):
-            if (folder / TEST_FILES[fmt][0]).is_file() or (folder / TRAIN_FILES[fmt][0]).is_file():
+            try:
+                found = any((folder / names[fmt][0]).is_file()
+                            for names in (TEST_FILES, TRAIN_FILES))
+            except OSError as err:  # a folder this user may not enter (another user's, 700):
+                # is_file ignores only "no such file", so this was a PermissionError's trace
+                raise DatasetError(
+                    f"cannot look in {folder} for CIFAR-10 ({err.strerror or err}): make it "
+                    f"readable (chmod a+rx, or ask its owner), or point data.root (or the "
+                    f"CIFAR10_ROOT environment variable) at a copy this user can read."
+                ) from None
+            if found:
                 return folder, fmt
-    raise DatasetError(
+    raise DatasetNotFound(
         f"CIFAR-10 not found: looked in {root.resolve()} and its subfolders "
         f"{FOLDERS['bin']}/ and {FOLDERS['py']}/. Point data.root (or the CIFAR10_ROOT "
         f"environment variable) at the folder holding the extracted CIFAR-10 files, "
@@ -276,7 +287,7 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
     root = Path(root if root is not None else default_root()).expanduser()
     try:
         folder, fmt = find_cifar10(root)
-    except DatasetError:
+    except DatasetNotFound:
         if not download:
             raise
         # one download at a time into a folder (runs started together, torchrun's ranks,
@@ -285,7 +296,7 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
                          name=DOWNLOAD_LOCK):
             try:
                 folder, fmt = find_cifar10(root)
-            except DatasetError:
+            except DatasetNotFound:
                 download_cifar10(root)
                 folder, fmt = find_cifar10(root)
     train = _read_split(folder, fmt, TRAIN_FILES[fmt], verify_md5)

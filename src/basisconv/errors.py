@@ -62,6 +62,11 @@ class DatasetError(BasisconvError, RuntimeError):
     """The data could not be read; the message says where it looked and what to do."""
 
 
+class DatasetNotFound(DatasetError):
+    """No dataset where it was looked for (what ``data.download=true`` fetches); a folder
+    that could not be looked in is a plain :class:`DatasetError`, never downloaded over."""
+
+
 class PublishError(BasisconvError, OSError):
     """A finished result could not be copied where it was asked to go (``publish=``): the
     message says why, where the result is kept, and how to publish it once fixed."""
