@@ -35,6 +35,21 @@ def test_environment_yml_matches_requirements(repo):
         assert conda[name] == version, name
 
 
+def test_the_test_extra_names_every_pytest_plugin_the_suite_is_configured_for(repo):
+    """Found in review: ``pip install -e .[test]`` then ``pytest`` ran without the 900 s
+    timeout ``pyproject.toml`` sets (pytest-timeout was not in the extra) and without
+    ``-n``; every pytest package ``requirements.txt`` pins is in the extra."""
+    import re
+    import tomllib
+
+    extra = tomllib.loads((repo / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["test"]
+    named = {re.split(r"[<>=!~ ]", spec)[0].lower() for spec in extra}
+    plugins = {name for name in pins((repo / "requirements.txt").read_text().splitlines())
+               if name.startswith("pytest")}
+    assert plugins >= {"pytest", "pytest-timeout", "pytest-xdist"} and plugins <= named
+
+
 def test_a_venv_cut_off_before_pip_was_set_up_is_built_again(repo, tmp_path):
     """Found in review: the Makefile built .venv only where its python was missing, so a
     ``make env`` stopped while venv set up pip left a python without pip, and every later
