@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from basisconv.analysis.report import write_report
-from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.cli import check_sweep_jobs, exit_on_user_error, warn_unread_source_overrides
 from basisconv.errors import ConfigError
 
 
@@ -36,6 +36,7 @@ check_sweep_jobs(refuse_sweep)
 @hydra.main(version_base="1.3", config_path="../configs/analysis", config_name="analyze")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    warn_unread_source_overrides(cfg)
     written = write_report(cfg, "python scripts/analyze.py " + " ".join(sys.argv[1:]))
     print(f"wrote {len(written)} files to {cfg.out_dir}/: " + ", ".join(p.name for p in written))
 

@@ -721,6 +721,28 @@ def test_a_mean_count_of_basis_layers_is_not_rounded_to_a_whole_one():
     assert shown["basis layers"].tolist() == ["1.5"]
 
 
+@pytest.mark.parametrize("source, overrides, said", [
+    ("local", ["wandb.project=x"], "source=local does not read wandb.project=x; source=wandb "
+                                   "reads it"),
+    ("wandb", ["source=wandb", "runs_dir=here"], "source=wandb does not read runs_dir=here"),
+    ("wandb", ["source=wandb", "wandb.project=x"], None),
+    ("local", ["runs_dir=here"], None)])
+def test_a_key_of_the_source_not_read_is_said_unread(monkeypatch, caplog, source, overrides,
+                                                     said):
+    """Found in review: ``scripts/analyze.py wandb.project=x`` (without ``source=wandb``)
+    analysed the local records, unsaid."""
+    from omegaconf import OmegaConf
+
+    from basisconv import cli
+
+    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    with caplog.at_level("WARNING", logger=cli.log.name):
+        cli.warn_unread_source_overrides(OmegaConf.create({"source": source}))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
+
+
 def test_no_runs_is_one_clear_error(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(ConfigError, match="no complete training run found.*make reproduce"):

@@ -283,6 +283,21 @@ def warn_unread_logger_overrides(cfg: Any) -> None:
                     "log the run there", " ".join(keys), "is" if len(keys) == 1 else "are")
 
 
+def warn_unread_source_overrides(cfg: Any) -> None:
+    """The analysis reads one source: ``source=local`` the records under ``runs_dir``,
+    ``source=wandb`` a wandb project. A key of the other one given on the command line is
+    unread (``wandb.project=x`` without ``source=wandb`` analysed the local records,
+    unsaid; found in review)."""
+    if not HydraConfig.initialized():
+        return
+    other = r"wandb\." if cfg.source == "local" else r"runs_dir="
+    keys = [o for o in typed_overrides() if re.match(rf"[+~]*{other}", o)]
+    if keys:
+        reads = "source=wandb" if cfg.source == "local" else "source=local"
+        log.warning("source=%s does not read %s; %s reads %s", cfg.source, " ".join(keys),
+                    reads, "it" if len(keys) == 1 else "them")
+
+
 def warn_unread_selection_keys(selection: Any, overrides: list[str]) -> None:
     """A ``selection.<key>`` given to one run that its policy does not read
     (:func:`~basisconv.selection.keys_read`) is ignored: ``experiment=basis_selected
