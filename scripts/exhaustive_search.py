@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
 from basisconv.analysis.search import draw_run
-from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.cli import check_sweep_jobs, exit_on_user_error, warn_unread_search_selection
 from basisconv.config import validate
 from basisconv.records import read_record
 from basisconv.search import exhaustive_search
@@ -29,6 +29,7 @@ check_sweep_jobs(validate)
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     validate(cfg)
+    warn_unread_search_selection(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     s = exhaustive_search(cfg, output_dir)
     draw_run(read_record(output_dir / "run.json"), output_dir)

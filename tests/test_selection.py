@@ -1871,6 +1871,27 @@ def test_the_base_selection_config_loaded_alone_names_its_unresolved_seed():
         pick_layers(unset, TABLE, DENSE)  # an unset key is named as before
 
 
+@pytest.mark.parametrize("overrides, said", [
+    (["selection=random"], "so selection=random is unread"),
+    (["selection.count=2", "selection.metric=loss_increase"], "so selection.count=2 is unread"),
+    (["selection.metric=loss_increase", "sensitivity.search_subset_size=3"], None)])
+def test_the_search_says_which_selection_keys_it_leaves_unread(monkeypatch, caplog, overrides,
+                                                               said):
+    """Found in review: ``scripts/exhaustive_search.py selection=random`` scored the
+    sensitivity policies' choice all the same, unsaid; it reads ``selection.metric`` only."""
+    from basisconv import cli
+
+    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(cli, "in_sweep", lambda: False)
+    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    cfg = OmegaConf.create({"selection": {"metric": "accuracy_drop"},
+                            "sensitivity": {"search_subset_size": 3}})
+    with caplog.at_level("WARNING", logger=cli.log.name):
+        cli.warn_unread_search_selection(cfg)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
+
+
 def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, caplog):
     """The cache key holds the settings, not the code: a table estimated at another commit
     (or with other uncommitted changes) is reused, and its reader is told by which code it

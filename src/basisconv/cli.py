@@ -283,6 +283,22 @@ def warn_unread_logger_overrides(cfg: Any) -> None:
                     "log the run there", " ".join(keys), "is" if len(keys) == 1 else "are")
 
 
+def warn_unread_search_selection(cfg: Any) -> None:
+    """The exhaustive search scores the fast method's choice, the ``sensitivity.
+    search_subset_size`` least sensitive layers by ``selection.metric``: the selection's
+    other keys and its policy (``selection=random``) are unread there (they were, unsaid;
+    found in review)."""
+    if not HydraConfig.initialized() or in_sweep():
+        return
+    keys = [o for o in typed_overrides()
+            if re.match(r"[+~]*selection(=|\.(?!metric\b))", o)]
+    if keys:
+        log.warning("the exhaustive search scores the %d layers least sensitive by "
+                    "selection.metric=%s (sensitivity.search_subset_size), so %s %s unread",
+                    cfg.sensitivity.search_subset_size, cfg.selection.metric, " ".join(keys),
+                    "is" if len(keys) == 1 else "are")
+
+
 def warn_unread_source_overrides(cfg: Any) -> None:
     """The analysis reads one source: ``source=local`` the records under ``runs_dir``,
     ``source=wandb`` a wandb project. A key of the other one given on the command line is
