@@ -28,6 +28,7 @@ SHAPES = [
     (2, 5, 21, 5, 7, "nchw"),          # nothing a power of two, several output blocks
     (2, 16, 40, 3, 3, "channels_last"),  # a full basis tile
     (1, 1, 3, 4, 1, "nchw"),           # m = 1, one column of pixels
+    (2, 1, 6, 3, 4, "channels_last"),  # m = 1 in channels_last: contiguous in both layouts
     (3, 33, 70, 2, 5, "channels_last"),  # the basis tile padded from 33 to 64
     (2, 4, 9, 3, 4, "sliced"),         # H and W that do not merge into one pixel stride
     (2, 4, 9, 3, 5, "transposed"),     # the same, dense (its gradient was left unwritten)

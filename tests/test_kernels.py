@@ -599,6 +599,26 @@ def test_an_nchw_input_gets_a_contiguous_output_as_from_the_dense_conv(device, k
     torch.testing.assert_close(y.view(2, -1), reference.view(2, -1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.device
+@pytest.mark.parametrize("image", [(5, 4), (1, 1)], ids=["5x4", "1x1"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "channels_last"])
+def test_a_one_channel_input_gets_the_layout_the_dense_conv_gives(memory_format, image,
+                                                                  device, kernel_runs):
+    """Found in the seventh review: a one-channel input (a grayscale stem) is contiguous in
+    both layouts, and the layer took a channels_last one for NCHW (PyTorch's conv tells the
+    two apart by their strides), so a channels_last model got an NCHW activation there."""
+    layer = make_layer(1, 6, 2, 3, 1, 1, 1, True, device)
+    x = torch.randn(2, 1, *image, device=device).to(memory_format=memory_format)
+    y = layer(x)
+    assert kernel_runs == [tuple(x.shape)]
+    reference = F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1)
+    torch.testing.assert_close(y, reference, rtol=1e-4, atol=1e-4)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        assert y.is_contiguous(memory_format=layout) == reference.is_contiguous(
+            memory_format=layout)
+
+
 def test_kernel_resources_are_read_for_the_kernel_a_training_step_runs(monkeypatch):
     """The resource table (``scripts/kernel_resources.py``) judges tiles before GPU time is
     spent on them, so it must compile the variant training runs: with a bias, and storing

@@ -269,6 +269,35 @@ def test_torch_compile_traces_a_fused_model_as_one_graph():
         [b.reason for b in explained.break_reasons]
 
 
+@pytest.mark.parametrize("fuse", [False, True], ids=["unfused", "fused"])
+def test_a_cumulative_average_does_not_recompile_a_compiled_model_every_step(fuse):
+    """Found in the seventh review: with ``momentum=None`` (batch norm's cumulative
+    average, ``1 / num_batches_tracked``) each training step's momentum is a new float, and
+    the fold's running-average update took it as ``add_``'s ``alpha``, which made
+    ``torch.compile`` specialize on its value: every step compiled again, until Dynamo's
+    recompile limit sent the layer back to eager mode. The unfused norm compiles twice (the
+    first step's momentum of 1, then every step); the fold must do no worse than one more."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    conv = BasisConv2d(3, 8, 3, 3, padding=1, fuse_norm=fuse)
+    norm = nn.BatchNorm2d(8, momentum=None)
+    reference = (copy.deepcopy(conv), copy.deepcopy(norm))
+    torch._dynamo.reset()
+    counters.clear()
+    step = torch.compile(lambda x: conv_norm_act(conv, norm, x, relu=True), backend="aot_eager")
+    try:
+        for _ in range(6):
+            x = torch.randn(2, 3, 5, 5)
+            torch.testing.assert_close(step(x), torch.relu(reference[1](reference[0](x))))
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert graphs <= 3, f"{graphs} graphs compiled for 6 steps"
+    torch.testing.assert_close(norm.running_var, reference[1].running_var)
+    assert int(norm.num_batches_tracked) == 6
+
+
 def test_frozen_coefficients_and_norm_parameters_get_no_gradient_and_the_rest_the_same():
     """The skip schedule's off steps (coefficients frozen), with frozen norm parameters on
     top: the fused backward gives them nothing and the basis filters what unfused does."""

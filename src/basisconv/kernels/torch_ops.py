@@ -239,10 +239,13 @@ def update_running(running_mean: torch.Tensor, running_var: torch.Tensor, mean: 
                    var: torch.Tensor, count: int, momentum: float) -> None:
     """Batch norm's running averages, in place, from a batch's mean and biased variance
     over ``count`` values: the variance enters unbiased, as ``nn.BatchNorm2d`` keeps it."""
-    with torch.no_grad():  # (batch norm's own formula; lerp_ took a traced momentum worse)
+    # (batch norm's own formula; lerp_ took a traced momentum worse, and so did add_'s
+    # alpha: torch.compile specialized on its value, so a cumulative average's momentum,
+    # new every step, compiled the layer again every step; a product it keeps symbolic)
+    with torch.no_grad():
         unbiased = var * (count / max(count - 1, 1))
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype) * momentum)
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype) * momentum)
 
 
 def coefficient_fold(maps: torch.Tensor, coefficients: torch.Tensor,
