@@ -1372,12 +1372,15 @@ def test_a_search_record_without_its_table_is_unreadable_not_a_failed_analysis(t
 
 def damaged_summary_record(kind, path, value):
     """A sensitivity or search record with the field at the dotted ``path`` set to
-    ``value`` (``table.<column>``: that column dropped from its first row)."""
+    ``value`` (``table.<column>``: that column of its first row, dropped for ``None``)."""
     damaged = json.loads(json.dumps(sensitivity_record() if kind == "sensitivity"
                                     else search_record()))
     *parents, last = path.split(".")
     if parents == ["table"]:
-        del damaged["table"][0][last]
+        if value is None:
+            del damaged["table"][0][last]
+        else:
+            damaged["table"][0][last] = value
         return damaged
     node = damaged
     for key in parents:
@@ -1396,7 +1399,10 @@ def damaged_summary_record(kind, path, value):
     ("exhaustive_search", "search.fast_accuracy", None),
     ("exhaustive_search", "search.best_subset", None),
     ("exhaustive_search", "search.spearman_predicted_vs_measured_drop", "high"),
-    ("exhaustive_search", "table.accuracy", None)])
+    ("exhaustive_search", "table.accuracy", None),
+    # found in review: a table cell of another type (a TypeError trace from matplotlib)
+    ("sensitivity", "table.accuracy_drop", "x"), ("sensitivity", "table.layer", 3),
+    ("exhaustive_search", "table.accuracy", "0.5")])
 def test_a_summary_record_with_a_field_of_another_type_is_unreadable_not_a_trace(
         tmp_path, kind, path, value):
     """Found in review: a sensitivity or search record whose required field was null or of

@@ -590,6 +590,20 @@ def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo):
                                   f"directory); point hydra.run.dir"), done.stderr
 
 
+def test_a_run_log_that_cannot_be_written_names_hydra_run_dir(tmp_path, repo):
+    """Found in review: a run folder whose train.log cannot be opened (a read-only folder,
+    a folder of that name) was "Unable to configure handler 'file'; [Errno 21] ...", one
+    line that named no fix."""
+    (tmp_path / "run" / "train.log").mkdir(parents=True)
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           "logger=none", f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot write {tmp_path}/run/train.log (Is a "
+                                  f"directory); point hydra.run.dir"), done.stderr
+
+
 def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo):
     """Found in review: outside -m, reading Hydra's list of the overrides resolved them,
     so a typo in one was reported "(in None)" before the config check could name it."""

@@ -654,6 +654,24 @@ def test_a_finished_run_without_a_checkpoint_is_not_trained_again(tmp_path, repo
         fit(compose_tiny(repo, "trainer.epochs=2", "trainer.checkpoint=false"), tmp_path)
 
 
+@pytest.mark.parametrize("damaged", [{"status": "complete"},
+                                     {"status": "complete", "config": [1]},
+                                     "final"], ids=["status-only", "config-a-list", "no-final"])
+def test_a_damaged_complete_record_without_a_checkpoint_is_one_line(tmp_path, repo, damaged):
+    # Found in review: a run.json that says complete but holds nothing else was taken as
+    # the finished run (not trained, exit 0, published as a record with no results), one
+    # whose config is no object ended in an AttributeError trace from check_same_run
+    cfg = compose_tiny(repo, "trainer.epochs=1", "trainer.checkpoint=false")
+    first = fit(cfg, tmp_path)
+    if damaged == "final":
+        damaged = {**first, "final": None}
+    (tmp_path / "run.json").write_text(json.dumps(damaged))
+    with mock.patch.object(loop, "run_epoch", side_effect=AssertionError("trained again")), \
+            pytest.raises(ConfigError, match=r"run.json says the run is complete but is damaged "
+                                             r"\(it lacks .*\).*delete it to train the run again"):
+        fit(cfg, tmp_path)
+
+
 def test_a_stopped_run_without_a_checkpoint_starts_over_as_its_stop_says(tmp_path, repo):
     """A run with trainer.checkpoint=false stopped after epoch 1 leaves only its running
     run.json: its stop says the same command starts it over, and that command trains it
@@ -806,7 +824,8 @@ def test_a_damaged_sha256_beside_a_sound_checkpoint_is_named_as_the_damage(tmp_p
 
 def test_a_file_in_place_of_the_runs_checkpoint_is_one_clear_error(tmp_path, repo):
     """A bare state_dict (or anything else) saved as checkpoint.pt once stopped the resume
-    with KeyError: 'config' (a list: TypeError)."""
+    with KeyError: 'config' (a list: TypeError); a run's state whose config or record is of
+    another shape, with an AttributeError or TypeError."""
     import torch
 
     from basisconv.checkpoint import LATER_STATE, RUN_STATE
@@ -820,7 +839,13 @@ def test_a_file_in_place_of_the_runs_checkpoint_is_one_clear_error(tmp_path, rep
     (tmp_path / "checkpoint.pt.sha256").unlink()
     for content, problem in [(state["model"], r"is not a basisconv run's checkpoint \(it "
                                               r"lacks config, record, model, optimizer"),
-                             ([1, 2], "holds a list, not a checkpoint")]:
+                             ([1, 2], "holds a list, not a checkpoint"),
+                             # found in review: its parts of another shape ended the resume
+                             # in an AttributeError or TypeError trace
+                             ({**state, "config": 1}, r"is not a basisconv run's checkpoint "
+                                                      r"\(its config or run record"),
+                             ({**state, "record": "x"}, r"is not a basisconv run's checkpoint "
+                                                        r"\(its config or run record")]:
         torch.save(content, path)
         with pytest.raises(ConfigError, match=rf"^checkpoint {path} {problem}.*delete it "
                                               r"\(and its .sha256\): the run is complete"):

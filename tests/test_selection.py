@@ -899,6 +899,19 @@ def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp
                                           rf"point sensitivity.restore_from at a published"):
         sensitivity.sensitivity_table(compose_sensitivity(
             repo, tmp_path / "cache-f", f"sensitivity.restore_from={training}"))
+    # found in review: a cache that is no object ended in an AttributeError trace, and one
+    # whose record lacked a field was copied into the cache, refused there with "delete
+    # that folder", which restored it again
+    good = json.loads((tmp_path / "sens" / "run.json").read_text())
+    for cache, problem in [("x", r"is unreadable \(its cache is a str, not an object\)"),
+                           ({k: v for k, v in good["cache"].items() if k != "dense"},
+                            r"is damaged \(its cache's dense missing or of another type\)")]:
+        published.write_text(json.dumps({**good, "cache": cache}))
+        with pytest.raises(ConfigError, match=rf"published sensitivity record {published} "
+                                              rf"{problem}.*delete {published}"):
+            sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-g",
+                                                              *elsewhere))
+        assert not list((tmp_path / "cache-g").rglob("*.json"))
 
 
 def test_a_published_table_of_the_same_key_replaces_another_machines_own(repo, tmp_path,
@@ -1006,6 +1019,29 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
     path.write_text(good.replace("0.01,", "abc,", 1))
     with pytest.raises(ConfigError, match=r"non-numeric values in accuracy_drop"):
         sensitivity.sensitivity_table(cfg)
+
+
+@pytest.mark.parametrize("damage", ["config-text", "provenance-text", "no-dense",
+                                    "seconds-true"])
+def test_a_cached_tables_record_of_the_wrong_shape_is_one_error_naming_the_fix(
+        repo, tmp_path, monkeypatch, damage):
+    """Found in review: a cached table's record with its key and checksum intact but a field
+    missing or of another type (hand-edited) ended the reuse in an AttributeError trace
+    (a text config or provenance), and scripts/sensitivity.py in a KeyError ('dense')."""
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none")
+    sensitivity.run_sensitivity(cfg, tmp_path / "first")
+    path = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+    record = json.loads(path.read_text())
+    if damage == "no-dense":
+        del record["dense"]
+    else:
+        record[{"config-text": "config", "provenance-text": "provenance",
+                "seconds-true": "seconds"}[damage]] = True if damage == "seconds-true" else "x"
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=rf"record {path} is damaged \(.*\); delete that "
+                                          rf"folder or run with sensitivity.recompute=true"):
+        sensitivity.run_sensitivity(cfg, tmp_path / "again")
 
 
 def test_a_table_cached_with_other_noise_repeats_before_they_were_keyed_is_refused(
@@ -1228,6 +1264,31 @@ def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_
     assert progress().result(["layer1.0.conv1"], None) is None
     assert progress().dense(dense) is None
     assert "unreadable" in caplog.text and "computing it again" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["empty", "null-accuracy", "text-loss"])
+def test_a_kept_result_of_the_right_job_with_fields_missing_is_computed_again(
+        repo, tmp_path, monkeypatch, caplog, damage):
+    """Found in review: a kept fine-tune's file that names its job but whose result lacks
+    a number (damaged, hand-edited) was taken as it was, and the estimate ended in a
+    KeyError trace ('accuracy_drop') after its other fine-tunes: kept work is a cache, so
+    it is computed again, with a warning."""
+    cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]",
+                              "trainer.deterministic=true")
+    table, _ = sensitivity.estimate(cfg)
+    (path,) = [p for p in tmp_path.rglob("progress/*/*/*.json")
+               if json.loads(p.read_text())["job"][0] == ["layer3.2.conv1"]]
+    kept = json.loads(path.read_text())
+    kept["result"] = {"empty": lambda r: {}, "null-accuracy": lambda r: {**r, "accuracy": None},
+                      "text-loss": lambda r: {**r, "loss": str(r["loss"])}}[damage](kept["result"])
+    path.write_text(json.dumps(kept))
+    computed = stop_at_fine_tune(monkeypatch, stop_at=0)
+    again, record = sensitivity.estimate(cfg)
+    assert computed == [["layer3.2.conv1"]]
+    assert record["resumed"]["fine_tunes"] == 4
+    assert "lacks" in caplog.text and "computing it again" in caplog.text
+    same = [c for c in table.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(table[same], again[same])
 
 
 def test_a_killed_estimates_half_written_dense_copy_is_removed_once_old(repo, tmp_path, caplog):

@@ -122,13 +122,14 @@ def saved_epoch_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def load_checkpoint(path: Path, source_key: str | None = None, *,
-                    finished: bool = False) -> dict[str, Any]:
+                    finished: bool = False, resuming: bool = False) -> dict[str, Any]:
     """A checkpoint, verified against its ``.sha256`` when it has one. ``source_key``: the
     config entry that named it as weights to start from (e.g. ``basis.source_checkpoint``),
     for whose errors the fix is another file, not deleting this one; otherwise it is the
     run folder's own checkpoint, which the run resumes from. ``finished``: that run's
     ``run.json`` says it is complete, so deleting the checkpoint keeps it finished, and
-    ``trainer.resume=false`` would train it again."""
+    ``trainer.resume=false`` would train it again. ``resuming``: a run reads it to go on,
+    so its config and run record must be of the shapes a run saves."""
     path = Path(path)
     if source_key is None and finished:
         what, fix = f"checkpoint {path}", ("delete it (and its .sha256): the run is complete "
@@ -171,6 +172,12 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
     if source_key is None and lacking:  # e.g. a bare state_dict saved under this name
         raise ConfigError(f"{what} is not a basisconv run's checkpoint (it lacks "
                           f"{', '.join(lacking)}); {fix}")
+    if resuming and not (isinstance(state["config"], dict)
+                                   and isinstance(state["record"], dict)
+                                   and isinstance(state["record"].get("epochs"), list)):
+        # (a config or record of another shape ended the resume in a trace from inside it)
+        raise ConfigError(f"{what} is not a basisconv run's checkpoint (its config or run "
+                          f"record is not what a run saves); {fix}")
     if not sums:
         log.info("%s has no %s beside it (an older basisconv wrote it); loaded it "
                  "unverified", path, checksum_path(path).name)

@@ -103,9 +103,14 @@ def hydra_error_line(ex: Exception) -> str:
         return (f"++{forced[1]}={forced[2]}: {forced[1]} is a config group, which ++ (add or "
                 f"override a key) does not apply to; choose it with {forced[1]}={forced[2]}, "
                 f"without the ++")
-    if isinstance(ex, OSError) and ex.filename:  # Hydra makes the run's folder and .hydra/
-        return (f"cannot write {ex.filename} ({ex.strerror}); point hydra.run.dir "
-                f"(hydra.sweep.dir with -m) at a folder that can be written")
+    # Hydra makes the run's folder and .hydra/, and opens its train.log (which logging's
+    # config says as "Unable to configure handler 'file'", the OSError its cause: found in
+    # review, a read-only run folder or a folder named train.log)
+    unwritable = ex if isinstance(ex, OSError) else cause if (
+        isinstance(cause, OSError) and "Unable to configure handler" in str(ex)) else None
+    if unwritable is not None and unwritable.filename:
+        return (f"cannot write {unwritable.filename} ({unwritable.strerror}); point "
+                f"hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be written")
     if isinstance(ex, OverrideParseException):
         key, given, value = str(ex.override).partition("=")
         if given and key.strip() and value:  # (else it says "write key=value" to a key=value)

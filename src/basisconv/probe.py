@@ -33,6 +33,7 @@ from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import TrainingDiverged, WorkerFailed
 from .network import basis_penalty, build_dense
 from .progress import PROBE_BASIS, Progress
+from .records import is_measurement
 from .signals import one_stop, signals_blocked, stops_held
 from .surgery import CONFIG_KEYS, apply_basis, basis_report
 
@@ -187,6 +188,12 @@ class Probe:
         """The result of this fine-tune that an earlier probe of the same settings kept
         (counted in ``kept_finetunes``), or ``None``."""
         result = None if self.progress is None else self.progress.result(names, batch_seed)
+        lacking = [key for key in RESULT_FIELDS if not (
+            result is None or is_measurement(result.get(key)))]
+        if lacking:  # a damaged kept file of the right job ended the table in a KeyError
+            log.warning("sensitivity: the kept result of %s lacks %s (damaged); computing "
+                        "it again", names or "the dense reference", ", ".join(lacking))
+            result = None
         self.kept_finetunes += result is not None
         return result
 
@@ -221,6 +228,11 @@ class Probe:
         return {"reconstruction_error": max(errors) if errors else 0.0,
                 "converted_accuracy": converted["accuracy"], **after,
                 "seconds": time.perf_counter() - start}
+
+
+#: What a fine-tune's result holds (:meth:`Probe._evaluate_layers`), each a measurement: a
+#: kept result without one is computed again.
+RESULT_FIELDS = ("reconstruction_error", "converted_accuracy", "accuracy", "loss", "seconds")
 
 
 #: The probe of a worker process of :func:`evaluate_many` (one per process).

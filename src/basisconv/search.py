@@ -27,8 +27,8 @@ from .probe import Probe, difference_std, evaluate_many
 from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
                       write_text_atomic)
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
-from .sensitivity import (cache_dir, candidate_table, say_the_work_is_kept,
-                          sensitivity_table)
+from .sensitivity import (cache_dir, candidate_table, check_estimate_record,
+                          say_the_work_is_kept, sensitivity_table)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     started = time.perf_counter()
     check_search_size(cfg, candidate_count(cfg))  # before the (long) sensitivity estimate
     table, record = sensitivity_table(cfg)
+    check_estimate_record(cfg, record, ("provenance",))  # (read after all the subsets)
     k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric
     layers = table.sort_values("position")["layer"].tolist()
     total = check_search_size(cfg, len(layers))

@@ -189,6 +189,33 @@ def cache(folder: Path, data: bytes, record: dict) -> None:
                     "the next one with this key estimates it again", err)
 
 
+#: The fields of a cached table's record that its readers take, with their types (``None``
+#: where an estimate writes it so); :data:`ESTIMATE_FIELDS` are those every estimate's
+#: record holds, which the sensitivity run's summary and the search read.
+RECORD_FIELDS = {"dense": dict, "pretrained": dict, "reference": dict, "provenance": dict,
+                 "seconds": (int, float), "config": (dict, type(None)),
+                 "noise": (dict, type(None)), "drop_noise": (dict, type(None))}
+ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
+
+
+def of_kind(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    """Whether ``value`` is of ``kinds`` as JSON gives it back (a bool is no number)."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in (
+        kinds if isinstance(kinds, tuple) else (kinds,)))
+
+
+def check_estimate_record(cfg: DictConfig, record: dict,
+                          fields: tuple[str, ...] = ESTIMATE_FIELDS) -> None:
+    """Refuse, with the fix, a reused table whose record lacks ``fields``, which every
+    estimate's holds (found in review: the sensitivity run ended in a KeyError, the search
+    after all its subsets)."""
+    lacking = [name for name in fields if name not in record]
+    if lacking:
+        raise ConfigError(f"the cached sensitivity table's record {cache_dir(cfg) / RECORD} "
+                          f"is damaged (it lacks {', '.join(lacking)}); delete that folder or "
+                          f"run with sensitivity.recompute=true")
+
+
 def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     """The cached table and its record, or ``None`` when there is none for this key.
 
@@ -211,6 +238,14 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
                           f"for another key; {fix}")
+    # what the estimate's readers take of the record (the run's summary, the search, the
+    # reuse line): a field missing or of another type ended them in a KeyError or
+    # AttributeError trace (found in review)
+    malformed = [name for name, kinds in RECORD_FIELDS.items()
+                 if name in record and not of_kind(record[name], kinds)]
+    if malformed:
+        raise ConfigError(f"the cached sensitivity table's record {folder / RECORD} is damaged "
+                          f"({', '.join(malformed)} of another type); {fix}")
     # a table cached before noise_repeats joined the key has this key whatever its repeats
     made = ((record.get("config") or {}).get("sensitivity") or {}).get("noise_repeats")
     if made is not None and made != cfg.sensitivity.noise_repeats:
@@ -354,6 +389,8 @@ def restore_published(cfg: DictConfig, estimating: bool = True
     try:
         published = read_record(path)
         cache = published.get("cache")
+        if cache is not None and not isinstance(cache, dict):  # (an AttributeError trace)
+            raise ValueError(f"its cache is a {type(cache).__name__}, not an object")
         table = pd.DataFrame(published["table"])[list(COLUMNS)] if cache else None
     except (OSError, ValueError, KeyError) as err:
         # not "delete" alone: the path may name another file (the run's own sensitivity.csv,
@@ -373,6 +410,14 @@ def restore_published(cfg: DictConfig, estimating: bool = True
     if hashlib.sha256(data).hexdigest() != cache.get("table_sha256"):
         raise ConfigError(f"the published sensitivity record {path} does not match its own "
                           f"checksum (edited or damaged); {fix}")
+    # the cache's record is checked here, not once copied into the cache: the fix that the
+    # cache's refusal names (delete that folder) restored the same record again
+    malformed = [name for name in ESTIMATE_FIELDS if name not in cache] + [
+        name for name, kinds in RECORD_FIELDS.items()
+        if name in cache and not of_kind(cache[name], kinds)]
+    if malformed:
+        raise ConfigError(f"the published sensitivity record {path} is damaged (its cache's "
+                          f"{', '.join(malformed)} missing or of another type); {fix}")
     folder = cache_dir(cfg)
     write_bytes_atomic(folder / TABLE, data)
     write_json_atomic(folder / RECORD, cache)
@@ -516,6 +561,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
 
 def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     table, record = sensitivity_table(cfg)
+    check_estimate_record(cfg, record)
     timed, dense = with_measured_time(cfg, table, record["dense"])
     if cfg.selection.policy in ORDERED_POLICIES:
         chosen = pick_layers(cfg.selection, timed, dense)

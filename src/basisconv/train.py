@@ -32,8 +32,8 @@ from .kernels import auto
 from .network import (basis_penalty, build_network, check_conversion, choose_forms_now,
                       converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
 from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
-                      leftover_temporaries, make_folder, publish, read_record,
-                      refuse_other_kind, timestamp, wandb_provenance, write_record)
+                      leftover_temporaries, make_folder, missing_fields, publish,
+                      read_record, refuse_other_kind, timestamp, wandb_provenance, write_record)
 from .resuming import how_to_go_on
 from .sensitivity import choose_layers_and_table
 from .signals import stops_let_go
@@ -66,7 +66,7 @@ def fit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             config = OmegaConf.to_container(cfg, resolve=True)
             checkpoint = record = None
             if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
-                checkpoint = load_checkpoint(output_dir / CHECKPOINT,
+                checkpoint = load_checkpoint(output_dir / CHECKPOINT, resuming=True,
                                              finished=says_complete(output_dir / RECORD))
                 check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
                 if checkpoint["record"]["status"] == "complete":
@@ -156,6 +156,16 @@ def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
         return None
     if saved.get("status") != "complete":
         return None
+    # a record that says complete but lacks what a finished run's holds (damaged, hand-
+    # edited: {"status": "complete"} alone) was taken as finished, or ended in a trace
+    # from check_same_run (a config that is no object); there is no checkpoint to rebuild
+    # it from, and training again would overwrite it: the user decides
+    lacking = missing_fields(saved)
+    if lacking:
+        raise ConfigError(f"{path} says the run is complete but is damaged (it lacks "
+                          f"{', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}) "
+                          f"and there is no {CHECKPOINT} to rebuild it from; delete it to "
+                          f"train the run again, or use a new output directory")
     check_same_run(saved["config"], config, path)
     log.info("run in %s is already complete (its run.json; no checkpoint); not training "
              "again", output_dir)

@@ -132,6 +132,12 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
                     "accuracy_drop", "loss_increase", "params_saved", "flops_saved",
                     "seconds"),
     "exhaustive_search": ("subset", "accuracy", "fast_choice")}
+#: How each column of :data:`TABLE_FIELDS` is checked, where it is not a number
+#: (:func:`~basisconv.counts.is_number`: a drop may be negative).
+TABLE_TYPES: dict[str, dict[str, Any]] = {
+    "sensitivity": {"layer": lambda v: isinstance(v, str), "shape": lambda v: isinstance(v, str)},
+    "exhaustive_search": {"subset": lambda v: isinstance(v, str),
+                          "fast_choice": lambda v: isinstance(v, bool)}}
 #: The fields of :data:`REQUIRED` outside ``config``, ``model`` and ``final`` that hold a
 #: measurement (:func:`is_measurement`), and those that hold a text: a null or a text
 #: there ended the sensitivity or search page with a ``TypeError`` from a format.
@@ -264,8 +270,12 @@ def table_lacks(record: dict[str, Any]) -> list[str]:
         return []
     if not table:
         return ["table"]
+    # a column of another type than its producer writes (a text accuracy_drop, hand-edited)
+    # ended the sensitivity page in a TypeError trace from matplotlib (found in review)
+    kinds = TABLE_TYPES[record["kind"]]
     return [f"table.{column}" for column in TABLE_FIELDS[record["kind"]]
-            if any(column not in row for row in table)]
+            if any(column not in row or not kinds.get(column, is_number)(row[column])
+                   for row in table)]
 
 
 def unwritable_folder(folder: str) -> str | None:
