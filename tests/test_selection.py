@@ -1976,4 +1976,15 @@ def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, cap
         caplog.clear()
         here.update(commit="a" * 40, dirty=True, diff_sha256="c" * 64)
         sensitivity.sensitivity_table(cfg)
-        assert "(this code: aaaaaaa-dirty)" in caplog.text
+        assert ("estimated at commit aaaaaaa without this code's uncommitted changes; "
+                "sensitivity.recompute=true") in caplog.text
+        # found in review: both dirty at one commit read "aaaaaaa-dirty (this code:
+        # aaaaaaa-dirty)", as if the code were the same
+        caplog.clear()
+        table_record = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+        saved = json.loads(table_record.read_text())
+        saved["provenance"]["git"] = {"commit": "a" * 40, "dirty": True, "diff_sha256": "d" * 64}
+        table_record.write_text(json.dumps(saved))
+        sensitivity.sensitivity_table(cfg)
+        assert "estimated at commit aaaaaaa with other uncommitted changes than this code's" \
+            in caplog.text and "(this code:" not in caplog.text

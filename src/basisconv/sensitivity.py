@@ -338,6 +338,13 @@ def code_note(record: dict) -> str:
     if not made.get("commit") or not now.get("commit") or (
             made.get("commit"), made.get("diff_sha256")) == (now["commit"], now.get("diff_sha256")):
         return ""
+    if made["commit"] == now["commit"]:  # (else "abc1234-dirty (this code: abc1234-dirty)")
+        differs = ("with other uncommitted changes than this code's"
+                   if made.get("dirty") and now.get("dirty") else
+                   "with uncommitted changes this code lacks" if made.get("dirty") else
+                   "without this code's uncommitted changes")
+        return (f", estimated at commit {commit_name(made)[:7]} {differs}; "
+                f"sensitivity.recompute=true estimates it again with this code")
     return (f", estimated at commit {commit_name(made)} (this code: {commit_name(now)}); "
             f"sensitivity.recompute=true estimates it again with this code")
 
