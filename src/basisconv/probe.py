@@ -293,8 +293,8 @@ def evaluate_many(probe: Probe, jobs: list[tuple[list[str], int | None]],
     results = [probe.kept(*job) for job in jobs]
     pending = [i for i, result in enumerate(results) if result is None]
     if workers <= 1 or len(pending) <= 1:
-        for i in pending:
-            results[i] = probe.evaluate_layers(*jobs[i])
+        for i in pending:  # (found not kept above: not looked up, nor warned of, again)
+            results[i] = probe.keep(*jobs[i], probe._evaluate_layers(*jobs[i]))
         return results
     state = {k: v.detach().cpu() for k, v in probe.dense.state_dict().items()}
     config = OmegaConf.to_container(probe.cfg, resolve=True)
