@@ -271,11 +271,15 @@ def complete_record(kind="training", overrides=()):
     """A finished record of ``kind`` holding every field the analysis reads (placeholder
     values of the types it reads), as a producer publishes it: one the protocol skips."""
     from basisconv.records import CONFIG_TYPES, LISTS, PROVENANCE_TYPES, REQUIRED
-    from basisconv.records.runs import TABLE_FIELDS, TEXT_FIELDS
+    from basisconv.records.runs import TABLE_FIELDS, TABLE_TYPES, TEXT_FIELDS
+
+    def cell(column):  # a value of the type the analysis reads there: a number, a text, a bool
+        accepts = TABLE_TYPES.get(kind, {}).get(column)
+        return 1 if accepts is None else next(v for v in ("x", True) if accepts(v))
 
     # a table of one row holding every column the analysis reads
     record = {"kind": kind, "status": "complete",
-              "table": [dict.fromkeys(TABLE_FIELDS.get(kind, ()), 1)]}
+              "table": [{column: cell(column) for column in TABLE_FIELDS.get(kind, ())}]}
     always, once_complete = REQUIRED[kind]
     for path in always + once_complete:
         *parents, last = path.split(".")
