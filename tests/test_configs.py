@@ -1114,6 +1114,17 @@ def test_a_listed_groups_advice_keeps_its_prefix_and_package(override, key):
            f"{key}=resnet20" in line
 
 
+def test_a_force_added_groups_advice_keeps_its_package():
+    """Found in review: ``++model@net=resnet8`` was told to choose ``model=resnet8``, which
+    puts the config in another place than the one given."""
+    from basisconv.hydra_errors import hydra_error_line
+
+    line = hydra_error_line(Exception("force-add of config groups is not supported: "
+                                      "'++model@net=resnet8'"))
+    assert line.startswith("++model@net=resnet8: model is a config group")
+    assert "choose it with model@net=resnet8, without the ++" in line
+
+
 def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(tmp_path, repo):
     """Found in review: the command line's own checks (``hydra.job.chdir=true``, a group
     given a list of its configs) ran in each job of a sweep, not in the check of every job

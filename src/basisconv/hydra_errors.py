@@ -97,12 +97,12 @@ def hydra_error_line(ex: Exception) -> str:
                      str(ex))
     if added:  # +model=resnet20: Hydra's advice is the defaults list's, a YAML line
         return added_group_line(added[1], added[2])
-    forced = re.match(r"force-add of config groups is not supported: '\+\+([^=@]+)[^=]*=(.*)'",
-                      str(ex))
+    forced = re.match(r"force-add of config groups is not supported: "
+                      r"'\+\+(([^=@]+)(?:@[^=]*)?)=(.*)'", str(ex))
     if forced:  # ++model=resnet8: ++ force-adds a key; a group's config is chosen plainly
-        return (f"++{forced[1]}={forced[2]}: {forced[1]} is a config group, which ++ (add or "
-                f"override a key) does not apply to; choose it with {forced[1]}={forced[2]}, "
-                f"without the ++")
+        key, group, value = forced.groups()  # (the key keeps its @package)
+        return (f"++{key}={value}: {group} is a config group, which ++ (add or override a "
+                f"key) does not apply to; choose it with {key}={value}, without the ++")
     # Hydra makes the run's folder and .hydra/, and opens its train.log (which logging's
     # config says as "Unable to configure handler 'file'", the OSError its cause: found in
     # review, a read-only run folder or a folder named train.log)
