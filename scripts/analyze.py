@@ -17,8 +17,9 @@ import hydra
 from omegaconf import DictConfig
 
 from basisconv.analysis.report import write_report
-from basisconv.cli import check_sweep_jobs, exit_on_user_error, warn_unread_source_overrides
+from basisconv.cli import check_sweep_jobs, exit_on_user_error
 from basisconv.errors import ConfigError
+from basisconv.unread import warn_unread_source_overrides
 
 
 def refuse_sweep(cfg: DictConfig) -> None:

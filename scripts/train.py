@@ -15,8 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
-from basisconv.cli import (check_sweep_jobs, exit_on_user_error, warn_preset_choice_overridden,
-                           warn_unread_basis_overrides, warn_unread_logger_overrides)
+from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.unread import (warn_preset_choice_overridden, warn_unread_basis_overrides,
+                              warn_unread_logger_overrides)
 from basisconv.config import validate
 from basisconv.train import fit
 

@@ -733,12 +733,12 @@ def test_a_key_of_the_source_not_read_is_said_unread(monkeypatch, caplog, source
     analysed the local records, unsaid."""
     from omegaconf import OmegaConf
 
-    from basisconv import cli
+    from basisconv import unread
 
-    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
-    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
-    with caplog.at_level("WARNING", logger=cli.log.name):
-        cli.warn_unread_source_overrides(OmegaConf.create({"source": source}))
+    monkeypatch.setattr(unread.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(unread, "typed_overrides", lambda: overrides)
+    with caplog.at_level("WARNING", logger=unread.log.name):
+        unread.warn_unread_source_overrides(OmegaConf.create({"source": source}))
     warnings = [r.getMessage() for r in caplog.records]
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 

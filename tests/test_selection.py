@@ -1940,15 +1940,15 @@ def test_the_search_says_which_selection_keys_it_leaves_unread(monkeypatch, capl
                                                                said):
     """Found in review: ``scripts/exhaustive_search.py selection=random`` scored the
     sensitivity policies' choice all the same, unsaid; it reads ``selection.metric`` only."""
-    from basisconv import cli
+    from basisconv import unread
 
-    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
-    monkeypatch.setattr(cli, "in_sweep", lambda: False)
-    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    monkeypatch.setattr(unread.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(unread, "in_sweep", lambda: False)
+    monkeypatch.setattr(unread, "typed_overrides", lambda: overrides)
     cfg = OmegaConf.create({"selection": {"metric": "accuracy_drop"},
                             "sensitivity": {"search_subset_size": 3}})
-    with caplog.at_level("WARNING", logger=cli.log.name):
-        cli.warn_unread_search_selection(cfg)
+    with caplog.at_level("WARNING", logger=unread.log.name):
+        unread.warn_unread_search_selection(cfg)
     warnings = [r.getMessage() for r in caplog.records]
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 

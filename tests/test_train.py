@@ -129,11 +129,11 @@ def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
     and said nothing (only ``selection=none`` warned of what it leaves unread); nor did
     ``basis.fit=svd`` in a run that converts nothing (its layers trained from scratch), nor
     a selection key its policy does not read."""
-    from basisconv import cli
+    from basisconv import unread
 
-    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
-    monkeypatch.setattr(cli, "in_sweep", lambda: False)
-    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    monkeypatch.setattr(unread.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(unread, "in_sweep", lambda: False)
+    monkeypatch.setattr(unread, "typed_overrides", lambda: overrides)
     count = next((int(o.split("=")[1]) for o in overrides if o.startswith("selection.count")),
                  None)
     converts = "basis.init=convert" in overrides or "basis=warmup" in overrides
@@ -141,8 +141,8 @@ def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
         "selection": {"policy": policy, "count": count},
         "basis": {"init": "convert" if converts else "scratch",
                   "dense_warmup_epochs": 2 if "basis=warmup" in overrides else 0}})
-    with caplog.at_level("WARNING", logger=cli.log.name):
-        cli.warn_unread_basis_overrides(cfg)
+    with caplog.at_level("WARNING", logger=unread.log.name):
+        unread.warn_unread_basis_overrides(cfg)
     warnings = [r.getMessage() for r in caplog.records]
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 
@@ -157,13 +157,13 @@ def test_a_single_run_is_told_which_of_its_overrides_its_policy_leaves_unread(
 def test_a_tracker_setting_given_with_logger_none_is_said_unread(monkeypatch, caplog, backend,
                                                                  overrides, said):
     """Found in review: ``logger=none logger.mode=online`` logged to no tracker, unsaid."""
-    from basisconv import cli
+    from basisconv import unread
 
-    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
-    monkeypatch.setattr(cli, "in_sweep", lambda: False)
-    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
-    with caplog.at_level("WARNING", logger=cli.log.name):
-        cli.warn_unread_logger_overrides(OmegaConf.create({"logger": {"backend": backend}}))
+    monkeypatch.setattr(unread.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(unread, "in_sweep", lambda: False)
+    monkeypatch.setattr(unread, "typed_overrides", lambda: overrides)
+    with caplog.at_level("WARNING", logger=unread.log.name):
+        unread.warn_unread_logger_overrides(OmegaConf.create({"logger": {"backend": backend}}))
     warnings = [r.getMessage() for r in caplog.records]
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 
@@ -182,17 +182,17 @@ def test_a_choice_a_preset_makes_chosen_otherwise_is_said(monkeypatch, caplog, o
     the name ``<model>-baseline`` (its folder, wandb group and table row), unsaid."""
     import types
 
-    from basisconv import cli
+    from basisconv import unread
 
     preset = overrides[0].partition("=")[2]
     hydra = types.SimpleNamespace(runtime=types.SimpleNamespace(choices={"experiment": preset}))
-    monkeypatch.setattr(cli.HydraConfig, "initialized", staticmethod(lambda: True))
-    monkeypatch.setattr(cli.HydraConfig, "get", staticmethod(lambda: hydra))
-    monkeypatch.setattr(cli, "in_sweep", lambda: False)
-    monkeypatch.setattr(cli, "typed_overrides", lambda: overrides)
+    monkeypatch.setattr(unread.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(unread.HydraConfig, "get", staticmethod(lambda: hydra))
+    monkeypatch.setattr(unread, "in_sweep", lambda: False)
+    monkeypatch.setattr(unread, "typed_overrides", lambda: overrides)
     name = {"baseline": "resnet8-baseline"}.get(preset, "resnet8-x")
-    with caplog.at_level("WARNING", logger=cli.log.name):
-        cli.warn_preset_choice_overridden(OmegaConf.create({"name": name}))
+    with caplog.at_level("WARNING", logger=unread.log.name):
+        unread.warn_preset_choice_overridden(OmegaConf.create({"name": name}))
     warnings = [r.getMessage() for r in caplog.records]
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 

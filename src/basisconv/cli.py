@@ -9,7 +9,6 @@ import functools
 import importlib
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
@@ -29,12 +28,11 @@ from omegaconf.errors import InterpolationResolutionError
 from . import distributed
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
-from .hydra_errors import (CONFIGS, added_group_line, config_groups_of, group_value_override,
+from .hydra_errors import (added_group_line, config_groups_of, group_value_override,
                            hydra_error_line, interpolation_error_line, listed_group_line,
                            malformed_override, typed_overrides)
 from .records import LOCK, folder_lock, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
-from .selection import KEYS as SELECTION_KEYS, POLICIES, SENSITIVITY_POLICIES, keys_read
 from .signals import sigterm_stops, stops_at_default, stops_let_go
 
 log = logging.getLogger(__name__)
@@ -201,139 +199,6 @@ def check_not_an_unswept_sweep() -> None:
                           f"one run ignores: start it with -m to run the sweep, or give "
                           f"{', '.join(u.split('=')[0] + '=<one value>' for u in unswept)} for "
                           f"one run")
-
-
-def warn_unread_basis_overrides(cfg: Any) -> None:
-    """``selection=none`` (the default: the dense baseline) converts no layer, so ``basis.*``
-    and ``selection.layers`` given to one run are unread: ``train.py basis.size=0.25``
-    trains the dense model; ``selection=all`` converts every conv, so a
-    ``selection.layers`` given with it is unread too (``selection=all
-    selection.layers=[layer4.*]`` converts every layer, not layer 4's); and ``basis.fit``
-    chooses how a conversion fits a layer, so a run that converts nothing (its basis layers
-    trained from scratch, layers chosen without the sensitivity probe) leaves it unread.
-    Said as a warning, not refused: a sweep such as ``-m selection=none,all,list
-    basis.size=0.25 selection.layers=[...]`` gives them to its other jobs on purpose, and
-    so may ``reproduce.sh``'s OVERRIDES to the baseline row."""
-    policy = cfg.selection.policy
-    if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
-        return
-    given = typed_overrides()
-    warn_unread_selection_keys(cfg.selection, given)
-
-    def unread(keys: str) -> str:
-        return " ".join(o for o in given if re.match(rf"[+~]*({keys})", o))
-
-    if policy == "none" and (keys := unread(r"basis\b|selection\.layers\b")):
-        log.warning("selection=none (the dense baseline) converts no layer, so %s is unread "
-                    "and the model stays dense; choose the layers with selection=all, list, "
-                    "first_k, ... to train basis convolutions", keys)
-        return
-    if policy == "all" and (keys := unread(r"selection\.layers\b")):
-        log.warning("selection=all converts every convolution, so %s is unread; to convert "
-                    "only the layers it names, use selection=list", keys)
-    if (policy != "none" and policy not in SENSITIVITY_POLICIES
-            and cfg.basis.init == "scratch" and not cfg.basis.dense_warmup_epochs
-            and (keys := unread(r"basis\.fit\b"))):
-        log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
-                    "convert, basis.dense_warmup_epochs > 0, the sensitivity policies), and "
-                    "this run trains its basis layers from scratch", keys)
-
-
-def warn_preset_choice_overridden(cfg: Any) -> None:
-    """A group an experiment preset chooses, chosen otherwise on the command line, where the
-    preset's ``name`` does not say that group's settings: ``experiment=baseline
-    selection=all`` converted every conv under the name ``<model>-baseline`` (its folder,
-    wandb group and table row), unsaid (found in review). Said as a warning, unless a
-    ``name=`` of the run's own is given; ``experiment=basis_selected selection=random`` is
-    that preset's design (its name holds ``${selection.policy}``)."""
-    if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
-        return
-    preset = HydraConfig.get().runtime.choices.get("experiment")
-    given = typed_overrides()
-    if preset is None or any(re.match(r"[+~]*name=", o) for o in given):
-        return
-    path = CONFIGS / "experiment" / f"{preset}.yaml"
-    if not path.is_file():  # (a preset of a config path of the user's own)
-        return
-    config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    name = str(config.get("name", ""))  # (as written: ${model.name}-baseline)
-    chosen = {key.removeprefix("override /"): str(option)
-              for entry in config.get("defaults", []) if isinstance(entry, dict)
-              for key, option in entry.items() if key.startswith("override /")}
-    for override in given:
-        group, _, option = override.partition("=")
-        if (group in chosen and option and option != chosen[group]
-                and f"${{{group}." not in name):
-            log.warning("experiment=%s chooses %s=%s; %s given with it runs under the preset's "
-                        "name %s, which does not say so: give the run a name of its own "
-                        "(name=...), or choose the preset that runs it", preset, group,
-                        chosen[group], override, cfg.name)
-
-
-def warn_unread_logger_overrides(cfg: Any) -> None:
-    """``logger=none`` logs to no tracker, so ``logger.mode``, ``logger.project`` and the
-    like given with it are unread: ``logger=none logger.mode=online`` logged nothing,
-    without a word (found in review). Said as a warning, as the basis keys are."""
-    if (cfg.logger.backend != "none" or not HydraConfig.initialized()
-            or not distributed.first_process() or in_sweep()):
-        return
-    keys = [o for o in typed_overrides() if re.match(r"[+~]*logger\.(?!backend\b)", o)]
-    if keys:
-        log.warning("logger=none logs to no tracker, so %s %s unread; use logger=wandb to "
-                    "log the run there", " ".join(keys), "is" if len(keys) == 1 else "are")
-
-
-def warn_unread_search_selection(cfg: Any) -> None:
-    """The exhaustive search scores the fast method's choice, the ``sensitivity.
-    search_subset_size`` least sensitive layers by ``selection.metric``: the selection's
-    other keys and its policy (``selection=random``) are unread there (they were, unsaid;
-    found in review)."""
-    if not HydraConfig.initialized() or in_sweep():
-        return
-    keys = [o for o in typed_overrides()
-            if re.match(r"[+~]*selection(=|\.(?!metric\b))", o)]
-    if keys:
-        log.warning("the exhaustive search scores the %d layers least sensitive by "
-                    "selection.metric=%s (sensitivity.search_subset_size), so %s %s unread",
-                    cfg.sensitivity.search_subset_size, cfg.selection.metric, " ".join(keys),
-                    "is" if len(keys) == 1 else "are")
-
-
-def warn_unread_source_overrides(cfg: Any) -> None:
-    """The analysis reads one source: ``source=local`` the records under ``runs_dir``,
-    ``source=wandb`` a wandb project. A key of the other one given on the command line is
-    unread (``wandb.project=x`` without ``source=wandb`` analysed the local records,
-    unsaid; found in review)."""
-    if not HydraConfig.initialized():
-        return
-    other = r"wandb\." if cfg.source == "local" else r"runs_dir="
-    keys = [o for o in typed_overrides() if re.match(rf"[+~]*{other}", o)]
-    if keys:
-        reads = "source=wandb" if cfg.source == "local" else "source=local"
-        log.warning("source=%s does not read %s; %s reads %s", cfg.source, " ".join(keys),
-                    reads, "it" if len(keys) == 1 else "them")
-
-
-def warn_unread_selection_keys(selection: Any, overrides: list[str]) -> None:
-    """A ``selection.<key>`` given to one run that its policy does not read
-    (:func:`~basisconv.selection.keys_read`) is ignored: ``experiment=basis_selected
-    selection.threshold=0.01`` converted the budget policy's layers and ``selection=all
-    selection.count=3`` every conv, neither saying so. Said for each key with the policies
-    that read it; ``selection.layers`` is said above (``none``, ``all``) or refused (the
-    ordered policies), as is a count with the threshold policy."""
-    policy, read = selection.policy, keys_read(selection)
-    said = {"layers"} | ({"count"} if policy == "sensitivity_threshold" else set())
-    unread = []
-    for override in overrides:
-        key = re.match(r"[+~]*selection\.(\w+)", override)
-        if key and key[1] in SELECTION_KEYS and key[1] not in read | said:
-            readers = [p for p in POLICIES if key[1] in keys_read({"policy": p, "count": None})]
-            unless = " without selection.count" if policy in readers else ""
-            unread.append(f"{override} (read by {', '.join(readers)}{unless})")
-    if unread:
-        log.warning("selection=%s does not read %s: the run ignores %s; choose a policy that "
-                    "reads it, or drop the override", policy, ", ".join(unread),
-                    "it" if len(unread) == 1 else "them")
 
 
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
