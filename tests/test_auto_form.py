@@ -297,6 +297,24 @@ def test_forms_are_timed_in_turns_by_the_median_of_their_calls_after_an_untimed_
     assert calls == ["a", "b"] * 4
 
 
+def test_a_form_whose_trial_fails_is_not_chosen_and_the_others_are_timed(monkeypatch, caplog):
+    """Found in review: a trial that raised for another reason than a Triton compile (a
+    CUDA out-of-memory in the dense form's trial) ended the layer's forward; it is timed
+    ``inf`` (not chosen), said once, and not run again."""
+    monkeypatch.setattr(auto, "REPEATS", 3)
+    runs = []
+
+    def out_of_memory():
+        runs.append("dense")
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+
+    with caplog.at_level("WARNING", logger=auto.log.name):
+        times = auto.interleaved({"stacked": lambda: 1.0, "dense": out_of_memory})
+    assert times == {"stacked": 1.0, "dense": math.inf} and runs == ["dense"]
+    assert caplog.text.count("the dense form's trial failed (RuntimeError: CUDA out of "
+                             "memory. Tried to allocate 2.00 GiB); it is not chosen") == 1
+
+
 def test_the_fused_kernel_is_not_timed_under_tritons_interpreter(monkeypatch):
     """Under ``TRITON_INTERPRET=1`` the kernel runs (on CPU, in float32), but timing it
     would time NumPy stepping through the kernel, seconds per call, never the fastest form:

@@ -153,14 +153,28 @@ def interleaved(trials: dict) -> dict[str, float]:
     or allocates, and the next ones may still pay for memory the process has not touched
     before (on the 2-core CPU the first form timed in a fresh process took 1.4x its later
     calls); in turns, such drift falls on every form alike rather than on the one timed
-    first."""
-    spans = {form: [] for form in trials}
+    first. A form whose trial raises (a CUDA out-of-memory in its trial, which the layer's
+    real call may not meet) is timed ``math.inf``, so not chosen, with a warning: it ended
+    the layer's forward (found in review). Where every form fails, the caller's call of
+    its default says why."""
+    spans: dict[str, list[float]] = {form: [] for form in trials}
+    failed: set[str] = set()
     for round_ in range(REPEATS + 1):
         for form, trial in trials.items():
-            seconds = trial()
+            if form in failed:
+                continue
+            try:
+                seconds = trial()
+            except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
+                failed.add(form)
+                log.warning("combine=auto: the %s form's trial failed (%s: %s); it is not "
+                            "chosen for this shape", form, type(err).__name__,
+                            str(err).splitlines()[0][:200] if str(err) else "")
+                continue
             if round_:
                 spans[form].append(seconds)
-    return {form: statistics.median(times) for form, times in spans.items()}
+    return {form: math.inf if form in failed else statistics.median(times)
+            for form, times in spans.items()}
 
 
 @contextlib.contextmanager
