@@ -172,9 +172,8 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
     if source_key is None and lacking:  # e.g. a bare state_dict saved under this name
         raise ConfigError(f"{what} is not a basisconv run's checkpoint (it lacks "
                           f"{', '.join(lacking)}); {fix}")
-    if resuming and not (isinstance(state["config"], dict)
-                                   and isinstance(state["record"], dict)
-                                   and isinstance(state["record"].get("epochs"), list)):
+    if resuming and not (isinstance(state["config"], dict) and isinstance(state["record"], dict)
+                         and isinstance(state["record"].get("epochs"), list)):
         # (a config or record of another shape ended the resume in a trace from inside it)
         raise ConfigError(f"{what} is not a basisconv run's checkpoint (its config or run "
                           f"record is not what a run saves); {fix}")

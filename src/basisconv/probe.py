@@ -188,8 +188,8 @@ class Probe:
         """The result of this fine-tune that an earlier probe of the same settings kept
         (counted in ``kept_finetunes``), or ``None``."""
         result = None if self.progress is None else self.progress.result(names, batch_seed)
-        lacking = [key for key in RESULT_FIELDS if not (
-            result is None or is_measurement(result.get(key)))]
+        lacking = [] if result is None else [
+            key for key in RESULT_FIELDS if not is_measurement(result.get(key))]
         if lacking:  # a damaged kept file of the right job ended the table in a KeyError
             log.warning("sensitivity: the kept result of %s lacks %s (damaged); computing "
                         "it again", names or "the dense reference", ", ".join(lacking))

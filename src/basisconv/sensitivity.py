@@ -45,8 +45,8 @@ from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
 from .records import (KIND_WORDS, RunRecord, commit_name, file_digest, folder_lock, git_commit,
-                      json_digest, provenance, publish, read_record, refuse_other_kind,
-                      write_bytes_atomic, write_json_atomic, write_record)
+                      json_digest, of_type, provenance, publish, read_record,
+                      refuse_other_kind, write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
                         dense_totals, fixed_candidates, fixed_layers, layer_savings, metric_drops,
                         pick_layers)
@@ -189,31 +189,34 @@ def cache(folder: Path, data: bytes, record: dict) -> None:
                     "the next one with this key estimates it again", err)
 
 
-#: The fields of a cached table's record that its readers take, with their types (``None``
-#: where an estimate writes it so); :data:`ESTIMATE_FIELDS` are those every estimate's
-#: record holds, which the sensitivity run's summary and the search read.
-RECORD_FIELDS = {"dense": dict, "pretrained": dict, "reference": dict, "provenance": dict,
-                 "seconds": (int, float), "config": (dict, type(None)),
-                 "noise": (dict, type(None)), "drop_noise": (dict, type(None))}
+#: The fields of an estimate's record (a cached table's, a published record's cache) that
+#: its readers take (the run's summary, the search, the reuse line), each with the types
+#: :func:`~basisconv.records.of_type` takes there (``None``: where an estimate writes a
+#: null); :data:`ESTIMATE_FIELDS` are those every estimate's record holds.
+RECORD_FIELDS = {"dense": (dict,), "pretrained": (dict,), "reference": (dict,),
+                 "provenance": (dict,), "seconds": (float,), "config": (dict, None),
+                 "noise": (dict, None), "drop_noise": (dict, None)}
 ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
 
 
-def of_kind(value: Any, kinds: type | tuple[type, ...]) -> bool:
-    """Whether ``value`` is of ``kinds`` as JSON gives it back (a bool is no number)."""
-    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in (
-        kinds if isinstance(kinds, tuple) else (kinds,)))
+def damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
+    """The fields of an estimate's ``record`` that are missing (of ``required``) or of
+    another type than its readers take (found in review: a hand-edited one ended them in a
+    KeyError or AttributeError trace, the search after all its subsets)."""
+    return [name for name in required if name not in record] + [
+        name for name, kinds in RECORD_FIELDS.items()
+        if name in record and not any(of_type(record[name], kind) for kind in kinds)]
 
 
 def check_estimate_record(cfg: DictConfig, record: dict,
                           fields: tuple[str, ...] = ESTIMATE_FIELDS) -> None:
-    """Refuse, with the fix, a reused table whose record lacks ``fields``, which every
-    estimate's holds (found in review: the sensitivity run ended in a KeyError, the search
-    after all its subsets)."""
-    lacking = [name for name in fields if name not in record]
-    if lacking:
+    """Refuse, with the fix, a reused table whose record is damaged in ``fields`` (which
+    every estimate's holds) or in the type of another field its readers take."""
+    damaged = damaged_fields(record, fields)
+    if damaged:
         raise ConfigError(f"the cached sensitivity table's record {cache_dir(cfg) / RECORD} "
-                          f"is damaged (it lacks {', '.join(lacking)}); delete that folder or "
-                          f"run with sensitivity.recompute=true")
+                          f"is damaged (its {', '.join(damaged)} missing or of another type); "
+                          f"delete that folder or run with sensitivity.recompute=true")
 
 
 def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
@@ -238,11 +241,7 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
                           f"for another key; {fix}")
-    # what the estimate's readers take of the record (the run's summary, the search, the
-    # reuse line): a field missing or of another type ended them in a KeyError or
-    # AttributeError trace (found in review)
-    malformed = [name for name, kinds in RECORD_FIELDS.items()
-                 if name in record and not of_kind(record[name], kinds)]
+    malformed = damaged_fields(record)  # (its readers check what they need present)
     if malformed:
         raise ConfigError(f"the cached sensitivity table's record {folder / RECORD} is damaged "
                           f"({', '.join(malformed)} of another type); {fix}")
@@ -419,9 +418,7 @@ def restore_published(cfg: DictConfig, estimating: bool = True
                           f"checksum (edited or damaged); {fix}")
     # the cache's record is checked here, not once copied into the cache: the fix that the
     # cache's refusal names (delete that folder) restored the same record again
-    malformed = [name for name in ESTIMATE_FIELDS if name not in cache] + [
-        name for name, kinds in RECORD_FIELDS.items()
-        if name in cache and not of_kind(cache[name], kinds)]
+    malformed = damaged_fields(cache, ESTIMATE_FIELDS)
     if malformed:
         raise ConfigError(f"the published sensitivity record {path} is damaged (its cache's "
                           f"{', '.join(malformed)} missing or of another type); {fix}")

@@ -504,8 +504,9 @@ def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
     warnings.warn(f"apply_basis: the weights of {listed}{more} are computed by a "
                   f"parametrization or pruning that their basis layers do not keep: each starts "
                   f"from the weight computed now (fitted to it, or from scratch at its scale), "
-                  f"and its basis filters and coefficients then train unconstrained; register the constraint on the basis layers' "
-                  f"parameters if training needs it", stacklevel=3)
+                  f"and its basis filters and coefficients then train unconstrained; register "
+                  f"the constraint on the basis layers' parameters if training needs it",
+                  stacklevel=3)
 
 
 def _hook_tables(module: nn.Module) -> dict:

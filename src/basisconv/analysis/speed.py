@@ -56,8 +56,9 @@ RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
 #: matches it in all of these (measured with the same code on the same machine, alike).
 #: ``code`` is the commit, for a dirty tree the hash of its diff (two records of one dirty
 #: commit with different uncommitted changes ran different code), and the torch build.
-#: ``steps``: the timed epoch's steps, since a graphed epoch's eager first step and capture (the 1/4 fused H200
-#: record: 4.75 ms a step over 60, its profiled replays 3.53) weigh 1/steps on each step.
+#: ``steps``: the timed epoch's steps, since a graphed epoch's eager first step and capture
+#: (the 1/4 fused H200 record: 4.75 ms a step over 60, its profiled replays 3.53) weigh
+#: 1/steps on each step.
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                 "steps", "code"]
 

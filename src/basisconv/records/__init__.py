@@ -14,7 +14,7 @@ from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, te
                     leftover_temporaries, STALE_AFTER_S, write_atomic, write_bytes_atomic,
                     write_text_atomic, json_text, finite_or_null, write_json_atomic)
 from .runs import (RECORD, KINDS, RunRecord, write_record, read_record, REQUIRED, MEASURED,
-                   LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, missing_fields,
+                   LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
                    unwritable_folder, publish, refuse_other_kind, KIND_WORDS)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
@@ -29,6 +29,7 @@ __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_n
            "write_atomic", "write_bytes_atomic", "write_text_atomic", "json_text", "finite_or_null",
            "write_json_atomic", "RECORD", "KINDS", "RunRecord", "write_record", "read_record",
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
+           "of_type",
            "missing_fields", "unwritable_folder", "publish", "refuse_other_kind", "KIND_WORDS",
            "PROTOCOL_ROWS", "PROTOCOL_RECORDS",
            "SEED_FILE", "missing_protocol_runs", "protocol_slot", "misplaced",

@@ -132,12 +132,11 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
                     "accuracy_drop", "loss_increase", "params_saved", "flops_saved",
                     "seconds"),
     "exhaustive_search": ("subset", "accuracy", "fast_choice")}
-#: How each column of :data:`TABLE_FIELDS` is checked, where it is not a number
-#: (:func:`~basisconv.counts.is_number`: a drop may be negative).
-TABLE_TYPES: dict[str, dict[str, Any]] = {
-    "sensitivity": {"layer": lambda v: isinstance(v, str), "shape": lambda v: isinstance(v, str)},
-    "exhaustive_search": {"subset": lambda v: isinstance(v, str),
-                          "fast_choice": lambda v: isinstance(v, bool)}}
+#: The type (:func:`of_type`) of each column of :data:`TABLE_FIELDS` that holds no number
+#: (the others: :func:`~basisconv.counts.is_number`, a drop may be negative).
+TABLE_TYPES: dict[str, dict[str, type]] = {
+    "sensitivity": {"layer": str, "shape": str},
+    "exhaustive_search": {"subset": str, "fast_choice": bool}}
 #: The fields of :data:`REQUIRED` outside ``config``, ``model`` and ``final`` that hold a
 #: measurement (:func:`is_measurement`), and those that hold a text: a null or a text
 #: there ended the sensitivity or search page with a ``TypeError`` from a format.
@@ -273,9 +272,12 @@ def table_lacks(record: dict[str, Any]) -> list[str]:
     # a column of another type than its producer writes (a text accuracy_drop, hand-edited)
     # ended the sensitivity page in a TypeError trace from matplotlib (found in review)
     kinds = TABLE_TYPES[record["kind"]]
+
+    def holds(row: dict, column: str) -> bool:
+        return column in row and (of_type(row[column], kinds[column]) if column in kinds
+                                  else is_number(row[column]))
     return [f"table.{column}" for column in TABLE_FIELDS[record["kind"]]
-            if any(column not in row or not kinds.get(column, is_number)(row[column])
-                   for row in table)]
+            if not all(holds(row, column) for row in table)]
 
 
 def unwritable_folder(folder: str) -> str | None:
