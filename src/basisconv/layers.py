@@ -211,8 +211,9 @@ class BasisConv2d(nn.Module):
             would be; only ``1`` and ``"zeros"`` (anything else is one error).
 
     Initialization from scratch (why): the basis filters are Kaiming-normal with
-    ``fan_in = C_in*kh*kw``, as torch's own conv init scales by fan-in, so a basis output
-    has the variance a dense output would have. The coefficients are ``N(0, 1/m)``: a
+    ``fan_in = C_in*kh*kw`` and ReLU's gain (torch's own conv init also scales by fan-in,
+    with a smaller gain), so a basis output has the variance a Kaiming-initialized dense
+    output would have. The coefficients are ``N(0, 1/m)``: a
     combined output is a sum of ``m`` roughly uncorrelated basis outputs, so its variance
     matches a basis output's too, and no channel starts out dead or dominant. Low-rank
     factors are ``N(0, 1/r)`` and ``N(0, 1/m)``, which gives the same product variance. The
