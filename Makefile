@@ -67,8 +67,9 @@ smoke: $(STAMP)
 # committed results/<profile>/ rewritten from its records).
 OUTPUTS ?= outputs
 PROFILE_RESULTS = $(if $(filter smoke,$(PROFILE)),$(OUTPUTS)/smoke/results,$(RESULTS_DIR)/$(PROFILE))
+# With ARGS=source=wandb the runs come from wandb: no runs_dir (it would be warned of as unread).
 analyze: $(STAMP)
-	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),runs_dir=$(PROFILE_RESULTS)/runs out_dir=$(PROFILE_RESULTS)) $(ARGS)
+	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),$(if $(filter source=wandb,$(ARGS)),,runs_dir=$(PROFILE_RESULTS)/runs )out_dir=$(PROFILE_RESULTS)) $(ARGS)
 
 train: $(STAMP)
 	$(PY) scripts/train.py $(ARGS)

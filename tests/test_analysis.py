@@ -872,6 +872,10 @@ def test_make_analyze_reads_the_folder_make_reproduce_wrote(repo):
         "PROFILE=quick", "RESULTS_DIR=/tmp/x")
     assert "runs_dir=o/smoke/results/runs out_dir=o/smoke/results" in dry(
         "PROFILE=smoke", "RESULTS_DIR=/tmp/x", "OUTPUTS=o")
+    # found in review: with source=wandb the analysis reads no runs_dir, and the one make
+    # passed was warned of as the user's unread key
+    wandb = dry("PROFILE=smoke", "ARGS=source=wandb")
+    assert "runs_dir" not in wandb and "out_dir=outputs/smoke/results source=wandb" in wandb
 
 
 def test_analyze_config_takes_the_profile_and_source(repo):
