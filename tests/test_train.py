@@ -176,7 +176,10 @@ def test_a_tracker_setting_given_with_logger_none_is_said_unread(monkeypatch, ca
     (["experiment=basis_selected", "selection=random"], None),  # its name says the policy
     (["experiment=baseline", "selection=none"], None),
     (["experiment=basis_all", "selection=blocks"], "experiment=basis_all chooses "
-                                                   "selection=all; selection=blocks")])
+                                                   "selection=all; selection=blocks"),
+    # its name says basis.size, not how the layers start (left at stop 70)
+    (["experiment=basis_all", "basis=warmup"], "experiment=basis_all chooses basis=scratch; "
+                                               "basis=warmup given with it")])
 def test_a_choice_a_preset_makes_chosen_otherwise_is_said(monkeypatch, caplog, overrides, said):
     """Found in review: ``experiment=baseline selection=all`` converted every conv under
     the name ``<model>-baseline`` (its folder, wandb group and table row), unsaid."""

@@ -65,7 +65,9 @@ def warn_preset_choice_overridden(cfg: Any) -> None:
     selection=all`` converted every conv under the name ``<model>-baseline`` (its folder,
     wandb group and table row), unsaid (found in review). Said as a warning, unless a
     ``name=`` of the run's own is given; ``experiment=basis_selected selection=random`` is
-    that preset's design (its name holds ``${selection.policy}``)."""
+    that preset's design (its name holds ``${selection.policy}``, which the two options
+    set differently). ``experiment=basis_all basis=warmup`` is warned of: the name holds
+    ``${basis.size}``, which both options leave alone."""
     if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
         return
     preset = HydraConfig.get().runtime.choices.get("experiment")
@@ -83,11 +85,33 @@ def warn_preset_choice_overridden(cfg: Any) -> None:
     for override in given:
         group, _, option = override.partition("=")
         if (group in chosen and option and option != chosen[group]
-                and f"${{{group}." not in name):
+                and not _name_tells_apart(name, group, chosen[group], option)):
             log.warning("experiment=%s chooses %s=%s; %s given with it runs under the preset's "
                         "name %s, which does not say so: give the run a name of its own "
                         "(name=...), or choose the preset that runs it", preset, group,
                         chosen[group], override, cfg.name)
+
+
+def _name_tells_apart(name: str, group: str, option: str, other: str) -> bool:
+    """Whether a preset's ``name`` (as written) interpolates a key of ``group`` that its two
+    options set differently: then the two runs' names differ."""
+    keys = re.findall(rf"\$\{{{group}\.(\w+)\}}", name)
+    settings = [_group_option(group, o) for o in (option, other)]
+    return any(settings[0].get(key, option) != settings[1].get(key, other) for key in keys)
+
+
+def _group_option(group: str, option: str) -> dict:
+    """A config group option's own settings, with the same group's options its defaults
+    list names (``basis/warmup.yaml`` builds on ``scratch``); empty if not ours."""
+    path = CONFIGS / group / f"{option}.yaml"
+    if not path.is_file():
+        return {}
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    settings: dict = {}
+    for entry in config.pop("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            settings.update(_group_option(group, entry))
+    return {**settings, **config}
 
 
 def warn_unread_logger_overrides(cfg: Any) -> None:
