@@ -21,7 +21,7 @@ from basisconv.cli import check_sweep_jobs, exit_on_user_error
 from basisconv.config import validate
 from basisconv.records import read_record
 from basisconv.search import exhaustive_search
-from basisconv.unread import warn_unread_search_selection
+from basisconv.unread import warn_preset_not_taken, warn_unread_search_selection
 
 check_sweep_jobs(validate)
 
@@ -30,6 +30,7 @@ check_sweep_jobs(validate)
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     validate(cfg)
+    warn_preset_not_taken(cfg)
     warn_unread_search_selection(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     s = exhaustive_search(cfg, output_dir)

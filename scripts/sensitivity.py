@@ -22,6 +22,7 @@ from basisconv.analysis.sensitivity import draw_run
 from basisconv.cli import check_sweep_jobs, exit_on_user_error
 from basisconv.config import validate
 from basisconv.sensitivity import run_sensitivity
+from basisconv.unread import warn_preset_not_taken
 
 check_sweep_jobs(validate)
 
@@ -30,6 +31,7 @@ check_sweep_jobs(validate)
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     validate(cfg)
+    warn_preset_not_taken(cfg)
     output_dir = HydraConfig.get().runtime.output_dir
     record = run_sensitivity(cfg, output_dir)
     draw_run(record, output_dir)

@@ -1988,3 +1988,20 @@ def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, cap
         sensitivity.sensitivity_table(cfg)
         assert "estimated at commit aaaaaaa with other uncommitted changes than this code's" \
             in caplog.text and "(this code:" not in caplog.text
+
+
+@pytest.mark.parametrize("script", ["sensitivity.py", "exhaustive_search.py"])
+def test_an_experiment_preset_given_to_the_estimate_is_said_not_taken(repo, tmp_path, script):
+    """Left at stop 70: ``scripts/sensitivity.py experiment=basis_all`` kept the
+    ``sensitivity_budget`` layers and the ``<model>-sensitivity`` name (``sensitivity.yaml``'s
+    choices come after a preset's), unsaid. The run then stops on its missing data."""
+    result = subprocess.run([sys.executable, str(repo / "scripts" / script),
+                             "experiment=basis_all", "logger=none",
+                             f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}/run"],
+                            env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    said = result.stdout + result.stderr
+    assert ("experiment=basis_all is a training run's preset: here its layer choice and name "
+            "are not taken (this marks selection=sensitivity_budget's layers, under "
+            "resnet18-sensitivity)") in said

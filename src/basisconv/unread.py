@@ -92,6 +92,23 @@ def warn_preset_choice_overridden(cfg: Any) -> None:
                         chosen[group], override, cfg.name)
 
 
+def warn_preset_not_taken(cfg: Any) -> None:
+    """``scripts/sensitivity.py`` and ``exhaustive_search.py`` compose ``sensitivity.yaml``,
+    whose own choices come after a preset's: ``experiment=basis_all`` there kept the
+    ``sensitivity_budget`` layers and the ``<model>-sensitivity`` name, unsaid (left at
+    stop 70). A preset chooses a training row; here it is warned of, naming the key that
+    chooses the layers the estimate marks."""
+    if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
+        return
+    preset = HydraConfig.get().runtime.choices.get("experiment")
+    if preset:
+        log.warning("experiment=%s is a training run's preset: here its layer choice and "
+                    "name are not taken (this marks selection=%s's layers, under %s); "
+                    "choose the layers with selection=... and train them with "
+                    "scripts/train.py experiment=%s", preset, cfg.selection.policy, cfg.name,
+                    preset)
+
+
 def _name_tells_apart(name: str, group: str, option: str, other: str) -> bool:
     """Whether a preset's ``name`` (as written) interpolates a key of ``group`` that its two
     options set differently: then the two runs' names differ."""
