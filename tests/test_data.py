@@ -66,6 +66,32 @@ def test_a_python_batch_whose_images_and_labels_disagree_is_a_clear_error(tmp_pa
         load_cifar10(tmp_path, verify_md5=False)
 
 
+def test_an_own_python_batch_with_text_keys_is_read(tmp_path):
+    """Left at stop 70: a batch pickled by Python 3 with ``"data"`` and ``"labels"`` keys
+    (as one writes one's own data) was called truncated: CIFAR-10's own are bytes keys."""
+    import pickle
+
+    folder = write_cifar(tmp_path, "py")
+    expected = load_cifar10(tmp_path, verify_md5=False)
+    for path in folder.glob("*_batch*"):
+        batch = pickle.loads(path.read_bytes(), encoding="bytes")
+        path.write_bytes(pickle.dumps({key.decode(): value for key, value in batch.items()}))
+    got = load_cifar10(tmp_path, verify_md5=False)
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+
+
+def test_a_python_batch_without_its_entries_names_them(tmp_path):
+    import pickle
+
+    folder = write_cifar(tmp_path, "py")
+    (folder / "data_batch_1").write_bytes(pickle.dumps({"images": [], "labels": []}))
+    with pytest.raises(DatasetError, match=r"data_batch_1 is not a CIFAR-10 python batch: it "
+                                           r"has no 'data' entry \(its keys: 'images', "
+                                           r"'labels'\)"):
+        load_cifar10(tmp_path, verify_md5=False)
+
+
 @pytest.mark.parametrize("pixels", ["float_in_0_1", "int64_beyond_255", "int64_bytes",
                                     "uint16_beyond_255", "uint16_bytes", "uint32_bytes",
                                     "uint64_bytes", "bool_mask"])

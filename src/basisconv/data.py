@@ -139,12 +139,32 @@ def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     raw = path.read_bytes()  # outside the try: a file it cannot read is not "truncated"
     try:
         batch = pickle.loads(raw, encoding="bytes")
-        data = torch.as_tensor(batch[b"data"])
-        labels = torch.as_tensor(batch[b"labels"])
     except Exception as err:  # noqa: BLE001 - any failure here means a bad file
         raise DatasetError(
             f"{path} is truncated or not a CIFAR-10 python batch ({type(err).__name__}: "
             f"{err}). Re-download or re-extract it.") from None
+    # CIFAR-10's keys are bytes (pickled by Python 2); one's own data pickled by Python 3
+    # has text keys, and was called truncated
+    if isinstance(batch, dict):
+        batch = {key.encode() if isinstance(key, str) else key: value
+                 for key, value in batch.items()}
+    missing = [key for key in (b"data", b"labels") if not isinstance(batch, dict)
+               or key not in batch]
+    if missing:
+        has = ("its keys: " + ", ".join(
+            repr(k.decode(errors="replace") if isinstance(k, bytes) else k) for k in batch)
+               if isinstance(batch, dict) else f"it is a {type(batch).__name__}")
+        raise DatasetError(
+            f"{path} is not a CIFAR-10 python batch: it has no {missing[0].decode()!r} entry "
+            f"({has}); a batch is a dict of 'data' (N, 3072) uint8 and 'labels' "
+            f"(N,). Re-download or re-extract it, or fix the file if it is your own data.")
+    try:
+        data = torch.as_tensor(batch[b"data"])
+        labels = torch.as_tensor(batch[b"labels"])
+    except Exception as err:  # noqa: BLE001 - any failure here means a bad file
+        raise DatasetError(
+            f"{path} is not a CIFAR-10 python batch: its data or labels are not arrays "
+            f"({type(err).__name__}: {err}). Re-download or re-extract it.") from None
     # pixels are bytes: float pixels in [0, 1] or wider integers were cast to uint8, and so
     # truncated (near-black images) or wrapped modulo 256, silently (own data in this
     # format), and bools read as pixels 0 and 1 (black). The range is read as int64: torch
