@@ -224,6 +224,20 @@ def test_a_data_root_this_user_may_not_enter_is_a_clear_error(tmp_path, monkeypa
         load_cifar10(tmp_path / "theirs", verify_md5=False, download=download)
 
 
+def test_a_stray_file_above_a_complete_folder_does_not_hide_it(tmp_path):
+    """Left at stop 70: a test_batch.bin in data.root, beside a complete
+    cifar-10-batches-bin/, was taken as the dataset's folder and refused as incomplete.
+    The complete one is read; with neither complete, the first is named as before."""
+    from basisconv.data import find_cifar10
+
+    folder = write_cifar(tmp_path, "bin")
+    (tmp_path / "test_batch.bin").write_bytes((folder / "test_batch.bin").read_bytes())
+    assert find_cifar10(tmp_path) == (folder, "bin")
+    assert len(load_cifar10(tmp_path, verify_md5=False).test_images) == 100
+    (folder / "data_batch_5.bin").unlink()
+    assert find_cifar10(tmp_path) == (tmp_path, "bin")
+
+
 def test_missing_batch_file(tmp_path):
     folder = write_cifar(tmp_path)
     (folder / "data_batch_5.bin").unlink()

@@ -26,7 +26,7 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -102,25 +102,33 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
     cannot be looked in.
     """
     root = Path(root).expanduser()
-    for fmt in ("bin", "py"):
-        for folder in (root, root / FOLDERS[fmt]):
-            try:
-                found = any((folder / names[fmt][0]).is_file()
-                            for names in (TEST_FILES, TRAIN_FILES))
-            except OSError as err:  # a folder this user may not enter (another user's, 700):
-                # is_file ignores only "no such file", so this was a PermissionError's trace
-                raise DatasetError(
-                    f"cannot look in {folder} for CIFAR-10 ({err.strerror or err}): make it "
-                    f"readable (chmod a+rx, or ask its owner), or point data.root (or the "
-                    f"CIFAR10_ROOT environment variable) at a copy this user can read."
-                ) from None
-            if found:
-                return folder, fmt
+    found = [(folder, fmt) for fmt in ("bin", "py") for folder in (root, root / FOLDERS[fmt])
+             if _holds_cifar10(folder, fmt, any)]
+    # the first that holds every file: a stray test_batch.bin beside a complete
+    # cifar-10-batches-bin/ was taken, and refused as incomplete (left at stop 70)
+    for folder, fmt in found:
+        if _holds_cifar10(folder, fmt, all):
+            return folder, fmt
+    if found:
+        return found[0]
     raise DatasetNotFound(
         f"CIFAR-10 not found: looked in {root.resolve()} and its subfolders "
         f"{FOLDERS['bin']}/ and {FOLDERS['py']}/. Point data.root (or the CIFAR10_ROOT "
         f"environment variable) at the folder holding the extracted CIFAR-10 files, "
         f"or set data.download=true on a machine that is online.")
+
+
+def _holds_cifar10(folder: Path, fmt: str, how: Callable[[Iterable[bool]], bool]) -> bool:
+    """Whether ``folder`` holds ``any`` or ``all`` of CIFAR-10's files in format ``fmt``."""
+    try:
+        return how((folder / name).is_file() for names in (TEST_FILES, TRAIN_FILES)
+                   for name in names[fmt])
+    except OSError as err:  # a folder this user may not enter (another user's, 700):
+        # is_file ignores only "no such file", so this was a PermissionError's trace
+        raise DatasetError(
+            f"cannot look in {folder} for CIFAR-10 ({err.strerror or err}): make it "
+            f"readable (chmod a+rx, or ask its owner), or point data.root (or the "
+            f"CIFAR10_ROOT environment variable) at a copy this user can read.") from None
 
 
 def _read_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
