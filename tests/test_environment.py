@@ -50,6 +50,45 @@ def test_the_test_extra_names_every_pytest_plugin_the_suite_is_configured_for(re
     assert plugins >= {"pytest", "pytest-timeout", "pytest-xdist"} and plugins <= named
 
 
+def test_every_package_the_code_imports_is_declared_and_pinned(repo):
+    """Left at stop 70: numpy (imported by the package), PyYAML and traitlets (by the
+    tests) were installed only as other packages' dependencies, so an upgrade of those
+    could drop them. Every third-party module imported by src/ and scripts/ is a
+    dependency in pyproject.toml, every one the tests import a dependency or in the test
+    extra, and each is pinned in requirements.txt (torchvision and triton are optional:
+    imported where present)."""
+    import ast
+    import importlib.metadata
+    import tomllib
+
+    def normal(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    distributions = importlib.metadata.packages_distributions()
+
+    def imported(*folders):
+        names = set()
+        for path in (p for folder in folders for p in (repo / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {alias.name.partition(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    names.add(node.module.partition(".")[0])
+        return {normal(d) for name in names - set(sys.stdlib_module_names)
+                for d in distributions.get(name, [])} - {"basisconv"}
+
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    declared = {normal(re.split(r"[<>=!~ \[]", spec)[0]) for spec in project["dependencies"]}
+    extra = {normal(re.split(r"[<>=!~ \[]", spec)[0])
+             for spec in project["optional-dependencies"]["test"]}
+    optional = {"torchvision", "triton"}
+    pinned = {normal(name) for name in pins((repo / "requirements.txt").read_text().splitlines())}
+    package, tests = imported("src", "scripts"), imported("tests")
+    assert package - declared - optional == set()
+    assert tests - declared - extra - optional == set()
+    assert package | tests <= pinned
+
+
 def test_a_venv_cut_off_before_pip_was_set_up_is_built_again(repo, tmp_path):
     """Found in review: the Makefile built .venv only where its python was missing, so a
     ``make env`` stopped while venv set up pip left a python without pip, and every later
