@@ -457,3 +457,27 @@ def test_a_form_whose_trial_failed_is_not_chosen_unless_all_did():
     assert auto.choose(("k2",) * 11, x, lambda: {"a": math.inf, "b": math.inf}) == "a"
     assert auto.choose(("k3",) * 11, x, lambda: {"a": math.inf, "b": 1.0},
                        prefer="a", margin=0.5) == "b"
+
+
+@pytest.mark.parametrize("step", ["choose_forms_now", "describe"])
+def test_each_modules_own_mode_is_put_back(step):
+    # Found in review: choose_forms_now ("the model is left exactly as it was: ... mode")
+    # and describe put back the top module's mode only, model.train(was_training): norms
+    # frozen in eval inside a training model (a fine-tuning recipe) came back training,
+    # and their running statistics then moved with every step
+    from basisconv.models import build_model
+    from basisconv.network import choose_forms_now, describe
+    from basisconv.surgery import apply_basis
+
+    torch.manual_seed(0)
+    model = apply_basis(build_model("resnet8", width=0.25), "layer3.*", 0.5, combine="auto")
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    assert model.training and not all(before.values())
+    if step == "describe":
+        describe(model, image_shape=(3, 16, 16))
+    else:
+        choose_forms_now(model, [(4, 3, 16, 16), (2, 3, 16, 16)], device=torch.device("cpu"))
+    assert {name: m.training for name, m in model.named_modules()} == before

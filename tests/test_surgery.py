@@ -723,6 +723,37 @@ def test_a_model_torch_cannot_copy_asks_for_inplace():
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
 
 
+class _LockedRecorder:
+    """A feature recorder whose forward hook is a bound method of an object holding a lock
+    (a thread-safe logger, a writer with an open file): Python cannot copy it."""
+
+    def __init__(self):
+        import threading
+        self.lock, self.shapes = threading.Lock(), []
+
+    def hook(self, module, args, out):
+        with self.lock:
+            self.shapes.append(tuple(out.shape))
+
+
+def test_a_model_python_cannot_copy_is_one_clear_error_too():
+    # Found in review: a hook (or attribute) that Python cannot copy made apply_basis,
+    # to_dense and model_cost fail in copy.deepcopy with a bare "TypeError: cannot pickle
+    # '_thread.lock' object" and a deep trace, not saying that a copy was made nor how to
+    # avoid it (only torch's RuntimeError was turned into the one-line error)
+    model = build_model("resnet8", width=0.25)
+    model.layer1[0].conv1.register_forward_hook(_LockedRecorder().hook)
+    with pytest.raises(ConfigError, match="apply_basis: the model cannot be copied "
+                                          r"\(cannot pickle.*inplace=True"):
+        apply_basis(model, "layer3.*", 0.5)
+    with pytest.raises(ConfigError, match="to_dense: the model cannot be copied.*inplace=True"):
+        to_dense(model)
+    with pytest.raises(ConfigError, match="model_cost: the model cannot be copied"):
+        model_cost(model, (1, 3, 16, 16))
+    converted = apply_basis(model, "layer3.*", 0.5, inplace=True)  # the fix it names works
+    assert set(basis_layers(converted)) == {"layer3.0.conv1", "layer3.0.conv2"}
+
+
 class Hooked(nn.Module):
     """A conv with every kind of hook a user registers to watch or change it."""
 

@@ -25,8 +25,9 @@ HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward
 
 
 def copy_model(model: nn.Module, what: str, fix: str, *, meta: bool = False) -> nn.Module:
-    """``copy.deepcopy(model)``; where torch cannot copy it (a weight that a hook computes:
-    torch.nn.utils.prune, the old torch.nn.utils.weight_norm) one :class:`ConfigError`,
+    """``copy.deepcopy(model)``; where it cannot be copied (a weight that a hook computes:
+    torch.nn.utils.prune, the old torch.nn.utils.weight_norm; something Python cannot copy
+    held by a module or a hook: a lock, an open file) one :class:`ConfigError`,
     ``what`` then ``fix``, as torch's own message does not say why a copy was made.
 
     ``meta``: the parameters and buffers are copied as ``meta`` tensors, never copying
@@ -40,5 +41,7 @@ def copy_model(model: nn.Module, what: str, fix: str, *, meta: bool = False) -> 
                 memo[id(t)] = t.detach().to("meta")
     try:
         return copy.deepcopy(model, memo)
-    except RuntimeError as err:
+    # (TypeError: Python's "cannot pickle '_thread.lock' object", from an attribute or a hook
+    # that is a bound method of an object holding a lock, a file, a generator)
+    except (RuntimeError, TypeError, copy.Error) as err:
         raise ConfigError(f"{what} ({str(err)[:120]}...); {fix}") from err

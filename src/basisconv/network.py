@@ -130,12 +130,12 @@ def describe(model: nn.Module, image_shape=(3, 32, 32), batch: int = 1) -> dict[
     coefficient product) is shared by its images, as
     :func:`basisconv.selection.layer_savings` counts it too. Counted as in
     training whatever the model's mode (a dense warm-up converts right after evaluating)."""
-    training = model.training  # a training step's counts: a folded norm counted in eval
-    model.train()              # mode (running statistics) has no moments, less backward
+    modes = _modes(model)  # a training step's counts: a folded norm counted in eval
+    model.train()          # mode (running statistics) has no moments, less backward
     try:
         cost = model_cost(model, (batch, *image_shape))
     finally:
-        model.train(training)
+        _restore_modes(model, modes)
     report = basis_report(model)
     per_image = {k: round(getattr(cost, k) / batch)
                  for k in ("forward_flops", "grad_input_flops", "grad_weight_flops")}
@@ -219,7 +219,7 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     # (else the gradients are left None, not put back)
     grads = {p: None if p.grad is None else p.grad.detach().clone() for p in model.parameters()}
-    was_training = model.training
+    modes = _modes(model)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     try:
         for i, shape in enumerate(shapes):
@@ -231,4 +231,19 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
         model.load_state_dict(saved)
         for p, grad in grads.items():
             p.grad = grad
-        model.train(was_training)
+        _restore_modes(model, modes)
+
+
+def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Each module's own train/eval mode: a model's modes can differ (norms frozen in eval
+    inside a training model, a fine-tuning recipe's), which ``model.train(model.training)``
+    would flatten to the top module's."""
+    return [(module, module.training) for module in model.modules()]
+
+
+def _restore_modes(model: nn.Module, modes: list[tuple[nn.Module, bool]]) -> None:
+    """Put back the modes :func:`_modes` read (through ``train()`` first, as before, for a
+    module whose ``train`` does more than set the flag)."""
+    model.train(modes[0][1])
+    for module, training in modes:
+        module.training = training
