@@ -235,9 +235,11 @@ rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # profile's, one the analysis cannot read, or made from a sensitivity table of a key this
 # code no longer gives) would make the run be skipped for good: set aside, said, and the
 # run made again
-"$PY" -c \
-  'import sys; from basisconv.reproduce import set_aside_stale_records as s; s(*sys.argv[1:])' \
-  "$RECORDS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}
+# (with the run folders: a run set aside for its sensitivity table is trained again, not
+# published again from its folder)
+"$PY" -c 'import sys; from basisconv.reproduce import set_aside_stale_records as s
+s(sys.argv[1], *sys.argv[3:], outputs=sys.argv[2])' \
+  "$RECORDS" "$OUT" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}
 # Each invocation that gets this far is logged in $RESULTS/sessions/ however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it

@@ -796,6 +796,37 @@ def test_runs_that_chose_from_another_machines_table_of_the_same_key_are_set_asi
         capsys.readouterr().err
 
 
+def test_a_run_set_aside_for_its_table_is_trained_again_not_published_from_its_folder(
+        repo, tmp_path):
+    """Found in review: a run set aside for its sensitivity table (another machine's, or
+    one of a key the code no longer gives) was started in its folder, which held the same
+    run complete: it published the same record again ("already complete; not training
+    again"), every later invocation set it aside again, and the run was never made from
+    the published table. Its folder is set aside with it, so the run trains anew."""
+    runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
+    key = smoke_keys()["sensitivity"]
+    for name in [*PROTOCOL_RECORDS, *(f"{row}/seed0.json" for row in ROWS)]:
+        record = complete_record(record_kind(Path(name).name))
+        if name == "sensitivity.json":
+            record["cache"] = {"key": key, "table_sha256": "a" * 64}
+        elif name.startswith("selected-sensitivity_budget-0.5/"):
+            record.update(sensitivity_key=key, sensitivity_table="b" * 64)
+        (runs / name).parent.mkdir(parents=True, exist_ok=True)
+        (runs / name).write_text(json.dumps(record))
+    folder = tmp_path / "outputs" / "smoke" / "selected-sensitivity_budget-0.5" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"status": "complete"}))
+    result, started, _ = fake_protocol(repo, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trained = [call.split("hydra.run.dir=")[1].split()[0].split("/smoke/")[1]
+               for call in started if call.startswith("scripts/train.py")]
+    assert trained == ["selected-sensitivity_budget-0.5/seed0"]
+    assert not folder.exists()
+    aside = folder.with_name("seed0.rejected")
+    assert (aside / "run.json").is_file()
+    assert f"{folder} holds that run: set aside as seed0.rejected" in result.stderr
+
+
 def test_a_protocol_refuses_results_a_git_merge_left_unresolved(repo, tmp_path):
     """Found in review: conflicted records were set aside and made again (each side held a
     good one), and the speed benchmark was skipped for its conflicted files."""

@@ -19,7 +19,8 @@ from .config import validate
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import CONFIGS, config_groups_of, hydra_error_line
-from .records import read_record, set_aside, set_aside_foreign_records
+from .records import (SEED_FILE, protocol_slot, read_record, set_aside,
+                      set_aside_foreign_records)
 from .sensitivity import cache_key
 
 
@@ -112,7 +113,8 @@ def table_key(record: dict[str, Any]) -> str | None:
 
 
 def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
-                            *overrides: str) -> list[Path]:
+                            *overrides: str, outputs: str | os.PathLike | None = None
+                            ) -> list[Path]:
     """:func:`~basisconv.records.set_aside_foreign_records`, then the records made from a
     sensitivity table of another key than this code gives the protocol's (a key that
     changed with the code between two sessions, a ``git pull``): the published estimate,
@@ -120,7 +122,13 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
     line each, so the script estimates and publishes the table again and makes those runs
     from it. Else it skipped the estimate for its record's sake, the runs restored nothing
     for their key and chose from a table never published, and the sensitivity page showed
-    another table than the one the runs chose from."""
+    another table than the one the runs chose from.
+
+    ``outputs`` is the profile's run folders (``$OUT``, ``<row>/seed<k>/`` each): the
+    folder of a training run set aside here is set aside too (``seed<k>.rejected``), else
+    the script's new run found it complete (or resumed its checkpoint, with the layers it
+    had chosen) and published the same record again, set aside again by every later
+    invocation: the run was never made again (found in review)."""
     rejected = set_aside_foreign_records(records_dir, profile)
     root = Path(records_dir)
     if not root.is_dir():
@@ -139,10 +147,38 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
             rejected.append(set_aside(path, f"it was made from the sensitivity table "
                                             f"{made_from}; this code's for the protocol is "
                                             f"{keys[script]}: it changed since"))
-    return rejected + set_aside_runs_of_other_tables(root)
+            rejected += set_aside_run_folder(path, outputs)
+    return rejected + set_aside_runs_of_other_tables(root, outputs)
 
 
-def set_aside_runs_of_other_tables(root: Path) -> list[Path]:
+def set_aside_run_folder(record: Path, outputs: str | os.PathLike | None) -> list[Path]:
+    """The run folder ``<outputs>/<row>/seed<k>`` of the published training record
+    ``<row>/seed<k>.json`` just set aside, renamed ``seed<k>.rejected`` (``-2``, ... when
+    taken) and said in one line, so that the script trains the run again rather than
+    publishing that folder's record (or resuming its checkpoint) as it is; [] for another
+    record or where there is no such folder."""
+    if outputs is None or protocol_slot(record) is None or not SEED_FILE.fullmatch(
+            record.name):  # (a row of the user's own: no run of the script's)
+        return []
+    folder = Path(outputs) / record.parent.name / record.stem
+    if not folder.is_dir():
+        return []
+    aside, n = folder.with_name(f"{folder.name}.rejected"), 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}.rejected-{n}")
+    try:
+        os.replace(folder, aside)
+    except OSError as err:
+        raise SystemExit(f"{folder} holds the run whose record was set aside, and could not "
+                         f"be set aside ({err.strerror or err}): remove it") from None
+    print(f"{folder} holds that run: set aside as {aside.name}, the run is trained again",
+          file=sys.stderr)
+    return [aside]
+
+
+def set_aside_runs_of_other_tables(root: Path, outputs: str | os.PathLike | None = None
+                                   ) -> list[Path]:
     """The published runs that chose their layers from another table of the published
     estimate's key than the published one, set aside (``.rejected``, one line each) so the
     script makes them again from it: machines that ran the protocol at once each estimated
@@ -166,4 +202,5 @@ def set_aside_runs_of_other_tables(root: Path) -> list[Path]:
             rejected.append(set_aside(path, f"it chose its layers from another sensitivity "
                                             f"table ({chose_from[:12]}) than the published "
                                             f"one ({checksum[:12]}), estimated elsewhere"))
+            rejected += set_aside_run_folder(path, outputs)
     return rejected
