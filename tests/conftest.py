@@ -1,3 +1,4 @@
+import copy
 import importlib.util
 import os
 import random
@@ -189,6 +190,34 @@ def _entry_point_state_restored():
     (cli.task_started, cli.failed_jobs[:], cli.resume_override[:], hydra_utils.run_and_report,
      cli.hydra_main_module._run_hydra, hydra_core_utils._save_config,
      hydra_core_utils.JobReturn.return_value) = saved
+
+
+# What the package remembers for the rest of the process: warnings said once
+# (errors.SAID_ONCE, kernels.fused._WARNED, sensitivity.WARNED_MISSING), the shapes whose
+# kernel failed to compile (fused._FAILED), combine="auto"'s timed choices (kernels.auto)
+# and the colours a user's policies and forms were given (analysis.figures). A test that
+# filled one left it so for every later test: a later check that a path says nothing
+# (warnings as errors) passed whatever that path said, if an earlier test had said it first.
+_PROCESS_MEMORY = {"basisconv.errors": ("SAID_ONCE",),
+                   "basisconv.sensitivity": ("WARNED_MISSING",),
+                   "basisconv.kernels.fused": ("_WARNED", "_FAILED"),
+                   "basisconv.kernels.auto": ("_CHOICES", "TIMINGS", "_LOOKED_UP"),
+                   "basisconv.analysis.figures": ("_EXTRA_TAKEN", "_FORMS_TAKEN")}
+
+
+@pytest.fixture(autouse=True)
+def _process_memory_restored():
+    """Put back what the package remembers per process (above) as it was before the test
+    (a module first imported by the test: empty, as on import)."""
+    saved = {(module, name): copy.deepcopy(getattr(sys.modules[module], name))
+             for module, names in _PROCESS_MEMORY.items() if module in sys.modules
+             for name in names}
+    yield
+    for module, names in _PROCESS_MEMORY.items():
+        for name in names if module in sys.modules else ():
+            memory = getattr(sys.modules[module], name)
+            memory.clear()
+            memory.update(saved.get((module, name), ()))
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "basisconv"
 
 
-def test_imports_follow_the_layer_contract(repo):
+def test_imports_follow_the_layer_contract(repo, tmp_path):
     lint = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run([str(lint), "--config", str(repo / ".importlinter")], cwd=repo,
+    # (its cache in tmp_path: by default it writes .import_linter_cache/ into the checkout)
+    result = subprocess.run([str(lint), "--config", str(repo / ".importlinter"),
+                             "--cache-dir", str(tmp_path / "import_linter_cache")], cwd=repo,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout

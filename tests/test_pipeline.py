@@ -39,6 +39,8 @@ def train_command(repo, *overrides):
 
 def run(repo, cwd, *overrides, wandb_mode="disabled"):
     env = {**os.environ, "WANDB_MODE": wandb_mode, "PYTHONUNBUFFERED": "1"}
+    if wandb_mode != "disabled":  # wandb's service writes its logs (else in ~/.cache/wandb)
+        env["WANDB_CACHE_DIR"] = str(cwd / "wandb-cache")
     result = subprocess.run(train_command(repo, *overrides), cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -425,9 +427,16 @@ def test_wandb_failure_does_not_stop_training(tmp_path, repo, monkeypatch, caplo
     assert "wandb could not start" in caplog.text
 
 
-def test_wandb_waits_are_bounded_by_the_logger_config(tmp_path, repo):
+def test_wandb_waits_are_bounded_by_the_logger_config(tmp_path, repo, monkeypatch):
     # wandb's defaults wait 90 s to start and for ever for the last uploads: a network
     # lost mid-run would hang the run, and the sweep behind it, at its end.
+    import wandb
+
+    # A real (offline) wandb in this process: its service writes its logs (else in
+    # ~/.cache/wandb), replaces sys.excepthook, adds an import hook and outlives the run.
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "meta_path", sys.meta_path[:])
     cfg = compose_tiny(repo, "logger=wandb", "logger.mode=offline", "logger.init_timeout_s=7",
                        "logger.finish_timeout_s=11")
     tracker = Tracker(cfg.logger, {}, tmp_path, name="bounded")
@@ -436,6 +445,7 @@ def test_wandb_waits_are_bounded_by_the_logger_config(tmp_path, repo):
         assert (tracker.run.settings.init_timeout, tracker.run.settings.finish_timeout) == (7, 11)
     finally:
         tracker.finish()
+        wandb.teardown()  # (its service process)
     assert tracker.run is None
 
 

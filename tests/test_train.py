@@ -1074,7 +1074,7 @@ def test_a_deterministic_producer_leaves_no_cublas_workspace_setting_behind(monk
             monkeypatch.setenv(loop.CUBLAS_WORKSPACE, before)
         with loop.settings_restored(), torch.random.fork_rng():
             loop.seed_everything(0, deterministic=True)
-            assert os.environ[loop.CUBLAS_WORKSPACE] == before or ":4096:8"
+            assert os.environ[loop.CUBLAS_WORKSPACE] == (before or ":4096:8")
         assert os.environ.get(loop.CUBLAS_WORKSPACE) == before
 
 
