@@ -827,6 +827,41 @@ def test_a_run_set_aside_for_its_table_is_trained_again_not_published_from_its_f
     assert f"{folder} holds that run: set aside as seed0.rejected" in result.stderr
 
 
+@pytest.mark.parametrize("began_from", ["another machine's table", "an older key"])
+def test_a_run_cut_off_before_publishing_from_another_table_is_trained_again(
+        repo, tmp_path, began_from):
+    """Left by the orchestration review: a run cut off before it published, whose folder
+    began from another table than the published one (a merge brought another machine's) or
+    from a key the code no longer gives, resumed with that table's layers; only the next
+    invocation set its record aside. Its folder is set aside at the start, so the run
+    trains anew from the published table; a folder that began from it is resumed."""
+    runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
+    key = smoke_keys()["sensitivity"]
+    budget, ok = "selected-sensitivity_budget-0.5", "selected-sensitivity_threshold-0.5"
+    for name in [*PROTOCOL_RECORDS, *(f"{row}/seed0.json" for row in ROWS
+                                      if row not in (budget, ok))]:
+        record = complete_record(record_kind(Path(name).name))
+        if name == "sensitivity.json":
+            record["cache"] = {"key": key, "table_sha256": "a" * 64}
+        (runs / name).parent.mkdir(parents=True, exist_ok=True)
+        (runs / name).write_text(json.dumps(record))
+    began = {"another machine's table": (key, "b" * 64), "an older key": ("0" * 16, "a" * 64)}
+    folders = {}
+    for row, (made_key, table) in [(budget, began[began_from]), (ok, (key, "a" * 64))]:
+        folders[row] = tmp_path / "outputs" / "smoke" / row / "seed0"
+        folders[row].mkdir(parents=True)
+        (folders[row] / "run.json").write_text(json.dumps({
+            "status": "running", "sensitivity_key": made_key, "sensitivity_table": table}))
+    result, started, _ = fake_protocol(repo, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (folders[budget].with_name("seed0.rejected") / "run.json").is_file()
+    assert f"{folders[budget]} began from " in result.stderr
+    assert f"{folders[budget]} holds that run: set aside as seed0.rejected" in result.stderr
+    assert (folders[ok] / "run.json").is_file() and str(folders[ok]) not in result.stderr
+    again, _, _ = fake_protocol(repo, tmp_path)  # the folder set aside is not read again
+    assert again.returncode == 0 and "seed0" not in again.stderr, again.stderr
+
+
 def test_a_protocol_refuses_results_a_git_merge_left_unresolved(repo, tmp_path):
     """Found in review: conflicted records were set aside and made again (each side held a
     good one), and the speed benchmark was skipped for its conflicted files."""

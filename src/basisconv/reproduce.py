@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -148,6 +148,10 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
                                             f"{made_from}; this code's for the protocol is "
                                             f"{keys[script]}: it changed since"))
             rejected += set_aside_run_folder(path, outputs)
+    rejected += set_aside_unpublished_runs(root, outputs, lambda run: (
+        f"began from the sensitivity table {table_key(run)}; this code's for the protocol "
+        f"is {keys['sensitivity']}: it changed since"
+        if table_key(run) not in (None, keys["sensitivity"]) else None))
     return rejected + set_aside_runs_of_other_tables(root, outputs)
 
 
@@ -203,4 +207,30 @@ def set_aside_runs_of_other_tables(root: Path, outputs: str | os.PathLike | None
                                             f"table ({chose_from[:12]}) than the published "
                                             f"one ({checksum[:12]}), estimated elsewhere"))
             rejected += set_aside_run_folder(path, outputs)
+    return rejected + set_aside_unpublished_runs(root, outputs, lambda run: (
+        f"began from another sensitivity table ({run['sensitivity_table'][:12]}) than the "
+        f"published one ({checksum[:12]})"
+        if checksum and run.get("sensitivity_table") not in (None, checksum)
+        and run.get("sensitivity_key") == published.get("key") else None))
+
+
+def set_aside_unpublished_runs(root: Path, outputs: str | os.PathLike | None,
+                               stale: Callable[[dict], str | None]) -> list[Path]:
+    """The folders under ``outputs`` of the protocol's training runs not yet published
+    (cut off, or stopped before publishing) whose record ``stale`` gives a reason for,
+    set aside with that reason said: resumed, such a run kept the layers it had chosen
+    from an older or another machine's table, and only the next invocation set its
+    published record aside (found in review)."""
+    rejected = []
+    for run in sorted(Path(outputs).glob("*/seed*/run.json")) if outputs else ():
+        record = root / run.parent.parent.name / f"{run.parent.name}.json"
+        if protocol_slot(record) is None:  # (a row of the user's own, a folder set aside)
+            continue
+        try:
+            why = None if record.exists() else stale(read_record(run))
+        except (OSError, ValueError):
+            continue
+        if why:
+            print(f"{run.parent} {why}", file=sys.stderr)
+            rejected += set_aside_run_folder(record, outputs)
     return rejected
