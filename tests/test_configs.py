@@ -338,6 +338,13 @@ RANGE_RULES = [
     ({"basis.size": "half"}, r"basis.size='half' must be an int \(a count >= 1\) or a float"),
     ({"sensitivity.pretrain_epochs": -1}, "sensitivity.pretrain_epochs must be >= 0"),
     ({"sensitivity.val_size": 0}, "sensitivity.val_size=0 as a count must be >= 1"),
+    # found in review: null (as data.train_subset's "all") passed, and the estimate ended
+    # in a TypeError trace from the held-out split
+    ({"sensitivity.val_size": None}, r"^sensitivity.val_size=null would hold out every "),
+    # and a value of the wrong kind is not told to use null
+    ({"sensitivity.val_size": "all"},
+     r"^sensitivity.val_size='all' is neither a count \(an int\) nor a fraction \(a float\); "
+     r"use a count \(int >= 1\) or a fraction in \(0, 1\) of the training images$"),
     ({"sensitivity.layers": []}, "sensitivity.layers is empty"),
     ({"sensitivity.noise_repeats": -1}, "sensitivity.noise_repeats must be >= 0"),
     ({"sensitivity.drop_noise_layers": -1}, "sensitivity.drop_noise_layers must be >= 0"),

@@ -1212,6 +1212,32 @@ def test_a_stopped_estimate_resumes_from_what_it_kept_and_gives_the_same_table(
     assert len(computed) == 5
 
 
+def test_a_stopped_recompute_says_how_to_continue_and_does_not_fall_back_to_the_old_table(
+        repo, tmp_path, monkeypatch):
+    """Found in review: a stopped sensitivity.recompute=true said "the same command
+    continues from it", but the same command cleared the kept work again and started over;
+    and without recompute the old cached table was reused as it was, the new fine-tunes
+    never read. A recompute now removes the table it replaces with the kept work, and its
+    stop says to continue with recompute=false, which estimates only what is missing."""
+    from basisconv.errors import Stopped
+
+    overrides = ("sensitivity.layers=[layer3.2.*]", "trainer.deterministic=true")
+    cfg = compose_sensitivity(repo, tmp_path, *overrides)
+    old, _ = sensitivity.sensitivity_table(cfg)
+    again = compose_sensitivity(repo, tmp_path, *overrides, "sensitivity.recompute=true")
+    computed = stop_at_fine_tune(monkeypatch, stop_at=4)  # the reference, 2 repeats kept
+    with pytest.raises(Stopped, match=r"and the same command with "
+                                      r"sensitivity.recompute=false continues from it$"):
+        sensitivity.run_sensitivity(again, tmp_path / "run")
+    assert sensitivity.load_cached(cfg) is None  # not the table the recompute replaces
+    computed.clear()
+    table, record = sensitivity.sensitivity_table(cfg)
+    assert computed == [["layer3.2.conv1"], ["layer3.2.conv2"]]  # only what was missing
+    assert not record["cache_hit"] and record["resumed"]["fine_tunes"] == 3
+    same = [c for c in table.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(old[same], table[same], check_exact=True)
+
+
 def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_had(
         repo, tmp_path, caplog, monkeypatch):
     """A kept result is another estimate's only when every setting that shapes a

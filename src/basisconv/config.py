@@ -254,11 +254,11 @@ def _check_model_size(cfg: DictConfig) -> None:
                           f"width (1.0 is the published model)")
 
 
-def _check_subset(value: Any, key: str) -> None:
+def _check_subset(value: Any, key: str,
+                  use: str = "null (all), a count (int >= 1) or a fraction in (0, 1]") -> None:
     problem = None if value is None else count_or_fraction_problem(value)
     if problem:
-        raise ConfigError(f"{key}={value!r} {problem}; use null (all), a count (int >= 1) or "
-                          f"a fraction in (0, 1]")
+        raise ConfigError(f"{key}={value!r} {problem}; use {use}")
 
 
 def validate_basis(cfg: DictConfig) -> None:
@@ -268,7 +268,12 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")
     _check(0 < s.finetune_lr < math.inf,
            f"sensitivity.finetune_lr must be a finite number > 0, got {s.finetune_lr}")
-    _check_subset(s.val_size, "sensitivity.val_size")
+    # null ("all", as for data.train_subset) holds every training image out, leaving none
+    # to fine-tune on: it passed here and was a TypeError trace once the estimate began
+    held_out = "a count (int >= 1) or a fraction in (0, 1) of the training images"
+    _check(s.val_size is not None,
+           f"sensitivity.val_size=null would hold out every training image; give {held_out}")
+    _check_subset(s.val_size, "sensitivity.val_size", held_out)  # (not null, as it said)
     _check(bool(s.layers), "sensitivity.layers is empty; use [all] or layer names/patterns")
     _check(s.noise_repeats >= 0, f"sensitivity.noise_repeats must be >= 0, got {s.noise_repeats}")
     _check(s.drop_noise_layers >= 0,

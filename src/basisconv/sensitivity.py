@@ -146,8 +146,12 @@ def say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
     them (a stop said only "stopped by SIGTERM", and a dead worker's line advised fewer
     workers: both read as all of it lost)."""
     def kept() -> str:  # (only when said: the key hashes a source checkpoint's bytes)
-        return (f"its finished work is kept in {cache_dir(cfg)}, and the same command "
-                f"continues from it")
+        folder = cache_dir(cfg)
+        # a recompute that began cleared the old table and work: the same command (true)
+        # would clear this one's work too, and start over
+        command = ("the same command with sensitivity.recompute=false"
+                   if str(folder) in RECOMPUTING else "the same command")
+        return f"its finished work is kept in {folder}, and {command} continues from it"
     try:
         yield
     except KeyboardInterrupt as err:
@@ -157,6 +161,11 @@ def say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
                       f"{what} stopped; {kept()}") from None
     except WorkerFailed as err:
         raise WorkerFailed(f"{err}; {kept()}") from None
+
+
+#: The cache folders whose table this process began to estimate again
+#: (``sensitivity.recompute=true``): their old table and kept work are gone.
+RECOMPUTING: set[str] = set()
 
 
 NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
@@ -310,8 +319,14 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
             if cached is None:
                 log.warning("sensitivity: %s table for key %s; estimating it now",
                             "recomputing the" if recompute else "no cached", cache_key(cfg))
-                if recompute:  # estimate again: nothing an earlier estimate kept is reused
+                if recompute:  # estimate again: nothing an earlier estimate kept is reused,
+                    # and the table it replaces goes too (record first: never one without its
+                    # table), so a stopped recompute continues with recompute=false (which read
+                    # the old table, and never the new work; with true it cleared that work)
+                    for name in (RECORD, TABLE):
+                        (folder / name).unlink(missing_ok=True)
                     progress.clear(folder)
+                    RECOMPUTING.add(str(folder))
                 table, record = estimate(cfg)
                 data = table_csv(table)
                 record = {**record, "table_rows": len(table),
