@@ -1264,7 +1264,9 @@ def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_
                      "trainer.eval_batch_size=64", "trainer.threads=2"):
         other = compose_sensitivity(repo, tmp_path, "model=resnet8", override)
         assert progress(other).result(["layer1.0.conv1"], None) is None, override
-        assert progress(other).dense(dense) is None, override
+        # (the dense start reads no basis option: kept for all of them)
+        assert (progress(other).dense(dense) is None) == (not override.startswith("basis.")), \
+            override
     # what a training run does with its epochs and checkpoints shapes no fine-tune
     assert progress(compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.epochs=3",
                                         "trainer.checkpoint=false")).dense(dense) is not None
@@ -1284,7 +1286,7 @@ def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_
     before = {k: v.clone() for k, v in wider.state_dict().items()}
     assert progress().dense(wider) is None and "are not CifarResNet's" in caplog.text
     assert all(torch.equal(v, before[k]) for k, v in wider.state_dict().items())
-    for path in kept.root.rglob("*"):
+    for path in [*kept.root.rglob("*"), *kept.dense_root.rglob("*")]:
         if path.is_file():
             path.write_bytes(b"{damaged")
     assert progress().result(["layer1.0.conv1"], None) is None
@@ -1330,17 +1332,37 @@ def test_a_killed_estimates_half_written_dense_copy_is_removed_once_old(repo, tm
     cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
     dense = build_model("resnet8", num_classes=10, width=0.25)
     kept = Progress(tmp_path, cfg, torch.device("cpu"))
-    kept.root.mkdir(parents=True)
-    old, fresh = (kept.root / f".{DENSE}.{name}.tmp" for name in ("killed", "in_flight"))
+    kept.dense_root.mkdir(parents=True)
+    old, fresh = (kept.dense_root / f".{DENSE}.{name}.tmp" for name in ("killed", "in_flight"))
     for path in (old, fresh):
         path.write_bytes(b"half a model")
     an_hour_ago = time.time() - STALE_AFTER_S - 60
     os.utime(old, (an_hour_ago, an_hour_ago))
     with caplog.at_level("INFO", logger="basisconv.progress"):
         kept.keep_dense(dense, 1.0)
-    assert leftover_temporaries(kept.root / DENSE) == [fresh]
+    assert leftover_temporaries(kept.dense_root / DENSE) == [fresh]
     assert "left half written" in caplog.text
     assert kept.dense(dense)[1] == 1.0
+
+
+def test_the_dense_start_is_found_under_other_basis_options(repo, tmp_path):
+    """Left at stop 69: a search with other basis options than its estimate's
+    (share_coefficients, combine) found no kept dense model and pretrained the same one
+    again; the dense start reads no basis option. Fine-tunes stay kept apart."""
+    from basisconv.progress import Progress
+
+    dense = build_model("resnet8", num_classes=10, width=0.25)
+    estimate = Progress(tmp_path, compose_sensitivity(repo, tmp_path, "model=resnet8"),
+                        torch.device("cpu"))
+    estimate.keep_dense(dense, 2.5)
+    search = Progress(tmp_path, compose_sensitivity(
+        repo, tmp_path, "model=resnet8", "basis.share_coefficients=true",
+        "basis.combine=split"), torch.device("cpu"))
+    assert search.dense(dense)[1] == 2.5
+    assert search.root != estimate.root
+    other = Progress(tmp_path, compose_sensitivity(repo, tmp_path, "model=resnet8",
+                                                   "trainer.momentum=0.5"), torch.device("cpu"))
+    assert other.dense(dense) is None  # the recipe shapes the pretraining
 
 
 def test_a_sigterm_amid_keeping_the_dense_start_stops_after_it_is_written(repo, tmp_path,
@@ -1379,8 +1401,7 @@ def test_kept_work_that_cannot_be_written_is_one_warning_and_the_estimate_goes_o
     cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
     dense = build_model("resnet8", num_classes=10, width=0.25)
     kept = Progress(tmp_path, cfg, torch.device("cpu"))
-    kept.root.parent.mkdir(parents=True)
-    kept.root.write_text("a file where the folder should be")
+    kept.root.parent.write_text("a file where the folder should be")  # (progress/)
     with caplog.at_level("WARNING", logger="basisconv.progress"):
         kept.keep_dense(dense, 1.0)
         kept.start_from(dense)

@@ -5,9 +5,9 @@ from (``dense.pt``), and each fine-tune's result (one small JSON file per job).
 
 Kept in the sensitivity cache folder of the table's key, under what else shapes a
 fine-tune's numbers (the basis options a probe applies, the trainer's recipe and speed
-options, the device, the thread count, the torch version, basisconv's own code), and,
-for the results, under
-the digest of the dense weights they started from. So a resumed estimate gives the
+options, the device, the thread count, the torch version, basisconv's own code; the
+dense model under all of these but the basis options, which it does not read), and, for
+the results, under the digest of the dense weights they started from. So a resumed estimate gives the
 table an uninterrupted one gives on that machine, and nothing measured from another
 dense start or on another device is mixed in. The search finds the estimate's dense
 model and reference there (the same probe: it pretrained them again before).
@@ -85,7 +85,13 @@ class Progress:
     """The kept work of one probe: under ``folder/progress/<conditions>/``."""
 
     def __init__(self, folder: str | Path, cfg: DictConfig, device: torch.device):
-        self.root = Path(folder) / FOLDER / json_digest(conditions(cfg, device), 16)
+        kept = conditions(cfg, device)
+        self.root = Path(folder) / FOLDER / json_digest(kept, 16)
+        # the dense start, under all but the basis options (no dense model reads them): a
+        # search with other options than its estimate's (share_coefficients) found none
+        # and pretrained the same model again
+        self.dense_root = Path(folder) / FOLDER / "dense" / json_digest(
+            {k: v for k, v in kept.items() if k != "basis"}, 16)
         self.jobs: Path | None = None  # known once the dense start is (start_from)
         self.write_failed = False
 
@@ -94,7 +100,7 @@ class Progress:
         """The kept dense weights for ``model`` and how long their pretraining took, or
         ``None``. Weights that do not fit ``model`` (other names or shapes) are refused
         before anything is loaded: ``load_state_dict`` copies what fits before it raises."""
-        path = self.root / DENSE
+        path = self.dense_root / DENSE
         if not path.exists():
             return None
         try:
@@ -115,7 +121,7 @@ class Progress:
         as every atomic write does, to leave room for the new copy). Estimates under the
         same conditions share this folder and hold no lock on it, so only copies no one has
         written for an hour go: a writer in flight writes its copy in seconds."""
-        path = self.root / DENSE
+        path = self.dense_root / DENSE
         for leftover in leftover_temporaries(path, untouched_for_s=STALE_AFTER_S):
             leftover.unlink(missing_ok=True)
             log.info("sensitivity: removed %s, left half written by an estimate killed "
