@@ -718,3 +718,17 @@ def test_a_download_with_the_wrong_md5_says_so_not_offline(tmp_path, monkeypatch
     with pytest.raises(DatasetError, match=r"^downloaded .* has the wrong md5; delete it "
                                            r"and retry\.$"):
         load_cifar10(tmp_path / "new", download=True)
+
+
+@pytest.mark.parametrize("given", ["root", "env"])
+def test_a_root_under_an_unknown_users_home_is_one_error(monkeypatch, given):
+    """Found by fuzzing: ``data.root='~alcie/data'`` (a user this machine has not, or
+    ``CIFAR10_ROOT`` so) ended in pathlib's RuntimeError "Could not determine home
+    directory." and a traceback, naming neither the key nor the fix."""
+    root = "~no-such-user-basisconv/cifar"
+    if given == "env":
+        monkeypatch.setenv("CIFAR10_ROOT", root)
+    with pytest.raises(DatasetError, match=r"^data\.root='~no-such-user-basisconv/cifar': "
+                                           r"'~no-such-user-basisconv' names no user's home.*"
+                                           r"CIFAR10_ROOT"):
+        load_cifar10(root if given == "root" else None, download=True)

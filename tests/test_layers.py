@@ -362,6 +362,20 @@ def test_saves_compute_guard():
     # the stacked forward does C_out*m for the combination: stricter
     assert not saves_compute((3, 64, 3), 26)
     assert saves_compute(nn.Conv2d(3, 64, 3), 18)
+    # found by fuzzing: an unknown form was counted as the split one, silently
+    with pytest.raises(ConfigError, match=r"combine must be one of .*got 'stacke'"):
+        saves_compute((64, 64, 3), 0.25, combine="stacke")
+
+
+@pytest.mark.parametrize("std", [True, "1", float("nan"), -1.0])
+def test_reset_parameters_refuses_a_std_that_is_no_number(std):
+    """Found by fuzzing: ``filter_std=True`` drew the filters at a std of 1, silently, and
+    ``"1"`` failed in ``math.isfinite`` with a message naming no argument."""
+    layer = BasisConv2d(3, 8, 3, 4)
+    with pytest.raises(ConfigError, match=r"filter_std must be a finite number >= 0"):
+        layer.reset_parameters(filter_std=std)
+    layer.reset_parameters(filter_std=np.float32(0.1))  # numbers, numpy's too, as before
+    layer.reset_parameters(filter_std=torch.tensor(0.1))
 
 
 def test_low_rank_coefficients_fit_and_count():

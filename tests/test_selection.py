@@ -2052,3 +2052,15 @@ def test_an_experiment_preset_given_to_the_estimate_is_said_not_taken(repo, tmp_
     assert ("experiment=basis_all is a training run's preset: here its layer choice and name "
             "are not taken (this marks selection=sensitivity_budget's layers, under "
             "resnet18-sensitivity)") in said
+
+
+@pytest.mark.parametrize("key, value", [("count", "${oops}"), ("policy", "${oops}")])
+def test_an_unresolved_count_or_policy_is_named_as_the_seed_is(key, value):
+    """Found by fuzzing: ``refuse_unresolved`` named an unresolved ``seed``, but a
+    ``count`` (or ``policy``) that does not resolve ended in OmegaConf's
+    InterpolationKeyError and its traceback: the keys its policy reads were found by
+    reading them first."""
+    given = OmegaConf.create({"policy": "first_k", "count": 2})
+    given[key] = value
+    with pytest.raises(ConfigError, match=rf"selection\.{key}='\$\{{oops\}}' does not resolve"):
+        pick_layers(given, TABLE, DENSE)

@@ -49,7 +49,7 @@ from torch.nn.modules.utils import _pair
 
 from .counts import is_int
 from .errors import BasisconvError, ConfigError, one_line
-from .layers import BasisConv2d, layer_shape, resolve_num_basis
+from .layers import COMBINE_MODES, BasisConv2d, layer_shape, resolve_num_basis
 from .model_copy import HOOK_TABLES, copy_model
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ def basis_macs_per_pixel(in_channels: int, out_channels: int, kernel_size, num_b
     """Multiply-adds per output pixel of a basis conv's two stages: the basis conv
     (``m*K`` with ``K = C_in*kh*kw``) and the combination (``C_out*m`` stacked or fused,
     or the minimal ``(C_out - m)*m`` split; the paper's own formulas are not known to us)."""
+    if combine not in COMBINE_MODES:  # (a typo was counted as the split form, silently)
+        raise ConfigError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
     kh, kw = _pair(kernel_size)
     # "auto" is counted as the stacked form, the basis algorithm it runs where it wins
     combined = out_channels if combine in ("stacked", "fused", "auto") else out_channels - num_basis

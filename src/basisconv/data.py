@@ -94,6 +94,19 @@ def default_root() -> str:
     return os.environ.get("CIFAR10_ROOT", "./data")
 
 
+def expanded_root(root: str | os.PathLike) -> Path:
+    """``root`` with a leading ``~`` or ``~user`` expanded; a user that does not exist
+    (``~alcie/data`` for ``~alice/data``) is a :class:`DatasetError` naming the fix
+    (pathlib's own error, "Could not determine home directory.", named neither)."""
+    try:
+        return Path(root).expanduser()
+    except RuntimeError:
+        raise DatasetError(
+            f"data.root={str(root)!r}: {str(root).split(os.sep)[0]!r} names no user's home "
+            f"folder on this machine; give the folder in full (or ~/... for your own home) "
+            f"in data.root or the CIFAR10_ROOT environment variable") from None
+
+
 def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
     """Locate a CIFAR-10 folder under ``root`` (or ``root`` itself), binary version first.
 
@@ -101,7 +114,7 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
     :class:`DatasetNotFound` if neither is there, and :class:`DatasetError` if a folder
     cannot be looked in.
     """
-    root = Path(root).expanduser()
+    root = expanded_root(root)
     found = [(folder, fmt) for fmt in ("bin", "py") for folder in (root, root / FOLDERS[fmt])
              if _holds_cifar10(folder, fmt, any)]
     # the first that holds every file: a stray test_batch.bin beside a complete
@@ -262,7 +275,7 @@ def download_cifar10(root: str | os.PathLike) -> None:
     still being written; an interrupted extraction leaves no half dataset (a killed
     one's staging folder is removed by the next download).
     """
-    root = Path(root).expanduser()
+    root = expanded_root(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / FOLDERS["py"]
     if target.exists():  # find_cifar10 found no batch in it
@@ -312,7 +325,7 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
     :func:`default_root`. With ``download=True`` a missing dataset is fetched first.
     """
     # expanded here, once: the download lock below lives in the same folder as the data
-    root = Path(root if root is not None else default_root()).expanduser()
+    root = expanded_root(root if root is not None else default_root())
     try:
         folder, fmt = find_cifar10(root)
     except DatasetNotFound:

@@ -278,8 +278,10 @@ class BasisConv2d(nn.Module):
         it. The channel order is reset to the identity too: after ``to_empty()`` (a model
         built on the ``meta`` device, then given memory) the buffer holds whatever the
         memory held."""
-        if filter_std is not None and not (math.isfinite(filter_std) and filter_std >= 0):
-            raise ConfigError(f"filter_std must be a finite number >= 0, got {filter_std!r}")
+        if filter_std is not None:  # (True was taken as a std of 1; "1" failed in math)
+            number = is_number(filter_std) or isinstance(filter_std, torch.Tensor)
+            if not (number and math.isfinite(filter_std) and filter_std >= 0):
+                raise ConfigError(f"filter_std must be a finite number >= 0, got {filter_std!r}")
         with torch.no_grad():
             self.output_index.copy_(torch.arange(self.out_channels))
         if filter_std is None:

@@ -310,16 +310,24 @@ def refuse_unresolved(selection: DictConfig) -> None:
     has ``seed: ${seed}``, the run's seed, which only the whole config holds (OmegaConf
     says "Recursive interpolation detected", naming no key); a policy that reads no seed
     needs none."""
-    for key in ["policy", *sorted(keys_read(selection) - {"policy"})]:
-        if key not in selection or not OmegaConf.is_interpolation(selection, key):
-            continue  # (an unset key, ???, is check_selection's to name)
-        try:
-            selection[key]
-        except OmegaConfBaseException as err:
-            raise ConfigError(
-                f"selection.{key}={OmegaConf.to_container(selection)[key]!r} does not "
-                f"resolve in this config alone ({err.__class__.__name__}); give it a value, "
-                f"e.g. OmegaConf.merge(selection, {{{key!r}: ...}})") from None
+    _refuse_unresolved_key(selection, "policy")
+    if selection.policy in ORDERED_POLICIES and selection.policy != "sensitivity_threshold":
+        # keys_read reads the count to tell whether the budget decides (budget_chooses)
+        _refuse_unresolved_key(selection, "count")
+    for key in sorted(keys_read(selection) - {"policy"}):
+        _refuse_unresolved_key(selection, key)
+
+
+def _refuse_unresolved_key(selection: DictConfig, key: str) -> None:
+    if key not in selection or not OmegaConf.is_interpolation(selection, key):
+        return  # (an unset key, ???, is check_selection's to name)
+    try:
+        selection[key]
+    except OmegaConfBaseException as err:
+        raise ConfigError(
+            f"selection.{key}={OmegaConf.to_container(selection)[key]!r} does not "
+            f"resolve in this config alone ({err.__class__.__name__}); give it a value, "
+            f"e.g. OmegaConf.merge(selection, {{{key!r}: ...}})") from None
 
 
 def python_number(value):
