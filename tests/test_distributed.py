@@ -466,3 +466,75 @@ def test_under_torchrun_a_warning_is_said_once(tmp_path, repo):
     assert len(said) == 1, output[-3000:]
     logged = (tmp_path / "run" / "train.log").read_text()
     assert logged.count("converted no layer") == 1, logged
+
+
+def test_under_torchrun_only_rank_0_writes_the_hydra_files(monkeypatch, tmp_path):
+    """Found in review: every rank wrote the run's ``.hydra/`` files, each remembering what
+    it overwrote to put back when the start is refused; a rank that read them after rank 0
+    had rewritten them (or while it wrote) kept the refused config as the earlier one, so
+    a refused start in a finished run's folder left the refused config there and an empty
+    ``hydra.yaml`` (seen in 6 of 8 tries with 2 gloo processes)."""
+    from omegaconf import OmegaConf
+
+    from basisconv import cli
+
+    hydra = tmp_path / "run" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "config.yaml").write_text("earlier: run\n")
+    monkeypatch.setattr(cli, "replaced", {})
+    monkeypatch.setattr(cli, "made_folders", {})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    cli.save_config_keeping_old(OmegaConf.create({"refused": "start"}), "config.yaml", hydra)
+    cli.save_config_keeping_old(OmegaConf.create({"hydra": 1}), "hydra.yaml", hydra)
+    assert (hydra / "config.yaml").read_text() == "earlier: run\n"
+    assert not (hydra / "hydra.yaml").exists() and not cli.replaced
+    monkeypatch.setenv("RANK", "0")  # rank 0 writes them, and puts them back when refused
+    cli.save_config_keeping_old(OmegaConf.create({"refused": "start"}), "config.yaml", hydra)
+    assert "refused: start" in (hydra / "config.yaml").read_text()
+    cli.restore_replaced()
+    assert (hydra / "config.yaml").read_text() == "earlier: run\n"
+
+
+@pytest.mark.slow
+def test_a_refused_start_under_torchrun_leaves_a_finished_runs_hydra_files(tmp_path, repo):
+    """The same through torchrun: a start with another config in a finished run's folder is
+    refused, and the run's ``.hydra/`` stays as it was."""
+    folder = tmp_path / "run"
+    result = torchrun_train(repo, folder, epochs=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = {path.name: path.read_bytes() for path in (folder / ".hydra").iterdir()}
+    assert before["hydra.yaml"]
+    for _ in range(2):  # (a race: before the fix most tries lost the files)
+        refused = torchrun_train(repo, folder, "trainer.lr=0.05", epochs=1)
+        assert refused.returncode != 0
+        assert "was written by a different config" in refused.stderr, refused.stderr[-3000:]
+        assert {path.name: path.read_bytes() for path in (folder / ".hydra").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_a_torchrun_run_resumed_after_its_conversion_keeps_the_fits_errors(tmp_path, repo):
+    """Found in review: under torchrun the record's model is described again once the model
+    is wrapped (synchronized norms), and a run resumed after its dense warm-up's conversion
+    was described from its rebuilt layers, which were never fitted: every basis layer's
+    ``reconstruction_error`` became None (a run resumed in one process keeps them)."""
+    folder = tmp_path / "run"
+    warm_up = ["selection=all", "basis=warmup", "basis.dense_warmup_epochs=1"]
+    # rank 0 stops the job (SIGTERM to torchrun, as a user or a scheduler would) once the
+    # first epoch, and with it the conversion, is saved
+    stop = ('if [ "$RANK" = 0 ]; then "$@" & pid=$!; until [ -e "$CHECKPOINT" ]; do sleep 0.05; '
+            'done; kill -TERM $PPID; wait $pid; exit $?; fi; exec "$@"')
+    stopped = torchrun_train(repo, folder, *warm_up, epochs=3, images=1000,
+                             wrapper=stop.replace("$CHECKPOINT", str(folder / "checkpoint.pt")))
+    assert stopped.returncode != 0
+    saved = torch.load(folder / "checkpoint.pt", weights_only=False)["record"]
+    assert len(saved["epochs"]) == 1, stopped.stderr[-3000:]
+    fitted = saved["model"]
+    errors = {row["name"]: row["reconstruction_error"] for row in fitted["basis_report"]}
+    assert errors and None not in errors.values()
+    resumed = torchrun_train(repo, folder, *warm_up, epochs=3, images=1000)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((folder / "run.json").read_text())
+    assert record["provenance"]["resumed_from_epoch"] == 1
+    assert {row["name"]: row["reconstruction_error"]
+            for row in record["model"]["basis_report"]} == errors

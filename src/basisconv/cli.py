@@ -213,7 +213,13 @@ made_folders: dict[Path, dict[str, bytes]] = {}
 def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
     """Hydra's ``_save_config``, remembering what it overwrites: a start that is refused
     (a changed config in a finished run's folder, a folder another process holds) puts
-    the earlier run's files back, so it changes nothing there."""
+    the earlier run's files back, so it changes nothing there. Under ``torchrun`` rank 0
+    alone writes them: every rank wrote them, and a rank that read a file rank 0 had just
+    rewritten (or was writing) kept that as the earlier one, so a refused start left a
+    finished run's ``.hydra/`` with the refused config and an empty ``hydra.yaml``
+    (found in review)."""
+    if not distributed.first_process():
+        return
     path, run_folder = Path(output_dir) / filename, Path(output_dir).parent
     if not Path(output_dir).exists() and all(  # new: nothing but the log Hydra just began
             entry.name.endswith(".log") for entry in run_folder.iterdir()):

@@ -331,8 +331,15 @@ class Training:
         step_model = distributed.wrap(self.model, self.device)
         if distributed.world_size() > 1:  # synchronized norms, which basis layers do not
             # fold (fuse_norm): the record counts what runs, as a dense warm-up's conversion,
-            # after this, does (else it counts the folded form)
+            # after this, does (else it counts the folded form); the fit's errors are the
+            # record's: a resumed run's layers were rebuilt, not fitted, and describe None
+            # (found in review: a torchrun run resumed after its conversion lost them)
+            fitted = {row["name"]: row["reconstruction_error"]
+                      for row in self.results["model"].get("basis_report", [])}
             self.results["model"] = describe(self.model, batch=self.process_batch)
+            for row in self.results["model"]["basis_report"]:
+                if row["reconstruction_error"] is None:
+                    row["reconstruction_error"] = fitted.get(row["name"])
         self.step_model = loop.compiled(step_model, trainer)
         self.graphed = loop.use_cuda_graphs(trainer, self.device)
         skip_every = self.cfg.basis.coefficient_update_every
