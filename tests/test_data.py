@@ -732,3 +732,26 @@ def test_a_root_under_an_unknown_users_home_is_one_error(monkeypatch, given):
                                            r"'~no-such-user-basisconv' names no user's home.*"
                                            r"CIFAR10_ROOT"):
         load_cifar10(root if given == "root" else None, download=True)
+
+
+def test_a_root_under_an_unknown_users_home_is_one_error_where_it_keys_a_table(repo,
+                                                                              tmp_path):
+    """Found in review of 079095b: own data (``data.verify_md5=false``) is known by its
+    folder in the sensitivity cache key and on resume; there ``~alcie/data`` was still
+    pathlib's RuntimeError "Could not determine home directory." and a traceback (before
+    the data was ever looked for: ``scripts/sensitivity.py``, ``reproduce.sh``'s keys)."""
+    from hydra import compose, initialize_config_dir
+
+    from basisconv.checkpoint import same_data
+    from basisconv.sensitivity import cache_key
+
+    root = "~no-such-user-basisconv/cifar"
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        cfg = compose("sensitivity", overrides=[
+            "profile=smoke", "data=cifar10", f"data.root='{root}'", "data.verify_md5=false",
+            f"sensitivity.cache_dir={tmp_path}"])
+    with pytest.raises(DatasetError, match=r"^data\.root='~no-such-user-basisconv/cifar': "):
+        cache_key(cfg)
+    old = {"data.name": "cifar10", "data.verify_md5": False, "data.root": str(tmp_path)}
+    with pytest.raises(DatasetError, match=r"names no user's home"):
+        same_data(old, {**old, "data.root": root})

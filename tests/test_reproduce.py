@@ -904,3 +904,28 @@ def test_a_folder_ties_to_the_overrides_of_the_invocation_that_made_its_records(
         result, _, runs = fake_protocol(repo, tmp_path / "m")
         assert result.returncode == 0, result.stdout + result.stderr
     assert not (runs.parent / "protocol-overrides.txt").exists()
+
+
+def test_a_run_folder_set_aside_is_not_read_by_the_analysis(tmp_path):
+    """Found in review of 97e7e05: a run folder set aside for its sensitivity table
+    (``seed<k>.rejected``, beside the run made again) still holds its ``run.json``, and
+    ``scripts/analyze.py runs_dir=outputs/<profile>`` (a folder of run folders) read it as
+    a run of that row and seed: the run set aside for another table's layers was in the
+    tables again, beside the one made from the published table."""
+    from basisconv.analysis.runs import read_records
+    from basisconv.reproduce import set_aside_run_folder
+
+    out, runs = tmp_path / "outputs" / "quick", tmp_path / "results" / "runs"
+    row = "selected-sensitivity_budget-0.5"
+    for date in ("old", "new"):
+        record = complete_record()
+        record["provenance"] = {**record.get("provenance", {}), "date": date}
+        (out / row / "seed0").mkdir(parents=True, exist_ok=True)
+        (out / row / "seed0" / "run.json").write_text(json.dumps(record))
+        if date == "old":
+            (runs / row).mkdir(parents=True)
+            assert [p.name for p in set_aside_run_folder(runs / row / "seed0.json", out)] == [
+                "seed0.rejected"]
+    assert (out / row / "seed0.rejected" / "run.json").is_file()
+    assert [(r["provenance"]["date"], p.relative_to(out).as_posix())
+            for r, p in read_records(out)] == [("new", f"{row}/seed0")]

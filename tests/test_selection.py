@@ -2064,3 +2064,32 @@ def test_an_unresolved_count_or_policy_is_named_as_the_seed_is(key, value):
     given[key] = value
     with pytest.raises(ConfigError, match=rf"selection\.{key}='\$\{{oops\}}' does not resolve"):
         pick_layers(given, TABLE, DENSE)
+
+
+def test_a_reader_amid_a_recomputes_removal_of_the_table_waits_for_the_new_one(
+        repo, tmp_path, monkeypatch):
+    """Found in review of 55e8cd9: a recompute now removes the table it replaces (record,
+    then table) under the cache's lock, but a run reading the cache reads it before taking
+    the lock. One that had read the record when the recompute removed both ended in "the
+    cached sensitivity table ... is unreadable (... No such file ...); delete that folder or
+    run with sensitivity.recompute=true". A table removed so is no table (the caller then
+    waits on the lock for the new one); a record whose table is missing stays damage."""
+    cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]")
+    sensitivity.sensitivity_table(cfg)
+    folder = sensitivity.cache_dir(cfg)
+    table, record = (folder / sensitivity.TABLE).read_bytes(), (folder / sensitivity.RECORD)
+
+    def recompute_removes_them(text):  # the other process, between the two reads
+        for name in (sensitivity.RECORD, sensitivity.TABLE):
+            (folder / name).unlink(missing_ok=True)
+        return json.loads(text)
+
+    saved = record.read_text()
+    monkeypatch.setattr(sensitivity, "json", types.SimpleNamespace(loads=recompute_removes_them))
+    assert sensitivity.load_cached(cfg) is None
+    monkeypatch.undo()
+    record.write_text(saved)  # a record without its table, left so: damaged, as before
+    with pytest.raises(ConfigError, match="is unreadable"):
+        sensitivity.load_cached(cfg)
+    (folder / sensitivity.TABLE).write_bytes(table)
+    assert sensitivity.load_cached(cfg) is not None

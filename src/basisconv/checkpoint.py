@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .data import expanded_root
 from .errors import ConfigError, one_line
 from .records import file_digest, write_atomic, write_text_atomic
 from .signals import stops_held
@@ -268,7 +269,7 @@ def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
         return True
     if old.get("data.verify_md5") and new.get("data.verify_md5"):
         return True
-    root = [Path(str(c["data.root"])).expanduser().resolve() for c in (old, new)]
+    root = [expanded_root(str(c["data.root"])).resolve() for c in (old, new)]
     return root[0] == root[1]
 
 

@@ -41,6 +41,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
+from .data import expanded_root
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
@@ -116,7 +117,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
     elif not cfg.data.verify_md5:  # not the published CIFAR-10 (your own data in its format):
         # known by its folder, as resuming knows it (checkpoint.same_data)
-        data["root"] = str(Path(cfg.data.root).expanduser().resolve())
+        data["root"] = str(expanded_root(cfg.data.root).resolve())
     return {
         "model": pick(cfg.model, ["name", "width"]),
         "basis": basis,
@@ -244,6 +245,10 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
         data = (folder / TABLE).read_bytes()
         table = table_from_csv(data)
     except (OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError) and not (folder / RECORD).exists():
+            # removed while read (a recompute, record first, under the lock this reader
+            # takes next): no table, the caller waits for the new one
+            return None
         raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
                           f"({one_line(err)}); {fix}") from None
     missing = set(COLUMNS) - set(table.columns)

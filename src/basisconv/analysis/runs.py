@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -250,10 +251,16 @@ def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[di
             for epoch in record["epochs"]]
 
 
+#: A run folder set aside by ``scripts/reproduce.sh`` (``seed<k>.rejected``, ``-2``, ...:
+#: :func:`basisconv.reproduce.set_aside_run_folder`), whose run is made again: not read.
+SET_ASIDE = re.compile(r".+\.rejected(-\d+)?")
+
+
 def record_files(root: str | Path) -> list[Path]:
     """The records under ``root``, found by what they are, whatever the folders are called:
     each run folder's ``run.json`` (``outputs/<profile>/<row>/seed<k>/``), and every other
-    ``.json`` file outside run folders and hidden folders, such as the published records
+    ``.json`` file outside run folders, hidden folders and run folders set aside
+    (:data:`SET_ASIDE`), such as the published records
     ``results/<profile>/runs/<row>/seed<k>.json`` (see :func:`basisconv.records.publish`);
     :func:`read_records` leaves out the JSON files that are no records (``index.json``).
     ``ConfigError`` when ``root`` is not a folder."""
@@ -270,12 +277,16 @@ def record_files(root: str | Path) -> list[Path]:
                      f"{', '.join(made) or 'none'})")
         raise ConfigError(f"runs_dir={root}: {what}; give the folder of published records "
                           f"(results/<profile>/runs) or of run folders (outputs/<profile>)")
-    runs = {path.parent for path in root.rglob(RECORD)}
+
+    def set_aside(path: Path) -> bool:  # a run folder scripts/reproduce.sh set aside
+        return any(SET_ASIDE.fullmatch(part) for part in path.relative_to(root).parts[:-1])
+
+    runs = {path.parent for path in root.rglob(RECORD) if not set_aside(path)}
     found = {folder / RECORD for folder in runs}
     for path in root.rglob("*.json"):
         inside = path.relative_to(root).parts[:-1]
-        if any(part.startswith(".") for part in inside):
-            continue  # .hydra/, .ipynb_checkpoints/
+        if any(part.startswith(".") for part in inside) or set_aside(path):
+            continue  # .hydra/, .ipynb_checkpoints/, seed<k>.rejected/
         if any(folder in runs for folder in path.parents):
             continue  # a run's own other files (wandb's)
         found.add(path)
