@@ -99,12 +99,19 @@ gpu-speed:
 # For a GPU machine without network that has its own CUDA torch: the pure-Python pins it
 # lacks, as wheels to carry over (docs/gpu.md). antlr4 4.9.3 (omegaconf's
 # parser runtime) exists only as a source archive, so it is built into a wheel here.
+# PyYAML (omegaconf's, and the tests') is built from its source archive without its
+# optional C extension: one pure-Python wheel for whichever Python the GPU machine has (a
+# python3 with torch, numpy, pandas, matplotlib, pytest and triton need not have it;
+# found in review: omegaconf, and so every part, did not import without it); no cache, as
+# pip's cache would hand back a wheel built with the extension for this Python alone.
 gpu-wheels: $(STAMP)
 	mkdir -p wheels
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -d wheels \
 	  $$(grep -E '^(hydra-core|omegaconf|tqdm|pytest-random-order|pytest-timeout)==' requirements.txt)
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w wheels \
 	  antlr4-python3-runtime==4.9.3
+	PYYAML_FORCE_LIBYAML=0 $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps \
+	  --no-cache-dir --no-binary PyYAML -w wheels $$(grep -E '^PyYAML==' requirements.txt)
 	@ls wheels
 
 clean:

@@ -61,7 +61,8 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   echo "gpu-speed: no CUDA device is visible to $PY; run it on a GPU machine" >&2
   exit 2
 fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
+# absolute: a run a step starts in another folder finds the package too
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 # what the steps import (hydra, omegaconf, tqdm through the package): without the carried
 # wheels every step would fail alone; the GPU's name alone on stdout (a warning torch
 # prints goes to stderr, not into the folder's name)

@@ -11,6 +11,14 @@ import torch
 
 # Tests never talk to wandb's servers.
 os.environ.setdefault("WANDB_MODE", "disabled")
+# PYTHONPATH's entries as absolute paths: the tests start runs in their own folders, where a
+# relative entry (docs/gpu.md's PYTHONPATH=/tmp/site:src on a GPU machine without the
+# package installed) names nothing, and every such run failed with "No module named
+# 'basisconv'" (found in review: the killed-run test's 300 s wait in the second GPU slot)
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        os.path.abspath(entry) if entry else entry
+        for entry in os.environ["PYTHONPATH"].split(os.pathsep))
 sys.path.insert(0, str(Path(__file__).parent))
 # At most 2 threads a test process; the workers of `make test` (pytest-xdist) share them,
 # so that two workers on two cores do not each run two threads.

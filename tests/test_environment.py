@@ -173,6 +173,68 @@ def test_the_readme_states_the_python_the_package_requires(repo):
     assert checked == {tuple(required.split("."))}
 
 
+#: What a GPU machine's own python3 has (docs/gpu.md, step 1), with what these require.
+GPU_PYTHON_HAS = ("torch", "numpy", "pandas", "matplotlib", "pytest", "triton")
+
+
+def test_the_gpu_wheels_carry_all_a_gpu_machines_python_lacks(repo):
+    """Found in review: ``make gpu-wheels`` left out PyYAML, which omegaconf (and so every
+    script, and the tests' collection) imports, and which none of torch, numpy, pandas,
+    matplotlib, pytest and triton brings. What the package needs (wandb is optional) and
+    the GPU scripts' pytest-timeout, with everything those require, is either on such a
+    machine or among the wheels the target makes."""
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    def normal(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    def closure(names):
+        found, todo = set(), list(names)
+        while todo:
+            name = normal(todo.pop())
+            if name in found:
+                continue
+            found.add(name)
+            for spec in importlib.metadata.requires(name) or []:
+                requirement = Requirement(spec)
+                if not requirement.marker or requirement.marker.evaluate({"extra": ""}):
+                    todo.append(requirement.name)
+        return found
+
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    needed = {re.split(r"[<>=!~ \[]", spec)[0] for spec in project["dependencies"]}
+    needed = needed - {"wandb"} | {"pytest-timeout", "PyYAML"}
+    recipe = (repo / "Makefile").read_text().partition("\ngpu-wheels:")[2].partition("\n\n")[0]
+    carried = {normal(name) for group in re.findall(r"\^\(?([A-Za-z0-9_.|-]+)\)?==", recipe)
+               for name in group.split("|")}
+    carried |= {normal(name) for name in re.findall(r"\s([A-Za-z0-9_.-]+)==\d", recipe)}
+    assert closure(needed) - closure(GPU_PYTHON_HAS) - carried == set()
+
+
+def test_the_tests_see_pythonpath_as_absolute_paths():
+    """The runs the tests start in their own folders find what PYTHONPATH names (the next
+    test runs this one under a relative PYTHONPATH)."""
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    assert all(os.path.isabs(entry) for entry in entries if entry), entries
+
+
+def test_a_relative_pythonpath_reaches_the_runs_the_tests_start_elsewhere(repo):
+    """Found in review: on a GPU machine the package is not installed, and docs/gpu.md's
+    ``PYTHONPATH=/tmp/site:src`` is relative: every run a test started in its own folder
+    (the killed-run test's train.py, in tmp_path) failed with "No module named
+    'basisconv'", which the second GPU slot saw as that test waiting 300 s for a record.
+    tests/conftest.py makes the entries absolute for the tests' subprocesses."""
+    test = "tests/test_environment.py::test_the_tests_see_pythonpath_as_absolute_paths"
+    relative = os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             test], cwd=repo, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": relative})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("command", [["scripts/gpu_check.py"], ["scripts/gpu_speed.sh"]],
                          ids=["gpu-check", "gpu-speed"])
@@ -537,12 +599,13 @@ def test_gpu_speed_calls_a_step_killed_early_failed_not_stopped_at_its_limit(rep
     assert "stopped at its" not in out and "== train-bf16: FAILED after" in out, out + err
 
 
-@pytest.mark.parametrize("mode", ["full", "quick"])
+@pytest.mark.parametrize("mode", ["full", "quick", "kernels"])
 def test_every_step_of_gpu_speed_passes_its_scripts_option_checks(repo, tmp_path, mode,
                                                                   load_script, monkeypatch):
     """A step whose options a script refuses costs its place in a short GPU slot: each
     command gpu_speed.sh runs (recorded by a stand-in Python) is given to its script with
-    CUDA taken as present and the measuring replaced, up to the point of measuring."""
+    CUDA taken as present and the measuring replaced, up to the point of measuring; the
+    kernels mode's tests (the mode a slot runs first) are collected with its options."""
     log = tmp_path / "commands"
     python = tmp_path / "python"
     python.write_text('#!/bin/bash\nif [ "$1" = -c ]; then\n'
@@ -554,7 +617,13 @@ def test_every_step_of_gpu_speed_passes_its_scripts_option_checks(repo, tmp_path
                             env={**os.environ, "PY": str(python), "OUT_DIR": str(tmp_path / "out")})
     assert result.returncode == 0, result.stdout + result.stderr
     commands = [shlex.split(line) for line in log.read_text().splitlines()]
-    assert len(commands) == result.stdout.count("== ") == GPU_SPEED_STEPS
+    assert len(commands) == result.stdout.count("== ") == (
+        10 if mode == "kernels" else GPU_SPEED_STEPS)
+    for command in [c for c in commands if c[:2] == ["-m", "pytest"]]:
+        collected = subprocess.run([sys.executable, *command, "--collect-only"], cwd=repo,
+                                   capture_output=True, text=True, timeout=300)
+        assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
+    commands = [c for c in commands if c[:2] != ["-m", "pytest"]]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
     class Measuring(Exception):
