@@ -905,7 +905,10 @@ def test_analyze_config_has_a_schema_and_refuses_what_nothing_reads(repo, tmp_pa
     for key in ("runs_dir", "out_dir"):
         with pytest.raises(ConfigError, match=f"^{key} is empty"):
             write_report(analyze_cfg(tmp_path, **{key: ""}), "cmd")
-    assert not (tmp_path / "results").exists()
+        # found by fuzzing: out_dir=~/x (the shell leaves it) wrote into a folder named ~
+        with pytest.raises(ConfigError, match=rf"^{key}='~/x': a path starting with ~"):
+            write_report(analyze_cfg(tmp_path, **{key: "~/x"}), "cmd")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "~").exists()
 
 
 def test_published_records_are_read_and_a_run_found_twice_counts_once(tmp_path):

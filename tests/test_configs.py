@@ -338,6 +338,14 @@ RANGE_RULES = [
     ({"basis.size": "half"}, r"basis.size='half' must be an int \(a count >= 1\) or a float"),
     ({"sensitivity.pretrain_epochs": -1}, "sensitivity.pretrain_epochs must be >= 0"),
     ({"sensitivity.val_size": 0}, "sensitivity.val_size=0 as a count must be >= 1"),
+    # the shell leaves ~ in key=~/... (a key with a dot is no variable): a folder named ~
+    # was made in the working folder, a checkpoint there not found (only data.root expands)
+    ({"sensitivity.cache_dir": "~/cache"},
+     r"^sensitivity.cache_dir='~/cache': a path starting with ~ is not expanded here .*"
+     r"give it in full, e.g. sensitivity.cache_dir=\$HOME/cache$"),
+    ({"basis.source_checkpoint": "~/a/checkpoint.pt"}, r"^basis.source_checkpoint='~/a/"),
+    ({"publish": "~other/r.json"}, r"^publish='~other/r.json': a path starting with ~ is not "
+                                   r"expanded here; give it in full$"),
     # found in review: null (as data.train_subset's "all") passed, and the estimate ended
     # in a TypeError trace from the held-out split
     ({"sensitivity.val_size": None}, r"^sensitivity.val_size=null would hold out every "),

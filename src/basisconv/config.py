@@ -423,6 +423,7 @@ def validate_analysis(cfg: DictConfig) -> None:
     for key in ("runs_dir", "out_dir"):
         _check(bool(cfg[key].strip()), f"{key} is empty; give a folder, or drop the override "
                                        f"for the default")
+        _check_no_tilde(key, cfg[key])
 
 
 #: The keys that name a file or folder, each with what stands for "none given" instead of
@@ -448,6 +449,21 @@ def _check_paths(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         _check(value is None or bool(str(value).strip()),
                f"{key} is empty (an unset shell variable?); give a path, or {instead}")
+    for key in [*PATH_KEYS, "publish"]:
+        if key != "data.root":  # (read through data.expanded_root)
+            _check_no_tilde(key, OmegaConf.select(cfg, key))
+
+
+def _check_no_tilde(key: str, value: Any) -> None:
+    """A path that starts with ``~``: the shell does not expand it in ``key=~/...`` (a
+    key with a dot is no shell variable), so ``sensitivity.cache_dir=~/cache`` made a
+    folder named ``~`` in the working folder, and ``basis.source_checkpoint=~/...`` was not
+    found (found by fuzzing: only data.root expanded it)."""
+    _check(not str(value or "").startswith("~"),
+           f"{key}={value!r}: a path starting with ~ is not expanded here (the shell leaves "
+           f"it in key=value); give it in full, e.g. {key}=$HOME{str(value)[1:]}"
+           if str(value or "").startswith("~/") else
+           f"{key}={value!r}: a path starting with ~ is not expanded here; give it in full")
 
 
 def resolve_all(cfg: DictConfig) -> None:
