@@ -459,11 +459,12 @@ def _check_no_tilde(key: str, value: Any) -> None:
     key with a dot is no shell variable), so ``sensitivity.cache_dir=~/cache`` made a
     folder named ``~`` in the working folder, and ``basis.source_checkpoint=~/...`` was not
     found (found by fuzzing: only data.root expanded it)."""
-    _check(not str(value or "").startswith("~"),
-           f"{key}={value!r}: a path starting with ~ is not expanded here (the shell leaves "
-           f"it in key=value); give it in full, e.g. {key}=$HOME{str(value)[1:]}"
-           if str(value or "").startswith("~/") else
-           f"{key}={value!r}: a path starting with ~ is not expanded here; give it in full")
+    path = str(value or "")
+    if path.startswith("~"):
+        example = (f" (the shell leaves it in key=value); give it in full, e.g. "
+                   f"{key}=$HOME{path[1:]}" if path.startswith("~/") else "; give it in full")
+        raise ConfigError(f"{key}={value!r}: a path starting with ~ is not expanded here"
+                          f"{example}")
 
 
 def resolve_all(cfg: DictConfig) -> None:

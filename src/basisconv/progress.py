@@ -7,9 +7,9 @@ Kept in the sensitivity cache folder of the table's key, under what else shapes 
 fine-tune's numbers (the basis options a probe applies, the trainer's recipe and speed
 options, the device, the thread count, the torch version, basisconv's own code; the
 dense model under all of these but the basis options, which it does not read), and, for
-the results, under the digest of the dense weights they started from. So a resumed estimate gives the
-table an uninterrupted one gives on that machine, and nothing measured from another
-dense start or on another device is mixed in. The search finds the estimate's dense
+the results, under the digest of the dense weights they started from. So a resumed
+estimate gives the table an uninterrupted one gives on that machine, and nothing measured
+from another dense start or on another device is mixed in. The search finds the estimate's dense
 model and reference there (the same probe: it pretrained them again before).
 
 A damaged or unreadable kept file is logged and computed again: this is a cache of work

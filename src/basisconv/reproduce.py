@@ -149,9 +149,9 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str,
                                             f"{keys[script]}: it changed since"))
             rejected += set_aside_run_folder(path, outputs)
     rejected += set_aside_unpublished_runs(root, outputs, lambda run: (
-        f"began from the sensitivity table {table_key(run)}; this code's for the protocol "
-        f"is {keys['sensitivity']}: it changed since"
-        if table_key(run) not in (None, keys["sensitivity"]) else None))
+        (made_from := table_key(run)) not in (None, keys["sensitivity"])
+        and f"began from the sensitivity table {made_from}; this code's for the protocol "
+            f"is {keys['sensitivity']}: it changed since"))
     return rejected + set_aside_runs_of_other_tables(root, outputs)
 
 
@@ -194,28 +194,31 @@ def set_aside_runs_of_other_tables(root: Path, outputs: str | os.PathLike | None
     except (OSError, ValueError):
         return []
     checksum = published.get("table_sha256")
-    rejected = []
-    for path in sorted(root.glob("*/seed*.json")):
-        try:
-            record = read_record(path)
-        except (OSError, ValueError):
-            continue
+
+    def other_table(record: dict) -> str | None:  # which table it chose from, if another
         chose_from = record.get("sensitivity_table")
         if (checksum and chose_from and chose_from != checksum
                 and record.get("sensitivity_key") == published.get("key")):
-            rejected.append(set_aside(path, f"it chose its layers from another sensitivity "
-                                            f"table ({chose_from[:12]}) than the published "
-                                            f"one ({checksum[:12]}), estimated elsewhere"))
+            return (f"another sensitivity table ({chose_from[:12]}) than the published one "
+                    f"({checksum[:12]})")
+        return None
+
+    rejected = []
+    for path in sorted(root.glob("*/seed*.json")):
+        try:
+            table = other_table(read_record(path))
+        except (OSError, ValueError):
+            continue
+        if table:
+            rejected.append(set_aside(path, f"it chose its layers from {table}, estimated "
+                                            f"elsewhere"))
             rejected += set_aside_run_folder(path, outputs)
-    return rejected + set_aside_unpublished_runs(root, outputs, lambda run: (
-        f"began from another sensitivity table ({run['sensitivity_table'][:12]}) than the "
-        f"published one ({checksum[:12]})"
-        if checksum and run.get("sensitivity_table") not in (None, checksum)
-        and run.get("sensitivity_key") == published.get("key") else None))
+    return rejected + set_aside_unpublished_runs(
+        root, outputs, lambda run: (table := other_table(run)) and f"began from {table}")
 
 
 def set_aside_unpublished_runs(root: Path, outputs: str | os.PathLike | None,
-                               stale: Callable[[dict], str | None]) -> list[Path]:
+                               stale: Callable[[dict], str | bool | None]) -> list[Path]:
     """The folders under ``outputs`` of the protocol's training runs not yet published
     (cut off, or stopped before publishing) whose record ``stale`` gives a reason for,
     set aside with that reason said: resumed, such a run kept the layers it had chosen

@@ -311,7 +311,7 @@ def refuse_unresolved(selection: DictConfig) -> None:
     says "Recursive interpolation detected", naming no key); a policy that reads no seed
     needs none."""
     _refuse_unresolved_key(selection, "policy")
-    if selection.policy in ORDERED_POLICIES and selection.policy != "sensitivity_threshold":
+    if "count" in keys_read({"policy": selection.policy}):
         # keys_read reads the count to tell whether the budget decides (budget_chooses)
         _refuse_unresolved_key(selection, "count")
     for key in sorted(keys_read(selection) - {"policy"}):
