@@ -2579,3 +2579,24 @@ def test_the_accuracy_plot_names_a_swept_epoch_count_or_training_set(tmp_path, m
     figures.pyplot().close(drawn[0])
     assert labels == ["m=0.5, trainer.epochs=2", "m=0.5, trainer.epochs=4",
                       "trainer.epochs=2", "trainer.epochs=4"]  # the dense points too
+
+
+def test_unfinished_wandb_runs_are_named_under_the_table_as_local_ones_are(tmp_path,
+                                                                           monkeypatch):
+    """Review: a wandb project's crashed or still-running training runs were dropped without
+    a word (the local records' "Left out: N unfinished runs" had no wandb counterpart), so a
+    row that lost a seed, or a whole row that crashed, read as the whole experiment."""
+    from basisconv.analysis import report
+
+    crashed, running = FakeRun(RECORDS[1], state="crashed"), FakeRun(RECORDS[3], state="running")
+    crashed.url, running.url = "https://wandb.ai/me/basisconv/runs/c", "https://wandb.ai/r"
+    other = FakeRun(RECORDS[2], state="failed")
+    del other.summary["test_accuracy"]  # not a training run of ours: not named
+    api = FakeApi([FakeRun(RECORDS[0]), crashed, running, other, FakeRun(RECORDS[2])])
+    monkeypatch.setattr(report, "wandb_records", functools.partial(wandb_records, api=api))
+    write_report(analyze_cfg(tmp_path, source="wandb"), "python scripts/analyze.py")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unfinished_runs"] == [f"{crashed.url} (crashed)", f"{running.url} (running)"]
+    table = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert (f"Left out: 2 unfinished runs: {crashed.url} (crashed), {running.url} (running)."
+            in table)

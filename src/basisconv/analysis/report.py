@@ -207,8 +207,8 @@ def timing_line(runs: pd.DataFrame) -> str:
 
 
 def left_out_line(unfinished: list[str], unreadable: list[str]) -> str:
-    """"" or which runs under ``runs_dir`` are not in the table: unfinished ones (a
-    protocol cut off midway) and unreadable records."""
+    """"" or which runs under ``runs_dir`` (or of the wandb project) are not in the table:
+    unfinished ones (a protocol cut off midway, a crashed run) and unreadable records."""
     parts = ([f"{len(unfinished)} unfinished run{'s' * (len(unfinished) > 1)}: "
               f"{', '.join(unfinished)}"] if unfinished else [])
     parts += [f"{len(unreadable)} unreadable record{'s' * (len(unreadable) > 1)} "
@@ -251,13 +251,14 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     files written."""
     validate_analysis(cfg)
     check_output_folder(cfg)
-    local, unreadable, records = collect_records(cfg)
+    remote_unfinished: list[str] = []
+    local, unreadable, records = collect_records(cfg, remote_unfinished)
     out = Path(cfg.out_dir)
     made = provenance(command)
     runs = runs_frame(records)
     curves = distinct_curves(curves_frame(records, runs["settings"].tolist()))
     table = compare(runs)
-    unfinished = unfinished_runs(local)
+    unfinished = unfinished_runs(local) + remote_unfinished
     missing = missing_protocol_runs(cfg.runs_dir) if cfg.source == "local" else []
     if unfinished:
         log.warning("left out %d unfinished training runs: %s", len(unfinished),
@@ -308,16 +309,20 @@ def check_output_folder(cfg: DictConfig) -> None:
             raise ConfigError(problem)
 
 
-def collect_records(cfg: DictConfig) -> tuple[list, list[str], list]:
+def collect_records(cfg: DictConfig, unfinished: list[str] | None = None
+                    ) -> tuple[list, list[str], list]:
     """The local records read (none from wandb), the ones that could not be (warned of),
     and the complete training runs' records, from ``runs_dir`` or the wandb project; a
-    ConfigError when there are none."""
+    ConfigError when there are none. A wandb project's unfinished training runs are
+    appended to ``unfinished`` (local ones are found in the records read:
+    :func:`unfinished_runs`)."""
     unreadable: list[str] = []
     local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
     if cfg.source == "local":
         records = training_records(local)
     elif cfg.source == "wandb":
-        records = wandb_records(cfg.wandb.project, cfg.wandb.entity, unreadable=unreadable)
+        records = wandb_records(cfg.wandb.project, cfg.wandb.entity, unreadable=unreadable,
+                                unfinished=unfinished)
     else:
         raise ConfigError(f"source={cfg.source!r}; choose local or wandb")
     if unreadable:

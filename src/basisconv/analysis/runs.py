@@ -346,14 +346,17 @@ def records_of_kind(records: list[tuple[dict, Path]], kind: str) -> list[tuple[d
 
 
 def wandb_records(project: str, entity: str | None = None, api=None,
-                  unreadable: list[str] | None = None) -> list[tuple[dict, str]]:
+                  unreadable: list[str] | None = None,
+                  unfinished: list[str] | None = None) -> list[tuple[dict, str]]:
     """Finished runs of a wandb project, rebuilt in the shape of local run records from
     what ``Training`` logs: the resolved config, per-epoch history, and the ``model/*``,
     ``provenance/*`` and final metrics in the summary. One that lacks a field analysis
     reads, or holds one of another type (another code's run with a ``test_accuracy``, a
     run logged by an older version), is left out, logged and its URL appended to
     ``unreadable``, as a local record is (it was a ``KeyError`` trace, or a trace from the
-    tables)."""
+    tables). A training run not finished (crashed, failed, still running) is left out and
+    appended to ``unfinished`` as ``<url> (<state>)``, as a local one is named under the
+    table (it was dropped without a word: a row short of a seed, or gone, read as whole)."""
     if api is None:
         try:
             import wandb
@@ -370,11 +373,13 @@ def wandb_records(project: str, entity: str | None = None, api=None,
                           f"wandb.project / wandb.entity and the network, or use source=local") from None
     found = []
     for run in runs:
-        if run.state != "finished":
-            continue
         summary = dict(run.summary)
         if "test_accuracy" not in summary:
-            continue  # not a training run of ours
+            continue  # not a training run of ours (or one that logged no epoch)
+        if run.state != "finished":
+            if unfinished is not None:
+                unfinished.append(f"{run.url} ({run.state})")
+            continue
         model = {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("model/")}
         model["basis_layers"] = (model.pop("basis_layer_names", "") or "").split()
         epochs = [dict(row) for row in run.history(pandas=False)]
