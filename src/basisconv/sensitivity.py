@@ -9,7 +9,8 @@ The estimate, for a model, a basis size and a data config:
 2. fine-tune a copy of it, still dense, for ``sensitivity.finetune_epochs`` with a short
    cosine schedule: the *reference*;
 3. for every candidate layer: convert that one layer of a fresh copy to basis form
-   (``BasisConv2d.from_conv``, least-squares fit), fine-tune it (all its parameters)
+   (``BasisConv2d.from_conv``, fitted as ``basis.fit`` says: the conv's own filters and
+   least squares by default), fine-tune it (all its parameters)
    exactly as the reference (same steps, same batches: common random numbers; they do not
    cancel the batch order's effect on a drop, whose own noise
    ``sensitivity.drop_noise_layers`` measures), and
