@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -269,6 +270,18 @@ def test_the_plot_is_drawn_again_from_the_files_as_the_run_drew_it(tmp_path, mon
     table = tmp_path / f"layer-speed-{result.tag}.csv"
     table.write_text(table.read_text().replace("stacked", "split"))
     with pytest.raises(DatasetError, match="measure it again"):
+        speed.measured_rows(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["{\"kind\": \"bench", "[1, 2]"])
+def test_a_damaged_record_in_the_folder_redrawn_is_one_clear_error(tmp_path, damage):
+    """Found in review: ``benchmark_layers.py --redraw`` stopped with a JSONDecodeError (or
+    ValueError) trace on a record cut off or not an object, which ``speed_report.py`` refuses
+    in one line naming the file."""
+    path = tmp_path / "model-speed-cpu-fp32.json"
+    path.write_text(damage)
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))} is not a readable "
+                                           rf"benchmark record \(.+\); measure it again"):
         speed.measured_rows(tmp_path)
 
 

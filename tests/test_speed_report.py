@@ -137,6 +137,20 @@ def test_a_basis_step_is_relative_to_the_dense_step_of_as_many_timed_steps(folde
     assert basis["relative_to_dense"].tolist() == [pytest.approx(1.2)]
 
 
+def test_a_basis_step_is_relative_to_the_dense_step_of_as_many_warm_up_steps(tmp_path):
+    """Found in review: ``benchmark_train.py --warmup 0`` times the first step (its
+    allocations, cuDNN's algorithm search) with the others, and its file has the default's
+    name; a basis step timed after 3 warm-up steps was shown relative to it as if alike."""
+    _train_record(tmp_path, "cpu-fp32", CPU, 2.0, config={"warmup": 0})
+    _train_record(tmp_path, "cpu-fp32-basis0.25", CPU, 1.0, basis_size=0.25,
+                  config={"warmup": 3})
+    train = speed.training_speed([tmp_path]).set_index("model")
+    assert pd.isna(train.loc["basis 0.25", "relative_to_dense"])
+    _train_record(tmp_path, "cpu-fp32", CPU, 2.0, config={"warmup": 3})
+    train = speed.training_speed([tmp_path]).set_index("model")
+    assert train.loc["basis 0.25", "relative_to_dense"] == pytest.approx(0.5)
+
+
 def test_records_of_one_dirty_commit_with_different_changes_are_not_compared(tmp_path):
     """``-dirty`` alone does not say the code was the same: the diff's hash does."""
     def dirty(diff):
@@ -409,6 +423,9 @@ def test_a_training_record_lacking_a_number_is_one_clear_error(repo, tmp_path, f
     ("train-throughput", {"batch_size": 0}), ("train-throughput", {"basis_size": "0.5"}),
     ("train-throughput", {"provenance": "x"}),
     ("train-throughput", {"provenance": {"hardware": "x"}}),
+    # a list where a number or a name is compared (found in review: a TypeError trace from
+    # pandas, "unhashable type: 'list'", as the dense steps were matched)
+    ("train-throughput", {"steps": [60]}), ("train-throughput", {"model": ["resnet18"]}),
     ("model-speed", {"settings": "x"}), ("model-speed", {"provenance": ["x"]})])
 def test_a_record_with_fields_of_the_wrong_kind_is_one_clear_error(tmp_path, pattern, change):
     """Found in review: an edited record (a batch of 0, a basis size in quotes, provenance

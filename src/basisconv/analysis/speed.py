@@ -8,7 +8,7 @@ never copied by hand, and CPU and GPU stand side by side:
 - the training step (``train-throughput-*.json`` of ``scripts/benchmark_train.py``): time
   per step and per CIFAR-10 epoch, and relative to the dense model measured at the same
   commit on the same hardware with the same architecture, layout, threads, precision, batch,
-  execution mode (eager, compiled, graphed) and number of timed steps.
+  execution mode (eager, compiled, graphed) and number of timed and untimed steps.
 """
 
 from __future__ import annotations
@@ -58,9 +58,11 @@ RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
 #: commit with different uncommitted changes ran different code), and the torch build.
 #: ``steps``: the timed epoch's steps, since a graphed epoch's eager first step and capture
 #: (the 1/4 fused H200 record: 4.75 ms a step over 60, its profiled replays 3.53) weigh
-#: 1/steps on each step.
+#: 1/steps on each step. ``warmup``: the untimed steps before them, since with none the
+#: timed steps include the first one's allocations, cuDNN's algorithm search or a compile
+#: (on a 2-core CPU, ``--warmup 0`` made 4 dense steps 25-40 % slower than ``--warmup 3``).
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
-                "steps", "code"]
+                "steps", "warmup", "code"]
 
 
 def _origin(record: dict, path: Path) -> dict:
@@ -195,9 +197,13 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
     for record, path in _records(folders, "train-throughput-*.json"):
         with _readable(record, path):
             _check_training_record(record, path)
-            rows.append(_training_row(record, path))
+            row = _training_row(record, path)
+            # what the steps are matched on must be hashable: a list there (an edited
+            # record) is a TypeError here, naming the file, not one from pandas' join
+            hash(tuple(row[k] for k in SAME_SETTING))
+            rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"]
-                         + ["steps", "code"])
+                         + ["steps", "warmup", "code"])
     dense = table[table["model"] == "dense"]
     twice = dense[dense.duplicated(SAME_SETTING, keep=False)]
     if len(twice):
@@ -227,6 +233,7 @@ def _training_row(record: dict, path: Path) -> dict:
             "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
             "threads": record.get("threads") or "-",
             "steps": _or_dash(record.get("steps")),
+            "warmup": _or_dash((record.get("config") or {}).get("warmup")),  # (its flag)
             "model": "dense" if basis is None else f"basis {basis:g}",
             "form": "-" if basis is None else _training_form(record),
             "seconds_per_step": record["seconds_per_step"],
@@ -307,7 +314,7 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "",
         "Epoch: a CIFAR-10 epoch (50,000 images) at the measured step time; relative: to "
         "the dense model measured at the same commit on the same hardware, architecture, "
-        "layout, threads, precision, batch, mode and number of timed steps (\"-\" where "
+        "layout, threads, precision, batch, mode and number of timed and warm-up steps (\"-\" where "
         "there is none); checkpoint: "
         "the median time to write the model's and optimizer's state as a run's checkpoint "
         "(\"-\": not timed by the record's commit); CUDA peak: the most GPU memory the "

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, one_line
 from ..kernels import auto
 from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import device_problem, precision_name, seed_everything, settings_restored
@@ -545,13 +545,18 @@ def measured_rows(folder: str | os.PathLike) -> dict[str, dict]:
     """Every benchmark measured into ``folder``, read back from its files, by tag: its
     layer and model rows, the figure's path and title. So the figures can be drawn again
     (a new plot style) without measuring again. A table that is not the one its record
-    was written with (its sha256) is an error naming both files."""
+    was written with (its sha256) is an error naming both files, and so is a record that
+    cannot be read (cut off, not a JSON object), as the speed report says it."""
     import pandas as pd
 
     folder, found = Path(folder), {}
     for stem, key in ((LAYER_FILE, "layer_rows"), (MODEL_FILE, "model_rows")):
         for path in sorted(folder.glob(file_name(stem, "*", ".json"))):
-            record = read_record(path)
+            try:
+                record = read_record(path)
+            except (OSError, ValueError) as err:
+                raise DatasetError(f"{path} is not a readable benchmark record ({one_line(err)}); "
+                                   f"measure it again or move it out of the folder") from None
             table = folder / str(record.get("file"))
             written = record.get("file_sha256")  # (older records name none)
             if not table.is_file() or written not in (None, file_digest(table)):
