@@ -1157,3 +1157,69 @@ def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(t
         assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr
         # our own line: Hydra has no fuller message to show (found in review: it said so)
         assert "BASISCONV_DEBUG" not in done.stderr
+
+
+@pytest.mark.parametrize("override", ["~selection", "~logger", "selection.policy=???",
+                                      "selection=all ~basis basis.fit=svd"])
+def test_a_group_the_unread_warnings_read_removed_is_one_line_from_the_script(
+        tmp_path, repo, override):
+    """Found in review: ``scripts/train.py ~selection`` (or ``~logger``) was an omegaconf
+    MissingMandatoryValue traceback with exit status 1, and left its run folder: the
+    warnings of unread overrides read ``selection.policy`` and ``logger.backend`` before the
+    config check (in ``fit``) could say that the group is not set, as sensitivity.py says."""
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
+                           *override.split(), f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "not set (a config group removed with ~, or a value given as ???)" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fixed, swept, said", [
+    # found in review: each of these trained one run once per value, unsaid (one run with
+    # the key is warned of; a sweep's jobs say none of their warnings)
+    (["experiment=basis_all"], ["selection.count=2", "selection.count=3"],
+     "selection.count is swept over 2,3, but no job of the sweep reads it (selection=all "
+     "does not read it): each value trains the same run again"),
+    (["experiment=basis_selected"], ["selection.threshold=0.005", "selection.threshold=0.01"],
+     "(selection=sensitivity_budget does not read it)"),
+    (["experiment=baseline"], ["basis.size=0.25", "basis.size=0.5"],
+     "(selection=none converts no layer)"),
+    (["experiment=baseline"], ["basis=scratch", "basis=warmup"], "basis is swept over"),
+    (["selection=all"], ["basis.fit=pivots", "basis.fit=svd"], "train from scratch"),
+    (["logger=none"], ["logger.project=a", "logger.project=b"], "logger=none logs to no"),
+    # read by some job: a sweep gives it to the others on purpose
+    (["selection=none,all"], ["basis.size=0.25", "basis.size=0.5"], None),
+    (["selection=random"], ["selection.seed=1", "selection.seed=2"], None),
+    (["selection=first_k"], ["selection.count=2", "selection.count=3"], None),
+    (["experiment=basis_all"], ["basis.size=0.25", "basis.size=0.5"], None),
+    (["experiment=baseline"], ["seed=0", "seed=1"], None),
+    # one value, given to every job: a single run's warning, not a sweep's
+    (["experiment=basis_all", "selection.count=2"], ["seed=0", "seed=1"], None)])
+def test_a_key_swept_that_no_job_of_the_sweep_reads_is_warned_before_it_runs(
+        compose_cfg, caplog, fixed, swept, said):
+    from basisconv.unread import warn_keys_no_sweep_job_reads
+
+    jobs = []
+    for value in swept:
+        for option in fixed[0].partition("=")[2].split(",") if "," in fixed[0] else [None]:
+            overrides = [fixed[0].partition("=")[0] + "=" + option if option else fixed[0],
+                         *fixed[1:], value]
+            jobs.append((overrides, compose_cfg(*overrides)))
+    with caplog.at_level("WARNING", logger="basisconv.unread"):
+        warn_keys_no_sweep_job_reads(jobs)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "basisconv.unread"]
+    assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
+
+
+def test_a_sweep_says_before_its_first_job_that_no_job_reads_a_swept_key(tmp_path, repo):
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
+                           "experiment=basis_all", "selection.count=2,3", "profile=smoke",
+                           "model=resnet8", "logger=none", "trainer.epochs=1",
+                           "data.synthetic_train=50", "data.synthetic_test=10",
+                           f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr
+    said = (done.stdout + done.stderr).split("Launching")[0]
+    assert "selection.count is swept over 2,3, but no job of the sweep reads it" in said

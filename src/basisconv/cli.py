@@ -60,13 +60,17 @@ class SweepJobFailed(Exception):
     raises this for :func:`run_and_report` to sum up."""
 
 
-def check_sweep_jobs(check: Callable[[Any], None]) -> None:
+def check_sweep_jobs(check: Callable[[Any], None],
+                     look_over: Callable[[list[tuple[list[str], Any]]], None] | None = None
+                     ) -> None:
     """Check every job of a sweep with ``check`` (:func:`basisconv.config.validate`)
     before the first one runs, where Hydra checks only that each composes: a value out of
     range in a sweep's last job (``basis.size=0.5,1.5``) is one line naming the job before
     anything trains, not an error after the jobs before it. Jobs that would publish their
     records to one file (``publish=`` given once for the sweep) are refused too: each would
-    overwrite the one before."""
+    overwrite the one before. ``look_over(jobs)``, given each job's overrides and config,
+    then says what the jobs together do not do (a key swept that no job reads:
+    :func:`~basisconv.unread.warn_keys_no_sweep_job_reads`)."""
     def validate_batch_is_legal(self, batch) -> None:
         try:
             check_batch(self, batch)
@@ -84,6 +88,7 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                               "(each with its hydra.run.dir), or run the sweep in one "
                               "process per job (python, or hydra/launcher=slurm); nothing ran")
         published: dict[str, int] = {}
+        jobs = []
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             unswept = unswept_params(OmegaConf.select(cfg, "hydra.sweeper.params"), overrides)
@@ -104,6 +109,7 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                         if isinstance(err, InterpolationResolutionError) else err)
                 raise ConfigError(f"the sweep job {' '.join(overrides)}: {said}; "
                                   f"nothing ran") from None
+            jobs.append((list(overrides), cfg))
             path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
             if path is not None:
                 published[str(path)] = published.get(str(path), 0) + 1
@@ -113,6 +119,8 @@ def check_sweep_jobs(check: Callable[[Any], None]) -> None:
                                   f"sweep, each overwriting the one before: name the swept "
                                   f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
                                   f"seed=0,1; nothing ran")
+        if look_over is not None and distributed.first_process():
+            look_over(jobs)
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
 
 

@@ -22,6 +22,19 @@ from .selection import KEYS as SELECTION_KEYS, POLICIES, SENSITIVITY_POLICIES, k
 
 log = logging.getLogger(__name__)
 
+#: what the dense baseline (``selection=none``) does not read, and a run logging to no
+#: tracker (``logger=none``): the beginning of a dotted key (or of an override)
+UNREAD_BY_DENSE = r"(basis\b|selection\.layers\b)"
+UNREAD_BY_NO_LOGGER = r"logger\.(?!backend\b)"
+
+
+def fit_unread(cfg: Any) -> bool:
+    """Whether a run converts no trained layer, so ``basis.fit`` (how a conversion fits a
+    layer) is unread: its basis layers train from scratch (no ``basis.init=convert``, no
+    dense warm-up) and no sensitivity probe converts them to rank the layers."""
+    return (cfg.selection.policy not in SENSITIVITY_POLICIES and cfg.basis.init == "scratch"
+            and not cfg.basis.dense_warmup_epochs)
+
 
 def warn_unread_basis_overrides(cfg: Any) -> None:
     """``selection=none`` (the default: the dense baseline) converts no layer, so ``basis.*``
@@ -43,7 +56,7 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     def unread(keys: str) -> str:
         return " ".join(o for o in given if re.match(rf"[+~]*({keys})", o))
 
-    if policy == "none" and (keys := unread(r"basis\b|selection\.layers\b")):
+    if policy == "none" and (keys := unread(UNREAD_BY_DENSE)):
         log.warning("selection=none (the dense baseline) converts no layer, so %s is unread "
                     "and the model stays dense; choose the layers with selection=all, list, "
                     "first_k, ... to train basis convolutions", keys)
@@ -51,12 +64,50 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
     if policy == "all" and (keys := unread(r"selection\.layers\b")):
         log.warning("selection=all converts every convolution, so %s is unread; to convert "
                     "only the layers it names, use selection=list", keys)
-    if (policy != "none" and policy not in SENSITIVITY_POLICIES
-            and cfg.basis.init == "scratch" and not cfg.basis.dense_warmup_epochs
-            and (keys := unread(r"basis\.fit\b"))):
+    if policy != "none" and fit_unread(cfg) and (keys := unread(r"basis\.fit\b")):
         log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
                     "convert, basis.dense_warmup_epochs > 0, the sensitivity policies), and "
                     "this run trains its basis layers from scratch", keys)
+
+
+def unread_in_training(cfg: Any, key: str) -> str | None:
+    """Why a training run of ``cfg`` does not read the dotted ``key`` (``basis`` for the
+    group's choice), or None where it reads it: the rules the single-run warnings above
+    and below say, for :func:`warn_keys_no_sweep_job_reads`."""
+    policy = cfg.selection.policy
+    if policy == "none" and re.match(UNREAD_BY_DENSE, key):
+        return "selection=none converts no layer"
+    if key.startswith("selection.") and key[len("selection."):] in SELECTION_KEYS and (
+            key[len("selection."):] not in keys_read(cfg.selection)):
+        return f"selection={policy} does not read it"
+    if key == "basis.fit" and fit_unread(cfg):
+        return "no layer is converted: the basis layers train from scratch"
+    if cfg.logger.backend == "none" and re.match(UNREAD_BY_NO_LOGGER, key):
+        return "logger=none logs to no tracker"
+    return None
+
+
+def warn_keys_no_sweep_job_reads(jobs: list[tuple[list[str], Any]]) -> None:
+    """A key swept over several values (``-m experiment=basis_all selection.count=2,3``)
+    that no job of the sweep reads (:func:`unread_in_training`) is
+    warned of before the first job runs: its jobs are one run trained once per value (found
+    in review: silently, where one run with that key is warned of; in a sweep each job's
+    own warnings are left unsaid, as a sweep gives such keys to some of its jobs on
+    purpose, ``selection=none,all basis.size=0.25,0.5``). ``jobs``: each job's overrides
+    and composed config."""
+    values: dict[str, list[str]] = {}
+    for overrides, _ in jobs:
+        for override in overrides:
+            key, _, value = override.lstrip("+~").partition("=")
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    for key, given in values.items():
+        reasons = [unread_in_training(cfg, key) for _, cfg in jobs] if len(given) > 1 else [None]
+        if all(reasons):
+            log.warning("%s is swept over %s, but no job of the sweep reads it (%s): each "
+                        "value trains the same run again; choose what reads it, or drop it "
+                        "from the sweep", key, ",".join(given),
+                        "; ".join(dict.fromkeys(reasons)))
 
 
 def warn_preset_choice_overridden(cfg: Any) -> None:
@@ -138,7 +189,7 @@ def warn_unread_logger_overrides(cfg: Any) -> None:
     if (cfg.logger.backend != "none" or not HydraConfig.initialized()
             or not distributed.first_process() or in_sweep()):
         return
-    keys = [o for o in typed_overrides() if re.match(r"[+~]*logger\.(?!backend\b)", o)]
+    keys = [o for o in typed_overrides() if re.match(rf"[+~]*{UNREAD_BY_NO_LOGGER}", o)]
     if keys:
         log.warning("logger=none logs to no tracker, so %s %s unread; use logger=wandb to "
                     "log the run there", " ".join(keys), "is" if len(keys) == 1 else "are")
