@@ -32,6 +32,7 @@ SHAPES = [
     (3, 33, 70, 2, 5, "channels_last"),  # the basis tile padded from 33 to 64
     (2, 4, 9, 3, 4, "sliced"),         # H and W that do not merge into one pixel stride
     (2, 4, 9, 3, 5, "transposed"),     # the same, dense (its gradient was left unwritten)
+    (2, 4, 9, 3, 5, "channel-slice"),  # channels of a channels_last tensor: still that layout
     (0, 3, 6, 2, 2, "nchw"),           # an empty batch
 ]
 
@@ -41,6 +42,9 @@ def maps_of(n, m, h, w, layout, device):
         return torch.randn(n, m, h, w + 3, device=device)[..., :w]
     if layout == "transposed":  # dense, but H and W do not merge either
         return torch.randn(n, m, w, h, device=device).transpose(2, 3)
+    if layout == "channel-slice":  # contiguous in neither layout, strided as channels_last
+        return torch.randn(n, m + 2, h, w, device=device).to(
+            memory_format=torch.channels_last)[:, 1:m + 1]
     maps = torch.randn(n, m, h, w, device=device)
     return maps.to(memory_format=torch.channels_last) if layout == "channels_last" else maps
 

@@ -600,6 +600,26 @@ def test_an_nchw_input_gets_a_contiguous_output_as_from_the_dense_conv(device, k
 
 
 @pytest.mark.device
+@pytest.mark.parametrize("outputs, image", [(1, (5, 4)), (6, (1, 1))],
+                         ids=["one-channel", "one-pixel"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "channels_last"])
+def test_an_output_contiguous_in_both_layouts_has_the_dense_convs_strides(
+        outputs, image, memory_format, device, kernel_runs):
+    """Found in review: the kernel's channels_last output of one channel or one pixel is
+    contiguous in NCHW too, so ``.contiguous()`` kept its channels_last strides for an NCHW
+    input, and the next conv of the NCHW model (PyTorch's conv reads the layout from the
+    strides) ran and wrote channels_last from there on (a 1x1 conv on pooled features)."""
+    layer = make_layer(4, outputs, 1, 3, 1, 1, 1, True, device)
+    x = torch.randn(2, 4, *image, device=device).to(memory_format=memory_format)
+    y = layer(x)
+    assert kernel_runs == [tuple(x.shape)]
+    reference = F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1)
+    torch.testing.assert_close(y, reference, rtol=1e-4, atol=1e-4)
+    assert y.stride() == reference.stride()
+
+
+@pytest.mark.device
 @pytest.mark.parametrize("image", [(5, 4), (1, 1)], ids=["5x4", "1x1"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
                          ids=["nchw", "channels_last"])
@@ -617,6 +637,28 @@ def test_a_one_channel_input_gets_the_layout_the_dense_conv_gives(memory_format,
     for layout in (torch.contiguous_format, torch.channels_last):
         assert y.is_contiguous(memory_format=layout) == reference.is_contiguous(
             memory_format=layout)
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("view", ["channels_last-channels", "channels_last-crop",
+                                  "nchw-channels"])
+def test_a_view_of_an_input_gets_the_layout_the_dense_conv_gives(view, device, kernel_runs):
+    """Found in review: a channel slice or a crop of a channels_last tensor is contiguous
+    in neither layout, and the layer took it for NCHW where PyTorch's conv (judging by the
+    strides) writes channels_last, so a channels_last model that splits its channels
+    (``x.chunk(2, 1)``) got an NCHW activation after a fused layer on a part."""
+    layer = make_layer(4, 8, 3, 3, 1, 1, 1, True, device)
+    layout, part = view.split("-")
+    whole = torch.randn(2, 6, 5, 7, device=device)
+    if layout == "channels_last":
+        whole = whole.to(memory_format=torch.channels_last)
+    x = whole[:, 1:5] if part == "channels" else whole[:, :4, :, 1:6]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    y = layer(x)
+    assert kernel_runs == [tuple(x.shape)]
+    reference = F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1)
+    torch.testing.assert_close(y, reference, rtol=1e-4, atol=1e-4)
+    assert y.stride() == reference.stride()
 
 
 def test_kernel_resources_are_read_for_the_kernel_a_training_step_runs(monkeypatch):

@@ -232,7 +232,12 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
                    and not torch.jit.is_tracing())
     out, _ = fused_basis_conv(x, basis_weight, combination, bias, list(stride), list(pad),
                               list(dilation), store_basis)
-    return out if channels_last(x) or channels_last(basis_weight) else out.contiguous()
+    if channels_last(x) or channels_last(basis_weight):
+        return out
+    # a copy also where the output is contiguous in both layouts (one channel or one pixel),
+    # which .contiguous() returns as it is: its channels_last strides made the next conv of
+    # an NCHW model run, and write, channels_last (found in review)
+    return out.clone(memory_format=torch.contiguous_format) if channels_last(out) else out
 
 
 def channels_last(t: torch.Tensor) -> bool:
@@ -244,16 +249,21 @@ def channels_last(t: torch.Tensor) -> bool:
     (``suggest_memory_format``): a one-channel input or basis map made channels_last
     (strides ``(HW, 1, W, 1)``) is channels_last, its NCHW twin (``(HW, HW, W, 1)``) is
     not. (Found in review: both were taken for NCHW, so a channels_last model
-    got an NCHW activation after a one-channel input or a one-map folded norm.)"""
-    if t.dim() != 4 or not t.is_contiguous(memory_format=torch.channels_last):
-        return False
-    return not t.is_contiguous() or _strides_like_channels_last(t)
+    got an NCHW activation after a one-channel input or a one-map folded norm.) A view
+    contiguous in neither layout is judged by its strides too, as the conv judges it: a
+    channel slice or a crop of a channels_last tensor (``x[:, :c]``) is channels_last
+    (found in review: it was taken for NCHW, so the fused layer's output, and the folded
+    combination op's on such maps, were NCHW where the conv's were channels_last)."""
+    return t.dim() == 4 and _strides_like_channels_last(t)
 
 
 def _strides_like_channels_last(t: torch.Tensor) -> bool:
     """c10's ``is_channels_last_strides_2d`` for a 4-d tensor: the strides grow in the
     order C, W, H, N (a dimension of size 1 may share its neighbour's), with NCHW taken
-    where that order is ambiguous (an ``N x 1 x 1 x 1`` tensor)."""
+    where that order is ambiguous (an ``N x 1 x 1 x 1`` tensor) or the channels repeat (a
+    channel stride of 0)."""
+    if t.stride(1) == 0:
+        return False
     least = 0
     for d in (1, 3, 2, 0):
         if t.shape[d] == 0 or t.stride(d) < least:
