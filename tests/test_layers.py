@@ -162,6 +162,22 @@ def test_channels_last_input_gives_the_same_output_in_the_layout_a_conv_gives(co
 
 
 @pytest.mark.parametrize("combine", ["stacked", "split"])
+@pytest.mark.parametrize("image", [(1, 1), (1, 4)], ids=["1x1", "1x4"])
+def test_a_channels_last_map_contiguous_in_both_layouts_keeps_the_convs_strides(combine,
+                                                                               image):
+    """Found in review: maps of one pixel (a 1x1 conv on pooled features, as in a
+    squeeze-and-excitation block) from a channels_last input are contiguous in both layouts;
+    the split form's channel selection gave them NCHW strides where the conv it replaces
+    gives channels_last ones."""
+    conv = nn.Conv2d(8, 6, 1).to(memory_format=torch.channels_last)
+    layer = BasisConv2d.from_conv(conv, 3, combine=combine).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, *image).contiguous(memory_format=torch.channels_last)
+    want, got = nn.functional.conv2d(x, layer.dense_weight(), layer.bias), layer(x)
+    torch.testing.assert_close(got, want)
+    assert got.stride() == conv(x).stride()
+
+
+@pytest.mark.parametrize("combine", ["stacked", "split"])
 def test_under_autocast_the_output_has_the_dtype_a_conv_gives(combine):
     # Found by audit: the split form added the float32 bias after the autocast conv, so
     # its output (twice the memory) was float32 where the conv's is bfloat16

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_conv
-from .torch_ops import stacked_forward
+from .torch_ops import channels_last, stacked_forward
 
 #: Reasons already warned about (once per process each, not once per forward).
 _WARNED: set[str] = set()
@@ -238,40 +238,6 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     # which .contiguous() returns as it is: its channels_last strides made the next conv of
     # an NCHW model run, and write, channels_last (found in review)
     return out.clone(memory_format=torch.contiguous_format) if channels_last(out) else out
-
-
-def channels_last(t: torch.Tensor) -> bool:
-    """Whether ``t`` is laid out channels_last as PyTorch's conv reads layouts: with either
-    such an input or weight a conv writes channels_last, else a contiguous output. The op
-    always writes channels_last, so an NCHW model gets its layout back, as from the conv
-    the layer replaced (its ``out.view(B, -1)`` works). A tensor contiguous in both layouts
-    (one channel, or one pixel) is told apart by its strides, as the conv tells it apart
-    (``suggest_memory_format``): a one-channel input or basis map made channels_last
-    (strides ``(HW, 1, W, 1)``) is channels_last, its NCHW twin (``(HW, HW, W, 1)``) is
-    not. (Found in review: both were taken for NCHW, so a channels_last model
-    got an NCHW activation after a one-channel input or a one-map folded norm.) A view
-    contiguous in neither layout is judged by its strides too, as the conv judges it: a
-    channel slice or a crop of a channels_last tensor (``x[:, :c]``) is channels_last
-    (found in review: it was taken for NCHW, so the fused layer's output, and the folded
-    combination op's on such maps, were NCHW where the conv's were channels_last)."""
-    return t.dim() == 4 and _strides_like_channels_last(t)
-
-
-def _strides_like_channels_last(t: torch.Tensor) -> bool:
-    """c10's ``is_channels_last_strides_2d`` for a 4-d tensor: the strides grow in the
-    order C, W, H, N (a dimension of size 1 may share its neighbour's), with NCHW taken
-    where that order is ambiguous (an ``N x 1 x 1 x 1`` tensor) or the channels repeat (a
-    channel stride of 0)."""
-    if t.stride(1) == 0:
-        return False
-    least = 0
-    for d in (1, 3, 2, 0):
-        if t.shape[d] == 0 or t.stride(d) < least:
-            return False
-        if d == 0 and least == t.stride(1):
-            return False
-        least = t.stride(d) * max(t.shape[d], 1)
-    return True
 
 
 def is_triton_error(err: BaseException) -> bool:

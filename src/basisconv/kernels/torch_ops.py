@@ -60,9 +60,11 @@ def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: tor
 def _select_channels(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``maps[:, index]`` in the memory format of ``maps``: ``index_select`` writes NCHW,
     so a channels_last model would get NCHW activations after every split layer (each
-    next op then converts or runs in the slower layout)."""
-    if maps.dim() == 4 and not maps.is_contiguous() and maps.is_contiguous(
-            memory_format=torch.channels_last):
+    next op then converts or runs in the slower layout). The layout is read as the conv
+    reads it (:func:`channels_last`): maps of one pixel from a channels_last input (a
+    1x1 conv on pooled features) are contiguous in both layouts, and were given NCHW
+    strides where the dense conv gives channels_last ones (found in review)."""
+    if channels_last(maps):
         return maps.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
     return maps.index_select(1, index)
 
@@ -267,3 +269,38 @@ def coefficient_fold_backward(grad_folded, grad_folded_bias, coefficients, outpu
     grad_a, *rest = norm_fold_backward(grad_folded, grad_folded_bias, a, mean_b, cov_b, mean,
                                        var, conv_bias, norm_weight, eps, count, moments_grad)
     return coefficients_grad(grad_a, output_index, a.shape[1]), *rest
+
+
+def channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is laid out channels_last as PyTorch's conv reads layouts: with either
+    such an input or weight a conv writes channels_last, else a contiguous output. The
+    fused op always writes channels_last and the split form's channel selection NCHW, so
+    each gives an NCHW model its layout back by this, as from the conv the layer replaced
+    (its ``out.view(B, -1)`` works). A tensor contiguous in both layouts
+    (one channel, or one pixel) is told apart by its strides, as the conv tells it apart
+    (``suggest_memory_format``): a one-channel input or basis map made channels_last
+    (strides ``(HW, 1, W, 1)``) is channels_last, its NCHW twin (``(HW, HW, W, 1)``) is
+    not. (Found in review: both were taken for NCHW, so a channels_last model
+    got an NCHW activation after a one-channel input or a one-map folded norm.) A view
+    contiguous in neither layout is judged by its strides too, as the conv judges it: a
+    channel slice or a crop of a channels_last tensor (``x[:, :c]``) is channels_last
+    (found in review: it was taken for NCHW, so the fused layer's output, and the folded
+    combination op's on such maps, were NCHW where the conv's were channels_last)."""
+    return t.dim() == 4 and _strides_like_channels_last(t)
+
+
+def _strides_like_channels_last(t: torch.Tensor) -> bool:
+    """c10's ``is_channels_last_strides_2d`` for a 4-d tensor: the strides grow in the
+    order C, W, H, N (a dimension of size 1 may share its neighbour's), with NCHW taken
+    where that order is ambiguous (an ``N x 1 x 1 x 1`` tensor) or the channels repeat (a
+    channel stride of 0)."""
+    if t.stride(1) == 0:
+        return False
+    least = 0
+    for d in (1, 3, 2, 0):
+        if t.shape[d] == 0 or t.stride(d) < least:
+            return False
+        if d == 0 and least == t.stride(1):
+            return False
+        least = t.stride(d) * max(t.shape[d], 1)
+    return True

@@ -34,8 +34,8 @@ import contextlib
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .fused import channels_last, warn_once
-from .torch_ops import relu_combine, relu_combine_backward
+from .fused import warn_once
+from .torch_ops import channels_last, relu_combine, relu_combine_backward
 from .triton_conv import (autotuned_on_first_use, dot_precision, interpreting, tl, triton,
                           unsupported)
 
