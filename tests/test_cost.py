@@ -648,3 +648,18 @@ def test_an_input_shape_that_is_no_shape_is_one_error(count, given):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
     with pytest.raises(ConfigError, match=r"input_shape.*\(B, C, H, W\)"):
         count(model, given)
+
+
+def test_counting_a_model_with_an_unmade_lazy_layer_asks_for_a_forward_pass_first():
+    # Found by review: the dry run replaced every hook by a no-op, the lazy module's own
+    # parameter-making pre-hook too, so its uninitialized weight reached the meta conv:
+    # "IndexError: tuple index out of range" from deep inside torch (layer_sensitivity's and
+    # dense_totals' counts too).
+    model = torch.nn.Sequential(torch.nn.LazyConv2d(4, 3), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10))
+    with pytest.raises(ConfigError, match=r"^model_cost: layer '0' is a LazyConv2d whose "
+                                          r"parameters are not made yet; run one forward"):
+        model_cost(model, (2, 3, 8, 8))
+    model(torch.randn(2, 3, 8, 8))
+    assert model_cost(model, (2, 3, 8, 8)).forward_flops == measure_flops(
+        model, (2, 3, 8, 8))["forward_flops"]

@@ -66,6 +66,21 @@ def test_to_conv_round_trips(shape, device):
     torch.testing.assert_close(layer.to_conv()(x), layer(x), rtol=1e-10, atol=1e-12)
 
 
+def test_to_conv_and_to_dense_leave_the_random_stream_as_it_was():
+    # Found by review: to_conv built its nn.Conv2d with torch's default init, which drew
+    # from the global generator and was then overwritten: exporting (to_dense) mid-training
+    # changed every later draw of a seeded run (a DataLoader's shuffle, dropout, augmentation).
+    from basisconv.surgery import to_dense
+
+    model = nn.Sequential(BasisConv2d(3, 8, 3, 2, padding=1), BasisConv2d(8, 8, 1, 4))
+    state = torch.get_rng_state()
+    conv = model[0].to_conv()
+    to_dense(model)
+    assert torch.equal(torch.get_rng_state(), state)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(conv(x), model[0](x))
+
+
 def test_a_conv_of_rank_m_is_reproduced_with_m_basis_filters():
     torch.manual_seed(1)
     conv = nn.Conv2d(6, 12, 3, padding=1, bias=True).double()

@@ -244,6 +244,20 @@ def test_conv_subclasses_with_their_own_forward_are_skipped_not_silently_convert
         apply_basis(model, "1", 2)
 
 
+def test_a_conv_whose_forward_is_replaced_on_the_instance_is_not_silently_converted():
+    # Found by review: only the class's forward was checked, so a conv given its own
+    # forward on the instance (conv.forward = ..., as a patching library does) was fitted to
+    # its raw weight and computed a plain conv of it (here twice off at full rank).
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+    plain = model[1].forward
+    model[1].forward = lambda x: 2 * plain(x)
+    with pytest.warns(UserWarning, match="skipping layer '1'.*forward.*on the instance"):
+        converted = apply_basis(model, "all", 8)
+    assert isinstance(converted[0], BasisConv2d) and type(converted[1]) is nn.Conv2d
+    with pytest.raises(ValueError, match="layer '1'.*on the instance.*leave this layer dense"):
+        apply_basis(model, "1", 8)
+
+
 def test_an_unmade_lazy_conv_asks_for_a_forward_pass_first():
     model = nn.Sequential(nn.LazyConv2d(8, 3))
     with pytest.raises(ValueError, match="run one forward pass of the model first"):

@@ -45,6 +45,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.utils import _pair
 
 from .counts import is_int
@@ -363,6 +364,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     from torch.utils.flop_counter import FlopCounterMode
 
     input_shape = _input_shape(input_shape, "model_cost")
+    _check_no_unmade_lazy_module(model)
     active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
     shadow = copy_model(model, "model_cost: the model cannot be copied for its dry run on the "
@@ -447,6 +449,17 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
                       f"such as F.conv2d, @ or attention, or layers of other kinds) is not "
                       f"in these counts", stacklevel=2)
     return result
+
+
+def _check_no_unmade_lazy_module(model: nn.Module) -> None:
+    """A lazy module (``nn.LazyConv2d``, ``nn.LazyLinear``) makes its parameters in a
+    pre-hook of its first forward, which the dry run replaces by a no-op: its unmade weight
+    then failed deep inside torch's meta conv (and has no size to count). One error."""
+    for name, module in model.named_modules():
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            raise ConfigError(f"model_cost: layer {name!r} is a {type(module).__name__} whose "
+                              f"parameters are not made yet; run one forward pass of the "
+                              f"model first, then count")
 
 
 def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32), *,

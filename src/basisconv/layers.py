@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrize, skip_init
 from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
@@ -429,9 +429,12 @@ class BasisConv2d(nn.Module):
             return materialized_weight(self.basis_weight, self.combination_matrix())
 
     def to_conv(self) -> nn.Conv2d:
-        """The equivalent dense ``nn.Conv2d`` (for export and checking)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.padding, self.dilation, bias=self.bias is not None,
+        """The equivalent dense ``nn.Conv2d`` (for export and checking); the global random
+        stream is left as it was."""
+        # (without torch's init, whose draws from the global generator, overwritten at once,
+        # changed every later draw of a seeded run that exports mid-training)
+        conv = skip_init(nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size,
+                         self.stride, self.padding, self.dilation, bias=self.bias is not None,
                          device=self.basis_weight.device, dtype=self.basis_weight.dtype)
         with torch.no_grad():
             conv.weight.copy_(self.dense_weight())
@@ -602,6 +605,13 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
                           f"forward; a basis layer would compute a plain conv of its weight "
                           f"instead, so leave this layer dense (or replace it by a plain "
                           f"nn.Conv2d with the weight it uses)")
+    # the same, where the forward is replaced on the module itself (conv.forward = ..., as
+    # a patching library does): the class alone said it was a plain conv
+    patched = [name for name in ("forward", "_conv_forward") if name in vars(conv)]
+    if patched:
+        raise ConfigError(f"{at} has its {patched[0]} replaced on the instance; a basis layer "
+                          f"would compute a plain conv of its weight instead, so leave this "
+                          f"layer dense (or del conv.{patched[0]} if it computes the plain conv)")
     check_plain_options(conv.groups, conv.padding_mode, at)
 
 
