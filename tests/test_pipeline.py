@@ -232,6 +232,25 @@ def test_sweep_jobs_that_would_publish_to_one_file_are_refused_before_any_runs(t
     assert "seed${seed}" in lines[0] and not published.exists()
 
 
+def test_a_sweep_that_lists_a_job_twice_is_refused_before_any_runs(tmp_path, repo):
+    """Found in review: ``-m seed=0,0`` gave two jobs one folder (named by the overrides),
+    the second finding the first complete, or racing it under a parallel launcher."""
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(repo, tmp_path, "seed=0,0", f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and "lists the job" in lines[0] and "seed=0 twice" in lines[0]
+    assert not list(sweep.glob("*/run.json"))
+
+
+def test_sweep_jobs_that_publish_to_their_own_files_run(tmp_path, repo):
+    """The refusal above names the fix, ``publish='runs/seed${seed}.json'``: a sweep given it
+    runs, each job publishing its own record (found at stop 72: the check of the sweep's
+    unread keys, added after the publish check, was handed the publish count, a trace)."""
+    sweep, runs = tmp_path / "sweep", tmp_path / "runs"
+    run(repo, tmp_path, "-m", *TINY[:3], "trainer.epochs=1", "seed=0,1",
+        f"publish={runs}/seed${{seed}}.json", f"hydra.sweep.dir={sweep}")
+    assert sorted(p.name for p in runs.glob("*.json")) == ["seed0.json", "seed1.json"]
+
+
 def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
     # ResNet-20 has 19 candidate layers: count=50 fails when its layers are chosen
     sweep = tmp_path / "sweep"

@@ -90,6 +90,12 @@ def check_sweep_jobs(check: Callable[[Any], None],
         published: dict[str, int] = {}
         jobs = []
         for overrides in batch:
+            if any(list(overrides) == given for given, _ in jobs):
+                # its folder is named by its overrides: the second ran in the first's folder
+                # (found it complete, or raced it under a parallel launcher)
+                raise ConfigError(f"the sweep lists the job {' '.join(overrides)} twice (a "
+                                  f"value repeated, e.g. seed=0,0): give each value once; "
+                                  f"nothing ran")
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             unswept = unswept_params(OmegaConf.select(cfg, "hydra.sweeper.params"), overrides)
             try:
@@ -113,9 +119,9 @@ def check_sweep_jobs(check: Callable[[Any], None],
             path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
             if path is not None:
                 published[str(path)] = published.get(str(path), 0) + 1
-        for path, jobs in published.items():
-            if jobs > 1:
-                raise ConfigError(f"publish={path} is the same file for {jobs} jobs of the "
+        for path, count in published.items():
+            if count > 1:
+                raise ConfigError(f"publish={path} is the same file for {count} jobs of the "
                                   f"sweep, each overwriting the one before: name the swept "
                                   f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
                                   f"seed=0,1; nothing ran")
