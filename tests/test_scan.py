@@ -302,3 +302,29 @@ def test_the_own_model_scan_converts_with_the_fit_it_is_given():
     with pytest.raises(ConfigError, match="fit"):
         layer_sensitivity(model, 8, evaluate, layers=["2"], input_shape=(1, 16, 8, 8),
                           fit="qr")
+
+
+def test_every_fine_tune_starts_in_the_mode_the_model_was_given_in():
+    """Found in review: a converted layer's model was measured before its fine-tune (the
+    ``converted_*`` columns) and handed to ``finetune`` in the mode ``evaluate`` left it in
+    (eval), while the dense reference, measured only after, was fine-tuned in the model's
+    own (train): with a ``finetune`` that does not call ``model.train()`` every candidate
+    trained with frozen batch statistics and no dropout, and every drop was off by that."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.Dropout(0.5),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))  # train mode
+    x = torch.randn(8, 3, 8, 8)
+    modes = []
+
+    def finetune(m):  # trains in the mode it is given, as a loop without m.train() does
+        modes.append(sorted({sub.training for sub in m.modules()}))
+
+    def evaluate(m):
+        m.eval()
+        with torch.no_grad():
+            return float(m(x).softmax(1)[:, 0].mean())
+
+    table = layer_sensitivity(model, 8, evaluate, finetune, input_shape=(1, 3, 8, 8))
+    assert len(table) == 2 and modes == [[True]] * 3
+    assert model.training  # (the user's model itself is left as it was)

@@ -1,4 +1,5 @@
-"""Copying a user's model, and the hook tables torch keeps on every module.
+"""Copying a user's model, the hook tables torch keeps on every module, and its modules'
+train/eval modes kept across work that changes them.
 
 A model's cost is counted on a copy (:func:`basisconv.cost.model_cost`, a dry run on the
 ``meta`` device) and a conversion works on one unless told ``inplace``
@@ -8,9 +9,10 @@ reach into the same hook tables (the dry run clears them, a replacement carries 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -45,3 +47,18 @@ def copy_model(model: nn.Module, what: str, fix: str, *, meta: bool = False) -> 
     # that is a bound method of an object holding a lock, a file, a generator)
     except (RuntimeError, TypeError, copy.Error) as err:
         raise ConfigError(f"{what} ({str(err)[:120]}...); {fix}") from err
+
+
+@contextlib.contextmanager
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Put back each module's own train/eval mode after the block: a model's modes can
+    differ (norms frozen in eval inside a training model, a fine-tuning recipe's), which
+    ``model.train(model.training)`` would flatten to the top module's. Through
+    ``train()`` first, for a module whose ``train`` does more than set the flag."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        model.train(modes[0][1])
+        for module, training in modes:
+            module.training = training

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from .checkpoint import load_source_weights
 from .kernels import auto
 from .cost import model_cost
+from .model_copy import modes_kept
 from .models import build_model
 from .layers import basis_layers, coefficient_l1 as coefficient_l1_sum, frobenius_decay_correction
 from .surgery import CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report
@@ -130,12 +131,9 @@ def describe(model: nn.Module, image_shape=(3, 32, 32), batch: int = 1) -> dict[
     coefficient product) is shared by its images, as
     :func:`basisconv.selection.layer_savings` counts it too. Counted as in
     training whatever the model's mode (a dense warm-up converts right after evaluating)."""
-    modes = _modes(model)  # a training step's counts: a folded norm counted in eval
-    model.train()          # mode (running statistics) has no moments, less backward
-    try:
+    with modes_kept(model):  # a training step's counts: a folded norm counted in eval
+        model.train()        # mode (running statistics) has no moments, less backward
         cost = model_cost(model, (batch, *image_shape))
-    finally:
-        _restore_modes(model, modes)
     report = basis_report(model)
     per_image = {k: round(getattr(cost, k) / batch)
                  for k in ("forward_flops", "grad_input_flops", "grad_weight_flops")}
@@ -219,31 +217,15 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     # (else the gradients are left None, not put back)
     grads = {p: None if p.grad is None else p.grad.detach().clone() for p in model.parameters()}
-    modes = _modes(model)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     try:
-        for i, shape in enumerate(shapes):
-            model.train(i == 0)
-            x = torch.zeros(shape, device=device).contiguous(memory_format=memory_format)
-            with torch.set_grad_enabled(i == 0), autocast, auto.graph_replays(graphed):
-                model(x)
+        with modes_kept(model):
+            for i, shape in enumerate(shapes):
+                model.train(i == 0)
+                x = torch.zeros(shape, device=device).contiguous(memory_format=memory_format)
+                with torch.set_grad_enabled(i == 0), autocast, auto.graph_replays(graphed):
+                    model(x)
     finally:
         model.load_state_dict(saved)
         for p, grad in grads.items():
             p.grad = grad
-        _restore_modes(model, modes)
-
-
-def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Each module's own train/eval mode: a model's modes can differ (norms frozen in eval
-    inside a training model, a fine-tuning recipe's), which ``model.train(model.training)``
-    would flatten to the top module's."""
-    return [(module, module.training) for module in model.modules()]
-
-
-def _restore_modes(model: nn.Module, modes: list[tuple[nn.Module, bool]]) -> None:
-    """Put back the modes :func:`_modes` read (through ``train()`` first, as before, for a
-    module whose ``train`` does more than set the flag)."""
-    model.train(modes[0][1])
-    for module, training in modes:
-        module.training = training

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from .counts import is_number
 from .errors import ConfigError, TrainingDiverged
 from .layers import check_fit
+from .model_copy import modes_kept
 from .selection import DROPS, IMAGE, layer_savings, metric_drops, python_number, table_number
 from .surgery import apply_basis, basis_report
 
@@ -79,8 +80,12 @@ def _scan(model, num_basis, evaluate, finetune, layers, input_shape, combine, co
                         coefficient_rank=coefficient_rank, fit=fit)
             report = {r["name"]: r for r in basis_report(trial)}
             row["reconstruction_error"] = report[names[0]]["reconstruction_error"]
-            row.update({f"converted_{k}": v
-                        for k, v in _metrics(evaluate(trial), names).items()})
+            # measured before its fine-tune, which the reference is not: the fine-tune then
+            # starts in the modes the model was given in, as the reference's does (not in
+            # evaluate's eval mode: a finetune without model.train() froze its batch norms)
+            with modes_kept(trial):
+                row.update({f"converted_{k}": v
+                            for k, v in _metrics(evaluate(trial), names).items()})
         if finetune is not None:
             torch.manual_seed(seed)
             finetune(trial)
