@@ -344,6 +344,26 @@ def test_a_shape_in_channels_last_is_measured_apart_from_the_same_shape_in_nchw(
     assert calls == [False] * rounds + [True] * rounds and len(auto.choices()) == 2
 
 
+def test_a_shape_on_other_cpu_threads_is_measured_again(monkeypatch):
+    """Found in review: the CPU's thread count changes which form is fastest (a 2-thread
+    conv on 2 cores against a 1-thread one), and the choices last the process: a sweep
+    ``trainer.threads=1,2`` (its jobs run in one process) reused the 1-thread choices,
+    and their times, for its 2-thread runs, whose records did not say so. (Restored by
+    conftest.)"""
+    calls = []
+    real = auto._time
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: calls.append(
+        torch.get_num_threads()) or real(f, args, backward))
+    layer, x = layer_and_input("cpu")
+    with torch.no_grad():
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            layer(x)
+    rounds = 2 * (auto.REPEATS + 1)  # two forms a round
+    assert calls == [1] * rounds + [2] * rounds and len(auto.choices()) == 2
+    assert sorted(d["threads"] for d in auto.described()) == [1, 2]
+
+
 def test_a_kernel_that_failed_to_compile_under_autocast_is_not_offered_again(monkeypatch):
     """Under autocast the kernel compiles for the autocast dtype (the inputs are cast
     first), and its failure is remembered by that dtype; the question "did it fail for this
@@ -452,10 +472,10 @@ def test_a_graph_trial_captures_once_then_times_replays(monkeypatch, capture_fai
 
 def test_a_form_whose_trial_failed_is_not_chosen_unless_all_did():
     x = torch.zeros(1, 2, 3, 3)
-    assert auto.choose(("k1",) * 11, x, lambda: {"a": math.inf, "b": 2.0, "c": 3.0}) == "b"
-    assert auto.TIMINGS[("k1",) * 11] == {"b": 2.0, "c": 3.0}
-    assert auto.choose(("k2",) * 11, x, lambda: {"a": math.inf, "b": math.inf}) == "a"
-    assert auto.choose(("k3",) * 11, x, lambda: {"a": math.inf, "b": 1.0},
+    assert auto.choose(("k1",) * 12, x, lambda: {"a": math.inf, "b": 2.0, "c": 3.0}) == "b"
+    assert auto.TIMINGS[("k1",) * 12] == {"b": 2.0, "c": 3.0}
+    assert auto.choose(("k2",) * 12, x, lambda: {"a": math.inf, "b": math.inf}) == "a"
+    assert auto.choose(("k3",) * 12, x, lambda: {"a": math.inf, "b": 1.0},
                        prefer="a", margin=0.5) == "b"
 
 

@@ -1038,3 +1038,27 @@ def test_a_folder_that_holds_another_kind_of_run_is_refused_not_overwritten(
     assert done.stderr.startswith(f"error: {folder} {message}; give it a folder of its own"), \
         done.stderr
     assert (folder / "run.json").read_text() == record and not (tmp_path / "cache").exists()
+
+
+def test_a_resumed_auto_run_keeps_the_forms_its_earlier_epochs_ran(tmp_path, repo, monkeypatch):
+    """Found in review: a resumed run (a new process) chooses its forms again and may
+    choose others; its record's ``auto_forms`` then named the new process's alone, and
+    what the epochs before the resume ran was lost with the old process."""
+    from basisconv.kernels import auto
+    from interruption import fit_stopped_before
+
+    fastest = {"form": "stacked"}
+    monkeypatch.setattr(auto, "_time", lambda form, args, backward: (
+        0.0 if form == fastest["form"] else 1.0))
+    cfg = compose_tiny(repo, "trainer.epochs=2", "experiment=basis_all", "basis.combine=auto")
+    auto.forget()
+    try:
+        fit_stopped_before(2, cfg, tmp_path)
+        auto.forget()  # as in a new process, whose timings now favour the other form
+        fastest["form"] = "dense"
+        record = fit(cfg, tmp_path)
+    finally:
+        auto.forget()
+    assert {f["form"] for f in record["auto_forms"]} == {"dense"}
+    (earlier,) = record["auto_forms_earlier"]
+    assert earlier and {f["form"] for f in earlier} == {"stacked"}

@@ -365,3 +365,21 @@ def test_the_table_names_the_device_measured_on_not_the_configs_auto(repo, tmp_p
     for _ in ("measured", "cached"):
         timed, _ = time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
         assert timed.attrs["measured_on"].startswith(expected)
+
+
+def test_the_layers_timed_for_a_budget_are_not_listed_as_the_runs_auto_forms(repo, tmp_path):
+    """Found in review: with ``basis.combine=auto`` the measurement's calls of every
+    candidate's basis form (and a forward-only pass at the training batch) were looked up
+    as the run's own, so a run that converted one layer recorded the forms of every
+    candidate under ``auto_forms``, as if they had run. The choices stay (the run's own
+    calls of a converted layer then reuse them); the record lists what the run ran."""
+    from basisconv.kernels import auto
+
+    cfg = compose_timed(repo, tmp_path, "trainer.threads=1", "basis.combine=auto",
+                        "model.width=0.25", "trainer.batch_size=4")
+    model = build_model("resnet8", width=0.25)
+    table = selection.layer_savings(model, cfg.basis)
+    auto.start_run()
+    time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
+    assert auto.choices()  # the basis forms were timed, auto choosing theirs
+    assert auto.described(this_run=True) == []

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .data import IMAGE_SHAPE
 from .errors import ConfigError, one_line
+from .kernels import auto
 from .network import architecture_digest, build_dense, to_basis
 from .records import folder_lock, hardware, json_digest, provenance, write_json_atomic
 from .selection import budget_chooses
@@ -151,7 +152,9 @@ def measure(cfg: DictConfig, names: list[str]) -> dict:
     device; eagerly: not compiled nor graphed), each layer dense and in the basis form the
     run would build."""
     trainer = cfg.trainer
-    with torch.random.fork_rng(), loop.settings_restored():
+    # (with combine=auto the basis forms choose theirs here, kept for the run's own calls;
+    # but a record's auto_forms lists the layers the run ran, not every candidate timed)
+    with torch.random.fork_rng(), loop.settings_restored(), auto.not_the_runs():
         runtime = loop.setup(trainer, cfg.seed)
         model = build_dense(cfg)
         converted = to_basis(copy.deepcopy(model), cfg, names, convert=False)

@@ -302,6 +302,12 @@ class Training:
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.train_batches.load_state_dict(checkpoint["batches"])
         self.results["epochs"] = checkpoint["record"]["epochs"]
+        # the combine=auto forms the epochs before ran: this process chooses again (from
+        # its own timings, so maybe others) and auto_forms names its choices alone
+        if "auto_forms" in checkpoint["record"]:
+            self.results["auto_forms_earlier"] = [
+                *checkpoint["record"].get("auto_forms_earlier", []),
+                checkpoint["record"]["auto_forms"]]
         # as fitted when the run converted (the rebuilt layers were not fitted to anything)
         self.results["model"] = checkpoint["record"].get("model", self.results["model"])
         done = len(self.results["epochs"])

@@ -40,8 +40,8 @@ from .torch_ops import dense_forward, stacked_forward
 log = logging.getLogger(__name__)
 
 FORMS = {"stacked": stacked_forward, "dense": dense_forward, "fused": fused_forward}
-#: (device, dtype, shapes, conv arguments, whether gradients flow[, what else a caller
-#: chose by, as :func:`shape_key`'s ``extra``]) -> the chosen form
+#: (device, dtype, shapes, conv arguments, CPU threads, whether gradients flow[, what else
+#: a caller chose by, as :func:`shape_key`'s ``extra``]) -> the chosen form
 _CHOICES: dict[tuple, str] = {}
 #: the times behind each choice, seconds per call by form (for logs and benchmarks)
 TIMINGS: dict[tuple, dict[str, float]] = {}
@@ -75,10 +75,24 @@ def described(this_run: bool = False) -> list[dict]:
     return [{"device": key[0], "dtype": str(key[1]).removeprefix("torch."),
              "input": list(key[2]), "channels_last": key[3], "basis_weight": list(key[4]),
              "out_channels": key[5], "bias": key[6], "stride": list(key[7]),
-             "padding": key[8], "dilation": list(key[9]), "backward": key[10],
-             **{name: dict(items) for name, items in key[11:]}, "form": form,
+             "padding": key[8], "dilation": list(key[9]), "threads": key[10],
+             "backward": key[11], **{name: dict(items) for name, items in key[12:]},
+             "form": form,
              "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
             for key, form in _CHOICES.items() if not this_run or key in _LOOKED_UP]
+
+
+@contextlib.contextmanager
+def not_the_runs():
+    """Inside, the shapes looked up are not listed as the run's (:func:`described` with
+    ``this_run``), while the choices made stay: a measurement's calls (a folded norm's
+    unfused trial looking up the conv's own choice; a time budget timing every candidate
+    layer, of which the run may convert one) are not what the run ran."""
+    looked_up = set(_LOOKED_UP)
+    try:
+        yield
+    finally:
+        _LOOKED_UP.intersection_update(looked_up)
 
 
 def forget() -> None:
@@ -303,11 +317,14 @@ def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bi
               stride, padding, dilation, backward: bool, extra: dict | None = None) -> tuple:
     """What a choice is made by (:func:`described` names each part): the device, the
     compute dtype, the input's shape and layout, the basis, the outputs, the bias, the
-    conv's geometry, whether gradients flow, and ``extra``, ``{name: {field: value}}``
-    of what else a caller chooses by (a folded norm's settings)."""
+    conv's geometry, on the CPU its thread count (None elsewhere: which form is fastest
+    changes with it, and a sweep over ``trainer.threads`` runs in one process), whether
+    gradients flow, and ``extra``, ``{name: {field: value}}`` of what else a caller
+    chooses by (a folded norm's settings)."""
+    threads = torch.get_num_threads() if x.device.type == "cpu" else None
     return (str(x.device), compute_dtype(x), tuple(x.shape),
             x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
-            out_channels, bias, tuple(stride), str(padding), tuple(dilation), backward,
+            out_channels, bias, tuple(stride), str(padding), tuple(dilation), threads, backward,
             *((name, tuple(fields.items())) for name, fields in (extra or {}).items()))
 
 
@@ -333,16 +350,15 @@ def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
     neither (the caller runs its default)."""
     form = _CHOICES.get(key)
     if form is None and _measuring_is_possible(x):
-        looked_up = set(_LOOKED_UP)
         # the trials leave no trace: not in the random state, nor in the caller's saved-tensor
         # hooks (inside activation checkpointing the trials' saved tensors went into the
-        # checkpoint's frame, and its recomputation, which times nothing, then differed)
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
-                torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            times = time_forms()
+        # checkpoint's frame, and its recomputation, which times nothing, then differed),
         # nor in a record: a choice looked up inside a trial (the conv's own, in a folded
         # norm's unfused trial) is listed only where a real call looks it up
-        _LOOKED_UP.intersection_update(looked_up)
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t), \
+                not_the_runs():
+            times = time_forms()
         # a form whose trial failed (math.inf: a kernel that did not compile, a graph not
         # captured) is left out; where every one failed, the first candidate, untimed
         finite = {f: t for f, t in times.items() if math.isfinite(t)}
@@ -353,8 +369,8 @@ def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
         TIMINGS[key] = finite
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs%s (%s; ms per call: %s)",
                  form, list(key[2]), list(key[4]), key[5],
-                 "".join(f", {name} {dict(items)}" for name, items in key[11:]),
-                 "forward+backward" if key[10] else "forward",
+                 "".join(f", {name} {dict(items)}" for name, items in key[12:]),
+                 "forward+backward" if key[11] else "forward",
                  ", ".join(f"{f} {1e3 * t:.2f}" for f, t in times.items()))
     if form is not None and not torch.compiler.is_compiling():
         _LOOKED_UP.add(key)
