@@ -33,7 +33,7 @@ help:
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
 	@echo "make gpu-speed         GPU speed measurements into results/gpu-<gpu> (SPEED=quick|full|kernels, BUDGET=s, GPU_PYTHON=...)"
 	@echo "make gpu-wheels        wheels/ to carry to a GPU machine without network"
-	@echo "make clean             remove $(VENV) and caches"
+	@echo "make clean             remove $(VENV) and Python's caches (keeps outputs/ and cache/: runs and sensitivity tables)"
 
 env: $(STAMP)
 
