@@ -522,7 +522,8 @@ def test_hydra_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path, 
 def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, repo):
     """Found in review: an empty hydra.run.dir= (an unset shell variable) wrote the run into
     the working folder, silently; a value Hydra needs quoted (a non-ASCII letter, a #) was
-    told to "write key=value", which it was; -m with --cfg job was Hydra's traceback."""
+    told to "write key=value", which it was; -m with --cfg job was Hydra's traceback; a
+    run or sweep folder starting with ~ (left by the shell) made a folder named ~."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for overrides, message in (
             (["hydra.run.dir="], re.escape(f"hydra.run.dir is empty (an unset shell "
@@ -533,9 +534,16 @@ def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, re
                               "value, e.g. \"name='résnet'\""),
             (["-m", "--cfg", "job"], "Only one of --run, --multirun, --cfg, --info and "
                                      "--shell_completion can be specified at a time; to see "
-                                     "one sweep job's config, give --cfg job")):
+                                     "one sweep job's config, give --cfg job"),
+            # left at stop 71 as Hydra's: the folder is made before any check of ours
+            (["hydra.run.dir='~/runs/a'"], re.escape(
+                "hydra.run.dir='~/runs/a': a path starting with ~ is not expanded here (the "
+                "shell leaves it in key=value); give it in full, e.g. "
+                "hydra.run.dir=$HOME/runs/a")),
+            (["-m", "seed=0,1", "hydra.sweep.dir=~/sweep"], re.escape(
+                "hydra.sweep.dir='~/sweep': a path starting with ~ is not expanded here"))):
         result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
-                                 "data=stripes", *overrides], cwd=tmp_path, env=env,
+                                 *overrides, "data=stripes"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert re.match(f"error: {message}", result.stderr), result.stderr

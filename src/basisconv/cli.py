@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
+from .config import check_no_tilde
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
 from .hydra_errors import (added_group_line, config_groups_of, group_value_override,
@@ -306,6 +307,11 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             exit_refused(f"{key} is empty (an unset shell variable?), which would write the "
                          f"run into {os.getcwd()}; give it a folder, e.g. "
                          f"{key}=outputs/my-run")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and given:
+            try:  # (Hydra makes the folder before any check of ours: one named ~)
+                check_no_tilde(key, value.strip("'\""))
+            except ConfigError as err:
+                exit_refused(str(err))
     try:
         return func()
     except SweepJobFailed:

@@ -423,7 +423,7 @@ def validate_analysis(cfg: DictConfig) -> None:
     for key in ("runs_dir", "out_dir"):
         _check(bool(cfg[key].strip()), f"{key} is empty; give a folder, or drop the override "
                                        f"for the default")
-        _check_no_tilde(key, cfg[key])
+        check_no_tilde(key, cfg[key])
 
 
 #: The keys that name a file or folder, each with what stands for "none given" instead of
@@ -451,14 +451,16 @@ def _check_paths(cfg: DictConfig) -> None:
                f"{key} is empty (an unset shell variable?); give a path, or {instead}")
     for key in [*PATH_KEYS, "publish"]:
         if key != "data.root":  # (read through data.expanded_root)
-            _check_no_tilde(key, OmegaConf.select(cfg, key))
+            check_no_tilde(key, OmegaConf.select(cfg, key))
 
 
-def _check_no_tilde(key: str, value: Any) -> None:
+def check_no_tilde(key: str, value: Any) -> None:
     """A path that starts with ``~``: the shell does not expand it in ``key=~/...`` (a
     key with a dot is no shell variable), so ``sensitivity.cache_dir=~/cache`` made a
     folder named ``~`` in the working folder, and ``basis.source_checkpoint=~/...`` was not
-    found (found by fuzzing: only data.root expanded it)."""
+    found (found by fuzzing: only data.root expanded it); Hydra's own ``hydra.run.dir``
+    and ``hydra.sweep.dir`` too (:func:`basisconv.cli.run_and_report`, before Hydra makes
+    the folder)."""
     path = str(value or "")
     if path.startswith("~"):
         example = (f" (the shell leaves it in key=value); give it in full, e.g. "
