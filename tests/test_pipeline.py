@@ -468,6 +468,25 @@ def test_wandb_waits_are_bounded_by_the_logger_config(tmp_path, repo, monkeypatc
     assert tracker.run is None
 
 
+def test_an_offline_wandb_run_starts_without_a_warning(tmp_path, repo, monkeypatch, capfd):
+    """Found in review: the record's URL of an offline run was asked of wandb, which has
+    none and printed "wandb: WARNING URL not available in offline run" in every run of the
+    default logger."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "meta_path", sys.meta_path[:])
+    cfg = compose_tiny(repo, "logger=wandb", "logger.mode=offline")
+    tracker = Tracker(cfg.logger, {}, tmp_path, name="quiet")
+    try:
+        assert tracker.working and tracker.info["url"] is None
+    finally:
+        tracker.finish()
+        wandb.teardown()
+    assert "WARNING" not in "".join(capfd.readouterr())
+
+
 @pytest.mark.parametrize("override, message", [
     ("logger.init_timeout_s=0", "logger.init_timeout_s must be a number of seconds > 0"),
     ("logger.finish_timeout_s=-1", "logger.finish_timeout_s must be a number of seconds >= 0"),

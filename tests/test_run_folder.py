@@ -92,6 +92,8 @@ def fake_wandb(monkeypatch):
         return wandb.runs[-1]
 
     wandb.init, wandb.Settings = init, SimpleNamespace
+    wandb.run, wandb.login = None, lambda **kwargs: True  # (logged in)
+    wandb.errors = SimpleNamespace(UsageError=type("UsageError", (Exception,), {}))
     monkeypatch.setitem(sys.modules, "wandb", wandb)
     return wandb
 
@@ -148,6 +150,75 @@ def test_a_wandb_that_cannot_start_is_one_warning(tmp_path, repo, fake_wandb, mo
     assert "\n" not in warning
     if broken == "a run without settings":
         assert fake_wandb.runs[0].finished == [1]
+
+
+def test_an_online_start_without_a_login_is_one_warning_not_wandbs_prompt(tmp_path, repo,
+                                                                          fake_wandb, caplog):
+    """wandb.login asked without its prompt: none found, wandb.init is not called (on a
+    terminal it waited at its login prompt for ever)."""
+    asked = []
+
+    def login(*, prompt=True, verify=False):
+        asked.append(prompt)
+        return False
+
+    fake_wandb.login = login
+    record = fit(compose_tiny(repo, "logger.mode=online", "trainer.epochs=1"), tmp_path)
+    assert record["status"] == "complete" and record["wandb"] is None
+    assert asked == [False] and fake_wandb.runs == []
+    warning, = [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()]
+    assert "no wandb login for logger.mode=online: run `wandb login`" in warning
+
+
+def test_an_online_start_without_a_login_on_a_terminal_trains(tmp_path, repo):
+    """Found in review: with no wandb login, an online run started on a terminal (tmux,
+    screen) stopped at wandb's login prompt ("Enter your choice:") and waited there for
+    ever, past logger.init_timeout_s: a run left alone never trained. The real wandb, in a
+    process whose terminal is a pseudo-terminal, is asked without the prompt."""
+    import pty
+    import subprocess
+    import threading
+
+    script = f"""
+import logging
+from hydra import compose, initialize_config_dir
+import basisconv.config
+from basisconv.tracking import Tracker
+logging.basicConfig(filename={str(tmp_path / "log.txt")!r})
+with initialize_config_dir(config_dir={str(repo / "configs")!r}, version_base="1.3"):
+    cfg = compose("train", overrides=["logger=wandb", "logger.mode=online",
+                                      "logger.init_timeout_s=5"])
+tracker = Tracker(cfg.logger, {{}}, {str(tmp_path)!r}, name="no-login")
+open({str(tmp_path / "started.txt")!r}, "w").write(str(tracker.working))
+"""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC")}
+    env.update({"HOME": str(tmp_path), "TERM": "xterm", "WANDB_MODE": "online",
+                **{f"WANDB_{what}_DIR": str(tmp_path / what.lower())
+                   for what in ("CONFIG", "CACHE", "DATA")}})
+    main, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=terminal,
+                               stdout=terminal, stderr=terminal, env=env, cwd=tmp_path)
+    os.close(terminal)
+    shown = []
+
+    def drain():  # what the process writes to its terminal (it would block once full)
+        try:
+            while chunk := os.read(main, 4096):
+                shown.append(chunk.decode(errors="replace"))
+        except OSError:
+            pass
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"waited at wandb's prompt: {''.join(shown)[-300:]!r}")
+    finally:
+        os.close(main)
+    assert (tmp_path / "started.txt").read_text() == "False"
+    assert "no wandb login for logger.mode=online" in (tmp_path / "log.txt").read_text()
 
 
 def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkeypatch, caplog):

@@ -11,6 +11,7 @@ wandb run.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ class Tracker:
         try:
             import wandb
 
+            if logger_cfg.mode == "online" and not _logged_in(wandb):
+                raise wandb.errors.UsageError(
+                    "no wandb login for logger.mode=online: run `wandb login` or set "
+                    "WANDB_API_KEY, or log offline (logger.mode=offline) and `wandb sync` later")
             # bounded waits: a lost network must not hang a run at its start or its end
             settings = wandb.Settings(init_timeout=logger_cfg.init_timeout_s,
                                       finish_timeout=logger_cfg.finish_timeout_s)
@@ -49,9 +54,11 @@ class Tracker:
                 group=logger_cfg.group, tags=list(logger_cfg.tags), name=name,
                 config=config, dir=str(output_dir), mode=logger_cfg.mode,
                 reinit="finish_previous", settings=settings, **same_run)
-            # what the run record keeps about the wandb run, to find it again
+            # what the run record keeps about the wandb run, to find it again (an offline
+            # run has no URL: asked for one, wandb warned so in every default run)
+            mode = self.run.settings.mode
             self.info = {"id": self.run.id, "dir": str(Path(self.run.dir).parent),
-                         "mode": self.run.settings.mode, "url": self.run.url}
+                         "mode": mode, "url": None if mode == "offline" else self.run.url}
             self.working = True
             self.next_step = self.run.step  # online and resumed: after the steps it holds
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
@@ -125,6 +132,16 @@ class Tracker:
                                 "every metric.", type(err).__name__, one_line(err))
                 _drop_wandb_service()
         self.run, self.working = None, False
+
+
+def _logged_in(wandb) -> bool:
+    """Whether wandb has credentials, asked without its login prompt: with none, an
+    online ``wandb.init`` on a terminal (tmux, screen) waits for an answer at that prompt,
+    unbounded by ``init_timeout``, so a run left alone never trained. A wandb too old to
+    ask so (``wandb.login`` without ``prompt``), or a run already open, lets init decide."""
+    if wandb.run is not None or "prompt" not in inspect.signature(wandb.login).parameters:
+        return True
+    return wandb.login(prompt=False, verify=False)
 
 
 def _drop_wandb_service() -> None:
