@@ -364,6 +364,30 @@ def test_a_shape_on_other_cpu_threads_is_measured_again(monkeypatch):
     assert sorted(d["threads"] for d in auto.described()) == [1, 2]
 
 
+def test_a_compiled_cpu_model_looks_up_its_choices_in_one_graph(monkeypatch):
+    """Found in review: the CPU's thread count in a choice's key was read with
+    ``torch.get_num_threads()``, which dynamo cannot trace: a compiled CPU model of auto
+    layers broke its graph at every layer's lookup (one graph became five for two layers).
+    The choices made before compiling are still the ones the graph runs."""
+    monkeypatch.setattr(auto, "_time", lambda form, args, backward: (
+        0.0 if form == "dense" else 1.0))
+    torch.manual_seed(0)
+    model = nn.Sequential(BasisConv2d(8, 16, 3, 4, padding=1, combine="auto"), nn.ReLU(),
+                          BasisConv2d(16, 16, 3, 4, padding=1, combine="auto"))
+    x = torch.randn(2, 8, 8, 8)
+    model(x)  # the choices, as network.choose_forms_now makes them before compiling
+    chosen = auto.choices()
+    called = []
+    monkeypatch.setitem(auto.FORMS, "dense", lambda *args: called.append(1) or dense_forward(*args))
+    try:
+        explained = torch._dynamo.explain(model)(x)
+    finally:
+        torch._dynamo.reset()  # no compiled frames left behind for other tests
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+        [b.reason for b in explained.break_reasons]
+    assert auto.choices() == chosen and set(chosen.values()) == {"dense"} and len(called) == 2
+
+
 def test_a_kernel_that_failed_to_compile_under_autocast_is_not_offered_again(monkeypatch):
     """Under autocast the kernel compiles for the autocast dtype (the inputs are cast
     first), and its failure is remembered by that dtype; the question "did it fail for this

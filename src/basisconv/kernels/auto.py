@@ -313,6 +313,14 @@ def _time(form: str, args: tuple, backward: bool) -> float:
     return time_call(_form_call(form, args), args[:4], backward)
 
 
+@torch.compiler.assume_constant_result
+def _cpu_threads() -> int:
+    """``torch.get_num_threads()``, a constant of a ``torch.compile`` trace: dynamo cannot
+    trace the call (a non-tensor torch op), and broke a compiled CPU model's graph at every
+    basis layer's lookup of its choice (found in review)."""
+    return torch.get_num_threads()
+
+
 def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bias: bool,
               stride, padding, dilation, backward: bool, extra: dict | None = None) -> tuple:
     """What a choice is made by (:func:`described` names each part): the device, the
@@ -321,7 +329,7 @@ def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bi
     changes with it, and a sweep over ``trainer.threads`` runs in one process), whether
     gradients flow, and ``extra``, ``{name: {field: value}}`` of what else a caller
     chooses by (a folded norm's settings)."""
-    threads = torch.get_num_threads() if x.device.type == "cpu" else None
+    threads = _cpu_threads() if x.device.type == "cpu" else None
     return (str(x.device), compute_dtype(x), tuple(x.shape),
             x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
             out_channels, bias, tuple(stride), str(padding), tuple(dilation), threads, backward,
