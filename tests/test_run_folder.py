@@ -148,6 +148,8 @@ def test_a_wandb_that_cannot_start_is_one_warning(tmp_path, repo, fake_wandb, mo
     # timeout added two lines of advice about its Python API)
     warning, = [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()]
     assert "\n" not in warning
+    # and wandb's advice for its Python API is followed by this project's key (stop 72)
+    assert ("logger.init_timeout_s=" in warning) == (broken == "a timeout")
     if broken == "a run without settings":
         assert fake_wandb.runs[0].finished == [1]
 

@@ -62,9 +62,12 @@ class Tracker:
             self.working = True
             self.next_step = self.run.step  # online and resumed: after the steps it holds
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
-            log.warning("wandb could not start (%s: %s); training goes on without it. "
+            # wandb's own timeout advice names its Python API: here the wait is a config key
+            ours = (f" (here the wait is logger.init_timeout_s={logger_cfg.init_timeout_s})"
+                    if "init_timeout" in str(err) else "")
+            log.warning("wandb could not start (%s: %s%s); training goes on without it. "
                         "The run record run.json has every metric.", type(err).__name__,
-                        one_line(err))
+                        one_line(err), ours)
             self.finish(failed=True)
             return
         for row in history:
