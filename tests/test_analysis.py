@@ -659,6 +659,25 @@ def test_plots_keep_swept_settings_apart(tmp_path, monkeypatch):
         figures.pyplot().close(fig)
 
 
+def test_a_speed_plot_of_fractions_and_counts_says_which_rows_it_leaves_out(tmp_path,
+                                                                           monkeypatch, caplog):
+    """Found in review (stop 72): a sweep of sizes given both ways (basis.size=0.5,8) drew
+    the fractions and left the count rows out of the plot without a word."""
+    from basisconv.analysis import figures
+
+    runs = [record(seed=0), record("all", 0.5, 0, step=(0.05, 0.1)),
+            record("all", 8, 0, step=(0.04, 0.08))]
+    table = compare(runs_frame([(r, "a") for r in runs]))
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    with caplog.at_level("WARNING", logger="basisconv.analysis.figures"):
+        figures.speed_vs_basis_size(table, tmp_path / "speed.png", "note")
+    assert "rows with a number of filters (basis.size=8) are in the table only" in caplog.text
+    sizes = {x for line in drawn[0].axes[0].get_lines() for x in line.get_xdata()}
+    assert 8 not in sizes and 0.5 in sizes
+    figures.pyplot().close(drawn[0])
+
+
 def test_speed_plot_draws_the_baseline_the_table_compares_with(tmp_path, monkeypatch):
     """A sweep over trainer.lr and a basis key the dense runs do not read: each basis row
     is compared (table) and drawn (plot) beside the dense run of its own trainer.lr, though

@@ -5,6 +5,7 @@ it in its title."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from ..cost import basis_conv2d_cost, conv2d_cost
 from ..layers import resolve_num_basis
 from .plots import pyplot, save_figure
 from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
+
+log = logging.getLogger(__name__)
 
 
 #: One colour per selection policy in every figure of the comparison (else each figure
@@ -75,7 +78,8 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     speedup the FLOP count predicts; one set of lines per model, epochs, data and swept
     setting, each beside the baseline its table rows are compared with
     (:func:`~basisconv.analysis.runs.baselines`). ``None`` when there is no size sweep.
-    Sizes given as fractions are drawn, or counts of filters when there are no fractions."""
+    Sizes given as fractions are drawn, or counts of filters when there are no fractions
+    (a sweep of both draws the fractions and says which counts it leaves to the table)."""
     sweep = table[(table["selection"] == "all") & table["step_speedup"].notna()]
     if sweep.empty:  # a row has a step speedup only where its baseline was run
         return None
@@ -83,6 +87,10 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     counts = sweep["basis_size"].map(lambda size: isinstance(size, str))
     unit = "number of basis filters per layer" if counts.all() else \
         "fraction of each layer's filters"
+    if counts.any() and not counts.all():  # (the table has them: said, not dropped unsaid)
+        log.warning("the speed plot %s draws the sizes given as fractions; the rows with a "
+                    "number of filters (basis.size=%s) are in the table only", path.name,
+                    ",".join(dict.fromkeys(sweep.loc[counts, "basis_size"])))
     sweep = sweep[counts] if counts.all() else sweep[~counts]
     sweep = sweep.assign(size=pd.to_numeric(sweep["basis_size"])).sort_values("size")
     plt = pyplot()
