@@ -89,9 +89,9 @@ def check_sweep_jobs(check: Callable[[Any], None],
                               "(each with its hydra.run.dir), or run the sweep in one "
                               "process per job (python, or hydra/launcher=slurm); nothing ran")
         published: dict[str, int] = {}
-        jobs = []
+        jobs, listed = [], set()
         for overrides in batch:
-            if any(list(overrides) == given for given, _ in jobs):
+            if tuple(overrides) in listed:
                 # its folder is named by its overrides: the second ran in the first's folder
                 # (found it complete, or raced it under a parallel launcher)
                 raise ConfigError(f"the sweep lists the job {' '.join(overrides)} twice (a "
@@ -117,6 +117,7 @@ def check_sweep_jobs(check: Callable[[Any], None],
                 raise ConfigError(f"the sweep job {' '.join(overrides)}: {said}; "
                                   f"nothing ran") from None
             jobs.append((list(overrides), cfg))
+            listed.add(tuple(overrides))
             path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
             if path is not None:
                 published[str(path)] = published.get(str(path), 0) + 1

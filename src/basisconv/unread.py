@@ -95,12 +95,11 @@ def warn_keys_no_sweep_job_reads(jobs: list[tuple[list[str], Any]]) -> None:
     own warnings are left unsaid, as a sweep gives such keys to some of its jobs on
     purpose, ``selection=none,all basis.size=0.25,0.5``). ``jobs``: each job's overrides
     and composed config."""
-    values: dict[str, list[str]] = {}
+    values: dict[str, dict[str, None]] = {}  # each key's values, in order, once
     for overrides, _ in jobs:
         for override in overrides:
             key, _, value = override.lstrip("+~").partition("=")
-            if value not in values.setdefault(key, []):
-                values[key].append(value)
+            values.setdefault(key, {})[value] = None
     for key, given in values.items():
         reasons = [unread_in_training(cfg, key) for _, cfg in jobs] if len(given) > 1 else [None]
         if all(reasons):
