@@ -37,11 +37,12 @@ help:
 
 env: $(STAMP)
 
+# A build cut off while venv set up pip leaves a python without pip, and a .venv of a Python
+# older than 3.11 cannot install the pins: start it again, from PYTHON (3.11+, or one line)
+# (python3 is 3.10 on Ubuntu 22.04: pip said only "No matching distribution found for
+# pandas==3.1.1", and said it again with PYTHON=python3.11, its .venv kept). These lines stay
+# above the rule: inside the recipe make echoed them on every build.
 $(STAMP): requirements.txt pyproject.toml
-	# a build cut off while venv set up pip leaves a python without pip, and a .venv of a Python
-	# older than 3.11 cannot install the pins: start it again, from PYTHON (3.11+, or one line)
-	# (python3 is 3.10 on Ubuntu 22.04: pip said only "No matching distribution found for
-	# pandas==3.1.1", and said it again with PYTHON=python3.11, its .venv kept)
 	{ $(PY) -m pip --version && $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; } > /dev/null 2>&1 || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' > /dev/null 2>&1 || { echo "make: PYTHON=$(PYTHON) is $$($(PYTHON) -V 2>&1 | head -n 1); the pinned packages need Python 3.11+: name one, e.g. make test PYTHON=python3.11" >&2; exit 2; }; $(PYTHON) -m venv --clear $(VENV); }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .

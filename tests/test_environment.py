@@ -692,3 +692,11 @@ def test_what_the_protocol_sets_aside_and_makes_is_kept_out_of_git(repo):
     result = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=repo,
                             capture_output=True, text=True, timeout=30)
     assert result.stdout.split() == paths[:4]
+
+
+def test_no_recipe_echoes_a_comment(repo):
+    """A ``#`` line inside a recipe is handed to the shell and echoed by make on every build
+    (``make env`` printed four lines of the Makefile's reasons): comments stay above rules."""
+    echoed = [line for line in (repo / "Makefile").read_text().splitlines()
+              if line.startswith("\t#")]
+    assert echoed == []
