@@ -1189,6 +1189,15 @@ def test_a_group_the_unread_warnings_read_removed_is_one_line_from_the_script(
     (["experiment=baseline"], ["basis=scratch", "basis=warmup"], "basis is swept over"),
     (["selection=all"], ["basis.fit=pivots", "basis.fit=svd"], "train from scratch"),
     (["logger=none"], ["logger.project=a", "logger.project=b"], "logger=none logs to no"),
+    # left at stop 72: the sensitivity group, read only by the runs an estimate chooses for
+    (["experiment=basis_all"], ["sensitivity.finetune_epochs=1",
+                                "sensitivity.finetune_epochs=2"],
+     "(selection=all takes no sensitivity estimate"),
+    (["experiment=basis_selected"], ["sensitivity.search_subset_size=2",
+                                     "sensitivity.search_subset_size=3"],
+     "(only scripts/exhaustive_search.py reads it)"),
+    (["experiment=basis_selected"], ["sensitivity.finetune_epochs=1",
+                                     "sensitivity.finetune_epochs=2"], None),
     # read by some job: a sweep gives it to the others on purpose
     (["selection=none,all"], ["basis.size=0.25", "basis.size=0.5"], None),
     (["selection=random"], ["selection.seed=1", "selection.seed=2"], None),

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from . import distributed
 from .hydra_errors import CONFIGS, typed_overrides
 from .resuming import in_sweep
-from .selection import KEYS as SELECTION_KEYS, POLICIES, SENSITIVITY_POLICIES, keys_read
+from .selection import (KEYS as SELECTION_KEYS, ORDERED_POLICIES, POLICIES,
+                        SENSITIVITY_POLICIES, budget_chooses, keys_read)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 #: tracker (``logger=none``): the beginning of a dotted key (or of an override)
 UNREAD_BY_DENSE = r"(basis\b|selection\.layers\b)"
 UNREAD_BY_NO_LOGGER = r"logger\.(?!backend\b)"
+#: the ``sensitivity`` keys only ``scripts/exhaustive_search.py`` reads
+SEARCH_ONLY = ("search_subset_size", "search_max_subsets")
 
 
 def fit_unread(cfg: Any) -> bool:
@@ -34,6 +37,24 @@ def fit_unread(cfg: Any) -> bool:
     dense warm-up) and no sensitivity probe converts them to rank the layers."""
     return (cfg.selection.policy not in SENSITIVITY_POLICIES and cfg.basis.init == "scratch"
             and not cfg.basis.dense_warmup_epochs)
+
+
+def sensitivity_unread(cfg: Any, key: str) -> str | None:
+    """Why a training run of ``cfg`` does not read ``sensitivity.<key>``, or None where it
+    reads it: the sensitivity policies read the whole group (their estimate) but the
+    search's keys; the other ordered policies its candidate layers (``layers``), and a time
+    budget where its layer times are kept (``cache_dir``, ``recompute``:
+    :mod:`basisconv.time_budget`); ``none``, ``all`` and ``list`` none of it."""
+    policy = cfg.selection.policy
+    if key in SEARCH_ONLY:
+        return "only scripts/exhaustive_search.py reads it"
+    if policy in SENSITIVITY_POLICIES or (policy in ORDERED_POLICIES and key == "layers"):
+        return None
+    if (policy in ORDERED_POLICIES and key in ("cache_dir", "recompute")
+            and cfg.selection.get("budget_metric") == "time" and budget_chooses(cfg.selection)):
+        return None
+    return (f"selection={policy} takes no sensitivity estimate (the sensitivity_budget and "
+            f"sensitivity_threshold policies do)")
 
 
 def warn_unread_basis_overrides(cfg: Any) -> None:
@@ -68,6 +89,21 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
         log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
                     "convert, basis.dense_warmup_epochs > 0, the sensitivity policies), and "
                     "this run trains its basis layers from scratch", keys)
+    warn_unread_sensitivity_keys(cfg, given)
+
+
+def warn_unread_sensitivity_keys(cfg: Any, overrides: list[str]) -> None:
+    """A ``sensitivity.<key>`` given to one training run that does not read it
+    (:func:`sensitivity_unread`): ``selection=all sensitivity.finetune_epochs=3`` or
+    ``experiment=basis_selected sensitivity.search_subset_size=4`` changed nothing, unsaid
+    (left at stop 72)."""
+    unread = {}
+    for override in overrides:
+        key = re.match(r"[+~]*sensitivity\.(\w+)", override)
+        if key and (why := sensitivity_unread(cfg, key[1])):
+            unread.setdefault(why, []).append(override)
+    for why, keys in unread.items():
+        log.warning("%s %s unread: %s", " ".join(keys), "is" if len(keys) == 1 else "are", why)
 
 
 def unread_in_training(cfg: Any, key: str) -> str | None:
@@ -82,6 +118,8 @@ def unread_in_training(cfg: Any, key: str) -> str | None:
         return f"selection={policy} does not read it"
     if key == "basis.fit" and fit_unread(cfg):
         return "no layer is converted: the basis layers train from scratch"
+    if key.startswith("sensitivity.") and (why := sensitivity_unread(cfg, key.split(".")[1])):
+        return why
     if cfg.logger.backend == "none" and re.match(UNREAD_BY_NO_LOGGER, key):
         return "logger=none logs to no tracker"
     return None
