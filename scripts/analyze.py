@@ -11,7 +11,6 @@ the FLOP line), ``accuracy-params-*.png``, ``curves-*.png``, the sensitivity plo
 chosen layers, the exhaustive-search summary, and ``index.json`` (provenance and runs).
 """
 
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -19,6 +18,7 @@ from omegaconf import DictConfig
 from basisconv.analysis.report import write_report
 from basisconv.cli import check_sweep_jobs, exit_on_user_error
 from basisconv.errors import ConfigError
+from basisconv.records import script_command
 from basisconv.unread import warn_unread_source_overrides
 
 
@@ -38,7 +38,7 @@ check_sweep_jobs(refuse_sweep)
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     warn_unread_source_overrides(cfg)
-    written = write_report(cfg, "python scripts/analyze.py " + " ".join(sys.argv[1:]))
+    written = write_report(cfg, script_command(__file__))
     print(f"wrote {len(written)} files to {cfg.out_dir}/: " + ", ".join(p.name for p in written))
 
 

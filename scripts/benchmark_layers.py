@@ -17,8 +17,6 @@ a JSON record with provenance for each, and ``basis-speedup-<dev>-<prec>.png``.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from basisconv.analysis.figures import basis_speedups
@@ -27,7 +25,7 @@ from basisconv.cli import exit_on_user_error
 from basisconv.errors import DatasetError
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES
-from basisconv.records import unwritable_folder
+from basisconv.records import script_command, unwritable_folder
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if blocker := unwritable_folder(str(args.out_dir.absolute())):
         parser.error(f"--out-dir {args.out_dir} cannot be written ({blocker}); give another folder")
 
-    command = shlex.join(["python", "scripts/benchmark_layers.py", *(sys.argv[1:] if argv is None else argv)])
+    command = script_command(__file__, argv)
     result = run(options, args.out_dir, command)
     basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
                    target_slack=TARGET_SLACK)

@@ -15,8 +15,6 @@ batch source wrapped by a timer, so what is measured is exactly what training do
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from basisconv.bench.train import ThroughputOptions, record_folder, run
@@ -24,7 +22,7 @@ from basisconv.cli import exit_on_user_error
 from basisconv.config import COMPILE_MODES
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES, precision_name
-from basisconv.records import unwritable_folder
+from basisconv.records import script_command, unwritable_folder
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--out {args.out or RESULTS} cannot be written ({blocker}); give another "
                      f"path")
 
-    command = shlex.join(["python", "scripts/benchmark_train.py", *(sys.argv[1:] if argv is None else argv)])
+    command = script_command(__file__, argv)
     result, out = run(options, args.out, results_dir=RESULTS, command=command)
     print(f"{args.model} batch {args.batch_size} on {result['device']} ({result['threads']} threads, "
           f"{precision_name(args.amp)}, channels_last={args.channels_last}):")

@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
               f"--no-index --no-deps --target DIR them, and put DIR on PYTHONPATH)",
               file=sys.stderr)
         return 2
-    from basisconv.records import RunRecord, device_name, provenance, write_record
+    from basisconv.records import (RunRecord, device_name, provenance, script_command,
+                                   write_record)
 
     work = Path(args.work_dir)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "WANDB_MODE": "disabled", "PY": sys.executable, "OUTPUTS": str(work / "outputs")}
     parts: list[dict] = []
     deadline = time.perf_counter() + args.budget_s
-    prov = provenance("python scripts/gpu_check.py " + " ".join(argv or sys.argv[1:]))
+    prov = provenance(script_command(__file__, argv))
     path = Path(args.out_dir) / f"gpu-check-{device_name(prov['hardware'])}.json"
 
     def write(status: str) -> None:

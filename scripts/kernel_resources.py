@@ -13,15 +13,13 @@ its speed still needs one (``make gpu-speed``).
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from basisconv.bench import flag_below_minimum
 from basisconv.bench.kernel_resources import ARCH, measure, write_resources
 from basisconv.cli import exit_on_user_error
 from basisconv.kernels import triton_conv
-from basisconv.records import unwritable_folder
+from basisconv.records import script_command, unwritable_folder
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -62,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
     table, seconds = measure(args.dtypes, args.widths, args.kernel_size, args.kernels)
     print(table.to_string(index=False))
-    command = shlex.join(["python", "scripts/kernel_resources.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = script_command(__file__, argv)
     write_resources(table, args.out, vars(args) | {"out": str(args.out)}, command, seconds)
     print(f"written to {args.out} and its .json")
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 from pathlib import Path
 
 from basisconv.analysis.speed import write_summary
 from basisconv.cli import exit_on_user_error
-from basisconv.records import unwritable_folder
+from basisconv.records import script_command, unwritable_folder
 
 # the repository's results/, where the benchmarks write, from whichever folder this is run
 # (named relative to it, as the summary's note shows the folders)
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"--out {args.out / 'speed-summary'}")
     if blocker := unwritable_folder(str(args.out.absolute().parent)):
         parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
-    command = shlex.join(["python", "scripts/speed_report.py", *(sys.argv[1:] if argv is None else argv)])
+    command = script_command(__file__, argv)
     written = write_summary(args.folders, args.out, command)
     print(f"wrote {', '.join(str(p) for p in written)}")
 

@@ -1613,18 +1613,23 @@ def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, 
     import subprocess
     import sys
 
+    import shlex
+
     write_runs(tmp_path / "runs", RECORDS[:2])
-    args = ["profile=test", f"runs_dir={tmp_path / 'runs'}", f"out_dir={tmp_path / 'out'}"]
+    # a folder with a space: " ".join recorded it as two words, a command that did not rerun
+    out = tmp_path / "my out"
+    args = ["profile=test", f"runs_dir={tmp_path / 'runs'}", f"out_dir={out}"]
     done = subprocess.run([sys.executable, str(repo / "scripts" / "analyze.py"), *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "WANDB_MODE": "disabled",
                                "MPLCONFIGDIR": str(tmp_path / "matplotlib")})
     assert done.returncode == 0, done.stderr[-2000:]
-    command = "python scripts/analyze.py " + " ".join(args)
-    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    command = shlex.join(["python", "scripts/analyze.py", *args])
+    index = json.loads((out / "index.json").read_text())
     assert index["provenance"]["command"] == command
-    assert f"by `{command}`" in (tmp_path / "out" / "comparison-cpu-fp32.md").read_text()
-    assert done.stdout.startswith(f"wrote {len(index['files']) + 1} files to {tmp_path / 'out'}/")
+    assert shlex.split(command)[2:] == args
+    assert f"by `{command}`" in (out / "comparison-cpu-fp32.md").read_text()
+    assert done.stdout.startswith(f"wrote {len(index['files']) + 1} files to {out}/")
 
 
 def test_the_analyze_script_refuses_a_sweep_in_one_line_leaving_no_folder(tmp_path, repo):

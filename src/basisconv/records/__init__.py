@@ -9,6 +9,7 @@ producers themselves. Everything is importable from ``basisconv.records``."""
 
 from .origin import (git_commit, hardware, measured_on_cpu, device_name, commit_name,
                      hardware_name, package_versions, timestamp, this_command, HYDRA_VALUE_FLAGS,
+                     script_command,
                      provenance, wandb_provenance, provenance_from_wandb)
 from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, temporary_beside,
                     leftover_temporaries, STALE_AFTER_S, write_atomic, write_bytes_atomic,
@@ -23,6 +24,7 @@ from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_proto
 
 __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_name",
            "hardware_name", "package_versions", "timestamp", "this_command", "HYDRA_VALUE_FLAGS",
+           "script_command",
            "provenance", "wandb_provenance", "provenance_from_wandb", "json_digest", "file_digest",
            "LOCK", "make_folder", "folder_lock", "temporary_beside", "leftover_temporaries",
            "STALE_AFTER_S",

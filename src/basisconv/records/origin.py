@@ -224,6 +224,15 @@ def _hydra_flags(argv: list[str]) -> list[str]:
     return flags
 
 
+def script_command(script: str, argv: list[str] | None = None) -> str:
+    """``python scripts/<name> <arguments>`` of an entry point, quoted as a shell reads it
+    back (``" ".join`` recorded ``out_dir='my results'`` as two words, a command that does
+    not rerun; found in review): ``script`` is its ``__file__``, ``argv`` its arguments (by
+    default this process's). The script's path is the checkout's, wherever it ran from."""
+    return shlex.join(["python", f"scripts/{Path(script).name}",
+                       *(sys.argv[1:] if argv is None else argv)])
+
+
 def provenance(command: str | None = None) -> dict[str, Any]:
     """Everything a reader needs to say where a number came from. Without a ``command``,
     the command that ran (``this_command``)."""
