@@ -95,14 +95,17 @@ def test_a_count_takes_that_many_least_sensitive_layers_as_the_baselines_take_it
         pick_layers(policy("sensitivity_threshold", count=2), TABLE, DENSE)
 
 
-def test_a_time_budget_passes_over_layers_whose_basis_form_saves_no_time():
+def test_a_time_budget_passes_over_layers_whose_basis_form_saves_no_time(caplog):
     # measured savings (s per step): b is slower in basis form, e saves nothing
     table = TABLE.assign(seconds_saved=[0.010, -0.002, 0.003, 0.004, 0.0, 0.020])
     dense = {**DENSE, "time": 0.1}
     # order by drop: d (+.004), b (slower: passed), f (+.020), e (none: passed), c (+.003):
     # .027 >= 25 % of 0.1 s
-    chosen = pick_layers(policy("sensitivity_budget", budget_metric="time"), table, dense)
+    with caplog.at_level("INFO", logger="basisconv.selection"):
+        chosen = pick_layers(policy("sensitivity_budget", budget_metric="time"), table, dense)
     assert chosen == ["c", "d", "f"]
+    # with its unit (found in review: "(-0.002)", where the budget's own lines say ms)
+    assert "b saves no time (-0.002 s a step); passed over" in caplog.text
     assert pick_layers(policy("last_k", budget_metric="time", budget_reduction=0.1),
                        table, dense) == ["f"]
 
@@ -1766,6 +1769,12 @@ def test_each_policys_rule_is_said_in_words_for_the_results_pages():
         "all": "", "none": ""}
     assert rule_in_words({**budget, "policy": "last_k", "count": 4}) == \
         "the last 4 layers in model order"
+    # found in review: "the 1 layers least sensitive ..." on the results pages
+    assert rule_in_words({**budget, "policy": "sensitivity_budget", "count": 1,
+                          "metric": "accuracy_drop"}) == \
+        "the 1 layer least sensitive by accuracy drop"
+    assert rule_in_words({**budget, "policy": "random", "count": 1, "seed": 3}) == \
+        "1 layer in a random order (seed 3)"
     assert rule_in_words({**budget, "policy": "sensitivity_budget", "count": 5,
                           "metric": "loss_increase"}) == "the 5 layers least sensitive by loss increase"
     assert rule_in_words({"policy": "sensitivity_threshold", "metric": "accuracy_drop",

@@ -150,10 +150,10 @@ def chosen_or_dense(selection: DictConfig, chosen: list[str]) -> list[str] | Non
 # new baseline policy's page says "least sensitive first").
 ORDER_WORDS = {
     "sensitivity_budget": ("least sensitive by {metric} first",
-                           "the {k} layers least sensitive by {metric}"),
-    "first_k": ("in model order", "the first {k} layers in model order"),
-    "last_k": ("in reverse model order", "the last {k} layers in model order"),
-    "random": ("in a random order (seed {seed})", "{k} layers in a random order (seed {seed})"),
+                           "the {k} {layers} least sensitive by {metric}"),
+    "first_k": ("in model order", "the first {k} {layers} in model order"),
+    "last_k": ("in reverse model order", "the last {k} {layers} in model order"),
+    "random": ("in a random order (seed {seed})", "{k} {layers} in a random order (seed {seed})"),
 }
 
 
@@ -343,6 +343,9 @@ def budget_chooses(selection: DictConfig | Mapping) -> bool:
             and selection.get("count") is None)
 
 
+#: What a candidate table's saving column counts, by budget metric (its time column is
+#: seconds a training step).
+SAVING_UNITS = {"params": "parameters", "flops": "FLOPs", "time": "s a step"}
 #: How a page names what a budget is a share of.
 BUDGET_WORDS = {"params": "parameters", "flops": "training FLOPs",
                 "time": "training-step time (measured)"}
@@ -364,9 +367,11 @@ def rule_in_words(selection: DictConfig | Mapping) -> str:
         shown = f"{100 * bound:g} points" if metric == "accuracy drop" else f"{bound:g}"
         return f"every layer whose {metric} is at most {shown}"
     by_budget, by_count = ORDER_WORDS.get(
-        policy, (f"in the {policy} policy's order", f"the first {{k}} layers in the {policy} "
+        policy, (f"in the {policy} policy's order", f"the first {{k}} {{layers}} in the {policy} "
                  f"policy's order"))
-    words = {"metric": metric, "seed": selection.get("seed"), "k": selection.get("count")}
+    count = selection.get("count")
+    words = {"metric": metric, "seed": selection.get("seed"), "k": count,
+             "layers": "layer" if count == 1 else "layers"}  # (not "the 1 layers")
     if not budget_chooses(selection):
         return by_count.format(**words)
     order = by_budget.format(**words)
@@ -516,8 +521,9 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
         if met(saved):
             break
         if saving[name] <= 0:
-            log.info("selection %s: %s saves no %s (%g); passed over", selection.policy, name,
-                     selection.budget_metric, saving[name])
+            log.info("selection %s: %s saves no %s (%g %s); passed over", selection.policy,
+                     name, selection.budget_metric, saving[name],
+                     SAVING_UNITS[selection.budget_metric])
             continue
         chosen.append(name)
         saved += saving[name]
