@@ -742,6 +742,21 @@ def test_layer_problems_are_caught_when_the_model_is_built(compose_cfg):
         choose_layers(compose_cfg("model=resnet20", "selection=list"))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["selection=list", "selection.layers=[layer1.0.conv]"],
+     r"^selection.layers: unknown layer 'layer1.0.conv' \(did you mean"),
+    (["selection=random", "sensitivity.layers=[layer9.*]"],
+     r"^sensitivity.layers: layer pattern 'layer9.\*' matches no convolution"),
+])
+def test_the_layer_names_a_policy_reads_are_checked_with_the_config(compose_cfg, overrides,
+                                                                    message):
+    """Checked with the other values, before a sweep's first job (not only as each job
+    builds its model); a policy that reads no names is not judged by them."""
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg("model=resnet20", *overrides))
+    validate(compose_cfg("model=resnet20", "selection=all", "sensitivity.layers=[layer9.*]"))
+
+
 @pytest.mark.parametrize("override, message", [
     ("sensitivity.layers=[layer9.*]", r"^sensitivity.layers: layer pattern 'layer9.\*' matches "
                                       r"no convolution"),
@@ -757,7 +772,9 @@ def test_candidate_problems_are_found_before_the_sensitivity_pretraining(
     def pretrain(cfg):
         raise AssertionError("pretrained before the candidates were checked")
     monkeypatch.setattr(sensitivity, "Probe", pretrain)
-    cfg = compose_cfg("model=resnet20", "selection=sensitivity_budget", override)
+    # selection=none: scripts/sensitivity.py estimates for every policy, and validate
+    # checks sensitivity.layers only for the policies that choose among them
+    cfg = compose_cfg("model=resnet20", "selection=none", override)
     validate(cfg)
     with pytest.raises(ConfigError, match=message):
         sensitivity.estimate(cfg)

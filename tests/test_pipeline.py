@@ -222,6 +222,21 @@ def test_a_value_out_of_range_in_a_sweeps_last_job_is_one_line_before_any_job_ru
     assert not list(sweep.glob("*/run.json"))
 
 
+@pytest.mark.parametrize("overrides", [
+    ("selection=list", "selection.layers=[layer1.0.conv1],[layer1.0.conv]"),
+    ("selection=first_k", "selection.count=2", "sensitivity.layers=[all],[layer9.*]")])
+def test_a_misspelt_layer_name_in_a_sweeps_last_job_is_one_line_before_any_job_runs(
+        tmp_path, repo, overrides):
+    """Found in review: a layer name the model lacks was checked only as its job started,
+    so the jobs before it trained first (docs/experiments.md: every job's values are
+    checked before the first job runs)."""
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(repo, tmp_path, *overrides, f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and "nothing ran" in lines[0], lines
+    assert "matches no convolution" in lines[0] or "unknown layer 'layer1.0.conv'" in lines[0]
+    assert not list(sweep.glob("*/run.json"))
+
+
 def test_sweep_jobs_that_would_publish_to_one_file_are_refused_before_any_runs(tmp_path, repo):
     # Found by audit: every job wrote the same file, so the sweep kept only its last record
     sweep, published = tmp_path / "sweep", tmp_path / "published.json"

@@ -18,9 +18,11 @@ import logging
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 
@@ -30,9 +32,10 @@ from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
-from .models import list_models, parameter_count
+from .models import build_model, list_models, parameter_count
 from .records import unwritable_folder
-from .selection import SelectionConfig, check_selection
+from .selection import ORDERED_POLICIES, SelectionConfig, check_selection
+from .surgery import select_layers
 
 
 @dataclass
@@ -484,6 +487,28 @@ def resolve_all(cfg: DictConfig) -> None:
                 cfg[key]  # (a value read resolves its ${...})
 
 
+def _check_layer_names(cfg: DictConfig) -> None:
+    """The layer names and patterns a run's policy reads (``selection.layers`` of ``list``,
+    the candidates ``sensitivity.layers`` of an ordered policy) against the model, shaped on
+    the meta device (nothing is allocated): checked only as the run built its model, a
+    misspelt name in a sweep's last job failed after the jobs before it had trained."""
+    policy = cfg.selection.policy
+    if policy == "list":
+        layers, key = list(cfg.selection.layers), "selection.layers"
+    elif policy in ORDERED_POLICIES:
+        layers, key = list(cfg.sensitivity.layers), "sensitivity.layers"
+    else:
+        return
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model.name, cfg.data.num_classes, cfg.model.width)
+    except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
+        return  # (one that reads files as it is built) is checked as the run builds it
+    with warnings.catch_warnings():  # a layer a pattern skips is warned of by the run itself
+        warnings.simplefilter("ignore")
+        select_layers(model, layers, key=key)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
@@ -530,6 +555,7 @@ def validate(cfg: DictConfig) -> None:
                f"{key}={value} does not fit in 64 bits; use a seed in [0, 2**63)")
     validate_trainer(cfg)
     validate_basis(cfg)
+    _check_layer_names(cfg)
     t = cfg.trainer
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
