@@ -360,7 +360,12 @@ def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repea
      r"selection.budget_reduction must be in \(0, 1\), got 2.0"),
     ({"policy": "random", "count": 2}, r"selection.seed is not set; selection.policy=random reads it"),
     ({"policy": "sensitivity_budget", "metric": "accuracy_drop"},
-     r"selection.budget_metric is not set; selection.policy=sensitivity_budget reads it"),
+     r"selection.budget_metric is not set; selection.policy=sensitivity_budget reads it; "
+     r"choose one of params, flops, time"),
+    # (a key with a few valid values names them: a user's dict lacks base.yaml's defaults)
+    ({"policy": "sensitivity_threshold", "threshold": 0.01},
+     r"selection.metric is not set; selection.policy=sensitivity_threshold reads it; "
+     r"choose one of accuracy_drop, loss_increase$"),
     ({"policy": "first_k", "count": 2.5}, r"selection.count must be null or >= 1, got 2.5"),
     ({"policy": "all"}, r"selection.policy='all' needs no candidate table: pick_layers takes"),
     ({"threshold": 0.1}, r"selection.policy is not set; choose one of none, all"),

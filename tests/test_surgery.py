@@ -275,6 +275,36 @@ def test_a_wrapped_models_unknown_name_suggests_the_prefixed_one():
     assert isinstance(apply_basis(wrapped, "module.1", 4).module[1], BasisConv2d)
 
 
+def test_a_distributed_data_parallel_model_is_refused_naming_its_module(tmp_path):
+    """Found in review: converting inside DistributedDataParallel worked without a word,
+    but its gradient sync keeps the parameters it was built with: the basis layers' were
+    never averaged across processes, and the second step failed with DDP's "parameters
+    that were not used in producing loss", which names no conversion. The fix it names
+    (convert .module, wrap again) trains."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tmp_path / 'store'}")
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(
+            nn.Sequential(nn.Conv2d(4, 16, 3), nn.Conv2d(16, 16, 3)))
+        for call, fix in ((lambda: apply_basis(wrapped, "all", 4), "convert its .module"),
+                          (lambda: apply_basis(wrapped, "all", 4, inplace=True),
+                           "convert its .module"),
+                          (lambda: to_dense(wrapped), "make dense its .module")):
+            with pytest.raises(ConfigError, match=r"got a DistributedDataParallel model.*; "
+                                                  + fix) as err:
+                call()
+            assert "\n" not in str(err.value)
+        assert not basis_layers(wrapped)  # left as it was
+        rewrapped = nn.parallel.DistributedDataParallel(apply_basis(wrapped.module, "1", 4))
+        for _ in range(2):  # the second step is the one that failed
+            rewrapped(torch.randn(2, 4, 8, 8)).sum().backward()
+        assert all(p.grad is not None for p in rewrapped.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("convert", [True, False])
 def test_a_conv_with_non_finite_weights_is_one_error_naming_it(bad, convert):
@@ -337,9 +367,13 @@ def test_only_where_saves_that_leaves_every_layer_dense_says_so():
     a count above every layer is refused as changing nothing."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1))
-    for size in ({"num_basis": 0.9}, {"max_error": 0.01}):
+    # the fix it names is the one that converts: a smaller basis, or a looser bound (a
+    # max_error run was told to give a smaller basis, which it does not set; found in review)
+    for size, fix in (({"num_basis": 0.9}, "give a smaller basis"),
+                      ({"max_error": 0.01}, "give a larger max_error")):
         with pytest.warns(UserWarning, match=r"only_where_saves=True left them all dense and "
-                                             r"the model returned has no basis layer"):
+                                             r"the model returned has no basis layer; "
+                                             + fix):
             kept = apply_basis(model, "all", only_where_saves=True, **size)
         assert not basis_layers(kept)
     # a conversion that converts some layers says nothing of the kind

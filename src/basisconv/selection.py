@@ -420,7 +420,7 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
         raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of "
                           f"layers)")
     if ("metric" in read or every_key) and (
-            _needed(selection, "metric") not in METRICS):
+            _needed(selection, "metric", METRICS) not in METRICS):
         raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
                           f"{', '.join(METRICS)}")
     if "threshold" in read or every_key:
@@ -441,7 +441,7 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
                            f"sensitivity.csv gives it; the pages show points): for "
                            f"{threshold:g} points give {threshold / 100:g}")
     if "budget_reduction" in read or every_key:
-        if _needed(selection, "budget_metric") not in BUDGET_METRICS:
+        if _needed(selection, "budget_metric", BUDGET_METRICS) not in BUDGET_METRICS:
             raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
                               f"one of {', '.join(BUDGET_METRICS)}")
         reduction = _needed(selection, "budget_reduction")
@@ -456,13 +456,16 @@ def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
                               f"seed>=0 or selection.seed>=0")
 
 
-def _needed(selection: DictConfig, key: str):
+def _needed(selection: DictConfig, key: str, choices: Iterable[str] = ()):
+    """``selection[key]``, or one error naming the key and, where it has a few, its valid
+    values (a user's own dict for :func:`pick_layers` lacks the keys ``base.yaml`` sets)."""
     value = selection.get(key)
     if value is None:
         policy = selection.get("policy")
+        choices = ", ".join(choices) if policy else ", ".join(POLICIES)
         raise ConfigError(f"selection.{key} is not set" + (
-            f"; selection.policy={policy} reads it" if policy else
-            f"; choose one of {', '.join(POLICIES)}"))
+            f"; selection.policy={policy} reads it" if policy else "")
+            + (f"; choose one of {choices}" if choices else ""))
     return value
 
 

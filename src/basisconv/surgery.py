@@ -241,11 +241,13 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         # (a count above every layer is refused in _sizes_of; a config's run says so itself,
         # train.warn_if_dense; each layer's reason is logged at INFO, which a script of
         # the Python API does not show)
-        size = (f"max_error={max_error}" if max_error is not None else
-                f"{keys['num_basis']}={num_basis}")
+        # (a bound is loosened, not shrunk: a tighter one gives larger bases)
+        size, fix = ((f"max_error={max_error}", "give a larger max_error")
+                     if max_error is not None else
+                     (f"{keys['num_basis']}={num_basis}", "give a smaller basis"))
         warnings.warn(f"apply_basis: at {size} no selected layer saves compute, so "
                       f"only_where_saves=True left them all dense and the model returned has "
-                      f"no basis layer; give a smaller basis", stacklevel=2)
+                      f"no basis layer; {fix}", stacklevel=2)
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
@@ -271,10 +273,24 @@ def _check_model(model) -> None:
         raise ConfigError("apply_basis got a TorchScript module (torch.jit.script or trace), "
                           "whose convs cannot be replaced; convert the eager model, then "
                           "script or trace it")
+    _check_not_distributed(model, "apply_basis", "convert")
     if isinstance(model, nn.Conv2d):  # it converts the convs inside a model, by name
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
                           "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
+
+
+def _check_not_distributed(model: nn.Module, function: str, verb: str) -> None:
+    """Refuse a ``DistributedDataParallel`` model. Why: its gradient sync is built once, on
+    the parameters it wrapped; layers replaced inside it have parameters it never
+    averages, so the processes' copies drift apart silently (and its next step fails
+    with DDP's unused-parameters error, which names no conversion). ``nn.DataParallel``
+    copies the model at every forward and converts as it is."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ConfigError(f"{function} got a DistributedDataParallel model, whose gradient "
+                          f"sync keeps the parameters it was built with (new layers' would "
+                          f"not be averaged); {verb} its .module, then wrap the result in "
+                          f"DistributedDataParallel again")
 
 
 def _check_is_module(model, function: str) -> None:
@@ -425,6 +441,7 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         raise ConfigError("to_dense got a TorchScript module, whose layers cannot be "
                           "replaced; make the eager model dense, then script or trace it")
+    _check_not_distributed(model, "to_dense", "make dense")
     if isinstance(model, BasisConv2d):
         raise ConfigError("to_dense got a single basis layer; use its to_conv()")
     if not inplace:
