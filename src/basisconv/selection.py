@@ -19,7 +19,8 @@ Ordered policies consider only *candidates*: layers where a basis of the configu
 saves compute, listed in a *candidate table* (:func:`layer_savings`: what each saves, by
 the cost model; for the sensitivity policies the sensitivity table, which adds the
 measured metrics). The policies are pure functions of that table; the table is made by
-the caller (``basisconv.sensitivity.choose_layers``), so choosing never trains a model.
+the caller (``basisconv.sensitivity.choose_layers_and_table``), so choosing never trains a
+model.
 
 A new ordered policy: its file in ``configs/selection/`` (``defaults: [base, _self_]`` and
 ``policy: <name>``), its name in :data:`ORDERED_POLICIES`, its order of the candidates in
