@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from basisconv.data import (MEAN, STD, TensorBatches, load_cifar10, normalize, random_crop,
-                            random_flip, stratified_subset)
+                            random_flip, stratified_subset, synthetic_stripes)
 from basisconv.errors import ConfigError, DatasetError
 from cifar_files import random_images, write_cifar
 
@@ -755,3 +755,47 @@ def test_a_root_under_an_unknown_users_home_is_one_error_where_it_keys_a_table(r
     old = {"data.name": "cifar10", "data.verify_md5": False, "data.root": str(tmp_path)}
     with pytest.raises(DatasetError, match=r"names no user's home"):
         same_data(old, {**old, "data.root": root})
+
+
+def test_normalize_uses_each_channels_own_cifar10_statistics():
+    """The published per-channel statistics, written out here (not read from MEAN and STD,
+    as test_normalize_standardizes_and_keeps_layout does, which any change to the constants
+    passes): red, green and blue in that order, and the true std, not kuangliu's (0.2023,
+    0.1994, 0.2010). A pure red pixel is then far above the mean in red and below it in
+    green and blue (found by a mutation test: the means of red and blue swapped failed no
+    test)."""
+    red = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)
+    red[0, 0] = 255
+    expected = [(1 - 0.4914) / 0.2470, (0 - 0.4822) / 0.2435, (0 - 0.4465) / 0.2616]
+    torch.testing.assert_close(normalize(red).flatten(), torch.tensor(expected))
+
+
+def test_the_generated_problems_test_images_are_not_its_training_images():
+    """``data=stripes`` draws its test images apart from its training ones: a held-out
+    accuracy measured on images the model trained on would pass for learning (found by a
+    mutation test: test images taken from the training images' draw failed no test; the
+    learning test then passes on memorized images)."""
+    data = synthetic_stripes(60, 40, seed=3)
+    assert data.train_images.shape[0] == 60 and data.test_images.shape[0] == 40
+    train = {bytes(image.flatten().tolist()) for image in data.train_images}
+    assert not any(bytes(image.flatten().tolist()) in train for image in data.test_images)
+
+
+def test_the_test_subset_is_drawn_from_the_test_split(tmp_path):
+    """data.test_subset keeps images of the test split, each with its own label: drawn from
+    the training split, the held-out accuracy would be measured on images the model trained
+    on (found by a mutation test: the subset's indices applied to the training images failed
+    no test, as the subset's size, labels' balance and seed were all still right)."""
+    from omegaconf import OmegaConf
+
+    from basisconv.data import prepare_data
+
+    write_cifar(tmp_path, n_train=200, n_test=40)
+    cfg = OmegaConf.create({"name": "cifar10", "root": str(tmp_path), "verify_md5": False,
+                            "download": False, "train_subset": None, "test_subset": 20})
+    subset, whole = prepare_data(cfg, 0), load_cifar10(tmp_path, verify_md5=False)
+    assert subset.test_images.shape == (20, 3, 32, 32)
+    kept = [(whole.test_images == image).flatten(1).all(1).nonzero().flatten().tolist()
+            for image in subset.test_images]
+    assert all(len(found) == 1 for found in kept), "a test image not of the test split"
+    assert torch.equal(whole.test_labels[[found[0] for found in kept]], subset.test_labels)

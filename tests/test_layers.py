@@ -805,3 +805,22 @@ def test_every_form_gives_the_coefficients_a_gradient_when_the_basis_is_every_fi
     for name, p in layer.named_parameters():
         assert p.grad is not None, name
         assert p.grad.shape == p.shape and bool((p.grad.abs() < float("inf")).all())
+
+
+def test_a_runs_basis_penalty_is_half_the_weight_decay_times_the_correction():
+    """What a run adds to its loss (``network.basis_penalty``) with ``basis.frobenius_decay``
+    is ``weight_decay / 2`` times the correction, the factor the test above proves right,
+    plus the coefficients' L1 term; without either, nothing (found by a mutation test: the
+    run's penalty at twice the correction, a decay of the computed weights at another
+    strength than the dense model's, failed no test)."""
+    from basisconv.layers import frobenius_decay_correction
+    from basisconv.network import basis_penalty
+    from basisconv.surgery import apply_basis
+
+    model = apply_basis(_two_convs(False), "all", 4, only_where_saves=False)
+    correction = frobenius_decay_correction(model).item()
+    penalty = basis_penalty(model, 0.1, frobenius_decay=True)
+    assert penalty().item() == pytest.approx(0.1 / 2 * correction)
+    both = basis_penalty(model, 0.1, coefficient_l1=0.01, frobenius_decay=True)
+    assert both().item() == pytest.approx(0.01 * coefficient_l1(model).item() + 0.05 * correction)
+    assert basis_penalty(model, 0.1) is None

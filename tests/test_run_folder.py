@@ -1361,3 +1361,50 @@ def test_an_atomic_write_where_the_folder_cannot_be_flushed_still_writes_the_fil
     write_text_atomic(tmp_path / "run.json", '{"a": 1}')
     assert (tmp_path / "run.json").read_text() == '{"a": 1}'
     assert len(os.listdir("/proc/self/fd")) == open_fds
+
+
+def test_a_resumed_online_run_sends_every_epoch_of_its_history_wandb_lacks(tmp_path, fake_wandb):
+    """A start that ran without wandb (it could not connect) leaves the online wandb run
+    behind the checkpoint: resumed, the epochs it lacks, from the first after its last
+    step, are sent from the record's history, and those it holds are not (found by a
+    mutation test: the first missing epoch left out failed no test)."""
+    from omegaconf import OmegaConf
+
+    from basisconv.tracking import Tracker
+
+    fake_wandb.server["abc"] = 2  # wandb holds epochs 1 and 2; the checkpoint 1 to 4
+    logger_cfg = OmegaConf.create({"backend": "wandb", "mode": "online", "project": "p",
+                                   "entity": None, "group": None, "tags": [],
+                                   "init_timeout_s": 90.0, "finish_timeout_s": 300.0})
+    history = [{"epoch": epoch, "test_accuracy": 0.1 * epoch} for epoch in range(1, 5)]
+    tracker = Tracker(logger_cfg, {}, tmp_path, "run", resume={"id": "abc"}, history=history)
+    run, = fake_wandb.runs
+    assert run.logged == [3, 4] and run.dropped == []
+    tracker.finish()
+
+
+def test_a_stopped_runs_wandb_run_ends_failed_and_a_complete_ones_finished(tmp_path, repo,
+                                                                          fake_wandb,
+                                                                          monkeypatch):
+    """A run stopped mid-way ends its wandb run with exit code 1 (failed: it lacks the later
+    epochs and the final metrics, and ``source=wandb`` analysis reads only finished runs);
+    the resumed run that completes it ends with 0 (found by a mutation test: a stopped run
+    whose wandb calls all worked ended its wandb run as finished, and no test failed)."""
+    from basisconv import loop
+    from basisconv.errors import Stopped
+
+    cfg = compose_tiny(repo, "logger.mode=offline")
+    run_epoch = loop.run_epoch
+
+    def stopped_in_epoch_two(number, *args, **kwargs):
+        if number == 2:
+            raise KeyboardInterrupt
+        return run_epoch(number, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", stopped_in_epoch_two)
+    with pytest.raises(Stopped):
+        fit(cfg, tmp_path)
+    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    assert fit(cfg, tmp_path)["status"] == "complete"
+    stopped, completed = fake_wandb.runs
+    assert stopped.finished == [1] and completed.finished == [0]

@@ -1193,3 +1193,29 @@ def test_a_constraint_on_a_converted_weight_is_said_to_stay_behind():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply_basis(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3)), "all", 0.25)
+
+
+def test_rebinding_the_optimizer_keeps_the_momentum_of_the_parameters_surgery_left():
+    """After a dense warm-up's conversion the optimizer is pointed at the new parameters:
+    those surgery left (norms, the head, unconverted convs) keep their momentum, the new
+    ones start from a zero buffer, and the settings stay (found by a mutation test: every
+    kept momentum dropped failed no test; the warm-up tests check the conversion, not the
+    optimizer's state)."""
+    from basisconv.network import rebind_optimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    kept = model[0].weight
+    momentum = optimizer.state[kept]["momentum_buffer"].clone()
+    assert momentum.abs().max() > 0
+    model[1] = nn.Conv2d(4, 4, 3)  # as surgery replaces a layer
+    rebind_optimizer(optimizer, model)
+    assert torch.equal(optimizer.state[kept]["momentum_buffer"], momentum)
+    assert torch.equal(optimizer.state[model[1].weight]["momentum_buffer"],
+                       torch.zeros_like(model[1].weight))
+    group, = optimizer.param_groups
+    assert (group["lr"], group["momentum"]) == (0.1, 0.9)
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]

@@ -380,6 +380,36 @@ def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_pat
                              "sensitivity": {"cache_dir": "b"}}, tmp_path)
 
 
+@pytest.mark.parametrize("key", ["seed", "trainer.lr", "trainer.epochs", "trainer.batch_size",
+                                 "trainer.weight_decay", "trainer.amp", "trainer.schedule",
+                                 "data.name", "data.train_subset", "model.width", "basis.size"])
+def test_resume_refuses_a_change_of_what_the_run_computes(tmp_path, key):
+    """Each key that changes the numbers a run computes is refused on resume: accepted, the
+    later epochs would train under another setting than the earlier ones, the record would
+    name only the later one, and the analysis (which takes runs that differ only in the
+    execution keys as repeats) would average it with its neighbours (found by a mutation
+    test: ``seed`` made an execution key failed no test)."""
+    from basisconv.checkpoint import check_same_run
+
+    saved = {"seed": 0, "trainer": {"lr": 0.1, "epochs": 3, "batch_size": 128,
+                                    "weight_decay": 5e-4, "amp": "none", "schedule": "onecycle"},
+             "data": {"name": "cifar10", "train_subset": None},
+             "model": {"width": 1.0}, "basis": {"size": 0.5}}
+    changed = {"seed": 1, "trainer.lr": 0.2, "trainer.epochs": 4, "trainer.batch_size": 64,
+               "trainer.weight_decay": 0.0, "trainer.amp": "bf16", "trainer.schedule": "cosine",
+               "data.name": "stripes", "data.train_subset": 5000, "model.width": 0.5,
+               "basis.size": 0.25}[key]
+    given = {section: dict(value) if isinstance(value, dict) else value
+             for section, value in saved.items()}
+    if "." in key:
+        section, name = key.split(".")
+        given[section][name] = changed
+    else:
+        given[key] = changed
+    with pytest.raises(ConfigError, match=rf"differs in {re.escape(key)}\)"):
+        check_same_run(saved, given, tmp_path)
+
+
 def test_resume_reads_a_key_an_older_version_did_not_write_as_what_it_ran_as(tmp_path):
     """Found in review: a checkpoint written before ``basis.fuse_norm`` existed resumed
     under ``basis.fuse_norm=true``, a method it was not built with."""
@@ -939,6 +969,21 @@ def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():
         "backward_seconds_per_step": 0.4})
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_an_infinite_loss_is_a_divergence_as_a_nan_one_is(value):
+    """A loss that overflowed to infinity (a logit past float16's range, a log of zero) has
+    diverged as a NaN one has: recorded, it would be written ``null`` in run.json and the
+    run counted as complete (found by a mutation test: a check of NaN alone failed no test,
+    as every divergence test makes a NaN)."""
+    from basisconv import loop
+    from basisconv.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="test loss became") as err:
+        loop.check_finite(value, "test loss")
+    assert err.value.quantity == "test loss"
+    loop.check_finite(1e30, "test loss")  # large but finite is not a divergence
+
+
 def test_a_divergence_keeps_what_diverged_through_a_worker_process_pickle():
     """A sensitivity fine-tune in a worker process raises TrainingDiverged; the parent
     gets it through pickle and still needs which quantity diverged and to what."""
@@ -1250,3 +1295,187 @@ def test_a_folder_that_holds_another_kind_of_run_is_not_trained_over(tmp_path, r
         fit(cfg, folder)
     assert (folder / "run.json").read_text() == record
     assert not (folder / "checkpoint.pt").exists()
+
+
+def test_evaluation_runs_the_model_in_eval_mode_and_leaves_its_norm_statistics():
+    """An epoch's test metrics are the model's in eval mode: batch norm normalizes with its
+    running statistics (not the test batch's own, which would let test images inform each
+    other's predictions) and the test set does not move those statistics (found by a
+    mutation test: ``evaluate`` in train mode failed no test)."""
+    import torch.nn.functional as F
+
+    from basisconv import loop
+    from basisconv.data import TensorBatches, normalize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 10))
+    norm = model[1]
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    statistics = [norm.running_mean.clone(), norm.running_var.clone()]
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(12) % 10
+    stats = loop.evaluate(model, TensorBatches(images, labels, 5, train=False))
+    assert not model.training
+    torch.testing.assert_close([norm.running_mean, norm.running_var], statistics,
+                               rtol=0, atol=0)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(normalize(images)), labels).item()
+    assert stats.loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_mode_sets_every_flag_it_needs_and_only_then(deterministic):
+    """``trainer.deterministic`` turns on torch's deterministic algorithms and cuDNN's
+    deterministic kernels, and turns off cuDNN's autotuner, whose choice of kernel may vary
+    between runs; without it the autotuner is on (fixed CIFAR shapes). (Found by a mutation
+    test: the autotuner left on in deterministic mode failed no test; on a CPU it changes
+    nothing, so only the flags can tell.)"""
+    from basisconv import loop
+
+    cudnn = torch.backends.cudnn
+    with loop.settings_restored(), torch.random.fork_rng():
+        loop.seed_everything(0, deterministic)
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        assert cudnn.deterministic is deterministic
+        assert cudnn.benchmark is (not deterministic)
+
+
+def test_an_fp16_run_resumes_with_the_loss_scale_it_had_reached(tmp_path, repo, monkeypatch):
+    """The checkpoint of an fp16 run keeps its loss scaler, and a resumed run steps with
+    that scaler's scale, not a fresh one's 65536: a run whose gradients had overflowed
+    (the scale halved, maybe many times) would otherwise skip steps again as it resumed
+    (found by a mutation test: the scaler neither saved nor restored failed no test, as
+    fp32 runs, which every resume test trains, have a disabled scaler with no state). On
+    a CPU, in seconds: a tiny model."""
+    from basisconv import loop
+    from basisconv.checkpoint import CHECKPOINT, checksum_path
+    from basisconv.errors import Stopped
+
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=50", "data.synthetic_test=20",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=2",
+                        "trainer.batch_size=25", "trainer.threads=1", "trainer.device=cpu",
+                        "trainer.amp=fp16", "trainer.progress=false"])
+    run_epoch, scales = loop.run_epoch, []
+
+    def stopped_in_epoch_two(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", stopped_in_epoch_two)
+    with pytest.raises(Stopped):
+        fit(cfg, tmp_path)
+    path = tmp_path / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    assert state["scaler"]["scale"] == 65536.0  # (no step of the tiny run overflowed)
+    state["scaler"]["scale"] = 1024.0  # as after six overflows
+    torch.save(state, path)
+    checksum_path(path).unlink()
+
+    def scale_seen(epoch, *args, scaler=None, **kwargs):
+        scales.append(scaler.get_scale())
+        return run_epoch(epoch, *args, scaler=scaler, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", scale_seen)
+    fit(cfg, tmp_path)
+    assert scales == [1024.0]
+
+
+def test_a_runs_seed_draws_its_initial_weights_and_its_batch_order(tmp_path, repo, monkeypatch):
+    """``seed`` reaches both random draws of a run: the model's initial weights and the
+    training batches' order (and augmentation). Two runs of one seed start alike, runs of
+    two seeds differ in both (found by a mutation test: either draw made with a fixed
+    seed failed no test; the repeats of a configuration would then differ in one source of
+    variance only, their spread understated). The data is read from files, the same for
+    every seed; each run stops as its first epoch begins."""
+    from basisconv import loop
+    from basisconv.errors import Stopped
+
+    write_cifar(tmp_path, n_train=100, n_test=20)
+
+    def start(seed, folder):
+        seen = {}
+
+        def first_epoch(epoch, model, train_batches, *args, **kwargs):
+            seen["weights"] = torch.cat([p.detach().flatten() for p in model.parameters()])
+            seen["order"] = torch.cat([labels for _, labels in train_batches])
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(loop, "run_epoch", first_epoch)
+        cfg = config(repo, [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet8",
+                            "model.width=0.25", "trainer.batch_size=20", "trainer.threads=1",
+                            "trainer.progress=false", f"seed={seed}"])
+        with pytest.raises(Stopped):
+            fit(cfg, tmp_path / folder)
+        return seen
+
+    first, again, other = start(0, "a"), start(0, "b"), start(1, "c")
+    assert torch.equal(first["weights"], again["weights"])
+    assert torch.equal(first["order"], again["order"])
+    assert not torch.equal(first["weights"], other["weights"])
+    assert not torch.equal(first["order"], other["order"])
+
+
+def test_each_step_follows_its_own_batchs_gradient():
+    """Two plain SGD steps move the weights by each batch's own gradient, at the weights
+    the step before left: gradients are cleared between steps, not summed over them
+    (found by a mutation test: the step's ``zero_grad`` removed failed no test, as every
+    test of the loop either took one step or compared two runs that both summed)."""
+    import torch.nn.functional as F
+
+    from basisconv import loop
+    from basisconv.data import TensorBatches
+
+    images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8) % 10
+
+    def batches():
+        return TensorBatches(images, labels, 4, train=True, seed=0, crop_padding=0)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3 * 4 * 4, 10)
+    start = [p.detach().clone() for p in model.parameters()]
+    trainer = _trainer(lr=0.5, momentum=0.0, nesterov=False, epochs=1, schedule="constant")
+    optimizer = loop.build_optimizer(model, trainer)
+    loop.train_one_epoch(torch.nn.Sequential(torch.nn.Flatten(), model), batches(), optimizer,
+                         loop.build_scheduler(optimizer, trainer, 2))
+    weight, bias = (p.detach().clone().requires_grad_() for p in start)
+    for x, y in batches():
+        loss = F.cross_entropy(F.linear(x.flatten(1), weight, bias), y)
+        gw, gb = torch.autograd.grad(loss, (weight, bias))
+        with torch.no_grad():
+            weight -= 0.5 * gw
+            bias -= 0.5 * gb
+    torch.testing.assert_close([p.detach() for p in model.parameters()],
+                               [weight.detach(), bias.detach()])
+
+
+# (torch warns when a schedule steps after an optimizer step the scaler skipped)
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_halves():
+    """Dynamic loss scaling: a step whose scaled fp16 gradients overflow (here 65536 times
+    ~2 per weight, past fp16's 65504) is skipped and the scale halved, so the next step,
+    at 32768, trains (found by a mutation test: the scaler's ``update`` dropped failed no
+    test; the scale then never backs off, and an fp16 run skips every step after its first
+    overflow, training nothing, with no error)."""
+    from basisconv import loop
+    from basisconv.data import TensorBatches
+
+    images = torch.full((16, 3, 4, 4), 255, dtype=torch.uint8)  # ~2 after standardizing
+    batches = TensorBatches(images, torch.zeros(16, dtype=torch.long), 8, train=True,
+                            crop_padding=0, flip=False)
+    linear = torch.nn.Linear(3 * 4 * 4, 10, bias=False)
+    torch.nn.init.zeros_(linear.weight)
+    trainer = _trainer(lr=0.01, momentum=0.0, nesterov=False, epochs=1, schedule="constant")
+    optimizer = loop.build_optimizer(linear, trainer)
+    scaler = loop.grad_scaler(torch.float16, torch.device("cpu"))
+    loop.train_one_epoch(torch.nn.Sequential(torch.nn.Flatten(), linear), batches, optimizer,
+                         loop.build_scheduler(optimizer, trainer, 2), amp_dtype=torch.float16,
+                         scaler=scaler)
+    assert scaler.get_scale() == 32768.0
+    assert linear.weight.abs().max() > 0  # the second step trained
