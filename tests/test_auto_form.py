@@ -116,14 +116,17 @@ def test_a_shape_that_cannot_be_measured_runs_the_stacked_form(monkeypatch):
     assert ran == ["stacked"] and auto.choices() == {}
 
 
-def test_dense_form_is_the_materialized_weights_conv():
+# (stride, padding, dilation): the second, each of them in play and unlike the others, found
+# by a mutation test (a dense form that dropped the dilation passed every test)
+@pytest.mark.parametrize("geometry", [(1, 1, 1), ((1, 2), (2, 1), (2, 3))])
+def test_dense_form_is_the_materialized_weights_conv(geometry):
     torch.manual_seed(1)
-    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
     basis = torch.randn(3, 4, 3, 3, dtype=torch.float64)
     comb = torch.randn(7, 3, dtype=torch.float64)
     weight = torch.einsum("om,mikl->oikl", comb, basis)
-    torch.testing.assert_close(dense_forward(x, basis, comb, None, 1, 1, 1),
-                               F.conv2d(x, weight, None, 1, 1, 1))
+    torch.testing.assert_close(dense_forward(x, basis, comb, None, *geometry),
+                               F.conv2d(x, weight, None, *geometry))
 
 
 def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):

@@ -550,6 +550,26 @@ def test_a_fused_combination_on_running_statistics_counts_the_matrix_gradient_it
                                                          counted["backward_flops"])
 
 
+@pytest.mark.filterwarnings("ignore:fuse_norm=True")  # split does not apply where it folds
+@pytest.mark.parametrize("combine", ["stacked", "split"])
+def test_a_folded_norm_on_running_statistics_whose_weight_trains_counts_the_matrix_gradient(
+        combine):
+    """A step that skips the coefficients under a folded norm on running statistics (eval
+    mode, as a fine-tuning recipe freezes them) whose weight trains: the folded matrix
+    ``gamma rstd A`` still needs its gradient, for gamma (found by a mutation test: the
+    cost model with that term dropped passed every test)."""
+    torch.manual_seed(0)
+    model = apply_basis(_NormedHead(), "a", 4, convert=False, fuse_norm=True, combine=combine)
+    CoefficientSkipSchedule(model, 2)(1)
+    model.eval()
+    assert model.bn.weight.requires_grad
+    shape = (2, 3, 8, 8)
+    counted = measure_flops(model, shape)
+    cost = model_cost(model, shape)
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+
+
 @pytest.mark.parametrize("coefficient_rank", [None, 1])
 def test_a_full_split_basis_counts_the_weight_gradient_its_empty_coefficients_ask_for(
         coefficient_rank):

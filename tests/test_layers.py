@@ -518,6 +518,18 @@ def test_coefficient_l1_counts_a_shared_matrix_once():
     assert both == pytest.approx(one.item() + coefficient_l1(third).item())
 
 
+def test_coefficient_l1_is_the_sum_of_the_absolute_coefficients():
+    """The penalty's value, by hand: signs do not cancel, and a pruned coefficient adds
+    nothing (the tests before compared only sums of layers; found by a mutation test,
+    a signed sum passed them)."""
+    layer = BasisConv2d(4, 5, 3, 2, dtype=torch.float64)
+    with torch.no_grad():
+        layer.coefficients.copy_(torch.tensor([[1.0, -2.0], [-3.0, 0.5], [0.25, -4.0]]))
+    assert coefficient_l1(layer).item() == 10.75
+    layer.prune_coefficients(1)
+    assert coefficient_l1(layer).item() == 2.0 + 3.0 + 4.0
+
+
 @pytest.mark.parametrize("rank", [1, 4])
 @pytest.mark.parametrize("max_error", [0.3, 0.5, 0.7])
 def test_max_error_with_a_coefficient_rank_is_met_by_the_smallest_basis(rank, max_error):
@@ -543,6 +555,27 @@ def test_max_error_a_coefficient_rank_cannot_meet_is_one_clear_error():
         with pytest.raises(ConfigError, match=f"coefficient_rank must be None or an int >= 1, "
                                               f"got {rank!r}"):
             BasisConv2d.from_conv(conv, max_error=0.5, coefficient_rank=rank)
+
+
+def test_an_error_bound_of_one_or_below_zero_is_refused():
+    """``max_error`` is a relative error in ``[0, 1)``: 1 is met by no filters at all
+    (every weight is within 1 of zero), so it was taken as a one-filter layer, silently
+    (found by a mutation test: only 1.5 was tried)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3)
+    for bad in (1.0, -0.01):
+        with pytest.raises(ConfigError, match=rf"^max_error must be in \[0, 1\), got {bad}$"):
+            BasisConv2d.from_conv(conv, max_error=bad)
+    assert BasisConv2d.from_conv(conv, max_error=0.0).num_basis == 8
+
+
+def test_an_error_bound_with_rank_one_coefficients_may_take_every_filter():
+    """Rank 1 is allowed at full rank too (no combined outputs): a bound that only every
+    filter meets gives the full layer, not "cannot be met" (found by a mutation test)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 32, 3)  # 32 independent filters of 72 entries
+    layer = BasisConv2d.from_conv(conv, max_error=1e-9, coefficient_rank=1)
+    assert layer.num_basis == 32 and layer.reconstruction_error < 1e-6
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")

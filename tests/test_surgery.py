@@ -72,6 +72,14 @@ def test_fresh_layers_without_conversion():
     assert layer.basis_weight.dtype == torch.float64 and not layer.training
 
 
+def test_without_a_size_each_layer_keeps_half_its_filters():
+    """The documented default (neither num_basis nor max_error): half of each layer's
+    out_channels, rounded half up (found by a mutation test: every test gave a size)."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 9, 3))
+    sizes = [layer.num_basis for layer in apply_basis(model, "all", convert=False)]
+    assert sizes == [8, 5]
+
+
 def _rms(weight):
     return float(weight.detach().double().square().mean().sqrt())
 
