@@ -101,6 +101,17 @@ def test_comparison_averages_seeds_and_compares_with_the_baseline():
     assert three.set_index("selection").loc["none", "test_accuracy"] == pytest.approx(0.93)
 
 
+def test_the_flop_ratio_is_of_training_flops_forward_and_backward_together():
+    """Found by a mutation test: the records above have a backward of twice the forward in
+    every run, so a ratio of the forward FLOPs alone passed; a basis layer's backward does
+    not shrink as its forward does (its coefficients' gradients)."""
+    basis = record("all", 0.5, 0, 0.80, 500, 50)
+    basis["model"]["backward_flops"] = 150  # dense: 100 forward + 200 backward
+    table = compare(runs_frame([(r, "here") for r in [RECORDS[0], basis]])).set_index("selection")
+    assert table.loc["all", "flops_ratio"] == pytest.approx(200 / 300)
+    assert table.loc["all", "theory_speedup"] == pytest.approx(1.5)
+
+
 def test_epoch_time_is_the_median_epoch_so_a_first_epoch_that_compiles_is_not_charged():
     # trainer.compile: the dense run's first epoch also compiled (60 s against 10 s); the
     # mean (35 s) would charge half of that to each epoch and double the epoch speedup
@@ -2538,6 +2549,54 @@ def test_a_threshold_page_names_the_layers_within_the_drops_noise_of_its_thresho
     rec["sensitivity"]["drop_noise"] = None  # not measured: no line
     assert "own noise of the threshold" not in sensitivity.summarize(
         rec, tmp_path / "none", "test")[1].read_text()
+
+
+def test_a_loss_threshold_is_read_against_the_loss_noise_one_std_included():
+    """Found by a mutation test: the page's line was tested on an accuracy threshold only,
+    so one on loss_increase measured against the accuracy's std (0.005 here, naming no
+    layer), or a drop exactly one std away left out, passed."""
+    import copy
+
+    from basisconv.analysis.sensitivity import threshold_noise_line
+
+    rec = copy.deepcopy(sensitivity_record())
+    rec["config"]["selection"] = {"policy": "sensitivity_threshold", "threshold": 0.5,
+                                  "metric": "loss_increase", "count": None}
+    rec["sensitivity"]["drop_noise"] = {"repeats": 3, "accuracy_std": 0.005,
+                                        "loss_std": 0.25, "layers": []}
+    table = pd.DataFrame({"layer": list("abcd"), "position": range(4),
+                          "loss_increase": [0.1, 0.25, 0.75, 1.0]})
+    assert threshold_noise_line(rec, table) == (
+        " Within the drops' own noise of the threshold (0.5 ± 0.25): 2 of 4 layers (b, c), "
+        "chosen or left by chance of the batch order.")
+
+
+def test_runs_without_a_sensitivity_table_do_not_split_a_row_by_table():
+    """Found by a mutation test: only the runs that name the table that chose their layers
+    are compared by it; a seed recorded without one (an older record) is no other table."""
+    from basisconv.analysis.report import tables_line
+
+    runs = [record("sensitivity_budget", seed=s) for s in (0, 1, 2)]
+    runs[0]["sensitivity_table"] = runs[1]["sensitivity_table"] = "abc"
+    assert tables_line(runs_frame([(r, "here") for r in runs])) == ""
+    runs[2]["sensitivity_table"] = "def"
+    assert "(abc: seeds 0 1; def: seeds 2)" in tables_line(runs_frame([(r, "here") for r in runs]))
+
+
+def test_the_recipe_line_counts_a_dense_run_trained_once_per_basis_size_once():
+    """Found by a mutation test: the line on what was trained counted the copies of a
+    dense run a size sweep trains once per size as more seeds ("2-4 seeds per row")."""
+    import copy
+
+    from basisconv.analysis.report import recipe_line
+
+    copies = []
+    for original in RECORDS[:2]:
+        again = copy.deepcopy(original)
+        again["config"]["basis"]["size"] = 0.25  # unread by a dense run: the same run
+        copies.append(again)
+    runs = runs_frame([(r, "here") for r in [*RECORDS[:4], *copies]])
+    assert recipe_line(runs).endswith("; 2 seeds per row")
 
 
 def test_the_accuracy_plot_names_the_settings_that_tell_its_points_apart(tmp_path, monkeypatch):

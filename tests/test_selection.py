@@ -91,6 +91,8 @@ def test_a_count_takes_that_many_least_sensitive_layers_as_the_baselines_take_it
         assert len(pick_layers(policy(name, count=4), TABLE, DENSE)) == 4
     with pytest.raises(ConfigError, match="selection.count=7; there are 6 candidate layers"):
         pick_layers(policy("sensitivity_budget", count=7), TABLE, DENSE)
+    # every candidate is a count in range (1..6), not refused (found by a mutation test)
+    assert pick_layers(policy("last_k", count=6), TABLE, DENSE) == list("abcdef")
     with pytest.raises(ConfigError, match="does not apply to selection.policy=sensitivity_thr"):
         pick_layers(policy("sensitivity_threshold", count=2), TABLE, DENSE)
 
@@ -147,7 +149,7 @@ def test_the_search_scores_the_subset_the_sensitivity_policy_converts_first():
 
 
 def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.04, 0.08),
-                   drop_noise=None):
+                   drop_noise=None, losses=(0.1, 0.2, 0.4, 0.8)):
     """The exhaustive search of pairs of four layers (single-layer ``drops``, by default
     a < b < c < d) with the subset accuracies ``accuracy`` made up, nothing trained: its
     summary (``drop_noise``: the estimate's record's, where it measured the drops' own)."""
@@ -155,7 +157,7 @@ def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.0
 
     single = pd.DataFrame({"layer": list("abcd"), "position": range(4),
                            "accuracy_drop": list(drops),
-                           "loss_increase": [0.1, 0.2, 0.4, 0.8], "flops_saved": [1, 2, 3, 4]})
+                           "loss_increase": list(losses), "flops_saved": [1, 2, 3, 4]})
 
     class Probe:
         kept_pretraining, kept_finetunes = False, 0
@@ -233,6 +235,36 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
     found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")
     assert found.loc["a d", "predicted_accuracy_drop"] == pytest.approx(0.09)
     assert found.loc["c d", "accuracy_drop"] == pytest.approx(0.40)
+    # what converting the subset saves: the sum of its layers' (1 + 4), as a budget adds them
+    assert found.loc["a d", "flops_saved"] == 5
+
+
+def test_the_search_scores_the_choice_the_other_metric_would_make(repo, tmp_path, monkeypatch):
+    """Found by a mutation test: the single-layer tables of the other tests rank layers alike
+    by both metrics, so a summary that scored the choice by accuracy drop again as the one
+    by loss increase passed. Here the loss ranks them the other way round."""
+    accuracy = {"a b": 0.88, "a c": 0.86, "b c": 0.85, "a d": 0.80, "b d": 0.70, "c d": 0.50}
+    summary = made_up_search(repo, tmp_path, monkeypatch, accuracy,
+                             losses=(0.8, 0.4, 0.2, 0.1))
+    assert (summary["metric"], summary["fast_choice"]) == ("accuracy_drop", "a b")
+    assert (summary["other_metric"], summary["other_choice"]) == ("loss_increase", "c d")
+    assert summary["other_accuracy"] == pytest.approx(0.50)
+    assert summary["other_rank_by_accuracy"] == 6
+
+
+def test_a_search_may_take_every_candidate_as_its_one_subset():
+    """The subset size's range is 1..candidates, both ends included (found by a mutation
+    test: only a size above it was tested)."""
+    from basisconv.search import check_search_size
+
+    cfg = OmegaConf.create({"sensitivity": {"search_subset_size": 4, "search_max_subsets": 10}})
+    assert check_search_size(cfg, 4) == 1
+    cfg.sensitivity.search_subset_size = 1
+    assert check_search_size(cfg, 4) == 4
+    cfg.sensitivity.search_subset_size = 0
+    with pytest.raises(ConfigError, match=r"search_subset_size=0; there are 4 candidate layers, "
+                                          r"so choose 1..4"):
+        check_search_size(cfg, 4)
 
 
 def test_predicted_drops_equal_but_for_float_noise_tie_in_the_correlation(repo, tmp_path,
@@ -358,6 +390,11 @@ def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repea
      r"budget_metric=time: the candidate table has no seconds_saved column.*use params or flops"),
     ({"policy": "first_k", "budget_metric": "flops", "budget_reduction": 2.0},
      r"selection.budget_reduction must be in \(0, 1\), got 2.0"),
+    # the bounds are out too: all of the dense model is a budget no choice meets
+    ({"policy": "first_k", "budget_metric": "flops", "budget_reduction": 1},
+     r"selection.budget_reduction must be in \(0, 1\), got 1"),
+    ({"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0},
+     r"selection.budget_reduction must be in \(0, 1\), got 0"),
     ({"policy": "random", "count": 2}, r"selection.seed is not set; selection.policy=random reads it"),
     ({"policy": "sensitivity_budget", "metric": "accuracy_drop"},
      r"selection.budget_metric is not set; selection.policy=sensitivity_budget reads it; "

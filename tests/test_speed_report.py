@@ -151,6 +151,18 @@ def test_a_basis_step_is_relative_to_the_dense_step_of_as_many_warm_up_steps(tmp
     assert train.loc["basis 0.25", "relative_to_dense"] == pytest.approx(0.5)
 
 
+def test_a_basis_step_is_relative_to_the_dense_step_of_its_own_thread_count(tmp_path):
+    """Found by a mutation test (threads dropped from what a step is matched on passed): a
+    CPU step timed on 2 threads is not relative to a dense step timed on 16."""
+    _train_record(tmp_path, "cpu-fp32-t16", CPU, 1.0, threads=16)
+    _train_record(tmp_path, "cpu-fp32-basis0.25-t2", CPU, 3.0, basis_size=0.25, threads=2)
+    train = speed.training_speed([tmp_path]).set_index("model")
+    assert pd.isna(train.loc["basis 0.25", "relative_to_dense"])
+    _train_record(tmp_path, "cpu-fp32-t2", CPU, 4.0, threads=2)
+    train = speed.training_speed([tmp_path]).set_index(["model", "threads"])
+    assert train.loc[("basis 0.25", 2), "relative_to_dense"] == pytest.approx(0.75)
+
+
 def test_records_of_one_dirty_commit_with_different_changes_are_not_compared(tmp_path):
     """``-dirty`` alone does not say the code was the same: the diff's hash does."""
     def dirty(diff):
