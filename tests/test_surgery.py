@@ -313,6 +313,27 @@ def test_a_distributed_data_parallel_model_is_refused_naming_its_module(tmp_path
         dist.destroy_process_group()
 
 
+def test_a_compiled_distributed_data_parallel_model_is_refused_too(tmp_path):
+    """Found in review: ``torch.compile(DistributedDataParallel(model))``, the order torch
+    recommends (and this project's own step model), was converted inside, its
+    ``_orig_mod.module.<name>`` layers never averaged, unsaid."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tmp_path / 'store'}")
+    try:
+        compiled = torch.compile(nn.parallel.DistributedDataParallel(
+            nn.Sequential(nn.Conv2d(4, 16, 3), nn.Conv2d(16, 16, 3))))
+        for call in (lambda: apply_basis(compiled, "all", 4, inplace=True),
+                     lambda: to_dense(compiled)):
+            with pytest.raises(ConfigError, match=r"got a DistributedDataParallel model "
+                                                  r"\(compiled\).*its \._orig_mod\.module"):
+                call()
+        assert not basis_layers(compiled)
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("convert", [True, False])
 def test_a_conv_with_non_finite_weights_is_one_error_naming_it(bad, convert):

@@ -178,6 +178,53 @@ def test_a_sensitivity_key_a_training_run_does_not_read_is_said_unread(
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 
 
+@pytest.mark.parametrize("policy", ["none", "all", "first_k", "random"])
+def test_the_sensitivity_keys_reproduce_gives_every_training_run_are_not_warned_of(
+        monkeypatch, caplog, repo, policy):
+    """Found in review: ``scripts/reproduce.sh`` gives every training run where the
+    estimate is kept (``sensitivity.cache_dir``, ``sensitivity.restore_from``), for the
+    rows that read it; the baseline's, basis-all's and the baseline policies' runs then
+    each warned that they were unread, of keys no user gave. Where an estimate is kept
+    changes nothing a run computes."""
+    from basisconv import unread
+
+    train = re.search(r"^train\(\) \{.*?^\}", (repo / "scripts/reproduce.sh").read_text(),
+                      re.M | re.S)[0]
+    given = [f"{key}=x" for key in re.findall(r"(sensitivity\.\w+)=", train)]
+    assert given  # (what the function passes is read from it)
+    monkeypatch.setattr(unread.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(unread, "in_sweep", lambda: False)
+    monkeypatch.setattr(unread, "typed_overrides", lambda: given)
+    cfg = OmegaConf.create({"selection": {"policy": policy, "count": None,
+                                          "budget_metric": "flops"},
+                            "basis": {"init": "convert", "dense_warmup_epochs": 0},
+                            "logger": {"backend": "none"}})
+    with caplog.at_level("WARNING", logger=unread.log.name):
+        unread.warn_unread_basis_overrides(cfg)
+    assert [r.getMessage() for r in caplog.records] == []
+    assert all(unread.unread_in_training(cfg, o.split("=")[0]) is None for o in given)
+
+
+def test_a_dense_run_warns_of_its_unread_sensitivity_keys_beside_its_basis_keys(
+        monkeypatch, caplog):
+    """Found in review: ``selection=none basis.size=0.5 sensitivity.finetune_epochs=3``
+    warned of basis.size only (the dense baseline's warning returned before the
+    sensitivity keys' was said); alone, the sensitivity key was warned of."""
+    from basisconv import unread
+
+    monkeypatch.setattr(unread.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(unread, "in_sweep", lambda: False)
+    monkeypatch.setattr(unread, "typed_overrides",
+                        lambda: ["basis.size=0.5", "sensitivity.finetune_epochs=3"])
+    cfg = OmegaConf.create({"selection": {"policy": "none", "count": None},
+                            "basis": {"init": "scratch", "dense_warmup_epochs": 0}})
+    with caplog.at_level("WARNING", logger=unread.log.name):
+        unread.warn_unread_basis_overrides(cfg)
+    said = " | ".join(r.getMessage() for r in caplog.records)
+    assert "so basis.size=0.5 is unread" in said
+    assert "sensitivity.finetune_epochs=3 is unread: selection=none takes no" in said
+
+
 @pytest.mark.parametrize("backend, overrides, said", [
     ("none", ["logger=none", "logger.mode=online"],
      "logger=none logs to no tracker, so logger.mode=online is unread; use logger=wandb"),

@@ -285,11 +285,15 @@ def _check_not_distributed(model: nn.Module, function: str, verb: str) -> None:
     the parameters it wrapped; layers replaced inside it have parameters it never
     averages, so the processes' copies drift apart silently (and its next step fails
     with DDP's unused-parameters error, which names no conversion). ``nn.DataParallel``
-    copies the model at every forward and converts as it is."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise ConfigError(f"{function} got a DistributedDataParallel model, whose gradient "
-                          f"sync keeps the parameters it was built with (new layers' would "
-                          f"not be averaged); {verb} its .module, then wrap the result in "
+    copies the model at every forward and converts as it is. A compiled one
+    (``torch.compile(DistributedDataParallel(model))``) is looked inside."""
+    inner = getattr(model, "_orig_mod", model)  # (torch.compile's wrapper)
+    if isinstance(inner, nn.parallel.DistributedDataParallel):
+        compiled, path = ((" (compiled)", "._orig_mod.module") if inner is not model
+                          else ("", ".module"))
+        raise ConfigError(f"{function} got a DistributedDataParallel model{compiled}, whose "
+                          f"gradient sync keeps the parameters it was built with (new layers' "
+                          f"would not be averaged); {verb} its {path}, then wrap the result in "
                           f"DistributedDataParallel again")
 
 

@@ -29,6 +29,11 @@ UNREAD_BY_DENSE = r"(basis\b|selection\.layers\b)"
 UNREAD_BY_NO_LOGGER = r"logger\.(?!backend\b)"
 #: the ``sensitivity`` keys only ``scripts/exhaustive_search.py`` reads
 SEARCH_ONLY = ("search_subset_size", "search_max_subsets")
+#: the ``sensitivity`` keys that say where an estimate (and a time budget's layer times) is
+#: kept and found: never warned of, as they change nothing a run computes and
+#: ``scripts/reproduce.sh`` gives them to every training run (its baselines' warned of
+#: them, each run; found in review)
+WHERE_KEPT = ("cache_dir", "restore_from")
 
 
 def fit_unread(cfg: Any) -> bool:
@@ -43,14 +48,15 @@ def sensitivity_unread(cfg: Any, key: str) -> str | None:
     """Why a training run of ``cfg`` does not read ``sensitivity.<key>``, or None where it
     reads it: the sensitivity policies read the whole group (their estimate) but the
     search's keys; the other ordered policies its candidate layers (``layers``), and a time
-    budget where its layer times are kept (``cache_dir``, ``recompute``:
-    :mod:`basisconv.time_budget`); ``none``, ``all`` and ``list`` none of it."""
+    budget ``recompute`` (its layer times: :mod:`basisconv.time_budget`); ``none``,
+    ``all`` and ``list`` none of it. :data:`WHERE_KEPT` is not judged."""
     policy = cfg.selection.policy
     if key in SEARCH_ONLY:
         return "only scripts/exhaustive_search.py reads it"
-    if policy in SENSITIVITY_POLICIES or (policy in ORDERED_POLICIES and key == "layers"):
+    if key in WHERE_KEPT or policy in SENSITIVITY_POLICIES or (
+            policy in ORDERED_POLICIES and key == "layers"):
         return None
-    if (policy in ORDERED_POLICIES and key in ("cache_dir", "recompute")
+    if (policy in ORDERED_POLICIES and key == "recompute"
             and cfg.selection.get("budget_metric") == "time" and budget_chooses(cfg.selection)):
         return None
     return (f"selection={policy} takes no sensitivity estimate (the sensitivity_budget and "
@@ -73,6 +79,7 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
         return
     given = typed_overrides()
     warn_unread_selection_keys(cfg.selection, given)
+    warn_unread_sensitivity_keys(cfg, given)  # (before the dense baseline's return)
 
     def unread(keys: str) -> str:
         return " ".join(o for o in given if re.match(rf"[+~]*({keys})", o))
@@ -89,7 +96,6 @@ def warn_unread_basis_overrides(cfg: Any) -> None:
         log.warning("%s is unread: it chooses how a conversion fits a layer (basis.init="
                     "convert, basis.dense_warmup_epochs > 0, the sensitivity policies), and "
                     "this run trains its basis layers from scratch", keys)
-    warn_unread_sensitivity_keys(cfg, given)
 
 
 def warn_unread_sensitivity_keys(cfg: Any, overrides: list[str]) -> None:
