@@ -1390,21 +1390,9 @@ def test_a_stopped_runs_wandb_run_ends_failed_and_a_complete_ones_finished(tmp_p
     epochs and the final metrics, and ``source=wandb`` analysis reads only finished runs);
     the resumed run that completes it ends with 0 (found by a mutation test: a stopped run
     whose wandb calls all worked ended its wandb run as finished, and no test failed)."""
-    from basisconv import loop
-    from basisconv.errors import Stopped
 
     cfg = compose_tiny(repo, "logger.mode=offline")
-    run_epoch = loop.run_epoch
-
-    def stopped_in_epoch_two(number, *args, **kwargs):
-        if number == 2:
-            raise KeyboardInterrupt
-        return run_epoch(number, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_epoch", stopped_in_epoch_two)
-    with pytest.raises(Stopped):
-        fit(cfg, tmp_path)
-    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    fit_stopped_before(2, cfg, tmp_path)
     assert fit(cfg, tmp_path)["status"] == "complete"
     stopped, completed = fake_wandb.runs
     assert stopped.finished == [1] and completed.finished == [0]

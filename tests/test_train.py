@@ -13,6 +13,7 @@ from basisconv.errors import ConfigError
 from basisconv.train import fit
 from basisconv.data import stripes
 from cifar_files import write_cifar
+from interruption import fit_stopped_before
 
 
 def config(repo, overrides):
@@ -1106,25 +1107,12 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_runs_epochs(t
     resumed run's later epochs are the uninterrupted run's to the last digit, so the
     optimizer's momentum, the schedule's step, the batch order and the weights all came
     back from the checkpoint (without any one of them the second epoch differs)."""
-    from basisconv import loop
-    from basisconv.errors import Stopped
-
     cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
                         "model=resnet8", "model.width=0.25", "selection=all", "basis.size=0.5",
                         "trainer.epochs=2", "trainer.batch_size=25", "trainer.threads=1",
                         "trainer.deterministic=true", "trainer.progress=false"])
     whole = fit(cfg, tmp_path / "whole")
-    run_epoch = loop.run_epoch
-
-    def stopped_in_epoch_two(epoch, *args, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return run_epoch(epoch, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_epoch", stopped_in_epoch_two)
-    with pytest.raises(Stopped):
-        fit(cfg, tmp_path / "stopped")
-    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    fit_stopped_before(2, cfg, tmp_path / "stopped")
     resumed = fit(cfg, tmp_path / "stopped")
     assert resumed["provenance"]["resumed_from_epoch"] == 1
 
@@ -1400,22 +1388,13 @@ def test_an_fp16_run_resumes_with_the_loss_scale_it_had_reached(tmp_path, repo, 
     a CPU, in seconds: a tiny model."""
     from basisconv import loop
     from basisconv.checkpoint import CHECKPOINT, checksum_path
-    from basisconv.errors import Stopped
 
     cfg = config(repo, ["data=stripes", "data.synthetic_train=50", "data.synthetic_test=20",
                         "model=resnet8", "model.width=0.25", "trainer.epochs=2",
                         "trainer.batch_size=25", "trainer.threads=1", "trainer.device=cpu",
                         "trainer.amp=fp16", "trainer.progress=false"])
     run_epoch, scales = loop.run_epoch, []
-
-    def stopped_in_epoch_two(epoch, *args, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return run_epoch(epoch, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_epoch", stopped_in_epoch_two)
-    with pytest.raises(Stopped):
-        fit(cfg, tmp_path)
+    fit_stopped_before(2, cfg, tmp_path)
     path = tmp_path / CHECKPOINT
     state = torch.load(path, weights_only=True)
     assert state["scaler"]["scale"] == 65536.0  # (no step of the tiny run overflowed)
