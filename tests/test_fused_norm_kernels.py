@@ -658,6 +658,24 @@ def test_the_fold_kernel_moves_the_running_averages_as_batch_norm_does(momentum,
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.device
+def test_running_averages_that_are_strided_views_move_as_batch_norm_moves_them(device,
+                                                                               kernel_runs):
+    """The fold kernel writes the running averages as contiguous vectors; strided ones
+    (every other entry of a buffer) are moved by the standard ops instead, and the entries
+    between are left alone (mutation review: handing them to the kernel passed)."""
+    inputs = fold_inputs(70, 33, device)
+    torch.manual_seed(2)
+    buffers = [torch.rand(140, device=device), torch.rand(140, device=device) + 0.5]
+    want = [t.clone() for t in buffers]
+    stats = triton_fold.folded_norm(*inputs, 1e-5, buffers[0][::2], buffers[1][::2], 0.1)
+    maps = inputs[0]
+    torch_ops.update_running(want[0][::2], want[1][::2], stats[4], stats[5],
+                             maps.numel() // maps.shape[1], 0.1)
+    for got, expected in zip(buffers, want):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_a_training_step_of_a_folded_layer_runs_few_operations(kernel_runs):
     """What the fold kernels are for: each operation is a kernel launch on a GPU, a few
     microseconds however small. A training step of one folded layer, forward and

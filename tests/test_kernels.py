@@ -637,6 +637,10 @@ def test_a_one_channel_input_gets_the_layout_the_dense_conv_gives(memory_format,
     for layout in (torch.contiguous_format, torch.channels_last):
         assert y.is_contiguous(memory_format=layout) == reference.is_contiguous(
             memory_format=layout)
+    # and the strides, which the next conv reads the layout from: a 1x1 one-channel input
+    # is contiguous in both layouts, and its strides fit both in every order, which c10
+    # takes for NCHW (mutation review: taking it for channels_last passed the check above)
+    assert y.stride() == reference.stride()
 
 
 @pytest.mark.device

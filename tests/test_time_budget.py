@@ -240,6 +240,40 @@ def test_a_layer_that_folds_its_norm_is_timed_with_it(monkeypatch):
     assert timed[:4] == [("dense", 0, 1), ("basis", 1, 0)] * 2
 
 
+def test_a_layers_saving_is_its_dense_minus_its_basis_training_step(monkeypatch):
+    """The arithmetic on the medians (mutation review: the saving's sign inverted, the
+    stem timed with a gradient into the images, or the budget's 100 % timed as a forward
+    only all passed): with the dense layer at 3 ms and its basis form at 1 ms, 2 ms saved;
+    the stem's input needs no gradient and a later layer's does; the model's step is a
+    training step (its head gets a gradient), 50 ms -> 0.05 s."""
+    from basisconv import timing
+    from basisconv.surgery import apply_basis
+
+    model = build_model("resnet8", width=0.25)
+    names = ["conv1", "layer1.0.conv1"]
+    basis_model = apply_basis(model, names, 0.5, convert=False)
+    runner = timing.Runner(torch.device("cpu"), channels_last=False, amp="none")
+    inputs, make_input = [], runner.input
+    monkeypatch.setattr(runner, "input", lambda *shape, requires_grad=False: inputs.append(
+        (shape[1], requires_grad)) or make_input(*shape, requires_grad=requires_grad))
+    head_grads = []
+
+    def run(self, steps, repeats, warmup):
+        for step in steps.values():
+            model.linear.weight.grad = None
+            step()
+        head_grads.append(model.linear.weight.grad is not None)
+        return {"model": 50.0} if "model" in steps else {"dense": 3.0, "basis": 1.0}
+
+    monkeypatch.setattr(timing.Timer, "run", run)
+    rows, step = timing.layer_time_savings(model, basis_model, names, runner, 2, (3, 32, 32))
+    assert rows["seconds_saved"].tolist() == pytest.approx([2e-3, 2e-3])
+    assert step == pytest.approx(0.05)
+    # the images (3 channels, no gradient), then each layer's input
+    assert inputs == [(3, False), (3, False), (model.conv1.out_channels, True)]
+    assert head_grads[-1]
+
+
 @pytest.mark.parametrize("damage", ["no_saving", "null_saving", "other_layers"])
 def test_a_cache_with_a_layer_or_number_missing_is_refused(repo, tmp_path, monkeypatch, damage):
     """Found in review: a cache whose seconds_saved were deleted converted every layer (a
