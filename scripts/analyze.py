@@ -11,7 +11,6 @@ the FLOP line), ``accuracy-params-*.png``, ``curves-*.png``, the sensitivity plo
 chosen layers, the exhaustive-search summary, and ``index.json`` (provenance and runs).
 """
 
-
 import hydra
 from omegaconf import DictConfig
 
