@@ -32,7 +32,8 @@ from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
-from .models import build_model, list_models, parameter_count
+from .models import list_models, parameter_count
+from .network import build_dense
 from .records import unwritable_folder
 from .selection import ORDERED_POLICIES, SelectionConfig, check_selection
 from .surgery import select_layers
@@ -501,7 +502,7 @@ def _check_layer_names(cfg: DictConfig) -> None:
         return
     try:
         with torch.device("meta"):
-            model = build_model(cfg.model.name, cfg.data.num_classes, cfg.model.width)
+            model = build_dense(cfg)
     except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
         return  # (one that reads files as it is built) is checked as the run builds it
     with warnings.catch_warnings():  # a layer a pattern skips is warned of by the run itself
