@@ -757,6 +757,72 @@ def test_the_layer_names_a_policy_reads_are_checked_with_the_config(compose_cfg,
     validate(compose_cfg("model=resnet20", "selection=all", "sensitivity.layers=[layer9.*]"))
 
 
+@pytest.mark.parametrize("overrides", [["selection=none"], ["selection=all"], ["selection=blocks"],
+                                       ["selection=list", "selection.layers=[conv1]"]])
+def test_the_estimate_scripts_check_the_candidate_names_under_every_policy(compose_cfg,
+                                                                           overrides):
+    """``scripts/sensitivity.py`` and ``exhaustive_search.py`` count the candidates of
+    ``sensitivity.layers`` whatever the policy, but their check took a misspelt one under
+    the policies that choose none (found as the estimate began; in a sweep, after the jobs
+    before it). A training run of those policies reads none and is not judged by them."""
+    from basisconv.config import validate_estimate
+
+    cfg = compose_cfg("model=resnet20", *overrides, "sensitivity.layers=[layer9.*]")
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"^sensitivity.layers: layer pattern 'layer9.\*' "
+                                          r"matches no convolution"):
+        validate_estimate(cfg)
+    validate_estimate(compose_cfg("model=resnet20", *overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment=basis_all", "basis.size=100"], r"^basis.size=100 is more than the output "
+     r"channels of every selected layer \(at most 64\)"),
+    (["selection=list", "selection.layers=[layer1.0.conv1]", "basis.size=20"],
+     r"^basis.size=20 is more than the output channels of every selected layer \(at most 16\)"),
+    (["experiment=basis_all", "basis.size=20", "basis.only_where_saves=false"],
+     r"^layer 'conv1': basis.size = 20 is out of range: valid is 1\.\.16"),
+    (["experiment=basis_selected", "selection=random", "basis.size=100"],
+     r"^basis.size=100 is more than the output channels of every selected layer"),
+])
+def test_a_basis_too_large_for_the_models_layers_is_found_with_the_config(compose_cfg,
+                                                                          overrides, message):
+    """Found in review: a count that fits one model of a sweep and not another (``-m
+    model=resnet18,resnet8 basis.size=100``) was refused only as its job built the model,
+    after the jobs before it had trained (docs/experiments.md: every job's values are
+    checked first). ResNet-18's wider layers take it."""
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg("model=resnet8", *overrides))
+    validate(compose_cfg("model=resnet18", *overrides))
+
+
+def test_the_estimate_scripts_are_not_refused_a_basis_only_training_would_not_take(
+        compose_cfg):
+    """The estimate converts only candidates where a basis saves, whatever
+    ``basis.only_where_saves`` says (its table's rule); the training run converts ``all``."""
+    from basisconv.config import validate_estimate
+
+    overrides = ("model=resnet8", "selection=all", "basis.size=20", "basis.only_where_saves=false")
+    validate_estimate(compose_cfg(*overrides))
+    with pytest.raises(ConfigError, match="'conv1': basis.size = 20 is out of range"):
+        validate(compose_cfg(*overrides))
+
+
+def test_basis_selected_names_its_runs_by_the_selection_option_chosen(compose_cfg, repo):
+    """Found in review: its name read ``selection.policy``, so ``selection=blocks`` (policy
+    ``list``) ran as ``<model>-basis-list-<size>``, the name and folder of a ``selection=list``
+    run of other layers. The protocol's rows keep the names their committed records hold."""
+    for option in options(repo, "selection"):
+        cfg = compose_cfg("experiment=basis_selected", f"selection={option}", hydra=True)
+        assert cfg.name == f"resnet18-basis-{option}-0.5"
+    for policy in ("sensitivity_budget", "random", "first_k", "last_k"):
+        row = repo / "results" / "quick" / "runs" / f"selected-{policy}-0.5"
+        cfg = compose_cfg("profile=quick", "experiment=basis_selected", f"selection={policy}",
+                          "basis.size=0.5", hydra=True)
+        for record in row.glob("seed*.json"):
+            assert json.loads(record.read_text())["config"]["name"] == cfg.name, record
+
+
 @pytest.mark.parametrize("override, message", [
     ("sensitivity.layers=[layer9.*]", r"^sensitivity.layers: layer pattern 'layer9.\*' matches "
                                       r"no convolution"),

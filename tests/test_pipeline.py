@@ -237,6 +237,18 @@ def test_a_misspelt_layer_name_in_a_sweeps_last_job_is_one_line_before_any_job_r
     assert not list(sweep.glob("*/run.json"))
 
 
+def test_a_basis_too_large_for_a_sweeps_last_model_is_one_line_before_any_job_runs(tmp_path,
+                                                                                  repo):
+    """Found in review: ResNet-8's layers (at most 64 channels) cannot take a basis of 100
+    filters, ResNet-18's can; the ResNet-8 job was refused only after ResNet-18's trained."""
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(repo, tmp_path, "selection=all", "model=resnet18,resnet8",
+                          "basis.size=100", f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and "nothing ran" in lines[0], lines
+    assert "model=resnet8" in lines[0] and "basis.size=100 is more than" in lines[0]
+    assert not list(sweep.glob("*/run.json"))
+
+
 def test_sweep_jobs_that_would_publish_to_one_file_are_refused_before_any_runs(tmp_path, repo):
     # Found by audit: every job wrote the same file, so the sweep kept only its last record
     sweep, published = tmp_path / "sweep", tmp_path / "published.json"

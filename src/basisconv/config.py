@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 
 from .counts import count_or_fraction_problem
@@ -33,9 +34,10 @@ from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models, parameter_count
-from .network import build_dense
+from .network import build_dense, check_conversion
 from .records import unwritable_folder
-from .selection import ORDERED_POLICIES, SelectionConfig, check_selection
+from .selection import (ORDERED_POLICIES, SelectionConfig, check_selection, convert_candidates,
+                        fixed_layers)
 from .surgery import select_layers
 
 
@@ -193,8 +195,23 @@ def capped(name: str, whole: str | None = None, limit: int = 200) -> str:
     return f"{name[:187]}-{hashlib.sha256((whole or name).encode()).hexdigest()[:12]}"
 
 
+def chosen_option(group: str, default: Any, *, _root_: DictConfig) -> Any:
+    """The option of config group ``group`` the config was composed with
+    (``selection=blocks``: ``blocks``), for a preset's ``name``: ``${selection.policy}``
+    named a ``selection=blocks`` run (policy ``list``) ``-basis-list-``, as a
+    ``selection=list`` run of other layers (found in review). Read from the config's own
+    Hydra node (a sweep's job checked before it runs), else from the running job's;
+    ``default`` where neither is there (a config composed without Hydra's: only checked)."""
+    choices = OmegaConf.select(_root_, "hydra.runtime.choices", default=None)
+    if choices is None and HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+    return (choices or {}).get(group) or default
+
+
 if not OmegaConf.has_resolver("job_folder"):
     OmegaConf.register_new_resolver("job_folder", job_folder)
+if not OmegaConf.has_resolver("choice"):
+    OmegaConf.register_new_resolver("choice", chosen_option)
 
 log = logging.getLogger(__name__)
 
@@ -488,17 +505,21 @@ def resolve_all(cfg: DictConfig) -> None:
                 cfg[key]  # (a value read resolves its ${...})
 
 
-def _check_layer_names(cfg: DictConfig) -> None:
+def _check_layer_names(cfg: DictConfig, estimate: bool = False) -> None:
     """The layer names and patterns a run's policy reads (``selection.layers`` of ``list``,
-    the candidates ``sensitivity.layers`` of an ordered policy) against the model, shaped on
-    the meta device (nothing is allocated): checked only as the run built its model, a
-    misspelt name in a sweep's last job failed after the jobs before it had trained."""
+    the candidates ``sensitivity.layers`` of an ordered policy, or of every policy in an
+    ``estimate``), and the basis its layers take (a ``basis.size`` above a layer's
+    ``out_channels``: above every candidate's, or any of the layers ``all`` or ``list``
+    converts where ``basis.only_where_saves=false``), against the model, shaped on the meta
+    device (nothing is allocated): checked only as the run built its model, a misspelt name
+    or a size too large for one model in a sweep's last job failed after the jobs before
+    it had trained."""
     policy = cfg.selection.policy
-    if policy == "list":
-        layers, key = list(cfg.selection.layers), "selection.layers"
-    elif policy in ORDERED_POLICIES:
-        layers, key = list(cfg.sensitivity.layers), "sensitivity.layers"
-    else:
+    lists = [(list(cfg.selection.layers), "selection.layers")] if policy == "list" else []
+    candidates = policy in ORDERED_POLICIES or estimate
+    if candidates:
+        lists.append((list(cfg.sensitivity.layers), "sensitivity.layers"))
+    if not candidates and policy not in ("all", "list"):
         return
     try:
         with torch.device("meta"):
@@ -507,14 +528,23 @@ def _check_layer_names(cfg: DictConfig) -> None:
         return  # (one that reads files as it is built) is checked as the run builds it
     with warnings.catch_warnings():  # a layer a pattern skips is warned of by the run itself
         warnings.simplefilter("ignore")
-        select_layers(model, layers, key=key)
+        for layers, key in lists:
+            select_layers(model, layers, key=key)
+        if candidates:  # (the candidate table converts them as the estimate's first step)
+            with torch.device("meta"):
+                convert_candidates(model, cfg.basis, lists[-1][0])
+        if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
+            check_conversion(cfg, fixed_layers(cfg.selection))
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
     before the checks that relate groups (e.g. ``basis.dense_warmup_epochs`` against
-    ``trainer.epochs``), so a bad value is named itself, not through another key."""
+    ``trainer.epochs``), so a bad value is named itself, not through another key.
+    ``estimate``: the config of ``scripts/sensitivity.py`` or ``exhaustive_search.py``
+    (:func:`validate_estimate`), which count the candidates of ``sensitivity.layers``
+    under every policy."""
     missing = missing_values(cfg)
     _check(not missing, f"{', '.join(missing)} not set (a config group removed with ~, or a "
                         f"value given as ???); drop that override")
@@ -556,7 +586,7 @@ def validate(cfg: DictConfig) -> None:
                f"{key}={value} does not fit in 64 bits; use a seed in [0, 2**63)")
     validate_trainer(cfg)
     validate_basis(cfg)
-    _check_layer_names(cfg)
+    _check_layer_names(cfg, estimate)
     t = cfg.trainer
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
@@ -587,6 +617,11 @@ def validate(cfg: DictConfig) -> None:
     validate_logger_mode(cfg)
     _check_seconds(cfg.logger.init_timeout_s, "logger.init_timeout_s")
     _check_seconds(cfg.logger.finish_timeout_s, "logger.finish_timeout_s", "no limit")
+
+
+def validate_estimate(cfg: DictConfig) -> None:
+    """:func:`validate` for ``scripts/sensitivity.py`` and ``exhaustive_search.py``."""
+    validate(cfg, estimate=True)
 
 
 def validate_logger_mode(cfg: DictConfig) -> None:

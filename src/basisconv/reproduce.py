@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from .cli import check_one_config_per_group, check_runs_where_started
-from .config import validate
+from .config import validate, validate_estimate
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import CONFIGS, config_groups_of, hydra_error_line
@@ -62,7 +62,7 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
                 cfg = compose(config, overrides=[f"profile={profile}", *row, *overrides],
                               return_hydra_config=True)
                 check_runs_where_started(cfg.hydra.job.chdir)
-                validate(cfg)
+                (validate if script == "train" else validate_estimate)(cfg)
             except BasisconvError as err:
                 message = one_line(err)
             except Exception as ex:  # noqa: BLE001 - composing: every error is an override's

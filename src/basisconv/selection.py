@@ -540,6 +540,19 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
 
 
 # ----------------------------------------------------------------------------- candidates
+def convert_candidates(model: nn.Module, basis: DictConfig, layers: str | Iterable[str],
+                       keys: dict[str, str] | None = None) -> nn.Module:
+    """A copy of ``model`` with ``layers`` in basis form as :func:`layer_savings` counts
+    them (from scratch, only where a basis saves): a basis size or coefficient rank that no
+    candidate can take is refused here as the table refuses it (``basisconv.config`` does
+    so on the meta device, before a sweep's first job). ``keys`` as for that function."""
+    return apply_basis(model, layers, basis.size, inplace=False, convert=False,
+                       only_where_saves=True, combine=basis.combine,
+                       coefficient_rank=basis.coefficient_rank,
+                       fuse_norm=bool(basis.get("fuse_norm")),
+                       keys={**CONFIG_KEYS, "layers": "sensitivity.layers", **(keys or {})})
+
+
 def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[str] = "all",
                   input_shape: tuple[int, ...] = IMAGE, *, batch: int = 1,
                   keys: dict[str, str] | None = None) -> pd.DataFrame:
@@ -578,10 +591,7 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     rows = []
 
     def convert(layers: list[str]) -> nn.Module:
-        return apply_basis(model, layers, basis.size, inplace=False, convert=False,
-                           only_where_saves=True, combine=basis.combine,
-                           coefficient_rank=basis.coefficient_rank,
-                           fuse_norm=bool(basis.get("fuse_norm")), keys=keys)
+        return convert_candidates(model, basis, layers, keys)
     if called:
         converted = convert(called)
         basis_costs = model_cost(converted, shape).by_layer()

@@ -159,9 +159,9 @@ def warn_preset_choice_overridden(cfg: Any) -> None:
     selection=all`` converted every conv under the name ``<model>-baseline`` (its folder,
     wandb group and table row), unsaid (found in review). Said as a warning, unless a
     ``name=`` of the run's own is given; ``experiment=basis_selected selection=random`` is
-    that preset's design (its name holds ``${selection.policy}``, which the two options
-    set differently). ``experiment=basis_all basis=warmup`` is warned of: the name holds
-    ``${basis.size}``, which both options leave alone."""
+    that preset's design (its name holds the option chosen, ``${choice:selection,...}``).
+    ``experiment=basis_all basis=warmup`` is warned of: the name holds ``${basis.size}``,
+    which both options leave alone."""
     if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
         return
     preset = HydraConfig.get().runtime.choices.get("experiment")
@@ -205,7 +205,10 @@ def warn_preset_not_taken(cfg: Any) -> None:
 
 def _name_tells_apart(name: str, group: str, option: str, other: str) -> bool:
     """Whether a preset's ``name`` (as written) interpolates a key of ``group`` that its two
-    options set differently: then the two runs' names differ."""
+    options set differently, or the option itself (``${choice:group,...}``): then the two
+    runs' names differ."""
+    if f"${{choice:{group}," in name:
+        return option != other
     keys = re.findall(rf"\$\{{{group}\.(\w+)\}}", name)
     settings = [_group_option(group, o) for o in (option, other)]
     return any(settings[0].get(key, option) != settings[1].get(key, other) for key in keys)
