@@ -21,13 +21,13 @@ from pathlib import Path
 
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench.layers import TARGET_SLACK, SpeedOptions, measured_rows, run
-from basisconv.cli import exit_on_user_error
+from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.errors import DatasetError
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES
-from basisconv.records import script_command, unwritable_folder
+from basisconv.records import script_command
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = results_folder(__file__)
 
 
 @exit_on_user_error
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     options = SpeedOptions(**{k: v for k, v in vars(args).items() if k not in ("out_dir", "redraw")})
     if problem := options.invalid_flag():
         parser.error(problem)
-    # checked before minutes of measuring, which a failed write at the end would lose
-    if blocker := unwritable_folder(str(args.out_dir.absolute())):
-        parser.error(f"--out-dir {args.out_dir} cannot be written ({blocker}); give another folder")
+    refuse_unwritable(parser, f"--out-dir {args.out_dir}", args.out_dir.absolute(), "folder")
 
     command = script_command(__file__, argv)
     result = run(options, args.out_dir, command)

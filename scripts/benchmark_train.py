@@ -18,13 +18,13 @@ import argparse
 from pathlib import Path
 
 from basisconv.bench.train import ThroughputOptions, record_folder, run
-from basisconv.cli import exit_on_user_error
+from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.config import COMPILE_MODES
 from basisconv.kernels import COMBINE_MODES
 from basisconv.loop import AMP_DTYPES, precision_name
-from basisconv.records import script_command, unwritable_folder
+from basisconv.records import script_command
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = results_folder(__file__)
 
 
 @exit_on_user_error
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out is not None and args.out.suffix == ".json" and args.out.is_dir():
         parser.error(f"--out {args.out} is a folder, not a .json file; give a file name, or "
                      f"a folder without the .json suffix")
-    if blocker := unwritable_folder(str(folder)):
-        parser.error(f"--out {args.out or RESULTS} cannot be written ({blocker}); give another "
-                     f"path")
+    refuse_unwritable(parser, f"--out {args.out or RESULTS}", folder)
 
     command = script_command(__file__, argv)
     result, out = run(options, args.out, results_dir=RESULTS, command=command)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from basisconv.bench import flag_below_minimum
 from basisconv.bench.kernel_resources import ARCH, measure, write_resources
-from basisconv.cli import exit_on_user_error
+from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.kernels import triton_conv
-from basisconv.records import script_command, unwritable_folder
+from basisconv.records import script_command
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = results_folder(__file__)
 
 
 @exit_on_user_error
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.suffix != ".csv" or args.out.is_dir():  # its record goes beside, as .json
         parser.error(f"--out names the table's .csv file (its record is written beside it, "
                      f"as .json), got {args.out}")
-    if blocker := unwritable_folder(str(args.out.absolute().parent)):
-        parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
+    refuse_unwritable(parser, f"--out {args.out}", args.out.absolute().parent)
     table, seconds = measure(args.dtypes, args.widths, args.kernel_size, args.kernels)
     print(table.to_string(index=False))
     command = script_command(__file__, argv)

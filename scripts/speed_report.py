@@ -16,12 +16,12 @@ import os
 from pathlib import Path
 
 from basisconv.analysis.speed import write_summary
-from basisconv.cli import exit_on_user_error
-from basisconv.records import script_command, unwritable_folder
+from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
+from basisconv.records import script_command
 
 # the repository's results/, where the benchmarks write, from whichever folder this is run
 # (named relative to it, as the summary's note shows the folders)
-RESULTS = Path(os.path.relpath(Path(__file__).resolve().parents[1] / "results"))
+RESULTS = Path(os.path.relpath(results_folder(__file__)))
 
 
 @exit_on_user_error
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.is_dir():  # (else the summary went beside the folder, named after it)
         parser.error(f"--out {args.out} is a folder; --out names the summary's files, e.g. "
                      f"--out {args.out / 'speed-summary'}")
-    if blocker := unwritable_folder(str(args.out.absolute().parent)):
-        parser.error(f"--out {args.out} cannot be written ({blocker}); give another path")
+    refuse_unwritable(parser, f"--out {args.out}", args.out.absolute().parent)
     command = script_command(__file__, argv)
     written = write_summary(args.folders, args.out, command)
     print(f"wrote {', '.join(str(p) for p in written)}")

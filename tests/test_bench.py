@@ -471,27 +471,34 @@ def test_kernel_resources_refuse_a_kernel_without_taps(repo, tmp_path, size):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("script, args", [
+@pytest.mark.parametrize("script, args, option, give", [
     ("benchmark_layers.py", ["--quick", "--parts", "model", "--fractions", "0.5",
-                             "--batch-size", "1", "--threads", "1", "--out-dir", "{blocked}"]),
+                             "--batch-size", "1", "--threads", "1", "--out-dir", "{blocked}"],
+     "--out-dir {blocked}", "folder"),
     ("benchmark_train.py", ["--model", "resnet8", "--batch-size", "2", "--steps", "1",
-                            "--warmup", "0", "--threads", "1", "--out", "{blocked}/t.json"]),
-    ("kernel_resources.py", ["--dtypes", "fp32", "--widths", "16", "--out", "{blocked}/k.csv"])])
+                            "--warmup", "0", "--threads", "1", "--out", "{blocked}/t.json"],
+     "--out {blocked}/t.json", "path"),
+    ("kernel_resources.py", ["--dtypes", "fp32", "--widths", "16", "--out", "{blocked}/k.csv"],
+     "--out {blocked}/k.csv", "path")])
 def test_benchmark_scripts_refuse_an_unwritable_output_before_measuring(repo, tmp_path,
-                                                                        script, args):
+                                                                        script, args, option,
+                                                                        give):
     """An output under a file (a typo, a stale name) once failed with a stack trace only
-    when writing, after everything had been measured (minutes, on a GPU slot)."""
+    when writing, after everything had been measured (minutes, on a GPU slot). The line
+    is the one every script says it with (``cli.refuse_unwritable``)."""
     import subprocess
     import sys
 
     (tmp_path / "file").write_text("")
-    args = [a.format(blocked=tmp_path / "file" / "out") for a in args]
+    blocked = tmp_path / "file" / "out"
+    args = [a.format(blocked=blocked) for a in args]
     result = subprocess.run([sys.executable, str(repo / "scripts" / script), *args],
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"{script}: error: --out") and "is not a folder" in last
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"{script}: error: {option.format(blocked=blocked)} cannot be written "
+        f"({tmp_path / 'file'} is not a folder); give another {give}")
     assert "written to" not in result.stdout  # refused before anything was measured
     assert "dense:" not in result.stdout and "images/s" not in result.stdout
 

@@ -118,6 +118,21 @@ def test_every_setting_that_changes_a_timing_changes_its_cache_file(repo, tmp_pa
         assert time_budget.cache_path(changed, time_budget.key_fields(changed, layers)) != path, key
 
 
+@pytest.mark.parametrize("width, size, name", [(0.5, 0.5, "resnet8-w0.5-m0.5-"),
+                                               (1.0, 8, "resnet8-w1-m8-")])
+def test_the_timings_and_the_table_are_named_by_model_width_and_basis_size(repo, tmp_path,
+                                                                           width, size, name):
+    """Both caches name an entry ``<model>-w<width>-m<size>-<digest of its key>`` (one rule,
+    ``time_budget.readable_key``): a changed name would not find what is cached."""
+    from basisconv.records import json_digest
+
+    cfg = compose_timed(repo, tmp_path, f"model.width={width}", f"basis.size={size}")
+    fields = time_budget.key_fields(cfg, ["layer1.0.conv1"])
+    assert time_budget.cache_path(cfg, fields) == (
+        tmp_path / "layer-times" / f"{name}{json_digest(fields)}.json")
+    assert sensitivity.cache_key(cfg) == f"{name}{json_digest(sensitivity.key_fields(cfg))}"
+
+
 def test_an_edited_model_definition_is_timed_again(repo, tmp_path, monkeypatch, caplog):
     """The same name and width, other layers (a user's model file edited between runs):
     the timings are measured again, where the old ones were read back."""

@@ -1,7 +1,8 @@
 """Shared behaviour of the command-line entry points in ``scripts/``: a user's error as
 one line and exit status 2 (:func:`exit_on_user_error`), a stop's line and status, a
-sweep's failed jobs summed up, and a refused start's folder removed. What the line says
-of Hydra's own errors is :mod:`basisconv.hydra_errors`'s."""
+sweep's failed jobs summed up, a refused start's folder removed, and the argparse
+scripts' default ``results/`` and their output refused before any work when it cannot be
+written. What the line says of Hydra's own errors is :mod:`basisconv.hydra_errors`'s."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar, TYPE_CHECKING
 
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
@@ -32,9 +33,12 @@ from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, con
 from .hydra_errors import (added_group_line, config_groups_of, group_value_override,
                            hydra_error_line, interpolation_error_line, listed_group_line,
                            malformed_override, typed_overrides)
-from .records import LOCK, folder_lock, write_bytes_atomic
+from .records import LOCK, folder_lock, unwritable_folder, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
 from .signals import sigterm_stops, stops_at_default, stops_let_go
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger(__name__)
 
@@ -483,3 +487,19 @@ def exit_on_user_error(fn: F) -> F:
             exit_stopped(err, speaks)     # handler before it (was a trace of the stop)
 
     return wrapper  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- outputs
+def results_folder(script: str) -> Path:
+    """The ``results/`` of the checkout whose ``scripts/`` holds ``script`` (an entry
+    point's ``__file__``): where its outputs go by default, from whichever folder it runs."""
+    return Path(script).resolve().parents[1] / "results"
+
+
+def refuse_unwritable(parser: argparse.ArgumentParser, given: str, folder: Path,
+                      give: str = "path") -> None:
+    """A usage error (one line, exit status 2) when ``folder``, where the output option
+    ``given`` (``--out <path>``) writes, cannot be written: said before the minutes of
+    measuring that a failed write at the end would lose. ``give``: what to give instead."""
+    if blocker := unwritable_folder(str(folder)):
+        parser.error(f"{given} cannot be written ({blocker}); give another {give}")

@@ -70,7 +70,11 @@ code_digest()  # at import: the code this process runs, not what a later git pul
 
 
 def conditions(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    """What shapes a fine-tune's numbers beyond the table's cache key."""
+    """What shapes a fine-tune's numbers beyond the table's cache key. Why more than that
+    key (:func:`basisconv.sensitivity.key_fields`), which leaves out the machine and the
+    speed options: kept results are mixed into one table, so only those of the device,
+    threads, torch, code and options (every trainer setting but :data:`NOT_IN_A_FINETUNE`,
+    every basis option a probe applies) that this fine-tune runs with are read back."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     # (with how a fine-tune decays the basis layers' weights, which is not a conversion's)

@@ -47,12 +47,12 @@ from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
 from .records import (KIND_WORDS, RunRecord, commit_name, file_digest, folder_lock, git_commit,
-                      json_digest, of_type, provenance, publish, read_record,
-                      refuse_other_kind, write_bytes_atomic, write_json_atomic, write_record)
+                      of_type, provenance, publish, read_record, refuse_other_kind,
+                      write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
                         dense_totals, fixed_candidates, fixed_layers, layer_savings, metric_drops,
                         pick_layers)
-from .time_budget import with_measured_time
+from .time_budget import readable_key, with_measured_time
 from .tracking import Tracker
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
@@ -75,7 +75,15 @@ UNKEYED_NOISE_REPEATS = 2
 
 def key_fields(cfg: DictConfig) -> dict[str, Any]:
     """Everything that changes a sensitivity table (and nothing that does not, such as
-    the root of md5-checked data, the logger or speed options)."""
+    the root of md5-checked data, the logger or speed options).
+
+    Why it differs from the two other caches' keys: one table is reused on any machine,
+    so no hardware, device, threads or torch version, which the layer timings
+    (:func:`basisconv.time_budget.key_fields`) are made of and the kept work
+    (:func:`basisconv.progress.conditions`, a folder inside this key's) is kept under; no
+    ``basis.share_coefficients`` (a probe converts one layer, which has none to share) nor
+    ``basis.only_where_saves`` (the candidates are always the layers where a basis saves
+    compute, :func:`~basisconv.selection.layer_savings`)."""
     def pick(node: DictConfig, keys: list[str]) -> dict[str, Any]:
         values = OmegaConf.to_container(node, resolve=True)
         return {k: values[k] for k in keys}
@@ -133,8 +141,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
 
 def cache_key(cfg: DictConfig) -> str:
     """A readable, stable key: ``<model>-w<width>-m<size>-<hash of key_fields>``."""
-    return (f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-"
-            f"{json_digest(key_fields(cfg))}")
+    return readable_key(cfg, key_fields(cfg))
 
 
 def cache_dir(cfg: DictConfig) -> Path:

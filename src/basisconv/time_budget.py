@@ -45,7 +45,14 @@ COLUMNS = ["layer", "dense_ms", "basis_ms", "seconds_saved"]
 
 
 def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
-    """Everything that changes the timings of ``layers`` (and nothing else)."""
+    """Everything that changes the timings of ``layers`` (and nothing else).
+
+    Why it differs from the sensitivity table's key
+    (:func:`basisconv.sensitivity.key_fields`): a time is this machine's, so its hardware,
+    torch version and speed options are in it; the layers are timed in the form the run
+    builds (:func:`~basisconv.network.to_basis`: every basis option that shapes it, sharing
+    included), unfitted and on random images of one shape, so no ``basis.fit``, no data
+    but the classes, and no training recipe (a learning rate does not change a step's time)."""
     machine = hardware()
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     # the thread count the measurement runs with: trainer.threads=null is torch's default
@@ -70,10 +77,17 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
     }
 
 
+def readable_key(cfg: DictConfig, fields: dict[str, Any]) -> str:
+    """``<model>-w<width>-m<size>-<hash of fields>``: the name a cached timing and a cached
+    sensitivity table (:func:`basisconv.sensitivity.cache_key`) are kept under, readable at
+    a glance. Kept byte for byte: caches and committed records are found by their keys
+    (the quick profile's table: ``resnet20-w0.5-m0.5-9b6fd8821cb1``)."""
+    return f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{json_digest(fields)}"
+
+
 def cache_path(cfg: DictConfig, fields: dict[str, Any]) -> Path:
     """Where the timings of ``fields`` (:func:`key_fields`) are cached."""
-    name = f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{json_digest(fields)}.json"
-    return Path(cfg.sensitivity.cache_dir) / "layer-times" / name
+    return Path(cfg.sensitivity.cache_dir) / "layer-times" / f"{readable_key(cfg, fields)}.json"
 
 
 def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, float]
