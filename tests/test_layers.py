@@ -857,3 +857,35 @@ def test_a_runs_basis_penalty_is_half_the_weight_decay_times_the_correction():
     both = basis_penalty(model, 0.1, coefficient_l1=0.01, frobenius_decay=True)
     assert both().item() == pytest.approx(0.01 * coefficient_l1(model).item() + 0.05 * correction)
     assert basis_penalty(model, 0.1) is None
+
+
+def test_a_forward_that_reads_a_basis_layers_weight_is_told_what_to_read_instead():
+    """Found in review: a forward that reads a converted conv's weight (weight
+    standardization, F.conv2d(x, conv.weight)) failed with torch's bare "no attribute
+    'weight'". The error says what the layer is, where its dense weight is and how to keep
+    the conv dense; it is still an AttributeError, so code that asks (hasattr, getattr
+    with a default: init loops, torch's utilities) takes the layer as weightless."""
+    import torch.nn.functional as F
+
+    from basisconv.surgery import apply_basis
+
+    class Standardized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3)
+
+        def forward(self, x):
+            weight = self.conv.weight
+            weight = (weight - weight.mean((1, 2, 3), keepdim=True)) / weight.std((1, 2, 3),
+                                                                                keepdim=True)
+            return F.conv2d(x, weight)
+
+    small = apply_basis(Standardized(), "conv", 4)
+    with pytest.raises(AttributeError, match=r"^'BasisConv2d' object has no attribute 'weight': "
+                                             r"it is a basis convolution .*\.dense_weight\(\).*"
+                                             r"leave this conv out of apply_basis's layers"):
+        small(torch.randn(1, 3, 8, 8))
+    assert not hasattr(small.conv, "weight") and getattr(small.conv, "weight", None) is None
+    assert small.conv.bias is not None  # (other attributes as before)
+    with pytest.raises(AttributeError, match=r"^'BasisConv2d' object has no attribute 'wieght'$"):
+        small.conv.wieght

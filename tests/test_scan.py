@@ -328,3 +328,28 @@ def test_every_fine_tune_starts_in_the_mode_the_model_was_given_in():
     table = layer_sensitivity(model, 8, evaluate, finetune, input_shape=(1, 3, 8, 8))
     assert len(table) == 2 and modes == [[True]] * 3
     assert model.training  # (the user's model itself is left as it was)
+
+
+def test_the_scans_warnings_point_at_the_callers_line():
+    """Found in review: warnings the scan's conversions and cost counts raise (a layer
+    skipped, a costly rank, a conv the forward does not call) named scan.py's and
+    selection.py's lines, from which a fixed stacklevel of apply_basis or layer_savings
+    was reached, instead of the user's call."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 16, 3, padding=1)
+            self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+            self.head = nn.Conv2d(16, 16, 1)  # not called
+
+        def forward(self, x):
+            return self.grouped(self.body(x)).mean((1, 2, 3))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer_sensitivity(Model(), 4, lambda m: 0.5, input_shape=(1, 3, 8, 8),
+                          coefficient_rank=4)
+    said = [(str(w.message), w.filename) for w in caught]
+    for start in ("skipping layer 'grouped'", "coefficient_rank=4", "layer 'head' is not called"):
+        assert any(message.startswith(start) for message, _ in said), (start, said)
+    assert {filename for _, filename in said} == {__file__}, said

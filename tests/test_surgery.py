@@ -1248,3 +1248,94 @@ def test_rebinding_the_optimizer_keeps_the_momentum_of_the_parameters_surgery_le
     group, = optimizer.param_groups
     assert (group["lr"], group["momentum"]) == (0.1, 0.9)
     assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("convert", [True, False], ids=["convert", "fresh"])
+def test_a_channels_last_models_basis_filters_are_channels_last_too(convert):
+    """Found in review: apply_basis on a model in channels_last (model.to(memory_format=
+    torch.channels_last)) gave the basis filters NCHW strides, so each step copied them to
+    the input's layout and back for their gradient, and a channels_last model fed an NCHW
+    input gave NCHW activations where its dense convs (whose weight sets the layout) give
+    channels_last. The source conv's layout is kept (1x1 filters included, whose strides
+    the conv reads too), as to_dense keeps the layer's; a full-rank conversion keeps the
+    outputs and their strides exactly, in either input layout."""
+    last = torch.channels_last
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                          nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2)).to(memory_format=last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # full rank saves nothing, and says so
+        small = apply_basis(model, "all", 1.0 if convert else 0.5, convert=convert)
+        flat = apply_basis(copy.deepcopy(model).to(memory_format=torch.contiguous_format), "all",
+                           0.5, convert=convert)
+    for name, layer in basis_layers(small).items():
+        weight = layer.basis_weight
+        assert weight.stride() == weight.to(memory_format=last).stride(), name
+    for name, layer in basis_layers(flat).items():  # an NCHW model's stay NCHW
+        assert layer.basis_weight.is_contiguous(), name
+    for name, conv in conv_layers(to_dense(small)).items():
+        assert conv.weight.stride() == model.get_submodule(name).weight.stride(), name
+    if convert:  # (float32: in float64 this CPU's conv rounds the pivots' order 1 ulp apart)
+        x = torch.randn(2, 3, 9, 9)
+        for given in (x, x.to(memory_format=last)):
+            want, got = model(given), small(given)
+            assert torch.equal(got, want) and got.stride() == want.stride()
+
+
+def test_layers_that_share_coefficients_converted_one_call_at_a_time_are_said_to_stay_apart():
+    """Found in review: share_coefficients ties the layers of one call, so a model rebuilt
+    one layer a call (docs/basis-convolutions.md's recipe) with it got untied layers, and
+    loading the saved state hid it: they trained apart, silently. A call that asks to share
+    says which of its layers have the coefficient shape of a basis layer there already;
+    the one-call conversion says nothing."""
+    def make_model():
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 32, 3, padding=1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = apply_basis(make_model(), ["2", "4", "6"], 4, share_coefficients=True)
+    assert basis_report(small)[1]["shares_coefficients_of"] == "2"
+    rebuilt = make_model()
+    apply_basis(rebuilt, "2", 4, convert=False, inplace=True, share_coefficients=True)
+    with pytest.warns(UserWarning, match=r"share_coefficients ties the layers converted in "
+                                         r"one call.*: '4' \(the coefficient shape of '2'\); "
+                                         r"convert the layers that share in one call") as said:
+        apply_basis(rebuilt, ["4", "6"], 4, convert=False, inplace=True,
+                    share_coefficients=True)
+    assert [w.filename for w in said] == [__file__]
+    assert "'6'" not in str(said[0].message)  # (C_out=32: a shape of its own)
+    with warnings.catch_warnings():  # not asked to share: nothing to say
+        warnings.simplefilter("error")
+        apply_basis(make_model(), "2", 4, inplace=True)
+
+
+def test_warnings_of_a_conversion_point_at_the_callers_line():
+    """Found in review: warnings meant for the caller named the package's own lines where
+    they were raised deeper than a fixed stacklevel reached (the state-dict hooks' in
+    surgery.py, the still-called conv's in torch's module.py, select_layers' skip when
+    called directly)."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = [nn.Conv2d(3, 16, 3)]  # a plain list: apply_basis cannot reach it
+            self.conv = self.convs[0]
+            self.grouped = nn.Conv2d(16, 16, 3, groups=2)
+
+        def forward(self, x):
+            return self.grouped(self.convs[0](x))
+
+    model = Model()
+    model.conv.register_state_dict_pre_hook(lambda *args, **kwargs: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        select_layers(model, "all")
+        small = apply_basis(model, "all", 4)
+        small(torch.randn(1, 3, 8, 8))
+    said = [(str(w.message), w.filename) for w in caught]
+    for start in ("skipping layer 'grouped'", "layer 'conv': its state-dict hooks",
+                  "conv 'conv' was replaced by a basis layer but is still called"):
+        assert any(message.startswith(start) for message, _ in said), start
+    assert len(said) == 4 and {filename for _, filename in said} == {__file__}, said

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import types
-import warnings
 from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Sequence
@@ -49,8 +48,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.utils import _pair
 
 from .counts import is_int
-from .errors import BasisconvError, ConfigError, one_line
-from .layers import COMBINE_MODES, BasisConv2d, layer_shape, resolve_num_basis
+from .errors import BasisconvError, ConfigError, one_line, warn_caller
+from .layers import COMBINE_MODES, BasisConv2d, NoWeightError, layer_shape, resolve_num_basis
 from .model_copy import HOOK_TABLES, copy_model
 
 log = logging.getLogger(__name__)
@@ -405,8 +404,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
                 costs.append(cost)
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.Bilinear)):
-            warnings.warn(f"model_cost: layer {name!r} ({type(module).__name__}) is not counted",
-                          stacklevel=2)
+            warn_caller(f"model_cost: layer {name!r} ({type(module).__name__}) is not counted")
     try:
         # in the model's own dtype: a float64 or half model refuses a float32 input
         dtype = next((t.dtype for t in shadow.parameters() if t.is_floating_point()), None)
@@ -416,15 +414,12 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
             shadow(x)
     except BasisconvError:
         raise
-    except AttributeError as err:
-        if "'BasisConv2d' object has no attribute 'weight'" not in str(err):
-            raise
+    except NoWeightError as err:
         # the layer by name (else a scan of dozens of convs stops naming none)
-        name = next((n for n, m in shadow.named_modules() if m is getattr(err, "obj", None)),
-                    None)
+        name = next((n for n, m in shadow.named_modules() if m is err.obj), None)
         layer = f"layer {name!r}" if name else "a converted conv"
-        raise ConfigError(f"model_cost: the model's forward reads the weight of {layer} ({err}; "
-                          f"e.g. a decoder tied to an encoder's filters, or "
+        raise ConfigError(f"model_cost: the model's forward reads the weight of {layer} (e.g. "
+                          f"a decoder tied to an encoder's filters, or "
                           f"F.conv2d(x, conv.weight)): a BasisConv2d has no weight tensor; "
                           f"leave {name or 'that conv'} out of the layers converted") from None
     except (RuntimeError, NotImplementedError, ValueError) as err:
@@ -443,11 +438,11 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     result = ModelCost(input_shape, count_parameters(model), costs)
     computed = counter.get_total_flops()
     if computed > result.forward_flops:
-        warnings.warn(f"model_cost: the forward computes {computed:,} FLOPs of convolutions "
-                      f"and matrix products, {result.forward_flops:,} of them in the Conv2d, "
-                      f"BasisConv2d and Linear modules counted; the rest (functional calls "
-                      f"such as F.conv2d, @ or attention, or layers of other kinds) is not "
-                      f"in these counts", stacklevel=2)
+        warn_caller(f"model_cost: the forward computes {computed:,} FLOPs of convolutions "
+                    f"and matrix products, {result.forward_flops:,} of them in the Conv2d, "
+                    f"BasisConv2d and Linear modules counted; the rest (functional calls "
+                    f"such as F.conv2d, @ or attention, or layers of other kinds) is not "
+                    f"in these counts")
     return result
 
 

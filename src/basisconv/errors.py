@@ -4,6 +4,8 @@ without a stack trace (set ``BASISCONV_DEBUG=1`` to see the trace)."""
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from typing import Iterator
 
 
@@ -42,6 +44,20 @@ def new_job_warns_again() -> None:
     :func:`warn_once` said for the sweep's check or the job before goes into this job's own
     log too, as its config has the same value."""
     SAID_ONCE.clear()
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` at the user's line: the first frame outside basisconv and torch
+    (which calls hooks and forwards). Why not a fixed ``stacklevel``: one warning is reached
+    from several public functions at different depths (``apply_basis`` called directly, or
+    by ``layer_sensitivity`` through ``layer_savings``; a hook from torch's module call),
+    and a fixed level named the package's or torch's own line for all but one of them
+    (Python 3.11 has no ``skip_file_prefixes``)."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+            ("basisconv.", "torch.")):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class BasisconvError(Exception):

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from typing import Sequence
 
 import torch
@@ -52,12 +51,12 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from .counts import count_or_fraction_problem, is_int, is_number, share_of
-from .errors import ConfigError
+from .errors import ConfigError, warn_caller
 from .fitting import (FIT_MODES, best_rank_weight, fit_coefficients, relative_error, select_basis,
                       smallest_basis, svd_errors)
 from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
-                      combination_rows, fused_forward, materialized_weight, split_forward,
-                      stacked_forward, without_autocast)
+                      channels_last, combination_rows, fused_forward, materialized_weight,
+                      split_forward, stacked_forward, without_autocast)
 
 
 def check_basis_size(value, key: str = "num_basis") -> None:
@@ -186,6 +185,12 @@ def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str =
     return int(rank)
 
 
+class NoWeightError(AttributeError):
+    """A basis layer's ``weight`` read: it stores none. An ``AttributeError``, so that code
+    that asks (``hasattr(m, "weight")``, ``getattr(m, "weight", None)``: init loops,
+    torch's utilities) still takes the layer as weightless; its message says what to do."""
+
+
 class BasisConv2d(nn.Module):
     """A 2-D convolution with ``num_basis`` trained filters and ``out_channels - num_basis``
     outputs that are trained linear combinations of the basis outputs.
@@ -247,11 +252,11 @@ class BasisConv2d(nn.Module):
         self.fuse_norm = check_flag("fuse_norm", fuse_norm)
         bias = check_flag("bias", bias)
         if self.fuse_norm and combine == "split":
-            warnings.warn("fuse_norm=True: where a batch norm follows the layer (conv_norm_act) "
-                          "the combination runs as one 1x1 conv with the norm folded in (or "
-                          "as Triton kernels with combine='fused'; the faster of these and "
-                          "the unfused modules with combine='auto'), so combine='split' "
-                          "applies only to layers without one", stacklevel=2)
+            warn_caller("fuse_norm=True: where a batch norm follows the layer (conv_norm_act) "
+                        "the combination runs as one 1x1 conv with the norm folded in (or "
+                        "as Triton kernels with combine='fused'; the faster of these and "
+                        "the unfused modules with combine='auto'), so combine='split' "
+                        "applies only to layers without one")
         n_combined = out_channels - m
         coefficient_rank = check_coefficient_rank(coefficient_rank, out_channels, m)
         self.coefficient_rank = coefficient_rank
@@ -369,12 +374,18 @@ class BasisConv2d(nn.Module):
     def shaped_like(cls, conv: nn.Conv2d, num_basis: int, *, device=None,
                     **options) -> "BasisConv2d":
         """A from-scratch layer with ``conv``'s geometry (channels, kernel, stride,
-        padding, dilation, bias) and dtype and ``num_basis`` basis filters, on ``device``
-        (default: the conv's); ``options`` as for the constructor."""
-        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, num_basis,
-                   stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                   bias=conv.bias is not None, dtype=conv.weight.dtype,
-                   device=conv.weight.device if device is None else device, **options)
+        padding, dilation, bias), dtype and memory format and ``num_basis`` basis filters,
+        on ``device`` (default: the conv's); ``options`` as for the constructor. Why the
+        memory format: NCHW basis filters in a channels_last model were copied to its
+        layout each step (and their gradient back), and gave an NCHW input NCHW outputs
+        where the conv's channels_last weight gave channels_last ones."""
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, num_basis,
+                    stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                    bias=conv.bias is not None, dtype=conv.weight.dtype,
+                    device=conv.weight.device if device is None else device, **options)
+        if channels_last(conv.weight):  # (the basis filters: the other tensors are 1-D, 2-D)
+            layer.to(memory_format=torch.channels_last)
+        return layer
 
     def train_as(self, conv: nn.Conv2d) -> None:
         """The parameters train as ``conv``'s did (``requires_grad`` of its weight and
@@ -436,6 +447,8 @@ class BasisConv2d(nn.Module):
         conv = skip_init(nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size,
                          self.stride, self.padding, self.dilation, bias=self.bias is not None,
                          device=self.basis_weight.device, dtype=self.basis_weight.dtype)
+        if channels_last(self.basis_weight):  # (in the layer's layout, as shaped_like keeps
+            conv.to(memory_format=torch.channels_last)  # the conv's)
         with torch.no_grad():
             conv.weight.copy_(self.dense_weight())
             if self.bias is not None:
@@ -468,6 +481,23 @@ class BasisConv2d(nn.Module):
             self.coefficient_mask = torch.empty_like(state_dict[key], dtype=self.basis_weight.dtype,
                                                      device=self.basis_weight.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        # (nn.Module's lookup of parameters, buffers and submodules; its failure for a
+        # missing weight is told what to read instead. Not a `weight` property: one that
+        # raises AttributeError falls back to this lookup, whose bare message wins. Called
+        # directly, not by super(): each forward reads its parameters through it)
+        try:
+            return nn.Module.__getattr__(self, name)
+        except AttributeError as err:
+            if name != "weight":
+                raise
+            raise NoWeightError(
+                f"{err}: it is a basis convolution (basis_weight and coefficients), converted "
+                f"from a conv; its equivalent dense weight is its .dense_weight(), computed at "
+                f"each call (writing to it changes nothing); a forward or init that needs "
+                f"conv.weight should leave this conv out of apply_basis's layers",
+                name=name, obj=self) from None
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this on every module before compiling; its own error was
@@ -550,11 +580,11 @@ def _hooks_expect_the_modules(conv: nn.Module, norm: nn.Module) -> bool:
 def _say_once_fold_skipped(conv: nn.Module) -> None:
     if not getattr(conv, "_said_fold_skipped", False):
         conv._said_fold_skipped = True
-        warnings.warn("a basis layer with fuse_norm=True runs unfused beside its norm: hooks "
-                      "on the norm, or forward or backward hooks on the layer, expect the "
-                      "modules one after another (register a conv forward hook "
-                      "with_kwargs=True to keep the fold: it then sees norm= and the "
-                      "normalized output)", stacklevel=3)
+        warn_caller("a basis layer with fuse_norm=True runs unfused beside its norm: hooks "
+                    "on the norm, or forward or backward hooks on the layer, expect the "
+                    "modules one after another (register a conv forward hook "
+                    "with_kwargs=True to keep the fold: it then sees norm= and the "
+                    "normalized output)")
 
 
 def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
@@ -772,6 +802,7 @@ def layer_shape(layer: nn.Module) -> tuple[int, int, tuple[int, int]]:
 
 
 __all__: Sequence[str] = (
-    "BasisConv2d", "COMBINE_MODES", "basis_layers", "check_basis_size", "check_coefficient_rank",
-    "check_convertible", "coefficient_l1", "conv_norm_act", "resolve_num_basis",
+    "BasisConv2d", "COMBINE_MODES", "NoWeightError", "basis_layers", "check_basis_size",
+    "check_coefficient_rank", "check_convertible", "coefficient_l1", "conv_norm_act",
+    "resolve_num_basis",
 )

@@ -48,7 +48,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .cost import count_parameters, model_cost
 from .counts import is_int, is_number
-from .errors import ConfigError, warn_once
+from .errors import ConfigError, warn_caller, warn_once
 from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers, stored_parameter
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
@@ -585,8 +585,8 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     dense = model_cost(model, shape).by_layer()
     for name in names:  # (left out before converting: a forward may read such a conv's
         if name not in dense:  # weight, F.conv2d(x, conv.weight), which a basis has not)
-            warnings.warn(f"layer {name!r} is not called by the model's forward at input "
-                          f"shape {tuple(shape)}: left out of the candidates", stacklevel=2)
+            warn_caller(f"layer {name!r} is not called by the model's forward at input "
+                        f"shape {tuple(shape)}: left out of the candidates")
     called = [name for name in names if name in dense]
     rows = []
 
@@ -626,10 +626,10 @@ def _sharing_their_weight(model: nn.Module, names: list[str]) -> list[str]:
     tied = [name for name in names
             if holders.get(id(stored_parameter(model.get_submodule(name), "weight")), 0) > 1]
     if tied:
-        warnings.warn(f"layers {tied} share their weight with other modules: their "
-                      f"params_saved is what converting each alone saves (the shared weight "
-                      f"stays, so it adds parameters); converting all that share one weight "
-                      f"saves it once, which the sum of their rows does not say", stacklevel=3)
+        warn_caller(f"layers {tied} share their weight with other modules: their "
+                    f"params_saved is what converting each alone saves (the shared weight "
+                    f"stays, so it adds parameters); converting all that share one weight "
+                    f"saves it once, which the sum of their rows does not say")
     return tied
 
 

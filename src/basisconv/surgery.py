@@ -30,7 +30,6 @@ import difflib
 import fnmatch
 import functools
 import logging
-import warnings
 from collections import defaultdict
 from typing import Iterable, Mapping
 
@@ -39,7 +38,7 @@ import torch.nn as nn
 
 from .cost import forward_macs_per_pixel, saves_compute
 from .counts import is_int
-from .errors import ConfigError
+from .errors import ConfigError, warn_caller
 from .fitting import fit_coefficients, relative_error
 from .layers import (WEIGHT_HOOKS, BasisConv2d, basis_layers, basis_size_for_error,
                      check_coefficient_rank, check_convertible, check_finite_weight, check_flag,
@@ -69,9 +68,9 @@ def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
         saving = -(-full // c_out) - 1  # the largest rank below full / C_out
         advice = (f"ranks up to {saving} save parameters there" if saving >= 1 else
                   "no rank saves parameters there")
-        warnings.warn(f"{key}={rank}: in layers with C_out={c_out} and m={m} its two factors "
-                      f"hold {rank * c_out} coefficients, no fewer than the full matrix's "
-                      f"{full}; {advice}, null keeps the full matrix", stacklevel=3)
+        warn_caller(f"{key}={rank}: in layers with C_out={c_out} and m={m} its two factors "
+                    f"hold {rank * c_out} coefficients, no fewer than the full matrix's "
+                    f"{full}; {advice}, null keeps the full matrix")
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -134,7 +133,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
                 try:
                     check_convertible(module, name)
                 except (TypeError, ValueError) as err:
-                    warnings.warn(f"skipping {err}", stacklevel=3)
+                    warn_caller(f"skipping {err}")
                     continue
                 chosen[name] = module
             continue
@@ -245,9 +244,9 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         size, fix = ((f"max_error={max_error}", "give a larger max_error")
                      if max_error is not None else
                      (f"{keys['num_basis']}={num_basis}", "give a smaller basis"))
-        warnings.warn(f"apply_basis: at {size} no selected layer saves compute, so "
-                      f"only_where_saves=True left them all dense and the model returned has "
-                      f"no basis layer; {fix}", stacklevel=2)
+        warn_caller(f"apply_basis: at {size} no selected layer saves compute, so "
+                    f"only_where_saves=True left them all dense and the model returned has "
+                    f"no basis layer; {fix}")
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
@@ -263,6 +262,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                         coefficient_rank=coefficient_rank, fuse_norm=fuse_norm, fit=fit)
     if share_coefficients:
         _share_coefficients(replaced, targets if convert else None)
+        _warn_of_earlier_groups(model, replaced)
     return model
 
 
@@ -375,7 +375,7 @@ def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combin
             if only_where_saves:
                 log.info("%s; left dense (only_where_saves)", message)
                 continue
-            warnings.warn(f"{message}; {leave_dense}", stacklevel=3)  # (apply_basis's caller)
+            warn_caller(f"{message}; {leave_dense}")
         kept[name] = conv
     return kept
 
@@ -497,9 +497,9 @@ def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> 
                 owner, kind = converted[id(p)]
                 shared[owner].append(kind)
         for owner, kinds in shared.items():
-            warnings.warn(f"layer {name!r} shares its {' and '.join(kinds)} with {owner!r}, "
-                          f"which is converted: the two no longer share it; convert both to "
-                          f"keep them tied", stacklevel=3)
+            warn_caller(f"layer {name!r} shares its {' and '.join(kinds)} with {owner!r}, "
+                        f"which is converted: the two no longer share it; convert both to "
+                        f"keep them tied")
 
 
 def _weight_constraints(conv: nn.Conv2d) -> list[str]:
@@ -522,12 +522,11 @@ def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
     listed = ", ".join(f"{name!r} ({', '.join(kinds)})"
                        for name, kinds in list(constrained.items())[:4])
     more = f" and {len(constrained) - 4} more" if len(constrained) > 4 else ""
-    warnings.warn(f"apply_basis: the weights of {listed}{more} are computed by a "
-                  f"parametrization or pruning that their basis layers do not keep: each starts "
-                  f"from the weight computed now (fitted to it, or from scratch at its scale), "
-                  f"and its basis filters and coefficients then train unconstrained; register "
-                  f"the constraint on the basis layers' parameters if training needs it",
-                  stacklevel=3)
+    warn_caller(f"apply_basis: the weights of {listed}{more} are computed by a "
+                f"parametrization or pruning that their basis layers do not keep: each starts "
+                f"from the weight computed now (fitted to it, or from scratch at its scale), "
+                f"and its basis filters and coefficients then train unconstrained; register "
+                f"the constraint on the basis layers' parameters if training needs it")
 
 
 def _hook_tables(module: nn.Module) -> dict:
@@ -557,9 +556,9 @@ def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
            for t in ("_state_dict_hooks", "_state_dict_pre_hooks",
                      "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
            for hook in getattr(conv, t, {}).values()):
-        warnings.warn(f"layer {name!r}: its state-dict hooks are not carried to its basis "
-                      f"layer, whose state has other keys; register them on the converted "
-                      f"layer if they still apply", stacklevel=3)
+        warn_caller(f"layer {name!r}: its state-dict hooks are not carried to its basis "
+                    f"layer, whose state has other keys; register them on the converted "
+                    f"layer if they still apply")
 
 
 def _retire(conv: nn.Conv2d, name: str, weight_hooks: list[int]) -> None:
@@ -581,11 +580,11 @@ def _retire(conv: nn.Conv2d, name: str, weight_hooks: list[int]) -> None:
 
 
 def _still_called(name: str, module: nn.Module, args) -> None:
-    warnings.warn(f"conv {name!r} was replaced by a basis layer but is still called: the "
-                  f"model reaches it through a reference apply_basis cannot replace (a plain "
-                  f"Python list or dict? hold submodules in nn.ModuleList or nn.ModuleDict), "
-                  f"so it runs the old dense conv, which no longer trains. If you call the "
-                  f"old conv yourself on purpose, ignore this.", stacklevel=2)
+    warn_caller(f"conv {name!r} was replaced by a basis layer but is still called: the "
+                f"model reaches it through a reference apply_basis cannot replace (a plain "
+                f"Python list or dict? hold submodules in nn.ModuleList or nn.ModuleDict), "
+                f"so it runs the old dense conv, which no longer trains. If you call the "
+                f"old conv yourself on purpose, ignore this.")
 
 
 def _parametrizations_own(hook) -> bool:
@@ -631,12 +630,17 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _coefficient_shape(layer: BasisConv2d) -> tuple:
+    """What layers share one coefficient matrix by (``share_coefficients``)."""
+    return layer.out_channels, layer.num_basis, layer.coefficient_rank
+
+
 def _share_coefficients(layers: dict[str, BasisConv2d], sources: dict[str, nn.Conv2d] | None) -> None:
     """Tie the coefficient parameters of same-shaped layers to the first one's; refit them
     jointly to the source convs' weights when given."""
     groups: dict[tuple, list[str]] = defaultdict(list)
     for name, layer in layers.items():
-        groups[(layer.out_channels, layer.num_basis, layer.coefficient_rank)].append(name)
+        groups[_coefficient_shape(layer)].append(name)
     for names in groups.values():
         if len(names) < 2:
             continue
@@ -664,6 +668,25 @@ def _share_coefficients(layers: dict[str, BasisConv2d], sources: dict[str, nn.Co
         for name in names:
             layers[name].reconstruction_error = relative_error(layers[name].dense_weight(),
                                                                sources[name].weight)
+
+
+def _warn_of_earlier_groups(model: nn.Module, layers: dict[str, BasisConv2d]) -> None:
+    """Warn where a layer converted with ``share_coefficients`` has the coefficient shape of
+    a basis layer the model had before the call: the two do not share (a call ties its own
+    layers), which a model rebuilt one layer a call and then loaded hid, as both load the
+    same values and then train apart."""
+    new = {id(layer) for layer in layers.values()}
+    earlier: dict[tuple, str] = {}
+    for name, layer in basis_layers(model).items():
+        if id(layer) not in new:
+            earlier.setdefault(_coefficient_shape(layer), name)
+    apart = [f"{name!r} (the coefficient shape of {earlier[shape]!r})"
+             for name, layer in layers.items() if (shape := _coefficient_shape(layer)) in earlier]
+    if apart:
+        more = f" and {len(apart) - 3} more" if len(apart) > 3 else ""
+        warn_caller(f"apply_basis: share_coefficients ties the layers converted in one call, "
+                    f"not these to the same-shaped basis layers the model had before it: "
+                    f"{', '.join(apart[:3])}{more}; convert the layers that share in one call")
 
 
 def basis_report(model: nn.Module) -> list[dict]:

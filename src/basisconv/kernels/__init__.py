@@ -30,11 +30,11 @@ from .auto import auto_forward
 from .auto_norm import auto_conv_batch_norm
 from .fused import fused_forward
 from .norm import basis_conv_batch_norm
-from .torch_ops import (combination_rows, dense_forward, materialized_weight, split_forward,
-                        stacked_forward, without_autocast)
+from .torch_ops import (channels_last, combination_rows, dense_forward, materialized_weight,
+                        split_forward, stacked_forward, without_autocast)
 
 COMBINE_MODES = ("stacked", "split", "fused", "auto")
 
-__all__ = ["COMBINE_MODES", "auto_conv_batch_norm", "auto_forward", "basis_conv_batch_norm", "combination_rows",
-           "dense_forward", "fused_forward", "materialized_weight", "split_forward",
-           "stacked_forward", "without_autocast"]
+__all__ = ["COMBINE_MODES", "auto_conv_batch_norm", "auto_forward", "basis_conv_batch_norm",
+           "channels_last", "combination_rows", "dense_forward", "fused_forward",
+           "materialized_weight", "split_forward", "stacked_forward", "without_autocast"]
