@@ -18,7 +18,7 @@ import basisconv.config  # noqa: F401  (registers the config schema)
 from basisconv.cli import check_sweep_jobs, exit_on_user_error
 from basisconv.unread import (warn_keys_no_sweep_job_reads, warn_preset_choice_overridden,
                               warn_unread_basis_overrides, warn_unread_logger_overrides)
-from basisconv.config import missing_values, validate
+from basisconv.config import validate
 from basisconv.train import fit
 
 check_sweep_jobs(validate, warn_keys_no_sweep_job_reads)
@@ -27,12 +27,13 @@ check_sweep_jobs(validate, warn_keys_no_sweep_job_reads)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    # the warnings read selection.policy, basis.init and logger.backend: a group removed
-    # (~selection) was their traceback, where fit's config check says it in one line
-    if not missing_values(cfg):
-        warn_unread_basis_overrides(cfg)
-        warn_unread_logger_overrides(cfg)
-        warn_preset_choice_overridden(cfg)
+    # checked before the warnings (fit checks it again, as its other callers need): a start
+    # refused is its one line (a key added with +, +basis.foo=1, was warned of as unread
+    # first), and a group removed (~selection) was the warnings' traceback
+    validate(cfg)
+    warn_unread_basis_overrides(cfg)
+    warn_unread_logger_overrides(cfg)
+    warn_preset_choice_overridden(cfg)
     fit(cfg, HydraConfig.get().runtime.output_dir)
 
 

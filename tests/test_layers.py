@@ -80,6 +80,22 @@ def test_to_conv_and_to_dense_leave_the_random_stream_as_it_was():
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(conv(x), model[0](x))
 
+@pytest.mark.parametrize("options", [{"num_basis": 3}, {"max_error": 0.5},
+                                     {"num_basis": 4, "fit": "svd", "coefficient_rank": 2}],
+                         ids=["count", "max-error", "svd-low-rank"])
+def test_from_conv_leaves_the_random_stream_as_it_was(options):
+    # Found by review: from_conv built its layer with the from-scratch init, which drew
+    # from the global generator and was then overwritten by the fit: converting a model
+    # changed every later draw of the user's seeded code.
+    conv = nn.Conv2d(4, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    state = torch.get_rng_state()
+    layer = BasisConv2d.from_conv(conv, **options)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert layer.basis_weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.allclose(layer(x), layer.to_conv()(x), atol=1e-5)
+    assert sorted(layer.output_index.tolist()) == list(range(8))
+
 
 def test_a_conv_of_rank_m_is_reproduced_with_m_basis_filters():
     torch.manual_seed(1)

@@ -459,6 +459,23 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
     assert selection.layer_savings(model, basis, batch=128).equals(table)
 
 
+@pytest.mark.parametrize("basis, lacks", [
+    (OmegaConf.create({}), "size, combine, coefficient_rank"), ({}, "size, combine, "
+     "coefficient_rank"), ({"size": 0.5, "combine": "stacked"}, "coefficient_rank"),
+    (OmegaConf.create({"size": "???", "combine": "stacked", "coefficient_rank": None}), "size")])
+def test_layer_savings_names_the_basis_keys_a_users_config_lacks_in_one_line(basis, lacks):
+    """Found in review: an empty config was OmegaConf's "Missing key size" with its
+    full_key and object_type lines, a plain dict an AttributeError; pick_layers names the
+    keys its own dict lacks. A plain dict with every key counts as the config does."""
+    model = build_model("resnet8", width=0.25)
+    with pytest.raises(ConfigError, match=rf"^layer_savings: basis has no {lacks}; give") as err:
+        selection.layer_savings(model, basis)
+    assert "\n" not in str(err.value)
+    given = {"size": 0.5, "combine": "stacked", "coefficient_rank": None}
+    assert selection.layer_savings(model, given).equals(
+        selection.layer_savings(model, OmegaConf.create(given)))
+
+
 def test_a_basis_size_at_which_no_layer_saves_compute_is_one_line_naming_a_smaller_one():
     """`scripts/sensitivity.py basis.size=1.0` (or 0.99): no conv saves compute at that
     size, so there is no candidate to estimate; one line saying to choose a smaller
@@ -738,11 +755,11 @@ def test_a_run_names_the_table_that_chose_its_layers_though_it_could_not_be_cach
         table, {"table_sha256": "c" * 64, "cache_hit": False}))  # nothing in the cache
     layers, made_from = sensitivity.choose_layers_and_table(cfg)
     assert layers and made_from == {"sensitivity_key": sensitivity.cache_key(cfg),
-                                    "sensitivity_table": "c" * 64}
+                                    "sensitivity_table": "c" * 64, "measured_time": None}
     assert sensitivity.choose_layers(cfg) == layers
     fixed = compose_sensitivity(repo, tmp_path / "cache", "selection=all")
-    assert sensitivity.choose_layers_and_table(fixed)[1] == {"sensitivity_key": None,
-                                                             "sensitivity_table": None}
+    assert sensitivity.choose_layers_and_table(fixed)[1] == {
+        "sensitivity_key": None, "sensitivity_table": None, "measured_time": None}
 
 
 def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(repo, tmp_path):

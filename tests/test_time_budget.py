@@ -176,6 +176,28 @@ def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_
     assert len(calls) == 1  # nothing measured again
 
 
+def test_a_training_record_names_the_layer_times_that_chose_its_layers(repo, tmp_path,
+                                                                       monkeypatch):
+    """Found in review: a run chosen by a time budget kept no trace of the times that chose
+    its layers (a sensitivity policy's keeps its table's key): its record names the cached
+    timings' key and holds their device and times, and a resumed run, which measures
+    nothing, keeps them."""
+    calls = []
+    monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
+    cfg = compose_timed(repo, tmp_path / "cache", "data=stripes", "data.synthetic_train=100",
+                        "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
+                        "trainer.progress=false", "trainer.threads=1")
+    fit_stopped_before(2, cfg, tmp_path / "run")
+    [cached] = (tmp_path / "cache" / "layer-times").glob("*.json")
+    measured = json.loads((tmp_path / "run" / "run.json").read_text())["measured_time"]
+    assert measured["key"] == cached.stem and measured["device"] == "cpu"
+    assert measured["dense_step_seconds"] == 10e-3
+    assert measured["layers"] == json.loads(cached.read_text())["layers"]
+    cached.unlink()
+    resumed = fit(cfg, tmp_path / "run")
+    assert resumed["measured_time"] == measured and len(calls) == 1
+
+
 def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_layers(
         repo, tmp_path, monkeypatch):
     """Its record names no ``layers`` but describes its model: choosing again (another
@@ -187,8 +209,9 @@ def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_lay
     old = {"record": {"model": {"basis_layers": ["layer2.0.conv1"]}}}
     monkeypatch.setattr(train, "choose_layers_and_table", lambda cfg: (
         ["layer1.0.conv1"], {"sensitivity_key": None, "sensitivity_table": None}))
-    assert train.layers_to_convert(cfg, old) == (
-        ["layer2.0.conv1"], {"sensitivity_key": None, "sensitivity_table": None})
+    # (an older record names no layer times: None, as a run that no time budget chose)
+    assert train.layers_to_convert(cfg, old) == (["layer2.0.conv1"], {
+        "sensitivity_key": None, "sensitivity_table": None, "measured_time": None})
     warm_up = {"record": {"model": {"basis_layers": []}}}  # dense so far: chosen now
     assert train.layers_to_convert(cfg, warm_up)[0] == ["layer1.0.conv1"]
 

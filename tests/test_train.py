@@ -294,6 +294,17 @@ def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     assert "error: CIFAR-10 not found" in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_a_key_added_with_plus_is_refused_in_one_line_not_first_warned_of_as_unread(
+        tmp_path, repo):
+    """Found in review: ``+basis.foo=1`` of a dense run was warned of as unread (the
+    basis group), then refused: two messages for one mistake."""
+    result = run_script(repo, tmp_path, "+basis.foo=1", "trainer.epochs=1",
+                        f"data.root={tmp_path / 'nowhere'}")
+    assert result.returncode == 2
+    assert (result.stdout + result.stderr).strip() == (
+        "error: basis.foo is not a config key; nothing reads a key added with +, so remove it")
+
+
 def test_a_refused_start_in_the_default_layout_leaves_no_dated_folder(tmp_path, repo):
     """outputs/<name>/<date>/ made for a start refused (a value out of range) is removed,
     and outputs/<name>/ with it when empty; other folders stay."""

@@ -348,8 +348,12 @@ class BasisConv2d(nn.Module):
         unpicked = torch.ones(c_out, dtype=torch.bool, device=picked.device)
         unpicked[picked] = False
         rest = torch.nonzero(unpicked).flatten()  # the other filters, in conv order
-        layer = cls.shaped_like(conv, m, combine=combine, coefficient_rank=coefficient_rank,
-                                fuse_norm=fuse_norm)
+        # built on the meta device, then given memory: every value is set below, and the
+        # from-scratch init drew from the global generator only to be overwritten (so
+        # converting a model changed every later draw of the user's seeded code)
+        layer = cls.shaped_like(conv, m, device="meta", combine=combine,
+                                coefficient_rank=coefficient_rank, fuse_norm=fuse_norm)
+        layer = layer.to_empty(device=conv.weight.device)
         basis = target[picked]
         factors = fit_coefficients(basis, flat[rest], coefficient_rank)
         stored = torch.cat([picked, rest])  # stored channel s is conv channel stored[s]

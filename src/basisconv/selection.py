@@ -553,7 +553,30 @@ def convert_candidates(model: nn.Module, basis: DictConfig, layers: str | Iterab
                        keys={**CONFIG_KEYS, "layers": "sensitivity.layers", **(keys or {})})
 
 
-def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[str] = "all",
+#: The ``basis`` keys :func:`layer_savings` reads (``fuse_norm`` too, False where absent).
+SAVINGS_BASIS_KEYS = ("size", "combine", "coefficient_rank")
+
+
+def savings_basis(basis: DictConfig | Mapping) -> DictConfig:
+    """``basis`` (the ``basis`` config, or a mapping with its keys) as a config that has
+    :data:`SAVINGS_BASIS_KEYS`; one error naming those it lacks, as :func:`pick_layers`
+    names a selection's (a user's empty config was OmegaConf's three-line missing-key
+    error, a plain dict an AttributeError)."""
+    example = "{'size': 0.5, 'combine': 'stacked', 'coefficient_rank': None}"
+    if not isinstance(basis, Mapping):
+        raise ConfigError(f"layer_savings: basis is the basis config or a mapping of its "
+                          f"keys, e.g. {example}; got {basis!r}")
+    lacking = [key for key in SAVINGS_BASIS_KEYS if key not in basis]  # (??? is not in)
+    if lacking:
+        raise ConfigError(f"layer_savings: basis has no {', '.join(lacking)}; give each key "
+                          f"it reads, as configs/basis/ sets them, e.g. {example}")
+    if isinstance(basis, DictConfig):
+        return basis
+    return OmegaConf.create({key: python_number(value) for key, value in basis.items()})
+
+
+def layer_savings(model: nn.Module, basis: DictConfig | Mapping,
+                  layers: str | Iterable[str] = "all",
                   input_shape: tuple[int, ...] = IMAGE, *, batch: int = 1,
                   keys: dict[str, str] | None = None) -> pd.DataFrame:
     """The candidate table: per candidate layer (among ``layers``, in model order), what
@@ -574,11 +597,13 @@ def layer_savings(model: nn.Module, basis: DictConfig, layers: str | Iterable[st
     (``basis.fuse_norm``) and a low-rank coefficient product, are shared by its inputs, as
     they are in training (counted at one input they would overstate the basis cost).
 
+    ``basis``: the ``basis`` config, or a mapping with its keys (:func:`savings_basis`).
     ``keys``: what errors call ``num_basis``, ``coefficient_rank`` and ``layers``; by
     default the config's (``basis.size``, ..., ``sensitivity.layers``).
     A conv the forward does not call at ``input_shape`` (a head used in training only)
     saves nothing measurable and is left out, with a warning."""
     import pandas as pd
+    basis = savings_basis(basis)
     keys = {**CONFIG_KEYS, "layers": "sensitivity.layers", **(keys or {})}
     names = list(select_layers(model, layers, key=keys["layers"]))
     shape = (input_shape[0] * batch, *input_shape[1:])

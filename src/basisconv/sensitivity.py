@@ -547,30 +547,34 @@ def choose_layers(cfg: DictConfig) -> list[str] | str | None:
 
 
 def choose_layers_and_table(cfg: DictConfig
-                            ) -> tuple[list[str] | str | None, dict[str, str | None]]:
+                            ) -> tuple[list[str] | str | None, dict[str, Any]]:
     """The layers ``cfg.selection`` converts, resolved before any network is built: the
     fixed policies directly; the ordered ones from their candidate table (the cached or
     newly estimated sensitivity table, or the cost model's savings for the baselines).
     With them, which sensitivity table chose them (its cache key and checksum,
     ``sensitivity_key`` and ``sensitivity_table``; ``None`` for a policy that reads none),
-    taken from the table used, so a run records it even when the table could not be cached.
+    taken from the table used, so a run records it even when the table could not be cached;
+    and under a time budget which layer times (``measured_time``: their cache key, device
+    and times, as :func:`~basisconv.time_budget.with_measured_time` gives them; else None).
 
     It leaves torch's global random state as it found it (the models it builds to count
     costs, and an estimate, draw from it), so a run's initial weights depend on its seed
     alone, not on how its layers were chosen."""
     selection = cfg.selection
-    made_from: dict[str, str | None] = {"sensitivity_key": None, "sensitivity_table": None}
+    made_from: dict[str, Any] = {"sensitivity_key": None, "sensitivity_table": None,
+                                 "measured_time": None}
     if selection.policy not in ORDERED_POLICIES:
         return fixed_layers(selection), made_from
     dense = dense_model(cfg)
     with torch.random.fork_rng():  # an estimate draws from every generator it uses
         if selection.policy in SENSITIVITY_POLICIES:
             table, record = sensitivity_table(cfg)
-            made_from = {"sensitivity_key": cache_key(cfg),
-                         "sensitivity_table": record.get("table_sha256")}
+            made_from.update(sensitivity_key=cache_key(cfg),
+                             sensitivity_table=record.get("table_sha256"))
         else:
             table = candidate_table(cfg, dense)
         table, totals = with_measured_time(cfg, table, dense_totals(dense))
+        made_from["measured_time"] = table.attrs.get("measured_time")
         chosen = pick_layers(selection, table, totals)
     return chosen_or_dense(selection, chosen), made_from
 
@@ -611,9 +615,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
                "params_saved": int(picked["params_saved"].sum()),
                "flops_saved": int(picked["flops_saved"].sum())}
     if "time" in dense:  # measured for this choice; the cached table stays as estimated
-        summary["measured_time"] = {
-            "device": timed.attrs.get("measured_on"), "dense_step_seconds": dense["time"],
-            "layers": timed[["layer", "dense_ms", "basis_ms", "seconds_saved"]].to_dict("records")}
+        summary["measured_time"] = timed.attrs["measured_time"]
     run = RunRecord("sensitivity", config, status="complete", results={
         "estimate_provenance": record["provenance"], "sensitivity": summary,
         "table": table.to_dict("records"),

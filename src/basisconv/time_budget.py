@@ -94,9 +94,10 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
                        ) -> tuple[pd.DataFrame, dict[str, float]]:
     """For ``selection.budget_metric=time``: the candidate table with what each layer saves
     in training-step time on ``trainer.device`` (``dense_ms``, ``basis_ms``,
-    ``seconds_saved``; cached, see the module's doc), and the dense model's measured step as
-    the budget's 100 % (``dense["time"]``). Other budgets: as given. Torch's random state
-    and process-wide settings are left as they were."""
+    ``seconds_saved``; cached, see the module's doc; the table's ``attrs["measured_time"]``
+    names the cache's key and holds the times, for a record), and the dense model's
+    measured step as the budget's 100 % (``dense["time"]``). Other budgets: as given.
+    Torch's random state and process-wide settings are left as they were."""
     import pandas as pd
     if cfg.selection.budget_metric != "time" or not budget_chooses(cfg.selection):
         return table, dense  # (a count or a threshold chooses: times would decide nothing)
@@ -135,6 +136,12 @@ def with_measured_time(cfg: DictConfig, table: pd.DataFrame, dense: dict[str, fl
     timed = table.merge(savings, on="layer", how="left")
     # the device the times are of, for the run's record (its config may say only "auto")
     timed.attrs["measured_on"] = cached.get("device", cfg.trainer.device)
+    # what chose the layers, for the records (a sensitivity policy's name its table):
+    # the cached timings' key, their device and the times
+    timed.attrs["measured_time"] = {
+        "key": readable_key(cfg, fields), "device": timed.attrs["measured_on"],
+        "dense_step_seconds": cached["dense_step_seconds"],
+        "layers": savings.to_dict("records")}
     return timed, {**dense, "time": cached["dense_step_seconds"]}
 
 

@@ -191,17 +191,17 @@ def remove_leftovers(output_dir: Path) -> None:
 
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
-                      ) -> tuple[list[str] | str | None, dict[str, str | None]]:
-    """The layers chosen for basis form, and which sensitivity table chose them
-    (:func:`~basisconv.sensitivity.choose_layers_and_table`), which the run record keeps
+                      ) -> tuple[list[str] | str | None, dict[str, Any]]:
+    """The layers chosen for basis form, and which sensitivity table (or layer times) chose
+    them (:func:`~basisconv.sensitivity.choose_layers_and_table`), which the run record keeps
     so a table row can be traced to its run (two tables of one key, estimated on two
     machines, choose differently). A resumed run keeps those its checkpoint was built
     with, where choosing again could differ (a time budget measured on another machine):
     its record's, or for a checkpoint from before records kept them, the basis layers its
     model was described with; only one with none (dense so far: a warm-up) chooses again."""
     record = checkpoint["record"] if checkpoint else {}
-    made_from = {"sensitivity_key": record.get("sensitivity_key"),
-                 "sensitivity_table": record.get("sensitivity_table")}
+    made_from = {key: record.get(key)  # (None where an older record lacks one)
+                 for key in ("sensitivity_key", "sensitivity_table", "measured_time")}
     if "layers" in record:
         return record["layers"], made_from
     built_with = (record.get("model") or {}).get("basis_layers")
