@@ -824,6 +824,50 @@ def test_basis_selected_names_its_runs_by_the_selection_option_chosen(compose_cf
             assert json.loads(record.read_text())["config"]["name"] == cfg.name, record
 
 
+@pytest.mark.parametrize("overrides, policy", [
+    (["selection.policy=random", "selection.seed=0"], "random"),
+    (["selection.policy=sensitivity_threshold", "selection.threshold=0.01"],
+     "sensitivity_threshold"),
+    (["selection=blocks", "selection.policy=all"], "all"),
+])
+def test_basis_selected_names_a_run_whose_policy_is_given_by_that_policy(compose_cfg,
+                                                                          overrides, policy):
+    """Found in review: named by the option chosen, a run given ``selection.policy=random``
+    (or ``sensitivity_threshold``, which the selection errors advise) took the preset's
+    option, ``sensitivity_budget``: the name, folder and wandb group of the protocol's
+    sensitivity_budget row. A policy given names the run, as ``${selection.policy}`` did;
+    so in the running job, whose config has no ``hydra`` node."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose_cfg("experiment=basis_selected", *overrides, hydra=True)
+    assert cfg.name == f"resnet18-basis-{policy}-0.5"
+    job = HydraConfig.instance()
+    saved = job.cfg
+    try:
+        job.set_config(cfg)
+        run = compose_cfg("experiment=basis_selected", *overrides)
+        assert run.name == f"resnet18-basis-{policy}-0.5"
+    finally:
+        job.cfg = saved
+
+
+@pytest.mark.parametrize("script", ["train", "estimate"])
+def test_checking_a_config_logs_nothing_of_its_dry_conversions(compose_cfg, caplog, script):
+    """Found in review: the meta-device conversion of the candidates (a basis size no layer
+    takes, refused before a sweep's first job) logged each layer left dense at every check,
+    four lines for the protocol's ``experiment=basis_selected`` and as many again for each
+    job of a sweep, before the run's own table said them. Held back, as the check of a
+    dense warm-up's conversion holds back its lines."""
+    import logging
+
+    from basisconv.config import validate_estimate
+
+    caplog.set_level(logging.INFO)
+    cfg = compose_cfg("experiment=basis_selected")
+    (validate if script == "train" else validate_estimate)(cfg)
+    assert not [m for m in caplog.messages if "saves no compute" in m], caplog.messages
+
+
 @pytest.mark.parametrize("override, message", [
     ("sensitivity.layers=[layer9.*]", r"^sensitivity.layers: layer pattern 'layer9.\*' matches "
                                       r"no convolution"),

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -34,7 +33,7 @@ from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models, parameter_count
-from .network import build_dense, check_conversion
+from .network import build_dense, check_conversion, held_back
 from .records import unwritable_folder
 from .selection import (ORDERED_POLICIES, SelectionConfig, check_selection, convert_candidates,
                         fixed_layers)
@@ -195,17 +194,26 @@ def capped(name: str, whole: str | None = None, limit: int = 200) -> str:
     return f"{name[:187]}-{hashlib.sha256((whole or name).encode()).hexdigest()[:12]}"
 
 
-def chosen_option(group: str, default: Any, *, _root_: DictConfig) -> Any:
+def chosen_option(group: str, key: str, *, _root_: DictConfig) -> Any:
     """The option of config group ``group`` the config was composed with
     (``selection=blocks``: ``blocks``), for a preset's ``name``: ``${selection.policy}``
     named a ``selection=blocks`` run (policy ``list``) ``-basis-list-``, as a
-    ``selection=list`` run of other layers (found in review). Read from the config's own
-    Hydra node (a sweep's job checked before it runs), else from the running job's;
-    ``default`` where neither is there (a config composed without Hydra's: only checked)."""
-    choices = OmegaConf.select(_root_, "hydra.runtime.choices", default=None)
-    if choices is None and HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
-    return (choices or {}).get(group) or default
+    ``selection=list`` run of other layers (found in review). The value of ``group.key``
+    instead where an override gives that key (``selection.policy=random`` over the preset's
+    ``sensitivity_budget``: the option no longer says what the run does, and its name was
+    that row's), or where no option is known (a config composed without Hydra's node:
+    only checked). Read from the config's own Hydra node (a sweep's job checked before it
+    runs), else from the running job's."""
+    value = OmegaConf.select(_root_, f"{group}.{key}")
+    hydra = OmegaConf.select(_root_, "hydra", default=None)
+    if hydra is None and HydraConfig.initialized():
+        hydra = HydraConfig.get()
+    if hydra is None:
+        return value
+    overrides = OmegaConf.select(hydra, "overrides.task", default=None) or []
+    if any(re.fullmatch(rf"[+~]*{group}\.{key}=.*", str(o)) for o in overrides):
+        return value
+    return (OmegaConf.select(hydra, "runtime.choices", default=None) or {}).get(group) or value
 
 
 if not OmegaConf.has_resolver("job_folder"):
@@ -526,15 +534,13 @@ def _check_layer_names(cfg: DictConfig, estimate: bool = False) -> None:
             model = build_dense(cfg)
     except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
         return  # (one that reads files as it is built) is checked as the run builds it
-    with warnings.catch_warnings():  # a layer a pattern skips is warned of by the run itself
-        warnings.simplefilter("ignore")
+    with held_back():  # (what a pattern skips or a basis leaves dense the run says itself)
         for layers, key in lists:
             select_layers(model, layers, key=key)
         if candidates:  # (the candidate table converts them as the estimate's first step)
-            with torch.device("meta"):
-                convert_candidates(model, cfg.basis, lists[-1][0])
-        if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
-            check_conversion(cfg, fixed_layers(cfg.selection))
+            convert_candidates(model, cfg.basis, lists[-1][0])
+    if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
+        check_conversion(cfg, fixed_layers(cfg.selection), model)
 
 
 def validate(cfg: DictConfig, *, estimate: bool = False) -> None:

@@ -7,11 +7,12 @@ The layers are an argument, resolved before the network is built (see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import warnings
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import torch
 import torch.nn as nn
@@ -81,21 +82,30 @@ def architecture_digest(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def check_conversion(cfg: DictConfig, layers: Layers) -> None:
-    """Refuse now what converting ``layers`` would refuse later (a basis size or coefficient
-    rank a layer cannot take, an unknown layer name): a dense warm-up converts only after
-    its epochs, which would otherwise train first and be lost. The conversion is made on
-    the meta device (no memory, no values), its logs and warnings held back for the real
-    one."""
+@contextlib.contextmanager
+def held_back() -> Iterator[None]:
+    """A dry conversion's scope: tensors made on the meta device (no memory, no values),
+    its warnings and the package's logs below errors held back for the real conversion,
+    which says them (a layer left dense, a skipped conv) where the run makes it."""
     package = logging.getLogger("basisconv")
     level = package.level
     package.setLevel(logging.ERROR)
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            to_basis(build_dense(cfg), cfg, layers, convert=False)
+            yield
     finally:
         package.setLevel(level)
+
+
+def check_conversion(cfg: DictConfig, layers: Layers, model: nn.Module | None = None) -> None:
+    """Refuse now what converting ``layers`` would refuse later (a basis size or coefficient
+    rank a layer cannot take, an unknown layer name): a dense warm-up converts only after
+    its epochs, which would otherwise train first and be lost. The conversion is made
+    :func:`held_back`, of ``model`` where given (``cfg``'s dense model on the meta device,
+    which it converts: built once for all of a config's checks)."""
+    with held_back():
+        to_basis(build_dense(cfg) if model is None else model, cfg, layers, convert=False)
 
 
 def converts_later(cfg: DictConfig) -> bool:

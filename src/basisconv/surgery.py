@@ -423,8 +423,9 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     layer = BasisConv2d.shaped_like(conv, m, device="meta", **options)
     layer = layer.to_empty(device=conv.weight.device)
     weight = conv.weight.detach()
-    scale = None if weight.is_meta else float(weight.double().square().mean().sqrt())
-    layer.reset_parameters(filter_std=scale)
+    if not weight.is_meta:  # (a dry conversion's layer has no values to draw: its init on
+        # meta, slow through torch's reference ops, was most of a config check's time)
+        layer.reset_parameters(filter_std=float(weight.double().square().mean().sqrt()))
     # (a frozen conv's fresh layer was trainable: the savings table then counted its
     # weight gradients as a cost of converting it)
     layer.train_as(conv)
