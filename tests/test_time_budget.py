@@ -155,6 +155,13 @@ def test_an_edited_model_definition_is_timed_again(repo, tmp_path, monkeypatch, 
     assert len(measured) == 2 and "another definition of model" in caplog.text
 
 
+def compose_short_run(repo, cache):
+    """A time-budget run of two short epochs on a little generated data (stopped and
+    resumed by the tests below)."""
+    return compose_timed(repo, cache, "data=stripes", "data.synthetic_train=100",
+                         "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
+                         "trainer.progress=false", "trainer.threads=1")
+
 def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_path,
                                                                       monkeypatch):
     """Resumed where its timings are gone (another machine) and measuring again would
@@ -163,9 +170,7 @@ def test_a_resumed_run_keeps_the_layers_its_checkpoint_was_built_with(repo, tmp_
     calls = []
     monkeypatch.setattr(time_budget, "layer_time_savings",
                         fake_timings(calls, lambda names, call: names[0 if call == 1 else -1]))
-    cfg = compose_timed(repo, tmp_path / "cache", "data=stripes", "data.synthetic_train=100",
-                        "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
-                        "trainer.progress=false", "trainer.threads=1")
+    cfg = compose_short_run(repo, tmp_path / "cache")
     fit_stopped_before(2, cfg, tmp_path / "run")
     first = calls[0]["names"][0]
     for cached in (tmp_path / "cache" / "layer-times").glob("*.json"):
@@ -184,9 +189,7 @@ def test_a_training_record_names_the_layer_times_that_chose_its_layers(repo, tmp
     nothing, keeps them."""
     calls = []
     monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
-    cfg = compose_timed(repo, tmp_path / "cache", "data=stripes", "data.synthetic_train=100",
-                        "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
-                        "trainer.progress=false", "trainer.threads=1")
+    cfg = compose_short_run(repo, tmp_path / "cache")
     fit_stopped_before(2, cfg, tmp_path / "run")
     [cached] = (tmp_path / "cache" / "layer-times").glob("*.json")
     measured = json.loads((tmp_path / "run" / "run.json").read_text())["measured_time"]
@@ -217,9 +220,7 @@ def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_lay
 
     calls = []
     monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
-    cfg = compose_timed(repo, tmp_path / "cache", "data=stripes", "data.synthetic_train=100",
-                        "data.synthetic_test=40", "trainer.epochs=2", "trainer.batch_size=50",
-                        "trainer.progress=false", "trainer.threads=1")
+    cfg = compose_short_run(repo, tmp_path / "cache")
     fit_stopped_before(2, cfg, tmp_path / "run")
     monkeypatch.setattr(train, "layers_to_convert", lambda cfg, checkpoint: (
         ["layer3.0.conv1"], {}))
