@@ -6,8 +6,10 @@ review)."""
 import itertools
 import json
 import re
+import shutil
 import subprocess
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -66,12 +68,30 @@ def test_the_example_supplies_are_what_the_examples_need(repo):
         assert re.search(rf"\b{name}\b", text), name
 
 
-def committed_text(repo, path: str) -> str:
-    """A file as the checkout's commit holds it (the file itself outside a git work tree):
-    what the README describes, whatever a local command has rewritten since."""
-    shown = subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{path}"],
-                           capture_output=True, text=True)
-    return shown.stdout if shown.returncode == 0 else (repo / path).read_text()
+def committed_text(repo, path: str) -> str | None:
+    """A file as the checkout's commit holds it (``HEAD:./``: of ``repo``, also where it
+    lies in a folder of another repository); None outside a git work tree (a tarball)
+    or where no ``git`` is installed."""
+    try:
+        shown = subprocess.run(["git", "-C", str(repo), "show", f"HEAD:./{path}"],
+                               capture_output=True, text=True)
+    except OSError:  # (no git binary)
+        return None
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def readme_names_the_tables_commit(root) -> bool:
+    """Whether the README at ``root`` names the commit ``results/quick/index.json`` says
+    rebuilt the quick tables: the committed file's (the README's first command rewrites
+    the working tree's with the reader's commit) or the working tree's (tables rebuilt and
+    named in the README, to be committed together)."""
+    stated = re.search(r"last by `make analyze PROFILE=quick` .*?at commit `([0-9a-f]{7,})`",
+                       (root / "README.md").read_text(), re.S)
+    assert stated, "the README no longer says which commit rebuilt results/quick"
+    path = "results/quick/index.json"
+    texts = [committed_text(root, path), (root / path).read_text()]
+    return any(json.loads(text)["provenance"]["git"]["commit"].startswith(stated.group(1))
+               for text in texts if text is not None)
 
 
 def test_the_readme_names_the_commit_that_last_rebuilt_the_quick_tables(repo):
@@ -79,11 +99,48 @@ def test_the_readme_names_the_commit_that_last_rebuilt_the_quick_tables(repo):
     rebuilds ``results/quick/`` from its records and so rewrites ``index.json`` with the
     reader's commit; read from the working tree, the second command, ``make test``, then
     failed here. The README names the commit of the committed tables."""
-    stated = re.search(r"last by `make analyze PROFILE=quick` .*?at commit `([0-9a-f]{7,})`",
-                       (repo / "README.md").read_text(), re.S)
-    assert stated, "the README no longer says which commit rebuilt results/quick"
-    index = json.loads(committed_text(repo, "results/quick/index.json"))
-    assert index["provenance"]["git"]["commit"].startswith(stated.group(1))
+    assert readme_names_the_tables_commit(repo)
+
+
+def tables_folder(root, readme_commit: str, index_commit: str):
+    """A README naming ``readme_commit`` and a quick ``index.json`` recording
+    ``index_commit`` at ``root``."""
+    (root / "results" / "quick").mkdir(parents=True, exist_ok=True)
+    (root / "README.md").write_text(f"Rebuilt last by `make analyze PROFILE=quick` (...)\n"
+                                    f"at commit `{readme_commit}` on a VM.\n")
+    (root / "results" / "quick" / "index.json").write_text(
+        json.dumps({"provenance": {"git": {"commit": index_commit + "0" * 33}}}))
+
+
+def git(root, *args):
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t",
+                    *args], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="makes a git repository")
+def test_the_tables_commit_check_holds_as_the_readme_and_the_tables_are_remade(
+        tmp_path, monkeypatch):
+    """Found in review: the check read ``index.json`` as committed only. Tables rebuilt
+    and the README made to name them, not yet committed (how every rebuild of
+    ``results/quick`` is made), failed ``make test``; so did a clone kept in a folder of
+    another repository (``HEAD:path`` is of that one's root) after the README's first
+    command, and any check where no ``git`` is installed (a tarball in a bare container).
+    Either the committed tables or the working tree's are the ones the README names."""
+    project = tmp_path / "outer" / "basisconv"
+    project.mkdir(parents=True)
+    git(tmp_path / "outer", "init", "-q")
+    tables_folder(project, "1234567", "1234567")
+    git(tmp_path / "outer", "add", "-A")
+    git(tmp_path / "outer", "commit", "-q", "-m", "tables")
+    tables_folder(project, "1234567", "abcdef0")  # the reader's make reproduce PROFILE=quick
+    assert readme_names_the_tables_commit(project)
+    tables_folder(project, "abcdef0", "abcdef0")  # rebuilt and named, not yet committed
+    assert readme_names_the_tables_commit(project)
+    tables_folder(project, "7654321", "abcdef0")  # a README naming neither
+    assert not readme_names_the_tables_commit(project)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-binaries"))  # no git
+    tables_folder(project, "abcdef0", "abcdef0")
+    assert readme_names_the_tables_commit(project)
 
 
 def test_the_comparison_with_the_paper_cites_the_gpu_records_it_judges_by(repo):
