@@ -513,15 +513,15 @@ def resolve_all(cfg: DictConfig) -> None:
                 cfg[key]  # (a value read resolves its ${...})
 
 
-def _check_layer_names(cfg: DictConfig, estimate: bool = False) -> None:
-    """The layer names and patterns a run's policy reads (``selection.layers`` of ``list``,
-    the candidates ``sensitivity.layers`` of an ordered policy, or of every policy in an
-    ``estimate``), and the basis its layers take (a ``basis.size`` above a layer's
+def _check_against_the_model(cfg: DictConfig, estimate: bool = False) -> None:
+    """What only the model can tell, checked on it shaped on the meta device (nothing is
+    allocated): the layer names and patterns a run's policy reads (``selection.layers`` of
+    ``list``, the candidates ``sensitivity.layers`` of an ordered policy, or of every policy
+    in an ``estimate``), and the basis its layers take (a ``basis.size`` above a layer's
     ``out_channels``: above every candidate's, or any of the layers ``all`` or ``list``
-    converts where ``basis.only_where_saves=false``), against the model, shaped on the meta
-    device (nothing is allocated): checked only as the run built its model, a misspelt name
-    or a size too large for one model in a sweep's last job failed after the jobs before
-    it had trained."""
+    converts where ``basis.only_where_saves=false``). Checked only as the run built its
+    model, a misspelt name or a size too large for one model in a sweep's last job failed
+    after the jobs before it had trained."""
     policy = cfg.selection.policy
     lists = [(list(cfg.selection.layers), "selection.layers")] if policy == "list" else []
     candidates = policy in ORDERED_POLICIES or estimate
@@ -592,7 +592,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
                f"{key}={value} does not fit in 64 bits; use a seed in [0, 2**63)")
     validate_trainer(cfg)
     validate_basis(cfg)
-    _check_layer_names(cfg, estimate)
+    _check_against_the_model(cfg, estimate)
     t = cfg.trainer
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
