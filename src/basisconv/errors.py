@@ -4,9 +4,10 @@ without a stack trace (set ``BASISCONV_DEBUG=1`` to see the trace)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def one_line(err: BaseException | str) -> str:
@@ -46,16 +47,24 @@ def new_job_warns_again() -> None:
     SAID_ONCE.clear()
 
 
-def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+def warn_caller(message: str, category: type[Warning] = UserWarning, *,
+                also_skip: Callable[[str], bool] | None = None) -> None:
     """``warnings.warn`` at the user's line: the first frame outside basisconv and torch
-    (which calls hooks and forwards). Why not a fixed ``stacklevel``: one warning is reached
-    from several public functions at different depths (``apply_basis`` called directly, or
-    by ``layer_sensitivity`` through ``layer_savings``; a hook from torch's module call),
-    and a fixed level named the package's or torch's own line for all but one of them
-    (Python 3.11 has no ``skip_file_prefixes``)."""
+    (which calls hooks, forwards and custom ops), and outside the files ``also_skip`` names
+    (by file name: the code ``torch.compile`` writes). Why not a fixed ``stacklevel``:
+    one warning is reached from several public functions at different depths
+    (``apply_basis`` called directly, or by ``layer_sensitivity`` through ``layer_savings``;
+    a hook from torch's module call), and a fixed level named the package's or torch's own
+    line for all but one of them (Python 3.11 has no ``skip_file_prefixes``)."""
+    # by folder, not by module name: the code torch generates (its custom ops' and
+    # autograd's wrappers) is filed in torch's folder but names no module of torch
+    library = (sys.modules.get("torch"), sys.modules[__package__])
+    folders = tuple(os.path.dirname(m.__file__) + os.sep for m in library if m is not None)
+
+    def inside(filename: str) -> bool:
+        return filename.startswith(folders) or (also_skip is not None and also_skip(filename))
     frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
-            ("basisconv.", "torch.")):
+    while frame.f_back is not None and inside(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
 

@@ -348,12 +348,11 @@ class BasisConv2d(nn.Module):
         unpicked = torch.ones(c_out, dtype=torch.bool, device=picked.device)
         unpicked[picked] = False
         rest = torch.nonzero(unpicked).flatten()  # the other filters, in conv order
-        # built on the meta device, then given memory: every value is set below, and the
-        # from-scratch init drew from the global generator only to be overwritten (so
-        # converting a model changed every later draw of the user's seeded code)
-        layer = cls.shaped_like(conv, m, device="meta", combine=combine,
-                                coefficient_rank=coefficient_rank, fuse_norm=fuse_norm)
-        layer = layer.to_empty(device=conv.weight.device)
+        # (unset: every value is set below; the from-scratch init drew from the global
+        # generator only to be overwritten, so converting a model changed every later draw
+        # of the user's seeded code)
+        layer = cls.unset_like(conv, m, combine=combine, coefficient_rank=coefficient_rank,
+                               fuse_norm=fuse_norm)
         basis = target[picked]
         factors = fit_coefficients(basis, flat[rest], coefficient_rank)
         stored = torch.cat([picked, rest])  # stored channel s is conv channel stored[s]
@@ -390,6 +389,14 @@ class BasisConv2d(nn.Module):
         if channels_last(conv.weight):  # (the basis filters: the other tensors are 1-D, 2-D)
             layer.to(memory_format=torch.channels_last)
         return layer
+
+    @classmethod
+    def unset_like(cls, conv: nn.Conv2d, num_basis: int, **options) -> "BasisConv2d":
+        """:meth:`shaped_like`, on the conv's device, with its values unset and nothing
+        drawn from a random generator (built on the ``meta`` device, then given memory),
+        for a caller that sets every value next."""
+        layer = cls.shaped_like(conv, num_basis, device="meta", **options)
+        return layer.to_empty(device=conv.weight.device)
 
     def train_as(self, conv: nn.Conv2d) -> None:
         """The parameters train as ``conv``'s did (``requires_grad`` of its weight and

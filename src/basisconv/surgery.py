@@ -418,10 +418,9 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     ResNet-18's) carries over to its basis layers, and with it the effective learning
     rate, which under a batch norm the weights' scale sets; a basis row and a dense row
     of the protocol then differ only in the basis form. It trains as the conv did.
-    Built on the ``meta`` device and initialized once, so the random stream is the one a
-    default init would draw."""
-    layer = BasisConv2d.shaped_like(conv, m, device="meta", **options)
-    layer = layer.to_empty(device=conv.weight.device)
+    Built unset and initialized once, so the random stream is the one a default init
+    would draw."""
+    layer = BasisConv2d.unset_like(conv, m, **options)
     weight = conv.weight.detach()
     if not weight.is_meta:  # (a dry conversion's layer has no values to draw: its init on
         # meta, slow through torch's reference ops, was most of a config check's time)

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
+from ..errors import warn_caller
 from . import triton_conv
 from .torch_ops import channels_last, stacked_forward
 
@@ -248,22 +248,14 @@ def is_triton_error(err: BaseException) -> bool:
 
 
 def warn_once(message: str) -> None:
-    """Warn once per process, at the user's line that ran the layer: the first frame
-    outside torch and basisconv (from inside the op, a fixed ``stacklevel`` named torch's
-    custom-op machinery; Python 3.11 has no ``skip_file_prefixes``), and outside the code
-    ``torch.compile`` generated, which calls the op in a compiled model."""
+    """Warn once per process, at the user's line that ran the layer
+    (:func:`~basisconv.errors.warn_caller`: from inside the op, a fixed ``stacklevel`` named
+    torch's custom-op machinery), outside the code ``torch.compile`` generated too, which
+    calls the op in a compiled model."""
     if message in _WARNED:
         return
     _WARNED.add(message)
-    frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and (frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS)
-                                        or _generated_code(frame.f_code.co_filename)):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=level)
-
-
-_LIBRARY_FOLDERS = (os.path.dirname(torch.__file__) + os.sep,  # torch/
-                    os.path.dirname(os.path.dirname(__file__)) + os.sep)  # basisconv/
+    warn_caller(message, also_skip=_generated_code)
 
 
 def _generated_code(filename: str) -> bool:
