@@ -449,3 +449,38 @@ def test_the_speed_pages_summary_quotes_each_ratio_at_the_fraction_it_names(repo
     assert fused and [float(x) for x in fused.groups()] == [
         round(ratio("gpu-h200-fused", "train-throughput-cuda-bf16{}-graphs", f"-basis{f}-fused"), 2)
         for f in ("0.5", "0.25")]
+
+
+def brace_expanded(token: str) -> list[str]:
+    """``a{,-b}c`` as the shell expands it: ``ac``, ``a-bc``."""
+    found = re.search(r"\{([^{}]*)\}", token)
+    if not found:
+        return [token]
+    return [expanded for choice in found[1].split(",")
+            for expanded in brace_expanded(token[:found.start()] + choice + token[found.end():])]
+
+
+def test_results_readme_names_each_speed_table_by_its_ratio_columns_name(repo):
+    """``results/README.md`` says which speed tables call the split count
+    ``paper_fwdbwd_ratio`` (made before its rename) and which ``split_fwdbwd_ratio``; a
+    reader picks the column by that list, so every committed table must sit on the side
+    its header is on (``nine-seeds/quick/``'s copies were once left out): a folder by its
+    name, a top-level table by its name or, for the old ones, its ``-<suffix>``."""
+    text = (repo / "results" / "README.md").read_text()
+    old_part, new_part = text.split("name the second `paper_fwdbwd_ratio`:", 1)[1] \
+        .split("Whole-model tables", 1)[0].split("The others name it `split_fwdbwd_ratio`:")
+    named = {part: {expanded for span in re.findall(r"`([^`\n]+)`", words)
+                    for expanded in brace_expanded(span)}
+             for part, words in (("paper", old_part), ("split", new_part))}
+    tables = 0
+    for path in sorted((repo / "results").rglob("*-speed-*.csv")):
+        header = path.read_text().split("\n", 1)[0].split(",")
+        column = next(name for name in ("paper", "split") if f"{name}_fwdbwd_ratio" in header)
+        relative = path.relative_to(repo / "results").as_posix()
+        folder, _, name = relative.rpartition("/")
+        keys = ({f"{folder}/"} if folder
+                else {name, "-" + name.removesuffix(".csv").split("-fp32-", 1)[-1]})
+        assert keys & named[column], f"{relative} has {column}_fwdbwd_ratio: results/README.md " \
+                                     "does not list it there"
+        tables += 1
+    assert tables >= 30
