@@ -628,6 +628,7 @@ def _serve_archive(tmp_path, monkeypatch):
     monkeypatch.setattr(data.urllib.request, "urlretrieve",
                         lambda url, path: Path(path).write_bytes(blob))
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)
+    return blob
 
 
 def test_a_download_is_never_seen_half_extracted(tmp_path, monkeypatch):
@@ -718,6 +719,34 @@ def test_a_download_with_the_wrong_md5_says_so_not_offline(tmp_path, monkeypatch
     with pytest.raises(DatasetError, match=r"^downloaded .* has the wrong md5; delete it "
                                            r"and retry\.$"):
         load_cifar10(tmp_path / "new", download=True)
+
+
+@pytest.mark.parametrize("archive", ["cifar-10-binary.tar.gz", "cifar-10-python.tar.gz"])
+def test_an_archive_never_extracted_is_named(tmp_path, archive):
+    """Found in the data review: the published archive copied into data.root and never
+    extracted was only 'not found'."""
+    (tmp_path / archive).write_bytes(b"an archive")
+    with pytest.raises(DatasetError, match=rf"It holds {archive}, never extracted: "
+                                           rf"extract it there \(tar -xzf "):
+        load_cifar10(tmp_path)
+
+
+def test_a_download_offline_extracts_the_archive_already_there(tmp_path, monkeypatch):
+    """Found in the data review: without torchvision (the CPU torch build cannot import it)
+    data.download=true fetched the archive again over one already in data.root, so an
+    offline machine failed beside it; torchvision's downloader uses it."""
+    import basisconv.data as data
+
+    blob = _serve_archive(tmp_path, monkeypatch)
+    root = tmp_path / "new"
+    root.mkdir()
+    (root / "cifar-10-python.tar.gz").write_bytes(blob)
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlretrieve", offline)
+    assert load_cifar10(root, verify_md5=False, download=True).train_labels.numel() == 50
 
 
 @pytest.mark.parametrize("given", ["root", "env"])

@@ -71,6 +71,9 @@ MD5 = {
 DOWNLOAD_LOCK = ".cifar-10-download.lock"
 ARCHIVE = {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
            "md5": "c58f30108f718f92721af3b95e74349a"}
+#: The published archives' names, binary first: one copied into ``data.root`` and never
+#: extracted is named by the not-found error (it said only "not found").
+ARCHIVES = {"bin": "cifar-10-binary.tar.gz", "py": Path(ARCHIVE["url"]).name}
 
 
 @dataclass
@@ -124,11 +127,14 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
             return folder, fmt
     if found:
         return found[0]
+    archive = next((root / name for name in ARCHIVES.values() if (root / name).is_file()), None)
+    unpacked = (f" It holds {archive.name}, never extracted: extract it there (tar -xzf "
+                f"{archive} -C {root}).") if archive else ""
     raise DatasetNotFound(
         f"CIFAR-10 not found: looked in {root.resolve()} and its subfolders "
-        f"{FOLDERS['bin']}/ and {FOLDERS['py']}/. Point data.root (or the CIFAR10_ROOT "
-        f"environment variable) at the folder holding the extracted CIFAR-10 files, "
-        f"or set data.download=true on a machine that is online.")
+        f"{FOLDERS['bin']}/ and {FOLDERS['py']}/.{unpacked} Point data.root (or the "
+        f"CIFAR10_ROOT environment variable) at the folder holding the extracted CIFAR-10 "
+        f"files, or set data.download=true on a machine that is online.")
 
 
 def _holds_cifar10(folder: Path, fmt: str, how: Callable[[Iterable[bool]], bool]) -> bool:
@@ -295,8 +301,11 @@ def download_cifar10(root: str | os.PathLike) -> None:
             download_and_extract_archive(ARCHIVE["url"], str(root), extract_root=str(staging),
                                          md5=ARCHIVE["md5"])
         else:
-            archive = root / Path(ARCHIVE["url"]).name
-            urllib.request.urlretrieve(ARCHIVE["url"], archive)
+            archive = root / ARCHIVES["py"]
+            # one already there (copied by hand, or an earlier download) is used, as
+            # torchvision's downloader uses it: offline, the download failed beside it
+            if not (archive.is_file() and file_digest(archive, "md5") == ARCHIVE["md5"]):
+                urllib.request.urlretrieve(ARCHIVE["url"], archive)
             if file_digest(archive, "md5") != ARCHIVE["md5"]:
                 raise DatasetError(
                     f"downloaded {archive} has the wrong md5; delete it and retry.")
