@@ -1972,6 +1972,72 @@ def test_rows_whose_seeds_ran_other_software_or_chose_from_other_tables_are_name
     assert table.count("different torch versions") == table.count("different sensitivity") == 1
 
 
+@pytest.mark.parametrize("path, value", [("provenance.hardware.gpu", 1),
+                                         ("provenance.hardware.cpu", ["AMD EPYC"]),
+                                         ("provenance.git.commit", 123),
+                                         ("model.mean_backward_flops", "78")])
+def test_a_record_with_provenance_or_an_optional_count_of_another_type_is_named(
+        tmp_path, path, value, caplog):
+    """Found in review: a record (hand-edited, or not ours) whose GPU, CPU or commit was
+    no text, or whose skip-training mean backward FLOPs were, ended the analysis in a
+    trace (AttributeError from the device name, TypeError from a join, a slice, pandas'
+    mean); it is named as unreadable, as one whose hardware is no object is."""
+    caplog.set_level("INFO")  # (the record is named at INFO, counted in a warning)
+    runs = [json.loads(json.dumps(r)) for r in RECORDS]
+    *parents, last = path.split(".")
+    node = runs[2]
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    write_runs(tmp_path / "runs", runs)
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == [str(tmp_path / "runs" / "run2")]
+    assert f"without {path}" in caplog.text
+
+
+def timed_budget(seed, key="resnet20-w0.5-m0.5-aaaaaaaaaaaa", device="cpu", size=0.5):
+    """A time-budget run's record (``selection.budget_metric=time``): the layer timings
+    that chose its layers, as ``basisconv.train`` records them."""
+    run = record("sensitivity_budget", size, seed, 0.90, 800, 80, 8.0, (0.08, 0.16))
+    run["config"]["selection"]["budget_metric"] = "time"
+    run["measured_time"] = {"key": key, "device": device, "dense_step_seconds": 0.3,
+                            "layers": [{"layer": "layer1.0.conv1", "dense_ms": 1.0,
+                                        "basis_ms": 0.5, "seconds_saved": 0.0005}]}
+    return run
+
+
+def test_rows_whose_seeds_chose_from_other_machines_layer_timings_are_named(tmp_path):
+    """A time budget's seeds whose layers were chosen from two machines' layer timings
+    (another key: the key hashes the hardware) were averaged without a word, though the
+    record names the timings; so were rows of one table chosen from timings of different
+    devices, or of a GPU for runs trained on the CPU."""
+    from basisconv.analysis.report import timings_line
+    runs = [timed_budget(0), timed_budget(1), RECORDS[0]]
+    frame = runs_frame([(r, "here") for r in runs])
+    assert timings_line(frame) == ""  # one machine's timings, on the device trained on
+    runs[1] = timed_budget(1, key="resnet20-w0.5-m0.5-bbbbbbbbbbbb")
+    write_runs(tmp_path / "runs", [*runs, timed_budget(0, size=0.25, device="cuda:0")])
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    table = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+    assert ("Rows whose seeds chose their layers from different layer timings "
+            "(selection.budget_metric=time; by key and device): resnet20-sensitivity_budget "
+            "at basis size 0.5 (resnet20-w0.5-m0.5-aaaaaaaaaaaa on cpu: seeds 0; "
+            "resnet20-w0.5-m0.5-bbbbbbbbbbbb on cpu: seeds 1)") in table
+    assert ("Layers chosen by measured time were timed on cpu: resnet20-sensitivity_budget "
+            "at basis size 0.5; cuda:0: resnet20-sensitivity_budget at basis size 0.25, the "
+            "runs trained on cpu") in table
+    # one device, but not the one trained on (a run resumed on another machine)
+    gpu_chosen = [timed_budget(0, device="cuda:0"), timed_budget(1, device="cuda:0")]
+    assert timings_line(runs_frame([(r, "here") for r in gpu_chosen])).startswith(
+        "Layers chosen by measured time were timed on cuda:0: resnet20-sensitivity_budget")
+    # index.json names each run's timings; none for another budget (the dense runs)
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert {(run["selection"], run["layer_timings"]) for run in index["runs"]} == {
+        ("none", None), ("sensitivity_budget", "resnet20-w0.5-m0.5-aaaaaaaaaaaa"),
+        ("sensitivity_budget", "resnet20-w0.5-m0.5-bbbbbbbbbbbb")}
+
+
 def test_the_analysis_refuses_results_a_git_merge_left_unresolved(tmp_path):
     """Found in review: a conflicted page the analysis did not write again stayed in the
     folder, to be committed; the records with markers were skipped as unreadable."""

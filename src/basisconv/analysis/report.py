@@ -128,11 +128,16 @@ def rows_split_by(runs: pd.DataFrame, column: str) -> list[str]:
         values = row.groupby(row[column].fillna("").astype(str).replace("", "unknown"),
                              sort=True)["seed"].apply(lambda s: " ".join(map(str, sorted(s))))
         if len(values) > 1:
-            first = row.iloc[0]
-            size = "" if first["basis_size"] == "-" else f" at basis size {first['basis_size']}"
-            mixed.append(f"{row_name(first['experiment'], first['settings'])}{size} ("
+            mixed.append(f"{sized_row_name(row.iloc[0])} ("
                          + "; ".join(f"{v}: seeds {s}" for v, s in values.items()) + ")")
     return mixed
+
+
+def sized_row_name(run: pd.Series) -> str:
+    """A table row as the notes name it (:func:`row_name`), with its basis size: the rows
+    of a size sweep share their experiment's name."""
+    size = "" if run["basis_size"] == "-" else f" at basis size {run['basis_size']}"
+    return f"{row_name(run['experiment'], run['settings'])}{size}"
 
 
 def commits_line(runs: pd.DataFrame) -> str:
@@ -164,6 +169,37 @@ def tables_line(runs: pd.DataFrame) -> str:
     return (f"Rows whose seeds chose their layers from different sensitivity tables (by "
             f"checksum): {'; '.join(mixed)}: their layers differ between seeds."
             if mixed else "")
+
+
+def timings_line(runs: pd.DataFrame) -> str:
+    """"" or, for runs that chose their layers by measured time
+    (``selection.budget_metric=time``), the rows whose seeds chose them from different
+    layer timings (another machine's, by the timings' cache key, or another device's), as
+    :func:`tables_line` says of sensitivity tables; and, where a table's rows chose from
+    timings of different devices, or of another kind of device than its runs trained on (a
+    run resumed elsewhere keeps its layers), which rows chose from which: their layers are
+    those fast on another device, and the speedups between rows compare choices made by
+    unlike clocks."""
+    timed = runs[runs["layer_timings"].notna()]
+    if timed.empty:
+        return ""
+    timed = timed.assign(chosen_by=timed["layer_timings"] + " on " + timed["timings_device"])
+    lines = []
+    if mixed := rows_split_by(timed, "chosen_by"):
+        lines.append(f"Rows whose seeds chose their layers from different layer timings "
+                     f"(selection.budget_metric=time; by key and device): {'; '.join(mixed)}: "
+                     f"their layers differ between seeds, or were chosen on another machine.")
+    # (an older cache's device may be the config's "auto": no kind to compare)
+    kind = timed["timings_device"].str.split(":").str[0]
+    elsewhere = kind.isin(["cpu", "cuda"]) & ((kind == "cpu") != (timed["device"] == "cpu"))
+    if timed["timings_device"].nunique() > 1 or elsewhere.any():
+        by_device = {device: ", ".join(dict.fromkeys(rows.apply(sized_row_name, axis=1)))
+                     for device, rows in timed.groupby("timings_device", sort=True)}
+        lines.append(f"Layers chosen by measured time were timed on "
+                     f"{'; '.join(f'{d}: {names}' for d, names in by_device.items())}, the runs "
+                     f"trained on {', '.join(sorted(set(timed['device'])))}: a row's layers are "
+                     f"those fast on its timings' device.")
+    return "\n".join(lines)
 
 
 def baseline_line(table: pd.DataFrame) -> str:
@@ -349,7 +385,7 @@ def write_group(part: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, st
     # the commits and versions of every record: distinct_runs averages a seed trained again
     # (at another commit, say) into its first record, whose commit alone it keeps
     caveats = [line for line in (seeds_line(seeds), commits_line(runs), versions_line(runs),
-                                 tables_line(seeds), baseline_line(part),
+                                 tables_line(seeds), timings_line(seeds), baseline_line(part),
                                  unlike_baseline_line(part), timing_line(runs), *left_out)
                if line]
     note = "\n".join([origin, *caveats])  # the plots' footer

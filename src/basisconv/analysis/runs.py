@@ -122,6 +122,8 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "torch": (prov.get("versions") or {}).get("torch"),
         # which sensitivity table chose the layers (its checksum; None: none, or not recorded)
         "sensitivity_table": record.get("sensitivity_table"),
+        # under a time budget, which layer timings chose them (None: another budget)
+        **layer_timings(record.get("measured_time")),
         # a record without its hardware (an edited file, a wandb run without provenance)
         "date": prov.get("date"),
         "hardware": hardware_name(hardware, trained_on(cfg)) or "unknown hardware",
@@ -129,6 +131,17 @@ def run_row(record: dict[str, Any], where: str) -> dict[str, Any]:
         "profile": made_by_profile(record),  # what its command named (None: nothing)
         "same_run": same_run(cfg, model),
     }
+
+
+def layer_timings(measured: Any) -> dict[str, str | None]:
+    """Which layer timings chose a run's layers under ``selection.budget_metric=time``
+    (the record's ``measured_time``): ``layer_timings``, their cache key (it names the
+    machine, as a hash of its hardware), and ``timings_device``, the device they were
+    measured on; None for another budget, or a record from before they were kept."""
+    if not isinstance(measured, dict):
+        return {"layer_timings": None, "timings_device": None}
+    return {"layer_timings": str(measured.get("key") or "unknown key"),
+            "timings_device": str(measured.get("device") or "unknown device")}
 
 
 def same_run(config: dict[str, Any], model: dict[str, Any]) -> str:

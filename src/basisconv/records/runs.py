@@ -181,9 +181,16 @@ CONFIG_TYPES: dict[str, tuple[type | None, ...]] = {
 
 #: The provenance the analysis reads of every kind where a record has it (an older or
 #: edited record may not: "unknown hardware"), with its type: one of another type (a
-#: hand-written ``"hardware": "AMD EPYC"``) is missing too, not a trace from the table.
+#: hand-written ``"hardware": "AMD EPYC"``) is missing too, not a trace from the table
+#: (a GPU, CPU or commit that was no text ended it in one from the names made of them).
 PROVENANCE_TYPES = {"provenance": dict, "provenance.hardware": dict, "provenance.git": dict,
-                    "provenance.versions": dict, "provenance.date": str}
+                    "provenance.versions": dict, "provenance.date": str,
+                    "provenance.hardware.gpu": str, "provenance.hardware.cpu": str,
+                    "provenance.hardware.cpu_capability": str, "provenance.git.commit": str}
+#: Fields of :data:`MEASURED` that only some records have, which the analysis reads where
+#: present (a skip-training run's mean backward FLOPs): one that is no measurement is
+#: missing, as a required one is (a text there ended the table in a trace from pandas).
+MEASURED_WHEN_PRESENT = {"training": ("model.mean_backward_flops",)}
 
 
 def is_measurement(value: Any) -> bool:
@@ -247,6 +254,11 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
         else:
             if of_another_type(path, node):
                 missing.append(path)
+    for path in MEASURED_WHEN_PRESENT.get(record.get("kind"), ()):
+        parent, key = path.split(".")
+        node = record.get(parent)
+        if isinstance(node, dict) and key in node and not is_measurement(node[key]):
+            missing.append(path)
     missing += [path for path in table_lacks(record) if "table" not in missing]
     if record.get("kind") in REQUIRED:
         for path, kind in PROVENANCE_TYPES.items():
