@@ -27,14 +27,14 @@ check_sweep_jobs(validate, warn_keys_no_sweep_job_reads)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    # checked before the warnings (fit checks it again, as its other callers need): a start
+    # checked before the warnings, not by fit (the warnings only read cfg): a start
     # refused is its one line (a key added with +, +basis.foo=1, was warned of as unread
     # first), and a group removed (~selection) was the warnings' traceback
     validate(cfg)
     warn_unread_basis_overrides(cfg)
     warn_unread_logger_overrides(cfg)
     warn_preset_choice_overridden(cfg)
-    fit(cfg, HydraConfig.get().runtime.output_dir)
+    fit(cfg, HydraConfig.get().runtime.output_dir, validated=True)
 
 
 if __name__ == "__main__":

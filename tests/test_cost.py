@@ -235,6 +235,22 @@ def test_convolutions_and_products_outside_the_counted_modules_are_said_not_coun
     assert cost.forward_flops == 31104 < measure_flops(Functional(), shape)["forward_flops"]
 
 
+def test_a_convolution_no_formula_counts_is_named_not_counted_at_the_callers_line():
+    """Pins model_cost's warning for a module of a convolution kind it has no formula for
+    (a ConvTranspose2d), by name and kind, and that both of its warnings name the caller's
+    line, not the package's (the dry run's steps are helpers at another depth)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ConvTranspose2d(8, 4, 3))
+    with pytest.warns(UserWarning) as caught:
+        cost = model_cost(model, (2, 3, 8, 8))
+    conv = 2 * 2 * 6 * 6 * 8 * 3 * 3 * 3  # (2*B*H'*W'*C_out*K, the Conv2d alone)
+    named, computed = (str(w.message) for w in caught)
+    assert named == "model_cost: layer '1' (ConvTranspose2d) is not counted"
+    assert computed.startswith(f"model_cost: the forward computes 72,576 FLOPs of convolutions "
+                               f"and matrix products, {conv:,} of them in the Conv2d")
+    assert {w.filename for w in caught} == {__file__}
+    assert [c.name for c in cost.layers] == ["0"] and cost.forward_flops == conv
+
+
 def test_pruned_coefficients_are_not_counted_and_a_shared_matrix_keeps_every_layers_picks():
     """A pruned layer counts its kept coefficients (also when layer_cost is called on it
     directly); a shared matrix pruned by its layers with other masks keeps the union of the

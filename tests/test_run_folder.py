@@ -829,6 +829,27 @@ def test_a_stop_as_a_run_starts_or_once_it_is_complete_says_how_to_go_on(tmp_pat
     assert (tmp_path / "published.json").exists()
 
 
+def test_fit_checks_its_config_unless_its_caller_just_did(tmp_path, repo, monkeypatch):
+    """scripts/train.py checks the config before its warnings, which only read it, and
+    passes validated=True: fit then does not check the same config a second time; any
+    other caller's config is checked."""
+    from basisconv import train
+
+    checked = []
+    monkeypatch.setattr(train, "validate", checked.append)
+
+    def past_the_check(path):
+        raise LookupError("past the check")
+    monkeypatch.setattr(train, "make_folder", past_the_check)
+    cfg = compose_tiny(repo, "logger=none")
+    for validated in (False, True):
+        with pytest.raises(LookupError, match="past the check"):
+            fit(cfg, tmp_path, validated=validated)
+    assert checked == [cfg]
+    script = (repo / "scripts" / "train.py").read_text()
+    assert script.count("validate(cfg)") == 1 and "validated=True)" in script
+
+
 def test_a_second_stop_as_a_stopped_run_is_torn_down_still_says_where_it_stopped(
         tmp_path, repo, monkeypatch):
     """Seen under torchrun in a loaded test run: its SIGTERM, after another rank's death,

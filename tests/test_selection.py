@@ -2161,3 +2161,34 @@ def test_a_reader_amid_a_recomputes_removal_of_the_table_waits_for_the_new_one(
         sensitivity.load_cached(cfg)
     (folder / sensitivity.TABLE).write_bytes(table)
     assert sensitivity.load_cached(cfg) is not None
+
+
+def test_the_search_writes_its_record_and_table_field_by_field_in_order(repo, tmp_path,
+                                                                       monkeypatch):
+    """Pins what the search writes, in order: the summary's keys (both noise yardsticks
+    measured), the record's results and search.csv's columns and values, so that a record
+    parses as earlier ones did."""
+    accuracy = {"a b": 0.88, "a c": 0.86, "b c": 0.85, "a d": 0.80, "b d": 0.70, "c d": 0.50}
+    summary = made_up_search(repo, tmp_path, monkeypatch, accuracy,
+                             drop_noise={"accuracy_std": 0.022})
+    assert list(summary) == [
+        "candidates", "subset_size", "subsets", "metric", "fast_choice", "fast_accuracy",
+        "fast_rank_by_accuracy", "fast_rank_by_loss", "fast_percentile", "other_metric",
+        "other_choice", "other_accuracy", "other_rank_by_accuracy", "best_subset",
+        "best_accuracy", "median_accuracy", "worst_accuracy", "reference_accuracy",
+        "spearman_predicted_vs_measured_drop", "spearman_predicted_vs_measured_loss",
+        "sensitivity_key", "sensitivity_cache_hit", "seconds", "kept_pretraining",
+        "kept_fine_tunes", "noise_accuracy_std", "subsets_within_noise_of_fast",
+        "drop_noise_accuracy_std", "subsets_within_drop_noise_of_fast"]
+    assert type(summary["fast_choice"]) is str and summary["fast_choice"] == "a b"
+    assert (summary["subsets_within_noise_of_fast"],
+            summary["subsets_within_drop_noise_of_fast"]) == (1, 2)
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert list(record) == ["kind", "status", "config", "provenance", "search", "table",
+                            "estimate_provenance"]
+    assert record["search"] == json.loads(json.dumps(summary))
+    assert (tmp_path / "out" / "search.csv").read_text().splitlines()[:3] == [
+        "subset,accuracy,loss,accuracy_drop,loss_increase,predicted_accuracy_drop,"
+        "predicted_loss_increase,flops_saved,rank_by_accuracy,rank_by_loss,fast_choice",
+        "a b,0.88,1.12,0.02,0.12,0.03,0.3,3,1,1,True",
+        "a c,0.86,1.14,0.04,0.14,0.05,0.5,4,2,2,False"]

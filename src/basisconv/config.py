@@ -291,8 +291,17 @@ def _check_subset(value: Any, key: str,
 
 
 def validate_basis(cfg: DictConfig) -> None:
+    """The keys of the basis method, group by group (the first problem found is the one
+    told): which layers convert (``selection``), the estimate that ranks them
+    (``sensitivity``), and the basis they take (``basis``)."""
     check_selection(cfg.selection, every_key=True)
-    s = cfg.sensitivity
+    _check_sensitivity(cfg.sensitivity)
+    _check_basis(cfg)
+
+
+def _check_sensitivity(s: DictConfig) -> None:
+    """``sensitivity.*``: the estimate's schedule, held-out images, noise repeats and the
+    exhaustive search's size."""
     _check(s.pretrain_epochs >= 0, f"sensitivity.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     _check(s.finetune_epochs >= 0, f"sensitivity.finetune_epochs must be >= 0, got {s.finetune_epochs}")
     _check(0 < s.finetune_lr < math.inf,
@@ -320,6 +329,14 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(s.search_max_subsets >= 1, f"sensitivity.search_max_subsets must be >= 1 (the "
                                       f"most subsets the exhaustive search may train), got "
                                       f"{s.search_max_subsets}")
+
+
+def _check_basis(cfg: DictConfig) -> None:
+    """``basis.*``: its size (and the warnings a valid size or form may still need), where the
+    layers start (:func:`_check_basis_start`), and how the coefficients combine and train.
+    Rules that relate groups read ``selection.policy`` (a dense run, ``selection=none``,
+    starts no basis layers) and ``trainer``, whose own values :func:`validate` checked
+    first."""
     b = cfg.basis
     try:
         check_basis_size(b.size, "basis.size")
@@ -335,6 +352,21 @@ def validate_basis(cfg: DictConfig) -> None:
         warn_once(log, "basis.combine=auto chooses each layer's form by timing it, so this "
                        "deterministic run may not repeat exactly (a resumed run may choose "
                        "differently); name a form (basis.combine=stacked) for runs that must")
+    _check_basis_start(cfg)
+    _check(b.coefficient_update_every >= 1,
+           f"basis.coefficient_update_every must be >= 1, got {b.coefficient_update_every}")
+    _check_choice(b.combine, COMBINE_MODES, "basis.combine")
+    _check(b.coefficient_rank is None or b.coefficient_rank >= 1,
+           f"basis.coefficient_rank must be null or >= 1, got {b.coefficient_rank}")
+    _check(0 <= b.coefficient_l1 < math.inf,
+           f"basis.coefficient_l1 must be a finite number >= 0, got {b.coefficient_l1}")
+
+
+def _check_basis_start(cfg: DictConfig) -> None:
+    """Where the basis layers start: ``basis.init`` and ``fit``, and the trained dense
+    weights a converted start is fitted to (``source_checkpoint``, or a dense warm-up of
+    ``dense_warmup_epochs``, which must leave basis epochs in ``trainer.epochs``)."""
+    b = cfg.basis
     _check_choice(b.init, BASIS_INIT, "basis.init")
     _check_choice(b.get("fit", "pivots"), FIT_MODES, "basis.fit")
     _check(b.source_checkpoint is None or b.init == "convert",
@@ -357,13 +389,6 @@ def validate_basis(cfg: DictConfig) -> None:
     _check(b.dense_warmup_epochs < cfg.trainer.epochs or cfg.selection.policy == "none",
            f"basis.dense_warmup_epochs={b.dense_warmup_epochs} leaves no basis epochs in "
            f"trainer.epochs={cfg.trainer.epochs}")
-    _check(b.coefficient_update_every >= 1,
-           f"basis.coefficient_update_every must be >= 1, got {b.coefficient_update_every}")
-    _check_choice(b.combine, COMBINE_MODES, "basis.combine")
-    _check(b.coefficient_rank is None or b.coefficient_rank >= 1,
-           f"basis.coefficient_rank must be null or >= 1, got {b.coefficient_rank}")
-    _check(0 <= b.coefficient_l1 < math.inf,
-           f"basis.coefficient_l1 must be a finite number >= 0, got {b.coefficient_l1}")
 
 
 def validate_trainer(cfg: DictConfig) -> None:

@@ -360,12 +360,32 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     ``F.conv2d``, ``@``, attention, a layer of another kind), which ``FlopCounterMode``
     counts in the same dry run, a warning says how many are left out.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     input_shape = _input_shape(input_shape, "model_cost")
     _check_no_unmade_lazy_module(model)
     active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
+    shadow = _meta_copy(model)
+    costs: list[LayerCost] = []
+    handles = _record_layer_costs(shadow, active, costs)
+    try:
+        computed = _dry_run(shadow, input_shape, input_requires_grad)
+    finally:
+        for h in handles:
+            h.remove()
+    result = ModelCost(input_shape, count_parameters(model), costs)
+    if computed > result.forward_flops:
+        warn_caller(f"model_cost: the forward computes {computed:,} FLOPs of convolutions "
+                    f"and matrix products, {result.forward_flops:,} of them in the Conv2d, "
+                    f"BasisConv2d and Linear modules counted; the rest (functional calls "
+                    f"such as F.conv2d, @ or attention, or layers of other kinds) is not "
+                    f"in these counts")
+    return result
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device whose forward runs there as the model's does
+    and touches nothing outside it: the user's hooks and synchronized norms would otherwise
+    see, or send, meta tensors."""
     shadow = copy_model(model, "model_cost: the model cannot be copied for its dry run on the "
                                "meta device", "count with measure_flops, or make the "
                                "reparametrization permanent first (torch.nn.utils.prune.remove)",
@@ -390,7 +410,16 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
             # a cumulative average reads its batch count as a number (1 / count), which a
             # meta tensor has not: any step size gives the same shapes and counts
             module.momentum = 0.1
-    costs: list[LayerCost] = []
+    return shadow
+
+
+def _record_layer_costs(shadow: nn.Module, active: dict[str, int],
+                        costs: list[LayerCost]) -> list:
+    """Hooks on the counted modules of ``shadow`` (``Conv2d``, ``BasisConv2d``, ``Linear``)
+    that append each call's :class:`LayerCost` to ``costs``, in call order, at the shapes the
+    call saw (``active``: a pruned layer's kept coefficients, by name); returns their handles
+    for the caller to remove. A convolution-like module of another kind is warned of: no
+    formula counts it."""
     handles = []
     for name, module in shadow.named_modules():
         if isinstance(module, (nn.Conv2d, BasisConv2d, nn.Linear)):
@@ -405,6 +434,16 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.Bilinear)):
             warn_caller(f"model_cost: layer {name!r} ({type(module).__name__}) is not counted")
+    return handles
+
+
+def _dry_run(shadow: nn.Module, input_shape: tuple[int, ...], input_requires_grad: bool) -> int:
+    """One forward of the meta copy ``shadow`` (which fires the cost hooks); returns the
+    convolution and matrix-product FLOPs ``FlopCounterMode`` saw in it, to compare with the
+    modules counted. A forward that fails is one :class:`ConfigError` saying what to change
+    (torch's own message names no shape, nor the layer whose weight was read)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     try:
         # in the model's own dtype: a float64 or half model refuses a float32 input
         dtype = next((t.dtype for t in shadow.parameters() if t.is_floating_point()), None)
@@ -432,18 +471,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
                           f"CIFAR image; a batch norm in training mode needs B >= 2, and "
                           f"the counts are per batch), or, if the forward needs real values "
                           f"(.item(), data-dependent shapes), count with measure_flops") from err
-    finally:
-        for h in handles:
-            h.remove()
-    result = ModelCost(input_shape, count_parameters(model), costs)
-    computed = counter.get_total_flops()
-    if computed > result.forward_flops:
-        warn_caller(f"model_cost: the forward computes {computed:,} FLOPs of convolutions "
-                    f"and matrix products, {result.forward_flops:,} of them in the Conv2d, "
-                    f"BasisConv2d and Linear modules counted; the rest (functional calls "
-                    f"such as F.conv2d, @ or attention, or layers of other kinds) is not "
-                    f"in these counts")
-    return result
+    return counter.get_total_flops()
 
 
 def _check_no_unmade_lazy_module(model: nn.Module) -> None:

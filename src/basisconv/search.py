@@ -84,17 +84,37 @@ def candidate_count(cfg: DictConfig) -> int:
 
 
 def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
+    """The search, under :func:`exhaustive_search`'s lock: the sensitivity table, every
+    subset evaluated as the estimate evaluates one layer, the summary, and the files."""
     started = time.perf_counter()
     check_search_size(cfg, candidate_count(cfg))  # before the (long) sensitivity estimate
     table, record = sensitivity_table(cfg)
     check_estimate_record(cfg, record, ("provenance",))  # (read after all the subsets)
-    k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric
     layers = table.sort_values("position")["layer"].tolist()
     total = check_search_size(cfg, len(layers))
     # the estimate's probe: its dense model and reference, kept in the table's cache
     # folder, are found there (on this machine), and a stopped search resumes there
     probe = Probe(cfg, keep_in=cache_dir(cfg))
     reference = probe.evaluate_layers([])
+    found = _evaluate_subsets(cfg, probe, table, layers, total, reference)
+    summary = _summarize(cfg, table, found, layers, total, reference, record)
+    # this process's time (the estimate's included when it made it); work kept
+    # before, by the estimate or an earlier, stopped search, is not in it
+    summary["seconds"] = time.perf_counter() - started
+    summary["kept_pretraining"] = probe.kept_pretraining
+    summary["kept_fine_tunes"] = probe.kept_finetunes
+    _add_noise_yardsticks(summary, found, record)
+    _write_search(cfg, output_dir, found, summary, record)
+    return summary
+
+
+def _evaluate_subsets(cfg: DictConfig, probe: Probe, table: pd.DataFrame, layers: list[str],
+                      total: int, reference: dict) -> pd.DataFrame:
+    """One row per subset of ``sensitivity.search_subset_size`` layers (``search.csv``): what
+    converting it together measures, beside what the sum of its single-layer rows of
+    ``table`` predicts (the additivity the fast method assumes); ranked by accuracy and by
+    loss, the fast method's choice marked."""
+    k = cfg.sensitivity.search_subset_size
     single = table.set_index("layer")
     rows = []
     subsets = list(itertools.combinations(layers, k))
@@ -111,8 +131,17 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     # rank 1 = best; ties share the better rank
     found["rank_by_accuracy"] = found["accuracy"].rank(ascending=False, method="min").astype(int)
     found["rank_by_loss"] = found["loss"].rank(ascending=True, method="min").astype(int)
-    choice = " ".join(fast_choice(table, k, metric))
-    found["fast_choice"] = found["subset"] == choice
+    found["fast_choice"] = found["subset"] == " ".join(
+        fast_choice(table, k, cfg.selection.metric))
+    return found
+
+
+def _summarize(cfg: DictConfig, table: pd.DataFrame, found: pd.DataFrame, layers: list[str],
+               total: int, reference: dict, record: dict) -> dict:
+    """The search's answer (the record's ``search``): where the fast choice ranks, the
+    choice the other metric would have made, the best, median and worst subsets, how well
+    the single-layer sums predict the measured drops, and which estimate was read."""
+    k, metric = cfg.sensitivity.search_subset_size, cfg.selection.metric
     mine = found[found["fast_choice"]].iloc[0]
     # of subsets tied for best, the first in model order (a stable sort: pandas' default
     # quicksort picked any of them, maybe another on another CPU)
@@ -120,9 +149,9 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     # the choice the other metric would have made, for comparison
     other = next(m for m in ("accuracy_drop", "loss_increase") if m != metric)
     alternative = found[found["subset"] == " ".join(fast_choice(table, k, other))].iloc[0]
-    summary = {
+    return {
         "candidates": layers, "subset_size": k, "subsets": total, "metric": metric,
-        "fast_choice": choice, "fast_accuracy": float(mine["accuracy"]),
+        "fast_choice": mine["subset"], "fast_accuracy": float(mine["accuracy"]),
         "fast_rank_by_accuracy": int(mine["rank_by_accuracy"]),
         "fast_rank_by_loss": int(mine["rank_by_loss"]),
         "fast_percentile": float((found["accuracy"] < mine["accuracy"]).mean()),
@@ -138,25 +167,32 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
         "spearman_predicted_vs_measured_loss": spearman(found["predicted_loss_increase"],
                                                         found["loss_increase"]),
         "sensitivity_key": record["key"], "sensitivity_cache_hit": record["cache_hit"],
-        # this process's time (the estimate's included when it made it); work kept
-        # before, by the estimate or an earlier, stopped search, is not in it
-        "seconds": time.perf_counter() - started,
-        "kept_pretraining": probe.kept_pretraining, "kept_fine_tunes": probe.kept_finetunes,
     }
-    # the yardstick for reading a rank: how far the dense reference moves with another
-    # batch order (sensitivity.noise_repeats), and how many subsets lie that close
+
+
+def _add_noise_yardsticks(summary: dict, found: pd.DataFrame, record: dict) -> None:
+    """The yardsticks for reading a rank, where the estimate measured them: how far an
+    accuracy moves by chance, and how many subsets lie that close to the fast choice."""
+    mine = summary["fast_accuracy"]
+    # how far the dense reference moves with another batch order (sensitivity.noise_repeats)
     noise = (record.get("noise") or {}).get("accuracy_std")
     if noise is not None:
         summary["noise_accuracy_std"] = noise
         summary["subsets_within_noise_of_fast"] = int(
-            ((found["accuracy"] - mine["accuracy"]).abs() <= noise).sum() - 1)
+            ((found["accuracy"] - mine).abs() <= noise).sum() - 1)
     # and, where measured (sensitivity.drop_noise_layers), a converted model's own: two
     # subsets' accuracies differ by about one std of a difference by chance
     own = (record.get("drop_noise") or {}).get("accuracy_std")
     if own is not None:
         summary["drop_noise_accuracy_std"] = own
         summary["subsets_within_drop_noise_of_fast"] = int(
-            ((found["accuracy"] - mine["accuracy"]).abs() <= difference_std(own)).sum() - 1)
+            ((found["accuracy"] - mine).abs() <= difference_std(own)).sum() - 1)
+
+
+def _write_search(cfg: DictConfig, output_dir: Path, found: pd.DataFrame, summary: dict,
+                  record: dict) -> None:
+    """``search.csv`` (the subsets' table) and the run record, published where
+    ``cfg.publish`` says."""
     write_text_atomic(output_dir / SEARCH_TABLE,
                       found.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
@@ -166,7 +202,6 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
                         "estimate_provenance": record["provenance"]})
     write_record(output_dir, run)
     publish(run.as_dict(), cfg.publish, output_dir)
-    return summary
 
 
 def predicted(single: pd.DataFrame, subset: tuple[str, ...], column: str) -> float:
