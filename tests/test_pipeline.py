@@ -897,6 +897,22 @@ def test_a_damaged_sha256_beside_a_sound_checkpoint_is_named_as_the_damage(tmp_p
     assert load_checkpoint(path) in (state(1), state(2))
 
 
+def test_a_damaged_sha256_beside_a_complete_runs_checkpoint_does_not_promise_a_start_over(
+        tmp_path, repo):
+    """Found in review: it said "or delete both to start over", but a complete run's
+    run.json keeps it finished without its checkpoint (as the checkpoint's own damage says)."""
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    fit(cfg, tmp_path)
+    (tmp_path / "checkpoint.pt.sha256").write_text("oops, edited\n")
+    with pytest.raises(ConfigError, match=r"to load checkpoint.pt unverified, or delete both "
+                                          r"\(the run is complete: its run.json keeps it so\)$"):
+        fit(cfg, tmp_path)
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):  # as it says
+        (tmp_path / name).unlink()
+    assert fit(cfg, tmp_path)["status"] == "complete"
+    assert not (tmp_path / "checkpoint.pt").exists()  # not trained again
+
+
 def test_a_file_in_place_of_the_runs_checkpoint_is_one_clear_error(tmp_path, repo):
     """A bare state_dict (or anything else) saved as checkpoint.pt once stopped the resume
     with KeyError: 'config' (a list: TypeError); a run's state whose config or record is of

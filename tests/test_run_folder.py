@@ -274,6 +274,28 @@ def test_a_resume_with_another_thread_count_is_a_warning(caplog):
     assert "another commit or set-up" not in caplog.text
 
 
+def test_a_resume_after_editing_the_code_on_the_same_commit_is_a_warning(caplog):
+    """Found in review: a run resumed on its commit with other uncommitted changes (the code
+    edited between the starts) said nothing, though its epochs then ran two versions."""
+    from basisconv.train import keep_earlier_provenance
+
+    def start(git):
+        return {"git": {"commit": "abc1234def", **git}, "hardware": {"cpu": "X"}}
+
+    clean, edited = {"dirty": False}, {"dirty": True, "diff_sha256": "9f3e0c1a" + "0" * 56}
+    other_edit = {"dirty": True, "diff_sha256": "77aa0000" + "0" * 56}
+    for then, now, said in [(clean, edited, "commit abc1234 -> abc1234-dirty"),
+                            (edited, other_edit, "abc1234-dirty (9f3e0c1a) -> abc1234-dirty "
+                                                 "(77aa0000)"),
+                            (edited, edited, None), (clean, clean, None),
+                            # (a record from before the hash was kept: dirty both times)
+                            ({"dirty": True}, edited, None)]:
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            keep_earlier_provenance(start(now), start(then), 1)
+        assert (said in caplog.text) if said else "another commit" not in caplog.text
+
+
 def test_a_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
     """An exception while writing (a full disk, an unpicklable object) must not replace
     the previous record, nor leave its half-written temporary beside it."""
@@ -1190,6 +1212,54 @@ def test_a_wandb_service_that_dies_is_one_warning_and_no_exit_traceback(tmp_path
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "wandb" in r.message]
     assert len(warnings) == 1, [r.message for r in warnings]
     assert torn_down  # the dead service dropped now, not by wandb's atexit hook
+
+
+class FullDisk:
+    """A log file's stream on a full disk: every write fails."""
+
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+    flush = write
+
+
+def test_wandb_logging_to_a_full_disk_prints_no_tracebacks(tmp_path, repo, fake_wandb, capfd):
+    """wandb logs its start and finish to debug.log in its folder, inside the run's: on a
+    full disk each record printed Python's "--- Logging error ---" and a traceback (16,000
+    lines before the run's one line that it could not save, found in review)."""
+    own_log, level = logging.getLogger("wandb"), logging.getLogger("wandb").level
+    handler = logging.StreamHandler(FullDisk())
+    own_log.addHandler(handler)
+    own_log.setLevel(logging.DEBUG)  # (as wandb sets it)
+    fake_wandb.init_kwargs = fake_wandb.init
+
+    def init(**kwargs):
+        own_log.info("Logging user logs to debug.log")
+        return fake_wandb.init_kwargs(**kwargs)
+
+    def finish(self, exit_code=0):
+        own_log.info("got exitcode: %d", exit_code)
+        FakeRun.finish(self, exit_code)
+
+    fake_wandb.init, fake_wandb.Run = init, type("Run", (FakeRun,), {"finish": finish})
+    raising = logging.raiseExceptions
+    try:
+        record = fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
+    finally:
+        own_log.removeHandler(handler)
+        own_log.setLevel(level)
+    assert record["status"] == "complete" and fake_wandb.runs[0].finished == [0]
+    assert "Logging error" not in capfd.readouterr().err
+    assert logging.raiseExceptions is raising  # put back: the package's own logs unchanged
+
+
+def test_a_run_folder_named_like_a_json_file_keeps_its_record_inside(tmp_path, repo):
+    """Found in review: the record of a run in a folder named ``*.json`` was written over
+    the folder itself ('Is a directory'), so the run stopped after every first epoch."""
+    folder = tmp_path / "v2.json"
+    record = fit(compose_tiny(repo, "logger=none", "trainer.epochs=1"), folder)
+    assert record["status"] == "complete"
+    assert json.loads((folder / "run.json").read_text())["final"] == record["final"]
 
 
 def test_a_sweep_jobs_command_keeps_the_flags_that_choose_its_configs():

@@ -144,7 +144,9 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
     try:
         sums = stored_sums(path)
     except ValueError as err:
-        other = "or delete both to start over" if source_key is None else f"or {fix}"
+        # (deleting both does not start a complete run over: its run.json keeps it finished)
+        other = ("or delete both (the run is complete: its run.json keeps it so)" if finished
+                 else "or delete both to start over" if source_key is None else f"or {fix}")
         raise ConfigError(f"{checksum_path(path)}, the sha256 of {what}, is damaged ({err}); "
                           f"delete {checksum_path(path).name} to load {path.name} unverified, "
                           f"{other}") from None

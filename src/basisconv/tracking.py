@@ -11,10 +11,11 @@ wandb run.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import one_line
 
@@ -49,11 +50,12 @@ class Tracker:
             # bounded waits: a lost network must not hang a run at its start or its end
             settings = wandb.Settings(init_timeout=logger_cfg.init_timeout_s,
                                       finish_timeout=logger_cfg.finish_timeout_s)
-            self.run = wandb.init(
-                project=logger_cfg.project, entity=logger_cfg.entity,
-                group=logger_cfg.group, tags=list(logger_cfg.tags), name=name,
-                config=config, dir=str(output_dir), mode=logger_cfg.mode,
-                reinit="finish_previous", settings=settings, **same_run)
+            with _logging_errors_unsaid():
+                self.run = wandb.init(
+                    project=logger_cfg.project, entity=logger_cfg.entity,
+                    group=logger_cfg.group, tags=list(logger_cfg.tags), name=name,
+                    config=config, dir=str(output_dir), mode=logger_cfg.mode,
+                    reinit="finish_previous", settings=settings, **same_run)
             # what the run record keeps about the wandb run, to find it again (an offline
             # run has no URL: asked for one, wandb warned so in every default run)
             mode = self.run.settings.mode
@@ -78,7 +80,8 @@ class Tracker:
         if not self.working:
             return
         try:
-            fn(*args, **kwargs)
+            with _logging_errors_unsaid():
+                fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
             log.warning("wandb %s failed (%s: %s); tracking is off for the rest of this run.",
                         what, type(err).__name__, one_line(err))
@@ -128,7 +131,8 @@ class Tracker:
         if self.run is not None:
             said = not self.working
             try:
-                self.run.finish(exit_code=1 if failed or said else 0)
+                with _logging_errors_unsaid():
+                    self.run.finish(exit_code=1 if failed or said else 0)
             except Exception as err:  # noqa: BLE001 - tracking must never stop training
                 if not said:
                     log.warning("wandb finish failed (%s: %s); the run record run.json has "
@@ -153,6 +157,24 @@ def _drop_wandb_service() -> None:
     try:
         import wandb
 
-        wandb.teardown(exit_code=1)
+        with _logging_errors_unsaid():
+            wandb.teardown(exit_code=1)
     except Exception:  # noqa: BLE001 - nothing more to say: the failure was said
         pass
+
+
+@contextlib.contextmanager
+def _logging_errors_unsaid() -> Iterator[None]:
+    """A log record that a handler fails to write is dropped while wandb is called, not
+    printed (``logging.raiseExceptions``). Why: wandb logs each step of its start and finish
+    to ``debug.log`` in its folder, inside the run folder; once that disk was full, each
+    record printed Python's "--- Logging error ---" with a traceback to stderr, which
+    wandb's console capture logged again, failing again: a run whose disk filled in epoch
+    1 printed 16,000 lines of tracebacks before its one line saying it could not save
+    (found in review). wandb's own failures still raise, said once as a warning here."""
+    before = logging.raiseExceptions
+    logging.raiseExceptions = False
+    try:
+        yield
+    finally:
+        logging.raiseExceptions = before

@@ -31,7 +31,7 @@ from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
 from .kernels import auto
 from .network import (basis_penalty, build_network, check_conversion, choose_forms_now,
                       converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
-from .records import (RECORD, RunRecord, folder_lock, hardware_name, json_text,
+from .records import (RECORD, RunRecord, commit_name, folder_lock, hardware_name, json_text,
                       leftover_temporaries, make_folder, missing_fields, publish,
                       read_record, refuse_other_kind, timestamp, wandb_provenance, write_record)
 from .resuming import how_to_go_on
@@ -655,8 +655,12 @@ def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
     record's epoch times and the timing tables then mix two set-ups."""
     provenance["earlier"] = [*saved.get("earlier", []),
                              {k: v for k, v in saved.items() if k != "earlier"}]
+    then_git, now_git = saved.get("git") or {}, provenance["git"]
+    # (uncommitted changes count: a resume on the same commit after editing the code ran
+    # other code, unsaid; compared by their hash where both starts recorded one)
+    both_hashed = bool(then_git.get("diff_sha256") and now_git.get("diff_sha256"))
     changes = [f"{what} {then} -> {now}" for what, then, now in (
-        ("commit", saved.get("git", {}).get("commit"), provenance["git"].get("commit")),
+        ("commit", code_name(then_git, both_hashed), code_name(now_git, both_hashed)),
         ("hardware", hardware_name(saved.get("hardware", {})),
          hardware_name(provenance["hardware"])),
         ("processes", saved.get("hardware", {}).get("processes", 1),
@@ -673,6 +677,13 @@ def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
                     "(trainer.resume=false)", done, "; ".join(changes),
                     ", and on a CPU another thread count changes the results to rounding"
                     if threads else "")
+
+
+def code_name(git: dict, hashed: bool) -> str:
+    """The code a start ran, as a resume's warning names it: its commit, ``-dirty`` after it
+    for uncommitted changes, and with ``hashed`` their hash (``abc1234-dirty (9f3e0c1a)``)."""
+    name = commit_name(git)
+    return f"{name} ({git['diff_sha256'][:8]})" if name and hashed else name
 
 
 def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:

@@ -59,9 +59,12 @@ class RunRecord:
 
 def write_record(path: str | os.PathLike, record: RunRecord) -> Path:
     """The one writer of records: ``path`` is a run folder (the record goes to its
-    ``run.json``) or a ``.json`` file (a benchmark's sidecar); written atomically."""
+    ``run.json``) or a ``.json`` file (a benchmark's sidecar); written atomically. A folder
+    is a folder whatever its name: one named ``*.json`` (``hydra.run.dir=outputs/v2.json``,
+    a sweep job's folder named by its overrides) had the record written over it, and the
+    run stopped after its first epoch, unable to save, each time it was started."""
     path = Path(path)
-    if path.suffix != ".json":
+    if path.suffix != ".json" or path.is_dir():
         path = path / RECORD
     return write_json_atomic(path, record.as_dict())
 
