@@ -1563,6 +1563,37 @@ def test_a_subset_is_converted_as_the_training_run_converts_it(repo, tmp_path, s
     assert probe.converted([]).state_dict().keys() == dense.state_dict().keys()
 
 
+def test_the_probe_measures_held_out_images_before_and_after_the_fine_tune(repo, tmp_path,
+                                                                          monkeypatch):
+    """Found by a mutation test, each failing no test before: the probe's measurements are
+    of the held-out images (measuring the fine-tune's own images gave a table as plausible),
+    ``converted_accuracy`` is the converted model's before its fine-tune and ``accuracy``
+    after it, and a ``batch_seed`` (the noise repeats) fine-tunes in an order of its own
+    (ignored, every repeat was the reference again: a noise of 0)."""
+    from basisconv import loop
+    from basisconv.data import TensorBatches
+    from basisconv.probe import Probe
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8", "sensitivity.finetune_epochs=1")
+    dense = build_model("resnet8", num_classes=cfg.data.num_classes, width=cfg.model.width)
+    probe = Probe(cfg, dense_state=dense.state_dict())
+    split = probe.split
+    held_out = loop.evaluate(probe.dense, TensorBatches(split.val_images, split.val_labels, 64,
+                                                        train=False))
+    assert probe.measure(probe.dense) == pytest.approx(
+        {"accuracy": held_out.accuracy, "loss": held_out.loss})
+    orders = [torch.cat([labels for _, labels in probe.batches(True, seed)])
+              for seed in (None, probe.seed + 1)]
+    assert not torch.equal(*orders)
+    measured, measure = [], probe.measure
+    monkeypatch.setattr(probe, "measure", lambda model: measured.append(measure(model))
+                        or measured[-1])
+    result = probe.evaluate_layers(["layer1.0.conv1"])
+    assert len(measured) == 2
+    assert (result["converted_accuracy"], result["accuracy"], result["loss"]) == (
+        measured[0]["accuracy"], measured[1]["accuracy"], measured[1]["loss"])
+
+
 def test_the_pretraining_keeps_the_trainers_warm_up_and_a_fine_tune_has_none(
         repo, tmp_path, monkeypatch):
     """Found in review: with trainer.schedule=cosine the dense pretraining dropped

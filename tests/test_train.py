@@ -895,6 +895,72 @@ def test_the_trained_loss_is_smoothed_as_configured_and_the_evaluated_one_plain(
     assert row["test_loss"] < smoothed / 2
 
 
+def test_the_reported_loss_leaves_out_the_penalty_and_each_phase_runs_in_its_mode():
+    """An ``extra_loss`` (the coefficient L1, the Frobenius-decay correction) is trained but
+    not reported: an epoch's loss is the cross-entropy alone, so that dense and basis runs
+    compare (found by a mutation test: reporting the penalised objective failed no test).
+    Evaluation runs without autograd (dropping ``no_grad`` failed none either: each batch
+    then kept its activations for a backward that never comes), and each epoch trains in
+    training mode again after the evaluation before it (dropping ``model.train()`` failed
+    only a CUDA-graph run's comparison)."""
+    import math
+
+    from basisconv import loop
+    from basisconv.data import TensorBatches
+
+    modes = []
+
+    class Recording(_ZeroLogits):
+        def forward(self, images):
+            modes.append((torch.is_grad_enabled(), self.training))
+            return super().forward(images)
+
+    images = torch.zeros(20, 3, 8, 8, dtype=torch.uint8)
+    labels = torch.arange(20) % 10
+    model, trainer = Recording(), _trainer()
+    train = TensorBatches(images, labels, 10, train=True, seed=0)
+    optimizer = loop.build_optimizer(model, trainer)
+    scheduler = loop.build_scheduler(optimizer, trainer, len(train))
+    for epoch in (1, 2):
+        row = loop.run_epoch(epoch, model, train, TensorBatches(images, labels, 10, train=False),
+                             optimizer, scheduler, trainer, None,
+                             extra_loss=lambda: 5.0 + model.weight)
+        assert row["train_loss"] == pytest.approx(math.log(10))
+    assert model.weight.item() != 0  # (the penalty was trained)
+    assert modes == 2 * [(True, True), (True, True), (False, False), (False, False)]
+
+
+def test_only_fp16_steps_scale_the_loss():
+    """bf16 has float32's range: its scaler is a no-op, as without autocast (an enabled one
+    would have refused bf16's CUDA-graphed steps, which cannot scale; found by a mutation
+    test: scaling every autocast dtype failed no test)."""
+    from basisconv import loop
+
+    cpu = torch.device("cpu")
+    assert loop.grad_scaler(torch.float16, cpu).is_enabled()
+    assert not loop.grad_scaler(torch.bfloat16, cpu).is_enabled()
+    assert not loop.grad_scaler(None, cpu).is_enabled()
+
+
+def test_the_set_up_takes_the_trainers_thread_count_and_zero_leaves_torchs():
+    """``trainer.threads`` reaches torch (found by a mutation test: ignoring it failed no
+    test, though the learning test's one thread is what makes it machine-independent)."""
+    from omegaconf import OmegaConf
+
+    from basisconv import loop
+
+    def set_up(threads):
+        loop.setup(OmegaConf.create({"threads": threads, "device": "cpu", "deterministic": False,
+                                     "amp": "none", "channels_last": False}), 0)
+        return torch.get_num_threads()
+
+    torch.set_num_threads(2)  # (the fixtures of conftest.py put the count back)
+    assert set_up(1) == 1
+    assert set_up(0) == 1
+    torch.set_num_threads(2)
+    assert set_up(0) == 2
+
+
 class _Scaled(torch.nn.Module):
     """A linear classifier from zero weights whose logits are scaled by 1e-7: its gradients
     (~1e-8) lie below float16's smallest number, as most do late in a real run."""
