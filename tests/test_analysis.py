@@ -580,6 +580,18 @@ def test_latex_escapes_what_latex_would_read_otherwise():
     assert not re.search(r"(?<!\\)[_%]", tex)
 
 
+def test_latex_escapes_the_characters_a_users_paths_and_names_bring():
+    """A caption names the user's paths, hardware and overrides: ``~/data``, ``R&D``,
+    ``#2``, ``$HOME``, ``{a,b}``, ``x^2``, a Windows path; each was written raw (only
+    ``%``, ``_`` and ``±`` were escaped), and ``&``, ``#``, ``$`` or ``~`` break or change
+    the table's compilation."""
+    caption = r"data.root=~/R&D/#2/$HOME/{a,b}/x^2 C:\runs"
+    tex = latex(pd.DataFrame({"a&b": ["50 % ± 1"]}), caption)
+    assert (r"data.root=\textasciitilde{}/R\&D/\#2/\$HOME/\{a,b\}/x\textasciicircum{}2 "
+            r"C:\textbackslash{}runs") in tex
+    assert r"a\&b" in tex and r"50 \% $\pm$ 1" in tex
+
+
 def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
     """A protocol cut off midway: a row with fewer seeds, an unfinished run and a cut-off
     record are named under the table, not averaged in silently."""

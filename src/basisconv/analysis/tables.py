@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,9 +67,20 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: LaTeX's special characters in text and what writes each as itself (replaced in one
+#: pass, so no escape is escaped again). Beyond our own ``%``, ``_`` and ``±``, a caption names
+#: paths, hardware, commands and overrides of the user's (``~/data``, ``R&D``, ``#2``)
+#: that otherwise break or cut the table's compilation.
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "&": r"\&", "%": r"\%",
+               "$": r"\$", "#": r"\#", "_": r"\_", "~": r"\textasciitilde{}",
+               "^": r"\textasciicircum{}"}
+
+
 def _tex(text: str) -> str:
-    """``text`` with the characters of ours that LaTeX reads otherwise escaped."""
-    return str(text).replace("%", r"\%").replace("±", r"$\pm$").replace("_", r"\_")
+    """``text`` with the characters LaTeX reads otherwise escaped (:data:`TEX_ESCAPES`), and
+    ``±`` as math's, which every LaTeX engine sets."""
+    return re.sub("|".join(map(re.escape, TEX_ESCAPES)), lambda m: TEX_ESCAPES[m[0]],
+                  str(text)).replace("±", r"$\pm$")
 
 
 def latex(frame: pd.DataFrame, caption: str) -> str:
