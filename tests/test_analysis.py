@@ -365,6 +365,17 @@ def test_local_records_skip_incomplete_unreadable_and_other_kinds(tmp_path):
     assert len(training_records(read_records(tmp_path))) == 2
 
 
+def test_a_run_folder_named_like_a_json_file_is_read_not_also_unreadable(tmp_path):
+    """Found in review: a run in a folder named ``*.json`` (``hydra.run.dir=outputs/v2.json``,
+    which keeps its record inside since write_record took it for a folder) was read, and
+    the folder itself was also listed unreadable ('Is a directory') under every table."""
+    write_runs(tmp_path, RECORDS[:1])
+    (tmp_path / "run0").rename(tmp_path / "v2.json")
+    unreadable = []
+    assert len(training_records(read_records(tmp_path, unreadable))) == 1
+    assert unreadable == []
+
+
 class FakeRun:
     def __init__(self, rec, state="finished"):
         from basisconv.records import wandb_provenance

@@ -302,6 +302,8 @@ def record_files(root: str | Path) -> list[Path]:
             continue  # .hydra/, .ipynb_checkpoints/, seed<k>.rejected/
         if any(folder in runs for folder in path.parents):
             continue  # a run's own other files (wandb's)
+        if path.is_dir():
+            continue  # a folder named *.json (a run's, hydra.run.dir=outputs/v2.json), no file
         found.add(path)
     return sorted(found)
 
