@@ -165,6 +165,17 @@ def test_training_runs_of_other_step_counts_write_files_of_their_own():
     assert ThroughputOptions(steps=30).tag != ThroughputOptions(steps=20).tag
 
 
+def test_training_runs_of_other_warmup_counts_write_files_of_their_own():
+    """The speed report compares a step only with a dense step after as many warm-up
+    steps (SAME_SETTING's ``warmup``); a dense ``--warmup 0`` run wrote the default's
+    file name, replacing the record the default basis records were relative to."""
+    from basisconv.bench.train import ThroughputOptions
+
+    assert ThroughputOptions(warmup=0).tag == "-w0"
+    assert ThroughputOptions(warmup=2, steps=16).tag == "-w2-s16"
+    assert ThroughputOptions(warmup=0).tag != ThroughputOptions().tag
+
+
 def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
     """Provenance lists the machine's GPU for any run there; the default (CPU) benchmark's
     plot title once named the GPU as the hardware measured."""
@@ -509,6 +520,18 @@ def test_training_benchmark_without_warmup_steps(monkeypatch, tmp_path):
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     result = measure(ThroughputOptions(model="resnet8", batch_size=4, steps=1, warmup=0))
     assert result["seconds_per_step"] > 0
+
+
+def test_training_benchmark_records_the_machines_load(monkeypatch, tmp_path):
+    """Found in review: dense and basis steps are timed in runs of their own, so the load
+    of other work during one of them is what a reader needs to trust their ratio; the
+    layer benchmark recorded it, the training benchmark did not."""
+    from basisconv.bench.train import ThroughputOptions, measure
+
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
+    result = measure(ThroughputOptions(model="resnet8", batch_size=4, steps=1, warmup=0))
+    before, after = result["load_average_before_after"]
+    assert len(before) == len(after) == 3 and min(before + after) >= 0
 
 
 def test_training_benchmark_profiles_the_steps_of_one_more_epoch(monkeypatch, tmp_path):

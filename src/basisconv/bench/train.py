@@ -120,7 +120,9 @@ class ThroughputOptions:
         """What the file name carries beyond device and precision: the non-default options
         (threads too, ``-t0`` for torch's default: the speed report compares a basis step
         with the dense step at its own threads, and a dense run at 1 thread once replaced
-        the 2-thread record; and the timed steps, ``-s60``, which it compares on as well)."""
+        the 2-thread record; and the untimed and timed steps, ``-w0``, ``-s60``, which it
+        compares on as well: a ``--warmup 0`` dense run replaced the default's record,
+        leaving the default basis records with no dense step to be relative to)."""
         return "".join([
             "" if self.model == "resnet18" else f"-{self.model}",
             "" if self.basis_size is None else f"-basis{self.basis_size:g}",
@@ -136,8 +138,10 @@ class ThroughputOptions:
             "" if self.channels_last else "-nchw",
             "" if self.batch_size == 128 else f"-b{self.batch_size}",
             "" if self.threads == ThroughputOptions.threads else f"-t{self.threads}",
-            # the timed steps: the speed report compares a step only with a dense step timed
-            # over as many (SAME_SETTING), so a --steps 60 run must not replace the default's
+            # the warm-up and timed steps: the speed report compares a step only with a dense
+            # step after as many warm-up steps and timed over as many (SAME_SETTING), so a
+            # --warmup 0 or --steps 60 run must not replace the default's
+            "" if self.warmup == ThroughputOptions.warmup else f"-w{self.warmup}",
             "" if self.steps == ThroughputOptions.steps else f"-s{self.steps}"])
 
 
@@ -324,6 +328,9 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     # graphs afresh: the timed steps include one eager step and one capture.
     graphed = options.cuda_graphs and device.type == "cuda"
 
+    # the machine's load before and after, as the layer benchmark records it: dense and
+    # basis steps are timed in runs of their own, so other work during one shows only here
+    load = os.getloadavg()
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
     if options.warmup:  # (an epoch of no steps has no loss to report)
         train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer,
@@ -341,6 +348,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
                                 optimizer, scheduler, amp_dtype=amp, graphed=graphed,
                                 scaler=scaler, extra_loss=penalty)
     peak = cuda_peak_mib(device)  # (of the steps measured, not of the profile's)
+    load_after = os.getloadavg()
     profiled = None
     if options.profile:  # after the measurement, which a failure here must not cost
         try:
@@ -373,6 +381,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
         # all the GPU memory training held: the images on the device, model, optimizer,
         # activations, graphs (None on a CPU)
         "cuda_peak_mib": peak,
+        "load_average_before_after": [load, load_after],
         **checkpoint_cost(model, optimizer, checkpoint_folder),
         "profile": profiled,  # (run() writes it to a file of its own)
     }
