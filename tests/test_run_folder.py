@@ -1077,6 +1077,53 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
             f"Connection reset by peer); {where}")
 
 
+def test_a_ctrl_c_under_torchrun_is_not_said_as_another_processs_failure(tmp_path, repo,
+                                                                        monkeypatch):
+    """Found in the torchrun review: a Ctrl-C reaches every process (the terminal's, and
+    torchrun passes its SIGINT on); a rank that took it first left, so rank 0's collective
+    failed as its own SIGINT waited, and rank 0 said "stopped by SIGTERM: another process of
+    this torchrun job failed (Connection closed by peer)" (2 Ctrl-C of 6 on CIFAR-10,
+    2 gloo processes). torchrun stops its processes with SIGTERM after a failure, never
+    with SIGINT, so a SIGINT is the user's stop, and the peer left for it."""
+    import torch.distributed as dist
+
+    from basisconv import cli, distributed, loop
+    from basisconv.errors import Stopped
+
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
+                        "Connection closed by peer. This is typically caused by a remote worker")
+    run_epoch, look, sent = loop.run_epoch, distributed.peer_failure, []
+
+    def peer_left(number, *args, **kwargs):
+        if number == 2:  # the other rank left for its own SIGINT
+            monkeypatch.setattr(distributed, "world_size", lambda: 2)  # one of two ranks
+            raise gone
+        return run_epoch(number, *args, **kwargs)
+
+    def sigint_waited(err):  # this rank's, raised at the first call after the collective
+        if not sent:
+            sent.append(signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return look(err)
+
+    monkeypatch.setattr(loop, "run_epoch", peer_left)
+    monkeypatch.setattr(distributed, "peer_failure", sigint_waited)
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tmp_path / 'store'}")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as python sets it
+    try:
+        with pytest.raises(Stopped) as err:
+            fit(compose_tiny(repo, "logger=none"), tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert err.value.signum == signal.SIGINT
+    assert cli.stop_reason(err.value) == (
+        f"the run in {tmp_path / 'run'} stopped after epoch 1 of 3 (checkpoint saved); run the "
+        f"same command again with hydra.run.dir={tmp_path / 'run'} to resume it")
+
+
 def test_stops_come_back_once_a_stops_message_is_made():
     """What lets torchrun's SIGTERM (or a second Ctrl-C) go while a stop is made: the
     signal is dropped, not held for later, and the handlers are the same after it."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import signal
 
 import torch
 import torch.distributed as dist
@@ -73,7 +74,12 @@ def peer_failure(err: BaseException) -> str | None:
 def peer_failure_in(err: BaseException) -> str | None:
     """:func:`peer_failure` of ``err`` or of the exception it was raised while handling,
     and so on: a stop that interrupted a collective's failure (torchrun's SIGTERM after
-    another rank died) carries that failure as its context."""
+    another rank died) carries that failure as its context. A Ctrl-C (SIGINT) does not
+    count one: torchrun stops its processes with SIGTERM after a failure, and passes the
+    user's SIGINT on to every process, so the peer that left while this one waited in a
+    collective left for the same Ctrl-C (it was said as "another process ... failed")."""
+    if isinstance(err, KeyboardInterrupt) and getattr(err, "signum", None) in (None, signal.SIGINT):
+        return None
     return next(filter(None, map(peer_failure, context_chain(err))), None)
 
 
