@@ -603,6 +603,25 @@ def test_a_full_split_basis_counts_the_weight_gradient_its_empty_coefficients_as
                                                          counted["backward_flops"])
 
 
+def test_a_full_split_basis_with_frozen_coefficients_computes_no_basis_weight_gradient():
+    """Found by a mutation test, failing no test before: the tie of a full split layer's
+    empty coefficients to its basis weight (above) is made only when the coefficients
+    train; with them frozen too, the frozen basis weight gets no gradient, and counting
+    one anyway (2*2*36*8*27 FLOPs here) overstated the backward of a frozen layer."""
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    layer = BasisConv2d(3, 8, 3, 8, combine="split")
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), layer)  # its input needs a gradient
+    counted = measure_flops(model, (2, 3, 8, 8))
+    cost = model_cost(model, (2, 3, 8, 8))
+    assert cost.layers[1].grad_weight_flops == 0 and cost.layers[1].grad_input_flops > 0
+    assert (cost.forward_flops, cost.backward_flops) == (counted["forward_flops"],
+                                                         counted["backward_flops"])
+
+
 @pytest.mark.parametrize("basis", [False, True])
 def test_layers_a_forward_runs_without_gradients_have_no_backward(basis):
     """Found in review: a layer the model's forward calls under ``torch.no_grad()`` (a

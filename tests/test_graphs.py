@@ -177,7 +177,8 @@ def test_a_graphed_step_uses_the_learning_rate_the_scheduler_set_for_that_step(d
 
 
 @pytest.mark.parametrize("key, value", [("momentum", 0.5), ("weight_decay", 1e-3),
-                                        ("dampening", 0.1), ("nesterov", True)])
+                                        ("dampening", 0.1), ("nesterov", True),
+                                        ("maximize", True)])
 def test_optimizer_settings_a_capture_froze_cannot_change_silently(key, value):
     """A captured optimizer step replays these settings as they were at capture: each one
     changed after it is refused (a setting left out of the check, e.g. a weight decay

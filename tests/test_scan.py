@@ -93,6 +93,39 @@ def test_an_accuracy_alone_is_enough_and_a_wrong_answer_is_one_clear_error():
                           input_shape=(1, 1, 10, 10))
 
 
+def test_evaluates_extra_numbers_are_columns_and_an_infinite_or_multi_valued_one_is_refused():
+    """Found by a mutation test, each failing no test before: beside ``accuracy`` an
+    ``evaluate`` may report other numbers, kept as columns; an infinite one (a diverged
+    fine-tune, like a NaN) is refused, and so is a tensor of several values (it was
+    torch's "only one element tensors" ValueError)."""
+    from basisconv.errors import TrainingDiverged
+
+    model = custom_model()
+    x = torch.randn(4, 1, 10, 10)
+
+    def scan(evaluate):
+        return layer_sensitivity(model, 4, evaluate, layers="4", input_shape=(1, 1, 10, 10))
+
+    table = scan(lambda m: {"accuracy": m(x).mean().item(), "top5": 0.75})
+    assert table["top5"].tolist() == [0.75] and "accuracy_drop" in table
+    with pytest.raises(TrainingDiverged, match="evaluate\\(model\\) gave {'loss': inf}"):
+        scan(lambda m: {"accuracy": 0.5, "loss": float("inf")})
+    with pytest.raises(ConfigError, match="evaluate\\(model\\) must return the accuracy"):
+        scan(lambda m: torch.tensor([0.5, 0.6]))
+
+
+def test_every_fine_tune_starts_from_the_seed_given():
+    """Found by a mutation test, failing no test before: ``seed`` is the global seed each
+    fine-tune (the reference's and every candidate's) starts from."""
+    model = custom_model()
+    x = torch.randn(4, 1, 10, 10)
+    seeds = []
+    layer_sensitivity(model, 4, lambda m: m(x).mean().item(),
+                      lambda m: seeds.append(torch.initial_seed()), layers="4",
+                      input_shape=(1, 1, 10, 10), seed=7)
+    assert seeds == [7, 7]
+
+
 def test_a_table_of_accuracy_alone_feeds_the_policies_as_the_readme_shows():
     # The README's example: evaluate returns the accuracy alone, then pick_layers chooses
     # from that table. Ties were broken by loss_increase, which such a table lacks

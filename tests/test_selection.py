@@ -1563,6 +1563,51 @@ def test_a_subset_is_converted_as_the_training_run_converts_it(repo, tmp_path, s
     assert probe.converted([]).state_dict().keys() == dense.state_dict().keys()
 
 
+def test_a_subsets_reconstruction_error_is_that_of_its_worst_fitted_layer(repo, tmp_path,
+                                                                         monkeypatch):
+    """Found by a mutation test, failing no test before: a subset of the exhaustive search
+    records the largest reconstruction error of its converted layers (the smallest hid a
+    badly fitted layer behind a well fitted one)."""
+    from basisconv.probe import Probe
+    from basisconv.surgery import basis_report
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    dense = build_model("resnet8", num_classes=cfg.data.num_classes, width=cfg.model.width)
+    probe = Probe(cfg, dense_state=dense.state_dict())
+    monkeypatch.setattr(probe, "train", lambda *args, **kwargs: None)  # (its errors are before)
+    names = ["layer1.0.conv1", "layer3.0.conv1"]
+    errors = [row["reconstruction_error"] for row in basis_report(probe.converted(names))]
+    assert len(errors) == 2 and min(errors) < max(errors)
+    assert probe.evaluate_layers(names)["reconstruction_error"] == max(errors)
+
+
+def test_a_fine_tune_trains_with_the_configs_label_smoothing_and_frobenius_decay(
+        repo, tmp_path, monkeypatch):
+    """Found by a mutation test, each failing no test before: the probe's fine-tune trains
+    as a training run of the config would, with ``trainer.label_smoothing`` and, under
+    ``basis.frobenius_decay``, the penalty that decays each converted layer's computed
+    weight (both keyed in the table's cache, so one dropped silently measured another
+    recipe under their key); ``basis.coefficient_l1`` stays out (a training run's choice)."""
+    from basisconv import loop
+    from basisconv.layers import frobenius_decay_correction
+    from basisconv.probe import Probe
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8", "sensitivity.finetune_epochs=1",
+                              "trainer.label_smoothing=0.2", "trainer.weight_decay=0.01",
+                              "basis.frobenius_decay=true", "basis.coefficient_l1=0.5")
+    dense = build_model("resnet8", num_classes=cfg.data.num_classes, width=cfg.model.width)
+    probe = Probe(cfg, dense_state=dense.state_dict())
+    calls = []
+    monkeypatch.setattr(loop, "train_one_epoch",
+                        lambda model, *args, **kwargs: calls.append((model, kwargs)))
+    probe.evaluate_layers(["layer1.0.conv1"])
+    (model, kwargs), = calls
+    assert kwargs["label_smoothing"] == 0.2
+    assert kwargs["extra_loss"] is not None
+    assert kwargs["extra_loss"]().item() == pytest.approx(
+        0.01 / 2 * frobenius_decay_correction(model).item(), rel=1e-6)
+
+
 def test_the_probe_measures_held_out_images_before_and_after_the_fine_tune(repo, tmp_path,
                                                                           monkeypatch):
     """Found by a mutation test, each failing no test before: the probe's measurements are

@@ -153,6 +153,14 @@ def test_an_edited_model_definition_is_timed_again(repo, tmp_path, monkeypatch, 
     with caplog.at_level("INFO", logger="basisconv.time_budget"):
         time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
     assert len(measured) == 2 and "another definition of model" in caplog.text
+    # a file written before the architecture was kept beside the times is read as it is
+    # (found by a mutation test, failing no test before: it was measured again)
+    path = time_budget.cache_path(cfg, time_budget.key_fields(cfg, list(table["layer"])))
+    kept = json.loads(path.read_text())
+    del kept["architecture"]
+    path.write_text(json.dumps(kept))
+    time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
+    assert len(measured) == 2
 
 
 def compose_short_run(repo, cache):
