@@ -1019,12 +1019,7 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
     where the run stopped); its handler's Stopped, without a message, replaced that stop,
     and the entry point looked for the collective's failure once the process group was
     gone, which it no longer counted as another process's."""
-    import signal
-
-    import torch.distributed as dist
-
     from basisconv import cli, distributed, loop, signals, train
-    from basisconv.errors import Stopped
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
                         "Connection reset by peer. This is typically caused by a remote worker")
@@ -1052,29 +1047,45 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
     elif lands == "while its stop is said":
         monkeypatch.setattr(train.Training, "stop_message",
                             sigterm_first(train.Training.stop_message))
-    # a job of one process in a process group, as each rank of a torchrun job is
+    stop = stop_of_a_rank(repo, tmp_path, signal.SIGTERM, signals.raise_stopped)
+    assert stop.signum == signal.SIGTERM
+    where = stopped_after_epoch_1(tmp_path / "run")
+    # what the entry point says after "stopped by SIGTERM: "
+    if lands == "before the collective fails":  # which may never come: said as a possibility
+        assert cli.stop_reason(stop) == (
+            f"{where}; under torchrun a SIGTERM may also follow the failure of another process "
+            f"of the job, which torchrun's summary names")
+    else:
+        assert sent and cli.stop_reason(stop) == (
+            f"another process of this torchrun job failed (Read error [127.0.0.1]:5313: "
+            f"Connection reset by peer); {where}")
+
+
+def stop_of_a_rank(repo, tmp_path, signum, handler):
+    """The ``Stopped`` a tiny run ends with as one rank of a torchrun job (a gloo process
+    group of one process), with ``handler`` for ``signum`` as the entry point or Python sets
+    it; the group and the handler put back after it."""
+    import torch.distributed as dist
+
+    from basisconv.errors import Stopped
+
     dist.init_process_group("gloo", rank=0, world_size=1,
                             init_method=f"file://{tmp_path / 'store'}")
-    previous = signal.signal(signal.SIGTERM, signals.raise_stopped)  # as the entry point sets it
+    previous = signal.signal(signum, handler)
     try:
         with pytest.raises(Stopped) as err:
             fit(compose_tiny(repo, "logger=none"), tmp_path / "run")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
         if dist.is_initialized():
             dist.destroy_process_group()
-    assert err.value.signum == signal.SIGTERM
-    where = (f"the run in {tmp_path / 'run'} stopped after epoch 1 of 3 (checkpoint saved); run "
-             f"the same command again with hydra.run.dir={tmp_path / 'run'} to resume it")
-    # what the entry point says after "stopped by SIGTERM: "
-    if lands == "before the collective fails":  # which may never come: said as a possibility
-        assert cli.stop_reason(err.value) == (
-            f"{where}; under torchrun a SIGTERM may also follow the failure of another process "
-            f"of the job, which torchrun's summary names")
-    else:
-        assert sent and cli.stop_reason(err.value) == (
-            f"another process of this torchrun job failed (Read error [127.0.0.1]:5313: "
-            f"Connection reset by peer); {where}")
+    return err.value
+
+
+def stopped_after_epoch_1(folder) -> str:
+    """Where a stopped 3-epoch run stopped, as its stop says it."""
+    return (f"the run in {folder} stopped after epoch 1 of 3 (checkpoint saved); run the same "
+            f"command again with hydra.run.dir={folder} to resume it")
 
 
 def test_a_ctrl_c_under_torchrun_is_not_said_as_another_processs_failure(tmp_path, repo,
@@ -1085,10 +1096,7 @@ def test_a_ctrl_c_under_torchrun_is_not_said_as_another_processs_failure(tmp_pat
     this torchrun job failed (Connection closed by peer)" (2 Ctrl-C of 6 on CIFAR-10,
     2 gloo processes). torchrun stops its processes with SIGTERM after a failure, never
     with SIGINT, so a SIGINT is the user's stop, and the peer left for it."""
-    import torch.distributed as dist
-
     from basisconv import cli, distributed, loop
-    from basisconv.errors import Stopped
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
                         "Connection closed by peer. This is typically caused by a remote worker")
@@ -1108,20 +1116,9 @@ def test_a_ctrl_c_under_torchrun_is_not_said_as_another_processs_failure(tmp_pat
 
     monkeypatch.setattr(loop, "run_epoch", peer_left)
     monkeypatch.setattr(distributed, "peer_failure", sigint_waited)
-    dist.init_process_group("gloo", rank=0, world_size=1,
-                            init_method=f"file://{tmp_path / 'store'}")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as python sets it
-    try:
-        with pytest.raises(Stopped) as err:
-            fit(compose_tiny(repo, "logger=none"), tmp_path / "run")
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    assert err.value.signum == signal.SIGINT
-    assert cli.stop_reason(err.value) == (
-        f"the run in {tmp_path / 'run'} stopped after epoch 1 of 3 (checkpoint saved); run the "
-        f"same command again with hydra.run.dir={tmp_path / 'run'} to resume it")
+    stop = stop_of_a_rank(repo, tmp_path, signal.SIGINT, signal.default_int_handler)
+    assert stop.signum == signal.SIGINT
+    assert cli.stop_reason(stop) == stopped_after_epoch_1(tmp_path / "run")
 
 
 def test_stops_come_back_once_a_stops_message_is_made():
