@@ -131,12 +131,14 @@ trap 'stop 130' INT
 trap 'stop 143' TERM
 
 train() {  # train <name> <benchmark_train options...>
-  # the timed steps in the name (-s60, -s300): the speed report compares a step only with a
-  # dense step timed over as many, so one mode's dense record must not replace another's
-  # (found in review: quick's and full's records had the same names in one folder)
+  # the warm-up and timed steps in the name (-w10-s60, as benchmark_train.py names them):
+  # the speed report compares a step only with a dense step after as many and timed over
+  # as many, so one mode's dense record must not replace another's (found in review:
+  # quick's and full's records had the same names in one folder), nor a run at the default
+  # warm-up (`--steps 60` names its record ...-s60.json) one of these
   local name=$1; shift
   step "train-$name" "$PY" scripts/benchmark_train.py --device cuda --steps "$STEPS" \
-    --warmup 10 "$@" --out "$OUT/train-throughput-cuda-$name-s$STEPS.json"
+    --warmup 10 "$@" --out "$OUT/train-throughput-cuda-$name-w10-s$STEPS.json"
 }
 
 layers() {  # layers <name> <benchmark_layers options...>

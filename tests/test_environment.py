@@ -335,6 +335,25 @@ def test_gpu_speed_reads_its_budget_in_base_10(repo, tmp_path):
     assert sum("scripts/benchmark_" in call for call in calls) == GPU_SPEED_STEPS, calls
 
 
+def test_gpu_speeds_training_records_name_their_warmup_as_the_benchmarks_own_names_do(
+        repo, tmp_path):
+    """Found in review: its records (``--warmup 10``) were named ``...-s60.json``, the name
+    ``benchmark_train.py --steps 60`` gives a run at the default 3 warm-up steps, which then
+    replaced one of its records with a step the speed report compares on other terms."""
+    from basisconv.bench.train import ThroughputOptions
+
+    done = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0")
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, out + err
+    trains = [call.split() for call in (tmp_path / "calls.txt").read_text().splitlines()
+              if "benchmark_train.py" in call]
+    assert trains
+    for call in trains:
+        warmup, steps = (int(call[call.index(flag) + 1]) for flag in ("--warmup", "--steps"))
+        named = ThroughputOptions(warmup=warmup, steps=steps).tag  # e.g. -w10-s60
+        assert call[call.index("--out") + 1].endswith(f"{named}.json"), call
+
+
 FAKE_GPU_PY = """#!/usr/bin/env bash
 # a GPU machine's python3 as gpu_speed.sh sees it: CUDA there, the package probe answered
 # as the test says, and each step logged ({{calls}}) with its pid, then sleeping as long as
