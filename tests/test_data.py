@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -729,6 +730,20 @@ def test_an_archive_never_extracted_is_named(tmp_path, archive):
     with pytest.raises(DatasetError, match=rf"It holds {archive}, never extracted: "
                                            rf"extract it there \(tar -xzf "):
         load_cifar10(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cifar-10-binary.tar.gz", "data_batch_1.bin"])
+@pytest.mark.parametrize("download", [False, True])
+def test_a_file_given_as_data_root_is_said_to_be_one(tmp_path, name, download):
+    """data.root at a file (the archive, or one batch file) was "not found: looked in
+    .../data_batch_1.bin and its subfolders", and with data.download=true a download
+    was tried into it; it is one line saying so, the archive's with how to extract it."""
+    (tmp_path / name).write_bytes(b"a file")
+    said = r"data\.root is a file, not a folder: .*" + re.escape(name)
+    if name.endswith(".tar.gz"):
+        said += re.escape(f", the published archive: extract it (tar -xzf {tmp_path / name}")
+    with pytest.raises(DatasetError, match=said):
+        load_cifar10(tmp_path / name, download=download)
 
 
 def test_a_download_offline_extracts_the_archive_already_there(tmp_path, monkeypatch):

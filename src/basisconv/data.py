@@ -118,6 +118,13 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
     cannot be looked in.
     """
     root = expanded_root(root)
+    if root.is_file():  # (it was "not found", and a download could not go there either)
+        archive = (f", the published archive: extract it (tar -xzf {root} -C {root.parent}) "
+                   f"and point data.root at {root.parent}" if root.name in ARCHIVES.values()
+                   else "")
+        raise DatasetError(f"data.root is a file, not a folder: {root.resolve()}{archive}. "
+                           f"Point data.root (or the CIFAR10_ROOT environment variable) at the "
+                           f"folder holding the extracted CIFAR-10 files.")
     found = [(folder, fmt) for fmt in ("bin", "py") for folder in (root, root / FOLDERS[fmt])
              if _holds_cifar10(folder, fmt, any)]
     # the first that holds every file: a stray test_batch.bin beside a complete
