@@ -408,3 +408,23 @@ def test_the_static_buffers_keep_the_batchs_channels_last_layout():
     for _ in range(3):
         train(images, labels)
     assert seen == [True, True, True]
+
+
+def test_the_first_graphed_step_ignores_gradients_left_on_the_parameters():
+    """Found by a mutation test (the first, eager step's ``zero_grad`` removed, failing no
+    test): gradients a model already holds (a backward run before the epoch) were added to
+    the first step's, which an eager step (zeroing them first) does not."""
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(4, 3), None]
+    models[1] = copy.deepcopy(models[0])
+    images, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    for model in models:
+        F.cross_entropy(model(images), labels).backward()  # left from before
+    optimizers = [torch.optim.SGD(model.parameters(), lr=0.1) for model in models]
+    optimizers[0].zero_grad(set_to_none=True)  # an eager step's own first step
+    F.cross_entropy(models[0](images), labels).backward()
+    optimizers[0].step()
+    graphs.GraphedTrainStep(lambda x, y: F.cross_entropy(models[1](x), y), optimizers[1],
+                            torch.device("cpu"))(images, labels)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b)

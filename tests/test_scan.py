@@ -386,3 +386,55 @@ def test_the_scans_warnings_point_at_the_callers_line():
     for start in ("skipping layer 'grouped'", "coefficient_rank=4", "layer 'head' is not called"):
         assert any(message.startswith(start) for message, _ in said), (start, said)
     assert {filename for _, filename in said} == {__file__}, said
+
+
+def test_a_misspelt_fit_is_refused_before_the_reference_is_measured():
+    """Found by a mutation test (the early ``check_fit`` removed, failing no test): a
+    misspelt ``fit`` was refused only at the first candidate's conversion, after the
+    reference's evaluation and fine-tune had run for nothing."""
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1)).eval()
+    calls = []
+    with pytest.raises(ConfigError, match="fit"):
+        layer_sensitivity(model, 8, lambda m: calls.append("evaluate") or 0.5,
+                          lambda m: calls.append("finetune"), layers=["2"],
+                          input_shape=(1, 16, 8, 8), fit="qr")
+    assert calls == []
+
+
+def test_each_layer_is_scanned_in_the_combine_form_it_is_given():
+    """Found by a mutation test (``combine`` not passed to the conversion, failing no
+    test): every layer was fine-tuned and measured in the stacked form, whatever form the
+    user converts with and the candidates were counted in."""
+    from basisconv.layers import BasisConv2d
+
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1)).eval()
+    forms = []
+
+    def evaluate(m):
+        forms.extend(layer.combine for layer in m.modules() if isinstance(layer, BasisConv2d))
+        return 0.5
+    layer_sensitivity(model, 8, evaluate, layers=["2"], input_shape=(1, 16, 8, 8),
+                      combine="split")
+    assert forms == ["split", "split"]  # before its fine-tune, and after
+
+
+def test_a_fine_tune_starts_in_each_modules_own_mode_the_model_was_given_in():
+    """Found by a mutation test (only the top module's mode put back, failing no test):
+    a norm frozen in eval inside a training model was handed to ``finetune`` training,
+    for each converted layer but not for the reference."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(16, 2))
+    model[1].eval()  # frozen statistics in a training model
+    given = [sub.training for sub in model.modules()]
+    modes = []
+
+    def evaluate(m):
+        m.eval()
+        return 0.5
+    layer_sensitivity(model, 8, evaluate, lambda m: modes.append(
+        [sub.training for sub in m.modules()]), layers=["3"], input_shape=(1, 3, 8, 8))
+    assert modes == [given, given]

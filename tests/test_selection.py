@@ -455,6 +455,8 @@ def test_layer_savings_of_a_real_model_add_up_to_the_all_layer_model():
     dense, converted = model_cost(model), model_cost(every)
     assert table["params_saved"].sum() == dense.params - converted.params
     assert table["flops_saved"].sum() == dense.total_flops - converted.total_flops
+    assert (table["forward_flops_saved"].sum()  # (found by a mutation test: untested)
+            == dense.forward_flops - converted.forward_flops)
     # almost every FLOP scales with the batch: counted at a training batch, the same table
     assert selection.layer_savings(model, basis, batch=128).equals(table)
 
@@ -2268,3 +2270,25 @@ def test_the_search_writes_its_record_and_table_field_by_field_in_order(repo, tm
         "predicted_loss_increase,flops_saved,rank_by_accuracy,rank_by_loss,fast_choice",
         "a b,0.88,1.12,0.02,0.12,0.03,0.3,3,1,1,True",
         "a c,0.86,1.14,0.04,0.14,0.05,0.5,4,2,2,False"]
+
+
+def test_the_probe_measures_in_batches_of_the_eval_batch_size(repo, tmp_path):
+    """Found by a mutation test (the held-out images batched by ``trainer.batch_size``,
+    failing no test): the probe measures as a training run evaluates, in batches of
+    ``trainer.eval_batch_size``, and fine-tunes in ``trainer.batch_size``."""
+    from basisconv.probe import Probe
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.batch_size=16",
+                              "trainer.eval_batch_size=40")
+    dense = build_model("resnet8", num_classes=cfg.data.num_classes, width=cfg.model.width)
+    probe = Probe(cfg, dense_state=dense.state_dict())
+    assert probe.batches(train=False).batch_size == 40
+    assert probe.batches(train=True).batch_size == 16
+
+
+def test_two_measurements_differ_by_chance_by_their_variances_added():
+    """Found by a mutation test (``2 * std``, failing no test): two independent
+    measurements that each vary by ``std`` differ by ``sqrt(2) * std`` (variances add)."""
+    from basisconv.probe import difference_std
+
+    assert difference_std(0.03) ** 2 == pytest.approx(0.03 ** 2 + 0.03 ** 2)

@@ -133,16 +133,23 @@ def test_the_timings_and_the_table_are_named_by_model_width_and_basis_size(repo,
     assert sensitivity.cache_key(cfg) == f"{name}{json_digest(sensitivity.key_fields(cfg))}"
 
 
+def measured_by_a_fake(monkeypatch) -> list:
+    """``time_budget.measure`` replaced by a fake that times each layer at 2 ms dense and
+    1 ms in basis form; returns the list of the layer lists it was asked to time."""
+    measured = []
+    monkeypatch.setattr(time_budget, "measure", lambda cfg, names: measured.append(names) or {
+        "layers": [{"layer": n, "dense_ms": 2.0, "basis_ms": 1.0, "seconds_saved": 1e-3}
+                   for n in names], "dense_step_seconds": 0.1})
+    return measured
+
+
 def test_an_edited_model_definition_is_timed_again(repo, tmp_path, monkeypatch, caplog):
     """The same name and width, other layers (a user's model file edited between runs):
     the timings are measured again, where the old ones were read back."""
     from basisconv.models import registry
 
     cfg = compose_timed(repo, tmp_path)
-    measured = []
-    monkeypatch.setattr(time_budget, "measure", lambda cfg, names: measured.append(names) or {
-        "layers": [{"layer": n, "dense_ms": 2.0, "basis_ms": 1.0, "seconds_saved": 1e-3}
-                   for n in names], "dense_step_seconds": 0.1})
+    measured = measured_by_a_fake(monkeypatch)
     table = pd.DataFrame({"layer": ["layer1.0.conv1", "layer2.0.conv1"]})
     time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
     time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
@@ -464,3 +471,36 @@ def test_the_layers_timed_for_a_budget_are_not_listed_as_the_runs_auto_forms(rep
     time_budget.with_measured_time(cfg, table, selection.dense_totals(model))
     assert auto.choices()  # the basis forms were timed, auto choosing theirs
     assert auto.described(this_run=True) == []
+
+
+def test_timings_of_the_former_method_are_not_read_back(repo, tmp_path, monkeypatch):
+    """Found by a mutation test (``method`` of the key set back to 1, failing no test): a
+    cache of the former method (a folded norm timed apart from its layer) must not be read
+    as this method's timings; its layers are measured again."""
+    cfg = compose_timed(repo, tmp_path)
+    measured = measured_by_a_fake(monkeypatch)
+    table = pd.DataFrame({"layer": ["layer1.0.conv1", "layer2.0.conv1"]})
+    former = {**time_budget.key_fields(cfg, list(table["layer"])), "method": 1}
+    path = time_budget.cache_path(cfg, former)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"layers": [
+        {"layer": n, "dense_ms": 9.0, "basis_ms": 1.0, "seconds_saved": 8e-3}
+        for n in table["layer"]], "dense_step_seconds": 0.1}))
+    timed, _ = time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
+    assert len(measured) == 1 and timed["dense_ms"].tolist() == [2.0, 2.0]
+
+
+def test_a_table_timed_before_is_timed_with_the_cached_times_alone(repo, tmp_path,
+                                                                   monkeypatch):
+    """Found by a mutation test (the table's own time columns kept, failing no test): a
+    table that already has times (timed before, or a user's) merged into ``dense_ms_x``,
+    ``seconds_saved_y`` ..., and the budget found no ``seconds_saved`` to choose by."""
+    cfg = compose_timed(repo, tmp_path)
+    monkeypatch.setattr(time_budget, "measure", lambda cfg, names: {
+        "layers": [{"layer": n, "dense_ms": 2.0, "basis_ms": 1.0, "seconds_saved": 1e-3}
+                   for n in names], "dense_step_seconds": 0.1})
+    table = pd.DataFrame({"layer": ["layer1.0.conv1", "layer2.0.conv1"]})
+    timed, _ = time_budget.with_measured_time(cfg, table, {"params": 1, "flops": 1})
+    again, _ = time_budget.with_measured_time(cfg, timed, {"params": 1, "flops": 1})
+    assert list(again.columns) == list(timed.columns)
+    assert again["seconds_saved"].tolist() == [1e-3, 1e-3]
