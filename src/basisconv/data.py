@@ -313,9 +313,9 @@ def download_cifar10(root: str | os.PathLike) -> None:
             # torchvision's downloader uses it: offline, the download failed beside it
             if not (archive.is_file() and file_digest(archive, "md5") == ARCHIVE["md5"]):
                 urllib.request.urlretrieve(ARCHIVE["url"], archive)
-            if file_digest(archive, "md5") != ARCHIVE["md5"]:
-                raise DatasetError(
-                    f"downloaded {archive} has the wrong md5; delete it and retry.")
+                if file_digest(archive, "md5") != ARCHIVE["md5"]:
+                    raise DatasetError(
+                        f"downloaded {archive} has the wrong md5; delete it and retry.")
             with tarfile.open(archive) as tar:
                 # the "data" filter (no paths outside root, no devices) where Python has it
                 # (3.11.4+); the archive's md5 was checked above either way
