@@ -1589,7 +1589,7 @@ def test_the_sensitivity_summary_lists_layers_in_model_order_with_the_noise(tmp_
     assert "| layer10 | 16x3x3x3 | 8 | 0.1 | 2.0 |" in every
     rule = "layers least sensitive by accuracy drop first, until they save 25 % of the dense"
     assert f"## Chosen by `sensitivity_budget`: {rule}" in text
-    assert rule in drawn[0].axes[0].get_title()
+    assert rule in " ".join(drawn[0].axes[0].get_title().split())  # wrapped to the plot
     # a resumed estimate's page says what was done before: its time is not all of it
     rec["sensitivity"]["resumed"] = {"pretraining": False, "fine_tunes": 3}
     _, resumed_md = sensitivity.summarize(rec, tmp_path / "resumed", "test")
@@ -2614,6 +2614,35 @@ def test_the_sensitivity_page_and_plot_give_the_drops_own_noise_where_measured(
     assert any("layers' drops" in t.get_text() for t in top.get_legend().get_texts())
     assert sorted(line.get_ydata()[0] for line in bottom.get_lines()
                   if line.get_linestyle() == ":") == pytest.approx([-0.02, 0.02])
+
+
+def test_the_sensitivity_and_search_plots_state_their_provenance_below_them(tmp_path,
+                                                                             monkeypatch):
+    """Found tracing results/quick/: results/README.md says every table and plot states its
+    profile, hardware, commit and date, and the comparison's plots do, but the sensitivity
+    and search plots had only their titles (the sensitivity plot's cut at the edge, losing
+    "FLOPs"), so a plot shown alone (the notebook, a slide) said nothing of its run. Each
+    now carries the line its page opens with, and its whole title."""
+    from basisconv.analysis import search, sensitivity
+
+    drawn = []
+    for module in (sensitivity, search):
+        monkeypatch.setattr(module, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    rec = sensitivity_record()
+    rec["config"]["selection"] = {"policy": "sensitivity_budget", "budget_metric": "flops",
+                                  "budget_reduction": 0.25}
+    _, sensitivity_md = sensitivity.summarize(rec, tmp_path, "quick")
+    _, search_md = search.summarize(search_record(), tmp_path, tmp_path, "quick")
+    for fig, md in zip(drawn, (sensitivity_md, search_md)):
+        below = " ".join(" ".join(text.get_text().split()) for text in fig.texts)
+        provenance = md.read_text().split("\n\n")[1]
+        assert provenance.startswith("profile quick;") and below == provenance, below
+    title = " ".join(drawn[0].axes[0].get_title().split())
+    assert "training FLOPs" in title
+    assert all(len(line) <= drawn[0].get_figwidth() * 14
+               for line in drawn[0].axes[0].get_title().split("\n"))
+    for fig in drawn:
+        sensitivity.pyplot().close(fig)
 
 
 def test_a_threshold_page_names_the_layers_within_the_drops_noise_of_its_threshold(tmp_path,

@@ -6,14 +6,13 @@ it in its title."""
 from __future__ import annotations
 
 import logging
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 
 from ..cost import basis_conv2d_cost, conv2d_cost
 from ..layers import resolve_num_basis
-from .plots import pyplot, save_figure
+from .plots import add_note, pyplot, save_figure
 from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
 
 log = logging.getLogger(__name__)
@@ -61,14 +60,8 @@ def speedup_axis(ax) -> None:
 
 
 def _finish(fig, path: Path, note: str) -> Path:
-    """Add the provenance line and any caveats (one per line of ``note``, each wrapped to
-    the figure's width) below the plot, with room for them, save."""
-    lines = [wrapped for line in note.split("\n")
-             for wrapped in textwrap.wrap(line, int(fig.get_figwidth() * 20))]
-    fig.text(0.01, 0.005, "\n".join(lines), fontsize=6.5, color="0.35", ha="left", va="bottom")
-    # 6.5 pt at matplotlib's 1.2 line spacing, plus 0.1 inch between the axes and the note
-    bottom = (0.1 + len(lines) * 6.5 * 1.2 / 72) / fig.get_figheight()
-    fig.tight_layout(rect=(0, bottom, 1, 1))
+    """Add the provenance note below the plot (:func:`add_note`), save."""
+    add_note(fig, note)
     return save_figure(fig, path)
 
 

@@ -1,9 +1,11 @@
-"""Shared plotting set-up: a headless backend and atomic PNG writes."""
+"""Shared plotting set-up: a headless backend, the provenance note below a plot, and
+atomic PNG writes."""
 
 from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from pathlib import Path
 
 from ..records import write_bytes_atomic
@@ -22,6 +24,18 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def add_note(fig, note: str) -> None:
+    """Put the provenance line and any caveats (one per line of ``note``, each wrapped to
+    the figure's width) below the plot, and lay it out with room for them: a plot copied
+    out of its folder still says which profile, hardware, commit and date it shows."""
+    lines = [wrapped for line in note.split("\n")
+             for wrapped in textwrap.wrap(line, int(fig.get_figwidth() * 20))]
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=6.5, color="0.35", ha="left", va="bottom")
+    # 6.5 pt at matplotlib's 1.2 line spacing, plus 0.1 inch between the axes and the note
+    bottom = (0.1 + len(lines) * 6.5 * 1.2 / 72) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:

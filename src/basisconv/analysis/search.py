@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..probe import difference_std
 from ..records import commit_name, hardware_name, write_text_atomic
-from .plots import pyplot, save_figure
+from .plots import add_note, pyplot, save_figure
 from .runs import record_tag, resumed_note, trained_on
 
 
@@ -49,18 +49,18 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
     s, cfg = record["search"], record["config"]
     stem = stem or summary_stem(record)
     prov = record["provenance"]
-    return [
-        plot_search(subsets(record, folder), s, out / f"{stem}.png", _title(record)),
-        write_text_atomic(out / f"{stem}.md", (
-            f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
-            f"{cfg['basis']['size']}, subsets of {s['subset_size']} of {len(s['candidates'])} "
-            f"layers\n\nprofile {profile}; run {prov['date'][:10]} on "
+    note = (f"profile {profile}; run {prov['date'][:10]} on "
             f"{hardware_name(prov.get('hardware') or {}, trained_on(cfg)) or 'unknown hardware'}"
             f", commit {commit_name(prov['git'])}, {s['seconds']:.0f} s"
             + resumed_note({"pretraining": s.get("kept_pretraining"),
                             "fine_tunes": s.get("kept_fine_tunes")},
-                           by="the estimate or an earlier search of its key")
-            + "\n\n"
+                           by="the estimate or an earlier search of its key"))
+    return [
+        plot_search(subsets(record, folder), s, out / f"{stem}.png", _title(record), note),
+        write_text_atomic(out / f"{stem}.md", (
+            f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
+            f"{cfg['basis']['size']}, subsets of {s['subset_size']} of {len(s['candidates'])} "
+            f"layers\n\n{note}\n\n"
             f"| | subset | held-out accuracy |\n|---|---|---:|\n"
             f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
             f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "
@@ -93,10 +93,12 @@ def _correlation(value: float | None) -> str:
         else f"{value:.2f}"
 
 
-def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str) -> Path:
+def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str,
+                note: str | None = None) -> Path:
     """Held-out accuracy of every subset, sorted, with the fast method's choice marked at
     its rank (first among its ties; counted from 1, else rank 2 shows as the third bar)
-    and the accuracy's noise band around it; points, as the axis does not start at zero."""
+    and the accuracy's noise band around it; points, as the axis does not start at zero.
+    A ``note`` (the search's provenance) goes below the plot."""
     plt = pyplot()
     ranked = found.sort_values(["accuracy", "fast_choice"], ascending=False,
                                kind="stable").reset_index(drop=True)
@@ -119,5 +121,8 @@ def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str) -> P
     ax.set_title(f"{title}\norange: the fast method's choice, rank "
                  f"{summary['fast_rank_by_accuracy']} of {summary['subsets']}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    if note:
+        add_note(fig, note)
+    else:
+        fig.tight_layout()
     return save_figure(fig, path)

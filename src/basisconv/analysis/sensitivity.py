@@ -4,6 +4,7 @@ summary page in ``results/``."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -11,21 +12,21 @@ import pandas as pd
 from ..probe import difference_std
 from ..records import commit_name, hardware_name, write_text_atomic
 from ..selection import rule_in_words
-from .plots import pyplot, save_figure
+from .plots import add_note, pyplot, save_figure
 from .runs import record_tag, resumed_note, trained_on
 from .tables import markdown
 
 
 def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, title: str,
                      threshold: float | None = None, noise: dict | None = None,
-                     threshold_metric: str = "accuracy_drop", drop_noise: dict | None = None
-                     ) -> Path:
+                     threshold_metric: str = "accuracy_drop", drop_noise: dict | None = None,
+                     note: str | None = None) -> Path:
     """Bars by layer in model order: accuracy drop (top) and loss increase (bottom) after
     converting that layer alone; chosen layers in colour, the others grey; the grey band
     is ±1 std of the dense reference over batch orders (``noise``), a yardstick, and the
     dotted lines ±1 pooled std of a few layers' drops over those orders (``drop_noise``),
     the drops' own noise. A ``threshold`` is drawn on the panel of the metric it bounds
-    (``threshold_metric``)."""
+    (``threshold_metric``). A ``note`` (the estimate's provenance) goes below the plot."""
     plt = pyplot()
     table = table.sort_values("position")
     x = range(len(table))
@@ -58,9 +59,15 @@ def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, t
     for ax in (top, bottom):
         ax.axhline(0, color="black", lw=0.6)
         ax.grid(True, axis="y", alpha=0.3)
-    top.set_title(f"{title}\nblue: chosen ({len(chosen)} of {len(table)} candidate layers)",
+    # wrapped to the figure: a budget's rule in words is wider than the plot, and a
+    # title cut at the edge lost the budget's metric
+    wrapped = "\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 14)))
+    top.set_title(f"{wrapped}\nblue: chosen ({len(chosen)} of {len(table)} candidate layers)",
                   fontsize=9)
-    fig.tight_layout()
+    if note:
+        add_note(fig, note)
+    else:
+        fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -210,7 +217,7 @@ def summarize(record: dict, out: Path, profile: str, stem: str | None = None) ->
     return [
         plot_sensitivity(table, summary["chosen"], out / f"{stem}.png", _title(record),
                          noise=summary.get("noise"), drop_noise=summary.get("drop_noise"),
-                         **_threshold(record)),
+                         note=note, **_threshold(record)),
         write_text_atomic(out / f"{stem}.md", (
             f"# Sensitivity of {cfg['model']['name']} x{cfg['model']['width']:g} to basis size "
             f"{cfg['basis']['size']}\n\n{note}\n\nDense reference (held-out accuracy after the "
