@@ -484,3 +484,30 @@ def test_results_readme_names_each_speed_table_by_its_ratio_columns_name(repo):
                                      "does not list it there"
         tables += 1
     assert tables >= 30
+
+
+def table_rows(text: str, header_start: str) -> list[list[str]]:
+    """The cells of each row of the markdown table whose header begins ``header_start``."""
+    table = text[text.index(header_start):].split("\n\n")[0].splitlines()
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+
+
+def test_the_readmes_quick_table_quotes_the_committed_comparison(repo):
+    """Found tracing the README's numbers: its table of what the quick profile found is
+    typed from ``results/quick/comparison-cpu-fp32.md`` (another order, fractions as
+    ``1/4``), and nothing kept the two together when the tables were rebuilt. Each row's
+    accuracy, change, basis layers, parameter and FLOP shares and speedups are the
+    committed table's."""
+    readme = table_rows((repo / "README.md").read_text(), "| selection | basis size |")
+    committed = {(row[1], row[2]): row for row in table_rows(
+        (repo / "results" / "quick" / "comparison-cpu-fp32.md").read_text(), "| model |")}
+    fractions = {"-": "-", "1/8": "0.125", "1/4": "0.25", "1/2": "0.5", "3/4": "0.75"}
+    assert len(readme) == len(committed) == 9
+    for selection, size, layers, accuracy, change, params, flops, speedup in readme:
+        row = committed[(selection.removesuffix(" (baseline)"), fractions[size])]
+        assert accuracy == row[4] and (change or "+0.00") == row[5], selection
+        mean_layers = row[6] if "," not in layers else f"{sum(map(int, layers.split(','))) / 3:.1f}"
+        assert mean_layers == row[6], selection
+        assert params.removesuffix(" (mean)") in row[7], selection
+        assert flops.removesuffix(" (mean)") in row[8], selection
+        assert speedup in (row[11], row[11].split(" (")[0]), selection  # the baseline's alone
