@@ -432,6 +432,48 @@ def test_the_moments_backward_op_refuses_inputs_that_disagree(wrong, dtype):
         triton_moments.moments_backward(grad, maps, sym, shift)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
+@pytest.mark.parametrize("wrong", ["matrix wider", "matrix narrower", "bias", "grad", "out"])
+def test_the_combination_ops_refuse_inputs_that_disagree(wrong, dtype):
+    """Found in review: the kernels take ``m`` from the maps and ``C_out`` from the matrix,
+    so a narrower matrix was read past its rows, a shorter bias or output gradient past
+    its end, and a wider matrix in part, while the standard ops (the fallback) refused
+    each. One error, either way."""
+    maps = torch.randn(2, 3, 4, 4, dtype=dtype)
+    matrix = {"matrix wider": torch.randn(5, 4), "matrix narrower": torch.randn(5, 2)}.get(
+        wrong, torch.randn(5, 3)).to(dtype)
+    bias = torch.randn(4 if wrong == "bias" else 5, dtype=dtype)
+    grad = torch.randn(2, 4 if wrong == "grad" else 5, 4, 4, dtype=dtype)
+    out = torch.randn(2, 6 if wrong == "out" else 5, 4, 4, dtype=dtype)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="folded_combine needs"):
+        warnings.simplefilter("ignore")  # the fallback's notice
+        if wrong in ("grad", "out"):
+            triton_combine.folded_combine_backward(grad, out, maps, matrix, True)
+        else:
+            triton_combine.folded_combine(maps, matrix, bias, True)
+            triton_combine.folded_combine_backward(grad, out, maps, matrix, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "fallback"])
+@pytest.mark.parametrize("wrong", ["coefficients", "output index", "conv bias", "norm weight",
+                                   "norm bias", "running var"])
+def test_the_fold_op_refuses_inputs_that_disagree(wrong, dtype):
+    """Found in review: the fold's kernel takes ``m`` from the maps and ``C_out`` from the
+    output index, so coefficients of another width, a shorter index, or a bias, weight or
+    running average of another length were read (a running average written) out of bounds
+    or in part, while the standard ops refused each. One error, either way."""
+    maps = torch.randn(2, 3, 4, 4, dtype=dtype)
+    coefficients = torch.randn((2, 2) if wrong == "coefficients" else (2, 3))
+    index = torch.arange(4 if wrong == "output index" else 5)
+    channel = {name: torch.randn(4 if wrong == name else 5) for name in (
+        "conv bias", "norm weight", "norm bias")}
+    running = (torch.zeros(5), torch.ones(4 if wrong == "running var" else 5))
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="folded_norm needs"):
+        warnings.simplefilter("ignore")  # the fallback's notice
+        triton_fold.folded_norm(maps, coefficients.to(dtype), index, *channel.values(), 1e-5,
+                                *running, 0.1)
+
+
 def test_a_fallbacks_result_takes_the_dtype_the_op_promises():
     """Found in review: ``strided_as`` kept a result whose strides matched but whose dtype
     did not (the standard ops promote), so an op's result and its shape-only twin

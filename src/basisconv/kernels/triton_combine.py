@@ -277,6 +277,7 @@ def folded_combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
                    relu: bool) -> torch.Tensor:
     """:func:`combine` as an op; differentiable (an eval-mode norm's fold is trained
     through it; the batch-statistics fold calls the backward op itself)."""
+    _check_combination(maps, matrix, bias)
     if cannot_run(maps):
         return strided_as(relu_combine(maps, matrix, bias, relu), _folded_combine_shape(
             maps, matrix, bias, relu))
@@ -285,6 +286,7 @@ def folded_combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
 
 @folded_combine.register_fake
 def _folded_combine_shape(maps, matrix, bias, relu):
+    _check_combination(maps, matrix, bias)
     return torch.empty((maps.shape[0], matrix.shape[0], *maps.shape[2:]), dtype=maps.dtype,
                        device=maps.device, memory_format=_layout(maps))
 
@@ -299,6 +301,7 @@ def folded_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`combine_backward` as an op (the maps' gradient empty unless ``maps_grad``:
     a frozen basis on an input without gradient needs none)."""
+    _check_combination(maps, matrix, grad_out=grad_out, out=out)
     if cannot_run(maps):
         grads = relu_combine_backward(grad_out, out, maps, matrix, relu, maps_grad)
         return (strided_as(grads[0], _maps_grad_shape(maps, True)) if maps_grad
@@ -309,10 +312,29 @@ def folded_combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None,
 
 @folded_combine_backward.register_fake
 def _folded_combine_backward_shapes(grad_out, out, maps, matrix, relu, maps_grad=True):
+    _check_combination(maps, matrix, grad_out=grad_out, out=out)
     c_out, m = matrix.shape
     return (_maps_grad_shape(maps, maps_grad),
             maps.new_empty((c_out, m), dtype=sums_dtype(maps)),
             maps.new_empty((c_out,), dtype=sums_dtype(maps)))
+
+
+def _check_combination(maps, matrix, bias=None, grad_out=None, out=None) -> None:
+    """The ops' inputs agree: the kernels take ``m`` from the maps and ``C_out`` from the
+    matrix, so a matrix of another width, a bias of another length or an output gradient
+    (or output) of another shape was read in part or out of bounds, where the standard ops
+    refuse them (a review's finding, as :mod:`.triton_moments`' ``moments_backward``)."""
+    outputs = matrix.shape[0] if matrix.dim() == 2 else None
+    image = (maps.shape[0], outputs, *maps.shape[2:]) if maps.dim() == 4 else None
+    if (image is None or outputs is None or matrix.shape[1] != maps.shape[1]
+            or bias is not None and tuple(bias.shape) != (outputs,)
+            or any(t is not None and tuple(t.shape) != image for t in (grad_out, out))):
+        raise ValueError(
+            f"folded_combine needs maps [N, m, H, W], a matrix [C_out, m], a bias [C_out] "
+            f"and an output (gradient) [N, C_out, H, W]; got maps {tuple(maps.shape)}, "
+            f"matrix {tuple(matrix.shape)}"
+            + "".join(f", {name} {tuple(t.shape)}" for name, t in
+                      (("bias", bias), ("grad_out", grad_out), ("out", out)) if t is not None))
 
 
 def _save_for_backward(ctx, inputs, output):

@@ -314,6 +314,8 @@ def folded_norm(maps: torch.Tensor, coefficients: torch.Tensor, output_index: to
     dtype) and bias, the outputs' mean and variance; the running averages, where given,
     updated in place. Not differentiable (:class:`.norm.BatchNormedCombination` calls
     :func:`folded_norm_backward`)."""
+    _check_fold(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias,
+                running_mean, running_var)
     args = (maps, coefficients, output_index, conv_bias, norm_weight, norm_bias, eps)
     if not (_cannot_run(maps, coefficients) or running_mean is not None and not (
             running_mean.is_contiguous() and running_var.is_contiguous())):
@@ -328,9 +330,29 @@ def folded_norm(maps: torch.Tensor, coefficients: torch.Tensor, output_index: to
 @folded_norm.register_fake
 def _folded_norm_shapes(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias,
                         eps, running_mean=None, running_var=None, momentum=0.0):
+    _check_fold(maps, coefficients, output_index, conv_bias, norm_weight, norm_bias,
+                running_mean, running_var)
     c_out, m = output_index.shape[0], maps.shape[1]
     return (coefficients.new_empty(m), coefficients.new_empty((m, m)),
             maps.new_empty((c_out, m)), *(coefficients.new_empty(c_out) for _ in range(3)))
+
+
+def _check_fold(maps, coefficients, output_index, *per_channel) -> None:
+    """The op's inputs agree: the kernels take ``m`` from the maps and ``C_out`` from the
+    output index, so coefficients of another shape, or a bias, weight or running average
+    of another length, were read (or written) in part or out of bounds, where the
+    standard ops refuse them (a review's finding, as :mod:`.triton_moments`'
+    ``moments_backward``)."""
+    c_out = output_index.shape[0] if output_index.dim() == 1 else None
+    m = maps.shape[1] if maps.dim() == 4 else None
+    if (c_out is None or m is None or tuple(coefficients.shape) != (c_out - m, m)
+            or any(t is not None and tuple(t.shape) != (c_out,) for t in per_channel)):
+        raise ValueError(
+            f"folded_norm needs maps [N, m, H, W], coefficients [C_out - m, m], an output "
+            f"index [C_out] and per-channel tensors [C_out]; got maps {tuple(maps.shape)}, "
+            f"coefficients {tuple(coefficients.shape)}, output index "
+            f"{tuple(output_index.shape)}, per-channel "
+            f"{[tuple(t.shape) for t in per_channel if t is not None]}")
 
 
 @torch.library.custom_op(
