@@ -350,6 +350,10 @@ RANGE_RULES = [
     # found in review: null (as data.train_subset's "all") passed, and the estimate ended
     # in a TypeError trace from the held-out split
     ({"sensitivity.val_size": None}, r"^sensitivity.val_size=null would hold out every "),
+    # found in the mutation review: 1.0 passed (the range said "(0, 1)"), and was refused
+    # only once the estimate had its data, in each job of a sweep
+    ({"sensitivity.val_size": 1.0}, r"^sensitivity.val_size=1.0 would hold out every training "
+                                    r"image; give a count \(int >= 1\) or a fraction in \(0, 1\)"),
     # and a value of the wrong kind is not told to use null
     ({"sensitivity.val_size": "all"},
      r"^sensitivity.val_size='all' is neither a count \(an int\) nor a fraction \(a float\); "
@@ -404,6 +408,13 @@ RANGE_RULES = [
      r"basis.dense_warmup_epochs=1 fits the basis layers to the warmed-up dense weights, but "
      r"basis.init=scratch; use basis=warmup"),
     ({"logger.backend": "mlflow"}, "logger.backend='mlflow'; choose one of"),
+    # (mutation review: the finite bound of a number of seconds, and the seed's 2**63,
+    # could each go with every test passing)
+    ({"logger.init_timeout_s": float("inf")},
+     r"^logger.init_timeout_s must be a number of seconds > 0, got inf$"),
+    ({"trainer.checkpoint_every_s": float("inf")},
+     r"^trainer.checkpoint_every_s must be a number of seconds >= 0 \(0: after every epoch\)"),
+    ({"seed": 2**63}, r"^seed=9223372036854775808 does not fit in 64 bits"),
 ]
 
 
@@ -476,6 +487,10 @@ BOUNDARY_VALUES = [
     {"trainer.warmup_fraction": 0.0}, {"trainer.label_smoothing": 0.0},
     {"sensitivity.pretrain_epochs": 0}, {"sensitivity.noise_repeats": 0},
     {"basis.coefficient_l1": 0.0}, {"basis.size": 1.0}, {"sensitivity.search_max_subsets": 1},
+    # (mutation review: each of these was refused by a bound moved by one, all tests passing)
+    {"sensitivity.finetune_epochs": 0}, {"sensitivity.search_subset_size": 1},
+    {"basis.coefficient_rank": 1}, {"trainer.checkpoint_every_s": 0.0},
+    {"logger.finish_timeout_s": 0.0}, {"seed": -2**63},
     # widths users run (a ResNet-20 16 times as wide: 68 M parameters, 0.26 GiB)
     {"model.name": "resnet20", "model.width": 16.0}, {"model.width": 0.25},
     {"selection.policy": "all", "trainer.epochs": 3, "basis.dense_warmup_epochs": 2,
@@ -829,6 +844,8 @@ def test_basis_selected_names_its_runs_by_the_selection_option_chosen(compose_cf
     (["selection.policy=sensitivity_threshold", "selection.threshold=0.01"],
      "sensitivity_threshold"),
     (["selection=blocks", "selection.policy=all"], "all"),
+    # (mutation review: given with Hydra's ++, the preset's option named it, all tests passing)
+    (["++selection.policy=random", "selection.seed=0"], "random"),
 ])
 def test_basis_selected_names_a_run_whose_policy_is_given_by_that_policy(compose_cfg,
                                                                           overrides, policy):

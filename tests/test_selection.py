@@ -231,6 +231,7 @@ def test_the_search_summary_ranks_the_fast_choice_among_made_up_measurements(rep
     assert own["drop_noise_accuracy_std"] == 0.022
     assert own["subsets_within_drop_noise_of_fast"] == 2  # "a c", "b c": 0.03 < 0.0311
     assert summary["median_accuracy"] == pytest.approx(0.825)
+    assert summary["best_accuracy"] == 0.88 and summary["worst_accuracy"] == 0.50
     assert summary["spearman_predicted_vs_measured_drop"] == pytest.approx(1.0)
     found = pd.read_csv(tmp_path / "out" / "search.csv").set_index("subset")
     assert found.loc["a d", "predicted_accuracy_drop"] == pytest.approx(0.09)
@@ -264,6 +265,14 @@ def test_a_search_may_take_every_candidate_as_its_one_subset():
     cfg.sensitivity.search_subset_size = 0
     with pytest.raises(ConfigError, match=r"search_subset_size=0; there are 4 candidate layers, "
                                           r"so choose 1..4"):
+        check_search_size(cfg, 4)
+    # and search_max_subsets is the most subsets it may train, that many included
+    # (mutation review: a limit refusing its own number passed)
+    cfg.sensitivity.search_subset_size, cfg.sensitivity.search_max_subsets = 2, 6
+    assert check_search_size(cfg, 4) == 6
+    cfg.sensitivity.search_max_subsets = 5
+    with pytest.raises(ConfigError, match=r"^6 subsets of 2 among 4 candidate layers is more "
+                                          r"than sensitivity.search_max_subsets=5"):
         check_search_size(cfg, 4)
 
 
@@ -874,10 +883,19 @@ def test_the_sensitivity_script_reports_what_a_fixed_policy_converts(repo, tmp_p
                                                                      overrides, chosen):
     """scripts/sensitivity.py selection=all (or list) recorded 0 layers and 0 saved, as if
     the naive deployment converted nothing; it reports the candidates they convert."""
-    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    def estimate(cfg):  # (each layer its own savings, so that a sum says whose it is)
+        table, record = fake_estimate_with_record(cfg)
+        return table.assign(params_saved=[1, 2, 4], flops_saved=[10, 20, 40]), record
+    monkeypatch.setattr(sensitivity, "estimate", estimate)
     cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none", *overrides)
-    summary = sensitivity.run_sensitivity(cfg, tmp_path / "sens")["sensitivity"]
+    run = sensitivity.run_sensitivity(cfg, tmp_path / "sens")
+    summary = run["sensitivity"]
     assert summary["chosen"] == chosen
+    # what those layers save, not the whole table (mutation review: a sum over every row
+    # passed)
+    picked = pd.DataFrame(run["table"]).set_index("layer").loc[chosen]
+    assert summary["params_saved"] == picked["params_saved"].sum()
+    assert summary["flops_saved"] == picked["flops_saved"].sum()
 
 
 def test_a_table_cached_for_an_edited_model_definition_is_refused(repo, tmp_path, monkeypatch):
@@ -1198,6 +1216,47 @@ def test_the_drops_own_noise_is_measured_when_asked_and_kept_like_every_fine_tun
     _, again = sensitivity.estimate(cfg)
     assert again["resumed"] == {"pretraining": True, "fine_tunes": 7}
     assert again["drop_noise"] == noise
+
+
+def test_each_noise_repeat_has_its_own_batch_order_and_each_layer_its_own_fine_tunes(
+        repo, tmp_path, monkeypatch):
+    """The estimate's bookkeeping of its one batch of fine-tunes, on a stand-in probe whose
+    result names its job (mutation review: a first repeat in the reference's own batch
+    order, a duplicate that shrank the noise yardstick, and a second noise layer given the
+    first one's fine-tunes, both passed every test): the repeats' orders are distinct and
+    none is the reference's, and each noise layer's drops are of its own fine-tunes, its
+    table one first, then one under each repeat's order."""
+    from basisconv.network import build_dense
+
+    def result(names, seed):
+        return {"reconstruction_error": 0.0, "converted_accuracy": 0.5, "accuracy": 0.5,
+                "loss": 1.0, "seconds": 0.0, "job": (tuple(names), seed)}
+
+    class StandIn:
+        def __init__(self, cfg, keep_in=None):
+            self.seed, self.dense = cfg.sensitivity.seed, build_dense(cfg)
+            self.pretrained, self.pretrain_seconds = {"accuracy": 0.5, "loss": 1.0}, 0.0
+            self.split = types.SimpleNamespace(val_labels=torch.zeros(3),
+                                               train_labels=torch.zeros(5))
+            self.kept_pretraining, self.kept_finetunes = False, 0
+
+        def evaluate_layers(self, names, batch_seed=None):
+            return result(names, batch_seed)
+
+    jobs, paired = [], {}
+    monkeypatch.setattr(sensitivity, "Probe", StandIn)
+    monkeypatch.setattr(sensitivity, "evaluate_many", lambda probe, given, workers: jobs.extend(
+        given) or [probe.evaluate_layers(names, seed) for names, seed in given])
+    monkeypatch.setattr(sensitivity, "drop_noise",
+                        lambda reference, repeats, layers: paired.update(layers) or None)
+    cfg = compose_sensitivity(repo, tmp_path, "sensitivity.noise_repeats=2",
+                              "sensitivity.drop_noise_layers=2")
+    sensitivity.estimate(cfg)
+    orders = [seed for names, seed in jobs if not names]
+    assert len(set(orders)) == 2 and cfg.sensitivity.seed not in orders
+    assert len(paired) == 2
+    for name, results in paired.items():
+        assert [r["job"] for r in results] == [((name,), None), *(((name,), s) for s in orders)]
 
 
 def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monkeypatch):
@@ -1972,6 +2031,16 @@ def test_a_table_from_a_source_checkpoint_keeps_its_key_whatever_the_pretraining
         fields = sensitivity.key_fields(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={source}", *schedule))["sensitivity"]
         assert "onecycle_from_lr" not in fields and "pretrain_warmup" not in fields
+
+
+def test_a_table_pretrained_for_no_epochs_keeps_its_key_whatever_the_schedule(repo, tmp_path):
+    """The pretraining's schedule marks (its warm-up since 2f730ef) key only a dense model
+    pretrained here: with sensitivity.pretrain_epochs=0 nothing is, and a mark there set
+    aside the tables cached before it, to estimate them again (mutation review)."""
+    fields = sensitivity.key_fields(compose_sensitivity(
+        repo, tmp_path, "sensitivity.pretrain_epochs=0", "trainer.schedule=cosine",
+        "trainer.warmup_fraction=0.3"))["sensitivity"]
+    assert "pretrain_warmup" not in fields and "onecycle_from_lr" not in fields
 
 
 def test_choosing_layers_from_a_new_estimate_leaves_the_global_generator(repo, tmp_path,

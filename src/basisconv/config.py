@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 
-from .counts import count_or_fraction_problem
+from .counts import count_or_fraction_problem, is_int
 from .data import IMAGE_SHAPE, NUM_CLASSES
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
@@ -312,6 +312,11 @@ def _check_sensitivity(s: DictConfig) -> None:
     _check(s.val_size is not None,
            f"sensitivity.val_size=null would hold out every training image; give {held_out}")
     _check_subset(s.val_size, "sensitivity.val_size", held_out)  # (not null, as it said)
+    # a fraction of 1.0 holds every image out too: it passed here, though the range said
+    # (0, 1), and was refused only as the estimate split its data (a sweep's job, not its check)
+    _check(is_int(s.val_size) or s.val_size < 1,
+           f"sensitivity.val_size={s.val_size} would hold out every training image; give "
+           f"{held_out}")
     _check(bool(s.layers), "sensitivity.layers is empty; use [all] or layer names/patterns")
     _check(s.noise_repeats >= 0, f"sensitivity.noise_repeats must be >= 0, got {s.noise_repeats}")
     _check(s.drop_noise_layers >= 0,
