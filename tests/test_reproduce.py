@@ -448,6 +448,20 @@ def test_a_missing_dataset_is_said_once_before_the_first_run_and_only_if_one_tra
         "scripts/benchmark_layers.py", "scripts/analyze.py"]
 
 
+def test_the_dataset_check_leaves_a_run_that_may_download_to_its_download(tmp_path):
+    """The protocol's one-line check before any run names a CIFAR-10 the runs will not
+    find, but not one they may download (``data.download=true``): that run fetches it
+    (mutation review: a check refusing the download too passed every test)."""
+    from types import SimpleNamespace
+
+    from basisconv.reproduce import dataset_missing
+
+    data = SimpleNamespace(name="cifar10", root=str(tmp_path / "nowhere"), download=False)
+    assert dataset_missing(data).startswith("CIFAR-10 not found: looked in ")
+    assert dataset_missing(SimpleNamespace(**{**vars(data), "download": True})) is None
+    assert dataset_missing(SimpleNamespace(**{**vars(data), "name": "stripes"})) is None
+
+
 def test_the_overrides_a_folder_was_made_with_are_compared_whatever_the_locale(repo, tmp_path):
     """The list in protocol-overrides.txt was sorted by the locale's collation: one written
     under en_US (``data=...`` before ``data.root=...``, punctuation ignored) refused a start
