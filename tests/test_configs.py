@@ -1304,6 +1304,45 @@ def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(t
         assert "BASISCONV_DEBUG" not in done.stderr
 
 
+@pytest.mark.parametrize("override, why", [
+    ("selection=glob(sensitvity*)", "the configs of selection are all, base,"),
+    ("seed=range(0)", "an empty range")])
+def test_a_sweep_value_that_expands_to_nothing_is_one_line_not_a_sweep_of_no_job(
+        tmp_path, repo, override, why):
+    """Found in the configs review: a misspelt glob (or an empty range) made Hydra launch
+    0 jobs and exit with status 0, leaving a sweep folder with its multirun.yaml alone."""
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
+                           "profile=smoke", "logger=none", override,
+                           f"hydra.sweep.dir={sweep}"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: the sweep has no job: {override} gives no value ("
+                                  f"{why}"), done.stderr
+    assert not sweep.exists()
+
+
+@pytest.mark.parametrize("flags, override, fix", [
+    ([], "hydra.sweep.dir=multirun/x", "give hydra.run.dir=<folder> for one run"),
+    (["-m"], "hydra.run.dir=outputs/x", "give hydra.sweep.dir=<folder> for a sweep")])
+def test_the_run_folder_override_of_the_other_mode_is_refused_not_ignored(
+        tmp_path, repo, flags, override, fix):
+    """Found in the configs review: Hydra reads hydra.sweep.dir under -m alone and
+    hydra.run.dir without it, ignoring the other: one run given a sweep job's folder to
+    resume trained from epoch 1 in a new outputs/<name>/<date>/, silently."""
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *flags,
+                           "profile=smoke", "logger=none", "trainer.epochs=1", override],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {override} is read by ") and fix in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing made, neither folder
+    shown = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "--cfg", "job",
+                            override], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert shown.returncode == 0, shown.stderr  # (showing the config runs nothing)
+
+
 @pytest.mark.parametrize("override", ["~selection", "~logger", "selection.policy=???",
                                       "selection=all ~basis basis.fit=svd"])
 def test_a_group_the_unread_warnings_read_removed_is_one_line_from_the_script(

@@ -337,7 +337,8 @@ def torchrun_start(repo, folder, *overrides, wrapper=None, epochs=2, images=200,
     common = ["data=stripes", f"data.synthetic_train={images}", "data.synthetic_test=50",
               "model=resnet20", "model.width=0.25", "trainer.batch_size=50",
               f"trainer.epochs={epochs}", "trainer.threads=1", "trainer.progress=false",
-              "trainer.device=cpu", "logger=none", f"hydra.run.dir={folder}", *overrides]
+              "trainer.device=cpu", "logger=none",
+              *([] if folder is None else [f"hydra.run.dir={folder}"]), *overrides]
     # torchrun runs it with python; ``flags`` (``-m``) go before the overrides
     command = [str(repo / "scripts" / "train.py"), *flags, *common]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -437,7 +438,7 @@ def test_a_sweep_under_torchrun_is_refused_in_one_line_before_any_job(tmp_path, 
     group name the first job's left in torchrun's store, and a rank that got there first
     "joined" the stale group while the other waited (until the group's 30-minute timeout)."""
     sweep = tmp_path / "sweep"
-    process = torchrun_start(repo, tmp_path / "unused", "seed=0,1",
+    process = torchrun_start(repo, None, "seed=0,1",  # (a sweep reads no hydra.run.dir)
                              f"hydra.sweep.dir={sweep}", epochs=1, flags=["-m"])
     try:
         process.wait(timeout=120)

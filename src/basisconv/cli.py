@@ -92,6 +92,8 @@ def check_sweep_jobs(check: Callable[[Any], None],
                               "joining the processes again; start one torchrun job per run "
                               "(each with its hydra.run.dir), or run the sweep in one "
                               "process per job (python, or hydra/launcher=slurm); nothing ran")
+        if not batch:
+            raise ConfigError(empty_sweep_line(self))
         published: dict[str, int] = {}
         jobs, listed = [], set()
         for overrides in batch:
@@ -134,6 +136,28 @@ def check_sweep_jobs(check: Callable[[Any], None],
         if look_over is not None and distributed.first_process():
             look_over(jobs)
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
+
+
+def empty_sweep_line(sweeper: Any) -> str:
+    """One line for a sweep with no job: a sweep value that expands to nothing
+    (``selection=glob(sensitvity*)``, a misspelt option; ``glob`` over a key that is no
+    config group; ``seed=range(0)``) made Hydra launch 0 jobs and exit with status 0,
+    leaving a ``multirun/<name>/<date>/`` that holds its ``multirun.yaml`` alone."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    loader = sweeper.hydra_context.config_loader
+    given = [*sweeper._parse_config(), *sweeper.config.hydra.overrides.task]
+    for override in OverridesParser.create(config_loader=loader).parse_overrides(given):
+        if override.is_discrete_sweep() and not list(override.sweep_string_iterator()):
+            key = override.key_or_group
+            options = loader.get_group_options(key)
+            why = (f"the configs of {key} are {', '.join(options)}" if options else
+                   f"glob() chooses among a config group's configs, and {key} is none"
+                   if override.value_type == ValueType.GLOB_CHOICE_SWEEP else "an empty range")
+            return (f"the sweep has no job: {override.input_line} gives no value ({why}); "
+                    f"nothing ran")
+    return "the sweep has no job; nothing ran"
 
 
 def remove_unrun_sweep_folder(folder: Path) -> None:
@@ -317,6 +341,9 @@ def run_and_report(func: Callable[[], Any]) -> Any:
                 check_no_tilde(key, value.strip("'\""))
             except ConfigError as err:
                 exit_refused(str(err))
+    unread = unread_folder_override(sys.argv[1:])
+    if unread is not None:
+        exit_refused(unread)
     try:
         return func()
     except SweepJobFailed:
@@ -342,6 +369,32 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             got = str(ex).rpartition("Got ")[2].strip().rstrip(".")
             line = group_value_override(sys.argv[1:], got) or line
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
+
+
+#: Hydra's flags that only show something (the config, the defaults, help): no run is made.
+SHOWING_FLAGS = {"-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help", "-sc",
+                 "--shell-completion"}
+
+
+def unread_folder_override(args: list[str]) -> str | None:
+    """One line for the run-folder override of the other mode, which Hydra ignores:
+    ``hydra.sweep.dir=<a sweep job's folder>`` without ``-m`` (meant to resume that job)
+    trained from epoch 1 in a new ``outputs/<name>/<date>/``, and ``-m ...
+    hydra.run.dir=<folder>`` swept into ``multirun/``, each silently; None otherwise."""
+    if SHOWING_FLAGS & set(args):
+        return None
+    sweep = bool({"-m", "--multirun"} & set(args)) or "hydra.mode=MULTIRUN" in args
+    unread = "hydra.run.dir" if sweep else "hydra.sweep.dir"
+    given = next((arg for arg in args if arg.lstrip("+").partition("=")[0] == unread), None)
+    if given is None:
+        return None
+    if sweep:
+        return (f"{given} is read by one run only: this sweep would write under "
+                f"multirun/<name>/<date>; give hydra.sweep.dir=<folder> for a sweep, or "
+                f"drop -m")
+    return (f"{given} is read by a sweep (-m) only: this run would start over in "
+            f"outputs/<name>/<date>; give hydra.run.dir=<folder> for one run (a sweep job's "
+            f"own folder resumes that job), or add -m")
 
 
 #: Hydra's reader of a job's result, which writes "Error executing job with overrides:
