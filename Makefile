@@ -69,8 +69,10 @@ smoke: $(STAMP)
 OUTPUTS ?= outputs
 PROFILE_RESULTS = $(if $(filter smoke,$(PROFILE)),$(OUTPUTS)/smoke/results,$(RESULTS_DIR)/$(PROFILE))
 # With ARGS=source=wandb the runs come from wandb: no runs_dir (it would be warned of as unread).
+# The folders are quoted for the shell and for Hydra (found in review: an OUTPUTS folder
+# with a space, which make reproduce took, failed here: "cannot parse the override 'b/...'").
 analyze: $(STAMP)
-	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),$(if $(filter source=wandb,$(ARGS)),,runs_dir=$(PROFILE_RESULTS)/runs )out_dir=$(PROFILE_RESULTS)) $(ARGS)
+	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),$(if $(filter source=wandb,$(ARGS)),,"runs_dir='$(PROFILE_RESULTS)/runs'" )"out_dir='$(PROFILE_RESULTS)'") $(ARGS)
 
 train: $(STAMP)
 	$(PY) scripts/train.py $(ARGS)

@@ -217,7 +217,10 @@ lock_folder() {  # lock_folder <fd> <folder>: take <folder>/.reproduce.lock, or 
   "$PY" -c 'import fcntl, sys; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' \
     "$1" 2> /dev/null
 }
-if ! lock_folder 8 "$OUT" || ! lock_folder 9 "$RESULTS"; then
+# (one folder for both, OUTPUTS=RESULTS_DIR, is locked once: a second lock on the same file
+# failed against the first, and every invocation was refused as another's; found in review)
+if ! lock_folder 8 "$OUT" || { [ "$(realpath -m "$RESULTS")" != "$(realpath -m "$OUT")" ] \
+                               && ! lock_folder 9 "$RESULTS"; }; then
   echo "another scripts/reproduce.sh is running on $OUT or $RESULTS; wait for it to end," \
        "or give this one other folders (OUTPUTS=<folder> RESULTS_DIR=<folder>)" >&2
   exit 2

@@ -918,17 +918,41 @@ def test_make_analyze_reads_the_folder_make_reproduce_wrote(repo):
         return subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", *variables],
                               cwd=repo, capture_output=True, text=True, check=True).stdout
 
-    assert "profile=smoke runs_dir=outputs/smoke/results/runs out_dir=outputs/smoke/results" \
-        in dry("PROFILE=smoke")
+    assert ("profile=smoke \"runs_dir='outputs/smoke/results/runs'\" "
+            "\"out_dir='outputs/smoke/results'\"") in dry("PROFILE=smoke")
     assert "runs_dir" not in dry("PROFILE=quick")
-    assert "profile=quick runs_dir=/tmp/x/quick/runs out_dir=/tmp/x/quick" in dry(
+    assert "profile=quick \"runs_dir='/tmp/x/quick/runs'\" \"out_dir='/tmp/x/quick'\"" in dry(
         "PROFILE=quick", "RESULTS_DIR=/tmp/x")
-    assert "runs_dir=o/smoke/results/runs out_dir=o/smoke/results" in dry(
+    assert "\"runs_dir='o/smoke/results/runs'\" \"out_dir='o/smoke/results'\"" in dry(
         "PROFILE=smoke", "RESULTS_DIR=/tmp/x", "OUTPUTS=o")
     # found in review: with source=wandb the analysis reads no runs_dir, and the one make
     # passed was warned of as the user's unread key
     wandb = dry("PROFILE=smoke", "ARGS=source=wandb")
-    assert "runs_dir" not in wandb and "out_dir=outputs/smoke/results source=wandb" in wandb
+    assert "runs_dir" not in wandb and "\"out_dir='outputs/smoke/results'\" source=wandb" in wandb
+
+
+def test_make_analyze_reads_a_folder_whose_name_has_a_space(repo, tmp_path):
+    """Found in review: make reproduce took an OUTPUTS folder with a space, and make analyze
+    on it failed with "cannot parse the override 'b/smoke/results/runs'": the folders went
+    to the shell and to Hydra bare."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from hydra import compose, initialize_config_dir
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    outputs = tmp_path / "a b"
+    line = subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", "PROFILE=smoke",
+                           f"OUTPUTS={outputs}"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip().splitlines()[-1]
+    overrides = shlex.split(line)[2:]  # as the shell gives them to the analysis
+    with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"),
+                               version_base="1.3"):
+        cfg = compose("analyze", overrides=overrides)
+    assert (cfg.runs_dir, cfg.out_dir) == (f"{outputs}/smoke/results/runs",
+                                           f"{outputs}/smoke/results")
 
 
 def test_analyze_config_takes_the_profile_and_source(repo):

@@ -943,3 +943,15 @@ def test_a_run_folder_set_aside_is_not_read_by_the_analysis(tmp_path):
     assert (out / row / "seed0.rejected" / "run.json").is_file()
     assert [(r["provenance"]["date"], p.relative_to(out).as_posix())
             for r, p in read_records(out)] == [("new", f"{row}/seed0")]
+
+
+def test_one_folder_for_outputs_and_results_is_not_taken_for_another_protocol(repo, tmp_path):
+    """Found in review: with OUTPUTS and RESULTS_DIR one folder (a fresh run's folders, as
+    the README's RESULTS_DIR=<new folder> OUTPUTS=<new folder>), the script locked the same
+    file twice, the second lock failed against its own first, and every invocation was
+    refused as "another scripts/reproduce.sh is running"."""
+    result, started, _ = fake_protocol(repo, tmp_path, args=("quick",), SEEDS="0",
+                                       OVERRIDES="data.download=true",
+                                       RESULTS_DIR=str(tmp_path / "outputs"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert started[-1].startswith("scripts/analyze.py profile=quick")
