@@ -1343,6 +1343,31 @@ def test_the_run_folder_override_of_the_other_mode_is_refused_not_ignored(
     assert shown.returncode == 0, shown.stderr  # (showing the config runs nothing)
 
 
+@pytest.mark.parametrize("flags", [["--multi"], ["++hydra.mode=MULTIRUN"],
+                                   ["--config-dir={configs}", "experiment=sweep_mode"],
+                                   ["--cfg=job"]])
+def test_a_sweep_started_without_dash_m_keeps_its_sweep_folder_override(tmp_path, repo, flags):
+    """Found in review: the mode was read off the command line as -m alone, so a sweep
+    started by Hydra's other ways (argparse's --multi, ++hydra.mode, a preset's
+    hydra.mode: MULTIRUN) was refused its hydra.sweep.dir as one run's, and --cfg=job too."""
+    configs = tmp_path / "configs"
+    (configs / "experiment").mkdir(parents=True)
+    (configs / "experiment" / "sweep_mode.yaml").write_text(
+        "# @package _global_\nhydra:\n  mode: MULTIRUN\n")
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
+                           *(flag.format(configs=configs) for flag in flags), "profile=smoke",
+                           "logger=none", "trainer.epochs=0", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    if flags == ["--cfg=job"]:
+        assert done.returncode == 0 and "epochs: 0" in done.stdout, done.stderr
+    else:  # a sweep, whose job's value is refused (and nothing trains)
+        assert done.returncode == 2 and done.stderr.startswith("error: the sweep job "), (
+            done.stderr)
+    assert not sweep.exists()
+
+
 @pytest.mark.parametrize("override", ["~selection", "~logger", "selection.policy=???",
                                       "selection=all ~basis basis.fit=svd"])
 def test_a_group_the_unread_warnings_read_removed_is_one_line_from_the_script(

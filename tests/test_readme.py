@@ -492,22 +492,75 @@ def table_rows(text: str, header_start: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
 
 
+QUICK_COMPARISON = "results/quick/comparison-cpu-fp32.md"
+
+
+def quick_table_differences(readme: str, comparison: str) -> list[str]:
+    """The rows of the README's table of what the quick profile found whose accuracy,
+    change, basis layers, parameter and FLOP shares or speedup are not ``comparison``'s
+    (the text of ``results/quick/comparison-cpu-fp32.md``)."""
+    rows = table_rows(readme, "| selection | basis size |")
+    committed = {(row[1], row[2]): row for row in table_rows(comparison, "| model |")}
+    fractions = {"-": "-", "1/8": "0.125", "1/4": "0.25", "1/2": "0.5", "3/4": "0.75"}
+    assert len(rows) == 9
+    differ = [] if len(committed) == len(rows) else ["the number of rows"]
+    for selection, size, layers, accuracy, change, params, flops, speedup in rows:
+        row = committed.get((selection.removesuffix(" (baseline)"), fractions[size]))
+        if row is None:
+            differ.append(f"{selection} {size} (no such row)")
+            continue
+        mean_layers = row[6] if "," not in layers else f"{sum(map(int, layers.split(','))) / 3:.1f}"
+        if not (accuracy == row[4] and (change or "+0.00") == row[5] and mean_layers == row[6]
+                and params.removesuffix(" (mean)") in row[7]
+                and flops.removesuffix(" (mean)") in row[8]
+                and speedup in (row[11], row[11].split(" (")[0])):  # the baseline's alone
+            differ.append(f"{selection} {size}")
+    return differ
+
+
+def readme_quotes_the_quick_comparison(root) -> bool:
+    """Whether the README at ``root`` quotes the quick comparison: the committed file's (the
+    README's first command, ``make reproduce PROFILE=quick``, rebuilds the working tree's
+    from the records there, a reader's own among them) or the working tree's (tables
+    rebuilt and quoted in the README, to be committed together)."""
+    readme = (root / "README.md").read_text()
+    texts = [committed_text(root, QUICK_COMPARISON), (root / QUICK_COMPARISON).read_text()]
+    return any(not quick_table_differences(readme, text) for text in texts if text is not None)
+
+
 def test_the_readmes_quick_table_quotes_the_committed_comparison(repo):
     """Found tracing the README's numbers: its table of what the quick profile found is
     typed from ``results/quick/comparison-cpu-fp32.md`` (another order, fractions as
     ``1/4``), and nothing kept the two together when the tables were rebuilt. Each row's
     accuracy, change, basis layers, parameter and FLOP shares and speedups are the
     committed table's."""
-    readme = table_rows((repo / "README.md").read_text(), "| selection | basis size |")
-    committed = {(row[1], row[2]): row for row in table_rows(
-        (repo / "results" / "quick" / "comparison-cpu-fp32.md").read_text(), "| model |")}
-    fractions = {"-": "-", "1/8": "0.125", "1/4": "0.25", "1/2": "0.5", "3/4": "0.75"}
-    assert len(readme) == len(committed) == 9
-    for selection, size, layers, accuracy, change, params, flops, speedup in readme:
-        row = committed[(selection.removesuffix(" (baseline)"), fractions[size])]
-        assert accuracy == row[4] and (change or "+0.00") == row[5], selection
-        mean_layers = row[6] if "," not in layers else f"{sum(map(int, layers.split(','))) / 3:.1f}"
-        assert mean_layers == row[6], selection
-        assert params.removesuffix(" (mean)") in row[7], selection
-        assert flops.removesuffix(" (mean)") in row[8], selection
-        assert speedup in (row[11], row[11].split(" (")[0]), selection  # the baseline's alone
+    readme = (repo / "README.md").read_text()
+    assert readme_quotes_the_quick_comparison(repo), quick_table_differences(
+        readme, (repo / QUICK_COMPARISON).read_text())
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="makes a git repository")
+def test_the_quick_table_check_holds_as_the_readme_and_the_tables_are_remade(repo, tmp_path):
+    """Found in review: the check read the working tree's comparison alone, so a reader's
+    ``make reproduce PROFILE=quick`` that added a record of their own (a seed more, a run
+    trained again) rebuilt it with other numbers, and ``make test`` then failed here, as
+    the tables' commit check once did
+    (:func:`test_the_tables_commit_check_holds_as_the_readme_and_the_tables_are_remade`)."""
+    project = tmp_path / "basisconv"
+    (project / "results" / "quick").mkdir(parents=True)
+    readme, comparison = (committed_text(repo, path) or (repo / path).read_text()
+                          for path in ("README.md", QUICK_COMPARISON))
+    (project / "README.md").write_text(readme)
+    (project / QUICK_COMPARISON).write_text(comparison)
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "tables")
+    baseline = f"| {table_rows(readme, '| selection | basis size |')[0][3]} |"
+    assert readme.count(baseline) == comparison.count(baseline) == 1
+    other, third = (baseline.replace(" ± ", f"{digit} ± ") for digit in "19")
+    (project / QUICK_COMPARISON).write_text(comparison.replace(baseline, other))
+    assert readme_quotes_the_quick_comparison(project)  # the reader's make reproduce
+    (project / "README.md").write_text(readme.replace(baseline, other))
+    assert readme_quotes_the_quick_comparison(project)  # rebuilt and quoted, not committed
+    (project / "README.md").write_text(readme.replace(baseline, third))
+    assert not readme_quotes_the_quick_comparison(project)  # a README quoting neither

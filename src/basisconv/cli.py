@@ -23,6 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
@@ -51,6 +52,10 @@ hydra_run_and_report = hydra_utils.run_and_report
 #: with a traceback before any reporter runs.
 hydra_main_module = importlib.import_module("hydra.main")
 hydra_run_hydra = hydra_main_module._run_hydra
+#: Hydra's function that runs a run or a sweep (not ``--cfg``, ``--info``, ``--help``) once
+#: its mode is known: ``-m`` (``--multi``) or ``hydra.mode`` (on the command line, ``++``
+#: too, or in a config).
+hydra_run_app = hydra_utils._run_app
 task_started = False
 
 #: The folders of the jobs of this sweep that stopped with a user error (each said why),
@@ -341,9 +346,6 @@ def run_and_report(func: Callable[[], Any]) -> Any:
                 check_no_tilde(key, value.strip("'\""))
             except ConfigError as err:
                 exit_refused(str(err))
-    unread = unread_folder_override(sys.argv[1:])
-    if unread is not None:
-        exit_refused(unread)
     try:
         return func()
     except SweepJobFailed:
@@ -371,21 +373,26 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
 
 
-#: Hydra's flags that only show something (the config, the defaults, help): no run is made.
-SHOWING_FLAGS = {"-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help", "-sc",
-                 "--shell-completion"}
+def run_app(*, multirun: bool, mode: Any, overrides: list[str], **kwargs: Any) -> Any:
+    """Hydra's ``_run_app`` with the run-folder override of the other mode refused first
+    (:func:`unread_folder_override`), in the mode Hydra decided (found in review: read off
+    the command line as ``-m`` alone, it refused the ``hydra.sweep.dir`` of sweeps started
+    by ``--multi``, ``++hydra.mode=MULTIRUN`` or a preset's ``hydra.mode: MULTIRUN``, and
+    ``--cfg=job``, which shows the config)."""
+    unread = unread_folder_override(overrides, multirun or mode == RunMode.MULTIRUN)
+    if unread is not None:
+        exit_refused(unread)
+    return hydra_run_app(multirun=multirun, mode=mode, overrides=overrides, **kwargs)
 
 
-def unread_folder_override(args: list[str]) -> str | None:
+def unread_folder_override(overrides: list[str], sweep: bool) -> str | None:
     """One line for the run-folder override of the other mode, which Hydra ignores:
     ``hydra.sweep.dir=<a sweep job's folder>`` without ``-m`` (meant to resume that job)
     trained from epoch 1 in a new ``outputs/<name>/<date>/``, and ``-m ...
     hydra.run.dir=<folder>`` swept into ``multirun/``, each silently; None otherwise."""
-    if SHOWING_FLAGS & set(args):
-        return None
-    sweep = bool({"-m", "--multirun"} & set(args)) or "hydra.mode=MULTIRUN" in args
     unread = "hydra.run.dir" if sweep else "hydra.sweep.dir"
-    given = next((arg for arg in args if arg.lstrip("+").partition("=")[0] == unread), None)
+    given = next((arg for arg in overrides if arg.lstrip("+").partition("=")[0] == unread),
+                 None)
     if given is None:
         return None
     if sweep:
@@ -486,6 +493,7 @@ def exit_on_user_error(fn: F) -> F:
     starts are one line with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
     hydra_main_module._run_hydra = run_hydra
+    hydra_utils._run_app = run_app
     hydra_core_utils._save_config = save_config_keeping_old
     hydra_core_utils.JobReturn.return_value = property(failed_job_unsaid,
                                                        hydra_return_value.fset)
