@@ -313,12 +313,18 @@ def _time(form: str, args: tuple, backward: bool) -> float:
     return time_call(_form_call(form, args), args[:4], backward)
 
 
-@torch.compiler.assume_constant_result
 def _cpu_threads() -> int:
     """``torch.get_num_threads()``, a constant of a ``torch.compile`` trace: dynamo cannot
     trace the call (a non-tensor torch op), and broke a compiled CPU model's graph at every
     basis layer's lookup of its choice (found in review)."""
     return torch.get_num_threads()
+
+
+# torch.compiler.assume_constant_result(_cpu_threads), written as the mark it sets: the
+# call imports torch._dynamo, which took half of `import basisconv.layers` (1-2 s at every
+# start of a script, a run or a test's subprocess, most of which never compile);
+# tests/test_auto_form.py's one-graph test fails if a torch release reads another mark
+_cpu_threads._dynamo_marked_constant = True
 
 
 def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bias: bool,
