@@ -526,8 +526,10 @@ def test_a_resnet_with_the_kernels_computes_what_the_pytorch_fold_does(kernel_ru
                                 combine=combine)
         models.append(model.to(memory_format=torch.channels_last))
     models[1].load_state_dict(models[0].state_dict())
-    x = torch.randn(8, 3, 16, 16).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (8,))
+    # 4 images: the last stage's moments still span 2 programs (8 took 18 s a case under
+    # the interpreter, 4 take 7)
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
     losses = [F.cross_entropy(model(x), y) for model in models]
     for loss in losses:
         loss.backward()
@@ -578,6 +580,11 @@ def test_the_moments_kernel_compiles_to_hopper_machine_code_without_spilling(dty
 # (no coefficients); wider bases (the tiled kernels, the last tiles short; the widest)
 FOLD_SHAPES = [(20, 7), (3, 1), (70, 33), (90, triton_fold.ONE_PROGRAM_WIDTH), (6, 6),
                (150, 100), (260, triton_moments.MAX_WIDTH)]
+#: Each shape with each form of the fold that runs other kernels on it: a basis wider than
+#: ONE_PROGRAM_WIDTH runs the tiled kernels in either form, so its "one-program" case ran
+#: the same kernels again (under the interpreter, 14 s a case for the widest).
+FOLD_CASES = [(shape, form) for shape in FOLD_SHAPES for form in ("one-program", "tiled")
+              if form == "tiled" or shape[1] <= triton_fold.ONE_PROGRAM_WIDTH]
 
 
 def fold_inputs(c_out, m, device, conv_bias=True, weight=True, bias=True):
@@ -600,7 +607,8 @@ def as_float64(tensors):
 @pytest.mark.device
 @pytest.mark.parametrize("present", [(True, True, True), (False, False, False),
                                      (False, True, False)], ids=["all", "none", "weight"])
-@pytest.mark.parametrize("shape", FOLD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape, fold_form", FOLD_CASES, indirect=["fold_form"],
+                         ids=["x".join(map(str, s)) + f"-{form}" for s, form in FOLD_CASES])
 def test_the_fold_kernels_compute_the_standard_fold_and_its_backward(shape, present, device,
                                                                      kernel_runs, fold_form):
     """:mod:`triton_fold`'s kernels against the standard ops' fold in float64, forward
