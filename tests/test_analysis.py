@@ -944,9 +944,11 @@ def test_make_analyze_reads_a_folder_whose_name_has_a_space(repo, tmp_path):
     if shutil.which("make") is None:
         pytest.skip("no make here")
     outputs = tmp_path / "a b"
-    line = subprocess.run(["make", "-n", "-o", ".venv/.installed", "analyze", "PROFILE=smoke",
-                           f"OUTPUTS={outputs}"], cwd=repo, capture_output=True, text=True,
-                          check=True).stdout.strip().splitlines()[-1]
+    # (the recipe's own line: under make test, make also prints "Leaving directory")
+    line = next(line for line in subprocess.run(
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "analyze",
+         "PROFILE=smoke", f"OUTPUTS={outputs}"], cwd=repo, capture_output=True, text=True,
+        check=True).stdout.splitlines() if "scripts/analyze.py" in line)
     overrides = shlex.split(line)[2:]  # as the shell gives them to the analysis
     with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"),
                                version_base="1.3"):
