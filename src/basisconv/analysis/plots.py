@@ -26,10 +26,14 @@ def pyplot():
     return plt
 
 
-def add_note(fig, note: str) -> None:
+def add_note(fig, note: str | None) -> None:
     """Put the provenance line and any caveats (one per line of ``note``, each wrapped to
     the figure's width) below the plot, and lay it out with room for them: a plot copied
-    out of its folder still says which profile, hardware, commit and date it shows."""
+    out of its folder still says which profile, hardware, commit and date it shows. With
+    no ``note``, the plain tight layout."""
+    if not note:
+        fig.tight_layout()
+        return
     lines = [wrapped for line in note.split("\n")
              for wrapped in textwrap.wrap(line, int(fig.get_figwidth() * 20))]
     fig.text(0.01, 0.005, "\n".join(lines), fontsize=6.5, color="0.35", ha="left", va="bottom")

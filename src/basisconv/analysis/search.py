@@ -121,8 +121,5 @@ def plot_search(found: pd.DataFrame, summary: dict, path: Path, title: str,
     ax.set_title(f"{title}\norange: the fast method's choice, rank "
                  f"{summary['fast_rank_by_accuracy']} of {summary['subsets']}", fontsize=9)
     ax.legend(fontsize=8)
-    if note:
-        add_note(fig, note)
-    else:
-        fig.tight_layout()
+    add_note(fig, note)
     return save_figure(fig, path)

@@ -64,10 +64,7 @@ def plot_sensitivity(table: pd.DataFrame, chosen: list[str], path: str | Path, t
     wrapped = "\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 14)))
     top.set_title(f"{wrapped}\nblue: chosen ({len(chosen)} of {len(table)} candidate layers)",
                   fontsize=9)
-    if note:
-        add_note(fig, note)
-    else:
-        fig.tight_layout()
+    add_note(fig, note)
     return save_figure(fig, path)
 
 
