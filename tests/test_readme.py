@@ -70,6 +70,24 @@ def test_the_example_supplies_are_what_the_examples_need(repo):
         assert re.search(rf"\b{name}\b", text), name
 
 
+def test_help_of_the_package_names_the_own_model_entry_points():
+    """``help(basisconv)`` listed only the package's 30-odd modules, none named as where a
+    user of their own model starts; each entry point it names now exists there."""
+    import importlib
+    import pydoc
+
+    import basisconv
+
+    text = pydoc.render_doc(basisconv, renderer=pydoc.plaintext)
+    named = set(re.findall(r"``basisconv\.(\w+)\.(\w+)", text))
+    for module, name in named:
+        assert hasattr(importlib.import_module(f"basisconv.{module}"), name), (module, name)
+    assert {("layers", "BasisConv2d"), ("surgery", "apply_basis"), ("scan", "layer_sensitivity"),
+            ("selection", "pick_layers"), ("cost", "model_cost")} <= named
+    for method in ("from_conv", "to_conv", "to_dense", "conv_layers", "basis_report"):
+        assert method in text, method
+
+
 def committed_text(repo, path: str) -> str | None:
     """A file as the checkout's commit holds it (``HEAD:./``: of ``repo``, also where it
     lies in a folder of another repository); None outside a git work tree (a tarball)

@@ -377,6 +377,24 @@ def test_converting_again_keeps_basis_layers_and_refuses_to_resize_one_by_name()
         apply_basis(model, [3], 0.25, inplace=False)
 
 
+def test_converting_a_fully_converted_model_again_says_nothing_is_converted():
+    """A second ``apply_basis(model, "all", 0.25)`` on a model already all in basis form,
+    meant to change the sizes, returned it unchanged without a word (found in review); a
+    pattern that matches only basis layers now warns once, naming them and the fix."""
+    model = apply_basis(build_model("resnet8", width=0.25), "all", 0.5)
+    sizes = {name: layer.num_basis for name, layer in basis_layers(model).items()}
+    with pytest.warns(UserWarning, match=r"^'all' matches only layers already in basis form "
+                                         r"\(conv1, layer1\.0\.conv1, .*\), left as they are: "
+                                         r"nothing is converted; .* to_dense\(model\)") as caught:
+        again = apply_basis(model, "all", 0.25)
+    assert len(caught) == 1
+    assert {name: layer.num_basis for name, layer in basis_layers(again).items()} == sizes
+    with warnings.catch_warnings():  # a pattern that also finds a dense conv converts it
+        warnings.simplefilter("error")
+        partly = apply_basis(build_model("resnet8", width=0.25), "conv1", 0.5)
+        apply_basis(partly, "layer1.*", 0.5)
+
+
 def test_only_where_saves_leaves_unprofitable_layers_dense():
     model = build_model("resnet18")
     with pytest.warns(UserWarning, match="saves no compute") as caught:
@@ -1200,6 +1218,29 @@ def test_a_model_sized_per_layer_loads_into_its_architecture_rebuilt_from_its_re
     rebuilt.load_state_dict(saved["state"])
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(rebuilt(x), small(x), rtol=0, atol=0)
+
+
+def test_a_dense_checkpoint_loaded_into_a_converted_model_says_to_load_then_convert():
+    """Found in review: a state_dict saved before converting, loaded after, left every basis
+    layer as it was without a word under strict=False (a backbone's usual load), and under
+    strict torch's error named only the keys. A warning, once a load, says the order that
+    works; the converted model's own state_dict loads without one."""
+    dense = build_model("resnet8", width=0.25)
+    small = apply_basis(dense, "all", 0.5, only_where_saves=True)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    fix = r"load the checkpoint into the dense model, then convert it"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # (Python's own: one message at one line once)
+        small.load_state_dict(dense.state_dict(), strict=False)
+    assert ["then convert it" in str(w.message) for w in caught] == [True]
+    assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items()
+               if "conv" in k and "bn" not in k)
+    with pytest.warns(UserWarning, match=fix), pytest.raises(RuntimeError, match="Missing key"):
+        small.load_state_dict(dense.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small.load_state_dict(before)
+        apply_basis(dense, "all", 0.5, convert=False, only_where_saves=True).load_state_dict(before)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

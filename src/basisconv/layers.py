@@ -484,14 +484,25 @@ class BasisConv2d(nn.Module):
             mask = torch.zeros_like(magnitude).scatter_(1, top, 1.0)
         self.coefficient_mask = mask
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
         # A pruned layer's mask is a buffer that a fresh layer does not have yet: create it
         # so that a pruned checkpoint loads into an unpruned model of the same shape.
         key = prefix + "coefficient_mask"
         if key in state_dict and self.coefficient_mask is None:
             self.coefficient_mask = torch.empty_like(state_dict[key], dtype=self.basis_weight.dtype,
                                                      device=self.basis_weight.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        # a dense model's checkpoint (saved before converting): with strict=False it left
+        # the layer as it was without a word, and strict's error named only the keys. (Not
+        # an error of its own: torch calls this with strict=True either way.) One message
+        # for every layer, so that the warning filter shows it once a load.
+        if prefix + "weight" in state_dict and prefix + "basis_weight" not in state_dict:
+            warn_caller("load_state_dict: a dense conv's weight does not load into a "
+                        "BasisConv2d, which keeps its own; load the checkpoint into the dense "
+                        "model, then convert it (apply_basis or from_conv fits the basis to "
+                        "the loaded weights)")
 
     def __getattr__(self, name: str):
         # (nn.Module's lookup of parameters, buffers and submodules; its failure for a

@@ -97,8 +97,9 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
     pattern or ``"all"`` picks up that cannot be converted (grouped, non-zero padding, a
     subclass with its own forward, an unmade lazy conv) are skipped with a warning, and
-    layers already in basis form are left alone. ``key`` names where ``layers`` came from
-    in errors about them (``selection.layers`` for a config's list)."""
+    layers already in basis form are left alone (a warning when they are all it matched).
+    ``key`` names where ``layers`` came from in errors about them (``selection.layers``
+    for a config's list)."""
     convs = conv_layers(model)
     names = _conv_names(model)
     dense = {n: m for n, m in convs.items() if isinstance(m, nn.Conv2d)}
@@ -113,6 +114,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         raise ConfigError("apply_basis: the layer list is empty; give 'all', names or patterns "
                           "like 'layer*.conv*' (if pick_layers chose none, keep the dense model)")
     chosen: dict[str, nn.Conv2d] = {}
+    already: list[str] = []  # basis layers a pattern matched, left as they are
     valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
     given = f"{key}: " if key else ""
     for entry in layers:
@@ -129,6 +131,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
             for name in matched:
                 module = convs[name]
                 if isinstance(module, BasisConv2d):
+                    already.append(name)
                     continue
                 try:
                     check_convertible(module, name)
@@ -162,6 +165,12 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         except (TypeError, ValueError) as err:
             raise ConfigError(str(err)) from None
         chosen[entry] = dense[entry]
+    if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
+        # change the sizes, returned the model unchanged and said nothing)
+        warn_caller(f"{given}{', '.join(map(repr, layers))} matches only layers already in "
+                    f"basis form ({', '.join(dict.fromkeys(already))}), left as they are: "
+                    f"nothing is converted; to change their basis size, convert "
+                    f"to_dense(model) instead")
     # keep module order whatever the order of the list
     return {n: chosen[n] for n in convs if n in chosen}
 
