@@ -2310,6 +2310,38 @@ def test_a_reader_amid_a_recomputes_removal_of_the_table_waits_for_the_new_one(
     assert sensitivity.load_cached(cfg) is not None
 
 
+def test_a_reader_amid_another_process_replacing_the_table_reads_it_again_under_the_lock(
+        repo, tmp_path, monkeypatch):
+    """Found in review: a run reads the cache before taking its lock, and another process
+    may replace the pair under the lock meanwhile (a published table restored over this
+    machine's own: table, then record). A reader that had read the old record, then the new
+    table, ended in "the cached sensitivity table ... is damaged (... its sha256 does not
+    match ...); delete that folder", a cache that was whole. A refusal outside the lock is
+    read again under it, where the pair is whole (and refused there if it is damaged)."""
+    import hashlib
+
+    cfg = compose_sensitivity(repo, tmp_path)
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
+    sensitivity.sensitivity_table(cfg)
+    folder = sensitivity.cache_dir(cfg)
+    data = sensitivity.table_csv(fake_estimate(cfg)[0].assign(accuracy_drop=[0.02, 0.01, 0.0]))
+    loads, replaced = json.loads, []
+
+    def another_process_replaces_them(text):  # between the reader's two reads, once
+        if not replaced:
+            replaced.append(True)
+            sensitivity.write_bytes_atomic(folder / sensitivity.TABLE, data)
+            sensitivity.write_json_atomic(folder / sensitivity.RECORD, {
+                **loads(text), "table_sha256": hashlib.sha256(data).hexdigest()})
+        return loads(text)
+
+    monkeypatch.setattr(sensitivity, "json",
+                        types.SimpleNamespace(loads=another_process_replaces_them))
+    table, record = sensitivity.sensitivity_table(cfg)
+    assert replaced and record["cache_hit"]
+    assert list(table["accuracy_drop"]) == [0.02, 0.01, 0.0]
+
+
 def test_the_search_writes_its_record_and_table_field_by_field_in_order(repo, tmp_path,
                                                                        monkeypatch):
     """Pins what the search writes, in order: the summary's keys (both noise yardsticks

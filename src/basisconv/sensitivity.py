@@ -177,6 +177,8 @@ def say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
 RECOMPUTING: set[str] = set()
 
 
+# ----------------------------------------------------------------------------- cache
+#: The columns a cached table holds as numbers (one that holds text there is refused).
 NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
 
 
@@ -301,7 +303,13 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     """The sensitivity table of ``cfg``: from the cache when there is one for its key,
     otherwise estimated now (logged, and cached for the next run)."""
     recompute = cfg.sensitivity.recompute if recompute is None else recompute
-    cached = None if recompute else load_cached(cfg)
+    try:
+        cached = None if recompute else load_cached(cfg)
+    except ConfigError:
+        # read outside the lock: another process may be replacing the pair under it (a
+        # published table restored: table, then record), and the old record beside the new
+        # table reads as damaged; the read under the lock below says whether it is
+        cached = None
     if cached is not None and published_differs(cfg, cached[1]):
         log.warning("sensitivity: the table cached in %s differs from the one published at "
                     "sensitivity.restore_from=%s for the same key (each machine estimated its "
