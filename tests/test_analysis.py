@@ -2827,3 +2827,32 @@ def test_unfinished_wandb_runs_are_named_under_the_table_as_local_ones_are(tmp_p
     table = (tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
     assert (f"Left out: 2 unfinished runs: {crashed.url} (crashed), {running.url} (running)."
             in table)
+
+
+def test_the_accuracy_plots_labels_cover_no_marker_and_its_log_axis_says_so(repo, tmp_path,
+                                                                            monkeypatch):
+    """Found in review: on the committed quick runs, "m=0.5" (above right of its point) sat
+    on the markers of the selected rows beside it, and the log parameter axis said
+    "parameters" alone."""
+    from basisconv.analysis import figures
+    from basisconv.analysis.runs import read_records, training_records
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    records = training_records(read_records(repo / "results" / "quick" / "runs"))
+    table = compare(runs_frame(records))
+    figures.accuracy_vs_parameters(table, tmp_path / "a.png", "note")
+    (fig,) = drawn
+    ax = fig.axes[0]
+    assert "log scale" in ax.get_xlabel()
+    renderer = fig.canvas.get_renderer()
+    labels = [text for text in ax.texts if text.get_text().startswith("m=")]
+    assert len(labels) == 4
+    markers = ax.transData.transform(list(zip(table["params"], 100 * table["test_accuracy"])))
+    radius = 3 * fig.dpi / 72  # (matplotlib's default marker: 6 points across)
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        for x, y in markers:
+            assert not (box.x0 - radius < x < box.x1 + radius
+                        and box.y0 - radius < y < box.y1 + radius), label.get_text()
+    figures.pyplot().close(fig)

@@ -223,6 +223,9 @@ def test_slurm_launcher_composes(compose_cfg):
     # (found in review: the run went to outputs/<date>, beside every run's folder)
     ("name=", r"name='' is empty; it names the run's folder \(outputs/<name>/<date>\)"),
     ("name=' '", r"name=' ' is empty"),
+    # (found in review: it nested the run's folder, outputs/x/y/<date>)
+    ("name=x/y", r"name='x/y' holds a /; it names one folder \(outputs/<name>/<date>\) and the "
+                 r"run's wandb group: write it without, e.g. name=x-y$"),
 ])
 def test_invalid_values_fail_validation_with_one_clear_line(compose_cfg, override, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -831,6 +834,8 @@ def test_basis_selected_names_its_runs_by_the_selection_option_chosen(compose_cf
     for option in options(repo, "selection"):
         cfg = compose_cfg("experiment=basis_selected", f"selection={option}", hydra=True)
         assert cfg.name == f"resnet18-basis-{option}-0.5"
+        # so its wandb tags (found in review: selection=blocks was tagged list)
+        assert list(cfg.logger.tags) == ["basis", "selected", option]
     for policy in ("sensitivity_budget", "random", "first_k", "last_k"):
         row = repo / "results" / "quick" / "runs" / f"selected-{policy}-0.5"
         cfg = compose_cfg("profile=quick", "experiment=basis_selected", f"selection={policy}",
@@ -858,12 +863,14 @@ def test_basis_selected_names_a_run_whose_policy_is_given_by_that_policy(compose
 
     cfg = compose_cfg("experiment=basis_selected", *overrides, hydra=True)
     assert cfg.name == f"resnet18-basis-{policy}-0.5"
+    assert cfg.logger.tags[-1] == policy
     job = HydraConfig.instance()
     saved = job.cfg
     try:
         job.set_config(cfg)
         run = compose_cfg("experiment=basis_selected", *overrides)
         assert run.name == f"resnet18-basis-{policy}-0.5"
+        assert run.logger.tags[-1] == policy
     finally:
         job.cfg = saved
 
@@ -954,6 +961,22 @@ def test_generated_data_sizes_below_one_fail_validation(compose_cfg, override):
     with pytest.raises(ConfigError, match=rf"^{key} must be >= 1") as err:
         validate(compose_cfg("data=stripes", override))
     assert "\n" not in str(err.value)
+
+
+def test_a_subset_larger_than_the_generated_data_fails_validation(compose_cfg):
+    """Found in review: ``profile=quick data=stripes`` (5,000 training images of the 1,000
+    generated) was refused as each job started, not by the sweep's check of its jobs."""
+    with pytest.raises(ConfigError, match=r"^data.train_subset=5000 must select between 1 and "
+                                          r"1000 images \(data.synthetic_train=1000 are "
+                                          r"generated\): lower it, or raise "
+                                          r"data.synthetic_train$"):
+        validate(compose_cfg("profile=quick", "data=stripes"))
+    with pytest.raises(ConfigError, match=r"^data.test_subset=51 must select between 1 and 50"):
+        validate(compose_cfg("data=stripes", "data.synthetic_test=50", "data.test_subset=51"))
+    validate(compose_cfg("profile=quick", "data=stripes", "data.synthetic_train=5000",
+                         "data.synthetic_test=2000"))
+    validate(compose_cfg("data=stripes", "data.synthetic_test=50", "data.test_subset=50"))
+    validate(compose_cfg("data=stripes", "data.synthetic_test=50", "data.test_subset=1.0"))
 
 
 def test_basis_fuse_norm_reaches_the_layers_and_keys_the_sensitivity_cache_only_when_on(

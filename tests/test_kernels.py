@@ -535,6 +535,19 @@ def test_an_input_the_conv_refuses_is_refused_as_f_conv2d_refuses_it(shape, mess
     assert kernel_runs == []  # refused before a launch
 
 
+def test_same_padding_with_a_stride_is_refused_as_f_conv2d_refuses_it(kernel_runs):
+    """Found in review: ``fused_forward`` called directly with stride 2 and
+    ``padding="same"`` computed an output (padded as for stride 1) where ``F.conv2d``
+    refuses; the stacked form refuses through it."""
+    x, weight, combination = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3), torch.randn(5, 3)
+    for forward in (fused.fused_forward, stacked_forward):
+        for stride in ((2, 2), (1, 2)):
+            with pytest.raises(RuntimeError, match="^padding='same' is not supported for "
+                                                   "strided convolutions$"):
+                forward(x, weight, combination, None, stride, "same", (1, 1))
+    assert kernel_runs == []  # refused before a launch
+
+
 def test_an_input_of_another_dtype_is_refused_and_leaves_the_kernel_to_the_shape(
         kernel_runs, monkeypatch):
     """Found by audit: a float32 input to a float64 layer reached the kernel, whose

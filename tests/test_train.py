@@ -627,6 +627,15 @@ def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
     ("exhaustive_search.py", "seed=x", "seed=x: Value 'x' of type 'str' could not be"),
     ("analyze.py", "profilez=3", r"profilez is not a config key \(did you mean profile\?\); "
                                  r"valid keys here: profile, "),
+    # found in review: a key deleted with ~ was "Interpolation key 'seed' not found (in
+    # selection.seed)", "'publish' does not exist", "TrainerConfig ... does not support deletion"
+    ("train.py", "~seed", r"~seed: seed is a key the config needs, which cannot be deleted; "
+                          r"give it a value \(seed=<int>\), or drop the override"),
+    ("train.py", "~name", r"~name: .* \(name=<str>\)"),
+    ("train.py", "~publish", r"~publish: .* \(publish=<str> or publish=null\)"),
+    ("train.py", "~trainer.epochs", r"~trainer.epochs: .* \(trainer.epochs=<int>\)"),
+    ("sensitivity.py", "~seed", r"~seed: .* \(seed=<int>\)"),
+    ("analyze.py", "~profile", r"~profile: .* \(profile=<str>\)"),
 ])
 def test_hydra_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path, repo, script,
                                                                        override, message):
@@ -661,7 +670,11 @@ def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, re
                 "shell leaves it in key=value); give it in full, e.g. "
                 "hydra.run.dir=$HOME/runs/a")),
             (["-m", "seed=0,1", "hydra.sweep.dir=~/sweep"], re.escape(
-                "hydra.sweep.dir='~/sweep': a path starting with ~ is not expanded here"))):
+                "hydra.sweep.dir='~/sweep': a path starting with ~ is not expanded here")),
+            # found in review: a / in the run name nested its folder (outputs/x/y/<date>);
+            # refused before Hydra makes it, in a sweep too
+            (["name=x/y"], re.escape("name='x/y' holds a /; it names one folder")),
+            (["-m", "name=a,x/y"], re.escape("name='x/y' holds a /; it names one folder"))):
         result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
                                  *overrides, "data=stripes"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)

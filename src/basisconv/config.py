@@ -573,6 +573,17 @@ def _check_against_the_model(cfg: DictConfig, estimate: bool = False) -> None:
         check_conversion(cfg, fixed_layers(cfg.selection), model)
 
 
+def name_problem(name: str) -> str | None:
+    """What is wrong with the run name ``name`` as one folder name, or None: a / nested the
+    run's folder (``outputs/x/y/<date>``) and named its wandb group ``x/y`` (found in
+    review). Said before Hydra makes the folder where the command line gives it
+    (:func:`basisconv.cli.run_and_report`), else by :func:`validate`."""
+    if "/" in name:
+        return (f"name={name!r} holds a /; it names one folder (outputs/<name>/<date>) and "
+                f"the run's wandb group: write it without, e.g. name={name.replace('/', '-')}")
+    return None
+
+
 def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
@@ -594,6 +605,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
     _check(str(cfg.name).strip() != "",
            f"name={cfg.name!r} is empty; it names the run's folder (outputs/<name>/<date>) and "
            f"its wandb group: give one (name=my-run), or drop the override")
+    _check(name_problem(str(cfg.name)) is None, name_problem(str(cfg.name)))
     _check(0 < cfg.model.width < math.inf,
            f"model.width must be a finite number > 0, got {cfg.model.width}")
     _check_choice(cfg.data.name, DATASETS, "data.name")
@@ -608,6 +620,14 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
         for key in ("synthetic_train", "synthetic_test"):
             _check(cfg.data[key] >= 1, f"data.{key} must be >= 1 with data=stripes (the number "
                                        f"of generated images), got {cfg.data[key]}")
+        # a count of more images than are generated was refused as each job started, not
+        # by a sweep's check of its jobs (found in review: profile=quick data=stripes)
+        for subset, key in (("train_subset", "synthetic_train"),
+                            ("test_subset", "synthetic_test")):
+            size, n = cfg.data[subset], cfg.data[key]
+            _check(not is_int(size) or size <= n,
+                   f"data.{subset}={size} must select between 1 and {n} images (data.{key}="
+                   f"{n} are generated): lower it, or raise data.{key}")
     # from a padding of the image's side on, a random crop can hold padding only (and a huge
     # one was an overflow trace from torch's pad in the first training step)
     side = IMAGE_SHAPE[-1]

@@ -5,6 +5,7 @@ reports are several lines and a stack trace, often naming none of these."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
-from .config import OTHER_NAMES
+from .config import OTHER_NAMES, AnalysisConfig, TrainConfig
 from .records import HYDRA_VALUE_FLAGS
 
 
@@ -183,21 +184,29 @@ def malformed_override(args: list[str]) -> str | None:
     return None
 
 
+def parsed_overrides(args: list[str]) -> list | None:
+    """The command line's overrides as Hydra parses them, without the flags (``-m``,
+    ``--config-name NAME``, ...); None where Hydra cannot parse one (it says so itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given, flag_value = [], False
+    for arg in args:
+        if not flag_value and not arg.startswith("-"):
+            given.append(arg)
+        flag_value = not flag_value and arg in HYDRA_VALUE_FLAGS
+    try:
+        return OverridesParser.create().parse_overrides(given)
+    except Exception:  # noqa: BLE001 - (Hydra says what it cannot parse itself)
+        return None
+
+
 def group_value_override(args: list[str], got: str = "NoneType") -> str | None:
     """One line for a config group set to a value that is none of its configs (``model=null``,
     ``basis=0.25`` meant as ``basis.size=0.25``), which Hydra reports as "Config group
     override must be a string or a list. Got NoneType" (or float: ``got``), naming no group
     (called on that error only: ``profile`` is a plain key of the analysis config)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    given, flag_value = [], False
-    for arg in args:  # the overrides, without the flags (-m, --config-name NAME, ...)
-        if not flag_value and not arg.startswith("-"):
-            given.append(arg)
-        flag_value = not flag_value and arg in HYDRA_VALUE_FLAGS
-    try:
-        overrides = OverridesParser.create().parse_overrides(given)
-    except Exception:  # noqa: BLE001 - (Hydra says what it cannot parse itself)
+    overrides = parsed_overrides(args)
+    if overrides is None:
         return None
     for override in overrides:
         key = override.key_or_group
@@ -213,6 +222,39 @@ def group_value_override(args: list[str], got: str = "NoneType") -> str | None:
         keys = group_keys(key)
         return said + (f"; a value in it is set by its key, {key}.<key>=..., one of "
                        f"{', '.join(f'{key}.{name}' for name in keys)}" if keys else "")
+    return None
+
+
+def deleted_key_override(args: list[str], is_group: Callable[[str], bool]) -> str | None:
+    """One line for ``~key`` (or ``~key=value``) deleting a key of the schema, which the
+    script reads, or None. Hydra said it three ways, none naming the fix (found in review):
+    ``~seed`` as the interpolation it broke elsewhere ("Interpolation key 'seed' not found
+    (in selection.seed)"), ``~publish`` (null) as "'publish' does not exist", and
+    ``~trainer.epochs`` as "TrainerConfig (DictConfig) does not support deletion". A config
+    group (``~selection``) is left to the config check, which names the keys it leaves
+    unset; ``is_group``: whether a key names a config group of the app, whose schema is
+    the training one where ``model`` is a group (else ``scripts/analyze.py``'s)."""
+    overrides = parsed_overrides(args)
+    if overrides is None:
+        return None
+    schema = TrainConfig if is_group("model") else AnalysisConfig
+    for override in overrides:
+        key = override.key_or_group
+        if not override.is_delete() or key.startswith("hydra.") or is_group(key):
+            continue
+        node: Any = schema
+        for name in key.split("."):
+            found = {f.name: f for f in dataclasses.fields(node)}.get(name) if (
+                dataclasses.is_dataclass(node)) else None
+            node = found and (found.default_factory if dataclasses.is_dataclass(
+                found.default_factory) else found.type)  # (annotations are strings)
+        if not isinstance(node, str):  # not a key, or a group's whole config
+            continue
+        kind = re.fullmatch(r"Optional\[(.*)\]", node)
+        value = f"{key}=<{kind[1] if kind else node}>".replace("<Any>", "<value>")
+        value += f" or {key}=null" if kind else ""
+        return (f"{override.input_line}: {key} is a key the config needs, which cannot be "
+                f"deleted; give it a value ({value}), or drop the override for its default")
     return None
 
 

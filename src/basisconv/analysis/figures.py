@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.transforms import Bbox
 
 from ..cost import basis_conv2d_cost, conv2d_cost
 from ..layers import resolve_num_basis
@@ -162,6 +163,7 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
     """Test accuracy (mean ± std over seeds) against parameters, one point per config."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    labels = []
     for selection, group in table.groupby("selection", sort=False):
         ax.errorbar(group["params"], 100 * group["test_accuracy"],
                     yerr=100 * group["test_accuracy_std"], fmt="o", capsize=3,  # one seed: none
@@ -173,16 +175,53 @@ def accuracy_vs_parameters(table: pd.DataFrame, path: Path, note: str) -> Path:
             label = ", ".join(part for part in (
                 f"m={r['basis_size']}" if selection == "all" else "", _settings(r, [])) if part)
             if label:
-                ax.annotate(label, (r["params"], 100 * r["test_accuracy"]), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+                labels.append(ax.annotate(label, (r["params"], 100 * r["test_accuracy"]),
+                                          xytext=LABEL_CORNERS[0][:2], fontsize=7,
+                                          textcoords="offset points"))
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
+    ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, title="selection")
     ax.set_title("accuracy against model size (mean over seeds, bars ±1 sample std)",
                  fontsize=10)
-    return _finish(fig, path, note)
+    add_note(fig, note)
+    points = [(x, 100 * (y - err), 100 * (y + err)) for x, y, err in zip(
+        table["params"], table["test_accuracy"], table["test_accuracy_std"].fillna(0))]
+    place_clear(ax, labels, points)
+    return save_figure(fig, path)
+
+
+# Where a point's label may go, in turn: above right, above left, below right, below left
+# (offset in points, alignment).
+LABEL_CORNERS = ((4, 4, "left", "bottom"), (-4, 4, "right", "bottom"),
+                 (4, -4, "left", "top"), (-4, -4, "right", "top"))
+
+
+def place_clear(ax, labels: list, points: list[tuple[float, float, float]]) -> None:
+    """Put each point label (an annotation of ``ax`` at its point) at the first corner of
+    :data:`LABEL_CORNERS` where it stays inside the axes and covers no marker, error bar
+    (``points``: x, bar bottom, bar top, in data units) or label placed before it; the
+    first corner where none is clear (found in review: above right, "m=0.5" of the
+    accuracy plot sat on the markers of the selected rows beside it). Call it once the
+    figure is laid out: the test is in display units."""
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    pad = 4 * ax.figure.dpi / 72  # a marker's radius (matplotlib's 6-point default)
+    taken = []
+    for x, low, high in points:
+        (x0, y0), (x1, y1) = ax.transData.transform([(x, low), (x, high)])
+        taken.append(Bbox([[x0 - pad, min(y0, y1) - pad], [x1 + pad, max(y0, y1) + pad]]))
+    inside = ax.get_window_extent(renderer)
+    for label in labels:
+        for dx, dy, ha, va in (*LABEL_CORNERS, LABEL_CORNERS[0]):
+            label.xyann = (dx, dy)
+            label.set(horizontalalignment=ha, verticalalignment=va)
+            box = label.get_window_extent(renderer)
+            if (inside.containsx(box.x0) and inside.containsx(box.x1) and inside.containsy(
+                    box.y0) and inside.containsy(box.y1) and not box.count_overlaps(taken)):
+                break
+        taken.append(box)
 
 
 def _curve_label(run: pd.Series, varying: list[str]) -> str:

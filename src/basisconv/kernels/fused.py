@@ -213,6 +213,10 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     autograd ops, so gradients reach the float32 params. The basis maps are kept only when
     the combination needs a gradient.
     """
+    # as F.conv2d refuses it (found in review: the kernel computed an output, its padding
+    # that of stride 1)
+    if padding == "same" and any(s != 1 for s in stride):
+        raise RuntimeError("padding='same' is not supported for strided convolutions")
     # a shape-only dry run (the cost model): nothing to warn of; an ONNX export: ONNX has no
     # basisconv::fused_basis_conv, so the stacked form's standard convs (same function)
     if x.device.type == "meta" or torch.onnx.is_in_onnx_export():
