@@ -18,8 +18,9 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
   "Cost model". ``combine="fused"`` computes the stacked form's result in one Triton
   kernel on CUDA (the basis maps never go through memory, no 1x1 conv); without CUDA or
   triton it runs the stacked form, with a one-time warning (on an H200 it is slower than
-  dense: ``docs/speed.md``). ``combine="auto"`` times the forms per shape on the device and keeps the fastest,
-  the dense conv of the materialized weight among them (:mod:`basisconv.kernels.auto`).
+  dense: ``docs/speed.md``). ``combine="auto"`` times the forms per shape on the device
+  and keeps the fastest, the dense conv of the materialized weight among them
+  (:mod:`basisconv.kernels.auto`).
 
 A basis layer built with ``fuse_norm=True`` and followed by a batch norm (and a ReLU)
 computes the three as one when a model calls :func:`conv_norm_act` for them: the norm
@@ -33,6 +34,12 @@ them one after another.
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
+
+What :meth:`BasisConv2d.from_conv` reads from the trained conv (whether it converts, the
+weight torch's hooks compute for it, whether it trains, a basis size by error bound) is
+:mod:`basisconv.source_conv`'s, whose names this module still exports. Also here: the
+training penalties over a model's basis layers (:func:`frobenius_decay_correction`,
+:func:`coefficient_l1`).
 """
 
 from __future__ import annotations
@@ -45,18 +52,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
-from torch.nn.utils import parametrize, skip_init
-from torch.nn.utils.prune import BasePruningMethod
-from torch.nn.utils.spectral_norm import SpectralNorm
-from torch.nn.utils.weight_norm import WeightNorm
+from torch.nn.utils import skip_init
 
 from .counts import count_or_fraction_problem, is_int, is_number, share_of
 from .errors import ConfigError, warn_caller
-from .fitting import (FIT_MODES, best_rank_weight, fit_coefficients, relative_error, select_basis,
-                      smallest_basis, svd_errors)
+from .fitting import best_rank_weight, fit_coefficients, relative_error, select_basis
 from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
                       channels_last, combination_rows, fused_forward, materialized_weight,
                       split_forward, stacked_forward, without_autocast)
+# (WEIGHT_HOOKS and check_max_error are not used here: re-exported, as they were defined here)
+from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,  # noqa: F401
+                          check_finite_weight, check_fit, check_max_error, check_plain_options,
+                          refresh_computed_weight, trains)
 
 
 def check_basis_size(value, key: str = "num_basis") -> None:
@@ -93,49 +100,6 @@ def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = ""
                           f"(its out_channels); set {key} to a count in that range, or to a "
                           f"fraction in (0, 1] of each layer's out_channels")
     return count
-
-
-def check_max_error(max_error) -> None:
-    """A relative weight error bound: a number in ``[0, 1)``."""
-    if not is_number(max_error) or not 0.0 <= float(max_error) < 1.0:
-        raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
-
-
-def check_fit(fit) -> str:
-    """How a conversion chooses its basis: one of :data:`~basisconv.fitting.FIT_MODES`."""
-    if fit not in FIT_MODES:
-        raise ConfigError(f"fit must be one of {FIT_MODES}, got {fit!r}")
-    return fit
-
-
-def basis_size_for_error(conv: nn.Conv2d, max_error: float,
-                         coefficient_rank: int | None = None, fit: str = "pivots") -> int:
-    """The smallest basis of ``conv``'s filters whose relative weight error is at most
-    ``max_error`` (with ``coefficient_rank``, that of the rank-limited coefficients): how
-    ``from_conv`` and ``apply_basis`` size a layer by an error bound instead of a count.
-    With ``fit="svd"`` the error is the best rank-``m`` weight's (the singular values'
-    energy, BasisConv's criterion)."""
-    check_max_error(max_error)
-    if check_fit(fit) == "svd":
-        if coefficient_rank is not None:
-            raise ConfigError("max_error with fit='svd' sizes a layer by its singular values; "
-                              "give num_basis with coefficient_rank, or fit='pivots'")
-        errors = svd_errors(conv.weight)
-        return max(1, int(torch.nonzero(errors <= float(max_error) + 1e-12)[0]))
-    if coefficient_rank is not None and (not is_int(coefficient_rank) or coefficient_rank < 1):
-        raise ConfigError(f"coefficient_rank must be None or an int >= 1, got "
-                          f"{coefficient_rank!r}")  # (before the search uses it)
-    m, reached = smallest_basis(conv.weight, float(max_error), coefficient_rank)
-    if m is None and math.isinf(reached):
-        raise ConfigError(f"coefficient_rank={coefficient_rank} fits no basis size of "
-                          f"out_channels={conv.out_channels}: it must be at most num_basis and "
-                          f"out_channels - num_basis")
-    if m is None:
-        raise ConfigError(
-            f"max_error={max_error} cannot be met with coefficient_rank={coefficient_rank}: "
-            f"its coefficients reach a relative weight error of {reached:.3g} at best; raise "
-            f"coefficient_rank or max_error, or give num_basis")
-    return m
 
 
 def check_geometry(kernel_size, stride, padding, dilation) -> tuple:
@@ -265,7 +229,8 @@ class BasisConv2d(nn.Module):
         if coefficient_rank is None:
             self.coefficients = nn.Parameter(torch.empty(n_combined, m, **factory))
         else:
-            self.coefficients_left = nn.Parameter(torch.empty(n_combined, coefficient_rank, **factory))
+            self.coefficients_left = nn.Parameter(torch.empty(n_combined, coefficient_rank,
+                                                              **factory))
             self.coefficients_right = nn.Parameter(torch.empty(coefficient_rank, m, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.register_buffer("output_index", torch.arange(out_channels, device=device))
@@ -319,8 +284,8 @@ class BasisConv2d(nn.Module):
         conv's own filters projected onto the top ``m`` right singular vectors; with
         ``coefficient_rank`` no layer is that weight, and the closer of this fit and the
         default's is kept (the SVD's basis alone was the farther for about a third of the
-        convs a review tried). (The paper gives no rule that we know of.) At ``num_basis == out_channels`` either reproduces
-        the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
+        convs a review tried). (The paper gives no rule that we know of.) At
+        ``num_basis == out_channels`` either reproduces the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
         whose relative weight error is at most that, an energy criterion like BasisConv's;
         with ``coefficient_rank``, the error of the rank-limited coefficients).
         The achieved error is stored in ``reconstruction_error``; the fit is judged in
@@ -477,7 +442,8 @@ class BasisConv2d(nn.Module):
                              f"stores it at rank {self.coefficient_rank}")
         m = self.num_basis
         if not is_int(keep_per_row) or not 1 <= keep_per_row <= m:
-            raise ConfigError(f"keep_per_row must be an int in 1..{m} (num_basis), got {keep_per_row!r}")
+            raise ConfigError(f"keep_per_row must be an int in 1..{m} (num_basis), got "
+                              f"{keep_per_row!r}")
         with torch.no_grad():
             magnitude = self.coefficient_matrix().abs()
             top = magnitude.topk(int(keep_per_row), dim=1).indices
@@ -563,8 +529,9 @@ class BasisConv2d(nn.Module):
             s += ", fuse_norm=True"
         if self.coefficient_rank is not None:
             s += f", coefficient_rank={self.coefficient_rank}"
-        if self.coefficient_mask is not None:
-            s += f", keep_per_row={int(self.coefficient_mask[0].sum()) if self.coefficient_mask.numel() else 0}"
+        if self.coefficient_mask is not None:  # (a mask of no rows: a layer of basis only)
+            mask = self.coefficient_mask
+            s += f", keep_per_row={int(mask[0].sum()) if mask.numel() else 0}"
         return s
 
 
@@ -637,111 +604,6 @@ def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
         layer.stride, layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
         eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
         relu=relu, update=(norm.running_mean, norm.running_var, momentum) if updating else None)
-
-
-def check_convertible(conv: nn.Module, where: str = "") -> None:
-    """Raise a one-line error when ``conv`` cannot become a :class:`BasisConv2d`."""
-    at = f"layer {where!r}" if where else "the layer"
-    if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"{at} is a {type(conv).__name__}, not an nn.Conv2d; only 2-D "
-                        f"convolutions can be converted")
-    if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
-        raise ConfigError(f"{at} is a lazy conv whose weight is not made yet; run one forward "
-                          f"pass of the model first, then convert")
-    # A subclass that computes its own output (weight standardization, timm's dynamic
-    # "same" padding, fake quantization) is not the plain conv of its weight, so a basis
-    # fitted to that weight would silently compute something else.
-    kind = type(conv)
-    if kind.forward is not nn.Conv2d.forward or kind._conv_forward is not nn.Conv2d._conv_forward:
-        raise ConfigError(f"{at} is a {kind.__name__}, an nn.Conv2d subclass with its own "
-                          f"forward; a basis layer would compute a plain conv of its weight "
-                          f"instead, so leave this layer dense (or replace it by a plain "
-                          f"nn.Conv2d with the weight it uses)")
-    # the same, where the forward is replaced on the module itself (conv.forward = ..., as
-    # a patching library does): the class alone said it was a plain conv
-    patched = [name for name in ("forward", "_conv_forward") if name in vars(conv)]
-    if patched:
-        raise ConfigError(f"{at} has its {patched[0]} replaced on the instance; a basis layer "
-                          f"would compute a plain conv of its weight instead, so leave this "
-                          f"layer dense (or del conv.{patched[0]} if it computes the plain conv)")
-    check_plain_options(conv.groups, conv.padding_mode, at)
-
-
-def check_plain_options(groups, padding_mode, at: str,
-                        fix: str = "leave this layer dense") -> None:
-    """What a basis layer computes is an ungrouped conv with zero padding: a conv of other
-    ``groups`` or ``padding_mode`` is one error (converting it, or building a
-    :class:`BasisConv2d` with them as one would an ``nn.Conv2d``)."""
-    if groups != 1:
-        raise ConfigError(f"{at} is a grouped conv (groups={groups!r}); basis convolutions "
-                          f"support groups=1 only, {fix}")
-    if padding_mode != "zeros":
-        raise ConfigError(f"{at} uses padding_mode={padding_mode!r}; basis convolutions "
-                          f"support zero padding only, {fix}")
-
-
-def check_finite_weight(conv: nn.Conv2d, where: str = "", fitting: bool = True) -> None:
-    """A conv whose weight holds NaN or inf can be neither fitted (LAPACK fails deep
-    inside with an internal assert) nor give a fresh layer its scale: one error naming it.
-    A weight on the meta device has no values: it cannot be ``fitting`` either."""
-    weight = conv.weight.detach()
-    at = f"layer {where!r}" if where else "the layer"
-    if weight.is_meta:
-        if fitting:
-            raise ConfigError(f"{at} has no weights yet (meta device): load them first "
-                              f"(load_state_dict(..., assign=True)), or make fresh basis "
-                              f"layers (convert=False)")
-    elif not bool(torch.isfinite(weight).all()):
-        raise ConfigError(f"{at} has NaN or infinite weights; convert a model whose weights "
-                          f"are finite (from a diverged run? load an earlier checkpoint)")
-
-
-#: torch's forward pre-hooks that recompute ``weight`` (old-style weight and spectral norm,
-#: pruning masks): a conversion fits the weight they computed, and a basis layer has none.
-WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
-
-
-def trains(conv: nn.Conv2d, name: str) -> bool:
-    """Whether ``conv``'s ``weight`` or ``bias`` trains: its parameter's ``requires_grad``,
-    or, where a hook or parametrization computes it afresh (pruning, weight or spectral
-    norm), whether any parameter it is computed from does. Why not the computed tensor's
-    own flag: it says only whether grad mode was on when it was made, and
-    :func:`refresh_computed_weight` remakes it under ``no_grad`` (as does a conversion
-    inside ``torch.no_grad()``), so a trainable conv would give a frozen basis layer."""
-    stored = conv._parameters.get(name)
-    if stored is not None:
-        return stored.requires_grad
-    if parametrize.is_parametrized(conv, name):
-        return any(p.requires_grad for p in conv.parametrizations[name].parameters())
-    for hook in conv._forward_pre_hooks.values():
-        if isinstance(hook, WeightNorm) and hook.name == name:
-            sources = [f"{name}_g", f"{name}_v"]
-        elif isinstance(hook, SpectralNorm) and hook.name == name:
-            sources = [f"{name}_orig"]
-        elif isinstance(hook, BasePruningMethod) and hook._tensor_name == name:
-            sources = [f"{name}_orig"]
-        else:
-            continue
-        # a source may be computed in its turn (spectral norm, then pruning of its
-        # weight_orig; a parametrized weight_v): followed down to the parameters
-        return any(trains(conv, source) for source in sources)
-    return getattr(conv, name).requires_grad
-
-
-def refresh_computed_weight(conv: nn.Conv2d) -> None:
-    """Recompute a weight that torch's older hooks (``torch.nn.utils.weight_norm``,
-    ``spectral_norm``, ``prune``) keep as a plain attribute and update only at the start
-    of a forward: after ``load_state_dict`` it still holds the weight from before, and a
-    conversion would fit that stale weight (wrong even at full rank). Spectral norm's is
-    its evaluation weight (no power iteration), what the loaded model computes in eval."""
-    with torch.no_grad():
-        for hook in conv._forward_pre_hooks.values():
-            if isinstance(hook, WeightNorm):
-                setattr(conv, hook.name, hook.compute_weight(conv))
-            elif isinstance(hook, SpectralNorm):
-                setattr(conv, hook.name, hook.compute_weight(conv, do_power_iteration=False))
-            elif isinstance(hook, BasePruningMethod):
-                setattr(conv, hook._tensor_name, hook.apply_mask(conv))
 
 
 def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:
@@ -826,5 +688,5 @@ def layer_shape(layer: nn.Module) -> tuple[int, int, tuple[int, int]]:
 __all__: Sequence[str] = (
     "BasisConv2d", "COMBINE_MODES", "NoWeightError", "basis_layers", "check_basis_size",
     "check_coefficient_rank", "check_convertible", "coefficient_l1", "conv_norm_act",
-    "resolve_num_basis",
+    "frobenius_decay_correction", "resolve_num_basis",
 )

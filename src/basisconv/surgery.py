@@ -1,34 +1,24 @@
 """Model surgery: list a model's convolutions by module name and replace chosen ones by
 basis convolutions, in place or on a copy (and a trained basis model's layers by plain
-convs again, :func:`to_dense`).
+convs again, :func:`to_dense`), with a per-layer report of what a conversion did.
 
 Names are the model's own module names (``conv1``, ``layer1.0.conv1``,
 ``layer2.0.shortcut.0``), so a layer list from a sensitivity scan or a config carries over
-unchanged. Also here: the skip-training schedule for the coefficient matrices, and a
-per-layer report of what a conversion did.
+unchanged. The functions run in the order of a conversion: the layers found by name
+(:func:`select_layers`), :func:`apply_basis` and its checks, each layer's basis size, the
+warnings about what a conversion cannot keep, the replacement itself (fitted or fresh,
+tied and shared parameters); then :func:`to_dense` and :func:`basis_report`.
 
-Skip-training, our reading of the paper's "practical skip-training scheme" (the paper's
-details are not available to us):
-
-* *dense warm-up, then convert*: train the dense model for a few epochs, then call
-  ``apply_basis(model, layers, num_basis, inplace=True, convert=True)``; the basis filters
-  and coefficients are fitted to the trained weights (``BasisConv2d.from_conv``). Build a new
-  optimizer afterwards: the converted layers have new parameters.
-* *coefficients trained every N steps*: :class:`CoefficientSkipSchedule` switches
-  ``requires_grad`` of the coefficients off on the other steps, so autograd does not compute
-  their gradient at all and the optimizer skips them (``model_cost`` of the model on a
-  skipped step counts that saving; ``network.skip_training_cost`` says how a run records
-  it). Under ``fuse_norm`` the folded norm's backward needs the combination matrix's
-  gradient anyway: a skipped step saves only a low-rank factor product there.
+Elsewhere, and still exported from here: how a replaced conv's hooks move to its basis
+layer (:mod:`basisconv.hook_transfer`), and the skip-training schedule of the
+coefficients, with the dense warm-up that comes before it
+(:class:`~basisconv.skip_training.CoefficientSkipSchedule`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import difflib
 import fnmatch
-import functools
 import logging
 from collections import defaultdict
 from typing import Iterable, Mapping
@@ -40,10 +30,12 @@ from .cost import forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError, warn_caller
 from .fitting import fit_coefficients, relative_error
-from .layers import (WEIGHT_HOOKS, BasisConv2d, basis_layers, basis_size_for_error,
-                     check_coefficient_rank, check_convertible, check_finite_weight, check_flag,
-                     check_max_error, refresh_computed_weight, resolve_num_basis)
-from .model_copy import HOOK_TABLES, copy_model
+from .hook_transfer import hook_tables, take_over_hooks
+from .layers import BasisConv2d, basis_layers, check_coefficient_rank, check_flag, resolve_num_basis
+from .model_copy import copy_model
+from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
+from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,
+                          check_finite_weight, check_max_error, refresh_computed_weight)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -51,26 +43,6 @@ _GLOB_CHARS = set("*?[")
 #: values cause; a caller adds the config list its ``layers`` came from.
 CONFIG_KEYS = {"num_basis": "basis.size", "coefficient_rank": "basis.coefficient_rank",
                "only_where_saves": "basis.only_where_saves"}
-
-
-def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
-                          rank: int | None, key: str) -> None:
-    """A rank-``r`` coefficient matrix is two factors of ``r * C_out`` entries in all: from
-    ``r >= (C_out - m) * m / C_out`` on, no fewer than the full matrix it restricts. One
-    warning per layer shape, so that the many conversions of a sensitivity estimate or a
-    search repeat the same few (Python shows a warning once per place and text)."""
-    if rank is None:
-        return
-    for c_out, m in sorted({(conv.out_channels, sizes[name]) for name, conv in targets.items()}):
-        full = (c_out - m) * m
-        if rank * c_out < full:
-            continue
-        saving = -(-full // c_out) - 1  # the largest rank below full / C_out
-        advice = (f"ranks up to {saving} save parameters there" if saving >= 1 else
-                  "no rank saves parameters there")
-        warn_caller(f"{key}={rank}: in layers with C_out={c_out} and m={m} its two factors "
-                    f"hold {rank * c_out} coefficients, no fewer than the full matrix's "
-                    f"{full}; {advice}, null keeps the full matrix")
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -102,7 +74,6 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     for a config's list)."""
     convs = conv_layers(model)
     names = _conv_names(model)
-    dense = {n: m for n, m in convs.items() if isinstance(m, nn.Conv2d)}
     if isinstance(layers, str):
         layers = [layers]
     if not isinstance(layers, Iterable):
@@ -142,21 +113,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
             continue
         entry = names.get(entry, entry)
         if entry not in convs:
-            module = dict(model.named_modules()).get(entry)
-            if module is not None and entry:
-                conv_kind = isinstance(module, nn.modules.conv._ConvNd)
-                what = "only nn.Conv2d layers convert" if conv_kind else "not a convolution"
-                if any(n.startswith(entry + ".") for n in convs):  # a container of convs
-                    raise ConfigError(f"{given}layer {entry!r} is a {type(module).__name__}, "
-                                      f"{what}; for the convolutions inside it give the "
-                                      f"pattern '{entry}.*'")
-                raise ConfigError(f"{given}layer {entry!r} is a {type(module).__name__}, {what}; "
-                                  f"valid names: {valid}")
-            # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
-            close = ([n for n in convs if n.endswith("." + entry)]
-                     or difflib.get_close_matches(entry, list(convs), n=3))
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"{given}unknown layer {entry!r}{hint}; valid names: {valid}")
+            raise _not_a_conv_layer(model, entry, convs, given, valid)
         if isinstance(convs[entry], BasisConv2d):
             raise ConfigError(f"layer {entry!r} is already a BasisConv2d; convert its to_conv() "
                               f"first to change its basis size")
@@ -164,7 +121,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
             check_convertible(convs[entry], entry)
         except (TypeError, ValueError) as err:
             raise ConfigError(str(err)) from None
-        chosen[entry] = dense[entry]
+        chosen[entry] = convs[entry]
     if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
         # change the sizes, returned the model unchanged and said nothing)
         warn_caller(f"{given}{', '.join(map(repr, layers))} matches only layers already in "
@@ -173,6 +130,27 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
                     f"to_dense(model) instead")
     # keep module order whatever the order of the list
     return {n: chosen[n] for n in convs if n in chosen}
+
+
+def _not_a_conv_layer(model: nn.Module, name: str, convs: dict[str, nn.Module], given: str,
+                      valid: str) -> ConfigError:
+    """The error for a layer name that is no conv of the model: what the module of that
+    name is instead (for a container, the pattern of the convs inside it), or the names
+    closest to it; ``given`` prefixes it (where the name came from)."""
+    module = dict(model.named_modules()).get(name)
+    if module is not None and name:
+        conv_kind = isinstance(module, nn.modules.conv._ConvNd)
+        what = "only nn.Conv2d layers convert" if conv_kind else "not a convolution"
+        at = f"{given}layer {name!r} is a {type(module).__name__}, {what}"
+        if any(n.startswith(name + ".") for n in convs):  # a container of convs
+            return ConfigError(f"{at}; for the convolutions inside it give the pattern "
+                               f"'{name}.*'")
+        return ConfigError(f"{at}; valid names: {valid}")
+    # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
+    close = ([n for n in convs if n.endswith("." + name)]
+             or difflib.get_close_matches(name, list(convs), n=3))
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"{given}unknown layer {name!r}{hint}; valid names: {valid}")
 
 
 def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
@@ -214,12 +192,13 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         combine, coefficient_rank, fuse_norm: passed to :class:`BasisConv2d`.
         fit: with ``convert``, how the basis is fitted (``BasisConv2d.from_conv``:
             ``"pivots"``, the conv's own filters; ``"svd"``, its best rank-``m`` weight).
-        keys: what errors call ``num_basis``, ``coefficient_rank`` and ``layers`` when
-            their values come from elsewhere: a config's keys (:data:`CONFIG_KEYS`, and
-            the list the layers came from), so a message names what the user set.
+        keys: what errors call an argument (``num_basis``, ``coefficient_rank``,
+            ``only_where_saves``, another flag) or ``layers`` when their values come from
+            elsewhere: a config's keys (:data:`CONFIG_KEYS`, and the list the layers came
+            from), so a message names what the user set.
 
     A replaced conv's forward and backward hooks move to its basis layer (see
-    :func:`_take_over_hooks`), whose output is the conv's.
+    :func:`~basisconv.hook_transfer.take_over_hooks`), whose output is the conv's.
     """
     _check_model(model)
     keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank",
@@ -363,6 +342,12 @@ def _sizes_of(num_basis, targets: dict[str, nn.Conv2d], only_where_saves: bool, 
     return kept, sizes
 
 
+def _count_above(num_basis, out_channels: int) -> bool:
+    """Whether ``num_basis`` is a count (an int) above a layer's ``out_channels``: one basis
+    size for a model whose layers differ in width can be so for its narrower ones."""
+    return is_int(num_basis) and num_basis > out_channels
+
+
 def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combine: str,
                     fuse_norm: bool, only_where_saves: bool, leave_dense: str
                     ) -> dict[str, nn.Conv2d]:
@@ -389,103 +374,24 @@ def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combin
     return kept
 
 
-def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, int],
-             convert: bool, fit: str, **options) -> dict[str, BasisConv2d]:
-    """Each conv of ``targets`` replaced in ``model`` by its basis layer (fitted to it, or
-    fresh), under every name it has; its hooks and training mode carried over."""
-    aliases: dict[str, list[str]] = defaultdict(list)
-    for alias, first in _conv_names(model).items():
-        aliases[first].append(alias)
-    for name, conv in targets.items():  # all before any is replaced (inplace=True)
-        check_finite_weight(conv, name, fitting=convert)
-    replaced: dict[str, BasisConv2d] = {}
-    for name, conv in targets.items():
-        if convert:
-            layer = BasisConv2d.from_conv(conv, sizes[name], fit=fit, **options)
-        else:
-            layer = _fresh_layer(conv, sizes[name], **options)
-        layer.train(conv.training)
-        _take_over_hooks(conv, layer, name)
-        for alias in aliases[name]:  # a tied conv stays one module, in basis form
-            _set_submodule(model, alias, layer)
-        replaced[name] = layer
-    _tie_shared_weights(targets, replaced)
-    return replaced
-
-
-def _count_above(num_basis, out_channels: int) -> bool:
-    """Whether ``num_basis`` is a count (an int) above a layer's ``out_channels``: one basis
-    size for a model whose layers differ in width can be so for its narrower ones."""
-    return is_int(num_basis) and num_basis > out_channels
-
-
-def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
-    """A from-scratch basis layer for ``conv`` whose effective filters start at the scale
-    of the conv's own weight (its root mean square), not at :class:`BasisConv2d`'s default
-    fan-in scale. Why: the model's init convention (the ResNets here scale by fan-out, as
-    torchvision's do; fan-in's std is 2.3x theirs at ResNet-20's stem, 4.6x at
-    ResNet-18's) carries over to its basis layers, and with it the effective learning
-    rate, which under a batch norm the weights' scale sets; a basis row and a dense row
-    of the protocol then differ only in the basis form. It trains as the conv did.
-    Built unset and initialized once, so the random stream is the one a default init
-    would draw."""
-    layer = BasisConv2d.unset_like(conv, m, **options)
-    weight = conv.weight.detach()
-    if not weight.is_meta:  # (a dry conversion's layer has no values to draw: its init on
-        # meta, slow through torch's reference ops, was most of a config check's time)
-        layer.reset_parameters(filter_std=float(weight.double().square().mean().sqrt()))
-    # (a frozen conv's fresh layer was trainable: the savings table then counted its
-    # weight gradients as a cost of converting it)
-    layer.train_as(conv)
-    return layer
-
-
-def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Every :class:`BasisConv2d` of ``model`` replaced by its equivalent ``nn.Conv2d``
-    (:meth:`BasisConv2d.to_conv`: same function, other rounding): a trained basis model as
-    plain convs, for tools that need them (``torch.jit.script``, quantization, a forward
-    that reads ``conv.weight``); the model itself when ``inplace``, else a converted deep
-    copy. Each conv keeps its layer's train/eval mode, ``requires_grad`` and forward and
-    backward hooks, a layer registered under two names becomes one conv under both, and
-    layers that share their basis filters and coefficients (tied convs converted by
-    :func:`apply_basis`) share one weight (and one bias where they share it)."""
-    check_flag("inplace", inplace)
-    _check_is_module(model, "to_dense")
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ConfigError("to_dense got a TorchScript module, whose layers cannot be "
-                          "replaced; make the eager model dense, then script or trace it")
-    _check_not_distributed(model, "to_dense", "make dense")
-    if isinstance(model, BasisConv2d):
-        raise ConfigError("to_dense got a single basis layer; use its to_conv()")
-    if not inplace:
-        model = copy_model(model, "to_dense: the model cannot be copied",
-                           "make it dense with inplace=True, which needs no copy")
-    dense: dict[int, nn.Conv2d] = {}
-    weights: dict[tuple, nn.Parameter] = {}
-    biases: dict[int, nn.Parameter] = {}
-    for name, layer in list(model.named_modules(remove_duplicate=False)):
-        if not isinstance(layer, BasisConv2d):
+def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
+                          rank: int | None, key: str) -> None:
+    """A rank-``r`` coefficient matrix is two factors of ``r * C_out`` entries in all: from
+    ``r >= (C_out - m) * m / C_out`` on, no fewer than the full matrix it restricts. One
+    warning per layer shape, so that the many conversions of a sensitivity estimate or a
+    search repeat the same few (Python shows a warning once per place and text)."""
+    if rank is None:
+        return
+    for c_out, m in sorted({(conv.out_channels, sizes[name]) for name, conv in targets.items()}):
+        full = (c_out - m) * m
+        if rank * c_out < full:
             continue
-        if id(layer) not in dense:
-            conv = dense[id(layer)] = layer.to_conv().train(layer.training)
-            conv.weight.requires_grad_(layer.basis_weight.requires_grad)
-            conv.weight = weights.setdefault(_weight_key(layer), conv.weight)
-            if layer.bias is not None:
-                conv.bias.requires_grad_(layer.bias.requires_grad)
-                conv.bias = biases.setdefault(id(layer.bias), conv.bias)
-            for table, hooks in _hook_tables(layer).items():
-                setattr(conv, table, hooks)
-        _set_submodule(model, name, dense[id(layer)])
-    return model
-
-
-def _weight_key(layer: BasisConv2d) -> tuple:
-    """What a layer's dense weight is made of: layers that share all of it (convs tied
-    before :func:`apply_basis`, which keeps them sharing one set) get one dense weight from
-    :func:`to_dense`, so that they stay tied there too."""
-    parts = (layer.basis_weight, *layer.coefficient_parameters(), layer.output_index,
-             layer.coefficient_mask)
-    return tuple(None if t is None else id(t) for t in parts)
+        saving = -(-full // c_out) - 1  # the largest rank below full / C_out
+        advice = (f"ranks up to {saving} save parameters there" if saving >= 1 else
+                  "no rank saves parameters there")
+        warn_caller(f"{key}={rank}: in layers with C_out={c_out} and m={m} its two factors "
+                    f"hold {rank * c_out} coefficients, no fewer than the full matrix's "
+                    f"{full}; {advice}, null keeps the full matrix")
 
 
 def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
@@ -538,72 +444,55 @@ def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
                 f"the constraint on the basis layers' parameters if training needs it")
 
 
-def _hook_tables(module: nn.Module) -> dict:
-    """The module's forward and backward hook tables by attribute name (the objects
-    themselves: a module given them shares them, and their handles still remove hooks)."""
-    return {t: getattr(module, t) for t in (*HOOK_TABLES, "_is_full_backward_hook")
-            if hasattr(module, t)}
+def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, int],
+             convert: bool, fit: str, **options) -> dict[str, BasisConv2d]:
+    """Each conv of ``targets`` replaced in ``model`` by its basis layer (fitted to it, or
+    fresh), under every name it has; its hooks and training mode carried over."""
+    aliases: dict[str, list[str]] = defaultdict(list)
+    for alias, first in _conv_names(model).items():
+        aliases[first].append(alias)
+    for name, conv in targets.items():  # all before any is replaced (inplace=True)
+        check_finite_weight(conv, name, fitting=convert)
+    replaced: dict[str, BasisConv2d] = {}
+    for name, conv in targets.items():
+        if convert:
+            layer = BasisConv2d.from_conv(conv, sizes[name], fit=fit, **options)
+        else:
+            layer = _fresh_layer(conv, sizes[name], **options)
+        layer.train(conv.training)
+        take_over_hooks(conv, layer, name)
+        for alias in aliases[name]:  # a tied conv stays one module, in basis form
+            _set_submodule(model, alias, layer)
+        replaced[name] = layer
+    _tie_shared_weights(targets, replaced)
+    return replaced
 
 
-def _take_over_hooks(conv: nn.Conv2d, layer: BasisConv2d, name: str) -> None:
-    """Give ``layer`` the forward and backward hooks registered on ``conv``. The tables are
-    shared, not copied, so the handles their ``register_*_hook`` calls returned still remove
-    them. A basis layer's output is the conv's (same shape, same meaning), so a hook that
-    reads or changes it (feature extraction, activation statistics) means the same there.
-    State-dict hooks are not carried (the basis layer's state has other keys)."""
-    weight_hooks = [k for k, h in conv._forward_pre_hooks.items() if isinstance(h, WEIGHT_HOOKS)]
-    tables = _hook_tables(conv)
-    if weight_hooks:  # the others are copied around them; their handles then miss the layer
-        tables = {t: copy.copy(v) for t, v in tables.items()}
-        for key in weight_hooks:
-            tables["_forward_pre_hooks"].pop(key)
-            tables.get("_forward_pre_hooks_with_kwargs", {}).pop(key, None)
-    for table, hooks in tables.items():
-        setattr(layer, table, hooks)
-    _retire(conv, name, weight_hooks)
-    if any(not _parametrizations_own(hook)
-           for t in ("_state_dict_hooks", "_state_dict_pre_hooks",
-                     "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
-           for hook in getattr(conv, t, {}).values()):
-        warn_caller(f"layer {name!r}: its state-dict hooks are not carried to its basis "
-                    f"layer, whose state has other keys; register them on the converted "
-                    f"layer if they still apply")
+def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
+    """A from-scratch basis layer for ``conv`` whose effective filters start at the scale
+    of the conv's own weight (its root mean square), not at :class:`BasisConv2d`'s default
+    fan-in scale. Why: the model's init convention (the ResNets here scale by fan-out, as
+    torchvision's do; fan-in's std is 2.3x theirs at ResNet-20's stem, 4.6x at
+    ResNet-18's) carries over to its basis layers, and with it the effective learning
+    rate, which under a batch norm the weights' scale sets; a basis row and a dense row
+    of the protocol then differ only in the basis form. It trains as the conv did.
+    Built unset and initialized once, so the random stream is the one a default init
+    would draw."""
+    layer = BasisConv2d.unset_like(conv, m, **options)
+    weight = conv.weight.detach()
+    if not weight.is_meta:  # (a dry conversion's layer has no values to draw: its init on
+        # meta, slow through torch's reference ops, was most of a config check's time)
+        layer.reset_parameters(filter_std=float(weight.double().square().mean().sqrt()))
+    # (a frozen conv's fresh layer was trainable: the savings table then counted its
+    # weight gradients as a cost of converting it)
+    layer.train_as(conv)
+    return layer
 
 
-def _retire(conv: nn.Conv2d, name: str, weight_hooks: list[int]) -> None:
-    """Leave the replaced ``conv`` hook tables of its own (its weight hooks only) and a
-    pre-hook that warns when it is still called. Why: a model that reaches a conv through
-    a reference :func:`apply_basis` cannot see (a plain list or dict, not an
-    ``nn.ModuleList``/``ModuleDict``) would go on running the old dense conv, whose weights
-    no optimizer sees any more, while ``parameters()`` and ``basis_report`` say it was
-    converted; and with shared tables the user's hooks (``model_cost``'s too) fired on it
-    under the converted layer's name."""
-    pre_hooks = conv._forward_pre_hooks
-    kept = {key: pre_hooks[key] for key in weight_hooks}
-    for table in HOOK_TABLES:
-        if hasattr(conv, table):
-            setattr(conv, table, type(getattr(conv, table))())
-    conv._is_full_backward_hook = None
-    conv._forward_pre_hooks.update(kept)
-    conv.register_forward_pre_hook(functools.partial(_still_called, name))
-
-
-def _still_called(name: str, module: nn.Module, args) -> None:
-    warn_caller(f"conv {name!r} was replaced by a basis layer but is still called: the "
-                f"model reaches it through a reference apply_basis cannot replace (a plain "
-                f"Python list or dict? hold submodules in nn.ModuleList or nn.ModuleDict), "
-                f"so it runs the old dense conv, which no longer trains. If you call the "
-                f"old conv yourself on purpose, ignore this.")
-
-
-def _parametrizations_own(hook) -> bool:
-    """A state-dict hook torch's parametrizations (or its older weight and spectral norm)
-    register for themselves (weight_norm's reader of old-style ``weight_g``/``weight_v``
-    keys, spectral norm's version marker): it means nothing without them, so it is not the
-    user's hook whose loss a conversion warns of."""
-    return getattr(getattr(hook, "hook", hook), "__module__", "").startswith(
-        ("torch.nn.utils.parametriz", "torch.nn.utils.spectral_norm",
-         "torch.nn.utils.weight_norm"))
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
 
 
 def stored_parameter(conv: nn.Conv2d, name: str) -> nn.Parameter | None:
@@ -633,18 +522,13 @@ def _tie_shared_weights(convs: dict[str, nn.Conv2d], layers: dict[str, BasisConv
             layer.bias = bias_of.setdefault(id(bias), layer.bias)
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def _coefficient_shape(layer: BasisConv2d) -> tuple:
     """What layers share one coefficient matrix by (``share_coefficients``)."""
     return layer.out_channels, layer.num_basis, layer.coefficient_rank
 
 
-def _share_coefficients(layers: dict[str, BasisConv2d], sources: dict[str, nn.Conv2d] | None) -> None:
+def _share_coefficients(layers: dict[str, BasisConv2d],
+                        sources: dict[str, nn.Conv2d] | None) -> None:
     """Tie the coefficient parameters of same-shaped layers to the first one's; refit them
     jointly to the source convs' weights when given."""
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -698,6 +582,54 @@ def _warn_of_earlier_groups(model: nn.Module, layers: dict[str, BasisConv2d]) ->
                     f"{', '.join(apart[:3])}{more}; convert the layers that share in one call")
 
 
+def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Every :class:`BasisConv2d` of ``model`` replaced by its equivalent ``nn.Conv2d``
+    (:meth:`BasisConv2d.to_conv`: same function, other rounding): a trained basis model as
+    plain convs, for tools that need them (``torch.jit.script``, quantization, a forward
+    that reads ``conv.weight``); the model itself when ``inplace``, else a converted deep
+    copy. Each conv keeps its layer's train/eval mode, ``requires_grad`` and forward and
+    backward hooks, a layer registered under two names becomes one conv under both, and
+    layers that share their basis filters and coefficients (tied convs converted by
+    :func:`apply_basis`) share one weight (and one bias where they share it)."""
+    check_flag("inplace", inplace)
+    _check_is_module(model, "to_dense")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigError("to_dense got a TorchScript module, whose layers cannot be "
+                          "replaced; make the eager model dense, then script or trace it")
+    _check_not_distributed(model, "to_dense", "make dense")
+    if isinstance(model, BasisConv2d):
+        raise ConfigError("to_dense got a single basis layer; use its to_conv()")
+    if not inplace:
+        model = copy_model(model, "to_dense: the model cannot be copied",
+                           "make it dense with inplace=True, which needs no copy")
+    dense: dict[int, nn.Conv2d] = {}
+    weights: dict[tuple, nn.Parameter] = {}
+    biases: dict[int, nn.Parameter] = {}
+    for name, layer in list(model.named_modules(remove_duplicate=False)):
+        if not isinstance(layer, BasisConv2d):
+            continue
+        if id(layer) not in dense:
+            conv = dense[id(layer)] = layer.to_conv().train(layer.training)
+            conv.weight.requires_grad_(layer.basis_weight.requires_grad)
+            conv.weight = weights.setdefault(_weight_key(layer), conv.weight)
+            if layer.bias is not None:
+                conv.bias.requires_grad_(layer.bias.requires_grad)
+                conv.bias = biases.setdefault(id(layer.bias), conv.bias)
+            for table, hooks in hook_tables(layer).items():
+                setattr(conv, table, hooks)
+        _set_submodule(model, name, dense[id(layer)])
+    return model
+
+
+def _weight_key(layer: BasisConv2d) -> tuple:
+    """What a layer's dense weight is made of: layers that share all of it (convs tied
+    before :func:`apply_basis`, which keeps them sharing one set) get one dense weight from
+    :func:`to_dense`, so that they stay tied there too."""
+    parts = (layer.basis_weight, *layer.coefficient_parameters(), layer.output_index,
+             layer.coefficient_mask)
+    return tuple(None if t is None else id(t) for t in parts)
+
+
 def basis_report(model: nn.Module) -> list[dict]:
     """One row per basis layer: name, shape, basis size, whether it saves compute, the weight
     reconstruction error of its conversion (``None`` for a from-scratch layer) and which
@@ -719,95 +651,6 @@ def basis_report(model: nn.Module) -> list[dict]:
             "shares_coefficients_of": None if owners[key] == name else owners[key],
         })
     return rows
-
-
-class CoefficientSkipSchedule:
-    """Skip-training of the coefficient matrices: they train only on every
-    ``train_every``-th step (our reading of the paper's skip-training scheme).
-
-    Call it once per step, before the forward: ``schedule(step)``. On skipped steps the
-    coefficients have ``requires_grad=False``, so autograd does not compute their gradient
-    (the combination's weight-gradient matmul is not run, except under ``fuse_norm``,
-    whose folded norm needs it), and their ``.grad`` is set to
-    ``None``, so optimizers (SGD, Adam, ...) leave them, momentum and weight decay
-    included, untouched. Returns whether the coefficients train on this step.
-
-    After the loop, :meth:`restore` makes them trainable again (or use the schedule as a
-    context manager): a loop that ended on a skipped step left them frozen, so a later
-    phase without the schedule silently did not train them. A coefficient the schedule
-    froze is marked (on its layer, which a copy of the model keeps: a parameter's own
-    attributes are lost by ``deepcopy``, as ``apply_basis`` copies) so that a schedule built
-    later (per epoch, after more conversions, on a model saved whole) still takes it as
-    trainable; one frozen by the user stays frozen.
-    """
-
-    def __init__(self, model: nn.Module, train_every: int):
-        if not is_int(train_every) or train_every < 1:
-            raise ConfigError(f"train_every must be an int >= 1 (1 = train the coefficients "
-                              f"every step), got {train_every!r}")
-        self.train_every = int(train_every)
-        layers = list(basis_layers(model).values())
-        if not layers:
-            raise ConfigError("CoefficientSkipSchedule: the model has no BasisConv2d layers; "
-                              "convert some with apply_basis first")
-        seen: dict[int, nn.Parameter] = {}
-        for layer in layers:
-            for p in layer.coefficient_parameters():
-                # frozen coefficients stay frozen on active steps too, unless a schedule
-                # froze them (its skipped step, not the user's choice)
-                if p.requires_grad or getattr(layer, _FROZEN_BY_SCHEDULE, False):
-                    seen.setdefault(id(p), p)
-        if not seen:
-            raise ConfigError("CoefficientSkipSchedule: every coefficient matrix of the model is "
-                              "frozen (requires_grad=False); there is nothing to skip-train")
-        self.parameters = list(seen.values())
-        # the layers whose coefficients this schedule freezes and marks (once, not per step)
-        self.layers = [layer for layer in layers
-                       if any(id(p) in seen for p in layer.coefficient_parameters())]
-
-    @contextlib.contextmanager
-    def skipped(self):
-        """The model as on a skipped step (its coefficients not training), inside the
-        ``with`` block, to count that step's cost; put back after."""
-        training = [p.requires_grad for p in self.parameters]
-        for p in self.parameters:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p, was in zip(self.parameters, training):
-                p.requires_grad_(was)
-
-    def __call__(self, step: int) -> bool:
-        active = step % self.train_every == 0
-        self._mark(frozen=not active)
-        for p in self.parameters:
-            p.requires_grad_(active)
-            if not active:
-                p.grad = None
-        return active
-
-    def restore(self) -> None:
-        """The coefficients trainable again, as before the schedule (after its loop)."""
-        self._mark(frozen=False)
-        for p in self.parameters:
-            p.requires_grad_(True)
-
-    def _mark(self, frozen: bool) -> None:
-        """Mark the layers whose coefficients this schedule froze (or unmark them)."""
-        for layer in self.layers:
-            setattr(layer, _FROZEN_BY_SCHEDULE, frozen)
-
-    def __enter__(self) -> "CoefficientSkipSchedule":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
-
-#: The mark a :class:`CoefficientSkipSchedule` sets on a layer whose coefficients it froze
-#: for a step.
-_FROZEN_BY_SCHEDULE = "_basisconv_frozen_by_skip_schedule"
 
 
 __all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "select_layers",
