@@ -955,3 +955,27 @@ def test_one_folder_for_outputs_and_results_is_not_taken_for_another_protocol(re
                                        RESULTS_DIR=str(tmp_path / "outputs"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert started[-1].startswith("scripts/analyze.py profile=quick")
+
+
+def test_the_protocols_checks_load_only_what_they_use(repo):
+    """Each python start of scripts/reproduce.sh (a fake protocol's were 13 s of CPU, the
+    test suite runs dozens) loads what it uses: the records and the session log of one
+    that computed nothing need neither Hydra nor torch, and a model shaped on the meta
+    device (the overrides' checks) draws no initial values (torch's meta normal_ loaded
+    torch._dynamo: a second)."""
+    script = (
+        "import sys\n"
+        "import basisconv.records\n"
+        "print(*sorted({'torch', 'hydra', 'omegaconf'} & set(sys.modules)))\n"
+        "import torch\n"
+        "from basisconv.layers import BasisConv2d\n"
+        "from basisconv.models.registry import build_model\n"
+        "with torch.device('meta'):\n"
+        "    build_model('resnet20', num_classes=10, width=0.25)\n"
+        "    BasisConv2d(8, 16, 3, num_basis=4)\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["", "False"]

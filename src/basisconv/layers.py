@@ -254,6 +254,8 @@ class BasisConv2d(nn.Module):
                 raise ConfigError(f"filter_std must be a finite number >= 0, got {filter_std!r}")
         with torch.no_grad():
             self.output_index.copy_(torch.arange(self.out_channels))
+        if self.basis_weight.is_meta:  # shaped only (the config checks): no values to draw,
+            return  # and torch's meta normal_ loaded torch._dynamo, a second of every start
         if filter_std is None:
             nn.init.kaiming_normal_(self.basis_weight, mode="fan_in", nonlinearity="relu")
         else:

@@ -119,9 +119,11 @@ class ResNet(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs and unit BN, as torchvision's ResNets do."""
+    """Kaiming-normal (fan_out) convs and unit BN, as torchvision's ResNets do. A model
+    shaped on the meta device (the config checks, the architecture digest) has no values to
+    draw: torch's meta ``normal_`` loaded ``torch._dynamo``, a second of every run's start."""
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d) and not module.weight.is_meta:
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)

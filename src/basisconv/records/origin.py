@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 
 #: The code and configs: the whole work tree but the top-level ``results/`` (see git_commit).
 _CODE = ["--", ":(top)", ":(top,exclude)results"]
@@ -97,6 +95,10 @@ def _diff_with_new_files(git: Callable[..., bytes], cwd: Path, new: list[bytes])
 def hardware() -> dict[str, Any]:
     """The machine a number was measured on: CPU model and threads, GPU if any, and the
     number of processes when more than one (``torchrun``)."""
+    # imported here, not with the module: the records are read and written without torch
+    # (scripts/reproduce.sh's checks and its session log start in a fraction of a second)
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
