@@ -1123,6 +1123,18 @@ def test_a_null_or_nan_measured_field_is_unreadable_not_a_value(tmp_path, part, 
     assert unreadable == [str(tmp_path / "runs" / "row0" / "seed0.json")]
 
 
+def test_a_measured_zero_is_a_value_not_a_missing_field():
+    """A zero accuracy (a run that learned nothing) or a zero time is a measurement: the
+    seed stays in its row (found by a mutation test: reading only positive numbers as
+    measurements failed no test)."""
+    from basisconv.records import missing_fields
+
+    final = {**RECORDS[0]["final"], "test_accuracy": 0.0, "best_test_accuracy": 0,
+             "train_seconds": 0.0}
+    zero = {**RECORDS[0], "kind": "training", "final": final}  # (as read_record reads it)
+    assert missing_fields(zero) == []
+
+
 @pytest.mark.parametrize("part, field, value", [
     ("final", "test_accuracy", "0.9"), ("final", "test_accuracy", True),
     ("model", "parameters", "1,000"), ("final", "forward_seconds_per_step", -0.1),
@@ -2090,7 +2102,7 @@ def test_rows_whose_seeds_chose_from_other_machines_layer_timings_are_named(tmp_
 def test_the_analysis_refuses_results_a_git_merge_left_unresolved(tmp_path):
     """Found in review: a conflicted page the analysis did not write again stayed in the
     folder, to be committed; the records with markers were skipped as unreadable."""
-    from basisconv.records import unmerged_files
+    from basisconv.records import unmerged_files, unmerged_problem
 
     write_runs(tmp_path / "runs", RECORDS)
     out = tmp_path / "results"
@@ -2105,6 +2117,11 @@ def test_the_analysis_refuses_results_a_git_merge_left_unresolved(tmp_path):
     assert unmerged_files(out) == [page]
     page.write_text("# search\n")
     write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    # many: four named, the rest counted (found by a mutation test: the count was untested)
+    for i in range(6):
+        (out / f"t{i}.csv").write_text("<<<<<<< HEAD\n1\n=======\n2\n>>>>>>> b\n")
+    assert unmerged_problem(out).startswith(f"{out} holds 6 files a git merge left unresolved "
+                                            f"(t0.csv, t1.csv, t2.csv, t3.csv and 2 more): ")
 
 
 def test_seeds_converted_from_their_own_dense_checkpoints_are_one_row():
@@ -2237,7 +2254,10 @@ def test_a_published_record_the_analysis_cannot_use_or_of_another_profile_is_set
     nan["final"]["test_accuracy"] = float("nan")
     files = {"baseline/seed0.json": nan, "basis-all-0.5/seed0.json": made_by(RECORDS[2], "quick"),
              "baseline/seed1.json": made_by(RECORDS[1], "smoke"),
-             "basis-all-0.25/seed0.json": RECORDS[4], "notes.json": {"comment": "mine"}}
+             "basis-all-0.25/seed0.json": RECORDS[4], "notes.json": {"comment": "mine"},
+             # a status of neither kind (hand-edited) is no finished run either (found by a
+             # mutation test: only "running" was refused)
+             "basis-all-0.75/seed0.json": {**RECORDS[4], "status": "stopped"}}
     for name, content in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(json.dumps(content))
@@ -2245,7 +2265,8 @@ def test_a_published_record_the_analysis_cannot_use_or_of_another_profile_is_set
     assert made_by_profile(RECORDS[4]) is None  # no command: it cannot be told
     assert set_aside_foreign_records(tmp_path, "smoke") == [
         tmp_path / "baseline" / "seed0.json.rejected",
-        tmp_path / "basis-all-0.5" / "seed0.json.rejected"]
+        tmp_path / "basis-all-0.5" / "seed0.json.rejected",
+        tmp_path / "basis-all-0.75" / "seed0.json.rejected"]
     assert {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")} == {
         "basis-all-0.25/seed0.json", "baseline/seed1.json", "notes.json"}
 
@@ -2741,6 +2762,10 @@ def test_the_recipe_line_counts_a_dense_run_trained_once_per_basis_size_once():
         copies.append(again)
     runs = runs_frame([(r, "here") for r in [*RECORDS[:4], *copies]])
     assert recipe_line(runs).endswith("; 2 seeds per row")
+    # rows of unequal seeds say the range (found by a mutation test: only the largest
+    # count was checked)
+    assert recipe_line(runs_frame([(r, "here") for r in RECORDS[:3]])).endswith(
+        "; 1-2 seeds per row")
 
 
 def test_the_accuracy_plot_names_the_settings_that_tell_its_points_apart(tmp_path, monkeypatch):

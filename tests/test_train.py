@@ -529,6 +529,53 @@ def test_an_empty_or_cut_off_checkpoint_says_so(tmp_path):
             load_source_weights(nn.Linear(2, 2), str(path))
 
 
+def test_a_cut_off_checkpoint_of_the_older_format_says_so(tmp_path):
+    """torch's legacy (non-zip) format, which a source checkpoint saved by older code may
+    be in, reports a file cut off early as a bare ``EOFError`` (found by a mutation test:
+    that branch of the reason ran in no test)."""
+    from torch import nn
+
+    from basisconv.checkpoint import load_source_weights
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": {"w": torch.arange(2000.0)}}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ConfigError, match=r"\(it cannot be read as one: it ends early, cut off "
+                                          r"at 100 bytes\); point basis.source"):
+        load_source_weights(nn.Linear(2, 2), str(path))
+
+
+def test_an_empty_sha256_or_a_resumed_record_without_its_epochs_is_refused(tmp_path):
+    """An empty ``.sha256`` holds no sum the checkpoint could be verified against: it is the
+    sidecar's damage, not "an older basisconv's" checkpoint loaded unverified; and a
+    checkpoint whose record's epochs are no list is not one a run resumes from (found by
+    a mutation test: neither was checked by any test)."""
+    from basisconv.checkpoint import RUN_STATE, checksum_path, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {**{key: {} for key in RUN_STATE}, "record": {"epochs": 3}})
+    assert load_checkpoint(path)["record"] == {"epochs": 3}  # (not read to resume)
+    with pytest.raises(ConfigError, match=r"its config or run record is not what a run saves"):
+        load_checkpoint(path, resuming=True)
+    checksum_path(path).write_text("")
+    with pytest.raises(ConfigError, match=r"is damaged \(it holds no sha256 sums\); delete "
+                                          r"checkpoint.pt.sha256 to load"):
+        load_checkpoint(path)
+
+
+def test_a_bare_state_dict_is_a_source_checkpoint_too(tmp_path):
+    """``basis.source_checkpoint`` may name a model's own ``state_dict`` saved with
+    ``torch.save`` (a dense model trained elsewhere), not only a run's checkpoint."""
+    from torch import nn
+
+    from basisconv.checkpoint import load_source_weights
+
+    trained, model = nn.Linear(2, 2), nn.Linear(2, 2)
+    torch.save(trained.state_dict(), tmp_path / "dense.pt")
+    load_source_weights(model, str(tmp_path / "dense.pt"))
+    assert torch.equal(model.weight, trained.weight) and torch.equal(model.bias, trained.bias)
+
+
 @pytest.mark.parametrize("change", ["one parameter fewer", "parameters in another order"])
 def test_a_checkpoint_whose_optimizer_state_is_of_other_parameters_is_one_clear_error(
         tmp_path, repo, change):
