@@ -721,7 +721,13 @@ def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, re
             # found in review: a / in the run name nested its folder (outputs/x/y/<date>);
             # refused before Hydra makes it, in a sweep too
             (["name=x/y"], re.escape("name='x/y' holds a /; it names one folder")),
-            (["-m", "name=a,x/y"], re.escape("name='x/y' holds a /; it names one folder"))):
+            (["-m", "name=a,x/y"], re.escape("name='x/y' holds a /; it names one folder")),
+            # (that check lists a sweep's names: an interval or glob, which cannot be
+            # listed, was its traceback instead of Hydra's line)
+            (["name=interval(0,1)"], re.escape("Sweep parameters 'name=interval(0,1)' "
+                                               "requires --multirun")),
+            (["name=glob(a*)"], re.escape("Sweep parameters 'name=glob(a*)' requires "
+                                          "--multirun"))):
         result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
                                  *overrides, "data=stripes"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)

@@ -22,6 +22,7 @@ import hydra.core.utils as hydra_core_utils
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -345,8 +346,11 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         # where it comes from elsewhere)
         for override in (parsed_overrides(sys.argv[1:]) or []) if is_group("model") else []:
             if override.key_or_group == "name" and not override.is_delete():
-                names = (list(override.sweep_string_iterator())
-                         if override.is_sweep_override() else [str(override.value())])
+                try:  # (an interval or a glob lists no names: Hydra refuses it itself)
+                    names = (list(override.sweep_string_iterator())
+                             if override.is_sweep_override() else [str(override.value())])
+                except HydraException:
+                    continue
                 problem = next(filter(None, map(name_problem, names)), None)
                 if problem is not None:
                     exit_refused(problem)

@@ -287,9 +287,10 @@ class BasisConv2d(nn.Module):
         ``coefficient_rank`` no layer is that weight, and the closer of this fit and the
         default's is kept (the SVD's basis alone was the farther for about a third of the
         convs a review tried). (The paper gives no rule that we know of.) At
-        ``num_basis == out_channels`` either reproduces the conv exactly. Give either ``num_basis`` or ``max_error`` (the smallest basis
-        whose relative weight error is at most that, an energy criterion like BasisConv's;
-        with ``coefficient_rank``, the error of the rank-limited coefficients).
+        ``num_basis == out_channels`` either reproduces the conv exactly. Give either
+        ``num_basis`` or ``max_error`` (the smallest basis whose relative weight error is
+        at most that, an energy criterion like BasisConv's; with ``coefficient_rank``, the
+        error of the rank-limited coefficients).
         The achieved error is stored in ``reconstruction_error``; the fit is judged in
         float64, so in a 16-bit layer, whose coefficients are rounded when stored, it may
         exceed ``max_error`` by about that dtype's rounding (bf16: 2**-8 relative). The new
