@@ -1257,9 +1257,14 @@ def test_an_epochs_metric_that_is_no_number_is_a_gap_in_its_curve(tmp_path):
     edited = json.loads(json.dumps(RECORDS[0]))
     edited["epochs"][0].update(test_accuracy="n/a", epoch_seconds="n/a", epoch="one")
     edited["epochs"][1]["epoch_seconds"] = 12.0
+    # so is an infinite one (a loss that diverged; json writes Infinity), not an infinite mean
+    # over seeds (found by a mutation test: only the finite check's text case was tried)
+    edited["epochs"][1]["train_loss"] = float("inf")
+    edited = json.loads(json.dumps(edited))
     assert run_row(edited, "here")["epoch_seconds"] == 12.0  # the median of the others
     curves = distinct_curves(curves_frame([(edited, "here"), (RECORDS[1], "there")]))
     assert curves["test_accuracy"].dtype.kind == "f" and curves["epoch"].dtype.kind == "f"
+    assert curves["train_loss"].isna().sum() == 1 and curves["train_loss"].max() < float("inf")
     assert training_curves(curves, tmp_path / "curves.png", "note").is_file()
 
 
@@ -1431,6 +1436,13 @@ def test_each_table_names_the_runs_and_dates_of_its_own_device_and_precision(tmp
         (out / "comparison-cpu-bf16.md").read_text()
     wall_clock = json.loads((out / "index.json").read_text())["protocol_wall_clock"]
     assert (wall_clock["sessions"], wall_clock["seconds"], wall_clock["published"]) == (1, 12.5, 1)
+    # a log beside the runs folder (results/<profile>/runs) is the one read, wherever the
+    # tables go (found by a mutation test: only a log in the output folder was tried)
+    from basisconv.analysis.report import sessions_folder
+
+    (tmp_path / "sessions.json").write_text("[]")
+    assert sessions_folder(analyze_cfg(tmp_path), out) == tmp_path
+    assert sessions_folder(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "kept")), out) == out
 
 
 def search_record():
@@ -1834,10 +1846,22 @@ def test_a_dense_run_trained_once_per_basis_size_of_a_sweep_counts_once(tmp_path
               for t, acc in ((0.0, 0.80), (0.05, 0.82))]
     random = [swept(record("random", 0.25, 0, 0.7), **{"selection.seed": s}) for s in (7, 8)]
     random[1]["model"]["basis_layers"] = ["layer2.0.conv1"]
-    table = compare(runs_frame([(r, "a") for r in budget + random])).set_index("selection")
+    # so do estimates of other sensitivity.seed that chose the same layers (found by a
+    # mutation test: with that seed left out of same_run, they were averaged into one)
+    resampled = [swept(record("sensitivity_threshold", 0.25, 0, acc), **{"sensitivity.seed": s})
+                 for s, acc in ((1, 0.80), (2, 0.82))]
+    table = compare(runs_frame([(r, "a") for r in budget + random + resampled])
+                    ).set_index("selection")
     assert table.loc["sensitivity_budget", "seeds"] == 1
     assert table.loc["sensitivity_budget", "test_accuracy"] == pytest.approx(0.81)
-    assert table.loc["random", "seeds"] == 2
+    assert table.loc["random", "seeds"] == table.loc["sensitivity_threshold", "seeds"] == 2
+    # nor do a sweep's other basis.* and sensitivity.* keys, which no dense run reads either
+    # (found by a mutation test: only basis.size was swept here)
+    dense = [swept(record("none", 0.5, seed, acc), **{"basis.init": init,
+                                                       "sensitivity.pretrain_epochs": epochs})
+             for seed, acc, init, epochs in ((0, 0.90, "scratch", 1), (1, 0.92, "convert", 2))]
+    table = compare(runs_frame([(r, "a") for r in dense]))
+    assert list(table["settings"]) == [""] and list(table["seeds"]) == [2]
 
 
 def test_training_curves_weigh_each_seed_of_a_dense_run_alike():
@@ -1930,7 +1954,9 @@ def test_cuda_graphs_asked_of_a_run_that_ran_eagerly_is_no_set_up_of_its_own():
     a set-up of its own, "CUDA graphs", and the table said it compared unlike runs."""
     from basisconv.analysis.runs import timing_setup
 
-    cpu, gpu = {"cpu": "AMD EPYC", "torch_threads": 2}, {"cpu": "AMD EPYC", "gpu": "NVIDIA H200"}
+    # (a GPU run's thread count is recorded too, and is no set-up of its own either)
+    cpu = {"cpu": "AMD EPYC", "torch_threads": 2}
+    gpu = {"cpu": "AMD EPYC", "gpu": "NVIDIA H200", "torch_threads": 8}
     graphs = {"trainer": {"device": "auto", "cuda_graphs": True}}
     eager = {"trainer": {"device": "auto", "cuda_graphs": False}}
     assert timing_setup(graphs, cpu) == timing_setup(eager, cpu) == "AMD EPYC, 2 threads"
@@ -2316,6 +2342,20 @@ def test_a_search_is_named_by_its_metric_whatever_its_selection_policy():
     assert distinct_stems([drop, loss], [search.summary_stem(r) for r in (drop, loss)]) == [
         "exhaustive-search-resnet8-cpu-fp32-selection.metric=accuracy_drop",
         "exhaustive-search-resnet8-cpu-fp32-selection.metric=loss_increase"]
+
+
+def test_searches_of_one_filter_and_of_all_filters_are_named_apart():
+    """A search's name has no basis size of its own, so two searches at ``basis.size=1``
+    (one filter) and ``1.0`` (all) are told apart by it: ``m1`` and ``m1.0`` (found by a
+    mutation test: a ``{:g}`` part, which names both ``m1``, the second ``m1-2``, failed no
+    test; a sensitivity page has the size in its own name)."""
+    from basisconv.analysis import search
+    from basisconv.analysis.report import distinct_stems
+
+    one = swept(search_record(), **{"basis.size": 1})
+    every = swept(one, **{"basis.size": 1.0})
+    assert distinct_stems([one, every], [search.summary_stem(r) for r in (one, every)]) == [
+        "exhaustive-search-resnet8-cpu-fp32-m1", "exhaustive-search-resnet8-cpu-fp32-m1.0"]
 
 
 def test_runs_of_a_policy_that_differ_in_a_selection_key_it_does_not_read_are_seeds():

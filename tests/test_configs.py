@@ -890,6 +890,10 @@ def test_checking_a_config_logs_nothing_of_its_dry_conversions(compose_cfg, capl
     cfg = compose_cfg("experiment=basis_selected")
     (validate if script == "train" else validate_estimate)(cfg)
     assert not [m for m in caplog.messages if "saves no compute" in m], caplog.messages
+    # and only while checking: the run's own lines are logged after it (found by a mutation
+    # test: the package's logger left at ERROR failed no test)
+    logging.getLogger("basisconv.surgery").info("a layer left dense, said by the run")
+    assert caplog.messages[-1:] == ["a layer left dense, said by the run"]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -934,6 +934,29 @@ def test_the_model_digest_is_of_its_structure_not_of_torchs_text(repo, tmp_path,
     assert architecture_digest(cfg) != digest
 
 
+def test_the_model_digest_sees_a_buffer_of_another_shape(repo, tmp_path, monkeypatch):
+    """A model file edited only in a buffer (a fixed mask, a positional table) is another
+    architecture: its buffers' names and shapes are in the digest, as its docstring says
+    (found by a mutation test: with them left out, no test failed)."""
+    from basisconv import network
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    dense = network.build_dense
+
+    def masked(size):
+        def build(cfg):
+            model = dense(cfg)
+            model.register_buffer("mask", torch.ones(size))
+            return model
+        return build
+
+    digests = [network.architecture_digest(cfg)]
+    for size in (3, 4):
+        monkeypatch.setattr(network, "build_dense", masked(size))
+        digests.append(network.architecture_digest(cfg))
+    assert len(set(digests)) == 3, digests
+
+
 def test_a_published_sensitivity_record_refills_another_machines_cache(repo, tmp_path,
                                                                       monkeypatch):
     published = tmp_path / "results" / "runs" / "sensitivity.json"
