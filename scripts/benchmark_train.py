@@ -21,8 +21,8 @@ from basisconv.bench.train import ThroughputOptions, record_folder, run
 from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.config import COMPILE_MODES
 from basisconv.kernels import COMBINE_MODES
-from basisconv.loop import AMP_DTYPES, precision_name
-from basisconv.records import script_command
+from basisconv.loop import AMP_DTYPES
+from basisconv.records import precision_name, script_command
 
 RESULTS = results_folder(__file__)
 

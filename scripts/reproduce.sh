@@ -139,13 +139,14 @@ done
 # aside and made again), then the overrides (every run would fail on a bad one, each
 # saying why in its own log), counts
 # the GPUs the runs can use, and says whether the runs' dataset is missing (refused before
-# the first run that trains, not when every run is recorded); each refusal is one line.
+# the first run that trains, not when every run is recorded); each refusal is one line. It
+# also gives the sensitivity keys of the protocol's tables, for setting records aside below.
 CHECK='
-import sys
+import json, sys
 try:
     import hydra, matplotlib, omegaconf, pandas, torch, tqdm
     from basisconv.records import unmerged_problem
-    from basisconv.reproduce import check_overrides
+    from basisconv.reproduce import check_overrides, protocol_keys
 except ImportError as err:
     sys.exit(f"PY={sys.argv[1]} lacks a package the runs need ({err}); install requirements.txt"
              " (without torch on a GPU machine), or put carried wheels on PYTHONPATH")
@@ -153,9 +154,10 @@ if problem := unmerged_problem(sys.argv[2]):
     sys.exit(f"error: {problem}")
 missing = check_overrides(sys.argv[3], sys.argv[4:])
 print(torch.cuda.device_count())
+print(json.dumps(protocol_keys(sys.argv[3], *sys.argv[4:])))
 print(missing or "")'
 CHECKED=$("$PY" -c "$CHECK" "$PY" "$RESULTS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
-{ read -r GPUS; IFS= read -r NO_DATA || true; } <<< "$CHECKED"
+{ read -r GPUS; IFS= read -r KEYS; IFS= read -r NO_DATA || true; } <<< "$CHECKED"
 # sorted bytewise (LC_ALL=C), and the folder's list sorted again on reading: a list written
 # under another locale's collation (en_US puts data=... before data.root=...) is the same
 WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | LC_ALL=C sort)
@@ -240,9 +242,10 @@ rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
 # run made again
 # (with the run folders: a run set aside for its sensitivity table is trained again, not
 # published again from its folder)
-"$PY" -c 'import sys; from basisconv.reproduce import set_aside_stale_records as s
-s(sys.argv[1], *sys.argv[3:], outputs=sys.argv[2])' \
-  "$RECORDS" "$OUT" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}
+# (with the keys the checks gave: this process loads neither Hydra nor torch)
+"$PY" -c 'import json, sys; from basisconv.records import set_aside_stale_records as s
+s(sys.argv[1], sys.argv[3], json.loads(sys.argv[4]), outputs=sys.argv[2])' \
+  "$RECORDS" "$OUT" "$PROFILE" "$KEYS"
 # Each invocation that gets this far is logged in $RESULTS/sessions/ however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it

@@ -661,6 +661,12 @@ def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_
         assert f"{runs / name} is not the record of the run it stands for ({why}" in result.stderr
 
 
+def checks_pass() -> str:
+    """A stand-in python's answer to the script's checks (the ``case`` of their ``-c``): no
+    GPU, the smoke protocol's sensitivity keys, the dataset found."""
+    return f"*torch.cuda*) echo 0; echo '{json.dumps(smoke_keys())}'; exit 0"
+
+
 def stand_in_python(tmp_path, cases: str, run: str) -> dict[str, str]:
     """The environment of a protocol whose ``PY`` is a stand-in: a ``-c`` of the script
     (its checks, its logs) first meets the ``case`` patterns ``cases`` (``pattern) action``)
@@ -678,7 +684,7 @@ def test_sigterm_stops_a_run_of_jobs_1_at_once(repo, tmp_path):
     """Found in review: with JOBS=1 (the default on a CPU) a run was a foreground command,
     and bash runs a trap only once that has ended, so a SIGTERM to the script (a scheduler,
     docker stop) waited for the whole run to finish and publish."""
-    env = stand_in_python(tmp_path, "*torch.cuda*) echo 0; exit 0", "exec sleep 120")
+    env = stand_in_python(tmp_path, checks_pass(), "exec sleep 120")
     proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -764,11 +770,12 @@ def test_records_made_from_a_table_of_another_key_are_set_aside(repo, tmp_path, 
     estimate for its record's sake; its runs then chose from a table never published,
     and the page showed the old one. The estimate, the runs that chose from it and the
     search are set aside; the committed quick records (this code's keys) are all kept."""
-    from basisconv.reproduce import set_aside_stale_records
+    from basisconv.records import set_aside_stale_records
+    from basisconv.reproduce import protocol_keys
 
-    records = tmp_path / "runs"
+    records, ours = tmp_path / "runs", protocol_keys("quick")
     shutil.copytree(repo / "results" / "quick" / "runs", records)
-    assert set_aside_stale_records(records, "quick") == []
+    assert set_aside_stale_records(records, "quick", ours) == []
     stale = {"sensitivity.json": ("sensitivity", "key"),
              "selected-sensitivity_budget-0.5/seed1.json": ("sensitivity_key",),
              "exhaustive-search-resnet8.json": ("search", "sensitivity_key")}
@@ -779,7 +786,7 @@ def test_records_made_from_a_table_of_another_key_are_set_aside(repo, tmp_path, 
             inner = inner[key]
         inner[keys[-1]] = "resnet20-w0.5-m0.5-0123456789ab"
         (records / name).write_text(json.dumps(record))
-    rejected = set_aside_stale_records(records, "quick")
+    rejected = set_aside_stale_records(records, "quick", ours)
     assert sorted(str(p.relative_to(records)) for p in rejected) == sorted(
         f"{name}.rejected" for name in stale)
     assert (records / "selected-sensitivity_budget-0.5" / "seed0.json").is_file()
@@ -793,9 +800,10 @@ def test_runs_that_chose_from_another_machines_table_of_the_same_key_are_set_asi
     (the key does not name the machine or threads, which change it); after the merge one
     row mixed layer sets of two tables. A run recording another table's checksum than the
     published estimate's is made again; one recording none (older records) is kept."""
-    from basisconv.reproduce import set_aside_stale_records
+    from basisconv.records import set_aside_stale_records
+    from basisconv.reproduce import protocol_keys
 
-    records = tmp_path / "runs"
+    records, ours = tmp_path / "runs", protocol_keys("quick")
     shutil.copytree(repo / "results" / "quick" / "runs", records)
     published = json.loads((records / "sensitivity.json").read_text())["cache"]
     seeds = sorted((records / "selected-sensitivity_budget-0.5").glob("seed*.json"))
@@ -803,7 +811,7 @@ def test_runs_that_chose_from_another_machines_table_of_the_same_key_are_set_asi
         record = json.loads(path.read_text())
         record["sensitivity_table"] = checksum
         path.write_text(json.dumps(record))
-    rejected = set_aside_stale_records(records, "quick")
+    rejected = set_aside_stale_records(records, "quick", ours)
     assert rejected == [seeds[1].with_name(seeds[1].name + ".rejected")]
     assert seeds[0].is_file() and all(path.is_file() for path in seeds[2:])
     assert "it chose its layers from another sensitivity table (000000000000)" in \
@@ -894,7 +902,7 @@ def test_a_ctrl_c_while_the_session_is_logged_leaves_the_session_logged(repo, tm
     that computed everything, or in the trap of one that stopped) must not kill the
     writer, or the whole session is missing from the sum."""
     # every run fails at once; the session's writer gets the Ctrl-C as it starts
-    env = stand_in_python(tmp_path, "*torch.cuda*) echo 0; exit 0;; *log_session*) kill -INT 0",
+    env = stand_in_python(tmp_path, f"{checks_pass()};; *log_session*) kill -INT 0",
                           "exit 1")
     result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                             capture_output=True, text=True, timeout=120, start_new_session=True,
@@ -927,7 +935,7 @@ def test_a_run_folder_set_aside_is_not_read_by_the_analysis(tmp_path):
     a run of that row and seed: the run set aside for another table's layers was in the
     tables again, beside the one made from the published table."""
     from basisconv.analysis.runs import read_records
-    from basisconv.reproduce import set_aside_run_folder
+    from basisconv.records import set_aside_run_folder
 
     out, runs = tmp_path / "outputs" / "quick", tmp_path / "results" / "runs"
     row = "selected-sensitivity_budget-0.5"
@@ -959,13 +967,15 @@ def test_one_folder_for_outputs_and_results_is_not_taken_for_another_protocol(re
 
 def test_the_protocols_checks_load_only_what_they_use(repo):
     """Each python start of scripts/reproduce.sh (a fake protocol's were 13 s of CPU, the
-    test suite runs dozens) loads what it uses: the records and the session log of one
-    that computed nothing need neither Hydra nor torch, and a model shaped on the meta
-    device (the overrides' checks) draws no initial values (torch's meta normal_ loaded
-    torch._dynamo: a second)."""
+    test suite runs dozens) loads what it uses: setting stale records aside (with the keys
+    the checks gave), the session log of one that computed nothing and the check whether
+    the speed benchmark is recorded (basisconv.analysis.speed) need neither Hydra nor torch
+    (the set-aside loaded both, the speed check torch: 2 s each), and a model shaped on the
+    meta device (the overrides' checks) draws no initial values (torch's meta normal_
+    loaded torch._dynamo: a second)."""
     script = (
         "import sys\n"
-        "import basisconv.records\n"
+        "import basisconv.records, basisconv.analysis.speed\n"
         "print(*sorted({'torch', 'hydra', 'omegaconf'} & set(sys.modules)))\n"
         "import torch\n"
         "from basisconv.layers import BasisConv2d\n"

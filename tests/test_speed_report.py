@@ -479,32 +479,28 @@ def test_folders_without_any_speed_record_are_one_clear_error(repo, tmp_path):
 def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch, tmp_path):
     """One panel per hardware; each line is 1 / the measured ratio, beside 1 / the FLOP
     ratio."""
-    from basisconv.analysis import figures
-
     shown = []
-    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.append(fig) or path)
-    figures.speed_across_hardware(speed.model_speed(folders), tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed.speed_across_hardware(speed.model_speed(folders), tmp_path / "plot.png", "note")
     gpu = [ax for ax in shown[0].axes if ax.get_title() == "NVIDIA H200"][0]
     lines = {line.get_label(): list(line.get_ydata()) for line in gpu.lines}
     assert lines["bf16, batch 512, fused (aaaaaaa)"] == pytest.approx([1 / 0.35, 1 / 0.62])
     assert lines["theory (FLOPs)"] == pytest.approx([4.0, 2.0])
-    figures.pyplot().close(shown[0])
+    speed.pyplot().close(shown[0])
 
 
 def test_a_form_of_several_parts_takes_its_basis_form_colour_not_the_flop_lines(
         tmp_path, monkeypatch):
     """The H200's graph-replayed fused records (form ``graphs, fused (quick)``) took the
     first spare colour, black, and were drawn like the FLOP line beside them."""
-    from basisconv.analysis import figures
-
     _model_record(tmp_path, "cuda-bf16-graphs-fused-quick", GPU, "bf16", {0.25: 1.2})
     model = speed.model_speed([tmp_path])
     assert list(model["form"]) == ["graphs, fused (quick)"]
     shown = []
-    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.append(fig) or path)
-    figures.speed_across_hardware(model, tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed.speed_across_hardware(model, tmp_path / "plot.png", "note")
     colours = {line.get_label(): line.get_color() for line in shown[0].axes[0].lines}
-    figures.pyplot().close(shown[0])
+    speed.pyplot().close(shown[0])
     assert colours["bf16, batch 128, graphs, fused (quick) (aaaaaaa)"] == "tab:pink"
 
 
@@ -513,16 +509,14 @@ def test_a_record_that_names_no_precision_is_drawn_and_shown_with_a_dash(tmp_pat
     """Found in the static-analysis review: the plot grouped its lines with pandas' default
     ``dropna``, so a whole-model record whose settings name no precision dropped out of the
     plot without a word (the table showed it)."""
-    from basisconv.analysis import figures
-
     _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.39})
     _model_record(tmp_path, "cpu-fp32-nchw", CPU, None, {0.25: 0.45})
     model = speed.model_speed([tmp_path])
     shown = []
-    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.append(fig) or path)
-    figures.speed_across_hardware(model, tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed.speed_across_hardware(model, tmp_path / "plot.png", "note")
     labels = [line.get_label() for line in shown[0].axes[0].lines]
-    figures.pyplot().close(shown[0])
+    speed.pyplot().close(shown[0])
     assert "fp32, batch 128, stacked (aaaaaaa)" in labels
     assert "-, batch 128, nchw (aaaaaaa)" in labels
     assert set(model["precision"]) == {"-", "fp32"}
@@ -565,8 +559,6 @@ def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_
                                                                          monkeypatch):
     """The panels took matplotlib's colour cycle each in its own order: "stacked" was blue
     in one panel and purple in the next."""
-    from basisconv.analysis import figures
-
     def rows(hardware, form, source, ratio):
         return [{"hardware": hardware, "precision": "fp32", "batch": 128, "form": form,
                  "source": source, "commit": source, "fraction": f,
@@ -574,8 +566,8 @@ def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_
     model = pd.DataFrame(rows("CPU", "split", "a", 0.9) + rows("CPU", "stacked", "a", 0.5)
                          + rows("GPU", "stacked", "b", 1.5) + rows("GPU", "stacked", "c", 1.4))
     drawn = []
-    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
-    figures.speed_across_hardware(model, tmp_path / "s.png", "note")
+    monkeypatch.setattr(speed, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    speed.speed_across_hardware(model, tmp_path / "s.png", "note")
     lines = {(ax.get_title(), line.get_label().split(", ")[2]): line
              for ax in drawn[0].axes for line in ax.get_lines() if "batch" in line.get_label()}
     cpu, gpu_b, gpu_c = (lines[k] for k in [("CPU", "stacked (a)"), ("GPU", "stacked (b)"),
@@ -583,7 +575,7 @@ def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_
     assert cpu.get_color() == gpu_b.get_color() == gpu_c.get_color()
     assert lines["CPU", "split (a)"].get_color() != cpu.get_color()
     assert gpu_b.get_marker() != gpu_c.get_marker()
-    figures.pyplot().close(drawn[0])
+    speed.pyplot().close(drawn[0])
 
 
 def test_the_memory_table_holds_the_records_that_measured_it(tmp_path):

@@ -138,11 +138,6 @@ def settings_restored() -> Iterator[None]:
     restore()
 
 
-def precision_name(amp: str) -> str:
-    """``trainer.amp`` as records and file names show it: ``fp32``, ``bf16``, ``fp16``."""
-    return "fp32" if amp == "none" else amp
-
-
 def memory_format(channels_last: bool) -> torch.memory_format:
     """The layout of activations and weights: ``channels_last`` (NHWC) or contiguous NCHW."""
     return torch.channels_last if channels_last else torch.contiguous_format

@@ -1,5 +1,6 @@
 """The plots of our comparison (the paper's figures are not known to us) and the training
-curves, and the speed benchmarks' plots. Every figure of the comparison carries a footer
+curves, and the speed benchmark's plot (the speed summary's, across hardware, is drawn by
+:mod:`.speed`, which loads no torch). Every figure of the comparison carries a footer
 saying which profile, hardware, commit and date its runs came from; the benchmark's says
 it in its title."""
 
@@ -13,7 +14,7 @@ from matplotlib.transforms import Bbox
 
 from ..cost import basis_conv2d_cost, conv2d_cost
 from ..layers import resolve_num_basis
-from .plots import add_note, pyplot, save_figure
+from .plots import LINE_STYLES, add_note, pyplot, save_figure, steady_colour
 from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
 
 log = logging.getLogger(__name__)
@@ -26,26 +27,14 @@ SELECTION_COLOURS = {"none": "tab:blue", "all": "tab:orange", "first_k": "tab:gr
                      "last_k": "tab:red", "random": "tab:purple",
                      "sensitivity_budget": "tab:brown", "sensitivity_threshold": "tab:pink",
                      "list": "tab:olive", "blocks": "tab:cyan"}
-#: Policies not listed above (a user's own) take these in the order the process first
-#: draws them, so each keeps one colour in every figure of an analysis and two new ones
-#: differ (they were all grey).
-EXTRA_COLOURS = ("black", "gold", "navy", "teal", "magenta", "lime", "maroon", "tab:gray")
+#: The spare colours (:data:`~.plots.EXTRA_COLOURS`) that policies not listed above (a
+#: user's own) took, in the order the process first drew them, so each keeps one colour in
+#: every figure of an analysis and two new ones differ (they were all grey).
 _EXTRA_TAKEN: dict[str, str] = {}
-#: Rows of one policy (the basis sizes of ``all``) told apart by line style, in order.
-LINE_STYLES = ("-", "--", ":", "-.")
-
-
-def _steady_colour(name: str, fixed: dict[str, str], taken: dict[str, str]) -> str:
-    """``name``'s colour in ``fixed``, or the next spare one, kept in ``taken``."""
-    if name in fixed:
-        return fixed[name]
-    if name not in taken:
-        taken[name] = EXTRA_COLOURS[len(taken) % len(EXTRA_COLOURS)]
-    return taken[name]
 
 
 def selection_colour(selection: str) -> str:
-    return _steady_colour(selection, SELECTION_COLOURS, _EXTRA_TAKEN)
+    return steady_colour(selection, SELECTION_COLOURS, _EXTRA_TAKEN)
 
 
 def speedup_axis(ax) -> None:
@@ -328,63 +317,3 @@ def basis_speedups(layer_rows: list[dict], model_rows: list[dict], path: Path, t
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-#: The speed summary's forms (``basisconv.analysis.speed``), one colour each in every panel
-#: (they took each panel's colour cycle in its own order); others take the spare ones.
-FORM_COLOURS = {"stacked": "tab:blue", "split": "tab:red", "compile": "tab:purple",
-                "nchw": "tab:green", "defaultmalloc": "tab:orange", "auto": "tab:cyan",
-                "fusenorm": "tab:brown", "fused": "tab:pink", "graphs": "tab:olive"}
-
-
-_FORMS_TAKEN: dict[str, str] = {}
-
-
-def _form_colour(form: str) -> str:
-    """The colour of a summary row's form, ``stacked (quick)`` as ``stacked``; a form of
-    several parts not listed itself, ``graphs, fused``, as its last, the basis layer's
-    form (it took the first spare colour, black: the FLOP line's)."""
-    name = form.split(" (")[0]
-    if name not in FORM_COLOURS:
-        name = name.split(", ")[-1]
-    return _steady_colour(name, FORM_COLOURS, _FORMS_TAKEN)
-
-
-def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | None:
-    """Whole-model speedup over dense against the basis fraction, one panel per hardware
-    (CPU and GPU side by side), one line per precision, batch and form of the
-    ``basisconv.analysis.speed.model_speed`` table, with the FLOP ratio's line."""
-    if not len(model):
-        return None
-    plt = pyplot()
-    groups = list(model.groupby("hardware", sort=True))
-    # the most common setting drawn solid
-    settings = list(pd.Series(list(zip(model["precision"], model["batch"]))).value_counts().index)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.6), squeeze=False,
-                             sharey=True)
-    for ax, (hardware, rows) in zip(axes[0], groups):
-        # the default (stacked) form's FLOP ratio; other forms count slightly differently
-        stacked = rows[rows["form"] == "stacked"]
-        flops = (stacked if len(stacked) else rows).groupby("fraction")["theory_fwdbwd_ratio"]
-        flops = flops.first()
-        ax.plot(flops.index, 1 / flops.values, "k--",
-                label="theory (FLOPs, stacked form)" if len(stacked) else "theory (FLOPs)")
-        ax.axhline(1.0, color="0.6", lw=0.8)
-        drawn = []
-        for (precision, batch, form, _, commit), line in rows.groupby(
-                ["precision", "batch", "form", "source", "commit"], sort=True):
-            line = line.sort_values("fraction")
-            # a form has one colour in every panel, a precision and batch one line style;
-            # records of one setting from other runs (commits) other markers
-            style = settings.index((precision, batch))
-            again = drawn.count((precision, batch, form))
-            drawn.append((precision, batch, form))
-            ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], ms=4,
-                    marker="osD^v"[again % 5], ls=LINE_STYLES[style % len(LINE_STYLES)],
-                    color=_form_colour(form),
-                    label=f"{precision}, batch {batch}, {form} ({commit})")
-        ax.set(title=hardware, xlabel="basis fraction m / C_out", ylim=(0, None))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("speedup over dense, training step (x)")
-    return _finish(fig, path, note)

@@ -1,5 +1,5 @@
-"""Shared plotting set-up: a headless backend, the provenance note below a plot, and
-atomic PNG writes."""
+"""Shared plotting set-up: a headless backend, the provenance note below a plot, atomic
+PNG writes, and colours and line styles that stay one name's in every figure."""
 
 from __future__ import annotations
 
@@ -9,6 +9,22 @@ import textwrap
 from pathlib import Path
 
 from ..records import write_bytes_atomic
+
+#: Names without a colour of their own (a user's selection policy, a speed summary's form)
+#: take these in the order the process first draws them (:func:`steady_colour`).
+EXTRA_COLOURS = ("black", "gold", "navy", "teal", "magenta", "lime", "maroon", "tab:gray")
+#: Lines of one colour (the basis sizes of ``all``, the settings of one speed form) told
+#: apart by line style, in order.
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def steady_colour(name: str, fixed: dict[str, str], taken: dict[str, str]) -> str:
+    """``name``'s colour in ``fixed``, or the next spare one, kept in ``taken``."""
+    if name in fixed:
+        return fixed[name]
+    if name not in taken:
+        taken[name] = EXTRA_COLOURS[len(taken) % len(EXTRA_COLOURS)]
+    return taken[name]
 
 
 def pyplot():

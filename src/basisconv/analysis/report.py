@@ -20,11 +20,10 @@ from ..records import (hardware_name, has_session_log, missing_protocol_runs, pr
                        read_sessions, unmerged_problem, unwritable_folder, write_json_atomic)
 from ..selection import keys_read
 from . import figures, search, sensitivity
-from .runs import (INTERNAL_COLUMNS, ROW_COLUMNS, compare, curves_frame, differing_keys,
-                   distinct_curves, distinct_runs, made_alike, read_records, records_of_kind,
-                   runs_frame, setting_value, training_records, unread_selection_key,
-                   wandb_records)
-from .tables import write_table
+from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,
+                   distinct_runs, made_alike, read_records, records_of_kind, runs_frame,
+                   setting_value, training_records, unread_selection_key, wandb_records)
+from .tables import INTERNAL_COLUMNS, write_table
 
 log = logging.getLogger(__name__)
 

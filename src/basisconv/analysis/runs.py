@@ -17,10 +17,9 @@ import pandas as pd
 from ..checkpoint import changes_only_execution, flat_config
 from ..counts import is_number
 from ..errors import ConfigError, one_line
-from ..loop import precision_name
 from ..records import (RECORD, commit_name, device_name, hardware_name, is_measurement,
-                       made_by_profile, measured_on_cpu, missing_fields, provenance_from_wandb,
-                       read_record, unusable)
+                       made_by_profile, measured_on_cpu, missing_fields, precision_name,
+                       provenance_from_wandb, read_record, unusable)
 from ..selection import SENSITIVITY_POLICIES, keys_read
 
 log = logging.getLogger(__name__)
@@ -265,7 +264,7 @@ def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[di
 
 
 #: A run folder set aside by ``scripts/reproduce.sh`` (``seed<k>.rejected``, ``-2``, ...:
-#: :func:`basisconv.reproduce.set_aside_run_folder`), whose run is made again: not read.
+#: :func:`basisconv.records.set_aside_run_folder`), whose run is made again: not read.
 SET_ASIDE = re.compile(r".+\.rejected(-\d+)?")
 
 
@@ -428,11 +427,6 @@ def recipe(config: dict[str, Any]) -> str:
 
 #: The per-epoch columns the training curves read.
 CURVE_COLUMNS = ["epoch", "test_accuracy", "train_loss"]
-
-
-#: Columns of :func:`runs_frame` and :func:`compare` that only choose baselines; the
-#: tables and ``index.json`` leave them out.
-INTERNAL_COLUMNS = ["recipe", "same_run"]
 
 
 def runs_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:

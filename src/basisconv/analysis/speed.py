@@ -9,6 +9,10 @@ never copied by hand, and CPU and GPU stand side by side:
   per step and per CIFAR-10 epoch, and relative to the dense model measured at the same
   commit on the same hardware with the same architecture, layout, threads, precision, batch,
   execution mode (eager, compiled, graphed) and number of timed and untimed steps.
+
+It loads no torch (nor do its tables and plot): ``scripts/reproduce.sh`` reads the
+whole-model records with :func:`model_speed` to skip a benchmark already measured, in a
+process of its own.
 """
 
 from __future__ import annotations
@@ -23,10 +27,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DatasetError, one_line
-from ..loop import precision_name
-from ..records import (commit_name, hardware_name, provenance, read_record, write_json_atomic,
-                       write_text_atomic)
-from .figures import speed_across_hardware
+from ..records import (commit_name, hardware_name, precision_name, provenance, read_record,
+                       write_json_atomic, write_text_atomic)
+from .plots import LINE_STYLES, add_note, pyplot, save_figure, steady_colour
 from .tables import csv_text, markdown
 
 MODEL_COLUMNS = ["hardware", "precision", "batch", "threads", "form", "fraction",
@@ -332,6 +335,67 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "commit f0cb738 did not measure it.",
         "",
         _markdown(memory if memory is not None else pd.DataFrame(columns=MEMORY_COLUMNS))])
+
+
+#: The summary's forms, one colour each in every panel of its plot (they took each panel's
+#: colour cycle in its own order); others take the spare ones (:func:`~.plots.steady_colour`).
+FORM_COLOURS = {"stacked": "tab:blue", "split": "tab:red", "compile": "tab:purple",
+                "nchw": "tab:green", "defaultmalloc": "tab:orange", "auto": "tab:cyan",
+                "fusenorm": "tab:brown", "fused": "tab:pink", "graphs": "tab:olive"}
+
+
+_FORMS_TAKEN: dict[str, str] = {}
+
+
+def _form_colour(form: str) -> str:
+    """The colour of a summary row's form, ``stacked (quick)`` as ``stacked``; a form of
+    several parts not listed itself, ``graphs, fused``, as its last, the basis layer's
+    form (it took the first spare colour, black: the FLOP line's)."""
+    name = form.split(" (")[0]
+    if name not in FORM_COLOURS:
+        name = name.split(", ")[-1]
+    return steady_colour(name, FORM_COLOURS, _FORMS_TAKEN)
+
+
+def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | None:
+    """Whole-model speedup over dense against the basis fraction, one panel per hardware
+    (CPU and GPU side by side), one line per precision, batch and form of the
+    :func:`model_speed` table, with the FLOP ratio's line."""
+    if not len(model):
+        return None
+    plt = pyplot()
+    groups = list(model.groupby("hardware", sort=True))
+    # the most common setting drawn solid
+    settings = list(pd.Series(list(zip(model["precision"], model["batch"]))).value_counts().index)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.6), squeeze=False,
+                             sharey=True)
+    for ax, (hardware, rows) in zip(axes[0], groups):
+        # the default (stacked) form's FLOP ratio; other forms count slightly differently
+        stacked = rows[rows["form"] == "stacked"]
+        flops = (stacked if len(stacked) else rows).groupby("fraction")["theory_fwdbwd_ratio"]
+        flops = flops.first()
+        ax.plot(flops.index, 1 / flops.values, "k--",
+                label="theory (FLOPs, stacked form)" if len(stacked) else "theory (FLOPs)")
+        ax.axhline(1.0, color="0.6", lw=0.8)
+        drawn = []
+        for (precision, batch, form, _, commit), line in rows.groupby(
+                ["precision", "batch", "form", "source", "commit"], sort=True):
+            line = line.sort_values("fraction")
+            # a form has one colour in every panel, a precision and batch one line style;
+            # records of one setting from other runs (commits) other markers
+            style = settings.index((precision, batch))
+            again = drawn.count((precision, batch, form))
+            drawn.append((precision, batch, form))
+            ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], ms=4,
+                    marker="osD^v"[again % 5], ls=LINE_STYLES[style % len(LINE_STYLES)],
+                    color=_form_colour(form),
+                    label=f"{precision}, batch {batch}, {form} ({commit})")
+        ax.set(title=hardware, xlabel="basis fraction m / C_out", ylim=(0, None))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("speedup over dense, training step (x)")
+    add_note(fig, note)
+    return save_figure(fig, path)
 
 
 def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:

@@ -49,10 +49,10 @@ from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError, DatasetError, one_line
 from ..kernels import auto
 from ..layers import BasisConv2d, resolve_num_basis
-from ..loop import device_problem, precision_name, seed_everything, settings_restored
+from ..loop import device_problem, seed_everything, settings_restored
 from ..models import build_model
-from ..records import (RunRecord, file_digest, hardware_name, provenance, read_record,
-                       write_record, write_text_atomic)
+from ..records import (RunRecord, file_digest, hardware_name, precision_name, provenance,
+                       read_record, write_record, write_text_atomic)
 from ..surgery import apply_basis, conv_layers
 from ..timing import ConvNormAct, Runner, Timer, output_gradient, tune_cpu_allocator
 from . import flag_below_minimum, fused_problem, profile_table

@@ -32,11 +32,11 @@ from ..data import TensorBatches, load_cifar10
 from ..errors import ConfigError, DatasetError
 from ..layers import basis_layers
 from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
-                    graphed_fp16_problem, precision_name, settings_restored, setup, train_one_epoch)
+                    graphed_fp16_problem, settings_restored, setup, train_one_epoch)
 from ..kernels import auto
 from ..models import build_model, list_models
 from ..network import basis_penalty, choose_forms_now
-from ..records import RunRecord, provenance, write_record, write_text_atomic
+from ..records import RunRecord, precision_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
 from . import flag_below_minimum, fused_problem, profile_table
 from .memory import cuda_peak_mib, reset_cuda_peak

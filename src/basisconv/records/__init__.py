@@ -16,11 +16,13 @@ from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, te
                     write_text_atomic, json_text, finite_or_null, write_json_atomic)
 from .runs import (RECORD, KINDS, RunRecord, write_record, read_record, REQUIRED, MEASURED,
                    LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
-                   unwritable_folder, publish, refuse_other_kind, KIND_WORDS)
+                   unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
-                       set_aside_foreign_records, set_aside, SESSIONS, has_session_log,
-                       log_session, read_sessions, unmerged_files, unmerged_problem)
+                       set_aside_foreign_records, set_aside, table_key, set_aside_stale_records,
+                       set_aside_run_folder, set_aside_runs_of_other_tables,
+                       set_aside_unpublished_runs, SESSIONS, has_session_log, log_session,
+                       read_sessions, unmerged_files, unmerged_problem)
 
 __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_name",
            "hardware_name", "package_versions", "timestamp", "this_command", "HYDRA_VALUE_FLAGS",
@@ -33,8 +35,11 @@ __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_n
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
            "of_type",
            "missing_fields", "unwritable_folder", "publish", "refuse_other_kind", "KIND_WORDS",
+           "precision_name",
            "PROTOCOL_ROWS", "PROTOCOL_RECORDS",
            "SEED_FILE", "missing_protocol_runs", "protocol_slot", "misplaced",
            "search_table_found", "unusable", "made_by_profile", "set_aside_foreign_records",
-           "set_aside", "SESSIONS", "has_session_log", "log_session", "read_sessions",
-           "unmerged_files", "unmerged_problem"]
+           "set_aside", "table_key", "set_aside_stale_records", "set_aside_run_folder",
+           "set_aside_runs_of_other_tables", "set_aside_unpublished_runs", "SESSIONS",
+           "has_session_log", "log_session", "read_sessions", "unmerged_files",
+           "unmerged_problem"]

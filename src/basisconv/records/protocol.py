@@ -1,6 +1,7 @@
 """The records of ``scripts/reproduce.sh``'s protocol: which rows and records it
 publishes into ``results/<profile>/runs/``, which are missing, which file in a run's place
-is not its record, and the log of its invocations (``sessions/``)."""
+is not its record (or was made from a stale sensitivity table: set aside, with its run
+folder), and the log of its invocations (``sessions/``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import one_line
 from .files import write_json_atomic
@@ -168,6 +169,147 @@ def set_aside(path: Path, problem: str) -> Path:
     print(f"{path} is not the record of the run it stands for ({problem}); set aside as "
           f"{aside.name}, the run is made again", file=sys.stderr)
     return aside
+
+
+def table_key(record: dict[str, Any]) -> str | None:
+    """The cache key of the sensitivity table a published record was made from: the
+    estimate's own, the search's, or the one a training run chose its layers from (None
+    for a run whose policy reads no table)."""
+    if record.get("kind") == "sensitivity":
+        return (record.get("sensitivity") or {}).get("key")
+    if record.get("kind") == "exhaustive_search":
+        return (record.get("search") or {}).get("sensitivity_key")
+    return record.get("sensitivity_key")
+
+
+def set_aside_stale_records(records_dir: str | os.PathLike, profile: str, keys: dict[str, str],
+                            outputs: str | os.PathLike | None = None) -> list[Path]:
+    """:func:`set_aside_foreign_records`, then the records made from a sensitivity table of
+    another key than ``keys`` (this code's for the protocol, by script:
+    :func:`basisconv.reproduce.protocol_keys`; a key that changed with the code between two
+    sessions, a ``git pull``): the published estimate, the runs that chose from it and the
+    search are set aside as ``<name>.rejected``, one line each, so the script estimates and
+    publishes the table again and makes those runs from it. Else it skipped the estimate
+    for its record's sake, the runs restored nothing for their key and chose from a table
+    never published, and the sensitivity page showed another table than the one the runs
+    chose from.
+
+    ``outputs`` is the profile's run folders (``$OUT``, ``<row>/seed<k>/`` each): the
+    folder of a training run set aside here is set aside too (``seed<k>.rejected``), else
+    the script's new run found it complete (or resumed its checkpoint, with the layers it
+    had chosen) and published the same record again, set aside again by every later
+    invocation: the run was never made again (found in review).
+
+    Here in ``records``, with the keys given (``scripts/reproduce.sh``'s checks print
+    them): the script's process that calls it then loads neither Hydra nor torch, which
+    composing them again took seconds of every protocol start."""
+    rejected = set_aside_foreign_records(records_dir, profile)
+    root = Path(records_dir)
+    if not root.is_dir():
+        return rejected
+    slots = [(root / "sensitivity.json", "sensitivity"),
+             *((path, "exhaustive_search") for path in root.glob("exhaustive-search-*.json")),
+             *((path, "sensitivity") for path in root.glob("*/seed*.json"))]
+    for path, script in sorted(slots):
+        try:
+            record = read_record(path)
+        except (OSError, ValueError):  # (none there, or set aside above)
+            continue
+        made_from = table_key(record)
+        if made_from is not None and made_from != keys[script]:
+            rejected.append(set_aside(path, f"it was made from the sensitivity table "
+                                            f"{made_from}; this code's for the protocol is "
+                                            f"{keys[script]}: it changed since"))
+            rejected += set_aside_run_folder(path, outputs)
+    rejected += set_aside_unpublished_runs(root, outputs, lambda run: (
+        (made_from := table_key(run)) not in (None, keys["sensitivity"])
+        and f"began from the sensitivity table {made_from}; this code's for the protocol "
+            f"is {keys['sensitivity']}: it changed since"))
+    return rejected + set_aside_runs_of_other_tables(root, outputs)
+
+
+def set_aside_run_folder(record: Path, outputs: str | os.PathLike | None) -> list[Path]:
+    """The run folder ``<outputs>/<row>/seed<k>`` of the published training record
+    ``<row>/seed<k>.json`` just set aside, renamed ``seed<k>.rejected`` (``-2``, ... when
+    taken) and said in one line, so that the script trains the run again rather than
+    publishing that folder's record (or resuming its checkpoint) as it is; [] for another
+    record or where there is no such folder."""
+    if outputs is None or protocol_slot(record) is None or not SEED_FILE.fullmatch(
+            record.name):  # (a row of the user's own: no run of the script's)
+        return []
+    folder = Path(outputs) / record.parent.name / record.stem
+    if not folder.is_dir():
+        return []
+    aside, n = folder.with_name(f"{folder.name}.rejected"), 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}.rejected-{n}")
+    try:
+        os.replace(folder, aside)
+    except OSError as err:
+        raise SystemExit(f"{folder} holds the run whose record was set aside, and could not "
+                         f"be set aside ({err.strerror or err}): remove it") from None
+    print(f"{folder} holds that run: set aside as {aside.name}, the run is trained again",
+          file=sys.stderr)
+    return [aside]
+
+
+def set_aside_runs_of_other_tables(root: Path, outputs: str | os.PathLike | None = None
+                                   ) -> list[Path]:
+    """The published runs that chose their layers from another table of the published
+    estimate's key than the published one, set aside (``.rejected``, one line each) so the
+    script makes them again from it: machines that ran the protocol at once each estimated
+    the table (else after the merge one row mixes two tables' layer sets, and the
+    sensitivity page marks only one). Runs whose records name no table's checksum
+    (made before runs recorded it) are kept."""
+    try:
+        published = read_record(root / "sensitivity.json").get("cache") or {}
+    except (OSError, ValueError):
+        return []
+    checksum = published.get("table_sha256")
+
+    def other_table(record: dict) -> str | None:  # which table it chose from, if another
+        chose_from = record.get("sensitivity_table")
+        if (checksum and chose_from and chose_from != checksum
+                and record.get("sensitivity_key") == published.get("key")):
+            return (f"another sensitivity table ({chose_from[:12]}) than the published one "
+                    f"({checksum[:12]})")
+        return None
+
+    rejected = []
+    for path in sorted(root.glob("*/seed*.json")):
+        try:
+            table = other_table(read_record(path))
+        except (OSError, ValueError):
+            continue
+        if table:
+            rejected.append(set_aside(path, f"it chose its layers from {table}, estimated "
+                                            f"elsewhere"))
+            rejected += set_aside_run_folder(path, outputs)
+    return rejected + set_aside_unpublished_runs(
+        root, outputs, lambda run: (table := other_table(run)) and f"began from {table}")
+
+
+def set_aside_unpublished_runs(root: Path, outputs: str | os.PathLike | None,
+                               stale: Callable[[dict], str | bool | None]) -> list[Path]:
+    """The folders under ``outputs`` of the protocol's training runs not yet published
+    (cut off, or stopped before publishing) whose record ``stale`` gives a reason for,
+    set aside with that reason said: resumed, such a run kept the layers it had chosen
+    from an older or another machine's table, and only the next invocation set its
+    published record aside (found in review)."""
+    rejected = []
+    for run in sorted(Path(outputs).glob("*/seed*/run.json")) if outputs else ():
+        record = root / run.parent.parent.name / f"{run.parent.name}.json"
+        if protocol_slot(record) is None:  # (a row of the user's own, a folder set aside)
+            continue
+        try:
+            why = None if record.exists() else stale(read_record(run))
+        except (OSError, ValueError):
+            continue
+        if why:
+            print(f"{run.parent} {why}", file=sys.stderr)
+            rejected += set_aside_run_folder(record, outputs)
+    return rejected
 
 
 #: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder:

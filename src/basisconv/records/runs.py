@@ -26,6 +26,12 @@ KIND_WORDS = {"training": "a training run", "sensitivity": "a sensitivity estima
 KINDS = tuple(KIND_WORDS)
 
 
+def precision_name(amp: str) -> str:
+    """``trainer.amp`` as records and file names show it: ``fp32``, ``bf16``, ``fp16`` (here,
+    beside the records, so that reading them back loads no torch)."""
+    return "fp32" if amp == "none" else amp
+
+
 @dataclass
 class RunRecord:
     """The record of one producer's run: what it was (``kind``, the resolved ``config``),
