@@ -282,6 +282,13 @@ stop() {  # stop <status>: on Ctrl-C or SIGTERM, stop the runs in the background
 }
 trap 'stop 130' INT
 trap 'stop 143' TERM
+# From here on, no command substitution $(...) in this shell but in stop, which has reset
+# the traps (found in review: bash 5.2 may run a trap while it parses one, and then fails to
+# parse the trap itself: a SIGTERM or Ctrl-C as it built a run's command line said "trap:
+# ... unexpected EOF while looking for matching `)'", stopped nothing and ended with status
+# 2, or hung). Values come back through variables instead (hydra_path sets one), and lists
+# of jobs through mapfile as the last command of a pipeline, which then runs in this shell:
+shopt -s lastpipe
 
 FOREGROUND=
 in_foreground() {  # in_foreground <command...>: run it and wait for it. In the background
@@ -310,7 +317,10 @@ run() {  # run <name> <command...>: now (JOBS=1), or in the background once a sl
     fi
     return 0
   fi
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  local running=()
+  while jobs -rp | mapfile -t running; [ "${#running[@]}" -ge "$JOBS" ]; do
+    wait -n || true
+  done
   mkdir -p "$LOGS"
   echo "did not finish" > "$LOGS/$name.failed"  # until it succeeds: a run that dies unsaid fails
   local gpu=${GPU_IDS[$((STARTED % ${#GPU_IDS[@]}))]} where=""
@@ -319,7 +329,11 @@ run() {  # run <name> <command...>: now (JOBS=1), or in the background once a sl
   echo "== $name: started (log $LOGS/$name.log$where)"
   ( if [ "$GPUS" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$gpu; fi
     export OMP_NUM_THREADS=$RUN_THREADS
-    if "$@" > "$LOGS/$name.log" 2>&1; then rm -f "$LOGS/$name.failed"; echo "== $name: done"
+    # in the background and waited for: run in the foreground, a command stopped while it
+    # started (before its handler of SIGTERM) had this shell say a bare "Terminated" too
+    # (bash still says "Killed" of one killed otherwise, e.g. out of memory)
+    "$@" > "$LOGS/$name.log" 2>&1 &
+    if wait "$!"; then rm -f "$LOGS/$name.failed"; echo "== $name: done"
     else
       code=$?; echo "$code" > "$LOGS/$name.failed"
       case $code in  # a run stopped by Ctrl-C or SIGTERM (this script's stop) says so
@@ -332,22 +346,29 @@ run() {  # run <name> <command...>: now (JOBS=1), or in the background once a sl
 
 barrier() {  # wait for every started run; stop with the failed ones named
   wait
-  local failed
-  failed=$(cd "$LOGS" 2>/dev/null && ls -- *.failed 2>/dev/null | sed 's/\.failed$//' || true)
-  if [ -n "$failed" ]; then
+  local failed=() mark
+  for mark in "$LOGS"/*.failed; do
+    [ -e "$mark" ] || continue
+    mark=${mark##*/}; failed+=("${mark%.failed}")
+  done
+  if [ "${#failed[@]}" -gt 0 ]; then
     local where="logs in $LOGS"
     [ "$JOBS" -le 1 ] && where="their output is above, and each run's log in its folder"
-    echo "failed runs ($where): $(echo $failed)" >&2
+    echo "failed runs ($where): ${failed[*]}" >&2
     exit 1
   fi
 }
 
-hydra_path() {  # hydra_path <path>: as a Hydra override's value; quoted where Hydra would
-               # not take it bare (found in review: in a folder such as "runs (v2)" every
-               # run failed on a parse error that said to quote a value this script writes)
-  if [[ $1 =~ ^[A-Za-z0-9/_.:@+-]*$ ]]; then printf '%s' "$1"
-  else local quote="'"; printf "'%s'" "${1//$quote/\\$quote}"; fi
+hydra_path() {  # hydra_path <variable> <path>: set the variable to the path as a Hydra
+               # override's value; quoted where Hydra would not take it bare (found in
+               # review: in a folder such as "runs (v2)" every run failed on a parse error
+               # that said to quote a value this script writes). Set, not printed: no
+               # command substitution once the traps are set (see there)
+  if [[ $2 =~ ^[A-Za-z0-9/_.:@+-]*$ ]]; then printf -v "$1" '%s' "$2"
+  else local quote="'"; printf -v "$1" "'%s'" "${2//$quote/\\$quote}"; fi
 }
+hydra_path CACHE_VALUE "$CACHE"  # (as every run's command line names them)
+hydra_path SENSITIVITY_VALUE "$RECORDS/sensitivity.json"
 
 published() {  # published <record> <what>: whether the record is there (then say so)
   if [ -f "$1" ]; then echo "== $2: record in $RECORDS, skipped"; fi
@@ -355,26 +376,28 @@ published() {  # published <record> <what>: whether the record is there (then sa
 }
 
 train() {  # train <row folder> <overrides...>: one run per seed
-  local row=$1; shift
+  local row=$1 dir record; shift
   for seed in $SEEDS; do
     published "$RECORDS/$row/seed$seed.json" "$row seed $seed" && continue
     [ "$JOBS" -le 1 ] && echo "== $row seed $seed"
+    hydra_path dir "$OUT/$row/seed$seed"; hydra_path record "$RECORDS/$row/seed$seed.json"
     run "$row-seed$seed" "$PY" scripts/train.py profile="$PROFILE" seed="$seed" "$@" \
-      ${EXTRA[@]+"${EXTRA[@]}"} hydra.run.dir="$(hydra_path "$OUT/$row/seed$seed")" \
-      trainer.progress=false publish="$(hydra_path "$RECORDS/$row/seed$seed.json")" \
-      sensitivity.cache_dir="$(hydra_path "$CACHE")" \
-      sensitivity.restore_from="$(hydra_path "$RECORDS/sensitivity.json")"
+      ${EXTRA[@]+"${EXTRA[@]}"} hydra.run.dir="$dir" \
+      trainer.progress=false publish="$record" \
+      sensitivity.cache_dir="$CACHE_VALUE" \
+      sensitivity.restore_from="$SENSITIVITY_VALUE"
   done
 }
 
 # 1. sensitivity analysis (one table, reused by every seed of step 4; first, so that it
 #    runs beside the runs that do not need it)
+hydra_path RUN_DIR "$OUT/sensitivity"
 published "$RECORDS/sensitivity.json" "sensitivity" \
   || run sensitivity "$PY" scripts/sensitivity.py profile="$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"} \
-       hydra.run.dir="$(hydra_path "$OUT/sensitivity")" \
-       sensitivity.cache_dir="$(hydra_path "$CACHE")" \
+       hydra.run.dir="$RUN_DIR" \
+       sensitivity.cache_dir="$CACHE_VALUE" \
        sensitivity.workers="$WORKERS" \
-       publish="$(hydra_path "$RECORDS/sensitivity.json")"
+       publish="$SENSITIVITY_VALUE"
 SENSITIVITY_JOB=$LAST_JOB
 # 2. dense baseline; basis convolutions everywhere (the naive deployment) and the
 #    basis-size sweep
@@ -383,14 +406,16 @@ for size in 0.5 0.125 0.25 0.75; do
   train "basis-all-$size" experiment=basis_all basis.size="$size"
 done
 # 3. does the fast method find what exhaustive search finds? (ResNet-8: 7 layers)
+hydra_path RUN_DIR "$OUT/exhaustive-search-resnet8"
+hydra_path RECORD "$RECORDS/exhaustive-search-resnet8.json"
 published "$RECORDS/exhaustive-search-resnet8.json" "exhaustive search" \
   || run exhaustive-search-resnet8 "$PY" scripts/exhaustive_search.py profile="$PROFILE" \
        model=resnet8 sensitivity.search_subset_size=3 \
-       sensitivity.cache_dir="$(hydra_path "$CACHE")" \
+       sensitivity.cache_dir="$CACHE_VALUE" \
        ${EXTRA[@]+"${EXTRA[@]}"} \
        sensitivity.workers="$WORKERS" \
-       hydra.run.dir="$(hydra_path "$OUT/exhaustive-search-resnet8")" \
-       publish="$(hydra_path "$RECORDS/exhaustive-search-resnet8.json")"
+       hydra.run.dir="$RUN_DIR" \
+       publish="$RECORD"
 # 4. sensitivity-selected layers, and the baselines on the same FLOP budget
 if [ -n "$SENSITIVITY_JOB" ]; then wait "$SENSITIVITY_JOB" || true; fi
 if [ -f "$LOGS/sensitivity.failed" ]; then barrier; fi
@@ -418,5 +443,5 @@ fi
 #    after this session is logged, so that index.json sums it too
 trap - EXIT
 log_session 0
-"$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$(hydra_path "$RECORDS")" \
-  out_dir="$(hydra_path "$RESULTS")"
+hydra_path RUNS_VALUE "$RECORDS"; hydra_path RESULTS_VALUE "$RESULTS"
+"$PY" scripts/analyze.py profile="$PROFILE" runs_dir="$RUNS_VALUE" out_dir="$RESULTS_VALUE"

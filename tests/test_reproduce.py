@@ -143,6 +143,25 @@ def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
     assert [s["exit_code"] for s in sessions] == [130]
 
 
+def test_a_run_stopped_while_it_starts_says_stopped_alone(repo, tmp_path):
+    """Found in review: a run stopped before its handler of SIGTERM was set (Python still
+    importing) died of the signal, and bash printed a bare "Terminated" beside "== <run>:
+    stopped"."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PY": sys.executable, "JOBS": "2",
+           "OUTPUTS": str(tmp_path / "outputs"), "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = tmp_path / "outputs" / "smoke" / "logs"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(logs.glob("*.log"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # (the runs' logs are open, their Python starting)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-2000:] + err[-2000:]
+    assert out.count(": stopped (see ") == 2 and "FAILED" not in out, out[-2000:]
+    assert "Terminated" not in err, err[-2000:]
+
+
 def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_runs(repo,
                                                                                    tmp_path):
     """OVERRIDES are split as a shell splits words; a key the script sets per run is
@@ -697,6 +716,29 @@ def test_sigterm_stops_a_run_of_jobs_1_at_once(repo, tmp_path):
     assert proc.returncode == 143, out + err
     assert time.monotonic() - start < 30, "the script waited for its run to end"
     assert "stopping the runs in progress" in err
+
+
+def test_a_sigterm_while_a_runs_command_line_is_built_stops_the_runs(repo, tmp_path):
+    """Found in review: bash 5.2 may run a trap while it parses a command substitution, and
+    then fails to parse the trap: a SIGTERM that came as the script built a run's command
+    line (each path was a $(hydra_path ...)) stopped nothing, said "trap: ... unexpected EOF
+    while looking for matching `)'" and ended with status 2, or hung. Here the signal comes
+    as the third run's folder is written, by the script's own printf (an exported function
+    stands in for the builtin), the first two runs running."""
+    env = {**stand_in_python(tmp_path, checks_pass(), "exec sleep 120"),
+           "JOBS": "2", "BASH_FUNC_printf%%": "() { case $* in */basis-all-0.5/seed0) "
+                                               "kill -TERM $$;; esac; builtin printf \"$@\"; }"}
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # hung, or its runs left running
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    assert proc.returncode == 143, out[-2000:] + err[-2000:]
+    assert "stopping the runs in progress" in err and "trap" not in err, err[-2000:]
+    assert out.count(": stopped (see ") == 2 and "basis-all-0.5-seed0" not in out, out
 
 
 def test_a_failed_run_of_jobs_1_is_named_at_the_end_and_the_others_go_on(repo, tmp_path):
