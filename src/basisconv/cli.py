@@ -22,19 +22,18 @@ import hydra.core.utils as hydra_core_utils
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
-from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
-from .config import check_no_tilde, name_problem
+from .config import check_no_tilde
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
 from .hydra_errors import (added_group_line, config_groups_of, deleted_key_override,
                            group_value_override, hydra_error_line, interpolation_error_line,
-                           listed_group_line, malformed_override, parsed_overrides,
+                           listed_group_line, malformed_override, run_name_override,
                            typed_overrides)
 from .records import LOCK, folder_lock, unwritable_folder, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
@@ -339,21 +338,11 @@ def run_and_report(func: Callable[[], Any]) -> Any:
                      f"trainer.epochs=3")
     if GlobalHydra.instance().is_initialized():  # (the app's config groups are known)
         is_group = config_groups_of(GlobalHydra.instance().config_loader())
-        deleted = deleted_key_override(sys.argv[1:], is_group)
-        if deleted is not None:
-            exit_refused(deleted)
-        # a training app's run name, before Hydra makes outputs/<name>/ (validate says it
-        # where it comes from elsewhere)
-        for override in (parsed_overrides(sys.argv[1:]) or []) if is_group("model") else []:
-            if override.key_or_group == "name" and not override.is_delete():
-                try:  # (an interval or a glob lists no names: Hydra refuses it itself)
-                    names = (list(override.sweep_string_iterator())
-                             if override.is_sweep_override() else [str(override.value())])
-                except HydraException:
-                    continue
-                problem = next(filter(None, map(name_problem, names)), None)
-                if problem is not None:
-                    exit_refused(problem)
+        # (a training app's run name: validate says it where it comes from elsewhere)
+        problem = deleted_key_override(sys.argv[1:], is_group) or (
+            run_name_override(sys.argv[1:]) if is_group("model") else None)
+        if problem is not None:
+            exit_refused(problem)
     for arg in sys.argv[1:]:  # (else the run is written into this folder)
         key, given, value = arg.lstrip("+").partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir") and given and not value.strip():

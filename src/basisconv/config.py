@@ -605,7 +605,8 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
     _check(str(cfg.name).strip() != "",
            f"name={cfg.name!r} is empty; it names the run's folder (outputs/<name>/<date>) and "
            f"its wandb group: give one (name=my-run), or drop the override")
-    _check(name_problem(str(cfg.name)) is None, name_problem(str(cfg.name)))
+    problem = name_problem(str(cfg.name))
+    _check(problem is None, problem)
     _check(0 < cfg.model.width < math.inf,
            f"model.width must be a finite number > 0, got {cfg.model.width}")
     _check_choice(cfg.data.name, DATASETS, "data.name")

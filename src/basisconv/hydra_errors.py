@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
-from .config import OTHER_NAMES, AnalysisConfig, TrainConfig
+from .config import OTHER_NAMES, AnalysisConfig, TrainConfig, name_problem
 from .records import HYDRA_VALUE_FLAGS
 
 
@@ -225,6 +225,40 @@ def group_value_override(args: list[str], got: str = "NoneType") -> str | None:
     return None
 
 
+def schema_annotation(schema: type, key: str) -> str | None:
+    """The annotation of the dotted ``key`` in the dataclass ``schema``, as written (the
+    schemas' annotations are strings), or None where ``key`` is not one of its leaf keys
+    (unknown, or a nested config as a whole)."""
+    node: Any = schema
+    for name in key.split("."):
+        field = ({f.name: f for f in dataclasses.fields(node)}.get(name)
+                 if dataclasses.is_dataclass(node) else None)
+        if field is None:
+            return None
+        node = (field.default_factory if dataclasses.is_dataclass(field.default_factory)
+                else field.type)
+    return node if isinstance(node, str) else None
+
+
+def run_name_override(args: list[str]) -> str | None:
+    """One line for a run name on the command line that cannot name one folder
+    (:func:`~basisconv.config.name_problem`), a plain value or any of a sweep's, said
+    before Hydra makes ``outputs/<name>/``; None otherwise (an ``interval`` or ``glob``
+    sweep lists no names: Hydra refuses those itself)."""
+    for override in parsed_overrides(args) or []:
+        if override.key_or_group != "name" or override.is_delete():
+            continue
+        try:
+            names = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                     else [str(override.value())])
+        except HydraException:
+            continue
+        problem = next(filter(None, map(name_problem, names)), None)
+        if problem is not None:
+            return problem
+    return None
+
+
 def deleted_key_override(args: list[str], is_group: Callable[[str], bool]) -> str | None:
     """One line for ``~key`` (or ``~key=value``) deleting a key of the schema, which the
     script reads, or None. Hydra said it three ways, none naming the fix (found in review):
@@ -242,16 +276,11 @@ def deleted_key_override(args: list[str], is_group: Callable[[str], bool]) -> st
         key = override.key_or_group
         if not override.is_delete() or key.startswith("hydra.") or is_group(key):
             continue
-        node: Any = schema
-        for name in key.split("."):
-            found = {f.name: f for f in dataclasses.fields(node)}.get(name) if (
-                dataclasses.is_dataclass(node)) else None
-            node = found and (found.default_factory if dataclasses.is_dataclass(
-                found.default_factory) else found.type)  # (annotations are strings)
-        if not isinstance(node, str):  # not a key, or a group's whole config
+        annotation = schema_annotation(schema, key)
+        if annotation is None:
             continue
-        kind = re.fullmatch(r"Optional\[(.*)\]", node)
-        value = f"{key}=<{kind[1] if kind else node}>".replace("<Any>", "<value>")
+        kind = re.fullmatch(r"Optional\[(.*)\]", annotation)
+        value = f"{key}=<{kind[1] if kind else annotation}>".replace("<Any>", "<value>")
         value += f" or {key}=null" if kind else ""
         return (f"{override.input_line}: {key} is a key the config needs, which cannot be "
                 f"deleted; give it a value ({value}), or drop the override for its default")
