@@ -582,3 +582,49 @@ def test_the_quick_table_check_holds_as_the_readme_and_the_tables_are_remade(rep
     assert readme_quotes_the_quick_comparison(project)  # rebuilt and quoted, not committed
     (project / "README.md").write_text(readme.replace(baseline, third))
     assert not readme_quotes_the_quick_comparison(project)  # a README quoting neither
+
+
+def test_the_selection_page_quotes_the_drops_noise_from_its_record(repo):
+    """Found in review: docs/selection.md gave the drops' noise twice, first from a hand check
+    kept nowhere (three layers' drops 0.5-1.1 points std over five batch orders, the
+    reference 0.5) and then from ``results/drop-noise/``, the same profile and day, whose
+    reference moved 0.73: two figures for one quantity, one without a record. The page
+    quotes the record alone: each layer's std, the pooled one, and the reference's over the
+    five orders and over the default's three."""
+    import statistics
+
+    text = " ".join((repo / "docs" / "selection.md").read_text().split())
+    noise = text.split("## The table and its cache")[1].split("## ")[0]
+    record = json.loads((repo / "results" / "drop-noise" /
+                         "sensitivity-quick-drop-noise.json").read_text())["sensitivity"]
+    points = lambda std: f"{100 * std:.2f}"  # noqa: E731
+    layers = [points(layer["accuracy_std"]) for layer in record["drop_noise"]["layers"]]
+    expected = (f"paired drops moved by {', '.join(layers[:-1])} and {layers[-1]} points std "
+                f"(pooled {points(record['drop_noise']['accuracy_std'])}), the reference by "
+                f"{points(record['noise']['accuracy_std'])} over the same five orders "
+                f"({points(statistics.stdev(record['noise']['accuracies'][:3]))} over its "
+                "first three")
+    assert expected in noise, expected
+    assert "hand check" not in noise and "not in `results/`" not in noise
+
+
+def test_the_paper_profile_quotes_its_epoch_and_checkpoint_times_from_records(repo):
+    """Found in review: ``configs/profile/paper.yaml`` said a GPU epoch took "seconds on an
+    H100" and a checkpoint "~0.5 s" to write, figures no record holds (the only GPU records
+    are an H200's). Each time its comment quotes is the record it names."""
+    comment = " ".join(line.lstrip("# ") for line in
+                       (repo / "configs" / "profile" / "paper.yaml").read_text().splitlines()
+                       if line.lstrip().startswith("#"))
+
+    def record(path):
+        assert path in comment, path
+        return json.loads((repo / path).read_text())
+
+    cpu = record("results/train-throughput-cpu-fp32.json")["epoch_seconds"]
+    gpu = next(part["epoch_seconds"] for part in record("results/gpu-check-h200.json")["parts"]
+               if part["part"] == "paper-epoch")
+    save = record("results/gpu-h200-fused/train-throughput-cuda-bf16-graphs.json")[
+        "checkpoint_seconds_median"]
+    for quoted in (f"{cpu / 60:.1f} min per epoch", f"{gpu:.1f} s on an NVIDIA H200",
+                   f"checkpoint {save:.2f} s to write"):
+        assert quoted in comment, quoted
