@@ -514,9 +514,27 @@ def test_labels_outside_the_ten_classes_are_a_clear_error(tmp_path):
     raw = bytearray(test.read_bytes())
     raw[0] = 10  # the first record's label byte
     test.write_bytes(bytes(raw))
-    with pytest.raises(DatasetError, match=r"test_batch.bin has labels outside 0..9: not a "
-                                           r"CIFAR-10 file.$"):
+    with pytest.raises(DatasetError, match=r"test_batch.bin has labels outside 0..9 \(record "
+                                           r"0: 10\): not a CIFAR-10 file. Re-download or "
+                                           r"re-extract it, or fix the labels if it is your own "
+                                           r"data \(one class 0..9 per image\).$"):
         load_cifar10(tmp_path, verify_md5=False)
+
+
+def test_a_text_file_where_a_binary_batch_belongs_is_one_line_naming_the_fix(tmp_path):
+    """A text file in a .bin's place (a Git LFS pointer, an HTML error page saved as the
+    file) whose length happens to be a whole number of records, read with
+    data.verify_md5=false: its "label" bytes are printable characters, 10 or more. The
+    error said only "not a CIFAR-10 file", naming neither the fix nor what was wrong."""
+    folder = write_cifar(tmp_path, n_train=50, n_test=10)
+    text = b"version https://git-lfs.github.com/spec/v1\n" * 3073
+    (folder / "data_batch_2.bin").write_bytes(text)
+    with pytest.raises(DatasetError) as err:
+        load_cifar10(tmp_path, verify_md5=False)
+    message = str(err.value)
+    assert "\n" not in message and "data_batch_2.bin" in message
+    assert "(record 0: 118)" in message  # "v", the first byte
+    assert "Re-download or re-extract it" in message
 
 
 def test_subset_errors_name_their_key_and_zero_images_is_its_own_message():

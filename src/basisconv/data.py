@@ -267,8 +267,15 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
             raise DatasetError(
                 f"cannot read {path} ({err.strerror or err}): make it readable (chmod a+r, or "
                 f"ask its owner), or point data.root at a copy this user can read.") from None
-        if y.numel() and (y.min() < 0 or y.max() >= len(CLASSES)):
-            raise DatasetError(f"{path} has labels outside 0..9: not a CIFAR-10 file.")
+        outside = ((y < 0) | (y >= len(CLASSES))).nonzero().flatten()
+        if outside.numel():  # the first such record and its label: a text file's "labels"
+            # are printable bytes (a Git LFS pointer, with data.verify_md5=false), own data's
+            # are off by one (1..10); the message named neither, nor what to do
+            first = int(outside[0])
+            raise DatasetError(
+                f"{path} has labels outside 0..9 (record {first}: {int(y[first])}): not a "
+                f"CIFAR-10 file. Re-download or re-extract it, or fix the labels if it is "
+                f"your own data (one class 0..9 per image).")
         images.append(x)
         labels.append(y)
     return torch.cat(images), torch.cat(labels)
