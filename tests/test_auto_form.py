@@ -129,6 +129,22 @@ def test_dense_form_is_the_materialized_weights_conv(geometry):
                                F.conv2d(x, weight, None, *geometry))
 
 
+def test_int_conv_options_are_taken_as_f_conv2d_takes_them(monkeypatch):
+    """Found in review: ``auto_forward`` called directly with ``stride=2`` (an int, as
+    ``F.conv2d`` takes it) ended in "'int' object is not iterable" where its key was made;
+    it is the same call as with the pairs, and chooses for the same shape."""
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == "dense" else 1.0)
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    basis = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    comb = torch.randn(7, 3, dtype=torch.float64)
+    weight = torch.einsum("om,mikl->oikl", comb, basis)
+    torch.testing.assert_close(auto.auto_forward(x, basis, comb, None, 2, 1, 1),
+                               F.conv2d(x, weight, None, 2, 1, 1))
+    auto.auto_forward(x, basis, comb, None, (2, 2), (1, 1), (1, 1))
+    assert list(auto.choices().values()) == ["dense"]
+
+
 def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(auto, "_time", lambda *a: pytest.fail("measured while compiling"))

@@ -1074,6 +1074,29 @@ def test_a_source_checkpoint_that_is_not_one_says_where_to_point_it(tmp_path):
         load_source_weights(model, str(run / "checkpoint.pt"))
 
 
+def test_a_converted_models_weights_as_a_source_say_so_and_how_to_make_them_dense(tmp_path):
+    """Found in review: a converted model's bare state dict (no run record) as the source
+    was torch's key mismatch alone (conv weights missing), which does not say why; its
+    basis layers are named from its keys, and the fix, to_dense, is named."""
+    import torch
+
+    from basisconv.checkpoint import load_source_weights
+    from basisconv.models import build_model
+    from basisconv.surgery import apply_basis, to_dense
+
+    small = apply_basis(build_model("resnet8", width=0.25), "layer1.*", 0.5)
+    path = tmp_path / "small.pt"
+    torch.save(small.state_dict(), path)
+    with pytest.raises(ConfigError, match=r"does not fit model CifarResNet \(Missing key\(s\) "
+                                          r"in state_dict: \"layer1.0.conv1.weight\".*\); it "
+                                          r"holds 2 basis layers; it must be a dense checkpoint "
+                                          r"of the same model and width \(a converted model's "
+                                          r"dense weights are to_dense\(model\).state_dict\(\)\)$"):
+        load_source_weights(build_model("resnet8", width=0.25), str(path))
+    torch.save({"model": to_dense(small).state_dict()}, path)  # the fix it names
+    load_source_weights(build_model("resnet8", width=0.25), str(path))
+
+
 @pytest.mark.parametrize("script, held, message", [
     ("sensitivity.py", "training", "holds the record (run.json) of a training run, which the "
                                    "sensitivity estimate would overwrite"),

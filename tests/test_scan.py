@@ -56,7 +56,7 @@ def test_a_custom_model_is_scanned_with_the_users_loader_and_left_as_it_was():
                 "loss": F.cross_entropy(out, labels[64:]).item()}
 
     rng = torch.random.get_rng_state()
-    with pytest.warns(UserWarning, match="skipping layer '3' is a grouped conv"):
+    with pytest.warns(UserWarning, match="skipping layer '3': it is a grouped conv"):
         table = layer_sensitivity(model, 0.25, evaluate, finetune, input_shape=(1, 1, 10, 10))
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -3,6 +3,7 @@ scripts/sensitivity.py end to end on generated data."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -708,6 +709,44 @@ def test_a_probe_from_a_trained_baseline_warns_that_it_has_seen_the_held_out_ima
     with caplog.at_level("WARNING", logger="basisconv"):
         Probe(cfg)  # pretrained here: held out
     assert "held-out training images too" not in caplog.text
+
+
+def test_a_basis_too_large_is_refused_before_an_estimate_is_said_to_start(repo, tmp_path,
+                                                                           caplog):
+    """Found in review: through the API (a config not validated first) the estimate
+    logged "no cached table ...; estimating it now" just before its candidate table
+    refused the size, which read as an estimate that had started."""
+    cfg = compose_sensitivity(repo, tmp_path, "basis.size=1000")
+    with caplog.at_level("INFO", logger="basisconv"), \
+            pytest.raises(ConfigError, match=r"^basis.size=1000 is more than the output "
+                                             r"channels of every selected layer"):
+        sensitivity.sensitivity_table(cfg)
+    assert "estimating it now" not in caplog.text
+
+
+def test_a_source_checkpoint_that_cannot_be_read_is_one_line_naming_the_fix(
+        repo, tmp_path, monkeypatch, capsys):
+    """Found in review: the cache key reads the file's bytes, and one that could not be
+    read (its permissions, a failing disk) ended reproduce.sh's check of its OVERRIDES,
+    and the estimate, in an OSError trace."""
+    from basisconv.reproduce import check_overrides
+
+    source = tmp_path / "checkpoint.pt"
+    source.write_bytes(b"weights")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(sensitivity, "file_digest", unreadable)
+    said = (rf"sensitivity.source_checkpoint={source} cannot be read \(PermissionError: "
+            rf"Permission denied\); point sensitivity.source_checkpoint at the checkpoint.pt "
+            rf"of a trained dense run")
+    with pytest.raises(ConfigError, match=rf"^{said}$"):
+        sensitivity.cache_key(compose_sensitivity(
+            repo, tmp_path, f"sensitivity.source_checkpoint={source}"))
+    with pytest.raises(SystemExit):
+        check_overrides("smoke", [f"sensitivity.source_checkpoint={source}"])
+    assert re.match(rf"^error: OVERRIDES: {said} \(in the run scripts/sensitivity.py\)\n$",
+                    capsys.readouterr().err)
 
 
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):

@@ -225,7 +225,7 @@ class Grouped(nn.Module):
 
 
 def test_grouped_convs_are_skipped_by_all_and_refused_by_name():
-    with pytest.warns(UserWarning, match="skipping layer 'depthwise' is a grouped conv"):
+    with pytest.warns(UserWarning, match=r"^skipping layer 'depthwise': it is a grouped conv \(groups=8\); "):
         model = apply_basis(Grouped(), "all", 0.25)
     assert isinstance(model.dense, BasisConv2d) and isinstance(model.depthwise, nn.Conv2d)
     with pytest.raises(ValueError, match="'depthwise' is a grouped conv"):
@@ -245,7 +245,7 @@ def test_conv_subclasses_with_their_own_forward_are_skipped_not_silently_convert
     # Found by review: from_conv fitted the raw weight, and the converted layer computed a
     # plain conv of it (here an output error of ~30 at full rank).
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), StandardizedConv2d(8, 8, 3, padding=1))
-    with pytest.warns(UserWarning, match="skipping layer '1' is a StandardizedConv2d.*own forward"):
+    with pytest.warns(UserWarning, match="^skipping layer '1': it is a StandardizedConv2d.*own forward"):
         converted = apply_basis(model, "all", 2)
     assert isinstance(converted[0], BasisConv2d) and type(converted[1]) is StandardizedConv2d
     with pytest.raises(ValueError, match="layer '1' is a StandardizedConv2d.*leave this layer dense"):
@@ -259,7 +259,7 @@ def test_a_conv_whose_forward_is_replaced_on_the_instance_is_not_silently_conver
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
     plain = model[1].forward
     model[1].forward = lambda x: 2 * plain(x)
-    with pytest.warns(UserWarning, match="skipping layer '1'.*forward.*on the instance"):
+    with pytest.warns(UserWarning, match="^skipping layer '1': it has its forward replaced on the instance"):
         converted = apply_basis(model, "all", 8)
     assert isinstance(converted[0], BasisConv2d) and type(converted[1]) is nn.Conv2d
     with pytest.raises(ValueError, match="layer '1'.*on the instance.*leave this layer dense"):
@@ -375,6 +375,19 @@ def test_converting_again_keeps_basis_layers_and_refuses_to_resize_one_by_name()
         apply_basis(model, ["conv1"], 0.25, inplace=False)
     with pytest.raises(ConfigError, match=r"^apply_basis: layer names must be strings, got 3$"):
         apply_basis(model, [3], 0.25, inplace=False)
+
+
+def test_a_named_layer_that_cannot_be_converted_names_the_config_key_it_came_from():
+    """Its siblings (an unknown layer, a pattern that matches none) open with the key the
+    list came from; a basis layer or an unconvertible conv named in it did not."""
+    keys = {"layers": "selection.layers"}
+    model = apply_basis(build_model("resnet8", width=0.25), ["conv1"], 0.5)
+    with pytest.raises(ConfigError, match=r"^selection.layers: layer 'conv1' is already a "
+                                          r"BasisConv2d; "):
+        apply_basis(model, ["conv1"], 0.25, keys=keys)
+    with pytest.raises(ConfigError, match=r"^selection.layers: layer 'depthwise' is a grouped "
+                                          r"conv"):
+        apply_basis(Grouped(), ["depthwise"], 0.25, keys=keys)
 
 
 def test_converting_a_fully_converted_model_again_says_nothing_is_converted():
@@ -1067,10 +1080,17 @@ def test_max_error_sizes_a_layer_by_the_weight_a_hook_computes_right_after_loadi
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 def test_a_torchscript_model_is_refused_with_the_fix():
+    """apply_basis and to_dense refuse it in one wording (they were worded apart)."""
     model = nn.Sequential(nn.Conv2d(8, 16, 3))
     for compiled in (torch.jit.script(model), torch.jit.trace(model, torch.randn(1, 8, 5, 5))):
-        with pytest.raises(ConfigError, match="TorchScript.*convert the eager model"):
-            apply_basis(compiled, "all", 4)
+        for function, call in (("apply_basis", lambda: apply_basis(compiled, "all", 4)),
+                               ("to_dense", lambda: to_dense(compiled))):
+            with pytest.raises(ConfigError, match=rf"^{function} got a TorchScript module "
+                                                  rf"\(torch.jit.script or trace\), whose layers "
+                                                  rf"cannot be replaced; call {function} on the "
+                                                  rf"eager model, then script or trace the "
+                                                  rf"result$"):
+                call()
 
 
 def test_a_model_on_the_meta_device_is_fitted_only_once_it_has_weights():

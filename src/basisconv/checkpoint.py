@@ -293,20 +293,29 @@ def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_ch
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         first = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
         first = first if len(first) <= 160 else first[:157] + "..."
+        holds, converted = what_it_holds(state)
+        # (a converted model's weights: torch's error names only the keys, conv1.weight
+        # missing and conv1.basis_weight unexpected)
+        dense = (" (a converted model's dense weights are to_dense(model).state_dict())"
+                 if converted else "")
         raise ConfigError(f"{key}={path} does not fit model "
-                          f"{type(model).__name__} ({first}){what_it_holds(state)}; it must be "
-                          f"a dense checkpoint of the same model and width") from None
+                          f"{type(model).__name__} ({first}){holds}; it must be "
+                          f"a dense checkpoint of the same model and width{dense}") from None
 
 
-def what_it_holds(state: dict) -> str:
+def what_it_holds(state: dict) -> tuple[str, bool]:
     """``"; it holds model=<name> width=<w>"`` (and its basis layers, if converted) as the
     run record inside a checkpoint says: torch's key mismatch alone does not tell which
-    run the file came from. Empty for a checkpoint without a record (a bare state dict)."""
+    run the file came from; for a checkpoint without a record (a bare state dict), its
+    basis layers as its keys say. With it, whether the weights are a converted model's."""
+    weights = state.get("model", state)
+    keyed = (sum(str(k).endswith(".basis_weight") for k in weights)
+             if isinstance(weights, dict) else 0)
     try:
         record = state["record"]
         model = record["config"]["model"]
         holds = f"; it holds model={model['name']} width={model['width']}"
         converted = len((record.get("model") or {}).get("basis_layers") or [])
     except (KeyError, TypeError, AttributeError):
-        return ""
-    return holds + (f" with {converted} basis layers" if converted else "")
+        return (f"; it holds {keyed} basis layers" if keyed else ""), bool(keyed)
+    return holds + (f" with {converted} basis layers" if converted else ""), bool(converted)

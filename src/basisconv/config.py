@@ -543,7 +543,7 @@ def resolve_all(cfg: DictConfig) -> None:
                 cfg[key]  # (a value read resolves its ${...})
 
 
-def _check_against_the_model(cfg: DictConfig, estimate: bool = False) -> None:
+def check_against_the_model(cfg: DictConfig, estimate: bool = False) -> None:
     """What only the model can tell, checked on it shaped on the meta device (nothing is
     allocated): the layer names and patterns a run's policy reads (``selection.layers`` of
     ``list``, the candidates ``sensitivity.layers`` of an ordered policy, or of every policy
@@ -643,7 +643,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
                f"{key}={value} does not fit in 64 bits; use a seed in [0, 2**63)")
     validate_trainer(cfg)
     validate_basis(cfg)
-    _check_against_the_model(cfg, estimate)
+    check_against_the_model(cfg, estimate)
     t = cfg.trainer
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "

@@ -61,6 +61,8 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
                               return_hydra_config=True)
                 check_runs_where_started(cfg.hydra.job.chdir)
                 (validate if script == "train" else validate_estimate)(cfg)
+                if script != "train":  # its key reads sensitivity.source_checkpoint's bytes,
+                    cache_key(cfg)      # as protocol_keys does next (unreadable: one line)
             except BasisconvError as err:
                 message = one_line(err)
             except Exception as ex:  # noqa: BLE001 - composing: every error is an override's

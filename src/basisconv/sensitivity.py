@@ -42,6 +42,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
+from .config import check_against_the_model
 from .data import expanded_root
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense
@@ -105,7 +106,13 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     if source and Path(source).is_file():
         # its weights, not its path: a run's checkpoint.pt changes at the same path with each
         # epoch it trains (or a rerun there), and one file named two ways is one source
-        estimate["source_checkpoint"] = f"sha256:{file_digest(source)}"
+        try:
+            estimate["source_checkpoint"] = f"sha256:{file_digest(source)}"
+        except OSError as err:  # (a trace, from reproduce.sh's check of its OVERRIDES too)
+            raise ConfigError(f"sensitivity.source_checkpoint={source} cannot be read "
+                              f"({type(err).__name__}: {err.strerror}); point "
+                              f"sensitivity.source_checkpoint at the checkpoint.pt of a "
+                              f"trained dense run") from None
     # the noise yardstick's repeats, only when not the number earlier keys were made with
     if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
         estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
@@ -338,6 +345,11 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                                   f"start the torchrun job"
                                   + (" without sensitivity.recompute" if recompute else ""))
             if cached is None:
+                # refused before the line below says an estimate starts (a basis.size too
+                # large for the candidates, a layer name the model lacks: a caller of this
+                # API may not have validated its config), on the model shaped on the meta
+                # device (a twentieth of a second; the candidate table takes seconds)
+                check_against_the_model(cfg, estimate=True)
                 log.warning("sensitivity: %s table for key %s; estimating it now",
                             "recomputing the" if recompute else "no cached", cache_key(cfg))
                 if recompute:  # estimate again: nothing an earlier estimate kept is reused,

@@ -107,7 +107,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
                 try:
                     check_convertible(module, name)
                 except (TypeError, ValueError) as err:
-                    warn_caller(f"skipping {err}")
+                    warn_caller(_skip_line(name, err))
                     continue
                 chosen[name] = module
             continue
@@ -115,12 +115,12 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         if entry not in convs:
             raise _not_a_conv_layer(model, entry, convs, given, valid)
         if isinstance(convs[entry], BasisConv2d):
-            raise ConfigError(f"layer {entry!r} is already a BasisConv2d; convert its to_conv() "
-                              f"first to change its basis size")
+            raise ConfigError(f"{given}layer {entry!r} is already a BasisConv2d; convert its "
+                              f"to_conv() first to change its basis size")
         try:
             check_convertible(convs[entry], entry)
         except (TypeError, ValueError) as err:
-            raise ConfigError(str(err)) from None
+            raise ConfigError(f"{given}{err}") from None
         chosen[entry] = convs[entry]
     if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
         # change the sizes, returned the model unchanged and said nothing)
@@ -130,6 +130,16 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
                     f"to_dense(model) instead")
     # keep module order whatever the order of the list
     return {n: chosen[n] for n in convs if n in chosen}
+
+
+def _skip_line(name: str, err: Exception) -> str:
+    """The warning for a layer a pattern or ``"all"`` matched that cannot be converted:
+    :func:`~basisconv.source_conv.check_convertible`'s reason, which opens with the layer
+    (``layer 'x' is a grouped conv``), as a sentence after the skip (``skipping layer 'x':
+    it is a grouped conv``)."""
+    at, said = f"layer {name!r}", str(err)
+    reason = f"it{said[len(at):]}" if said.startswith(at + " ") else said
+    return f"skipping {at}: {reason}"
 
 
 def _not_a_conv_layer(model: nn.Module, name: str, convs: dict[str, nn.Module], given: str,
@@ -200,7 +210,11 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     A replaced conv's forward and backward hooks move to its basis layer (see
     :func:`~basisconv.hook_transfer.take_over_hooks`), whose output is the conv's.
     """
-    _check_model(model)
+    _check_model(model, "apply_basis", "convert")
+    if isinstance(model, nn.Conv2d):  # it converts the convs inside a model, by name
+        raise ConfigError("apply_basis got a single conv; convert it with "
+                          "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
+                          "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
     keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank",
             "only_where_saves": "only_where_saves", **(keys or {})}
     flags = {"inplace": inplace, "convert": convert, "only_where_saves": only_where_saves,
@@ -220,7 +234,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     if max_error is not None:
         sizes = _sizes_for_error(targets, max_error, coefficient_rank, fit)
     else:
-        targets, sizes = _sizes_of(num_basis, targets, only_where_saves, keys["num_basis"],
+        targets, sizes = _sizes_of(targets, num_basis, only_where_saves, keys["num_basis"],
                                    leave_dense)
     selected = bool(targets)
     targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
@@ -254,18 +268,16 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     return model
 
 
-def _check_model(model) -> None:
-    """A model whose convs are modules: not TorchScript, not a single conv."""
-    _check_is_module(model, "apply_basis")
-    if isinstance(model, torch.jit.ScriptModule):  # its convs are compiled, not modules
-        raise ConfigError("apply_basis got a TorchScript module (torch.jit.script or trace), "
-                          "whose convs cannot be replaced; convert the eager model, then "
-                          "script or trace it")
-    _check_not_distributed(model, "apply_basis", "convert")
-    if isinstance(model, nn.Conv2d):  # it converts the convs inside a model, by name
-        raise ConfigError("apply_basis got a single conv; convert it with "
-                          "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
-                          "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
+def _check_model(model, function: str, verb: str) -> None:
+    """A model whose layers ``function`` (``apply_basis``, ``to_dense``) can replace: an
+    ``nn.Module``, not TorchScript, not inside ``DistributedDataParallel`` (``verb`` says
+    what ``function`` does, for that error). Each caller refuses a single layer itself."""
+    _check_is_module(model, function)
+    if isinstance(model, torch.jit.ScriptModule):  # its layers are compiled, not modules
+        raise ConfigError(f"{function} got a TorchScript module (torch.jit.script or trace), "
+                          f"whose layers cannot be replaced; call {function} on the eager "
+                          f"model, then script or trace the result")
+    _check_not_distributed(model, function, verb)
 
 
 def _check_not_distributed(model: nn.Module, function: str, verb: str) -> None:
@@ -314,7 +326,7 @@ def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
     return sizes
 
 
-def _sizes_of(num_basis, targets: dict[str, nn.Conv2d], only_where_saves: bool, key: str,
+def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, key: str,
               leave_dense: str) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
     """Each layer's basis size for ``num_basis`` (a count, or a fraction of its width), and
     the layers that take one: under ``only_where_saves`` a count above a layer's width
@@ -592,11 +604,7 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     layers that share their basis filters and coefficients (tied convs converted by
     :func:`apply_basis`) share one weight (and one bias where they share it)."""
     check_flag("inplace", inplace)
-    _check_is_module(model, "to_dense")
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ConfigError("to_dense got a TorchScript module, whose layers cannot be "
-                          "replaced; make the eager model dense, then script or trace it")
-    _check_not_distributed(model, "to_dense", "make dense")
+    _check_model(model, "to_dense", "make dense")
     if isinstance(model, BasisConv2d):
         raise ConfigError("to_dense got a single basis layer; use its to_conv()")
     if not inplace:

@@ -34,7 +34,8 @@ import time
 import torch
 
 from . import triton_conv
-from .fused import compute_dtype, failed_to_compile, fused_forward, numeric_padding
+from .fused import (compute_dtype, conv_pairs, failed_to_compile, fused_forward,
+                    numeric_padding)
 from .torch_ops import dense_forward, stacked_forward
 
 log = logging.getLogger(__name__)
@@ -394,6 +395,7 @@ def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
 def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
                  bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
     """The fastest form for this call's shape on this device (see the module docstring)."""
+    stride, padding, dilation = conv_pairs(stride, padding, dilation)
     form = None
     # traced, or a symbolic size: no measured choice to look up nor a call to time; the
     # stacked form, as for any shape not measured while compiling

@@ -35,6 +35,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import register_flop_formula
 
 from ..errors import warn_caller
@@ -202,6 +203,14 @@ def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
     return tuple(int(p) for p in padding)
 
 
+def conv_pairs(stride, padding, dilation) -> tuple:
+    """``stride``, ``padding`` and ``dilation`` as pairs, from what ``F.conv2d`` takes (an
+    int or a pair each; ``padding`` also ``"same"`` or ``"valid"``, kept as it is): a layer
+    passes pairs, a direct caller of the forms may pass ``stride=2`` (which ended in
+    "'int' object is not iterable" here, where the stacked form took it)."""
+    return _pair(stride), padding if isinstance(padding, str) else _pair(padding), _pair(dilation)
+
+
 def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
                   bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
     """The layer's output through :func:`fused_basis_conv`, in the memory format a conv
@@ -213,6 +222,7 @@ def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     autograd ops, so gradients reach the float32 params. The basis maps are kept only when
     the combination needs a gradient.
     """
+    stride, padding, dilation = conv_pairs(stride, padding, dilation)
     # as F.conv2d refuses it (found in review: the kernel computed an output, its padding
     # that of stride 1)
     if padding == "same" and any(s != 1 for s in stride):
