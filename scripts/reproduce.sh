@@ -134,6 +134,20 @@ for override in ${EXTRA[@]+"${EXTRA[@]}"}; do
   fi
   matches "$key" "${EXECUTION[@]}" || VARIANT+=("$override")
 done
+# sorted bytewise (LC_ALL=C), and the folder's list sorted again on reading: a list written
+# under another locale's collation (en_US puts data=... before data.root=...) is the same
+WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | LC_ALL=C sort)
+MADE_WITH=$RESULTS/protocol-overrides.txt
+# the protocol's own folder however RESULTS_DIR names it (./results, its absolute path);
+# refused before the checks below, which need seconds of CPU to say nothing it depends on
+OWN=$(realpath -m "results/$PROFILE")
+if [ -n "$WANTED" ] && [ "$(realpath -m "$RESULTS")" = "$OWN" ]; then
+  echo "OVERRIDES: ${WANTED//$'\n'/ } change what the runs compute, and $RECORDS holds" \
+       "the protocol's own records: give this variant folders of its own" \
+       "(RESULTS_DIR=<folder> OUTPUTS=<folder>). Here OVERRIDES may only change how runs" \
+       "execute: ${EXECUTION[*]}" >&2
+  exit 2
+fi
 # One python start (each imports torch: seconds) checks the packages the runs need, that
 # no git merge left the results folder's files unresolved (conflicted records would be set
 # aside and made again), then the overrides (every run would fail on a bad one, each
@@ -158,19 +172,6 @@ print(json.dumps(protocol_keys(sys.argv[3], *sys.argv[4:])))
 print(missing or "")'
 CHECKED=$("$PY" -c "$CHECK" "$PY" "$RESULTS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
 { read -r GPUS; IFS= read -r KEYS; IFS= read -r NO_DATA || true; } <<< "$CHECKED"
-# sorted bytewise (LC_ALL=C), and the folder's list sorted again on reading: a list written
-# under another locale's collation (en_US puts data=... before data.root=...) is the same
-WANTED=$(printf '%s\n' ${VARIANT[@]+"${VARIANT[@]}"} | LC_ALL=C sort)
-MADE_WITH=$RESULTS/protocol-overrides.txt
-# the protocol's own folder however RESULTS_DIR names it (./results, its absolute path)
-OWN=$(realpath -m "results/$PROFILE")
-if [ -n "$WANTED" ] && [ "$(realpath -m "$RESULTS")" = "$OWN" ]; then
-  echo "OVERRIDES: ${WANTED//$'\n'/ } change what the runs compute, and $RECORDS holds" \
-       "the protocol's own records: give this variant folders of its own" \
-       "(RESULTS_DIR=<folder> OUTPUTS=<folder>). Here OVERRIDES may only change how runs" \
-       "execute: ${EXECUTION[*]}" >&2
-  exit 2
-fi
 # tied to its overrides once it holds a record (found in review: a start refused for its
 # dataset, or one whose runs all failed, kept them, and the next invocation was refused for
 # records "made with" overrides that had made none)

@@ -213,6 +213,20 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
         assert "trainer.epochs=1 change what the runs compute" in refused and not written
 
 
+def test_a_variant_in_the_protocols_own_folder_is_refused_before_the_checks(repo, tmp_path):
+    """That refusal reads only OVERRIDES and the folder's name: it is said before the
+    python start that checks the overrides (torch, Hydra and a config per run: 5 s of CPU
+    for a line the script could say at once, four times in the test above)."""
+    env = stand_in_python(tmp_path, "*check_overrides*) echo checked >&2; exit 3", "exit 1")
+    env["OVERRIDES"] = "trainer.epochs=1"
+    env.pop("RESULTS_DIR", None)
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "quick"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=repo)
+    assert result.returncode == 2 and not result.stdout, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "trainer.epochs=1 change what the runs compute" in line
+
+
 def test_relative_folders_and_python_are_the_callers(repo, tmp_path):
     """Found in review: the script moves to the repository root first, so OUTPUTS=myout
     from another folder wrote inside the checkout (where its records made every later
