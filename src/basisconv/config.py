@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 
+from .candidates import convert_candidates
 from .counts import count_or_fraction_problem, is_int
 from .data import IMAGE_SHAPE, NUM_CLASSES
 from .errors import ConfigError, warn_once
@@ -35,8 +36,7 @@ from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models, parameter_count
 from .network import build_dense, check_conversion, held_back
 from .records import unwritable_folder
-from .selection import (ORDERED_POLICIES, SelectionConfig, check_selection, convert_candidates,
-                        fixed_layers)
+from .selection import ORDERED_POLICIES, SelectionConfig, check_selection, fixed_layers
 from .surgery import select_layers
 
 
@@ -197,8 +197,8 @@ def capped(name: str, whole: str | None = None, limit: int = 200) -> str:
 def chosen_option(group: str, key: str, *, _root_: DictConfig) -> Any:
     """The option of config group ``group`` the config was composed with
     (``selection=blocks``: ``blocks``), for a preset's ``name``: ``${selection.policy}``
-    named a ``selection=blocks`` run (policy ``list``) ``-basis-list-``, as a
-    ``selection=list`` run of other layers (found in review). The value of ``group.key``
+    would name a ``selection=blocks`` run (policy ``list``) ``-basis-list-``, as a
+    ``selection=list`` run of other layers. The value of ``group.key``
     instead where an override gives that key (``selection.policy=random`` over the preset's
     ``sensitivity_budget``: the option no longer says what the run does, and its name was
     that row's), or where no option is known (a config composed without Hydra's node:
@@ -397,6 +397,8 @@ def _check_basis_start(cfg: DictConfig) -> None:
 
 
 def validate_trainer(cfg: DictConfig) -> None:
+    """``trainer.*``, each value on its own (the rules that relate it to other groups read
+    it after this: :func:`_check_basis_start`, :func:`_check_step_settings`)."""
     t = cfg.trainer
     _check(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
@@ -515,11 +517,11 @@ def _check_paths(cfg: DictConfig) -> None:
 
 def check_no_tilde(key: str, value: Any) -> None:
     """A path that starts with ``~``: the shell does not expand it in ``key=~/...`` (a
-    key with a dot is no shell variable), so ``sensitivity.cache_dir=~/cache`` made a
-    folder named ``~`` in the working folder, and ``basis.source_checkpoint=~/...`` was not
-    found (found by fuzzing: only data.root expanded it); Hydra's own ``hydra.run.dir``
-    and ``hydra.sweep.dir`` too (:func:`basisconv.cli.run_and_report`, before Hydra makes
-    the folder)."""
+    key with a dot is no shell variable), so ``sensitivity.cache_dir=~/cache`` would make
+    a folder named ``~`` in the working folder, and ``basis.source_checkpoint=~/...``
+    would not be found (only data.root expands it); Hydra's own ``hydra.run.dir`` and
+    ``hydra.sweep.dir`` too (:func:`basisconv.cli.run_and_report`, before Hydra makes the
+    folder)."""
     path = str(value or "")
     if path.startswith("~"):
         example = (f" (the shell leaves it in key=value); give it in full, e.g. "
@@ -574,9 +576,9 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False) -> None:
 
 
 def name_problem(name: str) -> str | None:
-    """What is wrong with the run name ``name`` as one folder name, or None: a / nested the
-    run's folder (``outputs/x/y/<date>``) and named its wandb group ``x/y`` (found in
-    review). Said before Hydra makes the folder where the command line gives it
+    """What is wrong with the run name ``name`` as one folder name, or None: a / would nest
+    the run's folder (``outputs/x/y/<date>``) and name its wandb group ``x/y``. Said before
+    Hydra makes the folder where the command line gives it
     (:func:`basisconv.cli.run_and_report`), else by :func:`validate`."""
     if "/" in name:
         return (f"name={name!r} holds a /; it names one folder (outputs/<name>/<date>) and "
@@ -600,13 +602,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
     _check_paths(cfg)
     _check(cfg.model.name in list_models(),
            f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(list_models())}")
-    # an empty name put the run in outputs/<date>, beside every run's folder, under an
-    # empty wandb group
-    _check(str(cfg.name).strip() != "",
-           f"name={cfg.name!r} is empty; it names the run's folder (outputs/<name>/<date>) and "
-           f"its wandb group: give one (name=my-run), or drop the override")
-    problem = name_problem(str(cfg.name))
-    _check(problem is None, problem)
+    _check_run_name(cfg)
     _check(0 < cfg.model.width < math.inf,
            f"model.width must be a finite number > 0, got {cfg.model.width}")
     _check_choice(cfg.data.name, DATASETS, "data.name")
@@ -614,15 +610,45 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
     _check(cfg.data.num_classes == classes,
            f"data.num_classes={cfg.data.num_classes}, but data={cfg.data.name} has {classes} "
            f"classes; drop the override (data.num_classes={classes})")
-    _check_model_size(cfg)
+    _check_model_size(cfg)  # (after data.num_classes: the head's size is counted too)
+    _check_data(cfg)
+    _check_seeds(cfg)
+    validate_trainer(cfg)
+    validate_basis(cfg)
+    check_against_the_model(cfg, estimate)
+    _check_step_settings(cfg)
+    _check_publish(cfg)
+    _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
+    validate_logger_mode(cfg)
+    _check_seconds(cfg.logger.init_timeout_s, "logger.init_timeout_s")
+    _check_seconds(cfg.logger.finish_timeout_s, "logger.finish_timeout_s", "no limit")
+
+
+def validate_estimate(cfg: DictConfig) -> None:
+    """:func:`validate` for ``scripts/sensitivity.py`` and ``exhaustive_search.py``."""
+    validate(cfg, estimate=True)
+
+
+def _check_run_name(cfg: DictConfig) -> None:
+    """``name``, which names the run's folder and wandb group: an empty one would put the
+    run in ``outputs/<date>``, beside every run's folder, under an empty wandb group."""
+    _check(str(cfg.name).strip() != "",
+           f"name={cfg.name!r} is empty; it names the run's folder (outputs/<name>/<date>) and "
+           f"its wandb group: give one (name=my-run), or drop the override")
+    problem = name_problem(str(cfg.name))
+    _check(problem is None, problem)
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """``data.*``'s sizes: the subsets, the generated images of ``data=stripes`` and the
+    crop's padding, so that a sweep's check refuses what each job would refuse as it
+    reads its data."""
     _check_subset(cfg.data.train_subset, "data.train_subset")
     _check_subset(cfg.data.test_subset, "data.test_subset")
     if cfg.data.name == "stripes":
         for key in ("synthetic_train", "synthetic_test"):
             _check(cfg.data[key] >= 1, f"data.{key} must be >= 1 with data=stripes (the number "
                                        f"of generated images), got {cfg.data[key]}")
-        # a count of more images than are generated was refused as each job started, not
-        # by a sweep's check of its jobs (found in review: profile=quick data=stripes)
         for subset, key in (("train_subset", "synthetic_train"),
                             ("test_subset", "synthetic_test")):
             size, n = cfg.data[subset], cfg.data[key]
@@ -630,20 +656,26 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
                    f"data.{subset}={size} must select between 1 and {n} images (data.{key}="
                    f"{n} are generated): lower it, or raise data.{key}")
     # from a padding of the image's side on, a random crop can hold padding only (and a huge
-    # one was an overflow trace from torch's pad in the first training step)
+    # one is an overflow trace from torch's pad in the first training step)
     side = IMAGE_SHAPE[-1]
     _check(0 <= cfg.data.crop_padding < side,
            f"data.crop_padding must be in 0..{side - 1} (less than the image's {side} pixels), "
            f"got {cfg.data.crop_padding}")
-    # torch.manual_seed takes a 64-bit seed; a larger one was an OverflowError trace, and
-    # so was one near 2**64, from which the estimate derives seed + 1, seed + 2, ...
+
+
+def _check_seeds(cfg: DictConfig) -> None:
+    """torch.manual_seed takes a 64-bit seed: a larger one is an OverflowError trace, and
+    so is one near 2**64, from which the estimate derives seed + 1, seed + 2, ..."""
     for key in ("seed", "sensitivity.seed", "selection.seed"):
         value = OmegaConf.select(cfg, key)
         _check(value is None or -2**63 <= value < 2**63,
                f"{key}={value} does not fit in 64 bits; use a seed in [0, 2**63)")
-    validate_trainer(cfg)
-    validate_basis(cfg)
-    check_against_the_model(cfg, estimate)
+
+
+def _check_step_settings(cfg: DictConfig) -> None:
+    """``trainer`` and ``basis`` settings that are each valid but cannot make one training
+    step together (CUDA graphs, ``torch.compile``, the split form, skipped coefficient
+    updates, fp16)."""
     t = cfg.trainer
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
@@ -662,6 +694,11 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
     _check(not (t.cuda_graphs and t.amp == "fp16"),
            graphed_fp16_problem("trainer.cuda_graphs=true", "trainer.amp=fp16",
                                 "use trainer.amp=bf16, or trainer.cuda_graphs=false"))
+
+
+def _check_publish(cfg: DictConfig) -> None:
+    """``publish``: a .json file this process can write, refused before training rather
+    than when the complete record is published."""
     _check(cfg.publish is None or str(cfg.publish).endswith(".json"),
            f"publish={cfg.publish!r} must name a .json file (or be null)")
     if cfg.publish is not None:
@@ -670,15 +707,6 @@ def validate(cfg: DictConfig, *, estimate: bool = False) -> None:
             blocker = f"{cfg.publish} is a folder"
         _check(blocker is None, f"publish={cfg.publish!r} cannot be written ({blocker}); "
                                 f"choose another .json path (or null)")
-    _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
-    validate_logger_mode(cfg)
-    _check_seconds(cfg.logger.init_timeout_s, "logger.init_timeout_s")
-    _check_seconds(cfg.logger.finish_timeout_s, "logger.finish_timeout_s", "no limit")
-
-
-def validate_estimate(cfg: DictConfig) -> None:
-    """:func:`validate` for ``scripts/sensitivity.py`` and ``exhaustive_search.py``."""
-    validate(cfg, estimate=True)
 
 
 def validate_logger_mode(cfg: DictConfig) -> None:

@@ -139,7 +139,7 @@ def describe(model: nn.Module, image_shape=(3, 32, 32), batch: int = 1) -> dict[
     The FLOPs are counted at the training ``batch`` (one process's, under torchrun) and
     divided by it: what a layer pays once per batch (folded-norm statistics, a low-rank
     coefficient product) is shared by its images, as
-    :func:`basisconv.selection.layer_savings` counts it too. Counted as in
+    :func:`basisconv.candidates.layer_savings` counts it too. Counted as in
     training whatever the model's mode (a dense warm-up converts right after evaluating)."""
     with modes_kept(model):  # a training step's counts: a folded norm counted in eval
         model.train()        # mode (running statistics) has no moments, less backward

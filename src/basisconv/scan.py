@@ -21,12 +21,14 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from .candidates import IMAGE, layer_savings, python_number
 from .counts import is_number
 from .errors import ConfigError, TrainingDiverged
 from .layers import check_fit
 from .model_copy import modes_kept
-from .selection import DROPS, IMAGE, layer_savings, metric_drops, python_number, table_number
+from .selection import DROPS, metric_drops, table_number
 from .surgery import apply_basis, basis_report
+
 
 def layer_sensitivity(model: nn.Module, num_basis: int | float,
                       evaluate: Callable[[nn.Module], float | dict],
@@ -36,7 +38,7 @@ def layer_sensitivity(model: nn.Module, num_basis: int | float,
                       coefficient_rank: int | None = None, seed: int = 0,
                       fit: str = "pivots") -> pd.DataFrame:
     """One row per candidate layer (one where a basis of ``num_basis`` saves forward
-    compute, :func:`~basisconv.selection.layer_savings`): that layer alone converted
+    compute, :func:`~basisconv.candidates.layer_savings`): that layer alone converted
     (``from_conv``) in a copy of ``model``, fine-tuned by
     ``finetune`` (if given) and measured by ``evaluate``, against the dense copy treated
     the same way. ``model`` itself is left as it is.

@@ -16,9 +16,9 @@ Policies:
   ``sensitivity_threshold`` has no count: a count with it is an error, not ignored.
 
 Ordered policies consider only *candidates*: layers where a basis of the configured size
-saves compute, listed in a *candidate table* (:func:`layer_savings`: what each saves, by
-the cost model; for the sensitivity policies the sensitivity table, which adds the
-measured metrics). The policies are pure functions of that table; the table is made by
+saves compute, listed in a *candidate table* (:mod:`basisconv.candidates`: what each
+saves, by the cost model; for the sensitivity policies the sensitivity table, which adds
+the measured metrics). The policies are pure functions of that table; the table is made by
 the caller (``basisconv.sensitivity.choose_layers_and_table``), so choosing never trains a
 model.
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Iterable, Optional, TYPE_CHECKING
@@ -46,10 +45,12 @@ import torch.nn as nn
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .cost import count_parameters, model_cost
+# (the candidate table's names are exported from here too, where they were defined first)
+from .candidates import (IMAGE, SAVINGS_BASIS_KEYS, convert_candidates,  # noqa: F401
+                         dense_totals, layer_savings, python_number, savings_basis)
 from .counts import is_int, is_number
-from .errors import ConfigError, warn_caller, warn_once
-from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers, stored_parameter
+from .errors import ConfigError, warn_once
+from .surgery import select_layers
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
     import pandas as pd  # that makes none (most training runs) starts without it
@@ -84,8 +85,6 @@ DROPS = {"accuracy": ("accuracy_drop", 1), "loss": ("loss_increase", -1)}
 # budget_metric -> the candidate table's column of what each layer saves; "time" is
 # measured on the device (basisconv.timing.layer_time_savings), the others counted
 BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved", "time": "seconds_saved"}
-# The shape costs are counted at when none is given: one CIFAR image, the pipeline's data
-IMAGE = (1, 3, 32, 32)
 # A sensitivity table's numbers are kept to 6 significant digits, in the cached and written
 # CSV and in the own-model scan alike: 179/200 against 180/200 is a drop of 0.005, not
 # 0.0050000000000000044 (which a threshold of 0.005 refused), and equal drops tie
@@ -266,6 +265,47 @@ def without_training_cost(chosen: list[str], table: pd.DataFrame,
     return [name for name in chosen if saving[name] >= 0]
 
 
+def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
+                dense: dict[str, int]) -> list[str]:
+    """Take layers in ``order`` until the saving reaches ``budget_reduction`` of the dense
+    model's parameters, training FLOPs or measured training-step time; a layer that saves
+    nothing by that measure (a basis form slower than its dense conv) is passed over."""
+    if selection.budget_metric not in BUDGET_METRICS:
+        raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose one "
+                          f"of {', '.join(BUDGET_METRICS)}")
+    column = BUDGET_METRICS[selection.budget_metric]
+    if column not in table or selection.budget_metric not in dense:
+        raise ConfigError(
+            f"selection.budget_metric={selection.budget_metric}: the candidate table has no "
+            f"{column} column or the dense totals no {selection.budget_metric!r} (time is "
+            f"measured by the pipeline, basisconv.time_budget.with_measured_time); use "
+            f"params or flops")
+    refuse_missing_numbers(table, column, "selection.budget_metric")
+    target = selection.budget_reduction * dense[selection.budget_metric]
+    saving = dict(zip(table["layer"], table[column]))
+
+    def met(saved: float) -> bool:  # 0.07 * 100 is 7.000000000000001: 7 saved meets it
+        return saved >= target or math.isclose(saved, target, rel_tol=1e-9)
+
+    chosen, saved = [], 0
+    for name in order:
+        if met(saved):
+            break
+        if saving[name] <= 0:
+            log.info("selection %s: %s saves no %s (%g %s); passed over", selection.policy,
+                     name, selection.budget_metric, saving[name],
+                     SAVING_UNITS[selection.budget_metric])
+            continue
+        chosen.append(name)
+        saved += saving[name]
+    if not met(saved):
+        log.warning("selection %s: converting every candidate saves %.1f %% of the %s, short "
+                    "of selection.budget_reduction=%g", selection.policy,
+                    100 * saved / dense[selection.budget_metric], selection.budget_metric,
+                    selection.budget_reduction)
+    return chosen
+
+
 def refuse_missing_numbers(table: pd.DataFrame, column: str, key: str) -> None:
     """One error naming the layers whose ``column`` holds no finite number (a table read
     back from a CSV with an empty cell): a NaN would rank its layer anywhere, or make a
@@ -329,11 +369,6 @@ def _refuse_unresolved_key(selection: DictConfig, key: str) -> None:
             f"selection.{key}={OmegaConf.to_container(selection)[key]!r} does not "
             f"resolve in this config alone ({err.__class__.__name__}); give it a value, "
             f"e.g. OmegaConf.merge(selection, {{{key!r}: ...}})") from None
-
-
-def python_number(value):
-    """``value``, a numpy number made a Python one (which OmegaConf takes); else as it is."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def budget_chooses(selection: DictConfig | Mapping) -> bool:
@@ -496,183 +531,3 @@ def check_layers(selection: DictConfig) -> None:
                           f"{selection.policy} chooses among sensitivity.layers (the "
                           f"candidates): restrict them with sensitivity.layers=[{layers}] and "
                           f"drop selection.layers, or use selection=list")
-
-
-def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
-                dense: dict[str, int]) -> list[str]:
-    """Take layers in ``order`` until the saving reaches ``budget_reduction`` of the dense
-    model's parameters, training FLOPs or measured training-step time; a layer that saves
-    nothing by that measure (a basis form slower than its dense conv) is passed over."""
-    if selection.budget_metric not in BUDGET_METRICS:
-        raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose one "
-                          f"of {', '.join(BUDGET_METRICS)}")
-    column = BUDGET_METRICS[selection.budget_metric]
-    if column not in table or selection.budget_metric not in dense:
-        raise ConfigError(
-            f"selection.budget_metric={selection.budget_metric}: the candidate table has no "
-            f"{column} column or the dense totals no {selection.budget_metric!r} (time is "
-            f"measured by the pipeline, basisconv.time_budget.with_measured_time); use "
-            f"params or flops")
-    refuse_missing_numbers(table, column, "selection.budget_metric")
-    target = selection.budget_reduction * dense[selection.budget_metric]
-    saving = dict(zip(table["layer"], table[column]))
-
-    def met(saved: float) -> bool:  # 0.07 * 100 is 7.000000000000001: 7 saved meets it
-        return saved >= target or math.isclose(saved, target, rel_tol=1e-9)
-
-    chosen, saved = [], 0
-    for name in order:
-        if met(saved):
-            break
-        if saving[name] <= 0:
-            log.info("selection %s: %s saves no %s (%g %s); passed over", selection.policy,
-                     name, selection.budget_metric, saving[name],
-                     SAVING_UNITS[selection.budget_metric])
-            continue
-        chosen.append(name)
-        saved += saving[name]
-    if not met(saved):
-        log.warning("selection %s: converting every candidate saves %.1f %% of the %s, short "
-                    "of selection.budget_reduction=%g", selection.policy,
-                    100 * saved / dense[selection.budget_metric], selection.budget_metric,
-                    selection.budget_reduction)
-    return chosen
-
-
-# ----------------------------------------------------------------------------- candidates
-def convert_candidates(model: nn.Module, basis: DictConfig, layers: str | Iterable[str],
-                       keys: dict[str, str] | None = None) -> nn.Module:
-    """A copy of ``model`` with ``layers`` in basis form as :func:`layer_savings` counts
-    them (from scratch, only where a basis saves): a basis size or coefficient rank that no
-    candidate can take is refused here as the table refuses it (``basisconv.config`` does
-    so on the meta device, before a sweep's first job). ``keys`` as for that function."""
-    return apply_basis(model, layers, basis.size, inplace=False, convert=False,
-                       only_where_saves=True, combine=basis.combine,
-                       coefficient_rank=basis.coefficient_rank,
-                       fuse_norm=bool(basis.get("fuse_norm")),
-                       keys={**CONFIG_KEYS, "layers": "sensitivity.layers", **(keys or {})})
-
-
-#: The ``basis`` keys :func:`layer_savings` reads (``fuse_norm`` too, False where absent).
-SAVINGS_BASIS_KEYS = ("size", "combine", "coefficient_rank")
-
-
-def savings_basis(basis: DictConfig | Mapping) -> DictConfig:
-    """``basis`` (the ``basis`` config, or a mapping with its keys) as a config that has
-    :data:`SAVINGS_BASIS_KEYS`; one error naming those it lacks, as :func:`pick_layers`
-    names a selection's (a user's empty config was OmegaConf's three-line missing-key
-    error, a plain dict an AttributeError)."""
-    example = "{'size': 0.5, 'combine': 'stacked', 'coefficient_rank': None}"
-    if not isinstance(basis, Mapping):
-        raise ConfigError(f"layer_savings: basis is the basis config or a mapping of its "
-                          f"keys, e.g. {example}; got {basis!r}")
-    lacking = [key for key in SAVINGS_BASIS_KEYS if key not in basis]  # (??? is not in)
-    if lacking:
-        raise ConfigError(f"layer_savings: basis has no {', '.join(lacking)}; give each key "
-                          f"it reads, as configs/basis/ sets them, e.g. {example}")
-    if isinstance(basis, DictConfig):
-        return basis
-    return OmegaConf.create({key: python_number(value) for key, value in basis.items()})
-
-
-def layer_savings(model: nn.Module, basis: DictConfig | Mapping,
-                  layers: str | Iterable[str] = "all",
-                  input_shape: tuple[int, ...] = IMAGE, *, batch: int = 1,
-                  keys: dict[str, str] | None = None) -> pd.DataFrame:
-    """The candidate table: per candidate layer (among ``layers``, in model order), what
-    converting it alone saves, by the cost model, per input of ``input_shape``
-    (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
-    Candidates are the layers where a basis of this size saves forward multiply-adds per
-    output pixel (``only_where_saves``, :func:`~basisconv.cost.saves_compute`: near full
-    rank with few output pixels, the once-a-batch terms below can make a candidate's
-    ``forward_flops_saved`` slightly negative, which the table then says); converting
-    several layers saves the sum (layer costs are independent), except the parameters of
-    convs that share one weight (warned: each row says what converting it alone saves). A
-    first layer can still cost more to train (its input needs no gradient, its basis maps
-    do): its ``flops_saved`` is then negative, and the budget rule passes it over.
-
-    ``batch`` is the training batch: costs are counted at ``batch`` inputs and divided by
-    it. Almost every FLOP scales with the batch, so this changes nothing for them; the few
-    that are paid once per batch, a layer's statistics with its norm folded in
-    (``basis.fuse_norm``) and a low-rank coefficient product, are shared by its inputs, as
-    they are in training (counted at one input they would overstate the basis cost).
-
-    ``basis``: the ``basis`` config, or a mapping with its keys (:func:`savings_basis`).
-    ``keys``: what errors call ``num_basis``, ``coefficient_rank`` and ``layers``; by
-    default the config's (``basis.size``, ..., ``sensitivity.layers``).
-    A conv the forward does not call at ``input_shape`` (a head used in training only)
-    saves nothing measurable and is left out, with a warning."""
-    import pandas as pd
-    basis = savings_basis(basis)
-    keys = {**CONFIG_KEYS, "layers": "sensitivity.layers", **(keys or {})}
-    names = list(select_layers(model, layers, key=keys["layers"]))
-    shape = (input_shape[0] * batch, *input_shape[1:])
-    dense = model_cost(model, shape).by_layer()
-    for name in names:  # (left out before converting: a forward may read such a conv's
-        if name not in dense:  # weight, F.conv2d(x, conv.weight), which a basis has not)
-            warn_caller(f"layer {name!r} is not called by the model's forward at input "
-                        f"shape {tuple(shape)}: left out of the candidates")
-    called = [name for name in names if name in dense]
-    rows = []
-
-    def convert(layers: list[str]) -> nn.Module:
-        return convert_candidates(model, basis, layers, keys)
-    if called:
-        converted = convert(called)
-        basis_costs = model_cost(converted, shape).by_layer()
-        tied = _sharing_their_weight(model, called)
-        dense_params = count_parameters(model) if tied else None
-        for row in basis_report(converted):
-            name = row["name"]
-            before, after = dense[name], basis_costs[name]
-            rows.append({"layer": name, "position": names.index(name),
-                         "shape": f"{row['in_channels']}->{row['out_channels']} "
-                                  f"k{_kernel(*row['kernel_size'])}",
-                         "num_basis": row["num_basis"],
-                         "params_saved": (dense_params - _count_alone(convert, name)
-                                          if name in tied else before.params - after.params),
-                         "flops_saved": round((before.total_flops - after.total_flops) / batch),
-                         "forward_flops_saved":
-                             round((before.forward_flops - after.forward_flops) / batch)})
-    if not rows:
-        raise ConfigError(f"no candidate layer: at {keys['num_basis']}={basis.size} no "
-                          f"selected layer the forward calls saves compute; choose a smaller "
-                          f"{keys['num_basis']}")
-    return pd.DataFrame(rows)
-
-
-def _sharing_their_weight(model: nn.Module, names: list[str]) -> list[str]:
-    """The named convs whose weight another module holds too (weight tying,
-    ``b.weight = a.weight``; one conv under two names is one module, not tied)."""
-    holders: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            holders[id(p)] = holders.get(id(p), 0) + 1
-    tied = [name for name in names
-            if holders.get(id(stored_parameter(model.get_submodule(name), "weight")), 0) > 1]
-    if tied:
-        warn_caller(f"layers {tied} share their weight with other modules: their "
-                    f"params_saved is what converting each alone saves (the shared weight "
-                    f"stays, so it adds parameters); converting all that share one weight "
-                    f"saves it once, which the sum of their rows does not say")
-    return tied
-
-
-def _count_alone(convert, name: str) -> int:
-    """The parameters of the whole model with ``name`` alone converted: a tied conv's own
-    count holds the weight it shares, which stays with the others."""
-    with warnings.catch_warnings():  # (that they no longer share it: said above)
-        warnings.simplefilter("ignore")
-        return count_parameters(convert([name]))
-
-
-def _kernel(kh: int, kw: int) -> str:
-    """``3`` for a square kernel (the cached tables' form), ``3x1`` for another."""
-    return f"{kh}" if kh == kw else f"{kh}x{kw}"
-
-
-def dense_totals(model: nn.Module, input_shape: tuple[int, ...] = IMAGE) -> dict[str, int]:
-    """Per-image parameters and training FLOPs of the dense model (the budget's 100 %)."""
-    cost = model_cost(model, input_shape)
-    return {"params": cost.params, "flops": cost.total_flops,
-            "forward_flops": cost.forward_flops}

@@ -42,6 +42,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
+from .candidates import dense_totals, layer_savings
 from .config import check_against_the_model
 from .data import expanded_root
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
@@ -51,8 +52,7 @@ from .records import (KIND_WORDS, RunRecord, commit_name, file_digest, folder_lo
                       of_type, provenance, publish, read_record, refuse_other_kind,
                       write_bytes_atomic, write_json_atomic, write_record)
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, TABLE_FLOAT_FORMAT, chosen_or_dense,
-                        dense_totals, fixed_candidates, fixed_layers, layer_savings, metric_drops,
-                        pick_layers)
+                        fixed_candidates, fixed_layers, metric_drops, pick_layers)
 from .time_budget import readable_key, with_measured_time
 from .tracking import Tracker
 
@@ -84,7 +84,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     (:func:`basisconv.progress.conditions`, a folder inside this key's) is kept under; no
     ``basis.share_coefficients`` (a probe converts one layer, which has none to share) nor
     ``basis.only_where_saves`` (the candidates are always the layers where a basis saves
-    compute, :func:`~basisconv.selection.layer_savings`)."""
+    compute, :func:`~basisconv.candidates.layer_savings`)."""
     def pick(node: DictConfig, keys: list[str]) -> dict[str, Any]:
         values = OmegaConf.to_container(node, resolve=True)
         return {k: values[k] for k in keys}

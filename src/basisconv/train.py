@@ -64,8 +64,8 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
         first_rank = distributed.first_process()
         with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
             # a sensitivity estimate's or a search's folder: its record is not this run's to
-            # replace (the refusal of another config's record named trainer.resume=false,
-            # which then overwrote it silently; found in review)
+            # replace, so it is refused first, in words that do not offer trainer.resume=false
+            # (the fix for another config's training record, which would overwrite it)
             refuse_other_kind(output_dir, "training", "this training run")
             if first_rank:
                 remove_leftovers(output_dir)
@@ -232,6 +232,22 @@ def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
     return choose_layers_and_table(cfg)
 
 
+def check_processes(cfg: DictConfig) -> None:
+    """What the run's processes allow, known only once it has joined torchrun's process
+    group (:func:`~basisconv.config.validate` checked the config before): a global batch
+    they share evenly, and coefficients trained on every step."""
+    batch, processes = cfg.trainer.batch_size, distributed.world_size()
+    if batch % processes:
+        raise ConfigError(f"trainer.batch_size={batch} (the global batch) must "
+                          f"be divisible by the {processes} processes")
+    skip_every = cfg.basis.coefficient_update_every
+    if distributed.is_distributed() and skip_every > 1:
+        # DDP expects the same parameters to need gradients in every step
+        raise ConfigError(f"basis.coefficient_update_every={skip_every} (coefficients "
+                          f"frozen on some steps) runs in one process only; set it to 1 "
+                          f"under torchrun, or train in one process")
+
+
 class Training:
     """One run's state: the model (and its DDP/compiled wrapper), optimizer, schedule,
     batches, run record and tracker; built from the config, or restored from a checkpoint."""
@@ -243,21 +259,13 @@ class Training:
         runtime = loop.setup(trainer, cfg.seed, join_process_group=True)
         self.device, self.memory_format = runtime.device, runtime.memory_format
         self.amp_dtype = runtime.amp_dtype
-        if trainer.batch_size % distributed.world_size():
-            raise ConfigError(f"trainer.batch_size={trainer.batch_size} (the global batch) must "
-                              f"be divisible by the {distributed.world_size()} processes")
-        skip_every = cfg.basis.coefficient_update_every
-        if distributed.is_distributed() and skip_every > 1:
-            # DDP expects the same parameters to need gradients in every step
-            raise ConfigError(f"basis.coefficient_update_every={skip_every} (coefficients "
-                              f"frozen on some steps) runs in one process only; set it to 1 "
-                              f"under torchrun, or train in one process")
+        check_processes(cfg)
         self.main_process = distributed.is_main_process()
         if not self.main_process:
             # rank 0 says what every rank meets (a resume on another set-up, a selection
-            # that converted no layer): said by each, a warning came N times, and the wait
-            # for the sensitivity cache's lock, which rank 0 holds, as "in use by another
-            # sensitivity estimate" (found in review)
+            # that converted no layer): said by each, a warning would come N times, and the
+            # wait for the sensitivity cache's lock, which rank 0 holds, would read as "in
+            # use by another sensitivity estimate"
             logging.getLogger("basisconv").setLevel(logging.ERROR)
 
         # Dense warm-up: the model turns into basis form at the end of epoch
@@ -301,7 +309,10 @@ class Training:
         self.results["wandb"] = self.tracker.info or earlier
 
     def restore(self, checkpoint: dict) -> None:
-        # (other layers or shapes, other parameters: its record did not say them)
+        """Continue from ``checkpoint``: its weights, optimizer, schedule, batch order and
+        epochs so far, and where its earlier starts ran. A checkpoint that does not fit the
+        model this config builds (other layers or shapes, other parameters, which its
+        record did not say) is one :class:`ConfigError` naming what to do."""
         try:
             self.model.load_state_dict(checkpoint["model"])
             # its momentum is matched to this model's parameters by position: weights that
@@ -361,7 +372,7 @@ class Training:
             # fold (fuse_norm): the record counts what runs, as a dense warm-up's conversion,
             # after this, does (else it counts the folded form); the fit's errors are the
             # record's: a resumed run's layers were rebuilt, not fitted, and describe None
-            # (found in review: a torchrun run resumed after its conversion lost them)
+            # (a torchrun run resumed after its conversion would lose them)
             fitted = {row["name"]: row["reconstruction_error"]
                       for row in self.results["model"].get("basis_report", [])}
             self.results["model"] = describe(self.model, batch=self.process_batch)
@@ -428,9 +439,15 @@ class Training:
             "model/basis_layer_names": " ".join(model["basis_layers"])})
 
     def before_step(self) -> None:
+        """Freeze or free the coefficients for the coming step
+        (``basis.coefficient_update_every``), counted from the conversion."""
         self.skip_schedule(self.scheduler.last_epoch - self.converted_at_step)
 
     def run(self) -> dict[str, Any]:
+        """Train the epochs left, saving after each; returns the run record. A stop, a
+        peer's failure or a divergence leaves as one :class:`Stopped` or
+        :class:`TrainingDiverged` line that says where the run is and how to go on; wandb is
+        finished and the process group left whatever happens."""
         trainer, record, results = self.cfg.trainer, self.record, self.results
         # What scripts/analyze.py source=wandb needs to rebuild the run record.
         self.summarize_model()
