@@ -2921,3 +2921,17 @@ def test_the_accuracy_plots_labels_cover_no_marker_and_its_log_axis_says_so(repo
             assert not (box.x0 - radius < x < box.x1 + radius
                         and box.y0 - radius < y < box.y1 + radius), label.get_text()
     figures.pyplot().close(fig)
+
+
+def test_a_table_of_one_setting_shows_no_settings_column_and_its_csv_no_internal_one():
+    """compare() gives every table a settings column and the columns that only choose
+    baselines; a table whose rows differ in no setting shows no empty settings column, and
+    its CSV leaves the internal columns out (INTERNAL_COLUMNS)."""
+    from basisconv.analysis.tables import csv_text
+
+    table = compare(runs_frame([(r, "here") for r in RECORDS[:2]]))
+    assert "settings" in table and not table["settings"].astype(bool).any()
+    assert "settings" not in display_table(table)
+    table = table.assign(recipe="x", same_run=True)
+    header = csv_text(table).splitlines()[0].split(",")
+    assert "recipe" not in header and "same_run" not in header and "settings" in header

@@ -1238,7 +1238,9 @@ def test_an_empty_cifar10_root_variable_is_named_not_an_override(compose_cfg, mo
         validate(compose_cfg("data.root="))  # (typed: the override is what to drop)
 
 
-@pytest.mark.parametrize("folder", ["lr=0.1", "basis.size=0.25,seed=0", "it's", "réseau"])
+@pytest.mark.parametrize("folder", ["lr=0.1", "basis.size=0.25,seed=0", "it's", "réseau",
+                                    # backslashes before a quote, or ending the value
+                                    "it\\'s", "lr=0.1\\"])
 def test_the_resume_hint_is_an_override_hydra_parses_back_to_the_folder(tmp_path, monkeypatch,
                                                                         folder):
     """Found in review: a run in ``hydra.run.dir='outputs/lr=0.1'`` stopped with "run the

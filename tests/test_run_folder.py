@@ -1531,3 +1531,20 @@ def test_a_stopped_runs_wandb_run_ends_failed_and_a_complete_ones_finished(tmp_p
     assert fit(cfg, tmp_path)["status"] == "complete"
     stopped, completed = fake_wandb.runs
     assert stopped.finished == [1] and completed.finished == [0]
+
+
+def test_a_resume_from_a_record_older_than_a_set_up_field_compares_what_it_can(caplog):
+    """A record from before a field was kept: no thread count is no change to warn of
+    ("torch threads None -> 2"), and no process count is the one process it then meant,
+    so a resume under torchrun is still said."""
+    from basisconv.train import keep_earlier_provenance
+
+    saved = {"git": {"commit": "abc"}, "hardware": {"cpu": "X"}}
+    with caplog.at_level("WARNING"):
+        keep_earlier_provenance({"git": {"commit": "abc"},
+                                 "hardware": {"cpu": "X", "torch_threads": 2}}, saved, 1)
+    assert "another commit or set-up" not in caplog.text
+    with caplog.at_level("WARNING"):
+        keep_earlier_provenance({"git": {"commit": "abc"},
+                                 "hardware": {"cpu": "X", "processes": 2}}, saved, 1)
+    assert "processes 1 -> 2" in caplog.text

@@ -2455,3 +2455,37 @@ def test_two_measurements_differ_by_chance_by_their_variances_added():
     from basisconv.probe import difference_std
 
     assert difference_std(0.03) ** 2 == pytest.approx(0.03 ** 2 + 0.03 ** 2)
+
+
+def test_a_table_number_keeps_six_significant_digits():
+    """The cached and written tables' precision (TABLE_FLOAT_FORMAT): 6 digits, not fewer."""
+    assert selection.table_number(1 / 3) == 0.333333
+    assert selection.table_number(179 / 200 - 180 / 200) == -0.005
+
+
+def test_a_fixed_policys_candidates_are_in_model_order_whatever_the_tables_order():
+    """scripts/sensitivity.py selection=all reports from a table that may be in any order
+    (a cached one sorted by drop): the candidates are listed in model order."""
+    model = build_model("resnet8", width=0.25)
+    table = selection.layer_savings(model, {"size": 0.5, "combine": "stacked",
+                                            "coefficient_rank": None}, "layer*.conv*")
+    in_order = list(table["layer"])
+    assert len(in_order) > 1
+    shuffled = table.iloc[::-1].reset_index(drop=True)
+    assert selection.fixed_candidates(policy("all"), model, shuffled) == in_order
+
+
+def test_a_choice_of_one_layer_is_kept_not_taken_for_none(caplog):
+    assert selection.chosen_or_dense(policy("first_k", count=1), ["a"]) == ["a"]
+    assert selection.chosen_or_dense(policy("first_k", count=1), []) is None
+    assert "chose no layer" in caplog.text
+
+
+def test_a_plain_dict_takes_numpy_numbers_as_a_table_gives_them():
+    """``count=len(table) // 2`` of a numpy count, a threshold from ``table.median()``:
+    OmegaConf takes no numpy integer, so they are made Python numbers first."""
+    import numpy as np
+
+    assert pick_layers({"policy": "first_k", "count": np.int64(2)}, TABLE, DENSE) == ["a", "b"]
+    assert pick_layers({"policy": "sensitivity_threshold", "metric": "accuracy_drop",
+                        "threshold": np.float32(0.005)}, TABLE, DENSE) == ["b", "d", "f"]
