@@ -7,8 +7,10 @@ too) and exits with the script's status. A start imports torch, Hydra and the pa
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,9 +74,19 @@ def run_script_lines(script: Path, lines: list[list[str]], *, cwd: Path,
     returncode, stdout and stderr as a process of its own gives them (the modules the
     script imports are imported once, before the forks)."""
     modules = imported_modules(script)
-    result = subprocess.run([sys.executable, "-c", DRIVER, str(script), json.dumps(modules),
-                             str(cwd), json.dumps(lines)], env=env, capture_output=True,
-                            text=True, timeout=timeout, cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # a session of its own, ended whole past ``timeout`` or on any error here: subprocess.run
+    # kills the driver alone, and a line that hung (or trained, no longer refused) ran on in
+    # its forked child, an orphan, after the test had failed
+    with subprocess.Popen([sys.executable, "-c", DRIVER, str(script), json.dumps(modules),
+                           str(cwd), json.dumps(lines)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=cwd,
+                          start_new_session=True) as driver:
+        try:
+            stdout, stderr = driver.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
+            raise
+    assert driver.returncode == 0, stderr[-3000:]
     return [subprocess.CompletedProcess([sys.executable, str(script), *line], code, out, err)
-            for line, (code, out, err) in zip(lines, json.loads(result.stdout))]
+            for line, (code, out, err) in zip(lines, json.loads(stdout))]
