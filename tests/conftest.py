@@ -46,6 +46,19 @@ def load_script():
     return load
 
 
+@pytest.fixture(scope="session")
+def script_starts():
+    """``script_starts.run(script, line, cwd=..., env=...)``: ``python <script> <line>``,
+    forked from one process per script and environment that imported the script's modules
+    (tests/script_starts.py): a refused command line is a fraction of a second, not the 2 s
+    of CPU of a start that imports torch and Hydra."""
+    from script_starts import ScriptStarts
+
+    starts = ScriptStarts()
+    yield starts
+    starts.close()
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("basisconv")
     group.addoption("--reverse-order", action="store_true",

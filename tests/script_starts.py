@@ -2,36 +2,51 @@
 but with one start-up between them: a process imports the script's modules once and forks
 a child per command line, which runs the script as ``__main__`` (its module-level code
 too) and exits with the script's status. A start imports torch, Hydra and the package
-(2 s of CPU each: a test of nine refused command lines spent 19 s on them)."""
+(2 s of CPU each: a test of nine refused command lines spent 19 s on them).
+
+The importing process (a server) stays for the next command line of the same script and
+environment: tests of one refused command line each share it through the session fixture
+``script_starts`` (tests/conftest.py). Its environment is the one the modules were
+imported in (but for pytest's PYTEST_CURRENT_TEST, which names each test: each child has
+the whole environment of its test), so a test whose environment differs gets a server of
+its own, and only the last few servers are kept (each holds torch); a test of what
+happens at import time, of signals, or of locks between processes starts a real process."""
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-DRIVER = r"""
-import importlib, json, os, runpy, sys, tempfile, traceback
-script, modules, cwd, lines = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+KEPT_SERVERS = 3  # (a script's for each of a few environments: about 400 MB each)
+
+SERVER = r"""
+import atexit, importlib, json, os, runpy, sys, tempfile, traceback
+script, modules = sys.argv[1], json.loads(sys.argv[2])
+sys.path[0] = os.path.dirname(script)  # as python <script> has it
 for module in modules:  # what every child would import first
     importlib.import_module(module)
-results = []
-for argv in lines:
+answers = os.fdopen(os.dup(1), "w")
+for request in sys.stdin:
+    argv, cwd, env = json.loads(request)
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # (subprocess.run's input: none)
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
             os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(env)
             sys.argv = [script, *argv]
-            sys.path[0] = os.path.dirname(script)  # as python <script> has it
             try:
                 runpy.run_path(script, run_name="__main__")
                 code = 0
@@ -42,6 +57,7 @@ for argv in lines:
                     print(stop.code, file=sys.stderr)
             except BaseException:
                 traceback.print_exc()
+            atexit._run_exitfuncs()  # as an interpreter's exit runs them (os._exit does not)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -50,9 +66,10 @@ for argv in lines:
     texts = []
     for file in (out, err):
         file.seek(0)
-        texts.append(file.read().decode())
-    results.append([os.waitstatus_to_exitcode(status), *texts])
-print(json.dumps(results))
+        texts.append(file.read().decode(errors="replace"))
+        file.close()
+    answers.write(json.dumps([os.waitstatus_to_exitcode(status), *texts]) + "\n")
+    answers.flush()
 """
 
 
@@ -67,26 +84,56 @@ def imported_modules(script: Path) -> list[str]:
     return modules
 
 
-def run_script_lines(script: Path, lines: list[list[str]], *, cwd: Path,
-                     env: dict[str, str] | None = None,
-                     timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """``python <script> <line>`` for each of ``lines``, run in ``cwd``: each result's
-    returncode, stdout and stderr as a process of its own gives them (the modules the
-    script imports are imported once, before the forks)."""
-    modules = imported_modules(script)
-    # a session of its own, ended whole past ``timeout`` or on any error here: subprocess.run
-    # kills the driver alone, and a line that hung (or trained, no longer refused) ran on in
-    # its forked child, an orphan, after the test had failed
-    with subprocess.Popen([sys.executable, "-c", DRIVER, str(script), json.dumps(modules),
-                           str(cwd), json.dumps(lines)], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, cwd=cwd,
-                          start_new_session=True) as driver:
-        try:
-            stdout, stderr = driver.communicate(timeout=timeout)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(driver.pid, signal.SIGKILL)
-            raise
-    assert driver.returncode == 0, stderr[-3000:]
-    return [subprocess.CompletedProcess([sys.executable, str(script), *line], code, out, err)
-            for line, (code, out, err) in zip(lines, json.loads(stdout))]
+class ScriptStarts:
+    """``run(script, line, cwd=..., env=...)``: ``python <script> <line>`` as
+    ``subprocess.run(..., capture_output=True, text=True)`` gives it, forked from a server
+    per script and environment, started at its first command line."""
+
+    def __init__(self) -> None:
+        self.servers: dict[tuple[str, str], subprocess.Popen] = {}  # the oldest first
+
+    def run(self, script: Path, line: list[str], *, cwd: Path,
+            env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        env = dict(os.environ if env is None else env)
+        key = (str(script), json.dumps({name: value for name, value in env.items()
+                                        if name != "PYTEST_CURRENT_TEST"}, sort_keys=True))
+        if key in self.servers:
+            self.servers[key] = self.servers.pop(key)  # (the newest now)
+        else:
+            if len(self.servers) == KEPT_SERVERS:
+                self.stop(next(iter(self.servers)))
+            log = tempfile.TemporaryFile()  # (what the server itself says: an import error)
+            self.servers[key] = subprocess.Popen(
+                [sys.executable, "-c", SERVER, str(script),
+                 json.dumps(imported_modules(script))], env=env, cwd=cwd,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                start_new_session=True)  # (a timeout stops the server and its child)
+            self.servers[key].log = log
+        server = self.servers[key]
+        server.stdin.write(json.dumps([line, str(cwd), env]) + "\n")
+        server.stdin.flush()
+        if not select.select([server.stdout], [], [], timeout)[0]:
+            self.stop(key)
+            raise subprocess.TimeoutExpired([str(script), *line], timeout)
+        answer = server.stdout.readline()
+        if not answer:  # the server itself failed (an import)
+            server.log.seek(0)
+            said = server.log.read().decode(errors="replace")[-3000:]
+            self.stop(key)
+            raise AssertionError(f"the server of {script} ended (status {server.returncode}): "
+                                 f"{said}")
+        code, out, err = json.loads(answer)
+        return subprocess.CompletedProcess([sys.executable, str(script), *line], code, out, err)
+
+    def stop(self, key: tuple[str, str]) -> None:
+        server = self.servers.pop(key)
+        with server.stdin, server.stdout, server.log:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+    def close(self) -> None:
+        for key in list(self.servers):
+            self.stop(key)
+

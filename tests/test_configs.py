@@ -5,8 +5,6 @@ import itertools
 import json
 import os
 import shlex
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -611,68 +609,70 @@ def test_an_override_without_a_value_says_to_write_key_equals_value():
         "'trainer.epochs'); write key=value, e.g. trainer.epochs=3")
 
 
-def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo):
+def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo, script_starts):
     """Found in review: hydra.run.dir inside a file was "[Errno 20] Not a directory: ...",
     one line that named no key to change."""
     (tmp_path / "a-file").write_text("")
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           f"hydra.run.dir={tmp_path}/a-file/run"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", f"hydra.run.dir={tmp_path}/a-file/run"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: cannot write {tmp_path}/a-file/run (Not a "
                                   f"directory); point hydra.run.dir"), done.stderr
 
 
-def test_a_run_log_that_cannot_be_written_names_hydra_run_dir(tmp_path, repo):
+def test_a_run_log_that_cannot_be_written_names_hydra_run_dir(tmp_path, repo, script_starts):
     """Found in review: a run folder whose train.log cannot be opened (a read-only folder,
     a folder of that name) was "Unable to configure handler 'file'; [Errno 21] ...", one
     line that named no fix."""
     (tmp_path / "run" / "train.log").mkdir(parents=True)
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           "logger=none", f"hydra.run.dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", "logger=none", f"hydra.run.dir={tmp_path}/run"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: cannot write {tmp_path}/run/train.log (Is a "
                                   f"directory); point hydra.run.dir"), done.stderr
 
 
-def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo):
+def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo, script_starts):
     """Found in review: outside -m, reading Hydra's list of the overrides resolved them,
     so a typo in one was reported "(in None)" before the config check could name it."""
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           "logger=none", "selection=random", "selection.seed=${typo}",
-                           f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", "logger=none", "selection=random",
+                              "selection.seed=${typo}", f"hydra.run.dir={tmp_path}/run"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr == "error: Interpolation key 'typo' not found (in selection.seed)\n"
     assert not (tmp_path / "run").exists()  # a refused start: no folder of a run that never was
     # named by the override it was typed in, not by logger.group, which interpolates name
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           "logger=none", "name=${typo}", f"hydra.run.dir={tmp_path}/run2"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", "logger=none", "name=${typo}",
+                              f"hydra.run.dir={tmp_path}/run2"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert done.returncode == 2 and done.stderr == (
         "error: Interpolation key 'typo' not found (in name)\n"), done.stderr
     # a reference that only starts alike is another key's (${seed} is not ${see})
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           "logger=none", "name=run${seed}", "selection=random",
-                           "selection.seed=${see}", f"hydra.run.dir={tmp_path}/run3"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", "logger=none", "name=run${seed}",
+                              "selection=random", "selection.seed=${see}",
+                              f"hydra.run.dir={tmp_path}/run3"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert done.returncode == 2 and done.stderr == (
         "error: Interpolation key 'see' not found (in selection.seed)\n"), done.stderr
 
 
 def test_a_broken_interpolation_in_a_sweep_names_its_key_and_job_before_any_job_runs(
-        tmp_path, repo):
+        tmp_path, repo, script_starts):
     """The sweep's check of every job (check_sweep_jobs) let a broken ``${...}`` through as
     Hydra's "Interpolation key 'typo' not found", naming neither the key nor the job."""
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
-                           "profile=smoke", "logger=none", "seed=0,1", "logger.project=${typo}",
-                           f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["-m", "profile=smoke", "logger=none", "seed=0,1",
+                              "logger.project=${typo}", f"hydra.sweep.dir={tmp_path}/sweep"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: the sweep job profile=smoke logger=none seed=0 "), \
         done.stderr
@@ -703,15 +703,17 @@ def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     ("trainer.seed=1", "trainer.seed is not a config key (did you mean seed? also: "
                        "selection.seed, sensitivity.seed); valid keys here: trainer.epochs,"),
 ])
-def test_a_value_given_in_the_wrong_place_is_pointed_to_its_key(tmp_path, repo, override, line):
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           override, f"hydra.run.dir={tmp_path}/run"], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+def test_a_value_given_in_the_wrong_place_is_pointed_to_its_key(tmp_path, repo, override, line,
+                                                                script_starts):
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", override, f"hydra.run.dir={tmp_path}/run"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     assert done.returncode == 2 and done.stderr.startswith(f"error: {line}"), done.stderr
     assert done.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
-def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, repo):
+def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, repo, script_starts):
     """Hydra said "Config group override must be a string or a list. Got NoneType",
     naming neither the group nor what to give."""
     from basisconv.hydra_errors import group_value_override
@@ -721,9 +723,10 @@ def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, rep
     # found in review: a sweep's values were blamed for another group's null
     assert group_value_override(["-m", "--config-name", "train", "basis=scratch,warmup",
                                  "model=null"]).startswith("model=null: model is a config group")
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           "model=null", f"hydra.run.dir={tmp_path}/run"], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", "model=null", f"hydra.run.dir={tmp_path}/run"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: model=null: model is a config group and takes one "
                                   "of its configs (resnet110, resnet18, resnet20"), done.stderr
@@ -1210,14 +1213,14 @@ def test_a_deterministic_run_that_chooses_forms_by_timing_is_told_it_may_not_rep
     # that override win over the user's +selection=random, which ran sensitivity_budget
     ("sensitivity.py", "+selection=random")])
 def test_a_config_group_added_with_plus_is_told_to_drop_the_plus(tmp_path, repo, script,
-                                                                 override):
+                                                                 override, script_starts):
     """Found in review: ``+experiment=baseline`` (the form Hydra's own docs use for an
     experiment group) was told "To override a value use 'override experiment: baseline'",
     a line of a YAML defaults list; on the command line it is ``experiment=baseline``."""
-    done = subprocess.run([sys.executable, str(repo / "scripts" / script), "profile=smoke",
-                           "logger=none", override, f"hydra.run.dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / script,
+                             ["profile=smoke", "logger=none", override,
+                              f"hydra.run.dir={tmp_path}/run"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     group, option = override[1:].split("=")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(
@@ -1259,13 +1262,14 @@ def test_the_resume_hint_is_an_override_hydra_parses_back_to_the_folder(tmp_path
         f"{tmp_path / folder}/multirun/${{name}}/d")
 
 
-def test_the_packages_own_name_for_the_basis_size_points_to_its_key(compose_cfg, tmp_path, repo):
+def test_the_packages_own_name_for_the_basis_size_points_to_its_key(compose_cfg, tmp_path, repo,
+                                                                    script_starts):
     """Found in review: ``basis.num_basis=8`` (the layer's argument, and the name the run's
     own log gives: "num_basis=16 saves no compute") was "did you mean basis.combine?"."""
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           "basis.num_basis=8", f"hydra.run.dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", "basis.num_basis=8",
+                              f"hydra.run.dir={tmp_path}/run"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith(
         "error: basis.num_basis is not a config key (did you mean basis.size?)"), done.stderr
     with pytest.raises(ConfigError, match=r"^basis.num_basis \(did you mean basis.size\?\)"):
@@ -1275,15 +1279,15 @@ def test_the_packages_own_name_for_the_basis_size_points_to_its_key(compose_cfg,
 @pytest.mark.parametrize("override, last", [("model=[resnet8,resnet20]", "resnet20"),
                                             ("selection=[all,none]", "none")])
 def test_a_config_group_given_a_list_of_its_configs_is_one_line_not_their_merge(
-        tmp_path, repo, override, last):
+        tmp_path, repo, override, last, script_starts):
     """Found in review: Hydra merges the configs a list names into one, each over the one
     before, so ``model=[resnet8,resnet20]`` (meant as a sweep of two models) trained
     ResNet-20 alone and ``selection=[all,none]`` the dense model, neither saying so."""
     group, _, options = override.partition("=")
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           "logger=none", override, f"hydra.run.dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", "logger=none", override,
+                              f"hydra.run.dir={tmp_path}/run"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: {override}: {group} is a config group and takes "
                                   f"one of its configs"), done.stderr
@@ -1314,7 +1318,8 @@ def test_a_force_added_groups_advice_keeps_its_package():
     assert "choose it with model@net=resnet8, without the ++" in line
 
 
-def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(tmp_path, repo):
+def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(tmp_path, repo,
+                                                                              script_starts):
     """Found in review: the command line's own checks (``hydra.job.chdir=true``, a group
     given a list of its configs) ran in each job of a sweep, not in the check of every job
     before the first: each job failed alone, the sweep's folder was left with a folder per
@@ -1322,10 +1327,10 @@ def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(t
     folder."""
     for override in ("hydra.job.chdir=true", "selection=[all,none]"):
         sweep = tmp_path / override.partition("=")[0]
-        done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
-                               "profile=smoke", "logger=none", "seed=0,1", override,
-                               f"hydra.sweep.dir={sweep}"], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+        done = script_starts.run(repo / "scripts" / "train.py",
+                                 ["-m", "profile=smoke", "logger=none", "seed=0,1", override,
+                                  f"hydra.sweep.dir={sweep}"], cwd=os.getcwd(),
+                                 env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("error: the sweep job "), done.stderr
         assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr
@@ -1337,14 +1342,14 @@ def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(t
     ("selection=glob(sensitvity*)", "the configs of selection are all, base,"),
     ("seed=range(0)", "an empty range")])
 def test_a_sweep_value_that_expands_to_nothing_is_one_line_not_a_sweep_of_no_job(
-        tmp_path, repo, override, why):
+        tmp_path, repo, override, why, script_starts):
     """Found in the configs review: a misspelt glob (or an empty range) made Hydra launch
     0 jobs and exit with status 0, leaving a sweep folder with its multirun.yaml alone."""
     sweep = tmp_path / "sweep"
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
-                           "profile=smoke", "logger=none", override,
-                           f"hydra.sweep.dir={sweep}"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["-m", "profile=smoke", "logger=none", override,
+                              f"hydra.sweep.dir={sweep}"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: the sweep has no job: {override} gives no value ("
                                   f"{why}"), done.stderr
@@ -1355,27 +1360,28 @@ def test_a_sweep_value_that_expands_to_nothing_is_one_line_not_a_sweep_of_no_job
     ([], "hydra.sweep.dir=multirun/x", "give hydra.run.dir=<folder> for one run"),
     (["-m"], "hydra.run.dir=outputs/x", "give hydra.sweep.dir=<folder> for a sweep")])
 def test_the_run_folder_override_of_the_other_mode_is_refused_not_ignored(
-        tmp_path, repo, flags, override, fix):
+        tmp_path, repo, flags, override, fix, script_starts):
     """Found in the configs review: Hydra reads hydra.sweep.dir under -m alone and
     hydra.run.dir without it, ignoring the other: one run given a sweep job's folder to
     resume trained from epoch 1 in a new outputs/<name>/<date>/, silently."""
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *flags,
-                           "profile=smoke", "logger=none", "trainer.epochs=1", override],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             [*flags, "profile=smoke", "logger=none", "trainer.epochs=1",
+                              override], cwd=tmp_path,
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: {override} is read by ") and fix in done.stderr
     assert not list(tmp_path.iterdir())  # nothing made, neither folder
-    shown = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "--cfg", "job",
-                            override], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    shown = script_starts.run(repo / "scripts" / "train.py",
+                              ["--cfg", "job", override], cwd=tmp_path,
+                              env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert shown.returncode == 0, shown.stderr  # (showing the config runs nothing)
 
 
 @pytest.mark.parametrize("flags", [["--multi"], ["++hydra.mode=MULTIRUN"],
                                    ["--config-dir={configs}", "experiment=sweep_mode"],
                                    ["--cfg=job"]])
-def test_a_sweep_started_without_dash_m_keeps_its_sweep_folder_override(tmp_path, repo, flags):
+def test_a_sweep_started_without_dash_m_keeps_its_sweep_folder_override(tmp_path, repo, flags,
+                                                                       script_starts):
     """Found in review: the mode was read off the command line as -m alone, so a sweep
     started by Hydra's other ways (argparse's --multi, ++hydra.mode, a preset's
     hydra.mode: MULTIRUN) was refused its hydra.sweep.dir as one run's, and --cfg=job too."""
@@ -1384,11 +1390,11 @@ def test_a_sweep_started_without_dash_m_keeps_its_sweep_folder_override(tmp_path
     (configs / "experiment" / "sweep_mode.yaml").write_text(
         "# @package _global_\nhydra:\n  mode: MULTIRUN\n")
     sweep = tmp_path / "sweep"
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"),
-                           *(flag.format(configs=configs) for flag in flags), "profile=smoke",
-                           "logger=none", "trainer.epochs=0", f"hydra.sweep.dir={sweep}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             [*(flag.format(configs=configs) for flag in flags), "profile=smoke",
+                              "logger=none", "trainer.epochs=0", f"hydra.sweep.dir={sweep}"],
+                             cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     if flags == ["--cfg=job"]:
         assert done.returncode == 0 and "epochs: 0" in done.stdout, done.stderr
     else:  # a sweep, whose job's value is refused (and nothing trains)
@@ -1400,15 +1406,15 @@ def test_a_sweep_started_without_dash_m_keeps_its_sweep_folder_override(tmp_path
 @pytest.mark.parametrize("override", ["~selection", "~logger", "selection.policy=???",
                                       "selection=all ~basis basis.fit=svd"])
 def test_a_group_the_unread_warnings_read_removed_is_one_line_from_the_script(
-        tmp_path, repo, override):
+        tmp_path, repo, override, script_starts):
     """Found in review: ``scripts/train.py ~selection`` (or ``~logger``) was an omegaconf
     MissingMandatoryValue traceback with exit status 1, and left its run folder: the
     warnings of unread overrides read ``selection.policy`` and ``logger.backend`` before the
     config check (in ``fit``) could say that the group is not set, as sensitivity.py says."""
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                           *override.split(), f"hydra.run.dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["profile=smoke", *override.split(), f"hydra.run.dir={tmp_path}/run"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "not set (a config group removed with ~, or a value given as ???)" in done.stderr
     assert not (tmp_path / "run").exists()
@@ -1460,13 +1466,14 @@ def test_a_key_swept_that_no_job_of_the_sweep_reads_is_warned_before_it_runs(
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 
 
-def test_a_sweep_says_before_its_first_job_that_no_job_reads_a_swept_key(tmp_path, repo):
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "-m",
-                           "experiment=basis_all", "selection.count=2,3", "profile=smoke",
-                           "model=resnet8", "logger=none", "trainer.epochs=1",
-                           "data.synthetic_train=50", "data.synthetic_test=10",
-                           f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+def test_a_sweep_says_before_its_first_job_that_no_job_reads_a_swept_key(tmp_path, repo,
+                                                                         script_starts):
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["-m", "experiment=basis_all", "selection.count=2,3", "profile=smoke",
+                              "model=resnet8", "logger=none", "trainer.epochs=1",
+                              "data.synthetic_train=50", "data.synthetic_test=10",
+                              f"hydra.sweep.dir={tmp_path}/sweep"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=300)
     assert done.returncode == 0, done.stderr
     said = (done.stdout + done.stderr).split("Launching")[0]
     assert "selection.count is swept over 2,3, but no job of the sweep reads it" in said

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import types
 
 import pytest
 import torch
@@ -454,19 +455,32 @@ def test_a_sweep_under_torchrun_is_refused_in_one_line_before_any_job(tmp_path, 
     assert not list(sweep.rglob("run.json"))
 
 
+WARNED = ("selection=all", "basis.size=0.99")  # (a selection that converts no layer)
+
+
+@pytest.fixture(scope="module")
+def finished_torchrun(tmp_path_factory, repo):
+    """A one-epoch torchrun run that warns, as it ended: its output, its folder, and its
+    ``train.log`` and ``.hydra/`` files then. Two tests check different things of it (a
+    torchrun run is 10 s of CPU here, most of it the start of three processes)."""
+    folder = tmp_path_factory.mktemp("finished_torchrun") / "run"
+    result = torchrun_train(repo, folder, *WARNED, epochs=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return types.SimpleNamespace(
+        result=result, folder=folder, log=(folder / "train.log").read_text(),
+        hydra={path.name: path.read_bytes() for path in (folder / ".hydra").iterdir()})
+
+
 @pytest.mark.slow
-def test_under_torchrun_a_warning_is_said_once(tmp_path, repo):
+def test_under_torchrun_a_warning_is_said_once(finished_torchrun):
     """Found in review: the other ranks logged at WARNING, so every warning of a run (here
     a selection that converted no layer) came once per process, in the console and twice
     in the run's train.log."""
-    result = torchrun_train(repo, tmp_path / "run", "selection=all", "basis.size=0.99",
-                            epochs=1)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = finished_torchrun.result
     output = result.stdout + result.stderr  # (the console's log lines are on stdout)
     said = [line for line in output.splitlines() if "converted no layer" in line]
     assert len(said) == 1, output[-3000:]
-    logged = (tmp_path / "run" / "train.log").read_text()
-    assert logged.count("converted no layer") == 1, logged
+    assert finished_torchrun.log.count("converted no layer") == 1, finished_torchrun.log
 
 
 def test_under_torchrun_only_rank_0_writes_the_hydra_files(monkeypatch, tmp_path):
@@ -498,16 +512,14 @@ def test_under_torchrun_only_rank_0_writes_the_hydra_files(monkeypatch, tmp_path
 
 
 @pytest.mark.slow
-def test_a_refused_start_under_torchrun_leaves_a_finished_runs_hydra_files(tmp_path, repo):
+def test_a_refused_start_under_torchrun_leaves_a_finished_runs_hydra_files(repo,
+                                                                          finished_torchrun):
     """The same through torchrun: a start with another config in a finished run's folder is
     refused, and the run's ``.hydra/`` stays as it was."""
-    folder = tmp_path / "run"
-    result = torchrun_train(repo, folder, epochs=1)
-    assert result.returncode == 0, result.stderr[-3000:]
-    before = {path.name: path.read_bytes() for path in (folder / ".hydra").iterdir()}
+    folder, before = finished_torchrun.folder, finished_torchrun.hydra
     assert before["hydra.yaml"]
     for _ in range(2):  # (a race: before the fix most tries lost the files)
-        refused = torchrun_train(repo, folder, "trainer.lr=0.05", epochs=1)
+        refused = torchrun_train(repo, folder, *WARNED, "trainer.lr=0.05", epochs=1)
         assert refused.returncode != 0
         assert "was written by a different config" in refused.stderr, refused.stderr[-3000:]
         assert {path.name: path.read_bytes() for path in (folder / ".hydra").iterdir()} == before
@@ -525,7 +537,8 @@ def test_a_torchrun_run_resumed_after_its_conversion_keeps_the_fits_errors(tmp_p
     # first epoch, and with it the conversion, is saved
     stop = ('if [ "$RANK" = 0 ]; then "$@" & pid=$!; until [ -e "$CHECKPOINT" ]; do sleep 0.05; '
             'done; kill -TERM $PPID; wait $pid; exit $?; fi; exec "$@"')
-    stopped = torchrun_train(repo, folder, *warm_up, epochs=3, images=1000,
+    # (2 epochs: the resumed run trains the second alone, which the check needs)
+    stopped = torchrun_train(repo, folder, *warm_up, epochs=2, images=1000,
                              wrapper=stop.replace("$CHECKPOINT", str(folder / "checkpoint.pt")))
     assert stopped.returncode != 0
     saved = torch.load(folder / "checkpoint.pt", weights_only=False)["record"]
@@ -533,7 +546,7 @@ def test_a_torchrun_run_resumed_after_its_conversion_keeps_the_fits_errors(tmp_p
     fitted = saved["model"]
     errors = {row["name"]: row["reconstruction_error"] for row in fitted["basis_report"]}
     assert errors and None not in errors.values()
-    resumed = torchrun_train(repo, folder, *warm_up, epochs=3, images=1000)
+    resumed = torchrun_train(repo, folder, *warm_up, epochs=2, images=1000)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((folder / "run.json").read_text())
     assert record["provenance"]["resumed_from_epoch"] == 1

@@ -31,18 +31,28 @@ TINY = ["data=stripes", "data.synthetic_train=400", "data.synthetic_test=100",
         "model=resnet20", "model.width=0.25", "trainer.batch_size=50", "trainer.progress=false"]
 
 
-def train_command(repo, *overrides):
+def train_line(*overrides):
     flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
     values = [o for o in overrides if not o.startswith("-")]
-    return [sys.executable, str(repo / "scripts" / "train.py"), *flags, *TINY, *values]
+    return [*flags, *TINY, *values]
 
 
-def run(repo, cwd, *overrides, wandb_mode="disabled"):
+def train_command(repo, *overrides):
+    return [sys.executable, str(repo / "scripts" / "train.py"), *train_line(*overrides)]
+
+
+def run(repo, cwd, *overrides, wandb_mode="disabled", starts=None):
+    """scripts/train.py with ``overrides``, which must succeed; forked by ``starts`` (the
+    ``script_starts`` fixture) where given, else a process started for it alone."""
     env = {**os.environ, "WANDB_MODE": wandb_mode, "PYTHONUNBUFFERED": "1"}
     if wandb_mode != "disabled":  # wandb's service writes its logs (else in ~/.cache/wandb)
         env["WANDB_CACHE_DIR"] = str(cwd / "wandb-cache")
-    result = subprocess.run(train_command(repo, *overrides), cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
+    if starts is None:
+        result = subprocess.run(train_command(repo, *overrides), cwd=cwd, env=env,
+                                capture_output=True, text=True, timeout=600)
+    else:
+        result = starts.run(repo / "scripts" / "train.py", train_line(*overrides), cwd=cwd,
+                            env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -79,11 +89,11 @@ def test_train_script_writes_run_record_and_offline_wandb_run(tmp_path, repo):
     assert (out / "checkpoint.pt").exists() and (out / ".hydra" / "config.yaml").exists()
 
 
-def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
+def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo, script_starts):
     sweep, extra = tmp_path / "sweep", tmp_path / "my configs"
     extra.mkdir()
     run(repo, tmp_path, "-m", f"--config-dir={extra}", "selection=all", "basis.size=0.25,0.5",
-        "trainer.epochs=1", f"hydra.sweep.dir={sweep}")
+        "trainer.epochs=1", f"hydra.sweep.dir={sweep}", starts=script_starts)
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
     assert [r["config"]["basis"]["size"] for r in records] == [0.25, 0.5]
     assert all(r["status"] == "complete" for r in records)
@@ -101,13 +111,14 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo):
     assert records[0]["model"]["forward_flops"] < records[1]["model"]["forward_flops"]
 
 
-def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo):
+def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo, script_starts):
     """experiment=basis_size_sweep lists its basis sizes as sweep values; without -m Hydra
     ran one job at basis.size=0.5 alone, silently, in a folder named for the sweep."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(train_command(repo, "experiment=basis_size_sweep", "trainer.epochs=1",
+    result = script_starts.run(repo / "scripts" / "train.py",
+                               train_line("experiment=basis_size_sweep", "trainer.epochs=1",
                                           f"hydra.run.dir={tmp_path / 'run'}"),
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                               cwd=tmp_path, env=env, timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: the config sweeps basis.size=0.125,0.25,0.5,0.75 (hydra.sweeper.params), "
@@ -117,23 +128,24 @@ def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo):
 
 
 @pytest.mark.parametrize("override", ["basis.size=0.5,1.5", "trainer.epochz=1,2"])
-def test_a_refused_sweep_leaves_no_sweep_folder_behind(tmp_path, repo, override):
+def test_a_refused_sweep_leaves_no_sweep_folder_behind(tmp_path, repo, override,
+                                                      script_starts):
     """Found in a newcomer's walk through the README: a sweep refused before any job ran (a
     value out of range, a typo) left `multirun/<name>/<date>/multirun.yaml` behind, one
     dated folder per attempt, where a refused single run leaves none (docs/experiments.md,
     Errors at start)."""
-    lines = sweep_failing(repo, tmp_path, "selection=all", override)
+    lines = sweep_failing(script_starts, repo, tmp_path, "selection=all", override)
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").iterdir())
 
 
 def test_a_sweep_preset_as_one_job_of_another_sweep_is_one_line_before_any_job_runs(
-        tmp_path, repo):
+        tmp_path, repo, script_starts):
     """Found in review: `-m experiment=baseline,basis_size_sweep` ran the sweep preset as
     one job at basis.size=0.5, silently (the check above returned early under -m)."""
     sweep = tmp_path / "sweep"
-    lines = sweep_failing(repo, tmp_path, "experiment=baseline,basis_size_sweep",
-                          f"hydra.sweep.dir={sweep}")
+    lines = sweep_failing(script_starts, repo, tmp_path,
+                          "experiment=baseline,basis_size_sweep", f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and "experiment=basis_size_sweep" in lines[0]
     assert "its preset sweeps basis.size=0.125,0.25,0.5,0.75 (hydra.sweeper.params)" in lines[0]
     assert "; nothing ran" in lines[0] and not list(sweep.rglob("run.json"))
@@ -163,14 +175,15 @@ def test_a_sweep_job_that_failed_in_another_process_is_said_and_summed_up(capsys
     assert capsys.readouterr().err == "" and len(cli.failed_jobs) == 1
 
 
-def test_a_run_in_its_own_folder_is_refused(tmp_path, repo):
+def test_a_run_in_its_own_folder_is_refused(tmp_path, repo, script_starts):
     """hydra.job.chdir=true moved every relative path (publish, data.root, the cache) into
     the run folder, silently: a protocol's records were never found again. One line, no
     record; reproduce.sh refuses it in OVERRIDES before any run starts."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(train_command(repo, "hydra.job.chdir=true", "publish=pub/x.json",
+    result = script_starts.run(repo / "scripts" / "train.py",
+                               train_line("hydra.job.chdir=true", "publish=pub/x.json",
                                           f"hydra.run.dir={tmp_path / 'run'}"),
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                               cwd=tmp_path, env=env, timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: hydra.job.chdir=true")
     assert not list(tmp_path.rglob("x.json")) and not (tmp_path / "run" / "run.json").exists()
@@ -191,32 +204,33 @@ def test_overrides_that_give_a_group_a_list_of_its_configs_are_refused(capsys):
         "error: OVERRIDES: basis=[scratch,warmup]: basis is a config group and takes one")
 
 
-def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo):
+def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo, script_starts):
     # each job's folder is named by its own overrides, not its number: the job
     # selection.count=2 is #0 of the first sweep and #1 of the second, and is found again
     sweep = tmp_path / "sweep"
     common = ["-m", "selection=first_k", "trainer.epochs=1", f"hydra.sweep.dir={sweep}"]
-    run(repo, tmp_path, *common, "selection.count=2")
-    again = run(repo, tmp_path, *common, "selection.count=3,2")
+    run(repo, tmp_path, *common, "selection.count=2", starts=script_starts)
+    again = run(repo, tmp_path, *common, "selection.count=3,2", starts=script_starts)
     assert (again.stdout + again.stderr).count("already complete; not training again") == 1
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/run.json")}
     assert sorted(r["config"]["selection"]["count"] for r in records.values()) == [2, 3]
     assert all("selection.count=" in name and "," in name for name in records)
 
 
-def sweep_failing(repo, cwd, *overrides):
+def sweep_failing(starts, repo, cwd, *overrides):
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(train_command(repo, "-m", "trainer.epochs=1", *overrides), cwd=cwd,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = starts.run(repo / "scripts" / "train.py",
+                        train_line("-m", "trainer.epochs=1", *overrides), cwd=cwd, env=env,
+                        timeout=600)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     return result.stderr.strip().splitlines()
 
 
-def test_a_value_out_of_range_in_a_sweeps_last_job_is_one_line_before_any_job_runs(tmp_path,
-                                                                                     repo):
+def test_a_value_out_of_range_in_a_sweeps_last_job_is_one_line_before_any_job_runs(
+        tmp_path, repo, script_starts):
     sweep = tmp_path / "sweep"
-    lines = sweep_failing(repo, tmp_path, "selection=all", "basis.size=0.5,1.5",
+    lines = sweep_failing(script_starts, repo, tmp_path, "selection=all", "basis.size=0.5,1.5",
                           f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and "basis.size=1.5" in lines[0] and "nothing ran" in lines[0]
     assert not list(sweep.glob("*/run.json"))
@@ -226,63 +240,66 @@ def test_a_value_out_of_range_in_a_sweeps_last_job_is_one_line_before_any_job_ru
     ("selection=list", "selection.layers=[layer1.0.conv1],[layer1.0.conv]"),
     ("selection=first_k", "selection.count=2", "sensitivity.layers=[all],[layer9.*]")])
 def test_a_misspelt_layer_name_in_a_sweeps_last_job_is_one_line_before_any_job_runs(
-        tmp_path, repo, overrides):
+        tmp_path, repo, overrides, script_starts):
     """Found in review: a layer name the model lacks was checked only as its job started,
     so the jobs before it trained first (docs/experiments.md: every job's values are
     checked before the first job runs)."""
     sweep = tmp_path / "sweep"
-    lines = sweep_failing(repo, tmp_path, *overrides, f"hydra.sweep.dir={sweep}")
+    lines = sweep_failing(script_starts, repo, tmp_path, *overrides, f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and "nothing ran" in lines[0], lines
     assert "matches no convolution" in lines[0] or "unknown layer 'layer1.0.conv'" in lines[0]
     assert not list(sweep.glob("*/run.json"))
 
 
-def test_a_basis_too_large_for_a_sweeps_last_model_is_one_line_before_any_job_runs(tmp_path,
-                                                                                  repo):
+def test_a_basis_too_large_for_a_sweeps_last_model_is_one_line_before_any_job_runs(
+        tmp_path, repo, script_starts):
     """Found in review: ResNet-8's layers (at most 64 channels) cannot take a basis of 100
     filters, ResNet-18's can; the ResNet-8 job was refused only after ResNet-18's trained."""
     sweep = tmp_path / "sweep"
-    lines = sweep_failing(repo, tmp_path, "selection=all", "model=resnet18,resnet8",
-                          "basis.size=100", f"hydra.sweep.dir={sweep}")
+    lines = sweep_failing(script_starts, repo, tmp_path, "selection=all",
+                          "model=resnet18,resnet8", "basis.size=100", f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and "nothing ran" in lines[0], lines
     assert "model=resnet8" in lines[0] and "basis.size=100 is more than" in lines[0]
     assert not list(sweep.glob("*/run.json"))
 
 
-def test_sweep_jobs_that_would_publish_to_one_file_are_refused_before_any_runs(tmp_path, repo):
+def test_sweep_jobs_that_would_publish_to_one_file_are_refused_before_any_runs(tmp_path, repo,
+                                                                              script_starts):
     # Found by audit: every job wrote the same file, so the sweep kept only its last record
     sweep, published = tmp_path / "sweep", tmp_path / "published.json"
-    lines = sweep_failing(repo, tmp_path, *TINY[:3], "seed=0,1", f"publish={published}",
-                          f"hydra.sweep.dir={sweep}")
+    lines = sweep_failing(script_starts, repo, tmp_path, *TINY[:3], "seed=0,1",
+                          f"publish={published}", f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and lines[0].startswith(
         f"error: publish={published} is the same file for 2 jobs of the sweep")
     assert "seed${seed}" in lines[0] and not published.exists()
 
 
-def test_a_sweep_that_lists_a_job_twice_is_refused_before_any_runs(tmp_path, repo):
+def test_a_sweep_that_lists_a_job_twice_is_refused_before_any_runs(tmp_path, repo,
+                                                                   script_starts):
     """Found in review: ``-m seed=0,0`` gave two jobs one folder (named by the overrides),
     the second finding the first complete, or racing it under a parallel launcher."""
     sweep = tmp_path / "sweep"
-    lines = sweep_failing(repo, tmp_path, "seed=0,0", f"hydra.sweep.dir={sweep}")
+    lines = sweep_failing(script_starts, repo, tmp_path, "seed=0,0", f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and "lists the job" in lines[0] and "seed=0 twice" in lines[0]
     assert not list(sweep.glob("*/run.json"))
 
 
-def test_sweep_jobs_that_publish_to_their_own_files_run(tmp_path, repo):
+def test_sweep_jobs_that_publish_to_their_own_files_run(tmp_path, repo, script_starts):
     """The refusal above names the fix, ``publish='runs/seed${seed}.json'``: a sweep given it
     runs, each job publishing its own record (found at stop 72: the check of the sweep's
     unread keys, added after the publish check, was handed the publish count, a trace)."""
     sweep, runs = tmp_path / "sweep", tmp_path / "runs"
     run(repo, tmp_path, "-m", *TINY[:3], "trainer.epochs=1", "seed=0,1",
-        f"publish={runs}/seed${{seed}}.json", f"hydra.sweep.dir={sweep}")
+        f"publish={runs}/seed${{seed}}.json", f"hydra.sweep.dir={sweep}", starts=script_starts)
     assert sorted(p.name for p in runs.glob("*.json")) == ["seed0.json", "seed1.json"]
 
 
-def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
+def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo, script_starts):
     # ResNet-20 has 19 candidate layers: count=50 fails when its layers are chosen
     sweep = tmp_path / "sweep"
-    lines = sweep_failing(repo, tmp_path, "selection=first_k", "selection.count=50,2",
-                          f"hydra.sweep.dir={sweep}", "trainer.resume=false")
+    lines = sweep_failing(script_starts, repo, tmp_path, "selection=first_k",
+                          "selection.count=50,2", f"hydra.sweep.dir={sweep}",
+                          "trainer.resume=false")
     records = [json.loads(p.read_text()) for p in sweep.glob("*/run.json")]
     assert [r["config"]["selection"]["count"] for r in records] == [2]
     assert records[0]["status"] == "complete"
@@ -294,21 +311,23 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo):
     assert f"hydra.sweep.dir={sweep} trainer.resume=true: finished jobs are skipped" in lines[-1]
 
 
-def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tmp_path, repo):
+def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tmp_path, repo,
+                                                                              script_starts):
     # Found by audit: the default folder multirun/${name}/<date> resolves per job, so jobs
     # whose names differ (here by selection.policy) land in one folder each, and the line
     # that says how to go on named one of them: run with it, the finished job trained again
     sweep = ["experiment=basis_selected", "selection=first_k,all", "selection.count=50"]
-    lines = sweep_failing(repo, tmp_path, *sweep)
+    lines = sweep_failing(script_starts, repo, tmp_path, *sweep)
     assert "selection.count=50; there are 19 candidate layers" in lines[0]
     override = lines[-1].split("run the same command with ")[1].split(": finished jobs")[0]
     (override,) = shlex.split(override)  # quoted: the shell would expand ${name}
     assert override.startswith(f"hydra.sweep.dir={tmp_path}/multirun/${{name}}/"), override
     (done,) = (tmp_path / "multirun").glob("*/*/*/run.json")
     assert done.parent.parent.parent.name == "resnet20-basis-all-0.5"
-    again = subprocess.run(train_command(repo, "-m", "trainer.epochs=1", *sweep, override),
-                           cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
-                           capture_output=True, text=True, timeout=600)
+    again = script_starts.run(repo / "scripts" / "train.py",
+                              train_line("-m", "trainer.epochs=1", *sweep, override),
+                              cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                              timeout=600)
     assert again.returncode == 2, again.stderr[-3000:]
     assert "already complete; not training again" in again.stdout + again.stderr
     assert list((tmp_path / "multirun").glob("*/*/*/run.json")) == [done]  # not trained again
@@ -974,16 +993,17 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
     assert line in (out / "train.log").read_text()
 
 
-def test_a_refused_start_changes_nothing_in_the_run_folder(tmp_path, repo):
+def test_a_refused_start_changes_nothing_in_the_run_folder(tmp_path, repo, script_starts):
     out = tmp_path / "run"
-    run(repo, tmp_path, "trainer.epochs=1", f"hydra.run.dir={out}")
+    run(repo, tmp_path, "trainer.epochs=1", f"hydra.run.dir={out}", starts=script_starts)
     files = ["config.yaml", "hydra.yaml", "overrides.yaml"]
     before = {name: (out / ".hydra" / name).read_bytes() for name in files}
     record = (out / "run.json").read_bytes()
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(train_command(repo, "trainer.epochs=1", "trainer.lr=0.3",
+    result = script_starts.run(repo / "scripts" / "train.py",
+                               train_line("trainer.epochs=1", "trainer.lr=0.3",
                                           f"hydra.run.dir={out}"), cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+                               timeout=600)
     assert result.returncode == 2 and "differs in trainer.lr" in result.stderr
     assert {name: (out / ".hydra" / name).read_bytes() for name in files} == before
     assert (out / "run.json").read_bytes() == record
@@ -1105,7 +1125,7 @@ def test_a_converted_models_weights_as_a_source_say_so_and_how_to_make_them_dens
                                             "overwrite"),
 ])
 def test_a_folder_that_holds_another_kind_of_run_is_refused_not_overwritten(
-        tmp_path, repo, script, held, message):
+        tmp_path, repo, script, held, message, script_starts):
     """Found in review: ``scripts/sensitivity.py hydra.run.dir=<a finished training run's
     folder>`` (say, beside the baseline it fine-tunes from) replaced that run's run.json, the
     record the analysis reads, with its own, silently (the exhaustive search the estimate's
@@ -1114,11 +1134,12 @@ def test_a_folder_that_holds_another_kind_of_run_is_refused_not_overwritten(
     folder.mkdir()
     record = json.dumps({"kind": held, "status": "complete", "config": {"name": "other"}})
     (folder / "run.json").write_text(record)
-    done = subprocess.run([sys.executable, str(repo / "scripts" / script), "profile=smoke",
-                           "logger=none", "model=resnet8", "sensitivity.search_subset_size=1",
-                           f"sensitivity.cache_dir={tmp_path / 'cache'}",
-                           f"hydra.run.dir={folder}"], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / script,
+                             ["profile=smoke", "logger=none", "model=resnet8",
+                              "sensitivity.search_subset_size=1",
+                              f"sensitivity.cache_dir={tmp_path / 'cache'}",
+                              f"hydra.run.dir={folder}"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=300)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: {folder} {message}; give it a folder of its own"), \
         done.stderr

@@ -1,4 +1,4 @@
-"""tests/script_starts.py, the helper that runs many command lines of one script from one
+"""tests/script_starts.py, the helper that runs command lines of a script forked from one
 start-up: a line that does not end is ended with it."""
 
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from script_starts import run_script_lines
+from script_starts import ScriptStarts
 
 
 def running(pid: int) -> bool:
@@ -22,16 +22,20 @@ def running(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_line_that_hangs_past_the_timeout_is_ended_not_left_running(tmp_path):
-    """Found in review: the timeout killed the driver alone, and the forked child running
-    the line (one that hangs, or trains because it is no longer refused) ran on, an orphan,
-    after the test had failed."""
+    """A line that hangs (or trains, once a regression stops refusing it) must not run on,
+    an orphan, after the test failed: found in review of the helper's first form, whose
+    timeout killed its own process alone and left the forked child running."""
     script = tmp_path / "hangs.py"
     script.write_text("import os, sys, time\n"
                       "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
                       "time.sleep(120)\n")
     pid_file = tmp_path / "pid"
-    with pytest.raises(subprocess.TimeoutExpired):
-        run_script_lines(script, [[str(pid_file)]], cwd=tmp_path, timeout=3)
+    starts = ScriptStarts()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            starts.run(script, [str(pid_file)], cwd=tmp_path, timeout=3)
+    finally:
+        starts.close()
     pid = int(pid_file.read_text())
     try:
         for _ in range(50):  # (SIGKILL is delivered at once; its parent reaps it)

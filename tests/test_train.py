@@ -14,7 +14,6 @@ from basisconv.train import fit
 from basisconv.data import stripes
 from cifar_files import write_cifar
 from interruption import fit_stopped_before
-from script_starts import run_script_lines
 
 
 def config(repo, overrides):
@@ -72,18 +71,20 @@ def test_invalid_trainer_values_fail_at_start(tmp_path, repo):
         fit(config(repo, base + ["trainer.amp=fp16", "trainer.cuda_graphs=true"]), tmp_path)
 
 
-def run_script(repo, tmp_path, *overrides):
+def run_script(starts, repo, tmp_path, *overrides):
+    """scripts/train.py in a process of its own, forked by ``starts`` (the ``script_starts``
+    fixture)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *overrides,
-                           f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return starts.run(repo / "scripts" / "train.py",
+                      [*overrides, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                      timeout=300)
 
 
-def test_train_script_end_to_end(tmp_path, repo):
+def test_train_script_end_to_end(tmp_path, repo, script_starts):
     write_cifar(tmp_path / "data", n_train=100, n_test=40)
-    result = run_script(repo, tmp_path, f"data.root={tmp_path / 'data'}", "data.verify_md5=false",
-                        "model=resnet20", "model.width=0.25", "trainer.epochs=2",
-                        "trainer.batch_size=20", "basis.size=0.25")
+    result = run_script(script_starts, repo, tmp_path, f"data.root={tmp_path / 'data'}",
+                        "data.verify_md5=false", "model=resnet20", "model.width=0.25",
+                        "trainer.epochs=2", "trainer.batch_size=20", "basis.size=0.25")
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "run" / "train.log").read_text()
     assert "resnet20 (width 0.25): 17,326 parameters" in log  # dense: selection=none
@@ -280,8 +281,8 @@ def test_a_choice_a_preset_makes_chosen_otherwise_is_said(monkeypatch, caplog, o
     assert (warnings == []) if said is None else (len(warnings) == 1 and said in warnings[0])
 
 
-def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
-    result = run_script(repo, tmp_path, f"data.root={tmp_path / 'nowhere'}")
+def test_train_script_reports_missing_data_in_one_line(tmp_path, repo, script_starts):
+    result = run_script(script_starts, repo, tmp_path, f"data.root={tmp_path / 'nowhere'}")
     assert result.returncode == 2
     assert result.stderr.startswith("error: CIFAR-10 not found")
     assert "Traceback" not in result.stderr
@@ -291,29 +292,30 @@ def test_train_script_reports_missing_data_in_one_line(tmp_path, repo):
     # a refusal in a folder a run has used keeps it, its log saying why this start stopped
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / "train.log").write_text("an earlier start\n")
-    assert run_script(repo, tmp_path, f"data.root={tmp_path / 'nowhere'}").returncode == 2
+    assert run_script(script_starts, repo, tmp_path,
+                      f"data.root={tmp_path / 'nowhere'}").returncode == 2
     assert "error: CIFAR-10 not found" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_a_key_added_with_plus_is_refused_in_one_line_not_first_warned_of_as_unread(
-        tmp_path, repo):
+        tmp_path, repo, script_starts):
     """Found in review: ``+basis.foo=1`` of a dense run was warned of as unread (the
     basis group), then refused: two messages for one mistake."""
-    result = run_script(repo, tmp_path, "+basis.foo=1", "trainer.epochs=1",
+    result = run_script(script_starts, repo, tmp_path, "+basis.foo=1", "trainer.epochs=1",
                         f"data.root={tmp_path / 'nowhere'}")
     assert result.returncode == 2
     assert (result.stdout + result.stderr).strip() == (
         "error: basis.foo is not a config key; nothing reads a key added with +, so remove it")
 
 
-def test_a_refused_start_in_the_default_layout_leaves_no_dated_folder(tmp_path, repo):
+def test_a_refused_start_in_the_default_layout_leaves_no_dated_folder(tmp_path, repo,
+                                                                      script_starts):
     """outputs/<name>/<date>/ made for a start refused (a value out of range) is removed,
     and outputs/<name>/ with it when empty; other folders stay."""
     (tmp_path / "outputs" / "another-run").mkdir(parents=True)
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke",
-                             "basis.size=0"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = script_starts.run(repo / "scripts" / "train.py", ["profile=smoke", "basis.size=0"],
+                               cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 2 and result.stderr.startswith("error: basis.size=0")
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["another-run"]
 
@@ -686,17 +688,19 @@ def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
     ("analyze.py", "~profile", r"~profile: .* \(profile=<str>\)"),
 ])
 def test_hydra_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path, repo, script,
-                                                                       override, message):
+                                                                       override, message,
+                                                                       script_starts):
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run([sys.executable, str(repo / "scripts" / script), override,
-                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = script_starts.run(repo / "scripts" / script,
+                               [override, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                               env=env, timeout=300)
     assert result.returncode == 2, result.stderr
     assert re.match(rf"error: {message}", result.stderr), result.stderr
     assert result.stderr.count("\n") == 1 and result.stdout == ""
 
 
-def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, repo):
+def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, repo,
+                                                                     script_starts):
     """Found in review: an empty hydra.run.dir= (an unset shell variable) wrote the run into
     the working folder, silently; a value Hydra needs quoted (a non-ASCII letter, a #) was
     told to "write key=value", which it was; -m with --cfg job was Hydra's traceback; a
@@ -731,10 +735,9 @@ def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, re
                                           "--multirun")))
     # (each command line a process of its own, forked from one that imported the script's
     # modules: 9 starts of the script were 19 s of this test)
-    results = run_script_lines(repo / "scripts" / "train.py",
-                               [[*overrides, "data=stripes"] for overrides, _ in cases],
-                               cwd=tmp_path, env=env)
-    for (overrides, message), result in zip(cases, results):
+    for overrides, message in cases:
+        result = script_starts.run(repo / "scripts" / "train.py", [*overrides, "data=stripes"],
+                                   cwd=tmp_path, env=env)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert re.match(f"error: {message}", result.stderr), result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -843,8 +846,9 @@ def test_a_diverged_epoch_is_one_error_and_neither_recorded_nor_saved(tmp_path, 
     assert '"complete"' not in (tmp_path / "run.json").read_text()
 
 
-def test_train_script_reports_divergence_in_one_line(tmp_path, repo):
-    result = run_script(repo, tmp_path, *TINY_STRIPES, "trainer.epochs=1", "trainer.lr=1e6")
+def test_train_script_reports_divergence_in_one_line(tmp_path, repo, script_starts):
+    result = run_script(script_starts, repo, tmp_path, *TINY_STRIPES, "trainer.epochs=1",
+                        "trainer.lr=1e6")
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: training diverged in epoch 1 of 1: the "), \
         result.stderr
