@@ -30,9 +30,24 @@ SERVER = r"""
 import atexit, importlib, json, os, runpy, sys, tempfile, traceback
 script, modules = sys.argv[1], json.loads(sys.argv[2])
 sys.path[0] = os.path.dirname(script)  # as python <script> has it
-for module in modules:  # what every child would import first
-    importlib.import_module(module)
-answers = os.fdopen(os.dup(1), "w")
+answers = os.fdopen(os.dup(1), "w")  # (fd 1 itself the server's log, below)
+log = os.dup(2)
+# what the imports say (a warning, a print) every real start says: each child's output
+# begins with it, and a print does not end up in the answers
+said = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+os.dup2(said[0].fileno(), 1)
+os.dup2(said[1].fileno(), 2)
+try:
+    for module in modules:  # what every child would import first
+        importlib.import_module(module)
+finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+for file in said:
+    file.seek(0)
+said = [file.read() for file in said]
 for request in sys.stdin:
     argv, cwd, env = json.loads(request)
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
@@ -41,6 +56,9 @@ for request in sys.stdin:
         code = 1
         try:
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # (subprocess.run's input: none)
+            for file, text in zip((out, err), said):
+                file.write(text)
+                file.flush()
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
             os.chdir(cwd)
@@ -98,6 +116,8 @@ class ScriptStarts:
         env = dict(os.environ if env is None else env)
         key = (str(script), json.dumps({name: value for name, value in env.items()
                                         if name != "PYTEST_CURRENT_TEST"}, sort_keys=True))
+        if key in self.servers and self.servers[key].poll() is not None:
+            self.stop(key)  # (ended since its last line, killed: out of memory)
         if key in self.servers:
             self.servers[key] = self.servers.pop(key)  # (the newest now)
         else:
@@ -111,12 +131,17 @@ class ScriptStarts:
                 start_new_session=True)  # (a timeout stops the server and its child)
             self.servers[key].log = log
         server = self.servers[key]
-        server.stdin.write(json.dumps([line, str(cwd), env]) + "\n")
-        server.stdin.flush()
-        if not select.select([server.stdout], [], [], timeout)[0]:
+        try:
+            server.stdin.write(json.dumps([line, str(cwd), env]) + "\n")
+            server.stdin.flush()
+            if not select.select([server.stdout], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired([str(script), *line], timeout)
+            answer = server.stdout.readline()
+        except BaseException:
+            # (pytest-timeout's signal, an interrupt: the line's answer, still to come,
+            # would be the next line's)
             self.stop(key)
-            raise subprocess.TimeoutExpired([str(script), *line], timeout)
-        answer = server.stdout.readline()
+            raise
         if not answer:  # the server itself failed (an import)
             server.log.seek(0)
             said = server.log.read().decode(errors="replace")[-3000:]

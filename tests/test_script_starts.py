@@ -4,6 +4,7 @@ start-up: a line that does not end is ended with it."""
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,3 +47,64 @@ def test_a_line_that_hangs_past_the_timeout_is_ended_not_left_running(tmp_path):
     finally:
         if running(pid):  # (this test leaves nothing behind, failed or not)
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_line_interrupted_mid_answer_leaves_no_answer_for_the_next_line(tmp_path,
+                                                                         monkeypatch):
+    """Found in review: an error while a line ran (pytest-timeout's signal, a KeyboardInterrupt)
+    left its server running, and the next line of that script and environment, another
+    test's, was given the interrupted line's answer."""
+    import script_starts
+
+    script = tmp_path / "says.py"
+    script.write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\nprint(sys.argv[2])\n")
+    starts = ScriptStarts()
+    waiting = script_starts.select.select
+
+    def interrupted(*args):
+        monkeypatch.setattr(script_starts.select, "select", waiting)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script_starts.select, "select", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            starts.run(script, ["1", "first"], cwd=tmp_path)
+        assert starts.run(script, ["0", "second"], cwd=tmp_path).stdout == "second\n"
+    finally:
+        starts.close()
+
+
+def test_a_server_that_ended_between_lines_is_started_again(tmp_path):
+    """A server killed between two lines (out of memory) was written to again: every later
+    line of its script and environment failed with BrokenPipeError."""
+    script = tmp_path / "says.py"
+    script.write_text("import sys\nprint(sys.argv[1])\n")
+    starts = ScriptStarts()
+    try:
+        assert starts.run(script, ["first"], cwd=tmp_path).stdout == "first\n"
+        (server,) = starts.servers.values()
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        assert starts.run(script, ["second"], cwd=tmp_path).stdout == "second\n"
+    finally:
+        starts.close()
+
+
+def test_what_the_imports_say_is_in_every_lines_output(tmp_path):
+    """As a real start says it: a warning or print of an imported module went to the
+    server's own log, so a test that a refused line is one line of stderr passed even when
+    every real start said more."""
+    (tmp_path / "noisy.py").write_text(
+        "import sys, warnings\nprint('imported')\nwarnings.warn('at import')\n"
+        "print('imported too', file=sys.stderr)\n")
+    script = tmp_path / "quiet.py"
+    script.write_text("import noisy\nprint('ran')\n")
+    real = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    starts = ScriptStarts()
+    try:
+        for _ in range(2):
+            forked = starts.run(script, [], cwd=tmp_path)
+            assert (forked.stdout, forked.stderr) == (real.stdout, real.stderr)
+    finally:
+        starts.close()
