@@ -142,6 +142,7 @@ def test_int_conv_options_are_taken_as_f_conv2d_takes_them(monkeypatch):
     torch.testing.assert_close(auto.auto_forward(x, basis, comb, None, 2, 1, 1),
                                F.conv2d(x, weight, None, 2, 1, 1))
     auto.auto_forward(x, basis, comb, None, (2, 2), (1, 1), (1, 1))
+    auto.auto_forward(x, basis, comb, None, (2,), [1], (1,))  # (one-element sequences too)
     assert list(auto.choices().values()) == ["dense"]
 
 

@@ -553,11 +553,11 @@ def test_int_conv_options_are_taken_as_f_conv2d_takes_them(kernel_runs):
     ``F.conv2d`` and the stacked form take it) ended in "'int' object is not iterable"."""
     torch.manual_seed(0)
     x, weight, combination = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3), torch.randn(5, 3)
-    for conv in ((2, 1, 1), (1, "same", 2), (2, (1, 0), 1)):
+    for conv in ((2, 1, 1), (1, "same", 2), (2, (1, 0), 1), ((2,), [1], (1,))):
         torch.testing.assert_close(fused.fused_forward(x, weight, combination, None, *conv),
                                    stacked_forward(x, weight, combination, None, *conv),
                                    rtol=1e-4, atol=1e-4)
-    assert len(kernel_runs) == 3
+    assert len(kernel_runs) == 4
 
 
 def test_an_input_of_another_dtype_is_refused_and_leaves_the_kernel_to_the_shape(

@@ -748,6 +748,13 @@ def test_a_source_checkpoint_that_cannot_be_read_is_one_line_naming_the_fix(
     assert re.match(rf"^error: OVERRIDES: {said} \(in the run scripts/sensitivity.py\)\n$",
                     capsys.readouterr().err)
 
+    def failing(path):  # an OSError without an errno (said "OSError: None" before)
+        raise OSError("the disk went away")
+    monkeypatch.setattr(sensitivity, "file_digest", failing)
+    with pytest.raises(ConfigError, match=r"cannot be read \(OSError: the disk went away\); "):
+        sensitivity.cache_key(compose_sensitivity(
+            repo, tmp_path, f"sensitivity.source_checkpoint={source}"))
+
 
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)

@@ -110,7 +110,7 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
             estimate["source_checkpoint"] = f"sha256:{file_digest(source)}"
         except OSError as err:  # (a trace, from reproduce.sh's check of its OVERRIDES too)
             raise ConfigError(f"sensitivity.source_checkpoint={source} cannot be read "
-                              f"({type(err).__name__}: {err.strerror}); point "
+                              f"({type(err).__name__}: {err.strerror or err}); point "
                               f"sensitivity.source_checkpoint at the checkpoint.pt of a "
                               f"trained dense run") from None
     # the noise yardstick's repeats, only when not the number earlier keys were made with

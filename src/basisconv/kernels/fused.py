@@ -205,10 +205,14 @@ def numeric_padding(padding, kernel_size, dilation) -> tuple[int, int] | None:
 
 def conv_pairs(stride, padding, dilation) -> tuple:
     """``stride``, ``padding`` and ``dilation`` as pairs, from what ``F.conv2d`` takes (an
-    int or a pair each; ``padding`` also ``"same"`` or ``"valid"``, kept as it is): a layer
-    passes pairs, a direct caller of the forms may pass ``stride=2`` (which ended in
-    "'int' object is not iterable" here, where the stacked form took it)."""
-    return _pair(stride), padding if isinstance(padding, str) else _pair(padding), _pair(dilation)
+    int, a one-element sequence or a pair each; ``padding`` also ``"same"`` or ``"valid"``,
+    kept as it is): a layer passes pairs, a direct caller of the forms may pass
+    ``stride=2`` (which ended in "'int' object is not iterable" here, where the stacked
+    form took it)."""
+    def pair(value) -> tuple:
+        value = tuple(_pair(value))
+        return value * 2 if len(value) == 1 else value
+    return pair(stride), padding if isinstance(padding, str) else pair(padding), pair(dilation)
 
 
 def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
