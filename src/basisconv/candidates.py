@@ -49,9 +49,9 @@ SAVINGS_BASIS_KEYS = ("size", "combine", "coefficient_rank")
 
 def savings_basis(basis: DictConfig | Mapping) -> DictConfig:
     """``basis`` (the ``basis`` config, or a mapping with its keys) as a config that has
-    :data:`SAVINGS_BASIS_KEYS`; one error naming those it lacks, as :func:`pick_layers`
-    names a selection's (a user's empty config was OmegaConf's three-line missing-key
-    error, a plain dict an AttributeError)."""
+    :data:`SAVINGS_BASIS_KEYS`; one error naming those it lacks, as
+    :func:`~basisconv.selection.pick_layers` names a selection's (a user's empty config was
+    OmegaConf's three-line missing-key error, a plain dict an AttributeError)."""
     example = "{'size': 0.5, 'combine': 'stacked', 'coefficient_rank': None}"
     if not isinstance(basis, Mapping):
         raise ConfigError(f"layer_savings: basis is the basis config or a mapping of its "
