@@ -688,6 +688,8 @@ def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     for arg in ("=3", "+=x", "++=x", "~=x"):
         assert malformed_override(["trainer.epochs=3", arg]) == arg
     assert malformed_override(["~trainer.threads", "+x=1", "++y=2", "-m", "a=b,c"]) is None
+    # a flag's value is no override, whatever it looks like (a config folder named =old)
+    assert malformed_override(["-cd", "=old", "seed=1"]) is None
 
 
 @pytest.mark.parametrize("override, line", [
@@ -1305,6 +1307,54 @@ def test_a_listed_groups_advice_keeps_its_prefix_and_package(override, key):
     line = listed_group_line([override], lambda group: group == "model")
     assert f"sweep them with -m {key}=resnet8,resnet20; for one run, give one, e.g. " \
            f"{key}=resnet20" in line
+
+
+def test_a_resume_hints_word_is_double_quoted_only_where_a_shell_expands_nothing_in_it():
+    """Found in a mutation round: in double quotes an interactive bash expands ``!`` (history),
+    as it does ``$``, backquotes and backslashes, so a folder holding one is single-quoted."""
+    from basisconv.resuming import shell_word
+
+    assert shell_word("hydra.run.dir='a b'") == "\"hydra.run.dir='a b'\""
+    for word in ("hydra.run.dir='wow! b'", "hydra.run.dir='$x b'"):
+        assert shell_word(word) == shlex.quote(word) and shlex.split(shell_word(word)) == [word]
+
+
+def test_a_folder_with_an_edge_space_is_quoted_for_hydra():
+    """Found in a mutation round: Hydra strips an unquoted value's edge spaces, so a folder
+    ending in a space would be read back as another folder; quoted, it is itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from basisconv.resuming import hydra_value
+
+    for folder in ("/tmp/run ", " run", "/tmp/a b"):
+        override = OverridesParser.create().parse_override(f"k={hydra_value(folder)}")
+        assert override.value() == folder
+
+
+def test_a_config_group_given_a_list_of_one_config_is_not_refused():
+    """Found in a mutation round: a list of one config merges nothing into it (Hydra loads
+    that config), so only a list of two or more is refused."""
+    from basisconv.hydra_errors import listed_group_line
+
+    assert listed_group_line(["model=[resnet8]"], lambda group: group == "model") is None
+    assert listed_group_line(["model=[resnet8,resnet20]"], lambda group: group == "model")
+
+
+@pytest.mark.parametrize("override, advice", [
+    (" =x", "write key=value, e.g. trainer.epochs=3"), ("a b=", "write key=value, e.g. "),
+    ("name=résnet", "quote the value, e.g. \"name='résnet'\"")])
+def test_an_override_hydra_cannot_parse_is_told_to_quote_only_a_value_it_has(override, advice):
+    """Found in a mutation round: advice to quote the value is for a key=value whose value
+    Hydra cannot read; one with a blank key or no value (" =x", which the keyless check
+    lets by) is told to write key=value, not to quote "''"."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from basisconv.hydra_errors import hydra_error_line
+
+    with pytest.raises(OverrideParseException) as err:
+        OverridesParser.create().parse_overrides([override])
+    assert advice in hydra_error_line(err.value)
 
 
 def test_a_force_added_groups_advice_keeps_its_package():

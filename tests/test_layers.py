@@ -725,6 +725,19 @@ def test_an_error_bound_with_svd_is_the_singular_value_energy():
         BasisConv2d.from_conv(conv, 8, fit="qr")
 
 
+@pytest.mark.parametrize("fit", ["svd", "pivots"])
+def test_an_error_bound_met_exactly_is_met_whatever_the_rounding(fit):
+    """Found in a mutation round: rows (4, 4) and (3, -3) leave exactly 0.6 of the weight
+    with one filter, but the singular values' energy reads it as 0.6000000000000001; the
+    bound ``max_error=0.6`` is met by one filter, not by both."""
+    conv = nn.Conv2d(2, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[4.0, 4.0], [3.0, -3.0]]).reshape(2, 2, 1, 1))
+    layer = BasisConv2d.from_conv(conv, max_error=0.6, fit=fit)
+    assert layer.num_basis == 1
+    assert layer.reconstruction_error == pytest.approx(0.6)
+
+
 def test_apply_basis_passes_the_fit_to_each_layer_and_fresh_layers_ignore_it():
     from basisconv.surgery import apply_basis
 

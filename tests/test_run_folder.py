@@ -239,6 +239,7 @@ def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkey
     assert len(earlier) == 2 and earlier[0]["date"] == started["date"]
     assert earlier[0]["hardware"]["cpu"] == "Another CPU" and "resumed_from_epoch" not in earlier[0]
     assert earlier[1]["resumed_from_epoch"] == 1 and record["provenance"]["resumed_from_epoch"] == 2
+    assert not any("earlier" in start for start in earlier)  # one flat list, not nested
     assert record["provenance"]["hardware"]["cpu"] != "Another CPU"
     warnings = [r.message for r in caplog.records if "another commit or set-up" in r.message]
     assert len(warnings) == 1 and "after epoch 1" in warnings[0]  # the second start only
@@ -666,6 +667,22 @@ def test_a_run_killed_saving_its_last_epoch_says_complete_only_with_its_checkpoi
             record = fit(cfg, tmp_path)
         assert record["status"] == "complete" and len(record["epochs"]) == 3
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("record, complete", [({"status": "complete"}, True),
+                                               ({"status": "running"}, False),
+                                               ({"kind": "training"}, False),
+                                               ({"status": "completed"}, False), ([], False)])
+def test_only_a_record_that_says_complete_makes_its_run_complete(tmp_path, record, complete):
+    """Found in a mutation round: which advice a damaged checkpoint gets (delete it, the run
+    stays finished; or start over) rests on run.json saying "complete"; a record without
+    a status, or with another word (hand-edited), says nothing finished, as a missing one."""
+    from basisconv.train import says_complete
+
+    path = tmp_path / "run.json"
+    assert not says_complete(path)
+    path.write_text(json.dumps(record))
+    assert says_complete(path) is complete
 
 
 def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tmp_path, repo,

@@ -241,25 +241,37 @@ class StandardizedConv2d(nn.Conv2d):
         return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
 
 
-def test_conv_subclasses_with_their_own_forward_are_skipped_not_silently_converted():
+class StandardizedInnerConv2d(nn.Conv2d):
+    """The same in ``_conv_forward``, which ``nn.Conv2d.forward`` calls with the weight."""
+
+    def _conv_forward(self, x, weight, bias):
+        w = (weight - weight.mean((1, 2, 3), keepdim=True)) / (
+            weight.std((1, 2, 3), keepdim=True) + 1e-5)
+        return super()._conv_forward(x, w, bias)
+
+
+@pytest.mark.parametrize("kind", [StandardizedConv2d, StandardizedInnerConv2d])
+def test_conv_subclasses_with_their_own_forward_are_skipped_not_silently_converted(kind):
     # Found by review: from_conv fitted the raw weight, and the converted layer computed a
     # plain conv of it (here an output error of ~30 at full rank).
-    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), StandardizedConv2d(8, 8, 3, padding=1))
-    with pytest.warns(UserWarning, match="^skipping layer '1': it is a StandardizedConv2d.*own forward"):
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), kind(8, 8, 3, padding=1))
+    name = kind.__name__
+    with pytest.warns(UserWarning, match=f"^skipping layer '1': it is a {name}.*own forward"):
         converted = apply_basis(model, "all", 2)
-    assert isinstance(converted[0], BasisConv2d) and type(converted[1]) is StandardizedConv2d
-    with pytest.raises(ValueError, match="layer '1' is a StandardizedConv2d.*leave this layer dense"):
+    assert isinstance(converted[0], BasisConv2d) and type(converted[1]) is kind
+    with pytest.raises(ValueError, match=f"layer '1' is a {name}.*leave this layer dense"):
         apply_basis(model, "1", 2)
 
 
-def test_a_conv_whose_forward_is_replaced_on_the_instance_is_not_silently_converted():
+@pytest.mark.parametrize("patched", ["forward", "_conv_forward"])
+def test_a_conv_whose_forward_is_replaced_on_the_instance_is_not_silently_converted(patched):
     # Found by review: only the class's forward was checked, so a conv given its own
     # forward on the instance (conv.forward = ..., as a patching library does) was fitted to
     # its raw weight and computed a plain conv of it (here twice off at full rank).
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
-    plain = model[1].forward
-    model[1].forward = lambda x: 2 * plain(x)
-    with pytest.warns(UserWarning, match="^skipping layer '1': it has its forward replaced on the instance"):
+    plain = getattr(model[1], patched)
+    setattr(model[1], patched, lambda *args: 2 * plain(*args))
+    with pytest.warns(UserWarning, match=f"^skipping layer '1': it has its {patched} replaced on the instance"):
         converted = apply_basis(model, "all", 8)
     assert isinstance(converted[0], BasisConv2d) and type(converted[1]) is nn.Conv2d
     with pytest.raises(ValueError, match="layer '1'.*on the instance.*leave this layer dense"):
@@ -692,6 +704,22 @@ def test_a_conv_whose_weight_is_computed_trains_as_its_parameters_do(wrap, no_gr
             [trainable] * 2, trainable
         alone = BasisConv2d.from_conv(model[1], 0.25)
         assert alone.basis_weight.requires_grad == trainable
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("wrap", ["weight_norm", "parametrizations.weight_norm"])
+def test_a_weight_norm_conv_with_a_frozen_magnitude_still_trains(wrap):
+    """Found in a mutation round: a weight computed from two parameters trains while either
+    does (a frozen magnitude ``g``, a trained direction ``v``), so its basis layer trains."""
+    from torch.nn.utils import parametrizations, weight_norm
+
+    conv = {"weight_norm": weight_norm,
+            "parametrizations.weight_norm": parametrizations.weight_norm}[wrap](
+        nn.Conv2d(16, 32, 3))
+    magnitude = next(p for p in conv.parameters() if p.shape == (32, 1, 1, 1))
+    magnitude.requires_grad_(False)
+    model = apply_basis(nn.Sequential(nn.Conv2d(3, 16, 3), conv), "1", 0.25)
+    assert model[1].basis_weight.requires_grad and model[1].coefficients.requires_grad
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

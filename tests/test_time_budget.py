@@ -232,6 +232,10 @@ def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_lay
         "sensitivity_key": None, "sensitivity_table": None, "measured_time": None})
     warm_up = {"record": {"model": {"basis_layers": []}}}  # dense so far: chosen now
     assert train.layers_to_convert(cfg, warm_up)[0] == ["layer1.0.conv1"]
+    # a record whose selection chose no layer (layers None: dense) keeps it; choosing
+    # again (another machine's times) could convert layers its dense checkpoint lacks
+    chose_none = {"record": {"layers": None, "model": {"basis_layers": []}}}
+    assert train.layers_to_convert(cfg, chose_none)[0] is None
 
     calls = []
     monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
