@@ -35,7 +35,6 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import register_flop_formula
 
 from ..errors import warn_caller
@@ -208,11 +207,16 @@ def conv_pairs(stride, padding, dilation) -> tuple:
     int, a one-element sequence or a pair each; ``padding`` also ``"same"`` or ``"valid"``,
     kept as it is): a layer passes pairs, a direct caller of the forms may pass
     ``stride=2`` (which ended in "'int' object is not iterable" here, where the stacked
-    form took it)."""
-    def pair(value) -> tuple:
-        value = tuple(_pair(value))
-        return value * 2 if len(value) == 1 else value
-    return pair(stride), padding if isinstance(padding, str) else pair(padding), pair(dilation)
+    form took it). Called at every eager forward: a pair passes through as it is."""
+    return (_as_pair(stride), padding if isinstance(padding, str) else _as_pair(padding),
+            _as_pair(dilation))
+
+
+def _as_pair(value) -> tuple:
+    if type(value) is tuple and len(value) == 2:  # (a layer's: nothing to do)
+        return value
+    value = (value,) if isinstance(value, int) else tuple(value)
+    return value * 2 if len(value) == 1 else value
 
 
 def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
