@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisconv.data import (MEAN, STD, TensorBatches, load_cifar10, normalize, random_crop,
-                            random_flip, stratified_subset, synthetic_stripes)
+from basisconv.data import (MEAN, STD, TEST_FILES, TRAIN_FILES, TensorBatches, load_cifar10,
+                            normalize, random_crop, random_flip, stratified_subset,
+                            synthetic_stripes)
 from basisconv.errors import ConfigError, DatasetError
 from cifar_files import random_images, write_cifar
 
@@ -244,6 +245,46 @@ def test_missing_batch_file(tmp_path):
     (folder / "data_batch_5.bin").unlink()
     with pytest.raises(DatasetError, match="file missing: .*data_batch_5.bin"):
         load_cifar10(tmp_path, verify_md5=False)
+
+
+def test_a_batch_path_that_is_a_folder_says_so(tmp_path):
+    """Found in review: a ``data_batch_5.bin`` that is a folder (an archive extracted into
+    a folder of the file's name) was reported as missing."""
+    folder = write_cifar(tmp_path)
+    (folder / "data_batch_5.bin").unlink()
+    (folder / "data_batch_5.bin").mkdir()
+    with pytest.raises(DatasetError, match=r"data_batch_5.bin is a folder, where CIFAR-10's "
+                                           r"file data_batch_5.bin belongs: replace it"):
+        load_cifar10(tmp_path, verify_md5=False)
+
+
+@pytest.mark.parametrize("fmt", ["bin", "py"])
+def test_each_file_is_read_once_when_its_md5_is_checked(tmp_path, monkeypatch, fmt):
+    """Found in review: the md5 check read each file, then the reader read it again; the
+    bytes hashed are now the bytes parsed. (The published sums are swapped for the
+    generated files' own, so the check passes.)"""
+    import builtins
+    import hashlib
+    import io
+
+    import basisconv.data as data
+
+    folder = write_cifar(tmp_path, fmt, n_train=50, n_test=20)
+    for path in folder.iterdir():
+        monkeypatch.setitem(data.MD5, path.name, hashlib.md5(path.read_bytes()).hexdigest())
+    opened = []
+
+    def counting(real):
+        def open_(file, *args, **kwargs):
+            if isinstance(file, (str, Path)) and Path(file).parent == folder:
+                opened.append(Path(file).name)
+            return real(file, *args, **kwargs)
+        return open_
+
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(io, "open", counting(io.open))
+    assert len(load_cifar10(tmp_path).train_images) == 50
+    assert sorted(opened) == sorted(TRAIN_FILES[fmt] + TEST_FILES[fmt])
 
 
 def test_offline_download_failure_is_a_clear_error(tmp_path, monkeypatch):

@@ -672,3 +672,27 @@ def test_a_figure_without_a_record_says_so(repo):
     text = " ".join((repo / "docs" / "reproducing.md").read_text().split())
     sentence = text.split("50.65 ± 1.99")[1].split(". ")[0]
     assert "no record of that run exists" in sentence
+
+
+def test_the_gpu_pages_versions_and_slot_times_are_their_records(repo):
+    """Found in review: the pages wrote "torch 2.11.0+cu130" where the H200 records keep
+    torch 2.11.0 and CUDA 13.0 apart (``provenance.versions.torch``,
+    ``provenance.hardware.cuda``), and gave the fused slot's two calls as "8.3 and 4.1
+    minutes" with no record named (its commands' own times add up to 8.1 and 3.9). Each
+    torch version the pages give is a record's, and the calls' times are the ``done``
+    lines of the slot's summaries, named beside them."""
+    records = [json.loads(path.read_text())["provenance"] for path in
+               [repo / "results" / "gpu-check-h200.json",
+                *(repo / "results").glob("gpu-h200*/*.json")]]
+    torch = {record["versions"]["torch"] for record in records}
+    assert torch == {"2.11.0"} and {record["hardware"]["cuda"] for record in records} == {"13.0"}
+    pages = [*(repo / "docs").glob("*.md"), repo / "README.md", repo / "results" / "README.md"]
+    text = " ".join(" ".join(page.read_text() for page in pages).split())
+    written = set(re.findall(r"torch (2\.11\.\S+?)[,;) ]", text))
+    assert written == torch, written
+    logs = repo / "results" / "gpu-h200-fused" / "logs"
+    done = [re.search(r"^done (\d+)s$", (logs / f"summary-call{call}.txt").read_text(), re.M)[1]
+            for call in (1, 2)]
+    gpu = " ".join((repo / "docs" / "gpu.md").read_text().split())
+    assert (f"({done[0]} s and {done[1]} s, by the `done` lines of "
+            "`results/gpu-h200-fused/logs/summary-call1.txt`") in gpu

@@ -263,6 +263,32 @@ def test_conv_subclasses_with_their_own_forward_are_skipped_not_silently_convert
         apply_basis(model, "1", 2)
 
 
+def test_a_skipped_layer_says_it_stays_dense_and_how_it_could_be_converted():
+    """Found in review: a pattern's skip line ended with the named layer's error advice,
+    "leave this layer dense", an order for what the conversion had already done. It says
+    the layer stays dense and, where there is one, what would make it convertible; the
+    error for a layer named on its own still says to leave it dense."""
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=2),
+                          nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+                          StandardizedConv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+    plain = model[4].forward
+    model[4].forward = lambda x: 2 * plain(x)
+    with pytest.warns(UserWarning) as caught:
+        apply_basis(model, "all", 2)
+    lines = [str(w.message) for w in caught if str(w.message).startswith("skipping")]
+    assert len(lines) == 4
+    assert all("leave this layer dense" not in line for line in lines), lines
+    assert lines[0].endswith("support groups=1 only, so it stays dense")
+    assert lines[1].endswith("support zero padding only, so it stays dense")
+    assert lines[2].endswith("so it stays dense (to convert it, replace it by a plain nn.Conv2d "
+                             "with the weight it uses)")
+    assert lines[3].endswith("so it stays dense (to convert it, del conv.forward if it computes "
+                             "the plain conv)")
+    for name in "1234":
+        with pytest.raises(ConfigError, match="so leave this layer dense"):
+            apply_basis(model, name, 2)
+
+
 @pytest.mark.parametrize("patched", ["forward", "_conv_forward"])
 def test_a_conv_whose_forward_is_replaced_on_the_instance_is_not_silently_converted(patched):
     # Found by review: only the class's forward was checked, so a conv given its own
@@ -382,9 +408,12 @@ def test_converting_again_keeps_basis_layers_and_refuses_to_resize_one_by_name()
     assert len(basis_layers(again)) == len(conv_layers(again)) == 7
     assert all(layer.num_basis == max(1, round(0.25 * layer.out_channels))
                for name, layer in basis_layers(again).items() if name != "conv1")
-    with pytest.raises(ConfigError, match=r"^layer 'conv1' is already a BasisConv2d; convert "
-                                          r"its to_conv\(\) first to change its basis size$"):
+    with pytest.raises(ConfigError, match=r"^layer 'conv1' is already a BasisConv2d; to change "
+                                          r"its basis size, convert a dense copy of the model "
+                                          r"instead: apply_basis\(to_dense\(model\), \.\.\.\)$"):
         apply_basis(model, ["conv1"], 0.25, inplace=False)
+    # (the advice works: a layer's to_conv(), which the error named before, is no model)
+    assert apply_basis(to_dense(model), ["conv1"], 0.25).conv1.num_basis == 1
     with pytest.raises(ConfigError, match=r"^apply_basis: layer names must be strings, got 3$"):
         apply_basis(model, [3], 0.25, inplace=False)
 
@@ -410,7 +439,8 @@ def test_converting_a_fully_converted_model_again_says_nothing_is_converted():
     sizes = {name: layer.num_basis for name, layer in basis_layers(model).items()}
     with pytest.warns(UserWarning, match=r"^'all' matches only layers already in basis form "
                                          r"\(conv1, layer1\.0\.conv1, .*\), left as they are: "
-                                         r"nothing is converted; .* to_dense\(model\)") as caught:
+                                         r"nothing is converted; .*: "
+                                         r"apply_basis\(to_dense\(model\), \.\.\.\)$") as caught:
         again = apply_basis(model, "all", 0.25)
     assert len(caught) == 1
     assert {name: layer.num_basis for name, layer in basis_layers(again).items()} == sizes

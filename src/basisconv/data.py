@@ -157,8 +157,8 @@ def _holds_cifar10(folder: Path, fmt: str, how: Callable[[Iterable[bool]], bool]
             f"CIFAR10_ROOT environment variable) at a copy this user can read.") from None
 
 
-def _read_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    raw = path.read_bytes()
+def _read_binary(path: Path, raw: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of ``raw``, the bytes of the binary batch ``path``."""
     if len(raw) == 0 or len(raw) % RECORD_BYTES:
         raise DatasetError(
             f"{path} is truncated or not a CIFAR-10 binary file: {len(raw)} bytes is not a "
@@ -169,8 +169,8 @@ def _read_binary(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def _read_python(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    raw = path.read_bytes()  # outside the try: a file it cannot read is not "truncated"
+def _read_python(path: Path, raw: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of ``raw``, the bytes of the python batch ``path``."""
     try:
         batch = pickle.loads(raw, encoding="bytes")
     except Exception as err:  # noqa: BLE001 - any failure here means a bad file
@@ -252,21 +252,27 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
     reader = _read_binary if fmt == "bin" else _read_python
     for name in names:
         path = folder / name
+        if path.is_dir():  # (is_file said "missing" of it)
+            raise DatasetError(f"{path} is a folder, where CIFAR-10's file {name} belongs: "
+                               f"replace it by that file (extract the archive again), or point "
+                               f"data.root at a folder holding the extracted files.")
         if not path.is_file():
             raise DatasetError(f"CIFAR-10 file missing: {path}. The folder {folder} must hold "
                                f"{', '.join(TRAIN_FILES[fmt] + TEST_FILES[fmt])}.")
         try:
-            # verified before it is read: a python batch is a pickle, which runs code as it loads
-            if verify_md5 and (digest := file_digest(path, "md5")) != MD5[name]:
-                raise DatasetError(
-                    f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
-                    f"corrupt or not the genuine CIFAR-10: re-download it, or set "
-                    f"data.verify_md5=false if you use your own data in CIFAR format.")
-            x, y = reader(path)
+            raw = path.read_bytes()
         except OSError as err:  # no permission (another user's copy, mode 600), a failing disk
             raise DatasetError(
                 f"cannot read {path} ({err.strerror or err}): make it readable (chmod a+r, or "
                 f"ask its owner), or point data.root at a copy this user can read.") from None
+        # the bytes hashed are the bytes parsed (each file read once), verified before they
+        # are parsed: a python batch is a pickle, which runs code as it loads
+        if verify_md5 and (digest := hashlib.md5(raw).hexdigest()) != MD5[name]:
+            raise DatasetError(
+                f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
+                f"corrupt or not the genuine CIFAR-10: re-download it, or set "
+                f"data.verify_md5=false if you use your own data in CIFAR format.")
+        x, y = reader(path, raw)
         outside = ((y < 0) | (y >= len(CLASSES))).nonzero().flatten()
         if outside.numel():  # the first such record and its label: a text file's "labels"
             # are printable bytes (a Git LFS pointer, with data.verify_md5=false), own data's

@@ -84,12 +84,33 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
     (:func:`basisconv.progress.conditions`, a folder inside this key's) is kept under; no
     ``basis.share_coefficients`` (a probe converts one layer, which has none to share) nor
     ``basis.only_where_saves`` (the candidates are always the layers where a basis saves
-    compute, :func:`~basisconv.candidates.layer_savings`)."""
-    def pick(node: DictConfig, keys: list[str]) -> dict[str, Any]:
-        values = OmegaConf.to_container(node, resolve=True)
-        return {k: values[k] for k in keys}
+    compute, :func:`~basisconv.candidates.layer_savings`).
 
-    basis = pick(cfg.basis, ["size", "combine", "coefficient_rank"])
+    A setting (or a change of the code) that joined the key after tables were cached is
+    added only where it applies, so that the other keys stay valid: the key is kept byte
+    for byte, field order included."""
+    estimate = _estimate_fields(cfg)  # (before the data's: the error it may raise comes first)
+    return {
+        "model": _picked(cfg.model, ["name", "width"]),
+        "basis": _basis_fields(cfg),
+        "data": _data_fields(cfg),
+        "sensitivity": estimate,
+        "trainer": _picked(cfg.trainer, ["batch_size", "lr", "momentum", "nesterov",
+                                         "weight_decay", "schedule", "warmup_fraction",
+                                         "label_smoothing", "amp"]),
+        "seed": cfg.sensitivity.seed,
+    }
+
+
+def _picked(node: DictConfig, keys: list[str]) -> dict[str, Any]:
+    """The resolved values of ``keys`` in ``node``, in that order."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return {k: values[k] for k in keys}
+
+
+def _basis_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The basis layers a probe converts to, and how it counts what they save."""
+    basis = _picked(cfg.basis, ["size", "combine", "coefficient_rank"])
     if cfg.basis.get("fuse_norm"):  # only when on, so that earlier keys stay valid
         basis["fuse_norm"] = True
     if cfg.basis.get("fit", "pivots") != "pivots":  # how each layer is fitted (likewise)
@@ -100,19 +121,18 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         # the only layers with costs paid once per batch, whose savings per image are now
         # counted at the training batch: tables counted at one image are not reused
         basis["savings_per_image_at"] = "trainer.batch_size"
-    estimate = pick(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint", "finetune_epochs",
-                                      "finetune_lr", "val_size", "layers"])
+    return basis
+
+
+def _estimate_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The estimate's own budget: the dense model it starts from, its fine-tunes, its
+    noise yardsticks and the layers it probes."""
+    estimate = _picked(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint",
+                                         "finetune_epochs", "finetune_lr", "val_size",
+                                         "layers"])
     source = estimate["source_checkpoint"]
     if source and Path(source).is_file():
-        # its weights, not its path: a run's checkpoint.pt changes at the same path with each
-        # epoch it trains (or a rerun there), and one file named two ways is one source
-        try:
-            estimate["source_checkpoint"] = f"sha256:{file_digest(source)}"
-        except OSError as err:  # (a trace, from reproduce.sh's check of its OVERRIDES too)
-            raise ConfigError(f"sensitivity.source_checkpoint={source} cannot be read "
-                              f"({type(err).__name__}: {err.strerror or err}); point "
-                              f"sensitivity.source_checkpoint at the checkpoint.pt of a "
-                              f"trained dense run") from None
+        estimate["source_checkpoint"] = _checkpoint_digest(source)
     # the noise yardstick's repeats, only when not the number earlier keys were made with
     if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
         estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
@@ -127,23 +147,32 @@ def key_fields(cfg: DictConfig) -> dict[str, Any]:
         estimate["pretrain_warmup"] = True
     if pretrained_here and schedule == "onecycle" and warmup == 0:
         estimate["onecycle_from_lr"] = True
-    data = pick(cfg.data, ["name", "train_subset", "crop_padding", "flip", "synthetic_train",
-                           "num_classes"])
+    return estimate
+
+
+def _checkpoint_digest(source: str) -> str:
+    """A source checkpoint as the key knows it: its weights, not its path (a run's
+    checkpoint.pt changes at the same path with each epoch it trains, or a rerun there, and
+    one file named two ways is one source)."""
+    try:
+        return f"sha256:{file_digest(source)}"
+    except OSError as err:  # (a trace, from reproduce.sh's check of its OVERRIDES too)
+        raise ConfigError(f"sensitivity.source_checkpoint={source} cannot be read "
+                          f"({type(err).__name__}: {err.strerror or err}); point "
+                          f"sensitivity.source_checkpoint at the checkpoint.pt of a "
+                          f"trained dense run") from None
+
+
+def _data_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The training images the estimate sees (its held-out split is made from them)."""
+    data = _picked(cfg.data, ["name", "train_subset", "crop_padding", "flip", "synthetic_train",
+                              "num_classes"])
     if cfg.data.name == "stripes":  # one draw makes train and test images: the test count
         data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
     elif not cfg.data.verify_md5:  # not the published CIFAR-10 (your own data in its format):
         # known by its folder, as resuming knows it (checkpoint.same_data)
         data["root"] = str(expanded_root(cfg.data.root).resolve())
-    return {
-        "model": pick(cfg.model, ["name", "width"]),
-        "basis": basis,
-        "data": data,
-        "sensitivity": estimate,
-        "trainer": pick(cfg.trainer, ["batch_size", "lr", "momentum", "nesterov",
-                                      "weight_decay", "schedule", "warmup_fraction",
-                                      "label_smoothing", "amp"]),
-        "seed": cfg.sensitivity.seed,
-    }
+    return data
 
 
 def cache_key(cfg: DictConfig) -> str:
@@ -310,21 +339,7 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     """The sensitivity table of ``cfg``: from the cache when there is one for its key,
     otherwise estimated now (logged, and cached for the next run)."""
     recompute = cfg.sensitivity.recompute if recompute is None else recompute
-    try:
-        cached = None if recompute else load_cached(cfg)
-    except ConfigError:
-        # read outside the lock: another process may be replacing the pair under it (a
-        # published table restored: table, then record), and the old record beside the new
-        # table reads as damaged; the read under the lock below says whether it is
-        cached = None
-    if cached is not None and published_differs(cfg, cached[1]):
-        log.warning("sensitivity: the table cached in %s differs from the one published at "
-                    "sensitivity.restore_from=%s for the same key (each machine estimated its "
-                    "own); using the published one, which the protocol's pages and its other "
-                    "runs use", cache_dir(cfg), cfg.sensitivity.restore_from)
-        with folder_lock(cache_dir(cfg), wait=True, what="sensitivity estimate",
-                         key="sensitivity.cache_dir"):
-            cached = restore_published(cfg)
+    cached = _cached_before_the_lock(cfg, recompute)
     if cached is None:
         folder = cache_dir(cfg)
         # One estimate per key at a time: a second process waits, then reuses its table.
@@ -334,44 +349,78 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
             cached = None if recompute else (load_cached(cfg)
                                              or restore_published(cfg, estimating=alone))
             if cached is None and not alone:
-                what = ("sensitivity.recompute=true cannot estimate the table again under "
-                        "torchrun" if recompute else
-                        f"no sensitivity table for key {cache_key(cfg)} in "
-                        f"{cfg.sensitivity.cache_dir}"
-                        + (" nor at sensitivity.restore_from" if cfg.sensitivity.restore_from
-                           else ""))
-                raise ConfigError(f"{what}; estimate it first in one process (python "
-                                  f"scripts/sensitivity.py with the same overrides), then "
-                                  f"start the torchrun job"
-                                  + (" without sensitivity.recompute" if recompute else ""))
+                raise _no_table_under_torchrun(cfg, recompute)
             if cached is None:
-                # refused before the line below says an estimate starts (a basis.size too
-                # large for the candidates, a layer name the model lacks: a caller of this
-                # API may not have validated its config), on the model shaped on the meta
-                # device (a twentieth of a second; the candidate table takes seconds)
-                check_against_the_model(cfg, estimate=True)
-                log.warning("sensitivity: %s table for key %s; estimating it now",
-                            "recomputing the" if recompute else "no cached", cache_key(cfg))
-                if recompute:  # estimate again: nothing an earlier estimate kept is reused,
-                    # and the table it replaces goes too (record first: never one without its
-                    # table), so a stopped recompute continues with recompute=false (which read
-                    # the old table, and never the new work; with true it cleared that work)
-                    for name in (RECORD, TABLE):
-                        (folder / name).unlink(missing_ok=True)
-                    progress.clear(folder)
-                    RECOMPUTING.add(str(folder))
-                table, record = estimate(cfg)
-                data = table_csv(table)
-                record = {**record, "table_rows": len(table),
-                          "table_sha256": hashlib.sha256(data).hexdigest(),
-                          "architecture": architecture_digest(cfg)}
-                cache(folder, data, record)
-                # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it
-                # chooses exactly as every later run that reads it (ties and orders included)
-                return table_from_csv(data), {**record, "cache_hit": False}
+                table, record = _estimate_and_cache(cfg, folder, recompute)
+                return table, {**record, "cache_hit": False}
     table, record = cached
     log.info("sensitivity: reusing the cached table %s%s", cache_dir(cfg), code_note(record))
     return table, {**record, "cache_hit": True}
+
+
+def _cached_before_the_lock(cfg: DictConfig, recompute: bool
+                            ) -> tuple[pd.DataFrame, dict] | None:
+    """The cached table and its record as read without the lock (``None``: none, or one
+    that reads as damaged, for the read under the lock to decide), or the published one
+    where it differs from the cached one (restored, under the lock)."""
+    try:
+        cached = None if recompute else load_cached(cfg)
+    except ConfigError:
+        # read outside the lock: another process may be replacing the pair under it (a
+        # published table restored: table, then record), and the old record beside the new
+        # table reads as damaged; the read under the lock says whether it is
+        return None
+    if cached is not None and published_differs(cfg, cached[1]):
+        log.warning("sensitivity: the table cached in %s differs from the one published at "
+                    "sensitivity.restore_from=%s for the same key (each machine estimated its "
+                    "own); using the published one, which the protocol's pages and its other "
+                    "runs use", cache_dir(cfg), cfg.sensitivity.restore_from)
+        with folder_lock(cache_dir(cfg), wait=True, what="sensitivity estimate",
+                         key="sensitivity.cache_dir"):
+            return restore_published(cfg)
+    return cached
+
+
+def _no_table_under_torchrun(cfg: DictConfig, recompute: bool) -> ConfigError:
+    """The error of a torchrun process that finds no table to reuse: it estimates none
+    (each process would estimate its own), so the fix is one estimate first."""
+    what = ("sensitivity.recompute=true cannot estimate the table again under torchrun"
+            if recompute else
+            f"no sensitivity table for key {cache_key(cfg)} in {cfg.sensitivity.cache_dir}"
+            + (" nor at sensitivity.restore_from" if cfg.sensitivity.restore_from else ""))
+    return ConfigError(f"{what}; estimate it first in one process (python "
+                       f"scripts/sensitivity.py with the same overrides), then start the "
+                       f"torchrun job" + (" without sensitivity.recompute" if recompute else ""))
+
+
+def _estimate_and_cache(cfg: DictConfig, folder: Path, recompute: bool
+                        ) -> tuple[pd.DataFrame, dict]:
+    """Estimate the table now, under ``folder``'s lock, and cache it there: the table as
+    the cache gives it back, and its record."""
+    # refused before the line below says an estimate starts (a basis.size too large for
+    # the candidates, a layer name the model lacks: a caller of this API may not have
+    # validated its config), on the model shaped on the meta device (a twentieth of a
+    # second; the candidate table takes seconds)
+    check_against_the_model(cfg, estimate=True)
+    log.warning("sensitivity: %s table for key %s; estimating it now",
+                "recomputing the" if recompute else "no cached", cache_key(cfg))
+    if recompute:  # estimate again: nothing an earlier estimate kept is reused, and the
+        # table it replaces goes too (record first: never one without its table), so a
+        # stopped recompute continues with recompute=false (which read the old table, and
+        # never the new work; with true it cleared that work)
+        for name in (RECORD, TABLE):
+            (folder / name).unlink(missing_ok=True)
+        progress.clear(folder)
+        RECOMPUTING.add(str(folder))
+    table, record = estimate(cfg)
+    data = table_csv(table)
+    record = {**record, "table_rows": len(table),
+              "table_sha256": hashlib.sha256(data).hexdigest(),
+              "architecture": architecture_digest(cfg)}
+    cache(folder, data, record)
+    # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it chooses
+    # exactly as every later run that reads it (ties and orders included)
+    return table_from_csv(data), record
 
 
 def code_note(record: dict) -> str:

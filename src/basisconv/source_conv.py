@@ -27,10 +27,15 @@ from .errors import ConfigError
 from .fitting import FIT_MODES, smallest_basis, svd_errors
 
 
-def check_convertible(conv: nn.Module, where: str = "") -> None:
+def check_convertible(conv: nn.Module, where: str = "", skipping: bool = False) -> None:
     """Raise a one-line error when ``conv`` cannot become a
-    :class:`~basisconv.layers.BasisConv2d`."""
+    :class:`~basisconv.layers.BasisConv2d`. ``skipping``: the reason is a warning's, for a
+    layer a pattern matched that the conversion leaves as it is, so it says the layer stays
+    dense and how it could be converted, not to leave it dense (the error's advice for a
+    layer the caller named)."""
     at = f"layer {where!r}" if where else "the layer"
+    dense, other = (("so it stays dense", "to convert it,") if skipping
+                    else ("so leave this layer dense", "or"))
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"{at} is a {type(conv).__name__}, not an nn.Conv2d; only 2-D "
                         f"convolutions can be converted")
@@ -44,16 +49,16 @@ def check_convertible(conv: nn.Module, where: str = "") -> None:
     if kind.forward is not nn.Conv2d.forward or kind._conv_forward is not nn.Conv2d._conv_forward:
         raise ConfigError(f"{at} is a {kind.__name__}, an nn.Conv2d subclass with its own "
                           f"forward; a basis layer would compute a plain conv of its weight "
-                          f"instead, so leave this layer dense (or replace it by a plain "
-                          f"nn.Conv2d with the weight it uses)")
+                          f"instead, {dense} ({other} replace it by a plain nn.Conv2d with "
+                          f"the weight it uses)")
     # the same, where the forward is replaced on the module itself (conv.forward = ..., as
     # a patching library does): the class alone said it was a plain conv
     patched = [name for name in ("forward", "_conv_forward") if name in vars(conv)]
     if patched:
         raise ConfigError(f"{at} has its {patched[0]} replaced on the instance; a basis layer "
-                          f"would compute a plain conv of its weight instead, so leave this "
-                          f"layer dense (or del conv.{patched[0]} if it computes the plain conv)")
-    check_plain_options(conv.groups, conv.padding_mode, at)
+                          f"would compute a plain conv of its weight instead, {dense} "
+                          f"({other} del conv.{patched[0]} if it computes the plain conv)")
+    check_plain_options(conv.groups, conv.padding_mode, at, dense)
 
 
 def check_plain_options(groups, padding_mode, at: str,

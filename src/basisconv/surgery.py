@@ -105,7 +105,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
                     already.append(name)
                     continue
                 try:
-                    check_convertible(module, name)
+                    check_convertible(module, name, skipping=True)
                 except (TypeError, ValueError) as err:
                     warn_caller(_skip_line(name, err))
                     continue
@@ -115,8 +115,9 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         if entry not in convs:
             raise _not_a_conv_layer(model, entry, convs, given, valid)
         if isinstance(convs[entry], BasisConv2d):
-            raise ConfigError(f"{given}layer {entry!r} is already a BasisConv2d; convert its "
-                              f"to_conv() first to change its basis size")
+            raise ConfigError(f"{given}layer {entry!r} is already a BasisConv2d; to change its "
+                              f"basis size, convert a dense copy of the model instead: "
+                              f"apply_basis(to_dense(model), ...)")
         try:
             check_convertible(convs[entry], entry)
         except (TypeError, ValueError) as err:
@@ -126,8 +127,8 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         # change the sizes, returned the model unchanged and said nothing)
         warn_caller(f"{given}{', '.join(map(repr, layers))} matches only layers already in "
                     f"basis form ({', '.join(dict.fromkeys(already))}), left as they are: "
-                    f"nothing is converted; to change their basis size, convert "
-                    f"to_dense(model) instead")
+                    f"nothing is converted; to change their basis size, convert a dense copy "
+                    f"of the model instead: apply_basis(to_dense(model), ...)")
     # keep module order whatever the order of the list
     return {n: chosen[n] for n in convs if n in chosen}
 
