@@ -696,3 +696,28 @@ def test_the_gpu_pages_versions_and_slot_times_are_their_records(repo):
     gpu = " ".join((repo / "docs" / "gpu.md").read_text().split())
     assert (f"({done[0]} s and {done[1]} s, by the `done` lines of "
             "`results/gpu-h200-fused/logs/summary-call1.txt`") in gpu
+
+
+def test_the_training_recipe_is_said_to_be_ours_with_the_configs_values(repo):
+    """Found in review: docs/experiments.md's "Training recipe" gave the optimizer and
+    schedule without saying that they are our choice (the paper's are not available to
+    us), nor the one-cycle's shape. It says so, and each value it quotes is the configs'."""
+    from omegaconf import OmegaConf
+
+    from basisconv import loop
+
+    recipe = (repo / "docs" / "experiments.md").read_text().split("## Training recipe")[1]
+    paragraph = " ".join(recipe.strip().split("\n\n")[0].split())
+    assert paragraph.startswith("Ours: the paper's optimizer, schedule and epochs are not "
+                                "available to us")
+    trainer = OmegaConf.load(repo / "configs" / "trainer" / "default.yaml")
+    paper = OmegaConf.load(repo / "configs" / "profile" / "paper.yaml")
+    assert trainer.nesterov and trainer.schedule == "onecycle"
+    assert trainer.weight_decay == 5e-4  # (quoted as the page writes it)
+    for quoted in (f"Nesterov momentum {trainer.momentum:g}", "weight decay 5e-4",
+                   f"peak lr {trainer.lr:g}", f"batch {paper.trainer.batch_size}",
+                   f"lr/{loop.ONECYCLE_START_DIVISOR:g} to the peak",
+                   f"first {100 * trainer.warmup_fraction:g} % of the steps",
+                   f"down to lr/{loop.ONECYCLE_END_DIVISOR:g}",
+                   f"{paper.trainer.epochs} epochs (the paper profile)"):
+        assert quoted in paragraph, quoted

@@ -1,4 +1,5 @@
-"""The paper-style table in three forms (Markdown, LaTeX, CSV) from the comparison."""
+"""The comparison table (our protocol's; the paper's own tables are not available to us)
+in three forms (Markdown, LaTeX, CSV)."""
 
 from __future__ import annotations
 
