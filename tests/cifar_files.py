@@ -3,12 +3,20 @@ needed by a test)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
 import torch
 
 from basisconv.data import FOLDERS, RECORD_BYTES, TEST_FILES, TRAIN_FILES
+
+
+def without_data() -> dict[str, str]:
+    """The environment without CIFAR10_ROOT: a script run in a test's folder then finds no
+    ./data (a benchmark measures random images); one environment for every such run, so
+    that they share a server of ``script_starts``."""
+    return {name: value for name, value in os.environ.items() if name != "CIFAR10_ROOT"}
 
 
 def random_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,10 @@
 """Many command lines of one script, each in a process of its own as a user's would be,
 but with one start-up between them: a process imports the script's modules once and forks
 a child per command line, which runs the script as ``__main__`` (its module-level code
-too) and exits with the script's status. A start imports torch, Hydra and the package
-(2 s of CPU each: a test of nine refused command lines spent 19 s on them).
+too) and exits with the script's status; its output is read as ``subprocess.run`` reads
+it, until every process holding it (one the script started and left running) has closed
+it. A start imports torch, Hydra and the package (2 s of CPU each: a test of nine refused
+command lines spent 19 s on them).
 
 The importing process (a server) stays for the next command line of the same script and
 environment: tests of one refused command line each share it through the session fixture
@@ -27,7 +29,7 @@ from pathlib import Path
 KEPT_SERVERS = 3  # (a script's for each of a few environments: about 400 MB each)
 
 SERVER = r"""
-import atexit, importlib, json, os, runpy, sys, tempfile, traceback
+import atexit, importlib, json, os, runpy, select, sys, tempfile, traceback
 script, modules = sys.argv[1], json.loads(sys.argv[2])
 sys.path[0] = os.path.dirname(script)  # as python <script> has it
 answers = os.fdopen(os.dup(1), "w")  # (fd 1 itself the server's log, below)
@@ -50,17 +52,22 @@ for file in said:
 said = [file.read() for file in said]
 for request in sys.stdin:
     argv, cwd, env = json.loads(request)
-    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    # pipes, read until every process holding them has closed them, as subprocess.run reads
+    # a real start's: a process the line started and left running is waited for (and what
+    # it says is the line's), not left writing after the answer
+    (out, out_end), (err, err_end) = os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # (subprocess.run's input: none)
-            for file, text in zip((out, err), said):
-                file.write(text)
-                file.flush()
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
+            os.dup2(out_end, 1)
+            os.dup2(err_end, 2)
+            for fd in (out, out_end, err, err_end):
+                os.close(fd)
+            for fd, text in zip((1, 2), said):
+                with open(fd, "wb", closefd=False) as file:
+                    file.write(text)
             os.chdir(cwd)
             os.environ.clear()
             os.environ.update(env)
@@ -80,12 +87,18 @@ for request in sys.stdin:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    os.close(out_end)
+    os.close(err_end)
+    said_here, open_ends = {out: [], err: []}, [out, err]
+    while open_ends:
+        for fd in select.select(open_ends, [], [])[0]:
+            if chunk := os.read(fd, 1 << 16):
+                said_here[fd].append(chunk)
+            else:  # (closed by every process that held it)
+                open_ends.remove(fd)
+                os.close(fd)
     _, status = os.waitpid(pid, 0)
-    texts = []
-    for file in (out, err):
-        file.seek(0)
-        texts.append(file.read().decode(errors="replace"))
-        file.close()
+    texts = [b"".join(said_here[fd]).decode(errors="replace") for fd in (out, err)]
     answers.write(json.dumps([os.waitstatus_to_exitcode(status), *texts]) + "\n")
     answers.flush()
 """
@@ -153,10 +166,14 @@ class ScriptStarts:
 
     def stop(self, key: tuple[str, str]) -> None:
         server = self.servers.pop(key)
-        with server.stdin, server.stdout, server.log:
+        with server.stdout, server.log:
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+            try:
+                server.stdin.close()
+            except BrokenPipeError:  # (a line it died reading, left unsent: no one reads it)
+                pass
 
     def close(self) -> None:
         for key in list(self.servers):

@@ -4,7 +4,6 @@ the rows, and files and records shaped like the committed ones in ``results/``."
 import csv
 import hashlib
 import json
-import os
 import re
 
 import pytest
@@ -20,8 +19,10 @@ from basisconv.cost import basis_conv2d_cost, conv2d_cost
 from basisconv.data import TensorBatches
 from basisconv.errors import DatasetError
 from basisconv.records import read_record
+from cifar_files import without_data
 
 TIME_BOUND = ["dense_non_conv_share", "time_bound_ratio", "layer_sum_ratio", "fwdbwd_vs_time_bound"]
+
 
 
 def committed(repo, name: str):
@@ -450,15 +451,13 @@ def test_the_training_benchmark_refuses_the_fused_form_where_it_cannot_run():
     # found in review: a folder named x.json failed in one line, but after measuring
     ("benchmark_train.py", ["--model", "resnet8", "--steps", "1", "--out", "{tmp}/d.json"],
      "--out {tmp}/d.json is a folder, not a .json file")])
-def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, tmp_path, script, args, message):
-    import subprocess
-    import sys
-
+def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, tmp_path, script, args, message,
+                                                        script_starts):
     args = [a.format(tmp=tmp_path) for a in args]  # (what a missed refusal writes)
     (tmp_path / "d.json").mkdir()
     message = message.format(tmp=tmp_path)
-    result = subprocess.run([sys.executable, str(repo / "scripts" / script), *args],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = script_starts.run(repo / "scripts" / script, args, cwd=tmp_path,
+                               env=without_data(), timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     # argparse's usage, then one line naming the flag
     assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: {message}")
@@ -466,16 +465,13 @@ def test_benchmark_scripts_refuse_bad_flags_in_one_line(repo, tmp_path, script, 
 
 
 @pytest.mark.parametrize("size", ["0", "-1"])
-def test_kernel_resources_refuse_a_kernel_without_taps(repo, tmp_path, size):
+def test_kernel_resources_refuse_a_kernel_without_taps(repo, tmp_path, size, script_starts):
     """Triton compiled a 0x0 or -1x-1 filter without complaint, and the script wrote its
     rows (registers, shared memory) as a table of a kernel that cannot exist."""
-    import subprocess
-    import sys
-
     out = tmp_path / "k.csv"
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "kernel_resources.py"),
-                             "--kernel-size", size, "--dtypes", "fp32", "--widths", "16",
-                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    result = script_starts.run(repo / "scripts" / "kernel_resources.py",
+                               ["--kernel-size", size, "--dtypes", "fp32", "--widths", "16",
+                                "--out", str(out)], cwd=tmp_path, env=without_data())
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"kernel_resources.py: error: --kernel-size must be >= 1 (a k x k filter), got {size}")
@@ -493,19 +489,15 @@ def test_kernel_resources_refuse_a_kernel_without_taps(repo, tmp_path, size):
      "--out {blocked}/k.csv", "path")])
 def test_benchmark_scripts_refuse_an_unwritable_output_before_measuring(repo, tmp_path,
                                                                         script, args, option,
-                                                                        give):
+                                                                        give, script_starts):
     """An output under a file (a typo, a stale name) once failed with a stack trace only
     when writing, after everything had been measured (minutes, on a GPU slot). The line
     is the one every script says it with (``cli.refuse_unwritable``)."""
-    import subprocess
-    import sys
-
     (tmp_path / "file").write_text("")
     blocked = tmp_path / "file" / "out"
     args = [a.format(blocked=blocked) for a in args]
-    result = subprocess.run([sys.executable, str(repo / "scripts" / script), *args],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")})
+    result = script_starts.run(repo / "scripts" / script, args, cwd=tmp_path,
+                               env=without_data())
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"{script}: error: {option.format(blocked=blocked)} cannot be written "

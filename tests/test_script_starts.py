@@ -108,3 +108,40 @@ def test_what_the_imports_say_is_in_every_lines_output(tmp_path):
             assert (forked.stdout, forked.stderr) == (real.stdout, real.stderr)
     finally:
         starts.close()
+
+
+def test_what_a_lines_own_child_process_says_after_it_ended_is_in_its_output(tmp_path):
+    """As ``subprocess.run`` reads a real start's output until every process holding it
+    has closed it: a process the line started and left running wrote its words after the
+    line's answer (lost, and the process ran on into later tests)."""
+    script = tmp_path / "leaves.py"
+    script.write_text("import subprocess, sys\nprint('first', flush=True)\n"
+                      "subprocess.Popen([sys.executable, '-c', "
+                      "'import time; time.sleep(1); print(\"late\")'])\n")
+    real = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert real.stdout == "first\nlate\n"
+    starts = ScriptStarts()
+    try:
+        forked = starts.run(script, [], cwd=tmp_path, timeout=60)
+    finally:
+        starts.close()
+    assert (forked.returncode, forked.stdout, forked.stderr) == (0, real.stdout, real.stderr)
+
+
+def test_a_server_that_died_as_a_line_was_written_to_it_is_stopped_without_an_error(
+        tmp_path):
+    """Its pipe held the unsent rest of the line: closing it to stop the server raised
+    BrokenPipeError (out of ``close`` at the session's end, the other servers left)."""
+    script = tmp_path / "says.py"
+    script.write_text("import sys\nprint(sys.argv[1])\n")
+    starts = ScriptStarts()
+    try:
+        assert starts.run(script, ["first"], cwd=tmp_path).stdout == "first\n"
+        (server,) = starts.servers.values()
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        server.stdin.write("[] \n")  # (buffered: the line it died reading)
+    finally:
+        starts.close()
+    assert starts.servers == {} and server.stdin.closed

@@ -6,7 +6,6 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -269,11 +268,11 @@ def test_the_checkpoint_time_and_gpu_peak_are_columns_and_an_older_record_shows_
     assert "| 0.42 | 1234 |" in shown and shown.count("| - |") >= 3
 
 
-def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders, repo, tmp_path):
+def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders, repo, tmp_path,
+                                                                      script_starts):
     out = tmp_path / "speed-summary"
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
-                             *map(str, folders), "--out", str(out)], capture_output=True,
-                            text=True, timeout=120)
+    result = script_starts.run(repo / "scripts" / "speed_report.py",
+                               [*map(str, folders), "--out", str(out)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = out.with_suffix(".md").read_text()
     assert "NVIDIA H200" in text and "AMD EPYC (AVX512)" in text
@@ -284,27 +283,28 @@ def test_the_script_writes_the_summary_tables_and_the_side_by_side_plot(folders,
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_by_default_the_script_reads_the_repositorys_results_from_any_folder(repo, tmp_path):
+def test_by_default_the_script_reads_the_repositorys_results_from_any_folder(repo, tmp_path,
+                                                                           script_starts):
     """Found in review: the default folders were ``results`` relative to where it ran, so
     from another folder it found no records, while the benchmarks write to the repository's
     ``results/`` wherever they run."""
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
-                             "--out", "s"], capture_output=True, text=True, timeout=120,
-                            cwd=tmp_path)
+    result = script_starts.run(repo / "scripts" / "speed_report.py", ["--out", "s"],
+                               cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     first = (tmp_path / "s.md").read_text().splitlines()[0]
     named = first.removeprefix("From the records in ").split(";")[0].split(", ")[0]
     assert (tmp_path / named).resolve() == repo / "results"
 
 
-def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, tmp_path):
+def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, tmp_path,
+                                                                 script_starts):
     (folders[1] / "model-speed-cuda-bf16-fused-b512.csv").unlink()
     with pytest.raises(DatasetError, match="not beside it"):
         speed.model_speed(folders)
     (folders[0] / "model-speed-cpu-fp32.json").write_text("{not json")
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
-                             *map(str, folders), "--out", str(tmp_path / "s")],
-                            capture_output=True, text=True, timeout=120)
+    result = script_starts.run(repo / "scripts" / "speed_report.py",
+                               [*map(str, folders), "--out", str(tmp_path / "s")],
+                               cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "model-speed-cpu-fp32.json" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -359,12 +359,13 @@ def test_an_out_that_is_a_folder_and_a_command_with_spaces(folders, load_script,
     assert shlex.split(command)[-1] == str(out)
 
 
-def test_an_output_that_cannot_be_written_is_one_clear_error(folders, repo, tmp_path):
+def test_an_output_that_cannot_be_written_is_one_clear_error(folders, repo, tmp_path,
+                                                             script_starts):
     """--out under a file once ended in a FileExistsError stack trace."""
     (tmp_path / "file").write_text("")
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
-                             *map(str, folders), "--out", str(tmp_path / "file" / "s")],
-                            capture_output=True, text=True, timeout=120)
+    result = script_starts.run(repo / "scripts" / "speed_report.py",
+                               [*map(str, folders), "--out", str(tmp_path / "file" / "s")],
+                               cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"speed_report.py: error: --out {tmp_path / 'file' / 's'} cannot be written "
@@ -416,16 +417,16 @@ def test_a_table_other_than_the_one_its_record_was_written_with_is_refused(folde
 
 
 @pytest.mark.parametrize("field", ["batch_size", "seconds_per_step", "images_per_second"])
-def test_a_training_record_lacking_a_number_is_one_clear_error(repo, tmp_path, field):
+def test_a_training_record_lacking_a_number_is_one_clear_error(repo, tmp_path, field,
+                                                               script_starts):
     """It once stopped the report with a KeyError's stack trace."""
     _train_record(tmp_path, "cpu-fp32", CPU, 2.0)
     path = tmp_path / "train-throughput-cpu-fp32.json"
     record = json.loads(path.read_text())
     del record[field]
     path.write_text(json.dumps(record))
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
-                             str(tmp_path), "--out", str(tmp_path / "s")],
-                            capture_output=True, text=True, timeout=120)
+    result = script_starts.run(repo / "scripts" / "speed_report.py",
+                               [str(tmp_path), "--out", str(tmp_path / "s")], cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f"error: {path} lacks the numbers {field}")
     assert "measure again" in result.stderr and not list(tmp_path.glob("s*"))
@@ -464,12 +465,12 @@ def test_an_older_table_without_the_time_bound_is_still_read(tmp_path):
     assert "| - |" in speed.summary(model, speed.training_speed([tmp_path]))
 
 
-def test_folders_without_any_speed_record_are_one_clear_error(repo, tmp_path):
+def test_folders_without_any_speed_record_are_one_clear_error(repo, tmp_path, script_starts):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "speed_report.py"),
-                             str(tmp_path / "a"), str(tmp_path / "b"), "--out",
-                             str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    result = script_starts.run(repo / "scripts" / "speed_report.py",
+                               [str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                                str(tmp_path / "s")], cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"error: no speed records in {tmp_path / 'a'}, {tmp_path / 'b'}")
     assert "model-speed-*.json" in result.stderr and "train-throughput-*.json" in result.stderr

@@ -12,7 +12,7 @@ import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv.errors import ConfigError
 from basisconv.train import fit
 from basisconv.data import stripes
-from cifar_files import write_cifar
+from cifar_files import without_data, write_cifar
 from interruption import fit_stopped_before
 
 
@@ -351,30 +351,28 @@ def test_a_refused_starts_folder_is_kept_when_another_start_uses_it(tmp_path, mo
     assert not alone.exists() and tmp_path.exists() and cli.made_folders == {}
 
 
-def test_benchmark_train_script_runs(tmp_path, repo):
+
+def test_benchmark_train_script_runs(tmp_path, repo, script_starts):
     out = tmp_path / "throughput.json"
-    env = {**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")}  # random images, no dataset
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "benchmark_train.py"),
-                             "--model", "resnet20", "--batch-size", "16", "--steps", "2",
-                             "--warmup", "1", "--out", str(out)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = script_starts.run(repo / "scripts" / "benchmark_train.py",
+                               ["--model", "resnet20", "--batch-size", "16", "--steps", "2",
+                                "--warmup", "1", "--out", str(out)], cwd=tmp_path,
+                               env=without_data())
     assert result.returncode == 0, result.stderr
     record = __import__("json").loads(out.read_text())
     assert record["images_per_second"] > 0 and 0 < record["data_share"] < 1
     assert record["data"] == "random" and record["provenance"]["hardware"]["cpu_count"]
 
 
-def test_benchmark_train_measures_a_basis_model_and_names_its_file_by_the_options(tmp_path,
-                                                                                  repo):
+def test_benchmark_train_measures_a_basis_model_and_names_its_file_by_the_options(
+        tmp_path, repo, script_starts):
     from basisconv.bench.train import ThroughputOptions, file_name
 
     out = tmp_path / "throughput.json"
-    env = {**os.environ, "CIFAR10_ROOT": str(tmp_path / "none")}
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "benchmark_train.py"),
-                             "--model", "resnet20", "--batch-size", "16", "--steps", "2",
-                             "--warmup", "1", "--basis-size", "0.5", "--combine", "auto",
-                             "--out", str(out)], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = script_starts.run(repo / "scripts" / "benchmark_train.py",
+                               ["--model", "resnet20", "--batch-size", "16", "--steps", "2",
+                                "--warmup", "1", "--basis-size", "0.5", "--combine", "auto",
+                                "--out", str(out)], cwd=tmp_path, env=without_data())
     assert result.returncode == 0, result.stderr
     record = __import__("json").loads(out.read_text())
     assert (record["basis_size"], record["combine"], record["compile_mode"]) == (0.5, "auto", None)
@@ -412,9 +410,9 @@ def test_benchmark_trains_record_goes_where_out_says_with_its_profile_beside(tmp
     assert "training steps" in profile.read_text() and "failed" not in profile.read_text()
 
 
-def test_benchmark_train_refuses_cuda_graphs_off_cuda(repo):
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "benchmark_train.py"),
-                             "--cuda-graphs"], capture_output=True, text=True, timeout=120)
+def test_benchmark_train_refuses_cuda_graphs_off_cuda(repo, tmp_path, script_starts):
+    result = script_starts.run(repo / "scripts" / "benchmark_train.py", ["--cuda-graphs"],
+                               cwd=tmp_path, env=without_data(), timeout=120)
     assert result.returncode == 2 and "--cuda-graphs needs --device cuda" in result.stderr
 
 
