@@ -29,8 +29,9 @@ spent is not run, and said so (the check then fails: it did not fit). A part sto
 its limit is stopped with every process it started (the smoke protocol's runs in the
 background too), so none goes on using the GPU while the next part is timed. The record with provenance,
 ``results/gpu-check-<gpu>.json``, is rewritten after every part (status ``running`` until
-the end), so a slot that ends mid-check still leaves what was measured. It ends with one
-summary line (pass/fail per part). Without CUDA it says so in one line and exits 2.
+the end, and ``passed`` false until then), so a slot that ends mid-check still leaves what
+was measured. It ends with one summary line (pass/fail per part). Without CUDA it says
+so in one line and exits 2.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -233,26 +235,75 @@ def paper_epoch_details(run_dir: Path) -> dict:
     return details
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = arguments(argv)
+def environment_problem() -> str | None:
+    """Why the Python this runs under cannot run the check, as one line naming the fix
+    (torch does not import, no CUDA device is visible, a needed package does not import);
+    ``None`` when it can."""
     try:
         import torch
     except ImportError as err:  # not "no CUDA device", which sends the user to the wrong fix
-        print(f"gpu-check: torch does not import under {sys.executable} ({err}); run it with "
-              f"the Python of the GPU machine's CUDA torch (GPU_PYTHON=... make gpu-check)",
-              file=sys.stderr)
-        return 2
+        return (f"gpu-check: torch does not import under {sys.executable} ({err}); run it with "
+                f"the Python of the GPU machine's CUDA torch (GPU_PYTHON=... make gpu-check)")
     if not torch.cuda.is_available():
-        print(f"gpu-check: no CUDA device is visible to {sys.executable} (torch "
-              f"{torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU machine",
-              file=sys.stderr)
-        return 2
+        return (f"gpu-check: no CUDA device is visible to {sys.executable} (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU machine")
     missing = missing_packages()
     if missing:
-        print(f"gpu-check: {'; '.join(missing)}: not importable in {sys.executable}; install "
-              f"the pins of requirements.txt without torch (or carry their wheels, pip install "
-              f"--no-index --no-deps --target DIR them, and put DIR on PYTHONPATH)",
-              file=sys.stderr)
+        return (f"gpu-check: {'; '.join(missing)}: not importable in {sys.executable}; install "
+                f"the pins of requirements.txt without torch (or carry their wheels, pip install "
+                f"--no-index --no-deps --target DIR them, and put DIR on PYTHONPATH)")
+    return None
+
+
+def part_groups(names: list[str]) -> list[list[str]]:
+    """The parts in the order they run: the untimed ones together first, then each timed
+    part alone (a group of none, when no untimed part is named, is dropped)."""
+    groups = [[n for n in names if n in UNTIMED]] + [[n] for n in names if n not in UNTIMED]
+    return list(filter(None, groups))
+
+
+def not_run(group: list[str], budget_s: int) -> list[dict]:
+    """The results of a group the budget left no time for: not run is not passed (the
+    check did not fit its budget)."""
+    results = []
+    for name in group:
+        print(f"== {name}: not run (the {budget_s} s budget is spent)", flush=True)
+        results.append({"part": name, "status": "not run", "reason":
+                        f"the {budget_s} s budget was spent (--budget-s)"})
+    return results
+
+
+def run_group(group: list[str], args: argparse.Namespace, work: Path, env: dict,
+              limit: Callable[[int], int]) -> list[dict]:
+    """One group's parts run (:func:`run_parts_together`), each within ``limit(its own
+    limit)``, and their results; a paper-epoch part is skipped, and said so, when
+    CIFAR-10 is not found, and run in a fresh run folder when it is."""
+    from basisconv.data import find_cifar10
+    from basisconv.errors import DatasetError
+
+    if group[0].startswith("paper-epoch"):
+        try:
+            find_cifar10(args.data_root)
+        except DatasetError as err:
+            print(f"== {group[0]}: skipped ({err})", flush=True)
+            return [{"part": group[0], "status": "skipped", "reason": str(err)}]
+        # a fresh run folder: an earlier check's run.json (kept by trainer.resume=false
+        # when this one stops before its first epoch) would lend it its epoch times
+        shutil.rmtree(work / group[0], ignore_errors=True)
+    commands = [(name, *part_command(name, args, work)) for name in group]
+    results = run_parts_together([(name, command, limit(own)) for name, command, own in commands],
+                                 env, work)
+    for result in results:
+        if result["part"].startswith("paper-epoch"):
+            result.update(paper_epoch_details(work / result["part"]))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    problem = environment_problem()
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     from basisconv.records import (RunRecord, device_name, provenance, script_command,
                                    write_record)
@@ -266,55 +317,23 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance(script_command(__file__, argv))
     path = Path(args.out_dir) / f"gpu-check-{device_name(prov['hardware'])}.json"
 
-    def write(status: str) -> None:
-        passed = all(p["status"] in ("pass", "skipped") for p in parts)
+    def write(status: str) -> None:  # passed: a check that ran to its end, its parts passing
         write_record(path, RunRecord("gpu_check", vars(args), prov, status,
-                                     {"parts": parts, "passed": passed}))
+                                     {"parts": parts, "passed": status == "complete"}))
 
-    def left() -> float:
-        return deadline - time.perf_counter()
-
-    def limit(own: int) -> int:
-        return int(min(own, left()))
-
-    # the untimed parts together first, then each timed part alone
-    groups = [[n for n in args.parts if n in UNTIMED]] + [[n] for n in args.parts
-                                                         if n not in UNTIMED]
-    def run_groups() -> None:  # each group in turn, the record written between them
-        from basisconv.data import find_cifar10
-        from basisconv.errors import DatasetError
-
-        for group in filter(None, groups):
-            # before the first part too: a slot killed (SIGKILL) during it keeps a record
-            # saying the check ran, with the parts done so far
-            write("running")
-            if left() < 10:  # not run is not passed: the check did not fit its budget
-                for name in group:
-                    print(f"== {name}: not run (the {args.budget_s} s budget is spent)",
-                          flush=True)
-                    parts.append({"part": name, "status": "not run", "reason":
-                                  f"the {args.budget_s} s budget was spent (--budget-s)"})
-                continue
-            if group[0].startswith("paper-epoch"):
-                try:
-                    find_cifar10(args.data_root)
-                except DatasetError as err:
-                    print(f"== {group[0]}: skipped ({err})", flush=True)
-                    parts.append({"part": group[0], "status": "skipped", "reason": str(err)})
-                    continue
-                # a fresh run folder: an earlier check's run.json (kept by trainer.resume=false
-                # when this one stops before its first epoch) would lend it its epoch times
-                shutil.rmtree(work / group[0], ignore_errors=True)
-            commands = [(name, *part_command(name, args, work)) for name in group]
-            for result in run_parts_together([(name, command, limit(own))
-                                              for name, command, own in commands], env, work):
-                if result["part"].startswith("paper-epoch"):
-                    result.update(paper_epoch_details(work / result["part"]))
-                parts.append(result)
+    def limit(own: int) -> int:  # a part's own limit, or what is left of the budget
+        return int(min(own, deadline - time.perf_counter()))
 
     try:
         with sigterm_stops():
-            run_groups()
+            for group in part_groups(args.parts):  # the record written between them
+                # before the first part too: a slot killed (SIGKILL) during it keeps a
+                # record saying the check ran, with the parts done so far
+                write("running")
+                if deadline - time.perf_counter() < 10:
+                    parts.extend(not_run(group, args.budget_s))
+                else:
+                    parts.extend(run_group(group, args, work, env, limit))
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (a slot ending): what ran is kept
         signum = getattr(err, "signum", signal.SIGINT)
         write("stopped")

@@ -616,6 +616,36 @@ def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, m
         "gpu-check PASSED on NVIDIA H100 80GB HBM3: tests pass, smoke pass, paper-epoch skipped")
 
 
+def test_a_gpu_check_that_did_not_run_all_its_parts_is_not_recorded_as_passed(
+        gpu_check, tmp_path, monkeypatch, capsys):
+    """Found in review: the record of a check still running (a slot that ends with SIGKILL
+    leaves it so) or stopped by SIGTERM said ``"passed": true`` once the parts done so far
+    had passed, though the parts left were never run ("not run is not passed")."""
+    seen = []
+
+    def stopped_at_benchmark(parts, env, log_dir):
+        seen.append(json.loads((tmp_path / "gpu-check-h100.json").read_text())["passed"])
+        if parts[0][0] == "benchmark":
+            err = KeyboardInterrupt()
+            err.signum = signal.SIGTERM  # as sigterm_stops raises it
+            raise err
+        return [{"part": name, "status": "pass", "seconds": 1.0} for name, _, _ in parts]
+
+    monkeypatch.setattr(gpu_check, "run_parts_together", stopped_at_benchmark)
+    for name, value in (("is_available", lambda: True), ("current_device", lambda: 0),
+                        ("device_count", lambda: 1),
+                        ("get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")):
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    code = gpu_check.main(["--data-root", str(tmp_path / "no-cifar"), "--out-dir", str(tmp_path),
+                           "--work-dir", str(tmp_path / "work")])
+    assert code == 128 + signal.SIGTERM
+    record = json.loads((tmp_path / "gpu-check-h100.json").read_text())
+    assert record["status"] == "stopped" and [p["status"] for p in record["parts"]] == [
+        "pass", "pass", "skipped", "skipped"]
+    assert seen == [False, False] and record["passed"] is False
+
+
 def test_gpu_check_keeps_the_paper_epochs_cold_and_warm_times(gpu_check, tmp_path):
     """The first epoch pays for cuDNN's algorithm search (and a graphed one for its
     capture); the second is what the rest of a run takes, so both are recorded."""

@@ -100,7 +100,6 @@ def check_sweep_jobs(check: Callable[[Any], None],
                               "process per job (python, or hydra/launcher=slurm); nothing ran")
         if not batch:
             raise ConfigError(empty_sweep_line(self))
-        published: dict[str, int] = {}
         jobs, listed = [], set()
         for overrides in batch:
             if tuple(overrides) in listed:
@@ -109,39 +108,53 @@ def check_sweep_jobs(check: Callable[[Any], None],
                 raise ConfigError(f"the sweep lists the job {' '.join(overrides)} twice (a "
                                   f"value repeated, e.g. seed=0,0): give each value once; "
                                   f"nothing ran")
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            unswept = unswept_params(OmegaConf.select(cfg, "hydra.sweeper.params"), overrides)
-            try:
-                if unswept:
-                    raise ConfigError(f"its preset sweeps {' '.join(unswept)} (hydra.sweeper."
-                                      f"params), which a job of another sweep runs once; run "
-                                      f"that preset in a sweep of its own")
-                # what each job checks as it starts (exit_on_user_error), here before any
-                # job runs: else every job failed alone, each leaving its folder
-                loader = self.hydra_context.config_loader
-                check_one_config_per_group(list(overrides), config_groups_of(loader))
-                check_added_groups_chosen(list(overrides), cfg.hydra.runtime.choices)
-                check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
-                check(cfg)
-            except (BasisconvError, InterpolationResolutionError) as err:
-                said = (interpolation_error_line(err)
-                        if isinstance(err, InterpolationResolutionError) else err)
-                raise ConfigError(f"the sweep job {' '.join(overrides)}: {said}; "
-                                  f"nothing ran") from None
-            jobs.append((list(overrides), cfg))
+            jobs.append((list(overrides), checked_sweep_job(self, list(overrides), check)))
             listed.add(tuple(overrides))
-            path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
-            if path is not None:
-                published[str(path)] = published.get(str(path), 0) + 1
-        for path, count in published.items():
-            if count > 1:
-                raise ConfigError(f"publish={path} is the same file for {count} jobs of the "
-                                  f"sweep, each overwriting the one before: name the swept "
-                                  f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
-                                  f"seed=0,1; nothing ran")
+        check_published_apart(jobs)
         if look_over is not None and distributed.first_process():
             look_over(jobs)
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
+
+
+def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None]) -> Any:
+    """The config of the sweep job ``overrides``, checked as the job checks itself when it
+    starts (:func:`exit_on_user_error`, then ``check``), but before any job runs: else every
+    job failed alone, each leaving its folder. A job of a preset that sweeps keys of its own
+    (``hydra.sweeper.params``) is refused: in another sweep it would run them once."""
+    loader = sweeper.hydra_context.config_loader
+    cfg = loader.load_sweep_config(sweeper.config, overrides)
+    unswept = unswept_params(OmegaConf.select(cfg, "hydra.sweeper.params"), overrides)
+    try:
+        if unswept:
+            raise ConfigError(f"its preset sweeps {' '.join(unswept)} (hydra.sweeper."
+                              f"params), which a job of another sweep runs once; run "
+                              f"that preset in a sweep of its own")
+        check_one_config_per_group(overrides, config_groups_of(loader))
+        check_added_groups_chosen(overrides, cfg.hydra.runtime.choices)
+        check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
+        check(cfg)
+    except (BasisconvError, InterpolationResolutionError) as err:
+        said = (interpolation_error_line(err)
+                if isinstance(err, InterpolationResolutionError) else err)
+        raise ConfigError(f"the sweep job {' '.join(overrides)}: {said}; "
+                          f"nothing ran") from None
+    return cfg
+
+
+def check_published_apart(jobs: list[tuple[list[str], Any]]) -> None:
+    """Refuse sweep jobs (their overrides and configs) that publish their records to one
+    file (``publish=`` given once for the sweep): each would overwrite the one before."""
+    published: dict[str, int] = {}
+    for _, cfg in jobs:
+        path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
+        if path is not None:
+            published[str(path)] = published.get(str(path), 0) + 1
+    for path, count in published.items():
+        if count > 1:
+            raise ConfigError(f"publish={path} is the same file for {count} jobs of the "
+                              f"sweep, each overwriting the one before: name the swept "
+                              f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
+                              f"seed=0,1; nothing ran")
 
 
 def empty_sweep_line(sweeper: Any) -> str:

@@ -229,27 +229,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     targets = select_layers(model, layers, key=keys.get("layers"))
     for conv in targets.values():  # each weight read below is the one a forward computes
         refresh_computed_weight(conv)
-    key = keys["only_where_saves"]
-    leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
-                   f"set {key}=true") + " to leave such layers dense"
-    if max_error is not None:
-        sizes = _sizes_for_error(targets, max_error, coefficient_rank, fit)
-    else:
-        targets, sizes = _sizes_of(targets, num_basis, only_where_saves, keys["num_basis"],
-                                   leave_dense)
-    selected = bool(targets)
-    targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
-    if selected and not targets and key == "only_where_saves":
-        # (a count above every layer is refused in _sizes_of; a config's run says so itself,
-        # train.warn_if_dense; each layer's reason is logged at INFO, which a script of
-        # the Python API does not show)
-        # (a bound is loosened, not shrunk: a tighter one gives larger bases)
-        size, fix = ((f"max_error={max_error}", "give a larger max_error")
-                     if max_error is not None else
-                     (f"{keys['num_basis']}={num_basis}", "give a smaller basis"))
-        warn_caller(f"apply_basis: at {size} no selected layer saves compute, so "
-                    f"only_where_saves=True left them all dense and the model returned has "
-                    f"no basis layer; {fix}")
+    targets, sizes = _sized_targets(targets, num_basis, max_error, only_where_saves, combine,
+                                    fuse_norm, coefficient_rank, fit, keys)
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
@@ -312,6 +293,39 @@ def _check_max_error_use(max_error, num_basis, convert: bool) -> None:
                           "trained filters, with convert=True) or num_basis (a count or "
                           "fraction), not both")
     check_max_error(max_error)
+
+
+def _sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | None,
+                   only_where_saves: bool, combine: str, fuse_norm: bool,
+                   coefficient_rank: int | None, fit: str, keys: Mapping[str, str]
+                   ) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
+    """The selected layers that :func:`apply_basis` converts, with each one's basis size:
+    sized by ``max_error`` (:func:`_sizes_for_error`) or ``num_basis`` (:func:`_sizes_of`),
+    then those that save no compute left dense under ``only_where_saves`` (else warned of,
+    :func:`_where_it_saves`). Where that leaves none, a warning says the model returned has
+    no basis layer."""
+    key = keys["only_where_saves"]
+    leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
+                   f"set {key}=true") + " to leave such layers dense"
+    if max_error is not None:
+        sizes = _sizes_for_error(targets, max_error, coefficient_rank, fit)
+    else:
+        targets, sizes = _sizes_of(targets, num_basis, only_where_saves, keys["num_basis"],
+                                   leave_dense)
+    selected = bool(targets)
+    targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
+    if selected and not targets and key == "only_where_saves":
+        # (a count above every layer is refused in _sizes_of; a config's run says so itself,
+        # train.warn_if_dense; each layer's reason is logged at INFO, which a script of
+        # the Python API does not show)
+        # (a bound is loosened, not shrunk: a tighter one gives larger bases)
+        size, fix = ((f"max_error={max_error}", "give a larger max_error")
+                     if max_error is not None else
+                     (f"{keys['num_basis']}={num_basis}", "give a smaller basis"))
+        warn_caller(f"apply_basis: at {size} no selected layer saves compute, so "
+                    f"only_where_saves=True left them all dense and the model returned has "
+                    f"no basis layer; {fix}")
+    return targets, sizes
 
 
 def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,

@@ -357,20 +357,10 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
     torch.manual_seed(0)
     base = build_model("resnet18")
     labels = torch.randint(0, 10, (options.batch_size,), device=runner.device)
-    models: dict = {"dense": base}
-    split = {}
     # at the batch timed: with norms folded in, a per-call term (A Cov_b) does not scale with
     # it; and the minimal (split) count is over the same batch as the dense cost it is divided by
     shape = (options.batch_size, 3, 32, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # only_where_saves already leaves those layers dense
-        for fraction in options.fractions:
-            models[fraction] = apply_basis(base, "all", fraction, convert=False,
-                                           only_where_saves=True, combine=options.combine,
-                                           fuse_norm=options.fuse_norm)
-            split[fraction] = model_cost(apply_basis(base, "all", fraction, convert=False,
-                                                     only_where_saves=True, combine="split"),
-                                         shape)
+    models, split = _model_forms(options, base, shape)
     costs = {k: model_cost(m, shape) for k, m in models.items()}
     # the forward timed is an inference one: folded norms use running statistics, so
     # there are no moments of the basis maps to count, unlike in training
@@ -418,21 +408,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
             **_memory_columns(memory, fraction),
         }
         if layer_ms:
-            # The dense step minus its convs (timed alone, same shapes) is what basis layers
-            # cannot reduce: BN, ReLU, additions, pooling, the loss.
-            # The convs' share of the step scales by their time ratio. Timed one by one
-            # they can add up past the whole step (each alone pays launches and syncs the
-            # step overlaps, at a small batch): then the share is all of it, not negative.
-            dense_conv = sum(ms["dense"] for ms in layer_ms.values())
-            other = max(fwdbwd["dense"] - dense_conv, 0.0) / fwdbwd["dense"]
-            at_theory = sum(ms["dense"] * ms["theory", fraction] for ms in layer_ms.values())
-            from_layers = sum(ms[fraction] for ms in layer_ms.values())
-            row.update({
-                "dense_non_conv_share": other,
-                "time_bound_ratio": other + (1 - other) * at_theory / dense_conv,
-                "layer_sum_ratio": other + (1 - other) * from_layers / dense_conv,
-            })
-            row["fwdbwd_vs_time_bound"] = measured_fb / row["time_bound_ratio"]
+            row.update(_time_bound_columns(layer_ms, fwdbwd["dense"], fraction, measured_fb))
         rows.append(row)
         bound = (f"; time bound {row['time_bound_ratio']:.3f}, from layer times "
                  f"{row['layer_sum_ratio']:.3f}" if layer_ms else "")
@@ -440,6 +416,48 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
                  f"fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, x{row['fwdbwd_vs_theory']:.2f}{bound})  "
                  f"{fwdbwd[fraction]:.0f} ms; kept for the backward x{row['saved_ratio']:.2f}")
     return rows, profiled
+
+
+def _model_forms(options: SpeedOptions, base: nn.Module, shape: tuple[int, ...]
+                 ) -> tuple[dict, dict]:
+    """The models a model row times, by key (``"dense"``: ``base``; each fraction: its
+    basis form, fresh layers in ``options.combine`` where they save compute), and each
+    fraction's cost at input ``shape`` in the split form, the fewest multiply-adds a basis
+    form can do (the row's ``split_fwdbwd_ratio``)."""
+    models: dict = {"dense": base}
+    split = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # only_where_saves already leaves those layers dense
+        for fraction in options.fractions:
+            models[fraction] = apply_basis(base, "all", fraction, convert=False,
+                                           only_where_saves=True, combine=options.combine,
+                                           fuse_norm=options.fuse_norm)
+            split[fraction] = model_cost(apply_basis(base, "all", fraction, convert=False,
+                                                     only_where_saves=True, combine="split"),
+                                         shape)
+    return models, split
+
+
+def _time_bound_columns(layer_ms: dict[str, dict], dense_step: float, fraction: float,
+                        measured: float) -> dict[str, float]:
+    """A model row's bound from its layers' times (:func:`_layer_times`): the step a basis
+    model could reach if each conv ran at its FLOP ratio (``time_bound_ratio``) or at its
+    measured basis time (``layer_sum_ratio``), both relative to the dense step
+    (``dense_step`` ms), and the ``measured`` training-step ratio over the first.
+
+    The dense step minus its convs (timed alone, same shapes) is what basis layers cannot
+    reduce: BN, ReLU, additions, pooling, the loss. The convs' share of the step scales by
+    their time ratio. Timed one by one they can add up past the whole step (each alone pays
+    launches and syncs the step overlaps, at a small batch): then the share is all of it,
+    not negative."""
+    dense_conv = sum(ms["dense"] for ms in layer_ms.values())
+    other = max(dense_step - dense_conv, 0.0) / dense_step
+    at_theory = sum(ms["dense"] * ms["theory", fraction] for ms in layer_ms.values())
+    from_layers = sum(ms[fraction] for ms in layer_ms.values())
+    bound = other + (1 - other) * at_theory / dense_conv
+    return {"dense_non_conv_share": other, "time_bound_ratio": bound,
+            "layer_sum_ratio": other + (1 - other) * from_layers / dense_conv,
+            "fwdbwd_vs_time_bound": measured / bound}
 
 
 def _memory(models: dict, runner: Runner, x: torch.Tensor,

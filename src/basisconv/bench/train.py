@@ -31,8 +31,9 @@ from ..config import GRAPHING_COMPILE_MODES
 from ..data import TensorBatches, load_cifar10
 from ..errors import ConfigError, DatasetError
 from ..layers import basis_layers
-from ..loop import (Runtime, build_optimizer, compiled, device_problem, grad_scaler,
-                    graphed_fp16_problem, settings_restored, setup, train_one_epoch)
+from ..loop import (EpochStats, Runtime, build_optimizer, compiled, device_problem,
+                    grad_scaler, graphed_fp16_problem, settings_restored, setup,
+                    train_one_epoch)
 from ..kernels import auto
 from ..models import build_model, list_models
 from ..network import basis_penalty, choose_forms_now
@@ -291,24 +292,36 @@ def measure(options: ThroughputOptions,
         return _measure(options, trainer, setup(trainer, seed=0), checkpoint_folder)
 
 
+def timed_model(options: ThroughputOptions) -> torch.nn.Module:
+    """``options.model``, with ``--basis-size`` its chosen convs in basis form where that
+    saves compute (the others stay dense, silently: the record lists the basis layers). A
+    choice that leaves every conv dense is refused: the step timed would be the dense one,
+    recorded as a basis step."""
+    model = build_model(options.model)
+    if options.basis_size is None:
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # only_where_saves leaves the other layers dense
+        model = apply_basis(model, options.chosen_layers, options.basis_size,
+                            inplace=True, only_where_saves=True, combine=options.combine,
+                            fuse_norm=options.fuse_norm)
+    if not basis_layers(model):  # (only_where_saves left each chosen layer dense)
+        chosen = ("no conv" if options.chosen_layers == "all" else
+                  f"--layers {options.layers}: none of these convs")
+        raise ConfigError(f"{chosen} saves compute at --basis-size "
+                          f"{options.basis_size:g}, so the step timed would be the dense "
+                          f"one; choose others, or a smaller size")
+    return model
+
+
 def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
              checkpoint_folder: str | os.PathLike | None) -> dict[str, Any]:
+    """:func:`measure` inside the training run's set-up: the model and its optimizer as a
+    run builds them, the warm-up, the timed steps (again unsynchronized on CUDA), the
+    optional profile, and the record's fields."""
     device, layout, amp = runtime.device, runtime.memory_format, runtime.amp_dtype
     images, labels, source = load_images(device)
-    model = build_model(options.model)
-    if options.basis_size is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # only_where_saves leaves the other layers dense
-            model = apply_basis(model, options.chosen_layers, options.basis_size,
-                                inplace=True, only_where_saves=True, combine=options.combine,
-                                fuse_norm=options.fuse_norm)
-        if not basis_layers(model):  # (only_where_saves left each chosen layer dense)
-            chosen = ("no conv" if options.chosen_layers == "all" else
-                      f"--layers {options.layers}: none of these convs")
-            raise ConfigError(f"{chosen} saves compute at --basis-size "
-                              f"{options.basis_size:g}, so the step timed would be the dense "
-                              f"one; choose others, or a smaller size")
-    model = model.to(device=device, memory_format=layout)
+    model = timed_model(options).to(device=device, memory_format=layout)
     # the training run's optimizer (fused SGD on CUDA) and compile step, at a constant rate
     optimizer = build_optimizer(model, trainer)
     # with --frobenius-decay, the loss's correction term, as training adds it (its cost:
@@ -328,33 +341,30 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
     # graphs afresh: the timed steps include one eager step and one capture.
     graphed = options.cuda_graphs and device.type == "cuda"
 
+    def epoch(batch_source) -> EpochStats:
+        """One epoch over ``batch_source``'s batches, as training runs it."""
+        return train_one_epoch(step_model, batch_source, optimizer, scheduler, amp_dtype=amp,
+                               graphed=graphed, scaler=scaler, extra_loss=penalty)
+
     # the machine's load before and after, as the layer benchmark records it: dense and
     # basis steps are timed in runs of their own, so other work during one shows only here
     load = os.getloadavg()
     warm = time.perf_counter()  # includes compiling and CUDA-graph recording, if any
     if options.warmup:  # (an epoch of no steps has no loss to report)
-        train_one_epoch(step_model, TimedBatches(batches, options.warmup), optimizer,
-                        scheduler, amp_dtype=amp, graphed=graphed, scaler=scaler,
-                        extra_loss=penalty)
+        epoch(TimedBatches(batches, options.warmup))
     warmup_seconds = time.perf_counter() - warm
     reset_cuda_peak(device)  # the measured steps' peak: not compiling's nor autotuning's
     timed = TimedBatches(batches, options.steps)
-    synchronized = stats = train_one_epoch(step_model, timed, optimizer, scheduler,
-                                           amp_dtype=amp, graphed=graphed, scaler=scaler,
-                                           extra_loss=penalty)
+    synchronized = stats = epoch(timed)
     data_seconds = sum(timed.seconds)
     if device.type == "cuda":  # the throughput as training gets it: the CPU runs ahead
-        stats = train_one_epoch(step_model, TimedBatches(batches, options.steps, False),
-                                optimizer, scheduler, amp_dtype=amp, graphed=graphed,
-                                scaler=scaler, extra_loss=penalty)
+        stats = epoch(TimedBatches(batches, options.steps, False))
     peak = cuda_peak_mib(device)  # (of the steps measured, not of the profile's)
     load_after = os.getloadavg()
     profiled = None
     if options.profile:  # after the measurement, which a failure here must not cost
         try:
-            profiled = profile_epoch(options, lambda source: train_one_epoch(
-                step_model, source, optimizer, scheduler, amp_dtype=amp, graphed=graphed,
-                scaler=scaler, extra_loss=penalty), batches, device)
+            profiled = profile_epoch(options, epoch, batches, device)
         except Exception as err:  # noqa: BLE001 - a diagnostic, beside the measurement
             profiled = f"== the profile failed: {type(err).__name__}: {err}"
             warnings.warn(profiled[3:], stacklevel=2)
