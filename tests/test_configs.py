@@ -253,6 +253,18 @@ def test_a_threshold_that_reads_as_points_is_said_in_points(compose_cfg, monkeyp
     assert not [m for m in caplog.messages if "tolerates" in m]
 
 
+@pytest.mark.parametrize("threshold, said", [(0.1, True), (-0.1, True), (0.099, False)])
+def test_a_threshold_of_a_tenth_or_more_is_said_in_points(compose_cfg, monkeypatch, caplog,
+                                                          threshold, said):
+    """docs/selection.md: "a threshold of 0.1 or more is said in points", its size either
+    way; 0.1 itself is 10 points, no usual fraction of a point."""
+    from basisconv import errors
+
+    monkeypatch.setattr(errors, "SAID_ONCE", set())
+    validate(compose_cfg("selection=sensitivity_threshold", f"selection.threshold={threshold}"))
+    assert bool([m for m in caplog.messages if "tolerates" in m]) == said
+
+
 def test_each_job_of_a_sweep_says_its_config_warnings_in_its_own_log(compose_cfg, monkeypatch,
                                                                       caplog):
     """A warning about a value was said once a process: a sweep's check before its jobs

@@ -33,6 +33,9 @@ def test_conv_layers_lists_module_names_in_order():
     assert names[:4] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
     assert "layer2.0.shortcut.0" in names and names.index("layer2.0.shortcut.0") == 7
     assert len(conv_layers(build_model("resnet20"))) == 19
+    # the layers apply_basis can replace, each under a name: a bare conv, the model itself,
+    # has none (apply_basis refuses it, naming from_conv)
+    assert conv_layers(nn.Conv2d(3, 8, 3)) == {}
     # a list in another order selects in model order (a candidate table's positions)
     chosen = select_layers(build_model("resnet20"), ["layer3.*.conv1", "layer1.0.*", "conv1"])
     assert list(chosen)[:3] == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
@@ -60,6 +63,7 @@ def test_partial_conversion_reports_errors_and_inplace_returns_the_same_model():
     assert [r["name"] for r in report] == [n for n in conv_layers(model) if ".conv" in n]
     assert all(0 < r["reconstruction_error"] < 1 for r in report)
     assert {r["num_basis"] for r in report} == {8, 16, 32, 64}
+    assert {r["fraction"] for r in report} == {0.5}  # of each layer's out_channels
     assert isinstance(model.conv1, nn.Conv2d) and isinstance(model.layer2[0].shortcut[0], nn.Conv2d)
 
 
@@ -151,6 +155,11 @@ def test_a_count_above_a_layers_channels_leaves_it_dense_where_only_savings_are_
     with pytest.raises(ConfigError, match=r"^num_basis=65 is more than the output channels of "
                                           r"every selected layer \(at most 64\)"):
         apply_basis(model, "all", 65, only_where_saves=True)
+    # a count equal to the widest layer's channels is no more than them: that layer saves
+    # nothing and is left dense, which the warning of an all-dense result says
+    with pytest.warns(UserWarning, match="at num_basis=64 no selected layer saves compute"):
+        assert not basis_layers(apply_basis(model, "all", 64, convert=False,
+                                            only_where_saves=True))
 
 
 def test_an_error_bound_sizes_each_layer_by_its_own_filters(caplog):
@@ -319,6 +328,10 @@ def test_a_wrapped_models_unknown_name_suggests_the_prefixed_one():
     with pytest.raises(ValueError, match=r"unknown layer '1' \(did you mean module\.1\?\)"):
         apply_basis(wrapped, "1", 4)
     assert isinstance(apply_basis(wrapped, "module.1", 4).module[1], BasisConv2d)
+    # a prefix ends at a dot: a typo that is the tail of many names ('onv1') is no
+    # wrapper's name, and gets the nearest names, not every conv ending so
+    with pytest.raises(ValueError, match=r"unknown layer 'onv1' \(did you mean conv1\?\)"):
+        select_layers(build_model("resnet20"), ["onv1"])
 
 
 def test_a_distributed_data_parallel_model_is_refused_naming_its_module(tmp_path):
@@ -580,6 +593,10 @@ def test_a_coefficient_rank_that_saves_no_parameters_is_warned_of():
         "there, null keeps the full matrix"]
     with pytest.warns(UserWarning, match=r"no rank saves parameters there"):  # m = 1
         apply_basis(model, "layer1.0.conv1", 1, coefficient_rank=1, convert=False)
+    # m = 6: full matrix 60, not a multiple of 16; rank 3's 48 saves, so 3 is the largest
+    with pytest.warns(UserWarning, match=r"hold 64 coefficients, no fewer than the full "
+                                         r"matrix's 60; ranks up to 3 save"):
+        apply_basis(model, "layer1.0.conv1", 6, coefficient_rank=4, convert=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply_basis(model, "layer1.*", 0.5, coefficient_rank=3, convert=False)  # 48 < 64
@@ -1338,6 +1355,13 @@ def test_a_constraint_on_a_converted_weight_is_said_to_stay_behind():
     assert len(said) == 1
     assert "'1' (SpectralNorm), '2' (WeightNorm), '3' (L1Unstructured)" in said[0]
     assert "'0'" not in said[0]
+    many = nn.Sequential(*[nn.Conv2d(8, 8, 1) for _ in range(5)])  # four named, the rest counted
+    for conv in many:
+        prune.l1_unstructured(conv, "weight", 0.5)
+    with pytest.warns(UserWarning, match=r"of '0' \(L1Unstructured\), '1' \(L1Unstructured\), "
+                                         r"'2' \(L1Unstructured\), '3' \(L1Unstructured\) "
+                                         r"and 1 more are computed"):
+        apply_basis(many, "all", 0.25)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply_basis(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3)), "all", 0.25)
@@ -1429,6 +1453,10 @@ def test_layers_that_share_coefficients_converted_one_call_at_a_time_are_said_to
     with warnings.catch_warnings():  # not asked to share: nothing to say
         warnings.simplefilter("error")
         apply_basis(make_model(), "2", 4, inplace=True)
+        # nor where the earlier layer's coefficients are of another rank: never shareable
+        ranked = apply_basis(make_model(), "2", 4, convert=False, share_coefficients=True)
+        apply_basis(ranked, "4", 4, convert=False, inplace=True, share_coefficients=True,
+                    coefficient_rank=2)
 
 
 def test_warnings_of_a_conversion_point_at_the_callers_line():
