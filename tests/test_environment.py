@@ -582,6 +582,18 @@ def test_a_part_being_stopped_does_not_hold_up_the_others(gpu_check, tmp_path):
     assert results[0]["seconds"] < 8 and results[1]["seconds"] < 8, results  # not 11+
 
 
+def checked_on_a_seeming_h100(gpu_check, tmp_path, monkeypatch) -> int:
+    """``gpu_check.main``'s status on a CPU machine that torch takes for one with an H100
+    (its parts' runner replaced by the test), without CIFAR-10, writing into ``tmp_path``."""
+    for name, value in (("is_available", lambda: True), ("current_device", lambda: 0),
+                        ("device_count", lambda: 1),
+                        ("get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")):
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    return gpu_check.main(["--data-root", str(tmp_path / "no-cifar"), "--out-dir",
+                           str(tmp_path), "--work-dir", str(tmp_path / "work")])
+
+
 def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, monkeypatch,
                                                          capsys):
     """The whole check as a GPU machine would run it, its parts' commands recorded instead
@@ -596,13 +608,7 @@ def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, m
         return [{"part": name, "status": "pass", "seconds": 1.0} for name, _, _ in parts]
 
     monkeypatch.setattr(gpu_check, "run_parts_together", recorded)
-    for name, value in (("is_available", lambda: True), ("current_device", lambda: 0),
-                        ("device_count", lambda: 1),
-                        ("get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")):
-        monkeypatch.setattr(torch.cuda, name, value)
-    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
-    code = gpu_check.main(["--data-root", str(tmp_path / "no-cifar"), "--out-dir", str(tmp_path),
-                           "--work-dir", str(tmp_path / "work")])
+    code = checked_on_a_seeming_h100(gpu_check, tmp_path, monkeypatch)
     assert code == 0
     assert [[name for name, _, _ in group] for group in groups] == [["tests", "smoke"],
                                                                    ["benchmark"]]
@@ -632,13 +638,7 @@ def test_a_gpu_check_that_did_not_run_all_its_parts_is_not_recorded_as_passed(
         return [{"part": name, "status": "pass", "seconds": 1.0} for name, _, _ in parts]
 
     monkeypatch.setattr(gpu_check, "run_parts_together", stopped_at_benchmark)
-    for name, value in (("is_available", lambda: True), ("current_device", lambda: 0),
-                        ("device_count", lambda: 1),
-                        ("get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")):
-        monkeypatch.setattr(torch.cuda, name, value)
-    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
-    code = gpu_check.main(["--data-root", str(tmp_path / "no-cifar"), "--out-dir", str(tmp_path),
-                           "--work-dir", str(tmp_path / "work")])
+    code = checked_on_a_seeming_h100(gpu_check, tmp_path, monkeypatch)
     assert code == 128 + signal.SIGTERM
     record = json.loads((tmp_path / "gpu-check-h100.json").read_text())
     assert record["status"] == "stopped" and [p["status"] for p in record["parts"]] == [

@@ -74,9 +74,10 @@ def test_a_line_interrupted_mid_answer_leaves_no_answer_for_the_next_line(tmp_pa
         starts.close()
 
 
-def test_a_server_that_ended_between_lines_is_started_again(tmp_path):
-    """A server killed between two lines (out of memory) was written to again: every later
-    line of its script and environment failed with BrokenPipeError."""
+def killed_after_one_line(tmp_path):
+    """A ``ScriptStarts`` whose one server, for a script that says its argument, answered
+    a line and was then killed (SIGKILL: out of memory); the starts, the script and the
+    dead server's process."""
     script = tmp_path / "says.py"
     script.write_text("import sys\nprint(sys.argv[1])\n")
     starts = ScriptStarts()
@@ -85,6 +86,17 @@ def test_a_server_that_ended_between_lines_is_started_again(tmp_path):
         (server,) = starts.servers.values()
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+    except BaseException:
+        starts.close()
+        raise
+    return starts, script, server
+
+
+def test_a_server_that_ended_between_lines_is_started_again(tmp_path):
+    """A server killed between two lines (out of memory) was written to again: every later
+    line of its script and environment failed with BrokenPipeError."""
+    starts, script, server = killed_after_one_line(tmp_path)
+    try:
         assert starts.run(script, ["second"], cwd=tmp_path).stdout == "second\n"
     finally:
         starts.close()
@@ -133,14 +145,8 @@ def test_a_server_that_died_as_a_line_was_written_to_it_is_stopped_without_an_er
         tmp_path):
     """Its pipe held the unsent rest of the line: closing it to stop the server raised
     BrokenPipeError (out of ``close`` at the session's end, the other servers left)."""
-    script = tmp_path / "says.py"
-    script.write_text("import sys\nprint(sys.argv[1])\n")
-    starts = ScriptStarts()
+    starts, _, server = killed_after_one_line(tmp_path)
     try:
-        assert starts.run(script, ["first"], cwd=tmp_path).stdout == "first\n"
-        (server,) = starts.servers.values()
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
         server.stdin.write("[] \n")  # (buffered: the line it died reading)
     finally:
         starts.close()
