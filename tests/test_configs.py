@@ -621,6 +621,26 @@ def test_an_override_without_a_value_says_to_write_key_equals_value():
         "'trainer.epochs'); write key=value, e.g. trainer.epochs=3")
 
 
+
+@pytest.mark.parametrize("override", ["basis.size=0.25,,0.5", "basis.size=0.25,0.5,",
+                                      "seed=,0,1"])
+def test_a_sweep_list_with_an_empty_value_says_to_drop_the_extra_comma(override):
+    """Found in the sweep review: a sweep list with an empty item (a doubled, leading or
+    trailing comma) was told to quote the value, which made it one run of the string
+    '0.25,,0.5', refused again as no basis size: one line naming the extra comma instead."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from basisconv.hydra_errors import hydra_error_line
+
+    with pytest.raises(OverrideParseException) as err:
+        OverridesParser.create().parse_overrides([override])
+    line = hydra_error_line(err.value)
+    key, _, values = override.partition("=")
+    assert line.startswith(f"{override}: an empty value in the list {values}; drop the extra "
+                           f"comma, e.g. {key}="), line
+    assert "quote" not in line
+
 def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo, script_starts):
     """Found in review: hydra.run.dir inside a file was "[Errno 20] Not a directory: ...",
     one line that named no key to change."""
@@ -1398,6 +1418,29 @@ def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(t
         assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr
         # our own line: Hydra has no fuller message to show (found in review: it said so)
         assert "BASISCONV_DEBUG" not in done.stderr
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["selection=first_k,sensitivity_budget", "sensitivity.source_checkpoint={missing}"],
+     "sensitivity.source_checkpoint"),
+    (["selection=all", "basis=convert", "basis.size=0.25,0.5",
+      "basis.source_checkpoint={missing}"], "basis.source_checkpoint")])
+def test_a_sweeps_missing_source_checkpoint_is_refused_before_the_first_job_runs(
+        tmp_path, repo, overrides, key, script_starts):
+    """Found in the sweep review: a sweep's source checkpoint was looked for only as its job
+    built its model or estimate, so a misspelt path failed the sensitivity job after the
+    sweep's first_k job had trained (each job of a basis=convert sweep failing alone)."""
+    missing = tmp_path / "baseline" / "checkpoint.pt"
+    sweep = tmp_path / "sweep"
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["-m", "profile=smoke", "logger=none", "trainer.epochs=1",
+                              *(o.format(missing=missing) for o in overrides),
+                              f"hydra.sweep.dir={sweep}"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: the sweep job "), done.stderr
+    assert f"{key}={missing} does not exist; give the checkpoint.pt" in done.stderr
+    assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr
 
 
 @pytest.mark.parametrize("override, why", [

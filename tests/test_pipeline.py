@@ -111,6 +111,19 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo, script_star
     assert records[0]["model"]["forward_flops"] < records[1]["model"]["forward_flops"]
 
 
+def test_a_sweep_whose_jobs_are_named_apart_leaves_no_folder_of_a_run_it_did_not_train(
+        tmp_path, repo, script_starts):
+    """Found in the sweep review: a sweep over a key its run name carries puts each job
+    under its own multirun/<name>/, and Hydra wrote its multirun.yaml under the name of the
+    config before the sweep's values: -m experiment=basis_all basis.size=0.125,0.25 left
+    multirun/resnet20-basis-all-0.5/<date>/ beside its runs, the folder of a size not swept
+    (and -m experiment=basis_selected selection=first_k,last_k one named sensitivity_budget)."""
+    run(repo, tmp_path, "-m", "experiment=basis_all", "basis.size=0.125,0.25",
+        "trainer.epochs=1", "data.synthetic_train=100", starts=script_starts)
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir()) == [
+        "resnet20-basis-all-0.125", "resnet20-basis-all-0.25"]
+
+
 def test_a_sweep_preset_started_without_m_is_one_line_naming_m(tmp_path, repo, script_starts):
     """experiment=basis_size_sweep lists its basis sizes as sweep values; without -m Hydra
     ran one job at basis.size=0.5 alone, silently, in a folder named for the sweep."""

@@ -275,9 +275,10 @@ def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return root[0] == root[1]
 
 
-def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_checkpoint") -> None:
-    """Load a trained dense model (a run's ``checkpoint.pt``) to convert from; ``key`` is
-    the config entry that named it, for the error messages."""
+def check_source_file(path: str, key: str) -> None:
+    """A :class:`ConfigError` unless ``path`` (the value of ``key``) is a file: a run reads it
+    as it starts, and a sweep asks it of every job before the first runs
+    (:func:`basisconv.cli.check_source_checkpoints`)."""
     if Path(path).is_dir():
         inside = Path(path) / CHECKPOINT
         raise ConfigError(f"{key}={path} is a directory; name its {CHECKPOINT}"
@@ -285,6 +286,12 @@ def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_ch
     if not Path(path).is_file():
         raise ConfigError(f"{key}={path} does not exist; give the "
                           f"checkpoint.pt of a trained baseline run")
+
+
+def load_source_weights(model: nn.Module, path: str, key: str = "basis.source_checkpoint") -> None:
+    """Load a trained dense model (a run's ``checkpoint.pt``) to convert from; ``key`` is
+    the config entry that named it, for the error messages."""
+    check_source_file(path, key)
     state = load_checkpoint(Path(path), source_key=key)
     try:
         model.load_state_dict(state["model"] if "model" in state else state)

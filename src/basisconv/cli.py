@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
+from .checkpoint import check_source_file
 from .config import check_no_tilde
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
@@ -63,6 +64,12 @@ task_started = False
 #: and the override that runs the sweep again in its folders (:func:`sweep_folder_override`).
 failed_jobs: list[str] = []
 resume_override: list[str] = []
+#: Hydra's folder of a sweep in which no job runs, holding its ``multirun.yaml`` alone: the
+#: folder of the config before the sweep's values, where each job is named apart by a key
+#: its run name carries (``-m experiment=basis_all basis.size=0.125,0.25`` made
+#: ``multirun/resnet20-basis-all-0.5/``, a size not swept: found in the sweep review; each
+#: job's ``.hydra/`` and record keep the sweep's line). Removed as the sweep ends.
+unused_sweep_folders: set[Path] = set()
 
 
 class SweepJobFailed(Exception):
@@ -83,13 +90,16 @@ def check_sweep_jobs(check: Callable[[Any], None],
     then says what the jobs together do not do (a key swept that no job reads:
     :func:`~basisconv.unread.warn_keys_no_sweep_job_reads`)."""
     def validate_batch_is_legal(self, batch) -> None:
+        folder = Path(str(self.config.hydra.sweep.dir))
         try:
-            check_batch(self, batch)
+            folders = check_batch(self, batch)
         except BaseException:  # (refused: the sweep folder Hydra just made holds no job)
-            remove_unrun_sweep_folder(Path(str(self.config.hydra.sweep.dir)))
+            remove_unrun_sweep_folder(folder)
             raise
+        if folder not in folders:  # (removed once the sweep ends: the launcher makes it)
+            unused_sweep_folders.add(folder)
 
-    def check_batch(self, batch) -> None:
+    def check_batch(self, batch) -> set[Path]:
         if distributed.launched_processes() > 1:
             # each job joins the process group anew, under the name its last job's left in
             # torchrun's store: a rank that got there first "joined" the stale group and the
@@ -113,6 +123,7 @@ def check_sweep_jobs(check: Callable[[Any], None],
         check_published_apart(jobs)
         if look_over is not None and distributed.first_process():
             look_over(jobs)
+        return {Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) for _, cfg in jobs}
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
 
 
@@ -133,6 +144,7 @@ def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any],
         check_added_groups_chosen(overrides, cfg.hydra.runtime.choices)
         check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
         check(cfg)
+        check_source_checkpoints(cfg)
     except (BasisconvError, InterpolationResolutionError) as err:
         said = (interpolation_error_line(err)
                 if isinstance(err, InterpolationResolutionError) else err)
@@ -203,6 +215,17 @@ def check_runs_where_started(chdir: bool) -> None:
         raise ConfigError("hydra.job.chdir=true would read every relative path (data.root, "
                           "publish, sensitivity.cache_dir) from inside the run folder; leave it "
                           "false, the configs' default")
+
+
+def check_source_checkpoints(cfg: Any) -> None:
+    """Each trained checkpoint a sweep job names (``basis.source_checkpoint``,
+    ``sensitivity.source_checkpoint``) is a file: a run looks for it only as it builds its
+    model or estimate, so a misspelt path failed a sweep's sensitivity job after the jobs
+    before it had trained (found in the sweep review). One run finds it before it trains."""
+    for key in ("basis.source_checkpoint", "sensitivity.source_checkpoint"):
+        path = OmegaConf.select(cfg, key, default=None)
+        if path is not None:
+            check_source_file(str(path), key)
 
 
 def unswept_params(params: Any, overrides: list[str]) -> list[str]:
@@ -392,6 +415,10 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             got = str(ex).rpartition("Got ")[2].strip().rstrip(".")
             line = group_value_override(sys.argv[1:], got) or line
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
+    finally:  # (a sweep ended, failed or stopped alike)
+        for folder in unused_sweep_folders:
+            remove_unrun_sweep_folder(folder)
+        unused_sweep_folders.clear()
 
 
 def run_app(*, multirun: bool, mode: Any, overrides: list[str], **kwargs: Any) -> Any:

@@ -114,6 +114,12 @@ def hydra_error_line(ex: Exception) -> str:
                 f"hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be written")
     if isinstance(ex, OverrideParseException):
         key, given, value = str(ex.override).partition("=")
+        items = [item.strip() for item in value.split(",")]
+        if given and len(items) > 1 and "" in items and not set(value) & set("'\"[](){}"):
+            # a sweep list with a doubled, leading or trailing comma: quoting it, as said
+            # below, made it one run of the string '0.25,,0.5' (found in the sweep review)
+            return (f"{ex.override}: an empty value in the list {value}; drop the extra "
+                    f"comma, e.g. {key}={','.join(item for item in items if item)}")
         if given and key.strip() and value:  # (else it says "write key=value" to a key=value)
             return (f"cannot parse the override {ex.override!r} "
                     f"({ex.message.splitlines()[0]}); Hydra takes unquoted values of letters, "
