@@ -721,3 +721,14 @@ def test_the_training_recipe_is_said_to_be_ours_with_the_configs_values(repo):
                    f"down to lr/{loop.ONECYCLE_END_DIVISOR:g}",
                    f"{paper.trainer.epochs} epochs (the paper profile)"):
         assert quoted in paragraph, quoted
+
+
+def test_the_recipes_accuracy_is_said_to_be_known_elsewhere_not_measured_here(repo):
+    """Found in review: "30 epochs (the paper profile) reach the ~93-94 % known elsewhere
+    (~95 % takes ~200 epochs; not yet measured with this code)" read as a result of ours,
+    the caveat on the 95 % alone; no record of a paper-profile run exists."""
+    recipe = (repo / "docs" / "experiments.md").read_text().split("## Training recipe")[1]
+    paragraph = " ".join(recipe.strip().split("\n\n")[0].split())
+    sentence = next(s for s in paragraph.split(". ") if "93-94 %" in s)
+    assert "known elsewhere" in sentence and sentence.endswith(
+        "neither figure is measured with this code yet"), sentence

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 def record_provenance(path) -> dict | None:
@@ -58,12 +59,14 @@ def results_history(repo) -> dict | None:
     history (full hash: its place in topological order, newest 0, its author and
     committer dates) and, for each file of ``results/`` that the working tree holds as
     committed, the commit that last changed it (``committed_by``). None where the history
-    is not all there: no git, no work tree (a tarball), a shallow clone."""
+    is not all there: no git, no work tree (a tarball), a shallow clone; or not this
+    copy's own (a tarball unpacked inside another repository's work tree)."""
     def git(*args) -> str:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
                               text=True, check=True).stdout
     try:
-        if git("rev-parse", "--is-shallow-repository").strip() != "false":
+        if (git("rev-parse", "--is-shallow-repository").strip() != "false"
+                or Path(git("rev-parse", "--show-toplevel").strip()) != Path(repo).resolve()):
             return None
         log = git("log", "--topo-order", "--format=%H %aI %cI").split("\n")
         changes = git("log", "--format=@%H", "--name-only", "--", "results").split("\n")
@@ -196,3 +199,20 @@ def test_a_result_without_its_provenance_is_named(tmp_path, repo):
     (results / "model-speed-cpu-fp32.json").write_text(json.dumps(future))
     assert ("model-speed-cpu-fp32.json: dated 2999-01-01T00:00:00+00:00, in the future"
             in provenance_gaps(results, None))
+
+
+def test_a_copy_inside_another_repositorys_work_tree_has_no_history(tmp_path):
+    """Found in review: a copy without its ``.git`` (a tarball, ``git archive``) unpacked
+    inside another repository's work tree (a home folder kept in git, a monorepo) was
+    checked against that repository's history, and every record named "not a commit of
+    this repository"; it has no history of its own, as a tarball elsewhere has none."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
+                        "user.email=t@t", *args], capture_output=True, check=True)
+
+    git("init", "-q")
+    git("commit", "-q", "--allow-empty", "-m", "another project")
+    copy = tmp_path / "basisconv"
+    (copy / "results").mkdir(parents=True)
+    assert results_history(tmp_path) is not None  # (the other repository's own)
+    assert results_history(copy) is None
