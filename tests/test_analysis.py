@@ -2808,6 +2808,21 @@ def test_the_recipe_line_counts_a_dense_run_trained_once_per_basis_size_once():
         "; 1-2 seeds per row")
 
 
+def test_the_recipe_line_and_a_curves_label_say_one_epoch_in_the_singular():
+    """Found in the sweep review: a one-epoch sweep's table said "1 epochs"."""
+    import copy
+
+    from basisconv.analysis.figures import _qualifier
+    from basisconv.analysis.report import recipe_line
+
+    once = copy.deepcopy(RECORDS[0])
+    once["config"]["trainer"]["epochs"] = 1
+    runs = runs_frame([(once, "here")])
+    assert ", 1 epoch, batch " in recipe_line(runs)
+    assert _qualifier(runs.iloc[0], ["epochs"]) == " (1 epoch)"
+    assert ", 1, 2 epochs, " in recipe_line(runs_frame([(once, "here"), (RECORDS[1], "here")]))
+
+
 def test_the_accuracy_plot_names_the_settings_that_tell_its_points_apart(tmp_path, monkeypatch):
     """Found rebuilding results/frobenius-decay: its two points of each size were both
     labelled "m=0.5" (and a swept policy's points had no label at all), so which was which

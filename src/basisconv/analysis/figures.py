@@ -224,7 +224,8 @@ def _qualifier(run: pd.Series, varying: list[str]) -> str:
     """`` (model, epochs, data)`` of :func:`_curve_label`, for those of ``varying``, then
     `` (settings)``; "" for none."""
     extra = [f"{run['model']} x{run['width']:g}"] if {"model", "width"} & set(varying) else []
-    extra += [f"{run['epochs']} epochs"] if "epochs" in varying else []
+    extra += ([f"{run['epochs']} epoch{'' if run['epochs'] == 1 else 's'}"]
+              if "epochs" in varying else [])
     extra += [f"{run['train_images']} images"] if "train_images" in varying else []
     shown = _settings(run, varying)
     return (f" ({', '.join(extra)})" if extra else "") + (f" ({shown})" if shown else "")

@@ -56,8 +56,10 @@ def recipe_line(runs: pd.DataFrame) -> str:
     seeds = distinct_runs(runs).groupby(ROW_COLUMNS, sort=False).size()
     per_row = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     data = listed(DATA_NAMES.get(name, name) for name in runs["data"])
+    epochs = listed(runs["epochs"])
     return (f"{models} on {data}: {listed(runs['train_images'])} training / "
-            f"{listed(runs['test_images'])} test images, {listed(runs['epochs'])} epochs, "
+            f"{listed(runs['test_images'])} test images, {epochs} epoch"
+            f"{'' if epochs == '1' else 's'}, "
             f"batch {listed(runs['batch_size'])}; {per_row} seed"
             f"{'s' if seeds.max() > 1 else ''} per row")
 
