@@ -931,25 +931,33 @@ def test_make_analyze_reads_the_folder_make_reproduce_wrote(repo):
     assert "runs_dir" not in wandb and "\"out_dir='outputs/smoke/results'\" source=wandb" in wandb
 
 
-def test_make_analyze_reads_a_folder_whose_name_has_a_space(repo, tmp_path):
+@pytest.mark.parametrize("name", ["a b", "it's", 'say "x"', "a`b`"])
+def test_make_analyze_reads_a_folder_whose_name_has_a_space(repo, tmp_path, name):
     """Found in review: make reproduce took an OUTPUTS folder with a space, and make analyze
     on it failed with "cannot parse the override 'b/smoke/results/runs'": the folders went
-    to the shell and to Hydra bare."""
-    import shlex
+    to the shell and to Hydra bare. And (found later) a quote in the name, which make
+    reproduce takes too, ended the shell's or Hydra's quotes, and backquotes ran a command.
+    The recipe runs (its shell is the test), with a python that prints what it is given."""
+    import json
     import shutil
     import subprocess
+    import sys
 
     from hydra import compose, initialize_config_dir
 
     if shutil.which("make") is None:
         pytest.skip("no make here")
-    outputs = tmp_path / "a b"
-    # (the recipe's own line: under make test, make also prints "Leaving directory")
-    line = next(line for line in subprocess.run(
-        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "analyze",
-         "PROFILE=smoke", f"OUTPUTS={outputs}"], cwd=repo, capture_output=True, text=True,
-        check=True).stdout.splitlines() if "scripts/analyze.py" in line)
-    overrides = shlex.split(line)[2:]  # as the shell gives them to the analysis
+    outputs = tmp_path / name
+    given = tmp_path / "python"
+    given.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, sys; "
+                     f"print(json.dumps(sys.argv[2:]))' \"$@\"\n")
+    given.chmod(0o755)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "analyze",
+         "PROFILE=smoke", f"OUTPUTS={outputs}", f"PY={given}"], cwd=repo,
+        capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    overrides = json.loads(result.stdout)  # as the shell gives them to the analysis
     with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"),
                                version_base="1.3"):
         cfg = compose("analyze", overrides=overrides)

@@ -287,6 +287,49 @@ def test_each_file_is_read_once_when_its_md5_is_checked(tmp_path, monkeypatch, f
     assert sorted(opened) == sorted(TRAIN_FILES[fmt] + TEST_FILES[fmt])
 
 
+def as_fips_mode(monkeypatch):
+    """hashlib made as a FIPS-mode Python has it: md5 refused unless ``usedforsecurity=False``
+    (Python 3.9+), which says it is a checksum."""
+    import hashlib
+
+    md5, new = hashlib.md5, hashlib.new
+
+    def refused(name):
+        return ValueError(f"[digital envelope routines] unsupported: {name} (FIPS mode)")
+
+    def fips_md5(*args, usedforsecurity=True, **kwargs):
+        if usedforsecurity:
+            raise refused("md5")
+        return md5(*args, usedforsecurity=False, **kwargs)
+
+    def fips_new(name, *args, usedforsecurity=True, **kwargs):
+        if usedforsecurity and name.lower() == "md5":
+            raise refused(name)
+        return new(name, *args, usedforsecurity=usedforsecurity, **kwargs)
+
+    monkeypatch.setattr(hashlib, "md5", fips_md5)
+    monkeypatch.setattr(hashlib, "new", fips_new)
+
+
+@pytest.mark.parametrize("fmt", ["bin", "py"])
+def test_the_md5_checks_run_on_a_fips_mode_python(tmp_path, monkeypatch, fmt):
+    """Found in review: the dataset's md5 sums (a checksum, not security) were computed as
+    a FIPS-mode Python refuses, so CIFAR-10 did not load there, nor the archive check."""
+    import hashlib
+
+    import basisconv.data as data
+    from basisconv.records import file_digest
+
+    folder = write_cifar(tmp_path, fmt, n_train=50, n_test=20)
+    sums = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in folder.iterdir()}
+    for name, digest in sums.items():
+        monkeypatch.setitem(data.MD5, name, digest)
+    as_fips_mode(monkeypatch)  # (after the sums above, which use the real md5)
+    assert len(load_cifar10(tmp_path).train_images) == 50
+    path = next(folder.iterdir())
+    assert file_digest(path, "md5") == sums[path.name]
+
+
 def test_offline_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     import basisconv.data as data
 

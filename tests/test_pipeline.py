@@ -297,6 +297,20 @@ def test_a_sweep_that_lists_a_job_twice_is_refused_before_any_runs(tmp_path, rep
     assert not list(sweep.glob("*/run.json"))
 
 
+@pytest.mark.parametrize("swept, job", [("seed=0,00", "seed=0"),
+                                         ("basis.size=0.5,0.50", "basis.size=0.5")])
+def test_a_sweep_that_lists_one_value_in_two_spellings_is_refused_before_any_runs(
+        tmp_path, repo, script_starts, swept, job):
+    """Found in review: ``-m seed=0,00`` passed the check above (Hydra writes 00 as given,
+    0.50 as 0.5), and trained one run twice, in two folders."""
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(script_starts, repo, tmp_path, "selection=all", swept,
+                          f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and "lists the job" in lines[0] and "nothing ran" in lines[0], lines
+    assert f"{job} twice" in lines[0] or f"{job} and" in lines[0], lines
+    assert not sweep.exists() or not list(sweep.iterdir())
+
+
 def test_sweep_jobs_that_publish_to_their_own_files_run(tmp_path, repo, script_starts):
     """The refusal above names the fix, ``publish='runs/seed${seed}.json'``: a sweep given it
     runs, each job publishing its own record (found at stop 72: the check of the sweep's

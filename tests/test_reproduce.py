@@ -391,6 +391,20 @@ def test_every_run_imports_this_checkouts_package(repo, default_protocol):
     assert all(p.split(":")[0] == str(repo / "src") for p in paths), paths
 
 
+def test_the_script_without_a_profile_runs_what_make_reproduce_runs(repo, tmp_path):
+    """Found in review: ``make reproduce`` runs the paper profile (the README: "default
+    ``PROFILE=paper``") and names ``scripts/reproduce.sh`` as the same command, which with
+    no argument ran the quick profile."""
+    import re
+
+    (made,) = re.findall(r"^PROFILE \?= (\w+)$", (repo / "Makefile").read_text(), re.M)
+    result, started, _ = fake_protocol(repo, tmp_path, args=(), ALLOW_CPU="",
+                                       RESULTS_DIR=str(tmp_path / "results"))
+    assert made == "paper" and started == [], result.stdout
+    assert result.returncode == 2 and result.stderr.startswith(
+        f"the {made} profile trains 27 ResNet-18 runs"), result.stderr
+
+
 def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tmp_path):
     """A run is skipped (and said to be) when its record is published, and started when it
     is not; OVERRIDES that change only how runs execute reach every run and are no variant

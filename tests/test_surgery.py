@@ -221,6 +221,11 @@ def test_layer_errors_name_the_layer_and_the_valid_range():
     # Found by audit: a bare conv was "a model with no Conv2d layers"
     with pytest.raises(ValueError, match=r"a single conv; convert it with BasisConv2d\.from_conv"):
         apply_basis(nn.Conv2d(8, 16, 3), "all", 4)
+    # and (found in review) a bare basis layer was "the model has no Conv2d layers" too
+    with pytest.raises(ValueError, match=r"a single basis layer, already in basis form; to "
+                                         r"change its basis size, BasisConv2d\.from_conv\("
+                                         r"layer\.to_conv\(\), num_basis\)$"):
+        apply_basis(BasisConv2d(8, 16, 3, 4), "all", 2)
 
 
 class Grouped(nn.Module):

@@ -110,21 +110,36 @@ def check_sweep_jobs(check: Callable[[Any], None],
                               "process per job (python, or hydra/launcher=slurm); nothing ran")
         if not batch:
             raise ConfigError(empty_sweep_line(self))
-        jobs, listed = [], set()
+        jobs, listed = [], {}
         for overrides in batch:
-            if tuple(overrides) in listed:
+            cfg = checked_sweep_job(self, list(overrides), check)
+            if (job := sweep_job_settings(cfg)) in listed:
                 # its folder is named by its overrides: the second ran in the first's folder
-                # (found it complete, or raced it under a parallel launcher)
-                raise ConfigError(f"the sweep lists the job {' '.join(overrides)} twice (a "
-                                  f"value repeated, e.g. seed=0,0): give each value once; "
-                                  f"nothing ran")
-            jobs.append((list(overrides), checked_sweep_job(self, list(overrides), check)))
-            listed.add(tuple(overrides))
+                # (found it complete, or raced it under a parallel launcher), or, where the
+                # value was written two ways (seed=0,00), the same run in a second folder
+                first, again = listed[job], " ".join(overrides)
+                twice = f"{first} twice" if first == again else f"{first} twice, as {again}"
+                raise ConfigError(f"the sweep lists the job {twice} (a value repeated, e.g. "
+                                  f"seed=0,0, or written two ways, e.g. seed=0,00): give "
+                                  f"each value once; nothing ran")
+            jobs.append((list(overrides), cfg))
+            listed[job] = " ".join(overrides)
         check_published_apart(jobs)
         if look_over is not None and distributed.first_process():
             look_over(jobs)
         return {Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) for _, cfg in jobs}
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
+
+
+def sweep_job_settings(cfg: Any) -> str:
+    """A sweep job's config but Hydra's own node, as text: jobs alike in it are one run,
+    however their overrides were written (Hydra keeps ``seed=00`` as written, a string the
+    schema reads as 0). Types stay apart (``basis.size=1`` is one filter, ``1.0`` all)."""
+    import json
+
+    settings = OmegaConf.to_container(cfg, resolve=False)
+    settings.pop("hydra", None)
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None]) -> Any:

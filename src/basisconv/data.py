@@ -266,8 +266,10 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
                 f"cannot read {path} ({err.strerror or err}): make it readable (chmod a+r, or "
                 f"ask its owner), or point data.root at a copy this user can read.") from None
         # the bytes hashed are the bytes parsed (each file read once), verified before they
-        # are parsed: a python batch is a pickle, which runs code as it loads
-        if verify_md5 and (digest := hashlib.md5(raw).hexdigest()) != MD5[name]:
+        # are parsed: a python batch is a pickle, which runs code as it loads (a checksum,
+        # not security: usedforsecurity=False, without which a FIPS-mode Python refuses)
+        if verify_md5 and (
+                digest := hashlib.md5(raw, usedforsecurity=False).hexdigest()) != MD5[name]:
             raise DatasetError(
                 f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
                 f"corrupt or not the genuine CIFAR-10: re-download it, or set "

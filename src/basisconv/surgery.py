@@ -216,6 +216,10 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "
                           "BasisConv2d(in_channels, out_channels, kernel_size, num_basis, ...)")
+    if isinstance(model, BasisConv2d):  # (it said "the model has no Conv2d layers")
+        raise ConfigError("apply_basis got a single basis layer, already in basis form; to "
+                          "change its basis size, BasisConv2d.from_conv(layer.to_conv(), "
+                          "num_basis)")
     keys = {"num_basis": "num_basis", "coefficient_rank": "coefficient_rank",
             "only_where_saves": "only_where_saves", **(keys or {})}
     flags = {"inplace": inplace, "convert": convert, "only_where_saves": only_where_saves,

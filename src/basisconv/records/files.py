@@ -31,8 +31,9 @@ def json_digest(obj: Any, length: int = 12) -> str:
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
-    """Hex digest of a file's bytes, read in chunks (a dataset file, a checkpoint)."""
-    digest = hashlib.new(algorithm)
+    """Hex digest of a file's bytes, read in chunks (a dataset file, a checkpoint): a
+    checksum, so ``usedforsecurity=False``, without which a FIPS-mode Python refuses md5."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
