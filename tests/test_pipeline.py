@@ -695,6 +695,22 @@ def test_convert_from_a_trained_checkpoint(tmp_path, repo):
                          f"basis.source_checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "x")
 
 
+def test_a_sweep_run_again_in_its_folder_needs_no_source_checkpoint(
+        tmp_path, repo, script_starts):
+    """Found in review: the sweep's check that a source checkpoint is a file refused a
+    sweep run again in its folders once the baseline's checkpoint was removed, though each
+    job resumes (or is complete) from its own checkpoint and reads no source (as above)."""
+    fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path / "baseline")
+    source = tmp_path / "baseline" / "checkpoint.pt"
+    sweep = ("-m", "trainer.epochs=1", "selection=all", "basis=convert",
+             f"basis.source_checkpoint={source}", "seed=0", f"hydra.sweep.dir={tmp_path / 's'}")
+    run(repo, tmp_path, *sweep, starts=script_starts)
+    source.unlink()
+    again = run(repo, tmp_path, *sweep, starts=script_starts)
+    said = again.stdout + again.stderr
+    assert "is already complete; not training again" in said, said[-2000:]
+
+
 def test_a_dense_warm_up_starts_from_the_source_checkpoint(tmp_path, repo):
     # Found by audit: with basis.source_checkpoint and basis.dense_warmup_epochs both set,
     # the warm-up started from the random init and the source was never read: it was

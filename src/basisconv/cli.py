@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
-from .checkpoint import check_source_file
+from .checkpoint import CHECKPOINT, check_source_file
 from .config import check_no_tilde
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
@@ -236,7 +236,14 @@ def check_source_checkpoints(cfg: Any) -> None:
     """Each trained checkpoint a sweep job names (``basis.source_checkpoint``,
     ``sensitivity.source_checkpoint``) is a file: a run looks for it only as it builds its
     model or estimate, so a misspelt path failed a sweep's sensitivity job after the jobs
-    before it had trained (found in the sweep review). One run finds it before it trains."""
+    before it had trained (found in the sweep review). One run finds it before it trains.
+    A job that resumes from its folder's checkpoint reads neither (its source may be gone:
+    :func:`~basisconv.network.build_network`), so a sweep run again in its folders after
+    the source was removed was refused, though each job was complete (found in review)."""
+    folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+    if (OmegaConf.select(cfg, "trainer.resume", default=None)
+            and (folder / CHECKPOINT).exists()):
+        return
     for key in ("basis.source_checkpoint", "sensitivity.source_checkpoint"):
         path = OmegaConf.select(cfg, key, default=None)
         if path is not None:
