@@ -1420,16 +1420,18 @@ def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(t
         assert "BASISCONV_DEBUG" not in done.stderr
 
 
-@pytest.mark.parametrize("overrides, key", [
+@pytest.mark.parametrize("overrides, key, job", [
     (["selection=first_k,sensitivity_budget", "sensitivity.source_checkpoint={missing}"],
-     "sensitivity.source_checkpoint"),
+     "sensitivity.source_checkpoint", "selection=sensitivity_budget "),
     (["selection=all", "basis=convert", "basis.size=0.25,0.5",
-      "basis.source_checkpoint={missing}"], "basis.source_checkpoint")])
+      "basis.source_checkpoint={missing}"], "basis.source_checkpoint", "selection=all ")])
 def test_a_sweeps_missing_source_checkpoint_is_refused_before_the_first_job_runs(
-        tmp_path, repo, overrides, key, script_starts):
+        tmp_path, repo, overrides, key, job, script_starts):
     """Found in the sweep review: a sweep's source checkpoint was looked for only as its job
     built its model or estimate, so a misspelt path failed the sensitivity job after the
-    sweep's first_k job had trained (each job of a basis=convert sweep failing alone)."""
+    sweep's first_k job had trained (each job of a basis=convert sweep failing alone). The
+    job refused is one that reads it: the first_k job does not (one run of it warns), and
+    was refused first (found in review)."""
     missing = tmp_path / "baseline" / "checkpoint.pt"
     sweep = tmp_path / "sweep"
     done = script_starts.run(repo / "scripts" / "train.py",
@@ -1439,6 +1441,7 @@ def test_a_sweeps_missing_source_checkpoint_is_refused_before_the_first_job_runs
                              env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: the sweep job "), done.stderr
+    assert f"trainer.epochs=1 {job}" in done.stderr.split(": ")[1], done.stderr
     assert f"{key}={missing} does not exist; give the checkpoint.pt" in done.stderr
     assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr
 

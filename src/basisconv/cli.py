@@ -79,8 +79,8 @@ class SweepJobFailed(Exception):
 
 
 def check_sweep_jobs(check: Callable[[Any], None],
-                     look_over: Callable[[list[tuple[list[str], Any]]], None] | None = None
-                     ) -> None:
+                     look_over: Callable[[list[tuple[list[str], Any]]], None] | None = None,
+                     unread: Callable[[Any, str], str | None] | None = None) -> None:
     """Check every job of a sweep with ``check`` (:func:`basisconv.config.validate`)
     before the first one runs, where Hydra checks only that each composes: a value out of
     range in a sweep's last job (``basis.size=0.5,1.5``) is one line naming the job before
@@ -88,7 +88,9 @@ def check_sweep_jobs(check: Callable[[Any], None],
     records to one file (``publish=`` given once for the sweep) are refused too: each would
     overwrite the one before. ``look_over(jobs)``, given each job's overrides and config,
     then says what the jobs together do not do (a key swept that no job reads:
-    :func:`~basisconv.unread.warn_keys_no_sweep_job_reads`)."""
+    :func:`~basisconv.unread.warn_keys_no_sweep_job_reads`). ``unread(cfg, key)``: why a
+    job does not read ``key`` (:func:`~basisconv.unread.unread_in_training`), whose source
+    checkpoint is then not asked for (:func:`check_source_checkpoints`)."""
     def validate_batch_is_legal(self, batch) -> None:
         folder = Path(str(self.config.hydra.sweep.dir))
         try:
@@ -112,7 +114,7 @@ def check_sweep_jobs(check: Callable[[Any], None],
             raise ConfigError(empty_sweep_line(self))
         jobs, listed = [], {}
         for overrides in batch:
-            cfg = checked_sweep_job(self, list(overrides), check)
+            cfg = checked_sweep_job(self, list(overrides), check, unread)
             if (job := sweep_job_settings(cfg)) in listed:
                 # its folder is named by its overrides: the second ran in the first's folder
                 # (found it complete, or raced it under a parallel launcher), or, where the
@@ -142,7 +144,8 @@ def sweep_job_settings(cfg: Any) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
 
-def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None]) -> Any:
+def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None],
+                      unread: Callable[[Any, str], str | None] | None = None) -> Any:
     """The config of the sweep job ``overrides``, checked as the job checks itself when it
     starts (:func:`exit_on_user_error`, then ``check``), but before any job runs: else every
     job failed alone, each leaving its folder. A job of a preset that sweeps keys of its own
@@ -159,7 +162,7 @@ def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any],
         check_added_groups_chosen(overrides, cfg.hydra.runtime.choices)
         check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
         check(cfg)
-        check_source_checkpoints(cfg)
+        check_source_checkpoints(cfg, unread)
     except (BasisconvError, InterpolationResolutionError) as err:
         said = (interpolation_error_line(err)
                 if isinstance(err, InterpolationResolutionError) else err)
@@ -232,21 +235,24 @@ def check_runs_where_started(chdir: bool) -> None:
                           "false, the configs' default")
 
 
-def check_source_checkpoints(cfg: Any) -> None:
+def check_source_checkpoints(cfg: Any,
+                             unread: Callable[[Any, str], str | None] | None = None) -> None:
     """Each trained checkpoint a sweep job names (``basis.source_checkpoint``,
     ``sensitivity.source_checkpoint``) is a file: a run looks for it only as it builds its
     model or estimate, so a misspelt path failed a sweep's sensitivity job after the jobs
     before it had trained (found in the sweep review). One run finds it before it trains.
     A job that resumes from its folder's checkpoint reads neither (its source may be gone:
     :func:`~basisconv.network.build_network`), so a sweep run again in its folders after
-    the source was removed was refused, though each job was complete (found in review)."""
+    the source was removed was refused, though each job was complete (found in review).
+    Nor is a key the job does not read (``unread``: a first_k job's
+    ``sensitivity.source_checkpoint``, which one run only warns of)."""
     folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
     if (OmegaConf.select(cfg, "trainer.resume", default=None)
             and (folder / CHECKPOINT).exists()):
         return
     for key in ("basis.source_checkpoint", "sensitivity.source_checkpoint"):
         path = OmegaConf.select(cfg, key, default=None)
-        if path is not None:
+        if path is not None and not (unread and unread(cfg, key)):
             check_source_file(str(path), key)
 
 
