@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -137,8 +138,6 @@ def sweep_job_settings(cfg: Any) -> str:
     """A sweep job's config but Hydra's own node, as text: jobs alike in it are one run,
     however their overrides were written (Hydra keeps ``seed=00`` as written, a string the
     schema reads as 0). Types stay apart (``basis.size=1`` is one filter, ``1.0`` all)."""
-    import json
-
     settings = OmegaConf.to_container(cfg, resolve=False)
     settings.pop("hydra", None)
     return json.dumps(settings, sort_keys=True, default=str)
