@@ -855,6 +855,31 @@ def test_results_notebook_falls_back_to_the_run_folders_of_the_profile_it_shows(
     assert namespace["RUNS"] == tmp_path / "outputs" / "paper"
 
 
+def test_results_notebook_reads_relative_folders_from_the_repository_root(
+        tmp_path, repo, monkeypatch):
+    """Found in review: ``BASISCONV_RESULTS=results/nine-seeds/quick``, a folder named as the
+    READMEs name it, was read from the kernel's folder (Jupyter starts it in notebooks/),
+    and the notebook said the folder held no analysis and to point it at one."""
+    nbformat = pytest.importorskip("nbformat")
+    results = tmp_path / "results" / "nine-seeds" / "quick"
+    (results / "runs").mkdir(parents=True)
+    (results / "index.json").write_text(json.dumps({"provenance": {"date": "d", "command": "c"},
+                                                    "files": []}))
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    monkeypatch.setenv("BASISCONV_RESULTS", "results/nine-seeds/quick")
+    monkeypatch.setenv("BASISCONV_RUNS", "results/nine-seeds/quick/runs")
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    first = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    namespace = {}
+    exec(first.source, namespace)
+    assert namespace["RESULTS"] == results and namespace["RUNS"] == results / "runs"
+    monkeypatch.setenv("BASISCONV_RESULTS", str(results))  # an absolute path stays itself
+    monkeypatch.delenv("BASISCONV_RUNS")
+    exec(first.source, namespace)
+    assert namespace["RESULTS"] == results and namespace["RUNS"] == results / "runs"
+
+
 def test_results_notebook_names_the_fix_for_a_folder_without_an_analysis(tmp_path, repo,
                                                                         monkeypatch):
     """Found in review: a results folder without ``index.json`` (a profile not analysed

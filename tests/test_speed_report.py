@@ -312,6 +312,17 @@ def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, t
         speed.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
 
 
+def test_a_json_file_of_another_kind_under_the_record_name_is_named_as_no_record(tmp_path):
+    """Found in review: an unrelated JSON file named like a whole-model record (no ``file``
+    naming a table) was refused as a record whose table "None" is not beside it, which
+    read as a record to mend by copying its table over."""
+    (tmp_path / "model-speed-cpu-fp32.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(DatasetError, match=r"model-speed-cpu-fp32.json names no table \(no "
+                                           r"'file'\): it is no whole-model record of "
+                                           r"scripts/benchmark_layers.py"):
+        speed.model_speed([tmp_path])
+
+
 def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(folders,
                                                                             tmp_path):
     """``--out s.md`` once wrote ``s.md``, ``s.png`` and ``s.md-model.csv`` (and ``--out

@@ -135,7 +135,11 @@ def model_speed(folders: list[Path], columns: list[str] | None = MODEL_COLUMNS) 
     for record, path in _records(folders, "model-speed-*.json"):
         with _readable(record, path):
             settings = record.get("settings") or {}
-            table = path.parent / str(record.get("file"))
+            if not isinstance(record.get("file"), str):  # (else "its table None" to copy)
+                raise DatasetError(f"{path} names no table (no 'file'): it is no whole-model "
+                                   f"record of scripts/benchmark_layers.py; move it out of "
+                                   f"the folder")
+            table = path.parent / record["file"]
             if not table.is_file():
                 raise DatasetError(f"{path} names its table {table.name}, which is not beside "
                                    f"it; copy the two files together")
