@@ -165,7 +165,7 @@ class Runtime:
 
 
 def use_threads(trainer: DictConfig) -> None:
-    """torch's CPU threads as ``trainer.threads`` says (0: torch's default, left alone)."""
+    """torch's CPU threads as ``trainer.threads`` says (null, the default: torch's own, left alone)."""
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
 
