@@ -72,10 +72,10 @@ PROFILE_RESULTS = $(if $(filter smoke,$(PROFILE)),$(OUTPUTS)/smoke/results,$(RES
 # The folders are quoted for the shell and for Hydra (found in review: an OUTPUTS folder
 # with a space, which make reproduce took, failed here: "cannot parse the override 'b/...'";
 # and one with a quote ended the quotes, one with backquotes ran a command): hydra_value is
-# key=value, the value in Hydra's quotes, inside the shell's double quotes (' escaped for Hydra,
-# then \ " $ ` for the shell).
+# key=value, the value in Hydra's quotes, inside the shell's double quotes (' and ${ escaped
+# for Hydra, which reads ${...} in quotes too, as an interpolation; then \ " $ ` for the shell).
 quote := '
-hydra_value = "$(1)='$(subst `,\`,$(subst $$,\$$,$(subst ",\",$(subst \,\\,$(subst $(quote),\$(quote),$(2))))))'"
+hydra_value = "$(1)='$(subst `,\`,$(subst $$,\$$,$(subst ",\",$(subst \,\\,$(subst $${,\$${,$(subst $(quote),\$(quote),$(2)))))))'"
 analyze: $(STAMP)
 	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),$(if $(filter source=wandb,$(ARGS)),,$(call hydra_value,runs_dir,$(PROFILE_RESULTS)/runs) )$(call hydra_value,out_dir,$(PROFILE_RESULTS))) $(ARGS)
 

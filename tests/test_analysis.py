@@ -956,13 +956,15 @@ def test_make_analyze_reads_the_folder_make_reproduce_wrote(repo):
     assert "runs_dir" not in wandb and "\"out_dir='outputs/smoke/results'\" source=wandb" in wandb
 
 
-@pytest.mark.parametrize("name", ["a b", "it's", 'say "x"', "a`b`"])
+@pytest.mark.parametrize("name", ["a b", "it's", 'say "x"', "a`b`", "a${x}", "a$b", "a\\"])
 def test_make_analyze_reads_a_folder_whose_name_has_a_space(repo, tmp_path, name):
     """Found in review: make reproduce took an OUTPUTS folder with a space, and make analyze
     on it failed with "cannot parse the override 'b/smoke/results/runs'": the folders went
     to the shell and to Hydra bare. And (found later) a quote in the name, which make
-    reproduce takes too, ended the shell's or Hydra's quotes, and backquotes ran a command.
-    The recipe runs (its shell is the test), with a python that prints what it is given."""
+    reproduce takes too, ended the shell's or Hydra's quotes, and backquotes ran a command;
+    and ``${x}``, in Hydra's quotes still, was read as an interpolation ("Interpolation key
+    'x' not found"). The recipe runs (its shell is the test), with a python that prints
+    what it is given."""
     import json
     import shutil
     import subprocess
@@ -979,7 +981,8 @@ def test_make_analyze_reads_a_folder_whose_name_has_a_space(repo, tmp_path, name
     given.chmod(0o755)
     result = subprocess.run(
         ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "analyze",
-         "PROFILE=smoke", f"OUTPUTS={outputs}", f"PY={given}"], cwd=repo,
+         "PROFILE=smoke", f"OUTPUTS={str(outputs).replace('$', '$$')}",  # (make's $)
+         f"PY={given}"], cwd=repo,
         capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr, result.stderr
     overrides = json.loads(result.stdout)  # as the shell gives them to the analysis

@@ -111,13 +111,16 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo, script_star
     assert records[0]["model"]["forward_flops"] < records[1]["model"]["forward_flops"]
 
 
+@pytest.mark.parametrize("debug", ["", "1"])
 def test_a_sweep_whose_jobs_are_named_apart_leaves_no_folder_of_a_run_it_did_not_train(
-        tmp_path, repo, script_starts):
+        tmp_path, repo, script_starts, monkeypatch, debug):
     """Found in the sweep review: a sweep over a key its run name carries puts each job
     under its own multirun/<name>/, and Hydra wrote its multirun.yaml under the name of the
     config before the sweep's values: -m experiment=basis_all basis.size=0.125,0.25 left
     multirun/resnet20-basis-all-0.5/<date>/ beside its runs, the folder of a size not swept
-    (and -m experiment=basis_selected selection=first_k,last_k one named sensitivity_budget)."""
+    (and -m experiment=basis_selected selection=first_k,last_k one named sensitivity_budget).
+    With BASISCONV_DEBUG=1 (Hydra's own reporter) the folder stayed (found in review)."""
+    monkeypatch.setenv("BASISCONV_DEBUG", debug)
     run(repo, tmp_path, "-m", "experiment=basis_all", "basis.size=0.125,0.25",
         "trainer.epochs=1", "data.synthetic_train=100", starts=script_starts)
     assert sorted(p.name for p in (tmp_path / "multirun").iterdir()) == [
@@ -308,6 +311,25 @@ def test_a_sweep_that_lists_one_value_in_two_spellings_is_refused_before_any_run
                           f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and "lists the job" in lines[0] and "nothing ran" in lines[0], lines
     assert f"{job} twice" in lines[0] or f"{job} and" in lines[0], lines
+    assert not sweep.exists() or not list(sweep.iterdir())
+
+
+def test_sweep_jobs_apart_only_in_hydras_settings_are_refused_as_one_run(tmp_path, repo,
+                                                                         script_starts):
+    """Found in review: a preset sweeping ``hydra.sweep.subdir`` alone (``hydra.sweeper.
+    params``; on the command line Hydra refuses it) gave two jobs of one run, refused as "a
+    value repeated, e.g. seed=0,0", which the user had not written."""
+    presets = tmp_path / "configs" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "two_folders.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      hydra.sweep.subdir: a,b\n")
+    sweep = tmp_path / "sweep"
+    lines = sweep_failing(script_starts, repo, tmp_path,
+                          f"hydra.searchpath=[file://{presets.parent}]",
+                          "experiment=two_folders", f"hydra.sweep.dir={sweep}")
+    assert len(lines) == 1 and "differ only in Hydra's settings" in lines[0], lines
+    assert "hydra.sweep.subdir=b, hydra.sweep.subdir=a" in lines[0], lines
+    assert "the same run" in lines[0] and "repeated" not in lines[0], lines
     assert not sweep.exists() or not list(sweep.iterdir())
 
 

@@ -436,6 +436,25 @@ def test_converting_again_keeps_basis_layers_and_refuses_to_resize_one_by_name()
         apply_basis(model, [3], 0.25, inplace=False)
 
 
+def test_the_advice_to_resize_one_basis_layer_names_the_others_it_makes_dense():
+    """Found in review: ``apply_basis(to_dense(model), ...)``, advised to resize one basis
+    layer by name, made every other basis layer dense too, and the advice did not say so.
+    It names them; followed as worded, the others are back at their sizes and weights."""
+    model = apply_basis(build_model("resnet8", width=0.25).double(),
+                        ["conv1", "layer1.0.conv1"], 0.5)
+    with pytest.raises(ConfigError, match=r"apply_basis\(to_dense\(model\), \.\.\.\), which "
+                                          r"makes its other basis layers dense too \(layer1\.0"
+                                          r"\.conv1\): convert them again in it, at their sizes$"):
+        apply_basis(model, ["conv1"], 0.25)
+    kept = model.layer1[0].conv1
+    resized = apply_basis(apply_basis(to_dense(model), ["conv1"], 0.25),
+                          ["layer1.0.conv1"], kept.num_basis)
+    assert {name: layer.num_basis for name, layer in basis_layers(resized).items()} == {
+        "conv1": 1, "layer1.0.conv1": kept.num_basis}
+    torch.testing.assert_close(resized.layer1[0].conv1.to_conv().weight,
+                               kept.to_conv().weight)
+
+
 def test_a_named_layer_that_cannot_be_converted_names_the_config_key_it_came_from():
     """Its siblings (an unknown layer, a pattern that matches none) open with the key the
     list came from; a basis layer or an unconvertible conv named in it did not."""

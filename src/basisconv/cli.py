@@ -120,13 +120,9 @@ def check_sweep_jobs(check: Callable[[Any], None],
                 # its folder is named by its overrides: the second ran in the first's folder
                 # (found it complete, or raced it under a parallel launcher), or, where the
                 # value was written two ways (seed=0,00), the same run in a second folder
-                first, again = listed[job], " ".join(overrides)
-                twice = f"{first} twice" if first == again else f"{first} twice, as {again}"
-                raise ConfigError(f"the sweep lists the job {twice} (a value repeated, e.g. "
-                                  f"seed=0,0, or written two ways, e.g. seed=0,00): give "
-                                  f"each value once; nothing ran")
+                raise ConfigError(same_run_line(listed[job], list(overrides)))
             jobs.append((list(overrides), cfg))
-            listed[job] = " ".join(overrides)
+            listed[job] = list(overrides)
         check_published_apart(jobs)
         if look_over is not None and distributed.first_process():
             look_over(jobs)
@@ -141,6 +137,22 @@ def sweep_job_settings(cfg: Any) -> str:
     settings = OmegaConf.to_container(cfg, resolve=False)
     settings.pop("hydra", None)
     return json.dumps(settings, sort_keys=True, default=str)
+
+
+def same_run_line(first: list[str], again: list[str]) -> str:
+    """The line refusing two sweep jobs (their overrides) that would train one run. Jobs
+    apart only in Hydra's own settings (a preset's ``hydra.sweeper.params`` sweeping
+    ``hydra.sweep.subdir``) are said so: they repeat no value, and were told they did."""
+    differ = [o for o in again if o not in first] + [o for o in first if o not in again]
+    if differ and all(o.lstrip("+~").startswith(("hydra.", "hydra/")) for o in differ):
+        return (f"the sweep jobs {' '.join(first)} and {' '.join(again)} differ only in "
+                f"Hydra's settings ({', '.join(differ)}), so both would train the same "
+                f"run: sweep a key of the run, or give Hydra's settings once; nothing ran")
+    first_line, again_line = " ".join(first), " ".join(again)
+    twice = (f"{first_line} twice" if first_line == again_line
+             else f"{first_line} twice, as {again_line}")
+    return (f"the sweep lists the job {twice} (a value repeated, e.g. seed=0,0, or written "
+            f"two ways, e.g. seed=0,00): give each value once; nothing ran")
 
 
 def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None],
@@ -394,7 +406,10 @@ def run_and_report(func: Callable[[], Any]) -> Any:
     wrong type, an unknown option, a malformed override): one line and exit status 2, as
     for the package's own errors; ``BASISCONV_DEBUG=1`` shows Hydra's full report."""
     if task_started or os.environ.get("BASISCONV_DEBUG"):
-        return hydra_run_and_report(func)
+        try:
+            return hydra_run_and_report(func)
+        finally:  # (with BASISCONV_DEBUG=1 a sweep's unused folder stayed: found in review)
+            remove_unused_sweep_folders()
     bad = malformed_override(sys.argv[1:])
     if bad is not None:
         exit_refused(f"the override {bad!r} has no key; write key=value, e.g. "
@@ -443,9 +458,14 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             line = group_value_override(sys.argv[1:], got) or line
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
     finally:  # (a sweep ended, failed or stopped alike)
-        for folder in unused_sweep_folders:
-            remove_unrun_sweep_folder(folder)
-        unused_sweep_folders.clear()
+        remove_unused_sweep_folders()
+
+
+def remove_unused_sweep_folders() -> None:
+    """Remove the folders of :data:`unused_sweep_folders`, as the sweep that made them ends."""
+    for folder in unused_sweep_folders:
+        remove_unrun_sweep_folder(folder)
+    unused_sweep_folders.clear()
 
 
 def run_app(*, multirun: bool, mode: Any, overrides: list[str], **kwargs: Any) -> Any:

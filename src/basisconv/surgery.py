@@ -116,8 +116,7 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
             raise _not_a_conv_layer(model, entry, convs, given, valid)
         if isinstance(convs[entry], BasisConv2d):
             raise ConfigError(f"{given}layer {entry!r} is already a BasisConv2d; to change its "
-                              f"basis size, convert a dense copy of the model instead: "
-                              f"apply_basis(to_dense(model), ...)")
+                              f"basis size, {_resize_advice(model, [entry])}")
         try:
             check_convertible(convs[entry], entry)
         except (TypeError, ValueError) as err:
@@ -127,10 +126,25 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         # change the sizes, returned the model unchanged and said nothing)
         warn_caller(f"{given}{', '.join(map(repr, layers))} matches only layers already in "
                     f"basis form ({', '.join(dict.fromkeys(already))}), left as they are: "
-                    f"nothing is converted; to change their basis size, convert a dense copy "
-                    f"of the model instead: apply_basis(to_dense(model), ...)")
+                    f"nothing is converted; to change their basis size, "
+                    f"{_resize_advice(model, already)}")
     # keep module order whatever the order of the list
     return {n: chosen[n] for n in convs if n in chosen}
+
+
+def _resize_advice(model: nn.Module, names: Iterable[str]) -> str:
+    """How to change the basis size of the basis layers ``names``: convert a dense copy of
+    the model. :func:`to_dense` makes every basis layer dense, so the model's others are
+    named, to convert again (found in review: the advice, followed for one layer, left the
+    rest dense without a word); converted at its size, each is fitted back to its weights."""
+    named = set(names)
+    others = [name for name in basis_layers(model) if name not in named]
+    advice = "convert a dense copy of the model instead: apply_basis(to_dense(model), ...)"
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        advice += (f", which makes its other basis layers dense too ({', '.join(others[:3])}"
+                   f"{more}): convert them again in it, at their sizes")
+    return advice
 
 
 def _skip_line(name: str, err: Exception) -> str:
