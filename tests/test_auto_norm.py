@@ -162,6 +162,20 @@ def test_a_shape_that_cannot_be_measured_runs_the_fold(monkeypatch):
     assert ran == ["folded", "folded"] and auto.choices() == {}
 
 
+def test_int_conv_options_are_taken_as_the_folds_forms_take_them():
+    """Found in review: ``auto_conv_batch_norm`` called directly with ``stride=2`` (an int,
+    as ``F.conv2d`` and the fold's forms take it) ended in "'int' object is not iterable"
+    while it built the shape's key; ``auto_forward`` already took it."""
+    layer, norm, x = layer_norm_input()
+    options = dict(norm_weight=norm.weight, norm_bias=norm.bias, eps=norm.eps, running=None,
+                   relu=True)
+    args = (x, layer.basis_weight, layer.coefficients, layer.output_index, layer.bias)
+    for conv in ((2, 1, 1), ((2,), [1], (1,))):
+        torch.testing.assert_close(auto_norm.auto_conv_batch_norm(*args, *conv, **options),
+                                   auto_norm.FORMS["folded"](*args, *conv, **options))
+    assert [key[7:10] for key in norm_choices()] == [((2, 2), "(1, 1)", (1, 1))]
+
+
 @pytest.mark.parametrize("padding, image, fused", [
     ("same", 9, True),    # an even kernel pads one side more: F.conv2d makes the maps anyway
     ("valid", 9, True),

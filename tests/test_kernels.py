@@ -560,6 +560,25 @@ def test_int_conv_options_are_taken_as_f_conv2d_takes_them(kernel_runs):
     assert len(kernel_runs) == 4
 
 
+@pytest.mark.parametrize("conv, message", [
+    ((0, 1, 1), "^non-positive stride is not supported$"),
+    (((1, 0), 1, 1), "^non-positive stride is not supported$"),
+    ((1, 1, 0), "^dilation should be greater than zero, but got \\[0, 0\\]$"),
+    ((1, -1, 1), "^negative padding is not supported$"),
+])
+def test_a_conv_option_f_conv2d_refuses_is_refused_as_it_refuses_it(conv, message,
+                                                                    kernel_runs):
+    """Found in review: ``fused_forward`` called directly with ``dilation=0`` computed an
+    output (every tap at one pixel), with ``padding=-1`` a cropped one, and with
+    ``stride=0`` ended in a ZeroDivisionError, where ``F.conv2d`` (and the stacked form
+    through it) refuses each in one line. A layer checks its own options when made."""
+    x, weight, combination = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3), torch.randn(5, 3)
+    for forward in (fused.fused_forward, stacked_forward):
+        with pytest.raises(RuntimeError, match=message):
+            forward(x, weight, combination, None, *conv)
+    assert kernel_runs == []  # refused before a launch
+
+
 def test_an_input_of_another_dtype_is_refused_and_leaves_the_kernel_to_the_shape(
         kernel_runs, monkeypatch):
     """Found by audit: a float32 input to a float64 layer reached the kernel, whose

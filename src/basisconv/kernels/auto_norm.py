@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from . import auto, triton_conv
-from .fused import compute_dtype, is_triton_error, numeric_padding, warn_once
+from .fused import (compute_dtype, conv_pairs, is_triton_error, numeric_padding,
+                    warn_once)
 from .norm import basis_conv_batch_norm
 from .torch_ops import combination_rows
 
@@ -160,7 +161,11 @@ def auto_conv_batch_norm(x: torch.Tensor, basis_weight: torch.Tensor,
                          eps: float, running: tuple[torch.Tensor, torch.Tensor] | None,
                          relu: bool, update: tuple | None = None) -> torch.Tensor:
     """:func:`.norm.basis_conv_batch_norm` (same arguments) in the form fastest for this
-    call's shape on this device (see the module docstring)."""
+    call's shape on this device (see the module docstring). ``stride``, ``padding`` and
+    ``dilation`` as ``F.conv2d`` takes them (:func:`.fused.conv_pairs`: an int
+    ``stride=2``, which the fold's forms take, ended in "'int' object is not iterable" in
+    the shape's key; found in review)."""
+    stride, padding, dilation = conv_pairs(stride, padding, dilation)
     args = (x, basis_weight, coefficients, output_index, conv_bias, stride, padding, dilation)
     options = dict(norm_weight=norm_weight, norm_bias=norm_bias, eps=eps, running=running,
                    relu=relu, update=update)

@@ -60,7 +60,8 @@ def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: t
     """``F.conv2d(x, combination @ basis_weight, bias)`` as a channels_last output, and the
     basis maps as ``[M, m]`` rows (empty unless ``store_basis``): the kernel's, or the
     stacked form's where the kernel cannot run (said once)."""
-    triton_conv.check_input(x, basis_weight, combination, bias, padding, dilation)
+    triton_conv.check_input(x, basis_weight, combination, bias, stride, padding,
+                            dilation)
     shape = _shape_key(x, x.dtype, basis_weight, combination.shape[0], stride, padding,
                        dilation)
     h_out, w_out = triton_conv.output_size(x.shape[2:], basis_weight.shape[2:], stride,

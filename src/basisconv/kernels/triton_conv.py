@@ -251,14 +251,23 @@ def unsupported(x: torch.Tensor, dtype: torch.dtype, num_basis: int,
 
 
 def check_input(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
-                bias: torch.Tensor | None, padding, dilation) -> None:
+                bias: torch.Tensor | None, stride, padding, dilation) -> None:
     """Raise what ``F.conv2d`` raises for an input it refuses (with its words, so every
     form says the same): the kernel takes ``x``'s channel count as the reduction's, so a
     wrong one would read past the basis weight, and an input smaller than the dilated
     kernel would give an empty output or a negative size; a combination or bias of
     another size would be read past its end (or in part). A tensor of another dtype or
     device would fail in the kernel, which the caller would take for a shape whose kernel
-    does not compile (and run that shape's stacked form from then on)."""
+    does not compile (and run that shape's stacked form from then on). A stride or
+    dilation below 1 or a negative padding (a direct caller's: a layer checks its own)
+    gave a division by zero, an output of every tap at one pixel, or a cropped output
+    (found in review)."""
+    if any(s < 1 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if any(d < 1 for d in dilation):
+        raise RuntimeError(f"dilation should be greater than zero, but got {list(dilation)}")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
     for name, t in (("weight", basis_weight), ("combination", combination), ("bias", bias)):
         if t is not None and (t.dtype, t.device) != (x.dtype, x.device):
             raise RuntimeError(f"Input type ({x.dtype}, {x.device}) and {name} type "
