@@ -813,6 +813,33 @@ def test_the_layer_names_a_policy_reads_are_checked_with_the_config(compose_cfg,
     validate(compose_cfg("model=resnet20", "selection=all", "sensitivity.layers=[layer9.*]"))
 
 
+@pytest.mark.parametrize("policy", ["sensitivity_budget", "first_k", "random"])
+def test_a_count_above_the_candidates_is_refused_with_the_config(compose_cfg, tmp_path,
+                                                                 monkeypatch, policy):
+    """Found in review: a ``selection.count`` above the number of candidates was refused
+    only as the layers were chosen: under ``sensitivity_budget`` after the whole estimate
+    (its pretraining and every fine-tune), in a sweep after the jobs before it had trained.
+    It is checked with the other values, on the model shaped on the meta device."""
+    from basisconv import sensitivity
+    from basisconv.config import validate_estimate
+
+    def overrides(count, *more):  # ResNet-8 has 7 candidates at basis.size=0.5
+        return compose_cfg("model=resnet8", f"selection={policy}", f"selection.count={count}",
+                           f"sensitivity.cache_dir={tmp_path}", *more)
+    refusal = r"^selection.count=8; there are 7 candidate layers, so choose 1\.\.7 "
+    with pytest.raises(ConfigError, match=refusal):
+        validate(overrides(8))
+    with pytest.raises(ConfigError, match=refusal):
+        validate_estimate(overrides(8))
+    monkeypatch.setattr(sensitivity, "estimate", lambda cfg: pytest.fail("estimated"))
+    with pytest.raises(ConfigError, match=refusal):  # (a caller of the API that validated none)
+        choose_layers(overrides(8))
+    validate(overrides(7))
+    # the candidates are those of sensitivity.layers
+    with pytest.raises(ConfigError, match=r"^selection.count=3; there are 2 candidate layers"):
+        validate(overrides(3, "sensitivity.layers=[layer1.*]"))
+
+
 @pytest.mark.parametrize("overrides", [["selection=none"], ["selection=all"], ["selection=blocks"],
                                        ["selection=list", "selection.layers=[conv1]"]])
 def test_the_estimate_scripts_check_the_candidate_names_under_every_policy(compose_cfg,

@@ -31,12 +31,13 @@ from .counts import count_or_fraction_problem, is_int
 from .data import IMAGE_SHAPE, NUM_CLASSES
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
-from .layers import COMBINE_MODES, check_basis_size
+from .layers import COMBINE_MODES, BasisConv2d, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models, parameter_count
 from .network import build_dense, check_conversion, held_back
 from .records import unwritable_folder
-from .selection import ORDERED_POLICIES, SelectionConfig, check_selection, fixed_layers
+from .selection import (ORDERED_POLICIES, SelectionConfig, check_count_fits, check_selection,
+                        fixed_layers)
 from .surgery import select_layers
 
 
@@ -551,7 +552,8 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False) -> None:
     ``list``, the candidates ``sensitivity.layers`` of an ordered policy, or of every policy
     in an ``estimate``), and the basis its layers take (a ``basis.size`` above a layer's
     ``out_channels``: above every candidate's, or any of the layers ``all`` or ``list``
-    converts where ``basis.only_where_saves=false``). Checked only as the run built its
+    converts where ``basis.only_where_saves=false``), and a ``selection.count`` above the
+    number of candidates. Checked only as the run built its
     model, a misspelt name or a size too large for one model in a sweep's last job failed
     after the jobs before it had trained."""
     policy = cfg.selection.policy
@@ -570,7 +572,12 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False) -> None:
         for layers, key in lists:
             select_layers(model, layers, key=key)
         if candidates:  # (the candidate table converts them as the estimate's first step)
-            convert_candidates(model, cfg.basis, lists[-1][0])
+            converted = convert_candidates(model, cfg.basis, lists[-1][0])
+            if policy in ORDERED_POLICIES:  # a count above the candidates was refused only
+                # as the layers were chosen: after the whole sensitivity estimate, or the
+                # sweep's jobs before it
+                check_count_fits(cfg.selection, sum(
+                    isinstance(m, BasisConv2d) for m in converted.modules()))
     if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
         check_conversion(cfg, fixed_layers(cfg.selection), model)
 

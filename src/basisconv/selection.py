@@ -236,13 +236,22 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
         chosen = without_training_cost(
             [name for name in order if metric[name] <= selection.threshold], table, selection)
     elif selection.get("count") is not None:
-        if not 1 <= selection.count <= len(order):
-            raise ConfigError(f"selection.count={selection.count}; there are {len(order)} "
-                              f"candidate layers, so choose 1..{len(order)} (or null: the budget)")
+        check_count_fits(selection, len(order))
         chosen = order[:selection.count]
     else:
         chosen = meet_budget(order, table, selection, dense)
     return sorted(chosen, key=positions.__getitem__)
+
+
+def check_count_fits(selection: DictConfig, candidates: int) -> None:
+    """``selection.count`` (when set) at most the number of ``candidates``: one
+    :class:`ConfigError` naming the range. :func:`pick_layers` checks it on its table, and
+    ``basisconv.config`` on the model shaped on the meta device, before a sensitivity
+    estimate (or a sweep's first job) spends its time on a choice that cannot be made."""
+    count = selection.get("count")
+    if count is not None and not 1 <= count <= candidates:
+        raise ConfigError(f"selection.count={count}; there are {candidates} candidate layers, "
+                          f"so choose 1..{candidates} (or null: the budget)")
 
 
 def without_training_cost(chosen: list[str], table: pd.DataFrame,
