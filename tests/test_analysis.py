@@ -365,6 +365,24 @@ def test_local_records_skip_incomplete_unreadable_and_other_kinds(tmp_path):
     assert len(training_records(read_records(tmp_path))) == 2
 
 
+def test_an_unfinished_run_of_its_own_seed_and_a_file_with_a_config_alone_are_not_read(
+        tmp_path):
+    """Found by a mutation test, each failing no test before (the running record above is
+    a copy of a complete one, counted once as its copy): a run still running, of a seed no
+    complete record has, is no training result; and a JSON file holding only a record's
+    ``config`` (a record cut down by hand) is a record lacking fields, named unreadable,
+    not a JSON file of another kind left out unsaid."""
+    write_runs(tmp_path, RECORDS[:1])
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "run.json").write_text(json.dumps({**RECORDS[1], "status": "running"}))
+    (tmp_path / "row").mkdir()
+    (tmp_path / "row" / "seed2.json").write_text(json.dumps({"config": RECORDS[0]["config"]}))
+    unreadable = []
+    complete = training_records(read_records(tmp_path, unreadable))
+    assert [record["config"]["seed"] for record, _ in complete] == [0]
+    assert unreadable == [str(tmp_path / "row" / "seed2.json")]
+
+
 def test_a_run_folder_named_like_a_json_file_is_read_not_also_unreadable(tmp_path):
     """Found in review: a run in a folder named ``*.json`` (``hydra.run.dir=outputs/v2.json``,
     which keeps its record inside since write_record took it for a folder) was read, and
@@ -2986,3 +3004,31 @@ def test_a_table_of_one_setting_shows_no_settings_column_and_its_csv_no_internal
     table = table.assign(recipe="x", same_run=True)
     header = csv_text(table).splitlines()[0].split(",")
     assert "recipe" not in header and "same_run" not in header and "settings" in header
+
+
+def test_run_folders_set_aside_once_or_again_are_not_read(tmp_path):
+    """Found by a mutation test (``-<n>`` dropped from the set-aside pattern failed no
+    test): scripts/reproduce.sh names a run folder it sets aside ``seed<k>.rejected``, and
+    ``seed<k>.rejected-2``, ... when that name is taken
+    (:func:`basisconv.records.protocol.set_aside_run_folder`); neither is read, so the
+    retrained run counts once, not beside the records it replaced."""
+    from basisconv.analysis.runs import record_files
+
+    row = tmp_path / "basis-all-0.5"
+    for name in ("seed0", "seed0.rejected", "seed0.rejected-2", "seed0.rejected-12"):
+        (row / name).mkdir(parents=True)
+        (row / name / "run.json").write_text("{}")
+    assert record_files(tmp_path) == [row / "seed0" / "run.json"]
+
+
+def test_a_key_only_one_recipe_has_is_no_difference_from_the_baseline():
+    """Found by a mutation test (every key of either recipe compared failed no test): a
+    key only a newer run's record has, or one removed since, is no difference between a row
+    and its dense baseline (the older record ran as the key's default), and was a KeyError
+    from the comparison."""
+    from basisconv.analysis.runs import recipe_differences
+
+    row = json.dumps({"trainer.lr": 0.1, "trainer.new_key": 1})
+    assert recipe_differences(row, json.dumps({"trainer.lr": 0.1})) == []
+    assert recipe_differences(row, json.dumps({"trainer.lr": 0.2, "old": "x"})) == [
+        "trainer.lr=0.2"]

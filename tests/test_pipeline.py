@@ -155,6 +155,26 @@ def test_a_refused_sweep_leaves_no_sweep_folder_behind(tmp_path, repo, override,
     assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").iterdir())
 
 
+def test_a_refused_sweep_run_again_in_its_folder_keeps_the_jobs_it_ran(tmp_path, monkeypatch):
+    """Found by a mutation test (no test failed with any folder holding a multirun.yaml
+    removed): a sweep refused when run again in its folder (extended by a value out of
+    range) removes the folder only where it holds Hydra's multirun.yaml alone, never one
+    with the earlier jobs' folders in it; an unrun one goes, with an emptied multirun/<name>."""
+    from basisconv import cli
+
+    monkeypatch.chdir(tmp_path)
+    ran = tmp_path / "sweep"
+    (ran / "0").mkdir(parents=True)
+    (ran / "multirun.yaml").write_text("hydra: {}\n")
+    cli.remove_unrun_sweep_folder(ran)
+    assert sorted(p.name for p in ran.iterdir()) == ["0", "multirun.yaml"]
+    unrun = tmp_path / "multirun" / "resnet20-baseline" / "2024-01-01_00-00-00"
+    unrun.mkdir(parents=True)
+    (unrun / "multirun.yaml").write_text("hydra: {}\n")
+    cli.remove_unrun_sweep_folder(unrun)
+    assert not list((tmp_path / "multirun").iterdir())
+
+
 def test_a_sweep_preset_as_one_job_of_another_sweep_is_one_line_before_any_job_runs(
         tmp_path, repo, script_starts):
     """Found in review: `-m experiment=baseline,basis_size_sweep` ran the sweep preset as
@@ -296,7 +316,7 @@ def test_a_sweep_that_lists_a_job_twice_is_refused_before_any_runs(tmp_path, rep
     the second finding the first complete, or racing it under a parallel launcher."""
     sweep = tmp_path / "sweep"
     lines = sweep_failing(script_starts, repo, tmp_path, "seed=0,0", f"hydra.sweep.dir={sweep}")
-    assert len(lines) == 1 and "lists the job" in lines[0] and "seed=0 twice" in lines[0]
+    assert len(lines) == 1 and "lists the job" in lines[0] and "seed=0 twice (" in lines[0]
     assert not list(sweep.glob("*/run.json"))
 
 
@@ -311,6 +331,10 @@ def test_a_sweep_that_lists_one_value_in_two_spellings_is_refused_before_any_run
                           f"hydra.sweep.dir={sweep}")
     assert len(lines) == 1 and "lists the job" in lines[0] and "nothing ran" in lines[0], lines
     assert f"{job} twice" in lines[0] or f"{job} and" in lines[0], lines
+    # found by a mutation test: the second spelling, where Hydra keeps it (00; 0.50 it
+    # writes 0.5), named after "twice, as", was not checked (the line elides its middle)
+    end = {"seed=0,00": "seed=00", "basis.size=0.5,0.50": "basis.size=0.5 twice"}
+    assert f"{end[swept]} (a value repeated" in lines[0], lines
     assert not sweep.exists() or not list(sweep.iterdir())
 
 

@@ -1565,3 +1565,42 @@ def test_a_resume_from_a_record_older_than_a_set_up_field_compares_what_it_can(c
         keep_earlier_provenance({"git": {"commit": "abc"},
                                  "hardware": {"cpu": "X", "processes": 2}}, saved, 1)
     assert "processes 1 -> 2" in caplog.text
+
+
+def test_epochs_an_online_run_holds_are_said_held_once_however_many_are_trained_again(
+        tmp_path, fake_wandb, caplog):
+    """Found by a mutation test (the said-once flag dropped failed no test: the test
+    above trains one held epoch again): a resume that trains several epochs wandb already
+    holds says so in one line, not once per epoch, and sends none of them."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from basisconv.tracking import Tracker
+
+    fake_wandb.server["abc"] = 3  # wandb holds epochs 1 to 3; the checkpoint only epoch 1
+    logger_cfg = OmegaConf.create({"backend": "wandb", "mode": "online", "project": "p",
+                                   "entity": None, "group": None, "tags": [],
+                                   "init_timeout_s": 90.0, "finish_timeout_s": 300.0})
+    tracker = Tracker(logger_cfg, {}, tmp_path, "run", resume={"id": "abc"})
+    with caplog.at_level(logging.INFO, logger="basisconv.tracking"):
+        for epoch in (2, 3, 4):
+            tracker.log({"test_accuracy": 0.5}, step=epoch)
+    run, = fake_wandb.runs
+    assert run.logged == [4] and run.dropped == []
+    held = [r.getMessage() for r in caplog.records if "already holds" in r.getMessage()]
+    assert held == ["wandb already holds epochs up to 3 of this run, logged before it "
+                    "stopped, and keeps them; epochs 2-3 as trained again are in run.json"]
+    tracker.finish()
+
+
+def test_a_wandb_run_already_open_is_not_asked_for_a_login(fake_wandb):
+    """Found by a mutation test (the open-run case dropped failed no test): with a wandb run
+    already open in the process (a notebook's), wandb is not asked whether it has
+    credentials (``wandb.login(prompt=False)`` may say no for one it holds): init decides."""
+    from basisconv.tracking import _logged_in
+
+    fake_wandb.login = lambda prompt=True, verify=True: False  # (a wandb that asks so)
+    assert not _logged_in(fake_wandb)
+    fake_wandb.run = object()
+    assert _logged_in(fake_wandb)

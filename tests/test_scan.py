@@ -208,6 +208,19 @@ def test_numpy_numbers_are_taken_and_errors_name_the_arguments_not_config_keys()
         layer_sensitivity(model, 4, lambda m: 0.5, layers=["conv9"], input_shape=(1, 1, 10, 10))
 
 
+def test_a_scan_called_without_num_basis_or_given_a_complex_accuracy_is_one_line():
+    """Found by a mutation test, each failing no test before: ``layer_sensitivity(model,
+    evaluate, finetune)`` (num_basis left out, so evaluate came as it) is the one line
+    naming the arguments, not an error from deep in the cost count; and a complex tensor
+    from ``evaluate`` is refused (``float()`` dropped its imaginary part)."""
+    model, shape = custom_model(), (1, 1, 10, 10)
+    with pytest.raises(ConfigError, match=r"^layer_sensitivity\(model, num_basis, evaluate, "):
+        layer_sensitivity(model, lambda m: 0.5, lambda m: None, input_shape=shape)
+    with pytest.raises(ConfigError, match="evaluate\\(model\\) must return the accuracy"):
+        layer_sensitivity(model, 4, lambda m: torch.tensor(0.5 + 0j), layers="4",
+                          input_shape=shape)
+
+
 def test_wrong_arguments_of_the_python_api_are_one_line_naming_the_argument():
     """Found in review: two arguments swapped, a policy's name for the selection, a table
     without model order or a truthy string for a flag failed deep in pandas or OmegaConf,

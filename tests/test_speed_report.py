@@ -402,7 +402,11 @@ def test_a_table_with_a_header_alone_or_an_empty_value_says_which(folders):
     whole = table.read_text()
     for text, problem in ((whole.splitlines()[0] + "\n", "has no rows"),
                           (whole.replace(",0.39,", ",,", 1),
-                           r"has empty or non-numeric values in fwdbwd_ratio \(cut off\?\)")):
+                           r"has empty or non-numeric values in fwdbwd_ratio \(cut off\?\)"),
+                          # found by a mutation test: a last number cut short still reads
+                          # as one (7.5 as 7.), in a record from before the tables' sha256
+                          (whole.rstrip("\n")[:-1],
+                           r"is cut off \(its last line is not complete\)")):
         table.write_text(text)
         with pytest.raises(DatasetError, match=rf"model-speed-cpu-fp32\.csv, the table of "
                                                rf"model-speed-cpu-fp32\.json, {problem}: "
@@ -425,6 +429,15 @@ def test_a_table_other_than_the_one_its_record_was_written_with_is_refused(folde
                                            r"model-speed-cpu-fp32\.json, is not the table its "
                                            r"record was written with"):
         speed.model_speed(folders)
+
+
+def test_a_training_record_whose_number_is_a_boolean_is_one_clear_error(tmp_path):
+    """Found by a mutation test (the bool case dropped failed no test): ``true`` is no
+    batch size, though Python counts it an int (a batch of 1, an epoch of 50,000 steps)."""
+    _train_record(tmp_path, "cpu-fp32", CPU, 2.0, batch_size=True)
+    with pytest.raises(DatasetError, match=r"train-throughput-cpu-fp32\.json lacks the numbers "
+                                           r"batch_size of a training-step record"):
+        speed.training_speed([tmp_path])
 
 
 @pytest.mark.parametrize("field", ["batch_size", "seconds_per_step", "images_per_second"])
