@@ -1161,6 +1161,39 @@ def test_converts_the_weight_a_hook_computes_right_after_loading(wrap):
     assert not [w for w in said if "state-dict hooks" in str(w.message)]
 
 
+@pytest.mark.parametrize("how", ["from_conv", "apply_basis", "max_error", "shared"])
+def test_a_spectral_norm_conv_in_training_converts_to_its_eval_weight_and_is_left_as_it_was(how):
+    """Found in review: a parametrized spectral norm runs a power iteration at each read of
+    the weight in training mode, and a conversion reads it several times (check, size, fit),
+    so a training model's conv was fitted some iterations ahead of the model: at full rank
+    neither its eval output nor its next forward's (off by ~1e-3), and the user's model,
+    converted on a copy or by from_conv, had its iteration state advanced. The weight is read
+    as in eval (what old-style spectral norm's conversion reads, and a loaded model
+    computes), and the model keeps its state and modes."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[parametrizations.spectral_norm(nn.Conv2d(4, 8, 3, padding=1))
+                            for _ in range(2)]).double()
+    state = copy.deepcopy(model.state_dict())
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        expected = [copy.deepcopy(conv).eval()(x) for conv in model]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (full rank saves no compute; constraints dropped)
+        if how == "from_conv":
+            layers = [BasisConv2d.from_conv(conv, 8) for conv in model]
+        else:
+            options = {"max_error": 0.0} if how == "max_error" else {"num_basis": 8}
+            layers = list(apply_basis(model, "all", share_coefficients=how == "shared",
+                                      **options))
+    for layer, output in zip(layers, expected):
+        torch.testing.assert_close(layer(x), output)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert all(module.training for module in model.modules())
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_max_error_sizes_a_layer_by_the_weight_a_hook_computes_right_after_loading():
     """The basis size, too, comes from the weight a forward computes, not the stale one

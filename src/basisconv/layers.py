@@ -63,7 +63,7 @@ from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_c
 # (WEIGHT_HOOKS and check_max_error are not used here: re-exported, as they were defined here)
 from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,  # noqa: F401
                           check_finite_weight, check_fit, check_max_error, check_plain_options,
-                          refresh_computed_weight, trains)
+                          parametrizations_in_eval, refresh_computed_weight, trains)
 
 
 def check_basis_size(value, key: str = "num_basis") -> None:
@@ -298,6 +298,16 @@ class BasisConv2d(nn.Module):
         """
         check_convertible(conv)
         check_fit(fit)
+        # (a parametrized weight as in eval: it is read several times, and a spectral
+        # norm's changed at each read in a training model; parametrizations_in_eval)
+        with parametrizations_in_eval([conv]):
+            return cls._fitted(conv, num_basis, max_error, combine, coefficient_rank,
+                               fuse_norm, fit)
+
+    @classmethod
+    def _fitted(cls, conv: nn.Conv2d, num_basis, max_error, combine: str,
+                coefficient_rank: int | None, fuse_norm: bool, fit: str) -> "BasisConv2d":
+        """:meth:`from_conv`'s layer, its arguments checked and the weight read as in eval."""
         refresh_computed_weight(conv)
         check_finite_weight(conv)
         c_out = conv.out_channels

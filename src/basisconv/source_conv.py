@@ -8,12 +8,14 @@ Kept apart from :mod:`basisconv.layers`, which says what a basis layer stores an
 this is the other side, torch's ways of making a conv's weight (parametrizations, the older
 weight-norm, spectral-norm and pruning hooks, lazy and subclassed convs) that a conversion
 must read right or refuse. Every name here was defined in ``basisconv.layers`` first, which
-still exports it.
+still exports it (and :func:`parametrizations_in_eval`, added since).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -25,6 +27,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .counts import is_int, is_number
 from .errors import ConfigError
 from .fitting import FIT_MODES, smallest_basis, svd_errors
+from .model_copy import modes_kept
 
 
 def check_convertible(conv: nn.Module, where: str = "", skipping: bool = False) -> None:
@@ -137,6 +140,22 @@ def refresh_computed_weight(conv: nn.Conv2d) -> None:
             elif isinstance(hook, BasePruningMethod):
                 setattr(conv, hook._tensor_name, hook.apply_mask(conv))
 
+
+@contextlib.contextmanager
+def parametrizations_in_eval(convs: Iterable[nn.Module]) -> Iterator[None]:
+    """Read the convs' parametrized weights as in eval for the block, their modes put back
+    after. Why: a parametrization may change its state at each read in training mode
+    (spectral norm's power iteration), and a conversion reads a weight several times (to
+    check, to size, to fit): a training model's conv was fitted some iterations ahead of
+    it (at full rank off by ~1e-3, neither its eval output nor its next forward's), and the
+    model a conversion copies had its state advanced. In eval it is the weight a loaded
+    model computes, as :func:`refresh_computed_weight` takes the older spectral norm's."""
+    with contextlib.ExitStack() as stack:
+        for conv in convs:
+            if parametrize.is_parametrized(conv):
+                stack.enter_context(modes_kept(conv.parametrizations))
+                conv.parametrizations.eval()
+        yield
 
 
 def check_max_error(max_error) -> None:

@@ -35,7 +35,8 @@ from .layers import BasisConv2d, basis_layers, check_coefficient_rank, check_fla
 from .model_copy import copy_model
 from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
 from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,
-                          check_finite_weight, check_max_error, refresh_computed_weight)
+                          check_finite_weight, check_max_error, parametrizations_in_eval,
+                          refresh_computed_weight)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -247,8 +248,9 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     targets = select_layers(model, layers, key=keys.get("layers"))
     for conv in targets.values():  # each weight read below is the one a forward computes
         refresh_computed_weight(conv)
-    targets, sizes = _sized_targets(targets, num_basis, max_error, only_where_saves, combine,
-                                    fuse_norm, coefficient_rank, fit, keys)
+    with parametrizations_in_eval(targets.values()):  # (max_error reads the user's model)
+        targets, sizes = _sized_targets(targets, num_basis, max_error, only_where_saves,
+                                        combine, fuse_norm, coefficient_rank, fit, keys)
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
@@ -260,11 +262,12 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
                            "convert it with inplace=True, which needs no copy")
         modules = dict(model.named_modules())
         targets = {name: modules[name] for name in targets}
-    replaced = _replace(model, targets, sizes, convert, combine=combine,
-                        coefficient_rank=coefficient_rank, fuse_norm=fuse_norm, fit=fit)
-    if share_coefficients:
-        _share_coefficients(replaced, targets if convert else None)
-        _warn_of_earlier_groups(model, replaced)
+    with parametrizations_in_eval(targets.values()):  # (a weight read several times)
+        replaced = _replace(model, targets, sizes, convert, combine=combine,
+                            coefficient_rank=coefficient_rank, fuse_norm=fuse_norm, fit=fit)
+        if share_coefficients:
+            _share_coefficients(replaced, targets if convert else None)
+            _warn_of_earlier_groups(model, replaced)
     return model
 
 
