@@ -18,18 +18,18 @@ from omegaconf import DictConfig
 import basisconv.config  # noqa: F401  (registers the config schema)
 from basisconv.analysis.search import draw_run
 from basisconv.cli import check_sweep_jobs, exit_on_user_error
-from basisconv.config import validate_estimate
+from basisconv.config import validate_search
 from basisconv.records import read_record
 from basisconv.search import exhaustive_search
 from basisconv.unread import warn_preset_not_taken, warn_unread_search_selection
 
-check_sweep_jobs(validate_estimate)
+check_sweep_jobs(validate_search)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="sensitivity")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    validate_estimate(cfg)
+    validate_search(cfg)
     warn_preset_not_taken(cfg)
     warn_unread_search_selection(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -1612,3 +1612,20 @@ def test_a_sweep_says_before_its_first_job_that_no_job_reads_a_swept_key(tmp_pat
     assert done.returncode == 0, done.stderr
     said = (done.stdout + done.stderr).split("Launching")[0]
     assert "selection.count is swept over 2,3, but no job of the sweep reads it" in said
+
+
+def test_the_exhaustive_search_is_not_refused_a_count_it_does_not_read(compose_cfg, capsys):
+    """Found in review: the check above, run by ``exhaustive_search.py`` too (and by
+    scripts/reproduce.sh's check of its ``OVERRIDES`` on the protocol's search row, ResNet-8:
+    7 candidates), refused ``selection.count=8``, which the search does not read (it scores
+    the ``sensitivity.search_subset_size`` least sensitive layers, and says the count
+    unread); ``scripts/sensitivity.py``, which picks that many layers, still refuses it."""
+    from basisconv.config import validate_estimate, validate_search
+    from basisconv.reproduce import check_overrides
+
+    cfg = compose_cfg("model=resnet8", "selection=first_k", "selection.count=8")
+    validate_search(cfg)
+    with pytest.raises(ConfigError, match=r"^selection.count=8; there are 7 candidate layers"):
+        validate_estimate(cfg)
+    check_overrides("quick", ["selection.count=8", "data.download=true"])
+    assert "error" not in capsys.readouterr().err

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from .cli import check_one_config_per_group, check_runs_where_started
-from .config import validate, validate_estimate
+from .config import validate, validate_estimate, validate_search
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import CONFIGS, config_groups_of, hydra_error_line
@@ -60,7 +60,8 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
                 cfg = compose(config, overrides=[f"profile={profile}", *row, *overrides],
                               return_hydra_config=True)
                 check_runs_where_started(cfg.hydra.job.chdir)
-                (validate if script == "train" else validate_estimate)(cfg)
+                {"train": validate, "sensitivity": validate_estimate,
+                 "exhaustive_search": validate_search}[script](cfg)
                 if script != "train":  # its key reads sensitivity.source_checkpoint's bytes,
                     cache_key(cfg)      # as protocol_keys does next (unreadable: one line)
             except BasisconvError as err:
