@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 pytest.importorskip("triton")
 
-from basisconv.kernels import torch_ops, triton_combine, triton_fold, triton_moments  # noqa: E402
+from basisconv.kernels import (torch_ops, triton_combine, triton_fold,  # noqa: E402
+                               triton_fold_wide, triton_moments)
 from basisconv.layers import BasisConv2d, conv_norm_act  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("triton_backend")
@@ -311,16 +312,23 @@ def test_torch_compile_keeps_the_kernels_in_one_graph(kernel_runs):
 
 @pytest.mark.device
 def test_bf16_autocast_is_close_to_float32(device, kernel_runs):
-    if device.type != "cuda":
-        pytest.skip("bfloat16 runs on the compiled kernels only (the interpreter has none)")
+    """A training step under bf16 autocast runs every kernel of the fold (found in review:
+    the test expected the combination's alone, as before the moments and the fold had
+    kernels, and had never run on a GPU since). Under the interpreter, which has no
+    bfloat16, the same step in float32."""
+    bf16 = device.type == "cuda"
     plain, fused = norm_layers("stacked", device), norm_layers("fused", device)
     x = torch.randn(8, 6, 16, 16, device=device).to(memory_format=torch.channels_last)
     want = conv_norm_act(*plain, x, relu=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         got = conv_norm_act(*fused, x, relu=True)
-    assert got.dtype == torch.bfloat16 and kernel_runs == ["combine"]
-    torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
+    assert got.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert kernel_runs == TRAINING_STEP[:3]  # the forward's: fold, moments, combination
+    tolerance = 5e-2 if bf16 else 1e-4
+    torch.testing.assert_close(got.float(), want, rtol=tolerance,
+                               atol=tolerance * want.abs().max().item())
     got.float().sum().backward()
+    assert kernel_runs == TRAINING_STEP
     assert fused[0].coefficients.grad.dtype == torch.float32
     assert all(p.grad.isfinite().all() for p in (*fused[0].parameters(), *fused[1].parameters()))
 
@@ -977,3 +985,68 @@ def test_the_moments_shift_does_not_sample_one_pixel_of_every_image(device, kern
     rows = maps.permute(0, 2, 3, 1).reshape(-1, 3).double()
     distance = (shift.double() - rows.mean(0)).abs() / rows.std(0)
     assert kernel_runs == ["moments"] and distance.max() < 2, distance
+
+
+# ---------------------------------- wide bases under bf16 (checks for the next GPU slot)
+#: Bases past the fold's one program (:mod:`triton_fold_wide`) and, on a GPU, past one
+#: 64-wide tile of the moments: (C_in, C_out, m, batch, (H, W), layout, relu, momentum).
+WIDE_FOLDS = [
+    (8, 72, 65, 2, (5, 7), "channels_last", True, 0.1),  # one past a tile: 2x2, mostly padding
+    (6, 136, 128, 3, (4, 5), "nchw", False, 0.3),        # two full tiles a side
+    (5, 264, 256, 2, (6, 6), "channels_last", True, None),  # the widest; a cumulative average
+]
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("shape", WIDE_FOLDS, ids=lambda s: f"m{s[2]}-{s[5]}")
+def test_a_wide_fold_trains_as_the_unfused_layers_under_bf16_autocast(shape, device,
+                                                                      kernel_runs, monkeypatch):
+    """Two training steps (batch statistics) and one in eval mode (running statistics) of a
+    folded layer with a basis of 65 to 256 under bf16 autocast, as training runs, against
+    the conv, ``nn.BatchNorm2d`` and ReLU one after another in float64: the output, the
+    gradients of the input and of every parameter, and the norm's buffers, within bf16's
+    tolerance of each reference's largest magnitude (at least 1: the conv bias's gradient
+    is zero through batch norm, up to rounding). Under the interpreter (no bfloat16) the
+    same in float32, to float32's, with the GPU's 64-wide tiles of the moments and the
+    wide fold (the interpreter's own are 32 wide)."""
+    c_in, c_out, m, batch, image, layout, relu, momentum = shape
+    if device.type == "cpu":
+        def gpu_tile_width(m):
+            return min(triton_moments.MAX_TILE, max(16, 1 << (m - 1).bit_length()))
+        for module in (triton_moments, triton_fold_wide):
+            monkeypatch.setattr(module, "tile_width", gpu_tile_width)
+    torch.manual_seed(0)
+    layer = BasisConv2d(c_in, c_out, 3, m, padding=1, combine="fused", fuse_norm=True,
+                        device=device)
+    norm = nn.BatchNorm2d(c_out, momentum=momentum, device=device)
+    with torch.no_grad():
+        layer.output_index.copy_(torch.randperm(c_out))  # a converted layer's channel order
+        layer.bias.normal_()
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    exact = [copy.deepcopy(module).double() for module in (layer, norm)]
+    exact[0].combine, exact[0].fuse_norm = "stacked", False  # the modules one after another
+    bf16 = device.type == "cuda"
+    tolerance = 5e-2 if bf16 else 1e-4
+    layout = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for training in (True, True, False):
+        for module in (layer, norm, *exact):
+            module.train(training)
+        x = (torch.randn(batch, c_in, *image, device=device) + 0.5).to(memory_format=layout)
+        upstream = torch.randn(batch, c_out, *image, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            got, got_grads = step(layer, norm, x, upstream, relu)
+        want, want_grads = step(*exact, x.double(), upstream.double(), relu)
+        assert got.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        names = ["output", "input"] + [f"grad {i}" for i in range(len(got_grads) - 1)]
+        for name, a, b in zip(names, [got, *got_grads], [want, *want_grads]):
+            torch.testing.assert_close(a.double(), b, rtol=tolerance,
+                                       atol=tolerance * max(1.0, b.abs().max().item()),
+                                       msg=lambda s: f"{name}: {s}")
+        for module in (layer, norm, *exact):
+            module.zero_grad(set_to_none=True)
+    for (name, got), want in zip(norm.named_buffers(), exact[1].buffers()):
+        want = want.double()  # (num_batches_tracked: an integer)
+        torch.testing.assert_close(got.double(), want, rtol=tolerance, msg=name,
+                                   atol=tolerance * want.abs().max().item())
+    assert kernel_runs == TRAINING_STEP * 2 + ["combine", "combine_backward"]

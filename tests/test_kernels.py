@@ -10,6 +10,7 @@ forwards): a silent fallback to the stacked form would match the reference too. 
 sm_90 GPU with Triton's own compiler, which needs no GPU.
 """
 
+import copy
 import os
 import subprocess
 import sys
@@ -748,3 +749,142 @@ def test_kernel_resources_report_shared_memory_in_kib_against_hoppers_block_limi
             SimpleNamespace(metadata=SimpleNamespace(shared=shared), asm={"ptx": ""})))
         row = kernel_resources.tile_resources(tile, 16)
         assert (row["shared_kib"], row["fits"]) == (227.0, fits)
+
+
+
+# ------------------------------------- the GPU's own tiles (checks for the next GPU slot)
+#: Shapes at the edges of the GPU's tiles (``_GPU_TILES``: 32 to 128 rows, 32 or 64 input
+#: channels a step, 64 or 128 output channels a block; the basis padded to 64, 128 or
+#: 256), which the interpreter's one 16-wide tile never reaches:
+#: (C_in, C_out, m, kernel, stride, padding, bias, batch, (H, W), layout).
+TILE_EDGES = [
+    # C_in one past a 64-channel step, C_out one past a 128-channel block, m one past 64,
+    # 132 rows (four past a 128-row tile), image width 65, stride 2, a channel slice
+    (65, 129, 65, (1, 3), 2, (0, 1), True, 2, (3, 65), "nchw-channels"),
+    # image width 1, batch 1, C_in one short of a step, m one short of 64
+    (63, 65, 63, 3, 1, 1, False, 1, (5, 1), "channels_last"),
+    # image width 129 (258 rows: two 128-row tiles and two rows), a channels_last slice
+    (3, 17, 5, 3, 1, 1, True, 1, (2, 129), "channels_last-channels"),
+    # image width 63, stride 2, no padding: 31 rows, fewer than the smallest tile
+    (4, 33, 31, 3, 2, 0, True, 1, (3, 63), "nchw"),
+    # the widest basis, where the autotuner's space is pruned (``_prune_configs``)
+    (8, 260, 256, 3, 1, 1, True, 2, (5, 7), "channels_last"),
+]
+
+
+def tile_edge_id(shape) -> str:
+    return f"{shape[0]}-{shape[1]}-m{shape[2]}-{shape[8][0]}x{shape[8][1]}-{shape[9]}"
+
+
+def tile_of(config) -> tuple:
+    """A Triton config as its ``_GPU_TILES`` entry."""
+    return (*(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_K", "BLOCK_C")), config.num_warps,
+            config.num_stages)
+
+
+def pruned_tiles(m: int) -> set:
+    """The tiles the autotuner should leave out at a basis of ``m``: those whose threads
+    would each hold more than ``MAX_ACCUMULATOR_PER_THREAD`` of the float32 accumulator
+    (the rule, not ``_prune_configs``, which these checks are to check)."""
+    block_n = max(16, 1 << (m - 1).bit_length())
+    return {tile for tile in triton_conv._GPU_TILES
+            if tile[0] * block_n > triton_conv.MAX_ACCUMULATOR_PER_THREAD * 32 * tile[3]}
+
+
+def tile_edge_input(c_in, batch, image, layout, device) -> torch.Tensor:
+    """An input in ``layout``: NCHW or channels_last, whole or a slice of its channels (a
+    view contiguous in neither layout)."""
+    layout, _, part = layout.partition("-")
+    x = torch.randn(batch, c_in + 2 if part else c_in, *image, device=device)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    return x[:, 1:c_in + 1] if part else x
+
+
+def check_against_float64(layer, x, tolerance: float) -> None:
+    """The layer's output and its gradients (input, basis weight, coefficients, bias)
+    against the same layer's dense conv in float64, each within ``tolerance`` of its
+    reference's largest magnitude (and relatively ten times that); the output's strides
+    against the float32 dense conv's (cuDNN computes a float64 conv in NCHW whatever the
+    input's layout: the first GPU slot's finding)."""
+    exact = copy.deepcopy(layer).double()
+    names = ["basis_weight", "coefficients"] + (["bias"] if layer.bias is not None else [])
+    x = x.detach().requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    y = layer(x)
+    with torch.no_grad():
+        dense = F.conv2d(x, layer.dense_weight(), layer.bias, layer.stride, layer.padding,
+                         layer.dilation)
+    assert y.shape == dense.shape and y.stride() == dense.stride()
+    reference = F.conv2d(x64, exact.dense_weight(), exact.bias, exact.stride, exact.padding,
+                         exact.dilation)
+    grad = torch.randn_like(y)
+    got = [y, *torch.autograd.grad(y, [x, *(getattr(layer, n) for n in names)], grad)]
+    want = [reference, *torch.autograd.grad(reference, [x64, *(getattr(exact, n) for n in names)],
+                                            grad.double())]
+    for name, a, b in zip(["output", "input", *names], got, want):
+        torch.testing.assert_close(a.double(), b, rtol=10 * tolerance,
+                                   atol=tolerance * b.abs().max().item(),
+                                   msg=lambda s: f"{name}: {s}")
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("shape", TILE_EDGES, ids=tile_edge_id)
+@pytest.mark.parametrize("tile", triton_conv._GPU_TILES,
+                         ids=lambda tile: "M{}-K{}-C{}-w{}-s{}".format(*tile))
+def test_every_gpu_tile_matches_float64_at_the_tiles_edges(tile, shape, device, kernel_runs,
+                                                          monkeypatch):
+    """Each tile the GPU autotunes over, alone (the autotuner may pick any for a shape, and
+    a tile that does not compile would only be timed as infinite there): its row, channel,
+    basis and output-block masks against float64, in exact float32 products (TF32 off).
+    Compiled on a GPU; here the interpreter runs the same tile sizes (it ignores warps and
+    stages), which its own 16-wide tile leaves unexercised."""
+    c_in, c_out, m, kernel, stride, padding, bias, batch, image, layout = shape
+    if tile in pruned_tiles(m):
+        pytest.skip("pruned from the autotuner's space at this basis width")
+    monkeypatch.setattr(fused, "_FAILED", {})  # a failed tile falls back: not for the next
+    monkeypatch.setattr(triton_conv, "_KERNELS", {})  # decorated with this tile, forgotten after
+    block_m, block_k, block_c, warps, stages = tile
+    config = triton_conv.triton.Config({"BLOCK_M": block_m, "BLOCK_K": block_k, "BLOCK_C": block_c},
+                           num_warps=warps, num_stages=stages)
+    monkeypatch.setattr(triton_conv, "_tile_configs", lambda interpret, tune=True: [config])
+    layer = make_layer(c_in, c_out, m, kernel, stride, padding, 1, bias, device)
+    x = tile_edge_input(c_in, batch, image, layout, device)
+    check_against_float64(layer, x, 1e-5)
+    assert kernel_runs == [tuple(x.shape)]  # the kernel, not the stacked fallback
+    (tuner,) = triton_conv._KERNELS.values()
+    assert tile_of(tuner.best_config) == tile
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("shape", TILE_EDGES, ids=tile_edge_id)
+def test_the_autotuned_kernel_matches_float64_after_timing_every_tile_it_keeps(
+        shape, device, kernel_runs, monkeypatch):
+    """Autotuning on, as training runs (``BASISCONV_AUTOTUNE=1``, TF32 products): every
+    tile of ``_GPU_TILES`` compiled and timed (none infinite: one that fails to compile is
+    timed so, silently), but the one ``_prune_configs`` drops at m = 256, and the chosen
+    tile's output and gradients against float64 at TF32's tolerance. Here the interpreter
+    runs each of the GPU's tiles once where a GPU would time it (float32, exact)."""
+    c_in, c_out, m, kernel, stride, padding, bias, batch, image, layout = shape
+    kept = set(triton_conv._GPU_TILES) - pruned_tiles(m)
+    monkeypatch.setattr(fused, "_FAILED", {})
+    monkeypatch.setattr(triton_conv, "_KERNELS", {})  # tuned afresh, forgotten after
+    if device.type == "cuda":
+        monkeypatch.setenv("BASISCONV_AUTOTUNE", "1")
+        torch.backends.cudnn.allow_tf32 = True  # (cuDNN's default; restored after the test)
+        tolerance = 5e-3  # TF32's 10-bit products, twice (the basis, then the combination)
+    else:
+        gpu_tiles = triton_conv._tile_configs(interpret=False)
+        monkeypatch.setattr(triton_conv, "_tile_configs", lambda interpret, tune: gpu_tiles)
+        monkeypatch.setattr(triton_conv, "_autotune_options", lambda: {
+            "do_bench": lambda run, quantiles: run() or [1.0, 1.0, 1.0]})
+        tolerance = 1e-5
+    layer = make_layer(c_in, c_out, m, kernel, stride, padding, 1, bias, device)
+    x = tile_edge_input(c_in, batch, image, layout, device)
+    check_against_float64(layer, x, tolerance)
+    assert kernel_runs == [tuple(x.shape)]
+    (tuner,) = triton_conv._KERNELS.values()
+    timings = {tile_of(config): time for config, time in tuner.configs_timings.items()}
+    assert set(timings) == kept
+    assert all(torch.tensor(time).isfinite().all() for time in timings.values()), timings
+    assert tile_of(tuner.best_config) in timings
