@@ -840,6 +840,91 @@ def test_a_count_above_the_candidates_is_refused_with_the_config(compose_cfg, tm
         validate(overrides(3, "sensitivity.layers=[layer1.*]"))
 
 
+def test_the_search_holds_no_selection_key_it_does_not_read_to_the_model(compose_cfg, tmp_path,
+                                                                         monkeypatch):
+    """Found in review: the exhaustive search warns that it does not read
+    ``selection.count``, yet refused a count above ResNet-8's 7 candidates, so
+    ``scripts/reproduce.sh OVERRIDES=selection.count=10`` (ten of ResNet-20's 19 layers for
+    every selected row) was refused for the protocol's search. One rule: every run checks
+    each selection value on its own, and against the model only where it reads it. The
+    estimate (and ``scripts/sensitivity.py``, which marks the choice) still refuse it
+    before estimating."""
+    from basisconv import sensitivity
+    from basisconv.config import validate_estimate, validate_search
+
+    cfg = compose_cfg("model=resnet8", "selection=sensitivity_budget", "selection.count=10",
+                      f"sensitivity.cache_dir={tmp_path}")  # (sensitivity.yaml's policy)
+    validate_search(cfg)
+    validate_search(compose_cfg("model=resnet8", "selection=list", "selection.layers=[layer4.*]"))
+    with pytest.raises(ConfigError, match=r"^selection.count=10; there are 7 candidate layers"):
+        validate_estimate(cfg)
+    # its own values are still checked, as in every run
+    for bad, message in ((["selection.count=0"], r"^selection.count must be null or >= 1"),
+                         (["selection=sensitivity_threshold", "selection.count=3"],
+                          r"^selection.count=3 does not apply")):
+        with pytest.raises(ConfigError, match=message):
+            validate_search(compose_cfg("model=resnet8", *bad))
+
+    class Estimated(Exception):
+        pass
+
+    def estimated(cfg):
+        raise Estimated
+    monkeypatch.setattr(sensitivity, "estimate", estimated)
+    with pytest.raises(Estimated):  # (the search's table: reached the estimate)
+        sensitivity.sensitivity_table(cfg)
+    with pytest.raises(ConfigError, match=r"^selection.count=10; there are 7"):
+        choose_layers(cfg)  # (a training run reads it: refused before its estimate)
+
+
+def test_a_basis_size_at_which_no_layer_saves_is_refused_with_the_config(compose_cfg):
+    """Found in review: ``basis.size=1.0`` (or ResNet-8's widest 64 filters) fits every
+    layer but saves in none, so no layer is a candidate: refused only as the candidate
+    table was made (the estimate's first step; in ``-m basis.size=0.5,1.0`` after the
+    0.5 job had trained)."""
+    from basisconv.config import validate_estimate
+
+    for size in ("1.0", "64"):
+        overrides = ("model=resnet8", "experiment=basis_selected", f"basis.size={size}")
+        for check in (validate, validate_estimate):
+            with pytest.raises(ConfigError, match=rf"^no candidate layer: at basis.size={size} "):
+                check(compose_cfg(*overrides))
+    validate(compose_cfg("model=resnet8", "experiment=basis_selected", "basis.size=0.5"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data=stripes", "data.synthetic_train=400"], r"^sensitivity.val_size=5000 would hold out "
+     r"5000 of the 400 training images \(data.synthetic_train=400\), and the estimate holds "
+     r"out 1\.\.399"),
+    (["data.train_subset=0.1"], r"^sensitivity.val_size=5000 would hold out 5000 of the 5000 "
+     r"training images \(data.train_subset=0.1 of CIFAR-10's 50000\)"),
+    (["data=stripes", "sensitivity.val_size=0.0001"], r"^sensitivity.val_size=0.0001 would "
+     r"hold out 0 of the 1000"),
+    (["data=stripes", "sensitivity.val_size=990"], r"^sensitivity.val_size=990 leaves 10 of the "
+     r"1000 training images \(data.synthetic_train=1000\) to pretrain and fine-tune on, less "
+     r"than one batch of trainer.batch_size=128"),
+])
+def test_a_held_out_part_the_training_images_cannot_give_is_refused_with_the_config(
+        compose_cfg, overrides, message):
+    """Found in review: a ``sensitivity.val_size`` above the training images (the default
+    5000 of ``data=stripes``' generated 1000, or of a small ``data.train_subset``), or one
+    that left less than a batch, was refused only as the estimate split its data; in a
+    sweep (``-m selection=all,sensitivity_budget``) after the jobs before it had trained.
+    A run that estimates nothing is not refused for it, nor own data (its size is the
+    files')."""
+    from basisconv.config import validate_estimate
+
+    for check, policy in ((validate, "sensitivity_budget"), (validate, "sensitivity_threshold"),
+                          (validate_estimate, "all")):
+        with pytest.raises(ConfigError, match=message):
+            check(compose_cfg(*overrides, f"selection={policy}"))
+    for policy in ("none", "all", "random"):
+        validate(compose_cfg(*overrides, f"selection={policy}"))
+    if "data=stripes" not in overrides:  # (a generated count is known either way)
+        validate_estimate(compose_cfg(*overrides, "data.verify_md5=false"))
+    validate_estimate(compose_cfg("data=stripes", "sensitivity.val_size=100"))
+
+
 @pytest.mark.parametrize("overrides", [["selection=none"], ["selection=all"], ["selection=blocks"],
                                        ["selection=list", "selection.layers=[conv1]"]])
 def test_the_estimate_scripts_check_the_candidate_names_under_every_policy(compose_cfg,

@@ -70,6 +70,21 @@ def test_a_budget_met_exactly_takes_no_extra_layer(reduction, layers, caplog):
     assert not caplog.records
 
 
+def test_a_budget_out_of_reach_says_how_many_candidates_saved_toward_it(caplog):
+    """Found in review: it said "converting every candidate saves 20.0 % of the flops",
+    where the 20 % counts only the candidates that save (one costing FLOPs was passed
+    over, so converting every candidate saves less)."""
+    table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
+                          "params_saved": [1, 1, 1], "flops_saved": [10, -5, 10]})
+    selection = {"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0.5}
+    with caplog.at_level("WARNING", logger="basisconv.selection"):
+        assert pick_layers(selection, table, {"params": 100, "flops": 100}) == ["a", "c"]
+    assert caplog.messages == [
+        "selection first_k: the 2 of 3 candidates that save any are all converted, and "
+        "together save 20.0 % of the dense model's training FLOPs, short of "
+        "selection.budget_reduction=0.5"]
+
+
 @pytest.mark.parametrize("name", ["sensitivity_budget", "random", "first_k", "last_k"])
 @pytest.mark.parametrize("metric, reduction", [("flops", 0.25), ("flops", 0.1), ("params", 0.15)])
 def test_every_budget_policy_meets_the_budget(name, metric, reduction):

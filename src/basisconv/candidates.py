@@ -124,11 +124,19 @@ def layer_savings(model: nn.Module, basis: DictConfig | Mapping,
                          "flops_saved": round((before.total_flops - after.total_flops) / batch),
                          "forward_flops_saved":
                              round((before.forward_flops - after.forward_flops) / batch)})
-    if not rows:
-        raise ConfigError(f"no candidate layer: at {keys['num_basis']}={basis.size} no "
-                          f"selected layer the forward calls saves compute; choose a smaller "
-                          f"{keys['num_basis']}")
+    check_some_candidate(len(rows), basis.size, keys["num_basis"])
     return pd.DataFrame(rows)
+
+
+def check_some_candidate(found: int, size, key: str = CONFIG_KEYS["num_basis"]) -> None:
+    """One :class:`ConfigError` when ``found`` (the candidates) is 0: no selected layer saves
+    compute at basis size ``size`` (given as ``key``). :func:`layer_savings` checks its table,
+    and ``basisconv.config`` the model shaped on the meta device: a size every layer takes
+    but none saves at (``basis.size=1.0``) was refused only as the candidate table was made,
+    after a sweep's jobs before it had trained."""
+    if not found:
+        raise ConfigError(f"no candidate layer: at {key}={size} no selected layer the forward "
+                          f"calls saves compute; choose a smaller {key}")
 
 
 def _sharing_their_weight(model: nn.Module, names: list[str]) -> list[str]:

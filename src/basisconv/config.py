@@ -26,9 +26,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 
-from .candidates import convert_candidates
-from .counts import count_or_fraction_problem, is_int
-from .data import IMAGE_SHAPE, NUM_CLASSES
+from .candidates import check_some_candidate, convert_candidates
+from .counts import count_or_fraction_problem, is_int, share_of
+from .data import IMAGE_SHAPE, NUM_CLASSES, training_images
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, BasisConv2d, check_basis_size
@@ -36,8 +36,8 @@ from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models, parameter_count
 from .network import build_dense, check_conversion, held_back
 from .records import unwritable_folder
-from .selection import (ORDERED_POLICIES, SelectionConfig, check_count_fits, check_selection,
-                        fixed_layers)
+from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, SelectionConfig,
+                        check_count_fits, check_selection, fixed_layers)
 from .surgery import select_layers
 
 
@@ -337,6 +337,31 @@ def _check_sensitivity(s: DictConfig) -> None:
                                       f"{s.search_max_subsets}")
 
 
+def _check_held_out(cfg: DictConfig, estimate: bool) -> None:
+    """``sensitivity.val_size`` against the training images ``data.*`` gives, where the
+    config tells their number (:func:`~basisconv.data.training_images`), in a run that
+    estimates (``estimate``, or a sensitivity policy): it must leave one batch of
+    ``trainer.batch_size`` to pretrain and fine-tune on. Refused only as the estimate
+    split its data (the default 5000 of ``data=stripes``' 1000), a sweep's jobs before it
+    had trained. A run that estimates nothing reads neither."""
+    known = training_images(cfg.data)
+    if not (estimate or cfg.selection.policy in SENSITIVITY_POLICIES) or known is None:
+        return
+    (n, said), size = known, cfg.sensitivity.val_size
+    if n < 1:
+        return  # (the data's own refusal names it)
+    held = share_of(n, size) if isinstance(size, float) else int(size)
+    _check(1 <= held <= n - 1,
+           f"sensitivity.val_size={size} would hold out {held} of the {n} training images "
+           f"({said}), and the estimate holds out 1..{n - 1} (one at least left to fine-tune "
+           f"on); give a count in that range or a fraction, or keep more training images")
+    batch = cfg.trainer.batch_size
+    _check(n - held >= batch,
+           f"sensitivity.val_size={size} leaves {n - held} of the {n} training images ({said}) "
+           f"to pretrain and fine-tune on, less than one batch of trainer.batch_size={batch}; "
+           f"lower one of them, or keep more training images")
+
+
 def _check_basis(cfg: DictConfig) -> None:
     """``basis.*``: its size (and the warnings a valid size or form may still need), where the
     layers start (:func:`_check_basis_start`), and how the coefficients combine and train.
@@ -546,18 +571,25 @@ def resolve_all(cfg: DictConfig) -> None:
                 cfg[key]  # (a value read resolves its ${...})
 
 
-def check_against_the_model(cfg: DictConfig, estimate: bool = False,
-                            search: bool = False) -> None:
+def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
+                            reads_selection: bool = True) -> None:
     """What only the model can tell, checked on it shaped on the meta device (nothing is
     allocated): the layer names and patterns a run's policy reads (``selection.layers`` of
     ``list``, the candidates ``sensitivity.layers`` of an ordered policy, or of every policy
     in an ``estimate``), and the basis its layers take (a ``basis.size`` above a layer's
     ``out_channels``: above every candidate's, or any of the layers ``all`` or ``list``
-    converts where ``basis.only_where_saves=false``), and a ``selection.count`` above the
-    number of candidates (not in the exhaustive ``search``, which reads no count). Checked
-    only as the run built its model, a misspelt name or a size too large for one model in a
-    sweep's last job failed after the jobs before it had trained."""
-    policy = cfg.selection.policy
+    converts where ``basis.only_where_saves=false``; a size at which no candidate saves
+    compute), and a ``selection.count`` above the number of candidates. Checked only as
+    the run built its model (or made its candidate table), a misspelt name or a size too
+    large for one model in a sweep's last job failed after the jobs before it had trained.
+    ``reads_selection=False``: a run that reads no ``selection`` key but its metric (the
+    exhaustive search, and the estimate itself), whose policy's layers and count the model
+    does not judge; a count that fits the training runs' model (``OVERRIDES=
+    selection.count=10`` for ``scripts/reproduce.sh``) was refused by the search on
+    ResNet-8, which warns that it does not read it. One rule for every run: a selection
+    value is checked on its own always (:func:`~basisconv.selection.check_selection`),
+    against the model only where the run reads it."""
+    policy = cfg.selection.policy if reads_selection else "none"
     lists = [(list(cfg.selection.layers), "selection.layers")] if policy == "list" else []
     candidates = policy in ORDERED_POLICIES or estimate
     if candidates:
@@ -574,11 +606,12 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False,
             select_layers(model, layers, key=key)
         if candidates:  # (the candidate table converts them as the estimate's first step)
             converted = convert_candidates(model, cfg.basis, lists[-1][0])
-            if policy in ORDERED_POLICIES and not search:  # a count above the candidates
-                # was refused only as the layers were chosen: after the whole sensitivity
-                # estimate, or the sweep's jobs before it
-                check_count_fits(cfg.selection, sum(
-                    isinstance(m, BasisConv2d) for m in converted.modules()))
+            found = sum(isinstance(m, BasisConv2d) for m in converted.modules())
+            check_some_candidate(found, cfg.basis.size)  # (else refused by the table)
+            if policy in ORDERED_POLICIES:  # a count above the candidates was refused only
+                # as the layers were chosen: after the whole sensitivity estimate, or the
+                # sweep's jobs before it
+                check_count_fits(cfg.selection, found)
     if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
         check_conversion(cfg, fixed_layers(cfg.selection), model)
 
@@ -594,15 +627,15 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def validate(cfg: DictConfig, *, estimate: bool = False, search: bool = False) -> None:
+def validate(cfg: DictConfig, *, estimate: bool = False, reads_selection: bool = True) -> None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
     before the checks that relate groups (e.g. ``basis.dense_warmup_epochs`` against
     ``trainer.epochs``), so a bad value is named itself, not through another key.
     ``estimate``: the config of ``scripts/sensitivity.py`` or ``exhaustive_search.py``
     (:func:`validate_estimate`, :func:`validate_search`), which count the candidates of
-    ``sensitivity.layers`` under every policy; ``search``: the exhaustive search's, which
-    reads no ``selection.count``."""
+    ``sensitivity.layers`` under every policy; ``reads_selection``: as
+    :func:`check_against_the_model`."""
     missing = missing_values(cfg)
     _check(not missing, f"{', '.join(missing)} not set (a config group removed with ~, or a "
                         f"value given as ???); drop that override")
@@ -624,7 +657,8 @@ def validate(cfg: DictConfig, *, estimate: bool = False, search: bool = False) -
     _check_seeds(cfg)
     validate_trainer(cfg)
     validate_basis(cfg)
-    check_against_the_model(cfg, estimate, search)
+    _check_held_out(cfg, estimate)
+    check_against_the_model(cfg, estimate, reads_selection=reads_selection)
     _check_step_settings(cfg)
     _check_publish(cfg)
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
@@ -634,17 +668,16 @@ def validate(cfg: DictConfig, *, estimate: bool = False, search: bool = False) -
 
 
 def validate_estimate(cfg: DictConfig) -> None:
-    """:func:`validate` for ``scripts/sensitivity.py``."""
+    """:func:`validate` for ``scripts/sensitivity.py``, which also marks the layers the
+    selection chooses."""
     validate(cfg, estimate=True)
 
 
 def validate_search(cfg: DictConfig) -> None:
-    """:func:`validate` for ``scripts/exhaustive_search.py``: the estimate's config, whose
-    ``selection.count`` the search does not read (it scores the ``sensitivity.
-    search_subset_size`` least sensitive layers; said by
-    :func:`~basisconv.unread.warn_unread_search_selection`), so a count above the model's
-    candidates is no error there (found in review: it was refused as one)."""
-    validate(cfg, estimate=True, search=True)
+    """:func:`validate` for ``scripts/exhaustive_search.py``, which reads no selection key
+    but ``metric``: the selection's values are checked on their own, as in every run, and
+    not against the model (:func:`check_against_the_model`)."""
+    validate(cfg, estimate=True, reads_selection=False)
 
 
 def _check_run_name(cfg: DictConfig) -> None:

@@ -51,6 +51,7 @@ TRAIN_FILES = {"bin": [f"data_batch_{i}.bin" for i in range(1, 6)],
                "py": [f"data_batch_{i}" for i in range(1, 6)]}
 TEST_FILES = {"bin": ["test_batch.bin"], "py": ["test_batch"]}
 FOLDERS = {"bin": "cifar-10-batches-bin", "py": "cifar-10-batches-py"}
+TRAIN_IMAGES = 50_000  # in the genuine files, whose md5 sums (below) vouch for it
 # Published md5 sums of the extracted files (the python version's are the ones
 # torchvision checks; the binary version's are those of the official tarball's members).
 MD5 = {
@@ -434,6 +435,24 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
                                  key="data.test_subset")
         data.test_images, data.test_labels = data.test_images[keep], data.test_labels[keep]
     return data
+
+
+def training_images(data_cfg) -> tuple[int, str] | None:
+    """How many training images a ``data/`` config gives a run, known without reading
+    them, and the keys that say so (for an error): the generated count of ``stripes``, or
+    CIFAR-10's 50,000 where the md5 sums are checked, after ``data.train_subset``. None
+    where only the files tell (your own data in CIFAR format, ``data.verify_md5=false``)."""
+    if data_cfg.name == "stripes":
+        n, said = data_cfg.synthetic_train, f"data.synthetic_train={data_cfg.synthetic_train}"
+    elif data_cfg.verify_md5:
+        n, said = TRAIN_IMAGES, f"CIFAR-10's {TRAIN_IMAGES}"
+    else:
+        return None
+    subset = data_cfg.train_subset
+    if subset is None:
+        return n, said
+    return (share_of(n, subset) if isinstance(subset, float) else int(subset),
+            f"data.train_subset={subset} of {said}")
 
 
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,

@@ -307,11 +307,12 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
             continue
         chosen.append(name)
         saved += saving[name]
-    if not met(saved):
-        log.warning("selection %s: converting every candidate saves %.1f %% of the %s, short "
-                    "of selection.budget_reduction=%g", selection.policy,
-                    100 * saved / dense[selection.budget_metric], selection.budget_metric,
-                    selection.budget_reduction)
+    if not met(saved):  # (the ones passed over saved nothing toward it: not "every")
+        log.warning("selection %s: the %d of %d candidates that save any are all converted, "
+                    "and together save %.1f %% of the dense model's %s, short of "
+                    "selection.budget_reduction=%g", selection.policy, len(chosen), len(order),
+                    100 * saved / dense[selection.budget_metric],
+                    BUDGET_WORDS[selection.budget_metric], selection.budget_reduction)
     return chosen
 
 

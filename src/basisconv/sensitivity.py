@@ -400,8 +400,9 @@ def _estimate_and_cache(cfg: DictConfig, folder: Path, recompute: bool
     # refused before the line below says an estimate starts (a basis.size too large for
     # the candidates, a layer name the model lacks: a caller of this API may not have
     # validated its config), on the model shaped on the meta device (a twentieth of a
-    # second; the candidate table takes seconds)
-    check_against_the_model(cfg, estimate=True)
+    # second; the candidate table takes seconds). The estimate reads no selection key:
+    # its callers that do check them first (the exhaustive search reads none)
+    check_against_the_model(cfg, estimate=True, reads_selection=False)
     log.warning("sensitivity: %s table for key %s; estimating it now",
                 "recomputing the" if recompute else "no cached", cache_key(cfg))
     if recompute:  # estimate again: nothing an earlier estimate kept is reused, and the
@@ -637,6 +638,7 @@ def choose_layers_and_table(cfg: DictConfig
     dense = dense_model(cfg)
     with torch.random.fork_rng():  # an estimate draws from every generator it uses
         if selection.policy in SENSITIVITY_POLICIES:
+            check_against_the_model(cfg)  # (a count that cannot be chosen: before an estimate)
             table, record = sensitivity_table(cfg)
             made_from.update(sensitivity_key=cache_key(cfg),
                              sensitivity_table=record.get("table_sha256"))
@@ -665,6 +667,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
 
 
 def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
+    check_against_the_model(cfg, estimate=True)  # (the choice it marks: before an estimate)
     table, record = sensitivity_table(cfg)
     check_estimate_record(cfg, record)
     timed, dense = with_measured_time(cfg, table, record["dense"])
