@@ -663,3 +663,23 @@ def test_a_step_is_compared_only_with_a_dense_step_of_its_torch_build(tmp_path):
     _train_record(tmp_path / "a", "cpu-fp32", CPU, 1.0)  # no versions recorded: none matched
     assert pd.isna(speed.training_speed([tmp_path / "a", tmp_path / "b"]).set_index(
         "model").loc["basis 0.25", "relative_to_dense"])
+
+
+def test_a_step_is_compared_only_with_a_dense_step_of_its_own_machine(tmp_path):
+    """Found in review: the matching took the CPU's name, so a basis step was relative to a
+    dense step of the same commit on another VM of that name (cf423c8's dense step took
+    2.47 s on one 2-core AMD EPYC VM and 1.20 s on another: docs/speed.md)."""
+    def on(host, cores):
+        return {**CPU, "cpu_count": cores, "platform": f"Linux-6.18.44-{host}-x86_64"}
+    _train_record(tmp_path / "a", "cpu-fp32", on("fc-v669", 2), 2.4)
+    _train_record(tmp_path / "b", "cpu-fp32-basis0.25", on("fc-v657", 2), 0.6,
+                  basis_size=0.25)
+    train = speed.training_speed([tmp_path / "a", tmp_path / "b"]).set_index("model")
+    assert train.loc["basis 0.25", "hardware"] == train.loc["dense", "hardware"]
+    assert pd.isna(train.loc["basis 0.25", "relative_to_dense"])
+    _train_record(tmp_path / "b", "cpu-fp32", on("fc-v657", 2), 1.2)  # its own machine's
+    train = speed.training_speed([tmp_path / "b"]).set_index("model")
+    assert train.loc["basis 0.25", "relative_to_dense"] == pytest.approx(0.5)
+    # two dense steps of one commit, one per machine, are no ambiguity
+    train = speed.training_speed([tmp_path / "a", tmp_path / "b"])
+    assert sorted(train["relative_to_dense"].dropna()) == [0.5, 1.0, 1.0]

@@ -7,8 +7,9 @@ never copied by hand, and CPU and GPU stand side by side:
   FLOP ratio and the time bound, per hardware, precision, batch and form;
 - the training step (``train-throughput-*.json`` of ``scripts/benchmark_train.py``): time
   per step and per CIFAR-10 epoch, and relative to the dense model measured at the same
-  commit on the same hardware with the same architecture, layout, threads, precision, batch,
-  execution mode (eager, compiled, graphed) and number of timed and untimed steps.
+  commit on the same machine (its record's hardware, not only its name) with the same
+  architecture, layout, threads, precision, batch, execution mode (eager, compiled,
+  graphed) and number of timed and untimed steps.
 
 It loads no torch (nor do its tables and plot): ``scripts/reproduce.sh`` reads the
 whole-model records with :func:`model_speed` to skip a benchmark already measured, in a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import re
 import textwrap
@@ -64,8 +66,11 @@ RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
 #: 1/steps on each step. ``warmup``: the untimed steps before them, since with none the
 #: timed steps include the first one's allocations, cuDNN's algorithm search or a compile
 #: (on a 2-core CPU, ``--warmup 0`` made 4 dense steps 25-40 % slower than ``--warmup 3``).
+#: ``machine``: the record's whole hardware but its thread count (a column of its own), since
+#: ``hardware`` is only the CPU's or GPU's name, which VMs of one kind share (at one commit,
+#: the dense step took 2.47 s on one 2-core AMD EPYC VM and 1.20 s on another).
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
-                "steps", "warmup", "code"]
+                "steps", "warmup", "code", "machine"]
 
 
 def _origin(record: dict, path: Path) -> dict:
@@ -199,7 +204,7 @@ def _model_table(record: dict, path: Path, table: Path) -> pd.DataFrame:
 
 def training_speed(folders: list[Path]) -> pd.DataFrame:
     """One row per training-throughput record in ``folders``, with its step time relative
-    to the dense model's on the same hardware, precision, batch and execution mode."""
+    to the dense model's on the same machine, precision, batch and execution mode."""
     rows = []
     for record, path in _records(folders, "train-throughput-*.json"):
         with _readable(record, path):
@@ -210,7 +215,7 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
             hash(tuple(row[k] for k in SAME_SETTING))
             rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c in TRAIN_COLUMNS if c != "relative_to_dense"]
-                         + ["steps", "warmup", "code"])
+                         + ["steps", "warmup", "code", "machine"])
     dense = table[table["model"] == "dense"]
     twice = dense[dense.duplicated(SAME_SETTING, keep=False)]
     if len(twice):
@@ -233,7 +238,10 @@ def _training_row(record: dict, path: Path) -> dict:
     # the torch build too: one commit timed under two (a GPU machine's torch and this
     # one's, on a CPU of one name) is two codes, whose steps are not to be compared
     torch_version = (provenance.get("versions") or {}).get("torch")
+    hardware = provenance.get("hardware") or {}
     return {**origin, "code": (origin["commit"], diff, torch_version),
+            "machine": json.dumps({k: v for k, v in hardware.items() if k != "torch_threads"},
+                                  sort_keys=True, default=str),  # (hashable, whatever it holds)
             "precision": precision_name(record.get("amp", "none")),
             "batch": record["batch_size"], "mode": mode,
             "architecture": record.get("model", "resnet18"),
@@ -320,7 +328,7 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "## Training step (scripts/benchmark_train.py)",
         "",
         "Epoch: a CIFAR-10 epoch (50,000 images) at the measured step time; relative: to "
-        "the dense model measured at the same commit on the same hardware, architecture, "
+        "the dense model measured at the same commit on the same machine, architecture, "
         "layout, threads, precision, batch, mode and number of timed and warm-up steps (\"-\" where "
         "there is none); checkpoint: "
         "the median time to write the model's and optimizer's state as a run's checkpoint "
