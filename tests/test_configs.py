@@ -925,6 +925,25 @@ def test_a_held_out_part_the_training_images_cannot_give_is_refused_with_the_con
     validate_estimate(compose_cfg("data=stripes", "sensitivity.val_size=100"))
 
 
+def test_a_held_out_part_leaving_less_than_a_batch_is_taken_where_the_estimate_trains_nothing(
+        compose_cfg, tmp_path):
+    """Found in review: with ``sensitivity.finetune_epochs=0`` and no pretraining here (a
+    source checkpoint's drops as converted, or ``pretrain_epochs=0`` too) the estimate makes
+    no training batch, and ``profile=smoke sensitivity.val_size=160`` (40 of 200 images
+    left, batch 50) ran before the one-batch rule; it was then refused with the config."""
+    from basisconv.config import validate_estimate
+
+    checkpoint = tmp_path / "dense.pt"
+    checkpoint.write_bytes(b"")  # (validate reads no checkpoint's weights)
+    left = ("data=stripes", "sensitivity.val_size=990", "sensitivity.finetune_epochs=0")
+    validate_estimate(compose_cfg(*left, "sensitivity.pretrain_epochs=0"))
+    validate_estimate(compose_cfg(*left, f"sensitivity.source_checkpoint={checkpoint}"))
+    for trains in (left[:2], left):  # (a fine-tune, or the dense model pretrained here)
+        with pytest.raises(ConfigError, match=r"^sensitivity.val_size=990 leaves 10 of the "
+                                              r"1000 training images"):
+            validate_estimate(compose_cfg(*trains))
+
+
 @pytest.mark.parametrize("overrides", [["selection=none"], ["selection=all"], ["selection=blocks"],
                                        ["selection=list", "selection.layers=[conv1]"]])
 def test_the_estimate_scripts_check_the_candidate_names_under_every_policy(compose_cfg,

@@ -85,6 +85,20 @@ def test_a_budget_out_of_reach_says_how_many_candidates_saved_toward_it(caplog):
         "selection.budget_reduction=0.5"]
 
 
+def test_a_budget_no_candidate_saves_toward_says_none_saves(caplog):
+    """Found in review: where every candidate is passed over (each costs more training
+    FLOPs in basis form, as a measured time may), it said "the 0 of 2 candidates that save
+    any are all converted", then that the model stays dense."""
+    table = pd.DataFrame({"layer": list("ab"), "position": [0, 1],
+                          "params_saved": [1, 1], "flops_saved": [-5, -5]})
+    selection = {"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0.5}
+    with caplog.at_level("WARNING", logger="basisconv.selection"):
+        assert pick_layers(selection, table, {"params": 100, "flops": 100}) == []
+    assert caplog.messages[0] == (
+        "selection first_k: none of the 2 candidates saves any of the dense model's training "
+        "FLOPs, so none meets selection.budget_reduction=0.5")
+
+
 @pytest.mark.parametrize("name", ["sensitivity_budget", "random", "first_k", "last_k"])
 @pytest.mark.parametrize("metric, reduction", [("flops", 0.25), ("flops", 0.1), ("params", 0.15)])
 def test_every_budget_policy_meets_the_budget(name, metric, reduction):

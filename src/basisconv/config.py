@@ -341,9 +341,9 @@ def _check_held_out(cfg: DictConfig, estimate: bool) -> None:
     """``sensitivity.val_size`` against the training images ``data.*`` gives, where the
     config tells their number (:func:`~basisconv.data.training_images`), in a run that
     estimates (``estimate``, or a sensitivity policy): it must leave one batch of
-    ``trainer.batch_size`` to pretrain and fine-tune on. Refused only as the estimate
-    split its data (the default 5000 of ``data=stripes``' 1000), a sweep's jobs before it
-    had trained. A run that estimates nothing reads neither."""
+    ``trainer.batch_size`` to pretrain and fine-tune on, where the estimate trains at all.
+    Refused only as the estimate split its data (the default 5000 of ``data=stripes``'
+    1000), a sweep's jobs before it had trained. A run that estimates nothing reads neither."""
     known = training_images(cfg.data)
     if not (estimate or cfg.selection.policy in SENSITIVITY_POLICIES) or known is None:
         return
@@ -355,8 +355,12 @@ def _check_held_out(cfg: DictConfig, estimate: bool) -> None:
            f"sensitivity.val_size={size} would hold out {held} of the {n} training images "
            f"({said}), and the estimate holds out 1..{n - 1} (one at least left to fine-tune "
            f"on); give a count in that range or a fraction, or keep more training images")
-    batch = cfg.trainer.batch_size
-    _check(n - held >= batch,
+    # one batch only where the estimate trains (a dense model pretrained here, or a
+    # fine-tune): with neither (sensitivity.finetune_epochs=0 on a source checkpoint, or
+    # pretrain_epochs=0 too) it makes no training batch, and such a split ran
+    s, batch = cfg.sensitivity, cfg.trainer.batch_size
+    trains = s.finetune_epochs > 0 or (s.pretrain_epochs > 0 and not s.source_checkpoint)
+    _check(not trains or n - held >= batch,
            f"sensitivity.val_size={size} leaves {n - held} of the {n} training images ({said}) "
            f"to pretrain and fine-tune on, less than one batch of trainer.batch_size={batch}; "
            f"lower one of them, or keep more training images")

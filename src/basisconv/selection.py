@@ -307,7 +307,13 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
             continue
         chosen.append(name)
         saved += saving[name]
-    if not met(saved):  # (the ones passed over saved nothing toward it: not "every")
+    if not met(saved) and not chosen:  # ("the 0 of 3 candidates that save any are all
+        # converted" said it)
+        log.warning("selection %s: none of the %d candidates saves any of the dense model's "
+                    "%s, so none meets selection.budget_reduction=%g", selection.policy,
+                    len(order), BUDGET_WORDS[selection.budget_metric],
+                    selection.budget_reduction)
+    elif not met(saved):  # (the ones passed over saved nothing toward it: not "every")
         log.warning("selection %s: the %d of %d candidates that save any are all converted, "
                     "and together save %.1f %% of the dense model's %s, short of "
                     "selection.budget_reduction=%g", selection.policy, len(chosen), len(order),
