@@ -1,10 +1,13 @@
 """Every config group, preset and profile composes and validates; bad values fail at start
 with one clear message (as lightning-hydra-template's config tests do)."""
 
+import errno
 import itertools
 import json
 import os
 import shlex
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -666,6 +669,35 @@ def test_a_run_log_that_cannot_be_written_names_hydra_run_dir(tmp_path, repo, sc
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: cannot write {tmp_path}/run/train.log (Is a "
                                   f"directory); point hydra.run.dir"), done.stderr
+
+
+def test_a_run_folder_whose_disk_refuses_writes_names_the_file(tmp_path, repo):
+    """Found in review: a full disk at start (here a file-size limit of 0, which refuses
+    writes as a full disk does: after the file is opened) was "error: [Errno 28] No space
+    left on device", naming neither the file nor a fix (Python names no file for a write
+    refused after the open)."""
+    import resource
+
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "train.py"), "profile=smoke", "logger=none",
+         f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot write {run}/.hydra/config.yaml (File too "
+                                  f"large); point hydra.run.dir"), done.stderr
+
+
+def test_a_full_disk_at_start_is_said_with_freeing_space_as_a_fix():
+    from basisconv.hydra_errors import hydra_error_line
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    full.filename = "/runs/x/.hydra/config.yaml"
+    assert hydra_error_line(full) == (
+        "cannot write /runs/x/.hydra/config.yaml (No space left on device); free space "
+        "there, or point hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be "
+        "written")
 
 
 def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo, script_starts):

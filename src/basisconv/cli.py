@@ -342,7 +342,12 @@ def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
     alone writes them: every rank wrote them, and a rank that read a file rank 0 had just
     rewritten (or was writing) kept that as the earlier one, so a refused start left a
     finished run's ``.hydra/`` with the refused config and an empty ``hydra.yaml``
-    (found in review)."""
+    (found in review).
+
+    A write refused after the file was opened (a full disk, a quota, a file-size limit) is
+    an ``OSError`` that names no file ("[Errno 28] No space left on device", the whole
+    line a user saw): it is given this file's name, for the one line to say which folder
+    to free or change."""
     if not distributed.first_process():
         return
     path, run_folder = Path(output_dir) / filename, Path(output_dir).parent
@@ -351,7 +356,12 @@ def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
         made_folders[run_folder] = {}
     if path.is_file() and path not in replaced:
         replaced[path] = path.read_bytes()
-    hydra_save_config(cfg, filename, output_dir)
+    try:
+        hydra_save_config(cfg, filename, output_dir)
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
+        raise
     if run_folder in made_folders:
         made_folders[run_folder][filename] = path.read_bytes()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -110,7 +111,9 @@ def hydra_error_line(ex: Exception) -> str:
     unwritable = ex if isinstance(ex, OSError) else cause if (
         isinstance(cause, OSError) and "Unable to configure handler" in str(ex)) else None
     if unwritable is not None and unwritable.filename:
-        return (f"cannot write {unwritable.filename} ({unwritable.strerror}); point "
+        free = ("free space there, or " if unwritable.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "")  # (a full disk: the folder itself is fine)
+        return (f"cannot write {unwritable.filename} ({unwritable.strerror}); {free}point "
                 f"hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be written")
     if isinstance(ex, OverrideParseException):
         key, given, value = str(ex.override).partition("=")
