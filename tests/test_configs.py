@@ -1183,6 +1183,34 @@ def test_a_subset_larger_than_the_generated_data_fails_validation(compose_cfg):
     validate(compose_cfg("data=stripes", "data.synthetic_test=50", "data.test_subset=1.0"))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["data.train_subset=50001"], r"^data.train_subset=50001 must select between 1 and 50000 "
+     r"images \(CIFAR-10's training set has 50000\): lower it, or give a fraction in \(0, 1\]$"),
+    (["data.test_subset=10001"], r"^data.test_subset=10001 must select between 1 and 10000 "
+     r"images \(CIFAR-10's test set has 10000\)"),
+    (["trainer.batch_size=50001"], r"^trainer.batch_size=50001 is larger than the 50000 "
+     r"training images \(CIFAR-10's 50000\); lower trainer.batch_size, or keep more training "
+     r"images$"),
+    (["data.train_subset=100"], r"^trainer.batch_size=128 is larger than the 100 training "
+     r"images \(data.train_subset=100 of CIFAR-10's 50000\)"),
+    (["data=stripes", "data.synthetic_train=100"], r"^trainer.batch_size=128 is larger than "
+     r"the 100 training images \(data.synthetic_train=100\)"),
+])
+def test_cifar_subsets_and_a_batch_beyond_the_known_training_images_fail_validation(
+        compose_cfg, overrides, message):
+    """Found in review: these were refused only as the data was read or the loop started
+    (in a sweep, after the jobs before them had trained), though the config tells the
+    sizes (:func:`~basisconv.data.training_images`). Own data
+    (``data.verify_md5=false``) is left to the files' check; the edges are accepted."""
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(*overrides, "selection=none"))
+    if "data=stripes" not in overrides:
+        validate(compose_cfg(*overrides, "selection=none", "data.verify_md5=false"))
+    validate(compose_cfg("data.train_subset=50000", "data.test_subset=10000",
+                         "trainer.batch_size=50000", "selection=none"))
+    validate(compose_cfg("data.train_subset=128", "selection=none"))
+
+
 def test_basis_fuse_norm_reaches_the_layers_and_keys_the_sensitivity_cache_only_when_on(
         compose_cfg):
     from basisconv.layers import basis_layers

@@ -730,6 +730,41 @@ def test_every_step_of_gpu_speed_passes_its_scripts_option_checks(repo, tmp_path
             module.main(args)
 
 
+@pytest.mark.parametrize("part", ["benchmark", "benchmark-fused", "benchmark-fuse-norm",
+                                  "paper-epoch", "paper-epoch-graphs"])
+def test_every_timed_part_of_gpu_check_passes_its_scripts_option_checks(
+        gpu_check, load_script, repo, tmp_path, part, monkeypatch):
+    """As gpu_speed.sh's steps above (a part refused costs its place in a short GPU slot):
+    each benchmark command gpu_check.py builds is given to its script with CUDA taken as
+    present, up to the point of measuring, and the paper epochs' overrides compose into a
+    config that validates (as their run's own check would, before training)."""
+    from hydra import compose, initialize_config_dir
+
+    from basisconv.config import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = gpu_check.arguments(["--data-root", str(tmp_path / "cifar"), "--parts", part])
+    (python, script, *options), _ = gpu_check.part_command(part, args, tmp_path)
+    assert python == sys.executable and (repo / script).is_file()
+    if Path(script).name == "train.py":
+        with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+            cfg = compose("train", overrides=options, return_hydra_config=True)
+        validate(cfg)
+        assert (cfg.trainer.epochs, cfg.trainer.cuda_graphs) == (2, part.endswith("graphs"))
+        assert cfg.data.root == str(tmp_path / "cifar") and cfg.logger.backend == "none"
+        return
+
+    class Measuring(Exception):
+        pass
+
+    def measure(*args, **kwargs):
+        raise Measuring
+    module = load_script(Path(script).stem)
+    monkeypatch.setattr(module, "run", measure)
+    with pytest.raises(Measuring):
+        module.main(options)
+
+
 def test_what_the_protocol_sets_aside_and_makes_is_kept_out_of_git(repo):
     """Found in review: records set aside as ``<name>.rejected`` showed as new files in the
     results folder a user commits; they, the run folders, the caches and the half-written

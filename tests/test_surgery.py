@@ -1331,6 +1331,58 @@ def test_to_dense_keeps_tied_layers_tied_frozen_layers_frozen_and_the_mode():
         to_dense(BasisConv2d(4, 8, 3, 2))
 
 
+@pytest.mark.parametrize("frozen", ["basis", "coefficients", "skipped", "basis+skipped", "all"])
+def test_a_dense_weight_trains_while_any_of_its_parts_does(frozen):
+    """Found in review: to_dense took the conv's ``requires_grad`` from the basis filters
+    alone, so a layer whose coefficients alone fine-tune (frozen basis), also on a step its
+    skip schedule skipped, became a frozen conv that no optimizer trains. The weight is
+    made of both parts and trains while either does, as apply_basis reads a conv's weight
+    computed from two parameters; only a layer frozen whole gives a frozen conv."""
+    model = apply_basis(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3)), "1", 4)
+    layer = model[1]
+    if "basis" in frozen or frozen == "all":
+        layer.basis_weight.requires_grad_(False)
+    if frozen in ("coefficients", "all"):
+        layer.coefficients.requires_grad_(False)
+    if "skipped" in frozen:
+        CoefficientSkipSchedule(model, 2)(1)
+        assert not layer.coefficients.requires_grad
+    assert to_dense(model)[1].weight.requires_grad == (frozen != "all")
+    assert to_dense(model)[1].bias.requires_grad  # the bias is its own part
+
+
+class PlainListOfBasisLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = BasisConv2d(4, 8, 3, 2), BasisConv2d(8, 8, 3, 2)
+        self.path = [self.a, self.b]
+
+    def forward(self, x):
+        for layer in self.path:
+            x = torch.relu(layer(x))
+        return x
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_a_basis_layer_still_called_after_to_dense_warns_and_no_longer_runs_the_users_hooks(
+        inplace):
+    """Found in review: as apply_basis's replaced conv (see the test above), a basis layer
+    the forward reaches through a plain list stays there after to_dense, which ran the
+    basis form silently, and the hooks it shared with its new conv fired on it."""
+    model = PlainListOfBasisLayers()
+    fired = []
+    model.a.register_forward_hook(lambda m, args, out: fired.append(type(m).__name__))
+    dense = to_dense(model, inplace=inplace)
+    with pytest.warns(UserWarning) as caught:
+        dense(torch.randn(1, 4, 8, 8))
+    assert sorted(str(w.message).split(" was ")[0] for w in caught) == \
+        ["basis layer 'a'", "basis layer 'b'"]
+    assert "still called" in str(caught[0].message) and caught[0].filename == __file__
+    assert fired == []  # the hook moved to the conv, which this forward never calls
+    dense.a(torch.randn(1, 4, 8, 8))
+    assert fired == ["Conv2d"]
+
+
 def test_to_dense_keeps_convs_that_share_a_weight_sharing_one():
     """apply_basis gives convs that share one weight one set of basis parameters, so that
     they stay tied in training; to_dense keeps them tied as well (it made each its own

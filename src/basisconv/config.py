@@ -28,7 +28,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, read_write
 
 from .candidates import check_some_candidate, convert_candidates
 from .counts import count_or_fraction_problem, is_int, share_of
-from .data import IMAGE_SHAPE, NUM_CLASSES, training_images
+from .data import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, training_images
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, BasisConv2d, check_basis_size
@@ -660,6 +660,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False, reads_selection: bool =
     _check_data(cfg)
     _check_seeds(cfg)
     validate_trainer(cfg)
+    _check_training_batch(cfg)
     validate_basis(cfg)
     _check_held_out(cfg, estimate)
     check_against_the_model(cfg, estimate, reads_selection=reads_selection)
@@ -710,12 +711,32 @@ def _check_data(cfg: DictConfig) -> None:
             _check(not is_int(size) or size <= n,
                    f"data.{subset}={size} must select between 1 and {n} images (data.{key}="
                    f"{n} are generated): lower it, or raise data.{key}")
+    elif cfg.data.verify_md5:  # the genuine CIFAR-10, whose md5 sums vouch for its sizes
+        for subset, split, n in (("train_subset", "training", TRAIN_IMAGES),
+                                 ("test_subset", "test", TEST_IMAGES)):
+            size = cfg.data[subset]
+            _check(not is_int(size) or size <= n,
+                   f"data.{subset}={size} must select between 1 and {n} images (CIFAR-10's "
+                   f"{split} set has {n}): lower it, or give a fraction in (0, 1]")
     # from a padding of the image's side on, a random crop can hold padding only (and a huge
     # one is an overflow trace from torch's pad in the first training step)
     side = IMAGE_SHAPE[-1]
     _check(0 <= cfg.data.crop_padding < side,
            f"data.crop_padding must be in 0..{side - 1} (less than the image's {side} pixels), "
            f"got {cfg.data.crop_padding}")
+
+
+def _check_training_batch(cfg: DictConfig) -> None:
+    """``trainer.batch_size`` against the training images, where the config tells their
+    number (:func:`~basisconv.data.training_images`): training drops the last partial
+    batch, so a larger batch gives no step, refused only as the loop started (in a sweep,
+    after the jobs before it had trained). Own data's size is the files' to tell."""
+    known = training_images(cfg.data)
+    if known is None:
+        return
+    (n, said), batch = known, cfg.trainer.batch_size
+    _check(batch <= n, f"trainer.batch_size={batch} is larger than the {n} training images "
+                       f"({said}); lower trainer.batch_size, or keep more training images")
 
 
 def _check_seeds(cfg: DictConfig) -> None:

@@ -52,6 +52,7 @@ TRAIN_FILES = {"bin": [f"data_batch_{i}.bin" for i in range(1, 6)],
 TEST_FILES = {"bin": ["test_batch.bin"], "py": ["test_batch"]}
 FOLDERS = {"bin": "cifar-10-batches-bin", "py": "cifar-10-batches-py"}
 TRAIN_IMAGES = 50_000  # in the genuine files, whose md5 sums (below) vouch for it
+TEST_IMAGES = 10_000
 # Published md5 sums of the extracted files (the python version's are the ones
 # torchvision checks; the binary version's are those of the official tarball's members).
 MD5 = {

@@ -1,6 +1,6 @@
 """A replaced conv's hooks: given to the basis layer that replaces it (and a basis layer's
-to the conv that replaces it again, :func:`basisconv.surgery.to_dense`), the replaced conv
-left with tables of its own and a warning should the model still call it.
+to the conv that replaces it again, :func:`basisconv.surgery.to_dense`), the replaced
+module left with tables of its own and a warning should the model still call it.
 
 Kept apart from the surgery that decides what to replace: this is torch's private hook
 tables (``_forward_pre_hooks`` and the rest, :data:`~basisconv.model_copy.HOOK_TABLES`),
@@ -51,9 +51,22 @@ def take_over_hooks(conv: nn.Conv2d, layer: nn.Module, name: str) -> None:
                     f"layer if they still apply")
 
 
-def _retire(conv: nn.Conv2d, name: str, weight_hooks: list[int]) -> None:
+def hand_back_hooks(layer: nn.Module, conv: nn.Conv2d, name: str) -> None:
+    """Give ``conv``, the dense conv :func:`~basisconv.surgery.to_dense` makes of the basis
+    ``layer``, the layer's forward and backward hooks (shared, as :func:`take_over_hooks`
+    shares a conv's), and retire the layer as a replaced conv is retired, for the same
+    reasons: a model that reaches it through a plain list ran the basis form silently
+    after to_dense, the user's hooks firing on it."""
+    for table, hooks in hook_tables(layer).items():
+        setattr(conv, table, hooks)
+    _retire(layer, name, [], _basis_still_called)
+
+
+def _retire(conv: nn.Module, name: str, weight_hooks: list[int],
+            still_called=None) -> None:
     """Leave the replaced ``conv`` hook tables of its own (its weight hooks only) and a
-    pre-hook that warns when it is still called. Why: a model that reaches a conv through
+    pre-hook that warns when it is still called (``still_called``: by default, the warning
+    for a conv replaced by a basis layer). Why: a model that reaches a conv through
     a reference :func:`apply_basis` cannot see (a plain list or dict, not an
     ``nn.ModuleList``/``ModuleDict``) would go on running the old dense conv, whose weights
     no optimizer sees any more, while ``parameters()`` and ``basis_report`` say it was
@@ -66,7 +79,7 @@ def _retire(conv: nn.Conv2d, name: str, weight_hooks: list[int]) -> None:
             setattr(conv, table, type(getattr(conv, table))())
     conv._is_full_backward_hook = None
     conv._forward_pre_hooks.update(kept)
-    conv.register_forward_pre_hook(functools.partial(_still_called, name))
+    conv.register_forward_pre_hook(functools.partial(still_called or _still_called, name))
 
 
 def _still_called(name: str, module: nn.Module, args) -> None:
@@ -75,6 +88,14 @@ def _still_called(name: str, module: nn.Module, args) -> None:
                 f"Python list or dict? hold submodules in nn.ModuleList or nn.ModuleDict), "
                 f"so it runs the old dense conv, which no longer trains. If you call the "
                 f"old conv yourself on purpose, ignore this.")
+
+
+def _basis_still_called(name: str, module: nn.Module, args) -> None:
+    warn_caller(f"basis layer {name!r} was replaced by a dense conv (to_dense) but is still "
+                f"called: the model reaches it through a reference to_dense cannot replace (a "
+                f"plain Python list or dict? hold submodules in nn.ModuleList or "
+                f"nn.ModuleDict), so it runs the basis form, apart from the model's dense "
+                f"weights. If you call the old layer yourself on purpose, ignore this.")
 
 
 def _parametrizations_own(hook) -> bool:

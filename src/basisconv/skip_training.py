@@ -31,6 +31,12 @@ from .layers import basis_layers
 _FROZEN_BY_SCHEDULE = "_basisconv_frozen_by_skip_schedule"
 
 
+def frozen_by_schedule(layer: nn.Module) -> bool:
+    """Whether a :class:`CoefficientSkipSchedule` froze ``layer``'s coefficients for its
+    current (skipped) step: they are trainable all the same."""
+    return getattr(layer, _FROZEN_BY_SCHEDULE, False)
+
+
 class CoefficientSkipSchedule:
     """Skip-training of the coefficient matrices: they train only on every
     ``train_every``-th step (our reading of the paper's skip-training scheme).

@@ -30,10 +30,11 @@ from .cost import forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError, warn_caller
 from .fitting import fit_coefficients, relative_error
-from .hook_transfer import hook_tables, take_over_hooks
+from .hook_transfer import hand_back_hooks, take_over_hooks
 from .layers import BasisConv2d, basis_layers, check_coefficient_rank, check_flag, resolve_num_basis
 from .model_copy import copy_model
 from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
+from .skip_training import frozen_by_schedule
 from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,
                           check_finite_weight, check_max_error, parametrizations_in_eval,
                           refresh_computed_weight)
@@ -635,10 +636,12 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     (:meth:`BasisConv2d.to_conv`: same function, other rounding): a trained basis model as
     plain convs, for tools that need them (``torch.jit.script``, quantization, a forward
     that reads ``conv.weight``); the model itself when ``inplace``, else a converted deep
-    copy. Each conv keeps its layer's train/eval mode, ``requires_grad`` and forward and
-    backward hooks, a layer registered under two names becomes one conv under both, and
-    layers that share their basis filters and coefficients (tied convs converted by
-    :func:`apply_basis`) share one weight (and one bias where they share it)."""
+    copy. Each conv keeps its layer's train/eval mode, ``requires_grad`` (its weight trains
+    while the basis filters or the coefficients do) and forward and backward hooks, and the
+    replaced layer warns if the model still calls it; a layer registered under two names
+    becomes one conv under both, and layers that share their basis filters and coefficients
+    (tied convs converted by :func:`apply_basis`) share one weight (and one bias where they
+    share it)."""
     check_flag("inplace", inplace)
     _check_model(model, "to_dense", "make dense")
     if isinstance(model, BasisConv2d):
@@ -654,15 +657,25 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             continue
         if id(layer) not in dense:
             conv = dense[id(layer)] = layer.to_conv().train(layer.training)
-            conv.weight.requires_grad_(layer.basis_weight.requires_grad)
+            conv.weight.requires_grad_(_dense_weight_trains(layer))
             conv.weight = weights.setdefault(_weight_key(layer), conv.weight)
             if layer.bias is not None:
                 conv.bias.requires_grad_(layer.bias.requires_grad)
                 conv.bias = biases.setdefault(id(layer.bias), conv.bias)
-            for table, hooks in hook_tables(layer).items():
-                setattr(conv, table, hooks)
+            hand_back_hooks(layer, conv, name)
         _set_submodule(model, name, dense[id(layer)])
     return model
+
+
+def _dense_weight_trains(layer: BasisConv2d) -> bool:
+    """Whether ``layer``'s dense weight trains: while any of its parts does (the basis
+    filters or the coefficients), as :func:`apply_basis` gives a conv whose weight two
+    parameters compute a trainable layer while either trains; coefficients a
+    :class:`CoefficientSkipSchedule` froze for its skipped step count as trainable. (Read
+    from the basis filters alone, a layer whose coefficients alone fine-tune became a frozen
+    conv.)"""
+    return (any(p.requires_grad for p in (layer.basis_weight, *layer.coefficient_parameters()))
+            or frozen_by_schedule(layer))
 
 
 def _weight_key(layer: BasisConv2d) -> tuple:
