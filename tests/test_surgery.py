@@ -1235,11 +1235,13 @@ def test_a_model_on_the_meta_device_is_fitted_only_once_it_has_weights():
 
 
 class PlainListPath(nn.Module):
-    """Its convs are modules, but its forward reaches them through a plain list."""
+    """Its convs (or basis layers, ``basis=True``) are modules, but its forward reaches
+    them through a plain list."""
 
-    def __init__(self):
+    def __init__(self, basis: bool = False):
         super().__init__()
-        self.a, self.b = nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3)
+        self.a, self.b = ((BasisConv2d(4, 8, 3, 2), BasisConv2d(8, 8, 3, 2)) if basis
+                          else (nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3)))
         self.path = [self.a, self.b]
 
     def forward(self, x):
@@ -1351,25 +1353,13 @@ def test_a_dense_weight_trains_while_any_of_its_parts_does(frozen):
     assert to_dense(model)[1].bias.requires_grad  # the bias is its own part
 
 
-class PlainListOfBasisLayers(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = BasisConv2d(4, 8, 3, 2), BasisConv2d(8, 8, 3, 2)
-        self.path = [self.a, self.b]
-
-    def forward(self, x):
-        for layer in self.path:
-            x = torch.relu(layer(x))
-        return x
-
-
 @pytest.mark.parametrize("inplace", [True, False])
 def test_a_basis_layer_still_called_after_to_dense_warns_and_no_longer_runs_the_users_hooks(
         inplace):
     """Found in review: as apply_basis's replaced conv (see the test above), a basis layer
     the forward reaches through a plain list stays there after to_dense, which ran the
     basis form silently, and the hooks it shared with its new conv fired on it."""
-    model = PlainListOfBasisLayers()
+    model = PlainListPath(basis=True)
     fired = []
     model.a.register_forward_hook(lambda m, args, out: fired.append(type(m).__name__))
     dense = to_dense(model, inplace=inplace)
