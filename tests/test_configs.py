@@ -686,7 +686,8 @@ def test_a_run_folder_whose_disk_refuses_writes_names_the_file(tmp_path, repo):
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: cannot write {run}/.hydra/config.yaml (File too "
-                                  f"large); point hydra.run.dir"), done.stderr
+                                  f"large); raise the file-size limit (ulimit -f) "), \
+        done.stderr
 
 
 def test_a_full_disk_at_start_is_said_with_freeing_space_as_a_fix():
@@ -698,6 +699,23 @@ def test_a_full_disk_at_start_is_said_with_freeing_space_as_a_fix():
         "cannot write /runs/x/.hydra/config.yaml (No space left on device); free space "
         "there, or point hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be "
         "written")
+
+
+ELSEWHERE = "point hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be written"
+
+
+@pytest.mark.parametrize("code, fix", [
+    (errno.EFBIG, "raise the file-size limit (ulimit -f)"),
+    (errno.EROFS, ELSEWHERE), (errno.EACCES, ELSEWHERE)])
+def test_a_write_refused_at_start_names_the_fix_of_its_cause(code, fix):
+    """Found in review: a file-size limit (``ulimit -f``: "File too large") was told to
+    point hydra.run.dir at another folder, which has the same limit."""
+    from basisconv.hydra_errors import hydra_error_line
+
+    refused = OSError(code, os.strerror(code))
+    refused.filename = "/runs/x/.hydra/config.yaml"
+    assert hydra_error_line(refused) == (
+        f"cannot write /runs/x/.hydra/config.yaml ({os.strerror(code)}); {fix}")
 
 
 def test_a_broken_interpolation_on_the_command_line_names_its_key(tmp_path, repo, script_starts):
@@ -1209,6 +1227,22 @@ def test_cifar_subsets_and_a_batch_beyond_the_known_training_images_fail_validat
     validate(compose_cfg("data.train_subset=50000", "data.test_subset=10000",
                          "trainer.batch_size=50000", "selection=none"))
     validate(compose_cfg("data.train_subset=128", "selection=none"))
+
+
+def test_an_estimate_that_trains_nothing_takes_a_batch_beyond_the_training_images(compose_cfg):
+    """Found in review: the training-batch rule refused it in the estimate scripts too,
+    where the held-out rule asks one batch only where the estimate trains, and
+    ``profile=smoke data.synthetic_train=40 sensitivity.val_size=20
+    sensitivity.finetune_epochs=0 sensitivity.pretrain_epochs=0`` (batch 50) ran
+    scripts/sensitivity.py to its table."""
+    from basisconv.config import validate_estimate, validate_search
+
+    smoke = ("profile=smoke", "data.synthetic_train=40", "sensitivity.val_size=20",
+             "sensitivity.finetune_epochs=0", "sensitivity.pretrain_epochs=0")
+    validate_estimate(compose_cfg(*smoke))
+    validate_search(compose_cfg(*smoke))
+    with pytest.raises(ConfigError, match=r"^trainer.batch_size=50 is larger than the 40 "):
+        validate(compose_cfg(*smoke))  # (scripts/train.py trains on them)
 
 
 def test_basis_fuse_norm_reaches_the_layers_and_keys_the_sensitivity_cache_only_when_on(

@@ -660,7 +660,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False, reads_selection: bool =
     _check_data(cfg)
     _check_seeds(cfg)
     validate_trainer(cfg)
-    _check_training_batch(cfg)
+    _check_training_batch(cfg, estimate)
     validate_basis(cfg)
     _check_held_out(cfg, estimate)
     check_against_the_model(cfg, estimate, reads_selection=reads_selection)
@@ -726,13 +726,16 @@ def _check_data(cfg: DictConfig) -> None:
            f"got {cfg.data.crop_padding}")
 
 
-def _check_training_batch(cfg: DictConfig) -> None:
+def _check_training_batch(cfg: DictConfig, estimate: bool) -> None:
     """``trainer.batch_size`` against the training images, where the config tells their
     number (:func:`~basisconv.data.training_images`): training drops the last partial
     batch, so a larger batch gives no step, refused only as the loop started (in a sweep,
-    after the jobs before it had trained). Own data's size is the files' to tell."""
+    after the jobs before it had trained). Own data's size is the files' to tell. Not in
+    an estimate (``estimate``), whose batch :func:`_check_held_out` checks where it trains:
+    one that trains nothing (``finetune_epochs=0``, no pretraining here) ran with any
+    batch."""
     known = training_images(cfg.data)
-    if known is None:
+    if known is None or estimate:
         return
     (n, said), batch = known, cfg.trainer.batch_size
     _check(batch <= n, f"trainer.batch_size={batch} is larger than the {n} training images "

@@ -111,10 +111,15 @@ def hydra_error_line(ex: Exception) -> str:
     unwritable = ex if isinstance(ex, OSError) else cause if (
         isinstance(cause, OSError) and "Unable to configure handler" in str(ex)) else None
     if unwritable is not None and unwritable.filename:
-        free = ("free space there, or " if unwritable.errno in (errno.ENOSPC, errno.EDQUOT)
-                else "")  # (a full disk: the folder itself is fine)
-        return (f"cannot write {unwritable.filename} ({unwritable.strerror}); {free}point "
-                f"hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be written")
+        elsewhere = ("point hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be "
+                     "written")
+        # a full disk: the folder itself is fine; a file-size limit (ulimit -f) is the
+        # process's, and every folder has it
+        fix = {errno.ENOSPC: f"free space there, or {elsewhere}",
+               errno.EDQUOT: f"free space there, or {elsewhere}",
+               errno.EFBIG: "raise the file-size limit (ulimit -f)"}.get(unwritable.errno,
+                                                                         elsewhere)
+        return f"cannot write {unwritable.filename} ({unwritable.strerror}); {fix}"
     if isinstance(ex, OverrideParseException):
         key, given, value = str(ex.override).partition("=")
         items = [item.strip() for item in value.split(",")]
