@@ -699,6 +699,10 @@ def test_a_full_disk_at_start_is_said_with_freeing_space_as_a_fix():
         "cannot write /runs/x/.hydra/config.yaml (No space left on device); free space "
         "there, or point hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be "
         "written")
+    # found by a mutation test: a quota is a full disk too
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded")
+    quota.filename = "/runs/x/.hydra/config.yaml"
+    assert "(Disk quota exceeded); free space there, or point" in hydra_error_line(quota)
 
 
 ELSEWHERE = "point hydra.run.dir (hydra.sweep.dir with -m) at a folder that can be written"
@@ -988,10 +992,15 @@ def test_a_held_out_part_leaving_less_than_a_batch_is_taken_where_the_estimate_t
     left = ("data=stripes", "sensitivity.val_size=990", "sensitivity.finetune_epochs=0")
     validate_estimate(compose_cfg(*left, "sensitivity.pretrain_epochs=0"))
     validate_estimate(compose_cfg(*left, f"sensitivity.source_checkpoint={checkpoint}"))
-    for trains in (left[:2], left):  # (a fine-tune, or the dense model pretrained here)
+    for trains in (left[:2], left, (*left[:2], "sensitivity.pretrain_epochs=0")):
+        # (a fine-tune, the dense model pretrained here, or one fine-tune epoch alone)
         with pytest.raises(ConfigError, match=r"^sensitivity.val_size=990 leaves 10 of the "
                                               r"1000 training images"):
             validate_estimate(compose_cfg(*trains))
+    # found by a mutation test: the boundary, one batch of 128 left exactly, is taken
+    validate_estimate(compose_cfg("data=stripes", "sensitivity.val_size=872"))
+    with pytest.raises(ConfigError, match=r"^sensitivity.val_size=873 leaves 127 of the 1000"):
+        validate_estimate(compose_cfg("data=stripes", "sensitivity.val_size=873"))
 
 
 @pytest.mark.parametrize("overrides", [["selection=none"], ["selection=all"], ["selection=blocks"],

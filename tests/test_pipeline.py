@@ -1260,3 +1260,15 @@ def test_a_resumed_auto_run_keeps_the_forms_its_earlier_epochs_ran(tmp_path, rep
     assert {f["form"] for f in record["auto_forms"]} == {"dense"}
     (earlier,) = record["auto_forms_earlier"]
     assert earlier and {f["form"] for f in earlier} == {"stacked"}
+
+
+def test_jobs_apart_in_a_value_too_are_not_said_apart_only_in_hydras_settings():
+    """Found by a mutation test (``all`` → ``any``): two jobs of one run whose overrides
+    differ in a value's spelling as well as in a Hydra setting repeat that value, and are
+    told so; only jobs apart in Hydra's settings alone are said to be."""
+    from basisconv.cli import same_run_line
+
+    line = same_run_line(["seed=0", "hydra.sweep.subdir=a"], ["seed=00", "hydra.sweep.subdir=b"])
+    assert "twice, as seed=00 hydra.sweep.subdir=b (a value repeated" in line, line
+    line = same_run_line(["seed=0", "+hydra.sweep.subdir=a"], ["seed=0", "+hydra.sweep.subdir=b"])
+    assert "differ only in Hydra's settings (+hydra.sweep.subdir=b, +hydra.sweep.subdir=a)" in line

@@ -321,6 +321,10 @@ def test_a_json_file_of_another_kind_under_the_record_name_is_named_as_no_record
                                            r"'file'\): it is no whole-model record of "
                                            r"scripts/benchmark_layers.py"):
         speed.model_speed([tmp_path])
+    # found by a mutation test: a 'file' that is no name (a number) is no table either
+    (tmp_path / "model-speed-cpu-fp32.json").write_text(json.dumps({"file": 3}))
+    with pytest.raises(DatasetError, match=r"model-speed-cpu-fp32.json names no table"):
+        speed.model_speed([tmp_path])
 
 
 def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(folders,

@@ -453,6 +453,18 @@ def test_the_advice_to_resize_one_basis_layer_names_the_others_it_makes_dense():
         "conv1": 1, "layer1.0.conv1": kept.num_basis}
     torch.testing.assert_close(resized.layer1[0].conv1.to_conv().weight,
                                kept.to_conv().weight)
+    # found by a mutation test: a pattern matching basis layers alone names only the others
+    # in its warning (not the ones it matched), and four others are three "and 1 more"
+    with pytest.warns(UserWarning, match=r"makes its other basis layers dense too "
+                                         r"\(layer1\.0\.conv1\): convert") as said:
+        apply_basis(model, "conv*", 0.25)
+    assert "(conv1, " not in str(said[0].message)
+    five = apply_basis(build_model("resnet8", width=0.25),
+                       ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1",
+                        "layer2.0.conv2"], 0.5)
+    with pytest.raises(ConfigError, match=r"dense too \(layer1\.0\.conv1, layer1\.0\.conv2, "
+                                          r"layer2\.0\.conv1 and 1 more\): convert"):
+        apply_basis(five, ["conv1"], 0.25)
 
 
 def test_a_named_layer_that_cannot_be_converted_names_the_config_key_it_came_from():
