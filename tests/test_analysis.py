@@ -101,6 +101,21 @@ def test_comparison_averages_seeds_and_compares_with_the_baseline():
     assert three.set_index("selection").loc["none", "test_accuracy"] == pytest.approx(0.93)
 
 
+def test_each_models_dense_baseline_is_the_first_row_whatever_its_folder_is_called():
+    """Rows followed the records' sorted paths, so frobenius-decay's ``baseline`` came after
+    its ``all-*`` rows (quick's came first only because ``baseline`` < ``basis-*``); the
+    other rows keep that order, each model's together."""
+    small = [record(sel, size) for sel, size in (("all", 0.25), ("none", 0.5))]
+    for run in small:
+        run["config"]["model"] = {"name": "resnet8", "width": 0.5}
+    runs = [record("all", 0.5), record("all", 0.25), record(), *small]
+    table = compare(runs_frame([(r, "here") for r in runs]))
+    assert list(zip(table["model"], table["selection"], table["basis_size"])) == [
+        ("resnet20", "none", "-"), ("resnet20", "all", 0.5), ("resnet20", "all", 0.25),
+        ("resnet8", "none", "-"), ("resnet8", "all", 0.25)]
+    assert table.set_index(["model", "selection"]).loc[("resnet8", "all"), "params_ratio"] == 1
+
+
 def test_the_flop_ratio_is_of_training_flops_forward_and_backward_together():
     """Found by a mutation test: the records above have a backward of twice the forward in
     every run, so a ratio of the forward FLOPs alone passed; a basis layer's backward does
@@ -640,6 +655,22 @@ def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
     assert "$\\pm$ sample standard deviation" in (out / "comparison-cpu-fp32.tex").read_text()
     index = json.loads((out / "index.json").read_text())
     assert index["unfinished_runs"] == [f"{tmp_path / 'runs' / 'cut'} at epoch 1 of 2"]
+
+
+def test_an_unfinished_published_record_is_named_by_its_file_not_its_rows_folder(tmp_path):
+    """A published ``<row>/seed<k>.json`` still running was named by ``<row>``, which holds
+    every seed; a run folder's ``run.json`` is named by its folder, as before."""
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    running = {**record("all", 0.25, 1), "status": "running", "final": None}
+    running["epochs"] = running["epochs"][:1]
+    (tmp_path / "runs" / "all-0.25").mkdir()
+    (tmp_path / "runs" / "all-0.25" / "seed1.json").write_text(json.dumps(running))
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    name = f"{tmp_path / 'runs' / 'all-0.25' / 'seed1.json'} at epoch 1 of 2"
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unfinished_runs"] == [name]
+    assert f"1 unfinished run: {name}." in (
+        tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
 
 
 def test_rows_without_a_baseline_are_named(tmp_path):
@@ -1600,6 +1631,21 @@ def test_summary_records_of_the_fields_their_producers_write_are_read(tmp_path):
             "exhaustive-search-resnet8-cpu-fp32.md"} <= set(written)
 
 
+def test_the_search_page_gives_accuracies_in_percent_as_its_plot_and_the_tables_do(
+        tmp_path, monkeypatch):
+    """The search page gave fractions (0.3510, noise 0.0053) under a plot in % and beside
+    tables in % and points: one unit across pages, said in the header."""
+    from basisconv.analysis import search
+
+    monkeypatch.setattr(search, "save_figure", lambda fig, path: path)
+    record = search_record()
+    record["search"].update(noise_accuracy_std=0.0053, subsets_within_noise_of_fast=2)
+    text = search.summarize(record, tmp_path, tmp_path, "test")[1].read_text()
+    assert "| | subset | held-out accuracy (%) |" in text.splitlines()
+    assert "| dense reference | | 88.00 |" in text.splitlines()
+    assert "varies by 0.53 points (std); 2 other subsets" in text
+
+
 def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_path,
                                                                              monkeypatch):
     from basisconv.analysis import search
@@ -1610,17 +1656,17 @@ def test_the_search_summary_reports_each_statistic_and_plots_the_best_first(tmp_
     assert png.name == "exhaustive-search-resnet8-cpu-fp32.png"
     text = md.read_text()
     for line in ["| fast method's choice by accuracy_drop (rank 2 of 5 by accuracy, 3 by loss) "
-                 "| b c | 0.8600 |", "| best subset | a d | 0.9000 |",
-                 "| median subset | | 0.8000 |", "| worst subset | | 0.7000 |",
-                 "| dense reference | | 0.8800 |"]:
+                 "| b c | 86.00 |", "| best subset | a d | 90.00 |",
+                 "| median subset | | 80.00 |", "| worst subset | | 70.00 |",
+                 "| dense reference | | 88.00 |"]:
         assert line in text.splitlines()
     assert "over all subsets: accuracy 0.90, loss 0.50." in text
     assert "own noise" not in text  # not measured
     measured = search_record()
     measured["search"].update(drop_noise_accuracy_std=0.01, subsets_within_drop_noise_of_fast=1)
     assert ("own noise (sensitivity.drop_noise_layers: paired drops over the same batch "
-            "orders) is 0.0100 (std), so two subsets' accuracies differ by about 0.0141 by "
-            "chance; 1 other subsets lie within that of the fast choice.") in search.summarize(
+            "orders) is 1.00 points (std), so two subsets' accuracies differ by about 1.41 "
+            "points by chance; 1 other subsets lie within that of the fast choice.") in search.summarize(
         measured, tmp_path / "m", tmp_path, "test")[1].read_text()
     # one subset, or all tied: no correlation (null in the record; NaN in older ones)
     tied = search_record()

@@ -225,6 +225,28 @@ def test_the_threads_of_a_model_record_are_a_column_not_a_form(tmp_path):
     assert list(model.loc[[1, 2, 0], "fwdbwd_ratio"]) == [0.5, 0.45, 0.4]  # 0: torch's default
 
 
+def test_a_gpu_rows_threads_are_shown_as_none_as_they_do_not_bound_its_step(tmp_path):
+    """The recorded torch CPU threads (2) stood beside every H200 row as though they set
+    its step; a CPU row keeps its count, and a GPU basis step its dense reference."""
+    _model_record(tmp_path, "cuda-bf16", GPU, "bf16", {0.25: 0.9})
+    _model_record(tmp_path, "cpu-fp32", CPU, "fp32", {0.25: 0.45})
+    for tag, device in (("cuda-bf16", "cuda"), ("cpu-fp32", "cpu")):
+        record = json.loads((tmp_path / f"model-speed-{tag}.json").read_text())
+        record["settings"].update(threads=2, device=device)
+        (tmp_path / f"model-speed-{tag}.json").write_text(json.dumps(record))
+    model = speed.model_speed([tmp_path]).set_index("precision")
+    assert model.loc["bf16", "threads"] == "-" and model.loc["fp32", "threads"] == 2
+    _train_record(tmp_path, "cuda-bf16", GPU, 0.004, device="cuda", threads=2)
+    _train_record(tmp_path, "cuda-bf16-basis0.25", GPU, 0.002, device="cuda:0", threads=16,
+                  basis_size=0.25)
+    _train_record(tmp_path, "cpu-bf16", CPU, 2.0, device="cpu", threads=2)
+    train = speed.training_speed([tmp_path])
+    assert sorted(map(str, train["threads"])) == ["-", "-", "2"]
+    gpu = train[train["hardware"] == "NVIDIA H200"].set_index("model")
+    assert list(gpu["threads"]) == ["-", "-"]
+    assert gpu.loc["basis 0.25", "relative_to_dense"] == pytest.approx(0.5)
+
+
 def test_a_quick_measurement_is_marked_beside_its_form_not_taken_for_one(tmp_path):
     """``--quick`` files (``-quick``: few repeats) show their form, marked as quick; the
     first GPU records (an H200, 2026-11-30) were shown as a form called "quick"."""

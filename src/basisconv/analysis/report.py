@@ -262,13 +262,6 @@ def missing_line(missing: list[str]) -> str:
             f"scripts/reproduce.sh command runs them.")
 
 
-def unfinished_runs(records: list[tuple[dict, Path]]) -> list[str]:
-    """Each training run that has not finished, as ``<folder> at epoch <e> of <E>``."""
-    return [f"{folder} at epoch {len(record['epochs'])} of "
-            f"{record['config']['trainer']['epochs']}" for record, folder in records
-            if record["kind"] == "training" and record["status"] != "complete"]
-
-
 def found_line(records: list[tuple[dict, Path]], unreadable: list[str]) -> str:
     """What a folder without a complete training run held: records by kind, unreadable
     ones, and what a record is."""
@@ -288,14 +281,13 @@ def write_report(cfg: DictConfig, command: str) -> list[Path]:
     files written."""
     validate_analysis(cfg)
     check_output_folder(cfg)
-    remote_unfinished: list[str] = []
-    local, unreadable, records = collect_records(cfg, remote_unfinished)
+    unfinished: list[str] = []
+    local, unreadable, records = collect_records(cfg, unfinished)
     out = Path(cfg.out_dir)
     made = provenance(command)
     runs = runs_frame(records)
     curves = distinct_curves(curves_frame(records, runs["settings"].tolist()))
     table = compare(runs)
-    unfinished = unfinished_runs(local) + remote_unfinished
     missing = missing_protocol_runs(cfg.runs_dir) if cfg.source == "local" else []
     if unfinished:
         log.warning("left out %d unfinished training runs: %s", len(unfinished),
@@ -350,11 +342,10 @@ def collect_records(cfg: DictConfig, unfinished: list[str] | None = None
                     ) -> tuple[list, list[str], list]:
     """The local records read (none from wandb), the ones that could not be (warned of),
     and the complete training runs' records, from ``runs_dir`` or the wandb project; a
-    ConfigError when there are none. A wandb project's unfinished training runs are
-    appended to ``unfinished`` (local ones are found in the records read:
-    :func:`unfinished_runs`)."""
+    ConfigError when there are none. The unfinished training runs (local or wandb) are
+    appended to ``unfinished``."""
     unreadable: list[str] = []
-    local = read_records(cfg.runs_dir, unreadable) if cfg.source == "local" else []
+    local = read_records(cfg.runs_dir, unreadable, unfinished) if cfg.source == "local" else []
     if cfg.source == "local":
         records = training_records(local)
     elif cfg.source == "wandb":

@@ -313,14 +313,17 @@ def is_record(data: Any) -> bool:
     return isinstance(data, dict) and bool({"kind", "status", "config"} & data.keys())
 
 
-def read_records(root: str | Path, unreadable: list[str] | None = None
-                 ) -> list[tuple[dict, Path]]:
+def read_records(root: str | Path, unreadable: list[str] | None = None,
+                 unfinished: list[str] | None = None) -> list[tuple[dict, Path]]:
     """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
     run found twice (its folder's record and a published copy) once, by its complete record
     where one of them is. The unreadable ones (not JSON, cut off, or lacking a field
     analysis reads: ``basisconv.records.REQUIRED``) are skipped, each logged, and appended
-    to ``unreadable`` when given; JSON files that are no records at all are left out."""
+    to ``unreadable`` when given; JSON files that are no records at all are left out. The
+    training runs not finished are appended to ``unfinished`` as ``<run folder or published
+    file> at epoch <e> of <E>`` (a published record's folder is its row's, not the seed's)."""
     found: list[tuple[dict, Path]] = []
+    names: list[Path] = []  # what names each of found: its run folder, or its file
     seen: dict[str, int] = {}  # a run's identity -> its place in found
     for path in record_files(root):
         try:
@@ -334,16 +337,24 @@ def read_records(root: str | Path, unreadable: list[str] | None = None
             # one of them is complete (the other a copy taken while it ran), that one
             identity = json.dumps([record["kind"], record["config"], record["provenance"]],
                                   sort_keys=True, default=str)
+            name = path.parent if path.name == RECORD else path
             if identity not in seen:
                 seen[identity] = len(found)
                 found.append((record, path.parent))
+                names.append(name)
             elif (record["status"] == "complete"
                   and found[seen[identity]][0]["status"] != "complete"):
                 found[seen[identity]] = (record, path.parent)
+                names[seen[identity]] = name
         except (OSError, ValueError) as err:
             log.info("unreadable run record %s (%s)", path, one_line(err))
             if unreadable is not None:
                 unreadable.append(str(path.parent if path.name == RECORD else path))
+    if unfinished is not None:
+        unfinished += [f"{name} at epoch {len(record['epochs'])} of "
+                       f"{record['config']['trainer']['epochs']}"
+                       for (record, _), name in zip(found, names)
+                       if record["kind"] == "training" and record["status"] != "complete"]
     return found
 
 
@@ -557,7 +568,12 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     table["accuracy_change"] = table["test_accuracy"] - base["test_accuracy"]
     table["accuracy_change_se"] = paired_change_se(distinct, table, base)
     table["baseline_differs"] = [d if isinstance(d, str) else "" for d in base["differs"]]
-    return table
+    # rows in the records' order (their sorted paths), but each model's dense rows first: a
+    # table is read against its baseline (frobenius-decay's "baseline" sorted after "all-*")
+    model = table.groupby(["model", "width"], sort=False, dropna=False).ngroup()
+    order = pd.DataFrame({"model": model, "converted": table["selection"] != "none"})
+    return table.loc[order.sort_values(["model", "converted"], kind="stable").index
+                     ].reset_index(drop=True)
 
 
 def paired_change_se(runs: pd.DataFrame, table: pd.DataFrame, base: pd.DataFrame) -> list[float]:

@@ -61,29 +61,35 @@ def summarize(record: dict, folder: Path, out: Path, profile: str,
             f"# Exhaustive search: {cfg['model']['name']} x{cfg['model']['width']:g}, basis "
             f"{cfg['basis']['size']}, subsets of {s['subset_size']} of {len(s['candidates'])} "
             f"layers\n\n{note}\n\n"
-            f"| | subset | held-out accuracy |\n|---|---|---:|\n"
+            f"| | subset | held-out accuracy (%) |\n|---|---|---:|\n"
             f"| fast method's choice by {s['metric']} (rank {s['fast_rank_by_accuracy']} of {s['subsets']} by "
             f"accuracy, {s['fast_rank_by_loss']} by loss) | {s['fast_choice']} | "
-            f"{s['fast_accuracy']:.4f} |\n"
+            f"{_percent(s['fast_accuracy'])} |\n"
             + (f"| choice by {s['other_metric']} instead (rank {s['other_rank_by_accuracy']}) | "
-               f"{s['other_choice']} | {s['other_accuracy']:.4f} |\n" if "other_metric" in s else "")
-            + f"| best subset | {s['best_subset']} | {s['best_accuracy']:.4f} |\n"
-            f"| median subset | | {s['median_accuracy']:.4f} |\n"
-            f"| worst subset | | {s['worst_accuracy']:.4f} |\n"
-            f"| dense reference | | {s['reference_accuracy']:.4f} |\n\n"
+               f"{s['other_choice']} | {_percent(s['other_accuracy'])} |\n" if "other_metric" in s else "")
+            + f"| best subset | {s['best_subset']} | {_percent(s['best_accuracy'])} |\n"
+            f"| median subset | | {_percent(s['median_accuracy'])} |\n"
+            f"| worst subset | | {_percent(s['worst_accuracy'])} |\n"
+            f"| dense reference | | {_percent(s['reference_accuracy'])} |\n\n"
             + (f"Noise: the dense reference fine-tuned with other batch orders varies by "
-               f"{s['noise_accuracy_std']:.4f} (std); {s['subsets_within_noise_of_fast']} other "
+               f"{_percent(s['noise_accuracy_std'])} points (std); {s['subsets_within_noise_of_fast']} other "
                f"subsets lie within that of the fast choice, so ranks that close are not "
                f"told apart.\n\n" if "noise_accuracy_std" in s else "")
             + (f"A converted model's own noise (sensitivity.drop_noise_layers: paired drops "
-               f"over the same batch orders) is {s['drop_noise_accuracy_std']:.4f} (std), so "
+               f"over the same batch orders) is {_percent(s['drop_noise_accuracy_std'])} points (std), so "
                f"two subsets' accuracies differ by about "
-               f"{difference_std(s['drop_noise_accuracy_std']):.4f} by chance; "
+               f"{_percent(difference_std(s['drop_noise_accuracy_std']))} points by chance; "
                f"{s['subsets_within_drop_noise_of_fast']} other subsets lie within that of the "
                f"fast choice.\n\n" if "drop_noise_accuracy_std" in s else "")
             + f"Spearman correlation of the predicted (sum of single-layer) and measured drop "
             f"over all subsets: accuracy {_correlation(s['spearman_predicted_vs_measured_drop'])}, "
             f"loss {_correlation(s['spearman_predicted_vs_measured_loss'])}.\n"))]
+
+
+def _percent(fraction: float) -> str:
+    """An accuracy (or its spread) as the other pages and the search's plot give it: in %
+    (points for a spread); the record holds fractions."""
+    return f"{100 * fraction:.2f}"
 
 
 def _correlation(value: float | None) -> str:

@@ -90,6 +90,12 @@ def _or_dash(value):
     return "-" if value is None else value
 
 
+def _threads(value, device) -> str | int:
+    """The recorded torch CPU threads as the tables show them: "-" on a GPU too, where they
+    are recorded (2) but do not bound the step, so a column of 2s beside an H200 misled."""
+    return "-" if str(device).startswith("cuda") else _or_dash(value)
+
+
 def _options(path: Path) -> str:
     """The non-default options a benchmark file's name carries (``model-speed-cuda-bf16-
     fused-b512.json``: ``fused``), the batch and threads aside (columns of their own);
@@ -151,7 +157,9 @@ def model_speed(folders: list[Path], columns: list[str] | None = MODEL_COLUMNS) 
             frame = _model_table(record, path, table)
             frame = frame.assign(**_origin(record, path),
                                  precision=_or_dash(settings.get("precision")),
-                                 threads=_or_dash(settings.get("threads")), form=_options(path))
+                                 threads=_threads(settings.get("threads"),
+                                                  settings.get("device") or record.get("device")),
+                                 form=_options(path))
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=columns or MODEL_COLUMNS)
@@ -246,7 +254,7 @@ def _training_row(record: dict, path: Path) -> dict:
             "batch": record["batch_size"], "mode": mode,
             "architecture": record.get("model", "resnet18"),
             "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
-            "threads": record.get("threads") or "-",
+            "threads": _threads(record.get("threads") or None, record.get("device")),
             "steps": _or_dash(record.get("steps")),
             "warmup": _or_dash((record.get("config") or {}).get("warmup")),  # (its flag)
             "model": "dense" if basis is None else f"basis {basis:g}",
@@ -322,7 +330,8 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "scaled to their FLOP ratio; measured / FLOP ratio: 1.15 or less is the target; "
         "spread: the interquartile range of the timed repeats over their median, the larger "
         "of the dense and the basis model's (\"-\": a table made before commit 22fe1e7 "
-        "recorded it).",
+        "recorded it); threads: torch's CPU threads (\"-\" on a GPU, whose step they do not "
+        "bound).",
         "",
         _markdown(model),
         "## Training step (scripts/benchmark_train.py)",
@@ -334,7 +343,7 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "the median time to write the model's and optimizer's state as a run's checkpoint "
         "(\"-\": not timed by the record's commit); CUDA peak: the most GPU memory the "
         "measured steps held in all (images on the device, model, optimizer, activations, "
-        "graphs; \"-\": a CPU, or a record from before commit b697cd8).",
+        "graphs; \"-\": a CPU, or a record from before commit b697cd8); threads: as above.",
         "",
         _markdown(train),
         "## Training memory of the whole ResNet-18 relative to dense (scripts/benchmark_layers.py)",
