@@ -545,3 +545,24 @@ def test_each_modules_own_mode_is_put_back(step):
     else:
         choose_forms_now(model, [(4, 3, 16, 16), (2, 3, 16, 16)], device=torch.device("cpu"))
     assert {name: m.training for name, m in model.named_modules()} == before
+
+
+def test_a_model_whose_train_does_more_is_put_back_through_its_train():
+    """modes_kept calls the top module's ``train`` with its mode before setting each
+    module's flag (found by a mutation test of model_copy: flags alone passed every test),
+    so what a recipe's ``train`` does besides (freezing its norms) is undone too."""
+    from basisconv.model_copy import modes_kept
+
+    class Recipe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head, self.frozen = nn.Linear(2, 2), None
+
+        def train(self, mode=True):
+            self.frozen = not mode
+            return super().train(mode)
+
+    model = Recipe().eval()
+    with modes_kept(model):
+        model.train()
+    assert model.frozen and not model.training

@@ -368,6 +368,21 @@ def test_a_cumulative_average_batch_norm_is_counted_as_any_other():
     assert cumulative.norm.momentum is None
 
 
+def test_the_dry_runs_copy_holds_no_weight_data_and_keeps_what_trains():
+    """``copy_model(meta=True)`` copies the weights and buffers as meta tensors (found by
+    a mutation test of model_copy: a copy holding the data, the model twice on its GPU,
+    passed every test), each parameter still trained or frozen as it was."""
+    from basisconv.model_copy import copy_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model[0].weight.requires_grad_(False)
+    shadow = copy_model(model, "what", "fix", meta=True)
+    assert all(t.is_meta for t in (*shadow.parameters(), *shadow.buffers()))
+    assert [p.requires_grad for p in shadow.parameters()] == \
+        [p.requires_grad for p in model.parameters()]
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
 def test_a_model_torch_cannot_copy_is_one_clear_error():
     # Found by audit: a conv pruned with torch.nn.utils.prune (its weight computed by a
     # hook) failed in copy.deepcopy with torch's "Only Tensors created explicitly by the

@@ -216,6 +216,20 @@ def test_evaluation_pads_only_models_whose_rows_are_independent_in_eval():
     assert graphs.rows_independent_in_eval(_model(torch.device("cpu"), basis=True))
 
 
+@pytest.mark.parametrize("norm, independent", [
+    (torch.nn.BatchNorm1d(4, track_running_stats=False), False),
+    (torch.nn.BatchNorm3d(4, track_running_stats=False), False),
+    (torch.nn.SyncBatchNorm(4, track_running_stats=False), False),
+    (torch.nn.BatchNorm1d(4), True),
+    (torch.nn.InstanceNorm2d(4), True),  # (its own rows' statistics, never the batch's)
+    (torch.nn.InstanceNorm2d(4, track_running_stats=True), True)])
+def test_every_batch_norm_without_running_statistics_makes_rows_depend_on_each_other(
+        norm, independent):
+    """Found by a mutation test of graphs: checking BatchNorm2d alone passed every test;
+    an instance norm, which normalizes each row by itself, was taken for one."""
+    assert graphs.rows_independent_in_eval(torch.nn.Sequential(norm)) is independent
+
+
 def test_graphed_training_refuses_a_hook_that_changes_the_step():
     model = _model(torch.device("cpu"), basis=False)
     images, labels = _data(torch.device("cpu"), 16, 6)

@@ -1365,6 +1365,74 @@ def test_signals_blocked_puts_back_the_threads_mask():
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
 
 
+def test_signals_blocked_leaves_a_signal_blocked_before_it_blocked():
+    """The mask before is put back, not the signals unblocked: one a caller held blocked
+    stays so (found by a mutation test of basisconv.signals)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        with signals.signals_blocked({signal.SIGUSR1, signal.SIGUSR2}):
+            pass
+        assert signal.SIGUSR1 in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert signal.SIGUSR2 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_stops_held_puts_the_handlers_back_before_the_held_stop_raises(stop_handlers):
+    """A held stop that raises as the block ends leaves the handlers as they were, not
+    the block's holder (found by a mutation test: handled first, a SIGTERM after it was
+    held for ever)."""
+    from basisconv.errors import Stopped
+
+    signal.signal(signal.SIGTERM, signals.raise_stopped)
+    with pytest.raises(Stopped):
+        with signals.stops_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signals.raise_stopped
+
+
+def test_one_stop_lets_a_second_stop_go_while_the_first_is_on_its_way(stop_handlers):
+    """The stops that come while the first one's handler raises are let go (found by a
+    mutation test of basisconv.signals: with the handlers changed after it, not before,
+    a second Ctrl-C raised again in the middle of the first stop's handling)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raised_again = []
+    with signals.one_stop():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # (ended by the KeyboardInterrupt)
+        except KeyboardInterrupt:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                raised_again.append(True)
+    assert raised_again == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("manager", ["stops_let_go", "one_stop", "stops_held"])
+def test_the_stop_helpers_change_nothing_in_another_thread(manager, stop_handlers):
+    """Python sets handlers in the main thread alone (``signal.signal`` raises
+    ValueError in another): entered from a thread, each helper is a no-op."""
+    import threading
+
+    signal.signal(signal.SIGTERM, signals.raise_stopped)
+    failed = []
+
+    def enter():
+        try:
+            with getattr(signals, manager)():
+                pass
+        except Exception as err:  # (a thread's exception would be lost)
+            failed.append(err)
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    assert failed == []
+    assert signal.getsignal(signal.SIGTERM) is signals.raise_stopped
+
+
 def test_a_default_or_ignored_disposition_is_let_go_by_stops_let_go_and_left_by_one_stop(
         stop_handlers):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # fit() called from a notebook

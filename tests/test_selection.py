@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -1459,6 +1460,19 @@ def test_a_stopped_recompute_says_how_to_continue_and_does_not_fall_back_to_the_
     pd.testing.assert_frame_equal(old[same], table[same], check_exact=True)
 
 
+def test_kept_work_is_shared_by_runs_apart_only_in_how_they_train_the_full_model(repo,
+                                                                                tmp_path):
+    """The trainer settings no fine-tune reads (the run's epochs, progress, checkpointing)
+    are not conditions of kept work: a run of 200 epochs resumes the stopped estimate of one
+    of 30 (found by a mutation test of progress: the epochs kept its work apart)."""
+    from basisconv.progress import conditions
+
+    cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
+    other = compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.epochs=200",
+                                "trainer.checkpoint_every_s=60", "trainer.progress=false")
+    assert conditions(cfg, torch.device("cpu")) == conditions(other, torch.device("cpu"))
+
+
 def test_kept_fine_tunes_are_found_only_under_the_settings_and_dense_start_they_had(
         repo, tmp_path, caplog, monkeypatch):
     """A kept result is another estimate's only when every setting that shapes a
@@ -1609,6 +1623,24 @@ def test_a_sigterm_amid_keeping_the_dense_start_stops_after_it_is_written(repo, 
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert kept.dense(dense)[1] == 1.0
+
+
+def test_keeping_the_dense_start_removes_only_copies_no_one_has_written_for_an_hour(
+        repo, tmp_path):
+    """An estimate's leftover half-written dense copy goes; another estimate's copy in
+    flight (written just now) stays (found by a mutation test of progress: removing every
+    copy passed every test)."""
+    from basisconv.progress import DENSE, Progress
+
+    kept = Progress(tmp_path, compose_sensitivity(repo, tmp_path, "model=resnet8"),
+                    torch.device("cpu"))
+    kept.dense_root.mkdir(parents=True)
+    old, in_flight = (kept.dense_root / f".{DENSE}.{n}.tmp" for n in ("old", "new"))
+    old.write_bytes(b"x")
+    in_flight.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200,) * 2)
+    kept.keep_dense(build_model("resnet8", num_classes=10, width=0.25), 1.0)
+    assert not old.exists() and in_flight.exists()
 
 
 def test_kept_work_that_cannot_be_written_is_one_warning_and_the_estimate_goes_on(

@@ -1018,6 +1018,20 @@ def test_a_converted_conv_keeps_its_forward_and_backward_hooks(inplace):
         assert not (layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks)
 
 
+def test_a_converted_conv_keeps_a_forward_hook_that_is_always_called():
+    """A hook registered with ``always_call=True`` still runs when its layer's forward
+    raises (found by a mutation test of model_copy: the table of such hooks left out of
+    HOOK_TABLES made it an ordinary hook of the basis layer)."""
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    called = []
+    conv.register_forward_hook(lambda m, args, out: called.append(type(m).__name__),
+                               always_call=True)
+    model = apply_basis(nn.Sequential(conv), "0", 4)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 3, 6, 6))  # channels the conv does not take
+    assert called == ["BasisConv2d"]
+
+
 @pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
 def test_weight_norm_stays_behind_and_state_dict_hooks_are_named():
     torch.manual_seed(0)
@@ -1036,6 +1050,33 @@ def test_weight_norm_stays_behind_and_state_dict_hooks_are_named():
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
     assert calls == [model[0]]  # the user's hook came along, the weight-norm one did not
 
+
+@pytest.mark.parametrize("register", ["register_state_dict_pre_hook",
+                                      "register_load_state_dict_post_hook"])
+def test_each_kind_of_state_dict_hook_left_behind_is_named(register):
+    """Found by a mutation test of hook_transfer: a table left out of the check (the
+    load post-hooks) lost the user's hook without the warning."""
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    getattr(conv, register)(lambda *args: None)
+    with pytest.warns(UserWarning, match="'0': its state-dict hooks are not carried"):
+        apply_basis(nn.Sequential(conv), "0", 16, inplace=True)
+
+
+def test_a_replaced_weight_norm_conv_keeps_its_weight_hook():
+    """Found by a mutation test of hook_transfer: with the weight hook not kept on the
+    replaced conv, a user who calls it on purpose ran a weight its magnitude and direction
+    no longer computed, and ``remove_weight_norm`` on it raised "not found"."""
+    torch.manual_seed(0)
+    conv = nn.utils.weight_norm(nn.Conv2d(8, 16, 3, padding=1, bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_basis(nn.Sequential(conv), "0", 16, inplace=True)
+        x = torch.randn(2, 8, 6, 6)
+        before = conv(x)
+        with torch.no_grad():
+            conv.weight_g.mul_(2)
+        torch.testing.assert_close(conv(x), 2 * before)
+    nn.utils.remove_weight_norm(conv)
 
 class TiedWeights(nn.Module):
     """Two convs, of other strides, that share one weight tensor (and one bias)."""
@@ -1278,6 +1319,23 @@ def test_a_replaced_conv_still_called_warns_and_no_longer_runs_the_users_hooks(i
     assert fired == []  # the hook moved to the basis layer, which this forward never calls
     converted.a(torch.randn(1, 4, 8, 8))
     assert fired == ["BasisConv2d"]
+
+
+def test_a_replaced_conv_no_longer_runs_the_users_backward_hooks():
+    """Found by a mutation test of hook_transfer: every hook table of the replaced conv is
+    its own again, the backward ones too (a shared one fired the user's full backward hook
+    on the old conv), and so is its kind of backward hook (an old-style one is taken)."""
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    fired = []
+    conv.register_full_backward_hook(lambda m, grad_in, grad_out: fired.append(type(m).__name__))
+    model = apply_basis(nn.Sequential(conv), "0", 4, inplace=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        conv(torch.randn(1, 4, 8, 8, requires_grad=True)).sum().backward()
+        assert fired == []
+        conv.register_backward_hook(lambda m, grad_in, grad_out: fired.append("old conv's"))
+    model(torch.randn(1, 4, 8, 8, requires_grad=True)).sum().backward()
+    assert fired == ["BasisConv2d"]  # (a hook put on the old conv is not the layer's)
 
 
 def test_a_converted_model_calls_no_replaced_conv():

@@ -270,6 +270,8 @@ class GraphedCall:
 def rows_independent_in_eval(model: torch.nn.Module) -> bool:
     """Whether ``model`` in eval mode computes each row of a batch alone, so that padding
     rows cannot change the real rows' outputs: no norm layer normalizes with batch
-    statistics in eval (a batch norm without running statistics does)."""
+    statistics in eval (a batch norm without running statistics does; an instance norm,
+    which shares their base class, normalizes each row by its own, with or without)."""
     return not any(isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                   and not isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)
                    and m.running_mean is None for m in model.modules())
