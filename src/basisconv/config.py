@@ -31,7 +31,7 @@ from .counts import count_or_fraction_problem, is_int, share_of
 from .data import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, training_images
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
-from .layers import COMBINE_MODES, BasisConv2d, check_basis_size
+from .layers import COMBINE_MODES, basis_layers, check_basis_size
 from .loop import AMP_DTYPES, SCHEDULES, device_problem, graphed_fp16_problem
 from .models import list_models, parameter_count
 from .network import build_dense, check_conversion, held_back
@@ -610,7 +610,7 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
             select_layers(model, layers, key=key)
         if candidates:  # (the candidate table converts them as the estimate's first step)
             converted = convert_candidates(model, cfg.basis, lists[-1][0])
-            found = sum(isinstance(m, BasisConv2d) for m in converted.modules())
+            found = len(basis_layers(converted))
             check_some_candidate(found, cfg.basis.size)  # (else refused by the table)
             if policy in ORDERED_POLICIES:  # a count above the candidates was refused only
                 # as the layers were chosen: after the whole sensitivity estimate, or the

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..checkpoint import CHECKPOINT, save_checkpoint
 from ..config import GRAPHING_COMPILE_MODES
-from ..data import TensorBatches, load_cifar10
+from ..data import TRAIN_IMAGES, TensorBatches, load_cifar10
 from ..errors import ConfigError, DatasetError
 from ..layers import basis_layers
 from ..loop import (EpochStats, Runtime, build_optimizer, compiled, device_problem,
@@ -240,8 +240,10 @@ def load_images(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
         return data.train_images.to(device), data.train_labels.to(device), data.source
     except DatasetError:
         g = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g)
-        return images.to(device), torch.randint(0, 10, (50000,), generator=g).to(device), "random"
+        images = torch.randint(0, 256, (TRAIN_IMAGES, 3, 32, 32), dtype=torch.uint8,
+                               generator=g)
+        labels = torch.randint(0, 10, (TRAIN_IMAGES,), generator=g)
+        return images.to(device), labels.to(device), "random"
 
 
 def checkpoint_cost(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -384,7 +386,7 @@ def _measure(options: ThroughputOptions, trainer, runtime: Runtime,
         "images_per_second": options.steps * options.batch_size / stats.seconds,
         "seconds_per_step": stats.seconds / options.steps,
         # an epoch of CIFAR-10's 50,000 training images at this step time
-        "epoch_seconds": stats.seconds / options.steps * (50000 // options.batch_size),
+        "epoch_seconds": stats.seconds / options.steps * (TRAIN_IMAGES // options.batch_size),
         "data_seconds_per_step_median": statistics.median(timed.seconds),
         # of the steps timed with a synchronization per batch (on a CPU: the same steps)
         "data_share": data_seconds / synchronized.seconds,
