@@ -30,6 +30,25 @@ def test_every_module_has_a_place_in_the_layers(repo):
     assert modules | packages <= listed
 
 
+def test_the_readmes_layout_lists_the_modules_in_the_contracts_order(repo):
+    """The README's Layout says the package's imports run one way, top to bottom: found in
+    the docs review, it listed ``cli``, ``unread`` and ``hydra_errors`` last and
+    ``model_copy`` above ``layers``, the reverse of the contract. Every module the contract
+    names is listed, each in a layer no higher than that of the module above it."""
+    import re
+
+    lines = [line.strip() for line in (repo / ".importlinter").read_text()
+             .split("layers =", 1)[1].splitlines() if line.strip().startswith("basisconv.")]
+    layer = {name.strip().removeprefix("basisconv."): i
+             for i, line in enumerate(lines) for name in line.split("|")}
+    layout = (repo / "README.md").read_text().split("## Layout", 1)[1]
+    listed = re.findall(r"^  (\w+)(?:\.py|/)\s", layout, re.M)
+    assert set(listed) == set(layer), set(listed) ^ set(layer)
+    ranks = [layer[name] for name in listed]
+    assert ranks == sorted(ranks), [n for n, r, below in zip(listed, ranks, ranks[1:])
+                                    if below < r]
+
+
 def local_package_imports(path: Path) -> list[str]:
     """``file:line`` of every import of this package made inside a function body."""
     found = []

@@ -537,6 +537,8 @@ def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch
     lines = {line.get_label(): list(line.get_ydata()) for line in gpu.lines}
     assert lines["bf16, batch 512, fused (aaaaaaa)"] == pytest.approx([1 / 0.35, 1 / 0.62])
     assert lines["theory (FLOPs)"] == pytest.approx([4.0, 2.0])
+    # what the records time (found in the docs review: the axis said "training step")
+    assert shown[0].axes[0].get_ylabel() == "speedup over dense, training forward+backward (x)"
     speed.pyplot().close(shown[0])
 
 

@@ -414,7 +414,8 @@ def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | 
         ax.set(title=hardware, xlabel="basis fraction m / C_out", ylim=(0, None))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("speedup over dense, training step (x)")
+    # the model records time a training forward+backward, not the optimizer's update
+    axes[0][0].set_ylabel("speedup over dense, training forward+backward (x)")
     add_note(fig, note)
     return save_figure(fig, path)
 
