@@ -146,6 +146,27 @@ def test_int_conv_options_are_taken_as_f_conv2d_takes_them(monkeypatch):
     assert list(auto.choices().values()) == ["dense"]
 
 
+def test_numpy_int_conv_options_are_taken_as_f_conv2d_takes_them(monkeypatch):
+    """Found in review: a stride or padding computed with numpy (``np.int64(2)``), which
+    ``F.conv2d`` and the stacked form take, ended in "'numpy.int64' object is not
+    iterable" in ``auto_forward`` and ``fused_forward`` (``conv_pairs``, their one rule)."""
+    import numpy as np
+
+    from basisconv.kernels import fused_forward
+
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == "dense" else 1.0)
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    basis = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    comb = torch.randn(7, 3, dtype=torch.float64)
+    expected = F.conv2d(x, torch.einsum("om,mikl->oikl", comb, basis), None, 2, 1, 1)
+    conv = (np.int64(2), np.int64(1), np.int32(1))
+    torch.testing.assert_close(auto.auto_forward(x, basis, comb, None, *conv), expected)
+    torch.testing.assert_close(fused_forward(x, basis, comb, None, *conv), expected)
+    assert list(auto.choices()) == [auto.shape_key(x, basis, 7, False, (2, 2), (1, 1), (1, 1),
+                                                   False)]  # the pairs' key
+
+
 def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(auto, "_time", lambda *a: pytest.fail("measured while compiling"))

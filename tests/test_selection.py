@@ -100,6 +100,26 @@ def test_a_budget_no_candidate_saves_toward_says_none_saves(caplog):
         "FLOPs, so none meets selection.budget_reduction=0.5")
 
 
+def test_a_parameter_budget_passes_over_a_layer_that_costs_training_flops(caplog):
+    """Found in review: under ``budget_metric=params`` the budget took a layer whose basis
+    form saves parameters but costs training FLOPs (a stem near the break-even size:
+    ResNet-18's at 1/4, 14 % more to train), where the threshold rule and a FLOPs budget
+    pass it over and docs/selection.md says the budget rule does."""
+    table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
+                          "params_saved": [50, 10, 10], "flops_saved": [-5, 10, 10]})
+    selection = {"policy": "first_k", "budget_metric": "params", "budget_reduction": 0.1}
+    with caplog.at_level("INFO", logger="basisconv.selection"):
+        assert pick_layers(selection, table, {"params": 100, "flops": 100}) == ["b"]
+    assert "a costs 5 more training FLOPs in basis form; passed over" in caplog.text
+    with caplog.at_level("WARNING", logger="basisconv.selection"):
+        caplog.clear()
+        assert pick_layers(selection, table.iloc[:1], {"params": 100, "flops": 100}) == []
+    assert caplog.records[-1].getMessage() == (
+        "selection first_k: none of the 1 candidates saves any of the dense model's "
+        "parameters without costing training FLOPs, so none meets "
+        "selection.budget_reduction=0.1")
+
+
 @pytest.mark.parametrize("name", ["sensitivity_budget", "random", "first_k", "last_k"])
 @pytest.mark.parametrize("metric, reduction", [("flops", 0.25), ("flops", 0.1), ("params", 0.15)])
 def test_every_budget_policy_meets_the_budget(name, metric, reduction):

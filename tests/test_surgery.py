@@ -1443,6 +1443,30 @@ def test_a_basis_layer_still_called_after_to_dense_warns_and_no_longer_runs_the_
     assert fired == ["Conv2d"]
 
 
+def test_to_dense_of_a_pruned_basis_computes_the_pruned_weight_and_leaves_the_pruning_behind():
+    """Found in review: pruning a basis layer's filters (``prune.l1_unstructured(layer,
+    "basis_weight", 0.5)``) and then ``to_dense`` gave the dense conv the pruning's hook,
+    whose first call failed ("'Conv2d' object has no attribute 'basis_weight_mask'"), and
+    the weight as the last forward computed it (stale after an optimizer step). As
+    apply_basis leaves a conv's pruning with the conv, said in a warning, to_dense leaves
+    the layer's with the layer, from the weight a forward would compute now."""
+    torch.manual_seed(0)
+    model = apply_basis(nn.Sequential(nn.Conv2d(4, 8, 3, bias=False)), "all", 4)
+    layer = model[0]
+    nn.utils.prune.l1_unstructured(layer, "basis_weight", 0.5)
+    x = torch.randn(2, 4, 6, 6)
+    pruned = model(x)
+    with torch.no_grad():  # a step: the pruned weight is recomputed at the next forward
+        layer.basis_weight_orig.mul_(2)
+    with pytest.warns(UserWarning, match=r"^to_dense: the tensors of basis layers '0' "
+                                         r"\(L1Unstructured\) are computed by pruning"):
+        dense = to_dense(model, inplace=True)  # (a pruned model cannot be deep-copied)
+    assert type(dense[0]) is nn.Conv2d and not dense[0]._forward_pre_hooks
+    torch.testing.assert_close(dense(x), 2 * pruned)
+    assert dense[0].weight.requires_grad  # (its computed tensor, remade under no_grad, not)
+    nn.utils.prune.remove(layer, "basis_weight")  # the replaced layer keeps its pruning
+
+
 def test_to_dense_keeps_convs_that_share_a_weight_sharing_one():
     """apply_basis gives convs that share one weight one set of basis parameters, so that
     they stay tied in training; to_dense keeps them tied as well (it made each its own

@@ -32,13 +32,7 @@ def take_over_hooks(conv: nn.Conv2d, layer: nn.Module, name: str) -> None:
     them. A basis layer's output is the conv's (same shape, same meaning), so a hook that
     reads or changes it (feature extraction, activation statistics) means the same there.
     State-dict hooks are not carried (the basis layer's state has other keys)."""
-    weight_hooks = [k for k, h in conv._forward_pre_hooks.items() if isinstance(h, WEIGHT_HOOKS)]
-    tables = hook_tables(conv)
-    if weight_hooks:  # the others are copied around them; their handles then miss the layer
-        tables = {t: copy.copy(v) for t, v in tables.items()}
-        for key in weight_hooks:
-            tables["_forward_pre_hooks"].pop(key)
-            tables.get("_forward_pre_hooks_with_kwargs", {}).pop(key, None)
+    tables, weight_hooks = _carried_tables(conv)
     for table, hooks in tables.items():
         setattr(layer, table, hooks)
     _retire(conv, name, weight_hooks)
@@ -56,10 +50,29 @@ def hand_back_hooks(layer: nn.Module, conv: nn.Conv2d, name: str) -> None:
     ``layer``, the layer's forward and backward hooks (shared, as :func:`take_over_hooks`
     shares a conv's), and retire the layer as a replaced conv is retired, for the same
     reasons: a model that reaches it through a plain list ran the basis form silently
-    after to_dense, the user's hooks firing on it."""
-    for table, hooks in hook_tables(layer).items():
+    after to_dense, the user's hooks firing on it. A hook that computes one of the layer's
+    tensors (pruning ``basis_weight``) stays with the layer, as a conv's weight hooks stay
+    with the conv: on the dense conv it looked for ``basis_weight_mask`` at every call."""
+    tables, weight_hooks = _carried_tables(layer)
+    for table, hooks in tables.items():
         setattr(conv, table, hooks)
-    _retire(layer, name, [], _basis_still_called)
+    _retire(layer, name, weight_hooks, _basis_still_called)
+
+
+def _carried_tables(module: nn.Module) -> tuple[dict, list[int]]:
+    """The hook tables a replacement of ``module`` takes (:func:`hook_tables`), less the
+    hooks that compute ``module``'s own tensors (:data:`WEIGHT_HOOKS`: the replacement has
+    other ones), and those hooks' keys. Shared where there are none; else copied around
+    them, so that their handles then miss the replacement."""
+    weight_hooks = [k for k, h in module._forward_pre_hooks.items()
+                    if isinstance(h, WEIGHT_HOOKS)]
+    tables = hook_tables(module)
+    if weight_hooks:
+        tables = {t: copy.copy(v) for t, v in tables.items()}
+        for key in weight_hooks:
+            tables["_forward_pre_hooks"].pop(key)
+            tables.get("_forward_pre_hooks_with_kwargs", {}).pop(key, None)
+    return tables, weight_hooks
 
 
 def _retire(conv: nn.Module, name: str, weight_hooks: list[int],

@@ -258,14 +258,14 @@ def without_training_cost(chosen: list[str], table: pd.DataFrame,
                           selection: DictConfig) -> list[str]:
     """``chosen`` less the layers whose basis form costs more training FLOPs than their
     dense conv (a negative ``flops_saved``: a first layer near the break-even size, whose
-    input needs no gradient but whose basis maps do), as the budget rule passes them over:
-    within the threshold they cost no accuracy, but converting them slows training, which
-    basis convolutions are for. A table without ``flops_saved`` (a user's hand-made one)
-    is taken as it is."""
+    input needs no gradient but whose basis maps do), as a FLOPs budget passes them over:
+    within the threshold they cost no accuracy, under a parameter budget they save
+    parameters, but converting them slows training, which basis convolutions are for. A
+    table without ``flops_saved`` (a user's hand-made one) is taken as it is."""
     if "flops_saved" not in table:
         return chosen
     refuse_missing_numbers(table[table["layer"].isin(chosen)], "flops_saved",
-                           "selection.policy=sensitivity_threshold")
+                           f"selection.policy={selection.policy}")
     saving = dict(zip(table["layer"], table["flops_saved"]))
     for name in chosen:
         if saving[name] < 0:
@@ -278,7 +278,9 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
                 dense: dict[str, int]) -> list[str]:
     """Take layers in ``order`` until the saving reaches ``budget_reduction`` of the dense
     model's parameters, training FLOPs or measured training-step time; a layer that saves
-    nothing by that measure (a basis form slower than its dense conv) is passed over."""
+    nothing by that measure (a basis form slower than its dense conv) is passed over, and
+    under a parameter budget also one that costs training FLOPs (a stem near the break-even
+    size saves parameters but trains slower), as the threshold rule passes it over."""
     if selection.budget_metric not in BUDGET_METRICS:
         raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose one "
                           f"of {', '.join(BUDGET_METRICS)}")
@@ -292,12 +294,15 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
     refuse_missing_numbers(table, column, "selection.budget_metric")
     target = selection.budget_reduction * dense[selection.budget_metric]
     saving = dict(zip(table["layer"], table[column]))
+    # (the passed over stay in the count of candidates the warnings below give)
+    taken = (without_training_cost(order, table, selection)
+             if selection.budget_metric == "params" else order)
 
     def met(saved: float) -> bool:  # 0.07 * 100 is 7.000000000000001: 7 saved meets it
         return saved >= target or math.isclose(saved, target, rel_tol=1e-9)
 
     chosen, saved = [], 0
-    for name in order:
+    for name in taken:
         if met(saved):
             break
         if saving[name] <= 0:
@@ -310,8 +315,9 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
     if not met(saved) and not chosen:  # ("the 0 of 3 candidates that save any are all
         # converted" said it)
         log.warning("selection %s: none of the %d candidates saves any of the dense model's "
-                    "%s, so none meets selection.budget_reduction=%g", selection.policy,
+                    "%s%s, so none meets selection.budget_reduction=%g", selection.policy,
                     len(order), BUDGET_WORDS[selection.budget_metric],
+                    " without costing training FLOPs" if taken is not order else "",
                     selection.budget_reduction)
     elif not met(saved):  # (the ones passed over saved nothing toward it: not "every")
         log.warning("selection %s: the %d of %d candidates that save any are all converted, "

@@ -37,7 +37,7 @@ from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from 
 from .skip_training import frozen_by_schedule
 from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,
                           check_finite_weight, check_max_error, parametrizations_in_eval,
-                          refresh_computed_weight)
+                          refresh_computed_weight, trains)
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
@@ -641,7 +641,9 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     replaced layer warns if the model still calls it; a layer registered under two names
     becomes one conv under both, and layers that share their basis filters and coefficients
     (tied convs converted by :func:`apply_basis`) share one weight (and one bias where they
-    share it)."""
+    share it). A layer whose tensors torch computes (pruning or a parametrization of
+    ``basis_weight``) gives the weight computed now, as a forward would compute it; the
+    pruning or parametrization stays with the replaced layer, said in one warning."""
     check_flag("inplace", inplace)
     _check_model(model, "to_dense", "make dense")
     if isinstance(model, BasisConv2d):
@@ -649,22 +651,44 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy_model(model, "to_dense: the model cannot be copied",
                            "make it dense with inplace=True, which needs no copy")
+    found = basis_layers(model)
+    for layer in found.values():  # (a pruned basis left as the last forward computed it)
+        refresh_computed_weight(layer)
+    _warn_of_constraints_left_behind(found)
     dense: dict[int, nn.Conv2d] = {}
     weights: dict[tuple, nn.Parameter] = {}
     biases: dict[int, nn.Parameter] = {}
-    for name, layer in list(model.named_modules(remove_duplicate=False)):
-        if not isinstance(layer, BasisConv2d):
-            continue
-        if id(layer) not in dense:
-            conv = dense[id(layer)] = layer.to_conv().train(layer.training)
-            conv.weight.requires_grad_(_dense_weight_trains(layer))
-            conv.weight = weights.setdefault(_weight_key(layer), conv.weight)
-            if layer.bias is not None:
-                conv.bias.requires_grad_(layer.bias.requires_grad)
-                conv.bias = biases.setdefault(id(layer.bias), conv.bias)
-            hand_back_hooks(layer, conv, name)
-        _set_submodule(model, name, dense[id(layer)])
+    with parametrizations_in_eval(found.values()):  # (read as apply_basis reads a conv's)
+        for name, layer in list(model.named_modules(remove_duplicate=False)):
+            if not isinstance(layer, BasisConv2d):
+                continue
+            if id(layer) not in dense:
+                conv = dense[id(layer)] = layer.to_conv().train(layer.training)
+                conv.weight.requires_grad_(_dense_weight_trains(layer))
+                conv.weight = weights.setdefault(_weight_key(layer), conv.weight)
+                if layer.bias is not None:
+                    conv.bias.requires_grad_(trains(layer, "bias"))
+                    conv.bias = biases.setdefault(id(layer.bias), conv.bias)
+                hand_back_hooks(layer, conv, name)
+            _set_submodule(model, name, dense[id(layer)])
     return model
+
+
+def _warn_of_constraints_left_behind(layers: dict[str, BasisConv2d]) -> None:
+    """Warn, once for all layers, where pruning or a parametrization computes a basis
+    layer's tensors: its dense conv starts from the weight they compute now, and trains
+    unconstrained (the zeros of a pruned basis fill in), as :func:`apply_basis` warns of
+    a conv's."""
+    constrained = {name: kinds for name, layer in layers.items()
+                   if (kinds := _weight_constraints(layer))}
+    if constrained:
+        listed = ", ".join(f"{name!r} ({', '.join(kinds)})"
+                           for name, kinds in list(constrained.items())[:4])
+        more = f" and {len(constrained) - 4} more" if len(constrained) > 4 else ""
+        warn_caller(f"to_dense: the tensors of basis layers {listed}{more} are computed by "
+                    f"pruning or a parametrization that their dense convs do not keep: each "
+                    f"starts from the weight computed now and trains unconstrained; register "
+                    f"the constraint on the convs' weights if training needs it")
 
 
 def _dense_weight_trains(layer: BasisConv2d) -> bool:
@@ -674,8 +698,10 @@ def _dense_weight_trains(layer: BasisConv2d) -> bool:
     :class:`CoefficientSkipSchedule` froze for its skipped step count as trainable. (Read
     from the basis filters alone, a layer whose coefficients alone fine-tune became a frozen
     conv.)"""
-    return (any(p.requires_grad for p in (layer.basis_weight, *layer.coefficient_parameters()))
-            or frozen_by_schedule(layer))
+    factors = ["basis_weight", *(["coefficients"] if layer.coefficient_rank is None
+                                 else ["coefficients_left", "coefficients_right"])]
+    # (by trains: a pruned basis's computed tensor, remade under no_grad, requires none)
+    return any(trains(layer, name) for name in factors) or frozen_by_schedule(layer)
 
 
 def _weight_key(layer: BasisConv2d) -> tuple:

@@ -30,6 +30,8 @@ Folding ``G @ combination`` into the gradient convs' prologue is not done (yet):
 
 from __future__ import annotations
 
+import numbers
+import operator
 import os
 import sys
 
@@ -208,15 +210,20 @@ def conv_pairs(stride, padding, dilation) -> tuple:
     int, a one-element sequence or a pair each; ``padding`` also ``"same"`` or ``"valid"``,
     kept as it is): a layer passes pairs, a direct caller of the forms may pass
     ``stride=2`` (which ended in "'int' object is not iterable" here, where the stacked
-    form took it). Called at every eager forward: a pair passes through as it is."""
+    form took it), or numpy's ``np.int64(2)`` (a size computed with numpy, which
+    ``F.conv2d`` takes as an int). Called at every eager forward: a pair passes through as
+    it is."""
     return (_as_pair(stride), padding if isinstance(padding, str) else _as_pair(padding),
             _as_pair(dilation))
 
 
 def _as_pair(value) -> tuple:
-    if type(value) is tuple and len(value) == 2:  # (a layer's: nothing to do)
-        return value
-    value = (value,) if isinstance(value, int) else tuple(value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int:
+        return value  # (a layer's: nothing to do)
+    value = (value,) if isinstance(value, numbers.Integral) else tuple(value)
+    # Python's ints: numpy's wrote "(np.int64(1), np.int64(1))" into auto's key (str of the
+    # padding), which then timed the pairs' shape again under another key and recorded it
+    value = tuple(map(operator.index, value))
     return value * 2 if len(value) == 1 else value
 
 
