@@ -227,7 +227,8 @@ _PROCESS_MEMORY = {"basisconv.errors": ("SAID_ONCE",),
                    "basisconv.kernels.fused": ("_WARNED", "_FAILED"),
                    "basisconv.kernels.auto": ("_CHOICES", "TIMINGS", "_LOOKED_UP"),
                    "basisconv.analysis.figures": ("_EXTRA_TAKEN",),
-                   "basisconv.analysis.speed": ("_FORMS_TAKEN",)}
+                   "basisconv.analysis.speed": ("_FORMS_TAKEN",),
+                   "basisconv.timing": ("ALLOCATOR_TUNED",)}
 
 
 @pytest.fixture(autouse=True)

@@ -236,6 +236,25 @@ def test_layer_benchmark_rows_have_the_committed_columns(repo):
         assert 0 < r["theory_fwd_ratio"] and 0 < r["split_fwdbwd_ratio"] <= r["theory_fwdbwd_ratio"]
 
 
+def test_a_default_allocator_benchmark_after_a_tuned_one_in_one_process_is_refused(
+        tmp_path, monkeypatch):
+    """Found in review: the allocator's tuning stays for the process, so a second run in it
+    with allocator_tuning=False measured the tuned heap and recorded "allocator": "default"
+    (and a "-defaultmalloc" file): a record that said something untrue."""
+    from basisconv.errors import ConfigError
+    from basisconv.timing import tune_cpu_allocator
+
+    monkeypatch.setattr(speed, "resnet18_shapes", lambda: {ConvShape(8, 8, 3, 1, 1, 4): ["x"]})
+    if tune_cpu_allocator() == "default":
+        pytest.skip("no glibc mallopt here: nothing is tuned")
+    options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
+                           parts=["layers"], quick=True)
+    with pytest.raises(ConfigError, match=r"^allocator_tuning=False \(--no-allocator-tuning\) "
+                                          r".* this process tuned it before"):
+        speed.run(options, tmp_path, progress=lambda s: None)
+    assert not list(tmp_path.iterdir())
+
+
 def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     monkeypatch.setattr(speed, "resnet18_shapes", lambda: {ConvShape(8, 8, 3, 1, 1, 4): ["x"]})
     # threads=0 and no allocator tuning: the test process keeps its own settings

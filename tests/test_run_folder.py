@@ -705,6 +705,37 @@ def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tm
     assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["record"]["epochs"]) == 2
 
 
+def test_a_run_stopped_writing_its_last_record_says_it_is_complete(tmp_path, repo, monkeypatch):
+    """Found in review: a stop after the last epoch's checkpoint, as its run.json was
+    written, said "stopped after epoch 3 of 3 (checkpoint saved); ... to resume it" of a
+    run whose checkpoint is complete: the same command trains nothing, it writes run.json
+    from the checkpoint (and publishes it)."""
+    from unittest import mock
+
+    from basisconv import loop, train
+    from basisconv.errors import Stopped
+
+    real = train.write_record
+
+    def stopped_at_the_end(path, record):
+        if record.status == "complete":
+            raise KeyboardInterrupt
+        return real(path, record)
+
+    cfg = compose_tiny(repo, "logger=none")
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "write_record", stopped_at_the_end)
+        with pytest.raises(Stopped) as err:
+            fit(cfg, tmp_path)
+    assert str(err.value) == (
+        f"the run in {tmp_path} is complete (checkpoint.pt), but was stopped before its "
+        f"run.json was written; run the same command again with hydra.run.dir={tmp_path} "
+        f"to write it, training nothing")
+    with mock.patch.object(loop, "run_epoch", side_effect=AssertionError("trained again")):
+        assert fit(cfg, tmp_path)["status"] == "complete"
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "complete"
+
+
 def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, repo, monkeypatch):
     """``trainer.checkpoint_every_s``: a GPU epoch of seconds need not write a checkpoint
     each time. A stop between checkpoints says which epoch the checkpoint holds, and the

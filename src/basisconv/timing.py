@@ -33,6 +33,12 @@ if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a
     import pandas as pd  # that makes none (most training runs) starts without it
 
 
+#: What :func:`tune_cpu_allocator` set in this process (empty before): glibc's tuning is not
+#: undone (``mallopt``'s trim threshold turns off its dynamic mmap threshold for good), so a
+#: later benchmark of the default allocator in this process would run tuned.
+ALLOCATOR_TUNED: set[str] = set()
+
+
 def tune_cpu_allocator() -> str:
     """Keep freed memory in the heap instead of returning it to the OS.
 
@@ -49,7 +55,9 @@ def tune_cpu_allocator() -> str:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_max = -1, -4
         if libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**30) == 1:
-            return "glibc, mmap disabled, trim threshold 1 GiB (mallopt)"
+            tuned = "glibc, mmap disabled, trim threshold 1 GiB (mallopt)"
+            ALLOCATOR_TUNED.add(tuned)
+            return tuned
     except OSError:
         pass
     return "default"

@@ -648,6 +648,8 @@ class Training:
         if not self.cfg.trainer.checkpoint:
             return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs}; "
                     f"trainer.checkpoint=false, so the same command starts it over")
+        if done == epochs:  # stopped once its last checkpoint was written: complete
+            return self.stopped_complete_message()
         finished = len(self.results["epochs"])
         every = self.cfg.trainer.checkpoint_every_s
         if finished > done and not every:  # stopped while its checkpoint was being written
@@ -663,6 +665,19 @@ class Training:
             where = f"stopped after epoch {done} of {epochs} (checkpoint saved)"
         go_on = how_to_go_on(self.output_dir, self.cfg, done)
         return f"the run in {self.output_dir} {where}; {go_on}"
+
+    def stopped_complete_message(self) -> str:
+        """A stop after the last epoch's checkpoint was written, before (or as) its record
+        was: the run is complete, and the same command trains nothing (it writes
+        ``run.json`` from the checkpoint, :func:`repair_record`, and publishes it). "Stopped
+        after epoch 3 of 3; ... to resume it" read as if training were left to do."""
+        if says_complete(self.output_dir / RECORD):
+            return complete_run_message(self.cfg, self.output_dir, "as it finished")
+        to = "write it" + (f" and publish it to {self.cfg.publish}" if self.cfg.publish else "")
+        go_on = how_to_go_on(self.output_dir, self.cfg, self.saved_epochs,
+                             to=f"{to}, training nothing")
+        return (f"the run in {self.output_dir} is complete ({CHECKPOINT}), but was stopped "
+                f"before its {RECORD} was written; {go_on}")
 
 
 def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:

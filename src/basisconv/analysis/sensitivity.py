@@ -129,7 +129,10 @@ def chosen_section(table: pd.DataFrame, summary: dict) -> str:
 
 def measured_time_line(summary: dict) -> str:
     """"" or, for ``selection.budget_metric=time``, the measured times the layers were
-    chosen by (the table's savings are the cost model's, which that budget does not read)."""
+    chosen by (the table's savings are the cost model's, which that budget does not read).
+    Their saving is the sum of single-layer timings, said as an estimate: ResNet-18's 20
+    convs timed alone added up to 4 % more than the whole dense step on a 2-core CPU
+    (``docs/speed.md``), so a subset's summed saving reads a few % high."""
     measured = summary.get("measured_time")
     if not measured:
         return ""
@@ -141,7 +144,8 @@ def measured_time_line(summary: dict) -> str:
     device = f" on {measured['device']}" if measured.get("device") else ""  # older records
     return (f"\nChosen by measured time (selection.budget_metric=time): dense training step "
             f"{1e3 * step:.2f} ms{device}; the chosen layers save {1e3 * saved:.2f} ms "
-            f"({100 * saved / step:.1f} %) of it"
+            f"({100 * saved / step:.1f} %) of it, an estimate from each layer timed alone "
+            f"(which pays what a whole step overlaps: it tends to run a few % high)"
             + (f"; slower in basis form (never chosen): {', '.join(slower)}" if slower else "")
             + ".\n")
 

@@ -22,7 +22,11 @@ do), and *from layer times* adds back the measured basis layer times instead.
 With ``fuse_norm`` every timed layer is a conv, its batch norm and ReLU
 (:func:`with_norm_and_relu`): dense, basis with the norm folded in (the ``basis_*`` columns) and
 basis unfused (``unfused_*``), so the rows say per shape what folding the norm gains; the
-time bound then scales the whole triple to its FLOP ratio, the issue-13 target.
+time bound then scales the whole triple to its FLOP ratio, the issue-13 target. A row's
+ReLU is timed for every layer of its shape, though in ResNet-18 only the stem and each
+block's first conv have one of their own (a second conv's ReLU follows the shortcut's
+addition, a shortcut conv has none): the bounds count 11 ReLUs of its 20 convs among what
+basis layers reduce, so its non-conv share reads a little low.
 
 Whole model, memory (:mod:`basisconv.bench.memory`): the MiB a training forward keeps for
 the backward (``*_saved_mib``, every device) and on CUDA the peak of a training step
@@ -54,7 +58,8 @@ from ..models import build_model
 from ..records import (RunRecord, file_digest, hardware_name, precision_name, provenance,
                        read_record, write_record, write_text_atomic)
 from ..surgery import apply_basis, conv_layers
-from ..timing import ConvNormAct, Runner, Timer, output_gradient, tune_cpu_allocator
+from ..timing import (ALLOCATOR_TUNED, ConvNormAct, Runner, Timer, output_gradient,
+                      tune_cpu_allocator)
 from . import flag_below_minimum, fused_problem, profile_table
 from .memory import MIB, cuda_step_peak, saved_for_backward
 
@@ -203,7 +208,9 @@ def resnet18_shapes() -> dict[ConvShape, list[str]]:
 
 
 def with_norm_and_relu(conv: nn.Module) -> ConvNormAct:
-    """``conv`` with a fresh batch norm and a ReLU after it, as the models compute them."""
+    """``conv`` with a fresh batch norm and a ReLU after it, as the models compute a stem or
+    a block's first conv (a block's second conv and a shortcut have no ReLU of their own:
+    a layer row times one all the same, see the module's docstring)."""
     return ConvNormAct(conv, nn.BatchNorm2d(conv.out_channels), relu=True)
 
 
@@ -609,6 +616,11 @@ def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
     # as a (non-deterministic) training run sets them: cuDNN times its algorithms per shape
     # on first use (in the warm-up rounds) and runs the fastest
     seed_everything(0, deterministic=False)
+    if options.device == "cpu" and not options.allocator_tuning and ALLOCATOR_TUNED:
+        # (else its record said "default" and its file "-defaultmalloc" of a tuned heap)
+        raise ConfigError("allocator_tuning=False (--no-allocator-tuning) measures glibc's "
+                          "default allocator, but this process tuned it before, which cannot "
+                          "be undone; run that benchmark in a process of its own")
     allocator = (tune_cpu_allocator() if options.allocator_tuning and options.device == "cpu"
                  else "default")
     tag = options.tag
