@@ -232,6 +232,28 @@ def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.0
     return search.exhaustive_search(cfg, tmp_path / "out")
 
 
+def test_a_search_refuses_a_folder_that_holds_a_search_with_other_settings(repo, tmp_path,
+                                                                          monkeypatch):
+    """Found in review: a search given the folder of an earlier search with other settings
+    (hydra.run.dir=...) wrote its table, plot and record over that one's, silently. Now it
+    is one line naming the keys that differ; the same search there is taken (resumed), also
+    with keys that change only how it runs."""
+    from basisconv import search
+
+    accuracy = {"a b": 0.5, "a c": 0.4, "a d": 0.3, "b c": 0.6, "b d": 0.2, "c d": 0.1}
+    first = made_up_search(repo, tmp_path, monkeypatch, accuracy)
+    same = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
+                               "selection.metric=accuracy_drop", "sensitivity.workers=2")
+    assert search.exhaustive_search(same, tmp_path / "out")["fast_choice"] == first["fast_choice"]
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.*")}
+    other = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
+                                "selection.metric=loss_increase")
+    with pytest.raises(ConfigError, match=r"differs in selection\.metric\); give this search a "
+                                          r"folder of its own \(hydra\.run\.dir"):
+        search.exhaustive_search(other, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.*")} == written
+
+
 def test_the_best_of_subsets_tied_for_best_is_the_first_in_model_order(repo, tmp_path,
                                                                        monkeypatch):
     """35 subsets (3 of 7 layers), two tied for best: the summary names the first."""

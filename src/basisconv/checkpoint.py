@@ -235,8 +235,11 @@ def flat_config(config: dict) -> dict[str, Any]:
     return {**ADDED_KEYS, **flatten(config)}
 
 
-def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
-    """Refuse to resume a checkpoint written under a different configuration.
+def check_same_run(saved_config: dict, config: dict, path: Path,
+                   fix: str = "use a new output directory, or trainer.resume=false to start "
+                              "over") -> None:
+    """Refuse to resume a checkpoint written under a different configuration (or, with
+    another ``fix``, to replace a record ``path`` of one: an exhaustive search's).
 
     A key an older basisconv did not write counts as the value it ran as
     (:data:`ADDED_KEYS`); other keys that only one side has (removed, or written by a newer
@@ -258,7 +261,7 @@ def check_same_run(saved_config: dict, config: dict, path: Path) -> None:
     if changed:
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "
-            f"use a new output directory, or trainer.resume=false to start over")
+            f"{fix}")
 
 
 def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:

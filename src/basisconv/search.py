@@ -22,10 +22,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
+from .checkpoint import check_same_run
 from .errors import ConfigError
 from .probe import Probe, difference_std, evaluate_many
-from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
-                      write_text_atomic)
+from .records import (RECORD, RunRecord, folder_lock, publish, read_record, refuse_other_kind,
+                      write_record, write_text_atomic)
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import (cache_dir, candidate_table, check_estimate_record,
                           say_the_work_is_kept, sensitivity_table)
@@ -57,7 +58,26 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     with say_the_work_is_kept(cfg, "the exhaustive search"):
         with folder_lock(output_dir, what="exhaustive search"), loop.settings_restored():
             refuse_other_kind(output_dir, "exhaustive_search", "the exhaustive search")
+            refuse_other_search(cfg, output_dir)
             return _exhaustive_search(cfg, output_dir)
+
+
+def refuse_other_search(cfg: DictConfig, output_dir: Path) -> None:
+    """A :class:`ConfigError` when ``output_dir`` holds the record of a search made with
+    other settings (another subset size, model, basis size, ...; keys that change only how
+    it runs, such as ``sensitivity.workers``, may differ): the search wrote its
+    ``search.csv``, plot and record over that one's silently, and one stopped there left
+    the old results beside the new one's config and log. The same search again there
+    (resumed from its kept fine-tunes) is taken, as a training run is resumed."""
+    try:
+        found = read_record(output_dir / RECORD)
+    except (OSError, ValueError):
+        return  # none, or unreadable: the search writes its own
+    if found.get("kind") == "exhaustive_search" and isinstance(found.get("config"), dict):
+        check_same_run(found["config"], OmegaConf.to_container(cfg, resolve=True),
+                       output_dir / RECORD,
+                       fix="give this search a folder of its own (hydra.run.dir=..., or none "
+                           "for the default), or delete that folder")
 
 
 def check_search_size(cfg: DictConfig, candidates: int) -> int:
