@@ -4,6 +4,7 @@ on the same global batch (gradients, batch-norm statistics, and so the loss)."""
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -413,6 +414,49 @@ def test_only_a_collective_the_other_end_left_is_another_processs_failure(monkey
     # that carries the collective's failure): torchrun's environment still tells
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert distributed.peer_failure(gloo).startswith("another process of this torchrun job")
+
+
+def test_the_process_that_speaks_is_rank_0_of_the_whole_job_not_of_its_node(monkeypatch):
+    """Found by mutation (``LOCAL_RANK`` read for ``RANK`` passed every test, all on one
+    node): on a second node of a torchrun job, local rank 0 is rank 2, and it speaks for
+    the run only where it is rank 0 of the whole job (else each node said every error)."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert distributed.first_process()  # (python, no torchrun)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not distributed.first_process()
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.first_process()
+
+
+def test_a_sigterm_amid_a_collectives_failure_is_said_as_the_peers_failure(monkeypatch):
+    """Found by mutation (the chain followed by ``__cause__``, and a plain Ctrl-C counted,
+    passed every test but torchrun's slow ones): torchrun's SIGTERM after another rank died
+    lands while the collective's failure is on its way out, which it carries as its
+    ``__context__`` (not its cause); a Ctrl-C, with a signal or plain, is the user's."""
+    from basisconv.errors import Stopped
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    gloo = RuntimeError("[pair.cc:537] Read error [127.0.0.1]:5313: Connection reset by peer")
+
+    def stop_amid(stop: BaseException) -> BaseException:
+        try:
+            try:
+                raise gloo
+            except RuntimeError:
+                raise stop  # (its __context__ the failure, its __cause__ None)
+        except KeyboardInterrupt as err:
+            return err
+    said = ("another process of this torchrun job failed (Read error [127.0.0.1]:5313: "
+            "Connection reset by peer)")
+    assert distributed.peer_failure_in(stop_amid(Stopped(signal.SIGTERM))) == said
+    assert distributed.peer_failure_in(stop_amid(Stopped(signal.SIGINT))) is None
+    assert distributed.peer_failure_in(stop_amid(KeyboardInterrupt())) is None
+    looped = RuntimeError("no peer")
+    looped.__context__ = RuntimeError("nor here")
+    looped.__context__.__context__ = looped  # (Python can make the chain a loop)
+    assert distributed.peer_failure_in(looped) is None
 
 
 def test_a_synchronized_norm_takes_the_global_batchs_count_from_the_all_reduce(monkeypatch):

@@ -1523,6 +1523,21 @@ def test_stops_held_handles_the_first_stop_once_as_the_block_ends(stop_handlers)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
+def test_a_folders_lock_file_names_only_its_present_holder(tmp_path):
+    """Found by mutation (the lock file written over without being emptied first passed
+    every test): the lock file names whoever holds the folder now, which a refused second
+    run quotes; a longer line an earlier holder left (a longer pid or host name) is not
+    left trailing after it."""
+    from basisconv.records import folder_lock
+
+    (tmp_path / "run.lock").write_text("pid 4194304 on host a-much-longer-host-name-than-this-"
+                                       "one since 2020-01-01T00:00:00\nand a second line\n")
+    with folder_lock(tmp_path) as path:
+        said = path.read_text()
+    assert said.startswith(f"pid {os.getpid()} on host ") and said.count("\n") == 1, said
+    assert "longer" not in said and "second" not in said
+
+
 def test_a_stop_as_the_temporary_file_is_made_leaves_none_and_the_umask_as_it_was(
         tmp_path, monkeypatch):
     """Found by a stop-injection audit: a stop right after mkstemp (while the umask was
