@@ -19,7 +19,7 @@ from basisconv.cli import check_sweep_jobs, exit_on_user_error
 from basisconv.unread import (unread_in_training, warn_keys_no_sweep_job_reads,
                               warn_preset_choice_overridden, warn_unread_basis_overrides,
                               warn_unread_logger_overrides)
-from basisconv.config import validate
+from basisconv.config_checks import validate
 from basisconv.train import fit
 
 check_sweep_jobs(validate, warn_keys_no_sweep_job_reads, unread=unread_in_training)

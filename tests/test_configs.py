@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv import hydra_errors, loop, resuming
-from basisconv.config import validate
+from basisconv.config_checks import validate
 from basisconv.errors import ConfigError
 from basisconv.loop import resolve_device
 from basisconv.models import list_models
@@ -316,7 +316,7 @@ def test_convert_without_trained_weights_is_refused(compose_cfg):
     validate(compose_cfg("selection=none", "basis=convert"))  # no basis layers to fit
 
 
-# Every other range rule of config.validate, one changed value each (a rule deleted from
+# Every other range rule of config_checks.validate, one changed value each (a rule deleted from
 # validate left every test passing): set on one composed config, as composing per value
 # would cost a second of the suite per rule.
 RANGE_RULES = [
@@ -529,15 +529,15 @@ def test_a_model_this_machine_cannot_hold_is_refused_at_the_start(
     one of 1 GiB, a ResNet-20 of width 32 (273,756,682 float32 parameters, 1.02 GiB) cannot
     be built, one of width 16 (0.26 GiB) can. Where the system does not say its memory,
     only torch's 64-bit sizes bound the width."""
-    from basisconv import config
+    from basisconv import config_checks
 
-    monkeypatch.setattr(config, "machine_memory", lambda: 2**30)
+    monkeypatch.setattr(config_checks, "machine_memory", lambda: 2**30)
     validate(compose_cfg("model=resnet20", "model.width=16"))
     with pytest.raises(ConfigError, match=r"^model.width=32.0 gives resnet20 273,756,682 "
                                           r"parameters, whose float32 weights alone take 1.02 "
                                           r"GiB, more than this machine's 1.00 GiB of memory"):
         validate(compose_cfg("model=resnet20", "model.width=32"))
-    monkeypatch.setattr(config, "machine_memory", lambda: None)
+    monkeypatch.setattr(config_checks, "machine_memory", lambda: None)
     validate(compose_cfg("model=resnet20", "model.width=1e6"))
     with pytest.raises(ConfigError, match="beyond torch's 64-bit tensor sizes"):
         validate(compose_cfg("model=resnet20", "model.width=1e18"))
@@ -546,7 +546,7 @@ def test_a_model_this_machine_cannot_hold_is_refused_at_the_start(
     def unshapeable(*args):
         raise RuntimeError("a file this model reads as it is built")
 
-    monkeypatch.setattr(config, "parameter_count", unshapeable)
+    monkeypatch.setattr(config_checks, "parameter_count", unshapeable)
     validate(compose_cfg("model=resnet20", "model.width=2"))
 
 
@@ -875,7 +875,7 @@ def test_a_count_above_the_candidates_is_refused_with_the_config(compose_cfg, tm
     (its pretraining and every fine-tune), in a sweep after the jobs before it had trained.
     It is checked with the other values, on the model shaped on the meta device."""
     from basisconv import sensitivity
-    from basisconv.config import validate_estimate
+    from basisconv.config_checks import validate_estimate
 
     def overrides(count, *more):  # ResNet-8 has 7 candidates at basis.size=0.5
         return compose_cfg("model=resnet8", f"selection={policy}", f"selection.count={count}",
@@ -904,7 +904,7 @@ def test_the_search_holds_no_selection_key_it_does_not_read_to_the_model(compose
     estimate (and ``scripts/sensitivity.py``, which marks the choice) still refuse it
     before estimating."""
     from basisconv import sensitivity
-    from basisconv.config import validate_estimate, validate_search
+    from basisconv.config_checks import validate_estimate, validate_search
 
     cfg = compose_cfg("model=resnet8", "selection=sensitivity_budget", "selection.count=10",
                       f"sensitivity.cache_dir={tmp_path}")  # (sensitivity.yaml's policy)
@@ -936,7 +936,7 @@ def test_a_basis_size_at_which_no_layer_saves_is_refused_with_the_config(compose
     layer but saves in none, so no layer is a candidate: refused only as the candidate
     table was made (the estimate's first step; in ``-m basis.size=0.5,1.0`` after the
     0.5 job had trained)."""
-    from basisconv.config import validate_estimate
+    from basisconv.config_checks import validate_estimate
 
     for size in ("1.0", "64"):
         overrides = ("model=resnet8", "experiment=basis_selected", f"basis.size={size}")
@@ -966,7 +966,7 @@ def test_a_held_out_part_the_training_images_cannot_give_is_refused_with_the_con
     sweep (``-m selection=all,sensitivity_budget``) after the jobs before it had trained.
     A run that estimates nothing is not refused for it, nor own data (its size is the
     files')."""
-    from basisconv.config import validate_estimate
+    from basisconv.config_checks import validate_estimate
 
     for check, policy in ((validate, "sensitivity_budget"), (validate, "sensitivity_threshold"),
                           (validate_estimate, "all")):
@@ -985,7 +985,7 @@ def test_a_held_out_part_leaving_less_than_a_batch_is_taken_where_the_estimate_t
     source checkpoint's drops as converted, or ``pretrain_epochs=0`` too) the estimate makes
     no training batch, and ``profile=smoke sensitivity.val_size=160`` (40 of 200 images
     left, batch 50) ran before the one-batch rule; it was then refused with the config."""
-    from basisconv.config import validate_estimate
+    from basisconv.config_checks import validate_estimate
 
     checkpoint = tmp_path / "dense.pt"
     checkpoint.write_bytes(b"")  # (validate reads no checkpoint's weights)
@@ -1011,7 +1011,7 @@ def test_the_estimate_scripts_check_the_candidate_names_under_every_policy(compo
     ``sensitivity.layers`` whatever the policy, but their check took a misspelt one under
     the policies that choose none (found as the estimate began; in a sweep, after the jobs
     before it). A training run of those policies reads none and is not judged by them."""
-    from basisconv.config import validate_estimate
+    from basisconv.config_checks import validate_estimate
 
     cfg = compose_cfg("model=resnet20", *overrides, "sensitivity.layers=[layer9.*]")
     validate(cfg)
@@ -1046,7 +1046,7 @@ def test_the_estimate_scripts_are_not_refused_a_basis_only_training_would_not_ta
         compose_cfg):
     """The estimate converts only candidates where a basis saves, whatever
     ``basis.only_where_saves`` says (its table's rule); the training run converts ``all``."""
-    from basisconv.config import validate_estimate
+    from basisconv.config_checks import validate_estimate
 
     overrides = ("model=resnet8", "selection=all", "basis.size=20", "basis.only_where_saves=false")
     validate_estimate(compose_cfg(*overrides))
@@ -1111,7 +1111,7 @@ def test_checking_a_config_logs_nothing_of_its_dry_conversions(compose_cfg, capl
     dense warm-up's conversion holds back its lines."""
     import logging
 
-    from basisconv.config import validate_estimate
+    from basisconv.config_checks import validate_estimate
 
     caplog.set_level(logging.INFO)
     cfg = compose_cfg("experiment=basis_selected")
@@ -1244,7 +1244,7 @@ def test_an_estimate_that_trains_nothing_takes_a_batch_beyond_the_training_image
     ``profile=smoke data.synthetic_train=40 sensitivity.val_size=20
     sensitivity.finetune_epochs=0 sensitivity.pretrain_epochs=0`` (batch 50) ran
     scripts/sensitivity.py to its table."""
-    from basisconv.config import validate_estimate, validate_search
+    from basisconv.config_checks import validate_estimate, validate_search
 
     smoke = ("profile=smoke", "data.synthetic_train=40", "sensitivity.val_size=20",
              "sensitivity.finetune_epochs=0", "sensitivity.pretrain_epochs=0")
@@ -1303,7 +1303,7 @@ def test_wandbs_other_mode_names_are_taken_from_the_environment_and_logged(
     """WANDB_MODE=dryrun (wandb's name for offline) once stopped the run at validation."""
     monkeypatch.setenv("WANDB_MODE", value)
     cfg = compose_cfg()
-    with caplog.at_level("INFO", logger="basisconv.config"):
+    with caplog.at_level("INFO", logger="basisconv.config_checks"):
         validate(cfg)
     assert cfg.logger.mode == mode
     assert f"WANDB_MODE={value} is wandb's other name for {mode}" in caplog.text
@@ -1827,7 +1827,7 @@ def test_the_exhaustive_search_is_not_refused_a_count_it_does_not_read(compose_c
     7 candidates), refused ``selection.count=8``, which the search does not read (it scores
     the ``sensitivity.search_subset_size`` least sensitive layers, and says the count
     unread); ``scripts/sensitivity.py``, which picks that many layers, still refuses it."""
-    from basisconv.config import validate_estimate, validate_search
+    from basisconv.config_checks import validate_estimate, validate_search
     from basisconv.reproduce import check_overrides
 
     cfg = compose_cfg("model=resnet8", "selection=first_k", "selection.count=8")

@@ -740,7 +740,7 @@ def test_every_timed_part_of_gpu_check_passes_its_scripts_option_checks(
     config that validates (as their run's own check would, before training)."""
     from hydra import compose, initialize_config_dir
 
-    from basisconv.config import validate
+    from basisconv.config_checks import validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = gpu_check.arguments(["--data-root", str(tmp_path / "cifar"), "--parts", part])

@@ -328,7 +328,7 @@ def test_fraction_rounding_and_range_errors():
 def test_one_count_or_fraction_rule_for_basis_sizes_and_subsets(value, problem):
     """The rule the config check (data subsets, the held-out split) and the basis layer
     share: an int >= 1 is a count, a float in (0, 1] a fraction, a bool neither."""
-    from basisconv.config import _check_subset
+    from basisconv.config_checks import _check_subset
     from basisconv.counts import count_or_fraction_problem
     from basisconv.layers import check_basis_size
 

@@ -17,6 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
+import basisconv.config_checks
 from basisconv import loop, train
 from basisconv.checkpoint import save_checkpoint
 from basisconv.errors import ConfigError, PublishError
@@ -615,7 +616,7 @@ def test_an_offline_wandb_run_starts_without_a_warning(tmp_path, repo, monkeypat
 ])
 def test_bad_wandb_timeouts_are_named(repo, override, message):
     with pytest.raises(ConfigError, match=message):
-        basisconv.config.validate(compose_tiny(repo, "logger=wandb", override))
+        basisconv.config_checks.validate(compose_tiny(repo, "logger=wandb", override))
 
 
 def test_basis_run_records_its_layers_and_costs(tmp_path, repo):

@@ -297,7 +297,7 @@ def test_every_training_command_in_the_readme_composes_and_validates(repo):
     (``<date>``) filled in and without Hydra's own settings (a launcher plugin's)."""
     from hydra import compose, initialize_config_dir
 
-    from basisconv.config import validate
+    from basisconv.config_checks import validate
 
     commands = documented_commands(repo)
     assert len(commands) >= 10, commands  # (the extraction still finds them)

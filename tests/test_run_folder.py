@@ -1226,7 +1226,7 @@ def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lac
 
 @pytest.mark.parametrize("value", ["-1", "inf"])
 def test_a_bad_checkpoint_interval_is_named(repo, value):
-    from basisconv.config import validate
+    from basisconv.config_checks import validate
     from basisconv.errors import ConfigError
 
     with pytest.raises(ConfigError, match="trainer.checkpoint_every_s must be a number of "

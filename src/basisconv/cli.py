@@ -30,7 +30,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
 from .checkpoint import CHECKPOINT, check_source_file
-from .config import check_no_tilde
+from .config_checks import check_no_tilde
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      new_job_warns_again, one_line)
 from .hydra_errors import (added_group_line, config_groups_of, deleted_key_override,
@@ -82,7 +82,7 @@ class SweepJobFailed(Exception):
 def check_sweep_jobs(check: Callable[[Any], None],
                      look_over: Callable[[list[tuple[list[str], Any]]], None] | None = None,
                      unread: Callable[[Any, str], str | None] | None = None) -> None:
-    """Check every job of a sweep with ``check`` (:func:`basisconv.config.validate`)
+    """Check every job of a sweep with ``check`` (:func:`basisconv.config_checks.validate`)
     before the first one runs, where Hydra checks only that each composes: a value out of
     range in a sweep's last job (``basis.size=0.5,1.5``) is one line naming the job before
     anything trains, not an error after the jobs before it. Jobs that would publish their
@@ -637,7 +637,7 @@ def exit_on_user_error(fn: F) -> F:
                         raise SweepJobFailed(message, failed_jobs[-1],
                                              resume_override[-1]) from None
                     # (a start refused, not a run that failed; a broken ${...} is found by
-                    # the config check, config.resolve_all, before any work)
+                    # the config check, config_checks.resolve_all, before any work)
                     refused = isinstance(err, (ConfigError, DatasetError,
                                                InterpolationResolutionError)
                                          ) and not isinstance(err, FolderInUse)

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
-from .config import OTHER_NAMES, AnalysisConfig, TrainConfig, name_problem
+from .config import AnalysisConfig, TrainConfig
+from .config_checks import OTHER_NAMES, name_problem
 from .records import HYDRA_VALUE_FLAGS
 
 
@@ -256,7 +257,7 @@ def schema_annotation(schema: type, key: str) -> str | None:
 
 def run_name_override(args: list[str]) -> str | None:
     """One line for a run name on the command line that cannot name one folder
-    (:func:`~basisconv.config.name_problem`), a plain value or any of a sweep's, said
+    (:func:`~basisconv.config_checks.name_problem`), a plain value or any of a sweep's, said
     before Hydra makes ``outputs/<name>/``; None otherwise (an ``interval`` or ``glob``
     sweep lists no names: Hydra refuses those itself)."""
     for override in parsed_overrides(args) or []:

@@ -246,7 +246,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
 def check_count_fits(selection: DictConfig, candidates: int) -> None:
     """``selection.count`` (when set) at most the number of ``candidates``: one
     :class:`ConfigError` naming the range. :func:`pick_layers` checks it on its table, and
-    ``basisconv.config`` on the model shaped on the meta device, before a sensitivity
+    ``basisconv.config_checks`` on the model shaped on the meta device, before a sensitivity
     estimate (or a sweep's first job) spends its time on a choice that cannot be made."""
     count = selection.get("count")
     if count is not None and not 1 <= count <= candidates:
@@ -464,7 +464,7 @@ def keys_read(selection: DictConfig | Mapping) -> set[str]:
 def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
     """Every value of a ``selection`` config that its policy reads, each wrong one a
     :class:`ConfigError` naming the key and the valid values (the one home of these rules:
-    ``basisconv.config`` runs them on a run's config, :func:`pick_layers` on a user's).
+    ``basisconv.config_checks`` runs them on a run's config, :func:`pick_layers` on a user's).
     ``every_key``: also the keys this policy does not read (a run's config, which has
     them all: a sweep over policies is checked whole before its first job)."""
     policy = _needed(selection, "policy")

@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
 from .candidates import dense_totals, layer_savings
-from .config import check_against_the_model
+from .config_checks import check_against_the_model
 from .data import expanded_root
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
 from .network import architecture_digest, build_dense

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop
 from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
                          save_checkpoint, saved_epoch_rows)
-from .config import GRAPHING_COMPILE_MODES, validate
+from .config import GRAPHING_COMPILE_MODES
+from .config_checks import validate
 from .data import prepare_data
 from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
 from .kernels import auto
@@ -234,7 +235,7 @@ def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
 
 def check_processes(cfg: DictConfig) -> None:
     """What the run's processes allow, known only once it has joined torchrun's process
-    group (:func:`~basisconv.config.validate` checked the config before): a global batch
+    group (:func:`~basisconv.config_checks.validate` checked the config before): a global batch
     they share evenly, and coefficients trained on every step."""
     batch, processes = cfg.trainer.batch_size, distributed.world_size()
     if batch % processes:

@@ -13,7 +13,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..checkpoint import flat_config
-from ..config import capped, validate_analysis
+from ..config import capped
+from ..config_checks import validate_analysis
 from ..counts import is_number
 from ..errors import ConfigError
 from ..records import (hardware_name, has_session_log, missing_protocol_runs, provenance,
