@@ -474,19 +474,26 @@ def _weight_constraints(conv: nn.Conv2d) -> list[str]:
     return list(dict.fromkeys(type(f).__name__.lstrip("_") for f in found))
 
 
+def _constrained_named(modules: dict[str, nn.Module]) -> str:
+    """"" or the modules of ``modules`` whose tensors a parametrization or pruning computes,
+    each with what computes them (the first four, then "and N more"): what
+    :func:`apply_basis`'s and :func:`to_dense`'s warnings name."""
+    constrained = {name: kinds for name, module in modules.items()
+                   if (kinds := _weight_constraints(module))}
+    listed = ", ".join(f"{name!r} ({', '.join(kinds)})"
+                       for name, kinds in list(constrained.items())[:4])
+    return listed + (f" and {len(constrained) - 4} more" if len(constrained) > 4 else "")
+
+
 def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
     """Warn, once for all layers, where a converted conv's weight is computed by a
     parametrization or pruning: its basis layer starts from the weight computed now, but
     trains its factors as they are, so the constraint (a pruning mask's zeros, a spectral
     norm's bound, a weight norm's direction and scale) holds no longer, silently."""
-    constrained = {name: kinds for name, conv in targets.items()
-                   if (kinds := _weight_constraints(conv))}
-    if not constrained:
+    listed = _constrained_named(targets)
+    if not listed:
         return
-    listed = ", ".join(f"{name!r} ({', '.join(kinds)})"
-                       for name, kinds in list(constrained.items())[:4])
-    more = f" and {len(constrained) - 4} more" if len(constrained) > 4 else ""
-    warn_caller(f"apply_basis: the weights of {listed}{more} are computed by a "
+    warn_caller(f"apply_basis: the weights of {listed} are computed by a "
                 f"parametrization or pruning that their basis layers do not keep: each starts "
                 f"from the weight computed now (fitted to it, or from scratch at its scale), "
                 f"and its basis filters and coefficients then train unconstrained; register "
@@ -679,13 +686,9 @@ def _warn_of_constraints_left_behind(layers: dict[str, BasisConv2d]) -> None:
     layer's tensors: its dense conv starts from the weight they compute now, and trains
     unconstrained (the zeros of a pruned basis fill in), as :func:`apply_basis` warns of
     a conv's."""
-    constrained = {name: kinds for name, layer in layers.items()
-                   if (kinds := _weight_constraints(layer))}
-    if constrained:
-        listed = ", ".join(f"{name!r} ({', '.join(kinds)})"
-                           for name, kinds in list(constrained.items())[:4])
-        more = f" and {len(constrained) - 4} more" if len(constrained) > 4 else ""
-        warn_caller(f"to_dense: the tensors of basis layers {listed}{more} are computed by "
+    listed = _constrained_named(layers)
+    if listed:
+        warn_caller(f"to_dense: the tensors of basis layers {listed} are computed by "
                     f"pruning or a parametrization that their dense convs do not keep: each "
                     f"starts from the weight computed now and trains unconstrained; register "
                     f"the constraint on the convs' weights if training needs it")
