@@ -167,6 +167,24 @@ def test_numpy_int_conv_options_are_taken_as_f_conv2d_takes_them(monkeypatch):
                                                    False)]  # the pairs' key
 
 
+@pytest.mark.parametrize("name, conv", [("stride", (True, 1, 1)), ("padding", (2, (1, False), 1)),
+                                        ("dilation", (2, 1, 1.0))])
+def test_a_bool_or_float_conv_option_is_refused_as_f_conv2d_refuses_it(monkeypatch, name, conv):
+    """Found in review: with numpy's ints taken by ``operator.index``, ``stride=True`` (a
+    downsampling flag passed as the stride) ran as a stride of 1, silently, in every form,
+    where ``F.conv2d`` refuses a bool; a float ended in "'float' object is not iterable"."""
+    from basisconv.kernels import fused_forward
+
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == "dense" else 1.0)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    basis = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    comb = torch.randn(7, 3, dtype=torch.float64)
+    for forward in (auto.auto_forward, fused_forward):
+        with pytest.raises(TypeError, match=rf"^{name}=.*: give an int or a pair of ints"):
+            forward(x, basis, comb, None, *conv)
+    assert not auto.choices()
+
+
 def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(auto, "_time", lambda *a: pytest.fail("measured while compiling"))

@@ -120,6 +120,27 @@ def test_a_parameter_budget_passes_over_a_layer_that_costs_training_flops(caplog
         "selection.budget_reduction=0.1")
 
 
+def test_a_parameter_budget_short_of_its_target_says_a_layer_passed_over_saved(caplog):
+    """Found in review: a parameter budget that passed over a layer for its training FLOPs
+    and fell short said "the 2 of 3 candidates that save any are all converted", though the
+    third saves parameters (here more than the budget asks); and where none is passed over,
+    a budget none saves toward blamed training FLOPs that no layer costs."""
+    table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
+                          "params_saved": [50, 10, 10], "flops_saved": [-5, 10, 10]})
+    selection = {"policy": "first_k", "budget_metric": "params", "budget_reduction": 0.5}
+    with caplog.at_level("WARNING", logger="basisconv.selection"):
+        assert pick_layers(selection, table, {"params": 100, "flops": 100}) == ["b", "c"]
+        assert caplog.records[-1].getMessage() == (
+            "selection first_k: the 2 of 3 candidates that save any without costing training "
+            "FLOPs are all converted, and together save 20.0 % of the dense model's "
+            "parameters, short of selection.budget_reduction=0.5")
+        saving_none = table.assign(params_saved=0, flops_saved=10)
+        assert pick_layers(selection, saving_none, {"params": 100, "flops": 100}) == []
+    assert caplog.records[-1].getMessage() == (
+        "selection first_k: none of the 3 candidates saves any of the dense model's "
+        "parameters, so none meets selection.budget_reduction=0.5")
+
+
 @pytest.mark.parametrize("name", ["sensitivity_budget", "random", "first_k", "last_k"])
 @pytest.mark.parametrize("metric, reduction", [("flops", 0.25), ("flops", 0.1), ("params", 0.15)])
 def test_every_budget_policy_meets_the_budget(name, metric, reduction):

@@ -297,6 +297,9 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
     # (the passed over stay in the count of candidates the warnings below give)
     taken = (without_training_cost(order, table, selection)
              if selection.budget_metric == "params" else order)
+    # (said only where one was passed over: "the 2 of 3 that save any are all converted"
+    # read as if the third saved none, when it saved more than the budget asked)
+    unless_costly = " without costing training FLOPs" if len(taken) < len(order) else ""
 
     def met(saved: float) -> bool:  # 0.07 * 100 is 7.000000000000001: 7 saved meets it
         return saved >= target or math.isclose(saved, target, rel_tol=1e-9)
@@ -316,13 +319,13 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
         # converted" said it)
         log.warning("selection %s: none of the %d candidates saves any of the dense model's "
                     "%s%s, so none meets selection.budget_reduction=%g", selection.policy,
-                    len(order), BUDGET_WORDS[selection.budget_metric],
-                    " without costing training FLOPs" if taken is not order else "",
+                    len(order), BUDGET_WORDS[selection.budget_metric], unless_costly,
                     selection.budget_reduction)
     elif not met(saved):  # (the ones passed over saved nothing toward it: not "every")
-        log.warning("selection %s: the %d of %d candidates that save any are all converted, "
+        log.warning("selection %s: the %d of %d candidates that save any%s are all converted, "
                     "and together save %.1f %% of the dense model's %s, short of "
                     "selection.budget_reduction=%g", selection.policy, len(chosen), len(order),
+                    unless_costly,
                     100 * saved / dense[selection.budget_metric],
                     BUDGET_WORDS[selection.budget_metric], selection.budget_reduction)
     return chosen

@@ -212,19 +212,27 @@ def conv_pairs(stride, padding, dilation) -> tuple:
     ``stride=2`` (which ended in "'int' object is not iterable" here, where the stacked
     form took it), or numpy's ``np.int64(2)`` (a size computed with numpy, which
     ``F.conv2d`` takes as an int). Called at every eager forward: a pair passes through as
-    it is."""
-    return (_as_pair(stride), padding if isinstance(padding, str) else _as_pair(padding),
-            _as_pair(dilation))
+    it is. A bool or a float is refused, as ``F.conv2d`` refuses it (``operator.index``
+    took ``stride=True`` as a stride of 1, silently)."""
+    return (_as_pair(stride, "stride"),
+            padding if isinstance(padding, str) else _as_pair(padding, "padding"),
+            _as_pair(dilation, "dilation"))
 
 
-def _as_pair(value) -> tuple:
+def _as_pair(value, name: str) -> tuple:
     if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int:
         return value  # (a layer's: nothing to do)
-    value = (value,) if isinstance(value, numbers.Integral) else tuple(value)
-    # Python's ints: numpy's wrote "(np.int64(1), np.int64(1))" into auto's key (str of the
-    # padding), which then timed the pairs' shape again under another key and recorded it
-    value = tuple(map(operator.index, value))
-    return value * 2 if len(value) == 1 else value
+    values = (value,) if isinstance(value, numbers.Integral) else value
+    try:
+        if any(isinstance(v, bool) for v in values):
+            raise TypeError
+        # Python's ints: numpy's wrote "(np.int64(1), np.int64(1))" into auto's key (str of
+        # the padding), which then timed the pairs' shape again under another key
+        pair = tuple(map(operator.index, values))
+    except TypeError:
+        raise TypeError(f"{name}={value!r}: give an int or a pair of ints, as F.conv2d "
+                        f"takes them") from None
+    return pair * 2 if len(pair) == 1 else pair
 
 
 def fused_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.Tensor,
