@@ -311,6 +311,24 @@ def test_sweep_jobs_that_would_publish_to_one_file_are_refused_before_any_runs(t
     assert "seed${seed}" in lines[0] and not published.exists()
 
 
+def test_sweep_jobs_that_publish_to_one_file_written_two_ways_are_refused(tmp_path,
+                                                                         monkeypatch):
+    # Found in review: publish paths were compared as text, so -m publish=a.json,./a.json
+    # let two jobs write one file (each job writes it from the folder the sweep started in)
+    from omegaconf import OmegaConf
+
+    from basisconv.cli import check_published_apart
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    jobs = [([f"publish={path}"], OmegaConf.create({"publish": path}))
+            for path in ["a.json", "./a.json", "runs/../a.json", "b.json"]]
+    with pytest.raises(ConfigError, match=r"^publish=a\.json is the same file for 3 jobs of "
+                                          r"the sweep \(written \./a\.json, runs/\.\./a\.json "
+                                          r"too\)"):
+        check_published_apart(jobs)
+    check_published_apart([jobs[0], jobs[3]])
+
+
 def test_a_sweep_that_lists_a_job_twice_is_refused_before_any_runs(tmp_path, repo,
                                                                    script_starts):
     """Found in review: ``-m seed=0,0`` gave two jobs one folder (named by the overrides),

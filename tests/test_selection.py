@@ -120,6 +120,23 @@ def test_a_parameter_budget_passes_over_a_layer_that_costs_training_flops(caplog
         "selection.budget_reduction=0.1")
 
 
+@pytest.mark.parametrize("chosen_by, read_for", [
+    ({"policy": "first_k", "budget_metric": "params", "budget_reduction": 0.1},
+     "selection.budget_metric=params"),
+    ({"policy": "sensitivity_threshold", "metric": "accuracy_drop", "threshold": 0.01},
+     "selection.policy=sensitivity_threshold")])
+def test_a_missing_flops_saving_names_the_setting_that_reads_it(chosen_by, read_for):
+    """Found in review: under a parameter budget a table missing a ``flops_saved`` number
+    was refused as read for ``selection.policy=first_k``, which reads it under no other
+    budget: the setting to change is ``budget_metric``."""
+    table = pd.DataFrame({"layer": list("ab"), "position": [0, 1], "accuracy_drop": [0, 0],
+                          "params_saved": [50, 10], "flops_saved": [float("nan"), 10]})
+    with pytest.raises(ConfigError, match=rf"column \(read for {read_for}, which passes over "
+                                          rf"a layer that costs training FLOPs\) holds no "
+                                          rf"finite number for layer\(s\) 'a' \(nan\)"):
+        pick_layers(chosen_by, table, {"params": 100, "flops": 100})
+
+
 def test_a_parameter_budget_short_of_its_target_says_a_layer_passed_over_saved(caplog):
     """Found in review: a parameter budget that passed over a layer for its training FLOPs
     and fell short said "the 2 of 3 candidates that save any are all converted", though the
@@ -503,7 +520,7 @@ def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repea
      r"selection.budget_metric is not set; selection.policy=sensitivity_budget reads it; "
      r"choose one of params, flops, time"),
     # (a key with a few valid values names them: a user's dict lacks base.yaml's defaults)
-    ({"policy": "sensitivity_threshold", "threshold": 0.01},
+    ({"policy": "sensitivity_threshold", "metric": "accuracy_drop", "threshold": 0.01},
      r"selection.metric is not set; selection.policy=sensitivity_threshold reads it; "
      r"choose one of accuracy_drop, loss_increase$"),
     ({"policy": "first_k", "count": 2.5}, r"selection.count must be null or >= 1, got 2.5"),

@@ -184,16 +184,21 @@ def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any],
 
 def check_published_apart(jobs: list[tuple[list[str], Any]]) -> None:
     """Refuse sweep jobs (their overrides and configs) that publish their records to one
-    file (``publish=`` given once for the sweep): each would overwrite the one before."""
-    published: dict[str, int] = {}
+    file (``publish=`` given once for the sweep): each would overwrite the one before.
+    Paths are compared as the jobs write them, from the folder the sweep started in (the
+    configs' ``hydra.job.chdir=false``): ``publish=a.json,./a.json`` is one file twice."""
+    published: dict[Path, list[str]] = {}
     for _, cfg in jobs:
         path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
         if path is not None:
-            published[str(path)] = published.get(str(path), 0) + 1
-    for path, count in published.items():
-        if count > 1:
+            published.setdefault(Path(str(path)).resolve(), []).append(str(path))
+    for given in published.values():
+        if len(given) > 1:
+            path, count = given[0], len(given)
+            also = sorted(set(given) - {path})
+            written = f" (written {', '.join(also)} too)" if also else ""
             raise ConfigError(f"publish={path} is the same file for {count} jobs of the "
-                              f"sweep, each overwriting the one before: name the swept "
+                              f"sweep{written}, each overwriting the one before: name the swept "
                               f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
                               f"seed=0,1; nothing ran")
 

@@ -340,7 +340,10 @@ def scheduler_state_fits(scheduler: torch.optim.lr_scheduler.LRScheduler, state:
 class StepTimer:
     """Forward and backward time per step, measured separately: the median over the
     epoch's steps, so that a first step that compiles (``trainer.compile``), autotunes
-    or captures CUDA graphs, seconds where a step takes milliseconds, does not count.
+    or captures CUDA graphs, seconds where a step takes milliseconds, does not count: in
+    an epoch of 3 steps or more (of 5 or more where two are slow, ``trainer.cuda_graphs``'
+    eager step and its capture). In a 1-step epoch the median is that step, in a 2-step
+    one their mean, the slow step counted in full or by half (a tiny test run's epoch).
 
     On CUDA it records events between the phases and reads them once per epoch, so the
     measurement adds no synchronization to the step; on CPU it reads the clock.

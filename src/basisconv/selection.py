@@ -234,7 +234,9 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     if selection.policy == "sensitivity_threshold":
         metric = dict(zip(table["layer"], table[selection.metric]))
         chosen = without_training_cost(
-            [name for name in order if metric[name] <= selection.threshold], table, selection)
+            [name for name in order if metric[name] <= selection.threshold], table, selection,
+            "selection.policy=sensitivity_threshold, which passes over a layer that costs "
+            "training FLOPs")
     elif selection.get("count") is not None:
         check_count_fits(selection, len(order))
         chosen = order[:selection.count]
@@ -254,18 +256,19 @@ def check_count_fits(selection: DictConfig, candidates: int) -> None:
                           f"so choose 1..{candidates} (or null: the budget)")
 
 
-def without_training_cost(chosen: list[str], table: pd.DataFrame,
-                          selection: DictConfig) -> list[str]:
+def without_training_cost(chosen: list[str], table: pd.DataFrame, selection: DictConfig,
+                          read_for: str) -> list[str]:
     """``chosen`` less the layers whose basis form costs more training FLOPs than their
     dense conv (a negative ``flops_saved``: a first layer near the break-even size, whose
     input needs no gradient but whose basis maps do), as a FLOPs budget passes them over:
     within the threshold they cost no accuracy, under a parameter budget they save
     parameters, but converting them slows training, which basis convolutions are for. A
-    table without ``flops_saved`` (a user's hand-made one) is taken as it is."""
+    table without ``flops_saved`` (a user's hand-made one) is taken as it is. ``read_for``:
+    the setting that reads it, named where a number is missing (under a parameter budget,
+    ``selection.budget_metric=params``, not the policy, which reads it under no other)."""
     if "flops_saved" not in table:
         return chosen
-    refuse_missing_numbers(table[table["layer"].isin(chosen)], "flops_saved",
-                           f"selection.policy={selection.policy}")
+    refuse_missing_numbers(table[table["layer"].isin(chosen)], "flops_saved", read_for)
     saving = dict(zip(table["layer"], table["flops_saved"]))
     for name in chosen:
         if saving[name] < 0:
@@ -295,7 +298,8 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
     target = selection.budget_reduction * dense[selection.budget_metric]
     saving = dict(zip(table["layer"], table[column]))
     # (the passed over stay in the count of candidates the warnings below give)
-    taken = (without_training_cost(order, table, selection)
+    taken = (without_training_cost(order, table, selection, "selection.budget_metric=params, "
+                                   "which passes over a layer that costs training FLOPs")
              if selection.budget_metric == "params" else order)
     # (said only where one was passed over: "the 2 of 3 that save any are all converted"
     # read as if the third saved none, when it saved more than the budget asked)
