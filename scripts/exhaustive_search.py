@@ -6,7 +6,8 @@ Example (7 candidate layers, all 35 subsets of 3, a few minutes on 2 CPU cores):
     python scripts/exhaustive_search.py profile=quick model=resnet8 sensitivity.search_subset_size=3
 
 Reuses (or first computes) the cached sensitivity table of the same settings, then writes
-``search.csv``, ``search.png`` and ``run.json`` to the Hydra output directory.
+``search.csv``, ``search.png`` and ``run.json`` to the Hydra output directory (by default
+``outputs/<model>-search/<date>``: ``configs/search.yaml``).
 """
 
 from pathlib import Path
@@ -26,7 +27,7 @@ from basisconv.unread import warn_preset_not_taken, warn_unread_search_selection
 check_sweep_jobs(validate_search)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="sensitivity")
+@hydra.main(version_base="1.3", config_path="../configs", config_name="search")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     validate_search(cfg)

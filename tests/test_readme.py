@@ -246,7 +246,7 @@ def test_every_link_between_the_pages_resolves(repo):
 # --------------------------------------------------- the README's Hydra commands compose
 #: The config each documented script composes (``@hydra.main``'s config_name).
 SCRIPT_CONFIGS = {"train": "train", "sensitivity": "sensitivity",
-                  "exhaustive_search": "sensitivity"}
+                  "exhaustive_search": "search"}
 #: Overrides the README writes on purpose as what fails (a typo, a key that is not there).
 WRONG_ON_PURPOSE = {"trainer.epochz=3", "trainer.seed=1", "trainer.epochs=abc"}
 

@@ -283,13 +283,65 @@ def test_a_search_refuses_a_folder_that_holds_a_search_with_other_settings(repo,
     same = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
                                "selection.metric=accuracy_drop", "sensitivity.workers=2")
     assert search.exhaustive_search(same, tmp_path / "out")["fast_choice"] == first["fast_choice"]
-    written = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.*")}
+    # (not run.lock, which names its holder's start to the second: the refused one's)
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.*")
+               if p.name != "run.lock"}
     other = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
                                 "selection.metric=loss_increase")
     with pytest.raises(ConfigError, match=r"differs in selection\.metric\); give this search a "
                                           r"folder of its own \(hydra\.run\.dir"):
         search.exhaustive_search(other, tmp_path / "out")
-    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.*")} == written
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.*")
+            if p.name != "run.lock"} == written
+
+
+def test_a_search_takes_its_folder_again_with_only_selection_keys_it_does_not_read(
+        repo, tmp_path, monkeypatch):
+    """The search reads no selection key but ``metric`` (it warns that the others are
+    unread): the same search there again with another policy computes what it computed,
+    and is taken, not refused as another search's folder."""
+    from unittest import mock
+
+    from basisconv import search
+
+    accuracy = {"a b": 0.5, "a c": 0.4, "a d": 0.3, "b c": 0.6, "b d": 0.2, "c d": 0.1}
+    first = made_up_search(repo, tmp_path, monkeypatch, accuracy)
+    unread = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=2",
+                                 "selection.metric=accuracy_drop", "selection=random",
+                                 "selection.count=3")
+    assert search.exhaustive_search(unread, tmp_path / "out") == {**first, "seconds": mock.ANY}
+
+
+def test_an_estimate_refuses_a_folder_that_holds_an_estimate_with_other_settings(
+        repo, tmp_path, monkeypatch):
+    """Found in review: ``scripts/sensitivity.py hydra.run.dir=<an earlier estimate's
+    folder>`` with other settings (another basis size) wrote its table, plot, chosen.md and
+    record over that one's silently, where the search refuses such a folder. Now it is one
+    line naming the keys that differ (by the search's rule); the same estimate there is
+    taken, also with keys that change only how it runs or another selection (a new choice
+    from the same table, which the estimate does not read)."""
+    from basisconv import sensitivity
+    from basisconv.records import RunRecord, write_record
+
+    out = tmp_path / "out"
+    made = compose_sensitivity(repo, tmp_path, "logger=none")
+    write_record(out, RunRecord("sensitivity", OmegaConf.to_container(made, resolve=True),
+                                status="complete"))
+    written = (out / "run.json").read_bytes()
+    monkeypatch.setattr(sensitivity, "_run_sensitivity", lambda cfg, output_dir: "estimated")
+    for taken in (["sensitivity.workers=2", "trainer.threads=2"],
+                  ["selection=sensitivity_threshold", "selection.threshold=0.01"],
+                  ["selection.count=3", "sensitivity.search_subset_size=2"]):
+        same = compose_sensitivity(repo, tmp_path, "logger=none", *taken)
+        assert sensitivity.run_sensitivity(same, out) == "estimated", taken
+    other = compose_sensitivity(repo, tmp_path, "logger=none", "basis.size=0.25",
+                                "selection.count=3")
+    with pytest.raises(ConfigError, match=r"run.json was written by a different config \(differs "
+                                          r"in basis\.size\); give this estimate a folder of its "
+                                          r"own \(hydra\.run\.dir=\.\.\., or none for the "
+                                          r"default\), or delete that folder$"):
+        sensitivity.run_sensitivity(other, out)
+    assert (out / "run.json").read_bytes() == written
 
 
 def test_the_best_of_subsets_tied_for_best_is_the_first_in_model_order(repo, tmp_path,
@@ -367,7 +419,7 @@ def test_the_search_scores_the_choice_the_other_metric_would_make(repo, tmp_path
 def test_a_search_may_take_every_candidate_as_its_one_subset():
     """The subset size's range is 1..candidates, both ends included (found by a mutation
     test: only a size above it was tested)."""
-    from basisconv.search import check_search_size
+    from basisconv.config_checks import check_search_size
 
     cfg = OmegaConf.create({"sensitivity": {"search_subset_size": 4, "search_max_subsets": 10}})
     assert check_search_size(cfg, 4) == 1
@@ -385,6 +437,28 @@ def test_a_search_may_take_every_candidate_as_its_one_subset():
     with pytest.raises(ConfigError, match=r"^6 subsets of 2 among 4 candidate layers is more "
                                           r"than sensitivity.search_max_subsets=5"):
         check_search_size(cfg, 4)
+
+
+def test_a_search_size_the_model_cannot_take_is_refused_before_a_sweeps_first_job(repo,
+                                                                                   tmp_path):
+    """Found in review: the subset size was checked against the candidates only as the
+    search started, so ``-m sensitivity.search_subset_size=1,99`` ran the first job and then
+    failed the second. The sweep's check (``validate_search``) counts them on the meta
+    device: ResNet-8 has 7."""
+    from basisconv.config_checks import validate_estimate, validate_search
+
+    def search(*overrides):
+        return compose_sensitivity(repo, tmp_path, "logger=none", "model=resnet8", *overrides)
+
+    validate_search(search("sensitivity.search_subset_size=7"))
+    with pytest.raises(ConfigError, match=r"^sensitivity.search_subset_size=99; there are 7 "
+                                          r"candidate layers, so choose 1..7$"):
+        validate_search(search("sensitivity.search_subset_size=99"))
+    with pytest.raises(ConfigError, match=r"^35 subsets of 3 among 7 candidate layers is more "
+                                          r"than sensitivity.search_max_subsets=34"):
+        validate_search(search("sensitivity.search_subset_size=3",
+                               "sensitivity.search_max_subsets=34"))
+    validate_estimate(search("sensitivity.search_subset_size=99"))  # the estimate's unread
 
 
 def test_predicted_drops_equal_but_for_float_noise_tie_in_the_correlation(repo, tmp_path,
@@ -2462,13 +2536,15 @@ def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, cap
             in caplog.text and "(this code:" not in caplog.text
 
 
-@pytest.mark.parametrize("script", ["sensitivity.py", "exhaustive_search.py"])
-def test_an_experiment_preset_given_to_the_estimate_is_said_not_taken(repo, tmp_path, script):
+@pytest.mark.parametrize("script, name", [("sensitivity.py", "resnet8-sensitivity"),
+                                          ("exhaustive_search.py", "resnet8-search")])
+def test_an_experiment_preset_given_to_the_estimate_is_said_not_taken(repo, tmp_path, script,
+                                                                      name):
     """Left at stop 70: ``scripts/sensitivity.py experiment=basis_all`` kept the
     ``sensitivity_budget`` layers and the ``<model>-sensitivity`` name (``sensitivity.yaml``'s
     choices come after a preset's), unsaid. The run then stops on its missing data."""
     result = subprocess.run([sys.executable, str(repo / "scripts" / script),
-                             "experiment=basis_all", "logger=none",
+                             "experiment=basis_all", "logger=none", "model=resnet8",
                              f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}/run"],
                             env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
                             text=True, timeout=300)
@@ -2476,7 +2552,7 @@ def test_an_experiment_preset_given_to_the_estimate_is_said_not_taken(repo, tmp_
     said = result.stdout + result.stderr
     assert ("experiment=basis_all is a training run's preset: here its layer choice and name "
             "are not taken (this marks selection=sensitivity_budget's layers, under "
-            "resnet18-sensitivity)") in said
+            f"{name})") in said
 
 
 @pytest.mark.parametrize("key, value", [("count", "${oops}"), ("policy", "${oops}")])

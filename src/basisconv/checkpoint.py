@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .data import expanded_root
 from .errors import ConfigError, one_line
-from .records import file_digest, write_atomic, write_text_atomic
+from .records import RECORD, file_digest, read_record, write_atomic, write_text_atomic
 from .signals import stops_held
 
 log = logging.getLogger(__name__)
@@ -237,13 +237,15 @@ def flat_config(config: dict) -> dict[str, Any]:
 
 def check_same_run(saved_config: dict, config: dict, path: Path,
                    fix: str = "use a new output directory, or trainer.resume=false to start "
-                              "over") -> None:
+                              "over", unread: tuple[str, ...] = ()) -> None:
     """Refuse to resume a checkpoint written under a different configuration (or, with
-    another ``fix``, to replace a record ``path`` of one: an exhaustive search's).
+    another ``fix``, to replace a record ``path`` of one: :func:`refuse_other_settings`).
 
     A key an older basisconv did not write counts as the value it ran as
     (:data:`ADDED_KEYS`); other keys that only one side has (removed, or written by a newer
-    version) are logged, not refused, so a reproduce started before an upgrade can go on."""
+    version) are logged, not refused, so a reproduce started before an upgrade can go on.
+    ``unread``: flattened keys, or prefixes ending in ``.``, that may differ too (the run
+    does not read them)."""
     old, new = flat_config(saved_config), flat_config(config)
     one_sided = sorted(old.keys() ^ new.keys())
     if one_sided:
@@ -253,7 +255,7 @@ def check_same_run(saved_config: dict, config: dict, path: Path,
     # as a fraction (and Python calls them equal)
     changed = sorted(k for k in old.keys() & new.keys()
                      if (old[k] != new[k] or type(old[k]) is not type(new[k]))
-                     and not changes_only_execution(k))
+                     and not changes_only_execution(k) and not k.startswith(unread))
     if "data.root" in changed and same_data(old, new):
         log.info("%s: data.root %s -> %s holds the same data; resuming", path,
                  old["data.root"], new["data.root"])
@@ -262,6 +264,25 @@ def check_same_run(saved_config: dict, config: dict, path: Path,
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "
             f"{fix}")
+
+
+def refuse_other_settings(config: dict, folder: Path, kind: str, what: str,
+                          unread: tuple[str, ...] = ()) -> None:
+    """A :class:`ConfigError` when ``folder`` holds the record of a ``kind`` run (an
+    estimate's, a search's) made with other settings, naming the keys that differ: ``what``
+    (e.g. "search") wrote its files and record over that one's silently, and one stopped
+    there left the old results beside the new one's config and log. The same run again
+    there is taken, as a training run is resumed: keys that change only how it runs
+    (``sensitivity.workers``) may differ, and the ``unread`` ones (as
+    :func:`check_same_run`). A missing or unreadable record is left to the run."""
+    try:
+        found = read_record(folder / RECORD)
+    except (OSError, ValueError):
+        return  # none, or unreadable: the run writes its own
+    if found.get("kind") == kind and isinstance(found.get("config"), dict):
+        check_same_run(found["config"], config, folder / RECORD, unread=unread,
+                       fix=f"give this {what} a folder of its own (hydra.run.dir=..., or none "
+                           f"for the default), or delete that folder")
 
 
 def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -378,7 +378,7 @@ def resolve_all(cfg: DictConfig) -> None:
 
 
 def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
-                            reads_selection: bool = True) -> None:
+                            reads_selection: bool = True) -> int | None:
     """What only the model can tell, checked on it shaped on the meta device (nothing is
     allocated): the layer names and patterns a run's policy reads (``selection.layers`` of
     ``list``, the candidates ``sensitivity.layers`` of an ordered policy, or of every policy
@@ -394,19 +394,21 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
     selection.count=10`` for ``scripts/reproduce.sh``) was refused by the search on
     ResNet-8, which warns that it does not read it. One rule for every run: a selection
     value is checked on its own always (:func:`~basisconv.selection.check_selection`),
-    against the model only where the run reads it."""
+    against the model only where the run reads it. Returns the number of candidates it
+    counted (None where it counted none: the run counts them as it starts)."""
     policy = cfg.selection.policy if reads_selection else "none"
     lists = [(list(cfg.selection.layers), "selection.layers")] if policy == "list" else []
     candidates = policy in ORDERED_POLICIES or estimate
     if candidates:
         lists.append((list(cfg.sensitivity.layers), "sensitivity.layers"))
     if not candidates and policy not in ("all", "list"):
-        return
+        return None
     try:
         with torch.device("meta"):
             model = build_dense(cfg)
     except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
-        return  # (one that reads files as it is built) is checked as the run builds it
+        return None  # (one that reads files as it is built) is checked as the run builds it
+    found = None
     with held_back():  # (what a pattern skips or a basis leaves dense the run says itself)
         for layers, key in lists:
             select_layers(model, layers, key=key)
@@ -420,6 +422,7 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
                 check_count_fits(cfg.selection, found)
     if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
         check_conversion(cfg, fixed_layers(cfg.selection), model)
+    return found
 
 
 def name_problem(name: str) -> str | None:
@@ -433,15 +436,16 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def validate(cfg: DictConfig, *, estimate: bool = False, reads_selection: bool = True) -> None:
+def validate(cfg: DictConfig, *, estimate: bool = False,
+             reads_selection: bool = True) -> int | None:
     """Check ranges and names that a schema cannot express; raise :class:`ConfigError`
     naming the key, the value and what is allowed. Each group's own values are checked
     before the checks that relate groups (e.g. ``basis.dense_warmup_epochs`` against
     ``trainer.epochs``), so a bad value is named itself, not through another key.
     ``estimate``: the config of ``scripts/sensitivity.py`` or ``exhaustive_search.py``
     (:func:`validate_estimate`, :func:`validate_search`), which count the candidates of
-    ``sensitivity.layers`` under every policy; ``reads_selection``: as
-    :func:`check_against_the_model`."""
+    ``sensitivity.layers`` under every policy; ``reads_selection`` and what it returns
+    (the candidates counted): as :func:`check_against_the_model`."""
     missing = missing_values(cfg)
     _check(not missing, f"{', '.join(missing)} not set (a config group removed with ~, or a "
                         f"value given as ???); drop that override")
@@ -465,13 +469,14 @@ def validate(cfg: DictConfig, *, estimate: bool = False, reads_selection: bool =
     _check_training_batch(cfg, estimate)
     validate_basis(cfg)
     _check_held_out(cfg, estimate)
-    check_against_the_model(cfg, estimate, reads_selection=reads_selection)
+    candidates = check_against_the_model(cfg, estimate, reads_selection=reads_selection)
     _check_step_settings(cfg)
     _check_publish(cfg)
     _check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     validate_logger_mode(cfg)
     _check_seconds(cfg.logger.init_timeout_s, "logger.init_timeout_s")
     _check_seconds(cfg.logger.finish_timeout_s, "logger.finish_timeout_s", "no limit")
+    return candidates
 
 
 def validate_estimate(cfg: DictConfig) -> None:
@@ -483,8 +488,29 @@ def validate_estimate(cfg: DictConfig) -> None:
 def validate_search(cfg: DictConfig) -> None:
     """:func:`validate` for ``scripts/exhaustive_search.py``, which reads no selection key
     but ``metric``: the selection's values are checked on their own, as in every run, and
-    not against the model (:func:`check_against_the_model`)."""
-    validate(cfg, estimate=True, reads_selection=False)
+    not against the model (:func:`check_against_the_model`). The subset size is checked
+    against the candidates counted there: checked only as the search started, a sweep's
+    job with a size too large failed after the jobs before it had run."""
+    candidates = validate(cfg, estimate=True, reads_selection=False)
+    if candidates is not None:
+        check_search_size(cfg, candidates)
+
+
+def check_search_size(cfg: DictConfig, candidates: int) -> int:
+    """The number of subsets of ``sensitivity.search_subset_size`` among ``candidates``
+    layers; :class:`ConfigError` when the size is out of range or there are more subsets
+    than ``sensitivity.search_max_subsets``."""
+    k = cfg.sensitivity.search_subset_size
+    if not 1 <= k <= candidates:
+        raise ConfigError(f"sensitivity.search_subset_size={k}; there are {candidates} "
+                          f"candidate layers, so choose 1..{candidates}")
+    total = math.comb(candidates, k)
+    if total > cfg.sensitivity.search_max_subsets:
+        raise ConfigError(f"{total} subsets of {k} among {candidates} candidate layers is more "
+                          f"than sensitivity.search_max_subsets={cfg.sensitivity.search_max_subsets}; "
+                          f"restrict sensitivity.layers, use a smaller model (model=resnet8) or "
+                          f"raise the limit")
+    return total
 
 
 def _check_run_name(cfg: DictConfig) -> None:

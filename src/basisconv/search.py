@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -22,11 +21,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import check_same_run
-from .errors import ConfigError
+from .checkpoint import refuse_other_settings
+from .config_checks import check_search_size
 from .probe import Probe, difference_std, evaluate_many
-from .records import (RECORD, RunRecord, folder_lock, publish, read_record, refuse_other_kind,
-                      write_record, write_text_atomic)
+from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
+                      write_text_atomic)
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import (cache_dir, candidate_table, check_estimate_record,
                           say_the_work_is_kept, sensitivity_table)
@@ -58,43 +57,18 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     with say_the_work_is_kept(cfg, "the exhaustive search"):
         with folder_lock(output_dir, what="exhaustive search"), loop.settings_restored():
             refuse_other_kind(output_dir, "exhaustive_search", "the exhaustive search")
-            refuse_other_search(cfg, output_dir)
+            # (the selection's keys but its metric are unread here: unread_search_selection)
+            refuse_other_settings(OmegaConf.to_container(cfg, resolve=True), output_dir,
+                                  "exhaustive_search", "search",
+                                  unread=unread_search_selection(cfg))
             return _exhaustive_search(cfg, output_dir)
 
 
-def refuse_other_search(cfg: DictConfig, output_dir: Path) -> None:
-    """A :class:`ConfigError` when ``output_dir`` holds the record of a search made with
-    other settings (another subset size, model, basis size, ...; keys that change only how
-    it runs, such as ``sensitivity.workers``, may differ): the search wrote its
-    ``search.csv``, plot and record over that one's silently, and one stopped there left
-    the old results beside the new one's config and log. The same search again there
-    (resumed from its kept fine-tunes) is taken, as a training run is resumed."""
-    try:
-        found = read_record(output_dir / RECORD)
-    except (OSError, ValueError):
-        return  # none, or unreadable: the search writes its own
-    if found.get("kind") == "exhaustive_search" and isinstance(found.get("config"), dict):
-        check_same_run(found["config"], OmegaConf.to_container(cfg, resolve=True),
-                       output_dir / RECORD,
-                       fix="give this search a folder of its own (hydra.run.dir=..., or none "
-                           "for the default), or delete that folder")
-
-
-def check_search_size(cfg: DictConfig, candidates: int) -> int:
-    """The number of subsets of ``sensitivity.search_subset_size`` among ``candidates``
-    layers; :class:`ConfigError` when the size is out of range or there are more subsets
-    than ``sensitivity.search_max_subsets``."""
-    k = cfg.sensitivity.search_subset_size
-    if not 1 <= k <= candidates:
-        raise ConfigError(f"sensitivity.search_subset_size={k}; there are {candidates} "
-                          f"candidate layers, so choose 1..{candidates}")
-    total = math.comb(candidates, k)
-    if total > cfg.sensitivity.search_max_subsets:
-        raise ConfigError(f"{total} subsets of {k} among {candidates} candidate layers is more "
-                          f"than sensitivity.search_max_subsets={cfg.sensitivity.search_max_subsets}; "
-                          f"restrict sensitivity.layers, use a smaller model (model=resnet8) or "
-                          f"raise the limit")
-    return total
+def unread_search_selection(cfg: DictConfig) -> tuple[str, ...]:
+    """The selection's keys the search does not read (all but ``metric``, by which the fast
+    choice is ranked), as flattened keys: a search there again with only these changed
+    (``selection=random``, which it warns is unread) computes what it computed."""
+    return tuple(f"selection.{key}" for key in cfg.selection if key != "metric")
 
 
 def candidate_count(cfg: DictConfig) -> int:
@@ -107,7 +81,9 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     """The search, under :func:`exhaustive_search`'s lock: the sensitivity table, every
     subset evaluated as the estimate evaluates one layer, the summary, and the files."""
     started = time.perf_counter()
-    check_search_size(cfg, candidate_count(cfg))  # before the (long) sensitivity estimate
+    # before the (long) sensitivity estimate (validate_search checked it, but not for a
+    # model that cannot be shaped on the meta device)
+    check_search_size(cfg, candidate_count(cfg))
     table, record = sensitivity_table(cfg)
     check_estimate_record(cfg, record, ("provenance",))  # (read after all the subsets)
     layers = table.sort_values("position")["layer"].tolist()

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop, progress
 from .candidates import dense_totals, layer_savings
+from .checkpoint import refuse_other_settings
 from .config_checks import check_against_the_model
 from .data import expanded_root
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
@@ -660,6 +661,11 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     with say_the_work_is_kept(cfg, "the sensitivity estimate"):
         with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
             refuse_other_kind(output_dir, "sensitivity", "the sensitivity estimate")
+            # (the same estimate with another selection there only chooses anew from it;
+            # the search's own keys are unread here)
+            refuse_other_settings(OmegaConf.to_container(cfg, resolve=True), output_dir,
+                                  "sensitivity", "estimate",
+                                  unread=("selection.", "sensitivity.search_"))
             # in the run's threads, which its record then names (else it names the process's
             # default, not the threads a time budget's layers were timed on)
             loop.use_threads(cfg.trainer)
