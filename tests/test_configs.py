@@ -648,11 +648,12 @@ def test_an_override_without_a_value_says_to_write_key_equals_value():
 
 
 @pytest.mark.parametrize("override", ["basis.size=0.25,,0.5", "basis.size=0.25,0.5,",
-                                      "seed=,0,1"])
+                                      "seed=,0,1", "seed=0,", "basis.size=,0.5"])
 def test_a_sweep_list_with_an_empty_value_says_to_drop_the_extra_comma(override):
     """Found in the sweep review: a sweep list with an empty item (a doubled, leading or
     trailing comma) was told to quote the value, which made it one run of the string
-    '0.25,,0.5', refused again as no basis size: one line naming the extra comma instead."""
+    '0.25,,0.5', refused again as no basis size: one line naming the extra comma instead.
+    Also a list of one value and the extra comma (found by mutation: two items untested)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 

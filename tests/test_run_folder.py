@@ -1538,6 +1538,22 @@ def test_a_folders_lock_file_names_only_its_present_holder(tmp_path):
     assert "longer" not in said and "second" not in said
 
 
+def test_a_folder_in_use_names_its_holder_and_the_key_that_gives_another(tmp_path):
+    """Found by mutation (the refusal without its fix, "or give this one another <key>",
+    passed every test): a second holder of a folder is told who holds it and which config
+    key picks another folder (the caller's: a layer-timing cache's is not hydra.run.dir)."""
+    from basisconv.errors import ConfigError
+    from basisconv.records import folder_lock
+
+    with folder_lock(tmp_path, what="layer timing", key="sensitivity.cache_dir"):
+        with pytest.raises(ConfigError, match=rf"^{tmp_path} is in use by another layer timing "
+                                              rf"\(pid {os.getpid()} on host .+\); wait for it "
+                                              rf"to finish, or give this one another "
+                                              rf"sensitivity\.cache_dir$"):
+            with folder_lock(tmp_path, what="layer timing", key="sensitivity.cache_dir"):
+                pass
+
+
 def test_a_stop_as_the_temporary_file_is_made_leaves_none_and_the_umask_as_it_was(
         tmp_path, monkeypatch):
     """Found by a stop-injection audit: a stop right after mkstemp (while the umask was

@@ -722,6 +722,21 @@ def test_a_skip_schedule_leaves_no_coefficient_frozen_after_its_loop():
         assert copied[1].coefficients.requires_grad and copied[2].coefficients.requires_grad
 
 
+def test_a_restored_skip_schedule_leaves_no_mark_that_overrides_a_later_freeze():
+    """Found by mutation (restore leaving the layers marked as frozen by the schedule passed
+    every test): after the loop the coefficients are the user's again, so ones the user
+    then freezes stay frozen, for a later schedule and for to_dense alike."""
+    torch.manual_seed(0)
+    net = apply_basis(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1),
+                                    nn.Conv2d(16, 16, 3, padding=1)), ["1"], 0.5)
+    with CoefficientSkipSchedule(net, 2) as schedule:
+        schedule(1)  # the loop ends on a skipped step
+    net[1].requires_grad_(False)  # the user freezes the layer after it
+    assert not to_dense(net)[1].weight.requires_grad
+    with pytest.raises(ConfigError, match="every coefficient matrix of the model is frozen"):
+        CoefficientSkipSchedule(net, 2)
+
+
 def test_frozen_convs_stay_frozen_when_converted():
     """A fine-tuning recipe's frozen layers: converting must not make them train, and
     skip-training must not switch their coefficients on."""
@@ -1421,6 +1436,43 @@ def test_a_dense_weight_trains_while_any_of_its_parts_does(frozen):
         assert not layer.coefficients.requires_grad
     assert to_dense(model)[1].weight.requires_grad == (frozen != "all")
     assert to_dense(model)[1].bias.requires_grad  # the bias is its own part
+
+
+def test_a_dense_weight_trains_while_low_rank_coefficients_alone_do():
+    """Found by mutation (the coefficients of a low-rank layer, ``coefficient_rank``, not
+    read passed every test): its two factors are its coefficients, so a frozen basis with
+    trainable factors gives a conv that trains, and only all three frozen a frozen conv."""
+    model = apply_basis(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3)), "1", 4,
+                        coefficient_rank=2)
+    layer = model[1]
+    layer.basis_weight.requires_grad_(False)
+    assert to_dense(model)[1].weight.requires_grad
+    layer.coefficients_left.requires_grad_(False)
+    layer.coefficients_right.requires_grad_(False)
+    assert not to_dense(model)[1].weight.requires_grad
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_to_dense_of_a_spectral_norm_basis_in_training_gives_its_eval_weight(inplace):
+    """Found by mutation (to_dense reading the parametrized basis in training mode passed
+    every test): spectral norm's power iteration runs at each read in training, so the
+    dense conv was one iteration ahead of the layer (~1e-6 here). It is the weight the layer
+    computes in eval, as apply_basis reads a conv's, and the layer's mode is kept."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    model = apply_basis(nn.Sequential(nn.Conv2d(4, 8, 3, bias=False)), "all", 4)
+    layer = model[0]
+    parametrizations.spectral_norm(layer, "basis_weight")
+    model(torch.randn(1, 4, 6, 6))  # (one power iteration: far from converged)
+    with torch.no_grad():
+        expected = layer.eval().dense_weight().clone()
+    layer.train()
+    with pytest.warns(UserWarning, match=r"^to_dense: the tensors of basis layers '0' "
+                                         r"\(SpectralNorm\)"):
+        dense = to_dense(model, inplace=inplace)
+    torch.testing.assert_close(dense[0].weight, expected, rtol=0, atol=0)
+    assert layer.parametrizations.training
 
 
 @pytest.mark.parametrize("inplace", [True, False])
