@@ -312,6 +312,25 @@ def test_a_search_takes_its_folder_again_with_only_selection_keys_it_does_not_re
     assert search.exhaustive_search(unread, tmp_path / "out") == {**first, "seconds": mock.ANY}
 
 
+def test_a_search_takes_its_folder_made_under_the_estimates_name(repo, tmp_path, monkeypatch):
+    """Found in review: the search's default name became ``<model>-search`` (search.yaml),
+    and the same search again in its folder made before, under ``<model>-sensitivity``
+    (``scripts/reproduce.sh``'s ``exhaustive-search-resnet8`` once its published record is
+    set aside), was refused as "differs in name": a label, which the search does not read."""
+    from unittest import mock
+
+    from basisconv import search
+
+    accuracy = {"a b": 0.5, "a c": 0.4, "a d": 0.3, "b c": 0.6, "b d": 0.2, "c d": 0.1}
+    first = made_up_search(repo, tmp_path, monkeypatch, accuracy)  # (sensitivity.yaml's name)
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        now = compose("search", overrides=[*TINY, f"sensitivity.cache_dir={tmp_path}",
+                                           "logger=none", "sensitivity.search_subset_size=2",
+                                           "selection.metric=accuracy_drop"])
+    assert now.name.endswith("-search")
+    assert search.exhaustive_search(now, tmp_path / "out") == {**first, "seconds": mock.ANY}
+
+
 def test_an_estimate_refuses_a_folder_that_holds_an_estimate_with_other_settings(
         repo, tmp_path, monkeypatch):
     """Found in review: ``scripts/sensitivity.py hydra.run.dir=<an earlier estimate's
@@ -594,7 +613,7 @@ def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repea
      r"selection.budget_metric is not set; selection.policy=sensitivity_budget reads it; "
      r"choose one of params, flops, time"),
     # (a key with a few valid values names them: a user's dict lacks base.yaml's defaults)
-    ({"policy": "sensitivity_threshold", "metric": "accuracy_drop", "threshold": 0.01},
+    ({"policy": "sensitivity_threshold", "threshold": 0.01},
      r"selection.metric is not set; selection.policy=sensitivity_threshold reads it; "
      r"choose one of accuracy_drop, loss_increase$"),
     ({"policy": "first_k", "count": 2.5}, r"selection.count must be null or >= 1, got 2.5"),

@@ -274,13 +274,18 @@ def refuse_other_settings(config: dict, folder: Path, kind: str, what: str,
     there left the old results beside the new one's config and log. The same run again
     there is taken, as a training run is resumed: keys that change only how it runs
     (``sensitivity.workers``) may differ, and the ``unread`` ones (as
-    :func:`check_same_run`). A missing or unreadable record is left to the run."""
+    :func:`check_same_run`), and ``name``, which here only labels the folder and the
+    logger's group (no analysis reads it, as it reads a training run's experiment): the
+    search's default changed from ``<model>-sensitivity`` to ``<model>-search`` (1f17dc5),
+    and ``scripts/reproduce.sh`` rerunning a search in its folder made before was refused
+    as "differs in name" (found in review). A missing or unreadable record is left to the
+    run."""
     try:
         found = read_record(folder / RECORD)
     except (OSError, ValueError):
         return  # none, or unreadable: the run writes its own
     if found.get("kind") == kind and isinstance(found.get("config"), dict):
-        check_same_run(found["config"], config, folder / RECORD, unread=unread,
+        check_same_run(found["config"], config, folder / RECORD, unread=("name", *unread),
                        fix=f"give this {what} a folder of its own (hydra.run.dir=..., or none "
                            f"for the default), or delete that folder")
 
