@@ -153,6 +153,7 @@ def test_numpy_int_conv_options_are_taken_as_f_conv2d_takes_them(monkeypatch):
     import numpy as np
 
     from basisconv.kernels import fused_forward
+    from basisconv.kernels.fused import conv_pairs
 
     monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == "dense" else 1.0)
     torch.manual_seed(1)
@@ -165,14 +166,22 @@ def test_numpy_int_conv_options_are_taken_as_f_conv2d_takes_them(monkeypatch):
     torch.testing.assert_close(fused_forward(x, basis, comb, None, *conv), expected)
     assert list(auto.choices()) == [auto.shape_key(x, basis, 7, False, (2, 2), (1, 1), (1, 1),
                                                    False)]  # the pairs' key
+    # pairs of numpy ints too (a mutation round: the pass-through of a layer's pair took
+    # any 2-tuple, and auto's key was written again with np.int64 in it)
+    pairs = [(np.int64(2), np.int64(2)), (np.int64(1), np.int64(1)), (np.int32(1), 1)]
+    assert conv_pairs(*pairs) == ((2, 2), (1, 1), (1, 1))
+    assert all(type(v) is int for pair in conv_pairs(*pairs) for v in pair)
+    torch.testing.assert_close(auto.auto_forward(x, basis, comb, None, *pairs), expected)
+    assert len(auto.choices()) == 1
 
 
 @pytest.mark.parametrize("name, conv", [("stride", (True, 1, 1)), ("padding", (2, (1, False), 1)),
-                                        ("dilation", (2, 1, 1.0))])
+                                        ("dilation", (2, 1, 1.0)), ("padding", (2, (1, 0.5), 1))])
 def test_a_bool_or_float_conv_option_is_refused_as_f_conv2d_refuses_it(monkeypatch, name, conv):
     """Found in review: with numpy's ints taken by ``operator.index``, ``stride=True`` (a
     downsampling flag passed as the stride) ran as a stride of 1, silently, in every form,
-    where ``F.conv2d`` refuses a bool; a float ended in "'float' object is not iterable"."""
+    where ``F.conv2d`` refuses a bool; a float ended in "'float' object is not iterable".
+    A float in a pair too (a mutation round: ``int`` for ``operator.index`` took 0.5 as 0)."""
     from basisconv.kernels import fused_forward
 
     monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == "dense" else 1.0)
@@ -181,6 +190,29 @@ def test_a_bool_or_float_conv_option_is_refused_as_f_conv2d_refuses_it(monkeypat
     comb = torch.randn(7, 3, dtype=torch.float64)
     for forward in (auto.auto_forward, fused_forward):
         with pytest.raises(TypeError, match=rf"^{name}=.*: give an int or a pair of ints"):
+            forward(x, basis, comb, None, *conv)
+    assert not auto.choices()
+
+
+@pytest.mark.parametrize("name, conv", [("stride", ((2, 2, 2), 1, 1)), ("padding", (2, (), 1)),
+                                        ("dilation", (2, 1, [1, 1, 1]))])
+def test_a_conv_option_of_another_length_is_refused_naming_it(monkeypatch, name, conv):
+    """Found by a mutation round: ``conv_pairs`` passed a sequence of another length on, as
+    if a pair: the kernel reads the first two (``stride=(2, 2, 2)`` ran as a stride of 2 on
+    CUDA, where ``F.conv2d`` refuses it), and an empty one ended in "not enough values to
+    unpack". Each is one line naming the option, in every form."""
+    from basisconv.kernels import fused_forward
+    from basisconv.kernels.fused import conv_pairs
+
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == "dense" else 1.0)
+    said = rf"^{name}=.*: give an int or a pair of ints, as F.conv2d takes them$"
+    with pytest.raises(TypeError, match=said):
+        conv_pairs(*conv)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    basis = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    comb = torch.randn(7, 3, dtype=torch.float64)
+    for forward in (auto.auto_forward, fused_forward):
+        with pytest.raises(TypeError, match=said):
             forward(x, basis, comb, None, *conv)
     assert not auto.choices()
 

@@ -736,6 +736,43 @@ def test_a_run_stopped_writing_its_last_record_says_it_is_complete(tmp_path, rep
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.parametrize("written", [False, True], ids=["before_its_record", "after_it"])
+def test_a_run_stopped_at_its_last_record_names_what_is_left_to_publish(tmp_path, repo,
+                                                                        monkeypatch, written):
+    """Found by a mutation round: the stop after the last checkpoint was tested only without
+    ``publish`` and before run.json was written. Stopped before it, the message names the
+    file the same command publishes to; stopped once run.json says complete (the stop lands
+    as its write returns), it says that record's words, not "before its run.json was
+    written", and names what is left: publishing it."""
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    real = train.write_record
+
+    def stopped_at_the_end(path, record):
+        if record.status == "complete":
+            if written:
+                real(path, record)
+            raise KeyboardInterrupt
+        return real(path, record)
+
+    published = tmp_path / "published.json"
+    run = tmp_path / "run"
+    cfg = compose_tiny(repo, "logger=none", "trainer.epochs=1", f"publish={published}")
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "write_record", stopped_at_the_end)
+        with pytest.raises(Stopped) as err:
+            fit(cfg, run)
+    again = f"run the same command again with hydra.run.dir={run} to"
+    assert str(err.value) == (
+        f"the run in {run} is complete (run.json); it was stopped as it finished; {again} "
+        f"publish it to {published}" if written else
+        f"the run in {run} is complete (checkpoint.pt), but was stopped before its run.json "
+        f"was written; {again} write it and publish it to {published}, training nothing")
+    assert not published.exists()
+    assert fit(cfg, run)["status"] == "complete" and published.exists()
+
+
 def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, repo, monkeypatch):
     """``trainer.checkpoint_every_s``: a GPU epoch of seconds need not write a checkpoint
     each time. A stop between checkpoints says which epoch the checkpoint holds, and the

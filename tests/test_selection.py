@@ -363,6 +363,18 @@ def test_an_estimate_refuses_a_folder_that_holds_an_estimate_with_other_settings
     assert (out / "run.json").read_bytes() == written
 
 
+def test_a_record_of_the_kind_whose_config_is_not_a_mapping_is_left_to_the_run(tmp_path):
+    """``refuse_other_settings`` leaves a record it cannot compare (a hand-edited one whose
+    config is not a mapping) to the run, as an unreadable one, found by a mutation round:
+    without the check it ended in a trace from flattening the config."""
+    from basisconv.checkpoint import refuse_other_settings
+
+    for config in ("edited", [1, 2], 3):
+        (tmp_path / "run.json").write_text(json.dumps({"kind": "exhaustive_search",
+                                                       "status": "complete", "config": config}))
+        refuse_other_settings({"seed": 0}, tmp_path, "exhaustive_search", "search")
+
+
 def test_the_best_of_subsets_tied_for_best_is_the_first_in_model_order(repo, tmp_path,
                                                                        monkeypatch):
     """35 subsets (3 of 7 layers), two tied for best: the summary names the first."""

@@ -213,7 +213,8 @@ def conv_pairs(stride, padding, dilation) -> tuple:
     form took it), or numpy's ``np.int64(2)`` (a size computed with numpy, which
     ``F.conv2d`` takes as an int). Called at every eager forward: a pair passes through as
     it is. A bool or a float is refused, as ``F.conv2d`` refuses it (``operator.index``
-    took ``stride=True`` as a stride of 1, silently)."""
+    took ``stride=True`` as a stride of 1, silently), and so is a sequence of another
+    length (the kernel read the first two of ``stride=(2, 2, 2)`` on CUDA, silently)."""
     return (_as_pair(stride, "stride"),
             padding if isinstance(padding, str) else _as_pair(padding, "padding"),
             _as_pair(dilation, "dilation"))
@@ -229,6 +230,8 @@ def _as_pair(value, name: str) -> tuple:
         # Python's ints: numpy's wrote "(np.int64(1), np.int64(1))" into auto's key (str of
         # the padding), which then timed the pairs' shape again under another key
         pair = tuple(map(operator.index, values))
+        if len(pair) not in (1, 2):  # (the kernel reads two: a third was dropped on CUDA)
+            raise TypeError
     except TypeError:
         raise TypeError(f"{name}={value!r}: give an int or a pair of ints, as F.conv2d "
                         f"takes them") from None
