@@ -454,6 +454,20 @@ def test_the_size_sweep_preset_sweeps_the_protocols_basis_sizes(repo):
     assert sorted(map(float, swept)) == sorted(map(float, protocol))
 
 
+def test_the_overrides_check_composes_each_script_s_own_config(repo):
+    """Found in review: the check composed ``sensitivity.yaml`` for the search, whose own
+    config became ``search.yaml`` (its name): the configs composed here are the ones the
+    scripts' ``@hydra.main`` name, for every script the protocol starts."""
+    import re
+
+    from basisconv.reproduce import PROTOCOL_RUNS, SCRIPT_CONFIGS
+
+    named = {script: re.search(r'config_name="(\w+)"',
+                               (repo / "scripts" / f"{script}.py").read_text()).group(1)
+             for script, _ in PROTOCOL_RUNS}
+    assert SCRIPT_CONFIGS == named
+
+
 def test_overrides_are_checked_against_every_run_the_protocol_starts(repo, tmp_path,
                                                                  default_protocol):
     """Found in review: OVERRIDES were checked on the baseline run alone, so one that every

@@ -36,6 +36,12 @@ PROTOCOL_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+#: Each script's entry config (``configs/<name>.yaml``, its ``@hydra.main``'s
+#: ``config_name``): composed here as the script composes it (the search's is
+#: ``search.yaml``, the estimate's under a name of its own).
+SCRIPT_CONFIGS = {"train": "train", "sensitivity": "sensitivity",
+                  "exhaustive_search": "search"}
+
 def check_overrides(profile: str, overrides: list[str]) -> str | None:
     """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with each of the profile's
     runs (:data:`PROTOCOL_RUNS`) and validated, before any run starts; a bad one is one
@@ -55,9 +61,8 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
             print(f"error: OVERRIDES: {one_line(err)}", file=sys.stderr)
             sys.exit(2)
         for script, row in PROTOCOL_RUNS:
-            config = "train" if script == "train" else "sensitivity"  # the scripts' configs
             try:
-                cfg = compose(config, overrides=[f"profile={profile}", *row, *overrides],
+                cfg = compose(SCRIPT_CONFIGS[script], overrides=[f"profile={profile}", *row, *overrides],
                               return_hydra_config=True)
                 check_runs_where_started(cfg.hydra.job.chdir)
                 {"train": validate, "sensitivity": validate_estimate,
@@ -97,7 +102,7 @@ def protocol_keys(profile: str, *overrides: str) -> dict[str, str]:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for script, row in PROTOCOL_RUNS:
             if script != "train" and script not in keys:
-                config = compose("sensitivity", overrides=[f"profile={profile}", *row,
-                                                           *overrides])
+                config = compose(SCRIPT_CONFIGS[script], overrides=[f"profile={profile}",
+                                                                    *row, *overrides])
                 keys[script] = cache_key(config)
     return keys
