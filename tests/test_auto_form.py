@@ -217,6 +217,27 @@ def test_a_conv_option_of_another_length_is_refused_naming_it(monkeypatch, name,
     assert not auto.choices()
 
 
+@pytest.mark.parametrize("padding", ["full", "SAME", ""])
+def test_a_padding_string_f_conv2d_does_not_take_is_refused_naming_it(monkeypatch, padding):
+    """Found in review: ``conv_pairs`` passed any string padding on, as ``"same"`` or
+    ``"valid"``; ``padding="full"`` ended in "invalid literal for int() with base 10: 'f'"
+    in every form, where ``F.conv2d`` refuses it by name. One line naming the option."""
+    from basisconv.kernels import fused_forward
+    from basisconv.kernels.fused import conv_pairs
+
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == "dense" else 1.0)
+    said = r"^padding=.*: give 'same', 'valid', an int or a pair of ints, as F.conv2d takes them$"
+    with pytest.raises(ValueError, match=said):
+        conv_pairs(1, padding, 1)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    basis = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    comb = torch.randn(7, 3, dtype=torch.float64)
+    for forward in (auto.auto_forward, fused_forward):
+        with pytest.raises(ValueError, match=said):
+            forward(x, basis, comb, None, 1, padding, 1)
+    assert not auto.choices()
+
+
 def test_nothing_is_measured_while_torch_compile_traces(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(auto, "_time", lambda *a: pytest.fail("measured while compiling"))

@@ -42,6 +42,7 @@ PROTOCOL_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 SCRIPT_CONFIGS = {"train": "train", "sensitivity": "sensitivity",
                   "exhaustive_search": "search"}
 
+
 def check_overrides(profile: str, overrides: list[str]) -> str | None:
     """For ``scripts/reproduce.sh``: its ``OVERRIDES`` composed with each of the profile's
     runs (:data:`PROTOCOL_RUNS`) and validated, before any run starts; a bad one is one
@@ -62,7 +63,8 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
             sys.exit(2)
         for script, row in PROTOCOL_RUNS:
             try:
-                cfg = compose(SCRIPT_CONFIGS[script], overrides=[f"profile={profile}", *row, *overrides],
+                cfg = compose(SCRIPT_CONFIGS[script],
+                              overrides=[f"profile={profile}", *row, *overrides],
                               return_hydra_config=True)
                 check_runs_where_started(cfg.hydra.job.chdir)
                 {"train": validate, "sensitivity": validate_estimate,

@@ -190,8 +190,9 @@ def warn_preset_not_taken(cfg: Any) -> None:
     """``scripts/sensitivity.py`` and ``exhaustive_search.py`` compose ``sensitivity.yaml``
     (the search through ``search.yaml``), whose own choices come after a preset's:
     ``experiment=basis_all`` there kept the ``sensitivity_budget`` layers and the script's
-    own name (``<model>-sensitivity``, ``<model>-search``), unsaid (left at stop 70). A preset chooses a training row; here it is warned of, naming the key that
-    chooses the layers the estimate marks."""
+    own name (``<model>-sensitivity``, ``<model>-search``), unsaid (left at stop 70). A
+    preset chooses a training row; here it is warned of, naming the key that chooses the
+    layers the estimate marks."""
     if not HydraConfig.initialized() or not distributed.first_process() or in_sweep():
         return
     preset = HydraConfig.get().runtime.choices.get("experiment")

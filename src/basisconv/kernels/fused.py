@@ -214,7 +214,11 @@ def conv_pairs(stride, padding, dilation) -> tuple:
     ``F.conv2d`` takes as an int). Called at every eager forward: a pair passes through as
     it is. A bool or a float is refused, as ``F.conv2d`` refuses it (``operator.index``
     took ``stride=True`` as a stride of 1, silently), and so is a sequence of another
-    length (the kernel read the first two of ``stride=(2, 2, 2)`` on CUDA, silently)."""
+    length (the kernel read the first two of ``stride=(2, 2, 2)`` on CUDA, silently), and a
+    padding string but these two (``"full"`` ended in "invalid literal for int()")."""
+    if isinstance(padding, str) and padding not in ("same", "valid"):
+        raise ValueError(f"padding={padding!r}: give 'same', 'valid', an int or a pair of "
+                         f"ints, as F.conv2d takes them")
     return (_as_pair(stride, "stride"),
             padding if isinstance(padding, str) else _as_pair(padding, "padding"),
             _as_pair(dilation, "dilation"))
