@@ -198,8 +198,8 @@ def check_published_apart(jobs: list[tuple[list[str], Any]]) -> None:
             also = sorted(set(given) - {path})
             written = f" (written {', '.join(also)} too)" if also else ""
             raise ConfigError(f"publish={path} is the same file for {count} jobs of the "
-                              f"sweep{written}, each overwriting the one before: name the swept "
-                              f"keys in it, e.g. publish='runs/seed${{seed}}.json' for "
+                              f"sweep{written}, each overwriting the one before: name the "
+                              f"swept keys in it, e.g. publish='runs/seed${{seed}}.json' for "
                               f"seed=0,1; nothing ran")
 
 

@@ -395,11 +395,15 @@ class BasisConv2d(nn.Module):
                 self.coefficients_right.copy_(factors[1])
 
     # ----------------------------------------------------------------- views of the weights
+    def coefficient_names(self) -> list[str]:
+        """The names of the trainable tensors that make up the coefficient matrix."""
+        if self.coefficient_rank is None:
+            return ["coefficients"]
+        return ["coefficients_left", "coefficients_right"]
+
     def coefficient_parameters(self) -> list[nn.Parameter]:
         """The trainable tensors that make up the coefficient matrix."""
-        if self.coefficient_rank is None:
-            return [self.coefficients]
-        return [self.coefficients_left, self.coefficients_right]
+        return [getattr(self, name) for name in self.coefficient_names()]
 
     def coefficient_matrix(self) -> torch.Tensor:
         """The effective ``[C_out - m, m]`` coefficient matrix (low-rank product, pruning

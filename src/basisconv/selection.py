@@ -235,8 +235,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
         metric = dict(zip(table["layer"], table[selection.metric]))
         chosen = without_training_cost(
             [name for name in order if metric[name] <= selection.threshold], table, selection,
-            "selection.policy=sensitivity_threshold, which passes over a layer that costs "
-            "training FLOPs")
+            "selection.policy=sensitivity_threshold")
     elif selection.get("count") is not None:
         check_count_fits(selection, len(order))
         chosen = order[:selection.count]
@@ -268,7 +267,8 @@ def without_training_cost(chosen: list[str], table: pd.DataFrame, selection: Dic
     ``selection.budget_metric=params``, not the policy, which reads it under no other)."""
     if "flops_saved" not in table:
         return chosen
-    refuse_missing_numbers(table[table["layer"].isin(chosen)], "flops_saved", read_for)
+    refuse_missing_numbers(table[table["layer"].isin(chosen)], "flops_saved",
+                           f"{read_for}, which passes over a layer that costs training FLOPs")
     saving = dict(zip(table["layer"], table["flops_saved"]))
     for name in chosen:
         if saving[name] < 0:
@@ -298,8 +298,7 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
     target = selection.budget_reduction * dense[selection.budget_metric]
     saving = dict(zip(table["layer"], table[column]))
     # (the passed over stay in the count of candidates the warnings below give)
-    taken = (without_training_cost(order, table, selection, "selection.budget_metric=params, "
-                                   "which passes over a layer that costs training FLOPs")
+    taken = (without_training_cost(order, table, selection, "selection.budget_metric=params")
              if selection.budget_metric == "params" else order)
     # (said only where one was passed over: "the 2 of 3 that save any are all converted"
     # read as if the third saved none, when it saved more than the budget asked)

@@ -701,10 +701,9 @@ def _dense_weight_trains(layer: BasisConv2d) -> bool:
     :class:`CoefficientSkipSchedule` froze for its skipped step count as trainable. (Read
     from the basis filters alone, a layer whose coefficients alone fine-tune became a frozen
     conv.)"""
-    factors = ["basis_weight", *(["coefficients"] if layer.coefficient_rank is None
-                                 else ["coefficients_left", "coefficients_right"])]
     # (by trains: a pruned basis's computed tensor, remade under no_grad, requires none)
-    return any(trains(layer, name) for name in factors) or frozen_by_schedule(layer)
+    return (any(trains(layer, name) for name in ["basis_weight", *layer.coefficient_names()])
+            or frozen_by_schedule(layer))
 
 
 def _weight_key(layer: BasisConv2d) -> tuple:

@@ -228,17 +228,15 @@ def _as_pair(value, name: str) -> tuple:
     if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int:
         return value  # (a layer's: nothing to do)
     values = (value,) if isinstance(value, numbers.Integral) else value
-    try:
-        if any(isinstance(v, bool) for v in values):
-            raise TypeError
-        # Python's ints: numpy's wrote "(np.int64(1), np.int64(1))" into auto's key (str of
-        # the padding), which then timed the pairs' shape again under another key
+    try:  # Python's ints: numpy's wrote "(np.int64(1), np.int64(1))" into auto's key (str
+        # of the padding), which then timed the pairs' shape again under another key
         pair = tuple(map(operator.index, values))
-        if len(pair) not in (1, 2):  # (the kernel reads two: a third was dropped on CUDA)
-            raise TypeError
-    except TypeError:
+    except TypeError:  # (a float, a string, None, a tensor)
+        pair = ()
+    # (operator.index takes a bool as an int; the kernel reads two: a third was dropped)
+    if len(pair) not in (1, 2) or any(isinstance(v, bool) for v in values):
         raise TypeError(f"{name}={value!r}: give an int or a pair of ints, as F.conv2d "
-                        f"takes them") from None
+                        f"takes them")
     return pair * 2 if len(pair) == 1 else pair
 
 
