@@ -732,3 +732,50 @@ def test_the_recipes_accuracy_is_said_to_be_known_elsewhere_not_measured_here(re
     sentence = next(s for s in paragraph.split(". ") if "93-94 %" in s)
     assert "known elsewhere" in sentence and sentence.endswith(
         "neither figure is measured with this code yet"), sentence
+
+
+def test_the_readmes_model_table_gives_each_models_built_parameter_count(repo):
+    """Found tracing the README's numbers: its Models table gives ResNet-8's 75,290
+    parameters "as built", which no test held (``test_models`` holds the published counts
+    only). Every row's count is what ``build_model`` builds, and every registered model has
+    a row."""
+    from basisconv.cost import count_parameters
+    from basisconv.models import list_models
+
+    readme = (repo / "README.md").read_text()
+    rows = table_rows(readme, "| name | family | parameters")
+    quoted = {row[0].strip("`"): int(row[2].split()[0].replace(",", "")) for row in rows}
+    assert set(quoted) == set(list_models())
+    built = {name: count_parameters(build_model(name)) for name in quoted}
+    assert quoted == built
+
+
+def test_the_speed_pages_auto_table_quotes_its_records(repo):
+    """Found tracing docs/speed.md's numbers: its table of ``combine="auto"`` against the
+    stacked form was typed from ``results/cpu-auto/`` and nothing held the two together.
+    Each shape's forward+backward ratio (and the 64->64 row's ratio to its FLOP ratio), and
+    the whole model's, are the records' at the rounding the page shows."""
+    import csv
+
+    records = repo / "results" / "cpu-auto"
+    read = lambda name: list(csv.DictReader((records / name).read_text().splitlines()))  # noqa: E731
+    layers = {form: {(row["shape"].split(" @")[0].replace(" s1", ""), row["num_basis"]): row
+                     for row in read(f"layer-speed-cpu-fp32{suffix}.csv")}
+              for form, suffix in (("stacked", ""), ("auto", "-auto"))}
+    models = {form: {row["fraction"]: row for row in read(f"model-speed-cpu-fp32{suffix}.csv")}
+              for form, suffix in (("stacked", ""), ("auto", "-auto"))}
+    fractions = {"1/4": "0.25", "1/2": "0.5"}
+    rows = table_rows((repo / "docs" / "speed.md").read_text(), "| shape | basis size |")
+    assert len(rows) == 7
+    for shape, size, stacked, auto in rows:
+        if shape.startswith("whole ResNet-18"):
+            fraction = fractions[shape.split(", ")[1]]
+            expected = [f"{float(models[form][fraction]['fwdbwd_ratio']):.3f}"
+                        for form in ("stacked", "auto")]
+            assert [stacked, auto] == expected, shape
+            continue
+        key = (shape.split(" (")[0], size)
+        for form, cell in (("stacked", stacked), ("auto", auto)):
+            assert cell.startswith(f"{float(layers[form][key]['fwdbwd_ratio']):.2f}"), (key, form)
+        if "its FLOP ratio" in stacked:
+            assert f"x{float(layers['stacked'][key]['fwdbwd_vs_theory']):.2f}" in stacked
