@@ -240,6 +240,19 @@ def test_a_stray_file_above_a_complete_folder_does_not_hide_it(tmp_path):
     assert find_cifar10(tmp_path) == (tmp_path, "bin")
 
 
+@pytest.mark.parametrize("fmt, folder_name", [("py", "cifar-10-batches-bin"),
+                                               ("bin", "cifar-10-batches-py")])
+def test_a_dataset_under_the_other_formats_folder_name_is_found(tmp_path, fmt, folder_name):
+    """Found in review: the python batches extracted into a folder named
+    cifar-10-batches-bin/ (or the reverse), with data.root above it, were "not found",
+    though the message said that folder had been looked in. The files tell the format."""
+    written = write_cifar(tmp_path, fmt, n_train=50, n_test=20)
+    written.rename(tmp_path / folder_name)
+    data = load_cifar10(tmp_path, verify_md5=False)
+    assert data.source == str(tmp_path / folder_name)
+    assert (len(data.train_labels), len(data.test_labels)) == (50, 20)
+
+
 def test_missing_batch_file(tmp_path):
     folder = write_cifar(tmp_path)
     (folder / "data_batch_5.bin").unlink()

@@ -16,6 +16,12 @@ def share_of(total: int, fraction: float) -> int:
     return math.floor(Fraction(repr(float(fraction))) * total + Fraction(1, 2))
 
 
+def count_of(total: int, size: int | float) -> int:
+    """``size`` of ``total`` things as a count: an int is the count itself, any other
+    number the fraction :func:`share_of` rounds (data subsets, the held-out images)."""
+    return int(size) if is_int(size) else share_of(total, size)
+
+
 def is_int(value) -> bool:
     """An integer (Python's or numpy's) that is not a bool: ``True`` is an int to Python,
     and as a count or size it is a mistake (``basis.size=true``)."""

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .distributed import shard
 from .errors import ConfigError, DatasetError, DatasetNotFound
-from .counts import share_of
+from .counts import count_of
 from .records import file_digest, folder_lock
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,10 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
         raise DatasetError(f"data.root is a file, not a folder: {root.resolve()}{archive}. "
                            f"Point data.root (or the CIFAR10_ROOT environment variable) at the "
                            f"folder holding the extracted CIFAR-10 files.")
-    found = [(folder, fmt) for fmt in ("bin", "py") for folder in (root, root / FOLDERS[fmt])
+    # each format in either subfolder: the files tell the format, not the folder's name (the
+    # python version extracted into a cifar-10-batches-bin/ was "not found" in it)
+    folders = (root, root / FOLDERS["bin"], root / FOLDERS["py"])
+    found = [(folder, fmt) for fmt in ("bin", "py") for folder in folders
              if _holds_cifar10(folder, fmt, any)]
     # the first that holds every file: a stray test_batch.bin beside a complete
     # cifar-10-batches-bin/ was taken, and refused as incomplete (left at stop 70)
@@ -452,8 +455,7 @@ def training_images(data_cfg) -> tuple[int, str] | None:
     subset = data_cfg.train_subset
     if subset is None:
         return n, said
-    return (share_of(n, subset) if isinstance(subset, float) else int(subset),
-            f"data.train_subset={subset} of {said}")
+    return count_of(n, subset), f"data.train_subset={subset} of {said}"
 
 
 def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
@@ -466,7 +468,7 @@ def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
     n = labels.numel()
     if n == 0:
         raise ConfigError(f"{key}={size}: there are no images to select from")
-    count = share_of(n, size) if isinstance(size, float) else int(size)
+    count = count_of(n, size)
     if not 0 < count <= n - leave:
         kept = f", leaving {leave} of the {n}" if leave else ""
         raise ConfigError(f"{key}={size} must select between 1 and {n - leave} images{kept} "
