@@ -3,6 +3,7 @@ a stand-in for wandb's API), the files analyze.py writes, and the results notebo
 
 import functools
 import json
+import logging
 import os
 import re
 import time
@@ -1120,6 +1121,20 @@ def publish_records(folder, records):
         (folder / f"row{i}" / f"seed{rec['config']['seed']}.json").write_text(json.dumps(rec))
 
 
+def test_a_cut_off_published_record_is_skipped_with_how_to_make_it_again(tmp_path, caplog):
+    """Found in review: a published record cut off (``results/<profile>/runs/``) was skipped
+    with the hint of a run folder's run.json (rebuilt from its checkpoint), which a
+    published record has not beside it; the protocol sets it aside and makes it again."""
+    publish_records(tmp_path / "runs", RECORDS)
+    damaged = tmp_path / "runs" / "row0" / "seed0.json"
+    damaged.write_text(damaged.read_text()[:300])
+    with caplog.at_level(logging.WARNING, logger="basisconv.analysis.report"):
+        write_report(analyze_cfg(tmp_path), "cmd")
+    (line,) = [r.getMessage() for r in caplog.records if "skipped 1 records" in r.getMessage()]
+    assert str(damaged) in line and "`make reproduce PROFILE=test`" in line
+    assert "checkpoint" not in line
+
+
 def test_published_records_are_found_in_a_folder_of_any_name(tmp_path):
     records = tmp_path / "quick-records"  # a copy of results/quick/runs
     publish_records(records, RECORDS)
@@ -1416,6 +1431,22 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
     with pytest.raises(ValueError, match=damaged.name):
         records.read_sessions(tmp_path)
     assert sessions_summary(tmp_path) is None
+
+
+@pytest.mark.parametrize("damaged", ["sessions/20261201T000000Z-0a1b2c3d.json",
+                                     "sessions.json"])
+def test_a_damaged_session_file_is_named_with_its_fix(tmp_path, caplog, damaged):
+    """Found in review: a session file cut off or edited (or the older one-list
+    ``sessions.json``) was named by the analysis' warning without what to do about it."""
+    from basisconv.analysis.report import sessions_summary
+
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / damaged).write_text('{"started": "2026-12-01T00:00:00+00:00", "secon')
+    with caplog.at_level(logging.WARNING):
+        assert sessions_summary(tmp_path) is None
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert str(tmp_path / damaged) in line and "\n" not in line
+    assert f"git checkout -- {tmp_path / damaged}" in line and "or delete it" in line
 
 
 @pytest.mark.parametrize("field, value", [("seconds", "1006.2"), ("seconds", None),

@@ -356,15 +356,29 @@ def collect_records(cfg: DictConfig, unfinished: list[str] | None = None
         raise ConfigError(f"source={cfg.source!r}; choose local or wandb")
     if unreadable:
         log.warning("skipped %d records that could not be read or lack fields the analysis "
-                    "reads: %s (a finished training run's run.json is rebuilt from its "
-                    "checkpoint by running the same command again)", len(unreadable),
-                    ", ".join(unreadable))
+                    "reads: %s (%s)", len(unreadable), ", ".join(unreadable),
+                    remaking_hint(unreadable, cfg.profile))
     if not records:
         where = (f"{cfg.runs_dir} ({found_line(local, unreadable)})" if cfg.source == "local"
                  else f"wandb project {cfg.wandb.project}")
         raise ConfigError(f"no complete training run found in {where}; run "
                           f"`make reproduce PROFILE={cfg.profile}` (or some training runs) first")
     return local, unreadable, records
+
+
+def remaking_hint(unreadable: list[str], profile: str) -> str:
+    """How the records skipped as ``unreadable`` are made again: a run folder's ``run.json``
+    from its checkpoint, a published record (a ``.json`` file, ``results/<profile>/runs/``)
+    by the protocol, which sets it aside and makes its run again; the hint spoke of the
+    run folder's alone, which a published record has not beside it (found in review)."""
+    hints = []
+    if any(not name.endswith(".json") for name in unreadable):
+        hints.append("a finished training run's run.json is rebuilt from its checkpoint by "
+                     "running the same command again")
+    if any(name.endswith(".json") for name in unreadable):
+        hints.append(f"a record scripts/reproduce.sh published is set aside, and its run "
+                     f"made again, by `make reproduce PROFILE={profile}`")
+    return "; ".join(hints)
 
 
 def write_group(part: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,

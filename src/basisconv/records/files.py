@@ -247,6 +247,8 @@ def finite_or_null(obj: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as standard JSON (:func:`json_text`) through :func:`write_atomic`: every
+    record, index and session is written by it, so a reader never sees half of one."""
     return write_text_atomic(path, json_text(obj))
 
 

@@ -371,22 +371,32 @@ def has_session_log(results_dir: str | os.PathLike) -> bool:
 
 def read_sessions(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The sessions :func:`log_session` logged in ``results_dir`` (and those of an older
-    ``sessions.json``), by start; none without a log. A ValueError naming the file when one
-    is not a session (a damaged file, or one left with git's conflict markers)."""
+    ``sessions.json``), by start; none without a log. A ValueError naming the file and the
+    fix when one is not a session (a damaged file, or one left with git's conflict
+    markers)."""
     folder = Path(results_dir)
     sessions = []
     older = folder / OLDER_SESSIONS
     if older.is_file():
         listed = _json_or_none(older)
         if not isinstance(listed, list) or not all(map(_is_session, listed)):
-            raise ValueError(f"{older} is not a list of sessions")
+            raise _not_sessions(older, "a list of sessions")
         sessions += listed
     for path in sorted((folder / SESSIONS).glob("*.json")):
         session = _json_or_none(path)
         if not _is_session(session):
-            raise ValueError(f"{path} is not a session's record")
+            raise _not_sessions(path, "a session's record")
         sessions.append(session)
     return sorted(sessions, key=lambda s: str(s.get("started", "")))
+
+
+def _not_sessions(path: Path, what: str) -> ValueError:
+    """The error of a session file that is not ``what``, naming the file and the fix: the
+    analysis says it in one line and leaves the wall-clock out, which the line, without a
+    fix, left the user to work out (found in review)."""
+    return ValueError(f"{path} is not {what} (damaged or edited): restore it with `git "
+                      f"checkout -- {shlex.quote(str(path))}`, or delete it to leave its "
+                      f"time out of the protocol's wall-clock")
 
 
 def _is_session(session: Any) -> bool:

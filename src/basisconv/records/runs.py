@@ -50,6 +50,8 @@ class RunRecord:
             raise ValueError(f"record kind {self.kind!r}; one of {', '.join(KINDS)}")
 
     def as_dict(self) -> dict[str, Any]:
+        """The record as its file holds it: ``results`` at the top level, beside ``kind``,
+        ``status``, ``config`` and ``provenance`` (where the analysis reads them)."""
         return {"kind": self.kind, "status": self.status, "config": self.config,
                 "provenance": self.provenance, **self.results}
 
