@@ -249,7 +249,7 @@ def test_a_resumed_run_keeps_where_its_earlier_epochs_ran(tmp_path, repo, monkey
 def test_a_resume_with_another_number_of_processes_is_a_warning(caplog):
     """Found in review: a run started under torchrun with 2 processes and resumed in one
     said nothing, though its epoch times then mix the two set-ups."""
-    from basisconv.train import keep_earlier_provenance
+    from basisconv.resume_point import keep_earlier_provenance
 
     saved = {"git": {"commit": "abc"}, "hardware": {"cpu": "X", "processes": 2}}
     now = {"git": {"commit": "abc"}, "hardware": {"cpu": "X"}}
@@ -262,7 +262,7 @@ def test_a_resume_with_another_number_of_processes_is_a_warning(caplog):
 def test_a_resume_with_another_thread_count_is_a_warning(caplog):
     """Found in review: a run resumed at 2 threads after 1 (reproduce.sh continued with
     another JOBS) said nothing, though on a CPU its results then differ, to rounding."""
-    from basisconv.train import keep_earlier_provenance
+    from basisconv.resume_point import keep_earlier_provenance
 
     saved = {"git": {"commit": "abc"}, "hardware": {"cpu": "X", "torch_threads": 1}}
     now = {"git": {"commit": "abc"}, "hardware": {"cpu": "X", "torch_threads": 2}}
@@ -278,7 +278,7 @@ def test_a_resume_with_another_thread_count_is_a_warning(caplog):
 def test_a_resume_after_editing_the_code_on_the_same_commit_is_a_warning(caplog):
     """Found in review: a run resumed on its commit with other uncommitted changes (the code
     edited between the starts) said nothing, though its epochs then ran two versions."""
-    from basisconv.train import keep_earlier_provenance
+    from basisconv.resume_point import keep_earlier_provenance
 
     def start(git):
         return {"git": {"commit": "abc1234def", **git}, "hardware": {"cpu": "X"}}
@@ -677,7 +677,7 @@ def test_only_a_record_that_says_complete_makes_its_run_complete(tmp_path, recor
     """Found in a mutation round: which advice a damaged checkpoint gets (delete it, the run
     stays finished; or start over) rests on run.json saying "complete"; a record without
     a status, or with another word (hand-edited), says nothing finished, as a missing one."""
-    from basisconv.train import says_complete
+    from basisconv.resume_point import says_complete
 
     path = tmp_path / "run.json"
     assert not says_complete(path)
@@ -909,7 +909,7 @@ def test_a_stop_as_a_run_starts_or_once_it_is_complete_says_how_to_go_on(tmp_pat
     """Found by a stop-injection audit: a stop while the run checked its config, took its
     folder's lock or read its checkpoint, or once complete while it published its record,
     said only "stopped by SIGTERM" (not that the checkpoint is kept, nor how to go on)."""
-    from basisconv import train
+    from basisconv import resume_point, train
     from basisconv.errors import Stopped
 
     cfg = compose_tiny(repo, "logger=none", "trainer.epochs=2",
@@ -928,7 +928,7 @@ def test_a_stop_as_a_run_starts_or_once_it_is_complete_says_how_to_go_on(tmp_pat
                         f"again with hydra.run.dir={run} to publish it to ")]:
         if step == "load_checkpoint":
             fit_stopped_before(2, cfg, run)  # its checkpoint of epoch 1 kept
-        monkeypatch.setattr(train, step, stop)
+        monkeypatch.setattr(resume_point if step == "load_checkpoint" else train, step, stop)
         with pytest.raises(Stopped, match=said):
             fit(cfg, run)
         monkeypatch.undo()
@@ -1010,13 +1010,14 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
     import signal
 
     from basisconv import train
+    from basisconv.checkpoint import load_checkpoint
     from basisconv.errors import Stopped
 
     cfg = compose_tiny(repo, "logger=none", "trainer.epochs=2")
     if resuming:  # a run with the checkpoint of epoch 1, started again
         fit(compose_tiny(repo, "logger=none", "trainer.epochs=2"), tmp_path)
         (tmp_path / "run.json").unlink()
-        checkpoint = train.load_checkpoint(tmp_path / "checkpoint.pt")
+        checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
         checkpoint["record"]["epochs"] = checkpoint["record"]["epochs"][:1]
         checkpoint["record"]["status"] = "running"
         train.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint)
@@ -1721,7 +1722,7 @@ def test_a_resume_from_a_record_older_than_a_set_up_field_compares_what_it_can(c
     """A record from before a field was kept: no thread count is no change to warn of
     ("torch threads None -> 2"), and no process count is the one process it then meant,
     so a resume under torchrun is still said."""
-    from basisconv.train import keep_earlier_provenance
+    from basisconv.resume_point import keep_earlier_provenance
 
     saved = {"git": {"commit": "abc"}, "hardware": {"cpu": "X"}}
     with caplog.at_level("WARNING"):

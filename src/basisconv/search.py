@@ -29,6 +29,7 @@ from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import (cache_dir, candidate_table, check_estimate_record,
                           say_the_work_is_kept, sensitivity_table)
+from .unread import SELECTION_KEY_SEARCH_READS
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,11 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
 
 def unread_search_selection(cfg: DictConfig) -> tuple[str, ...]:
     """The selection's keys the search does not read (all but ``metric``, by which the fast
-    choice is ranked), as flattened keys: a search there again with only these changed
-    (``selection=random``, which it warns is unread) computes what it computed."""
-    return tuple(f"selection.{key}" for key in cfg.selection if key != "metric")
+    choice is ranked: :data:`~basisconv.unread.SELECTION_KEY_SEARCH_READS`), as flattened
+    keys: a search there again with only these changed (``selection=random``, which it
+    warns is unread) computes what it computed."""
+    return tuple(f"selection.{key}" for key in cfg.selection
+                 if key != SELECTION_KEY_SEARCH_READS)
 
 
 def candidate_count(cfg: DictConfig) -> int:

@@ -6,14 +6,14 @@ resumes.
 The steps themselves live in :mod:`basisconv.loop`; this module holds what makes them a
 run: the layers chosen for basis form (resolved before the network is built, possibly by
 a sensitivity estimate), the dense warm-up conversion, the record, checkpoints, resume
-and tracking.
+and tracking. Where a start in the run's folder begins (a checkpoint, a complete record,
+or nothing) is :mod:`basisconv.resume_point`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import signal
 from pathlib import Path
@@ -23,8 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
-from .checkpoint import (CHECKPOINT, check_same_run, checksum_path, load_checkpoint,
-                         save_checkpoint, saved_epoch_rows)
+from .checkpoint import CHECKPOINT, checksum_path, save_checkpoint, saved_epoch_rows
 from .config import GRAPHING_COMPILE_MODES
 from .config_checks import validate
 from .data import prepare_data
@@ -32,9 +31,9 @@ from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
 from .kernels import auto
 from .network import (basis_penalty, build_network, check_conversion, choose_forms_now,
                       converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
-from .records import (RECORD, RunRecord, commit_name, folder_lock, hardware_name, json_text,
-                      leftover_temporaries, make_folder, missing_fields, publish,
-                      read_record, refuse_other_kind, timestamp, wandb_provenance, write_record)
+from .records import (RECORD, RunRecord, folder_lock, make_folder, publish, refuse_other_kind,
+                      timestamp, wandb_provenance, write_record)
+from .resume_point import keep_earlier_provenance, remove_leftovers, resume_point, says_complete
 from .resuming import how_to_go_on
 from .sensitivity import choose_layers_and_table
 from .signals import stops_let_go
@@ -95,26 +94,6 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
         raise stop from None
 
 
-def resume_point(cfg: DictConfig, config: dict, output_dir: Path
-                 ) -> tuple[dict | None, dict[str, Any] | None]:
-    """Where this start of the run in ``output_dir`` begins, as ``(checkpoint, record)``:
-    the checkpoint to resume from (``trainer.resume``; another config's is refused), and
-    the record of a run already complete, by its checkpoint or by its ``run.json`` alone,
-    which is not trained again; ``(None, None)`` for a fresh start."""
-    checkpoint = record = None
-    if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
-        checkpoint = load_checkpoint(output_dir / CHECKPOINT, resuming=True,
-                                     finished=says_complete(output_dir / RECORD))
-        check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
-        if checkpoint["record"]["status"] == "complete":
-            log.info("run in %s is already complete; not training again", output_dir)
-            repair_record(output_dir, checkpoint["record"])
-            record = checkpoint["record"]
-    elif cfg.trainer.resume:
-        record = finished_record(output_dir, config)
-    return checkpoint, record
-
-
 def start_training(cfg: DictConfig, config: dict, output_dir: Path,
                    checkpoint: dict | None) -> Training:
     """The run's :class:`Training`, built or restored from ``checkpoint``. A stop while it
@@ -165,52 +144,6 @@ def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict 
                 f"reading its data or starting wandb); the same command starts it over")
     return (f"the run in {output_dir} stopped while resuming, before epoch {done + 1}; its "
             f"checkpoint of epoch {done} is kept: {how_to_go_on(output_dir, cfg, done)}")
-
-
-def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
-    """The complete record of a run in ``output_dir`` that kept no checkpoint
-    (``trainer.checkpoint=false``, or one deleted to save disk), if there is one: such a
-    run is finished too, and training it again would overwrite its result with the first
-    new epoch. A record of another config is refused as a checkpoint of one is."""
-    path = output_dir / RECORD
-    try:
-        saved = read_record(path)
-    except (OSError, ValueError):  # none, or unreadable: nothing finished to keep
-        return None
-    if saved.get("status") != "complete":
-        return None
-    # a record that says complete but lacks what a finished run's holds (damaged, hand-
-    # edited: {"status": "complete"} alone) was taken as finished, or ended in a trace
-    # from check_same_run (a config that is no object); there is no checkpoint to rebuild
-    # it from, and training again would overwrite it: the user decides
-    lacking = missing_fields(saved)
-    if lacking:
-        raise ConfigError(f"{path} says the run is complete but is damaged (it lacks "
-                          f"{', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}) "
-                          f"and there is no {CHECKPOINT} to rebuild it from; delete it to "
-                          f"train the run again, or use a new output directory")
-    check_same_run(saved["config"], config, path)
-    log.info("run in %s is already complete (its run.json; no checkpoint); not training "
-             "again", output_dir)
-    return saved
-
-
-def says_complete(path: Path) -> bool:
-    """Whether the run record at ``path`` is there, readable and complete."""
-    try:
-        return read_record(path).get("status") == "complete"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def remove_leftovers(output_dir: Path) -> None:
-    """Delete what earlier runs in this folder, killed while writing their checkpoint or
-    record, left half written (the lock is held, so no writer is in flight): a preempted
-    job killed many times would otherwise pile up checkpoint-sized files."""
-    for path in (output_dir / CHECKPOINT, output_dir / RECORD):
-        for leftover in leftover_temporaries(path):
-            leftover.unlink(missing_ok=True)
-            log.info("removed %s, left half written by a run killed while writing it", leftover)
 
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
@@ -561,9 +494,10 @@ class Training:
     def save(self) -> None:
         """The checkpoint first, then the record: a kill (or a full disk) between the two
         leaves a ``run.json`` behind its checkpoint, which resuming catches up (a complete
-        one: :func:`repair_record`), never one ahead of it, saying complete while the
-        checkpoint, and so the next start, would train the last epoch again. A write that
-        fails (each is atomic, so the earlier file stays) is one :class:`SaveError` line.
+        one: :func:`~basisconv.resume_point.repair_record`), never one ahead of it, saying
+        complete while the checkpoint, and so the next start, would train the last epoch
+        again. A write that fails (each is atomic, so the earlier file stays) is one
+        :class:`SaveError` line.
 
         With ``trainer.checkpoint_every_s`` the checkpoint is written only when that long
         has passed since the last one, and after the last epoch; the record, a few
@@ -670,8 +604,9 @@ class Training:
     def stopped_complete_message(self) -> str:
         """A stop after the last epoch's checkpoint was written, before (or as) its record
         was: the run is complete, and the same command trains nothing (it writes
-        ``run.json`` from the checkpoint, :func:`repair_record`, and publishes it). "Stopped
-        after epoch 3 of 3; ... to resume it" read as if training were left to do."""
+        ``run.json`` from the checkpoint, :func:`~basisconv.resume_point.repair_record`, and
+        publishes it). "Stopped after epoch 3 of 3; ... to resume it" read as if training
+        were left to do."""
         if says_complete(self.output_dir / RECORD):
             return complete_run_message(self.cfg, self.output_dir, "as it finished")
         to = "write it" + (f" and publish it to {self.cfg.publish}" if self.cfg.publish else "")
@@ -679,60 +614,6 @@ class Training:
                              to=f"{to}, training nothing")
         return (f"the run in {self.output_dir} is complete ({CHECKPOINT}), but was stopped "
                 f"before its {RECORD} was written; {go_on}")
-
-
-def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
-    """A resumed run's provenance is where its later epochs ran; where the earlier ones ran
-    (start date, commit, machine) is kept under ``earlier``, one entry per earlier start, and
-    a resume on another commit, machine or number of torchrun processes is a warning: the
-    record's epoch times and the timing tables then mix two set-ups."""
-    provenance["earlier"] = [*saved.get("earlier", []),
-                             {k: v for k, v in saved.items() if k != "earlier"}]
-    then_git, now_git = saved.get("git") or {}, provenance["git"]
-    # (uncommitted changes count: a resume on the same commit after editing the code ran
-    # other code, unsaid; compared by their hash where both starts recorded one)
-    both_hashed = bool(then_git.get("diff_sha256") and now_git.get("diff_sha256"))
-    changes = [f"{what} {then} -> {now}" for what, then, now in (
-        ("commit", code_name(then_git, both_hashed), code_name(now_git, both_hashed)),
-        ("hardware", hardware_name(saved.get("hardware", {})),
-         hardware_name(provenance["hardware"])),
-        ("processes", saved.get("hardware", {}).get("processes", 1),
-         provenance["hardware"].get("processes", 1)),
-        # (a resume at another thread count, e.g. reproduce.sh continued with another JOBS,
-        # is said as well: on a CPU it changes results too, to rounding)
-        ("torch threads", saved.get("hardware", {}).get("torch_threads"),
-         provenance["hardware"].get("torch_threads"))) if then and now != then]
-    if changes:
-        threads = any(change.startswith("torch threads") for change in changes)
-        log.warning("resuming after epoch %d on another commit or set-up than the run "
-                    "started on (%s); its record keeps both (provenance.earlier), but its "
-                    "epoch times mix them%s: for timing results start over "
-                    "(trainer.resume=false)", done, "; ".join(changes),
-                    ", and on a CPU another thread count changes the results to rounding"
-                    if threads else "")
-
-
-def code_name(git: dict, hashed: bool) -> str:
-    """The code a start ran, as a resume's warning names it: its commit, ``-dirty`` after it
-    for uncommitted changes, and with ``hashed`` their hash (``abc1234-dirty (9f3e0c1a)``)."""
-    name = commit_name(git)
-    return f"{name} ({git['diff_sha256'][:8]})" if name and hashed else name
-
-
-def repair_record(output_dir: Path, saved: dict[str, Any]) -> None:
-    """A complete run's ``run.json`` must say what its checkpoint says: one that is missing,
-    unreadable or different (lost, damaged, or half-copied) is rewritten from the record
-    the checkpoint holds, so the run does not silently drop out of the tables."""
-    path = output_dir / RECORD
-    try:
-        expected = json.loads(json_text(RunRecord.from_dict(saved).as_dict()))
-        if read_record(path) == expected:
-            return
-        problem = "differs from the checkpoint's"
-    except (OSError, ValueError) as err:
-        problem = f"is missing or unreadable ({type(err).__name__})"
-    write_record(output_dir, RunRecord.from_dict(saved))
-    log.warning("%s %s; rewrote it from the complete run's checkpoint", path, problem)
 
 
 def final_metrics(epochs: list[dict]) -> dict[str, Any]:

@@ -29,6 +29,11 @@ UNREAD_BY_DENSE = r"(basis\b|selection\.layers\b)"
 UNREAD_BY_NO_LOGGER = r"logger\.(?!backend\b)"
 #: the ``sensitivity`` keys only ``scripts/exhaustive_search.py`` reads
 SEARCH_ONLY = ("search_subset_size", "search_max_subsets")
+#: the one ``selection`` key the exhaustive search reads (its fast choice is ranked by it):
+#: the policy (``selection=random``) and the other keys are unread there, warned of
+#: (:func:`warn_unread_search_selection`) and left out of its folder's settings check
+#: (:func:`basisconv.search.unread_search_selection`)
+SELECTION_KEY_SEARCH_READS = "metric"
 #: the ``sensitivity`` keys that say where an estimate (and a time budget's layer times) is
 #: kept and found: never warned of, as they change nothing a run computes and
 #: ``scripts/reproduce.sh`` gives them to every training run (its baselines' warned of
@@ -250,7 +255,7 @@ def warn_unread_search_selection(cfg: Any) -> None:
     if not HydraConfig.initialized() or in_sweep():
         return
     keys = [o for o in typed_overrides()
-            if re.match(r"[+~]*selection(=|\.(?!metric\b))", o)]
+            if re.match(rf"[+~]*selection(=|\.(?!{SELECTION_KEY_SEARCH_READS}\b))", o)]
     if keys:
         log.warning("the exhaustive search scores the %d layers least sensitive by "
                     "selection.metric=%s (sensitivity.search_subset_size), so %s %s unread",
