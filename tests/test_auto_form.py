@@ -116,6 +116,26 @@ def test_a_shape_that_cannot_be_measured_runs_the_stacked_form(monkeypatch):
     assert ran == ["stacked"] and auto.choices() == {}
 
 
+@pytest.mark.parametrize("form", ["stacked", "dense"])
+@pytest.mark.parametrize("in_channels, layout", [(1, torch.channels_last),
+                                                 (6, torch.contiguous_format)],
+                         ids=["one-channel-input", "nchw-input"])
+def test_each_chosen_form_gives_the_layout_the_conv_gives(form, in_channels, layout,
+                                                          monkeypatch):
+    """Found by a property sweep: in a channels_last model the dense form's materialized
+    weight was NCHW, so where the weight decides the layout (a one-channel input, which
+    is NCHW-strided even after ``.contiguous(memory_format=torch.channels_last)``, or an
+    NCHW input) the layer gave NCHW where the conv it replaced gives channels_last."""
+    monkeypatch.setattr(auto, "_time", lambda f, args, backward: 0.0 if f == form else 1.0)
+    conv = nn.Conv2d(in_channels, 8, 3, padding=1).double().to(memory_format=torch.channels_last)
+    layer = BasisConv2d.from_conv(conv, 3, combine="auto")
+    x = torch.randn(2, in_channels, 7, 9, dtype=torch.float64).contiguous(memory_format=layout)
+    out = layer(x)
+    assert list(auto.choices().values()) == [form]
+    torch.testing.assert_close(out, reference(layer, x))
+    assert out.stride() == conv(x).stride()
+
+
 # (stride, padding, dilation): the second, each of them in play and unlike the others, found
 # by a mutation test (a dense form that dropped the dilation passed every test)
 @pytest.mark.parametrize("geometry", [(1, 1, 1), ((1, 2), (2, 1), (2, 3))])

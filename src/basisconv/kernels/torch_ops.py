@@ -74,9 +74,14 @@ def dense_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torc
     """The layer's weight materialized (``combination @ basis_weight``, a tiny matmul per
     call) and one dense conv: the basis layer's parameters at the dense conv's speed, for
     the shapes where no basis form beats the dense conv on the device (``combine="auto"``
-    picks it there)."""
-    return F.conv2d(x, materialized_weight(basis_weight, combination), bias, stride, padding,
-                    dilation)
+    picks it there). The weight is laid out as the basis filters are: where the weight
+    decides the conv's layout (an NCHW or one-channel input), an NCHW one gave NCHW outputs
+    in a channels_last model, where the conv replaced gives channels_last ones."""
+    weight = materialized_weight(basis_weight, combination)
+    if channels_last(basis_weight):
+        # (.to, not .contiguous: with one input channel that keeps NCHW strides)
+        weight = weight.to(memory_format=torch.channels_last)
+    return F.conv2d(x, weight, bias, stride, padding, dilation)
 
 
 def materialized_weight(basis_weight: torch.Tensor, combination: torch.Tensor) -> torch.Tensor:
