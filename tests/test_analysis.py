@@ -1166,6 +1166,18 @@ def test_a_missing_runs_dir_says_it_does_not_exist(tmp_path):
                      "cmd")
 
 
+def test_a_mistyped_profile_is_not_offered_to_make_reproduce(tmp_path):
+    """Found driving the Makefile: ``make analyze PROFILE=quik`` said "make reproduce
+    PROFILE=quik makes them", a command reproduce.sh refuses (it knows paper, quick and
+    smoke); the profiles published here are what the reader needs to see the typo."""
+    (tmp_path / "results" / "quick" / "runs").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"no record of profile quik is published here yet "
+                                          r"\(profiles published here: quick\)") as err:
+        write_report(analyze_cfg(tmp_path, runs_dir=str(tmp_path / "results" / "quik" / "runs")),
+                     "cmd")
+    assert "make reproduce" not in str(err.value)
+
+
 def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
     (tmp_path / "a-file").write_text("")
     publish_records(tmp_path / "runs", RECORDS)

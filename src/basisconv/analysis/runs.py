@@ -17,6 +17,7 @@ import pandas as pd
 from ..checkpoint import changes_only_execution, flat_config
 from ..counts import is_number
 from ..errors import ConfigError, one_line
+from ..hydra_errors import CONFIGS
 from ..records import (RECORD, commit_name, device_name, hardware_name, is_measurement,
                        made_by_profile, measured_on_cpu, missing_fields, precision_name,
                        provenance_from_wandb, read_record, unusable)
@@ -284,9 +285,12 @@ def record_files(root: str | Path) -> list[Path]:
             # make analyze's default, PROFILE=paper, before that profile has run here
             profile = root.parent.name
             made = sorted(path.parent.name for path in root.parent.parent.glob("*/runs"))
-            what += (f": no record of profile {profile} is published here yet (make reproduce "
-                     f"PROFILE={profile} makes them; profiles published here: "
-                     f"{', '.join(made) or 'none'})")
+            # a profile reproduce.sh runs (one of configs/profile/) is offered to it; a typo
+            # is not (reproduce.sh refuses it): the published ones show it
+            hint = (f"make reproduce PROFILE={profile} makes them; "
+                    if (CONFIGS / "profile" / f"{profile}.yaml").is_file() else "")
+            what += (f": no record of profile {profile} is published here yet ({hint}"
+                     f"profiles published here: {', '.join(made) or 'none'})")
         raise ConfigError(f"runs_dir={root}: {what}; give the folder of published records "
                           f"(results/<profile>/runs) or of run folders (outputs/<profile>)")
 
