@@ -727,6 +727,28 @@ def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, rep
     assert record["provenance"]["versions"]["triton"]
 
 
+def test_a_tile_using_exactly_a_blocks_shared_memory_fits_and_one_byte_more_does_not(
+        monkeypatch):
+    """``fits`` is the block's limit inclusive, and the shared memory is in KiB to a tenth
+    (a compiled kernel stood in for: no compile, no ptxas)."""
+    pytest.importorskip("triton")
+    from types import SimpleNamespace
+
+    from basisconv.bench import kernel_resources
+
+    monkeypatch.setattr(kernel_resources, "ptxas_usage",
+                        lambda ptx: {"registers": 32, "spill_store_bytes": 0})
+
+    def compiled(shared: int):
+        return SimpleNamespace(metadata=SimpleNamespace(shared=shared), asm={"ptx": ""})
+
+    limit = kernel_resources.HOPPER_SHARED_BYTES
+    assert kernel_resources.resources(compiled(limit))["fits"] is True
+    assert kernel_resources.resources(compiled(limit + 1))["fits"] is False
+    assert kernel_resources.resources(compiled(1536)) == {
+        "shared_kib": 1.5, "registers": 32, "spill_store_bytes": 0, "fits": True}
+
+
 def test_the_combination_kernels_resources_have_their_own_table(tmp_path, repo, load_script):
     """``--kernels combination``: the folded norm's kernels, forward and backward, every
     autotuning tile, in the committed table's columns."""

@@ -18,6 +18,7 @@ from basisconv import graphs, loop
 from basisconv.data import TensorBatches
 from basisconv.models import build_model
 from basisconv.network import basis_penalty
+from basisconv.skip_training import CoefficientSkipSchedule
 from basisconv.surgery import apply_basis
 from interruption import fit_stopped_before
 
@@ -322,6 +323,50 @@ def test_an_epoch_synchronizes_the_gpu_a_fixed_number_of_times_not_per_step(devi
         return sum("synchronizing" in str(w.message) for w in caught)
 
     assert syncs(6) == syncs(3)
+
+
+#: The ways Python reads a tensor's value back (on a GPU each waits for the queued work).
+_VALUE_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
+                "__index__")
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
+def test_an_epoch_reads_its_metrics_back_once_not_per_step_on_any_device(device, graphed,
+                                                                          monkeypatch):
+    """The test above counts CUDA's synchronizations, so only under ``make gpu-check`` and
+    for a dense model; this one counts every read of a tensor's value into Python (a
+    ``float(loss)``, an ``if torch.isfinite(...)``, a logged ``.item()``) on any device,
+    through ``run_epoch`` (training, evaluation, the logged row and the divergence check)
+    of a basis model with folded norms, its L1 penalty and Frobenius correction, and
+    (eagerly) the coefficient skip schedule: an epoch of 6 steps reads as often as one of 2."""
+    trainer = OmegaConf.merge(TRAINER, {"label_smoothing": 0.0, "progress": False,
+                                        "compile": False})
+
+    def reads(steps):
+        model = _model(device, basis=True)
+        images, labels = _data(device, 16 * steps, 7)
+        batches = TensorBatches(images, labels, 16, train=True,
+                                memory_format=torch.channels_last)
+        tests = TensorBatches(images, labels, 16, train=False, memory_format=torch.channels_last)
+        optimizer = loop.build_optimizer(model, trainer)
+        scheduler = loop.build_scheduler(optimizer, trainer, len(batches))
+        penalty = basis_penalty(model, 5e-4, coefficient_l1=1e-3, frobenius_decay=True)
+        skip = None if graphed else CoefficientSkipSchedule(model, 2)
+        step = iter(range(steps))
+        counted = []
+        with monkeypatch.context() as patch:
+            for name in _VALUE_READS:
+                def read(self, *args, _real=getattr(torch.Tensor, name), **kwargs):
+                    counted.append(1)
+                    return _real(self, *args, **kwargs)
+                patch.setattr(torch.Tensor, name, read)
+            loop.run_epoch(1, model, batches, tests, optimizer, scheduler, trainer, None,
+                           graphed=graphed, extra_loss=penalty,
+                           before_step=None if graphed else lambda: skip(next(step)))
+        return len(counted)
+
+    assert reads(6) == reads(2)
 
 
 @pytest.mark.parametrize("kind", ["train", "eval"])

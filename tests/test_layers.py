@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from basisconv.cost import saves_compute
 from basisconv.errors import ConfigError
-from basisconv.fitting import fit_coefficients, select_basis
+from basisconv.fitting import (best_rank_weight, fit_coefficients, relative_error, select_basis,
+                               smallest_basis)
 from basisconv.layers import BasisConv2d, coefficient_l1, resolve_num_basis
 
 # (in, out, kernel, stride, padding, dilation, bias)
@@ -158,6 +159,43 @@ def test_a_layer_of_low_rank_is_fitted_exactly_by_as_many_filters_as_its_rank():
     assert curve[2] > 0.01 and (curve[3:] < 1e-12).all()
     layer = BasisConv2d.from_conv(conv, max_error=1e-9)
     assert layer.num_basis == 3 and layer.reconstruction_error < 1e-12
+
+
+def test_the_picks_past_a_layers_rank_are_distinct_filters():
+    """Past the rank every residual is exactly zero: the picks are still filters not yet
+    picked (a tie with an already picked filter once picked it again)."""
+    weight = torch.zeros(4, 2, 3, 3, dtype=torch.float64)
+    weight[2] = 1.0  # rank 1: one filter, three zero ones
+    picked, errors = select_basis(weight, 4)
+    assert picked[0] == 2 and sorted(picked.tolist()) == [0, 1, 2, 3]
+    assert errors.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_an_all_zero_layer_is_fitted_by_one_filter_with_no_error():
+    """A conv whose filters are all zero (no norm to divide by) has errors of 0, not NaN:
+    one filter meets any ``max_error``."""
+    weight = torch.zeros(4, 2, 3, 3)
+    _, errors = select_basis(weight, 4)
+    assert errors.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert smallest_basis(weight, 0.1) == (1, 0.0)
+
+
+def test_a_max_error_any_filter_meets_still_keeps_one_and_a_full_rank_weight_is_itself():
+    """At least one basis filter whatever ``max_error`` allows (``errors[0] = 1`` meets
+    ``max_error=1``), and the best weight of full rank is the weight exactly, not its SVD
+    rebuilt (so a full-rank ``fit="svd"`` conversion stays exact)."""
+    weight = torch.randn(6, 2, 3, 3, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64)
+    assert smallest_basis(weight, 1.0)[0] == 1
+    flat = weight.reshape(6, -1)
+    assert torch.equal(best_rank_weight(flat, 6), flat)
+
+
+def test_the_relative_error_of_an_all_zero_exact_tensor_is_the_absolute_one():
+    assert relative_error(torch.zeros(3), torch.zeros(3)) == 0.0
+    assert relative_error(torch.full((4,), 0.5), torch.zeros(4)) == pytest.approx(1.0)
+    assert relative_error(torch.tensor([3.0, 4.0]), torch.tensor([3.0, 0.0])) == \
+        pytest.approx(4 / 3)
 
 
 @pytest.mark.parametrize("options", [

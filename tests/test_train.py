@@ -1511,6 +1511,46 @@ def test_evaluation_runs_the_model_in_eval_mode_and_leaves_its_norm_statistics()
     assert stats.loss == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("amp, channels_last", [("bf16", True), ("none", False)])
+def test_a_run_trains_and_evaluates_in_the_precision_and_layout_its_trainer_says(
+        tmp_path, repo, monkeypatch, amp, channels_last):
+    """``trainer.amp`` and ``trainer.channels_last`` reach every convolution of a training
+    run's steps and of its evaluation (the loop takes them as arguments from the run: no
+    test held that they arrive), and each phase runs in its own mode."""
+    from basisconv import loop
+
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=40", "data.synthetic_test=20",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=1",
+                        "trainer.batch_size=20", "trainer.eval_batch_size=20",
+                        "trainer.threads=1", "trainer.device=cpu", "trainer.progress=false",
+                        f"trainer.amp={amp}", f"trainer.channels_last={channels_last}"])
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    dtype = {"bf16": torch.bfloat16, "none": None}[amp]
+    seen, in_epoch, run_epoch = set(), [False], loop.run_epoch
+    conv_forward = torch.nn.Conv2d.forward
+
+    def conv(self, x):
+        if in_epoch[0]:  # (not the cost's dry run before training)
+            autocast = torch.is_autocast_enabled("cpu")
+            seen.add((torch.is_grad_enabled(), self.training,
+                      torch.get_autocast_dtype("cpu") if autocast else None,
+                      x.is_contiguous(memory_format=layout)
+                      and self.weight.is_contiguous(memory_format=layout)))
+        return conv_forward(self, x)
+
+    def epoch(*args, **kwargs):
+        in_epoch[0] = True
+        try:
+            return run_epoch(*args, **kwargs)
+        finally:
+            in_epoch[0] = False
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", conv)
+    monkeypatch.setattr(loop, "run_epoch", epoch)
+    fit(cfg, tmp_path)
+    assert seen == {(True, True, dtype, True), (False, False, dtype, True)}
+
+
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_deterministic_mode_sets_every_flag_it_needs_and_only_then(deterministic):
     """``trainer.deterministic`` turns on torch's deterministic algorithms and cuDNN's
