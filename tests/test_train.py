@@ -35,23 +35,26 @@ def test_training_learns_a_small_real_problem(tmp_path, repo, learning_seed, var
     one-cycle schedule) must learn the 10-class stripes problem (see basisconv.data.stripes)
     from chance (10%, loss ln 10 = 2.3) to >= 95% held-out accuracy in 160 steps.
 
-    The settings leave a wide margin: with ResNet-20 at width 0.25 (4 stem channels) a run
-    can stay for many epochs with one pair of classes unsplit (~90%), so its 8 epochs ended
-    anywhere from 0.875 to 1.0 depending on the seed and on the CPU's arithmetic (thread
-    count, vector kernels). ResNet-8 at width 0.5 reaches 99-100% by epoch 3 or 4 of 8 for
-    every seed tried, on 1 and on 2 threads, in a few seconds. One thread: the result does
+    The settings leave a wide margin: a narrow network can stay for many epochs with one
+    pair of classes unsplit (~89 %), and whether it does depends on the seed and on the
+    CPU's arithmetic (thread count, vector kernels). ResNet-20 at width 0.25 ended anywhere
+    from 0.875 to 1.0; ResNet-8 at width 0.5 reached 99-100 % for every seed tried on an AMD
+    EPYC, but on an Intel Xeon (both AVX-512) its basis variants stayed at 0.89 for seeds
+    0 and 6, even in 12 epochs. At width 1.0 every variant reached 100 % by epoch 3-5 for
+    seeds 0-7 on that Xeon, in 8 epochs; the first epoch's mean loss, over steps that start
+    at chance, was 1.15-1.37 there (it learns within the epoch). One thread: the result does
     not depend on the machine's core count (and is not slowed by oversubscribed cores).
     Other seeds: pytest tests/test_train.py -k learns --learning-seeds=0,1,2,3,4 -rP"""
     write_cifar(tmp_path, n_train=1000, n_test=500, make=stripes, seed=learning_seed)
     cfg = config(repo, [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet8",
-                        "model.width=0.5", "trainer.epochs=8", "trainer.batch_size=50",
+                        "model.width=1.0", "trainer.epochs=8", "trainer.batch_size=50",
                         "trainer.lr=0.1", "trainer.threads=1", "trainer.progress=false",
                         f"seed={learning_seed}", *variant])
     history = fit(cfg, tmp_path / "run")["epochs"]
     accuracy = [round(e["test_accuracy"], 3) for e in history]
     print(f"seed {learning_seed}: test accuracy by epoch {accuracy}")  # shown by pytest -rP
     assert len(history) == 8
-    assert history[0]["train_loss"] > 1.2, accuracy  # chance is ln(10) = 2.3
+    assert history[0]["train_loss"] > 0.8, accuracy  # chance is ln(10) = 2.3
     assert history[-1]["train_loss"] < 0.1, accuracy
     assert history[-1]["test_accuracy"] >= 0.95, accuracy
 
