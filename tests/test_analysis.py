@@ -504,6 +504,24 @@ def test_a_wandb_run_without_a_field_analysis_reads_is_left_out_and_named(tmp_pa
     assert index["unreadable_runs"] == [lacking.url, text.url] and len(index["runs"]) == 1
 
 
+def test_a_wandb_run_left_out_is_not_told_to_rebuild_from_a_checkpoint(tmp_path, monkeypatch,
+                                                                        caplog):
+    """Found in review: a wandb run left out for a missing field (another code's, an older
+    version's) was named with a local run folder's hint, "its run.json is rebuilt from its
+    checkpoint by running the same command again", which no wandb run has beside it."""
+    from basisconv.analysis import report
+
+    lacking = FakeRun(RECORDS[0])
+    del lacking.summary["train_seconds"]
+    lacking.url = "https://wandb.ai/me/basisconv/runs/a"
+    api = FakeApi([lacking, FakeRun(RECORDS[1])])
+    monkeypatch.setattr(report, "wandb_records", functools.partial(wandb_records, api=api))
+    with caplog.at_level(logging.WARNING, logger="basisconv.analysis.report"):
+        write_report(analyze_cfg(tmp_path, source="wandb"), "python scripts/analyze.py")
+    (line,) = [r.getMessage() for r in caplog.records if "skipped 1 records" in r.getMessage()]
+    assert lacking.url in line and "checkpoint" not in line and "make reproduce" not in line
+
+
 def analyze_cfg(tmp_path, **values):
     return OmegaConf.create({"profile": "test", "source": "local", "runs_dir": str(tmp_path / "runs"),
                              "out_dir": str(tmp_path / "results"),

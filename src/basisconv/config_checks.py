@@ -21,7 +21,7 @@ from .candidates import check_some_candidate, convert_candidates
 from .config import (AMP, BASIS_INIT, COMPILE_MODES, DATASETS, GRAPHING_COMPILE_MODES,
                      LOGGER_BACKENDS, LOGGER_MODE_ALIASES, LOGGER_MODES, AnalysisConfig,
                      TrainConfig)
-from .counts import count_or_fraction_problem, is_int, share_of
+from .counts import count_of, count_or_fraction_problem, is_int
 from .data import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, training_images
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
@@ -152,7 +152,7 @@ def _check_held_out(cfg: DictConfig, estimate: bool) -> None:
     (n, said), size = known, cfg.sensitivity.val_size
     if n < 1:
         return  # (the data's own refusal names it)
-    held = share_of(n, size) if isinstance(size, float) else int(size)
+    held = count_of(n, size)
     _check(1 <= held <= n - 1,
            f"sensitivity.val_size={size} would hold out {held} of the {n} training images "
            f"({said}), and the estimate holds out 1..{n - 1} (one at least left to fine-tune "

@@ -357,7 +357,7 @@ def collect_records(cfg: DictConfig, unfinished: list[str] | None = None
     if unreadable:
         log.warning("skipped %d records that could not be read or lack fields the analysis "
                     "reads: %s (%s)", len(unreadable), ", ".join(unreadable),
-                    remaking_hint(unreadable, cfg.profile))
+                    remaking_hint(unreadable, cfg.profile, cfg.source))
     if not records:
         where = (f"{cfg.runs_dir} ({found_line(local, unreadable)})" if cfg.source == "local"
                  else f"wandb project {cfg.wandb.project}")
@@ -366,11 +366,16 @@ def collect_records(cfg: DictConfig, unfinished: list[str] | None = None
     return local, unreadable, records
 
 
-def remaking_hint(unreadable: list[str], profile: str) -> str:
+def remaking_hint(unreadable: list[str], profile: str, source: str = "local") -> str:
     """How the records skipped as ``unreadable`` are made again: a run folder's ``run.json``
     from its checkpoint, a published record (a ``.json`` file, ``results/<profile>/runs/``)
     by the protocol, which sets it aside and makes its run again; the hint spoke of the
-    run folder's alone, which a published record has not beside it (found in review)."""
+    run folder's alone, which a published record has not beside it (found in review). A
+    wandb run (``source="wandb"``, named by its URL) has neither beside it: one lacking a
+    field was logged by other code (found in review: it got the run folder's hint)."""
+    if source == "wandb":
+        return ("runs logged by other code or by an older version of this code; a run trained "
+                "again with this code is read")
     hints = []
     if any(not name.endswith(".json") for name in unreadable):
         hints.append("a finished training run's run.json is rebuilt from its checkpoint by "
