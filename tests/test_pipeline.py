@@ -920,6 +920,39 @@ def test_a_complete_runs_lost_or_damaged_record_is_rebuilt_from_its_checkpoint(t
     assert "rewrote it from the complete run's checkpoint" in caplog.text
 
 
+def test_under_torchrun_a_complete_run_is_said_and_repaired_by_rank_0_alone(tmp_path, repo,
+                                                                            caplog, monkeypatch):
+    """Found in review: a finished run started again with ``torchrun --nproc_per_node=2``
+    said "already complete; not training again" once per process, and with its run.json
+    lost every process rewrote it (rank 1 outside the folder's lock), warning each time:
+    the place a run starts was read before Training quieted the other ranks. Rank 1 still
+    finds the run complete from the same checkpoint, so it does not train either."""
+    import logging
+
+    cfg = compose_tiny(repo, "trainer.epochs=1")
+    first = fit(cfg, tmp_path)
+    (tmp_path / "run.json").unlink()
+    (tmp_path / "checkpoint.pt.sha256").unlink()  # (its "loaded it unverified" is said too)
+    package = logging.getLogger("basisconv")
+    level = package.level
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them for rank 1
+    monkeypatch.setenv("RANK", "1")
+    try:
+        with caplog.at_level(logging.INFO), \
+                mock.patch.object(train, "start_training", side_effect=AssertionError("trained")):
+            assert fit(cfg, tmp_path)["final"] == first["final"]
+    finally:
+        package.setLevel(level)  # (rank 1 quiets the package for the rest of its process)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("basisconv")] == []
+    assert not (tmp_path / "run.json").exists()  # rank 0's to rewrite, holding the lock
+    monkeypatch.setenv("RANK", "0")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert fit(cfg, tmp_path)["final"] == first["final"]
+    assert "already complete; not training again" in caplog.text
+    assert "rewrote it from the complete run's checkpoint" in caplog.text
+
+
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path

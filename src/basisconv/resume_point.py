@@ -26,12 +26,16 @@ from .records import (RECORD, RunRecord, commit_name, hardware_name, json_text,
 log = logging.getLogger(__name__)
 
 
-def resume_point(cfg: DictConfig, config: dict, output_dir: Path
+def resume_point(cfg: DictConfig, config: dict, output_dir: Path, *, holds_lock: bool = True
                  ) -> tuple[dict | None, dict[str, Any] | None]:
     """Where this start of the run in ``output_dir`` begins, as ``(checkpoint, record)``:
     the checkpoint to resume from (``trainer.resume``; another config's is refused), and
     the record of a run already complete, by its checkpoint or by its ``run.json`` alone,
-    which is not trained again; ``(None, None)`` for a fresh start."""
+    which is not trained again; ``(None, None)`` for a fresh start.
+
+    ``holds_lock``: this process holds the folder's lock (under ``torchrun`` rank 0 alone),
+    so it repairs a complete run's record; another rank reads the same files, so it finds
+    the same start (all ranks skip training, or all train), and writes nothing."""
     checkpoint = record = None
     if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
         checkpoint = load_checkpoint(output_dir / CHECKPOINT, resuming=True,
@@ -39,7 +43,8 @@ def resume_point(cfg: DictConfig, config: dict, output_dir: Path
         check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
         if checkpoint["record"]["status"] == "complete":
             log.info("run in %s is already complete; not training again", output_dir)
-            repair_record(output_dir, checkpoint["record"])
+            if holds_lock:
+                repair_record(output_dir, checkpoint["record"])
             record = checkpoint["record"]
     elif cfg.trainer.resume:
         record = finished_record(output_dir, config)

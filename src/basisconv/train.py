@@ -62,6 +62,12 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
             validate(cfg)
         output_dir = make_folder(output_dir)
         first_rank = distributed.first_process()
+        if not first_rank:
+            # rank 0 says what every rank meets (a run already complete, a resume on another
+            # set-up, a selection that converted no layer): said by each, a line would come
+            # N times, and the wait for the sensitivity cache's lock, which rank 0 holds,
+            # would read as "in use by another sensitivity estimate"
+            logging.getLogger("basisconv").setLevel(logging.ERROR)
         with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
             # a sensitivity estimate's or a search's folder: its record is not this run's to
             # replace, so it is refused first, in words that do not offer trainer.resume=false
@@ -70,7 +76,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
             if first_rank:
                 remove_leftovers(output_dir)
             config = OmegaConf.to_container(cfg, resolve=True)
-            checkpoint, record = resume_point(cfg, config, output_dir)
+            checkpoint, record = resume_point(cfg, config, output_dir, holds_lock=first_rank)
             if record is None:
                 with loop.settings_restored():
                     training = start_training(cfg, config, output_dir, checkpoint)
@@ -195,12 +201,6 @@ class Training:
         self.amp_dtype = runtime.amp_dtype
         check_processes(cfg)
         self.main_process = distributed.is_main_process()
-        if not self.main_process:
-            # rank 0 says what every rank meets (a resume on another set-up, a selection
-            # that converted no layer): said by each, a warning would come N times, and the
-            # wait for the sensitivity cache's lock, which rank 0 holds, would read as "in
-            # use by another sensitivity estimate"
-            logging.getLogger("basisconv").setLevel(logging.ERROR)
 
         # Dense warm-up: the model turns into basis form at the end of epoch
         # `dense_warmup_epochs`, before that epoch's checkpoint, which so already holds it.
