@@ -353,6 +353,7 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_is_tabled_as_a_cpu_run(tmp_path):
                    "torch_threads": 2}
     assert device_name(gpu_machine, "cpu") == "cpu" and device_name(gpu_machine, "auto") == "h200"
     assert device_name(gpu_machine, "cuda:1") == "h200" and device_name(gpu_machine) == "h200"
+    assert device_name(gpu_machine, "cpu:0") == "cpu"  # a device index names the CPU too
     on_cpu, on_gpu = record(seed=0, accuracy=0.9), record(seed=0, accuracy=0.9)
     for rec, device in ((on_cpu, "cpu"), (on_gpu, "auto")):
         rec["config"]["trainer"]["device"] = device
@@ -3099,6 +3100,22 @@ def test_the_accuracy_plots_labels_cover_no_marker_and_its_log_axis_says_so(repo
         for x, y in markers:
             assert not (box.x0 - radius < x < box.x1 + radius
                         and box.y0 - radius < y < box.y1 + radius), label.get_text()
+    figures.pyplot().close(fig)
+
+
+def test_a_label_clear_at_no_corner_goes_back_to_the_first_one():
+    """Found by a mutation test (the corners tried without the first again at the end
+    failed no test): a label that fits at no corner is left above right of its point, as
+    the first label would be, not at the last corner tried."""
+    from basisconv.analysis import figures
+
+    fig, ax = figures.pyplot().subplots(figsize=(1, 1))
+    ax.plot([0.5], [0.5], "o")
+    label = ax.annotate("a label far wider than its axes", (0.5, 0.5),
+                        xytext=(-4, -4), textcoords="offset points")
+    figures.place_clear(ax, [label], [(0.5, 0.5, 0.5)])
+    assert label.xyann == figures.LABEL_CORNERS[0][:2]
+    assert (label.get_horizontalalignment(), label.get_verticalalignment()) == ("left", "bottom")
     figures.pyplot().close(fig)
 
 

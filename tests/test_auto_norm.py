@@ -143,6 +143,19 @@ def test_a_shape_is_measured_once_per_kind_of_call(monkeypatch):
     assert len(calls) == 6 * rounds and len(norm_choices()) == 3
 
 
+def test_a_norm_that_moves_running_averages_is_another_kind_of_call(monkeypatch):
+    """Found by a mutation test (``updates_running`` dropped from the key failed no test):
+    a training call that also moves the running averages times apart from one of a norm
+    that tracks none (``track_running_stats=False``), same shape and all."""
+    chosen(monkeypatch, "folded")
+    layer, tracking, x = layer_norm_input()
+    untracked = nn.BatchNorm2d(10, track_running_stats=False).double()
+    untracked.load_state_dict(tracking.state_dict(), strict=False)
+    for norm in (tracking, untracked):
+        conv_norm_act(layer, norm, x, relu=True)
+    assert len(norm_choices()) == 2
+
+
 def test_a_shape_that_cannot_be_measured_runs_the_fold(monkeypatch):
     """While torch.compile traces (or a CUDA graph is captured) nothing is timed: a shape
     never measured runs the fold in standard ops, what ``combine="auto"`` ran before it
