@@ -232,9 +232,12 @@ if ! lock_folder 8 "$OUT" || { [ "$(realpath -m "$RESULTS")" != "$(realpath -m "
 fi
 # every refusal is above: only an invocation that runs ties the folder to its overrides
 # (none: a file an earlier start left, refused before it made a record, is not this one's)
+# (written beside it and renamed over it, as the package writes its files: one cut off by a
+# kill or a full disk held part of the list, and refused every later invocation)
 if [ -n "$WANTED" ]; then
   mkdir -p "$RESULTS"
-  printf '%s\n' "$WANTED" > "$MADE_WITH"
+  printf '%s\n' "$WANTED" > "$RESULTS/.protocol-overrides.txt.tmp"
+  mv -f "$RESULTS/.protocol-overrides.txt.tmp" "$MADE_WITH"
 else
   rm -f "$MADE_WITH"
 fi
@@ -263,7 +266,8 @@ log_session() {  # log_session <exit code>: its writer ignores a Ctrl-C or SIGTE
 if log_session(*sys.argv[1:]) is None:
     print(f"== nothing computed: this session is not logged in {sys.argv[1]}/sessions/")' \
     "$RESULTS" "$RECORDS" "$PROFILE" "$START" "$code" "$JOBS" "${OVERRIDES:-}" ) \
-    || echo "this session could not be logged in $RESULTS/sessions/" >&2
+    || [ $? = 1 ] || echo "this session could not be logged in $RESULTS/sessions/" >&2
+    # (status 1: python said why itself, in one line, or a trace for a bug)
 }
 trap 'log_session $?' EXIT
 

@@ -1073,3 +1073,46 @@ def test_the_protocols_checks_load_only_what_they_use(repo):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["", "False"]
+
+
+def test_a_write_of_the_folders_overrides_cut_off_leaves_no_cut_off_list(repo, tmp_path):
+    """Found in review: protocol-overrides.txt was written in place (the shell's ``>``), so a
+    kill (or a full disk) mid-write left part of the list, and every later invocation with
+    the same OVERRIDES was refused for records "made with" that part. It is written beside
+    and renamed over the file, as the package writes its own files. Here the write is cut
+    off by a SIGKILL after its first bytes (an exported function stands in for the builtin
+    printf), then made whole by the next invocation (which ends at the step after it)."""
+    overrides = "trainer.epochs=1 name=x"
+    cut_off = ("() { if [ $# = 2 ] && [[ $2 == *$'\\n'* ]]; then "
+               "builtin printf trainer.ep; kill -KILL $$; fi; builtin printf \"$@\"; }")
+    made_with = tmp_path / "outputs" / "smoke" / "results" / "protocol-overrides.txt"
+    for cases, extra in ((checks_pass(), {"BASH_FUNC_printf%%": cut_off}),
+                         (f"{checks_pass()};; *set_aside_stale_records*) exit 1", {})):
+        env = {**stand_in_python(tmp_path, cases, "exit 1"), "OVERRIDES": overrides, **extra}
+        result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode in (-signal.SIGKILL, 1), result.stdout + result.stderr
+        if extra:  # cut off: the list is not there at all rather than there in part
+            assert result.returncode == -signal.SIGKILL and not made_with.exists()
+    assert made_with.read_text() == "name=x\ntrainer.epochs=1\n"
+    assert not list(made_with.parent.glob(".protocol-overrides.txt*"))  # nor its temporary
+
+
+def test_a_session_that_cannot_be_logged_is_one_line(repo, tmp_path):
+    """Found in review: a session log that could not be written (a full disk, a read-only
+    folder; here a file where its folder should be, which fails as root does too) showed a
+    Python trace, then the script's own line. It is one line, naming the folder and why."""
+    env = stand_in_python(tmp_path, checks_pass(), "exit 1")  # every run fails at once
+    sessions = tmp_path / "outputs" / "smoke" / "results" / "sessions"
+    sessions.parent.mkdir(parents=True)
+    sessions.write_text("")
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    said = [line for line in result.stderr.splitlines() if "session" in line]
+    (line,) = said
+    assert line.startswith(f"this session could not be logged in {sessions} (File exists): "
+                           f"its "), result.stderr[-2000:]
+    assert line.endswith(" s are missing from the protocol's wall-clock; free space or make "
+                         "the folder writable before the next session")
+    assert "Traceback" not in result.stderr

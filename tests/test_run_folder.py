@@ -685,6 +685,28 @@ def test_only_a_record_that_says_complete_makes_its_run_complete(tmp_path, recor
     assert says_complete(path) is complete
 
 
+@pytest.mark.parametrize("text, said", [('{"status": "compl', True), ("[]", True),
+                                         (None, False)])
+def test_an_unreadable_record_without_a_checkpoint_is_said_as_the_run_trains_again(
+        tmp_path, caplog, text, said):
+    """Found in review: a run folder whose run.json is cut off or not a record, and that
+    has no checkpoint, is trained again (nothing to rebuild the record from), which
+    replaced the file silently; it is said in the run's log, naming the file. A folder with
+    no run.json is a fresh start, said nothing."""
+    from basisconv.resume_point import finished_record
+
+    if text is not None:
+        (tmp_path / "run.json").write_text(text)
+    with caplog.at_level(logging.WARNING, logger="basisconv.resume_point"):
+        assert finished_record(tmp_path, {}) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == said
+    if said:
+        assert warnings[0].startswith(f"{tmp_path / 'run.json'} could not be read (")
+        assert warnings[0].endswith("and there is no checkpoint.pt to rebuild it from: "
+                                    "training the run again")
+
+
 def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tmp_path, repo,
                                                                               monkeypatch):
     """The checkpoint is saved before the record: Ctrl-C while the record is written comes

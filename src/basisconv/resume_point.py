@@ -59,7 +59,12 @@ def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
     path = output_dir / RECORD
     try:
         saved = read_record(path)
-    except (OSError, ValueError):  # none, or unreadable: nothing finished to keep
+    except FileNotFoundError:  # none: a fresh start
+        return None
+    except (OSError, ValueError) as err:  # unreadable: nothing finished to keep, but the
+        # file the new run replaces is said (a complete one cut off by a copy is lost)
+        log.warning("%s could not be read (%s) and there is no %s to rebuild it from: "
+                    "training the run again", path, type(err).__name__, CHECKPOINT)
         return None
     if saved.get("status") != "complete":
         return None

@@ -330,7 +330,8 @@ def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, 
     sums them (``index.json``). Sessions of two machines merge in git as two new files.
     None, and no file, for a session that ended well having written nothing (every record
     and benchmark was there): it only rebuilds the tables next, which is no protocol time
-    (else it adds a session, and its seconds, to the committed ones)."""
+    (else it adds a session, and its seconds, to the committed ones). A log that cannot be
+    written ends the script with one line (``SystemExit``) saying so."""
     started, now = float(started), _dt.datetime.now(_dt.timezone.utc)
     begun = _dt.datetime.fromtimestamp(started, _dt.timezone.utc)
     records = Path(records_dir)
@@ -348,8 +349,15 @@ def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, 
     # the start to the second sorts the files; the random part keeps two machines' files apart
     name = f"{begun:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}.json"
     folder = Path(results_dir) / SESSIONS
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_json_atomic(folder / name, session)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_json_atomic(folder / name, session)
+    except OSError as err:  # (a full disk, a read-only folder) the script's one line, as
+        # set_aside's: it showed a trace, then a line of the script's own
+        raise SystemExit(f"this session could not be logged in {folder} "
+                         f"({err.strerror or err}): its {session['seconds']} s are missing "
+                         f"from the protocol's wall-clock; free space or make the folder "
+                         f"writable before the next session") from None
 
 
 def _written_since(path: Path, started: float) -> bool:
