@@ -1,5 +1,6 @@
 import copy
 import importlib.util
+import logging
 import os
 import random
 import sys
@@ -121,6 +122,9 @@ def _global_state() -> dict:
         # producer (a timing.Runner(compile=True) keeps them raised for the process: found
         # in random order, where a later test counting recompiles saw the raised limit)
         "compile_limits": _compile_limits(),
+        # a training run as a torchrun rank other than 0 (RANK set in-process) quiets the
+        # package's logger for the rest of its process: a later test's log check saw nothing
+        "package_log_level": logging.getLogger("basisconv").level,
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -159,6 +163,7 @@ def _restore_global_state(state: dict) -> None:
     torch.set_grad_enabled(state["grad_enabled"])
     torch.set_anomaly_enabled(state["anomaly"])
     torch.set_rng_state(state["torch_rng"])
+    logging.getLogger("basisconv").setLevel(state["package_log_level"])
     random.setstate(state["python_rng"])
     np.random.set_state(state["numpy_rng"])
     if "cuda_rng" in state:

@@ -42,8 +42,9 @@ def test_training_learns_a_small_real_problem(tmp_path, repo, learning_seed, var
     EPYC, but on an Intel Xeon (both AVX-512) its basis variants stayed at 0.89 for seeds
     0 and 6, even in 12 epochs. At width 1.0 all three variants ended at 100 % (first
     reached at epoch 2-4) for seeds 0-7 on that Xeon, in 8 epochs; the first epoch's mean
-    loss, over steps that start at chance, was 1.15-1.42 there (it learns within the epoch). One thread: the result does
-    not depend on the machine's core count (and is not slowed by oversubscribed cores).
+    loss, over steps that start at chance, was 1.15-1.42 there (it learns within the
+    epoch). One thread: the result does not depend on the machine's core count (and is
+    not slowed by oversubscribed cores).
     Other seeds: pytest tests/test_train.py -k learns --learning-seeds=0,1,2,3,4 -rP"""
     write_cifar(tmp_path, n_train=1000, n_test=500, make=stripes, seed=learning_seed)
     cfg = config(repo, [f"data.root={tmp_path}", "data.verify_md5=false", "model=resnet8",
