@@ -218,3 +218,7 @@ LOGGER_MODES = ("offline", "online", "disabled")
 LOGGER_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # these capture CUDA graphs
+#: the ``sensitivity`` keys only ``scripts/exhaustive_search.py`` reads: a training run
+#: given one warns it is unread (:mod:`basisconv.unread`), and the estimate's check of its
+#: folder's earlier record leaves them out (:func:`basisconv.sensitivity.run_sensitivity`)
+SEARCH_ONLY = ("search_subset_size", "search_max_subsets")

@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, loop, progress
 from .candidates import dense_totals, layer_savings
 from .checkpoint import refuse_other_settings
+from .config import SEARCH_ONLY
 from .config_checks import check_against_the_model
 from .data import expanded_root
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
@@ -665,7 +666,8 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
             # the search's own keys are unread here)
             refuse_other_settings(OmegaConf.to_container(cfg, resolve=True), output_dir,
                                   "sensitivity", "estimate",
-                                  unread=("selection.", "sensitivity.search_"))
+                                  unread=("selection.",
+                                          *(f"sensitivity.{key}" for key in SEARCH_ONLY)))
             # in the run's threads, which its record then names (else it names the process's
             # default, not the threads a time budget's layers were timed on)
             loop.use_threads(cfg.trainer)

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from . import distributed
+from .config import SEARCH_ONLY
 from .hydra_errors import CONFIGS, typed_overrides
 from .resuming import in_sweep
 from .selection import (KEYS as SELECTION_KEYS, ORDERED_POLICIES, POLICIES,
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 #: tracker (``logger=none``): the beginning of a dotted key (or of an override)
 UNREAD_BY_DENSE = r"(basis\b|selection\.layers\b)"
 UNREAD_BY_NO_LOGGER = r"logger\.(?!backend\b)"
-#: the ``sensitivity`` keys only ``scripts/exhaustive_search.py`` reads
-SEARCH_ONLY = ("search_subset_size", "search_max_subsets")
 #: the one ``selection`` key the exhaustive search reads (its fast choice is ranked by it):
 #: the policy (``selection=random``) and the other keys are unread there, warned of
 #: (:func:`warn_unread_search_selection`) and left out of its folder's settings check
