@@ -450,7 +450,7 @@ def test_the_search_scores_the_choice_the_other_metric_would_make(repo, tmp_path
 def test_a_search_may_take_every_candidate_as_its_one_subset():
     """The subset size's range is 1..candidates, both ends included (found by a mutation
     test: only a size above it was tested)."""
-    from basisconv.config_checks import check_search_size
+    from basisconv.model_checks import check_search_size
 
     cfg = OmegaConf.create({"sensitivity": {"search_subset_size": 4, "search_max_subsets": 10}})
     assert check_search_size(cfg, 4) == 1

@@ -34,7 +34,7 @@ def convert_candidates(model: nn.Module, basis: DictConfig, layers: str | Iterab
                        keys: dict[str, str] | None = None) -> nn.Module:
     """A copy of ``model`` with ``layers`` in basis form as :func:`layer_savings` counts
     them (from scratch, only where a basis saves): a basis size or coefficient rank that no
-    candidate can take is refused here as the table refuses it (``basisconv.config_checks``
+    candidate can take is refused here as the table refuses it (``basisconv.model_checks``
     does so on the meta device, before a sweep's first job). ``keys`` as for that
     function."""
     return apply_basis(model, layers, basis.size, inplace=False, convert=False,
@@ -132,7 +132,7 @@ def layer_savings(model: nn.Module, basis: DictConfig | Mapping,
 def check_some_candidate(found: int, size, key: str = CONFIG_KEYS["num_basis"]) -> None:
     """One :class:`ConfigError` when ``found`` (the candidates) is 0: no selected layer saves
     compute at basis size ``size`` (given as ``key``). :func:`layer_savings` checks its table,
-    and ``basisconv.config_checks`` the model shaped on the meta device: a size every layer
+    and ``basisconv.model_checks`` the model shaped on the meta device: a size every layer
     takes but none saves at (``basis.size=1.0``) was refused only as the candidate table was
     made, after a sweep's jobs before it had trained."""
     if not found:

@@ -642,7 +642,7 @@ def exit_on_user_error(fn: F) -> F:
                         raise SweepJobFailed(message, failed_jobs[-1],
                                              resume_override[-1]) from None
                     # (a start refused, not a run that failed; a broken ${...} is found by
-                    # the config check, config_checks.resolve_all, before any work)
+                    # the config check, config_keys.resolve_all, before any work)
                     refused = isinstance(err, (ConfigError, DatasetError,
                                                InterpolationResolutionError)
                                          ) and not isinstance(err, FolderInUse)

@@ -2,37 +2,35 @@
 
 :func:`validate` refuses keys added with ``+`` that the schema lacks (nothing reads them)
 and checks ranges and names (model, basis size, layer names) with one clear line each,
-before anything runs (in a sweep, every job's before the first starts). The rules that
-need the model judge it shaped on the meta device (:func:`check_against_the_model`).
+before anything runs (in a sweep, every job's before the first starts). Here the values'
+ranges and names, group by group, and :func:`validate`, which runs every check in order;
+the keys themselves are found in :mod:`basisconv.config_keys`, and the rules that need the
+model judge it shaped on the meta device in :mod:`basisconv.model_checks`.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import os
 from typing import Any
 
-import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
-from .candidates import check_some_candidate, convert_candidates
 from .config import (AMP, BASIS_INIT, COMPILE_MODES, DATASETS, GRAPHING_COMPILE_MODES,
                      LOGGER_BACKENDS, LOGGER_MODE_ALIASES, LOGGER_MODES, AnalysisConfig,
                      TrainConfig)
+from .config_keys import missing_values, resolve_all, unknown_keys
 from .counts import count_of, count_or_fraction_problem, is_int
 from .data import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, training_images
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
-from .layers import COMBINE_MODES, basis_layers, check_basis_size
+from .layers import COMBINE_MODES, check_basis_size
 from .loop import SCHEDULES, device_problem, graphed_fp16_problem
+from .model_checks import check_against_the_model, check_search_size
 from .models import list_models, parameter_count
-from .network import build_dense, check_conversion, held_back
 from .records import unwritable_folder
-from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, check_count_fits,
-                        check_selection, fixed_layers)
-from .surgery import select_layers
+from .selection import SENSITIVITY_POLICIES, check_selection
 
 log = logging.getLogger(__name__)
 
@@ -255,53 +253,6 @@ def validate_trainer(cfg: DictConfig) -> None:
     _check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
 
 
-#: Keys by the names the package's own API and logs give them (``BasisConv2d(num_basis=)``,
-#: "num_basis=16 saves no compute"), which a closest spelling missed (basis.num_basis was
-#: "did you mean basis.combine?").
-OTHER_NAMES = {"basis.num_basis": "basis.size"}
-
-
-def unknown_keys(cfg: DictConfig, schema_class: type = TrainConfig) -> list[str]:
-    """The keys of ``cfg`` that its schema (``schema_class``) does not have (added with
-    ``+key=value``, so nothing reads them), dotted, each with `` (did you mean <the closest
-    key beside it>?)`` when one is close; Hydra's own ``hydra`` node is not the schema's."""
-    schema = OmegaConf.to_container(OmegaConf.structured(schema_class), resolve=False)
-    given = OmegaConf.to_container(cfg, resolve=False)
-    unknown: list[str] = []
-
-    def walk(node: dict, expected: dict, prefix: str) -> None:
-        for key, value in node.items():
-            if prefix == "" and key == "hydra":
-                continue
-            if key not in expected:
-                close = difflib.get_close_matches(str(key), list(expected), n=1)
-                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-                if f"{prefix}{key}" in OTHER_NAMES:
-                    hint = f" (did you mean {OTHER_NAMES[f'{prefix}{key}']}?)"
-                unknown.append(f"{prefix}{key}{hint}")
-            elif isinstance(expected[key], dict) and isinstance(value, dict):
-                walk(value, expected[key], f"{prefix}{key}.")
-
-    walk(given, schema, "")
-    return unknown
-
-
-def missing_values(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """The keys whose value is ``???`` (a group removed with ``~``, or given so), Hydra's
-    own aside; found without resolving anything (``OmegaConf.missing_keys``
-    resolves, and an interpolation to a missing value fails there as everywhere else)."""
-    found = []
-    for key in cfg:
-        if not prefix and key == "hydra":
-            continue
-        node = cfg._get_node(key)
-        if OmegaConf.is_missing(cfg, key):
-            found.append(f"{prefix}{key}")
-        elif isinstance(node, DictConfig):
-            found += missing_values(node, f"{prefix}{key}.")
-    return found
-
-
 def _check_known(cfg: DictConfig, schema_class: type) -> None:
     unknown = unknown_keys(cfg, schema_class)
     what = "is not a config key" if len(unknown) == 1 else "are not config keys"
@@ -360,69 +311,6 @@ def check_no_tilde(key: str, value: Any) -> None:
                    f"{key}=$HOME{path[1:]}" if path.startswith("~/") else "; give it in full")
         raise ConfigError(f"{key}={value!r}: a path starting with ~ is not expanded here"
                           f"{example}")
-
-
-def resolve_all(cfg: DictConfig) -> None:
-    """Resolve every ``${...}`` of ``cfg`` (Hydra's own node aside), raising
-    :class:`~omegaconf.errors.InterpolationResolutionError` (the entry points say it in
-    one line) for a broken one: the checks below read only the keys they check, and the
-    sensitivity estimate and the exhaustive search resolve the rest only for their record,
-    so a typo in ``logger.project`` was their error after all their training."""
-    for key in cfg:
-        if key != "hydra":
-            node = cfg._get_node(key)
-            if isinstance(node, (DictConfig, ListConfig)):  # (a group, or a list of values)
-                OmegaConf.to_container(node, resolve=True)
-            else:
-                cfg[key]  # (a value read resolves its ${...})
-
-
-def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
-                            reads_selection: bool = True) -> int | None:
-    """What only the model can tell, checked on it shaped on the meta device (nothing is
-    allocated): the layer names and patterns a run's policy reads (``selection.layers`` of
-    ``list``, the candidates ``sensitivity.layers`` of an ordered policy, or of every policy
-    in an ``estimate``), and the basis its layers take (a ``basis.size`` above a layer's
-    ``out_channels``: above every candidate's, or any of the layers ``all`` or ``list``
-    converts where ``basis.only_where_saves=false``; a size at which no candidate saves
-    compute), and a ``selection.count`` above the number of candidates. Checked only as
-    the run built its model (or made its candidate table), a misspelt name or a size too
-    large for one model in a sweep's last job failed after the jobs before it had trained.
-    ``reads_selection=False``: a run that reads no ``selection`` key but its metric (the
-    exhaustive search, and the estimate itself), whose policy's layers and count the model
-    does not judge; a count that fits the training runs' model (``OVERRIDES=
-    selection.count=10`` for ``scripts/reproduce.sh``) was refused by the search on
-    ResNet-8, which warns that it does not read it. One rule for every run: a selection
-    value is checked on its own always (:func:`~basisconv.selection.check_selection`),
-    against the model only where the run reads it. Returns the number of candidates it
-    counted (None where it counted none: the run counts them as it starts)."""
-    policy = cfg.selection.policy if reads_selection else "none"
-    lists = [(list(cfg.selection.layers), "selection.layers")] if policy == "list" else []
-    candidates = policy in ORDERED_POLICIES or estimate
-    if candidates:
-        lists.append((list(cfg.sensitivity.layers), "sensitivity.layers"))
-    if not candidates and policy not in ("all", "list"):
-        return None
-    try:
-        with torch.device("meta"):
-            model = build_dense(cfg)
-    except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
-        return None  # (one that reads files as it is built) is checked as the run builds it
-    found = None
-    with held_back():  # (what a pattern skips or a basis leaves dense the run says itself)
-        for layers, key in lists:
-            select_layers(model, layers, key=key)
-        if candidates:  # (the candidate table converts them as the estimate's first step)
-            converted = convert_candidates(model, cfg.basis, lists[-1][0])
-            found = len(basis_layers(converted))
-            check_some_candidate(found, cfg.basis.size)  # (else refused by the table)
-            if policy in ORDERED_POLICIES:  # a count above the candidates was refused only
-                # as the layers were chosen: after the whole sensitivity estimate, or the
-                # sweep's jobs before it
-                check_count_fits(cfg.selection, found)
-    if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
-        check_conversion(cfg, fixed_layers(cfg.selection), model)
-    return found
 
 
 def name_problem(name: str) -> str | None:
@@ -494,23 +382,6 @@ def validate_search(cfg: DictConfig) -> None:
     candidates = validate(cfg, estimate=True, reads_selection=False)
     if candidates is not None:
         check_search_size(cfg, candidates)
-
-
-def check_search_size(cfg: DictConfig, candidates: int) -> int:
-    """The number of subsets of ``sensitivity.search_subset_size`` among ``candidates``
-    layers; :class:`ConfigError` when the size is out of range or there are more subsets
-    than ``sensitivity.search_max_subsets``."""
-    k = cfg.sensitivity.search_subset_size
-    if not 1 <= k <= candidates:
-        raise ConfigError(f"sensitivity.search_subset_size={k}; there are {candidates} "
-                          f"candidate layers, so choose 1..{candidates}")
-    total = math.comb(candidates, k)
-    if total > cfg.sensitivity.search_max_subsets:
-        raise ConfigError(f"{total} subsets of {k} among {candidates} candidate layers is more "
-                          f"than sensitivity.search_max_subsets={cfg.sensitivity.search_max_subsets}; "
-                          f"restrict sensitivity.layers, use a smaller model (model=resnet8) or "
-                          f"raise the limit")
-    return total
 
 
 def _check_run_name(cfg: DictConfig) -> None:

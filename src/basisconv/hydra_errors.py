@@ -19,7 +19,8 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               InterpolationResolutionError, ValidationError)
 
 from .config import AnalysisConfig, TrainConfig
-from .config_checks import OTHER_NAMES, name_problem
+from .config_checks import name_problem
+from .config_keys import OTHER_NAMES
 from .records import HYDRA_VALUE_FLAGS
 
 

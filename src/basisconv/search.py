@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, loop
 from .checkpoint import refuse_other_settings
-from .config_checks import check_search_size
+from .model_checks import check_search_size
 from .probe import Probe, difference_std, evaluate_many
 from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
                       write_text_atomic)

@@ -247,7 +247,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
 def check_count_fits(selection: DictConfig, candidates: int) -> None:
     """``selection.count`` (when set) at most the number of ``candidates``: one
     :class:`ConfigError` naming the range. :func:`pick_layers` checks it on its table, and
-    ``basisconv.config_checks`` on the model shaped on the meta device, before a sensitivity
+    ``basisconv.model_checks`` on the model shaped on the meta device, before a sensitivity
     estimate (or a sweep's first job) spends its time on a choice that cannot be made."""
     count = selection.get("count")
     if count is not None and not 1 <= count <= candidates:

@@ -45,9 +45,9 @@ from . import distributed, loop, progress
 from .candidates import dense_totals, layer_savings
 from .checkpoint import refuse_other_settings
 from .config import SEARCH_ONLY
-from .config_checks import check_against_the_model
 from .data import expanded_root
 from .errors import ConfigError, Stopped, WorkerFailed, WriteError, one_line
+from .model_checks import check_against_the_model
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
 from .records import (KIND_WORDS, RunRecord, commit_name, file_digest, folder_lock, git_commit,

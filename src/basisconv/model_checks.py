@@ -1,0 +1,87 @@
+"""What only the model can tell about a run's config, judged on it shaped on the meta
+device (nothing is allocated): the layer names and patterns a policy reads, the basis size
+its layers take, the selection's count against the candidates, and the exhaustive search's
+subset count. Apart from the range checks of :mod:`basisconv.config_checks` (whose
+:func:`~basisconv.config_checks.validate` calls :func:`check_against_the_model`), as this is
+where a config meets the model code (network, candidate table, surgery); the sensitivity
+estimate and the search call these checks again, on their own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig
+
+from .candidates import check_some_candidate, convert_candidates
+from .errors import ConfigError
+from .layers import basis_layers
+from .network import build_dense, check_conversion, held_back
+from .selection import ORDERED_POLICIES, check_count_fits, fixed_layers
+from .surgery import select_layers
+
+
+def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
+                            reads_selection: bool = True) -> int | None:
+    """What only the model can tell, checked on it shaped on the meta device (nothing is
+    allocated): the layer names and patterns a run's policy reads (``selection.layers`` of
+    ``list``, the candidates ``sensitivity.layers`` of an ordered policy, or of every policy
+    in an ``estimate``), and the basis its layers take (a ``basis.size`` above a layer's
+    ``out_channels``: above every candidate's, or any of the layers ``all`` or ``list``
+    converts where ``basis.only_where_saves=false``; a size at which no candidate saves
+    compute), and a ``selection.count`` above the number of candidates. Checked only as
+    the run built its model (or made its candidate table), a misspelt name or a size too
+    large for one model in a sweep's last job failed after the jobs before it had trained.
+    ``reads_selection=False``: a run that reads no ``selection`` key but its metric (the
+    exhaustive search, and the estimate itself), whose policy's layers and count the model
+    does not judge; a count that fits the training runs' model (``OVERRIDES=
+    selection.count=10`` for ``scripts/reproduce.sh``) was refused by the search on
+    ResNet-8, which warns that it does not read it. One rule for every run: a selection
+    value is checked on its own always (:func:`~basisconv.selection.check_selection`),
+    against the model only where the run reads it. Returns the number of candidates it
+    counted (None where it counted none: the run counts them as it starts)."""
+    policy = cfg.selection.policy if reads_selection else "none"
+    lists = [(list(cfg.selection.layers), "selection.layers")] if policy == "list" else []
+    candidates = policy in ORDERED_POLICIES or estimate
+    if candidates:
+        lists.append((list(cfg.sensitivity.layers), "sensitivity.layers"))
+    if not candidates and policy not in ("all", "list"):
+        return None
+    try:
+        with torch.device("meta"):
+            model = build_dense(cfg)
+    except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
+        return None  # (one that reads files as it is built) is checked as the run builds it
+    found = None
+    with held_back():  # (what a pattern skips or a basis leaves dense the run says itself)
+        for layers, key in lists:
+            select_layers(model, layers, key=key)
+        if candidates:  # (the candidate table converts them as the estimate's first step)
+            converted = convert_candidates(model, cfg.basis, lists[-1][0])
+            found = len(basis_layers(converted))
+            check_some_candidate(found, cfg.basis.size)  # (else refused by the table)
+            if policy in ORDERED_POLICIES:  # a count above the candidates was refused only
+                # as the layers were chosen: after the whole sensitivity estimate, or the
+                # sweep's jobs before it
+                check_count_fits(cfg.selection, found)
+    if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
+        check_conversion(cfg, fixed_layers(cfg.selection), model)
+    return found
+
+
+def check_search_size(cfg: DictConfig, candidates: int) -> int:
+    """The number of subsets of ``sensitivity.search_subset_size`` among ``candidates``
+    layers; :class:`ConfigError` when the size is out of range or there are more subsets
+    than ``sensitivity.search_max_subsets``."""
+    k = cfg.sensitivity.search_subset_size
+    if not 1 <= k <= candidates:
+        raise ConfigError(f"sensitivity.search_subset_size={k}; there are {candidates} "
+                          f"candidate layers, so choose 1..{candidates}")
+    total = math.comb(candidates, k)
+    if total > cfg.sensitivity.search_max_subsets:
+        raise ConfigError(f"{total} subsets of {k} among {candidates} candidate layers is more "
+                          f"than sensitivity.search_max_subsets={cfg.sensitivity.search_max_subsets}; "
+                          f"restrict sensitivity.layers, use a smaller model (model=resnet8) or "
+                          f"raise the limit")
+    return total
