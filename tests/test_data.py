@@ -542,6 +542,44 @@ def test_training_batches_follow_their_seed():
     assert not torch.equal(torch.cat([y for _, y in same]), torch.cat([y for _, y in other]))
 
 
+def _augmented_by_hand(images, labels, batch_size, seed, padding, layout):
+    """The training batches of :class:`TensorBatches`, one image at a time: the seed's
+    permutation, then per batch every row offset, every column offset and every flip draw,
+    each image's window sliced from its zero-padded copy, and (pixels - 255 mean) / (255 std)
+    in float32, in ``layout``."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(labels.numel(), generator=g)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1).mul(255)
+    std = torch.tensor(STD).view(1, 3, 1, 1).mul(255)
+    h, w = images.shape[-2:]
+    for start in range(0, labels.numel() - batch_size + 1, batch_size):
+        index = order[start:start + batch_size]
+        dy = torch.randint(0, 2 * padding + 1, (batch_size,), generator=g)
+        dx = torch.randint(0, 2 * padding + 1, (batch_size,), generator=g)
+        flips = torch.rand(batch_size, generator=g) < 0.5
+        padded = torch.nn.functional.pad(images[index], (padding,) * 4)
+        crops = [padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(zip(dy, dx))]
+        crops = torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips)])
+        yield ((crops.float() - mean) / std).contiguous(memory_format=layout), labels[index]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "channels_last"])
+def test_training_batches_are_the_seeds_crops_flips_and_normalization_bit_for_bit(layout):
+    """Pins what the batched crop, flip and normalization compute, to the bit and the
+    stride, so that a faster form of them (one gather, one pass) cannot change a run's
+    batches: the same seed gives the same numbers before and after."""
+    images, labels = random_images(64, 0)
+    got = list(TensorBatches(images, labels, 16, train=True, seed=7, memory_format=layout))
+    expected = list(_augmented_by_hand(images, labels, 16, 7, 4, layout))
+    assert len(got) == len(expected) == 4
+    for (x, y), (want_x, want_y) in zip(got, expected):
+        assert torch.equal(y, want_y) and torch.equal(x, want_x)
+        assert x.dtype == torch.float32 and x.stride() == want_x.stride()
+    crops = random_crop(images, 4, torch.Generator().manual_seed(3))
+    assert crops.is_contiguous() and crops.dtype == torch.uint8
+
+
 def test_batches_resume_from_state():
     images, labels = random_images(64, 0)
     a = TensorBatches(images, labels, 16, train=True, seed=5)

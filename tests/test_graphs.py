@@ -369,6 +369,66 @@ def test_an_epoch_reads_its_metrics_back_once_not_per_step_on_any_device(device,
     assert reads(6) == reads(2)
 
 
+def _reported(logits, labels, train: bool) -> tuple[float, float]:
+    """What an epoch reports, summed here from the logits the model gave each batch: the
+    float32 sums of the losses and the hits, read back and divided by the image count."""
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    for out, y in zip(logits, labels):
+        loss_sum.add_(F.cross_entropy(out, y) * y.numel() if train
+                      else F.cross_entropy(out.float(), y, reduction="sum"))
+        correct.add_((out.argmax(1) == y).sum())
+    seen = sum(y.numel() for y in labels)
+    return loss_sum.item() / seen, correct.to(loss_sum.dtype).item() / seen
+
+
+def test_an_epochs_loss_and_accuracy_are_its_float32_sums_to_the_bit():
+    """Pins the numbers ``train_one_epoch`` and ``evaluate`` report, exactly, so that how
+    they are read back at an epoch's end (one read, not one per number) cannot change them:
+    a run's recorded metrics stay the same to the last bit."""
+    model = _model(torch.device("cpu"), basis=False)
+    images, labels = _data("cpu", 40, 7)
+    batches = TensorBatches(images, labels, 16, train=True, seed=3,
+                            memory_format=torch.channels_last)
+    tests = TensorBatches(images, labels, 16, train=False, memory_format=torch.channels_last)
+    optimizer = loop.build_optimizer(model, TRAINER)
+    scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+    train_labels = [y for _, y in TensorBatches(images, labels, 16, train=True, seed=3)]
+    logits = []
+    handle = model.register_forward_hook(lambda module, args, out: logits.append(out.detach()))
+    try:
+        trained = loop.train_one_epoch(model, batches, optimizer, scheduler)
+        train_logits, logits[:] = logits[:], []
+        evaluated = loop.evaluate(model, tests)
+    finally:
+        handle.remove()
+    assert (trained.loss, trained.accuracy) == _reported(train_logits, train_labels, True)
+    assert (evaluated.loss, evaluated.accuracy) == _reported(
+        logits, [y for _, y in tests], False)
+
+
+@pytest.mark.parametrize("phase", ["train", "evaluate"])
+def test_an_epoch_reads_its_metrics_back_in_one_read(monkeypatch, phase):
+    """The end of an epoch reads its sums into Python once (``.tolist()``): on a GPU each
+    read (an ``.item()``) waits for the queued work, a synchronization each."""
+    model = _model(torch.device("cpu"), basis=False)
+    images, labels = _data("cpu", 32, 7)
+    batches = TensorBatches(images, labels, 16, train=phase == "train", seed=3)
+    optimizer = loop.build_optimizer(model, TRAINER)
+    scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+    counted = []
+    with monkeypatch.context() as patch:
+        for name in _VALUE_READS:
+            def read(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+                counted.append(_name)
+                return _real(self, *args, **kwargs)
+            patch.setattr(torch.Tensor, name, read)
+        if phase == "train":
+            loop.train_one_epoch(model, batches, optimizer, scheduler)
+        else:
+            loop.evaluate(model, batches)
+    assert counted == ["tolist"]
+
+
 @pytest.mark.parametrize("kind", ["train", "eval"])
 def test_a_graphed_step_is_freed_when_its_epoch_ends_without_the_cycle_collector(kind):
     """An epoch's graphs hold their memory pool (activations, gradients) until they are

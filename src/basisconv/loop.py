@@ -452,13 +452,13 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
         seen += labels.numel()
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                                      torch.tensor(float(seen), device=device)]))
-    loss_sum, correct, seen = totals[0], totals[1], totals[2].item()
+    # one read back (on a GPU each .item() is a synchronization of its own)
+    loss_total, hits, seen = totals.tolist()
     if graph is not None:  # (after the sync above) free the graph pool the grads live in
         optimizer.zero_grad(set_to_none=True)
-    loss_value = loss_sum.item() / seen
+    loss_value = loss_total / seen
     check_finite(loss_value, "training loss")
-    return EpochStats(loss_value, correct.item() / seen, time.perf_counter() - start,
-                      *timer.medians())
+    return EpochStats(loss_value, hits / seen, time.perf_counter() - start, *timer.medians())
 
 
 def check_finite(value: float, quantity: str) -> None:
@@ -469,6 +469,10 @@ def check_finite(value: float, quantity: str) -> None:
                                quantity, value)
 
 
+# no_grad, not inference_mode: what a model makes or keeps during evaluation (a lazy
+# layer's first weights, a tensor a forward caches) would be an inference tensor, which the
+# next training step cannot save for backward ("Inference tensors cannot be saved"), and
+# inference_mode saves little where the step is the model's convolutions
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None,
              graphed: bool = False, padded: bool = False) -> EpochStats:
@@ -507,8 +511,9 @@ def evaluate(model: nn.Module, batches: TensorBatches, *, amp_dtype=None,
     for images, labels in batches:
         step(images, labels)
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
+    loss_total, hits = totals.tolist()  # (one read back, as in training)
     n = batches.labels.numel()
-    return EpochStats(totals[0].item() / n, totals[1].item() / n, time.perf_counter() - start)
+    return EpochStats(loss_total / n, hits / n, time.perf_counter() - start)
 
 
 def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
