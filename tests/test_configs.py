@@ -1743,6 +1743,37 @@ def test_the_run_folder_override_of_the_other_mode_is_refused_not_ignored(
     assert shown.returncode == 0, shown.stderr  # (showing the config runs nothing)
 
 
+@pytest.mark.parametrize("line, said", [
+    (["profile=smoke", "--cfg", "job", "seed=3"], "seed: 3"),
+    (["profile=smoke", "-m", "logger=none", "seed=0,0"], "error: the sweep lists the job ")])
+def test_overrides_on_both_sides_of_a_flag_are_all_read(tmp_path, repo, line, said,
+                                                        script_starts):
+    """Found in the sensitivity/cli review: Hydra's parser took the overrides before the
+    first flag alone, so ``profile=smoke -m seed=0,1`` (a sweep added to a command) was
+    argparse's usage, nine lines, and "unrecognized arguments: seed=0,1", naming no fix."""
+    done = script_starts.run(repo / "scripts" / "train.py", line, cwd=tmp_path,
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
+    assert "unrecognized arguments" not in done.stderr, done.stderr
+    if said.startswith("error: "):  # the sweep was read whole: its repeated job refused
+        assert done.returncode == 2 and done.stderr.startswith(said), done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+    else:  # both sides of --cfg job: the profile's and the seed
+        assert done.returncode == 0 and said in done.stdout, done.stderr
+        assert "synthetic_train: 200" in done.stdout
+
+
+@pytest.mark.parametrize("line, said", [
+    (["--cfg", "jbo"], "error: argument --cfg/-c: invalid choice: 'jbo' (choose from 'job'"),
+    (["--no-such-flag", "profile=smoke"], "error: unrecognized arguments: --no-such-flag")])
+def test_a_flag_refused_by_the_parser_is_one_line(tmp_path, repo, line, said, script_starts):
+    """Found in the sensitivity/cli review: a flag the parser refuses (a misspelt
+    ``--cfg`` value, an unknown flag) was argparse's usage, eight lines, then its error."""
+    done = script_starts.run(repo / "scripts" / "train.py", line, cwd=tmp_path,
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith(said), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
 @pytest.mark.parametrize("flags", [["--multi"], ["++hydra.mode=MULTIRUN"],
                                    ["--config-dir={configs}", "experiment=sweep_mode"],
                                    ["--cfg=job"]])

@@ -59,6 +59,8 @@ hydra_run_hydra = hydra_main_module._run_hydra
 #: its mode is known: ``-m`` (``--multi``) or ``hydra.mode`` (on the command line, ``++``
 #: too, or in a config).
 hydra_run_app = hydra_utils._run_app
+#: Hydra's builder of its command-line parser (``--help``, ``-m``, ``--cfg``, overrides).
+hydra_args_parser = hydra_main_module.get_args_parser
 task_started = False
 
 #: The folders of the jobs of this sweep that stopped with a user error (each said why),
@@ -404,6 +406,18 @@ def remove_made_folders() -> None:
     made_folders.clear()
 
 
+def args_parser_intermixed() -> argparse.ArgumentParser:
+    """Hydra's command-line parser, reading the overrides on both sides of a flag: Hydra's
+    own reading (``parse_args``) took those before the first flag alone, so ``profile=quick
+    -m seed=0,1`` (a sweep added to a command) was argparse's usage, nine lines, and
+    "unrecognized arguments: seed=0,1", naming no fix (found in review). What it refuses
+    (``--cfg jbo``, an unknown flag) is one line too, not the usage before it."""
+    parser = hydra_args_parser()
+    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
+    parser.error = exit_refused  # type: ignore[method-assign]
+    return parser
+
+
 def run_hydra(*args, **kwargs) -> Any:
     """Hydra's ``_run_hydra`` with its refusal of two modes at once in one line."""
     try:
@@ -603,6 +617,7 @@ def exit_on_user_error(fn: F) -> F:
     starts are one line with exit status 2 as well (see :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
     hydra_main_module._run_hydra = run_hydra
+    hydra_main_module.get_args_parser = args_parser_intermixed
     hydra_utils._run_app = run_app
     hydra_core_utils._save_config = save_config_keeping_old
     hydra_core_utils.JobReturn.return_value = property(failed_job_unsaid,

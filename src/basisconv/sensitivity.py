@@ -256,6 +256,9 @@ RECORD_FIELDS = {"dense": (dict,), "pretrained": (dict,), "reference": (dict,),
                  "noise": (dict, None), "drop_noise": (dict, None)}
 ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
 
+#: What every refusal of a cached table names as its fix.
+CACHE_FIX = "delete that folder or run with sensitivity.recompute=true"
+
 
 def damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
     """The fields of an estimate's ``record`` that are missing (of ``required``) or of
@@ -274,7 +277,7 @@ def check_estimate_record(cfg: DictConfig, record: dict,
     if damaged:
         raise ConfigError(f"the cached sensitivity table's record {cache_dir(cfg) / RECORD} "
                           f"is damaged (its {', '.join(damaged)} missing or of another type); "
-                          f"delete that folder or run with sensitivity.recompute=true")
+                          f"{CACHE_FIX}")
 
 
 def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
@@ -287,7 +290,6 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     folder = cache_dir(cfg)
     if not (folder / RECORD).exists():
         return None
-    fix = "delete that folder or run with sensitivity.recompute=true"
     try:
         record = json.loads((folder / RECORD).read_text())
         data = (folder / TABLE).read_bytes()
@@ -298,29 +300,29 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
             # takes next): no table, the caller waits for the new one
             return None
         raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
-                          f"({one_line(err)}); {fix}") from None
+                          f"({one_line(err)}); {CACHE_FIX}") from None
     missing = set(COLUMNS) - set(table.columns)
     if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
-                          f"for another key; {fix}")
+                          f"for another key; {CACHE_FIX}")
     malformed = damaged_fields(record)  # (its readers check what they need present)
     if malformed:
         raise ConfigError(f"the cached sensitivity table's record {folder / RECORD} is damaged "
-                          f"({', '.join(malformed)} of another type); {fix}")
+                          f"({', '.join(malformed)} of another type); {CACHE_FIX}")
     # a table cached before noise_repeats joined the key has this key whatever its repeats
     made = ((record.get("config") or {}).get("sensitivity") or {}).get("noise_repeats")
     if made is not None and made != cfg.sensitivity.noise_repeats:
         raise ConfigError(f"the cached sensitivity table in {folder} was made with "
                           f"sensitivity.noise_repeats={made}, not "
                           f"{cfg.sensitivity.noise_repeats} (before that setting joined the "
-                          f"cache key); {fix}")
+                          f"cache key); {CACHE_FIX}")
     # the key names the model, not its definition: a table of an edited model file (another
     # layer's channels, a renamed layer) would choose as if for the model it was made for
     made_of = record.get("architecture")  # (tables cached before it was recorded: unchecked)
     if made_of is not None and made_of != architecture_digest(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} was made for another "
                           f"definition of model {cfg.model.name} (its layers differ from the "
-                          f"model built now: an edited model file?); {fix}")
+                          f"model built now: an edited model file?); {CACHE_FIX}")
     expected = record.get("table_sha256")
     if expected is None:
         log.warning("sensitivity: the cached table %s has no checksum (written by an older "
@@ -328,11 +330,11 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     elif hashlib.sha256(data).hexdigest() != expected or len(table) != record.get("table_rows"):
         raise ConfigError(f"the cached sensitivity table {folder / TABLE} is damaged ({len(table)} "
                           f"rows, record says {record.get('table_rows')}; its sha256 does not "
-                          f"match {RECORD}); {fix}")
+                          f"match {RECORD}); {CACHE_FIX}")
     bad = [c for c in NUMERIC if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
         raise ConfigError(f"the cached sensitivity table {folder / TABLE} has non-numeric "
-                          f"values in {', '.join(bad)}; {fix}")
+                          f"values in {', '.join(bad)}; {CACHE_FIX}")
     return table, record
 
 
