@@ -613,8 +613,8 @@ def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_
     """The panels took matplotlib's colour cycle each in its own order: "stacked" was blue
     in one panel and purple in the next."""
     def rows(hardware, form, source, ratio):
-        return [{"hardware": hardware, "precision": "fp32", "batch": 128, "form": form,
-                 "source": source, "commit": source, "fraction": f,
+        return [{"hardware": hardware, "precision": "fp32", "batch": 128, "threads": "-",
+                 "form": form, "source": source, "commit": source, "fraction": f,
                  "theory_fwdbwd_ratio": f, "fwdbwd_ratio": ratio} for f in (0.25, 0.5)]
     model = pd.DataFrame(rows("CPU", "split", "a", 0.9) + rows("CPU", "stacked", "a", 0.5)
                          + rows("GPU", "stacked", "b", 1.5) + rows("GPU", "stacked", "c", 1.4))
@@ -711,3 +711,38 @@ def test_a_step_is_compared_only_with_a_dense_step_of_its_own_machine(tmp_path):
     # two dense steps of one commit, one per machine, are no ambiguity
     train = speed.training_speed([tmp_path / "a", tmp_path / "b"])
     assert sorted(train["relative_to_dense"].dropna()) == [0.5, 1.0, 1.0]
+
+
+def test_a_lines_label_says_its_threads_where_they_bound_the_step(tmp_path, monkeypatch):
+    """Found in the speed review: the threads became a column, not a form, and so left the
+    plot's legend; records at 1 and 2 threads of one commit were two lines labelled alike.
+    A GPU line's threads ("-") are not said, as in the table."""
+    for tag, threads in (("cpu-fp32-t1", 1), ("cpu-fp32", 2)):
+        _model_record(tmp_path, tag, CPU, "fp32", {0.25: 0.4 + threads / 10})
+        record = json.loads((tmp_path / f"model-speed-{tag}.json").read_text())
+        record["settings"].update(threads=threads, device="cpu")
+        (tmp_path / f"model-speed-{tag}.json").write_text(json.dumps(record))
+    _model_record(tmp_path, "cuda-bf16", GPU, "bf16", {0.25: 0.9})
+    shown = []
+    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed.speed_across_hardware(speed.model_speed([tmp_path]), tmp_path / "plot.png", "note")
+    labels = {ax.get_title(): {line.get_label() for line in ax.lines} for ax in shown[0].axes}
+    speed.pyplot().close(shown[0])
+    assert {"fp32, batch 128, 1 thread, stacked (aaaaaaa)",
+            "fp32, batch 128, 2 threads, stacked (aaaaaaa)"} <= labels["AMD EPYC (AVX512)"]
+    assert "bf16, batch 128, stacked (aaaaaaa)" in labels["NVIDIA H200"]
+
+
+def test_the_flop_line_is_the_stacked_forms_also_of_quick_records(tmp_path, monkeypatch):
+    """Found in the speed review: only a form named exactly "stacked" was taken for the
+    FLOP line, so a panel of quick records (the H200's: "stacked (quick)") drew the first
+    record's FLOP ratio whatever its form (here folded norms', counted otherwise)."""
+    _model_record(tmp_path, "cuda-bf16-fusenorm-quick", GPU, "bf16", {0.25: 0.5},
+                  columns={0.25: {"theory_fwdbwd_ratio": 0.3}})
+    _model_record(tmp_path, "cuda-bf16-quick", GPU, "bf16", {0.25: 0.6})
+    shown = []
+    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed.speed_across_hardware(speed.model_speed([tmp_path]), tmp_path / "plot.png", "note")
+    lines = {line.get_label(): list(line.get_ydata()) for line in shown[0].axes[0].lines}
+    speed.pyplot().close(shown[0])
+    assert lines["theory (FLOPs, stacked form)"] == pytest.approx([1 / 0.25])

@@ -368,14 +368,28 @@ FORM_COLOURS = {"stacked": "tab:blue", "split": "tab:red", "compile": "tab:purpl
 _FORMS_TAKEN: dict[str, str] = {}
 
 
+def _form_name(form: str) -> str:
+    """A summary row's form without how it was measured (:func:`_options`):
+    ``stacked (quick)`` is the stacked form."""
+    return form.split(" (")[0]
+
+
 def _form_colour(form: str) -> str:
     """The colour of a summary row's form, ``stacked (quick)`` as ``stacked``; a form of
     several parts not listed itself, ``graphs, fused``, as its last, the basis layer's
     form (it took the first spare colour, black: the FLOP line's)."""
-    name = form.split(" (")[0]
+    name = _form_name(form)
     if name not in FORM_COLOURS:
         name = name.split(", ")[-1]
     return steady_colour(name, FORM_COLOURS, _FORMS_TAKEN)
+
+
+def _threads_said(line: pd.DataFrame) -> str:
+    """A plotted record's CPU threads as its label says them (``, 1 thread``), as the
+    table's column does; nothing where they are "-" (a GPU, an older record): records of
+    one commit at 1 and 2 threads were otherwise two lines labelled alike."""
+    threads = line["threads"].iloc[0]  # (one record a line: the same in every row)
+    return "" if threads == "-" else f", {threads} thread{'' if threads == 1 else 's'}"
 
 
 def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | None:
@@ -392,7 +406,7 @@ def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | 
                              sharey=True)
     for ax, (hardware, rows) in zip(axes[0], groups):
         # the default (stacked) form's FLOP ratio; other forms count slightly differently
-        stacked = rows[rows["form"] == "stacked"]
+        stacked = rows[rows["form"].map(_form_name) == "stacked"]
         flops = (stacked if len(stacked) else rows).groupby("fraction")["theory_fwdbwd_ratio"]
         flops = flops.first()
         ax.plot(flops.index, 1 / flops.values, "k--",
@@ -410,7 +424,7 @@ def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | 
             ax.plot(line["fraction"], 1 / line["fwdbwd_ratio"], ms=4,
                     marker="osD^v"[again % 5], ls=LINE_STYLES[style % len(LINE_STYLES)],
                     color=_form_colour(form),
-                    label=f"{precision}, batch {batch}, {form} ({commit})")
+                    label=f"{precision}, batch {batch}{_threads_said(line)}, {form} ({commit})")
         ax.set(title=hardware, xlabel="basis fraction m / C_out", ylim=(0, None))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
