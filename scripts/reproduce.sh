@@ -232,12 +232,12 @@ if ! lock_folder 8 "$OUT" || { [ "$(realpath -m "$RESULTS")" != "$(realpath -m "
 fi
 # every refusal is above: only an invocation that runs ties the folder to its overrides
 # (none: a file an earlier start left, refused before it made a record, is not this one's)
-# (written beside it and renamed over it, as the package writes its files: one cut off by a
-# kill or a full disk held part of the list, and refused every later invocation)
+# (by the package's atomic write, as every record: one cut off by a kill or a full disk held
+# part of the list, and refused every later invocation; renamed without an fsync, a power
+# cut could leave it empty beside records flushed after it; a python start without torch)
 if [ -n "$WANTED" ]; then
-  mkdir -p "$RESULTS"
-  printf '%s\n' "$WANTED" > "$RESULTS/.protocol-overrides.txt.tmp"
-  mv -f "$RESULTS/.protocol-overrides.txt.tmp" "$MADE_WITH"
+  "$PY" -c 'import sys; from basisconv.records import write_text_atomic as w
+w(sys.argv[1], sys.argv[2] + "\n")' "$MADE_WITH" "$WANTED"
 else
   rm -f "$MADE_WITH"
 fi

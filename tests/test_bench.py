@@ -318,8 +318,10 @@ def test_a_damaged_record_in_the_folder_redrawn_is_one_clear_error(tmp_path, dam
     in one line naming the file."""
     path = tmp_path / "model-speed-cpu-fp32.json"
     path.write_text(damage)
-    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))} is not a readable "
-                                           rf"benchmark record \(.+\); measure it again"):
+    named = re.escape(str(path))
+    with pytest.raises(DatasetError, match=rf"^{named} is not a readable benchmark record "
+                                           rf"\(.+\); restore it with `git checkout -- "
+                                           rf"{named}` if it is committed, or measure it again"):
         speed.measured_rows(tmp_path)
 
 

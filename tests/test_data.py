@@ -402,6 +402,15 @@ def test_stratified_subset_is_balanced_and_seeded():
         stratified_subset(labels, 2000)
 
 
+@pytest.mark.parametrize("size", [True, "0.5"])
+def test_a_subset_size_that_is_no_number_is_refused_naming_its_key(size):
+    """Found in review: the config refuses a bool before it, but called directly
+    ``stratified_subset(labels, True)`` took ``True`` for the fraction 1.0 (every image)."""
+    with pytest.raises(ConfigError, match=rf"^data.test_subset={size!r} is neither a count "
+                                          r"\(an int\) nor a fraction \(a float\)$"):
+        stratified_subset(torch.arange(10) % 2, size, key="data.test_subset")
+
+
 def test_stratified_subset_draws_each_class_independently():
     """Each class's images are picked by its own draws from the one generator: a generator
     seeded afresh per class would pick the same positions in every class (images at the

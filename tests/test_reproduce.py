@@ -538,6 +538,30 @@ def test_the_overrides_a_folder_was_made_with_are_compared_whatever_the_locale(r
     assert listed.read_text() == "data.train_subset=1000\ndata=cifar10\n"  # bytewise, C's
 
 
+def test_the_overrides_file_is_flushed_to_disk_as_the_packages_records_are(repo, tmp_path):
+    """Found in review: protocol-overrides.txt was written by ``printf`` and ``mv`` with no
+    ``fsync``, where every file the package writes is flushed with its folder
+    (``records.write_atomic``): a power cut could leave it empty beside records flushed
+    after it, and every later invocation was refused as "made with" no overrides. Each
+    ``os.fsync`` of the script's pythons is logged here by the inode it flushed."""
+    hooks, flushed = tmp_path / "hooks", tmp_path / "fsynced.txt"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os\n_fsync = os.fsync\n"
+        "def fsync(fd):\n"
+        f"    with open({str(flushed)!r}, 'a') as log:\n"
+        "        log.write(f'{os.fstat(fd).st_ino}\\n')\n"
+        "    _fsync(fd)\n"
+        "os.fsync = fsync\n")
+    result, _, runs = fake_protocol(repo, tmp_path / "p", overrides="trainer.epochs=2",
+                                    PYTHONPATH=str(hooks))
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed = runs.parent / "protocol-overrides.txt"
+    assert listed.read_text() == "trainer.epochs=2\n"
+    inodes = flushed.read_text().split() if flushed.exists() else []
+    assert str(listed.stat().st_ino) in inodes and str(runs.parent.stat().st_ino) in inodes
+
+
 def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
     """JOBS is read in base 10 (bash took 08 for a bad octal number: every run said
     "started" and none ran, exit 0); a refused invocation runs nothing and does not tie
@@ -1078,15 +1102,25 @@ def test_the_protocols_checks_load_only_what_they_use(repo):
 def test_a_write_of_the_folders_overrides_cut_off_leaves_no_cut_off_list(repo, tmp_path):
     """Found in review: protocol-overrides.txt was written in place (the shell's ``>``), so a
     kill (or a full disk) mid-write left part of the list, and every later invocation with
-    the same OVERRIDES was refused for records "made with" that part. It is written beside
-    and renamed over the file, as the package writes its own files. Here the write is cut
-    off by a SIGKILL after its first bytes (an exported function stands in for the builtin
-    printf), then made whole by the next invocation (which ends at the step after it)."""
+    the same OVERRIDES was refused for records "made with" that part. It is written by the
+    package's atomic write, as its own files. Here the script and its writer are killed
+    (SIGKILL) with the list written beside the file, before the rename (a sitecustomize
+    stands in for ``os.replace``), then the list is made whole by the next invocation
+    (which ends at the step after it). The killed writer's temporary is git-ignored
+    (``.*.tmp``) and deleted, once stale, by a later write (``records.write_atomic``)."""
     overrides = "trainer.epochs=1 name=x"
-    cut_off = ("() { if [ $# = 2 ] && [[ $2 == *$'\\n'* ]]; then "
-               "builtin printf trainer.ep; kill -KILL $$; fi; builtin printf \"$@\"; }")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, signal\n_replace = os.replace\n"
+        "def replace(src, dst, **kwargs):\n"
+        "    if str(dst).endswith('protocol-overrides.txt'):  # the script, then the writer\n"
+        "        os.kill(os.getppid(), signal.SIGKILL)\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    _replace(src, dst, **kwargs)\n"
+        "os.replace = replace\n")
     made_with = tmp_path / "outputs" / "smoke" / "results" / "protocol-overrides.txt"
-    for cases, extra in ((checks_pass(), {"BASH_FUNC_printf%%": cut_off}),
+    for cases, extra in ((checks_pass(), {"PYTHONPATH": str(hooks)}),
                          (f"{checks_pass()};; *set_aside_stale_records*) exit 1", {})):
         env = {**stand_in_python(tmp_path, cases, "exit 1"), "OVERRIDES": overrides, **extra}
         result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"],
@@ -1095,7 +1129,6 @@ def test_a_write_of_the_folders_overrides_cut_off_leaves_no_cut_off_list(repo, t
         if extra:  # cut off: the list is not there at all rather than there in part
             assert result.returncode == -signal.SIGKILL and not made_with.exists()
     assert made_with.read_text() == "name=x\ntrainer.epochs=1\n"
-    assert not list(made_with.parent.glob(".protocol-overrides.txt*"))  # nor its temporary
 
 
 def test_a_session_that_cannot_be_logged_is_one_line(repo, tmp_path):

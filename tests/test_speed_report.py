@@ -334,6 +334,19 @@ def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, t
         speed.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
 
 
+def test_a_record_that_does_not_parse_is_restored_from_git_or_measured_again(tmp_path):
+    """Found in review: a cut-off record said only "measure it again" (minutes to hours on
+    a GPU), where a committed one under results/ is had back by ``git checkout`` in a
+    second; the line gives both, worded as the damaged session log's hint."""
+    path = tmp_path / "model-speed-cpu-fp32.json"
+    path.write_text('{"kind": "bench')
+    with pytest.raises(DatasetError) as caught:
+        speed.model_speed([tmp_path])
+    line = str(caught.value)
+    assert f"restore it with `git checkout -- {shlex.quote(str(path))}`" in line
+    assert "measure it again" in line and "\n" not in line
+
+
 def test_a_json_file_of_another_kind_under_the_record_name_is_named_as_no_record(tmp_path):
     """Found in review: an unrelated JSON file named like a whole-model record (no ``file``
     naming a table) was refused as a record whose table "None" is not beside it, which

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .distributed import shard
 from .errors import ConfigError, DatasetError, DatasetNotFound
-from .counts import count_of
+from .counts import count_of, count_or_fraction_problem, is_number
 from .records import file_digest, folder_lock
 
 log = logging.getLogger(__name__)
@@ -465,6 +465,8 @@ def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
     Sorted, so batches still mix classes through the per-epoch permutation. ``key`` is the
     config entry that set ``size``, for the error message; ``leave`` images at least must
     stay unselected."""
+    if not is_number(size):  # (True, an int to Python, would be the fraction 1.0: every image)
+        raise ConfigError(f"{key}={size!r} {count_or_fraction_problem(size)}")
     n = labels.numel()
     if n == 0:
         raise ConfigError(f"{key}={size}: there are no images to select from")

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..errors import DatasetError, one_line
 from ..records import (commit_name, hardware_name, precision_name, provenance, read_record,
-                       write_json_atomic, write_text_atomic)
+                       restore_hint, write_json_atomic, write_text_atomic)
 from .plots import LINE_STYLES, add_note, pyplot, save_figure, steady_colour
 from .tables import csv_text, markdown
 
@@ -134,7 +134,8 @@ def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:
             found.append((read_record(path), path))
         except (OSError, ValueError) as err:
             raise DatasetError(f"{path} is not a readable benchmark record ({err}); "
-                               f"measure it again or move it out of the folder") from None
+                               f"{restore_hint(path)}, or measure it again or move it out "
+                               f"of the folder") from None
     return found
 
 

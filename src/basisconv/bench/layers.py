@@ -56,7 +56,7 @@ from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import device_problem, seed_everything, settings_restored
 from ..models import build_model
 from ..records import (RunRecord, file_digest, hardware_name, precision_name, provenance,
-                       read_record, write_record, write_text_atomic)
+                       read_record, restore_hint, write_record, write_text_atomic)
 from ..surgery import apply_basis, conv_layers
 from ..timing import (ALLOCATOR_TUNED, ConvNormAct, Runner, Timer, output_gradient,
                       tune_cpu_allocator)
@@ -581,7 +581,8 @@ def measured_rows(folder: str | os.PathLike) -> dict[str, dict]:
                 record = read_record(path)
             except (OSError, ValueError) as err:
                 raise DatasetError(f"{path} is not a readable benchmark record ({one_line(err)}); "
-                                   f"measure it again or move it out of the folder") from None
+                                   f"{restore_hint(path)}, or measure it again or move it "
+                                   f"out of the folder") from None
             table = folder / str(record.get("file"))
             written = record.get("file_sha256")  # (older records name none)
             if not table.is_file() or written not in (None, file_digest(table)):

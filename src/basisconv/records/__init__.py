@@ -13,7 +13,8 @@ from .origin import (git_commit, hardware, measured_on_cpu, device_name, commit_
                      provenance, wandb_provenance, provenance_from_wandb)
 from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, temporary_beside,
                     leftover_temporaries, STALE_AFTER_S, write_atomic, write_bytes_atomic,
-                    write_text_atomic, json_text, finite_or_null, write_json_atomic)
+                    write_text_atomic, json_text, finite_or_null, write_json_atomic,
+                    restore_hint)
 from .runs import (RECORD, KINDS, RunRecord, write_record, read_record, REQUIRED, MEASURED,
                    LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
                    unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name)
@@ -31,7 +32,7 @@ __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_n
            "LOCK", "make_folder", "folder_lock", "temporary_beside", "leftover_temporaries",
            "STALE_AFTER_S",
            "write_atomic", "write_bytes_atomic", "write_text_atomic", "json_text", "finite_or_null",
-           "write_json_atomic", "RECORD", "KINDS", "RunRecord", "write_record", "read_record",
+           "write_json_atomic", "restore_hint", "RECORD", "KINDS", "RunRecord", "write_record", "read_record",
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
            "of_type",
            "missing_fields", "unwritable_folder", "publish", "refuse_other_kind", "KIND_WORDS",

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import socket
 import tempfile
 import time
@@ -244,6 +245,13 @@ def finite_or_null(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [finite_or_null(value) for value in obj]
     return obj
+
+
+def restore_hint(path: str | os.PathLike) -> str:
+    """How a damaged file that git holds is had back: ``git checkout`` of it takes a
+    second, where making it again (a benchmark measured again) takes minutes to hours.
+    The one wording of the hints that offer it (a session log, a benchmark record)."""
+    return f"restore it with `git checkout -- {shlex.quote(str(path))}` if it is committed"
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:

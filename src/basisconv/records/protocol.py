@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import one_line
-from .files import write_json_atomic
+from .files import restore_hint, write_json_atomic
 from .origin import provenance
 from .runs import KIND_WORDS, RECORD, is_measurement, missing_fields, read_record
 
@@ -402,9 +402,8 @@ def _not_sessions(path: Path, what: str) -> ValueError:
     """The error of a session file that is not ``what``, naming the file and the fix: the
     analysis says it in one line and leaves the wall-clock out, which the line, without a
     fix, left the user to work out (found in review)."""
-    return ValueError(f"{path} is not {what} (damaged or edited): restore it with `git "
-                      f"checkout -- {shlex.quote(str(path))}`, or delete it to leave its "
-                      f"time out of the protocol's wall-clock")
+    return ValueError(f"{path} is not {what} (damaged or edited): {restore_hint(path)}, or "
+                      f"delete it to leave its time out of the protocol's wall-clock")
 
 
 def _is_session(session: Any) -> bool:
