@@ -3119,6 +3119,28 @@ def test_a_label_clear_at_no_corner_goes_back_to_the_first_one():
     figures.pyplot().close(fig)
 
 
+def test_a_label_keeps_a_markers_radius_from_a_point_beside_it():
+    """Found by a mutation test (no margin round a marker failed no test): a point 2
+    points above the labelled one and 30 to its right is clear of the label above right
+    by itself, but its marker is not, so the label goes to another corner."""
+    from basisconv.analysis import figures
+
+    fig, ax = figures.pyplot().subplots(figsize=(4, 3))
+    ax.set(xlim=(0, 100), ylim=(0, 100))
+    fig.canvas.draw()
+    point = ax.transData.transform((30, 50))
+    beside = point + (30 * fig.dpi / 72, 2 * fig.dpi / 72)
+    bx, by = ax.transData.inverted().transform(beside)
+    label = ax.annotate("a label wider than 30 points", (30, 50), xytext=(4, 4),
+                        textcoords="offset points")
+    figures.place_clear(ax, [label], [(30, 50, 50), (bx, by, by)])
+    box = label.get_window_extent(fig.canvas.get_renderer())
+    radius = 3 * fig.dpi / 72  # (matplotlib's default marker: 6 points across)
+    assert not (box.x0 - radius < beside[0] < box.x1 + radius
+                and box.y0 - radius < beside[1] < box.y1 + radius), label.xyann
+    figures.pyplot().close(fig)
+
+
 def test_a_table_of_one_setting_shows_no_settings_column_and_its_csv_no_internal_one():
     """compare() gives every table a settings column and the columns that only choose
     baselines; a table whose rows differ in no setting shows no empty settings column, and

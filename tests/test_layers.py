@@ -382,6 +382,17 @@ def test_one_count_or_fraction_rule_for_basis_sizes_and_subsets(value, problem):
         check_basis_size(value, "basis.size")
 
 
+def test_a_count_or_fraction_the_rule_accepts_is_that_count_or_that_share():
+    """Found by a mutation test (a fraction told by ``isinstance(size, float)`` failed no
+    test): numpy's numbers pass the rule above, so they are counted as Python's are;
+    np.float32(0.5) of 10 images is 5, not ``int(0.5)``, no image."""
+    from basisconv.counts import count_of
+
+    assert count_of(10, 3) == count_of(10, np.int64(3)) == 3
+    assert count_of(10, 0.5) == count_of(10, np.float32(0.5)) == 5
+    assert count_of(10, 0.25) == 3  # 2.5, half up (share_of)
+
+
 def test_coefficient_rank_is_bounded_by_the_combined_outputs_when_they_are_fewer():
     """The rank is at most ``min(C_out - m, m)``: with 8 outputs and 6 basis filters the
     product of the factors has only two rows, so rank 3 is refused (1..2), not stored as

@@ -3,7 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from basisconv.models import build_model, list_models
+from basisconv.models import build_model, list_models, parameter_count, register_model
+from basisconv.models import registry
 
 # Published parameter counts: CIFAR ResNet-18/34/50 (kuangliu/pytorch-cifar), and the
 # He et al. (2016) CIFAR ResNets with option-A shortcuts (0.27 M for ResNet-20, ...).
@@ -53,6 +54,36 @@ def test_width_multiplier_and_classes():
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="unknown model 'resnet19'.*resnet18"):
         build_model("resnet19")
+
+
+def test_a_second_model_of_one_name_is_refused(monkeypatch):
+    """Registering a constructor under a name already taken would silently replace the
+    published model every config of that name builds."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    published = registry._REGISTRY["resnet18"]
+
+    def resnet18(num_classes=10, width=1.0):
+        return nn.Linear(1, num_classes)
+
+    with pytest.raises(ValueError, match="model 'resnet18' is registered twice"):
+        register_model(resnet18)
+    assert registry._REGISTRY["resnet18"] is published
+
+
+def test_a_model_that_cannot_be_shaped_at_the_published_width_raises_its_own_error(
+        monkeypatch):
+    """parameter_count's None (too wide to shape) is for widths above 1 only: a model that
+    fails at the published width fails for another reason, which is raised, also when a
+    wider one was asked for."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model
+    def broken(num_classes=10, width=1.0):
+        raise RuntimeError("broken model")
+
+    for width in (1.0, 4.0):
+        with pytest.raises(RuntimeError, match="^broken model$"):
+            parameter_count("broken", width=width)
 
 
 def test_bad_width():

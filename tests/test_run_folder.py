@@ -707,6 +707,27 @@ def test_an_unreadable_record_without_a_checkpoint_is_said_as_the_run_trains_aga
                                     "training the run again")
 
 
+def test_a_complete_runs_record_that_says_what_its_checkpoint_says_is_left_alone(tmp_path,
+                                                                                  caplog):
+    """Found by a mutation test (the record rewritten and warned about at every start of a
+    complete run failed no test): repair_record rewrites only a missing, unreadable or
+    different run.json; one that matches is neither written nor said."""
+    from basisconv.records import RunRecord, write_record
+    from basisconv.resume_point import repair_record
+
+    saved = RunRecord.from_dict({"status": "complete", "config": {"seed": 0},
+                                 "epochs": [{"epoch": 1}]}).as_dict()
+    path = write_record(tmp_path, RunRecord.from_dict(saved))
+    before = path.stat().st_mtime_ns, path.stat().st_ino
+    with caplog.at_level(logging.WARNING, logger="basisconv.resume_point"):
+        repair_record(tmp_path, saved)
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == before and not caplog.records
+    path.write_text("{")
+    with caplog.at_level(logging.WARNING, logger="basisconv.resume_point"):
+        repair_record(tmp_path, saved)
+    assert json.loads(path.read_text()) == saved and "rewrote it" in caplog.text
+
+
 def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tmp_path, repo,
                                                                               monkeypatch):
     """The checkpoint is saved before the record: Ctrl-C while the record is written comes
