@@ -188,6 +188,16 @@ def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
     assert result.title.endswith("2 threads, Intel Xeon (AVX512)")
 
 
+def test_the_plot_title_of_a_one_thread_run_says_1_thread(tmp_path):
+    """Found in review: the per-run plot's title said "1 threads" of a run at one CPU
+    thread, where the speed summary's labels say "1 thread"."""
+    from basisconv.records import RunRecord
+
+    record = RunRecord("benchmark", {}, {"hardware": {"cpu": "Intel Xeon"}}, "complete", {})
+    result = speed.SpeedResult(SpeedOptions(), tmp_path, {"threads": 1}, [], [], record, [])
+    assert result.title.endswith(", 1 thread, Intel Xeon")
+
+
 def test_fused_combine_is_benchmarked_on_cuda_only():
     # on CPU the layer would run the stacked fallback (or Triton's interpreter), not the kernel
     with pytest.raises(ValueError, match="--device cuda only"):

@@ -347,6 +347,19 @@ def test_a_record_that_does_not_parse_is_restored_from_git_or_measured_again(tmp
     assert "measure it again" in line and "\n" not in line
 
 
+@pytest.mark.parametrize("damage", ["{\"kind\": \"bench", "[1, 2]"])
+def test_a_damaged_record_says_the_sentence_benchmark_layers_redraw_says(tmp_path, damage):
+    """A record cut off or not a JSON object is refused in the one sentence
+    ``benchmark_layers.py --redraw`` says of it (tests/test_bench.py): one rule, one home."""
+    path = tmp_path / "model-speed-cpu-fp32.json"
+    path.write_text(damage)
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))} is not a readable "
+                                           rf"benchmark record \(.+\); restore it with .+ if it is "
+                                           rf"committed, or measure it again or move it out "
+                                           rf"of the folder$"):
+        speed.model_speed([tmp_path])
+
+
 def test_a_json_file_of_another_kind_under_the_record_name_is_named_as_no_record(tmp_path):
     """Found in review: an unrelated JSON file named like a whole-model record (no ``file``
     naming a table) was refused as a record whose table "None" is not beside it, which

@@ -19,7 +19,6 @@ process of its own.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -29,8 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DatasetError, one_line
-from ..records import (commit_name, hardware_name, precision_name, provenance, read_record,
-                       restore_hint, write_json_atomic, write_text_atomic)
+from ..records import (commit_name, hardware_name, is_recorded_table, precision_name,
+                       provenance, read_benchmark_record, threads_name, write_json_atomic,
+                       write_text_atomic)
 from .plots import LINE_STYLES, add_note, pyplot, save_figure, steady_colour
 from .tables import csv_text, markdown
 
@@ -130,12 +130,7 @@ def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:
         if (real := path.resolve()) in seen:
             continue
         seen.add(real)
-        try:
-            found.append((read_record(path), path))
-        except (OSError, ValueError) as err:
-            raise DatasetError(f"{path} is not a readable benchmark record ({err}); "
-                               f"{restore_hint(path)}, or measure it again or move it out "
-                               f"of the folder") from None
+        found.append((read_benchmark_record(path), path))
     return found
 
 
@@ -191,8 +186,7 @@ def _model_table(record: dict, path: Path, table: Path) -> pd.DataFrame:
         lacking = [c for c in TABLE_COLUMNS if c not in frame.columns]
         broken = [c for c in TABLE_COLUMNS if c in frame.columns and (
             not pd.api.types.is_numeric_dtype(frame[c]) or frame[c].isna().any())]
-        # (older records name no sha256: read as they are)
-        if record.get("file_sha256") not in (None, hashlib.sha256(text).hexdigest()):
+        if not is_recorded_table(record, text):
             problem = ("is not the table its record was written with (their sha256 differ: "
                        "a run stopped between writing the two, or one of them replaced)")
         elif lacking:
@@ -327,12 +321,13 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
     return "\n".join([
         "## Whole ResNet-18, training forward+backward time relative to dense",
         "",
-        "FLOP ratio: the cost model's; time bound: the dense step with its convolutions "
-        "scaled to their FLOP ratio; measured / FLOP ratio: 1.15 or less is the target; "
-        "spread: the interquartile range of the timed repeats over their median, the larger "
-        "of the dense and the basis model's (\"-\": a table made before commit 22fe1e7 "
-        "recorded it); threads: torch's CPU threads (\"-\" on a GPU, whose step they do not "
-        "bound).",
+        "theory_fwdbwd_ratio: the FLOP ratio, the cost model's; time_bound_ratio: the dense "
+        "step with its convolutions scaled to their FLOP ratio; fwdbwd_ratio: the measured "
+        "time over the dense model's; fwdbwd_vs_theory: measured over FLOP ratio, 1.15 or "
+        "less is the target; fwdbwd_spread: the interquartile range of the timed repeats "
+        "over their median, the larger of the dense and the basis model's (\"-\": a table "
+        "made before commit 22fe1e7 recorded it); dense_fwdbwd_ms: the dense model's, in ms; "
+        "threads: torch's CPU threads (\"-\" on a GPU, whose step they do not bound).",
         "",
         _markdown(model),
         "## Training step (scripts/benchmark_train.py)",
@@ -390,7 +385,7 @@ def _threads_said(line: pd.DataFrame) -> str:
     table's column does; nothing where they are "-" (a GPU, an older record): records of
     one commit at 1 and 2 threads were otherwise two lines labelled alike."""
     threads = line["threads"].iloc[0]  # (one record a line: the same in every row)
-    return "" if threads == "-" else f", {threads} thread{'' if threads == 1 else 's'}"
+    return "" if threads == "-" else f", {threads_name(threads)}"
 
 
 def speed_across_hardware(model: pd.DataFrame, path: Path, note: str) -> Path | None:

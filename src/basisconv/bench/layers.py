@@ -50,13 +50,14 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
-from ..errors import ConfigError, DatasetError, one_line
+from ..errors import ConfigError, DatasetError
 from ..kernels import auto
 from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import device_problem, seed_everything, settings_restored
 from ..models import build_model
-from ..records import (RunRecord, file_digest, hardware_name, precision_name, provenance,
-                       read_record, restore_hint, write_record, write_text_atomic)
+from ..records import (RunRecord, file_digest, hardware_name, is_recorded_table,
+                       precision_name, provenance, read_benchmark_record, threads_name,
+                       write_record, write_text_atomic)
 from ..surgery import apply_basis, conv_layers
 from ..timing import (ALLOCATOR_TUNED, ConvNormAct, Runner, Timer, output_gradient,
                       tune_cpu_allocator)
@@ -563,7 +564,7 @@ def figure_title(tag: str, settings: dict, provenance: dict) -> str:
     run, also on a machine with a GPU)."""
     machine = hardware_name(provenance.get("hardware") or {}, settings.get("device"))
     return (f"basis vs dense convolution, {tag}, batch {settings.get('batch_size')}, "
-            f"{settings.get('threads')} threads, {machine}")
+            f"{threads_name(settings.get('threads'))}, {machine}")
 
 
 def measured_rows(folder: str | os.PathLike) -> dict[str, dict]:
@@ -577,15 +578,9 @@ def measured_rows(folder: str | os.PathLike) -> dict[str, dict]:
     folder, found = Path(folder), {}
     for stem, key in ((LAYER_FILE, "layer_rows"), (MODEL_FILE, "model_rows")):
         for path in sorted(folder.glob(file_name(stem, "*", ".json"))):
-            try:
-                record = read_record(path)
-            except (OSError, ValueError) as err:
-                raise DatasetError(f"{path} is not a readable benchmark record ({one_line(err)}); "
-                                   f"{restore_hint(path)}, or measure it again or move it "
-                                   f"out of the folder") from None
+            record = read_benchmark_record(path)
             table = folder / str(record.get("file"))
-            written = record.get("file_sha256")  # (older records name none)
-            if not table.is_file() or written not in (None, file_digest(table)):
+            if not table.is_file() or not is_recorded_table(record, table.read_bytes()):
                 raise DatasetError(f"{path} was written with a table {table.name} that is "
                                    f"not beside it as it was; measure it again")
             tag = path.stem[len(stem) + 1:]

@@ -8,14 +8,15 @@ Producers write records here; ``basisconv.analysis`` reads them back and never n
 producers themselves. Everything is importable from ``basisconv.records``."""
 
 from .origin import (git_commit, hardware, measured_on_cpu, device_name, commit_name,
-                     hardware_name, package_versions, timestamp, this_command, HYDRA_VALUE_FLAGS,
-                     script_command,
+                     hardware_name, threads_name, package_versions, timestamp, this_command,
+                     HYDRA_VALUE_FLAGS, script_command,
                      provenance, wandb_provenance, provenance_from_wandb)
 from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, temporary_beside,
                     leftover_temporaries, STALE_AFTER_S, write_atomic, write_bytes_atomic,
                     write_text_atomic, json_text, finite_or_null, write_json_atomic,
                     restore_hint)
-from .runs import (RECORD, KINDS, RunRecord, write_record, read_record, REQUIRED, MEASURED,
+from .runs import (RECORD, KINDS, RunRecord, write_record, read_record,
+                   read_benchmark_record, is_recorded_table, REQUIRED, MEASURED,
                    LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
                    unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
@@ -26,13 +27,15 @@ from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_proto
                        read_sessions, unmerged_files, unmerged_problem)
 
 __all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_name",
-           "hardware_name", "package_versions", "timestamp", "this_command", "HYDRA_VALUE_FLAGS",
+           "hardware_name", "threads_name", "package_versions", "timestamp", "this_command",
+           "HYDRA_VALUE_FLAGS",
            "script_command",
            "provenance", "wandb_provenance", "provenance_from_wandb", "json_digest", "file_digest",
            "LOCK", "make_folder", "folder_lock", "temporary_beside", "leftover_temporaries",
            "STALE_AFTER_S",
            "write_atomic", "write_bytes_atomic", "write_text_atomic", "json_text", "finite_or_null",
-           "write_json_atomic", "restore_hint", "RECORD", "KINDS", "RunRecord", "write_record", "read_record",
+           "write_json_atomic", "restore_hint", "RECORD", "KINDS", "RunRecord", "write_record",
+           "read_record", "read_benchmark_record", "is_recorded_table",
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
            "of_type",
            "missing_fields", "unwritable_folder", "publish", "refuse_other_kind", "KIND_WORDS",

@@ -170,6 +170,12 @@ def hardware_name(hardware: dict, device: str | None = None) -> str | None:
     return f"{cpu} ({capability})" if cpu and capability else cpu
 
 
+def threads_name(threads: int | str | None) -> str:
+    """A measurement's CPU threads as plots and tables say them: ``1 thread``,
+    ``2 threads`` (a title once said "1 threads")."""
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide what a run computes."""
     from importlib import metadata

@@ -4,6 +4,7 @@ finished record where a protocol collects them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..counts import is_int, is_number
-from ..errors import ConfigError, PublishError
-from .files import write_json_atomic
+from ..errors import ConfigError, DatasetError, PublishError, one_line
+from .files import restore_hint, write_json_atomic
 from .origin import provenance
 
 
@@ -84,6 +85,26 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object")
     return RunRecord.from_dict(data).as_dict()
+
+
+def read_benchmark_record(path: str | os.PathLike) -> dict[str, Any]:
+    """A benchmark's record read back (by the speed report, by ``benchmark_layers.py
+    --redraw``); one that cannot be read (cut off, not a JSON object) is a
+    :class:`DatasetError` in one line naming the file and what to do."""
+    try:
+        return read_record(path)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path} is not a readable benchmark record ({one_line(err)}); "
+                           f"{restore_hint(path)}, or measure it again or move it out of the "
+                           f"folder") from None
+
+
+def is_recorded_table(record: dict[str, Any], table: bytes) -> bool:
+    """Whether ``table`` (a benchmark's CSV, its bytes) is the one ``record`` was written
+    with: the record's ``file_sha256`` ties the two, as a run stopped between writing them
+    (or one file replaced) leaves a table beside another's record. Records from before
+    they named the sha256 match any table (they are read as they are)."""
+    return record.get("file_sha256") in (None, hashlib.sha256(table).hexdigest())
 
 
 def refuse_other_kind(folder: str | os.PathLike, kind: str, what: str) -> None:
