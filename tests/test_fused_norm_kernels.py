@@ -622,7 +622,11 @@ def test_the_fold_kernels_compute_the_standard_fold_and_its_backward(shape, pres
     """:mod:`triton_fold`'s kernels against the standard ops' fold in float64, forward
     (moments, folded matrix and bias, the outputs' statistics) and backward (the
     coefficients' gradient, with and without the moments' part), every optional input
-    present or not, the combination built from shuffled rows."""
+    present or not, the combination built from shuffled rows. Under Triton's interpreter
+    the widest basis runs with every input present only (each case took 20-30 s there): its
+    kernels' other presences are the tiled kernels' of the 150x100 cases."""
+    if device.type == "cpu" and shape[1] == triton_moments.MAX_WIDTH and not all(present):
+        pytest.skip("the widest basis under the interpreter: every input present only")
     inputs = fold_inputs(*shape, device, *present)
     maps, coefficients, output_index, conv_bias, weight, bias = inputs
     got = triton_fold.folded_norm(*inputs, 1e-5)
