@@ -1502,6 +1502,33 @@ def test_the_drops_own_noise_is_measured_when_asked_and_kept_like_every_fine_tun
     assert again["drop_noise"] == noise
 
 
+def test_more_drop_noise_layers_than_candidates_are_refused_before_any_estimate(repo, tmp_path,
+                                                                              monkeypatch):
+    """Found in review: a ``sensitivity.drop_noise_layers`` above the candidate count was
+    capped to it as the layers were spread, but the cache key kept the number given, so
+    ``=2`` and ``=100`` on two candidates estimated one table twice, under two keys. Refused
+    in one line at start, as ``selection.count`` is (a number that fits keeps its key);
+    where the run reads no estimate (``selection=random``), not."""
+    from basisconv.config_checks import validate, validate_estimate, validate_search
+
+    def estimated(cfg):
+        raise AssertionError("estimated although the count cannot be spread")
+
+    monkeypatch.setattr(sensitivity, "estimate", estimated)
+
+    def config(count, *overrides):
+        return compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.layers=[layer3.2.*]",
+                                   f"sensitivity.drop_noise_layers={count}", *overrides)
+
+    refusal = (r"^sensitivity.drop_noise_layers=3; there are 2 candidate layers, so choose "
+               r"0..2 \(0: the drops' own noise not measured\)$")
+    for check in (validate_estimate, validate_search, validate, sensitivity.sensitivity_table):
+        with pytest.raises(ConfigError, match=refusal):
+            check(config(3))
+    validate_estimate(config(2))
+    validate(config(3, "selection=random", "selection.count=1"))  # reads no estimate
+
+
 def test_each_noise_repeat_has_its_own_batch_order_and_each_layer_its_own_fine_tunes(
         repo, tmp_path, monkeypatch):
     """The estimate's bookkeeping of its one batch of fine-tunes, on a stand-in probe whose
@@ -1921,6 +1948,26 @@ def test_a_missing_restore_from_is_named_once_and_the_table_estimated(repo, tmp_
     assert warned[0].startswith(f"sensitivity: no published record at "
                                 f"sensitivity.restore_from={missing} yet, so the table is "
                                 f"estimated here")
+
+
+def test_a_missing_restore_from_is_named_once_also_when_the_cache_holds_the_table(
+        repo, tmp_path, monkeypatch, caplog):
+    """Found in review: with the table already cached, a typo'd sensitivity.restore_from was
+    never looked at, and went unseen (a published table that differs from the cached one is
+    then never found). Not refused: a protocol's first machine names the record it is about
+    to publish, as the test above does."""
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
+    sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache"))
+    monkeypatch.setattr(sensitivity, "WARNED_MISSING", set())
+    missing = tmp_path / "results" / "runs" / "sensitivty.json"
+    cfg = compose_sensitivity(repo, tmp_path / "cache", f"sensitivity.restore_from={missing}")
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity"):
+        assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+        assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
+    warned = [r.getMessage() for r in caplog.records if str(missing) in r.getMessage()]
+    assert warned == [f"sensitivity: no published record at sensitivity.restore_from={missing} "
+                      f"yet, so the table cached in {sensitivity.cache_dir(cfg)} is used (if you "
+                      f"meant an existing record, check the path)"]
 
 
 @pytest.mark.parametrize("share", [False, True])

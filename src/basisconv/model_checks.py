@@ -18,7 +18,8 @@ from .candidates import check_some_candidate, convert_candidates
 from .errors import ConfigError
 from .layers import basis_layers
 from .network import build_dense, check_conversion, held_back
-from .selection import ORDERED_POLICIES, check_count_fits, fixed_layers
+from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, check_count_fits,
+                        fixed_layers)
 from .surgery import select_layers
 
 
@@ -65,9 +66,22 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
                 # as the layers were chosen: after the whole sensitivity estimate, or the
                 # sweep's jobs before it
                 check_count_fits(cfg.selection, found)
+            if estimate or policy in SENSITIVITY_POLICIES:  # (the runs that read an estimate)
+                check_drop_noise_fits(cfg.sensitivity.drop_noise_layers, found)
     if not estimate and policy in ("all", "list"):  # (the estimate converts no more)
         check_conversion(cfg, fixed_layers(cfg.selection), model)
     return found
+
+
+def check_drop_noise_fits(drop_noise_layers: int, candidates: int) -> None:
+    """``sensitivity.drop_noise_layers`` at most the number of ``candidates``: one
+    :class:`ConfigError` naming the range. A larger number was capped to the candidates
+    (:func:`~basisconv.probe.spread_layers`) while the cache key kept the number given, so
+    one table was estimated again under a key of its own for each number above."""
+    if drop_noise_layers > candidates:
+        raise ConfigError(f"sensitivity.drop_noise_layers={drop_noise_layers}; there are "
+                          f"{candidates} candidate layers, so choose 0..{candidates} (0: the "
+                          f"drops' own noise not measured)")
 
 
 def check_search_size(cfg: DictConfig, candidates: int) -> int:

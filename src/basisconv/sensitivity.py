@@ -358,6 +358,7 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
                 table, record = _estimate_and_cache(cfg, folder, recompute)
                 return table, {**record, "cache_hit": False}
     table, record = cached
+    say_a_missing_record(cfg, f"so the table cached in {cache_dir(cfg)} is used")
     log.info("sensitivity: reusing the cached table %s%s", cache_dir(cfg), code_note(record))
     return table, {**record, "cache_hit": True}
 
@@ -471,6 +472,20 @@ def published_differs(cfg: DictConfig, cached: dict) -> bool:
 WARNED_MISSING: set[str] = set()
 
 
+def say_a_missing_record(cfg: DictConfig, instead: str, why: str = "") -> None:
+    """A ``sensitivity.restore_from`` that names no file, said once per path and process,
+    with what is done ``instead`` (and ``why`` that is fine). A warning, not a refusal: a
+    protocol's first machine names the record it publishes later. Said on a cache hit
+    too, where the path is otherwise never read: a typo there went unseen (found in
+    review)."""
+    path = cfg.sensitivity.restore_from
+    if not path or Path(path).is_file() or str(path) in WARNED_MISSING:
+        return
+    WARNED_MISSING.add(str(path))
+    log.warning("sensitivity: no published record at sensitivity.restore_from=%s yet, %s "
+                "(%sif you meant an existing record, check the path)", path, instead, why)
+
+
 def restore_published(cfg: DictConfig, estimating: bool = True
                       ) -> tuple[pd.DataFrame, dict] | None:
     """Fill the empty cache from the published sensitivity record named by
@@ -484,12 +499,9 @@ def restore_published(cfg: DictConfig, estimating: bool = True
     if not path:
         return None
     if not Path(path).is_file():
-        if estimating and str(path) not in WARNED_MISSING:  # once per path and process
-            WARNED_MISSING.add(str(path))
-            log.warning("sensitivity: no published record at sensitivity.restore_from=%s yet, "
-                        "so the table is estimated here (as on the first machine of a protocol, "
-                        "which publishes it there; if you meant an existing record, check the "
-                        "path)", path)
+        if estimating:
+            say_a_missing_record(cfg, "so the table is estimated here", "as on the first "
+                                 "machine of a protocol, which publishes it there; ")
         return None
     fix = f"delete {path} (the table is then estimated again)"
     point = ("point sensitivity.restore_from at a published sensitivity record "
