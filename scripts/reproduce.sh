@@ -235,9 +235,11 @@ fi
 # (by the package's atomic write, as every record: one cut off by a kill or a full disk held
 # part of the list, and refused every later invocation; renamed without an fsync, a power
 # cut could leave it empty beside records flushed after it; a python start without torch)
+# (a write the system refuses, a full disk, is its WriteError's one line, not a trace)
 if [ -n "$WANTED" ]; then
   "$PY" -c 'import sys; from basisconv.records import write_text_atomic as w
-w(sys.argv[1], sys.argv[2] + "\n")' "$MADE_WITH" "$WANTED"
+try: w(sys.argv[1], sys.argv[2] + "\n")
+except OSError as err: sys.exit(f"error: {err}")' "$MADE_WITH" "$WANTED"
 else
   rm -f "$MADE_WITH"
 fi

@@ -411,6 +411,16 @@ def test_a_subset_size_that_is_no_number_is_refused_naming_its_key(size):
         stratified_subset(torch.arange(10) % 2, size, key="data.test_subset")
 
 
+@pytest.mark.parametrize("size", [float("nan"), float("inf")])
+def test_a_subset_size_that_is_no_finite_number_is_refused_naming_its_key(size):
+    """Found in self-review: the check of a size that is no number let NaN and infinity
+    through, which the fraction's rounding (``counts.share_of``) then refused as a bare
+    ``ValueError: Invalid literal for Fraction: 'nan'``, naming no key."""
+    with pytest.raises(ConfigError, match=rf"^data.test_subset={size!r} as a fraction must be "
+                                          r"in \(0, 1\]$"):
+        stratified_subset(torch.arange(10) % 2, size, key="data.test_subset")
+
+
 def test_stratified_subset_draws_each_class_independently():
     """Each class's images are picked by its own draws from the one generator: a generator
     seeded afresh per class would pick the same positions in every class (images at the

@@ -562,6 +562,28 @@ def test_the_overrides_file_is_flushed_to_disk_as_the_packages_records_are(repo,
     assert str(listed.stat().st_ino) in inodes and str(runs.parent.stat().st_ino) in inodes
 
 
+def test_an_overrides_file_that_cannot_be_written_is_one_line(repo, tmp_path):
+    """Found in self-review: written by the package's atomic write, a protocol-overrides.txt
+    the system refused (a full disk; here ``os.replace`` fails so) was a Python trace of
+    the ``WriteError``, where every other refusal of the script is one line naming the fix."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import errno, os\n_replace = os.replace\n"
+        "def replace(src, dst, **kwargs):\n"
+        "    if str(dst).endswith('protocol-overrides.txt'):\n"
+        "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "    _replace(src, dst, **kwargs)\n"
+        "os.replace = replace\n")
+    result, _, runs = fake_protocol(repo, tmp_path / "p", overrides="trainer.epochs=2",
+                                    PYTHONPATH=str(hooks))
+    listed = runs.parent / "protocol-overrides.txt"
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: could not write {listed} (No space left on "
+                                    f"device); free space"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
 def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
     """JOBS is read in base 10 (bash took 08 for a bad octal number: every run said
     "started" and none ran, exit 0); a refused invocation runs nothing and does not tie

@@ -465,7 +465,9 @@ def stratified_subset(labels: torch.Tensor, size: int | float, seed: int = 0, *,
     Sorted, so batches still mix classes through the per-epoch permutation. ``key`` is the
     config entry that set ``size``, for the error message; ``leave`` images at least must
     stay unselected."""
-    if not is_number(size):  # (True, an int to Python, would be the fraction 1.0: every image)
+    # (True, an int to Python, would be the fraction 1.0: every image; NaN and infinity
+    # have no count, and the fraction's rounding refused them naming no key)
+    if not is_number(size) or not math.isfinite(size):
         raise ConfigError(f"{key}={size!r} {count_or_fraction_problem(size)}")
     n = labels.numel()
     if n == 0:
