@@ -1762,6 +1762,32 @@ def test_overrides_on_both_sides_of_a_flag_are_all_read(tmp_path, repo, line, sa
         assert "synthetic_train: 200" in done.stdout
 
 
+@pytest.mark.parametrize("line", [
+    ["seed=1", "-m"], ["-m", "seed=1"], ["seed=1", "--info"], ["seed=1", "--info", "config"],
+    ["-i", "defaults", "seed=1"], ["-cn", "sensitivity", "seed=1"], ["seed=1", "-sc"],
+    ["--cfg", "job", "seed=1"], ["seed=1", "--experimental-rerun", "config.pickle"],
+    ["--", "seed=1"]])
+def test_a_command_line_hydras_parser_reads_is_read_alike(line):
+    """The scripts' parser (``cli.args_parser_intermixed``, overrides on both sides of a
+    flag) reads every line Hydra's own reads as Hydra does: flags with and without their
+    value (``--info``), short forms, overrides after a flag's value, ``--``."""
+    from hydra._internal.utils import get_args_parser
+
+    from basisconv import cli
+
+    assert vars(cli.args_parser_intermixed().parse_args(line)) == vars(
+        get_args_parser().parse_args(line))
+
+
+def test_overrides_on_both_sides_of_a_flag_are_read_in_their_order():
+    """What Hydra's parser refused ("unrecognized arguments") is read whole, in order: the
+    last of two values of one key wins, as on any command line."""
+    from basisconv import cli
+
+    args = cli.args_parser_intermixed().parse_args(["profile=smoke", "seed=0", "-m", "seed=1"])
+    assert args.multirun and args.overrides == ["profile=smoke", "seed=0", "seed=1"]
+
+
 @pytest.mark.parametrize("line, said", [
     (["--cfg", "jbo"], "error: argument --cfg/-c: invalid choice: 'jbo' (choose from 'job'"),
     (["--no-such-flag", "profile=smoke"], "error: unrecognized arguments: --no-such-flag")])
