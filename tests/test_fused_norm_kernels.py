@@ -595,6 +595,21 @@ FOLD_CASES = [(shape, form) for shape in FOLD_SHAPES for form in ("one-program",
               if form == "tiled" or shape[1] <= triton_fold.ONE_PROGRAM_WIDTH]
 
 
+#: The widest basis whose fold cases run every presence of the optional inputs under the
+#: interpreter (the 20x7, 3x1 and 6x6 cases; the wider ones' other presences took about
+#: 100 s of the test's 300 there: they run with every input present only).
+PRESENCES_UNDER_THE_INTERPRETER = 7
+
+
+def use_the_gpus_tiles(monkeypatch):
+    """The GPU's tiles of the moments and the wide fold (up to 64 wide) under the
+    interpreter, whose own are 32 wide (:func:`.triton_moments.tile_width`)."""
+    def gpu_tile_width(m):
+        return min(triton_moments.MAX_TILE, max(16, 1 << (m - 1).bit_length()))
+    for module in (triton_moments, triton_fold_wide):
+        monkeypatch.setattr(module, "tile_width", gpu_tile_width)
+
+
 def fold_inputs(c_out, m, device, conv_bias=True, weight=True, bias=True):
     """Maps whose mean is far from zero, coefficients and a shuffled output order, and the
     norm's parameters."""
@@ -618,15 +633,25 @@ def as_float64(tensors):
 @pytest.mark.parametrize("shape, fold_form", FOLD_CASES, indirect=["fold_form"],
                          ids=["x".join(map(str, s)) + f"-{form}" for s, form in FOLD_CASES])
 def test_the_fold_kernels_compute_the_standard_fold_and_its_backward(shape, present, device,
-                                                                     kernel_runs, fold_form):
+                                                                     kernel_runs, fold_form,
+                                                                     monkeypatch):
     """:mod:`triton_fold`'s kernels against the standard ops' fold in float64, forward
     (moments, folded matrix and bias, the outputs' statistics) and backward (the
     coefficients' gradient, with and without the moments' part), every optional input
     present or not, the combination built from shuffled rows. Under Triton's interpreter
-    the widest basis runs with every input present only (each case took 20-30 s there): its
-    kernels' other presences are the tiled kernels' of the 150x100 cases."""
-    if device.type == "cpu" and shape[1] == triton_moments.MAX_WIDTH and not all(present):
-        pytest.skip("the widest basis under the interpreter: every input present only")
+    the bases wider than ``PRESENCES_UNDER_THE_INTERPRETER`` run with every input present
+    only (each of the widest's cases took 20-30 s there): what is present is read and
+    written per output channel (the ``HAS_*`` branches: in the one-program kernels' loop
+    over blocks of channels, in the tiled kernels outside their loops over tiles), which
+    the 20x7 cases run in both forms over two blocks (or programs), the last short."""
+    if (device.type == "cpu" and shape[1] > PRESENCES_UNDER_THE_INTERPRETER
+            and not all(present)):
+        pytest.skip("a wide basis under the interpreter: every input present only")
+    if device.type == "cpu" and shape[1] == triton_moments.MAX_WIDTH:
+        # 4 tiles a side, not the interpreter's 8 (104 s there, a quarter of the inner
+        # loops' steps): the tiled kernels' branches (several tiles, several rounds of the
+        # covariance's tiles, the last tile short) are the 150x100 case's and 90x64's
+        use_the_gpus_tiles(monkeypatch)
     inputs = fold_inputs(*shape, device, *present)
     maps, coefficients, output_index, conv_bias, weight, bias = inputs
     got = triton_fold.folded_norm(*inputs, 1e-5)
@@ -1015,10 +1040,7 @@ def test_a_wide_fold_trains_as_the_unfused_layers_under_bf16_autocast(shape, dev
     wide fold (the interpreter's own are 32 wide)."""
     c_in, c_out, m, batch, image, layout, relu, momentum = shape
     if device.type == "cpu":
-        def gpu_tile_width(m):
-            return min(triton_moments.MAX_TILE, max(16, 1 << (m - 1).bit_length()))
-        for module in (triton_moments, triton_fold_wide):
-            monkeypatch.setattr(module, "tile_width", gpu_tile_width)
+        use_the_gpus_tiles(monkeypatch)
     torch.manual_seed(0)
     layer = BasisConv2d(c_in, c_out, 3, m, padding=1, combine="fused", fuse_norm=True,
                         device=device)
