@@ -14,11 +14,12 @@ import torch.nn as nn
 from basisconv.cost import model_cost, measure_flops
 from basisconv.errors import ConfigError
 from basisconv.fitting import relative_error
+from basisconv.layer_names import conv_layers, select_layers
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
 from basisconv.network import rebind_optimizer
 from basisconv.surgery import (CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report,
-                               conv_layers, select_layers, to_dense)
+                               to_dense)
 
 
 def small_resnet18(seed=0):
@@ -144,7 +145,7 @@ def test_a_count_above_a_layers_channels_leaves_it_dense_where_only_savings_are_
     `experiment=basis_all basis.size=16` on the quick profile's ResNet-8, while a count
     equal to a layer's channels (no saving either) left it dense."""
     model = build_model("resnet20")  # stages of 16, 32 and 64 channels
-    with caplog.at_level(logging.INFO, logger="basisconv.surgery"):
+    with caplog.at_level(logging.INFO, logger="basisconv.basis_sizes"):
         small = apply_basis(model, "all", 20, convert=False, only_where_saves=True)
     converted = {name for name, m in small.named_modules() if isinstance(m, BasisConv2d)}
     assert converted == {name for name, conv in conv_layers(model).items()

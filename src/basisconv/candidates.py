@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cost import count_parameters, model_cost
 from .errors import ConfigError, warn_caller
-from .surgery import CONFIG_KEYS, apply_basis, basis_report, select_layers, stored_parameter
+from .layer_names import select_layers
+from .surgery import CONFIG_KEYS, apply_basis, basis_report, stored_parameter
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
     import pandas as pd  # that makes none (most training runs) starts without it

@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 
 from .candidates import check_some_candidate, convert_candidates
 from .errors import ConfigError
+from .layer_names import select_layers
 from .layers import basis_layers
 from .network import build_dense, check_conversion, held_back
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, check_count_fits,
                         fixed_layers)
-from .surgery import select_layers
 
 
 def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,

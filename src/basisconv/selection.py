@@ -50,7 +50,7 @@ from .candidates import (IMAGE, SAVINGS_BASIS_KEYS, convert_candidates,  # noqa:
                          dense_totals, layer_savings, python_number, savings_basis)
 from .counts import is_int, is_number
 from .errors import ConfigError, warn_once
-from .surgery import select_layers
+from .layer_names import select_layers
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
     import pandas as pd  # that makes none (most training runs) starts without it

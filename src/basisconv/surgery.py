@@ -1,183 +1,49 @@
-"""Model surgery: list a model's convolutions by module name and replace chosen ones by
-basis convolutions, in place or on a copy (and a trained basis model's layers by plain
-convs again, :func:`to_dense`), with a per-layer report of what a conversion did.
+"""Model surgery: replace a model's chosen convolutions by basis convolutions, in place or
+on a copy (and a trained basis model's layers by plain convs again, :func:`to_dense`),
+with a per-layer report of what a conversion did.
 
 Names are the model's own module names (``conv1``, ``layer1.0.conv1``,
 ``layer2.0.shortcut.0``), so a layer list from a sensitivity scan or a config carries over
-unchanged. The functions run in the order of a conversion: the layers found by name
-(:func:`select_layers`), :func:`apply_basis` and its checks, each layer's basis size, the
-warnings about what a conversion cannot keep, the replacement itself (fitted or fresh,
-tied and shared parameters); then :func:`to_dense` and :func:`basis_report`.
+unchanged. The functions run in the order of a conversion: :func:`apply_basis` and its
+checks, the warnings about what a conversion cannot keep, the replacement itself (fitted
+or fresh, tied and shared parameters); then :func:`to_dense` and :func:`basis_report`.
 
-Elsewhere, and still exported from here: how a replaced conv's hooks move to its basis
-layer (:mod:`basisconv.hook_transfer`), and the skip-training schedule of the
-coefficients, with the dense warm-up that comes before it
-(:class:`~basisconv.skip_training.CoefficientSkipSchedule`).
+Elsewhere: the layers found by name (:mod:`basisconv.layer_names`: ``conv_layers``,
+``select_layers``), each layer's basis size and which convert
+(:mod:`basisconv.basis_sizes`), how a replaced conv's hooks move to its basis layer
+(:mod:`basisconv.hook_transfer`), and the skip-training schedule of the coefficients,
+with the dense warm-up that comes before it
+(:class:`~basisconv.skip_training.CoefficientSkipSchedule`). ``conv_layers`` and
+``CoefficientSkipSchedule`` are still exported from here: the README and docs import them
+from this module.
 """
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import logging
 from collections import defaultdict
 from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
-from .cost import forward_macs_per_pixel, saves_compute
-from .counts import is_int
+from .basis_sizes import check_max_error_use, sized_targets
+from .cost import saves_compute
 from .errors import ConfigError, warn_caller
 from .fitting import fit_coefficients, relative_error
 from .hook_transfer import hand_back_hooks, take_over_hooks
-from .layers import BasisConv2d, basis_layers, check_coefficient_rank, check_flag, resolve_num_basis
+from .layer_names import conv_layers  # noqa: F401 (the README imports it from here)
+from .layer_names import conv_names, select_layers
+from .layers import BasisConv2d, basis_layers, check_coefficient_rank, check_flag
 from .model_copy import copy_model
 from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
 from .skip_training import frozen_by_schedule
-from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,
-                          check_finite_weight, check_max_error, parametrizations_in_eval,
+from .source_conv import (WEIGHT_HOOKS, check_finite_weight, parametrizations_in_eval,
                           refresh_computed_weight, trains)
 
-log = logging.getLogger(__name__)
-_GLOB_CHARS = set("*?[")
 #: What the configs call :func:`apply_basis`'s arguments (``basis.*``), for the errors their
 #: values cause; a caller adds the config list its ``layers`` came from.
 CONFIG_KEYS = {"num_basis": "basis.size", "coefficient_rank": "basis.coefficient_rank",
                "only_where_saves": "basis.only_where_saves"}
-
-
-def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """``nn.Conv2d`` and :class:`BasisConv2d` layers by module name, in module order."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, BasisConv2d)) and name}
-
-
-def _conv_names(model: nn.Module) -> dict[str, str]:
-    """Every name a conv is registered under, mapped to the one :func:`conv_layers` gives it
-    (its first). A conv registered twice (weight tying by assignment, ``self.b = self.a``)
-    is one layer: either name selects it, and it is replaced under both."""
-    first: dict[int, str] = {}
-    names = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        if name and isinstance(m, (nn.Conv2d, BasisConv2d)):
-            names[name] = first.setdefault(id(m), name)
-    return names
-
-
-def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
-                  key: str | None = None) -> dict[str, nn.Conv2d]:
-    """The dense convs that ``layers`` names: ``"all"``, or names and fnmatch patterns
-    (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
-    pattern or ``"all"`` picks up that cannot be converted (grouped, non-zero padding, a
-    subclass with its own forward, an unmade lazy conv) are skipped with a warning, and
-    layers already in basis form are left alone (a warning when they are all it matched).
-    ``key`` names where ``layers`` came from in errors about them (``selection.layers``
-    for a config's list)."""
-    convs = conv_layers(model)
-    names = _conv_names(model)
-    if isinstance(layers, str):
-        layers = [layers]
-    if not isinstance(layers, Iterable):
-        raise ConfigError(f"apply_basis: layers={layers!r}; give 'all', a name, or a list of "
-                          f"names and patterns like 'layer*.conv*' (to convert none, do not "
-                          f"call it)")
-    layers = list(layers)
-    if not layers:
-        raise ConfigError("apply_basis: the layer list is empty; give 'all', names or patterns "
-                          "like 'layer*.conv*' (if pick_layers chose none, keep the dense model)")
-    chosen: dict[str, nn.Conv2d] = {}
-    already: list[str] = []  # basis layers a pattern matched, left as they are
-    valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
-    given = f"{key}: " if key else ""
-    for entry in layers:
-        if not isinstance(entry, str):
-            raise ConfigError(f"apply_basis: layer names must be strings, got {entry!r}")
-        # a name is taken literally before as a pattern (a ModuleDict key may hold brackets:
-        # as a pattern, "conv[12]" would convert conv1 and conv2)
-        if entry == "all" or (_GLOB_CHARS & set(entry) and entry not in names):
-            matched = list(dict.fromkeys(first for n, first in names.items()
-                                         if entry == "all" or fnmatch.fnmatchcase(n, entry)))
-            if not matched:
-                raise ConfigError(f"{given}layer pattern {entry!r} matches no convolution; "
-                                  f"valid names: {valid}")
-            for name in matched:
-                module = convs[name]
-                if isinstance(module, BasisConv2d):
-                    already.append(name)
-                    continue
-                try:
-                    check_convertible(module, name, skipping=True)
-                except (TypeError, ValueError) as err:
-                    warn_caller(_skip_line(name, err))
-                    continue
-                chosen[name] = module
-            continue
-        entry = names.get(entry, entry)
-        if entry not in convs:
-            raise _not_a_conv_layer(model, entry, convs, given, valid)
-        if isinstance(convs[entry], BasisConv2d):
-            raise ConfigError(f"{given}layer {entry!r} is already a BasisConv2d; to change its "
-                              f"basis size, {_resize_advice(model, [entry])}")
-        try:
-            check_convertible(convs[entry], entry)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{given}{err}") from None
-        chosen[entry] = convs[entry]
-    if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
-        # change the sizes, returned the model unchanged and said nothing)
-        warn_caller(f"{given}{', '.join(map(repr, layers))} matches only layers already in "
-                    f"basis form ({', '.join(dict.fromkeys(already))}), left as they are: "
-                    f"nothing is converted; to change their basis size, "
-                    f"{_resize_advice(model, already)}")
-    # keep module order whatever the order of the list
-    return {n: chosen[n] for n in convs if n in chosen}
-
-
-def _resize_advice(model: nn.Module, names: Iterable[str]) -> str:
-    """How to change the basis size of the basis layers ``names``: convert a dense copy of
-    the model. :func:`to_dense` makes every basis layer dense, so the model's others are
-    named, to convert again (found in review: the advice, followed for one layer, left the
-    rest dense without a word); converted at its size, each is fitted back to its weights."""
-    named = set(names)
-    others = [name for name in basis_layers(model) if name not in named]
-    advice = "convert a dense copy of the model instead: apply_basis(to_dense(model), ...)"
-    if others:
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-        advice += (f", which makes its other basis layers dense too ({', '.join(others[:3])}"
-                   f"{more}): convert them again in it, at their sizes")
-    return advice
-
-
-def _skip_line(name: str, err: Exception) -> str:
-    """The warning for a layer a pattern or ``"all"`` matched that cannot be converted:
-    :func:`~basisconv.source_conv.check_convertible`'s reason, which opens with the layer
-    (``layer 'x' is a grouped conv``), as a sentence after the skip (``skipping layer 'x':
-    it is a grouped conv``)."""
-    at, said = f"layer {name!r}", str(err)
-    reason = f"it{said[len(at):]}" if said.startswith(at + " ") else said
-    return f"skipping {at}: {reason}"
-
-
-def _not_a_conv_layer(model: nn.Module, name: str, convs: dict[str, nn.Module], given: str,
-                      valid: str) -> ConfigError:
-    """The error for a layer name that is no conv of the model: what the module of that
-    name is instead (for a container, the pattern of the convs inside it), or the names
-    closest to it; ``given`` prefixes it (where the name came from)."""
-    module = dict(model.named_modules()).get(name)
-    if module is not None and name:
-        conv_kind = isinstance(module, nn.modules.conv._ConvNd)
-        what = "only nn.Conv2d layers convert" if conv_kind else "not a convolution"
-        at = f"{given}layer {name!r} is a {type(module).__name__}, {what}"
-        if any(n.startswith(name + ".") for n in convs):  # a container of convs
-            return ConfigError(f"{at}; for the convolutions inside it give the pattern "
-                               f"'{name}.*'")
-        return ConfigError(f"{at}; valid names: {valid}")
-    # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
-    close = ([n for n in convs if n.endswith("." + name)]
-             or difflib.get_close_matches(name, list(convs), n=3))
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return ConfigError(f"{given}unknown layer {name!r}{hint}; valid names: {valid}")
 
 
 def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
@@ -243,15 +109,15 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     for name, value in flags.items():  # (convert="no" would convert: it is truthy)
         check_flag(keys.get(name, name), value)
     if max_error is not None:
-        _check_max_error_use(max_error, num_basis, convert)
+        check_max_error_use(max_error, num_basis, convert)
     elif num_basis is None:
         num_basis = 0.5
     targets = select_layers(model, layers, key=keys.get("layers"))
     for conv in targets.values():  # each weight read below is the one a forward computes
         refresh_computed_weight(conv)
     with parametrizations_in_eval(targets.values()):  # (max_error reads the user's model)
-        targets, sizes = _sized_targets(targets, num_basis, max_error, only_where_saves,
-                                        combine, fuse_norm, coefficient_rank, fit, keys)
+        targets, sizes = sized_targets(targets, num_basis, max_error, only_where_saves,
+                                       combine, fuse_norm, coefficient_rank, fit, keys)
     for name, conv in targets.items():  # of the layers converted (a skipped head has none)
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
@@ -304,123 +170,6 @@ def _check_not_distributed(model: nn.Module, function: str, verb: str) -> None:
 def _check_is_module(model, function: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{function} needs an nn.Module, got {type(model).__name__}")
-
-
-def _check_max_error_use(max_error, num_basis, convert: bool) -> None:
-    if not convert:
-        raise ConfigError("apply_basis: max_error sizes layers by their trained filters, "
-                          "so it needs convert=True")
-    if num_basis is not None:
-        raise ConfigError("apply_basis: give max_error (sizes by an error bound on the "
-                          "trained filters, with convert=True) or num_basis (a count or "
-                          "fraction), not both")
-    check_max_error(max_error)
-
-
-def _sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | None,
-                   only_where_saves: bool, combine: str, fuse_norm: bool,
-                   coefficient_rank: int | None, fit: str, keys: Mapping[str, str]
-                   ) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
-    """The selected layers that :func:`apply_basis` converts, with each one's basis size:
-    sized by ``max_error`` (:func:`_sizes_for_error`) or ``num_basis`` (:func:`_sizes_of`),
-    then those that save no compute left dense under ``only_where_saves`` (else warned of,
-    :func:`_where_it_saves`). Where that leaves none, a warning says the model returned has
-    no basis layer."""
-    key = keys["only_where_saves"]
-    leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
-                   f"set {key}=true") + " to leave such layers dense"
-    if max_error is not None:
-        sizes = _sizes_for_error(targets, max_error, coefficient_rank, fit)
-    else:
-        targets, sizes = _sizes_of(targets, num_basis, only_where_saves, keys["num_basis"],
-                                   leave_dense)
-    selected = bool(targets)
-    targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
-    if selected and not targets and key == "only_where_saves":
-        # (a count above every layer is refused in _sizes_of; a config's run says so itself,
-        # train.warn_if_dense; each layer's reason is logged at INFO, which a script of
-        # the Python API does not show)
-        # (a bound is loosened, not shrunk: a tighter one gives larger bases)
-        size, fix = ((f"max_error={max_error}", "give a larger max_error")
-                     if max_error is not None else
-                     (f"{keys['num_basis']}={num_basis}", "give a smaller basis"))
-        warn_caller(f"apply_basis: at {size} no selected layer saves compute, so "
-                    f"only_where_saves=True left them all dense and the model returned has "
-                    f"no basis layer; {fix}")
-    return targets, sizes
-
-
-def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
-                     coefficient_rank: int | None, fit: str) -> dict[str, int]:
-    """Each layer's smallest basis within ``max_error`` of its trained filters."""
-    sizes = {}
-    for name, conv in targets.items():
-        check_finite_weight(conv, name, fitting=True)
-        try:
-            sizes[name] = basis_size_for_error(conv, max_error, coefficient_rank, fit)
-        except ConfigError as err:
-            raise ConfigError(f"layer {name!r}: {err}") from None
-    return sizes
-
-
-def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, key: str,
-              leave_dense: str) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
-    """Each layer's basis size for ``num_basis`` (a count, or a fraction of its width), and
-    the layers that take one: under ``only_where_saves`` a count above a layer's width
-    (one size for a model whose layers differ in width) leaves it dense, as a count of all
-    its filters would; a count above every layer is refused (nothing would change)."""
-    widest = max((conv.out_channels for conv in targets.values()), default=0)
-    if only_where_saves and targets and _count_above(num_basis, widest):
-        raise ConfigError(f"{key}={num_basis} is more than the output channels of every "
-                          f"selected layer (at most {widest}); give a count up to {widest}, "
-                          f"or a fraction in (0, 1] of each layer's out_channels")
-    kept, sizes = {}, {}
-    for name, conv in targets.items():
-        above = _count_above(num_basis, conv.out_channels)  # e.g. 16 of a narrower layer's 8
-        if above and only_where_saves:
-            log.info("layer %r: %s=%d is more than its %d output channels; left dense "
-                     "(only_where_saves)", name, key, num_basis, conv.out_channels)
-            continue
-        try:
-            sizes[name] = resolve_num_basis(num_basis, conv.out_channels, where=name, key=key)
-        except ConfigError as err:
-            if not above or _count_above(num_basis, widest):  # (then leaving such layers
-                raise                                      # dense would leave them all)
-            raise ConfigError(f"{err}; or {leave_dense}") from None
-        kept[name] = conv
-    return kept, sizes
-
-
-def _count_above(num_basis, out_channels: int) -> bool:
-    """Whether ``num_basis`` is a count (an int) above a layer's ``out_channels``: one basis
-    size for a model whose layers differ in width can be so for its narrower ones."""
-    return is_int(num_basis) and num_basis > out_channels
-
-
-def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combine: str,
-                    fuse_norm: bool, only_where_saves: bool, leave_dense: str
-                    ) -> dict[str, nn.Conv2d]:
-    """The layers to convert: those whose basis form does fewer multiply-adds, and, unless
-    ``only_where_saves``, the others too, each with a warning. Judged in the stacked form
-    when fused with a norm (stricter than split): a layer converted for a split saving
-    must not cost more than the dense conv once fused."""
-    kept = {}
-    for name, conv in targets.items():
-        m = sizes[name]
-        if not saves_compute(conv, m, combine, fused_norm=fuse_norm):
-            shape = (conv.in_channels, conv.out_channels, conv.kernel_size)
-            dense = forward_macs_per_pixel(*shape, None)
-            basis = forward_macs_per_pixel(*shape, m, combine, fuse_norm)
-            k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-            message = (f"layer {name!r}: num_basis={m} saves no compute ({basis} vs {dense} "
-                       f"dense multiply-adds per pixel; C_out={conv.out_channels}, "
-                       f"C_in*k*k={k}, the basis must be well below min of the two)")
-            if only_where_saves:
-                log.info("%s; left dense (only_where_saves)", message)
-                continue
-            warn_caller(f"{message}; {leave_dense}")
-        kept[name] = conv
-    return kept
 
 
 def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
@@ -505,7 +254,7 @@ def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, i
     """Each conv of ``targets`` replaced in ``model`` by its basis layer (fitted to it, or
     fresh), under every name it has; its hooks and training mode carried over."""
     aliases: dict[str, list[str]] = defaultdict(list)
-    for alias, first in _conv_names(model).items():
+    for alias, first in conv_names(model).items():
         aliases[first].append(alias)
     for name, conv in targets.items():  # all before any is replaced (inplace=True)
         check_finite_weight(conv, name, fitting=convert)
@@ -738,5 +487,4 @@ def basis_report(model: nn.Module) -> list[dict]:
     return rows
 
 
-__all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "select_layers",
-           "to_dense"]
+__all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "to_dense"]

@@ -52,13 +52,14 @@ from torch.profiler import ProfilerActivity, profile
 from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError, DatasetError
 from ..kernels import auto
+from ..layer_names import conv_layers
 from ..layers import BasisConv2d, resolve_num_basis
 from ..loop import device_problem, seed_everything, settings_restored
 from ..models import build_model
 from ..records import (RunRecord, file_digest, hardware_name, is_recorded_table,
                        precision_name, provenance, read_benchmark_record, threads_name,
                        write_record, write_text_atomic)
-from ..surgery import apply_basis, conv_layers
+from ..surgery import apply_basis
 from ..timing import (ALLOCATOR_TUNED, ConvNormAct, Runner, Timer, output_gradient,
                       tune_cpu_allocator)
 from . import flag_below_minimum, fused_problem, profile_table

@@ -1,0 +1,159 @@
+"""A model's convolutions by module name: :func:`conv_layers` lists them, and
+:func:`select_layers` reads a layer list (``"all"``, names, fnmatch patterns) as the dense
+convs it names, with the errors and warnings a wrong or unconvertible name gets.
+
+Apart from :mod:`basisconv.surgery`, which replaces the layers found here, because finding
+them is needed without replacing anything: the selection policies and the model checks
+resolve a config's layer list on a model (on the meta device) before any conversion.
+``basisconv.surgery`` still exports :func:`conv_layers`, the name the README imports.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Iterable
+
+import torch.nn as nn
+
+from .errors import ConfigError, warn_caller
+from .layers import BasisConv2d, basis_layers
+from .source_conv import check_convertible
+
+_GLOB_CHARS = set("*?[")
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``nn.Conv2d`` and :class:`BasisConv2d` layers by module name, in module order."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, BasisConv2d)) and name}
+
+
+def conv_names(model: nn.Module) -> dict[str, str]:
+    """Every name a conv is registered under, mapped to the one :func:`conv_layers` gives it
+    (its first). A conv registered twice (weight tying by assignment, ``self.b = self.a``)
+    is one layer: either name selects it, and it is replaced under both."""
+    first: dict[int, str] = {}
+    names = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if name and isinstance(m, (nn.Conv2d, BasisConv2d)):
+            names[name] = first.setdefault(id(m), name)
+    return names
+
+
+def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
+                  key: str | None = None) -> dict[str, nn.Conv2d]:
+    """The dense convs that ``layers`` names: ``"all"``, or names and fnmatch patterns
+    (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
+    pattern or ``"all"`` picks up that cannot be converted (grouped, non-zero padding, a
+    subclass with its own forward, an unmade lazy conv) are skipped with a warning, and
+    layers already in basis form are left alone (a warning when they are all it matched).
+    ``key`` names where ``layers`` came from in errors about them (``selection.layers``
+    for a config's list)."""
+    convs = conv_layers(model)
+    names = conv_names(model)
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, Iterable):
+        raise ConfigError(f"apply_basis: layers={layers!r}; give 'all', a name, or a list of "
+                          f"names and patterns like 'layer*.conv*' (to convert none, do not "
+                          f"call it)")
+    layers = list(layers)
+    if not layers:
+        raise ConfigError("apply_basis: the layer list is empty; give 'all', names or patterns "
+                          "like 'layer*.conv*' (if pick_layers chose none, keep the dense model)")
+    chosen: dict[str, nn.Conv2d] = {}
+    already: list[str] = []  # basis layers a pattern matched, left as they are
+    valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
+    given = f"{key}: " if key else ""
+    for entry in layers:
+        if not isinstance(entry, str):
+            raise ConfigError(f"apply_basis: layer names must be strings, got {entry!r}")
+        # a name is taken literally before as a pattern (a ModuleDict key may hold brackets:
+        # as a pattern, "conv[12]" would convert conv1 and conv2)
+        if entry == "all" or (_GLOB_CHARS & set(entry) and entry not in names):
+            matched = list(dict.fromkeys(first for n, first in names.items()
+                                         if entry == "all" or fnmatch.fnmatchcase(n, entry)))
+            if not matched:
+                raise ConfigError(f"{given}layer pattern {entry!r} matches no convolution; "
+                                  f"valid names: {valid}")
+            for name in matched:
+                module = convs[name]
+                if isinstance(module, BasisConv2d):
+                    already.append(name)
+                    continue
+                try:
+                    check_convertible(module, name, skipping=True)
+                except (TypeError, ValueError) as err:
+                    warn_caller(_skip_line(name, err))
+                    continue
+                chosen[name] = module
+            continue
+        entry = names.get(entry, entry)
+        if entry not in convs:
+            raise _not_a_conv_layer(model, entry, convs, given, valid)
+        if isinstance(convs[entry], BasisConv2d):
+            raise ConfigError(f"{given}layer {entry!r} is already a BasisConv2d; to change its "
+                              f"basis size, {_resize_advice(model, [entry])}")
+        try:
+            check_convertible(convs[entry], entry)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{given}{err}") from None
+        chosen[entry] = convs[entry]
+    if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
+        # change the sizes, returned the model unchanged and said nothing)
+        warn_caller(f"{given}{', '.join(map(repr, layers))} matches only layers already in "
+                    f"basis form ({', '.join(dict.fromkeys(already))}), left as they are: "
+                    f"nothing is converted; to change their basis size, "
+                    f"{_resize_advice(model, already)}")
+    # keep module order whatever the order of the list
+    return {n: chosen[n] for n in convs if n in chosen}
+
+
+def _resize_advice(model: nn.Module, names: Iterable[str]) -> str:
+    """How to change the basis size of the basis layers ``names``: convert a dense copy of
+    the model. :func:`to_dense` makes every basis layer dense, so the model's others are
+    named, to convert again (found in review: the advice, followed for one layer, left the
+    rest dense without a word); converted at its size, each is fitted back to its weights."""
+    named = set(names)
+    others = [name for name in basis_layers(model) if name not in named]
+    advice = "convert a dense copy of the model instead: apply_basis(to_dense(model), ...)"
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        advice += (f", which makes its other basis layers dense too ({', '.join(others[:3])}"
+                   f"{more}): convert them again in it, at their sizes")
+    return advice
+
+
+def _skip_line(name: str, err: Exception) -> str:
+    """The warning for a layer a pattern or ``"all"`` matched that cannot be converted:
+    :func:`~basisconv.source_conv.check_convertible`'s reason, which opens with the layer
+    (``layer 'x' is a grouped conv``), as a sentence after the skip (``skipping layer 'x':
+    it is a grouped conv``)."""
+    at, said = f"layer {name!r}", str(err)
+    reason = f"it{said[len(at):]}" if said.startswith(at + " ") else said
+    return f"skipping {at}: {reason}"
+
+
+def _not_a_conv_layer(model: nn.Module, name: str, convs: dict[str, nn.Module], given: str,
+                      valid: str) -> ConfigError:
+    """The error for a layer name that is no conv of the model: what the module of that
+    name is instead (for a container, the pattern of the convs inside it), or the names
+    closest to it; ``given`` prefixes it (where the name came from)."""
+    module = dict(model.named_modules()).get(name)
+    if module is not None and name:
+        conv_kind = isinstance(module, nn.modules.conv._ConvNd)
+        what = "only nn.Conv2d layers convert" if conv_kind else "not a convolution"
+        at = f"{given}layer {name!r} is a {type(module).__name__}, {what}"
+        if any(n.startswith(name + ".") for n in convs):  # a container of convs
+            return ConfigError(f"{at}; for the convolutions inside it give the pattern "
+                               f"'{name}.*'")
+        return ConfigError(f"{at}; valid names: {valid}")
+    # a wrapper (torch.compile's _orig_mod, DataParallel's module) prefixes the names
+    close = ([n for n in convs if n.endswith("." + name)]
+             or difflib.get_close_matches(name, list(convs), n=3))
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"{given}unknown layer {name!r}{hint}; valid names: {valid}")
+
+
+__all__ = ["conv_layers", "conv_names", "select_layers"]
