@@ -14,7 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv import hydra_errors, loop, resuming
@@ -38,35 +38,85 @@ def compose_cfg(repo):
     return _compose
 
 
-def test_every_group_combination_composes_and_validates(repo):
+GROUPS = ("model", "selection", "basis")
+
+
+def group_combinations(repo) -> list[tuple[str, str, str]]:
+    """Each model x selection pair, with the basis option cycling so that every model x
+    basis and selection x basis pair occurs too. ``selection=base`` is left out: it is
+    ``none``'s defaults with the same policy, so it composes the config ``none`` does
+    (checked by :func:`test_every_group_combination_composes_and_validates` on one model)."""
+    models, selections, bases = (options(repo, g) for g in GROUPS)
+    return [(m, s, bases[(i + j) % len(bases)])
+            for i, m in enumerate(models) for j, s in enumerate(selections) if s != "base"]
+
+
+def test_every_group_combination_covers_every_pair_of_options(repo):
     """Model, selection and basis interact in pairs: a selection's layer names and counts
     against a model's layers, a basis init against a selection (convert needs trained
     weights unless nothing is converted). No rule reads all three at once, so every pair
-    of their options is composed: each model x selection pair, with the basis option
-    cycling so that every model x basis and selection x basis pair occurs too (90
-    compositions, not the 270 of the full product, at ~0.3 s each). Data and logger
-    options are independent of them and of each other, so each is composed once."""
-    groups = ("model", "selection", "basis")
-    models, selections, bases = (options(repo, g) for g in groups)
+    of their options is composed (the test below): 81 compositions, not the 243 of the full
+    product, at ~0.3-1 s each and as much again to validate."""
+    models, selections, bases = (options(repo, g) for g in GROUPS)
     # a config for each registered model and no other (a new model: both, or a clear line)
     assert set(models) == set(list_models()), "configs/model/ and the registry differ"
-    assert "blocks" in selections and len(bases) == 3
-    combos = [(m, s, bases[(i + j) % len(bases)])
-              for i, m in enumerate(models) for j, s in enumerate(selections)]
-    for a, b in itertools.combinations(range(len(groups)), 2):
-        every_pair = set(itertools.product(options(repo, groups[a]), options(repo, groups[b])))
-        assert {(combo[a], combo[b]) for combo in combos} == every_pair, groups[a] + groups[b]
-    overrides = [[f"{g}={o}" for g, o in zip(groups, combo)] for combo in combos]
-    overrides += [[f"{g}={o}"] for g in ("data", "logger") for o in options(repo, g)]
+    assert {"blocks", "base", "none"} <= set(selections) and len(bases) == 3
+    combos = group_combinations(repo)
+    for a, b in itertools.combinations(range(len(GROUPS)), 2):
+        every_pair = set(itertools.product(options(repo, GROUPS[a]), options(repo, GROUPS[b])))
+        every_pair -= {pair for pair in every_pair if "base" in pair}  # (as none: below)
+        assert {(combo[a], combo[b]) for combo in combos} == every_pair, GROUPS[a] + GROUPS[b]
+    # the defaults list's own choices compose with it: data=cifar10 and logger=wandb
+    # compose the default config, one of the combinations (not composed again below)
+    assert (defaults_choice(repo, "model"), defaults_choice(repo, "selection"),
+            defaults_choice(repo, "basis")) in combos
+
+
+def defaults_choice(repo, group: str) -> str:
+    """The option ``configs/train.yaml``'s defaults list chooses for ``group``."""
+    return next(entry[group] for entry in OmegaConf.load(repo / "configs" / "train.yaml").defaults
+                if isinstance(entry, DictConfig) and group in entry)
+
+
+def completed(these: list[str]) -> list[str]:
+    """A combination's overrides and what its options need to validate."""
+    if "basis=convert" in these:  # it converts a trained model, so it names one
+        these = [*these, "basis.source_checkpoint=baseline/checkpoint.pt"]
+    if "selection=list" in these:  # it converts the layers it names
+        these = [*these, "selection.layers=[layer1.0.conv1]"]
+    return these
+
+
+def compose_and_validate(these: list[str]) -> dict:
+    """One combination composed and validated; returns the config as composed
+    (unresolved), before validation could change it."""
+    cfg = compose("train", overrides=completed(these))
+    composed = OmegaConf.to_container(cfg)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    validate(cfg)
+    return composed
+
+
+# one case a model: ~20 s each, which pytest-xdist's workers share (one test was 226 s)
+@pytest.mark.parametrize("model", sorted(list_models()))
+def test_every_group_combination_composes_and_validates(repo, model):
+    """Each combination of :func:`group_combinations` of this model composes and validates
+    (the pairs they cover: the test above). Data and logger options are independent of
+    them and of each other, so each is composed once (with the first model's case); an
+    option the defaults list chooses composes the default config, a combination already."""
+    combos = [combo for combo in group_combinations(repo) if combo[0] == model]
+    overrides = [[f"{g}={o}" for g, o in zip(GROUPS, combo)] for combo in combos]
+    first = model == sorted(list_models())[0]
+    if first:
+        overrides += [[f"{g}={o}"] for g in ("data", "logger") for o in options(repo, g)
+                      if o != defaults_choice(repo, g)]
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
-        for these in overrides:
-            if "basis=convert" in these:  # it converts a trained model, so it names one
-                these = [*these, "basis.source_checkpoint=baseline/checkpoint.pt"]
-            if "selection=list" in these:  # it converts the layers it names
-                these = [*these, "selection.layers=[layer1.0.conv1]"]
-            cfg = compose("train", overrides=these)
-            OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-            validate(cfg)
+        composed = {tuple(these): compose_and_validate(these) for these in overrides}
+        if first:  # selection=base composes what selection=none does
+            none = next(these for these in composed if "selection=none" in these)
+            base = [o.replace("selection=none", "selection=base") for o in none]
+            assert OmegaConf.to_container(compose("train", overrides=completed(base))) == \
+                composed[none], "selection=base composes another config than selection=none"
 
 
 # What each profile's comment (and the README's profile table) says it sets.
@@ -105,6 +155,10 @@ def test_every_experiment_preset_composes_under_every_profile(repo, compose_cfg,
                 cfg.logger.tags[0]) == expected[:4], experiment
         assert cfg.name == cfg.model.name + expected[4]
         assert cfg.sensitivity.seed == 0  # basis_selected pins it; elsewhere the run's seed 0
+
+
+def test_the_size_sweep_and_the_selected_preset_set_what_their_comments_say(compose_cfg):
+    """(Of the test above, once rather than under each profile: no profile given.)"""
     sweep = compose_cfg("experiment=basis_size_sweep", hydra=True)
     assert sweep.hydra.sweeper.params["basis.size"] == "0.125,0.25,0.5,0.75"
     selected = compose_cfg("experiment=basis_selected", "seed=2")
@@ -193,6 +247,10 @@ def test_layers_a_policy_would_ignore_are_refused(compose_cfg, policy):
                              "selection.layers=[layer3.*]"))
     assert "\n" not in str(err.value)
     validate(compose_cfg("model=resnet20", f"selection={policy}", "sensitivity.layers=[layer3.*]"))
+
+
+def test_a_layer_list_is_taken_by_the_policies_that_read_it_or_no_list(compose_cfg):
+    """(Of the test above, once rather than in each of its cases: no policy of theirs.)"""
     for policy in ("none", "all", "list"):
         validate(compose_cfg("model=resnet20", f"selection={policy}", "selection.layers=[layer3.*]"))
 
@@ -572,6 +630,14 @@ def test_a_model_this_machine_cannot_hold_is_refused_at_the_start(
     validate(compose_cfg("model=resnet20", "model.width=2"))
 
 
+def test_cuda_graphs_take_a_compiled_step_and_an_unused_graphing_mode(compose_cfg):
+    """(What the cases below refuse beside, checked once rather than in each case.)"""
+    validate(compose_cfg("trainer.cuda_graphs=true"))
+    validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true"))
+    # a graphing compile mode is no conflict while nothing is compiled
+    validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile_mode=reduce-overhead"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.compile=true", "trainer.compile_mode=reduce-overhead"],
      "trainer.cuda_graphs=true captures the step itself; .* not reduce-overhead"),
@@ -581,10 +647,6 @@ def test_a_model_this_machine_cannot_hold_is_refused_at_the_start(
      "basis.coefficient_update_every=2 changes which parameters train between steps"),
 ])
 def test_cuda_graphs_refuse_what_a_captured_step_cannot_replay(compose_cfg, overrides, message):
-    validate(compose_cfg("trainer.cuda_graphs=true"))
-    validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true"))
-    # a graphing compile mode is no conflict while nothing is compiled
-    validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile_mode=reduce-overhead"))
     with pytest.raises(ConfigError, match=message) as err:
         validate(compose_cfg("trainer.cuda_graphs=true", *overrides))
     assert "\n" not in str(err.value)
@@ -887,6 +949,10 @@ def test_the_layer_names_a_policy_reads_are_checked_with_the_config(compose_cfg,
     builds its model); a policy that reads no names is not judged by them."""
     with pytest.raises(ConfigError, match=message):
         validate(compose_cfg("model=resnet20", *overrides))
+
+
+def test_a_policy_that_reads_no_layer_names_is_not_judged_by_them(compose_cfg):
+    """(Of the test above, once rather than in each of its cases.)"""
     validate(compose_cfg("model=resnet20", "selection=all", "sensitivity.layers=[layer9.*]"))
 
 
@@ -999,6 +1065,12 @@ def test_a_held_out_part_the_training_images_cannot_give_is_refused_with_the_con
         validate(compose_cfg(*overrides, f"selection={policy}"))
     if "data=stripes" not in overrides:  # (a generated count is known either way)
         validate_estimate(compose_cfg(*overrides, "data.verify_md5=false"))
+
+
+def test_a_held_out_part_the_training_images_can_give_is_taken(compose_cfg):
+    """(The size the cases above are refused beside, checked once rather than in each.)"""
+    from basisconv.config_checks import validate_estimate
+
     validate_estimate(compose_cfg("data=stripes", "sensitivity.val_size=100"))
 
 
@@ -1197,11 +1269,16 @@ def test_keys_added_with_plus_that_nothing_reads_are_refused(compose_cfg, overri
 
 
 @pytest.mark.parametrize("data", ["cifar10", "stripes"])
+def test_the_datasets_own_class_count_passes(compose_cfg, data):
+    """(The count the test below asks for, checked once for each data option.)"""
+    validate(compose_cfg(f"data={data}", "data.num_classes=10"))
+
+
+@pytest.mark.parametrize("data", ["cifar10", "stripes"])
 @pytest.mark.parametrize("classes", [5, 0, 100])
 def test_num_classes_must_be_the_datasets_class_count(compose_cfg, data, classes):
     """Fewer classes than the labels once ended in an IndexError trace from the loss, 0 in
     a ValueError trace from the model registry, and more trained a too-wide head silently."""
-    validate(compose_cfg(f"data={data}", "data.num_classes=10"))
     with pytest.raises(ConfigError, match=rf"^data.num_classes={classes}, but data={data} has "
                                           rf"10 classes; drop the override "
                                           rf"\(data.num_classes=10\)$"):
@@ -1256,6 +1333,10 @@ def test_cifar_subsets_and_a_batch_beyond_the_known_training_images_fail_validat
         validate(compose_cfg(*overrides, "selection=none"))
     if "data=stripes" not in overrides:
         validate(compose_cfg(*overrides, "selection=none", "data.verify_md5=false"))
+
+
+def test_cifar_subsets_and_a_batch_at_the_known_training_images_pass(compose_cfg):
+    """(The edges of the cases above, checked once rather than in each of them.)"""
     validate(compose_cfg("data.train_subset=50000", "data.test_subset=10000",
                          "trainer.batch_size=50000", "selection=none"))
     validate(compose_cfg("data.train_subset=128", "selection=none"))

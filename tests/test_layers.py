@@ -10,8 +10,8 @@ import torch.nn as nn
 
 from basisconv.cost import saves_compute
 from basisconv.errors import ConfigError
-from basisconv.fitting import (best_rank_weight, fit_coefficients, relative_error, select_basis,
-                               smallest_basis)
+from basisconv.fitting import (basis_filters, best_rank_weight, fit_coefficients,
+                               relative_error, select_basis, smallest_basis)
 from basisconv.layers import BasisConv2d, coefficient_l1, resolve_num_basis
 
 # (in, out, kernel, stride, padding, dilation, bias)
@@ -169,6 +169,16 @@ def test_the_picks_past_a_layers_rank_are_distinct_filters():
     picked, errors = select_basis(weight, 4)
     assert picked[0] == 2 and sorted(picked.tolist()) == [0, 1, 2, 3]
     assert errors.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("shape, m", [((64, 16, 3, 3), 20), ((8, 3, 1, 1), 8), ((4, 2, 3, 3), 4)])
+def test_a_conversions_picks_are_the_basis_selections_without_its_error_curve(shape, m):
+    """``from_conv`` reads :func:`basis_filters` (the error curve a third of the fit's
+    time, unread there): the same filters, in the same order, as :func:`select_basis`,
+    also past a layer's rank (the 8x3 filters: rank 3)."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(shape, generator=generator)
+    assert torch.equal(basis_filters(weight, m), select_basis(weight, m)[0])
 
 
 def test_an_all_zero_layer_is_fitted_by_one_filter_with_no_error():

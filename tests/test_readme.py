@@ -301,12 +301,15 @@ def test_every_training_command_in_the_readme_composes_and_validates(repo):
 
     commands = documented_commands(repo)
     assert len(commands) >= 10, commands  # (the extraction still finds them)
+    jobs = {}  # each distinct job once (the pages give some commands twice), in page order
+    for script, args in commands:
+        args = [re.sub(r"<[\w-]+>", "placeholder", a) for a in args
+                if a != "-m" and not a.startswith(("hydra.", "hydra/"))]
+        jobs.update(dict.fromkeys((SCRIPT_CONFIGS[script], tuple(job))
+                                  for job in sweep_jobs(args)))
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
-        for script, args in commands:
-            args = [re.sub(r"<[\w-]+>", "placeholder", a) for a in args
-                    if a != "-m" and not a.startswith(("hydra.", "hydra/"))]
-            for job in sweep_jobs(args):
-                validate(compose(SCRIPT_CONFIGS[script], job))
+        for config, job in jobs:
+            validate(compose(config, list(job)))
 
 
 def test_every_override_the_readme_names_is_a_key_or_option_of_the_configs(repo):

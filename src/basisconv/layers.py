@@ -56,7 +56,7 @@ from torch.nn.utils import skip_init
 
 from .counts import count_or_fraction_problem, is_int, is_number, share_of
 from .errors import ConfigError, warn_caller
-from .fitting import best_rank_weight, fit_coefficients, relative_error, select_basis
+from .fitting import basis_filters, best_rank_weight, fit_coefficients, relative_error
 from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
                       channels_last, combination_rows, fused_forward, materialized_weight,
                       split_forward, stacked_forward, without_autocast)
@@ -277,9 +277,9 @@ class BasisConv2d(nn.Module):
         """Convert a (trained) ``nn.Conv2d`` into a basis layer with the same outputs.
 
         ``fit="pivots"`` (default): the basis filters are the conv's own filters, picked by
-        :func:`select_basis`, and the coefficients the least-squares fit of the other
-        filters: the smallest weight error *for those basis filters*, not the smallest a
-        basis layer of this size can have (typically 1.1-1.3x the Eckart-Young bound).
+        :func:`~basisconv.fitting.select_basis`, and the coefficients the least-squares fit
+        of the other filters: the smallest weight error *for those basis filters*, not the
+        smallest a basis layer of this size can have (typically 1.1-1.3x the Eckart-Young bound).
         ``fit="svd"``: the layer computes the best rank-``m`` approximation of the weight
         (truncated SVD, the smallest Frobenius error any basis layer of size ``m`` has):
         its basis filters are that approximation's rows at the pivots, so they are the
@@ -322,7 +322,7 @@ class BasisConv2d(nn.Module):
         flat = weight.reshape(c_out, -1)
         # the rows the basis is taken from: the conv's own, or its best rank-m weight's
         target = flat if fit == "pivots" else best_rank_weight(flat, m)
-        picked, _ = select_basis(target, m)
+        picked = basis_filters(target, m)
         unpicked = torch.ones(c_out, dtype=torch.bool, device=picked.device)
         unpicked[picked] = False
         rest = torch.nonzero(unpicked).flatten()  # the other filters, in conv order
