@@ -574,6 +574,26 @@ def test_every_range_rule_fails_validation_with_one_clear_line(compose_cfg):
     validate(cfg)
 
 
+def test_a_subset_is_refused_in_the_words_of_the_count_or_fraction_rule(compose_cfg):
+    """The config check's side of the rule it shares with the basis layer (test_layers.py's
+    test_one_count_or_fraction_rule_for_basis_sizes_and_subsets): each kind of value the
+    rule refuses is refused by ``validate`` in the rule's own words, after the key, and
+    the counts and fractions it takes are valid subsets."""
+    from basisconv.counts import count_or_fraction_problem
+
+    base = compose_cfg()
+    for value in (0, -2, 0.0, 1.5, float("nan"), True, "half", 5000, 0.25):
+        cfg = base.copy()
+        OmegaConf.update(cfg, "data.train_subset", value, merge=False)
+        problem = count_or_fraction_problem(value)
+        if problem is None:
+            validate(cfg)
+            continue
+        with pytest.raises(ConfigError, match=rf"^data.train_subset={re.escape(repr(value))} "
+                                              rf"{re.escape(problem)}; use null \(all\)"):
+            validate(cfg)
+
+
 # The edge of each closed range, which validation must let through (a bound written `<`
 # for `<=` refused a valid config, and only the refusals were tested).
 BOUNDARY_VALUES = [
@@ -1871,7 +1891,14 @@ def test_overrides_on_both_sides_of_a_flag_are_read_in_their_order():
 
 @pytest.mark.parametrize("line, said", [
     (["--cfg", "jbo"], "error: argument --cfg/-c: invalid choice: 'jbo' (choose from 'job'"),
-    (["--no-such-flag", "profile=smoke"], "error: unrecognized arguments: --no-such-flag")])
+    (["--no-such-flag", "profile=smoke"], "error: unrecognized arguments: --no-such-flag"),
+    # found in review: an override after --info was read as what to show, and the line
+    # said the choices but not why an override was taken for one
+    (["--info", "seed=0"], "error: argument --info/-i: invalid choice: 'seed=0' (choose from "
+                           "'all', 'config', 'defaults', 'defaults-tree', 'plugins', "
+                           "'searchpath'); --info reads the word after it as what to show: "
+                           "put the overrides first (seed=0 --info), or name what to show "
+                           "(--info all seed=0)\n")])
 def test_a_flag_refused_by_the_parser_is_one_line(tmp_path, repo, line, said, script_starts):
     """Found in the sensitivity/cli review: a flag the parser refuses (a misspelt
     ``--cfg`` value, an unknown flag) was argparse's usage, eight lines, then its error."""

@@ -502,6 +502,18 @@ def test_random_flip_flips_about_half():
     assert 150 < mirrored.sum() < 250
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_random_flip_mirrors_the_images_its_seeded_draw_chooses(memory_format):
+    """Which images a seed flips is pinned (one uniform draw per image, below 1/2 flips),
+    so that a faster way to flip them keeps a seeded run's augmentation bit for bit."""
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8).contiguous(
+        memory_format=memory_format)
+    chosen = torch.rand(64, generator=torch.Generator().manual_seed(3)) < 0.5
+    flipped = random_flip(images, torch.Generator().manual_seed(3))
+    assert torch.equal(flipped, torch.where(chosen[:, None, None, None], images.flip(-1), images))
+    assert flipped.dtype == images.dtype and flipped.shape == images.shape
+
+
 def test_training_batches_flip_as_configured_and_evaluation_batches_never():
     """``data.flip`` reaches the batches: with it about half the training images come
     mirrored, without it and in evaluation none. (Each image's label is its index, so a

@@ -677,6 +677,12 @@ def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
     ("sensitivity.py", "data=nope", "data=nope: there is no such data config; choose one of "
                                     "cifar10, stripes"),
     ("exhaustive_search.py", "seed=x", "seed=x: Value 'x' of type 'str' could not be"),
+    # found in review: Hydra's "Cannot find primary config 'nope'" named the search path,
+    # not the configs in it (nor Hydra's own schemas, which are no config to choose)
+    ("train.py", "--config-name=nope", r"--config-name nope: there is no such config; choose "
+                                       r"one of search, sensitivity, train, or leave "
+                                       r"--config-name out for the script's own \(BASISCONV"),
+    ("analyze.py", "-cn=nope", r"--config-name nope: .*; choose one of analyze, or leave"),
     ("analyze.py", "profilez=3", r"profilez is not a config key \(did you mean profile\?\); "
                                  r"valid keys here: profile, "),
     # found in review: a key deleted with ~ was "Interpolation key 'seed' not found (in

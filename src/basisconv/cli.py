@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -414,8 +415,20 @@ def args_parser_intermixed() -> argparse.ArgumentParser:
     (``--cfg jbo``, an unknown flag) is one line too, not the usage before it."""
     parser = hydra_args_parser()
     parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
-    parser.error = exit_refused  # type: ignore[method-assign]
+    parser.error = refuse_argument  # type: ignore[method-assign]
     return parser
+
+
+def refuse_argument(message: str) -> NoReturn:
+    """argparse's refusal of a command line, in one line. An override read as ``--info``'s
+    value (``--info seed=0``: the word after --info, if any, is what to show) is said to
+    go before --info: argparse named the choices, not why an override was one."""
+    misread = re.match(r"argument --info/-i: invalid choice: '([^']*=[^']*)'", message)
+    if misread:
+        message += (f"; --info reads the word after it as what to show: put the overrides "
+                    f"first ({misread[1]} --info), or name what to show (--info all "
+                    f"{misread[1]})")
+    exit_refused(message)
 
 
 def run_hydra(*args, **kwargs) -> Any:

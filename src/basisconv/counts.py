@@ -12,8 +12,12 @@ from fractions import Fraction
 def share_of(total: int, fraction: float) -> int:
     """``fraction`` of ``total``, rounded half up at the decimal the user wrote (0.7 of 45
     is 31.5, so 32, where its binary float would give 31.499...). The one rounding rule of
-    every count given as a fraction: basis sizes, model widths, data subsets."""
-    return math.floor(Fraction(repr(float(fraction))) * total + Fraction(1, 2))
+    every count given as a fraction: basis sizes, model widths, data subsets. A real
+    number's ``str``, not ``repr(float(...))``: a numpy float's decimal is its shortest at
+    its own precision (np.float32(0.7) is "0.7"; as a Python float, 0.699999988...);
+    anything else float() takes (a 0-d tensor) as the float it gives."""
+    written = str(fraction) if is_number(fraction) else repr(float(fraction))
+    return math.floor(Fraction(written) * total + Fraction(1, 2))
 
 
 def count_of(total: int, size: int | float) -> int:

@@ -1,7 +1,8 @@
 """Hydra's and OmegaConf's errors as one line that names the key or option and the fix:
 an unknown key (and where a key of that name is), a value of the wrong type, a config
-group given a value, an override Hydra cannot parse, a broken ``${...}``. Hydra's own
-reports are several lines and a stack trace, often naming none of these."""
+group given a value, an override Hydra cannot parse, a broken ``${...}``, a
+``--config-name`` no config folder holds. Hydra's own reports are several lines and a
+stack trace, often naming none of these."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.object_type import ObjectType
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
@@ -76,6 +79,8 @@ def hydra_error_line(ex: Exception) -> str:
         group, _, name = ex.missing_cfg_file.rpartition("/")
         return (f"{group}={name}: there is no such {group} config; choose one of "
                 f"{', '.join(ex.options)}")
+    if isinstance(ex, MissingConfigException) and str(ex).startswith("Cannot find primary"):
+        return missing_primary_line(ex.missing_cfg_file)
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
         node = cause.full_key.rpartition(".")[0]
         parent = getattr(cause, "parent_node", None)
@@ -141,6 +146,19 @@ def hydra_error_line(ex: Exception) -> str:
     noise = ("full_key:", "reference_type=", "object_type=", "Set the environment variable")
     kept = [line for line in lines if line and not line.startswith(noise)]
     return "; ".join(kept) or type(ex).__name__
+
+
+def missing_primary_line(name: str) -> str:
+    """One line for ``--config-name <name>`` that no config folder holds: Hydra's message
+    named the config search path, not the configs in it (found in review)."""
+    # the config folders' files alone: not the schemas (train_schema) nor Hydra's own
+    sources = GlobalHydra.instance().config_loader().get_sources() if (
+        GlobalHydra.instance().is_initialized()) else []
+    names = sorted({config for source in sources if source.scheme() == "file"
+                    and source.available() for config in source.list("", ObjectType.CONFIG)})
+    choices = f"choose one of {', '.join(names)}, or " if names else ""
+    return (f"--config-name {name}: there is no such config; {choices}leave --config-name "
+            f"out for the script's own")
 
 
 def added_group_line(group: str, option: str) -> str:

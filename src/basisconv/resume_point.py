@@ -88,7 +88,7 @@ def says_complete(path: Path) -> bool:
     """Whether the run record at ``path`` is there, readable and complete."""
     try:
         return read_record(path).get("status") == "complete"
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):  # (read_record's two: a JSON list too is a ValueError)
         return False
 
 
