@@ -30,6 +30,10 @@ from interruption import fit_stopped_before, wait_for
 
 TINY = ["data=stripes", "data.synthetic_train=400", "data.synthetic_test=100",
         "model=resnet20", "model.width=0.25", "trainer.batch_size=50", "trainer.progress=false"]
+# For a run none of whose checks depends on its scale (how many steps, what it learns): an
+# epoch of 2 steps, not 8 (an epoch of a tiny run here: about 1.6 s, not 3 s, on a loaded
+# 2-core VM); TINY's 400 images stay where a count of steps is checked
+FEW_IMAGES = "data.synthetic_train=100"
 
 
 def train_line(*overrides):
@@ -64,7 +68,7 @@ def read_record(folder):
 
 def test_train_script_writes_run_record_and_offline_wandb_run(tmp_path, repo):
     out = tmp_path / "run"
-    run(repo, tmp_path, "trainer.epochs=2", f"hydra.run.dir={out}", "name=e2e",
+    run(repo, tmp_path, "trainer.epochs=2", FEW_IMAGES, f"hydra.run.dir={out}", "name=e2e",
         "logger.tags=[smoke,baseline]", wandb_mode="offline")
     record = read_record(out)
     assert record["status"] == "complete"
@@ -94,7 +98,7 @@ def test_basis_size_sweep_gives_one_record_per_value(tmp_path, repo, script_star
     sweep, extra = tmp_path / "sweep", tmp_path / "my configs"
     extra.mkdir()
     run(repo, tmp_path, "-m", f"--config-dir={extra}", "selection=all", "basis.size=0.25,0.5",
-        "trainer.epochs=1", f"hydra.sweep.dir={sweep}", starts=script_starts)
+        "trainer.epochs=1", FEW_IMAGES, f"hydra.sweep.dir={sweep}", starts=script_starts)
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
     assert [r["config"]["basis"]["size"] for r in records] == [0.25, 0.5]
     assert all(r["status"] == "complete" for r in records)
@@ -123,7 +127,7 @@ def test_a_sweep_whose_jobs_are_named_apart_leaves_no_folder_of_a_run_it_did_not
     With BASISCONV_DEBUG=1 (Hydra's own reporter) the folder stayed (found in review)."""
     monkeypatch.setenv("BASISCONV_DEBUG", debug)
     run(repo, tmp_path, "-m", "experiment=basis_all", "basis.size=0.125,0.25",
-        "trainer.epochs=1", "data.synthetic_train=100", starts=script_starts)
+        "trainer.epochs=1", FEW_IMAGES, starts=script_starts)
     assert sorted(p.name for p in (tmp_path / "multirun").iterdir()) == [
         "resnet20-basis-all-0.125", "resnet20-basis-all-0.25"]
 
@@ -245,7 +249,8 @@ def test_a_sweep_run_again_extended_skips_its_finished_jobs(tmp_path, repo, scri
     # each job's folder is named by its own overrides, not its number: the job
     # selection.count=2 is #0 of the first sweep and #1 of the second, and is found again
     sweep = tmp_path / "sweep"
-    common = ["-m", "selection=first_k", "trainer.epochs=1", f"hydra.sweep.dir={sweep}"]
+    common = ["-m", "selection=first_k", "trainer.epochs=1", FEW_IMAGES,
+              f"hydra.sweep.dir={sweep}"]
     run(repo, tmp_path, *common, "selection.count=2", starts=script_starts)
     again = run(repo, tmp_path, *common, "selection.count=3,2", starts=script_starts)
     assert (again.stdout + again.stderr).count("already complete; not training again") == 1
@@ -381,7 +386,7 @@ def test_sweep_jobs_that_publish_to_their_own_files_run(tmp_path, repo, script_s
     runs, each job publishing its own record (found at stop 72: the check of the sweep's
     unread keys, added after the publish check, was handed the publish count, a trace)."""
     sweep, runs = tmp_path / "sweep", tmp_path / "runs"
-    run(repo, tmp_path, "-m", *TINY[:3], "trainer.epochs=1", "seed=0,1",
+    run(repo, tmp_path, "-m", *TINY[:3], "trainer.epochs=1", FEW_IMAGES, "seed=0,1",
         f"publish={runs}/seed${{seed}}.json", f"hydra.sweep.dir={sweep}", starts=script_starts)
     assert sorted(p.name for p in runs.glob("*.json")) == ["seed0.json", "seed1.json"]
 
@@ -390,7 +395,7 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo, sc
     # lr=1e6 diverges in its first epoch: a failure no check of the config can foresee (a
     # count above the candidates, used here before, is now refused before any job runs)
     sweep = tmp_path / "sweep"
-    lines = sweep_failing(script_starts, repo, tmp_path, "trainer.lr=1e6,0.1",
+    lines = sweep_failing(script_starts, repo, tmp_path, "trainer.lr=1e6,0.1", FEW_IMAGES,
                           f"hydra.sweep.dir={sweep}", "trainer.resume=false")
     records = [json.loads(p.read_text()) for p in sweep.glob("*/run.json")]
     assert [r["config"]["trainer"]["lr"] for r in records] == [0.1]
@@ -411,7 +416,8 @@ def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tm
     # The sensitivity_budget job fails as its estimate loads the source checkpoint (not one)
     (tmp_path / "dense.pt").write_text("not a checkpoint")
     sweep = ["experiment=basis_selected", "selection=sensitivity_budget,all",
-             f"sensitivity.source_checkpoint={tmp_path / 'dense.pt'}", "sensitivity.val_size=50"]
+             f"sensitivity.source_checkpoint={tmp_path / 'dense.pt'}", "sensitivity.val_size=50",
+             FEW_IMAGES]
     lines = sweep_failing(script_starts, repo, tmp_path, *sweep)
     assert any("dense.pt is not a checkpoint.pt" in line for line in lines), lines
     override = lines[-1].split("run the same command with ")[1].split(": finished jobs")[0]
@@ -431,7 +437,7 @@ def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tm
 @pytest.mark.slow
 @pytest.mark.device
 def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):
-    settings = ["trainer.epochs=4", "data.synthetic_train=1000", "trainer.deterministic=true",
+    settings = ["trainer.epochs=4", "trainer.deterministic=true",
                 "trainer.threads=1", f"trainer.device={device}"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     # the uninterrupted reference trains beside the interrupted run (one thread each,
@@ -653,7 +659,7 @@ def test_basis_run_records_its_layers_and_costs(tmp_path, repo):
 def test_dense_warmup_converts_and_resumes_in_basis_form(tmp_path, repo, device):
     overrides = ["experiment=basis_warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=3",
                  "trainer.deterministic=true", "basis.coefficient_update_every=2",
-                 "basis.coefficient_l1=1e-4", f"trainer.device={device}"]
+                 "basis.coefficient_l1=1e-4", f"trainer.device={device}", FEW_IMAGES]
     straight = fit(compose_tiny(repo, *overrides), tmp_path / "straight")
     assert len(straight["model"]["basis_layers"]) == 19
     errors = [row["reconstruction_error"] for row in straight["model"]["basis_report"]]
@@ -742,16 +748,17 @@ def test_a_warm_up_run_counts_its_fused_norm_model_as_in_training(tmp_path, repo
 
 
 def test_convert_from_a_trained_checkpoint(tmp_path, repo):
-    fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path / "baseline")
+    fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES), tmp_path / "baseline")
     source = tmp_path / "baseline" / "checkpoint.pt"
-    record = fit(compose_tiny(repo, "trainer.epochs=1", "selection=all", "basis=convert",
-                              f"basis.source_checkpoint={source}", "basis.size=0.5"),
+    record = fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES, "selection=all",
+                              "basis=convert", f"basis.source_checkpoint={source}",
+                              "basis.size=0.5"),
                  tmp_path / "converted")
     errors = [row["reconstruction_error"] for row in record["model"]["basis_report"]]
     assert errors and all(0 < e < 1 for e in errors)
     # Found by audit: a resume read the source checkpoint again (to fit layers that the
     # run's own checkpoint then overwrote), so with the source gone it could not go on
-    overrides = ("trainer.epochs=2", "selection=all", "basis=convert",
+    overrides = ("trainer.epochs=2", FEW_IMAGES, "selection=all", "basis=convert",
                  f"basis.source_checkpoint={source}", "basis.size=0.5")
     fit_stopped_before(2, compose_tiny(repo, *overrides), tmp_path / "resumed")
     source.unlink()
@@ -768,9 +775,9 @@ def test_a_sweep_run_again_in_its_folder_needs_no_source_checkpoint(
     """Found in review: the sweep's check that a source checkpoint is a file refused a
     sweep run again in its folders once the baseline's checkpoint was removed, though each
     job resumes (or is complete) from its own checkpoint and reads no source (as above)."""
-    fit(compose_tiny(repo, "trainer.epochs=1"), tmp_path / "baseline")
+    fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES), tmp_path / "baseline")
     source = tmp_path / "baseline" / "checkpoint.pt"
-    sweep = ("-m", "trainer.epochs=1", "selection=all", "basis=convert",
+    sweep = ("-m", "trainer.epochs=1", FEW_IMAGES, "selection=all", "basis=convert",
              f"basis.source_checkpoint={source}", "seed=0", f"hydra.sweep.dir={tmp_path / 's'}")
     run(repo, tmp_path, *sweep, starts=script_starts)
     source.unlink()
@@ -1113,7 +1120,8 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
     env = {**os.environ, "WANDB_MODE": "disabled"}
     # A shell without job control starts background commands (`cmd &`, CI runners) with
     # SIGINT ignored, and a child inherits that; the run must see the default disposition.
-    process = subprocess.Popen(train_command(repo, "trainer.epochs=50", f"hydra.run.dir={out}"),
+    process = subprocess.Popen(train_command(repo, "trainer.epochs=50", FEW_IMAGES,
+                                             f"hydra.run.dir={out}"),
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -1139,13 +1147,14 @@ def test_a_signal_stops_a_run_with_one_line_that_says_how_to_resume(tmp_path, re
 
 def test_a_refused_start_changes_nothing_in_the_run_folder(tmp_path, repo, script_starts):
     out = tmp_path / "run"
-    run(repo, tmp_path, "trainer.epochs=1", f"hydra.run.dir={out}", starts=script_starts)
+    run(repo, tmp_path, "trainer.epochs=1", FEW_IMAGES, f"hydra.run.dir={out}",
+        starts=script_starts)
     files = ["config.yaml", "hydra.yaml", "overrides.yaml"]
     before = {name: (out / ".hydra" / name).read_bytes() for name in files}
     record = (out / "run.json").read_bytes()
     env = {**os.environ, "WANDB_MODE": "disabled"}
     result = script_starts.run(repo / "scripts" / "train.py",
-                               train_line("trainer.epochs=1", "trainer.lr=0.3",
+                               train_line("trainer.epochs=1", FEW_IMAGES, "trainer.lr=0.3",
                                           f"hydra.run.dir={out}"), cwd=tmp_path, env=env,
                                timeout=600)
     assert result.returncode == 2 and "differs in trainer.lr" in result.stderr
