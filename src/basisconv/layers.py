@@ -60,10 +60,9 @@ from .fitting import basis_filters, best_rank_weight, fit_coefficients, relative
 from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
                       channels_last, combination_rows, fused_forward, materialized_weight,
                       split_forward, stacked_forward, without_autocast)
-# (WEIGHT_HOOKS and check_max_error are not used here: re-exported, as they were defined here)
-from .source_conv import (WEIGHT_HOOKS, basis_size_for_error, check_convertible,  # noqa: F401
-                          check_finite_weight, check_fit, check_max_error, check_plain_options,
-                          parametrizations_in_eval, refresh_computed_weight, trains)
+from .source_conv import (basis_size_for_error, check_convertible, check_finite_weight,
+                          check_fit, check_plain_options, parametrizations_in_eval,
+                          refresh_computed_weight, trains)
 
 
 def check_basis_size(value, key: str = "num_basis") -> None:
