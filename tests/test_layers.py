@@ -405,6 +405,23 @@ def test_a_count_or_fraction_the_rule_accepts_is_that_count_or_that_share():
     assert count_of(10, torch.tensor(0.5)) == 5  # (float() takes a 0-d tensor: as its float)
 
 
+def test_a_numpy_fractions_share_does_not_depend_on_numpys_print_options():
+    """Found in review: the share of a numpy float was read from its ``str``, which numpy's
+    print options change (``legacy="1.13"``, set by older code for doctests, prints a
+    float64 at 12 digits, a float32 at 6, np.float16(0.7) as 0.700195): the same value's
+    share then depended on a setting about printing. Its shortest decimal at its own
+    precision is the same under any print options."""
+    from basisconv.counts import share_of
+
+    values = [np.float64(0.1234567890123456), np.float32(0.12345679), np.float16(0.7),
+              np.float32(0.7), 0.1234567890123456]
+    expected = [share_of(10**16, value) for value in values]
+    with np.printoptions(legacy="1.13", precision=3):  # (put back after the block)
+        assert [share_of(10**16, value) for value in values] == expected
+    assert expected[0] == expected[4] == 1234567890123456  # as the Python float's
+    assert share_of(45, np.float16(0.7)) == 32
+
+
 def test_coefficient_rank_is_bounded_by_the_combined_outputs_when_they_are_fewer():
     """The rank is at most ``min(C_out - m, m)``: with 8 outputs and 6 basis filters the
     product of the factors has only two rows, so rank 3 is refused (1..2), not stored as

@@ -439,6 +439,8 @@ def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tm
 def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):
     settings = ["trainer.epochs=4", "trainer.deterministic=true",
                 "trainer.threads=1", f"trainer.device={device}"]
+    if device.type == "cuda":  # (an epoch of the default 400 images may end before the kill)
+        settings.append("data.synthetic_train=1000")
     env = {**os.environ, "WANDB_MODE": "disabled"}
     # the uninterrupted reference trains beside the interrupted run (one thread each,
     # deterministic: the same numbers as alone, in less wall-clock time)

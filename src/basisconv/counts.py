@@ -6,17 +6,25 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from fractions import Fraction
 
 
 def share_of(total: int, fraction: float) -> int:
     """``fraction`` of ``total``, rounded half up at the decimal the user wrote (0.7 of 45
     is 31.5, so 32, where its binary float would give 31.499...). The one rounding rule of
-    every count given as a fraction: basis sizes, model widths, data subsets. A real
-    number's ``str``, not ``repr(float(...))``: a numpy float's decimal is its shortest at
-    its own precision (np.float32(0.7) is "0.7"; as a Python float, 0.699999988...);
-    anything else float() takes (a 0-d tensor) as the float it gives."""
-    written = str(fraction) if is_number(fraction) else repr(float(fraction))
+    every count given as a fraction: basis sizes, model widths, data subsets. A numpy
+    float's decimal is its shortest at its own precision (np.float32(0.7) is "0.7"; as a
+    Python float, 0.699999988...), written by numpy's formatter: its ``str`` follows the
+    print options (``legacy="1.13"``: 12 digits of a float64). Another real number's
+    ``str``; anything else float() takes (a 0-d tensor) as the float it gives."""
+    # (numpy as loaded, if it is: a numpy float needs it, and the record writers' python
+    # starts in scripts/reproduce.sh, which import this module, load none)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(fraction, numpy.floating):
+        written = numpy.format_float_positional(fraction, unique=True, trim="-")
+    else:
+        written = str(fraction) if is_number(fraction) else repr(float(fraction))
     return math.floor(Fraction(written) * total + Fraction(1, 2))
 
 
