@@ -20,11 +20,25 @@ from .config import TrainConfig
 OTHER_NAMES = {"basis.num_basis": "basis.size"}
 
 
+#: Each schema class's keys as :func:`schema_keys` made them: the same for a class every
+#: time, and making them (OmegaConf.structured) was a fifth of a config check.
+SCHEMA_KEYS: dict[type, dict] = {}
+
+
+def schema_keys(schema_class: type) -> dict:
+    """The nested keys (and defaults) of ``schema_class``, a structured config's dataclass,
+    as a plain dict, made once per class (:data:`SCHEMA_KEYS`); read, never changed."""
+    if schema_class not in SCHEMA_KEYS:
+        SCHEMA_KEYS[schema_class] = OmegaConf.to_container(OmegaConf.structured(schema_class),
+                                                           resolve=False)
+    return SCHEMA_KEYS[schema_class]
+
+
 def unknown_keys(cfg: DictConfig, schema_class: type = TrainConfig) -> list[str]:
     """The keys of ``cfg`` that its schema (``schema_class``) does not have (added with
     ``+key=value``, so nothing reads them), dotted, each with `` (did you mean <the closest
     key beside it>?)`` when one is close; Hydra's own ``hydra`` node is not the schema's."""
-    schema = OmegaConf.to_container(OmegaConf.structured(schema_class), resolve=False)
+    schema = schema_keys(schema_class)
     given = OmegaConf.to_container(cfg, resolve=False)
     unknown: list[str] = []
 

@@ -251,10 +251,11 @@ class BasisConv2d(nn.Module):
             number = is_number(filter_std) or isinstance(filter_std, torch.Tensor)
             if not (number and math.isfinite(filter_std) and filter_std >= 0):
                 raise ConfigError(f"filter_std must be a finite number >= 0, got {filter_std!r}")
+        if self.basis_weight.is_meta:  # shaped only (the config checks): no values to draw
+            # or copy, and torch's meta normal_ loaded torch._dynamo, a second of every start
+            return
         with torch.no_grad():
             self.output_index.copy_(torch.arange(self.out_channels))
-        if self.basis_weight.is_meta:  # shaped only (the config checks): no values to draw,
-            return  # and torch's meta normal_ loaded torch._dynamo, a second of every start
         if filter_std is None:
             nn.init.kaiming_normal_(self.basis_weight, mode="fan_in", nonlinearity="relu")
         else:
@@ -373,6 +374,8 @@ class BasisConv2d(nn.Module):
         drawn from a random generator (built on the ``meta`` device, then given memory),
         for a caller that sets every value next."""
         layer = cls.shaped_like(conv, num_basis, device="meta", **options)
+        if conv.weight.is_meta:  # (already where it belongs: a dry conversion's layer, whose
+            return layer  # to_empty, meta to meta, was a fifth of a config check's conversion)
         return layer.to_empty(device=conv.weight.device)
 
     def train_as(self, conv: nn.Conv2d) -> None:

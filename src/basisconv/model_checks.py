@@ -58,9 +58,11 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
     with held_back():  # (what a pattern skips or a basis leaves dense the run says itself)
         for layers, key in lists:
             select_layers(model, layers, key=key)
-        if candidates:  # (the candidate table converts them as the estimate's first step)
-            converted = convert_candidates(model, cfg.basis, lists[-1][0])
-            found = len(basis_layers(converted))
+        if candidates:  # (the candidate table converts them as the estimate's first step;
+            # in place: the model is read no more, as a policy with candidates converts no
+            # fixed layers below)
+            found = len(basis_layers(convert_candidates(model, cfg.basis, lists[-1][0],
+                                                        inplace=True)))
             check_some_candidate(found, cfg.basis.size)  # (else refused by the table)
             if policy in ORDERED_POLICIES:  # a count above the candidates was refused only
                 # as the layers were chosen: after the whole sensitivity estimate, or the
