@@ -1,6 +1,9 @@
 """BasisConv2d: exactness at full rank, conversion and its error, gradients, init, options."""
 
+import os
 import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -1014,3 +1017,29 @@ def test_a_forward_that_reads_a_basis_layers_weight_is_told_what_to_read_instead
     assert small.conv.bias is not None  # (other attributes as before)
     with pytest.raises(AttributeError, match=r"^'BasisConv2d' object has no attribute 'wieght'$"):
         small.conv.wieght
+
+
+def test_a_compiled_split_layer_in_nchw_trains_as_in_eager(repo):
+    """Found in review (a user's model, not the configs, which refuse this combination):
+    torch 2.13's Inductor miscompiles the split form's channel reorder along dim 1 of an
+    NCHW tensor, and the first compiled backward of ResNet-20 (or ResNet-8) in the split
+    form aborted the process (heap corruption, no error line). In a subprocess, as a crash
+    would take pytest with it."""
+    script = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "import torch, torch.nn.functional as F\n"
+        "from basisconv.models import build_model\n"
+        "from basisconv.surgery import apply_basis\n"
+        "torch.manual_seed(0)\n"
+        "model = apply_basis(build_model('resnet20', width=0.5), 'all', 0.5, combine='split')\n"
+        "x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))\n"
+        "F.cross_entropy(model(x), y).backward()\n"
+        "eager = [p.grad.clone() for p in model.parameters()]\n"
+        "model.zero_grad()\n"
+        "F.cross_entropy(torch.compile(model)(x), y).backward()\n"
+        "for p, g in zip(model.parameters(), eager):\n"
+        "    torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)\n")
+    env = dict(os.environ, PYTHONPATH=str(repo / "src"))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

@@ -458,13 +458,14 @@ def _check_step_settings(cfg: DictConfig) -> None:
     _check(not (t.cuda_graphs and t.compile and t.compile_mode in GRAPHING_COMPILE_MODES),
            f"trainer.cuda_graphs=true captures the step itself; with trainer.compile=true use "
            f"trainer.compile_mode=default or max-autotune-no-cudagraphs, not {t.compile_mode}")
-    # torch 2.13's Inductor miscompiles the split form's reorder (index_select) in NCHW: the
-    # first compiled backward corrupts the heap (free(): invalid next size), no error line
+    # torch 2.13's Inductor miscompiles the split form's reorder (index_select) in NCHW (the
+    # first compiled backward corrupted the heap, no error line), so compiled there the layer
+    # runs the stacked form (kernels.split_forward): a run asking for split would not be one
     _check(not (t.compile and cfg.basis.combine == "split" and not t.channels_last
                 and cfg.selection.policy != "none"),
            "basis.combine=split with trainer.compile=true in NCHW (trainer.channels_last=false) "
-           "crashes in torch's compiled backward; use trainer.channels_last=true (the default) "
-           "or basis.combine=stacked")
+           "runs the stacked form (torch's compiled backward of the split form crashes there); "
+           "use trainer.channels_last=true (the default) or basis.combine=stacked")
     _check(not (t.cuda_graphs and cfg.basis.coefficient_update_every > 1),
            f"trainer.cuda_graphs=true replays one fixed step, but "
            f"basis.coefficient_update_every={cfg.basis.coefficient_update_every} changes which "

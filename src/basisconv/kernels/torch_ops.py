@@ -46,6 +46,13 @@ def split_forward(x: torch.Tensor, basis_weight: torch.Tensor, coefficients: tor
         # next step ("Expected to have finished reduction in the prior iteration"). Tied to
         # the small basis weight, not the maps: an empty sum is exactly 0.
         basis_weight = basis_weight + coefficients.sum().to(basis_weight.dtype)
+    if torch.compiler.is_compiling() and not channels_last(x):
+        # torch 2.13's Inductor miscompiles the reorder below in NCHW: the first compiled
+        # backward of ResNet-8 or -20 with split layers aborted the process (heap
+        # corruption, found in review); compiled, the stacked form's one 1x1 conv runs
+        # instead (the same outputs, m*m more multiply-adds a pixel)
+        return stacked_forward(x, basis_weight, combination_rows(coefficients, output_index),
+                               bias, stride, padding, dilation)
     basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)
     if coefficients.shape[0]:
         combined = F.conv2d(basis_maps, coefficients[:, :, None, None])
