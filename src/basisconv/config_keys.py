@@ -8,6 +8,7 @@ only, through OmegaConf; :mod:`basisconv.hydra_errors` reads :data:`OTHER_NAMES`
 from __future__ import annotations
 
 import difflib
+import functools
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -20,18 +21,12 @@ from .config import TrainConfig
 OTHER_NAMES = {"basis.num_basis": "basis.size"}
 
 
-#: Each schema class's keys as :func:`schema_keys` made them: the same for a class every
-#: time, and making them (OmegaConf.structured) was a fifth of a config check.
-SCHEMA_KEYS: dict[type, dict] = {}
-
-
+@functools.cache
 def schema_keys(schema_class: type) -> dict:
     """The nested keys (and defaults) of ``schema_class``, a structured config's dataclass,
-    as a plain dict, made once per class (:data:`SCHEMA_KEYS`); read, never changed."""
-    if schema_class not in SCHEMA_KEYS:
-        SCHEMA_KEYS[schema_class] = OmegaConf.to_container(OmegaConf.structured(schema_class),
-                                                           resolve=False)
-    return SCHEMA_KEYS[schema_class]
+    as a plain dict; read, never changed. Made once per class: the same every time, and
+    making them (OmegaConf.structured) was a fifth of a config check."""
+    return OmegaConf.to_container(OmegaConf.structured(schema_class), resolve=False)
 
 
 def unknown_keys(cfg: DictConfig, schema_class: type = TrainConfig) -> list[str]:
