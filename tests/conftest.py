@@ -219,8 +219,8 @@ def _entry_point_state_restored():
 
 
 # What the package remembers for the rest of the process: warnings said once
-# (errors.SAID_ONCE, kernels.fused._WARNED, sensitivity.WARNED_MISSING), the tables being
-# estimated again (sensitivity.RECOMPUTING), the shapes whose kernel failed to compile
+# (errors.SAID_ONCE, kernels.fused._WARNED, sensitivity_cache.WARNED_MISSING), the tables
+# being estimated again (sensitivity.RECOMPUTING), the shapes whose kernel failed to compile
 # (fused._FAILED), combine="auto"'s timed choices (kernels.auto), a sweep's unused folders
 # (cli.unused_sweep_folders) and the colours a user's
 # policies and forms were given (analysis.figures, analysis.speed). A test that filled one left it so for
@@ -228,7 +228,8 @@ def _entry_point_state_restored():
 # whatever that path said, if an earlier test had said it first.
 _PROCESS_MEMORY = {"basisconv.errors": ("SAID_ONCE",),
                    "basisconv.cli": ("unused_sweep_folders",),
-                   "basisconv.sensitivity": ("WARNED_MISSING", "RECOMPUTING"),
+                   "basisconv.sensitivity": ("RECOMPUTING",),
+                   "basisconv.sensitivity_cache": ("WARNED_MISSING",),
                    "basisconv.kernels.fused": ("_WARNED", "_FAILED"),
                    "basisconv.kernels.auto": ("_CHOICES", "TIMINGS", "_LOOKED_UP"),
                    "basisconv.analysis.figures": ("_EXTRA_TAKEN",),

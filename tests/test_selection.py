@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import selection, sensitivity
+from basisconv import selection, sensitivity, sensitivity_cache
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.selection import pick_layers
@@ -789,7 +789,7 @@ def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_pa
             raise Stopped(signal.SIGTERM)
         monkeypatch.setattr(module, inner, stopped)
         with pytest.raises(Stopped, match=f"^the {what} stopped; its finished work is kept in "
-                                          f"{sensitivity.cache_dir(cfg)}, and the same "
+                                          f"{sensitivity_cache.cache_dir(cfg)}, and the same "
                                           f"command continues from it$") as err:
             run(cfg, tmp_path / what)
         assert err.value.signum == signal.SIGTERM
@@ -807,7 +807,7 @@ def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_pa
         monkeypatch.setattr(module, inner, died)
         with pytest.raises(WorkerFailed, match=f"^sensitivity.workers=2: a worker process "
                                                f"died; its finished work is kept in "
-                                               f"{sensitivity.cache_dir(cfg)}, and the same "
+                                               f"{sensitivity_cache.cache_dir(cfg)}, and the same "
                                                f"command continues from it$"):
             run(cfg, tmp_path / what)
 
@@ -823,18 +823,18 @@ def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, mon
     assert calls == [1] and not record["cache_hit"]
     assert record["noise"]["repeats"] == 3 and record["noise"]["accuracy_std"] >= 0
     assert table["layer"].tolist() == [f"layer3.{b}.conv{c}" for b in range(3) for c in (1, 2)]
-    assert set(sensitivity.COLUMNS) <= set(table.columns)
+    assert set(sensitivity_cache.COLUMNS) <= set(table.columns)
     again, record = sensitivity.sensitivity_table(cfg)
     assert calls == [1] and record["cache_hit"]  # reused, not recomputed
     # exactly the same numbers, estimated or read back: a selection must not depend on it
     pd.testing.assert_frame_equal(table, again, check_exact=True)
     # what does not shape the table keeps the key; what does changes it
-    assert sensitivity.cache_key(compose_sensitivity(
+    assert sensitivity_cache.cache_key(compose_sensitivity(
         repo, tmp_path, "sensitivity.layers=[layer3.*]", "logger=none", "trainer.progress=true",
-        "selection=random")) == sensitivity.cache_key(cfg)
+        "selection=random")) == sensitivity_cache.cache_key(cfg)
     changed = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]", "basis.size=0.25",
                                   f"trainer.device={device}")
-    assert sensitivity.cache_key(changed) != sensitivity.cache_key(cfg)
+    assert sensitivity_cache.cache_key(changed) != sensitivity_cache.cache_key(cfg)
     # from here on only whether a table is estimated again counts, not its numbers
     estimate = fake_estimate
     sensitivity.sensitivity_table(changed)
@@ -866,19 +866,19 @@ KEY_CHANGES = {"model.name": "resnet8", "model.width": 0.5, "basis.size": 0.25,
 
 def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)
-    key = sensitivity.cache_key(cfg)
+    key = sensitivity_cache.cache_key(cfg)
     for name, value in KEY_CHANGES.items():
         changed = cfg.copy()
         assert OmegaConf.select(changed, name) != value, name
         OmegaConf.update(changed, name, value, merge=False)
-        assert sensitivity.cache_key(changed) != key, name
+        assert sensitivity_cache.cache_key(changed) != key, name
 
 
 def test_unverified_data_is_keyed_by_its_folder_and_verified_cifar_is_not(repo, tmp_path):
     """Your own data in CIFAR format (data.verify_md5=false) in another folder is other
     data: its table must not be the one of another folder, or of the real CIFAR-10."""
     def key(*overrides):
-        return sensitivity.cache_key(compose_sensitivity(repo, tmp_path, "data=cifar10",
+        return sensitivity_cache.cache_key(compose_sensitivity(repo, tmp_path, "data=cifar10",
                                                          *overrides))
 
     mine, other = tmp_path / "mine", tmp_path / "other"
@@ -896,7 +896,7 @@ def test_a_source_checkpoint_is_keyed_by_its_content_not_its_path(repo, tmp_path
     source.parent.mkdir()
 
     def key(path):
-        return sensitivity.cache_key(compose_sensitivity(
+        return sensitivity_cache.cache_key(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={path}"))
 
     source.write_bytes(b"weights after epoch 1")
@@ -951,12 +951,12 @@ def test_a_source_checkpoint_that_cannot_be_read_is_one_line_naming_the_fix(
 
     def unreadable(path):
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(sensitivity, "file_digest", unreadable)
+    monkeypatch.setattr(sensitivity_cache, "file_digest", unreadable)
     said = (rf"sensitivity.source_checkpoint={source} cannot be read \(PermissionError: "
             rf"Permission denied\); point sensitivity.source_checkpoint at the checkpoint.pt "
             rf"of a trained dense run")
     with pytest.raises(ConfigError, match=rf"^{said}$"):
-        sensitivity.cache_key(compose_sensitivity(
+        sensitivity_cache.cache_key(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={source}"))
     with pytest.raises(SystemExit):
         check_overrides("smoke", [f"sensitivity.source_checkpoint={source}"])
@@ -965,17 +965,17 @@ def test_a_source_checkpoint_that_cannot_be_read_is_one_line_naming_the_fix(
 
     def failing(path):  # an OSError without an errno (said "OSError: None" before)
         raise OSError("the disk went away")
-    monkeypatch.setattr(sensitivity, "file_digest", failing)
+    monkeypatch.setattr(sensitivity_cache, "file_digest", failing)
     with pytest.raises(ConfigError, match=r"cannot be read \(OSError: the disk went away\); "):
-        sensitivity.cache_key(compose_sensitivity(
+        sensitivity_cache.cache_key(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={source}"))
 
 
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)
-    folder = sensitivity.cache_dir(cfg)
+    folder = sensitivity_cache.cache_dir(cfg)
     folder.mkdir(parents=True)
-    (folder / sensitivity.RECORD).write_text("{not json")
+    (folder / sensitivity_cache.RECORD).write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable.*sensitivity.recompute=true"):
         sensitivity.sensitivity_table(cfg)
 
@@ -999,19 +999,21 @@ def test_a_full_disk_at_the_cache_keeps_the_estimate_for_this_run(repo, tmp_path
 
     cfg = compose_sensitivity(repo, tmp_path)
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
-    real = sensitivity.write_json_atomic if failing == "record" else sensitivity.write_bytes_atomic
+    real = (sensitivity_cache.write_json_atomic if failing == "record"
+            else sensitivity_cache.write_bytes_atomic)
 
     def full(path, data):
-        raise sensitivity.WriteError.of(path, OSError(errno.ENOSPC, "No space left on device"))
+        raise sensitivity_cache.WriteError.of(path, OSError(errno.ENOSPC,
+                                                             "No space left on device"))
 
-    monkeypatch.setattr(sensitivity, real.__name__, full)
+    monkeypatch.setattr(sensitivity_cache, real.__name__, full)
     with caplog.at_level("WARNING", logger="basisconv"):
         table, record = sensitivity.sensitivity_table(cfg)
     assert table["layer"].tolist() == fake_estimate(cfg)[0]["layer"].tolist()
     assert not record["cache_hit"]
     assert "could not be cached" in caplog.text and "No space left" in caplog.text
-    assert sorted(p.name for p in sensitivity.cache_dir(cfg).iterdir()) == ["run.lock"]
-    monkeypatch.setattr(sensitivity, real.__name__, real)
+    assert sorted(p.name for p in sensitivity_cache.cache_dir(cfg).iterdir()) == ["run.lock"]
+    monkeypatch.setattr(sensitivity_cache, real.__name__, real)
     assert not sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # estimated again, cached
     assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
 
@@ -1026,7 +1028,7 @@ def test_a_run_names_the_table_that_chose_its_layers_though_it_could_not_be_cach
     monkeypatch.setattr(sensitivity, "sensitivity_table", lambda cfg: (
         table, {"table_sha256": "c" * 64, "cache_hit": False}))  # nothing in the cache
     layers, made_from = sensitivity.choose_layers_and_table(cfg)
-    assert layers and made_from == {"sensitivity_key": sensitivity.cache_key(cfg),
+    assert layers and made_from == {"sensitivity_key": sensitivity_cache.cache_key(cfg),
                                     "sensitivity_table": "c" * 64, "measured_time": None}
     assert sensitivity.choose_layers(cfg) == layers
     fixed = compose_sensitivity(repo, tmp_path / "cache", "selection=all")
@@ -1088,7 +1090,7 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     sensitivity.sensitivity_table(cfg)
     # with what the estimate kept, the search would only read its results back: it
     # pretrains and fine-tunes again here (a later search on this machine reuses them)
-    progress.clear(sensitivity.cache_dir(cfg))
+    progress.clear(sensitivity_cache.cache_dir(cfg))
     summary = exhaustive_search(cfg, tmp_path / "out")
     assert not summary["kept_pretraining"] and summary["kept_fine_tunes"] == 0
     draw_run(read_record(tmp_path / "out" / "run.json"), tmp_path / "out")
@@ -1121,12 +1123,12 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
 
 def fake_estimate(cfg):
     """A three-row table in the cache's shape, without training anything."""
-    rows = [{column: 0.0 for column in sensitivity.COLUMNS} for _ in range(3)]
+    rows = [{column: 0.0 for column in sensitivity_cache.COLUMNS} for _ in range(3)]
     for i, row in enumerate(rows):
         row.update(layer=f"layer3.{i}.conv1", position=i, shape="[4, 4, 3, 3]",
                    accuracy_drop=0.01 * i)
-    return pd.DataFrame(rows)[list(sensitivity.COLUMNS)], {"key": sensitivity.cache_key(cfg),
-                                                           "seconds": 1.0}
+    return pd.DataFrame(rows)[list(sensitivity_cache.COLUMNS)], {
+        "key": sensitivity_cache.cache_key(cfg), "seconds": 1.0}
 
 
 def fake_estimate_with_record(cfg):
@@ -1303,12 +1305,12 @@ def test_a_published_table_of_the_same_key_replaces_another_machines_own(repo, t
     monkeypatch.setattr(sensitivity, "estimate", other_machines_estimate)
     other = compose_sensitivity(repo, tmp_path / "cache-b")
     sensitivity.sensitivity_table(other)
-    assert sensitivity.load_cached(other)[1]["table_sha256"] != checksum
+    assert sensitivity_cache.load_cached(other)[1]["table_sha256"] != checksum
     other = compose_sensitivity(repo, tmp_path / "cache-b", f"sensitivity.restore_from={published}")
     with caplog.at_level(logging.WARNING, logger="basisconv"):
         table, record = sensitivity.sensitivity_table(other)
     assert list(table["accuracy_drop"]) == [0.0, 0.01, 0.02]
-    cached = sensitivity.load_cached(other)[1]["table_sha256"]
+    cached = sensitivity_cache.load_cached(other)[1]["table_sha256"]
     assert cached == checksum == record["table_sha256"]
     assert "differs from the one published at sensitivity.restore_from" in caplog.text
     caplog.clear()
@@ -1342,8 +1344,8 @@ def test_under_torchrun_a_published_record_refills_the_cache_and_nothing_is_esti
                                           r"estimate it first in one process.*torchrun job$"):
         sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-c"))
     # a missing published record: refused, and not first said to be "estimated here"
-    monkeypatch.setattr(sensitivity, "WARNED_MISSING", set())
-    with caplog.at_level("WARNING", logger="basisconv.sensitivity"):
+    monkeypatch.setattr(sensitivity_cache, "WARNED_MISSING", set())
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity_cache"):
         with pytest.raises(ConfigError, match=r"cache-d nor at sensitivity.restore_from; "):
             sensitivity.sensitivity_table(compose_sensitivity(
                 repo, tmp_path / "cache-d", f"sensitivity.restore_from={tmp_path / 'none.json'}"))
@@ -1362,7 +1364,7 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
     assert record["table_rows"] == 3 and len(record["table_sha256"]) == 64
     again, record = sensitivity.sensitivity_table(cfg)
     assert record["cache_hit"] and len(again) == 3
-    path = sensitivity.cache_dir(cfg) / sensitivity.TABLE
+    path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.TABLE
     good = path.read_text()
     path.write_text("".join(good.splitlines(keepends=True)[:-1]))  # a row lost
     with pytest.raises(ConfigError, match=rf"{path}.*damaged.*sensitivity.recompute=true") as err:
@@ -1376,7 +1378,7 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
         sensitivity.sensitivity_table(cfg)
     # written before records held a checksum: loads, logged as unverified
     path.write_text(good)
-    record_path = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+    record_path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
     old = json.loads(record_path.read_text())
     del old["table_sha256"], old["table_rows"]
     record_path.write_text(json.dumps(old))
@@ -1397,7 +1399,7 @@ def test_a_cached_tables_record_of_the_wrong_shape_is_one_error_naming_the_fix(
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
     cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none")
     sensitivity.run_sensitivity(cfg, tmp_path / "first")
-    path = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+    path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
     record = json.loads(path.read_text())
     if damage == "no-dense":
         del record["dense"]
@@ -1415,12 +1417,12 @@ def test_a_table_cached_with_other_noise_repeats_before_they_were_keyed_is_refus
     """A table cached with sensitivity.noise_repeats=4 before the setting joined the key has
     the key a run with the default 2 makes now: its noise yardstick is not that run's."""
     cfg = compose_sensitivity(repo, tmp_path)
-    assert cfg.sensitivity.noise_repeats == sensitivity.UNKEYED_NOISE_REPEATS
+    assert cfg.sensitivity.noise_repeats == sensitivity_cache.UNKEYED_NOISE_REPEATS
     monkeypatch.setattr(sensitivity, "estimate", lambda c: (fake_estimate(c)[0], {
         **fake_estimate(c)[1], "config": OmegaConf.to_container(c, resolve=True)}))
     sensitivity.sensitivity_table(cfg)
     assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # its own repeats: reused
-    record_path = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+    record_path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
     old = json.loads(record_path.read_text())
     old["config"]["sensitivity"]["noise_repeats"] = 4  # as cached before the key had it
     record_path.write_text(json.dumps(old))
@@ -1439,7 +1441,7 @@ def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_
     from basisconv.records import folder_lock
 
     cfg = compose_sensitivity(repo, tmp_path)
-    folder = sensitivity.cache_dir(cfg)
+    folder = sensitivity_cache.cache_dir(cfg)
     calls = []
     monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or fake_estimate(c))
     locked = threading.Event()
@@ -1449,9 +1451,9 @@ def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_
             locked.set()
             time.sleep(1)
             table, record = fake_estimate(cfg)
-            data = sensitivity.table_csv(table)
-            (folder / sensitivity.TABLE).write_bytes(data)
-            (folder / sensitivity.RECORD).write_text(json.dumps(
+            data = sensitivity_cache.table_csv(table)
+            (folder / sensitivity_cache.TABLE).write_bytes(data)
+            (folder / sensitivity_cache.RECORD).write_text(json.dumps(
                 {**record, "table_rows": 3, "table_sha256": hashlib.sha256(data).hexdigest()}))
 
     thread = threading.Thread(target=first_estimate)
@@ -1487,7 +1489,7 @@ def test_the_drops_own_noise_is_measured_when_asked_and_kept_like_every_fine_tun
     repeat's batch order; its first paired drop is the table's, the others are against
     the reference's repeats. Off (the default) the key and the record are as before."""
     plain = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]")
-    assert "drop_noise_layers" not in sensitivity.key_fields(plain)["sensitivity"]
+    assert "drop_noise_layers" not in sensitivity_cache.key_fields(plain)["sensitivity"]
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]",
                               "sensitivity.drop_noise_layers=1")
     table, record = sensitivity.estimate(cfg)
@@ -1577,7 +1579,7 @@ def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monk
     one = compose_sensitivity(repo, tmp_path / "a", "sensitivity.layers=[layer3.2.*]")
     two = compose_sensitivity(repo, tmp_path / "b", "sensitivity.layers=[layer3.2.*]",
                               "sensitivity.workers=2")
-    assert sensitivity.cache_key(one) == sensitivity.cache_key(two)
+    assert sensitivity_cache.cache_key(one) == sensitivity_cache.cache_key(two)
     table, record = sensitivity.estimate(one)
     parallel, parallel_record = sensitivity.estimate(two)
     same = [c for c in table.columns if c != "seconds"]
@@ -1625,7 +1627,7 @@ def test_a_stopped_estimate_resumes_from_what_it_kept_and_gives_the_same_table(
     computed = stop_at_fine_tune(monkeypatch, stop_at=4)
     with pytest.raises(KeyboardInterrupt):
         sensitivity.sensitivity_table(cfg)
-    assert sensitivity.load_cached(cfg) is None  # no table until every fine-tune is done
+    assert sensitivity_cache.load_cached(cfg) is None  # no table until every fine-tune is done
     train, dense_trained = sensitivity.Probe.train, []
     monkeypatch.setattr(sensitivity.Probe, "train", lambda self, model, *args: (
         dense_trained.append(model is self.dense) or train(self, model, *args)))
@@ -1635,8 +1637,9 @@ def test_a_stopped_estimate_resumes_from_what_it_kept_and_gives_the_same_table(
     assert computed == [["layer3.2.conv1"], ["layer3.2.conv2"]]  # the stopped one, the last
     assert record_resumed["resumed"] == {"pretraining": True, "fine_tunes": 3}
     same = [c for c in table.columns if c != "seconds"]
-    pd.testing.assert_frame_equal(sensitivity.table_from_csv(sensitivity.table_csv(table))[same],
-                                  resumed[same], check_exact=True)
+    pd.testing.assert_frame_equal(
+        sensitivity_cache.table_from_csv(sensitivity_cache.table_csv(table))[same],
+        resumed[same], check_exact=True)
     assert record_resumed["noise"] == record["noise"]
     assert record_resumed["pretrained"]["accuracy"] == record["pretrained"]["accuracy"]
     assert record_resumed["pretrained"]["seconds"] > 0  # the pretraining's, done before
@@ -1663,7 +1666,7 @@ def test_a_stopped_recompute_says_how_to_continue_and_does_not_fall_back_to_the_
     with pytest.raises(Stopped, match=r"and the same command with "
                                       r"sensitivity.recompute=false continues from it$"):
         sensitivity.run_sensitivity(again, tmp_path / "run")
-    assert sensitivity.load_cached(cfg) is None  # not the table the recompute replaces
+    assert sensitivity_cache.load_cached(cfg) is None  # not the table the recompute replaces
     computed.clear()
     table, record = sensitivity.sensitivity_table(cfg)
     assert computed == [["layer3.2.conv1"], ["layer3.2.conv2"]]  # only what was missing
@@ -1936,13 +1939,13 @@ def test_the_code_digest_follows_the_code_that_computes_not_the_analysis(tmp_pat
 def test_a_missing_restore_from_is_named_once_and_the_table_estimated(repo, tmp_path,
                                                                      monkeypatch, caplog):
     """A typo'd sensitivity.restore_from once estimated the whole table without a word."""
-    monkeypatch.setattr(sensitivity, "WARNED_MISSING", set(), raising=False)
+    monkeypatch.setattr(sensitivity_cache, "WARNED_MISSING", set(), raising=False)
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
     missing = tmp_path / "results" / "runs" / "sensitivty.json"
     cfg = compose_sensitivity(repo, tmp_path / "cache", f"sensitivity.restore_from={missing}")
-    with caplog.at_level("WARNING", logger="basisconv.sensitivity"):
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity_cache"):
         assert not sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
-        assert sensitivity.restore_published(cfg) is None
+        assert sensitivity_cache.restore_published(cfg) is None
     warned = [r.getMessage() for r in caplog.records if str(missing) in r.getMessage()]
     assert len(warned) == 1, warned
     assert warned[0].startswith(f"sensitivity: no published record at "
@@ -1958,16 +1961,16 @@ def test_a_missing_restore_from_is_named_once_also_when_the_cache_holds_the_tabl
     to publish, as the test above does."""
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
     sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache"))
-    monkeypatch.setattr(sensitivity, "WARNED_MISSING", set())
+    monkeypatch.setattr(sensitivity_cache, "WARNED_MISSING", set())
     missing = tmp_path / "results" / "runs" / "sensitivty.json"
     cfg = compose_sensitivity(repo, tmp_path / "cache", f"sensitivity.restore_from={missing}")
-    with caplog.at_level("WARNING", logger="basisconv.sensitivity"):
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity_cache"):
         assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
         assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
     warned = [r.getMessage() for r in caplog.records if str(missing) in r.getMessage()]
     assert warned == [f"sensitivity: no published record at sensitivity.restore_from={missing} "
-                      f"yet, so the table cached in {sensitivity.cache_dir(cfg)} is used (if you "
-                      f"meant an existing record, check the path)"]
+                      f"yet, so the table cached in {sensitivity_cache.cache_dir(cfg)} is used "
+                      f"(if you meant an existing record, check the path)"]
 
 
 @pytest.mark.parametrize("share", [False, True])
@@ -2086,7 +2089,7 @@ def test_a_table_pretrained_without_the_cosine_warm_up_is_not_reused(repo, tmp_p
     """Since the pretraining keeps trainer.warmup_fraction under a cosine schedule, a table
     cached before (pretrained without it) has another key; other schedules' keys stay."""
     def fields(*overrides):
-        return sensitivity.key_fields(compose_sensitivity(repo, tmp_path, *overrides))
+        return sensitivity_cache.key_fields(compose_sensitivity(repo, tmp_path, *overrides))
 
     assert fields("trainer.schedule=cosine", "trainer.warmup_fraction=0.3")["sensitivity"][
         "pretrain_warmup"] is True
@@ -2390,7 +2393,7 @@ def test_a_table_from_a_source_checkpoint_keeps_its_key_whatever_the_pretraining
     source.write_bytes(b"weights")
     for schedule in (("trainer.schedule=onecycle", "trainer.warmup_fraction=0"),
                      ("trainer.schedule=cosine", "trainer.warmup_fraction=0.3")):
-        fields = sensitivity.key_fields(compose_sensitivity(
+        fields = sensitivity_cache.key_fields(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={source}", *schedule))["sensitivity"]
         assert "onecycle_from_lr" not in fields and "pretrain_warmup" not in fields
 
@@ -2399,7 +2402,7 @@ def test_a_table_pretrained_for_no_epochs_keeps_its_key_whatever_the_schedule(re
     """The pretraining's schedule marks (its warm-up since 2f730ef) key only a dense model
     pretrained here: with sensitivity.pretrain_epochs=0 nothing is, and a mark there set
     aside the tables cached before it, to estimate them again (mutation review)."""
-    fields = sensitivity.key_fields(compose_sensitivity(
+    fields = sensitivity_cache.key_fields(compose_sensitivity(
         repo, tmp_path, "sensitivity.pretrain_epochs=0", "trainer.schedule=cosine",
         "trainer.warmup_fraction=0.3"))["sensitivity"]
     assert "pretrain_warmup" not in fields and "onecycle_from_lr" not in fields
@@ -2585,7 +2588,7 @@ def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, cap
 
     cfg = compose_sensitivity(repo, tmp_path)
     here = {"commit": "a" * 40, "dirty": False}
-    monkeypatch.setattr(sensitivity, "git_commit", lambda: here)
+    monkeypatch.setattr(sensitivity_cache, "git_commit", lambda: here)
     monkeypatch.setattr(sensitivity, "estimate", lambda c: (
         fake_estimate(c)[0], {**fake_estimate(c)[1], "provenance": {"git": dict(here)}}))
     sensitivity.sensitivity_table(cfg)
@@ -2605,7 +2608,7 @@ def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, cap
         # found in review: both dirty at one commit read "aaaaaaa-dirty (this code:
         # aaaaaaa-dirty)", as if the code were the same
         caplog.clear()
-        table_record = sensitivity.cache_dir(cfg) / sensitivity.RECORD
+        table_record = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
         saved = json.loads(table_record.read_text())
         saved["provenance"]["git"] = {"commit": "a" * 40, "dirty": True, "diff_sha256": "d" * 64}
         table_record.write_text(json.dumps(saved))
@@ -2655,23 +2658,25 @@ def test_a_reader_amid_a_recomputes_removal_of_the_table_waits_for_the_new_one(
     waits on the lock for the new one); a record whose table is missing stays damage."""
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]")
     sensitivity.sensitivity_table(cfg)
-    folder = sensitivity.cache_dir(cfg)
-    table, record = (folder / sensitivity.TABLE).read_bytes(), (folder / sensitivity.RECORD)
+    folder = sensitivity_cache.cache_dir(cfg)
+    table = (folder / sensitivity_cache.TABLE).read_bytes()
+    record = folder / sensitivity_cache.RECORD
 
     def recompute_removes_them(text):  # the other process, between the two reads
-        for name in (sensitivity.RECORD, sensitivity.TABLE):
+        for name in (sensitivity_cache.RECORD, sensitivity_cache.TABLE):
             (folder / name).unlink(missing_ok=True)
         return json.loads(text)
 
     saved = record.read_text()
-    monkeypatch.setattr(sensitivity, "json", types.SimpleNamespace(loads=recompute_removes_them))
-    assert sensitivity.load_cached(cfg) is None
+    monkeypatch.setattr(sensitivity_cache, "json",
+                        types.SimpleNamespace(loads=recompute_removes_them))
+    assert sensitivity_cache.load_cached(cfg) is None
     monkeypatch.undo()
     record.write_text(saved)  # a record without its table, left so: damaged, as before
     with pytest.raises(ConfigError, match="is unreadable"):
-        sensitivity.load_cached(cfg)
-    (folder / sensitivity.TABLE).write_bytes(table)
-    assert sensitivity.load_cached(cfg) is not None
+        sensitivity_cache.load_cached(cfg)
+    (folder / sensitivity_cache.TABLE).write_bytes(table)
+    assert sensitivity_cache.load_cached(cfg) is not None
 
 
 def test_a_reader_amid_another_process_replacing_the_table_reads_it_again_under_the_lock(
@@ -2687,19 +2692,20 @@ def test_a_reader_amid_another_process_replacing_the_table_reads_it_again_under_
     cfg = compose_sensitivity(repo, tmp_path)
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
     sensitivity.sensitivity_table(cfg)
-    folder = sensitivity.cache_dir(cfg)
-    data = sensitivity.table_csv(fake_estimate(cfg)[0].assign(accuracy_drop=[0.02, 0.01, 0.0]))
+    folder = sensitivity_cache.cache_dir(cfg)
+    data = sensitivity_cache.table_csv(
+        fake_estimate(cfg)[0].assign(accuracy_drop=[0.02, 0.01, 0.0]))
     loads, replaced = json.loads, []
 
     def another_process_replaces_them(text):  # between the reader's two reads, once
         if not replaced:
             replaced.append(True)
-            sensitivity.write_bytes_atomic(folder / sensitivity.TABLE, data)
-            sensitivity.write_json_atomic(folder / sensitivity.RECORD, {
+            sensitivity_cache.write_bytes_atomic(folder / sensitivity_cache.TABLE, data)
+            sensitivity_cache.write_json_atomic(folder / sensitivity_cache.RECORD, {
                 **loads(text), "table_sha256": hashlib.sha256(data).hexdigest()})
         return loads(text)
 
-    monkeypatch.setattr(sensitivity, "json",
+    monkeypatch.setattr(sensitivity_cache, "json",
                         types.SimpleNamespace(loads=another_process_replaces_them))
     table, record = sensitivity.sensitivity_table(cfg)
     assert replaced and record["cache_hit"]

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import distributed, selection, sensitivity, time_budget
+from basisconv import distributed, selection, sensitivity, sensitivity_cache, time_budget
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.train import fit
@@ -130,7 +130,8 @@ def test_the_timings_and_the_table_are_named_by_model_width_and_basis_size(repo,
     fields = time_budget.key_fields(cfg, ["layer1.0.conv1"])
     assert time_budget.cache_path(cfg, fields) == (
         tmp_path / "layer-times" / f"{name}{json_digest(fields)}.json")
-    assert sensitivity.cache_key(cfg) == f"{name}{json_digest(sensitivity.key_fields(cfg))}"
+    assert sensitivity_cache.cache_key(cfg) == (
+        f"{name}{json_digest(sensitivity_cache.key_fields(cfg))}")
 
 
 def measured_by_a_fake(monkeypatch) -> list:

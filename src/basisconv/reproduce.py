@@ -19,7 +19,7 @@ from .config_checks import validate, validate_estimate, validate_search
 from .data import find_cifar10
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import CONFIGS, config_groups_of, hydra_error_line
-from .sensitivity import cache_key
+from .sensitivity_cache import cache_key
 
 
 #: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's

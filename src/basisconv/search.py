@@ -27,8 +27,8 @@ from .probe import Probe, difference_std, evaluate_many
 from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
                       write_text_atomic)
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
-from .sensitivity import (cache_dir, candidate_table, check_estimate_record,
-                          say_the_work_is_kept, sensitivity_table)
+from .sensitivity import candidate_table, say_the_work_is_kept, sensitivity_table
+from .sensitivity_cache import cache_dir, check_estimate_record
 from .unread import SELECTION_KEY_SEARCH_READS
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,394 @@
+"""Where a sensitivity table is kept, and how a kept one is found, checked and trusted:
+the cache key (everything that changes a table), the cache folder, the table's CSV bytes,
+the checks a cached table and its record pass before a run chooses from it, and the
+published record (``sensitivity.restore_from``) that fills an empty cache on another
+machine.
+
+Apart from :mod:`basisconv.sensitivity`, which computes the table (the estimate) and uses
+it (choosing layers, ``scripts/sensitivity.py``): nothing here trains or estimates, and
+nothing here calls back into it; the exhaustive search and ``reproduce.sh``'s checks read
+the key and the cache from here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+from .data import expanded_root
+from .errors import ConfigError, WriteError, one_line
+from .network import architecture_digest
+from .records import (KIND_WORDS, commit_name, file_digest, git_commit, of_type, read_record,
+                      write_bytes_atomic, write_json_atomic)
+from .selection import TABLE_FLOAT_FORMAT
+from .time_budget import readable_key
+
+if TYPE_CHECKING:  # pandas (half a second) is imported where a table is read: a process
+    import pandas as pd  # that reads none (most training runs) starts without it
+
+log = logging.getLogger(__name__)
+
+TABLE = "sensitivity.csv"
+RECORD = "sensitivity.json"
+COLUMNS = ("layer", "position", "shape", "num_basis", "reconstruction_error",
+           "converted_accuracy", "accuracy", "loss", "accuracy_drop", "loss_increase",
+           "params_saved", "flops_saved", "forward_flops_saved", "seconds")
+
+
+# ----------------------------------------------------------------------------- cache key
+#: ``sensitivity.noise_repeats`` of every table cached before the setting joined the key
+#: (the configs' default): tables made with it keep their keys.
+UNKEYED_NOISE_REPEATS = 2
+
+
+def key_fields(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that changes a sensitivity table (and nothing that does not, such as
+    the root of md5-checked data, the logger or speed options).
+
+    Why it differs from the two other caches' keys: one table is reused on any machine,
+    so no hardware, device, threads or torch version, which the layer timings
+    (:func:`basisconv.time_budget.key_fields`) are made of and the kept work
+    (:func:`basisconv.progress.conditions`, a folder inside this key's) is kept under; no
+    ``basis.share_coefficients`` (a probe converts one layer, which has none to share) nor
+    ``basis.only_where_saves`` (the candidates are always the layers where a basis saves
+    compute, :func:`~basisconv.candidates.layer_savings`).
+
+    A setting (or a change of the code) that joined the key after tables were cached is
+    added only where it applies, so that the other keys stay valid: the key is kept byte
+    for byte, field order included."""
+    estimate = _estimate_fields(cfg)  # (before the data's: the error it may raise comes first)
+    return {
+        "model": _picked(cfg.model, ["name", "width"]),
+        "basis": _basis_fields(cfg),
+        "data": _data_fields(cfg),
+        "sensitivity": estimate,
+        "trainer": _picked(cfg.trainer, ["batch_size", "lr", "momentum", "nesterov",
+                                         "weight_decay", "schedule", "warmup_fraction",
+                                         "label_smoothing", "amp"]),
+        "seed": cfg.sensitivity.seed,
+    }
+
+
+def _picked(node: DictConfig, keys: list[str]) -> dict[str, Any]:
+    """The resolved values of ``keys`` in ``node``, in that order."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return {k: values[k] for k in keys}
+
+
+def _basis_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The basis layers a probe converts to, and how it counts what they save."""
+    basis = _picked(cfg.basis, ["size", "combine", "coefficient_rank"])
+    if cfg.basis.get("fuse_norm"):  # only when on, so that earlier keys stay valid
+        basis["fuse_norm"] = True
+    if cfg.basis.get("fit", "pivots") != "pivots":  # how each layer is fitted (likewise)
+        basis["fit"] = cfg.basis.fit
+    if cfg.basis.get("frobenius_decay"):  # the fine-tunes' weight decay (likewise)
+        basis["frobenius_decay"] = True
+    if basis.get("fuse_norm") or basis["coefficient_rank"]:
+        # the only layers with costs paid once per batch, whose savings per image are now
+        # counted at the training batch: tables counted at one image are not reused
+        basis["savings_per_image_at"] = "trainer.batch_size"
+    return basis
+
+
+def _estimate_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The estimate's own budget: the dense model it starts from, its fine-tunes, its
+    noise yardsticks and the layers it probes."""
+    estimate = _picked(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint",
+                                         "finetune_epochs", "finetune_lr", "val_size",
+                                         "layers"])
+    source = estimate["source_checkpoint"]
+    if source and Path(source).is_file():
+        estimate["source_checkpoint"] = _checkpoint_digest(source)
+    # the noise yardstick's repeats, only when not the number earlier keys were made with
+    if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
+        estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
+    if cfg.sensitivity.get("drop_noise_layers"):  # (likewise: only when measured)
+        estimate["drop_noise_layers"] = cfg.sensitivity.drop_noise_layers
+    # the pretraining's schedule changed twice; tables made before are not reused, other
+    # keys stay valid: under cosine it warms up since 2f730ef (it did not before), and
+    # one-cycle without a warm-up anneals from lr since 0aab165 (one step in, before)
+    pretrained_here = not estimate["source_checkpoint"] and estimate["pretrain_epochs"] > 0
+    schedule, warmup = cfg.trainer.schedule, cfg.trainer.warmup_fraction
+    if pretrained_here and schedule == "cosine" and warmup > 0:
+        estimate["pretrain_warmup"] = True
+    if pretrained_here and schedule == "onecycle" and warmup == 0:
+        estimate["onecycle_from_lr"] = True
+    return estimate
+
+
+def _checkpoint_digest(source: str) -> str:
+    """A source checkpoint as the key knows it: its weights, not its path (a run's
+    checkpoint.pt changes at the same path with each epoch it trains, or a rerun there, and
+    one file named two ways is one source)."""
+    try:
+        return f"sha256:{file_digest(source)}"
+    except OSError as err:  # (a trace, from reproduce.sh's check of its OVERRIDES too)
+        raise ConfigError(f"sensitivity.source_checkpoint={source} cannot be read "
+                          f"({type(err).__name__}: {err.strerror or err}); point "
+                          f"sensitivity.source_checkpoint at the checkpoint.pt of a "
+                          f"trained dense run") from None
+
+
+def _data_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The training images the estimate sees (its held-out split is made from them)."""
+    data = _picked(cfg.data, ["name", "train_subset", "crop_padding", "flip", "synthetic_train",
+                              "num_classes"])
+    if cfg.data.name == "stripes":  # one draw makes train and test images: the test count
+        data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
+    elif not cfg.data.verify_md5:  # not the published CIFAR-10 (your own data in its format):
+        # known by its folder, as resuming knows it (checkpoint.same_data)
+        data["root"] = str(expanded_root(cfg.data.root).resolve())
+    return data
+
+
+def cache_key(cfg: DictConfig) -> str:
+    """A readable, stable key: ``<model>-w<width>-m<size>-<hash of key_fields>``."""
+    return readable_key(cfg, key_fields(cfg))
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.sensitivity.cache_dir) / cache_key(cfg)
+
+
+# ----------------------------------------------------------------------------- cache
+#: The columns a cached table holds as numbers (one that holds text there is refused).
+NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    """The bytes a table is cached (and written) as."""
+    return table.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT).encode()
+
+
+def table_from_csv(data: bytes) -> pd.DataFrame:
+    """The table that :func:`table_csv`'s bytes hold (its numbers as
+    :data:`~basisconv.selection.TABLE_FLOAT_FORMAT` keeps them)."""
+    import pandas as pd
+    return pd.read_csv(io.BytesIO(data))
+
+
+def cache(folder: Path, data: bytes, record: dict) -> None:
+    """Keep a new estimate for the runs after this one. A cache that cannot be written (a
+    full disk) is a warning, not the end of the run that paid for the estimate: this run
+    uses its table, the next estimates it again (a half-written pair is removed, so it is
+    not read as a corrupt cache)."""
+    try:
+        write_bytes_atomic(folder / TABLE, data)  # first: a record has its table
+        write_json_atomic(folder / RECORD, record)
+    except WriteError as err:
+        for name in (RECORD, TABLE):
+            (folder / name).unlink(missing_ok=True)
+        log.warning("sensitivity: the estimate could not be cached (%s): this run uses it, "
+                    "the next one with this key estimates it again", err)
+
+
+#: The fields of an estimate's record (a cached table's, a published record's cache) that
+#: its readers take (the run's summary, the search, the reuse line), each with the types
+#: :func:`~basisconv.records.of_type` takes there (``None``: where an estimate writes a
+#: null); :data:`ESTIMATE_FIELDS` are those every estimate's record holds.
+RECORD_FIELDS = {"dense": (dict,), "pretrained": (dict,), "reference": (dict,),
+                 "provenance": (dict,), "seconds": (float,), "config": (dict, None),
+                 "noise": (dict, None), "drop_noise": (dict, None)}
+ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
+
+#: What every refusal of a cached table names as its fix.
+CACHE_FIX = "delete that folder or run with sensitivity.recompute=true"
+
+
+def damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
+    """The fields of an estimate's ``record`` that are missing (of ``required``) or of
+    another type than its readers take (found in review: a hand-edited one ended them in a
+    KeyError or AttributeError trace, the search after all its subsets)."""
+    return [name for name in required if name not in record] + [
+        name for name, kinds in RECORD_FIELDS.items()
+        if name in record and not any(of_type(record[name], kind) for kind in kinds)]
+
+
+def check_estimate_record(cfg: DictConfig, record: dict,
+                          fields: tuple[str, ...] = ESTIMATE_FIELDS) -> None:
+    """Refuse, with the fix, a reused table whose record is damaged in ``fields`` (which
+    every estimate's holds) or in the type of another field its readers take."""
+    damaged = damaged_fields(record, fields)
+    if damaged:
+        raise ConfigError(f"the cached sensitivity table's record {cache_dir(cfg) / RECORD} "
+                          f"is damaged (its {', '.join(damaged)} missing or of another type); "
+                          f"{CACHE_FIX}")
+
+
+def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
+    """The cached table and its record, or ``None`` when there is none for this key.
+
+    The record holds the table's row count and the sha256 of its CSV bytes; a table that
+    does not match them (rows lost, a cell changed) is refused. A cache written before
+    records held them (before commit 1b1da0d) loads, logged as unverified."""
+    import pandas as pd
+    folder = cache_dir(cfg)
+    if not (folder / RECORD).exists():
+        return None
+    try:
+        record = json.loads((folder / RECORD).read_text())
+        data = (folder / TABLE).read_bytes()
+        table = table_from_csv(data)
+    except (OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError) and not (folder / RECORD).exists():
+            # removed while read (a recompute, record first, under the lock this reader
+            # takes next): no table, the caller waits for the new one
+            return None
+        raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
+                          f"({one_line(err)}); {CACHE_FIX}") from None
+    missing = set(COLUMNS) - set(table.columns)
+    if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
+        raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
+                          f"for another key; {CACHE_FIX}")
+    malformed = damaged_fields(record)  # (its readers check what they need present)
+    if malformed:
+        raise ConfigError(f"the cached sensitivity table's record {folder / RECORD} is damaged "
+                          f"({', '.join(malformed)} of another type); {CACHE_FIX}")
+    # a table cached before noise_repeats joined the key has this key whatever its repeats
+    made = ((record.get("config") or {}).get("sensitivity") or {}).get("noise_repeats")
+    if made is not None and made != cfg.sensitivity.noise_repeats:
+        raise ConfigError(f"the cached sensitivity table in {folder} was made with "
+                          f"sensitivity.noise_repeats={made}, not "
+                          f"{cfg.sensitivity.noise_repeats} (before that setting joined the "
+                          f"cache key); {CACHE_FIX}")
+    # the key names the model, not its definition: a table of an edited model file (another
+    # layer's channels, a renamed layer) would choose as if for the model it was made for
+    made_of = record.get("architecture")  # (tables cached before it was recorded: unchecked)
+    if made_of is not None and made_of != architecture_digest(cfg):
+        raise ConfigError(f"the cached sensitivity table in {folder} was made for another "
+                          f"definition of model {cfg.model.name} (its layers differ from the "
+                          f"model built now: an edited model file?); {CACHE_FIX}")
+    expected = record.get("table_sha256")
+    if expected is None:
+        log.warning("sensitivity: the cached table %s has no checksum (written by an older "
+                    "basisconv); using it unverified", folder / TABLE)
+    elif hashlib.sha256(data).hexdigest() != expected or len(table) != record.get("table_rows"):
+        raise ConfigError(f"the cached sensitivity table {folder / TABLE} is damaged ({len(table)} "
+                          f"rows, record says {record.get('table_rows')}; its sha256 does not "
+                          f"match {RECORD}); {CACHE_FIX}")
+    bad = [c for c in NUMERIC if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise ConfigError(f"the cached sensitivity table {folder / TABLE} has non-numeric "
+                          f"values in {', '.join(bad)}; {CACHE_FIX}")
+    return table, record
+
+
+def code_note(record: dict) -> str:
+    """What a reused table's reader should know of the code that estimated it: the key
+    holds every setting that shapes the table, but not the code (a key with the commit
+    would set aside each published estimate at every commit), so a table estimated by other
+    code is named as such, with how to estimate it again; "" when the code is this one or
+    either is unknown."""
+    made = ((record.get("provenance") or {}).get("git")) or {}
+    now = git_commit()
+    if not made.get("commit") or not now.get("commit") or (
+            made.get("commit"), made.get("diff_sha256")) == (now["commit"], now.get("diff_sha256")):
+        return ""
+    if made["commit"] == now["commit"]:  # (else "abc1234-dirty (this code: abc1234-dirty)")
+        differs = ("with other uncommitted changes than this code's"
+                   if made.get("dirty") and now.get("dirty") else
+                   "with uncommitted changes this code lacks" if made.get("dirty") else
+                   "without this code's uncommitted changes")
+        return (f", estimated at commit {commit_name(made)[:7]} {differs}; "
+                f"sensitivity.recompute=true estimates it again with this code")
+    return (f", estimated at commit {commit_name(made)} (this code: {commit_name(now)}); "
+            f"sensitivity.recompute=true estimates it again with this code")
+
+
+def published_differs(cfg: DictConfig, cached: dict) -> bool:
+    """Whether the published record at ``sensitivity.restore_from`` holds another table of
+    this key than the cache's record ``cached``: two machines of one protocol each
+    estimated the table (the key does not name the machine or thread count, which change
+    it), and after a merge one was published. Else each machine's runs keep choosing from
+    its own, and one table row mixes layer sets chosen from two tables."""
+    path = cfg.sensitivity.restore_from
+    if not path or not Path(path).is_file():
+        return False
+    try:
+        published = read_record(path).get("cache") or {}
+    except (OSError, ValueError):
+        return False  # restore_published, which reads it when needed, says what is wrong
+    return (published.get("key") == cache_key(cfg) and cached.get("table_sha256") is not None
+            and published.get("table_sha256") not in (None, cached["table_sha256"]))
+
+
+#: The ``sensitivity.restore_from`` paths already reported missing in this process.
+WARNED_MISSING: set[str] = set()
+
+
+def say_a_missing_record(cfg: DictConfig, instead: str, why: str = "") -> None:
+    """A ``sensitivity.restore_from`` that names no file, said once per path and process,
+    with what is done ``instead`` (and ``why`` that is fine). A warning, not a refusal: a
+    protocol's first machine names the record it publishes later. Said on a cache hit
+    too, where the path is otherwise never read: a typo there went unseen (found in
+    review)."""
+    path = cfg.sensitivity.restore_from
+    if not path or Path(path).is_file() or str(path) in WARNED_MISSING:
+        return
+    WARNED_MISSING.add(str(path))
+    log.warning("sensitivity: no published record at sensitivity.restore_from=%s yet, %s "
+                "(%sif you meant an existing record, check the path)", path, instead, why)
+
+
+def restore_published(cfg: DictConfig, estimating: bool = True
+                      ) -> tuple[pd.DataFrame, dict] | None:
+    """Fill the empty cache from the published sensitivity record named by
+    ``sensitivity.restore_from`` (``results/<profile>/runs/sensitivity.json``, written on
+    another machine) when it was made for this key, and load it; ``None`` when there is no
+    such record or it is for other settings. Called under the cache folder's lock.
+    ``estimating``: whether a missing record means the table is estimated here (said once),
+    or refused (under torchrun, whose refusal says it)."""
+    import pandas as pd
+    path = cfg.sensitivity.restore_from
+    if not path:
+        return None
+    if not Path(path).is_file():
+        if estimating:
+            say_a_missing_record(cfg, "so the table is estimated here", "as on the first "
+                                 "machine of a protocol, which publishes it there; ")
+        return None
+    fix = f"delete {path} (the table is then estimated again)"
+    point = ("point sensitivity.restore_from at a published sensitivity record "
+             "(<results>/runs/sensitivity.json, written by scripts/sensitivity.py publish=...)")
+    try:
+        published = read_record(path)
+        cache = published.get("cache")
+        if cache is not None and not isinstance(cache, dict):  # (an AttributeError trace)
+            raise ValueError(f"its cache is a {type(cache).__name__}, not an object")
+        table = pd.DataFrame(published["table"])[list(COLUMNS)] if cache else None
+    except (OSError, ValueError, KeyError) as err:
+        # not "delete" alone: the path may name another file (the run's own sensitivity.csv,
+        # or the README)
+        raise ConfigError(f"the published sensitivity record {path} is unreadable "
+                          f"({one_line(err)}); {point}, or, if it is one that is "
+                          f"damaged, {fix}") from None
+    if published.get("kind") != "sensitivity":  # (a training run's run.json: said at INFO
+        kind = published.get("kind")             # as "for other settings", found in review)
+        raise ConfigError(f"sensitivity.restore_from={path} is the record of "
+                          f"{KIND_WORDS.get(kind, kind)}, not a sensitivity estimate; {point}")
+    if not cache or cache.get("key") != cache_key(cfg):
+        log.info("sensitivity: %s is for other settings (key %s, not %s); not restoring it",
+                 path, (cache or {}).get("key"), cache_key(cfg))
+        return None
+    data = table_csv(table)
+    if hashlib.sha256(data).hexdigest() != cache.get("table_sha256"):
+        raise ConfigError(f"the published sensitivity record {path} does not match its own "
+                          f"checksum (edited or damaged); {fix}")
+    # the cache's record is checked here, not once copied into the cache: the fix that the
+    # cache's refusal names (delete that folder) restored the same record again
+    malformed = damaged_fields(cache, ESTIMATE_FIELDS)
+    if malformed:
+        raise ConfigError(f"the published sensitivity record {path} is damaged (its cache's "
+                          f"{', '.join(malformed)} missing or of another type); {fix}")
+    folder = cache_dir(cfg)
+    write_bytes_atomic(folder / TABLE, data)
+    write_json_atomic(folder / RECORD, cache)
+    log.info("sensitivity: cache %s restored from the published record %s", folder, path)
+    return load_cached(cfg)
