@@ -973,6 +973,33 @@ def test_runs_that_chose_from_another_machines_table_of_the_same_key_are_set_asi
         capsys.readouterr().err
 
 
+def test_records_of_the_users_own_beside_the_protocols_are_not_set_aside_for_their_table(
+        tmp_path, capsys):
+    """Found in review: records gathered beside the protocol's, in a row folder of another
+    name (``my-budget/seed0.json``) or under a name of their own, are read by the analysis and
+    left alone by the check of foreign records, but the check of sensitivity tables set
+    them aside ("the run is made again": the script makes no such run), so they left the
+    tables for good. Only a file in one of the protocol's places stands for its run."""
+    from basisconv.records import set_aside_stale_records
+
+    records = tmp_path / "runs"
+    estimate = complete_record("sensitivity")
+    estimate["sensitivity"]["key"] = "k"
+    estimate["cache"] = {"key": "k", "table_sha256": "a" * 64}
+    own = {"my-budget/seed0.json": dict(complete_record(), sensitivity_key="elsewhere"),
+           "my-budget/seed1.json": dict(complete_record(), sensitivity_key="k",
+                                        sensitivity_table="b" * 64),
+           "exhaustive-search-resnet20.json": complete_record("exhaustive_search")}
+    own["exhaustive-search-resnet20.json"]["search"]["sensitivity_key"] = "elsewhere"
+    for name, record in {"sensitivity.json": estimate, **own}.items():
+        (records / name).parent.mkdir(parents=True, exist_ok=True)
+        (records / name).write_text(json.dumps(record))
+    keys = {"sensitivity": "k", "exhaustive_search": "k"}
+    assert set_aside_stale_records(records, "smoke", keys) == []
+    assert all((records / name).is_file() for name in own)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_run_set_aside_for_its_table_is_trained_again_not_published_from_its_folder(
         repo, tmp_path):
     """Found in review: a run set aside for its sensitivity table (another machine's, or

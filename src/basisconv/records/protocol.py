@@ -135,12 +135,8 @@ def set_aside_foreign_records(records_dir: str | os.PathLike,
     and said, one line each, so that the run is trained again; else the protocol would
     skip it for good and the tables would leave its row out, or show another protocol's
     run in it. Returns the files set aside."""
-    root = Path(records_dir)
-    slots = [*root.glob("*.json"), *root.glob("*/seed*.json")] if root.is_dir() else []
     rejected = []
-    for path in sorted(slots):
-        if protocol_slot(path) is None:  # a file of the user's own: no run stands there
-            continue
+    for path in published_slots(records_dir):
         try:
             record = read_record(path)
             made_by = made_by_profile(record)
@@ -153,6 +149,17 @@ def set_aside_foreign_records(records_dir: str | os.PathLike,
         if problem is not None:
             rejected.append(set_aside(path, problem))
     return rejected
+
+
+def published_slots(records_dir: str | os.PathLike) -> list[Path]:
+    """The files of ``records_dir`` in the protocol's places (:func:`protocol_slot`), sorted:
+    the only ones that stand for a run the script makes again if set aside. A file of the
+    user's own (a row folder of another name, a search of another model) is no run's and
+    is left alone by every check that sets records aside (found in review: the checks of
+    sensitivity tables set such records aside, saying "the run is made again")."""
+    root = Path(records_dir)
+    found = [*root.glob("*.json"), *root.glob("*/seed*.json")] if root.is_dir() else []
+    return sorted(path for path in found if protocol_slot(path) is not None)
 
 
 def set_aside(path: Path, problem: str) -> Path:
@@ -207,10 +214,9 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str, keys: 
     root = Path(records_dir)
     if not root.is_dir():
         return rejected
-    slots = [(root / "sensitivity.json", "sensitivity"),
-             *((path, "exhaustive_search") for path in root.glob("exhaustive-search-*.json")),
-             *((path, "sensitivity") for path in root.glob("*/seed*.json"))]
-    for path, script in sorted(slots):
+    for path in published_slots(root):
+        script = ("exhaustive_search" if path.name.startswith("exhaustive-search-")
+                  else "sensitivity")
         try:
             record = read_record(path)
         except (OSError, ValueError):  # (none there, or set aside above)
@@ -277,7 +283,9 @@ def set_aside_runs_of_other_tables(root: Path, outputs: str | os.PathLike | None
         return None
 
     rejected = []
-    for path in sorted(root.glob("*/seed*.json")):
+    for path in published_slots(root):
+        if not SEED_FILE.fullmatch(path.name):  # (the estimate and the search chose none)
+            continue
         try:
             table = other_table(read_record(path))
         except (OSError, ValueError):
