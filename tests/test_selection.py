@@ -812,6 +812,41 @@ def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_pa
             run(cfg, tmp_path / what)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_memory_that_runs_out_in_the_estimate_or_the_search_says_its_work_is_kept(
+        repo, tmp_path, monkeypatch, workers):
+    """Found in review: torch's out-of-memory error (a RuntimeError) was a traceback of many
+    lines; now one line with the fix (fewer workers too, each holding its own model) and,
+    as a stop's, that the finished fine-tunes are kept. A bug's RuntimeError stays one."""
+    import torch
+
+    from basisconv import search
+    from basisconv.errors import OutOfMemory
+
+    cfg = compose_sensitivity(repo, tmp_path, f"sensitivity.workers={workers}")
+    fewer = "or fewer sensitivity.workers (now 2); " if workers > 1 else ""
+    for module, run, inner, what in (
+            (sensitivity, sensitivity.run_sensitivity, "_run_sensitivity", "sensitivity estimate"),
+            (search, search.exhaustive_search, "_exhaustive_search", "exhaustive search")):
+        def out_of_memory(*args):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0")
+        monkeypatch.setattr(module, inner, out_of_memory)
+        with pytest.raises(OutOfMemory) as err:
+            run(cfg, tmp_path / what)
+        assert str(err.value) == (
+            f"the device ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): "
+            f"lower trainer.batch_size or trainer.eval_batch_size, or use a smaller model "
+            f"(model.width) or basis.size; {fewer}the {what} stopped; its finished work is kept "
+            f"in {sensitivity.cache_dir(cfg)}, and the same command continues from it")
+
+        def a_bug(*args):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+        monkeypatch.setattr(module, inner, a_bug)
+        with pytest.raises(RuntimeError, match="^mat1 and mat2") as err:
+            run(cfg, tmp_path / what)
+        assert type(err.value) is RuntimeError
+
+
 @pytest.mark.device
 def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, monkeypatch, device):
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]",

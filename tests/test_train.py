@@ -865,6 +865,99 @@ def test_train_script_reports_divergence_in_one_line(tmp_path, repo, script_star
     assert not (tmp_path / "run" / "run.json").exists()
 
 
+#: Torch's words when memory runs out: a GPU's (torch.OutOfMemoryError, in the CPU build
+#: too), and the CPU allocator's (a plain RuntimeError).
+GPU_OUT_OF_MEMORY = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                     "capacity of 79.10 GiB of which 1.02 GiB is free. Of the allocated memory "
+                     "70.00 GiB is allocated by PyTorch")
+CPU_OUT_OF_MEMORY = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                     "allocate memory: you tried to allocate 4000000000000000 bytes. Error "
+                     "code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error, said", [
+    (torch.OutOfMemoryError(GPU_OUT_OF_MEMORY), "the device ran out of memory (CUDA out of "
+                                                "memory. Tried to allocate 2.00 GiB)"),
+    (RuntimeError(CPU_OUT_OF_MEMORY), "the machine ran out of memory (can't allocate memory: "
+                                      "you tried to allocate 4000000000000000 bytes)"),
+], ids=["gpu", "cpu"])
+def test_memory_that_runs_out_is_one_line_saying_the_fix_and_where_the_run_stopped(
+        tmp_path, repo, monkeypatch, capsys, error, said):
+    """Found in review: torch's out-of-memory error is a RuntimeError, which the run let go
+    as a traceback of many lines (exit status 1), naming no fix and not what the run's
+    folder keeps. Now one line (status 2, as a diverged run's), in the run's log too."""
+    import logging
+
+    from basisconv import cli, loop
+
+    run_epoch = loop.run_epoch
+
+    def out_of_memory_in_epoch_2(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise error
+        return run_epoch(epoch, *args, **kwargs)
+    monkeypatch.setattr(loop, "run_epoch", out_of_memory_in_epoch_2)
+    monkeypatch.delenv("BASISCONV_DEBUG", raising=False)
+    run, log_file = tmp_path / "run", logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(log_file)
+    try:
+        with pytest.raises(SystemExit) as end:
+            cli.exit_on_user_error(
+                lambda: fit(config(repo, TINY_STRIPES + ["trainer.epochs=3"]), run))()
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+    line = capsys.readouterr().err
+    assert end.value.code == 2 and line.count("\n") == 1 and "Traceback" not in line, line
+    assert line == (f"error: {said}: lower trainer.batch_size or trainer.eval_batch_size, or "
+                    f"use a smaller model (model.width) or basis.size; each starts a new run "
+                    f"(a run resumes only with its own settings); the run in {run} stopped "
+                    f"after epoch 1 of 3 (checkpoint saved); run the same command again with "
+                    f"hydra.run.dir={run} to resume it\n")
+    assert line in (tmp_path / "train.log").read_text()
+
+
+def test_a_bugs_runtime_error_is_still_a_traceback(tmp_path, repo, monkeypatch):
+    """Only memory that ran out is one line: another RuntimeError is a bug, whose trace is
+    wanted."""
+    from basisconv import cli, loop
+
+    def a_bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+    monkeypatch.setattr(loop, "run_epoch", a_bug)
+    with pytest.raises(RuntimeError, match="^mat1 and mat2") as err:
+        cli.exit_on_user_error(lambda: fit(config(repo, TINY_STRIPES), tmp_path))()
+    assert type(err.value) is RuntimeError
+
+
+def test_memory_that_runs_out_as_the_run_starts_says_nothing_trained(tmp_path, repo,
+                                                                     monkeypatch):
+    """Memory that runs out before the first epoch (the data or the model put on the
+    device): where the run is, in a stop's words."""
+    from basisconv import train
+    from basisconv.errors import OutOfMemory
+
+    def data_too_large(*args, **kwargs):
+        raise torch.OutOfMemoryError(GPU_OUT_OF_MEMORY)
+    monkeypatch.setattr(train, "prepare_data", data_too_large)
+    with pytest.raises(OutOfMemory, match=f"; the run in {tmp_path} stopped before its first "
+                                          f"epoch .*; the same command starts it over$"):
+        fit(config(repo, TINY_STRIPES), tmp_path)
+
+
+def test_fit_under_a_rank_puts_the_packages_log_level_back(tmp_path, repo, monkeypatch):
+    """Found in review: fit, a public function, silenced the package's logger below errors
+    on a rank other than 0 (torchrun's rank 0 speaks for the run) and left it so after it
+    returned: a caller's process with RANK set logged no warning again."""
+    import logging
+
+    package_log = logging.getLogger("basisconv")
+    package_log.setLevel(logging.INFO)  # (put back by conftest's global-state fixture)
+    monkeypatch.setenv("RANK", "1")
+    fit(config(repo, TINY_STRIPES + ["trainer.epochs=1"]), tmp_path)
+    assert package_log.level == logging.INFO
+
+
 def test_a_diverged_sensitivity_fine_tune_names_its_learning_rate(tmp_path, repo):
     """A NaN held-out loss once went into the sensitivity table silently."""
     from basisconv.errors import TrainingDiverged

@@ -33,7 +33,7 @@ from . import distributed
 from .checkpoint import CHECKPOINT, check_source_file
 from .config_checks import check_no_tilde
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
-                     new_job_warns_again, one_line)
+                     memory_said, new_job_warns_again, one_line)
 from .hydra_errors import (added_group_line, config_groups_of, deleted_key_override,
                            group_value_override, hydra_error_line, interpolation_error_line,
                            listed_group_line, malformed_override, run_name_override,
@@ -622,7 +622,8 @@ def exit_stopped(err: KeyboardInterrupt, speaks: bool) -> NoReturn:
 
 def exit_on_user_error(fn: F) -> F:
     """Print a :class:`BasisconvError` as one line and exit with status 2, instead of a
-    stack trace; ``BASISCONV_DEBUG=1`` shows the trace. A run stopped by SIGINT (Ctrl-C)
+    stack trace (torch's out-of-memory error too: :func:`~basisconv.errors.memory_said`);
+    ``BASISCONV_DEBUG=1`` shows the trace. A run stopped by SIGINT (Ctrl-C)
     or SIGTERM says in one line where it stopped and exits with 130 or 143. Either line
     also goes to the run's log file, unless the folder is another run's (its log is that
     run's); under ``torchrun`` rank 0 alone says it. A start refused in a folder Hydra made
@@ -650,7 +651,8 @@ def exit_on_user_error(fn: F) -> F:
                     check_added_groups_chosen()
                     if HydraConfig.initialized():
                         check_runs_where_started(HydraConfig.get().job.chdir)
-                    return fn(*args, **kwargs)
+                    with memory_said():  # (where no producer said what its work keeps)
+                        return fn(*args, **kwargs)
                 except (BasisconvError, InterpolationResolutionError) as err:
                     # a refused start leaves an earlier run's files as they were
                     restore_replaced()

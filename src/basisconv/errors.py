@@ -3,8 +3,10 @@ without a stack trace (set ``BASISCONV_DEBUG=1`` to see the trace)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Callable, Iterator
@@ -135,6 +137,52 @@ class TrainingDiverged(BasisconvError, FloatingPointError):
 
     def __reduce__(self):  # through a worker process's pickle with its fields
         return type(self), (str(self), self.quantity, self.value)
+
+
+class OutOfMemory(BasisconvError, RuntimeError):
+    """The device's or the machine's memory ran out: the message says which (in torch's
+    words), what to lower, and what the work keeps. Torch's own error, a ``RuntimeError``,
+    was a traceback of many lines, as a bug's is."""
+
+
+#: What to lower when memory runs out: every producer trains and evaluates in batches of
+#: these sizes, on a model of these settings.
+MEMORY_FIX = ("lower trainer.batch_size or trainer.eval_batch_size, or use a smaller model "
+              "(model.width) or basis.size")
+
+
+def memory_ran_out(err: BaseException) -> str | None:
+    """What ran out, with torch's first words on it, when ``err`` is torch's out-of-memory
+    error (a GPU's: ``torch.OutOfMemoryError``) or its CPU allocator's failure (a plain
+    ``RuntimeError`` saying "can't allocate memory"); None for any other error, a bug's
+    ``RuntimeError`` among them, and for one already said (an :class:`OutOfMemory`)."""
+    if isinstance(err, BasisconvError) or not isinstance(err, RuntimeError):
+        return None
+    torch = sys.modules.get("torch")  # (not imported: no torch error can have been raised)
+    text = one_line(err)
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+        # its first two sentences ("CUDA out of memory. Tried to allocate 2.00 GiB"); the
+        # rest is the allocator's statistics and advice
+        return f"the device ran out of memory ({'. '.join(text.split('. ')[:2])[:200]})"
+    cpu = re.search(r"can't allocate memory[^.]*", text)
+    if cpu is None:
+        return None
+    return f"the machine ran out of memory ({cpu[0][:200]})"
+
+
+@contextlib.contextmanager
+def memory_said(then: Callable[[], str] | None = None) -> Iterator[None]:
+    """Torch's out-of-memory error in the block raised as one :class:`OutOfMemory` line
+    naming what ran out and :data:`MEMORY_FIX`, then ``then()``: what the work keeps and
+    how to go on (called only then). Any other error goes on as it is."""
+    try:
+        yield
+    except RuntimeError as err:
+        ran_out = memory_ran_out(err)
+        if ran_out is None:
+            raise
+        message = f"{ran_out}: {MEMORY_FIX}" + (f"; {then()}" if then is not None else "")
+        raise OutOfMemory(message) from err  # (BASISCONV_DEBUG=1 shows torch's trace too)
 
 
 class Stopped(KeyboardInterrupt):

@@ -44,7 +44,7 @@ from . import distributed, loop, progress
 from .candidates import dense_totals, layer_savings
 from .checkpoint import refuse_other_settings
 from .config import SEARCH_ONLY
-from .errors import ConfigError, Stopped, WorkerFailed
+from .errors import ConfigError, Stopped, WorkerFailed, memory_said
 from .model_checks import check_against_the_model
 from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
@@ -68,10 +68,10 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- table
 @contextlib.contextmanager
 def say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
-    """A stop of ``what`` (the estimate, the exhaustive search), or a worker process's
-    death, says that its finished fine-tunes are kept and the same command continues from
-    them (a stop said only "stopped by SIGTERM", and a dead worker's line advised fewer
-    workers: both read as all of it lost)."""
+    """A stop of ``what`` (the estimate, the exhaustive search), a worker process's death,
+    or memory that ran out (in a worker too), says that its finished fine-tunes are kept and
+    the same command continues from them (a stop said only "stopped by SIGTERM", and a dead
+    worker's line advised fewer workers: both read as all of it lost)."""
     def kept() -> str:  # (only when said: the key hashes a source checkpoint's bytes)
         folder = cache_dir(cfg)
         # a recompute that began cleared the old table and work: the same command (true)
@@ -79,8 +79,13 @@ def say_the_work_is_kept(cfg: DictConfig, what: str) -> Iterator[None]:
         command = ("the same command with sensitivity.recompute=false"
                    if str(folder) in RECOMPUTING else "the same command")
         return f"its finished work is kept in {folder}, and {command} continues from it"
+    def out_of_memory() -> str:
+        workers = cfg.sensitivity.workers
+        fewer = f"or fewer sensitivity.workers (now {workers}); " if workers > 1 else ""
+        return f"{fewer}{what} stopped; {kept()}"
     try:
-        yield
+        with memory_said(out_of_memory):
+            yield
     except KeyboardInterrupt as err:
         if isinstance(err, Stopped) and str(err):  # it says where it stopped
             raise

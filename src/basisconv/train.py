@@ -18,7 +18,7 @@ import logging
 import signal
 from pathlib import Path
 from time import monotonic
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,7 +27,8 @@ from .checkpoint import CHECKPOINT, checksum_path, save_checkpoint, saved_epoch_
 from .config import GRAPHING_COMPILE_MODES
 from .config_checks import validate
 from .data import prepare_data
-from .errors import ConfigError, SaveError, Stopped, TrainingDiverged, one_line
+from .errors import (ConfigError, SaveError, Stopped, TrainingDiverged, memory_said,
+                     one_line)
 from .kernels import auto
 from .network import (basis_penalty, build_network, check_conversion, choose_forms_now,
                       converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
@@ -62,13 +63,8 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
             validate(cfg)
         output_dir = make_folder(output_dir)
         first_rank = distributed.first_process()
-        if not first_rank:
-            # rank 0 says what every rank meets (a run already complete, a resume on another
-            # set-up, a selection that converted no layer): said by each, a line would come
-            # N times, and the wait for the sensitivity cache's lock, which rank 0 holds,
-            # would read as "in use by another sensitivity estimate"
-            logging.getLogger("basisconv").setLevel(logging.ERROR)
-        with folder_lock(output_dir) if first_rank else contextlib.nullcontext():
+        with logged_by_the_first_process(), (
+                folder_lock(output_dir) if first_rank else contextlib.nullcontext()):
             # a sensitivity estimate's or a search's folder: its record is not this run's to
             # replace, so it is refused first, in words that do not offer trainer.resume=false
             # (the fix for another config's training record, which would overwrite it)
@@ -78,7 +74,8 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
             config = OmegaConf.to_container(cfg, resolve=True)
             checkpoint, record = resume_point(cfg, config, output_dir, holds_lock=first_rank)
             if record is None:
-                with loop.settings_restored():
+                with loop.settings_restored(), memory_said(
+                        lambda: where_memory_ran_out(cfg, output_dir, training, checkpoint)):
                     training = start_training(cfg, config, output_dir, checkpoint)
                     record = training.run()
             finished = record
@@ -98,6 +95,35 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
                 stop = Stopped(getattr(err, "signum", signal.SIGINT),
                                stopped_as_it_started(cfg, Path(output_dir)))
         raise stop from None
+
+
+@contextlib.contextmanager
+def logged_by_the_first_process() -> Iterator[None]:
+    """In the block, the package's messages below errors are logged by torchrun's rank 0
+    alone, and its logging level is put back after (``fit`` is public: a caller's process
+    with ``RANK`` set kept the package silenced below errors for good). Rank 0 says what
+    every rank meets (a run already complete, a resume on another set-up, a selection that
+    converted no layer): said by each, a line would come N times, and the wait for the
+    sensitivity cache's lock, which rank 0 holds, would read as "in use by another
+    sensitivity estimate"."""
+    package_log = logging.getLogger("basisconv")
+    level = package_log.level
+    if not distributed.first_process():
+        package_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        package_log.setLevel(level)
+
+
+def where_memory_ran_out(cfg: DictConfig, output_dir: Path, training: Training | None,
+                         checkpoint: dict | None) -> str:
+    """What a run whose memory ran out tells the user after the fix (:func:`memory_said`):
+    the fix changes what the run computes, so it makes a new run; where this one stopped,
+    and how it goes on as it is (memory another process held, since freed)."""
+    where = (training.stop_message() if training is not None
+             else stopped_before_training(cfg, output_dir, checkpoint))
+    return f"each starts a new run (a run resumes only with its own settings); {where}"
 
 
 def start_training(cfg: DictConfig, config: dict, output_dir: Path,
