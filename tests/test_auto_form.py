@@ -678,3 +678,22 @@ def test_a_model_whose_train_does_more_is_put_back_through_its_train():
     with modes_kept(model):
         model.train()
     assert model.frozen and not model.training
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8, 8), (2, 3), (1, 2, 3, 8, 8)],
+                         ids=["channels", "2-d", "5-d"])
+def test_an_input_the_conv_refuses_gets_torchs_error_and_no_trial_warnings(shape, caplog):
+    # Found in review: each form's trial failed on it, said as two warnings ("the stacked
+    # form's trial failed", "the dense form's ...") before the default form's call raised;
+    # a 2-D input ended in "not enough values to unpack"
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    errors = {}
+    for combine in ("stacked", "auto"):
+        layer = BasisConv2d(3, 8, 3, num_basis=4, padding=1, combine=combine)
+        with caplog.at_level("WARNING", logger=auto.log.name), \
+                pytest.raises(RuntimeError) as raised:
+            layer(x)
+        errors[combine] = str(raised.value)
+    assert errors["auto"] == errors["stacked"] and caplog.text == ""
+    assert "but got 5 channels" in errors["stacked"] or "Expected 3D" in errors["stacked"]

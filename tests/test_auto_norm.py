@@ -378,3 +378,13 @@ def test_on_cuda_a_graphed_runs_choices_are_timed_as_graph_replays(device, monke
     torch.testing.assert_close(out, want, rtol=1e-2, atol=1e-2)  # (TF32 convs on a GPU)
     out.sum().backward()
     assert x.grad is not None
+
+
+def test_an_input_with_the_wrong_channels_gets_torchs_error_and_no_trial_warnings(caplog):
+    # Found in review: each form's trial failed on it, said as warnings, before the
+    # default form's call raised
+    layer, norm, x = layer_norm_input()
+    with caplog.at_level("WARNING", logger=auto.log.name), \
+            pytest.raises(RuntimeError, match=r"to have 6 channels, but got 5 channels"):
+        conv_norm_act(layer, norm, x[:, :5], relu=True)
+    assert caplog.text == ""

@@ -32,6 +32,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from . import triton_conv
 from .fused import (compute_dtype, conv_pairs, failed_to_compile, fused_forward,
@@ -304,6 +305,19 @@ def trial(eager, call, leaves: tuple, backward: bool):
     return eager
 
 
+def refuse_wrong_input(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding,
+                       dilation) -> None:
+    """Torch's own error for an input the basis conv cannot take (a channel count its
+    filters do not take, or neither 3-D nor 4-D): the one ``combine="stacked"`` and
+    ``"split"`` give, naming the expected and given channels or dimensions, raised before
+    a shape's trials, once per shape. Else every form's trial failed on it, each said as a
+    warning, before the default form's call raised it, or a 2-D input ended in "not enough
+    values to unpack" (found in review). The per-call path, which ``torch.compile``
+    traces, checks nothing more."""
+    if x.dim() not in (3, 4) or x.shape[-3] != basis_weight.shape[1]:
+        F.conv2d(x, basis_weight, None, stride, padding, dilation)  # raises torch's error
+
+
 def _form_call(form: str, args: tuple):
     """``form`` as a function of :func:`auto_forward`'s first four ``args`` (the tensors)."""
     return lambda *leaves: FORMS[form](*leaves, *args[4:])
@@ -406,6 +420,7 @@ def auto_forward(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch
         args = (x, basis_weight, combination, bias, stride, padding, dilation)
 
         def time_forms() -> dict[str, float]:
+            refuse_wrong_input(x, basis_weight, stride, padding, dilation)
             times = interleaved({
                 f: trial(functools.partial(_time, f, args, backward), _form_call(f, args),
                          args[:4], backward)

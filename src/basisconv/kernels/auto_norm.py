@@ -146,6 +146,7 @@ def _timed(args: tuple, options: dict, backward: bool) -> dict[str, float]:
     for the kernels' form where they failed to compile (:func:`.auto.choose` leaves it
     out)."""
     x, basis_weight, _, _, _, stride, padding, dilation = args
+    auto.refuse_wrong_input(x, basis_weight, stride, padding, dilation)
     trials = {f: auto.trial(functools.partial(_time, f, args, options, backward),
                             *_call(f, args, options), backward)
               for f in candidates(x, basis_weight, stride, padding, dilation)}
