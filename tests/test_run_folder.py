@@ -470,6 +470,25 @@ def test_a_record_names_the_gpu_the_process_computes_on(monkeypatch):
     assert records.device_name(hardware) == "h100"
 
 
+def test_a_record_says_whether_float32_matmuls_and_convs_ran_in_tf32(monkeypatch):
+    """Found in review: a CUDA fp32 speed record did not say whether TF32 was on, which
+    decides its speed (and rounding) on an Ampere or later GPU. The flags exist on a CPU
+    too, so every record says them (set here on the CPU, and restored)."""
+    from basisconv import records
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    # (matmul.allow_tf32 follows the precision; monkeypatch cannot restore it: torch's
+    # cuBLAS flags object has no attributes of its own)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        hardware = records.provenance("x")["hardware"]
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert hardware["cuda_matmul_allow_tf32"] is True and hardware["cudnn_allow_tf32"] is False
+    assert hardware["float32_matmul_precision"] == "high"
+
+
 def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path):
     """A protocol publishes records and tables into the tracked ``results/`` while later
     runs start: those runs must not say ``dirty`` for it; an edited config or module must."""

@@ -739,6 +739,25 @@ def test_a_step_is_compared_only_with_a_dense_step_of_its_own_machine(tmp_path):
     assert sorted(train["relative_to_dense"].dropna()) == [0.5, 1.0, 1.0]
 
 
+def test_a_step_is_compared_only_with_a_dense_step_of_its_own_tf32_flags(tmp_path):
+    """A record says whether float32 ran in TF32 (records.hardware); a basis step with
+    TF32 off is not relative to a dense step with it on, and records from before the
+    flags were kept (none here) still compare among themselves."""
+    def tf32(on):
+        return {**GPU, "cudnn_allow_tf32": on, "cuda_matmul_allow_tf32": on,
+                "float32_matmul_precision": "high" if on else "highest"}
+    _train_record(tmp_path / "a", "cuda-fp32", tf32(True), 0.004, amp="none")
+    _train_record(tmp_path / "a", "cuda-fp32-basis0.25", tf32(False), 0.006, amp="none",
+                  basis_size=0.25)
+    _train_record(tmp_path / "b", "cuda-fp32", GPU, 0.008, amp="none")
+    _train_record(tmp_path / "b", "cuda-fp32-basis0.25", GPU, 0.006, amp="none",
+                  basis_size=0.25)
+    train = speed.training_speed([tmp_path / "a"]).set_index("model")
+    assert pd.isna(train.loc["basis 0.25", "relative_to_dense"])
+    train = speed.training_speed([tmp_path / "b"]).set_index("model")
+    assert train.loc["basis 0.25", "relative_to_dense"] == pytest.approx(0.75)
+
+
 def test_a_lines_label_says_its_threads_where_they_bound_the_step(tmp_path, monkeypatch):
     """Found in the speed review: the threads became a column, not a form, and so left the
     plot's legend; records at 1 and 2 threads of one commit were two lines labelled alike.

@@ -68,7 +68,9 @@ RECORD_FILES = {"model-speed-*.json": "scripts/benchmark_layers.py",
 #: (on a 2-core CPU, ``--warmup 0`` made 4 dense steps 25-40 % slower than ``--warmup 3``).
 #: ``machine``: the record's whole hardware but its thread count (a column of its own), since
 #: ``hardware`` is only the CPU's or GPU's name, which VMs of one kind share (at one commit,
-#: the dense step took 2.47 s on one 2-core AMD EPYC VM and 1.20 s on another).
+#: the dense step took 2.47 s on one 2-core AMD EPYC VM and 1.20 s on another); it holds
+#: the TF32 flags too (records from before they were kept lack them: compared among
+#: themselves), so an fp32 step with TF32 is not relative to a dense one without.
 SAME_SETTING = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
                 "steps", "warmup", "code", "machine"]
 

@@ -93,8 +93,9 @@ def _diff_with_new_files(git: Callable[..., bytes], cwd: Path, new: list[bytes])
 
 
 def hardware() -> dict[str, Any]:
-    """The machine a number was measured on: CPU model and threads, GPU if any, and the
-    number of processes when more than one (``torchrun``)."""
+    """The machine a number was measured on: CPU model and threads, GPU if any, whether
+    float32 may run in TF32, and the number of processes when more than one
+    (``torchrun``)."""
     # imported here, not with the module: the records are read and written without torch
     # (scripts/reproduce.sh's checks and its session log start in a fraction of a second)
     import torch
@@ -115,6 +116,13 @@ def hardware() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        # Whether float32 matmuls and cuDNN convs may round their inputs to TF32 (10 bits of
+        # mantissa): on an Ampere or later GPU an fp32 step's speed and rounding depend on
+        # it (torch's defaults: convs yes, matmuls no). Said on every device (the flags
+        # exist on a CPU too); the benchmarks leave them as the caller set them
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
     if torch.cuda.is_available():
         # the current device: the one this process computes on (a DDP rank's, or cuda:1
