@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from basisconv.data import FOLDERS, RECORD_BYTES, TEST_FILES, TRAIN_FILES
+from basisconv.cifar10 import FOLDERS, RECORD_BYTES, TEST_FILES, TRAIN_FILES
 
 
 def without_data() -> dict[str, str]:

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisconv.data import (MEAN, STD, TEST_FILES, TRAIN_FILES, TensorBatches, load_cifar10,
-                            normalize, random_crop, random_flip, stratified_subset,
-                            synthetic_stripes)
+from basisconv.cifar10 import TEST_FILES, TRAIN_FILES, load_cifar10
+from basisconv.data import (MEAN, STD, TensorBatches, normalize, random_crop, random_flip,
+                            stratified_subset, synthetic_stripes)
 from basisconv.errors import ConfigError, DatasetError
 from cifar_files import random_images, write_cifar
 
@@ -206,12 +206,12 @@ def test_a_data_root_this_user_may_not_enter_is_a_clear_error(tmp_path, monkeypa
     the folder is looked in, as a test run as root may enter a folder whatever its mode."""
     import os
 
-    import basisconv.data as data
+    from basisconv import cifar10
 
     def no_download(root):
         raise AssertionError(f"downloaded into {root}")
 
-    monkeypatch.setattr(data, "download_cifar10", no_download)
+    monkeypatch.setattr(cifar10, "download_cifar10", no_download)
     folder = write_cifar(tmp_path / "theirs", n_train=50, n_test=10)
     real_stat = os.stat
 
@@ -230,7 +230,7 @@ def test_a_stray_file_above_a_complete_folder_does_not_hide_it(tmp_path):
     """Left at stop 70: a test_batch.bin in data.root, beside a complete
     cifar-10-batches-bin/, was taken as the dataset's folder and refused as incomplete.
     The complete one is read; with neither complete, the first is named as before."""
-    from basisconv.data import find_cifar10
+    from basisconv.cifar10 import find_cifar10
 
     folder = write_cifar(tmp_path, "bin")
     (tmp_path / "test_batch.bin").write_bytes((folder / "test_batch.bin").read_bytes())
@@ -280,11 +280,11 @@ def test_each_file_is_read_once_when_its_md5_is_checked(tmp_path, monkeypatch, f
     import hashlib
     import io
 
-    import basisconv.data as data
+    from basisconv import cifar10
 
     folder = write_cifar(tmp_path, fmt, n_train=50, n_test=20)
     for path in folder.iterdir():
-        monkeypatch.setitem(data.MD5, path.name, hashlib.md5(path.read_bytes()).hexdigest())
+        monkeypatch.setitem(cifar10.MD5, path.name, hashlib.md5(path.read_bytes()).hexdigest())
     opened = []
 
     def counting(real):
@@ -330,13 +330,13 @@ def test_the_md5_checks_run_on_a_fips_mode_python(tmp_path, monkeypatch, fmt):
     a FIPS-mode Python refuses, so CIFAR-10 did not load there, nor the archive check."""
     import hashlib
 
-    import basisconv.data as data
+    from basisconv import cifar10
     from basisconv.records import file_digest
 
     folder = write_cifar(tmp_path, fmt, n_train=50, n_test=20)
     sums = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in folder.iterdir()}
     for name, digest in sums.items():
-        monkeypatch.setitem(data.MD5, name, digest)
+        monkeypatch.setitem(cifar10.MD5, name, digest)
     as_fips_mode(monkeypatch)  # (after the sums above, which use the real md5)
     assert len(load_cifar10(tmp_path).train_images) == 50
     path = next(folder.iterdir())
@@ -344,12 +344,12 @@ def test_the_md5_checks_run_on_a_fips_mode_python(tmp_path, monkeypatch, fmt):
 
 
 def test_offline_download_failure_is_a_clear_error(tmp_path, monkeypatch):
-    import basisconv.data as data
+    from basisconv import cifar10
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(data.urllib.request, "urlretrieve", offline)
+    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve", offline)
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)  # force the stdlib path
     with pytest.raises(DatasetError, match="could not download CIFAR-10.*offline"):
         load_cifar10(tmp_path / "new", download=True)
@@ -362,7 +362,7 @@ def test_runs_started_together_download_once(tmp_path, monkeypatch):
     import threading
     import time
 
-    import basisconv.data as data
+    from basisconv import cifar10
 
     fetched = []
 
@@ -371,7 +371,7 @@ def test_runs_started_together_download_once(tmp_path, monkeypatch):
         time.sleep(0.5)
         write_cifar(root, "py", n_train=50, n_test=10)
 
-    monkeypatch.setattr(data, "download_cifar10", fake_download)
+    monkeypatch.setattr(cifar10, "download_cifar10", fake_download)
     loaded = []
     runs = [threading.Thread(target=lambda: loaded.append(
         load_cifar10(tmp_path, verify_md5=False, download=True))) for _ in range(2)]
@@ -765,16 +765,16 @@ def test_a_python_batch_is_verified_before_it_is_unpickled(tmp_path):
 def test_a_root_under_home_is_expanded_for_the_download_lock_too(tmp_path, monkeypatch):
     """Found in review: data.root=~/cifar with data.download=true searched and downloaded
     under $HOME but took its lock in a folder named '~' of the working directory."""
-    import basisconv.data as data
+    from basisconv import cifar10
 
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(data, "download_cifar10",
+    monkeypatch.setattr(cifar10, "download_cifar10",
                         lambda root: write_cifar(root, "py", n_train=50, n_test=10))
     assert load_cifar10("~/cifar", verify_md5=False, download=True).train_labels.numel() == 50
-    assert (home / "cifar" / data.DOWNLOAD_LOCK).exists() and not any(cwd.iterdir())
+    assert (home / "cifar" / cifar10.DOWNLOAD_LOCK).exists() and not any(cwd.iterdir())
 
 
 def test_a_download_torchvision_refuses_is_a_clear_error(tmp_path, monkeypatch):
@@ -801,16 +801,16 @@ def _serve_archive(tmp_path, monkeypatch):
     import io
     import tarfile
 
-    import basisconv.data as data
+    from basisconv import cifar10
 
     folder = write_cifar(tmp_path / "archive", "py", n_train=50, n_test=10)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     blob = buffer.getvalue()
-    monkeypatch.setattr(data, "ARCHIVE", {"url": "https://example.invalid/cifar.tar.gz",
+    monkeypatch.setattr(cifar10, "ARCHIVE", {"url": "https://example.invalid/cifar.tar.gz",
                                           "md5": hashlib.md5(blob).hexdigest()})
-    monkeypatch.setattr(data.urllib.request, "urlretrieve",
+    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve",
                         lambda url, path: Path(path).write_bytes(blob))
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)
     return blob
@@ -823,7 +823,7 @@ def test_a_download_is_never_seen_half_extracted(tmp_path, monkeypatch):
     extracted aside and renamed into place whole."""
     import tarfile
 
-    from basisconv.data import find_cifar10
+    from basisconv.cifar10 import find_cifar10
 
     _serve_archive(tmp_path, monkeypatch)
     root = tmp_path / "new"
@@ -869,22 +869,22 @@ def test_a_killed_extractions_leftover_is_removed_and_a_full_disk_is_one_line(tm
     dataset) stayed for good; and a staging folder that could not be made was a traceback."""
     import errno
 
-    import basisconv.data as data
+    from basisconv import cifar10
 
     _serve_archive(tmp_path, monkeypatch)
     root = tmp_path / "new"
-    (root / f"{data.STAGING_PREFIX}old" / "cifar-10-batches-py").mkdir(parents=True)
-    made = data.tempfile.mkdtemp
+    (root / f"{cifar10.STAGING_PREFIX}old" / "cifar-10-batches-py").mkdir(parents=True)
+    made = cifar10.tempfile.mkdtemp
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(data.tempfile, "mkdtemp", disk_full)
+    monkeypatch.setattr(cifar10.tempfile, "mkdtemp", disk_full)
     with pytest.raises(DatasetError, match="could not download CIFAR-10 .*No space left"):
         load_cifar10(root, verify_md5=False, download=True)
-    monkeypatch.setattr(data.tempfile, "mkdtemp", made)
+    monkeypatch.setattr(cifar10.tempfile, "mkdtemp", made)
     assert load_cifar10(root, verify_md5=False, download=True).train_labels.numel() == 50
-    assert not list(root.glob(f"{data.STAGING_PREFIX}*"))
+    assert not list(root.glob(f"{cifar10.STAGING_PREFIX}*"))
 
 
 def test_a_download_over_an_incomplete_folder_says_delete_it(tmp_path, monkeypatch):
@@ -896,9 +896,9 @@ def test_a_download_over_an_incomplete_folder_says_delete_it(tmp_path, monkeypat
 
 
 def test_a_download_with_the_wrong_md5_says_so_not_offline(tmp_path, monkeypatch):
-    import basisconv.data as data
+    from basisconv import cifar10
 
-    monkeypatch.setattr(data.urllib.request, "urlretrieve",
+    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve",
                         lambda url, path: Path(path).write_bytes(b"not a tarball"))
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)  # the stdlib path
     with pytest.raises(DatasetError, match=r"^downloaded .* has the wrong md5; delete it "
@@ -934,7 +934,7 @@ def test_a_download_offline_extracts_the_archive_already_there(tmp_path, monkeyp
     """Found in the data review: without torchvision (the CPU torch build cannot import it)
     data.download=true fetched the archive again over one already in data.root, so an
     offline machine failed beside it; torchvision's downloader uses it."""
-    import basisconv.data as data
+    from basisconv import cifar10
 
     blob = _serve_archive(tmp_path, monkeypatch)
     root = tmp_path / "new"
@@ -944,7 +944,7 @@ def test_a_download_offline_extracts_the_archive_already_there(tmp_path, monkeyp
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(data.urllib.request, "urlretrieve", offline)
+    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve", offline)
     assert load_cifar10(root, verify_md5=False, download=True).train_labels.numel() == 50
 
 

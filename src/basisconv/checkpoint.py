@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .data import expanded_root
+from .cifar10 import expanded_root
 from .errors import ConfigError, one_line
 from .records import RECORD, file_digest, read_record, write_atomic, write_text_atomic
 from .signals import stops_held

@@ -17,12 +17,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from .cifar10 import TEST_IMAGES, TRAIN_IMAGES
 from .config import (AMP, BASIS_INIT, COMPILE_MODES, DATASETS, GRAPHING_COMPILE_MODES,
                      LOGGER_BACKENDS, LOGGER_MODE_ALIASES, LOGGER_MODES, AnalysisConfig,
                      TrainConfig)
 from .config_keys import missing_values, resolve_all, unknown_keys
 from .counts import count_of, count_or_fraction_problem, is_int
-from .data import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, training_images
+from .data import IMAGE_SHAPE, NUM_CLASSES, training_images
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
 from .layers import COMBINE_MODES, check_basis_size
@@ -294,7 +295,7 @@ def _check_paths(cfg: DictConfig) -> None:
         _check(value is None or bool(str(value).strip()),
                f"{key} is empty (an unset shell variable?); give a path, or {instead}")
     for key in [*PATH_KEYS, "publish"]:
-        if key != "data.root":  # (read through data.expanded_root)
+        if key != "data.root":  # (read through cifar10.expanded_root)
             check_no_tilde(key, OmegaConf.select(cfg, key))
 
 

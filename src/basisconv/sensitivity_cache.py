@@ -21,7 +21,7 @@ from typing import Any, TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from .data import expanded_root
+from .cifar10 import expanded_root
 from .errors import ConfigError, WriteError, one_line
 from .network import architecture_digest
 from .records import (KIND_WORDS, commit_name, file_digest, git_commit, of_type, read_record,

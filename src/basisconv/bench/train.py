@@ -27,8 +27,9 @@ from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..checkpoint import CHECKPOINT, save_checkpoint
+from ..cifar10 import TRAIN_IMAGES, load_cifar10
 from ..config import GRAPHING_COMPILE_MODES
-from ..data import TRAIN_IMAGES, TensorBatches, load_cifar10
+from ..data import TensorBatches
 from ..errors import ConfigError, DatasetError
 from ..layers import basis_layers
 from ..loop import (EpochStats, Runtime, build_optimizer, compiled, device_problem,

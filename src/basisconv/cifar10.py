@@ -1,0 +1,368 @@
+"""CIFAR-10 read from disk into a :class:`CIFAR10` of uint8 tensors: where its files are
+(``data.root``, ``$CIFAR10_ROOT``, a ``~`` expanded), their two formats, the checks each
+file passes (each failure one line naming the file and the fix), and the download.
+
+Both published distributions are read: the binary version (``cifar-10-batches-bin``) and
+the python version (``cifar-10-batches-py``). Files are checked against the published
+md5 sums, so a truncated download or a different dataset never trains silently.
+
+Apart from :mod:`basisconv.data` (what a run does with the images: the generated
+stripes, subsets, batched augmentation, normalization, batches), which reads the files
+only through :func:`load_cifar10`: nothing here calls back into it, and the modules that
+need only where the files are (the same-data rules of checkpoints and the sensitivity
+cache, reproduce.sh's checks) need nothing of the batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .errors import DatasetError, DatasetNotFound
+from .records import file_digest, folder_lock
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+RECORD_BYTES = 1 + 3 * 32 * 32  # binary version: 1 label byte, then R, G, B planes
+TRAIN_FILES = {"bin": [f"data_batch_{i}.bin" for i in range(1, 6)],
+               "py": [f"data_batch_{i}" for i in range(1, 6)]}
+TEST_FILES = {"bin": ["test_batch.bin"], "py": ["test_batch"]}
+FOLDERS = {"bin": "cifar-10-batches-bin", "py": "cifar-10-batches-py"}
+TRAIN_IMAGES = 50_000  # in the genuine files, whose md5 sums (below) vouch for it
+TEST_IMAGES = 10_000
+# Published md5 sums of the extracted files (the python version's are the ones
+# torchvision checks; the binary version's are those of the official tarball's members).
+MD5 = {
+    "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
+    "data_batch_2.bin": "5ea93a67294ea407fff1d09f752e9692",
+    "data_batch_3.bin": "942cd6a4bcdd0dd3c604fbe906cb4421",
+    "data_batch_4.bin": "ae636b3ba5c66a11e91e8cb52e771fcb",
+    "data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
+    "test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+#: The lock file a download holds in ``data.root`` (see :func:`load_cifar10`).
+DOWNLOAD_LOCK = ".cifar-10-download.lock"
+ARCHIVE = {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+           "md5": "c58f30108f718f92721af3b95e74349a"}
+#: The published archives' names, binary first: one copied into ``data.root`` and never
+#: extracted is named by the not-found error (it said only "not found").
+ARCHIVES = {"bin": "cifar-10-binary.tar.gz", "py": Path(ARCHIVE["url"]).name}
+
+
+@dataclass
+class CIFAR10:
+    """The dataset in memory: images ``[N, 3, 32, 32]`` uint8, labels ``[N]`` int64."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str = ""
+
+    def to(self, device: torch.device | str) -> "CIFAR10":
+        return CIFAR10(*(t.to(device) for t in (self.train_images, self.train_labels,
+                                                 self.test_images, self.test_labels)),
+                       source=self.source)
+
+
+def default_root() -> str:
+    """``$CIFAR10_ROOT`` if set, else ``./data``."""
+    return os.environ.get("CIFAR10_ROOT", "./data")
+
+
+def expanded_root(root: str | os.PathLike) -> Path:
+    """``root`` with a leading ``~`` or ``~user`` expanded; a user that does not exist
+    (``~alcie/data`` for ``~alice/data``) is a :class:`DatasetError` naming the fix
+    (pathlib's own error, "Could not determine home directory.", named neither)."""
+    try:
+        return Path(root).expanduser()
+    except RuntimeError:
+        raise DatasetError(
+            f"data.root={str(root)!r}: {str(root).split(os.sep)[0]!r} names no user's home "
+            f"folder on this machine; give the folder in full (or ~/... for your own home) "
+            f"in data.root or the CIFAR10_ROOT environment variable") from None
+
+
+def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
+    """Locate a CIFAR-10 folder under ``root`` (or ``root`` itself), binary version first.
+
+    Returns the folder and its format, ``"bin"`` or ``"py"``; raises
+    :class:`DatasetNotFound` if neither is there, and :class:`DatasetError` if a folder
+    cannot be looked in.
+    """
+    root = expanded_root(root)
+    if root.is_file():  # (it was "not found", and a download could not go there either)
+        archive = (f", the published archive: extract it (tar -xzf {root} -C {root.parent}) "
+                   f"and point data.root at {root.parent}" if root.name in ARCHIVES.values()
+                   else "")
+        raise DatasetError(f"data.root is a file, not a folder: {root.resolve()}{archive}. "
+                           f"Point data.root (or the CIFAR10_ROOT environment variable) at the "
+                           f"folder holding the extracted CIFAR-10 files.")
+    # each format in either subfolder: the files tell the format, not the folder's name (the
+    # python version extracted into a cifar-10-batches-bin/ was "not found" in it)
+    folders = (root, root / FOLDERS["bin"], root / FOLDERS["py"])
+    found = [(folder, fmt) for fmt in ("bin", "py") for folder in folders
+             if _holds_cifar10(folder, fmt, any)]
+    # the first that holds every file: a stray test_batch.bin beside a complete
+    # cifar-10-batches-bin/ was taken, and refused as incomplete (left at stop 70)
+    for folder, fmt in found:
+        if _holds_cifar10(folder, fmt, all):
+            return folder, fmt
+    if found:
+        return found[0]
+    archive = next((root / name for name in ARCHIVES.values() if (root / name).is_file()), None)
+    unpacked = (f" It holds {archive.name}, never extracted: extract it there (tar -xzf "
+                f"{archive} -C {root}).") if archive else ""
+    raise DatasetNotFound(
+        f"CIFAR-10 not found: looked in {root.resolve()} and its subfolders "
+        f"{FOLDERS['bin']}/ and {FOLDERS['py']}/.{unpacked} Point data.root (or the "
+        f"CIFAR10_ROOT environment variable) at the folder holding the extracted CIFAR-10 "
+        f"files, or set data.download=true on a machine that is online.")
+
+
+def _holds_cifar10(folder: Path, fmt: str, how: Callable[[Iterable[bool]], bool]) -> bool:
+    """Whether ``folder`` holds ``any`` or ``all`` of CIFAR-10's files in format ``fmt``."""
+    try:
+        return how((folder / name).is_file() for names in (TEST_FILES, TRAIN_FILES)
+                   for name in names[fmt])
+    except OSError as err:  # a folder this user may not enter (another user's, 700):
+        # is_file ignores only "no such file", so this was a PermissionError's trace
+        raise DatasetError(
+            f"cannot look in {folder} for CIFAR-10 ({err.strerror or err}): make it "
+            f"readable (chmod a+rx, or ask its owner), or point data.root (or the "
+            f"CIFAR10_ROOT environment variable) at a copy this user can read.") from None
+
+
+def _read_binary(path: Path, raw: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of ``raw``, the bytes of the binary batch ``path``."""
+    if len(raw) == 0 or len(raw) % RECORD_BYTES:
+        raise DatasetError(
+            f"{path} is truncated or not a CIFAR-10 binary file: {len(raw)} bytes is not a "
+            f"whole number of {RECORD_BYTES}-byte records. Re-download or re-extract it.")
+    records = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, RECORD_BYTES)
+    labels = records[:, 0].long()
+    images = records[:, 1:].reshape(-1, 3, 32, 32).clone()
+    return images, labels
+
+
+def _read_python(path: Path, raw: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of ``raw``, the bytes of the python batch ``path``."""
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+    except Exception as err:  # noqa: BLE001 - any failure here means a bad file
+        raise DatasetError(
+            f"{path} is truncated or not a CIFAR-10 python batch ({type(err).__name__}: "
+            f"{err}). Re-download or re-extract it.") from None
+    # CIFAR-10's keys are bytes (pickled by Python 2); one's own data pickled by Python 3
+    # has text keys, and was called truncated
+    if isinstance(batch, dict):
+        batch = {key.encode() if isinstance(key, str) else key: value
+                 for key, value in batch.items()}
+    missing = [key for key in (b"data", b"labels") if not isinstance(batch, dict)
+               or key not in batch]
+    if missing:
+        has = ("its keys: " + ", ".join(
+            repr(k.decode(errors="replace") if isinstance(k, bytes) else k) for k in batch)
+               if isinstance(batch, dict) else f"it is a {type(batch).__name__}")
+        raise DatasetError(
+            f"{path} is not a CIFAR-10 python batch: it has no {missing[0].decode()!r} entry "
+            f"({has}); a batch is a dict of 'data' (N, 3072) uint8 and 'labels' "
+            f"(N,). Re-download or re-extract it, or fix the file if it is your own data.")
+    try:
+        data = torch.as_tensor(batch[b"data"])
+        labels = torch.as_tensor(batch[b"labels"])
+    except Exception as err:  # noqa: BLE001 - any failure here means a bad file
+        raise DatasetError(
+            f"{path} is not a CIFAR-10 python batch: its data or labels are not arrays "
+            f"({type(err).__name__}: {err}). Re-download or re-extract it.") from None
+    # pixels are bytes: float pixels in [0, 1] or wider integers were cast to uint8, and so
+    # truncated (near-black images) or wrapped modulo 256, silently (own data in this
+    # format), and bools read as pixels 0 and 1 (black). The range is read as int64: torch
+    # has no min of uint16..uint64 (numpy's 16-bit images)
+    integers = not (data.is_floating_point() or data.is_complex() or data.dtype == torch.bool)
+    if data.dtype != torch.uint8 and (not integers or (
+            data.numel() and not 0 <= int(data.long().min()) <= int(data.long().max()) <= 255)):
+        raise DatasetError(
+            f"{path}: its data is {str(data.dtype).removeprefix('torch.')} "
+            f"{'outside 0..255' if integers else 'values'}, where CIFAR-10 "
+            f"stores uint8 pixels 0..255; convert it, e.g. (x * 255).round().astype(np.uint8) "
+            f"for pixels in [0, 1]")
+    data = data.to(torch.uint8)
+    labels = _class_labels(path, batch[b"labels"], labels)
+    # one row of 3*32*32 bytes per image and one label each: else images and labels of the
+    # whole split would be paired wrongly, silently (with data.verify_md5=false)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
+        raise DatasetError(
+            f"{path} is not a CIFAR-10 python batch: its data has shape {tuple(data.shape)} "
+            f"and its labels {tuple(labels.shape)}, where CIFAR-10 has (N, 3072) and (N,). "
+            f"Re-download or re-extract it, or fix the file if it is your own data.")
+    return data.reshape(-1, 3, 32, 32).clone(), labels
+
+
+def _class_labels(path: Path, given, labels: torch.Tensor) -> torch.Tensor:
+    """The python batch's labels (``given``, read by torch as ``labels``) as int64 classes.
+    A cast to int64 truncated a fractional label (1.5 became class 1) and read True and
+    False as classes 1 and 0, silently (own data in this format); whole numbers stored as
+    floats (1.0) are classes, read exactly (as float64: a list of floats is float32 to
+    torch, where 1.00000001 is 1.0)."""
+    flags = labels.dtype == torch.bool or (
+        isinstance(given, (list, tuple)) and any(isinstance(v, bool) for v in given))
+    if labels.is_floating_point() and not flags:
+        labels = torch.as_tensor(given, dtype=torch.float64)
+        whole = labels.isfinite() & (labels == labels.round())
+        if whole.all():
+            return labels.long()
+        what = repr(labels[~whole][0].item())
+    elif flags or labels.is_complex():
+        what = ("true/false values" if flags
+                else f"{str(labels.dtype).removeprefix('torch.')} values")
+    else:
+        return labels.long()
+    raise DatasetError(f"{path}: its labels include {what}, where CIFAR-10 stores each "
+                       f"image's class as a whole number 0..9; fix the labels if it is your "
+                       f"own data (one int class per image)")
+
+
+def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
+    images, labels = [], []
+    reader = _read_binary if fmt == "bin" else _read_python
+    for name in names:
+        path = folder / name
+        if path.is_dir():  # (is_file said "missing" of it)
+            raise DatasetError(f"{path} is a folder, where CIFAR-10's file {name} belongs: "
+                               f"replace it by that file (extract the archive again), or point "
+                               f"data.root at a folder holding the extracted files.")
+        if not path.is_file():
+            raise DatasetError(f"CIFAR-10 file missing: {path}. The folder {folder} must hold "
+                               f"{', '.join(TRAIN_FILES[fmt] + TEST_FILES[fmt])}.")
+        try:
+            raw = path.read_bytes()
+        except OSError as err:  # no permission (another user's copy, mode 600), a failing disk
+            raise DatasetError(
+                f"cannot read {path} ({err.strerror or err}): make it readable (chmod a+r, or "
+                f"ask its owner), or point data.root at a copy this user can read.") from None
+        # the bytes hashed are the bytes parsed (each file read once), verified before they
+        # are parsed: a python batch is a pickle, which runs code as it loads (a checksum,
+        # not security: usedforsecurity=False, without which a FIPS-mode Python refuses)
+        if verify_md5 and (
+                digest := hashlib.md5(raw, usedforsecurity=False).hexdigest()) != MD5[name]:
+            raise DatasetError(
+                f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
+                f"corrupt or not the genuine CIFAR-10: re-download it, or set "
+                f"data.verify_md5=false if you use your own data in CIFAR format.")
+        x, y = reader(path, raw)
+        outside = ((y < 0) | (y >= len(CLASSES))).nonzero().flatten()
+        if outside.numel():  # the first such record and its label: a text file's "labels"
+            # are printable bytes (a Git LFS pointer, with data.verify_md5=false), own data's
+            # are off by one (1..10); the message named neither, nor what to do
+            first = int(outside[0])
+            raise DatasetError(
+                f"{path} has labels outside 0..9 (record {first}: {int(y[first])}): not a "
+                f"CIFAR-10 file. Re-download or re-extract it, or fix the labels if it is "
+                f"your own data (one class 0..9 per image).")
+        images.append(x)
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)
+
+
+#: The hidden folder an archive is extracted into before its dataset is renamed into place.
+STAGING_PREFIX = ".cifar-10-extracting-"
+
+
+def download_cifar10(root: str | os.PathLike) -> None:
+    """Download and extract the python version into ``root`` (md5-checked).
+
+    Uses torchvision's downloader when torchvision imports, else the standard library.
+    The archive is extracted into a hidden staging folder and its CIFAR-10 folder renamed
+    into place whole: a run started meanwhile (a staggered array job, a second command)
+    finds either no dataset, and waits for the download lock, or all of it; never a folder
+    still being written; an interrupted extraction leaves no half dataset (a killed
+    one's staging folder is removed by the next download).
+    """
+    root = expanded_root(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / FOLDERS["py"]
+    if target.exists():  # find_cifar10 found no batch in it
+        raise DatasetError(
+            f"{target} exists but holds no CIFAR-10 batch (an interrupted extraction?): "
+            f"delete it and run again, or point data.root at a complete copy.")
+    try:
+        from torchvision.datasets.utils import download_and_extract_archive
+    except Exception:  # noqa: BLE001 - the CPU torch build cannot import torchvision's ops
+        download_and_extract_archive = None
+    for leftover in root.glob(f"{STAGING_PREFIX}*"):  # of a killed run (under the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+        if download_and_extract_archive is not None:
+            download_and_extract_archive(ARCHIVE["url"], str(root), extract_root=str(staging),
+                                         md5=ARCHIVE["md5"])
+        else:
+            archive = root / ARCHIVES["py"]
+            # one already there (copied by hand, or an earlier download) is used, as
+            # torchvision's downloader uses it: offline, the download failed beside it
+            if not (archive.is_file() and file_digest(archive, "md5") == ARCHIVE["md5"]):
+                urllib.request.urlretrieve(ARCHIVE["url"], archive)
+                if file_digest(archive, "md5") != ARCHIVE["md5"]:
+                    raise DatasetError(
+                        f"downloaded {archive} has the wrong md5; delete it and retry.")
+            with tarfile.open(archive) as tar:
+                # the "data" filter (no paths outside root, no devices) where Python has it
+                # (3.11.4+); the archive's md5 was checked above either way
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(staging, **safe)
+        os.replace(staging / FOLDERS["py"], target)
+    except DatasetError:  # its own message (a wrong md5) says what to do
+        raise
+    except (OSError, RuntimeError) as err:  # torchvision's md5 mismatch is a RuntimeError
+        raise DatasetError(
+            f"could not download CIFAR-10 into {root} ({err}). This machine may be offline: "
+            f"copy the extracted files there by hand, or point data.root at them.") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = True,
+                 download: bool = False) -> CIFAR10:
+    """Read the whole CIFAR-10 into memory as uint8 tensors.
+
+    ``root`` may be the extracted folder itself or a folder above it; default
+    :func:`default_root`. With ``download=True`` a missing dataset is fetched first.
+    """
+    # expanded here, once: the download lock below lives in the same folder as the data
+    root = expanded_root(root if root is not None else default_root())
+    try:
+        folder, fmt = find_cifar10(root)
+    except DatasetNotFound:
+        if not download:
+            raise
+        # one download at a time into a folder (runs started together, torchrun's ranks,
+        # reproduce.sh's JOBS, would write one archive at once); the next finds it there
+        with folder_lock(root, wait=True, what="CIFAR-10 download", key="data.root",
+                         name=DOWNLOAD_LOCK):
+            try:
+                folder, fmt = find_cifar10(root)
+            except DatasetNotFound:
+                download_cifar10(root)
+                folder, fmt = find_cifar10(root)
+    train = _read_split(folder, fmt, TRAIN_FILES[fmt], verify_md5)
+    test = _read_split(folder, fmt, TEST_FILES[fmt], verify_md5)
+    return CIFAR10(*train, *test, source=str(folder))
