@@ -15,7 +15,9 @@ from basisconv.cost import saves_compute
 from basisconv.errors import ConfigError
 from basisconv.fitting import (basis_filters, best_rank_weight, fit_coefficients,
                                relative_error, select_basis, smallest_basis)
-from basisconv.layers import BasisConv2d, coefficient_l1, resolve_num_basis
+from basisconv.layer_options import resolve_num_basis
+from basisconv.layers import BasisConv2d
+from basisconv.penalties import coefficient_l1
 
 # (in, out, kernel, stride, padding, dilation, bias)
 SHAPES = [
@@ -382,7 +384,7 @@ def test_one_count_or_fraction_rule_for_basis_sizes_and_subsets(value, problem):
     config check's side, through ``validate``, is tests/test_configs.py's
     test_a_subset_is_refused_in_the_words_of_the_count_or_fraction_rule.)"""
     from basisconv.counts import count_or_fraction_problem
-    from basisconv.layers import check_basis_size
+    from basisconv.layer_options import check_basis_size
 
     if problem is None:
         assert count_or_fraction_problem(value) is None
@@ -866,7 +868,8 @@ def test_frobenius_decay_makes_factor_decay_the_computed_weights_decay(options, 
     gradient of ``wd / 2 * ||W||^2`` over the computed weights, each counted once, as the
     dense model's decay is over its weights; plain decay of the factors is not. In both
     forms of ``||A B||^2`` (4 of 12 filters: the Gram matrices'; 9: the product's)."""
-    from basisconv.layers import basis_layers, frobenius_decay_correction
+    from basisconv.layers import basis_layers
+    from basisconv.penalties import frobenius_decay_correction
     from basisconv.surgery import apply_basis
 
     model = apply_basis(_two_convs(tied), "all", num_basis, only_where_saves=False, **options)
@@ -899,7 +902,8 @@ def test_frobenius_decay_computes_the_cheaper_of_two_equal_forms(num_basis, forw
     torch's own FLOP counter, forward and backward; the same value either way."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from basisconv.layers import basis_layers, frobenius_decay_correction
+    from basisconv.layers import basis_layers
+    from basisconv.penalties import frobenius_decay_correction
     from basisconv.surgery import apply_basis
 
     torch.manual_seed(0)
@@ -921,7 +925,7 @@ def test_frobenius_decay_computes_the_cheaper_of_two_equal_forms(num_basis, forw
 
 
 def test_frobenius_decay_on_a_model_without_basis_layers_is_one_clear_error():
-    from basisconv.layers import frobenius_decay_correction
+    from basisconv.penalties import frobenius_decay_correction
     from basisconv.network import basis_penalty
 
     with pytest.raises(ConfigError, match="no BasisConv2d layers"):
@@ -934,7 +938,7 @@ def test_frobenius_decay_on_a_model_without_basis_layers_is_one_clear_error():
     assert basis_penalty(layered, 5e-4) is None and basis_penalty(layered, 0.0,
                                                                    frobenius_decay=True) is None
     both = basis_penalty(layered, 5e-4, coefficient_l1=1e-3, frobenius_decay=True)()
-    from basisconv.layers import coefficient_l1, frobenius_decay_correction
+    from basisconv.penalties import coefficient_l1, frobenius_decay_correction
     torch.testing.assert_close(both, 1e-3 * coefficient_l1(layered)
                                + 5e-4 / 2 * frobenius_decay_correction(layered))
 
@@ -974,7 +978,7 @@ def test_a_runs_basis_penalty_is_half_the_weight_decay_times_the_correction():
     plus the coefficients' L1 term; without either, nothing (found by a mutation test: the
     run's penalty at twice the correction, a decay of the computed weights at another
     strength than the dense model's, failed no test)."""
-    from basisconv.layers import frobenius_decay_correction
+    from basisconv.penalties import frobenius_decay_correction
     from basisconv.network import basis_penalty
     from basisconv.surgery import apply_basis
 

@@ -2050,7 +2050,7 @@ def test_a_fine_tune_trains_with_the_configs_label_smoothing_and_frobenius_decay
     weight (both keyed in the table's cache, so one dropped silently measured another
     recipe under their key); ``basis.coefficient_l1`` stays out (a training run's choice)."""
     from basisconv import loop
-    from basisconv.layers import frobenius_decay_correction
+    from basisconv.penalties import frobenius_decay_correction
     from basisconv.probe import Probe
 
     cfg = compose_sensitivity(repo, tmp_path, "model=resnet8", "sensitivity.finetune_epochs=1",

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .cost import forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError, warn_caller
-from .layers import resolve_num_basis
+from .layer_options import resolve_num_basis
 from .source_conv import basis_size_for_error, check_finite_weight, check_max_error
 
 log = logging.getLogger(__name__)

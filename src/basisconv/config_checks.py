@@ -26,7 +26,8 @@ from .counts import count_of, count_or_fraction_problem, is_int
 from .data import IMAGE_SHAPE, NUM_CLASSES, training_images
 from .errors import ConfigError, warn_once
 from .fitting import FIT_MODES
-from .layers import COMBINE_MODES, check_basis_size
+from .layer_options import check_basis_size
+from .layers import COMBINE_MODES
 from .loop import SCHEDULES, device_problem, graphed_fp16_problem
 from .model_checks import check_against_the_model, check_search_size
 from .models import list_models, parameter_count

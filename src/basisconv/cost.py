@@ -49,7 +49,8 @@ from torch.nn.modules.utils import _pair
 
 from .counts import is_int
 from .errors import BasisconvError, ConfigError, one_line, warn_caller
-from .layers import COMBINE_MODES, BasisConv2d, NoWeightError, layer_shape, resolve_num_basis
+from .layer_options import resolve_num_basis
+from .layers import COMBINE_MODES, BasisConv2d, NoWeightError, layer_shape
 from .model_copy import HOOK_TABLES, copy_model
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,11 @@ that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the f
 
 What :meth:`BasisConv2d.from_conv` reads from the trained conv (whether it converts, the
 weight torch's hooks compute for it, whether it trains, a basis size by error bound) is
-:mod:`basisconv.source_conv`'s, whose names this module still exports. Also here: the
-training penalties over a model's basis layers (:func:`frobenius_decay_correction`,
-:func:`coefficient_l1`).
+:mod:`basisconv.source_conv`'s, whose names this module still exports. What the layer's
+arguments may be (the basis size, the geometry, the coefficient rank) is
+:mod:`basisconv.layer_options`', asked apart from any layer too. The training penalties
+over a model's basis layers (``frobenius_decay_correction``, ``coefficient_l1``) are
+:mod:`basisconv.penalties`'.
 """
 
 from __future__ import annotations
@@ -51,101 +53,18 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.utils import _pair
 from torch.nn.utils import skip_init
 
-from .counts import count_or_fraction_problem, is_int, is_number, share_of
+from .counts import is_int, is_number
 from .errors import ConfigError, warn_caller
 from .fitting import basis_filters, best_rank_weight, fit_coefficients, relative_error
 from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
                       channels_last, combination_rows, fused_forward, materialized_weight,
                       split_forward, stacked_forward, without_autocast)
+from .layer_options import check_coefficient_rank, check_flag, check_geometry, resolve_num_basis
 from .source_conv import (basis_size_for_error, check_convertible, check_finite_weight,
                           check_fit, check_plain_options, parametrizations_in_eval,
                           refresh_computed_weight, trains)
-
-
-def check_basis_size(value, key: str = "num_basis") -> None:
-    """The basis-size rule before it meets a layer (``key`` names the value in errors):
-    an int is a count (at least 1), a float a fraction of ``out_channels`` in ``(0, 1]``."""
-    if not is_number(value):  # a TypeError, as the layer's API promises for a wrong type
-        raise TypeError(f"{key}={value!r} must be an int (a count >= 1) or a float in (0, 1] "
-                        f"(a fraction of out_channels)")
-    problem = count_or_fraction_problem(value)
-    if problem:
-        raise ConfigError(f"{key}={value} {problem}; a layer takes 1..its out_channels as a "
-                          f"count, or a fraction in (0, 1] of them")
-
-
-def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "",
-                      key: str = "num_basis") -> int:
-    """The basis size as an int in ``[1, out_channels]``.
-
-    An int is a count; a float in ``(0, 1]`` a fraction of ``out_channels``, rounded half
-    up and at least 1 (``0.25`` of 64 channels is 16). ``where`` names the layer in errors,
-    ``key`` the value the user set (``basis.size`` when it comes from a config).
-    """
-    at = f"layer {where!r}: " if where else ""
-    if is_int(num_basis):
-        count = int(num_basis)
-    else:
-        try:
-            check_basis_size(num_basis, key)
-        except (TypeError, ConfigError) as err:
-            raise type(err)(f"{at}{err}") from None
-        count = max(1, share_of(out_channels, num_basis))
-    if not 1 <= count <= out_channels:
-        raise ConfigError(f"{at}{key} = {count} is out of range: valid is 1..{out_channels} "
-                          f"(its out_channels); set {key} to a count in that range, or to a "
-                          f"fraction in (0, 1] of each layer's out_channels")
-    return count
-
-
-def check_geometry(kernel_size, stride, padding, dilation) -> tuple:
-    """The conv's kernel size, stride, padding and dilation as ``nn.Conv2d`` keeps them,
-    checked when the layer is made (a bad value would otherwise surface at the first
-    forward, deep inside ``F.conv2d`` or the fused kernel)."""
-    pairs = {}
-    for name, value, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
-                               ("dilation", dilation, 1), ("padding", padding, 0)):
-        if name == "padding" and isinstance(value, str):
-            if value not in ("same", "valid"):
-                raise ConfigError(f"padding={value!r}: use 'same', 'valid' or ints >= 0, as "
-                                  f"for nn.Conv2d")
-            pairs[name] = value
-            continue
-        pair = _pair(value)
-        if len(pair) != 2 or not all(is_int(v) and v >= least for v in pair):
-            raise ConfigError(f"{name}={value!r}: use an int >= {least} or two of them")
-        pairs[name] = tuple(int(v) for v in pair)
-    if pairs["padding"] == "same" and pairs["stride"] != (1, 1):
-        raise ConfigError(f"padding='same' needs stride 1 (got stride={stride!r}), as for "
-                          f"nn.Conv2d; give the padding as ints for a strided layer")
-    return pairs["kernel_size"], pairs["stride"], pairs["padding"], pairs["dilation"]
-
-
-def check_flag(name: str, value) -> bool:
-    """A yes/no option as a bool: ``bias="false"`` or ``fuse_norm="no"`` would otherwise be
-    taken as true (a non-empty string), silently."""
-    if value not in (True, False):
-        raise ConfigError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def check_coefficient_rank(rank, out_channels: int, num_basis: int, where: str = "",
-                           key: str = "coefficient_rank") -> int | None:
-    """``None`` (a full coefficient matrix), or a rank in ``1..min(C_out - m, m)`` (at
-    least 1), returned as an int; ``where`` names the layer in errors, ``key`` the value the
-    user set (``basis.coefficient_rank`` when it comes from a config)."""
-    if rank is None:
-        return None
-    top = max(1, min(out_channels - num_basis, num_basis))
-    if not is_int(rank) or not 1 <= rank <= top:
-        at = f" for layer {where!r}" if where else ""
-        raise ConfigError(f"{key} must be an int in 1..{top}{at} (min of out_channels - "
-                          f"num_basis = {out_channels - num_basis} and num_basis = {num_basis}), "
-                          f"got {rank!r}")
-    return int(rank)
 
 
 class NoWeightError(AttributeError):
@@ -455,7 +374,7 @@ class BasisConv2d(nn.Module):
         """Keep the ``keep_per_row`` largest-magnitude coefficients of each combined output
         and zero the rest through a fixed mask (one of our options for the paper's "methods to
         shrink the coefficient matrix", whose details are not known to us);
-        pair it with :func:`coefficient_l1` during training to push small ones to zero."""
+        pair it with :func:`~basisconv.penalties.coefficient_l1` during training to push small ones to zero."""
         if self.coefficient_rank is not None:
             raise ConfigError("prune_coefficients needs a full coefficient matrix; this layer "
                              f"stores it at rank {self.coefficient_rank}")
@@ -630,82 +549,12 @@ def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, BasisConv2d)}
 
 
-def frobenius_decay_correction(model: nn.Module) -> torch.Tensor:
-    """What turns plain weight decay on a basis layer's factors into decay on the weight it
-    computes: ``weight_decay / 2`` times this, added to the loss, makes SGD's decay of the
-    basis filters ``B`` and the coefficients ``A`` (each ``weight_decay * p``) the gradient
-    of ``weight_decay / 2 * ||W||^2``, ``W = P [B; A B]`` (the dense conv's decay, on its
-    weight): ``||W||^2`` less the squares SGD already decays. Plain decay on the factors
-    penalizes ``||B||^2 + ||A||^2``, another regularizer than the dense model's (Khodak et
-    al., ICLR 2021, "Frobenius decay" of factorized layers). Each weight (tied layers) and
-    each parameter (shared coefficients) counts once; outside autocast, in the parameters'
-    dtype."""
-    layers = list(basis_layers(model).values())
-    if not layers:
-        raise ConfigError("frobenius_decay_correction: the model has no BasisConv2d layers; "
-                          "convert some with basisconv.surgery.apply_basis first")
-    total = layers[0].basis_weight.new_zeros(())
-    weights: set[tuple[int, ...]] = set()
-    decayed: dict[int, nn.Parameter] = {}
-    with without_autocast(layers[0].basis_weight.device.type):
-        for layer in layers:
-            factors = [layer.basis_weight, *layer.coefficient_parameters()]
-            decayed.update((id(p), p) for p in factors)
-            if tuple(map(id, factors)) in weights:
-                continue
-            weights.add(tuple(map(id, factors)))
-            basis = layer.basis_weight.flatten(1)
-            total = (total + basis.square().sum()
-                     + squared_norm_of_product(layer.coefficient_matrix(), basis))
-        return total - sum(p.square().sum() for p in decayed.values())
-
-
-def product_norm_macs(rows: int, num_basis: int, columns: int) -> tuple[int, int]:
-    """Multiply-adds of ``||A B||^2`` for ``A`` of ``rows x num_basis`` and ``B`` of
-    ``num_basis x columns``: as the product ``A B``, and as ``<A^T A, B B^T>`` (the two
-    Gram matrices). The backward of either costs twice its forward."""
-    return rows * num_basis * columns, num_basis * num_basis * (rows + columns)
-
-
-def squared_norm_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``||a @ b||^2`` (Frobenius), by the cheaper of two equal forms: ``<a^T a, b b^T>``
-    never builds the ``(C_out - m) x C_in k^2`` product, and costs ``m^2 (C_out - m + C_in
-    k^2)`` multiply-adds against the product's ``(C_out - m) m C_in k^2``: about 2.8x
-    fewer for a 256-channel 3x3 layer at basis 1/4, about as many at 1/2, 3x more at 3/4
-    (then the product is taken). Its value can lose relative precision where ``a b`` is
-    far smaller than ``a`` and ``b``; its gradients (``2 a (b b^T)``, ``2 (a^T a) b``)
-    do not, and they are what training uses."""
-    product, gram = product_norm_macs(a.shape[0], a.shape[1], b.shape[1])
-    if gram < product:
-        return (a.T @ a * (b @ b.T)).sum()
-    return (a @ b).square().sum()
-
-
-def coefficient_l1(model: nn.Module) -> torch.Tensor:
-    """Sum of absolute coefficients over the model's basis layers (shared matrices once):
-    add ``weight * coefficient_l1(model)`` to the loss for sparse coefficients."""
-    seen: set[int] = set()
-    total = None
-    for layer in basis_layers(model).values():
-        key = id(layer.coefficient_parameters()[0])
-        if key in seen:
-            continue
-        seen.add(key)
-        term = layer.coefficient_matrix().abs().sum()
-        total = term if total is None else total + term
-    if total is None:
-        raise ConfigError("coefficient_l1: the model has no BasisConv2d layers; convert some "
-                         "with basisconv.surgery.apply_basis first")
-    return total
-
-
 def layer_shape(layer: nn.Module) -> tuple[int, int, tuple[int, int]]:
     """``(in_channels, out_channels, kernel_size)`` of a conv or basis layer."""
     return layer.in_channels, layer.out_channels, tuple(layer.kernel_size)
 
 
 __all__: Sequence[str] = (
-    "BasisConv2d", "COMBINE_MODES", "NoWeightError", "basis_layers", "check_basis_size",
-    "check_coefficient_rank", "check_convertible", "coefficient_l1", "conv_norm_act",
-    "frobenius_decay_correction", "resolve_num_basis",
+    "BasisConv2d", "COMBINE_MODES", "NoWeightError", "basis_layers", "check_convertible",
+    "conv_norm_act",
 )

@@ -23,7 +23,8 @@ from .kernels import auto
 from .cost import model_cost
 from .model_copy import modes_kept
 from .models import build_model
-from .layers import basis_layers, coefficient_l1 as coefficient_l1_sum, frobenius_decay_correction
+from .layers import basis_layers
+from .penalties import coefficient_l1 as coefficient_l1_sum, frobenius_decay_correction
 from .surgery import CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report
 
 #: The layers to convert: ``None`` (none), ``"all"``, or module names and patterns.

@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 from .candidates import IMAGE, layer_savings, python_number
 from .counts import is_number
 from .errors import ConfigError, TrainingDiverged
-from .layers import check_fit
 from .model_copy import modes_kept
 from .selection import DROPS, metric_drops, table_number
+from .source_conv import check_fit
 from .surgery import apply_basis, basis_report
 
 

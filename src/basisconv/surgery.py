@@ -33,7 +33,8 @@ from .fitting import fit_coefficients, relative_error
 from .hook_transfer import hand_back_hooks, take_over_hooks
 from .layer_names import conv_layers  # noqa: F401 (the README imports it from here)
 from .layer_names import conv_names, select_layers
-from .layers import BasisConv2d, basis_layers, check_coefficient_rank, check_flag
+from .layer_options import check_coefficient_rank, check_flag
+from .layers import BasisConv2d, basis_layers
 from .model_copy import copy_model
 from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
 from .skip_training import frozen_by_schedule

@@ -53,7 +53,8 @@ from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
 from ..errors import ConfigError, DatasetError
 from ..kernels import auto
 from ..layer_names import conv_layers
-from ..layers import BasisConv2d, resolve_num_basis
+from ..layer_options import resolve_num_basis
+from ..layers import BasisConv2d
 from ..loop import device_problem, seed_everything, settings_restored
 from ..models import build_model
 from ..records import (RunRecord, file_digest, hardware_name, is_recorded_table,
