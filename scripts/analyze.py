@@ -15,7 +15,8 @@ import hydra
 from omegaconf import DictConfig
 
 from basisconv.analysis.report import write_report
-from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.cli import exit_on_user_error
+from basisconv.sweep_checks import check_sweep_jobs
 from basisconv.errors import ConfigError
 from basisconv.records import script_command
 from basisconv.unread import warn_unread_source_overrides

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
 from basisconv.analysis.search import draw_run
-from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.cli import exit_on_user_error
+from basisconv.sweep_checks import check_sweep_jobs
 from basisconv.config_checks import validate_search
 from basisconv.records import read_record
 from basisconv.search import exhaustive_search

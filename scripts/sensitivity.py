@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
 from basisconv.analysis.sensitivity import draw_run
-from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.cli import exit_on_user_error
+from basisconv.sweep_checks import check_sweep_jobs
 from basisconv.config_checks import validate_estimate
 from basisconv.sensitivity import run_sensitivity
 from basisconv.unread import warn_preset_not_taken

@@ -15,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import basisconv.config  # noqa: F401  (registers the config schema)
-from basisconv.cli import check_sweep_jobs, exit_on_user_error
+from basisconv.cli import exit_on_user_error
+from basisconv.sweep_checks import check_sweep_jobs
 from basisconv.unread import (unread_in_training, warn_keys_no_sweep_job_reads,
                               warn_preset_choice_overridden, warn_unread_basis_overrides,
                               warn_unread_logger_overrides)

@@ -222,12 +222,12 @@ def _entry_point_state_restored():
 # (errors.SAID_ONCE, kernels.fused._WARNED, sensitivity_cache.WARNED_MISSING), the tables
 # being estimated again (sensitivity.RECOMPUTING), the shapes whose kernel failed to compile
 # (fused._FAILED), combine="auto"'s timed choices (kernels.auto), a sweep's unused folders
-# (cli.unused_sweep_folders) and the colours a user's
+# (sweep_checks.unused_sweep_folders) and the colours a user's
 # policies and forms were given (analysis.figures, analysis.speed). A test that filled one left it so for
 # every later test: a later check that a path says nothing (warnings as errors) passed
 # whatever that path said, if an earlier test had said it first.
 _PROCESS_MEMORY = {"basisconv.errors": ("SAID_ONCE",),
-                   "basisconv.cli": ("unused_sweep_folders",),
+                   "basisconv.sweep_checks": ("unused_sweep_folders",),
                    "basisconv.sensitivity": ("RECOMPUTING",),
                    "basisconv.sensitivity_cache": ("WARNED_MISSING",),
                    "basisconv.kernels.fused": ("_WARNED", "_FAILED"),

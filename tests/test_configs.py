@@ -1931,7 +1931,15 @@ def test_overrides_on_both_sides_of_a_flag_are_read_in_their_order():
                            "'all', 'config', 'defaults', 'defaults-tree', 'plugins', "
                            "'searchpath'); --info reads the word after it as what to show: "
                            "put the overrides first (seed=0 --info), or name what to show "
-                           "(--info all seed=0)\n")])
+                           "(--info all seed=0)\n"),
+    # found in the stop-85 review: a value holding a single quote is said by argparse in
+    # double quotes, and the hint above was missing
+    (["--info", "model.name='x'"], "error: argument --info/-i: invalid choice: "
+                                   "\"model.name='x'\" (choose from 'all', 'config', "
+                                   "'defaults', 'defaults-tree', 'plugins', 'searchpath'); "
+                                   "--info reads the word after it as what to show: put the "
+                                   "overrides first (model.name='x' --info), or name what to "
+                                   "show (--info all model.name='x')\n")])
 def test_a_flag_refused_by_the_parser_is_one_line(tmp_path, repo, line, said, script_starts):
     """Found in the sensitivity/cli review: a flag the parser refuses (a misspelt
     ``--cfg`` value, an unknown flag) was argparse's usage, eight lines, then its error."""

@@ -165,18 +165,18 @@ def test_a_refused_sweep_run_again_in_its_folder_keeps_the_jobs_it_ran(tmp_path,
     removed): a sweep refused when run again in its folder (extended by a value out of
     range) removes the folder only where it holds Hydra's multirun.yaml alone, never one
     with the earlier jobs' folders in it; an unrun one goes, with an emptied multirun/<name>."""
-    from basisconv import cli
+    from basisconv import sweep_checks
 
     monkeypatch.chdir(tmp_path)
     ran = tmp_path / "sweep"
     (ran / "0").mkdir(parents=True)
     (ran / "multirun.yaml").write_text("hydra: {}\n")
-    cli.remove_unrun_sweep_folder(ran)
+    sweep_checks.remove_unrun_sweep_folder(ran)
     assert sorted(p.name for p in ran.iterdir()) == ["0", "multirun.yaml"]
     unrun = tmp_path / "multirun" / "resnet20-baseline" / "2024-01-01_00-00-00"
     unrun.mkdir(parents=True)
     (unrun / "multirun.yaml").write_text("hydra: {}\n")
-    cli.remove_unrun_sweep_folder(unrun)
+    sweep_checks.remove_unrun_sweep_folder(unrun)
     assert not list((tmp_path / "multirun").iterdir())
 
 
@@ -322,7 +322,7 @@ def test_sweep_jobs_that_publish_to_one_file_written_two_ways_are_refused(tmp_pa
     # let two jobs write one file (each job writes it from the folder the sweep started in)
     from omegaconf import OmegaConf
 
-    from basisconv.cli import check_published_apart
+    from basisconv.sweep_checks import check_published_apart
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     jobs = [([f"publish={path}"], OmegaConf.create({"publish": path}))
@@ -1329,7 +1329,7 @@ def test_jobs_apart_in_a_value_too_are_not_said_apart_only_in_hydras_settings():
     """Found by a mutation test (``all`` → ``any``): two jobs of one run whose overrides
     differ in a value's spelling as well as in a Hydra setting repeat that value, and are
     told so; only jobs apart in Hydra's settings alone are said to be."""
-    from basisconv.cli import same_run_line
+    from basisconv.sweep_checks import same_run_line
 
     line = same_run_line(["seed=0", "hydra.sweep.subdir=a"], ["seed=00", "hydra.sweep.subdir=b"])
     assert "twice, as seed=00 hydra.sweep.subdir=b (a value repeated" in line, line

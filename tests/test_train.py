@@ -707,6 +707,26 @@ def test_hydra_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path, 
     assert result.stderr.count("\n") == 1 and result.stdout == ""
 
 
+@pytest.mark.parametrize("line", ["seed: abc", "seed: 0\nepochz: 3"])
+def test_a_config_dir_config_off_the_schema_is_one_line(tmp_path, repo, line, script_starts):
+    """Found in the stop-85 review: a config given with --config-dir/--config-name whose
+    defaults list leaves out train_schema went unchecked by the schema: a wrong type was
+    a TypeError traceback (status 1), an unknown key said to be "added with +"."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    own = (repo / "configs" / "train.yaml").read_text().replace("  - train_schema\n", "")
+    (configs / "mine.yaml").write_text(own.replace("seed: 0\n", f"{line}\n"))
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             [f"--config-dir={configs}", "--config-name=mine", "data=stripes",
+                              f"hydra.run.dir={tmp_path / 'run'}"],
+                             cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: the config is not built on the run's schema"), \
+        done.stderr
+    assert "train_schema" in done.stderr and not (tmp_path / "run").exists()
+
+
 def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, repo,
                                                                      script_starts):
     """Found in review: an empty hydra.run.dir= (an unset shell variable) wrote the run into

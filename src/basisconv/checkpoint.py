@@ -307,7 +307,7 @@ def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
 def check_source_file(path: str, key: str) -> None:
     """A :class:`ConfigError` unless ``path`` (the value of ``key``) is a file: a run reads it
     as it starts, and a sweep asks it of every job before the first runs
-    (:func:`basisconv.cli.check_source_checkpoints`)."""
+    (:func:`basisconv.sweep_checks.check_source_checkpoints`)."""
     if Path(path).is_dir():
         inside = Path(path) / CHECKPOINT
         raise ConfigError(f"{key}={path} is a directory; name its {CHECKPOINT}"

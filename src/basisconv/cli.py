@@ -2,13 +2,13 @@
 one line and exit status 2 (:func:`exit_on_user_error`), a stop's line and status, a
 sweep's failed jobs summed up, a refused start's folder removed, and the argparse
 scripts' default ``results/`` and their output refused before any work when it cannot be
-written. What the line says of Hydra's own errors is :mod:`basisconv.hydra_errors`'s."""
+written. What the line says of Hydra's own errors is :mod:`basisconv.hydra_errors`'s;
+what a sweep or a run's command line may be, :mod:`basisconv.sweep_checks`'s."""
 
 from __future__ import annotations
 
 import functools
 import importlib
-import json
 import logging
 import os
 import re
@@ -24,23 +24,22 @@ import hydra.core.utils as hydra_core_utils
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
-from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
-from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
-from .checkpoint import CHECKPOINT, check_source_file
 from .config_checks import check_no_tilde
 from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
                      memory_said, new_job_warns_again, one_line)
-from .hydra_errors import (added_group_line, config_groups_of, deleted_key_override,
-                           group_value_override, hydra_error_line, interpolation_error_line,
-                           listed_group_line, malformed_override, run_name_override,
-                           typed_overrides)
+from .hydra_errors import (config_groups_of, deleted_key_override, group_value_override,
+                           hydra_error_line, interpolation_error_line, malformed_override,
+                           run_name_override)
 from .records import LOCK, folder_lock, unwritable_folder, write_bytes_atomic
 from .resuming import in_sweep, sweep_folder_override
 from .signals import sigterm_stops, stops_at_default, stops_let_go
+from .sweep_checks import (check_added_groups_chosen, check_not_an_unswept_sweep,
+                           check_one_config_per_group, check_runs_where_started,
+                           remove_unused_sweep_folders)
 
 if TYPE_CHECKING:
     import argparse
@@ -68,270 +67,12 @@ task_started = False
 #: and the override that runs the sweep again in its folders (:func:`sweep_folder_override`).
 failed_jobs: list[str] = []
 resume_override: list[str] = []
-#: Hydra's folder of a sweep in which no job runs, holding its ``multirun.yaml`` alone: the
-#: folder of the config before the sweep's values, where each job is named apart by a key
-#: its run name carries (``-m experiment=basis_all basis.size=0.125,0.25`` made
-#: ``multirun/resnet20-basis-all-0.5/``, a size not swept: found in the sweep review; each
-#: job's ``.hydra/`` and record keep the sweep's line). Removed as the sweep ends.
-unused_sweep_folders: set[Path] = set()
 
 
 class SweepJobFailed(Exception):
     """A sweep job stopped with a user error, already reported in one line. Not a
     ``SystemExit``: Hydra marks the job failed and runs the sweep's other jobs, then
     raises this for :func:`run_and_report` to sum up."""
-
-
-def check_sweep_jobs(check: Callable[[Any], None],
-                     look_over: Callable[[list[tuple[list[str], Any]]], None] | None = None,
-                     unread: Callable[[Any, str], str | None] | None = None) -> None:
-    """Check every job of a sweep with ``check`` (:func:`basisconv.config_checks.validate`)
-    before the first one runs, where Hydra checks only that each composes: a value out of
-    range in a sweep's last job (``basis.size=0.5,1.5``) is one line naming the job before
-    anything trains, not an error after the jobs before it. Jobs that would publish their
-    records to one file (``publish=`` given once for the sweep) are refused too: each would
-    overwrite the one before. ``look_over(jobs)``, given each job's overrides and config,
-    then says what the jobs together do not do (a key swept that no job reads:
-    :func:`~basisconv.unread.warn_keys_no_sweep_job_reads`). ``unread(cfg, key)``: why a
-    job does not read ``key`` (:func:`~basisconv.unread.unread_in_training`), whose source
-    checkpoint is then not asked for (:func:`check_source_checkpoints`)."""
-    def validate_batch_is_legal(self, batch) -> None:
-        folder = Path(str(self.config.hydra.sweep.dir))
-        try:
-            folders = check_batch(self, batch)
-        except BaseException:  # (refused: the sweep folder Hydra just made holds no job)
-            remove_unrun_sweep_folder(folder)
-            raise
-        if folder not in folders:  # (removed once the sweep ends: the launcher makes it)
-            unused_sweep_folders.add(folder)
-
-    def check_batch(self, batch) -> set[Path]:
-        if distributed.launched_processes() > 1:
-            # each job joins the process group anew, under the name its last job's left in
-            # torchrun's store: a rank that got there first "joined" the stale group and the
-            # job hung, silently, until the group's 30-minute timeout (found in review)
-            raise ConfigError("a sweep (-m) does not run under torchrun: its second job hangs "
-                              "joining the processes again; start one torchrun job per run "
-                              "(each with its hydra.run.dir), or run the sweep in one "
-                              "process per job (python, or hydra/launcher=slurm); nothing ran")
-        if not batch:
-            raise ConfigError(empty_sweep_line(self))
-        jobs, listed = [], {}
-        for overrides in batch:
-            cfg = checked_sweep_job(self, list(overrides), check, unread)
-            if (job := sweep_job_settings(cfg)) in listed:
-                # its folder is named by its overrides: the second ran in the first's folder
-                # (found it complete, or raced it under a parallel launcher), or, where the
-                # value was written two ways (seed=0,00), the same run in a second folder
-                raise ConfigError(same_run_line(listed[job], list(overrides)))
-            jobs.append((list(overrides), cfg))
-            listed[job] = list(overrides)
-        check_published_apart(jobs)
-        if look_over is not None and distributed.first_process():
-            look_over(jobs)
-        return {Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) for _, cfg in jobs}
-    Sweeper.validate_batch_is_legal = validate_batch_is_legal
-
-
-def sweep_job_settings(cfg: Any) -> str:
-    """A sweep job's config but Hydra's own node, as text: jobs alike in it are one run,
-    however their overrides were written (Hydra keeps ``seed=00`` as written, a string the
-    schema reads as 0). Types stay apart (``basis.size=1`` is one filter, ``1.0`` all)."""
-    settings = OmegaConf.to_container(cfg, resolve=False)
-    settings.pop("hydra", None)
-    return json.dumps(settings, sort_keys=True, default=str)
-
-
-def same_run_line(first: list[str], again: list[str]) -> str:
-    """The line refusing two sweep jobs (their overrides) that would train one run. Jobs
-    apart only in Hydra's own settings (a preset's ``hydra.sweeper.params`` sweeping
-    ``hydra.sweep.subdir``) are said so: they repeat no value, and were told they did."""
-    differ = [o for o in again if o not in first] + [o for o in first if o not in again]
-    if differ and all(o.lstrip("+~").startswith(("hydra.", "hydra/")) for o in differ):
-        return (f"the sweep jobs {' '.join(first)} and {' '.join(again)} differ only in "
-                f"Hydra's settings ({', '.join(differ)}), so both would train the same "
-                f"run: sweep a key of the run, or give Hydra's settings once; nothing ran")
-    first_line, again_line = " ".join(first), " ".join(again)
-    twice = (f"{first_line} twice" if first_line == again_line
-             else f"{first_line} twice, as {again_line}")
-    return (f"the sweep lists the job {twice} (a value repeated, e.g. seed=0,0, or written "
-            f"two ways, e.g. seed=0,00): give each value once; nothing ran")
-
-
-def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None],
-                      unread: Callable[[Any, str], str | None] | None = None) -> Any:
-    """The config of the sweep job ``overrides``, checked as the job checks itself when it
-    starts (:func:`exit_on_user_error`, then ``check``), but before any job runs: else every
-    job failed alone, each leaving its folder. A job of a preset that sweeps keys of its own
-    (``hydra.sweeper.params``) is refused: in another sweep it would run them once."""
-    loader = sweeper.hydra_context.config_loader
-    cfg = loader.load_sweep_config(sweeper.config, overrides)
-    unswept = unswept_params(OmegaConf.select(cfg, "hydra.sweeper.params"), overrides)
-    try:
-        if unswept:
-            raise ConfigError(f"its preset sweeps {' '.join(unswept)} (hydra.sweeper."
-                              f"params), which a job of another sweep runs once; run "
-                              f"that preset in a sweep of its own")
-        check_one_config_per_group(overrides, config_groups_of(loader))
-        check_added_groups_chosen(overrides, cfg.hydra.runtime.choices)
-        check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
-        check(cfg)
-        check_source_checkpoints(cfg, unread)
-    except (BasisconvError, InterpolationResolutionError) as err:
-        said = (interpolation_error_line(err)
-                if isinstance(err, InterpolationResolutionError) else err)
-        raise ConfigError(f"the sweep job {' '.join(overrides)}: {said}; "
-                          f"nothing ran") from None
-    return cfg
-
-
-def check_published_apart(jobs: list[tuple[list[str], Any]]) -> None:
-    """Refuse sweep jobs (their overrides and configs) that publish their records to one
-    file (``publish=`` given once for the sweep): each would overwrite the one before.
-    Paths are compared as the jobs write them, from the folder the sweep started in (the
-    configs' ``hydra.job.chdir=false``): ``publish=a.json,./a.json`` is one file twice."""
-    published: dict[Path, list[str]] = {}
-    for _, cfg in jobs:
-        path = OmegaConf.select(cfg, "publish", throw_on_resolution_failure=False)
-        if path is not None:
-            published.setdefault(Path(str(path)).resolve(), []).append(str(path))
-    for given in published.values():
-        if len(given) > 1:
-            path, count = given[0], len(given)
-            also = sorted(set(given) - {path})
-            written = f" (written {', '.join(also)} too)" if also else ""
-            raise ConfigError(f"publish={path} is the same file for {count} jobs of the "
-                              f"sweep{written}, each overwriting the one before: name the "
-                              f"swept keys in it, e.g. publish='runs/seed${{seed}}.json' for "
-                              f"seed=0,1; nothing ran")
-
-
-def empty_sweep_line(sweeper: Any) -> str:
-    """One line for a sweep with no job: a sweep value that expands to nothing
-    (``selection=glob(sensitvity*)``, a misspelt option; ``glob`` over a key that is no
-    config group; ``seed=range(0)``) made Hydra launch 0 jobs and exit with status 0,
-    leaving a ``multirun/<name>/<date>/`` that holds its ``multirun.yaml`` alone."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ValueType
-
-    loader = sweeper.hydra_context.config_loader
-    given = [*sweeper._parse_config(), *sweeper.config.hydra.overrides.task]
-    for override in OverridesParser.create(config_loader=loader).parse_overrides(given):
-        if override.is_discrete_sweep() and not list(override.sweep_string_iterator()):
-            key = override.key_or_group
-            options = loader.get_group_options(key)
-            why = (f"the configs of {key} are {', '.join(options)}" if options else
-                   f"glob() chooses among a config group's configs, and {key} is none"
-                   if override.value_type == ValueType.GLOB_CHOICE_SWEEP else "an empty range")
-            return (f"the sweep has no job: {override.input_line} gives no value ({why}); "
-                    f"nothing ran")
-    return "the sweep has no job; nothing ran"
-
-
-def remove_unrun_sweep_folder(folder: Path) -> None:
-    """Remove a sweep's folder that holds nothing but the ``multirun.yaml`` Hydra wrote
-    before the jobs were checked (a refused sweep: else each typo in a sweep leaves
-    ``multirun/<name>/<date>/`` behind, a sweep that never ran), and the default layout's
-    ``multirun/<name>/`` when that leaves it empty. A folder with any job's folder in it
-    (a sweep run again in its folder) is kept."""
-    try:
-        if folder.is_dir() and [path.name for path in folder.iterdir()] == ["multirun.yaml"]:
-            shutil.rmtree(folder)
-            if folder.resolve().parent.parent == Path.cwd().resolve() / "multirun":
-                folder.parent.rmdir()  # (only if empty)
-    except OSError:
-        pass
-
-
-def check_runs_where_started(chdir: bool) -> None:
-    """``hydra.job.chdir=true`` runs the job inside its run folder, where every relative
-    path a config names (``data.root``, ``publish``, ``sensitivity.cache_dir``,
-    ``sensitivity.restore_from``) would silently be read and written instead: a protocol's
-    records would land in each run's folder, so none is ever found and skipped."""
-    if chdir:
-        raise ConfigError("hydra.job.chdir=true would read every relative path (data.root, "
-                          "publish, sensitivity.cache_dir) from inside the run folder; leave it "
-                          "false, the configs' default")
-
-
-def check_source_checkpoints(cfg: Any,
-                             unread: Callable[[Any, str], str | None] | None = None) -> None:
-    """Each trained checkpoint a sweep job names (``basis.source_checkpoint``,
-    ``sensitivity.source_checkpoint``) is a file: a run looks for it only as it builds its
-    model or estimate, so a misspelt path failed a sweep's sensitivity job after the jobs
-    before it had trained (found in the sweep review). One run finds it before it trains.
-    A job that resumes from its folder's checkpoint reads neither (its source may be gone:
-    :func:`~basisconv.network.build_network`), so a sweep run again in its folders after
-    the source was removed was refused, though each job was complete (found in review).
-    Nor is a key the job does not read (``unread``: a first_k job's
-    ``sensitivity.source_checkpoint``, which one run only warns of)."""
-    folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-    if (OmegaConf.select(cfg, "trainer.resume", default=None)
-            and (folder / CHECKPOINT).exists()):
-        return
-    for key in ("basis.source_checkpoint", "sensitivity.source_checkpoint"):
-        path = OmegaConf.select(cfg, key, default=None)
-        if path is not None and not (unread and unread(cfg, key)):
-            check_source_file(str(path), key)
-
-
-def unswept_params(params: Any, overrides: list[str]) -> list[str]:
-    """The sweep values a config lists (``hydra.sweeper.params``) as ``key=values``, of the
-    keys the command line's ``overrides`` give no value of their own: what one job of the
-    config would silently run at a single value."""
-    given = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
-    return [f"{key}={values}" for key, values in (params or {}).items() if key not in given]
-
-
-def check_added_groups_chosen(overrides: list[str] | None = None,
-                              choices: Any = None) -> None:
-    """``+group=option`` for a group the config chooses already is refused by Hydra
-    (:func:`~basisconv.hydra_errors.added_group_line`), except where the config overrides
-    that group itself: ``scripts/sensitivity.py +selection=random`` ran the
-    ``sensitivity_budget`` policy its config sets, silently. A :class:`ConfigError` naming
-    ``group=option`` when the choice made is not the one given."""
-    if overrides is None:  # this job's (else a sweep job's, checked before the sweep)
-        if not HydraConfig.initialized():  # (the benchmarks)
-            return
-        overrides, choices = typed_overrides(), HydraConfig.get().runtime.choices
-    for override in overrides:
-        key, _, option = override.partition("=")
-        group, option = key[1:], option.strip("'\"")
-        if (key.startswith("+") and not key.startswith("++") and group in choices
-                and not option.startswith("[") and str(choices[group]) != option):
-            raise ConfigError(added_group_line(group, option))
-
-
-def check_one_config_per_group(overrides: list[str] | None = None,
-                               is_group: Callable[[str], bool] | None = None) -> None:
-    """A config group given a list of its configs (``model=[resnet8,resnet20]``, meant as a
-    sweep): Hydra merges them into one config, the last one's values winning, so the run
-    trained ResNet-20 alone, silently. A :class:`ConfigError` naming the sweep to write
-    (:func:`~basisconv.hydra_errors.listed_group_line`)."""
-    if overrides is None:  # this job's (else a sweep job's, checked before the sweep)
-        if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
-            return  # (the benchmarks; a job in a launcher's own process)
-        loader = GlobalHydra.instance().config_loader()
-        overrides = typed_overrides()
-        is_group = config_groups_of(loader)
-    line = listed_group_line(overrides, is_group)
-    if line is not None:
-        raise ConfigError(line)
-
-
-def check_not_an_unswept_sweep() -> None:
-    """A config that lists sweep values (``hydra.sweeper.params``, e.g.
-    ``experiment=basis_size_sweep``) started without ``-m`` runs one job at the key's plain
-    value, silently one of the sweep's runs (or none of them): a :class:`ConfigError`
-    naming ``-m``, unless the command line gives each such key its one value."""
-    if not HydraConfig.initialized() or in_sweep():  # (not initialized: the benchmarks)
-        return
-    unswept = unswept_params(HydraConfig.get().sweeper.get("params"), typed_overrides())
-    if unswept:
-        raise ConfigError(f"the config sweeps {' '.join(unswept)} (hydra.sweeper.params), which "
-                          f"one run ignores: start it with -m to run the sweep, or give "
-                          f"{', '.join(u.split('=')[0] + '=<one value>' for u in unswept)} for "
-                          f"one run")
 
 
 #: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
@@ -422,12 +163,16 @@ def args_parser_intermixed() -> argparse.ArgumentParser:
 def refuse_argument(message: str) -> NoReturn:
     """argparse's refusal of a command line, in one line. An override read as ``--info``'s
     value (``--info seed=0``: the word after --info, if any, is what to show) is said to
-    go before --info: argparse named the choices, not why an override was one."""
-    misread = re.match(r"argument --info/-i: invalid choice: '([^']*=[^']*)'", message)
+    go before --info: argparse named the choices, not why an override was one. argparse
+    quotes the word as Python does: in double quotes where it holds a single one
+    (``--info "model.name='x'"``)."""
+    misread = re.match(r"argument --info/-i: invalid choice: (?:'([^']*=[^']*)'|"
+                       r"\"([^\"]*=[^\"]*)\")", message)
     if misread:
+        override = misread[1] or misread[2]
         message += (f"; --info reads the word after it as what to show: put the overrides "
-                    f"first ({misread[1]} --info), or name what to show (--info all "
-                    f"{misread[1]})")
+                    f"first ({override} --info), or name what to show (--info all "
+                    f"{override})")
     exit_refused(message)
 
 
@@ -501,13 +246,6 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
     finally:  # (a sweep ended, failed or stopped alike)
         remove_unused_sweep_folders()
-
-
-def remove_unused_sweep_folders() -> None:
-    """Remove the folders of :data:`unused_sweep_folders`, as the sweep that made them ends."""
-    for folder in unused_sweep_folders:
-        remove_unrun_sweep_folder(folder)
-    unused_sweep_folders.clear()
 
 
 def run_app(*, multirun: bool, mode: Any, overrides: list[str], **kwargs: Any) -> Any:

@@ -262,6 +262,19 @@ def _check_known(cfg: DictConfig, schema_class: type) -> None:
                         f"remove it")
 
 
+def _check_on_the_schema(cfg: DictConfig) -> None:
+    """A run's config is built on its schema (``train_schema``, :class:`TrainConfig`), which
+    checks every key's name and type as Hydra composes it. A config of the user's given
+    with ``--config-dir D --config-name X`` whose defaults list leaves the schema out went
+    unchecked: ``seed: abc`` was a ``TypeError`` traceback from a range check here, and an
+    unknown key was said to be "added with +" (found in the stop-85 review)."""
+    _check(OmegaConf.get_type(cfg) is TrainConfig,
+           "the config is not built on the run's schema, so nothing checks its keys and "
+           "their types: start the defaults list of the config given with --config-name with "
+           "train_schema (as configs/train.yaml does), or with train to change the script's "
+           "own config; from Python, compose it with hydra.compose(config_name=\"train\")")
+
+
 def validate_analysis(cfg: DictConfig) -> None:
     """``scripts/analyze.py``'s config: what its schema (:class:`AnalysisConfig`) cannot
     say. An empty ``out_dir=`` wrote into the working folder and said "to /"."""
@@ -336,6 +349,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False,
     (:func:`validate_estimate`, :func:`validate_search`), which count the candidates of
     ``sensitivity.layers`` under every policy; ``reads_selection`` and what it returns
     (the candidates counted): as :func:`check_against_the_model`."""
+    _check_on_the_schema(cfg)
     missing = missing_values(cfg)
     _check(not missing, f"{', '.join(missing)} not set (a config group removed with ~, or a "
                         f"value given as ???); drop that override")

@@ -15,11 +15,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from .cifar10 import find_cifar10
-from .cli import check_one_config_per_group, check_runs_where_started
 from .config_checks import validate, validate_estimate, validate_search
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import CONFIGS, config_groups_of, hydra_error_line
 from .sensitivity_cache import cache_key
+from .sweep_checks import check_one_config_per_group, check_runs_where_started
 
 
 #: The runs of ``scripts/reproduce.sh`` (the script in ``scripts/`` and the row's
