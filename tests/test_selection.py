@@ -2512,6 +2512,37 @@ def test_a_candidate_table_that_lists_a_layer_twice_is_one_error_naming_it(given
 
 
 @pytest.mark.parametrize("given", [
+    {"policy": "first_k", "count": 2},
+    {"policy": "last_k", "count": 2},
+    {"policy": "sensitivity_budget", "metric": "accuracy_drop", "count": 2}])
+def test_a_candidate_table_that_gives_two_layers_one_position_is_one_error_naming_them(given):
+    """Found in review: model order is the table's ``position``; two scans concatenated
+    (``layer1.*`` and ``layer2.*``, each numbered from 0) gave two layers each position,
+    and ``first_k`` with a count of 2 chose the first layer of each scan, ties in
+    sensitivity fell to the rows' order, silently: one error naming them instead."""
+    table = pd.DataFrame({"layer": ["a", "b", "c", "d"], "position": [0, 1, 0, 1],
+                          "accuracy_drop": [0.0] * 4, "loss_increase": [0.0] * 4,
+                          "params_saved": [10] * 4, "flops_saved": [10] * 4})
+    with pytest.raises(ConfigError, match=r"'a', 'c' .*position 0") as err:
+        pick_layers(given, table, {"params": 100, "flops": 100})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dense", [None, 100])
+def test_a_budget_without_the_dense_totals_is_one_error_naming_dense_totals(dense):
+    """Found in review: ``pick_layers`` under a budget given no dense totals (``None``, or
+    a number) was a ``TypeError`` ("argument of type 'NoneType' is not iterable") from
+    inside the budget rule; a count needs none, so it still chooses."""
+    budget = {"policy": "sensitivity_budget", "metric": "accuracy_drop",
+              "budget_metric": "flops", "budget_reduction": 0.2}
+    with pytest.raises(ConfigError, match=r"dense=dense_totals\(model, input_shape\)") as err:
+        pick_layers(budget, TABLE, dense)
+    assert "\n" not in str(err.value)
+    counted = {"policy": "sensitivity_budget", "metric": "accuracy_drop", "count": 1}
+    assert len(pick_layers(counted, TABLE, dense)) == 1
+
+
+@pytest.mark.parametrize("given", [
     {"policy": "first_k", "count": 1},
     {"policy": "sensitivity_budget", "metric": "accuracy_drop", "budget_metric": "flops",
      "budget_reduction": 0.2},

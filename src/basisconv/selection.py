@@ -191,8 +191,8 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
 
     ``selection``: the ``selection`` config, or a mapping with its keys (``policy`` and
     what that policy reads; :func:`check_selection`). ``table`` has one row per candidate:
-    ``layer``, ``position`` (model order), ``params_saved``, ``flops_saved`` and, for the
-    sensitivity policies, the metrics; ``dense`` the dense model's ``params`` and
+    ``layer``, ``position`` (model order, one per layer), ``params_saved``, ``flops_saved``
+    and, for the sensitivity policies, the metrics; ``dense`` the dense model's ``params`` and
     ``flops`` (the budget's 100 %).
     """
     if not isinstance(selection, Mapping):  # else "first_k" reads as keys f, i, ...
@@ -221,6 +221,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
         raise ConfigError(f"pick_layers: the candidate table lists layer(s) "
                           f"{', '.join(map(repr, repeated))} more than once; it needs one row "
                           f"per candidate (e.g. table.drop_duplicates('layer'))")
+    refuse_shared_positions(table)
     order = candidate_order(selection, table)
     if selection.policy in SENSITIVITY_POLICIES:
         refuse_missing_numbers(table, selection.metric, "selection.metric")
@@ -242,6 +243,21 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     else:
         chosen = meet_budget(order, table, selection, dense)
     return sorted(chosen, key=positions.__getitem__)
+
+
+def refuse_shared_positions(table: pd.DataFrame) -> None:
+    """One error naming the layers that share a ``position``: it is the model order that
+    ``first_k``, ``last_k`` and the ties in sensitivity follow, so two layers at one place
+    (two scans' tables concatenated, each numbered from 0) were ordered by the rows
+    instead, silently (``first_k`` took the first layer of each scan)."""
+    shared = table[table["position"].duplicated(keep=False)]
+    if shared.empty:
+        return
+    position, layers = next(iter(shared.groupby("position")["layer"]))  # (the first)
+    raise ConfigError(f"pick_layers: the candidate table gives layers "
+                      f"{', '.join(map(repr, layers))} the same position {position}; position "
+                      f"is each candidate's place in model order, one per layer (tables "
+                      f"concatenated: number their rows again in model order)")
 
 
 def check_count_fits(selection: DictConfig, candidates: int) -> None:
@@ -288,6 +304,10 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
         raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose one "
                           f"of {', '.join(BUDGET_METRICS)}")
     column = BUDGET_METRICS[selection.budget_metric]
+    if not isinstance(dense, Mapping):  # (was a TypeError from the line below)
+        raise ConfigError(f"pick_layers: a budget is a share of the dense model's totals, "
+                          f"given as dense=dense_totals(model, input_shape) (or "
+                          f"selection.count=k, which needs none); got dense={dense!r}")
     if column not in table or selection.budget_metric not in dense:
         raise ConfigError(
             f"selection.budget_metric={selection.budget_metric}: the candidate table has no "
