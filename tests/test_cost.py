@@ -525,7 +525,7 @@ def test_a_layer_called_on_unbatched_inputs_is_counted_per_image(basis):
 
 
 def test_counting_a_grouped_convolution_warns_that_torchs_counter_is_wrong_there(caplog):
-    """torch's FlopCounterMode counts a depthwise conv's backward 32x too high (checked
+    """torch's FlopCounterMode counts a depthwise conv's weight gradient 32x too high (checked
     against model_cost, which counts it right): the check says so instead of disagreeing."""
     model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, groups=32, bias=False))
     counted = measure_flops(model, (2, 32, 8, 8))

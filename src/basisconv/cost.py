@@ -499,16 +499,17 @@ def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32),
     timing trials (counted, they came to many times the forward).
 
     Not a check for grouped or depthwise convolutions: torch's counter (2.13) counts their
-    backward as if ungrouped, ``groups`` times too many (a depthwise 32-channel conv: 32x;
-    :func:`model_cost` counts them right). The registry's models have none; a model that
-    has them is warned of."""
+    weight gradient as if ungrouped, ``groups`` times too many (a depthwise 32-channel
+    conv: 32x; their input gradient and forward it counts right, and :func:`model_cost`
+    all three). The registry's models have none; a model that has them is warned of."""
     from torch.utils.flop_counter import FlopCounterMode
 
     grouped = [name for name, m in model.named_modules()
                if isinstance(m, nn.Conv2d) and m.groups > 1]
     if grouped:
-        log.warning("measure_flops: torch's FLOP counter counts the backward of grouped "
-                    "convolutions (%s) groups times too many; model_cost counts them right",
+        log.warning("measure_flops: torch's FLOP counter counts the weight gradient of "
+                    "grouped convolutions (%s) groups times too many; model_cost counts it "
+                    "right",
                     ", ".join(grouped[:3]) + (", ..." if len(grouped) > 3 else ""))
 
     input_shape = _input_shape(input_shape, "measure_flops")
