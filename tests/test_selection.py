@@ -2528,6 +2528,17 @@ def test_a_candidate_table_that_gives_two_layers_one_position_is_one_error_namin
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", [None, float("nan")])
+def test_a_candidate_without_a_layer_name_is_one_error_naming_its_row(name):
+    """Found in review: a hand-made table with a missing layer name (None, or NaN from a
+    join) was a ``TypeError`` from sorting the names."""
+    table = TABLE.copy()
+    table.loc[1, "layer"] = name
+    with pytest.raises(ConfigError, match=r"row\(s\) \[1\] have none") as err:
+        pick_layers({"policy": "first_k", "count": 1}, table, DENSE)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("dense", [None, 100])
 def test_a_budget_without_the_dense_totals_is_one_error_naming_dense_totals(dense):
     """Found in review: ``pick_layers`` under a budget given no dense totals (``None``, or

@@ -216,6 +216,10 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
         raise ConfigError("pick_layers: the candidate table has no rows, so there is no "
                           "candidate layer to choose; give the layers to choose from "
                           "(sensitivity.layers, or the layers given to layer_savings)")
+    unnamed = [int(i) for i, name in enumerate(table["layer"]) if not isinstance(name, str)]
+    if unnamed:  # (sorting the names was a TypeError)
+        raise ConfigError(f"pick_layers: the candidate table's layer column needs each "
+                          f"candidate's module name (a str); row(s) {unnamed} have none")
     repeated = sorted(set(table["layer"][table["layer"].duplicated()]))
     if repeated:  # its saving would count twice toward a budget, a count choose it twice
         raise ConfigError(f"pick_layers: the candidate table lists layer(s) "
