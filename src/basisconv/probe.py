@@ -364,9 +364,9 @@ def reference_noise(reference: dict, repeats: list[dict]) -> dict[str, Any] | No
     """A yardstick for the drops: the spread of the dense reference and its ``repeats``
     (fine-tuned with other batch orders; a drop well inside this spread says little). It
     is not a bound on a drop's noise: a converted layer's drop can move as much or more
-    with the batch order, and sharing one order does not cancel that (a hand check on the
-    quick profile, 2026-12-05: three layers' paired drops moved by 0.5-1.1 points std over
-    five batch orders, the reference by 0.5)."""
+    with the batch order, and sharing one order does not cancel that (measured on the quick
+    profile in ``results/drop-noise/``, quoted in docs/selection.md; :func:`drop_noise`
+    measures it in any estimate)."""
     import pandas as pd
     if not repeats:
         return None
