@@ -243,8 +243,11 @@ class GraphedCall:
     replayed as one CUDA graph, for the speed benchmark: timed eagerly, a small layer's
     time on a GPU is that of launching its kernels, not of their work. The first call runs
     eagerly on the capture stream (cuDNN's choice, Triton's autotuning, an auto layer's
-    timings: what capture must not do), then captures; every later call replays. Off CUDA
-    (``capture=False``) every call is the call itself.
+    timings: what capture must not do), then captures and launches the graph once (its
+    first launch uploads it to the GPU, a one-time cost: paid in this untimed first call,
+    as ``kernels.auto.GraphTrial`` pays it, not in the first timed one), so on CUDA it runs
+    ``fn``'s work twice; every later call replays. Off CUDA (``capture=False``) every call
+    is the call itself.
 
     ``fn`` must read only tensors that stay where they are (a fixed input, the module's
     parameters) and may set gradients to None first: in a capture they are allocated in the
@@ -265,6 +268,8 @@ class GraphedCall:
             with auto.graph_replays(self.capture):
                 self.fn()
             self.graph = _Replay(self.fn, capture=self.capture, stream=self.stream)
+        if self.capture:
+            self.graph.replay()  # the upload (see above)
 
 
 def rows_independent_in_eval(model: torch.nn.Module) -> bool:
