@@ -20,7 +20,8 @@ import argparse
 from pathlib import Path
 
 from basisconv.analysis.figures import basis_speedups
-from basisconv.bench.layers import TARGET_SLACK, SpeedOptions, measured_rows, run
+from basisconv.bench.layers import TARGET_SLACK, SpeedOptions
+from basisconv.bench.speed_run import measured_rows, run
 from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.errors import DatasetError
 from basisconv.kernels import COMBINE_MODES

@@ -67,7 +67,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 # wheels every step would fail alone; the GPU's name alone on stdout (a warning torch
 # prints goes to stderr, not into the folder's name)
 PROBE_ERR=$(mktemp)
-if ! GPU=$("$PY" -c "import basisconv.cli, basisconv.config, basisconv.bench.train, basisconv.bench.layers, basisconv.analysis.figures
+if ! GPU=$("$PY" -c "import basisconv.cli, basisconv.config, basisconv.bench.train, basisconv.bench.speed_run, basisconv.analysis.figures
 from basisconv.records import device_name, hardware; print(device_name(hardware()))" 2>"$PROBE_ERR"); then
   echo "gpu-speed: the package does not import under $PY ($(tail -1 "$PROBE_ERR")); install" \
        "requirements.txt without torch, or carry wheels (make gpu-wheels) and put them on PYTHONPATH" >&2

@@ -13,8 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from basisconv.analysis.report import timing_line, write_report
-from basisconv.analysis.runs import (compare, curves_frame, distinct_curves, read_records,
-                                     run_row, runs_frame, training_records, wandb_records)
+from basisconv.analysis.record_sources import read_records, training_records, wandb_records
+from basisconv.analysis.runs import compare, curves_frame, distinct_curves, run_row, runs_frame
 from basisconv.analysis.sensitivity import chosen_table
 from basisconv.analysis.tables import display_table, latex
 from basisconv.records import device_name
@@ -1672,9 +1672,10 @@ def test_a_summary_record_with_a_field_of_another_type_is_unreadable_not_a_trace
     index.json; scripts/reproduce.sh kept it as the protocol's record. Such a record is
     left out and named, as a training record of that damage is.
 
-    Every damage in one analysis (each record is read on its own, ``runs.read_records``:
-    a case a test each paid a whole report, 16 of about 2-3 s), each in a file named by its
-    damage, so a record that was read, or a trace, names it."""
+    Every damage in one analysis (each record is read on its own,
+    ``record_sources.read_records``: a case a test each paid a whole report, 16 of about
+    2-3 s), each in a file named by its damage, so a record that was read, or a trace,
+    names it."""
     publish_records(tmp_path / "runs", RECORDS[:2])
     damaged = []
     for i, (kind, path, value) in enumerate(SUMMARY_DAMAGES):
@@ -3091,7 +3092,7 @@ def test_the_accuracy_plots_labels_cover_no_marker_and_its_log_axis_says_so(repo
     on the markers of the selected rows beside it, and the log parameter axis said
     "parameters" alone."""
     from basisconv.analysis import figures
-    from basisconv.analysis.runs import read_records, training_records
+    from basisconv.analysis.record_sources import read_records, training_records
 
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
@@ -3172,7 +3173,7 @@ def test_run_folders_set_aside_once_or_again_are_not_read(tmp_path):
     ``seed<k>.rejected-2``, ... when that name is taken
     (:func:`basisconv.records.protocol.set_aside_run_folder`); neither is read, so the
     retrained run counts once, not beside the records it replaced."""
-    from basisconv.analysis.runs import record_files
+    from basisconv.analysis.record_sources import record_files
 
     row = tmp_path / "basis-all-0.5"
     for name in ("seed0", "seed0.rejected", "seed0.rejected-2", "seed0.rejected-12"):

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench import layers as speed
+from basisconv.bench import speed_run
 from basisconv.bench.layers import ConvShape, SpeedOptions
 from basisconv.timing import ConvNormAct, Runner, Timer, output_gradient, relative_spread
 from basisconv.bench.train import TimedBatches, file_name
@@ -184,7 +185,7 @@ def test_the_plot_of_a_cpu_run_on_a_gpu_machine_names_the_cpu(tmp_path):
 
     machine = {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "gpu": "NVIDIA H200"}
     record = RunRecord("benchmark", {}, {"hardware": machine}, "complete", {})
-    result = speed.SpeedResult(SpeedOptions(), tmp_path, {"threads": 2}, [], [], record, [])
+    result = speed_run.SpeedResult(SpeedOptions(), tmp_path, {"threads": 2}, [], [], record, [])
     assert result.title.endswith("2 threads, Intel Xeon (AVX512)")
 
 
@@ -194,7 +195,7 @@ def test_the_plot_title_of_a_one_thread_run_says_1_thread(tmp_path):
     from basisconv.records import RunRecord
 
     record = RunRecord("benchmark", {}, {"hardware": {"cpu": "Intel Xeon"}}, "complete", {})
-    result = speed.SpeedResult(SpeedOptions(), tmp_path, {"threads": 1}, [], [], record, [])
+    result = speed_run.SpeedResult(SpeedOptions(), tmp_path, {"threads": 1}, [], [], record, [])
     assert result.title.endswith(", 1 thread, Intel Xeon")
 
 
@@ -266,7 +267,7 @@ def test_a_default_allocator_benchmark_after_a_tuned_one_in_one_process_is_refus
                            parts=["layers"], quick=True)
     with pytest.raises(ConfigError, match=r"^allocator_tuning=False \(--no-allocator-tuning\) "
                                           r".* this process tuned it before"):
-        speed.run(options, tmp_path, progress=lambda s: None)
+        speed_run.run(options, tmp_path, progress=lambda s: None)
     assert not list(tmp_path.iterdir())
 
 
@@ -275,7 +276,7 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     # threads=0 and no allocator tuning: the test process keeps its own settings
     options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
                            parts=["layers"], quick=True)
-    result = speed.run(options, tmp_path, "python scripts/benchmark_layers.py", progress=lambda s: None)
+    result = speed_run.run(options, tmp_path, "python scripts/benchmark_layers.py", progress=lambda s: None)
     tag = "cpu-fp32-b2-t0-defaultmalloc-quick"
     assert result.tag == tag and result.model_rows == []
     assert [p.name for p in result.files] == [f"layer-speed-{tag}.csv", f"layer-speed-{tag}.json"]
@@ -301,8 +302,8 @@ def test_the_plot_is_drawn_again_from_the_files_as_the_run_drew_it(tmp_path, mon
     monkeypatch.setattr(speed, "resnet18_shapes", lambda: {ConvShape(8, 8, 3, 1, 1, 4): ["x"]})
     options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.25, 0.5],
                            parts=["layers"], quick=True)
-    result = speed.run(options, tmp_path, progress=lambda s: None)
-    found = speed.measured_rows(tmp_path)
+    result = speed_run.run(options, tmp_path, progress=lambda s: None)
+    found = speed_run.measured_rows(tmp_path)
     assert list(found) == [result.tag]
     again = found[result.tag]
     assert (again["path"], again["title"], again["model_rows"]) == (result.figure_path,
@@ -318,7 +319,7 @@ def test_the_plot_is_drawn_again_from_the_files_as_the_run_drew_it(tmp_path, mon
     table = tmp_path / f"layer-speed-{result.tag}.csv"
     table.write_text(table.read_text().replace("stacked", "split"))
     with pytest.raises(DatasetError, match="measure it again"):
-        speed.measured_rows(tmp_path)
+        speed_run.measured_rows(tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["{\"kind\": \"bench", "[1, 2]"])
@@ -332,7 +333,7 @@ def test_a_damaged_record_in_the_folder_redrawn_is_one_clear_error(tmp_path, dam
     with pytest.raises(DatasetError, match=rf"^{named} is not a readable benchmark record "
                                            rf"\(.+\); restore it with `git checkout -- "
                                            rf"{named}` if it is committed, or measure it again"):
-        speed.measured_rows(tmp_path)
+        speed_run.measured_rows(tmp_path)
 
 
 @pytest.mark.slow  # a few seconds: ResNet-18, its cost model and two timed rounds
@@ -340,7 +341,7 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=1, fractions=[0.5],
                            parts=["model"], model_repeats=1, warmup=0)
     lines = []
-    result = speed.run(options, tmp_path, progress=lines.append)
+    result = speed_run.run(options, tmp_path, progress=lines.append)
     (row,) = result.model_rows
     columns = committed(repo, "model-speed-cpu-fp32.csv")
     # no layer rows: no bounds
@@ -360,7 +361,7 @@ def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
 def test_profile_writes_where_each_steps_time_goes(tmp_path):
     options = SpeedOptions(threads=1, allocator_tuning=False, batch_size=1, fractions=[0.5],
                            parts=["model"], model_repeats=1, warmup=0, profile=True)
-    result = speed.run(options, tmp_path, progress=lambda line: None)
+    result = speed_run.run(options, tmp_path, progress=lambda line: None)
     name = "model-profile-cpu-fp32-b1-t1-defaultmalloc-r15_1_0.txt"
     text = (tmp_path / name).read_text()
     assert result.files[-1].name == name
@@ -624,7 +625,7 @@ def test_layer_benchmark_times_with_cudnn_benchmark_and_restores_the_settings(tm
     seen = []
     options = SpeedOptions(threads=1, allocator_tuning=False, batch_size=2, fractions=[0.5],
                            parts=["layers"], quick=True)
-    result = speed.run(options, tmp_path, progress=lambda line: seen.append(
+    result = speed_run.run(options, tmp_path, progress=lambda line: seen.append(
         (torch.backends.cudnn.benchmark, torch.get_num_threads())))
     assert set(seen) == {(True, 1)} and result.settings["cudnn_benchmark"] is True
     assert torch.backends.cudnn.benchmark is False and torch.get_num_threads() == threads
@@ -670,7 +671,7 @@ def test_model_flop_ratios_are_those_of_the_forward_timed_and_of_the_paper(tmp_p
 
     options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=2, fractions=[0.5],
                            parts=["model"], model_repeats=1, warmup=0, fuse_norm=True)
-    (row,) = speed.run(options, tmp_path, progress=lambda line: None).model_rows
+    (row,) = speed_run.run(options, tmp_path, progress=lambda line: None).model_rows
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dense = build_model("resnet18").eval()
@@ -1139,7 +1140,7 @@ def test_an_auto_benchmarks_record_lists_the_form_each_shape_chose(tmp_path, mon
                            parts=["layers"], quick=True, combine="auto")
     auto.forget()
     try:
-        result = speed.run(options, tmp_path, progress=lambda s: None)
+        result = speed_run.run(options, tmp_path, progress=lambda s: None)
     finally:
         auto.forget()
     choices = read_record(result.files[1])["auto_choices"]
@@ -1161,7 +1162,7 @@ def test_an_auto_benchmarks_record_lists_only_the_shapes_it_timed(tmp_path, monk
         for width in (4, 6):
             monkeypatch.setattr(speed, "resnet18_shapes",
                                 lambda: {ConvShape(width, width, 3, 1, 1, 4): ["x"]})
-            result = speed.run(options, tmp_path / str(width), progress=lambda s: None)
+            result = speed_run.run(options, tmp_path / str(width), progress=lambda s: None)
     finally:
         auto.forget()
     choices = read_record(result.files[1])["auto_choices"]

@@ -1117,7 +1117,7 @@ def test_a_run_folder_set_aside_is_not_read_by_the_analysis(tmp_path):
     ``scripts/analyze.py runs_dir=outputs/<profile>`` (a folder of run folders) read it as
     a run of that row and seed: the run set aside for another table's layers was in the
     tables again, beside the one made from the published table."""
-    from basisconv.analysis.runs import read_records
+    from basisconv.analysis.record_sources import read_records
     from basisconv.records import set_aside_run_folder
 
     out, runs = tmp_path / "outputs" / "quick", tmp_path / "results" / "runs"

@@ -21,9 +21,9 @@ from ..records import (hardware_name, has_session_log, missing_protocol_runs, pr
                        read_sessions, unmerged_problem, unwritable_folder, write_json_atomic)
 from ..selection import keys_read
 from . import figures, search, sensitivity
+from .record_sources import read_records, records_of_kind, training_records, wandb_records
 from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,
-                   distinct_runs, made_alike, read_records, records_of_kind, runs_frame,
-                   setting_value, training_records, unread_selection_key, wandb_records)
+                   distinct_runs, made_alike, runs_frame, setting_value, unread_selection_key)
 from .tables import INTERNAL_COLUMNS, write_table
 
 log = logging.getLogger(__name__)

@@ -1,29 +1,22 @@
-"""Training runs as pandas DataFrames, from the local run records (``run.json``, the
-default: no network) or from the wandb API (``source=wandb``), and the comparison over
-seeds (mean and std) relative to the dense baseline."""
+"""Training runs as pandas DataFrames, from their records (read by
+:mod:`.record_sources`: the local run records, ``run.json``, the default: no network, or
+the wandb API, ``source=wandb``), and the comparison over seeds (mean and std) relative
+to the dense baseline."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-import re
 import statistics
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
 from ..checkpoint import changes_only_execution, flat_config
 from ..counts import is_number
-from ..errors import ConfigError, one_line
-from ..hydra_errors import CONFIGS
-from ..records import (RECORD, commit_name, device_name, hardware_name, is_measurement,
-                       made_by_profile, measured_on_cpu, missing_fields, precision_name,
-                       provenance_from_wandb, read_record, unusable)
+from ..records import (commit_name, device_name, hardware_name, is_measurement,
+                       made_by_profile, measured_on_cpu, precision_name)
 from ..selection import SENSITIVITY_POLICIES, keys_read
-
-log = logging.getLogger(__name__)
 
 # What identifies a configuration; runs that differ only in the seed are its repeats.
 CONFIG_COLUMNS = ["experiment", "model", "width", "selection", "basis_size", "epochs",
@@ -262,173 +255,6 @@ def curve_rows(record: dict[str, Any], where: str, setting: str = "") -> list[di
     return [{**columns, **{k: v if is_number(v) and math.isfinite(v) else None
                            for k, v in epoch.items() if k not in columns}}
             for epoch in record["epochs"]]
-
-
-#: A run folder set aside by ``scripts/reproduce.sh`` (``seed<k>.rejected``, ``-2``, ...:
-#: :func:`basisconv.records.set_aside_run_folder`), whose run is made again: not read.
-SET_ASIDE = re.compile(r".+\.rejected(-\d+)?")
-
-
-def record_files(root: str | Path) -> list[Path]:
-    """The records under ``root``, found by what they are, whatever the folders are called:
-    each run folder's ``run.json`` (``outputs/<profile>/<row>/seed<k>/``), and every other
-    ``.json`` file outside run folders, hidden folders and run folders set aside
-    (:data:`SET_ASIDE`), such as the published records
-    ``results/<profile>/runs/<row>/seed<k>.json`` (see :func:`basisconv.records.publish`);
-    :func:`read_records` leaves out the JSON files that are no records (``index.json``).
-    ``ConfigError`` when ``root`` is not a folder."""
-    root = Path(root)
-    if not root.is_dir():
-        what = "not a folder" if root.exists() else "no such folder"
-        if (not root.exists() and root.name == "runs" and root.parent.parent.name == "results"
-                and root.parent.name != "smoke"):  # (smoke's are under outputs/smoke/results)
-            # make analyze's default, PROFILE=paper, before that profile has run here
-            profile = root.parent.name
-            made = sorted(path.parent.name for path in root.parent.parent.glob("*/runs"))
-            # a profile reproduce.sh runs (one of configs/profile/) is offered to it; a typo
-            # is not (reproduce.sh refuses it): the published ones show it
-            hint = (f"make reproduce PROFILE={profile} makes them; "
-                    if (CONFIGS / "profile" / f"{profile}.yaml").is_file() else "")
-            what += (f": no record of profile {profile} is published here yet ({hint}"
-                     f"profiles published here: {', '.join(made) or 'none'})")
-        raise ConfigError(f"runs_dir={root}: {what}; give the folder of published records "
-                          f"(results/<profile>/runs) or of run folders (outputs/<profile>)")
-
-    def set_aside(path: Path) -> bool:  # a run folder scripts/reproduce.sh set aside
-        return any(SET_ASIDE.fullmatch(part) for part in path.relative_to(root).parts[:-1])
-
-    runs = {path.parent for path in root.rglob(RECORD) if not set_aside(path)}
-    found = {folder / RECORD for folder in runs}
-    for path in root.rglob("*.json"):
-        inside = path.relative_to(root).parts[:-1]
-        if any(part.startswith(".") for part in inside) or set_aside(path):
-            continue  # .hydra/, .ipynb_checkpoints/, seed<k>.rejected/
-        if any(folder in runs for folder in path.parents):
-            continue  # a run's own other files (wandb's)
-        if path.is_dir():
-            continue  # a folder named *.json (a run's, hydra.run.dir=outputs/v2.json), no file
-        found.add(path)
-    return sorted(found)
-
-
-def is_record(data: Any) -> bool:
-    """Whether parsed JSON is a record at all (one may lack fields): an object with a
-    record's own ``kind``, ``status`` or ``config``; ``index.json`` is none."""
-    return isinstance(data, dict) and bool({"kind", "status", "config"} & data.keys())
-
-
-def read_records(root: str | Path, unreadable: list[str] | None = None,
-                 unfinished: list[str] | None = None) -> list[tuple[dict, Path]]:
-    """Every readable record under ``root`` (see :func:`record_files`) with its folder, a
-    run found twice (its folder's record and a published copy) once, by its complete record
-    where one of them is. The unreadable ones (not JSON, cut off, or lacking a field
-    analysis reads: ``basisconv.records.REQUIRED``) are skipped, each logged, and appended
-    to ``unreadable`` when given; JSON files that are no records at all are left out. The
-    training runs not finished are appended to ``unfinished`` as ``<run folder or published
-    file> at epoch <e> of <E>`` (a published record's folder is its row's, not the seed's)."""
-    found: list[tuple[dict, Path]] = []
-    names: list[Path] = []  # what names each of found: its run folder, or its file
-    seen: dict[str, int] = {}  # a run's identity -> its place in found
-    for path in record_files(root):
-        try:
-            if path.name != RECORD and not is_record(json.loads(path.read_text())):
-                continue
-            record = read_record(path)
-            problem = unusable(record, path)
-            if problem is not None:
-                raise ValueError(problem)
-            # a run's own run.json and its published copy are one run, counted once; where
-            # one of them is complete (the other a copy taken while it ran), that one
-            identity = json.dumps([record["kind"], record["config"], record["provenance"]],
-                                  sort_keys=True, default=str)
-            name = path.parent if path.name == RECORD else path
-            if identity not in seen:
-                seen[identity] = len(found)
-                found.append((record, path.parent))
-                names.append(name)
-            elif (record["status"] == "complete"
-                  and found[seen[identity]][0]["status"] != "complete"):
-                found[seen[identity]] = (record, path.parent)
-                names[seen[identity]] = name
-        except (OSError, ValueError) as err:
-            log.info("unreadable run record %s (%s)", path, one_line(err))
-            if unreadable is not None:
-                unreadable.append(str(path.parent if path.name == RECORD else path))
-    if unfinished is not None:
-        unfinished += [f"{name} at epoch {len(record['epochs'])} of "
-                       f"{record['config']['trainer']['epochs']}"
-                       for (record, _), name in zip(found, names)
-                       if record["kind"] == "training" and record["status"] != "complete"]
-    return found
-
-
-def training_records(records: list[tuple[dict, Path]]) -> list[tuple[dict, str]]:
-    """The complete training runs among ``records``; other kinds (sensitivity, search)
-    and incomplete runs are left out."""
-    return [(record, str(folder)) for record, folder in records
-            if record["kind"] == "training" and record["status"] == "complete"]
-
-
-def records_of_kind(records: list[tuple[dict, Path]], kind: str) -> list[tuple[dict, Path]]:
-    """The records of another kind (``sensitivity``, ``exhaustive_search``)."""
-    return [(record, folder) for record, folder in records if record["kind"] == kind]
-
-
-def wandb_records(project: str, entity: str | None = None, api=None,
-                  unreadable: list[str] | None = None,
-                  unfinished: list[str] | None = None) -> list[tuple[dict, str]]:
-    """Finished runs of a wandb project, rebuilt in the shape of local run records from
-    what ``Training`` logs: the resolved config, per-epoch history, and the ``model/*``,
-    ``provenance/*`` and final metrics in the summary. One that lacks a field analysis
-    reads, or holds one of another type (another code's run with a ``test_accuracy``, a
-    run logged by an older version), is left out, logged and its URL appended to
-    ``unreadable``, as a local record is (it was a ``KeyError`` trace, or a trace from the
-    tables). A training run not finished (crashed, failed, still running) is left out and
-    appended to ``unfinished`` as ``<url> (<state>)``, as a local one is named under the
-    table (it was dropped without a word: a row short of a seed, or gone, read as whole)."""
-    if api is None:
-        try:
-            import wandb
-
-            api = wandb.Api()
-        except Exception as err:  # noqa: BLE001
-            raise ConfigError(f"source=wandb needs a working wandb login ({err}); use the "
-                              f"local run records (source=local) instead") from None
-    path = f"{entity}/{project}" if entity else project
-    try:
-        runs = list(api.runs(path))
-    except Exception as err:  # noqa: BLE001 - network, permissions, a wrong name
-        raise ConfigError(f"could not list the runs of wandb project {path!r} ({err}); check "
-                          f"wandb.project / wandb.entity and the network, or use source=local") from None
-    found = []
-    for run in runs:
-        summary = dict(run.summary)
-        if "test_accuracy" not in summary:
-            continue  # not a training run of ours (or one that logged no epoch)
-        if run.state != "finished":
-            if unfinished is not None:
-                unfinished.append(f"{run.url} ({run.state})")
-            continue
-        model = {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("model/")}
-        model["basis_layers"] = (model.pop("basis_layer_names", "") or "").split()
-        epochs = [dict(row) for row in run.history(pandas=False)]
-        record = {
-            "kind": "training", "status": "complete",
-            "config": run.config, "model": model, "epochs": epochs,
-            "final": {k: summary.get(k) for k in (
-                "test_accuracy", "best_test_accuracy", "forward_seconds_per_step",
-                "backward_seconds_per_step", "mean_epoch_seconds", "train_seconds")},
-            "provenance": provenance_from_wandb(summary),
-        }
-        missing = missing_fields(record)
-        if missing:
-            log.info("unreadable wandb run %s (a training record without %s)", run.url,
-                     ", ".join(missing))
-            if unreadable is not None:
-                unreadable.append(run.url)
-            continue
-        found.append((record, run.url))
-    return found
 
 
 def recipe(config: dict[str, Any]) -> str:
