@@ -1209,13 +1209,13 @@ def test_training_benchmark_records_what_auto_layers_chose(monkeypatch, tmp_path
 def test_training_benchmark_adds_the_frobenius_correction_to_each_step(monkeypatch, tmp_path):
     """``--frobenius-decay`` times the step training takes with ``basis.frobenius_decay``:
     the correction is computed each step (warm-up and timed) and the record says so."""
-    from basisconv import network
+    from basisconv import penalties
     from basisconv.bench.train import ThroughputOptions, measure
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     calls = []
-    correction = network.frobenius_decay_correction
-    monkeypatch.setattr(network, "frobenius_decay_correction",
+    correction = penalties.frobenius_decay_correction
+    monkeypatch.setattr(penalties, "frobenius_decay_correction",
                         lambda model: calls.append(1) or correction(model))
     options = dict(model="resnet8", batch_size=4, steps=2, warmup=1, threads=1, basis_size=0.5)
     assert measure(ThroughputOptions(**options))["frobenius_decay"] is False and not calls

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from basisconv import graphs, loop
 from basisconv.data import TensorBatches
 from basisconv.models import build_model
-from basisconv.network import basis_penalty
+from basisconv.penalties import basis_penalty
 from basisconv.skip_training import CoefficientSkipSchedule
 from basisconv.surgery import apply_basis
 from interruption import fit_stopped_before

@@ -926,7 +926,7 @@ def test_frobenius_decay_computes_the_cheaper_of_two_equal_forms(num_basis, forw
 
 def test_frobenius_decay_on_a_model_without_basis_layers_is_one_clear_error():
     from basisconv.penalties import frobenius_decay_correction
-    from basisconv.network import basis_penalty
+    from basisconv.penalties import basis_penalty
 
     with pytest.raises(ConfigError, match="no BasisConv2d layers"):
         frobenius_decay_correction(nn.Sequential(nn.Conv2d(3, 4, 3)))
@@ -973,13 +973,13 @@ def test_every_form_gives_the_coefficients_a_gradient_when_the_basis_is_every_fi
 
 
 def test_a_runs_basis_penalty_is_half_the_weight_decay_times_the_correction():
-    """What a run adds to its loss (``network.basis_penalty``) with ``basis.frobenius_decay``
+    """What a run adds to its loss (``penalties.basis_penalty``) with ``basis.frobenius_decay``
     is ``weight_decay / 2`` times the correction, the factor the test above proves right,
     plus the coefficients' L1 term; without either, nothing (found by a mutation test: the
     run's penalty at twice the correction, a decay of the computed weights at another
     strength than the dense model's, failed no test)."""
     from basisconv.penalties import frobenius_decay_correction
-    from basisconv.network import basis_penalty
+    from basisconv.penalties import basis_penalty
     from basisconv.surgery import apply_basis
 
     model = apply_basis(_two_convs(False), "all", 4, only_where_saves=False)

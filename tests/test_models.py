@@ -198,3 +198,37 @@ def test_each_stage_downsamples_where_the_published_architecture_does(name):
     shortcut = [".shortcut.0"] if hasattr(model, "layer4") else []  # option A: no conv
     assert strided == [f"layer{s}.0{part}" for s in stages
                        for part in (f".{conv}", *shortcut)]
+
+
+def test_a_constructor_without_the_keywords_build_model_passes_is_refused_when_registered(
+        monkeypatch):
+    """Found in review: a user's constructor without ``width`` (or ``num_classes``) was
+    registered, and failed only when a run built it, with torch's bare TypeError. The
+    registration says what build_model calls it with."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def classes_only(num_classes=10):
+        return nn.Linear(1, num_classes)
+
+    with pytest.raises(ValueError, match=r"model 'classes_only' cannot be registered: "
+                                         r"build_model calls it as classes_only\(num_classes=\.\.\., "
+                                         r"width=\.\.\.\)"):
+        register_model(classes_only)
+    assert "classes_only" not in list_models()
+
+    @register_model
+    def flexible(**options):  # keywords taken another way are welcome
+        return nn.Linear(1, options["num_classes"])
+    assert build_model("flexible", num_classes=3).out_features == 3
+
+
+def test_a_second_model_of_one_name_says_how_to_register_it(monkeypatch):
+    """Found in review: the refusal named the model but not what to do."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def resnet20(num_classes=10, width=1.0):
+        return nn.Linear(1, num_classes)
+
+    with pytest.raises(ValueError, match="registered twice; give the second constructor "
+                                         "another function name"):
+        register_model(resnet20)

@@ -278,6 +278,31 @@ def test_conv_subclasses_with_their_own_forward_are_skipped_not_silently_convert
         apply_basis(model, "1", 2)
 
 
+@pytest.mark.parametrize("mode, pad", [("reflect", nn.ReflectionPad2d),
+                                       ("replicate", nn.ReplicationPad2d),
+                                       ("circular", nn.CircularPad2d)])
+def test_a_padded_conv_is_told_the_padding_module_that_makes_it_convertible(mode, pad):
+    """Found in review: a reflect-, replicate- or circular-padded conv named for conversion
+    was told only to stay dense, though the docs give the way to convert it (the padding
+    as a module before the conv, the conv with padding=0). The error says it, with the
+    conv's own padding, and following it converts the same function."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, padding=(1, 2), padding_mode=mode).double()
+    with pytest.raises(ConfigError, match=rf"layer '0' uses padding_mode='{mode}'.*so leave this "
+                                          rf"layer dense \(or pad its input first: nn.Sequential\("
+                                          rf"nn.{pad.__name__}\(\(2, 2, 1, 1\)\), the conv with "
+                                          rf"padding=0\) converts\)$"):
+        apply_basis(nn.Sequential(conv), "0", 8)
+    padded = nn.Sequential(pad((2, 2, 1, 1)), nn.Conv2d(4, 8, 3).double())
+    padded[1].load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (full rank saves nothing: said, not the point)
+        converted = apply_basis(padded, "1", 8)
+    assert isinstance(converted[1], BasisConv2d)
+    torch.testing.assert_close(converted(x), conv(x))
+
+
 def test_a_skipped_layer_says_it_stays_dense_and_how_it_could_be_converted():
     """Found in review: a pattern's skip line ended with the named layer's error advice,
     "leave this layer dense", an order for what the conversion had already done. It says
@@ -294,7 +319,9 @@ def test_a_skipped_layer_says_it_stays_dense_and_how_it_could_be_converted():
     assert len(lines) == 4
     assert all("leave this layer dense" not in line for line in lines), lines
     assert lines[0].endswith("support groups=1 only, so it stays dense")
-    assert lines[1].endswith("support zero padding only, so it stays dense")
+    assert lines[1].endswith("support zero padding only, so it stays dense (to convert it, "
+                             "pad its input first: nn.Sequential(nn.ReflectionPad2d(1), the "
+                             "conv with padding=0) converts)")
     assert lines[2].endswith("so it stays dense (to convert it, replace it by a plain nn.Conv2d "
                              "with the weight it uses)")
     assert lines[3].endswith("so it stays dense (to convert it, del conv.forward if it computes "

@@ -23,8 +23,6 @@ from .kernels import auto
 from .cost import model_cost
 from .model_copy import modes_kept
 from .models import build_model
-from .layers import basis_layers
-from .penalties import coefficient_l1 as coefficient_l1_sum, frobenius_decay_correction
 from .surgery import CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report
 
 #: The layers to convert: ``None`` (none), ``"all"``, or module names and patterns.
@@ -167,23 +165,6 @@ def skip_training_cost(model: nn.Module, schedule: CoefficientSkipSchedule,
         skipped = describe(model, batch=batch)["backward_flops"]
     return {"coefficient_update_every": every, "skipped_step_backward_flops": skipped,
             "mean_backward_flops": round((trained + (every - 1) * skipped) / every)}
-
-
-def basis_penalty(model: nn.Module, weight_decay: float, *, coefficient_l1: float = 0.0,
-                  frobenius_decay: bool = False):
-    """What a model with basis layers adds to its loss, or ``None``: the L1 penalty on the
-    coefficient matrices (``basis.coefficient_l1``) and, with ``basis.frobenius_decay``,
-    the correction that makes the optimizer's ``weight_decay`` decay each basis layer's
-    computed weight rather than its two factors (:func:`frobenius_decay_correction`)."""
-    frobenius = weight_decay if frobenius_decay else 0.0
-    if coefficient_l1 <= 0 and frobenius <= 0 or not basis_layers(model):
-        return None  # (a probe's dense reference has no basis layer)
-
-    def penalty() -> torch.Tensor:
-        terms = [coefficient_l1 * coefficient_l1_sum(model)] if coefficient_l1 > 0 else []
-        terms += [frobenius / 2 * frobenius_decay_correction(model)] if frobenius > 0 else []
-        return sum(terms[1:], terms[0])
-    return penalty
 
 
 def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

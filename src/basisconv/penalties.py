@@ -6,7 +6,7 @@ and :func:`coefficient_l1` (sparse coefficients, ``basis.coefficient_l1``).
 
 Kept apart from :mod:`basisconv.layers`: that module says what a basis layer stores and
 computes; these are what training asks of the layers, read through their parameters
-(:func:`~basisconv.network.basis_penalty` adds them to the loss). Nothing in the layer
+(:func:`basis_penalty` is the term they add to the loss). Nothing in the layer
 calls them. They were defined in ``basisconv.layers`` first, which cannot export them
 now: it would import this module, which imports it (``basis_layers``).
 """
@@ -90,5 +90,27 @@ def coefficient_l1(model: nn.Module) -> torch.Tensor:
     return total
 
 
-__all__ = ["coefficient_l1", "frobenius_decay_correction", "product_norm_macs",
+#: :func:`coefficient_l1` under another name for :func:`basis_penalty`, whose keyword of
+#: that name (the penalty's weight, ``basis.coefficient_l1``) hides the function there.
+_coefficient_l1_sum = coefficient_l1
+
+
+def basis_penalty(model: nn.Module, weight_decay: float, *, coefficient_l1: float = 0.0,
+                  frobenius_decay: bool = False):
+    """What a model with basis layers adds to its loss, or ``None``: the L1 penalty on the
+    coefficient matrices (``basis.coefficient_l1``) and, with ``basis.frobenius_decay``,
+    the correction that makes the optimizer's ``weight_decay`` decay each basis layer's
+    computed weight rather than its two factors (:func:`frobenius_decay_correction`)."""
+    frobenius = weight_decay if frobenius_decay else 0.0
+    if coefficient_l1 <= 0 and frobenius <= 0 or not basis_layers(model):
+        return None  # (a probe's dense reference has no basis layer)
+
+    def penalty() -> torch.Tensor:
+        terms = [coefficient_l1 * _coefficient_l1_sum(model)] if coefficient_l1 > 0 else []
+        terms += [frobenius / 2 * frobenius_decay_correction(model)] if frobenius > 0 else []
+        return sum(terms[1:], terms[0])
+    return penalty
+
+
+__all__ = ["basis_penalty", "coefficient_l1", "frobenius_decay_correction", "product_norm_macs",
            "squared_norm_of_product"]

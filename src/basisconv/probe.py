@@ -31,7 +31,8 @@ from . import loop
 from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import TrainingDiverged, WorkerFailed
-from .network import basis_penalty, build_dense
+from .network import build_dense
+from .penalties import basis_penalty
 from .progress import PROBE_BASIS, Progress
 from .records import is_measurement
 from .signals import one_stop, signals_blocked, stops_held

@@ -61,20 +61,38 @@ def check_convertible(conv: nn.Module, where: str = "", skipping: bool = False) 
         raise ConfigError(f"{at} has its {patched[0]} replaced on the instance; a basis layer "
                           f"would compute a plain conv of its weight instead, {dense} "
                           f"({other} del conv.{patched[0]} if it computes the plain conv)")
-    check_plain_options(conv.groups, conv.padding_mode, at, dense)
+    check_plain_options(conv.groups, conv.padding_mode, at, dense,
+                        f"{dense} ({other} {_padded_first(conv)})")
 
 
-def check_plain_options(groups, padding_mode, at: str,
-                        fix: str = "leave this layer dense") -> None:
+#: The module that pads as a conv's ``padding_mode`` does: such a conv is this module then
+#: the conv with ``padding=0``, which converts (what a padded conv's error suggests).
+PAD_MODULES = {"reflect": "nn.ReflectionPad2d", "replicate": "nn.ReplicationPad2d",
+               "circular": "nn.CircularPad2d"}
+
+
+def _padded_first(conv: nn.Conv2d) -> str:
+    """How a conv of another ``padding_mode`` becomes convertible: its padding as a module
+    before it, the conv itself with ``padding=0``."""
+    pad = PAD_MODULES.get(conv.padding_mode, "a padding module")
+    sides = tuple(conv._reversed_padding_repeated_twice)  # (left, right, top, bottom)
+    amount = sides[0] if len(set(sides)) == 1 else sides
+    return (f"pad its input first: nn.Sequential({pad}({amount!r}), the conv with padding=0) "
+            f"converts")
+
+
+def check_plain_options(groups, padding_mode, at: str, fix: str = "leave this layer dense",
+                        padding_fix: str | None = None) -> None:
     """What a basis layer computes is an ungrouped conv with zero padding: a conv of other
     ``groups`` or ``padding_mode`` is one error (converting it, or building a
-    :class:`~basisconv.layers.BasisConv2d` with them as one would an ``nn.Conv2d``)."""
+    :class:`~basisconv.layers.BasisConv2d` with them as one would an ``nn.Conv2d``);
+    ``padding_fix`` is the other padding's advice where it is not ``fix``."""
     if groups != 1:
         raise ConfigError(f"{at} is a grouped conv (groups={groups!r}); basis convolutions "
                           f"support groups=1 only, {fix}")
     if padding_mode != "zeros":
         raise ConfigError(f"{at} uses padding_mode={padding_mode!r}; basis convolutions "
-                          f"support zero padding only, {fix}")
+                          f"support zero padding only, {padding_fix or fix}")
 
 
 def check_finite_weight(conv: nn.Conv2d, where: str = "", fitting: bool = True) -> None:

@@ -30,8 +30,9 @@ from .data import prepare_data
 from .errors import (ConfigError, SaveError, Stopped, TrainingDiverged, memory_said,
                      one_line)
 from .kernels import auto
-from .network import (basis_penalty, build_network, check_conversion, choose_forms_now,
-                      converts_later, describe, rebind_optimizer, skip_training_cost, to_basis)
+from .network import (build_network, check_conversion, choose_forms_now, converts_later,
+                      describe, rebind_optimizer, skip_training_cost, to_basis)
+from .penalties import basis_penalty
 from .records import (RECORD, RunRecord, folder_lock, make_folder, publish, refuse_other_kind,
                       timestamp, wandb_provenance, write_record)
 from .resume_point import keep_earlier_provenance, remove_leftovers, resume_point, says_complete

@@ -37,7 +37,8 @@ from ..loop import (EpochStats, Runtime, build_optimizer, compiled, device_probl
                     train_one_epoch)
 from ..kernels import auto
 from ..models import build_model, list_models
-from ..network import basis_penalty, choose_forms_now
+from ..network import choose_forms_now
+from ..penalties import basis_penalty
 from ..records import RunRecord, precision_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
 from . import flag_below_minimum, fused_problem, profile_table

@@ -3,6 +3,7 @@ by string, and every model family registers its constructors here."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -16,10 +17,20 @@ _REGISTRY: dict[str, ModelFn] = {}
 
 
 def register_model(fn: ModelFn) -> ModelFn:
-    """Decorator: make ``fn`` buildable by its function name through :func:`build_model`."""
+    """Decorator: make ``fn`` buildable by its function name through :func:`build_model`,
+    which calls it as ``fn(num_classes=..., width=...)``: a constructor that cannot take
+    those keywords is refused here, not when a run first builds it (torch's bare
+    ``TypeError`` then, after the run has started)."""
     name = fn.__name__
     if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered twice")
+        raise ValueError(f"model {name!r} is registered twice; give the second constructor "
+                         f"another function name (its name is the model's)")
+    try:
+        inspect.signature(fn).bind(num_classes=10, width=1.0)
+    except TypeError:
+        raise ValueError(f"model {name!r} cannot be registered: build_model calls it as "
+                         f"{name}(num_classes=..., width=...); give it those keyword "
+                         f"arguments, e.g. def {name}(num_classes=10, width=1.0)") from None
     _REGISTRY[name] = fn
     return fn
 
