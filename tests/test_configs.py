@@ -751,6 +751,32 @@ def test_a_sweep_list_with_an_empty_value_says_to_drop_the_extra_comma(override)
                            f"comma, e.g. {key}="), line
     assert "quote" not in line
 
+def test_a_config_file_error_whose_diagnosis_fails_is_hydras_own_line(monkeypatch):
+    """A config file's error is said with the file to fix (found in the stop-85 review):
+    where finding that file fails, the line is Hydra's, never a traceback."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigKeyError
+
+    import basisconv.hydra_errors as hydra_errors
+
+    def unreadable(config_path):
+        raise OSError(f"cannot list the config folders for {config_path}")
+
+    monkeypatch.setattr(hydra_errors, "config_file", unreadable)
+    try:
+        try:  # (as Hydra raises it: OmegaConf's error is the context, not the cause)
+            unknown = ConfigKeyError("Key 'lrr' not in 'TrainerConfig'")
+            unknown.full_key = "trainer.lrr"
+            raise unknown
+        except ConfigKeyError as err:
+            raise ConfigCompositionException(
+                f"In 'mine': ConfigKeyError raised while composing config:\n{err}")
+    except ConfigCompositionException as composing:
+        line = hydra_errors.hydra_error_line(composing)
+    assert line == ("In 'mine': ConfigKeyError raised while composing config:; Key 'lrr' "
+                    "not in 'TrainerConfig'")
+
+
 def test_a_run_folder_that_cannot_be_made_names_hydra_run_dir(tmp_path, repo, script_starts):
     """Found in review: hydra.run.dir inside a file was "[Errno 20] Not a directory: ...",
     one line that named no key to change."""

@@ -727,6 +727,53 @@ def test_a_config_dir_config_off_the_schema_is_one_line(tmp_path, repo, line, sc
     assert "train_schema" in done.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("file, text, message", [
+    ("mine.yaml", "seed: 0\nfoo: 1", r"foo is not a config key; valid keys here: model, "
+                                     r"basis, .*, seed, publish; fix it in "),
+    ("mine.yaml", "seed: 0\ntrainer:\n  lrr: 0.1", r"trainer.lrr is not a config key \(did you "
+                                                 r"mean trainer.lr\?\); valid keys here: "
+                                                 r"trainer.epochs, "),
+    ("mine.yaml", "seed: abc", r"seed: Value 'abc' of type 'str' could not be converted to "
+                               r"Integer; fix it in "),
+    ("mine.yaml", "seed: 0\ntrainer:\n  epochs: many", r"trainer.epochs: Value 'many' of type "
+                                                     r"'str' could not be converted to Integer"),
+    # (OmegaConf names no key here: the file is said with its line)
+    ("mine.yaml", "seed: 0\ntrainer: 3", r"Merge error: int is not a subclass of TrainerConfig. "
+                                        r"value: 3; fix it in "),
+    # a config group's file of the user's folder, chosen on the command line (trainer=mine):
+    # its keys are said with the group's package
+    ("trainer/mine.yaml", "lrr: 0.1", r"trainer.lrr is not a config key \(did you mean "
+                                      r"trainer.lr\?\)"),
+    ("trainer/mine.yaml", "epochs: many", r"trainer.epochs: Value 'many' of type 'str' could "
+                                          r"not be converted to Integer"),
+])
+def test_a_config_dir_file_off_the_schema_names_the_key_and_the_file(tmp_path, repo, file,
+                                                                     text, message,
+                                                                     script_starts):
+    """Found in the stop-85 review: a --config-dir config (or a group's config there) that
+    keeps train_schema but sets a key the schema lacks, or a value of the wrong type, was
+    Hydra's "In 'mine': ConfigKeyError raised while composing config:; Key 'lrr' not in
+    'TrainerConfig'" (the key's last part, no file, no fix) or "Value 'abc' ... could not be
+    converted to Integer" (no key): the same as for an override, and the file to fix."""
+    configs = tmp_path / "configs"
+    (configs / "trainer").mkdir(parents=True)
+    own = (repo / "configs" / "train.yaml").read_text()
+    (configs / "mine.yaml").write_text(own.replace("seed: 0\n", f"{text}\n") if (
+        file == "mine.yaml") else own)
+    if file != "mine.yaml":
+        (configs / file).write_text(f"{text}\n")
+    group = ["trainer=" + file.rpartition("/")[2].removesuffix(".yaml")] if "/" in file else []
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             [f"--config-dir={configs}", "--config-name=mine", "data=stripes",
+                              *group, f"hydra.run.dir={tmp_path / 'run'}"],
+                             cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert re.match(f"error: {message}", done.stderr), done.stderr
+    assert f"; fix it in {configs / file} (BASISCONV_DEBUG" in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_empty_run_folder_and_a_value_to_quote_are_one_line_each(tmp_path, repo,
                                                                      script_starts):
     """Found in review: an empty hydra.run.dir= (an unset shell variable) wrote the run into

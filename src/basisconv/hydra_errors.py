@@ -1,8 +1,9 @@
 """Hydra's and OmegaConf's errors as one line that names the key or option and the fix:
 an unknown key (and where a key of that name is), a value of the wrong type, a config
 group given a value, an override Hydra cannot parse, a broken ``${...}``, a
-``--config-name`` no config folder holds. Hydra's own reports are several lines and a
-stack trace, often naming none of these."""
+``--config-name`` no config folder holds, a key or value of a user's config file off the
+schema (and the file to fix). Hydra's own reports are several lines and a stack trace,
+often naming none of these."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from hydra.core.object_type import ObjectType
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
-                              InterpolationResolutionError, ValidationError)
+                              InterpolationResolutionError, OmegaConfBaseException,
+                              ValidationError)
 
 from .config import AnalysisConfig, TrainConfig
 from .config_checks import name_problem
@@ -81,19 +83,11 @@ def hydra_error_line(ex: Exception) -> str:
                 f"{', '.join(ex.options)}")
     if isinstance(ex, MissingConfigException) and str(ex).startswith("Cannot find primary"):
         return missing_primary_line(ex.missing_cfg_file)
+    in_file = config_file_line(ex)
+    if in_file is not None:
+        return in_file
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
-        node = cause.full_key.rpartition(".")[0]
-        parent = getattr(cause, "parent_node", None)
-        keys = [f"{node}.{k}" if node else str(k) for k in (parent.keys() if parent else [])
-                if k != "hydra"]
-        valid = f"; valid keys here: {', '.join(keys)}" if keys else ""
-        # a key of that name elsewhere first (trainer.seed: the run's seed is top-level)
-        elsewhere = same_name_keys(parent, cause.full_key) if parent is not None else []
-        close = ([OTHER_NAMES[cause.full_key]] if cause.full_key in OTHER_NAMES else
-                 elsewhere or difflib.get_close_matches(cause.full_key, keys, n=1))
-        others = f" also: {', '.join(close[1:])}" if close[1:] else ""
-        hint = f" (did you mean {close[0]}?{others})" if close else ""
-        return f"{cause.full_key} is not a config key{hint}{valid}"
+        return unknown_key_line(cause)
     if isinstance(cause, ValidationError):
         override = str(ex).rpartition("override ")[2].strip() or cause.full_key
         message = str(cause).splitlines()[0]
@@ -148,14 +142,74 @@ def hydra_error_line(ex: Exception) -> str:
     return "; ".join(kept) or type(ex).__name__
 
 
+def unknown_key_line(err: ConfigKeyError | ConfigAttributeError) -> str:
+    """A key the schema lacks, by its full dotted path: the key of that name elsewhere, or
+    the closest valid one, and the valid keys beside it."""
+    node = err.full_key.rpartition(".")[0]
+    parent = getattr(err, "parent_node", None)
+    keys = [f"{node}.{k}" if node else str(k) for k in (parent.keys() if parent else [])
+            if k != "hydra"]
+    valid = f"; valid keys here: {', '.join(keys)}" if keys else ""
+    # a key of that name elsewhere first (trainer.seed: the run's seed is top-level)
+    elsewhere = same_name_keys(parent, err.full_key) if parent is not None else []
+    close = ([OTHER_NAMES[err.full_key]] if err.full_key in OTHER_NAMES else
+             elsewhere or difflib.get_close_matches(err.full_key, keys, n=1))
+    others = f" also: {', '.join(close[1:])}" if close[1:] else ""
+    hint = f" (did you mean {close[0]}?{others})" if close else ""
+    return f"{err.full_key} is not a config key{hint}{valid}"
+
+
+#: Hydra's first line for an error OmegaConf raised while it merged one config file.
+COMPOSING = re.compile(r"In '([^']+)': \w+ raised while composing config:")
+
+
+def config_file_line(ex: Exception) -> str | None:
+    """One line for a config file off the schema (a user's own, given with ``--config-dir``,
+    or a group's config there): a key the schema lacks, or a value of the wrong type, by
+    its full dotted path, what is valid, and the file to fix; None for any other error, or
+    where this diagnosis fails (Hydra's line is said then). Hydra said "In 'mine':
+    ConfigKeyError raised while composing config: Key 'lrr' not in 'TrainerConfig'": the
+    key's last part, no file, no fix (found in the stop-85 review). Hydra raises it without
+    ``from``: OmegaConf's error, which names the full key, is its context; any other of
+    OmegaConf's errors there is its first line and the file."""
+    composing = COMPOSING.match(str(ex))
+    err = ex.__context__
+    if composing is None or not isinstance(err, OmegaConfBaseException):
+        return None
+    try:
+        if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and err.full_key:
+            line = unknown_key_line(err)
+        else:  # a wrong type; a node given a value (trainer: 3) names no key
+            message = str(err).splitlines()[0]
+            line = f"{err.full_key}: {message}" if err.full_key else message
+        return f"{line}; fix it in {config_file(composing[1])}"
+    except Exception:  # noqa: BLE001 - a diagnosis that fails leaves Hydra's line
+        return None
+
+
+def file_config_sources() -> list:
+    """The config folders of the app's search path, in Hydra's order (its own and the
+    structured schemas left out): where a config name is a file."""
+    sources = GlobalHydra.instance().config_loader().get_sources() if (
+        GlobalHydra.instance().is_initialized()) else []
+    return [source for source in sources if source.scheme() == "file" and source.available()]
+
+
+def config_file(config_path: str) -> str:
+    """The file Hydra read as ``config_path`` (``mine``, ``trainer/mine``): the first config
+    folder that holds it, as Hydra looks; the name, quoted, where none does."""
+    folder = next((source.path for source in file_config_sources()
+                   if source.is_config(config_path)), None)
+    name = config_path if config_path.endswith((".yaml", ".yml")) else f"{config_path}.yaml"
+    return str(Path(folder) / name) if folder is not None else f"'{config_path}'"
+
+
 def missing_primary_line(name: str) -> str:
     """One line for ``--config-name <name>`` that no config folder holds: Hydra's message
     named the config search path, not the configs in it (found in review)."""
     # the config folders' files alone: not the schemas (train_schema) nor Hydra's own
-    sources = GlobalHydra.instance().config_loader().get_sources() if (
-        GlobalHydra.instance().is_initialized()) else []
-    names = sorted({config for source in sources if source.scheme() == "file"
-                    and source.available() for config in source.list("", ObjectType.CONFIG)})
+    names = sorted({config for source in file_config_sources()
+                    for config in source.list("", ObjectType.CONFIG)})
     choices = f"choose one of {', '.join(names)}, or " if names else ""
     return (f"--config-name {name}: there is no such config; {choices}leave --config-name "
             f"out for the script's own")
