@@ -1654,6 +1654,35 @@ def test_a_folder_in_use_names_its_holder_and_the_key_that_gives_another(tmp_pat
                 pass
 
 
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_a_folder_on_a_file_system_without_locks_is_one_line_naming_the_key(tmp_path,
+                                                                           monkeypatch, code):
+    """Found in review: a folder on a file system that refuses ``flock`` (NFS without its
+    lock daemon: ENOLCK; Lustre mounted without ``-o flock``, some FUSE mounts: ENOSYS or
+    EOPNOTSUPP) ended every run there in an ``OSError`` trace from the lock; it is one
+    line naming the folder, why, and the config key that puts the folder elsewhere."""
+    import errno
+    import fcntl
+
+    from basisconv.errors import ConfigError, FolderInUse
+    from basisconv.records import folder_lock
+
+    number = getattr(errno, code)
+
+    def refused(fd, operation):
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    with pytest.raises(ConfigError, match=rf"^cannot lock the run's folder {tmp_path} "
+                                          rf"\({os.strerror(number)}\): its file system "
+                                          rf"does not support file locks; point "
+                                          rf"hydra\.run\.dir at a folder on one that "
+                                          rf"does") as err:
+        with folder_lock(tmp_path):
+            pass
+    assert not isinstance(err.value, FolderInUse) and "\n" not in str(err.value)
+
+
 def test_a_stop_as_the_temporary_file_is_made_leaves_none_and_the_umask_as_it_was(
         tmp_path, monkeypatch):
     """Found by a stop-injection audit: a stop right after mkstemp (while the umask was

@@ -82,7 +82,13 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
+                # NFS without its lock daemon (ENOLCK), Lustre without -o flock and some
+                # FUSE mounts (ENOSYS, EOPNOTSUPP): every run there ended in this trace
+                raise ConfigError(f"cannot lock the {what}'s folder {folder} "
+                                  f"({err.strerror or err}): its file system does not "
+                                  f"support file locks; point {key} at a folder on one "
+                                  f"that does (a local disk, or a mount with locks on)"
+                                  ) from None
             holder = one_line(os.pread(fd, 512, 0).decode(errors="replace")) or "unknown"
             if not wait:
                 raise FolderInUse(f"{folder} is in use by another {what} ({holder}); wait for "
