@@ -550,6 +550,32 @@ def test_a_cut_off_checkpoint_of_the_older_format_says_so(tmp_path):
         load_source_weights(nn.Linear(2, 2), str(path))
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b'{"model": 1}\n',
+                                     b"<html><body>404 Not Found</body></html>\n",
+                                     b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n"],
+                         ids=["text", "json", "html", "lfs-pointer"])
+def test_a_file_that_is_no_torch_file_at_all_says_so_and_how_it_begins(tmp_path, content):
+    """Found in review: a checkpoint.pt that torch.save never wrote (a text file, a JSON,
+    a web page a download saved, a Git LFS pointer never pulled) was refused as
+    "cannot be read (KeyError: 101)" or "(UnpicklingError: Unsupported operand 123)",
+    torch's words that say nothing of the file; its first bytes tell what it is."""
+    from torch import nn
+
+    from basisconv.checkpoint import load_checkpoint, load_source_weights
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    begins = re.escape(repr(content[:32]))
+    with pytest.raises(ConfigError, match=rf"^checkpoint {path} cannot be read \(it is not a "
+                                          rf"file torch.save writes: it begins {begins}\); "
+                                          rf"delete it"):
+        load_checkpoint(path, resuming=True)
+    with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint={path} is not a "
+                                          rf"checkpoint.pt \(it cannot be read as one: it is "
+                                          rf"not a file torch.save writes: it begins {begins}\)"):
+        load_source_weights(nn.Linear(2, 2), str(path))
+
+
 def test_an_empty_sha256_or_a_resumed_record_without_its_epochs_is_refused(tmp_path):
     """An empty ``.sha256`` holds no sum the checkpoint could be verified against: it is the
     sidecar's damage, not "an older basisconv's" checkpoint loaded unverified; and a

@@ -186,20 +186,31 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
     return state
 
 
+#: How a file torch.save wrote begins: a zip archive, or its legacy format's pickle (protocol
+#: 2 and above; protocols 0 and 1 begin with torch's magic number as text).
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80", b"L119547037146038801333356")
+
+
 def unreadable_reason(path: Path, err: Exception) -> str:
     """Why ``torch.load`` could not read the file at ``path``, for a message. An empty or
     cut-off file (a copy that stopped part-way, loaded without a .sha256 to catch it) is
     said as such: torch reports it as ``EOFError`` with no text, as ``OSError: [Errno 22]
     Invalid argument``, which reads as a fault of the disk, or as a zip archive without
-    its central directory (which a zip keeps at its end)."""
-    if isinstance(err, pickle.UnpicklingError):
-        return unpickling_reason(err)
+    its central directory (which a zip keeps at its end). A file torch.save never wrote
+    (a text, a web page a download saved, a Git LFS pointer never pulled) is said by its
+    first bytes: torch's words for it ("KeyError: 101") say nothing of the file."""
     try:
         size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(32)
     except OSError:
-        size = None
+        size = head = None
     if size == 0:
         return "it is empty"
+    if head is not None and not head.startswith(TORCH_FILE_STARTS):
+        return f"it is not a file torch.save writes: it begins {head!r}"
+    if isinstance(err, pickle.UnpicklingError):
+        return unpickling_reason(err)
     if size is not None and (isinstance(err, EOFError)
                              or (isinstance(err, OSError) and err.errno == errno.EINVAL)
                              or "failed finding central directory" in str(err)):
