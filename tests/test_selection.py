@@ -2528,6 +2528,18 @@ def test_a_candidate_table_that_gives_two_layers_one_position_is_one_error_namin
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("positions", [[0, None, None], [0, 1, None]])
+def test_a_candidate_without_a_position_is_one_error_naming_its_layer(positions):
+    """Found in the stop-85 self-review: two layers without a position (NaN from a join)
+    ended in a bare ``StopIteration`` from the shared-position check (pandas' groupby
+    leaves NaN keys out), and one was put anywhere in model order, silently."""
+    table = TABLE.iloc[:3].copy()
+    table["position"] = [float("nan") if p is None else p for p in positions]
+    with pytest.raises(ConfigError, match=r"position column .* 'c' \(nan\)") as err:
+        pick_layers({"policy": "first_k", "count": 1}, table, DENSE)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("name", [None, float("nan")])
 def test_a_candidate_without_a_layer_name_is_one_error_naming_its_row(name):
     """Found in review: a hand-made table with a missing layer name (None, or NaN from a

@@ -1023,6 +1023,22 @@ def test_a_bugs_runtime_error_is_still_a_traceback(tmp_path, repo, monkeypatch):
     assert type(err.value) is RuntimeError
 
 
+def test_memory_said_works_on_the_oldest_torch_the_package_takes(monkeypatch):
+    """Found in the stop-85 self-review: pyproject takes torch>=2.4, whose out-of-memory error
+    is ``torch.cuda.OutOfMemoryError`` alone (``torch.OutOfMemoryError`` came in 2.5): every
+    RuntimeError through :func:`memory_said` (a bug's too) became an ``AttributeError``."""
+    from basisconv.errors import OutOfMemory, memory_said
+
+    cuda_out_of_memory = torch.cuda.OutOfMemoryError
+    monkeypatch.delattr(torch, "OutOfMemoryError")  # (torch 2.4; put back after the test)
+    with pytest.raises(RuntimeError, match="^mat1 and mat2") as err, memory_said():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+    assert type(err.value) is RuntimeError
+    with pytest.raises(OutOfMemory, match=r"^the device ran out of memory \(CUDA out of "), (
+            memory_said()):
+        raise cuda_out_of_memory(GPU_OUT_OF_MEMORY)
+
+
 def test_memory_that_runs_out_as_the_run_starts_says_nothing_trained(tmp_path, repo,
                                                                      monkeypatch):
     """Memory that runs out before the first epoch (the data or the model put on the

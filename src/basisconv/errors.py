@@ -160,7 +160,8 @@ def memory_ran_out(err: BaseException) -> str | None:
         return None
     torch = sys.modules.get("torch")  # (not imported: no torch error can have been raised)
     text = one_line(err)
-    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+    # (torch.cuda.OutOfMemoryError: torch 2.4 has no torch.OutOfMemoryError, its alias since)
+    if torch is not None and isinstance(err, torch.cuda.OutOfMemoryError):
         # its first two sentences ("CUDA out of memory. Tried to allocate 2.00 GiB"); the
         # rest is the allocator's statistics and advice
         return f"the device ran out of memory ({'. '.join(text.split('. ')[:2])[:200]})"

@@ -225,6 +225,7 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
         raise ConfigError(f"pick_layers: the candidate table lists layer(s) "
                           f"{', '.join(map(repr, repeated))} more than once; it needs one row "
                           f"per candidate (e.g. table.drop_duplicates('layer'))")
+    refuse_missing_numbers(table, "position", "model order")  # (NaN: no place, no tie)
     refuse_shared_positions(table)
     order = candidate_order(selection, table)
     if selection.policy in SENSITIVITY_POLICIES:
