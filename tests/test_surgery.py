@@ -906,8 +906,9 @@ def test_the_optimizer_after_a_conversion_keeps_the_momentum_of_the_layers_left_
         scheduler.step()
     before = {p: optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()}
     lr = optimizer.param_groups[0]["lr"]
+    named = dict(model.named_parameters())
     apply_basis(model, "layer2.0.conv1", 0.5, inplace=True)
-    rebind_optimizer(optimizer, model)
+    rebind_optimizer(optimizer, model, named)
     converted = {id(p) for p in basis_layers(model)["layer2.0.conv1"].parameters()}
     assert optimizer.param_groups[0]["params"] == list(model.parameters())
     assert optimizer.param_groups[0]["lr"] == lr and optimizer.param_groups[0]["momentum"] == 0.9
@@ -1656,8 +1657,9 @@ def test_rebinding_the_optimizer_keeps_the_momentum_of_the_parameters_surgery_le
     kept = model[0].weight
     momentum = optimizer.state[kept]["momentum_buffer"].clone()
     assert momentum.abs().max() > 0
+    before = dict(model.named_parameters())
     model[1] = nn.Conv2d(4, 4, 3)  # as surgery replaces a layer
-    rebind_optimizer(optimizer, model)
+    rebind_optimizer(optimizer, model, before)
     assert torch.equal(optimizer.state[kept]["momentum_buffer"], momentum)
     assert torch.equal(optimizer.state[model[1].weight]["momentum_buffer"],
                        torch.zeros_like(model[1].weight))
@@ -1775,3 +1777,101 @@ def test_a_converted_conv_keeps_a_forward_pre_hook_that_takes_keyword_arguments(
     with pytest.warns(UserWarning, match="saves no compute"):  # full rank, to compare
         converted = apply_basis(model, "0", 16, inplace=inplace)
     torch.testing.assert_close(converted(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("how", ["apply_basis", "apply_basis_inplace", "fresh", "from_conv"])
+def test_a_conversion_under_inference_mode_is_refused_in_one_line(how):
+    """Found in review: a model converted under ``torch.inference_mode()`` (as one might
+    convert a pretrained model to evaluate it, then fine-tune it) held inference tensors,
+    and its first training step failed in torch's words ("Inference tensors cannot be
+    saved for backward"), naming no conversion; under ``torch.no_grad()`` it trains."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    convert = {"apply_basis": lambda: apply_basis(model, "2", 0.5),
+               "apply_basis_inplace": lambda: apply_basis(model, "2", 0.5, inplace=True),
+               "fresh": lambda: apply_basis(model, "2", 0.5, convert=False),
+               "from_conv": lambda: BasisConv2d.from_conv(model[2], 0.5)}[how]
+    function = "from_conv" if how == "from_conv" else "apply_basis"
+    with torch.inference_mode(), pytest.raises(ConfigError, match=(
+            rf"^{function} under torch\.inference_mode\(\) makes inference tensors, which "
+            rf"cannot train; convert under torch\.no_grad\(\) instead$")):
+        convert()
+    assert isinstance(model[2], nn.Conv2d)  # nothing replaced
+    with torch.no_grad():
+        converted = convert()
+    layer = converted if how == "from_conv" else converted[2]
+    layer(torch.randn(2, 8, 6, 6)).sum().backward()
+    assert layer.basis_weight.grad is not None
+
+
+class ConvNormHead(nn.Module):
+    """A tiny model with what an optimizer's groups tell apart: convs, a norm, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, bias=False)
+        self.norm = nn.BatchNorm2d(8)
+        self.conv = nn.Conv2d(8, 8, 3)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.conv(torch.relu(self.norm(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_rebinding_an_optimizer_of_several_groups_keeps_each_group(kind):
+    """Found in review: rebind_optimizer rebuilt one group from the first group's settings,
+    so a user's groups (no weight decay on norms and biases, another lr for the head, as
+    timm and pycls make them) were merged and their settings changed silently. A converted
+    conv's new parameters join its weight's group (its bias the bias's); every other group
+    keeps its settings, its parameters (in the model's order) and their state."""
+    torch.manual_seed(0)
+    model = ConvNormHead()
+    groups = [{"params": [model.stem.weight, model.conv.weight], "weight_decay": 5e-4},
+              {"params": [model.norm.weight, model.norm.bias, model.conv.bias],
+               "weight_decay": 0.0},
+              {"params": list(model.head.parameters()), "lr": 0.01, "weight_decay": 0.0}]
+    optimizer = (torch.optim.SGD(groups, lr=0.1, momentum=0.9) if kind == "sgd" else
+                 torch.optim.AdamW(groups, lr=0.1))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    untouched = [model.stem.weight, model.norm.weight, model.norm.bias, *model.head.parameters()]
+    state = {p: {k: v.clone() for k, v in optimizer.state[p].items()} for p in untouched}
+    before = dict(model.named_parameters())
+    apply_basis(model, "conv", 0.5, inplace=True)
+    rebind_optimizer(optimizer, model, before)
+    assert [{k: v for k, v in g.items() if k != "params"}
+            for g in optimizer.param_groups] == settings
+    layer = model.conv
+    assert [[id(p) for p in g["params"]] for g in optimizer.param_groups] == [
+        [id(model.stem.weight), id(layer.basis_weight), id(layer.coefficients)],
+        [id(model.norm.weight), id(model.norm.bias), id(layer.bias)],
+        [id(p) for p in model.head.parameters()]]
+    for p in untouched:
+        assert all(torch.equal(optimizer.state[p][k], v) for k, v in state[p].items())
+    assert len(optimizer.state) == len(untouched) + (3 if kind == "sgd" else 0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()  # (the new parameters' state starts now)
+    assert all(p in optimizer.state for p in model.parameters())
+
+
+def test_rebinding_an_optimizer_without_the_converted_convs_group_is_one_line():
+    """Where the converted conv's weight was in none of the optimizer's groups (a frozen
+    backbone, the head alone trained), its new parameters have no group to join: one line
+    says so, and the optimizer is left as it was."""
+    torch.manual_seed(0)
+    model = ConvNormHead()
+    optimizer = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    before = dict(model.named_parameters())
+    apply_basis(model, "conv", 0.5, inplace=True)
+    with pytest.raises(ConfigError, match=(
+            r"^rebind_optimizer: the new parameter 'conv\.basis_weight' has no group to join: "
+            r"layer 'conv''s weight before the conversion was in none of the optimizer's "
+            r"parameter groups; add it to one before converting \(before=dict\(model\."
+            r"named_parameters\(\)\) taken then\), or build the optimizer from the "
+            r"converted model$")):
+        rebind_optimizer(optimizer, model, before)
+    assert optimizer.param_groups[0]["params"] == list(model.head.parameters())

@@ -63,8 +63,8 @@ from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_c
                       split_forward, stacked_forward, without_autocast)
 from .layer_options import check_coefficient_rank, check_flag, check_geometry, resolve_num_basis
 from .source_conv import (basis_size_for_error, check_convertible, check_finite_weight,
-                          check_fit, check_plain_options, parametrizations_in_eval,
-                          refresh_computed_weight, trains)
+                          check_fit, check_not_inference_mode, check_plain_options,
+                          parametrizations_in_eval, refresh_computed_weight, trains)
 
 
 class NoWeightError(AttributeError):
@@ -217,6 +217,7 @@ class BasisConv2d(nn.Module):
         """
         check_convertible(conv)
         check_fit(fit)
+        check_not_inference_mode("from_conv")
         # (a parametrized weight as in eval: it is read several times, and a spectral
         # norm's changed at each read in a training model; parametrizations_in_eval)
         with parametrizations_in_eval([conv]):

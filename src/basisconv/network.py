@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import warnings
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Mapping, Union
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from .checkpoint import load_source_weights
 from .kernels import auto
 from .cost import model_cost
+from .errors import ConfigError
 from .model_copy import modes_kept
 from .models import build_model
 from .surgery import CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report
@@ -167,26 +168,67 @@ def skip_training_cost(model: nn.Module, schedule: CoefficientSkipSchedule,
             "mean_backward_flops": round((trained + (every - 1) * skipped) / every)}
 
 
-def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+def rebind_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module,
+                     before: Mapping[str, torch.Tensor]) -> None:
     """Point ``optimizer`` at ``model``'s parameters after surgery replaced some of them,
-    keeping its hyper-parameters and schedule (the scheduler holds this optimizer). The
-    parameters surgery made start with no momentum; the others keep theirs, so the layers
-    it left alone (norms, the head, the convs it did not convert) train on as before.
+    keeping its groups, their hyper-parameters and its schedule (the scheduler holds this
+    optimizer). ``before`` is ``dict(model.named_parameters())`` taken before the surgery:
+    a new parameter joins the group of the one it replaced, by its layer's name (a basis
+    layer's filters and coefficients the conv's weight's group, its bias the bias's), so a
+    user's groups (no weight decay on norms and biases, another lr for the head) stay as
+    they were. Each group holds its parameters in the model's order (as an optimizer built
+    from the model would, which a resumed run loads this one's state into). A parameter
+    that was in no group stays out. The parameters surgery made start with no momentum;
+    the others keep theirs, so the layers it left alone train on as before.
 
-    With momentum, the new parameters start with a zero buffer rather than none: SGD's first
-    step then stores the gradient as the buffer, as it does for a missing one (dampening 0),
-    and fused SGD (CUDA's) refuses a mix of parameters with and without a buffer."""
-    params = list(model.parameters())
-    kept = {p: optimizer.state[p] for p in params if p in optimizer.state}
-    settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    optimizer.param_groups.clear()
+    With momentum, the new parameters start with a zero buffer rather than none where
+    their group's others have one: SGD's first step then stores the gradient as the
+    buffer, as it does for a missing one (dampening 0), and fused SGD (CUDA's) refuses a
+    mix of parameters with and without a buffer."""
+    group_of = {id(p): i for i, group in enumerate(optimizer.param_groups)
+                for p in group["params"]}
+    old = {id(p) for p in before.values()}
+    members: list[list[torch.Tensor]] = [[] for _ in optimizer.param_groups]
+    made = set()  # (ids: a tensor's == is elementwise)
+    for name, p in model.named_parameters():
+        if id(p) in group_of:
+            members[group_of[id(p)]].append(p)
+        elif id(p) not in old:  # made by the surgery
+            members[_replaced_ones_group(name, before, group_of)].append(p)
+            made.add(id(p))
+    kept = {p: optimizer.state[p] for group in members for p in group
+            if id(p) not in made and p in optimizer.state}
     optimizer.state.clear()
-    optimizer.add_param_group({**settings, "params": params})
     optimizer.state.update(kept)
-    if settings.get("momentum", 0) > 0 and any("momentum_buffer" in s for s in kept.values()):
-        for p in params:
-            if p not in kept:
-                optimizer.state[p] = {"momentum_buffer": torch.zeros_like(p)}
+    for group, params in zip(optimizer.param_groups, members):
+        group["params"] = params
+        if group.get("momentum", 0) > 0 and any("momentum_buffer" in kept.get(p, {})
+                                                for p in params):
+            for p in params:
+                if id(p) in made:
+                    optimizer.state[p] = {"momentum_buffer": torch.zeros_like(p)}
+
+
+def _replaced_ones_group(name: str, before: Mapping[str, torch.Tensor],
+                         group_of: dict[int, int]) -> int:
+    """The optimizer group of what the new parameter ``name`` replaced: its layer's bias for
+    a bias, else its layer's weight (stored as ``weight``, or as a parametrization's or
+    pruning's sources), as ``before`` names them. One line where there is not one."""
+    layer, _, kind = name.rpartition(".")
+    is_bias = kind == "bias"
+    groups = {group_of.get(id(p)) for source, p in before.items()
+              if source.startswith(f"{layer}.")
+              and ("bias" in source[len(layer) + 1:]) == is_bias}
+    if len(groups) == 1 and None not in groups:
+        return groups.pop()
+    replaced = "bias" if is_bias else "weight"
+    where = ("several of the optimizer's parameter groups; keep it in one"
+             if len(groups - {None}) > 1
+             else "none of the optimizer's parameter groups; add it to one")
+    raise ConfigError(f"rebind_optimizer: the new parameter {name!r} has no group to join: "
+                      f"layer {layer!r}'s {replaced} before the conversion was in {where} "
+                      f"before converting (before=dict(model.named_parameters()) taken "
+                      f"then), or build the optimizer from the converted model")
 
 
 def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device: torch.device,

@@ -182,6 +182,16 @@ def check_max_error(max_error) -> None:
         raise ConfigError(f"max_error must be in [0, 1), got {max_error!r}")
 
 
+def check_not_inference_mode(function: str) -> None:
+    """Refuse a conversion under ``torch.inference_mode()``. Why: every tensor it makes (the
+    new layers' parameters, and a copied model's) would be an inference tensor, which can
+    never train: the first training step after fails in torch's words ("Inference tensors
+    cannot be saved for backward"), naming no conversion. ``no_grad`` makes plain ones."""
+    if torch.is_inference_mode_enabled():
+        raise ConfigError(f"{function} under torch.inference_mode() makes inference tensors, "
+                          f"which cannot train; convert under torch.no_grad() instead")
+
+
 def check_fit(fit) -> str:
     """How a conversion chooses its basis: one of :data:`~basisconv.fitting.FIT_MODES`."""
     if fit not in FIT_MODES:

@@ -38,8 +38,8 @@ from .layers import BasisConv2d, basis_layers
 from .model_copy import copy_model
 from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
 from .skip_training import frozen_by_schedule
-from .source_conv import (WEIGHT_HOOKS, check_finite_weight, parametrizations_in_eval,
-                          refresh_computed_weight, trains)
+from .source_conv import (WEIGHT_HOOKS, check_finite_weight, check_not_inference_mode,
+                          parametrizations_in_eval, refresh_computed_weight, trains)
 
 #: What the configs call :func:`apply_basis`'s arguments (``basis.*``), for the errors their
 #: values cause; a caller adds the config list its ``layers`` came from.
@@ -95,6 +95,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     :func:`~basisconv.hook_transfer.take_over_hooks`), whose output is the conv's.
     """
     _check_model(model, "apply_basis", "convert")
+    check_not_inference_mode("apply_basis")
     if isinstance(model, nn.Conv2d):  # it converts the convs inside a model, by name
         raise ConfigError("apply_basis got a single conv; convert it with "
                           "BasisConv2d.from_conv(conv, num_basis), or make a fresh layer with "

@@ -361,9 +361,10 @@ class Training:
 
     def convert(self) -> None:
         """End of the dense warm-up: fit the basis layers to the trained dense weights."""
+        before = dict(self.model.named_parameters())
         to_basis(self.model, self.cfg, self.layers, convert=True)
         self.model.to(device=self.device, memory_format=self.memory_format)
-        rebind_optimizer(self.optimizer, self.model)
+        rebind_optimizer(self.optimizer, self.model, before)
         self.results["model"] = describe(self.model, batch=self.process_batch)
         self.pending_conversion = False
         self.warn_if_dense()
