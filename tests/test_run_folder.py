@@ -1683,6 +1683,33 @@ def test_a_folder_on_a_file_system_without_locks_is_one_line_naming_the_key(tmp_
     assert not isinstance(err.value, FolderInUse) and "\n" not in str(err.value)
 
 
+def test_a_start_refused_for_want_of_locks_leaves_no_folder_of_its_own(tmp_path, repo):
+    """Found in review: a start refused because its folder's file system has no locks left
+    the run folder Hydra had made for it, as other refused starts do not: the removal of
+    that folder took the folder's lock first, and was refused the same way. Where no
+    process can lock, none can hold the folder, so the removal goes on without the lock."""
+    import errno
+    import subprocess
+
+    start = ("import errno, fcntl, os, runpy, sys\n"
+             "def refused(fd, operation):\n"
+             "    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))\n"
+             "fcntl.flock = refused\n"
+             "sys.argv = sys.argv[1:]\n"
+             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    run = tmp_path / "runs" / "run"
+    done = subprocess.run([sys.executable, "-c", start, str(repo / "scripts" / "train.py"),
+                           "profile=smoke", "logger=none", f"hydra.run.dir={run}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: cannot lock the run's folder {run} "
+                           f"({os.strerror(errno.ENOLCK)}): its file system does not support "
+                           f"file locks; point hydra.run.dir at a folder on one that does "
+                           f"(a local disk, or a mount with locks on)\n")
+    assert not run.exists()  # a run that never was leaves no folder
+
+
 def test_a_stop_as_the_temporary_file_is_made_leaves_none_and_the_umask_as_it_was(
         tmp_path, monkeypatch):
     """Found by a stop-injection audit: a stop right after mkstemp (while the umask was

@@ -29,8 +29,8 @@ from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
 from .config_checks import check_no_tilde
-from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
-                     memory_said, new_job_warns_again, one_line)
+from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, LocksUnsupported,
+                     context_chain, memory_said, new_job_warns_again, one_line)
 from .hydra_errors import (config_groups_of, deleted_key_override, group_value_override,
                            hydra_error_line, interpolation_error_line, malformed_override,
                            run_name_override)
@@ -124,7 +124,7 @@ def restore_replaced() -> None:
 def remove_made_folders() -> None:
     """Remove the folder Hydra made for a start that was refused, when it holds only what
     that start wrote (its ``.hydra/`` files as it wrote them, its log, ``run.lock``) and no
-    other process holds it, and the default layout's ``outputs/<name>/`` when that leaves
+    other process holds it (on a file system without locks none can, and none is taken), and the default layout's ``outputs/<name>/`` when that leaves
     it empty (else each typo in a value leaves ``outputs/<name>/<date>/`` behind, a run
     that never was). Another start in the same folder (the same dated name in the same
     second) keeps it: it holds the lock, or its ``.hydra/`` replaced this one's.
@@ -133,19 +133,27 @@ def remove_made_folders() -> None:
     default_layout = Path.cwd().resolve() / "outputs"
     for folder, written in made_folders.items():
         try:
-            with folder_lock(folder):
-                hydra = folder / ".hydra"
-                ours = {path.name: path.read_bytes() for path in hydra.iterdir()} == written
-                names = {path.name for path in folder.iterdir()}
-                if not ours or not all(name in (".hydra", LOCK) or name.endswith(".log")
-                                       for name in names):
-                    continue
-                shutil.rmtree(folder)
-            if folder.resolve().parent.parent == default_layout:
+            try:
+                with folder_lock(folder):
+                    removed = remove_if_only_ours(folder, written)
+            except LocksUnsupported:  # (no process can hold a folder there: nor lock it)
+                removed = remove_if_only_ours(folder, written)
+            if removed and folder.resolve().parent.parent == default_layout:
                 folder.parent.rmdir()  # (only if empty)
         except (OSError, ConfigError):  # (held by another process: FolderInUse)
             pass
     made_folders.clear()
+
+
+def remove_if_only_ours(folder: Path, written: dict[str, bytes]) -> bool:
+    """Remove ``folder`` if it holds only what a refused start wrote there (``written``,
+    its ``.hydra/`` files, as they were written; its log; ``run.lock``); whether it did."""
+    ours = {path.name: path.read_bytes() for path in (folder / ".hydra").iterdir()} == written
+    names = {path.name for path in folder.iterdir()}
+    if not ours or not all(name in (".hydra", LOCK) or name.endswith(".log") for name in names):
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def args_parser_intermixed() -> argparse.ArgumentParser:

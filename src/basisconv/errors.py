@@ -85,6 +85,12 @@ class FolderInUse(ConfigError):
     only."""
 
 
+class LocksUnsupported(ConfigError):
+    """A folder whose file system refuses file locks (:func:`basisconv.records.folder_lock`):
+    there no process can hold the folder, so a refused start removes the folder Hydra made
+    for it without its lock (:func:`basisconv.cli.remove_made_folders`)."""
+
+
 class DatasetError(BasisconvError, RuntimeError):
     """The data could not be read; the message says where it looked and what to do."""
 

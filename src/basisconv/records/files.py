@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from ..errors import BasisconvError, ConfigError, FolderInUse, WriteError, one_line
+from ..errors import (BasisconvError, ConfigError, FolderInUse, LocksUnsupported, WriteError,
+                      one_line)
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,11 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "run",
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 # NFS without its lock daemon (ENOLCK), Lustre without -o flock and some
                 # FUSE mounts (ENOSYS, EOPNOTSUPP): every run there ended in this trace
-                raise ConfigError(f"cannot lock the {what}'s folder {folder} "
-                                  f"({err.strerror or err}): its file system does not "
-                                  f"support file locks; point {key} at a folder on one "
-                                  f"that does (a local disk, or a mount with locks on)"
-                                  ) from None
+                raise LocksUnsupported(f"cannot lock the {what}'s folder {folder} "
+                                       f"({err.strerror or err}): its file system does not "
+                                       f"support file locks; point {key} at a folder on "
+                                       f"one that does (a local disk, or a mount with "
+                                       f"locks on)") from None
             holder = one_line(os.pread(fd, 512, 0).decode(errors="replace")) or "unknown"
             if not wait:
                 raise FolderInUse(f"{folder} is in use by another {what} ({holder}); wait for "
