@@ -124,10 +124,11 @@ def restore_replaced() -> None:
 def remove_made_folders() -> None:
     """Remove the folder Hydra made for a start that was refused, when it holds only what
     that start wrote (its ``.hydra/`` files as it wrote them, its log, ``run.lock``) and no
-    other process holds it (on a file system without locks none can, and none is taken), and the default layout's ``outputs/<name>/`` when that leaves
-    it empty (else each typo in a value leaves ``outputs/<name>/<date>/`` behind, a run
-    that never was). Another start in the same folder (the same dated name in the same
-    second) keeps it: it holds the lock, or its ``.hydra/`` replaced this one's.
+    other process holds it (on a file system without locks none can, and none is taken),
+    and the default layout's ``outputs/<name>/`` when that leaves it empty (else each typo
+    in a value leaves ``outputs/<name>/<date>/`` behind, a run that never was). Another
+    start in the same folder (the same dated name in the same second) keeps it: it holds
+    the lock, or its ``.hydra/`` replaced this one's.
     No folder above a run's is touched otherwise: a ``hydra.run.dir`` may sit in a folder
     of the user's."""
     default_layout = Path.cwd().resolve() / "outputs"

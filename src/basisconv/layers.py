@@ -374,8 +374,9 @@ class BasisConv2d(nn.Module):
     def prune_coefficients(self, keep_per_row: int) -> None:
         """Keep the ``keep_per_row`` largest-magnitude coefficients of each combined output
         and zero the rest through a fixed mask (one of our options for the paper's "methods to
-        shrink the coefficient matrix", whose details are not known to us);
-        pair it with :func:`~basisconv.penalties.coefficient_l1` during training to push small ones to zero."""
+        shrink the coefficient matrix", whose details are not known to us); pair it with
+        :func:`~basisconv.penalties.coefficient_l1` during training to push small ones to
+        zero."""
         if self.coefficient_rank is not None:
             raise ConfigError("prune_coefficients needs a full coefficient matrix; this layer "
                              f"stores it at rank {self.coefficient_rank}")

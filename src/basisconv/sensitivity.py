@@ -23,7 +23,8 @@ Cost: one brief training plus one short fine-tune per layer, instead of a full t
 per layer (or per subset of layers). The table is cached under a key made of everything
 that changes it (model, basis, data, the budget above, the training recipe, the seed), and
 reused by later runs; a changed key computes a new table, and computing is always logged
-(the key and the cache, how a kept table is found and checked: :mod:`basisconv.sensitivity_cache`).
+(the key and the cache, how a kept table is found and checked:
+:mod:`basisconv.sensitivity_cache`).
 """
 
 from __future__ import annotations
