@@ -631,15 +631,15 @@ def test_a_model_this_machine_cannot_hold_is_refused_at_the_start(
     one of 1 GiB, a ResNet-20 of width 32 (273,756,682 float32 parameters, 1.02 GiB) cannot
     be built, one of width 16 (0.26 GiB) can. Where the system does not say its memory,
     only torch's 64-bit sizes bound the width."""
-    from basisconv import config_checks
+    from basisconv import model_checks
 
-    monkeypatch.setattr(config_checks, "machine_memory", lambda: 2**30)
+    monkeypatch.setattr(model_checks, "machine_memory", lambda: 2**30)
     validate(compose_cfg("model=resnet20", "model.width=16"))
     with pytest.raises(ConfigError, match=r"^model.width=32.0 gives resnet20 273,756,682 "
                                           r"parameters, whose float32 weights alone take 1.02 "
                                           r"GiB, more than this machine's 1.00 GiB of memory"):
         validate(compose_cfg("model=resnet20", "model.width=32"))
-    monkeypatch.setattr(config_checks, "machine_memory", lambda: None)
+    monkeypatch.setattr(model_checks, "machine_memory", lambda: None)
     validate(compose_cfg("model=resnet20", "model.width=1e6"))
     with pytest.raises(ConfigError, match="beyond torch's 64-bit tensor sizes"):
         validate(compose_cfg("model=resnet20", "model.width=1e18"))
@@ -648,7 +648,7 @@ def test_a_model_this_machine_cannot_hold_is_refused_at_the_start(
     def unshapeable(*args):
         raise RuntimeError("a file this model reads as it is built")
 
-    monkeypatch.setattr(config_checks, "parameter_count", unshapeable)
+    monkeypatch.setattr(model_checks, "parameter_count", unshapeable)
     validate(compose_cfg("model=resnet20", "model.width=2"))
 
 

@@ -4,7 +4,7 @@ conv's geometry, a yes/no option, and the coefficient rank.
 
 Kept apart from :mod:`basisconv.layers` (whose :class:`~basisconv.layers.BasisConv2d`
 runs them when it is made, and where they were defined first) because they are asked
-apart from any layer: a config's ``basis.size`` (:mod:`basisconv.config_checks`), each
+apart from any layer: a config's ``basis.size`` (:mod:`basisconv.range_checks`), each
 selected layer's size (:mod:`basisconv.basis_sizes`), the cost model's and the
 benchmarks' sizes by fraction, and :func:`~basisconv.surgery.apply_basis`'s options.
 Rules about values: nothing here reads a module or a tensor.

@@ -1,15 +1,18 @@
 """What only the model can tell about a run's config, judged on it shaped on the meta
-device (nothing is allocated): the layer names and patterns a policy reads, the basis size
-its layers take, the selection's count against the candidates, and the exhaustive search's
-subset count. Apart from the range checks of :mod:`basisconv.config_checks` (whose
-:func:`~basisconv.config_checks.validate` calls :func:`check_against_the_model`), as this is
-where a config meets the model code (network, candidate table, surgery); the sensitivity
-estimate and the search call these checks again, on their own.
+device (nothing is allocated): the width this machine can build it at, the layer names and
+patterns a policy reads, the basis size its layers take, the selection's count against the
+candidates, and the exhaustive search's subset count. Apart from the range checks of
+:mod:`basisconv.range_checks` and :mod:`basisconv.config_checks` (whose
+:func:`~basisconv.config_checks.validate` calls :func:`check_model_size` and
+:func:`check_against_the_model`), as this is where a config meets the model code (network,
+candidate table, surgery); the sensitivity estimate and the search call these checks
+again, on their own.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from omegaconf import DictConfig
@@ -18,9 +21,44 @@ from .candidates import check_some_candidate, convert_candidates
 from .errors import ConfigError
 from .layer_names import select_layers
 from .layers import basis_layers
+from .models import parameter_count
 from .network import build_dense, check_conversion, held_back
+from .range_checks import check
 from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, check_count_fits,
                         fixed_layers)
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes; None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # (no sysconf on Windows)
+        return None
+
+
+def check_model_size(cfg: DictConfig) -> None:
+    """A ``model.width`` this machine can build the model at. The model is built in CPU
+    memory first, so float32 weights (4 bytes a parameter) beyond the machine's memory
+    were torch's "can't allocate memory" trace (1e6), and channel counts beyond torch's
+    64-bit sizes an overflow trace (1e18, 1e30), where the run built it. Counted on the
+    meta device (:func:`~basisconv.models.parameter_count`) for widths above 1 only: at
+    most 1, no layer is wider than the published model's."""
+    name, width = cfg.model.name, cfg.model.width
+    if width <= 1:
+        return
+    try:
+        count = parameter_count(name, cfg.data.num_classes, width)
+    except Exception:  # noqa: BLE001 - a model that cannot be shaped on the meta device
+        return  # at all (one that reads files as it is built) is not judged here
+    check(count is not None, f"model.width={width} gives {name} channel counts beyond "
+                             f"torch's 64-bit tensor sizes; use a smaller width (1.0 is "
+                             f"the published model)")
+    memory = machine_memory()
+    if memory is not None and 4 * count > memory:
+        raise ConfigError(f"model.width={width} gives {name} {count:,} parameters, whose "
+                          f"float32 weights alone take {4 * count / 2**30:,.2f} GiB, more than "
+                          f"this machine's {memory / 2**30:,.2f} GiB of memory; use a smaller "
+                          f"width (1.0 is the published model)")
 
 
 def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
