@@ -733,3 +733,14 @@ def test_counting_a_model_with_an_unmade_lazy_layer_asks_for_a_forward_pass_firs
     model(torch.randn(2, 3, 8, 8))
     assert model_cost(model, (2, 3, 8, 8)).forward_flops == measure_flops(
         model, (2, 3, 8, 8))["forward_flops"]
+
+
+def test_counting_the_parameters_of_an_unmade_lazy_layer_asks_for_a_forward_pass_first():
+    # Found in review: count_parameters gave torch's paragraph on uninitialized parameters
+    model = torch.nn.Sequential(torch.nn.LazyConv2d(4, 3), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10))
+    with pytest.raises(ConfigError, match=r"^count_parameters: layer '0' is a LazyConv2d "
+                                          r"whose parameters are not made yet; run one forward"):
+        count_parameters(model)
+    model(torch.randn(2, 3, 8, 8))
+    assert count_parameters(model) == 4 * 3 * 9 + 4 + 4 * 6 * 6 * 10 + 10

@@ -1,8 +1,11 @@
+import functools
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from basisconv.errors import ConfigError
 from basisconv.models import build_model, list_models, parameter_count, register_model
 from basisconv.models import registry
 
@@ -232,3 +235,50 @@ def test_a_second_model_of_one_name_says_how_to_register_it(monkeypatch):
     with pytest.raises(ValueError, match="registered twice; give the second constructor "
                                          "another function name"):
         register_model(resnet20)
+
+
+def test_a_constructor_without_a_function_name_is_registered_under_the_name_given(monkeypatch):
+    """Found in review: ``register_model(lambda ...)`` registered ``'<lambda>'``, a name no
+    config can give, and ``register_model(functools.partial(...))`` failed on ``__name__``
+    with Python's AttributeError. Such a constructor takes ``name=``; without it, one line
+    says to give one."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def vgg(num_classes=10, width=1.0, depth=11):
+        return nn.Linear(depth, num_classes)
+
+    for nameless in (lambda num_classes=10, width=1.0: nn.Linear(1, num_classes),
+                     functools.partial(vgg, depth=13)):
+        with pytest.raises(ValueError, match=r"^register_model: .* has no function name a "
+                                             r"config can give .*; give it one: "
+                                             r"register_model\(fn, name='my_model'\)$"):
+            register_model(nameless)
+    assert not {"<lambda>", "vgg"} & set(list_models())
+    register_model(functools.partial(vgg, depth=13), name="vgg13")
+    register_model(lambda num_classes=10, width=1.0: nn.Linear(2, num_classes), name="tiny")
+
+    @register_model(name="vgg16")
+    def _vgg16(num_classes=10, width=1.0):
+        return vgg(num_classes, width, depth=16)
+
+    assert build_model("vgg13", num_classes=3).in_features == 13
+    assert build_model("tiny").in_features == 2
+    assert build_model("vgg16").in_features == 16
+    assert "_vgg16" not in list_models()
+    for bad in ("", 13, "my model"):
+        with pytest.raises(ValueError, match=r"^register_model: name="):
+            register_model(vgg, name=bad)
+
+
+def test_counting_a_registered_model_with_an_unmade_lazy_layer_is_one_line(monkeypatch):
+    """Found in review: parameter_count of a model with ``nn.LazyConv2d`` gave torch's
+    paragraph on uninitialized parameters; its size is known only after a forward."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model
+    def lazy_net(num_classes=10, width=1.0):
+        return nn.Sequential(nn.LazyConv2d(8, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+
+    with pytest.raises(ConfigError, match=r"^parameter_count: layer '0' is a LazyConv2d whose "
+                                          r"parameters are not made yet; .*forward"):
+        parameter_count("lazy_net")

@@ -1875,3 +1875,36 @@ def test_rebinding_an_optimizer_without_the_converted_convs_group_is_one_line():
             r"converted model$")):
         rebind_optimizer(optimizer, model, before)
     assert optimizer.param_groups[0]["params"] == list(model.head.parameters())
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "parametrizations.weight_norm"])
+def test_rebinding_an_optimizer_with_a_weight_split_across_a_group_and_none_names_its_parts(
+        wrap):
+    """Found in review: a weight-normed conv's weight is two parameters (a magnitude and a
+    direction), which a conversion fits as the weight they compute; with one of them in an
+    optimizer group and the other in none, rebind_optimizer said the weight was in "none of
+    the groups". It names each part and where it was."""
+    from torch.nn.utils import parametrizations, weight_norm
+
+    torch.manual_seed(0)
+    model = ConvNormHead()
+    {"weight_norm": weight_norm,
+     "parametrizations.weight_norm": parametrizations.weight_norm}[wrap](model.conv)
+    magnitude, direction = [name for name, _ in model.conv.named_parameters()
+                            if name != "bias"]
+    optimizer = torch.optim.SGD([{"params": [model.stem.weight, model.conv.bias,
+                                             model.conv.get_parameter(magnitude)]},
+                                 {"params": list(model.head.parameters()), "lr": 0.01}],
+                                lr=0.1)
+    groups = [list(g["params"]) for g in optimizer.param_groups]
+    before = dict(model.named_parameters())
+    with pytest.warns(UserWarning):  # (the weight's hook stays behind: said once)
+        apply_basis(model, "conv", 0.5, inplace=True)
+    with pytest.raises(ConfigError, match=(
+            rf"^rebind_optimizer: the new parameter 'conv\.basis_weight' has no group to join: "
+            rf"layer 'conv''s weight before the conversion was split: 'conv\.{magnitude}' in "
+            rf"group 0, 'conv\.{direction}' in none; put its parts in one group before "
+            rf"converting \(before=dict\(model\.named_parameters\(\)\) taken then\), or "
+            rf"build the optimizer from the converted model$")):
+        rebind_optimizer(optimizer, model, before)
+    assert [g["params"] for g in optimizer.param_groups] == groups

@@ -44,14 +44,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.utils import _pair
 
 from .counts import is_int
 from .errors import BasisconvError, ConfigError, one_line, warn_caller
 from .layer_options import resolve_num_basis
 from .layers import COMBINE_MODES, BasisConv2d, NoWeightError, layer_shape
-from .model_copy import HOOK_TABLES, copy_model
+from .model_copy import HOOK_TABLES, check_no_unmade_lazy_module, copy_model
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +305,8 @@ def layer_cost(module: nn.Module, input_shape: Sequence[int], output_shape: Sequ
 
 def count_parameters(model: nn.Module) -> int:
     """Parameter entries, frozen ones too (the model's size): each tensor once (shared
-    coefficients), pruned coefficients not."""
+    coefficients), pruned coefficients not. A lazy module not made yet is one error."""
+    check_no_unmade_lazy_module(model, "count_parameters")
     total = sum(p.numel() for p in model.parameters())
     alive: dict[int, torch.Tensor] = {}
     whole: set[int] = set()  # matrices a layer uses unpruned (shared with a pruned one)
@@ -362,7 +362,9 @@ def model_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32), *,
     counts in the same dry run, a warning says how many are left out.
     """
     input_shape = _input_shape(input_shape, "model_cost")
-    _check_no_unmade_lazy_module(model)
+    # a lazy module makes its parameters in a pre-hook of its first forward, which the dry
+    # run replaces by a no-op: its unmade weight failed deep inside torch's meta conv
+    check_no_unmade_lazy_module(model, "model_cost")
     active = {name: int((m.coefficient_mask != 0).sum()) for name, m in model.named_modules()
               if isinstance(m, BasisConv2d) and m.coefficient_mask is not None}
     shadow = _meta_copy(model)
@@ -473,17 +475,6 @@ def _dry_run(shadow: nn.Module, input_shape: tuple[int, ...], input_requires_gra
                           f"the counts are per batch), or, if the forward needs real values "
                           f"(.item(), data-dependent shapes), count with measure_flops") from err
     return counter.get_total_flops()
-
-
-def _check_no_unmade_lazy_module(model: nn.Module) -> None:
-    """A lazy module (``nn.LazyConv2d``, ``nn.LazyLinear``) makes its parameters in a
-    pre-hook of its first forward, which the dry run replaces by a no-op: its unmade weight
-    then failed deep inside torch's meta conv (and has no size to count). One error."""
-    for name, module in model.named_modules():
-        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
-            raise ConfigError(f"model_cost: layer {name!r} is a {type(module).__name__} whose "
-                              f"parameters are not made yet; run one forward pass of the "
-                              f"model first, then count")
 
 
 def measure_flops(model: nn.Module, input_shape: Sequence[int] = (2, 3, 32, 32), *,

@@ -1,5 +1,5 @@
-"""Copying a user's model, the hook tables torch keeps on every module, and its modules'
-train/eval modes kept across work that changes them.
+"""Copying a user's model, the hook tables torch keeps on every module, its modules'
+train/eval modes kept across work that changes them, and its lazy modules not made yet.
 
 A model's cost is counted on a copy (:func:`basisconv.cost.model_cost`, a dry run on the
 ``meta`` device) and a conversion works on one unless told ``inplace``
@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .errors import ConfigError
 
@@ -62,3 +63,21 @@ def modes_kept(model: nn.Module) -> Iterator[None]:
         model.train(modes[0][1])
         for module, training in modes:
             module.training = training
+
+
+def unmade_lazy(module: nn.Module) -> bool:
+    """Whether ``module`` is a lazy one (``nn.LazyConv2d``, ``nn.LazyLinear``) whose
+    parameters its first forward has not made yet: they have no size to count, copy on the
+    meta device or convert."""
+    return isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+
+
+def check_no_unmade_lazy_module(model: nn.Module, function: str,
+                                fix: str = "run one forward pass of the model first, then "
+                                           "count") -> None:
+    """One error naming the first module of ``model`` that is :func:`unmade_lazy` (torch's
+    own, at the first use of its parameters, is a paragraph naming no layer)."""
+    for name, module in model.named_modules():
+        if unmade_lazy(module):
+            raise ConfigError(f"{function}: layer {name!r} is a {type(module).__name__} whose "
+                              f"parameters are not made yet; {fix}")

@@ -216,17 +216,21 @@ def _replaced_ones_group(name: str, before: Mapping[str, torch.Tensor],
     pruning's sources), as ``before`` names them. One line where there is not one."""
     layer, _, kind = name.rpartition(".")
     is_bias = kind == "bias"
-    groups = {group_of.get(id(p)) for source, p in before.items()
-              if source.startswith(f"{layer}.")
-              and ("bias" in source[len(layer) + 1:]) == is_bias}
+    parts = {source: group_of.get(id(p)) for source, p in before.items()
+             if source.startswith(f"{layer}.")
+             and ("bias" in source[len(layer) + 1:]) == is_bias}
+    groups = set(parts.values())
     if len(groups) == 1 and None not in groups:
         return groups.pop()
     replaced = "bias" if is_bias else "weight"
-    where = ("several of the optimizer's parameter groups; keep it in one"
-             if len(groups - {None}) > 1
-             else "none of the optimizer's parameter groups; add it to one")
+    if groups <= {None}:  # (empty: nothing of the layer was in before)
+        where = "was in none of the optimizer's parameter groups; add it to one"
+    else:  # a weight stored as parts (weight norm's magnitude and direction) across groups
+        where = "was split: " + ", ".join(
+            f"{source!r} in {'none' if group is None else f'group {group}'}"
+            for source, group in parts.items()) + "; put its parts in one group"
     raise ConfigError(f"rebind_optimizer: the new parameter {name!r} has no group to join: "
-                      f"layer {layer!r}'s {replaced} before the conversion was in {where} "
+                      f"layer {layer!r}'s {replaced} before the conversion {where} "
                       f"before converting (before=dict(model.named_parameters()) taken "
                       f"then), or build the optimizer from the converted model")
 

@@ -27,7 +27,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .counts import is_int, is_number
 from .errors import ConfigError
 from .fitting import FIT_MODES, smallest_basis, svd_errors
-from .model_copy import modes_kept
+from .model_copy import modes_kept, unmade_lazy
 
 
 def check_convertible(conv: nn.Module, where: str = "", skipping: bool = False) -> None:
@@ -42,7 +42,7 @@ def check_convertible(conv: nn.Module, where: str = "", skipping: bool = False) 
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"{at} is a {type(conv).__name__}, not an nn.Conv2d; only 2-D "
                         f"convolutions can be converted")
-    if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
+    if unmade_lazy(conv):
         raise ConfigError(f"{at} is a lazy conv whose weight is not made yet; run one forward "
                           f"pass of the model first, then convert")
     # A subclass that computes its own output (weight standardization, timm's dynamic

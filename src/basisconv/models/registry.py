@@ -11,20 +11,27 @@ import torch
 import torch.nn as nn
 
 from ..counts import is_int, is_number, share_of
+from ..model_copy import check_no_unmade_lazy_module
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
 
 
-def register_model(fn: ModelFn) -> ModelFn:
+def register_model(fn: ModelFn | None = None, *, name: str | None = None):
     """Decorator: make ``fn`` buildable by its function name through :func:`build_model`,
     which calls it as ``fn(num_classes=..., width=...)``: a constructor that cannot take
     those keywords is refused here, not when a run first builds it (torch's bare
-    ``TypeError`` then, after the run has started)."""
-    name = fn.__name__
+    ``TypeError`` then, after the run has started).
+
+    ``name``: the model's name where it is not the function's (``register_model(fn,
+    name="vgg13")``, or ``@register_model(name="vgg13")``); a lambda or a
+    ``functools.partial`` needs one, as it has no function name a config can give."""
+    if fn is None:
+        return lambda fn: register_model(fn, name=name)
+    name = _model_name(fn, name)
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice; give the second constructor "
-                         f"another function name (its name is the model's)")
+                         f"another function name, or another name=...")
     try:
         inspect.signature(fn).bind(num_classes=10, width=1.0)
     except TypeError:
@@ -33,6 +40,21 @@ def register_model(fn: ModelFn) -> ModelFn:
                          f"arguments, e.g. def {name}(num_classes=10, width=1.0)") from None
     _REGISTRY[name] = fn
     return fn
+
+
+def _model_name(fn: ModelFn, name: str | None) -> str:
+    """The name ``fn`` is registered under: ``name``, else its function name; a lambda's
+    ``'<lambda>'`` (or a partial's none) no config can give, so that is one error."""
+    if name is None:
+        name = getattr(fn, "__name__", "<lambda>")
+        if name == "<lambda>":
+            raise ValueError(f"register_model: {fn!r} has no function name a config can "
+                             f"give (a lambda or a functools.partial); give it one: "
+                             f"register_model(fn, name='my_model')")
+    elif not isinstance(name, str) or not name or name.split() != [name]:
+        raise ValueError(f"register_model: name={name!r}; give the name configs will call "
+                         f"the model by, a non-empty string without spaces (model.name=...)")
+    return name
 
 
 def list_models() -> list[str]:
@@ -61,7 +83,8 @@ def parameter_count(name: str, num_classes: int = 10, width: float = 1.0) -> int
     meta device (shapes only: nothing is allocated), so that a width too large to build is
     found without building it. None where torch cannot shape the model at all: a channel
     count, or a weight's byte size, beyond its 64-bit sizes (an overflow trace from torch
-    where the model is built)."""
+    where the model is built). A lazy layer (``nn.LazyConv2d``) has no size before a
+    forward: one error."""
     try:
         with torch.device("meta"):
             model = build_model(name, num_classes, width)
@@ -72,6 +95,8 @@ def parameter_count(name: str, num_classes: int = 10, width: float = 1.0) -> int
             raise
         parameter_count(name, num_classes)
         return None
+    check_no_unmade_lazy_module(model, "parameter_count", "they are counted once a forward "
+                                "has made them: build_model, one forward, then count")
     return sum(p.numel() for p in model.parameters())
 
 
