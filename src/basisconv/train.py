@@ -7,7 +7,8 @@ The steps themselves live in :mod:`basisconv.loop`; this module holds what makes
 run: the layers chosen for basis form (resolved before the network is built, possibly by
 a sensitivity estimate), the dense warm-up conversion, the record, checkpoints, resume
 and tracking. Where a start in the run's folder begins (a checkpoint, a complete record,
-or nothing) is :mod:`basisconv.resume_point`'s.
+or nothing) is :mod:`basisconv.resume_point`'s; what a run that stops or fails says (where
+it was left, how to go on) is :mod:`basisconv.stop_messages`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, loop
+from . import distributed, loop, stop_messages
 from .checkpoint import CHECKPOINT, checksum_path, save_checkpoint, saved_epoch_rows
 from .config import GRAPHING_COMPILE_MODES
 from .config_checks import validate
@@ -35,8 +36,7 @@ from .network import (build_network, check_conversion, choose_forms_now, convert
 from .penalties import basis_penalty
 from .records import (RECORD, RunRecord, folder_lock, make_folder, publish, refuse_other_kind,
                       timestamp, wandb_provenance, write_record)
-from .resume_point import keep_earlier_provenance, remove_leftovers, resume_point, says_complete
-from .resuming import how_to_go_on
+from .resume_point import keep_earlier_provenance, remove_leftovers, resume_point
 from .sensitivity import choose_layers_and_table
 from .signals import stops_let_go
 from .surgery import CoefficientSkipSchedule
@@ -89,12 +89,12 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
         with stops_let_go():
             if finished is not None:
                 stop = Stopped(getattr(err, "signum", signal.SIGINT),
-                               complete_run_message(cfg, Path(output_dir)))
+                               stop_messages.complete_run_message(cfg, Path(output_dir)))
             elif training is not None:
                 stop = training.stopped(err)
             else:
                 stop = Stopped(getattr(err, "signum", signal.SIGINT),
-                               stopped_as_it_started(cfg, Path(output_dir)))
+                               stop_messages.stopped_as_it_started(cfg, Path(output_dir)))
         raise stop from None
 
 
@@ -123,7 +123,7 @@ def where_memory_ran_out(cfg: DictConfig, output_dir: Path, training: Training |
     the fix changes what the run computes, so it makes a new run; where this one stopped,
     and how it goes on as it is (memory another process held, since freed)."""
     where = (training.stop_message() if training is not None
-             else stopped_before_training(cfg, output_dir, checkpoint))
+             else stop_messages.stopped_before_training(cfg, output_dir, checkpoint))
     return f"each starts a new run (a run resumes only with its own settings); {where}"
 
 
@@ -138,45 +138,10 @@ def start_training(cfg: DictConfig, config: dict, output_dir: Path,
         if isinstance(err, Stopped) and str(err):  # it says where it stopped
             raise
         with stops_let_go():
-            message = stopped_before_training(cfg, output_dir, checkpoint)
+            message = stop_messages.stopped_before_training(cfg, output_dir, checkpoint)
             reason = distributed.peer_failure_in(err)  # (torchrun's SIGTERM)
         raise Stopped(getattr(err, "signum", signal.SIGINT),
                       f"{reason}; {message}" if reason else message) from None
-
-
-def stopped_as_it_started(cfg: DictConfig, output_dir: Path) -> str:
-    """What a run stopped as it started (checking its config, taking its folder's lock,
-    reading its checkpoint) tells the user: nothing of the run changed."""
-    resume = OmegaConf.select(cfg, "trainer.resume", default=True,
-                              throw_on_resolution_failure=False)
-    if resume is not False and (output_dir / CHECKPOINT).exists():
-        go_on = f"its checkpoint is kept: {how_to_go_on(output_dir, cfg, 1)}"
-    else:
-        go_on = how_to_go_on(output_dir, cfg, 0)
-    return f"the run in {output_dir} stopped as it started, before training; {go_on}"
-
-
-def complete_run_message(cfg: DictConfig, output_dir: Path, stopped_while: str = "") -> str:
-    """What a run stopped once complete (``stopped_while`` it finished, or as it published
-    its record) tells the user: only publishing may be left to do, which the same command
-    pointed at its folder does."""
-    message = f"the run in {output_dir} is complete ({RECORD})"
-    if stopped_while:
-        message += f"; it was stopped {stopped_while}"
-    if cfg.publish:
-        message += "; " + how_to_go_on(output_dir, cfg, cfg.trainer.epochs,
-                                       to=f"publish it to {cfg.publish}")
-    return message
-
-
-def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict | None) -> str:
-    """What a run stopped before its first epoch of this start tells the user."""
-    done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
-    if done == 0:
-        return (f"the run in {output_dir} stopped before its first epoch (choosing its layers, "
-                f"reading its data or starting wandb); the same command starts it over")
-    return (f"the run in {output_dir} stopped while resuming, before epoch {done + 1}; its "
-            f"checkpoint of epoch {done} is kept: {how_to_go_on(output_dir, cfg, done)}")
 
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
@@ -429,7 +394,9 @@ class Training:
                     raise
                 raise Stopped(signal.SIGTERM) from err  # said below, as the other stops are
         except TrainingDiverged as err:  # before this epoch's record and checkpoint
-            raise TrainingDiverged(self.diverged_message(err), err.quantity, err.value) from None
+            message = stop_messages.diverged_message(self.cfg, self.output_dir, err,
+                                                     self.saved_epochs, len(results["epochs"]))
+            raise TrainingDiverged(message, err.quantity, err.value) from None
         except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM through basisconv.cli, a peer gone
             with stops_let_go():
                 stop = self.stopped(err)
@@ -440,7 +407,8 @@ class Training:
             except KeyboardInterrupt as err:  # while wandb uploads (up to finish_timeout_s)
                 if not failed:
                     raise Stopped(getattr(err, "signum", signal.SIGINT),
-                                  self.stopped_finishing_message()) from None
+                                  stop_messages.stopped_finishing_message(
+                                      self.cfg, self.output_dir)) from None
                 # else a second stop: the stop or error in flight goes on out, and says
                 # where the run is (a bare `raise` here would replace it with this one)
             finally:
@@ -494,12 +462,6 @@ class Training:
                         "another process of the job, which torchrun's summary names")
         return Stopped(signum, message)
 
-    def stopped_finishing_message(self) -> str:
-        """A stop after the last epoch was saved, while wandb finished: the run is
-        complete, and only what comes after it (publishing its record) is left undone."""
-        return complete_run_message(self.cfg, self.output_dir, "while wandb finished, whose "
-                                    "pending uploads stay in its wandb folder for `wandb sync`")
-
     def save_everywhere(self) -> None:
         """Rank 0 saves (:meth:`save`); every process learns whether it could and of which
         epoch its checkpoint is, so that all stop together when it could not (the others
@@ -534,7 +496,9 @@ class Training:
         try:
             self._save()
         except OSError as err:
-            raise SaveError(self.save_failed_message(err)) from None
+            raise SaveError(stop_messages.save_failed_message(
+                self.cfg, self.output_dir, err, self.saved_epochs,
+                len(self.results["epochs"]))) from None
 
     def _save(self) -> None:
         trainer = self.cfg.trainer
@@ -566,35 +530,6 @@ class Training:
             log.info("removed %s: trainer.checkpoint=false, and it would fall behind this "
                      "run's record", path)
 
-    def diverged_message(self, err: TrainingDiverged) -> str:
-        """What a diverged run tells the user: which loss, in which epoch, what to change,
-        and what its folder keeps (the diverged epoch is neither recorded nor saved)."""
-        epoch, epochs = len(self.results["epochs"]) + 1, self.cfg.trainer.epochs
-        done = self.saved_epochs
-        if not self.cfg.trainer.checkpoint:
-            kept = "it keeps no checkpoint (trainer.checkpoint=false)"
-        elif done == 0:
-            kept = "it holds no checkpoint (no epoch came before)"
-        else:
-            kept = f"its checkpoint.pt is of epoch {done}" + (
-                ", the last good one" if done == epoch - 1 else "")
-        return (f"training diverged in epoch {epoch} of {epochs}: the {err.quantity} became "
-                f"{err.value} with trainer.lr={self.cfg.trainer.lr}; lower trainer.lr (or check "
-                f"the data) and start a new run. The run in {self.output_dir} is not "
-                f"complete; {kept}")
-
-    def save_failed_message(self, err: OSError) -> str:
-        """What a run whose checkpoint or record could not be written tells the user."""
-        where = f"{err.filename}: " if err.filename else ""
-        reason = f"{where}{err.strerror or type(err).__name__}"
-        saved = self.saved_epochs if self.cfg.trainer.checkpoint else 0
-        go_on = how_to_go_on(self.output_dir, self.cfg, saved)
-        if saved:  # the atomic writes kept the last checkpoint whole
-            go_on = f"its checkpoint of epoch {saved} is kept: {go_on}"
-        return (f"the run in {self.output_dir} could not save epoch "
-                f"{len(self.results['epochs'])} ({reason}); once that is fixed (free space, "
-                f"or make the folder writable), {go_on}")
-
     def note_a_checkpoint_just_saved(self) -> None:
         """A signal's handler runs as the checkpoint's rename returns, before :meth:`_save`
         notes it: the checkpoint on disk holding this run's epochs so far says so (an
@@ -607,41 +542,8 @@ class Training:
 
     def stop_message(self) -> str:
         """What an interrupted run tells the user: where it stopped, how to go on."""
-        done, epochs = self.saved_epochs, self.cfg.trainer.epochs
-        if not self.cfg.trainer.checkpoint:
-            return (f"the run in {self.output_dir} stopped after epoch {done} of {epochs}; "
-                    f"trainer.checkpoint=false, so the same command starts it over")
-        if done == epochs:  # stopped once its last checkpoint was written: complete
-            return self.stopped_complete_message()
-        finished = len(self.results["epochs"])
-        every = self.cfg.trainer.checkpoint_every_s
-        if finished > done and not every:  # stopped while its checkpoint was being written
-            where = (f"stopped while saving epoch {finished} of {epochs}; its checkpoint "
-                     + ("was not written yet" if done == 0 else f"is of epoch {done}"))
-        elif finished > done:  # epochs that ended between checkpoints (checkpoint_every_s)
-            where = (f"stopped after epoch {finished} of {epochs}; its checkpoint, written at "
-                     f"most every trainer.checkpoint_every_s={every:g} s, ")
-            where += "was not written yet" if done == 0 else f"is of epoch {done}"
-        elif done == 0:
-            where = f"stopped during epoch 1 of {epochs}, before its first checkpoint"
-        else:
-            where = f"stopped after epoch {done} of {epochs} (checkpoint saved)"
-        go_on = how_to_go_on(self.output_dir, self.cfg, done)
-        return f"the run in {self.output_dir} {where}; {go_on}"
-
-    def stopped_complete_message(self) -> str:
-        """A stop after the last epoch's checkpoint was written, before (or as) its record
-        was: the run is complete, and the same command trains nothing (it writes
-        ``run.json`` from the checkpoint, :func:`~basisconv.resume_point.repair_record`, and
-        publishes it). "Stopped after epoch 3 of 3; ... to resume it" read as if training
-        were left to do."""
-        if says_complete(self.output_dir / RECORD):
-            return complete_run_message(self.cfg, self.output_dir, "as it finished")
-        to = "write it" + (f" and publish it to {self.cfg.publish}" if self.cfg.publish else "")
-        go_on = how_to_go_on(self.output_dir, self.cfg, self.saved_epochs,
-                             to=f"{to}, training nothing")
-        return (f"the run in {self.output_dir} is complete ({CHECKPOINT}), but was stopped "
-                f"before its {RECORD} was written; {go_on}")
+        return stop_messages.stop_message(self.cfg, self.output_dir, self.saved_epochs,
+                                          len(self.results["epochs"]))
 
 
 def final_metrics(epochs: list[dict]) -> dict[str, Any]:
