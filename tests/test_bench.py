@@ -1024,7 +1024,7 @@ def test_training_steps_and_their_memory_are_measured_in_train_mode_after_the_ev
         modes.append({m.training for model in models.values() for m in model.modules()})
         return {k: (1.0, float("nan")) for k in models}
 
-    monkeypatch.setattr(speed, "_memory", memory)
+    monkeypatch.setattr(speed, "training_memory_mib", memory)
     modes.clear()
     modules.clear()  # (the model rows' timer sees no layer modules)
     speed.benchmark_model(options, options.runner(), ModeTimer(), [], progress=lambda s: None)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from basisconv.bench.memory import (MIB, cuda_peak_mib, cuda_step_peak, reset_cuda_peak,
-                                    saved_for_backward)
+                                    saved_for_backward, training_memory_mib)
 from basisconv.layers import BasisConv2d
 from basisconv.models import build_model
 from basisconv.surgery import apply_basis
@@ -109,13 +109,13 @@ def test_the_benchmarks_memory_of_a_bf16_run_is_that_of_its_autocast_forward():
     """``benchmark_layers.py --amp bf16`` counts what its training forward keeps under
     autocast: a conv keeps bf16 copies of its input and weight (2 bytes an element, the
     weight's copy not a parameter), not the float32 input a forward without autocast keeps."""
-    from basisconv.bench.layers import _memory
     from basisconv.timing import Runner
 
     conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
     x = torch.randn(2, 8, 10, 10)
-    memory = _memory({"dense": conv}, Runner("cpu", amp="bf16", channels_last=False), x,
-                     lambda out: out.float().sum().backward())
+    runner = Runner("cpu", amp="bf16", channels_last=False)
+    memory = training_memory_mib({"dense": conv}, runner, x,
+                                 lambda out: out.float().sum().backward())
     saved, peak = memory["dense"]
     assert saved * MIB == (x.numel() + conv.weight.numel()) * 2
     assert peak != peak  # NaN: no CUDA peak on a CPU

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from basisconv.layers import basis_layers
 from basisconv.models import build_model
 
 
@@ -24,14 +25,22 @@ def documentation(repo) -> list:
 
 
 def python_blocks(repo) -> list[str]:
-    return [block for page in documentation(repo)
-            for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
+    return [block for page in documentation(repo) for block in page_python_blocks(page)]
+
+
+def page_python_blocks(page) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
 
 
 def names_the_reader_supplies():
     """What the README's examples leave to the reader: a trained conv, a model (and a way
-    to build its architecture again), and the evaluate / finetune functions of the own-model sensitivity estimate (tiny here)."""
+    to build its architecture again; one of its layers with the redundant filters an error
+    bound needs, see the test below), and the evaluate / finetune functions of the
+    own-model sensitivity estimate (tiny here)."""
     model = build_model("resnet8")
+    with torch.no_grad():  # as training leaves some layers: filters the others combine
+        weight = model.layer3[0].conv1.weight  # (its last 48 of 64 filters, of the first 16)
+        weight[16:] = (torch.randn(48, 16) @ weight[:16].flatten(1)).view_as(weight[16:])
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
 
     def evaluate(m):
@@ -61,6 +70,23 @@ def test_the_readmes_python_examples_run(repo):
         for block in blocks:
             namespace = names_the_reader_supplies()
             exec(compile(block, "README.md", "exec"), namespace)
+
+
+def test_the_readmes_error_bound_example_converts_a_trained_model(repo):
+    """Found in review: the README's ``apply_basis(model, "all", max_error=0.05,
+    only_where_saves=True)`` ran here on random weights, whose filters are nearly
+    independent, so it converted no layer and the example showed nothing of what it does.
+    The supplied model's filters are redundant where a trained model's are, and the line
+    converts that layer."""
+    [(block, line)] = [(block, line) for block in page_python_blocks(repo / "README.md")
+                       for line in block.splitlines()
+                       if "apply_basis(" in line and "max_error=" in line]
+    imports = [text for text in block.splitlines() if text.startswith(("from ", "import "))]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        namespace = names_the_reader_supplies()
+        exec(compile("\n".join([*imports, line]), "README.md", "exec"), namespace)
+    assert list(basis_layers(namespace["small"])) == ["layer3.0.conv1"]
 
 
 def test_the_example_supplies_are_what_the_examples_need(repo):

@@ -35,7 +35,6 @@ the backward (``*_saved_mib``, every device) and on CUDA the peak of a training 
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -56,7 +55,7 @@ from ..records import precision_name
 from ..surgery import apply_basis
 from ..timing import ConvNormAct, Runner, Timer, output_gradient
 from . import flag_below_minimum, fused_problem, profile_table
-from .memory import MIB, cuda_step_peak, saved_for_backward
+from .memory import training_memory_mib
 
 #: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
 TARGET_SLACK = 1.15
@@ -384,7 +383,7 @@ def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_r
         {k: runner.forward(m, x) for k, m in prepared.items()}, options.model_repeats,
         options.warmup))
     fwd_spread = timer.spread
-    memory = _memory(models, runner, x, backward)
+    memory = training_memory_mib(models, runner, x, backward)
     dense = costs["dense"]
     layer_ms = _layer_times(models, layer_rows)
     progress(f"  dense: fwd {fwd['dense']:.0f} ms, fwd+bwd {fwdbwd['dense']:.0f} ms, "
@@ -460,22 +459,6 @@ def _time_bound_columns(layer_ms: dict[str, dict], dense_step: float, fraction: 
     return {"dense_non_conv_share": other, "time_bound_ratio": bound,
             "layer_sum_ratio": other + (1 - other) * from_layers / dense_conv,
             "fwdbwd_vs_time_bound": measured / bound}
-
-
-def _memory(models: dict, runner: Runner, x: torch.Tensor,
-            backward: Callable[[torch.Tensor], None]) -> dict:
-    """Per model, in MiB: what its training forward keeps for the backward, and on CUDA the
-    peak of a training step; both of the eager module (not compiled nor graphed: the
-    memory of the layers as written), with the run's layout and autocast."""
-    found = {}
-    for key, model in models.items():
-        def forward(model=model) -> torch.Tensor:
-            with runner.autocast():
-                return model(x)
-        saved = saved_for_backward(model, forward)
-        peak = cuda_step_peak(model, lambda: backward(forward()), runner.device)
-        found[key] = (saved / MIB, math.nan if peak is None else peak / MIB)
-    return found
 
 
 def _memory_columns(memory: dict, fraction: float) -> dict:

@@ -8,14 +8,19 @@ quarter of the parameters can need *more* memory in training, where activations 
 are counted through autograd's saved-tensor hooks (autocast's low-precision copies of the
 weights among them), so they are the same on every device for the same graph and measured
 on CPU too; the CUDA peak adds the gradients and the backward's transient buffers.
+:func:`training_memory_mib` counts both for each model of the whole-model benchmark.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..timing import Runner
 
 MIB = 2**20
 
@@ -73,3 +78,19 @@ def cuda_peak_mib(device: torch.device) -> float | None:
     """The most the CUDA allocator has held since :func:`reset_cuda_peak`, in MiB: all of
     it (model, optimizer state, data on the device, CUDA graph pools); ``None`` off CUDA."""
     return torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
+
+
+def training_memory_mib(models: dict, runner: Runner, x: torch.Tensor,
+                        backward: Callable[[torch.Tensor], None]) -> dict:
+    """Per model, in MiB: what its training forward keeps for the backward, and on CUDA the
+    peak of a training step; both of the eager module (not compiled nor graphed: the
+    memory of the layers as written), with the run's layout and autocast."""
+    found = {}
+    for key, model in models.items():
+        def forward(model=model) -> torch.Tensor:
+            with runner.autocast():
+                return model(x)
+        saved = saved_for_backward(model, forward)
+        peak = cuda_step_peak(model, lambda: backward(forward()), runner.device)
+        found[key] = (saved / MIB, math.nan if peak is None else peak / MIB)
+    return found
