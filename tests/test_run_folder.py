@@ -1836,6 +1836,49 @@ def test_a_stopped_runs_wandb_run_ends_failed_and_a_complete_ones_finished(tmp_p
     assert stopped.finished == [1] and completed.finished == [0]
 
 
+@pytest.mark.parametrize("when", ["as its history is sent again", "as its summary is sent"])
+def test_a_stop_while_wandb_is_sent_the_start_still_ends_its_wandb_run(tmp_path, repo,
+                                                                     fake_wandb, when):
+    """Found in review: a stop (Ctrl-C, SIGTERM) while a start sent wandb the earlier epochs
+    of a resumed offline run, or the model's summary before the first epoch, left the wandb
+    run open: it was not in the ``finally`` that ends it, and lingered past the run (in a
+    notebook, or the next job of a multirun, which wandb then ended as finished); and a
+    stop while the summary was sent raised an AttributeError in place of the stop's line."""
+    from basisconv.errors import Stopped
+
+    cfg = compose_tiny(repo, "logger.mode=offline")
+    if when == "as its history is sent again":
+        fit_stopped_before(2, cfg, tmp_path)  # (its own wandb run: ended, failed)
+        sending = "log"
+    else:
+        sending = "summary"
+
+    class Stop(FakeRun):
+        def log(self, metrics, step, commit=None):
+            if sending == "log":
+                raise KeyboardInterrupt
+            super().log(metrics, step, commit)
+
+    class StoppingSummary(dict):
+        def update(self, values):
+            if not self:  # the first update, once
+                self["stopped"] = True
+                raise KeyboardInterrupt
+            super().update(values)
+
+    def run(wandb, kwargs):
+        made = Stop(wandb, kwargs)
+        if sending == "summary":
+            made.summary = StoppingSummary()
+        return made
+
+    fake_wandb.Run = run
+    with pytest.raises(Stopped) as err:  # said in one line (not an AttributeError)
+        fit(cfg, tmp_path)
+    assert str(err.value).startswith(f"the run in {tmp_path} stopped")
+    assert fake_wandb.runs[-1].finished == [1]  # ended, and marked failed
+
+
 def test_a_resume_from_a_record_older_than_a_set_up_field_compares_what_it_can(caplog):
     """A record from before a field was kept: no thread count is no change to warn of
     ("torch threads None -> 2"), and no process count is the one process it then meant,

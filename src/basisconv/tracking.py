@@ -72,9 +72,13 @@ class Tracker:
                         one_line(err), ours)
             self.finish(failed=True)
             return
-        for row in history:
-            if row["epoch"] >= self.next_step:
-                self.log(row, step=row["epoch"])
+        try:
+            for row in history:
+                if row["epoch"] >= self.next_step:
+                    self.log(row, step=row["epoch"])
+        except KeyboardInterrupt:  # a stop while sending: the run is not left open
+            self.finish(failed=True)
+            raise
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
         if not self.working:

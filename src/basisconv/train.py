@@ -376,14 +376,15 @@ class Training:
         :class:`TrainingDiverged` line that says where the run is and how to go on; wandb is
         finished and the process group left whatever happens."""
         trainer, record, results = self.cfg.trainer, self.record, self.results
-        # What scripts/analyze.py source=wandb needs to rebuild the run record.
-        self.summarize_model()
-        self.tracker.summary(wandb_provenance(record.provenance))
         failed = True
         self.saved_epochs = len(results["epochs"])
         self.last_checkpoint = monotonic()
         try:
             try:
+                # What scripts/analyze.py source=wandb needs to rebuild the run record (in
+                # the try: a stop while it is sent still ends the wandb run, and is said)
+                self.summarize_model()
+                self.tracker.summary(wandb_provenance(record.provenance))
                 log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
                          "test_loss", "test_acc", "lr", "time_s")
                 for epoch in range(len(results["epochs"]) + 1, trainer.epochs + 1):
