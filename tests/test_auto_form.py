@@ -391,8 +391,9 @@ def test_a_fused_kernel_that_failed_to_compile_is_neither_timed_nor_chosen(monke
         layer(x)  # forward+backward key: fused tried, failed, timed (as fastest) and dropped
         with torch.no_grad():
             layer(x)  # the forward key: not offered again
-    rounds = auto.REPEATS + 1
-    assert timed == ["stacked", "dense", "fused"] * rounds + ["stacked", "dense"] * rounds
+    rounds = auto.REPEATS + 1  # (each round's order reversed after the one before)
+    assert timed == (["stacked", "dense", "fused", "fused", "dense", "stacked"] * (rounds // 2)
+                     + ["stacked", "dense", "dense", "stacked"] * (rounds // 2))
     assert "fused" not in auto.choices().values()
     assert all("fused" not in times for times in auto.TIMINGS.values())
 
@@ -426,7 +427,9 @@ def test_forms_are_timed_in_turns_by_the_median_of_their_calls_after_an_untimed_
     args = (x, torch.zeros(2, 2, 1, 1), torch.zeros(4, 2), None, (1, 1), (0, 0), (1, 1))
     trials = {name: lambda name=name: auto._time(name, args, backward=False) for name in "ab"}
     assert auto.interleaved(trials) == {"a": 2.0, "b": 4.0}
-    assert calls == ["a", "b"] * 4
+    # the order reversed every other round, as timing.Timer's: the first form of a round
+    # (which may pay for the cache or clock state the round starts in) is not always "a"
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
 
 
 def test_a_form_whose_trial_fails_is_not_chosen_and_the_others_are_timed(monkeypatch, caplog):

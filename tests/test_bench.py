@@ -374,7 +374,7 @@ def test_layer_rows_with_folded_norms_time_the_triples_and_the_unfused_basis(rep
     options = SpeedOptions(batch_size=2, fractions=[0.5], layer_repeats=1, warmup=0,
                            fuse_norm=True)
     shape = ConvShape(8, 16, 3, 1, 1, 8)
-    modules = speed._timed_forms(options, options.runner(), shape)
+    modules = speed._timed_forms(options, options.runner(), shape, input_grad=True)
     assert list(modules) == ["dense", 0.5, (0.5, "unfused")]
     assert all(isinstance(m, ConvNormAct) and m.relu for m in modules.values())
     assert modules[0.5].conv.fuse_norm and not modules[0.5, "unfused"].conv.fuse_norm
@@ -719,6 +719,30 @@ def test_compiled_auto_layers_choose_their_forms_before_compiling(monkeypatch):
     assert chosen_at_compile == [[], [False, True]]
 
 
+@pytest.mark.parametrize("shape, input_grad", [(ConvShape(8, 16, 3, 1, 1, 4), True),
+                                               (ConvShape(3, 16, 3, 1, 1, 4), False)])
+def test_compiled_auto_layers_choose_for_training_on_an_input_as_timed(monkeypatch, shape,
+                                                                       input_grad):
+    """Found in review: the training form of a compiled auto layer was chosen on an input
+    needing no gradient, then timed (and run) with one, so its choice left out the
+    input's gradient, a part of what it timed; it is chosen on an input as the benchmark
+    times it (a gradient but for the stem, whose images need none)."""
+    from basisconv import timing
+    from basisconv.kernels import auto
+
+    trials = []
+    real = auto.time_call
+    monkeypatch.setattr(auto, "time_call", lambda call, leaves, backward: trials.append(
+        (backward, leaves[0].requires_grad)) or real(call, leaves, backward))
+    monkeypatch.setattr(timing.torch, "compile", lambda module: module)
+    options = SpeedOptions(batch_size=2, fractions=[0.5], layer_repeats=1, warmup=1,
+                           combine="auto", compile=True)
+    speed.benchmark_layers(options, options.runner(), Timer("cpu"), shapes={shape: ["a"]},
+                           progress=lambda s: None)
+    assert {grad for backward, grad in trials if backward} == {input_grad}
+    assert {grad for backward, grad in trials if not backward} == {False}
+
+
 def test_kernel_resources_are_read_from_the_compiler_with_a_record(tmp_path, repo,
                                                                     load_script):
     """Registers and spills per tile, compiled for sm_90 here (no GPU), in the committed
@@ -1000,9 +1024,9 @@ def test_training_steps_and_their_memory_are_measured_in_train_mode_after_the_ev
     timed_forms, modes = speed._timed_forms, []
     modules = {}
 
-    def kept(options, runner, shape):
+    def kept(options, runner, shape, **how):
         modules.clear()
-        modules.update(timed_forms(options, runner, shape))
+        modules.update(timed_forms(options, runner, shape, **how))
         return modules
 
     class ModeTimer:

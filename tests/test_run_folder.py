@@ -275,6 +275,32 @@ def test_a_resume_with_another_thread_count_is_a_warning(caplog):
     assert "another commit or set-up" not in caplog.text
 
 
+def test_a_resume_with_other_tf32_flags_in_float32_on_a_gpu_is_a_warning(caplog):
+    """Found in review: a float32 run on a GPU resumed with TF32 turned on (or off) said
+    nothing, though its epoch times (and rounding) then mix two set-ups. Said only where
+    the flags change what runs (float32 on the GPU), and not against a start from before
+    the flags were kept."""
+    from basisconv.resume_point import keep_earlier_provenance
+
+    gpu = {"cpu": "X", "gpu": "NVIDIA H100", "cuda_matmul_allow_tf32": False,
+           "cudnn_allow_tf32": True, "float32_matmul_precision": "highest"}
+    saved = {"git": {"commit": "abc"}, "hardware": gpu}
+    now = {"git": {"commit": "abc"},
+           "hardware": {**gpu, "cuda_matmul_allow_tf32": True,
+                        "float32_matmul_precision": "high"}}
+    with caplog.at_level("WARNING"):
+        keep_earlier_provenance(dict(now), saved, 1, device="cuda", amp="none")
+    assert "another commit or set-up" in caplog.text
+    assert "cuda_matmul_allow_tf32=False" in caplog.text and "=high" in caplog.text
+    for device, amp, then in (("cuda", "bf16", saved), ("cpu", "none", saved),
+                              ("cuda", "none", {**saved, "hardware": {"cpu": "X",
+                                                                      "gpu": "NVIDIA H100"}})):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            keep_earlier_provenance(dict(now), then, 1, device=device, amp=amp)
+        assert "another commit or set-up" not in caplog.text, (device, amp)
+
+
 def test_a_resume_after_editing_the_code_on_the_same_commit_is_a_warning(caplog):
     """Found in review: a run resumed on its commit with other uncommitted changes (the code
     edited between the starts) said nothing, though its epochs then ran two versions."""

@@ -118,6 +118,37 @@ def test_every_setting_that_changes_a_timing_changes_its_cache_file(repo, tmp_pa
         assert time_budget.cache_path(changed, time_budget.key_fields(changed, layers)) != path, key
 
 
+GPU_MACHINE = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "gpu": "NVIDIA H100",
+               "cuda": "12.4", "cudnn": 90100, "cuda_matmul_allow_tf32": False,
+               "cudnn_allow_tf32": True, "float32_matmul_precision": "highest"}
+
+
+@pytest.mark.parametrize("device, amp, flags_change_it", [("cuda", "none", True),
+                                                          ("auto", "none", True),
+                                                          ("cuda", "bf16", False),
+                                                          ("cpu", "none", False)])
+def test_the_tf32_flags_change_the_cache_file_of_float32_timings_on_a_gpu(
+        repo, tmp_path, monkeypatch, device, amp, flags_change_it):
+    """Found in review: the key left out whether float32 may run in TF32, so layer times
+    measured with TF32 on were reused with it off. The flags count only where they change
+    what is measured (float32 on the GPU): elsewhere the key is as before, and a cached
+    timing of those settings is still read."""
+    cfg = compose_timed(repo, tmp_path, f"trainer.device={device}", f"trainer.amp={amp}")
+    layers = ["layer1.0.conv1"]
+
+    def path_on(machine: dict):
+        monkeypatch.setattr(time_budget, "hardware", lambda: machine)
+        return time_budget.cache_path(cfg, time_budget.key_fields(cfg, layers))
+
+    default = path_on(GPU_MACHINE)
+    for flag, other in {"cuda_matmul_allow_tf32": True, "cudnn_allow_tf32": False,
+                        "float32_matmul_precision": "high"}.items():
+        assert (path_on({**GPU_MACHINE, flag: other}) != default) is flags_change_it, flag
+    if not flags_change_it:  # the key of a machine whose record had no flags (before them)
+        before = {k: v for k, v in GPU_MACHINE.items() if "tf32" not in k and "float32" not in k}
+        assert path_on(before) == default
+
+
 @pytest.mark.parametrize("width, size, name", [(0.5, 0.5, "resnet8-w0.5-m0.5-"),
                                                (1.0, 8, "resnet8-w1-m8-")])
 def test_the_timings_and_the_table_are_named_by_model_width_and_basis_size(repo, tmp_path,

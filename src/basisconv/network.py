@@ -237,7 +237,8 @@ def _replaced_ones_group(name: str, before: Mapping[str, torch.Tensor],
 
 def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device: torch.device,
                      memory_format: torch.memory_format = torch.contiguous_format,
-                     amp_dtype: torch.dtype | None = None, graphed: bool = False) -> None:
+                     amp_dtype: torch.dtype | None = None, graphed: bool = False,
+                     input_requires_grad: bool = False) -> None:
     """Let every ``combine="auto"`` layer of ``model`` time its forms now, for a training
     forward (and backward) at the first input shape and an evaluation forward at each
     other, before ``torch.compile`` or CUDA graphs take over: neither lets a shape be
@@ -247,6 +248,10 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
     ``graphed``: the model will run as CUDA graph replays (``torch.compile``'s
     ``reduce-overhead``), so on CUDA the forms are timed as replays too
     (:func:`.kernels.auto.graph_replays`).
+
+    ``input_requires_grad``: the training input needs a gradient, as a layer's does when
+    it is timed alone as inside a network (a whole model's images need none): the
+    training forms are then timed with the input's gradient, as the layer will run.
 
     The model is left exactly as it was: parameters, buffers (batch-norm statistics move
     in a training forward), gradients and mode. The inputs are zeros: only shapes matter."""
@@ -261,6 +266,7 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
             for i, shape in enumerate(shapes):
                 model.train(i == 0)
                 x = torch.zeros(shape, device=device).contiguous(memory_format=memory_format)
+                x.requires_grad_(input_requires_grad and i == 0)
                 with torch.set_grad_enabled(i == 0), autocast, auto.graph_replays(graphed):
                     model(x)
     finally:

@@ -20,8 +20,9 @@ from omegaconf import DictConfig
 
 from .checkpoint import CHECKPOINT, check_same_run, load_checkpoint
 from .errors import ConfigError
-from .records import (RECORD, RunRecord, commit_name, hardware_name, json_text,
-                      leftover_temporaries, missing_fields, read_record, write_record)
+from .records import (RECORD, TF32_FLAGS, RunRecord, commit_name, hardware_name, json_text,
+                      leftover_temporaries, missing_fields, read_record, timing_hardware,
+                      write_record)
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,13 @@ def remove_leftovers(output_dir: Path) -> None:
             log.info("removed %s, left half written by a run killed while writing it", leftover)
 
 
-def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
+def keep_earlier_provenance(provenance: dict, saved: dict, done: int, *,
+                            device: str | None = None, amp: str = "none") -> None:
     """A resumed run's provenance is where its later epochs ran; where the earlier ones ran
     (start date, commit, machine) is kept under ``earlier``, one entry per earlier start, and
-    a resume on another commit, machine or number of torchrun processes is a warning: the
-    record's epoch times and the timing tables then mix two set-ups."""
+    a resume on another commit, machine, number of torchrun processes or TF32 flags (where
+    they change what runs on ``device`` at ``amp``: :func:`.records.timing_hardware`) is a
+    warning: the record's epoch times and the timing tables then mix two set-ups."""
     provenance["earlier"] = [*saved.get("earlier", []),
                              {k: v for k, v in saved.items() if k != "earlier"}]
     then_git, now_git = saved.get("git") or {}, provenance["git"]
@@ -122,7 +125,10 @@ def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
         # (a resume at another thread count, e.g. reproduce.sh continued with another JOBS,
         # is said as well: on a CPU it changes results too, to rounding)
         ("torch threads", saved.get("hardware", {}).get("torch_threads"),
-         provenance["hardware"].get("torch_threads"))) if then and now != then]
+         provenance["hardware"].get("torch_threads")),
+        # ("" where they change nothing that runs, or a start did not keep them: skipped)
+        ("TF32 flags", tf32_said(saved.get("hardware", {}), device, amp),
+         tf32_said(provenance["hardware"], device, amp))) if then and now != then]
     if changes:
         threads = any(change.startswith("torch threads") for change in changes)
         log.warning("resuming after epoch %d on another commit or set-up than the run "
@@ -131,6 +137,13 @@ def keep_earlier_provenance(provenance: dict, saved: dict, done: int) -> None:
                     "(trainer.resume=false)", done, "; ".join(changes),
                     ", and on a CPU another thread count changes the results to rounding"
                     if threads else "")
+
+
+def tf32_said(hardware: dict, device: str | None, amp: str) -> str:
+    """A start's TF32 flags as a resume's warning names them (``cudnn_allow_tf32=True,
+    ...``), "" where they change nothing that runs or the start did not keep them."""
+    fields = timing_hardware(hardware, device, amp)
+    return ", ".join(f"{k}={fields[k]}" for k in TF32_FLAGS if k in fields)
 
 
 def code_name(git: dict, hashed: bool) -> str:

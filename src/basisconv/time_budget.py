@@ -32,7 +32,8 @@ from .data import IMAGE_SHAPE
 from .errors import ConfigError, one_line
 from .kernels import auto
 from .network import architecture_digest, build_dense, to_basis
-from .records import folder_lock, hardware, json_digest, provenance, write_json_atomic
+from .records import (folder_lock, hardware, json_digest, provenance, timing_hardware,
+                      write_json_atomic)
 from .selection import budget_chooses
 from .timing import Runner, layer_time_savings
 
@@ -52,16 +53,16 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
     torch version and speed options are in it; the layers are timed in the form the run
     builds (:func:`~basisconv.network.to_basis`: every basis option that shapes it, sharing
     included), unfitted and on random images of one shape, so no ``basis.fit``, no data
-    but the classes, and no training recipe (a learning rate does not change a step's time)."""
-    machine = hardware()
+    but the classes, and no training recipe (a learning rate does not change a step's time).
+    Of the hardware, what :func:`~basisconv.records.timing_hardware` says changes a time
+    (TF32's flags for float32 on a GPU; the key of any other setting is as it was)."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     # the thread count the measurement runs with: trainer.threads=null is torch's default
     # in this process (its cores, OMP_NUM_THREADS, a CPU affinity), not one setting
     trainer["threads"] = trainer["threads"] or torch.get_num_threads()
     basis = OmegaConf.to_container(cfg.basis, resolve=True)
     return {
-        "hardware": {k: machine.get(k) for k in ("cpu", "cpu_capability", "gpu", "cuda",
-                                                  "cudnn")},
+        "hardware": timing_hardware(hardware(), trainer["device"], trainer["amp"]),
         "torch": torch.__version__,
         # the classes size the classifier, a part of the dense step the budget divides
         "model": {"name": cfg.model.name, "width": cfg.model.width,

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .graphs import GraphedCall
+from .kernels.auto import round_order
 from .layers import conv_norm_act
 from .loop import AMP_DTYPES, memory_format, raise_compile_limits
 from .network import choose_forms_now
@@ -87,8 +88,7 @@ class Timer:
         times: dict[str, list[float]] = {k: [] for k in candidates}
         names = list(candidates)
         for round_ in range(warmup + repeats):
-            order = names if round_ % 2 == 0 else names[::-1]
-            for name in order:
+            for name in round_order(names, round_):
                 self.sync()
                 start = time.perf_counter()
                 candidates[name]()
@@ -112,17 +112,20 @@ class Runner:
         self.compile = compile
         self.graphs = graphs  # each timed call a CUDA graph replay (GraphedCall)
 
-    def prepare(self, module: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...] | None = None, *,
+                input_requires_grad: bool = False) -> nn.Module:
         """``module`` on the device and layout, compiled if asked; before compiling, its
         ``combine="auto"`` layers time their forms at ``input_shape`` (training and
-        inference), since nothing is timed while torch.compile traces: else a compiled
-        auto layer would run, and be timed as, the stacked form."""
+        inference; the training input needing a gradient where ``input_requires_grad``,
+        as the timed step's will), since nothing is timed while torch.compile traces:
+        else a compiled auto layer would run, and be timed as, the stacked form."""
         module = module.to(self.device, memory_format=self.memory_format)
         if not self.compile:
             return module
         if input_shape is not None:
             choose_forms_now(module, [input_shape, input_shape], device=self.device,
-                             memory_format=self.memory_format, amp_dtype=self.amp)
+                             memory_format=self.memory_format, amp_dtype=self.amp,
+                             input_requires_grad=input_requires_grad)
         raise_compile_limits()  # every module timed compiled is (see there)
         return torch.compile(module)
 

@@ -271,7 +271,8 @@ class Training:
         self.results["model"] = checkpoint["record"].get("model", self.results["model"])
         done = len(self.results["epochs"])
         self.record.provenance["resumed_from_epoch"] = done
-        keep_earlier_provenance(self.record.provenance, checkpoint["record"]["provenance"], done)
+        keep_earlier_provenance(self.record.provenance, checkpoint["record"]["provenance"], done,
+                                device=str(self.device), amp=self.cfg.trainer.amp)
         log.info("resuming %s after epoch %d", self.output_dir, done)
 
     @property

@@ -208,9 +208,12 @@ def with_norm_and_relu(conv: nn.Module) -> ConvNormAct:
     return ConvNormAct(conv, nn.BatchNorm2d(conv.out_channels), relu=True)
 
 
-def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> dict:
+def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape", *,
+                 input_grad: bool) -> dict:
     """What a layer row times: the dense conv and each fraction's basis layer, or with
-    ``fuse_norm`` those as :func:`with_norm_and_relu` triples plus the unfused basis triple."""
+    ``fuse_norm`` those as :func:`with_norm_and_relu` triples plus the unfused basis triple;
+    ``input_grad``: whether the timed training step's input needs a gradient (a compiled
+    auto layer chooses its training form so)."""
     dense = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
                       shape.padding, bias=False)
     wrap = with_norm_and_relu if options.fuse_norm else (lambda conv: conv)
@@ -226,7 +229,8 @@ def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape") -> d
         if options.fuse_norm:
             forms[fraction, "unfused"] = basis(fraction, False)
     x = (options.batch_size, shape.in_channels, shape.input_hw, shape.input_hw)
-    return {k: runner.prepare(module, x) for k, module in forms.items()}
+    return {k: runner.prepare(module, x, input_requires_grad=input_grad)
+            for k, module in forms.items()}
 
 
 def _in_eval(modules: dict, run: Callable[[], dict]) -> dict:
@@ -254,7 +258,7 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                          requires_grad=not stem)
         backward = output_gradient(runner.input(options.batch_size, shape.out_channels,
                                                 shape.output_hw, shape.output_hw))
-        modules = _timed_forms(options, runner, shape)
+        modules = _timed_forms(options, runner, shape, input_grad=not stem)
         sizes = {f: resolve_num_basis(f, shape.out_channels) for f in options.fractions}
         fwd = _in_eval(modules, lambda: timer.run(
             {k: runner.forward(mod, x) for k, mod in modules.items()}, options.layer_repeats,

@@ -162,21 +162,31 @@ def time_call(call, leaves: tuple, backward: bool) -> float:
     return time.perf_counter() - start
 
 
+def round_order(names: list, round_: int) -> list:
+    """The order in which round ``round_`` runs the timed ``names``: as given, reversed
+    every other round. Why: the first call of a round may pay for the state the round
+    starts in (caches, clocks, the allocator); alternating spreads that over every name
+    instead of charging it to the first one every round. The one rule for every
+    interleaved timing (:func:`interleaved`, :class:`basisconv.timing.Timer`)."""
+    return list(names) if round_ % 2 == 0 else list(names)[::-1]
+
+
 def interleaved(trials: dict) -> dict[str, float]:
     """Seconds per call by form: the median of ``REPEATS`` rounds in which every form's
-    trial (``trials[form]()``: one call's seconds) runs once in turn, after one untimed
-    round. Why: a form's first call on a shape picks cuDNN's algorithm, autotunes Triton
-    or allocates, and the next ones may still pay for memory the process has not touched
-    before (on the 2-core CPU the first form timed in a fresh process took 1.4x its later
-    calls); in turns, such drift falls on every form alike rather than on the one timed
-    first. A form whose trial raises (a CUDA out-of-memory in its trial, which the layer's
-    real call may not meet) is timed ``math.inf``, so not chosen, with a warning: it ended
-    the layer's forward (found in review). Where every form fails, the caller's call of
-    its default says why."""
+    trial (``trials[form]()``: one call's seconds) runs once in turn (in
+    :func:`round_order`), after one untimed round. Why: a form's first call on a shape
+    picks cuDNN's algorithm, autotunes Triton or allocates, and the next ones may still
+    pay for memory the process has not touched before (on the 2-core CPU the first form
+    timed in a fresh process took 1.4x its later calls); in turns, such drift falls on
+    every form alike rather than on the one timed first. A form whose trial raises (a
+    CUDA out-of-memory in its trial, which the layer's real call may not meet) is timed
+    ``math.inf``, so not chosen, with a warning: it ended the layer's forward (found in
+    review). Where every form fails, the caller's call of its default says why."""
     spans: dict[str, list[float]] = {form: [] for form in trials}
     failed: set[str] = set()
     for round_ in range(REPEATS + 1):
-        for form, trial in trials.items():
+        for form in round_order(list(trials), round_):
+            trial = trials[form]
             if form in failed:
                 continue
             try:

@@ -7,7 +7,8 @@ every producer, and publishing it) and the protocol's collection of records
 Producers write records here; ``basisconv.analysis`` reads them back and never needs the
 producers themselves. Everything is importable from ``basisconv.records``."""
 
-from .origin import (git_commit, hardware, measured_on_cpu, device_name, commit_name,
+from .origin import (git_commit, hardware, timing_hardware, TF32_FLAGS, measured_on_cpu,
+                     device_name, commit_name,
                      hardware_name, threads_name, package_versions, timestamp, this_command,
                      HYDRA_VALUE_FLAGS, script_command,
                      provenance, wandb_provenance, provenance_from_wandb)
@@ -26,7 +27,8 @@ from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_proto
                        set_aside_unpublished_runs, SESSIONS, has_session_log, log_session,
                        read_sessions, unmerged_files, unmerged_problem)
 
-__all__ = ["git_commit", "hardware", "measured_on_cpu", "device_name", "commit_name",
+__all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "measured_on_cpu",
+           "device_name", "commit_name",
            "hardware_name", "threads_name", "package_versions", "timestamp", "this_command",
            "HYDRA_VALUE_FLAGS",
            "script_command",

@@ -139,6 +139,23 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+#: :func:`hardware`'s flags that say whether float32 may run in TF32
+TF32_FLAGS = ("cuda_matmul_allow_tf32", "cudnn_allow_tf32", "float32_matmul_precision")
+
+
+def timing_hardware(hardware: dict, device: str | None = None, amp: str = "none") -> dict:
+    """What of ``hardware`` changes a time measured on ``device`` (as for
+    :func:`measured_on_cpu`) at ``trainer.amp`` ``amp``: the CPU and its instruction set,
+    the GPU, CUDA and cuDNN, and for float32 on the GPU the TF32 flags the record has
+    (elsewhere they change nothing that runs, and a record from before they were kept has
+    none: so keys and comparisons of those are as they were). The one list of them: the
+    layer timings' cache key, a resumed run's warning."""
+    fields = {k: hardware.get(k) for k in ("cpu", "cpu_capability", "gpu", "cuda", "cudnn")}
+    if amp == "none" and not measured_on_cpu(hardware, device):
+        fields.update({k: hardware[k] for k in TF32_FLAGS if k in hardware})
+    return fields
+
+
 def measured_on_cpu(hardware: dict, device: str | None = None) -> bool:
     """Whether a measurement ran on the CPU: the machine has no GPU, or ``device`` (what
     was asked for, e.g. a run's ``trainer.device``; ``auto`` takes the GPU) says ``cpu``.
