@@ -29,15 +29,13 @@ then what the CPU tests check.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from .fused import warn_once
 from .torch_ops import channels_last, relu_combine, relu_combine_backward
-from .triton_conv import (autotuned_on_first_use, dot_precision, interpreting, tl, triton,
-                          unsupported)
+from .triton_conv import (autotuned_on_first_use, basis_block, dot_precision, interpreting,
+                          launching, tl, triton, unsupported)
 
 
 def _combine_kernel(maps_ptr, mat_ptr, bias_ptr, out_ptr, M, HW, m, C_out,
@@ -171,11 +169,6 @@ def output_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]
     return kernel_strides(t)
 
 
-def launching(t: torch.Tensor):
-    """Triton launches on the current CUDA device, not the tensors' (see triton_conv)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
             relu: bool) -> torch.Tensor:
     """``relu?(conv1x1(maps, matrix) + bias)``: ``maps`` ``[N, m, H, W]``, ``matrix``
@@ -196,7 +189,7 @@ def combine(maps: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
             maps, matrix, bias.float().contiguous(), out, rows, h * w, m, out.shape[1],
             *maps_strides, *kernel_strides(out)[1], *matrix.stride(), RELU=relu,
             PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
-            BLOCK_N=max(16, triton.next_power_of_2(m)))
+            BLOCK_N=basis_block(m))
     return out
 
 
@@ -228,7 +221,7 @@ def combine_backward(grad_out: torch.Tensor, out: torch.Tensor | None, maps: tor
                 part_bias, rows, h * w, m, c_out, *g_strides, *out_strides, *maps_strides,
                 *work_strides, RELU=relu, MAPS_GRAD=maps_grad,
                 PRECISION=dot_precision(maps.dtype), BLOCK_M=block_m,
-                BLOCK_N=max(16, triton.next_power_of_2(m)))
+                BLOCK_N=basis_block(m))
     if work is not grad_maps:
         grad_maps.copy_(work)
     return grad_maps, part_mat.sum(0), part_bias.sum(0)

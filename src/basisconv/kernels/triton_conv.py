@@ -3,7 +3,7 @@
 An implicit-GEMM convolution over a channels_last (NHWC) input: GEMM rows are the output
 pixels (``M = N*H_out*W_out``), columns the ``m`` basis filters, the reduction runs over
 ``K = kh*kw*C_in`` without ever materializing the im2col matrix. The whole ``m`` sits in
-one tile (``BLOCK_N = next_power_of_2(m)``, at most :data:`MAX_BASIS`), so the epilogue can
+one tile (``BLOCK_N``, :func:`basis_block`, at most :data:`MAX_BASIS`), so the epilogue can
 multiply the finished ``[BLOCK_M, m]`` basis tile by the ``[m, C_out]`` combination
 (identity rows for the basis channels and the coefficients, in output order), block by block
 of output channels, and write every output channel, bias added, straight into one
@@ -304,6 +304,20 @@ def dot_precision(dtype: torch.dtype) -> str:
             and (interpreting() or not torch.backends.cudnn.allow_tf32) else "tf32")
 
 
+def basis_block(m: int) -> int:
+    """The kernels' tile side for a basis of ``m`` maps: ``m`` rounded up to a power of two
+    (``tl.arange``'s sizes), at least 16 (``tl.dot``'s smallest operand side); the masks
+    leave the padding out. The one rule for every kernel that holds the basis in a tile."""
+    return max(16, triton.next_power_of_2(m))
+
+
+def launching(t: torch.Tensor):
+    """The CUDA device of ``t`` made current while a kernel launches: Triton launches (and
+    autotunes) on the current device and its stream, not on the tensors' device, so without
+    it a layer on cuda:1 launched on cuda:0."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def output_size(size, kernel_size, stride, padding, dilation) -> tuple[int, int]:
     """``(H_out, W_out)`` of a conv with numeric padding, as ``F.conv2d`` computes it."""
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
@@ -335,9 +349,7 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
     if rows == 0:
         return out, basis
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
-    # Triton launches (and autotunes) on the current CUDA device and its stream, not on the
-    # tensors' device: without the guard a layer on cuda:1 would launch on cuda:0.
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with launching(x):
         _kernel()[grid](
             x, weight, comb, bias.contiguous() if bias is not None else comb, out,
             basis if basis is not None else out,
@@ -345,5 +357,5 @@ def basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: torch.T
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             KH=kh, KW=kw, HAS_BIAS=bias is not None, STORE_BASIS=store_basis,
             PRECISION=dot_precision(x.dtype),
-            BLOCK_N=max(16, triton.next_power_of_2(m)))
+            BLOCK_N=basis_block(m))
     return out, basis

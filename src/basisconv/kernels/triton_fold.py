@@ -39,8 +39,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_fold_wide, triton_moments
 from .torch_ops import coefficient_fold, coefficient_fold_backward, update_running
-from .triton_combine import launching
-from .triton_conv import autotuned_on_first_use, interpreting, tl, triton
+from .triton_conv import (autotuned_on_first_use, basis_block, interpreting, launching, tl,
+                          triton)
 
 
 def _fold_kernel(sums_ptr, shift_ptr, coef_ptr, index_ptr, conv_bias_ptr, weight_ptr,
@@ -212,10 +212,6 @@ def rows_per_block(m: int) -> int:
     return 16 if interpreting() or m > 32 else 32
 
 
-def _block_n(m: int) -> int:
-    return max(16, triton.next_power_of_2(m))
-
-
 def _optional(t: torch.Tensor | None, stand_in: torch.Tensor) -> torch.Tensor:
     """A tensor for a pointer the kernel does not read (its ``HAS_*`` flag off)."""
     return stand_in if t is None else t.float().contiguous()
@@ -248,7 +244,7 @@ def fold(maps: torch.Tensor, coefficients: torch.Tensor, output_index: torch.Ten
             triton_fold_wide.fold(args, flags, c_out, m)
         else:
             autotuned_on_first_use(_fold_kernel, _configs, ["C_out", "m"])[(1,)](
-                *args, **flags, BLOCK_R=rows_per_block(m), BLOCK_N=_block_n(m))
+                *args, **flags, BLOCK_R=rows_per_block(m), BLOCK_N=basis_block(m))
     return stats
 
 
@@ -281,7 +277,7 @@ def fold_backward(grad_folded: torch.Tensor, grad_folded_bias: torch.Tensor,
         else:
             autotuned_on_first_use(_fold_backward_kernel, _configs, ["C_out", "m"])[(1,)](
                 *head, sym, shift, *tail, **flags, BLOCK_R=rows_per_block(m),
-                BLOCK_N=_block_n(m))
+                BLOCK_N=basis_block(m))
     return grad_coefficients, grad_conv_bias, grad_weight, sym, shift
 
 

@@ -30,9 +30,9 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import torch_ops
 from .torch_ops import basis_moments
-from .triton_combine import (cannot_run, kernel_strides, launching, output_strides, strided_as,
-                             sums_dtype)
-from .triton_conv import autotuned_on_first_use, dot_precision, interpreting, tl, triton
+from .triton_combine import cannot_run, kernel_strides, output_strides, strided_as, sums_dtype
+from .triton_conv import (autotuned_on_first_use, basis_block, dot_precision, interpreting,
+                          launching, tl, triton)
 
 #: The widest basis the kernels take (as :mod:`.triton_combine`'s; the moments' ``m x m``
 #: sum in tiles of up to :data:`MAX_TILE`, a program each).
@@ -181,7 +181,7 @@ def moment_sums(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with launching(maps):
         autotuned_on_first_use(_shift_kernel, _configs, ["m"])[(1,)](
             maps, shift, rows, h * w, m, sn, sc, sp, SAMPLE=SHIFT_SAMPLE,
-            BLOCK_N=max(16, triton.next_power_of_2(m)))
+            BLOCK_N=basis_block(m))
         autotuned_on_first_use(_moments_kernel, _configs, ["m"])[(programs, tiles * tiles)](
             maps, shift, part, rows, h * w, m, sn, sc, sp, row_blocks, tiles, BLOCK_M=block,
             BLOCK_N=tile, TILED=tiles > 1)
@@ -197,7 +197,7 @@ def tile_width(m: int) -> int:
     """The side of the moments' tiles for a basis of ``m``: the basis itself up to
     :data:`MAX_TILE` (one tile), 32 under the interpreter (so that the tests' small bases
     run the tiled form too)."""
-    return min(32 if interpreting() else MAX_TILE, max(16, triton.next_power_of_2(m)))
+    return min(32 if interpreting() else MAX_TILE, basis_block(m))
 
 
 def moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,7 +245,7 @@ def add_moments_grad(grad_maps: torch.Tensor, maps: torch.Tensor, sym: torch.Ten
     n, m, h, w = maps.shape
     rows = n * h * w
     if rows:
-        block = min(64, max(16, triton.next_power_of_2(m)))
+        block = min(64, basis_block(m))
         columns = triton.cdiv(m, block)
         kernel = autotuned_on_first_use(_moments_backward_kernel, _backward_configs, ["M", "m"])
         with launching(maps):
