@@ -2385,12 +2385,15 @@ def test_each_policys_rule_is_said_in_words_for_the_results_pages():
 def test_a_policy_is_never_said_to_be_chosen_by_sensitivity_unless_it_is(monkeypatch):
     """A new ordered policy added as the selection docstring says (found in review: one
     that orders by FLOPs saved) was described on its pages as "least sensitive first"."""
-    from basisconv import selection
-    from basisconv.selection import ORDER_WORDS, ORDERED_POLICIES, rule_in_words
+    from basisconv import selection, selection_checks
+    from basisconv.selection import ORDER_WORDS, rule_in_words
+    from basisconv.selection_checks import ORDERED_POLICIES
 
     # every policy the project has is described by its own words
     assert set(ORDER_WORDS) == set(ORDERED_POLICIES) - {"sensitivity_threshold"}
-    monkeypatch.setattr(selection, "ORDERED_POLICIES", (*ORDERED_POLICIES, "largest_first"))
+    # where each reads the name: rule_in_words in selection, budget_chooses in selection_checks
+    for module in (selection, selection_checks):
+        monkeypatch.setattr(module, "ORDERED_POLICIES", (*ORDERED_POLICIES, "largest_first"))
     budget = {"policy": "largest_first", "count": None, "budget_metric": "flops",
               "budget_reduction": 0.25, "metric": "accuracy_drop", "seed": 0}
     assert rule_in_words(budget) == ("layers in the largest_first policy's order, until they "

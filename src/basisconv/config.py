@@ -24,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .data import NUM_CLASSES
 from .loop import AMP_DTYPES
-from .selection import SelectionConfig
+from .selection_checks import SelectionConfig
 
 
 @dataclass

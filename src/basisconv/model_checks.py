@@ -24,8 +24,8 @@ from .layers import basis_layers
 from .models import parameter_count
 from .network import build_dense, check_conversion, held_back
 from .range_checks import check
-from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, check_count_fits,
-                        fixed_layers)
+from .selection import check_count_fits, fixed_layers
+from .selection_checks import ORDERED_POLICIES, SENSITIVITY_POLICIES
 
 
 def machine_memory() -> int | None:
@@ -77,7 +77,7 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
     does not judge; a count that fits the training runs' model (``OVERRIDES=
     selection.count=10`` for ``scripts/reproduce.sh``) was refused by the search on
     ResNet-8, which warns that it does not read it. One rule for every run: a selection
-    value is checked on its own always (:func:`~basisconv.selection.check_selection`),
+    value is checked on its own always (:func:`~basisconv.selection_checks.check_selection`),
     against the model only where the run reads it. Returns the number of candidates it
     counted (None where it counted none: the run counts them as it starts)."""
     policy = cfg.selection.policy if reads_selection else "none"

@@ -26,7 +26,7 @@ from .fitting import FIT_MODES
 from .layer_options import check_basis_size
 from .layers import COMBINE_MODES
 from .loop import SCHEDULES, device_problem, graphed_fp16_problem
-from .selection import SENSITIVITY_POLICIES, check_selection
+from .selection_checks import SENSITIVITY_POLICIES, check_selection
 
 log = logging.getLogger(__name__)
 

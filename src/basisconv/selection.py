@@ -23,34 +23,40 @@ the caller (``basisconv.sensitivity.choose_layers_and_table``), so choosing neve
 model.
 
 A new ordered policy: its file in ``configs/selection/`` (``defaults: [base, _self_]`` and
-``policy: <name>``), its name in :data:`ORDERED_POLICIES`, its order of the candidates in
-:func:`candidate_order` (each candidate once) and in words in :data:`ORDER_WORDS` (what its
-results pages say decided the choice), and any ``selection`` key it reads besides
-``count`` and the budget's in :func:`keys_read` (so the key is checked and sets its runs
+``policy: <name>``), its name in :data:`~basisconv.selection_checks.ORDERED_POLICIES`, its
+order of the candidates in :func:`candidate_order` (each candidate once) and in words in
+:data:`ORDER_WORDS` (what its results pages say decided the choice), and any ``selection``
+key it reads besides ``count`` and the budget's in
+:func:`~basisconv.selection_checks.keys_read` (so the key is checked and sets its runs
 apart in the tables). The figures give it a colour of its own; ``SELECTION_COLOURS`` in
 ``basisconv.analysis.figures`` fixes one, and ``docs/selection.md`` describes it.
+
+What a ``selection`` config may hold (its schema, keys and values) is checked in
+:mod:`basisconv.selection_checks`, which reads the config alone; :func:`pick_layers` runs
+those checks first on a user's mapping.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Iterable, Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.nn as nn
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 # (the candidate table's names are exported from here too, where they were defined first)
 from .candidates import (IMAGE, SAVINGS_BASIS_KEYS, convert_candidates,  # noqa: F401
                          dense_totals, layer_savings, python_number, savings_basis)
-from .counts import is_int, is_number
-from .errors import ConfigError, warn_once
+from .counts import is_number
+from .errors import ConfigError
 from .layer_names import select_layers
+from .selection_checks import (BUDGET_METRICS, LIST_NEEDS_LAYERS, METRICS, ORDERED_POLICIES,
+                               POLICIES, SENSITIVITY_POLICIES, budget_chooses,
+                               check_selection, refuse_unknown_keys, refuse_unresolved,
+                               selection_config)
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
     import pandas as pd  # that makes none (most training runs) starts without it
@@ -58,33 +64,9 @@ if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SelectionConfig:
-    """The ``selection`` config group's keys (the schema of ``configs/selection/``; here,
-    beside the rules that read them, so that a user's plain mapping is checked by them too)."""
-    policy: str = MISSING
-    layers: list[str] = MISSING
-    metric: str = MISSING  # sensitivity policies: accuracy_drop | loss_increase
-    threshold: float = MISSING  # sensitivity_threshold: the largest tolerated metric value
-    budget_metric: str = MISSING  # params | flops | time (measured on trainer.device)
-    budget_reduction: float = MISSING  # share of the dense model's params/FLOPs to remove
-    count: Optional[int] = MISSING  # budget/random/first_k/last_k: layers; null = budget rule
-    seed: int = MISSING  # random
-
-
-KEYS = tuple(f.name for f in fields(SelectionConfig))
-
-SENSITIVITY_POLICIES = ("sensitivity_threshold", "sensitivity_budget")
-# Policies that choose among the candidates in an order (see pick_layers).
-ORDERED_POLICIES = (*SENSITIVITY_POLICIES, "random", "first_k", "last_k")
-POLICIES = ("none", "all", "list", *ORDERED_POLICIES)
-METRICS = ("accuracy_drop", "loss_increase")
 # Each evaluated metric, the column of its drop, and the sign that makes a drop positive
 # when the result is worse than the reference (metric_drops)
 DROPS = {"accuracy": ("accuracy_drop", 1), "loss": ("loss_increase", -1)}
-# budget_metric -> the candidate table's column of what each layer saves; "time" is
-# measured on the device (basisconv.timing.layer_time_savings), the others counted
-BUDGET_METRICS = {"params": "params_saved", "flops": "flops_saved", "time": "seconds_saved"}
 # A sensitivity table's numbers are kept to 6 significant digits, in the cached and written
 # CSV and in the own-model scan alike: 179/200 against 180/200 is a drop of 0.005, not
 # 0.0050000000000000044 (which a threshold of 0.005 refused), and equal drops tie
@@ -103,9 +85,6 @@ def table_number(value: float) -> float:
     """``value`` as a sensitivity table holds it (:data:`TABLE_FLOAT_FORMAT`)."""
     return float(TABLE_FLOAT_FORMAT % value)
 
-
-LIST_NEEDS_LAYERS = ("selection.policy=list needs selection.layers, e.g. "
-                     "selection.layers=[layer1.0.conv1,'layer4.*']")
 
 
 def fixed_layers(selection: DictConfig) -> list[str] | str | None:
@@ -190,10 +169,10 @@ def pick_layers(selection: DictConfig | Mapping, table: pd.DataFrame,
     """The layers an ordered policy converts, in model order.
 
     ``selection``: the ``selection`` config, or a mapping with its keys (``policy`` and
-    what that policy reads; :func:`check_selection`). ``table`` has one row per candidate:
-    ``layer``, ``position`` (model order, one per layer), ``params_saved``, ``flops_saved``
-    and, for the sensitivity policies, the metrics; ``dense`` the dense model's ``params`` and
-    ``flops`` (the budget's 100 %).
+    what that policy reads; :func:`~basisconv.selection_checks.check_selection`).
+    ``table`` has one row per candidate: ``layer``, ``position`` (model order, one per
+    layer), ``params_saved``, ``flops_saved`` and, for the sensitivity policies, the
+    metrics; ``dense`` the dense model's ``params`` and ``flops`` (the budget's 100 %).
     """
     if not isinstance(selection, Mapping):  # else "first_k" reads as keys f, i, ...
         raise ConfigError(f"pick_layers: selection is the selection config or a mapping of its "
@@ -378,59 +357,6 @@ def _finite_number(value) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
-def selection_config(selection: Mapping) -> DictConfig:
-    """A user's plain mapping as a ``selection`` config: a misspelt key is refused as the
-    command line refuses it (else ``cout=1`` would be ignored and the budget rule chosen),
-    and numpy numbers (``table.accuracy_drop.median()``) are taken as Python numbers."""
-    refuse_unknown_keys(selection)
-    return OmegaConf.create({key: python_number(value) for key, value in selection.items()})
-
-
-def refuse_unknown_keys(selection: Mapping) -> None:
-    """A key that is not a ``selection`` key is a :class:`ConfigError` naming it (a plain
-    mapping's or an OmegaConf config's alike: else ``cout=1`` was ignored silently and the
-    budget rule chose)."""
-    for key in selection:
-        if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"selection has no key {key!r}: {hint}the keys are "
-                              f"{', '.join(KEYS)}")
-
-
-def refuse_unresolved(selection: DictConfig) -> None:
-    """A key its policy reads whose interpolation does not resolve is a
-    :class:`ConfigError` naming it and the fix: ``configs/selection/base.yaml`` loaded alone
-    has ``seed: ${seed}``, the run's seed, which only the whole config holds (OmegaConf
-    says "Recursive interpolation detected", naming no key); a policy that reads no seed
-    needs none."""
-    _refuse_unresolved_key(selection, "policy")
-    if "count" in keys_read({"policy": selection.policy}):
-        # keys_read reads the count to tell whether the budget decides (budget_chooses)
-        _refuse_unresolved_key(selection, "count")
-    for key in sorted(keys_read(selection) - {"policy"}):
-        _refuse_unresolved_key(selection, key)
-
-
-def _refuse_unresolved_key(selection: DictConfig, key: str) -> None:
-    if key not in selection or not OmegaConf.is_interpolation(selection, key):
-        return  # (an unset key, ???, is check_selection's to name)
-    try:
-        selection[key]
-    except OmegaConfBaseException as err:
-        raise ConfigError(
-            f"selection.{key}={OmegaConf.to_container(selection)[key]!r} does not "
-            f"resolve in this config alone ({err.__class__.__name__}); give it a value, "
-            f"e.g. OmegaConf.merge(selection, {{{key!r}: ...}})") from None
-
-
-def budget_chooses(selection: DictConfig | Mapping) -> bool:
-    """Whether the budget rule (``budget_metric``, ``budget_reduction``) decides how many
-    layers are converted: an ordered policy other than the threshold, with no count."""
-    policy = selection.get("policy")
-    return (policy in ORDERED_POLICIES and policy != "sensitivity_threshold"
-            and selection.get("count") is None)
-
 
 #: What a candidate table's saving column counts, by budget metric (its time column is
 #: seconds a training step).
@@ -470,117 +396,3 @@ def rule_in_words(selection: DictConfig | Mapping) -> str:
     share = f"{100 * share:g} %"
     return (f"layers {order}, until they save {share} of the dense model's "
             f"{BUDGET_WORDS.get(of, of)}")
-
-
-def keys_read(selection: DictConfig | Mapping) -> set[str]:
-    """The ``selection`` keys its policy reads: a run's config carries them all, and those
-    it does not read (the budget policy's ``threshold``) set nothing apart."""
-    policy = selection.get("policy")
-    read = {"policy"}
-    if policy == "list":
-        read.add("layers")
-    if policy in SENSITIVITY_POLICIES:
-        read.add("metric")
-    if policy == "sensitivity_threshold":
-        read.add("threshold")
-    elif policy in ORDERED_POLICIES:
-        read.add("count")
-    if budget_chooses(selection):
-        read |= {"budget_metric", "budget_reduction"}
-    if policy == "random":
-        read.add("seed")
-    return read
-
-
-def check_selection(selection: DictConfig, *, every_key: bool = False) -> None:
-    """Every value of a ``selection`` config that its policy reads, each wrong one a
-    :class:`ConfigError` naming the key and the valid values (the one home of these rules:
-    ``basisconv.config_checks`` runs them on a run's config, :func:`pick_layers` on a user's).
-    ``every_key``: also the keys this policy does not read (a run's config, which has
-    them all: a sweep over policies is checked whole before its first job)."""
-    policy = _needed(selection, "policy")
-    if policy not in POLICIES:
-        raise ConfigError(f"selection.policy={policy!r}; choose one of {', '.join(POLICIES)}")
-    check_count(selection)
-    check_layers(selection)
-    read = keys_read(selection)
-    count = selection.get("count")
-    if count is not None and (not is_int(count) or count < 1):
-        raise ConfigError(f"selection.count must be null or >= 1, got {count!r} (a number of "
-                          f"layers)")
-    if ("metric" in read or every_key) and (
-            _needed(selection, "metric", METRICS) not in METRICS):
-        raise ConfigError(f"selection.metric={selection.metric!r}; choose one of "
-                          f"{', '.join(METRICS)}")
-    if "threshold" in read or every_key:
-        threshold = _needed(selection, "threshold")
-        if not is_number(threshold) or math.isnan(threshold):
-            raise ConfigError(f"selection.threshold={threshold!r} must be a number (the "
-                              f"largest {selection.metric} a converted layer may have)")
-        if selection.get("metric") == "accuracy_drop" and not -1 < threshold < 1:
-            # at 1 or more every layer passes (selection=all under another name), at -1 or
-            # less none: a threshold meant in points
-            raise ConfigError(f"selection.threshold={threshold!r}: an accuracy_drop is a "
-                              f"fraction in (-1, 1) (0.005 = half a point); give e.g. "
-                              f"selection.threshold=0.05 for 5 points")
-        if ("threshold" in read and selection.get("metric") == "accuracy_drop"
-                and abs(threshold) >= 0.1):  # the pages show drops in points: 0.5 meant so?
-            warn_once(log, f"selection.threshold={threshold:g} tolerates an accuracy drop of "
-                           f"{100 * threshold:g} points (a fraction of accuracy, as "
-                           f"sensitivity.csv gives it; the pages show points): for "
-                           f"{threshold:g} points give {threshold / 100:g}")
-    if "budget_reduction" in read or every_key:
-        if _needed(selection, "budget_metric", BUDGET_METRICS) not in BUDGET_METRICS:
-            raise ConfigError(f"selection.budget_metric={selection.budget_metric!r}; choose "
-                              f"one of {', '.join(BUDGET_METRICS)}")
-        reduction = _needed(selection, "budget_reduction")
-        if not is_number(reduction) or not 0 < reduction < 1:
-            raise ConfigError(f"selection.budget_reduction must be in (0, 1), got {reduction!r}")
-    if "seed" in read:
-        # numpy's generator, which orders the layers, takes no negative seed (torch's does)
-        seed = _needed(selection, "seed")
-        if not is_int(seed) or seed < 0:
-            raise ConfigError(f"selection.seed={seed!r} orders selection=random and must be "
-                              f">= 0, an integer (it is the run's seed unless set); give "
-                              f"seed>=0 or selection.seed>=0")
-
-
-def _needed(selection: DictConfig, key: str, choices: Iterable[str] = ()):
-    """``selection[key]``, or one error naming the key and, where it has a few, its valid
-    values (a user's own dict for :func:`pick_layers` lacks the keys ``base.yaml`` sets)."""
-    value = selection.get(key)
-    if value is None:
-        policy = selection.get("policy")
-        choices = ", ".join(choices) if policy else ", ".join(POLICIES)
-        raise ConfigError(f"selection.{key} is not set" + (
-            f"; selection.policy={policy} reads it" if policy else "")
-            + (f"; choose one of {choices}" if choices else ""))
-    return value
-
-
-def check_count(selection: DictConfig) -> None:
-    """``selection.count`` with ``sensitivity_threshold`` is a :class:`ConfigError`: that
-    policy converts every layer at or below the threshold and could only ignore a count
-    (in a sweep beside ``random`` or ``first_k``, a silently unequal comparison)."""
-    if selection.policy == "sensitivity_threshold" and selection.get("count") is not None:
-        raise ConfigError(f"selection.count={selection.count} does not apply to "
-                          f"selection.policy=sensitivity_threshold (it converts every layer "
-                          f"whose {selection.metric} is at most selection.threshold); drop "
-                          f"selection.count, or use selection=sensitivity_budget for the "
-                          f"{selection.count} least sensitive layers")
-
-
-def check_layers(selection: DictConfig) -> None:
-    """``selection.layers`` with an ordered policy is a :class:`ConfigError`: those choose
-    among the candidates ``sensitivity.layers`` names and would ignore it (``random`` over
-    all layers where ``layer3.*`` was meant). ``none`` and ``all`` take it as ``list``'s,
-    unread, so that a sweep ``selection=none,all,list`` can give it once. ``list`` without
-    it is one too, found with the config's other values (before a sweep's first job)."""
-    if selection.policy == "list" and not selection.get("layers"):
-        raise ConfigError(LIST_NEEDS_LAYERS)
-    if selection.policy in ORDERED_POLICIES and selection.get("layers"):
-        layers = ",".join(selection.layers)
-        raise ConfigError(f"selection.layers=[{layers}] is read by selection.policy=list only; "
-                          f"{selection.policy} chooses among sensitivity.layers (the "
-                          f"candidates): restrict them with sensitivity.layers=[{layers}] and "
-                          f"drop selection.layers, or use selection=list")

@@ -51,8 +51,9 @@ from .network import architecture_digest, build_dense
 from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
 from .records import (RunRecord, folder_lock, provenance, publish, refuse_other_kind,
                       write_bytes_atomic, write_record)
-from .selection import (ORDERED_POLICIES, SENSITIVITY_POLICIES, chosen_or_dense,
-                        fixed_candidates, fixed_layers, metric_drops, pick_layers)
+from .selection import (chosen_or_dense, fixed_candidates, fixed_layers, metric_drops,
+                        pick_layers)
+from .selection_checks import ORDERED_POLICIES, SENSITIVITY_POLICIES
 from .sensitivity_cache import (COLUMNS, RECORD, TABLE, cache, cache_dir, cache_key,
                                 check_estimate_record, code_note, key_fields, load_cached,
                                 published_differs, restore_published, say_a_missing_record,

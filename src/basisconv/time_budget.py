@@ -34,7 +34,7 @@ from .kernels import auto
 from .network import architecture_digest, build_dense, to_basis
 from .records import (folder_lock, hardware, json_digest, provenance, timing_hardware,
                       write_json_atomic)
-from .selection import budget_chooses
+from .selection_checks import budget_chooses
 from .timing import Runner, layer_time_savings
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process

@@ -19,8 +19,8 @@ from . import distributed
 from .config import SEARCH_ONLY
 from .hydra_errors import CONFIGS, typed_overrides
 from .resuming import in_sweep
-from .selection import (KEYS as SELECTION_KEYS, ORDERED_POLICIES, POLICIES,
-                        SENSITIVITY_POLICIES, budget_chooses, keys_read)
+from .selection_checks import (KEYS as SELECTION_KEYS, ORDERED_POLICIES, POLICIES,
+                               SENSITIVITY_POLICIES, budget_chooses, keys_read)
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def warn_unread_source_overrides(cfg: Any) -> None:
 
 def warn_unread_selection_keys(selection: Any, overrides: list[str]) -> None:
     """A ``selection.<key>`` given to one run that its policy does not read
-    (:func:`~basisconv.selection.keys_read`) is ignored: ``experiment=basis_selected
+    (:func:`~basisconv.selection_checks.keys_read`) is ignored: ``experiment=basis_selected
     selection.threshold=0.01`` converted the budget policy's layers and ``selection=all
     selection.count=3`` every conv, neither saying so. Said for each key with the policies
     that read it; ``selection.layers`` is said above (``none``, ``all``) or refused (the

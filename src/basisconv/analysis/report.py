@@ -19,7 +19,7 @@ from ..counts import is_number
 from ..errors import ConfigError
 from ..records import (hardware_name, has_session_log, missing_protocol_runs, provenance,
                        read_sessions, unmerged_problem, unwritable_folder, write_json_atomic)
-from ..selection import keys_read
+from ..selection_checks import keys_read
 from . import figures, search, sensitivity
 from .record_sources import read_records, records_of_kind, training_records, wandb_records
 from .runs import (ROW_COLUMNS, compare, curves_frame, differing_keys, distinct_curves,

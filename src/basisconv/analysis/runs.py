@@ -16,7 +16,7 @@ from ..checkpoint import changes_only_execution, flat_config
 from ..counts import is_number
 from ..records import (commit_name, device_name, hardware_name, is_measurement,
                        made_by_profile, measured_on_cpu, precision_name)
-from ..selection import SENSITIVITY_POLICIES, keys_read
+from ..selection_checks import SENSITIVITY_POLICIES, keys_read
 
 # What identifies a configuration; runs that differ only in the seed are its repeats.
 CONFIG_COLUMNS = ["experiment", "model", "width", "selection", "basis_size", "epochs",
@@ -193,7 +193,7 @@ def made_alike(key: str) -> bool:
 
 def unread_selection_key(key: str, read: set[str]) -> bool:
     """Whether the flattened ``key`` is a ``selection.*`` key outside ``read`` (what a
-    run's policy reads, :func:`~basisconv.selection.keys_read`): carried, not used."""
+    run's policy reads, :func:`~basisconv.selection_checks.keys_read`): carried, not used."""
     return key.startswith("selection.") and key.removeprefix("selection.") not in read
 
 
