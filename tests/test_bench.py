@@ -16,7 +16,7 @@ from basisconv.bench import speed_run
 from basisconv.bench.layers import ConvShape, SpeedOptions
 from basisconv.timing import ConvNormAct, Runner, Timer, output_gradient, relative_spread
 from basisconv.bench.train import TimedBatches, file_name
-from basisconv.cost import basis_conv2d_cost, conv2d_cost
+from basisconv.cost_formulas import basis_conv2d_cost, conv2d_cost
 from basisconv.data import TensorBatches
 from basisconv.errors import DatasetError
 from basisconv.records import read_record

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisconv.cost import (basis_conv2d_cost, conv2d_cost, count_parameters, layer_cost,
-                            linear_cost, measure_flops, model_cost, saves_compute)
+from basisconv.cost import count_parameters, measure_flops, model_cost
+from basisconv.cost_formulas import (basis_conv2d_cost, conv2d_cost, layer_cost, linear_cost,
+                                     saves_compute)
 from basisconv.errors import ConfigError
 from basisconv.layers import BasisConv2d, basis_layers, conv_norm_act
 from basisconv.models import build_model
@@ -72,7 +73,7 @@ def test_the_fused_and_auto_forms_are_counted_as_the_stacked_one():
     algorithm where it wins as the stacked form: both are counted as ``stacked`` (the
     ``C_out*m`` combination), not as the minimal ``split`` count, in the cost model and in
     the saves-compute rule that ``only_where_saves`` and the candidate tables apply."""
-    from basisconv.cost import saves_compute
+    from basisconv.cost_formulas import saves_compute
 
     stacked = basis_conv2d_cost(64, 64, 3, 16, 32)
     split = basis_conv2d_cost(64, 64, 3, 16, 32, combine="split")
@@ -94,7 +95,7 @@ def test_only_where_saves_with_a_fused_norm_counts_its_moments(num_basis):
     its basis maps: the rule that ``only_where_saves`` applies counts them, so every
     layer it converts does less forward work by the cost model than the dense conv (at
     7/8 of a 16->16 3x3 conv the moments undid the saving: converted, yet costlier)."""
-    from basisconv.cost import saves_compute
+    from basisconv.cost_formulas import saves_compute
 
     assert saves_compute((16, 16, 3), 14)
     assert not saves_compute((16, 16, 3), 14, fused_norm=True)

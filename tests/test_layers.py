@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from basisconv.cost import saves_compute
+from basisconv.cost_formulas import saves_compute
 from basisconv.errors import ConfigError
 from basisconv.fitting import (basis_filters, best_rank_weight, fit_coefficients,
                                relative_error, select_basis, smallest_basis)

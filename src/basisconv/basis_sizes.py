@@ -16,7 +16,7 @@ from typing import Mapping
 
 import torch.nn as nn
 
-from .cost import forward_macs_per_pixel, saves_compute
+from .cost_formulas import forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError, warn_caller
 from .layer_options import resolve_num_basis

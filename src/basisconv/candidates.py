@@ -78,7 +78,7 @@ def layer_savings(model: nn.Module, basis: DictConfig | Mapping,
     converting it alone saves, by the cost model, per input of ``input_shape``
     (``(1, C, H, W)``): parameters, training FLOPs (forward + backward) and forward FLOPs.
     Candidates are the layers where a basis of this size saves forward multiply-adds per
-    output pixel (``only_where_saves``, :func:`~basisconv.cost.saves_compute`: near full
+    output pixel (``only_where_saves``, :func:`~basisconv.cost_formulas.saves_compute`: near full
     rank with few output pixels, the once-a-batch terms below can make a candidate's
     ``forward_flops_saved`` slightly negative, which the table then says); converting
     several layers saves the sum (layer costs are independent), except the parameters of

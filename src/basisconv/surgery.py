@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from .basis_sizes import check_max_error_use, sized_targets
-from .cost import saves_compute
+from .cost_formulas import saves_compute
 from .errors import ConfigError, warn_caller
 from .fitting import fit_coefficients, relative_error
 from .hook_transfer import hand_back_hooks, take_over_hooks

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.transforms import Bbox
 
-from ..cost import basis_conv2d_cost, conv2d_cost
+from ..cost_formulas import basis_conv2d_cost, conv2d_cost
 from ..layer_options import resolve_num_basis
 from .plots import LINE_STYLES, add_note, pyplot, save_figure, steady_colour
 from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines

@@ -44,7 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from ..cost import basis_conv2d_cost, conv2d_cost, model_cost, saves_compute
+from ..cost import model_cost
+from ..cost_formulas import basis_conv2d_cost, conv2d_cost, saves_compute
 from ..errors import ConfigError
 from ..layer_names import conv_layers
 from ..layer_options import resolve_num_basis

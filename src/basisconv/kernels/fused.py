@@ -147,7 +147,7 @@ fused_basis_conv.register_autograd(_backward, setup_context=_save_for_backward)
 def _fused_basis_conv_flops(x_shape, weight_shape, combination_shape, *args, out_shape,
                             **kwargs) -> int:
     """What ``FlopCounterMode`` counts for the op (it cannot look inside a kernel): the
-    stacked form's two convs, ``2*M*(K*m + m*C_out)``, as :mod:`basisconv.cost` counts a
+    stacked form's two convs, ``2*M*(K*m + m*C_out)``, as :mod:`basisconv.cost_formulas` counts a
     fused layer. (Its backward is plain aten ops, counted as they run.)"""
     n, c_out, h_out, w_out = out_shape[0]
     m, c_in, kh, kw = weight_shape
