@@ -1207,10 +1207,13 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(tmp_path)
 
 
 def test_no_training_run_says_what_was_found(tmp_path):
+    """A record left "running" by a run that stopped (Ctrl-C, memory ran out) is said to be
+    unfinished, as the tables' "Left out" line says it: the analysis cannot tell a run going
+    on from one that stopped (found in review: "found 1 running training")."""
     publish_records(tmp_path / "runs", [{**RECORDS[0], "status": "running", "final": None}])
     (tmp_path / "runs" / "sensitivity.json").write_text(json.dumps(sensitivity_record()))
     (tmp_path / "runs" / "broken.json").write_text("{")
-    with pytest.raises(ConfigError, match="found 1 running training, 1 sensitivity, "
+    with pytest.raises(ConfigError, match="found 1 sensitivity, 1 unfinished training, "
                                           "1 unreadable; records are"):
         write_report(analyze_cfg(tmp_path), "cmd")
 

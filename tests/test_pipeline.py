@@ -1019,7 +1019,9 @@ def test_a_checkpoint_damaged_inside_is_one_clear_error(tmp_path, repo):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit inside the saved tensors
     path.write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is damaged.*delete it \(and "
+    with pytest.raises(ConfigError, match=rf"^checkpoint {path} does not match its checksum "
+                                          r"file checkpoint.pt.sha256: it is damaged.*delete "
+                                          r"it \(and "
                                           r"its .sha256\): the run is complete") as err:
         fit(cfg, tmp_path)  # (trainer.resume=false, advised once, would train it again)
     assert "\n" not in str(err.value) and "trainer.resume" not in str(err.value)
@@ -1245,8 +1247,9 @@ def test_a_source_checkpoint_that_is_not_one_says_where_to_point_it(tmp_path):
     data = bytearray((run / "checkpoint.pt").read_bytes())
     data[len(data) // 2] ^= 0x01
     (run / "checkpoint.pt").write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint=.* is damaged \(its "
-                                          rf"sha256 does not match checkpoint.pt.sha256\); {fix}"):
+    with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint=.* does not match its "
+                                          rf"checksum file checkpoint.pt.sha256: it is damaged, "
+                                          rf"or was copied .*; {fix}"):
         load_source_weights(model, str(run / "checkpoint.pt"))
 
 

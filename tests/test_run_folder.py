@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -450,6 +451,69 @@ def test_a_checkpoint_save_cut_off_anywhere_leaves_the_previous_one_verified(tmp
     assert torch.save is real_save
     checkpoint.save_checkpoint(path, state(6))
     assert checkpoint.load_checkpoint(path) == state(6)
+
+
+def test_a_checkpoint_copied_without_its_sha256_is_said_as_such(tmp_path, caplog):
+    """Found in review: a checkpoint.pt copied over another run's, without its own
+    .sha256, was "damaged (its sha256 does not match checkpoint.pt.sha256)", the copy's
+    cause unsaid (the other run's .sha256 stays); one copied alone into a new folder was
+    said to be written by "an older basisconv"."""
+    import shutil
+
+    from basisconv import checkpoint
+    from basisconv.errors import ConfigError
+
+    mine, theirs, alone = (tmp_path / name / "checkpoint.pt" for name in ("a", "b", "c"))
+    for folder in (mine, theirs, alone):
+        folder.parent.mkdir()
+    checkpoint.save_checkpoint(mine, {key: 1 for key in checkpoint.RUN_STATE})
+    checkpoint.save_checkpoint(theirs, {key: 2 for key in checkpoint.RUN_STATE})
+    shutil.copy(theirs, alone)
+    with caplog.at_level(logging.INFO, logger="basisconv"):
+        assert checkpoint.load_checkpoint(alone) == {key: 2 for key in checkpoint.RUN_STATE}
+    assert "has no checkpoint.pt.sha256 beside it (an older basisconv wrote it, or it was " \
+           "copied without it); loaded it unverified" in caplog.text
+    shutil.copy(theirs, mine)  # mine's .sha256 stays
+    with pytest.raises(ConfigError, match=rf"^checkpoint {mine} does not match its checksum "
+                                          r"file checkpoint.pt.sha256: it is damaged, or was "
+                                          r"copied here without its own checkpoint.pt.sha256 "
+                                          r"\(copy the two together\); delete it"):
+        checkpoint.load_checkpoint(mine)
+
+
+def test_a_pickle_or_a_zip_torch_did_not_write_is_said_as_such(tmp_path):
+    """Found in review: a plain pickle was torch's "Invalid magic number; corrupt file?" or
+    "Unsupported operand 149", a zip of other files "[enforce fail at inline_container.cc:180]
+    . file in archive is not in a subdirectory"; torch's own files, zip or legacy, still
+    load."""
+    import pickle
+    import warnings
+    import zipfile
+
+    from basisconv.checkpoint import load_checkpoint
+    from basisconv.errors import ConfigError
+
+    fix = "point k at the checkpoint.pt of a trained dense run"
+    for protocol in (2, 5):
+        path = tmp_path / f"pickle{protocol}.pt"
+        path.write_bytes(pickle.dumps({"model": {}}, protocol=protocol))
+        with warnings.catch_warnings(), pytest.raises(ConfigError) as err:
+            warnings.simplefilter("ignore")  # (torch's, on protocol 5)
+            load_checkpoint(path, source_key="k")
+        assert str(err.value) == (f"k={path} is not a checkpoint.pt (it cannot be read as "
+                                  f"one: it is a Python pickle (pickle.dump's), not a file "
+                                  f"torch.save writes); {fix}")
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("weights.npy", b"")
+    with pytest.raises(ConfigError, match=re.escape(
+            "(it cannot be read as one: it is a zip archive that torch.save did not write: it "
+            "holds weights.npy and no data.pkl); point k at")):
+        load_checkpoint(path, source_key="k")
+    for legacy in (False, True):
+        path = tmp_path / f"torch{legacy}.pt"
+        torch.save({"model": {}}, path, _use_new_zipfile_serialization=not legacy)
+        assert load_checkpoint(path, source_key="k") == {"model": {}}
 
 
 def test_files_left_half_written_by_killed_runs_do_not_pile_up(tmp_path, repo):

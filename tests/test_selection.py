@@ -59,6 +59,17 @@ def test_budget_takes_the_least_sensitive_layers_until_the_target_is_met():
                        TABLE, DENSE) == ["b", "d"]
 
 
+def test_a_budget_met_says_the_share_reached_beside_the_share_asked(caplog):
+    """Found in review: a budget overshot by its last layer (500 FLOPs asked, 700 saved) was
+    said nowhere but chosen.md, so budgets a sweep set apart that chose the same layers
+    looked like two results."""
+    with caplog.at_level("INFO", logger="basisconv.selection"):
+        assert pick_layers(policy("sensitivity_budget"), TABLE, DENSE) == ["b", "d", "f"]
+    assert caplog.messages == [
+        "selection sensitivity_budget: the 3 layers chosen save 35.0 % of the dense model's "
+        "training FLOPs (selection.budget_reduction=0.25 asked 25.0 %)"]
+
+
 @pytest.mark.parametrize("reduction, layers", [(0.07, ["a"]), (0.14, ["a", "b"])])
 def test_a_budget_met_exactly_takes_no_extra_layer(reduction, layers, caplog):
     """Found in review: 0.07 * 100 is 7.000000000000001 in floating point, so 7 saved fell

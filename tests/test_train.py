@@ -763,9 +763,13 @@ def test_a_config_dir_config_off_the_schema_is_one_line(tmp_path, repo, line, sc
                                r"Integer; fix it in "),
     ("mine.yaml", "seed: 0\ntrainer:\n  epochs: many", r"trainer.epochs: Value 'many' of type "
                                                      r"'str' could not be converted to Integer"),
-    # (OmegaConf names no key here: the file is said with its line)
-    ("mine.yaml", "seed: 0\ntrainer: 3", r"Merge error: int is not a subclass of TrainerConfig. "
-                                        r"value: 3; fix it in "),
+    # found in review: OmegaConf's "Merge error: int is not a subclass of TrainerConfig.
+    # value: 3" named no key
+    ("mine.yaml", "seed: 0\ntrainer: 3", r"trainer: 3: trainer is a section of the config and "
+                                        r"takes a mapping of its keys, not a value: set them "
+                                        r"under it \(trainer: \{epochs: ...\}\), or choose "
+                                        r"one of its configs \(default\) in the defaults list "
+                                        r"\(- trainer: default\); fix it in "),
     # a config group's file of the user's folder, chosen on the command line (trainer=mine):
     # its keys are said with the group's package
     ("trainer/mine.yaml", "lrr: 0.1", r"trainer.lrr is not a config key \(did you mean "

@@ -13,6 +13,7 @@ import errno
 import logging
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,11 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
     except OSError as err:  # a folder, or a file it may not read, under that name
         raise ConfigError(f"{what} cannot be read ({type(err).__name__}: {err.strerror}); "
                           f"{fix}") from None
-    if sums and digest not in sums:
-        raise ConfigError(f"{what} is damaged (its sha256 does not match "
-                          f"{checksum_path(path).name}); {fix}")
+    if sums and digest not in sums:  # (a copy over another run's keeps that run's sums)
+        name = checksum_path(path).name
+        raise ConfigError(f"{what} does not match its checksum file {name}: it is damaged, "
+                          f"or was copied here without its own {name} (copy the two "
+                          f"together); {fix}")
     try:
         # tensors and plain values only: a checkpoint needs no pickled objects, and a file
         # named as the weights to start from may be someone else's (one holding a crafted
@@ -181,14 +184,17 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
         raise ConfigError(f"{what} is not a basisconv run's checkpoint (its config or run "
                           f"record is not what a run saves); {fix}")
     if not sums:
-        log.info("%s has no %s beside it (an older basisconv wrote it); loaded it "
-                 "unverified", path, checksum_path(path).name)
+        log.info("%s has no %s beside it (an older basisconv wrote it, or it was copied "
+                 "without it); loaded it unverified", path, checksum_path(path).name)
     return state
 
 
 #: How a file torch.save wrote begins: a zip archive, or its legacy format's pickle (protocol
 #: 2 and above; protocols 0 and 1 begin with torch's magic number as text).
 TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80", b"L119547037146038801333356")
+#: torch's magic number as its legacy format pickles it first (a long, opcode LONG1), near
+#: the start whatever the protocol: a pickle without it is no file torch.save wrote.
+TORCH_PICKLED_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 def unreadable_reason(path: Path, err: Exception) -> str:
@@ -207,8 +213,9 @@ def unreadable_reason(path: Path, err: Exception) -> str:
         size = head = None
     if size == 0:
         return "it is empty"
-    if head is not None and not head.startswith(TORCH_FILE_STARTS):
-        return f"it is not a file torch.save writes: it begins {head!r}"
+    foreign = head is not None and foreign_format(path, head)
+    if foreign:
+        return foreign
     if isinstance(err, pickle.UnpicklingError):
         return unpickling_reason(err)
     if size is not None and (isinstance(err, EOFError)
@@ -216,6 +223,30 @@ def unreadable_reason(path: Path, err: Exception) -> str:
                              or "failed finding central directory" in str(err)):
         return f"it ends early, cut off at {size} bytes"
     return f"{type(err).__name__}: {one_line(err)}"
+
+
+def foreign_format(path: Path, head: bytes) -> str | None:
+    """What a file torch.save never wrote is, by its first bytes ``head``, or None: a plain
+    pickle (``pickle.dump``'s) or a zip archive of other files was said in torch's words,
+    "Invalid magic number; corrupt file?", "Unsupported operand 149", "[enforce fail at
+    inline_container.cc:180] . file in archive is not in a subdirectory" (found in
+    review)."""
+    if head.startswith(b"\x80") and TORCH_PICKLED_MAGIC not in head:
+        return "it is a Python pickle (pickle.dump's), not a file torch.save writes"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile):  # cut off: said as such by the caller
+            return None
+        if not any(name.endswith("/data.pkl") for name in names):
+            held = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            return (f"it is a zip archive that torch.save did not write: it holds "
+                    f"{held or 'no file'} and no data.pkl")
+        return None
+    if not head.startswith(TORCH_FILE_STARTS):
+        return f"it is not a file torch.save writes: it begins {head!r}"
+    return None
 
 
 def unpickling_reason(err: pickle.UnpicklingError) -> str:

@@ -179,12 +179,40 @@ def config_file_line(ex: Exception) -> str | None:
     try:
         if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and err.full_key:
             line = unknown_key_line(err)
-        else:  # a wrong type; a node given a value (trainer: 3) names no key
+        else:  # a wrong type
             message = str(err).splitlines()[0]
-            line = f"{err.full_key}: {message}" if err.full_key else message
+            line = f"{err.full_key}: {message}" if err.full_key else (
+                section_given_value_line(err, message) or message)
         return f"{line}; fix it in {config_file(composing[1])}"
     except Exception:  # noqa: BLE001 - a diagnosis that fails leaves Hydra's line
         return None
+
+
+#: OmegaConf's line for a section of the schema given a value, which names no key.
+SECTION_GIVEN_VALUE = re.compile(r"Merge error: \w+ is not a subclass of (\w+)\. value: (.*)")
+
+
+def section_given_value_line(err: OmegaConfBaseException, message: str) -> str | None:
+    """One line for a section of the schema given a value in a config file (``trainer: 3``),
+    naming the key, or None: OmegaConf said "Merge error: int is not a subclass of
+    TrainerConfig. value: 3", with no key (found in review). The key is the field of the
+    section it was merged into (``err.object_type``) whose type is the class it names."""
+    said = SECTION_GIVEN_VALUE.match(message)
+    parent = getattr(err, "object_type", None)
+    if said is None or not dataclasses.is_dataclass(parent):
+        return None
+    section, value = said.groups()
+    keys = [field.name for field in dataclasses.fields(parent)
+            if getattr(field.default_factory, "__name__", None) == section]
+    if len(keys) != 1:
+        return None
+    key = keys[0]
+    options = group_options(key)
+    example = (group_keys(key) or ["<key>"])[0]
+    choose = (f", or choose one of its configs ({', '.join(options)}) in the defaults list "
+              f"(- {key}: {options[0]})") if options else ""
+    return (f"{key}: {value}: {key} is a section of the config and takes a mapping of its "
+            f"keys, not a value: set them under it ({key}: {{{example}: ...}}){choose}")
 
 
 def file_config_sources() -> list:
@@ -298,8 +326,7 @@ def group_value_override(args: list[str], got: str = "NoneType") -> str | None:
         return None
     for override in overrides:
         key = override.key_or_group
-        options = sorted(path.stem for path in (CONFIGS / key).glob("*.yaml")) if (
-            "/" not in key) else []
+        options = group_options(key) if "/" not in key else []
         if not options or override.is_sweep_override() or (
                 type(override.value()).__name__ != got):  # the value Hydra names
             continue
@@ -373,6 +400,12 @@ def deleted_key_override(args: list[str], is_group: Callable[[str], bool]) -> st
         return (f"{override.input_line}: {key} is a key the config needs, which cannot be "
                 f"deleted; give it a value ({value}), or drop the override for its default")
     return None
+
+
+def group_options(group: str) -> list[str]:
+    """The names of ``group``'s configs in the project's ``configs/`` (none where it is no
+    config group there)."""
+    return sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
 
 
 def group_keys(group: str) -> list[str]:

@@ -335,6 +335,14 @@ def meet_budget(order: list[str], table: pd.DataFrame, selection: DictConfig,
                     unless_costly,
                     100 * saved / dense[selection.budget_metric],
                     BUDGET_WORDS[selection.budget_metric], selection.budget_reduction)
+    else:  # met: how far past it the last layer taken went (budgets a sweep sets apart
+        # can choose the same layers; chosen.md shows the share, the log said none)
+        log.info("selection %s: the %d layer%s chosen save%s %.1f %% of the dense model's "
+                 "%s (selection.budget_reduction=%g asked %.1f %%)", selection.policy,
+                 len(chosen), "s" * (len(chosen) != 1), "s" * (len(chosen) == 1),
+                 100 * saved / dense[selection.budget_metric],
+                 BUDGET_WORDS[selection.budget_metric], selection.budget_reduction,
+                 100 * selection.budget_reduction)
     return chosen
 
 

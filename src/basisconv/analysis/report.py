@@ -265,11 +265,13 @@ def missing_line(missing: list[str]) -> str:
 
 def found_line(records: list[tuple[dict, Path]], unreadable: list[str]) -> str:
     """What a folder without a complete training run held: records by kind, unreadable
-    ones, and what a record is."""
+    ones, and what a record is. A record not complete is "unfinished", whatever status it
+    holds: a run stopped by Ctrl-C or out of memory leaves its record "running", which the
+    analysis cannot tell from one going on."""
     kinds: dict[str, int] = {}
     for record, _ in records:
         complete = record["status"] == "complete"
-        kind = record["kind"] if complete else f"{record['status']} {record['kind']}"
+        kind = record["kind"] if complete else f"unfinished {record['kind']}"
         kinds[kind] = kinds.get(kind, 0) + 1
     held = [f"{n} {kind}" for kind, n in sorted(kinds.items())]
     held += [f"{len(unreadable)} unreadable"] if unreadable else []
