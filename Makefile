@@ -27,7 +27,7 @@ help:
 	@echo "make env               create $(VENV) with the pinned packages (the other targets do it when needed)"
 	@echo "make test              run the test suite (creates $(VENV) first if needed)"
 	@echo "make train ARGS=...    train one model; ARGS are Hydra overrides"
-	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU)"
+	@echo "make benchmark         training-loop throughput and data-pipeline share (CPU; writes results/)"
 	@echo "make benchmark-layers  basis vs dense convolution speed (writes results/)"
 	@echo "make speed-report      the speed records of results, results/cpu-fuse-norm(-auto), results/cpu-compile, results/cpu-auto, results/gpu*/ (SPEED_FOLDERS=...) in one summary (rewrites results/speed-summary.*)"
 	@echo "make gpu-check         a GPU machine end to end, with its own python3 (GPU_PYTHON=...)"
