@@ -282,3 +282,13 @@ def test_counting_a_registered_model_with_an_unmade_lazy_layer_is_one_line(monke
     with pytest.raises(ConfigError, match=r"^parameter_count: layer '0' is a LazyConv2d whose "
                                           r"parameters are not made yet; .*forward"):
         parameter_count("lazy_net")
+
+
+def test_a_name_given_in_place_of_the_constructor_says_to_give_it_as_name(monkeypatch):
+    """Found in review: ``@register_model("vgg13")`` (the name where the constructor goes)
+    was said to be "a lambda or a functools.partial" with "no function name"."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    with pytest.raises(ValueError, match=r"^register_model\('vgg13'\): the name is given as "
+                                         r"name=: @register_model\(name='vgg13'\)$"):
+        register_model("vgg13")
+    assert "vgg13" not in list_models()

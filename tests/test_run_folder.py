@@ -516,6 +516,23 @@ def test_a_pickle_or_a_zip_torch_did_not_write_is_said_as_such(tmp_path):
         assert load_checkpoint(path, source_key="k") == {"model": {}}
 
 
+@pytest.mark.parametrize("kept", [2, 6, 8])
+def test_a_legacy_torch_file_cut_off_in_its_first_bytes_is_not_called_a_pickle(tmp_path, kept):
+    """Found in review: torch's legacy format cut off before its pickled magic number was
+    whole (a copy that stopped at once) was "a Python pickle (pickle.dump's)", as if the
+    wrong file; it is torch's, cut off, as it was said before."""
+    from basisconv.checkpoint import load_checkpoint
+    from basisconv.errors import ConfigError
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}}, path, _use_new_zipfile_serialization=False)  # (protocol 2)
+    path.write_bytes(path.read_bytes()[:kept])
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(path, source_key="k")
+    assert "Python pickle" not in str(err.value)
+    assert f"it ends early, cut off at {kept} bytes" in str(err.value)
+
+
 def test_files_left_half_written_by_killed_runs_do_not_pile_up(tmp_path, repo):
     """Each SIGKILL while a checkpoint was being written once left its temporary file (as
     big as a checkpoint) in the run folder for good."""

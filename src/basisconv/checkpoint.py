@@ -231,7 +231,7 @@ def foreign_format(path: Path, head: bytes) -> str | None:
     "Invalid magic number; corrupt file?", "Unsupported operand 149", "[enforce fail at
     inline_container.cc:180] . file in archive is not in a subdirectory" (found in
     review)."""
-    if head.startswith(b"\x80") and TORCH_PICKLED_MAGIC not in head:
+    if head.startswith(b"\x80") and not _begins_with_torch_magic(head):
         return "it is a Python pickle (pickle.dump's), not a file torch.save writes"
     if head.startswith(b"PK\x03\x04"):
         try:
@@ -247,6 +247,19 @@ def foreign_format(path: Path, head: bytes) -> str | None:
     if not head.startswith(TORCH_FILE_STARTS):
         return f"it is not a file torch.save writes: it begins {head!r}"
     return None
+
+
+def _begins_with_torch_magic(pickled: bytes) -> bool:
+    """Whether a pickle's first value is torch's magic number, or could be: a legacy torch
+    file cut off before its magic is whole (a copy that stopped at once) is torch's, cut
+    off, not a plain pickle. The bytes after the protocol opcode (``\\x80`` and its number)
+    and protocol 4's frame (``\\x95`` and an 8-byte length) are compared with the magic
+    as far as they go."""
+    body = pickled[2:]
+    if body[:1] == b"\x95":
+        body = body[9:]
+    kept = min(len(body), len(TORCH_PICKLED_MAGIC))
+    return body[:kept] == TORCH_PICKLED_MAGIC[:kept]
 
 
 def unpickling_reason(err: pickle.UnpicklingError) -> str:

@@ -44,7 +44,11 @@ def register_model(fn: ModelFn | None = None, *, name: str | None = None):
 
 def _model_name(fn: ModelFn, name: str | None) -> str:
     """The name ``fn`` is registered under: ``name``, else its function name; a lambda's
-    ``'<lambda>'`` (or a partial's none) no config can give, so that is one error."""
+    ``'<lambda>'`` (or a partial's none) no config can give, so that is one error, as is a
+    name given where the function goes."""
+    if isinstance(fn, str):  # @register_model("vgg13"): the name where the function goes
+        raise ValueError(f"register_model({fn!r}): the name is given as name=: "
+                         f"@register_model(name={fn!r})")
     if name is None:
         name = getattr(fn, "__name__", "<lambda>")
         if name == "<lambda>":
