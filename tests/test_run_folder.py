@@ -155,6 +155,22 @@ def test_a_wandb_that_cannot_start_is_one_warning(tmp_path, repo, fake_wandb, mo
         assert fake_wandb.runs[0].finished == [1]
 
 
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_an_online_start_that_cannot_reach_wandb_names_offline_logging(tmp_path, repo,
+                                                                       fake_wandb, caplog,
+                                                                       mode):
+    """Found in review: an online start against an unreachable host said "wandb could not
+    start (CommError: <no message>)", wandb's words with nothing to do about it; online, the
+    warning names logging offline and syncing later (offline it has nothing to add)."""
+    fake_wandb.init_error = ConnectionError("")
+    record = fit(compose_tiny(repo, f"logger.mode={mode}", "trainer.epochs=1"), tmp_path)
+    assert record["status"] == "complete" and record["wandb"] is None
+    warning, = [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()]
+    assert "\n" not in warning
+    assert ("logger.mode=offline keeps wandb's run in the run's folder for `wandb sync` "
+            "later" in warning) == (mode == "online")
+
+
 def test_an_online_start_without_a_login_is_one_warning_not_wandbs_prompt(tmp_path, repo,
                                                                           fake_wandb, caplog):
     """wandb.login asked without its prompt: none found, wandb.init is not called (on a

@@ -67,9 +67,14 @@ class Tracker:
             # wandb's own timeout advice names its Python API: here the wait is a config key
             ours = (f" (here the wait is logger.init_timeout_s={logger_cfg.init_timeout_s})"
                     if "init_timeout" in str(err) else "")
+            # online, wandb's own words (an unreachable host: "CommError: <no message>")
+            # leave nothing to do; where they have not said it already, offline is the fix
+            offline = (" Without a network, logger.mode=offline keeps wandb's run in the "
+                       "run's folder for `wandb sync` later." if logger_cfg.mode == "online"
+                       and "logger.mode=offline" not in str(err) else "")
             log.warning("wandb could not start (%s: %s%s); training goes on without it. "
-                        "The run record run.json has every metric.", type(err).__name__,
-                        one_line(err), ours)
+                        "The run record run.json has every metric.%s", type(err).__name__,
+                        one_line(err), ours, offline)
             self.finish(failed=True)
             return
         try:
