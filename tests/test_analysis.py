@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from basisconv.analysis.report import timing_line, write_report
+from basisconv.analysis.notes import timing_line
+from basisconv.analysis.report import write_report
 from basisconv.analysis.record_sources import read_records, training_records, wandb_records
 from basisconv.analysis.runs import compare, curves_frame, distinct_curves, run_row, runs_frame
 from basisconv.analysis.sensitivity import chosen_table
@@ -812,7 +813,7 @@ def test_speed_plot_draws_the_baseline_the_table_compares_with(tmp_path, monkeyp
 
 
 def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
-    from basisconv.analysis.report import seeds_line
+    from basisconv.analysis.notes import seeds_line
 
     runs = runs_frame([(r, "here") for r in RECORDS[:4]])
     assert seeds_line(runs) == ""
@@ -825,7 +826,7 @@ def test_equal_seeds_are_not_flagged_and_a_repeated_seed_is():
 
 
 def test_notes_under_the_table_name_a_swept_row_by_its_settings():
-    from basisconv.analysis.report import baseline_line, seeds_line
+    from basisconv.analysis.notes import baseline_line, seeds_line
 
     runs = runs_frame([(swept(record("all", seed=seed), **{"trainer.lr": lr}), "a")
                        for lr, seeds in ((0.05, (0, 1)), (0.1, (0,))) for seed in seeds])
@@ -1429,7 +1430,7 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
     import time
 
     from basisconv import records
-    from basisconv.analysis.report import sessions_summary
+    from basisconv.analysis.notes import sessions_summary
 
     runs = tmp_path / "runs"
     (runs / "baseline").mkdir(parents=True)
@@ -1473,7 +1474,7 @@ def test_the_protocol_wall_clock_sums_its_sessions_over_machines(tmp_path, monke
 def test_a_damaged_session_file_is_named_with_its_fix(tmp_path, caplog, damaged):
     """Found in review: a session file cut off or edited (or the older one-list
     ``sessions.json``) was named by the analysis' warning without what to do about it."""
-    from basisconv.analysis.report import sessions_summary
+    from basisconv.analysis.notes import sessions_summary
 
     (tmp_path / "sessions").mkdir()
     (tmp_path / damaged).write_text('{"started": "2026-12-01T00:00:00+00:00", "secon')
@@ -1495,7 +1496,7 @@ def test_a_session_of_another_shape_leaves_the_wall_clock_out_not_a_trace(tmp_pa
     analysis with a TypeError after the tables were written, and index.json kept the
     previous analysis' list of files; it is named, and the wall-clock left out, as a file
     that is no JSON is."""
-    from basisconv.analysis.report import sessions_summary
+    from basisconv.analysis.notes import sessions_summary
     from basisconv.records import read_sessions
 
     session = {"started": "2026-11-30T00:00:00+00:00", "seconds": 5.0, "exit_code": 0,
@@ -2276,7 +2277,7 @@ def test_rows_whose_seeds_chose_from_other_machines_layer_timings_are_named(tmp_
     (another key: the key hashes the hardware) were averaged without a word, though the
     record names the timings; so were rows of one table chosen from timings of different
     devices, or of a GPU for runs trained on the CPU."""
-    from basisconv.analysis.report import timings_line
+    from basisconv.analysis.notes import timings_line
     runs = [timed_budget(0), timed_budget(1), RECORDS[0]]
     frame = runs_frame([(r, "here") for r in runs])
     assert timings_line(frame) == ""  # one machine's timings, on the device trained on
@@ -2674,7 +2675,7 @@ def test_a_row_whose_only_dense_run_has_other_precision_epochs_or_data_has_no_ba
 def test_the_records_each_session_of_one_machine_published_add_up(tmp_path):
     """A protocol continued on one machine over several sessions (GPU slots) published its
     records in each: the machine's count is their sum, not the last session's."""
-    from basisconv.analysis.report import sessions_summary
+    from basisconv.analysis.notes import sessions_summary
 
     (tmp_path / "sessions").mkdir()
     for i, (seconds, published) in enumerate([(10.5, ["baseline/seed0.json",
@@ -2959,7 +2960,7 @@ def test_a_loss_threshold_is_read_against_the_loss_noise_one_std_included():
 def test_runs_without_a_sensitivity_table_do_not_split_a_row_by_table():
     """Found by a mutation test: only the runs that name the table that chose their layers
     are compared by it; a seed recorded without one (an older record) is no other table."""
-    from basisconv.analysis.report import tables_line
+    from basisconv.analysis.notes import tables_line
 
     runs = [record("sensitivity_budget", seed=s) for s in (0, 1, 2)]
     runs[0]["sensitivity_table"] = runs[1]["sensitivity_table"] = "abc"
@@ -2973,7 +2974,7 @@ def test_the_recipe_line_counts_a_dense_run_trained_once_per_basis_size_once():
     dense run a size sweep trains once per size as more seeds ("2-4 seeds per row")."""
     import copy
 
-    from basisconv.analysis.report import recipe_line
+    from basisconv.analysis.notes import recipe_line
 
     copies = []
     for original in RECORDS[:2]:
@@ -2993,7 +2994,7 @@ def test_the_recipe_line_and_a_curves_label_say_one_epoch_in_the_singular():
     import copy
 
     from basisconv.analysis.figures import _qualifier
-    from basisconv.analysis.report import recipe_line
+    from basisconv.analysis.notes import recipe_line
 
     once = copy.deepcopy(RECORDS[0])
     once["config"]["trainer"]["epochs"] = 1
