@@ -791,3 +791,45 @@ def test_the_flop_line_is_the_stacked_forms_also_of_quick_records(tmp_path, monk
     lines = {line.get_label(): list(line.get_ydata()) for line in shown[0].axes[0].lines}
     speed.pyplot().close(shown[0])
     assert lines["theory (FLOPs, stacked form)"] == pytest.approx([1 / 0.25])
+
+
+def test_a_float32_gpu_row_says_whether_tf32_was_on_and_other_tables_have_no_such_column(
+        tmp_path):
+    """Found in review: the tables did not say whether a float32 GPU step ran in TF32,
+    which changes its time several fold. ``tf32`` says which of cuDNN's convolutions and
+    the matmuls could ("convs": torch's default); "-" on a row where it changes nothing
+    (CPU, bf16) or whose record predates the flags; and a table without a float32 GPU row
+    has no such column, as before."""
+    def flags(hardware, convs, matmuls):
+        return {**hardware, "cudnn_allow_tf32": convs, "cuda_matmul_allow_tf32": matmuls,
+                "float32_matmul_precision": "high" if matmuls else "highest"}
+    fp32, other = tmp_path / "fp32", tmp_path / "other"
+    for name, convs, matmuls in (("on", True, True), ("off", False, False),
+                                 ("convs", True, False), ("matmuls", False, True)):
+        _train_record(fp32, f"cuda-fp32-{name}", flags(GPU, convs, matmuls), 0.004, amp="none")
+    _train_record(fp32, "cuda-fp32-before-the-flags", GPU, 0.004, amp="none")
+    _train_record(other, "cuda-bf16", flags(GPU, True, True), 0.002)
+    _train_record(other, "cpu-fp32", flags(CPU, True, True), 2.0, amp="none")
+    train = speed.training_speed([fp32, other])
+    said = dict(zip(train["source"].map(lambda s: s.split("throughput-")[1][:-5]),
+                    train["tf32"]))
+    assert said == {"cuda-fp32-on": "on", "cuda-fp32-off": "off", "cuda-fp32-convs": "convs",
+                    "cuda-fp32-matmuls": "matmuls", "cuda-fp32-before-the-flags": "-",
+                    "cuda-bf16": "-", "cpu-fp32": "-"}
+    assert list(train.columns[:3]) == ["hardware", "precision", "tf32"]
+    assert "| tf32 |" in speed.summary(speed.model_speed([fp32]), train)
+    # no row float32 on a GPU: the table as it was, without the column
+    assert "tf32" not in speed.training_speed([other]).columns
+    # the whole-model tables alike
+    _model_record(fp32, "cuda-fp32", flags(GPU, True, False), "fp32", {0.25: 0.9})
+    _model_record(other, "cuda-bf16", flags(GPU, True, True), "bf16", {0.25: 0.7})
+    _model_record(other, "cpu-fp32", flags(CPU, True, True), "fp32", {0.25: 0.4})
+    cpu = json.loads((other / "model-speed-cpu-fp32.json").read_text())
+    cpu["settings"]["device"] = "cpu"
+    (other / "model-speed-cpu-fp32.json").write_text(json.dumps(cpu))
+    model = speed.model_speed([fp32, other])
+    assert dict(zip(model["source"].map(lambda s: s.split("speed-")[1][:-5]), model["tf32"])) == {
+        "cuda-fp32": "convs", "cuda-bf16": "-", "cpu-fp32": "-"}
+    assert "tf32" not in speed.model_speed([other]).columns
+    assert "| tf32 |" not in speed.summary(speed.model_speed([other]),
+                                           speed.training_speed([other]))

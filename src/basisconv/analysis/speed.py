@@ -28,13 +28,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DatasetError, one_line
-from ..records import (commit_name, hardware_name, is_recorded_table, precision_name,
-                       provenance, read_benchmark_record, threads_name, write_json_atomic,
-                       write_text_atomic)
+from ..records import (amp_of_precision, commit_name, hardware_name, is_recorded_table,
+                       precision_name, provenance, read_benchmark_record, tf32_name,
+                       threads_name, write_json_atomic, write_text_atomic)
 from .plots import LINE_STYLES, add_note, pyplot, save_figure, steady_colour
 from .tables import csv_text, markdown
 
-MODEL_COLUMNS = ["hardware", "precision", "batch", "threads", "form", "fraction",
+#: ``tf32``: whether float32 ran in TF32 (:func:`~basisconv.records.tf32_name`), a column of
+#: a table only where one of its rows is float32 on a GPU (:func:`_tf32_where_it_applies`).
+MODEL_COLUMNS = ["hardware", "precision", "tf32", "batch", "threads", "form", "fraction",
                  "theory_fwdbwd_ratio", "time_bound_ratio", "fwdbwd_ratio", "fwdbwd_vs_theory",
                  "fwdbwd_spread", "dense_fwdbwd_ms", "source", "commit", "date"]
 #: The training memory of the whole-model records that measured it (bench.memory): the
@@ -42,10 +44,10 @@ MODEL_COLUMNS = ["hardware", "precision", "batch", "threads", "form", "fraction"
 MEMORY_COLUMNS = ["hardware", "precision", "batch", "form", "fraction", "params_ratio",
                   "dense_saved_mib", "saved_ratio", "dense_peak_mib", "peak_ratio", "source",
                   "commit", "date"]
-TRAIN_COLUMNS = ["hardware", "precision", "batch", "mode", "architecture", "layout", "threads",
-                 "model", "form", "seconds_per_step", "epoch_seconds", "images_per_second",
-                 "relative_to_dense", "checkpoint_seconds", "cuda_peak_mib", "source",
-                 "commit", "date"]
+TRAIN_COLUMNS = ["hardware", "precision", "tf32", "batch", "mode", "architecture", "layout",
+                 "threads", "model", "form", "seconds_per_step", "epoch_seconds",
+                 "images_per_second", "relative_to_dense", "checkpoint_seconds", "cuda_peak_mib",
+                 "source", "commit", "date"]
 #: The columns of a whole-model table (``model-speed-*.csv``) the summary reads, each a
 #: number in every row; ``time_bound_ratio`` and ``fwdbwd_spread`` are not among them (older
 #: tables lack them: "-").
@@ -139,7 +141,8 @@ def _records(folders: list[Path], pattern: str) -> list[tuple[dict, Path]]:
 def model_speed(folders: list[Path], columns: list[str] | None = MODEL_COLUMNS) -> pd.DataFrame:
     """One row per basis fraction of every whole-model benchmark in ``folders``: the
     summary's ``columns`` (``None``: every column of the tables, those a table lacks
-    empty)."""
+    empty, and ``tf32`` as :func:`~basisconv.records.tf32_name` says it, ``None`` where it
+    does not apply)."""
     frames = []
     for record, path in _records(folders, "model-speed-*.json"):
         with _readable(record, path):
@@ -153,16 +156,28 @@ def model_speed(folders: list[Path], columns: list[str] | None = MODEL_COLUMNS) 
                 raise DatasetError(f"{path} names its table {table.name}, which is not beside "
                                    f"it; copy the two files together")
             frame = _model_table(record, path, table)
-            frame = frame.assign(**_origin(record, path),
-                                 precision=_or_dash(settings.get("precision")),
-                                 threads=_threads(settings.get("threads"),
-                                                  settings.get("device") or record.get("device")),
+            device = settings.get("device") or record.get("device")
+            precision = settings.get("precision")
+            hardware = (record.get("provenance") or {}).get("hardware") or {}
+            frame = frame.assign(**_origin(record, path), precision=_or_dash(precision),
+                                 tf32=tf32_name(hardware, device, amp_of_precision(precision)),
+                                 threads=_threads(settings.get("threads"), device),
                                  form=_options(path))
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=columns or MODEL_COLUMNS)
+        return _tf32_where_it_applies(pd.DataFrame(columns=MODEL_COLUMNS),
+                                      columns or MODEL_COLUMNS)
     rows = pd.concat(frames, ignore_index=True)
-    return rows if columns is None else rows.reindex(columns=columns)
+    return rows if columns is None else _tf32_where_it_applies(rows, columns)
+
+
+def _tf32_where_it_applies(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``table`` in ``columns``, its ``tf32`` "-" on the rows where TF32 changes nothing
+    (``None``: a CPU, bf16), and left out where that is every row: a table of no float32
+    GPU step (the CPU's, a bf16 one) stays as it was before the records kept the flags."""
+    applies = "tf32" in table.columns and table["tf32"].notna().any()
+    shown = table.assign(tf32=table["tf32"].fillna("-")) if applies else table
+    return shown.reindex(columns=[c for c in columns if applies or c != "tf32"])
 
 
 def training_memory(rows: pd.DataFrame) -> pd.DataFrame:
@@ -230,7 +245,7 @@ def training_speed(folders: list[Path]) -> pd.DataFrame:
     reference = dense.set_index(SAME_SETTING)["seconds_per_step"].rename("dense_seconds")
     table = table.join(reference, on=SAME_SETTING)  # no match: no ratio (shown as "-")
     table["relative_to_dense"] = table["seconds_per_step"] / table["dense_seconds"]
-    return table[TRAIN_COLUMNS]
+    return _tf32_where_it_applies(table, TRAIN_COLUMNS)
 
 
 def _training_row(record: dict, path: Path) -> dict:
@@ -248,6 +263,7 @@ def _training_row(record: dict, path: Path) -> dict:
             "machine": json.dumps({k: v for k, v in hardware.items() if k != "torch_threads"},
                                   sort_keys=True, default=str),  # (hashable, whatever it holds)
             "precision": precision_name(record.get("amp", "none")),
+            "tf32": tf32_name(hardware, record.get("device"), record.get("amp", "none")),
             "batch": record["batch_size"], "mode": mode,
             "architecture": record.get("model", "resnet18"),
             "layout": "NHWC" if record.get("channels_last", True) else "NCHW",
@@ -329,7 +345,12 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "less is the target; fwdbwd_spread: the interquartile range of the timed repeats "
         "over their median, the larger of the dense and the basis model's (\"-\": a table "
         "made before commit 22fe1e7 recorded it); dense_fwdbwd_ms: the dense model's, in ms; "
-        "threads: torch's CPU threads (\"-\" on a GPU, whose step they do not bound).",
+        "threads: torch's CPU threads (\"-\" on a GPU, whose step they do not bound); "
+        "tf32 (a column where a row is float32 on a GPU): whether float32 could run in TF32, "
+        "\"on\" for cuDNN's convolutions and the matmuls, \"convs\" for the convolutions "
+        "alone (torch's default), \"matmuls\" for the matmuls alone, \"off\" for neither "
+        "(\"-\": not float32 on a GPU, or a record made before commit 1c3199a kept the "
+        "flags); it can change a float32 step's time several fold.",
         "",
         _markdown(model),
         "## Training step (scripts/benchmark_train.py)",
@@ -341,7 +362,8 @@ def summary(model: pd.DataFrame, train: pd.DataFrame, memory: pd.DataFrame | Non
         "the median time to write the model's and optimizer's state as a run's checkpoint "
         "(\"-\": not timed by the record's commit); CUDA peak: the most GPU memory the "
         "measured steps held in all (images on the device, model, optimizer, activations, "
-        "graphs; \"-\": a CPU, or a record from before commit b697cd8); threads: as above.",
+        "graphs; \"-\": a CPU, or a record from before commit b697cd8); threads, tf32: as "
+        "above.",
         "",
         _markdown(train),
         "## Training memory of the whole ResNet-18 relative to dense (scripts/benchmark_layers.py)",
@@ -444,7 +466,7 @@ def write_summary(folders: list[Path], out: Path, command: str) -> list[Path]:
         raise DatasetError(f"no folder {', '.join(missing)}: name folders that hold "
                            f"model-speed-*.json or train-throughput-*.json records")
     rows, train = model_speed(folders, columns=None), training_speed(folders)
-    model, memory = rows.reindex(columns=MODEL_COLUMNS), training_memory(rows)
+    model, memory = _tf32_where_it_applies(rows, MODEL_COLUMNS), training_memory(rows)
     if not len(model) and not len(train):
         looked = ", ".join(f"{pattern} ({writer})" for pattern, writer in RECORD_FILES.items())
         raise DatasetError(f"no speed records in {', '.join(map(str, folders)) or 'no folder'}: "

@@ -7,7 +7,8 @@ every producer, and publishing it) and the protocol's collection of records
 Producers write records here; ``basisconv.analysis`` reads them back and never needs the
 producers themselves. Everything is importable from ``basisconv.records``."""
 
-from .origin import (git_commit, hardware, timing_hardware, TF32_FLAGS, measured_on_cpu,
+from .origin import (git_commit, hardware, timing_hardware, TF32_FLAGS, tf32_name,
+                     measured_on_cpu,
                      device_name, commit_name,
                      hardware_name, threads_name, package_versions, timestamp, this_command,
                      HYDRA_VALUE_FLAGS, script_command,
@@ -19,7 +20,8 @@ from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, te
 from .runs import (RECORD, KINDS, RunRecord, write_record, read_record,
                    read_benchmark_record, is_recorded_table, REQUIRED, MEASURED,
                    LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
-                   unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name)
+                   unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name,
+                   amp_of_precision)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
                        set_aside_foreign_records, set_aside, table_key, set_aside_stale_records,
@@ -27,7 +29,8 @@ from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_proto
                        set_aside_unpublished_runs, SESSIONS, has_session_log, log_session,
                        read_sessions, unmerged_files, unmerged_problem)
 
-__all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "measured_on_cpu",
+__all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "tf32_name",
+           "measured_on_cpu",
            "device_name", "commit_name",
            "hardware_name", "threads_name", "package_versions", "timestamp", "this_command",
            "HYDRA_VALUE_FLAGS",
@@ -41,7 +44,7 @@ __all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "measured_
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
            "of_type",
            "missing_fields", "unwritable_folder", "publish", "refuse_other_kind", "KIND_WORDS",
-           "precision_name",
+           "precision_name", "amp_of_precision",
            "PROTOCOL_ROWS", "PROTOCOL_RECORDS",
            "SEED_FILE", "missing_protocol_runs", "protocol_slot", "misplaced",
            "search_table_found", "unusable", "made_by_profile", "set_aside_foreign_records",

@@ -151,9 +151,32 @@ def timing_hardware(hardware: dict, device: str | None = None, amp: str = "none"
     none: so keys and comparisons of those are as they were). The one list of them: the
     layer timings' cache key, a resumed run's warning."""
     fields = {k: hardware.get(k) for k in ("cpu", "cpu_capability", "gpu", "cuda", "cudnn")}
-    if amp == "none" and not measured_on_cpu(hardware, device):
+    if tf32_applies(hardware, device, amp):
         fields.update({k: hardware[k] for k in TF32_FLAGS if k in hardware})
     return fields
+
+
+def tf32_applies(hardware: dict, device: str | None = None, amp: str | None = "none") -> bool:
+    """Whether the TF32 flags change what runs on ``device`` (as for :func:`measured_on_cpu`)
+    at ``trainer.amp`` ``amp``: float32 on a GPU (bf16 and fp16 do not compute in float32,
+    a CPU has no TF32)."""
+    return amp == "none" and not measured_on_cpu(hardware, device)
+
+
+def tf32_name(hardware: dict, device: str | None = None, amp: str | None = "none") -> str | None:
+    """Whether a float32 GPU measurement could run in TF32, as tables say it: ``on`` (cuDNN's
+    convolutions and the matmuls both), ``convs`` (cuDNN's convolutions alone: torch's
+    default), ``matmuls`` (the matmuls alone), ``off`` (neither); "-" for a record from
+    before :func:`hardware` kept the flags (commit 1c3199a). ``None`` where they change
+    nothing that runs (:func:`tf32_applies`). The fused Triton convolution follows cuDNN's
+    flag too (``kernels/triton_conv.py``)."""
+    if not tf32_applies(hardware, device, amp):
+        return None
+    convs, matmuls = hardware.get("cudnn_allow_tf32"), hardware.get("cuda_matmul_allow_tf32")
+    if not (isinstance(convs, bool) and isinstance(matmuls, bool)):
+        return "-"
+    return {(True, True): "on", (True, False): "convs", (False, True): "matmuls",
+            (False, False): "off"}[convs, matmuls]
 
 
 def measured_on_cpu(hardware: dict, device: str | None = None) -> bool:

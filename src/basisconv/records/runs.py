@@ -33,6 +33,11 @@ def precision_name(amp: str) -> str:
     return "fp32" if amp == "none" else amp
 
 
+def amp_of_precision(precision: str | None) -> str | None:
+    """:func:`precision_name`'s inverse: the ``trainer.amp`` a record's ``precision`` says."""
+    return "none" if precision == "fp32" else precision
+
+
 @dataclass
 class RunRecord:
     """The record of one producer's run: what it was (``kind``, the resolved ``config``),
