@@ -2,7 +2,8 @@
 (:mod:`.origin`: commit, machine, versions, command), how its files are written
 (:mod:`.files`: folders, locks, atomic writes), the run record (:mod:`.runs`: one type for
 every producer, and publishing it) and the protocol's collection of records
-(:mod:`.protocol`).
+(:mod:`.protocol`), with the log of its sessions (:mod:`.sessions`) and the check that no
+git merge was left unfinished in its results (:mod:`.unmerged`).
 
 Producers write records here; ``basisconv.analysis`` reads them back and never needs the
 producers themselves. Everything is importable from ``basisconv.records``."""
@@ -26,8 +27,9 @@ from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_proto
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
                        set_aside_foreign_records, set_aside, table_key, set_aside_stale_records,
                        set_aside_run_folder, set_aside_runs_of_other_tables,
-                       set_aside_unpublished_runs, SESSIONS, has_session_log, log_session,
-                       read_sessions, unmerged_files, unmerged_problem)
+                       set_aside_unpublished_runs)
+from .sessions import SESSIONS, has_session_log, log_session, read_sessions
+from .unmerged import unmerged_files, unmerged_problem
 
 __all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "tf32_name",
            "measured_on_cpu",
