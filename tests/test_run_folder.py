@@ -1998,8 +1998,44 @@ def test_a_stop_while_wandb_is_sent_the_start_still_ends_its_wandb_run(tmp_path,
     fake_wandb.Run = run
     with pytest.raises(Stopped) as err:  # said in one line (not an AttributeError)
         fit(cfg, tmp_path)
-    assert str(err.value).startswith(f"the run in {tmp_path} stopped")
+    # before this start's first epoch, as a stop in wandb.init is (found in a later review:
+    # one as the summary was sent said "stopped during epoch 1 ..., before its first
+    # checkpoint", with no epoch begun)
+    if when == "as its summary is sent":
+        assert str(err.value).startswith(f"the run in {tmp_path} stopped before its first "
+                                         f"epoch (")
+    else:
+        assert str(err.value).startswith(f"the run in {tmp_path} stopped while resuming, "
+                                         f"before epoch 2; its checkpoint of epoch 1 is kept")
     assert fake_wandb.runs[-1].finished == [1]  # ended, and marked failed
+
+
+@pytest.mark.parametrize("stop, opened", [(KeyboardInterrupt, False), ("sigterm", True)],
+                         ids=["ctrl-c before wandb opened its run", "sigterm after"])
+def test_a_stop_inside_wandb_init_is_said_as_any_stop_and_ends_the_run_it_opened(
+        tmp_path, repo, fake_wandb, stop, opened):
+    """Found in review: a stop (Ctrl-C, SIGTERM) late in ``wandb.init``, once wandb had made
+    its new run the current one (``wandb.run``) but before init returned it, left that run
+    open: the tracker never held it to end it, and the next ``wandb.init`` in the process (a
+    notebook's next run, with reinit="finish_previous") ended it as finished. Either stop is
+    said in one line, as any stop before the first epoch, with its signal (exit 130, 143)."""
+    from basisconv.errors import Stopped
+
+    cfg = compose_tiny(repo, "logger.mode=offline")
+
+    def init(**kwargs):
+        if opened:  # as wandb's init stopped after it set its global run
+            fake_wandb.run = FakeRun(fake_wandb, kwargs)
+            fake_wandb.runs.append(fake_wandb.run)
+        raise Stopped(signal.SIGTERM) if stop == "sigterm" else stop()
+
+    fake_wandb.init = init
+    with pytest.raises(Stopped) as err:
+        fit(cfg, tmp_path)
+    assert err.value.signum == (signal.SIGTERM if stop == "sigterm" else signal.SIGINT)
+    assert str(err.value).startswith(f"the run in {tmp_path} stopped before its first epoch")
+    assert [run.finished for run in fake_wandb.runs] == ([[1]] if opened else [])
+    assert not (tmp_path / "run.json").exists()  # no record claims a start it did not make
 
 
 def test_a_resume_from_a_record_older_than_a_set_up_field_compares_what_it_can(caplog):

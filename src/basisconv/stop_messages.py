@@ -45,9 +45,9 @@ def complete_run_message(cfg: DictConfig, output_dir: Path, stopped_while: str =
     return message
 
 
-def stopped_before_training(cfg: DictConfig, output_dir: Path, checkpoint: dict | None) -> str:
-    """What a run stopped before its first epoch of this start tells the user."""
-    done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
+def stopped_before_training(cfg: DictConfig, output_dir: Path, done: int) -> str:
+    """What a run stopped before its first epoch of this start tells the user (``done``:
+    the epochs its checkpoint holds, 0 for a new run)."""
     if done == 0:
         return (f"the run in {output_dir} stopped before its first epoch (choosing its layers, "
                 f"reading its data or starting wandb); the same command starts it over")

@@ -50,12 +50,20 @@ class Tracker:
             # bounded waits: a lost network must not hang a run at its start or its end
             settings = wandb.Settings(init_timeout=logger_cfg.init_timeout_s,
                                       finish_timeout=logger_cfg.finish_timeout_s)
-            with _logging_errors_unsaid():
-                self.run = wandb.init(
-                    project=logger_cfg.project, entity=logger_cfg.entity,
-                    group=logger_cfg.group, tags=list(logger_cfg.tags), name=name,
-                    config=config, dir=str(output_dir), mode=logger_cfg.mode,
-                    reinit="finish_previous", settings=settings, **same_run)
+            current = wandb.run
+            try:
+                with _logging_errors_unsaid():
+                    self.run = wandb.init(
+                        project=logger_cfg.project, entity=logger_cfg.entity,
+                        group=logger_cfg.group, tags=list(logger_cfg.tags), name=name,
+                        config=config, dir=str(output_dir), mode=logger_cfg.mode,
+                        reinit="finish_previous", settings=settings, **same_run)
+            except KeyboardInterrupt:
+                # a stop late in init, once wandb made its new run the current one: ended
+                # here, failed (the next wandb.init in this process ended it as finished)
+                self.run = wandb.run if wandb.run is not current else None
+                self.finish(failed=True)
+                raise
             # what the run record keeps about the wandb run, to find it again (an offline
             # run has no URL: asked for one, wandb warned so in every default run)
             mode = self.run.settings.mode

@@ -123,7 +123,8 @@ def where_memory_ran_out(cfg: DictConfig, output_dir: Path, training: Training |
     the fix changes what the run computes, so it makes a new run; where this one stopped,
     and how it goes on as it is (memory another process held, since freed)."""
     where = (training.stop_message() if training is not None
-             else stop_messages.stopped_before_training(cfg, output_dir, checkpoint))
+             else stop_messages.stopped_before_training(cfg, output_dir,
+                                                         epochs_in(checkpoint)))
     return f"each starts a new run (a run resumes only with its own settings); {where}"
 
 
@@ -138,10 +139,16 @@ def start_training(cfg: DictConfig, config: dict, output_dir: Path,
         if isinstance(err, Stopped) and str(err):  # it says where it stopped
             raise
         with stops_let_go():
-            message = stop_messages.stopped_before_training(cfg, output_dir, checkpoint)
+            message = stop_messages.stopped_before_training(cfg, output_dir,
+                                                            epochs_in(checkpoint))
             reason = distributed.peer_failure_in(err)  # (torchrun's SIGTERM)
         raise Stopped(getattr(err, "signum", signal.SIGINT),
                       f"{reason}; {message}" if reason else message) from None
+
+
+def epochs_in(checkpoint: dict | None) -> int:
+    """The epochs a run resumed from ``checkpoint`` has done (none for a new run)."""
+    return len(checkpoint["record"]["epochs"]) if checkpoint else 0
 
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
@@ -196,7 +203,7 @@ class Training:
 
         # Dense warm-up: the model turns into basis form at the end of epoch
         # `dense_warmup_epochs`, before that epoch's checkpoint, which so already holds it.
-        done = len(checkpoint["record"]["epochs"]) if checkpoint else 0
+        done = epochs_in(checkpoint)
         self.pending_conversion = converts_later(cfg) and done < cfg.basis.dense_warmup_epochs
         self.layers, made_from = layers_to_convert(cfg, checkpoint)
         if self.pending_conversion:
@@ -380,6 +387,7 @@ class Training:
         failed = True
         self.saved_epochs = len(results["epochs"])
         self.last_checkpoint = monotonic()
+        self.epochs_begun = False  # a stop before them (the start's summary) trained nothing
         try:
             try:
                 # What scripts/analyze.py source=wandb needs to rebuild the run record (in
@@ -388,6 +396,7 @@ class Training:
                 self.tracker.summary(wandb_provenance(record.provenance))
                 log.info("%5s %10s %9s %9s %8s %9s %8s", "epoch", "train_loss", "train_acc",
                          "test_loss", "test_acc", "lr", "time_s")
+                self.epochs_begun = True
                 for epoch in range(len(results["epochs"]) + 1, trainer.epochs + 1):
                     self.train_epoch(epoch, record)
                 failed = False
@@ -544,6 +553,9 @@ class Training:
 
     def stop_message(self) -> str:
         """What an interrupted run tells the user: where it stopped, how to go on."""
+        if not self.epochs_begun:  # as a stop while the run was built (start_training)
+            return stop_messages.stopped_before_training(self.cfg, self.output_dir,
+                                                         self.saved_epochs)
         return stop_messages.stop_message(self.cfg, self.output_dir, self.saved_epochs,
                                           len(self.results["epochs"]))
 
