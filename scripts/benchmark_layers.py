@@ -24,8 +24,8 @@ from basisconv.bench.layers import TARGET_SLACK, SpeedOptions
 from basisconv.bench.speed_run import measured_rows, run
 from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.errors import DatasetError
+from basisconv.execution import AMP_DTYPES
 from basisconv.kernels import COMBINE_MODES
-from basisconv.loop import AMP_DTYPES
 from basisconv.records import script_command
 
 RESULTS = results_folder(__file__)

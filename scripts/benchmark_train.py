@@ -20,8 +20,8 @@ from pathlib import Path
 from basisconv.bench.train import ThroughputOptions, record_folder, run
 from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.config import COMPILE_MODES
+from basisconv.execution import AMP_DTYPES
 from basisconv.kernels import COMBINE_MODES
-from basisconv.loop import AMP_DTYPES
 from basisconv.records import precision_name, script_command
 
 RESULTS = results_folder(__file__)

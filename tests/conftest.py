@@ -134,7 +134,7 @@ def _global_state() -> dict:
 def _compile_limits() -> dict:
     import torch._dynamo as dynamo
 
-    from basisconv.loop import COMPILE_LIMITS
+    from basisconv.execution import COMPILE_LIMITS
     return {key: getattr(dynamo.config, key) for key in COMPILE_LIMITS}
 
 
@@ -173,8 +173,8 @@ def _restore_global_state(state: dict) -> None:
     if _compile_limits() != state["compile_limits"]:
         import torch._dynamo as dynamo
 
-        from basisconv import loop
-        loop._limits_before = None  # what a later producer saves is then torch's own
+        from basisconv import execution
+        execution._limits_before = None  # what a later producer saves is then torch's own
         for key, value in state["compile_limits"].items():
             setattr(dynamo.config, key, value)
     environ = state["environ"]  # e.g. CUBLAS_WORKSPACE_CONFIG set by deterministic training

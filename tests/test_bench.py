@@ -403,7 +403,7 @@ def test_layer_benchmark_flags_out_of_range_are_named(options, message):
 
 
 def test_the_benchmarks_name_a_device_this_torch_does_not_see(monkeypatch):
-    """The one device rule (loop.device_problem) in both benchmarks' words."""
+    """The one device rule (execution.device_problem) in both benchmarks' words."""
     from basisconv.bench.train import ThroughputOptions
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -600,7 +600,7 @@ def test_training_benchmark_profiles_the_steps_of_one_more_epoch(monkeypatch, tm
 
 def test_training_benchmark_runs_as_training_sets_up_and_leaves_the_callers_settings(
         monkeypatch, tmp_path):
-    # training runs with cudnn.benchmark on (loop.seed_everything); a benchmark without it
+    # training runs with cudnn.benchmark on (execution.seed_everything); a benchmark without it
     # would time cuDNN's heuristic algorithms on a GPU, not the ones training gets
     from basisconv.bench import train as bench_train
 

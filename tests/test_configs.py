@@ -18,10 +18,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import hydra_errors, loop, resuming
+from basisconv import execution, hydra_errors, resuming
 from basisconv.config_checks import validate
 from basisconv.errors import ConfigError
-from basisconv.loop import resolve_device
+from basisconv.execution import resolve_device
 from basisconv.models import list_models
 from basisconv.network import build_network
 from basisconv.sensitivity import choose_layers
@@ -1575,7 +1575,7 @@ def test_the_compiled_split_form_in_nchw_is_refused_at_the_start(compose_cfg):
 
 
 # The resume hints, Hydra's errors as one line and the device rule, where a mutation test
-# of resuming, hydra_errors and loop.device_problem found no test that failed
+# of resuming, hydra_errors and execution.device_problem found no test that failed
 class _SweepHydra:
     def __init__(self, cwd, sweep_dir):
         self.cfg = OmegaConf.create({"runtime": {"cwd": str(cwd)}, "sweep": {"dir": sweep_dir}})
@@ -1639,7 +1639,7 @@ def test_a_config_group_set_to_null_is_told_to_drop_the_override():
 def test_plain_cuda_is_valid_on_a_machine_with_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert loop.device_problem("cuda") is None
+    assert execution.device_problem("cuda") is None
 
 
 @pytest.mark.parametrize("overrides, said", [

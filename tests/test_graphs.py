@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from basisconv import graphs, loop
+from basisconv import execution, graphs, loop, optim
 from basisconv.data import TensorBatches
 from basisconv.models import build_model
 from basisconv.penalties import basis_penalty
@@ -51,8 +51,8 @@ def _train(model, device, graphed, *, extra_loss=None):
                             memory_format=torch.channels_last)
     tests = TensorBatches(test_images, test_labels, 16, train=False,
                           memory_format=torch.channels_last)
-    optimizer = loop.build_optimizer(model, TRAINER)
-    scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+    optimizer = optim.build_optimizer(model, TRAINER)
+    scheduler = optim.build_scheduler(optimizer, TRAINER, len(batches))
     stats = []
     for _ in range(TRAINER.epochs):
         stats.append(loop.train_one_epoch(model, batches, optimizer, scheduler,
@@ -256,12 +256,12 @@ def test_a_graphed_evaluation_needs_its_largest_batch_first():
 
 def test_cuda_graphs_apply_to_single_process_cuda_runs_only(caplog):
     trainer = OmegaConf.create({"cuda_graphs": True})
-    assert loop.use_cuda_graphs(trainer, torch.device("cuda"))
-    with caplog.at_level("INFO", logger="basisconv.loop"):
-        assert not loop.use_cuda_graphs(trainer, torch.device("cpu"))
+    assert execution.use_cuda_graphs(trainer, torch.device("cuda"))
+    with caplog.at_level("INFO", logger="basisconv.execution"):
+        assert not execution.use_cuda_graphs(trainer, torch.device("cpu"))
     assert "running eagerly" in caplog.text
-    assert not loop.use_cuda_graphs(OmegaConf.create({"cuda_graphs": False}),
-                                    torch.device("cuda"))
+    assert not execution.use_cuda_graphs(OmegaConf.create({"cuda_graphs": False}),
+                                         torch.device("cuda"))
 
 
 @pytest.mark.device
@@ -309,8 +309,8 @@ def test_an_epoch_synchronizes_the_gpu_a_fixed_number_of_times_not_per_step(devi
         images, labels = _data(device, 16 * steps, 7)
         batches = TensorBatches(images, labels, 16, train=True,
                                 memory_format=torch.channels_last)
-        optimizer = loop.build_optimizer(model, TRAINER)
-        scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+        optimizer = optim.build_optimizer(model, TRAINER)
+        scheduler = optim.build_scheduler(optimizer, TRAINER, len(batches))
         loop.train_one_epoch(model, batches, optimizer, scheduler, graphed=graphed)  # warm
         previous = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("warn")
@@ -349,8 +349,8 @@ def test_an_epoch_reads_its_metrics_back_once_not_per_step_on_any_device(device,
         batches = TensorBatches(images, labels, 16, train=True,
                                 memory_format=torch.channels_last)
         tests = TensorBatches(images, labels, 16, train=False, memory_format=torch.channels_last)
-        optimizer = loop.build_optimizer(model, trainer)
-        scheduler = loop.build_scheduler(optimizer, trainer, len(batches))
+        optimizer = optim.build_optimizer(model, trainer)
+        scheduler = optim.build_scheduler(optimizer, trainer, len(batches))
         penalty = basis_penalty(model, 5e-4, coefficient_l1=1e-3, frobenius_decay=True)
         skip = None if graphed else CoefficientSkipSchedule(model, 2)
         step = iter(range(steps))
@@ -390,8 +390,8 @@ def test_an_epochs_loss_and_accuracy_are_its_float32_sums_to_the_bit():
     batches = TensorBatches(images, labels, 16, train=True, seed=3,
                             memory_format=torch.channels_last)
     tests = TensorBatches(images, labels, 16, train=False, memory_format=torch.channels_last)
-    optimizer = loop.build_optimizer(model, TRAINER)
-    scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+    optimizer = optim.build_optimizer(model, TRAINER)
+    scheduler = optim.build_scheduler(optimizer, TRAINER, len(batches))
     train_labels = [y for _, y in TensorBatches(images, labels, 16, train=True, seed=3)]
     logits = []
     handle = model.register_forward_hook(lambda module, args, out: logits.append(out.detach()))
@@ -413,8 +413,8 @@ def test_an_epoch_reads_its_metrics_back_in_one_read(monkeypatch, phase):
     model = _model(torch.device("cpu"), basis=False)
     images, labels = _data("cpu", 32, 7)
     batches = TensorBatches(images, labels, 16, train=phase == "train", seed=3)
-    optimizer = loop.build_optimizer(model, TRAINER)
-    scheduler = loop.build_scheduler(optimizer, TRAINER, len(batches))
+    optimizer = optim.build_optimizer(model, TRAINER)
+    scheduler = optim.build_scheduler(optimizer, TRAINER, len(batches))
     counted = []
     with monkeypatch.context() as patch:
         for name in _VALUE_READS:

@@ -733,7 +733,7 @@ def test_the_training_recipe_is_said_to_be_ours_with_the_configs_values(repo):
     us), nor the one-cycle's shape. It says so, and each value it quotes is the configs'."""
     from omegaconf import OmegaConf
 
-    from basisconv import loop
+    from basisconv import optim
 
     recipe = (repo / "docs" / "experiments.md").read_text().split("## Training recipe")[1]
     paragraph = " ".join(recipe.strip().split("\n\n")[0].split())
@@ -745,9 +745,9 @@ def test_the_training_recipe_is_said_to_be_ours_with_the_configs_values(repo):
     assert trainer.weight_decay == 5e-4  # (quoted as the page writes it)
     for quoted in (f"Nesterov momentum {trainer.momentum:g}", "weight decay 5e-4",
                    f"peak lr {trainer.lr:g}", f"batch {paper.trainer.batch_size}",
-                   f"lr/{loop.ONECYCLE_START_DIVISOR:g} to the peak",
+                   f"lr/{optim.ONECYCLE_START_DIVISOR:g} to the peak",
                    f"first {100 * trainer.warmup_fraction:g} % of the steps",
-                   f"down to lr/{loop.ONECYCLE_END_DIVISOR:g}",
+                   f"down to lr/{optim.ONECYCLE_END_DIVISOR:g}",
                    f"{paper.trainer.epochs} epochs (the paper profile)"):
         assert quoted in paragraph, quoted
 

@@ -2116,14 +2116,14 @@ def test_the_pretraining_keeps_the_trainers_warm_up_and_a_fine_tune_has_none(
     """Found in review: with trainer.schedule=cosine the dense pretraining dropped
     trainer.warmup_fraction (meant for the fine-tune's short cosine only), so a table was
     re-estimated for a warm-up it never used."""
-    from basisconv import loop
+    from basisconv import optim
     from basisconv.probe import Probe
 
     cfg = compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.schedule=cosine",
                               "trainer.warmup_fraction=0.3", "sensitivity.finetune_epochs=1")
     warmups = []
-    build = loop.build_scheduler
-    monkeypatch.setattr(loop, "build_scheduler", lambda optimizer, recipe, steps: (
+    build = optim.build_scheduler
+    monkeypatch.setattr(optim, "build_scheduler", lambda optimizer, recipe, steps: (
         warmups.append((recipe.schedule, recipe.warmup_fraction))
         or build(optimizer, recipe, steps)))
     probe = Probe(cfg)

@@ -891,7 +891,7 @@ def test_the_optimizer_after_a_conversion_keeps_the_momentum_of_the_layers_left_
     # Found by audit: rebind_optimizer dropped every momentum buffer at the end of a dense
     # warm-up, also those of the norms, the head and the convs left dense, so a warm-up run
     # that converted no layer (only_where_saves) trained on differently from the dense run.
-    # Found on an H200: fused SGD (loop.build_optimizer's on CUDA) refused the step after the
+    # Found on an H200: fused SGD (optim.build_optimizer's on CUDA) refused the step after the
     # conversion, the new parameters having no buffer beside the others' (TypeError)
     torch.manual_seed(0)
     model = build_model("resnet8", width=0.5)

@@ -864,7 +864,7 @@ def test_the_step_uses_the_chosen_compile_mode_and_sgd_fused_only_on_cuda(tmp_pa
     gets (reduce-overhead: CUDA graphs), the compiled model sees one batch size per phase,
     and SGD is the fused kernel on CUDA only (CPU runs
     keep the default implementation, and so their numbers)."""
-    from basisconv import loop
+    from basisconv import optim
 
     modes, batch_sizes = [], set()
 
@@ -874,8 +874,8 @@ def test_the_step_uses_the_chosen_compile_mode_and_sgd_fused_only_on_cuda(tmp_pa
         return model
     monkeypatch.setattr(torch, "compile", compile)
     optimizers = []
-    real = loop.build_optimizer
-    monkeypatch.setattr(loop, "build_optimizer",
+    real = optim.build_optimizer
+    monkeypatch.setattr(optim, "build_optimizer",
                         lambda model, trainer: optimizers.append(real(model, trainer))
                         or optimizers[-1])
     cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
@@ -899,7 +899,7 @@ def test_a_resumed_optimizer_keeps_the_implementation_chosen_for_its_device():
     from omegaconf import OmegaConf
     from torch import nn
 
-    from basisconv import loop
+    from basisconv import optim
 
     trainer = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": True,
                                 "weight_decay": 5e-4})
@@ -907,8 +907,8 @@ def test_a_resumed_optimizer_keeps_the_implementation_chosen_for_its_device():
     saving = torch.optim.SGD(saved_model.parameters(), lr=0.05, momentum=0.9, fused=True)
     saved_model(torch.ones(4, 3)).sum().backward()
     saving.step()
-    resumed = loop.build_optimizer(model, trainer)
-    loop.load_optimizer_state(resumed, saving.state_dict())
+    resumed = optim.build_optimizer(model, trainer)
+    optim.load_optimizer_state(resumed, saving.state_dict())
     group, = resumed.param_groups
     assert group["fused"] is None and group["lr"] == 0.05
     assert torch.equal(resumed.state[model.weight]["momentum_buffer"],
@@ -1113,13 +1113,13 @@ def _trainer(**values):
 def test_fp16_on_a_cpu_is_said_to_be_slow(caplog, amp):
     # Found in review: fp16 autocast on a CPU without fp16 arithmetic ran a ResNet-8 step
     # about 30x slower than fp32 (bf16 ran faster), and nothing said so
-    from basisconv import loop
+    from basisconv import execution
 
     trainer = _trainer(threads=None, device="cpu", deterministic=False, channels_last=False,
                        amp=amp)
-    with loop.settings_restored(), torch.random.fork_rng(), \
+    with execution.settings_restored(), torch.random.fork_rng(), \
             caplog.at_level("WARNING", logger="basisconv"):
-        loop.setup(trainer, seed=0)
+        execution.setup(trainer, seed=0)
     assert ("trainer.amp=fp16 on CPU" in caplog.text) == (amp == "fp16")
 
 
@@ -1129,7 +1129,7 @@ def test_epoch_metrics_are_per_image_and_the_recorded_rate_is_the_epochs_first()
     (not the one the schedule has moved on to when the epoch ends)."""
     import math
 
-    from basisconv import loop
+    from basisconv import loop, optim
     from basisconv.data import TensorBatches
 
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8,
@@ -1138,8 +1138,8 @@ def test_epoch_metrics_are_per_image_and_the_recorded_rate_is_the_epochs_first()
     train = TensorBatches(images, labels, 10, train=True, seed=0)  # 4 full batches
     test = TensorBatches(images[:25], labels[:25], 10, train=False)  # 10 + 10 + 5
     model, trainer = _ZeroLogits(), _trainer()
-    optimizer = loop.build_optimizer(model, trainer)
-    scheduler = loop.build_scheduler(optimizer, trainer, len(train))
+    optimizer = optim.build_optimizer(model, trainer)
+    scheduler = optim.build_scheduler(optimizer, trainer, len(train))
     rates = []
     rows = [loop.run_epoch(epoch, model, train, test, optimizer, scheduler, trainer, None,
                            before_step=lambda: rates.append(optimizer.param_groups[0]["lr"]))
@@ -1160,7 +1160,7 @@ def test_the_trained_loss_is_smoothed_as_configured_and_the_evaluated_one_plain(
     not); the evaluation reports the plain cross-entropy."""
     import torch.nn.functional as F
 
-    from basisconv import loop
+    from basisconv import loop, optim
     from basisconv.data import TensorBatches
 
     class Favouring(_ZeroLogits):  # class 0 at logit 5 on every image
@@ -1172,8 +1172,8 @@ def test_the_trained_loss_is_smoothed_as_configured_and_the_evaluated_one_plain(
     labels = torch.zeros(20, dtype=torch.long)
     batches = TensorBatches(images, labels, 10, train=True, seed=0)
     model, trainer = Favouring(), _trainer(label_smoothing=0.2)
-    optimizer = loop.build_optimizer(model, trainer)
-    scheduler = loop.build_scheduler(optimizer, trainer, len(batches))
+    optimizer = optim.build_optimizer(model, trainer)
+    scheduler = optim.build_scheduler(optimizer, trainer, len(batches))
     row = loop.run_epoch(1, model, batches, TensorBatches(images, labels, 10, train=False),
                          optimizer, scheduler, trainer, None)
     logits = model(images.float())
@@ -1193,7 +1193,7 @@ def test_the_reported_loss_leaves_out_the_penalty_and_each_phase_runs_in_its_mod
     only a CUDA-graph run's comparison)."""
     import math
 
-    from basisconv import loop
+    from basisconv import loop, optim
     from basisconv.data import TensorBatches
 
     modes = []
@@ -1207,8 +1207,8 @@ def test_the_reported_loss_leaves_out_the_penalty_and_each_phase_runs_in_its_mod
     labels = torch.arange(20) % 10
     model, trainer = Recording(), _trainer()
     train = TensorBatches(images, labels, 10, train=True, seed=0)
-    optimizer = loop.build_optimizer(model, trainer)
-    scheduler = loop.build_scheduler(optimizer, trainer, len(train))
+    optimizer = optim.build_optimizer(model, trainer)
+    scheduler = optim.build_scheduler(optimizer, trainer, len(train))
     for epoch in (1, 2):
         row = loop.run_epoch(epoch, model, train, TensorBatches(images, labels, 10, train=False),
                              optimizer, scheduler, trainer, None,
@@ -1222,12 +1222,12 @@ def test_only_fp16_steps_scale_the_loss():
     """bf16 has float32's range: its scaler is a no-op, as without autocast (an enabled one
     would have refused bf16's CUDA-graphed steps, which cannot scale; found by a mutation
     test: scaling every autocast dtype failed no test)."""
-    from basisconv import loop
+    from basisconv import optim
 
     cpu = torch.device("cpu")
-    assert loop.grad_scaler(torch.float16, cpu).is_enabled()
-    assert not loop.grad_scaler(torch.bfloat16, cpu).is_enabled()
-    assert not loop.grad_scaler(None, cpu).is_enabled()
+    assert optim.grad_scaler(torch.float16, cpu).is_enabled()
+    assert not optim.grad_scaler(torch.bfloat16, cpu).is_enabled()
+    assert not optim.grad_scaler(None, cpu).is_enabled()
 
 
 def test_the_set_up_takes_the_trainers_thread_count_and_zero_leaves_torchs():
@@ -1235,11 +1235,12 @@ def test_the_set_up_takes_the_trainers_thread_count_and_zero_leaves_torchs():
     test, though the learning test's one thread is what makes it machine-independent)."""
     from omegaconf import OmegaConf
 
-    from basisconv import loop
+    from basisconv import execution
 
     def set_up(threads):
-        loop.setup(OmegaConf.create({"threads": threads, "device": "cpu", "deterministic": False,
-                                     "amp": "none", "channels_last": False}), 0)
+        execution.setup(OmegaConf.create({"threads": threads, "device": "cpu",
+                                          "deterministic": False, "amp": "none",
+                                          "channels_last": False}), 0)
         return torch.get_num_threads()
 
     torch.set_num_threads(2)  # (the fixtures of conftest.py put the count back)
@@ -1267,7 +1268,7 @@ def test_fp16_steps_scale_the_loss_so_that_small_gradients_still_train():
     scaling, gradients below 6e-8 flush to zero and their updates are lost (here: all of
     them). With the loop's scaler an fp16 step updates the weights as a float32 step does,
     to fp16 rounding; and fp16 without a scaler is refused, not run unscaled."""
-    from basisconv import loop
+    from basisconv import loop, optim
     from basisconv.data import TensorBatches
 
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8,
@@ -1279,34 +1280,34 @@ def test_fp16_steps_scale_the_loss_so_that_small_gradients_still_train():
 
     def one_step(amp_dtype):
         model = _Scaled()
-        optimizer = loop.build_optimizer(model, trainer)
-        scheduler = loop.build_scheduler(optimizer, trainer, len(batches))
+        optimizer = optim.build_optimizer(model, trainer)
+        scheduler = optim.build_scheduler(optimizer, trainer, len(batches))
         loop.train_one_epoch(model, batches, optimizer, scheduler, amp_dtype=amp_dtype,
-                             scaler=loop.grad_scaler(amp_dtype, cpu))
+                             scaler=optim.grad_scaler(amp_dtype, cpu))
         return model.linear.weight.detach()
 
     exact, half = one_step(None), one_step(torch.float16)
     assert exact.abs().max() > 0
     assert ((half - exact).norm() / exact.norm()) < 0.01
     model = _Scaled()
-    optimizer = loop.build_optimizer(model, trainer)
+    optimizer = optim.build_optimizer(model, trainer)
     with pytest.raises(ValueError, match="fp16 autocast needs a loss scaler"):
         loop.train_one_epoch(model, batches, optimizer,
-                             loop.build_scheduler(optimizer, trainer, len(batches)),
+                             optim.build_scheduler(optimizer, trainer, len(batches)),
                              amp_dtype=torch.float16)
 
 
 def test_the_optimizer_takes_the_trainers_sgd_settings():
     """lr, momentum, Nesterov and weight decay reach SGD as ``trainer`` sets them;
     Nesterov without momentum (which SGD refuses) is plain SGD."""
-    from basisconv import loop
+    from basisconv import optim
 
     model = torch.nn.Linear(2, 2)
-    group = loop.build_optimizer(model, _trainer(lr=0.3, weight_decay=5e-4)).param_groups[0]
+    group = optim.build_optimizer(model, _trainer(lr=0.3, weight_decay=5e-4)).param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == \
         (0.3, 0.9, True, 5e-4)
-    assert loop.build_optimizer(model, _trainer(nesterov=False)).param_groups[0]["nesterov"] is False
-    plain = loop.build_optimizer(model, _trainer(momentum=0.0)).param_groups[0]
+    assert optim.build_optimizer(model, _trainer(nesterov=False)).param_groups[0]["nesterov"] is False
+    plain = optim.build_optimizer(model, _trainer(momentum=0.0)).param_groups[0]
     assert (plain["momentum"], plain["nesterov"]) == (0.0, False)
 
 
@@ -1316,13 +1317,13 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     then anneals to zero after the last step (also without a warm-up, as the sensitivity
     fine-tunes run it). A schedule counted one epoch too long, or a cosine whose length
     ignores the warm-up, ends the run well above these."""
-    from basisconv import loop
+    from basisconv import optim
 
     def rates(schedule, warmup):
         trainer = _trainer(schedule=schedule, warmup_fraction=warmup)
         model = torch.nn.Linear(2, 2)
-        optimizer = loop.build_optimizer(model, trainer)
-        scheduler = loop.build_scheduler(optimizer, trainer, steps_per_epoch=5)
+        optimizer = optim.build_optimizer(model, trainer)
+        scheduler = optim.build_scheduler(optimizer, trainer, steps_per_epoch=5)
         seen = []
         for _ in range(10):
             seen.append(optimizer.param_groups[0]["lr"])
@@ -1357,14 +1358,14 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
     for warmup, epochs in ((1 / 3, 3), (1 / 6, 6), (1e-7, 10_000_000), (0.01, 49),
                            (0.3 / 187, 187), (0.15, 2)):
         trainer = _trainer(warmup_fraction=warmup, epochs=epochs)
-        optimizer = loop.build_optimizer(torch.nn.Linear(2, 2), trainer)
-        loop.build_scheduler(optimizer, trainer, 1)
+        optimizer = optim.build_optimizer(torch.nn.Linear(2, 2), trainer)
+        optim.build_scheduler(optimizer, trainer, 1)
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01), (warmup, epochs)
     # a run of one step has no warm-up: it trained at its end, lr / 1000
     for schedule in ("onecycle", "cosine"):
         trainer = _trainer(schedule=schedule, epochs=1)
-        optimizer = loop.build_optimizer(torch.nn.Linear(2, 2), trainer)
-        loop.build_scheduler(optimizer, trainer, 1)
+        optimizer = optim.build_optimizer(torch.nn.Linear(2, 2), trainer)
+        optim.build_scheduler(optimizer, trainer, 1)
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1), schedule
 
 
@@ -1440,7 +1441,7 @@ def test_a_checkpoint_of_the_old_one_cycle_rule_is_not_resumed_under_the_new(tmp
     """Found in review: one-cycle without a warm-up anneals from lr now (torch's OneCycleLR
     began one step into its anneal); a run saved under the old rule took its state into
     the new LinearLR without a word, and followed neither rule to its end."""
-    from basisconv import loop
+    from basisconv import loop, optim
     from basisconv.errors import Stopped
 
     cfg = config(repo, TINY_STRIPES + ["trainer.epochs=2", "trainer.warmup_fraction=0"])
@@ -1458,7 +1459,7 @@ def test_a_checkpoint_of_the_old_one_cycle_rule_is_not_resumed_under_the_new(tmp
 
     with monkeypatch.context() as old:
         old.setattr(loop, "run_epoch", stopped_in_epoch_two)
-        old.setattr(loop, "build_scheduler", old_rule)
+        old.setattr(optim, "build_scheduler", old_rule)
         with pytest.raises(Stopped):
             fit(cfg, tmp_path)
     with pytest.raises(ConfigError, match="saved under the one-cycle schedule of an earlier "
@@ -1523,7 +1524,7 @@ def test_a_stop_in_flight_is_not_replaced_by_restoring_the_settings(monkeypatch)
     143). The settings are still restored when nothing is in flight."""
     import signal
 
-    from basisconv import loop
+    from basisconv import execution
     from basisconv.errors import Stopped
 
     def broken(*args, **kwargs):
@@ -1532,13 +1533,13 @@ def test_a_stop_in_flight_is_not_replaced_by_restoring_the_settings(monkeypatch)
     threads = torch.get_num_threads()
     try:
         with pytest.raises(Stopped):
-            with loop.settings_restored():
+            with execution.settings_restored():
                 torch.set_num_threads(max(1, threads - 1) if threads > 1 else 2)
                 monkeypatch.setattr(torch, "use_deterministic_algorithms", broken)
                 raise Stopped(signal.SIGTERM)
         assert torch.get_num_threads() == threads  # restored before the failing call
         monkeypatch.undo()
-        with loop.settings_restored():
+        with execution.settings_restored():
             torch.set_num_threads(max(1, threads - 1) if threads > 1 else 2)
         assert torch.get_num_threads() == threads
     finally:
@@ -1549,17 +1550,17 @@ def test_a_deterministic_producer_leaves_no_cublas_workspace_setting_behind(monk
     """Found in review: ``CUBLAS_WORKSPACE_CONFIG``, set for a deterministic run, stayed in
     the caller's environment (every torch setting was put back); a value of the user's own
     is kept as it was."""
-    from basisconv import loop
+    from basisconv import execution
 
     for before in (None, ":16:8"):
         if before is None:
-            monkeypatch.delenv(loop.CUBLAS_WORKSPACE, raising=False)
+            monkeypatch.delenv(execution.CUBLAS_WORKSPACE, raising=False)
         else:
-            monkeypatch.setenv(loop.CUBLAS_WORKSPACE, before)
-        with loop.settings_restored(), torch.random.fork_rng():
-            loop.seed_everything(0, deterministic=True)
-            assert os.environ[loop.CUBLAS_WORKSPACE] == (before or ":4096:8")
-        assert os.environ.get(loop.CUBLAS_WORKSPACE) == before
+            monkeypatch.setenv(execution.CUBLAS_WORKSPACE, before)
+        with execution.settings_restored(), torch.random.fork_rng():
+            execution.seed_everything(0, deterministic=True)
+            assert os.environ[execution.CUBLAS_WORKSPACE] == (before or ":4096:8")
+        assert os.environ.get(execution.CUBLAS_WORKSPACE) == before
 
 
 def test_every_model_a_producer_compiles_is_compiled_and_the_limits_are_put_back(monkeypatch):
@@ -1573,7 +1574,7 @@ def test_every_model_a_producer_compiles_is_compiled_and_the_limits_are_put_back
     from omegaconf import OmegaConf
     from torch._dynamo.utils import counters
 
-    from basisconv import loop
+    from basisconv import execution
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
 
@@ -1591,9 +1592,9 @@ def test_every_model_a_producer_compiles_is_compiled_and_the_limits_are_put_back
     limit = torch._dynamo.config.recompile_limit
     trainer = OmegaConf.create({"compile": True, "compile_mode": "default"})
     try:
-        with loop.settings_restored():
+        with execution.settings_restored():
             for depth in range(1, 9):  # 16 graphs: training and evaluation each
-                model = loop.compiled(Net(depth), trainer)
+                model = execution.compiled(Net(depth), trainer)
                 model.train()(torch.randn(3, 4))
                 model.eval()(torch.randn(3, 4))
         assert counters["stats"]["unique_graphs"] == 16
@@ -1605,12 +1606,12 @@ def test_every_model_a_producer_compiles_is_compiled_and_the_limits_are_put_back
 def test_a_one_step_one_cycle_run_builds_its_schedule():
     """Found in review: forcing a one-step warm-up made a run of one step in all loop
     forever (nextafter(1.0, 1.0) is 1.0); it trains its step, as before."""
-    code = ("import torch; from omegaconf import OmegaConf; from basisconv import loop\n"
+    code = ("import torch; from omegaconf import OmegaConf; from basisconv import optim\n"
             "t = OmegaConf.create(dict(epochs=1, lr=0.1, schedule='onecycle', "
             "warmup_fraction=0.15, momentum=0.9, nesterov=True, weight_decay=5e-4, "
             "fused_optimizer=False))\n"
             "o = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)\n"
-            "loop.build_scheduler(o, t, 1); print('built')")
+            "optim.build_scheduler(o, t, 1); print('built')")
     import basisconv
 
     src = os.path.dirname(os.path.dirname(basisconv.__file__))
@@ -1657,12 +1658,12 @@ def test_the_recipe_says_what_weight_decay_applies_to_and_what_best_test_accurac
     a basis layer's factors: a penalty the dense layer's single weight does not get) and
     every record and comparison CSV has ``best_test_accuracy``, a maximum picked on the
     test set; the pages said neither."""
-    from basisconv import loop
+    from basisconv import optim
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     trainer = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": True,
                                 "weight_decay": 5e-4})
-    optimizer = loop.build_optimizer(model, trainer)
+    optimizer = optim.build_optimizer(model, trainer)
     assert all(g["weight_decay"] == 5e-4 for g in optimizer.param_groups)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 4  # batch norm's too
     recipe = (repo / "docs" / "experiments.md").read_text().split("## Training recipe")[1]
@@ -1774,11 +1775,11 @@ def test_deterministic_mode_sets_every_flag_it_needs_and_only_then(deterministic
     between runs; without it the autotuner is on (fixed CIFAR shapes). (Found by a mutation
     test: the autotuner left on in deterministic mode failed no test; on a CPU it changes
     nothing, so only the flags can tell.)"""
-    from basisconv import loop
+    from basisconv import execution
 
     cudnn = torch.backends.cudnn
-    with loop.settings_restored(), torch.random.fork_rng():
-        loop.seed_everything(0, deterministic)
+    with execution.settings_restored(), torch.random.fork_rng():
+        execution.seed_everything(0, deterministic)
         assert torch.are_deterministic_algorithms_enabled() is deterministic
         assert cudnn.deterministic is deterministic
         assert cudnn.benchmark is (not deterministic)
@@ -1858,7 +1859,7 @@ def test_each_step_follows_its_own_batchs_gradient():
     test of the loop either took one step or compared two runs that both summed)."""
     import torch.nn.functional as F
 
-    from basisconv import loop
+    from basisconv import loop, optim
     from basisconv.data import TensorBatches
 
     images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8,
@@ -1872,9 +1873,9 @@ def test_each_step_follows_its_own_batchs_gradient():
     model = torch.nn.Linear(3 * 4 * 4, 10)
     start = [p.detach().clone() for p in model.parameters()]
     trainer = _trainer(lr=0.5, momentum=0.0, nesterov=False, epochs=1, schedule="constant")
-    optimizer = loop.build_optimizer(model, trainer)
+    optimizer = optim.build_optimizer(model, trainer)
     loop.train_one_epoch(torch.nn.Sequential(torch.nn.Flatten(), model), batches(), optimizer,
-                         loop.build_scheduler(optimizer, trainer, 2))
+                         optim.build_scheduler(optimizer, trainer, 2))
     weight, bias = (p.detach().clone().requires_grad_() for p in start)
     for x, y in batches():
         loss = F.cross_entropy(F.linear(x.flatten(1), weight, bias), y)
@@ -1894,7 +1895,7 @@ def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_halves()
     at 32768, trains (found by a mutation test: the scaler's ``update`` dropped failed no
     test; the scale then never backs off, and an fp16 run skips every step after its first
     overflow, training nothing, with no error)."""
-    from basisconv import loop
+    from basisconv import loop, optim
     from basisconv.data import TensorBatches
 
     images = torch.full((16, 3, 4, 4), 255, dtype=torch.uint8)  # ~2 after standardizing
@@ -1903,10 +1904,10 @@ def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_halves()
     linear = torch.nn.Linear(3 * 4 * 4, 10, bias=False)
     torch.nn.init.zeros_(linear.weight)
     trainer = _trainer(lr=0.01, momentum=0.0, nesterov=False, epochs=1, schedule="constant")
-    optimizer = loop.build_optimizer(linear, trainer)
-    scaler = loop.grad_scaler(torch.float16, torch.device("cpu"))
+    optimizer = optim.build_optimizer(linear, trainer)
+    scaler = optim.grad_scaler(torch.float16, torch.device("cpu"))
     loop.train_one_epoch(torch.nn.Sequential(torch.nn.Flatten(), linear), batches, optimizer,
-                         loop.build_scheduler(optimizer, trainer, 2), amp_dtype=torch.float16,
+                         optim.build_scheduler(optimizer, trainer, 2), amp_dtype=torch.float16,
                          scaler=scaler)
     assert scaler.get_scale() == 32768.0
     assert linear.weight.abs().max() > 0  # the second step trained

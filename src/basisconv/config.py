@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .data import NUM_CLASSES
-from .loop import AMP_DTYPES
+from .execution import AMP_DTYPES
 from .selection_checks import SelectionConfig
 
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from . import loop
+from . import execution, loop, optim
 from .checkpoint import load_source_weights
 from .data import TensorBatches, prepare_data, stratified_subset
 from .errors import TrainingDiverged, WorkerFailed
@@ -90,9 +90,9 @@ class Probe:
         same settings (:mod:`basisconv.progress`): a stopped estimate resumes there."""
         self.cfg, trainer = cfg, cfg.trainer
         self.seed = cfg.sensitivity.seed
-        self.runtime = loop.setup(trainer, self.seed)
+        self.runtime = execution.setup(trainer, self.seed)
         self.device, self.memory_format = self.runtime.device, self.runtime.memory_format
-        self.graphed = loop.use_cuda_graphs(trainer, self.device)
+        self.graphed = execution.use_cuda_graphs(trainer, self.device)
         data = prepare_data(cfg.data, self.seed)
         self.split = holdout_split(data.train_images, data.train_labels,
                                    cfg.sensitivity.val_size, self.seed)
@@ -153,9 +153,9 @@ class Probe:
         recipe = OmegaConf.merge(self.cfg.trainer, {
             "epochs": epochs, "lr": lr, "schedule": schedule, "warmup_fraction": warmup_fraction})
         batches = self.batches(train=True, seed=batch_seed)
-        optimizer = loop.build_optimizer(model, recipe)
-        scheduler = loop.build_scheduler(optimizer, recipe, len(batches))
-        scaler = loop.grad_scaler(self.runtime.amp_dtype, self.device)
+        optimizer = optim.build_optimizer(model, recipe)
+        scheduler = optim.build_scheduler(optimizer, recipe, len(batches))
+        scaler = optim.grad_scaler(self.runtime.amp_dtype, self.device)
         # a fine-tune decays a converted layer's weight as training would (frobenius_decay;
         # its L1 penalty is a training run's choice, not the estimate's)
         penalty = basis_penalty(model, recipe.weight_decay,

@@ -22,10 +22,12 @@ from .config import AMP, BASIS_INIT, COMPILE_MODES, GRAPHING_COMPILE_MODES
 from .counts import count_of, count_or_fraction_problem, is_int
 from .data import IMAGE_SHAPE, training_images
 from .errors import ConfigError, warn_once
+from .execution import device_problem
 from .fitting import FIT_MODES
 from .layer_options import check_basis_size
 from .layers import COMBINE_MODES
-from .loop import SCHEDULES, device_problem, graphed_fp16_problem
+from .loop import graphed_fp16_problem
+from .optim import SCHEDULES
 from .selection_checks import SENSITIVITY_POLICIES, check_selection
 
 log = logging.getLogger(__name__)

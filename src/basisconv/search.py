@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, loop
+from . import distributed, execution
 from .checkpoint import refuse_other_settings
 from .model_checks import check_search_size
 from .probe import Probe, difference_std, evaluate_many
@@ -56,7 +56,7 @@ def exhaustive_search(cfg: DictConfig, output_dir: str | Path) -> dict:
     distributed.refuse_torchrun("the exhaustive search (scripts/exhaustive_search.py)")
     output_dir = Path(output_dir)
     with say_the_work_is_kept(cfg, "the exhaustive search"):
-        with folder_lock(output_dir, what="exhaustive search"), loop.settings_restored():
+        with folder_lock(output_dir, what="exhaustive search"), execution.settings_restored():
             refuse_other_kind(output_dir, "exhaustive_search", "the exhaustive search")
             # (the selection's keys but its metric are unread here: unread_search_selection)
             refuse_other_settings(OmegaConf.to_container(cfg, resolve=True), output_dir,

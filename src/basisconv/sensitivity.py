@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, loop, progress
+from . import distributed, execution, progress
 from .candidates import dense_totals, layer_savings
 from .checkpoint import refuse_other_settings
 from .config import SEARCH_ONLY
@@ -213,7 +213,7 @@ def candidate_table(cfg: DictConfig, dense: nn.Module | None = None) -> pd.DataF
 
 def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     """Estimate the sensitivity table of ``cfg`` (no cache; see :func:`sensitivity_table`)."""
-    with loop.settings_restored():
+    with execution.settings_restored():
         return _estimate(cfg)
 
 
@@ -324,7 +324,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
     distributed.refuse_torchrun("the sensitivity estimate (scripts/sensitivity.py)")
     output_dir = Path(output_dir)
     with say_the_work_is_kept(cfg, "the sensitivity estimate"):
-        with folder_lock(output_dir, what="sensitivity run"), loop.settings_restored():
+        with folder_lock(output_dir, what="sensitivity run"), execution.settings_restored():
             refuse_other_kind(output_dir, "sensitivity", "the sensitivity estimate")
             # (the same estimate with another selection there only chooses anew from it;
             # the search's own keys are unread here)
@@ -334,7 +334,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
                                           *(f"sensitivity.{key}" for key in SEARCH_ONLY)))
             # in the run's threads, which its record then names (else it names the process's
             # default, not the threads a time budget's layers were timed on)
-            loop.use_threads(cfg.trainer)
+            execution.use_threads(cfg.trainer)
             return _run_sensitivity(cfg, output_dir)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, loop
+from . import distributed, execution
 from .data import IMAGE_SHAPE
 from .errors import ConfigError, one_line
 from .kernels import auto
@@ -176,8 +176,8 @@ def measure(cfg: DictConfig, names: list[str]) -> dict:
     trainer = cfg.trainer
     # (with combine=auto the basis forms choose theirs here, kept for the run's own calls;
     # but a record's auto_forms lists the layers the run ran, not every candidate timed)
-    with torch.random.fork_rng(), loop.settings_restored(), auto.not_the_runs():
-        runtime = loop.setup(trainer, cfg.seed)
+    with torch.random.fork_rng(), execution.settings_restored(), auto.not_the_runs():
+        runtime = execution.setup(trainer, cfg.seed)
         model = build_dense(cfg)
         converted = to_basis(copy.deepcopy(model), cfg, names, convert=False)
         runner = Runner(runtime.device, channels_last=trainer.channels_last, amp=trainer.amp)

@@ -27,7 +27,7 @@ import torch.nn as nn
 from .graphs import GraphedCall
 from .kernels.auto import round_order
 from .layers import conv_norm_act
-from .loop import AMP_DTYPES, memory_format, raise_compile_limits
+from .execution import AMP_DTYPES, memory_format, raise_compile_limits
 from .network import choose_forms_now
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
@@ -101,7 +101,7 @@ class Timer:
 
 class Runner:
     """How a module is run: device, memory format, autocast (``amp``: a key of
-    :data:`basisconv.loop.AMP_DTYPES`), optional torch.compile. It builds the timed calls:
+    :data:`basisconv.execution.AMP_DTYPES`), optional torch.compile. It builds the timed calls:
     an inference forward, and a training forward plus backward."""
 
     def __init__(self, device: str | torch.device, *, channels_last: bool = True,

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, loop, stop_messages
+from . import distributed, execution, loop, optim, stop_messages
 from .checkpoint import CHECKPOINT, checksum_path, save_checkpoint, saved_epoch_rows
 from .config import GRAPHING_COMPILE_MODES
 from .config_checks import validate
@@ -75,7 +75,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, *, validated: bool = False) -> 
             config = OmegaConf.to_container(cfg, resolve=True)
             checkpoint, record = resume_point(cfg, config, output_dir, holds_lock=first_rank)
             if record is None:
-                with loop.settings_restored(), memory_said(
+                with execution.settings_restored(), memory_said(
                         lambda: where_memory_ran_out(cfg, output_dir, training, checkpoint)):
                     training = start_training(cfg, config, output_dir, checkpoint)
                     record = training.run()
@@ -195,7 +195,7 @@ class Training:
                  checkpoint: dict | None):
         self.cfg, self.output_dir, trainer = cfg, output_dir, cfg.trainer
         auto.start_run()  # the record lists the combine=auto shapes of this run alone
-        runtime = loop.setup(trainer, cfg.seed, join_process_group=True)
+        runtime = execution.setup(trainer, cfg.seed, join_process_group=True)
         self.device, self.memory_format = runtime.device, runtime.memory_format
         self.amp_dtype = runtime.amp_dtype
         check_processes(cfg)
@@ -216,9 +216,9 @@ class Training:
                                              trainer.batch_size, augment=cfg.data, seed=cfg.seed)
         self.test_batches = runtime.batches(data.test_images, data.test_labels,
                                             trainer.eval_batch_size)
-        self.optimizer = loop.build_optimizer(self.model, trainer)
-        self.scaler = loop.grad_scaler(self.amp_dtype, self.device)
-        self.scheduler = loop.build_scheduler(self.optimizer, trainer, len(self.train_batches))
+        self.optimizer = optim.build_optimizer(self.model, trainer)
+        self.scaler = optim.grad_scaler(self.amp_dtype, self.device)
+        self.scheduler = optim.build_scheduler(self.optimizer, trainer, len(self.train_batches))
         self.record = RunRecord("training", config, results={
             "model": describe(self.model, batch=self.process_batch), "layers": self.layers,
             **made_from, "epochs": [], "final": None, "wandb": None})
@@ -251,13 +251,13 @@ class Training:
             # its momentum is matched to this model's parameters by position: weights that
             # fit under a parameter list that differs (a tensor that was a buffer, or
             # parameters in another order, in the version that saved it) do not
-            loop.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
+            optim.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         except (RuntimeError, ValueError) as err:
             raise ConfigError(
                 f"the checkpoint in {self.output_dir} does not fit the model this config "
                 f"builds ({one_line(err)[:300]}); resume it with the config it was made "
                 f"with, or start the run again with trainer.resume=false") from None
-        if not loop.scheduler_state_fits(self.scheduler, checkpoint["scheduler"]):
+        if not optim.scheduler_state_fits(self.scheduler, checkpoint["scheduler"]):
             raise ConfigError(
                 f"the checkpoint in {self.output_dir} was saved under the one-cycle schedule "
                 f"of an earlier version, which without a warm-up (or over one step) followed "
@@ -313,8 +313,8 @@ class Training:
             for row in self.results["model"]["basis_report"]:
                 if row["reconstruction_error"] is None:
                     row["reconstruction_error"] = fitted.get(row["name"])
-        self.step_model = loop.compiled(step_model, trainer)
-        self.graphed = loop.use_cuda_graphs(trainer, self.device)
+        self.step_model = execution.compiled(step_model, trainer)
+        self.graphed = execution.use_cuda_graphs(trainer, self.device)
         skip_every = self.cfg.basis.coefficient_update_every
         has_basis = bool(self.results["model"]["basis_layers"])
         self.skip_schedule = (CoefficientSkipSchedule(self.model, skip_every)

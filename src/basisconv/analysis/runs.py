@@ -55,7 +55,7 @@ def timing_setup(cfg: dict[str, Any], hardware: dict[str, Any]) -> str:
         parts.append(f"{hardware['processes']} processes")
     if trainer.get("compile"):
         parts.append(f"compiled ({trainer.get('compile_mode') or 'default'})")
-    # ignored off CUDA and under torchrun (loop.use_cuda_graphs): such runs ran eagerly, and
+    # ignored off CUDA and under torchrun (execution.use_cuda_graphs): such runs ran eagerly, and
     # are no set-up of their own
     if (trainer.get("cuda_graphs") and not measured_on_cpu(hardware, device)
             and not hardware.get("processes")):

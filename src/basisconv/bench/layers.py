@@ -50,7 +50,7 @@ from ..errors import ConfigError
 from ..layer_names import conv_layers
 from ..layer_options import resolve_num_basis
 from ..layers import BasisConv2d
-from ..loop import device_problem
+from ..execution import device_problem
 from ..models import build_model
 from ..records import precision_name
 from ..surgery import apply_basis

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ConfigError, DatasetError
 from ..kernels import auto
-from ..loop import seed_everything, settings_restored
+from ..execution import seed_everything, settings_restored
 from ..records import (RunRecord, file_digest, hardware_name, is_recorded_table,
                        precision_name, provenance, read_benchmark_record, threads_name,
                        write_record, write_text_atomic)

@@ -31,13 +31,13 @@ from ..cifar10 import TRAIN_IMAGES, load_cifar10
 from ..config import GRAPHING_COMPILE_MODES
 from ..data import TensorBatches
 from ..errors import ConfigError, DatasetError
+from ..execution import Runtime, compiled, device_problem, settings_restored, setup
 from ..layers import basis_layers
-from ..loop import (EpochStats, Runtime, build_optimizer, compiled, device_problem,
-                    grad_scaler, graphed_fp16_problem, settings_restored, setup,
-                    train_one_epoch)
+from ..loop import EpochStats, graphed_fp16_problem, train_one_epoch
 from ..kernels import auto
 from ..models import build_model, list_models
 from ..network import choose_forms_now
+from ..optim import build_optimizer, grad_scaler
 from ..penalties import basis_penalty
 from ..records import RunRecord, precision_name, provenance, write_record, write_text_atomic
 from ..surgery import apply_basis
