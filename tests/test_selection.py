@@ -1436,12 +1436,18 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
 
 
 @pytest.mark.parametrize("damage", ["config-text", "provenance-text", "no-dense",
-                                    "seconds-true"])
+                                    "seconds-true", "config-sensitivity-text",
+                                    "provenance-git-text", "provenance-commit-number",
+                                    "noise-std-text"])
 def test_a_cached_tables_record_of_the_wrong_shape_is_one_error_naming_the_fix(
         repo, tmp_path, monkeypatch, damage):
     """Found in review: a cached table's record with its key and checksum intact but a field
     missing or of another type (hand-edited) ended the reuse in an AttributeError trace
-    (a text config or provenance), and scripts/sensitivity.py in a KeyError ('dense')."""
+    (a text config or provenance), and scripts/sensitivity.py in a KeyError ('dense');
+    a level deeper too (found in a later review): a text config.sensitivity (read for the
+    noise repeats it was made with) or provenance.git, or a numeric commit (read for the
+    reuse line's commit), in an AttributeError or TypeError trace, and a text noise
+    spread in the search's TypeError after all its subsets."""
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
     cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none")
     sensitivity.run_sensitivity(cfg, tmp_path / "first")
@@ -1449,6 +1455,14 @@ def test_a_cached_tables_record_of_the_wrong_shape_is_one_error_naming_the_fix(
     record = json.loads(path.read_text())
     if damage == "no-dense":
         del record["dense"]
+    elif damage == "config-sensitivity-text":
+        record["config"] = {"sensitivity": "x"}
+    elif damage == "provenance-git-text":
+        record["provenance"]["git"] = "x"
+    elif damage == "provenance-commit-number":
+        record["provenance"]["git"] = {"commit": 5}
+    elif damage == "noise-std-text":
+        record["noise"] = {"accuracy_std": "x"}
     else:
         record[{"config-text": "config", "provenance-text": "provenance",
                 "seconds-true": "seconds"}[damage]] = True if damage == "seconds-true" else "x"

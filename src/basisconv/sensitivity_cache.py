@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from .cifar10 import expanded_root
 from .errors import ConfigError, WriteError, one_line
 from .network import architecture_digest
-from .records import (KIND_WORDS, commit_name, file_digest, git_commit, of_type, read_record,
-                      write_bytes_atomic, write_json_atomic)
+from .records import (ABSENT, KIND_WORDS, commit_name, field_at, file_digest, git_commit,
+                      of_type, read_record, write_bytes_atomic, write_json_atomic)
 from .selection import TABLE_FLOAT_FORMAT
 from .time_budget import readable_key
 
@@ -192,10 +192,16 @@ def cache(folder: Path, data: bytes, record: dict) -> None:
 #: The fields of an estimate's record (a cached table's, a published record's cache) that
 #: its readers take (the run's summary, the search, the reuse line), each with the types
 #: :func:`~basisconv.records.of_type` takes there (``None``: where an estimate writes a
-#: null); :data:`ESTIMATE_FIELDS` are those every estimate's record holds.
+#: null); a dotted name is a field inside a field (the noise repeats :func:`load_cached`
+#: reads in ``config.sensitivity``, the commit :func:`code_note` reads in
+#: ``provenance.git``, the spreads the search compares accuracies with), listed after it.
+#: :data:`ESTIMATE_FIELDS` are those every estimate's record holds.
 RECORD_FIELDS = {"dense": (dict,), "pretrained": (dict,), "reference": (dict,),
                  "provenance": (dict,), "seconds": (float,), "config": (dict, None),
-                 "noise": (dict, None), "drop_noise": (dict, None)}
+                 "noise": (dict, None), "drop_noise": (dict, None),
+                 "config.sensitivity": (dict,), "provenance.git": (dict,),
+                 "provenance.git.commit": (str, None), "noise.accuracy_std": (float,),
+                 "drop_noise.accuracy_std": (float,)}
 ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
 
 #: What every refusal of a cached table names as its fix.
@@ -208,7 +214,8 @@ def damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
     KeyError or AttributeError trace, the search after all its subsets)."""
     return [name for name in required if name not in record] + [
         name for name, kinds in RECORD_FIELDS.items()
-        if name in record and not any(of_type(record[name], kind) for kind in kinds)]
+        if (value := field_at(record, name)) is not ABSENT
+        and not any(of_type(value, kind) for kind in kinds)]
 
 
 def check_estimate_record(cfg: DictConfig, record: dict,

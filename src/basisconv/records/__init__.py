@@ -22,7 +22,7 @@ from .runs import (RECORD, KINDS, RunRecord, write_record, read_record,
                    read_benchmark_record, is_recorded_table, REQUIRED, MEASURED,
                    LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
                    unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name,
-                   amp_of_precision)
+                   amp_of_precision, ABSENT, field_at)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
                        set_aside_foreign_records, set_aside, table_key, set_aside_stale_records,
@@ -46,7 +46,7 @@ __all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "tf32_name
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
            "of_type",
            "missing_fields", "unwritable_folder", "publish", "refuse_other_kind", "KIND_WORDS",
-           "precision_name", "amp_of_precision",
+           "precision_name", "amp_of_precision", "ABSENT", "field_at",
            "PROTOCOL_ROWS", "PROTOCOL_RECORDS",
            "SEED_FILE", "missing_protocol_runs", "protocol_slot", "misplaced",
            "search_table_found", "unusable", "made_by_profile", "set_aside_foreign_records",

@@ -236,6 +236,22 @@ def is_measurement(value: Any) -> bool:
     return is_number(value) and math.isfinite(value) and value >= 0
 
 
+#: What :func:`field_at` gives for a field a record does not hold.
+ABSENT = object()
+
+
+def field_at(record: dict[str, Any], path: str) -> Any:
+    """The value of the dotted field ``path`` (``provenance.git.commit``) in ``record``;
+    :data:`ABSENT` where it is missing or a field it is inside is no mapping (which that
+    field's own check says)."""
+    value: Any = record
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return ABSENT
+        value = value[key]
+    return value
+
+
 def of_type(value: Any, kind: type | None) -> bool:
     """Whether ``value`` is of ``kind`` as a producer writes it: an ``int`` is no bool
     (JSON's ``true`` is an int to Python), a ``float`` any finite number (the schema takes
@@ -299,10 +315,8 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
     missing += [path for path in table_lacks(record) if "table" not in missing]
     if record.get("kind") in REQUIRED:
         for path, kind in PROVENANCE_TYPES.items():
-            node = record
-            for key in path.split("."):
-                node = node.get(key) if isinstance(node, dict) else None
-            if node is not None and not isinstance(node, kind) and path not in missing:
+            node = field_at(record, path)
+            if node not in (None, ABSENT) and not isinstance(node, kind) and path not in missing:
                 missing.append(path)
     return missing
 
