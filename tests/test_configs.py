@@ -1728,6 +1728,13 @@ def test_the_packages_own_name_for_the_basis_size_points_to_its_key(compose_cfg,
         validate(compose_cfg("+basis.num_basis=8"))
 
 
+def test_the_k_of_first_k_points_to_the_selection_count(compose_cfg):
+    """Found in review: ``selection.k=3`` (the k of ``selection=first_k``) was "did you mean
+    selection.seed?"."""
+    with pytest.raises(ConfigError, match=r"^selection.k \(did you mean selection.count\?\)"):
+        validate(compose_cfg("selection=first_k", "+selection.k=3"))
+
+
 @pytest.mark.parametrize("override, last", [("model=[resnet8,resnet20]", "resnet20"),
                                             ("selection=[all,none]", "none")])
 def test_a_config_group_given_a_list_of_its_configs_is_one_line_not_their_merge(
@@ -1745,6 +1752,37 @@ def test_a_config_group_given_a_list_of_its_configs_is_one_line_not_their_merge(
                                   f"one of its configs"), done.stderr
     assert f"-m {group}={options.strip('[]')}" in done.stderr and f"{group}={last}" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", [[], ["-m"]])
+def test_a_config_group_given_twice_is_one_line_not_the_last_alone(tmp_path, repo, flag,
+                                                                   script_starts):
+    """Found in the sweep review: two presets combined as ``experiment=basis_all
+    experiment=baseline`` trained the dense baseline alone (Hydra keeps the last choice of
+    a group), saying nothing of the first, as a list of them did before it was refused."""
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             [*flag, "profile=smoke", "logger=none", "experiment=basis_all",
+                              "experiment=baseline",
+                              f"hydra.{'sweep' if flag else 'run'}.dir={tmp_path}/run"],
+                             cwd=os.getcwd(), env={**os.environ, "WANDB_MODE": "disabled"},
+                             timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "experiment=basis_all and experiment=baseline: experiment is a config group " \
+           "given twice" in done.stderr, done.stderr
+    assert "-m experiment=basis_all,baseline" in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_group_given_twice_the_same_or_in_other_places_is_not_refused():
+    """The same config twice changes nothing, and a group put in two places (``@package``)
+    is two choices, not one made twice."""
+    from basisconv.hydra_errors import repeated_group_line
+
+    is_model = lambda group: group == "model"  # noqa: E731
+    assert repeated_group_line(["model=resnet8", "model=resnet8"], is_model) is None
+    assert repeated_group_line(["model=resnet8", "+model@extra=resnet20"], is_model) is None
+    assert repeated_group_line(["seed=0", "seed=1"], is_model) is None
+    assert repeated_group_line(["model=resnet8", "model=resnet20"], is_model)
 
 
 @pytest.mark.parametrize("override, key", [("+model@extra=[resnet8,resnet20]", "+model@extra"),

@@ -17,8 +17,9 @@ from .config import TrainConfig
 
 #: Keys by the names the package's own API and logs give them (``BasisConv2d(num_basis=)``,
 #: "num_basis=16 saves no compute"), which a closest spelling missed (basis.num_basis was
-#: "did you mean basis.combine?").
-OTHER_NAMES = {"basis.num_basis": "basis.size"}
+#: "did you mean basis.combine?"), and the k of the ``first_k``/``last_k`` policies' names
+#: (selection.k was "did you mean selection.seed?").
+OTHER_NAMES = {"basis.num_basis": "basis.size", "selection.k": "selection.count"}
 
 
 @functools.cache

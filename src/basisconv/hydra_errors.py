@@ -263,11 +263,8 @@ def listed_group_line(overrides: list[str], is_group: Callable[[str], bool]) -> 
     the one before, so the run silently took the last one's values (``is_group``: whether a
     key names a config group of the app; ``profile`` is a plain key of the analysis
     config)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:  # noqa: BLE001 - (Hydra says what it cannot parse itself)
+    parsed = parsed_overrides(overrides)
+    if parsed is None:
         return None
     for override in parsed:
         value = override.value()
@@ -279,6 +276,32 @@ def listed_group_line(overrides: list[str], is_group: Callable[[str], bool]) -> 
                     f"configs; a list merges them into one, the last one's values winning "
                     f"({key}={value[-1]} here): to run each, sweep them with -m "
                     f"{key}={options}; for one run, give one, e.g. {key}={value[-1]}")
+    return None
+
+
+def repeated_group_line(overrides: list[str], is_group: Callable[[str], bool]) -> str | None:
+    """One line for a config group chosen twice with different configs (``experiment=
+    basis_all experiment=baseline``, two presets meant to combine), or None: Hydra keeps
+    the last choice alone, so the run silently dropped the first (found in the sweep
+    review; in a sweep, ``-m`` kept the last too, a sweep of it included). A group in
+    another place (``+model@extra=``) is another choice."""
+    parsed = parsed_overrides(overrides)
+    if parsed is None:
+        return None
+    chosen: dict[tuple[str, str | None], Any] = {}
+    for override in parsed:
+        place = (override.key_or_group, override.package)
+        if override.is_delete() or not is_group(override.key_or_group):
+            continue
+        first = chosen.setdefault(place, override)
+        earlier, last = (o.input_line.split("=", 1)[1] for o in (first, override))  # as typed
+        if earlier != last:
+            key, group = override.get_key_element(), override.key_or_group
+            return (f"{first.input_line} and {override.input_line}: {group} is a config group "
+                    f"given twice, and the run would take the last one alone; to run each, "
+                    f"sweep them with -m {key}={earlier},{last}; for one run, give one, e.g. "
+                    f"{key}={last}, and set on the command line the keys you want of the "
+                    f"other")
     return None
 
 

@@ -24,7 +24,7 @@ from . import distributed
 from .checkpoint import CHECKPOINT, check_source_file
 from .errors import BasisconvError, ConfigError
 from .hydra_errors import (added_group_line, config_groups_of, interpolation_error_line,
-                           listed_group_line, typed_overrides)
+                           listed_group_line, repeated_group_line, typed_overrides)
 from .resuming import in_sweep
 
 #: Hydra's folder of a sweep in which no job runs, holding its ``multirun.yaml`` alone: the
@@ -69,6 +69,12 @@ def check_sweep_jobs(check: Callable[[Any], None],
                               "process per job (python, or hydra/launcher=slurm); nothing ran")
         if not batch:
             raise ConfigError(empty_sweep_line(self))
+        # (Hydra's sweeper keeps a key's last override alone: no job's overrides show both;
+        # unresolved, as a broken ${...} is named with its job below)
+        given = OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)
+        repeated = repeated_group_line(given, config_groups_of(self.hydra_context.config_loader))
+        if repeated is not None:
+            raise ConfigError(f"{repeated}; nothing ran")
         jobs, listed = [], {}
         for overrides in batch:
             cfg = checked_sweep_job(self, list(overrides), check, unread)
@@ -260,15 +266,17 @@ def check_one_config_per_group(overrides: list[str] | None = None,
                                is_group: Callable[[str], bool] | None = None) -> None:
     """A config group given a list of its configs (``model=[resnet8,resnet20]``, meant as a
     sweep): Hydra merges them into one config, the last one's values winning, so the run
-    trained ResNet-20 alone, silently. A :class:`ConfigError` naming the sweep to write
-    (:func:`~basisconv.hydra_errors.listed_group_line`)."""
+    trained ResNet-20 alone, silently; or given twice (``experiment=basis_all
+    experiment=baseline``), of which Hydra keeps the last. A :class:`ConfigError` naming the
+    sweep to write (:func:`~basisconv.hydra_errors.listed_group_line`,
+    :func:`~basisconv.hydra_errors.repeated_group_line`)."""
     if overrides is None:  # this job's (else a sweep job's, checked before the sweep)
         if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
             return  # (the benchmarks; a job in a launcher's own process)
         loader = GlobalHydra.instance().config_loader()
         overrides = typed_overrides()
         is_group = config_groups_of(loader)
-    line = listed_group_line(overrides, is_group)
+    line = listed_group_line(overrides, is_group) or repeated_group_line(overrides, is_group)
     if line is not None:
         raise ConfigError(line)
 
