@@ -269,6 +269,149 @@ def test_every_link_between_the_pages_resolves(repo):
     assert checked >= 20
 
 
+# ------------------------------------------------ the code the pages and docstrings name
+#: A code name as prose writes it: ``basisconv.loop.run_epoch``, ``surgery.apply_basis()``,
+#: ``.kernels.auto.choose`` (relative to the module it is written in), ``~`` for Sphinx's
+#: short form; a file (``train.py``) is a path, not a name.
+DOTTED_NAME = re.compile(r"~?(\.?(?:basisconv\.)?[a-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(\S*\))?")
+FILE_SUFFIX = re.compile(r"\.(py|sh|md|json|yaml|csv|tex|png|ipynb|txt|bin|pt)(\.|$)")
+ROLE_NAME = re.compile(r":(?:func|meth|class|data|attr|mod|exc|obj):`~?([\w.]+)(?:\(\))?`")
+
+
+def modules_by_own_name() -> dict[str, list[str]]:
+    """Each module of the package under its own name: ``runs`` is both
+    ``basisconv.analysis.runs`` and ``basisconv.records.runs``."""
+    import pkgutil
+
+    import basisconv
+
+    found = {"basisconv": ["basisconv"]}
+    for module in pkgutil.walk_packages(basisconv.__path__, "basisconv."):
+        found.setdefault(module.name.rsplit(".", 1)[1], []).append(module.name)
+    return found
+
+
+def schema_keys() -> set[str]:
+    """Every dotted key of the training and analysis configs (``data.root``,
+    ``selection.count``): prose that names one names a setting, not code, even where the
+    group shares a module's name (``data``, ``selection``, ``sensitivity``)."""
+    import dataclasses
+
+    from basisconv.config import AnalysisConfig, TrainConfig
+
+    def keys(schema, prefix: str = "") -> set[str]:
+        found = set()
+        for field in dataclasses.fields(schema):
+            nested = field.default_factory if dataclasses.is_dataclass(
+                field.default_factory) else None
+            found.add(prefix + field.name)
+            found |= keys(nested, f"{prefix}{field.name}.") if nested else set()
+        return found
+    return keys(TrainConfig) | keys(AnalysisConfig)
+
+
+def attribute_path_exists(module: str, attributes: list[str]) -> bool:
+    """``module.a.b`` exists: each part an attribute, or a submodule, of the one before."""
+    import importlib
+
+    try:
+        found = importlib.import_module(module)
+    except ImportError:
+        return False
+    for part in attributes:
+        if hasattr(found, part):
+            found = getattr(found, part)
+        elif isinstance(found, type(importlib)) and attribute_path_exists(
+                f"{found.__name__}.{part}", []):
+            found = importlib.import_module(f"{found.__name__}.{part}")
+        else:
+            return False
+    return True
+
+
+def a_class_has(module: str, attribute: str) -> bool:
+    """A class of ``module`` has ``attribute`` (a method named by its module,
+    ``probe.evaluate_layers``, or by itself in its module's docstrings)."""
+    import importlib
+
+    return any(isinstance(value, type) and attribute in vars(value)
+               for value in vars(importlib.import_module(module)).values())
+
+
+def code_name_exists(name: str, modules: dict[str, list[str]], here: str | None = None) -> bool:
+    """Whether a dotted name prose gives is there: ``basisconv.x.y``, ``x.y`` with ``x`` any
+    module of the package by its own name, or (in the package's ``here``) ``.x.y`` relative
+    to its package and a plain ``y`` of ``here`` itself or of one of its classes."""
+    import importlib
+
+    first, *rest = name.lstrip(".").split(".")
+    if name.startswith(".") and here:
+        package = here if hasattr(importlib.import_module(here), "__path__") \
+            else here.rsplit(".", 1)[0]
+        return attribute_path_exists(package, [first, *rest])
+    if first in modules:
+        return any(attribute_path_exists(module, rest)
+                   or len(rest) == 1 and a_class_has(module, rest[0])
+                   for module in modules[first])
+    if here is None:
+        return True  # not a name of ours
+    return (attribute_path_exists(here, [first, *rest]) or a_class_has(here, first)
+            or attribute_path_exists(first, rest))  # another library's (omegaconf's)
+
+
+def names_in_backquotes(text: str, modules: dict, keys: set[str]) -> list[str]:
+    """The dotted names of ours a text gives in backquotes, but the configs' keys (the
+    ``config.`` of a run record's too) and file names."""
+    found = []
+    for span in re.findall(r"`([^`\n]+)`", text):
+        for match in DOTTED_NAME.finditer(span):
+            name = match[1]
+            setting = name.removeprefix("config.")
+            if (match.start() and span[match.start() - 1] in "=/.*-$") \
+                    or span[match.end():match.end() + 1] in ("=", "*", "/") \
+                    or FILE_SUFFIX.search(name) or setting in keys \
+                    or name.lstrip(".").split(".")[0] not in modules:
+                continue
+            found.append(name)
+    return found
+
+
+def prose_naming_code(repo) -> list[tuple[str, str, str | None]]:
+    """(where, text, the module it is in) of what names the package's code: the pages, the
+    notebook's Markdown, the package's and the scripts' sources (their docstrings and
+    comments; a script is no module of the package)."""
+    cells = json.loads((repo / "notebooks" / "results.ipynb").read_text())["cells"]
+    found = [(str(page.relative_to(repo)), page.read_text(), None)
+             for page in documentation(repo)]
+    found += [("results.ipynb", "".join(cell["source"]), None) for cell in cells
+              if cell["cell_type"] == "markdown"]
+    found += [(path.name, path.read_text(), None)
+              for path in sorted((repo / "scripts").glob("*.py"))]
+    for path in sorted((repo / "src" / "basisconv").rglob("*.py")):
+        module = ".".join(path.relative_to(repo / "src").with_suffix("").parts)
+        found.append((str(path.relative_to(repo)), path.read_text(),
+                      module.removesuffix(".__init__")))
+    return found
+
+
+def test_every_code_name_the_pages_and_docstrings_give_exists(repo):
+    """Found in the review of the day's splits (``loop.py``, ``records/protocol.py``,
+    ``surgery.py``, ...): a name moved to another module stayed in the prose that pointed
+    to it (``layers.squared_norm_of_product`` in ``results/README.md``, now in
+    ``penalties``; ``:func:`apply_basis``` in modules ``surgery.py`` was split into).
+    Every backquoted ``module.name`` of ours on the pages, in the notebook and in the
+    package's and scripts' sources, and every ``:func:``-style reference there, resolves;
+    a Hydra key (``data.root``) or another library's name (``torch.nn.Conv2d``) is not one
+    of ours."""
+    modules, keys = modules_by_own_name(), schema_keys()
+    stale, checked = [], 0
+    for where, text, module in prose_naming_code(repo):
+        for name in names_in_backquotes(text, modules, keys) + ROLE_NAME.findall(text):
+            checked += 1
+            stale += [] if code_name_exists(name, modules, module) else [f"{where}: {name}"]
+    assert checked >= 900, checked
+    assert not stale, stale
+
 # --------------------------------------------------- the README's Hydra commands compose
 #: The config each documented script composes (``@hydra.main``'s config_name).
 SCRIPT_CONFIGS = {"train": "train", "sensitivity": "sensitivity",

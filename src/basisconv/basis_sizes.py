@@ -42,11 +42,11 @@ def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | N
                   only_where_saves: bool, combine: str, fuse_norm: bool,
                   coefficient_rank: int | None, fit: str, keys: Mapping[str, str]
                   ) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
-    """The selected layers that :func:`apply_basis` converts, with each one's basis size:
-    sized by ``max_error`` (:func:`_sizes_for_error`) or ``num_basis`` (:func:`_sizes_of`),
-    then those that save no compute left dense under ``only_where_saves`` (else warned of,
-    :func:`_where_it_saves`). Where that leaves none, a warning says the model returned has
-    no basis layer."""
+    """The selected layers that :func:`~basisconv.surgery.apply_basis` converts, with each
+    one's basis size: sized by ``max_error`` (:func:`_sizes_for_error`) or ``num_basis``
+    (:func:`_sizes_of`), then those that save no compute left dense under
+    ``only_where_saves`` (else warned of, :func:`_where_it_saves`). Where that leaves none,
+    a warning says the model returned has no basis layer."""
     key = keys["only_where_saves"]
     leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
                    f"set {key}=true") + " to leave such layers dense"
@@ -59,7 +59,7 @@ def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | N
     targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
     if selected and not targets and key == "only_where_saves":
         # (a count above every layer is refused in _sizes_of; a config's run says so itself,
-        # train.warn_if_dense; each layer's reason is logged at INFO, which a script of
+        # train.Training.warn_if_dense; each layer's reason is logged at INFO, which a script of
         # the Python API does not show)
         # (a bound is loosened, not shrunk: a tighter one gives larger bases)
         size, fix = ((f"max_error={max_error}", "give a larger max_error")

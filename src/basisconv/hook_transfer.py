@@ -79,9 +79,9 @@ def _retire(conv: nn.Module, name: str, weight_hooks: list[int],
             still_called=None) -> None:
     """Leave the replaced ``conv`` hook tables of its own (its weight hooks only) and a
     pre-hook that warns when it is still called (``still_called``: by default, the warning
-    for a conv replaced by a basis layer). Why: a model that reaches a conv through
-    a reference :func:`apply_basis` cannot see (a plain list or dict, not an
-    ``nn.ModuleList``/``ModuleDict``) would go on running the old dense conv, whose weights
+    for a conv replaced by a basis layer). Why: a model that reaches a conv through a
+    reference :func:`~basisconv.surgery.apply_basis` cannot see (a plain list or dict, not
+    an ``nn.ModuleList``/``ModuleDict``) would go on running the old dense conv, whose weights
     no optimizer sees any more, while ``parameters()`` and ``basis_report`` say it was
     converted; and with shared tables the user's hooks (``model_cost``'s too) fired on it
     under the converted layer's name."""

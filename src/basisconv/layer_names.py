@@ -112,9 +112,10 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
 
 def _resize_advice(model: nn.Module, names: Iterable[str]) -> str:
     """How to change the basis size of the basis layers ``names``: convert a dense copy of
-    the model. :func:`to_dense` makes every basis layer dense, so the model's others are
-    named, to convert again (found in review: the advice, followed for one layer, left the
-    rest dense without a word); converted at its size, each is fitted back to its weights."""
+    the model. :func:`~basisconv.surgery.to_dense` makes every basis layer dense, so the
+    model's others are named, to convert again (found in review: the advice, followed for
+    one layer, left the rest dense without a word); converted at its size, each is fitted
+    back to its weights."""
     named = set(names)
     others = [name for name in basis_layers(model) if name not in named]
     advice = "convert a dense copy of the model instead: apply_basis(to_dense(model), ...)"
