@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import execution, hydra_errors, resuming
+from basisconv import execution, hydra_errors, override_checks, resuming
 from basisconv.config_checks import validate
 from basisconv.errors import ConfigError
 from basisconv.execution import resolve_device
@@ -902,7 +902,7 @@ def test_a_broken_interpolation_in_a_sweep_names_its_key_and_job_before_any_job_
 def test_a_command_line_override_without_a_key_is_found_whatever_its_prefix():
     """``+=x`` and ``~=x`` add or delete nothing: reported as keyless before Hydra sees them
     (its own line for ``~=x`` is "Could not delete '=x'. No match in the defaults list")."""
-    from basisconv.hydra_errors import malformed_override
+    from basisconv.override_checks import malformed_override
 
     for arg in ("=3", "+=x", "++=x", "~=x"):
         assert malformed_override(["trainer.epochs=3", arg]) == arg
@@ -937,7 +937,7 @@ def test_a_value_given_in_the_wrong_place_is_pointed_to_its_key(tmp_path, repo, 
 def test_a_config_group_set_to_null_is_one_line_naming_its_configs(tmp_path, repo, script_starts):
     """Hydra said "Config group override must be a string or a list. Got NoneType",
     naming neither the group nor what to give."""
-    from basisconv.hydra_errors import group_value_override
+    from basisconv.override_checks import group_value_override
 
     assert group_value_override(["model.width=null", "seed=null", "trainer=default",
                                  "sensitivity.layers=[all]"]) is None
@@ -1632,7 +1632,7 @@ def test_a_misplaced_key_is_never_pointed_at_hydras_own(repo):
 
 
 def test_a_config_group_set_to_null_is_told_to_drop_the_override():
-    assert hydra_errors.group_value_override(["model=null"]).endswith(
+    assert override_checks.group_value_override(["model=null"]).endswith(
         "; drop the override for the default")
 
 
@@ -1776,7 +1776,7 @@ def test_a_config_group_given_twice_is_one_line_not_the_last_alone(tmp_path, rep
 def test_a_config_group_given_twice_the_same_or_in_other_places_is_not_refused():
     """The same config twice changes nothing, and a group put in two places (``@package``)
     is two choices, not one made twice."""
-    from basisconv.hydra_errors import repeated_group_line
+    from basisconv.override_checks import repeated_group_line
 
     is_model = lambda group: group == "model"  # noqa: E731
     assert repeated_group_line(["model=resnet8", "model=resnet8"], is_model) is None
@@ -1790,7 +1790,7 @@ def test_a_config_group_given_twice_the_same_or_in_other_places_is_not_refused()
 def test_a_listed_groups_advice_keeps_its_prefix_and_package(override, key):
     """Found in review: the advice dropped a ``+`` or ``@package`` from the key, so the
     sweep it named (``-m model=...``) chose another group's place than the one given."""
-    from basisconv.hydra_errors import listed_group_line
+    from basisconv.override_checks import listed_group_line
 
     line = listed_group_line([override], lambda group: group == "model")
     assert f"sweep them with -m {key}=resnet8,resnet20; for one run, give one, e.g. " \
@@ -1822,7 +1822,7 @@ def test_a_folder_with_an_edge_space_is_quoted_for_hydra():
 def test_a_config_group_given_a_list_of_one_config_is_not_refused():
     """Found in a mutation round: a list of one config merges nothing into it (Hydra loads
     that config), so only a list of two or more is refused."""
-    from basisconv.hydra_errors import listed_group_line
+    from basisconv.override_checks import listed_group_line
 
     assert listed_group_line(["model=[resnet8]"], lambda group: group == "model") is None
     assert listed_group_line(["model=[resnet8,resnet20]"], lambda group: group == "model")

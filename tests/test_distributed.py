@@ -543,23 +543,25 @@ def test_under_torchrun_only_rank_0_writes_the_hydra_files(monkeypatch, tmp_path
     ``hydra.yaml`` (seen in 6 of 8 tries with 2 gloo processes)."""
     from omegaconf import OmegaConf
 
-    from basisconv import cli
+    from basisconv import start_writes
 
     hydra = tmp_path / "run" / ".hydra"
     hydra.mkdir(parents=True)
     (hydra / "config.yaml").write_text("earlier: run\n")
-    monkeypatch.setattr(cli, "replaced", {})
-    monkeypatch.setattr(cli, "made_folders", {})
+    monkeypatch.setattr(start_writes, "replaced", {})
+    monkeypatch.setattr(start_writes, "made_folders", {})
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    cli.save_config_keeping_old(OmegaConf.create({"refused": "start"}), "config.yaml", hydra)
-    cli.save_config_keeping_old(OmegaConf.create({"hydra": 1}), "hydra.yaml", hydra)
+    start_writes.save_config_keeping_old(OmegaConf.create({"refused": "start"}), "config.yaml",
+                                         hydra)
+    start_writes.save_config_keeping_old(OmegaConf.create({"hydra": 1}), "hydra.yaml", hydra)
     assert (hydra / "config.yaml").read_text() == "earlier: run\n"
-    assert not (hydra / "hydra.yaml").exists() and not cli.replaced
+    assert not (hydra / "hydra.yaml").exists() and not start_writes.replaced
     monkeypatch.setenv("RANK", "0")  # rank 0 writes them, and puts them back when refused
-    cli.save_config_keeping_old(OmegaConf.create({"refused": "start"}), "config.yaml", hydra)
+    start_writes.save_config_keeping_old(OmegaConf.create({"refused": "start"}), "config.yaml",
+                                         hydra)
     assert "refused: start" in (hydra / "config.yaml").read_text()
-    cli.restore_replaced()
+    start_writes.restore_replaced()
     assert (hydra / "config.yaml").read_text() == "earlier: run\n"
 
 

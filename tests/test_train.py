@@ -328,7 +328,7 @@ def test_a_refused_starts_folder_is_kept_when_another_start_uses_it(tmp_path, mo
     """Found in review of the removal: a start refused in a folder that another start of
     the same second (the same dated name) had begun to use deleted that start's files.
     Kept: a folder another process holds, or whose .hydra/ another start rewrote."""
-    from basisconv import cli
+    from basisconv import start_writes
     from basisconv.records import folder_lock
 
     def made(name, config=b"seed: 0\n"):
@@ -336,23 +336,23 @@ def test_a_refused_starts_folder_is_kept_when_another_start_uses_it(tmp_path, mo
         (folder / ".hydra").mkdir(parents=True)
         (folder / ".hydra" / "config.yaml").write_bytes(config)
         (folder / "train.log").write_text("")
-        monkeypatch.setattr(cli, "made_folders", {folder: {"config.yaml": b"seed: 0\n"}})
+        monkeypatch.setattr(start_writes, "made_folders", {folder: {"config.yaml": b"seed: 0\n"}})
         return folder
 
     held = made("held")
     with folder_lock(held):  # (a lock of another open file: another process's, to flock)
-        cli.remove_made_folders()
+        start_writes.remove_made_folders()
     assert (held / ".hydra" / "config.yaml").exists()
     rewritten = made("rewritten", config=b"seed: 1\n")
-    cli.remove_made_folders()
+    start_writes.remove_made_folders()
     assert (rewritten / ".hydra" / "config.yaml").exists()
     with_a_checkpoint = made("with-a-checkpoint")
     (with_a_checkpoint / "checkpoint.pt").write_bytes(b"")
-    cli.remove_made_folders()
+    start_writes.remove_made_folders()
     assert (with_a_checkpoint / "checkpoint.pt").exists()
     alone = made("alone")
-    cli.remove_made_folders()
-    assert not alone.exists() and tmp_path.exists() and cli.made_folders == {}
+    start_writes.remove_made_folders()
+    assert not alone.exists() and tmp_path.exists() and start_writes.made_folders == {}
 
 
 

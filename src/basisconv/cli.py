@@ -3,7 +3,9 @@ one line and exit status 2 (:func:`exit_on_user_error`), a stop's line and statu
 sweep's failed jobs summed up, a refused start's folder removed, and the argparse
 scripts' default ``results/`` and their output refused before any work when it cannot be
 written. What the line says of Hydra's own errors is :mod:`basisconv.hydra_errors`'s;
-what a sweep or a run's command line may be, :mod:`basisconv.sweep_checks`'s."""
+what the overrides may be before Hydra reads them, :mod:`basisconv.override_checks`'s; what
+a sweep or a run's command line may be, :mod:`basisconv.sweep_checks`'s; what a refused
+start takes back of what Hydra wrote, :mod:`basisconv.start_writes`'s."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import importlib
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -27,14 +28,14 @@ from hydra.core.utils import JobStatus
 from hydra.types import RunMode
 from omegaconf.errors import InterpolationResolutionError
 
-from . import distributed
+from . import distributed, start_writes
 from .config_checks import check_no_tilde
-from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, LocksUnsupported,
-                     context_chain, memory_said, new_job_warns_again, one_line)
-from .hydra_errors import (config_groups_of, deleted_key_override, group_value_override,
-                           hydra_error_line, interpolation_error_line, malformed_override,
-                           run_name_override)
-from .records import LOCK, folder_lock, unwritable_folder, write_bytes_atomic
+from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
+                     memory_said, new_job_warns_again, one_line)
+from .hydra_errors import hydra_error_line, interpolation_error_line
+from .override_checks import (config_groups_of, deleted_key_override, group_value_override,
+                              malformed_override, run_name_override)
+from .records import unwritable_folder
 from .resuming import in_sweep, sweep_folder_override
 from .signals import sigterm_stops, stops_at_default, stops_let_go
 from .sweep_checks import (check_added_groups_chosen, check_not_an_unswept_sweep,
@@ -73,88 +74,6 @@ class SweepJobFailed(Exception):
     """A sweep job stopped with a user error, already reported in one line. Not a
     ``SystemExit``: Hydra marks the job failed and runs the sweep's other jobs, then
     raises this for :func:`run_and_report` to sum up."""
-
-
-#: Hydra's writer of ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
-hydra_save_config = hydra_core_utils._save_config
-#: The files of an earlier run that Hydra overwrote for this job, with their old bytes.
-replaced: dict[Path, bytes] = {}
-#: The run folders Hydra made for this job (empty before it), with the ``.hydra/`` files
-#: this job wrote there.
-made_folders: dict[Path, dict[str, bytes]] = {}
-
-
-def save_config_keeping_old(cfg: Any, filename: str, output_dir: Path) -> None:
-    """Hydra's ``_save_config``, remembering what it overwrites: a start that is refused
-    (a changed config in a finished run's folder, a folder another process holds) puts
-    the earlier run's files back, so it changes nothing there. Under ``torchrun`` rank 0
-    alone writes them: every rank wrote them, and a rank that read a file rank 0 had just
-    rewritten (or was writing) kept that as the earlier one, so a refused start left a
-    finished run's ``.hydra/`` with the refused config and an empty ``hydra.yaml``
-    (found in review).
-
-    A write refused after the file was opened (a full disk, a quota, a file-size limit) is
-    an ``OSError`` that names no file ("[Errno 28] No space left on device", the whole
-    line a user saw): it is given this file's name, for the one line to say which folder
-    to free or change."""
-    if not distributed.first_process():
-        return
-    path, run_folder = Path(output_dir) / filename, Path(output_dir).parent
-    if not Path(output_dir).exists() and all(  # new: nothing but the log Hydra just began
-            entry.name.endswith(".log") for entry in run_folder.iterdir()):
-        made_folders[run_folder] = {}
-    if path.is_file() and path not in replaced:
-        replaced[path] = path.read_bytes()
-    try:
-        hydra_save_config(cfg, filename, output_dir)
-    except OSError as err:
-        if err.filename is None:
-            err.filename = str(path)
-        raise
-    if run_folder in made_folders:
-        made_folders[run_folder][filename] = path.read_bytes()
-
-
-def restore_replaced() -> None:
-    for path, data in replaced.items():
-        write_bytes_atomic(path, data)
-    replaced.clear()
-
-
-def remove_made_folders() -> None:
-    """Remove the folder Hydra made for a start that was refused, when it holds only what
-    that start wrote (its ``.hydra/`` files as it wrote them, its log, ``run.lock``) and no
-    other process holds it (on a file system without locks none can, and none is taken),
-    and the default layout's ``outputs/<name>/`` when that leaves it empty (else each typo
-    in a value leaves ``outputs/<name>/<date>/`` behind, a run that never was). Another
-    start in the same folder (the same dated name in the same second) keeps it: it holds
-    the lock, or its ``.hydra/`` replaced this one's.
-    No folder above a run's is touched otherwise: a ``hydra.run.dir`` may sit in a folder
-    of the user's."""
-    default_layout = Path.cwd().resolve() / "outputs"
-    for folder, written in made_folders.items():
-        try:
-            try:
-                with folder_lock(folder):
-                    removed = remove_if_only_ours(folder, written)
-            except LocksUnsupported:  # (no process can hold a folder there: nor lock it)
-                removed = remove_if_only_ours(folder, written)
-            if removed and folder.resolve().parent.parent == default_layout:
-                folder.parent.rmdir()  # (only if empty)
-        except (OSError, ConfigError):  # (held by another process: FolderInUse)
-            pass
-    made_folders.clear()
-
-
-def remove_if_only_ours(folder: Path, written: dict[str, bytes]) -> bool:
-    """Remove ``folder`` if it holds only what a refused start wrote there (``written``,
-    its ``.hydra/`` files, as they were written; its log; ``run.lock``); whether it did."""
-    ours = {path.name: path.read_bytes() for path in (folder / ".hydra").iterdir()} == written
-    names = {path.name for path in folder.iterdir()}
-    if not ours or not all(name in (".hydra", LOCK) or name.endswith(".log") for name in names):
-        return False
-    shutil.rmtree(folder)
-    return True
 
 
 def args_parser_intermixed() -> argparse.ArgumentParser:
@@ -374,13 +293,14 @@ def exit_on_user_error(fn: F) -> F:
     or SIGTERM says in one line where it stopped and exits with 130 or 143. Either line
     also goes to the run's log file, unless the folder is another run's (its log is that
     run's); under ``torchrun`` rank 0 alone says it. A start refused in a folder Hydra made
-    for it removes that folder (:func:`remove_made_folders`). Hydra's errors before the task
-    starts are one line with exit status 2 as well (see :func:`run_and_report`)."""
+    for it removes that folder (:func:`~basisconv.start_writes.remove_made_folders`).
+    Hydra's errors before the task starts are one line with exit status 2 as well (see
+    :func:`run_and_report`)."""
     hydra_utils.run_and_report = run_and_report
     hydra_main_module._run_hydra = run_hydra
     hydra_main_module.get_args_parser = args_parser_intermixed
     hydra_utils._run_app = run_app
-    hydra_core_utils._save_config = save_config_keeping_old
+    hydra_core_utils._save_config = start_writes.save_config_keeping_old
     hydra_core_utils.JobReturn.return_value = property(failed_job_unsaid,
                                                        hydra_return_value.fset)
 
@@ -402,7 +322,7 @@ def exit_on_user_error(fn: F) -> F:
                         return fn(*args, **kwargs)
                 except (BasisconvError, InterpolationResolutionError) as err:
                     # a refused start leaves an earlier run's files as they were
-                    restore_replaced()
+                    start_writes.restore_replaced()
                     if os.environ.get("BASISCONV_DEBUG"):
                         raise
                     message = one_line(err)
@@ -424,13 +344,13 @@ def exit_on_user_error(fn: F) -> F:
                                                InterpolationResolutionError)
                                          ) and not isinstance(err, FolderInUse)
                     if speaks and refused:
-                        remove_made_folders()
+                        start_writes.remove_made_folders()
                     exit_refused(message)
                 except KeyboardInterrupt as err:
                     exit_stopped(err, speaks)
                 finally:
-                    replaced.clear()
-                    made_folders.clear()
+                    start_writes.replaced.clear()
+                    start_writes.made_folders.clear()
         except KeyboardInterrupt as err:  # one that came as sigterm_stops put back the
             exit_stopped(err, speaks)     # handler before it (was a trace of the stop)
 

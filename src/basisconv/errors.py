@@ -88,7 +88,7 @@ class FolderInUse(ConfigError):
 class LocksUnsupported(ConfigError):
     """A folder whose file system refuses file locks (:func:`basisconv.records.folder_lock`):
     there no process can hold the folder, so a refused start removes the folder Hydra made
-    for it without its lock (:func:`basisconv.cli.remove_made_folders`)."""
+    for it without its lock (:func:`basisconv.start_writes.remove_made_folders`)."""
 
 
 class DatasetError(BasisconvError, RuntimeError):

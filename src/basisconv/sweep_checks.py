@@ -23,8 +23,8 @@ from omegaconf.errors import InterpolationResolutionError
 from . import distributed
 from .checkpoint import CHECKPOINT, check_source_file
 from .errors import BasisconvError, ConfigError
-from .hydra_errors import (added_group_line, config_groups_of, interpolation_error_line,
-                           listed_group_line, repeated_group_line, typed_overrides)
+from .hydra_errors import added_group_line, interpolation_error_line, typed_overrides
+from .override_checks import config_groups_of, listed_group_line, repeated_group_line
 from .resuming import in_sweep
 
 #: Hydra's folder of a sweep in which no job runs, holding its ``multirun.yaml`` alone: the
@@ -268,8 +268,8 @@ def check_one_config_per_group(overrides: list[str] | None = None,
     sweep): Hydra merges them into one config, the last one's values winning, so the run
     trained ResNet-20 alone, silently; or given twice (``experiment=basis_all
     experiment=baseline``), of which Hydra keeps the last. A :class:`ConfigError` naming the
-    sweep to write (:func:`~basisconv.hydra_errors.listed_group_line`,
-    :func:`~basisconv.hydra_errors.repeated_group_line`)."""
+    sweep to write (:func:`~basisconv.override_checks.listed_group_line`,
+    :func:`~basisconv.override_checks.repeated_group_line`)."""
     if overrides is None:  # this job's (else a sweep job's, checked before the sweep)
         if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
             return  # (the benchmarks; a job in a launcher's own process)

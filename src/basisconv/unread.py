@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from . import distributed
 from .config import SEARCH_ONLY
-from .hydra_errors import CONFIGS, typed_overrides
+from .hydra_errors import typed_overrides
+from .override_checks import CONFIGS
 from .resuming import in_sweep
 from .selection_checks import (KEYS as SELECTION_KEYS, ORDERED_POLICIES, POLICIES,
                                SENSITIVITY_POLICIES, budget_chooses, keys_read)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, one_line
-from ..hydra_errors import CONFIGS
+from ..override_checks import CONFIGS
 from ..records import (RECORD, missing_fields, provenance_from_wandb, read_record,
                        unusable)
 
