@@ -88,11 +88,11 @@ class Probe:
         ``keep_in``: a folder (the table's cache folder) where the pretrained dense model
         and every finished fine-tune are kept, and found again by a later probe of the
         same settings (:mod:`basisconv.progress`): a stopped estimate resumes there."""
-        self.cfg, trainer = cfg, cfg.trainer
+        self.cfg = cfg
         self.seed = cfg.sensitivity.seed
-        self.runtime = execution.setup(trainer, self.seed)
+        self.runtime = execution.setup(cfg.trainer, self.seed)
         self.device, self.memory_format = self.runtime.device, self.runtime.memory_format
-        self.graphed = execution.use_cuda_graphs(trainer, self.device)
+        self.graphed = execution.use_cuda_graphs(cfg.trainer, self.device)
         data = prepare_data(cfg.data, self.seed)
         self.split = holdout_split(data.train_images, data.train_labels,
                                    cfg.sensitivity.val_size, self.seed)
@@ -102,39 +102,61 @@ class Probe:
         self.dense.to(self.device, memory_format=self.memory_format)
         self.progress = None if keep_in is None else Progress(keep_in, cfg, self.device)
         self.kept_pretraining, self.kept_finetunes = False, 0  # found kept, not redone
+        self.pretrain_seconds = self._dense_weights(dense_state)
+        if self.progress is not None:
+            self.progress.start_from(self.dense)
+        with diverging("the dense pretraining", "trainer.lr", cfg.trainer.lr):
+            self.pretrained = self.measure(self.dense)
+
+    def _dense_weights(self, dense_state: dict | None) -> float:
+        """Give the dense model its weights, from the first that has them: ``dense_state``
+        (a worker's), ``sensitivity.source_checkpoint``, or a pretraining (this probe's,
+        or the one an earlier probe kept). Returns the pretraining's seconds (a load's,
+        for the first two)."""
         start = time.perf_counter()
-        pretrain = dense_state is None and not cfg.sensitivity.source_checkpoint
-        kept = self.progress.dense(self.dense) if self.progress and pretrain else None
         if dense_state is not None:
             self.dense.load_state_dict(dense_state)
-        elif cfg.sensitivity.source_checkpoint:
-            load_source_weights(self.dense, cfg.sensitivity.source_checkpoint,
-                                "sensitivity.source_checkpoint")
-            log.info("sensitivity: dense weights from %s", cfg.sensitivity.source_checkpoint)
-            # the split keeps them out of this probe's training only: a baseline trained
-            # on the training images (a training run's checkpoint) has seen them
-            log.warning("sensitivity: the dense weights of %s were trained elsewhere, most "
-                        "likely on the %d held-out training images too; the drops are "
-                        "measured on images they may have memorised (pretrain here, "
-                        "sensitivity.source_checkpoint=null, to hold them out)",
-                        cfg.sensitivity.source_checkpoint, self.split.val_labels.numel())
-        elif kept is not None:
-            self.dense.load_state_dict(kept[0])
+        elif self.cfg.sensitivity.source_checkpoint:
+            self._load_source_checkpoint(self.cfg.sensitivity.source_checkpoint)
+        else:
+            return self._pretrain_or_take_kept()
+        return time.perf_counter() - start
+
+    def _load_source_checkpoint(self, source: str) -> None:
+        """The dense weights of a trained run's checkpoint, said with what they have seen."""
+        load_source_weights(self.dense, source, "sensitivity.source_checkpoint")
+        log.info("sensitivity: dense weights from %s", source)
+        # the split keeps them out of this probe's training only: a baseline trained on the
+        # training images (a training run's checkpoint) has seen them
+        log.warning("sensitivity: the dense weights of %s were trained elsewhere, most "
+                    "likely on the %d held-out training images too; the drops are "
+                    "measured on images they may have memorised (pretrain here, "
+                    "sensitivity.source_checkpoint=null, to hold them out)",
+                    source, self.split.val_labels.numel())
+
+    def _pretrain_or_take_kept(self) -> float:
+        """Pretrain the dense model briefly (``sensitivity.pretrain_epochs``, the trainer's
+        recipe, warm-up included), and keep it for a later probe; or take the one an
+        earlier probe of the same settings kept (``kept_pretraining``: a stopped estimate
+        does not pretrain again). Returns the pretraining's seconds, also when an earlier
+        probe did it."""
+        start = time.perf_counter()
+        kept = self.progress.dense(self.dense) if self.progress else None
+        if kept is not None:
+            state, seconds = kept
+            self.dense.load_state_dict(state)
             self.kept_pretraining = True
             log.info("sensitivity: the dense model pretrained before, kept in %s",
                      self.progress.root)
-        else:
-            with diverging("the dense pretraining", "trainer.lr", trainer.lr):
-                self.train(self.dense, cfg.sensitivity.pretrain_epochs, trainer.lr,
-                           trainer.schedule, trainer.warmup_fraction)
-        # the pretraining's own time, also when it was done by an earlier, stopped probe
-        self.pretrain_seconds = kept[1] if self.kept_pretraining else time.perf_counter() - start
-        if self.progress is not None:
-            if pretrain and not self.kept_pretraining:
-                self.progress.keep_dense(self.dense, self.pretrain_seconds)
-            self.progress.start_from(self.dense)
+            return seconds
+        trainer = self.cfg.trainer
         with diverging("the dense pretraining", "trainer.lr", trainer.lr):
-            self.pretrained = self.measure(self.dense)
+            self.train(self.dense, self.cfg.sensitivity.pretrain_epochs, trainer.lr,
+                       trainer.schedule, trainer.warmup_fraction)
+        seconds = time.perf_counter() - start
+        if self.progress is not None:
+            self.progress.keep_dense(self.dense, seconds)
+        return seconds
 
     def batches(self, train: bool, seed: int | None = None) -> TensorBatches:
         s, trainer = self.split, self.cfg.trainer

@@ -34,6 +34,7 @@ import hashlib
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TYPE_CHECKING
 
@@ -110,9 +111,7 @@ def sensitivity_table(cfg: DictConfig, *, recompute: bool | None = None
     cached = _cached_before_the_lock(cfg, recompute)
     if cached is None:
         folder = cache_dir(cfg)
-        # One estimate per key at a time: a second process waits, then reuses its table.
-        with folder_lock(folder, wait=True, what="sensitivity estimate",
-                         key="sensitivity.cache_dir"):
+        with _estimate_lock(folder):
             alone = distributed.world_size() == 1  # under torchrun nothing is estimated
             cached = None if recompute else (load_cached(cfg)
                                              or restore_published(cfg, estimating=alone))
@@ -144,10 +143,16 @@ def _cached_before_the_lock(cfg: DictConfig, recompute: bool
                     "sensitivity.restore_from=%s for the same key (each machine estimated its "
                     "own); using the published one, which the protocol's pages and its other "
                     "runs use", cache_dir(cfg), cfg.sensitivity.restore_from)
-        with folder_lock(cache_dir(cfg), wait=True, what="sensitivity estimate",
-                         key="sensitivity.cache_dir"):
+        with _estimate_lock(cache_dir(cfg)):
             return restore_published(cfg)
     return cached
+
+
+def _estimate_lock(folder: Path) -> contextlib.AbstractContextManager:
+    """The lock of a key's cache ``folder``: one estimate per key at a time (a second
+    process waits, then reuses its table), and a published table restored there under it."""
+    return folder_lock(folder, wait=True, what="sensitivity estimate",
+                       key="sensitivity.cache_dir")
 
 
 def _no_table_under_torchrun(cfg: DictConfig, recompute: bool) -> ConfigError:
@@ -218,7 +223,9 @@ def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
 
 
 def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
-    import pandas as pd
+    """The steps of the module's docstring: the candidates, the probe (its dense model
+    pretrained, or loaded), the dense reference, then one batch of fine-tunes
+    (:class:`FineTunePlan`) whose results make the table and the record's noise."""
     started = time.perf_counter()
     # before the pretraining: a layer name the model lacks or a basis.size too large for a
     # layer is found in seconds, not after it
@@ -228,51 +235,107 @@ def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
     log.info("sensitivity: dense after pretraining %.4f, reference after fine-tuning %.4f "
              "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
              reference["accuracy"], len(candidates))
-    # one batch of independent fine-tunes: the reference's repeats with other batch
-    # orders (the noise yardstick), each candidate layer, and a few layers again under
-    # the repeats' orders (the drops' own noise, sensitivity.drop_noise_layers)
-    repeats = [([], probe.seed + 1 + i) for i in range(cfg.sensitivity.noise_repeats)]
-    candidate_rows = candidates.to_dict("records")
-    noisy = spread_layers([row["layer"] for row in candidate_rows],
-                          cfg.sensitivity.get("drop_noise_layers") or 0) if repeats else []
-    jobs = (repeats + [([row["layer"]], None) for row in candidate_rows]
-            + [([name], seed) for name in noisy for _, seed in repeats])
-    results = evaluate_many(probe, jobs, cfg.sensitivity.workers)
-    layers_end = len(repeats) + len(candidate_rows)
-    repeated, again = results[:len(repeats)], results[layers_end:]
-    layer_results = results[len(repeats):layers_end]
-    noise = reference_noise(reference, repeated)
-    by_layer = {row["layer"]: result for row, result in zip(candidate_rows, layer_results)}
-    own_noise = drop_noise(reference, repeated, {
-        name: [by_layer[name], *again[i * len(repeats):(i + 1) * len(repeats)]]
-        for i, name in enumerate(noisy)})
+    plan = FineTunePlan.of(cfg, probe.seed, candidates["layer"].tolist())
+    fine_tunes = plan.run(probe, cfg.sensitivity.workers)
+    noise = reference_noise(reference, fine_tunes.repeats)
+    own_noise = drop_noise(reference, fine_tunes.repeats, fine_tunes.noise_layers)
     if own_noise:
         log.info("sensitivity: the drops' own noise (%d layers, %d batch orders): accuracy "
-                 "std %.4f, against the reference's %.4f", len(noisy), own_noise["repeats"],
-                 own_noise["accuracy_std"], noise["accuracy_std"])
-    rows = []
-    for row, result in zip(candidate_rows, layer_results):
-        rows.append({**row, **result, **metric_drops(reference, result)})
-        log.info("  %-18s drop %+.4f  loss %+.4f  (%.1f s)", row["layer"],
-                 rows[-1]["accuracy_drop"], rows[-1]["loss_increase"], result["seconds"])
-    table = pd.DataFrame(rows)[list(COLUMNS)]
+                 "std %.4f, against the reference's %.4f", len(plan.noise_layers),
+                 own_noise["repeats"], own_noise["accuracy_std"], noise["accuracy_std"])
+    table = _drops_table(candidates, fine_tunes.layers, reference)
     if probe.kept_pretraining or probe.kept_finetunes:
         log.info("sensitivity: resumed: %s and %d of %d fine-tunes were kept by an earlier "
                  "estimate or search of this key", "the pretraining" if probe.kept_pretraining
-                 else "no pretraining", probe.kept_finetunes, 1 + len(results))
-    record = {"key": cache_key(cfg), "key_fields": key_fields(cfg),
-              "dense": dense_totals(probe.dense),
-              "pretrained": {**probe.pretrained, "seconds": probe.pretrain_seconds},
-              "reference": reference, "noise": noise, "drop_noise": own_noise,
-              "validation_images": int(probe.split.val_labels.numel()),
-              "training_images": int(probe.split.train_labels.numel()),
-              # this process's time; work an earlier estimate or search kept is not in it
-              "seconds": time.perf_counter() - started,
-              "resumed": {"pretraining": probe.kept_pretraining,
-                          "fine_tunes": probe.kept_finetunes},
-              "config": OmegaConf.to_container(cfg, resolve=True),
-              "provenance": provenance()}
-    return table, record
+                 else "no pretraining", probe.kept_finetunes, 1 + len(plan.jobs()))
+    return table, _estimate_record(cfg, probe, reference, noise, own_noise, started)
+
+
+@dataclass(frozen=True)
+class FineTunePlan:
+    """The estimate's one batch of independent fine-tunes after the reference's, each a
+    job ``(layers converted, batch seed)`` (``None``: the reference's batch order), run in
+    the order of :meth:`jobs`: the dense reference again under each other batch order (the
+    noise yardstick), each candidate layer under the reference's order (the table), and a
+    few layers again under each of the other orders (the drops' own noise,
+    ``sensitivity.drop_noise_layers``). Each job's batch seed decides its numbers, and a
+    stopped estimate finds its kept result by the job."""
+
+    repeat_seeds: list[int]  # the batch orders of the reference's repeats
+    layers: list[str]        # the candidate layers, in model order
+    noise_layers: list[str]  # the layers fine-tuned again under each repeat's order
+
+    @classmethod
+    def of(cls, cfg: DictConfig, seed: int, layers: list[str]) -> FineTunePlan:
+        """The plan for ``layers`` of a probe of ``seed``: ``sensitivity.noise_repeats``
+        orders after the probe's own, and the drop-noise layers spread over ``layers`` by
+        position (:func:`spread_layers`), measured only where there are repeats."""
+        repeat_seeds = [seed + 1 + i for i in range(cfg.sensitivity.noise_repeats)]
+        noise_layers = (spread_layers(layers, cfg.sensitivity.get("drop_noise_layers") or 0)
+                        if repeat_seeds else [])
+        return cls(repeat_seeds, layers, noise_layers)
+
+    def jobs(self) -> list[tuple[list[str], int | None]]:
+        """The fine-tunes, in the order they run (and are kept)."""
+        return ([([], seed) for seed in self.repeat_seeds]
+                + [([name], None) for name in self.layers]
+                + [([name], seed) for name in self.noise_layers for seed in self.repeat_seeds])
+
+    def run(self, probe: Probe, workers: int) -> FineTuneResults:
+        """Every job's result (:func:`evaluate_many`, in ``workers`` processes), sorted by
+        what the job is for."""
+        jobs = self.jobs()
+        results = {(tuple(names), seed): result for (names, seed), result
+                   in zip(jobs, evaluate_many(probe, jobs, workers), strict=True)}
+        layers = {name: results[(name,), None] for name in self.layers}
+        return FineTuneResults(
+            repeats=[results[(), seed] for seed in self.repeat_seeds], layers=layers,
+            noise_layers={name: [layers[name], *(results[(name,), seed]
+                                                 for seed in self.repeat_seeds)]
+                          for name in self.noise_layers})
+
+
+@dataclass(frozen=True)
+class FineTuneResults:
+    """A :class:`FineTunePlan`'s results (each :meth:`Probe.evaluate_layers`'s dict)."""
+
+    repeats: list[dict]  # the dense reference under each repeat's order
+    layers: dict[str, dict]  # each candidate layer under the reference's order
+    #: each drop-noise layer's fine-tunes: under the reference's order (its table one),
+    #: then under each repeat's order, as :func:`drop_noise` pairs them
+    noise_layers: dict[str, list[dict]]
+
+
+def _drops_table(candidates: pd.DataFrame, results: dict[str, dict], reference: dict
+                 ) -> pd.DataFrame:
+    """The sensitivity table: each candidate's row (what converting it saves), its
+    fine-tune's ``results`` and their drops against the ``reference``; each layer logged."""
+    import pandas as pd
+    rows = []
+    for candidate in candidates.to_dict("records"):
+        result = results[candidate["layer"]]
+        rows.append({**candidate, **result, **metric_drops(reference, result)})
+        log.info("  %-18s drop %+.4f  loss %+.4f  (%.1f s)", candidate["layer"],
+                 rows[-1]["accuracy_drop"], rows[-1]["loss_increase"], result["seconds"])
+    return pd.DataFrame(rows)[list(COLUMNS)]
+
+
+def _estimate_record(cfg: DictConfig, probe: Probe, reference: dict, noise: dict | None,
+                     own_noise: dict | None, started: float) -> dict:
+    """What the cache keeps beside the table (the fields its readers take:
+    :data:`~basisconv.sensitivity_cache.RECORD_FIELDS`)."""
+    return {"key": cache_key(cfg), "key_fields": key_fields(cfg),
+            "dense": dense_totals(probe.dense),
+            "pretrained": {**probe.pretrained, "seconds": probe.pretrain_seconds},
+            "reference": reference, "noise": noise, "drop_noise": own_noise,
+            "validation_images": int(probe.split.val_labels.numel()),
+            "training_images": int(probe.split.train_labels.numel()),
+            # this process's time; work an earlier estimate or search kept is not in it
+            "seconds": time.perf_counter() - started,
+            "resumed": {"pretraining": probe.kept_pretraining,
+                        "fine_tunes": probe.kept_finetunes},
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "provenance": provenance()}
 
 
 # ----------------------------------------------------------------------------- uses

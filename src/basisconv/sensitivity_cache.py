@@ -234,15 +234,32 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
 
     The record holds the table's row count and the sha256 of its CSV bytes; a table that
     does not match them (rows lost, a cell changed) is refused. A cache written before
-    records held them (before commit 1b1da0d) loads, logged as unverified."""
-    import pandas as pd
+    records held them (before commit 1b1da0d) loads, logged as unverified. The checks run
+    in this order, and the first that fails is the refusal: the pair is read, it is this
+    key's (every column, the key), then the record's own checks, then the table's."""
     folder = cache_dir(cfg)
+    cached = _read_cached(folder)
+    if cached is None:
+        return None
+    record, data, table = cached
+    missing = set(COLUMNS) - set(table.columns)
+    if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
+        raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
+                          f"for another key; {CACHE_FIX}")
+    _check_cached_record(cfg, folder, record)
+    _check_cached_table(folder, record, data, table)
+    return table, record
+
+
+def _read_cached(folder: Path) -> tuple[Any, bytes, pd.DataFrame] | None:
+    """The record, the table's bytes and the table cached in ``folder``, as read (not yet
+    checked), or ``None`` when it holds no record."""
     if not (folder / RECORD).exists():
         return None
     try:
         record = json.loads((folder / RECORD).read_text())
         data = (folder / TABLE).read_bytes()
-        table = table_from_csv(data)
+        return record, data, table_from_csv(data)
     except (OSError, ValueError) as err:
         if isinstance(err, FileNotFoundError) and not (folder / RECORD).exists():
             # removed while read (a recompute, record first, under the lock this reader
@@ -250,10 +267,12 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
             return None
         raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
                           f"({one_line(err)}); {CACHE_FIX}") from None
-    missing = set(COLUMNS) - set(table.columns)
-    if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
-        raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
-                          f"for another key; {CACHE_FIX}")
+
+
+def _check_cached_record(cfg: DictConfig, folder: Path, record: dict) -> None:
+    """Refuse a cached record of the right key that does not fit ``cfg`` all the same:
+    fields of another type than its readers take, or made before a setting or the model's
+    definition that the key leaves out changed."""
     malformed = damaged_fields(record)  # (its readers check what they need present)
     if malformed:
         raise ConfigError(f"the cached sensitivity table's record {folder / RECORD} is damaged "
@@ -272,6 +291,12 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
         raise ConfigError(f"the cached sensitivity table in {folder} was made for another "
                           f"definition of model {cfg.model.name} (its layers differ from the "
                           f"model built now: an edited model file?); {CACHE_FIX}")
+
+
+def _check_cached_table(folder: Path, record: dict, data: bytes, table: pd.DataFrame) -> None:
+    """Refuse a cached table that is not the one its ``record`` was written with (its row
+    count, the sha256 of its bytes ``data``), or that holds text where numbers go."""
+    import pandas as pd
     expected = record.get("table_sha256")
     if expected is None:
         log.warning("sensitivity: the cached table %s has no checksum (written by an older "
@@ -284,7 +309,6 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     if bad:
         raise ConfigError(f"the cached sensitivity table {folder / TABLE} has non-numeric "
                           f"values in {', '.join(bad)}; {CACHE_FIX}")
-    return table, record
 
 
 def code_note(record: dict) -> str:
