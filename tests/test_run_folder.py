@@ -785,10 +785,10 @@ def test_a_run_killed_saving_its_last_epoch_says_complete_only_with_its_checkpoi
     to other numbers), although a complete run is never trained again."""
     from unittest import mock
 
-    from basisconv import loop, train
+    from basisconv import loop, run_saves
 
     cfg = compose_tiny(repo, "logger=none")
-    real = getattr(train, killed_in)
+    real = getattr(run_saves, killed_in)
 
     def killed_at_the_end(path, state):
         record = state.as_dict() if killed_in == "write_record" else state["record"]
@@ -797,7 +797,7 @@ def test_a_run_killed_saving_its_last_epoch_says_complete_only_with_its_checkpoi
         return real(path, state)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, killed_in, killed_at_the_end)
+        patch.setattr(run_saves, killed_in, killed_at_the_end)
         with pytest.raises(_Killed):
             fit(cfg, tmp_path)
     left = json.loads((tmp_path / "run.json").read_text())
@@ -874,17 +874,17 @@ def test_a_run_stopped_while_writing_its_record_names_the_checkpoint_it_saved(tm
                                                                               monkeypatch):
     """The checkpoint is saved before the record: Ctrl-C while the record is written comes
     after the checkpoint of that epoch, which the stop message names."""
-    from basisconv import train
+    from basisconv import run_saves
     from basisconv.errors import Stopped
 
-    real = train.write_record
+    real = run_saves.write_record
 
     def stopped_at_epoch_2(path, record):
         if len(record.results["epochs"]) == 2:
             raise KeyboardInterrupt
         return real(path, record)
 
-    monkeypatch.setattr(train, "write_record", stopped_at_epoch_2)
+    monkeypatch.setattr(run_saves, "write_record", stopped_at_epoch_2)
     with pytest.raises(Stopped, match=r"stopped after epoch 2 of 3 \(checkpoint saved\)"):
         fit(compose_tiny(repo, "logger=none"), tmp_path)
     assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["record"]["epochs"]) == 2
@@ -897,10 +897,10 @@ def test_a_run_stopped_writing_its_last_record_says_it_is_complete(tmp_path, rep
     from the checkpoint (and publishes it)."""
     from unittest import mock
 
-    from basisconv import loop, train
+    from basisconv import loop, run_saves
     from basisconv.errors import Stopped
 
-    real = train.write_record
+    real = run_saves.write_record
 
     def stopped_at_the_end(path, record):
         if record.status == "complete":
@@ -909,7 +909,7 @@ def test_a_run_stopped_writing_its_last_record_says_it_is_complete(tmp_path, rep
 
     cfg = compose_tiny(repo, "logger=none")
     with monkeypatch.context() as patch:
-        patch.setattr(train, "write_record", stopped_at_the_end)
+        patch.setattr(run_saves, "write_record", stopped_at_the_end)
         with pytest.raises(Stopped) as err:
             fit(cfg, tmp_path)
     assert str(err.value) == (
@@ -929,10 +929,10 @@ def test_a_run_stopped_at_its_last_record_names_what_is_left_to_publish(tmp_path
     file the same command publishes to; stopped once run.json says complete (the stop lands
     as its write returns), it says that record's words, not "before its run.json was
     written", and names what is left: publishing it."""
-    from basisconv import train
+    from basisconv import run_saves
     from basisconv.errors import Stopped
 
-    real = train.write_record
+    real = run_saves.write_record
 
     def stopped_at_the_end(path, record):
         if record.status == "complete":
@@ -945,7 +945,7 @@ def test_a_run_stopped_at_its_last_record_names_what_is_left_to_publish(tmp_path
     run = tmp_path / "run"
     cfg = compose_tiny(repo, "logger=none", "trainer.epochs=1", f"publish={published}")
     with monkeypatch.context() as patch:
-        patch.setattr(train, "write_record", stopped_at_the_end)
+        patch.setattr(run_saves, "write_record", stopped_at_the_end)
         with pytest.raises(Stopped) as err:
             fit(cfg, run)
     again = f"run the same command again with hydra.run.dir={run} to"
@@ -962,12 +962,12 @@ def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, re
     """``trainer.checkpoint_every_s``: a GPU epoch of seconds need not write a checkpoint
     each time. A stop between checkpoints says which epoch the checkpoint holds, and the
     same command trains the later epochs again, to the uninterrupted run's result."""
-    from basisconv import loop, train
+    from basisconv import loop, run_saves
     from basisconv.errors import Stopped
 
     saves = []
-    real_save = train.save_checkpoint
-    monkeypatch.setattr(train, "save_checkpoint",
+    real_save = run_saves.save_checkpoint
+    monkeypatch.setattr(run_saves, "save_checkpoint",
                         lambda path, state: saves.append(len(state["record"]["epochs"]))
                         or real_save(path, state))
     every = compose_tiny(repo, "logger=none", "trainer.epochs=4")
@@ -976,7 +976,7 @@ def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path, re
 
     saves.clear()
     clock = iter(range(0, 1000, 10))  # each read of the clock 10 s after the one before
-    monkeypatch.setattr(train, "monotonic", lambda: next(clock))  # (its reads only)
+    monkeypatch.setattr(run_saves, "monotonic", lambda: next(clock))  # (its reads only)
     cfg = compose_tiny(repo, "logger=none", "trainer.epochs=4", "trainer.checkpoint_every_s=15")
     run_epoch = loop.run_epoch
     stop_at = [4]
@@ -1036,16 +1036,16 @@ def stop_message(repo, folder):
 def test_a_stop_while_a_checkpoint_is_written_says_so(tmp_path, repo, monkeypatch):
     """Found in review: a stop during the write of epoch 2's checkpoint (every epoch has
     one) said the checkpoint was "written at most every trainer.checkpoint_every_s=0 s"."""
-    from basisconv import train
+    from basisconv import run_saves
 
-    real_save = train.save_checkpoint
+    real_save = run_saves.save_checkpoint
 
     def stopped_at_epoch_2(path, state):
         if len(state["record"]["epochs"]) == 2:
             raise KeyboardInterrupt
         return real_save(path, state)
 
-    monkeypatch.setattr(train, "save_checkpoint", stopped_at_epoch_2)
+    monkeypatch.setattr(run_saves, "save_checkpoint", stopped_at_epoch_2)
     assert stop_message(repo, tmp_path).endswith(
         f"the run in {tmp_path} stopped while saving epoch 2 of 3; its checkpoint is of epoch "
         f"1; run the same command again with hydra.run.dir={tmp_path} to resume it")
@@ -1073,7 +1073,7 @@ def test_a_stop_just_after_the_checkpoints_rename_names_that_checkpoint(tmp_path
         f"command again with hydra.run.dir={tmp_path} to resume it")
     # an earlier run's checkpoint of as many epochs, not yet replaced by a start over, is
     # not this one's (its rows differ, in their times at least)
-    from basisconv import train
+    from basisconv import run_saves
 
     monkeypatch.setattr(os, "replace", real_replace)
     once = compose_tiny(repo, "logger=none", "trainer.epochs=1")
@@ -1082,7 +1082,7 @@ def test_a_stop_just_after_the_checkpoints_rename_names_that_checkpoint(tmp_path
     def stopped_before_the_rename(path, state):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", stopped_before_the_rename)
+    monkeypatch.setattr(run_saves, "save_checkpoint", stopped_before_the_rename)
     once.trainer.resume = False
     with pytest.raises(Stopped, match="stopped while saving epoch 1 of 1; its checkpoint was "
                                       "not written yet"):
@@ -1195,7 +1195,7 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
     import signal
 
     from basisconv import train
-    from basisconv.checkpoint import load_checkpoint
+    from basisconv.checkpoint import load_checkpoint, save_checkpoint
     from basisconv.errors import Stopped
 
     cfg = compose_tiny(repo, "logger=none", "trainer.epochs=2")
@@ -1205,7 +1205,7 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
         checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
         checkpoint["record"]["epochs"] = checkpoint["record"]["epochs"][:1]
         checkpoint["record"]["status"] = "running"
-        train.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint)
+        save_checkpoint(tmp_path / "checkpoint.pt", checkpoint)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt if by == "ctrl-c" else Stopped(signal.SIGTERM)
@@ -1223,6 +1223,25 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
         assert str(err.value) == (f"the run in {tmp_path} stopped before its first epoch "
                                   f"(choosing its layers, reading its data or starting "
                                   f"wandb); the same command starts it over")
+
+
+def test_a_stop_once_the_run_is_built_before_it_runs_says_it_trained_nothing(tmp_path, repo,
+                                                                            monkeypatch):
+    """Found in review: a stop landing after the run was built (``start_training`` had
+    returned) and before ``Training.run`` noted its checkpoint was an AttributeError
+    traceback (``saved_epochs``, set in ``run``), not the line that says how to go on."""
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    def stopped_as_it_begins(self):  # a signal's handler, run at its first bytecode
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.Training, "run", stopped_as_it_begins)
+    with pytest.raises(Stopped) as err:
+        fit(compose_tiny(repo, "logger=none", "trainer.epochs=2"), tmp_path)
+    assert str(err.value) == (f"the run in {tmp_path} stopped before its first epoch "
+                              f"(choosing its layers, reading its data or starting "
+                              f"wandb); the same command starts it over")
 
 
 @pytest.mark.parametrize("by", ["ctrl-c", "sigterm"])
@@ -1420,11 +1439,11 @@ def test_an_online_run_resumed_between_checkpoints_sends_wandb_only_steps_it_lac
     """Stopped after epoch 3 with the checkpoint of epoch 2, the run trains epoch 3 again;
     online wandb holds epoch 3 already and would drop it (it refuses a step below its last):
     it is not sent, and the log says once where its retrained values are."""
-    from basisconv import loop, train
+    from basisconv import loop, run_saves
     from basisconv.errors import Stopped
 
     clock = iter(range(0, 1000, 10))  # each read of the clock 10 s after the one before
-    monkeypatch.setattr(train, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(run_saves, "monotonic", lambda: next(clock))
     cfg = compose_tiny(repo, "logger.mode=online", "trainer.epochs=4",
                        "trainer.checkpoint_every_s=15")
     run_epoch, stop_at = loop.run_epoch, [4]
@@ -1483,11 +1502,11 @@ def test_a_run_that_cannot_save_says_so_in_one_line_and_resumes(tmp_path, repo, 
     resumes; the same command then goes on from there."""
     import errno
 
-    from basisconv import train
+    from basisconv import run_saves
     from basisconv.errors import SaveError
 
     cfg = compose_tiny(repo, "logger=none")
-    real = getattr(train, failing)
+    real = getattr(run_saves, failing)
 
     def full_at_epoch_2(path, state):
         record = state["record"] if failing == "save_checkpoint" else state.as_dict()
@@ -1496,7 +1515,7 @@ def test_a_run_that_cannot_save_says_so_in_one_line_and_resumes(tmp_path, repo, 
         return real(path, state)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, failing, full_at_epoch_2)
+        patch.setattr(run_saves, failing, full_at_epoch_2)
         with pytest.raises(SaveError) as err:
             fit(cfg, tmp_path)
     kept = 1 if failing == "save_checkpoint" else 2  # the checkpoint is written first

@@ -28,7 +28,7 @@ from .signals import stops_held
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-#: What a run's checkpoint holds (``train.Training.save``), all of which resuming reads.
+#: What a run's checkpoint holds (``run_saves.RunSaves.save``), all of which resuming reads.
 RUN_STATE = ("config", "record", "model", "optimizer", "scheduler", "batches")
 #: What newer runs save besides: a checkpoint from before them resumes without it.
 LATER_STATE = ("scaler",)

@@ -5,10 +5,11 @@ resumes.
 
 The steps themselves live in :mod:`basisconv.loop`; this module holds what makes them a
 run: the layers chosen for basis form (resolved before the network is built, possibly by
-a sensitivity estimate), the dense warm-up conversion, the record, checkpoints, resume
-and tracking. Where a start in the run's folder begins (a checkpoint, a complete record,
-or nothing) is :mod:`basisconv.resume_point`'s; what a run that stops or fails says (where
-it was left, how to go on) is :mod:`basisconv.stop_messages`'s.
+a sensitivity estimate), the dense warm-up conversion, the record, resume and tracking.
+What it saves after each epoch (and which epoch its checkpoint holds) is
+:mod:`basisconv.run_saves`'s; where a start in the run's folder begins (a checkpoint, a
+complete record, or nothing) is :mod:`basisconv.resume_point`'s; what a run that stops or
+fails says (where it was left, how to go on) is :mod:`basisconv.stop_messages`'s.
 """
 
 from __future__ import annotations
@@ -18,25 +19,23 @@ import gc
 import logging
 import signal
 from pathlib import Path
-from time import monotonic
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, execution, loop, optim, stop_messages
-from .checkpoint import CHECKPOINT, checksum_path, save_checkpoint, saved_epoch_rows
 from .config import GRAPHING_COMPILE_MODES
 from .config_checks import validate
 from .data import prepare_data
-from .errors import (ConfigError, SaveError, Stopped, TrainingDiverged, memory_said,
-                     one_line)
+from .errors import ConfigError, Stopped, TrainingDiverged, memory_said, one_line
 from .kernels import auto
 from .network import (build_network, check_conversion, choose_forms_now, converts_later,
                       describe, rebind_optimizer, skip_training_cost, to_basis)
 from .penalties import basis_penalty
 from .records import (RECORD, RunRecord, folder_lock, make_folder, publish, refuse_other_kind,
-                      timestamp, wandb_provenance, write_record)
+                      timestamp, wandb_provenance)
 from .resume_point import keep_earlier_provenance, remove_leftovers, resume_point
+from .run_saves import RunSaves
 from .sensitivity import choose_layers_and_table
 from .signals import stops_let_go
 from .surgery import CoefficientSkipSchedule
@@ -189,7 +188,8 @@ def check_processes(cfg: DictConfig) -> None:
 
 class Training:
     """One run's state: the model (and its DDP/compiled wrapper), optimizer, schedule,
-    batches, run record and tracker; built from the config, or restored from a checkpoint."""
+    batches, run record, tracker and saves; built from the config, or restored from a
+    checkpoint."""
 
     def __init__(self, cfg: DictConfig, config: dict, output_dir: Path,
                  checkpoint: dict | None):
@@ -240,6 +240,10 @@ class Training:
         # a start without wandb (logger=none, or wandb failing) keeps the earlier run's id,
         # for a later start to resume that wandb run rather than begin a second one
         self.results["wandb"] = self.tracker.info or earlier
+        # built last: its clock for trainer.checkpoint_every_s starts as run() does (the
+        # build, compile's form timing and wandb's start above are not counted)
+        self.saves = RunSaves(cfg, output_dir, self.record, self.checkpoint_state, self.device)
+        self.epochs_begun = False  # a stop before them (the start's summary) trained nothing
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from ``checkpoint``: its weights, optimizer, schedule, batch order and
@@ -385,9 +389,6 @@ class Training:
         finished and the process group left whatever happens."""
         trainer, record, results = self.cfg.trainer, self.record, self.results
         failed = True
-        self.saved_epochs = len(results["epochs"])
-        self.last_checkpoint = monotonic()
-        self.epochs_begun = False  # a stop before them (the start's summary) trained nothing
         try:
             try:
                 # What scripts/analyze.py source=wandb needs to rebuild the run record (in
@@ -406,7 +407,8 @@ class Training:
                 raise Stopped(signal.SIGTERM) from err  # said below, as the other stops are
         except TrainingDiverged as err:  # before this epoch's record and checkpoint
             message = stop_messages.diverged_message(self.cfg, self.output_dir, err,
-                                                     self.saved_epochs, len(results["epochs"]))
+                                                     self.saves.saved_epochs,
+                                                     len(results["epochs"]))
             raise TrainingDiverged(message, err.quantity, err.value) from None
         except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM through basisconv.cli, a peer gone
             with stops_let_go():
@@ -452,7 +454,7 @@ class Training:
             record.provenance["finished"] = timestamp()
             results["final"] = final_metrics(results["epochs"])
             self.tracker.summary(results["final"])
-        self.save_everywhere()
+        self.saves.save_everywhere()
 
     def stopped(self, err: KeyboardInterrupt) -> Stopped:
         """The stop a signal or a peer's failure makes of the run: why, where it stopped
@@ -461,7 +463,7 @@ class Training:
         SIGTERM, which can land before the failure is made a stop (its own Stopped, without
         a message, then carries the failure as its context)."""
         signum = getattr(err, "signum", signal.SIGINT)
-        self.note_a_checkpoint_just_saved()
+        self.saves.note_a_checkpoint_just_saved()
         message = self.stop_message()
         reason = distributed.peer_failure_in(err)
         if reason is not None:
@@ -473,90 +475,19 @@ class Training:
                         "another process of the job, which torchrun's summary names")
         return Stopped(signum, message)
 
-    def save_everywhere(self) -> None:
-        """Rank 0 saves (:meth:`save`); every process learns whether it could and of which
-        epoch its checkpoint is, so that all stop together when it could not (the others
-        would wait in the next epoch's first collective for a rank that had left) and all
-        say the same of where a stop leaves the run."""
-        error = None
-        if self.main_process:
-            try:
-                self.save()
-            except SaveError as err:
-                error = err
-        saved, self.saved_epochs = distributed.from_main(
-            [error is None, self.saved_epochs], self.device)
-        if error is not None:
-            raise error
-        if not saved:  # (said by rank 0, which alone prints)
-            raise SaveError(f"the run in {self.output_dir} could not save epoch "
-                            f"{len(self.results['epochs'])} (rank 0 says why)")
-
-    def save(self) -> None:
-        """The checkpoint first, then the record: a kill (or a full disk) between the two
-        leaves a ``run.json`` behind its checkpoint, which resuming catches up (a complete
-        one: :func:`~basisconv.resume_point.repair_record`), never one ahead of it, saying
-        complete while the checkpoint, and so the next start, would train the last epoch
-        again. A write that fails (each is atomic, so the earlier file stays) is one
-        :class:`SaveError` line.
-
-        With ``trainer.checkpoint_every_s`` the checkpoint is written only when that long
-        has passed since the last one, and after the last epoch; the record, a few
-        kilobytes, after every epoch (an incomplete record ahead of the checkpoint is
-        caught up by resuming, which trains the epochs after the checkpoint again)."""
-        try:
-            self._save()
-        except OSError as err:
-            raise SaveError(stop_messages.save_failed_message(
-                self.cfg, self.output_dir, err, self.saved_epochs,
-                len(self.results["epochs"]))) from None
-
-    def _save(self) -> None:
-        trainer = self.cfg.trainer
-        if not trainer.checkpoint:
-            self.remove_stale_checkpoint()
-        elif (self.record.status == "complete"
-              or monotonic() - self.last_checkpoint >= trainer.checkpoint_every_s):
-            save_checkpoint(self.output_dir / CHECKPOINT, {
-                "config": self.record.config, "record": self.record.as_dict(),
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What the checkpoint holds besides the config and record: all the next epoch
+        depends on (:data:`~basisconv.checkpoint.RUN_STATE`)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "batches": self.train_batches.state_dict(), "scaler": self.scaler.state_dict()})
-            self.last_checkpoint = monotonic()
-            self.saved_epochs = len(self.results["epochs"])  # a stop now resumes after it
-        write_record(self.output_dir, self.record)
-        if not trainer.checkpoint:
-            self.saved_epochs = len(self.results["epochs"])
-
-    def remove_stale_checkpoint(self) -> None:
-        """A run that keeps no checkpoint (``trainer.checkpoint=false``) deletes one an
-        earlier run left in its folder (before its record moves past it): resuming would
-        otherwise take it for this run's, training a finished run again, or rewriting its
-        ``run.json`` with the earlier run's record; and it would be taken as this run's
-        weights (``basis.source_checkpoint``)."""
-        path = self.output_dir / CHECKPOINT
-        if path.exists():
-            path.unlink()  # first: a kill in between leaves no checkpoint to resume from
-            checksum_path(path).unlink(missing_ok=True)
-            log.info("removed %s: trainer.checkpoint=false, and it would fall behind this "
-                     "run's record", path)
-
-    def note_a_checkpoint_just_saved(self) -> None:
-        """A signal's handler runs as the checkpoint's rename returns, before :meth:`_save`
-        notes it: the checkpoint on disk holding this run's epochs so far says so (an
-        earlier run's, which ``trainer.resume=false`` has not yet replaced, holds others)."""
-        finished = self.results["epochs"]
-        if (self.main_process and self.cfg.trainer.checkpoint
-                and len(finished) > self.saved_epochs
-                and saved_epoch_rows(self.output_dir / CHECKPOINT) == finished):
-            self.saved_epochs = len(finished)
+                "batches": self.train_batches.state_dict(), "scaler": self.scaler.state_dict()}
 
     def stop_message(self) -> str:
         """What an interrupted run tells the user: where it stopped, how to go on."""
         if not self.epochs_begun:  # as a stop while the run was built (start_training)
             return stop_messages.stopped_before_training(self.cfg, self.output_dir,
-                                                         self.saved_epochs)
-        return stop_messages.stop_message(self.cfg, self.output_dir, self.saved_epochs,
+                                                         self.saves.saved_epochs)
+        return stop_messages.stop_message(self.cfg, self.output_dir, self.saves.saved_epochs,
                                           len(self.results["epochs"]))
 
 
