@@ -316,7 +316,8 @@ def missing_fields(record: dict[str, Any]) -> list[str]:
     if record.get("kind") in REQUIRED:
         for path, kind in PROVENANCE_TYPES.items():
             node = field_at(record, path)
-            if node not in (None, ABSENT) and not isinstance(node, kind) and path not in missing:
+            if (node is not None and node is not ABSENT and not isinstance(node, kind)
+                    and path not in missing):
                 missing.append(path)
     return missing
 
