@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from basisconv.kernels import auto, auto_norm
-from basisconv.layers import BasisConv2d, conv_norm_act
+from basisconv.conv_norm import conv_norm_act
+from basisconv.layers import BasisConv2d
 
 NORMS = {"default": {}, "cumulative": {"momentum": None}, "no-affine": {"affine": False},
          "no-running-stats": {"track_running_stats": False}}

@@ -17,7 +17,8 @@ from basisconv.cost import count_parameters, measure_flops, model_cost
 from basisconv.cost_formulas import (basis_conv2d_cost, conv2d_cost, layer_cost, linear_cost,
                                      saves_compute)
 from basisconv.errors import ConfigError
-from basisconv.layers import BasisConv2d, basis_layers, conv_norm_act
+from basisconv.conv_norm import conv_norm_act
+from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
 from basisconv.surgery import CoefficientSkipSchedule, apply_basis
 

@@ -20,7 +20,8 @@ pytest.importorskip("triton")
 
 from basisconv.kernels import (torch_ops, triton_combine, triton_fold,  # noqa: E402
                                triton_fold_wide, triton_moments)
-from basisconv.layers import BasisConv2d, conv_norm_act  # noqa: E402
+from basisconv.conv_norm import conv_norm_act  # noqa: E402
+from basisconv.layers import BasisConv2d  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("triton_backend")
 

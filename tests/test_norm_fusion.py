@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from basisconv.layers import BasisConv2d, conv_norm_act
+from basisconv.conv_norm import conv_norm_act
+from basisconv.layers import BasisConv2d
 from basisconv.models import build_model
 from basisconv.surgery import apply_basis
 
@@ -64,9 +65,9 @@ def step(conv, norm, x, upstream, relu):
 @pytest.mark.parametrize("kind", ["converted", "scratch-lowrank"])
 def test_fused_norm_equals_layer_then_batch_norm(kind, layout, norm_kwargs, relu, device,
                                                 monkeypatch):
-    import basisconv.layers as layers_module
-    folded, fold = [], layers_module.basis_conv_batch_norm
-    monkeypatch.setattr(layers_module, "basis_conv_batch_norm",  # the fold ran, not the plain
+    import basisconv.conv_norm as conv_norm
+    folded, fold = [], conv_norm.basis_conv_batch_norm
+    monkeypatch.setattr(conv_norm, "basis_conv_batch_norm",  # the fold ran, not the plain
                         lambda *a, **k: folded.append(1) or fold(*a, **k))  # path (review)
     (conv, norm), (fconv, fnorm) = pair(layers(kind, device), norm_kwargs, device)
     torch.manual_seed(1)

@@ -304,8 +304,8 @@ def test_a_layer_that_folds_its_norm_is_timed_with_it(monkeypatch):
     model = build_model("resnet8", width=0.25)
     names = ["layer1.0.conv1", "layer2.0.conv2"]
     basis_model = apply_basis(model, names, 0.5, convert=False, fuse_norm=True)
-    folds, fold = [], layers._fused_batch_norm
-    monkeypatch.setattr(layers, "_fused_batch_norm",
+    folds, fold = [], layers.fused_batch_norm  # (the name the layer's forward calls)
+    monkeypatch.setattr(layers, "fused_batch_norm",
                         lambda *a, **k: folds.append(1) or fold(*a, **k))
     norms, forward = [], torch.nn.BatchNorm2d.forward
     monkeypatch.setattr(torch.nn.BatchNorm2d, "forward",

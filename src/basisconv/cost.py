@@ -120,7 +120,7 @@ def _meta_copy(model: nn.Module) -> nn.Module:
                         meta=True).to("meta")
     for module in shadow.modules():
         # the user's hooks would see meta tensors: each becomes a no-op, kept in its table,
-        # so that a fuse_norm layer that hooks keep unfused (layers.conv_norm_act) is counted
+        # so that a fuse_norm layer that hooks keep unfused (conv_norm.conv_norm_act) is counted
         # unfused, as it runs
         for table in HOOK_TABLES:
             hooks = getattr(module, table, {})

@@ -24,13 +24,9 @@ Storage and forward are kept apart, in the spirit of tensorly-torch:
 
 A basis layer built with ``fuse_norm=True`` and followed by a batch norm (and a ReLU)
 computes the three as one when a model calls :func:`conv_norm_act` for them: the norm
-folds into the combination, so the full-width activation is written once
-(:mod:`basisconv.kernels.norm`; with ``combine="fused"`` the batch moments, the
-combination, its ReLU and their backward are Triton kernels,
-:mod:`basisconv.kernels.triton_moments` and :mod:`basisconv.kernels.triton_combine`; with
-``combine="auto"`` each shape runs whichever of the fold's forms and the unfused modules
-is fastest on the device, :mod:`basisconv.kernels.auto_norm`). Any other layer or norm runs
-them one after another.
+folds into the combination, so the full-width activation is written once. Which calls
+fold, and how the norm's statistics are applied to the fold, is
+:mod:`basisconv.conv_norm`'s, whose :func:`conv_norm_act` this module still exports.
 
 Rebuilding the dense weight and running one dense conv would save parameters but not time;
 that is what :meth:`BasisConv2d.to_conv` is for (export and checking), not the forward.
@@ -46,21 +42,19 @@ over a model's basis layers (``frobenius_decay_correction``, ``coefficient_l1``)
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils import skip_init
 
+from .conv_norm import conv_norm_act, fused_batch_norm
 from .counts import is_int, is_number
 from .errors import ConfigError, warn_caller
 from .fitting import basis_filters, best_rank_weight, fit_coefficients, relative_error
-from .kernels import (COMBINE_MODES, auto_conv_batch_norm, auto_forward, basis_conv_batch_norm,
-                      channels_last, combination_rows, fused_forward, materialized_weight,
-                      split_forward, stacked_forward, without_autocast)
+from .kernels import (COMBINE_MODES, auto_forward, channels_last, combination_rows, fused_forward,
+                      materialized_weight, split_forward, stacked_forward, without_autocast)
 from .layer_options import check_coefficient_rank, check_flag, check_geometry, resolve_num_basis
 from .source_conv import (basis_size_for_error, check_convertible, check_finite_weight,
                           check_fit, check_not_inference_mode, check_plain_options,
@@ -444,7 +438,7 @@ class BasisConv2d(nn.Module):
             # index channels as dim 1, so each form gets a batch of one
             return self.forward(x[None], norm, relu)[0]
         if norm is not None:
-            return _fused_batch_norm(self, norm, x, relu)
+            return fused_batch_norm(self, norm, x, relu)
         conv = (self.stride, self.padding, self.dilation)
         if self.combine == "stacked":
             return stacked_forward(x, self.basis_weight, self.combination_matrix(), self.bias,
@@ -473,77 +467,6 @@ class BasisConv2d(nn.Module):
             mask = self.coefficient_mask
             s += f", keep_per_row={int(mask[0].sum()) if mask.numel() else 0}"
         return s
-
-
-def conv_norm_act(conv: nn.Module, norm: nn.Module, x: torch.Tensor,
-                  relu: bool = False) -> torch.Tensor:
-    """``relu?(norm(conv(x)))``: one fused computation when ``conv`` is a basis layer with
-    ``fuse_norm`` and ``norm`` a plain ``nn.BatchNorm2d`` (not a synchronized one), else
-    the modules one after another. Models call this for every conv-norm(-ReLU) triple so
-    that the choice is the layer's (see :mod:`basisconv.kernels.norm`). The fused call
-    still goes through the conv module, so hooks registered ``with_kwargs=True`` (the cost
-    model's) see it, with ``norm=`` and the normalized output. Hooks that expect the
-    modules one after another (the norm's own, a plain forward hook on the conv, such as
-    one moved from the dense conv by :func:`~basisconv.surgery.apply_basis`) are kept
-    right: the modules then run one after another, said once. An unbatched input goes the
-    same way (``nn.BatchNorm2d`` refuses it)."""
-    if getattr(conv, "fuse_norm", False) and type(norm) is nn.BatchNorm2d and x.dim() == 4:
-        if not _hooks_expect_the_modules(conv, norm):
-            return conv(x, norm=norm, relu=relu)
-        _say_once_fold_skipped(conv)
-    out = norm(conv(x))
-    return F.relu(out) if relu else out
-
-
-def _hooks_expect_the_modules(conv: nn.Module, norm: nn.Module) -> bool:
-    """Whether folding would change what hooks see: the norm's own hooks (forward or
-    backward) would not run, a conv forward hook that does not take ``norm=`` (not
-    registered with kwargs) would get the normalized output for the conv's, and a conv
-    backward hook the gradient of that output."""
-    # (each forward of a folded layer asks: no sets built for it)
-    return bool(norm._forward_hooks or norm._forward_pre_hooks or norm._backward_hooks
-                or norm._backward_pre_hooks or conv._backward_hooks or conv._backward_pre_hooks
-                or any(key not in conv._forward_hooks_with_kwargs for key in conv._forward_hooks))
-
-
-def _say_once_fold_skipped(conv: nn.Module) -> None:
-    if not getattr(conv, "_said_fold_skipped", False):
-        conv._said_fold_skipped = True
-        warn_caller("a basis layer with fuse_norm=True runs unfused beside its norm: hooks "
-                    "on the norm, or forward or backward hooks on the layer, expect the "
-                    "modules one after another (register a conv forward hook "
-                    "with_kwargs=True to keep the fold: it then sees norm= and the "
-                    "normalized output)")
-
-
-def _fused_batch_norm(layer: BasisConv2d, norm: nn.BatchNorm2d, x: torch.Tensor,
-                      relu: bool) -> torch.Tensor:
-    """``norm`` applied the way ``nn.BatchNorm2d.forward`` applies it (which statistics,
-    the running averages and their momentum), with the arithmetic folded into the layer's
-    combination."""
-    for name in ("running_mean", "weight"):  # refused as F.batch_norm refuses it unfused
-        value = getattr(norm, name)  # (per-channel products broadcast a 1-channel norm)
-        if value is not None and value.numel() != layer.out_channels:
-            raise RuntimeError(f"{name} should contain {layer.out_channels} elements not "
-                               f"{value.numel()}")
-    batch_stats = norm.training or norm.running_mean is None
-    momentum = norm.momentum
-    # a norm whose tracking was switched off keeps its buffers unchanged (frozen statistics)
-    tracking = norm.training and norm.track_running_stats
-    if tracking and norm.num_batches_tracked is not None:
-        norm.num_batches_tracked.add_(1)
-        if momentum is None:  # a cumulative average, as nn.BatchNorm2d keeps it
-            momentum = 1.0 / float(norm.num_batches_tracked)
-    if momentum is None:  # (no batch counter to average by: batch norm's factor is 0 then)
-        momentum = 0.0
-    updating = batch_stats and tracking and norm.running_mean is not None
-    forward = auto_conv_batch_norm if layer.combine == "auto" else functools.partial(
-        basis_conv_batch_norm, fused=layer.combine == "fused")
-    return forward(
-        x, layer.basis_weight, layer.coefficient_matrix(), layer.output_index, layer.bias,
-        layer.stride, layer.padding, layer.dilation, norm_weight=norm.weight, norm_bias=norm.bias,
-        eps=norm.eps, running=None if batch_stats else (norm.running_mean, norm.running_var),
-        relu=relu, update=(norm.running_mean, norm.running_var, momentum) if updating else None)
 
 
 def basis_layers(model: nn.Module) -> dict[str, BasisConv2d]:

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .graphs import GraphedCall
 from .kernels.auto import round_order
-from .layers import conv_norm_act
+from .conv_norm import conv_norm_act
 from .execution import AMP_DTYPES, memory_format, raise_compile_limits
 from .network import choose_forms_now
 

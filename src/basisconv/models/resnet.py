@@ -7,7 +7,7 @@ Module names and state_dict keys are kuangliu/pytorch-cifar's (``layer1.0.conv1`
 ``layer2.0.shortcut.0``, ``linear``): the block convs are named as in torchvision, the
 shortcuts and the head are not (``downsample.0`` and ``fc`` there).
 
-Every conv-norm(-ReLU) triple goes through :func:`basisconv.layers.conv_norm_act`, which
+Every conv-norm(-ReLU) triple goes through :func:`basisconv.conv_norm.conv_norm_act`, which
 is the plain sequence for dense convs and one fused computation for basis layers built
 with ``fuse_norm=True``.
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import conv_norm_act
+from ..conv_norm import conv_norm_act
 from .registry import register_model, scaled
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import conv_norm_act
+from ..conv_norm import conv_norm_act
 from .registry import register_model, scaled
 from .resnet import BasicBlock, conv3x3, init_weights
 
