@@ -1243,6 +1243,37 @@ def test_a_stop_once_the_run_is_built_before_it_runs_says_it_trained_nothing(tmp
                               f"(choosing its layers, reading its data or starting "
                               f"wandb); the same command starts it over")
 
+@pytest.mark.parametrize("trouble", ["stop as built", "error as built", "stop before run"])
+def test_trouble_between_the_build_and_its_epochs_leaves_no_wandb_run_open(tmp_path, repo,
+                                                                          fake_wandb,
+                                                                          monkeypatch, trouble):
+    """Found in review: wandb started in ``Training.__init__``, outside the ``try`` of
+    ``Training.run`` whose ``finally`` ends it, so a stop or an error landing in between
+    (the build's last steps, or after ``start_training`` returned) left the wandb run open,
+    to be ended as finished by the next job's ``wandb.init`` or a notebook's exit (and,
+    under torchrun, the process group joined). Any wandb run started ends marked failed."""
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    def interrupted(*args, **kwargs):  # a signal's handler, run at its first bytecode
+        if trouble == "error as built":
+            raise OSError("No space left on device")
+        raise KeyboardInterrupt
+
+    if trouble == "stop before run":
+        monkeypatch.setattr(train.Training, "run", interrupted)
+    else:  # the build's last step
+        monkeypatch.setattr(train, "RunSaves", interrupted)
+    cfg = compose_tiny(repo, "logger.mode=offline", "trainer.epochs=2")
+    with pytest.raises(OSError if trouble == "error as built" else Stopped) as err:
+        fit(cfg, tmp_path)
+    assert [run.finished for run in fake_wandb.runs] in ([], [[1]])  # none open
+    if trouble != "error as built":
+        assert str(err.value) == (f"the run in {tmp_path} stopped before its first epoch "
+                                  f"(choosing its layers, reading its data or starting "
+                                  f"wandb); the same command starts it over")
+
+
 
 @pytest.mark.parametrize("by", ["ctrl-c", "sigterm"])
 def test_a_stop_while_wandb_finishes_a_complete_run_says_it_is_complete(tmp_path, repo,

@@ -37,6 +37,12 @@ class RunSaves:
         self.run_state, self.device = run_state, device
         self.main_process = distributed.is_main_process()
         self.saved_epochs = self.finished
+        self.start_clock()
+
+    def start_clock(self) -> None:
+        """``trainer.checkpoint_every_s`` counts from now: the run's first epoch is about to
+        begin (its build and wandb's start, up to ``logger.init_timeout_s``, are not
+        training a checkpoint would save)."""
         self.last_checkpoint = monotonic()
 
     @property

@@ -219,9 +219,11 @@ class Training:
         self.optimizer = optim.build_optimizer(self.model, trainer)
         self.scaler = optim.grad_scaler(self.amp_dtype, self.device)
         self.scheduler = optim.build_scheduler(self.optimizer, trainer, len(self.train_batches))
+        # the earlier start's wandb run, until start_tracker's replaces it
+        earlier = checkpoint["record"].get("wandb") if checkpoint else None
         self.record = RunRecord("training", config, results={
             "model": describe(self.model, batch=self.process_batch), "layers": self.layers,
-            **made_from, "epochs": [], "final": None, "wandb": None})
+            **made_from, "epochs": [], "final": None, "wandb": earlier})
         self.results = self.record.results
         if checkpoint is not None:
             self.restore(checkpoint)
@@ -233,17 +235,23 @@ class Training:
                  len(self.results["model"]["basis_layers"]),
                  data.source, data.train_labels.numel(), data.test_labels.numel(), self.device)
         self.wrap()
-        logger_cfg = cfg.logger if self.main_process else OmegaConf.create({"backend": "none"})
-        earlier = checkpoint["record"].get("wandb") if checkpoint else None
-        self.tracker = Tracker(logger_cfg, config, output_dir, name=output_dir.name,
-                               resume=earlier, history=self.results["epochs"])
-        # a start without wandb (logger=none, or wandb failing) keeps the earlier run's id,
-        # for a later start to resume that wandb run rather than begin a second one
-        self.results["wandb"] = self.tracker.info or earlier
-        # built last: its clock for trainer.checkpoint_every_s starts as run() does (the
-        # build, compile's form timing and wandb's start above are not counted)
         self.saves = RunSaves(cfg, output_dir, self.record, self.checkpoint_state, self.device)
+        # started by run(), in the try whose finally ends it: a stop or an error before
+        # (the build, or between start_training and run) leaves no wandb run open
+        self.tracker: Tracker | None = None
         self.epochs_begun = False  # a stop before them (the start's summary) trained nothing
+
+    def start_tracker(self) -> None:
+        """Start this start's wandb run (rank 0 alone), the earlier start's resumed. A start
+        without wandb (logger=none, or wandb failing) keeps the earlier run's id, for a
+        later start to resume that wandb run rather than begin a second one."""
+        logger_cfg = (self.cfg.logger if self.main_process
+                      else OmegaConf.create({"backend": "none"}))
+        earlier = self.results["wandb"]
+        self.tracker = Tracker(logger_cfg, self.record.config, self.output_dir,
+                               name=self.output_dir.name, resume=earlier,
+                               history=self.results["epochs"])
+        self.results["wandb"] = self.tracker.info or earlier
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from ``checkpoint``: its weights, optimizer, schedule, batch order and
@@ -385,12 +393,15 @@ class Training:
     def run(self) -> dict[str, Any]:
         """Train the epochs left, saving after each; returns the run record. A stop, a
         peer's failure or a divergence leaves as one :class:`Stopped` or
-        :class:`TrainingDiverged` line that says where the run is and how to go on; wandb is
+        :class:`TrainingDiverged` line that says where the run is and how to go on. wandb
+        starts here, in the ``try`` (a stop before it leaves no wandb run open), and is
         finished and the process group left whatever happens."""
         trainer, record, results = self.cfg.trainer, self.record, self.results
         failed = True
         try:
             try:
+                self.start_tracker()
+                self.saves.start_clock()  # (wandb's start is not counted)
                 # What scripts/analyze.py source=wandb needs to rebuild the run record (in
                 # the try: a stop while it is sent still ends the wandb run, and is said)
                 self.summarize_model()
@@ -416,7 +427,8 @@ class Training:
             raise stop from None
         finally:
             try:
-                self.tracker.finish(failed=failed)
+                if self.tracker is not None:  # (None: stopped before wandb started)
+                    self.tracker.finish(failed=failed)
             except KeyboardInterrupt as err:  # while wandb uploads (up to finish_timeout_s)
                 if not failed:
                     raise Stopped(getattr(err, "signum", signal.SIGINT),
