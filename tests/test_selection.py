@@ -1207,6 +1207,41 @@ def test_the_sensitivity_script_reports_what_a_fixed_policy_converts(repo, tmp_p
     assert summary["flops_saved"] == picked["flops_saved"].sum()
 
 
+def test_a_sensitivity_runs_wandb_run_ends_failed_when_its_logging_stops(repo, tmp_path,
+                                                                        monkeypatch):
+    """Found in review: a stop (or an error) while a sensitivity run sent its table to wandb
+    ended the wandb run as finished (exit code 0), as if it held the whole table; it ends
+    failed, as a stopped training run's does, and a run that sent everything finished."""
+    finished = []
+
+    class Tracker:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def log(self, *args, **kwargs):
+            pass
+
+        def table(self, *args, **kwargs):
+            if stop:
+                raise KeyboardInterrupt
+
+        def summary(self, *args, **kwargs):
+            pass
+
+        def finish(self, failed=False):
+            finished.append(failed)
+
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    monkeypatch.setattr(sensitivity, "Tracker", Tracker)
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none")
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        sensitivity.run_sensitivity(cfg, tmp_path / "stopped")
+    stop = False
+    sensitivity.run_sensitivity(cfg, tmp_path / "complete")
+    assert finished == [True, False]
+
+
 def test_a_table_cached_for_an_edited_model_definition_is_refused(repo, tmp_path, monkeypatch):
     """The cache key names the model; a model file edited between two runs (a layer's
     channels) gives a model its cached table was not made for: refused with the fix, where

@@ -431,6 +431,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     write_record(output_dir, run)
     publish(run.as_dict(), cfg.publish, output_dir)
     tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
+    failed = True  # (a stop while the table is sent: a wandb run without all of it)
     try:
         for row in table.sort_values("position").to_dict("records"):
             tracker.log({f"sensitivity/{k}": row[k] for k in
@@ -438,6 +439,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
                         step=int(row["position"]))
         tracker.table("sensitivity/table", table)
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        failed = False
     finally:
-        tracker.finish()
+        tracker.finish(failed=failed)
     return run.as_dict()
