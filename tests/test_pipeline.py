@@ -37,9 +37,13 @@ FEW_IMAGES = "data.synthetic_train=100"
 
 
 def train_line(*overrides):
+    """The tiny run's command line with ``overrides``, which replace the tiny run's own
+    values of the same keys (a config group given twice is refused: ``model=resnet20
+    model=resnet18,resnet8`` would run the last alone)."""
     flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
     values = [o for o in overrides if not o.startswith("-")]
-    return [*flags, *TINY, *values]
+    given = {o.split("=", 1)[0] for o in values}
+    return [*flags, *(o for o in TINY if o.split("=", 1)[0] not in given), *values]
 
 
 def train_command(repo, *overrides):
