@@ -30,6 +30,20 @@ def test_md5_mismatch_is_a_clear_error(tmp_path):
         load_cifar10(tmp_path)
 
 
+@pytest.mark.parametrize("size, said", [
+    (0, r"It is empty \(0 bytes\)\."),
+    (3073 * 10_000 - 100, r"It has 30729900 bytes, where the genuine file has 30730000\."),
+    (3073 * 10_000, r"")])  # the genuine size: nothing to add
+def test_an_md5_mismatch_says_when_the_file_is_empty_or_of_another_size(tmp_path, size, said):
+    """Found in review: an empty or truncated download's md5 mismatch named two digests
+    alone (the empty file's d41d8cd9...), not that the file was empty or short."""
+    folder = write_cifar(tmp_path)
+    (folder / "data_batch_1.bin").write_bytes(bytes(size))
+    with pytest.raises(DatasetError, match=rf"md5 mismatch for \S*data_batch_1.bin: expected "
+                                           rf"\w+, got \w+\. {said}\s?The file is corrupt"):
+        load_cifar10(tmp_path)
+
+
 def test_missing_directory_says_where_it_looked(tmp_path):
     with pytest.raises(DatasetError, match=r"not found: looked in .*missing.*CIFAR10_ROOT"):
         load_cifar10(tmp_path / "missing")

@@ -239,6 +239,19 @@ def _class_labels(path: Path, given, labels: torch.Tensor) -> torch.Tensor:
                        f"own data (one int class per image)")
 
 
+def _size_note(name: str, size: int) -> str:
+    """What the size of the file ``name`` whose md5 mismatched adds: that it is empty, or
+    (binary version, whose genuine files hold 10,000 records each) that its size is not the
+    genuine one; else nothing. The digests alone said neither (an empty file's is
+    d41d8cd9...), where an empty or truncated download is the likely cause."""
+    if size == 0:
+        return "It is empty (0 bytes). "
+    genuine = RECORD_BYTES * (TEST_IMAGES if name in TEST_FILES["bin"] else TRAIN_IMAGES // 5)
+    if name.endswith(".bin") and size != genuine:
+        return f"It has {size} bytes, where the genuine file has {genuine}. "
+    return ""
+
+
 def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
     images, labels = [], []
     reader = _read_binary if fmt == "bin" else _read_python
@@ -263,7 +276,8 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
         if verify_md5 and (
                 digest := hashlib.md5(raw, usedforsecurity=False).hexdigest()) != MD5[name]:
             raise DatasetError(
-                f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. The file is "
+                f"md5 mismatch for {path}: expected {MD5[name]}, got {digest}. "
+                f"{_size_note(name, len(raw))}The file is "
                 f"corrupt or not the genuine CIFAR-10: re-download it, or set "
                 f"data.verify_md5=false if you use your own data in CIFAR format.")
         x, y = reader(path, raw)
