@@ -6,7 +6,7 @@ dense) and ``train-throughput-*.json`` (``scripts/benchmark_train.py``, the trai
 in the folders (default ``results`` and its ``gpu*`` folders, where ``make gpu-speed``
 writes) and writes ``<out>.md``, ``<out>-model.csv``, ``<out>-training.csv``,
 ``<out>-memory.csv`` (the whole model's training memory, where measured) and
-``<out>.png``: see ``basisconv.analysis.speed``.
+``<out>.png``: see ``basisconv.analysis.speed_summary``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
-from basisconv.analysis.speed import write_summary
+from basisconv.analysis.speed_summary import write_summary
 from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.records import script_command
 

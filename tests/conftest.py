@@ -222,8 +222,8 @@ def _entry_point_state_restored():
 # (errors.SAID_ONCE, kernels.fused._WARNED, sensitivity_cache.WARNED_MISSING), the tables
 # being estimated again (sensitivity.RECOMPUTING), the shapes whose kernel failed to compile
 # (fused._FAILED), combine="auto"'s timed choices (kernels.auto), a sweep's unused folders
-# (sweep_checks.unused_sweep_folders) and the colours a user's
-# policies and forms were given (analysis.figures, analysis.speed). A test that filled one left it so for
+# (sweep_checks.unused_sweep_folders) and the colours a user's policies and forms were
+# given (analysis.figures, analysis.speed_summary). A test that filled one left it so for
 # every later test: a later check that a path says nothing (warnings as errors) passed
 # whatever that path said, if an earlier test had said it first.
 _PROCESS_MEMORY = {"basisconv.errors": ("SAID_ONCE",),
@@ -233,7 +233,7 @@ _PROCESS_MEMORY = {"basisconv.errors": ("SAID_ONCE",),
                    "basisconv.kernels.fused": ("_WARNED", "_FAILED"),
                    "basisconv.kernels.auto": ("_CHOICES", "TIMINGS", "_LOOKED_UP"),
                    "basisconv.analysis.figures": ("_EXTRA_TAKEN",),
-                   "basisconv.analysis.speed": ("_FORMS_TAKEN",),
+                   "basisconv.analysis.speed_summary": ("_FORMS_TAKEN",),
                    "basisconv.timing": ("ALLOCATOR_TUNED",)}
 
 

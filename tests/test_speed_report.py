@@ -1,5 +1,6 @@
-"""scripts/speed_report.py (basisconv.analysis.speed): the speed records of several folders,
-CPU and GPU, in one summary whose every row names its record."""
+"""scripts/speed_report.py (basisconv.analysis.speed, the tables; speed_summary, the page and
+plot): the speed records of several folders, CPU and GPU, in one summary whose every row
+names its record."""
 
 import hashlib
 import json
@@ -10,7 +11,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from basisconv.analysis import speed
+from basisconv.analysis import speed, speed_summary
 from basisconv.errors import DatasetError
 
 CPU = {"cpu": "AMD EPYC", "cpu_capability": "AVX512"}
@@ -286,7 +287,7 @@ def test_the_checkpoint_time_and_gpu_peak_are_columns_and_an_older_record_shows_
     assert gpu.loc["eager", "cuda_peak_mib"] == 1234.5
     assert pd.isna(gpu.loc["graphs", "cuda_peak_mib"])  # before b697cd8
     assert pd.isna(table.loc[("AMD EPYC (AVX512)", "eager"), "cuda_peak_mib"])  # a CPU
-    shown = speed._markdown(table.reset_index())
+    shown = speed_summary._markdown(table.reset_index())
     assert "| 0.42 | 1234 |" in shown and shown.count("| - |") >= 3
 
 
@@ -331,7 +332,7 @@ def test_a_damaged_record_or_a_missing_table_is_one_clear_error(folders, repo, t
     assert result.stderr.startswith("error: ") and "model-speed-cpu-fp32.json" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(DatasetError, match="no folder"):
-        speed.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
+        speed_summary.write_summary([tmp_path / "nowhere"], tmp_path / "s", "test")
 
 
 def test_a_record_that_does_not_parse_is_restored_from_git_or_measured_again(tmp_path):
@@ -380,11 +381,11 @@ def test_an_output_named_with_its_suffix_names_every_file_from_the_same_stem(fol
     """``--out s.md`` once wrote ``s.md``, ``s.png`` and ``s.md-model.csv`` (and ``--out
     s.json`` ``s.json.md``, found in review)."""
     for name in ("s.md", "s.json"):
-        written = speed.write_summary(folders, tmp_path / name, "test")
+        written = speed_summary.write_summary(folders, tmp_path / name, "test")
         assert sorted(p.name for p in written) == ["s-memory.csv", "s-model.csv",
                                                     "s-training.csv", "s.json", "s.md", "s.png"]
     # found in review: a stem with dots (a date) lost its last part in the .md and .png
-    written = speed.write_summary(folders, tmp_path / "s-2026.12.01", "test")
+    written = speed_summary.write_summary(folders, tmp_path / "s-2026.12.01", "test")
     assert sorted(p.name for p in written) == [
         "s-2026.12.01-memory.csv", "s-2026.12.01-model.csv", "s-2026.12.01-training.csv",
         "s-2026.12.01.json",
@@ -397,7 +398,7 @@ def test_the_summary_carries_its_provenance_and_reads_a_folder_named_twice_once(
     every file has its provenance), and a folder named twice (`make speed-report
     ARGS=results/gpu-h200` beside the default results/gpu*/) gave its rows twice, or called
     one training record two measurements of one setting."""
-    speed.write_summary(folders, tmp_path / "s", "python scripts/speed_report.py")
+    speed_summary.write_summary(folders, tmp_path / "s", "python scripts/speed_report.py")
     sidecar = json.loads((tmp_path / "s.json").read_text())
     assert {"command", "git", "versions", "hardware", "date"} <= set(sidecar["provenance"])
     assert sidecar["files"] == ["s.md", "s-model.csv", "s-training.csv", "s-memory.csv",
@@ -538,7 +539,7 @@ def test_an_older_table_without_the_time_bound_is_still_read(tmp_path):
     pd.read_csv(table).drop(columns=["time_bound_ratio", "fwdbwd_spread"]).to_csv(table, index=False)
     model = speed.model_speed([tmp_path])
     assert len(model) == 1 and model[["time_bound_ratio", "fwdbwd_spread"]].isna().all().all()
-    assert "| - |" in speed.summary(model, speed.training_speed([tmp_path]))
+    assert "| - |" in speed_summary.summary(model, speed.training_speed([tmp_path]))
 
 
 def test_folders_without_any_speed_record_are_one_clear_error(repo, tmp_path, script_starts):
@@ -557,15 +558,15 @@ def test_the_side_by_side_plot_shows_the_speedup_over_dense(folders, monkeypatch
     """One panel per hardware; each line is 1 / the measured ratio, beside 1 / the FLOP
     ratio."""
     shown = []
-    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
-    speed.speed_across_hardware(speed.model_speed(folders), tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed_summary, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed_summary.speed_across_hardware(speed.model_speed(folders), tmp_path / "plot.png", "note")
     gpu = [ax for ax in shown[0].axes if ax.get_title() == "NVIDIA H200"][0]
     lines = {line.get_label(): list(line.get_ydata()) for line in gpu.lines}
     assert lines["bf16, batch 512, fused (aaaaaaa)"] == pytest.approx([1 / 0.35, 1 / 0.62])
     assert lines["theory (FLOPs)"] == pytest.approx([4.0, 2.0])
     # what the records time (found in the docs review: the axis said "training step")
     assert shown[0].axes[0].get_ylabel() == "speedup over dense, training forward+backward (x)"
-    speed.pyplot().close(shown[0])
+    speed_summary.pyplot().close(shown[0])
 
 
 def test_a_form_of_several_parts_takes_its_basis_form_colour_not_the_flop_lines(
@@ -576,10 +577,10 @@ def test_a_form_of_several_parts_takes_its_basis_form_colour_not_the_flop_lines(
     model = speed.model_speed([tmp_path])
     assert list(model["form"]) == ["graphs, fused (quick)"]
     shown = []
-    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
-    speed.speed_across_hardware(model, tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed_summary, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed_summary.speed_across_hardware(model, tmp_path / "plot.png", "note")
     colours = {line.get_label(): line.get_color() for line in shown[0].axes[0].lines}
-    speed.pyplot().close(shown[0])
+    speed_summary.pyplot().close(shown[0])
     assert colours["bf16, batch 128, graphs, fused (quick) (aaaaaaa)"] == "tab:pink"
 
 
@@ -592,10 +593,10 @@ def test_a_record_that_names_no_precision_is_drawn_and_shown_with_a_dash(tmp_pat
     _model_record(tmp_path, "cpu-fp32-nchw", CPU, None, {0.25: 0.45})
     model = speed.model_speed([tmp_path])
     shown = []
-    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
-    speed.speed_across_hardware(model, tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed_summary, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed_summary.speed_across_hardware(model, tmp_path / "plot.png", "note")
     labels = [line.get_label() for line in shown[0].axes[0].lines]
-    speed.pyplot().close(shown[0])
+    speed_summary.pyplot().close(shown[0])
     assert "fp32, batch 128, stacked (aaaaaaa)" in labels
     assert "-, batch 128, nchw (aaaaaaa)" in labels
     assert set(model["precision"]) == {"-", "fp32"}
@@ -645,8 +646,8 @@ def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_
     model = pd.DataFrame(rows("CPU", "split", "a", 0.9) + rows("CPU", "stacked", "a", 0.5)
                          + rows("GPU", "stacked", "b", 1.5) + rows("GPU", "stacked", "c", 1.4))
     drawn = []
-    monkeypatch.setattr(speed, "save_figure", lambda fig, path: drawn.append(fig) or path)
-    speed.speed_across_hardware(model, tmp_path / "s.png", "note")
+    monkeypatch.setattr(speed_summary, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    speed_summary.speed_across_hardware(model, tmp_path / "s.png", "note")
     lines = {(ax.get_title(), line.get_label().split(", ")[2]): line
              for ax in drawn[0].axes for line in ax.get_lines() if "batch" in line.get_label()}
     cpu, gpu_b, gpu_c = (lines[k] for k in [("CPU", "stacked (a)"), ("GPU", "stacked (b)"),
@@ -654,7 +655,7 @@ def test_a_form_has_one_colour_in_every_panel_and_repeats_get_other_markers(tmp_
     assert cpu.get_color() == gpu_b.get_color() == gpu_c.get_color()
     assert lines["CPU", "split (a)"].get_color() != cpu.get_color()
     assert gpu_b.get_marker() != gpu_c.get_marker()
-    speed.pyplot().close(drawn[0])
+    speed_summary.pyplot().close(drawn[0])
 
 
 def test_the_memory_table_holds_the_records_that_measured_it(tmp_path):
@@ -665,7 +666,7 @@ def test_the_memory_table_holds_the_records_that_measured_it(tmp_path):
                      "basis_saved_mib": 650.0, "saved_ratio": 650 / 574,
                      "dense_peak_mib": 800.0, "basis_peak_mib": 840.0, "peak_ratio": 1.05}}
     _model_record(tmp_path, "cuda-bf16", GPU, "bf16", {0.25: 1.3}, columns=memory)
-    written = speed.write_summary([tmp_path], tmp_path / "s", "test")
+    written = speed_summary.write_summary([tmp_path], tmp_path / "s", "test")
     (row,) = pd.read_csv(tmp_path / "s-memory.csv").to_dict("records")
     assert (row["hardware"], row["form"], row["fraction"]) == ("NVIDIA H200", "stacked", 0.25)
     assert row["params_ratio"] == 0.25 and row["saved_ratio"] == pytest.approx(650 / 574)
@@ -769,10 +770,11 @@ def test_a_lines_label_says_its_threads_where_they_bound_the_step(tmp_path, monk
         (tmp_path / f"model-speed-{tag}.json").write_text(json.dumps(record))
     _model_record(tmp_path, "cuda-bf16", GPU, "bf16", {0.25: 0.9})
     shown = []
-    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
-    speed.speed_across_hardware(speed.model_speed([tmp_path]), tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed_summary, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed_summary.speed_across_hardware(speed.model_speed([tmp_path]), tmp_path / "plot.png",
+                                        "note")
     labels = {ax.get_title(): {line.get_label() for line in ax.lines} for ax in shown[0].axes}
-    speed.pyplot().close(shown[0])
+    speed_summary.pyplot().close(shown[0])
     assert {"fp32, batch 128, 1 thread, stacked (aaaaaaa)",
             "fp32, batch 128, 2 threads, stacked (aaaaaaa)"} <= labels["AMD EPYC (AVX512)"]
     assert "bf16, batch 128, stacked (aaaaaaa)" in labels["NVIDIA H200"]
@@ -786,10 +788,11 @@ def test_the_flop_line_is_the_stacked_forms_also_of_quick_records(tmp_path, monk
                   columns={0.25: {"theory_fwdbwd_ratio": 0.3}})
     _model_record(tmp_path, "cuda-bf16-quick", GPU, "bf16", {0.25: 0.6})
     shown = []
-    monkeypatch.setattr(speed, "save_figure", lambda fig, path: shown.append(fig) or path)
-    speed.speed_across_hardware(speed.model_speed([tmp_path]), tmp_path / "plot.png", "note")
+    monkeypatch.setattr(speed_summary, "save_figure", lambda fig, path: shown.append(fig) or path)
+    speed_summary.speed_across_hardware(speed.model_speed([tmp_path]), tmp_path / "plot.png",
+                                        "note")
     lines = {line.get_label(): list(line.get_ydata()) for line in shown[0].axes[0].lines}
-    speed.pyplot().close(shown[0])
+    speed_summary.pyplot().close(shown[0])
     assert lines["theory (FLOPs, stacked form)"] == pytest.approx([1 / 0.25])
 
 
@@ -817,7 +820,7 @@ def test_a_float32_gpu_row_says_whether_tf32_was_on_and_other_tables_have_no_suc
                     "cuda-fp32-matmuls": "matmuls", "cuda-fp32-before-the-flags": "-",
                     "cuda-bf16": "-", "cpu-fp32": "-"}
     assert list(train.columns[:3]) == ["hardware", "precision", "tf32"]
-    assert "| tf32 |" in speed.summary(speed.model_speed([fp32]), train)
+    assert "| tf32 |" in speed_summary.summary(speed.model_speed([fp32]), train)
     # no row float32 on a GPU: the table as it was, without the column
     assert "tf32" not in speed.training_speed([other]).columns
     # the whole-model tables alike
@@ -831,5 +834,5 @@ def test_a_float32_gpu_row_says_whether_tf32_was_on_and_other_tables_have_no_suc
     assert dict(zip(model["source"].map(lambda s: s.split("speed-")[1][:-5]), model["tf32"])) == {
         "cuda-fp32": "convs", "cuda-bf16": "-", "cpu-fp32": "-"}
     assert "tf32" not in speed.model_speed([other]).columns
-    assert "| tf32 |" not in speed.summary(speed.model_speed([other]),
+    assert "| tf32 |" not in speed_summary.summary(speed.model_speed([other]),
                                            speed.training_speed([other]))
