@@ -377,7 +377,11 @@ def test_fraction_rounding_and_range_errors():
     (0, "as a count must be >= 1"), (-2, "as a count must be >= 1"),
     (0.0, r"as a fraction must be in \(0, 1\]"), (1.5, r"as a fraction must be in \(0, 1\]"),
     (float("nan"), r"as a fraction must be in \(0, 1\]"), (True, "is neither a count"),
-    ("half", "is neither a count")])
+    ("half", "is neither a count"),
+    # found in review: a count computed as a float (64 / 4 in Python 3) read "16.0 as a
+    # fraction must be in (0, 1]; a layer takes 1..its out_channels as a count", which a
+    # user with 16 of 64 channels took to be met
+    (16.0, r"as a fraction must be in \(0, 1\] \(for a count of 16, give the int 16\)$")])
 def test_one_count_or_fraction_rule_for_basis_sizes_and_subsets(value, problem):
     """The rule the config check (data subsets, the held-out split) and the basis layer
     share: an int >= 1 is a count, a float in (0, 1] a fraction, a bool neither. (The

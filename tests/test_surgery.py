@@ -442,6 +442,16 @@ def test_layers_that_are_not_names_are_one_clear_error():
             apply_basis(Grouped(), layers, 0.25)
 
 
+def test_layers_given_with_their_sizes_are_refused_not_converted_at_the_default_size():
+    """Found in review: a mapping of names to sizes (what basis_report's rows give, the
+    docs' reload example builds one) was read as its names alone: every layer got the
+    default half of its filters, and the sizes were dropped without a word."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 32, 3))
+    with pytest.raises(ConfigError, match=r"^apply_basis: layers=\{'0': 4, '1': 2\} gives "
+                                          r"sizes per layer; .*one call a layer"):
+        apply_basis(model, {"0": 4, "1": 2})
+
+
 def test_converting_again_keeps_basis_layers_and_refuses_to_resize_one_by_name():
     """apply_basis on a model that has basis layers: "all" (or a pattern) converts the dense
     convs and leaves the basis ones as they are; a basis layer named on its own is one line

@@ -54,4 +54,8 @@ def count_or_fraction_problem(value) -> str | None:
         return "is neither a count (an int) nor a fraction (a float)"
     if is_int(value):
         return None if value >= 1 else "as a count must be >= 1"
-    return None if 0 < float(value) <= 1 else "as a fraction must be in (0, 1]"
+    if 0 < float(value) <= 1:
+        return None
+    whole = float(value) > 1 and float(value).is_integer()  # a count computed as a float
+    count = f" (for a count of {int(value)}, give the int {int(value)})" if whole else ""
+    return f"as a fraction must be in (0, 1]{count}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch.nn as nn
 
@@ -54,6 +54,11 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     names = conv_names(model)
     if isinstance(layers, str):
         layers = [layers]
+    if isinstance(layers, Mapping):  # (iterated, it gives its names: the sizes were dropped)
+        raise ConfigError(f"apply_basis: layers={dict(layers)!r} gives sizes per layer; "
+                          f"layers takes names only and num_basis one size for them: for "
+                          f"sizes per layer, apply_basis(model, name, size, inplace=True), "
+                          f"one call a layer")
     if not isinstance(layers, Iterable):
         raise ConfigError(f"apply_basis: layers={layers!r}; give 'all', a name, or a list of "
                           f"names and patterns like 'layer*.conv*' (to convert none, do not "
