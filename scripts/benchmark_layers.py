@@ -8,10 +8,11 @@ basis fractions 1/8, 1/4, 1/2 and 3/4, side by side with the cost model's FLOP r
     python scripts/benchmark_layers.py --device cuda --amp bf16
     python scripts/benchmark_layers.py --redraw --out-dir results/gpu-h200  # plots only
 
-How it times and what the columns mean: ``basisconv.bench.layers`` and
-``basisconv.timing``. Writes to ``results/`` (names carry device, precision and
-non-default options): ``layer-speed-<dev>-<prec>.csv``, ``model-speed-<dev>-<prec>.csv``,
-a JSON record with provenance for each, and ``basis-speedup-<dev>-<prec>.png``.
+How it times and what the columns mean: ``basisconv.bench.layers``,
+``basisconv.bench.whole_model`` and ``basisconv.timing``. Writes to ``results/`` (names
+carry device, precision and non-default options): ``layer-speed-<dev>-<prec>.csv``,
+``model-speed-<dev>-<prec>.csv``, a JSON record with provenance for each, and
+``basis-speedup-<dev>-<prec>.png``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import argparse
 from pathlib import Path
 
 from basisconv.analysis.figures import basis_speedups
-from basisconv.bench.layers import TARGET_SLACK, SpeedOptions
+from basisconv.bench.layers import SpeedOptions
 from basisconv.bench.speed_run import measured_rows, run
+from basisconv.bench.whole_model import TARGET_SLACK
 from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.errors import DatasetError
 from basisconv.execution import AMP_DTYPES

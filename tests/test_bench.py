@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from basisconv.analysis.figures import basis_speedups
 from basisconv.bench import layers as speed
-from basisconv.bench import speed_run
+from basisconv.bench import speed_run, whole_model
 from basisconv.bench.layers import ConvShape, SpeedOptions
 from basisconv.timing import ConvNormAct, Runner, Timer, output_gradient, relative_spread
 from basisconv.bench.train import TimedBatches, file_name
@@ -291,7 +291,7 @@ def test_run_writes_the_layer_csv_and_its_record(tmp_path, repo, monkeypatch):
     assert record["config"]["fractions"] == [0.5] and record["config"]["layer_repeats"] == 3
     assert record["provenance"]["command"] == "python scripts/benchmark_layers.py"
     png = basis_speedups(result.layer_rows, result.model_rows, result.figure_path, result.title,
-                         target_slack=speed.TARGET_SLACK)
+                         target_slack=whole_model.TARGET_SLACK)
     assert png.name == f"basis-speedup-{tag}.png" and png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -853,8 +853,8 @@ def test_model_rows_take_ratios_spreads_and_the_time_bound_from_the_times(dense_
     timer = FixedTimer(({"dense": dense_step, 0.5: dense_step * measured},
                         {"dense": 0.1, 0.5: 0.3}),
                        ({"dense": 40.0, 0.5: 30.0}, {"dense": 0.2, 0.5: 0.05}))
-    (row,), _ = speed.benchmark_model(options, options.runner(), timer, layer_rows,
-                                      progress=lambda line: None)
+    (row,), _ = whole_model.benchmark_model(options, options.runner(), timer, layer_rows,
+                                            progress=lambda line: None)
     assert set(row["layers_dense"].split()) == left_dense
     assert row["fwdbwd_ratio"] == pytest.approx(measured) and row["fwd_ratio"] == 0.75
     assert row["theory_fwdbwd_ratio"] == pytest.approx(theory)
@@ -1048,10 +1048,11 @@ def test_training_steps_and_their_memory_are_measured_in_train_mode_after_the_ev
         modes.append({m.training for model in models.values() for m in model.modules()})
         return {k: (1.0, float("nan")) for k in models}
 
-    monkeypatch.setattr(speed, "training_memory_mib", memory)
+    monkeypatch.setattr(whole_model, "training_memory_mib", memory)
     modes.clear()
     modules.clear()  # (the model rows' timer sees no layer modules)
-    speed.benchmark_model(options, options.runner(), ModeTimer(), [], progress=lambda s: None)
+    whole_model.benchmark_model(options, options.runner(), ModeTimer(), [],
+                                progress=lambda s: None)
     assert modes[-1] == {True}
 
 
@@ -1110,8 +1111,8 @@ def test_ratio_columns_are_basis_over_dense_and_measured_over_theory():
     """Every ratio of a row is basis / dense (below 1: the basis form is faster), and
     ``fwdbwd_vs_theory`` is the measured training-step ratio over its FLOP ratio (above 1:
     slower than the FLOPs promise; issue 3's target is at most 1.15)."""
-    columns = speed._ratio_columns({"dense": 10.0, 0.5: 5.0}, {"dense": 20.0, 0.5: 12.0}, 0.5,
-                                   (0.4, 0.5, 0.45))
+    columns = speed.ratio_columns({"dense": 10.0, 0.5: 5.0}, {"dense": 20.0, 0.5: 12.0}, 0.5,
+                                  (0.4, 0.5, 0.45))
     assert columns == {"theory_fwd_ratio": 0.4, "theory_fwdbwd_ratio": 0.5,
                        "split_fwdbwd_ratio": 0.45, "dense_fwd_ms": 10.0, "basis_fwd_ms": 5.0,
                        "dense_fwdbwd_ms": 20.0, "basis_fwdbwd_ms": 12.0, "fwd_ratio": 0.5,
@@ -1123,7 +1124,7 @@ def test_memory_columns_are_basis_over_dense():
     that keeps twice the dense model's bytes for the backward has ``saved_ratio`` 2, and one
     whose CUDA step peaks at half the dense peak has ``peak_ratio`` 0.5 (that peak is
     measured on CUDA only; the arithmetic is checked here)."""
-    columns = speed._memory_columns({"dense": (10.0, 100.0), 0.5: (20.0, 50.0)}, 0.5)
+    columns = whole_model._memory_columns({"dense": (10.0, 100.0), 0.5: (20.0, 50.0)}, 0.5)
     assert columns == {"dense_saved_mib": 10.0, "basis_saved_mib": 20.0, "saved_ratio": 2.0,
                        "dense_peak_mib": 100.0, "basis_peak_mib": 50.0, "peak_ratio": 0.5}
 
@@ -1141,8 +1142,8 @@ def test_model_rows_count_flops_per_image_at_the_batch_timed():
     options = SpeedOptions(batch_size=2, fractions=[0.5], model_repeats=1, warmup=1)
     timer = FixedTimer(({"dense": 10.0, 0.5: 8.0}, {"dense": 0.1, 0.5: 0.1}),
                        ({"dense": 4.0, 0.5: 3.0}, {"dense": 0.1, 0.5: 0.1}))
-    (row,), _ = speed.benchmark_model(options, options.runner(), timer, [],
-                                      progress=lambda line: None)
+    (row,), _ = whole_model.benchmark_model(options, options.runner(), timer, [],
+                                            progress=lambda line: None)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

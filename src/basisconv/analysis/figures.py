@@ -267,11 +267,11 @@ def training_curves(curves: pd.DataFrame, path: Path, note: str) -> Path | None:
 
 def basis_speedups(layer_rows: list[dict], model_rows: list[dict], path: Path, title: str, *,
                    target_slack: float) -> Path:
-    """The speed benchmark's plot (rows of ``basisconv.bench.layers``): speedup over dense
-    against the basis fraction, per ResNet-18 conv shape with the FLOP-count line of a 3x3
-    C->C conv (left), and for the whole model with its FLOP ratio, the target (the FLOP
-    ratio times ``target_slack``) and the time bound (right); a panel without rows is left
-    out."""
+    """The speed benchmark's plot (rows of ``basisconv.bench.layers`` and
+    ``basisconv.bench.whole_model``): speedup over dense against the basis fraction, per
+    ResNet-18 conv shape with the FLOP-count line of a 3x3 C->C conv (left), and for the
+    whole model with its FLOP ratio, the target (the FLOP ratio times ``target_slack``) and
+    the time bound (right); a panel without rows is left out."""
     plt = pyplot()
     panels = [rows for rows in (layer_rows, model_rows) if rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)

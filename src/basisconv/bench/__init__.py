@@ -1,6 +1,6 @@
 """Speed benchmarks: how fast basis convolutions run against the dense ones they replace
-(``layers``: single conv shapes and the whole ResNet-18; ``speed_run``: that benchmark run
-and its files written and read back), and how fast the real training loop runs
+(``layers``: single conv shapes; ``whole_model``: the whole ResNet-18; ``speed_run``: that
+benchmark run and its files written and read back), and how fast the real training loop runs
 (``train``), with the timing machinery of :mod:`basisconv.timing` (which the time budget
 of layer selection uses too).
 

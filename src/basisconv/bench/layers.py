@@ -1,50 +1,35 @@
-"""Speed of basis convolutions against the dense convolutions they replace: every distinct
-conv shape of CIFAR ResNet-18 (:func:`benchmark_layers`), and the whole ResNet-18 with all
-its convs converted (:func:`benchmark_model`), at several basis fractions, side by side
-with the cost model's FLOP ratio. :func:`.speed_run.run` does both as
-``scripts/benchmark_layers.py`` asks and writes the CSV files and their JSON records; the
-plot is :func:`basisconv.analysis.figures.basis_speedups`.
+"""Speed of basis convolutions against the dense convolutions they replace, one conv
+shape at a time: every distinct conv shape of CIFAR ResNet-18 (:func:`benchmark_layers`) at
+several basis fractions, side by side with the cost model's FLOP ratio. Here too what the
+whole-model benchmark (:func:`.whole_model.benchmark_model`) shares with it: the options
+(:class:`SpeedOptions`), the columns both tables have (:func:`ratio_columns`,
+:func:`spreads`) and the inference forward's eval mode (:func:`in_eval`).
+:func:`.speed_run.run` does both as ``scripts/benchmark_layers.py`` asks and writes the CSV
+files and their JSON records; the plot is :func:`basisconv.analysis.figures.basis_speedups`.
 
 "fwd" is an inference forward (``torch.no_grad``, BN in eval mode, and so its FLOP ratio:
 folded norms use running statistics, without the moments); "fwdbwd" a training
 forward plus backward with fresh gradients, as in a training step (the optimizer step is
 not timed). See :mod:`basisconv.timing` for how candidates are timed.
 
-Whole model: "all layers" means ``apply_basis(model, "all", fraction,
-only_where_saves=True)``: a layer whose basis form would do more multiply-adds than the
-dense conv (the stem at 1/2 and 3/4, the 1x1 shortcuts at 1/2 and 3/4) stays dense, as
-Composer's Factorize does. Beside the FLOP ratio, two time-based figures use the layer
-results of the same run: the dense step minus its 20 convs (each timed alone at its shape)
-is what no basis layer reduces (BN, ReLU, additions, pooling, the loss); the *time bound*
-adds back the dense conv times scaled by their FLOP ratios (the best a basis layer could
-do), and *from layer times* adds back the measured basis layer times instead.
-
 With ``fuse_norm`` every timed layer is a conv, its batch norm and ReLU
 (:func:`with_norm_and_relu`): dense, basis with the norm folded in (the ``basis_*`` columns) and
 basis unfused (``unfused_*``), so the rows say per shape what folding the norm gains; the
-time bound then scales the whole triple to its FLOP ratio, the issue-13 target. A row's
-ReLU is timed for every layer of its shape, though in ResNet-18 only the stem and each
-block's first conv have one of their own (a second conv's ReLU follows the shortcut's
-addition, a shortcut conv has none): the bounds count 11 ReLUs of its 20 convs among what
-basis layers reduce, so its non-conv share reads a little low.
-
-Whole model, memory (:mod:`basisconv.bench.memory`): the MiB a training forward keeps for
-the backward (``*_saved_mib``, every device) and on CUDA the peak of a training step
-(``*_peak_mib``; empty elsewhere), of the eager modules, beside the parameters.
+whole model's time bound (:mod:`.whole_model`) then scales the whole triple to its FLOP
+ratio, the issue-13 target. A row's ReLU is timed for every layer of its shape, though in
+ResNet-18 only the stem and each block's first conv have one of their own (a second conv's
+ReLU follows the shortcut's addition, a shortcut conv has none): the bounds count 11 ReLUs
+of its 20 convs among what basis layers reduce, so its non-conv share reads a little low.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
-from ..cost import model_cost
 from ..cost_formulas import basis_conv2d_cost, conv2d_cost, saves_compute
 from ..errors import ConfigError
 from ..layer_names import conv_layers
@@ -53,13 +38,9 @@ from ..layers import BasisConv2d
 from ..execution import device_problem
 from ..models import build_model
 from ..records import precision_name
-from ..surgery import apply_basis
 from ..timing import ConvNormAct, Runner, Timer, output_gradient
-from . import flag_below_minimum, fused_problem, profile_table
-from .memory import training_memory_mib
+from . import flag_below_minimum, fused_problem
 
-#: Issue 3's target: the measured fwd+bwd ratio of the whole model <= 1.15 x its FLOP ratio.
-TARGET_SLACK = 1.15
 #: ``--quick``: layer rounds, model rounds, warm-up rounds (a smoke run).
 QUICK_REPEATS = (3, 2, 1)
 
@@ -234,7 +215,7 @@ def _timed_forms(options: SpeedOptions, runner: Runner, shape: "ConvShape", *,
             for k, module in forms.items()}
 
 
-def _in_eval(modules: dict, run: Callable[[], dict]) -> dict:
+def in_eval(modules: dict, run: Callable[[], dict]) -> dict:
     """``run()`` with every module in eval mode (an inference forward: a batch norm uses
     its running statistics; a conv alone is the same in both modes), then train again."""
     for module in modules.values():
@@ -261,7 +242,7 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                                                 shape.output_hw, shape.output_hw))
         modules = _timed_forms(options, runner, shape, input_grad=not stem)
         sizes = {f: resolve_num_basis(f, shape.out_channels) for f in options.fractions}
-        fwd = _in_eval(modules, lambda: timer.run(
+        fwd = in_eval(modules, lambda: timer.run(
             {k: runner.forward(mod, x) for k, mod in modules.items()}, options.layer_repeats,
             options.warmup))
         fwd_spread = timer.spread
@@ -294,11 +275,11 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
                 "num_basis": m, "combine": options.combine,
                 "saves_compute": saves_compute((shape.in_channels, shape.out_channels, shape.kernel),
                                                m, options.combine, fused_norm=options.fuse_norm),
-                **_ratio_columns(fwd, fwdbwd, fraction, (
+                **ratio_columns(fwd, fwdbwd, fraction, (
                     costs[fraction, "inference"].forward_flops / costs["dense"].forward_flops,
                     cost.total_flops / costs["dense"].total_flops,
                     split.total_flops / costs["dense"].total_flops)),
-                **_spreads(fwd_spread, fwdbwd_spread, fraction),
+                **spreads(fwd_spread, fwdbwd_spread, fraction),
             })
             r = rows[-1]
             unfused = ""
@@ -314,7 +295,7 @@ def benchmark_layers(options: SpeedOptions, runner: Runner, timer: Timer, *,
     return rows
 
 
-def _ratio_columns(fwd: dict, fwdbwd: dict, key, theory: tuple[float, float, float]) -> dict:
+def ratio_columns(fwd: dict, fwdbwd: dict, key, theory: tuple[float, float, float]) -> dict:
     """The columns the layer and model tables share: the FLOP ratios to dense (``theory``:
     inference forward, training step, and the training step in the split form), the times
     of the dense and the basis form (``key`` in ``fwd`` and ``fwdbwd``) and their ratios,
@@ -329,167 +310,8 @@ def _ratio_columns(fwd: dict, fwdbwd: dict, key, theory: tuple[float, float, flo
             "fwdbwd_vs_theory": measured / theory_fwdbwd}
 
 
-def _spreads(fwd: dict, fwdbwd: dict, key) -> dict[str, float]:
+def spreads(fwd: dict, fwdbwd: dict, key) -> dict[str, float]:
     """How noisy a row's two medians were: the larger relative interquartile range
     (:func:`basisconv.timing.relative_spread`) of the dense and the basis times."""
     return {"fwd_spread": max(fwd["dense"], fwd[key]),
             "fwdbwd_spread": max(fwdbwd["dense"], fwdbwd[key])}
-
-
-def profile_steps(steps: dict[str, Callable[[], None]], device: torch.device,
-                  rounds: int = 3) -> str:
-    """Where each training step's time goes: torch.profiler's operators by self time (on
-    CUDA, by GPU time: which kernels, how many launches), ``rounds`` steps each."""
-    cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    tables = []
-    for name, step in steps.items():
-        step()  # warm: allocations, cuDNN and Triton choices
-        with profile(activities=activities) as prof:
-            for _ in range(rounds):
-                step()
-            if cuda:
-                torch.cuda.synchronize(device)
-        tables.append(profile_table(
-            prof, device, f"ResNet-18 {name}: {rounds} training steps (forward + backward)"))
-    return "\n\n".join(tables) + "\n"
-
-
-def benchmark_model(options: SpeedOptions, runner: Runner, timer: Timer, layer_rows: list[dict],
-                    *, progress: Progress = print_progress) -> tuple[list[dict], str | None]:
-    """One row per basis fraction for the whole ResNet-18; with ``layer_rows`` of every
-    ResNet-18 shape (from :func:`benchmark_layers`) also the time-based bounds. With
-    ``options.profile`` also the profiler's tables of each step (else ``None``)."""
-    torch.manual_seed(0)
-    base = build_model("resnet18")
-    labels = torch.randint(0, 10, (options.batch_size,), device=runner.device)
-    # at the batch timed: with norms folded in, a per-call term (A Cov_b) does not scale with
-    # it; and the minimal (split) count is over the same batch as the dense cost it is divided by
-    shape = (options.batch_size, 3, 32, 32)
-    models, split = _model_forms(options, base, shape)
-    costs = {k: model_cost(m, shape) for k, m in models.items()}
-    # the forward timed is an inference one: folded norms use running statistics, so
-    # there are no moments of the basis maps to count, unlike in training
-    forward_flops = _in_eval(models, lambda: {k: model_cost(m, shape).forward_flops
-                                                 for k, m in models.items()})
-    prepared = {k: runner.prepare(m, shape) for k, m in models.items()}
-    x = runner.input(options.batch_size, 3, 32, 32)
-
-    def backward(out: torch.Tensor) -> None:
-        F.cross_entropy(out.float(), labels).backward()
-
-    steps = {k: runner.training_step(m, x, backward) for k, m in prepared.items()}
-    fwdbwd = timer.run(steps, options.model_repeats, options.warmup)
-    fwdbwd_spread = timer.spread
-    profiled = (profile_steps({("dense" if k == "dense" else f"basis {k}"): step
-                               for k, step in steps.items()}, runner.device)
-                if options.profile else None)
-    fwd = _in_eval(models, lambda: timer.run(
-        {k: runner.forward(m, x) for k, m in prepared.items()}, options.model_repeats,
-        options.warmup))
-    fwd_spread = timer.spread
-    memory = training_memory_mib(models, runner, x, backward)
-    dense = costs["dense"]
-    layer_ms = _layer_times(models, layer_rows)
-    progress(f"  dense: fwd {fwd['dense']:.0f} ms, fwd+bwd {fwdbwd['dense']:.0f} ms, "
-             f"{memory['dense'][0]:.0f} MiB kept for the backward")
-    rows = []
-    for fraction in options.fractions:
-        cost = costs[fraction]
-        theory_fb = cost.total_flops / dense.total_flops
-        measured_fb = fwdbwd[fraction] / fwdbwd["dense"]
-        dense_layers = [n for n, m in conv_layers(models[fraction]).items() if isinstance(m, nn.Conv2d)]
-        row = {
-            "model": "resnet18", "batch": options.batch_size, "fraction": fraction,
-            "combine": options.combine, "layers_dense": " ".join(dense_layers),
-            "params": cost.params, "dense_params": dense.params,
-            # per image, as before (the whole batch's over its size)
-            "forward_flops": cost.forward_flops // options.batch_size,
-            "backward_flops": cost.backward_flops // options.batch_size,
-            **_ratio_columns(fwd, fwdbwd, fraction, (
-                forward_flops[fraction] / forward_flops["dense"], theory_fb,
-                split[fraction].total_flops / dense.total_flops)),
-            "target_met": measured_fb <= TARGET_SLACK * theory_fb,
-            **_spreads(fwd_spread, fwdbwd_spread, fraction),
-            **_memory_columns(memory, fraction),
-        }
-        if layer_ms:
-            row.update(_time_bound_columns(layer_ms, fwdbwd["dense"], fraction, measured_fb))
-        rows.append(row)
-        bound = (f"; time bound {row['time_bound_ratio']:.3f}, from layer times "
-                 f"{row['layer_sum_ratio']:.3f}" if layer_ms else "")
-        progress(f"  fraction {fraction:<6} fwd {row['fwd_ratio']:.3f} (theory {row['theory_fwd_ratio']:.3f})  "
-                 f"fwd+bwd {measured_fb:.3f} (theory {theory_fb:.3f}, x{row['fwdbwd_vs_theory']:.2f}{bound})  "
-                 f"{fwdbwd[fraction]:.0f} ms; kept for the backward x{row['saved_ratio']:.2f}")
-    return rows, profiled
-
-
-def _model_forms(options: SpeedOptions, base: nn.Module, shape: tuple[int, ...]
-                 ) -> tuple[dict, dict]:
-    """The models a model row times, by key (``"dense"``: ``base``; each fraction: its
-    basis form, fresh layers in ``options.combine`` where they save compute), and each
-    fraction's cost at input ``shape`` in the split form, the fewest multiply-adds a basis
-    form can do (the row's ``split_fwdbwd_ratio``)."""
-    models: dict = {"dense": base}
-    split = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # only_where_saves already leaves those layers dense
-        for fraction in options.fractions:
-            models[fraction] = apply_basis(base, "all", fraction, convert=False,
-                                           only_where_saves=True, combine=options.combine,
-                                           fuse_norm=options.fuse_norm)
-            split[fraction] = model_cost(apply_basis(base, "all", fraction, convert=False,
-                                                     only_where_saves=True, combine="split"),
-                                         shape)
-    return models, split
-
-
-def _time_bound_columns(layer_ms: dict[str, dict], dense_step: float, fraction: float,
-                        measured: float) -> dict[str, float]:
-    """A model row's bound from its layers' times (:func:`_layer_times`): the step a basis
-    model could reach if each conv ran at its FLOP ratio (``time_bound_ratio``) or at its
-    measured basis time (``layer_sum_ratio``), both relative to the dense step
-    (``dense_step`` ms), and the ``measured`` training-step ratio over the first.
-
-    The dense step minus its convs (timed alone, same shapes) is what basis layers cannot
-    reduce: BN, ReLU, additions, pooling, the loss. The convs' share of the step scales by
-    their time ratio. Timed one by one they can add up past the whole step (each alone pays
-    launches and syncs the step overlaps, at a small batch): then the share is all of it,
-    not negative."""
-    dense_conv = sum(ms["dense"] for ms in layer_ms.values())
-    other = max(dense_step - dense_conv, 0.0) / dense_step
-    at_theory = sum(ms["dense"] * ms["theory", fraction] for ms in layer_ms.values())
-    from_layers = sum(ms[fraction] for ms in layer_ms.values())
-    bound = other + (1 - other) * at_theory / dense_conv
-    return {"dense_non_conv_share": other, "time_bound_ratio": bound,
-            "layer_sum_ratio": other + (1 - other) * from_layers / dense_conv,
-            "fwdbwd_vs_time_bound": measured / bound}
-
-
-def _memory_columns(memory: dict, fraction: float) -> dict:
-    (dense_saved, dense_peak), (saved, peak) = memory["dense"], memory[fraction]
-    return {"dense_saved_mib": dense_saved, "basis_saved_mib": saved,
-            "saved_ratio": saved / dense_saved, "dense_peak_mib": dense_peak,
-            "basis_peak_mib": peak, "peak_ratio": peak / dense_peak}
-
-
-def _layer_times(models: dict, layer_rows: list[dict]) -> dict[str, dict]:
-    """Per conv layer of the model: its dense and basis fwd+bwd times from the layer
-    benchmark, and its FLOP ratio, for every fraction ({} without layer results)."""
-    if not layer_rows:
-        return {}
-    by_layer: dict[str, dict] = {}
-    for r in layer_rows:
-        for name in r["layers"].split():
-            entry = by_layer.setdefault(name, {"dense": r["dense_fwdbwd_ms"]})
-            entry[r["fraction"]] = r["basis_fwdbwd_ms"]
-            entry["theory", r["fraction"]] = r["theory_fwdbwd_ratio"]
-    for fraction, model in models.items():
-        if fraction == "dense":
-            continue
-        for name, module in conv_layers(model).items():
-            if isinstance(module, nn.Conv2d):  # left dense by only_where_saves
-                by_layer[name][fraction] = by_layer[name]["dense"]
-                by_layer[name]["theory", fraction] = 1.0
-    return by_layer
-

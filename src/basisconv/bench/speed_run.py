@@ -1,9 +1,9 @@
 """The speed benchmark as ``scripts/benchmark_layers.py`` runs it: torch's threads and the
-CPU allocator set as its options say, the parts asked for measured (the layer and the
-whole-model benchmarks of :mod:`.layers`), and their CSV tables written with a JSON record
+CPU allocator set as its options say, the parts asked for measured (the layer benchmark of
+:mod:`.layers`, the whole-model one of :mod:`.whole_model`), and their CSV tables written with a JSON record
 each; and those files read back (:func:`measured_rows`), so the figures can be drawn again
-without measuring. Apart from :mod:`.layers`, which measures and returns rows, writes no
-file and calls nothing here."""
+without measuring. Apart from :mod:`.layers` and :mod:`.whole_model`, which measure and
+return rows, write no file and call nothing here."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from ..records import (RunRecord, file_digest, hardware_name, is_recorded_table,
                        precision_name, provenance, read_benchmark_record, threads_name,
                        write_record, write_text_atomic)
 from ..timing import ALLOCATOR_TUNED, Timer, tune_cpu_allocator
-from .layers import (TARGET_SLACK, Progress, SpeedOptions, benchmark_layers, benchmark_model,
-                     print_progress)
+from .layers import Progress, SpeedOptions, benchmark_layers, print_progress
+from .whole_model import TARGET_SLACK, benchmark_model
 
 
 def to_csv(rows: list[dict]) -> str:
