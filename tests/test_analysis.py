@@ -2263,7 +2263,7 @@ def test_a_record_with_provenance_or_an_optional_count_of_another_type_is_named(
 
 def timed_budget(seed, key="resnet20-w0.5-m0.5-aaaaaaaaaaaa", device="cpu", size=0.5):
     """A time-budget run's record (``selection.budget_metric=time``): the layer timings
-    that chose its layers, as ``basisconv.train`` records them."""
+    that chose its layers, as ``basisconv.training`` records them."""
     run = record("sensitivity_budget", size, seed, 0.90, 800, 80, 8.0, (0.08, 0.16))
     run["config"]["selection"]["budget_metric"] = "time"
     run["measured_time"] = {"key": key, "device": device, "dense_step_seconds": 0.3,

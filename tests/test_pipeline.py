@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 import basisconv.config  # noqa: F401  (registers the schema)
 import basisconv.config_checks
-from basisconv import loop, train
+from basisconv import loop, train, training
 from basisconv.checkpoint import save_checkpoint
 from basisconv.errors import ConfigError, PublishError
 from basisconv.layers import basis_layers
@@ -708,7 +708,7 @@ def test_coefficient_skip_training_after_a_warm_up_counts_from_the_conversion(tm
     # Found in review: the schedule counted the run's steps, warm-up included, so after a
     # warm-up of W steps an N above the basis steps never trained the coefficients
     steps = []
-    monkeypatch.setattr(train.CoefficientSkipSchedule, "__call__",
+    monkeypatch.setattr(training.CoefficientSkipSchedule, "__call__",
                         lambda self, step: steps.append(step))
     fit(compose_tiny(repo, "basis=warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=2",
                      "selection=all", "basis.coefficient_update_every=100"), tmp_path)
@@ -822,7 +822,7 @@ def test_the_wandb_summary_describes_the_model_a_warm_up_converted(tmp_path, rep
         def summary(self, values):
             summary.update(values)
 
-    monkeypatch.setattr(train, "Tracker", Recording)
+    monkeypatch.setattr(training, "Tracker", Recording)
     record = fit(compose_tiny(repo, "trainer.epochs=2", "selection=all", "basis=warmup",
                               "basis.dense_warmup_epochs=1", "data.synthetic_train=100"),
                  tmp_path)

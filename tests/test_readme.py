@@ -272,9 +272,10 @@ def test_every_link_between_the_pages_resolves(repo):
 # ------------------------------------------------ the code the pages and docstrings name
 #: A code name as prose writes it: ``basisconv.loop.run_epoch``, ``surgery.apply_basis()``,
 #: ``.kernels.auto.choose`` (relative to the module it is written in), ``~`` for Sphinx's
-#: short form; a file (``train.py``) is a path, not a name.
+#: short form; a file (``train.py``, Hydra's ``train.log``) is a path, not a name (``train.log``
+#: passed only while ``basisconv.train`` had a logger named ``log``).
 DOTTED_NAME = re.compile(r"~?(\.?(?:basisconv\.)?[a-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(\S*\))?")
-FILE_SUFFIX = re.compile(r"\.(py|sh|md|json|yaml|csv|tex|png|ipynb|txt|bin|pt)(\.|$)")
+FILE_SUFFIX = re.compile(r"\.(py|sh|md|json|yaml|csv|tex|png|ipynb|txt|bin|pt|log)(\.|$)")
 ROLE_NAME = re.compile(r":(?:func|meth|class|data|attr|mod|exc|obj):`~?([\w.]+)(?:\(\))?`")
 
 

@@ -1194,7 +1194,7 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
     its own, without a message (found in a second review: it was passed on as it was)."""
     import signal
 
-    from basisconv import train
+    from basisconv import training
     from basisconv.checkpoint import load_checkpoint, save_checkpoint
     from basisconv.errors import Stopped
 
@@ -1210,7 +1210,7 @@ def test_a_stop_before_the_first_epoch_says_how_to_go_on(tmp_path, repo, monkeyp
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt if by == "ctrl-c" else Stopped(signal.SIGTERM)
 
-    monkeypatch.setattr(train, "layers_to_convert", interrupted)
+    monkeypatch.setattr(training, "layers_to_convert", interrupted)
     with pytest.raises(Stopped) as err:
         fit(cfg, tmp_path)
     assert err.value.signum == (signal.SIGINT if by == "ctrl-c" else signal.SIGTERM)
@@ -1230,13 +1230,13 @@ def test_a_stop_once_the_run_is_built_before_it_runs_says_it_trained_nothing(tmp
     """Found in review: a stop landing after the run was built (``start_training`` had
     returned) and before ``Training.run`` noted its checkpoint was an AttributeError
     traceback (``saved_epochs``, set in ``run``), not the line that says how to go on."""
-    from basisconv import train
+    from basisconv import training
     from basisconv.errors import Stopped
 
     def stopped_as_it_begins(self):  # a signal's handler, run at its first bytecode
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.Training, "run", stopped_as_it_begins)
+    monkeypatch.setattr(training.Training, "run", stopped_as_it_begins)
     with pytest.raises(Stopped) as err:
         fit(compose_tiny(repo, "logger=none", "trainer.epochs=2"), tmp_path)
     assert str(err.value) == (f"the run in {tmp_path} stopped before its first epoch "
@@ -1252,7 +1252,7 @@ def test_trouble_between_the_build_and_its_epochs_leaves_no_wandb_run_open(tmp_p
     (the build's last steps, or after ``start_training`` returned) left the wandb run open,
     to be ended as finished by the next job's ``wandb.init`` or a notebook's exit (and,
     under torchrun, the process group joined). Any wandb run started ends marked failed."""
-    from basisconv import train
+    from basisconv import training
     from basisconv.errors import Stopped
 
     def interrupted(*args, **kwargs):  # a signal's handler, run at its first bytecode
@@ -1261,9 +1261,9 @@ def test_trouble_between_the_build_and_its_epochs_leaves_no_wandb_run_open(tmp_p
         raise KeyboardInterrupt
 
     if trouble == "stop before run":
-        monkeypatch.setattr(train.Training, "run", interrupted)
+        monkeypatch.setattr(training.Training, "run", interrupted)
     else:  # the build's last step
-        monkeypatch.setattr(train, "RunSaves", interrupted)
+        monkeypatch.setattr(training, "RunSaves", interrupted)
     cfg = compose_tiny(repo, "logger.mode=offline", "trainer.epochs=2")
     with pytest.raises(OSError if trouble == "error as built" else Stopped) as err:
         fit(cfg, tmp_path)
@@ -1340,7 +1340,7 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
     where the run stopped); its handler's Stopped, without a message, replaced that stop,
     and the entry point looked for the collective's failure once the process group was
     gone, which it no longer counted as another process's."""
-    from basisconv import cli, distributed, loop, signals, train
+    from basisconv import cli, distributed, loop, signals, training
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
                         "Connection reset by peer. This is typically caused by a remote worker")
@@ -1366,8 +1366,8 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
     if lands == "before its stop is made":  # the first look at the failure
         monkeypatch.setattr(distributed, "peer_failure", sigterm_first(distributed.peer_failure))
     elif lands == "while its stop is said":
-        monkeypatch.setattr(train.Training, "stop_message",
-                            sigterm_first(train.Training.stop_message))
+        monkeypatch.setattr(training.Training, "stop_message",
+                            sigterm_first(training.Training.stop_message))
     stop = stop_of_a_rank(repo, tmp_path, signal.SIGTERM, signals.raise_stopped)
     assert stop.signum == signal.SIGTERM
     where = stopped_after_epoch_1(tmp_path / "run")

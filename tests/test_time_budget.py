@@ -253,27 +253,27 @@ def test_a_checkpoint_from_before_records_kept_layers_resumes_with_its_basis_lay
     """Its record names no ``layers`` but describes its model: choosing again (another
     machine's table) gave other layers and a load_state_dict traceback. And a checkpoint
     that does not fit the model built is one line naming the fix."""
-    from basisconv import train
+    from basisconv import training
 
     cfg = compose_timed(repo, tmp_path / "cache")
     old = {"record": {"model": {"basis_layers": ["layer2.0.conv1"]}}}
-    monkeypatch.setattr(train, "choose_layers_and_table", lambda cfg: (
+    monkeypatch.setattr(training, "choose_layers_and_table", lambda cfg: (
         ["layer1.0.conv1"], {"sensitivity_key": None, "sensitivity_table": None}))
     # (an older record names no layer times: None, as a run that no time budget chose)
-    assert train.layers_to_convert(cfg, old) == (["layer2.0.conv1"], {
+    assert training.layers_to_convert(cfg, old) == (["layer2.0.conv1"], {
         "sensitivity_key": None, "sensitivity_table": None, "measured_time": None})
     warm_up = {"record": {"model": {"basis_layers": []}}}  # dense so far: chosen now
-    assert train.layers_to_convert(cfg, warm_up)[0] == ["layer1.0.conv1"]
+    assert training.layers_to_convert(cfg, warm_up)[0] == ["layer1.0.conv1"]
     # a record whose selection chose no layer (layers None: dense) keeps it; choosing
     # again (another machine's times) could convert layers its dense checkpoint lacks
     chose_none = {"record": {"layers": None, "model": {"basis_layers": []}}}
-    assert train.layers_to_convert(cfg, chose_none)[0] is None
+    assert training.layers_to_convert(cfg, chose_none)[0] is None
 
     calls = []
     monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
     cfg = compose_short_run(repo, tmp_path / "cache")
     fit_stopped_before(2, cfg, tmp_path / "run")
-    monkeypatch.setattr(train, "layers_to_convert", lambda cfg, checkpoint: (
+    monkeypatch.setattr(training, "layers_to_convert", lambda cfg, checkpoint: (
         ["layer3.0.conv1"], {}))
     with pytest.raises(ConfigError, match="does not fit the model this config builds.*"
                                           "trainer.resume=false"):

@@ -1047,12 +1047,12 @@ def test_memory_that_runs_out_as_the_run_starts_says_nothing_trained(tmp_path, r
                                                                      monkeypatch):
     """Memory that runs out before the first epoch (the data or the model put on the
     device): where the run is, in a stop's words."""
-    from basisconv import train
+    from basisconv import training
     from basisconv.errors import OutOfMemory
 
     def data_too_large(*args, **kwargs):
         raise torch.OutOfMemoryError(GPU_OUT_OF_MEMORY)
-    monkeypatch.setattr(train, "prepare_data", data_too_large)
+    monkeypatch.setattr(training, "prepare_data", data_too_large)
     with pytest.raises(OutOfMemory, match=f"; the run in {tmp_path} stopped before its first "
                                           f"epoch .*; the same command starts it over$"):
         fit(config(repo, TINY_STRIPES), tmp_path)
@@ -1370,7 +1370,7 @@ def test_the_schedules_warm_up_and_end_where_the_recipe_says():
 
 
 def test_final_metrics_take_the_last_and_best_epoch_and_sum_the_training_time():
-    from basisconv.train import final_metrics
+    from basisconv.training import final_metrics
 
     epochs = [{"test_accuracy": accuracy, "test_loss": 1 - accuracy, "train_loss": 2 - accuracy,
                "epoch_seconds": 10.0 * i, "forward_seconds_per_step": 0.1 * i,

@@ -59,7 +59,7 @@ def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | N
     targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
     if selected and not targets and key == "only_where_saves":
         # (a count above every layer is refused in _sizes_of; a config's run says so itself,
-        # train.Training.warn_if_dense; each layer's reason is logged at INFO, which a script of
+        # training.Training.warn_if_dense; each layer's reason is logged at INFO, which a script of
         # the Python API does not show)
         # (a bound is loosened, not shrunk: a tighter one gives larger bases)
         size, fix = ((f"max_error={max_error}", "give a larger max_error")

@@ -4,7 +4,8 @@ already complete, which is not trained again (its ``run.json`` rewritten from it
 checkpoint where the two differ); the files a run killed while writing left half
 written; and, for a resumed run, where its earlier epochs ran (``provenance.earlier``).
 
-:mod:`basisconv.train` calls these as a run starts; the rule of which checkpoint a config
+:mod:`basisconv.train` calls these as a run starts (:mod:`basisconv.training`, the
+earlier starts' provenance as it restores the run); the rule of which checkpoint a config
 may resume is :func:`~basisconv.checkpoint.check_same_run`'s, and how a message tells the
 user to go on is :mod:`basisconv.resuming`'s.
 """

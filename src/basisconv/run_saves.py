@@ -3,7 +3,7 @@
 the record, written by rank 0 and agreed by every process; and which epoch the checkpoint
 holds, which a stop, a divergence or a failed save says (:mod:`basisconv.stop_messages`).
 
-Apart from :mod:`basisconv.train`, which builds the run, trains its epochs and calls
+Apart from :mod:`basisconv.training`, which builds the run, trains its epochs and calls
 :meth:`RunSaves.save_everywhere` after each: the saves' state has one owner here.
 """
 

@@ -2,9 +2,10 @@
 its checkpoint holds, whether its record is complete) and how to go on (the same
 command, pointed at its folder or not).
 
-Apart from :mod:`basisconv.train`, which says them: each is a pure function of the config,
-the run's folder and the epochs finished and saved, read from what is on disk where that
-decides (a record already complete); none calls back into the run.
+Apart from :mod:`basisconv.train` and :mod:`basisconv.training`, which say them: each is a
+pure function of the config, the run's folder and the epochs finished and saved, read from
+what is on disk where that decides (a record already complete); none calls back into the
+run.
 """
 
 from __future__ import annotations

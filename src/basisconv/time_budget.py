@@ -11,7 +11,7 @@ candidate layers and the run's device, batch, layout, precision, threads and fla
 Timed eagerly, each layer alone: ``trainer.compile`` and ``trainer.cuda_graphs`` are not
 applied, and are not in the key (a compiled or graphed run chooses from eager times).
 ``sensitivity.recompute=true`` measures again. A run resumed on another machine keeps the
-layers its checkpoint was built with (``basisconv.train``), whatever it would measure there.
+layers its checkpoint was built with (``basisconv.training``), whatever it would measure there.
 """
 
 from __future__ import annotations
