@@ -1275,6 +1275,46 @@ def test_trouble_between_the_build_and_its_epochs_leaves_no_wandb_run_open(tmp_p
 
 
 
+@pytest.mark.parametrize("trouble", ["stop", "error"])
+@pytest.mark.parametrize("where", ["as the group is joined", "at the build's last step"])
+def test_a_run_stopped_or_failing_as_it_is_built_leaves_the_process_group(tmp_path, repo,
+                                                                          monkeypatch, trouble,
+                                                                          where):
+    """Found in review: ``Training.run`` leaves torchrun's process group whatever happens,
+    but a stop or an error while the run was built, after ``Training.__init__`` had joined
+    the group (its checks of the processes, the layers, the data, a checkpoint that does not
+    fit), left it joined: under NCCL each rank then warned at exit, after the run's one line,
+    that ``destroy_process_group()`` was not called, and a caller of ``fit`` in-process kept
+    the group. Here the rank joins a gloo group of one process, as torchrun's rank 0 would."""
+    import torch.distributed as dist
+
+    from basisconv import distributed, training
+    from basisconv.errors import Stopped
+
+    join, joined = dist.init_process_group, []
+
+    def join_alone(backend, **kwargs):  # (torchrun's environment names two processes)
+        joined.append(backend)
+        join(backend, rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+
+    def interrupted(*args, **kwargs):  # a signal's handler, run at its first bytecode
+        if trouble == "error":
+            raise OSError("No space left on device")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "launched_processes", lambda: 2)
+    monkeypatch.setattr(dist, "init_process_group", join_alone)
+    monkeypatch.setattr(training, "check_processes" if where == "as the group is joined"
+                        else "RunSaves", interrupted)
+    try:
+        with pytest.raises(OSError if trouble == "error" else Stopped):
+            fit(compose_tiny(repo, "logger=none"), tmp_path / "run")
+        assert joined == ["gloo"] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("by", ["ctrl-c", "sigterm"])
 def test_a_stop_while_wandb_finishes_a_complete_run_says_it_is_complete(tmp_path, repo,
                                                                        fake_wandb, monkeypatch,

@@ -121,9 +121,16 @@ def start_training(cfg: DictConfig, config: dict, output_dir: Path,
                    checkpoint: dict | None) -> Training:
     """The run's :class:`Training`, built or restored from ``checkpoint``. A stop while it
     is built (choosing the layers, which may be a sensitivity estimate, or reading the data)
-    trained no epoch of this start: it is said so, with how to go on."""
+    trained no epoch of this start: it is said so, with how to go on. A run stopped or
+    failing as it is built leaves torchrun's process group, which it joined first, as
+    :meth:`Training.run` leaves it (else each NCCL rank warns at exit, after the run's one
+    line, that the group was never destroyed, and a caller in-process keeps it)."""
     try:
-        return Training(cfg, config, output_dir, checkpoint)
+        try:
+            return Training(cfg, config, output_dir, checkpoint)
+        except BaseException:
+            distributed.teardown(together=False)  # (its peers may be elsewhere in the build)
+            raise
     except KeyboardInterrupt as err:
         if isinstance(err, Stopped) and str(err):  # it says where it stopped
             raise
