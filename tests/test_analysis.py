@@ -969,9 +969,7 @@ def test_results_notebook_runs_table_tells_apart_runs_that_differ_in_settings(
     with the factors decayed and with Frobenius decay as identical rows (same experiment,
     selection, basis size, seed): the settings that tell them apart, which the comparison
     and the curves show, were not among its columns."""
-    import ast
-
-    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbformat")
     write_runs(tmp_path / "runs", [swept(record("all", seed=seed),
                                          **{"basis.frobenius_decay": decay})
                                    for decay in (False, True) for seed in (0, 1)])
@@ -981,22 +979,69 @@ def test_results_notebook_runs_table_tells_apart_runs_that_differ_in_settings(
                                                     "files": []}))
     monkeypatch.setenv("BASISCONV_RESULTS", str(results))
     monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
-    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
-    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
     namespace = {}
-    exec(code[0], namespace)
-    cell = ast.parse(next(source for source in code if "runs_frame(records)" in source))
-    shown = ast.Expression(cell.body.pop().value)  # the cell's value: the table it shows
-    exec(compile(cell, "runs cell", "exec"), namespace)
-    table = eval(compile(shown, "runs cell", "eval"), namespace)
+    table = notebook_runs_table(repo, namespace)
     assert not table.duplicated().any()
     assert table["settings"].tolist() == ["basis.frobenius_decay=False"] * 2 + \
         ["basis.frobenius_decay=True"] * 2
     # runs that differ in no setting keep the table as it was, without an empty column
     write_runs(tmp_path / "plain", RECORDS)
     namespace["RUNS"] = tmp_path / "plain"
+    assert "settings" not in notebook_runs_table(repo, namespace).columns
+
+
+def notebook_runs_table(repo, namespace):
+    """The table of runs the results notebook shows (its runs cell's value), its cells run
+    in ``namespace``: the first cell too when the namespace does not hold its names yet."""
+    import ast
+
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    if "RUNS" not in namespace:
+        exec(code[0], namespace)
+    cell = ast.parse(next(source for source in code if "runs_frame(records)" in source))
+    shown = ast.Expression(cell.body.pop().value)  # the cell's value: the table it shows
     exec(compile(cell, "runs cell", "exec"), namespace)
-    assert "settings" not in eval(compile(shown, "runs cell", "eval"), namespace).columns
+    return eval(compile(shown, "runs cell", "eval"), namespace)
+
+
+def test_results_notebook_runs_table_says_what_and_when_each_run_was_timed_on(
+        tmp_path, monkeypatch, repo):
+    """Found in review: the notebook's table of runs showed each run's epoch seconds beside
+    its commit alone: results/frobenius-decay's runs (one thread, 6.5 s epochs) and
+    results/quick's (two threads, 2.9 s) looked alike; the hardware, threads and date their
+    records hold were not shown."""
+    runs = [record(seed=seed) for seed in (0, 1)]
+    for rec, threads, day in zip(runs, (1, 2), ("2026-12-01", "2026-12-05")):
+        rec["provenance"] = {**rec["provenance"], "date": f"{day}T00:00:00+00:00",
+                             "hardware": {"cpu": "AMD EPYC", "torch_threads": threads}}
+    write_runs(tmp_path / "runs", runs)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "index.json").write_text(json.dumps({"provenance": {"date": "d", "command": "c"},
+                                                    "files": []}))
+    monkeypatch.setenv("BASISCONV_RESULTS", str(results))
+    monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
+    table = notebook_runs_table(repo, {}).sort_values("seed")
+    assert table["timing"].tolist() == ["AMD EPYC, 1 thread", "AMD EPYC, 2 threads"]
+    assert table["date"].str[:10].tolist() == ["2026-12-01", "2026-12-05"]
+
+
+def test_results_notebook_names_the_commit_its_analysis_was_made_at(tmp_path, repo,
+                                                                   monkeypatch, capsys):
+    """Found in review: the notebook's first line said when and by which command the tables
+    were made, not at which commit (index.json holds it; results/nine-seeds/quick's tables
+    were made again at 57361cd, a day after its runs)."""
+    nbformat = pytest.importorskip("nbformat")
+    results = tmp_path / "results"
+    results.mkdir()
+    provenance = {"date": "d", "command": "c", "git": {"commit": "57361cd2143d", "dirty": True}}
+    (results / "index.json").write_text(json.dumps({"provenance": provenance, "files": []}))
+    monkeypatch.setenv("BASISCONV_RESULTS", str(results))
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    exec(next(cell for cell in notebook.cells if cell.cell_type == "code").source, {})
+    assert capsys.readouterr().out.splitlines()[0] == "made d by c at 57361cd-dirty"
 
 
 def test_make_analyze_reads_the_folder_make_reproduce_wrote(repo):
