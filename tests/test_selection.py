@@ -574,7 +574,7 @@ def test_the_held_out_split_is_class_balanced_and_disjoint_from_the_fine_tune_im
 
 
 def test_the_drops_noise_layers_are_spread_evenly_over_the_model():
-    from basisconv.probe import spread_layers
+    from basisconv.noise import spread_layers
 
     names = list("abcdef")
     assert spread_layers(names, 1) == ["d"]
@@ -587,7 +587,7 @@ def test_the_drops_noise_layers_are_spread_evenly_over_the_model():
 def test_the_drops_own_noise_is_the_spread_of_paired_drops_pooled_over_layers():
     """Each drop is against the reference fine-tuned under the same batch order; the
     pooled std is the root of the layers' mean variance."""
-    from basisconv.probe import drop_noise
+    from basisconv.noise import drop_noise
 
     reference, repeats = {"accuracy": 0.5, "loss": 1.0}, [{"accuracy": 0.6, "loss": 0.9},
                                                           {"accuracy": 0.7, "loss": 0.8}]
@@ -608,7 +608,7 @@ def test_the_drops_own_noise_is_the_spread_of_paired_drops_pooled_over_layers():
 
 
 def test_the_noise_yardstick_is_the_sample_spread_of_the_reference_and_its_repeats():
-    from basisconv.probe import reference_noise
+    from basisconv.noise import reference_noise
 
     noise = reference_noise({"accuracy": 0.5, "loss": 1.0},
                             [{"accuracy": 0.6, "loss": 1.5}, {"accuracy": 0.7, "loss": 2.0}])
@@ -1682,9 +1682,9 @@ def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monk
     pd.testing.assert_frame_equal(table[same], parallel[same])
     assert record["noise"]["accuracies"] == parallel_record["noise"]["accuracies"]
     # the parent kept each worker's result as it came: estimating again starts no worker
-    from basisconv import probe
+    from basisconv import probe_pool
 
-    monkeypatch.setattr(probe, "ProcessPoolExecutor", lambda *args, **kwargs: pytest.fail(
+    monkeypatch.setattr(probe_pool, "ProcessPoolExecutor", lambda *args, **kwargs: pytest.fail(
         "workers started for fine-tunes already kept"))
     again, again_record = sensitivity.estimate(two)
     assert again_record["resumed"] == {"pretraining": True, "fine_tunes": 5}
@@ -1697,7 +1697,7 @@ def stop_at_fine_tune(monkeypatch, stop_at):
     from basisconv.probe import Probe
 
     computed, stopped = [], []
-    evaluate = Probe._evaluate_layers
+    evaluate = Probe.evaluate_anew
 
     def counted(self, names, batch_seed):
         computed.append(list(names))
@@ -1705,7 +1705,7 @@ def stop_at_fine_tune(monkeypatch, stop_at):
             stopped.append(names)
             raise KeyboardInterrupt
         return evaluate(self, names, batch_seed)
-    monkeypatch.setattr(Probe, "_evaluate_layers", counted)
+    monkeypatch.setattr(Probe, "evaluate_anew", counted)
     return computed
 
 
@@ -1983,7 +1983,7 @@ def test_results_that_finish_beside_a_failing_fine_tune_are_kept():
     finished are kept, another failure and a cancelled job are not."""
     from concurrent.futures import Future
 
-    from basisconv.probe import _gather
+    from basisconv.probe_pool import _gather
 
     class FailsAsOthersEnd(Future):
         def __init__(self, ending):
@@ -2206,7 +2206,8 @@ import multiprocessing, os, signal, sys, threading, time
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 import basisconv.config  # registers the configs' schema
-from basisconv.probe import Probe, evaluate_many
+from basisconv.probe import Probe
+from basisconv.probe_pool import evaluate_many
 
 if __name__ == "__mp_main__" and sys.argv[2].startswith("ctrl_c"):  # a worker, starting: a Ctrl-C
     os.kill(os.getpid(), 2)  # at the terminal reaches every process of the group (here
@@ -2233,13 +2234,13 @@ if __name__ == "__main__":
             os.kill(multiprocessing.active_children()[-1].pid, 9)
         threading.Thread(target=kill, daemon=True).start()
     elif case == "ctrl_c_twice":  # and again while the first stop ends the workers
-        import basisconv.probe
-        stop_workers = basisconv.probe._stop_workers
+        import basisconv.probe_pool
+        stop_workers = basisconv.probe_pool._stop_workers
         def stopped_again(pool):
             os.kill(os.getpid(), 2)
             time.sleep(0.5)
             stop_workers(pool)
-        basisconv.probe._stop_workers = stopped_again
+        basisconv.probe_pool._stop_workers = stopped_again
     elif case == "stop_as_a_worker_starts":  # a stop's handler runs (as Python runs it, in the
         import multiprocessing.popen_spawn_posix as popen  # main thread, between two parts of
         class Halfway:                                    # a write) halfway through the pool's
@@ -2912,7 +2913,7 @@ def test_the_probe_measures_in_batches_of_the_eval_batch_size(repo, tmp_path):
 def test_two_measurements_differ_by_chance_by_their_variances_added():
     """Found by a mutation test (``2 * std``, failing no test): two independent
     measurements that each vary by ``std`` differ by ``sqrt(2) * std`` (variances add)."""
-    from basisconv.probe import difference_std
+    from basisconv.noise import difference_std
 
     assert difference_std(0.03) ** 2 == pytest.approx(0.03 ** 2 + 0.03 ** 2)
 

@@ -116,7 +116,7 @@ def check_against_the_model(cfg: DictConfig, estimate: bool = False, *,
 def check_drop_noise_fits(drop_noise_layers: int, candidates: int) -> None:
     """``sensitivity.drop_noise_layers`` at most the number of ``candidates``: one
     :class:`ConfigError` naming the range. A larger number was capped to the candidates
-    (:func:`~basisconv.probe.spread_layers`) while the cache key kept the number given, so
+    (:func:`~basisconv.noise.spread_layers`) while the cache key kept the number given, so
     one table was estimated again under a key of its own for each number above."""
     if drop_noise_layers > candidates:
         raise ConfigError(f"sensitivity.drop_noise_layers={drop_noise_layers}; there are "

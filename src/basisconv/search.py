@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, execution
 from .checkpoint import refuse_other_settings
 from .model_checks import check_search_size
-from .probe import Probe, difference_std, evaluate_many
+from .noise import difference_std
+from .probe import Probe
+from .probe_pool import evaluate_many
 from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
                       write_text_atomic)
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops

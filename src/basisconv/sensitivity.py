@@ -18,7 +18,8 @@ The estimate, for a model, a basis size and a data config:
    is never used to choose layers).
 
 A layer's sensitivity is its accuracy drop (and loss increase) against the reference
-(the probe that does steps 1-3 is :mod:`basisconv.probe`).
+(the probe that does steps 1-3 is :mod:`basisconv.probe`, its workers
+:mod:`basisconv.probe_pool`, the noise's statistics :mod:`basisconv.noise`).
 Cost: one brief training plus one short fine-tune per layer, instead of a full training
 per layer (or per subset of layers). The table is cached under a key made of everything
 that changes it (model, basis, data, the budget above, the training recipe, the seed), and
@@ -49,7 +50,9 @@ from .config import SEARCH_ONLY
 from .errors import ConfigError, Stopped, WorkerFailed, memory_said
 from .model_checks import check_against_the_model
 from .network import architecture_digest, build_dense
-from .probe import Probe, drop_noise, evaluate_many, reference_noise, spread_layers
+from .noise import drop_noise, reference_noise, spread_layers
+from .probe import Probe
+from .probe_pool import evaluate_many
 from .records import (RunRecord, folder_lock, provenance, publish, refuse_other_kind,
                       write_bytes_atomic, write_record)
 from .selection import (chosen_or_dense, fixed_candidates, fixed_layers, metric_drops,

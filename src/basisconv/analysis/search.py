@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..probe import difference_std
+from ..noise import difference_std
 from ..records import commit_name, hardware_name, write_text_atomic
 from .plots import add_note, pyplot, save_figure
 from .runs import record_tag, resumed_note, trained_on

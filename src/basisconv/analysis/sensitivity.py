@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..probe import difference_std
+from ..noise import difference_std
 from ..records import commit_name, hardware_name, write_text_atomic
 from ..selection import rule_in_words
 from .plots import add_note, pyplot, save_figure
