@@ -56,7 +56,7 @@ def chosen(monkeypatch, form):
 
 
 def norm_choices():
-    return {key: form for key, form in auto.choices().items() if len(key) > 12}
+    return {key: form for key, form in auto.choices().items() if len(key) > auto._EXTRAS_FROM}
 
 
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
@@ -241,7 +241,7 @@ def test_forms_are_chosen_for_a_folded_model_before_compiling():
     choose_forms_now(model, [(4, 3, 16, 16), (2, 3, 16, 16)], device=torch.device("cpu"))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics too
-    kinds = {(key[2][0], dict(key[12][1])["statistics"]) for key in norm_choices()}
+    kinds = {(key[2][0], dict(key[auto._EXTRAS_FROM][1])["statistics"]) for key in norm_choices()}
     assert kinds == {(4, "batch"), (2, "running")}
 
 

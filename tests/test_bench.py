@@ -705,7 +705,8 @@ def test_compiled_auto_layers_choose_their_forms_before_compiling(monkeypatch):
 
     chosen_at_compile = []
     monkeypatch.setattr(timing.torch, "compile", lambda module: (
-        chosen_at_compile.append(sorted(key[-1] for key in auto.choices())), module)[1])
+        chosen_at_compile.append(sorted(d["backward"] for d in auto.described())),
+        module)[1])
     auto.forget()
     try:
         options = SpeedOptions(batch_size=2, fractions=[0.5], layer_repeats=1, warmup=1,

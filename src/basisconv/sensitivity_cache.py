@@ -154,6 +154,7 @@ def cache_key(cfg: DictConfig) -> str:
 
 
 def cache_dir(cfg: DictConfig) -> Path:
+    """The folder this key's table and record are cached in, under ``sensitivity.cache_dir``."""
     return Path(cfg.sensitivity.cache_dir) / cache_key(cfg)
 
 

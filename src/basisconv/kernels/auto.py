@@ -42,9 +42,12 @@ from .torch_ops import dense_forward, stacked_forward
 log = logging.getLogger(__name__)
 
 FORMS = {"stacked": stacked_forward, "dense": dense_forward, "fused": fused_forward}
-#: (device, dtype, shapes, conv arguments, CPU threads, whether gradients flow[, what else
-#: a caller chose by, as :func:`shape_key`'s ``extra``]) -> the chosen form
+#: (device, dtype, shapes, conv arguments, CPU threads, whether gradients flow and whether
+#: into the input[, what else a caller chose by, as :func:`shape_key`'s ``extra``]) -> the
+#: chosen form
 _CHOICES: dict[tuple, str] = {}
+#: Where a :func:`shape_key`'s ``extra`` parts start (the parts before are read by position)
+_EXTRAS_FROM = 13
 #: the times behind each choice, seconds per call by form (for logs and benchmarks)
 TIMINGS: dict[tuple, dict[str, float]] = {}
 REPEATS = 3
@@ -78,7 +81,8 @@ def described(this_run: bool = False) -> list[dict]:
              "input": list(key[2]), "channels_last": key[3], "basis_weight": list(key[4]),
              "out_channels": key[5], "bias": key[6], "stride": list(key[7]),
              "padding": key[8], "dilation": list(key[9]), "threads": key[10],
-             "backward": key[11], **{name: dict(items) for name, items in key[12:]},
+             "backward": key[11], "input_gradient": key[12],
+             **{name: dict(items) for name, items in key[_EXTRAS_FROM:]},
              "form": form,
              "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
             for key, form in _CHOICES.items() if not this_run or key in _LOOKED_UP]
@@ -186,21 +190,26 @@ def interleaved(trials: dict) -> dict[str, float]:
     failed: set[str] = set()
     for round_ in range(REPEATS + 1):
         for form in round_order(list(trials), round_):
-            trial = trials[form]
             if form in failed:
                 continue
             try:
-                seconds = trial()
+                seconds = trials[form]()
             except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
                 failed.add(form)
-                log.warning("combine=auto: the %s form's trial failed (%s: %s); it is not "
-                            "chosen for this shape", form, type(err).__name__,
-                            str(err).splitlines()[0][:200] if str(err) else "")
+                log.warning("combine=auto: the %s form's trial failed (%s); it is not "
+                            "chosen for this shape", form, _quoted(err))
                 continue
             if round_:
                 spans[form].append(seconds)
     return {form: math.inf if form in failed else statistics.median(times)
             for form, times in spans.items()}
+
+
+def _quoted(err: BaseException) -> str:
+    """A failed trial's error as its warning quotes it: the type and the first line, cut
+    at 200 characters (a compiler's or CUDA's text may run to pages)."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
 @contextlib.contextmanager
@@ -274,9 +283,8 @@ class GraphTrial:
             self.graph = graph
         except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
             self.failed = True
-            log.warning("combine=auto: a form could not be captured as a CUDA graph (%s: %s); "
-                        "it is not chosen for this shape", type(err).__name__,
-                        str(err).splitlines()[0][:200] if str(err) else "")
+            log.warning("combine=auto: a form could not be captured as a CUDA graph (%s); "
+                        "it is not chosen for this shape", _quoted(err))
         finally:
             current.wait_stream(stream)
 
@@ -358,12 +366,16 @@ def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bi
     compute dtype, the input's shape and layout, the basis, the outputs, the bias, the
     conv's geometry, on the CPU its thread count (None elsewhere: which form is fastest
     changes with it, and a sweep over ``trainer.threads`` runs in one process), whether
-    gradients flow, and ``extra``, ``{name: {field: value}}`` of what else a caller
-    chooses by (a folded norm's settings)."""
+    gradients flow, whether into the input too (its gradient is a conv of the full
+    ``out_channels`` in the dense form, of the basis in the stacked one: a backward
+    timed on images without it ranks the forms otherwise), and ``extra``,
+    ``{name: {field: value}}`` of what else a caller chooses by (a folded norm's
+    settings)."""
     threads = _cpu_threads() if x.device.type == "cpu" else None
     return (str(x.device), compute_dtype(x), tuple(x.shape),
             x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
             out_channels, bias, tuple(stride), str(padding), tuple(dilation), threads, backward,
+            backward and x.requires_grad,
             *((name, tuple(fields.items())) for name, fields in (extra or {}).items()))
 
 
@@ -408,8 +420,9 @@ def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
         TIMINGS[key] = finite
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs%s (%s; ms per call: %s)",
                  form, list(key[2]), list(key[4]), key[5],
-                 "".join(f", {name} {dict(items)}" for name, items in key[12:]),
-                 "forward+backward" if key[11] else "forward",
+                 "".join(f", {name} {dict(items)}" for name, items in key[_EXTRAS_FROM:]),
+                 "forward" if not key[11] else "forward+backward" + (
+                     ", the input's gradient too" if key[12] else ""),
                  ", ".join(f"{f} {1e3 * t:.2f}" for f, t in times.items()))
     if form is not None and not torch.compiler.is_compiling():
         _LOOKED_UP.add(key)
