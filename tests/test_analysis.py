@@ -670,6 +670,8 @@ def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
     out = tmp_path / "results"
     md = (out / "comparison-cpu-fp32.md").read_text()
     assert "mean ± sample standard deviation (n - 1 in the denominator)" in md
+    assert "the change ± its standard error paired by seed" in md  # (review: unsaid)
+    assert "not a 95 % interval" in md and "each run's median epoch" in md
     assert "most have seeds 0 1; resnet20-all at basis size 0.25: 0)" in md
     assert f"1 unfinished run: {tmp_path / 'runs' / 'cut'} at epoch 1 of 2" in md
     assert "1 unreadable record" in md
@@ -3242,3 +3244,18 @@ def test_a_key_only_one_recipe_has_is_no_difference_from_the_baseline():
     assert recipe_differences(row, json.dumps({"trainer.lr": 0.1})) == []
     assert recipe_differences(row, json.dumps({"trainer.lr": 0.2, "old": "x"})) == [
         "trainer.lr=0.2"]
+
+
+def test_a_change_over_other_seeds_than_its_baselines_has_no_paired_standard_error():
+    """Found in review: the change is the difference of the two rows' means over all their
+    seeds, and its standard error was paired over the seeds they share alone: a basis row
+    of seeds 0-5 against a dense one of seeds 0-2 showed -15.00 ± 0.58 points, though its
+    seeds 3-5 (no pair) spread over 10 points. A paired error describes a change over one
+    set of seeds; where the sets differ it is NaN (the notes name such rows)."""
+    dense = [record(seed=s, accuracy=a) for s, a in enumerate((0.90, 0.92, 0.88))]
+    basis = [record("all", 0.5, s, a)
+             for s, a in enumerate((0.85, 0.88, 0.82, 0.60, 0.70, 0.65))]
+    table = compare(runs_frame([(r, "here") for r in dense + basis])).set_index("selection")
+    assert table.loc["all", "accuracy_change"] == pytest.approx(-0.15)
+    assert pd.isna(table.loc["all", "accuracy_change_se"])
+    assert table.loc["none", "accuracy_change_se"] == 0

@@ -1,7 +1,7 @@
 """Training runs as pandas DataFrames, from their records (read by
 :mod:`.record_sources`: the local run records, ``run.json``, the default: no network, or
-the wandb API, ``source=wandb``), and the comparison over seeds (mean and std) relative
-to the dense baseline."""
+the wandb API, ``source=wandb``), and the comparison over seeds (mean and std, and the
+change against the dense baseline with its standard error paired by seed)."""
 
 from __future__ import annotations
 
@@ -271,6 +271,8 @@ CURVE_COLUMNS = ["epoch", "test_accuracy", "train_loss"]
 
 
 def runs_frame(records: list[tuple[dict, str]]) -> pd.DataFrame:
+    """One row per run (:func:`run_row`), with the ``settings`` that tell its table row
+    apart (:func:`settings`) and the ``recipe`` its baseline is chosen by (:func:`recipe`)."""
     frame = pd.DataFrame([run_row(record, where) for record, where in records])
     if not records:
         return frame
@@ -412,8 +414,10 @@ def paired_change_se(runs: pd.DataFrame, table: pd.DataFrame, base: pd.DataFrame
     baseline's run of that seed, the sample std of those differences over the root of
     their number. A seed fixes the batch order and augmentation of both runs, so its luck
     is shared and cancels in the pair, which the two rows' spreads would count twice. NaN
-    with fewer than two shared seeds, or no baseline; 0 for the baseline itself. A seed
-    counted twice in a row (:func:`distinct_runs`) enters as its mean."""
+    where the row's seeds are not its baseline's (its change, a difference of means over
+    all seeds of each, is then no mean of pairs), with fewer than two seeds, or no
+    baseline; 0 for the baseline itself. A seed counted twice in a row
+    (:func:`distinct_runs`) enters as its mean."""
     accuracy = runs.groupby([*ROW_COLUMNS, "seed"], sort=False)["test_accuracy"].mean()
     by_row = {row: group.droplevel(list(range(len(ROW_COLUMNS))))
               for row, group in accuracy.groupby(level=list(range(len(ROW_COLUMNS))),
@@ -421,10 +425,10 @@ def paired_change_se(runs: pd.DataFrame, table: pd.DataFrame, base: pd.DataFrame
     errors = []
     for mine, theirs in zip(table[ROW_COLUMNS].itertuples(index=False, name=None),
                             base[ROW_COLUMNS].itertuples(index=False, name=None)):
-        if theirs not in by_row:  # no baseline (NaN)
+        if theirs not in by_row or set(by_row[mine].index) != set(by_row[theirs].index):
             errors.append(math.nan)
             continue
-        differences = (by_row[mine] - by_row[theirs]).dropna()
+        differences = by_row[mine] - by_row[theirs]
         errors.append(float(differences.std(ddof=1) / len(differences) ** 0.5)
                       if len(differences) >= 2 else math.nan)
     return errors
