@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from .cost import count_parameters, model_cost
 from .errors import ConfigError, warn_caller
 from .layer_names import select_layers
-from .surgery import CONFIG_KEYS, apply_basis, basis_report, stored_parameter
+from .surgery import CONFIG_KEYS, apply_basis, basis_report
+from .tied_parameters import stored_parameter
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
     import pandas as pd  # that makes none (most training runs) starts without it

@@ -6,13 +6,14 @@ Names are the model's own module names (``conv1``, ``layer1.0.conv1``,
 ``layer2.0.shortcut.0``), so a layer list from a sensitivity scan or a config carries over
 unchanged. The functions run in the order of a conversion: :func:`apply_basis` and its
 checks, the warnings about what a conversion cannot keep, the replacement itself (fitted
-or fresh, tied and shared parameters); then :func:`to_dense` and :func:`basis_report`.
+or fresh); then :func:`to_dense` and :func:`basis_report`.
 
 Elsewhere: the layers found by name (:mod:`basisconv.layer_names`: ``conv_layers``,
 ``select_layers``), each layer's basis size and which convert
 (:mod:`basisconv.basis_sizes`), how a replaced conv's hooks move to its basis layer
-(:mod:`basisconv.hook_transfer`), and the skip-training schedule of the coefficients,
-with the dense warm-up that comes before it
+(:mod:`basisconv.hook_transfer`), what converted layers share (tied convs kept tied, and
+``share_coefficients``: :mod:`basisconv.tied_parameters`), and the skip-training schedule
+of the coefficients, with the dense warm-up that comes before it
 (:class:`~basisconv.skip_training.CoefficientSkipSchedule`). ``conv_layers`` and
 ``CoefficientSkipSchedule`` are still exported from here: the README and docs import them
 from this module.
@@ -29,7 +30,6 @@ import torch.nn as nn
 from .basis_sizes import check_max_error_use, sized_targets
 from .cost_formulas import saves_compute
 from .errors import ConfigError, warn_caller
-from .fitting import fit_coefficients, relative_error
 from .hook_transfer import hand_back_hooks, take_over_hooks
 from .layer_names import conv_layers  # noqa: F401 (the README imports it from here)
 from .layer_names import conv_names, select_layers
@@ -40,6 +40,8 @@ from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from 
 from .skip_training import frozen_by_schedule
 from .source_conv import (WEIGHT_HOOKS, check_finite_weight, check_not_inference_mode,
                           parametrizations_in_eval, refresh_computed_weight, trains)
+from .tied_parameters import (share_coefficients_by_shape, tie_shared_weights,
+                              warn_of_earlier_groups, warn_of_untied_weights)
 
 #: What the configs call :func:`apply_basis`'s arguments (``basis.*``), for the errors their
 #: values cause; a caller adds the config list its ``layers`` came from.
@@ -124,7 +126,7 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         check_coefficient_rank(coefficient_rank, conv.out_channels, sizes[name], where=name,
                                key=keys["coefficient_rank"])
     _warn_of_costly_ranks(targets, sizes, coefficient_rank, keys["coefficient_rank"])
-    _warn_of_untied_weights(model, targets)
+    warn_of_untied_weights(model, targets)
     _warn_of_dropped_constraints(targets)
     if not inplace:
         model = copy_model(model, "apply_basis: the model cannot be copied",
@@ -135,8 +137,8 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
         replaced = _replace(model, targets, sizes, convert, combine=combine,
                             coefficient_rank=coefficient_rank, fuse_norm=fuse_norm, fit=fit)
         if share_coefficients:
-            _share_coefficients(replaced, targets if convert else None)
-            _warn_of_earlier_groups(model, replaced)
+            share_coefficients_by_shape(replaced, targets if convert else None)
+            warn_of_earlier_groups(model, replaced)
     return model
 
 
@@ -194,29 +196,6 @@ def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
                     f"{full}; {advice}, null keeps the full matrix")
 
 
-def _warn_of_untied_weights(model: nn.Module, targets: dict[str, nn.Conv2d]) -> None:
-    """Warn where a converted conv's weight (or bias) is also a module's that stays as it is
-    (weight tying, ``b.weight = a.weight``): from now on the two train apart."""
-    converted = {}
-    for name, conv in targets.items():
-        for kind in ("weight", "bias"):
-            tensor = stored_parameter(conv, kind)
-            if tensor is not None:
-                converted[id(tensor)] = (name, kind)
-    for name, module in model.named_modules():
-        if name in targets:
-            continue
-        shared = defaultdict(list)  # converted layer -> what this module shares with it
-        for p in module.parameters(recurse=False):
-            if id(p) in converted:
-                owner, kind = converted[id(p)]
-                shared[owner].append(kind)
-        for owner, kinds in shared.items():
-            warn_caller(f"layer {name!r} shares its {' and '.join(kinds)} with {owner!r}, "
-                        f"which is converted: the two no longer share it; convert both to "
-                        f"keep them tied")
-
-
 def _weight_constraints(conv: nn.Conv2d) -> list[str]:
     """What computes ``conv``'s weight or bias from other tensors: torch's parametrizations
     (named by their class) and its older weight-recomputing hooks."""
@@ -271,7 +250,7 @@ def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, i
         for alias in aliases[name]:  # a tied conv stays one module, in basis form
             _set_submodule(model, alias, layer)
         replaced[name] = layer
-    _tie_shared_weights(targets, replaced)
+    tie_shared_weights(targets, replaced)
     return replaced
 
 
@@ -300,93 +279,6 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
-
-
-def stored_parameter(conv: nn.Conv2d, name: str) -> nn.Parameter | None:
-    """The parameter ``conv`` stores as ``name``; none where a parametrization
-    (``parametrizations.weight_norm``, ``spectral_norm``) computes it afresh at each read:
-    a tensor made for one read says nothing of tying, and once freed its id is another's."""
-    return conv._parameters.get(name)
-
-
-def _tie_shared_weights(convs: dict[str, nn.Conv2d], layers: dict[str, BasisConv2d]) -> None:
-    """Convs that shared one weight tensor (weight tying, ``b.weight = a.weight``) get one set
-    of basis filters and coefficients (and one bias where they shared it): converted from
-    one weight they are equal, and tied they stay equal in training, as the convs did."""
-    first_of: dict[int, BasisConv2d] = {}
-    bias_of: dict[int, nn.Parameter] = {}
-    for name, layer in layers.items():
-        conv = convs[name]
-        weight, bias = stored_parameter(conv, "weight"), stored_parameter(conv, "bias")
-        first = layer if weight is None else first_of.setdefault(id(weight), layer)
-        if first is not layer:
-            layer.basis_weight = first.basis_weight
-            for attr in ("coefficients", "coefficients_left", "coefficients_right"):
-                if hasattr(first, attr):
-                    setattr(layer, attr, getattr(first, attr))
-            layer.output_index = first.output_index
-        if bias is not None:
-            layer.bias = bias_of.setdefault(id(bias), layer.bias)
-
-
-def _coefficient_shape(layer: BasisConv2d) -> tuple:
-    """What layers share one coefficient matrix by (``share_coefficients``)."""
-    return layer.out_channels, layer.num_basis, layer.coefficient_rank
-
-
-def _share_coefficients(layers: dict[str, BasisConv2d],
-                        sources: dict[str, nn.Conv2d] | None) -> None:
-    """Tie the coefficient parameters of same-shaped layers to the first one's; refit them
-    jointly to the source convs' weights when given."""
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for name, layer in layers.items():
-        groups[_coefficient_shape(layer)].append(name)
-    for names in groups.values():
-        if len(names) < 2:
-            continue
-        first = layers[names[0]]
-        # the shared matrix trains if any of its layers' coefficients did
-        trainable = any(layers[n].coefficient_parameters()[0].requires_grad for n in names)
-        for p in first.coefficient_parameters():
-            p.requires_grad_(trainable)
-        for name in names[1:]:
-            if first.coefficient_rank is None:
-                layers[name].coefficients = first.coefficients
-            else:
-                layers[name].coefficients_left = first.coefficients_left
-                layers[name].coefficients_right = first.coefficients_right
-        if sources is None:
-            continue
-        basis, rest = [], []
-        for name in names:
-            layer, weight = layers[name], sources[name].weight.detach()
-            stored = torch.argsort(layer.output_index)  # conv channel of each stored channel
-            basis.append(layer.basis_weight.detach().reshape(layer.num_basis, -1))
-            rest.append(weight.reshape(weight.shape[0], -1)[stored[layer.num_basis:]])
-        first.set_coefficients(*fit_coefficients(torch.cat(basis, 1), torch.cat(rest, 1),
-                                                 first.coefficient_rank))
-        for name in names:
-            layers[name].reconstruction_error = relative_error(layers[name].dense_weight(),
-                                                               sources[name].weight)
-
-
-def _warn_of_earlier_groups(model: nn.Module, layers: dict[str, BasisConv2d]) -> None:
-    """Warn where a layer converted with ``share_coefficients`` has the coefficient shape of
-    a basis layer the model had before the call: the two do not share (a call ties its own
-    layers), which a model rebuilt one layer a call and then loaded hid, as both load the
-    same values and then train apart."""
-    new = {id(layer) for layer in layers.values()}
-    earlier: dict[tuple, str] = {}
-    for name, layer in basis_layers(model).items():
-        if id(layer) not in new:
-            earlier.setdefault(_coefficient_shape(layer), name)
-    apart = [f"{name!r} (the coefficient shape of {earlier[shape]!r})"
-             for name, layer in layers.items() if (shape := _coefficient_shape(layer)) in earlier]
-    if apart:
-        more = f" and {len(apart) - 3} more" if len(apart) > 3 else ""
-        warn_caller(f"apply_basis: share_coefficients ties the layers converted in one call, "
-                    f"not these to the same-shaped basis layers the model had before it: "
-                    f"{', '.join(apart[:3])}{more}; convert the layers that share in one call")
 
 
 def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
