@@ -636,6 +636,40 @@ def test_a_checkpoint_whose_optimizer_state_is_of_other_parameters_is_one_clear_
         fit(cfg, tmp_path)
 
 
+def test_a_checkpoint_whose_saved_state_is_of_another_format_is_one_clear_error(tmp_path,
+                                                                                repo):
+    """A checkpoint (without a ``.sha256``: an older one, or copied alone) holding every
+    part a run saves, but one of them in a shape this version does not restore (another
+    version's, or edited by hand), stopped the resume in a trace from inside torch or the
+    batch order (``KeyError: 'generator'``, ``KeyError: 'param_groups'``), or, for a record
+    without its status or provenance, from the resume itself (found in review). Each is
+    one line naming the fix."""
+    from basisconv.checkpoint import checksum_path, load_checkpoint
+    from interruption import fit_stopped_before
+
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+                        "model=resnet8", "model.width=0.25", "trainer.epochs=2",
+                        "trainer.batch_size=50", "trainer.threads=1", "trainer.progress=false"])
+    fit_stopped_before(2, cfg, tmp_path)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    checksum_path(tmp_path / "checkpoint.pt").unlink()
+    for part, value, problem in [
+            ("batches", {}, "holds a schedule, loss scale or batch order this version cannot"),
+            ("batches", None, "holds a schedule, loss scale or batch order this version cannot"),
+            ("scheduler", None, "holds a schedule, loss scale or batch order this version"),
+            ("optimizer", {}, "does not fit the model this config builds"),
+            ("model", None, "does not fit the model this config builds"),
+            ("record", {k: v for k, v in saved["record"].items() if k != "status"},
+             "its config or run record is not what a run saves"),
+            ("record", {k: v for k, v in saved["record"].items() if k != "provenance"},
+             "its config or run record is not what a run saves"),
+            ("record", {**saved["record"], "epochs": ["x"]},
+             "its config or run record is not what a run saves")]:
+        torch.save({**saved, part: value}, tmp_path / "checkpoint.pt")
+        with pytest.raises(ConfigError, match=rf"{tmp_path}.*{problem}.*trainer.resume=false"):
+            fit(cfg, tmp_path)
+
+
 def test_the_override_that_resumes_a_run_is_quoted_for_the_shell(tmp_path):
     from basisconv.resuming import folder_override
 

@@ -178,8 +178,7 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
     if source_key is None and lacking:  # e.g. a bare state_dict saved under this name
         raise ConfigError(f"{what} is not a basisconv run's checkpoint (it lacks "
                           f"{', '.join(lacking)}); {fix}")
-    if resuming and not (isinstance(state["config"], dict) and isinstance(state["record"], dict)
-                         and isinstance(state["record"].get("epochs"), list)):
+    if resuming and not resumable_shape(state):
         # (a config or record of another shape ended the resume in a trace from inside it)
         raise ConfigError(f"{what} is not a basisconv run's checkpoint (its config or run "
                           f"record is not what a run saves); {fix}")
@@ -187,6 +186,18 @@ def load_checkpoint(path: Path, source_key: str | None = None, *,
         log.info("%s has no %s beside it (an older basisconv wrote it, or it was copied "
                  "without it); loaded it unverified", path, checksum_path(path).name)
     return state
+
+
+def resumable_shape(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's config and run record are of the shapes a run saves, which
+    resuming reads: objects both, the record's ``status`` a text, its ``provenance`` an
+    object and its ``epochs`` a list of rows (every run record has had all three)."""
+    record = state["record"]
+    return (isinstance(state["config"], dict) and isinstance(record, dict)
+            and isinstance(record.get("status"), str)
+            and isinstance(record.get("provenance"), dict)
+            and isinstance(record.get("epochs"), list)
+            and all(isinstance(row, dict) for row in record["epochs"]))
 
 
 #: How a file torch.save wrote begins: a zip archive, or its legacy format's pickle (protocol

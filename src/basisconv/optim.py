@@ -109,6 +109,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
 def scheduler_state_fits(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> bool:
     """Whether a checkpoint's schedule ``state`` is of ``scheduler``'s rule: one-cycle
     without a warm-up (or over one step) is a LinearLR since 0aab165, which takes an older
-    OneCycleLR's state without a word and then follows neither rule."""
-    return "total_steps" not in state or isinstance(
+    OneCycleLR's state without a word and then follows neither rule. (A state that is no
+    object is left to loading it, which refuses it.)"""
+    return not isinstance(state, dict) or "total_steps" not in state or isinstance(
         scheduler, torch.optim.lr_scheduler.OneCycleLR)

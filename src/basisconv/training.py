@@ -47,6 +47,17 @@ def epochs_in(checkpoint: dict | None) -> int:
     return len(checkpoint["record"]["epochs"]) if checkpoint else 0
 
 
+#: What restoring a checkpoint's saved state raises when that state is not of the shape
+#: this version saves: torch's and the batch order's errors, from a wrong size to a missing key.
+UNRESTORABLE = (RuntimeError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def unrestorable_said(err: Exception) -> str:
+    """An :data:`UNRESTORABLE` error as a message quotes it: on one line, at most 300
+    characters, its type named (``KeyError: 'generator'``; a key alone says nothing)."""
+    return f"{type(err).__name__}: {one_line(err)}"[:300]
+
+
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
                       ) -> tuple[list[str] | str | None, dict[str, Any]]:
     """The layers chosen for basis form, and which sensitivity table (or layer times) chose
@@ -154,17 +165,19 @@ class Training:
         """Continue from ``checkpoint``: its weights, optimizer, schedule, batch order and
         epochs so far, and where its earlier starts ran. A checkpoint that does not fit the
         model this config builds (other layers or shapes, other parameters, which its
-        record did not say) is one :class:`ConfigError` naming what to do."""
+        record did not say), or a part saved in a shape this version does not restore
+        (another version's, or edited by hand), is one :class:`ConfigError` naming what to
+        do, not a trace from inside torch or the batch order."""
         try:
             self.model.load_state_dict(checkpoint["model"])
             # its momentum is matched to this model's parameters by position: weights that
             # fit under a parameter list that differs (a tensor that was a buffer, or
             # parameters in another order, in the version that saved it) do not
             optim.load_optimizer_state(self.optimizer, checkpoint["optimizer"])
-        except (RuntimeError, ValueError) as err:
+        except UNRESTORABLE as err:
             raise ConfigError(
                 f"the checkpoint in {self.output_dir} does not fit the model this config "
-                f"builds ({one_line(err)[:300]}); resume it with the config it was made "
+                f"builds ({unrestorable_said(err)}); resume it with the config it was made "
                 f"with, or start the run again with trainer.resume=false") from None
         if not optim.scheduler_state_fits(self.scheduler, checkpoint["scheduler"]):
             raise ConfigError(
@@ -172,10 +185,17 @@ class Training:
                 f"of an earlier version, which without a warm-up (or over one step) followed "
                 f"another rule; resume it with the commit that started it (its {RECORD} names "
                 f"it), or start the run again with trainer.resume=false")
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if "scaler" in checkpoint:  # (checkpoints from before fp16 loss scaling lack it)
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        self.train_batches.load_state_dict(checkpoint["batches"])
+        try:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            if "scaler" in checkpoint:  # (checkpoints from before fp16 loss scaling lack it)
+                self.scaler.load_state_dict(checkpoint["scaler"])
+            self.train_batches.load_state_dict(checkpoint["batches"])
+        except UNRESTORABLE as err:
+            raise ConfigError(
+                f"the checkpoint in {self.output_dir} holds a schedule, loss scale or batch "
+                f"order this version cannot continue ({unrestorable_said(err)}); resume it "
+                f"with the commit that started it (its {RECORD} names it), or start the run "
+                f"again with trainer.resume=false") from None
         self.results["epochs"] = checkpoint["record"]["epochs"]
         # the combine=auto forms the epochs before ran: this process chooses again (from
         # its own timings, so maybe others) and auto_forms names its choices alone
