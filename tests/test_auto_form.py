@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from basisconv.kernels import auto, dense_forward
+from basisconv.kernels import auto, dense_forward, graph_trials
 from basisconv.layers import BasisConv2d
 
 
@@ -579,19 +579,46 @@ def test_trials_are_eager_off_cuda_even_where_a_run_replays_graphs():
     timed; on CPU, and outside it, a trial is the eager one; the setting is put back."""
     eager = lambda: 1.0  # noqa: E731
     x = torch.zeros(1, 2, 3, 3)
-    with auto.graph_replays():
+    with graph_trials.graph_replays():
         assert auto.trial(eager, lambda t: t, (x,), False) is eager
-        with auto.graph_replays(False):
-            assert not auto._GRAPH_REPLAYS
-        assert auto._GRAPH_REPLAYS
-    assert not auto._GRAPH_REPLAYS
-    with pytest.raises(RuntimeError), auto.graph_replays():
+        with graph_trials.graph_replays(False):
+            assert not graph_trials._GRAPH_REPLAYS
+        assert graph_trials._GRAPH_REPLAYS
+    assert not graph_trials._GRAPH_REPLAYS
+    with pytest.raises(RuntimeError), graph_trials.graph_replays():
         raise RuntimeError
-    assert not auto._GRAPH_REPLAYS
+    assert not graph_trials._GRAPH_REPLAYS
+
+
+
+def test_a_choice_timed_as_graph_replays_is_not_an_eagerly_timed_ones():
+    """Found in review: whether the trials were timed as CUDA graph replays was not in the
+    choice's key, so in a sweep over ``trainer.cuda_graphs`` run in one process (Hydra's
+    multirun) the graphed job reused the eager job's choices. A CUDA tensor's key says it,
+    by the rule :func:`auto.trial` makes its trials by; a CPU tensor's trials are eager
+    either way, so its key is one. (The CUDA tensors are fake ones: a key reads the
+    tensors' metadata alone, so no GPU is needed.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def key_and_graph_trial(device: str) -> tuple:
+        x, basis = torch.zeros(2, 4, 8, 8, device=device), torch.zeros(3, 4, 3, 3, device=device)
+        made = auto.trial(lambda: 1.0, lambda t: t, (x,), False)
+        return (auto.shape_key(x, basis, 6, False, (1, 1), (1, 1), (1, 1), False),
+                isinstance(made, graph_trials.GraphTrial))
+
+    with FakeTensorMode():
+        (eager, eager_graphed), cpu_eager = key_and_graph_trial("cuda"), key_and_graph_trial("cpu")
+        with graph_trials.graph_replays():
+            (replays, replays_graphed), cpu_replays = (key_and_graph_trial("cuda"),
+                                                       key_and_graph_trial("cpu"))
+    assert eager != replays and cpu_eager == cpu_replays
+    assert (eager.graph_replays, eager_graphed) == (False, False)
+    assert (replays.graph_replays, replays_graphed) == (True, True)
+    assert cpu_replays[0].graph_replays is cpu_replays[1] is False
 
 
 class FakeCuda:
-    """Just enough of ``torch.cuda`` for :class:`auto.GraphTrial`'s steps on CPU: a
+    """Just enough of ``torch.cuda`` for :class:`graph_trials.GraphTrial`'s steps on CPU: a
     "capture" records that it ran (the trial's call runs, as a real capture records its
     kernels without running them), a replay counts."""
 
@@ -625,8 +652,8 @@ class FakeCuda:
                             "current_stream": lambda d=None: Stream(),
                             "graph_pool_handle": lambda: (0, 0)}.items():
             monkeypatch.setattr(torch.cuda, name, value)
-        auto._trial_stream.cache_clear()  # (else a stand-in stream outlives the test)
-        monkeypatch.setattr(auto, "_trial_stream", functools.lru_cache(Stream))
+        graph_trials._trial_stream.cache_clear()  # (else a stand-in stream outlives the test)
+        monkeypatch.setattr(graph_trials, "_trial_stream", functools.lru_cache(Stream))
 
 
 @pytest.mark.parametrize("capture_fails", [False, True])
@@ -637,22 +664,27 @@ def test_a_graph_trial_captures_once_then_times_replays(monkeypatch, capture_fai
     cuda = FakeCuda(monkeypatch, capture_fails)
     calls = []
     x = torch.zeros(2, 3, requires_grad=True)
-    trial = auto.GraphTrial(lambda t: calls.append(1) or t * 2, (x,), backward=True)
+    trial = graph_trials.GraphTrial(lambda t: calls.append(1) or t * 2, (x,), backward=True)
     times = auto.interleaved({"only": trial})
     assert cuda.captures == 1 and len(calls) == 3
     if capture_fails:
         assert times == {"only": math.inf} and cuda.replays == 0
     else:
-        assert cuda.replays == 1 + auto.REPEATS * auto.REPLAYS and math.isfinite(times["only"])
+        assert cuda.replays == 1 + auto.REPEATS * graph_trials.REPLAYS
+        assert math.isfinite(times["only"])
     assert x.grad is None  # the trial's copies got the gradients
 
 
 def test_a_form_whose_trial_failed_is_not_chosen_unless_all_did():
-    x, parts = torch.zeros(1, 2, 3, 3), auto._EXTRAS_FROM  # (keys without extras)
-    assert auto.choose(("k1",) * parts, x, lambda: {"a": math.inf, "b": 2.0, "c": 3.0}) == "b"
-    assert auto.TIMINGS[("k1",) * parts] == {"b": 2.0, "c": 3.0}
-    assert auto.choose(("k2",) * parts, x, lambda: {"a": math.inf, "b": math.inf}) == "a"
-    assert auto.choose(("k3",) * parts, x, lambda: {"a": math.inf, "b": 1.0},
+    x = torch.zeros(1, 2, 3, 3)
+
+    def key(name: str) -> auto.ShapeKey:  # (every field but the extras: the name)
+        return auto.ShapeKey(*(name,) * (len(auto.ShapeKey._fields) - 1), extras=())
+
+    assert auto.choose(key("k1"), x, lambda: {"a": math.inf, "b": 2.0, "c": 3.0}) == "b"
+    assert auto.TIMINGS[key("k1")] == {"b": 2.0, "c": 3.0}
+    assert auto.choose(key("k2"), x, lambda: {"a": math.inf, "b": math.inf}) == "a"
+    assert auto.choose(key("k3"), x, lambda: {"a": math.inf, "b": 1.0},
                        prefer="a", margin=0.5) == "b"
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from basisconv.kernels import auto, auto_norm
+from basisconv.kernels import auto, auto_norm, graph_trials
 from basisconv.conv_norm import conv_norm_act
 from basisconv.layers import BasisConv2d
 
@@ -56,7 +56,7 @@ def chosen(monkeypatch, form):
 
 
 def norm_choices():
-    return {key: form for key, form in auto.choices().items() if len(key) > auto._EXTRAS_FROM}
+    return {key: form for key, form in auto.choices().items() if key.extras}
 
 
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
@@ -187,7 +187,8 @@ def test_int_conv_options_are_taken_as_the_folds_forms_take_them():
     for conv in ((2, 1, 1), ((2,), [1], (1,))):
         torch.testing.assert_close(auto_norm.auto_conv_batch_norm(*args, *conv, **options),
                                    auto_norm.FORMS["folded"](*args, *conv, **options))
-    assert [key[7:10] for key in norm_choices()] == [((2, 2), "(1, 1)", (1, 1))]
+    assert [(key.stride, key.padding, key.dilation) for key in norm_choices()] == [
+        ((2, 2), "(1, 1)", (1, 1))]
 
 
 @pytest.mark.parametrize("padding, image, fused", [
@@ -241,7 +242,8 @@ def test_forms_are_chosen_for_a_folded_model_before_compiling():
     choose_forms_now(model, [(4, 3, 16, 16), (2, 3, 16, 16)], device=torch.device("cpu"))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics too
-    kinds = {(key[2][0], dict(key[auto._EXTRAS_FROM][1])["statistics"]) for key in norm_choices()}
+    kinds = {(key.input[0], dict(dict(key.extras)["norm"])["statistics"])
+             for key in norm_choices()}
     assert kinds == {(4, "batch"), (2, "running")}
 
 
@@ -362,14 +364,14 @@ def test_on_cuda_a_graphed_runs_choices_are_timed_as_graph_replays(device, monke
     if device.type != "cuda":
         pytest.skip("CUDA graphs run on CUDA only (--device cuda)")
     captured = []
-    capture = auto.GraphTrial._capture
-    monkeypatch.setattr(auto.GraphTrial, "_capture",
+    capture = graph_trials.GraphTrial._capture
+    monkeypatch.setattr(graph_trials.GraphTrial, "_capture",
                         lambda self: captured.append(self) or capture(self))
     layer, norm, x = layer_norm_input()
     layer, norm = layer.float().to(device), norm.float().to(device)
     ref_layer, ref_norm = copy.deepcopy(layer), copy.deepcopy(norm)
     x = x.float().to(device).requires_grad_()
-    with auto.graph_replays():
+    with graph_trials.graph_replays():
         out = conv_norm_act(layer, norm, x, relu=True)
     assert captured and not any(trial.failed for trial in captured)
     assert "could not be captured" not in caplog.text

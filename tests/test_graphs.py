@@ -469,7 +469,7 @@ def test_a_graphed_call_runs_once_eagerly_then_replays():
 
 def test_a_graphed_calls_first_launch_is_in_its_untimed_first_call(monkeypatch):
     """A captured graph's first launch uploads it to the GPU, a one-time cost (as
-    ``kernels.auto.GraphTrial`` says): the first call, which the benchmark's warm-up round
+    ``kernels.graph_trials.GraphTrial`` says): the first call, which the benchmark's warm-up round
     leaves untimed, must launch it once, else with ``--warmup 1`` (``--quick``) the first
     timed round pays it (one of the two rounds a quick model row takes the median of)."""
     events = []

@@ -50,7 +50,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .kernels import auto
+from .kernels import graph_trials
 
 
 class _Replay:
@@ -165,7 +165,7 @@ class GraphedTrainStep:
         self._load_lr()
         if self.inputs is None:  # the first step: eager, on the capture stream
             # (where combine="auto" layers choose: timed as the replays they will run)
-            with _on(self.stream), auto.graph_replays(self.capture):
+            with _on(self.stream), graph_trials.graph_replays(self.capture):
                 start = mark()
                 self.optimizer.zero_grad(set_to_none=True)
                 objective = self.forward(images, labels)
@@ -230,7 +230,7 @@ class GraphedEvalStep:
         self.count.fill_(rows)
         if self.graph is None:
             run_forward, inputs, count = self.forward, self.inputs, self.count
-            with _on(self.stream), auto.graph_replays(self.capture):
+            with _on(self.stream), graph_trials.graph_replays(self.capture):
                 run_forward(*inputs, count)  # the eager first batch
                 self.graph = _Replay(lambda: run_forward(*inputs, count),
                                      capture=self.capture, stream=self.stream)
@@ -245,9 +245,9 @@ class GraphedCall:
     eagerly on the capture stream (cuDNN's choice, Triton's autotuning, an auto layer's
     timings: what capture must not do), then captures and launches the graph once (its
     first launch uploads it to the GPU, a one-time cost: paid in this untimed first call,
-    as ``kernels.auto.GraphTrial`` pays it, not in the first timed one), so on CUDA it runs
-    ``fn``'s work twice; every later call replays. Off CUDA (``capture=False``) every call
-    is the call itself.
+    as ``kernels.graph_trials.GraphTrial`` pays it, not in the first timed one), so on CUDA
+    it runs ``fn``'s work twice; every later call replays. Off CUDA (``capture=False``)
+    every call is the call itself.
 
     ``fn`` must read only tensors that stay where they are (a fixed input, the module's
     parameters) and may set gradients to None first: in a capture they are allocated in the
@@ -265,7 +265,7 @@ class GraphedCall:
             self.graph.replay()
             return
         with _on(self.stream):
-            with auto.graph_replays(self.capture):
+            with graph_trials.graph_replays(self.capture):
                 self.fn()
             self.graph = _Replay(self.fn, capture=self.capture, stream=self.stream)
         if self.capture:

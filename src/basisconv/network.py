@@ -19,7 +19,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from .checkpoint import load_source_weights
-from .kernels import auto
+from .kernels import graph_trials
 from .cost import model_cost
 from .errors import ConfigError
 from .model_copy import modes_kept
@@ -247,7 +247,7 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
 
     ``graphed``: the model will run as CUDA graph replays (``torch.compile``'s
     ``reduce-overhead``), so on CUDA the forms are timed as replays too
-    (:func:`.kernels.auto.graph_replays`).
+    (:func:`.kernels.graph_trials.graph_replays`).
 
     ``input_requires_grad``: the training input needs a gradient, as a layer's does when
     it is timed alone as inside a network (a whole model's images need none): the
@@ -267,7 +267,7 @@ def choose_forms_now(model: nn.Module, shapes: list[tuple[int, ...]], *, device:
                 model.train(i == 0)
                 x = torch.zeros(shape, device=device).contiguous(memory_format=memory_format)
                 x.requires_grad_(input_requires_grad and i == 0)
-                with torch.set_grad_enabled(i == 0), autocast, auto.graph_replays(graphed):
+                with torch.set_grad_enabled(i == 0), autocast, graph_trials.graph_replays(graphed):
                     model(x)
     finally:
         model.load_state_dict(saved)

@@ -19,7 +19,8 @@ So a compiled training run times its layers first (``basisconv.network.choose_fo
 
 A layer with its batch norm folded in (``fuse_norm``) chooses among the fold's forms and
 the unfused modules the same way, through this module's lookup and timing
-(:mod:`.auto_norm`).
+(:mod:`.auto_norm`). Where a run replays CUDA graphs, its trials are timed as graph
+replays (:mod:`.graph_trials`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 import math
 import statistics
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,30 +39,47 @@ import torch.nn.functional as F
 from . import triton_conv
 from .fused import (compute_dtype, conv_pairs, failed_to_compile, fused_forward,
                     numeric_padding)
+from .graph_trials import GraphTrial, call_once, detached, quoted, timed_as_replays
 from .torch_ops import dense_forward, stacked_forward
 
 log = logging.getLogger(__name__)
 
 FORMS = {"stacked": stacked_forward, "dense": dense_forward, "fused": fused_forward}
-#: (device, dtype, shapes, conv arguments, CPU threads, whether gradients flow and whether
-#: into the input[, what else a caller chose by, as :func:`shape_key`'s ``extra``]) -> the
-#: chosen form
-_CHOICES: dict[tuple, str] = {}
-#: Where a :func:`shape_key`'s ``extra`` parts start (the parts before are read by position)
-_EXTRAS_FROM = 13
+
+
+class ShapeKey(NamedTuple):
+    """What a choice is made by (:func:`shape_key` says why each part), read by name;
+    :func:`described` writes each field under its name. A tuple, so a dict's key."""
+
+    device: str
+    dtype: torch.dtype
+    input: tuple
+    channels_last: bool
+    basis_weight: tuple
+    out_channels: int
+    bias: bool
+    stride: tuple
+    padding: str
+    dilation: tuple
+    threads: int | None
+    backward: bool
+    input_gradient: bool
+    graph_replays: bool
+    #: ``((name, ((field, value), ...)), ...)``: :func:`shape_key`'s ``extra``
+    extras: tuple
+
+
+#: the chosen form by shape key
+_CHOICES: dict[ShapeKey, str] = {}
 #: the times behind each choice, seconds per call by form (for logs and benchmarks)
-TIMINGS: dict[tuple, dict[str, float]] = {}
+TIMINGS: dict[ShapeKey, dict[str, float]] = {}
 REPEATS = 3
 #: the shapes looked up since :func:`start_run` (a record lists these, not every shape the
 #: process has timed: else a sweep's later jobs list the earlier jobs' shapes)
-_LOOKED_UP: set[tuple] = set()
-#: Whether CUDA trials are timed as graph replays (:func:`graph_replays`).
-_GRAPH_REPLAYS = False
-#: Replays a graphed trial's call times at once (one synchronization for them all).
-REPLAYS = 10
+_LOOKED_UP: set[ShapeKey] = set()
 
 
-def choices() -> dict[tuple, str]:
+def choices() -> dict[ShapeKey, str]:
     """The forms chosen so far in this process, by shape key."""
     return dict(_CHOICES)
 
@@ -77,15 +96,18 @@ def described(this_run: bool = False) -> list[dict]:
     ``this_run``: only the shapes looked up since :func:`start_run`. A choice made by more
     than the conv (:func:`shape_key`'s ``extra``: a folded norm's, :mod:`.auto_norm`)
     names that part too."""
-    return [{"device": key[0], "dtype": str(key[1]).removeprefix("torch."),
-             "input": list(key[2]), "channels_last": key[3], "basis_weight": list(key[4]),
-             "out_channels": key[5], "bias": key[6], "stride": list(key[7]),
-             "padding": key[8], "dilation": list(key[9]), "threads": key[10],
-             "backward": key[11], "input_gradient": key[12],
-             **{name: dict(items) for name, items in key[_EXTRAS_FROM:]},
-             "form": form,
+    return [{**_key_fields(key), "form": form,
              "ms_per_call": {f: round(1e3 * t, 4) for f, t in TIMINGS.get(key, {}).items()}}
             for key, form in _CHOICES.items() if not this_run or key in _LOOKED_UP]
+
+
+def _key_fields(key: ShapeKey) -> dict:
+    """``key``'s fields by name as a record writes them (a tuple as a list, the dtype
+    without ``torch.``), each of its extras under its own name."""
+    fields = {name: list(value) if isinstance(value, tuple) else value
+              for name, value in key._asdict().items() if name != "extras"}
+    return {**fields, "dtype": str(key.dtype).removeprefix("torch."),
+            **{name: dict(items) for name, items in key.extras}}
 
 
 @contextlib.contextmanager
@@ -134,33 +156,15 @@ def candidates(x: torch.Tensor, basis_weight: torch.Tensor, stride, padding, dil
     return forms
 
 
-def _detached(leaves: tuple) -> list:
-    """Detached copies of the tensors among ``leaves`` (None kept), each requiring a
-    gradient where its original does: a trial's graph never reaches the caller's."""
-    return [t.detach().requires_grad_(t.requires_grad) if t is not None else None
-            for t in leaves]
-
-
-def _call_once(call, leaves: list, backward: bool) -> None:
-    """``call(*leaves)``, then its output's backward where ``backward``, the leaves'
-    gradients set to None first (inside a capture, the graph's backward writes them)."""
-    for leaf in leaves:
-        if leaf is not None:
-            leaf.grad = None
-    out = call(*leaves)
-    if backward:
-        out.backward(torch.ones_like(out))
-
-
 def time_call(call, leaves: tuple, backward: bool) -> float:
     """Seconds of one call of ``call(*leaves)``, with its output's backward where
-    ``backward``, on :func:`_detached` copies of ``leaves`` (the first one a tensor)."""
-    leaves = _detached(leaves)
+    ``backward``, on :func:`detached` copies of ``leaves`` (the first one a tensor)."""
+    leaves = detached(leaves)
     cuda = leaves[0].is_cuda
     if cuda:
         torch.cuda.synchronize(leaves[0].device)
     start = time.perf_counter()
-    _call_once(call, leaves, backward)
+    call_once(call, leaves, backward)
     if cuda:
         torch.cuda.synchronize(leaves[0].device)
     return time.perf_counter() - start
@@ -197,7 +201,7 @@ def interleaved(trials: dict) -> dict[str, float]:
             except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
                 failed.add(form)
                 log.warning("combine=auto: the %s form's trial failed (%s); it is not "
-                            "chosen for this shape", form, _quoted(err))
+                            "chosen for this shape", form, quoted(err))
                 continue
             if round_:
                 spans[form].append(seconds)
@@ -205,120 +209,12 @@ def interleaved(trials: dict) -> dict[str, float]:
             for form, times in spans.items()}
 
 
-def _quoted(err: BaseException) -> str:
-    """A failed trial's error as its warning quotes it: the type and the first line, cut
-    at 200 characters (a compiler's or CUDA's text may run to pages)."""
-    lines = str(err).splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
-
-
-@contextlib.contextmanager
-def graph_replays(on: bool = True):
-    """Inside, trials on CUDA are timed as CUDA graph replays (:class:`GraphTrial`), as a
-    run that replays its steps as graphs (``trainer.cuda_graphs``) will run them: timed
-    eagerly, every kernel launch counts (a few microseconds each), and a form of many small
-    launches (the fold in standard ops: about 70 a layer) is judged slower than it runs
-    in the graph, where launches cost nothing. The graphed steps' eager first calls, where
-    their layers choose, run inside."""
-    global _GRAPH_REPLAYS
-    before, _GRAPH_REPLAYS = _GRAPH_REPLAYS, on
-    try:
-        yield
-    finally:
-        _GRAPH_REPLAYS = before
-
-
-class GraphTrial:
-    """One form's trial as CUDA graph replays, for :func:`interleaved`: its first call (the
-    untimed round) runs the call twice eagerly on a side stream (cuDNN's algorithm,
-    autotuning, allocations), captures it, forward and backward, into a graph and replays
-    it once (the first launch uploads the graph); each later call replays it
-    :data:`REPLAYS` times and gives the seconds per replay. A form that cannot be captured
-    counts as never fastest (``math.inf``, said in the log): a graphed run could not
-    capture it either."""
-
-    def __init__(self, call, leaves: tuple, backward: bool):
-        self.call, self.backward = call, backward
-        self.leaves = _detached(leaves)
-        self.device = self.leaves[0].device
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.failed = False
-
-    def _run(self) -> None:
-        _call_once(self.call, self.leaves, self.backward)
-
-    def __call__(self) -> float:
-        if self.failed:
-            return math.inf
-        if self.graph is None:
-            start = time.perf_counter()
-            self._capture()
-            return time.perf_counter() - start
-        torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        for _ in range(REPLAYS):
-            self.graph.replay()
-        torch.cuda.synchronize(self.device)
-        return (time.perf_counter() - start) / REPLAYS
-
-    def _capture(self) -> None:
-        stream, current = _trial_stream(self.device), torch.cuda.current_stream(self.device)
-        stream.wait_stream(current)
-        pool, graph = torch.cuda.graph_pool_handle(), torch.cuda.CUDAGraph()
-        try:
-            # (the caller's stream comes back even where the graph's own exit raises)
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._run()
-                try:
-                    # thread-local: another thread's CUDA calls (NCCL's watchdog) do not
-                    # invalidate the capture, as Inductor captures
-                    with torch.cuda.graph(graph, pool=pool, stream=stream,
-                                          capture_error_mode="thread_local"):
-                        self._run()
-                except Exception:
-                    _end_failed_capture(self.device, pool)
-                    raise
-                graph.replay()
-            self.graph = graph
-        except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
-            self.failed = True
-            log.warning("combine=auto: a form could not be captured as a CUDA graph (%s); "
-                        "it is not chosen for this shape", _quoted(err))
-        finally:
-            current.wait_stream(stream)
-
-
-@functools.lru_cache(maxsize=None)
-def _trial_stream(device: torch.device) -> torch.cuda.Stream:
-    """One side stream per device for every trial's warm-up and capture (what a stream sets
-    up lazily, cuBLAS's workspace for it, is then set up outside any capture)."""
-    return torch.cuda.Stream(device)
-
-
-def _end_failed_capture(device: torch.device, pool) -> None:
-    """After a capture that CUDA invalidated, ``CUDAGraph.capture_end`` raises before it
-    tells PyTorch's allocator that the capture ended, which then keeps it registered and
-    its pool alive (a later ``empty_cache`` fails an internal assert): tell it here, and
-    release the pool. Where the capture did end (the error came after), the first call
-    fails and the graph's own reset releases the pool. Best effort: private bindings."""
-    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
-    release = getattr(torch._C, "_cuda_releasePool", None)
-    if end is None or release is None:
-        return
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    try:
-        end(index, pool)
-    except RuntimeError:
-        return
-    release(index, pool)
-
-
 def trial(eager, call, leaves: tuple, backward: bool):
     """A form's trial for :func:`interleaved`: ``eager`` (a zero-argument eager trial, one
-    call's seconds), or on CUDA inside :func:`graph_replays` a :class:`GraphTrial` of
+    call's seconds), or where :func:`.graph_trials.timed_as_replays` (on CUDA inside
+    :func:`.graph_trials.graph_replays`) a :class:`.graph_trials.GraphTrial` of
     ``call(*leaves)``."""
-    if _GRAPH_REPLAYS and leaves[0].is_cuda:
+    if timed_as_replays(leaves[0]):
         return GraphTrial(call, leaves, backward)
     return eager
 
@@ -361,22 +257,26 @@ _cpu_threads._dynamo_marked_constant = True
 
 
 def shape_key(x: torch.Tensor, basis_weight: torch.Tensor, out_channels: int, bias: bool,
-              stride, padding, dilation, backward: bool, extra: dict | None = None) -> tuple:
-    """What a choice is made by (:func:`described` names each part): the device, the
-    compute dtype, the input's shape and layout, the basis, the outputs, the bias, the
-    conv's geometry, on the CPU its thread count (None elsewhere: which form is fastest
-    changes with it, and a sweep over ``trainer.threads`` runs in one process), whether
-    gradients flow, whether into the input too (its gradient is a conv of the full
-    ``out_channels`` in the dense form, of the basis in the stacked one: a backward
-    timed on images without it ranks the forms otherwise), and ``extra``,
+              stride, padding, dilation, backward: bool,
+              extra: dict | None = None) -> ShapeKey:
+    """What a choice is made by (:class:`ShapeKey`): the device, the compute dtype, the
+    input's shape and layout, the basis, the outputs, the bias, the conv's geometry, on the
+    CPU its thread count (None elsewhere: which form is fastest changes with it, and a
+    sweep over ``trainer.threads`` runs in one process), whether gradients flow, whether
+    into the input too (its gradient is a conv of the full ``out_channels`` in the dense
+    form, of the basis in the stacked one: a backward timed on images without it ranks the
+    forms otherwise), whether the trials are timed as CUDA graph replays
+    (:func:`.graph_trials.timed_as_replays`: a form of many small launches ranks otherwise,
+    and a sweep over ``trainer.cuda_graphs`` runs in one process), and ``extra``,
     ``{name: {field: value}}`` of what else a caller chooses by (a folded norm's
     settings)."""
     threads = _cpu_threads() if x.device.type == "cpu" else None
-    return (str(x.device), compute_dtype(x), tuple(x.shape),
-            x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
-            out_channels, bias, tuple(stride), str(padding), tuple(dilation), threads, backward,
-            backward and x.requires_grad,
-            *((name, tuple(fields.items())) for name, fields in (extra or {}).items()))
+    return ShapeKey(
+        str(x.device), compute_dtype(x), tuple(x.shape),
+        x.is_contiguous(memory_format=torch.channels_last), tuple(basis_weight.shape),
+        out_channels, bias, tuple(stride), str(padding), tuple(dilation), threads, backward,
+        backward and x.requires_grad, timed_as_replays(x),
+        tuple((name, tuple(fields.items())) for name, fields in (extra or {}).items()))
 
 
 def needs_backward(*tensors: torch.Tensor | None) -> bool:
@@ -392,7 +292,7 @@ def measurable(x: torch.Tensor) -> bool:
     return not torch.jit.is_tracing() and all(isinstance(size, int) for size in x.shape)
 
 
-def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
+def choose(key: ShapeKey, x: torch.Tensor, time_forms, prefer: str | None = None,
            margin: float = 0.0) -> str | None:
     """The form chosen for ``key``: looked up, or measured now where measuring is possible
     (``time_forms()``: seconds per call by form, ``math.inf`` for a form whose trial
@@ -419,10 +319,11 @@ def choose(key: tuple, x: torch.Tensor, time_forms, prefer: str | None = None,
         _CHOICES[key] = form
         TIMINGS[key] = finite
         log.info("combine=auto: %s for input %s, basis %s -> %d outputs%s (%s; ms per call: %s)",
-                 form, list(key[2]), list(key[4]), key[5],
-                 "".join(f", {name} {dict(items)}" for name, items in key[_EXTRAS_FROM:]),
-                 "forward" if not key[11] else "forward+backward" + (
-                     ", the input's gradient too" if key[12] else ""),
+                 form, list(key.input), list(key.basis_weight), key.out_channels,
+                 "".join(f", {name} {dict(items)}" for name, items in key.extras),
+                 ("forward" if not key.backward else "forward+backward" + (
+                     ", the input's gradient too" if key.input_gradient else ""))
+                 + (", as graph replays" if key.graph_replays else ""),
                  ", ".join(f"{f} {1e3 * t:.2f}" for f, t in times.items()))
     if form is not None and not torch.compiler.is_compiling():
         _LOOKED_UP.add(key)
