@@ -86,7 +86,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ------------------------------------------------ process-global torch, RNG and env state
-# In-process training (basisconv.train.fit, sensitivity.Probe) sets the thread count, the
+# In-process training (basisconv.train.fit, probe.Probe) sets the thread count, the
 # deterministic-algorithm flags and cudnn flags and seeds the global generators, and does not
 # put them back; tests seed and change the global RNGs too. A later test would then run with
 # what an earlier one left (e.g. test_selection's trainer.threads=1 made the learning test in

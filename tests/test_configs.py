@@ -1306,17 +1306,17 @@ def test_candidate_problems_are_found_before_the_sensitivity_pretraining(
         compose_cfg, monkeypatch, override, message):
     """They were found after it (sensitivity.pretrain_epochs of dense training: 10 epochs
     of ResNet-18 in the paper profile), when the candidates were first counted."""
-    from basisconv import sensitivity
+    from basisconv import sensitivity_estimate
 
     def pretrain(cfg):
         raise AssertionError("pretrained before the candidates were checked")
-    monkeypatch.setattr(sensitivity, "Probe", pretrain)
+    monkeypatch.setattr(sensitivity_estimate, "Probe", pretrain)
     # selection=none: scripts/sensitivity.py estimates for every policy, and validate
     # checks sensitivity.layers only for the policies that choose among them
     cfg = compose_cfg("model=resnet20", "selection=none", override)
     validate(cfg)
     with pytest.raises(ConfigError, match=message):
-        sensitivity.estimate(cfg)
+        sensitivity_estimate.estimate(cfg)
 
 
 @pytest.mark.parametrize("override, message", [

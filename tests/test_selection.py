@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import selection, sensitivity, sensitivity_cache
+from basisconv import selection, sensitivity, sensitivity_cache, sensitivity_estimate
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.selection import pick_layers
@@ -863,7 +863,7 @@ def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, mon
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]",
                               f"trainer.device={device}")
     calls = []
-    estimate = sensitivity.estimate  # the real one first; a fake once only calls count
+    estimate = sensitivity_estimate.estimate  # the real one first; a fake once only calls count
     monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or estimate(c))
     table, record = sensitivity.sensitivity_table(cfg)
     assert calls == [1] and not record["cache_hit"]
@@ -1070,7 +1070,7 @@ def test_a_run_names_the_table_that_chose_its_layers_though_it_could_not_be_cach
     so an estimate whose cache could not be written (a full disk) left it None."""
     cfg = compose_sensitivity(repo, tmp_path / "cache", "selection=sensitivity_budget",
                               "selection.budget_reduction=0.1")
-    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+    table = sensitivity_estimate.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
     monkeypatch.setattr(sensitivity, "sensitivity_table", lambda cfg: (
         table, {"table_sha256": "c" * 64, "cache_hit": False}))  # nothing in the cache
     layers, made_from = sensitivity.choose_layers_and_table(cfg)
@@ -1587,14 +1587,14 @@ def test_the_drops_own_noise_is_measured_when_asked_and_kept_like_every_fine_tun
     assert "drop_noise_layers" not in sensitivity_cache.key_fields(plain)["sensitivity"]
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]",
                               "sensitivity.drop_noise_layers=1")
-    table, record = sensitivity.estimate(cfg)
+    table, record = sensitivity_estimate.estimate(cfg)
     noise, layer = record["drop_noise"], table["layer"].tolist()[1]  # the middle of two
     assert noise["repeats"] == 3 and [r["layer"] for r in noise["layers"]] == [layer]
     drops = noise["layers"][0]["accuracy_drops"]
     assert drops[0] == pytest.approx(table.set_index("layer").loc[layer, "accuracy_drop"])
     assert len(drops) == 3 and noise["accuracy_std"] >= 0
     # the reference, its 2 repeats, 2 layers and the layer's 2 repeats: all kept
-    _, again = sensitivity.estimate(cfg)
+    _, again = sensitivity_estimate.estimate(cfg)
     assert again["resumed"] == {"pretraining": True, "fine_tunes": 7}
     assert again["drop_noise"] == noise
 
@@ -1652,14 +1652,15 @@ def test_each_noise_repeat_has_its_own_batch_order_and_each_layer_its_own_fine_t
             return result(names, batch_seed)
 
     jobs, paired = [], {}
-    monkeypatch.setattr(sensitivity, "Probe", StandIn)
-    monkeypatch.setattr(sensitivity, "evaluate_many", lambda probe, given, workers: jobs.extend(
-        given) or [probe.evaluate_layers(names, seed) for names, seed in given])
-    monkeypatch.setattr(sensitivity, "drop_noise",
+    monkeypatch.setattr(sensitivity_estimate, "Probe", StandIn)
+    monkeypatch.setattr(sensitivity_estimate, "evaluate_many",
+                        lambda probe, given, workers: jobs.extend(given) or [
+                            probe.evaluate_layers(names, seed) for names, seed in given])
+    monkeypatch.setattr(sensitivity_estimate, "drop_noise",
                         lambda reference, repeats, layers: paired.update(layers) or None)
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.noise_repeats=2",
                               "sensitivity.drop_noise_layers=2")
-    sensitivity.estimate(cfg)
+    sensitivity_estimate.estimate(cfg)
     orders = [seed for names, seed in jobs if not names]
     assert len(set(orders)) == 2 and cfg.sensitivity.seed not in orders
     assert len(paired) == 2
@@ -1675,8 +1676,8 @@ def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monk
     two = compose_sensitivity(repo, tmp_path / "b", "sensitivity.layers=[layer3.2.*]",
                               "sensitivity.workers=2")
     assert sensitivity_cache.cache_key(one) == sensitivity_cache.cache_key(two)
-    table, record = sensitivity.estimate(one)
-    parallel, parallel_record = sensitivity.estimate(two)
+    table, record = sensitivity_estimate.estimate(one)
+    parallel, parallel_record = sensitivity_estimate.estimate(two)
     same = [c for c in table.columns if c != "seconds"]
     assert len(table) == 2
     pd.testing.assert_frame_equal(table[same], parallel[same])
@@ -1686,7 +1687,7 @@ def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monk
 
     monkeypatch.setattr(probe_pool, "ProcessPoolExecutor", lambda *args, **kwargs: pytest.fail(
         "workers started for fine-tunes already kept"))
-    again, again_record = sensitivity.estimate(two)
+    again, again_record = sensitivity_estimate.estimate(two)
     assert again_record["resumed"] == {"pretraining": True, "fine_tunes": 5}
     pd.testing.assert_frame_equal(again, parallel)  # their times too: the kept results
 
@@ -1715,7 +1716,8 @@ def test_a_stopped_estimate_resumes_from_what_it_kept_and_gives_the_same_table(
     the paper profile): it now resumes from the dense model and the fine-tunes it kept,
     and its table is the one an uninterrupted estimate gives."""
     overrides = ("sensitivity.layers=[layer3.2.*]", "trainer.deterministic=true")
-    table, record = sensitivity.estimate(compose_sensitivity(repo, tmp_path / "a", *overrides))
+    table, record = sensitivity_estimate.estimate(
+        compose_sensitivity(repo, tmp_path / "a", *overrides))
     assert record["resumed"] == {"pretraining": False, "fine_tunes": 0}
     cfg = compose_sensitivity(repo, tmp_path / "b", *overrides)
     # the reference, the 2 noise repeats, 2 layers: the 4th is stopped, 3 are kept
@@ -1723,8 +1725,10 @@ def test_a_stopped_estimate_resumes_from_what_it_kept_and_gives_the_same_table(
     with pytest.raises(KeyboardInterrupt):
         sensitivity.sensitivity_table(cfg)
     assert sensitivity_cache.load_cached(cfg) is None  # no table until every fine-tune is done
-    train, dense_trained = sensitivity.Probe.train, []
-    monkeypatch.setattr(sensitivity.Probe, "train", lambda self, model, *args: (
+    from basisconv.probe import Probe
+
+    train, dense_trained = Probe.train, []
+    monkeypatch.setattr(Probe, "train", lambda self, model, *args: (
         dense_trained.append(model is self.dense) or train(self, model, *args)))
     computed.clear()
     resumed, record_resumed = sensitivity.sensitivity_table(cfg)
@@ -1848,7 +1852,7 @@ def test_a_kept_result_of_the_right_job_with_fields_missing_is_computed_again(
     it is computed again, with a warning."""
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]",
                               "trainer.deterministic=true")
-    table, _ = sensitivity.estimate(cfg)
+    table, _ = sensitivity_estimate.estimate(cfg)
     (path,) = [p for p in tmp_path.rglob("progress/*/*/*.json")
                if json.loads(p.read_text())["job"][0] == ["layer3.2.conv1"]]
     kept = json.loads(path.read_text())
@@ -1856,7 +1860,7 @@ def test_a_kept_result_of_the_right_job_with_fields_missing_is_computed_again(
                       "text-loss": lambda r: {**r, "loss": str(r["loss"])}}[damage](kept["result"])
     path.write_text(json.dumps(kept))
     computed = stop_at_fine_tune(monkeypatch, stop_at=0)
-    again, record = sensitivity.estimate(cfg)
+    again, record = sensitivity_estimate.estimate(cfg)
     assert computed == [["layer3.2.conv1"]]
     assert record["resumed"]["fine_tunes"] == 4
     assert caplog.text.count("computing it again") == 1 and "lacks" in caplog.text  # (twice)
@@ -2512,7 +2516,7 @@ def test_choosing_layers_from_a_new_estimate_leaves_the_global_generator(repo, t
     """A run's initial weights must not depend on whether its table was cached."""
     cfg = compose_sensitivity(repo, tmp_path / "cache", "selection=sensitivity_budget",
                               "selection.budget_reduction=0.1")
-    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+    table = sensitivity_estimate.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
 
     def estimated(cfg):
         torch.manual_seed(123)  # as the probe seeds and trains
@@ -2528,7 +2532,7 @@ def test_an_ordered_policy_that_chooses_nothing_is_the_dense_model_with_a_warnin
         repo, tmp_path, monkeypatch, caplog):
     cfg = compose_sensitivity(repo, tmp_path / "cache", "selection=sensitivity_threshold",
                               "selection.threshold=-0.5")
-    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+    table = sensitivity_estimate.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
     monkeypatch.setattr(sensitivity, "sensitivity_table",
                         lambda cfg: (table, {"table_sha256": "c" * 64}))
     with caplog.at_level("WARNING", logger="basisconv"):

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import distributed, selection, sensitivity, sensitivity_cache, time_budget
+from basisconv import (distributed, selection, sensitivity, sensitivity_cache, sensitivity_estimate,
+                       time_budget)
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.train import fit
@@ -441,7 +442,7 @@ def test_a_sensitivity_run_records_the_threads_its_layers_were_timed_on(repo, tm
     monkeypatch.setattr(time_budget, "layer_time_savings", fake_timings(calls))
     torch.set_num_threads(2)  # the caller's; the run says 1 (restored by conftest)
     cfg = compose_timed(repo, tmp_path / "cache", "trainer.threads=1")
-    table = sensitivity.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
+    table = sensitivity_estimate.candidate_table(cfg).assign(accuracy_drop=0.0, loss_increase=0.0)
     monkeypatch.setattr(sensitivity, "sensitivity_table", lambda cfg: (table, {
         "key": "k", "cache_hit": True, "seconds": 1.0, "reference": {}, "pretrained": {},
         "dense": selection.dense_totals(build_model("resnet8", width=0.5)),

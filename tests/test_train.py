@@ -1108,7 +1108,7 @@ def test_fit_under_a_rank_puts_the_packages_log_level_back(tmp_path, repo, monke
 def test_a_diverged_sensitivity_fine_tune_names_its_learning_rate(tmp_path, repo):
     """A NaN held-out loss once went into the sensitivity table silently."""
     from basisconv.errors import TrainingDiverged
-    from basisconv.sensitivity import estimate
+    from basisconv.sensitivity_estimate import estimate
 
     cfg = config(repo, TINY_STRIPES + ["sensitivity.pretrain_epochs=1", "sensitivity.val_size=50",
                                        "sensitivity.noise_repeats=0",

@@ -1,6 +1,6 @@
 """The per-layer sensitivity scan for any model, with the user's own data and training:
-the estimate of :mod:`basisconv.sensitivity` (convert one layer, fine-tune as the dense
-reference, measure the drop) without its configs, CIFAR data or training loop.
+the estimate of :mod:`basisconv.sensitivity_estimate` (convert one layer, fine-tune as the
+dense reference, measure the drop) without its configs, CIFAR data or training loop.
 
 ``evaluate(model)`` and ``finetune(model)`` are the user's (their DataLoaders, loss,
 optimizer, devices); the scan only converts, copies and seeds. Each fine-tune starts from

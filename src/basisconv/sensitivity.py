@@ -1,30 +1,14 @@
-"""How much each convolution layer's accuracy suffers from becoming a basis convolution,
-estimated fast (the paper's layer-wise sensitivity analysis; the procedure below is our
-reading of it, see ``../shared/paper.md``).
+"""The sensitivity table of a config, from the cache or estimated now, and what uses it:
+the layers a run converts (``choose_layers``) and ``scripts/sensitivity.py``
+(``run_sensitivity``: the table, the layers chosen from it, their record and wandb).
 
-The estimate, for a model, a basis size and a data config:
-
-1. train the dense model briefly (``sensitivity.pretrain_epochs``), or load a trained
-   dense checkpoint (``sensitivity.source_checkpoint``);
-2. fine-tune a copy of it, still dense, for ``sensitivity.finetune_epochs`` with a short
-   cosine schedule: the *reference*;
-3. for every candidate layer: convert that one layer of a fresh copy to basis form
-   (``BasisConv2d.from_conv``, fitted as ``basis.fit`` says: the conv's own filters and
-   least squares by default), fine-tune it (all its parameters)
-   exactly as the reference (same steps, same batches: common random numbers; they do not
-   cancel the batch order's effect on a drop, whose own noise
-   ``sensitivity.drop_noise_layers`` measures), and
-   measure accuracy and loss on a held-out split of the *training* images (the test set
-   is never used to choose layers).
-
-A layer's sensitivity is its accuracy drop (and loss increase) against the reference
-(the probe that does steps 1-3 is :mod:`basisconv.probe`, its workers
-:mod:`basisconv.probe_pool`, the noise's statistics :mod:`basisconv.noise`).
-Cost: one brief training plus one short fine-tune per layer, instead of a full training
-per layer (or per subset of layers). The table is cached under a key made of everything
-that changes it (model, basis, data, the budget above, the training recipe, the seed), and
-reused by later runs; a changed key computes a new table, and computing is always logged
-(the key and the cache, how a kept table is found and checked:
+A layer's sensitivity is its accuracy drop (and loss increase) once that layer alone is
+converted and fine-tuned, against the dense model fine-tuned the same way (the estimate,
+our reading of the paper's layer-wise sensitivity analysis:
+:mod:`basisconv.sensitivity_estimate`). The table is cached under a key made of everything
+that changes it (model, basis, data, the estimate's budget, the training recipe, the
+seed), and reused by later runs; a changed key computes a new table, and computing is
+always logged (the key and the cache, how a kept table is found and checked:
 :mod:`basisconv.sensitivity_cache`).
 """
 
@@ -34,34 +18,28 @@ import contextlib
 import hashlib
 import logging
 import signal
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
-import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, execution, progress
-from .candidates import dense_totals, layer_savings
+from .candidates import dense_totals
 from .checkpoint import refuse_other_settings
 from .config import SEARCH_ONLY
 from .errors import ConfigError, Stopped, WorkerFailed, memory_said
 from .model_checks import check_against_the_model
-from .network import architecture_digest, build_dense
-from .noise import drop_noise, reference_noise, spread_layers
-from .probe import Probe
-from .probe_pool import evaluate_many
-from .records import (RunRecord, folder_lock, provenance, publish, refuse_other_kind,
-                      write_bytes_atomic, write_record)
-from .selection import (chosen_or_dense, fixed_candidates, fixed_layers, metric_drops,
-                        pick_layers)
+from .network import architecture_digest
+from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_bytes_atomic,
+                      write_record)
+from .selection import chosen_or_dense, fixed_candidates, fixed_layers, pick_layers
 from .selection_checks import ORDERED_POLICIES, SENSITIVITY_POLICIES
-from .sensitivity_cache import (COLUMNS, RECORD, TABLE, cache, cache_dir, cache_key,
-                                check_estimate_record, code_note, key_fields, load_cached,
+from .sensitivity_cache import (RECORD, TABLE, cache, cache_dir, cache_key,
+                                check_estimate_record, code_note, load_cached,
                                 published_differs, restore_published, say_a_missing_record,
                                 table_csv, table_from_csv)
+from .sensitivity_estimate import candidate_table, dense_model, estimate
 from .time_budget import with_measured_time
 from .tracking import Tracker
 
@@ -199,146 +177,6 @@ def _estimate_and_cache(cfg: DictConfig, folder: Path, recompute: bool
     # the table as the cache gives it (TABLE_FLOAT_FORMAT): a run that estimates it chooses
     # exactly as every later run that reads it (ties and orders included)
     return table_from_csv(data), record
-
-
-# ----------------------------------------------------------------------------- estimate
-def dense_model(cfg: DictConfig) -> nn.Module:
-    """A fresh dense model of ``cfg`` on the CPU, to count costs and find the candidates on,
-    before anything is trained. Its init draws from the CPU generator, which is put back,
-    so what comes after (a probe, a run's own init) draws as if it had not been built."""
-    with torch.random.fork_rng(devices=[]):
-        return build_dense(cfg)
-
-
-def candidate_table(cfg: DictConfig, dense: nn.Module | None = None) -> pd.DataFrame:
-    """The candidate table of ``cfg`` (:func:`layer_savings`, counted at the training
-    batch): the layers of ``sensitivity.layers`` where a basis of ``basis.size`` saves
-    compute, in ``dense`` (by default :func:`dense_model`). A layer name the model lacks,
-    or a basis too large for a layer, is a :class:`ConfigError` here."""
-    return layer_savings(dense_model(cfg) if dense is None else dense, cfg.basis,
-                         list(cfg.sensitivity.layers), batch=cfg.trainer.batch_size)
-
-
-def estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
-    """Estimate the sensitivity table of ``cfg`` (no cache; see :func:`sensitivity_table`)."""
-    with execution.settings_restored():
-        return _estimate(cfg)
-
-
-def _estimate(cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
-    """The steps of the module's docstring: the candidates, the probe (its dense model
-    pretrained, or loaded), the dense reference, then one batch of fine-tunes
-    (:class:`FineTunePlan`) whose results make the table and the record's noise."""
-    started = time.perf_counter()
-    # before the pretraining: a layer name the model lacks or a basis.size too large for a
-    # layer is found in seconds, not after it
-    candidates = candidate_table(cfg)
-    probe = Probe(cfg, keep_in=cache_dir(cfg))  # a stopped estimate resumes from what it kept
-    reference = probe.evaluate_layers([])
-    log.info("sensitivity: dense after pretraining %.4f, reference after fine-tuning %.4f "
-             "(held-out accuracy); %d candidate layers", probe.pretrained["accuracy"],
-             reference["accuracy"], len(candidates))
-    plan = FineTunePlan.of(cfg, probe.seed, candidates["layer"].tolist())
-    fine_tunes = plan.run(probe, cfg.sensitivity.workers)
-    noise = reference_noise(reference, fine_tunes.repeats)
-    own_noise = drop_noise(reference, fine_tunes.repeats, fine_tunes.noise_layers)
-    if own_noise:
-        log.info("sensitivity: the drops' own noise (%d layers, %d batch orders): accuracy "
-                 "std %.4f, against the reference's %.4f", len(plan.noise_layers),
-                 own_noise["repeats"], own_noise["accuracy_std"], noise["accuracy_std"])
-    table = _drops_table(candidates, fine_tunes.layers, reference)
-    if probe.kept_pretraining or probe.kept_finetunes:
-        log.info("sensitivity: resumed: %s and %d of %d fine-tunes were kept by an earlier "
-                 "estimate or search of this key", "the pretraining" if probe.kept_pretraining
-                 else "no pretraining", probe.kept_finetunes, 1 + len(plan.jobs()))
-    return table, _estimate_record(cfg, probe, reference, noise, own_noise, started)
-
-
-@dataclass(frozen=True)
-class FineTunePlan:
-    """The estimate's one batch of independent fine-tunes after the reference's, each a
-    job ``(layers converted, batch seed)`` (``None``: the reference's batch order), run in
-    the order of :meth:`jobs`: the dense reference again under each other batch order (the
-    noise yardstick), each candidate layer under the reference's order (the table), and a
-    few layers again under each of the other orders (the drops' own noise,
-    ``sensitivity.drop_noise_layers``). Each job's batch seed decides its numbers, and a
-    stopped estimate finds its kept result by the job."""
-
-    repeat_seeds: list[int]  # the batch orders of the reference's repeats
-    layers: list[str]        # the candidate layers, in model order
-    noise_layers: list[str]  # the layers fine-tuned again under each repeat's order
-
-    @classmethod
-    def of(cls, cfg: DictConfig, seed: int, layers: list[str]) -> FineTunePlan:
-        """The plan for ``layers`` of a probe of ``seed``: ``sensitivity.noise_repeats``
-        orders after the probe's own, and the drop-noise layers spread over ``layers`` by
-        position (:func:`spread_layers`), measured only where there are repeats."""
-        repeat_seeds = [seed + 1 + i for i in range(cfg.sensitivity.noise_repeats)]
-        noise_layers = (spread_layers(layers, cfg.sensitivity.get("drop_noise_layers") or 0)
-                        if repeat_seeds else [])
-        return cls(repeat_seeds, layers, noise_layers)
-
-    def jobs(self) -> list[tuple[list[str], int | None]]:
-        """The fine-tunes, in the order they run (and are kept)."""
-        return ([([], seed) for seed in self.repeat_seeds]
-                + [([name], None) for name in self.layers]
-                + [([name], seed) for name in self.noise_layers for seed in self.repeat_seeds])
-
-    def run(self, probe: Probe, workers: int) -> FineTuneResults:
-        """Every job's result (:func:`evaluate_many`, in ``workers`` processes), sorted by
-        what the job is for."""
-        jobs = self.jobs()
-        results = {(tuple(names), seed): result for (names, seed), result
-                   in zip(jobs, evaluate_many(probe, jobs, workers), strict=True)}
-        layers = {name: results[(name,), None] for name in self.layers}
-        return FineTuneResults(
-            repeats=[results[(), seed] for seed in self.repeat_seeds], layers=layers,
-            noise_layers={name: [layers[name], *(results[(name,), seed]
-                                                 for seed in self.repeat_seeds)]
-                          for name in self.noise_layers})
-
-
-@dataclass(frozen=True)
-class FineTuneResults:
-    """A :class:`FineTunePlan`'s results (each :meth:`Probe.evaluate_layers`'s dict)."""
-
-    repeats: list[dict]  # the dense reference under each repeat's order
-    layers: dict[str, dict]  # each candidate layer under the reference's order
-    #: each drop-noise layer's fine-tunes: under the reference's order (its table one),
-    #: then under each repeat's order, as :func:`drop_noise` pairs them
-    noise_layers: dict[str, list[dict]]
-
-
-def _drops_table(candidates: pd.DataFrame, results: dict[str, dict], reference: dict
-                 ) -> pd.DataFrame:
-    """The sensitivity table: each candidate's row (what converting it saves), its
-    fine-tune's ``results`` and their drops against the ``reference``; each layer logged."""
-    import pandas as pd
-    rows = []
-    for candidate in candidates.to_dict("records"):
-        result = results[candidate["layer"]]
-        rows.append({**candidate, **result, **metric_drops(reference, result)})
-        log.info("  %-18s drop %+.4f  loss %+.4f  (%.1f s)", candidate["layer"],
-                 rows[-1]["accuracy_drop"], rows[-1]["loss_increase"], result["seconds"])
-    return pd.DataFrame(rows)[list(COLUMNS)]
-
-
-def _estimate_record(cfg: DictConfig, probe: Probe, reference: dict, noise: dict | None,
-                     own_noise: dict | None, started: float) -> dict:
-    """What the cache keeps beside the table (the fields its readers take:
-    :data:`~basisconv.sensitivity_cache.RECORD_FIELDS`)."""
-    return {"key": cache_key(cfg), "key_fields": key_fields(cfg),
-            "dense": dense_totals(probe.dense),
-            "pretrained": {**probe.pretrained, "seconds": probe.pretrain_seconds},
-            "reference": reference, "noise": noise, "drop_noise": own_noise,
-            "validation_images": int(probe.split.val_labels.numel()),
-            "training_images": int(probe.split.train_labels.numel()),
-            # this process's time; work an earlier estimate or search kept is not in it
-            "seconds": time.perf_counter() - started,
-            "resumed": {"pretraining": probe.kept_pretraining,
-                        "fine_tunes": probe.kept_finetunes},
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "provenance": provenance()}
 
 
 # ----------------------------------------------------------------------------- uses

@@ -4,10 +4,11 @@ the checks a cached table and its record pass before a run chooses from it, and 
 published record (``sensitivity.restore_from``) that fills an empty cache on another
 machine.
 
-Apart from :mod:`basisconv.sensitivity`, which computes the table (the estimate) and uses
-it (choosing layers, ``scripts/sensitivity.py``): nothing here trains or estimates, and
-nothing here calls back into it; the exhaustive search and ``reproduce.sh``'s checks read
-the key and the cache from here too.
+Apart from :mod:`basisconv.sensitivity`, which computes the table (the estimate,
+:mod:`basisconv.sensitivity_estimate`) and uses it (choosing layers,
+``scripts/sensitivity.py``): nothing here trains or estimates, and nothing here calls back
+into either; the exhaustive search and ``reproduce.sh``'s checks read the key and the
+cache from here too.
 """
 
 from __future__ import annotations
