@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from basisconv.bench.train import ThroughputOptions, record_folder, run
+from basisconv.bench.throughput_options import ThroughputOptions
+from basisconv.bench.train import record_folder, run
 from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.config import COMPILE_MODES
 from basisconv.execution import AMP_DTYPES

@@ -131,7 +131,7 @@ def test_runs_of_other_repeats_write_files_of_their_own():
 
 def test_runs_at_other_thread_counts_write_files_of_their_own():
     """A run at 1 thread once wrote the 2-thread run's files (threads were not in the name)."""
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     assert SpeedOptions(threads=1).tag == "cpu-fp32-t1"
     assert SpeedOptions(threads=0, batch_size=64).tag == "cpu-fp32-b64-t0"  # torch's default
@@ -147,7 +147,7 @@ def test_runs_at_other_thread_counts_write_files_of_their_own():
     assert chosen != ThroughputOptions(basis_size=0.5, layers="layer4.*").tag
     # a comparison table's space-separated list, or a trailing comma, is the same set
     # (found in the final read: each was one unknown layer, or a file of its own)
-    from basisconv.bench.train import layer_patterns
+    from basisconv.bench.throughput_options import layer_patterns
     assert layer_patterns("layer3.* layer4.*,") == ["layer3.*", "layer4.*"]
     assert ThroughputOptions(basis_size=0.5, layers="layer3.*, layer4.*").tag == chosen
     assert ThroughputOptions(layers="layer4.*").invalid_flag() == (
@@ -159,7 +159,7 @@ def test_training_runs_of_other_step_counts_write_files_of_their_own():
     """The speed report compares a step only with a dense step timed over as many steps;
     a dense ``--steps 3`` run once replaced the ``--steps 2`` record its basis record was
     relative to (the summary then showed "-")."""
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     assert ThroughputOptions().tag == ""
     assert ThroughputOptions(steps=60).tag == "-s60"
@@ -171,7 +171,7 @@ def test_training_runs_of_other_warmup_counts_write_files_of_their_own():
     """The speed report compares a step only with a dense step after as many warm-up
     steps (SAME_SETTING's ``warmup``); a dense ``--warmup 0`` run wrote the default's
     file name, replacing the record the default basis records were relative to."""
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     assert ThroughputOptions(warmup=0).tag == "-w0"
     assert ThroughputOptions(warmup=2, steps=16).tag == "-w2-s16"
@@ -404,7 +404,7 @@ def test_layer_benchmark_flags_out_of_range_are_named(options, message):
 
 def test_the_benchmarks_name_a_device_this_torch_does_not_see(monkeypatch):
     """The one device rule (execution.device_problem) in both benchmarks' words."""
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert SpeedOptions(device="cuda").invalid_flag() == (
@@ -439,7 +439,7 @@ def test_the_benchmarks_name_a_device_this_torch_does_not_see(monkeypatch):
     (dict(frobenius_decay=True),
      "--frobenius-decay applies to basis layers, and the model is dense")])
 def test_training_benchmark_flags_out_of_range_are_named(options, message):
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
     from basisconv.models import list_models
 
     problem = ThroughputOptions(**options).invalid_flag()
@@ -454,7 +454,7 @@ def test_training_benchmark_flags_out_of_range_are_named(options, message):
 def test_training_benchmark_keeps_compiling_and_choosing_forms_out_of_the_timed_steps(options):
     """With no warm-up step the first timed step compiled (or timed every auto form), and
     the throughput counted it, though the record claims it apart as ``warmup_seconds``."""
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     problem = ThroughputOptions(warmup=0, **options).invalid_flag()
     assert problem is not None and problem.startswith("--warmup must be >= 1 with --")
@@ -464,7 +464,7 @@ def test_training_benchmark_keeps_compiling_and_choosing_forms_out_of_the_timed_
 def test_the_training_benchmark_refuses_the_fused_form_where_it_cannot_run():
     """Found in review: --combine fused on CPU timed the stacked fallback and recorded it
     as fused (the layer benchmark already refused it; one rule for both now)."""
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     problem = ThroughputOptions(basis_size=0.25, combine="fused").invalid_flag()
     assert problem.startswith("combine='fused' is benchmarked on --device cuda only")
@@ -544,7 +544,8 @@ def test_benchmark_scripts_refuse_an_unwritable_output_before_measuring(repo, tm
 
 
 def test_training_benchmark_without_warmup_steps(monkeypatch, tmp_path):
-    from basisconv.bench.train import ThroughputOptions, measure
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import measure
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     result = measure(ThroughputOptions(model="resnet8", batch_size=4, steps=1, warmup=0))
@@ -555,7 +556,8 @@ def test_training_benchmark_records_the_machines_load(monkeypatch, tmp_path):
     """Found in review: dense and basis steps are timed in runs of their own, so the load
     of other work during one of them is what a reader needs to trust their ratio; the
     layer benchmark recorded it, the training benchmark did not."""
-    from basisconv.bench.train import ThroughputOptions, measure
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import measure
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     result = measure(ThroughputOptions(model="resnet8", batch_size=4, steps=1, warmup=0))
@@ -564,7 +566,8 @@ def test_training_benchmark_records_the_machines_load(monkeypatch, tmp_path):
 
 
 def test_training_benchmark_profiles_the_steps_of_one_more_epoch(monkeypatch, tmp_path):
-    from basisconv.bench.train import ThroughputOptions, run
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import run
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     options = ThroughputOptions(model="resnet8", batch_size=4, steps=3, warmup=0, threads=1,
@@ -603,6 +606,7 @@ def test_training_benchmark_runs_as_training_sets_up_and_leaves_the_callers_sett
     # training runs with cudnn.benchmark on (execution.seed_everything); a benchmark without it
     # would time cuDNN's heuristic algorithms on a GPU, not the ones training gets
     from basisconv.bench import train as bench_train
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     seen, epoch = [], bench_train.train_one_epoch
@@ -610,7 +614,7 @@ def test_training_benchmark_runs_as_training_sets_up_and_leaves_the_callers_sett
         seen.append(torch.backends.cudnn.benchmark), epoch(*a, **k))[1])
     torch.backends.cudnn.benchmark = False  # the caller's (restored by conftest)
     torch.set_num_threads(threads := 2)  # not the benchmark's 1, so a leak shows
-    result = bench_train.measure(bench_train.ThroughputOptions(
+    result = bench_train.measure(ThroughputOptions(
         model="resnet8", batch_size=4, steps=1, warmup=1, threads=1))
     assert seen == [True, True] and result["cudnn_benchmark"] is True
     assert result["threads"] == 1
@@ -880,6 +884,7 @@ def test_training_throughput_is_computed_from_the_timed_steps(monkeypatch, tmp_p
     from types import SimpleNamespace
 
     from basisconv.bench import train as bench_train
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
 
@@ -894,7 +899,7 @@ def test_training_throughput_is_computed_from_the_timed_steps(monkeypatch, tmp_p
 
     monkeypatch.setattr(bench_train, "TimedBatches", FixedTimes)
     monkeypatch.setattr(bench_train, "train_one_epoch", epoch)
-    result = bench_train.measure(bench_train.ThroughputOptions(
+    result = bench_train.measure(ThroughputOptions(
         model="resnet8", batch_size=6, steps=3, warmup=0, threads=1))
     assert result["images_per_second"] == pytest.approx(3 * 6 / 0.3)
     assert result["seconds_per_step"] == pytest.approx(0.1)
@@ -1000,6 +1005,7 @@ def test_the_cuda_peak_is_of_the_measured_steps_not_of_the_warm_up(monkeypatch, 
     from types import SimpleNamespace
 
     from basisconv.bench import train as bench_train
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     events = []
@@ -1011,7 +1017,7 @@ def test_the_cuda_peak_is_of_the_measured_steps_not_of_the_warm_up(monkeypatch, 
     monkeypatch.setattr(bench_train, "train_one_epoch", epoch)
     monkeypatch.setattr(bench_train, "reset_cuda_peak", lambda device: events.append("reset"))
     monkeypatch.setattr(bench_train, "cuda_peak_mib", lambda device: events.append("peak"))
-    bench_train.measure(bench_train.ThroughputOptions(
+    bench_train.measure(ThroughputOptions(
         model="resnet8", batch_size=6, steps=3, warmup=2, threads=1))
     assert events == [("epoch", 2), "reset", ("epoch", 3), "peak"]
 
@@ -1083,7 +1089,8 @@ def test_a_profile_of_graphed_steps_leaves_out_the_eager_step_the_capture_and_a_
     """Each epoch of graphed steps runs its first step eagerly and captures on the second:
     neither is a replay, so the profile of ``--cuda-graphs`` leaves out both and the
     profiler's warm-up step (of 5 steps, 2 profiled); an eager epoch only the warm-up."""
-    from basisconv.bench.train import ThroughputOptions, profile_epoch
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import profile_epoch
 
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
     batches = TensorBatches(images, torch.zeros(40, dtype=torch.long), 4, train=True)
@@ -1201,12 +1208,13 @@ def test_a_throughput_record_names_the_threads_its_steps_ran_on(monkeypatch, tmp
     from types import SimpleNamespace
 
     from basisconv.bench import train as bench_train
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     monkeypatch.setattr(bench_train, "train_one_epoch",
                         lambda model, batches, *a, **k: (list(batches), SimpleNamespace(seconds=0.3))[1])
     torch.set_num_threads(2)  # the caller's (restored by conftest)
-    record, _ = bench_train.run(bench_train.ThroughputOptions(
+    record, _ = bench_train.run(ThroughputOptions(
         model="resnet8", batch_size=4, steps=1, warmup=0, threads=1), tmp_path / "t.json")
     assert record["threads"] == 1 and torch.get_num_threads() == 2
     assert record["provenance"]["hardware"]["torch_threads"] == 1
@@ -1215,7 +1223,8 @@ def test_a_throughput_record_names_the_threads_its_steps_ran_on(monkeypatch, tmp
 def test_training_benchmark_records_what_auto_layers_chose(monkeypatch, tmp_path):
     """With ``--combine auto`` the record lists each shape's choice and its times, the
     folded norms' (``--fuse-norm``) with their norm; not with another form."""
-    from basisconv.bench.train import ThroughputOptions, measure
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import measure
     from basisconv.kernels import auto
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
@@ -1236,7 +1245,8 @@ def test_training_benchmark_adds_the_frobenius_correction_to_each_step(monkeypat
     """``--frobenius-decay`` times the step training takes with ``basis.frobenius_decay``:
     the correction is computed each step (warm-up and timed) and the record says so."""
     from basisconv import penalties
-    from basisconv.bench.train import ThroughputOptions, measure
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import measure
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images
     calls = []
@@ -1253,7 +1263,8 @@ def test_training_benchmark_times_only_the_layers_given(monkeypatch, tmp_path):
     """``--layers``: a chosen layer set (a run's selection) in basis form, the others dense;
     the record names the list and the layers converted, and a list none of whose convs
     saves compute is one error, not a dense step recorded as a basis one."""
-    from basisconv.bench.train import ThroughputOptions, measure
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import measure
     from basisconv.errors import ConfigError
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))  # random images

@@ -340,7 +340,7 @@ def test_gpu_speeds_training_records_name_their_warmup_as_the_benchmarks_own_nam
     """Found in review: its records (``--warmup 10``) were named ``...-s60.json``, the name
     ``benchmark_train.py --steps 60`` gives a run at the default 3 warm-up steps, which then
     replaced one of its records with a step the speed report compares on other terms."""
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     done = fake_gpu_speed(repo, tmp_path, "echo h200; exit 0")
     out, err = done.communicate(timeout=120)

@@ -249,7 +249,7 @@ def test_a_run_record_counts_a_fused_model_per_image_at_the_training_batch():
 
 def test_benchmark_files_say_when_norms_are_fused():
     from basisconv.bench.layers import SpeedOptions
-    from basisconv.bench.train import ThroughputOptions
+    from basisconv.bench.throughput_options import ThroughputOptions
 
     assert SpeedOptions(fuse_norm=True).tag == "cpu-fp32-fusenorm"
     assert ThroughputOptions(basis_size=0.25, fuse_norm=True).tag == "-basis0.25-fusenorm"

@@ -370,7 +370,8 @@ def test_benchmark_train_script_runs(tmp_path, repo, script_starts):
 
 def test_benchmark_train_measures_a_basis_model_and_names_its_file_by_the_options(
         tmp_path, repo, script_starts):
-    from basisconv.bench.train import ThroughputOptions, file_name
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import file_name
 
     out = tmp_path / "throughput.json"
     result = script_starts.run(repo / "scripts" / "benchmark_train.py",
@@ -396,7 +397,8 @@ def test_benchmark_trains_record_goes_where_out_says_with_its_profile_beside(tmp
     # the speed report does not read) and the profile to <folder>-profile.txt beside the
     # folder, where the script did not say; the record's provenance named the caller's
     # threads, not the measurement's
-    from basisconv.bench.train import ThroughputOptions, file_name, run
+    from basisconv.bench.throughput_options import ThroughputOptions
+    from basisconv.bench.train import file_name, run
 
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "none"))
     options = ThroughputOptions(model="resnet8", batch_size=8, steps=2, warmup=0, threads=1,

@@ -1,7 +1,7 @@
 """Speed benchmarks: how fast basis convolutions run against the dense ones they replace
 (``layers``: single conv shapes; ``whole_model``: the whole ResNet-18; ``speed_run``: that
 benchmark run and its files written and read back), and how fast the real training loop runs
-(``train``), with the timing machinery of :mod:`basisconv.timing` (which the time budget
+(``train``; its flags: ``throughput_options``), with the timing machinery of :mod:`basisconv.timing` (which the time budget
 of layer selection uses too).
 
 They live in the package, not in ``scripts/``, so that they can be tested and reused; the
