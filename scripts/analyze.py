@@ -4,7 +4,8 @@
 Reads every complete training run published in ``results/<profile>/runs/`` (or under
 ``runs_dir=... out_dir=...``, e.g. ``outputs/<profile>`` into a folder of its own; or a
 wandb project's finished runs with ``source=wandb wandb.project=... wandb.entity=...``) and
-writes to ``results/<profile>/`` (or ``out_dir``): ``comparison-<device>-<precision>.{md,tex,csv}`` (accuracy mean ±
+writes to ``results/<profile>/`` (or ``out_dir``; the smoke profile reads and writes
+``outputs/smoke/results/``, never ``results/``): ``comparison-<device>-<precision>.{md,tex,csv}`` (accuracy mean ±
 std over seeds, parameters, FLOPs, forward/backward time per step, epoch time, speedups
 against the dense baseline), ``speed-*.png`` (time and speedup against basis size, with
 the FLOP line), ``accuracy-params-*.png``, ``curves-*.png``, the sensitivity plot and

@@ -1119,6 +1119,21 @@ def test_analyze_config_takes_the_profile_and_source(repo):
         ("results/paper/runs", "results/paper", "wandb", "me")
 
 
+def test_the_smoke_profile_analysed_by_hand_keeps_out_of_the_committed_results(repo):
+    """Found in review: ``scripts/analyze.py profile=smoke`` run by hand (make analyze and
+    reproduce.sh give both folders) read ``results/smoke/runs`` and wrote its tables into
+    ``results/smoke/``, where no smoke output may land: its records and tables stay in
+    ``outputs/smoke/results/`` (docs/reproducing.md), with ``runs_dir`` given alone too."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"), version_base="1.3"):
+        smoke = compose("analyze", overrides=["profile=smoke"])
+        runs_given = compose("analyze", overrides=["profile=smoke", "runs_dir=elsewhere"])
+    assert (smoke.runs_dir, smoke.out_dir) == ("outputs/smoke/results/runs",
+                                               "outputs/smoke/results")
+    assert runs_given.out_dir == "outputs/smoke/results"
+
+
 def test_analyze_config_has_a_schema_and_refuses_what_nothing_reads(repo, tmp_path):
     """Found in review: ``runs_dir=null`` was a TypeError deep in the analysis, ``+foo=1``
     was taken silently, and an empty ``out_dir=`` wrote into the working folder saying

@@ -74,10 +74,50 @@ def test_every_group_combination_covers_every_pair_of_options(repo):
             defaults_choice(repo, "basis")) in combos
 
 
+def test_the_readme_marks_the_option_each_group_composes_by_default(repo):
+    """The README's table of config groups marks, in each group of two or more options,
+    the one ``configs/train.yaml``'s defaults list chooses (found by mutation: the default
+    logger changed to ``none`` was left to side tests)."""
+    readme = (repo / "README.md").read_text()
+    marked = dict(re.findall(r"^\| `(\w+)/` \| .*?`(\w+)` \(default", readme, flags=re.M))
+    assert marked == {group: option for group, option in default_options(repo).items()
+                      if len(options(repo, group)) > 1}
+
+
+def default_options(repo) -> dict[str, str]:
+    """Each group ``configs/train.yaml``'s defaults list chooses an option of, and that
+    option (``profile`` and ``experiment``, chosen by none, left out)."""
+    return {group: option
+            for entry in OmegaConf.load(repo / "configs" / "train.yaml").defaults
+            if isinstance(entry, DictConfig) for group, option in entry.items()
+            if option is not None}
+
+
 def defaults_choice(repo, group: str) -> str:
     """The option ``configs/train.yaml``'s defaults list chooses for ``group``."""
-    return next(entry[group] for entry in OmegaConf.load(repo / "configs" / "train.yaml").defaults
-                if isinstance(entry, DictConfig) and group in entry)
+    return default_options(repo)[group]
+
+
+def option_values(repo, group: str, option: str) -> dict:
+    """What ``configs/<group>/<option>.yaml`` sets itself (its keys less its defaults list):
+    what a config composed with that option holds in ``group``, the command line aside."""
+    values = OmegaConf.to_container(OmegaConf.load(repo / "configs" / group / f"{option}.yaml"))
+    values.pop("defaults", None)
+    return values
+
+
+def assert_each_option_holds(repo, these: list[str], composed: dict) -> None:
+    """Each group's option (the one ``these`` give, else the defaults list's) is what the
+    composed config holds: the values its own yaml sets, less a key the command line gives.
+    Found by mutation: ``logger/none.yaml`` with ``_self_`` before ``wandb`` composed
+    wandb's values (``logger.backend: wandb``), and composed and validated unnoticed here."""
+    given = dict(override.split("=", 1) for override in these)
+    overridden = {override.split("=", 1)[0] for override in completed(these)}
+    for group, default in default_options(repo).items():
+        option = given.get(group, default)
+        for key, value in option_values(repo, group, option).items():
+            if f"{group}.{key}" not in overridden:
+                assert composed[group][key] == value, f"{group}={option}: {group}.{key}"
 
 
 def completed(these: list[str]) -> list[str]:
@@ -102,8 +142,9 @@ def compose_and_validate(these: list[str]) -> dict:
 # one case a model: ~20 s each, which pytest-xdist's workers share (one test was 226 s)
 @pytest.mark.parametrize("model", sorted(list_models()))
 def test_every_group_combination_composes_and_validates(repo, model):
-    """Each combination of :func:`group_combinations` of this model composes and validates
-    (the pairs they cover: the test above). Data and logger options are independent of
+    """Each combination of :func:`group_combinations` of this model composes, validates and
+    holds the options it was composed with (:func:`assert_each_option_holds`; the pairs
+    they cover: the test above). Data and logger options are independent of
     them and of each other, so each is composed once (with the first model's case); an
     option the defaults list chooses composes the default config, a combination already."""
     combos = [combo for combo in group_combinations(repo) if combo[0] == model]
@@ -114,6 +155,8 @@ def test_every_group_combination_composes_and_validates(repo, model):
                       if o != defaults_choice(repo, g)]
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
         composed = {tuple(these): compose_and_validate(these) for these in overrides}
+        for these, config in composed.items():
+            assert_each_option_holds(repo, list(these), config)
         if first:  # selection=base composes what selection=none does
             none = next(these for these in composed if "selection=none" in these)
             base = [o.replace("selection=none", "selection=base") for o in none]

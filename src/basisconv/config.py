@@ -5,8 +5,8 @@ values (``MISSING`` here means: set in YAML), so there is one place to read them
 misspelt key or a value of the wrong type fails when the config is composed, before
 anything runs; what a schema cannot say (keys added with ``+``, ranges, names, the layers
 of the model) :mod:`basisconv.config_checks` checks. Kept apart from those checks so that
-the keys, the resolvers the YAML files call (``job_folder``, ``choice``) and the values a
-choice key takes read in one short file.
+the keys, the resolvers the YAML files call (``job_folder``, ``choice``, ``profile_results``)
+and the values a choice key takes read in one short file.
 Importing this module registers the schema with Hydra's ConfigStore as ``train_schema``
 (and ``scripts/analyze.py``'s as ``analyze_schema``).
 """
@@ -203,10 +203,21 @@ def chosen_option(group: str, key: str, *, _root_: DictConfig) -> Any:
     return (OmegaConf.select(hydra, "runtime.choices", default=None) or {}).get(group) or value
 
 
+def profile_results(profile: str) -> str:
+    """The folder of a profile's published records and tables as scripts/reproduce.sh keeps
+    them (``analyze.yaml``'s ``runs_dir`` and ``out_dir``): ``results/<profile>``, committed;
+    the smoke profile's, a CI-scale check never published, ``outputs/smoke/results``
+    (git-ignored). Found in review: ``analyze.py profile=smoke`` run by hand wrote its tables
+    into ``results/smoke/``."""
+    return "outputs/smoke/results" if profile == "smoke" else f"results/{profile}"
+
+
 if not OmegaConf.has_resolver("job_folder"):
     OmegaConf.register_new_resolver("job_folder", job_folder)
 if not OmegaConf.has_resolver("choice"):
     OmegaConf.register_new_resolver("choice", chosen_option)
+if not OmegaConf.has_resolver("profile_results"):
+    OmegaConf.register_new_resolver("profile_results", profile_results)
 
 #: The values each choice key takes (:mod:`basisconv.config_checks` refuses any other).
 AMP = tuple(AMP_DTYPES)
