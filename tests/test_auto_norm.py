@@ -339,6 +339,26 @@ def test_a_kernel_that_fails_to_compile_is_left_out_and_the_step_goes_on(monkeyp
             ValueError("not Triton's")))()
 
 
+def test_a_kernel_error_without_text_is_left_out_with_its_type_named(monkeypatch):
+    """Found in review: the folded norm's trial quoted a Triton error's first line by a
+    copy of :func:`basisconv.errors.error_head` without its guard for an error
+    with no text (IndexError inside the handler, out of the layer's call); now the form is
+    left out (``math.inf``) and the warning names the error's type."""
+    import math
+
+    from basisconv.kernels import fused
+
+    monkeypatch.setattr(fused, "_WARNED", set())
+    CompilationError = type("CompilationError", (Exception,),
+                            {"__module__": "triton.compiler.errors"})
+
+    def silent():
+        raise CompilationError()
+
+    with pytest.warns(UserWarning, match=r"\(CompilationError: \); it runs the fold"):
+        assert auto_norm._unless_it_fails_to_compile(silent)() == math.inf
+
+
 def triton_conv_module():
     from basisconv.kernels import triton_conv
     return triton_conv

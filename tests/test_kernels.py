@@ -439,6 +439,25 @@ def test_a_kernel_that_does_not_compile_falls_back_once_per_shape(monkeypatch):
         layer(torch.randn(1, 5, 6, 6))
 
 
+def test_a_kernel_error_without_text_falls_back_with_its_type_named(monkeypatch):
+    """Found in review: the fallback's warning quoted the error's first line by a copy of
+    the rule :func:`basisconv.kernels.graph_trials.quoted` holds, without its guard for an
+    error with no text: ``str(err).splitlines()[0]`` raised IndexError inside the handler
+    and ended the call, where the shape runs the stacked form."""
+    monkeypatch.setattr(fused, "_WARNED", set())
+    monkeypatch.setattr(fused, "_FAILED", {})
+    CompilationError = type("CompilationError", (Exception,),
+                            {"__module__": "triton.compiler.errors"})
+
+    def silent(*args, **kwargs):
+        raise CompilationError()
+
+    monkeypatch.setattr(triton_conv, "basis_conv", silent)
+    layer = make_layer(5, 12, 5, 3, 1, 1, 1, True, torch.device("cpu"))
+    with pytest.warns(UserWarning, match=r"\(CompilationError: \); running the stacked"):
+        layer(torch.randn(2, 5, 6, 6))
+
+
 def test_autocast_casts_every_input_also_when_x_is_already_half(monkeypatch):
     """Inside a network under autocast a layer's input is already bf16 (the previous conv's
     output) while its parameters are float32: ``tl.dot`` takes one dtype, so each of them

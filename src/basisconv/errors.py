@@ -18,6 +18,15 @@ def one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split())
 
 
+def error_head(err: BaseException) -> str:
+    """An error as a warning quotes it: its type and first line, cut at 200 characters (a
+    compiler's or CUDA's text may run to pages: a failed form's trial, a Triton kernel that
+    does not compile, which :mod:`.kernels.fused` and :mod:`.kernels.auto_norm` fall back
+    from); an error without text, its type alone."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def context_chain(err: BaseException | None) -> Iterator[BaseException]:
     """``err``, then the exception it was raised while handling (its ``__context__``), and
     so on: a stop that lands while an error or another stop is on its way out carries it

@@ -36,10 +36,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import error_head
 from . import triton_conv
 from .fused import (compute_dtype, conv_pairs, failed_to_compile, fused_forward,
                     numeric_padding)
-from .graph_trials import GraphTrial, call_once, detached, quoted, timed_as_replays
+from .graph_trials import GraphTrial, call_once, detached, timed_as_replays
 from .torch_ops import dense_forward, stacked_forward
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def interleaved(trials: dict) -> dict[str, float]:
             except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
                 failed.add(form)
                 log.warning("combine=auto: the %s form's trial failed (%s); it is not "
-                            "chosen for this shape", form, quoted(err))
+                            "chosen for this shape", form, error_head(err))
                 continue
             if round_:
                 spans[form].append(seconds)

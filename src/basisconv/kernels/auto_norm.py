@@ -32,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import error_head
 from . import auto, triton_conv
 from .fused import (compute_dtype, conv_pairs, is_triton_error, numeric_padding,
                     warn_once)
@@ -111,9 +112,8 @@ def _unless_it_fails_to_compile(trial):
                 raise
             failed.append(err)
             warn_once(f"combine='auto' with fuse_norm: the folded norm's Triton kernels "
-                      f"failed to compile for a shape on this device ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0][:200]}); it runs the fold in standard "
-                      f"ops or the unfused modules")
+                      f"failed to compile for a shape on this device ({error_head(err)}); it runs "
+                      f"the fold in standard ops or the unfused modules")
             return math.inf
 
     return run

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
-from ..errors import warn_caller
+from ..errors import error_head, warn_caller
 from . import triton_conv
 from .torch_ops import channels_last, stacked_forward
 
@@ -84,7 +84,7 @@ def fused_basis_conv(x: torch.Tensor, basis_weight: torch.Tensor, combination: t
             # on, said once, and the tests' check that the kernel ran still fails.
             reason = _FAILED[shape] = (
                 f"a kernel that compiles for input {list(x.shape)} on this device "
-                f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+                f"({error_head(err)})")
     warn_once(f"combine='fused' needs {reason}; running the stacked PyTorch form instead "
                f"(same result, no fused kernel)")
     basis_maps = F.conv2d(x, basis_weight, None, stride, padding, dilation)

@@ -2,7 +2,8 @@
 such trials on (:func:`graph_replays`, which a run that replays its steps as CUDA graphs
 enters: ``trainer.cuda_graphs``), and what every trial of :mod:`.auto` shares, eager or
 graphed: its leaves detached (:func:`detached`), one call with its backward
-(:func:`call_once`), a failure quoted in its warning (:func:`quoted`).
+(:func:`call_once`) (a failure is quoted in its warning by
+:func:`basisconv.errors.error_head`).
 
 Kept apart from :mod:`.auto`, which chooses a form per shape: capturing and replaying a
 graph (a side stream, the allocator's pool after a failed capture) is CUDA's business
@@ -18,6 +19,8 @@ import math
 import time
 
 import torch
+
+from ..errors import error_head
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +46,6 @@ def call_once(call, leaves: list, backward: bool) -> None:
     out = call(*leaves)
     if backward:
         out.backward(torch.ones_like(out))
-
-
-def quoted(err: BaseException) -> str:
-    """A failed trial's error as its warning quotes it: the type and the first line, cut
-    at 200 characters (a compiler's or CUDA's text may run to pages)."""
-    lines = str(err).splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
 @contextlib.contextmanager
@@ -133,7 +129,7 @@ class GraphTrial:
         except Exception as err:  # noqa: BLE001 - any failure: the form is not chosen
             self.failed = True
             log.warning("combine=auto: a form could not be captured as a CUDA graph (%s); "
-                        "it is not chosen for this shape", quoted(err))
+                        "it is not chosen for this shape", error_head(err))
         finally:
             current.wait_stream(stream)
 
