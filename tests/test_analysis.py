@@ -975,12 +975,7 @@ def test_results_notebook_runs_table_tells_apart_runs_that_differ_in_settings(
     write_runs(tmp_path / "runs", [swept(record("all", seed=seed),
                                          **{"basis.frobenius_decay": decay})
                                    for decay in (False, True) for seed in (0, 1)])
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "index.json").write_text(json.dumps({"provenance": {"date": "d", "command": "c"},
-                                                    "files": []}))
-    monkeypatch.setenv("BASISCONV_RESULTS", str(results))
-    monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
+    analysed_folder(tmp_path / "results", tmp_path / "runs", monkeypatch)
     namespace = {}
     table = notebook_runs_table(repo, namespace)
     assert not table.duplicated().any()
@@ -990,6 +985,17 @@ def test_results_notebook_runs_table_tells_apart_runs_that_differ_in_settings(
     write_runs(tmp_path / "plain", RECORDS)
     namespace["RUNS"] = tmp_path / "plain"
     assert "settings" not in notebook_runs_table(repo, namespace).columns
+
+
+def analysed_folder(results, runs, monkeypatch):
+    """``results`` made an analysis's folder (its ``index.json``) for the notebook to show,
+    with the run records under ``runs``, as ``BASISCONV_RESULTS``/``BASISCONV_RUNS`` name
+    them."""
+    results.mkdir()
+    (results / "index.json").write_text(json.dumps({"provenance": {"date": "d", "command": "c"},
+                                                    "files": []}))
+    monkeypatch.setenv("BASISCONV_RESULTS", str(results))
+    monkeypatch.setenv("BASISCONV_RUNS", str(runs))
 
 
 def notebook_runs_table(repo, namespace):
@@ -1019,12 +1025,7 @@ def test_results_notebook_runs_table_says_what_and_when_each_run_was_timed_on(
         rec["provenance"] = {**rec["provenance"], "date": f"{day}T00:00:00+00:00",
                              "hardware": {"cpu": "AMD EPYC", "torch_threads": threads}}
     write_runs(tmp_path / "runs", runs)
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "index.json").write_text(json.dumps({"provenance": {"date": "d", "command": "c"},
-                                                    "files": []}))
-    monkeypatch.setenv("BASISCONV_RESULTS", str(results))
-    monkeypatch.setenv("BASISCONV_RUNS", str(tmp_path / "runs"))
+    analysed_folder(tmp_path / "results", tmp_path / "runs", monkeypatch)
     table = notebook_runs_table(repo, {}).sort_values("seed")
     assert table["timing"].tolist() == ["AMD EPYC, 1 thread", "AMD EPYC, 2 threads"]
     assert table["date"].str[:10].tolist() == ["2026-12-01", "2026-12-05"]
