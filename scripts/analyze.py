@@ -5,9 +5,10 @@ Reads every complete training run published in ``results/<profile>/runs/`` (or u
 ``runs_dir=... out_dir=...``, e.g. ``outputs/<profile>`` into a folder of its own; or a
 wandb project's finished runs with ``source=wandb wandb.project=... wandb.entity=...``) and
 writes to ``results/<profile>/`` (or ``out_dir``; the smoke profile reads and writes
-``outputs/smoke/results/``, never ``results/``): ``comparison-<device>-<precision>.{md,tex,csv}`` (accuracy mean ±
-std over seeds, parameters, FLOPs, forward/backward time per step, epoch time, speedups
-against the dense baseline), ``speed-*.png`` (time and speedup against basis size, with
+``outputs/smoke/results/``, never ``results/``):
+``comparison-<device>-<precision>.{md,tex,csv}`` (accuracy mean ± std over seeds,
+parameters, FLOPs, forward/backward time per step, epoch time, speedups against the dense
+baseline), ``speed-*.png`` (time and speedup against basis size, with
 the FLOP line), ``accuracy-params-*.png``, ``curves-*.png``, the sensitivity plot and
 chosen layers, the exhaustive-search summary, and ``index.json`` (provenance and runs).
 """
