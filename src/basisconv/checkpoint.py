@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .cifar10 import expanded_root
-from .errors import ConfigError, one_line
+from .errors import ConfigError, error_line, one_line
 from .records import RECORD, file_digest, read_record, write_atomic, write_text_atomic
 from .signals import stops_held
 
@@ -233,7 +233,7 @@ def unreadable_reason(path: Path, err: Exception) -> str:
                              or (isinstance(err, OSError) and err.errno == errno.EINVAL)
                              or "failed finding central directory" in str(err)):
         return f"it ends early, cut off at {size} bytes"
-    return f"{type(err).__name__}: {one_line(err)}"
+    return error_line(err)
 
 
 def foreign_format(path: Path, head: bytes) -> str | None:

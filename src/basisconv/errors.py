@@ -18,6 +18,12 @@ def one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split())
 
 
+def error_line(err: BaseException) -> str:
+    """An error named with all its text on one line (``KeyError: 'generator'``: a key or a
+    number alone says nothing), for a message that quotes why a file could not be used."""
+    return f"{type(err).__name__}: {one_line(err)}"
+
+
 def error_head(err: BaseException) -> str:
     """An error as a warning quotes it: its type and first line, cut at 200 characters (a
     compiler's or CUDA's text may run to pages: a failed form's trial, a Triton kernel that

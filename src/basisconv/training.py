@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, execution, loop, optim, stop_messages
 from .config import GRAPHING_COMPILE_MODES
 from .data import prepare_data
-from .errors import ConfigError, Stopped, TrainingDiverged, one_line
+from .errors import ConfigError, Stopped, TrainingDiverged, error_line
 from .kernels import auto
 from .network import (build_network, check_conversion, choose_forms_now, converts_later,
                       describe, rebind_optimizer, skip_training_cost, to_basis)
@@ -55,7 +55,7 @@ UNRESTORABLE = (RuntimeError, ValueError, KeyError, TypeError, AttributeError)
 def unrestorable_said(err: Exception) -> str:
     """An :data:`UNRESTORABLE` error as a message quotes it: on one line, at most 300
     characters, its type named (``KeyError: 'generator'``; a key alone says nothing)."""
-    return f"{type(err).__name__}: {one_line(err)}"[:300]
+    return error_line(err)[:300]
 
 
 def layers_to_convert(cfg: DictConfig, checkpoint: dict | None
