@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from basisconv.analysis.notes import timing_line
 from basisconv.analysis.report import write_report
+from basisconv.analysis.comparison import compare, distinct_curves
 from basisconv.analysis.record_sources import read_records, training_records, wandb_records
-from basisconv.analysis.runs import compare, curves_frame, distinct_curves, run_row, runs_frame
+from basisconv.analysis.runs import curves_frame, run_row, runs_frame
 from basisconv.analysis.sensitivity import chosen_table
 from basisconv.analysis.tables import display_table, latex
 from basisconv.records import device_name
@@ -1615,7 +1616,8 @@ def test_tables_without_jinja2_are_written_as_markdown_and_csv(tmp_path, repo):
     script = ("import sys; sys.modules['jinja2'] = None\n"  # `import jinja2` now fails
               "import logging; logging.basicConfig()\n"
               "from pathlib import Path; import pandas as pd\n"
-              "from basisconv.analysis.runs import compare, runs_frame\n"
+              "from basisconv.analysis.comparison import compare\n"
+              "from basisconv.analysis.runs import runs_frame\n"
               "from basisconv.analysis.tables import write_table\n"
               "from test_analysis import RECORDS\n"
               "table = compare(runs_frame([(r, 'x') for r in RECORDS]))\n"
@@ -3254,7 +3256,7 @@ def test_a_key_only_one_recipe_has_is_no_difference_from_the_baseline():
     key only a newer run's record has, or one removed since, is no difference between a row
     and its dense baseline (the older record ran as the key's default), and was a KeyError
     from the comparison."""
-    from basisconv.analysis.runs import recipe_differences
+    from basisconv.analysis.comparison import recipe_differences
 
     row = json.dumps({"trainer.lr": 0.1, "trainer.new_key": 1})
     assert recipe_differences(row, json.dumps({"trainer.lr": 0.1})) == []

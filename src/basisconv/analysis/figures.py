@@ -14,8 +14,9 @@ from matplotlib.transforms import Bbox
 
 from ..cost_formulas import basis_conv2d_cost, conv2d_cost
 from ..layer_options import resolve_num_basis
+from .comparison import BASELINE_KEYS, baselines
 from .plots import LINE_STYLES, add_note, pyplot, save_figure, steady_colour
-from .runs import BASELINE_KEYS, ROW_COLUMNS, baselines
+from .runs import ROW_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def speed_vs_basis_size(table: pd.DataFrame, path: Path, note: str) -> Path | No
     (right) against the basis size, for basis convolutions in every layer, with the
     speedup the FLOP count predicts; one set of lines per model, epochs, data and swept
     setting, each beside the baseline its table rows are compared with
-    (:func:`~basisconv.analysis.runs.baselines`). ``None`` when there is no size sweep.
+    (:func:`~basisconv.analysis.comparison.baselines`). ``None`` when there is no size sweep.
     Sizes given as fractions are drawn, or counts of filters when there are no fractions
     (a sweep of both draws the fractions and says which counts it leaves to the table)."""
     sweep = table[(table["selection"] == "all") & table["step_speedup"].notna()]

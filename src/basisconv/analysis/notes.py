@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..records import hardware_name, read_sessions
-from .runs import ROW_COLUMNS, distinct_runs
+from .comparison import distinct_runs
+from .runs import ROW_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ from . import figures, search, sensitivity
 from .notes import (STD_LINE, baseline_line, commits_line, found_line, left_out_line,
                     missing_line, provenance_note, recipe_line, seeds_line, sessions_summary,
                     tables_line, timing_line, timings_line, unlike_baseline_line, versions_line)
+from .comparison import compare, distinct_curves, distinct_runs
 from .record_sources import read_records, records_of_kind, training_records, wandb_records
-from .runs import (compare, curves_frame, differing_keys, distinct_curves, distinct_runs,
-                   made_alike, runs_frame, setting_value, unread_selection_key)
+from .runs import (curves_frame, differing_keys, made_alike, runs_frame, setting_value,
+                   unread_selection_key)
 from .tables import INTERNAL_COLUMNS, write_table
 
 log = logging.getLogger(__name__)

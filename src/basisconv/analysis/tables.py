@@ -14,7 +14,7 @@ from ..errors import one_line
 from ..records import write_text_atomic
 log = logging.getLogger(__name__)
 
-#: Columns of :func:`~.runs.runs_frame` and :func:`~.runs.compare` that only choose
+#: Columns of :func:`~.runs.runs_frame` and :func:`~.comparison.compare` that only choose
 #: baselines; the tables and ``index.json`` leave them out. (Here, not in ``runs``: the
 #: tables then load no torch, nor does scripts/reproduce.sh's check of the speed records.)
 INTERNAL_COLUMNS = ["recipe", "same_run"]
