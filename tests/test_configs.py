@@ -25,7 +25,7 @@ from basisconv.execution import resolve_device
 from basisconv.models import list_models
 from basisconv.network import build_network
 from basisconv.sensitivity import choose_layers
-from basisconv.sensitivity_cache import cache_key
+from basisconv.sensitivity_key import cache_key
 
 
 def options(repo, group):
@@ -1483,7 +1483,7 @@ def test_an_estimate_that_trains_nothing_takes_a_batch_beyond_the_training_image
 def test_basis_fuse_norm_reaches_the_layers_and_keys_the_sensitivity_cache_only_when_on(
         compose_cfg):
     from basisconv.layers import basis_layers
-    from basisconv.sensitivity_cache import cache_key
+    from basisconv.sensitivity_key import cache_key
 
     plain = compose_cfg("model=resnet20", "experiment=basis_all")
     fused = compose_cfg("model=resnet20", "experiment=basis_all", "basis.fuse_norm=true")

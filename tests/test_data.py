@@ -985,7 +985,7 @@ def test_a_root_under_an_unknown_users_home_is_one_error_where_it_keys_a_table(r
     from hydra import compose, initialize_config_dir
 
     from basisconv.checkpoint import same_data
-    from basisconv.sensitivity_cache import cache_key
+    from basisconv.sensitivity_key import cache_key
 
     root = "~no-such-user-basisconv/cifar"
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):

@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import selection, sensitivity, sensitivity_cache, sensitivity_estimate
+from basisconv import (selection, sensitivity, sensitivity_cache, sensitivity_estimate,
+                       sensitivity_key)
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.selection import pick_layers
@@ -800,7 +801,7 @@ def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_pa
             raise Stopped(signal.SIGTERM)
         monkeypatch.setattr(module, inner, stopped)
         with pytest.raises(Stopped, match=f"^the {what} stopped; its finished work is kept in "
-                                          f"{sensitivity_cache.cache_dir(cfg)}, and the same "
+                                          f"{sensitivity_key.cache_dir(cfg)}, and the same "
                                           f"command continues from it$") as err:
             run(cfg, tmp_path / what)
         assert err.value.signum == signal.SIGTERM
@@ -818,7 +819,7 @@ def test_a_stop_of_the_estimate_or_the_search_says_its_work_is_kept(repo, tmp_pa
         monkeypatch.setattr(module, inner, died)
         with pytest.raises(WorkerFailed, match=f"^sensitivity.workers=2: a worker process "
                                                f"died; its finished work is kept in "
-                                               f"{sensitivity_cache.cache_dir(cfg)}, and the same "
+                                               f"{sensitivity_key.cache_dir(cfg)}, and the same "
                                                f"command continues from it$"):
             run(cfg, tmp_path / what)
 
@@ -875,12 +876,12 @@ def test_cached_table_is_reused_and_a_changed_key_recomputes(repo, tmp_path, mon
     # exactly the same numbers, estimated or read back: a selection must not depend on it
     pd.testing.assert_frame_equal(table, again, check_exact=True)
     # what does not shape the table keeps the key; what does changes it
-    assert sensitivity_cache.cache_key(compose_sensitivity(
+    assert sensitivity_key.cache_key(compose_sensitivity(
         repo, tmp_path, "sensitivity.layers=[layer3.*]", "logger=none", "trainer.progress=true",
-        "selection=random")) == sensitivity_cache.cache_key(cfg)
+        "selection=random")) == sensitivity_key.cache_key(cfg)
     changed = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.*]", "basis.size=0.25",
                                   f"trainer.device={device}")
-    assert sensitivity_cache.cache_key(changed) != sensitivity_cache.cache_key(cfg)
+    assert sensitivity_key.cache_key(changed) != sensitivity_key.cache_key(cfg)
     # from here on only whether a table is estimated again counts, not its numbers
     estimate = fake_estimate
     sensitivity.sensitivity_table(changed)
@@ -912,19 +913,19 @@ KEY_CHANGES = {"model.name": "resnet8", "model.width": 0.5, "basis.size": 0.25,
 
 def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)
-    key = sensitivity_cache.cache_key(cfg)
+    key = sensitivity_key.cache_key(cfg)
     for name, value in KEY_CHANGES.items():
         changed = cfg.copy()
         assert OmegaConf.select(changed, name) != value, name
         OmegaConf.update(changed, name, value, merge=False)
-        assert sensitivity_cache.cache_key(changed) != key, name
+        assert sensitivity_key.cache_key(changed) != key, name
 
 
 def test_unverified_data_is_keyed_by_its_folder_and_verified_cifar_is_not(repo, tmp_path):
     """Your own data in CIFAR format (data.verify_md5=false) in another folder is other
     data: its table must not be the one of another folder, or of the real CIFAR-10."""
     def key(*overrides):
-        return sensitivity_cache.cache_key(compose_sensitivity(repo, tmp_path, "data=cifar10",
+        return sensitivity_key.cache_key(compose_sensitivity(repo, tmp_path, "data=cifar10",
                                                          *overrides))
 
     mine, other = tmp_path / "mine", tmp_path / "other"
@@ -942,7 +943,7 @@ def test_a_source_checkpoint_is_keyed_by_its_content_not_its_path(repo, tmp_path
     source.parent.mkdir()
 
     def key(path):
-        return sensitivity_cache.cache_key(compose_sensitivity(
+        return sensitivity_key.cache_key(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={path}"))
 
     source.write_bytes(b"weights after epoch 1")
@@ -997,12 +998,12 @@ def test_a_source_checkpoint_that_cannot_be_read_is_one_line_naming_the_fix(
 
     def unreadable(path):
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(sensitivity_cache, "file_digest", unreadable)
+    monkeypatch.setattr(sensitivity_key, "file_digest", unreadable)
     said = (rf"sensitivity.source_checkpoint={source} cannot be read \(PermissionError: "
             rf"Permission denied\); point sensitivity.source_checkpoint at the checkpoint.pt "
             rf"of a trained dense run")
     with pytest.raises(ConfigError, match=rf"^{said}$"):
-        sensitivity_cache.cache_key(compose_sensitivity(
+        sensitivity_key.cache_key(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={source}"))
     with pytest.raises(SystemExit):
         check_overrides("smoke", [f"sensitivity.source_checkpoint={source}"])
@@ -1011,15 +1012,15 @@ def test_a_source_checkpoint_that_cannot_be_read_is_one_line_naming_the_fix(
 
     def failing(path):  # an OSError without an errno (said "OSError: None" before)
         raise OSError("the disk went away")
-    monkeypatch.setattr(sensitivity_cache, "file_digest", failing)
+    monkeypatch.setattr(sensitivity_key, "file_digest", failing)
     with pytest.raises(ConfigError, match=r"cannot be read \(OSError: the disk went away\); "):
-        sensitivity_cache.cache_key(compose_sensitivity(
+        sensitivity_key.cache_key(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={source}"))
 
 
 def test_a_corrupt_cached_table_is_one_clear_error(repo, tmp_path):
     cfg = compose_sensitivity(repo, tmp_path)
-    folder = sensitivity_cache.cache_dir(cfg)
+    folder = sensitivity_key.cache_dir(cfg)
     folder.mkdir(parents=True)
     (folder / sensitivity_cache.RECORD).write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable.*sensitivity.recompute=true"):
@@ -1058,7 +1059,7 @@ def test_a_full_disk_at_the_cache_keeps_the_estimate_for_this_run(repo, tmp_path
     assert table["layer"].tolist() == fake_estimate(cfg)[0]["layer"].tolist()
     assert not record["cache_hit"]
     assert "could not be cached" in caplog.text and "No space left" in caplog.text
-    assert sorted(p.name for p in sensitivity_cache.cache_dir(cfg).iterdir()) == ["run.lock"]
+    assert sorted(p.name for p in sensitivity_key.cache_dir(cfg).iterdir()) == ["run.lock"]
     monkeypatch.setattr(sensitivity_cache, real.__name__, real)
     assert not sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # estimated again, cached
     assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
@@ -1074,7 +1075,7 @@ def test_a_run_names_the_table_that_chose_its_layers_though_it_could_not_be_cach
     monkeypatch.setattr(sensitivity, "sensitivity_table", lambda cfg: (
         table, {"table_sha256": "c" * 64, "cache_hit": False}))  # nothing in the cache
     layers, made_from = sensitivity.choose_layers_and_table(cfg)
-    assert layers and made_from == {"sensitivity_key": sensitivity_cache.cache_key(cfg),
+    assert layers and made_from == {"sensitivity_key": sensitivity_key.cache_key(cfg),
                                     "sensitivity_table": "c" * 64, "measured_time": None}
     assert sensitivity.choose_layers(cfg) == layers
     fixed = compose_sensitivity(repo, tmp_path / "cache", "selection=all")
@@ -1136,7 +1137,7 @@ def test_exhaustive_search_of_single_layers_reproduces_the_sensitivity_table(rep
     sensitivity.sensitivity_table(cfg)
     # with what the estimate kept, the search would only read its results back: it
     # pretrains and fine-tunes again here (a later search on this machine reuses them)
-    progress.clear(sensitivity_cache.cache_dir(cfg))
+    progress.clear(sensitivity_key.cache_dir(cfg))
     summary = exhaustive_search(cfg, tmp_path / "out")
     assert not summary["kept_pretraining"] and summary["kept_fine_tunes"] == 0
     draw_run(read_record(tmp_path / "out" / "run.json"), tmp_path / "out")
@@ -1174,7 +1175,7 @@ def fake_estimate(cfg):
         row.update(layer=f"layer3.{i}.conv1", position=i, shape="[4, 4, 3, 3]",
                    accuracy_drop=0.01 * i)
     return pd.DataFrame(rows)[list(sensitivity_cache.COLUMNS)], {
-        "key": sensitivity_cache.cache_key(cfg), "seconds": 1.0}
+        "key": sensitivity_key.cache_key(cfg), "seconds": 1.0}
 
 
 def fake_estimate_with_record(cfg):
@@ -1445,7 +1446,7 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
     assert record["table_rows"] == 3 and len(record["table_sha256"]) == 64
     again, record = sensitivity.sensitivity_table(cfg)
     assert record["cache_hit"] and len(again) == 3
-    path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.TABLE
+    path = sensitivity_key.cache_dir(cfg) / sensitivity_cache.TABLE
     good = path.read_text()
     path.write_text("".join(good.splitlines(keepends=True)[:-1]))  # a row lost
     with pytest.raises(ConfigError, match=rf"{path}.*damaged.*sensitivity.recompute=true") as err:
@@ -1459,7 +1460,7 @@ def test_a_damaged_cached_table_is_refused_and_an_old_one_loads_unverified(
         sensitivity.sensitivity_table(cfg)
     # written before records held a checksum: loads, logged as unverified
     path.write_text(good)
-    record_path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
+    record_path = sensitivity_key.cache_dir(cfg) / sensitivity_cache.RECORD
     old = json.loads(record_path.read_text())
     del old["table_sha256"], old["table_rows"]
     record_path.write_text(json.dumps(old))
@@ -1486,7 +1487,7 @@ def test_a_cached_tables_record_of_the_wrong_shape_is_one_error_naming_the_fix(
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
     cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none")
     sensitivity.run_sensitivity(cfg, tmp_path / "first")
-    path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
+    path = sensitivity_key.cache_dir(cfg) / sensitivity_cache.RECORD
     record = json.loads(path.read_text())
     if damage == "no-dense":
         del record["dense"]
@@ -1512,12 +1513,12 @@ def test_a_table_cached_with_other_noise_repeats_before_they_were_keyed_is_refus
     """A table cached with sensitivity.noise_repeats=4 before the setting joined the key has
     the key a run with the default 2 makes now: its noise yardstick is not that run's."""
     cfg = compose_sensitivity(repo, tmp_path)
-    assert cfg.sensitivity.noise_repeats == sensitivity_cache.UNKEYED_NOISE_REPEATS
+    assert cfg.sensitivity.noise_repeats == sensitivity_key.UNKEYED_NOISE_REPEATS
     monkeypatch.setattr(sensitivity, "estimate", lambda c: (fake_estimate(c)[0], {
         **fake_estimate(c)[1], "config": OmegaConf.to_container(c, resolve=True)}))
     sensitivity.sensitivity_table(cfg)
     assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]  # its own repeats: reused
-    record_path = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
+    record_path = sensitivity_key.cache_dir(cfg) / sensitivity_cache.RECORD
     old = json.loads(record_path.read_text())
     old["config"]["sensitivity"]["noise_repeats"] = 4  # as cached before the key had it
     record_path.write_text(json.dumps(old))
@@ -1536,7 +1537,7 @@ def test_a_second_estimate_of_the_same_key_waits_and_reuses_the_first(repo, tmp_
     from basisconv.records import folder_lock
 
     cfg = compose_sensitivity(repo, tmp_path)
-    folder = sensitivity_cache.cache_dir(cfg)
+    folder = sensitivity_key.cache_dir(cfg)
     calls = []
     monkeypatch.setattr(sensitivity, "estimate", lambda c: calls.append(1) or fake_estimate(c))
     locked = threading.Event()
@@ -1584,7 +1585,7 @@ def test_the_drops_own_noise_is_measured_when_asked_and_kept_like_every_fine_tun
     repeat's batch order; its first paired drop is the table's, the others are against
     the reference's repeats. Off (the default) the key and the record are as before."""
     plain = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]")
-    assert "drop_noise_layers" not in sensitivity_cache.key_fields(plain)["sensitivity"]
+    assert "drop_noise_layers" not in sensitivity_key.key_fields(plain)["sensitivity"]
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]",
                               "sensitivity.drop_noise_layers=1")
     table, record = sensitivity_estimate.estimate(cfg)
@@ -1675,7 +1676,7 @@ def test_fine_tunes_in_worker_processes_give_the_same_table(repo, tmp_path, monk
     one = compose_sensitivity(repo, tmp_path / "a", "sensitivity.layers=[layer3.2.*]")
     two = compose_sensitivity(repo, tmp_path / "b", "sensitivity.layers=[layer3.2.*]",
                               "sensitivity.workers=2")
-    assert sensitivity_cache.cache_key(one) == sensitivity_cache.cache_key(two)
+    assert sensitivity_key.cache_key(one) == sensitivity_key.cache_key(two)
     table, record = sensitivity_estimate.estimate(one)
     parallel, parallel_record = sensitivity_estimate.estimate(two)
     same = [c for c in table.columns if c != "seconds"]
@@ -2068,7 +2069,7 @@ def test_a_missing_restore_from_is_named_once_also_when_the_cache_holds_the_tabl
         assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
     warned = [r.getMessage() for r in caplog.records if str(missing) in r.getMessage()]
     assert warned == [f"sensitivity: no published record at sensitivity.restore_from={missing} "
-                      f"yet, so the table cached in {sensitivity_cache.cache_dir(cfg)} is used "
+                      f"yet, so the table cached in {sensitivity_key.cache_dir(cfg)} is used "
                       f"(if you meant an existing record, check the path)"]
 
 
@@ -2188,7 +2189,7 @@ def test_a_table_pretrained_without_the_cosine_warm_up_is_not_reused(repo, tmp_p
     """Since the pretraining keeps trainer.warmup_fraction under a cosine schedule, a table
     cached before (pretrained without it) has another key; other schedules' keys stay."""
     def fields(*overrides):
-        return sensitivity_cache.key_fields(compose_sensitivity(repo, tmp_path, *overrides))
+        return sensitivity_key.key_fields(compose_sensitivity(repo, tmp_path, *overrides))
 
     assert fields("trainer.schedule=cosine", "trainer.warmup_fraction=0.3")["sensitivity"][
         "pretrain_warmup"] is True
@@ -2496,7 +2497,7 @@ def test_a_table_from_a_source_checkpoint_keeps_its_key_whatever_the_pretraining
     source.write_bytes(b"weights")
     for schedule in (("trainer.schedule=onecycle", "trainer.warmup_fraction=0"),
                      ("trainer.schedule=cosine", "trainer.warmup_fraction=0.3")):
-        fields = sensitivity_cache.key_fields(compose_sensitivity(
+        fields = sensitivity_key.key_fields(compose_sensitivity(
             repo, tmp_path, f"sensitivity.source_checkpoint={source}", *schedule))["sensitivity"]
         assert "onecycle_from_lr" not in fields and "pretrain_warmup" not in fields
 
@@ -2505,7 +2506,7 @@ def test_a_table_pretrained_for_no_epochs_keeps_its_key_whatever_the_schedule(re
     """The pretraining's schedule marks (its warm-up since 2f730ef) key only a dense model
     pretrained here: with sensitivity.pretrain_epochs=0 nothing is, and a mark there set
     aside the tables cached before it, to estimate them again (mutation review)."""
-    fields = sensitivity_cache.key_fields(compose_sensitivity(
+    fields = sensitivity_key.key_fields(compose_sensitivity(
         repo, tmp_path, "sensitivity.pretrain_epochs=0", "trainer.schedule=cosine",
         "trainer.warmup_fraction=0.3"))["sensitivity"]
     assert "pretrain_warmup" not in fields and "onecycle_from_lr" not in fields
@@ -2765,7 +2766,7 @@ def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, cap
         # found in review: both dirty at one commit read "aaaaaaa-dirty (this code:
         # aaaaaaa-dirty)", as if the code were the same
         caplog.clear()
-        table_record = sensitivity_cache.cache_dir(cfg) / sensitivity_cache.RECORD
+        table_record = sensitivity_key.cache_dir(cfg) / sensitivity_cache.RECORD
         saved = json.loads(table_record.read_text())
         saved["provenance"]["git"] = {"commit": "a" * 40, "dirty": True, "diff_sha256": "d" * 64}
         table_record.write_text(json.dumps(saved))
@@ -2815,7 +2816,7 @@ def test_a_reader_amid_a_recomputes_removal_of_the_table_waits_for_the_new_one(
     waits on the lock for the new one); a record whose table is missing stays damage."""
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.layers=[layer3.2.*]")
     sensitivity.sensitivity_table(cfg)
-    folder = sensitivity_cache.cache_dir(cfg)
+    folder = sensitivity_key.cache_dir(cfg)
     table = (folder / sensitivity_cache.TABLE).read_bytes()
     record = folder / sensitivity_cache.RECORD
 
@@ -2849,7 +2850,7 @@ def test_a_reader_amid_another_process_replacing_the_table_reads_it_again_under_
     cfg = compose_sensitivity(repo, tmp_path)
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
     sensitivity.sensitivity_table(cfg)
-    folder = sensitivity_cache.cache_dir(cfg)
+    folder = sensitivity_key.cache_dir(cfg)
     data = sensitivity_cache.table_csv(
         fake_estimate(cfg)[0].assign(accuracy_drop=[0.02, 0.01, 0.0]))
     loads, replaced = json.loads, []

@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
-from basisconv import (distributed, selection, sensitivity, sensitivity_cache, sensitivity_estimate,
-                       time_budget)
+from basisconv import (distributed, selection, sensitivity, sensitivity_estimate,
+                       sensitivity_key, time_budget)
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.train import fit
@@ -162,8 +162,8 @@ def test_the_timings_and_the_table_are_named_by_model_width_and_basis_size(repo,
     fields = time_budget.key_fields(cfg, ["layer1.0.conv1"])
     assert time_budget.cache_path(cfg, fields) == (
         tmp_path / "layer-times" / f"{name}{json_digest(fields)}.json")
-    assert sensitivity_cache.cache_key(cfg) == (
-        f"{name}{json_digest(sensitivity_cache.key_fields(cfg))}")
+    assert sensitivity_key.cache_key(cfg) == (
+        f"{name}{json_digest(sensitivity_key.key_fields(cfg))}")
 
 
 def measured_by_a_fake(monkeypatch) -> list:

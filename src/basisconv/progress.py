@@ -71,7 +71,7 @@ code_digest()  # at import: the code this process runs, not what a later git pul
 
 def conditions(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """What shapes a fine-tune's numbers beyond the table's cache key. Why more than that
-    key (:func:`basisconv.sensitivity_cache.key_fields`), which leaves out the machine and the
+    key (:func:`basisconv.sensitivity_key.key_fields`), which leaves out the machine and the
     speed options: kept results are mixed into one table, so only those of the device,
     threads, torch, code and options (every trainer setting but :data:`NOT_IN_A_FINETUNE`,
     every basis option a probe applies) that this fine-tune runs with are read back."""

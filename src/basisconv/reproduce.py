@@ -19,7 +19,7 @@ from .config_checks import validate, validate_estimate, validate_search
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import hydra_error_line
 from .override_checks import CONFIGS, config_groups_of
-from .sensitivity_cache import cache_key
+from .sensitivity_key import cache_key
 from .sweep_checks import check_one_config_per_group, check_runs_where_started
 
 

@@ -30,8 +30,9 @@ from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_
                       write_text_atomic)
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import say_the_work_is_kept, sensitivity_table
-from .sensitivity_cache import cache_dir, check_estimate_record
+from .sensitivity_cache import check_estimate_record
 from .sensitivity_estimate import candidate_table
+from .sensitivity_key import cache_dir
 from .unread import SELECTION_KEY_SEARCH_READS
 
 log = logging.getLogger(__name__)

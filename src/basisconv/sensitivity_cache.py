@@ -1,14 +1,13 @@
 """Where a sensitivity table is kept, and how a kept one is found, checked and trusted:
-the cache key (everything that changes a table), the cache folder, the table's CSV bytes,
-the checks a cached table and its record pass before a run chooses from it, and the
-published record (``sensitivity.restore_from``) that fills an empty cache on another
-machine.
+the table's CSV bytes, the checks a cached table and its record pass before a run chooses
+from it, and the published record (``sensitivity.restore_from``) that fills an empty cache
+on another machine. The key and the folder it is kept in are
+:mod:`basisconv.sensitivity_key`'s.
 
 Apart from :mod:`basisconv.sensitivity`, which computes the table (the estimate,
 :mod:`basisconv.sensitivity_estimate`) and uses it (choosing layers,
 ``scripts/sensitivity.py``): nothing here trains or estimates, and nothing here calls back
-into either; the exhaustive search and ``reproduce.sh``'s checks read the key and the
-cache from here too.
+into either; the exhaustive search checks the record of the table it reuses here too.
 """
 
 from __future__ import annotations
@@ -20,15 +19,14 @@ import logging
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .cifar10 import expanded_root
 from .errors import ConfigError, WriteError, one_line
 from .network import architecture_digest
-from .records import (ABSENT, KIND_WORDS, commit_name, field_at, file_digest, git_commit,
-                      of_type, read_record, write_bytes_atomic, write_json_atomic)
+from .records import (ABSENT, KIND_WORDS, commit_name, field_at, git_commit, of_type,
+                      read_record, write_bytes_atomic, write_json_atomic)
 from .selection import TABLE_FLOAT_FORMAT
-from .time_budget import readable_key
+from .sensitivity_key import cache_dir, cache_key
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is read: a process
     import pandas as pd  # that reads none (most training runs) starts without it
@@ -42,126 +40,9 @@ COLUMNS = ("layer", "position", "shape", "num_basis", "reconstruction_error",
            "params_saved", "flops_saved", "forward_flops_saved", "seconds")
 
 
-# ----------------------------------------------------------------------------- cache key
-#: ``sensitivity.noise_repeats`` of every table cached before the setting joined the key
-#: (the configs' default): tables made with it keep their keys.
-UNKEYED_NOISE_REPEATS = 2
-
-
-def key_fields(cfg: DictConfig) -> dict[str, Any]:
-    """Everything that changes a sensitivity table (and nothing that does not, such as
-    the root of md5-checked data, the logger or speed options).
-
-    Why it differs from the two other caches' keys: one table is reused on any machine,
-    so no hardware, device, threads or torch version, which the layer timings
-    (:func:`basisconv.time_budget.key_fields`) are made of and the kept work
-    (:func:`basisconv.progress.conditions`, a folder inside this key's) is kept under; no
-    ``basis.share_coefficients`` (a probe converts one layer, which has none to share) nor
-    ``basis.only_where_saves`` (the candidates are always the layers where a basis saves
-    compute, :func:`~basisconv.candidates.layer_savings`).
-
-    A setting (or a change of the code) that joined the key after tables were cached is
-    added only where it applies, so that the other keys stay valid: the key is kept byte
-    for byte, field order included."""
-    estimate = _estimate_fields(cfg)  # (before the data's: the error it may raise comes first)
-    return {
-        "model": _picked(cfg.model, ["name", "width"]),
-        "basis": _basis_fields(cfg),
-        "data": _data_fields(cfg),
-        "sensitivity": estimate,
-        "trainer": _picked(cfg.trainer, ["batch_size", "lr", "momentum", "nesterov",
-                                         "weight_decay", "schedule", "warmup_fraction",
-                                         "label_smoothing", "amp"]),
-        "seed": cfg.sensitivity.seed,
-    }
-
-
-def _picked(node: DictConfig, keys: list[str]) -> dict[str, Any]:
-    """The resolved values of ``keys`` in ``node``, in that order."""
-    values = OmegaConf.to_container(node, resolve=True)
-    return {k: values[k] for k in keys}
-
-
-def _basis_fields(cfg: DictConfig) -> dict[str, Any]:
-    """The basis layers a probe converts to, and how it counts what they save."""
-    basis = _picked(cfg.basis, ["size", "combine", "coefficient_rank"])
-    if cfg.basis.get("fuse_norm"):  # only when on, so that earlier keys stay valid
-        basis["fuse_norm"] = True
-    if cfg.basis.get("fit", "pivots") != "pivots":  # how each layer is fitted (likewise)
-        basis["fit"] = cfg.basis.fit
-    if cfg.basis.get("frobenius_decay"):  # the fine-tunes' weight decay (likewise)
-        basis["frobenius_decay"] = True
-    if basis.get("fuse_norm") or basis["coefficient_rank"]:
-        # the only layers with costs paid once per batch, whose savings per image are now
-        # counted at the training batch: tables counted at one image are not reused
-        basis["savings_per_image_at"] = "trainer.batch_size"
-    return basis
-
-
-def _estimate_fields(cfg: DictConfig) -> dict[str, Any]:
-    """The estimate's own budget: the dense model it starts from, its fine-tunes, its
-    noise yardsticks and the layers it probes."""
-    estimate = _picked(cfg.sensitivity, ["pretrain_epochs", "source_checkpoint",
-                                         "finetune_epochs", "finetune_lr", "val_size",
-                                         "layers"])
-    source = estimate["source_checkpoint"]
-    if source and Path(source).is_file():
-        estimate["source_checkpoint"] = _checkpoint_digest(source)
-    # the noise yardstick's repeats, only when not the number earlier keys were made with
-    if cfg.sensitivity.noise_repeats != UNKEYED_NOISE_REPEATS:
-        estimate["noise_repeats"] = cfg.sensitivity.noise_repeats
-    if cfg.sensitivity.get("drop_noise_layers"):  # (likewise: only when measured)
-        estimate["drop_noise_layers"] = cfg.sensitivity.drop_noise_layers
-    # the pretraining's schedule changed twice; tables made before are not reused, other
-    # keys stay valid: under cosine it warms up since 2f730ef (it did not before), and
-    # one-cycle without a warm-up anneals from lr since 0aab165 (one step in, before)
-    pretrained_here = not estimate["source_checkpoint"] and estimate["pretrain_epochs"] > 0
-    schedule, warmup = cfg.trainer.schedule, cfg.trainer.warmup_fraction
-    if pretrained_here and schedule == "cosine" and warmup > 0:
-        estimate["pretrain_warmup"] = True
-    if pretrained_here and schedule == "onecycle" and warmup == 0:
-        estimate["onecycle_from_lr"] = True
-    return estimate
-
-
-def _checkpoint_digest(source: str) -> str:
-    """A source checkpoint as the key knows it: its weights, not its path (a run's
-    checkpoint.pt changes at the same path with each epoch it trains, or a rerun there, and
-    one file named two ways is one source)."""
-    try:
-        return f"sha256:{file_digest(source)}"
-    except OSError as err:  # (a trace, from reproduce.sh's check of its OVERRIDES too)
-        raise ConfigError(f"sensitivity.source_checkpoint={source} cannot be read "
-                          f"({type(err).__name__}: {err.strerror or err}); point "
-                          f"sensitivity.source_checkpoint at the checkpoint.pt of a "
-                          f"trained dense run") from None
-
-
-def _data_fields(cfg: DictConfig) -> dict[str, Any]:
-    """The training images the estimate sees (its held-out split is made from them)."""
-    data = _picked(cfg.data, ["name", "train_subset", "crop_padding", "flip", "synthetic_train",
-                              "num_classes"])
-    if cfg.data.name == "stripes":  # one draw makes train and test images: the test count
-        data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
-    elif not cfg.data.verify_md5:  # not the published CIFAR-10 (your own data in its format):
-        # known by its folder, as resuming knows it (checkpoint.same_data)
-        data["root"] = str(expanded_root(cfg.data.root).resolve())
-    return data
-
-
-def cache_key(cfg: DictConfig) -> str:
-    """A readable, stable key: ``<model>-w<width>-m<size>-<hash of key_fields>``."""
-    return readable_key(cfg, key_fields(cfg))
-
-
-def cache_dir(cfg: DictConfig) -> Path:
-    """The folder this key's table and record are cached in, under ``sensitivity.cache_dir``."""
-    return Path(cfg.sensitivity.cache_dir) / cache_key(cfg)
-
-
 # ----------------------------------------------------------------------------- cache
 #: The columns a cached table holds as numbers (one that holds text there is refused).
-NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
+_NUMERIC = tuple(c for c in COLUMNS if c not in ("layer", "shape"))
 
 
 def table_csv(table: pd.DataFrame) -> bytes:
@@ -197,20 +78,20 @@ def cache(folder: Path, data: bytes, record: dict) -> None:
 #: null); a dotted name is a field inside a field (the noise repeats :func:`load_cached`
 #: reads in ``config.sensitivity``, the commit :func:`code_note` reads in
 #: ``provenance.git``, the spreads the search compares accuracies with), listed after it.
-#: :data:`ESTIMATE_FIELDS` are those every estimate's record holds.
+#: :data:`_ESTIMATE_FIELDS` are those every estimate's record holds.
 RECORD_FIELDS = {"dense": (dict,), "pretrained": (dict,), "reference": (dict,),
                  "provenance": (dict,), "seconds": (float,), "config": (dict, None),
                  "noise": (dict, None), "drop_noise": (dict, None),
                  "config.sensitivity": (dict,), "provenance.git": (dict,),
                  "provenance.git.commit": (str, None), "noise.accuracy_std": (float,),
                  "drop_noise.accuracy_std": (float,)}
-ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
+_ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
 
 #: What every refusal of a cached table names as its fix.
-CACHE_FIX = "delete that folder or run with sensitivity.recompute=true"
+_CACHE_FIX = "delete that folder or run with sensitivity.recompute=true"
 
 
-def damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
+def _damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
     """The fields of an estimate's ``record`` that are missing (of ``required``) or of
     another type than its readers take (found in review: a hand-edited one ended them in a
     KeyError or AttributeError trace, the search after all its subsets)."""
@@ -221,14 +102,14 @@ def damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
 
 
 def check_estimate_record(cfg: DictConfig, record: dict,
-                          fields: tuple[str, ...] = ESTIMATE_FIELDS) -> None:
+                          fields: tuple[str, ...] = _ESTIMATE_FIELDS) -> None:
     """Refuse, with the fix, a reused table whose record is damaged in ``fields`` (which
     every estimate's holds) or in the type of another field its readers take."""
-    damaged = damaged_fields(record, fields)
+    damaged = _damaged_fields(record, fields)
     if damaged:
         raise ConfigError(f"the cached sensitivity table's record {cache_dir(cfg) / RECORD} "
                           f"is damaged (its {', '.join(damaged)} missing or of another type); "
-                          f"{CACHE_FIX}")
+                          f"{_CACHE_FIX}")
 
 
 def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
@@ -247,7 +128,7 @@ def load_cached(cfg: DictConfig) -> tuple[pd.DataFrame, dict] | None:
     missing = set(COLUMNS) - set(table.columns)
     if missing or not isinstance(record, dict) or record.get("key") != cache_key(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} is incomplete or was made "
-                          f"for another key; {CACHE_FIX}")
+                          f"for another key; {_CACHE_FIX}")
     _check_cached_record(cfg, folder, record)
     _check_cached_table(folder, record, data, table)
     return table, record
@@ -268,31 +149,31 @@ def _read_cached(folder: Path) -> tuple[Any, bytes, pd.DataFrame] | None:
             # takes next): no table, the caller waits for the new one
             return None
         raise ConfigError(f"the cached sensitivity table in {folder} is unreadable "
-                          f"({one_line(err)}); {CACHE_FIX}") from None
+                          f"({one_line(err)}); {_CACHE_FIX}") from None
 
 
 def _check_cached_record(cfg: DictConfig, folder: Path, record: dict) -> None:
     """Refuse a cached record of the right key that does not fit ``cfg`` all the same:
     fields of another type than its readers take, or made before a setting or the model's
     definition that the key leaves out changed."""
-    malformed = damaged_fields(record)  # (its readers check what they need present)
+    malformed = _damaged_fields(record)  # (its readers check what they need present)
     if malformed:
         raise ConfigError(f"the cached sensitivity table's record {folder / RECORD} is damaged "
-                          f"({', '.join(malformed)} of another type); {CACHE_FIX}")
+                          f"({', '.join(malformed)} of another type); {_CACHE_FIX}")
     # a table cached before noise_repeats joined the key has this key whatever its repeats
     made = ((record.get("config") or {}).get("sensitivity") or {}).get("noise_repeats")
     if made is not None and made != cfg.sensitivity.noise_repeats:
         raise ConfigError(f"the cached sensitivity table in {folder} was made with "
                           f"sensitivity.noise_repeats={made}, not "
                           f"{cfg.sensitivity.noise_repeats} (before that setting joined the "
-                          f"cache key); {CACHE_FIX}")
+                          f"cache key); {_CACHE_FIX}")
     # the key names the model, not its definition: a table of an edited model file (another
     # layer's channels, a renamed layer) would choose as if for the model it was made for
     made_of = record.get("architecture")  # (tables cached before it was recorded: unchecked)
     if made_of is not None and made_of != architecture_digest(cfg):
         raise ConfigError(f"the cached sensitivity table in {folder} was made for another "
                           f"definition of model {cfg.model.name} (its layers differ from the "
-                          f"model built now: an edited model file?); {CACHE_FIX}")
+                          f"model built now: an edited model file?); {_CACHE_FIX}")
 
 
 def _check_cached_table(folder: Path, record: dict, data: bytes, table: pd.DataFrame) -> None:
@@ -306,11 +187,11 @@ def _check_cached_table(folder: Path, record: dict, data: bytes, table: pd.DataF
     elif hashlib.sha256(data).hexdigest() != expected or len(table) != record.get("table_rows"):
         raise ConfigError(f"the cached sensitivity table {folder / TABLE} is damaged ({len(table)} "
                           f"rows, record says {record.get('table_rows')}; its sha256 does not "
-                          f"match {RECORD}); {CACHE_FIX}")
-    bad = [c for c in NUMERIC if not pd.api.types.is_numeric_dtype(table[c])]
+                          f"match {RECORD}); {_CACHE_FIX}")
+    bad = [c for c in _NUMERIC if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
         raise ConfigError(f"the cached sensitivity table {folder / TABLE} has non-numeric "
-                          f"values in {', '.join(bad)}; {CACHE_FIX}")
+                          f"values in {', '.join(bad)}; {_CACHE_FIX}")
 
 
 def code_note(record: dict) -> str:
@@ -416,7 +297,7 @@ def restore_published(cfg: DictConfig, estimating: bool = True
                           f"checksum (edited or damaged); {fix}")
     # the cache's record is checked here, not once copied into the cache: the fix that the
     # cache's refusal names (delete that folder) restored the same record again
-    malformed = damaged_fields(cache, ESTIMATE_FIELDS)
+    malformed = _damaged_fields(cache, _ESTIMATE_FIELDS)
     if malformed:
         raise ConfigError(f"the published sensitivity record {path} is damaged (its cache's "
                           f"{', '.join(malformed)} missing or of another type); {fix}")

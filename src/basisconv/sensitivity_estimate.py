@@ -26,7 +26,7 @@ per layer (or per subset of layers).
 Apart from :mod:`basisconv.sensitivity`, which calls it when no table is cached for the
 key (under the key's lock, then caches what it returns) and chooses layers from the
 table: the estimate alone is the part that trains, and it neither reads nor writes the
-cache's table (its key and folder come from :mod:`basisconv.sensitivity_cache`, where a
+cache's table (its key and folder come from :mod:`basisconv.sensitivity_key`, where a
 stopped estimate's finished fine-tunes are kept); nothing here calls back into
 :mod:`basisconv.sensitivity`.
 """
@@ -50,7 +50,8 @@ from .probe import Probe
 from .probe_pool import evaluate_many
 from .records import provenance
 from .selection import metric_drops
-from .sensitivity_cache import COLUMNS, cache_dir, cache_key, key_fields
+from .sensitivity_cache import COLUMNS
+from .sensitivity_key import cache_dir, cache_key, key_fields
 
 if TYPE_CHECKING:  # pandas (half a second) is imported where a table is made: a process
     import pandas as pd  # that makes none (most training runs) starts without it

@@ -49,7 +49,7 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
     """Everything that changes the timings of ``layers`` (and nothing else).
 
     Why it differs from the sensitivity table's key
-    (:func:`basisconv.sensitivity_cache.key_fields`): a time is this machine's, so its hardware,
+    (:func:`basisconv.sensitivity_key.key_fields`): a time is this machine's, so its hardware,
     torch version and speed options are in it; the layers are timed in the form the run
     builds (:func:`~basisconv.network.to_basis`: every basis option that shapes it, sharing
     included), unfitted and on random images of one shape, so no ``basis.fit``, no data
@@ -80,7 +80,7 @@ def key_fields(cfg: DictConfig, layers: list[str]) -> dict[str, Any]:
 
 def readable_key(cfg: DictConfig, fields: dict[str, Any]) -> str:
     """``<model>-w<width>-m<size>-<hash of fields>``: the name a cached timing and a cached
-    sensitivity table (:func:`basisconv.sensitivity_cache.cache_key`) are kept under, readable at
+    sensitivity table (:func:`basisconv.sensitivity_key.cache_key`) are kept under, readable at
     a glance. Kept byte for byte: caches and committed records are found by their keys
     (the quick profile's table: ``resnet20-w0.5-m0.5-9b6fd8821cb1``)."""
     return f"{cfg.model.name}-w{cfg.model.width:g}-m{cfg.basis.size:g}-{json_digest(fields)}"
