@@ -442,14 +442,73 @@ def test_layers_that_are_not_names_are_one_clear_error():
             apply_basis(Grouped(), layers, 0.25)
 
 
-def test_layers_given_with_their_sizes_are_refused_not_converted_at_the_default_size():
-    """Found in review: a mapping of names to sizes (what basis_report's rows give, the
-    docs' reload example builds one) was read as its names alone: every layer got the
-    default half of its filters, and the sizes were dropped without a word."""
+def test_layers_given_with_their_sizes_are_each_converted_at_its_size():
+    """A name -> size mapping (what basis_report's rows give, or a user's own plan) converts
+    each layer at its size, a count or a fraction, names and patterns alike; at a layer's
+    full size its output is the dense conv's. (Until c7fbfcd its sizes were dropped: every
+    layer got the default half; then it was refused, asking for one call a layer.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1),
+                          nn.Sequential(nn.Conv2d(16, 16, 1), nn.Conv2d(16, 32, 1))).double()
+    with pytest.warns(UserWarning, match="saves no compute"):  # (as asked: sizes to test)
+        small = apply_basis(model, {"0": 8, "1": 0.25, "2.*": 0.5})
+    assert {name: layer.num_basis for name, layer in basis_layers(small).items()} == {
+        "0": 8, "1": 4, "2.0": 8, "2.1": 16}
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="saves no compute"):  # (full size: the dense conv's)
+        full = apply_basis(model, {"0": 1.0, "2.1": 32})
+    assert [layer.num_basis for layer in basis_layers(full).values()] == [8, 32]
+    torch.testing.assert_close(full(x), model(x))
+    assert list(basis_layers(model)) == []  # (on a copy: the model as it was)
+    with pytest.warns(UserWarning, match=r"^apply_basis: at the sizes given no selected "
+                                         r"layer saves compute.*; give smaller bases$"):
+        apply_basis(model, {"0": 8, "2.1": 32}, only_where_saves=True)
+
+
+@pytest.mark.parametrize("sizes, others, error", [
+    ({"0": 4, "1": 64}, {}, r"^layer '1': its size = 64 is out of range: valid is 1\.\.32"),
+    ({"0": 4, "1": 1.5}, {}, r"^layers\['1'\]=1\.5 as a fraction must be in \(0, 1\]"),
+    ({"0": 4, "1": 0}, {}, r"^layers\['1'\]=0 as a count must be >= 1"),
+    ({"0": 4, "*": 2}, {}, r"^apply_basis: layer '0' is given two sizes, 4 by '0' and 2 by "
+                           r"'\*'; give it one$"),
+    ({"0": 4, "00": 2}, {}, r"^unknown layer '00' \(did you mean 0\?\); valid names: 0, 1$"),
+    ({"0": 4}, {"num_basis": 0.5}, r"^apply_basis: layers given with their sizes and "
+                                   r"num_basis=0\.5 too; give each layer's size in the "
+                                   r"mapping, or its names as a list with num_basis=0\.5$"),
+    ({"0": 4}, {"max_error": 0.1}, r"and max_error=0\.1 too"),
+    ({}, {}, "the layer list is empty")])
+def test_a_bad_size_or_name_in_a_mapping_is_one_line_and_converts_no_layer(sizes, others,
+                                                                           error):
+    """Every size and name of a mapping is checked before any layer is converted: a bad
+    one is one line naming it, and even in place the model is left as it was."""
     model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 32, 3))
-    with pytest.raises(ConfigError, match=r"^apply_basis: layers=\{'0': 4, '1': 2\} gives "
-                                          r"sizes per layer; .*one call a layer"):
-        apply_basis(model, {"0": 4, "1": 2})
+    with pytest.raises(ConfigError, match=error):
+        apply_basis(model, sizes, inplace=True, **others)
+    assert list(basis_layers(model)) == []
+    with pytest.raises(TypeError, match=r"layers\['1'\]='half' must be an int"):
+        apply_basis(model, {"0": 4, "1": "half"}, inplace=True)
+
+
+def test_a_tied_conv_given_a_size_by_either_name_is_converted_once_under_both():
+    """A conv registered twice (self.b = self.a) takes its size by either name, stays one
+    layer under both, and two different sizes for its two names are refused."""
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU())
+    model.add_module("2", model[0])
+    small = apply_basis(model, {"2": 2})
+    assert small[0] is small[2] and small[0].num_basis == 2
+    with pytest.raises(ConfigError, match=r"layer '0' is given two sizes, 2 by '0' and 4 by "
+                                          r"'2'"):
+        apply_basis(model, {"0": 2, "2": 4})
+
+
+def test_sizes_per_layer_are_refused_where_layers_take_names_only():
+    """select_layers' other callers (the scan's candidates, a config's list) take names
+    sized by one num_basis: a mapping there is refused, saying apply_basis takes one."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 3))
+    with pytest.raises(ConfigError, match=r"^layers=\{'0': 4\} gives a size per layer, "
+                                          r"which apply_basis takes; here layers takes names "
+                                          r"only, all of one size$"):
+        select_layers(model, {"0": 4})
 
 
 def test_converting_again_keeps_basis_layers_and_refuses_to_resize_one_by_name():
@@ -1578,8 +1637,8 @@ def test_to_dense_of_something_not_a_module_is_one_clear_error():
 
 
 def test_a_model_sized_per_layer_loads_into_its_architecture_rebuilt_from_its_report(tmp_path):
-    """docs/basis-convolutions.md's recipe: the sizes basis_report gives, one layer a call
-    with convert=False, then load_state_dict (strict) gives the saved model's outputs."""
+    """docs/basis-convolutions.md's recipe: the sizes basis_report gives, in one call with
+    convert=False, then load_state_dict (strict) gives the saved model's outputs."""
     def make_model():
         return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
@@ -1592,8 +1651,7 @@ def test_a_model_sized_per_layer_loads_into_its_architecture_rebuilt_from_its_re
     torch.save({"sizes": sizes, "state": small.state_dict()}, tmp_path / "small.pt")
     saved = torch.load(tmp_path / "small.pt")
     rebuilt = make_model()
-    for name, size in saved["sizes"].items():
-        apply_basis(rebuilt, name, size, convert=False, inplace=True)
+    apply_basis(rebuilt, saved["sizes"], convert=False, inplace=True)
     rebuilt.load_state_dict(saved["state"])
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(rebuilt(x), small(x), rtol=0, atol=0)
@@ -1712,7 +1770,7 @@ def test_a_channels_last_models_basis_filters_are_channels_last_too(convert):
 
 def test_layers_that_share_coefficients_converted_one_call_at_a_time_are_said_to_stay_apart():
     """Found in review: share_coefficients ties the layers of one call, so a model rebuilt
-    one layer a call (docs/basis-convolutions.md's recipe) with it got untied layers, and
+    one layer a call (docs/basis-convolutions.md's recipe then) with it got untied layers, and
     loading the saved state hid it: they trained apart, silently. A call that asks to share
     says which of its layers have the coefficient shape of a basis layer there already;
     the one-call conversion says nothing."""

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .cost_formulas import forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError, warn_caller
-from .layer_options import resolve_num_basis
+from .layer_options import check_basis_size, resolve_num_basis
 from .source_conv import basis_size_for_error, check_finite_weight, check_max_error
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,30 @@ def check_max_error_use(max_error, num_basis, convert: bool) -> None:
     check_max_error(max_error)
 
 
+def check_sizes_per_layer(sizes: Mapping, num_basis, max_error) -> None:
+    """Check the sizes of layers given as a name -> size mapping, each by the count-or-
+    fraction rule, before any layer is found or converted; refuse a ``num_basis`` or
+    ``max_error`` beside them (as those two are refused together): with every layer's size
+    given, which of two sizes holds would be a guess."""
+    other = (f"num_basis={num_basis}" if num_basis is not None else
+             f"max_error={max_error}" if max_error is not None else None)
+    if other:
+        raise ConfigError(f"apply_basis: layers given with their sizes and {other} too; give "
+                          f"each layer's size in the mapping, or its names as a list with "
+                          f"{other}")
+    for entry, size in sizes.items():
+        check_basis_size(size, key=f"layers[{entry!r}]")
+
+
 def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | None,
                   only_where_saves: bool, combine: str, fuse_norm: bool,
                   coefficient_rank: int | None, fit: str, keys: Mapping[str, str]
                   ) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
     """The selected layers that :func:`~basisconv.surgery.apply_basis` converts, with each
     one's basis size: sized by ``max_error`` (:func:`_sizes_for_error`) or ``num_basis``
-    (:func:`_sizes_of`), then those that save no compute left dense under
-    ``only_where_saves`` (else warned of, :func:`_where_it_saves`). Where that leaves none,
-    a warning says the model returned has no basis layer."""
+    (:func:`_sizes_of`: one size, or each layer's by name), then those that save no
+    compute left dense under ``only_where_saves`` (else warned of, :func:`_where_it_saves`).
+    Where that leaves none, a warning says the model returned has no basis layer."""
     key = keys["only_where_saves"]
     leave_dense = ("pass only_where_saves=True" if key == "only_where_saves" else
                    f"set {key}=true") + " to leave such layers dense"
@@ -64,7 +79,8 @@ def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | N
         # (a bound is loosened, not shrunk: a tighter one gives larger bases)
         size, fix = ((f"max_error={max_error}", "give a larger max_error")
                      if max_error is not None else
-                     (f"{keys['num_basis']}={num_basis}", "give a smaller basis"))
+                     ("the sizes given", "give smaller bases") if isinstance(num_basis, Mapping)
+                     else (f"{keys['num_basis']}={num_basis}", "give a smaller basis"))
         warn_caller(f"apply_basis: at {size} no selected layer saves compute, so "
                     f"only_where_saves=True left them all dense and the model returned has "
                     f"no basis layer; {fix}")
@@ -86,10 +102,13 @@ def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
 
 def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, key: str,
               leave_dense: str) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
-    """Each layer's basis size for ``num_basis`` (a count, or a fraction of its width), and
-    the layers that take one: under ``only_where_saves`` a count above a layer's width
-    (one size for a model whose layers differ in width) leaves it dense, as a count of all
-    its filters would; a count above every layer is refused (nothing would change)."""
+    """Each layer's basis size for ``num_basis`` (a count, or a fraction of its width; or a
+    mapping of layer names to such sizes), and the layers that take one: under
+    ``only_where_saves`` a count above a layer's width (one size for a model whose layers
+    differ in width) leaves it dense, as a count of all its filters would; a count above
+    every layer is refused (nothing would change), as is a mapping's count above a layer's
+    width (a size given for the layers its entry names)."""
+    per_layer = isinstance(num_basis, Mapping)
     widest = max((conv.out_channels for conv in targets.values()), default=0)
     if only_where_saves and targets and _count_above(num_basis, widest):
         raise ConfigError(f"{key}={num_basis} is more than the output channels of every "
@@ -97,13 +116,14 @@ def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, 
                           f"or a fraction in (0, 1] of each layer's out_channels")
     kept, sizes = {}, {}
     for name, conv in targets.items():
-        above = _count_above(num_basis, conv.out_channels)  # e.g. 16 of a narrower layer's 8
+        size, size_key = (num_basis[name], "its size") if per_layer else (num_basis, key)
+        above = not per_layer and _count_above(size, conv.out_channels)  # 16 of a layer's 8
         if above and only_where_saves:
             log.info("layer %r: %s=%d is more than its %d output channels; left dense "
                      "(only_where_saves)", name, key, num_basis, conv.out_channels)
             continue
         try:
-            sizes[name] = resolve_num_basis(num_basis, conv.out_channels, where=name, key=key)
+            sizes[name] = resolve_num_basis(size, conv.out_channels, where=name, key=size_key)
         except ConfigError as err:
             if not above or _count_above(num_basis, widest):  # (then leaving such layers
                 raise                                      # dense would leave them all)
@@ -144,4 +164,4 @@ def _where_it_saves(targets: dict[str, nn.Conv2d], sizes: dict[str, int], combin
     return kept
 
 
-__all__ = ["check_max_error_use", "sized_targets"]
+__all__ = ["check_max_error_use", "check_sizes_per_layer", "sized_targets"]

@@ -1,6 +1,7 @@
 """A model's convolutions by module name: :func:`conv_layers` lists them, and
 :func:`select_layers` reads a layer list (``"all"``, names, fnmatch patterns) as the dense
-convs it names, with the errors and warnings a wrong or unconvertible name gets.
+convs it names, with the errors and warnings a wrong or unconvertible name gets
+(:func:`select_sized_layers` a name -> size mapping, with each layer's size).
 
 Apart from :mod:`basisconv.surgery`, which replaces the layers found here, because finding
 them is needed without replacing anything: the selection policies and the model checks
@@ -54,11 +55,10 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     names = conv_names(model)
     if isinstance(layers, str):
         layers = [layers]
-    if isinstance(layers, Mapping):  # (iterated, it gives its names: the sizes were dropped)
-        raise ConfigError(f"apply_basis: layers={dict(layers)!r} gives sizes per layer; "
-                          f"layers takes names only and num_basis one size for them: for "
-                          f"sizes per layer, apply_basis(model, name, size, inplace=True), "
-                          f"one call a layer")
+    if isinstance(layers, Mapping):  # (iterated, it gives its names: the sizes were dropped;
+        # apply_basis reads a mapping itself, select_sized_layers)
+        raise ConfigError(f"layers={dict(layers)!r} gives a size per layer, which apply_basis "
+                          f"takes; here layers takes names only, all of one size")
     if not isinstance(layers, Iterable):
         raise ConfigError(f"apply_basis: layers={layers!r}; give 'all', a name, or a list of "
                           f"names and patterns like 'layer*.conv*' (to convert none, do not "
@@ -115,6 +115,27 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     return {n: chosen[n] for n in convs if n in chosen}
 
 
+def select_sized_layers(model: nn.Module, layers: Mapping[str, int | float],
+                        key: str | None = None) -> tuple[dict[str, nn.Conv2d], dict]:
+    """The dense convs that a name -> size mapping names (each key read by
+    :func:`select_layers`: a name or a pattern) and the size each one's entry gives it,
+    both in module order. A conv that two entries give different sizes (overlapping
+    patterns, or the two names of a tied conv) is an error: which one holds is not said."""
+    if not layers:  # (select_layers' error for an empty layer list)
+        select_layers(model, [], key)
+    chosen: dict[str, nn.Conv2d] = {}
+    given: dict[str, tuple[str, int | float]] = {}  # layer -> (its entry, its size)
+    for entry, size in layers.items():
+        for name, conv in select_layers(model, [entry], key).items():
+            earlier, first = given.setdefault(name, (entry, size))
+            if first != size:
+                raise ConfigError(f"apply_basis: layer {name!r} is given two sizes, {first!r} "
+                                  f"by {earlier!r} and {size!r} by {entry!r}; give it one")
+            chosen[name] = conv
+    order = [name for name in conv_layers(model) if name in chosen]
+    return {name: chosen[name] for name in order}, {name: given[name][1] for name in order}
+
+
 def _resize_advice(model: nn.Module, names: Iterable[str]) -> str:
     """How to change the basis size of the basis layers ``names``: convert a dense copy of
     the model. :func:`~basisconv.surgery.to_dense` makes every basis layer dense, so the
@@ -162,4 +183,4 @@ def _not_a_conv_layer(model: nn.Module, name: str, convs: dict[str, nn.Module], 
     return ConfigError(f"{given}unknown layer {name!r}{hint}; valid names: {valid}")
 
 
-__all__ = ["conv_layers", "conv_names", "select_layers"]
+__all__ = ["conv_layers", "conv_names", "select_layers", "select_sized_layers"]

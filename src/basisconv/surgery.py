@@ -27,12 +27,12 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .basis_sizes import check_max_error_use, sized_targets
+from .basis_sizes import check_max_error_use, check_sizes_per_layer, sized_targets
 from .cost_formulas import saves_compute
 from .errors import ConfigError, warn_caller
 from .hook_transfer import hand_back_hooks, take_over_hooks
 from .layer_names import conv_layers  # noqa: F401 (the README imports it from here)
-from .layer_names import conv_names, select_layers
+from .layer_names import conv_names, select_layers, select_sized_layers
 from .layer_options import check_coefficient_rank, check_flag
 from .layers import BasisConv2d, basis_layers
 from .model_copy import copy_model
@@ -49,7 +49,8 @@ CONFIG_KEYS = {"num_basis": "basis.size", "coefficient_rank": "basis.coefficient
                "only_where_saves": "basis.only_where_saves"}
 
 
-def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
+def apply_basis(model: nn.Module,
+                layers: str | Iterable[str] | Mapping[str, int | float] = "all",
                 num_basis: int | float | None = None, *, max_error: float | None = None,
                 inplace: bool = False, convert: bool = True, only_where_saves: bool = False,
                 share_coefficients: bool = False, combine: str = "stacked",
@@ -62,7 +63,11 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
     and it trains them silently not at all.
 
     Args:
-        layers: ``"all"``, a name, or a list of names and fnmatch patterns.
+        layers: ``"all"``, a name, or a list of names and fnmatch patterns; or a mapping
+            of such names and patterns to each one's size (as ``num_basis`` takes it:
+            ``{"layer1.0.conv1": 16, "layer2.*": 0.25}``, or ``basis_report``'s rows as
+            ``{row["name"]: row["num_basis"]}``), then given without ``num_basis`` or
+            ``max_error``. Every size is checked before any layer is converted.
         num_basis: an int count, or a float in ``(0, 1]`` resolved per layer as a fraction
             of its ``out_channels`` (rounded half up, at least 1); 0.5 when neither it nor
             ``max_error`` is given.
@@ -112,11 +117,15 @@ def apply_basis(model: nn.Module, layers: str | Iterable[str] = "all",
              "share_coefficients": share_coefficients, "fuse_norm": fuse_norm}
     for name, value in flags.items():  # (convert="no" would convert: it is truthy)
         check_flag(keys.get(name, name), value)
-    if max_error is not None:
-        check_max_error_use(max_error, num_basis, convert)
-    elif num_basis is None:
-        num_basis = 0.5
-    targets = select_layers(model, layers, key=keys.get("layers"))
+    if isinstance(layers, Mapping):  # each layer's size given with its name
+        check_sizes_per_layer(layers, num_basis, max_error)
+        targets, num_basis = select_sized_layers(model, layers, key=keys.get("layers"))
+    else:
+        if max_error is not None:
+            check_max_error_use(max_error, num_basis, convert)
+        elif num_basis is None:
+            num_basis = 0.5
+        targets = select_layers(model, layers, key=keys.get("layers"))
     for conv in targets.values():  # each weight read below is the one a forward computes
         refresh_computed_weight(conv)
     with parametrizations_in_eval(targets.values()):  # (max_error reads the user's model)
