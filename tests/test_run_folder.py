@@ -189,6 +189,49 @@ def test_an_online_start_without_a_login_is_one_warning_not_wandbs_prompt(tmp_pa
     assert "no wandb login for logger.mode=online: run `wandb login`" in warning
 
 
+@pytest.mark.parametrize("key", ["0123456789abcdef0123456789abcdef01234567", None])
+def test_an_online_start_under_wandb_mode_offline_is_asked_for_its_login(tmp_path, monkeypatch,
+                                                                         caplog, key):
+    """Found in review: with wandb's own mode offline (WANDB_MODE=offline in a shell's
+    profile, or `wandb offline`) and logger.mode=online given, the real wandb.login(prompt=
+    False) answers False without looking, so a run with WANDB_API_KEY set was refused as
+    "no wandb login ... set WANDB_API_KEY", though wandb.init(mode="online") goes online.
+    Its login is asked as an online run's; with none, the start is still refused."""
+    from omegaconf import OmegaConf
+
+    from basisconv.tracking import Tracker
+
+    wandb = pytest.importorskip("wandb")
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib.wbauth import authenticate
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings of this host
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    if key:
+        monkeypatch.setenv("WANDB_API_KEY", key)
+    # wandb's process-wide settings and the login it keeps, put back after the test (silent:
+    # a login found is not greeted with the user's name, which asks the server)
+    setup = wandb_setup.singleton()
+    monkeypatch.setattr(setup, "_settings",
+                        setup.settings.model_copy(update={"api_key": None, "silent": True}))
+    monkeypatch.setattr(authenticate, "_session_auth", None)
+    setup.settings.mode = "offline"
+    started = []
+
+    def init(**kwargs):  # the start stops here: no network in a test
+        started.append(kwargs["mode"])
+        raise ConnectionError("stand-in for the server")
+
+    monkeypatch.setattr(wandb, "init", init)
+    logger_cfg = OmegaConf.create({"backend": "wandb", "mode": "online", "project": "p",
+                                   "entity": None, "group": None, "tags": [],
+                                   "init_timeout_s": 90.0, "finish_timeout_s": 300.0})
+    Tracker(logger_cfg, {}, tmp_path, "run").finish()
+    assert started == (["online"] if key else [])
+    assert ("no wandb login" in caplog.text) == (key is None)
+    assert setup.settings.mode == "offline"  # wandb's own mode kept
+
+
 def test_an_online_start_without_a_login_on_a_terminal_trains(tmp_path, repo):
     """Found in review: with no wandb login, an online run started on a terminal (tmux,
     screen) stopped at wandb's login prompt ("Enter your choice:") and waited there for

@@ -162,10 +162,32 @@ def _logged_in(wandb) -> bool:
     """Whether wandb has credentials, asked without its login prompt: with none, an
     online ``wandb.init`` on a terminal (tmux, screen) waits for an answer at that prompt,
     unbounded by ``init_timeout``, so a run left alone never trained. A wandb too old to
-    ask so (``wandb.login`` without ``prompt``), or a run already open, lets init decide."""
+    ask so (``wandb.login`` without ``prompt``), or a run already open, lets init decide.
+
+    Asked as for an online run: while wandb's own mode is offline (``WANDB_MODE=offline``,
+    or ``wandb offline``), ``wandb.login`` answers False without looking, though
+    ``wandb.init(mode="online")`` goes online; a run with a key was refused (found in
+    review)."""
     if wandb.run is not None or "prompt" not in inspect.signature(wandb.login).parameters:
         return True
-    return wandb.login(prompt=False, verify=False)
+    with _wandb_mode_online(wandb):
+        return wandb.login(prompt=False, verify=False)
+
+
+@contextlib.contextmanager
+def _wandb_mode_online(wandb) -> Iterator[None]:
+    """wandb's process-wide mode set to online for the block, then put back (a wandb
+    that keeps it elsewhere is left as it is)."""
+    setup = getattr(getattr(wandb, "sdk", None), "wandb_setup", None)
+    if not hasattr(setup, "singleton"):
+        yield
+        return
+    settings = setup.singleton().settings
+    before, settings.mode = settings.mode, "online"
+    try:
+        yield
+    finally:
+        settings.mode = before
 
 
 def _drop_wandb_service() -> None:
