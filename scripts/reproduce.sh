@@ -102,7 +102,7 @@ CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
 # folder must give the same ones, so that all of its records were made alike. Keys this
 # script sets per run (a row, its seed, its folders) are refused.
 # keys that change only how runs execute (alike to rounding), and keys set per run below
-# (every key that resume accepts changed, checkpoint.RESUMABLE_CHANGES, that is not set
+# (every key that resume accepts changed, same_run.RESUMABLE_CHANGES, that is not set
 # per run: tests/test_reproduce.py holds the two lists together)
 EXECUTION=(trainer.cuda_graphs trainer.compile trainer.compile_mode trainer.device
            trainer.threads trainer.checkpoint trainer.checkpoint_every_s trainer.resume

@@ -1585,10 +1585,10 @@ FIRST_RECORD_KEYS = {
 
 def test_every_key_added_since_the_first_records_says_what_older_runs_ran_as(compose_cfg):
     """A key added to the config is read, where an older record or checkpoint lacks it,
-    as :data:`basisconv.checkpoint.ADDED_KEYS` says (found in review: the analysis
+    as :data:`basisconv.same_run.ADDED_KEYS` says (found in review: the analysis
     ignored such keys, so old runs and new runs of another ``basis.fuse_norm`` were
     averaged as seeds of one row). The value must be the key's default."""
-    from basisconv.checkpoint import ADDED_KEYS, flatten
+    from basisconv.same_run import ADDED_KEYS, flatten
 
     first = {f"{group}.{k}" if group else k for group, keys in FIRST_RECORD_KEYS.items()
              for k in keys}

@@ -984,7 +984,7 @@ def test_a_root_under_an_unknown_users_home_is_one_error_where_it_keys_a_table(r
     the data was ever looked for: ``scripts/sensitivity.py``, ``reproduce.sh``'s keys)."""
     from hydra import compose, initialize_config_dir
 
-    from basisconv.checkpoint import same_data
+    from basisconv.same_run import same_data
     from basisconv.sensitivity_key import cache_key
 
     root = "~no-such-user-basisconv/cifar"

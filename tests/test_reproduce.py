@@ -651,10 +651,10 @@ def test_seeds_and_workers_are_checked_before_anything_runs(repo, tmp_path, vari
 
 def test_the_keys_the_protocol_lets_change_are_those_a_resume_accepts(repo):
     """Found in review: the README said reproduce.sh lets trainer.checkpoint change between
-    sessions, as a resume does (checkpoint.RESUMABLE_CHANGES), but the script refused it."""
+    sessions, as a resume does (same_run.RESUMABLE_CHANGES), but the script refused it."""
     import re
 
-    from basisconv.checkpoint import RESUMABLE_CHANGES
+    from basisconv.same_run import RESUMABLE_CHANGES
 
     script = (repo / "scripts" / "reproduce.sh").read_text()
 

@@ -379,7 +379,7 @@ def test_a_record_of_the_kind_whose_config_is_not_a_mapping_is_left_to_the_run(t
     """``refuse_other_settings`` leaves a record it cannot compare (a hand-edited one whose
     config is not a mapping) to the run, as an unreadable one, found by a mutation round:
     without the check it ended in a trace from flattening the config."""
-    from basisconv.checkpoint import refuse_other_settings
+    from basisconv.same_run import refuse_other_settings
 
     for config in ("edited", [1, 2], 3):
         (tmp_path / "run.json").write_text(json.dumps({"kind": "exhaustive_search",

@@ -423,7 +423,7 @@ def test_benchmark_train_refuses_cuda_graphs_off_cuda(repo, tmp_path, script_sta
 
 
 def test_resume_refuses_a_changed_config_but_not_keys_of_another_version(tmp_path):
-    from basisconv.checkpoint import check_same_run
+    from basisconv.same_run import check_same_run
     from basisconv.errors import ConfigError
 
     saved = {"trainer": {"epochs": 3, "lr": 0.1}, "basis": {"size": 0.5}}
@@ -455,7 +455,7 @@ def test_resume_refuses_a_change_of_what_the_run_computes(tmp_path, key):
     name only the later one, and the analysis (which takes runs that differ only in the
     execution keys as repeats) would average it with its neighbours (found by a mutation
     test: ``seed`` made an execution key failed no test)."""
-    from basisconv.checkpoint import check_same_run
+    from basisconv.same_run import check_same_run
 
     saved = {"seed": 0, "trainer": {"lr": 0.1, "epochs": 3, "batch_size": 128,
                                     "weight_decay": 5e-4, "amp": "none", "schedule": "onecycle"},
@@ -479,7 +479,7 @@ def test_resume_refuses_a_change_of_what_the_run_computes(tmp_path, key):
 def test_resume_reads_a_key_an_older_version_did_not_write_as_what_it_ran_as(tmp_path):
     """Found in review: a checkpoint written before ``basis.fuse_norm`` existed resumed
     under ``basis.fuse_norm=true``, a method it was not built with."""
-    from basisconv.checkpoint import check_same_run
+    from basisconv.same_run import check_same_run
 
     saved = {"basis": {"size": 0.5}, "trainer": {"epochs": 3}}
     check_same_run(saved, {"basis": {"size": 0.5, "fuse_norm": False}, "trainer": {
@@ -492,7 +492,7 @@ def test_resume_reads_a_key_an_older_version_did_not_write_as_what_it_ran_as(tmp
 def test_resume_refuses_a_count_for_a_fraction(tmp_path, key, saved, given):
     """Found in review: basis.size=1 (one filter) and basis.size=1.0 (all of them) compare
     equal in Python, so a resume passed the check and then failed loading the weights."""
-    from basisconv.checkpoint import check_same_run
+    from basisconv.same_run import check_same_run
 
     with pytest.raises(ConfigError, match=f"differs in basis.{key}"):
         check_same_run({"basis": {key: saved}}, {"basis": {key: given}}, tmp_path)
@@ -698,7 +698,7 @@ def test_a_run_leaves_the_process_settings_as_it_found_them(tmp_path, repo):
 
 
 def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
-    from basisconv.checkpoint import check_same_run
+    from basisconv.same_run import check_same_run
 
     (tmp_path / "shared" / "cifar").mkdir(parents=True)
     (tmp_path / "work").mkdir()

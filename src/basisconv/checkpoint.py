@@ -1,5 +1,7 @@
-"""Per-epoch checkpoints, written atomically, the resume rule, and the lock that keeps
-a second process out of a run folder.
+"""Per-epoch checkpoints, written atomically with their ``.sha256`` and loaded verified
+against it, and a trained dense run's checkpoint loaded as the weights a conversion starts
+from. Whether a checkpoint's config is the same run is :mod:`basisconv.same_run`'s rule;
+why a file will not load, :mod:`basisconv.unreadable_checkpoint`'s words.
 
 A checkpoint holds everything the next epoch depends on (model, optimizer, schedule, the
 batch generator's state, the history so far), so a run resumed from it ends with the
@@ -9,21 +11,17 @@ settings; on GPU up to kernel nondeterminism).
 
 from __future__ import annotations
 
-import errno
 import logging
-import pickle
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .cifar10 import expanded_root
-from .errors import ConfigError, error_line, one_line
-from .records import RECORD, file_digest, read_record, write_atomic, write_text_atomic
+from .errors import ConfigError
+from .records import file_digest, write_atomic, write_text_atomic
 from .signals import stops_held
+from .unreadable_checkpoint import unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -32,35 +30,6 @@ CHECKPOINT = "checkpoint.pt"
 RUN_STATE = ("config", "record", "model", "optimizer", "scheduler", "batches")
 #: What newer runs save besides: a checkpoint from before them resumes without it.
 LATER_STATE = ("scaler",)
-#: Keys that may differ between an interrupted run and its resumption: they change how a
-#: run executes or where it keeps things, not what it computes (to rounding), so
-#: ``scripts/reproduce.sh`` lets them change between invocations and the analysis takes
-#: runs that differ only in them as repeats. Every ``logger.*`` key is one of them too
-#: (:func:`changes_only_execution`).
-RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
-                     "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs",
-                     "trainer.checkpoint", "trainer.checkpoint_every_s", "publish",
-                     "data.download", "data.verify_md5",
-                     "sensitivity.restore_from", "sensitivity.workers",
-                     "sensitivity.cache_dir", "sensitivity.recompute"}
-
-
-#: Keys added after run records were first published (``70ccc68``), with the value a run
-#: written without them ran as (what the code did before the key existed). A record or
-#: checkpoint that lacks one is read as having this value (:func:`flat_config`), so that a
-#: newer run that sets another value is a different configuration, not a repeat of the old
-#: one; ``tests/test_configs.py`` keeps this list whole (values of the defaults' types: 0
-#: and 0.0 are two values to a resume and the analysis). Add every new key here.
-ADDED_KEYS = {"basis.fuse_norm": False, "basis.fit": "pivots", "trainer.cuda_graphs": False,
-              "trainer.checkpoint_every_s": 0.0, "sensitivity.workers": 1,
-              "sensitivity.drop_noise_layers": 0, "basis.frobenius_decay": False,
-              "logger.init_timeout_s": 90.0, "logger.finish_timeout_s": 300.0}
-
-
-def changes_only_execution(key: str) -> bool:
-    """Whether a (flattened) config key may differ between an interrupted run and its
-    resumption: one of :data:`RESUMABLE_CHANGES`, or any ``logger.*`` key."""
-    return key in RESUMABLE_CHANGES or key.startswith("logger.")
 
 
 def checksum_path(path: Path) -> Path:
@@ -198,176 +167,6 @@ def resumable_shape(state: dict[str, Any]) -> bool:
             and isinstance(record.get("provenance"), dict)
             and isinstance(record.get("epochs"), list)
             and all(isinstance(row, dict) for row in record["epochs"]))
-
-
-#: How a file torch.save wrote begins: a zip archive, or its legacy format's pickle (protocol
-#: 2 and above; protocols 0 and 1 begin with torch's magic number as text).
-TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80", b"L119547037146038801333356")
-#: torch's magic number as its legacy format pickles it first (a long, opcode LONG1), near
-#: the start whatever the protocol: a pickle without it is no file torch.save wrote.
-TORCH_PICKLED_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
-
-
-def unreadable_reason(path: Path, err: Exception) -> str:
-    """Why ``torch.load`` could not read the file at ``path``, for a message. An empty or
-    cut-off file (a copy that stopped part-way, loaded without a .sha256 to catch it) is
-    said as such: torch reports it as ``EOFError`` with no text, as ``OSError: [Errno 22]
-    Invalid argument``, which reads as a fault of the disk, or as a zip archive without
-    its central directory (which a zip keeps at its end). A file torch.save never wrote
-    (a text, a web page a download saved, a Git LFS pointer never pulled) is said by its
-    first bytes: torch's words for it ("KeyError: 101") say nothing of the file."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(32)
-    except OSError:
-        size = head = None
-    if size == 0:
-        return "it is empty"
-    foreign = head is not None and foreign_format(path, head)
-    if foreign:
-        return foreign
-    if isinstance(err, pickle.UnpicklingError):
-        return unpickling_reason(err)
-    if size is not None and (isinstance(err, EOFError)
-                             or (isinstance(err, OSError) and err.errno == errno.EINVAL)
-                             or "failed finding central directory" in str(err)):
-        return f"it ends early, cut off at {size} bytes"
-    return error_line(err)
-
-
-def foreign_format(path: Path, head: bytes) -> str | None:
-    """What a file torch.save never wrote is, by its first bytes ``head``, or None: a plain
-    pickle (``pickle.dump``'s) or a zip archive of other files was said in torch's words,
-    "Invalid magic number; corrupt file?", "Unsupported operand 149", "[enforce fail at
-    inline_container.cc:180] . file in archive is not in a subdirectory" (found in
-    review)."""
-    if head.startswith(b"\x80") and not _begins_with_torch_magic(head):
-        return "it is a Python pickle (pickle.dump's), not a file torch.save writes"
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (OSError, zipfile.BadZipFile):  # cut off: said as such by the caller
-            return None
-        if not any(name.endswith("/data.pkl") for name in names):
-            held = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            return (f"it is a zip archive that torch.save did not write: it holds "
-                    f"{held or 'no file'} and no data.pkl")
-        return None
-    if not head.startswith(TORCH_FILE_STARTS):
-        return f"it is not a file torch.save writes: it begins {head!r}"
-    return None
-
-
-def _begins_with_torch_magic(pickled: bytes) -> bool:
-    """Whether a pickle's first value is torch's magic number, or could be: a legacy torch
-    file cut off before its magic is whole (a copy that stopped at once) is torch's, cut
-    off, not a plain pickle. The bytes after the protocol opcode (``\\x80`` and its number)
-    and protocol 4's frame (``\\x95`` and an 8-byte length) are compared with the magic
-    as far as they go."""
-    body = pickled[2:]
-    if body[:1] == b"\x95":
-        body = body[9:]
-    kept = min(len(body), len(TORCH_PICKLED_MAGIC))
-    return body[:kept] == TORCH_PICKLED_MAGIC[:kept]
-
-
-def unpickling_reason(err: pickle.UnpicklingError) -> str:
-    """The line of torch's refusal to unpickle that says why (its text is a page long and
-    advises ``weights_only=False``, which would run whatever the file holds)."""
-    text = str(err)
-    found = re.search(r"GLOBAL (\S+)", text)
-    if found:
-        return (f"it holds a Python object ({found.group(1)}) besides tensors and plain "
-                f"values, which could run code as it is read")
-    detail = re.search(r"WeightsUnpickler error:(.+?)(?:Check the documentation|$)", text, re.S)
-    return f"UnpicklingError: {one_line(detail.group(1) if detail else text)}"
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def flat_config(config: dict) -> dict[str, Any]:
-    """A run's config flattened (``trainer.lr``), with the :data:`ADDED_KEYS` an older
-    basisconv did not write filled in with the value it ran as."""
-    return {**ADDED_KEYS, **flatten(config)}
-
-
-def check_same_run(saved_config: dict, config: dict, path: Path,
-                   fix: str = "use a new output directory, or trainer.resume=false to start "
-                              "over", unread: tuple[str, ...] = ()) -> None:
-    """Refuse to resume a checkpoint written under a different configuration (or, with
-    another ``fix``, to replace a record ``path`` of one: :func:`refuse_other_settings`).
-
-    A key an older basisconv did not write counts as the value it ran as
-    (:data:`ADDED_KEYS`); other keys that only one side has (removed, or written by a newer
-    version) are logged, not refused, so a reproduce started before an upgrade can go on.
-    ``unread``: flattened keys, or prefixes ending in ``.``, that may differ too (the run
-    does not read them)."""
-    old, new = flat_config(saved_config), flat_config(config)
-    one_sided = sorted(old.keys() ^ new.keys())
-    if one_sided:
-        log.warning("%s: config keys %s exist on one side only (another basisconv version); "
-                    "resuming anyway", path, ", ".join(one_sided))
-    # 1 and 1.0 differ too: basis.size and the subsets read an int as a count, a float
-    # as a fraction (and Python calls them equal)
-    changed = sorted(k for k in old.keys() & new.keys()
-                     if (old[k] != new[k] or type(old[k]) is not type(new[k]))
-                     and not changes_only_execution(k) and not k.startswith(unread))
-    if "data.root" in changed and same_data(old, new):
-        log.info("%s: data.root %s -> %s holds the same data; resuming", path,
-                 old["data.root"], new["data.root"])
-        changed.remove("data.root")
-    if changed:
-        raise ConfigError(
-            f"{path} was written by a different config (differs in {', '.join(changed)}); "
-            f"{fix}")
-
-
-def refuse_other_settings(config: dict, folder: Path, kind: str, what: str,
-                          unread: tuple[str, ...] = ()) -> None:
-    """A :class:`ConfigError` when ``folder`` holds the record of a ``kind`` run (an
-    estimate's, a search's) made with other settings, naming the keys that differ: ``what``
-    (e.g. "search") wrote its files and record over that one's silently, and one stopped
-    there left the old results beside the new one's config and log. The same run again
-    there is taken, as a training run is resumed: keys that change only how it runs
-    (``sensitivity.workers``) may differ, and the ``unread`` ones (as
-    :func:`check_same_run`), and ``name``, which here only labels the folder and the
-    logger's group (no analysis reads it, as it reads a training run's experiment): the
-    search's default changed from ``<model>-sensitivity`` to ``<model>-search`` (1f17dc5),
-    and ``scripts/reproduce.sh`` rerunning a search in its folder made before was refused
-    as "differs in name" (found in review). A missing or unreadable record is left to the
-    run."""
-    try:
-        found = read_record(folder / RECORD)
-    except (OSError, ValueError):
-        return  # none, or unreadable: the run writes its own
-    if found.get("kind") == kind and isinstance(found.get("config"), dict):
-        check_same_run(found["config"], config, folder / RECORD, unread=("name", *unread),
-                       fix=f"give this {what} a folder of its own (hydra.run.dir=..., or none "
-                           f"for the default), or delete that folder")
-
-
-def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether two flattened configs whose ``data.root`` differs read the same data: the
-    data is what was verified, not how its path was written. So the root may change when
-    both check the published md5 sums (the files are then the genuine CIFAR-10 wherever
-    they lie), when the data is generated (the root is not read), or when both paths
-    resolve to the same folder."""
-    if old.get("data.name") == new.get("data.name") == "stripes":
-        return True
-    if old.get("data.verify_md5") and new.get("data.verify_md5"):
-        return True
-    root = [expanded_root(str(c["data.root"])).resolve() for c in (old, new)]
-    return root[0] == root[1]
 
 
 def check_source_file(path: str, key: str) -> None:

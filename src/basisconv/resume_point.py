@@ -6,7 +6,7 @@ written; and, for a resumed run, where its earlier epochs ran (``provenance.earl
 
 :mod:`basisconv.train` calls these as a run starts (:mod:`basisconv.training`, the
 earlier starts' provenance as it restores the run); the rule of which checkpoint a config
-may resume is :func:`~basisconv.checkpoint.check_same_run`'s, and how a message tells the
+may resume is :func:`~basisconv.same_run.check_same_run`'s, and how a message tells the
 user to go on is :mod:`basisconv.resuming`'s.
 """
 
@@ -19,11 +19,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .checkpoint import CHECKPOINT, check_same_run, load_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint
 from .errors import ConfigError
 from .records import (RECORD, TF32_FLAGS, RunRecord, commit_name, hardware_name, json_text,
                       leftover_temporaries, missing_fields, read_record, timing_hardware,
                       write_record)
+from .same_run import check_same_run
 
 log = logging.getLogger(__name__)
 

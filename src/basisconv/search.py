@@ -21,13 +21,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, execution
-from .checkpoint import refuse_other_settings
 from .model_checks import check_search_size
 from .noise import difference_std
 from .probe import Probe
 from .probe_pool import evaluate_many
 from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_record,
                       write_text_atomic)
+from .same_run import refuse_other_settings
 from .selection import TABLE_FLOAT_FORMAT, candidate_order, metric_drops
 from .sensitivity import say_the_work_is_kept, sensitivity_table
 from .sensitivity_cache import check_estimate_record

@@ -26,13 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, execution, progress
 from .candidates import dense_totals
-from .checkpoint import refuse_other_settings
 from .config import SEARCH_ONLY
 from .errors import ConfigError, Stopped, WorkerFailed, memory_said
 from .model_checks import check_against_the_model
 from .network import architecture_digest
 from .records import (RunRecord, folder_lock, publish, refuse_other_kind, write_bytes_atomic,
                       write_record)
+from .same_run import refuse_other_settings
 from .selection import chosen_or_dense, fixed_candidates, fixed_layers, pick_layers
 from .selection_checks import ORDERED_POLICIES, SENSITIVITY_POLICIES
 from .sensitivity_cache import (RECORD, TABLE, cache, check_estimate_record, code_note,

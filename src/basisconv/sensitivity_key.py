@@ -124,7 +124,7 @@ def _data_fields(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.name == "stripes":  # one draw makes train and test images: the test count
         data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
     elif not cfg.data.verify_md5:  # not the published CIFAR-10 (your own data in its format):
-        # known by its folder, as resuming knows it (checkpoint.same_data)
+        # known by its folder, as resuming knows it (same_run.same_data)
         data["root"] = str(expanded_root(cfg.data.root).resolve())
     return data
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..checkpoint import flat_config
 from ..config import capped
 from ..config_checks import validate_analysis
 from ..counts import is_number
 from ..errors import ConfigError
 from ..records import (has_session_log, missing_protocol_runs, provenance, unmerged_problem,
                        unwritable_folder, write_json_atomic)
+from ..same_run import flat_config
 from ..selection_checks import keys_read
 from . import figures, search, sensitivity
 from .notes import (STD_LINE, baseline_line, commits_line, found_line, left_out_line,

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..checkpoint import changes_only_execution, flat_config
 from ..counts import is_number
 from ..records import (commit_name, device_name, hardware_name, is_measurement,
                        made_by_profile, measured_on_cpu, precision_name)
+from ..same_run import changes_only_execution, flat_config
 from ..selection_checks import SENSITIVITY_POLICIES, keys_read
 
 # What identifies a configuration; runs that differ only in the seed are its repeats.
@@ -199,7 +199,7 @@ def unread_selection_key(key: str, read: set[str]) -> bool:
 
 def differing_keys(configs: list[dict[str, Any]], ignored: Callable[[str], bool]) -> list[str]:
     """The flattened keys, but for those ``ignored`` says, in which ``configs`` differ
-    (sorted). ``configs`` come from :func:`~basisconv.checkpoint.flat_config`, so a key an
+    (sorted). ``configs`` come from :func:`~basisconv.same_run.flat_config`, so a key an
     older version did not write has the value it ran as; other keys that only some of them
     have (removed since) do not count."""
     common = set.intersection(*(set(c) for c in configs))
