@@ -4,8 +4,13 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# PY=<python> (make reproduce PY=python3: a GPU machine's own, docs/reproducing.md) runs the
+# targets with that Python as it is: .venv is not built and nothing is installed into it
+# (found in review: the pins were pip-installed into it, its CUDA torch replaced).
+PY := $(VENV_PY)
+VENV_NEEDED := $(if $(filter $(VENV_PY),$(PY)),$(STAMP))
 # The genuine CIFAR-10 beside a checkout of this project, when present; else ./data.
 CIFAR10_ROOT ?= $(firstword $(wildcard ../shared/data/cifar-10-batches-bin) ./data)
 export CIFAR10_ROOT
@@ -43,23 +48,23 @@ env: $(STAMP)
 # pandas==3.1.1", and said it again with PYTHON=python3.11, its .venv kept). These lines stay
 # above the rule: inside the recipe make echoed them on every build.
 $(STAMP): requirements.txt pyproject.toml
-	{ $(PY) -m pip --version && $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; } > /dev/null 2>&1 || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' > /dev/null 2>&1 || { echo "make: PYTHON=$(PYTHON) is $$($(PYTHON) -V 2>&1 | head -n 1); the pinned packages need Python 3.11+: name one, e.g. make test PYTHON=python3.11" >&2; exit 2; }; $(PYTHON) -m venv --clear $(VENV); }
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	{ $(VENV_PY) -m pip --version && $(VENV_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; } > /dev/null 2>&1 || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' > /dev/null 2>&1 || { echo "make: PYTHON=$(PYTHON) is $$($(PYTHON) -V 2>&1 | head -n 1); the pinned packages need Python 3.11+: name one, e.g. make test PYTHON=python3.11" >&2; exit 2; }; $(PYTHON) -m venv --clear $(VENV); }
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 # Tests in TEST_WORKERS processes (pytest-xdist; each uses its share of at most 2 threads,
 # tests/conftest.py); the idle worker takes queued tests from the busy one (worksteal), as
 # the smoke protocol test alone takes minutes. TEST_WORKERS=0: one process; auto: one a core.
 TEST_WORKERS ?= 2
-test: $(STAMP)
+test: $(VENV_NEEDED)
 	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # ARGS goes to the script, which refuses it naming OVERRIDES=... (it was dropped, silently)
-reproduce: $(STAMP)
+reproduce: $(VENV_NEEDED)
 	scripts/reproduce.sh $(PROFILE) $(ARGS)
 
-smoke: $(STAMP)
+smoke: $(VENV_NEEDED)
 	WANDB_MODE=disabled scripts/reproduce.sh smoke $(ARGS)
 
 # The analysis reads and writes the folder scripts/reproduce.sh wrote: the smoke profile's
@@ -76,16 +81,16 @@ PROFILE_RESULTS = $(if $(filter smoke,$(PROFILE)),$(OUTPUTS)/smoke/results,$(RES
 # for Hydra, which reads ${...} in quotes too, as an interpolation; then \ " $ ` for the shell).
 quote := '
 hydra_value = "$(1)='$(subst `,\`,$(subst $$,\$$,$(subst ",\",$(subst \,\\,$(subst $${,\$${,$(subst $(quote),\$(quote),$(2)))))))'"
-analyze: $(STAMP)
+analyze: $(VENV_NEEDED)
 	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),$(if $(filter source=wandb,$(ARGS)),,$(call hydra_value,runs_dir,$(PROFILE_RESULTS)/runs) )$(call hydra_value,out_dir,$(PROFILE_RESULTS))) $(ARGS)
 
-train: $(STAMP)
+train: $(VENV_NEEDED)
 	$(PY) scripts/train.py $(ARGS)
 
-benchmark: $(STAMP)
+benchmark: $(VENV_NEEDED)
 	$(PY) scripts/benchmark_train.py $(ARGS)
 
-benchmark-layers: $(STAMP)
+benchmark-layers: $(VENV_NEEDED)
 	$(PY) scripts/benchmark_layers.py $(ARGS)
 
 # The folders of speed records summarized (the committed summary's, and results/gpu-<gpu> where
@@ -93,7 +98,7 @@ benchmark-layers: $(STAMP)
 # named with SPEED_FOLDERS=... are passed as given (speed_report.py refuses a missing one: a
 # typo must not summarize the defaults over the committed summary).
 SPEED_FOLDERS ?= $(wildcard results results/cpu-fuse-norm results/cpu-fuse-norm-auto results/cpu-compile results/cpu-auto results/gpu*/)
-speed-report: $(STAMP)
+speed-report: $(VENV_NEEDED)
 	$(PY) scripts/speed_report.py $(SPEED_FOLDERS) $(ARGS)
 
 # No .venv here: a GPU machine's python3 has its CUDA torch; the script needs no network.
@@ -112,7 +117,7 @@ gpu-speed:
 # python3 with torch, numpy, pandas, matplotlib, pytest and triton need not have it;
 # found in review: omegaconf, and so every part, did not import without it); no cache, as
 # pip's cache would hand back a wheel built with the extension for this Python alone.
-gpu-wheels: $(STAMP)
+gpu-wheels: $(VENV_NEEDED)
 	mkdir -p wheels
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -d wheels \
 	  $$(grep -E '^(hydra-core|omegaconf|tqdm|pytest-random-order|pytest-timeout)==' requirements.txt)

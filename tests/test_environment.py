@@ -149,7 +149,7 @@ def venv_line(repo, venv, python):
     make gives it to the shell."""
     (line,) = [x.strip() for x in (repo / "Makefile").read_text().splitlines()
                if "-m venv" in x and not x.lstrip().startswith("#")]
-    for name, value in (("$(PY)", f"{venv}/bin/python"), ("$(PYTHON)", str(python)),
+    for name, value in (("$(VENV_PY)", f"{venv}/bin/python"), ("$(PYTHON)", str(python)),
                         ("$(VENV)", str(venv)), ("$$", "$")):
         line = line.replace(name, value)
     return line
@@ -785,3 +785,25 @@ def test_no_recipe_echoes_a_comment(repo):
     echoed = [line for line in (repo / "Makefile").read_text().splitlines()
               if line.startswith("\t#")]
     assert echoed == []
+
+
+#: The make targets that run a script with the Python the Makefile picks (PY).
+PY_TARGETS = ("test", "reproduce", "smoke", "analyze", "train", "benchmark",
+              "benchmark-layers", "speed-report")
+
+
+@pytest.mark.parametrize("target", PY_TARGETS)
+def test_a_python_named_with_py_runs_as_it_is_with_nothing_installed_into_it(repo, tmp_path,
+                                                                               target):
+    """Found in review: docs/reproducing.md lists ``PY`` (``PY=python3``, a GPU machine's
+    own Python) among the variables ``make reproduce`` passes on, but ``make reproduce
+    PY=python3`` pip-installed requirements.txt into that Python (its CUDA torch replaced by
+    the pin) and then failed to touch ``.venv/.installed``: a named PY runs the target and
+    no ``.venv`` is built or installed into (``make -n``: what make would run)."""
+    python = tmp_path / "bin" / "python3"
+    result = subprocess.run(["make", "-n", "--no-print-directory", target, f"PY={python}",
+                             f"VENV={tmp_path / '.venv'}"], cwd=repo, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pip install" not in result.stdout and "venv" not in result.stdout, result.stdout
+    assert "scripts/reproduce.sh" in result.stdout or str(python) in result.stdout, result.stdout
