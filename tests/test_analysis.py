@@ -1262,6 +1262,21 @@ def test_a_mistyped_profile_is_not_offered_to_make_reproduce(tmp_path):
     assert "make reproduce" not in str(err.value)
 
 
+def test_the_smoke_profiles_missing_records_are_named_in_its_own_folder(tmp_path):
+    """Found in review: ``analyze.py profile=smoke`` before the smoke protocol had run said
+    "give the folder of published records (results/<profile>/runs)", where smoke's never
+    are (``profile_results``: ``outputs/smoke/results``), and not that none was published."""
+    (tmp_path / "results" / "quick" / "runs").mkdir(parents=True)
+    runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
+    with pytest.raises(ConfigError, match=r"runs_dir=\S*outputs/smoke/results/runs: no such "
+                                          r"folder: no record of profile smoke is published here "
+                                          r"yet \(make reproduce PROFILE=smoke makes them; "
+                                          r"profiles published here: quick\); give the folder of "
+                                          r"published records \(outputs/smoke/results/runs\) or "
+                                          r"of run folders \(outputs/smoke\)$"):
+        write_report(analyze_cfg(tmp_path, profile="smoke", runs_dir=str(runs)), "cmd")
+
+
 def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
     (tmp_path / "a-file").write_text("")
     publish_records(tmp_path / "runs", RECORDS)

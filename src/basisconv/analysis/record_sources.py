@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..config import profile_results
 from ..errors import ConfigError, one_line
 from ..override_checks import CONFIGS
 from ..records import (RECORD, missing_fields, provenance_from_wandb, read_record,
@@ -36,19 +37,20 @@ def record_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         what = "not a folder" if root.exists() else "no such folder"
-        if (not root.exists() and root.name == "runs" and root.parent.parent.name == "results"
-                and root.parent.name != "smoke"):  # (smoke's are under outputs/smoke/results)
+        profile = None if root.exists() else published_profile(root)
+        # a profile reproduce.sh runs (one of configs/profile/) is offered to it, its own
+        # folders named; a typo is not (reproduce.sh refuses it): the published ones show it
+        known = profile in profile_names()
+        if profile is not None:
             # make analyze's default, PROFILE=paper, before that profile has run here
-            profile = root.parent.name
-            made = sorted(path.parent.name for path in root.parent.parent.glob("*/runs"))
-            # a profile reproduce.sh runs (one of configs/profile/) is offered to it; a typo
-            # is not (reproduce.sh refuses it): the published ones show it
-            hint = (f"make reproduce PROFILE={profile} makes them; "
-                    if (CONFIGS / "profile" / f"{profile}.yaml").is_file() else "")
+            base = Path(*root.parts[:-len(published_runs(profile).parts)])
+            hint = f"make reproduce PROFILE={profile} makes them; " if known else ""
             what += (f": no record of profile {profile} is published here yet ({hint}"
-                     f"profiles published here: {', '.join(made) or 'none'})")
+                     f"profiles published here: {', '.join(published_here(base)) or 'none'})")
+        runs, outputs = ((published_runs(profile), f"outputs/{profile}") if known
+                         else ("results/<profile>/runs", "outputs/<profile>"))
         raise ConfigError(f"runs_dir={root}: {what}; give the folder of published records "
-                          f"(results/<profile>/runs) or of run folders (outputs/<profile>)")
+                          f"({runs}) or of run folders ({outputs})")
 
     def set_aside(path: Path) -> bool:  # a run folder scripts/reproduce.sh set aside
         return any(SET_ASIDE.fullmatch(part) for part in path.relative_to(root).parts[:-1])
@@ -65,6 +67,35 @@ def record_files(root: str | Path) -> list[Path]:
             continue  # a folder named *.json (a run's, hydra.run.dir=outputs/v2.json), no file
         found.add(path)
     return sorted(found)
+
+
+def profile_names() -> set[str]:
+    """The profiles scripts/reproduce.sh runs: those of ``configs/profile/``."""
+    return {path.stem for path in (CONFIGS / "profile").glob("*.yaml")}
+
+
+def published_runs(profile: str) -> Path:
+    """Where scripts/reproduce.sh publishes a profile's records (:func:`profile_results`)."""
+    return Path(profile_results(profile), "runs")
+
+
+def published_profile(root: Path) -> str | None:
+    """The profile whose published records ``root`` is the folder of (its last parts, so
+    under any ``RESULTS_DIR`` or ``OUTPUTS`` too): one of :func:`profile_names`, or a
+    mistyped name in ``results/<name>/runs``; None for any other folder. Found in review:
+    the smoke profile's folder, ``outputs/smoke/results/runs``, got no such hint."""
+    def is_folder_of(profile: str) -> bool:
+        tail = published_runs(profile).parts
+        return root.parts[-len(tail):] == tail
+    return next((name for name in sorted(profile_names() | {root.parent.name})
+                 if is_folder_of(name)), None)
+
+
+def published_here(base: Path) -> list[str]:
+    """The profiles whose records are published under ``base`` (where ``results/`` is)."""
+    found = {path.parent.name for path in base.glob("*/*/runs")}  # results/<name>/runs
+    return sorted(name for name in profile_names() | found
+                  if (base / published_runs(name)).is_dir())
 
 
 def is_record(data: Any) -> bool:
