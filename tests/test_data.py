@@ -44,9 +44,35 @@ def test_an_md5_mismatch_says_when_the_file_is_empty_or_of_another_size(tmp_path
         load_cifar10(tmp_path)
 
 
-def test_missing_directory_says_where_it_looked(tmp_path):
-    with pytest.raises(DatasetError, match=r"not found: looked in .*missing.*CIFAR10_ROOT"):
-        load_cifar10(tmp_path / "missing")
+def test_a_folder_without_the_dataset_says_where_it_looked(tmp_path):
+    with pytest.raises(DatasetError, match=rf"not found: looked in {re.escape(str(tmp_path))} "
+                                           r"and its subfolders .*CIFAR10_ROOT"):
+        load_cifar10(tmp_path)
+
+
+def test_a_data_root_that_does_not_exist_says_so_in_one_line_with_the_fix(tmp_path):
+    """Found in review: a data.root that does not exist said "looked in <it> and its
+    subfolders", where a user expects "<it> does not exist", the key to set and where the
+    data is published."""
+    missing = tmp_path / "missing"
+    with pytest.raises(DatasetError) as raised:
+        load_cifar10(missing)
+    said = str(raised.value)
+    assert "\n" not in said
+    assert re.fullmatch(rf"CIFAR-10 not found: data\.root {re.escape(str(missing))} does not "
+                        rf"exist\. Point data\.root \(or the CIFAR10_ROOT environment variable\) "
+                        rf"at .*https://www\.cs\.toronto\.edu/~kriz/cifar\.html.*"
+                        rf"data\.download=true.*", said), said
+
+
+def test_a_data_root_with_an_unexpanded_variable_says_how_to_write_it(tmp_path, monkeypatch):
+    """Found in review: data.root='$HOME/cifar' (single-quoted in the shell) is not
+    expanded, as Hydra expands none; "data.root <cwd>/$HOME/cifar does not exist" named
+    neither that nor Hydra's way, ${oc.env:HOME}."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match=r"does not exist \(\$HOME is not expanded here: "
+                                           r"write \$\{oc\.env:HOME\} .*\)\. Point data\.root"):
+        load_cifar10("$HOME/cifar")
 
 
 def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
@@ -240,6 +266,35 @@ def test_a_data_root_this_user_may_not_enter_is_a_clear_error(tmp_path, monkeypa
         load_cifar10(tmp_path / "theirs", verify_md5=False, download=download)
 
 
+@pytest.mark.parametrize("download", [False, True])
+def test_a_data_root_inside_a_folder_this_user_may_not_enter_is_a_clear_error(
+        tmp_path, monkeypatch, download):
+    """Found in review: ``data.root`` inside a folder this user may not enter (chmod 000,
+    run without root's override of permissions) stopped ``scripts/train.py`` with a
+    PermissionError's stack trace from asking whether data.root is a file. It names the
+    folder that cannot be entered, as a data.root that can be entered but not read does."""
+    import os
+
+    from basisconv import cifar10
+
+    def no_download(root):
+        raise AssertionError(f"downloaded into {root}")
+
+    monkeypatch.setattr(cifar10, "download_cifar10", no_download)
+    theirs = tmp_path / "theirs"
+    real_stat = os.stat
+
+    def refusing_stat(path, *args, **kwargs):
+        if Path(os.fspath(path)).parent == theirs:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", refusing_stat)
+    with pytest.raises(DatasetError, match=rf"^cannot look in {theirs} for CIFAR-10 "
+                                           r"\(Permission denied\): make it readable"):
+        load_cifar10(theirs / "cifar-10-batches-bin", verify_md5=False, download=download)
+
+
 def test_a_stray_file_above_a_complete_folder_does_not_hide_it(tmp_path):
     """Left at stop 70: a test_batch.bin in data.root, beside a complete
     cifar-10-batches-bin/, was taken as the dataset's folder and refused as incomplete.
@@ -265,6 +320,18 @@ def test_a_dataset_under_the_other_formats_folder_name_is_found(tmp_path, fmt, f
     data = load_cifar10(tmp_path, verify_md5=False)
     assert data.source == str(tmp_path / folder_name)
     assert (len(data.train_labels), len(data.test_labels)) == (50, 20)
+
+
+def test_a_python_batchs_md5_mismatch_says_its_size_as_a_binary_batchs_does(tmp_path):
+    """Found in review: a python batch's md5 mismatch added its size only when it was empty,
+    where a binary batch's says it at any other size than the genuine one. The genuine
+    pickles' sizes are not published beside their md5 sums, so the size is said alone."""
+    folder = write_cifar(tmp_path, "py")
+    size = (folder / "data_batch_1").stat().st_size
+    with pytest.raises(DatasetError, match=rf"md5 mismatch for \S*data_batch_1: expected "
+                                           rf"\w+, got \w+\. It has {size} bytes\. The file "
+                                           rf"is corrupt"):
+        load_cifar10(tmp_path)
 
 
 def test_missing_batch_file(tmp_path):

@@ -520,7 +520,7 @@ def test_a_missing_dataset_is_said_once_before_the_first_run_and_only_if_one_tra
     cifar = f"data=cifar10 data.root={tmp_path / 'nowhere'}"
     result, started, _ = fake_protocol(repo, tmp_path / "a", overrides=cifar)
     assert result.returncode == 2 and started == [], result.stdout + result.stderr
-    assert result.stderr.startswith("error: CIFAR-10 not found: looked in ")
+    assert result.stderr.startswith("error: CIFAR-10 not found: data.root ")
     assert len(result.stderr.splitlines()) == 1 and "data.root" in result.stderr
     every = [f"{row}/seed0.json" for row in ROWS] + list(PROTOCOL_RECORDS)
     made = tmp_path / "b" / "outputs" / "smoke" / "results"
@@ -541,7 +541,7 @@ def test_the_dataset_check_leaves_a_run_that_may_download_to_its_download(tmp_pa
     from basisconv.reproduce import dataset_missing
 
     data = SimpleNamespace(name="cifar10", root=str(tmp_path / "nowhere"), download=False)
-    assert dataset_missing(data).startswith("CIFAR-10 not found: looked in ")
+    assert dataset_missing(data).startswith("CIFAR-10 not found: data.root ")
     assert dataset_missing(SimpleNamespace(**{**vars(data), "download": True})) is None
     assert dataset_missing(SimpleNamespace(**{**vars(data), "name": "stripes"})) is None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import tarfile
 import tempfile
@@ -58,6 +59,8 @@ MD5 = {
 }
 #: The lock file a download holds in ``data.root`` (see :func:`load_cifar10`).
 DOWNLOAD_LOCK = ".cifar-10-download.lock"
+#: Where CIFAR-10 is published (both versions), named by the not-found error.
+CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 ARCHIVE = {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
            "md5": "c58f30108f718f92721af3b95e74349a"}
 #: The published archives' names, binary first: one copied into ``data.root`` and never
@@ -107,7 +110,11 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
     cannot be looked in.
     """
     root = expanded_root(root)
-    if root.is_file():  # (it was "not found", and a download could not go there either)
+    try:
+        is_file = root.is_file()
+    except OSError as err:  # inside a folder this user may not enter: it was a trace
+        raise _cannot_look_in(root.parent, err) from None
+    if is_file:  # (it was "not found", and a download could not go there either)
         archive = (f", the published archive: extract it (tar -xzf {root} -C {root.parent}) "
                    f"and point data.root at {root.parent}" if root.name in ARCHIVES.values()
                    else "")
@@ -126,14 +133,35 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
             return folder, fmt
     if found:
         return found[0]
+    raise DatasetNotFound(
+        f"CIFAR-10 not found: {_where_not_found(root)} Point data.root (or the CIFAR10_ROOT "
+        f"environment variable) at the folder holding the extracted CIFAR-10 files (the "
+        f"binary or python version, from {CIFAR_PAGE}), or set data.download=true on a "
+        f"machine that is online.")
+
+
+def _where_not_found(root: Path) -> str:
+    """What the not-found error says of ``root``: that it does not exist (it said "looked
+    in" a folder that is not there), else where it looked, naming an archive never
+    extracted there."""
+    if not root.exists():
+        return f"data.root {root.resolve()} does not exist{_variable_note(root)}."
     archive = next((root / name for name in ARCHIVES.values() if (root / name).is_file()), None)
     unpacked = (f" It holds {archive.name}, never extracted: extract it there (tar -xzf "
                 f"{archive} -C {root}).") if archive else ""
-    raise DatasetNotFound(
-        f"CIFAR-10 not found: looked in {root.resolve()} and its subfolders "
-        f"{FOLDERS['bin']}/ and {FOLDERS['py']}/.{unpacked} Point data.root (or the "
-        f"CIFAR10_ROOT environment variable) at the folder holding the extracted CIFAR-10 "
-        f"files, or set data.download=true on a machine that is online.")
+    return (f"looked in {root.resolve()} and its subfolders {FOLDERS['bin']}/ and "
+            f"{FOLDERS['py']}/.{unpacked}")
+
+
+def _variable_note(root: Path) -> str:
+    """What a missing ``root`` holding ``$NAME`` adds: Hydra expands no shell variable
+    (``data.root='$HOME/cifar'``, single-quoted), and its way is ``${oc.env:NAME}``."""
+    variable = re.search(r"\$\{?(\w+)", str(root))
+    if variable is None:
+        return ""
+    name = variable[1]
+    return (f" (${name} is not expanded here: write ${{oc.env:{name}}} for Hydra to read "
+            f"it, or leave it unquoted for the shell)")
 
 
 def _holds_cifar10(folder: Path, fmt: str, how: Callable[[Iterable[bool]], bool]) -> bool:
@@ -143,10 +171,15 @@ def _holds_cifar10(folder: Path, fmt: str, how: Callable[[Iterable[bool]], bool]
                    for name in names[fmt])
     except OSError as err:  # a folder this user may not enter (another user's, 700):
         # is_file ignores only "no such file", so this was a PermissionError's trace
-        raise DatasetError(
-            f"cannot look in {folder} for CIFAR-10 ({err.strerror or err}): make it "
-            f"readable (chmod a+rx, or ask its owner), or point data.root (or the "
-            f"CIFAR10_ROOT environment variable) at a copy this user can read.") from None
+        raise _cannot_look_in(folder, err) from None
+
+
+def _cannot_look_in(folder: Path, err: OSError) -> DatasetError:
+    """The error for a ``folder`` this user may not look in for CIFAR-10, and the fix."""
+    return DatasetError(
+        f"cannot look in {folder} for CIFAR-10 ({err.strerror or err}): make it "
+        f"readable (chmod a+rx, or ask its owner), or point data.root (or the "
+        f"CIFAR10_ROOT environment variable) at a copy this user can read.")
 
 
 def _read_binary(path: Path, raw: bytes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,15 +274,19 @@ def _class_labels(path: Path, given, labels: torch.Tensor) -> torch.Tensor:
 
 def _size_note(name: str, size: int) -> str:
     """What the size of the file ``name`` whose md5 mismatched adds: that it is empty, or
-    (binary version, whose genuine files hold 10,000 records each) that its size is not the
-    genuine one; else nothing. The digests alone said neither (an empty file's is
-    d41d8cd9...), where an empty or truncated download is the likely cause."""
+    its size, with the genuine one where this knows it (the binary version, whose genuine
+    files hold 10,000 records each; the python version's pickles' sizes are not published
+    beside their md5 sums); nothing where it is the genuine size. The digests alone said
+    neither (an empty file's is d41d8cd9...), where an empty or truncated download is the
+    likely cause."""
     if size == 0:
         return "It is empty (0 bytes). "
+    if not name.endswith(".bin"):
+        return f"It has {size} bytes. "
     genuine = RECORD_BYTES * (TEST_IMAGES if name in TEST_FILES["bin"] else TRAIN_IMAGES // 5)
-    if name.endswith(".bin") and size != genuine:
-        return f"It has {size} bytes, where the genuine file has {genuine}. "
-    return ""
+    if size == genuine:
+        return ""
+    return f"It has {size} bytes, where the genuine file has {genuine}. "
 
 
 def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
