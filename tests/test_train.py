@@ -1506,9 +1506,9 @@ def test_a_checkpoint_of_the_old_one_cycle_rule_is_not_resumed_under_the_new(tmp
 def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_runs_epochs(tmp_path, repo,
                                                                                monkeypatch):
     """In-process and in seconds (test_pipeline's SIGKILL test is the end-to-end one): the
-    resumed run's later epochs are the uninterrupted run's to the last digit, so the
-    optimizer's momentum, the schedule's step, the batch order and the weights all came
-    back from the checkpoint (without any one of them the second epoch differs)."""
+    resumed run's later epochs are the uninterrupted run's to the last digit, and so are
+    its final weights, momentum, schedule and batch order, so all of them came back from
+    the checkpoint (without any one of them the second epoch differs)."""
     cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
                         "model=resnet8", "model.width=0.25", "selection=all", "basis.size=0.5",
                         "trainer.epochs=2", "trainer.batch_size=25", "trainer.threads=1",
@@ -1517,11 +1517,86 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_runs_epochs(t
     fit_stopped_before(2, cfg, tmp_path / "stopped")
     resumed = fit(cfg, tmp_path / "stopped")
     assert resumed["provenance"]["resumed_from_epoch"] == 1
-
-    def metrics(record):
-        return [{k: v for k, v in row.items() if "seconds" not in k} for row in record["epochs"]]
     assert metrics(resumed) == metrics(whole)
     assert len(metrics(whole)) == 2
+    assert_same_state(final_state(tmp_path / "stopped"), final_state(tmp_path / "whole"))
+
+
+def final_state(folder):
+    """The weights, optimizer, schedule and batch order a run left in its ``checkpoint.pt``."""
+    from basisconv.checkpoint import CHECKPOINT, load_checkpoint
+
+    saved = load_checkpoint(folder / CHECKPOINT)
+    return {part: saved[part] for part in ("model", "optimizer", "scheduler", "batches")}
+
+
+def metrics(record):
+    """A record's epoch rows without their times (which no two runs share)."""
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in record["epochs"]]
+
+
+def assert_same_state(got, expected, where="state"):
+    """Bit for bit: every tensor equal (torch.equal), every other value ==, in nested dicts
+    and lists (a checkpoint's parts); ``where`` names the first that differs."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), where
+        for key in expected:
+            assert_same_state(got[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(expected), where
+        for index, (a, b) in enumerate(zip(got, expected)):
+            assert_same_state(a, b, f"{where}[{index}]")
+    elif torch.is_tensor(expected):
+        assert torch.is_tensor(got) and torch.equal(got, expected), where
+    else:
+        assert got == expected, where
+
+
+def test_two_runs_of_one_seed_on_one_thread_end_bit_for_bit_alike_and_another_seed_does_not(
+        tmp_path, repo):
+    """The repeats of a configuration differ by their seed alone: two runs of one seed on
+    one thread (without ``trainer.deterministic``: a CPU's kernels are) end with the same
+    weights, momentum, schedule and batch order to the last bit, and the same metrics;
+    another seed ends elsewhere (its initial weights, batch order and generated data)."""
+    tiny = ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+            "model=resnet8", "model.width=0.25", "trainer.epochs=2", "trainer.batch_size=25",
+            "trainer.threads=1", "trainer.progress=false"]
+    first = fit(config(repo, tiny), tmp_path / "first")
+    again = fit(config(repo, tiny), tmp_path / "again")
+    other = fit(config(repo, [*tiny, "seed=1"]), tmp_path / "other")
+    assert metrics(again) == metrics(first) and len(metrics(first)) == 2
+    assert_same_state(final_state(tmp_path / "again"), final_state(tmp_path / "first"))
+    assert metrics(other)[-1]["train_loss"] != metrics(first)[-1]["train_loss"]
+    assert not torch.equal(final_state(tmp_path / "other")["model"]["linear.weight"],
+                           final_state(tmp_path / "first")["model"]["linear.weight"])
+    # and each record says what to repeat it on: the seed in its resolved config, the
+    # commit (dirty or not), the versions and the CPU with the thread count that ran
+    provenance = first["provenance"]
+    assert first["config"]["seed"] == 0 and other["config"]["seed"] == 1
+    assert {"commit", "dirty"} <= provenance["git"].keys()
+    assert {"python", "torch", "basisconv"} <= provenance["versions"].keys()
+    assert provenance["hardware"]["cpu"] and provenance["hardware"]["torch_threads"] == 1
+
+
+def test_a_run_stopped_in_its_dense_warm_up_converts_after_resuming_as_the_whole_run_did(
+        tmp_path, repo):
+    """A run stopped after the first of its two dense warm-up epochs converts to basis
+    layers in the resumed process, and ends as the uninterrupted run did to the last bit:
+    weights, momentum, one-cycle schedule, batch order and every epoch's metrics (the
+    stop after the conversion is test_pipeline's warm-up test)."""
+    cfg = config(repo, ["data=stripes", "data.synthetic_train=100", "data.synthetic_test=50",
+                        "model=resnet8", "model.width=0.25", "selection=all", "basis=warmup",
+                        "basis.dense_warmup_epochs=2", "basis.size=0.5", "trainer.epochs=3",
+                        "trainer.batch_size=25", "trainer.threads=1",
+                        "trainer.deterministic=true", "trainer.progress=false"])
+    whole = fit(cfg, tmp_path / "whole")
+    fit_stopped_before(2, cfg, tmp_path / "stopped")
+    resumed = fit(cfg, tmp_path / "stopped")
+    assert resumed["provenance"]["resumed_from_epoch"] == 1
+    assert len(whole["model"]["basis_layers"]) > 0
+    assert resumed["model"] == whole["model"]
+    assert metrics(resumed) == metrics(whole)
+    assert_same_state(final_state(tmp_path / "stopped"), final_state(tmp_path / "whole"))
 
 
 def test_a_run_folder_that_is_a_file_is_one_clear_error(tmp_path, repo):
