@@ -64,7 +64,7 @@ def test_a_budget_met_says_the_share_reached_beside_the_share_asked(caplog):
     """Found in review: a budget overshot by its last layer (500 FLOPs asked, 700 saved) was
     said nowhere but chosen.md, so budgets a sweep set apart that chose the same layers
     looked like two results."""
-    with caplog.at_level("INFO", logger="basisconv.selection"):
+    with caplog.at_level("INFO", logger="basisconv.selection_budget"):
         assert pick_layers(policy("sensitivity_budget"), TABLE, DENSE) == ["b", "d", "f"]
     assert caplog.messages == [
         "selection sensitivity_budget: the 3 layers chosen save 35.0 % of the dense model's "
@@ -78,7 +78,7 @@ def test_a_budget_met_exactly_takes_no_extra_layer(reduction, layers, caplog):
     table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
                           "params_saved": [7, 7, 7], "flops_saved": [1, 1, 1]})
     selection = {"policy": "first_k", "budget_metric": "params", "budget_reduction": reduction}
-    with caplog.at_level("WARNING", logger="basisconv.selection"):
+    with caplog.at_level("WARNING", logger="basisconv.selection_budget"):
         assert pick_layers(selection, table, {"params": 100, "flops": 100}) == layers
     assert not caplog.records
 
@@ -90,7 +90,7 @@ def test_a_budget_out_of_reach_says_how_many_candidates_saved_toward_it(caplog):
     table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
                           "params_saved": [1, 1, 1], "flops_saved": [10, -5, 10]})
     selection = {"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0.5}
-    with caplog.at_level("WARNING", logger="basisconv.selection"):
+    with caplog.at_level("WARNING", logger="basisconv.selection_budget"):
         assert pick_layers(selection, table, {"params": 100, "flops": 100}) == ["a", "c"]
     assert caplog.messages == [
         "selection first_k: the 2 of 3 candidates that save any are all converted, and "
@@ -105,7 +105,7 @@ def test_a_budget_no_candidate_saves_toward_says_none_saves(caplog):
     table = pd.DataFrame({"layer": list("ab"), "position": [0, 1],
                           "params_saved": [1, 1], "flops_saved": [-5, -5]})
     selection = {"policy": "first_k", "budget_metric": "flops", "budget_reduction": 0.5}
-    with caplog.at_level("WARNING", logger="basisconv.selection"):
+    with caplog.at_level("WARNING", logger="basisconv.selection_budget"):
         assert pick_layers(selection, table, {"params": 100, "flops": 100}) == []
     assert caplog.messages[0] == (
         "selection first_k: none of the 2 candidates saves any of the dense model's training "
@@ -120,10 +120,10 @@ def test_a_parameter_budget_passes_over_a_layer_that_costs_training_flops(caplog
     table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
                           "params_saved": [50, 10, 10], "flops_saved": [-5, 10, 10]})
     selection = {"policy": "first_k", "budget_metric": "params", "budget_reduction": 0.1}
-    with caplog.at_level("INFO", logger="basisconv.selection"):
+    with caplog.at_level("INFO", logger="basisconv.selection_budget"):
         assert pick_layers(selection, table, {"params": 100, "flops": 100}) == ["b"]
     assert "a costs 5 more training FLOPs in basis form; passed over" in caplog.text
-    with caplog.at_level("WARNING", logger="basisconv.selection"):
+    with caplog.at_level("WARNING", logger="basisconv.selection_budget"):
         caplog.clear()
         assert pick_layers(selection, table.iloc[:1], {"params": 100, "flops": 100}) == []
     assert caplog.records[-1].getMessage() == (
@@ -157,7 +157,7 @@ def test_a_parameter_budget_short_of_its_target_says_a_layer_passed_over_saved(c
     table = pd.DataFrame({"layer": list("abc"), "position": [0, 1, 2],
                           "params_saved": [50, 10, 10], "flops_saved": [-5, 10, 10]})
     selection = {"policy": "first_k", "budget_metric": "params", "budget_reduction": 0.5}
-    with caplog.at_level("WARNING", logger="basisconv.selection"):
+    with caplog.at_level("WARNING", logger="basisconv.selection_budget"):
         assert pick_layers(selection, table, {"params": 100, "flops": 100}) == ["b", "c"]
         assert caplog.records[-1].getMessage() == (
             "selection first_k: the 2 of 3 candidates that save any without costing training "
@@ -204,7 +204,7 @@ def test_a_time_budget_passes_over_layers_whose_basis_form_saves_no_time(caplog)
     dense = {**DENSE, "time": 0.1}
     # order by drop: d (+.004), b (slower: passed), f (+.020), e (none: passed), c (+.003):
     # .027 >= 25 % of 0.1 s
-    with caplog.at_level("INFO", logger="basisconv.selection"):
+    with caplog.at_level("INFO", logger="basisconv.selection_budget"):
         chosen = pick_layers(policy("sensitivity_budget", budget_metric="time"), table, dense)
     assert chosen == ["c", "d", "f"]
     # with its unit (found in review: "(-0.002)", where the budget's own lines say ms)
@@ -2690,7 +2690,7 @@ def test_the_threshold_passes_over_a_layer_that_costs_more_to_train(caplog):
 
     table = TABLE.copy()
     table.loc[1, "flops_saved"] = -5  # layer "b", within the threshold
-    with caplog.at_level(logging.INFO, logger="basisconv.selection"):
+    with caplog.at_level(logging.INFO, logger="basisconv.selection_budget"):
         assert pick_layers(policy("sensitivity_threshold"), table, DENSE) == ["d", "f"]
     assert "b costs 5 more training FLOPs in basis form; passed over" in caplog.text
     table.loc[1, "flops_saved"] = 0  # saves nothing, costs nothing: taken as before

@@ -46,7 +46,7 @@ def fast_choice(table: pd.DataFrame, k: int, metric: str) -> tuple[str, ...]:
     the subset the search scores is the one ``sensitivity_budget`` with
     ``selection.count=k`` converts (a drop measured on a few hundred images ties often).
     The budget rule (``count`` null) may differ: it passes over a layer that saves nothing
-    by its measure (``selection.meet_budget``), which this choice keeps."""
+    by its measure (``selection_budget.meet_budget``), which this choice keeps."""
     policy = OmegaConf.create({"policy": "sensitivity_budget", "metric": metric})
     ranked = candidate_order(policy, table)[:k]
     order = dict(zip(table["layer"], table["position"]))
