@@ -536,6 +536,41 @@ def test_an_empty_or_cut_off_checkpoint_says_so(tmp_path):
             load_source_weights(nn.Linear(2, 2), str(path))
 
 
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_a_byte_changed_inside_a_checkpoint_without_its_sha256_is_refused_as_damaged(tmp_path,
+                                                                                     where):
+    """Found in review: a checkpoint without its .sha256 (an older basisconv's, or copied
+    alone) with one bit flipped inside a tensor loaded the changed weight unsaid: torch's
+    zip reader does not check the CRC-32 each member's bytes are stored with. Checked, it
+    is refused as damaged, as the run's checkpoint and as weights to start from."""
+    import struct
+    import zipfile
+
+    from torch import nn
+
+    from basisconv.checkpoint import (RUN_STATE, checksum_path, load_checkpoint,
+                                      load_source_weights, save_checkpoint)
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {**{key: {} for key in RUN_STATE}, "model": {"w": torch.arange(1e4)}})
+    checksum_path(path).unlink()
+    with zipfile.ZipFile(path) as archive:
+        member = next(info for info in archive.infolist() if "/data/" in info.filename)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, member.header_offset + 26)
+    start = member.header_offset + 30 + name_length + extra_length  # the tensor's bytes
+    data[start + 4000 if where == "data" else member.header_offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    damage = rf"its member {member.filename} fails the archive's CRC-32 or header check"
+    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is damaged \({damage}; it has "
+                                          r"no checkpoint.pt.sha256 beside it to be verified "
+                                          r"by\); delete it \(and its .sha256\) to start over"):
+        load_checkpoint(path)
+    with pytest.raises(ConfigError, match=rf"^basis.source_checkpoint={path} is damaged "
+                                          rf"\({damage};.*\); point basis.source_checkpoint"):
+        load_source_weights(nn.Linear(2, 2), str(path))
+
+
 def test_a_cut_off_checkpoint_of_the_older_format_says_so(tmp_path):
     """torch's legacy (non-zip) format, which a source checkpoint saved by older code may
     be in, reports a file cut off early as a bare ``EOFError`` (found by a mutation test:
@@ -644,8 +679,9 @@ def test_a_checkpoint_whose_saved_state_is_of_another_format_is_one_clear_error(
     part a run saves, but one of them in a shape this version does not restore (another
     version's, or edited by hand), stopped the resume in a trace from inside torch or the
     batch order (``KeyError: 'generator'``, ``KeyError: 'param_groups'``), or, for a record
-    without its status or provenance, from the resume itself (found in review). Each is
-    one line naming the fix."""
+    without its status or provenance, from the resume itself (found in review); an empty
+    or partial schedule restarted the learning rate's schedule unsaid. Each is one line
+    naming the fix."""
     from basisconv.checkpoint import checksum_path, load_checkpoint
     from interruption import fit_stopped_before
 
@@ -659,6 +695,9 @@ def test_a_checkpoint_whose_saved_state_is_of_another_format_is_one_clear_error(
             ("batches", {}, "holds a schedule, loss scale or batch order this version cannot"),
             ("batches", None, "holds a schedule, loss scale or batch order this version cannot"),
             ("scheduler", None, "holds a schedule, loss scale or batch order this version"),
+            ("scheduler", {}, "holds a schedule, loss scale or batch order this version"),
+            ("scheduler", {k: v for k, v in saved["scheduler"].items() if k != "last_epoch"},
+             "holds a schedule, loss scale or batch order this version"),
             ("optimizer", {}, "does not fit the model this config builds"),
             ("model", None, "does not fit the model this config builds"),
             ("record", {k: v for k, v in saved["record"].items() if k != "status"},

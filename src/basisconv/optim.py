@@ -106,6 +106,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig,
                       f"{', '.join(SCHEDULES)}")
 
 
+def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
+    """``scheduler.load_state_dict(state)``, refusing (``ValueError``) a state that does not
+    say where the schedule is: torch's loading only updates the scheduler's attributes, so
+    an empty or partial state (edited by hand) restarted the schedule at its first step
+    unsaid (found in review). The rest of it, the config rebuilds the same."""
+    parts = [state, *(state.get("_schedulers") or [])] if isinstance(state, dict) else []
+    if any(isinstance(part, dict) and "last_epoch" not in part for part in parts):
+        raise ValueError("the schedule's state does not say which step it is at (it lacks "
+                         "last_epoch)")
+    scheduler.load_state_dict(state)
+
+
 def scheduler_state_fits(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> bool:
     """Whether a checkpoint's schedule ``state`` is of ``scheduler``'s rule: one-cycle
     without a warm-up (or over one step) is a LinearLR since 0aab165, which takes an older

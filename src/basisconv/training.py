@@ -186,7 +186,7 @@ class Training:
                 f"another rule; resume it with the commit that started it (its {RECORD} names "
                 f"it), or start the run again with trainer.resume=false")
         try:
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            optim.load_scheduler_state(self.scheduler, checkpoint["scheduler"])
             if "scaler" in checkpoint:  # (checkpoints from before fp16 loss scaling lack it)
                 self.scaler.load_state_dict(checkpoint["scaler"])
             self.train_batches.load_state_dict(checkpoint["batches"])
