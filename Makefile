@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 # PY=<python> (make reproduce PY=python3: a GPU machine's own, docs/reproducing.md) runs the
 # targets with that Python as it is: .venv is not built and nothing is installed into it
 # (found in review: the pins were pip-installed into it, its CUDA torch replaced).
+# .venv's own Python by any spelling (./.venv/bin/python, its full path) is .venv's.
 PY := $(VENV_PY)
-VENV_NEEDED := $(if $(filter $(VENV_PY),$(PY)),$(STAMP))
+VENV_NEEDED := $(if $(filter $(abspath $(VENV_PY)),$(abspath $(PY))),$(STAMP))
 # The genuine CIFAR-10 beside a checkout of this project, when present; else ./data.
 CIFAR10_ROOT ?= $(firstword $(wildcard ../shared/data/cifar-10-batches-bin) ./data)
 export CIFAR10_ROOT

@@ -75,6 +75,18 @@ def test_a_data_root_with_an_unexpanded_variable_says_how_to_write_it(tmp_path, 
         load_cifar10("$HOME/cifar")
 
 
+def test_a_dollar_in_a_real_folder_name_is_not_called_an_unexpanded_variable(tmp_path):
+    """Found in review: a missing data.root inside a real folder whose name holds a $
+    (``price$data``) was said to hold an unexpanded variable $data; that part exists as
+    written, and only the missing rest is news."""
+    missing = tmp_path / "price$data" / "cifar"
+    missing.parent.mkdir()
+    with pytest.raises(DatasetError) as raised:
+        load_cifar10(missing)
+    assert "does not exist. Point data.root" in str(raised.value)
+    assert "not expanded" not in str(raised.value)
+
+
 def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
     write_cifar(tmp_path, n_train=50, n_test=10)
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path))
@@ -236,6 +248,28 @@ def test_an_unreadable_batch_file_is_a_clear_error(tmp_path, monkeypatch, fmt, v
         load_cifar10(tmp_path, verify_md5=verify_md5)
 
 
+def refuse_to_enter(folder, monkeypatch):
+    """``folder`` as one this user may not enter (mode 700, another user's): a stat of
+    anything in it is a PermissionError, made where it is looked in, as a test run as root
+    may enter a folder whatever its mode; a download into it fails the test."""
+    import os
+
+    from basisconv import cifar10
+
+    def no_download(root):
+        raise AssertionError(f"downloaded into {root}")
+
+    real_stat = os.stat
+
+    def refusing_stat(path, *args, **kwargs):
+        if Path(os.fspath(path)).parent == folder:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(cifar10, "download_cifar10", no_download)
+    monkeypatch.setattr(os, "stat", refusing_stat)
+
+
 @pytest.mark.parametrize("download", [False, True])
 def test_a_data_root_this_user_may_not_enter_is_a_clear_error(tmp_path, monkeypatch,
                                                                download):
@@ -244,23 +278,8 @@ def test_a_data_root_this_user_may_not_enter_is_a_clear_error(tmp_path, monkeypa
     files (``Path.is_file`` ignores only a missing file); with data.download=true it
     must not be taken for a missing dataset and downloaded over. The refusal is made where
     the folder is looked in, as a test run as root may enter a folder whatever its mode."""
-    import os
-
-    from basisconv import cifar10
-
-    def no_download(root):
-        raise AssertionError(f"downloaded into {root}")
-
-    monkeypatch.setattr(cifar10, "download_cifar10", no_download)
     folder = write_cifar(tmp_path / "theirs", n_train=50, n_test=10)
-    real_stat = os.stat
-
-    def refusing_stat(path, *args, **kwargs):
-        if Path(os.fspath(path)).parent == folder:
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "stat", refusing_stat)
+    refuse_to_enter(folder, monkeypatch)
     with pytest.raises(DatasetError, match=rf"^cannot look in {folder} for CIFAR-10 "
                                            r"\(Permission denied\): make it readable"):
         load_cifar10(tmp_path / "theirs", verify_md5=False, download=download)
@@ -273,23 +292,8 @@ def test_a_data_root_inside_a_folder_this_user_may_not_enter_is_a_clear_error(
     run without root's override of permissions) stopped ``scripts/train.py`` with a
     PermissionError's stack trace from asking whether data.root is a file. It names the
     folder that cannot be entered, as a data.root that can be entered but not read does."""
-    import os
-
-    from basisconv import cifar10
-
-    def no_download(root):
-        raise AssertionError(f"downloaded into {root}")
-
-    monkeypatch.setattr(cifar10, "download_cifar10", no_download)
     theirs = tmp_path / "theirs"
-    real_stat = os.stat
-
-    def refusing_stat(path, *args, **kwargs):
-        if Path(os.fspath(path)).parent == theirs:
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "stat", refusing_stat)
+    refuse_to_enter(theirs, monkeypatch)
     with pytest.raises(DatasetError, match=rf"^cannot look in {theirs} for CIFAR-10 "
                                            r"\(Permission denied\): make it readable"):
         load_cifar10(theirs / "cifar-10-batches-bin", verify_md5=False, download=download)

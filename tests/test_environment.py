@@ -807,3 +807,18 @@ def test_a_python_named_with_py_runs_as_it_is_with_nothing_installed_into_it(rep
     assert result.returncode == 0, result.stderr
     assert "pip install" not in result.stdout and "venv" not in result.stdout, result.stdout
     assert "scripts/reproduce.sh" in result.stdout or str(python) in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "dotted"])
+def test_py_spelled_as_the_venvs_own_python_builds_the_venv(repo, spelling):
+    """Found in review: ``PY`` named ``.venv``'s own Python by another spelling (``$PWD/
+    .venv/bin/python``, ``./.venv/bin/python``) was taken for another Python, so ``.venv``
+    was neither built nor brought up to the pins before the target ran it (``make -n``:
+    what make would run; the venv folder named here is never made)."""
+    venv = "no-such-venv-for-this-test"
+    python = {"absolute": f"{repo}/{venv}/bin/python", "dotted": f"./{venv}/bin/python"}
+    result = subprocess.run(["make", "-n", "--no-print-directory", "test", f"VENV={venv}",
+                             f"PY={python[spelling]}"], cwd=repo, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"-m venv --clear {venv}" in result.stdout, result.stdout

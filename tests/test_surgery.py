@@ -501,6 +501,16 @@ def test_a_tied_conv_given_a_size_by_either_name_is_converted_once_under_both():
         apply_basis(model, {"0": 2, "2": 4})
 
 
+def test_a_count_and_a_fraction_equal_in_python_for_one_layer_are_two_sizes():
+    """Found in review: 1 == 1.0 in Python, but a count of 1 is one filter and a fraction
+    1.0 all of them; a layer given both (a pattern and its name) took whichever came
+    first, silently, instead of being refused as two sizes."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 32, 3))
+    for sizes in ({"*": 1.0, "0": 1}, {"0": 1, "*": 1.0}):
+        with pytest.raises(ConfigError, match=r"^apply_basis: layer '0' is given two sizes"):
+            apply_basis(model, sizes)
+
+
 def test_sizes_per_layer_are_refused_where_layers_take_names_only():
     """select_layers' other callers (the scan's candidates, a config's list) take names
     sized by one num_basis: a mapping there is refused, saying apply_basis takes one."""

@@ -155,13 +155,15 @@ def _where_not_found(root: Path) -> str:
 
 def _variable_note(root: Path) -> str:
     """What a missing ``root`` holding ``$NAME`` adds: Hydra expands no shell variable
-    (``data.root='$HOME/cifar'``, single-quoted), and its way is ``${oc.env:NAME}``."""
-    variable = re.search(r"\$\{?(\w+)", str(root))
-    if variable is None:
-        return ""
-    name = variable[1]
-    return (f" (${name} is not expanded here: write ${{oc.env:{name}}} for Hydra to read "
-            f"it, or leave it unquoted for the shell)")
+    (``data.root='$HOME/cifar'``, single-quoted), and its way is ``${oc.env:NAME}``. A
+    part that names an existing folder (``price$data``) is a name as written, not one."""
+    for depth, part in enumerate(root.parts, start=1):
+        variable = re.search(r"\$\{?(\w+)", part)
+        if variable and not Path(*root.parts[:depth]).exists():
+            name = variable[1]
+            return (f" (${name} is not expanded here: write ${{oc.env:{name}}} for Hydra to "
+                    f"read it, or leave it unquoted for the shell)")
+    return ""
 
 
 def _holds_cifar10(folder: Path, fmt: str, how: Callable[[Iterable[bool]], bool]) -> bool:

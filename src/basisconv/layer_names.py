@@ -17,6 +17,7 @@ from typing import Iterable, Mapping
 
 import torch.nn as nn
 
+from .counts import is_int
 from .errors import ConfigError, warn_caller
 from .layers import BasisConv2d, basis_layers
 from .source_conv import check_convertible
@@ -120,7 +121,8 @@ def select_sized_layers(model: nn.Module, layers: Mapping[str, int | float],
     """The dense convs that a name -> size mapping names (each key read by
     :func:`select_layers`: a name or a pattern) and the size each one's entry gives it,
     both in module order. A conv that two entries give different sizes (overlapping
-    patterns, or the two names of a tied conv) is an error: which one holds is not said."""
+    patterns, or the two names of a tied conv) is an error: which one holds is not said;
+    a count and a fraction are two sizes even where Python calls them equal (1 and 1.0)."""
     if not layers:  # (select_layers' error for an empty layer list)
         select_layers(model, [], key)
     chosen: dict[str, nn.Conv2d] = {}
@@ -128,7 +130,7 @@ def select_sized_layers(model: nn.Module, layers: Mapping[str, int | float],
     for entry, size in layers.items():
         for name, conv in select_layers(model, [entry], key).items():
             earlier, first = given.setdefault(name, (entry, size))
-            if first != size:
+            if (is_int(first), first) != (is_int(size), size):  # (1 == 1.0: a count, all)
                 raise ConfigError(f"apply_basis: layer {name!r} is given two sizes, {first!r} "
                                   f"by {earlier!r} and {size!r} by {entry!r}; give it one")
             chosen[name] = conv
