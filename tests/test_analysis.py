@@ -966,6 +966,23 @@ def test_results_notebook_names_the_fix_for_a_folder_without_an_analysis(tmp_pat
         exec(first.source, {})
 
 
+def test_results_notebook_names_the_file_and_the_fix_for_a_cut_off_index(tmp_path, repo,
+                                                                         monkeypatch):
+    """Found in review (atomic writes audit): an ``index.json`` cut off (a copy interrupted,
+    a merge's conflict markers) was a bare JSONDecodeError naming neither the file nor how
+    it is had back."""
+    nbformat = pytest.importorskip("nbformat")
+    results = tmp_path / "results"
+    analysed_folder(results, tmp_path / "runs", monkeypatch)
+    index = results / "index.json"
+    index.write_text(index.read_text()[:20])
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    first = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(index))} is not readable JSON "
+                                         r"\(.*\); .*make analyze PROFILE=<profile>"):
+        exec(first.source, {})
+
+
 def test_results_notebook_runs_table_tells_apart_runs_that_differ_in_settings(
         tmp_path, monkeypatch, repo):
     """Found in review: the notebook's table of runs showed results/frobenius-decay's runs
@@ -1710,6 +1727,28 @@ def test_a_search_record_without_its_table_is_unreadable_not_a_failed_analysis(t
     pd.DataFrame(search_record()["table"]).to_csv(tmp_path / "runs" / "search.csv", index=False)
     written = [p.name for p in write_report(analyze_cfg(tmp_path), "analyze")]
     assert "exhaustive-search-resnet8-cpu-fp32.md" in written
+
+
+@pytest.mark.parametrize("cut", [
+    lambda text: "",                                         # nothing written
+    lambda text: text[:10],                                  # inside the header
+    lambda text: text[:-5],                                  # inside the last row
+    lambda text: "".join(text.splitlines(keepends=True)[:-1])])  # a row lost
+def test_an_older_search_records_cut_off_table_is_unreadable_not_a_trace(tmp_path, cut):
+    """Found in review (atomic writes audit): an older search record (before ``04946d5``:
+    its table the search.csv beside it) with that file cut off (a copy interrupted) ended
+    analyze.py in a trace from pandas (EmptyDataError, KeyError 'accuracy'), or drew the
+    page from the rows left; it is listed unreadable, as one without the file is."""
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    older = search_record()
+    del older["table"]
+    (tmp_path / "runs" / "search.json").write_text(json.dumps(older))
+    whole = pd.DataFrame(search_record()["table"]).to_csv(index=False)
+    (tmp_path / "runs" / "search.csv").write_text(cut(whole))
+    written = [p.name for p in write_report(analyze_cfg(tmp_path), "analyze")]
+    assert "exhaustive-search-resnet8-cpu-fp32.md" not in written
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unreadable_runs"] == [str(tmp_path / "runs" / "search.json")]
 
 
 def damaged_summary_record(kind, path, value):

@@ -6,6 +6,8 @@ git merge left unresolved, :mod:`.unmerged`."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import re
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import one_line
-from .runs import KIND_WORDS, RECORD, missing_fields, read_record
+from .runs import KIND_WORDS, RECORD, TABLE_FIELDS, missing_fields, read_record
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,27 @@ def misplaced(record: dict[str, Any], path: str | os.PathLike) -> str | None:
 def search_table_found(record: dict[str, Any], folder: Path) -> bool:
     """Whether an exhaustive search's subsets can be read: in its record, or in the
     ``search.csv`` beside an older one (before ``04946d5``; a published copy of one has
-    none); true of every other kind of record."""
+    none), whole (:func:`_whole_search_csv`); true of every other kind of record."""
+    subsets = (record.get("search") or {}).get("subsets")
     return (record.get("kind") != "exhaustive_search" or "table" in record
-            or (folder / "search.csv").is_file())
+            or _whole_search_csv(folder / "search.csv", subsets))
+
+
+def _whole_search_csv(path: Path, subsets: Any) -> bool:
+    """Whether an older search's ``search.csv`` at ``path`` holds its whole table: the
+    columns the analysis reads, one complete row per subset (``subsets``, the record's
+    count: that search wrote them all) and the last line ended. Its record holds no sha256
+    of it, and one cut off (a copy interrupted) ended the analysis in a trace from pandas,
+    or drew the search's page from the rows left (found in review)."""
+    try:
+        text = path.read_text()
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except (OSError, ValueError, csv.Error):  # none, a folder, not text, not a CSV
+        return False
+    columns = TABLE_FIELDS["exhaustive_search"]
+    return (text.endswith("\n") and rows != []
+            and (not isinstance(subsets, int) or len(rows) == subsets)  # (a record without it)
+            and all(row.get(column) not in (None, "") for row in rows for column in columns))
 
 
 def unusable(record: dict[str, Any], path: str | os.PathLike) -> str | None:
@@ -103,7 +123,7 @@ def unusable(record: dict[str, Any], path: str | os.PathLike) -> str | None:
         return problem
     if not search_table_found(record, path.parent):
         return ("an exhaustive_search record without its table (no table field and no "
-                "search.csv beside it)")
+                "whole search.csv beside it)")
     return None
 
 
