@@ -23,7 +23,7 @@ from basisconv.cli import exit_on_user_error, refuse_unwritable, results_folder
 from basisconv.config import COMPILE_MODES
 from basisconv.execution import AMP_DTYPES
 from basisconv.kernels import COMBINE_MODES
-from basisconv.records import precision_name, script_command
+from basisconv.records import precision_name, script_command, threads_name
 
 RESULTS = results_folder(__file__)
 
@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     command = script_command(__file__, argv)
     result, out = run(options, args.out, results_dir=RESULTS, command=command)
-    print(f"{args.model} batch {args.batch_size} on {result['device']} ({result['threads']} threads, "
-          f"{precision_name(args.amp)}, channels_last={args.channels_last}):")
+    print(f"{args.model} batch {args.batch_size} on {result['device']} "
+          f"({threads_name(result['threads'])}, {precision_name(args.amp)}, "
+          f"channels_last={args.channels_last}):")
     print(f"  {result['images_per_second']:.1f} images/s, {result['seconds_per_step']:.4f} s/step, "
           f"{result['epoch_seconds']:.1f} s per CIFAR-10 epoch (warm-up {result['warmup_seconds']:.1f} s)")
     print(f"  data loading + augmentation: {result['data_share']:.2%} of the step "

@@ -360,9 +360,10 @@ def test_benchmark_train_script_runs(tmp_path, repo, script_starts):
     out = tmp_path / "throughput.json"
     result = script_starts.run(repo / "scripts" / "benchmark_train.py",
                                ["--model", "resnet20", "--batch-size", "16", "--steps", "2",
-                                "--warmup", "1", "--out", str(out)], cwd=tmp_path,
-                               env=without_data())
+                                "--warmup", "1", "--threads", "1", "--out", str(out)],
+                               cwd=tmp_path, env=without_data())
     assert result.returncode == 0, result.stderr
+    assert "on cpu (1 thread, fp32" in result.stdout  # (it said "1 threads")
     record = __import__("json").loads(out.read_text())
     assert record["images_per_second"] > 0 and 0 < record["data_share"] < 1
     assert record["data"] == "random" and record["provenance"]["hardware"]["cpu_count"]
