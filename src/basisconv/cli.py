@@ -72,8 +72,8 @@ resume_override: list[str] = []
 
 class SweepJobFailed(Exception):
     """A sweep job stopped with a user error, already reported in one line. Not a
-    ``SystemExit``: Hydra marks the job failed and runs the sweep's other jobs, then
-    raises this for :func:`run_and_report` to sum up."""
+    ``SystemExit``: Hydra marks the job failed and runs the sweep's other jobs; its result
+    (:func:`failed_job_unsaid`) records it for :func:`run_and_report` to sum up."""
 
 
 def args_parser_intermixed() -> argparse.ArgumentParser:
@@ -148,18 +148,15 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             except ConfigError as err:
                 exit_refused(str(err))
     try:
-        return func()
-    except SweepJobFailed:
-        folders = {str(Path(job).parent) for job in failed_jobs}
-        where = f" in {folders.pop()}" if len(folders) == 1 else ""
-        jobs = ", ".join(Path(job).name if where else job for job in failed_jobs)
-        print(f"error: {len(failed_jobs)} job(s) of the sweep{where} failed, each with its "
-              f"line above (also in its train.log): {jobs}; the other jobs ran. After the "
-              f"fix, run the same command with {resume_override[0]}: finished jobs are "
-              f"skipped", file=sys.stderr)
-        sys.exit(2)
+        returned = func()
+        if failed_jobs:
+            say_failed_jobs()
+            sys.exit(2)
+        return returned
     except Exception as ex:  # noqa: BLE001 - before the task, every error is the config's
         if task_started:  # raised by the task (a multirun's later jobs): Hydra reports it
+            if failed_jobs:  # (the jobs refused before or after it, said first)
+                say_failed_jobs()
             caught = ex
 
             def reraise():
@@ -174,6 +171,18 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         exit_refused(f"{one_line(line)} (BASISCONV_DEBUG=1 shows Hydra's full message)")
     finally:  # (a sweep ended, failed or stopped alike)
         remove_unused_sweep_folders()
+
+
+def say_failed_jobs() -> None:
+    """The sweep's last line: which of its jobs stopped with a user error (each said why
+    in its own line) and the override that runs the sweep again in its folders."""
+    folders = {str(Path(job).parent) for job in failed_jobs}
+    where = f" in {folders.pop()}" if len(folders) == 1 else ""
+    jobs = ", ".join(Path(job).name if where else job for job in failed_jobs)
+    print(f"error: {len(failed_jobs)} job(s) of the sweep{where} failed, each with its "
+          f"line above (also in its train.log): {jobs}; the other jobs ran. After the "
+          f"fix, run the same command with {resume_override[0]}: finished jobs are "
+          f"skipped", file=sys.stderr)
 
 
 def run_app(*, multirun: bool, mode: Any, overrides: list[str], **kwargs: Any) -> Any:
@@ -213,16 +222,18 @@ hydra_return_value = hydra_core_utils.JobReturn.return_value
 
 
 def failed_job_unsaid(job: Any) -> Any:
-    """``JobReturn.return_value`` without Hydra's line for a sweep job that stopped with a
-    user error: that job said why in its own line, and the sweep's summary names every
-    failed job (Hydra's line named the first alone)."""
+    """``JobReturn.return_value`` without Hydra's line and raise for a sweep job that
+    stopped with a user error: that job said why in its own line, and the sweep's summary
+    (:func:`say_failed_jobs`) names every failed job (Hydra's line named the first alone).
+    Not raised, so that Hydra's sweeper reads the later jobs' results too: raised, it
+    stopped there, and a later job's crash was said nowhere (found in the sweep review)."""
     if job.status == JobStatus.FAILED and isinstance(job._return_value, SweepJobFailed):
         message, folder, override = job._return_value.args
         if folder not in failed_jobs:  # the job ran in another process (submitit, SLURM)
             print(f"error: {message}", file=sys.stderr)  # its line went to the job's log
             failed_jobs.append(folder)
             resume_override.append(override)
-        raise job._return_value
+        return None
     return hydra_return_value.fget(job)
 
 
