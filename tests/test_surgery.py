@@ -466,7 +466,11 @@ def test_layers_given_with_their_sizes_are_each_converted_at_its_size():
 
 
 @pytest.mark.parametrize("sizes, others, error", [
-    ({"0": 4, "1": 64}, {}, r"^layer '1': its size = 64 is out of range: valid is 1\.\.32"),
+    ({"0": 4, "1": 64}, {}, r"^layer '1': layers\['1'\] = 64 is out of range: valid is "
+                            r"1\.\.32 \(its out_channels\); set layers\['1'\] to a count"),
+    ({"*": 20}, {}, r"^layer '0': layers\['\*'\] = 20 is out of range: valid is 1\.\.16 "
+                    r"\(its out_channels\); set layers\['\*'\] to a count in that range, or "
+                    r"to a fraction in \(0, 1\] of each layer's out_channels$"),
     ({"0": 4, "1": 1.5}, {}, r"^layers\['1'\]=1\.5 as a fraction must be in \(0, 1\]"),
     ({"0": 4, "1": 0}, {}, r"^layers\['1'\]=0 as a count must be >= 1"),
     ({"0": 4, "*": 2}, {}, r"^apply_basis: layer '0' is given two sizes, 4 by '0' and 2 by "
@@ -487,6 +491,30 @@ def test_a_bad_size_or_name_in_a_mapping_is_one_line_and_converts_no_layer(sizes
     assert list(basis_layers(model)) == []
     with pytest.raises(TypeError, match=r"layers\['1'\]='half' must be an int"):
         apply_basis(model, {"0": 4, "1": "half"}, inplace=True)
+
+
+def test_an_entry_matching_only_basis_layers_is_warned_of_as_what_it_is():
+    """Found in review: an entry of a mapping that matched only layers already in basis
+    form warned "nothing is converted" while the mapping's other entries converted layers.
+    Such an entry is named with its size, not applied; "nothing is converted" is said only
+    when nothing is, as a layer list says it (which says nothing when others convert)."""
+    model = apply_basis(nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 32, 3)), {"0": 4})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = apply_basis(model, {"0*": 2, "1": 8})
+    assert [str(w.message) for w in caught] == [
+        "layers['0*'] matches only layers already in basis form (0), left as they are: its "
+        "size 2 is not applied (the other entries' layers are converted); to change their "
+        "basis size, convert a dense copy of the model instead: apply_basis(to_dense(model), "
+        "...)"]
+    assert {name: layer.num_basis for name, layer in basis_layers(converted).items()} == {
+        "0": 4, "1": 8}
+    with pytest.warns(UserWarning, match=r"^'0\*' matches only layers already in basis form "
+                                         r"\(0\), left as they are: nothing is converted; "):
+        apply_basis(model, {"0*": 2})
+    with warnings.catch_warnings():  # (a layer list, one size: silent while others convert)
+        warnings.simplefilter("error")
+        apply_basis(model, ["0*", "1"], 8)
 
 
 def test_a_tied_conv_given_a_size_by_either_name_is_converted_once_under_both():

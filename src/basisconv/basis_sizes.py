@@ -19,7 +19,7 @@ import torch.nn as nn
 from .cost_formulas import forward_macs_per_pixel, saves_compute
 from .counts import is_int
 from .errors import ConfigError, warn_caller
-from .layer_options import check_basis_size, resolve_num_basis
+from .layer_options import check_basis_size, resolve_num_basis, size_entry
 from .source_conv import basis_size_for_error, check_finite_weight, check_max_error
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def check_sizes_per_layer(sizes: Mapping, num_basis, max_error) -> None:
                           f"each layer's size in the mapping, or its names as a list with "
                           f"{other}")
     for entry, size in sizes.items():
-        check_basis_size(size, key=f"layers[{entry!r}]")
+        check_basis_size(size, key=size_entry(entry))
 
 
 def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | None,
@@ -103,11 +103,12 @@ def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
 def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, key: str,
               leave_dense: str) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
     """Each layer's basis size for ``num_basis`` (a count, or a fraction of its width; or a
-    mapping of layer names to such sizes), and the layers that take one: under
-    ``only_where_saves`` a count above a layer's width (one size for a model whose layers
-    differ in width) leaves it dense, as a count of all its filters would; a count above
-    every layer is refused (nothing would change), as is a mapping's count above a layer's
-    width (a size given for the layers its entry names)."""
+    mapping of layer names to the entry of ``apply_basis``'s mapping that named each and
+    its size), and the layers that take one: under ``only_where_saves`` a count above a
+    layer's width (one size for a model whose layers differ in width) leaves it dense, as
+    a count of all its filters would; a count above every layer is refused (nothing would
+    change), as is a mapping's count above a layer's width (a size given for the layers
+    its entry names: the error names that entry, ``layers['layer2.*']``)."""
     per_layer = isinstance(num_basis, Mapping)
     widest = max((conv.out_channels for conv in targets.values()), default=0)
     if only_where_saves and targets and _count_above(num_basis, widest):
@@ -116,7 +117,8 @@ def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, 
                           f"or a fraction in (0, 1] of each layer's out_channels")
     kept, sizes = {}, {}
     for name, conv in targets.items():
-        size, size_key = (num_basis[name], "its size") if per_layer else (num_basis, key)
+        entry, size = num_basis[name] if per_layer else (None, num_basis)
+        size_key = size_entry(entry) if per_layer else key
         above = not per_layer and _count_above(size, conv.out_channels)  # 16 of a layer's 8
         if above and only_where_saves:
             log.info("layer %r: %s=%d is more than its %d output channels; left dense "

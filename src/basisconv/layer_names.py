@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from .counts import is_int
 from .errors import ConfigError, warn_caller
+from .layer_options import size_entry
 from .layers import BasisConv2d, basis_layers
 from .source_conv import check_convertible
 
@@ -52,10 +53,20 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     layers already in basis form are left alone (a warning when they are all it matched).
     ``key`` names where ``layers`` came from in errors about them (``selection.layers``
     for a config's list)."""
-    convs = conv_layers(model)
-    names = conv_names(model)
+    layers = _layer_list(layers)
+    chosen, already = _chosen_and_kept(model, layers, key)
+    if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
+        # change the sizes, returned the model unchanged and said nothing)
+        warn_caller(_basis_only_line(model, _given(key) + ", ".join(map(repr, layers)),
+                                     already, "nothing is converted"))
+    return chosen
+
+
+def _layer_list(layers) -> list:
+    """``layers`` as a list of its entries (a name alone is a list of one), or one clear
+    error for what is no layer list."""
     if isinstance(layers, str):
-        layers = [layers]
+        return [layers]
     if isinstance(layers, Mapping):  # (iterated, it gives its names: the sizes were dropped;
         # apply_basis reads a mapping itself, select_sized_layers)
         raise ConfigError(f"layers={dict(layers)!r} gives a size per layer, which apply_basis "
@@ -68,10 +79,20 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     if not layers:
         raise ConfigError("apply_basis: the layer list is empty; give 'all', names or patterns "
                           "like 'layer*.conv*' (if pick_layers chose none, keep the dense model)")
+    return layers
+
+
+def _chosen_and_kept(model: nn.Module, layers: list, key: str | None
+                     ) -> tuple[dict[str, nn.Conv2d], list[str]]:
+    """:func:`select_layers`' dense convs, in module order, and the layers already in basis
+    form that a pattern matched and left as they are (whose warning the caller words: a
+    layer list and a name -> size mapping say different things)."""
+    convs = conv_layers(model)
+    names = conv_names(model)
     chosen: dict[str, nn.Conv2d] = {}
     already: list[str] = []  # basis layers a pattern matched, left as they are
     valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
-    given = f"{key}: " if key else ""
+    given = _given(key)
     for entry in layers:
         if not isinstance(entry, str):
             raise ConfigError(f"apply_basis: layer names must be strings, got {entry!r}")
@@ -106,36 +127,72 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{given}{err}") from None
         chosen[entry] = convs[entry]
-    if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
-        # change the sizes, returned the model unchanged and said nothing)
-        warn_caller(f"{given}{', '.join(map(repr, layers))} matches only layers already in "
-                    f"basis form ({', '.join(dict.fromkeys(already))}), left as they are: "
-                    f"nothing is converted; to change their basis size, "
-                    f"{_resize_advice(model, already)}")
     # keep module order whatever the order of the list
-    return {n: chosen[n] for n in convs if n in chosen}
+    return {n: chosen[n] for n in convs if n in chosen}, list(dict.fromkeys(already))
 
 
 def select_sized_layers(model: nn.Module, layers: Mapping[str, int | float],
-                        key: str | None = None) -> tuple[dict[str, nn.Conv2d], dict]:
+                        key: str | None = None
+                        ) -> tuple[dict[str, nn.Conv2d], dict[str, tuple[str, int | float]]]:
     """The dense convs that a name -> size mapping names (each key read by
-    :func:`select_layers`: a name or a pattern) and the size each one's entry gives it,
-    both in module order. A conv that two entries give different sizes (overlapping
-    patterns, or the two names of a tied conv) is an error: which one holds is not said;
-    a count and a fraction are two sizes even where Python calls them equal (1 and 1.0)."""
+    :func:`select_layers`: a name or a pattern) and, for each, the entry that names it and
+    the size it gives (so that an error about the size names the key to fix), both in
+    module order. A conv that two entries give different sizes (overlapping patterns, or
+    the two names of a tied conv) is an error: which one holds is not said; a count and a
+    fraction are two sizes even where Python calls them equal (1 and 1.0). An entry that
+    matches only layers already in basis form is warned of (:func:`_warn_of_unapplied`)."""
     if not layers:  # (select_layers' error for an empty layer list)
         select_layers(model, [], key)
     chosen: dict[str, nn.Conv2d] = {}
     given: dict[str, tuple[str, int | float]] = {}  # layer -> (its entry, its size)
+    unapplied: dict[str, list[str]] = {}  # entry -> the basis layers, all it matched
     for entry, size in layers.items():
-        for name, conv in select_layers(model, [entry], key).items():
+        found, already = _chosen_and_kept(model, [entry], key)
+        if already and not found:
+            unapplied[entry] = already
+        for name, conv in found.items():
             earlier, first = given.setdefault(name, (entry, size))
             if (is_int(first), first) != (is_int(size), size):  # (1 == 1.0: a count, all)
                 raise ConfigError(f"apply_basis: layer {name!r} is given two sizes, {first!r} "
                                   f"by {earlier!r} and {size!r} by {entry!r}; give it one")
             chosen[name] = conv
+    _warn_of_unapplied(model, layers, unapplied, bool(chosen), key)
     order = [name for name in conv_layers(model) if name in chosen]
-    return {name: chosen[name] for name in order}, {name: given[name][1] for name in order}
+    return {name: chosen[name] for name in order}, {name: given[name] for name in order}
+
+
+def _warn_of_unapplied(model: nn.Module, layers: Mapping[str, int | float],
+                       unapplied: dict[str, list[str]], converts: bool, key: str | None
+                       ) -> None:
+    """Warn of the entries of a name -> size mapping that match only layers already in
+    basis form: where the others convert layers, each such entry, whose size is not
+    applied; where nothing converts, one line as :func:`select_layers` says it. (Found in
+    review: each entry said "nothing is converted" while the others converted layers.)"""
+    if not converts:
+        if unapplied:
+            already = list(dict.fromkeys(n for names in unapplied.values() for n in names))
+            warn_caller(_basis_only_line(model, _given(key) + ", ".join(map(repr, layers)),
+                                         already, "nothing is converted"))
+        return
+    for entry, already in unapplied.items():
+        warn_caller(_basis_only_line(model, _given(key) + size_entry(entry), already,
+                                     f"its size {layers[entry]!r} is not applied (the other "
+                                     f"entries' layers are converted)"))
+
+
+def _given(key: str | None) -> str:
+    """What opens an error or warning about ``layers`` when it came from elsewhere (a
+    config's ``selection.layers: ``), else nothing."""
+    return f"{key}: " if key else ""
+
+
+def _basis_only_line(model: nn.Module, named: str, already: list[str], outcome: str) -> str:
+    """The warning for layers ``named`` (entries of a layer list or mapping) that match only
+    the basis layers ``already``, left as they are: the ``outcome``, and how to resize
+    them."""
+    return (f"{named} matches only layers already in basis form ({', '.join(already)}), "
+            f"left as they are: {outcome}; to change their basis size, "
+            f"{_resize_advice(model, already)}")
 
 
 def _resize_advice(model: nn.Module, names: Iterable[str]) -> str:

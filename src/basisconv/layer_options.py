@@ -1,6 +1,7 @@
 """What a basis layer's arguments may be, checked before any layer is built: the basis
-size (a count or a fraction of ``out_channels``, and the count a fraction gives), the
-conv's geometry, a yes/no option, and the coefficient rank.
+size (a count or a fraction of ``out_channels``, the count a fraction gives, and how an
+entry of a name -> size mapping is named), the conv's geometry, a yes/no option, and the
+coefficient rank.
 
 Kept apart from :mod:`basisconv.layers` (whose :class:`~basisconv.layers.BasisConv2d`
 runs them when it is made, and where they were defined first) because they are asked
@@ -28,6 +29,13 @@ def check_basis_size(value, key: str = "num_basis") -> None:
     if problem:
         raise ConfigError(f"{key}={value} {problem}; a layer takes 1..its out_channels as a "
                           f"count, or a fraction in (0, 1] of them")
+
+
+def size_entry(entry: str) -> str:
+    """How errors and warnings name one entry of :func:`~basisconv.surgery.apply_basis`'s
+    name -> size mapping: ``layers['layer2.*']``, its key as the user wrote it, so that a
+    size out of range for a layer it matched names the entry to fix."""
+    return f"layers[{entry!r}]"
 
 
 def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "",
