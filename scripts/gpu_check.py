@@ -278,7 +278,7 @@ def run_group(group: list[str], args: argparse.Namespace, work: Path, env: dict,
     """One group's parts run (:func:`run_parts_together`), each within ``limit(its own
     limit)``, and their results; a paper-epoch part is skipped, and said so, when
     CIFAR-10 is not found, and run in a fresh run folder when it is."""
-    from basisconv.cifar10 import find_cifar10
+    from basisconv.cifar10_location import find_cifar10
     from basisconv.errors import DatasetError
 
     if group[0].startswith("paper-epoch"):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from basisconv.cifar10 import FOLDERS, RECORD_BYTES, TEST_FILES, TRAIN_FILES
+from basisconv.cifar10 import RECORD_BYTES
+from basisconv.cifar10_location import FOLDERS, TEST_FILES, TRAIN_FILES
 
 
 def without_data() -> dict[str, str]:

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from basisconv.cifar10 import TEST_FILES, TRAIN_FILES, load_cifar10
+from basisconv.cifar10 import load_cifar10
+from basisconv.cifar10_location import TEST_FILES, TRAIN_FILES
 from basisconv.data import (MEAN, STD, TensorBatches, normalize, random_crop, random_flip,
                             stratified_subset, synthetic_stripes)
 from basisconv.errors import ConfigError, DatasetError
@@ -303,7 +304,7 @@ def test_a_stray_file_above_a_complete_folder_does_not_hide_it(tmp_path):
     """Left at stop 70: a test_batch.bin in data.root, beside a complete
     cifar-10-batches-bin/, was taken as the dataset's folder and refused as incomplete.
     The complete one is read; with neither complete, the first is named as before."""
-    from basisconv.cifar10 import find_cifar10
+    from basisconv.cifar10_location import find_cifar10
 
     folder = write_cifar(tmp_path, "bin")
     (tmp_path / "test_batch.bin").write_bytes((folder / "test_batch.bin").read_bytes())
@@ -893,6 +894,7 @@ def _serve_archive(tmp_path, monkeypatch):
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     blob = buffer.getvalue()
+    # patched where download_cifar10 reads it: cifar10's binding of cifar10_location.ARCHIVE
     monkeypatch.setattr(cifar10, "ARCHIVE", {"url": "https://example.invalid/cifar.tar.gz",
                                           "md5": hashlib.md5(blob).hexdigest()})
     monkeypatch.setattr(cifar10.urllib.request, "urlretrieve",
@@ -908,7 +910,7 @@ def test_a_download_is_never_seen_half_extracted(tmp_path, monkeypatch):
     extracted aside and renamed into place whole."""
     import tarfile
 
-    from basisconv.cifar10 import find_cifar10
+    from basisconv.cifar10_location import find_cifar10
 
     _serve_archive(tmp_path, monkeypatch)
     root = tmp_path / "new"

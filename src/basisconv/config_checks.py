@@ -88,7 +88,7 @@ def _check_paths(cfg: DictConfig) -> None:
         check(value is None or bool(str(value).strip()),
               f"{key} is empty (an unset shell variable?); give a path, or {instead}")
     for key in [*PATH_KEYS, "publish"]:
-        if key != "data.root":  # (read through cifar10.expanded_root)
+        if key != "data.root":  # (read through cifar10_location.expanded_root)
             check_no_tilde(key, OmegaConf.select(cfg, key))
 
 

@@ -9,8 +9,8 @@ cifar10-airbench.)
 
 What a run does with the images is here: the generated stripes, :func:`prepare_data`
 with its subsets and quotas, the batched augmentation, normalization and
-:class:`TensorBatches`. Reading CIFAR-10 from disk (where its files are, their formats,
-checks and download) is :mod:`basisconv.cifar10`.
+:class:`TensorBatches`. Reading CIFAR-10 from disk (its formats, checks and download)
+is :mod:`basisconv.cifar10`; where its files are, :mod:`basisconv.cifar10_location`.
 """
 
 from __future__ import annotations

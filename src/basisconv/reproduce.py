@@ -14,7 +14,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from .cifar10 import find_cifar10
+from .cifar10_location import find_cifar10
 from .config_checks import validate, validate_estimate, validate_search
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import hydra_error_line

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .cifar10 import expanded_root
+from .cifar10_location import expanded_root
 from .errors import ConfigError
 from .records import RECORD, read_record
 

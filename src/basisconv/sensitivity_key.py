@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .cifar10 import expanded_root
+from .cifar10_location import expanded_root
 from .errors import ConfigError
 from .records import file_digest
 from .time_budget import readable_key
