@@ -219,7 +219,7 @@ def _entry_point_state_restored():
 
 
 # What the package remembers for the rest of the process: warnings said once
-# (errors.SAID_ONCE, kernels.fused._WARNED, sensitivity_cache.WARNED_MISSING), the tables
+# (errors.SAID_ONCE, kernels.fused._WARNED, sensitivity_published.WARNED_MISSING), the tables
 # being estimated again (sensitivity.RECOMPUTING), the shapes whose kernel failed to compile
 # (fused._FAILED), combine="auto"'s timed choices (kernels.auto), a sweep's unused folders
 # (sweep_checks.unused_sweep_folders) and the colours a user's policies and forms were
@@ -229,7 +229,7 @@ def _entry_point_state_restored():
 _PROCESS_MEMORY = {"basisconv.errors": ("SAID_ONCE",),
                    "basisconv.sweep_checks": ("unused_sweep_folders",),
                    "basisconv.sensitivity": ("RECOMPUTING",),
-                   "basisconv.sensitivity_cache": ("WARNED_MISSING",),
+                   "basisconv.sensitivity_published": ("WARNED_MISSING",),
                    "basisconv.kernels.fused": ("_WARNED", "_FAILED"),
                    "basisconv.kernels.auto": ("_CHOICES", "TIMINGS", "_LOOKED_UP"),
                    "basisconv.analysis.figures": ("_EXTRA_TAKEN",),

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv import (selection, sensitivity, sensitivity_cache, sensitivity_estimate,
-                       sensitivity_key)
+                       sensitivity_key, sensitivity_published)
 from basisconv.errors import ConfigError
 from basisconv.models import build_model
 from basisconv.selection import pick_layers
@@ -1426,8 +1426,8 @@ def test_under_torchrun_a_published_record_refills_the_cache_and_nothing_is_esti
                                           r"estimate it first in one process.*torchrun job$"):
         sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache-c"))
     # a missing published record: refused, and not first said to be "estimated here"
-    monkeypatch.setattr(sensitivity_cache, "WARNED_MISSING", set())
-    with caplog.at_level("WARNING", logger="basisconv.sensitivity_cache"):
+    monkeypatch.setattr(sensitivity_published, "WARNED_MISSING", set())
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity_published"):
         with pytest.raises(ConfigError, match=r"cache-d nor at sensitivity.restore_from; "):
             sensitivity.sensitivity_table(compose_sensitivity(
                 repo, tmp_path / "cache-d", f"sensitivity.restore_from={tmp_path / 'none.json'}"))
@@ -2039,13 +2039,13 @@ def test_the_code_digest_follows_the_code_that_computes_not_the_analysis(tmp_pat
 def test_a_missing_restore_from_is_named_once_and_the_table_estimated(repo, tmp_path,
                                                                      monkeypatch, caplog):
     """A typo'd sensitivity.restore_from once estimated the whole table without a word."""
-    monkeypatch.setattr(sensitivity_cache, "WARNED_MISSING", set(), raising=False)
+    monkeypatch.setattr(sensitivity_published, "WARNED_MISSING", set(), raising=False)
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
     missing = tmp_path / "results" / "runs" / "sensitivty.json"
     cfg = compose_sensitivity(repo, tmp_path / "cache", f"sensitivity.restore_from={missing}")
-    with caplog.at_level("WARNING", logger="basisconv.sensitivity_cache"):
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity_published"):
         assert not sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
-        assert sensitivity_cache.restore_published(cfg) is None
+        assert sensitivity_published.restore_published(cfg) is None
     warned = [r.getMessage() for r in caplog.records if str(missing) in r.getMessage()]
     assert len(warned) == 1, warned
     assert warned[0].startswith(f"sensitivity: no published record at "
@@ -2061,10 +2061,10 @@ def test_a_missing_restore_from_is_named_once_also_when_the_cache_holds_the_tabl
     to publish, as the test above does."""
     monkeypatch.setattr(sensitivity, "estimate", fake_estimate)
     sensitivity.sensitivity_table(compose_sensitivity(repo, tmp_path / "cache"))
-    monkeypatch.setattr(sensitivity_cache, "WARNED_MISSING", set())
+    monkeypatch.setattr(sensitivity_published, "WARNED_MISSING", set())
     missing = tmp_path / "results" / "runs" / "sensitivty.json"
     cfg = compose_sensitivity(repo, tmp_path / "cache", f"sensitivity.restore_from={missing}")
-    with caplog.at_level("WARNING", logger="basisconv.sensitivity_cache"):
+    with caplog.at_level("WARNING", logger="basisconv.sensitivity_published"):
         assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
         assert sensitivity.sensitivity_table(cfg)[1]["cache_hit"]
     warned = [r.getMessage() for r in caplog.records if str(missing) in r.getMessage()]

@@ -9,7 +9,8 @@ our reading of the paper's layer-wise sensitivity analysis:
 that changes it (model, basis, data, the estimate's budget, the training recipe, the
 seed), and reused by later runs; a changed key computes a new table, and computing is
 always logged (the key: :mod:`basisconv.sensitivity_key`; the cache, how a kept table is
-found and checked: :mod:`basisconv.sensitivity_cache`).
+found and checked: :mod:`basisconv.sensitivity_cache`; a table restored from its published
+record instead: :mod:`basisconv.sensitivity_published`).
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from .same_run import refuse_other_settings
 from .selection import chosen_or_dense, fixed_candidates, fixed_layers, pick_layers
 from .selection_checks import ORDERED_POLICIES, SENSITIVITY_POLICIES
 from .sensitivity_cache import (RECORD, TABLE, cache, check_estimate_record, code_note,
-                                load_cached, published_differs, restore_published,
-                                say_a_missing_record, table_csv, table_from_csv)
+                                load_cached, table_csv, table_from_csv)
 from .sensitivity_estimate import candidate_table, dense_model, estimate
 from .sensitivity_key import cache_dir, cache_key
+from .sensitivity_published import published_differs, restore_published, say_a_missing_record
 from .time_budget import with_measured_time
 from .tracking import Tracker
 

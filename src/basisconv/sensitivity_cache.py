@@ -1,8 +1,8 @@
 """Where a sensitivity table is kept, and how a kept one is found, checked and trusted:
 the table's CSV bytes, the checks a cached table and its record pass before a run chooses
-from it, and the published record (``sensitivity.restore_from``) that fills an empty cache
-on another machine. The key and the folder it is kept in are
-:mod:`basisconv.sensitivity_key`'s.
+from it. The key and the folder it is kept in are :mod:`basisconv.sensitivity_key`'s; the
+published record (``sensitivity.restore_from``) that fills an empty cache on another
+machine is :mod:`basisconv.sensitivity_published`'s, which checks its record here too.
 
 Apart from :mod:`basisconv.sensitivity`, which computes the table (the estimate,
 :mod:`basisconv.sensitivity_estimate`) and uses it (choosing layers,
@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 
 from .errors import ConfigError, WriteError, one_line
 from .network import architecture_digest
-from .records import (ABSENT, KIND_WORDS, commit_name, field_at, git_commit, of_type,
-                      read_record, write_bytes_atomic, write_json_atomic)
+from .records import (ABSENT, commit_name, field_at, git_commit, of_type, write_bytes_atomic,
+                      write_json_atomic)
 from .selection import TABLE_FLOAT_FORMAT
 from .sensitivity_key import cache_dir, cache_key
 
@@ -78,20 +78,20 @@ def cache(folder: Path, data: bytes, record: dict) -> None:
 #: null); a dotted name is a field inside a field (the noise repeats :func:`load_cached`
 #: reads in ``config.sensitivity``, the commit :func:`code_note` reads in
 #: ``provenance.git``, the spreads the search compares accuracies with), listed after it.
-#: :data:`_ESTIMATE_FIELDS` are those every estimate's record holds.
+#: :data:`ESTIMATE_FIELDS` are those every estimate's record holds.
 RECORD_FIELDS = {"dense": (dict,), "pretrained": (dict,), "reference": (dict,),
                  "provenance": (dict,), "seconds": (float,), "config": (dict, None),
                  "noise": (dict, None), "drop_noise": (dict, None),
                  "config.sensitivity": (dict,), "provenance.git": (dict,),
                  "provenance.git.commit": (str, None), "noise.accuracy_std": (float,),
                  "drop_noise.accuracy_std": (float,)}
-_ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
+ESTIMATE_FIELDS = ("dense", "pretrained", "reference", "provenance", "seconds")
 
 #: What every refusal of a cached table names as its fix.
 _CACHE_FIX = "delete that folder or run with sensitivity.recompute=true"
 
 
-def _damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
+def damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
     """The fields of an estimate's ``record`` that are missing (of ``required``) or of
     another type than its readers take (found in review: a hand-edited one ended them in a
     KeyError or AttributeError trace, the search after all its subsets)."""
@@ -102,10 +102,10 @@ def _damaged_fields(record: dict, required: tuple[str, ...] = ()) -> list[str]:
 
 
 def check_estimate_record(cfg: DictConfig, record: dict,
-                          fields: tuple[str, ...] = _ESTIMATE_FIELDS) -> None:
+                          fields: tuple[str, ...] = ESTIMATE_FIELDS) -> None:
     """Refuse, with the fix, a reused table whose record is damaged in ``fields`` (which
     every estimate's holds) or in the type of another field its readers take."""
-    damaged = _damaged_fields(record, fields)
+    damaged = damaged_fields(record, fields)
     if damaged:
         raise ConfigError(f"the cached sensitivity table's record {cache_dir(cfg) / RECORD} "
                           f"is damaged (its {', '.join(damaged)} missing or of another type); "
@@ -156,7 +156,7 @@ def _check_cached_record(cfg: DictConfig, folder: Path, record: dict) -> None:
     """Refuse a cached record of the right key that does not fit ``cfg`` all the same:
     fields of another type than its readers take, or made before a setting or the model's
     definition that the key leaves out changed."""
-    malformed = _damaged_fields(record)  # (its readers check what they need present)
+    malformed = damaged_fields(record)  # (its readers check what they need present)
     if malformed:
         raise ConfigError(f"the cached sensitivity table's record {folder / RECORD} is damaged "
                           f"({', '.join(malformed)} of another type); {_CACHE_FIX}")
@@ -214,95 +214,3 @@ def code_note(record: dict) -> str:
                 f"sensitivity.recompute=true estimates it again with this code")
     return (f", estimated at commit {commit_name(made)} (this code: {commit_name(now)}); "
             f"sensitivity.recompute=true estimates it again with this code")
-
-
-def published_differs(cfg: DictConfig, cached: dict) -> bool:
-    """Whether the published record at ``sensitivity.restore_from`` holds another table of
-    this key than the cache's record ``cached``: two machines of one protocol each
-    estimated the table (the key does not name the machine or thread count, which change
-    it), and after a merge one was published. Else each machine's runs keep choosing from
-    its own, and one table row mixes layer sets chosen from two tables."""
-    path = cfg.sensitivity.restore_from
-    if not path or not Path(path).is_file():
-        return False
-    try:
-        published = read_record(path).get("cache") or {}
-    except (OSError, ValueError):
-        return False  # restore_published, which reads it when needed, says what is wrong
-    return (published.get("key") == cache_key(cfg) and cached.get("table_sha256") is not None
-            and published.get("table_sha256") not in (None, cached["table_sha256"]))
-
-
-#: The ``sensitivity.restore_from`` paths already reported missing in this process.
-WARNED_MISSING: set[str] = set()
-
-
-def say_a_missing_record(cfg: DictConfig, instead: str, why: str = "") -> None:
-    """A ``sensitivity.restore_from`` that names no file, said once per path and process,
-    with what is done ``instead`` (and ``why`` that is fine). A warning, not a refusal: a
-    protocol's first machine names the record it publishes later. Said on a cache hit
-    too, where the path is otherwise never read: a typo there went unseen (found in
-    review)."""
-    path = cfg.sensitivity.restore_from
-    if not path or Path(path).is_file() or str(path) in WARNED_MISSING:
-        return
-    WARNED_MISSING.add(str(path))
-    log.warning("sensitivity: no published record at sensitivity.restore_from=%s yet, %s "
-                "(%sif you meant an existing record, check the path)", path, instead, why)
-
-
-def restore_published(cfg: DictConfig, estimating: bool = True
-                      ) -> tuple[pd.DataFrame, dict] | None:
-    """Fill the empty cache from the published sensitivity record named by
-    ``sensitivity.restore_from`` (``results/<profile>/runs/sensitivity.json``, written on
-    another machine) when it was made for this key, and load it; ``None`` when there is no
-    such record or it is for other settings. Called under the cache folder's lock.
-    ``estimating``: whether a missing record means the table is estimated here (said once),
-    or refused (under torchrun, whose refusal says it)."""
-    import pandas as pd
-    path = cfg.sensitivity.restore_from
-    if not path:
-        return None
-    if not Path(path).is_file():
-        if estimating:
-            say_a_missing_record(cfg, "so the table is estimated here", "as on the first "
-                                 "machine of a protocol, which publishes it there; ")
-        return None
-    fix = f"delete {path} (the table is then estimated again)"
-    point = ("point sensitivity.restore_from at a published sensitivity record "
-             "(<results>/runs/sensitivity.json, written by scripts/sensitivity.py publish=...)")
-    try:
-        published = read_record(path)
-        cache = published.get("cache")
-        if cache is not None and not isinstance(cache, dict):  # (an AttributeError trace)
-            raise ValueError(f"its cache is a {type(cache).__name__}, not an object")
-        table = pd.DataFrame(published["table"])[list(COLUMNS)] if cache else None
-    except (OSError, ValueError, KeyError) as err:
-        # not "delete" alone: the path may name another file (the run's own sensitivity.csv,
-        # or the README)
-        raise ConfigError(f"the published sensitivity record {path} is unreadable "
-                          f"({one_line(err)}); {point}, or, if it is one that is "
-                          f"damaged, {fix}") from None
-    if published.get("kind") != "sensitivity":  # (a training run's run.json: said at INFO
-        kind = published.get("kind")             # as "for other settings", found in review)
-        raise ConfigError(f"sensitivity.restore_from={path} is the record of "
-                          f"{KIND_WORDS.get(kind, kind)}, not a sensitivity estimate; {point}")
-    if not cache or cache.get("key") != cache_key(cfg):
-        log.info("sensitivity: %s is for other settings (key %s, not %s); not restoring it",
-                 path, (cache or {}).get("key"), cache_key(cfg))
-        return None
-    data = table_csv(table)
-    if hashlib.sha256(data).hexdigest() != cache.get("table_sha256"):
-        raise ConfigError(f"the published sensitivity record {path} does not match its own "
-                          f"checksum (edited or damaged); {fix}")
-    # the cache's record is checked here, not once copied into the cache: the fix that the
-    # cache's refusal names (delete that folder) restored the same record again
-    malformed = _damaged_fields(cache, _ESTIMATE_FIELDS)
-    if malformed:
-        raise ConfigError(f"the published sensitivity record {path} is damaged (its cache's "
-                          f"{', '.join(malformed)} missing or of another type); {fix}")
-    folder = cache_dir(cfg)
-    write_bytes_atomic(folder / TABLE, data)
-    write_json_atomic(folder / RECORD, cache)
-    log.info("sensitivity: cache %s restored from the published record %s", folder, path)
-    return load_cached(cfg)
