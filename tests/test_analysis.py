@@ -3305,6 +3305,30 @@ def test_run_folders_set_aside_once_or_again_are_not_read(tmp_path):
     assert record_files(tmp_path) == [row / "seed0" / "run.json"]
 
 
+def test_runs_in_symlinked_folders_are_read_once_and_a_link_loop_ends(tmp_path):
+    """Found in the sweeps review: a user who links runs from another disk into
+    ``results/<profile>/runs/`` (a run folder, or a row's folder of published records) got
+    them silently left out of the tables (``Path.rglob`` follows no link). Followed now,
+    each folder once by its resolved path: a link back to a folder above (a loop) or a
+    second link to one folder ends there, not in a walk without end or a run read twice."""
+    from basisconv.analysis.record_sources import record_files
+
+    other_disk, runs = tmp_path / "other_disk", tmp_path / "runs"
+    (other_disk / "seed0").mkdir(parents=True)
+    (other_disk / "seed0" / "run.json").write_text("{}")
+    (other_disk / "published-row").mkdir()
+    (other_disk / "published-row" / "seed1.json").write_text("{}")
+    (runs / "row").mkdir(parents=True)
+    (runs / "row" / "seed0").symlink_to(other_disk / "seed0", target_is_directory=True)
+    (runs / "linked-row").symlink_to(other_disk / "published-row", target_is_directory=True)
+    (runs / "row" / "loop").symlink_to(runs, target_is_directory=True)  # a folder above
+    (runs / "again").symlink_to(other_disk / "published-row", target_is_directory=True)
+    found = record_files(runs)
+    assert len(found) == 2, found
+    assert found[1] == runs / "row" / "seed0" / "run.json", found
+    assert found[0] in (runs / "linked-row" / "seed1.json", runs / "again" / "seed1.json")
+
+
 def test_a_key_only_one_recipe_has_is_no_difference_from_the_baseline():
     """Found by a mutation test (every key of either recipe compared failed no test): a
     key only a newer run's record has, or one removed since, is no difference between a row

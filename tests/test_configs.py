@@ -1899,6 +1899,37 @@ def test_a_force_added_groups_advice_keeps_its_package():
     assert "choose it with model@net=resnet8, without the ++" in line
 
 
+def test_an_interval_sweep_is_one_line_naming_what_the_basic_sweeper_runs(tmp_path, repo,
+                                                                         script_starts):
+    """Found in the sweeps review: ``-m basis.size=interval(0.1,0.5)`` ended with Hydra's
+    "BasicSweeper does not support sweep type : INTERVAL_SWEEP", naming neither the
+    override nor what works. Where no override on the command line is the interval (a
+    preset's ``hydra.sweeper.params``), the line says the sweep's interval."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from basisconv.hydra_errors import hydra_error_line
+
+    sweep = tmp_path / "sweep"
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["-m", "profile=smoke", "logger=none", "basis.size=interval(0.1,0.5)",
+                              f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: basis.size=interval(0.1,0.5): Hydra's sweeper "
+                                  "(BasicSweeper) runs a list of values"), done.stderr
+    assert "sweep a comma list (basis.size=0.1,0.5), range(start,stop,step) or " in done.stderr
+    assert "choice(...), or sample the interval with a sweeper plugin (e.g. Optuna's" in (
+        done.stderr)
+    assert not sweep.exists()
+    with pytest.raises(Exception) as err:  # a preset's sweep: not on the command line
+        BasicSweeper.split_arguments(
+            OverridesParser.create().parse_overrides(["seed=interval(0,3)"]), None)
+    line = hydra_error_line(err.value, ["-m", "experiment=mine"])
+    assert line.startswith("the sweep's interval(...): Hydra's sweeper (BasicSweeper) "), line
+    assert "sweep a comma list (<key>=<a>,<b>)" in line, line
+
+
 def test_a_sweep_refuses_what_every_job_would_refuse_before_the_first_job_runs(tmp_path, repo,
                                                                               script_starts):
     """Found in review: the command line's own checks (``hydra.job.chdir=true``, a group

@@ -395,8 +395,9 @@ def test_a_sweep_that_lists_one_value_in_two_spellings_is_refused_before_any_run
     assert f"{job} twice" in lines[0] or f"{job} and" in lines[0], lines
     # found by a mutation test: the second spelling, where Hydra keeps it (00; 0.50 it
     # writes 0.5), named after "twice, as", was not checked (the line elides its middle)
-    end = {"seed=0,00": "seed=00", "basis.size=0.5,0.50": "basis.size=0.5 twice"}
-    assert f"{end[swept]} (a value repeated" in lines[0], lines
+    end = {"seed=0,00": "seed=00: seed=0 and seed=00 make the same config",
+           "basis.size=0.5,0.50": "basis.size=0.5 twice (a value given twice"}
+    assert end[swept] in lines[0], lines
     assert not sweep.exists() or not list(sweep.iterdir())
 
 
@@ -1367,6 +1368,22 @@ def test_a_resumed_auto_run_keeps_the_forms_its_earlier_epochs_ran(tmp_path, rep
     assert earlier and {f["form"] for f in earlier} == {"stacked"}
 
 
+def test_jobs_whose_overrides_differ_but_make_one_config_are_told_which_they_are():
+    """Found in the sweeps review: two jobs whose overrides differ but make one config
+    (``seed=0,00``, or two configs of a group alike) were told of "a value repeated, e.g.
+    seed=0,0, or written two ways, e.g. seed=0,00", examples that fit neither: the line
+    names the overrides that differ; jobs Hydra writes alike keep the examples."""
+    from basisconv.sweep_checks import same_run_line
+
+    line = same_run_line(["profile=smoke", "selection=all", "seed=0"],
+                         ["profile=smoke", "selection=all_alike", "seed=0"])
+    assert line.endswith(": selection=all and selection=all_alike make the same config: keep "
+                         "one of them; nothing ran"), line
+    assert "seed=0,0" not in line, line
+    line = same_run_line(["profile=smoke", "seed=0"], ["profile=smoke", "seed=0"])
+    assert "seed=0 twice (a value given twice, e.g. seed=0,0, or in spellings Hydra " in line
+
+
 def test_jobs_apart_in_a_value_too_are_not_said_apart_only_in_hydras_settings():
     """Found by a mutation test (``all`` → ``any``): two jobs of one run whose overrides
     differ in a value's spelling as well as in a Hydra setting repeat that value, and are
@@ -1374,6 +1391,6 @@ def test_jobs_apart_in_a_value_too_are_not_said_apart_only_in_hydras_settings():
     from basisconv.sweep_checks import same_run_line
 
     line = same_run_line(["seed=0", "hydra.sweep.subdir=a"], ["seed=00", "hydra.sweep.subdir=b"])
-    assert "twice, as seed=00 hydra.sweep.subdir=b (a value repeated" in line, line
+    assert "twice, as seed=00 hydra.sweep.subdir=b: seed=0 and seed=00 make" in line, line
     line = same_run_line(["seed=0", "+hydra.sweep.subdir=a"], ["seed=0", "+hydra.sweep.subdir=b"])
     assert "differ only in Hydra's settings (+hydra.sweep.subdir=b, +hydra.sweep.subdir=a)" in line

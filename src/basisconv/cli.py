@@ -164,7 +164,7 @@ def run_and_report(func: Callable[[], Any]) -> Any:
             return hydra_run_and_report(reraise)
         if isinstance(ex, BasisconvError):  # (our own line, e.g. a sweep job's check:
             exit_refused(one_line(str(ex)))  # Hydra has no fuller message to show)
-        line = hydra_error_line(ex)
+        line = hydra_error_line(ex, sys.argv[1:])
         if "Config group override must be a string" in str(ex):  # model=null, basis=0.25
             got = str(ex).rpartition("Got ")[2].strip().rstrip(".")
             line = group_value_override(sys.argv[1:], got) or line

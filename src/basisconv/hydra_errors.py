@@ -24,7 +24,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError,
                               ValidationError)
 
 from .config_keys import OTHER_NAMES
-from .override_checks import group_keys, group_options
+from .override_checks import group_keys, group_options, parsed_overrides
 
 
 def typed_overrides() -> list[str]:
@@ -71,10 +71,14 @@ def same_name_keys(node: Any, full_key: str) -> list[str]:
     return sorted(found, key=lambda key: key.count("."))
 
 
-def hydra_error_line(ex: Exception) -> str:
+def hydra_error_line(ex: Exception, args: list[str] | None = None) -> str:
     """One line for an error Hydra or OmegaConf raised while composing the config: the
-    key or option, and what is valid."""
+    key or option, and what is valid. ``args``: the command line, where the override
+    Hydra's message does not name is looked up (a sweep type its sweeper cannot run)."""
     cause = ex.__cause__
+    unlisted = UNLISTED_SWEEP.match(str(ex))
+    if unlisted:
+        return unlisted_sweep_line(unlisted[1], args or [])
     if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and ex.options:
         group, _, name = ex.missing_cfg_file.rpartition("/")
         return (f"{group}={name}: there is no such {group} config; choose one of "
@@ -138,6 +142,27 @@ def hydra_error_line(ex: Exception) -> str:
     noise = ("full_key:", "reference_type=", "object_type=", "Set the environment variable")
     kept = [line for line in lines if line and not line.startswith(noise)]
     return "; ".join(kept) or type(ex).__name__
+
+
+#: Hydra's basic sweeper's refusal of a sweep that lists no values (``interval(0.1,0.5)``).
+UNLISTED_SWEEP = re.compile(r"(\w+) does not support sweep type : (\w+)")
+
+
+def unlisted_sweep_line(sweeper: str, args: list[str]) -> str:
+    """One line for an ``interval(...)`` sweep (found in ``args``, else said as the sweep's
+    interval: a preset's ``hydra.sweeper.params``), which Hydra's basic sweeper refused as
+    "BasicSweeper does not support sweep type : INTERVAL_SWEEP", naming no override and
+    no fix: it runs a list of values, and an interval is sampled, by a sweeper plugin."""
+    interval = next((o for o in parsed_overrides(args) or []
+                     if o.is_sweep_override() and not o.is_discrete_sweep()), None)
+    key = interval.key_or_group if interval is not None else "<key>"
+    bounds = (f"{interval.value().start:g},{interval.value().end:g}" if interval is not None
+              else "<a>,<b>")
+    said = interval.input_line if interval is not None else "the sweep's interval(...)"
+    return (f"{said}: Hydra's sweeper ({sweeper}) runs a list of values, and an interval lists "
+            f"none; sweep a comma list ({key}={bounds}), range(start,stop,step) or "
+            f"choice(...), or sample the interval with a sweeper plugin (e.g. Optuna's: "
+            f"pip install hydra-optuna-sweeper, then hydra/sweeper=optuna)")
 
 
 def unknown_key_line(err: ConfigKeyError | ConfigAttributeError) -> str:

@@ -104,17 +104,27 @@ def sweep_job_settings(cfg: Any) -> str:
 def same_run_line(first: list[str], again: list[str]) -> str:
     """The line refusing two sweep jobs (their overrides) that would train one run. Jobs
     apart only in Hydra's own settings (a preset's ``hydra.sweeper.params`` sweeping
-    ``hydra.sweep.subdir``) are said so: they repeat no value, and were told they did."""
+    ``hydra.sweep.subdir``) are said so: they repeat no value, and were told they did. Jobs
+    whose overrides Hydra writes alike repeat a value; jobs whose overrides differ but
+    make one config (``seed=0`` and ``seed=00``) are told which overrides those are: the
+    line gave ``seed=0,0`` as its example to every job, one that fits neither."""
+    def hydras(override: str) -> bool:  # (a setting of Hydra's, not in the run's config)
+        return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
     differ = [o for o in again if o not in first] + [o for o in first if o not in again]
-    if differ and all(o.lstrip("+~").startswith(("hydra.", "hydra/")) for o in differ):
+    if differ and all(map(hydras, differ)):
         return (f"the sweep jobs {' '.join(first)} and {' '.join(again)} differ only in "
                 f"Hydra's settings ({', '.join(differ)}), so both would train the same "
                 f"run: sweep a key of the run, or give Hydra's settings once; nothing ran")
     first_line, again_line = " ".join(first), " ".join(again)
-    twice = (f"{first_line} twice" if first_line == again_line
-             else f"{first_line} twice, as {again_line}")
-    return (f"the sweep lists the job {twice} (a value repeated, e.g. seed=0,0, or written "
-            f"two ways, e.g. seed=0,00): give each value once; nothing ran")
+    if first_line == again_line:
+        return (f"the sweep lists the job {first_line} twice (a value given twice, e.g. "
+                f"seed=0,0, or in spellings Hydra writes as one, e.g. basis.size=0.5,0.50): "
+                f"give each value once; nothing ran")
+    first_only = " ".join(o for o in first if o not in again and not hydras(o))
+    again_only = " ".join(o for o in again if o not in first and not hydras(o))
+    return (f"the sweep lists the job {first_line} twice, as {again_line}: {first_only} "
+            f"and {again_only} make the same config: keep one of them; nothing ran")
 
 
 def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None],

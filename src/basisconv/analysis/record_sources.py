@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ def record_files(root: str | Path) -> list[Path]:
     (:data:`SET_ASIDE`), such as the published records
     ``results/<profile>/runs/<row>/seed<k>.json`` (see :func:`basisconv.records.publish`);
     :func:`read_records` leaves out the JSON files that are no records (``index.json``).
-    ``ConfigError`` when ``root`` is not a folder."""
+    Symlinked folders are followed (:func:`files_under`). ``ConfigError`` when ``root``
+    is not a folder."""
     root = Path(root)
     if not root.is_dir():
         what = "not a folder" if root.exists() else "no such folder"
@@ -55,18 +57,36 @@ def record_files(root: str | Path) -> list[Path]:
     def set_aside(path: Path) -> bool:  # a run folder scripts/reproduce.sh set aside
         return any(SET_ASIDE.fullmatch(part) for part in path.relative_to(root).parts[:-1])
 
-    runs = {path.parent for path in root.rglob(RECORD) if not set_aside(path)}
+    files = files_under(root)
+    runs = {path.parent for path in files if path.name == RECORD and not set_aside(path)}
     found = {folder / RECORD for folder in runs}
-    for path in root.rglob("*.json"):
+    # (files alone: a folder named *.json, a run's hydra.run.dir=outputs/v2.json, is none)
+    for path in (path for path in files if path.suffix == ".json"):
         inside = path.relative_to(root).parts[:-1]
         if any(part.startswith(".") for part in inside) or set_aside(path):
             continue  # .hydra/, .ipynb_checkpoints/, seed<k>.rejected/
         if any(folder in runs for folder in path.parents):
             continue  # a run's own other files (wandb's)
-        if path.is_dir():
-            continue  # a folder named *.json (a run's, hydra.run.dir=outputs/v2.json), no file
         found.add(path)
     return sorted(found)
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every file under ``root``, named by its path under ``root``, symlinked folders
+    followed: runs linked into ``results/<profile>/runs/`` from another disk were silently
+    left out of the tables (``Path.rglob`` does not follow links). Each folder is walked
+    once, by its resolved path, so a link to a folder above it (a loop) or a second link to
+    one folder ends there instead of walking on without end or reading its runs twice."""
+    walked: set[str] = set()
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        resolved = os.path.realpath(folder)
+        if resolved in walked:
+            subfolders.clear()  # (walked already, through another path)
+            continue
+        walked.add(resolved)
+        files.extend(Path(folder, name) for name in names)
+    return files
 
 
 def profile_names() -> set[str]:
