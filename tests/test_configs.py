@@ -1548,6 +1548,51 @@ def test_an_invalid_wandb_mode_from_the_environment_is_named_as_such(compose_cfg
         validate(compose_cfg("logger.mode=nope"))
 
 
+@pytest.mark.parametrize("override, said", [
+    ("logger.project=", "is empty: wandb takes it"),
+    ("logger.project=' '", "is empty: wandb takes it"),
+    ("logger.project=a/b", r"is refused by wandb \(cannot contain characters .*found '/'\)"),
+    ("logger.project='what?'", r"is refused by wandb \(cannot contain .*found '\?'\)"),
+    (f"logger.project={'x' * 129}", r"is refused by wandb \(exceeded 128 characters\)")])
+def test_a_wandb_project_that_is_empty_or_refused_by_wandb_is_refused_at_start(
+        compose_cfg, monkeypatch, override, said):
+    """Found in review: an empty project was taken (an offline run kept project '', so a
+    sweep's runs landed outside the project), and a name wandb refuses was a warning at
+    wandb.init, so a sweep with a typo trained every job without wandb."""
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    with pytest.raises(ConfigError, match=rf"^logger.project=.* {said}, and every run would "
+                                          rf"train without wandb; give a project name|"
+                                          rf"^logger.project=.* {said}, and the runs would land "
+                                          rf"outside any named project; give a project name"
+                                          ) as err:
+        validate(compose_cfg(override, "logger.mode=offline"))
+    assert "\n" not in str(err.value)
+    # unread with wandb off, so not checked
+    validate(compose_cfg(override, "logger.mode=disabled"))
+    validate(compose_cfg(override, "logger=none", "logger.mode=offline"))
+
+
+def test_the_wandb_project_defaults_to_wandb_project_and_is_named_by_it(repo, compose_cfg,
+                                                                       monkeypatch):
+    """WANDB_PROJECT was ignored (the config's basisconv was always passed to wandb.init),
+    though WANDB_MODE sets logger.mode; an override still wins, and a bad value from the
+    environment is named as the variable the user set."""
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    assert compose_cfg().logger.project == "mine"
+    assert compose_cfg("logger.project=other").logger.project == "other"
+    # and source=wandb analysis reads from where the runs went
+    with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"), version_base="1.3"):
+        assert compose("analyze", overrides=["source=wandb"]).wandb.project == "mine"
+    for value, said in [("a:b", "is refused by wandb"), ("", "is empty")]:
+        monkeypatch.setenv("WANDB_PROJECT", value)
+        with pytest.raises(ConfigError, match=rf"^WANDB_PROJECT='{value}' \(the environment "
+                                              rf"variable logger.project reads\) {said}.*; set "
+                                              rf"it to a project name, or unset it"):
+            validate(compose_cfg("logger.mode=offline"))
+    monkeypatch.delenv("WANDB_PROJECT")
+    assert compose_cfg().logger.project == "basisconv"
+
+
 def test_a_sweep_jobs_folder_is_its_overrides_and_never_another_jobs():
     from basisconv.config import job_folder
 

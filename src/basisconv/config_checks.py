@@ -30,6 +30,7 @@ from .range_checks import (check, check_choice, check_data, check_held_out, chec
                            check_seeds, check_step_settings, check_training_batch,
                            validate_basis, validate_trainer)
 from .records import unwritable_folder
+from .tracking import project_problem
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def validate(cfg: DictConfig, *, estimate: bool = False,
     _check_publish(cfg)
     check_choice(cfg.logger.backend, LOGGER_BACKENDS, "logger.backend")
     validate_logger_mode(cfg)
+    validate_logger_project(cfg)
     check_seconds(cfg.logger.init_timeout_s, "logger.init_timeout_s")
     check_seconds(cfg.logger.finish_timeout_s, "logger.finish_timeout_s", "no limit")
     return candidates
@@ -207,8 +209,7 @@ def validate_logger_mode(cfg: DictConfig) -> None:
     (``dryrun``, ``run``) become ours (``offline``, ``online``), logged; an invalid value
     that came from the environment is named as ``WANDB_MODE``."""
     mode = cfg.logger.mode
-    raw = OmegaConf.to_container(cfg.logger, resolve=False).get("mode")
-    from_env = "WANDB_MODE" in str(raw) and os.environ.get("WANDB_MODE") == mode
+    from_env = _from_environment(cfg.logger, "mode", "WANDB_MODE")
     source = f"WANDB_MODE={mode}" if from_env else f"logger.mode={mode}"
     if mode in LOGGER_MODE_ALIASES:
         with read_write(cfg):
@@ -220,3 +221,37 @@ def validate_logger_mode(cfg: DictConfig) -> None:
     check(mode in LOGGER_MODES,
           f"WANDB_MODE={mode!r} (the environment variable logger.mode reads); {choices}, or "
           f"unset it" if from_env else f"logger.mode={mode!r}; {choices}")
+
+
+def validate_logger_project(cfg: DictConfig) -> None:
+    """``logger.project``, which defaults to ``$WANDB_PROJECT`` (else basisconv), checked
+    before any run trains: a name wandb refuses (:func:`basisconv.tracking.project_problem`)
+    is only a warning at ``wandb.init``, so a sweep with a typo trained every job without
+    wandb. An empty one is refused too: wandb takes it (an offline run keeps project '';
+    the default wandb documents, named after the git folder or "uncategorized", is for no
+    project given), so a sweep's runs would land outside the project. Unread, so
+    unchecked, with wandb off
+    (``logger=none``, ``logger.mode=disabled``)."""
+    if cfg.logger.backend != "wandb" or cfg.logger.mode == "disabled":
+        return
+    project = str(cfg.logger.project)
+    if _from_environment(cfg.logger, "project", "WANDB_PROJECT"):
+        source = (f"WANDB_PROJECT={project!r} (the environment variable logger.project "
+                  f"reads)")
+        fix = "set it to a project name, or unset it (for basisconv)"
+    else:
+        source = f"logger.project={project!r}"
+        fix = "give a project name (logger.project=my-project), or drop the override"
+    check(project.strip() != "", f"{source} is empty: wandb takes it, and the runs would "
+                                 f"land outside any named project; {fix}")
+    problem = project_problem(project)
+    check(problem is None, f"{source} is refused by wandb ({problem}), and every run would "
+                           f"train without wandb; {fix}")
+
+
+def _from_environment(group: DictConfig, key: str, variable: str) -> bool:
+    """Whether ``group.key`` holds the environment variable ``variable``'s value through
+    its default (``${oc.env:VARIABLE,...}``), so that a bad value is named by the variable
+    the user set, not by a key they never typed."""
+    raw = OmegaConf.to_container(group, resolve=False).get(key)
+    return variable in str(raw) and os.environ.get(variable) == group[key]

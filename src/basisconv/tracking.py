@@ -158,6 +158,26 @@ class Tracker:
         self.run, self.working = None, False
 
 
+def project_problem(project: str) -> str | None:
+    """Why wandb refuses ``project`` as a project name, in its own words, or None. Asked of
+    wandb itself (its ``Settings`` check the name as ``wandb.init`` does: no ``/ \\ # ? %
+    :``, at most 128 characters), so the rule is the installed wandb's; at ``wandb.init``
+    a refused name is a warning and the run trains without wandb, so the config checks
+    ask before any run trains. Without wandb (not installed, or broken) there is no rule to
+    ask: the :class:`Tracker` says that it could not start."""
+    try:
+        import wandb
+    except Exception:  # noqa: BLE001 - not installed, or broken: the Tracker says so
+        return None
+    try:
+        wandb.Settings(project=project)
+    except wandb.errors.UsageError as err:
+        return one_line(err).removeprefix(f"Invalid project name {project!r}: ")
+    except Exception:  # noqa: BLE001 - only wandb's refusal of the name is an answer
+        return None
+    return None
+
+
 def _logged_in(wandb) -> bool:
     """Whether wandb has credentials, asked without its login prompt: with none, an
     online ``wandb.init`` on a terminal (tmux, screen) waits for an answer at that prompt,
