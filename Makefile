@@ -1,5 +1,9 @@
 # Every target builds .venv first when it is missing or older than the requirements.
 # Usage: make test | make reproduce [PROFILE=paper|quick|smoke] | make smoke | make train [ARGS=...]
+# VENV=<folder> (default .venv) is the environment folder make owns, wherever it is: make
+# builds it, installs the pins into it again when they change, makes it again from PYTHON
+# when it is broken or of a Python older than 3.11, and make clean removes it. To run with
+# an environment of your own as it is, name its Python instead: PY=<folder>/bin/python.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -62,11 +66,13 @@ test: $(VENV_NEEDED)
 	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # ARGS goes to the script, which refuses it naming OVERRIDES=... (it was dropped, silently)
+# The script is given the targets' Python (it runs .venv/bin/python by default: found in
+# review, make reproduce VENV=<folder> built that folder and ran .venv's Python)
 reproduce: $(VENV_NEEDED)
-	scripts/reproduce.sh $(PROFILE) $(ARGS)
+	PY=$(PY) scripts/reproduce.sh $(PROFILE) $(ARGS)
 
 smoke: $(VENV_NEEDED)
-	WANDB_MODE=disabled scripts/reproduce.sh smoke $(ARGS)
+	WANDB_MODE=disabled PY=$(PY) scripts/reproduce.sh smoke $(ARGS)
 
 # The analysis reads and writes the folder scripts/reproduce.sh wrote: the smoke profile's
 # records and tables are in $(OUTPUTS)/smoke/results, never in results/; the others' in

@@ -216,20 +216,45 @@ LAST_JOB=
 # once shared the failure marks and logs, so a failed run was reported as done with exit
 # status 0, and timed the speed benchmark beside each other). The lock is held until this
 # script and every run it started have ended (they inherit it).
+# A refusal leaves nothing it made (found in review: every refused start left an empty
+# .reproduce.lock behind, and the folders made for it): MADE lists what this invocation
+# made, in the order it made it, and unmake removes it, the last first (a folder only once
+# empty). A lock file is removed only by its holder, and taken only if it is still the file
+# of its name once locked: one removed between another invocation's opening and locking
+# it is not held by that one.
+MADE=()
 lock_folder() {  # lock_folder <fd> <folder>: take <folder>/.reproduce.lock, or fail
+  local lock=$2/.reproduce.lock made=() folder=$2
+  while [ ! -e "$folder" ]; do  # the folders mkdir makes, the outermost first
+    made=("$folder" ${made[@]+"${made[@]}"}); folder=$(dirname "$folder")
+  done
+  [ -e "$lock" ] || made+=("$lock")
   mkdir -p "$2"
-  eval "exec $1>>\"\$2/.reproduce.lock\""
-  "$PY" -c 'import fcntl, sys; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' \
-    "$1" 2> /dev/null
+  eval "exec $1>>\"\$lock\""
+  "$PY" -c 'import fcntl, os, sys
+fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)
+sys.exit(not os.path.samestat(os.fstat(int(sys.argv[1])), os.stat(sys.argv[2])))' \
+    "$1" "$lock" 2> /dev/null || return 1
+  MADE+=(${made[@]+"${made[@]}"})
+}
+unmake() {  # unmake: remove what MADE lists, the last made first
+  local i
+  for ((i = ${#MADE[@]} - 1; i >= 0; i--)); do
+    if [ -d "${MADE[i]}" ]; then rmdir "${MADE[i]}" 2> /dev/null || true
+    else rm -f "${MADE[i]}"; fi
+  done
+  MADE=()
 }
 # (one folder for both, OUTPUTS=RESULTS_DIR, is locked once: a second lock on the same file
 # failed against the first, and every invocation was refused as another's; found in review)
 if ! lock_folder 8 "$OUT" || { [ "$(realpath -m "$RESULTS")" != "$(realpath -m "$OUT")" ] \
                                && ! lock_folder 9 "$RESULTS"; }; then
+  unmake
   echo "another scripts/reproduce.sh is running on $OUT or $RESULTS; wait for it to end," \
        "or give this one other folders (OUTPUTS=<folder> RESULTS_DIR=<folder>)" >&2
   exit 2
 fi
+trap unmake EXIT  # until the session log's trap below: a refusal between them
 # every refusal is above: only an invocation that runs ties the folder to its overrides
 # (none: a file an earlier start left, refused before it made a record, is not this one's)
 # (by the package's atomic write, as every record: one cut off by a kill or a full disk held
@@ -237,6 +262,7 @@ fi
 # cut could leave it empty beside records flushed after it; a python start without torch)
 # (a write the system refuses, a full disk, is its WriteError's one line, not a trace)
 if [ -n "$WANTED" ]; then
+  [ -e "$MADE_WITH" ] || MADE+=("$MADE_WITH")
   "$PY" -c 'import sys; from basisconv.records import write_text_atomic as w
 try: w(sys.argv[1], sys.argv[2] + "\n")
 except OSError as err: sys.exit(f"error: {err}")' "$MADE_WITH" "$WANTED"
@@ -316,7 +342,7 @@ run() {  # run <name> <command...>: now (JOBS=1), or in the background once a sl
   local name=$1; shift
   # refused before any run starts: nothing computed, so no session logged (else a start
   # without its dataset added one to the protocol's wall-clock in index.json)
-  if [ -n "$NO_DATA" ]; then trap - EXIT; echo "error: $NO_DATA" >&2; exit 2; fi
+  if [ -n "$NO_DATA" ]; then trap - EXIT; unmake; echo "error: $NO_DATA" >&2; exit 2; fi
   if [ "$JOBS" -le 1 ]; then  # (found in review: its first failure ended the protocol)
     mkdir -p "$LOGS"
     local code=0

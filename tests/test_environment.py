@@ -822,3 +822,49 @@ def test_py_spelled_as_the_venvs_own_python_builds_the_venv(repo, spelling):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"-m venv --clear {venv}" in result.stdout, result.stdout
+
+
+def made_venv(tmp_path, stamp_time=None):
+    """A folder as make leaves its environment: ``bin/`` and the stamp of its last install,
+    which is newer than the requirements unless ``stamp_time`` (seconds) says otherwise."""
+    venv = tmp_path / "env"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed").touch()
+    if stamp_time is not None:
+        os.utime(venv / ".installed", (stamp_time, stamp_time))
+    return venv
+
+
+@pytest.mark.parametrize("target", PY_TARGETS)
+def test_every_target_runs_the_python_of_the_venv_make_is_given(repo, tmp_path, target):
+    """Found in review: ``make reproduce VENV=<folder>`` (and ``make smoke``) brought that
+    folder up to the pins and then ran ``scripts/reproduce.sh``, which runs
+    ``.venv/bin/python`` unless given ``PY``: every target runs the given folder's Python
+    (``make -n``: what make would run; the folder's stamp is newer than the pins)."""
+    venv = made_venv(tmp_path)
+    result = subprocess.run(["make", "-n", "--no-print-directory", target, f"VENV={venv}"],
+                            cwd=repo, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"{venv}/bin/python" in result.stdout, result.stdout
+    assert ".venv" not in result.stdout, result.stdout
+
+
+def test_the_folder_venv_names_is_makes_own_and_says_so(repo, tmp_path):
+    """Found in review: ``make VENV=<an existing environment>`` pip-installs the pins into
+    it once requirements.txt is newer than its stamp, which neither the Makefile nor the
+    README said. The folder VENV names is make's own, as ``.venv`` is (brought up to the
+    pins, removed by ``make clean``), and both say so, naming ``PY=<folder>/bin/python``
+    for an environment of one's own, which make leaves as it is."""
+    venv = made_venv(tmp_path, stamp_time=0)  # older than requirements.txt
+    for target, owned in (("test", f"{venv}/bin/python -m pip install"),
+                          ("clean", f"rm -rf {venv}")):
+        result = subprocess.run(["make", "-n", "--no-print-directory", target,
+                                 f"VENV={venv}"], cwd=repo, capture_output=True, text=True,
+                                timeout=60)
+        assert owned in result.stdout, result.stdout + result.stderr
+    makefile = " ".join((repo / "Makefile").read_text().replace("#", " ").split())
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert "VENV=<folder> (default .venv) is the environment folder make owns" in makefile
+    assert "name its Python instead: PY=<folder>/bin/python" in makefile
+    assert "`make VENV=<folder>` keeps the environment in that folder" in readme
+    assert "name its Python instead: `make test PY=<folder>/bin/python`" in readme

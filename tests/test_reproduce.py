@@ -605,6 +605,7 @@ def test_an_overrides_file_that_cannot_be_written_is_one_line(repo, tmp_path):
     assert result.stderr.startswith(f"error: could not write {listed} (No space left on "
                                     f"device); free space"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "p" / "outputs").exists()  # nor its locks and their folders
 
 
 def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
@@ -901,6 +902,37 @@ def test_two_protocols_at_once_on_one_folder_are_refused(repo, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
 
 
+def test_a_refused_start_leaves_nothing_it_made(repo, tmp_path):
+    """Found in review: a refused start left the empty ``.reproduce.lock`` files it made,
+    and the folders it made for them. Refused for a results folder another invocation holds
+    (held here by the test), it leaves no trace in its fresh OUTPUTS and the other's lock
+    stays; refused for its dataset, it leaves none either, its folder's overrides list
+    included. (Their checks are stood in: what they check is no business of this test.)"""
+    import fcntl
+
+    held = tmp_path / "held" / "quick"
+    held.mkdir(parents=True)
+    with open(held / ".reproduce.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result, started, _ = fake_protocol(repo, tmp_path / "a", args=("quick",), SEEDS="0",
+                                           FAKE_CHECKS="passed",
+                                           RESULTS_DIR=str(tmp_path / "held"))
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert "another scripts/reproduce.sh is running" in result.stderr
+    assert not (tmp_path / "a" / "outputs").exists()
+    assert [p.name for p in held.iterdir()] == [".reproduce.lock"]
+    (tmp_path / "b").mkdir()
+    no_data = (f"echo 0; echo '{json.dumps(smoke_keys())}'; "
+               "echo 'CIFAR-10 not found in /nowhere'")
+    env = stand_in_python(tmp_path / "b", f"*torch.cuda*) {no_data}; exit 0", "exit 1")
+    env["OVERRIDES"] = "trainer.epochs=2"  # a variant: its folder is tied to them
+    result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == "error: CIFAR-10 not found in /nowhere\n"
+    assert not (tmp_path / "b" / "outputs").exists()
+
+
 def test_a_record_that_cannot_be_set_aside_ends_the_script_with_a_line_to_remove_it(tmp_path):
     """A record in a run's place that is not its record, in a folder where it cannot be
     renamed (read-only; here its .rejected name is taken by a folder, which fails as root
@@ -1181,7 +1213,8 @@ def test_a_write_of_the_folders_overrides_cut_off_leaves_no_cut_off_list(repo, t
     package's atomic write, as its own files. Here the script and its writer are killed
     (SIGKILL) with the list written beside the file, before the rename (a sitecustomize
     stands in for ``os.replace``), then the list is made whole by the next invocation
-    (which ends at the step after it). The killed writer's temporary is git-ignored
+    (whose runs fail at once: one stopped before its runs would remove the list it made,
+    as any refusal leaves nothing it made). The killed writer's temporary is git-ignored
     (``.*.tmp``) and deleted, once stale, by a later write (``records.write_atomic``)."""
     overrides = "trainer.epochs=1 name=x"
     hooks = tmp_path / "hooks"
@@ -1196,7 +1229,7 @@ def test_a_write_of_the_folders_overrides_cut_off_leaves_no_cut_off_list(repo, t
         "os.replace = replace\n")
     made_with = tmp_path / "outputs" / "smoke" / "results" / "protocol-overrides.txt"
     for cases, extra in ((checks_pass(), {"PYTHONPATH": str(hooks)}),
-                         (f"{checks_pass()};; *set_aside_stale_records*) exit 1", {})):
+                         (checks_pass(), {})):
         env = {**stand_in_python(tmp_path, cases, "exit 1"), "OVERRIDES": overrides, **extra}
         result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"],
                                 env=env, capture_output=True, text=True, timeout=120)
