@@ -323,7 +323,7 @@ def test_a_dataset_under_the_other_formats_folder_name_is_found(tmp_path, fmt, f
     written = write_cifar(tmp_path, fmt, n_train=50, n_test=20)
     written.rename(tmp_path / folder_name)
     data = load_cifar10(tmp_path, verify_md5=False)
-    assert data.source == str(tmp_path / folder_name)
+    assert data.source == str((tmp_path / folder_name).resolve())  # absolute, resolved
     assert (len(data.train_labels), len(data.test_labels)) == (50, 20)
 
 

@@ -921,9 +921,11 @@ def test_every_setting_that_shapes_the_table_changes_the_cache_key(repo, tmp_pat
         assert sensitivity_key.cache_key(changed) != key, name
 
 
-def test_unverified_data_is_keyed_by_its_folder_and_verified_cifar_is_not(repo, tmp_path):
+def test_unverified_data_is_keyed_by_its_folder_and_verified_cifar_is_not(repo, tmp_path,
+                                                                          monkeypatch):
     """Your own data in CIFAR format (data.verify_md5=false) in another folder is other
-    data: its table must not be the one of another folder, or of the real CIFAR-10."""
+    data: its table must not be the one of another folder, or of the real CIFAR-10; one
+    folder written relative or absolute is one folder."""
     def key(*overrides):
         return sensitivity_key.cache_key(compose_sensitivity(repo, tmp_path, "data=cifar10",
                                                          *overrides))
@@ -934,6 +936,8 @@ def test_unverified_data_is_keyed_by_its_folder_and_verified_cifar_is_not(repo, 
     assert unverified != key("data.verify_md5=false", f"data.root={other}")
     assert unverified != key(f"data.root={mine}")
     assert unverified == key("data.verify_md5=false", f"data.root={mine}/../mine")
+    monkeypatch.chdir(tmp_path)
+    assert unverified == key("data.verify_md5=false", "data.root=mine")
 
 
 def test_a_source_checkpoint_is_keyed_by_its_content_not_its_path(repo, tmp_path):

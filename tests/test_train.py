@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -761,6 +762,63 @@ def test_resume_accepts_the_same_data_under_another_path(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="differs in data.root"):
             check_same_run(before, {**after, "data": {**after["data"], "root": "/elsewhere"}},
                            tmp_path)
+
+
+def test_a_relative_data_root_is_recorded_beside_the_absolute_folder_read(tmp_path, repo,
+                                                                            monkeypatch, caplog):
+    """data.root=../shared/cifar names a folder only from where the run started (the log
+    and record said only that): the log and the record's provenance name the folder read,
+    absolute, and the config keeps the root as given (what makes two runs one), so a
+    resume from the same folder resumes, and so does one from another folder naming the
+    same data another way, each start's folder kept."""
+    from basisconv import training
+
+    folder = write_cifar(tmp_path / "shared" / "cifar", n_train=50, n_test=20)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    tiny = ["data.verify_md5=false", "model=resnet8", "model.width=0.25", "trainer.epochs=3",
+            "trainer.batch_size=25", "trainer.threads=1", "trainer.progress=false"]
+    relative = config(repo, ["data.root=../shared/cifar", *tiny])
+    run, read = tmp_path / "run", str(folder.resolve())
+    with caplog.at_level("INFO", logger=training.log.name):
+        fit_stopped_before(2, relative, run)
+    assert f"data {read} (data.root=../shared/cifar): 50 train / 20 test" in caplog.text
+    record = json.loads((run / "run.json").read_text())
+    started = {"root": str((tmp_path / "shared" / "cifar").resolve()), "source": read}
+    assert record["config"]["data"]["root"] == "../shared/cifar"
+    assert record["provenance"]["data"] == started
+    fit_stopped_before(3, relative, run)  # the same folder: resumed
+    monkeypatch.chdir(tmp_path)
+    resumed = fit(config(repo, ["data.root=shared/cifar", *tiny]), run)
+    provenance = resumed["provenance"]
+    assert provenance["resumed_from_epoch"] == 2 and len(resumed["epochs"]) == 3
+    assert provenance["data"] == started
+    assert [start["data"] for start in provenance["earlier"]] == [started, started]
+    assert [start["resumed_from_epoch"] for start in provenance["earlier"][1:]] == [1]
+    # the same words from another folder name other data (unchecked): not this run's
+    write_cifar(tmp_path / "other" / "shared" / "cifar", n_train=50, n_test=20, seed=1)
+    monkeypatch.chdir(tmp_path / "other")
+    with pytest.raises(ConfigError, match="differs in data.root"):
+        fit(config(repo, ["data.root=shared/cifar", *tiny]), run)
+
+
+def test_resume_compares_a_relative_data_root_where_the_saved_run_started(tmp_path,
+                                                                          monkeypatch):
+    """A relative data.root names its folder from where its run started, which its record
+    keeps (provenance.data.root): resolved here instead, another spelling of the same
+    folder was refused, and the same spelling of another folder resumed (own data,
+    data.verify_md5=false, read unchecked)."""
+    from basisconv.same_run import check_same_run
+
+    started = str((tmp_path / "shared" / "cifar").resolve())
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    saved = {"data": {"name": "cifar10", "root": "shared/cifar", "verify_md5": False}}
+    check_same_run(saved, {"data": {**saved["data"], "root": "../shared/cifar"}}, tmp_path,
+                   saved_root=started)
+    with pytest.raises(ConfigError, match="differs in data.root"):
+        check_same_run(saved, saved, tmp_path, saved_root=started)
+    check_same_run(saved, saved, tmp_path)  # a record that kept no root: resolved here
 
 
 @pytest.mark.parametrize("script, override, message", [

@@ -58,7 +58,9 @@ DOWNLOAD_LOCK = ".cifar-10-download.lock"
 
 @dataclass
 class CIFAR10:
-    """The dataset in memory: images ``[N, 3, 32, 32]`` uint8, labels ``[N]`` int64."""
+    """The dataset in memory: images ``[N, 3, 32, 32]`` uint8, labels ``[N]`` int64;
+    ``source``, where they came from: the folder read, absolute (see :func:`load_cifar10`),
+    or what generated them."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -286,7 +288,10 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
     """Read the whole CIFAR-10 into memory as uint8 tensors.
 
     ``root`` may be the extracted folder itself or a folder above it; default
-    :func:`default_root`. With ``download=True`` a missing dataset is fetched first.
+    :func:`default_root`. With ``download=True`` a missing dataset is fetched first. The
+    dataset's ``source`` is the folder its files were read from, absolute (symlinks
+    resolved): a relative ``root`` (``data.root=../shared/data``) names a folder only from
+    where the run started, and a run's log and record name this one.
     """
     # expanded here, once: the download lock below lives in the same folder as the data
     root = expanded_root(root if root is not None else default_root())
@@ -306,4 +311,4 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = Tr
                 folder, fmt = find_cifar10(root)
     train = _read_split(folder, fmt, TRAIN_FILES[fmt], verify_md5)
     test = _read_split(folder, fmt, TEST_FILES[fmt], verify_md5)
-    return CIFAR10(*train, *test, source=str(folder))
+    return CIFAR10(*train, *test, source=str(folder.resolve()))

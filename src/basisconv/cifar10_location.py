@@ -49,6 +49,13 @@ def expanded_root(root: str | os.PathLike) -> Path:
             f"in data.root or the CIFAR10_ROOT environment variable") from None
 
 
+def absolute_root(root: str | os.PathLike) -> Path:
+    """The folder ``root`` names from here (this process's working folder), absolute and
+    resolved (``~`` expanded, symlinks followed): one folder however it is written, as
+    resuming, the sensitivity cache key and a run's record compare and name it."""
+    return expanded_root(root).resolve()
+
+
 def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
     """Locate a CIFAR-10 folder under ``root`` (or ``root`` itself), binary version first.
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .cifar10 import CIFAR10, CLASSES, TRAIN_IMAGES, load_cifar10
+from .cifar10_location import absolute_root
 from .distributed import shard
 from .errors import ConfigError
 from .counts import count_of, count_or_fraction_problem, is_number
@@ -96,6 +97,25 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
                                  key="data.test_subset")
         data.test_images, data.test_labels = data.test_images[keep], data.test_labels[keep]
     return data
+
+
+def data_read(data_cfg, data: CIFAR10) -> dict[str, str]:
+    """What a start read, for its record's provenance: the images' ``source`` (CIFAR-10's
+    folder, absolute; or what generated them) and, for CIFAR-10, the folder ``data.root``
+    named where it started (absolute: the config keeps the root as given), against which
+    a resume compares its own (:func:`basisconv.same_run.same_data`)."""
+    if data_cfg.name == "stripes":
+        return {"source": data.source}
+    return {"root": str(absolute_root(data_cfg.root)), "source": data.source}
+
+
+def source_said(data_cfg, data: CIFAR10) -> str:
+    """Where a run's images came from, as its log says it: CIFAR-10's folder read
+    (absolute), beside ``data.root`` as given (a relative one names a folder only from
+    where the run started); or what generated them."""
+    if data_cfg.name == "stripes":
+        return data.source
+    return f"{data.source} (data.root={data_cfg.root})"
 
 
 def training_images(data_cfg) -> tuple[int, str] | None:

@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .records import (RECORD, TF32_FLAGS, RunRecord, commit_name, hardware_name, json_text,
                       leftover_temporaries, missing_fields, read_record, timing_hardware,
                       write_record)
-from .same_run import check_same_run
+from .same_run import check_same_run, recorded_root
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def resume_point(cfg: DictConfig, config: dict, output_dir: Path, *, holds_lock:
     if cfg.trainer.resume and (output_dir / CHECKPOINT).exists():
         checkpoint = load_checkpoint(output_dir / CHECKPOINT, resuming=True,
                                      finished=says_complete(output_dir / RECORD))
-        check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT)
+        check_same_run(checkpoint["config"], config, output_dir / CHECKPOINT,
+                       saved_root=recorded_root(checkpoint["record"]))
         if checkpoint["record"]["status"] == "complete":
             log.info("run in %s is already complete; not training again", output_dir)
             if holds_lock:
@@ -81,7 +82,7 @@ def finished_record(output_dir: Path, config: dict) -> dict[str, Any] | None:
                           f"{', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}) "
                           f"and there is no {CHECKPOINT} to rebuild it from; delete it to "
                           f"train the run again, or use a new output directory")
-    check_same_run(saved["config"], config, path)
+    check_same_run(saved["config"], config, path, saved_root=recorded_root(saved))
     log.info("run in %s is already complete (its run.json; no checkpoint); not training "
              "again", output_dir)
     return saved

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .cifar10_location import expanded_root
+from .cifar10_location import absolute_root
 from .errors import ConfigError
 from .records import RECORD, read_record
 
@@ -70,7 +70,8 @@ def flat_config(config: dict) -> dict[str, Any]:
 
 def check_same_run(saved_config: dict, config: dict, path: Path,
                    fix: str = "use a new output directory, or trainer.resume=false to start "
-                              "over", unread: tuple[str, ...] = ()) -> None:
+                              "over", unread: tuple[str, ...] = (),
+                   saved_root: str | None = None) -> None:
     """Refuse to resume a checkpoint written under a different configuration (or, with
     another ``fix``, to replace a record ``path`` of one: :func:`refuse_other_settings`).
 
@@ -78,7 +79,9 @@ def check_same_run(saved_config: dict, config: dict, path: Path,
     (:data:`ADDED_KEYS`); other keys that only one side has (removed, or written by a newer
     version) are logged, not refused, so a reproduce started before an upgrade can go on.
     ``unread``: flattened keys, or prefixes ending in ``.``, that may differ too (the run
-    does not read them)."""
+    does not read them). ``saved_root``: the folder the saved ``data.root`` named where
+    that run started (:func:`recorded_root`), as a relative root names another folder
+    from elsewhere."""
     old, new = flat_config(saved_config), flat_config(config)
     one_sided = sorted(old.keys() ^ new.keys())
     if one_sided:
@@ -89,10 +92,15 @@ def check_same_run(saved_config: dict, config: dict, path: Path,
     changed = sorted(k for k in old.keys() & new.keys()
                      if (old[k] != new[k] or type(old[k]) is not type(new[k]))
                      and not changes_only_execution(k) and not k.startswith(unread))
-    if "data.root" in changed and same_data(old, new):
-        log.info("%s: data.root %s -> %s holds the same data; resuming", path,
-                 old["data.root"], new["data.root"])
-        changed.remove("data.root")
+    # a saved root where its run started is compared even where both are written alike
+    compared = saved_root is not None and "data.root" in old.keys() & new.keys()
+    if "data.root" in changed or compared:
+        changed = [key for key in changed if key != "data.root"]
+        if not same_data(old, new, saved_root):
+            changed = sorted([*changed, "data.root"])
+        elif old["data.root"] != new["data.root"]:
+            log.info("%s: data.root %s -> %s holds the same data; resuming", path,
+                     old["data.root"], new["data.root"])
     if changed:
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "
@@ -123,15 +131,27 @@ def refuse_other_settings(config: dict, folder: Path, kind: str, what: str,
                            f"for the default), or delete that folder")
 
 
-def same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether two flattened configs whose ``data.root`` differs read the same data: the
-    data is what was verified, not how its path was written. So the root may change when
-    both check the published md5 sums (the files are then the genuine CIFAR-10 wherever
-    they lie), when the data is generated (the root is not read), or when both paths
-    resolve to the same folder."""
+def same_data(old: dict[str, Any], new: dict[str, Any], saved_root: str | None = None
+              ) -> bool:
+    """Whether two flattened configs read the same data: the data is what was verified,
+    not how its path was written. So the root may change when both check the published
+    md5 sums (the files are then the genuine CIFAR-10 wherever they lie), when the data is
+    generated (the root is not read), or when both paths resolve to the same folder: the
+    saved one as its run resolved it where it started (``saved_root``); without one (a
+    record made before it was kept) resolved here, right where the run started here."""
     if old.get("data.name") == new.get("data.name") == "stripes":
         return True
     if old.get("data.verify_md5") and new.get("data.verify_md5"):
         return True
-    root = [expanded_root(str(c["data.root"])).resolve() for c in (old, new)]
-    return root[0] == root[1]
+    before = Path(saved_root) if saved_root else absolute_root(str(old["data.root"]))
+    return before == absolute_root(str(new["data.root"]))
+
+
+def recorded_root(record: dict[str, Any]) -> str | None:
+    """The folder a saved run's ``data.root`` named where its latest start ran, absolute
+    (its record's ``provenance.data.root``, :func:`basisconv.data.data_read`); None where
+    the record kept none (generated data, or a record made before it was kept)."""
+    provenance = record.get("provenance")
+    data = provenance.get("data") if isinstance(provenance, dict) else None
+    root = data.get("root") if isinstance(data, dict) else None
+    return root if isinstance(root, str) else None  # (a record edited by hand: none)

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .cifar10_location import expanded_root
+from .cifar10_location import absolute_root
 from .errors import ConfigError
 from .records import file_digest
 from .time_budget import readable_key
@@ -125,7 +125,7 @@ def _data_fields(cfg: DictConfig) -> dict[str, Any]:
         data["synthetic_test"] = cfg.data.synthetic_test  # changes the training images too
     elif not cfg.data.verify_md5:  # not the published CIFAR-10 (your own data in its format):
         # known by its folder, as resuming knows it (same_run.same_data)
-        data["root"] = str(expanded_root(cfg.data.root).resolve())
+        data["root"] = str(absolute_root(cfg.data.root))
     return data
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, execution, loop, optim, stop_messages
 from .config import GRAPHING_COMPILE_MODES
-from .data import prepare_data
+from .data import data_read, prepare_data, source_said
 from .errors import ConfigError, Stopped, TrainingDiverged, error_line
 from .kernels import auto
 from .network import (build_network, check_conversion, choose_forms_now, converts_later,
@@ -133,6 +133,11 @@ class Training:
             "model": describe(self.model, batch=self.process_batch), "layers": self.layers,
             **made_from, "epochs": [], "final": None, "wandb": earlier})
         self.results = self.record.results
+        # the folders this start read, absolute: config.data.root is kept as given (it is
+        # part of what makes two runs one, same_run.same_data), where a relative one
+        # names a folder only from where the run started; an earlier start's, read from
+        # another folder, is kept in provenance.earlier with the rest of where it ran
+        self.record.provenance["data"] = data_read(cfg.data, data)
         if checkpoint is not None:
             self.restore(checkpoint)
         if not self.pending_conversion:
@@ -140,8 +145,8 @@ class Training:
         log.info("model %s (width %s): %s parameters, %d basis layers; data %s: %d train / "
                  "%d test images; device %s", cfg.model.name, cfg.model.width,
                  f"{self.results['model']['parameters']:,}",
-                 len(self.results["model"]["basis_layers"]),
-                 data.source, data.train_labels.numel(), data.test_labels.numel(), self.device)
+                 len(self.results["model"]["basis_layers"]), source_said(cfg.data, data),
+                 data.train_labels.numel(), data.test_labels.numel(), self.device)
         self.wrap()
         self.saves = RunSaves(cfg, output_dir, self.record, self.checkpoint_state, self.device)
         # started by run(), in the try whose finally ends it: a stop or an error before
