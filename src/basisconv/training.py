@@ -425,7 +425,6 @@ class Training:
                                           len(self.results["epochs"]))
 
 
-
 def final_metrics(epochs: list[dict]) -> dict[str, Any]:
     """The run's summary: the last epoch's test metrics are its result;
     ``best_test_accuracy`` is the maximum over epochs, picked on the test set (optimistic,
