@@ -222,15 +222,33 @@ LAST_JOB=
 # empty). A lock file is removed only by its holder, and taken only if it is still the file
 # of its name once locked: one removed between another invocation's opening and locking
 # it is not held by that one.
+# A folder that cannot hold its lock (not writable, a read-only file system, a full disk, a
+# file in its path) is said so, in the system's words, by the python that makes the folder
+# and the lock file (found in review: the shell's failed mkdir and open were refused as
+# "another scripts/reproduce.sh is running", which sent the user waiting); the shell then
+# opens the file it made, which fails only if another invocation removed it meanwhile.
 MADE=()
-lock_folder() {  # lock_folder <fd> <folder>: take <folder>/.reproduce.lock, or fail
-  local lock=$2/.reproduce.lock made=() folder=$2
-  while [ ! -e "$folder" ]; do  # the folders mkdir makes, the outermost first
+MAKE_LOCK='import os, sys
+folder, lock = sys.argv[1:]
+try:
+    os.makedirs(folder, exist_ok=True)
+    open(lock, "a").close()
+except OSError as err:
+    sys.exit(f"error: cannot lock {folder} for this protocol ({err.strerror}: {err.filename});"
+             " give it folders it can write (OUTPUTS=<folder> RESULTS_DIR=<folder>), or fix"
+             " the permissions")'
+lock_folder() {  # lock_folder <fd> <folder>: take <folder>/.reproduce.lock, or fail (a
+                 # folder that cannot hold it ends the script, saying why)
+  local lock=$2/.reproduce.lock made=() folder=$2 new_lock=
+  while [ ! -e "$folder" ]; do  # the folders makedirs makes, the outermost first
     made=("$folder" ${made[@]+"${made[@]}"}); folder=$(dirname "$folder")
   done
-  [ -e "$lock" ] || made+=("$lock")
-  mkdir -p "$2"
-  eval "exec $1>>\"\$lock\""
+  [ -e "$lock" ] || new_lock=$lock
+  if ! "$PY" -c "$MAKE_LOCK" "$2" "$lock"; then  # (the folders it made, not the lock file)
+    MADE+=(${made[@]+"${made[@]}"}); unmake; exit 2
+  fi
+  made+=(${new_lock:+"$new_lock"})
+  { eval "exec $1>>\"\$lock\""; } 2> /dev/null || return 1
   "$PY" -c 'import fcntl, os, sys
 fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)
 sys.exit(not os.path.samestat(os.fstat(int(sys.argv[1])), os.stat(sys.argv[2])))' \

@@ -933,6 +933,64 @@ def test_a_refused_start_leaves_nothing_it_made(repo, tmp_path):
     assert not (tmp_path / "b" / "outputs").exists()
 
 
+FOLDER_FIX = ("give it folders it can write (OUTPUTS=<folder> RESULTS_DIR=<folder>), or fix "
+              "the permissions")
+
+
+def test_outputs_under_a_file_is_one_line_not_another_protocol_running(repo, tmp_path):
+    """Found in review: a folder that could not be made (here OUTPUTS under a regular file,
+    which fails as root does too) was refused as "another scripts/reproduce.sh is running":
+    a wrong diagnosis that sent the user waiting, below the shell's own two lines. It is one
+    line naming the folder, the system's reason and the fix. (Checks stood in.)"""
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "x" / "smoke"
+    result, started, _ = fake_protocol(repo, tmp_path, FAKE_CHECKS="passed",
+                                       OUTPUTS=str(tmp_path / "a-file" / "x"))
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr == (f"error: cannot lock {out} for this protocol (Not a directory: "
+                             f"{tmp_path / 'a-file' / 'x'}); {FOLDER_FIX}\n")
+
+
+def test_a_lock_file_that_cannot_be_made_is_one_line_and_leaves_nothing_made(repo, tmp_path):
+    """The results folder's lock file refused by the system (a full disk; here its open
+    fails so) is its one line, not another protocol running, and the refused start leaves
+    nothing it made: neither the outputs' lock nor the folders made for either."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import builtins, errno, os\n_open = builtins.open\n"
+        "def full(file, *args, **kwargs):\n"
+        "    if str(file).endswith('results/.reproduce.lock'):\n"
+        "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))\n"
+        "    return _open(file, *args, **kwargs)\n"
+        "builtins.open = full\n")
+    result, started, runs = fake_protocol(repo, tmp_path / "p", FAKE_CHECKS="passed",
+                                          PYTHONPATH=str(hooks))
+    lock = runs.parent / ".reproduce.lock"
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr == (f"error: cannot lock {runs.parent} for this protocol (No space "
+                             f"left on device: {lock}); {FOLDER_FIX}\n")
+    assert not (tmp_path / "p" / "outputs").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only folder")
+def test_a_read_only_results_folder_is_one_line_naming_why(repo, tmp_path):
+    """A results folder the user cannot write in (a read-only checkout's results/) is said
+    so, with the system's reason, not refused as another protocol running."""
+    held = tmp_path / "read-only"
+    (held / "quick").mkdir(parents=True)
+    (held / "quick").chmod(0o555)
+    try:
+        result, started, _ = fake_protocol(repo, tmp_path, args=("quick",), SEEDS="0",
+                                           FAKE_CHECKS="passed", RESULTS_DIR=str(held))
+    finally:
+        (held / "quick").chmod(0o755)
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr == (f"error: cannot lock {held / 'quick'} for this protocol "
+                             f"(Permission denied: {held / 'quick' / '.reproduce.lock'}); "
+                             f"{FOLDER_FIX}\n")
+    assert not (tmp_path / "outputs").exists()
+
 def test_a_record_that_cannot_be_set_aside_ends_the_script_with_a_line_to_remove_it(tmp_path):
     """A record in a run's place that is not its record, in a folder where it cannot be
     renamed (read-only; here its .rejected name is taken by a folder, which fails as root
