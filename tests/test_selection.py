@@ -21,6 +21,7 @@ import basisconv.config  # noqa: F401  (registers the schema)
 from basisconv import (selection, sensitivity, sensitivity_cache, sensitivity_estimate,
                        sensitivity_key, sensitivity_published)
 from basisconv.errors import ConfigError
+from cifar_files import write_cifar
 from basisconv.models import build_model
 from basisconv.selection import pick_layers
 
@@ -262,6 +263,7 @@ def made_up_search(repo, tmp_path, monkeypatch, accuracy, drops=(0.01, 0.02, 0.0
 
     class Probe:
         kept_pretraining, kept_finetunes = False, 0
+        data_read = {"source": "stripes"}
 
         def __init__(self, cfg, keep_in):
             pass
@@ -375,6 +377,76 @@ def test_an_estimate_refuses_a_folder_that_holds_an_estimate_with_other_settings
     assert (out / "run.json").read_bytes() == written
 
 
+#: A tiny estimate (and search) of CIFAR-format files of the test's own (unchecked): three
+#: candidate layers, one batch order, a subset of one.
+OWN_DATA = ["data=cifar10", "data.verify_md5=false", "model=resnet8", "logger=none",
+            "selection=none", "sensitivity.noise_repeats=0", "sensitivity.val_size=50",
+            "sensitivity.layers=[layer2.0.conv2,layer3.0.conv1,layer3.0.conv2]",
+            "sensitivity.search_subset_size=1", "trainer.batch_size=50"]
+
+
+def relative_data_folders(tmp_path, monkeypatch) -> tuple[str, str]:
+    """``shared/cifar`` beside the folder a run starts in (``work``, made the working
+    folder), and the same words beside ``other/work``, which hold other data: the
+    folder read (absolute) and the one ``data.root=../shared/cifar`` names from ``work``."""
+    folder = write_cifar(tmp_path / "shared" / "cifar", n_train=150, n_test=20)
+    write_cifar(tmp_path / "other" / "shared" / "cifar", n_train=150, n_test=20, seed=1)
+    for work in (tmp_path / "work", tmp_path / "other" / "work"):
+        work.mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return str(folder.resolve()), str((tmp_path / "shared" / "cifar").resolve())
+
+
+@pytest.mark.parametrize("producer", ["sensitivity", "search"])
+def test_an_estimate_or_search_records_the_folder_it_read_and_compares_a_relative_root_there(
+        repo, tmp_path, monkeypatch, producer):
+    """A relative data.root names a folder only from where its run started: an estimate's
+    or a search's record kept it as given, and a run again in its folder compared it from
+    where the new one started, so the same words naming other data (unchecked) took the
+    folder (and wrote over its results). Their records keep the folder read, absolute, and
+    the folder the root named (provenance.data, as a training run's); a run again there
+    compares its root with that one: another spelling of it is taken."""
+    from basisconv import search
+
+    run = {"sensitivity": sensitivity.run_sensitivity, "search": search.exhaustive_search}[producer]
+    read, named = relative_data_folders(tmp_path, monkeypatch)
+    first = compose_sensitivity(repo, tmp_path / "cache", *OWN_DATA, "data.root=../shared/cifar")
+    run(first, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["config"]["data"]["root"] == "../shared/cifar"
+    assert record["provenance"]["data"] == {"root": named, "source": read}
+    assert record["estimate_provenance"]["data"] == {"root": named, "source": read}
+    monkeypatch.chdir(tmp_path / "other" / "work")  # the same words, other data: refused
+    with pytest.raises(ConfigError, match=r"differs in data\.root\); give this (estimate|search) "
+                                          r"a folder of its own"):
+        run(first, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)  # the same folder, spelled otherwise: taken (its table reused)
+    run(compose_sensitivity(repo, tmp_path / "cache", *OWN_DATA, "data.root=shared/cifar"),
+        tmp_path / "run")
+    again = json.loads((tmp_path / "run" / "run.json").read_text())
+    # a sensitivity run that reused the cached table read no images: the folder named alone
+    assert again["provenance"]["data"] == ({"root": named} if producer == "sensitivity" else
+                                           {"root": named, "source": read})
+    assert again["estimate_provenance"]["data"] == {"root": named, "source": read}
+
+
+def test_a_rerun_in_the_folder_of_a_record_without_its_data_folder_compares_as_before(
+        tmp_path, monkeypatch):
+    """A record made before provenance.data was kept: its relative data.root is resolved
+    where the run again starts (as before), so the same words there are taken."""
+    from basisconv.same_run import refuse_other_settings
+
+    config = {"data": {"name": "cifar10", "root": "shared/cifar", "verify_md5": False}}
+    (tmp_path / "run.json").write_text(json.dumps({
+        "kind": "exhaustive_search", "status": "complete", "config": config,
+        "provenance": {"date": "2026-11-29"}}))
+    monkeypatch.chdir(tmp_path)
+    refuse_other_settings(config, tmp_path, "exhaustive_search", "search")
+    with pytest.raises(ConfigError, match=r"differs in data\.root"):
+        refuse_other_settings({"data": {**config["data"], "root": "other"}}, tmp_path,
+                              "exhaustive_search", "search")
+
+
 def test_a_record_of_the_kind_whose_config_is_not_a_mapping_is_left_to_the_run(tmp_path):
     """``refuse_other_settings`` leaves a record it cannot compare (a hand-edited one whose
     config is not a mapping) to the run, as an unreadable one, found by a mutation round:
@@ -410,7 +482,7 @@ def test_the_best_of_subsets_tied_for_best_is_the_first_in_model_order(repo, tmp
         "key": "k", "noise": None, "cache_hit": True, "provenance": {}}))
     monkeypatch.setattr(search, "Probe", lambda cfg, keep_in: types.SimpleNamespace(
         evaluate_layers=lambda names: {"accuracy": 0.9, "loss": 1.0},
-        kept_pretraining=False, kept_finetunes=0))
+        kept_pretraining=False, kept_finetunes=0, data_read={"source": "stripes"}))
     monkeypatch.setattr(search, "evaluate_many", lambda probe, jobs, workers: [
         {"accuracy": float(accuracy[" ".join(names)]), "loss": 1.0} for names, _ in jobs])
     cfg = compose_sensitivity(repo, tmp_path, "logger=none", "sensitivity.search_subset_size=3")
@@ -1652,6 +1724,7 @@ def test_each_noise_repeat_has_its_own_batch_order_and_each_layer_its_own_fine_t
             self.split = types.SimpleNamespace(val_labels=torch.zeros(3),
                                                train_labels=torch.zeros(5))
             self.kept_pretraining, self.kept_finetunes = False, 0
+            self.data_read = {"source": "stripes"}
 
         def evaluate_layers(self, names, batch_seed=None):
             return result(names, batch_seed)

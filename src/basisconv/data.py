@@ -99,14 +99,17 @@ def prepare_data(data_cfg, seed: int) -> CIFAR10:
     return data
 
 
-def data_read(data_cfg, data: CIFAR10) -> dict[str, str]:
+def data_read(data_cfg, data: CIFAR10 | None = None) -> dict[str, str]:
     """What a start read, for its record's provenance: the images' ``source`` (CIFAR-10's
     folder, absolute; or what generated them) and, for CIFAR-10, the folder ``data.root``
     named where it started (absolute: the config keeps the root as given), against which
-    a resume compares its own (:func:`basisconv.same_run.same_data`)."""
+    a resume, or a rerun in its folder, compares its own
+    (:func:`basisconv.same_run.same_data`). Without ``data`` (a sensitivity run that reused
+    a cached table read no images) the folder named alone."""
+    read = {} if data is None else {"source": data.source}
     if data_cfg.name == "stripes":
-        return {"source": data.source}
-    return {"root": str(absolute_root(data_cfg.root)), "source": data.source}
+        return read
+    return {"root": str(absolute_root(data_cfg.root)), **read}
 
 
 def source_said(data_cfg, data: CIFAR10) -> str:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import execution, loop, optim
 from .checkpoint import load_source_weights
-from .data import TensorBatches, prepare_data, stratified_subset
+from .data import TensorBatches, data_read, prepare_data, stratified_subset
 from .errors import TrainingDiverged
 from .network import build_dense
 from .penalties import basis_penalty
@@ -85,6 +85,9 @@ class Probe:
         self.device, self.memory_format = self.runtime.device, self.runtime.memory_format
         self.graphed = execution.use_cuda_graphs(cfg.trainer, self.device)
         data = prepare_data(cfg.data, self.seed)
+        # what it read, for the provenance of the records made from it (the estimate's,
+        # the search's): a relative data.root names a folder only from where it started
+        self.data_read = data_read(cfg.data, data)
         self.split = holdout_split(data.train_images, data.train_labels,
                                    cfg.sensitivity.val_size, self.seed)
         for name in ("train_images", "train_labels", "val_images", "val_labels"):

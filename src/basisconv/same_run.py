@@ -113,8 +113,9 @@ def refuse_other_settings(config: dict, folder: Path, kind: str, what: str,
     estimate's, a search's) made with other settings, naming the keys that differ: ``what``
     (e.g. "search") wrote its files and record over that one's silently, and one stopped
     there left the old results beside the new one's config and log. The same run again
-    there is taken, as a training run is resumed: keys that change only how it runs
-    (``sensitivity.workers``) may differ, and the ``unread`` ones (as
+    there is taken, as a training run is resumed (a relative ``data.root`` compared as the
+    folder it named where that run started, :func:`recorded_root`): keys that change only
+    how it runs (``sensitivity.workers``) may differ, and the ``unread`` ones (as
     :func:`check_same_run`), and ``name``, which here only labels the folder and the
     logger's group (no analysis reads it, as it reads a training run's experiment): the
     search's default changed from ``<model>-sensitivity`` to ``<model>-search`` (1f17dc5),
@@ -127,6 +128,7 @@ def refuse_other_settings(config: dict, folder: Path, kind: str, what: str,
         return  # none, or unreadable: the run writes its own
     if found.get("kind") == kind and isinstance(found.get("config"), dict):
         check_same_run(found["config"], config, folder / RECORD, unread=("name", *unread),
+                       saved_root=recorded_root(found),
                        fix=f"give this {what} a folder of its own (hydra.run.dir=..., or none "
                            f"for the default), or delete that folder")
 

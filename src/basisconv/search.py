@@ -107,7 +107,7 @@ def _exhaustive_search(cfg: DictConfig, output_dir: Path) -> dict:
     summary["kept_pretraining"] = probe.kept_pretraining
     summary["kept_fine_tunes"] = probe.kept_finetunes
     _add_noise_yardsticks(summary, found, record)
-    _write_search(cfg, output_dir, found, summary, record)
+    _write_search(cfg, output_dir, found, summary, record, probe.data_read)
     return summary
 
 
@@ -193,9 +193,10 @@ def _add_noise_yardsticks(summary: dict, found: pd.DataFrame, record: dict) -> N
 
 
 def _write_search(cfg: DictConfig, output_dir: Path, found: pd.DataFrame, summary: dict,
-                  record: dict) -> None:
+                  record: dict, read: dict) -> None:
     """``search.csv`` (the subsets' table) and the run record, published where
-    ``cfg.publish`` says."""
+    ``cfg.publish`` says; ``read``, the data its probe read (``provenance.data``, which a
+    search again in its folder compares a relative ``data.root`` with)."""
     write_text_atomic(output_dir / SEARCH_TABLE,
                       found.to_csv(index=False, float_format=TABLE_FLOAT_FORMAT))
     run = RunRecord("exhaustive_search", OmegaConf.to_container(cfg, resolve=True),
@@ -203,6 +204,7 @@ def _write_search(cfg: DictConfig, output_dir: Path, found: pd.DataFrame, summar
                         "search": summary, "table": found.to_dict("records"),
                         # who made the table the fast choice read (maybe another run, cached)
                         "estimate_provenance": record["provenance"]})
+    run.provenance["data"] = read
     write_record(output_dir, run)
     publish(run.as_dict(), cfg.publish, output_dir)
 

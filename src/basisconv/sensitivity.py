@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, execution, progress
 from .candidates import dense_totals
 from .config import SEARCH_ONLY
+from .data import data_read
 from .errors import ConfigError, Stopped, WorkerFailed, memory_said
 from .model_checks import check_against_the_model
 from .network import architecture_digest
@@ -270,6 +271,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
         "table": table.to_dict("records"),
         # the cache's own record: a published copy of this run refills another machine's cache
         "cache": {k: v for k, v in record.items() if k != "cache_hit"}})
+    run.provenance["data"] = _data_this_run_read(cfg, record)
     write_record(output_dir, run)
     publish(run.as_dict(), cfg.publish, output_dir)
     tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
@@ -285,3 +287,15 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     finally:
         tracker.finish(failed=failed)
     return run.as_dict()
+
+
+def _data_this_run_read(cfg: DictConfig, record: dict) -> dict[str, str]:
+    """A sensitivity run's ``provenance.data``: its estimate's, when it made the estimate
+    (the folder its probe read, :func:`~basisconv.data.data_read`); else, a cached table
+    reused, it read no images, and it is the folder its ``data.root`` named where it
+    started alone (the estimate's own is in ``estimate_provenance``). A run again in its
+    folder compares its own ``data.root`` with it (``same_run.refuse_other_settings``)."""
+    made = (record.get("provenance") or {}).get("data")
+    if not record["cache_hit"] and isinstance(made, dict):
+        return made
+    return data_read(cfg.data)

@@ -196,4 +196,4 @@ def _estimate_record(cfg: DictConfig, probe: Probe, reference: dict, noise: dict
             "resumed": {"pretraining": probe.kept_pretraining,
                         "fine_tunes": probe.kept_finetunes},
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "provenance": provenance()}
+            "provenance": {**provenance(), "data": probe.data_read}}
