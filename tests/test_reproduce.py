@@ -20,12 +20,17 @@ ROWS = list(PROTOCOL_ROWS)  # the tests below hold it to the script's rows, in i
 
 
 #: The python of :func:`reproduce`: this one, but the speed benchmark times the whole model
-#: alone, not each of its layer shapes too (``--parts model`` after the script's own flags,
-#: which argparse still reads and checks): the layer part was half of the protocol test's
-#: 216 s benchmark on a loaded 2-core machine, and no assertion reads its rows (it is
-#: tested in tests/test_bench.py); the model's record is what the script's skip reads.
+#: alone, not each of its layer shapes too, at batch 2 on one thread (flags after the
+#: script's own, which argparse still reads and checks; of a flag given twice the last
+#: counts): the layer part was half of the protocol test's 216 s benchmark on a loaded
+#: 2-core machine, and the model part's two threads then spun against the other processes
+#: (26 s of CPU at batch 8, 8 s on one thread; batch 2 is less still). No assertion reads
+#: its rows (they are tested in tests/test_bench.py); the model's record, of whatever batch
+#: and threads, is what the script's skip reads.
 MODEL_SPEED_ONLY_PY = """#!/usr/bin/env bash
-if [ "${{1:-}}" = scripts/benchmark_layers.py ]; then exec {python} "$@" --parts model; fi
+if [ "${{1:-}}" = scripts/benchmark_layers.py ]; then
+  exec {python} "$@" --parts model --batch-size 2 --threads 1
+fi
 exec {python} "$@"
 """
 
@@ -131,11 +136,19 @@ def test_runs_at_once_publish_records_that_a_new_machine_continues_from(repo, tm
     assert index["protocol_wall_clock"]["published"] == 2
 
 
+def real_runs_without_checks(tmp_path) -> dict[str, str]:
+    """The environment of a smoke protocol whose runs are real but whose checks before them
+    are answered as passed (:func:`checks_pass`): for the tests that stop its first runs,
+    whose point is the stop (the checks import torch and compose a config per run, 5-8 s
+    of CPU before the first run starts; tested by the protocol test above)."""
+    return {**stand_in_python(tmp_path, checks_pass(), f'exec {sys.executable} "$@"'),
+            "WANDB_MODE": "disabled"}
+
+
 def test_ctrl_c_stops_the_runs_in_the_background_too(repo, tmp_path):
     """Background commands of a script do not get the terminal's Ctrl-C: the script
     stops them itself, each saying in its log where it stopped, and leaves none running."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "PY": sys.executable, "JOBS": "2",
-           "OUTPUTS": str(tmp_path / "outputs"), "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    env = {**real_runs_without_checks(tmp_path), "JOBS": "2"}
     # SIGINT as at a terminal (a shell without job control may have started us ignoring it)
     proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -163,8 +176,7 @@ def test_a_run_stopped_while_it_starts_says_stopped_alone(repo, tmp_path):
     """Found in review: a run stopped before its handler of SIGTERM was set (Python still
     importing) died of the signal, and bash printed a bare "Terminated" beside "== <run>:
     stopped"."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "PY": sys.executable, "JOBS": "2",
-           "OUTPUTS": str(tmp_path / "outputs"), "SENSITIVITY_CACHE": str(tmp_path / "cache")}
+    env = {**real_runs_without_checks(tmp_path), "JOBS": "2"}
     proc = subprocess.Popen(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs = tmp_path / "outputs" / "smoke" / "logs"
@@ -178,8 +190,8 @@ def test_a_run_stopped_while_it_starts_says_stopped_alone(repo, tmp_path):
     assert "Terminated" not in err, err[-2000:]
 
 
-def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_runs(repo,
-                                                                                   tmp_path):
+def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_runs(
+        repo, tmp_path, capsys):
     """OVERRIDES are split as a shell splits words; a key the script sets per run is
     refused; a key that changes what runs compute is refused where the protocol's own
     records are kept, and elsewhere must be the one the folder's records were made with
@@ -199,8 +211,16 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
     # found in review: a bad value started every run, each failing with it in its own log
     assert "error: OVERRIDES: trainer.threads must be >= 1, got 0" in attempt(
         "smoke", "trainer.threads=0")
-    assert "trainer.thredas is not a config key" in attempt("smoke", "trainer.thredas=2")
     assert not (tmp_path / "outputs" / "smoke" / "results").exists()  # nothing written
+    # (the same check in this process: the script's start of it, a torch import and a config
+    # per run, is 5-8 s of CPU, and how the script says its line is tested just above)
+    from basisconv.reproduce import check_overrides
+
+    with pytest.raises(SystemExit) as stopped:
+        check_overrides("smoke", ["trainer.thredas=2"])
+    said = capsys.readouterr()
+    assert stopped.value.code == 2 and not said.out and len(said.err.splitlines()) == 1
+    assert "error: OVERRIDES: trainer.thredas is not a config key" in said.err
     refused = attempt("paper", "trainer.cuda_graphs=true trainer.epochs=1")
     assert "trainer.epochs=1 change what the runs compute" in refused
     assert "RESULTS_DIR=<folder> OUTPUTS=<folder>" in refused
@@ -208,7 +228,9 @@ def test_overrides_that_would_mix_unlike_records_are_refused_before_anything_run
     (variant / "runs").mkdir(parents=True)
     (variant / "runs" / "sensitivity.json").write_text("{}")  # a record made with them
     (variant / "protocol-overrides.txt").write_text("trainer.epochs=2\n")
-    mixed = attempt("paper", "trainer.epochs=1 'name=a b'",
+    # (its checks, which pass, answered by a stand-in: the refusal comes after them)
+    stand_in = stand_in_python(tmp_path, checks_pass(), "exit 1")["PY"]
+    mixed = attempt("paper", "trainer.epochs=1 'name=a b'", PY=stand_in,
                     RESULTS_DIR=str(tmp_path / "variant"))
     assert "made with [trainer.epochs=2], this asks for [name=a b trainer.epochs=1]" in mixed
     # the protocol's own folder named another way is still the protocol's own folder (the
@@ -247,7 +269,8 @@ def test_relative_folders_and_python_are_the_callers(repo, tmp_path):
     """Found in review: the script moves to the repository root first, so OUTPUTS=myout
     from another folder wrote inside the checkout (where its records made every later
     run's provenance dirty), and PY=dir/python was 'no such python here'."""
-    result, started, runs = fake_protocol(repo, tmp_path, relative=True)
+    # (the checks answered by the relative PY as passed: what they check is tested elsewhere)
+    result, started, runs = fake_protocol(repo, tmp_path, relative=True, FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_sessions(runs.parent)
     assert any(f"hydra.run.dir={tmp_path}/outputs/smoke/" in call for call in started)
