@@ -482,6 +482,48 @@ def test_every_training_command_in_the_readme_composes_and_validates(repo):
             validate(compose(config, list(job)))
 
 
+def test_the_readmes_basis_sweeps_share_the_recipe_of_the_baseline_it_trains_beside_them(
+        repo):
+    """Found walking the README as a new user: its basis sweep ``-m experiment=basis_all
+    basis.size=...`` named no profile (ResNet-18 on all of CIFAR-10, 30 epochs), while the
+    dense baseline it says to train beside it, and the analysis after, are the quick
+    profile's: the sweep's rows found no baseline to compare with. Each job of each basis
+    sweep the README gives has the recipe (:func:`basisconv.analysis.runs.recipe`) of its
+    baseline command's run."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from basisconv.analysis.runs import recipe
+
+    code, _ = readme_parts(repo)
+    sweeps = [line.split("#")[0].split()[3:] for block in code for line in block.splitlines()
+              if line.startswith("python scripts/train.py -m experiment=")]
+    baselines = [args for args in sweeps if "experiment=baseline" in args]
+    basis = [args for args in sweeps if "experiment=baseline" not in args]
+    assert len(baselines) == 1 and len(basis) >= 2, sweeps  # (the extraction still finds them)
+
+    def recipes(args: list[str]) -> set[str]:
+        with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+            return {recipe(OmegaConf.to_container(compose("train", job), resolve=True))
+                    for job in sweep_jobs(args)}
+
+    dense = recipes(baselines[0])
+    for args in basis:
+        assert recipes(args) == dense, f"no baseline for: python scripts/train.py -m {args}"
+
+
+def test_the_readme_says_where_the_smoke_profiles_tables_land(repo):
+    """Found walking the README as a new user: it said the protocol's tables land in
+    ``results/<profile>/`` and named no other folder, while ``make smoke`` (its one
+    profile a CPU runs in minutes) writes them to :func:`basisconv.config.profile_results`'
+    folder for smoke, never ``results/smoke/``."""
+    from basisconv.config import profile_results
+
+    readme = (repo / "README.md").read_text()
+    assert profile_results("smoke") != "results/smoke"
+    assert f"`{profile_results('smoke')}/`" in readme
+
+
 def test_every_override_the_readme_names_is_a_key_or_option_of_the_configs(repo):
     """Each ``key=value`` the README names inline in a Hydra command's form composes with
     the training or the sensitivity config (a renamed key, group option or a value of the
