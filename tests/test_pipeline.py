@@ -53,10 +53,13 @@ def train_command(repo, *overrides):
 def run(repo, cwd, *overrides, wandb_mode="disabled", starts=None):
     """scripts/train.py with ``overrides``, which must succeed; forked by ``starts`` (the
     ``script_starts`` fixture) where given, else a process started for it alone."""
-    env = {**os.environ, "WANDB_MODE": wandb_mode, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "WANDB_MODE": wandb_mode}
     if wandb_mode != "disabled":  # wandb's service writes its logs (else in ~/.cache/wandb)
         env["WANDB_CACHE_DIR"] = str(cwd / "wandb-cache")
     if starts is None:
+        # (a forked start's output is flushed as it exits; there, PYTHONUNBUFFERED would
+        # only give it an environment of its own, another server: 3 s of CPU to start)
+        env["PYTHONUNBUFFERED"] = "1"
         result = subprocess.run(train_command(repo, *overrides), cwd=cwd, env=env,
                                 capture_output=True, text=True, timeout=600)
     else:
@@ -1354,7 +1357,8 @@ def test_a_resumed_auto_run_keeps_the_forms_its_earlier_epochs_ran(tmp_path, rep
     fastest = {"form": "stacked"}
     monkeypatch.setattr(auto, "_time", lambda form, args, backward: (
         0.0 if form == fastest["form"] else 1.0))
-    cfg = compose_tiny(repo, "trainer.epochs=2", "experiment=basis_all", "basis.combine=auto")
+    cfg = compose_tiny(repo, "trainer.epochs=2", "experiment=basis_all", "basis.combine=auto",
+                       FEW_IMAGES)
     auto.forget()
     try:
         fit_stopped_before(2, cfg, tmp_path)

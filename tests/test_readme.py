@@ -3,6 +3,7 @@ the package, their commands compose, their links resolve, and the commit the REA
 for the quick tables is the one their ``index.json`` records (each found out of date in
 review)."""
 
+import copy
 import itertools
 import json
 import re
@@ -460,13 +461,38 @@ def sweep_jobs(args: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
+def composed(folder, name: str, overrides: list[str], cache: dict):
+    """``compose(name, overrides)`` of the configs in ``folder``, at one compose per choice of
+    groups (``cache`` keeps them): a compose costs 0.35 s of CPU, and composing each command
+    and override of the pages apart (135 composes) was most of the two tests below. Hydra, too,
+    composes what the groups choose, then applies the other overrides to that config (as
+    here, by its own function)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict, read_write
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    chooses = [o.is_sweep_override() or "/" in o.get_key_element()
+               or ("." not in o.get_key_element() and (folder / o.get_key_element()).is_dir())
+               for o in parsed]
+    groups = tuple(o.input_line for o, chosen in zip(parsed, chooses) if chosen)
+    if (folder, name, groups) not in cache:
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            cache[folder, name, groups] = compose(name, list(groups), return_hydra_config=True)
+    cfg = copy.deepcopy(cache[folder, name, groups])
+    ConfigLoaderImpl._apply_overrides_to_config(
+        [o for o, chosen in zip(parsed, chooses) if not chosen], cfg)
+    with read_write(cfg), open_dict(cfg):  # as compose returns it
+        del cfg["hydra"]
+    return cfg
+
+
 def test_every_training_command_in_the_readme_composes_and_validates(repo):
     """Found in the commands review: the README's commands were checked once by hand; a
     renamed key or preset would leave them wrong without a failing test. Each command (each
     job of a sweep) composes its script's config and validates, its placeholders
     (``<date>``) filled in and without Hydra's own settings (a launcher plugin's)."""
-    from hydra import compose, initialize_config_dir
-
     from basisconv.config_checks import validate
 
     commands = documented_commands(repo)
@@ -477,9 +503,9 @@ def test_every_training_command_in_the_readme_composes_and_validates(repo):
                 if a != "-m" and not a.startswith(("hydra.", "hydra/"))]
         jobs.update(dict.fromkeys((SCRIPT_CONFIGS[script], tuple(job))
                                   for job in sweep_jobs(args)))
-    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
-        for config, job in jobs:
-            validate(compose(config, list(job)))
+    cache = {}
+    for config, job in jobs:
+        validate(composed(repo / "configs", config, list(job), cache))
 
 
 def test_the_readmes_basis_sweeps_share_the_recipe_of_the_baseline_it_trains_beside_them(
@@ -528,7 +554,6 @@ def test_every_override_the_readme_names_is_a_key_or_option_of_the_configs(repo)
     """Each ``key=value`` the README names inline in a Hydra command's form composes with
     the training or the sensitivity config (a renamed key, group option or a value of the
     wrong type fails), but those it writes as what fails."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -543,15 +568,16 @@ def test_every_override_the_readme_names_is_a_key_or_option_of_the_configs(repo)
     assert len(overrides) >= 30, sorted(overrides)
     import basisconv.config  # noqa: F401  (registers the schemas the configs name)
 
+    cache = {}
+
     def composes(override: str) -> bool:
         for folder, name in (("configs", "train"), ("configs", "sensitivity"),
                              ("configs/analysis", "analyze")):
-            with initialize_config_dir(config_dir=str(repo / folder), version_base="1.3"):
-                try:
-                    compose(name, [override])
-                    return True
-                except (HydraException, OmegaConfBaseException):
-                    continue
+            try:
+                composed(repo / folder, name, [override], cache)
+                return True
+            except (HydraException, OmegaConfBaseException):
+                continue
         return False
 
     wrong = [o for o in sorted(overrides - WRONG_ON_PURPOSE) if not composes(o)]
