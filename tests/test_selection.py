@@ -417,8 +417,11 @@ def test_an_estimate_or_search_records_the_folder_it_read_and_compares_a_relativ
     assert record["provenance"]["data"] == {"root": named, "source": read}
     assert record["estimate_provenance"]["data"] == {"root": named, "source": read}
     monkeypatch.chdir(tmp_path / "other" / "work")  # the same words, other data: refused
-    with pytest.raises(ConfigError, match=r"differs in data\.root\); give this (estimate|search) "
-                                          r"a folder of its own"):
+    here = (tmp_path / "other" / "shared" / "cifar").resolve()
+    with pytest.raises(ConfigError, match=re.escape(
+            f"differs in data.root: '../shared/cifar' named {named} where the saved run "
+            f"started, {here} from here; start the command there, or give data.root={named}); "
+            f"give this {'estimate' if producer == 'sensitivity' else 'search'} a folder")):
         run(first, tmp_path / "run")
     monkeypatch.chdir(tmp_path)  # the same folder, spelled otherwise: taken (its table reused)
     run(compose_sensitivity(repo, tmp_path / "cache", *OWN_DATA, "data.root=shared/cifar"),

@@ -816,8 +816,13 @@ def test_resume_compares_a_relative_data_root_where_the_saved_run_started(tmp_pa
     saved = {"data": {"name": "cifar10", "root": "shared/cifar", "verify_md5": False}}
     check_same_run(saved, {"data": {**saved["data"], "root": "../shared/cifar"}}, tmp_path,
                    saved_root=started)
-    with pytest.raises(ConfigError, match="differs in data.root"):
+    with pytest.raises(ConfigError, match="differs in data.root") as refused:
         check_same_run(saved, saved, tmp_path, saved_root=started)
+    # (the same words on both sides: the refusal names both folders, and the fix)
+    here = (tmp_path / "work" / "shared" / "cifar").resolve()
+    assert (f"differs in data.root: 'shared/cifar' named {started} where the saved run "
+            f"started, {here} from here; start the command there, or give "
+            f"data.root={started}); use a new output directory") in str(refused.value)
     check_same_run(saved, saved, tmp_path)  # a record that kept no root: resolved here
 
 

@@ -95,16 +95,31 @@ def check_same_run(saved_config: dict, config: dict, path: Path,
     # a saved root where its run started is compared even where both are written alike
     compared = saved_root is not None and "data.root" in old.keys() & new.keys()
     if "data.root" in changed or compared:
-        changed = [key for key in changed if key != "data.root"]
-        if not same_data(old, new, saved_root):
-            changed = sorted([*changed, "data.root"])
-        elif old["data.root"] != new["data.root"]:
-            log.info("%s: data.root %s -> %s holds the same data; resuming", path,
-                     old["data.root"], new["data.root"])
+        differs = _data_root_difference(old, new, saved_root, path)
+        changed = sorted([*(key for key in changed if key != "data.root"),
+                          *([differs] if differs else [])])
     if changed:
         raise ConfigError(
             f"{path} was written by a different config (differs in {', '.join(changed)}); "
             f"{fix}")
+
+
+def _data_root_difference(old: dict[str, Any], new: dict[str, Any], saved_root: str | None,
+                          path: Path) -> str | None:
+    """How a refusal names ``data.root`` where the two configs read other data (None where
+    they read the same: logged where it is written otherwise). Written alike, a relative
+    root that names another folder from here says both folders and the fix (found in
+    self-review: "differs in data.root" beside two equal values left the user guessing)."""
+    if same_data(old, new, saved_root):
+        if old["data.root"] != new["data.root"]:
+            log.info("%s: data.root %s -> %s holds the same data; resuming", path,
+                     old["data.root"], new["data.root"])
+        return None
+    if old["data.root"] != new["data.root"]:
+        return "data.root"
+    return (f"data.root: {old['data.root']!r} named {saved_root} where the saved run "
+            f"started, {absolute_root(str(new['data.root']))} from here; start the command "
+            f"there, or give data.root={saved_root}")
 
 
 def refuse_other_settings(config: dict, folder: Path, kind: str, what: str,
