@@ -5,6 +5,7 @@ Regenerate the golden file after an intended change of the cost model with
 ``python tests/test_cost.py --regenerate`` and review the diff.
 """
 
+import contextlib
 import json
 import sys
 import warnings
@@ -30,8 +31,12 @@ GOLDEN_CASES = [(model, layers, fraction)
                                                           for f in (0.125, 0.25, 0.5)]]
 
 
-def converted(name, layers, num_basis, **options):
-    model = build_model(name)
+def converted(name, layers, num_basis, on_meta=False, **options):
+    """``build_model(name)`` with ``layers`` made basis layers (fresh ones); ``on_meta``: on
+    the meta device, for the counts, which read the shapes only (making ResNet-18's weights
+    and checking them took most of the golden test's time)."""
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        model = build_model(name)
     if layers is None:
         return model
     with warnings.catch_warnings():
@@ -44,7 +49,8 @@ def case_key(name, layers, fraction):
 
 
 def golden_values():
-    return {case_key(*case): model_cost(converted(*case)).totals() for case in GOLDEN_CASES}
+    return {case_key(*case): model_cost(converted(*case, on_meta=True)).totals()
+            for case in GOLDEN_CASES}
 
 
 def test_layer_formulas_by_hand():
@@ -407,15 +413,16 @@ def test_derived_reference_figures_of_the_paper_notes():
     """paper.md's table (ResNet-18, the 16 block 3x3 convs at m = C_out/2, /4, /8, stem and
     shortcuts dense) counts the combination as (C_out - m)*m: our split forward. Confirmed
     to the digit; the default stacked forward does C_out*m, a little more."""
-    dense = model_cost(build_model("resnet18"))
+    dense = model_cost(converted("resnet18", None, None, on_meta=True))
     conv_macs = lambda cost: sum(c.forward_macs for c in cost.layers if c.kind != "linear")
     assert dense.params == 11_173_962
     assert round(conv_macs(dense) / 1e6, 1) == 555.4
     expected = {0.5: (6_029_386, 298.5, 315.3), 0.25: (3_195_978, 157.5, 161.7),
                 0.125: (1_713_994, 83.8, 84.9)}
     for fraction, (params, split_macs, stacked_macs) in expected.items():
-        split = model_cost(converted("resnet18", "layer*.conv*", fraction, combine="split"))
-        stacked = model_cost(converted("resnet18", "layer*.conv*", fraction))
+        split = model_cost(converted("resnet18", "layer*.conv*", fraction, on_meta=True,
+                                     combine="split"))
+        stacked = model_cost(converted("resnet18", "layer*.conv*", fraction, on_meta=True))
         assert split.params == stacked.params == params
         assert round(conv_macs(split) / 1e6, 1) == split_macs
         assert round(conv_macs(stacked) / 1e6, 1) == stacked_macs
