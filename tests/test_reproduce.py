@@ -5,6 +5,7 @@ on another, and failed runs named at the end."""
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -309,8 +310,9 @@ FAKE_PY = """#!/usr/bin/env bash
 # a stand-in for python: the script's -c snippets run in the real one (no GPU), and each
 # script it starts is logged and, if it publishes, leaves a bare record there
 # FAKE_CHECKS=passed: the script's checks before any run are answered as passed
-# (checks_pass), for a test whose point is elsewhere (a lock, a folder's overrides): they
-# import torch and compose a config per run, 5-8 s of CPU, which other tests spend
+# (fake_protocol's checks, a checks_pass), for a test whose point is elsewhere (a lock, a
+# folder's overrides): they import torch and compose a config per run, 5-8 s of CPU, which
+# other tests spend
 if [ "$1" = -c ]; then
   if [ "${{FAKE_CHECKS:-}}" = passed ]; then case $2 in {checks};; esac; fi
   CUDA_VISIBLE_DEVICES= exec {python} "$@"
@@ -388,10 +390,12 @@ def record_kind(name):
 
 
 def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=False,
-                  args=("smoke",), **fake_env):
+                  args=("smoke",), checks=None, **fake_env):
     """reproduce.sh smoke with a stand-in python that trains nothing (seconds, not
     minutes): which scripts it starts, given the records already there. ``relative``:
-    started from ``tmp_path`` with the python and folders given relative to it."""
+    started from ``tmp_path`` with the python and folders given relative to it.
+    ``FAKE_CHECKS="passed"``: the script's checks answered by ``checks`` (a
+    :func:`checks_pass`; by default that of no overrides), not run."""
     tmp_path.mkdir(exist_ok=True)
     calls, python = tmp_path / "calls.txt", tmp_path / "python"
     templates = tmp_path / "templates"
@@ -399,7 +403,7 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
     for kind in ("training", "sensitivity", "exhaustive_search"):
         (templates / f"{kind}.json").write_text(json.dumps(complete_record(kind)))
     python.write_text(FAKE_PY.format(python=sys.executable, calls=calls, templates=templates,
-                                     checks=checks_pass()))
+                                     checks=checks or checks_pass()))
     python.chmod(0o755)
     runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
     for name in recorded:
@@ -418,9 +422,10 @@ def fake_protocol(repo, tmp_path, jobs="1", overrides="", recorded=(), relative=
 @pytest.fixture(scope="module")
 def default_protocol(repo, tmp_path_factory):
     """The fake protocol with its defaults, on an empty folder: ``(result, started, folder)``
-    (run once for the tests that only read what it started; each runs nothing else)."""
+    (run once for the tests that only read what it started; each runs nothing else). Its
+    checks stood in: neither test reads them (the runs' python path, the runs started)."""
     folder = tmp_path_factory.mktemp("default-protocol")
-    result, started, _ = fake_protocol(repo, folder)
+    result, started, _ = fake_protocol(repo, folder, FAKE_CHECKS="passed")
     return result, tuple(started), folder
 
 
@@ -442,8 +447,10 @@ def test_the_script_without_a_profile_runs_what_make_reproduce_runs(repo, tmp_pa
     import re
 
     (made,) = re.findall(r"^PROFILE \?= (\w+)$", (repo / "Makefile").read_text(), re.M)
+    # (its checks stood in: no GPU, which the refusal below needs, is what they answer)
     result, started, _ = fake_protocol(repo, tmp_path, args=(), ALLOW_CPU="",
-                                       RESULTS_DIR=str(tmp_path / "results"))
+                                       RESULTS_DIR=str(tmp_path / "results"),
+                                       FAKE_CHECKS="passed")
     assert made == "paper" and started == [], result.stdout
     assert result.returncode == 2 and result.stderr.startswith(
         f"the {made} profile trains 27 ResNet-18 runs"), result.stderr
@@ -453,9 +460,12 @@ def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tm
     """A run is skipped (and said to be) when its record is published, and started when it
     is not; OVERRIDES that change only how runs execute reach every run and are no variant
     of the protocol; the session is logged; the tables come last."""
+    # (its checks stood in, with the keys of no overrides: its records, made with those of
+    # trainer.threads=1, are skipped only if that override keeps the keys)
     result, started, runs = fake_protocol(
         repo, tmp_path, overrides="trainer.threads=1",
-        recorded=["baseline/seed0.json", "basis-all-0.5/seed0.json", "sensitivity.json"])
+        recorded=["baseline/seed0.json", "basis-all-0.5/seed0.json", "sensitivity.json"],
+        FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== sensitivity: record in" in result.stdout
     assert "== baseline seed 0: record in" in result.stdout
@@ -475,8 +485,6 @@ def test_the_protocol_starts_exactly_the_runs_whose_records_are_missing(repo, tm
     # speed benchmark, whose table is there without its record (a benchmark stopped before
     # writing it was skipped for good; found in review); with its record it is skipped (the
     # first test)
-    # (its checks stood in: the first start's real ones gave the same keys, or its records
-    # would have been set aside)
     (runs.parent / "model-speed-cpu-fp32.csv").write_text("fraction\n0.5\n")
     (tmp_path / "calls.txt").unlink()
     result, started, _ = fake_protocol(repo, tmp_path, FAKE_CHECKS="passed")
@@ -549,7 +557,10 @@ def test_a_missing_dataset_is_said_once_before_the_first_run_and_only_if_one_tra
     made = tmp_path / "b" / "outputs" / "smoke" / "results"
     made.mkdir(parents=True)
     (made / "protocol-overrides.txt").write_text("data=cifar10\n")  # the records' variant
-    result, started, _ = fake_protocol(repo, tmp_path / "b", overrides=cifar, recorded=every)
+    # (its checks stood in, saying what the real ones said just above: the dataset missing)
+    result, started, _ = fake_protocol(
+        repo, tmp_path / "b", overrides=cifar, recorded=every, FAKE_CHECKS="passed",
+        checks=checks_pass(cifar.split(), missing_cifar(tmp_path / "nowhere")))
     assert result.returncode == 0, result.stdout + result.stderr
     assert [call.split()[0] for call in started] == [
         "scripts/benchmark_layers.py", "scripts/analyze.py"]
@@ -579,7 +590,10 @@ def test_the_overrides_a_folder_was_made_with_are_compared_whatever_the_locale(r
     made.mkdir(parents=True)
     listed = made / "protocol-overrides.txt"
     listed.write_text("data=cifar10\ndata.train_subset=1000\n")  # en_US's order
-    result, started, _ = fake_protocol(repo, tmp_path, overrides=cifar, recorded=every)
+    # (its checks stood in: the list's order is the script's own business)
+    result, started, _ = fake_protocol(
+        repo, tmp_path, overrides=cifar, recorded=every, FAKE_CHECKS="passed",
+        checks=checks_pass(cifar.split(), missing_cifar(tmp_path / "nowhere")))
     assert result.returncode == 0, result.stdout + result.stderr
     assert listed.read_text() == "data.train_subset=1000\ndata=cifar10\n"  # bytewise, C's
 
@@ -599,8 +613,9 @@ def test_the_overrides_file_is_flushed_to_disk_as_the_packages_records_are(repo,
         "        log.write(f'{os.fstat(fd).st_ino}\\n')\n"
         "    _fsync(fd)\n"
         "os.fsync = fsync\n")
+    # (its checks stood in: they flush nothing, and the list is written after them)
     result, _, runs = fake_protocol(repo, tmp_path / "p", overrides="trainer.epochs=2",
-                                    PYTHONPATH=str(hooks))
+                                    PYTHONPATH=str(hooks), FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
     listed = runs.parent / "protocol-overrides.txt"
     assert listed.read_text() == "trainer.epochs=2\n"
@@ -621,8 +636,9 @@ def test_an_overrides_file_that_cannot_be_written_is_one_line(repo, tmp_path):
         "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
         "    _replace(src, dst, **kwargs)\n"
         "os.replace = replace\n")
+    # (its checks stood in: the list is written after them)
     result, _, runs = fake_protocol(repo, tmp_path / "p", overrides="trainer.epochs=2",
-                                    PYTHONPATH=str(hooks))
+                                    PYTHONPATH=str(hooks), FAKE_CHECKS="passed")
     listed = runs.parent / "protocol-overrides.txt"
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: could not write {listed} (No space left on "
@@ -641,7 +657,8 @@ def test_jobs_must_be_a_number_of_runs(repo, tmp_path):
         assert result.returncode == 2 and started == [], result.stdout + result.stderr
         assert result.stderr.strip() == f"JOBS={jobs}: use a number of runs >= 1"
         assert not (runs.parent / "protocol-overrides.txt").exists()
-    result, started, _ = fake_protocol(repo, tmp_path / "08", jobs="08")
+    # (its checks stood in: JOBS is read without them)
+    result, started, _ = fake_protocol(repo, tmp_path / "08", jobs="08", FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert sum(call.startswith("scripts/train.py") for call in started) == len(ROWS)
     assert result.stdout.count(": done") == len(ROWS) + 2  # with sensitivity and search
@@ -734,13 +751,17 @@ def test_a_start_refused_for_its_dataset_neither_ties_the_folder_nor_logs_a_sess
     session log was armed, so it was logged as a session of the protocol, and the next
     invocation with other overrides was refused for records "made with" the first ones,
     of which there were none."""
-    nowhere = tmp_path / "nowhere"
-    result, started, runs = fake_protocol(repo, tmp_path / "m",
-                                          overrides=f"data=cifar10 data.root={nowhere}")
+    # (the checks stood in, saying the dataset missing as the real ones do in the test of a
+    # missing dataset above: the point is what the script does after them)
+    cifar = f"data=cifar10 data.root={tmp_path / 'nowhere'}"
+    result, started, runs = fake_protocol(
+        repo, tmp_path / "m", overrides=cifar, FAKE_CHECKS="passed",
+        checks=checks_pass(cifar.split(), missing_cifar(tmp_path / "nowhere")))
     assert result.returncode == 2 and started == [], result.stdout + result.stderr
     assert result.stderr.startswith("error: CIFAR-10 not found")
     assert not (runs.parent / "sessions").exists()
-    result, started, runs = fake_protocol(repo, tmp_path / "m")  # the generated data instead
+    result, started, runs = fake_protocol(repo, tmp_path / "m",  # the generated data instead
+                                          FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert sum(call.startswith("scripts/train.py") for call in started) == len(ROWS)
 
@@ -753,14 +774,10 @@ def test_folders_hydra_would_not_take_bare_are_quoted_for_it(repo, tmp_path):
     folder = tmp_path / "runs (v2), it's"
     calls = folder / "calls"
     calls.mkdir(parents=True)
-    python = folder / "python"  # each script's arguments, one file a start
-    python.write_text(f"""#!/usr/bin/env bash
-if [ "$1" = -c ]; then CUDA_VISIBLE_DEVICES= exec {sys.executable} "$@"; fi
-printf '%s\\0' "$@" > "$(mktemp -p "$FAKE_CALLS")"
-""")
-    python.chmod(0o755)
-    env = {**os.environ, "PY": str(python), "JOBS": "1", "FAKE_CALLS": str(calls),
-           "OUTPUTS": str(folder / "outputs"), "SENSITIVITY_CACHE": str(folder / "cache")}
+    # each script's arguments, one file a start (the checks stood in: they write no path)
+    env = {**stand_in_python(folder, checks_pass(),
+                             'printf \'%s\\0\' "$@" > "$(mktemp -p "$FAKE_CALLS")"'),
+           "FAKE_CALLS": str(calls)}
     result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -800,7 +817,8 @@ def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_
     for name, text in contents.items():
         (runs / name).parent.mkdir(parents=True, exist_ok=True)
         (runs / name).write_text(text)
-    result, started, _ = fake_protocol(repo, tmp_path)
+    # (its checks stood in: they give the keys the sensitivity record was made with)
+    result, started, _ = fake_protocol(repo, tmp_path, FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
     trained = {call.split("hydra.run.dir=")[1].split()[0].split("/smoke/")[1]
                for call in started if call.startswith("scripts/train.py")}
@@ -815,10 +833,25 @@ def test_a_file_in_a_runs_place_that_is_not_its_record_is_set_aside_and_the_run_
         assert f"{runs / name} is not the record of the run it stands for ({why}" in result.stderr
 
 
-def checks_pass() -> str:
+def checks_pass(overrides=(), data_missing="") -> str:
     """A stand-in python's answer to the script's checks (the ``case`` of their ``-c``): no
-    GPU, the smoke protocol's sensitivity keys, the dataset found."""
-    return f"*torch.cuda*) echo 0; echo '{json.dumps(smoke_keys())}'; exit 0"
+    GPU, the smoke protocol's sensitivity keys with ``overrides``, and the dataset found or,
+    given ``data_missing`` (:func:`missing_cifar`), that line, which the script refuses
+    only before a run that trains."""
+    said = f" echo {shlex.quote(data_missing)};" if data_missing else ""
+    return (f"*torch.cuda*) echo 0; echo '{json.dumps(smoke_keys(tuple(overrides)))}';{said}"
+            f" exit 0")
+
+
+def missing_cifar(root) -> str:
+    """What the script's checks say of a CIFAR-10 not in ``root`` (its runs' ``data.root``,
+    no download): :func:`basisconv.reproduce.dataset_missing`'s line (the real checks say
+    it in the test of a missing dataset)."""
+    from types import SimpleNamespace
+
+    from basisconv.reproduce import dataset_missing
+
+    return dataset_missing(SimpleNamespace(name="cifar10", root=str(root), download=False))
 
 
 def stand_in_python(tmp_path, cases: str, run: str) -> dict[str, str]:
@@ -880,7 +913,8 @@ def test_a_failed_run_of_jobs_1_is_named_at_the_end_and_the_others_go_on(repo, t
     """Found in review: with JOBS=1 (the default on a CPU for quick and paper) the first
     failed run ended the whole protocol (set -e), naming nothing; with JOBS=2 the others
     went on. Now both: the failed run is named at the end, exit status 1."""
-    result, started, runs = fake_protocol(repo, tmp_path, FAKE_FAIL="/baseline/seed0")
+    result, started, runs = fake_protocol(repo, tmp_path, FAKE_FAIL="/baseline/seed0",
+                                          FAKE_CHECKS="passed")  # (checks: not the point)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "== baseline-seed0: FAILED (its output is above)" in result.stdout
     assert result.stderr.strip().splitlines()[-1] == (
@@ -1133,7 +1167,8 @@ def test_a_run_set_aside_for_its_table_is_trained_again_not_published_from_its_f
     folder = tmp_path / "outputs" / "smoke" / "selected-sensitivity_budget-0.5" / "seed0"
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"status": "complete"}))
-    result, started, _ = fake_protocol(repo, tmp_path)
+    # (its checks stood in: they give the key of this code, smoke_keys, as the real ones do)
+    result, started, _ = fake_protocol(repo, tmp_path, FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
     trained = [call.split("hydra.run.dir=")[1].split()[0].split("/smoke/")[1]
                for call in started if call.startswith("scripts/train.py")]
@@ -1154,28 +1189,31 @@ def test_a_run_cut_off_before_publishing_from_another_table_is_trained_again(
     trains anew from the published table; a folder that began from it is resumed."""
     runs = tmp_path / "outputs" / "smoke" / "results" / "runs"
     key = smoke_keys()["sensitivity"]
-    budget, ok = "selected-sensitivity_budget-0.5", "selected-sensitivity_threshold-0.5"
-    for name in [*PROTOCOL_RECORDS, *(f"{row}/seed0.json" for row in ROWS
-                                      if row not in (budget, ok))]:
+    # seed 0 of the row that chooses from the table began from another one, seed 1 (a
+    # protocol's run, though not of this one's seeds) from the published one (the folder of
+    # a row the protocol does not have is not looked at: found in mutation review)
+    budget = "selected-sensitivity_budget-0.5"
+    for name in [*PROTOCOL_RECORDS, *(f"{row}/seed0.json" for row in ROWS if row != budget)]:
         record = complete_record(record_kind(Path(name).name))
         if name == "sensitivity.json":
             record["cache"] = {"key": key, "table_sha256": "a" * 64}
         (runs / name).parent.mkdir(parents=True, exist_ok=True)
         (runs / name).write_text(json.dumps(record))
     began = {"another machine's table": (key, "b" * 64), "an older key": ("0" * 16, "a" * 64)}
-    folders = {}
-    for row, (made_key, table) in [(budget, began[began_from]), (ok, (key, "a" * 64))]:
-        folders[row] = tmp_path / "outputs" / "smoke" / row / "seed0"
-        folders[row].mkdir(parents=True)
-        (folders[row] / "run.json").write_text(json.dumps({
+    stale, ok = (tmp_path / "outputs" / "smoke" / budget / f"seed{seed}" for seed in (0, 1))
+    for folder, (made_key, table) in [(stale, began[began_from]), (ok, (key, "a" * 64))]:
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({
             "status": "running", "sensitivity_key": made_key, "sensitivity_table": table}))
-    result, started, _ = fake_protocol(repo, tmp_path)
+    # (its checks stood in: they give the key of this code, smoke_keys, as the real ones do)
+    result, started, _ = fake_protocol(repo, tmp_path, FAKE_CHECKS="passed")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (folders[budget].with_name("seed0.rejected") / "run.json").is_file()
-    assert f"{folders[budget]} began from " in result.stderr
-    assert f"{folders[budget]} holds that run: set aside as seed0.rejected" in result.stderr
-    assert (folders[ok] / "run.json").is_file() and str(folders[ok]) not in result.stderr
-    again, _, _ = fake_protocol(repo, tmp_path)  # the folder set aside is not read again
+    assert (stale.with_name("seed0.rejected") / "run.json").is_file()
+    assert f"{stale} began from " in result.stderr
+    assert f"{stale} holds that run: set aside as seed0.rejected" in result.stderr
+    assert (ok / "run.json").is_file() and str(ok) not in result.stderr
+    # the folder set aside is not read again
+    again, _, _ = fake_protocol(repo, tmp_path, FAKE_CHECKS="passed")
     assert again.returncode == 0 and "seed0" not in again.stderr, again.stderr
 
 
@@ -1213,12 +1251,14 @@ def test_a_folder_ties_to_the_overrides_of_the_invocation_that_made_its_records(
     left its OVERRIDES in protocol-overrides.txt, and one without OVERRIDES then made the
     records beside that stale file: every later invocation without OVERRIDES was refused
     for records "made with" the first one's."""
-    nowhere = tmp_path / "nowhere"
-    result, _, runs = fake_protocol(repo, tmp_path / "m",
-                                    overrides=f"data=cifar10 data.root={nowhere}")
+    # (every start's checks stood in, the first's saying the dataset missing as the real
+    # ones do in the test of a missing dataset above: the point is the folder's overrides)
+    cifar = f"data=cifar10 data.root={tmp_path / 'nowhere'}"
+    result, _, runs = fake_protocol(
+        repo, tmp_path / "m", overrides=cifar, FAKE_CHECKS="passed",
+        checks=checks_pass(cifar.split(), missing_cifar(tmp_path / "nowhere")))
     assert result.returncode == 2, result.stdout + result.stderr
-    for _ in range(2):  # the records made without OVERRIDES, then the same again (their
-        # checks stood in: the refused start's checked the folder's dataset, the point here)
+    for _ in range(2):  # the records made without OVERRIDES, then the same again
         result, _, runs = fake_protocol(repo, tmp_path / "m", FAKE_CHECKS="passed")
         assert result.returncode == 0, result.stdout + result.stderr
     assert not (runs.parent / "protocol-overrides.txt").exists()
