@@ -132,7 +132,10 @@ def test_a_sweep_whose_jobs_are_named_apart_leaves_no_folder_of_a_run_it_did_not
     multirun/resnet20-basis-all-0.5/<date>/ beside its runs, the folder of a size not swept
     (and -m experiment=basis_selected selection=first_k,last_k one named sensitivity_budget).
     With BASISCONV_DEBUG=1 (Hydra's own reporter) the folder stayed (found in review)."""
-    monkeypatch.setenv("BASISCONV_DEBUG", debug)
+    if debug:
+        monkeypatch.setenv("BASISCONV_DEBUG", debug)
+    else:  # (unset, as "" reads: the environment, and fork server, of the other runs here)
+        monkeypatch.delenv("BASISCONV_DEBUG", raising=False)
     run(repo, tmp_path, "-m", "experiment=basis_all", "basis.size=0.125,0.25",
         "trainer.epochs=1", FEW_IMAGES, starts=script_starts)
     assert sorted(p.name for p in (tmp_path / "multirun").iterdir()) == [
@@ -606,11 +609,11 @@ def test_an_auto_run_records_the_form_each_shape_ran(tmp_path, repo):
 
     auto.forget()
     try:
-        record = fit(compose_tiny(repo, "trainer.epochs=1", "experiment=basis_all",
+        record = fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES, "experiment=basis_all",
                                   "basis.combine=auto"), tmp_path)
         # a second run in the process lists its own shapes alone (found in review: a
         # sweep's later jobs listed every shape of the jobs before)
-        other = fit(compose_tiny(repo, "trainer.epochs=1", "experiment=basis_all",
+        other = fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES, "experiment=basis_all",
                                  "basis.combine=auto", "basis.size=0.25"), tmp_path / "other")
     finally:
         auto.forget()
@@ -749,8 +752,9 @@ def test_coefficient_skip_training_after_a_warm_up_counts_from_the_conversion(tm
     monkeypatch.setattr(training.CoefficientSkipSchedule, "__call__",
                         lambda self, step: steps.append(step))
     fit(compose_tiny(repo, "basis=warmup", "basis.dense_warmup_epochs=1", "trainer.epochs=2",
-                     "selection=all", "basis.coefficient_update_every=100"), tmp_path)
-    assert steps == list(range(8))  # 400 images at batch 50: the basis epoch's 8 steps
+                     "selection=all", "basis.coefficient_update_every=100", FEW_IMAGES), tmp_path)
+    # 100 images at batch 50: the basis epoch's 2 steps (counted from the warm-up's: 2, 3)
+    assert steps == list(range(2))
 
 
 def test_a_skip_training_record_states_the_backward_flops_a_skipped_step_saves(tmp_path, repo):
@@ -758,7 +762,7 @@ def test_a_skip_training_record_states_the_backward_flops_a_skipped_step_saves(t
     the coefficients. On a skipped step no coefficient's weight gradient is computed: for
     the stacked combination, a 1x1 conv of m basis maps into C_out channels, that is
     2*m*C_out multiply-adds' worth of FLOPs per output pixel of each basis layer."""
-    record = fit(compose_tiny(repo, "trainer.epochs=1", "selection=all",
+    record = fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES, "selection=all",
                               "basis.coefficient_update_every=4"), tmp_path)
     model = record["model"]
     pixels = {"conv1": 32 * 32, "layer1": 32 * 32, "layer2": 16 * 16, "layer3": 8 * 8}
@@ -770,7 +774,8 @@ def test_a_skip_training_record_states_the_backward_flops_a_skipped_step_saves(t
     assert model["mean_backward_flops"] == round(
         (model["backward_flops"] + 3 * model["skipped_step_backward_flops"]) / 4)
     # without skip-training there is nothing to state
-    plain = fit(compose_tiny(repo, "trainer.epochs=1", "selection=all"), tmp_path / "plain")
+    plain = fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES, "selection=all"),
+                tmp_path / "plain")
     assert "skipped_step_backward_flops" not in plain["model"]
     assert plain["model"]["backward_flops"] == model["backward_flops"]
 
@@ -780,7 +785,8 @@ def test_a_warm_up_run_counts_its_fused_norm_model_as_in_training(tmp_path, repo
     where a folded norm is counted with running statistics (no moments, less backward):
     the record undercounted the model, and a resume (counting it in training mode) then
     said a skipped step costs more than a trained one."""
-    fused = ["selection=all", "basis.fuse_norm=true", "basis.coefficient_update_every=2"]
+    fused = ["selection=all", "basis.fuse_norm=true", "basis.coefficient_update_every=2",
+             FEW_IMAGES]
     warmed = fit(compose_tiny(repo, "basis=warmup", "basis.dense_warmup_epochs=1",
                               "trainer.epochs=2", *fused), tmp_path / "warmed")["model"]
     scratch = fit(compose_tiny(repo, "trainer.epochs=1", *fused), tmp_path / "scratch")["model"]
@@ -794,17 +800,15 @@ def test_a_warm_up_run_counts_its_fused_norm_model_as_in_training(tmp_path, repo
 def test_convert_from_a_trained_checkpoint(tmp_path, repo):
     fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES), tmp_path / "baseline")
     source = tmp_path / "baseline" / "checkpoint.pt"
-    record = fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES, "selection=all",
-                              "basis=convert", f"basis.source_checkpoint={source}",
-                              "basis.size=0.5"),
-                 tmp_path / "converted")
+    overrides = ("trainer.epochs=2", FEW_IMAGES, "selection=all", "basis=convert",
+                 f"basis.source_checkpoint={source}", "basis.size=0.5")
+    # the converted run, stopped after its first epoch (its record as it converted)
+    fit_stopped_before(2, compose_tiny(repo, *overrides), tmp_path / "resumed")
+    record = read_record(tmp_path / "resumed")
     errors = [row["reconstruction_error"] for row in record["model"]["basis_report"]]
     assert errors and all(0 < e < 1 for e in errors)
     # Found by audit: a resume read the source checkpoint again (to fit layers that the
     # run's own checkpoint then overwrote), so with the source gone it could not go on
-    overrides = ("trainer.epochs=2", FEW_IMAGES, "selection=all", "basis=convert",
-                 f"basis.source_checkpoint={source}", "basis.size=0.5")
-    fit_stopped_before(2, compose_tiny(repo, *overrides), tmp_path / "resumed")
     source.unlink()
     resumed = fit(compose_tiny(repo, *overrides), tmp_path / "resumed")
     assert resumed["status"] == "complete" and resumed["provenance"]["resumed_from_epoch"] == 1
@@ -819,8 +823,9 @@ def test_a_sweep_run_again_in_its_folder_needs_no_source_checkpoint(
     """Found in review: the sweep's check that a source checkpoint is a file refused a
     sweep run again in its folders once the baseline's checkpoint was removed, though each
     job resumes (or is complete) from its own checkpoint and reads no source (as above)."""
-    fit(compose_tiny(repo, "trainer.epochs=1", FEW_IMAGES), tmp_path / "baseline")
-    source = tmp_path / "baseline" / "checkpoint.pt"
+    source = tmp_path / "baseline" / "checkpoint.pt"  # (a dense model's: untrained will do)
+    source.parent.mkdir()
+    save_checkpoint(source, {"model": build_model("resnet20", width=0.25).state_dict()})
     sweep = ("-m", "trainer.epochs=1", FEW_IMAGES, "selection=all", "basis=convert",
              f"basis.source_checkpoint={source}", "seed=0", f"hydra.sweep.dir={tmp_path / 's'}")
     run(repo, tmp_path, *sweep, starts=script_starts)
@@ -1032,22 +1037,22 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_dead_ones_lock_is_not
     assert fit(cfg, tmp_path)["status"] == "complete"
 
 
-def test_a_refused_second_run_writes_nothing_into_the_first_runs_log(tmp_path, repo):
+def test_a_refused_second_run_writes_nothing_into_the_first_runs_log(tmp_path, repo,
+                                                                      script_starts):
     """Found in review: two runs started in the same second share Hydra's dated folder; the
-    second was refused, but its refusal line went into the first run's train.log."""
+    second was refused, but its refusal line went into the first run's train.log. (The
+    first run's lock is held here, the second run forked: a process of its own, whose
+    flock the test's conflicts with as another run's would.)"""
+    from basisconv.records import folder_lock
+
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "train.log").write_text("the first run's line\n")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "locked\n"
-        result = subprocess.run(train_command(repo, "trainer.epochs=1", f"hydra.run.dir={folder}"),
-                                cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
-                                capture_output=True, text=True, timeout=600)
-    finally:
-        holder.kill()
-        holder.wait()
+    with folder_lock(folder):
+        result = script_starts.run(repo / "scripts" / "train.py",
+                                   train_line("trainer.epochs=1", f"hydra.run.dir={folder}"),
+                                   cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                                   timeout=600)
     assert result.returncode == 2 and "is in use by another run" in result.stderr
     assert (folder / "train.log").read_text() == "the first run's line\n"
 

@@ -1162,13 +1162,15 @@ def test_a_run_names_the_table_that_chose_its_layers_though_it_could_not_be_cach
         "sensitivity_key": None, "sensitivity_table": None, "measured_time": None}
 
 
-def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(repo, tmp_path):
+def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(repo, tmp_path,
+                                                                            script_starts):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cache = tmp_path / "cache"
-    # the candidates of two of the three stages (twelve fine-tunes, not nineteen; the smoke
-    # protocol in test_reproduce runs the script on every layer)
-    common = [*TINY, f"sensitivity.cache_dir={cache}", "selection.budget_reduction=0.2",
-              "sensitivity.layers=[layer2.*,layer3.*]"]
+    # the last block's candidates of two of the three stages (four fine-tunes, not nineteen;
+    # the smoke protocol in test_reproduce runs the script on every layer), 10 % of the
+    # dense model's training FLOPs, of which a budget of 5 % takes some
+    common = [*TINY, f"sensitivity.cache_dir={cache}", "selection.budget_reduction=0.05",
+              "sensitivity.layers=[layer2.2.*,layer3.2.*]"]
     out = tmp_path / "sens"
     result = subprocess.run([sys.executable, str(repo / "scripts" / "sensitivity.py"), *common,
                              f"hydra.run.dir={out}"], env=env, capture_output=True, text=True,
@@ -1177,19 +1179,20 @@ def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(rep
     for name in ("sensitivity.csv", "sensitivity.png", "chosen.md", "run.json"):
         assert (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "sensitivity.csv")
-    assert len(table) == 12 and table["seconds"].gt(0).all()
-    assert table["layer"].str.match(r"layer[23]\.").all()
+    assert len(table) == 4 and table["seconds"].gt(0).all()
+    assert sorted(table["layer"]) == ["layer2.2.conv1", "layer2.2.conv2", "layer3.2.conv1",
+                                      "layer3.2.conv2"]
     record = json.loads((out / "run.json").read_text())["sensitivity"]
     chosen = record["chosen"]
-    assert chosen and record["flops_saved"] >= 0.2 * record["dense"]["flops"]
+    assert chosen and record["flops_saved"] >= 0.05 * record["dense"]["flops"]
     assert all(f"| {name} |" in (out / "chosen.md").read_text() for name in chosen)
 
     # training with the same settings and the budget policy reuses the cached table
     run_dir = tmp_path / "train"
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *common,
-                             "selection=sensitivity_budget", "trainer.epochs=1",
-                             f"hydra.run.dir={run_dir}"], env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = script_starts.run(repo / "scripts" / "train.py",
+                               [*common, "selection=sensitivity_budget", "trainer.epochs=1",
+                                f"hydra.run.dir={run_dir}"], cwd=os.getcwd(), env=env,
+                               timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reusing the cached table" in result.stdout + result.stderr
     trained = json.loads((run_dir / "run.json").read_text())
