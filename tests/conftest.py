@@ -252,6 +252,27 @@ def _process_memory_restored():
             memory.update(saved.get((module, name), ()))
 
 
+@pytest.fixture(autouse=True)
+def _wandb_session_ended():
+    """wandb's process-wide session (``wandb.sdk.wandb_setup._singleton``), started in-process
+    by a test (``wandb_setup.singleton()``, ``wandb.login``, ``wandb.init``), keeps the
+    environment it started in: a later test in that worker that sets a ``WANDB_`` variable
+    got wandb's "Changes to your `wandb` environment variables will be ignored" warning, and
+    the test that an offline run starts without a warning failed after the login test of
+    tests/test_run_folder.py (found in random order, seed 9001). A session the test started
+    is ended after it."""
+    def session():
+        setup = sys.modules.get("wandb.sdk.wandb_setup")
+        return getattr(setup, "_singleton", None)
+
+    before = session()
+    yield
+    if session() is not None and session() is not before:
+        import wandb
+
+        wandb.teardown()
+
+
 @pytest.fixture
 def device(request) -> torch.device:
     """The device the `device`-marked tests run on (``--device``, default cpu)."""
