@@ -2869,7 +2869,8 @@ def test_an_experiment_preset_given_to_the_estimate_is_said_not_taken(repo, tmp_
                              "experiment=basis_all", "logger=none", "model=resnet8",
                              f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}/run"],
                             env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, cwd=tmp_path)  # (its cache's lock: not
+    # in the checkout's cache/, where the search took it before stopping on its data)
     assert result.returncode == 2, result.stderr[-3000:]
     said = result.stdout + result.stderr
     assert ("experiment=basis_all is a training run's preset: here its layer choice and name "
