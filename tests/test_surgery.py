@@ -512,9 +512,31 @@ def test_an_entry_matching_only_basis_layers_is_warned_of_as_what_it_is():
     with pytest.warns(UserWarning, match=r"^'0\*' matches only layers already in basis form "
                                          r"\(0\), left as they are: nothing is converted; "):
         apply_basis(model, {"0*": 2})
-    with warnings.catch_warnings():  # (a layer list, one size: silent while others convert)
+    with pytest.warns(UserWarning, match=r"^'0\*' matches only layers already in basis form "
+                                         r"\(0\), left as they are: it converts nothing \(the "
+                                         r"other entries' layers are converted\); to change"):
+        apply_basis(model, ["0*", "1"], 8)  # (a layer list's entry too: found in review)
+    with warnings.catch_warnings():  # ("all" converts the dense layers: silent)
         warnings.simplefilter("error")
-        apply_basis(model, ["0*", "1"], 8)
+        apply_basis(model, "all", 8)
+
+
+def test_a_mapping_under_a_callers_key_names_its_entries_under_that_key():
+    """Found in review: apply_basis' ``keys`` names the layers where they come from
+    (``selection.layers``), yet a mapping's entry was ``layers['1']`` in its errors and
+    ``selection.layers: layers['0*']`` in its warning; each is the caller's key's entry."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 32, 3))
+    keys = {"layers": "plan.layers"}
+    with pytest.raises(ConfigError, match=r"^layer '1': plan\.layers\['1'\] = 64 is out of "
+                                          r"range: .*; set plan\.layers\['1'\] to a count"):
+        apply_basis(model, {"0": 4, "1": 64}, keys=keys)
+    with pytest.raises(ConfigError, match=r"^plan\.layers\['1'\]=1\.5 as a fraction"):
+        apply_basis(model, {"0": 4, "1": 1.5}, keys=keys)
+    model = apply_basis(model, {"0": 4})
+    with pytest.warns(UserWarning, match=r"^plan\.layers\['0\*'\] matches only layers already "
+                                         r"in basis form \(0\), left as they are: its size 2 "
+                                         r"is not applied"):
+        apply_basis(model, {"0*": 2, "1": 8}, keys=keys)
 
 
 def test_a_tied_conv_given_a_size_by_either_name_is_converted_once_under_both():

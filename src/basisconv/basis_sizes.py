@@ -38,11 +38,13 @@ def check_max_error_use(max_error, num_basis, convert: bool) -> None:
     check_max_error(max_error)
 
 
-def check_sizes_per_layer(sizes: Mapping, num_basis, max_error) -> None:
+def check_sizes_per_layer(sizes: Mapping, num_basis, max_error, key: str | None = None
+                          ) -> None:
     """Check the sizes of layers given as a name -> size mapping, each by the count-or-
     fraction rule, before any layer is found or converted; refuse a ``num_basis`` or
     ``max_error`` beside them (as those two are refused together): with every layer's size
-    given, which of two sizes holds would be a guess."""
+    given, which of two sizes holds would be a guess. ``key`` names the mapping in errors
+    (:func:`~basisconv.layer_options.size_entry`)."""
     other = (f"num_basis={num_basis}" if num_basis is not None else
              f"max_error={max_error}" if max_error is not None else None)
     if other:
@@ -50,7 +52,7 @@ def check_sizes_per_layer(sizes: Mapping, num_basis, max_error) -> None:
                           f"each layer's size in the mapping, or its names as a list with "
                           f"{other}")
     for entry, size in sizes.items():
-        check_basis_size(size, key=size_entry(entry))
+        check_basis_size(size, key=size_entry(entry, key))
 
 
 def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | None,
@@ -69,7 +71,7 @@ def sized_targets(targets: dict[str, nn.Conv2d], num_basis, max_error: float | N
         sizes = _sizes_for_error(targets, max_error, coefficient_rank, fit)
     else:
         targets, sizes = _sizes_of(targets, num_basis, only_where_saves, keys["num_basis"],
-                                   leave_dense)
+                                   leave_dense, keys.get("layers"))
     selected = bool(targets)
     targets = _where_it_saves(targets, sizes, combine, fuse_norm, only_where_saves, leave_dense)
     if selected and not targets and key == "only_where_saves":
@@ -101,14 +103,16 @@ def _sizes_for_error(targets: dict[str, nn.Conv2d], max_error: float,
 
 
 def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, key: str,
-              leave_dense: str) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
+              leave_dense: str, layers_key: str | None = None
+              ) -> tuple[dict[str, nn.Conv2d], dict[str, int]]:
     """Each layer's basis size for ``num_basis`` (a count, or a fraction of its width; or a
     mapping of layer names to the entry of ``apply_basis``'s mapping that named each and
     its size), and the layers that take one: under ``only_where_saves`` a count above a
     layer's width (one size for a model whose layers differ in width) leaves it dense, as
     a count of all its filters would; a count above every layer is refused (nothing would
     change), as is a mapping's count above a layer's width (a size given for the layers
-    its entry names: the error names that entry, ``layers['layer2.*']``)."""
+    its entry names: the error names that entry, ``layers['layer2.*']``, under
+    ``layers_key`` where the caller names the mapping so)."""
     per_layer = isinstance(num_basis, Mapping)
     widest = max((conv.out_channels for conv in targets.values()), default=0)
     if only_where_saves and targets and _count_above(num_basis, widest):
@@ -118,7 +122,7 @@ def _sizes_of(targets: dict[str, nn.Conv2d], num_basis, only_where_saves: bool, 
     kept, sizes = {}, {}
     for name, conv in targets.items():
         entry, size = num_basis[name] if per_layer else (None, num_basis)
-        size_key = size_entry(entry) if per_layer else key
+        size_key = size_entry(entry, layers_key) if per_layer else key
         above = not per_layer and _count_above(size, conv.out_channels)  # 16 of a layer's 8
         if above and only_where_saves:
             log.info("layer %r: %s=%d is more than its %d output channels; left dense "

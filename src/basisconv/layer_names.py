@@ -50,15 +50,12 @@ def select_layers(model: nn.Module, layers: str | Iterable[str] = "all",
     (``"layer*.conv*"``). Named layers that cannot be converted are an error; layers a
     pattern or ``"all"`` picks up that cannot be converted (grouped, non-zero padding, a
     subclass with its own forward, an unmade lazy conv) are skipped with a warning, and
-    layers already in basis form are left alone (a warning when they are all it matched).
-    ``key`` names where ``layers`` came from in errors about them (``selection.layers``
-    for a config's list)."""
+    layers already in basis form are left alone (a warning for each entry that they are
+    all it matched: :func:`_warn_of_unapplied`). ``key`` names where ``layers`` came from
+    in errors about them (``selection.layers`` for a config's list)."""
     layers = _layer_list(layers)
-    chosen, already = _chosen_and_kept(model, layers, key)
-    if already and not chosen:  # (else a second apply_basis(model, "all", 0.25), meant to
-        # change the sizes, returned the model unchanged and said nothing)
-        warn_caller(_basis_only_line(model, _given(key) + ", ".join(map(repr, layers)),
-                                     already, "nothing is converted"))
+    chosen, unapplied = _chosen_and_kept(model, layers, key)
+    _warn_of_unapplied(model, layers, unapplied, bool(chosen), key)
     return chosen
 
 
@@ -83,14 +80,14 @@ def _layer_list(layers) -> list:
 
 
 def _chosen_and_kept(model: nn.Module, layers: list, key: str | None
-                     ) -> tuple[dict[str, nn.Conv2d], list[str]]:
-    """:func:`select_layers`' dense convs, in module order, and the layers already in basis
-    form that a pattern matched and left as they are (whose warning the caller words: a
-    layer list and a name -> size mapping say different things)."""
+                     ) -> tuple[dict[str, nn.Conv2d], dict[str, list[str]]]:
+    """:func:`select_layers`' dense convs, in module order, and the entries (patterns) that
+    chose none of them while matching layers already in basis form, each with those
+    layers, left as they are (whose warning the caller words: :func:`_warn_of_unapplied`)."""
     convs = conv_layers(model)
     names = conv_names(model)
     chosen: dict[str, nn.Conv2d] = {}
-    already: list[str] = []  # basis layers a pattern matched, left as they are
+    unapplied: dict[str, list[str]] = {}  # entry -> the basis layers, all it matched
     valid = ", ".join(convs) or "(none: the model has no Conv2d layers)"
     given = _given(key)
     for entry in layers:
@@ -104,17 +101,11 @@ def _chosen_and_kept(model: nn.Module, layers: list, key: str | None
             if not matched:
                 raise ConfigError(f"{given}layer pattern {entry!r} matches no convolution; "
                                   f"valid names: {valid}")
-            for name in matched:
-                module = convs[name]
-                if isinstance(module, BasisConv2d):
-                    already.append(name)
-                    continue
-                try:
-                    check_convertible(module, name, skipping=True)
-                except (TypeError, ValueError) as err:
-                    warn_caller(_skip_line(name, err))
-                    continue
-                chosen[name] = module
+            already = [name for name in matched if isinstance(convs[name], BasisConv2d)]
+            found = _convertible(convs, [name for name in matched if name not in already])
+            if already and not found:
+                unapplied[entry] = already
+            chosen.update(found)
             continue
         entry = names.get(entry, entry)
         if entry not in convs:
@@ -128,7 +119,21 @@ def _chosen_and_kept(model: nn.Module, layers: list, key: str | None
             raise ConfigError(f"{given}{err}") from None
         chosen[entry] = convs[entry]
     # keep module order whatever the order of the list
-    return {n: chosen[n] for n in convs if n in chosen}, list(dict.fromkeys(already))
+    return {n: chosen[n] for n in convs if n in chosen}, unapplied
+
+
+def _convertible(convs: dict[str, nn.Module], matched: list[str]) -> dict[str, nn.Conv2d]:
+    """The convs of ``matched`` (dense layers a pattern matched) that can be converted; each
+    other one skipped with a warning saying why."""
+    found = {}
+    for name in matched:
+        try:
+            check_convertible(convs[name], name, skipping=True)
+        except (TypeError, ValueError) as err:
+            warn_caller(_skip_line(name, err))
+            continue
+        found[name] = convs[name]
+    return found
 
 
 def select_sized_layers(model: nn.Module, layers: Mapping[str, int | float],
@@ -147,9 +152,8 @@ def select_sized_layers(model: nn.Module, layers: Mapping[str, int | float],
     given: dict[str, tuple[str, int | float]] = {}  # layer -> (its entry, its size)
     unapplied: dict[str, list[str]] = {}  # entry -> the basis layers, all it matched
     for entry, size in layers.items():
-        found, already = _chosen_and_kept(model, [entry], key)
-        if already and not found:
-            unapplied[entry] = already
+        found, kept = _chosen_and_kept(model, [entry], key)
+        unapplied.update(kept)
         for name, conv in found.items():
             earlier, first = given.setdefault(name, (entry, size))
             if (is_int(first), first) != (is_int(size), size):  # (1 == 1.0: a count, all)
@@ -161,13 +165,16 @@ def select_sized_layers(model: nn.Module, layers: Mapping[str, int | float],
     return {name: chosen[name] for name in order}, {name: given[name] for name in order}
 
 
-def _warn_of_unapplied(model: nn.Module, layers: Mapping[str, int | float],
+def _warn_of_unapplied(model: nn.Module, layers: list[str] | Mapping[str, int | float],
                        unapplied: dict[str, list[str]], converts: bool, key: str | None
                        ) -> None:
-    """Warn of the entries of a name -> size mapping that match only layers already in
-    basis form: where the others convert layers, each such entry, whose size is not
-    applied; where nothing converts, one line as :func:`select_layers` says it. (Found in
-    review: each entry said "nothing is converted" while the others converted layers.)"""
+    """Warn of the entries of a layer list or a name -> size mapping that match only layers
+    already in basis form: where the others convert layers, each such entry (a mapping's
+    size is not applied, a list's entry converts nothing); where nothing converts, one line
+    for all. (Found in review: each entry of a mapping said "nothing is converted" while
+    the others converted layers; a list's such entry said nothing, as an entry matching no
+    layer at all is an error.) Silent for a second ``apply_basis(model, "all", 0.25)``
+    after converting some layers: "all" converts the others."""
     if not converts:
         if unapplied:
             already = list(dict.fromkeys(n for names in unapplied.values() for n in names))
@@ -175,9 +182,12 @@ def _warn_of_unapplied(model: nn.Module, layers: Mapping[str, int | float],
                                          already, "nothing is converted"))
         return
     for entry, already in unapplied.items():
-        warn_caller(_basis_only_line(model, _given(key) + size_entry(entry), already,
-                                     f"its size {layers[entry]!r} is not applied (the other "
-                                     f"entries' layers are converted)"))
+        if isinstance(layers, Mapping):
+            named, outcome = size_entry(entry, key), f"its size {layers[entry]!r} is not applied"
+        else:
+            named, outcome = _given(key) + repr(entry), "it converts nothing"
+        warn_caller(_basis_only_line(model, named, already,
+                                     f"{outcome} (the other entries' layers are converted)"))
 
 
 def _given(key: str | None) -> str:

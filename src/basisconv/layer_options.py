@@ -31,11 +31,13 @@ def check_basis_size(value, key: str = "num_basis") -> None:
                           f"count, or a fraction in (0, 1] of them")
 
 
-def size_entry(entry: str) -> str:
+def size_entry(entry: str, key: str | None = None) -> str:
     """How errors and warnings name one entry of :func:`~basisconv.surgery.apply_basis`'s
     name -> size mapping: ``layers['layer2.*']``, its key as the user wrote it, so that a
-    size out of range for a layer it matched names the entry to fix."""
-    return f"layers[{entry!r}]"
+    size out of range for a layer it matched names the entry to fix; under ``key``, the
+    name the caller gives the mapping (``apply_basis``'s ``keys["layers"]``:
+    ``selection.layers['layer2.*']``), ``layers`` where it gives none."""
+    return f"{key or 'layers'}[{entry!r}]"
 
 
 def resolve_num_basis(num_basis: int | float, out_channels: int, where: str = "",

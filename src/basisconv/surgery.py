@@ -96,7 +96,8 @@ def apply_basis(model: nn.Module,
         keys: what errors call an argument (``num_basis``, ``coefficient_rank``,
             ``only_where_saves``, another flag) or ``layers`` when their values come from
             elsewhere: a config's keys (:data:`CONFIG_KEYS`, and the list the layers came
-            from), so a message names what the user set.
+            from), so a message names what the user set (a mapping's entry as
+            ``selection.layers['layer2.*']``).
 
     A replaced conv's forward and backward hooks move to its basis layer (see
     :func:`~basisconv.hook_transfer.take_over_hooks`), whose output is the conv's.
@@ -118,7 +119,7 @@ def apply_basis(model: nn.Module,
     for name, value in flags.items():  # (convert="no" would convert: it is truthy)
         check_flag(keys.get(name, name), value)
     if isinstance(layers, Mapping):  # each layer's size given with its name
-        check_sizes_per_layer(layers, num_basis, max_error)
+        check_sizes_per_layer(layers, num_basis, max_error, key=keys.get("layers"))
         targets, num_basis = select_sized_layers(model, layers, key=keys.get("layers"))
     else:
         if max_error is not None:
