@@ -267,6 +267,7 @@ def refuse_to_enter(folder, monkeypatch):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_stat(path, *args, **kwargs)
 
+    # patched where load_cifar10 reads it: cifar10's binding of cifar10_download's
     monkeypatch.setattr(cifar10, "download_cifar10", no_download)
     monkeypatch.setattr(os, "stat", refusing_stat)
 
@@ -430,12 +431,12 @@ def test_the_md5_checks_run_on_a_fips_mode_python(tmp_path, monkeypatch, fmt):
 
 
 def test_offline_download_failure_is_a_clear_error(tmp_path, monkeypatch):
-    from basisconv import cifar10
+    from basisconv import cifar10_download
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve", offline)
+    monkeypatch.setattr(cifar10_download.urllib.request, "urlretrieve", offline)
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)  # force the stdlib path
     with pytest.raises(DatasetError, match="could not download CIFAR-10.*offline"):
         load_cifar10(tmp_path / "new", download=True)
@@ -457,6 +458,7 @@ def test_runs_started_together_download_once(tmp_path, monkeypatch):
         time.sleep(0.5)
         write_cifar(root, "py", n_train=50, n_test=10)
 
+    # patched where load_cifar10 reads it: cifar10's binding of cifar10_download's
     monkeypatch.setattr(cifar10, "download_cifar10", fake_download)
     loaded = []
     runs = [threading.Thread(target=lambda: loaded.append(
@@ -851,16 +853,17 @@ def test_a_python_batch_is_verified_before_it_is_unpickled(tmp_path):
 def test_a_root_under_home_is_expanded_for_the_download_lock_too(tmp_path, monkeypatch):
     """Found in review: data.root=~/cifar with data.download=true searched and downloaded
     under $HOME but took its lock in a folder named '~' of the working directory."""
-    from basisconv import cifar10
+    from basisconv import cifar10, cifar10_download
 
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(cifar10, "download_cifar10",
+    monkeypatch.setattr(cifar10, "download_cifar10",  # where load_cifar10 reads it
                         lambda root: write_cifar(root, "py", n_train=50, n_test=10))
     assert load_cifar10("~/cifar", verify_md5=False, download=True).train_labels.numel() == 50
-    assert (home / "cifar" / cifar10.DOWNLOAD_LOCK).exists() and not any(cwd.iterdir())
+    assert (home / "cifar" / cifar10_download.DOWNLOAD_LOCK).exists()
+    assert not any(cwd.iterdir())
 
 
 def test_a_download_torchvision_refuses_is_a_clear_error(tmp_path, monkeypatch):
@@ -887,17 +890,19 @@ def _serve_archive(tmp_path, monkeypatch):
     import io
     import tarfile
 
-    from basisconv import cifar10
+    from basisconv import cifar10_download
 
     folder = write_cifar(tmp_path / "archive", "py", n_train=50, n_test=10)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     blob = buffer.getvalue()
-    # patched where download_cifar10 reads it: cifar10's binding of cifar10_location.ARCHIVE
-    monkeypatch.setattr(cifar10, "ARCHIVE", {"url": "https://example.invalid/cifar.tar.gz",
-                                          "md5": hashlib.md5(blob).hexdigest()})
-    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve",
+    # patched where download_cifar10 reads it: cifar10_download's binding of
+    # cifar10_location.ARCHIVE
+    monkeypatch.setattr(cifar10_download, "ARCHIVE",
+                        {"url": "https://example.invalid/cifar.tar.gz",
+                         "md5": hashlib.md5(blob).hexdigest()})
+    monkeypatch.setattr(cifar10_download.urllib.request, "urlretrieve",
                         lambda url, path: Path(path).write_bytes(blob))
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)
     return blob
@@ -956,22 +961,23 @@ def test_a_killed_extractions_leftover_is_removed_and_a_full_disk_is_one_line(tm
     dataset) stayed for good; and a staging folder that could not be made was a traceback."""
     import errno
 
-    from basisconv import cifar10
+    from basisconv import cifar10_download
 
     _serve_archive(tmp_path, monkeypatch)
     root = tmp_path / "new"
-    (root / f"{cifar10.STAGING_PREFIX}old" / "cifar-10-batches-py").mkdir(parents=True)
-    made = cifar10.tempfile.mkdtemp
+    (root / f"{cifar10_download.STAGING_PREFIX}old" / "cifar-10-batches-py").mkdir(
+        parents=True)
+    made = cifar10_download.tempfile.mkdtemp
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cifar10.tempfile, "mkdtemp", disk_full)
+    monkeypatch.setattr(cifar10_download.tempfile, "mkdtemp", disk_full)
     with pytest.raises(DatasetError, match="could not download CIFAR-10 .*No space left"):
         load_cifar10(root, verify_md5=False, download=True)
-    monkeypatch.setattr(cifar10.tempfile, "mkdtemp", made)
+    monkeypatch.setattr(cifar10_download.tempfile, "mkdtemp", made)
     assert load_cifar10(root, verify_md5=False, download=True).train_labels.numel() == 50
-    assert not list(root.glob(f"{cifar10.STAGING_PREFIX}*"))
+    assert not list(root.glob(f"{cifar10_download.STAGING_PREFIX}*"))
 
 
 def test_a_download_over_an_incomplete_folder_says_delete_it(tmp_path, monkeypatch):
@@ -983,9 +989,9 @@ def test_a_download_over_an_incomplete_folder_says_delete_it(tmp_path, monkeypat
 
 
 def test_a_download_with_the_wrong_md5_says_so_not_offline(tmp_path, monkeypatch):
-    from basisconv import cifar10
+    from basisconv import cifar10_download
 
-    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve",
+    monkeypatch.setattr(cifar10_download.urllib.request, "urlretrieve",
                         lambda url, path: Path(path).write_bytes(b"not a tarball"))
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)  # the stdlib path
     with pytest.raises(DatasetError, match=r"^downloaded .* has the wrong md5; delete it "
@@ -1021,7 +1027,7 @@ def test_a_download_offline_extracts_the_archive_already_there(tmp_path, monkeyp
     """Found in the data review: without torchvision (the CPU torch build cannot import it)
     data.download=true fetched the archive again over one already in data.root, so an
     offline machine failed beside it; torchvision's downloader uses it."""
-    from basisconv import cifar10
+    from basisconv import cifar10_download
 
     blob = _serve_archive(tmp_path, monkeypatch)
     root = tmp_path / "new"
@@ -1031,7 +1037,7 @@ def test_a_download_offline_extracts_the_archive_already_there(tmp_path, monkeyp
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(cifar10.urllib.request, "urlretrieve", offline)
+    monkeypatch.setattr(cifar10_download.urllib.request, "urlretrieve", offline)
     assert load_cifar10(root, verify_md5=False, download=True).train_labels.numel() == 50
 
 

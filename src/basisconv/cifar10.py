@@ -1,7 +1,8 @@
-"""CIFAR-10 read from disk into a :class:`CIFAR10` of uint8 tensors: their two formats,
-the checks each file passes (each failure one line naming the file and the fix), and the
-download. Where the files are (``data.root``, ``$CIFAR10_ROOT``, a ``~`` expanded) is
-:mod:`basisconv.cifar10_location`, which never calls back into this.
+"""CIFAR-10 read from disk into a :class:`CIFAR10` of uint8 tensors: their two formats
+and the checks each file passes (each failure one line naming the file and the fix). Where
+the files are (``data.root``, ``$CIFAR10_ROOT``, a ``~`` expanded) is
+:mod:`basisconv.cifar10_location`; the download, which :func:`load_cifar10` calls when
+none is found, :mod:`basisconv.cifar10_download`; neither calls back into this.
 
 Both published distributions are read: the binary version (``cifar-10-batches-bin``) and
 the python version (``cifar-10-batches-py``). Files are checked against the published
@@ -17,19 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .cifar10_location import (ARCHIVE, ARCHIVES, FOLDERS, TEST_FILES, TRAIN_FILES,
-                               default_root, expanded_root, find_cifar10)
+from .cifar10_download import DOWNLOAD_LOCK, download_cifar10
+from .cifar10_location import (TEST_FILES, TRAIN_FILES, default_root, expanded_root,
+                               find_cifar10)
 from .errors import DatasetError, DatasetNotFound
-from .records import file_digest, folder_lock
+from .records import folder_lock
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -52,8 +50,6 @@ MD5 = {
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
-#: The lock file a download holds in ``data.root`` (see :func:`load_cifar10`).
-DOWNLOAD_LOCK = ".cifar-10-download.lock"
 
 
 @dataclass
@@ -222,65 +218,6 @@ def _read_split(folder: Path, fmt: str, names: list[str], verify_md5: bool):
         images.append(x)
         labels.append(y)
     return torch.cat(images), torch.cat(labels)
-
-
-#: The hidden folder an archive is extracted into before its dataset is renamed into place.
-STAGING_PREFIX = ".cifar-10-extracting-"
-
-
-def download_cifar10(root: str | os.PathLike) -> None:
-    """Download and extract the python version into ``root`` (md5-checked).
-
-    Uses torchvision's downloader when torchvision imports, else the standard library.
-    The archive is extracted into a hidden staging folder and its CIFAR-10 folder renamed
-    into place whole: a run started meanwhile (a staggered array job, a second command)
-    finds either no dataset, and waits for the download lock, or all of it; never a folder
-    still being written; an interrupted extraction leaves no half dataset (a killed
-    one's staging folder is removed by the next download).
-    """
-    root = expanded_root(root)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / FOLDERS["py"]
-    if target.exists():  # find_cifar10 found no batch in it
-        raise DatasetError(
-            f"{target} exists but holds no CIFAR-10 batch (an interrupted extraction?): "
-            f"delete it and run again, or point data.root at a complete copy.")
-    try:
-        from torchvision.datasets.utils import download_and_extract_archive
-    except Exception:  # noqa: BLE001 - the CPU torch build cannot import torchvision's ops
-        download_and_extract_archive = None
-    for leftover in root.glob(f"{STAGING_PREFIX}*"):  # of a killed run (under the lock)
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging = None
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
-        if download_and_extract_archive is not None:
-            download_and_extract_archive(ARCHIVE["url"], str(root), extract_root=str(staging),
-                                         md5=ARCHIVE["md5"])
-        else:
-            archive = root / ARCHIVES["py"]
-            # one already there (copied by hand, or an earlier download) is used, as
-            # torchvision's downloader uses it: offline, the download failed beside it
-            if not (archive.is_file() and file_digest(archive, "md5") == ARCHIVE["md5"]):
-                urllib.request.urlretrieve(ARCHIVE["url"], archive)
-                if file_digest(archive, "md5") != ARCHIVE["md5"]:
-                    raise DatasetError(
-                        f"downloaded {archive} has the wrong md5; delete it and retry.")
-            with tarfile.open(archive) as tar:
-                # the "data" filter (no paths outside root, no devices) where Python has it
-                # (3.11.4+); the archive's md5 was checked above either way
-                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tar.extractall(staging, **safe)
-        os.replace(staging / FOLDERS["py"], target)
-    except DatasetError:  # its own message (a wrong md5) says what to do
-        raise
-    except (OSError, RuntimeError) as err:  # torchvision's md5 mismatch is a RuntimeError
-        raise DatasetError(
-            f"could not download CIFAR-10 into {root} ({err}). This machine may be offline: "
-            f"copy the extracted files there by hand, or point data.root at them.") from None
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_cifar10(root: str | os.PathLike | None = None, *, verify_md5: bool = True,

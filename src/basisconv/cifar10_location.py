@@ -5,8 +5,8 @@ folder, an archive never extracted, a ``$NAME`` Hydra did not expand).
 
 Its own module because it reads nothing: the modules that need only where the files are
 (the same-data rules of checkpoints and the sensitivity cache, reproduce.sh's checks)
-import this, not the readers, the md5 sums and the download of :mod:`basisconv.cifar10`,
-which builds on it and is never called back from here.
+import this, not the readers and md5 sums of :mod:`basisconv.cifar10` or the download of
+:mod:`basisconv.cifar10_download`, which build on it and are never called back from here.
 """
 
 from __future__ import annotations
