@@ -240,10 +240,12 @@ except OSError as err:
 lock_folder() {  # lock_folder <fd> <folder>: take <folder>/.reproduce.lock, or fail (a
                  # folder that cannot hold it ends the script, saying why)
   local lock=$2/.reproduce.lock made=() folder=$2 new_lock=
-  while [ ! -e "$folder" ]; do  # the folders makedirs makes, the outermost first
-    made=("$folder" ${made[@]+"${made[@]}"}); folder=$(dirname "$folder")
+  # (a symlink whose target is gone is not there to -e, but is the user's, never made here:
+  # found in review, a refusal's unmake deleted OUTPUTS linked to a disk not mounted)
+  while [ ! -e "$folder" ] && [ ! -L "$folder" ]; do  # the folders makedirs makes, the
+    made=("$folder" ${made[@]+"${made[@]}"}); folder=$(dirname "$folder")  # outermost first
   done
-  [ -e "$lock" ] || new_lock=$lock
+  [ -e "$lock" ] || [ -L "$lock" ] || new_lock=$lock
   if ! "$PY" -c "$MAKE_LOCK" "$2" "$lock"; then  # (the folders it made, not the lock file)
     MADE+=(${made[@]+"${made[@]}"}); unmake; exit 2
   fi

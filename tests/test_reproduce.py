@@ -1008,6 +1008,21 @@ def test_outputs_under_a_file_is_one_line_not_another_protocol_running(repo, tmp
                              f"{tmp_path / 'a-file' / 'x'}); {FOLDER_FIX}\n")
 
 
+def test_a_refusal_keeps_a_symlinked_outputs_folder_whose_target_is_gone(repo, tmp_path):
+    """OUTPUTS a symlink to a folder not there now (a disk not mounted) cannot hold the
+    lock, and is said so; the refusal removes only what it made, and it made no link
+    (found in review: the link, not there to ``[ -e ]``, was listed as made, and the
+    refusal's cleanup deleted the user's symlink). (Checks stood in.)"""
+    link = tmp_path / "outputs-link"
+    link.symlink_to(tmp_path / "unmounted" / "outputs")
+    result, started, _ = fake_protocol(repo, tmp_path / "p", FAKE_CHECKS="passed",
+                                       OUTPUTS=str(link))
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert result.stderr == (f"error: cannot lock {link / 'smoke'} for this protocol (No "
+                             f"such file or directory: {link / 'smoke'}); {FOLDER_FIX}\n")
+    assert link.is_symlink()
+
+
 def test_a_lock_file_that_cannot_be_made_is_one_line_and_leaves_nothing_made(repo, tmp_path):
     """The results folder's lock file refused by the system (a full disk; here its open
     fails so) is its one line, not another protocol running, and the refused start leaves
