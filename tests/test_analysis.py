@@ -1294,6 +1294,87 @@ def test_the_smoke_profiles_missing_records_are_named_in_its_own_folder(tmp_path
         write_report(analyze_cfg(tmp_path, profile="smoke", runs_dir=str(runs)), "cmd")
 
 
+def test_smoke_records_looked_for_under_results_are_sent_to_their_own_folder(tmp_path):
+    """Found in review: ``runs_dir=results/smoke/runs``, the other profiles' layout, got the
+    generic "give the folder of published records (results/<profile>/runs)", and, made by
+    hand, "run `make reproduce PROFILE=smoke`", which publishes elsewhere: smoke's records
+    are in ``outputs/smoke/results/runs`` (``profile_results``), never under results/."""
+    from basisconv.analysis.record_sources import record_files
+
+    runs = tmp_path / "results" / "smoke" / "runs"
+    said = (r"the smoke profile's records are published elsewhere: in "
+            r"outputs/smoke/results/runs \(its run folders in outputs/smoke\), by `make "
+            r"reproduce PROFILE=smoke`; give runs_dir=outputs/smoke/results/runs, or "
+            r"profile=smoke without runs_dir$")
+    with pytest.raises(ConfigError, match=rf"^runs_dir=\S*results/smoke/runs: no such folder; "
+                                          rf"{said}"):
+        record_files(runs)
+    runs.mkdir(parents=True)  # made by hand: it exists, and no protocol fills it
+    with pytest.raises(ConfigError, match=rf"^no complete training run found in \S*results/"
+                                          rf"smoke/runs \(found no records; .*\); {said}"):
+        write_report(analyze_cfg(tmp_path, profile="smoke", runs_dir=str(runs)), "cmd")
+
+
+def test_a_runs_dir_through_dot_dot_is_named_where_it_leads_not_as_a_profile(tmp_path):
+    """Found in review: ``runs_dir=results/../runs`` said "no record of profile .. is
+    published here yet": the name of its parent folder, ``..``, taken for a profile's."""
+    from basisconv.analysis.record_sources import published_profile, record_files
+
+    (tmp_path / "results" / "quick" / "runs").mkdir(parents=True)
+    runs = tmp_path / "results" / ".." / "runs"
+    assert published_profile(runs) is None
+    with pytest.raises(ConfigError) as err:
+        record_files(runs)
+    assert str(err.value) == (f"runs_dir={runs}: no such folder: its .. makes it "
+                              f"{tmp_path.resolve() / 'runs'}; give the folder of published "
+                              f"records (results/<profile>/runs) or of run folders "
+                              f"(outputs/<profile>)")
+
+
+@pytest.mark.parametrize("project, said", [
+    ("", r"is empty: no wandb project is named to read the runs of; give a project name "
+         r"\(wandb.project=my-project\), or drop the override$"),
+    (" ", "is empty"),
+    ("a/b", r"is refused by wandb \(cannot contain .*found '/'\), and no project of that name "
+            r"holds runs to read \(entity a's project b: wandb.entity=a wandb.project=b\); "
+            r"give a project name"),
+    ("what?", r"is refused by wandb \(cannot contain .*found '\?'\), and no project of that "
+              r"name holds runs to read; give a project name"),
+    ("x" * 129, r"is refused by wandb \(exceeded 128 characters\)")])
+def test_an_analysis_wandb_project_that_is_empty_or_refused_is_one_line_at_start(
+        tmp_path, monkeypatch, project, said):
+    """Found in review: the training's ``logger.project`` was checked at start, the
+    analysis' ``wandb.project`` not: an empty or refused name was found only once wandb was
+    asked (behind its login), and ``a/b`` was read as entity a's project b."""
+    from basisconv.analysis import report
+    from basisconv.config_checks import validate_analysis
+
+    def asked(*args, **kwargs):
+        raise AssertionError("wandb was asked")
+
+    monkeypatch.setattr(report, "wandb_records", asked)
+    wandb = {"project": project, "entity": None}
+    with pytest.raises(ConfigError, match=rf"^wandb.project='{re.escape(project)}' {said}") as err:
+        write_report(analyze_cfg(tmp_path, source="wandb", wandb=wandb), "cmd")
+    assert "\n" not in str(err.value)
+    # unread with source=local (warned of as unread by the script), so not checked
+    validate_analysis(analyze_cfg(tmp_path, wandb=wandb))
+
+
+def test_the_analysis_wandb_project_from_the_environment_is_named_by_it(repo, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from basisconv.config_checks import validate_analysis
+
+    monkeypatch.setenv("WANDB_PROJECT", "a:b")
+    with initialize_config_dir(config_dir=str(repo / "configs" / "analysis"), version_base="1.3"):
+        cfg = compose("analyze", overrides=["source=wandb"])
+    with pytest.raises(ConfigError, match=r"^WANDB_PROJECT='a:b' \(the environment variable "
+                                          r"wandb.project reads\) is refused by wandb .*; set "
+                                          r"it to a project name, or unset it \(for basisconv\)$"):
+        validate_analysis(cfg)
+
+
 def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
     (tmp_path / "a-file").write_text("")
     publish_records(tmp_path / "runs", RECORDS)

@@ -57,12 +57,24 @@ def _check_on_the_schema(cfg: DictConfig) -> None:
 
 def validate_analysis(cfg: DictConfig) -> None:
     """``scripts/analyze.py``'s config: what its schema (:class:`AnalysisConfig`) cannot
-    say. An empty ``out_dir=`` wrote into the working folder and said "to /"."""
+    say. An empty ``out_dir=`` wrote into the working folder and said "to /". With
+    ``source=wandb``, ``wandb.project`` as the training's ``logger.project`` is checked
+    (:func:`validate_logger_project`): an empty or refused name was found only once wandb
+    was asked (after its login), and ``a/b`` was read as entity a's project b, beside
+    ``wandb.entity``."""
     _check_known(cfg, AnalysisConfig)
     for key in ("runs_dir", "out_dir"):
         check(bool(cfg[key].strip()), f"{key} is empty; give a folder, or drop the override "
                                       f"for the default")
         check_no_tilde(key, cfg[key])
+    if cfg.source == "wandb":
+        entity, slash, name = str(cfg.wandb.project).partition("/")
+        # (wandb's Api read a/b as entity a's project b, wandb.entity aside)
+        as_entity = (f" (entity {entity}'s project {name}: wandb.entity={entity} "
+                     f"wandb.project={name})" if slash and entity and name else "")
+        _check_wandb_project(cfg.wandb, "wandb.project",
+                             "no wandb project is named to read the runs of",
+                             f"and no project of that name holds runs to read{as_entity}")
 
 
 #: The keys that name a file or folder, each with what stands for "none given" instead of
@@ -234,19 +246,26 @@ def validate_logger_project(cfg: DictConfig) -> None:
     (``logger=none``, ``logger.mode=disabled``)."""
     if cfg.logger.backend != "wandb" or cfg.logger.mode == "disabled":
         return
-    project = str(cfg.logger.project)
-    if _from_environment(cfg.logger, "project", "WANDB_PROJECT"):
-        source = (f"WANDB_PROJECT={project!r} (the environment variable logger.project "
-                  f"reads)")
+    _check_wandb_project(cfg.logger, "logger.project",
+                         "wandb takes it, and the runs would land outside any named project",
+                         "and every run would train without wandb")
+
+
+def _check_wandb_project(group: DictConfig, key: str, if_empty: str, if_refused: str) -> None:
+    """``group.project`` (``key``, which defaults to ``$WANDB_PROJECT``) neither empty nor
+    refused by wandb (:func:`basisconv.tracking.project_problem`); ``if_empty`` and
+    ``if_refused`` say what such a name would do. One rule for the training's project and
+    the analysis' (``source=wandb``), each bad value named as the user set it."""
+    project = str(group.project)
+    if _from_environment(group, "project", "WANDB_PROJECT"):
+        source = f"WANDB_PROJECT={project!r} (the environment variable {key} reads)"
         fix = "set it to a project name, or unset it (for basisconv)"
     else:
-        source = f"logger.project={project!r}"
-        fix = "give a project name (logger.project=my-project), or drop the override"
-    check(project.strip() != "", f"{source} is empty: wandb takes it, and the runs would "
-                                 f"land outside any named project; {fix}")
+        source = f"{key}={project!r}"
+        fix = f"give a project name ({key}=my-project), or drop the override"
+    check(project.strip() != "", f"{source} is empty: {if_empty}; {fix}")
     problem = project_problem(project)
-    check(problem is None, f"{source} is refused by wandb ({problem}), and every run would "
-                           f"train without wandb; {fix}")
+    check(problem is None, f"{source} is refused by wandb ({problem}), {if_refused}; {fix}")
 
 
 def _from_environment(group: DictConfig, key: str, variable: str) -> bool:

@@ -38,21 +38,7 @@ def record_files(root: str | Path) -> list[Path]:
     is not a folder."""
     root = Path(root)
     if not root.is_dir():
-        what = "not a folder" if root.exists() else "no such folder"
-        profile = None if root.exists() else published_profile(root)
-        # a profile reproduce.sh runs (one of configs/profile/) is offered to it, its own
-        # folders named; a typo is not (reproduce.sh refuses it): the published ones show it
-        known = profile in profile_names()
-        if profile is not None:
-            # make analyze's default, PROFILE=paper, before that profile has run here
-            base = Path(*root.parts[:-len(published_runs(profile).parts)])
-            hint = f"make reproduce PROFILE={profile} makes them; " if known else ""
-            what += (f": no record of profile {profile} is published here yet ({hint}"
-                     f"profiles published here: {', '.join(published_here(base)) or 'none'})")
-        runs, outputs = ((published_runs(profile), f"outputs/{profile}") if known
-                         else ("results/<profile>/runs", "outputs/<profile>"))
-        raise ConfigError(f"runs_dir={root}: {what}; give the folder of published records "
-                          f"({runs}) or of run folders ({outputs})")
+        raise ConfigError(runs_dir_missing(root))
 
     def set_aside(path: Path) -> bool:  # a run folder scripts/reproduce.sh set aside
         return any(SET_ASIDE.fullmatch(part) for part in path.relative_to(root).parts[:-1])
@@ -69,6 +55,33 @@ def record_files(root: str | Path) -> list[Path]:
             continue  # a run's own other files (wandb's)
         found.add(path)
     return sorted(found)
+
+
+def runs_dir_missing(root: Path) -> str:
+    """Why ``runs_dir`` (``root``), not a folder, holds no records, and where they are: a
+    profile's folder not published yet (its profile named), one of the other profiles'
+    layout given for a profile published elsewhere (:func:`elsewhere_line`), or a path whose
+    ``..`` leads elsewhere than it reads (named resolved)."""
+    what = "not a folder" if root.exists() else "no such folder"
+    if (elsewhere := elsewhere_line(root)) is not None:
+        return f"runs_dir={root}: {what}; {elsewhere}"
+    if os.pardir in root.parts:
+        # (results/../runs was said to be a profile "..": its parent folder's name)
+        what += f": its {os.pardir} makes it {root.resolve()}"
+    profile = None if root.exists() else published_profile(root)
+    # a profile reproduce.sh runs (one of configs/profile/) is offered to it, its own
+    # folders named; a typo is not (reproduce.sh refuses it): the published ones show it
+    known = profile in profile_names()
+    if profile is not None:
+        # make analyze's default, PROFILE=paper, before that profile has run here
+        base = Path(*root.parts[:-len(published_runs(profile).parts)])
+        hint = f"make reproduce PROFILE={profile} makes them; " if known else ""
+        what += (f": no record of profile {profile} is published here yet ({hint}"
+                 f"profiles published here: {', '.join(published_here(base)) or 'none'})")
+    runs, outputs = ((published_runs(profile), f"outputs/{profile}") if known
+                     else ("results/<profile>/runs", "outputs/<profile>"))
+    return (f"runs_dir={root}: {what}; give the folder of published records ({runs}) or "
+            f"of run folders ({outputs})")
 
 
 def files_under(root: Path) -> list[Path]:
@@ -103,12 +116,29 @@ def published_profile(root: Path) -> str | None:
     """The profile whose published records ``root`` is the folder of (its last parts, so
     under any ``RESULTS_DIR`` or ``OUTPUTS`` too): one of :func:`profile_names`, or a
     mistyped name in ``results/<name>/runs``; None for any other folder. Found in review:
-    the smoke profile's folder, ``outputs/smoke/results/runs``, got no such hint."""
+    the smoke profile's folder, ``outputs/smoke/results/runs``, got no such hint; and
+    ``results/../runs`` was the folder of a profile named "..", no name at all."""
     def is_folder_of(profile: str) -> bool:
         tail = published_runs(profile).parts
         return root.parts[-len(tail):] == tail
-    return next((name for name in sorted(profile_names() | {root.parent.name})
-                 if is_folder_of(name)), None)
+    typed = {root.parent.name} - {os.pardir, ""}
+    return next((name for name in sorted(profile_names() | typed) if is_folder_of(name)), None)
+
+
+def elsewhere_line(root: Path) -> str | None:
+    """Where a profile's records are when ``root`` names them in the other profiles' layout,
+    ``<folder>/<profile>/runs``, and that profile publishes them elsewhere, or None: the
+    smoke profile's are in ``outputs/smoke/results/runs``, never under ``results/``
+    (:func:`basisconv.config.profile_results`); ``runs_dir=results/smoke/runs`` got the
+    generic "give the folder of published records (results/<profile>/runs)" (found in
+    review), or, made by hand, "run `make reproduce PROFILE=smoke`", which writes elsewhere."""
+    profile = root.parent.name
+    if root.name != "runs" or profile not in profile_names() or published_profile(root):
+        return None
+    return (f"the {profile} profile's records are published elsewhere: in "
+            f"{published_runs(profile)} (its run folders in outputs/{profile}), by `make "
+            f"reproduce PROFILE={profile}`; give runs_dir={published_runs(profile)}, or "
+            f"profile={profile} without runs_dir")
 
 
 def published_here(base: Path) -> list[str]:

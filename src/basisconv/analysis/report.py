@@ -26,7 +26,8 @@ from .notes import (STD_LINE, baseline_line, commits_line, found_line, left_out_
                     missing_line, provenance_note, recipe_line, seeds_line, sessions_summary,
                     tables_line, timing_line, timings_line, unlike_baseline_line, versions_line)
 from .comparison import compare, distinct_curves, distinct_runs
-from .record_sources import read_records, records_of_kind, training_records, wandb_records
+from .record_sources import (elsewhere_line, read_records, records_of_kind, training_records,
+                             wandb_records)
 from .runs import (curves_frame, differing_keys, made_alike, runs_frame, setting_value,
                    unread_selection_key)
 from .tables import INTERNAL_COLUMNS, write_table
@@ -118,8 +119,11 @@ def collect_records(cfg: DictConfig, unfinished: list[str] | None = None
     if not records:
         where = (f"{cfg.runs_dir} ({found_line(local, unreadable)})" if cfg.source == "local"
                  else f"wandb project {cfg.wandb.project}")
-        raise ConfigError(f"no complete training run found in {where}; run "
-                          f"`make reproduce PROFILE={cfg.profile}` (or some training runs) first")
+        # (a folder the protocol never publishes in: making runs would not fill it)
+        elsewhere = elsewhere_line(Path(cfg.runs_dir)) if cfg.source == "local" else None
+        raise ConfigError(f"no complete training run found in {where}; " + (
+            elsewhere or f"run `make reproduce PROFILE={cfg.profile}` (or some training runs) "
+                         f"first"))
     return local, unreadable, records
 
 
