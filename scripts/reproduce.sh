@@ -221,7 +221,9 @@ LAST_JOB=
 # made, in the order it made it, and unmake removes it, the last first (a folder only once
 # empty). A lock file is removed only by its holder, and taken only if it is still the file
 # of its name once locked: one removed between another invocation's opening and locking
-# it is not held by that one.
+# it is not held by that one. A start that runs leaves its lock files (git-ignored, and
+# said in docs/reproducing.md): its runs hold the lock too, and removed, the file of that
+# name would be a new one, which the next invocation could lock while a run still held the old.
 # A folder that cannot hold its lock (not writable, a read-only file system, a full disk, a
 # file in its path) is said so, in the system's words, by the python that makes the folder
 # and the lock file (found in review: the shell's failed mkdir and open were refused as
@@ -275,6 +277,26 @@ if ! lock_folder 8 "$OUT" || { [ "$(realpath -m "$RESULTS")" != "$(realpath -m "
   exit 2
 fi
 trap unmake EXIT  # until the session log's trap below: a refusal between them
+# A start whose runs would not find their dataset (NO_DATA, from the checks) is refused
+# here if one of them would train, before anything changes: no record set aside, no
+# failure mark removed, no overrides list written (found in review: a refusal after them
+# left them so). Nothing computed, so no session logged (else a start without its dataset
+# added one to the protocol's wall-clock in index.json).
+# Then a file in a run's place that is not its finished record (cut off, another row's or
+# profile's, one the analysis cannot read, or made from a sensitivity table of a key this
+# code no longer gives) would make the run be skipped for good: set aside, said, and the
+# run made again
+# (with the run folders: a run set aside for its sensitivity table is trained again, not
+# published again from its folder)
+# (with the keys the checks gave: this process loads neither Hydra nor torch)
+"$PY" -c 'import json, sys; from basisconv.records import runs_to_make, set_aside_stale_records
+records, outputs, profile, keys, no_data, *seeds = sys.argv[1:]
+keys = json.loads(keys)
+if no_data and runs_to_make(records, profile, keys, seeds):
+    print(f"error: {no_data}", file=sys.stderr)
+    sys.exit(2)
+set_aside_stale_records(records, profile, keys, outputs=outputs)' \
+  "$RECORDS" "$OUT" "$PROFILE" "$KEYS" "$NO_DATA" $SEEDS
 # every refusal is above: only an invocation that runs ties the folder to its overrides
 # (none: a file an earlier start left, refused before it made a record, is not this one's)
 # (by the package's atomic write, as every record: one cut off by a kill or a full disk held
@@ -290,16 +312,6 @@ else
   rm -f "$MADE_WITH"
 fi
 rm -f "$LOGS"/*.failed  # failure marks belong to one invocation
-# a file in a run's place that is not its finished record (cut off, another row's or
-# profile's, one the analysis cannot read, or made from a sensitivity table of a key this
-# code no longer gives) would make the run be skipped for good: set aside, said, and the
-# run made again
-# (with the run folders: a run set aside for its sensitivity table is trained again, not
-# published again from its folder)
-# (with the keys the checks gave: this process loads neither Hydra nor torch)
-"$PY" -c 'import json, sys; from basisconv.records import set_aside_stale_records as s
-s(sys.argv[1], sys.argv[3], json.loads(sys.argv[4]), outputs=sys.argv[2])' \
-  "$RECORDS" "$OUT" "$PROFILE" "$KEYS"
 # Each invocation that gets this far is logged in $RESULTS/sessions/ however it ends,
 # short of SIGKILL (when, how long, on what, what it published): the protocol's wall-clock
 # is the sum over the sessions, on whichever machines they ran, and the analysis adds it
@@ -360,9 +372,6 @@ in_foreground() {  # in_foreground <command...>: run it and wait for it. In the 
 run() {  # run <name> <command...>: now (JOBS=1), or in the background once a slot is free;
          # a run that fails is marked, named at the end, and the others go on
   local name=$1; shift
-  # refused before any run starts: nothing computed, so no session logged (else a start
-  # without its dataset added one to the protocol's wall-clock in index.json)
-  if [ -n "$NO_DATA" ]; then trap - EXIT; unmake; echo "error: $NO_DATA" >&2; exit 2; fi
   if [ "$JOBS" -le 1 ]; then  # (found in review: its first failure ended the protocol)
     mkdir -p "$LOGS"
     local code=0

@@ -766,6 +766,33 @@ def test_a_start_refused_for_its_dataset_neither_ties_the_folder_nor_logs_a_sess
     assert sum(call.startswith("scripts/train.py") for call in started) == len(ROWS)
 
 
+def test_a_start_refused_for_its_dataset_changes_nothing_in_its_folders(repo, tmp_path):
+    """Found in review: refused for its dataset at its first run that trains, a start had
+    already rewritten the folder's overrides list, removed the last session's failure
+    marks and set aside the record it found stale, and left them so. It is refused
+    before it changes anything. (Its checks stood in, saying the dataset missing as the
+    real ones do in the test of a missing dataset above.)"""
+    cifar = f"data=cifar10 data.train_subset=1000 data.root={tmp_path / 'nowhere'}"
+    made = tmp_path / "outputs" / "smoke"
+    stale = made / "results" / "runs" / "baseline" / "seed0.json"  # cut off: made again
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({**complete_record(), "status": "running"}))
+    (made / "results" / "protocol-overrides.txt").write_text(
+        "data=cifar10\ndata.train_subset=1000\n")  # en_US's order: the script rewrites it
+    (made / "logs").mkdir()
+    (made / "logs" / "baseline-seed0.failed").write_text("1\n")
+    before = {path: path.read_bytes() for path in made.rglob("*")
+              if path.is_file() and path.name != ".reproduce.lock"}
+    every_other = [f"{row}/seed0.json" for row in ROWS[1:]] + list(PROTOCOL_RECORDS)
+    result, started, _ = fake_protocol(
+        repo, tmp_path, overrides=cifar, recorded=every_other, FAKE_CHECKS="passed",
+        checks=checks_pass(cifar.split(), missing_cifar(tmp_path / "nowhere")))
+    assert result.returncode == 2 and started == [], result.stdout + result.stderr
+    assert {path: path.read_bytes() for path in before if path.exists()} == before
+    assert not list(made.rglob("*.rejected"))
+    assert result.stderr == f"error: {missing_cifar(tmp_path / 'nowhere')}\n"
+
+
 def test_folders_hydra_would_not_take_bare_are_quoted_for_it(repo, tmp_path):
     """Found in review: OUTPUTS in a folder such as "runs (v2)" failed every run with a
     Hydra parse error that told the user to quote a value only the script writes."""
@@ -1087,11 +1114,12 @@ def test_records_made_from_a_table_of_another_key_are_set_aside(repo, tmp_path, 
     estimate for its record's sake; its runs then chose from a table never published,
     and the page showed the old one. The estimate, the runs that chose from it and the
     search are set aside; the committed quick records (this code's keys) are all kept."""
-    from basisconv.records import set_aside_stale_records
+    from basisconv.records import runs_to_make, set_aside_stale_records
     from basisconv.reproduce import protocol_keys
 
     records, ours = tmp_path / "runs", protocol_keys("quick")
     shutil.copytree(repo / "results" / "quick" / "runs", records)
+    assert runs_to_make(records, "quick", ours, ["0", "1", "2"]) == []
     assert set_aside_stale_records(records, "quick", ours) == []
     stale = {"sensitivity.json": ("sensitivity", "key"),
              "selected-sensitivity_budget-0.5/seed1.json": ("sensitivity_key",),
@@ -1103,6 +1131,8 @@ def test_records_made_from_a_table_of_another_key_are_set_aside(repo, tmp_path, 
             inner = inner[key]
         inner[keys[-1]] = "resnet20-w0.5-m0.5-0123456789ab"
         (records / name).write_text(json.dumps(record))
+    # (what the script's refusal for a missing dataset reads, by the same rules)
+    assert sorted(runs_to_make(records, "quick", ours, ["0", "1", "2"])) == sorted(stale)
     rejected = set_aside_stale_records(records, "quick", ours)
     assert sorted(str(p.relative_to(records)) for p in rejected) == sorted(
         f"{name}.rejected" for name in stale)
@@ -1117,7 +1147,7 @@ def test_runs_that_chose_from_another_machines_table_of_the_same_key_are_set_asi
     (the key does not name the machine or threads, which change it); after the merge one
     row mixed layer sets of two tables. A run recording another table's checksum than the
     published estimate's is made again; one recording none (older records) is kept."""
-    from basisconv.records import set_aside_stale_records
+    from basisconv.records import runs_to_make, set_aside_stale_records
     from basisconv.reproduce import protocol_keys
 
     records, ours = tmp_path / "runs", protocol_keys("quick")
@@ -1128,6 +1158,8 @@ def test_runs_that_chose_from_another_machines_table_of_the_same_key_are_set_asi
         record = json.loads(path.read_text())
         record["sensitivity_table"] = checksum
         path.write_text(json.dumps(record))
+    made = runs_to_make(records, "quick", ours, ["0", "1", "2"])  # (the script's dry run)
+    assert [records / name for name in made] == [seeds[1]]
     rejected = set_aside_stale_records(records, "quick", ours)
     assert rejected == [seeds[1].with_name(seeds[1].name + ".rejected")]
     assert seeds[0].is_file() and all(path.is_file() for path in seeds[2:])

@@ -27,7 +27,7 @@ from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_proto
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
                        set_aside_foreign_records, set_aside, table_key, set_aside_stale_records,
                        set_aside_run_folder, set_aside_runs_of_other_tables,
-                       set_aside_unpublished_runs)
+                       set_aside_unpublished_runs, runs_to_make)
 from .sessions import SESSIONS, has_session_log, log_session, read_sessions
 from .unmerged import unmerged_files, unmerged_problem
 
@@ -51,6 +51,6 @@ __all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "tf32_name
            "SEED_FILE", "missing_protocol_runs", "protocol_slot", "misplaced",
            "search_table_found", "unusable", "made_by_profile", "set_aside_foreign_records",
            "set_aside", "table_key", "set_aside_stale_records", "set_aside_run_folder",
-           "set_aside_runs_of_other_tables", "set_aside_unpublished_runs", "SESSIONS",
-           "has_session_log", "log_session", "read_sessions", "unmerged_files",
+           "set_aside_runs_of_other_tables", "set_aside_unpublished_runs", "runs_to_make",
+           "SESSIONS", "has_session_log", "log_session", "read_sessions", "unmerged_files",
            "unmerged_problem"]

@@ -152,18 +152,23 @@ def set_aside_foreign_records(records_dir: str | os.PathLike,
     run in it. Returns the files set aside."""
     rejected = []
     for path in published_slots(records_dir):
-        try:
-            record = read_record(path)
-            made_by = made_by_profile(record)
-            problem = (f"its status is {record.get('status')!r}"
-                       if record.get("status") != "complete" else unusable(record, path)
-                       or (f"it was made by profile {made_by}, not {profile}"
-                           if profile and made_by not in (None, profile) else None))
-        except (OSError, ValueError) as err:
-            problem = f"unreadable: {one_line(err)[:200]}"
-        if problem is not None:
+        if (problem := foreign_problem(path, profile)) is not None:
             rejected.append(set_aside(path, problem))
     return rejected
+
+
+def foreign_problem(path: Path, profile: str | None) -> str | None:
+    """Why the file in a run's place ``path`` is not that run's finished record (see
+    :func:`set_aside_foreign_records`), or None."""
+    try:
+        record = read_record(path)
+        made_by = made_by_profile(record)
+        return (f"its status is {record.get('status')!r}"
+                if record.get("status") != "complete" else unusable(record, path)
+                or (f"it was made by profile {made_by}, not {profile}"
+                    if profile and made_by not in (None, profile) else None))
+    except (OSError, ValueError) as err:
+        return f"unreadable: {one_line(err)[:200]}"
 
 
 def published_slots(records_dir: str | os.PathLike) -> list[Path]:
@@ -230,23 +235,52 @@ def set_aside_stale_records(records_dir: str | os.PathLike, profile: str, keys: 
     if not root.is_dir():
         return rejected
     for path in published_slots(root):
-        script = ("exhaustive_search" if path.name.startswith("exhaustive-search-")
-                  else "sensitivity")
         try:
-            record = read_record(path)
+            problem = other_key_problem(read_record(path), path, keys)
         except (OSError, ValueError):  # (none there, or set aside above)
             continue
-        made_from = table_key(record)
-        if made_from is not None and made_from != keys[script]:
-            rejected.append(set_aside(path, f"it was made from the sensitivity table "
-                                            f"{made_from}; this code's for the protocol is "
-                                            f"{keys[script]}: it changed since"))
+        if problem is not None:
+            rejected.append(set_aside(path, problem))
             rejected += set_aside_run_folder(path, outputs)
     rejected += set_aside_unpublished_runs(root, outputs, lambda run: (
         (made_from := table_key(run)) not in (None, keys["sensitivity"])
         and f"began from the sensitivity table {made_from}; this code's for the protocol "
             f"is {keys['sensitivity']}: it changed since"))
     return rejected + set_aside_runs_of_other_tables(root, outputs)
+
+
+def other_key_problem(record: dict[str, Any], path: Path, keys: dict[str, str]) -> str | None:
+    """Why the published ``record`` in ``path`` was made from a sensitivity table of
+    another key than this code's for the protocol (``keys``, by script; see
+    :func:`set_aside_stale_records`), or None."""
+    script = "exhaustive_search" if path.name.startswith("exhaustive-search-") else "sensitivity"
+    made_from = table_key(record)
+    if made_from is None or made_from == keys[script]:
+        return None
+    return (f"it was made from the sensitivity table {made_from}; this code's for the "
+            f"protocol is {keys[script]}: it changed since")
+
+
+def runs_to_make(records_dir: str | os.PathLike, profile: str, keys: dict[str, str],
+                 seeds: list[str]) -> list[str]:
+    """The protocol's records (``<row>/seed<k>.json`` for ``seeds``, as the script names
+    them, then the other steps') that ``scripts/reproduce.sh`` would make: missing, or in
+    place but set aside by :func:`set_aside_stale_records` (by the same rules). Nothing is
+    renamed: the script refuses a start whose runs would not find their dataset before it
+    changes anything (found in review: the stale records it had set aside, the failure
+    marks it had removed and the overrides list it had rewritten stayed so)."""
+    root = Path(records_dir)
+    other_table = other_table_problem(root)
+    slots = [f"{row}/seed{seed}.json" for row in PROTOCOL_ROWS for seed in seeds]
+
+    def stands(path: Path) -> bool:
+        if not path.is_file() or foreign_problem(path, profile) is not None:
+            return False
+        record = read_record(path)
+        return (other_key_problem(record, path, keys) is None
+                and not (SEED_FILE.fullmatch(path.name) and other_table(record)))
+
+    return [slot for slot in (*slots, *PROTOCOL_RECORDS) if not stands(root / slot)]
 
 
 def set_aside_run_folder(record: Path, outputs: str | os.PathLike | None) -> list[Path]:
@@ -283,20 +317,7 @@ def set_aside_runs_of_other_tables(root: Path, outputs: str | os.PathLike | None
     the table (else after the merge one row mixes two tables' layer sets, and the
     sensitivity page marks only one). Runs whose records name no table's checksum
     (made before runs recorded it) are kept."""
-    try:
-        published = read_record(root / "sensitivity.json").get("cache") or {}
-    except (OSError, ValueError):
-        return []
-    checksum = published.get("table_sha256")
-
-    def other_table(record: dict) -> str | None:  # which table it chose from, if another
-        chose_from = record.get("sensitivity_table")
-        if (checksum and chose_from and chose_from != checksum
-                and record.get("sensitivity_key") == published.get("key")):
-            return (f"another sensitivity table ({chose_from[:12]}) than the published one "
-                    f"({checksum[:12]})")
-        return None
-
+    other_table = other_table_problem(root)
     rejected = []
     for path in published_slots(root):
         if not SEED_FILE.fullmatch(path.name):  # (the estimate and the search chose none)
@@ -311,6 +332,27 @@ def set_aside_runs_of_other_tables(root: Path, outputs: str | os.PathLike | None
             rejected += set_aside_run_folder(path, outputs)
     return rejected + set_aside_unpublished_runs(
         root, outputs, lambda run: (table := other_table(run)) and f"began from {table}")
+
+
+def other_table_problem(root: Path) -> Callable[[dict], str | None]:
+    """Which other table than the published estimate's (``root/sensitivity.json``) a run's
+    record chose its layers from, of that estimate's key (see
+    :func:`set_aside_runs_of_other_tables`): a function of the record, None where it chose
+    from the published table, or none can be told (no readable estimate, no checksum)."""
+    try:
+        published = read_record(root / "sensitivity.json").get("cache") or {}
+    except (OSError, ValueError):
+        published = {}
+    checksum = published.get("table_sha256")
+
+    def other_table(record: dict) -> str | None:
+        chose_from = record.get("sensitivity_table")
+        if (checksum and chose_from and chose_from != checksum
+                and record.get("sensitivity_key") == published.get("key")):
+            return (f"another sensitivity table ({chose_from[:12]}) than the published one "
+                    f"({checksum[:12]})")
+        return None
+    return other_table
 
 
 def set_aside_unpublished_runs(root: Path, outputs: str | os.PathLike | None,

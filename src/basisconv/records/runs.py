@@ -346,7 +346,10 @@ def table_lacks(record: dict[str, Any]) -> list[str]:
 
 def unwritable_folder(folder: str) -> str | None:
     """Why files cannot be written in ``folder`` (made when missing), or ``None`` when they
-    can: its nearest existing ancestor is a file, or not writable. Nothing is created."""
+    can: its nearest existing ancestor is a file, or not writable. Nothing is created: the
+    system's answer (``os.access``) already refuses a read-only file system, for root too,
+    and a write tried here (an empty file, made and removed) would pass a full disk as
+    this does; that is said by the write itself (:class:`~basisconv.errors.WriteError`)."""
     while not os.path.lexists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
