@@ -1423,7 +1423,7 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
     where the run stopped); its handler's Stopped, without a message, replaced that stop,
     and the entry point looked for the collective's failure once the process group was
     gone, which it no longer counted as another process's."""
-    from basisconv import cli, distributed, loop, signals, training
+    from basisconv import distributed, exits, loop, signals, training
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
                         "Connection reset by peer. This is typically caused by a remote worker")
@@ -1456,11 +1456,11 @@ def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo
     where = stopped_after_epoch_1(tmp_path / "run")
     # what the entry point says after "stopped by SIGTERM: "
     if lands == "before the collective fails":  # which may never come: said as a possibility
-        assert cli.stop_reason(stop) == (
+        assert exits.stop_reason(stop) == (
             f"{where}; under torchrun a SIGTERM may also follow the failure of another process "
             f"of the job, which torchrun's summary names")
     else:
-        assert sent and cli.stop_reason(stop) == (
+        assert sent and exits.stop_reason(stop) == (
             f"another process of this torchrun job failed (Read error [127.0.0.1]:5313: "
             f"Connection reset by peer); {where}")
 
@@ -1500,7 +1500,7 @@ def test_a_ctrl_c_under_torchrun_is_not_said_as_another_processs_failure(tmp_pat
     this torchrun job failed (Connection closed by peer)" (2 Ctrl-C of 6 on CIFAR-10,
     2 gloo processes). torchrun stops its processes with SIGTERM after a failure, never
     with SIGINT, so a SIGINT is the user's stop, and the peer left for it."""
-    from basisconv import cli, distributed, loop
+    from basisconv import distributed, exits, loop
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5313: "
                         "Connection closed by peer. This is typically caused by a remote worker")
@@ -1522,7 +1522,7 @@ def test_a_ctrl_c_under_torchrun_is_not_said_as_another_processs_failure(tmp_pat
     monkeypatch.setattr(distributed, "peer_failure", sigint_waited)
     stop = stop_of_a_rank(repo, tmp_path, signal.SIGINT, signal.default_int_handler)
     assert stop.signum == signal.SIGINT
-    assert cli.stop_reason(stop) == stopped_after_epoch_1(tmp_path / "run")
+    assert exits.stop_reason(stop) == stopped_after_epoch_1(tmp_path / "run")
 
 
 def test_stops_come_back_once_a_stops_message_is_made():

@@ -5,7 +5,9 @@ scripts' default ``results/`` and their output refused before any work when it c
 written. What the line says of Hydra's own errors is :mod:`basisconv.hydra_errors`'s;
 what the overrides may be before Hydra reads them, :mod:`basisconv.override_checks`'s; what
 a sweep or a run's command line may be, :mod:`basisconv.sweep_checks`'s; what a refused
-start takes back of what Hydra wrote, :mod:`basisconv.start_writes`'s."""
+start takes back of what Hydra wrote, :mod:`basisconv.start_writes`'s; how a refusal or a
+stop is said and exits (one line, its status, rank 0 alone under torchrun),
+:mod:`basisconv.exits`'s."""
 
 from __future__ import annotations
 
@@ -14,9 +16,7 @@ import importlib
 import logging
 import os
 import re
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar, TYPE_CHECKING
 
@@ -30,14 +30,15 @@ from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed, start_writes
 from .config_checks import check_no_tilde
-from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, context_chain,
-                     memory_said, new_job_warns_again, one_line)
+from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, memory_said,
+                     new_job_warns_again, one_line)
+from .exits import exit_refused, exit_stopped, log_to_files
 from .hydra_errors import hydra_error_line, interpolation_error_line
 from .override_checks import (config_groups_of, deleted_key_override, group_value_override,
                               malformed_override, run_name_override)
 from .records import unwritable_folder
 from .resuming import in_sweep, sweep_folder_override
-from .signals import sigterm_stops, stops_at_default, stops_let_go
+from .signals import sigterm_stops
 from .sweep_checks import (check_added_groups_chosen, check_not_an_unswept_sweep,
                            check_one_config_per_group, check_runs_where_started,
                            remove_unused_sweep_folders)
@@ -235,66 +236,6 @@ def failed_job_unsaid(job: Any) -> Any:
             resume_override.append(override)
         return None
     return hydra_return_value.fget(job)
-
-
-def log_to_files(message: str) -> None:
-    """Write ``message`` to the log files of the run (Hydra's ``train.log``) only: the
-    console gets it once, from the entry point."""
-    record = logging.LogRecord("basisconv", logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
-def stop_reason(err: BaseException) -> str:
-    """What a stop says: its own message, else that of the stop or the collective's failure
-    it interrupted. Why: under torchrun a rank that dies makes this one's collective fail
-    and torchrun send it SIGTERM, which lands while that failure, or the stop made of it
-    (after which epoch, how to resume), is still on its way out, and replaces it."""
-    for raised in context_chain(err):
-        if isinstance(raised, KeyboardInterrupt) and str(raised):
-            return str(raised)
-        reason = distributed.peer_failure(raised)
-        if reason is not None:
-            return reason
-    return ""
-
-
-#: How long a process other than torchrun's rank 0 waits after a refusal for rank 0 to say
-#: it and exit (torchrun then ends the waiting one).
-RANK_WAIT_S = 30.0
-
-
-def exit_refused(message: str) -> NoReturn:
-    """Say a refusal in one line (``error: ...``, by rank 0 alone under torchrun) and exit
-    with status 2. Why another rank waits: under torchrun every rank meets the same
-    refusal, and the first to exit makes torchrun stop the others, rank 0 too, often before
-    its line was out (then there was no line, or a "stopped by SIGTERM" saying the same
-    command would start the run over). So it waits, its signals at their defaults, for
-    torchrun to end it once rank 0 has exited; one whose refusal rank 0 did not meet says
-    it itself after the wait."""
-    if distributed.first_process():
-        print(f"error: {message}", file=sys.stderr)
-    elif distributed.launched_processes() > 1:
-        stops_at_default()
-        time.sleep(RANK_WAIT_S)
-        print(f"error (rank {os.environ.get('RANK')}): {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def exit_stopped(err: KeyboardInterrupt, speaks: bool) -> NoReturn:
-    """Say a stop in one line (``stopped by SIGTERM: <where, how to go on>``), in the run's
-    log too, and exit with ``128 + signum``; ``BASISCONV_DEBUG=1`` raises it instead."""
-    if os.environ.get("BASISCONV_DEBUG"):
-        raise err
-    signum = getattr(err, "signum", signal.SIGINT)
-    with stops_let_go():  # a second one would end it with a stack trace
-        said, name = stop_reason(err), signal.Signals(signum).name
-        message = f"stopped by {name}{': ' + said if said else ''}"
-        if speaks:
-            log_to_files(message)
-            print(message, file=sys.stderr)
-        sys.exit(128 + signum)
 
 
 def exit_on_user_error(fn: F) -> F:
