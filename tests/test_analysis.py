@@ -681,6 +681,53 @@ def test_tables_state_the_std_unequal_seeds_and_runs_left_out(tmp_path):
     assert index["unfinished_runs"] == [f"{tmp_path / 'runs' / 'cut'} at epoch 1 of 2"]
 
 
+def diverged_record(seed=1, lr=1e6, **change):
+    """A training record as a run that diverged in its first epoch writes it."""
+    rec = {**record("all", 0.25, seed), "status": "diverged", "final": None, "epochs": [],
+           "diverged": f"the test loss became nan with trainer.lr={lr}", **change}
+    rec["config"] = {**rec["config"], "trainer": {**rec["config"]["trainer"], "lr": lr}}
+    return rec
+
+
+def test_a_diverged_run_is_named_as_diverged_under_the_table_not_left_out_unsaid(tmp_path):
+    """Found in the sweep review: a learning-rate sweep's job that diverged in its first
+    epoch left no record and vanished from the tables without a word; its record now says
+    ``diverged`` (basisconv.training), and the tables say which run, in which epoch, at
+    which learning rate."""
+    write_runs(tmp_path / "runs", RECORDS[:2])
+    (tmp_path / "runs" / "lr-high").mkdir()
+    (tmp_path / "runs" / "lr-high" / "run.json").write_text(json.dumps(diverged_record()))
+    write_report(analyze_cfg(tmp_path), "python scripts/analyze.py")
+    said = (f"{tmp_path / 'runs' / 'lr-high'} diverged in epoch 1 of 2 (the test loss became "
+            f"nan with trainer.lr=1000000.0)")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unfinished_runs"] == [said] and index["unreadable_runs"] == []
+    assert f"1 unfinished run: {said}." in (
+        tmp_path / "results" / "comparison-cpu-fp32.md").read_text()
+
+
+def test_a_folder_of_diverged_runs_alone_says_so(tmp_path):
+    publish_records(tmp_path / "runs", [diverged_record(0), diverged_record(1, 10.0)])
+    with pytest.raises(ConfigError, match="found 2 diverged training; records are"):
+        write_report(analyze_cfg(tmp_path), "cmd")
+
+
+@pytest.mark.parametrize("damage", [{"diverged": None}, {"diverged": 3}],
+                         ids=["null", "number"])
+def test_a_diverged_record_without_what_diverged_is_unreadable(tmp_path, damage):
+    """The tables name what diverged from the record's ``diverged`` text: a record that
+    says ``diverged`` without it is listed unreadable, as one lacking another field is."""
+    from basisconv.records import missing_fields
+
+    assert missing_fields({**diverged_record(), "kind": "training"}) == []
+    lacking = {k: v for k, v in diverged_record().items() if k != "diverged"}
+    assert missing_fields({**lacking, "kind": "training"}) == ["diverged"]
+    publish_records(tmp_path / "runs", [RECORDS[0], {**diverged_record(), **damage}])
+    unreadable = []
+    assert len(read_records(tmp_path / "runs", unreadable)) == 1
+    assert unreadable == [str(tmp_path / "runs" / "row1" / "seed1.json")]
+
+
 def test_an_unfinished_published_record_is_named_by_its_file_not_its_rows_folder(tmp_path):
     """A published ``<row>/seed<k>.json`` still running was named by ``<row>``, which holds
     every seed; a run folder's ``run.json`` is named by its folder, as before."""

@@ -443,8 +443,9 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo, sc
     lines = sweep_failing(script_starts, repo, tmp_path, "trainer.lr=1e6,0.1", FEW_IMAGES,
                           f"hydra.sweep.dir={sweep}", "trainer.resume=false")
     records = [json.loads(p.read_text()) for p in sweep.glob("*/run.json")]
-    assert [r["config"]["trainer"]["lr"] for r in records] == [0.1]
-    assert records[0]["status"] == "complete"
+    status = {r["config"]["trainer"]["lr"]: r["status"] for r in records}
+    # the diverged job's record says so, for the analysis to name it (it had none)
+    assert status == {0.1: "complete", 1e6: "diverged"}, status
     assert lines[0].startswith("error: training diverged in epoch 1 of 1"), lines
     assert lines[-1].startswith(f"error: 1 job(s) of the sweep in {sweep} failed")
     assert len(lines) == 2, lines  # found in review: Hydra added a line naming the first

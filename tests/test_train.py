@@ -1087,7 +1087,27 @@ def test_a_diverged_epoch_is_one_error_and_neither_recorded_nor_saved(tmp_path, 
                             f"epoch 1, the last good one"), message
     saved = load_checkpoint(tmp_path / "checkpoint.pt")["record"]
     assert len(saved["epochs"]) == 1 and saved["status"] != "complete"
-    assert '"complete"' not in (tmp_path / "run.json").read_text()
+    written = json.loads((tmp_path / "run.json").read_text())
+    assert written["status"] == "diverged" and len(written["epochs"]) == 1
+    assert written["diverged"] == "the test loss became nan with trainer.lr=0.1"
+
+
+def test_a_run_that_diverges_in_its_first_epoch_leaves_a_record_saying_so(tmp_path, repo):
+    """Found in the sweep review: a job that diverged in its first epoch wrote no
+    ``run.json`` (its first save comes after that epoch), so ``scripts/analyze.py`` on a
+    learning-rate sweep left it out without a word, as if it had never been asked for.
+    Now its record says ``diverged``, with no epoch and what diverged at which lr."""
+    from basisconv.errors import TrainingDiverged
+    from basisconv.records import missing_fields, read_record
+
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 1 of 1"):
+        fit(config(repo, TINY_STRIPES + ["trainer.epochs=1", "trainer.lr=1e6"]), tmp_path)
+    written = read_record(tmp_path / "run.json")
+    assert written["status"] == "diverged" and written["epochs"] == [], written["status"]
+    assert re.fullmatch(r"the (training|test) loss became (nan|inf) with "
+                        r"trainer\.lr=1000000\.0", written["diverged"]), written["diverged"]
+    assert written["final"] is None and missing_fields(written) == []
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_train_script_reports_divergence_in_one_line(tmp_path, repo, script_starts):
@@ -1098,7 +1118,7 @@ def test_train_script_reports_divergence_in_one_line(tmp_path, repo, script_star
         result.stderr
     assert "it holds no checkpoint (no epoch came before)" in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "run.json").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "diverged"
 
 
 #: Torch's words when memory runs out: a GPU's (torch.OutOfMemoryError, in the CPU build

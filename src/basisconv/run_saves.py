@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from . import distributed, stop_messages
 from .checkpoint import CHECKPOINT, checksum_path, save_checkpoint, saved_epoch_rows
 from .errors import SaveError
-from .records import RunRecord, write_record
+from .records import DIVERGED_STATUS, RECORD, RunRecord, write_record
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,24 @@ class RunSaves:
         write_record(self.output_dir, self.record)
         if not trainer.checkpoint:
             self.saved_epochs = self.finished
+
+    def record_divergence(self, divergence: str) -> None:
+        """Rank 0 writes the record of a run that diverged: status :data:`DIVERGED_STATUS`,
+        ``diverged`` what became what (``divergence``,
+        :func:`~basisconv.stop_messages.divergence`), and the epochs before the diverged
+        one, which is neither recorded nor saved. Why: a divergence in the first epoch left
+        no ``run.json``, and the analysis left a sweep's diverged job out unsaid. The
+        checkpoint is not touched (it holds the last good epoch). A write that fails is
+        logged: the divergence's own line is what the run ends with."""
+        self.record.status = DIVERGED_STATUS
+        self.record.results["diverged"] = divergence
+        if not self.main_process:
+            return
+        try:
+            write_record(self.output_dir, self.record)
+        except OSError as err:
+            log.warning("could not write %s of the diverged run (%s)",
+                        self.output_dir / RECORD, err.strerror or err)
 
     def remove_stale_checkpoint(self) -> None:
         """A run that keeps no checkpoint (``trainer.checkpoint=false``) deletes one an

@@ -78,9 +78,15 @@ def diverged_message(cfg: DictConfig, output_dir: Path, err: TrainingDiverged,
     else:
         kept = f"its checkpoint.pt is of epoch {done}" + (
             ", the last good one" if done == epoch - 1 else "")
-    return (f"training diverged in epoch {epoch} of {epochs}: the {err.quantity} became "
-            f"{err.value} with trainer.lr={cfg.trainer.lr}; lower trainer.lr (or check "
-            f"the data) and start a new run. The run in {output_dir} is not complete; {kept}")
+    return (f"training diverged in epoch {epoch} of {epochs}: {divergence(cfg, err)}; lower "
+            f"trainer.lr (or check the data) and start a new run. The run in {output_dir} "
+            f"is not complete; {kept}")
+
+
+def divergence(cfg: DictConfig, err: TrainingDiverged) -> str:
+    """What diverged, and at which learning rate: the run's line says it, and its record
+    keeps it (``diverged``), which the analysis names under its tables."""
+    return f"the {err.quantity} became {err.value} with trainer.lr={cfg.trainer.lr}"
 
 
 def save_failed_message(cfg: DictConfig, output_dir: Path, err: OSError,

@@ -339,6 +339,8 @@ class Training:
                     raise
                 raise Stopped(signal.SIGTERM) from err  # said below, as the other stops are
         except TrainingDiverged as err:  # before this epoch's record and checkpoint
+            with stops_let_go():  # a stop while it is recorded would replace its line
+                self.saves.record_divergence(stop_messages.divergence(self.cfg, err))
             message = stop_messages.diverged_message(self.cfg, self.output_dir, err,
                                                      self.saves.saved_epochs,
                                                      len(results["epochs"]))

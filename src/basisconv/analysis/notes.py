@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import hardware_name, read_sessions
+from ..records import DIVERGED_STATUS, hardware_name, read_sessions
 from .comparison import distinct_runs
 from .runs import ROW_COLUMNS
 
@@ -246,7 +246,8 @@ def timing_line(runs: pd.DataFrame) -> str:
 
 def left_out_line(unfinished: list[str], unreadable: list[str]) -> str:
     """"" or which runs under ``runs_dir`` (or of the wandb project) are not in the table:
-    unfinished ones (a protocol cut off midway, a crashed run) and unreadable records."""
+    unfinished ones (a protocol cut off midway, a crashed or diverged run) and unreadable
+    records."""
     parts = ([f"{len(unfinished)} unfinished run{'s' * (len(unfinished) > 1)}: "
               f"{', '.join(unfinished)}"] if unfinished else [])
     parts += [f"{len(unreadable)} unreadable record{'s' * (len(unreadable) > 1)} "
@@ -265,13 +266,14 @@ def missing_line(missing: list[str]) -> str:
 
 def found_line(records: list[tuple[dict, Path]], unreadable: list[str]) -> str:
     """What a folder without a complete training run held: records by kind, unreadable
-    ones, and what a record is. A record not complete is "unfinished", whatever status it
-    holds: a run stopped by Ctrl-C or out of memory leaves its record "running", which the
-    analysis cannot tell from one going on."""
+    ones, and what a record is. A record not complete is "unfinished" (a run stopped by
+    Ctrl-C or out of memory leaves its record "running", which the analysis cannot tell
+    from one going on), or "diverged" where its status says so."""
     kinds: dict[str, int] = {}
     for record, _ in records:
-        complete = record["status"] == "complete"
-        kind = record["kind"] if complete else f"unfinished {record['kind']}"
+        status = record["status"]
+        kind = (record["kind"] if status == "complete" else
+                f"{'diverged' if status == DIVERGED_STATUS else 'unfinished'} {record['kind']}")
         kinds[kind] = kinds.get(kind, 0) + 1
     held = [f"{n} {kind}" for kind, n in sorted(kinds.items())]
     held += [f"{len(unreadable)} unreadable"] if unreadable else []

@@ -16,8 +16,8 @@ from typing import Any
 from ..config import profile_results
 from ..errors import ConfigError, one_line
 from ..override_checks import CONFIGS
-from ..records import (RECORD, missing_fields, provenance_from_wandb, read_record,
-                       unusable)
+from ..records import (DIVERGED_STATUS, RECORD, missing_fields, provenance_from_wandb,
+                       read_record, unusable)
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ def read_records(root: str | Path, unreadable: list[str] | None = None,
     where one of them is. The unreadable ones (not JSON, cut off, or lacking a field
     analysis reads: ``basisconv.records.REQUIRED``) are skipped, each logged, and appended
     to ``unreadable`` when given; JSON files that are no records at all are left out. The
-    training runs not finished are appended to ``unfinished`` as ``<run folder or published
-    file> at epoch <e> of <E>`` (a published record's folder is its row's, not the seed's)."""
+    training runs not finished are appended to ``unfinished`` as :func:`unfinished_entry`
+    names them."""
     found: list[tuple[dict, Path]] = []
     names: list[Path] = []  # what names each of found: its run folder, or its file
     seen: dict[str, int] = {}  # a run's identity -> its place in found
@@ -192,11 +192,20 @@ def read_records(root: str | Path, unreadable: list[str] | None = None,
             if unreadable is not None:
                 unreadable.append(str(path.parent if path.name == RECORD else path))
     if unfinished is not None:
-        unfinished += [f"{name} at epoch {len(record['epochs'])} of "
-                       f"{record['config']['trainer']['epochs']}"
-                       for (record, _), name in zip(found, names)
+        unfinished += [unfinished_entry(record, name) for (record, _), name in zip(found, names)
                        if record["kind"] == "training" and record["status"] != "complete"]
     return found
+
+
+def unfinished_entry(record: dict, name: Path) -> str:
+    """A training run not finished as the tables name it: ``<run folder or published file>
+    at epoch <e> of <E>`` (a published record's folder is its row's, not the seed's), or
+    ``... diverged in epoch <e> of <E> (<what diverged>)`` for one that diverged: a learning
+    rate swept too high is said, not a row gone missing or a run that seems cut off."""
+    done, epochs = len(record["epochs"]), record["config"]["trainer"]["epochs"]
+    if record["status"] == DIVERGED_STATUS:
+        return f"{name} diverged in epoch {done + 1} of {epochs} ({record['diverged']})"
+    return f"{name} at epoch {done} of {epochs}"
 
 
 def training_records(records: list[tuple[dict, Path]]) -> list[tuple[dict, str]]:

@@ -18,7 +18,7 @@ from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, te
                     leftover_temporaries, STALE_AFTER_S, write_atomic, write_bytes_atomic,
                     write_text_atomic, json_text, finite_or_null, write_json_atomic,
                     restore_hint)
-from .runs import (RECORD, KINDS, RunRecord, write_record, read_record,
+from .runs import (RECORD, KINDS, DIVERGED_STATUS, RunRecord, write_record, read_record,
                    read_benchmark_record, is_recorded_table, REQUIRED, MEASURED,
                    LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
                    unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name,
@@ -41,7 +41,8 @@ __all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "tf32_name
            "LOCK", "make_folder", "folder_lock", "temporary_beside", "leftover_temporaries",
            "STALE_AFTER_S",
            "write_atomic", "write_bytes_atomic", "write_text_atomic", "json_text", "finite_or_null",
-           "write_json_atomic", "restore_hint", "RECORD", "KINDS", "RunRecord", "write_record",
+           "write_json_atomic", "restore_hint", "RECORD", "KINDS", "DIVERGED_STATUS",
+           "RunRecord", "write_record",
            "read_record", "read_benchmark_record", "is_recorded_table",
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
            "of_type",

@@ -25,6 +25,11 @@ KIND_WORDS = {"training": "a training run", "sensitivity": "a sensitivity estima
               "exhaustive_search": "an exhaustive search", "benchmark": "a benchmark",
               "gpu_check": "a GPU machine check"}
 KINDS = tuple(KIND_WORDS)
+#: The status of a training run whose loss became NaN or infinite: its record keeps the
+#: epochs before the diverged one and, in ``diverged``, what diverged at which learning
+#: rate, so that the analysis names it (a divergence in the first epoch left no record,
+#: and a sweep's diverged job vanished from the tables without a word).
+DIVERGED_STATUS = "diverged"
 
 
 def precision_name(amp: str) -> str:
@@ -41,9 +46,10 @@ def amp_of_precision(precision: str | None) -> str | None:
 @dataclass
 class RunRecord:
     """The record of one producer's run: what it was (``kind``, the resolved ``config``),
-    where it came from (``provenance``), whether it finished (``status``), and what it
-    found (``results``: kind-specific fields, written at the top level beside the others,
-    e.g. a training run's ``model``, ``epochs`` and ``final``)."""
+    where it came from (``provenance``), whether it finished (``status``: ``running``,
+    also once stopped, ``complete``, or :data:`DIVERGED_STATUS`), and what it found
+    (``results``: kind-specific fields, written at the top level beside the others, e.g. a
+    training run's ``model``, ``epochs`` and ``final``)."""
 
     kind: str
     config: dict
@@ -160,6 +166,11 @@ REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+#: What analysis reads of a training record that diverged (:data:`DIVERGED_STATUS`)
+#: besides :data:`REQUIRED`'s fields of every record: what diverged, a text.
+REQUIRED_WHEN_DIVERGED = ("diverged",)
+
+
 #: The columns analysis reads of each row of a record's ``table`` (the sensitivity page's
 #: every candidate layer; the search plot's subsets), by kind: a row without one, a table
 #: that is no list of such rows, or an empty one ended analysis with a ``KeyError`` from
@@ -185,7 +196,7 @@ MEASURED_FIELDS = {"sensitivity.estimate_seconds", "sensitivity.reference.accura
                        "fast_rank_by_loss", "best_accuracy", "median_accuracy",
                        "worst_accuracy", "reference_accuracy", "seconds"))}
 TEXT_FIELDS = {"sensitivity.policy", "sensitivity.key", "search.metric", "search.fast_choice",
-               "search.best_subset"}
+               "search.best_subset", *REQUIRED_WHEN_DIVERGED}
 #: Rank correlations: a number, or null where undefined (one subset, or all tied).
 CORRELATIONS = {"search.spearman_predicted_vs_measured_drop",
                 "search.spearman_predicted_vs_measured_loss"}
@@ -286,12 +297,15 @@ def of_another_type(path: str, value: Any) -> bool:
 
 def missing_fields(record: dict[str, Any]) -> list[str]:
     """The fields of :data:`REQUIRED` that ``record`` (as :func:`read_record` returns it)
-    lacks for its kind and status, each named once by its outermost missing part (``final``
+    lacks for its kind and status (:data:`REQUIRED_WHEN_DIVERGED` too for a diverged
+    training run), each named once by its outermost missing part (``final``
     for a missing or null ``final``), those that hold another type than their producer
     writes (:func:`of_another_type`), and the provenance of another type than
     :data:`PROVENANCE_TYPES` says; none for the kinds analysis does not read."""
     always, once_complete = REQUIRED.get(record.get("kind"), ((), ()))
     paths = always + (once_complete if record.get("status") == "complete" else ())
+    if record.get("kind") == "training" and record.get("status") == DIVERGED_STATUS:
+        paths += REQUIRED_WHEN_DIVERGED
     missing: list[str] = []
     for path in paths:
         node: Any = record
