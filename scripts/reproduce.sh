@@ -178,9 +178,9 @@ CHECKED=$("$PY" -c "$CHECK" "$PY" "$RESULTS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"
 # dataset, or one whose runs all failed, kept them, and the next invocation was refused for
 # records "made with" overrides that had made none)
 if [ -n "$(find "$RECORDS" -name '*.json' -print -quit 2> /dev/null)" ]; then
-  MADE=$(LC_ALL=C sort "$MADE_WITH" 2>/dev/null || true)
-  if [ "$MADE" != "$WANTED" ]; then
-    echo "OVERRIDES: the records in $RECORDS were made with [${MADE//$'\n'/ }], this asks" \
+  TIED=$(LC_ALL=C sort "$MADE_WITH" 2>/dev/null || true)
+  if [ "$TIED" != "$WANTED" ]; then
+    echo "OVERRIDES: the records in $RECORDS were made with [${TIED//$'\n'/ }], this asks" \
          "for [${WANTED//$'\n'/ }]: give the same overrides, or other folders" \
          "(RESULTS_DIR=<folder> OUTPUTS=<folder>)" >&2
     exit 2
