@@ -80,8 +80,13 @@ for request in sys.stdin:
                     code = stop.code or 0
                 else:
                     print(stop.code, file=sys.stderr)
-            except BaseException:
-                traceback.print_exc()
+            except BaseException as error:
+                # from the script's own frame on, as python <script> shows it: not this
+                # server's and runpy's frames above it
+                frames = error.__traceback__
+                while frames is not None and frames.tb_frame.f_code.co_filename != script:
+                    frames = frames.tb_next
+                traceback.print_exception(type(error), error, frames)
             atexit._run_exitfuncs()  # as an interpreter's exit runs them (os._exit does not)
         finally:
             sys.stdout.flush()

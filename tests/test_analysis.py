@@ -2114,24 +2114,21 @@ def test_the_plots_average_seeds_with_their_std_and_draw_sizes_in_order(tmp_path
         figures.pyplot().close(fig)
 
 
-def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, repo):
+def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, repo,
+                                                                       script_starts):
     """index.json and every note name the command with its overrides, so that the same
     tables can be made again; its one line is the console's first, on a machine where
     matplotlib has no font cache yet too (found in a random-order run: matplotlib's
     "generated new fontManager" came first)."""
-    import subprocess
-    import sys
-
     import shlex
 
     write_runs(tmp_path / "runs", RECORDS[:2])
     # a folder with a space: " ".join recorded it as two words, a command that did not rerun
     out = tmp_path / "my out"
     args = ["profile=test", f"runs_dir={tmp_path / 'runs'}", f"out_dir={out}"]
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "analyze.py"), *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "WANDB_MODE": "disabled",
-                               "MPLCONFIGDIR": str(tmp_path / "matplotlib")})
+    done = script_starts.run(repo / "scripts" / "analyze.py", args, cwd=tmp_path, timeout=300,
+                             env={**os.environ, "WANDB_MODE": "disabled",
+                                  "MPLCONFIGDIR": str(tmp_path / "matplotlib")})
     assert done.returncode == 0, done.stderr[-2000:]
     command = shlex.join(["python", "scripts/analyze.py", *args])
     index = json.loads((out / "index.json").read_text())
@@ -2141,20 +2138,18 @@ def test_the_analyze_script_records_the_command_that_made_the_results(tmp_path, 
     assert done.stdout.startswith(f"wrote {len(index['files']) + 1} files to {out}/")
 
 
-def test_the_analyze_script_refuses_a_sweep_in_one_line_leaving_no_folder(tmp_path, repo):
+def test_the_analyze_script_refuses_a_sweep_in_one_line_leaving_no_folder(tmp_path, repo,
+                                                                           script_starts):
     """Found in review: ``analyze.py -m profile=quick,smoke`` made ``multirun/<date>/<time>/``
     (the analysis writes nothing of Hydra's own otherwise), rewrote the quick tables as made
     by the sweep's command line, and its failed job was summed up as "also in its
     train.log" (the analysis has none) with a sweep folder to run again in, whose finished
     jobs "are skipped" (none is: each job makes its tables anew)."""
-    import subprocess
-    import sys
-
     write_runs(tmp_path / "runs", RECORDS[:2])
-    done = subprocess.run([sys.executable, str(repo / "scripts" / "analyze.py"), "-m",
-                           "profile=test,other", f"runs_dir={tmp_path / 'runs'}",
-                           f"out_dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    done = script_starts.run(repo / "scripts" / "analyze.py",
+                             ["-m", "profile=test,other", f"runs_dir={tmp_path / 'runs'}",
+                              f"out_dir={tmp_path / 'out'}"], cwd=tmp_path, timeout=300,
+                             env={**os.environ, "WANDB_MODE": "disabled"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "scripts/analyze.py takes no -m" in done.stderr and "nothing ran" in done.stderr
     assert not (tmp_path / "out").exists()

@@ -482,7 +482,7 @@ def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tm
 
 @pytest.mark.slow
 @pytest.mark.device
-def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):
+def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device, script_starts):
     settings = ["trainer.epochs=4", "trainer.deterministic=true",
                 "trainer.threads=1", f"trainer.device={device}"]
     if device.type == "cuda":  # (an epoch of the default 400 images may end before the kill)
@@ -496,7 +496,7 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, repo, device):
             train_command(repo, *settings, f"hydra.run.dir={straight}"), cwd=tmp_path,
             env=env, stdout=subprocess.DEVNULL, stderr=straight_err)
     try:
-        resumed = killed_and_resumed(repo, tmp_path, settings, env)
+        resumed = killed_and_resumed(repo, tmp_path, settings, env, script_starts)
         reference_run.wait(timeout=600)
     finally:
         if reference_run.poll() is None:
@@ -536,9 +536,10 @@ def test_waiting_for_a_run_fails_at_once_with_its_words_when_it_ended():
     assert process.returncode is not None
 
 
-def killed_and_resumed(repo, tmp_path, settings, env):
+def killed_and_resumed(repo, tmp_path, settings, env, starts):
     """The run of ``settings`` killed (SIGKILL) after its first checkpoint, then the same
-    command again: the resumed run's record."""
+    command again (forked by ``starts``: the killed run is a process of its own, which a
+    signal can stop): the resumed run's record."""
     interrupted = tmp_path / "interrupted"
     errors = tmp_path / "interrupted.err"
     with open(errors, "w") as err:
@@ -560,7 +561,7 @@ def killed_and_resumed(repo, tmp_path, settings, env):
     saved = len(torch.load(interrupted / "checkpoint.pt", weights_only=False)["record"]["epochs"])
     assert 1 <= saved < 4 and len(killed_at["epochs"]) in (saved, saved - 1)
 
-    run(repo, tmp_path, *settings, f"hydra.run.dir={interrupted}")  # the same command again
+    run(repo, tmp_path, *settings, f"hydra.run.dir={interrupted}", starts=starts)
     resumed = read_record(interrupted)
     assert resumed["provenance"]["resumed_from_epoch"] == saved
     return resumed

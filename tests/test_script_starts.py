@@ -122,6 +122,21 @@ def test_what_the_imports_say_is_in_every_lines_output(tmp_path):
         starts.close()
 
 
+def test_a_line_that_fails_says_what_a_real_start_says(tmp_path):
+    """Its traceback from the script's own frame on: a forked line's began with the
+    server's and runpy's frames, which a test's assertion message showed as the script's."""
+    script = tmp_path / "fails.py"
+    script.write_text("def fails():\n    raise RuntimeError('why')\nfails()\n")
+    real = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    starts = ScriptStarts()
+    try:
+        forked = starts.run(script, [], cwd=tmp_path, timeout=60)
+    finally:
+        starts.close()
+    assert (forked.returncode, forked.stdout, forked.stderr) == (1, "", real.stderr)
+
+
 def test_what_a_lines_own_child_process_says_after_it_ended_is_in_its_output(tmp_path):
     """As ``subprocess.run`` reads a real start's output until every process holding it
     has closed it: a process the line started and left running wrote its words after the

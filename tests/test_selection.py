@@ -1172,9 +1172,9 @@ def test_sensitivity_script_writes_table_plot_and_choice_and_train_reuses_it(rep
     common = [*TINY, f"sensitivity.cache_dir={cache}", "selection.budget_reduction=0.05",
               "sensitivity.layers=[layer2.2.*,layer3.2.*]"]
     out = tmp_path / "sens"
-    result = subprocess.run([sys.executable, str(repo / "scripts" / "sensitivity.py"), *common,
-                             f"hydra.run.dir={out}"], env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = script_starts.run(repo / "scripts" / "sensitivity.py",
+                               [*common, f"hydra.run.dir={out}"], cwd=os.getcwd(), env=env,
+                               timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("sensitivity.csv", "sensitivity.png", "chosen.md", "run.json"):
         assert (out / name).stat().st_size > 0, name
@@ -2861,16 +2861,17 @@ def test_a_table_reused_from_other_code_says_so(repo, tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("script, name", [("sensitivity.py", "resnet8-sensitivity"),
                                           ("exhaustive_search.py", "resnet8-search")])
 def test_an_experiment_preset_given_to_the_estimate_is_said_not_taken(repo, tmp_path, script,
-                                                                      name):
+                                                                      name, script_starts):
     """Left at stop 70: ``scripts/sensitivity.py experiment=basis_all`` kept the
     ``sensitivity_budget`` layers and the ``<model>-sensitivity`` name (``sensitivity.yaml``'s
     choices come after a preset's), unsaid. The run then stops on its missing data."""
-    result = subprocess.run([sys.executable, str(repo / "scripts" / script),
-                             "experiment=basis_all", "logger=none", "model=resnet8",
-                             f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}/run"],
-                            env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path)  # (its cache's lock: not
-    # in the checkout's cache/, where the search took it before stopping on its data)
+    result = script_starts.run(repo / "scripts" / script,
+                               ["experiment=basis_all", "logger=none", "model=resnet8",
+                                f"data.root={tmp_path / 'nowhere'}",
+                                f"hydra.run.dir={tmp_path}/run"],
+                               env={**os.environ, "WANDB_MODE": "disabled"}, timeout=300,
+                               cwd=tmp_path)  # (its cache's lock: not in the checkout's
+    # cache/, where the search took it before stopping on its data)
     assert result.returncode == 2, result.stderr[-3000:]
     said = result.stdout + result.stderr
     assert ("experiment=basis_all is a training run's preset: here its layer choice and name "
