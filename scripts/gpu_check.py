@@ -195,8 +195,9 @@ def part_command(name: str, args: argparse.Namespace, work: Path) -> tuple[list[
     """A part's command and its own time limit in seconds."""
     if name == "tests":
         # a test stuck past 120 s fails with its name and stack, and the others go on (the
-        # part's own limit stopped a stuck test with nothing but progress dots to show)
-        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--device",
+        # part's own limit stopped a stuck test with nothing but progress dots to show); -v
+        # names each test as it starts, so a part stopped at its limit shows how far it got
+        return [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--device",
                 "cuda", "-m", "device", f"--timeout={TEST_TIMEOUT_S}"], 240
     if name == "smoke":
         return ["bash", "scripts/reproduce.sh", "smoke"], 300
@@ -250,8 +251,9 @@ def environment_problem() -> str | None:
     missing = missing_packages()
     if missing:
         return (f"gpu-check: {'; '.join(missing)}: not importable in {sys.executable}; install "
-                f"the pins of requirements.txt without torch (or carry their wheels, pip install "
-                f"--no-index --no-deps --target DIR them, and put DIR on PYTHONPATH)")
+                f"the pins of requirements.txt without torch (or carry their wheels, made by make "
+                f"gpu-wheels, pip install --no-index --no-deps --target DIR them, and put DIR on "
+                f"PYTHONPATH: docs/gpu.md)")
     return None
 
 

@@ -35,10 +35,12 @@ PY=${PY:-python3}
 LIMIT=${STEP_LIMIT:-300}
 BUDGET=${BUDGET:-0}
 case $MODE in
+  # the comment above: which modes, steps and variables there are, before any Python runs
+  -h|--help) sed -n '2,/^set -uo/{/^set -uo/d; s/^# \{0,1\}//; p}' scripts/gpu_speed.sh; exit 0;;
   full) STEPS=300; QUICK=();;
   quick) STEPS=60; QUICK=(--quick);;
   kernels) STEPS=300; QUICK=(--quick);;
-  *) echo "unknown mode '$MODE': use full, quick or kernels" >&2; exit 2;;
+  *) echo "unknown mode '$MODE': use full, quick or kernels (--help: what each runs)" >&2; exit 2;;
 esac
 # whole seconds, checked first: the tests below would fail on BUDGET=10m at every step and
 # run them all, the slot's budget silently ignored
@@ -148,7 +150,8 @@ layers() {  # layers <name> <benchmark_layers options...>
 }
 
 kernel_steps() {  # the kernels mode (above)
-  step tests-kernels "$PY" -m pytest --device cuda -m device -q -p no:cacheprovider \
+  # -v: each test named as it starts, so a step stopped at its limit shows where it was
+  step tests-kernels "$PY" -m pytest --device cuda -m device -v -p no:cacheprovider \
     --timeout=120 tests/test_fused_norm_kernels.py tests/test_kernels.py tests/test_auto_norm.py
   train bf16-graphs --amp bf16 --cuda-graphs --profile
   for size in 0.25 0.5; do

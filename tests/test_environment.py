@@ -394,7 +394,7 @@ def test_gpu_speeds_kernels_mode_tests_the_kernels_on_cuda_then_times_them(repo,
     calls = [call.split(" ", 1)[1] for call in (tmp_path / "calls.txt").read_text().splitlines()]
     assert calls[0].startswith("-m pytest --device cuda -m device") and calls[0].endswith(
         "tests/test_fused_norm_kernels.py tests/test_kernels.py tests/test_auto_norm.py")
-    assert "--timeout=120" in calls[0]
+    assert "--timeout=120" in calls[0] and " -v " in calls[0]  # (as gpu_check's, below)
     trains = [call for call in calls if "benchmark_train.py" in call]
     assert len(trains) == 6 and "--basis-size" not in trains[0]
     assert all("--cuda-graphs" in call and "--profile" in call for call in trains[:4])
@@ -407,7 +407,25 @@ def test_gpu_speeds_kernels_mode_tests_the_kernels_on_cuda_then_times_them(repo,
     unknown = subprocess.run(["bash", "scripts/gpu_speed.sh", "kernel"], cwd=repo,
                              capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2
-    assert unknown.stderr.strip() == "unknown mode 'kernel': use full, quick or kernels"
+    assert unknown.stderr.strip() == ("unknown mode 'kernel': use full, quick or kernels "
+                                      "(--help: what each runs)")
+
+
+@pytest.mark.parametrize("option", ["--help", "-h"])
+def test_gpu_speeds_help_is_its_header_and_runs_no_python(repo, tmp_path, option):
+    """Found in review: ``scripts/gpu_speed.sh --help`` said "unknown mode '--help'" and
+    exited 2, so what each mode runs, and the variables it reads, could be read only in the
+    script. The help is the header comment, given before any Python (or GPU) is looked for,
+    from any folder."""
+    result = subprocess.run(["bash", str(repo / "scripts" / "gpu_speed.sh"), option],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PY": str(tmp_path / "no-python")})
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("The GPU speed measurements behind docs/speed.md")
+    assert "  scripts/gpu_speed.sh [quick|full|kernels]" in lines[2]
+    assert all(word in result.stdout for word in ("STEP_LIMIT", "BUDGET", "OUT_DIR", "PY"))
+    assert not any(line.startswith(("#", "set -")) for line in lines)
 
 
 def test_gpu_speed_names_its_folder_by_the_gpu_alone_and_stops_at_a_missing_package(
@@ -488,6 +506,42 @@ def test_the_gpu_check_tests_part_names_a_stuck_test(gpu_check, tmp_path, repo):
     collected = subprocess.run([*command, "--collect-only", "tests/test_kernels.py"],
                                cwd=repo, capture_output=True, text=True, timeout=300)
     assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
+
+
+def test_a_gpu_check_tests_part_stopped_at_its_limit_names_the_test_it_was_in(gpu_check,
+                                                                             tmp_path):
+    """Found in review: the tests part ran pytest with -q, so a part stopped at its limit
+    (the device tests, Triton's compiled on first use among them, outgrowing its 240 s)
+    left progress dots alone, naming neither the tests that ran nor the one it was in.
+    The part's command (less the device options, which this file's conftest lacks) on a
+    quick test and one slower than the part's limit."""
+    tests = tmp_path / "test_part.py"
+    tests.write_text("import time\n\ndef test_quick():\n    pass\n\n"
+                     "def test_slow():\n    time.sleep(300)\n")
+    command, _ = gpu_check.part_command("tests", gpu_check.arguments([]), tmp_path)
+    at = command.index("--device")
+    command = [*command[:at], *command[at + 4:], "-o", "addopts=", str(tests)]
+    assert command[at - 1] != "-m" and "device" not in command
+    # buffered as on a GPU machine (stopped, a process loses what it held back)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    (result,) = gpu_check.run_parts_together([("tests", command, 30)], env, tmp_path / "logs")
+    assert result["timed_out"], result
+    log = "\n".join(result["output_tail"])
+    assert "test_part.py::test_quick PASSED" in log and "test_part.py::test_slow" in log, log
+
+
+def test_gpu_check_names_the_wheels_target_when_a_package_is_missing(gpu_check, monkeypatch):
+    """Found in review: a GPU machine's python3 without the carried wheels was told to
+    "carry their wheels" without the target that makes them (gpu_speed.sh names it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "missing_packages",
+                        lambda: ["hydra (No module named 'hydra')"])
+    problem = gpu_check.environment_problem()
+    assert problem.startswith("gpu-check: hydra (No module named 'hydra'): not importable in ")
+    assert "make gpu-wheels" in problem and "docs/gpu.md" in problem
+    assert "\n" not in problem
 
 
 def test_a_gpu_check_part_stopped_at_its_limit_takes_its_background_processes_along(
