@@ -212,7 +212,10 @@ def _entry_point_state_restored():
     saved = (cli.task_started, list(cli.failed_jobs), list(cli.resume_override),
              hydra_utils.run_and_report, cli.hydra_main_module._run_hydra,
              hydra_core_utils._save_config, hydra_core_utils.JobReturn.return_value)
+    diverged = dict(cli.diverged_jobs)
     yield
+    cli.diverged_jobs.clear()
+    cli.diverged_jobs.update(diverged)
     (cli.task_started, cli.failed_jobs[:], cli.resume_override[:], hydra_utils.run_and_report,
      cli.hydra_main_module._run_hydra, hydra_core_utils._save_config,
      hydra_core_utils.JobReturn.return_value) = saved

@@ -3332,6 +3332,28 @@ def test_unfinished_wandb_runs_are_named_under_the_table_as_local_ones_are(tmp_p
             in table)
 
 
+def test_a_diverged_wandb_run_is_named_diverged_as_a_local_one_is(tmp_path, monkeypatch):
+    """A diverged run's wandb run ends failed: the tables named it "(failed)", as a crash,
+    and one diverged in its first epoch (no test_accuracy logged) not at all. Its summary's
+    ``diverged`` (basisconv.training) names it as the local record does."""
+    from basisconv.analysis import report
+
+    later, first = FakeRun(RECORDS[1], state="failed"), FakeRun(RECORDS[3], state="failed")
+    later.url, first.url = "https://wandb.ai/r/later", "https://wandb.ai/r/first"
+    later.summary.update(epoch=1, diverged="the test loss became nan with trainer.lr=10.0")
+    first.summary = {k: v for k, v in first.summary.items() if k not in RECORDS[3]["final"]}
+    first.summary["diverged"] = "the training loss became inf with trainer.lr=1000000.0"
+    crashed = FakeRun(RECORDS[2], state="failed")  # failed, said nothing of a divergence
+    api = FakeApi([FakeRun(RECORDS[0]), later, first, crashed, FakeRun(RECORDS[2])])
+    monkeypatch.setattr(report, "wandb_records", functools.partial(wandb_records, api=api))
+    write_report(analyze_cfg(tmp_path, source="wandb"), "python scripts/analyze.py")
+    index = json.loads((tmp_path / "results" / "index.json").read_text())
+    assert index["unfinished_runs"] == [
+        f"{later.url} diverged in epoch 2 of 2 (the test loss became nan with trainer.lr=10.0)",
+        f"{first.url} diverged in epoch 1 of 2 (the training loss became inf with "
+        f"trainer.lr=1000000.0)", f"{crashed.url} (failed)"]
+
+
 def test_the_accuracy_plots_labels_cover_no_marker_and_its_log_axis_says_so(repo, tmp_path,
                                                                             monkeypatch):
     """Found in review: on the committed quick runs, "m=0.5" (above right of its point) sat

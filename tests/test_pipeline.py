@@ -3,6 +3,7 @@ sweeps, resume after a real SIGKILL, and tracking failures that must not stop tr
 
 import json
 import os
+import pickle
 import re
 import signal
 import shlex
@@ -222,6 +223,17 @@ def test_a_sweep_job_that_failed_in_another_process_is_said_and_summed_up(capsys
                                                       ["hydra.sweep.dir=multirun/x"])
     cli.failed_job_unsaid(job)  # one this process ran said its line already
     assert capsys.readouterr().err == "" and len(cli.failed_jobs) == 1
+    # one that diverged there is summed up as diverged here (its fix: a lower trainer.lr)
+    monkeypatch.setattr(cli, "diverged_jobs", {})
+    diverged = cli.SweepJobFailed("training diverged", "multirun/x/seed=2",
+                                  "hydra.sweep.dir=multirun/x", "trainer.lr")
+    cli.failed_job_unsaid(types.SimpleNamespace(status=JobStatus.FAILED,
+                                                _return_value=pickle.loads(pickle.dumps(diverged))))
+    assert cli.diverged_jobs == {"multirun/x/seed=2": "trainer.lr"}
+    cli.say_failed_jobs()
+    assert ("seed=2 diverged, and the same command diverges again: sweep a lower trainer.lr "
+            "instead (a new value). After the fix of seed=1, run the sweep with hydra.sweep.dir="
+            "multirun/x: finished jobs are skipped") in capsys.readouterr().err
 
 
 SWEEP_OF_REFUSED_AND_CRASHED_JOBS = """
@@ -258,6 +270,50 @@ def test_a_sweep_says_a_crashed_job_after_one_refused(tmp_path, script_starts):
     assert "1 job(s) of the sweep" in result.stderr, result.stderr
     assert "RuntimeError: the crashed job's bug" in result.stderr, result.stderr
     assert result.returncode == 1
+
+
+SWEEP_OF_DIVERGED_AND_REFUSED_JOBS = """
+import hydra
+from basisconv.cli import exit_on_user_error
+from basisconv.errors import ConfigError, TrainingDiverged
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+@exit_on_user_error
+def main(cfg):
+    if cfg.job == "refused":
+        raise ConfigError("the refused job's own line")
+    if cfg.job.startswith("diverged"):
+        raise TrainingDiverged("the diverged job's own line", "test loss", float("nan"),
+                               "trainer.lr")
+    print("the job", cfg.job, "ran")
+
+main()
+"""
+
+
+@pytest.mark.parametrize("jobs", ["diverged,fine", "diverged,refused,diverged2"])
+def test_a_sweeps_summary_says_a_diverged_job_needs_a_lower_lr_not_the_same_command(
+        tmp_path, script_starts, jobs):
+    """A learning-rate sweep's summary told a diverged job, as a crashed one, to run the
+    same command again after the fix: that command diverges again. It names the diverged
+    jobs and the fix, a lower ``trainer.lr``, keeping the rerun line for the others."""
+    script = tmp_path / "app.py"
+    script.write_text(SWEEP_OF_DIVERGED_AND_REFUSED_JOBS)
+    sweep = tmp_path / "sweep"
+    result = script_starts.run(script, ["-m", f"+job={jobs}", f"hydra.sweep.dir={sweep}"],
+                               cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},
+                               timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # (the jobs' folders: their numbers)
+    if jobs == "diverged,fine":
+        assert ("(also in its train.log): 0; the other jobs ran. 0 diverged, and the same "
+                "command diverges again: sweep a lower trainer.lr instead (a new value). After "
+                f"the fix, run the sweep with hydra.sweep.dir={sweep}: finished jobs are "
+                "skipped") == last.split(" each with its line above ")[1], last
+    else:
+        assert ("; the other jobs ran. 0, 2 diverged, and the same command diverges again: "
+                "sweep a lower trainer.lr instead (a new value). After the fix of 1, run the "
+                "sweep with") in last, last
 
 
 def test_a_run_in_its_own_folder_is_refused(tmp_path, repo, script_starts):
@@ -452,6 +508,8 @@ def test_a_job_that_fails_does_not_stop_the_sweeps_other_jobs(tmp_path, repo, sc
     assert "trainer.lr=1000000.0" in lines[-1] and "hydra.sweep.dir=" in lines[-1]
     # found in review: without trainer.resume=true the same command trained them all again
     assert f"hydra.sweep.dir={sweep} trainer.resume=true: finished jobs are skipped" in lines[-1]
+    # the same command diverges again: the fix is a lower lr (a new sweep value)
+    assert "diverged, and the same command diverges again: sweep a lower trainer.lr" in lines[-1]
 
 
 def test_a_sweep_whose_jobs_have_other_names_is_run_again_in_each_jobs_folder(tmp_path, repo,

@@ -1413,6 +1413,25 @@ def test_a_second_stop_while_wandb_finishes_a_failed_run_keeps_the_first_error(
         fit(compose_tiny(repo, "logger.mode=offline"), tmp_path)
 
 
+def test_a_diverged_runs_wandb_summary_says_what_diverged_before_it_ends_failed(
+        tmp_path, repo, fake_wandb, monkeypatch):
+    """Its wandb run ended failed (exit code 1), as a crashed one does, so source=wandb
+    analysis named it "(failed)", and one diverged in its first epoch (no test_accuracy)
+    not at all; the summary now says what diverged, as ``run.json`` does."""
+    from basisconv import loop
+    from basisconv.errors import TrainingDiverged
+
+    def diverging(epoch, *args, **kwargs):
+        raise TrainingDiverged("the training loss became nan", "training loss")
+
+    monkeypatch.setattr(loop, "run_epoch", diverging)
+    with pytest.raises(TrainingDiverged, match="training diverged in epoch 1 of 3"):
+        fit(compose_tiny(repo, "logger.mode=offline", "trainer.lr=0.5"), tmp_path)
+    (run,) = fake_wandb.runs
+    assert run.summary["diverged"] == "the training loss became nan with trainer.lr=0.5"
+    assert run.finished == [1]
+
+
 @pytest.mark.parametrize("lands", ["before its stop is made", "while its stop is said",
                                    "before the collective fails"])
 def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo, monkeypatch,

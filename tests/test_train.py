@@ -1100,8 +1100,9 @@ def test_a_run_that_diverges_in_its_first_epoch_leaves_a_record_saying_so(tmp_pa
     from basisconv.errors import TrainingDiverged
     from basisconv.records import missing_fields, read_record
 
-    with pytest.raises(TrainingDiverged, match="diverged in epoch 1 of 1"):
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 1 of 1") as raised:
         fit(config(repo, TINY_STRIPES + ["trainer.epochs=1", "trainer.lr=1e6"]), tmp_path)
+    assert raised.value.lr_key == "trainer.lr"  # the fix a sweep's summary names
     written = read_record(tmp_path / "run.json")
     assert written["status"] == "diverged" and written["epochs"] == [], written["status"]
     assert re.fullmatch(r"the (training|test) loss became (nan|inf) with "
@@ -1243,8 +1244,9 @@ def test_a_diverged_sensitivity_fine_tune_names_its_learning_rate(tmp_path, repo
     with pytest.raises(TrainingDiverged, match=r"^sensitivity: a fine-tune diverged \(its "
                                                r".* loss became nan with "
                                                r"sensitivity.finetune_lr=1000000.0\); lower "
-                                               r"sensitivity.finetune_lr"):
+                                               r"sensitivity.finetune_lr") as raised:
         estimate(cfg)
+    assert raised.value.lr_key == "sensitivity.finetune_lr"  # a sweep's summary names it
 
 
 class _ZeroLogits(torch.nn.Module):
@@ -1564,9 +1566,10 @@ def test_a_divergence_keeps_what_diverged_through_a_worker_process_pickle():
 
     from basisconv.errors import TrainingDiverged
 
-    back = pickle.loads(pickle.dumps(TrainingDiverged("diverged", "training loss", float("inf"))))
-    assert (type(back), str(back), back.quantity, back.value) == (
-        TrainingDiverged, "diverged", "training loss", float("inf"))
+    back = pickle.loads(pickle.dumps(TrainingDiverged("diverged", "training loss", float("inf"),
+                                                      "sensitivity.finetune_lr")))
+    assert (type(back), str(back), back.quantity, back.value, back.lr_key) == (
+        TrainingDiverged, "diverged", "training loss", float("inf"), "sensitivity.finetune_lr")
 
 
 def test_step_times_leave_out_a_first_step_that_compiles():

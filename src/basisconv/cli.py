@@ -30,8 +30,8 @@ from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed, start_writes
 from .config_checks import check_no_tilde
-from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, memory_said,
-                     new_job_warns_again, one_line)
+from .errors import (BasisconvError, ConfigError, DatasetError, FolderInUse, TrainingDiverged,
+                     memory_said, new_job_warns_again, one_line)
 from .exits import exit_refused, exit_stopped, log_to_files
 from .hydra_errors import hydra_error_line, interpolation_error_line
 from .override_checks import (config_groups_of, deleted_key_override, group_value_override,
@@ -69,12 +69,19 @@ task_started = False
 #: and the override that runs the sweep again in its folders (:func:`sweep_folder_override`).
 failed_jobs: list[str] = []
 resume_override: list[str] = []
+#: The failed jobs that diverged: folder -> the learning rate to lower (``trainer.lr``).
+#: The same command diverges again, so the summary names the fix, not a rerun.
+diverged_jobs: dict[str, str] = {}
 
 
 class SweepJobFailed(Exception):
     """A sweep job stopped with a user error, already reported in one line. Not a
     ``SystemExit``: Hydra marks the job failed and runs the sweep's other jobs; its result
-    (:func:`failed_job_unsaid`) records it for :func:`run_and_report` to sum up."""
+    (:func:`failed_job_unsaid`) records it for :func:`run_and_report` to sum up. ``lower``:
+    for a job that diverged, the learning rate whose lower value is the fix; else None."""
+
+    def __init__(self, message: str, folder: str, override: str, lower: str | None = None):
+        super().__init__(message, folder, override, lower)  # (args: pickled through submitit)
 
 
 def args_parser_intermixed() -> argparse.ArgumentParser:
@@ -176,14 +183,26 @@ def run_and_report(func: Callable[[], Any]) -> Any:
 
 def say_failed_jobs() -> None:
     """The sweep's last line: which of its jobs stopped with a user error (each said why
-    in its own line) and the override that runs the sweep again in its folders."""
+    in its own line) and the override that runs the sweep again in its folders. Jobs that
+    diverged are named apart with their fix, a lower learning rate (a new sweep value):
+    the same command, which the other failures get past once fixed, diverges again."""
     folders = {str(Path(job).parent) for job in failed_jobs}
     where = f" in {folders.pop()}" if len(folders) == 1 else ""
-    jobs = ", ".join(Path(job).name if where else job for job in failed_jobs)
-    print(f"error: {len(failed_jobs)} job(s) of the sweep{where} failed, each with its "
-          f"line above (also in its train.log): {jobs}; the other jobs ran. After the "
-          f"fix, run the same command with {resume_override[0]}: finished jobs are "
-          f"skipped", file=sys.stderr)
+
+    def names(jobs: list[str]) -> str:
+        return ", ".join(Path(job).name if where else job for job in jobs)
+    diverged = [job for job in failed_jobs if job in diverged_jobs]
+    others = [job for job in failed_jobs if job not in diverged_jobs]
+    line = (f"error: {len(failed_jobs)} job(s) of the sweep{where} failed, each with its "
+            f"line above (also in its train.log): {names(failed_jobs)}; the other jobs ran.")
+    if diverged:
+        lower = " or ".join(sorted({diverged_jobs[job] for job in diverged}))
+        line += (f" {names(diverged)} diverged, and the same command diverges again: sweep "
+                 f"a lower {lower} instead (a new value).")
+    fix = f"After the fix of {names(others)}, run" if diverged and others else "After the fix, run"
+    again = "the sweep" if diverged else "the same command"
+    print(f"{line} {fix} {again} with {resume_override[0]}: finished jobs are skipped",
+          file=sys.stderr)
 
 
 def run_app(*, multirun: bool, mode: Any, overrides: list[str], **kwargs: Any) -> Any:
@@ -229,11 +248,13 @@ def failed_job_unsaid(job: Any) -> Any:
     Not raised, so that Hydra's sweeper reads the later jobs' results too: raised, it
     stopped there, and a later job's crash was said nowhere (found in the sweep review)."""
     if job.status == JobStatus.FAILED and isinstance(job._return_value, SweepJobFailed):
-        message, folder, override = job._return_value.args
+        message, folder, override, lower = job._return_value.args
         if folder not in failed_jobs:  # the job ran in another process (submitit, SLURM)
             print(f"error: {message}", file=sys.stderr)  # its line went to the job's log
             failed_jobs.append(folder)
             resume_override.append(override)
+            if lower is not None:
+                diverged_jobs[folder] = lower
         return None
     return hydra_return_value.fget(job)
 
@@ -288,8 +309,10 @@ def exit_on_user_error(fn: F) -> F:
                         failed_jobs.append(HydraConfig.get().runtime.output_dir)
                         resume_override.append(
                             sweep_folder_override(args[0] if args else None))
-                        raise SweepJobFailed(message, failed_jobs[-1],
-                                             resume_override[-1]) from None
+                        if isinstance(err, TrainingDiverged):
+                            diverged_jobs[failed_jobs[-1]] = err.lr_key or "learning rate"
+                        raise SweepJobFailed(message, failed_jobs[-1], resume_override[-1],
+                                             diverged_jobs.get(failed_jobs[-1])) from None
                     # (a start refused, not a run that failed; a broken ${...} is found by
                     # the config check, config_keys.resolve_all, before any work)
                     refused = isinstance(err, (ConfigError, DatasetError,

@@ -150,14 +150,17 @@ class WorkerFailed(BasisconvError, RuntimeError):
 class TrainingDiverged(BasisconvError, FloatingPointError):
     """A loss became NaN or infinite (usually a learning rate too high for the model): the
     message says which loss, where, and what was kept. ``quantity`` and ``value`` say what
-    diverged (e.g. ``"training loss"``, ``nan``), for callers that reword the message."""
+    diverged (e.g. ``"training loss"``, ``nan``), for callers that reword the message;
+    ``lr_key``, where known, the learning rate whose lower value is the fix
+    (``trainer.lr``, ``sensitivity.finetune_lr``), which a sweep's summary names."""
 
-    def __init__(self, message: str, quantity: str = "loss", value: float = float("nan")):
+    def __init__(self, message: str, quantity: str = "loss", value: float = float("nan"),
+                 lr_key: str | None = None):
         super().__init__(message)
-        self.quantity, self.value = quantity, value
+        self.quantity, self.value, self.lr_key = quantity, value, lr_key
 
     def __reduce__(self):  # through a worker process's pickle with its fields
-        return type(self), (str(self), self.quantity, self.value)
+        return type(self), (str(self), self.quantity, self.value, self.lr_key)
 
 
 class OutOfMemory(BasisconvError, RuntimeError):

@@ -62,7 +62,7 @@ def diverging(what: str, lr_key: str, lr: float, note: str = ""):
     except TrainingDiverged as err:
         raise TrainingDiverged(f"sensitivity: {what} diverged (its {err.quantity} became "
                                f"{err.value} with {lr_key}={lr}); lower {lr_key}{note}",
-                               err.quantity, err.value) from None
+                               err.quantity, err.value, lr_key) from None
 
 
 class Probe:

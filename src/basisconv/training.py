@@ -339,12 +339,16 @@ class Training:
                     raise
                 raise Stopped(signal.SIGTERM) from err  # said below, as the other stops are
         except TrainingDiverged as err:  # before this epoch's record and checkpoint
+            divergence = stop_messages.divergence(self.cfg, err)
             with stops_let_go():  # a stop while it is recorded would replace its line
-                self.saves.record_divergence(stop_messages.divergence(self.cfg, err))
+                self.saves.record_divergence(divergence)
+                # before finish(): source=wandb analysis names the run diverged by it, as
+                # the local record's (wandb says only "failed", its exit code)
+                self.tracker.summary({"diverged": divergence})
             message = stop_messages.diverged_message(self.cfg, self.output_dir, err,
                                                      self.saves.saved_epochs,
                                                      len(results["epochs"]))
-            raise TrainingDiverged(message, err.quantity, err.value) from None
+            raise TrainingDiverged(message, err.quantity, err.value, "trainer.lr") from None
         except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM through basisconv.cli, a peer gone
             with stops_let_go():
                 stop = self.stopped(err)

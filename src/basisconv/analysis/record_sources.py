@@ -204,8 +204,27 @@ def unfinished_entry(record: dict, name: Path) -> str:
     rate swept too high is said, not a row gone missing or a run that seems cut off."""
     done, epochs = len(record["epochs"]), record["config"]["trainer"]["epochs"]
     if record["status"] == DIVERGED_STATUS:
-        return f"{name} diverged in epoch {done + 1} of {epochs} ({record['diverged']})"
+        return diverged_entry(name, done, epochs, record["diverged"])
     return f"{name} at epoch {done} of {epochs}"
+
+
+def diverged_entry(name: Path | str, done: int, epochs: Any, divergence: str) -> str:
+    """A diverged run as the tables name it, a local record's or a wandb run's:
+    ``<name> diverged in epoch <e> of <E> (<what diverged>)``."""
+    return f"{name} diverged in epoch {done + 1} of {epochs} ({divergence})"
+
+
+def wandb_diverged_entry(run: Any, summary: dict) -> str | None:
+    """A failed wandb run whose summary says what diverged (``diverged``, set by the
+    training before it ends the run failed), named as a local diverged record is; None for
+    any other run. Its epochs: the last one logged (``epoch``), none in a first epoch
+    (which it names, as it logged no ``test_accuracy``)."""
+    divergence = summary.get("diverged")
+    if run.state != "failed" or not isinstance(divergence, str):
+        return None
+    trainer, done = run.config.get("trainer"), summary.get("epoch")
+    epochs = trainer.get("epochs", "?") if isinstance(trainer, dict) else "?"
+    return diverged_entry(run.url, done if isinstance(done, int) else 0, epochs, divergence)
 
 
 def training_records(records: list[tuple[dict, Path]]) -> list[tuple[dict, str]]:
@@ -231,7 +250,8 @@ def wandb_records(project: str, entity: str | None = None, api=None,
     ``unreadable``, as a local record is (it was a ``KeyError`` trace, or a trace from the
     tables). A training run not finished (crashed, failed, still running) is left out and
     appended to ``unfinished`` as ``<url> (<state>)``, as a local one is named under the
-    table (it was dropped without a word: a row short of a seed, or gone, read as whole)."""
+    table (it was dropped without a word: a row short of a seed, or gone, read as whole);
+    one that diverged as :func:`wandb_diverged_entry` names it."""
     if api is None:
         try:
             import wandb
@@ -249,11 +269,12 @@ def wandb_records(project: str, entity: str | None = None, api=None,
     found = []
     for run in runs:
         summary = dict(run.summary)
-        if "test_accuracy" not in summary:
+        diverged = wandb_diverged_entry(run, summary)
+        if "test_accuracy" not in summary and diverged is None:
             continue  # not a training run of ours (or one that logged no epoch)
         if run.state != "finished":
             if unfinished is not None:
-                unfinished.append(f"{run.url} ({run.state})")
+                unfinished.append(diverged or f"{run.url} ({run.state})")
             continue
         model = {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("model/")}
         model["basis_layers"] = (model.pop("basis_layer_names", "") or "").split()
