@@ -188,7 +188,7 @@ all_steps() {  # the full and quick modes
       --combine fused --fuse-norm --profile
     train "bf16-basis$size" --amp bf16 --basis-size "$size"
   done
-  # basis.frobenius_decay's correction term (counted: 3-4.5 % of the FLOPs at 1/2, 1/4)
+  # basis.frobenius_decay's correction term (counted: 3.0 % and 1.7 % of the FLOPs at 1/2, 1/4)
   train bf16-basis0.25-frobenius-graphs --amp bf16 --cuda-graphs --basis-size 0.25 \
     --frobenius-decay
   train fp32-graphs --cuda-graphs

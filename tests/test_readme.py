@@ -1020,3 +1020,79 @@ def test_the_speed_pages_auto_table_quotes_its_records(repo):
             assert cell.startswith(f"{float(layers[form][key]['fwdbwd_ratio']):.2f}"), (key, form)
         if "its FLOP ratio" in stacked:
             assert f"x{float(layers['stacked'][key]['fwdbwd_vs_theory']):.2f}" in stacked
+
+
+# --------------------------------------- the basis and experiments pages' worked examples
+def one_line(page) -> str:
+    """A page's text with its line breaks and runs of spaces made single spaces."""
+    return " ".join(page.read_text().split())
+
+
+def test_the_frobenius_decay_shares_the_basis_page_quotes_are_counted(repo):
+    """Found in the docs review: docs/basis-convolutions.md gave the correction "0.1 %" of
+    the quick profile's ResNet-20 x0.5 training FLOPs, which FlopCounterMode counts as
+    0.03 % at 1/4 and 0.06 % at 1/2. Each share the page quotes is counted as its code
+    block counts the first (1.7 %, run by the examples' test)."""
+    from omegaconf import OmegaConf
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from basisconv.cost import model_cost
+    from basisconv.penalties import frobenius_decay_correction
+    from basisconv.surgery import apply_basis
+
+    def share(name: str, width: float, size: float, digits: int) -> str:
+        model = apply_basis(build_model(name, width=width), "all", size, convert=False,
+                            only_where_saves=True)
+        with FlopCounterMode(display=False) as counted:
+            frobenius_decay_correction(model).backward()
+        step = model_cost(model, (128, 3, 32, 32)).total_flops
+        return f"{counted.get_total_flops() / step:.{digits}%}".replace("%", " %")
+
+    page = one_line(repo / "docs" / "basis-convolutions.md")
+    assert f"{share('resnet18', 1.0, 0.5, 1)} at 1/2" in page
+    quick = OmegaConf.load(repo / "configs" / "profile" / "quick.yaml")
+    assert quick.trainer.batch_size == 128 and "override /model: resnet20" in (
+        repo / "configs" / "profile" / "quick.yaml").read_text()
+    low, high = (share("resnet20", quick.model.width, size, 2) for size in (0.25, 0.5))
+    assert (f"{low} and {high} of the quick profile's ResNet-20 x{quick.model.width:g} at "
+            f"1/4 and 1/2") in page
+
+
+def test_the_basis_pages_count_left_dense_names_layers_narrower_than_it(repo):
+    """Found in the docs review: "basis.size=16 leaves ResNet-8's 8-channel layers dense"
+    named layers ResNet-8 has only at width 0.5 (at its default width, 16, 32 and 64
+    channels). The page's example count leaves dense the layers of the width it names, which
+    the model has and which are narrower than it, and converts others."""
+    page = one_line(repo / "docs" / "basis-convolutions.md")
+    found = re.search(r"`basis\.size=(\d+)` leaves ResNet-8's (\d+)-channel layers dense", page)
+    size, channels = map(int, found.groups())
+    model = build_model("resnet8")
+    narrow = {name for name, module in model.named_modules()
+              if isinstance(module, nn.Conv2d) and module.out_channels == channels}
+    assert narrow and channels < size
+    from basisconv.surgery import apply_basis
+
+    converted = set(basis_layers(apply_basis(model, "all", size, only_where_saves=True)))
+    assert converted and not converted & narrow
+
+
+def test_the_experiments_pages_sweep_examples_are_what_the_command_runs(repo):
+    """Found in the docs review: docs/experiments.md's example of a basis size a sweep's
+    model cannot take, ``-m model=resnet18,resnet8 basis.size=100``, swept dense runs (the
+    default ``selection=none`` reads no ``basis.size``): nothing was refused, and both jobs
+    trained the dense model; and the folder Hydra's ``multirun.yaml`` alone made for ``-m
+    experiment=basis_all basis.size=0.125,0.25`` was named after the quick profile's
+    ResNet-20, not the command's model. Each job of the first reads the size; the second
+    names the command's folder."""
+    from basisconv.unread import unread_in_training
+
+    page, cache = one_line(repo / "docs" / "experiments.md"), {}
+    example = re.search(r"`-m ([^`]*basis\.size=100)`: ResNet-8 has at most 64 channels", page)
+    jobs = sweep_jobs(example.group(1).split())
+    assert any("model=resnet8" in job for job in jobs), jobs
+    for job in jobs:
+        assert unread_in_training(composed(repo / "configs", "train", job, cache),
+                                  "basis.size") is None, job
+    assert "`-m experiment=basis_all basis.size=0.125,0.25`" in page
+    name = composed(repo / "configs", "train", ["experiment=basis_all"], cache).name
+    assert f"made a folder for a size not swept, `multirun/{name}/`" in page
