@@ -143,19 +143,26 @@ def warn_keys_no_sweep_job_reads(jobs: list[tuple[list[str], Any]]) -> None:
     in review: silently, where one run with that key is warned of; in a sweep each job's
     own warnings are left unsaid, as a sweep gives such keys to some of its jobs on
     purpose, ``selection=none,all basis.size=0.25,0.5``). ``jobs``: each job's overrides
-    and composed config."""
+    and composed config. A key of one value that no job reads is said too (its one run's
+    warning, which a sweep's job leaves unsaid)."""
     values: dict[str, dict[str, None]] = {}  # each key's values, in order, once
     for overrides, _ in jobs:
         for override in overrides:
             key, _, value = override.lstrip("+~").partition("=")
             values.setdefault(key, {})[value] = None
     for key, given in values.items():
-        reasons = [unread_in_training(cfg, key) for _, cfg in jobs] if len(given) > 1 else [None]
-        if all(reasons):
+        reasons = [unread_in_training(cfg, key) for _, cfg in jobs]
+        if not all(reasons):
+            continue
+        why = "; ".join(dict.fromkeys(reasons))
+        if len(given) > 1:
             log.warning("%s is swept over %s, but no job of the sweep reads it (%s): each "
                         "value trains the same run again; choose what reads it, or drop it "
-                        "from the sweep", key, ",".join(given),
-                        "; ".join(dict.fromkeys(reasons)))
+                        "from the sweep", key, ",".join(given), why)
+        else:  # (found in review: -m seed=0,1 basis.size=0.25 trained dense runs unsaid,
+            # as each job's single-run warning is left unsaid in a sweep)
+            log.warning("%s=%s is given to every job of the sweep, but no job reads it (%s); "
+                        "choose what reads it, or drop it", key, next(iter(given)), why)
 
 
 def warn_preset_choice_overridden(cfg: Any) -> None:
