@@ -106,6 +106,7 @@ CACHE=${SENSITIVITY_CACHE:-cache/sensitivity}
 # per run: tests/test_reproduce.py holds the two lists together)
 EXECUTION=(trainer.cuda_graphs trainer.compile trainer.compile_mode trainer.device
            trainer.threads trainer.checkpoint trainer.checkpoint_every_s trainer.resume
+           trainer.collective_timeout_s
            data.root data.download sensitivity.recompute logger 'logger.*' 'hydra.*')
 # (not data.verify_md5, which resume accepts: false keys the sensitivity table by the data's
 # folder, so a session that changed it set aside the published estimate, the search and

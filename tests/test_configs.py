@@ -555,6 +555,9 @@ RANGE_RULES = [
      r"^logger.init_timeout_s must be a number of seconds > 0, got inf$"),
     ({"trainer.checkpoint_every_s": float("inf")},
      r"^trainer.checkpoint_every_s must be a number of seconds >= 0 \(0: after every epoch\)"),
+    # (a zero timeout: every collective under torchrun failed at once, in a trace)
+    ({"trainer.collective_timeout_s": 0},
+     r"^trainer.collective_timeout_s must be a number of seconds > 0, got 0"),
     ({"seed": 2**63}, r"^seed=9223372036854775808 does not fit in 64 bits"),
 ]
 

@@ -1,6 +1,7 @@
 """Data-parallel training: N gloo processes on CPU must compute the step of one process
 on the same global batch (gradients, batch-norm statistics, and so the loss)."""
 
+import contextlib
 import copy
 import json
 import os
@@ -329,6 +330,42 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_process_with_one_line(tmp_
     assert "File too large" in errors[0]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("frozen, waiting", [(0, 1)])  # (rank 1 frozen, rank 0 speaking: the
+# path of any peer's failure, its line checked in-process below; this one passes through
+# rank 1's exit too, which speaks only here)
+def test_a_frozen_rank_makes_the_other_stop_in_one_line_after_the_collective_timeout(
+        tmp_path, repo, frozen, waiting):
+    """Found in review: a process frozen (SIGSTOP, stuck in I/O), not dead, keeps its
+    connections open, so the other waited in a collective (where Python runs no signal
+    handler) until gloo's 30-minute timeout, then failed with a trace (rank 0), or said
+    nothing (rank 1). Here one is stopped once training has begun: after
+    ``trainer.collective_timeout_s`` the other says so in one line, naming the frozen rank,
+    the key, and where the run is. (The frozen one's wrapper ends it on torchrun's SIGTERM,
+    which a stopped process would take only at torchrun's SIGKILL, 30 s later.)"""
+    folder = tmp_path / "run"
+    pid_file = tmp_path / "frozen.pid"
+    freeze = (f'if [ "$RANK" = {frozen} ]; then "$@" & pid=$!; echo $pid > {pid_file}; '
+              "trap 'kill -9 $pid; exit 143' TERM; "
+              f'until grep -q train_loss {folder / "train.log"} 2>/dev/null; '
+              'do sleep 0.05; done; kill -STOP $pid; wait $pid; exit $?; fi; exec "$@"')
+    try:
+        result = torchrun_train(repo, folder, "trainer.collective_timeout_s=5", epochs=1,
+                                wrapper=freeze)
+    finally:  # (a frozen process left behind, were its wrapper killed)
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert result.returncode != 0
+    stopped = [line for line in result.stderr.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1, result.stderr[-3000:]
+    assert stopped[0].startswith(f"stopped by SIGTERM: rank {waiting} waited 5 s in a "
+                                 f"collective for rank {frozen}, which neither answered nor "
+                                 f"exited"), stopped[0]
+    assert "set trainer.collective_timeout_s above 5; the run in " in stopped[0]
+    assert "Timed out waiting" not in result.stderr, result.stderr[-3000:]
+
+
 def torchrun_train(repo, folder, *overrides, wrapper=None, **sizes):
     """scripts/train.py under torchrun with 2 gloo processes on a tiny problem
     (:func:`tiny_run`'s ``sizes``); ``wrapper``, a bash script, runs each process (``"$@"``
@@ -450,6 +487,56 @@ def test_only_a_collective_the_other_end_left_is_another_processs_failure(monkey
     # that carries the collective's failure): torchrun's environment still tells
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert distributed.peer_failure(gloo).startswith("another process of this torchrun job")
+
+
+def test_a_collectives_timeout_names_the_rank_waited_for_and_the_key(monkeypatch):
+    """A process frozen (stopped, stuck in I/O), not dead, keeps its connections open: its
+    peers wait in a collective until gloo's timeout, which ended the run with a trace (30
+    minutes later by default). Its error becomes one line naming the rank waited for (where
+    there is one other; gloo does not say which of several) and the key that sets how
+    long; a store's timeout stays this process's own."""
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/"
+                        "unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation "
+                        "to complete")
+    assert distributed.peer_failure(gloo) == (
+        "rank 0 waited 5 s in a collective for rank 1, which neither answered nor exited "
+        "(frozen: stopped, or stuck in I/O); if it was only busy that long, set "
+        "trainer.collective_timeout_s above 5")
+    store = getattr(dist, "DistStoreError", RuntimeError)("wait timeout after 1000ms")
+    assert distributed.peer_failure(store) is None
+    # rank 0 speaks for the run; rank 1 too when it waited for rank 0, the only other (a
+    # frozen rank 0 says nothing): the stop it made of the timeout carries it
+    from basisconv.errors import Stopped
+
+    try:
+        try:
+            raise gloo
+        except RuntimeError as err:
+            raise Stopped(signal.SIGTERM) from err
+    except Stopped as err:
+        stop = err
+    assert not distributed.waited_for_frozen_rank_0(stop)
+    monkeypatch.setenv("RANK", "1")
+    assert distributed.waited_for_frozen_rank_0(stop)
+    assert not distributed.waited_for_frozen_rank_0(Stopped(signal.SIGTERM))
+    assert distributed.peer_failure(gloo).startswith("rank 1 waited 5 s in a collective for "
+                                                     "rank 0,")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert not distributed.waited_for_frozen_rank_0(stop)
+    assert "for one of ranks 0, 2, 3 (gloo does not say which)," in distributed.peer_failure(gloo)
+
+
+def test_a_run_stopped_by_the_collective_timeout_resumes_with_a_longer_one(tmp_path):
+    """The timeout's line says to set ``trainer.collective_timeout_s`` above what it was:
+    the same command with it resumes the run (a changed key refused the resume)."""
+    from basisconv.same_run import check_same_run
+
+    saved = {"trainer": {"epochs": 3, "lr": 0.1, "collective_timeout_s": 5.0}}
+    check_same_run(saved, {"trainer": {**saved["trainer"], "collective_timeout_s": 600.0}},
+                   tmp_path)
 
 
 def test_the_process_that_speaks_is_rank_0_of_the_whole_job_not_of_its_node(monkeypatch):

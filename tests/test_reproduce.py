@@ -714,6 +714,7 @@ EXECUTION_SAMPLES = {
     "trainer.cuda_graphs": "true", "trainer.compile": "true", "trainer.compile_mode": "default",
     "trainer.device": "cpu", "trainer.threads": "1", "trainer.checkpoint": "false",
     "trainer.checkpoint_every_s": "60", "trainer.resume": "false", "data.root": "/elsewhere",
+    "trainer.collective_timeout_s": "60",
     "data.download": "true", "data.verify_md5": "false", "sensitivity.recompute": "true",
     "logger": "none", "logger.*": "logger.mode=online", "hydra.*": "hydra.job.name=other"}
 

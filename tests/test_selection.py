@@ -1867,7 +1867,8 @@ def test_kept_work_is_shared_by_runs_apart_only_in_how_they_train_the_full_model
 
     cfg = compose_sensitivity(repo, tmp_path, "model=resnet8")
     other = compose_sensitivity(repo, tmp_path, "model=resnet8", "trainer.epochs=200",
-                                "trainer.checkpoint_every_s=60", "trainer.progress=false")
+                                "trainer.checkpoint_every_s=60", "trainer.progress=false",
+                                "trainer.collective_timeout_s=60")
     assert conditions(cfg, torch.device("cpu")) == conditions(other, torch.device("cpu"))
 
 

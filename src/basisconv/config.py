@@ -72,6 +72,7 @@ class TrainerConfig:
     checkpoint: bool = MISSING
     checkpoint_every_s: float = MISSING
     resume: bool = MISSING
+    collective_timeout_s: float = MISSING
 
 
 @dataclass

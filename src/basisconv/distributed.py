@@ -54,21 +54,57 @@ def first_process() -> bool:
 PEER_FAILURE_SIGNS = ("by peer", "Broken pipe", "ncclRemoteError", "remote process exited")
 
 
+#: What gloo says when a collective waited ``trainer.collective_timeout_s`` for a peer that
+#: neither answered nor left: "Timed out waiting 5000ms for recv operation to complete".
+#: (NCCL's watchdog aborts the process on its timeout instead: no error reaches Python.)
+COLLECTIVE_TIMEOUT = re.compile(r"Timed out waiting (\d+)\s*ms for \w+ operation")
+
+
 def peer_failure(err: BaseException) -> str | None:
     """One line saying that another process of the job went away, when ``err`` is a
     collective's failure for that reason (gloo: "Connection reset/closed by peer", or a
-    broken pipe when it wrote; NCCL: "ncclRemoteError", a remote process exited), else
-    None: a fault of this process's own (a timeout, a CUDA out-of-memory inside NCCL) is
-    left to propagate as it is."""
+    broken pipe when it wrote; NCCL: "ncclRemoteError", a remote process exited), or did
+    not answer (:func:`peer_timeout`), else None: a fault of this process's own (a store's
+    timeout, a CUDA out-of-memory inside NCCL) is left to propagate as it is."""
     if not isinstance(err, RuntimeError) or not (is_distributed() or launched_processes() > 1):
         return None  # (torchrun's environment tells once the process group is left)
     if not any(sign in str(err) for sign in PEER_FAILURE_SIGNS):
-        return None
+        return peer_timeout(err)
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     # gloo's first line: "[<source file>:<line>] Read error ...: Connection reset by peer.
     # This is typically caused by ..."; its first sentence, without the source location
     said = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0] if lines else ""
     return f"another process of this torchrun job failed ({said or type(err).__name__})"
+
+
+def peer_timeout(err: RuntimeError) -> str | None:
+    """One line for gloo's collective timeout (:data:`COLLECTIVE_TIMEOUT`), naming the rank
+    waited for where there is one other, and the key that sets how long. Why: a process
+    frozen (stopped, stuck in I/O) keeps its connections open, so it is never seen to
+    fail; the others wait in a collective, where Python runs no signal handler, until
+    this timeout (30 minutes by default), which was a trace."""
+    found = COLLECTIVE_TIMEOUT.search(str(err))
+    if found is None:
+        return None
+    waited_s = int(found.group(1)) / 1000
+    me = int(os.environ.get("RANK", "0"))
+    others = [str(r) for r in range(launched_processes()) if r != me]
+    waited_for = (f"rank {others[0]}" if len(others) == 1
+                  else f"one of ranks {', '.join(others)} (gloo does not say which)")
+    return (f"rank {me} waited {waited_s:g} s in a collective for {waited_for}, which neither "
+            f"answered nor exited (frozen: stopped, or stuck in I/O); if it was only busy "
+            f"that long, set trainer.collective_timeout_s above {waited_s:g}")
+
+
+def waited_for_frozen_rank_0(err: BaseException) -> bool:
+    """Whether ``err``, or what it interrupted, is this process's collective timeout while
+    it waited for rank 0, the one other process of the job: rank 0 is frozen then and
+    will say nothing, so this process speaks for the run. (With more processes the
+    waiting rank 0 speaks when another froze; none can tell which of them did.)"""
+    waits_only_for_rank_0 = launched_processes() == 2 and not first_process()
+    return waits_only_for_rank_0 and any(
+        isinstance(raised, RuntimeError) and COLLECTIVE_TIMEOUT.search(str(raised))
+        for raised in context_chain(err))
 
 
 def peer_failure_in(err: BaseException) -> str | None:
@@ -99,16 +135,17 @@ def refuse_torchrun(what: str) -> None:
                           f"(torchrun is for scripts/train.py)")
 
 
-def setup(device: torch.device) -> torch.device:
+def setup(device: torch.device, timeout_s: float) -> torch.device:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); returns
-    the device this process trains on (``cuda:LOCAL_RANK`` on GPUs)."""
+    the device this process trains on (``cuda:LOCAL_RANK`` on GPUs). Its collectives wait
+    ``timeout_s`` for the other processes (``trainer.collective_timeout_s``)."""
     if launched_processes() <= 1 or is_distributed():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            timeout=datetime.timedelta(minutes=30))
+                            timeout=datetime.timedelta(seconds=timeout_s))
     return device
 
 

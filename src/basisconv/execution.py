@@ -166,7 +166,7 @@ def setup(trainer: DictConfig, seed: int, *, join_process_group: bool = False) -
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # streams and events of cuda:N runs then live there
     if join_process_group:
-        device = distributed.setup(device)
+        device = distributed.setup(device, trainer.collective_timeout_s)
     seed_everything(seed, trainer.deterministic)
     if trainer.amp == "fp16" and device.type == "cpu":
         log.warning("trainer.amp=fp16 on CPU: most CPUs have no fp16 arithmetic, so its "

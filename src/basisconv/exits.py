@@ -67,14 +67,16 @@ def exit_refused(message: str) -> NoReturn:
 
 def exit_stopped(err: KeyboardInterrupt, speaks: bool) -> NoReturn:
     """Say a stop in one line (``stopped by SIGTERM: <where, how to go on>``), in the run's
-    log too, and exit with ``128 + signum``; ``BASISCONV_DEBUG=1`` raises it instead."""
+    log too, and exit with ``128 + signum``; ``BASISCONV_DEBUG=1`` raises it instead. A
+    process that does not speak for the run says it still when it waited for a frozen
+    rank 0 (:func:`~basisconv.distributed.waited_for_frozen_rank_0`), which says nothing."""
     if os.environ.get("BASISCONV_DEBUG"):
         raise err
     signum = getattr(err, "signum", signal.SIGINT)
     with stops_let_go():  # a second one would end it with a stack trace
         said, name = stop_reason(err), signal.Signals(signum).name
         message = f"stopped by {name}{': ' + said if said else ''}"
-        if speaks:
+        if speaks or distributed.waited_for_frozen_rank_0(err):
             log_to_files(message)
             print(message, file=sys.stderr)
         sys.exit(128 + signum)

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 FOLDER = "progress"
 DENSE = "dense.pt"
 #: Trainer settings that shape no fine-tune (how a training run saves, shows, resumes).
-NOT_IN_A_FINETUNE = ("epochs", "progress", "checkpoint", "checkpoint_every_s", "resume")
+NOT_IN_A_FINETUNE = ("epochs", "progress", "checkpoint", "checkpoint_every_s", "resume",
+                     "collective_timeout_s")
 #: The basis options a probe converts layers with (``Probe.converted`` passes these, by
 #: their ``apply_basis`` names, so a new one is part of the conditions too).
 PROBE_BASIS = ("size", "combine", "coefficient_rank", "fuse_norm", "share_coefficients", "fit")

@@ -216,6 +216,7 @@ def validate_trainer(cfg: DictConfig) -> None:
     check(t.threads is None or t.threads < 2**31,
           f"trainer.threads={t.threads} is more than torch takes (an int < 2**31)")
     check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
+    check_seconds(t.collective_timeout_s, "trainer.collective_timeout_s")
 
 
 def check_data(cfg: DictConfig) -> None:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 #: (:func:`changes_only_execution`).
 RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                      "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs",
-                     "trainer.checkpoint", "trainer.checkpoint_every_s", "publish",
+                     "trainer.checkpoint", "trainer.checkpoint_every_s",
+                     "trainer.collective_timeout_s", "publish",
                      "data.download", "data.verify_md5",
                      "sensitivity.restore_from", "sensitivity.workers",
                      "sensitivity.cache_dir", "sensitivity.recompute"}
@@ -43,7 +44,8 @@ RESUMABLE_CHANGES = {"trainer.resume", "trainer.progress", "trainer.threads", "t
 ADDED_KEYS = {"basis.fuse_norm": False, "basis.fit": "pivots", "trainer.cuda_graphs": False,
               "trainer.checkpoint_every_s": 0.0, "sensitivity.workers": 1,
               "sensitivity.drop_noise_layers": 0, "basis.frobenius_decay": False,
-              "logger.init_timeout_s": 90.0, "logger.finish_timeout_s": 300.0}
+              "logger.init_timeout_s": 90.0, "logger.finish_timeout_s": 300.0,
+              "trainer.collective_timeout_s": 1800.0}
 
 
 def changes_only_execution(key: str) -> bool:
