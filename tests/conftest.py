@@ -94,6 +94,12 @@ def pytest_collection_modifyitems(config, items):
 # outcome depended on which tests ran before it. Every test therefore starts from the state
 # the session started with, and leaves it so.
 
+# The seed the CUDA generators are set back to after each test where CUDA starts within the
+# session: torch's own seed of this process (nothing has seeded it as this file is imported;
+# any fixed seed would do: what matters is that each test starts from the same state).
+_UNSEEDED = torch.initial_seed()
+
+
 def _global_state() -> dict:
     state = {
         "num_threads": torch.get_num_threads(),
@@ -118,6 +124,11 @@ def _global_state() -> dict:
         # e.g. a script run in-process (tests/test_environment.py loads scripts/gpu_check.py,
         # which puts the repository's src/ first on the path, for good)
         "sys_path": list(sys.path),
+        # torch.distributed.init_process_group wraps sys.excepthook in one that prefixes
+        # "[rank0]: " to every line, and destroy_process_group does not unwrap it: each
+        # test that joined a gloo group of one in-process added one more prefix to what an
+        # uncaught exception prints for the rest of the process (found by an audit)
+        "excepthook": sys.excepthook,
         # torch.compile's graph limits, raised by whatever compiles in-process outside a
         # producer (a timing.Runner(compile=True) keeps them raised for the process: found
         # in random order, where a later test counting recompiles saw the raised limit)
@@ -136,6 +147,13 @@ def _compile_limits() -> dict:
 
     from basisconv.execution import COMPILE_LIMITS
     return {key: getattr(dynamo.config, key) for key in COMPILE_LIMITS}
+
+
+def _compiled_frames() -> int:
+    """How many frames torch.compile has compiled since it started or was last reset (0
+    where nothing imported it)."""
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo.convert_frame.FRAME_COUNTER if dynamo is not None else 0
 
 
 def _restore_global_state(state: dict) -> None:
@@ -168,8 +186,14 @@ def _restore_global_state(state: dict) -> None:
     np.random.set_state(state["numpy_rng"])
     if "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
+        # CUDA started in a test, after the session's state was taken: its generators were
+        # left as that test's seed and draws made them, and a later test's unseeded draws
+        # on the GPU depended on which tests ran before it (found by an audit)
+        torch.cuda.manual_seed_all(_UNSEEDED)
     if sys.path != state["sys_path"]:
         sys.path[:] = state["sys_path"]
+    sys.excepthook = state["excepthook"]
     if _compile_limits() != state["compile_limits"]:
         import torch._dynamo as dynamo
 
@@ -177,6 +201,14 @@ def _restore_global_state(state: dict) -> None:
         execution._limits_before = None  # what a later producer saves is then torch's own
         for key, value in state["compile_limits"].items():
             setattr(dynamo.config, key, value)
+    if _compiled_frames():
+        # What torch.compile compiled in a test that did not reset dynamo after it (found by
+        # an audit: test_auto_form's compiled auto model): dynamo's frame count and its
+        # records of compiled code, guard failures and graph breaks stayed, so a later test
+        # that compiles started from them, not from a fresh process's dynamo.
+        import torch._dynamo as dynamo
+
+        dynamo.reset()
     environ = state["environ"]  # e.g. CUBLAS_WORKSPACE_CONFIG set by deterministic training
     for key in set(os.environ) - set(environ) - {"PYTEST_CURRENT_TEST"}:
         del os.environ[key]

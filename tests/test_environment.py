@@ -737,6 +737,56 @@ def test_each_tests_changes_to_the_import_path_are_undone():
     assert "/nowhere" not in sys.path
 
 
+def test_what_a_test_compiled_is_dropped_after_it():
+    """conftest resets torch.compile's dynamo after a test that compiled and did not reset
+    it (found by an audit: test_auto_form's compiled model left dynamo's frame count and
+    compiled code to every later test of its process)."""
+    from torch._dynamo import convert_frame
+
+    from conftest import _global_state, _restore_global_state
+
+    state = _global_state()
+    torch.compile(lambda x: x + 1, backend="eager")(torch.zeros(1))
+    assert convert_frame.FRAME_COUNTER > 0  # (else the check below proves nothing)
+    _restore_global_state(state)
+    assert convert_frame.FRAME_COUNTER == 0 and not list(convert_frame.output_codes.seen)
+
+
+def test_the_excepthook_a_process_group_wraps_is_put_back(tmp_path):
+    """conftest puts back ``sys.excepthook``: torch.distributed's process group wraps it
+    (a "[rank0]: " before each line) and leaves it wrapped when destroyed, so every test
+    that joined a group of one in-process (test_surgery's DistributedDataParallel ones)
+    added a prefix to what an uncaught exception printed later in the process."""
+    import torch.distributed as dist
+
+    from conftest import _global_state, _restore_global_state
+
+    before, state = sys.excepthook, _global_state()
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tmp_path / 'store'}")
+    dist.destroy_process_group()
+    assert sys.excepthook is not before  # (else this test proves nothing)
+    _restore_global_state(state)
+    assert sys.excepthook is before
+
+
+def test_the_gpus_generators_are_put_back_where_cuda_started_within_the_session(monkeypatch):
+    """conftest took the CUDA generators' state only where CUDA had started before the
+    first test; on a GPU machine CUDA starts in a test, and every later test's unseeded
+    draws on the GPU came from what the earlier ones left (found by an audit). Then they
+    are set back to one seed after each test. (CUDA's functions stand in for a GPU here.)"""
+    import conftest
+
+    state = conftest._global_state()
+    state.pop("cuda_rng", None)  # as on a GPU machine whose first test started CUDA
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    conftest._restore_global_state(state)
+    assert len(seeded) == 1 and seeded[0] == conftest._UNSEEDED
+
+
 def test_gpu_speed_calls_a_step_killed_early_failed_not_stopped_at_its_limit(repo, tmp_path):
     """Found in review: a step killed by SIGKILL (out of memory) at once was reported as
     stopped at its limit (timeout passes the child's 137 on)."""
