@@ -1096,3 +1096,44 @@ def test_the_experiments_pages_sweep_examples_are_what_the_command_runs(repo):
     assert "`-m experiment=basis_all basis.size=0.125,0.25`" in page
     name = composed(repo / "configs", "train", ["experiment=basis_all"], cache).name
     assert f"made a folder for a size not swept, `multirun/{name}/`" in page
+
+
+# ------------------------------------------------- the testing page's quotes of its tests
+def test_the_testing_pages_suite_time_is_its_tables_newest_row(repo):
+    """Found in the docs review: docs/testing.md's summary gave 0c9cc98's 1069 s and 2470
+    tests after 019092e's run (788 s, 2500 passed) was added above it in its own table. The
+    summary quotes the newest row: its commit, tests' seconds and tests passed."""
+    text = (repo / "docs" / "testing.md").read_text()
+    table = text.split("### CI's time, run by run", 1)[1]
+    newest = next(line for line in table.splitlines() if re.match(r"\| [0-9a-f]{7} \|", line))
+    commit, date, _, _, _, seconds, passed = (cell.strip() for cell in newest.split("|")[1:8])
+    assert (f"the tests took {seconds} s so in {commit}'s CI run ({passed} tests, {date})"
+            in one_line(repo / "docs" / "testing.md"))
+
+
+def test_the_testing_page_gives_the_learning_tests_own_model_and_steps(repo):
+    """Found in the docs review: docs/testing.md said ResNet-8 "at width 0.5" learns the
+    stripes problem after the test had moved to width 1.0 (at 0.5 its basis variants
+    stayed at 89 % on an Intel Xeon). The page's model, width, epochs and steps are those
+    the test composes."""
+    source = (repo / "tests" / "test_train.py").read_text()
+    test = source.split("def test_training_learns_a_small_real_problem", 1)[1].split("\ndef ")[0]
+    setting = dict(re.findall(r'"(model|model\.width|trainer\.epochs|trainer\.batch_size)='
+                              r'([\w.]+)"', test))
+    images = int(re.search(r"n_train=(\d+)", test)[1])
+    steps = images // int(setting["trainer.batch_size"])
+    depth = re.fullmatch(r"resnet(\d+)", setting["model"])[1]
+    assert (f"ResNet-{depth} at width {setting['model.width']} must learn to >= 95 % held-out "
+            f"accuracy in {setting['trainer.epochs']} epochs of {steps} steps"
+            in one_line(repo / "docs" / "testing.md"))
+
+
+def test_the_testing_page_gives_the_folded_steps_operation_bounds_its_test_asserts(repo):
+    """Found in the docs review: docs/testing.md said a folded layer's training step runs
+    "at most 10 operations with the kernels" where the test asserts at most 8 (9 before
+    the moments' backward became one op). The page quotes the test's two bounds."""
+    source = (repo / "tests" / "test_fused_norm_kernels.py").read_text()
+    kernels = re.search(r'len\(counts\["fused"\]\) <= (\d+)', source)[1]
+    standard = re.search(r'len\(counts\["stacked"\]\) >= (\d+)', source)[1]
+    assert (f"at most {kernels} operations with the kernels, at least {standard} in standard "
+            f"ops" in one_line(repo / "docs" / "testing.md"))
