@@ -849,6 +849,44 @@ def test_the_selection_page_quotes_the_drops_noise_from_its_record(repo):
     assert "hand check" not in noise and "not in `results/`" not in noise
 
 
+def test_the_selection_page_says_where_the_dense_reference_is_shown(repo, tmp_path):
+    """Found in review: docs/selection.md said the dense reference, against which the drops
+    are taken, is "at the top of `chosen.md`", which has never shown it (its title, then the
+    chosen layers); the analysis's sensitivity page opens with it. The page names each file
+    that shows the reference, and no file that does not."""
+    from basisconv.analysis.sensitivity import draw_run
+
+    record = json.loads((repo / "results" / "quick" / "runs" / "sensitivity.json").read_text())
+    draw_run(record, tmp_path)  # chosen.md, as scripts/sensitivity.py writes it
+    reference = f"{100 * record['sensitivity']['reference']['accuracy']:.2f} %"
+    analysis_page = (repo / "results" / "quick" /
+                     "sensitivity-resnet20-m0.5-cpu-fp32.md").read_text()
+    text = " ".join((repo / "docs" / "selection.md").read_text().split())
+    assert reference in analysis_page and "top of the analysis's page" in text
+    assert ("top of `chosen.md`" in text) == (reference in (tmp_path / "chosen.md").read_text())
+
+
+def test_the_reproducing_page_gives_the_dataset_default_and_resume_point_of_the_configs(repo):
+    """Found in review: docs/reproducing.md gave ``CIFAR10_ROOT``'s default as the shared
+    copy beside the checkout, which only ``make`` sets (``scripts/reproduce.sh`` run alone
+    reads the config's ``./data``); and said an interrupted run resumes from its last epoch,
+    while the paper profile checkpoints at most once a minute (``trainer.checkpoint_every_s``).
+    The page gives both defaults as the config and the Makefile set them, and that value."""
+    from omegaconf import OmegaConf
+
+    text = (repo / "docs" / "reproducing.md").read_text()
+    row = re.search(r"^\| `CIFAR10_ROOT` \| ([^|]*) \|", text, re.M)[1]
+    root = (repo / "configs" / "data" / "cifar10.yaml").read_text()
+    config_default = re.search(r"^root: \$\{oc\.env:CIFAR10_ROOT,([^}]+)\}", root, re.M)[1]
+    make_default = re.search(r"^CIFAR10_ROOT \?= \$\(firstword \$\(wildcard (\S+)\) ",
+                             (repo / "Makefile").read_text(), re.M)[1]
+    assert row.startswith(f"`{config_default}`") and f"`make`: `{make_default}`" in row, row
+    paper = OmegaConf.load(repo / "configs" / "profile" / "paper.yaml")
+    every_s = paper.trainer.checkpoint_every_s
+    assert every_s > 0
+    assert f"`trainer.checkpoint_every_s={every_s}`" in " ".join(text.split())
+
+
 def test_the_paper_profile_quotes_its_epoch_and_checkpoint_times_from_records(repo):
     """Found in review: ``configs/profile/paper.yaml`` said a GPU epoch took "seconds on an
     H100" and a checkpoint "~0.5 s" to write, figures no record holds (the only GPU records
@@ -1137,3 +1175,79 @@ def test_the_testing_page_gives_the_folded_steps_operation_bounds_its_test_asser
     standard = re.search(r'len\(counts\["stacked"\]\) >= (\d+)', source)[1]
     assert (f"at most {kernels} operations with the kernels, at least {standard} in standard "
             f"ops" in one_line(repo / "docs" / "testing.md"))
+
+
+def suite_timings(repo) -> dict[str, tuple[str, int]]:
+    """docs/testing.md's table of measured CI runs: commit -> (date, CI seconds)."""
+    rows = re.findall(r"^\| ([0-9a-f]{7}) \| (\d{4}-\d\d-\d\d) \| [^|]+\| [^|]+\| (\d+) \|",
+                      (repo / "docs" / "testing.md").read_text(), flags=re.M)
+    return {commit: (date, int(seconds)) for commit, date, seconds in rows}
+
+
+def test_the_readmes_suite_timings_are_the_measured_ones_of_their_dates(repo):
+    """Found in the README review: "an AMD EPYC VM took 918 s for d3f7d74, the same day"
+    as 019092e's 2026-12-07, but docs/testing.md measured d3f7d74 on 2026-12-06. Each
+    "N s for <commit>" the README quotes is that commit's CI time in docs/testing.md, and
+    the date beside it (written, or "the same day/hour" as the one quoted before) its
+    date there."""
+    measured, readme = suite_timings(repo), one_line(repo / "README.md")
+    quoted = re.findall(r"(\d+) s for `?([0-9a-f]{7})`?([^;)]*)", readme)
+    assert len(quoted) >= 3, quoted  # (the extraction still finds them)
+    date = None
+    for seconds, commit, beside in quoted:
+        assert commit in measured, f"README quotes {commit}'s suite time, docs/testing.md no row"
+        assert measured[commit][1] == int(seconds), (commit, seconds, measured[commit])
+        written = re.search(r"\d{4}-\d\d-\d\d", beside)
+        date = written.group() if written else date if "the same" in beside else None
+        assert date in (None, measured[commit][0]), (commit, date, measured[commit])
+
+
+def test_the_readme_says_each_profiles_seeds_as_reproduce_runs_them(repo):
+    """Found in the README review: "Every training row runs seeds 0, 1, 2", but the smoke
+    profile runs seed 0 alone (``scripts/reproduce.sh``'s default ``SEEDS`` per profile).
+    The README's seeds are the paper's and quick profile's, and it names those of a
+    profile that runs others."""
+    script = (repo / "scripts" / "reproduce.sh").read_text()
+    seeds = dict(re.findall(r'^ +(\w+)\) SEEDS="\$\{SEEDS:-([^}]*)\}"', script, flags=re.M))
+    assert set(seeds) == {"paper", "quick", "smoke"}, seeds
+    found = re.search(r"Every training row runs seeds ([\d, ]+)(?: \(([^)]*)\))?\.",
+                      one_line(repo / "README.md"))
+    said = found.group(1).replace(",", " ").split()
+    for profile, default in seeds.items():
+        if default.split() != said:
+            assert re.search(rf"{profile}'s, seeds? {' '.join(default.split())}\b",
+                             found.group(2) or ""), (profile, default, found.group())
+
+
+def test_the_readme_names_the_oldest_torch_the_package_installs_beside(repo):
+    """Found in the README review: "it keeps the torch you have", but pip replaces a torch
+    older than pyproject.toml's minimum. The README names that minimum."""
+    minimum = re.search(r'"torch>=([\d.]+)"', (repo / "pyproject.toml").read_text()).group(1)
+    assert f"keeps the torch you have if it is {minimum} or newer" in one_line(repo / "README.md")
+
+
+def test_the_readme_layout_names_every_module_of_analysis_bench_and_records(repo):
+    """Found in the README review: the layout's ``analysis/`` named 7 of its 12 modules
+    (not tables.py, figures.py, plots.py, sensitivity.py or search.py) and ``bench/`` 6 of
+    its 7 (not kernel_resources.py), while ``records/`` names all of its own. Each module
+    of the three is named (``kernels/`` is described by what it does, a few named)."""
+    layout = (repo / "README.md").read_text().split("## Layout", 1)[1]
+    for package in ("analysis", "bench", "records"):
+        entry = re.search(rf"^  {package}/(.*?)(?=^  \S)", layout, flags=re.M | re.S).group(1)
+        modules = {p.name for p in (repo / "src" / "basisconv" / package).glob("*.py")}
+        missing = {m for m in modules - {"__init__.py"} if not re.search(rf"\b{m}\b", entry)}
+        assert not missing, f"the README's layout of {package}/ does not name {missing}"
+
+
+def test_the_readmes_count_of_a_folded_layers_operations_is_the_tested_one(repo):
+    """Found in the README review: "8 dispatched operations a training step" read as the
+    whole model's step; the count, tested in tests/test_fused_norm_kernels.py, is one
+    folded layer's, forward and backward (a ResNet-18 folds seventeen). The README says
+    whose step, with the count that test holds it to."""
+    found = re.search(r"\((\d+) dispatched operations in a folded layer's training step, "
+                      r"forward and backward, about (\d+) in standard ops\)",
+                      one_line(repo / "README.md"))
+    assert found, "the README no longer says a folded layer's operation count"
+    test = one_line(repo / "tests" / "test_fused_norm_kernels.py")
+    assert f'assert len(counts["fused"]) <= {found.group(1)},' in test
+    assert f"about {found.group(2)} operations in standard ops" in test
