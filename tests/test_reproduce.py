@@ -349,7 +349,7 @@ def complete_record(kind="training", overrides=()):
     """A finished record of ``kind`` holding every field the analysis reads (placeholder
     values of the types it reads), as a producer publishes it: one the protocol skips."""
     from basisconv.records import CONFIG_TYPES, LISTS, PROVENANCE_TYPES, REQUIRED
-    from basisconv.records.runs import TABLE_FIELDS, TABLE_TYPES, TEXT_FIELDS
+    from basisconv.records.schema import TABLE_FIELDS, TABLE_TYPES, TEXT_FIELDS
 
     def cell(column):  # a value of the type the analysis reads there: a number, a text, a bool
         return {None: 1, str: "x", bool: True}[TABLE_TYPES.get(kind, {}).get(column)]

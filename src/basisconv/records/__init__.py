@@ -1,9 +1,10 @@
-"""What a run or a benchmark writes about itself, in four parts: where it comes from
+"""What a run or a benchmark writes about itself, in five parts: where it comes from
 (:mod:`.origin`: commit, machine, versions, command), how its files are written
 (:mod:`.files`: folders, locks, atomic writes), the run record (:mod:`.runs`: one type for
-every producer, and publishing it) and the protocol's collection of records
-(:mod:`.protocol`), with the log of its sessions (:mod:`.sessions`) and the check that no
-git merge was left unfinished in its results (:mod:`.unmerged`).
+every producer, and publishing it), what the analysis reads of a record and its checks
+(:mod:`.schema`) and the protocol's collection of records (:mod:`.protocol`), with the
+log of its sessions (:mod:`.sessions`) and the check that no git merge was left unfinished
+in its results (:mod:`.unmerged`).
 
 Producers write records here; ``basisconv.analysis`` reads them back and never needs the
 producers themselves. Everything is importable from ``basisconv.records``."""
@@ -19,10 +20,11 @@ from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, te
                     write_text_atomic, json_text, finite_or_null, write_json_atomic,
                     restore_hint)
 from .runs import (RECORD, KINDS, DIVERGED_STATUS, RunRecord, write_record, read_record,
-                   read_benchmark_record, is_recorded_table, REQUIRED, MEASURED,
-                   LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement, of_type, missing_fields,
+                   read_benchmark_record, is_recorded_table,
                    unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name,
-                   amp_of_precision, ABSENT, field_at)
+                   amp_of_precision)
+from .schema import (REQUIRED, MEASURED, LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement,
+                     of_type, missing_fields, ABSENT, field_at)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
                        protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
                        set_aside_foreign_records, set_aside, table_key, set_aside_stale_records,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import one_line
-from .runs import KIND_WORDS, RECORD, TABLE_FIELDS, missing_fields, read_record
+from .runs import KIND_WORDS, RECORD, read_record
+from .schema import TABLE_FIELDS, missing_fields
 
 log = logging.getLogger(__name__)
 

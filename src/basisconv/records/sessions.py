@@ -16,7 +16,7 @@ from typing import Any
 
 from .files import restore_hint, write_json_atomic
 from .origin import provenance
-from .runs import is_measurement
+from .schema import is_measurement
 
 
 #: Where ``scripts/reproduce.sh`` logs its invocations, in the profile's results folder:
