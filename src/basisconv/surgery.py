@@ -10,7 +10,9 @@ or fresh); then :func:`to_dense` and :func:`basis_report`.
 
 Elsewhere: the layers found by name (:mod:`basisconv.layer_names`: ``conv_layers``,
 ``select_layers``), each layer's basis size and which convert
-(:mod:`basisconv.basis_sizes`), how a replaced conv's hooks move to its basis layer
+(:mod:`basisconv.basis_sizes`), what the conversion and :func:`to_dense` share (the
+model's check, the layers whose weights torch computes named, a submodule set by name:
+:mod:`basisconv.model_edits`), how a replaced conv's hooks move to its basis layer
 (:mod:`basisconv.hook_transfer`), what converted layers share (tied convs kept tied, and
 ``share_coefficients``: :mod:`basisconv.tied_parameters`), and the skip-training schedule
 of the coefficients, with the dense warm-up that comes before it
@@ -24,7 +26,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, Mapping
 
-import torch
 import torch.nn as nn
 
 from .basis_sizes import check_max_error_use, check_sizes_per_layer, sized_targets
@@ -36,9 +37,10 @@ from .layer_names import conv_names, select_layers, select_sized_layers
 from .layer_options import check_coefficient_rank, check_flag
 from .layers import BasisConv2d, basis_layers
 from .model_copy import copy_model
+from .model_edits import check_model, constrained_named, set_submodule
 from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
 from .skip_training import frozen_by_schedule
-from .source_conv import (WEIGHT_HOOKS, check_finite_weight, check_not_inference_mode,
+from .source_conv import (check_finite_weight, check_not_inference_mode,
                           parametrizations_in_eval, refresh_computed_weight, trains)
 from .tied_parameters import (share_coefficients_by_shape, tie_shared_weights,
                               warn_of_earlier_groups, warn_of_untied_weights)
@@ -102,7 +104,7 @@ def apply_basis(model: nn.Module,
     A replaced conv's forward and backward hooks move to its basis layer (see
     :func:`~basisconv.hook_transfer.take_over_hooks`), whose output is the conv's.
     """
-    _check_model(model, "apply_basis", "convert")
+    check_model(model, "apply_basis", "convert")
     check_not_inference_mode("apply_basis")
     if isinstance(model, nn.Conv2d):  # it converts the convs inside a model, by name
         raise ConfigError("apply_basis got a single conv; convert it with "
@@ -152,40 +154,6 @@ def apply_basis(model: nn.Module,
     return model
 
 
-def _check_model(model, function: str, verb: str) -> None:
-    """A model whose layers ``function`` (``apply_basis``, ``to_dense``) can replace: an
-    ``nn.Module``, not TorchScript, not inside ``DistributedDataParallel`` (``verb`` says
-    what ``function`` does, for that error). Each caller refuses a single layer itself."""
-    _check_is_module(model, function)
-    if isinstance(model, torch.jit.ScriptModule):  # its layers are compiled, not modules
-        raise ConfigError(f"{function} got a TorchScript module (torch.jit.script or trace), "
-                          f"whose layers cannot be replaced; call {function} on the eager "
-                          f"model, then script or trace the result")
-    _check_not_distributed(model, function, verb)
-
-
-def _check_not_distributed(model: nn.Module, function: str, verb: str) -> None:
-    """Refuse a ``DistributedDataParallel`` model. Why: its gradient sync is built once, on
-    the parameters it wrapped; layers replaced inside it have parameters it never
-    averages, so the processes' copies drift apart silently (and its next step fails
-    with DDP's unused-parameters error, which names no conversion). ``nn.DataParallel``
-    copies the model at every forward and converts as it is. A compiled one
-    (``torch.compile(DistributedDataParallel(model))``) is looked inside."""
-    inner = getattr(model, "_orig_mod", model)  # (torch.compile's wrapper)
-    if isinstance(inner, nn.parallel.DistributedDataParallel):
-        compiled, path = ((" (compiled)", "._orig_mod.module") if inner is not model
-                          else ("", ".module"))
-        raise ConfigError(f"{function} got a DistributedDataParallel model{compiled}, whose "
-                          f"gradient sync keeps the parameters it was built with (new layers' "
-                          f"would not be averaged); {verb} its {path}, then wrap the result in "
-                          f"DistributedDataParallel again")
-
-
-def _check_is_module(model, function: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{function} needs an nn.Module, got {type(model).__name__}")
-
-
 def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
                           rank: int | None, key: str) -> None:
     """A rank-``r`` coefficient matrix is two factors of ``r * C_out`` entries in all: from
@@ -206,31 +174,12 @@ def _warn_of_costly_ranks(targets: dict[str, nn.Conv2d], sizes: dict[str, int],
                     f"{full}; {advice}, null keeps the full matrix")
 
 
-def _weight_constraints(conv: nn.Conv2d) -> list[str]:
-    """What computes ``conv``'s weight or bias from other tensors: torch's parametrizations
-    (named by their class) and its older weight-recomputing hooks."""
-    found = [p for plist in getattr(conv, "parametrizations", {}).values() for p in plist]
-    found += [h for h in conv._forward_pre_hooks.values() if isinstance(h, WEIGHT_HOOKS)]
-    return list(dict.fromkeys(type(f).__name__.lstrip("_") for f in found))
-
-
-def _constrained_named(modules: dict[str, nn.Module]) -> str:
-    """"" or the modules of ``modules`` whose tensors a parametrization or pruning computes,
-    each with what computes them (the first four, then "and N more"): what
-    :func:`apply_basis`'s and :func:`to_dense`'s warnings name."""
-    constrained = {name: kinds for name, module in modules.items()
-                   if (kinds := _weight_constraints(module))}
-    listed = ", ".join(f"{name!r} ({', '.join(kinds)})"
-                       for name, kinds in list(constrained.items())[:4])
-    return listed + (f" and {len(constrained) - 4} more" if len(constrained) > 4 else "")
-
-
 def _warn_of_dropped_constraints(targets: dict[str, nn.Conv2d]) -> None:
     """Warn, once for all layers, where a converted conv's weight is computed by a
     parametrization or pruning: its basis layer starts from the weight computed now, but
     trains its factors as they are, so the constraint (a pruning mask's zeros, a spectral
     norm's bound, a weight norm's direction and scale) holds no longer, silently."""
-    listed = _constrained_named(targets)
+    listed = constrained_named(targets)
     if not listed:
         return
     warn_caller(f"apply_basis: the weights of {listed} are computed by a "
@@ -258,7 +207,7 @@ def _replace(model: nn.Module, targets: dict[str, nn.Conv2d], sizes: dict[str, i
         layer.train(conv.training)
         take_over_hooks(conv, layer, name)
         for alias in aliases[name]:  # a tied conv stays one module, in basis form
-            _set_submodule(model, alias, layer)
+            set_submodule(model, alias, layer)
         replaced[name] = layer
     tie_shared_weights(targets, replaced)
     return replaced
@@ -285,12 +234,6 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     return layer
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Every :class:`BasisConv2d` of ``model`` replaced by its equivalent ``nn.Conv2d``
     (:meth:`BasisConv2d.to_conv`: same function, other rounding): a trained basis model as
@@ -305,7 +248,7 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     ``basis_weight``) gives the weight computed now, as a forward would compute it; the
     pruning or parametrization stays with the replaced layer, said in one warning."""
     check_flag("inplace", inplace)
-    _check_model(model, "to_dense", "make dense")
+    check_model(model, "to_dense", "make dense")
     if isinstance(model, BasisConv2d):
         raise ConfigError("to_dense got a single basis layer; use its to_conv()")
     if not inplace:
@@ -330,7 +273,7 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                     conv.bias.requires_grad_(trains(layer, "bias"))
                     conv.bias = biases.setdefault(id(layer.bias), conv.bias)
                 hand_back_hooks(layer, conv, name)
-            _set_submodule(model, name, dense[id(layer)])
+            set_submodule(model, name, dense[id(layer)])
     return model
 
 
@@ -339,7 +282,7 @@ def _warn_of_constraints_left_behind(layers: dict[str, BasisConv2d]) -> None:
     layer's tensors: its dense conv starts from the weight they compute now, and trains
     unconstrained (the zeros of a pruned basis fill in), as :func:`apply_basis` warns of
     a conv's."""
-    listed = _constrained_named(layers)
+    listed = constrained_named(layers)
     if listed:
         warn_caller(f"to_dense: the tensors of basis layers {listed} are computed by "
                     f"pruning or a parametrization that their dense convs do not keep: each "
