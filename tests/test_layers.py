@@ -76,7 +76,7 @@ def test_to_conv_and_to_dense_leave_the_random_stream_as_it_was():
     # Found by review: to_conv built its nn.Conv2d with torch's default init, which drew
     # from the global generator and was then overwritten: exporting (to_dense) mid-training
     # changed every later draw of a seeded run (a DataLoader's shuffle, dropout, augmentation).
-    from basisconv.surgery import to_dense
+    from basisconv.dense_form import to_dense
 
     model = nn.Sequential(BasisConv2d(3, 8, 3, 2, padding=1), BasisConv2d(8, 8, 1, 4))
     state = torch.get_rng_state()

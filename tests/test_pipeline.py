@@ -1368,7 +1368,8 @@ def test_a_converted_models_weights_as_a_source_say_so_and_how_to_make_them_dens
 
     from basisconv.checkpoint import load_source_weights
     from basisconv.models import build_model
-    from basisconv.surgery import apply_basis, to_dense
+    from basisconv.dense_form import to_dense
+    from basisconv.surgery import apply_basis
 
     small = apply_basis(build_model("resnet8", width=0.25), "layer1.*", 0.5)
     path = tmp_path / "small.pt"

@@ -12,14 +12,14 @@ import torch
 import torch.nn as nn
 
 from basisconv.cost import model_cost, measure_flops
+from basisconv.dense_form import to_dense
 from basisconv.errors import ConfigError
 from basisconv.fitting import relative_error
 from basisconv.layer_names import conv_layers, select_layers
 from basisconv.layers import BasisConv2d, basis_layers
 from basisconv.models import build_model
 from basisconv.network import rebind_optimizer
-from basisconv.surgery import (CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report,
-                               to_dense)
+from basisconv.surgery import CONFIG_KEYS, CoefficientSkipSchedule, apply_basis, basis_report
 
 
 def small_resnet18(seed=0):

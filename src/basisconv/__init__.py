@@ -9,8 +9,9 @@ On your own model (README, "Use it on your own model"), the entry points are:
   num_basis)`` converts a trained ``nn.Conv2d``, ``layer.to_conv()`` gives it back.
 - ``basisconv.surgery.apply_basis(model, layers, num_basis)``: replaces convs by name or
   pattern (``conv_layers(model)`` lists the names), each at ``num_basis`` or at its own
-  size (``layers`` a name -> size mapping); ``to_dense(model)`` undoes it, and
-  ``basis_report(model)`` lists each basis layer's size, to rebuild it for a state_dict.
+  size (``layers`` a name -> size mapping); ``basis_report(model)`` lists each basis
+  layer's size, to rebuild it for a state_dict.
+- ``basisconv.dense_form.to_dense(model)``: undoes it, every basis layer a plain conv.
 - ``basisconv.scan.layer_sensitivity(model, num_basis, evaluate, finetune)``: which
   layers a basis hurts least, with your own evaluation and fine-tune;
   ``basisconv.selection.pick_layers`` chooses from its table by a policy.

@@ -1,5 +1,5 @@
 """A replaced conv's hooks: given to the basis layer that replaces it (and a basis layer's
-to the conv that replaces it again, :func:`basisconv.surgery.to_dense`), the replaced
+to the conv that replaces it again, :func:`basisconv.dense_form.to_dense`), the replaced
 module left with tables of its own and a warning should the model still call it.
 
 Kept apart from the surgery that decides what to replace: this is torch's private hook
@@ -46,7 +46,7 @@ def take_over_hooks(conv: nn.Conv2d, layer: nn.Module, name: str) -> None:
 
 
 def hand_back_hooks(layer: nn.Module, conv: nn.Conv2d, name: str) -> None:
-    """Give ``conv``, the dense conv :func:`~basisconv.surgery.to_dense` makes of the basis
+    """Give ``conv``, the dense conv :func:`~basisconv.dense_form.to_dense` makes of the basis
     ``layer``, the layer's forward and backward hooks (shared, as :func:`take_over_hooks`
     shares a conv's), and retire the layer as a replaced conv is retired, for the same
     reasons: a model that reaches it through a plain list ran the basis form silently

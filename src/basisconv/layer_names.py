@@ -207,7 +207,7 @@ def _basis_only_line(model: nn.Module, named: str, already: list[str], outcome: 
 
 def _resize_advice(model: nn.Module, names: Iterable[str]) -> str:
     """How to change the basis size of the basis layers ``names``: convert a dense copy of
-    the model. :func:`~basisconv.surgery.to_dense` makes every basis layer dense, so the
+    the model. :func:`~basisconv.dense_form.to_dense` makes every basis layer dense, so the
     model's others are named, to convert again (found in review: the advice, followed for
     one layer, left the rest dense without a word); converted at its size, each is fitted
     back to its weights."""

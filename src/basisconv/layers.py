@@ -425,7 +425,7 @@ class BasisConv2d(nn.Module):
         # torch.jit.script calls this on every module before compiling; its own error was
         # "Unknown type name 'nn.BatchNorm2d'" (and, scripted again, "Can't redefine method")
         raise ConfigError("torch.jit.script cannot compile a BasisConv2d; use torch.export "
-                          "or torch.jit.trace, or script basisconv.surgery.to_dense(model), "
+                          "or torch.jit.trace, or script basisconv.dense_form.to_dense(model), "
                           "the model with plain convs")
 
     # ----------------------------------------------------------------- forward

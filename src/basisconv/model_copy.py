@@ -3,8 +3,9 @@ train/eval modes kept across work that changes them, and its lazy modules not ma
 
 A model's cost is counted on a copy (:func:`basisconv.cost.model_cost`, a dry run on the
 ``meta`` device) and a conversion works on one unless told ``inplace``
-(:func:`basisconv.surgery.apply_basis`, ``to_dense``): both copy the same way, and both
-reach into the same hook tables (the dry run clears them, a replacement carries them over).
+(:func:`basisconv.surgery.apply_basis`, :func:`basisconv.dense_form.to_dense`): both copy
+the same way, and both reach into the same hook tables (the dry run clears them, a
+replacement carries them over).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""What :func:`~basisconv.surgery.apply_basis` and :func:`~basisconv.surgery.to_dense`
+"""What :func:`~basisconv.surgery.apply_basis` and :func:`~basisconv.dense_form.to_dense`
 share of replacing a model's layers: the check of the model they are given, the names of
 the layers whose tensors torch computes (which both warn of), and a submodule set by its
 module name.
 
 Its own module because both conversions need it, the one into basis form and the one
-back: with what they share here, each can live in a module of its own.
+back: with what they share here, neither imports the other.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def weight_constraints(conv: nn.Conv2d) -> list[str]:
 def constrained_named(modules: dict[str, nn.Module]) -> str:
     """"" or the modules of ``modules`` whose tensors a parametrization or pruning computes,
     each with what computes them (the first four, then "and N more"): what
-    :func:`~basisconv.surgery.apply_basis`'s and :func:`~basisconv.surgery.to_dense`'s
+    :func:`~basisconv.surgery.apply_basis`'s and :func:`~basisconv.dense_form.to_dense`'s
     warnings name."""
     constrained = {name: kinds for name, module in modules.items()
                    if (kinds := weight_constraints(module))}

@@ -1,18 +1,18 @@
 """Model surgery: replace a model's chosen convolutions by basis convolutions, in place or
-on a copy (and a trained basis model's layers by plain convs again, :func:`to_dense`),
-with a per-layer report of what a conversion did.
+on a copy, with a per-layer report of what a conversion did.
 
 Names are the model's own module names (``conv1``, ``layer1.0.conv1``,
 ``layer2.0.shortcut.0``), so a layer list from a sensitivity scan or a config carries over
 unchanged. The functions run in the order of a conversion: :func:`apply_basis` and its
 checks, the warnings about what a conversion cannot keep, the replacement itself (fitted
-or fresh); then :func:`to_dense` and :func:`basis_report`.
+or fresh); then :func:`basis_report`.
 
-Elsewhere: the layers found by name (:mod:`basisconv.layer_names`: ``conv_layers``,
-``select_layers``), each layer's basis size and which convert
-(:mod:`basisconv.basis_sizes`), what the conversion and :func:`to_dense` share (the
-model's check, the layers whose weights torch computes named, a submodule set by name:
-:mod:`basisconv.model_edits`), how a replaced conv's hooks move to its basis layer
+Elsewhere: a trained basis model's layers made plain convs again
+(:func:`~basisconv.dense_form.to_dense`), the layers found by name
+(:mod:`basisconv.layer_names`: ``conv_layers``, ``select_layers``), each layer's basis size
+and which convert (:mod:`basisconv.basis_sizes`), what the conversion and ``to_dense``
+share (the model's check, the layers whose weights torch computes named, a submodule set
+by name: :mod:`basisconv.model_edits`), how a replaced conv's hooks move to its basis layer
 (:mod:`basisconv.hook_transfer`), what converted layers share (tied convs kept tied, and
 ``share_coefficients``: :mod:`basisconv.tied_parameters`), and the skip-training schedule
 of the coefficients, with the dense warm-up that comes before it
@@ -31,7 +31,7 @@ import torch.nn as nn
 from .basis_sizes import check_max_error_use, check_sizes_per_layer, sized_targets
 from .cost_formulas import saves_compute
 from .errors import ConfigError, warn_caller
-from .hook_transfer import hand_back_hooks, take_over_hooks
+from .hook_transfer import take_over_hooks
 from .layer_names import conv_layers  # noqa: F401 (the README imports it from here)
 from .layer_names import conv_names, select_layers, select_sized_layers
 from .layer_options import check_coefficient_rank, check_flag
@@ -39,9 +39,8 @@ from .layers import BasisConv2d, basis_layers
 from .model_copy import copy_model
 from .model_edits import check_model, constrained_named, set_submodule
 from .skip_training import CoefficientSkipSchedule  # noqa: F401 (exported from here too)
-from .skip_training import frozen_by_schedule
 from .source_conv import (check_finite_weight, check_not_inference_mode,
-                          parametrizations_in_eval, refresh_computed_weight, trains)
+                          parametrizations_in_eval, refresh_computed_weight)
 from .tied_parameters import (share_coefficients_by_shape, tie_shared_weights,
                               warn_of_earlier_groups, warn_of_untied_weights)
 
@@ -234,83 +233,6 @@ def _fresh_layer(conv: nn.Conv2d, m: int, **options) -> BasisConv2d:
     return layer
 
 
-def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Every :class:`BasisConv2d` of ``model`` replaced by its equivalent ``nn.Conv2d``
-    (:meth:`BasisConv2d.to_conv`: same function, other rounding): a trained basis model as
-    plain convs, for tools that need them (``torch.jit.script``, quantization, a forward
-    that reads ``conv.weight``); the model itself when ``inplace``, else a converted deep
-    copy. Each conv keeps its layer's train/eval mode, ``requires_grad`` (its weight trains
-    while the basis filters or the coefficients do) and forward and backward hooks, and the
-    replaced layer warns if the model still calls it; a layer registered under two names
-    becomes one conv under both, and layers that share their basis filters and coefficients
-    (tied convs converted by :func:`apply_basis`) share one weight (and one bias where they
-    share it). A layer whose tensors torch computes (pruning or a parametrization of
-    ``basis_weight``) gives the weight computed now, as a forward would compute it; the
-    pruning or parametrization stays with the replaced layer, said in one warning."""
-    check_flag("inplace", inplace)
-    check_model(model, "to_dense", "make dense")
-    if isinstance(model, BasisConv2d):
-        raise ConfigError("to_dense got a single basis layer; use its to_conv()")
-    if not inplace:
-        model = copy_model(model, "to_dense: the model cannot be copied",
-                           "make it dense with inplace=True, which needs no copy")
-    found = basis_layers(model)
-    for layer in found.values():  # (a pruned basis left as the last forward computed it)
-        refresh_computed_weight(layer)
-    _warn_of_constraints_left_behind(found)
-    dense: dict[int, nn.Conv2d] = {}
-    weights: dict[tuple, nn.Parameter] = {}
-    biases: dict[int, nn.Parameter] = {}
-    with parametrizations_in_eval(found.values()):  # (read as apply_basis reads a conv's)
-        for name, layer in list(model.named_modules(remove_duplicate=False)):
-            if not isinstance(layer, BasisConv2d):
-                continue
-            if id(layer) not in dense:
-                conv = dense[id(layer)] = layer.to_conv().train(layer.training)
-                conv.weight.requires_grad_(_dense_weight_trains(layer))
-                conv.weight = weights.setdefault(_weight_key(layer), conv.weight)
-                if layer.bias is not None:
-                    conv.bias.requires_grad_(trains(layer, "bias"))
-                    conv.bias = biases.setdefault(id(layer.bias), conv.bias)
-                hand_back_hooks(layer, conv, name)
-            set_submodule(model, name, dense[id(layer)])
-    return model
-
-
-def _warn_of_constraints_left_behind(layers: dict[str, BasisConv2d]) -> None:
-    """Warn, once for all layers, where pruning or a parametrization computes a basis
-    layer's tensors: its dense conv starts from the weight they compute now, and trains
-    unconstrained (the zeros of a pruned basis fill in), as :func:`apply_basis` warns of
-    a conv's."""
-    listed = constrained_named(layers)
-    if listed:
-        warn_caller(f"to_dense: the tensors of basis layers {listed} are computed by "
-                    f"pruning or a parametrization that their dense convs do not keep: each "
-                    f"starts from the weight computed now and trains unconstrained; register "
-                    f"the constraint on the convs' weights if training needs it")
-
-
-def _dense_weight_trains(layer: BasisConv2d) -> bool:
-    """Whether ``layer``'s dense weight trains: while any of its parts does (the basis
-    filters or the coefficients), as :func:`apply_basis` gives a conv whose weight two
-    parameters compute a trainable layer while either trains; coefficients a
-    :class:`CoefficientSkipSchedule` froze for its skipped step count as trainable. (Read
-    from the basis filters alone, a layer whose coefficients alone fine-tune became a frozen
-    conv.)"""
-    # (by trains: a pruned basis's computed tensor, remade under no_grad, requires none)
-    return (any(trains(layer, name) for name in ["basis_weight", *layer.coefficient_names()])
-            or frozen_by_schedule(layer))
-
-
-def _weight_key(layer: BasisConv2d) -> tuple:
-    """What a layer's dense weight is made of: layers that share all of it (convs tied
-    before :func:`apply_basis`, which keeps them sharing one set) get one dense weight from
-    :func:`to_dense`, so that they stay tied there too."""
-    parts = (layer.basis_weight, *layer.coefficient_parameters(), layer.output_index,
-             layer.coefficient_mask)
-    return tuple(None if t is None else id(t) for t in parts)
-
-
 def basis_report(model: nn.Module) -> list[dict]:
     """One row per basis layer: name, shape, basis size, whether it saves compute, the weight
     reconstruction error of its conversion (``None`` for a from-scratch layer) and which
@@ -334,4 +256,4 @@ def basis_report(model: nn.Module) -> list[dict]:
     return rows
 
 
-__all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers", "to_dense"]
+__all__ = ["CoefficientSkipSchedule", "apply_basis", "basis_report", "conv_layers"]
