@@ -279,10 +279,11 @@ if ! lock_folder 8 "$OUT" || { [ "$(realpath -m "$RESULTS")" != "$(realpath -m "
 fi
 trap unmake EXIT  # until the session log's trap below: a refusal between them
 # A start whose runs would not find their dataset (NO_DATA, from the checks) is refused
-# here if one of them would train, before anything changes: no record set aside, no
-# failure mark removed, no overrides list written (found in review: a refusal after them
-# left them so). Nothing computed, so no session logged (else a start without its dataset
-# added one to the protocol's wall-clock in index.json).
+# here if one of them would train (a run finished in its folder is published as it is,
+# without it), before anything changes: no record set aside, no failure mark removed, no
+# overrides list written (found in review: a refusal after them left them so). Nothing
+# computed, so no session logged (else a start without its dataset added one to the
+# protocol's wall-clock in index.json).
 # Then a file in a run's place that is not its finished record (cut off, another row's or
 # profile's, one the analysis cannot read, or made from a sensitivity table of a key this
 # code no longer gives) would make the run be skipped for good: set aside, said, and the
@@ -293,7 +294,7 @@ trap unmake EXIT  # until the session log's trap below: a refusal between them
 "$PY" -c 'import json, sys; from basisconv.records import runs_to_make, set_aside_stale_records
 records, outputs, profile, keys, no_data, *seeds = sys.argv[1:]
 keys = json.loads(keys)
-if no_data and runs_to_make(records, profile, keys, seeds):
+if no_data and runs_to_make(records, profile, keys, seeds, outputs):
     print(f"error: {no_data}", file=sys.stderr)
     sys.exit(2)
 set_aside_stale_records(records, profile, keys, outputs=outputs)' \

@@ -794,6 +794,68 @@ def test_a_start_refused_for_its_dataset_changes_nothing_in_its_folders(repo, tm
     assert result.stderr == f"error: {missing_cifar(tmp_path / 'nowhere')}\n"
 
 
+def test_a_start_without_its_dataset_publishes_a_run_finished_in_its_folder(repo, tmp_path):
+    """Found in review: a run finished in its folder under OUTPUTS whose record was not
+    published (its publish cut off, RESULTS_DIR given anew) is published by train.py as it
+    is, reading no dataset; a start without the dataset was refused for it all the same.
+    (Its checks stood in, saying the dataset missing as the real ones do in the test of a
+    missing dataset above.)"""
+    cifar = f"data=cifar10 data.root={tmp_path / 'nowhere'}"
+    made = tmp_path / "outputs" / "smoke"
+    (made / "results").mkdir(parents=True)
+    (made / "results" / "protocol-overrides.txt").write_text("data=cifar10\n")
+    (made / "baseline" / "seed0").mkdir(parents=True)
+    (made / "baseline" / "seed0" / "run.json").write_text(
+        json.dumps(complete_record("training", cifar.split())))
+    every_other = [f"{row}/seed0.json" for row in ROWS[1:]] + list(PROTOCOL_RECORDS)
+    result, started, _ = fake_protocol(
+        repo, tmp_path, overrides=cifar, recorded=every_other, FAKE_CHECKS="passed",
+        checks=checks_pass(cifar.split(), missing_cifar(tmp_path / "nowhere")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [call.split()[0] for call in started] == [
+        "scripts/train.py", "scripts/benchmark_layers.py", "scripts/analyze.py"]
+    assert f"hydra.run.dir={made / 'baseline' / 'seed0'}" in started[0]
+
+
+def test_runs_to_make_leaves_out_only_runs_finished_and_kept_in_their_folders(repo, tmp_path):
+    """What the refusal for a missing dataset reads: a run complete in its folder is
+    published from it (no dataset), unless set-aside rules send it to be trained again
+    (its folder's record made from a table of another key, or its published record's);
+    one cut off there trains its epochs left."""
+    from basisconv.records import runs_to_make, set_aside_stale_records
+    from basisconv.reproduce import protocol_keys
+
+    records, outputs, ours = tmp_path / "runs", tmp_path / "outputs", protocol_keys("quick")
+    shutil.copytree(repo / "results" / "quick" / "runs", records)
+    seeds = ["0", "1", "2"]
+
+    def in_its_folder(slot: str, **changes) -> None:  # its published record, moved there
+        record = {**json.loads((records / slot).read_text()), **changes}
+        (records / slot).unlink()
+        folder = outputs / Path(slot).parent / Path(slot).stem
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps(record))
+
+    in_its_folder("baseline/seed0.json")
+    assert runs_to_make(records, "quick", ours, seeds, outputs) == []
+    assert runs_to_make(records, "quick", ours, seeds) == ["baseline/seed0.json"]
+    in_its_folder("baseline/seed1.json", status="running")
+    in_its_folder("selected-random-0.5/seed0.json",
+                  sensitivity_key="resnet20-w0.5-m0.5-0123456789ab")
+    stale = records / "selected-sensitivity_budget-0.5" / "seed2.json"  # and its folder
+    record = json.loads(stale.read_text())
+    (outputs / "selected-sensitivity_budget-0.5" / "seed2").mkdir(parents=True)
+    (outputs / "selected-sensitivity_budget-0.5" / "seed2" / "run.json").write_text(
+        json.dumps(record))
+    stale.write_text(json.dumps({**record, "sensitivity_key": "resnet20-w0.5-m0.5-0123abc"}))
+    made = ["baseline/seed1.json", "selected-sensitivity_budget-0.5/seed2.json",
+            "selected-random-0.5/seed0.json"]
+    assert sorted(runs_to_make(records, "quick", ours, seeds, outputs)) == sorted(made)
+    set_aside_stale_records(records, "quick", ours, outputs=outputs)  # (by the same rules)
+    kept = {str(path.parent.relative_to(outputs)) for path in outputs.glob("*/seed?/run.json")}
+    assert kept == {"baseline/seed0", "baseline/seed1"}  # (the others' set aside: trained)
+
+
 def test_folders_hydra_would_not_take_bare_are_quoted_for_it(repo, tmp_path):
     """Found in review: OUTPUTS in a folder such as "runs (v2)" failed every run with a
     Hydra parse error that told the user to quote a value only the script writes."""

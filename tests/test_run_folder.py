@@ -1432,6 +1432,36 @@ def test_a_diverged_runs_wandb_summary_says_what_diverged_before_it_ends_failed(
     assert run.finished == [1]
 
 
+def test_a_resumed_diverged_run_that_then_stops_is_not_named_diverged_by_wandb(
+        tmp_path, repo, fake_wandb, monkeypatch):
+    """Found in review: wandb keeps a resumed run's summary, so a diverged run resumed from
+    its checkpoint (the same command, or another device) that got past the diverged epoch
+    and was then stopped kept the earlier start's ``diverged``, and source=wandb analysis
+    named it diverged in an epoch it had trained; its run.json said it was stopped."""
+    from basisconv import loop
+    from basisconv.analysis.record_sources import wandb_diverged_entry
+    from basisconv.errors import TrainingDiverged
+
+    run_epoch = loop.run_epoch
+
+    def diverging(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise TrainingDiverged("the training loss became nan", "training loss")
+        return run_epoch(epoch, *args, **kwargs)
+
+    cfg = compose_tiny(repo, "logger.mode=online")
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "run_epoch", diverging)
+        with pytest.raises(TrainingDiverged, match="training diverged in epoch 2 of 3"):
+            fit(cfg, tmp_path)
+    fit_stopped_before(3, cfg, tmp_path)  # resumed, past epoch 2, then stopped
+    first, resumed = fake_wandb.runs
+    assert resumed.kwargs["id"] == first.id and resumed.finished == [1]  # failed
+    summary = {**first.summary, **resumed.summary}  # (one wandb run, as the server holds it)
+    run = SimpleNamespace(state="failed", config={"trainer": {"epochs": 3}}, url="run")
+    assert wandb_diverged_entry(run, summary) is None
+
+
 @pytest.mark.parametrize("lands", ["before its stop is made", "while its stop is said",
                                    "before the collective fails"])
 def test_a_sigterm_after_a_peers_failure_keeps_what_the_stop_says(tmp_path, repo, monkeypatch,

@@ -165,6 +165,10 @@ class Training:
                                name=self.output_dir.name, resume=earlier,
                                history=self.results["epochs"])
         self.results["wandb"] = self.tracker.info or earlier
+        if earlier:  # wandb keeps a resumed run's summary: an earlier start's divergence
+            # (this start goes on from the checkpoint before it) is cleared, else a resumed
+            # run stopped or failed otherwise was named diverged by source=wandb analysis
+            self.tracker.summary({"diverged": None})
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from ``checkpoint``: its weights, optimizer, schedule, batch order and

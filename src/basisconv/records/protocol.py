@@ -263,10 +263,12 @@ def other_key_problem(record: dict[str, Any], path: Path, keys: dict[str, str]) 
 
 
 def runs_to_make(records_dir: str | os.PathLike, profile: str, keys: dict[str, str],
-                 seeds: list[str]) -> list[str]:
+                 seeds: list[str], outputs: str | os.PathLike | None = None) -> list[str]:
     """The protocol's records (``<row>/seed<k>.json`` for ``seeds``, as the script names
     them, then the other steps') that ``scripts/reproduce.sh`` would make: missing, or in
-    place but set aside by :func:`set_aside_stale_records` (by the same rules). Nothing is
+    place but set aside by :func:`set_aside_stale_records` (by the same rules), but for a
+    training run whose folder under ``outputs`` holds its complete record, which the script
+    publishes as it is, reading no dataset (:func:`published_from_its_folder`). Nothing is
     renamed: the script refuses a start whose runs would not find their dataset before it
     changes anything (found in review: the stale records it had set aside, the failure
     marks it had removed and the overrides list it had rewritten stayed so)."""
@@ -281,7 +283,28 @@ def runs_to_make(records_dir: str | os.PathLike, profile: str, keys: dict[str, s
         return (other_key_problem(record, path, keys) is None
                 and not (SEED_FILE.fullmatch(path.name) and other_table(record)))
 
-    return [slot for slot in (*slots, *PROTOCOL_RECORDS) if not stands(root / slot)]
+    return [slot for slot in (*slots, *PROTOCOL_RECORDS) if not stands(root / slot)
+            and not published_from_its_folder(root / slot, profile, keys, outputs, other_table)]
+
+
+def published_from_its_folder(path: Path, profile: str, keys: dict[str, str],
+                              outputs: str | os.PathLike | None,
+                              other_table: Callable[[dict], str | None]) -> bool:
+    """Whether the training run of the published record ``path`` (not in place, or set
+    aside as foreign) is complete in its folder under ``outputs``, and kept there by
+    :func:`set_aside_stale_records`: ``scripts/train.py`` then publishes its record without
+    training, nor reading the dataset. Found in review: a start without the dataset was
+    refused for such runs (finished runs in ``OUTPUTS`` whose records were not published)."""
+    if outputs is None or not SEED_FILE.fullmatch(path.name):
+        return False
+    if path.is_file() and foreign_problem(path, profile) is None:
+        return False  # in place, set aside for its table: its folder is set aside too
+    try:
+        run = read_record(Path(outputs) / path.parent.name / path.stem / RECORD)
+    except (OSError, ValueError):
+        return False
+    return (run.get("status") == "complete" and table_key(run) in (None, keys["sensitivity"])
+            and not other_table(run))
 
 
 def set_aside_run_folder(record: Path, outputs: str | os.PathLike | None) -> list[Path]:
