@@ -558,6 +558,9 @@ RANGE_RULES = [
     # (a zero timeout: every collective under torchrun failed at once, in a trace)
     ({"trainer.collective_timeout_s": 0},
      r"^trainer.collective_timeout_s must be a number of seconds > 0, got 0"),
+    ({"trainer.collective_timeout_s": 1e15},
+     r"^trainer.collective_timeout_s=1e\+15 is more than a process group takes; give at most "
+     r"3\.1536e\+07 s \(a year\)$"),
     ({"seed": 2**63}, r"^seed=9223372036854775808 does not fit in 64 bits"),
 ]
 

@@ -191,6 +191,11 @@ def _check_basis_start(cfg: DictConfig) -> None:
           f"trainer.epochs={cfg.trainer.epochs}")
 
 
+#: The longest ``trainer.collective_timeout_s`` taken: a year (a ``timedelta`` of 1e15 s
+#: overflows, and no wait of a year is meant).
+MAX_COLLECTIVE_TIMEOUT_S = 365 * 24 * 3600
+
+
 def validate_trainer(cfg: DictConfig) -> None:
     """``trainer.*``, each value on its own (the rules that relate it to other groups read
     it after this: :func:`_check_basis_start`, :func:`check_step_settings`)."""
@@ -217,6 +222,10 @@ def validate_trainer(cfg: DictConfig) -> None:
           f"trainer.threads={t.threads} is more than torch takes (an int < 2**31)")
     check_seconds(t.checkpoint_every_s, "trainer.checkpoint_every_s", "after every epoch")
     check_seconds(t.collective_timeout_s, "trainer.collective_timeout_s")
+    # (found in review: 1e15 passed, and torch's timedelta of it overflowed in a trace)
+    check(t.collective_timeout_s <= MAX_COLLECTIVE_TIMEOUT_S,
+          f"trainer.collective_timeout_s={t.collective_timeout_s:g} is more than a process "
+          f"group takes; give at most {MAX_COLLECTIVE_TIMEOUT_S:g} s (a year)")
 
 
 def check_data(cfg: DictConfig) -> None:
