@@ -10,10 +10,11 @@
 # with folded kernels at batch 128 and 512 (1/4 and 1/2); then combine=auto with folded
 # norms (per shape the fastest of the fold's forms and the unfused modules), graphed, and
 # its per-shape choices at batch 128. The modes below:
-# 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense eager,
-#    then dense and basis 1/4 and 1/2 with every step a CUDA graph (trainer.cuda_graphs),
-#    in the stacked form, with folded batch norms (in standard ops and as Triton kernels),
-#    and with the fused Triton kernel; dense graphed in fp32; dense and basis 1/4
+# 1. the training step, as an epoch time (scripts/benchmark_train.py, bf16): dense and
+#    basis 1/4 and 1/2 eager, and with every step a CUDA graph (trainer.cuda_graphs) in the
+#    stacked form, with folded batch norms (in standard ops and as Triton kernels), and with
+#    the fused Triton kernel; basis 1/4 graphed with the Frobenius decay's correction term
+#    (--frobenius-decay); dense graphed in fp32; dense and basis 1/4
 #    (stacked, fused, folded with kernels) under torch.compile's reduce-overhead; the
 #    graphed dense, stacked and both folded-norm steps also profiled
 #    (torch.profiler's kernels by GPU time, in <file>-profile.txt);

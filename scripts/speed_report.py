@@ -5,8 +5,8 @@ Reads every ``model-speed-*.json`` (``scripts/benchmark_layers.py``, whole ResNe
 dense) and ``train-throughput-*.json`` (``scripts/benchmark_train.py``, the training step)
 in the folders (default ``results`` and its ``gpu*`` folders, where ``make gpu-speed``
 writes) and writes ``<out>.md``, ``<out>-model.csv``, ``<out>-training.csv``,
-``<out>-memory.csv`` (the whole model's training memory, where measured) and
-``<out>.png``: see ``basisconv.analysis.speed_summary``.
+``<out>-memory.csv`` (the whole model's training memory, where measured), ``<out>.png``
+and ``<out>.json`` (how the summary was made): see ``basisconv.analysis.speed_summary``.
 """
 
 from __future__ import annotations
