@@ -236,10 +236,10 @@ def test_a_sweep_job_that_failed_in_another_process_is_said_and_summed_up(capsys
             "multirun/x: finished jobs are skipped") in capsys.readouterr().err
 
 
-SWEEP_OF_REFUSED_AND_CRASHED_JOBS = """
+SWEEP_OF_FAILING_JOBS = """
 import hydra
 from basisconv.cli import exit_on_user_error
-from basisconv.errors import ConfigError
+from basisconv.errors import ConfigError, TrainingDiverged
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)
 @exit_on_user_error
@@ -248,6 +248,9 @@ def main(cfg):
         raise ConfigError("the refused job's own line")
     if cfg.job == "crashed":
         raise RuntimeError("the crashed job's bug")
+    if cfg.job.startswith("diverged"):
+        raise TrainingDiverged("the diverged job's own line", "test loss", float("nan"),
+                               "trainer.lr")
     print("the job", cfg.job, "ran")
 
 main()
@@ -260,7 +263,7 @@ def test_a_sweep_says_a_crashed_job_after_one_refused(tmp_path, script_starts):
     hid a later job's crash: the sweep's last line said "1 job(s) of the sweep failed
     ...; the other jobs ran", and the crash's error was said nowhere, not in its log."""
     script = tmp_path / "app.py"
-    script.write_text(SWEEP_OF_REFUSED_AND_CRASHED_JOBS)
+    script.write_text(SWEEP_OF_FAILING_JOBS)
     env = {**os.environ, "WANDB_MODE": "disabled"}
     result = script_starts.run(script, ["-m", "+job=refused,crashed,fine",
                                         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
@@ -272,25 +275,6 @@ def test_a_sweep_says_a_crashed_job_after_one_refused(tmp_path, script_starts):
     assert result.returncode == 1
 
 
-SWEEP_OF_DIVERGED_AND_REFUSED_JOBS = """
-import hydra
-from basisconv.cli import exit_on_user_error
-from basisconv.errors import ConfigError, TrainingDiverged
-
-@hydra.main(version_base="1.3", config_path=None, config_name=None)
-@exit_on_user_error
-def main(cfg):
-    if cfg.job == "refused":
-        raise ConfigError("the refused job's own line")
-    if cfg.job.startswith("diverged"):
-        raise TrainingDiverged("the diverged job's own line", "test loss", float("nan"),
-                               "trainer.lr")
-    print("the job", cfg.job, "ran")
-
-main()
-"""
-
-
 @pytest.mark.parametrize("jobs", ["diverged,fine", "diverged,refused,diverged2"])
 def test_a_sweeps_summary_says_a_diverged_job_needs_a_lower_lr_not_the_same_command(
         tmp_path, script_starts, jobs):
@@ -298,7 +282,7 @@ def test_a_sweeps_summary_says_a_diverged_job_needs_a_lower_lr_not_the_same_comm
     same command again after the fix: that command diverges again. It names the diverged
     jobs and the fix, a lower ``trainer.lr``, keeping the rerun line for the others."""
     script = tmp_path / "app.py"
-    script.write_text(SWEEP_OF_DIVERGED_AND_REFUSED_JOBS)
+    script.write_text(SWEEP_OF_FAILING_JOBS)
     sweep = tmp_path / "sweep"
     result = script_starts.run(script, ["-m", f"+job={jobs}", f"hydra.sweep.dir={sweep}"],
                                cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"},

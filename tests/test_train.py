@@ -829,7 +829,8 @@ def test_resume_compares_a_relative_data_root_where_the_saved_run_started(tmp_pa
 @pytest.mark.parametrize("script, override, message", [
     ("train.py", "trainer.epochz=3", r"trainer.epochz is not a config key \(did you mean "
                                      r"trainer.epochs\?\); valid keys here: trainer.epochs, "
-                                     r".*trainer.resume, trainer.collective_timeout_s \(BASISCONV_DEBUG"),
+                                     r".*trainer.resume, trainer.collective_timeout_s "
+                                     r"\(BASISCONV_DEBUG"),
     ("train.py", "trainer.epochs=abc", "trainer.epochs=abc: Value 'abc' of type 'str' could "
                                        "not be converted to Integer"),
     ("train.py", "model=resnet999", "model=resnet999: there is no such model config; choose "
