@@ -522,8 +522,10 @@ def test_a_gpu_check_tests_part_stopped_at_its_limit_names_the_test_it_was_in(gp
     at = command.index("--device")
     command = [*command[:at], *command[at + 4:], "-o", "addopts=", str(tests)]
     assert command[at - 1] != "-m" and "device" not in command
-    # buffered as on a GPU machine (stopped, a process loses what it held back)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    # buffered as on a GPU machine (stopped, a process loses what it held back); in file
+    # order (a CI run's PYTEST_ADDOPTS=--random-order put the slow test first: found so)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PYTHONUNBUFFERED", "PYTEST_ADDOPTS")}
     (result,) = gpu_check.run_parts_together([("tests", command, 30)], env, tmp_path / "logs")
     assert result["timed_out"], result
     log = "\n".join(result["output_tail"])
