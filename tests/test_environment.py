@@ -526,7 +526,7 @@ def test_a_gpu_check_tests_part_stopped_at_its_limit_names_the_test_it_was_in(gp
     # order (a CI run's PYTEST_ADDOPTS=--random-order put the slow test first: found so)
     env = {key: value for key, value in os.environ.items()
            if key not in ("PYTHONUNBUFFERED", "PYTEST_ADDOPTS")}
-    (result,) = gpu_check.run_parts_together([("tests", command, 30)], env, tmp_path / "logs")
+    (result,) = gpu_check.run_parts_together([("tests", command, 15)], env, tmp_path / "logs")
     assert result["timed_out"], result
     log = "\n".join(result["output_tail"])
     assert "test_part.py::test_quick PASSED" in log and "test_part.py::test_slow" in log, log
