@@ -303,7 +303,7 @@ def published_from_its_folder(path: Path, profile: str, keys: dict[str, str],
         run = read_record(Path(outputs) / path.parent.name / path.stem / RECORD)
     except (OSError, ValueError):
         return False
-    return (run.get("status") == "complete" and table_key(run) in (None, keys["sensitivity"])
+    return (run.get("status") == "complete" and other_key_problem(run, path, keys) is None
             and not other_table(run))
 
 
