@@ -3439,7 +3439,7 @@ def test_run_folders_set_aside_once_or_again_are_not_read(tmp_path):
     """Found by a mutation test (``-<n>`` dropped from the set-aside pattern failed no
     test): scripts/reproduce.sh names a run folder it sets aside ``seed<k>.rejected``, and
     ``seed<k>.rejected-2``, ... when that name is taken
-    (:func:`basisconv.records.protocol.set_aside_run_folder`); neither is read, so the
+    (:func:`basisconv.records.protocol_checks.set_aside_run_folder`); neither is read, so the
     retrained run counts once, not beside the records it replaced."""
     from basisconv.analysis.record_sources import record_files
 

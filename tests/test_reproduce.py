@@ -1159,7 +1159,7 @@ def test_a_record_that_cannot_be_set_aside_ends_the_script_with_a_line_to_remove
     does too): the script stops with one line saying to remove it, since a kept record
     would skip the run for good; the record is left as it was. (Ran in no test before the
     coverage review.)"""
-    from basisconv.records.protocol import set_aside
+    from basisconv.records.protocol_checks import set_aside
 
     record = tmp_path / "baseline" / "seed0.json"
     (tmp_path / "baseline" / "seed0.json.rejected" / "taken").mkdir(parents=True)

@@ -2,9 +2,10 @@
 (:mod:`.origin`: commit, machine, versions, command), how its files are written
 (:mod:`.files`: folders, locks, atomic writes), the run record (:mod:`.runs`: one type for
 every producer, and publishing it), what the analysis reads of a record and its checks
-(:mod:`.schema`) and the protocol's collection of records (:mod:`.protocol`), with the
-log of its sessions (:mod:`.sessions`) and the check that no git merge was left unfinished
-in its results (:mod:`.unmerged`).
+(:mod:`.schema`) and the protocol's collection of records (:mod:`.protocol`; what a start
+does about unusable or stale ones, :mod:`.protocol_checks`), with the log of its sessions
+(:mod:`.sessions`) and the check that no git merge was left unfinished in its results
+(:mod:`.unmerged`).
 
 Producers write records here; ``basisconv.analysis`` reads them back and never needs the
 producers themselves. Everything is importable from ``basisconv.records``."""
@@ -26,10 +27,11 @@ from .runs import (RECORD, KINDS, DIVERGED_STATUS, RunRecord, write_record, read
 from .schema import (REQUIRED, MEASURED, LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement,
                      of_type, missing_fields, ABSENT, field_at)
 from .protocol import (PROTOCOL_ROWS, PROTOCOL_RECORDS, SEED_FILE, missing_protocol_runs,
-                       protocol_slot, misplaced, search_table_found, unusable, made_by_profile,
-                       set_aside_foreign_records, set_aside, table_key, set_aside_stale_records,
-                       set_aside_run_folder, set_aside_runs_of_other_tables,
-                       set_aside_unpublished_runs, runs_to_make)
+                       protocol_slot, misplaced, search_table_found, unusable)
+from .protocol_checks import (made_by_profile, set_aside_foreign_records, set_aside, table_key,
+                              set_aside_stale_records, set_aside_run_folder,
+                              set_aside_runs_of_other_tables, set_aside_unpublished_runs,
+                              runs_to_make)
 from .sessions import SESSIONS, has_session_log, log_session, read_sessions
 from .unmerged import unmerged_files, unmerged_problem
 

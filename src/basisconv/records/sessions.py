@@ -60,7 +60,7 @@ def log_session(results_dir: str | os.PathLike, records_dir: str | os.PathLike, 
         folder.mkdir(parents=True, exist_ok=True)
         return write_json_atomic(folder / name, session)
     except OSError as err:  # (a full disk, a read-only folder) the script's one line, as
-        # protocol.set_aside's: it showed a trace, then a line of the script's own
+        # protocol_checks.set_aside's: it showed a trace, then a line of the script's own
         raise SystemExit(f"this session could not be logged in {folder} "
                          f"({err.strerror or err}): its {session['seconds']} s are missing "
                          f"from the protocol's wall-clock; free space or make the folder "
