@@ -1385,6 +1385,8 @@ def test_a_runs_dir_through_dot_dot_is_named_where_it_leads_not_as_a_profile(tmp
     ("a/b", r"is refused by wandb \(cannot contain .*found '/'\), and no project of that name "
             r"holds runs to read \(entity a's project b: wandb.entity=a wandb.project=b\); "
             r"give a project name"),
+    ("a/b/c", r"is refused by wandb \(cannot contain .*found '/'\), and no project of that "
+              r"name holds runs to read; give a project name"),  # (no b/c hint: refused too)
     ("what?", r"is refused by wandb \(cannot contain .*found '\?'\), and no project of that "
               r"name holds runs to read; give a project name"),
     ("x" * 129, r"is refused by wandb \(exceeded 128 characters\)")])

@@ -69,9 +69,11 @@ def validate_analysis(cfg: DictConfig) -> None:
         check_no_tilde(key, cfg[key])
     if cfg.source == "wandb":
         entity, slash, name = str(cfg.wandb.project).partition("/")
-        # (wandb's Api read a/b as entity a's project b, wandb.entity aside)
+        # (wandb's Api read a/b as entity a's project b, wandb.entity aside; a/b/c is
+        # neither, and wandb.project=b/c would be refused again)
         as_entity = (f" (entity {entity}'s project {name}: wandb.entity={entity} "
-                     f"wandb.project={name})" if slash and entity and name else "")
+                     f"wandb.project={name})" if slash and entity and name and "/" not in name
+                     else "")
         _check_wandb_project(cfg.wandb, "wandb.project",
                              "no wandb project is named to read the runs of",
                              f"and no project of that name holds runs to read{as_entity}")
