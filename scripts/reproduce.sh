@@ -225,11 +225,13 @@ LAST_JOB=
 # it is not held by that one. A start that runs leaves its lock files (git-ignored, and
 # said in docs/reproducing.md): its runs hold the lock too, and removed, the file of that
 # name would be a new one, which the next invocation could lock while a run still held the old.
-# A folder that cannot hold its lock (not writable, a read-only file system, a full disk, a
-# file in its path) is said so, in the system's words, by the python that makes the folder
-# and the lock file (found in review: the shell's failed mkdir and open were refused as
-# "another scripts/reproduce.sh is running", which sent the user waiting); the shell then
-# opens the file it made, which fails only if another invocation removed it meanwhile.
+# A folder that cannot hold its lock (not writable, a read-only file system, a file in its
+# path, a disk too full for the folder or the empty file; a full disk usually still gives
+# the lock, and its first refused write says so) is said so, in the system's words, by the
+# python that makes the folder and the lock file (found in review: the shell's failed mkdir
+# and open were refused as "another scripts/reproduce.sh is running", which sent the user
+# waiting); the shell then opens the file it made, which fails only if another invocation
+# removed it meanwhile.
 MADE=()
 MAKE_LOCK='import os, sys
 folder, lock = sys.argv[1:]

@@ -956,6 +956,44 @@ def test_results_notebook_runs_on_generated_results(tmp_path, repo, monkeypatch)
         "resnet20-sensitivity_budget 0.5"]))
 
 
+def test_results_notebook_shows_the_committed_quick_results(repo, monkeypatch):
+    """Found in review: the notebook was run only on results made in the test, never on
+    what it shows by default, the committed ``results/quick`` (records of older commits):
+    its code cells, in order, in this process (no kernel), from ``notebooks/`` as Jupyter
+    starts it; its table of runs is the one ``index.json`` lists."""
+    nbformat = pytest.importorskip("nbformat")
+    display = pytest.importorskip("IPython.display")
+    import matplotlib.pyplot as plt
+
+    results = repo / "results" / "quick"
+    if not (results / "index.json").is_file() or not (results / "runs").is_dir():
+        pytest.skip("no committed results/quick here")
+    for name in ("BASISCONV_RESULTS", "BASISCONV_RUNS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(repo / "notebooks")
+    shown = []
+    monkeypatch.setattr(display, "display", lambda *objects: shown.extend(objects))
+    notebook = nbformat.read(repo / "notebooks" / "results.ipynb", as_version=4)
+    namespace = {}
+    try:
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                exec(cell.source, namespace)
+    finally:
+        plt.close("all")
+    tables = [item.data for item in shown if isinstance(item, display.Markdown)
+              and item.data.startswith("### ")]
+    assert tables[0].startswith("### comparison-")
+    images = {os.path.basename(item.filename) for item in shown
+              if isinstance(item, display.Image)}
+    assert {png.name for png in results.glob("*.png")} <= images
+    indexed = json.loads((results / "index.json").read_text())["runs"]
+    keys = ["experiment", "seed", "test_accuracy"]
+    table = namespace["runs"][namespace["columns"]]
+    assert sorted(map(tuple, table[keys].values.tolist())) == \
+        sorted(tuple(run[key] for key in keys) for run in indexed)
+
+
 def test_results_notebook_falls_back_to_the_run_folders_of_the_profile_it_shows(
         tmp_path, repo, monkeypatch):
     """results/paper without published records shows outputs/paper's runs, not quick's."""

@@ -927,7 +927,21 @@ def test_py_spelled_as_the_venvs_own_python_builds_the_venv(repo, spelling):
                              f"PY={python[spelling]}"], cwd=repo, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert f"-m venv --clear {venv}" in result.stdout, result.stdout
+    assert f'-m venv --clear "{venv}"' in result.stdout, result.stdout
+
+
+def test_a_folder_with_a_space_is_one_word_to_the_shell(repo, tmp_path):
+    """Found in review: ``make clean`` ran ``rm -rf $(VENV)`` unquoted, so ``VENV='<dir>/a
+    b'`` removed ``<dir>/a`` and ``./b``; the targets' Python (PY) was split so too (``make
+    -n``: what make would run; nothing is removed)."""
+    venv, python = tmp_path / "a b", tmp_path / "my env" / "bin" / "python"
+    for target, variable, said in (("clean", f"VENV={venv}", f'rm -rf "{venv}" '),
+                                   ("train", f"PY={python}", f'"{python}" scripts/train.py'),
+                                   ("reproduce", f"PY={python}", f'PY="{python}" scripts/')):
+        result = subprocess.run(["make", "-n", "--no-print-directory", target, variable],
+                                cwd=repo, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert said in result.stdout, result.stdout
 
 
 def made_venv(tmp_path, stamp_time=None):
@@ -962,8 +976,8 @@ def test_the_folder_venv_names_is_makes_own_and_says_so(repo, tmp_path):
     pins, removed by ``make clean``), and both say so, naming ``PY=<folder>/bin/python``
     for an environment of one's own, which make leaves as it is."""
     venv = made_venv(tmp_path, stamp_time=0)  # older than requirements.txt
-    for target, owned in (("test", f"{venv}/bin/python -m pip install"),
-                          ("clean", f"rm -rf {venv}")):
+    for target, owned in (("test", f'"{venv}/bin/python" -m pip install'),
+                          ("clean", f'rm -rf "{venv}"')):
         result = subprocess.run(["make", "-n", "--no-print-directory", target,
                                  f"VENV={venv}"], cwd=repo, capture_output=True, text=True,
                                 timeout=60)
