@@ -156,25 +156,31 @@ fi
 # aside and made again), then the overrides (every run would fail on a bad one, each
 # saying why in its own log), counts
 # the GPUs the runs can use, and says whether the runs' dataset is missing (refused before
-# the first run that trains, not when every run is recorded); each refusal is one line. It
-# also gives the sensitivity keys of the protocol's tables, for setting records aside below.
+# the first run that reads it, not when every run is recorded; and then what its runs make
+# without it: the estimate from a cached table, a run finished in its folder unless
+# trainer.resume=false); each refusal is one line. It also gives the sensitivity keys of the
+# protocol's tables, for setting records aside below.
 CHECK='
 import json, sys
 try:
     import hydra, matplotlib, omegaconf, pandas, torch, tqdm
     from basisconv.records import unmerged_problem
-    from basisconv.reproduce import check_overrides, protocol_keys
+    from basisconv.reproduce import check_overrides, made_without_data, protocol_keys
 except ImportError as err:
     sys.exit(f"PY={sys.argv[1]} lacks a package the runs need ({err}); install requirements.txt"
              " (without torch on a GPU machine), or put carried wheels on PYTHONPATH")
 if problem := unmerged_problem(sys.argv[2]):
     sys.exit(f"error: {problem}")
-missing = check_overrides(sys.argv[3], sys.argv[4:])
+missing = check_overrides(sys.argv[4], sys.argv[5:])
 print(torch.cuda.device_count())
-print(json.dumps(protocol_keys(sys.argv[3], *sys.argv[4:])))
-print(missing or "")'
-CHECKED=$("$PY" -c "$CHECK" "$PY" "$RESULTS" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
-{ read -r GPUS; IFS= read -r KEYS; IFS= read -r NO_DATA || true; } <<< "$CHECKED"
+print(json.dumps(protocol_keys(sys.argv[4], *sys.argv[5:])))
+print(missing or "")
+if missing:
+    print(json.dumps(made_without_data(sys.argv[4], sys.argv[3], sys.argv[5:])))'
+CHECKED=$("$PY" -c "$CHECK" "$PY" "$RESULTS" "$CACHE" "$PROFILE" ${EXTRA[@]+"${EXTRA[@]}"}) \
+  || exit 2
+{ read -r GPUS; IFS= read -r KEYS; IFS= read -r NO_DATA || true
+  IFS= read -r WITHOUT_DATA || true; } <<< "$CHECKED"
 # tied to its overrides once it holds a record (found in review: a start refused for its
 # dataset, or one whose runs all failed, kept them, and the next invocation was refused for
 # records "made with" overrides that had made none)
@@ -281,9 +287,10 @@ if ! lock_folder 8 "$OUT" || { [ "$(realpath -m "$RESULTS")" != "$(realpath -m "
 fi
 trap unmake EXIT  # until the session log's trap below: a refusal between them
 # A start whose runs would not find their dataset (NO_DATA, from the checks) is refused
-# here if one of them would train (a run finished in its folder is published as it is,
-# without it), before anything changes: no record set aside, no failure mark removed, no
-# overrides list written (found in review: a refusal after them left them so). Nothing
+# here if one of them would read it (a run finished in its folder is published as it is,
+# and the estimate from the table cached for its key, without it), before anything
+# changes: no record set aside, no failure mark removed, no overrides list written (found
+# in review: a refusal after them left them so). Nothing
 # computed, so no session logged (else a start without its dataset added one to the
 # protocol's wall-clock in index.json).
 # Then a file in a run's place that is not its finished record (cut off, another row's or
@@ -294,13 +301,13 @@ trap unmake EXIT  # until the session log's trap below: a refusal between them
 # published again from its folder)
 # (with the keys the checks gave: this process loads neither Hydra nor torch)
 "$PY" -c 'import json, sys; from basisconv.records import runs_to_make, set_aside_stale_records
-records, outputs, profile, keys, no_data, *seeds = sys.argv[1:]
+records, outputs, profile, keys, no_data, without_data, *seeds = sys.argv[1:]
 keys = json.loads(keys)
-if no_data and runs_to_make(records, profile, keys, seeds, outputs):
+if no_data and runs_to_make(records, profile, keys, seeds, outputs, **json.loads(without_data)):
     print(f"error: {no_data}", file=sys.stderr)
     sys.exit(2)
 set_aside_stale_records(records, profile, keys, outputs=outputs)' \
-  "$RECORDS" "$OUT" "$PROFILE" "$KEYS" "$NO_DATA" $SEEDS
+  "$RECORDS" "$OUT" "$PROFILE" "$KEYS" "$NO_DATA" "$WITHOUT_DATA" $SEEDS
 # every refusal is above: only an invocation that runs ties the folder to its overrides
 # (none: a file an earlier start left, refused before it made a record, is not this one's)
 # (by the package's atomic write, as every record: one cut off by a kill or a full disk held

@@ -856,6 +856,85 @@ def test_runs_to_make_leaves_out_only_runs_finished_and_kept_in_their_folders(re
     assert kept == {"baseline/seed0", "baseline/seed1"}  # (the others' set aside: trained)
 
 
+def test_runs_to_make_follows_what_the_runs_make_without_their_dataset(repo, tmp_path):
+    """Found in review: a start whose estimate would reuse the table cached for its key
+    (publishing its record without reading the dataset) was refused for the dataset; and
+    with ``trainer.resume=false`` a run finished in its folder, trained again, was not
+    counted, so the start was not refused and that run failed alone later."""
+    from basisconv.records import runs_to_make
+    from basisconv.reproduce import protocol_keys
+
+    records, outputs, ours = tmp_path / "runs", tmp_path / "outputs", protocol_keys("quick")
+    shutil.copytree(repo / "results" / "quick" / "runs", records)
+    seeds = ["0", "1", "2"]
+    (records / "sensitivity.json").unlink()
+    (outputs / "baseline" / "seed0").mkdir(parents=True)  # finished there, not published
+    (records / "baseline" / "seed0.json").rename(outputs / "baseline" / "seed0" / "run.json")
+    assert runs_to_make(records, "quick", ours, seeds, outputs) == ["sensitivity.json"]
+    assert runs_to_make(records, "quick", ours, seeds, outputs, estimate_cached=True) == []
+    assert runs_to_make(records, "quick", ours, seeds, outputs, resumes=False,
+                        estimate_cached=True) == ["baseline/seed0.json"]
+
+
+def keep_a_table(repo, folder, overrides) -> None:
+    """A sensitivity table kept in the cache ``folder`` for the key of the smoke protocol's
+    estimate with ``overrides``, as an estimate keeps it (its record's checksum, row count)."""
+    import hashlib
+
+    import pandas as pd
+    from hydra import compose, initialize_config_dir
+
+    from basisconv.sensitivity_cache import COLUMNS, cache, table_csv
+    from basisconv.sensitivity_key import cache_dir
+
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        estimate = compose("sensitivity", overrides=["profile=smoke", *overrides,
+                                                     f"sensitivity.cache_dir={folder}"])
+    row = {column: 0 for column in COLUMNS} | {"layer": "layer1.0.conv1", "shape": "[8]"}
+    kept = table_csv(pd.DataFrame([row]))
+    cache_dir(estimate).mkdir(parents=True)
+    cache(cache_dir(estimate), kept, {"key": cache_dir(estimate).name, "table_rows": 1,
+                                      "table_sha256": hashlib.sha256(kept).hexdigest()})
+
+
+def test_the_checks_say_what_the_runs_make_without_their_dataset(repo, tmp_path):
+    """What the script's checks give :func:`~basisconv.records.runs_to_make` (see the test
+    above): the estimate reuses a table only where the cache's own lookup finds one for its
+    key (not with sensitivity.recompute=true), finished runs are published from their
+    folders only where runs resume, and a data.root that names no folder here fails every
+    run that names it (found in review: the estimate failed on it after writing its table)."""
+    from basisconv.reproduce import made_without_data
+
+    cifar, folder = ["data=cifar10", f"data.root={tmp_path / 'nowhere'}"], tmp_path / "cache"
+    assert made_without_data("smoke", str(folder), cifar) == WITHOUT_DATA
+    keep_a_table(repo, folder, cifar)
+    assert made_without_data("smoke", str(folder), cifar) == {
+        **WITHOUT_DATA, "estimate_cached": True}
+    assert made_without_data("smoke", str(folder), [*cifar, "trainer.resume=false"]) == {
+        "resumes": False, "estimate_cached": True}
+    assert made_without_data("smoke", str(folder), [*cifar, "sensitivity.recompute=true"]
+                             ) == WITHOUT_DATA
+    assert made_without_data("smoke", str(folder), ["data=cifar10", "data.root='~nosuchuser/x'"]
+                             ) == {"resumes": False, "estimate_cached": False}
+
+
+def test_a_start_without_its_dataset_estimates_from_the_table_cached_for_its_key(
+        repo, tmp_path):
+    """Found in review: a start whose every record was published but the estimate's, whose
+    table was kept in the sensitivity cache (the estimate reuses it, reading no dataset),
+    was refused for the missing dataset. (Its checks are the real ones.)"""
+    cifar = f"data=cifar10 data.root={tmp_path / 'nowhere'}"
+    keep_a_table(repo, tmp_path / "cache", cifar.split())
+    made = tmp_path / "outputs" / "smoke" / "results"
+    made.mkdir(parents=True)
+    (made / "protocol-overrides.txt").write_text("data=cifar10\n")
+    every_other = [f"{row}/seed0.json" for row in ROWS] + list(PROTOCOL_RECORDS[1:])
+    result, started, _ = fake_protocol(repo, tmp_path, overrides=cifar, recorded=every_other)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [call.split()[0] for call in started] == [
+        "scripts/sensitivity.py", "scripts/benchmark_layers.py", "scripts/analyze.py"]
+
+
 def test_folders_hydra_would_not_take_bare_are_quoted_for_it(repo, tmp_path):
     """Found in review: OUTPUTS in a folder such as "runs (v2)" failed every run with a
     Hydra parse error that told the user to quote a value only the script writes."""
@@ -927,10 +1006,17 @@ def checks_pass(overrides=(), data_missing="") -> str:
     """A stand-in python's answer to the script's checks (the ``case`` of their ``-c``): no
     GPU, the smoke protocol's sensitivity keys with ``overrides``, and the dataset found or,
     given ``data_missing`` (:func:`missing_cifar`), that line, which the script refuses
-    only before a run that trains."""
-    said = f" echo {shlex.quote(data_missing)};" if data_missing else ""
+    only before a run that reads it, and what its runs make without it
+    (:func:`basisconv.reproduce.made_without_data`: finished runs, no cached table)."""
+    said = (f" echo {shlex.quote(data_missing)}; echo '{json.dumps(WITHOUT_DATA)}';"
+            if data_missing else "")
     return (f"*torch.cuda*) echo 0; echo '{json.dumps(smoke_keys(tuple(overrides)))}';{said}"
             f" exit 0")
+
+
+#: What the script's checks say its runs make without their dataset when no table is
+#: cached for the estimate and runs resume (:func:`basisconv.reproduce.made_without_data`).
+WITHOUT_DATA = {"resumes": True, "estimate_cached": False}
 
 
 def missing_cifar(root) -> str:
@@ -1070,7 +1156,7 @@ def test_a_refused_start_leaves_nothing_it_made(repo, tmp_path):
     assert [p.name for p in held.iterdir()] == [".reproduce.lock"]
     (tmp_path / "b").mkdir()
     no_data = (f"echo 0; echo '{json.dumps(smoke_keys())}'; "
-               "echo 'CIFAR-10 not found in /nowhere'")
+               f"echo 'CIFAR-10 not found in /nowhere'; echo '{json.dumps(WITHOUT_DATA)}'")
     env = stand_in_python(tmp_path / "b", f"*torch.cuda*) {no_data}; exit 0", "exit 1")
     env["OVERRIDES"] = "trainer.epochs=2"  # a variant: its folder is tied to them
     result = subprocess.run(["bash", str(repo / "scripts" / "reproduce.sh"), "smoke"],

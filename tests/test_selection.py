@@ -433,6 +433,22 @@ def test_an_estimate_or_search_records_the_folder_it_read_and_compares_a_relativ
     assert again["estimate_provenance"]["data"] == {"root": named, "source": read}
 
 
+def test_an_estimate_from_a_cached_table_refuses_a_root_naming_no_folder_before_writing(
+        repo, tmp_path, monkeypatch):
+    """Found in review: with its table cached, an estimate whose data.root names no folder
+    here (a user that does not exist) wrote the table into its folder, and only then failed
+    on the root its record names; it is refused before it writes anything."""
+    from basisconv.errors import DatasetError
+
+    monkeypatch.setattr(sensitivity, "estimate", fake_estimate_with_record)
+    cfg = compose_sensitivity(repo, tmp_path / "cache", "logger=none", "data=cifar10",
+                              "data.root='~nosuchuser/cifar'")
+    sensitivity.sensitivity_table(cfg)  # (the table cached)
+    with pytest.raises(DatasetError, match="'~nosuchuser' names no user's home folder"):
+        sensitivity.run_sensitivity(cfg, tmp_path / "run")
+    assert {path.name for path in (tmp_path / "run").glob("*")} <= {"run.lock"}  # (its lock)
+
+
 def test_a_rerun_in_the_folder_of_a_record_without_its_data_folder_compares_as_before(
         tmp_path, monkeypatch):
     """A record made before provenance.data was kept: its relative data.root is resolved

@@ -1,6 +1,7 @@
 """What ``scripts/reproduce.sh`` asks of Python before its runs start: its ``OVERRIDES``
 checked against every run of the protocol (:data:`PROTOCOL_RUNS`), whether the runs will
-find their dataset, and the sensitivity keys of the protocol's tables
+find their dataset (and, where not, what they make without it: :func:`made_without_data`),
+and the sensitivity keys of the protocol's tables
 (:func:`protocol_keys`), with which the published records that are not the protocol's own
 are set aside (:func:`basisconv.records.set_aside_stale_records`, in a process of its own
 that loads neither Hydra nor torch), so that the script skips exactly the runs whose
@@ -16,9 +17,11 @@ from hydra.core.global_hydra import GlobalHydra
 
 from .cifar10_location import find_cifar10
 from .config_checks import validate, validate_estimate, validate_search
+from .data import data_read
 from .errors import BasisconvError, DatasetError, one_line
 from .hydra_errors import hydra_error_line
 from .override_checks import CONFIGS, config_groups_of
+from .sensitivity_cache import load_cached
 from .sensitivity_key import cache_key
 from .sweep_checks import check_one_config_per_group, check_runs_where_started
 
@@ -95,6 +98,30 @@ def dataset_missing(data: Any) -> str | None:
     except DatasetError as err:
         return one_line(err)
     return None
+
+
+def made_without_data(profile: str, cache: str, overrides: list[str]) -> dict[str, bool]:
+    """What of the protocol its runs make without reading the dataset, as their configs
+    say (:func:`basisconv.records.runs_to_make`'s keywords, for the script's refusal of a
+    start without it): ``resumes``, whether a training run complete in its folder is
+    published as it is (``trainer.resume``; false trains it again), and
+    ``estimate_cached``, whether the sensitivity estimate reuses the table kept for its key
+    in ``cache`` (the script's ``sensitivity.cache_dir``), asked of the cache's own lookup
+    (:func:`~basisconv.sensitivity_cache.load_cached`; a table it refuses, or
+    ``sensitivity.recompute=true``, is estimated again). Neither where ``data.root`` names
+    no folder here (``~nosuchuser/...``): every run names its folder, and fails on it."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        train = compose("train", overrides=[f"profile={profile}", *overrides])
+        estimate = compose("sensitivity", overrides=[f"profile={profile}", *overrides])
+    estimate.sensitivity.cache_dir = str(cache)
+    try:
+        data_read(estimate.data)  # (the folder its record names: a root that names none)
+        cached = not estimate.sensitivity.recompute and load_cached(estimate) is not None
+    except DatasetError:
+        return {"resumes": False, "estimate_cached": False}
+    except BasisconvError:  # a damaged table: refused, with its fix, by the estimate
+        cached = False
+    return {"resumes": bool(train.trainer.resume), "estimate_cached": cached}
 
 
 def protocol_keys(profile: str, *overrides: str) -> dict[str, str]:

@@ -245,6 +245,9 @@ def run_sensitivity(cfg: DictConfig, output_dir: str | Path) -> dict:
 
 
 def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
+    # the folder data.root names, first: one that names none here (~nosuchuser/...) is
+    # refused before anything is written (found in review: after the table, when cached)
+    named = data_read(cfg.data)
     check_against_the_model(cfg, estimate=True)  # (the choice it marks: before an estimate)
     table, record = sensitivity_table(cfg)
     check_estimate_record(cfg, record)
@@ -271,7 +274,7 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
         "table": table.to_dict("records"),
         # the cache's own record: a published copy of this run refills another machine's cache
         "cache": {k: v for k, v in record.items() if k != "cache_hit"}})
-    run.provenance["data"] = _data_this_run_read(cfg, record)
+    run.provenance["data"] = _data_this_run_read(record, named)
     write_record(output_dir, run)
     publish(run.as_dict(), cfg.publish, output_dir)
     tracker = Tracker(cfg.logger, config, output_dir, name=output_dir.name)
@@ -289,13 +292,13 @@ def _run_sensitivity(cfg: DictConfig, output_dir: Path) -> dict:
     return run.as_dict()
 
 
-def _data_this_run_read(cfg: DictConfig, record: dict) -> dict[str, str]:
+def _data_this_run_read(record: dict, named: dict[str, str]) -> dict[str, str]:
     """A sensitivity run's ``provenance.data``: its estimate's, when it made the estimate
     (the folder its probe read, :func:`~basisconv.data.data_read`); else, a cached table
-    reused, it read no images, and it is the folder its ``data.root`` named where it
-    started alone (the estimate's own is in ``estimate_provenance``). A run again in its
+    reused, it read no images, and it is ``named``, the folder its ``data.root`` named where
+    it started alone (the estimate's own is in ``estimate_provenance``). A run again in its
     folder compares its own ``data.root`` with it (``same_run.refuse_other_settings``)."""
     made = (record.get("provenance") or {}).get("data")
     if not record["cache_hit"] and isinstance(made, dict):
         return made
-    return data_read(cfg.data)
+    return named

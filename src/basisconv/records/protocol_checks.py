@@ -156,16 +156,23 @@ def other_key_problem(record: dict[str, Any], path: Path, keys: dict[str, str]) 
 
 
 def runs_to_make(records_dir: str | os.PathLike, profile: str, keys: dict[str, str],
-                 seeds: list[str], outputs: str | os.PathLike | None = None) -> list[str]:
+                 seeds: list[str], outputs: str | os.PathLike | None = None, *,
+                 resumes: bool = True, estimate_cached: bool = False) -> list[str]:
     """The protocol's records (``<row>/seed<k>.json`` for ``seeds``, as the script names
     them, then the other steps') that ``scripts/reproduce.sh`` would make: missing, or in
     place but set aside by :func:`set_aside_stale_records` (by the same rules), but for a
     training run whose folder under ``outputs`` holds its complete record, which the script
-    publishes as it is, reading no dataset (:func:`published_from_its_folder`). Nothing is
-    renamed: the script refuses a start whose runs would not find their dataset before it
-    changes anything (found in review: the stale records it had set aside, the failure
-    marks it had removed and the overrides list it had rewritten stayed so)."""
+    publishes as it is, reading no dataset (:func:`published_from_its_folder`), unless the
+    runs do not resume (``resumes`` false: ``trainer.resume=false`` trains it again; found
+    in review, such a run was not counted, and failed alone later for its dataset); and
+    for the estimate when ``estimate_cached``: it reuses the table kept for its key,
+    reading no dataset either (found in review: such a start was refused). The script's
+    checks tell both from the runs' configs (:func:`basisconv.reproduce.made_without_data`).
+    Nothing is renamed: the script refuses a start whose runs would not find their dataset
+    before it changes anything (found in review: the stale records it had set aside, the
+    failure marks it had removed and the overrides list it had rewritten stayed so)."""
     root = Path(records_dir)
+    outputs = outputs if resumes else None  # (no run is published from its folder)
     other_table = other_table_problem(root)
     slots = [f"{row}/seed{seed}.json" for row in PROTOCOL_ROWS for seed in seeds]
 
@@ -177,6 +184,7 @@ def runs_to_make(records_dir: str | os.PathLike, profile: str, keys: dict[str, s
                 and not (SEED_FILE.fullmatch(path.name) and other_table(record)))
 
     return [slot for slot in (*slots, *PROTOCOL_RECORDS) if not stands(root / slot)
+            and not (estimate_cached and slot == "sensitivity.json")
             and not published_from_its_folder(root / slot, profile, keys, outputs, other_table)]
 
 
