@@ -30,8 +30,8 @@ its limit is stopped with every process it started (the smoke protocol's runs in
 background too), so none goes on using the GPU while the next part is timed. The record with provenance,
 ``results/gpu-check-<gpu>.json``, is rewritten after every part (status ``running`` until
 the end, and ``passed`` false until then), so a slot that ends mid-check still leaves what
-was measured. It ends with one summary line (pass/fail per part). Without CUDA it says
-so in one line and exits 2.
+was measured. It ends with one summary line (pass/fail per part). Without CUDA, or with a
+budget under 10 s or a folder it cannot write, it says so in one line and exits 2.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ sys.path.insert(0, str(REPO / "src"))
 from basisconv.signals import sigterm_stops, stops_let_go  # noqa: E402 (standard library only)
 
 NEEDED = ("hydra", "omegaconf", "tqdm", "pandas", "matplotlib", "pytest", "pytest_timeout")
+#: The least time left of the budget in which a part is started (else it is not run).
+LEAST_PART_S = 10
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -257,6 +259,24 @@ def environment_problem() -> str | None:
     return None
 
 
+def arguments_problem(args: argparse.Namespace) -> str | None:
+    """Why the check cannot run with these arguments, as one line naming the fix (asked
+    once :func:`environment_problem` found none); ``None`` when it can. Said before any part
+    runs: a budget under :data:`LEAST_PART_S` ran no part and recorded the check as failed,
+    and a folder that cannot be written ended in a traceback (found in the scripts' audit)."""
+    from basisconv.bench import flag_below_minimum
+    from basisconv.records import unwritable_folder
+
+    below = flag_below_minimum((("--budget-s", args.budget_s, LEAST_PART_S,
+                                 "no part is started with less left"),))
+    if below:
+        return f"gpu-check: {below}"
+    for flag, folder in (("--out-dir", args.out_dir), ("--work-dir", args.work_dir)):
+        if blocker := unwritable_folder(folder):
+            return f"gpu-check: {flag} {folder} cannot be written ({blocker}); give another folder"
+    return None
+
+
 def part_groups(names: list[str]) -> list[list[str]]:
     """The parts in the order they run: the untimed ones together first, then each timed
     part alone (a group of none, when no untimed part is named, is dropped)."""
@@ -303,7 +323,7 @@ def run_group(group: list[str], args: argparse.Namespace, work: Path, env: dict,
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
-    problem = environment_problem()
+    problem = environment_problem() or arguments_problem(args)
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -332,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 # before the first part too: a slot killed (SIGKILL) during it keeps a
                 # record saying the check ran, with the parts done so far
                 write("running")
-                if deadline - time.perf_counter() < 10:
+                if deadline - time.perf_counter() < LEAST_PART_S:
                     parts.extend(not_run(group, args.budget_s))
                 else:
                     parts.extend(run_group(group, args, work, env, limit))

@@ -336,6 +336,19 @@ def test_a_damaged_record_in_the_folder_redrawn_is_one_clear_error(tmp_path, dam
         speed_run.measured_rows(tmp_path)
 
 
+@pytest.mark.parametrize("stem", ["layer-speed", "model-speed"])
+def test_a_json_file_of_another_kind_in_the_folder_redrawn_is_named_as_no_record(tmp_path,
+                                                                                stem):
+    """Found in the scripts' audit: ``benchmark_layers.py --redraw`` took a JSON file named
+    like a record but naming no table for a record whose table "None" was not beside it,
+    and said to measure it again; the speed report's line (tests/test_speed_report.py)."""
+    (tmp_path / f"{stem}-cpu-fp32.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(DatasetError, match=rf"{stem}-cpu-fp32.json names no table \(no "
+                                           rf"'file'\): it is no record of "
+                                           rf"scripts/benchmark_layers.py; move it out"):
+        speed_run.measured_rows(tmp_path)
+
+
 @pytest.mark.slow  # a few seconds: ResNet-18, its cost model and two timed rounds
 def test_run_writes_the_model_csv_and_its_record(tmp_path, repo):
     options = SpeedOptions(threads=0, allocator_tuning=False, batch_size=1, fractions=[0.5],

@@ -638,16 +638,17 @@ def test_a_part_being_stopped_does_not_hold_up_the_others(gpu_check, tmp_path):
     assert results[0]["seconds"] < 8 and results[1]["seconds"] < 8, results  # not 11+
 
 
-def checked_on_a_seeming_h100(gpu_check, tmp_path, monkeypatch) -> int:
+def checked_on_a_seeming_h100(gpu_check, tmp_path, monkeypatch, *more_args: str) -> int:
     """``gpu_check.main``'s status on a CPU machine that torch takes for one with an H100
-    (its parts' runner replaced by the test), without CIFAR-10, writing into ``tmp_path``."""
+    (its parts' runner replaced by the test), without CIFAR-10, writing into ``tmp_path``
+    (``more_args``: options after these, which argparse takes over them)."""
     for name, value in (("is_available", lambda: True), ("current_device", lambda: 0),
                         ("device_count", lambda: 1),
                         ("get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")):
         monkeypatch.setattr(torch.cuda, name, value)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
     return gpu_check.main(["--data-root", str(tmp_path / "no-cifar"), "--out-dir",
-                           str(tmp_path), "--work-dir", str(tmp_path / "work")])
+                           str(tmp_path), "--work-dir", str(tmp_path / "work"), *more_args])
 
 
 def test_gpu_check_groups_its_parts_and_writes_its_record(gpu_check, tmp_path, monkeypatch,
@@ -700,6 +701,39 @@ def test_a_gpu_check_that_did_not_run_all_its_parts_is_not_recorded_as_passed(
     assert record["status"] == "stopped" and [p["status"] for p in record["parts"]] == [
         "pass", "pass", "skipped", "skipped"]
     assert seen == [False, False] and record["passed"] is False
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--budget-s", "5", "--budget-s must be >= 10 (no part is started with less left), got 5"),
+    ("--out-dir", "{blocked}", "--out-dir {blocked} cannot be written ({file} is not a folder); "
+                               "give another folder"),
+    ("--work-dir", "{blocked}", "--work-dir {blocked} cannot be written ({file} is not a "
+                                "folder); give another folder")],
+    ids=["budget", "out-dir", "work-dir"])
+def test_gpu_check_refuses_its_bad_options_in_one_line_before_any_part(
+        gpu_check, tmp_path, monkeypatch, capsys, option, value, said):
+    """Found in the scripts' audit: an --out-dir that could not be written ended in a
+    traceback (the record's first write), and a budget under 10 s ran no part and recorded
+    the check as failed, with no word of why."""
+    file = tmp_path / "record.txt"
+    file.write_text("")
+    names = {"blocked": file / "sub", "file": file}  # a folder below a file
+    monkeypatch.setattr(gpu_check, "run_parts_together", lambda *args: pytest.fail("ran"))
+    code = checked_on_a_seeming_h100(gpu_check, tmp_path, monkeypatch, option,
+                                     value.format(**names))
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [f"gpu-check: {said.format(**names)}"]
+    assert not (tmp_path / "gpu-check-h100.json").exists()
+
+
+@pytest.mark.timeout(60)  # (it hung before)
+def test_gpu_check_takes_relative_folders_not_made_yet(gpu_check, tmp_path, monkeypatch):
+    """Found in review of the check above: ``unwritable_folder`` walked a relative folder
+    up as given, and one whose first part did not exist (``--out-dir new/sub``) reached
+    ``""``, which never exists: the check never returned."""
+    monkeypatch.chdir(tmp_path)
+    assert gpu_check.arguments_problem(gpu_check.arguments(
+        ["--out-dir", "new/sub", "--work-dir", "newer"])) is None
 
 
 def test_gpu_check_keeps_the_paper_epochs_cold_and_warm_times(gpu_check, tmp_path):

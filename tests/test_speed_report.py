@@ -367,7 +367,7 @@ def test_a_json_file_of_another_kind_under_the_record_name_is_named_as_no_record
     read as a record to mend by copying its table over."""
     (tmp_path / "model-speed-cpu-fp32.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(DatasetError, match=r"model-speed-cpu-fp32.json names no table \(no "
-                                           r"'file'\): it is no whole-model record of "
+                                           r"'file'\): it is no record of "
                                            r"scripts/benchmark_layers.py"):
         speed.model_speed([tmp_path])
     # found by a mutation test: a 'file' that is no name (a number) is no table either

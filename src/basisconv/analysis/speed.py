@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..errors import DatasetError, one_line
 from ..records import (amp_of_precision, commit_name, hardware_name, is_recorded_table,
-                       precision_name, read_benchmark_record, tf32_name)
+                       precision_name, read_benchmark_record, recorded_table, tf32_name)
 
 #: ``tf32``: whether float32 ran in TF32 (:func:`~basisconv.records.tf32_name`), a column of
 #: a table only where one of its rows is float32 on a GPU (:func:`tf32_where_it_applies`).
@@ -145,11 +145,7 @@ def model_speed(folders: list[Path], columns: list[str] | None = MODEL_COLUMNS) 
     for record, path in _records(folders, "model-speed-*.json"):
         with _readable(record, path):
             settings = record.get("settings") or {}
-            if not isinstance(record.get("file"), str):  # (else "its table None" to copy)
-                raise DatasetError(f"{path} names no table (no 'file'): it is no whole-model "
-                                   f"record of scripts/benchmark_layers.py; move it out of "
-                                   f"the folder")
-            table = path.parent / record["file"]
+            table = recorded_table(record, path)
             if not table.is_file():
                 raise DatasetError(f"{path} names its table {table.name}, which is not beside "
                                    f"it; copy the two files together")

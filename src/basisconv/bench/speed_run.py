@@ -19,8 +19,8 @@ from ..errors import ConfigError, DatasetError
 from ..kernels import auto
 from ..execution import seed_everything, settings_restored
 from ..records import (RunRecord, file_digest, hardware_name, is_recorded_table,
-                       precision_name, provenance, read_benchmark_record, threads_name,
-                       write_record, write_text_atomic)
+                       precision_name, provenance, read_benchmark_record, recorded_table,
+                       threads_name, write_record, write_text_atomic)
 from ..timing import ALLOCATOR_TUNED, Timer, tune_cpu_allocator
 from .layers import Progress, SpeedOptions, benchmark_layers, print_progress
 from .whole_model import TARGET_SLACK, benchmark_model
@@ -93,7 +93,7 @@ def measured_rows(folder: str | os.PathLike) -> dict[str, dict]:
     for stem, key in ((LAYER_FILE, "layer_rows"), (MODEL_FILE, "model_rows")):
         for path in sorted(folder.glob(file_name(stem, "*", ".json"))):
             record = read_benchmark_record(path)
-            table = folder / str(record.get("file"))
+            table = recorded_table(record, path)
             if not table.is_file() or not is_recorded_table(record, table.read_bytes()):
                 raise DatasetError(f"{path} was written with a table {table.name} that is "
                                    f"not beside it as it was; measure it again")

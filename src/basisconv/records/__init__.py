@@ -21,7 +21,7 @@ from .files import (json_digest, file_digest, LOCK, make_folder, folder_lock, te
                     write_text_atomic, json_text, finite_or_null, write_json_atomic,
                     restore_hint)
 from .runs import (RECORD, KINDS, DIVERGED_STATUS, RunRecord, write_record, read_record,
-                   read_benchmark_record, is_recorded_table,
+                   read_benchmark_record, recorded_table, is_recorded_table,
                    unwritable_folder, publish, refuse_other_kind, KIND_WORDS, precision_name,
                    amp_of_precision)
 from .schema import (REQUIRED, MEASURED, LISTS, CONFIG_TYPES, PROVENANCE_TYPES, is_measurement,
@@ -47,7 +47,7 @@ __all__ = ["git_commit", "hardware", "timing_hardware", "TF32_FLAGS", "tf32_name
            "write_atomic", "write_bytes_atomic", "write_text_atomic", "json_text", "finite_or_null",
            "write_json_atomic", "restore_hint", "RECORD", "KINDS", "DIVERGED_STATUS",
            "RunRecord", "write_record",
-           "read_record", "read_benchmark_record", "is_recorded_table",
+           "read_record", "read_benchmark_record", "recorded_table", "is_recorded_table",
            "REQUIRED", "MEASURED", "LISTS", "CONFIG_TYPES", "PROVENANCE_TYPES", "is_measurement",
            "of_type",
            "missing_fields", "unwritable_folder", "publish", "refuse_other_kind", "KIND_WORDS",

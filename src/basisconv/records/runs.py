@@ -109,6 +109,18 @@ def read_benchmark_record(path: str | os.PathLike) -> dict[str, Any]:
                            f"folder") from None
 
 
+def recorded_table(record: dict[str, Any], path: Path) -> Path:
+    """The table (CSV) that the benchmark record read from ``path`` names, beside it. A
+    JSON file of another kind under a record's name names none (no ``file``, or one that is
+    no name): a :class:`DatasetError` saying so, for the speed report and ``--redraw``
+    alike (read as a record whose table "None" was missing, it was told to copy that table
+    over or measure it again)."""
+    if not isinstance(record.get("file"), str):
+        raise DatasetError(f"{path} names no table (no 'file'): it is no record of "
+                           f"scripts/benchmark_layers.py; move it out of the folder")
+    return path.parent / record["file"]
+
+
 def is_recorded_table(record: dict[str, Any], table: bytes) -> bool:
     """Whether ``table`` (a benchmark's CSV, its bytes) is the one ``record`` was written
     with: the record's ``file_sha256`` ties the two, as a run stopped between writing them
@@ -138,7 +150,10 @@ def unwritable_folder(folder: str) -> str | None:
     can: its nearest existing ancestor is a file, or not writable. Nothing is created: the
     system's answer (``os.access``) already refuses a read-only file system, for root too,
     and a write tried here (an empty file, made and removed) would pass a full disk as
-    this does; that is said by the write itself (:class:`~basisconv.errors.WriteError`)."""
+    this does; that is said by the write itself (:class:`~basisconv.errors.WriteError`).
+    A relative ``folder`` is taken from the working folder (walked up as given, a first
+    part that does not exist led to ``""``, which never exists: it never returned)."""
+    folder = os.path.abspath(folder)
     while not os.path.lexists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
