@@ -366,6 +366,27 @@ def test_a_frozen_rank_makes_the_other_stop_in_one_line_after_the_collective_tim
     assert "Timed out waiting" not in result.stderr, result.stderr[-3000:]
 
 
+@pytest.mark.slow
+def test_a_rank_that_starts_later_than_the_collective_timeout_is_said_in_one_line(tmp_path,
+                                                                                  repo):
+    """Found in review: ``trainer.collective_timeout_s`` bounds the wait to join the process
+    group too, so a rank that started later than it made rank 0's join fail with a trace
+    (the store's "wait timeout ... keys: /default_pg/0//cpu//0/1"). Now rank 0 says, in one
+    line, which rank it waited for, the key, and where the run is."""
+    result = torchrun_train(repo, tmp_path / "run", "trainer.collective_timeout_s=3", epochs=1,
+                            wrapper='if [ "$RANK" = 1 ]; then sleep 15; fi; exec "$@"')
+    assert result.returncode != 0
+    stopped = [line for line in result.stderr.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1, result.stderr[-3000:]
+    assert stopped[0].startswith("stopped by SIGTERM: rank 0 waited 3 s for rank 1 to join the "
+                                 "job, which it had not (it started that much later, or "
+                                 "froze); if it was only late, set "
+                                 "trainer.collective_timeout_s above 3, which bounds how far "
+                                 "apart the processes may start; the run in "), stopped[0]
+    assert "stopped before its first epoch" in stopped[0]
+    assert "DistStoreError" not in result.stderr, result.stderr[-3000:]
+
+
 def torchrun_train(repo, folder, *overrides, wrapper=None, **sizes):
     """scripts/train.py under torchrun with 2 gloo processes on a tiny problem
     (:func:`tiny_run`'s ``sizes``); ``wrapper``, a bash script, runs each process (``"$@"``
@@ -527,6 +548,91 @@ def test_a_collectives_timeout_names_the_rank_waited_for_and_the_key(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert not distributed.waited_for_frozen_rank_0(stop)
     assert "for one of ranks 0, 2, 3 (gloo does not say which)," in distributed.peer_failure(gloo)
+
+
+#: What torchrun's store says when rank 1 had not joined rank 0's process group within its
+#: timeout (a rank that started later than it, or froze first), in torch 2.13.
+JOIN_TIMEOUT = "wait timeout after 3000ms, keys: /default_pg/0//cpu//0/1"
+
+
+def test_a_wait_to_join_names_the_rank_waited_for_and_who_speaks(monkeypatch):
+    """Found in review: a rank that starts later than ``trainer.collective_timeout_s`` (or
+    freezes before it joins) failed the others' join with a trace. The store's error names
+    the rank waited for (its key's last part), so the line does, with the key to raise;
+    rank 1 speaks for the run when every rank waited for rank 0, which then says nothing
+    (rank 1 alone: with 3 processes ranks 1 and 2 both waited for it, as seen in torch
+    2.13), and no one else does; another store timeout stays this process's own."""
+    from basisconv.errors import Stopped
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    late = dist.DistStoreError(JOIN_TIMEOUT)
+    assert distributed.peer_failure(late) == (
+        "rank 0 waited 3 s for rank 1 to join the job, which it had not (it started that much "
+        "later, or froze); if it was only late, set trainer.collective_timeout_s above 3, "
+        "which bounds how far apart the processes may start")
+    assert distributed.peer_failure(dist.DistStoreError("wait timeout after 3000ms, keys: "
+                                                        "/sensitivity")) is None
+
+    def stop_after(error):
+        try:
+            try:
+                raise error
+            except RuntimeError as err:
+                raise Stopped(signal.SIGTERM) from err
+        except Stopped as stop:
+            return stop
+    for rank, waited_for, speaks in [("1", "0", True), ("2", "0", False), ("1", "2", False),
+                                     ("0", "1", False)]:
+        monkeypatch.setenv("RANK", rank)
+        error = dist.DistStoreError(JOIN_TIMEOUT[:-1] + waited_for)
+        assert distributed.waited_for_frozen_rank_0(stop_after(error)) is speaks, rank
+        assert distributed.peer_failure(error).startswith(
+            f"rank {rank} waited 3 s for rank {waited_for} to join the job")
+
+
+@pytest.mark.parametrize("failure, said", [
+    (RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 3000ms "
+                  "for send operation to complete"),
+     "rank 0 waited 3 s in a collective for rank 1, which neither answered nor exited"),
+    (dist.DistStoreError(JOIN_TIMEOUT), "rank 0 waited 3 s for rank 1 to join the job"),
+    (RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                  "[127.0.0.1]:46511. This is typically caused by a remote worker crashing"),
+     "another process of this torchrun job failed (Connection closed by peer "),
+], ids=["collective timeout", "join timeout", "peer died"])
+def test_a_peer_that_fails_the_builds_collectives_stops_it_in_one_line(
+        monkeypatch, tmp_path, failure, said):
+    """Found in review: a collective of the build (joining the process group, DDP's first
+    broadcast), before :meth:`Training.run`, that timed out for a frozen or late peer, or
+    broke as one died, ended the run in a trace (seen under torchrun with a rank slowed
+    before DDP's wrap, and one started late). Now it is the stop :meth:`Training.run`
+    makes of it: one line, why, and where the run is; a fault of this process's own
+    stays as it is."""
+    from omegaconf import OmegaConf
+
+    from basisconv import train
+    from basisconv.errors import Stopped
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+
+    def failing(error):
+        def build(*args):
+            raise error
+        return build
+    monkeypatch.setattr(train, "Training", failing(failure))
+    with pytest.raises(Stopped) as stop:
+        train.start_training(OmegaConf.create({}), {}, tmp_path, None)
+    assert stop.value.signum == signal.SIGTERM
+    assert str(stop.value).startswith(said), str(stop.value)
+    assert str(stop.value).endswith(f"; the run in {tmp_path} stopped before its first epoch "
+                                    f"(choosing its layers, reading its data or starting "
+                                    f"wandb); the same command starts it over")
+    own = RuntimeError("CUDA out of memory")
+    monkeypatch.setattr(train, "Training", failing(own))
+    with pytest.raises(RuntimeError) as raised:
+        train.start_training(OmegaConf.create({}), {}, tmp_path, None)
+    assert raised.value is own
 
 
 def test_a_run_stopped_by_the_collective_timeout_resumes_with_a_longer_one(tmp_path):

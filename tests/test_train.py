@@ -1112,6 +1112,37 @@ def test_a_run_that_diverges_in_its_first_epoch_leaves_a_record_saying_so(tmp_pa
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_a_diverged_run_whose_record_cannot_be_written_still_ends_with_its_divergence(
+        tmp_path, repo, monkeypatch, caplog):
+    """Found in review, untested: the record of a diverged run (``RunSaves.record_divergence``)
+    that cannot be written (a full disk) is a warning saying so and why; the run still
+    ends with its divergence's line, not the write's error (the mutant catching another
+    error than ``OSError`` there ended it with the write's). The write fails from the
+    divergence on: only that write meets it."""
+    import errno
+
+    from basisconv import loop
+    from basisconv.errors import TrainingDiverged
+    from basisconv.records import runs
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    def diverging(*args, **kwargs):
+        monkeypatch.setattr(runs, "write_json_atomic", full_disk)
+        raise TrainingDiverged("the training loss became nan", "training loss")
+
+    monkeypatch.setattr(loop, "run_epoch", diverging)
+    with caplog.at_level("WARNING", logger="basisconv.run_saves"), pytest.raises(
+            TrainingDiverged, match=r"^training diverged in epoch 1 of 3: the training loss "
+                                    r"became nan with trainer.lr=0.1; lower trainer.lr"):
+        fit(config(repo, TINY_STRIPES + ["trainer.epochs=3"]), tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"could not write {tmp_path / 'run.json'} of the diverged run (No space left on " \
+           f"device)" in warnings, warnings
+    assert not (tmp_path / "run.json").exists()
+
+
 def test_train_script_reports_divergence_in_one_line(tmp_path, repo, script_starts):
     result = run_script(script_starts, repo, tmp_path, *TINY_STRIPES, "trainer.epochs=1",
                         "trainer.lr=1e6")

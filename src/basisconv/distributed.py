@@ -59,6 +59,13 @@ PEER_FAILURE_SIGNS = ("by peer", "Broken pipe", "ncclRemoteError", "remote proce
 #: (NCCL's watchdog aborts the process on its timeout instead: no error reaches Python.)
 COLLECTIVE_TIMEOUT = re.compile(r"Timed out waiting (\d+)\s*ms for \w+ operation")
 
+#: What the store says when a process waited ``trainer.collective_timeout_s`` for another
+#: to join the process group (gloo's connection addresses, one key per rank, waited for in
+#: order of rank): "wait timeout after 5000ms, keys: /default_pg/0//cpu//0/1", rank 1 had
+#: not joined (it started that much later, or froze first). Other store timeouts are this
+#: process's own.
+JOIN_TIMEOUT = re.compile(r"wait timeout after (\d+)\s*ms, keys: /default_pg/[^\s,]*/(\d+)")
+
 
 def peer_failure(err: BaseException) -> str | None:
     """One line saying that another process of the job went away, when ``err`` is a
@@ -82,29 +89,51 @@ def peer_timeout(err: RuntimeError) -> str | None:
     waited for where there is one other, and the key that sets how long. Why: a process
     frozen (stopped, stuck in I/O) keeps its connections open, so it is never seen to
     fail; the others wait in a collective, where Python runs no signal handler, until
-    this timeout (30 minutes by default), which was a trace."""
+    this timeout (30 minutes by default), which was a trace. The same for the wait to
+    join the process group (:data:`JOIN_TIMEOUT`), whose key names the rank waited for:
+    a process that starts later than the timeout, or freezes before joining."""
+    me = int(os.environ.get("RANK", "0"))
+    joined = JOIN_TIMEOUT.search(str(err))
+    if joined is not None:
+        waited_s = int(joined.group(1)) / 1000
+        return (f"rank {me} waited {waited_s:g} s for rank {joined.group(2)} to join the "
+                f"job, which it had not (it started that much later, or froze); if it was "
+                f"only late, {raise_timeout(waited_s)}, which bounds how far apart the "
+                f"processes may start")
     found = COLLECTIVE_TIMEOUT.search(str(err))
     if found is None:
         return None
     waited_s = int(found.group(1)) / 1000
-    me = int(os.environ.get("RANK", "0"))
     others = [str(r) for r in range(launched_processes()) if r != me]
     waited_for = (f"rank {others[0]}" if len(others) == 1
                   else f"one of ranks {', '.join(others)} (gloo does not say which)")
     return (f"rank {me} waited {waited_s:g} s in a collective for {waited_for}, which neither "
             f"answered nor exited (frozen: stopped, or stuck in I/O); if it was only busy "
-            f"that long, set trainer.collective_timeout_s above {waited_s:g}")
+            f"that long, {raise_timeout(waited_s)}")
+
+
+def raise_timeout(waited_s: float) -> str:
+    """The fix a timeout's line names: the key that set how long it waited."""
+    return f"set trainer.collective_timeout_s above {waited_s:g}"
 
 
 def waited_for_frozen_rank_0(err: BaseException) -> bool:
-    """Whether ``err``, or what it interrupted, is this process's collective timeout while
-    it waited for rank 0, the one other process of the job: rank 0 is frozen then and
-    will say nothing, so this process speaks for the run. (With more processes the
-    waiting rank 0 speaks when another froze; none can tell which of them did.)"""
-    waits_only_for_rank_0 = launched_processes() == 2 and not first_process()
-    return waits_only_for_rank_0 and any(
-        isinstance(raised, RuntimeError) and COLLECTIVE_TIMEOUT.search(str(raised))
-        for raised in context_chain(err))
+    """Whether ``err``, or what it interrupted, is this process's timeout while it waited
+    for rank 0: rank 0 is frozen (or late) then and will say nothing, so this process
+    speaks for the run. A collective's timeout counts where rank 0 is the one other
+    process of the job: gloo does not say which peer it waited for, and with more
+    processes the waiting rank 0 speaks when another froze, while every other rank timed
+    out alike. The wait to join counts for rank 1 alone, whose key names rank 0 (every
+    rank waited for it)."""
+    for raised in context_chain(err):
+        if not isinstance(raised, RuntimeError):
+            continue
+        joined = JOIN_TIMEOUT.search(str(raised))
+        if joined is not None:
+            return joined.group(2) == "0" and os.environ.get("RANK") == "1"
+        if COLLECTIVE_TIMEOUT.search(str(raised)):
+            return launched_processes() == 2 and not first_process()
+    return False
 
 
 def peer_failure_in(err: BaseException) -> str | None:

@@ -121,16 +121,10 @@ def start_training(cfg: DictConfig, config: dict, output_dir: Path,
                    checkpoint: dict | None) -> Training:
     """The run's :class:`Training`, built or restored from ``checkpoint``. A stop while it
     is built (choosing the layers, which may be a sensitivity estimate, or reading the data)
-    trained no epoch of this start: it is said so, with how to go on. A run stopped or
-    failing as it is built leaves torchrun's process group, which it joined first, as
-    :meth:`Training.run` leaves it (else each NCCL rank warns at exit, after the run's one
-    line, that the group was never destroyed, and a caller in-process keeps it)."""
+    trained no epoch of this start: it is said so, with how to go on, and why when a peer
+    failed (:func:`built_training`)."""
     try:
-        try:
-            return Training(cfg, config, output_dir, checkpoint)
-        except BaseException:
-            distributed.teardown(together=False)  # (its peers may be elsewhere in the build)
-            raise
+        return built_training(cfg, config, output_dir, checkpoint)
     except KeyboardInterrupt as err:
         if isinstance(err, Stopped) and str(err):  # it says where it stopped
             raise
@@ -141,3 +135,23 @@ def start_training(cfg: DictConfig, config: dict, output_dir: Path,
         raise Stopped(getattr(err, "signum", signal.SIGINT),
                       f"{reason}; {message}" if reason else message) from None
 
+
+def built_training(cfg: DictConfig, config: dict, output_dir: Path,
+                   checkpoint: dict | None) -> Training:
+    """:class:`Training` built. A run stopped or failing as it is built leaves torchrun's
+    process group, which it joined first, as :meth:`Training.run` leaves it (else each NCCL
+    rank warns at exit, after the run's one line, that the group was never destroyed, and
+    a caller in-process keeps it). A peer that died, froze, or started later than
+    ``trainer.collective_timeout_s`` fails the build's collectives (joining the group,
+    DDP's first broadcast): that failure becomes a stop, as in :meth:`Training.run`, which
+    :func:`start_training` says (it was a trace)."""
+    try:
+        try:
+            return Training(cfg, config, output_dir, checkpoint)
+        except BaseException:
+            distributed.teardown(together=False)  # (its peers may be elsewhere in the build)
+            raise
+    except RuntimeError as err:
+        if distributed.peer_failure(err) is None:
+            raise
+        raise Stopped(signal.SIGTERM) from err  # said by start_training, with the failure
