@@ -655,6 +655,33 @@ def test_a_record_says_whether_float32_matmuls_and_convs_ran_in_tf32(monkeypatch
     assert hardware["float32_matmul_precision"] == "high"
 
 
+def test_the_commit_is_read_without_writing_the_repositorys_index(tmp_path):
+    """Found when a test's killed run left ``.git/index.lock`` in this checkout: ``git
+    status`` rewrote the index (under that lock) whenever a file's times had changed, so a
+    run killed meanwhile left the lock behind, and the user's next commit failed on it."""
+    import subprocess
+
+    from basisconv import records
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / "pkg" / "m.py").write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    index = tmp_path / ".git" / "index"
+    written = index.read_bytes()
+    os.utime(tmp_path / "src" / "pkg" / "m.py", (1, 1))  # times changed, not the content
+    os.utime(index, (2, 2))
+    for _ in range(2):  # clean, then edited: the diff is read too
+        records.git_commit(tmp_path / "src" / "pkg")
+        assert index.read_bytes() == written and index.stat().st_mtime == 2
+        (tmp_path / "src" / "pkg" / "m.py").write_text("1\n")
+
+
 def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path):
     """A protocol publishes records and tables into the tracked ``results/`` while later
     runs start: those runs must not say ``dirty`` for it; an edited config or module must."""
