@@ -23,7 +23,8 @@ from basisconv.unread import (unread_in_training, warn_keys_no_sweep_job_reads,
 from basisconv.config_checks import validate
 from basisconv.train import fit
 
-check_sweep_jobs(validate, warn_keys_no_sweep_job_reads, unread=unread_in_training)
+check_sweep_jobs(validate, warn_keys_no_sweep_job_reads, unread=unread_in_training,
+                 reads_data=True)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

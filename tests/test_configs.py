@@ -2027,6 +2027,47 @@ def test_a_sweeps_missing_source_checkpoint_is_refused_before_the_first_job_runs
     assert "; nothing ran" in done.stderr and not sweep.exists(), done.stderr
 
 
+def test_a_sweep_without_its_dataset_is_refused_before_the_first_job_runs(
+        tmp_path, repo, script_starts):
+    """Found in a new user's walk through the README: a training sweep whose data.root
+    holds no CIFAR-10 (the default ./data on a fresh clone) started each job in turn, each
+    failing with the not-found line and leaving its folder, then the sweep's summary line.
+    Now one line, naming the fix, before any job."""
+    sweep = tmp_path / "sweep"
+    done = script_starts.run(repo / "scripts" / "train.py",
+                             ["-m", "experiment=baseline", "model=resnet8", "logger=none",
+                              "trainer.epochs=1", "seed=0,1", f"data.root={tmp_path / 'data'}",
+                              f"hydra.sweep.dir={sweep}"], cwd=os.getcwd(),
+                             env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: the sweep job "), done.stderr
+    assert f"CIFAR-10 not found: data.root {tmp_path / 'data'} does not exist" in done.stderr
+    assert "Point data.root" in done.stderr and "; nothing ran" in done.stderr
+    assert not sweep.exists(), done.stderr
+
+
+def test_a_sweep_job_run_again_in_its_folder_is_not_asked_for_its_dataset(tmp_path):
+    """A job whose folder exists (a sweep run again: complete jobs read no data) says what
+    it needs itself, as it did before the sweep looked for the dataset, and so does a job
+    on a cluster's node; a new job here is refused."""
+    from basisconv.sweep_checks import check_dataset_found
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path), "subdir": "job"}},
+                            "data": {"name": "cifar10", "download": False,
+                                     "root": str(tmp_path / "data")}})
+    with pytest.raises(ConfigError, match="CIFAR-10 not found"):
+        check_dataset_found(cfg)
+    (tmp_path / "job").mkdir()
+    check_dataset_found(cfg)
+    (tmp_path / "job").rmdir()  # a cluster's job: its node may see other folders
+    cfg.hydra.launcher = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
+                                      ".SlurmLauncher"}
+    check_dataset_found(cfg)
+    cfg.hydra.launcher._target_ = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    with pytest.raises(ConfigError, match="CIFAR-10 not found"):
+        check_dataset_found(cfg)
+
+
 @pytest.mark.parametrize("override, why", [
     ("selection=glob(sensitvity*)", "the configs of selection are all, base,"),
     ("seed=range(0)", "an empty range")])

@@ -572,7 +572,7 @@ def test_the_dataset_check_leaves_a_run_that_may_download_to_its_download(tmp_pa
     (mutation review: a check refusing the download too passed every test)."""
     from types import SimpleNamespace
 
-    from basisconv.reproduce import dataset_missing
+    from basisconv.cifar10_location import dataset_missing
 
     data = SimpleNamespace(name="cifar10", root=str(tmp_path / "nowhere"), download=False)
     assert dataset_missing(data).startswith("CIFAR-10 not found: data.root ")
@@ -1021,11 +1021,11 @@ WITHOUT_DATA = {"resumes": True, "estimate_cached": False}
 
 def missing_cifar(root) -> str:
     """What the script's checks say of a CIFAR-10 not in ``root`` (its runs' ``data.root``,
-    no download): :func:`basisconv.reproduce.dataset_missing`'s line (the real checks say
+    no download): :func:`basisconv.cifar10_location.dataset_missing`'s line (the real checks say
     it in the test of a missing dataset)."""
     from types import SimpleNamespace
 
-    from basisconv.reproduce import dataset_missing
+    from basisconv.cifar10_location import dataset_missing
 
     return dataset_missing(SimpleNamespace(name="cifar10", root=str(root), download=False))
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from .errors import DatasetError, DatasetNotFound
+from .errors import DatasetError, DatasetNotFound, one_line
 
 TRAIN_FILES = {"bin": [f"data_batch_{i}.bin" for i in range(1, 6)],
                "py": [f"data_batch_{i}" for i in range(1, 6)]}
@@ -92,6 +92,19 @@ def find_cifar10(root: str | os.PathLike) -> tuple[Path, str]:
         f"environment variable) at the folder holding the extracted CIFAR-10 files (the "
         f"binary or python version, from {CIFAR_PAGE}), or set data.download=true on a "
         f"machine that is online.")
+
+
+def dataset_missing(data: Any) -> str | None:
+    """Why a run with this ``data`` config would not find its dataset, as one line, or None
+    (generated data, or a download allowed): what ``reproduce.sh`` and a sweep check
+    before any run starts."""
+    if data.name != "cifar10" or data.download:
+        return None
+    try:
+        find_cifar10(data.root)
+    except DatasetError as err:
+        return one_line(err)
+    return None
 
 
 def _where_not_found(root: Path) -> str:

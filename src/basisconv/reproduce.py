@@ -10,12 +10,11 @@ records stand."""
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from .cifar10_location import find_cifar10
+from .cifar10_location import dataset_missing
 from .config_checks import validate, validate_estimate, validate_search
 from .data import data_read
 from .errors import BasisconvError, DatasetError, one_line
@@ -86,18 +85,6 @@ def check_overrides(profile: str, overrides: list[str]) -> str | None:
             print(f"error: OVERRIDES: {message} (in the run {run})", file=sys.stderr)
             sys.exit(2)
     return missing
-
-
-def dataset_missing(data: Any) -> str | None:
-    """Why a run with this ``data`` config would not find its dataset, or None (generated
-    data, or a download allowed)."""
-    if data.name != "cifar10" or data.download:
-        return None
-    try:
-        find_cifar10(data.root)
-    except DatasetError as err:
-        return one_line(err)
-    return None
 
 
 def made_without_data(profile: str, cache: str, overrides: list[str]) -> dict[str, bool]:

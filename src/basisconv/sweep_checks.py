@@ -1,8 +1,9 @@
 """What a Hydra job's command line may be, checked before any work: every job of a sweep
 (``-m``) before the first one runs (:func:`check_sweep_jobs`: each composes, passes the
-config check, names no other job's run or published file, and the sweep has a job at
-all), and what one run's start checks too (a config group given a list, ``+group`` not
-the choice made, ``hydra.job.chdir=true``, a preset's sweep started without ``-m``). Apart
+config check, names no other job's run or published file, a training job finds its
+dataset, and the sweep has a job at all), and what one run's start checks too (a config
+group given a list, ``+group`` not the choice made, ``hydra.job.chdir=true``, a preset's
+sweep started without ``-m``). Apart
 from :mod:`basisconv.cli`, which says the refusals as one line and exits: these only raise
 :class:`~basisconv.errors.ConfigError`, and call nothing of the entry points' handling.
 A refused sweep's folder, which Hydra made before the checks, is removed here too."""
@@ -22,6 +23,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from . import distributed
 from .checkpoint import CHECKPOINT, check_source_file
+from .cifar10_location import dataset_missing
 from .errors import BasisconvError, ConfigError
 from .hydra_errors import added_group_line, interpolation_error_line, typed_overrides
 from .override_checks import config_groups_of, listed_group_line, repeated_group_line
@@ -37,7 +39,8 @@ unused_sweep_folders: set[Path] = set()
 
 def check_sweep_jobs(check: Callable[[Any], None],
                      look_over: Callable[[list[tuple[list[str], Any]]], None] | None = None,
-                     unread: Callable[[Any, str], str | None] | None = None) -> None:
+                     unread: Callable[[Any, str], str | None] | None = None,
+                     reads_data: bool = False) -> None:
     """Check every job of a sweep with ``check`` (:func:`basisconv.config_checks.validate`)
     before the first one runs, where Hydra checks only that each composes: a value out of
     range in a sweep's last job (``basis.size=0.5,1.5``) is one line naming the job before
@@ -47,7 +50,9 @@ def check_sweep_jobs(check: Callable[[Any], None],
     then says what the jobs together do not do (a key swept that no job reads:
     :func:`~basisconv.unread.warn_keys_no_sweep_job_reads`). ``unread(cfg, key)``: why a
     job does not read ``key`` (:func:`~basisconv.unread.unread_in_training`), whose source
-    checkpoint is then not asked for (:func:`check_source_checkpoints`)."""
+    checkpoint is then not asked for (:func:`check_source_checkpoints`). ``reads_data``:
+    each job reads its dataset as it starts (a training run), which is then looked for
+    (:func:`check_dataset_found`)."""
     def validate_batch_is_legal(self, batch) -> None:
         folder = Path(str(self.config.hydra.sweep.dir))
         try:
@@ -77,7 +82,7 @@ def check_sweep_jobs(check: Callable[[Any], None],
             raise ConfigError(f"{repeated}; nothing ran")
         jobs, listed = [], {}
         for overrides in batch:
-            cfg = checked_sweep_job(self, list(overrides), check, unread)
+            cfg = checked_sweep_job(self, list(overrides), check, unread, reads_data)
             if (job := sweep_job_settings(cfg)) in listed:
                 # its folder is named by its overrides: the second ran in the first's folder
                 # (found it complete, or raced it under a parallel launcher), or, where the
@@ -128,7 +133,8 @@ def same_run_line(first: list[str], again: list[str]) -> str:
 
 
 def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any], None],
-                      unread: Callable[[Any, str], str | None] | None = None) -> Any:
+                      unread: Callable[[Any, str], str | None] | None = None,
+                      reads_data: bool = False) -> Any:
     """The config of the sweep job ``overrides``, checked as the job checks itself when it
     starts (:func:`~basisconv.cli.exit_on_user_error`, then ``check``), but before any job
     runs: else every job failed alone, each leaving its folder. A job of a preset that
@@ -147,6 +153,8 @@ def checked_sweep_job(sweeper: Any, overrides: list[str], check: Callable[[Any],
         check_runs_where_started(OmegaConf.select(cfg, "hydra.job.chdir"))
         check(cfg)
         check_source_checkpoints(cfg, unread)
+        if reads_data:
+            check_dataset_found(cfg)
     except (BasisconvError, InterpolationResolutionError) as err:
         said = (interpolation_error_line(err)
                 if isinstance(err, InterpolationResolutionError) else err)
@@ -243,6 +251,28 @@ def check_source_checkpoints(cfg: Any,
         path = OmegaConf.select(cfg, key, default=None)
         if path is not None and not (unread and unread(cfg, key)):
             check_source_file(str(path), key)
+
+
+#: Hydra's launchers whose jobs run on this machine, where the dataset is looked for.
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
+
+
+def check_dataset_found(cfg: Any) -> None:
+    """A sweep job's CIFAR-10 is where ``data.root`` says (or a download is allowed): a
+    run looks for it only as it starts, so a sweep without the data (the default root,
+    ``./data``, on a fresh clone) failed each job in turn, leaving a folder of each
+    (found in a new user's walk through the README). A job run again in its folder is
+    left to say what it needs itself (a complete one reads no data), and so is a job a
+    cluster runs (SLURM's submitit launcher): its node may see folders this one does not
+    (a node-local disk)."""
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if launcher and not launcher.endswith(LOCAL_LAUNCHERS):
+        return
+    if (Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)).exists():
+        return
+    missing = dataset_missing(cfg.data)
+    if missing is not None:
+        raise ConfigError(missing.rstrip("."))
 
 
 def unswept_params(params: Any, overrides: list[str]) -> list[str]:
