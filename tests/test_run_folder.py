@@ -682,6 +682,37 @@ def test_the_commit_is_read_without_writing_the_repositorys_index(tmp_path):
         (tmp_path / "src" / "pkg" / "m.py").write_text("1\n")
 
 
+def test_the_commit_is_read_by_a_git_older_than_its_read_only_option(tmp_path, monkeypatch):
+    """Found in review: ``git --no-optional-locks`` (git 2.15+) is refused by older gits
+    ("Unknown option", as CentOS 7's 1.8.3 still installed on clusters does), and every
+    record said commit None; git's ``GIT_OPTIONAL_LOCKS=0``, which older gits ignore,
+    keeps the read from writing the index as well (the test above)."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from basisconv import records
+
+    real = shutil.which("git")
+    old = tmp_path / "old-git"
+    old.mkdir()
+    (old / "git").write_text(
+        "#!/bin/sh\n"  # (git 2.14 and older: the option unknown, usage, status 129)
+        'case "$1" in --no-optional-locks) echo "Unknown option: $1" >&2; exit 129;; esac\n'
+        f'exec {shlex.quote(real)} "$@"\n')
+    (old / "git").chmod(0o755)
+    repository = tmp_path / "repository"
+    (repository / "src").mkdir(parents=True)
+    (repository / "src" / "m.py").write_text("0\n")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
+        subprocess.run([real, "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=repository, check=True, capture_output=True)
+    head = subprocess.run([real, "rev-parse", "HEAD"], cwd=repository, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    monkeypatch.setenv("PATH", f"{old}{os.pathsep}{os.environ['PATH']}")
+    assert records.git_commit(repository / "src") == {"commit": head, "dirty": False}
+
+
 def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path):
     """A protocol publishes records and tables into the tracked ``results/`` while later
     runs start: those runs must not say ``dirty`` for it; an edited config or module must."""

@@ -28,13 +28,15 @@ _NEW_CODE = ["--", ":(top)src", ":(top)scripts", ":(top)configs", ":(top)tests",
                                                   "*.yaml", "Makefile"))]
 
 
-#: git's option that keeps a read from writing: ``git status`` and ``git diff`` otherwise
+#: git's setting that keeps a read from writing: ``git status`` and ``git diff`` otherwise
 #: refresh the repository's index, under ``.git/index.lock``, whenever a file's times
 #: changed; a run killed meanwhile (Ctrl-C twice, a kill, a torchrun peer's SIGKILL) left
 #: that lock in the user's repository, and their next ``git commit`` failed on it ("Another
 #: git process seems to be running"; found when a test's killed run left one here), and a
-#: commit made while a run started could fail so too.
-READ_ONLY = ("--no-optional-locks",)
+#: commit made while a run started could fail so too. The environment's form of
+#: ``--no-optional-locks`` (git 2.15+): a git older than that refused the option (every
+#: record said commit None, found in review) and ignores the variable.
+READ_ONLY = {"GIT_OPTIONAL_LOCKS": "0"}
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -54,8 +56,8 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
 
     def git(*args: str) -> bytes:
-        return subprocess.run(["git", *READ_ONLY, *args], cwd=cwd, capture_output=True,
-                              check=True, timeout=10).stdout
+        return subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **READ_ONLY},
+                              capture_output=True, check=True, timeout=10).stdout
 
     try:
         commit = git("rev-parse", "HEAD").decode().strip()
