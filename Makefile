@@ -53,7 +53,7 @@ env: $(STAMP)
 # pandas==3.1.1", and said it again with PYTHON=python3.11, its .venv kept). These lines stay
 # above the rule: inside the recipe make echoed them on every build.
 $(STAMP): requirements.txt pyproject.toml
-	{ "$(VENV_PY)" -m pip --version && "$(VENV_PY)" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; } > /dev/null 2>&1 || { "$(PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 11))' > /dev/null 2>&1 || { echo "make: PYTHON=$(PYTHON) is $$("$(PYTHON)" -V 2>&1 | head -n 1); the pinned packages need Python 3.11+: name one, e.g. make test PYTHON=python3.11" >&2; exit 2; }; "$(PYTHON)" -m venv --clear "$(VENV)"; }
+	{ "$(VENV_PY)" -m pip --version && "$(VENV_PY)" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; } > /dev/null 2>&1 || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' > /dev/null 2>&1 || { echo "make: PYTHON=$(PYTHON) is $$($(PYTHON) -V 2>&1 | head -n 1); the pinned packages need Python 3.11+: name one, e.g. make test PYTHON=python3.11" >&2; exit 2; }; $(PYTHON) -m venv --clear "$(VENV)"; }
 	"$(VENV_PY)" -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	"$(VENV_PY)" -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch "$(STAMP)"
@@ -63,7 +63,7 @@ $(STAMP): requirements.txt pyproject.toml
 # the smoke protocol test alone takes minutes. TEST_WORKERS=0: one process; auto: one a core.
 TEST_WORKERS ?= 2
 test: $(VENV_NEEDED)
-	WANDB_MODE=disabled "$(PY)" -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # ARGS goes to the script, which refuses it naming OVERRIDES=... (it was dropped, silently)
 # The script is given the targets' Python (it runs .venv/bin/python by default: found in
@@ -89,16 +89,16 @@ PROFILE_RESULTS = $(if $(filter smoke,$(PROFILE)),$(OUTPUTS)/smoke/results,$(RES
 quote := '
 hydra_value = "$(1)='$(subst `,\`,$(subst $$,\$$,$(subst ",\",$(subst \,\\,$(subst $${,\$${,$(subst $(quote),\$(quote),$(2)))))))'"
 analyze: $(VENV_NEEDED)
-	"$(PY)" scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),$(if $(filter source=wandb,$(ARGS)),,$(call hydra_value,runs_dir,$(PROFILE_RESULTS)/runs) )$(call hydra_value,out_dir,$(PROFILE_RESULTS))) $(ARGS)
+	$(PY) scripts/analyze.py profile=$(PROFILE) $(if $(filter smoke,$(PROFILE))$(RESULTS_DIR),$(if $(filter source=wandb,$(ARGS)),,$(call hydra_value,runs_dir,$(PROFILE_RESULTS)/runs) )$(call hydra_value,out_dir,$(PROFILE_RESULTS))) $(ARGS)
 
 train: $(VENV_NEEDED)
-	"$(PY)" scripts/train.py $(ARGS)
+	$(PY) scripts/train.py $(ARGS)
 
 benchmark: $(VENV_NEEDED)
-	"$(PY)" scripts/benchmark_train.py $(ARGS)
+	$(PY) scripts/benchmark_train.py $(ARGS)
 
 benchmark-layers: $(VENV_NEEDED)
-	"$(PY)" scripts/benchmark_layers.py $(ARGS)
+	$(PY) scripts/benchmark_layers.py $(ARGS)
 
 # The folders of speed records summarized (the committed summary's, and results/gpu-<gpu> where
 # make gpu-speed writes); of these defaults those that do not exist are left out, while folders
@@ -106,11 +106,11 @@ benchmark-layers: $(VENV_NEEDED)
 # typo must not summarize the defaults over the committed summary).
 SPEED_FOLDERS ?= $(wildcard results results/cpu-fuse-norm results/cpu-fuse-norm-auto results/cpu-compile results/cpu-auto results/gpu*/)
 speed-report: $(VENV_NEEDED)
-	"$(PY)" scripts/speed_report.py $(SPEED_FOLDERS) $(ARGS)
+	$(PY) scripts/speed_report.py $(SPEED_FOLDERS) $(ARGS)
 
 # No .venv here: a GPU machine's python3 has its CUDA torch; the script needs no network.
 gpu-check:
-	"$(GPU_PYTHON)" scripts/gpu_check.py $(ARGS)
+	$(GPU_PYTHON) scripts/gpu_check.py $(ARGS)
 
 # The GPU speed measurements (training step, layers, whole model), most important first.
 gpu-speed:
@@ -126,11 +126,11 @@ gpu-speed:
 # pip's cache would hand back a wheel built with the extension for this Python alone.
 gpu-wheels: $(VENV_NEEDED)
 	mkdir -p wheels
-	"$(PY)" -m pip download --quiet --disable-pip-version-check --no-deps -d wheels \
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -d wheels \
 	  $$(grep -E '^(hydra-core|omegaconf|tqdm|pytest-random-order|pytest-timeout)==' requirements.txt)
-	"$(PY)" -m pip wheel --quiet --disable-pip-version-check --no-deps -w wheels \
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w wheels \
 	  antlr4-python3-runtime==4.9.3
-	PYYAML_FORCE_LIBYAML=0 "$(PY)" -m pip wheel --quiet --disable-pip-version-check --no-deps \
+	PYYAML_FORCE_LIBYAML=0 $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps \
 	  --no-cache-dir --no-binary PyYAML -w wheels $$(grep -E '^PyYAML==' requirements.txt)
 	@ls wheels
 

@@ -966,12 +966,15 @@ def test_py_spelled_as_the_venvs_own_python_builds_the_venv(repo, spelling):
 
 def test_a_folder_with_a_space_is_one_word_to_the_shell(repo, tmp_path):
     """Found in review: ``make clean`` ran ``rm -rf $(VENV)`` unquoted, so ``VENV='<dir>/a
-    b'`` removed ``<dir>/a`` and ``./b``; the targets' Python (PY) was split so too (``make
-    -n``: what make would run; nothing is removed)."""
+    b'`` removed ``<dir>/a`` and ``./b``; the Python given to the scripts, which take it as
+    one word, was split so too. A target that runs PY itself keeps it unquoted: a command
+    with its options (``PY="python3 -X dev"``) runs as before (``make -n``: what make would
+    run; nothing is removed)."""
     venv, python = tmp_path / "a b", tmp_path / "my env" / "bin" / "python"
     for target, variable, said in (("clean", f"VENV={venv}", f'rm -rf "{venv}" '),
-                                   ("train", f"PY={python}", f'"{python}" scripts/train.py'),
-                                   ("reproduce", f"PY={python}", f'PY="{python}" scripts/')):
+                                   ("reproduce", f"PY={python}", f'PY="{python}" scripts/'),
+                                   ("gpu-speed", f"GPU_PYTHON={python}", f'PY="{python}" '),
+                                   ("train", "PY=python3 -X dev", "python3 -X dev scripts/")):
         result = subprocess.run(["make", "-n", "--no-print-directory", target, variable],
                                 cwd=repo, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
