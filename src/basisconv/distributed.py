@@ -63,8 +63,9 @@ COLLECTIVE_TIMEOUT = re.compile(r"Timed out waiting (\d+)\s*ms for \w+ operation
 #: to join the process group (gloo's connection addresses, one key per rank, waited for in
 #: order of rank): "wait timeout after 5000ms, keys: /default_pg/0//cpu//0/1", rank 1 had
 #: not joined (it started that much later, or froze first). Other store timeouts are this
-#: process's own.
-JOIN_TIMEOUT = re.compile(r"wait timeout after (\d+)\s*ms, keys: /default_pg/[^\s,]*/(\d+)")
+#: process's own, and so are NCCL's (its keys' last part is not known to be a rank: seen
+#: with gloo only, in torch 2.13).
+JOIN_TIMEOUT = re.compile(r"wait timeout after (\d+)\s*ms, keys: /default_pg/\d+//cpu//\d+/(\d+)")
 
 
 def peer_failure(err: BaseException) -> str | None:
