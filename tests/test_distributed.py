@@ -532,13 +532,7 @@ def test_a_collectives_timeout_names_the_rank_waited_for_and_the_key(monkeypatch
     # frozen rank 0 says nothing): the stop it made of the timeout carries it
     from basisconv.errors import Stopped
 
-    try:
-        try:
-            raise gloo
-        except RuntimeError as err:
-            raise Stopped(signal.SIGTERM) from err
-    except Stopped as err:
-        stop = err
+    stop = stop_made_of(gloo)
     assert not distributed.waited_for_frozen_rank_0(stop)
     monkeypatch.setenv("RANK", "1")
     assert distributed.waited_for_frozen_rank_0(stop)
@@ -548,6 +542,20 @@ def test_a_collectives_timeout_names_the_rank_waited_for_and_the_key(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert not distributed.waited_for_frozen_rank_0(stop)
     assert "for one of ranks 0, 2, 3 (gloo does not say which)," in distributed.peer_failure(gloo)
+
+
+def stop_made_of(error: RuntimeError):
+    """The stop a run makes of ``error`` raised in a collective (a ``Stopped`` whose cause it
+    is), as :meth:`Training.run` and ``train.built_training`` make it."""
+    from basisconv.errors import Stopped
+
+    try:
+        try:
+            raise error
+        except RuntimeError as err:
+            raise Stopped(signal.SIGTERM) from err
+    except Stopped as stop:
+        return stop
 
 
 #: What torchrun's store says when rank 1 had not joined rank 0's process group within its
@@ -562,8 +570,6 @@ def test_a_wait_to_join_names_the_rank_waited_for_and_who_speaks(monkeypatch):
     rank 1 speaks for the run when every rank waited for rank 0, which then says nothing
     (rank 1 alone: with 3 processes ranks 1 and 2 both waited for it, as seen in torch
     2.13), and no one else does; another store timeout stays this process's own."""
-    from basisconv.errors import Stopped
-
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     late = dist.DistStoreError(JOIN_TIMEOUT)
@@ -576,20 +582,11 @@ def test_a_wait_to_join_names_the_rank_waited_for_and_who_speaks(monkeypatch):
     # (NCCL's keys: their last part is not known to be a rank, so no rank is named)
     assert distributed.peer_failure(dist.DistStoreError(JOIN_TIMEOUT.replace("cpu", "cuda"))
                                     ) is None
-
-    def stop_after(error):
-        try:
-            try:
-                raise error
-            except RuntimeError as err:
-                raise Stopped(signal.SIGTERM) from err
-        except Stopped as stop:
-            return stop
     for rank, waited_for, speaks in [("1", "0", True), ("2", "0", False), ("1", "2", False),
                                      ("0", "1", False)]:
         monkeypatch.setenv("RANK", rank)
         error = dist.DistStoreError(JOIN_TIMEOUT[:-1] + waited_for)
-        assert distributed.waited_for_frozen_rank_0(stop_after(error)) is speaks, rank
+        assert distributed.waited_for_frozen_rank_0(stop_made_of(error)) is speaks, rank
         assert distributed.peer_failure(error).startswith(
             f"rank {rank} waited 3 s for rank {waited_for} to join the job")
 
