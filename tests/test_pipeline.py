@@ -236,6 +236,30 @@ def test_a_sweep_job_that_failed_in_another_process_is_said_and_summed_up(capsys
             "multirun/x: finished jobs are skipped") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("launched", [2, 3, None])
+def test_a_sweeps_summary_says_the_other_jobs_ran_only_where_there_were_others(
+        capsys, monkeypatch, launched):
+    """Found in review: a sweep whose every job failed ended "...; the other jobs ran."
+    The count is Hydra's: its sweeper returns each batch's job results (None: another
+    sweeper's return, which says no count, keeps the line as it was)."""
+    from hydra.core.utils import JobReturn
+
+    from basisconv import cli
+
+    monkeypatch.setattr(cli, "failed_jobs", ["multirun/x/0", "multirun/x/1"])
+    monkeypatch.setattr(cli, "resume_override", ["hydra.sweep.dir=multirun/x"])
+    monkeypatch.setattr(cli, "diverged_jobs", {})
+    returned = None if launched is None else [[JobReturn() for _ in range(launched - 1)],
+                                              [JobReturn()]]
+    assert cli.jobs_launched(returned) == launched
+    cli.say_failed_jobs(cli.jobs_launched(returned))
+    rest = "no job of the sweep finished" if launched == 2 else "the other jobs ran"
+    assert capsys.readouterr().err == (
+        f"error: 2 job(s) of the sweep in multirun/x failed, each with its line above (also "
+        f"in its train.log): 0, 1; {rest}. After the fix, run the same command with "
+        f"hydra.sweep.dir=multirun/x: finished jobs are skipped\n")
+
+
 SWEEP_OF_FAILING_JOBS = """
 import hydra
 from basisconv.cli import exit_on_user_error
@@ -295,9 +319,10 @@ def test_a_sweeps_summary_says_a_diverged_job_needs_a_lower_lr_not_the_same_comm
                 f"the fix, run the sweep with hydra.sweep.dir={sweep}: finished jobs are "
                 "skipped") == last.split(" each with its line above ")[1], last
     else:
-        assert ("; the other jobs ran. 0, 2 diverged, and the same command diverges again: "
-                "sweep a lower trainer.lr instead (a new value). After the fix of 1, run the "
-                "sweep with") in last, last
+        # every job failed (found in review: the line said the other jobs ran)
+        assert ("; no job of the sweep finished. 0, 2 diverged, and the same command "
+                "diverges again: sweep a lower trainer.lr instead (a new value). After the "
+                "fix of 1, run the sweep with") in last, last
 
 
 def test_a_run_in_its_own_folder_is_refused(tmp_path, repo, script_starts):

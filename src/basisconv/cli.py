@@ -24,7 +24,7 @@ import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobStatus
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf.errors import InterpolationResolutionError
 
@@ -158,7 +158,7 @@ def run_and_report(func: Callable[[], Any]) -> Any:
     try:
         returned = func()
         if failed_jobs:
-            say_failed_jobs()
+            say_failed_jobs(jobs_launched(returned))
             sys.exit(2)
         return returned
     except Exception as ex:  # noqa: BLE001 - before the task, every error is the config's
@@ -181,11 +181,24 @@ def run_and_report(func: Callable[[], Any]) -> Any:
         remove_unused_sweep_folders()
 
 
-def say_failed_jobs() -> None:
+def jobs_launched(returned: Any) -> int | None:
+    """How many jobs a sweep launched, from what Hydra's sweeper returned: the basic
+    sweeper's is a list of its batches, each a list of its jobs' results; None for a
+    return of another form (another sweeper's, which may return nothing)."""
+    try:
+        results = [job for batch in returned for job in batch]
+    except TypeError:  # (not a list of lists: None, say)
+        return None
+    return len(results) if all(isinstance(job, JobReturn) for job in results) else None
+
+
+def say_failed_jobs(jobs: int | None = None) -> None:
     """The sweep's last line: which of its jobs stopped with a user error (each said why
-    in its own line) and the override that runs the sweep again in its folders. Jobs that
-    diverged are named apart with their fix, a lower learning rate (a new sweep value):
-    the same command, which the other failures get past once fixed, diverges again."""
+    in its own line) and the override that runs the sweep again in its folders; that the
+    other jobs ran, unless the failed ones are all the ``jobs`` the sweep launched (None:
+    not known). Jobs that diverged are named apart with their fix, a lower learning rate
+    (a new sweep value): the same command, which the other failures get past once fixed,
+    diverges again."""
     folders = {str(Path(job).parent) for job in failed_jobs}
     where = f" in {folders.pop()}" if len(folders) == 1 else ""
 
@@ -193,8 +206,10 @@ def say_failed_jobs() -> None:
         return ", ".join(Path(job).name if where else job for job in jobs)
     diverged = [job for job in failed_jobs if job in diverged_jobs]
     others = [job for job in failed_jobs if job not in diverged_jobs]
+    # (found in review: a sweep whose every job failed said the other jobs ran)
+    rest = "no job of the sweep finished" if len(failed_jobs) == jobs else "the other jobs ran"
     line = (f"error: {len(failed_jobs)} job(s) of the sweep{where} failed, each with its "
-            f"line above (also in its train.log): {names(failed_jobs)}; the other jobs ran.")
+            f"line above (also in its train.log): {names(failed_jobs)}; {rest}.")
     if diverged:
         lower = " or ".join(sorted({diverged_jobs[job] for job in diverged}))
         line += (f" {names(diverged)} diverged, and the same command diverges again: sweep "

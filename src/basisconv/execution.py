@@ -156,11 +156,25 @@ def use_threads(trainer: DictConfig) -> None:
         torch.set_num_threads(trainer.threads)
 
 
-def setup(trainer: DictConfig, seed: int, *, join_process_group: bool = False) -> Runtime:
+def slow_precision(amp: str, device: torch.device | str,
+                   setting: str = "trainer.amp={}") -> str | None:
+    """A warning (one line) when autocast ``amp`` is fp16 on a CPU, else None; ``setting``
+    shows how it was given, ``trainer.amp={}`` or ``--amp {}``. Most CPUs have no fp16
+    arithmetic: a run or a benchmark that asks for it is slow for no reason it sees."""
+    if amp != "fp16" or torch.device(device).type != "cpu":
+        return None
+    return (f"{setting.format('fp16')} on CPU: most CPUs have no fp16 arithmetic, so its "
+            f"convolutions run tens of times slower than fp32; use {setting.format('bf16')} "
+            f"or none there")
+
+
+def setup(trainer: DictConfig, seed: int, *, join_process_group: bool = False,
+          amp_setting: str = "trainer.amp={}") -> Runtime:
     """The one set-up of a training process: torch threads (``trainer.threads``), the
     device (``trainer.device``; with ``join_process_group`` the ``torchrun`` process group
     is joined and the device becomes this rank's GPU), seeds and deterministic flags, the
-    memory format and the autocast dtype."""
+    memory format and the autocast dtype; fp16 on a CPU is warned of
+    (:func:`slow_precision`; ``amp_setting`` names how ``trainer.amp`` was given)."""
     use_threads(trainer)
     device = resolve_device(trainer.device)
     if device.type == "cuda" and device.index is not None:
@@ -168,10 +182,8 @@ def setup(trainer: DictConfig, seed: int, *, join_process_group: bool = False) -
     if join_process_group:
         device = distributed.setup(device, trainer.collective_timeout_s)
     seed_everything(seed, trainer.deterministic)
-    if trainer.amp == "fp16" and device.type == "cpu":
-        log.warning("trainer.amp=fp16 on CPU: most CPUs have no fp16 arithmetic, so its "
-                    "convolutions run tens of times slower than fp32; use trainer.amp=bf16 "
-                    "or none there")
+    if slow := slow_precision(trainer.amp, device, amp_setting):
+        log.warning(slow)
     return Runtime(device, memory_format(trainer.channels_last), AMP_DTYPES[trainer.amp])
 
 

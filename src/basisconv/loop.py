@@ -224,7 +224,7 @@ def run_epoch(epoch: int, model: nn.Module, train_batches: TensorBatches,
               test_batches: TensorBatches, optimizer, scheduler, trainer: DictConfig,
               amp_dtype, graphed: bool = False, scaler: torch.amp.GradScaler | None = None,
               **hooks) -> dict[str, Any]:
-    lr = optimizer.param_groups[0]["lr"]
+    lr = optimizer.param_groups[0]["lr"]  # the epoch's first step's (the schedule is per step)
     progress = f"epoch {epoch}/{trainer.epochs}" if trainer.progress else None
     train = train_one_epoch(model, train_batches, optimizer, scheduler, amp_dtype=amp_dtype,
                             label_smoothing=trainer.label_smoothing, progress=progress,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from ..errors import ConfigError, DatasetError
 from ..kernels import auto
-from ..execution import seed_everything, settings_restored
+from ..execution import seed_everything, settings_restored, slow_precision
 from ..records import (RunRecord, file_digest, hardware_name, is_recorded_table,
                        precision_name, provenance, read_benchmark_record, recorded_table,
                        threads_name, write_record, write_text_atomic)
@@ -111,7 +112,8 @@ def measured_rows(folder: str | os.PathLike) -> dict[str, dict]:
 
 def run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None = None, *,
         progress: Progress = print_progress) -> SpeedResult:
-    """Set threads and the CPU allocator as ``options`` say, measure the parts asked for,
+    """Set threads and the CPU allocator as ``options`` say (warning of ``--amp fp16`` on a
+    CPU: :func:`~basisconv.execution.slow_precision`), measure the parts asked for,
     and write ``layer-speed-<tag>.csv`` / ``model-speed-<tag>.csv`` with a JSON record each
     to ``out_dir``. ``command`` is recorded in the provenance. Torch's settings are the
     caller's again afterwards (the allocator's tuning stays for the process)."""
@@ -123,6 +125,8 @@ def _run(options: SpeedOptions, out_dir: str | os.PathLike, command: str | None,
          progress: Progress) -> SpeedResult:
     if options.threads:
         torch.set_num_threads(options.threads)
+    if slow := slow_precision(options.amp, options.device, "--amp {}"):
+        warnings.warn(slow, stacklevel=3)  # (the caller of run)
     # as a (non-deterministic) training run sets them: cuDNN times its algorithms per shape
     # on first use (in the warm-up rounds) and runs the fastest
     seed_everything(0, deterministic=False)

@@ -175,7 +175,8 @@ def measure(options: ThroughputOptions,
         "compile": options.compile_mode is not None,
         "compile_mode": options.compile_mode or "default"})
     with settings_restored():
-        return _measure(options, trainer, setup(trainer, seed=0), checkpoint_folder)
+        return _measure(options, trainer, setup(trainer, seed=0, amp_setting="--amp {}"),
+                        checkpoint_folder)
 
 
 def timed_model(options: ThroughputOptions) -> torch.nn.Module:
