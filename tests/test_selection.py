@@ -235,6 +235,33 @@ def test_random_is_reproducible_by_seed_and_varies_with_it():
     assert all(len(p) == 3 and list(p) == sorted(p) for p in picks.values())
 
 
+def test_a_random_order_is_numpys_permutation_of_model_order_by_selection_seed():
+    """``random`` converts in the order of ``np.random.default_rng(selection.seed)``'s
+    permutation of the candidates in model order, so a run's choice can be redrawn from its
+    record alone (found by a mutation review: a seed shifted by one, which would draw other
+    layers than the runs already recorded, passed every test)."""
+    import numpy as np
+
+    for seed in (0, 1, 7):
+        drawn = np.random.default_rng(seed).permutation(len(TABLE))
+        expected = TABLE["layer"].iloc[drawn].tolist()
+        assert selection.candidate_order(policy("random", seed=seed), TABLE) == expected
+        assert pick_layers(policy("random", count=2, seed=seed), TABLE, DENSE) == \
+            sorted(expected[:2])
+
+
+def test_layers_tied_in_both_metrics_are_taken_in_model_order():
+    """Ties in the metric and in the other one fall to model order, earlier layer first,
+    as docs/selection.md says (found by a mutation review: the tie broken toward the later
+    layer passed every test)."""
+    tied = TABLE.assign(accuracy_drop=[0.030, 0.002, 0.020, 0.002, 0.010, 0.002],
+                        loss_increase=[0.30, 0.01, 0.10, 0.01, 0.05, 0.01])
+    for metric in ("accuracy_drop", "loss_increase"):
+        assert selection.candidate_order(policy("sensitivity_budget", metric=metric),
+                                         tied)[:3] == ["b", "d", "f"]
+    assert pick_layers(policy("sensitivity_budget", count=1), tied, DENSE) == ["b"]
+
+
 def test_the_search_scores_the_subset_the_sensitivity_policy_converts_first():
     """Drops measured on a few hundred held-out images tie often (the quick profile's
     ResNet-8 table ties layer1.0.conv1 and layer1.0.conv2 at 0.009); the search's "fast
@@ -861,6 +888,53 @@ def test_fused_norm_savings_are_counted_per_image_at_the_training_batch():
     dense, converted = model_cost(model, (128, 3, 32, 32)), model_cost(every, (128, 3, 32, 32))
     per_image = (dense.total_flops - converted.total_flops) / 128
     assert abs(saved[1] - per_image) <= len(at_batch) / 2  # (rounded per row)
+
+
+def test_a_rows_once_a_batch_savings_are_rounded_to_the_nearest_flop_per_image():
+    """A low-rank coefficient product is paid once a batch, so a row's per-image saving
+    has a fraction, rounded to the nearest FLOP in both FLOP columns (found by a mutation
+    review: truncation in place of rounding passed every test)."""
+    from basisconv.cost import model_cost
+    from basisconv.surgery import apply_basis
+
+    model = build_model("resnet20", width=0.5)
+    basis = OmegaConf.create({"size": 0.5, "combine": "stacked", "coefficient_rank": 1})
+    table = selection.layer_savings(model, basis, batch=128)
+    every = apply_basis(model, table["layer"].tolist(), 0.5, convert=False, coefficient_rank=1)
+    dense = model_cost(model, (128, 3, 32, 32)).by_layer()
+    converted = model_cost(every, (128, 3, 32, 32)).by_layer()
+    for row in table.to_dict("records"):
+        before, after = dense[row["layer"]], converted[row["layer"]]
+        assert row["flops_saved"] == round((before.total_flops - after.total_flops) / 128)
+        assert row["forward_flops_saved"] == round(
+            (before.forward_flops - after.forward_flops) / 128)
+
+
+def test_a_candidates_num_basis_is_that_of_the_basis_size_counted():
+    """The table's ``num_basis`` is the basis size each row was counted at, a share of the
+    layer's outputs or a count (found by a mutation review: half the outputs, whatever the
+    size, passed every test, whose tables all had size 0.5)."""
+    model = build_model("resnet20", width=0.5)
+    fields = {"combine": "stacked", "coefficient_rank": None}
+    quarter = selection.layer_savings(model, OmegaConf.create({**fields, "size": 0.25}))
+    outputs = quarter["shape"].str.extract(r"->(\d+) ")[0].astype(int)
+    assert (quarter["num_basis"] * 4 == outputs).all()
+    two = selection.layer_savings(model, OmegaConf.create({**fields, "size": 2}))
+    assert (two["num_basis"] == 2).all()
+
+
+def test_the_estimates_candidate_table_is_counted_at_the_training_batch(repo, tmp_path):
+    """The estimate's candidate table counts a fused norm's once-a-batch statistics at
+    ``trainer.batch_size``, as :func:`layer_savings` documents (found by a mutation review:
+    the table counted at a batch of one, whose savings are smaller, passed every test)."""
+    cfg = compose_sensitivity(repo, tmp_path, "basis.fuse_norm=true", "trainer.batch_size=64")
+    dense = sensitivity_estimate.dense_model(cfg)
+    table = sensitivity_estimate.candidate_table(cfg, dense)
+    layers = list(cfg.sensitivity.layers)
+    pd.testing.assert_frame_equal(table, selection.layer_savings(dense, cfg.basis, layers,
+                                                                 batch=64))
+    at_one = selection.layer_savings(dense, cfg.basis, layers, batch=1)
+    assert table["flops_saved"].sum() > at_one["flops_saved"].sum()
 
 
 # ------------------------------------------------------------------ cache and the script
@@ -1760,9 +1834,12 @@ def test_each_noise_repeat_has_its_own_batch_order_and_each_layer_its_own_fine_t
                         lambda reference, repeats, layers: paired.update(layers) or None)
     cfg = compose_sensitivity(repo, tmp_path, "sensitivity.noise_repeats=2",
                               "sensitivity.drop_noise_layers=2")
-    sensitivity_estimate.estimate(cfg)
+    _, record = sensitivity_estimate.estimate(cfg)
     orders = [seed for names, seed in jobs if not names]
     assert len(set(orders)) == 2 and cfg.sensitivity.seed not in orders
+    # the record's image counts are the split's own (found by a mutation review: the two
+    # swapped passed every test)
+    assert (record["validation_images"], record["training_images"]) == (3, 5)
     assert len(paired) == 2
     for name, results in paired.items():
         assert [r["job"] for r in results] == [((name,), None), *(((name,), s) for s in orders)]
