@@ -331,9 +331,9 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_process_with_one_line(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("frozen, waiting", [(0, 1)])  # (rank 1 frozen, rank 0 speaking: the
-# path of any peer's failure, its line checked in-process below; this one passes through
-# rank 1's exit too, which speaks only here)
+@pytest.mark.parametrize("frozen, waiting", [(0, 1)])  # (rank 0 frozen, rank 1 speaking: the
+# one path where a rank other than 0 speaks; the mirrored case, rank 0 speaking as for any
+# peer's failure, has its line checked in-process below)
 def test_a_frozen_rank_makes_the_other_stop_in_one_line_after_the_collective_timeout(
         tmp_path, repo, frozen, waiting):
     """Found in review: a process frozen (SIGSTOP, stuck in I/O), not dead, keeps its
@@ -542,6 +542,24 @@ def test_a_collectives_timeout_names_the_rank_waited_for_and_the_key(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert not distributed.waited_for_frozen_rank_0(stop)
     assert "for one of ranks 0, 2, 3 (gloo does not say which)," in distributed.peer_failure(gloo)
+
+
+def test_gloos_pair_closed_at_its_timeout_is_said_as_a_collectives_timeout(monkeypatch):
+    """Found in a CI run under load: rank 0 frozen, rank 1's DDP buffer broadcast failed
+    with gloo's "Application timeout caused pair closure", not "Timed out waiting ...", and
+    ended in a trace. Its words hold no time: the group's timeout is said."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    closed = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:1088] "
+                          "Application timeout caused pair closure")
+    monkeypatch.setattr(distributed, "group_timeout_s", None)  # (no group set up here)
+    assert distributed.peer_failure(closed) is None
+    monkeypatch.setattr(distributed, "group_timeout_s", 5.0)
+    assert distributed.peer_failure(closed) == (
+        "rank 1 waited 5 s in a collective for rank 0, which neither answered nor exited "
+        "(frozen: stopped, or stuck in I/O); if it was only busy that long, set "
+        "trainer.collective_timeout_s above 5")
+    assert distributed.waited_for_frozen_rank_0(stop_made_of(closed))
 
 
 def stop_made_of(error: RuntimeError):

@@ -59,6 +59,14 @@ PEER_FAILURE_SIGNS = ("by peer", "Broken pipe", "ncclRemoteError", "remote proce
 #: (NCCL's watchdog aborts the process on its timeout instead: no error reaches Python.)
 COLLECTIVE_TIMEOUT = re.compile(r"Timed out waiting (\d+)\s*ms for \w+ operation")
 
+#: gloo's other words for the same timeout, when it fires as the connection is in another
+#: state (met under load in DDP's buffer broadcast, a CI run's trace): no time in them, so
+#: the time is the one the process group was set up with (:data:`group_timeout_s`).
+PAIR_CLOSED = "Application timeout caused pair closure"
+
+#: The collective timeout :func:`setup` gave the process group, in seconds (None before).
+group_timeout_s: float | None = None
+
 #: What the store says when a process waited ``trainer.collective_timeout_s`` for another
 #: to join the process group (gloo's connection addresses, one key per rank, waited for in
 #: order of rank): "wait timeout after 5000ms, keys: /default_pg/0//cpu//0/1", rank 1 had
@@ -86,7 +94,7 @@ def peer_failure(err: BaseException) -> str | None:
 
 
 def peer_timeout(err: RuntimeError) -> str | None:
-    """One line for gloo's collective timeout (:data:`COLLECTIVE_TIMEOUT`), naming the rank
+    """One line for gloo's collective timeout (:func:`collective_timeout_s`), naming the rank
     waited for where there is one other, and the key that sets how long. Why: a process
     frozen (stopped, stuck in I/O) keeps its connections open, so it is never seen to
     fail; the others wait in a collective, where Python runs no signal handler, until
@@ -101,16 +109,25 @@ def peer_timeout(err: RuntimeError) -> str | None:
                 f"job, which it had not (it started that much later, or froze); if it was "
                 f"only late, {raise_timeout(waited_s)}, which bounds how far apart the "
                 f"processes may start")
-    found = COLLECTIVE_TIMEOUT.search(str(err))
-    if found is None:
+    waited_s = collective_timeout_s(str(err))
+    if waited_s is None:
         return None
-    waited_s = int(found.group(1)) / 1000
     others = [str(r) for r in range(launched_processes()) if r != me]
     waited_for = (f"rank {others[0]}" if len(others) == 1
                   else f"one of ranks {', '.join(others)} (gloo does not say which)")
     return (f"rank {me} waited {waited_s:g} s in a collective for {waited_for}, which neither "
             f"answered nor exited (frozen: stopped, or stuck in I/O); if it was only busy "
             f"that long, {raise_timeout(waited_s)}")
+
+
+def collective_timeout_s(text: str) -> float | None:
+    """How long a collective waited, in seconds, when ``text`` is gloo's timeout
+    (:data:`COLLECTIVE_TIMEOUT`, or :data:`PAIR_CLOSED` at the group's timeout), else None
+    (and for :data:`PAIR_CLOSED` where no group's timeout is known)."""
+    found = COLLECTIVE_TIMEOUT.search(text)
+    if found is not None:
+        return int(found.group(1)) / 1000
+    return group_timeout_s if PAIR_CLOSED in text else None
 
 
 def raise_timeout(waited_s: float) -> str:
@@ -132,7 +149,7 @@ def waited_for_frozen_rank_0(err: BaseException) -> bool:
         joined = JOIN_TIMEOUT.search(str(raised))
         if joined is not None:
             return joined.group(2) == "0" and os.environ.get("RANK") == "1"
-        if COLLECTIVE_TIMEOUT.search(str(raised)):
+        if collective_timeout_s(str(raised)) is not None:
             return launched_processes() == 2 and not first_process()
     return False
 
@@ -174,6 +191,8 @@ def setup(device: torch.device, timeout_s: float) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    global group_timeout_s
+    group_timeout_s = timeout_s
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             timeout=datetime.timedelta(seconds=timeout_s))
     return device
