@@ -713,6 +713,23 @@ def test_the_commit_is_read_by_a_git_older_than_its_read_only_option(tmp_path, m
     assert records.git_commit(repository / "src") == {"commit": head, "dirty": False}
 
 
+def test_the_tests_repositories_commit_whatever_the_users_git_config_signs(tmp_path,
+                                                                           monkeypatch):
+    """The tests commit in repositories of their own (this file, test_analysis.py,
+    test_readme.py, test_results_provenance.py): a user's ``commit.gpgsign=true`` made each
+    fail at its commit (found in review); the conftest turns signing off for them."""
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[commit]\n\tgpgsign = true\n[gpg]\n\tprogram = false\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+
 def test_dirty_means_the_code_differs_not_the_results_a_protocol_writes(tmp_path):
     """A protocol publishes records and tables into the tracked ``results/`` while later
     runs start: those runs must not say ``dirty`` for it; an edited config or module must."""
